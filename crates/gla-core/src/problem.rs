@@ -1,0 +1,181 @@
+//! [`Problem`]: the validated shape and options of one call into the GLA family.
+
+use std::ops::Range;
+
+use crate::{Error, GateKind, Result};
+
+/// What the caller asks for, before validation. See [`Problem::new`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProblemSpec {
+    /// Batch size B (must be 1 with `cu_seqlens`).
+    pub b: usize,
+    /// Time steps T per batch row (the packed length with `cu_seqlens`).
+    pub t: usize,
+    /// Heads H.
+    pub h: usize,
+    /// Key dim K (also the dim of q and of a per-key gate).
+    pub k: usize,
+    /// Value dim V.
+    pub v: usize,
+    /// Which gate the op uses; decides the shape of `g`.
+    pub gate: GateKind,
+    /// Output scale. Default: `K^-1/2`.
+    pub scale: Option<f64>,
+    /// Packed variable-length input: `[N+1]` offsets into the T axis, `cu_seqlens[0] == 0`,
+    /// non-decreasing, last == T. Empty sequences are legal. Requires B == 1.
+    pub cu_seqlens: Option<Vec<usize>>,
+}
+
+/// A validated problem: dims, gate kind, resolved scale and the token range of every sequence.
+///
+/// Tokens are addressed by a flat row index `r` over `[B*T]` (row `b*T + t`); element `(r, h, d)`
+/// of a `[B, T, H, D]` tensor sits at `(r*H + h)*D + d`. Sequence `n` owns rows [`Problem::seq`]`(n)`;
+/// its state is `[H, K, V]` at offset `n*H*K*V` of an `[N, H, K, V]` state tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    b: usize,
+    t: usize,
+    h: usize,
+    k: usize,
+    v: usize,
+    gate: GateKind,
+    scale: f64,
+    // N+1 row offsets; for fixed-length input this is 0, T, 2T, ..., BT
+    bounds: Vec<usize>,
+    varlen: bool,
+}
+
+impl Problem {
+    /// Validates a spec.
+    ///
+    /// # Errors
+    /// [`Error::ZeroDim`] when B, H, K or V is 0 (T = 0 is legal: nothing to do);
+    /// [`Error::CuSeqlens`] when `cu_seqlens` is empty, does not start at 0, decreases, does not
+    /// end at T, or comes with B != 1; [`Error::BadScale`] for a non-finite scale;
+    /// [`Error::Overflow`] when a tensor size overflows `usize`.
+    pub fn new(spec: ProblemSpec) -> Result<Self> {
+        const OP: &str = "gla";
+        for (dim, val) in [("B", spec.b), ("H", spec.h), ("K", spec.k), ("V", spec.v)] {
+            if val == 0 {
+                return Err(Error::ZeroDim { op: OP, dim });
+            }
+        }
+        let rows = spec.b.checked_mul(spec.t).ok_or(Error::Overflow { op: OP })?;
+        let widest = spec.k.max(spec.v);
+        rows.checked_mul(spec.h)
+            .and_then(|x| x.checked_mul(widest))
+            .ok_or(Error::Overflow { op: OP })?;
+        spec.h
+            .checked_mul(spec.k)
+            .and_then(|x| x.checked_mul(spec.v))
+            .and_then(|x| x.checked_mul(rows.max(spec.b)))
+            .ok_or(Error::Overflow { op: OP })?;
+        let scale = spec.scale.unwrap_or(1.0 / (spec.k as f64).sqrt());
+        if !scale.is_finite() {
+            return Err(Error::BadScale(scale));
+        }
+        let (bounds, varlen) = match spec.cu_seqlens {
+            None => ((0..=spec.b).map(|i| i * spec.t).collect(), false),
+            Some(cu) => {
+                let bad = |reason: String| Err(Error::CuSeqlens { reason });
+                if spec.b != 1 {
+                    return bad(format!("needs B == 1 (packed input [1, total, ...]), got B = {}", spec.b));
+                }
+                if cu.is_empty() {
+                    return bad("it is empty; it needs N+1 >= 1 offsets".into());
+                }
+                if cu[0] != 0 {
+                    return bad(format!("must start at 0, starts at {}", cu[0]));
+                }
+                if let Some(i) = (1..cu.len()).find(|&i| cu[i] < cu[i - 1]) {
+                    return bad(format!("must be non-decreasing, but cu_seqlens[{}] = {} < cu_seqlens[{}] = {}", i, cu[i], i - 1, cu[i - 1]));
+                }
+                let last = *cu.last().unwrap_or(&0);
+                if last != spec.t {
+                    return bad(format!("must end at the packed length T = {}, ends at {}", spec.t, last));
+                }
+                (cu, true)
+            }
+        };
+        Ok(Self { b: spec.b, t: spec.t, h: spec.h, k: spec.k, v: spec.v, gate: spec.gate, scale, bounds, varlen })
+    }
+
+    /// Batch size B.
+    pub fn b(&self) -> usize {
+        self.b
+    }
+    /// Time steps T per batch row.
+    pub fn t(&self) -> usize {
+        self.t
+    }
+    /// Heads H.
+    pub fn h(&self) -> usize {
+        self.h
+    }
+    /// Key dim K.
+    pub fn k(&self) -> usize {
+        self.k
+    }
+    /// Value dim V.
+    pub fn v(&self) -> usize {
+        self.v
+    }
+    /// The gate kind.
+    pub fn gate(&self) -> GateKind {
+        self.gate
+    }
+    /// The resolved output scale.
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+    /// Whether the input is packed varlen (`cu_seqlens` given).
+    pub fn is_varlen(&self) -> bool {
+        self.varlen
+    }
+    /// Number of sequences N (B, or the number of `cu_seqlens` segments).
+    pub fn n(&self) -> usize {
+        self.bounds.len() - 1
+    }
+    /// Token rows of sequence `n` (a range of flat rows over `[B*T]`).
+    pub fn seq(&self, n: usize) -> Range<usize> {
+        self.bounds[n]..self.bounds[n + 1]
+    }
+    /// The N+1 row offsets of the sequences (`cu_seqlens`, or `0, T, .., B*T`).
+    pub fn bounds(&self) -> &[usize] {
+        &self.bounds
+    }
+    /// Token rows B*T.
+    pub fn rows(&self) -> usize {
+        self.b * self.t
+    }
+    /// Elements of q and k: `B*T*H*K`.
+    pub fn qk_len(&self) -> usize {
+        self.rows() * self.h * self.k
+    }
+    /// Elements of v and o: `B*T*H*V`.
+    pub fn v_len(&self) -> usize {
+        self.rows() * self.h * self.v
+    }
+    /// Elements of g for this gate kind (0 when there is no gate).
+    pub fn g_len(&self) -> usize {
+        self.rows() * self.h * self.gate.width(self.k)
+    }
+    /// Elements of a state tensor `[N, H, K, V]`.
+    pub fn state_len(&self) -> usize {
+        self.n() * self.h * self.k * self.v
+    }
+    /// A readable shape for error messages, e.g. `[B=2, T=64, H=4, K=60]`.
+    pub fn shape_str(&self, last: &'static str) -> String {
+        let d = match last {
+            "V" => self.v,
+            "G" => return match self.gate {
+                GateKind::PerKey => format!("[B={}, T={}, H={}, K={}]", self.b, self.t, self.h, self.k),
+                GateKind::PerHead => format!("[B={}, T={}, H={}]", self.b, self.t, self.h),
+                GateKind::None => "[] (no gate)".into(),
+            },
+            "S" => return format!("[N={}, H={}, K={}, V={}]", self.n(), self.h, self.k, self.v),
+            _ => self.k,
+        };
+        format!("[B={}, T={}, H={}, {}={}]", self.b, self.t, self.h, last, d)
+    }
+}

@@ -1,0 +1,122 @@
+//! The naive recurrent oracle: token by token, exactly the spec, generic over f32 and f64.
+//!
+//! ```text
+//! S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T,   o_t = scale * S_t^T q_t
+//! ```
+//!
+//! Its backward keeps every state `S_0..S_L` (memory `L*K*V` per sequence and head: it is an
+//! oracle, not a product path) and walks back with the state gradient `dS`:
+//!
+//! ```text
+//! dS   = dht;  for t = L..1:
+//!   dS  += scale q_t do_t^T
+//!   dq_t = scale S_t do_t,   dk_t = dS v_t,   dv_t = dS^T k_t
+//!   dg_t = exp(g_t) * rowsum(S_{t-1} * dS)          (elementwise product, summed over V)
+//!   dS   = diag(exp(g_t)) dS
+//! dh0 = dS
+//! ```
+//!
+//! The `dg` formula here is the direct one (derivative of the decay at step t); the fast paths use
+//! the GLA paper's reverse-cumsum form instead, so the two derivations check each other. This
+//! backward is itself checked by central finite differences in f64 (tests/oracle.rs).
+
+use gla_core::op::GlaOp;
+use gla_core::{Backward, Forward, Grads, Inputs, Problem, Real, Result};
+
+use crate::driver::{self, SeqGradIn, SeqGrads, SeqIn, SeqOut};
+
+/// The token-by-token oracle (`cpu-naive`). Use `Naive` with f64 as the reference of every test.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Naive;
+
+fn states<T: Real>(x: &SeqIn<T>) -> Vec<T> {
+    let (kd, vd, kv) = (x.kd, x.vd, x.kd * x.vd);
+    let mut s = vec![T::ZERO; (x.l + 1) * kv];
+    if let Some(h0) = &x.h0 {
+        s[..kv].copy_from_slice(h0);
+    }
+    for t in 0..x.l {
+        let (prev, next) = s[t * kv..(t + 2) * kv].split_at_mut(kv);
+        for i in 0..kd {
+            let decay = x.g[t * kd + i].exp();
+            let ki = x.k[t * kd + i];
+            for j in 0..vd {
+                next[i * vd + j] = decay * prev[i * vd + j] + ki * x.v[t * vd + j];
+            }
+        }
+    }
+    s
+}
+
+fn forward_seq<T: Real>(x: &SeqIn<T>) -> SeqOut<T> {
+    let (kd, vd, kv) = (x.kd, x.vd, x.kd * x.vd);
+    let (mut s, mut o) = (x.h0.clone().unwrap_or_else(|| vec![T::ZERO; kv]), vec![T::ZERO; x.l * vd]);
+    for t in 0..x.l {
+        for i in 0..kd {
+            let decay = x.g[t * kd + i].exp();
+            for j in 0..vd {
+                s[i * vd + j] = decay * s[i * vd + j] + x.k[t * kd + i] * x.v[t * vd + j];
+            }
+        }
+        for j in 0..vd {
+            let mut acc = T::ZERO;
+            for i in 0..kd {
+                acc += s[i * vd + j] * x.q[t * kd + i];
+            }
+            o[t * vd + j] = x.scale * acc;
+        }
+    }
+    SeqOut { o, ht: s }
+}
+
+fn backward_seq<T: Real>(x: &SeqIn<T>, d: &SeqGradIn<T>) -> SeqGrads<T> {
+    let (l, kd, vd, kv) = (x.l, x.kd, x.vd, x.kd * x.vd);
+    let s = states(x);
+    let mut ds = d.dht.clone().unwrap_or_else(|| vec![T::ZERO; kv]);
+    let (mut dq, mut dk) = (vec![T::ZERO; l * kd], vec![T::ZERO; l * kd]);
+    let (mut dv, mut dg) = (vec![T::ZERO; l * vd], vec![T::ZERO; l * kd]);
+    for t in (0..l).rev() {
+        let (s_prev, s_t) = (&s[t * kv..(t + 1) * kv], &s[(t + 1) * kv..(t + 2) * kv]);
+        let d_o = &d.d_o[t * vd..(t + 1) * vd];
+        for i in 0..kd {
+            let qi = x.scale * x.q[t * kd + i];
+            let (mut dqi, mut dki, mut dgi) = (T::ZERO, T::ZERO, T::ZERO);
+            for j in 0..vd {
+                ds[i * vd + j] += qi * d_o[j];
+                dqi += s_t[i * vd + j] * d_o[j];
+                dki += ds[i * vd + j] * x.v[t * vd + j];
+                dgi += s_prev[i * vd + j] * ds[i * vd + j];
+            }
+            let decay = x.g[t * kd + i].exp();
+            dq[t * kd + i] = x.scale * dqi;
+            dk[t * kd + i] = dki;
+            dg[t * kd + i] = decay * dgi;
+        }
+        for j in 0..vd {
+            let mut acc = T::ZERO;
+            for i in 0..kd {
+                acc += ds[i * vd + j] * x.k[t * kd + i];
+            }
+            dv[t * vd + j] = acc;
+        }
+        for i in 0..kd {
+            let decay = x.g[t * kd + i].exp();
+            for j in 0..vd {
+                ds[i * vd + j] *= decay;
+            }
+        }
+    }
+    SeqGrads { dq, dk, dv, dg, dh0: ds }
+}
+
+impl<T: Real> GlaOp<T> for Naive {
+    fn name(&self) -> &'static str {
+        "cpu-naive"
+    }
+    fn forward(&self, p: &Problem, x: &Inputs<'_, T>, output_final_state: bool) -> Result<Forward<T>> {
+        driver::forward(GlaOp::<T>::name(self), p, x, output_final_state, forward_seq)
+    }
+    fn backward(&self, p: &Problem, x: &Inputs<'_, T>, d: &Backward<'_, T>) -> Result<Grads<T>> {
+        driver::backward(GlaOp::<T>::name(self), p, x, d, backward_seq)
+    }
+}
