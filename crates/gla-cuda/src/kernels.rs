@@ -1,0 +1,47 @@
+//! The kernel sources, embedded at build time. Each is compiled as `common.cuh` followed by the
+//! `.cu` file, in one NVRTC program (no `#include`, no toolkit headers).
+
+/// One kernel source file and its entry points.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelSource {
+    /// File name under `crates/gla-cuda/kernels/`.
+    pub name: &'static str,
+    /// The file's text (without the common prelude).
+    pub text: &'static str,
+    /// Its `extern "C"` entry points.
+    pub entries: &'static [&'static str],
+}
+
+/// Helpers prepended to every kernel source.
+pub const COMMON: &str = include_str!("../kernels/common.cuh");
+
+impl KernelSource {
+    /// The full program text NVRTC compiles: the common prelude, then the file.
+    pub fn code(&self) -> String {
+        format!("{COMMON}\n#line 1 \"{}\"\n{}", self.name, self.text)
+    }
+}
+
+/// Fused recurrent forward and backward (`gla_recurrent.cu`).
+pub const RECURRENT: KernelSource = KernelSource {
+    name: "gla_recurrent.cu",
+    text: include_str!("../kernels/gla_recurrent.cu"),
+    entries: &[
+        "gla_recurrent_fwd_f32",
+        "gla_recurrent_fwd_bf16",
+        "gla_recurrent_bwd_f32",
+        "gla_recurrent_bwd_bf16",
+        "gla_recurrent_bwd_finalize_f32",
+        "gla_recurrent_bwd_finalize_bf16",
+    ],
+};
+
+/// Chunked forward (`gla_chunk.cu`).
+pub const CHUNK: KernelSource = KernelSource {
+    name: "gla_chunk.cu",
+    text: include_str!("../kernels/gla_chunk.cu"),
+    entries: &["gla_chunk_fwd_f32", "gla_chunk_fwd_bf16"],
+};
+
+/// Every kernel source of the crate (the CI compile check walks this list).
+pub const ALL: &[KernelSource] = &[RECURRENT, CHUNK];

@@ -1,0 +1,24 @@
+//! gla-cuda: the GLA family on NVIDIA GPUs, the only crate that touches cudarc.
+//!
+//! - [`runtime`]: library probes (no GPU / no driver / no libnvrtc gives an [`Error`], never a
+//!   panic), NVRTC compile to CUBIN with an in-process and an on-disk cache, the [`Cuda`] device
+//!   handle (context + stream).
+//! - kernels under `crates/gla-cuda/kernels/`, self-contained CUDA C++ (no toolkit headers),
+//!   embedded with `include_str!` ([`kernels::ALL`]).
+//! - [`ops`]: typed launchers over device buffers; [`CudaGla`]: a [`gla_core::op::GlaOp<f32>`]
+//!   that uploads host slices, runs, downloads (f32 or bf16 storage).
+//! - [`check`]: the shared case table on the GPU against the CPU f64 oracle.
+//!
+//! Everything builds and its tests run without a GPU or a CUDA toolkit.
+#![deny(missing_docs)]
+
+pub mod check;
+mod error;
+pub mod kernels;
+mod op;
+pub mod ops;
+pub mod runtime;
+
+pub use error::{Error, Result};
+pub use op::{Algo, CudaGla};
+pub use runtime::Cuda;

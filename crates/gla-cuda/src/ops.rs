@@ -1,0 +1,332 @@
+//! Typed launchers: one Rust function per kernel, taking device buffers. Each checks the buffer
+//! lengths against the [`DevProblem`] (a wrong length is an error, never an out-of-bounds
+//! launch), picks the launch shape, and keeps the `unsafe` of the launch in one place.
+//!
+//! Storage dtypes: `f32`, or bf16 held as `u16` (the upper half of an f32). States, gradients
+//! and every accumulator are f32.
+
+use cudarc::driver::sys::CUfunction_attribute;
+use cudarc::driver::{CudaSlice, DevicePtrMut, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+
+use gla_core::{GateKind, Problem};
+
+use crate::error::{Error, Result};
+use crate::kernels::{CHUNK, RECURRENT};
+use crate::runtime::Cuda;
+
+/// A storage dtype the kernels take: `f32`, or `u16` holding bf16 bits.
+pub trait Elem: DeviceRepr + ValidAsZeroBits + Copy + Default + Unpin + Send + Sync + 'static {
+    /// Entry point suffix (`f32` / `bf16`).
+    const SUFFIX: &'static str;
+    /// Rounds an f32 to this dtype.
+    fn from_f32(x: f32) -> Self;
+    /// Widens to f32.
+    fn to_f32(self) -> f32;
+}
+
+impl Elem for f32 {
+    const SUFFIX: &'static str = "f32";
+    fn from_f32(x: f32) -> Self {
+        x
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+/// bf16 bits from an f32, rounding to nearest even (NaN stays NaN).
+pub fn f32_to_bf16(x: f32) -> u16 {
+    let u = x.to_bits();
+    if (u & 0x7fff_ffff) > 0x7f80_0000 {
+        return 0x7fc0;
+    }
+    ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
+}
+
+/// f32 from bf16 bits (exact).
+pub fn bf16_to_f32(x: u16) -> f32 {
+    f32::from_bits(u32::from(x) << 16)
+}
+
+impl Elem for u16 {
+    const SUFFIX: &'static str = "bf16";
+    fn from_f32(x: f32) -> Self {
+        f32_to_bf16(x)
+    }
+    fn to_f32(self) -> f32 {
+        bf16_to_f32(self)
+    }
+}
+
+/// The device-side description of a [`Problem`]: the sequence bounds on the device plus dims.
+#[derive(Debug)]
+pub struct DevProblem {
+    /// Sequence row offsets `[N+1]` (i64), `cu_seqlens` or `0, T, .., B*T`.
+    pub bounds: CudaSlice<i64>,
+    /// The host problem.
+    pub problem: Problem,
+}
+
+impl DevProblem {
+    /// Uploads the bounds of `p`.
+    ///
+    /// # Errors
+    /// [`Error::Driver`].
+    pub fn new(cuda: &Cuda, p: &Problem) -> Result<Self> {
+        let b: Vec<i64> = p.bounds().iter().map(|&x| x as i64).collect();
+        let bounds = cuda.stream().clone_htod(&b).map_err(Error::driver("upload bounds"))?;
+        Ok(Self { bounds, problem: p.clone() })
+    }
+    fn dims(&self) -> (i32, i32, i32, i32, i32, f32, i64) {
+        let p = &self.problem;
+        let gw = p.gate().width(p.k()) as i32;
+        (p.n() as i32, p.h() as i32, p.k() as i32, p.v() as i32, gw, p.scale() as f32, p.rows() as i64)
+    }
+}
+
+/// Fills a buffer with all-ones bytes (NaN for f32 and bf16), so an unwritten output shows.
+///
+/// # Errors
+/// [`Error::Driver`].
+pub fn poison<T: DeviceRepr>(cuda: &Cuda, buf: &mut CudaSlice<T>) -> Result<()> {
+    let bytes = buf.len() * std::mem::size_of::<T>();
+    if bytes == 0 {
+        return Ok(());
+    }
+    let stream = cuda.stream().clone();
+    let (ptr, _rec) = buf.device_ptr_mut(&stream);
+    // SAFETY: ptr is valid for `bytes` bytes on this stream; _rec keeps the ordering record alive
+    unsafe { cudarc::driver::result::memset_d8_async(ptr, 0xff, bytes, stream.cu_stream()) }.map_err(Error::driver("poison (memset 0xff)"))
+}
+
+fn check_len(op: &'static str, tensor: &'static str, expected: usize, got: usize) -> Result<()> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(Error::Op(gla_core::Error::ShapeMismatch { op, tensor, expected: format!("{expected} elements"), numel: expected, got }))
+    }
+}
+
+fn unsupported(what: String) -> Error {
+    Error::Op(gla_core::Error::Unsupported { backend: "cuda", what })
+}
+
+fn grid_y(op: &str, nh: usize) -> Result<u32> {
+    u32::try_from(nh).ok().filter(|&x| x <= 65_535).ok_or_else(|| unsupported(format!("{op}: N*H = {nh} exceeds the grid's y limit 65535")))
+}
+
+fn launch_err(kernel: &str, cfg: &LaunchConfig) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
+    let (kernel, grid, block, smem) = (kernel.to_string(), cfg.grid_dim, cfg.block_dim, cfg.shared_mem_bytes);
+    move |source| Error::Launch { kernel, grid, block, smem, source }
+}
+
+/// Largest K the recurrent kernels take (8 warps x 32 rows each in registers).
+pub const RECURRENT_MAX_K: usize = 256;
+/// Largest K the chunked kernel takes (its shared-memory budget).
+pub const CHUNK_MAX_K: usize = 128;
+const REC_BV: usize = 32;
+const CHUNK_BV: usize = 32;
+
+/// Inputs of a forward or backward launch, on the device.
+#[derive(Debug, Clone, Copy)]
+pub struct DevInputs<'a, T> {
+    /// `[B,T,H,K]`
+    pub q: &'a CudaSlice<T>,
+    /// `[B,T,H,K]`
+    pub k: &'a CudaSlice<T>,
+    /// `[B,T,H,V]`
+    pub v: &'a CudaSlice<T>,
+    /// Per the gate kind; `None` for [`GateKind::None`].
+    pub g: Option<&'a CudaSlice<T>>,
+    /// `[N,H,K,V]` f32 or none.
+    pub h0: Option<&'a CudaSlice<f32>>,
+}
+
+fn check_inputs<T>(op: &'static str, dp: &DevProblem, x: &DevInputs<'_, T>) -> Result<()> {
+    let p = &dp.problem;
+    check_len(op, "q", p.qk_len(), x.q.len())?;
+    check_len(op, "k", p.qk_len(), x.k.len())?;
+    check_len(op, "v", p.v_len(), x.v.len())?;
+    match (p.gate(), x.g) {
+        (GateKind::None, _) => {}
+        (_, Some(g)) => check_len(op, "g", p.g_len(), g.len())?,
+        (_, None) => check_len(op, "g", p.g_len(), 0)?,
+    }
+    if let Some(h0) = x.h0 {
+        check_len(op, "h0", p.state_len(), h0.len())?;
+    }
+    Ok(())
+}
+
+/// Which forward kernel to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FwdKernel {
+    /// `gla_recurrent_fwd_*`: token by token, state in registers.
+    Recurrent,
+    /// `gla_chunk_fwd_*`: 64-row chunks, state in shared memory.
+    Chunk,
+}
+
+/// Forward: `o = ` the GLA output `[B,T,H,V]` (dtype T), `ht = ` final state `[N,H,K,V]` f32.
+///
+/// # Errors
+/// Shape mismatch, unsupported K, launch or compile errors.
+pub fn gla_fwd<T: Elem>(cuda: &Cuda, which: FwdKernel, dp: &DevProblem, x: &DevInputs<'_, T>, o: &mut CudaSlice<T>, ht: Option<&mut CudaSlice<f32>>) -> Result<()> {
+    let op = "gla_fwd";
+    check_inputs(op, dp, x)?;
+    let p = &dp.problem;
+    check_len(op, "o", p.v_len(), o.len())?;
+    if let Some(ht) = &ht {
+        check_len(op, "ht", p.state_len(), ht.len())?;
+    }
+    let (n, h, k, v, gw, scale, _rows) = dp.dims();
+    let gy = grid_y(op, p.n() * p.h())?;
+    let (src, name, cfg) = match which {
+        FwdKernel::Recurrent => {
+            if p.k() > RECURRENT_MAX_K {
+                return Err(unsupported(format!("recurrent kernel: K = {} > {RECURRENT_MAX_K}", p.k())));
+            }
+            let cfg = LaunchConfig { grid_dim: (p.v().div_ceil(REC_BV) as u32, gy, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
+            (RECURRENT, format!("gla_recurrent_fwd_{}", T::SUFFIX), cfg)
+        }
+        FwdKernel::Chunk => {
+            if p.k() > CHUNK_MAX_K {
+                return Err(unsupported(format!("chunk kernel: K = {} > {CHUNK_MAX_K}", p.k())));
+            }
+            let smem = (3 * 64 * p.k() + 64 * CHUNK_BV + 64 * 64 + p.k() * CHUNK_BV) * 4;
+            let cfg = LaunchConfig { grid_dim: (p.v().div_ceil(CHUNK_BV) as u32, gy, 1), block_dim: (256, 1, 1), shared_mem_bytes: smem as u32 };
+            (CHUNK, format!("gla_chunk_fwd_{}", T::SUFFIX), cfg)
+        }
+    };
+    let _ = n;
+    let f = cuda.function(&src, &name)?;
+    if cfg.shared_mem_bytes > 48 * 1024 {
+        f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cfg.shared_mem_bytes as i32)
+            .map_err(launch_err(&name, &cfg))?;
+    }
+    let null = 0u64;
+    let stream = cuda.stream();
+    let mut b = stream.launch_builder(&f);
+    b.arg(x.q).arg(x.k).arg(x.v);
+    match x.g {
+        Some(g) if gw > 0 => b.arg(g),
+        _ => b.arg(&null),
+    };
+    match x.h0 {
+        Some(h0) => b.arg(h0),
+        None => b.arg(&null),
+    };
+    b.arg(o);
+    match ht {
+        Some(ht) => b.arg(ht),
+        None => b.arg(&null),
+    };
+    b.arg(&dp.bounds).arg(&h).arg(&k).arg(&v).arg(&gw).arg(&scale);
+    // SAFETY: the argument list matches the kernel's signature (pointers to buffers whose lengths
+    // were checked above against the problem, or null where the kernel tests for null; i32 dims,
+    // f32 scale); the grid covers V in tiles of BV and N*H in y, which is what the kernel indexes.
+    unsafe { b.launch(cfg) }.map_err(launch_err(&name, &cfg))?;
+    Ok(())
+}
+
+/// Gradients written by [`gla_bwd`] (all f32).
+#[derive(Debug)]
+pub struct DevGrads {
+    /// `[B,T,H,K]`
+    pub dq: CudaSlice<f32>,
+    /// `[B,T,H,K]`
+    pub dk: CudaSlice<f32>,
+    /// `[B,T,H,V]`
+    pub dv: CudaSlice<f32>,
+    /// Shaped like g (empty for no gate).
+    pub dg: CudaSlice<f32>,
+    /// `[N,H,K,V]` (empty when there is no h0).
+    pub dh0: CudaSlice<f32>,
+}
+
+/// Backward by the recurrent kernels: allocates (NaN-poisoned) gradients and fills them.
+///
+/// # Errors
+/// Shape mismatch, unsupported K, launch or compile errors.
+pub fn gla_bwd<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, d_o: &CudaSlice<T>, dht: Option<&CudaSlice<f32>>) -> Result<DevGrads> {
+    let op = "gla_bwd";
+    check_inputs(op, dp, x)?;
+    let p = &dp.problem;
+    check_len(op, "do", p.v_len(), d_o.len())?;
+    if let Some(dht) = dht {
+        check_len(op, "dht", p.state_len(), dht.len())?;
+    }
+    if p.k() > RECURRENT_MAX_K {
+        return Err(unsupported(format!("recurrent backward: K = {} > {RECURRENT_MAX_K}", p.k())));
+    }
+    let (n, h, k, v, gw, scale, rows) = dp.dims();
+    let nv = p.v().div_ceil(REC_BV);
+    let s = cuda.stream();
+    let alloc = |len: usize, what: &'static str| -> Result<CudaSlice<f32>> {
+        // SAFETY: the buffer is poisoned right below, before any read
+        let mut b = unsafe { s.alloc::<f32>(len) }.map_err(Error::driver(format!("alloc {what} ({len} f32)")))?;
+        poison(cuda, &mut b)?;
+        Ok(b)
+    };
+    let part_len = nv * p.qk_len();
+    let mut dq_part = alloc(part_len, "dq partials")?;
+    let mut dk_part = alloc(part_len, "dk partials")?;
+    let mut gterm = alloc(nv * p.n() * p.h() * p.k(), "dg final-state term")?;
+    let mut g = DevGrads {
+        dq: alloc(p.qk_len(), "dq")?,
+        dk: alloc(p.qk_len(), "dk")?,
+        dv: alloc(p.v_len(), "dv")?,
+        dg: alloc(p.g_len(), "dg")?,
+        dh0: alloc(if x.h0.is_some() { p.state_len() } else { 0 }, "dh0")?,
+    };
+    let gy = grid_y(op, p.n() * p.h())?;
+    let null = 0u64;
+    {
+        let name = format!("gla_recurrent_bwd_{}", T::SUFFIX);
+        let f = cuda.function(&RECURRENT, &name)?;
+        let cfg = LaunchConfig { grid_dim: (nv as u32, gy, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
+        let mut b = s.launch_builder(&f);
+        b.arg(x.q).arg(x.k).arg(x.v);
+        match x.g {
+            Some(gg) if gw > 0 => b.arg(gg),
+            _ => b.arg(&null),
+        };
+        match x.h0 {
+            Some(h0) => b.arg(h0),
+            None => b.arg(&null),
+        };
+        b.arg(d_o);
+        match dht {
+            Some(d) => b.arg(d),
+            None => b.arg(&null),
+        };
+        b.arg(&mut dq_part).arg(&mut dk_part).arg(&mut g.dv).arg(&mut gterm);
+        if x.h0.is_some() {
+            b.arg(&mut g.dh0);
+        } else {
+            b.arg(&null);
+        }
+        b.arg(&dp.bounds).arg(&n).arg(&h).arg(&k).arg(&v).arg(&gw).arg(&scale).arg(&rows);
+        // SAFETY: arguments match gla_recurrent_bwd's signature; partial buffers hold NV x
+        // [rows,H,K] and NV x [N,H,K] f32 as the kernel indexes; lengths checked above.
+        unsafe { b.launch(cfg) }.map_err(launch_err(&name, &cfg))?;
+    }
+    {
+        let name = format!("gla_recurrent_bwd_finalize_{}", T::SUFFIX);
+        let f = cuda.function(&RECURRENT, &name)?;
+        let cfg = LaunchConfig { grid_dim: ((p.n() * p.h()) as u32, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
+        let nv32 = nv as i32;
+        let mut b = s.launch_builder(&f);
+        b.arg(x.q).arg(x.k).arg(&dq_part).arg(&dk_part).arg(&gterm).arg(&mut g.dq).arg(&mut g.dk);
+        if gw > 0 {
+            b.arg(&mut g.dg);
+        } else {
+            b.arg(&null);
+        }
+        b.arg(&dp.bounds).arg(&n).arg(&h).arg(&k).arg(&gw).arg(&nv32).arg(&rows);
+        // SAFETY: arguments match gla_recurrent_bwd_finalize's signature; one warp per (n, h);
+        // K <= 256 = 32 lanes x 8 registers as the kernel assumes (checked above).
+        unsafe { b.launch(cfg) }.map_err(launch_err(&name, &cfg))?;
+    }
+    Ok(g)
+}

@@ -1,0 +1,274 @@
+//! Runtime: library presence checks, NVRTC compile-and-cache, the device context and stream.
+//!
+//! cudarc's `dynamic-loading` panics when a library is missing; every first touch of the driver
+//! or of NVRTC here goes through [`nvrtc_available`] / [`driver_available`], which probe the
+//! library inside `catch_unwind`, so a machine without a GPU gets an [`Error`], never a panic.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::nvrtc::{result as nvrtc_result, sys as nvrtc_sys, Ptx};
+
+use crate::error::{Error, Result};
+use crate::kernels::KernelSource;
+
+/// The architecture the CI compile check targets (Hopper with the `a` features: wgmma, setmaxnreg).
+pub const ARCH_HOPPER: &str = "sm_90a";
+
+fn probe(f: impl FnOnce() -> bool + std::panic::UnwindSafe) -> bool {
+    // a missing library makes cudarc panic inside its loader; keep the default hook quiet
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let ok = std::panic::catch_unwind(f).unwrap_or(false);
+    std::panic::set_hook(hook);
+    ok
+}
+
+/// Whether libnvrtc can be loaded (searched by cudarc under the names `libnvrtc.so`, `libnvrtc.so.13`, ...
+/// on the dynamic loader's path, i.e. `LD_LIBRARY_PATH` and the system directories).
+pub fn nvrtc_available() -> bool {
+    // SAFETY: only tries to dlopen the library; no symbol is called
+    probe(|| unsafe { nvrtc_sys::is_culib_present() })
+}
+
+/// Whether the NVIDIA driver library (`libcuda.so`) can be loaded.
+pub fn driver_available() -> bool {
+    // SAFETY: only tries to dlopen the library; no symbol is called
+    probe(|| unsafe { cudarc::driver::sys::is_culib_present() })
+}
+
+/// NVRTC's version `(major, minor)`.
+///
+/// # Errors
+/// [`Error::NoNvrtc`] when the library is missing.
+pub fn nvrtc_version() -> Result<(i32, i32)> {
+    if !nvrtc_available() {
+        return Err(Error::NoNvrtc("dlopen of libnvrtc failed".into()));
+    }
+    let (mut major, mut minor): (c_int, c_int) = (0, 0);
+    // SAFETY: the library is loaded (checked above); both pointers are valid for the call
+    let status = unsafe { nvrtc_sys::nvrtcVersion(&mut major, &mut minor) };
+    if status != nvrtc_sys::nvrtcResult::NVRTC_SUCCESS {
+        return Err(Error::NoNvrtc(format!("nvrtcVersion returned {status:?}")));
+    }
+    Ok((major, minor))
+}
+
+/// The NVRTC options every kernel is compiled with, for `arch` (e.g. `sm_90a`).
+pub fn compile_options(arch: &str) -> Vec<String> {
+    vec![
+        format!("--gpu-architecture={arch}"),
+        "--std=c++17".into(),
+        "--fmad=true".into(),
+        "-default-device".into(),
+        "-lineinfo".into(),
+    ]
+}
+
+/// FNV-1a, 64 bit: a hash that is stable across Rust versions and runs (the on-disk cache key).
+fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for p in parts {
+        for &b in *p {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        // separator so ("ab","c") != ("a","bc")
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+/// The on-disk kernel cache directory: `$GLA_CACHE_DIR`, else `$XDG_CACHE_HOME/gla`, else
+/// `~/.cache/gla`. `None` when none can be determined (then only the in-process cache is used).
+pub fn cache_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("GLA_CACHE_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(d).join("gla"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("gla"))
+}
+
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    let tmp = dir.join(format!(".tmp-{}-{nanos}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
+}
+
+/// Compiles one kernel source with NVRTC to a CUBIN for `arch` (no GPU needed).
+///
+/// The result is cached on disk under [`cache_dir`], keyed by a hash of the source, the options,
+/// the arch and NVRTC's version; the file is written atomically (temp file + rename). A cache that
+/// cannot be read or written is skipped silently: it is an optimisation, never a failure.
+///
+/// # Errors
+/// [`Error::NoNvrtc`] when libnvrtc is missing; [`Error::Nvrtc`] with the full log when the source
+/// does not compile.
+pub fn compile_cubin(src: &KernelSource, arch: &str) -> Result<Vec<u8>> {
+    let (major, minor) = nvrtc_version()?;
+    let code = src.code();
+    let options = compile_options(arch);
+    let key = fnv1a(&[code.as_bytes(), options.join(" ").as_bytes(), arch.as_bytes(), format!("{major}.{minor}").as_bytes()]);
+    let cached = cache_dir().map(|d| d.join(format!("{}-{arch}-{key:016x}.cubin", src.name.trim_end_matches(".cu"))));
+    if let Some(path) = &cached {
+        if let Ok(bytes) = std::fs::read(path) {
+            if !bytes.is_empty() {
+                return Ok(bytes);
+            }
+        }
+    }
+    let cubin = compile_uncached(src.name, &code, arch, &options)?;
+    if let Some(path) = &cached {
+        let _ = write_atomic(path, &cubin);
+    }
+    Ok(cubin)
+}
+
+fn compile_uncached(name: &str, code: &str, arch: &str, options: &[String]) -> Result<Vec<u8>> {
+    let nv_err = |status: String, log: String| Error::Nvrtc { kernel: name.into(), arch: arch.into(), status, options: options.to_vec(), log };
+    let c_src = CString::new(code).map_err(|_| nv_err("source holds a NUL byte".into(), String::new()))?;
+    let c_name = CString::new(name).map_err(|_| nv_err("name holds a NUL byte".into(), String::new()))?;
+    let prog = nvrtc_result::create_program(&c_src, Some(&c_name)).map_err(|e| nv_err(format!("{e:?}"), String::new()))?;
+    // SAFETY: prog is a live program created above; options are plain strings; the program is
+    // destroyed on every path below
+    let out = unsafe {
+        let compiled = nvrtc_result::compile_program(prog, options);
+        let log = nvrtc_result::get_program_log(prog)
+            .map(|raw| CStr::from_ptr(raw.as_ptr()).to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match compiled {
+            Err(e) => Err(nv_err(format!("{e:?}"), log)),
+            Ok(()) => {
+                let mut size = 0usize;
+                let st = nvrtc_sys::nvrtcGetCUBINSize(prog, &mut size);
+                if st != nvrtc_sys::nvrtcResult::NVRTC_SUCCESS || size == 0 {
+                    Err(nv_err(format!("nvrtcGetCUBINSize: {st:?} (size {size}); a real arch (sm_XX) is needed for a cubin"), log))
+                } else {
+                    let mut buf = vec![0u8; size];
+                    let st = nvrtc_sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr().cast::<c_char>());
+                    if st == nvrtc_sys::nvrtcResult::NVRTC_SUCCESS {
+                        Ok(buf)
+                    } else {
+                        Err(nv_err(format!("nvrtcGetCUBIN: {st:?}"), log))
+                    }
+                }
+            }
+        }
+    };
+    // SAFETY: prog is live and destroyed exactly once
+    let _ = unsafe { nvrtc_result::destroy_program(prog) };
+    out
+}
+
+/// A CUDA device with one stream and an in-process cache of compiled modules.
+///
+/// Cheap to share (`Arc<Cuda>`); all work is ordered on [`Cuda::stream`].
+#[derive(Debug)]
+pub struct Cuda {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    arch: String,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+}
+
+impl Cuda {
+    /// Opens device 0. See [`Cuda::with_ordinal`].
+    ///
+    /// # Errors
+    /// As [`Cuda::with_ordinal`].
+    pub fn new() -> Result<Arc<Self>> {
+        Self::with_ordinal(0)
+    }
+
+    /// Opens device `ordinal`, creates a stream, and reads the device's arch (`sm_90a` on Hopper,
+    /// `sm_XY` elsewhere).
+    ///
+    /// # Errors
+    /// [`Error::NoDevice`] when the driver library is missing, no device exists, or the ordinal
+    /// is out of range; [`Error::NoNvrtc`] when libnvrtc is missing (kernels could not be built).
+    pub fn with_ordinal(ordinal: usize) -> Result<Arc<Self>> {
+        if !driver_available() {
+            return Err(Error::NoDevice("libcuda.so (the NVIDIA driver) cannot be loaded".into()));
+        }
+        if !nvrtc_available() {
+            return Err(Error::NoNvrtc("dlopen of libnvrtc failed".into()));
+        }
+        let count = CudaContext::device_count().map_err(|e| Error::NoDevice(format!("cuInit/cuDeviceGetCount failed: {e}")))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(Error::NoDevice(format!("device {ordinal} requested, {count} present")));
+        }
+        let ctx = CudaContext::new(ordinal).map_err(|e| Error::NoDevice(format!("context on device {ordinal}: {e}")))?;
+        let (maj, min) = ctx.compute_capability().map_err(Error::driver("compute capability"))?;
+        let arch = if maj == 9 && min == 0 { ARCH_HOPPER.to_string() } else { format!("sm_{maj}{min}") };
+        let stream = ctx.new_stream().map_err(Error::driver("create stream"))?;
+        Ok(Arc::new(Self { ctx, stream, arch, modules: Mutex::new(HashMap::new()), functions: Mutex::new(HashMap::new()) }))
+    }
+
+    /// The device's name, e.g. `NVIDIA H200`.
+    pub fn name(&self) -> String {
+        self.ctx.name().unwrap_or_else(|_| "?".into())
+    }
+    /// The arch kernels are compiled for.
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+    /// The stream all work of this device handle runs on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    /// The driver context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    /// Waits for all work queued on the stream; a kernel fault surfaces here.
+    ///
+    /// # Errors
+    /// [`Error::Driver`].
+    pub fn sync(&self) -> Result<()> {
+        self.stream.synchronize().map_err(Error::driver("stream synchronize"))
+    }
+
+    /// The entry point `func` of kernel source `src`, compiled (disk cache), loaded and cached
+    /// in process on first use.
+    ///
+    /// # Errors
+    /// [`Error::Nvrtc`], [`Error::Driver`].
+    pub fn function(&self, src: &KernelSource, func: &str) -> Result<CudaFunction> {
+        let fkey = format!("{}::{func}", src.name);
+        if let Some(f) = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(&fkey) {
+            return Ok(f.clone());
+        }
+        let module = {
+            let mut mods = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+            match mods.get(src.name) {
+                Some(m) => m.clone(),
+                None => {
+                    let cubin = compile_cubin(src, &self.arch)?;
+                    let m = self.ctx.load_module(Ptx::from_binary(cubin)).map_err(Error::driver(format!("load module {}", src.name)))?;
+                    mods.insert(src.name, m.clone());
+                    m
+                }
+            }
+        };
+        let f = module.load_function(func).map_err(Error::driver(format!("get function {fkey}")))?;
+        self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(fkey, f.clone());
+        Ok(f)
+    }
+}
