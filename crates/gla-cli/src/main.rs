@@ -1,1 +1,64 @@
-fn main() {}
+//! `gla`: the command line of the gla project (gated linear attention in Rust).
+//!
+//! Library crates return typed errors; this binary is the only place that uses `anyhow` and maps
+//! failures to exit codes (0 ok, 1 failure or failed check, 2 bad usage via clap).
+
+mod bench;
+mod check;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// Gated linear attention (GLA) and its family: kernels, checks and benchmarks on CPU and GPU.
+#[derive(Parser)]
+#[command(name = "gla", version, about, long_about = None, after_help = "\
+Examples:
+  gla bench ops                       time the CPU GLA op (forward, forward+backward) at B=1 T=8192 H=4 K=V=128
+  gla bench ops --shape 2,4096,8,64,64 --json bench.json
+  gla check                           run the shared case table on every CPU path against the f64 oracle
+")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// Where to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Device {
+    /// The CPU (all cores, through rayon).
+    Cpu,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Benchmarks (never tests: they time, they do not judge).
+    #[command(subcommand)]
+    Bench(BenchCmd),
+    /// Run the shared case table against the f64 oracle and print a pass/fail table.
+    /// Exits with status 1 if any tensor of any case is outside its tolerance.
+    #[command(after_help = "Example:\n  gla check --device cpu --json check.json")]
+    Check(check::Args),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Time the GLA op (chunked forward, forward+backward; fused recurrent forward) and report
+    /// ms, GFLOP/s and the share of the f32 GEMM peak measured in the same run.
+    #[command(after_help = "Examples:\n  gla bench ops\n  gla bench ops --shape 1,8192,4,128,128 --shape 4,2048,4,128,128 --json ops.json")]
+    Ops(bench::OpsArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Bench(BenchCmd::Ops(a)) => bench::ops(&a),
+        Cmd::Check(a) => check::run(&a),
+    };
+    match res {
+        Ok(true) => {}
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -178,4 +178,32 @@ impl Problem {
         };
         format!("[B={}, T={}, H={}, {}={}]", self.b, self.t, self.h, last, d)
     }
+
+    /// Floating-point operations of the chunked algorithm `(forward, backward)`, counting a
+    /// multiply-add as 2 and the causal intra-chunk products at half (the lower triangle).
+    /// Per chunk of `m` rows: forward `4mKV + m^2 (K + V)` (state update, inter output, scores,
+    /// scores @ v); backward `10mKV + m^2 (3K + 2V)` (state and state-gradient passes, dv, dq, dk
+    /// inter parts, recomputed scores, dA, intra dq and dk). Used by every benchmark table.
+    pub fn chunk_flops(&self) -> (f64, f64) {
+        let (k, v) = (self.k as f64, self.v as f64);
+        let (mut fwd, mut bwd) = (0.0, 0.0);
+        for n in 0..self.n() {
+            let len = self.seq(n).len();
+            for c in 0..len.div_ceil(crate::BT) {
+                let m = (len - c * crate::BT).min(crate::BT) as f64;
+                fwd += 4.0 * m * k * v + m * m * (k + v);
+                bwd += 10.0 * m * k * v + m * m * (3.0 * k + 2.0 * v);
+            }
+        }
+        let h = self.h as f64;
+        (fwd * h, bwd * h)
+    }
+
+    /// The fewest bytes a forward must move through memory: read q, k, v, g (and h0), write o
+    /// (and the final state), each once, with inputs of `elem` bytes and states in f32.
+    pub fn min_bytes_fwd(&self, elem: usize, states: bool) -> f64 {
+        let io = 2 * self.qk_len() + self.g_len() + 2 * self.v_len();
+        let st = if states { 2 * self.state_len() * 4 } else { 0 };
+        (io * elem + st) as f64
+    }
 }

@@ -2,7 +2,7 @@
 //! tests and by `gla check`. Inputs are drawn like fla's tests: q, k, v, h0 uniform in [0, 1),
 //! `g = logsigmoid(u) / gate_scale` with u uniform in [0, 1), do and dht standard normal.
 
-use crate::{GateKind, Problem, ProblemSpec, Result};
+use crate::{Backward, Forward, GateKind, Grads, Inputs, Problem, ProblemSpec, Result};
 
 /// A small, fast, seedable generator (splitmix64): tests and checks must not pull in `rand`.
 #[derive(Debug, Clone)]
@@ -160,4 +160,81 @@ pub fn rel_rmse<A: Copy + Into<f64>>(a: &[A], b: &[f64]) -> f64 {
 /// Narrows to f32.
 pub fn to_f32(x: &[f64]) -> Vec<f32> {
     x.iter().map(|&v| v as f32).collect()
+}
+
+/// A case's data narrowed to f32, for the f32 paths.
+#[derive(Debug, Clone)]
+pub struct CaseDataF32 {
+    /// `[B,T,H,K]`
+    pub q: Vec<f32>,
+    /// `[B,T,H,K]`
+    pub k: Vec<f32>,
+    /// `[B,T,H,V]`
+    pub v: Vec<f32>,
+    /// Per the gate kind; empty when there is no gate.
+    pub g: Vec<f32>,
+    /// `[N,H,K,V]` or empty.
+    pub h0: Vec<f32>,
+    /// `[B,T,H,V]`
+    pub d_o: Vec<f32>,
+    /// `[N,H,K,V]`
+    pub dht: Vec<f32>,
+}
+
+fn opt<T>(x: &[T]) -> Option<&[T]> {
+    (!x.is_empty()).then_some(x)
+}
+
+impl CaseData {
+    /// The f64 inputs as an [`Inputs`].
+    pub fn inputs(&self) -> Inputs<'_, f64> {
+        Inputs { q: &self.q, k: &self.k, v: &self.v, g: opt(&self.g), h0: opt(&self.h0) }
+    }
+    /// The f64 upstream gradients.
+    pub fn grads_in(&self) -> Backward<'_, f64> {
+        Backward { d_o: &self.d_o, dht: Some(&self.dht) }
+    }
+    /// Everything narrowed to f32.
+    pub fn to_f32(&self) -> CaseDataF32 {
+        CaseDataF32 {
+            q: to_f32(&self.q),
+            k: to_f32(&self.k),
+            v: to_f32(&self.v),
+            g: to_f32(&self.g),
+            h0: to_f32(&self.h0),
+            d_o: to_f32(&self.d_o),
+            dht: to_f32(&self.dht),
+        }
+    }
+}
+
+impl CaseDataF32 {
+    /// The f32 inputs as an [`Inputs`].
+    pub fn inputs(&self) -> Inputs<'_, f32> {
+        Inputs { q: &self.q, k: &self.k, v: &self.v, g: opt(&self.g), h0: opt(&self.h0) }
+    }
+    /// The f32 upstream gradients.
+    pub fn grads_in(&self) -> Backward<'_, f32> {
+        Backward { d_o: &self.d_o, dht: Some(&self.dht) }
+    }
+}
+
+/// Relative RMSE of every output (`o, ht, dq, dk, dv`, and `dg`, `dh0` where the reference has
+/// them) against the reference. A tensor the reference has and the result lacks gives +inf.
+pub fn compare<A: Copy + Into<f64>>(fwd: &Forward<A>, bwd: &Grads<A>, rf: &Forward<f64>, rb: &Grads<f64>) -> Vec<(&'static str, f64)> {
+    let or_empty = |x: &Option<Vec<A>>| x.clone().unwrap_or_default();
+    let mut out = vec![
+        ("o", rel_rmse(&fwd.o, &rf.o)),
+        ("ht", rel_rmse(&or_empty(&fwd.ht), rf.ht.as_deref().unwrap_or(&[]))),
+        ("dq", rel_rmse(&bwd.dq, &rb.dq)),
+        ("dk", rel_rmse(&bwd.dk, &rb.dk)),
+        ("dv", rel_rmse(&bwd.dv, &rb.dv)),
+    ];
+    if let Some(r) = &rb.dg {
+        out.push(("dg", rel_rmse(&or_empty(&bwd.dg), r)));
+    }
+    if let Some(r) = &rb.dh0 {
+        out.push(("dh0", rel_rmse(&or_empty(&bwd.dh0), r)));
+    }
+    out
 }

@@ -1,0 +1,143 @@
+//! `gla bench ops`: time the GLA op on the CPU against the f32 GEMM peak measured in the same run.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use gla_core::op::GlaOp;
+use gla_core::testing::{logsigmoid, Rng};
+use gla_core::{Backward, GateKind, Inputs, Problem, ProblemSpec};
+use gla_cpu::{Chunked, FusedRecurrent};
+use serde::Serialize;
+
+use crate::Device;
+
+#[derive(clap::Args)]
+pub struct OpsArgs {
+    /// Device to time on.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+    /// Problem shape `B,T,H,K,V` (repeatable). Default: 1,8192,4,128,128.
+    #[arg(long, value_parser = parse_shape)]
+    shape: Vec<[usize; 5]>,
+    /// Timed repetitions per measurement (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+fn parse_shape(s: &str) -> Result<[usize; 5], String> {
+    let v: Vec<usize> = s.split(',').map(|x| x.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|e| format!("`{s}`: {e}; expected B,T,H,K,V"))?;
+    <[usize; 5]>::try_from(v).map_err(|v| format!("`{s}` has {} numbers; expected 5: B,T,H,K,V", v.len()))
+}
+
+#[derive(Serialize)]
+struct Entry {
+    shape: String,
+    pass: &'static str,
+    ms: f64,
+    gflops: f64,
+    pct_gemm_peak: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    unix_time: u64,
+    device: String,
+    threads: usize,
+    gemm_f32_peak_gflops: f64,
+    results: Vec<Entry>,
+}
+
+/// Median wall time of `reps` runs of `f`, after one warm-up run, in ms.
+fn time_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut t = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let s = Instant::now();
+        f()?;
+        t.push(s.elapsed().as_secs_f64() * 1e3);
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+/// f32 GEMM peak of this machine on all threads: the best of square products through the same
+/// gemm crate the CPU paths use.
+fn gemm_peak_gflops() -> f64 {
+    let n = 1536;
+    let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
+    let mut c = vec![0.0f32; n * n];
+    let mut best = 0.0f64;
+    for _ in 0..6 {
+        let s = Instant::now();
+        // SAFETY: a is n x n and c is n x n, both row-major and live for the call; c does not alias a.
+        unsafe {
+            gemm::gemm(n, n, n, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, n as isize, a.as_ptr(), 1, n as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::Rayon(0));
+        }
+        best = best.max(2.0 * (n * n * n) as f64 / s.elapsed().as_secs_f64() / 1e9);
+    }
+    best
+}
+
+pub fn ops(a: &OpsArgs) -> Result<bool> {
+    let Device::Cpu = a.device;
+    let shapes = if a.shape.is_empty() { vec![[1, 8192, 4, 128, 128]] } else { a.shape.clone() };
+    let threads = rayon::current_num_threads();
+    let peak = gemm_peak_gflops();
+    let cpu = cpu_name();
+    println!("device: cpu ({cpu}), {threads} threads; f32 GEMM peak measured now: {peak:.1} GFLOP/s");
+    let mut results = Vec::new();
+    for [b, t, h, k, v] in shapes {
+        let p = Problem::new(ProblemSpec { b, t, h, k, v, gate: GateKind::PerKey, scale: None, cu_seqlens: None }).with_context(|| format!("shape {b},{t},{h},{k},{v}"))?;
+        let mut rng = Rng::new(1);
+        let mut draw = |n: usize, f: &dyn Fn(&mut Rng) -> f64| -> Vec<f32> { (0..n).map(|_| f(&mut rng) as f32).collect() };
+        let (q, kk, vv) = (draw(p.qk_len(), &|r| r.normal()), draw(p.qk_len(), &|r| r.normal()), draw(p.v_len(), &|r| r.normal()));
+        let g = draw(p.g_len(), &|r| logsigmoid(r.normal()).max(-5.0));
+        let d_o = draw(p.v_len(), &|r| r.normal());
+        let x = Inputs { q: &q, k: &kk, v: &vv, g: Some(&g), h0: None };
+        let (ffl, bfl) = p.chunk_flops();
+        let shape = format!("{b}x{t}x{h}x{k}x{v}");
+        let fwd = time_ms(a.reps, || Chunked.forward(&p, &x, false).map(drop).map_err(Into::into))?;
+        let fb = time_ms(a.reps, || {
+            Chunked.forward(&p, &x, false)?;
+            Chunked.backward(&p, &x, &Backward { d_o: &d_o, dht: None })?;
+            Ok(())
+        })?;
+        let rec = time_ms(a.reps.min(3), || FusedRecurrent.forward(&p, &x, false).map(drop).map_err(Into::into))?;
+        // the recurrent path does 4KV flops per token and head (update + read), not the chunk count
+        let rec_fl = 4.0 * (p.rows() * h * k * v) as f64;
+        for (pass, ms, fl) in [("chunk fwd", fwd, ffl), ("chunk fwd+bwd", fb, ffl + bfl), ("recurrent fwd", rec, rec_fl)] {
+            let gflops = fl / ms / 1e6;
+            results.push(Entry { shape: shape.clone(), pass, ms, gflops, pct_gemm_peak: 100.0 * gflops / peak });
+        }
+    }
+    println!("{:<22} {:<15} {:>10} {:>10} {:>11}", "shape BxTxHxKxV", "pass", "ms", "GFLOP/s", "% of peak");
+    for e in &results {
+        println!("{:<22} {:<15} {:>10.2} {:>10.1} {:>10.1}%", e.shape, e.pass, e.ms, e.gflops, e.pct_gemm_peak);
+    }
+    if let Some(path) = &a.json {
+        let unix_time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let report = Report { unix_time, device: format!("cpu: {cpu}"), threads, gemm_f32_peak_gflops: peak, results };
+        write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        println!("wrote {}", path.display());
+    }
+    Ok(true)
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Writes through a temp file and a rename, so a reader never sees half a file.
+pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
+    let Some(name) = path.file_name() else { bail!("{} is not a file path", path.display()) };
+    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! `gla check`: the shared case table on a device against the f64 oracle.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use gla_core::op::GlaOp;
+use gla_core::testing::{cases, compare, CaseData};
+use gla_cpu::{Chunked, FusedRecurrent, Naive};
+use serde::Serialize;
+
+use crate::Device;
+
+/// Tolerance of f32 CPU paths vs the f64 oracle (DESIGN.md section 4).
+const TOL_CPU_F32: f64 = 1e-5;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Device to check.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+    /// Only cases whose name contains this text.
+    #[arg(long)]
+    filter: Option<String>,
+    /// Also write the rows as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+#[derive(Serialize)]
+struct Row {
+    case: String,
+    path: &'static str,
+    tensor: &'static str,
+    rel_rmse: f64,
+    tol: f64,
+    pass: bool,
+}
+
+pub fn run(a: &Args) -> Result<bool> {
+    let Device::Cpu = a.device;
+    let ops: [&dyn GlaOp<f32>; 3] = [&Naive, &FusedRecurrent, &Chunked];
+    let start = Instant::now();
+    let mut rows = Vec::new();
+    for (i, case) in cases().iter().enumerate() {
+        if a.filter.as_ref().is_some_and(|f| !case.name.contains(f.as_str())) {
+            continue;
+        }
+        let d = CaseData::generate(case, 1000 + i as u64)?;
+        let p = &d.problem;
+        let rf = Naive.forward(p, &d.inputs(), true)?;
+        let rb = Naive.backward(p, &d.inputs(), &d.grads_in())?;
+        let f = d.to_f32();
+        for op in ops {
+            let fwd = op.forward(p, &f.inputs(), true)?;
+            let bwd = op.backward(p, &f.inputs(), &f.grads_in())?;
+            for (tensor, err) in compare(&fwd, &bwd, &rf, &rb) {
+                let pass = err <= TOL_CPU_F32;
+                rows.push(Row { case: case.name.clone(), path: op.name(), tensor, rel_rmse: err, tol: TOL_CPU_F32, pass });
+            }
+        }
+    }
+    print_table(&rows);
+    let failed = rows.iter().filter(|r| !r.pass).count();
+    println!(
+        "{} cases x {} paths, {} tensors checked in {:.1} s: {} passed, {} failed",
+        rows.iter().map(|r| &r.case).collect::<std::collections::BTreeSet<_>>().len(),
+        ops.len(),
+        rows.len(),
+        start.elapsed().as_secs_f64(),
+        rows.len() - failed,
+        failed
+    );
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)?;
+    }
+    Ok(failed == 0)
+}
+
+/// One line per (case, path): the worst tensor and whether all passed; failures in full.
+fn print_table(rows: &[Row]) {
+    println!("{:<26} {:<14} {:>10} {:<6} {}", "case", "path", "worst", "tensor", "result");
+    let mut i = 0;
+    while i < rows.len() {
+        let j = rows[i..].iter().position(|r| r.case != rows[i].case || r.path != rows[i].path).map_or(rows.len(), |p| i + p);
+        let group = &rows[i..j];
+        let worst = group.iter().max_by(|a, b| a.rel_rmse.total_cmp(&b.rel_rmse)).expect("non-empty group");
+        let ok = group.iter().all(|r| r.pass);
+        println!("{:<26} {:<14} {:>10.2e} {:<6} {}", worst.case, worst.path, worst.rel_rmse, worst.tensor, if ok { "ok" } else { "FAIL" });
+        for r in group.iter().filter(|r| !r.pass) {
+            println!("    {} rel-rmse {:.3e} > {:.0e}", r.tensor, r.rel_rmse, r.tol);
+        }
+        i = j;
+    }
+}
