@@ -58,7 +58,8 @@ pub enum Error {
 }
 
 impl Error {
-    pub(crate) fn driver(what: impl Into<String>) -> impl FnOnce(cudarc::driver::DriverError) -> Self {
+    /// A mapper from a driver error to [`Error::Driver`] naming `what` was being done.
+    pub fn driver(what: impl Into<String>) -> impl FnOnce(cudarc::driver::DriverError) -> Self {
         let what = what.into();
         move |source| Error::Driver { what, source }
     }

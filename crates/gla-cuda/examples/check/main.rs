@@ -1,0 +1,43 @@
+//! Runs the GPU check table and prints it; `--bench` also times the kernels.
+//! Usage: `check [--quick] [--bench]` (exit 1 on any failure, 2 when no GPU can be used).
+
+use gla_cuda::check::{check, format_table, CheckOptions};
+use gla_cuda::Cuda;
+
+mod bench;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let cuda = match Cuda::new() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("check: {e}");
+            std::process::exit(2);
+        }
+    };
+    println!("device: {} ({})", cuda.name(), cuda.arch());
+    let mut failed = false;
+    if !args.iter().any(|a| a == "--bench-only") {
+        let t0 = std::time::Instant::now();
+        let opts = if quick { CheckOptions { long: false, huge: false, repeat: true } } else { CheckOptions::default() };
+        match check(&cuda, opts) {
+            Ok(rows) => {
+                print!("{}", format_table(&rows));
+                failed = rows.iter().any(|r| !r.pass);
+            }
+            Err(e) => {
+                eprintln!("check: {e}");
+                failed = true;
+            }
+        }
+        println!("check took {:.1} s", t0.elapsed().as_secs_f64());
+    }
+    if args.iter().any(|a| a == "--bench" || a == "--bench-only") {
+        if let Err(e) = bench::run(&cuda) {
+            eprintln!("bench: {e}");
+            failed = true;
+        }
+    }
+    std::process::exit(i32::from(failed));
+}
