@@ -115,8 +115,19 @@ fn check_len(op: &'static str, tensor: &'static str, expected: String, numel: us
     }
 }
 
+/// Index of the first element failing `ok`. Scans blocks without early exit (so the loop
+/// vectorises: a plain `position` does not, and this check runs on every CPU call), then finds the
+/// exact index only inside a failing block.
+fn first_bad<T: Copy>(x: &[T], ok: impl Fn(T) -> bool) -> Option<usize> {
+    const BLOCK: usize = 4096;
+    x.chunks(BLOCK).enumerate().find_map(|(b, c)| {
+        let bad = c.iter().fold(false, |acc, &v| acc | !ok(v));
+        bad.then(|| b * BLOCK + c.iter().position(|&v| !ok(v)).unwrap_or(0))
+    })
+}
+
 fn check_finite<T: Real>(op: &'static str, tensor: &'static str, x: &[T]) -> Result<()> {
-    match x.iter().position(|v| !v.is_finite()) {
+    match first_bad(x, |v| v.is_finite()) {
         None => Ok(()),
         Some(index) => Err(Error::NonFinite { op, tensor, index, value: x[index].to_f64() }),
     }
@@ -156,8 +167,8 @@ impl<T: Real> Inputs<'_, T> {
             check_finite(op, "h0", h0)?;
         }
         if let Some(g) = self.g {
-            // `!(x <= 0)` also catches NaN
-            if let Some(index) = g.iter().position(|&x| !(x <= T::ZERO) || !x.is_finite()) {
+            // `x <= 0` is false for NaN; is_finite rules out -inf
+            if let Some(index) = first_bad(g, |x| x <= T::ZERO && x.is_finite()) {
                 return Err(Error::BadGate { op, index, value: g[index].to_f64() });
             }
         }

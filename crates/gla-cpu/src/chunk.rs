@@ -80,24 +80,34 @@ fn scale_rows(out: &mut [f32], a: &[f32], gc: &[f32], base: &[f32], kd: usize, b
     }
 }
 
-/// `sum_k a[k] b[k] exp(ga[k] - gb[k])`, with lane-wise partial sums so it vectorises.
+/// `prod *= decay` elementwise, flushing results below the smallest normal f32 to 0: a running
+/// product of decays only shrinks, and denormal arithmetic would cost ~100x on x86 for terms too
+/// small to change any sum they enter.
 #[inline]
-fn dot_exp(a: &[f32], b: &[f32], ga: &[f32], gb: &[f32]) -> f32 {
+fn decay_step(prod: &mut [f32], decay: &[f32]) {
+    let decay = &decay[..prod.len()];
+    for (p, &d) in prod.iter_mut().zip(decay) {
+        let x = *p * d;
+        *p = if x < f32::MIN_POSITIVE { 0.0 } else { x };
+    }
+}
+
+/// `sum_i a[i] b[i] c[i]`, with lane-wise partial sums over fixed-size blocks so it vectorises.
+#[inline]
+fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
     const W: usize = 16;
     let n = a.len();
-    let (b, ga, gb) = (&b[..n], &ga[..n], &gb[..n]);
+    let (b, c) = (&b[..n], &c[..n]);
     let mut acc = [0.0f32; W];
-    let body = n / W * W;
-    for i in (0..body).step_by(W) {
+    let (ab, bb, cb) = (a.chunks_exact(W), b.chunks_exact(W), c.chunks_exact(W));
+    let tail: f32 = ab.remainder().iter().zip(bb.remainder()).zip(cb.remainder()).map(|((x, y), z)| x * y * z).sum();
+    for ((x, y), z) in ab.zip(bb).zip(cb) {
+        let (x, y, z): (&[f32; W], &[f32; W], &[f32; W]) = (x.try_into().unwrap_or(&[0.0; W]), y.try_into().unwrap_or(&[0.0; W]), z.try_into().unwrap_or(&[0.0; W]));
         for j in 0..W {
-            acc[j] += a[i + j] * b[i + j] * fexp(ga[i + j] - gb[i + j]);
+            acc[j] += x[j] * y[j] * z[j];
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for i in body..n {
-        s += a[i] * b[i] * fexp(ga[i] - gb[i]);
-    }
-    s
+    acc.iter().sum::<f32>() + tail
 }
 
 /// Sequential state pass: `h [NT, K, V]` (state entering each chunk) and the final state.
@@ -123,11 +133,16 @@ fn state_pass(x: &SeqIn<f32>, gc: &[f32]) -> (Vec<f32>, Vec<f32>) {
 }
 
 /// Intra-chunk scores `A [m, m]` (lower triangle incl. diagonal; zero above).
-/// `qs`, `k`, `gc`: the chunk's `[m, K]` rows.
-fn intra_a(qs: &[f32], k: &[f32], gc: &[f32], m: usize, kd: usize) -> Vec<f32> {
+/// `qs`, `k`, `gc`, `eg = exp(g)`: the chunk's `[m, K]` rows.
+///
+/// Diagonal blocks use `exp(G[r] - G[c]) = prod_{s=c+1..r} exp(g[s])`, a running product of
+/// per-step decays (each <= 1): one multiply per element instead of one `exp`, and more accurate
+/// than a difference of two rounded cumsums.
+fn intra_a(qs: &[f32], k: &[f32], gc: &[f32], eg: &[f32], m: usize, kd: usize) -> Vec<f32> {
     let mut a = vec![0.0; m * m];
     let mut qn = vec![0.0; BC * kd];
     let mut kn = vec![0.0; m * kd];
+    let mut prod = vec![0.0; kd];
     for r0 in (0..m).step_by(BC) {
         let r1 = (r0 + BC).min(m);
         let gn = &gc[r0 * kd..(r0 + 1) * kd];
@@ -138,13 +153,22 @@ fn intra_a(qs: &[f32], k: &[f32], gc: &[f32], m: usize, kd: usize) -> Vec<f32> {
             scale_rows(kn, &k[..r0 * kd], &gc[..r0 * kd], gn, kd, true);
             matmul(&mut a[r0 * m..], m, MatRef::new(qn, r1 - r0, kd, kd), MatRef::new(kn, r0, kd, kd).t(), false);
         }
-        for r in r0..r1 {
-            for c in r0..=r {
-                a[r * m + c] = dot_exp(&qs[r * kd..(r + 1) * kd], &k[c * kd..(c + 1) * kd], &gc[r * kd..(r + 1) * kd], &gc[c * kd..(c + 1) * kd]);
+        for c in r0..r1 {
+            prod.fill(1.0);
+            for r in c..r1 {
+                if r > c {
+                    decay_step(&mut prod, &eg[r * kd..(r + 1) * kd]);
+                }
+                a[r * m + c] = dot3(&qs[r * kd..(r + 1) * kd], &k[c * kd..(c + 1) * kd], &prod);
             }
         }
     }
     a
+}
+
+/// Per-step decays `exp(g)` of a chunk's `[m, K]` gate rows.
+fn exp_rows(g: &[f32]) -> Vec<f32> {
+    g.iter().map(|&x| fexp(x)).collect()
 }
 
 /// The chunk's queries times scale, `[m, K]`.
@@ -152,8 +176,8 @@ fn scaled_q(x: &SeqIn<f32>, rows: &std::ops::Range<usize>) -> Vec<f32> {
     x.q[rows.start * x.kd..rows.end * x.kd].iter().map(|&v| v * x.scale).collect()
 }
 
-/// Output of chunk `c` given the state `h_c [K, V]` entering it: `[m, V]`.
-fn out_chunk(x: &SeqIn<f32>, gc: &[f32], h_c: &[f32], c: usize) -> Vec<f32> {
+/// Output of chunk `c` given the state `h_c [K, V]` entering it, into `o [m, V]`.
+fn out_chunk(x: &SeqIn<f32>, gc: &[f32], h_c: &[f32], c: usize, o: &mut [f32]) {
     let (kd, vd) = (x.kd, x.vd);
     let rows = chunk_rows(c, x.l);
     let m = rows.len();
@@ -162,20 +186,19 @@ fn out_chunk(x: &SeqIn<f32>, gc: &[f32], h_c: &[f32], c: usize) -> Vec<f32> {
     let mut qg = vec![0.0; m * kd];
     let zero = vec![0.0; kd];
     scale_rows(&mut qg, &qs, g_c, &zero, kd, false);
-    let mut o = vec![0.0; m * vd];
-    matmul(&mut o, vd, MatRef::new(&qg, m, kd, kd), MatRef::new(h_c, kd, vd, vd), false);
-    let a = intra_a(&qs, &x.k[rows.start * kd..rows.end * kd], g_c, m, kd);
-    matmul(&mut o, vd, MatRef::new(&a, m, m, m), MatRef::new(&x.v[rows.start * vd..rows.end * vd], m, vd, vd), true);
-    o
+    matmul(o, vd, MatRef::new(&qg, m, kd, kd), MatRef::new(h_c, kd, vd, vd), false);
+    let eg = exp_rows(&x.g[rows.start * kd..rows.end * kd]);
+    let a = intra_a(&qs, &x.k[rows.start * kd..rows.end * kd], g_c, &eg, m, kd);
+    matmul(o, vd, MatRef::new(&a, m, m, m), MatRef::new(&x.v[rows.start * vd..rows.end * vd], m, vd, vd), true);
 }
 
 fn forward_seq(x: &SeqIn<f32>) -> SeqOut<f32> {
     let kv = x.kd * x.vd;
     let gc = local_cumsum(&x.g, x.l, x.kd);
     let (h, ht) = state_pass(x, &gc);
-    let parts: Vec<Vec<f32>> =
-        (0..x.l.div_ceil(BT)).into_par_iter().map(|c| out_chunk(x, &gc, &h[c * kv..(c + 1) * kv], c)).collect();
-    SeqOut { o: parts.concat(), ht }
+    let mut o = vec![0.0; x.l * x.vd];
+    o.par_chunks_mut(BT * x.vd).enumerate().for_each(|(c, oc)| out_chunk(x, &gc, &h[c * kv..(c + 1) * kv], c, oc));
+    SeqOut { o, ht }
 }
 
 /// Per-chunk gradients `(dq, dk, dv, dg)`, rows of chunk `c`.
@@ -189,8 +212,10 @@ struct ChunkGrads {
 /// Intra-chunk part of the backward: adds `dA`'s contribution to `dqs` and `dk` (`[m, K]`),
 /// except the diagonal pairs r == c, which the caller adds after computing `dg` (they cancel
 /// exactly in `qs*dqs - k*dk`, and leaving them out keeps that difference free of cancellation).
-fn intra_bwd(qs: &[f32], k: &[f32], gc: &[f32], da: &[f32], m: usize, kd: usize, dqs: &mut [f32], dk: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+fn intra_bwd(qs: &[f32], k: &[f32], gc: &[f32], eg: &[f32], da: &[f32], m: usize, kd: usize, dqs: &mut [f32], dk: &mut [f32]) {
     let mut nbuf = vec![0.0; m * kd];
+    let mut prod = vec![0.0; kd];
     let mut tmp = vec![0.0; BC * kd];
     for r0 in (0..m).step_by(BC) {
         let r1 = (r0 + BC).min(m);
@@ -223,19 +248,21 @@ fn intra_bwd(qs: &[f32], k: &[f32], gc: &[f32], da: &[f32], m: usize, kd: usize,
                 }
             }
         }
-        // diagonal block, elementwise, strictly below the diagonal (the caller adds r == c)
-        for r in r0..r1 {
-            for c in r0..r {
+        // diagonal block, strictly below the diagonal (the caller adds r == c), with the running
+        // product of decays as in `intra_a`
+        for c in r0..r1 {
+            prod.fill(1.0);
+            let kc = &k[c * kd..(c + 1) * kd];
+            for r in c + 1..r1 {
+                decay_step(&mut prod, &eg[r * kd..(r + 1) * kd]);
                 let w = da[r * m + c];
-                let (gr, gcc) = (&gc[r * kd..(r + 1) * kd], &gc[c * kd..(c + 1) * kd]);
-                let (qr, kc) = (&qs[r * kd..(r + 1) * kd], &k[c * kd..(c + 1) * kd]);
-                let dq_r = &mut dqs[r * kd..(r + 1) * kd];
+                let (qr, dq_r) = (&qs[r * kd..(r + 1) * kd], &mut dqs[r * kd..(r + 1) * kd]);
                 for i in 0..kd {
-                    dq_r[i] += w * kc[i] * fexp(gr[i] - gcc[i]);
+                    dq_r[i] += w * kc[i] * prod[i];
                 }
                 let dk_c = &mut dk[c * kd..(c + 1) * kd];
                 for i in 0..kd {
-                    dk_c[i] += w * qr[i] * fexp(gr[i] - gcc[i]);
+                    dk_c[i] += w * qr[i] * prod[i];
                 }
             }
         }
@@ -250,7 +277,8 @@ fn bwd_chunk(x: &SeqIn<f32>, d: &SeqGradIn<f32>, gc: &[f32], h_c: &[f32], dh_c: 
     let g_c = &gc[rows.start * kd..rows.end * kd];
     let gl = &g_c[(m - 1) * kd..];
     let qs = scaled_q(x, &rows);
-    let a = intra_a(&qs, k, g_c, m, kd);
+    let eg = exp_rows(&x.g[rows.start * kd..rows.end * kd]);
+    let a = intra_a(&qs, k, g_c, &eg, m, kd);
 
     // dA = tril(do @ v^T)
     let mut da = vec![0.0; m * m];
@@ -298,7 +326,7 @@ fn bwd_chunk(x: &SeqIn<f32>, d: &SeqGradIn<f32>, gc: &[f32], h_c: &[f32], dh_c: 
     }
     let dk_inter = dk;
     let mut dk = vec![0.0; m * kd];
-    intra_bwd(&qs, k, g_c, &da, m, kd, &mut dqs, &mut dk);
+    intra_bwd(&qs, k, g_c, &eg, &da, m, kd, &mut dqs, &mut dk);
     let mut run = vec![0.0; kd];
     for r in (0..m).rev() {
         for i in 0..kd {
