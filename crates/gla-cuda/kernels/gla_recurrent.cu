@@ -44,7 +44,7 @@ __device__ void recurrent_fwd(const T* __restrict__ q, const T* __restrict__ k, 
         for (int i = tid; i < K; i += NW * 32) {
             s_q[i] = to_f32(q[o_k + i]) * scale;
             s_k[i] = to_f32(k[o_k + i]);
-            s_d[i] = __expf(load_gate(g, r, H, K, gw, i, h));
+            s_d[i] = expf(load_gate(g, r, H, K, gw, i, h));
         }
         if (w == 0) s_v[lane] = m_j ? to_f32(v[o_v + j]) : 0.f;
         __syncthreads();
@@ -102,7 +102,7 @@ __device__ void recurrent_bwd(const T* __restrict__ q, const T* __restrict__ k, 
         const idx_t o_k = (r * H + h) * (idx_t)K, o_v = (r * H + h) * (idx_t)V;
         for (int i = tid; i < K; i += NW * 32) {
             s_k[i] = to_f32(k[o_k + i]);
-            s_d[i] = __expf(load_gate(g, r, H, K, gw, i, h));
+            s_d[i] = expf(load_gate(g, r, H, K, gw, i, h));
         }
         if (w == 0) {
             s_v[lane] = m_j ? to_f32(v[o_v + j]) : 0.f;
@@ -141,7 +141,7 @@ __device__ void recurrent_bwd(const T* __restrict__ q, const T* __restrict__ k, 
         for (int i = tid; i < K; i += NW * 32) {
             s_q[i] = to_f32(q[o_k + i]) * scale;
             s_k[i] = to_f32(k[o_k + i]);
-            s_d[i] = __expf(load_gate(g, r, H, K, gw, i, h));
+            s_d[i] = expf(load_gate(g, r, H, K, gw, i, h));
         }
         if (w == 0) {
             s_v[lane] = m_j ? to_f32(v[o_v + j]) : 0.f;

@@ -40,7 +40,7 @@ pub const RECURRENT: KernelSource = KernelSource {
 pub const CHUNK: KernelSource = KernelSource {
     name: "gla_chunk.cu",
     text: include_str!("../kernels/gla_chunk.cu"),
-    entries: &["gla_chunk_fwd_f32", "gla_chunk_fwd_bf16"],
+    entries: &["gla_chunk_fwd_f32", "gla_chunk_fwd_bf16", "gla_chunk_fwd_mma_bf16"],
 };
 
 /// Every kernel source of the crate (the CI compile check walks this list).

@@ -126,6 +126,15 @@ pub const RECURRENT_MAX_K: usize = 256;
 pub const CHUNK_MAX_K: usize = 128;
 const REC_BV: usize = 32;
 const CHUNK_BV: usize = 32;
+const MMA_BV: usize = 64;
+
+/// Dynamic shared memory of `gla_chunk_fwd_mma_bf16` for K padded to `kp` (a multiple of 16):
+/// G f32 [64, kp]; q, k, q exp(G - gn), q exp(G) bf16 [64, kp+8]; Kg bf16 [96, kp+8];
+/// (k exp(G_last - G))^T [kp, 72]; v^T [64, 72]; A [64, 72]; S^T [64, kp+8].
+pub fn chunk_mma_smem_bytes(kp: usize) -> usize {
+    let ldk = kp + 8;
+    64 * kp * 4 + (4 * 64 * ldk + 96 * ldk + kp * 72 + 64 * 72 + 64 * 72 + 64 * ldk) * 2
+}
 
 /// Inputs of a forward or backward launch, on the device.
 #[derive(Debug, Clone, Copy)]
@@ -189,6 +198,11 @@ pub fn gla_fwd<T: Elem>(cuda: &Cuda, which: FwdKernel, dp: &DevProblem, x: &DevI
             let cfg = LaunchConfig { grid_dim: (p.v().div_ceil(REC_BV) as u32, gy, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
             (RECURRENT, format!("gla_recurrent_fwd_{}", T::SUFFIX), cfg)
         }
+        FwdKernel::Chunk if T::SUFFIX == "bf16" && p.k() <= CHUNK_MAX_K => {
+            let kp = p.k().div_ceil(16) * 16;
+            let cfg = LaunchConfig { grid_dim: (p.v().div_ceil(MMA_BV) as u32, gy, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_mma_smem_bytes(kp) as u32 };
+            (CHUNK, "gla_chunk_fwd_mma_bf16".to_string(), cfg)
+        }
         FwdKernel::Chunk => {
             if p.k() > CHUNK_MAX_K {
                 return Err(unsupported(format!("chunk kernel: K = {} > {CHUNK_MAX_K}", p.k())));
@@ -222,6 +236,10 @@ pub fn gla_fwd<T: Elem>(cuda: &Cuda, which: FwdKernel, dp: &DevProblem, x: &DevI
         None => b.arg(&null),
     };
     b.arg(&dp.bounds).arg(&h).arg(&k).arg(&v).arg(&gw).arg(&scale);
+    let kp = (p.k().div_ceil(16) * 16) as i32;
+    if name.contains("mma") {
+        b.arg(&kp);
+    }
     // SAFETY: the argument list matches the kernel's signature (pointers to buffers whose lengths
     // were checked above against the problem, or null where the kernel tests for null; i32 dims,
     // f32 scale); the grid covers V in tiles of BV and N*H in y, which is what the kernel indexes.
