@@ -99,10 +99,10 @@ pub fn ops(a: &OpsArgs) -> Result<bool> {
         let x = Inputs { q: &q, k: &kk, v: &vv, g: Some(&g), h0: None };
         let (ffl, bfl) = p.chunk_flops();
         let shape = format!("{b}x{t}x{h}x{k}x{v}");
-        let fwd = time_ms(a.reps, || Chunked.forward(&p, &x, false).map(drop).map_err(Into::into))?;
+        let fwd = time_ms(a.reps, || Chunked::default().forward(&p, &x, false).map(drop).map_err(Into::into))?;
         let fb = time_ms(a.reps, || {
-            Chunked.forward(&p, &x, false)?;
-            Chunked.backward(&p, &x, &Backward { d_o: &d_o, dht: None })?;
+            Chunked::default().forward(&p, &x, false)?;
+            Chunked::default().backward(&p, &x, &Backward { d_o: &d_o, dht: None })?;
             Ok(())
         })?;
         let rec = time_ms(a.reps.min(3), || FusedRecurrent.forward(&p, &x, false).map(drop).map_err(Into::into))?;

@@ -5,7 +5,7 @@ use std::time::Instant;
 use anyhow::Result;
 use gla_core::op::GlaOp;
 use gla_core::testing::{cases, compare, CaseData};
-use gla_cpu::{Chunked, FusedRecurrent, Naive};
+use gla_cpu::{Chunked, FusedRecurrent, Naive, Schedule};
 use serde::Serialize;
 
 use crate::Device;
@@ -38,7 +38,8 @@ struct Row {
 
 pub fn run(a: &Args) -> Result<bool> {
     let Device::Cpu = a.device;
-    let ops: [&dyn GlaOp<f32>; 3] = [&Naive, &FusedRecurrent, &Chunked];
+    let (seq, par) = (Chunked { schedule: Schedule::PerSequence }, Chunked { schedule: Schedule::PerChunk });
+    let ops: [&dyn GlaOp<f32>; 4] = [&Naive, &FusedRecurrent, &seq, &par];
     let start = Instant::now();
     let mut rows = Vec::new();
     for (i, case) in cases().iter().enumerate() {

@@ -115,19 +115,39 @@ fn check_len(op: &'static str, tensor: &'static str, expected: String, numel: us
     }
 }
 
-/// Index of the first element failing `ok`. Scans blocks without early exit (so the loop
-/// vectorises: a plain `position` does not, and this check runs on every CPU call), then finds the
-/// exact index only inside a failing block.
-fn first_bad<T: Copy>(x: &[T], ok: impl Fn(T) -> bool) -> Option<usize> {
-    const BLOCK: usize = 4096;
-    x.chunks(BLOCK).enumerate().find_map(|(b, c)| {
-        let bad = c.iter().fold(false, |acc, &v| acc | !ok(v));
-        bad.then(|| b * BLOCK + c.iter().position(|&v| !ok(v)).unwrap_or(0))
-    })
+/// What a value scan checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// Every element is finite.
+    Finite,
+    /// Every element is a finite log-gate: `-inf < x <= 0`.
+    Gate,
 }
 
-fn check_finite<T: Real>(op: &'static str, tensor: &'static str, x: &[T]) -> Result<()> {
-    match first_bad(x, |v| v.is_finite()) {
+/// A scanner: the index of the first element of a slice failing a [`Check`]. Backends pass their
+/// own (the CPU paths scan in parallel) to [`Inputs::validate_with`].
+pub type Scan<T> = dyn Fn(&[T], Check) -> Option<usize> + Sync;
+
+/// Index of the first element failing `check`, on the calling thread. Scans blocks without early
+/// exit (so the loop vectorises: a plain `position` does not, and this check runs on every CPU
+/// call), then finds the exact index only inside a failing block.
+pub fn first_bad<T: Real>(x: &[T], check: Check) -> Option<usize> {
+    fn scan<T: Copy>(x: &[T], ok: impl Fn(T) -> bool) -> Option<usize> {
+        const BLOCK: usize = 4096;
+        x.chunks(BLOCK).enumerate().find_map(|(b, c)| {
+            let bad = c.iter().fold(false, |acc, &v| acc | !ok(v));
+            bad.then(|| b * BLOCK + c.iter().position(|&v| !ok(v)).unwrap_or(0))
+        })
+    }
+    match check {
+        Check::Finite => scan(x, |v: T| v.is_finite()),
+        // `x <= 0` is false for NaN; is_finite rules out -inf
+        Check::Gate => scan(x, |v: T| v <= T::ZERO && v.is_finite()),
+    }
+}
+
+fn check_finite<T: Real>(op: &'static str, tensor: &'static str, x: &[T], scan: &Scan<T>) -> Result<()> {
+    match scan(x, Check::Finite) {
         None => Ok(()),
         Some(index) => Err(Error::NonFinite { op, tensor, index, value: x[index].to_f64() }),
     }
@@ -159,16 +179,23 @@ impl<T: Real> Inputs<'_, T> {
     /// # Errors
     /// [`Error::ShapeMismatch`], [`Error::NonFinite`], [`Error::BadGate`].
     pub fn validate(&self, op: &'static str, p: &Problem) -> Result<()> {
+        self.validate_with(op, p, &first_bad)
+    }
+
+    /// [`Inputs::validate`] with the value scans done by `scan`.
+    ///
+    /// # Errors
+    /// As [`Inputs::validate`].
+    pub fn validate_with(&self, op: &'static str, p: &Problem, scan: &Scan<T>) -> Result<()> {
         self.validate_shapes(op, p)?;
-        check_finite(op, "q", self.q)?;
-        check_finite(op, "k", self.k)?;
-        check_finite(op, "v", self.v)?;
+        check_finite(op, "q", self.q, scan)?;
+        check_finite(op, "k", self.k, scan)?;
+        check_finite(op, "v", self.v, scan)?;
         if let Some(h0) = self.h0 {
-            check_finite(op, "h0", h0)?;
+            check_finite(op, "h0", h0, scan)?;
         }
         if let Some(g) = self.g {
-            // `x <= 0` is false for NaN; is_finite rules out -inf
-            if let Some(index) = first_bad(g, |x| x <= T::ZERO && x.is_finite()) {
+            if let Some(index) = scan(g, Check::Gate) {
                 return Err(Error::BadGate { op, index, value: g[index].to_f64() });
             }
         }
@@ -182,11 +209,19 @@ impl<T: Real> Backward<'_, T> {
     /// # Errors
     /// [`Error::ShapeMismatch`], [`Error::NonFinite`].
     pub fn validate(&self, op: &'static str, p: &Problem) -> Result<()> {
+        self.validate_with(op, p, &first_bad)
+    }
+
+    /// [`Backward::validate`] with the value scans done by `scan`.
+    ///
+    /// # Errors
+    /// As [`Backward::validate`].
+    pub fn validate_with(&self, op: &'static str, p: &Problem, scan: &Scan<T>) -> Result<()> {
         check_len(op, "do", p.shape_str("V"), p.v_len(), self.d_o.len())?;
-        check_finite(op, "do", self.d_o)?;
+        check_finite(op, "do", self.d_o, scan)?;
         if let Some(dht) = self.dht {
             check_len(op, "dht", p.shape_str("S"), p.state_len(), dht.len())?;
-            check_finite(op, "dht", dht)?;
+            check_finite(op, "dht", dht, scan)?;
         }
         Ok(())
     }

@@ -16,11 +16,16 @@
 //! elementwise. All matrix work goes through the gemm crate; exponentials through a vectorised
 //! `exp` ([`crate::fexp`]).
 //!
-//! **Chunk states are materialised**: a sequential pass computes `h [NT, K, V]` (the state entering
-//! each chunk, f32), then the output stage runs **in parallel over chunks** (on top of the
-//! parallelism over sequences x heads), so a single long sequence with few heads still uses every
-//! core. The cost is `NT*K*V*4` bytes per (sequence, head), the same `h` that fla keeps; the
-//! backward needs `h` anyway and recomputes it the same way.
+//! **Chunk states** ([`Schedule`]): with at least as many (sequence, head) pairs as threads, the
+//! forward walks each sequence's chunks once, output then state update, with the state in cache
+//! and nothing materialised. With fewer pairs (one long sequence, few heads) it materialises
+//! `h [NT, K, V]` (the state entering each chunk, f32) in a sequential pass and then runs the
+//! output stage **in parallel over chunks**, so every core works; the cost is `NT*K*V*4` bytes per
+//! (sequence, head), the same `h` that fla keeps. The backward always materialises `h` and the
+//! state gradients `dh` (two sequential passes), then runs the per-chunk gradients in parallel.
+//!
+//! Inputs are read in place; each chunk's rows are copied into small contiguous `[64, K]` buffers
+//! (cache-resident), never a whole tensor.
 //!
 //! Backward (derivation in docs/math/gla_chunk.md):
 //!
@@ -42,31 +47,106 @@ use gla_core::op::GlaOp;
 use gla_core::{Backward, Forward, Grads, Inputs, Problem, Result, BC, BT};
 use rayon::prelude::*;
 
-use crate::driver::{self, SeqGradIn, SeqGrads, SeqIn, SeqOut};
+use crate::driver::{self, SeqGradIn, SeqIn, SeqOut, SeqSinks};
 use crate::fexp::{fexp, mul_exp_diff};
 use crate::mat::{matmul, MatRef};
 
+/// How the chunked forward spreads work over threads (see the module docs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Schedule {
+    /// `PerSequence` when there are at least as many (sequence, head) pairs as rayon threads,
+    /// else `PerChunk`.
+    #[default]
+    Auto,
+    /// Parallel over (sequence, head) only; one pass over each sequence, states kept in cache.
+    PerSequence,
+    /// Materialise the chunk states, then the output stage in parallel over chunks too.
+    PerChunk,
+}
+
 /// The chunked algorithm (`cpu-chunk`), f32 only.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Chunked;
+pub struct Chunked {
+    /// Thread schedule of the forward; every schedule gives the same result bit for bit.
+    pub schedule: Schedule,
+}
 
 /// Rows of chunk `c` in a sequence of `l` rows.
 fn chunk_rows(c: usize, l: usize) -> std::ops::Range<usize> {
     c * BT..((c + 1) * BT).min(l)
 }
 
-/// Chunk-local inclusive cumsum of `g [L, K]`, reset at every chunk start.
-fn local_cumsum(g: &[f32], l: usize, kd: usize) -> Vec<f32> {
-    let mut gc = g.to_vec();
-    for r in 0..l {
-        if r % BT != 0 {
+/// One chunk's rows, copied out of the strided inputs into contiguous `[m, *]` buffers.
+struct Chunk {
+    /// Rows m (<= BT).
+    m: usize,
+    /// `[m, K]`: scale * q
+    qs: Vec<f32>,
+    /// `[m, K]`
+    k: Vec<f32>,
+    /// `[m, V]`
+    v: Vec<f32>,
+    /// `[m, K]`: chunk-local inclusive cumsum of g
+    gc: Vec<f32>,
+    /// `[m, K]`: per-step decays exp(g)
+    eg: Vec<f32>,
+}
+
+impl Chunk {
+    fn load(x: &SeqIn<'_, f32>, c: usize) -> Self {
+        let (kd, vd) = (x.kd, x.vd);
+        let rows = chunk_rows(c, x.l);
+        let m = rows.len();
+        let (mut qs, mut k, mut v, mut gc) = (vec![0.0; m * kd], vec![0.0; m * kd], vec![0.0; m * vd], vec![0.0; m * kd]);
+        x.q.copy_to(rows.start, &mut qs);
+        qs.iter_mut().for_each(|e| *e *= x.scale);
+        x.k.copy_to(rows.start, &mut k);
+        x.v.copy_to(rows.start, &mut v);
+        x.g_rows(rows.start, &mut gc);
+        let eg = gc.iter().map(|&g| fexp(g)).collect();
+        for r in 1..m {
             let (prev, cur) = gc[(r - 1) * kd..(r + 1) * kd].split_at_mut(kd);
-            for (c, p) in cur.iter_mut().zip(prev.iter()) {
-                *c += *p;
-            }
+            cur.iter_mut().zip(prev.iter()).for_each(|(c, p)| *c += *p);
         }
+        Self { m, qs, k, v, gc, eg }
     }
-    gc
+    /// G at the chunk's last row, `[K]`.
+    fn gl(&self, kd: usize) -> &[f32] {
+        &self.gc[(self.m - 1) * kd..self.m * kd]
+    }
+    /// `qs * exp(G)`, `[m, K]`.
+    fn qg(&self, kd: usize) -> Vec<f32> {
+        let mut qg = vec![0.0; self.m * kd];
+        let zero = vec![0.0; kd];
+        scale_rows(&mut qg, &self.qs, &self.gc, &zero, kd, false);
+        qg
+    }
+    /// `k * exp(Gl - G)`, `[m, K]`.
+    fn kg(&self, kd: usize) -> Vec<f32> {
+        let mut kg = vec![0.0; self.m * kd];
+        scale_rows(&mut kg, &self.k, &self.gc, self.gl(kd), kd, true);
+        kg
+    }
+}
+
+/// `s [K, V] = diag(exp(Gl)) s + (k * exp(Gl - G))^T @ v`: the state leaving the chunk.
+fn state_update(ch: &Chunk, s: &mut [f32], kd: usize, vd: usize) {
+    let gl = ch.gl(kd);
+    for i in 0..kd {
+        let decay = fexp(gl[i]);
+        s[i * vd..(i + 1) * vd].iter_mut().for_each(|e| *e *= decay);
+    }
+    let kg = ch.kg(kd);
+    matmul(s, vd, MatRef::new(&kg, ch.m, kd, kd).t(), MatRef::new(&ch.v, ch.m, vd, vd), true);
+}
+
+/// The chunk's output `o [m, V] = (qs * exp(G)) @ h_c + A @ v` given the state `h_c [K, V]`
+/// entering it.
+fn out_chunk(ch: &Chunk, h_c: &[f32], kd: usize, vd: usize, o: &mut [f32]) {
+    let m = ch.m;
+    matmul(o, vd, MatRef::new(&ch.qg(kd), m, kd, kd), MatRef::new(h_c, kd, vd, vd), false);
+    let a = intra_a(&ch.qs, &ch.k, &ch.gc, &ch.eg, m, kd);
+    matmul(o, vd, MatRef::new(&a, m, m, m), MatRef::new(&ch.v, m, vd, vd), true);
 }
 
 /// `out[r, :] = a[r, :] * exp(G[r, :] - base)` or `exp(base - G[r, :])` over `rows` rows.
@@ -110,28 +190,6 @@ fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// Sequential state pass: `h [NT, K, V]` (state entering each chunk) and the final state.
-fn state_pass(x: &SeqIn<f32>, gc: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let (l, kd, vd, kv) = (x.l, x.kd, x.vd, x.kd * x.vd);
-    let nt = l.div_ceil(BT);
-    let mut s = x.h0.clone().unwrap_or_else(|| vec![0.0; kv]);
-    let mut h = vec![0.0; nt * kv];
-    let mut kg = vec![0.0; BT * kd];
-    for c in 0..nt {
-        let rows = chunk_rows(c, l);
-        let m = rows.len();
-        h[c * kv..(c + 1) * kv].copy_from_slice(&s);
-        let gl = &gc[(rows.end - 1) * kd..rows.end * kd];
-        scale_rows(&mut kg[..m * kd], &x.k[rows.start * kd..rows.end * kd], &gc[rows.start * kd..rows.end * kd], gl, kd, true);
-        for i in 0..kd {
-            let decay = fexp(gl[i]);
-            s[i * vd..(i + 1) * vd].iter_mut().for_each(|e| *e *= decay);
-        }
-        matmul(&mut s, vd, MatRef::new(&kg[..m * kd], m, kd, kd).t(), MatRef::new(&x.v[rows.start * vd..rows.end * vd], m, vd, vd), true);
-    }
-    (h, s)
-}
-
 /// Intra-chunk scores `A [m, m]` (lower triangle incl. diagonal; zero above).
 /// `qs`, `k`, `gc`, `eg = exp(g)`: the chunk's `[m, K]` rows.
 ///
@@ -165,50 +223,6 @@ fn intra_a(qs: &[f32], k: &[f32], gc: &[f32], eg: &[f32], m: usize, kd: usize) -
     }
     a
 }
-
-/// Per-step decays `exp(g)` of a chunk's `[m, K]` gate rows.
-fn exp_rows(g: &[f32]) -> Vec<f32> {
-    g.iter().map(|&x| fexp(x)).collect()
-}
-
-/// The chunk's queries times scale, `[m, K]`.
-fn scaled_q(x: &SeqIn<f32>, rows: &std::ops::Range<usize>) -> Vec<f32> {
-    x.q[rows.start * x.kd..rows.end * x.kd].iter().map(|&v| v * x.scale).collect()
-}
-
-/// Output of chunk `c` given the state `h_c [K, V]` entering it, into `o [m, V]`.
-fn out_chunk(x: &SeqIn<f32>, gc: &[f32], h_c: &[f32], c: usize, o: &mut [f32]) {
-    let (kd, vd) = (x.kd, x.vd);
-    let rows = chunk_rows(c, x.l);
-    let m = rows.len();
-    let g_c = &gc[rows.start * kd..rows.end * kd];
-    let qs = scaled_q(x, &rows);
-    let mut qg = vec![0.0; m * kd];
-    let zero = vec![0.0; kd];
-    scale_rows(&mut qg, &qs, g_c, &zero, kd, false);
-    matmul(o, vd, MatRef::new(&qg, m, kd, kd), MatRef::new(h_c, kd, vd, vd), false);
-    let eg = exp_rows(&x.g[rows.start * kd..rows.end * kd]);
-    let a = intra_a(&qs, &x.k[rows.start * kd..rows.end * kd], g_c, &eg, m, kd);
-    matmul(o, vd, MatRef::new(&a, m, m, m), MatRef::new(&x.v[rows.start * vd..rows.end * vd], m, vd, vd), true);
-}
-
-fn forward_seq(x: &SeqIn<f32>) -> SeqOut<f32> {
-    let kv = x.kd * x.vd;
-    let gc = local_cumsum(&x.g, x.l, x.kd);
-    let (h, ht) = state_pass(x, &gc);
-    let mut o = vec![0.0; x.l * x.vd];
-    o.par_chunks_mut(BT * x.vd).enumerate().for_each(|(c, oc)| out_chunk(x, &gc, &h[c * kv..(c + 1) * kv], c, oc));
-    SeqOut { o, ht }
-}
-
-/// Per-chunk gradients `(dq, dk, dv, dg)`, rows of chunk `c`.
-struct ChunkGrads {
-    dq: Vec<f32>,
-    dk: Vec<f32>,
-    dv: Vec<f32>,
-    dg: Vec<f32>,
-}
-
 /// Intra-chunk part of the backward: adds `dA`'s contribution to `dqs` and `dk` (`[m, K]`),
 /// except the diagonal pairs r == c, which the caller adds after computing `dg` (they cancel
 /// exactly in `qs*dqs - k*dk`, and leaving them out keeps that difference free of cancellation).
@@ -269,42 +283,72 @@ fn intra_bwd(qs: &[f32], k: &[f32], gc: &[f32], eg: &[f32], da: &[f32], m: usize
     }
 }
 
-fn bwd_chunk(x: &SeqIn<f32>, d: &SeqGradIn<f32>, gc: &[f32], h_c: &[f32], dh_c: &[f32], c: usize) -> ChunkGrads {
+fn forward_seq(x: &SeqIn<'_, f32>, out: &SeqOut<'_, f32>, per_chunk: bool) -> Vec<f32> {
+    let (kd, vd, kv) = (x.kd, x.vd, x.kd * x.vd);
+    let nt = x.l.div_ceil(BT);
+    let mut s = x.state0();
+    if !per_chunk {
+        let mut o = vec![0.0; BT * vd];
+        for c in 0..nt {
+            let ch = Chunk::load(x, c);
+            let o = &mut o[..ch.m * vd];
+            out_chunk(&ch, &s, kd, vd, o);
+            // SAFETY: each chunk's rows are written once, by this thread.
+            unsafe { out.write_o(c * BT, o) };
+            state_update(&ch, &mut s, kd, vd);
+        }
+        return s;
+    }
+    let mut h = vec![0.0; nt * kv];
+    for c in 0..nt {
+        h[c * kv..(c + 1) * kv].copy_from_slice(&s);
+        state_update(&Chunk::load(x, c), &mut s, kd, vd);
+    }
+    (0..nt).into_par_iter().for_each(|c| {
+        let ch = Chunk::load(x, c);
+        let mut o = vec![0.0; ch.m * vd];
+        out_chunk(&ch, &h[c * kv..(c + 1) * kv], kd, vd, &mut o);
+        // SAFETY: chunks cover disjoint rows; each is written by exactly one task.
+        unsafe { out.write_o(c * BT, &o) };
+    });
+    s
+}
+
+/// Gradients of one chunk, written through `out`; `h_c` is the state entering the chunk and
+/// `dh_c` the gradient of the state leaving it.
+fn bwd_chunk(x: &SeqIn<'_, f32>, d: &SeqGradIn<'_, f32>, h_c: &[f32], dh_c: &[f32], c: usize, out: &SeqSinks<'_, f32>) {
     let (kd, vd) = (x.kd, x.vd);
-    let rows = chunk_rows(c, x.l);
-    let m = rows.len();
-    let (k, v, d_o) = (&x.k[rows.start * kd..rows.end * kd], &x.v[rows.start * vd..rows.end * vd], &d.d_o[rows.start * vd..rows.end * vd]);
-    let g_c = &gc[rows.start * kd..rows.end * kd];
-    let gl = &g_c[(m - 1) * kd..];
-    let qs = scaled_q(x, &rows);
-    let eg = exp_rows(&x.g[rows.start * kd..rows.end * kd]);
-    let a = intra_a(&qs, k, g_c, &eg, m, kd);
+    let ch = Chunk::load(x, c);
+    let m = ch.m;
+    let (qs, k, v, g_c) = (&ch.qs, &ch.k, &ch.v, &ch.gc);
+    let gl = ch.gl(kd);
+    let mut d_o = vec![0.0; m * vd];
+    d.d_o.copy_to(c * BT, &mut d_o);
+    let a = intra_a(qs, k, g_c, &ch.eg, m, kd);
 
     // dA = tril(do @ v^T)
     let mut da = vec![0.0; m * m];
-    matmul(&mut da, m, MatRef::new(d_o, m, vd, vd), MatRef::new(v, m, vd, vd).t(), false);
+    matmul(&mut da, m, MatRef::new(&d_o, m, vd, vd), MatRef::new(v, m, vd, vd).t(), false);
     for r in 0..m {
         da[r * m + r + 1..(r + 1) * m].fill(0.0);
     }
 
     // dv = A^T @ do + (k * exp(Gl - G)) @ dh_c
-    let mut kg = vec![0.0; m * kd];
-    scale_rows(&mut kg, k, g_c, gl, kd, true);
     let mut dv = vec![0.0; m * vd];
-    matmul(&mut dv, vd, MatRef::new(&a, m, m, m).t(), MatRef::new(d_o, m, vd, vd), false);
-    matmul(&mut dv, vd, MatRef::new(&kg, m, kd, kd), MatRef::new(dh_c, kd, vd, vd), true);
+    matmul(&mut dv, vd, MatRef::new(&a, m, m, m).t(), MatRef::new(&d_o, m, vd, vd), false);
+    matmul(&mut dv, vd, MatRef::new(&ch.kg(kd), m, kd, kd), MatRef::new(dh_c, kd, vd, vd), true);
 
     // inter parts of dqs and dk
     let mut dqs = vec![0.0; m * kd];
-    matmul(&mut dqs, kd, MatRef::new(d_o, m, vd, vd), MatRef::new(h_c, kd, vd, vd).t(), false);
+    matmul(&mut dqs, kd, MatRef::new(&d_o, m, vd, vd), MatRef::new(h_c, kd, vd, vd).t(), false);
     let zero = vec![0.0; kd];
     for (row, g) in dqs.chunks_exact_mut(kd).zip(g_c.chunks_exact(kd)) {
         let orig = row.to_vec();
         mul_exp_diff(row, &orig, g, &zero);
     }
-    let mut dk = vec![0.0; m * kd];
-    matmul(&mut dk, kd, MatRef::new(v, m, vd, vd), MatRef::new(dh_c, kd, vd, vd).t(), false);
-    for (row, g) in dk.chunks_exact_mut(kd).zip(g_c.chunks_exact(kd)) {
+    let mut dk_inter = vec![0.0; m * kd];
+    matmul(&mut dk_inter, kd, MatRef::new(v, m, vd, vd), MatRef::new(dh_c, kd, vd, vd).t(), false);
+    for (row, g) in dk_inter.chunks_exact_mut(kd).zip(g_c.chunks_exact(kd)) {
         let orig = row.to_vec();
         mul_exp_diff(row, &orig, gl, g);
     }
@@ -321,12 +365,11 @@ fn bwd_chunk(x: &SeqIn<f32>, d: &SeqGradIn<f32>, gc: &[f32], h_c: &[f32], dh_c: 
     for r in 0..m {
         for i in 0..kd {
             dg[r * kd + i] = fwd_sum[i];
-            fwd_sum[i] += k[r * kd + i] * dk[r * kd + i];
+            fwd_sum[i] += k[r * kd + i] * dk_inter[r * kd + i];
         }
     }
-    let dk_inter = dk;
     let mut dk = vec![0.0; m * kd];
-    intra_bwd(&qs, k, g_c, &eg, &da, m, kd, &mut dqs, &mut dk);
+    intra_bwd(qs, k, g_c, &ch.eg, &da, m, kd, &mut dqs, &mut dk);
     let mut run = vec![0.0; kd];
     for r in (0..m).rev() {
         for i in 0..kd {
@@ -342,50 +385,59 @@ fn bwd_chunk(x: &SeqIn<f32>, d: &SeqGradIn<f32>, gc: &[f32], h_c: &[f32], dh_c: 
             dk[r * kd + i] += w * qs[r * kd + i] + dk_inter[r * kd + i];
         }
     }
-    let dq = dqs.iter().map(|&v| v * x.scale).collect();
-    ChunkGrads { dq, dk, dv, dg }
+    dqs.iter_mut().for_each(|e| *e *= x.scale);
+    // SAFETY: chunks cover disjoint rows; each is written by exactly one task.
+    unsafe {
+        out.write_qkv(c * BT, &dqs, &dk, &dv);
+        out.write_dg(c * BT, &dg);
+    }
 }
 
-fn backward_seq(x: &SeqIn<f32>, d: &SeqGradIn<f32>) -> SeqGrads<f32> {
+fn backward_seq(x: &SeqIn<'_, f32>, d: &SeqGradIn<'_, f32>, out: &SeqSinks<'_, f32>) -> Vec<f32> {
     let (l, kd, vd, kv) = (x.l, x.kd, x.vd, x.kd * x.vd);
     let nt = l.div_ceil(BT);
-    let gc = local_cumsum(&x.g, l, kd);
-    let (h, _) = state_pass(x, &gc);
-
-    // reverse pass over chunks: dh[c] = gradient of the state leaving chunk c
-    let mut ds = d.dht.clone().unwrap_or_else(|| vec![0.0; kv]);
+    // h[c]: state entering chunk c
+    let mut s = x.state0();
+    let mut h = vec![0.0; nt * kv];
+    for c in 0..nt {
+        h[c * kv..(c + 1) * kv].copy_from_slice(&s);
+        state_update(&Chunk::load(x, c), &mut s, kd, vd);
+    }
+    // dh[c]: gradient of the state leaving chunk c (reverse pass)
+    let mut ds = d.dht.map_or_else(|| vec![0.0; kv], <[f32]>::to_vec);
     let mut dh = vec![0.0; nt * kv];
-    let mut qg = vec![0.0; BT * kd];
+    let mut d_o = vec![0.0; BT * vd];
     for c in (0..nt).rev() {
-        let rows = chunk_rows(c, l);
-        let m = rows.len();
         dh[c * kv..(c + 1) * kv].copy_from_slice(&ds);
-        let g_c = &gc[rows.start * kd..rows.end * kd];
-        let gl = &g_c[(m - 1) * kd..];
+        let ch = Chunk::load(x, c);
+        let gl = ch.gl(kd);
         for i in 0..kd {
             let decay = fexp(gl[i]);
             ds[i * vd..(i + 1) * vd].iter_mut().for_each(|e| *e *= decay);
         }
-        let qs = scaled_q(x, &rows);
-        let zero = vec![0.0; kd];
-        scale_rows(&mut qg[..m * kd], &qs, g_c, &zero, kd, false);
-        matmul(&mut ds, vd, MatRef::new(&qg[..m * kd], m, kd, kd).t(), MatRef::new(&d.d_o[rows.start * vd..rows.end * vd], m, vd, vd), true);
+        let d_o = &mut d_o[..ch.m * vd];
+        d.d_o.copy_to(c * BT, d_o);
+        matmul(&mut ds, vd, MatRef::new(&ch.qg(kd), ch.m, kd, kd).t(), MatRef::new(d_o, ch.m, vd, vd), true);
     }
-
-    let parts: Vec<ChunkGrads> = (0..nt)
-        .into_par_iter()
-        .map(|c| bwd_chunk(x, d, &gc, &h[c * kv..(c + 1) * kv], &dh[c * kv..(c + 1) * kv], c))
-        .collect();
-    let cat = |f: fn(&ChunkGrads) -> &Vec<f32>| parts.iter().flat_map(|p| f(p).iter().copied()).collect::<Vec<f32>>();
-    SeqGrads { dq: cat(|p| &p.dq), dk: cat(|p| &p.dk), dv: cat(|p| &p.dv), dg: cat(|p| &p.dg), dh0: ds }
+    (0..nt).into_par_iter().for_each(|c| bwd_chunk(x, d, &h[c * kv..(c + 1) * kv], &dh[c * kv..(c + 1) * kv], c, out));
+    ds
 }
 
 impl GlaOp<f32> for Chunked {
     fn name(&self) -> &'static str {
-        "cpu-chunk"
+        match self.schedule {
+            Schedule::Auto => "cpu-chunk",
+            Schedule::PerSequence => "cpu-chunk-seq",
+            Schedule::PerChunk => "cpu-chunk-par",
+        }
     }
     fn forward(&self, p: &Problem, x: &Inputs<'_, f32>, output_final_state: bool) -> Result<Forward<f32>> {
-        driver::forward(self.name(), p, x, output_final_state, forward_seq)
+        let per_chunk = match self.schedule {
+            Schedule::Auto => p.n() * p.h() < rayon::current_num_threads(),
+            Schedule::PerSequence => false,
+            Schedule::PerChunk => true,
+        };
+        driver::forward(self.name(), p, x, output_final_state, |s, o| forward_seq(s, o, per_chunk))
     }
     fn backward(&self, p: &Problem, x: &Inputs<'_, f32>, d: &Backward<'_, f32>) -> Result<Grads<f32>> {
         driver::backward(self.name(), p, x, d, backward_seq)

@@ -1,112 +1,212 @@
-//! The part every CPU algorithm shares: validate, gather one (sequence, head) into contiguous
-//! `[L, D]` buffers, run the per-sequence math in parallel over N x H, scatter the results.
+//! The part every CPU algorithm shares: validate, hand each (sequence, head) a view of its rows,
+//! run the per-sequence math in parallel over N x H, and let it write its rows of the outputs in
+//! place.
 //!
-//! Gathering costs one copy of the inputs and makes every algorithm's inner code work on plain
-//! row-major `[L, K]` / `[L, V]` / `[K, V]` slices. The gate is expanded to `[L, K]` here, so the
-//! per-head gate (broadcast over K) and no gate (all zeros: exp(0) = 1) run through the same math
-//! as GLA's per-key gate; `dg` is reduced back to the gate's shape on the way out.
+//! Inputs are read in place through [`Rows`] (no gathered copy: at the benchmark shape a copy of
+//! q, k, v, g costs as much as the chunked forward's matrix work). The gate is read through
+//! [`SeqIn::g_row`], which expands every gate kind to K values: the per-head gate (broadcast over
+//! K) and no gate (zeros: exp(0) = 1) run through the same math as GLA's per-key gate, and `dg` is
+//! reduced back to the gate's shape on the way out ([`SeqSinks::write_dg`]).
 
+use gla_core::op::{first_bad, Check};
 use gla_core::{Backward, Forward, GateKind, Grads, Inputs, Problem, Real, Result};
 use rayon::prelude::*;
 
-/// One (sequence, head) slice of the inputs, contiguous.
-pub(crate) struct SeqIn<T> {
+/// The rows of one (sequence, head) inside a `[rows, H, D]` tensor.
+#[derive(Clone, Copy)]
+pub(crate) struct Rows<'a, T> {
+    data: &'a [T],
+    start: usize,
+    nh: usize,
+    h: usize,
+    d: usize,
+}
+
+impl<'a, T: Copy> Rows<'a, T> {
+    fn new(data: &'a [T], start: usize, nh: usize, h: usize, d: usize) -> Self {
+        Self { data, start, nh, h, d }
+    }
+    /// Row `t` (relative to the sequence start), `[D]`.
+    #[inline]
+    pub fn row(&self, t: usize) -> &'a [T] {
+        let o = ((self.start + t) * self.nh + self.h) * self.d;
+        &self.data[o..o + self.d]
+    }
+    /// Copies rows `t0..t0 + n` into `out [n, D]`.
+    pub fn copy_to(&self, t0: usize, out: &mut [T]) {
+        for (i, dst) in out.chunks_exact_mut(self.d).enumerate() {
+            dst.copy_from_slice(self.row(t0 + i));
+        }
+    }
+}
+
+/// One (sequence, head) of the inputs.
+pub(crate) struct SeqIn<'a, T> {
     /// Tokens L.
     pub l: usize,
     pub kd: usize,
     pub vd: usize,
     pub scale: T,
     /// `[L, K]`
-    pub q: Vec<T>,
+    pub q: Rows<'a, T>,
     /// `[L, K]`
-    pub k: Vec<T>,
+    pub k: Rows<'a, T>,
     /// `[L, V]`
-    pub v: Vec<T>,
-    /// `[L, K]`, expanded from any gate kind
-    pub g: Vec<T>,
+    pub v: Rows<'a, T>,
+    gate: GateKind,
+    g: Option<Rows<'a, T>>,
     /// `[K, V]`
-    pub h0: Option<Vec<T>>,
+    pub h0: Option<&'a [T]>,
+}
+
+impl<T: Real> SeqIn<'_, T> {
+    /// The log-gate of token `t` expanded to `[K]` into `out`.
+    #[inline]
+    pub fn g_row(&self, t: usize, out: &mut [T]) {
+        match (self.gate, &self.g) {
+            (GateKind::PerKey, Some(g)) => out.copy_from_slice(g.row(t)),
+            (GateKind::PerHead, Some(g)) => out.fill(g.row(t)[0]),
+            _ => out.fill(T::ZERO),
+        }
+    }
+    /// Gate rows `t0..t0 + n` expanded into `out [n, K]`.
+    pub fn g_rows(&self, t0: usize, out: &mut [T]) {
+        for (i, dst) in out.chunks_exact_mut(self.kd).enumerate() {
+            self.g_row(t0 + i, dst);
+        }
+    }
+    /// The initial state `[K, V]` as an owned buffer (zeros when absent).
+    pub fn state0(&self) -> Vec<T> {
+        self.h0.map_or_else(|| vec![T::ZERO; self.kd * self.vd], <[T]>::to_vec)
+    }
 }
 
 /// Upstream gradients of one (sequence, head).
-pub(crate) struct SeqGradIn<T> {
+pub(crate) struct SeqGradIn<'a, T> {
     /// `[L, V]`
-    pub d_o: Vec<T>,
+    pub d_o: Rows<'a, T>,
     /// `[K, V]`
-    pub dht: Option<Vec<T>>,
+    pub dht: Option<&'a [T]>,
 }
 
-/// Per-(sequence, head) forward result.
-pub(crate) struct SeqOut<T> {
-    /// `[L, V]`
-    pub o: Vec<T>,
-    /// `[K, V]`
-    pub ht: Vec<T>,
+/// A `[rows, H, D]` output written in place by parallel tasks, each owning distinct
+/// (row, head) pairs. Holds a raw pointer because the rows of different heads interleave, so no
+/// safe split of the slice gives each task its part.
+struct Sink<T> {
+    ptr: *mut T,
+    len: usize,
+    nh: usize,
+    d: usize,
 }
 
-/// Per-(sequence, head) gradients.
-pub(crate) struct SeqGrads<T> {
-    /// `[L, K]`
-    pub dq: Vec<T>,
-    /// `[L, K]`
-    pub dk: Vec<T>,
-    /// `[L, V]`
-    pub dv: Vec<T>,
-    /// `[L, K]` (per-key; reduced to the gate's shape by the driver)
-    pub dg: Vec<T>,
-    /// `[K, V]`
-    pub dh0: Vec<T>,
-}
+// SAFETY: a Sink is only written through `write`, whose contract makes concurrent writes touch
+// disjoint elements; T: Send is enough to move values across threads.
+unsafe impl<T: Send> Send for Sink<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send> Sync for Sink<T> {}
 
-fn gather<T: Copy>(x: &[T], rows: std::ops::Range<usize>, h: usize, nh: usize, d: usize) -> Vec<T> {
-    let mut out = Vec::with_capacity(rows.len() * d);
-    for r in rows {
-        let o = (r * nh + h) * d;
-        out.extend_from_slice(&x[o..o + d]);
+impl<T: Copy> Sink<T> {
+    fn new(v: &mut [T], nh: usize, d: usize) -> Self {
+        Self { ptr: v.as_mut_ptr(), len: v.len(), nh, d }
     }
-    out
-}
-
-fn scatter<T: Copy>(dst: &mut [T], src: &[T], rows: std::ops::Range<usize>, h: usize, nh: usize, d: usize) {
-    for (i, r) in rows.enumerate() {
-        let o = (r * nh + h) * d;
-        dst[o..o + d].copy_from_slice(&src[i * d..(i + 1) * d]);
-    }
-}
-
-fn gather_gate<T: Real>(p: &Problem, g: Option<&[T]>, rows: std::ops::Range<usize>, h: usize) -> Vec<T> {
-    let (nh, kd) = (p.h(), p.k());
-    match (p.gate(), g) {
-        (GateKind::PerKey, Some(g)) => gather(g, rows, h, nh, kd),
-        (GateKind::PerHead, Some(g)) => {
-            let mut out = Vec::with_capacity(rows.len() * kd);
-            for r in rows {
-                out.extend(std::iter::repeat_n(g[r * nh + h], kd));
-            }
-            out
+    /// Writes `src [n, D]` to rows `r0..r0 + n` of head `h`.
+    ///
+    /// # Safety
+    /// No other thread may write or read the same (row, head) elements during the call, and the
+    /// buffer the sink was made from must be alive and not otherwise borrowed.
+    unsafe fn write(&self, r0: usize, h: usize, src: &[T]) {
+        for (i, row) in src.chunks_exact(self.d).enumerate() {
+            let o = ((r0 + i) * self.nh + h) * self.d;
+            assert!(o + self.d <= self.len, "sink row out of bounds");
+            // SAFETY: in bounds (checked above); disjointness is the caller's contract.
+            unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), self.ptr.add(o), self.d) };
         }
-        _ => vec![T::ZERO; rows.len() * kd],
     }
 }
 
-fn state_slice<T: Copy>(p: &Problem, s: Option<&[T]>, n: usize, h: usize) -> Option<Vec<T>> {
-    let kv = p.k() * p.v();
-    s.map(|s| s[(n * p.h() + h) * kv..(n * p.h() + h + 1) * kv].to_vec())
+/// Where one (sequence, head) writes its forward output.
+pub(crate) struct SeqOut<'a, T> {
+    o: &'a Sink<T>,
+    start: usize,
+    h: usize,
 }
 
-fn seq_in<T: Real>(p: &Problem, x: &Inputs<'_, T>, n: usize, h: usize) -> SeqIn<T> {
-    let rows = p.seq(n);
+impl<T: Copy> SeqOut<'_, T> {
+    /// Writes output rows `t0..t0 + n` of this (sequence, head) from `rows [n, V]`.
+    ///
+    /// # Safety
+    /// Concurrent calls for the same (sequence, head) must write disjoint row ranges.
+    pub unsafe fn write_o(&self, t0: usize, rows: &[T]) {
+        // SAFETY: each (sequence, head) has its own SeqOut; disjoint rows within it are the
+        // caller's contract.
+        unsafe { self.o.write(self.start + t0, self.h, rows) }
+    }
+}
+
+/// Where one (sequence, head) writes its gradients.
+pub(crate) struct SeqSinks<'a, T> {
+    dq: &'a Sink<T>,
+    dk: &'a Sink<T>,
+    dv: &'a Sink<T>,
+    dg: Option<&'a Sink<T>>,
+    gate: GateKind,
+    kd: usize,
+    start: usize,
+    h: usize,
+}
+
+impl<T: Real> SeqSinks<'_, T> {
+    /// Writes rows `t0..` of dq, dk (`[n, K]`) and dv (`[n, V]`).
+    ///
+    /// # Safety
+    /// Concurrent calls for the same (sequence, head) must write disjoint row ranges.
+    pub unsafe fn write_qkv(&self, t0: usize, dq: &[T], dk: &[T], dv: &[T]) {
+        // SAFETY: see write_o.
+        unsafe {
+            self.dq.write(self.start + t0, self.h, dq);
+            self.dk.write(self.start + t0, self.h, dk);
+            self.dv.write(self.start + t0, self.h, dv);
+        }
+    }
+    /// Writes rows `t0..` of dg from per-key values `[n, K]`, summed over K for a per-head gate.
+    ///
+    /// # Safety
+    /// As [`SeqSinks::write_qkv`].
+    pub unsafe fn write_dg(&self, t0: usize, dg: &[T]) {
+        let Some(sink) = self.dg else { return };
+        match self.gate {
+            // SAFETY: see write_o.
+            GateKind::PerKey => unsafe { sink.write(self.start + t0, self.h, dg) },
+            _ => {
+                let sums: Vec<T> = dg.chunks_exact(self.kd).map(|r| r.iter().fold(T::ZERO, |a, &b| a + b)).collect();
+                // SAFETY: see write_o.
+                unsafe { sink.write(self.start + t0, self.h, &sums) }
+            }
+        }
+    }
+}
+
+fn seq_in<'a, T: Real>(p: &Problem, x: &Inputs<'a, T>, n: usize, h: usize) -> SeqIn<'a, T> {
+    let (rows, nh, kv) = (p.seq(n), p.h(), p.k() * p.v());
+    let width = p.gate().width(p.k());
     SeqIn {
         l: rows.len(),
         kd: p.k(),
         vd: p.v(),
         scale: T::from_f64(p.scale()),
-        q: gather(x.q, rows.clone(), h, p.h(), p.k()),
-        k: gather(x.k, rows.clone(), h, p.h(), p.k()),
-        v: gather(x.v, rows.clone(), h, p.h(), p.v()),
-        g: gather_gate(p, x.g, rows, h),
-        h0: state_slice(p, x.h0, n, h),
+        q: Rows::new(x.q, rows.start, nh, h, p.k()),
+        k: Rows::new(x.k, rows.start, nh, h, p.k()),
+        v: Rows::new(x.v, rows.start, nh, h, p.v()),
+        gate: p.gate(),
+        g: x.g.filter(|_| width > 0).map(|g| Rows::new(g, rows.start, nh, h, width)),
+        h0: x.h0.map(|s| &s[(n * nh + h) * kv..(n * nh + h + 1) * kv]),
     }
+}
+
+/// The value checks of [`Inputs::validate`], in parallel: the first bad index of `x`, in order.
+fn par_first_bad<T: Real>(x: &[T], check: Check) -> Option<usize> {
+    const BLOCK: usize = 1 << 16;
+    x.par_chunks(BLOCK).enumerate().find_map_first(|(b, c)| first_bad(c, check).map(|i| b * BLOCK + i))
 }
 
 /// Outputs start as NaN so that anything left unwritten fails every test.
@@ -114,74 +214,57 @@ fn poisoned<T: Real>(len: usize) -> Vec<T> {
     vec![T::from_f64(f64::NAN); len]
 }
 
-/// Runs a per-(sequence, head) forward over the whole problem.
+/// Runs a per-(sequence, head) forward over the whole problem. `f` writes every output row
+/// through its [`SeqOut`] and returns the final state `[K, V]`.
 pub(crate) fn forward<T: Real>(
     op: &'static str,
     p: &Problem,
     x: &Inputs<'_, T>,
     output_final_state: bool,
-    f: impl Fn(&SeqIn<T>) -> SeqOut<T> + Sync,
+    f: impl Fn(&SeqIn<'_, T>, &SeqOut<'_, T>) -> Vec<T> + Sync,
 ) -> Result<Forward<T>> {
-    x.validate(op, p)?;
+    x.validate_with(op, p, &par_first_bad)?;
     let (nh, kv) = (p.h(), p.k() * p.v());
-    let parts: Vec<SeqOut<T>> = (0..p.n() * nh).into_par_iter().map(|i| f(&seq_in(p, x, i / nh, i % nh))).collect();
     let mut o = poisoned(p.v_len());
-    let mut ht = output_final_state.then(|| poisoned(p.state_len()));
-    for (i, part) in parts.iter().enumerate() {
-        scatter(&mut o, &part.o, p.seq(i / nh), i % nh, nh, p.v());
-        if let Some(ht) = ht.as_mut() {
-            ht[i * kv..(i + 1) * kv].copy_from_slice(&part.ht);
-        }
-    }
+    let sink = Sink::new(&mut o, nh, p.v());
+    let states: Vec<Vec<T>> = (0..p.n() * nh)
+        .into_par_iter()
+        .map(|i| {
+            let (n, h) = (i / nh, i % nh);
+            f(&seq_in(p, x, n, h), &SeqOut { o: &sink, start: p.seq(n).start, h })
+        })
+        .collect();
+    let ht = output_final_state.then(|| states.concat());
+    debug_assert!(ht.as_ref().is_none_or(|s| s.len() == p.n() * nh * kv));
     Ok(Forward { o, ht })
 }
 
-/// Runs a per-(sequence, head) backward over the whole problem.
+/// Runs a per-(sequence, head) backward over the whole problem. `f` writes every gradient row
+/// through its [`SeqSinks`] and returns `dh0 [K, V]`.
 pub(crate) fn backward<T: Real>(
     op: &'static str,
     p: &Problem,
     x: &Inputs<'_, T>,
     d: &Backward<'_, T>,
-    f: impl Fn(&SeqIn<T>, &SeqGradIn<T>) -> SeqGrads<T> + Sync,
+    f: impl Fn(&SeqIn<'_, T>, &SeqGradIn<'_, T>, &SeqSinks<'_, T>) -> Vec<T> + Sync,
 ) -> Result<Grads<T>> {
-    x.validate(op, p)?;
-    d.validate(op, p)?;
+    x.validate_with(op, p, &par_first_bad)?;
+    d.validate_with(op, p, &par_first_bad)?;
     let (nh, kd, vd, kv) = (p.h(), p.k(), p.v(), p.k() * p.v());
-    let parts: Vec<SeqGrads<T>> = (0..p.n() * nh)
+    let (mut dq, mut dk, mut dv) = (poisoned(p.qk_len()), poisoned(p.qk_len()), poisoned(p.v_len()));
+    let mut dg = (p.gate() != GateKind::None).then(|| poisoned(p.g_len()));
+    let (sq, sk, sv) = (Sink::new(&mut dq, nh, kd), Sink::new(&mut dk, nh, kd), Sink::new(&mut dv, nh, vd));
+    let sg = dg.as_mut().map(|g| Sink::new(g, nh, p.gate().width(kd)));
+    let dh0: Vec<Vec<T>> = (0..p.n() * nh)
         .into_par_iter()
         .map(|i| {
             let (n, h) = (i / nh, i % nh);
-            let gin = SeqGradIn { d_o: gather(d.d_o, p.seq(n), h, nh, vd), dht: state_slice(p, d.dht, n, h) };
-            f(&seq_in(p, x, n, h), &gin)
+            let start = p.seq(n).start;
+            let gin = SeqGradIn { d_o: Rows::new(d.d_o, start, nh, h, vd), dht: d.dht.map(|s| &s[i * kv..(i + 1) * kv]) };
+            let sinks = SeqSinks { dq: &sq, dk: &sk, dv: &sv, dg: sg.as_ref(), gate: p.gate(), kd, start, h };
+            f(&seq_in(p, x, n, h), &gin, &sinks)
         })
         .collect();
-    let mut dq = poisoned(p.qk_len());
-    let mut dk = poisoned(p.qk_len());
-    let mut dv = poisoned(p.v_len());
-    let mut dg = (p.gate() != GateKind::None).then(|| poisoned(p.g_len()));
-    let mut dh0 = x.h0.map(|_| poisoned(p.state_len()));
-    for (i, part) in parts.iter().enumerate() {
-        let (n, h) = (i / nh, i % nh);
-        let rows = p.seq(n);
-        scatter(&mut dq, &part.dq, rows.clone(), h, nh, kd);
-        scatter(&mut dk, &part.dk, rows.clone(), h, nh, kd);
-        scatter(&mut dv, &part.dv, rows.clone(), h, nh, vd);
-        match (p.gate(), dg.as_mut()) {
-            (GateKind::PerKey, Some(dg)) => scatter(dg, &part.dg, rows, h, nh, kd),
-            (GateKind::PerHead, Some(dg)) => {
-                for (j, r) in rows.enumerate() {
-                    let mut s = T::ZERO;
-                    for &x in &part.dg[j * kd..(j + 1) * kd] {
-                        s += x;
-                    }
-                    dg[r * nh + h] = s;
-                }
-            }
-            _ => {}
-        }
-        if let Some(dh0) = dh0.as_mut() {
-            dh0[i * kv..(i + 1) * kv].copy_from_slice(&part.dh0);
-        }
-    }
+    let dh0 = x.h0.map(|_| dh0.concat());
     Ok(Grads { dq, dk, dv, dg, dh0 })
 }

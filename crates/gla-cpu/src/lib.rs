@@ -17,7 +17,7 @@
 //! let v = vec![1.0f32; p.v_len()];
 //! let g = vec![-0.1f32; p.g_len()];
 //! let x = Inputs { q: &q, k: &q, v: &v, g: Some(&g), h0: None };
-//! let fast = Chunked.forward(&p, &x, true).unwrap();
+//! let fast = Chunked::default().forward(&p, &x, true).unwrap();
 //! let slow = Naive.forward(&p, &x, true).unwrap();
 //! assert!((fast.o[100] - slow.o[100]).abs() < 1e-4);
 //! ```
@@ -30,6 +30,6 @@ mod mat;
 mod naive;
 mod recurrent;
 
-pub use chunk::Chunked;
+pub use chunk::{Chunked, Schedule};
 pub use naive::Naive;
 pub use recurrent::{decode_step, FusedRecurrent};

@@ -23,90 +23,102 @@
 use gla_core::op::GlaOp;
 use gla_core::{Backward, Forward, Grads, Inputs, Problem, Real, Result};
 
-use crate::driver::{self, SeqGradIn, SeqGrads, SeqIn, SeqOut};
+use crate::driver::{self, SeqGradIn, SeqIn, SeqOut, SeqSinks};
 
 /// The token-by-token oracle (`cpu-naive`). Use `Naive` with f64 as the reference of every test.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Naive;
 
-fn states<T: Real>(x: &SeqIn<T>) -> Vec<T> {
+fn states<T: Real>(x: &SeqIn<'_, T>) -> Vec<T> {
     let (kd, vd, kv) = (x.kd, x.vd, x.kd * x.vd);
     let mut s = vec![T::ZERO; (x.l + 1) * kv];
-    if let Some(h0) = &x.h0 {
-        s[..kv].copy_from_slice(h0);
-    }
+    s[..kv].copy_from_slice(&x.state0());
+    let mut g = vec![T::ZERO; kd];
     for t in 0..x.l {
         let (prev, next) = s[t * kv..(t + 2) * kv].split_at_mut(kv);
+        let (k, v) = (x.k.row(t), x.v.row(t));
+        x.g_row(t, &mut g);
         for i in 0..kd {
-            let decay = x.g[t * kd + i].exp();
-            let ki = x.k[t * kd + i];
+            let decay = g[i].exp();
             for j in 0..vd {
-                next[i * vd + j] = decay * prev[i * vd + j] + ki * x.v[t * vd + j];
+                next[i * vd + j] = decay * prev[i * vd + j] + k[i] * v[j];
             }
         }
     }
     s
 }
 
-fn forward_seq<T: Real>(x: &SeqIn<T>) -> SeqOut<T> {
-    let (kd, vd, kv) = (x.kd, x.vd, x.kd * x.vd);
-    let (mut s, mut o) = (x.h0.clone().unwrap_or_else(|| vec![T::ZERO; kv]), vec![T::ZERO; x.l * vd]);
+/// Streams through time with one state: O(K*V) memory, so the oracle's forward also serves
+/// long checks (T = 65536 and beyond).
+fn forward_seq<T: Real>(x: &SeqIn<'_, T>, out: &SeqOut<'_, T>) -> Vec<T> {
+    let (kd, vd) = (x.kd, x.vd);
+    let mut s = x.state0();
+    let (mut o, mut g) = (vec![T::ZERO; vd], vec![T::ZERO; kd]);
     for t in 0..x.l {
+        let (q, k, v) = (x.q.row(t), x.k.row(t), x.v.row(t));
+        x.g_row(t, &mut g);
         for i in 0..kd {
-            let decay = x.g[t * kd + i].exp();
+            let decay = g[i].exp();
             for j in 0..vd {
-                s[i * vd + j] = decay * s[i * vd + j] + x.k[t * kd + i] * x.v[t * vd + j];
+                s[i * vd + j] = decay * s[i * vd + j] + k[i] * v[j];
             }
         }
         for j in 0..vd {
             let mut acc = T::ZERO;
             for i in 0..kd {
-                acc += s[i * vd + j] * x.q[t * kd + i];
+                acc += s[i * vd + j] * q[i];
             }
-            o[t * vd + j] = x.scale * acc;
+            o[j] = x.scale * acc;
         }
+        // SAFETY: one call per row of this (sequence, head), from this thread only.
+        unsafe { out.write_o(t, &o) };
     }
-    SeqOut { o, ht: s }
+    s
 }
 
-fn backward_seq<T: Real>(x: &SeqIn<T>, d: &SeqGradIn<T>) -> SeqGrads<T> {
+fn backward_seq<T: Real>(x: &SeqIn<'_, T>, d: &SeqGradIn<'_, T>, out: &SeqSinks<'_, T>) -> Vec<T> {
     let (l, kd, vd, kv) = (x.l, x.kd, x.vd, x.kd * x.vd);
     let s = states(x);
-    let mut ds = d.dht.clone().unwrap_or_else(|| vec![T::ZERO; kv]);
-    let (mut dq, mut dk) = (vec![T::ZERO; l * kd], vec![T::ZERO; l * kd]);
-    let (mut dv, mut dg) = (vec![T::ZERO; l * vd], vec![T::ZERO; l * kd]);
+    let mut ds = d.dht.map_or_else(|| vec![T::ZERO; kv], <[T]>::to_vec);
+    let (mut dq, mut dk, mut dv, mut dg) = (vec![T::ZERO; kd], vec![T::ZERO; kd], vec![T::ZERO; vd], vec![T::ZERO; kd]);
+    let mut g = vec![T::ZERO; kd];
     for t in (0..l).rev() {
         let (s_prev, s_t) = (&s[t * kv..(t + 1) * kv], &s[(t + 1) * kv..(t + 2) * kv]);
-        let d_o = &d.d_o[t * vd..(t + 1) * vd];
+        let (q, k, v, d_o) = (x.q.row(t), x.k.row(t), x.v.row(t), d.d_o.row(t));
+        x.g_row(t, &mut g);
         for i in 0..kd {
-            let qi = x.scale * x.q[t * kd + i];
+            let qi = x.scale * q[i];
             let (mut dqi, mut dki, mut dgi) = (T::ZERO, T::ZERO, T::ZERO);
             for j in 0..vd {
                 ds[i * vd + j] += qi * d_o[j];
                 dqi += s_t[i * vd + j] * d_o[j];
-                dki += ds[i * vd + j] * x.v[t * vd + j];
+                dki += ds[i * vd + j] * v[j];
                 dgi += s_prev[i * vd + j] * ds[i * vd + j];
             }
-            let decay = x.g[t * kd + i].exp();
-            dq[t * kd + i] = x.scale * dqi;
-            dk[t * kd + i] = dki;
-            dg[t * kd + i] = decay * dgi;
+            dq[i] = x.scale * dqi;
+            dk[i] = dki;
+            dg[i] = g[i].exp() * dgi;
         }
         for j in 0..vd {
             let mut acc = T::ZERO;
             for i in 0..kd {
-                acc += ds[i * vd + j] * x.k[t * kd + i];
+                acc += ds[i * vd + j] * k[i];
             }
-            dv[t * vd + j] = acc;
+            dv[j] = acc;
         }
         for i in 0..kd {
-            let decay = x.g[t * kd + i].exp();
+            let decay = g[i].exp();
             for j in 0..vd {
                 ds[i * vd + j] *= decay;
             }
         }
+        // SAFETY: one call per row of this (sequence, head), from this thread only.
+        unsafe {
+            out.write_qkv(t, &dq, &dk, &dv);
+            out.write_dg(t, &dg);
+        }
     }
-    SeqGrads { dq, dk, dv, dg, dh0: ds }
+    ds
 }
 
 impl<T: Real> GlaOp<T> for Naive {

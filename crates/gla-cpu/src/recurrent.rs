@@ -16,55 +16,59 @@
 use gla_core::op::GlaOp;
 use gla_core::{Backward, Error, Forward, GateKind, Grads, Inputs, Problem, ProblemSpec, Real, Result, BT};
 
-use crate::driver::{self, SeqGradIn, SeqGrads, SeqIn, SeqOut};
+use crate::driver::{self, SeqGradIn, SeqIn, SeqOut, SeqSinks};
 
 /// The fused recurrent algorithm (`cpu-recurrent`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FusedRecurrent;
 
-/// Advances `s [K, V]` by tokens `t0..t1` of `x`, writing `o` rows when given.
-fn run<T: Real>(x: &SeqIn<T>, s: &mut [T], mut o: Option<&mut [T]>, rows: std::ops::Range<usize>) {
+/// Advances `s [K, V]` by tokens `rows` of `x`, writing their output rows when `out` is given.
+fn run<T: Real>(x: &SeqIn<'_, T>, s: &mut [T], out: Option<&SeqOut<'_, T>>, rows: std::ops::Range<usize>) {
     let (kd, vd) = (x.kd, x.vd);
+    let (mut g, mut acc) = (vec![T::ZERO; kd], vec![T::ZERO; vd]);
     for t in rows {
-        let (q, k, g, v) = (&x.q[t * kd..][..kd], &x.k[t * kd..][..kd], &x.g[t * kd..][..kd], &x.v[t * vd..][..vd]);
-        let mut acc = vec![T::ZERO; if o.is_some() { vd } else { 0 }];
+        let (q, k, v) = (x.q.row(t), x.k.row(t), x.v.row(t));
+        x.g_row(t, &mut g);
+        acc.fill(T::ZERO);
         for i in 0..kd {
             let (decay, ki, qi) = (g[i].exp(), k[i], q[i] * x.scale);
             let row = &mut s[i * vd..(i + 1) * vd];
             for j in 0..vd {
                 row[j] = decay * row[j] + ki * v[j];
             }
-            for (a, &sj) in acc.iter_mut().zip(row.iter()) {
-                *a += qi * sj;
+            if out.is_some() {
+                for (a, &sj) in acc.iter_mut().zip(row.iter()) {
+                    *a += qi * sj;
+                }
             }
         }
-        if let Some(o) = o.as_deref_mut() {
-            o[t * vd..(t + 1) * vd].copy_from_slice(&acc);
+        if let Some(out) = out {
+            // SAFETY: one call per row of this (sequence, head), from this thread only.
+            unsafe { out.write_o(t, &acc) };
         }
     }
 }
 
-fn forward_seq<T: Real>(x: &SeqIn<T>) -> SeqOut<T> {
-    let mut s = x.h0.clone().unwrap_or_else(|| vec![T::ZERO; x.kd * x.vd]);
-    let mut o = vec![T::ZERO; x.l * x.vd];
-    run(x, &mut s, Some(&mut o), 0..x.l);
-    SeqOut { o, ht: s }
+fn forward_seq<T: Real>(x: &SeqIn<'_, T>, out: &SeqOut<'_, T>) -> Vec<T> {
+    let mut s = x.state0();
+    run(x, &mut s, Some(out), 0..x.l);
+    s
 }
 
-fn backward_seq<T: Real>(x: &SeqIn<T>, d: &SeqGradIn<T>) -> SeqGrads<T> {
+fn backward_seq<T: Real>(x: &SeqIn<'_, T>, d: &SeqGradIn<'_, T>, out: &SeqSinks<'_, T>) -> Vec<T> {
     let (l, kd, vd, kv) = (x.l, x.kd, x.vd, x.kd * x.vd);
     // pass 1: checkpoint the state entering every block of BT tokens
     let nb = l.div_ceil(BT);
     let mut ckpt = vec![T::ZERO; nb * kv];
-    let mut s = x.h0.clone().unwrap_or_else(|| vec![T::ZERO; kv]);
+    let mut s = x.state0();
     for blk in 0..nb {
         ckpt[blk * kv..(blk + 1) * kv].copy_from_slice(&s);
         run(x, &mut s, None, blk * BT..((blk + 1) * BT).min(l));
     }
     // pass 2: blocks in reverse; rebuild the block's states, then walk back through it
-    let mut ds = d.dht.clone().unwrap_or_else(|| vec![T::ZERO; kv]);
-    let (mut dq, mut dk) = (vec![T::ZERO; l * kd], vec![T::ZERO; l * kd]);
-    let (mut dv, mut dg) = (vec![T::ZERO; l * vd], vec![T::ZERO; l * kd]);
+    let mut ds = d.dht.map_or_else(|| vec![T::ZERO; kv], <[T]>::to_vec);
+    let (mut dq, mut dk, mut dv, mut dg) = (vec![T::ZERO; kd], vec![T::ZERO; kd], vec![T::ZERO; vd], vec![T::ZERO; kd]);
+    let mut g = vec![T::ZERO; kd];
     let mut states = vec![T::ZERO; (BT + 1) * kv];
     for blk in (0..nb).rev() {
         let rows = blk * BT..((blk + 1) * BT).min(l);
@@ -76,9 +80,9 @@ fn backward_seq<T: Real>(x: &SeqIn<T>, d: &SeqGradIn<T>) -> SeqGrads<T> {
         }
         for (i, t) in rows.enumerate().rev() {
             let (s_prev, s_t) = (&states[i * kv..(i + 1) * kv], &states[(i + 1) * kv..(i + 2) * kv]);
-            let (q, k, g, v) = (&x.q[t * kd..][..kd], &x.k[t * kd..][..kd], &x.g[t * kd..][..kd], &x.v[t * vd..][..vd]);
-            let d_o = &d.d_o[t * vd..(t + 1) * vd];
-            let dvt = &mut dv[t * vd..(t + 1) * vd];
+            let (q, k, v, d_o) = (x.q.row(t), x.k.row(t), x.v.row(t), d.d_o.row(t));
+            x.g_row(t, &mut g);
+            dv.fill(T::ZERO);
             for i in 0..kd {
                 let qi = q[i] * x.scale;
                 let (row, sp, st) = (&mut ds[i * vd..(i + 1) * vd], &s_prev[i * vd..(i + 1) * vd], &s_t[i * vd..(i + 1) * vd]);
@@ -88,19 +92,24 @@ fn backward_seq<T: Real>(x: &SeqIn<T>, d: &SeqGradIn<T>) -> SeqGrads<T> {
                     dqi += st[j] * d_o[j];
                     dki += row[j] * v[j];
                     dgi += sp[j] * row[j];
-                    dvt[j] += row[j] * k[i];
+                    dv[j] += row[j] * k[i];
                 }
                 let decay = g[i].exp();
-                dq[t * kd + i] = x.scale * dqi;
-                dk[t * kd + i] = dki;
-                dg[t * kd + i] = decay * dgi;
+                dq[i] = x.scale * dqi;
+                dk[i] = dki;
+                dg[i] = decay * dgi;
                 for r in row.iter_mut() {
                     *r *= decay;
                 }
             }
+            // SAFETY: one call per row of this (sequence, head), from this thread only.
+            unsafe {
+                out.write_qkv(t, &dq, &dk, &dv);
+                out.write_dg(t, &dg);
+            }
         }
     }
-    SeqGrads { dq, dk, dv, dg, dh0: ds }
+    ds
 }
 
 impl<T: Real> GlaOp<T> for FusedRecurrent {

@@ -5,7 +5,7 @@ mod common;
 
 use gla_core::op::GlaOp;
 use gla_core::testing::{cases, CaseData};
-use gla_cpu::{Chunked, FusedRecurrent, Naive};
+use gla_cpu::{Chunked, FusedRecurrent, Naive, Schedule};
 
 const TOL_F32: f64 = 1e-5;
 
@@ -35,8 +35,13 @@ fn fused_recurrent_matches_oracle() {
 }
 
 #[test]
-fn chunked_matches_oracle() {
-    run_table(&Chunked);
+fn chunked_per_sequence_matches_oracle() {
+    run_table(&Chunked { schedule: Schedule::PerSequence });
+}
+
+#[test]
+fn chunked_per_chunk_matches_oracle() {
+    run_table(&Chunked { schedule: Schedule::PerChunk });
 }
 
 #[test]

@@ -2,7 +2,7 @@
 
 use gla_core::op::GlaOp;
 use gla_core::{Backward, Error, GateKind, Inputs, Problem, ProblemSpec};
-use gla_cpu::{decode_step, Chunked, FusedRecurrent, Naive};
+use gla_cpu::{decode_step, Chunked, FusedRecurrent, Naive, Schedule};
 
 fn spec() -> ProblemSpec {
     ProblemSpec { b: 2, t: 5, h: 2, k: 3, v: 4, gate: GateKind::PerKey, scale: None, cu_seqlens: None }
@@ -66,7 +66,8 @@ fn non_finite_scale_is_rejected() {
 #[test]
 fn shape_value_and_state_errors_from_every_path() {
     let p = Problem::new(spec()).unwrap();
-    let ops: [&dyn GlaOp<f32>; 3] = [&Naive, &FusedRecurrent, &Chunked];
+    let par = Chunked { schedule: Schedule::PerChunk };
+    let ops: [&dyn GlaOp<f32>; 4] = [&Naive, &FusedRecurrent, &Chunked::default(), &par];
     let q = vec![0.5f32; p.qk_len()];
     let v = vec![0.5f32; p.v_len()];
     let g = vec![-0.5f32; p.g_len()];

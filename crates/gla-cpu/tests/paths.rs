@@ -6,7 +6,7 @@ mod common;
 use gla_core::op::GlaOp;
 use gla_core::testing::{to_f32, Case, CaseData};
 use gla_core::{Backward, GateKind, Inputs, ProblemSpec};
-use gla_cpu::{decode_step, Chunked, FusedRecurrent};
+use gla_cpu::{decode_step, Chunked, FusedRecurrent, Schedule};
 use proptest::prelude::*;
 
 fn gate_kind() -> impl Strategy<Value = GateKind> {
@@ -31,7 +31,7 @@ proptest! {
         let spec = ProblemSpec { b, t, h, k, v, gate, scale: None, cu_seqlens: cu };
         let d = CaseData::generate(&Case { name: "prop".into(), spec, gate_scale, h0 }, seed).unwrap();
         let r = common::reference(&d);
-        for op in [&Chunked as &dyn GlaOp<f32>, &FusedRecurrent] {
+        for op in [&Chunked { schedule: Schedule::PerSequence } as &dyn GlaOp<f32>, &Chunked { schedule: Schedule::PerChunk }, &FusedRecurrent] {
             for (name, err) in common::errors_f32(op, &d, &r) {
                 prop_assert!(err <= 1e-5, "{} {name}: {err:e}", op.name());
             }
@@ -50,7 +50,7 @@ fn decode_steps_equal_one_forward() {
     let d = CaseData::generate(&case, 5).unwrap();
     let p = &d.problem;
     let (q, k, v, g, h0) = (to_f32(&d.q), to_f32(&d.k), to_f32(&d.v), to_f32(&d.g), to_f32(&d.h0));
-    let full = Chunked.forward(p, &Inputs { q: &q, k: &k, v: &v, g: Some(&g), h0: Some(&h0) }, true).unwrap();
+    let full = Chunked::default().forward(p, &Inputs { q: &q, k: &k, v: &v, g: Some(&g), h0: Some(&h0) }, true).unwrap();
     let (b, t, h, kd, vd) = (p.b(), p.t(), p.h(), p.k(), p.v());
     let mut state = h0.clone();
     let mut o = vec![0.0f32; p.v_len()];
@@ -80,7 +80,7 @@ fn long_sequence_with_strong_decay_stays_finite() {
     let p = &d.problem;
     let (q, k, v, g, h0, d_o, dht) = (to_f32(&d.q), to_f32(&d.k), to_f32(&d.v), to_f32(&d.g), to_f32(&d.h0), to_f32(&d.d_o), to_f32(&d.dht));
     let x = Inputs { q: &q, k: &k, v: &v, g: Some(&g), h0: Some(&h0) };
-    for op in [&Chunked as &dyn GlaOp<f32>, &FusedRecurrent] {
+    for op in [&Chunked { schedule: Schedule::PerSequence } as &dyn GlaOp<f32>, &Chunked { schedule: Schedule::PerChunk }, &FusedRecurrent] {
         let f = op.forward(p, &x, true).unwrap();
         assert!(f.o.iter().chain(f.ht.as_ref().unwrap()).all(|x| x.is_finite()), "{}: forward", op.name());
         let gr = op.backward(p, &x, &Backward { d_o: &d_o, dht: Some(&dht) }).unwrap();
