@@ -125,6 +125,7 @@ pub const RECURRENT_MAX_K: usize = 256;
 /// Largest K the chunked kernel takes (its shared-memory budget).
 pub const CHUNK_MAX_K: usize = 128;
 const REC_BV: usize = 32;
+const REC_CK: usize = 32;
 const CHUNK_BV: usize = 32;
 const MMA_BV: usize = 64;
 
@@ -289,7 +290,13 @@ pub fn gla_bwd<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, d_o:
     let part_len = nv * p.qk_len();
     let mut dq_part = alloc(part_len, "dq partials")?;
     let mut dk_part = alloc(part_len, "dk partials")?;
-    let mut gterm = alloc(nv * p.n() * p.h() * p.k(), "dg final-state term")?;
+    let mut dg_part = alloc(part_len, "dg partials")?;
+    // state checkpoints every REC_CK steps and one segment of recomputed states per block,
+    // in per-thread slots of kpt = ceil(K/8) floats x 256 threads
+    let slot = p.k().div_ceil(8) * 256;
+    let nh = p.n() * p.h();
+    let mut ckpt = alloc((p.rows() / REC_CK + p.n() + 1) * p.h() * nv * slot, "state checkpoints")?;
+    let mut scratch = alloc(nh * nv * REC_CK * slot, "segment states")?;
     let mut g = DevGrads {
         dq: alloc(p.qk_len(), "dq")?,
         dk: alloc(p.qk_len(), "dk")?,
@@ -318,15 +325,17 @@ pub fn gla_bwd<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, d_o:
             Some(d) => b.arg(d),
             None => b.arg(&null),
         };
-        b.arg(&mut dq_part).arg(&mut dk_part).arg(&mut g.dv).arg(&mut gterm);
+        b.arg(&mut dq_part).arg(&mut dk_part).arg(&mut g.dv).arg(&mut dg_part);
         if x.h0.is_some() {
             b.arg(&mut g.dh0);
         } else {
             b.arg(&null);
         }
+        b.arg(&mut ckpt).arg(&mut scratch);
         b.arg(&dp.bounds).arg(&n).arg(&h).arg(&k).arg(&v).arg(&gw).arg(&scale).arg(&rows);
         // SAFETY: arguments match gla_recurrent_bwd's signature; partial buffers hold NV x
-        // [rows,H,K] and NV x [N,H,K] f32 as the kernel indexes; lengths checked above.
+        // [rows,H,K] f32, checkpoints (rows/CK + N + 1) x H x NV slots and the scratch
+        // N*H*NV x CK slots, as the kernel indexes; input lengths checked above.
         unsafe { b.launch(cfg) }.map_err(launch_err(&name, &cfg))?;
     }
     {
@@ -335,15 +344,15 @@ pub fn gla_bwd<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, d_o:
         let cfg = LaunchConfig { grid_dim: ((p.n() * p.h()) as u32, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
         let nv32 = nv as i32;
         let mut b = s.launch_builder(&f);
-        b.arg(x.q).arg(x.k).arg(&dq_part).arg(&dk_part).arg(&gterm).arg(&mut g.dq).arg(&mut g.dk);
+        b.arg(&dq_part).arg(&dk_part).arg(&dg_part).arg(&mut g.dq).arg(&mut g.dk);
         if gw > 0 {
             b.arg(&mut g.dg);
         } else {
             b.arg(&null);
         }
-        b.arg(&dp.bounds).arg(&n).arg(&h).arg(&k).arg(&gw).arg(&nv32).arg(&rows);
-        // SAFETY: arguments match gla_recurrent_bwd_finalize's signature; one warp per (n, h);
-        // K <= 256 = 32 lanes x 8 registers as the kernel assumes (checked above).
+        b.arg(&dp.bounds).arg(&h).arg(&k).arg(&gw).arg(&nv32).arg(&rows);
+        // SAFETY: arguments match gla_recurrent_bwd_finalize's signature; one warp per (n, h)
+        // reading the NV partials written above.
         unsafe { b.launch(cfg) }.map_err(launch_err(&name, &cfg))?;
     }
     Ok(g)
