@@ -20,12 +20,9 @@ use crate::kernels::KernelSource;
 pub const ARCH_HOPPER: &str = "sm_90a";
 
 fn probe(f: impl FnOnce() -> bool + std::panic::UnwindSafe) -> bool {
-    // a missing library makes cudarc panic inside its loader; keep the default hook quiet
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let ok = std::panic::catch_unwind(f).unwrap_or(false);
-    std::panic::set_hook(hook);
-    ok
+    // cudarc's `is_culib_present` only tries dlopen and returns false; the guard is there in case
+    // a future version panics like its loader does (the global panic hook is left alone)
+    std::panic::catch_unwind(f).unwrap_or(false)
 }
 
 /// Whether libnvrtc can be loaded (searched by cudarc under the names `libnvrtc.so`, `libnvrtc.so.13`, ...
