@@ -126,7 +126,7 @@ pub enum Check {
 
 /// A scanner: the index of the first element of a slice failing a [`Check`]. Backends pass their
 /// own (the CPU paths scan in parallel) to [`Inputs::validate_with`].
-pub type Scan<T> = dyn Fn(&[T], Check) -> Option<usize> + Sync;
+pub type Scan<'a, T> = dyn Fn(&[T], Check) -> Option<usize> + Sync + 'a;
 
 /// Index of the first element failing `check`, on the calling thread. Scans blocks without early
 /// exit (so the loop vectorises: a plain `position` does not, and this check runs on every CPU
@@ -146,7 +146,7 @@ pub fn first_bad<T: Real>(x: &[T], check: Check) -> Option<usize> {
     }
 }
 
-fn check_finite<T: Real>(op: &'static str, tensor: &'static str, x: &[T], scan: &Scan<T>) -> Result<()> {
+fn check_finite<T: Real>(op: &'static str, tensor: &'static str, x: &[T], scan: &Scan<'_, T>) -> Result<()> {
     match scan(x, Check::Finite) {
         None => Ok(()),
         Some(index) => Err(Error::NonFinite { op, tensor, index, value: x[index].to_f64() }),
@@ -186,7 +186,7 @@ impl<T: Real> Inputs<'_, T> {
     ///
     /// # Errors
     /// As [`Inputs::validate`].
-    pub fn validate_with(&self, op: &'static str, p: &Problem, scan: &Scan<T>) -> Result<()> {
+    pub fn validate_with(&self, op: &'static str, p: &Problem, scan: &Scan<'_, T>) -> Result<()> {
         self.validate_shapes(op, p)?;
         check_finite(op, "q", self.q, scan)?;
         check_finite(op, "k", self.k, scan)?;
@@ -216,7 +216,7 @@ impl<T: Real> Backward<'_, T> {
     ///
     /// # Errors
     /// As [`Backward::validate`].
-    pub fn validate_with(&self, op: &'static str, p: &Problem, scan: &Scan<T>) -> Result<()> {
+    pub fn validate_with(&self, op: &'static str, p: &Problem, scan: &Scan<'_, T>) -> Result<()> {
         check_len(op, "do", p.shape_str("V"), p.v_len(), self.d_o.len())?;
         check_finite(op, "do", self.d_o, scan)?;
         if let Some(dht) = self.dht {

@@ -47,7 +47,8 @@ use gla_core::op::GlaOp;
 use gla_core::{Backward, Forward, Grads, Inputs, Problem, Result, BC, BT};
 use rayon::prelude::*;
 
-use crate::driver::{self, SeqGradIn, SeqIn, SeqOut, SeqSinks};
+use crate::driver::{self, SeqGradIn, SeqIn, SeqOut, SeqSinks, Validation};
+use gla_core::op::Check;
 use crate::fexp::{fexp, mul_exp_diff};
 use crate::mat::{matmul, MatRef};
 
@@ -93,16 +94,20 @@ struct Chunk {
 }
 
 impl Chunk {
-    fn load(x: &SeqIn<'_, f32>, c: usize) -> Self {
+        fn load(x: &SeqIn<'_, f32>, c: usize) -> Self {
         let (kd, vd) = (x.kd, x.vd);
         let rows = chunk_rows(c, x.l);
         let m = rows.len();
         let (mut qs, mut k, mut v, mut gc) = (vec![0.0; m * kd], vec![0.0; m * kd], vec![0.0; m * vd], vec![0.0; m * kd]);
         x.q.copy_to(rows.start, &mut qs);
+        x.check(&qs, Check::Finite);
         qs.iter_mut().for_each(|e| *e *= x.scale);
         x.k.copy_to(rows.start, &mut k);
         x.v.copy_to(rows.start, &mut v);
         x.g_rows(rows.start, &mut gc);
+        x.check(&k, Check::Finite);
+        x.check(&v, Check::Finite);
+        x.check(&gc, Check::Gate);
         let eg = gc.iter().map(|&g| fexp(g)).collect();
         for r in 1..m {
             let (prev, cur) = gc[(r - 1) * kd..(r + 1) * kd].split_at_mut(kd);
@@ -115,14 +120,14 @@ impl Chunk {
         &self.gc[(self.m - 1) * kd..self.m * kd]
     }
     /// `qs * exp(G)`, `[m, K]`.
-    fn qg(&self, kd: usize) -> Vec<f32> {
+        fn qg(&self, kd: usize) -> Vec<f32> {
         let mut qg = vec![0.0; self.m * kd];
         let zero = vec![0.0; kd];
         scale_rows(&mut qg, &self.qs, &self.gc, &zero, kd, false);
         qg
     }
     /// `k * exp(Gl - G)`, `[m, K]`.
-    fn kg(&self, kd: usize) -> Vec<f32> {
+        fn kg(&self, kd: usize) -> Vec<f32> {
         let mut kg = vec![0.0; self.m * kd];
         scale_rows(&mut kg, &self.k, &self.gc, self.gl(kd), kd, true);
         kg
@@ -172,19 +177,28 @@ fn decay_step(prod: &mut [f32], decay: &[f32]) {
     }
 }
 
-/// `sum_i a[i] b[i] c[i]`, with lane-wise partial sums over fixed-size blocks so it vectorises.
+/// One step of a diagonal-block column: `prod *= decay` (flushed as in [`decay_step`]), then
+/// `sum_i q[i] k[i] prod[i]`, in one pass with lane-wise partial sums so it vectorises.
 #[inline]
-fn dot3(a: &[f32], b: &[f32], c: &[f32]) -> f32 {
+fn step_dot(prod: &mut [f32], decay: &[f32], q: &[f32], k: &[f32]) -> f32 {
     const W: usize = 16;
-    let n = a.len();
-    let (b, c) = (&b[..n], &c[..n]);
+    let n = prod.len();
+    let (decay, q, k) = (&decay[..n], &q[..n], &k[..n]);
     let mut acc = [0.0f32; W];
-    let (ab, bb, cb) = (a.chunks_exact(W), b.chunks_exact(W), c.chunks_exact(W));
-    let tail: f32 = ab.remainder().iter().zip(bb.remainder()).zip(cb.remainder()).map(|((x, y), z)| x * y * z).sum();
-    for ((x, y), z) in ab.zip(bb).zip(cb) {
-        let (x, y, z): (&[f32; W], &[f32; W], &[f32; W]) = (x.try_into().unwrap_or(&[0.0; W]), y.try_into().unwrap_or(&[0.0; W]), z.try_into().unwrap_or(&[0.0; W]));
-        for j in 0..W {
-            acc[j] += x[j] * y[j] * z[j];
+    let mut tail = 0.0;
+    for (((p, d), q), k) in prod.chunks_mut(W).zip(decay.chunks(W)).zip(q.chunks(W)).zip(k.chunks(W)) {
+        if let (Ok(p), Ok(d), Ok(q), Ok(k)) = (<&mut [f32; W]>::try_from(&mut *p), <&[f32; W]>::try_from(d), <&[f32; W]>::try_from(q), <&[f32; W]>::try_from(k)) {
+            for j in 0..W {
+                let x = p[j] * d[j];
+                p[j] = if x < f32::MIN_POSITIVE { 0.0 } else { x };
+                acc[j] += q[j] * k[j] * p[j];
+            }
+        } else {
+            for j in 0..p.len() {
+                let x = p[j] * d[j];
+                p[j] = if x < f32::MIN_POSITIVE { 0.0 } else { x };
+                tail += q[j] * k[j] * p[j];
+            }
         }
     }
     acc.iter().sum::<f32>() + tail
@@ -201,6 +215,7 @@ fn intra_a(qs: &[f32], k: &[f32], gc: &[f32], eg: &[f32], m: usize, kd: usize) -
     let mut qn = vec![0.0; BC * kd];
     let mut kn = vec![0.0; m * kd];
     let mut prod = vec![0.0; kd];
+    let ones = vec![1.0; kd];
     for r0 in (0..m).step_by(BC) {
         let r1 = (r0 + BC).min(m);
         let gn = &gc[r0 * kd..(r0 + 1) * kd];
@@ -213,11 +228,11 @@ fn intra_a(qs: &[f32], k: &[f32], gc: &[f32], eg: &[f32], m: usize, kd: usize) -
         }
         for c in r0..r1 {
             prod.fill(1.0);
-            for r in c..r1 {
-                if r > c {
-                    decay_step(&mut prod, &eg[r * kd..(r + 1) * kd]);
-                }
-                a[r * m + c] = dot3(&qs[r * kd..(r + 1) * kd], &k[c * kd..(c + 1) * kd], &prod);
+            // exp(G[c] - G[c]) = 1, so the first step multiplies by ones
+            let kc = &k[c * kd..(c + 1) * kd];
+            a[c * m + c] = step_dot(&mut prod, &ones, &qs[c * kd..(c + 1) * kd], kc);
+            for r in c + 1..r1 {
+                a[r * m + c] = step_dot(&mut prod, &eg[r * kd..(r + 1) * kd], &qs[r * kd..(r + 1) * kd], kc);
             }
         }
     }
@@ -417,6 +432,7 @@ fn backward_seq(x: &SeqIn<'_, f32>, d: &SeqGradIn<'_, f32>, out: &SeqSinks<'_, f
         }
         let d_o = &mut d_o[..ch.m * vd];
         d.d_o.copy_to(c * BT, d_o);
+        x.check(d_o, Check::Finite);
         matmul(&mut ds, vd, MatRef::new(&ch.qg(kd), ch.m, kd, kd).t(), MatRef::new(d_o, ch.m, vd, vd), true);
     }
     (0..nt).into_par_iter().for_each(|c| bwd_chunk(x, d, &h[c * kv..(c + 1) * kv], &dh[c * kv..(c + 1) * kv], c, out));
@@ -437,9 +453,9 @@ impl GlaOp<f32> for Chunked {
             Schedule::PerSequence => false,
             Schedule::PerChunk => true,
         };
-        driver::forward(self.name(), p, x, output_final_state, |s, o| forward_seq(s, o, per_chunk))
+        driver::forward(self.name(), p, x, output_final_state, Validation::InLoad, |s, o| forward_seq(s, o, per_chunk))
     }
     fn backward(&self, p: &Problem, x: &Inputs<'_, f32>, d: &Backward<'_, f32>) -> Result<Grads<f32>> {
-        driver::backward(self.name(), p, x, d, backward_seq)
+        driver::backward(self.name(), p, x, d, Validation::InLoad, backward_seq)
     }
 }

@@ -27,7 +27,7 @@ pub(crate) fn fexp(x: f32) -> f32 {
     p = p * r + 1.0;
     p = p * r + 1.0;
     let ni = (t.to_bits() as i32).wrapping_sub(ROUND.to_bits() as i32);
-    let pow2 = f32::from_bits(((ni + 127) << 23) as u32);
+    let pow2 = f32::from_bits((ni.wrapping_add(127) << 23) as u32);
     if x < -87.0 {
         0.0
     } else {

@@ -23,7 +23,7 @@
 use gla_core::op::GlaOp;
 use gla_core::{Backward, Forward, Grads, Inputs, Problem, Real, Result};
 
-use crate::driver::{self, SeqGradIn, SeqIn, SeqOut, SeqSinks};
+use crate::driver::{self, SeqGradIn, SeqIn, SeqOut, SeqSinks, Validation};
 
 /// The token-by-token oracle (`cpu-naive`). Use `Naive` with f64 as the reference of every test.
 #[derive(Debug, Clone, Copy, Default)]
@@ -126,9 +126,9 @@ impl<T: Real> GlaOp<T> for Naive {
         "cpu-naive"
     }
     fn forward(&self, p: &Problem, x: &Inputs<'_, T>, output_final_state: bool) -> Result<Forward<T>> {
-        driver::forward(GlaOp::<T>::name(self), p, x, output_final_state, forward_seq)
+        driver::forward(GlaOp::<T>::name(self), p, x, output_final_state, Validation::Upfront, forward_seq)
     }
     fn backward(&self, p: &Problem, x: &Inputs<'_, T>, d: &Backward<'_, T>) -> Result<Grads<T>> {
-        driver::backward(GlaOp::<T>::name(self), p, x, d, backward_seq)
+        driver::backward(GlaOp::<T>::name(self), p, x, d, Validation::Upfront, backward_seq)
     }
 }

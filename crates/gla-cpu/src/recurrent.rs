@@ -16,7 +16,7 @@
 use gla_core::op::GlaOp;
 use gla_core::{Backward, Error, Forward, GateKind, Grads, Inputs, Problem, ProblemSpec, Real, Result, BT};
 
-use crate::driver::{self, SeqGradIn, SeqIn, SeqOut, SeqSinks};
+use crate::driver::{self, SeqGradIn, SeqIn, SeqOut, SeqSinks, Validation};
 
 /// The fused recurrent algorithm (`cpu-recurrent`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -117,10 +117,10 @@ impl<T: Real> GlaOp<T> for FusedRecurrent {
         "cpu-recurrent"
     }
     fn forward(&self, p: &Problem, x: &Inputs<'_, T>, output_final_state: bool) -> Result<Forward<T>> {
-        driver::forward(GlaOp::<T>::name(self), p, x, output_final_state, forward_seq)
+        driver::forward(GlaOp::<T>::name(self), p, x, output_final_state, Validation::Upfront, forward_seq)
     }
     fn backward(&self, p: &Problem, x: &Inputs<'_, T>, d: &Backward<'_, T>) -> Result<Grads<T>> {
-        driver::backward(GlaOp::<T>::name(self), p, x, d, backward_seq)
+        driver::backward(GlaOp::<T>::name(self), p, x, d, Validation::Upfront, backward_seq)
     }
 }
 
