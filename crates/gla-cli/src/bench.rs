@@ -82,7 +82,10 @@ fn gemm_peak_gflops() -> f64 {
 }
 
 pub fn ops(a: &OpsArgs) -> Result<bool> {
-    let Device::Cpu = a.device;
+    a.device.ensure_built()?;
+    if a.device == Device::Cuda {
+        bail!("`gla bench ops --device cuda` is not wired yet (issue 3); use crates/gla-cuda/examples/check --bench");
+    }
     let shapes = if a.shape.is_empty() { vec![[1, 8192, 4, 128, 128]] } else { a.shape.clone() };
     let threads = rayon::current_num_threads();
     let peak = gemm_peak_gflops();

@@ -37,7 +37,10 @@ struct Row {
 }
 
 pub fn run(a: &Args) -> Result<bool> {
-    let Device::Cpu = a.device;
+    a.device.ensure_built()?;
+    if a.device == Device::Cuda {
+        return run_cuda(a);
+    }
     let (seq, par) = (Chunked { schedule: Schedule::PerSequence }, Chunked { schedule: Schedule::PerChunk });
     let ops: [&dyn GlaOp<f32>; 4] = [&Naive, &FusedRecurrent, &seq, &par];
     let start = Instant::now();
@@ -92,4 +95,31 @@ fn print_table(rows: &[Row]) {
         }
         i = j;
     }
+}
+
+#[cfg(feature = "cuda")]
+fn run_cuda(a: &Args) -> Result<bool> {
+    let start = Instant::now();
+    let opts = gla_cuda::check::CheckOptions::default();
+    let (device, mut rows) = gla_cuda::check::check_device(opts)?;
+    if let Some(f) = &a.filter {
+        rows.retain(|r| r.case.contains(f.as_str()));
+    }
+    println!("device: {device}");
+    print!("{}", gla_cuda::check::format_table(&rows));
+    let failed = rows.iter().filter(|r| !r.pass).count();
+    println!("{} rows checked in {:.1} s: {} passed, {} failed", rows.len(), start.elapsed().as_secs_f64(), rows.len() - failed, failed);
+    if let Some(path) = &a.json {
+        let json: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| serde_json::json!({"case": r.case, "path": format!("{}-{}", r.algo, r.dtype), "tensor": r.tensor, "rel_rmse": r.rel_rmse, "tol": r.tol, "pass": r.pass, "note": r.note}))
+            .collect();
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
+    }
+    Ok(failed == 0)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn run_cuda(_: &Args) -> Result<bool> {
+    unreachable!("ensure_built refuses cuda without the feature")
 }

@@ -15,6 +15,8 @@ Examples:
   gla bench ops                       time the CPU GLA op (forward, forward+backward) at B=1 T=8192 H=4 K=V=128
   gla bench ops --shape 2,4096,8,64,64 --json bench.json
   gla check                           run the shared case table on every CPU path against the f64 oracle
+  gla check --device cuda             the same table on the GPU kernels (f32 and bf16), plus T=65536,
+                                      a >2^31-element tensor and repeat-run determinism
 ")]
 struct Cli {
     #[command(subcommand)]
@@ -26,6 +28,18 @@ struct Cli {
 pub enum Device {
     /// The CPU (all cores, through rayon).
     Cpu,
+    /// NVIDIA GPU 0 (needs a binary built with `--features cuda`, the NVIDIA driver and libnvrtc).
+    Cuda,
+}
+
+impl Device {
+    /// Refuses `cuda` in a binary built without the `cuda` feature, saying how to get one.
+    pub fn ensure_built(self) -> anyhow::Result<()> {
+        if self == Device::Cuda && !cfg!(feature = "cuda") {
+            anyhow::bail!("this gla binary was built without GPU support; rebuild with `cargo build --release -p gla-cli --features cuda`");
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
