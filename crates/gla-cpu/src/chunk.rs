@@ -48,7 +48,7 @@ use gla_core::{Backward, Forward, Grads, Inputs, Problem, Result, BC, BT};
 use rayon::prelude::*;
 
 use crate::driver::{self, SeqGradIn, SeqIn, SeqOut, SeqSinks, Validation};
-use gla_core::op::Check;
+use gla_core::op::{first_bad, Check};
 use crate::fexp::{fexp, mul_exp_diff};
 use crate::mat::{matmul, MatRef};
 
@@ -94,24 +94,32 @@ struct Chunk {
 }
 
 impl Chunk {
-        fn load(x: &SeqIn<'_, f32>, c: usize) -> Self {
+    /// Copies chunk `c` out of the inputs, checking values on the way (see
+    /// [`Validation::InLoad`]): one pass per row and tensor, while the row is in cache.
+    fn load(x: &SeqIn<'_, f32>, c: usize) -> Self {
         let (kd, vd) = (x.kd, x.vd);
         let rows = chunk_rows(c, x.l);
         let m = rows.len();
-        let (mut qs, mut k, mut v, mut gc) = (vec![0.0; m * kd], vec![0.0; m * kd], vec![0.0; m * vd], vec![0.0; m * kd]);
-        x.q.copy_to(rows.start, &mut qs);
-        x.check(&qs, Check::Finite);
-        qs.iter_mut().for_each(|e| *e *= x.scale);
-        x.k.copy_to(rows.start, &mut k);
-        x.v.copy_to(rows.start, &mut v);
-        x.g_rows(rows.start, &mut gc);
-        x.check(&k, Check::Finite);
-        x.check(&v, Check::Finite);
-        x.check(&gc, Check::Gate);
-        let eg = gc.iter().map(|&g| fexp(g)).collect();
-        for r in 1..m {
-            let (prev, cur) = gc[(r - 1) * kd..(r + 1) * kd].split_at_mut(kd);
+        let (mut qs, mut k, mut v) = (Vec::with_capacity(m * kd), Vec::with_capacity(m * kd), Vec::with_capacity(m * vd));
+        let (mut gc, mut eg) = (vec![0.0; m * kd], vec![0.0; m * kd]);
+        let ok = |row: &[f32], check| first_bad(row, check).is_none();
+        let mut good = true;
+        for (r, t) in rows.enumerate() {
+            let (q_t, k_t, v_t) = (x.q.row(t), x.k.row(t), x.v.row(t));
+            good &= ok(q_t, Check::Finite) & ok(k_t, Check::Finite) & ok(v_t, Check::Finite);
+            qs.extend(q_t.iter().map(|&e| e * x.scale));
+            k.extend_from_slice(k_t);
+            v.extend_from_slice(v_t);
+            let (prev, cur) = gc[r.saturating_sub(1) * kd..(r + 1) * kd].split_at_mut(if r == 0 { 0 } else { kd });
+            x.g_row(t, cur);
+            good &= ok(cur, Check::Gate);
+            for (e, &g) in eg[r * kd..(r + 1) * kd].iter_mut().zip(cur.iter()) {
+                *e = fexp(g);
+            }
             cur.iter_mut().zip(prev.iter()).for_each(|(c, p)| *c += *p);
+        }
+        if !good {
+            x.flag_bad();
         }
         Self { m, qs, k, v, gc, eg }
     }
