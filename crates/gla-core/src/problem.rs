@@ -62,9 +62,7 @@ impl Problem {
         }
         let rows = spec.b.checked_mul(spec.t).ok_or(Error::Overflow { op: OP })?;
         let widest = spec.k.max(spec.v);
-        rows.checked_mul(spec.h)
-            .and_then(|x| x.checked_mul(widest))
-            .ok_or(Error::Overflow { op: OP })?;
+        rows.checked_mul(spec.h).and_then(|x| x.checked_mul(widest)).ok_or(Error::Overflow { op: OP })?;
         spec.h
             .checked_mul(spec.k)
             .and_then(|x| x.checked_mul(spec.v))
@@ -88,7 +86,13 @@ impl Problem {
                     return bad(format!("must start at 0, starts at {}", cu[0]));
                 }
                 if let Some(i) = (1..cu.len()).find(|&i| cu[i] < cu[i - 1]) {
-                    return bad(format!("must be non-decreasing, but cu_seqlens[{}] = {} < cu_seqlens[{}] = {}", i, cu[i], i - 1, cu[i - 1]));
+                    return bad(format!(
+                        "must be non-decreasing, but cu_seqlens[{}] = {} < cu_seqlens[{}] = {}",
+                        i,
+                        cu[i],
+                        i - 1,
+                        cu[i - 1]
+                    ));
                 }
                 let last = *cu.last().unwrap_or(&0);
                 if last != spec.t {
@@ -168,11 +172,13 @@ impl Problem {
     pub fn shape_str(&self, last: &'static str) -> String {
         let d = match last {
             "V" => self.v,
-            "G" => return match self.gate {
-                GateKind::PerKey => format!("[B={}, T={}, H={}, K={}]", self.b, self.t, self.h, self.k),
-                GateKind::PerHead => format!("[B={}, T={}, H={}]", self.b, self.t, self.h),
-                GateKind::None => "[] (no gate)".into(),
-            },
+            "G" => {
+                return match self.gate {
+                    GateKind::PerKey => format!("[B={}, T={}, H={}, K={}]", self.b, self.t, self.h, self.k),
+                    GateKind::PerHead => format!("[B={}, T={}, H={}]", self.b, self.t, self.h),
+                    GateKind::None => "[] (no gate)".into(),
+                }
+            }
             "S" => return format!("[N={}, H={}, K={}, V={}]", self.n(), self.h, self.k, self.v),
             _ => self.k,
         };

@@ -79,7 +79,12 @@ pub fn cases() -> Vec<Case> {
         let name = format!("varlen-gs{gate_scale}{}", if h0 { "-h0" } else { "" });
         out.push(Case { name, spec: spec(1, 365, 2, GateKind::PerKey, Some(varlen.clone())), gate_scale, h0 });
     }
-    out.push(Case { name: "varlen-empty-first-h0".into(), spec: spec(1, 16, 3, GateKind::PerKey, Some(vec![0, 0, 16])), gate_scale: 1.0, h0: true });
+    out.push(Case {
+        name: "varlen-empty-first-h0".into(),
+        spec: spec(1, 16, 3, GateKind::PerKey, Some(vec![0, 0, 16])),
+        gate_scale: 1.0,
+        h0: true,
+    });
     for (gate, tag) in [(GateKind::PerHead, "head"), (GateKind::None, "nogate")] {
         out.push(Case { name: format!("{tag}-T130-h0"), spec: spec(2, 130, 2, gate, None), gate_scale: 1.0, h0: true });
         out.push(Case { name: format!("{tag}-varlen"), spec: spec(1, 365, 2, gate, Some(varlen.clone())), gate_scale: 10.0, h0: false });

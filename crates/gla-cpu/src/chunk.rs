@@ -27,7 +27,7 @@
 //! Inputs are read in place; each chunk's rows are copied into small contiguous `[64, K]` buffers
 //! (cache-resident), never a whole tensor.
 //!
-//! Backward (derivation in docs/math/gla_chunk.md):
+//! Backward (derivation in `docs/math/gla_chunk.md`):
 //!
 //! ```text
 //! dh_c  = gradient of the state leaving chunk c (reverse pass, seeded by dht):
@@ -48,9 +48,9 @@ use gla_core::{Backward, Forward, Grads, Inputs, Problem, Result, BC, BT};
 use rayon::prelude::*;
 
 use crate::driver::{self, SeqGradIn, SeqIn, SeqOut, SeqSinks, Validation};
-use gla_core::op::{first_bad, Check};
 use crate::fexp::{fexp, mul_exp_diff};
 use crate::mat::{matmul, MatRef};
+use gla_core::op::{first_bad, Check};
 
 /// How the chunked forward spreads work over threads (see the module docs).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -128,14 +128,14 @@ impl Chunk {
         &self.gc[(self.m - 1) * kd..self.m * kd]
     }
     /// `qs * exp(G)`, `[m, K]`.
-        fn qg(&self, kd: usize) -> Vec<f32> {
+    fn qg(&self, kd: usize) -> Vec<f32> {
         let mut qg = vec![0.0; self.m * kd];
         let zero = vec![0.0; kd];
         scale_rows(&mut qg, &self.qs, &self.gc, &zero, kd, false);
         qg
     }
     /// `k * exp(Gl - G)`, `[m, K]`.
-        fn kg(&self, kd: usize) -> Vec<f32> {
+    fn kg(&self, kd: usize) -> Vec<f32> {
         let mut kg = vec![0.0; self.m * kd];
         scale_rows(&mut kg, &self.k, &self.gc, self.gl(kd), kd, true);
         kg
@@ -195,7 +195,9 @@ fn step_dot(prod: &mut [f32], decay: &[f32], q: &[f32], k: &[f32]) -> f32 {
     let mut acc = [0.0f32; W];
     let mut tail = 0.0;
     for (((p, d), q), k) in prod.chunks_mut(W).zip(decay.chunks(W)).zip(q.chunks(W)).zip(k.chunks(W)) {
-        if let (Ok(p), Ok(d), Ok(q), Ok(k)) = (<&mut [f32; W]>::try_from(&mut *p), <&[f32; W]>::try_from(d), <&[f32; W]>::try_from(q), <&[f32; W]>::try_from(k)) {
+        if let (Ok(p), Ok(d), Ok(q), Ok(k)) =
+            (<&mut [f32; W]>::try_from(&mut *p), <&[f32; W]>::try_from(d), <&[f32; W]>::try_from(q), <&[f32; W]>::try_from(k))
+        {
             for j in 0..W {
                 let x = p[j] * d[j];
                 p[j] = if x < f32::MIN_POSITIVE { 0.0 } else { x };

@@ -13,7 +13,13 @@ const ROUND: f32 = 12_582_912.0;
 #[inline(always)]
 pub(crate) fn fexp(x: f32) -> f32 {
     // plain selects, not f32::clamp/max: their NaN rules stop the loop vectoriser
-    let xc = if x < -87.0 { -87.0 } else if x > 88.0 { 88.0 } else { x };
+    let xc = if x < -87.0 {
+        -87.0
+    } else if x > 88.0 {
+        88.0
+    } else {
+        x
+    };
     let t = xc * LOG2E + ROUND;
     let n = t - ROUND;
     let r = xc - n * LN2_HI - n * LN2_LO;

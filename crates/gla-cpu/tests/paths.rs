@@ -58,7 +58,17 @@ fn decode_steps_equal_one_forward() {
         (0..b).flat_map(|bi| x[(bi * t + step) * h * d..(bi * t + step + 1) * h * d].to_vec()).collect()
     };
     for step in 0..t {
-        let out = decode_step(&mut state, &rows(&q, kd, step), &rows(&k, kd, step), &rows(&v, vd, step), Some(&rows(&g, kd, step)), GateKind::PerKey, (b, h, kd, vd), None).unwrap();
+        let out = decode_step(
+            &mut state,
+            &rows(&q, kd, step),
+            &rows(&k, kd, step),
+            &rows(&v, vd, step),
+            Some(&rows(&g, kd, step)),
+            GateKind::PerKey,
+            (b, h, kd, vd),
+            None,
+        )
+        .unwrap();
         for bi in 0..b {
             o[(bi * t + step) * h * vd..(bi * t + step + 1) * h * vd].copy_from_slice(&out[bi * h * vd..(bi + 1) * h * vd]);
         }
@@ -78,9 +88,11 @@ fn long_sequence_with_strong_decay_stays_finite() {
     };
     let d = CaseData::generate(&case, 9).unwrap();
     let p = &d.problem;
-    let (q, k, v, g, h0, d_o, dht) = (to_f32(&d.q), to_f32(&d.k), to_f32(&d.v), to_f32(&d.g), to_f32(&d.h0), to_f32(&d.d_o), to_f32(&d.dht));
+    let (q, k, v, g, h0, d_o, dht) =
+        (to_f32(&d.q), to_f32(&d.k), to_f32(&d.v), to_f32(&d.g), to_f32(&d.h0), to_f32(&d.d_o), to_f32(&d.dht));
     let x = Inputs { q: &q, k: &k, v: &v, g: Some(&g), h0: Some(&h0) };
-    for op in [&Chunked { schedule: Schedule::PerSequence } as &dyn GlaOp<f32>, &Chunked { schedule: Schedule::PerChunk }, &FusedRecurrent] {
+    for op in [&Chunked { schedule: Schedule::PerSequence } as &dyn GlaOp<f32>, &Chunked { schedule: Schedule::PerChunk }, &FusedRecurrent]
+    {
         let f = op.forward(p, &x, true).unwrap();
         assert!(f.o.iter().chain(f.ht.as_ref().unwrap()).all(|x| x.is_finite()), "{}: forward", op.name());
         let gr = op.backward(p, &x, &Backward { d_o: &d_o, dht: Some(&dht) }).unwrap();
