@@ -1,0 +1,21 @@
+//! gla-model: the GLA language model of fla (`GLAForCausalLM`) on the CPU in f32, with an
+//! explicit forward and backward (llm.c style, no tape), AdamW, the MQAR recall task and
+//! checkpoints in fla's Hugging Face format.
+//!
+//! Reading order: [`config`] (fla's `GLAConfig`) -> [`params`] (one table of name, shape, init)
+//! -> [`ops`] (each layer op's forward and backward) -> [`model`] (forward, backward) ->
+//! [`optim`] (AdamW, clipping, schedule) -> [`data`] (MQAR) -> [`checkpoint`] -> [`train`].
+#![deny(missing_docs)]
+
+pub mod config;
+mod error;
+pub mod model;
+pub mod ops;
+pub mod params;
+pub mod rng;
+
+pub use config::{Dims, GlaConfig};
+pub use error::{Error, Result};
+pub use model::{shift_labels, Activations, GlaModel, LossOut, IGNORE_INDEX};
+pub use params::Layout;
+pub use rng::Rng;

@@ -1,0 +1,391 @@
+//! The layer ops, each as an explicit `*_fwd` / `*_bwd` pair over row-major f32 buffers
+//! (llm.c style). Letters: `N` token rows (B*T), `D` model dim, `H` heads, `K`/`V` per-head dims,
+//! `I` MLP width, `W` conv width, `C` channels of a conv. Backward functions **accumulate**
+//! (`+=`) into parameter gradients, so gradient accumulation needs no extra buffer; gradients of
+//! activations are written (`=`) unless the name says `_acc`.
+//!
+//! Every op has a naive reference in the tests (tests/ops.rs) and a finite-difference check.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// Rows per rayon task in row-wise ops (keeps tasks coarse on small models).
+const ROWS_PER_TASK: usize = 64;
+
+/// A strided read-only matrix operand: element (i, j) at `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+struct Mat<'a> {
+    data: &'a [f32],
+    rs: usize,
+    cs: usize,
+}
+
+/// `c [m, n] (row-major) (+)= a [m, k] @ b [k, n]` on the gemm crate, parallel over rayon.
+///
+/// Panics only on an internal size bug (the operands are checked against the dims).
+fn gemm_f32(c: &mut [f32], m: usize, n: usize, k: usize, a: Mat<'_>, b: Mat<'_>, acc: bool) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(c.len() >= m * n, "gemm: c too small");
+    if k == 0 {
+        if !acc {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let last = |x: Mat<'_>, r: usize, cc: usize| (r - 1) * x.rs + (cc - 1) * x.cs;
+    assert!(last(a, m, k) < a.data.len(), "gemm: a out of bounds");
+    assert!(last(b, k, n) < b.data.len(), "gemm: b out of bounds");
+    // SAFETY: the three operands were bounds-checked above for these dims and strides, `c` is
+    // borrowed mutably so it cannot alias `a` or `b`, and all strides are non-negative.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::Rayon(0),
+        );
+    }
+}
+
+/// Linear forward: `y [N, out] = x [N, in] @ w^T` with `w [out, in]` (PyTorch layout).
+pub fn linear_fwd(y: &mut [f32], x: &[f32], w: &[f32], n: usize, d_in: usize, d_out: usize) {
+    gemm_f32(y, n, d_out, d_in, Mat { data: x, rs: d_in, cs: 1 }, Mat { data: w, rs: 1, cs: d_in }, false);
+}
+
+/// Linear backward to the input: `dx [N, in] (+)= dy [N, out] @ w [out, in]`.
+pub fn linear_bwd_x(dx: &mut [f32], dy: &[f32], w: &[f32], n: usize, d_in: usize, d_out: usize, acc: bool) {
+    gemm_f32(dx, n, d_in, d_out, Mat { data: dy, rs: d_out, cs: 1 }, Mat { data: w, rs: d_in, cs: 1 }, acc);
+}
+
+/// Linear backward to the weight: `dw [out, in] += dy^T @ x`.
+pub fn linear_bwd_w(dw: &mut [f32], dy: &[f32], x: &[f32], n: usize, d_in: usize, d_out: usize) {
+    gemm_f32(dw, d_out, d_in, n, Mat { data: dy, rs: 1, cs: d_out }, Mat { data: x, rs: d_in, cs: 1 }, true);
+}
+
+/// RMSNorm forward over rows of `d`: `y = x * rstd * w`, `rstd = 1/sqrt(mean(x^2) + eps)`.
+/// `rstd [rows]` is saved for the backward.
+pub fn rmsnorm_fwd(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], d: usize, eps: f32) {
+    y.par_chunks_mut(d * ROWS_PER_TASK)
+        .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
+        .zip(x.par_chunks(d * ROWS_PER_TASK))
+        .for_each(|((y, r), x)| {
+            for ((y, r), x) in y.chunks_exact_mut(d).zip(r.iter_mut()).zip(x.chunks_exact(d)) {
+                let ms = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                *r = 1.0 / (ms + eps).sqrt();
+                for ((y, &x), &w) in y.iter_mut().zip(x).zip(w) {
+                    *y = x * *r * w;
+                }
+            }
+        });
+}
+
+/// RMSNorm backward: `dx (+)= rstd * (dy*w - x * rstd^2 * mean(dy*w*x))`, `dw += sum dy*x*rstd`.
+pub fn rmsnorm_bwd(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], rstd: &[f32], w: &[f32], d: usize, acc: bool) {
+    dx.par_chunks_mut(d * ROWS_PER_TASK)
+        .zip(dy.par_chunks(d * ROWS_PER_TASK))
+        .zip(x.par_chunks(d * ROWS_PER_TASK))
+        .zip(rstd.par_chunks(ROWS_PER_TASK))
+        .for_each(|(((dx, dy), x), r)| {
+            for (((dx, dy), x), &r) in dx.chunks_exact_mut(d).zip(dy.chunks_exact(d)).zip(x.chunks_exact(d)).zip(r) {
+                let dot = dy.iter().zip(x).zip(w).map(|((a, b), c)| a * b * c).sum::<f32>() / d as f32;
+                let c = r * r * r * dot;
+                for (((dx, &dy), &x), &w) in dx.iter_mut().zip(dy).zip(x).zip(w) {
+                    let v = r * dy * w - c * x;
+                    if acc {
+                        *dx += v;
+                    } else {
+                        *dx = v;
+                    }
+                }
+            }
+        });
+    // deterministic, sequential reduction over rows
+    for ((dy, x), &r) in dy.chunks_exact(d).zip(x.chunks_exact(d)).zip(rstd) {
+        for ((dw, &dy), &x) in dw.iter_mut().zip(dy).zip(x) {
+            *dw += dy * x * r;
+        }
+    }
+}
+
+#[inline]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// Per-head RMSNorm of the attention output times the swish output gate (fla's
+/// `FusedRMSNormGated`): `y = rmsnorm(o) * w * g * sigmoid(g)` over each head's `V` values, one
+/// weight `w [V]` shared by all heads. With `g = None` (no output gate) `y = rmsnorm(o) * w`.
+/// `o`, `g`, `y`: `[N, H, V]`; `rstd`: `[N, H]`.
+pub fn gated_norm_fwd(y: &mut [f32], rstd: &mut [f32], o: &[f32], g: Option<&[f32]>, w: &[f32], v: usize, eps: f32) {
+    y.par_chunks_mut(v).zip(rstd.par_iter_mut()).enumerate().for_each(|(i, (y, r))| {
+        let o = &o[i * v..(i + 1) * v];
+        let ms = o.iter().map(|x| x * x).sum::<f32>() / v as f32;
+        *r = 1.0 / (ms + eps).sqrt();
+        for j in 0..v {
+            let gate = g.map_or(1.0, |g| {
+                let x = g[i * v + j];
+                x * sigmoid(x)
+            });
+            y[j] = o[j] * *r * w[j] * gate;
+        }
+    });
+}
+
+/// Backward of [`gated_norm_fwd`]: writes `d_o` and `dg` (when gated), accumulates `dw`.
+#[allow(clippy::too_many_arguments)]
+pub fn gated_norm_bwd(
+    d_o: &mut [f32],
+    dg: Option<&mut [f32]>,
+    dw: &mut [f32],
+    dy: &[f32],
+    o: &[f32],
+    g: Option<&[f32]>,
+    rstd: &[f32],
+    w: &[f32],
+    v: usize,
+) {
+    // per row i: dn = dy * w * swish(g); dg = dy * n * w * swish'(g); d_o = rmsnorm_bwd(dn)
+    let row = |i: usize, d_o: &mut [f32], mut dg: Option<&mut [f32]>| {
+        let r = rstd[i];
+        let o = &o[i * v..(i + 1) * v];
+        let dy = &dy[i * v..(i + 1) * v];
+        let mut dot = 0.0f32;
+        for j in 0..v {
+            let (gate, dgate) = match g {
+                Some(g) => {
+                    let x = g[i * v + j];
+                    let s = sigmoid(x);
+                    (x * s, s * (1.0 + x * (1.0 - s)))
+                }
+                None => (1.0, 0.0),
+            };
+            if let Some(dg) = dg.as_deref_mut() {
+                dg[j] = dy[j] * o[j] * r * w[j] * dgate;
+            }
+            // d_o holds dn until the second pass
+            d_o[j] = dy[j] * w[j] * gate;
+            dot += d_o[j] * o[j];
+        }
+        let c = r * r * r * dot / v as f32;
+        for j in 0..v {
+            d_o[j] = r * d_o[j] - c * o[j];
+        }
+    };
+    match dg {
+        Some(dg) => d_o.par_chunks_mut(v).zip(dg.par_chunks_mut(v)).enumerate().for_each(|(i, (a, b))| row(i, a, Some(b))),
+        None => d_o.par_chunks_mut(v).enumerate().for_each(|(i, a)| row(i, a, None)),
+    }
+    for i in 0..rstd.len() {
+        for j in 0..v {
+            let gate = g.map_or(1.0, |g| {
+                let x = g[i * v + j];
+                x * sigmoid(x)
+            });
+            dw[j] += dy[i * v + j] * o[i * v + j] * rstd[i] * gate;
+        }
+    }
+}
+
+/// SwiGLU forward: `h = silu(a) * b`, all `[N, I]`.
+pub fn swiglu_fwd(h: &mut [f32], a: &[f32], b: &[f32]) {
+    h.par_chunks_mut(4096).zip(a.par_chunks(4096)).zip(b.par_chunks(4096)).for_each(|((h, a), b)| {
+        for ((h, &a), &b) in h.iter_mut().zip(a).zip(b) {
+            *h = a * sigmoid(a) * b;
+        }
+    });
+}
+
+/// SwiGLU backward: `da = dh * b * silu'(a)`, `db = dh * silu(a)`.
+pub fn swiglu_bwd(da: &mut [f32], db: &mut [f32], dh: &[f32], a: &[f32], b: &[f32]) {
+    da.par_chunks_mut(4096)
+        .zip(db.par_chunks_mut(4096))
+        .zip(dh.par_chunks(4096))
+        .zip(a.par_chunks(4096).zip(b.par_chunks(4096)))
+        .for_each(|(((da, db), dh), (a, b))| {
+            for i in 0..da.len() {
+                let s = sigmoid(a[i]);
+                db[i] = dh[i] * a[i] * s;
+                da[i] = dh[i] * b[i] * s * (1.0 + a[i] * (1.0 - s));
+            }
+        });
+}
+
+/// `log(sigmoid(x))`, stable for every x.
+#[inline]
+pub fn logsigmoid(x: f32) -> f32 {
+    x.min(0.0) - (-x.abs()).exp().ln_1p()
+}
+
+/// The log-gate: `g = max(logsigmoid(x) / norm, clamp_min)` (fla: `logsigmoid(gk) / 16`, then
+/// `clamp_min` when set). Always <= 0.
+pub fn gate_fwd(g: &mut [f32], x: &[f32], norm: f32, clamp_min: Option<f32>) {
+    g.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(g, x)| {
+        for (g, &x) in g.iter_mut().zip(x) {
+            let v = logsigmoid(x) / norm;
+            *g = clamp_min.map_or(v, |c| v.max(c));
+        }
+    });
+}
+
+/// Backward of [`gate_fwd`]: `dx = dg * sigmoid(-x) / norm`, zero where the clamp is active
+/// (PyTorch's clamp passes the gradient where `v >= min`).
+pub fn gate_bwd(dx: &mut [f32], dg: &[f32], x: &[f32], norm: f32, clamp_min: Option<f32>) {
+    dx.par_chunks_mut(4096).zip(dg.par_chunks(4096)).zip(x.par_chunks(4096)).for_each(|((dx, dg), x)| {
+        for ((dx, &dg), &x) in dx.iter_mut().zip(dg).zip(x) {
+            let pass = clamp_min.is_none_or(|c| logsigmoid(x) / norm >= c);
+            *dx = if pass { dg * sigmoid(-x) / norm } else { 0.0 };
+        }
+    });
+}
+
+/// Causal depthwise short convolution + SiLU (fla's `ShortConvolution`, no bias) per sequence of
+/// `t` rows: `pre[t, c] = sum_j w[c, j] * x[t - (W-1) + j, c]` (zero before the sequence start),
+/// `y = silu(pre)`. `x`, `pre`, `y`: `[B*T, C]`; `w`: `[C, 1, W]`.
+pub fn conv_fwd(y: &mut [f32], pre: &mut [f32], x: &[f32], w: &[f32], t: usize, c: usize, width: usize) {
+    y.par_chunks_mut(t * c).zip(pre.par_chunks_mut(t * c)).zip(x.par_chunks(t * c)).for_each(|((y, pre), x)| {
+        for s in 0..t {
+            for ch in 0..c {
+                let mut acc = 0.0f32;
+                for j in 0..width {
+                    if let Some(src) = (s + j).checked_sub(width - 1) {
+                        acc += w[ch * width + j] * x[src * c + ch];
+                    }
+                }
+                pre[s * c + ch] = acc;
+                y[s * c + ch] = acc * sigmoid(acc);
+            }
+        }
+    });
+}
+
+/// Backward of [`conv_fwd`]: writes `dx`, accumulates `dw`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bwd(dx: &mut [f32], dw: &mut [f32], dy: &[f32], pre: &[f32], x: &[f32], w: &[f32], t: usize, c: usize, width: usize) {
+    let rows = x.len() / c;
+    // dpre = dy * silu'(pre)
+    let dpre: Vec<f32> = dy
+        .par_iter()
+        .zip(pre.par_iter())
+        .map(|(&d, &p)| {
+            let s = sigmoid(p);
+            d * s * (1.0 + p * (1.0 - s))
+        })
+        .collect();
+    dx.par_chunks_mut(t * c).enumerate().for_each(|(b, dx)| {
+        let dp = &dpre[b * t * c..(b + 1) * t * c];
+        for src in 0..t {
+            for ch in 0..c {
+                let mut acc = 0.0f32;
+                for j in 0..width {
+                    let s = src + width - 1 - j;
+                    if s < t {
+                        acc += w[ch * width + j] * dp[s * c + ch];
+                    }
+                }
+                dx[src * c + ch] = acc;
+            }
+        }
+    });
+    for r in 0..rows {
+        let s = r % t;
+        for j in 0..width {
+            if let Some(src) = (s + j).checked_sub(width - 1) {
+                let xr = r - s + src;
+                for ch in 0..c {
+                    dw[ch * width + j] += dpre[r * c + ch] * x[xr * c + ch];
+                }
+            }
+        }
+    }
+}
+
+/// Repeats `[N, Hkv, d]` to `[N, Hkv * groups, d]` (head `h` of the output reads kv head
+/// `h / groups`, einops `'... h d -> ... (h g) d'` as in fla).
+pub fn repeat_heads(out: &mut [f32], x: &[f32], hkv: usize, groups: usize, d: usize) {
+    for (o, x) in out.chunks_exact_mut(hkv * groups * d).zip(x.chunks_exact(hkv * d)) {
+        for h in 0..hkv {
+            for g in 0..groups {
+                o[(h * groups + g) * d..(h * groups + g + 1) * d].copy_from_slice(&x[h * d..(h + 1) * d]);
+            }
+        }
+    }
+}
+
+/// Backward of [`repeat_heads`]: sums the groups back.
+pub fn repeat_heads_bwd(dx: &mut [f32], dout: &[f32], hkv: usize, groups: usize, d: usize) {
+    for (dx, o) in dx.chunks_exact_mut(hkv * d).zip(dout.chunks_exact(hkv * groups * d)) {
+        dx.fill(0.0);
+        for h in 0..hkv {
+            for g in 0..groups {
+                for j in 0..d {
+                    dx[h * d + j] += o[(h * groups + g) * d + j];
+                }
+            }
+        }
+    }
+}
+
+/// Embedding forward: `x [N, D] = wte[ids]`. Ids must be checked by the caller.
+pub fn embedding_fwd(x: &mut [f32], ids: &[u32], wte: &[f32], d: usize) {
+    for (x, &id) in x.chunks_exact_mut(d).zip(ids) {
+        x.copy_from_slice(&wte[id as usize * d..(id as usize + 1) * d]);
+    }
+}
+
+/// Embedding backward: `dwte[ids] += dx`, skipping the padding row.
+pub fn embedding_bwd(dwte: &mut [f32], dx: &[f32], ids: &[u32], d: usize, pad: Option<usize>) {
+    for (dx, &id) in dx.chunks_exact(d).zip(ids) {
+        if pad == Some(id as usize) {
+            continue;
+        }
+        for (a, &b) in dwte[id as usize * d..(id as usize + 1) * d].iter_mut().zip(dx) {
+            *a += b;
+        }
+    }
+}
+
+/// Cross-entropy of `logits [M, vocab]` against `targets [M]` (all valid): returns the summed
+/// loss (f64) and the number of correct argmax predictions; overwrites `logits` with
+/// `(softmax - onehot) * dscale`, the gradient of `dscale * sum loss`.
+pub fn cross_entropy_fwd_bwd(logits: &mut [f32], targets: &[u32], vocab: usize, dscale: f32) -> (f64, usize) {
+    logits
+        .par_chunks_mut(vocab)
+        .zip(targets.par_iter())
+        .map(|(row, &t)| {
+            let (mut best, mut mx) = (0usize, f32::NEG_INFINITY);
+            for (j, &v) in row.iter().enumerate() {
+                if v > mx {
+                    mx = v;
+                    best = j;
+                }
+            }
+            let sum: f64 = row.iter().map(|&v| ((v - mx) as f64).exp()).sum();
+            let lse = mx as f64 + sum.ln();
+            let loss = lse - row[t as usize] as f64;
+            for v in row.iter_mut() {
+                *v = ((*v as f64 - lse).exp() as f32) * dscale;
+            }
+            row[t as usize] -= dscale;
+            (loss, usize::from(best == t as usize))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .fold((0.0, 0), |(a, b), (l, c)| (a + l, b + c))
+}
