@@ -48,7 +48,7 @@ use gla_core::{Backward, Forward, Grads, Inputs, Problem, Result, BC, BT};
 use rayon::prelude::*;
 
 use crate::driver::{self, SeqGradIn, SeqIn, SeqOut, SeqSinks, Validation};
-use crate::fexp::{fexp, mul_exp_diff};
+use crate::fexp::fexp;
 use crate::mat::{matmul, MatRef};
 use gla_core::op::{first_bad, Check};
 
@@ -91,7 +91,14 @@ struct Chunk {
     gc: Vec<f32>,
     /// `[m, K]`: per-step decays exp(g)
     eg: Vec<f32>,
+    /// `exp(G)` and `1 / exp(G)`, `[m, K]` each, when the chunk's total decay stays above
+    /// [`TABLE_MIN_G`] in every channel (see [`Chunk::decay_from`]).
+    table: Option<(Vec<f32>, Vec<f32>)>,
 }
+
+/// Below this chunk-local cumsum, `exp(G)` could leave the normal f32 range, so the chunk falls
+/// back to one exponential per decay factor (exp(-80) = 1.8e-35; its inverse 5.5e34 < f32::MAX).
+const TABLE_MIN_G: f32 = -80.0;
 
 impl Chunk {
     /// Copies chunk `c` out of the inputs, checking values on the way (see
@@ -113,40 +120,106 @@ impl Chunk {
             let (prev, cur) = gc[r.saturating_sub(1) * kd..(r + 1) * kd].split_at_mut(if r == 0 { 0 } else { kd });
             x.g_row(t, cur);
             good &= ok(cur, Check::Gate);
-            for (e, &g) in eg[r * kd..(r + 1) * kd].iter_mut().zip(cur.iter()) {
-                *e = fexp(g);
-            }
+            eg[r * kd..(r + 1) * kd].copy_from_slice(cur);
             cur.iter_mut().zip(prev.iter()).for_each(|(c, p)| *c += *p);
         }
         if !good {
             x.flag_bad();
         }
-        Self { m, qs, k, v, gc, eg }
+        // G does not increase inside a chunk, so its last row holds every channel's minimum
+        let table = (m > 0 && gc[(m - 1) * kd..m * kd].iter().fold(true, |ok, &g| ok & (g > TABLE_MIN_G))).then(|| {
+            let e: Vec<f32> = gc.iter().map(|&g| fexp(g)).collect();
+            let inv: Vec<f32> = e.iter().map(|&v| 1.0 / v).collect();
+            (e, inv)
+        });
+        match &table {
+            // exp(g[r]) = exp(G[r]) / exp(G[r-1]), and exp(g[0]) = exp(G[0])
+            Some((e, inv)) => {
+                for r in (0..m).rev() {
+                    for i in 0..kd {
+                        eg[r * kd + i] = if r == 0 { e[i] } else { e[r * kd + i] * inv[(r - 1) * kd + i] };
+                    }
+                }
+            }
+            None => eg.iter_mut().for_each(|g| *g = fexp(*g)),
+        }
+        Self { m, qs, k, v, gc, eg, table }
     }
-    /// G at the chunk's last row, `[K]`.
-    fn gl(&self, kd: usize) -> &[f32] {
-        &self.gc[(self.m - 1) * kd..self.m * kd]
+
+    /// `x[i, :] *= exp(G[rows.start + i, :] - G[base, :])` (`base` `None`: `G = 0` there), the
+    /// decay from `base` to each row; `base` is at or before the rows, so every exponent is <= 0.
+    /// From the table when there is one (two multiplies), else one exponential per element.
+    fn decay_from(&self, x: &mut [f32], rows: std::ops::Range<usize>, base: Option<usize>, kd: usize) {
+        for (xr, r) in x.chunks_exact_mut(kd).zip(rows) {
+            match (&self.table, base) {
+                (Some((e, _)), None) => xr.iter_mut().zip(&e[r * kd..(r + 1) * kd]).for_each(|(x, &f)| *x *= f),
+                (Some((e, inv)), Some(b)) => {
+                    let (er, ib) = (&e[r * kd..(r + 1) * kd], &inv[b * kd..(b + 1) * kd]);
+                    for i in 0..kd {
+                        xr[i] *= er[i] * ib[i];
+                    }
+                }
+                (None, b) => {
+                    let g = &self.gc[r * kd..(r + 1) * kd];
+                    match b {
+                        None => xr.iter_mut().zip(g).for_each(|(x, &g)| *x *= fexp(g)),
+                        Some(b) => {
+                            let gb = &self.gc[b * kd..(b + 1) * kd];
+                            for i in 0..kd {
+                                xr[i] *= fexp(g[i] - gb[i]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `x[i, :] *= exp(G[base, :] - G[rows.start + i, :])`, the decay from each row to `base`,
+    /// which is at or after the rows (exponents <= 0).
+    fn decay_to(&self, x: &mut [f32], rows: std::ops::Range<usize>, base: usize, kd: usize) {
+        for (xr, r) in x.chunks_exact_mut(kd).zip(rows) {
+            match &self.table {
+                Some((e, inv)) => {
+                    let (eb, ir) = (&e[base * kd..(base + 1) * kd], &inv[r * kd..(r + 1) * kd]);
+                    for i in 0..kd {
+                        xr[i] *= eb[i] * ir[i];
+                    }
+                }
+                None => {
+                    let (gb, g) = (&self.gc[base * kd..(base + 1) * kd], &self.gc[r * kd..(r + 1) * kd]);
+                    for i in 0..kd {
+                        xr[i] *= fexp(gb[i] - g[i]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `exp(G[r, :])`, `[K]`.
+    fn exp_g(&self, r: usize, kd: usize) -> Vec<f32> {
+        match &self.table {
+            Some((e, _)) => e[r * kd..(r + 1) * kd].to_vec(),
+            None => self.gc[r * kd..(r + 1) * kd].iter().map(|&g| fexp(g)).collect(),
+        }
     }
     /// `qs * exp(G)`, `[m, K]`.
     fn qg(&self, kd: usize) -> Vec<f32> {
-        let mut qg = vec![0.0; self.m * kd];
-        let zero = vec![0.0; kd];
-        scale_rows(&mut qg, &self.qs, &self.gc, &zero, kd, false);
+        let mut qg = self.qs.clone();
+        self.decay_from(&mut qg, 0..self.m, None, kd);
         qg
     }
     /// `k * exp(Gl - G)`, `[m, K]`.
     fn kg(&self, kd: usize) -> Vec<f32> {
-        let mut kg = vec![0.0; self.m * kd];
-        scale_rows(&mut kg, &self.k, &self.gc, self.gl(kd), kd, true);
+        let mut kg = self.k.clone();
+        self.decay_to(&mut kg, 0..self.m, self.m - 1, kd);
         kg
     }
 }
 
 /// `s [K, V] = diag(exp(Gl)) s + (k * exp(Gl - G))^T @ v`: the state leaving the chunk.
 fn state_update(ch: &Chunk, s: &mut [f32], kd: usize, vd: usize) {
-    let gl = ch.gl(kd);
-    for i in 0..kd {
-        let decay = fexp(gl[i]);
+    for (i, decay) in ch.exp_g(ch.m - 1, kd).into_iter().enumerate() {
         s[i * vd..(i + 1) * vd].iter_mut().for_each(|e| *e *= decay);
     }
     let kg = ch.kg(kd);
@@ -158,19 +231,8 @@ fn state_update(ch: &Chunk, s: &mut [f32], kd: usize, vd: usize) {
 fn out_chunk(ch: &Chunk, h_c: &[f32], kd: usize, vd: usize, o: &mut [f32]) {
     let m = ch.m;
     matmul(o, vd, MatRef::new(&ch.qg(kd), m, kd, kd), MatRef::new(h_c, kd, vd, vd), false);
-    let a = intra_a(&ch.qs, &ch.k, &ch.gc, &ch.eg, m, kd);
+    let a = intra_a(ch, kd);
     matmul(o, vd, MatRef::new(&a, m, m, m), MatRef::new(&ch.v, m, vd, vd), true);
-}
-
-/// `out[r, :] = a[r, :] * exp(G[r, :] - base)` or `exp(base - G[r, :])` over `rows` rows.
-fn scale_rows(out: &mut [f32], a: &[f32], gc: &[f32], base: &[f32], kd: usize, base_first: bool) {
-    for ((o, a), g) in out.chunks_exact_mut(kd).zip(a.chunks_exact(kd)).zip(gc.chunks_exact(kd)) {
-        if base_first {
-            mul_exp_diff(o, a, base, g);
-        } else {
-            mul_exp_diff(o, a, g, base);
-        }
-    }
 }
 
 /// `prod *= decay` elementwise, flushing results below the smallest normal f32 to 0: a running
@@ -227,29 +289,27 @@ fn no_denormals(gc: &[f32], r0: usize, r1: usize, kd: usize) -> bool {
     first.iter().zip(last).fold(true, |ok, (&a, &b)| ok & (b - a > -80.0))
 }
 
-/// Intra-chunk scores `A [m, m]` (lower triangle incl. diagonal; zero above).
-/// `qs`, `k`, `gc`, `eg = exp(g)`: the chunk's `[m, K]` rows.
+/// Intra-chunk scores `A [m, m]` of a chunk (lower triangle incl. diagonal; zero above).
 ///
 /// Diagonal blocks use `exp(G[r] - G[c]) = prod_{s=c+1..r} exp(g[s])`, a running product of
 /// per-step decays (each <= 1): one multiply per element instead of one `exp`, and more accurate
 /// than a difference of two rounded cumsums.
-fn intra_a(qs: &[f32], k: &[f32], gc: &[f32], eg: &[f32], m: usize, kd: usize) -> Vec<f32> {
+fn intra_a(ch: &Chunk, kd: usize) -> Vec<f32> {
+    let (m, qs, k, eg) = (ch.m, &ch.qs, &ch.k, &ch.eg);
     let mut a = vec![0.0; m * m];
-    let mut qn = vec![0.0; BC * kd];
-    let mut kn = vec![0.0; m * kd];
     let mut prod = vec![0.0; kd];
     let ones = vec![1.0; kd];
     for r0 in (0..m).step_by(BC) {
         let r1 = (r0 + BC).min(m);
-        let gn = &gc[r0 * kd..(r0 + 1) * kd];
         if r0 > 0 {
-            let qn = &mut qn[..(r1 - r0) * kd];
-            scale_rows(qn, &qs[r0 * kd..r1 * kd], &gc[r0 * kd..r1 * kd], gn, kd, false);
-            let kn = &mut kn[..r0 * kd];
-            scale_rows(kn, &k[..r0 * kd], &gc[..r0 * kd], gn, kd, true);
-            matmul(&mut a[r0 * m..], m, MatRef::new(qn, r1 - r0, kd, kd), MatRef::new(kn, r0, kd, kd).t(), false);
+            // normaliser: the block's first row
+            let mut qn = qs[r0 * kd..r1 * kd].to_vec();
+            ch.decay_from(&mut qn, r0..r1, Some(r0), kd);
+            let mut kn = k[..r0 * kd].to_vec();
+            ch.decay_to(&mut kn, 0..r0, r0, kd);
+            matmul(&mut a[r0 * m..], m, MatRef::new(&qn, r1 - r0, kd, kd), MatRef::new(&kn, r0, kd, kd).t(), false);
         }
-        let step = if no_denormals(gc, r0, r1, kd) { step_dot::<false> } else { step_dot::<true> };
+        let step = if no_denormals(&ch.gc, r0, r1, kd) { step_dot::<false> } else { step_dot::<true> };
         for c in r0..r1 {
             prod.fill(1.0);
             // exp(G[c] - G[c]) = 1, so the first step multiplies by ones
@@ -262,44 +322,33 @@ fn intra_a(qs: &[f32], k: &[f32], gc: &[f32], eg: &[f32], m: usize, kd: usize) -
     }
     a
 }
+
 /// Intra-chunk part of the backward: adds `dA`'s contribution to `dqs` and `dk` (`[m, K]`),
 /// except the diagonal pairs r == c, which the caller adds after computing `dg` (they cancel
 /// exactly in `qs*dqs - k*dk`, and leaving them out keeps that difference free of cancellation).
-#[allow(clippy::too_many_arguments)]
-fn intra_bwd(qs: &[f32], k: &[f32], gc: &[f32], eg: &[f32], da: &[f32], m: usize, kd: usize, dqs: &mut [f32], dk: &mut [f32]) {
-    let mut nbuf = vec![0.0; m * kd];
+fn intra_bwd(ch: &Chunk, da: &[f32], kd: usize, dqs: &mut [f32], dk: &mut [f32]) {
+    let (m, qs, k, eg) = (ch.m, &ch.qs, &ch.k, &ch.eg);
     let mut prod = vec![0.0; kd];
-    let mut tmp = vec![0.0; BC * kd];
     for r0 in (0..m).step_by(BC) {
         let r1 = (r0 + BC).min(m);
         let mb = r1 - r0;
         // dqs rows of this block from earlier blocks; normaliser: first row of the block
         if r0 > 0 {
-            let gn = &gc[r0 * kd..(r0 + 1) * kd];
-            let kn = &mut nbuf[..r0 * kd];
-            scale_rows(kn, &k[..r0 * kd], &gc[..r0 * kd], gn, kd, true);
-            matmul(&mut tmp[..mb * kd], kd, MatRef::new(&da[r0 * m..], mb, r0, m), MatRef::new(kn, r0, kd, kd), false);
-            for r in 0..mb {
-                let row = &mut dqs[(r0 + r) * kd..(r0 + r + 1) * kd];
-                let (t, g) = (&tmp[r * kd..(r + 1) * kd], &gc[(r0 + r) * kd..(r0 + r + 1) * kd]);
-                for i in 0..kd {
-                    row[i] += t[i] * fexp(g[i] - gn[i]);
-                }
-            }
+            let mut kn = k[..r0 * kd].to_vec();
+            ch.decay_to(&mut kn, 0..r0, r0, kd);
+            let mut tmp = vec![0.0; mb * kd];
+            matmul(&mut tmp, kd, MatRef::new(&da[r0 * m..], mb, r0, m), MatRef::new(&kn, r0, kd, kd), false);
+            ch.decay_from(&mut tmp, r0..r1, Some(r0), kd);
+            dqs[r0 * kd..r1 * kd].iter_mut().zip(&tmp).for_each(|(d, t)| *d += t);
         }
         // dk rows of this block from later blocks; normaliser: last row of the block
         if r1 < m {
-            let gn = &gc[(r1 - 1) * kd..r1 * kd];
-            let qn = &mut nbuf[..(m - r1) * kd];
-            scale_rows(qn, &qs[r1 * kd..m * kd], &gc[r1 * kd..m * kd], gn, kd, false);
-            matmul(&mut tmp[..mb * kd], kd, MatRef::new(&da[r1 * m + r0..], m - r1, mb, m).t(), MatRef::new(qn, m - r1, kd, kd), false);
-            for c in 0..mb {
-                let row = &mut dk[(r0 + c) * kd..(r0 + c + 1) * kd];
-                let (t, g) = (&tmp[c * kd..(c + 1) * kd], &gc[(r0 + c) * kd..(r0 + c + 1) * kd]);
-                for i in 0..kd {
-                    row[i] += t[i] * fexp(gn[i] - g[i]);
-                }
-            }
+            let mut qn = qs[r1 * kd..m * kd].to_vec();
+            ch.decay_from(&mut qn, r1..m, Some(r1 - 1), kd);
+            let mut tmp = vec![0.0; mb * kd];
+            matmul(&mut tmp, kd, MatRef::new(&da[r1 * m + r0..], m - r1, mb, m).t(), MatRef::new(&qn, m - r1, kd, kd), false);
+            ch.decay_to(&mut tmp, r0..r1, r1 - 1, kd);
+            dk[r0 * kd..r1 * kd].iter_mut().zip(&tmp).for_each(|(d, t)| *d += t);
         }
         // diagonal block, strictly below the diagonal (the caller adds r == c), with the running
         // product of decays as in `intra_a`
@@ -359,11 +408,10 @@ fn bwd_chunk(x: &SeqIn<'_, f32>, d: &SeqGradIn<'_, f32>, h_c: &[f32], dh_c: &[f3
     let (kd, vd) = (x.kd, x.vd);
     let ch = Chunk::load(x, c);
     let m = ch.m;
-    let (qs, k, v, g_c) = (&ch.qs, &ch.k, &ch.v, &ch.gc);
-    let gl = ch.gl(kd);
+    let (qs, k, v) = (&ch.qs, &ch.k, &ch.v);
     let mut d_o = vec![0.0; m * vd];
     d.d_o.copy_to(c * BT, &mut d_o);
-    let a = intra_a(qs, k, g_c, &ch.eg, m, kd);
+    let a = intra_a(&ch, kd);
 
     // dA = tril(do @ v^T)
     let mut da = vec![0.0; m * m];
@@ -380,26 +428,19 @@ fn bwd_chunk(x: &SeqIn<'_, f32>, d: &SeqGradIn<'_, f32>, h_c: &[f32], dh_c: &[f3
     // inter parts of dqs and dk
     let mut dqs = vec![0.0; m * kd];
     matmul(&mut dqs, kd, MatRef::new(&d_o, m, vd, vd), MatRef::new(h_c, kd, vd, vd).t(), false);
-    let zero = vec![0.0; kd];
-    for (row, g) in dqs.chunks_exact_mut(kd).zip(g_c.chunks_exact(kd)) {
-        let orig = row.to_vec();
-        mul_exp_diff(row, &orig, g, &zero);
-    }
+    ch.decay_from(&mut dqs, 0..m, None, kd);
     let mut dk_inter = vec![0.0; m * kd];
     matmul(&mut dk_inter, kd, MatRef::new(v, m, vd, vd), MatRef::new(dh_c, kd, vd, vd).t(), false);
-    for (row, g) in dk_inter.chunks_exact_mut(kd).zip(g_c.chunks_exact(kd)) {
-        let orig = row.to_vec();
-        mul_exp_diff(row, &orig, gl, g);
-    }
+    ch.decay_to(&mut dk_inter, 0..m, m - 1, kd);
 
     // dg[r] = sum_{s>=r} (qs*dqs - k*dk)[s] + exp(Gl)*rowsum(h_c*dh_c) + sum_j (k*dk_inter)[j].
     // The inter part of -k*dk cancels the last sum for j >= r, so it is summed directly over j < r
     // (an exclusive cumsum) and kept out of the reverse cumsum: no large terms that cancel.
     let mut dg = vec![0.0; m * kd];
-    let mut fwd_sum = vec![0.0; kd];
+    let mut fwd_sum = ch.exp_g(m - 1, kd);
     for i in 0..kd {
         let hd: f32 = h_c[i * vd..(i + 1) * vd].iter().zip(&dh_c[i * vd..(i + 1) * vd]).map(|(a, b)| a * b).sum();
-        fwd_sum[i] = fexp(gl[i]) * hd;
+        fwd_sum[i] *= hd;
     }
     for r in 0..m {
         for i in 0..kd {
@@ -408,7 +449,7 @@ fn bwd_chunk(x: &SeqIn<'_, f32>, d: &SeqGradIn<'_, f32>, h_c: &[f32], dh_c: &[f3
         }
     }
     let mut dk = vec![0.0; m * kd];
-    intra_bwd(qs, k, g_c, &ch.eg, &da, m, kd, &mut dqs, &mut dk);
+    intra_bwd(&ch, &da, kd, &mut dqs, &mut dk);
     let mut run = vec![0.0; kd];
     for r in (0..m).rev() {
         for i in 0..kd {
@@ -449,9 +490,7 @@ fn backward_seq(x: &SeqIn<'_, f32>, d: &SeqGradIn<'_, f32>, out: &SeqSinks<'_, f
     for c in (0..nt).rev() {
         dh[c * kv..(c + 1) * kv].copy_from_slice(&ds);
         let ch = Chunk::load(x, c);
-        let gl = ch.gl(kd);
-        for i in 0..kd {
-            let decay = fexp(gl[i]);
+        for (i, decay) in ch.exp_g(ch.m - 1, kd).into_iter().enumerate() {
             ds[i * vd..(i + 1) * vd].iter_mut().for_each(|e| *e *= decay);
         }
         let d_o = &mut d_o[..ch.m * vd];

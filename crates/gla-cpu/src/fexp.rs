@@ -41,16 +41,6 @@ pub(crate) fn fexp(x: f32) -> f32 {
     }
 }
 
-/// `out[i] = a[i] * exp(b[i] - c[i])` over equal-length slices (the common chunk-path pattern).
-#[inline]
-pub(crate) fn mul_exp_diff(out: &mut [f32], a: &[f32], b: &[f32], c: &[f32]) {
-    let n = out.len();
-    let (a, b, c) = (&a[..n], &b[..n], &c[..n]);
-    for i in 0..n {
-        out[i] = a[i] * fexp(b[i] - c[i]);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::fexp;
