@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 mod error;
+pub mod io;
 pub mod op;
 mod problem;
 mod real;
