@@ -13,8 +13,16 @@
 //! Every exponent is <= 0 (G is non-increasing inside a chunk). Off-diagonal 16x16 blocks of `A`
 //! are one matmul per row block with a normaliser `gn` = G at the block's first row:
 //! `(qs * exp(G - gn)) @ (k * exp(gn - G))^T`, both factors <= 1; the diagonal blocks are summed
-//! elementwise. All matrix work goes through the gemm crate; exponentials through a vectorised
-//! `exp` ([`crate::fexp`]).
+//! elementwise with running products of per-step decays. All matrix work goes through the gemm
+//! crate; exponentials through a vectorised `exp` ([`crate::fexp`]).
+//!
+//! **Decay factors**: every factor is `exp(G[a] - G[b])` with `a` at or after `b`, so at most 1.
+//! When a chunk's cumsum stays above -80 in every channel (true for real layers, whose gates are
+//! `logsigmoid(x) / 16`), they come from a table of `exp(G)` and its inverse, `exp(G[a]) *
+//! (1 / exp(G[b]))`: one exponential per element of the chunk instead of up to five, and both
+//! table entries are normal floats (no overflow, no underflow), so the product keeps f32
+//! accuracy. Below -80, `exp(G)` could underflow and the inverse overflow, so such a chunk takes
+//! one `exp(G[a] - G[b])` per factor, whose argument is never positive.
 //!
 //! **Chunk states** ([`Schedule`]): with at least as many (sequence, head) pairs as threads, the
 //! forward walks each sequence's chunks once, output then state update, with the state in cache
