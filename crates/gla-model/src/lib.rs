@@ -7,15 +7,21 @@
 //! [`optim`] (AdamW, clipping, schedule) -> [`data`] (MQAR) -> [`checkpoint`] -> [`train`].
 #![deny(missing_docs)]
 
+pub mod checkpoint;
 pub mod config;
+pub mod data;
 mod error;
 pub mod model;
 pub mod ops;
+pub mod optim;
 pub mod params;
 pub mod rng;
+pub mod train;
 
 pub use config::{Dims, GlaConfig};
 pub use error::{Error, Result};
 pub use model::{shift_labels, Activations, GlaModel, LossOut, IGNORE_INDEX};
 pub use params::Layout;
 pub use rng::Rng;
+pub use train::{EvalStats, StepStats, TrainConfig, Trainer};
+pub use data::Mqar;

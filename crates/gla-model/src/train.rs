@@ -1,0 +1,309 @@
+//! The training loop's library half: one optimizer step at a time, evaluation, checkpoints and
+//! exact resume. The CLI (`gla train`) adds the progress line, metrics files and the plot.
+//!
+//! One step: `grad_accum` micro-batches of `batch_size` MQAR examples (forward, backward with
+//! scale `1/grad_accum`), clip the global gradient norm, AdamW at the cosine-scheduled rate.
+//! Everything is deterministic given the settings, so a run resumed from a checkpoint repeats the
+//! uninterrupted run's losses bit for bit on the same machine.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, OPTIMIZER_FILE, STATE_FILE};
+use crate::data::Mqar;
+use crate::model::{Activations, GlaModel};
+use crate::optim::{clip_grad_norm, cosine_lr, AdamW, AdamWConfig};
+use crate::{Error, GlaConfig, Result};
+
+/// Training settings (saved in the training state; a resumed run uses the saved ones).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Sequences per micro-batch.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Peak learning rate.
+    pub lr: f32,
+    /// Final learning rate of the cosine schedule.
+    pub min_lr: f32,
+    /// Linear warmup steps.
+    pub warmup: u64,
+    /// AdamW settings.
+    pub adamw: AdamWConfig,
+    /// Max global gradient norm (0 = no clipping).
+    pub clip: f32,
+    /// Seed of the initialisation.
+    pub seed: u64,
+    /// Seed of the training examples (evaluation uses a separate stream derived from it).
+    pub data_seed: u64,
+    /// Examples per evaluation (rounded up to whole batches).
+    pub eval_examples: usize,
+    /// The task.
+    pub task: Mqar,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 1000,
+            batch_size: 32,
+            grad_accum: 1,
+            lr: 3e-3,
+            min_lr: 3e-4,
+            warmup: 50,
+            adamw: AdamWConfig::default(),
+            clip: 1.0,
+            seed: 0,
+            data_seed: 1,
+            eval_examples: 512,
+            task: Mqar::default(),
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks ranges.
+    ///
+    /// # Errors
+    /// [`Error::BadArg`] naming the setting.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key, reason: &str| Err(Error::BadArg { key, reason: reason.into() });
+        if self.batch_size == 0 {
+            return bad("batch_size", "must be > 0");
+        }
+        if self.grad_accum == 0 {
+            return bad("grad_accum", "must be > 0");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("lr", "must be a positive number");
+        }
+        if !(self.min_lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return bad("min_lr", "must be in [0, lr]");
+        }
+        if !(self.clip.is_finite() && self.clip >= 0.0) {
+            return bad("clip", "must be >= 0");
+        }
+        let a = self.adamw;
+        if !((0.0..1.0).contains(&a.beta1) && (0.0..1.0).contains(&a.beta2) && a.eps > 0.0 && a.weight_decay >= 0.0) {
+            return bad("adamw", "needs 0 <= beta < 1, eps > 0, weight_decay >= 0");
+        }
+        self.task.validate()
+    }
+}
+
+/// What one optimizer step measured.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepStats {
+    /// The step just taken (1-based).
+    pub step: u64,
+    /// Mean loss over the step's micro-batches.
+    pub loss: f64,
+    /// Query accuracy of the step's batches (before the update).
+    pub acc: f64,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f32,
+    /// Tokens processed.
+    pub tokens: usize,
+}
+
+/// An evaluation on held-out examples.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalStats {
+    /// Step at which it ran.
+    pub step: u64,
+    /// Mean loss over labelled positions.
+    pub loss: f64,
+    /// exp(loss).
+    pub ppl: f64,
+    /// Query accuracy.
+    pub acc: f64,
+}
+
+/// What `trainer_state.json` holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Format version (1).
+    pub version: u32,
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Index of the next training example: the complete state of the counter-based MQAR
+    /// stream together with `train.data_seed`.
+    pub data_cursor: u64,
+    /// The settings of the run.
+    pub train: TrainConfig,
+    /// Loss of every step so far (for the curve).
+    pub losses: Vec<f64>,
+    /// Every evaluation so far.
+    pub evals: Vec<EvalStats>,
+}
+
+/// A model, its optimizer, buffers and position in the data stream.
+#[derive(Debug)]
+pub struct Trainer {
+    /// The model being trained.
+    pub model: GlaModel,
+    /// AdamW state.
+    pub opt: AdamW,
+    /// Settings.
+    pub cfg: TrainConfig,
+    /// Index of the next training example.
+    pub cursor: u64,
+    /// Loss of every step so far.
+    pub losses: Vec<f64>,
+    /// Every evaluation so far.
+    pub evals: Vec<EvalStats>,
+    acts: Activations,
+    grads: Vec<f32>,
+    ids: Vec<u32>,
+    targets: Vec<i64>,
+}
+
+const EVAL_STREAM: u64 = 0x5EED_0E7A_1u64;
+
+impl Trainer {
+    /// A fresh run: fla's init from `cfg.seed`.
+    ///
+    /// # Errors
+    /// Config and settings errors; [`Error::BadArg`] when the task's vocabulary exceeds the
+    /// model's.
+    pub fn new(config: GlaConfig, cfg: TrainConfig) -> Result<Self> {
+        cfg.validate()?;
+        let model = GlaModel::new(config, cfg.seed)?;
+        Self::assemble(model, cfg, None, 0, Vec::new(), Vec::new())
+    }
+
+    fn assemble(model: GlaModel, cfg: TrainConfig, opt: Option<AdamW>, cursor: u64, losses: Vec<f64>, evals: Vec<EvalStats>) -> Result<Self> {
+        if cfg.task.vocab > model.dims.vocab {
+            return Err(Error::BadArg { key: "vocab", reason: format!("the task uses {} tokens but the model's vocab_size is {}", cfg.task.vocab, model.dims.vocab) });
+        }
+        let (b, t) = (cfg.batch_size, cfg.task.seq_len);
+        let acts = Activations::new(&model.dims, b, t);
+        let opt = opt.unwrap_or_else(|| AdamW::new(cfg.adamw, &model.layout));
+        Ok(Self { grads: vec![0.0; model.num_params()], opt, acts, ids: vec![0; b * t], targets: vec![0; b * t], model, cfg, cursor, losses, evals })
+    }
+
+    /// Optimizer steps taken.
+    pub fn step_count(&self) -> u64 {
+        self.opt.step
+    }
+
+    /// Tokens per optimizer step.
+    pub fn tokens_per_step(&self) -> usize {
+        self.cfg.batch_size * self.cfg.grad_accum * self.cfg.task.seq_len
+    }
+
+    /// One optimizer step.
+    ///
+    /// # Errors
+    /// [`Error::Diverged`] when the loss or the gradient norm is not finite; op errors.
+    pub fn step(&mut self) -> Result<StepStats> {
+        let c = &self.cfg;
+        let step = self.opt.step;
+        self.grads.fill(0.0);
+        let (mut loss, mut correct, mut valid) = (0.0, 0usize, 0usize);
+        let scale = 1.0 / c.grad_accum as f32;
+        for _ in 0..c.grad_accum {
+            c.task.batch(c.data_seed, self.cursor, c.batch_size, &mut self.ids, &mut self.targets);
+            self.cursor += c.batch_size as u64;
+            let out = self.model.forward(&mut self.acts, &self.ids, &self.targets)?;
+            self.model.backward(&mut self.acts, &mut self.grads, scale)?;
+            loss += out.loss / c.grad_accum as f64;
+            correct += out.correct;
+            valid += out.n_valid;
+        }
+        if !loss.is_finite() {
+            return Err(Error::Diverged { step: step + 1, what: "loss", value: loss });
+        }
+        let grad_norm = clip_grad_norm(&mut self.grads, c.clip);
+        if !grad_norm.is_finite() {
+            return Err(Error::Diverged { step: step + 1, what: "gradient norm", value: grad_norm });
+        }
+        let lr = cosine_lr(step, c.lr, c.min_lr, c.warmup, c.steps);
+        self.opt.update(&mut self.model.params, &self.grads, lr);
+        self.losses.push(loss);
+        Ok(StepStats { step: step + 1, loss, acc: correct as f64 / valid.max(1) as f64, grad_norm, lr, tokens: self.tokens_per_step() })
+    }
+
+    /// Loss, perplexity and query accuracy on `eval_examples` held-out examples (a fixed stream
+    /// separate from training); recorded in the history.
+    ///
+    /// # Errors
+    /// Op errors.
+    pub fn evaluate(&mut self) -> Result<EvalStats> {
+        let c = &self.cfg;
+        let seed = c.data_seed ^ EVAL_STREAM;
+        let batches = c.eval_examples.div_ceil(c.batch_size).max(1);
+        let (mut loss_sum, mut correct, mut valid) = (0.0, 0usize, 0usize);
+        for i in 0..batches {
+            c.task.batch(seed, (i * c.batch_size) as u64, c.batch_size, &mut self.ids, &mut self.targets);
+            let out = self.model.forward(&mut self.acts, &self.ids, &self.targets)?;
+            loss_sum += out.loss * out.n_valid as f64;
+            correct += out.correct;
+            valid += out.n_valid;
+        }
+        let loss = loss_sum / valid.max(1) as f64;
+        let e = EvalStats { step: self.opt.step, loss, ppl: loss.exp(), acc: correct as f64 / valid.max(1) as f64 };
+        self.evals.push(e);
+        Ok(e)
+    }
+
+    /// Writes a complete checkpoint `run/checkpoint-<step>` (model in fla's format, optimizer,
+    /// state), publishes it through `run/latest` and keeps the `keep` newest. Returns its path.
+    ///
+    /// # Errors
+    /// [`Error::Io`], [`Error::Safetensors`].
+    pub fn save(&self, run: &Path, keep: usize) -> Result<PathBuf> {
+        fs::create_dir_all(run).map_err(|e| Error::io("create dir", run, e))?;
+        let name = format!("checkpoint-{}", self.opt.step);
+        let tmp = run.join(format!(".tmp-{name}-{}", std::process::id()));
+        if tmp.exists() {
+            fs::remove_dir_all(&tmp).map_err(|e| Error::io("remove", &tmp, e))?;
+        }
+        checkpoint::save_model(&tmp, &self.model)?;
+        checkpoint::save_moments(&tmp.join(OPTIMIZER_FILE), &self.model.layout, &self.opt.m, &self.opt.v)?;
+        let state = TrainerState {
+            version: 1,
+            step: self.opt.step,
+            data_cursor: self.cursor,
+            train: self.cfg.clone(),
+            losses: self.losses.clone(),
+            evals: self.evals.clone(),
+        };
+        let json = serde_json::to_string_pretty(&state).map_err(|source| Error::Json { what: STATE_FILE.into(), source })?;
+        checkpoint::write_atomic(&tmp.join(STATE_FILE), json.as_bytes())?;
+        checkpoint::publish(run, &tmp, &name, keep)
+    }
+
+    /// Resumes from the newest complete checkpoint of `run` with its saved settings
+    /// (`steps` may be raised with `steps_override`).
+    ///
+    /// # Errors
+    /// [`Error::Io`] / [`Error::Resume`] when there is no checkpoint; load errors naming the
+    /// tensor; [`Error::Json`] for a damaged state file.
+    pub fn resume(run: &Path, steps_override: Option<u64>) -> Result<Self> {
+        let dir = checkpoint::latest_checkpoint(run)?;
+        let text = fs::read_to_string(dir.join(STATE_FILE)).map_err(|e| Error::io("read", &dir.join(STATE_FILE), e))?;
+        let st: TrainerState = serde_json::from_str(&text).map_err(|source| Error::Json { what: dir.join(STATE_FILE).display().to_string(), source })?;
+        if st.version != 1 {
+            return Err(Error::Resume { reason: format!("{} has version {}, this build reads version 1", STATE_FILE, st.version) });
+        }
+        let model = checkpoint::load_model(&dir)?;
+        let (m, v) = checkpoint::load_moments(&dir.join(OPTIMIZER_FILE), &model.layout)?;
+        let mut cfg = st.train;
+        if let Some(s) = steps_override {
+            cfg.steps = s;
+        }
+        cfg.validate()?;
+        let mut opt = AdamW::new(cfg.adamw, &model.layout);
+        opt.m = m;
+        opt.v = v;
+        opt.step = st.step;
+        Self::assemble(model, cfg, Some(opt), st.data_cursor, st.losses, st.evals)
+    }
+}
