@@ -275,7 +275,9 @@ fn step_dot<const FLUSH: bool>(prod: &mut [f32], decay: &[f32], q: &[f32], k: &[
     let mut acc = [0.0f32; W];
     let mut tail = 0.0;
     for (((p, d), q), k) in prod.chunks_mut(W).zip(decay.chunks(W)).zip(q.chunks(W)).zip(k.chunks(W)) {
-        if let (Ok(p), Ok(d), Ok(q), Ok(k)) = (<&mut [f32; W]>::try_from(&mut *p), <&[f32; W]>::try_from(d), <&[f32; W]>::try_from(q), <&[f32; W]>::try_from(k)) {
+        if let (Ok(p), Ok(d), Ok(q), Ok(k)) =
+            (<&mut [f32; W]>::try_from(&mut *p), <&[f32; W]>::try_from(d), <&[f32; W]>::try_from(q), <&[f32; W]>::try_from(k))
+        {
             for j in 0..W {
                 p[j] = step(p[j], d[j]);
                 acc[j] += q[j] * k[j] * p[j];

@@ -41,6 +41,25 @@ pub(crate) fn fexp(x: f32) -> f32 {
     }
 }
 
+/// Elementwise `exp` over a row, for the scalar types the fast paths run in: the vectorised
+/// [`fexp`] for f32, std's `exp` for f64 (where the paths serve as references).
+pub(crate) trait ExpRow: gla_core::Real {
+    /// `out[i] = exp(x[i])`.
+    fn exp_row(x: &[Self], out: &mut [Self]);
+}
+
+impl ExpRow for f32 {
+    fn exp_row(x: &[f32], out: &mut [f32]) {
+        out.iter_mut().zip(x).for_each(|(o, &v)| *o = fexp(v));
+    }
+}
+
+impl ExpRow for f64 {
+    fn exp_row(x: &[f64], out: &mut [f64]) {
+        out.iter_mut().zip(x).for_each(|(o, &v)| *o = v.exp());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::fexp;

@@ -14,24 +14,26 @@
 //! loses about 1e-4 relative accuracy in f32 (measured on the case table), the direct form none.
 
 use gla_core::op::GlaOp;
-use gla_core::{Backward, Error, Forward, GateKind, Grads, Inputs, Problem, ProblemSpec, Real, Result, BT};
+use gla_core::{Backward, Error, Forward, GateKind, Grads, Inputs, Problem, ProblemSpec, Result, BT};
 
 use crate::driver::{self, SeqGradIn, SeqIn, SeqOut, SeqSinks, Validation};
+use crate::fexp::ExpRow;
 
 /// The fused recurrent algorithm (`cpu-recurrent`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct FusedRecurrent;
 
 /// Advances `s [K, V]` by tokens `rows` of `x`, writing their output rows when `out` is given.
-fn run<T: Real>(x: &SeqIn<'_, T>, s: &mut [T], out: Option<&SeqOut<'_, T>>, rows: std::ops::Range<usize>) {
+fn run<T: ExpRow>(x: &SeqIn<'_, T>, s: &mut [T], out: Option<&SeqOut<'_, T>>, rows: std::ops::Range<usize>) {
     let (kd, vd) = (x.kd, x.vd);
-    let (mut g, mut acc) = (vec![T::ZERO; kd], vec![T::ZERO; vd]);
+    let (mut g, mut decay, mut acc) = (vec![T::ZERO; kd], vec![T::ZERO; kd], vec![T::ZERO; vd]);
     for t in rows {
         let (q, k, v) = (x.q.row(t), x.k.row(t), x.v.row(t));
         x.g_row(t, &mut g);
+        T::exp_row(&g, &mut decay);
         acc.fill(T::ZERO);
         for i in 0..kd {
-            let (decay, ki, qi) = (g[i].exp(), k[i], q[i] * x.scale);
+            let (decay, ki, qi) = (decay[i], k[i], q[i] * x.scale);
             let row = &mut s[i * vd..(i + 1) * vd];
             for j in 0..vd {
                 row[j] = decay * row[j] + ki * v[j];
@@ -49,13 +51,13 @@ fn run<T: Real>(x: &SeqIn<'_, T>, s: &mut [T], out: Option<&SeqOut<'_, T>>, rows
     }
 }
 
-fn forward_seq<T: Real>(x: &SeqIn<'_, T>, out: &SeqOut<'_, T>) -> Vec<T> {
+fn forward_seq<T: ExpRow>(x: &SeqIn<'_, T>, out: &SeqOut<'_, T>) -> Vec<T> {
     let mut s = x.state0();
     run(x, &mut s, Some(out), 0..x.l);
     s
 }
 
-fn backward_seq<T: Real>(x: &SeqIn<'_, T>, d: &SeqGradIn<'_, T>, out: &SeqSinks<'_, T>) -> Vec<T> {
+fn backward_seq<T: ExpRow>(x: &SeqIn<'_, T>, d: &SeqGradIn<'_, T>, out: &SeqSinks<'_, T>) -> Vec<T> {
     let (l, kd, vd, kv) = (x.l, x.kd, x.vd, x.kd * x.vd);
     // pass 1: checkpoint the state entering every block of BT tokens
     let nb = l.div_ceil(BT);
@@ -68,7 +70,7 @@ fn backward_seq<T: Real>(x: &SeqIn<'_, T>, d: &SeqGradIn<'_, T>, out: &SeqSinks<
     // pass 2: blocks in reverse; rebuild the block's states, then walk back through it
     let mut ds = d.dht.map_or_else(|| vec![T::ZERO; kv], <[T]>::to_vec);
     let (mut dq, mut dk, mut dv, mut dg) = (vec![T::ZERO; kd], vec![T::ZERO; kd], vec![T::ZERO; vd], vec![T::ZERO; kd]);
-    let mut g = vec![T::ZERO; kd];
+    let (mut g, mut decays) = (vec![T::ZERO; kd], vec![T::ZERO; kd]);
     let mut states = vec![T::ZERO; (BT + 1) * kv];
     for blk in (0..nb).rev() {
         let rows = blk * BT..((blk + 1) * BT).min(l);
@@ -82,6 +84,7 @@ fn backward_seq<T: Real>(x: &SeqIn<'_, T>, d: &SeqGradIn<'_, T>, out: &SeqSinks<
             let (s_prev, s_t) = (&states[i * kv..(i + 1) * kv], &states[(i + 1) * kv..(i + 2) * kv]);
             let (q, k, v, d_o) = (x.q.row(t), x.k.row(t), x.v.row(t), d.d_o.row(t));
             x.g_row(t, &mut g);
+            T::exp_row(&g, &mut decays);
             dv.fill(T::ZERO);
             for i in 0..kd {
                 let qi = q[i] * x.scale;
@@ -94,7 +97,7 @@ fn backward_seq<T: Real>(x: &SeqIn<'_, T>, d: &SeqGradIn<'_, T>, out: &SeqSinks<
                     dgi += sp[j] * row[j];
                     dv[j] += row[j] * k[i];
                 }
-                let decay = g[i].exp();
+                let decay = decays[i];
                 dq[i] = x.scale * dqi;
                 dk[i] = dki;
                 dg[i] = decay * dgi;
@@ -112,7 +115,7 @@ fn backward_seq<T: Real>(x: &SeqIn<'_, T>, d: &SeqGradIn<'_, T>, out: &SeqSinks<
     ds
 }
 
-impl<T: Real> GlaOp<T> for FusedRecurrent {
+impl<T: ExpRow> GlaOp<T> for FusedRecurrent {
     fn name(&self) -> &'static str {
         "cpu-recurrent"
     }
