@@ -26,7 +26,7 @@
 mod chunk;
 mod driver;
 mod fexp;
-mod mat;
+pub mod mat;
 mod naive;
 mod recurrent;
 

@@ -1,10 +1,11 @@
-//! Safe strided matrix views over slices and the one matmul entry point (the gemm crate).
+//! Safe strided matrix views over slices and the one f32 matmul entry point of the CPU code (the
+//! gemm crate): the chunked GLA path and the model's layers both go through [`matmul`].
 
 use gemm::Parallelism;
 
 /// A read-only strided matrix view `[rows, cols]` over a slice.
 #[derive(Clone, Copy)]
-pub(crate) struct MatRef<'a> {
+pub struct MatRef<'a> {
     data: &'a [f32],
     rows: usize,
     cols: usize,
@@ -14,13 +15,15 @@ pub(crate) struct MatRef<'a> {
 
 impl<'a> MatRef<'a> {
     /// Row-major `[rows, cols]` with row stride `ld`.
-    pub(crate) fn new(data: &'a [f32], rows: usize, cols: usize, ld: usize) -> Self {
+    /// # Panics
+    /// If the view does not fit in `data` (a caller bug, not a user input).
+    pub fn new(data: &'a [f32], rows: usize, cols: usize, ld: usize) -> Self {
         let m = Self { data, rows, cols, rs: ld, cs: 1 };
         m.check(data.len());
         m
     }
     /// The transpose (a view, no copy).
-    pub(crate) fn t(self) -> Self {
+    pub fn t(self) -> Self {
         Self { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
     }
     fn check(&self, len: usize) {
@@ -31,11 +34,30 @@ impl<'a> MatRef<'a> {
     }
 }
 
-/// `c [m, n] (row-major, ld = ldc) = alpha * c (if accumulate) + a [m, k] @ b [k, n]`.
+/// Threads a matmul may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// The calling thread only (for products issued from inside parallel tasks).
+    One,
+    /// Every rayon thread (for large standalone products).
+    All,
+}
+
+/// `c [m, n] (row-major, ld = ldc) = c (if accumulate) + a [m, k] @ b [k, n]`, on the calling
+/// thread (see [`matmul_with`]).
 ///
-/// Panics only on an internal shape bug (views are checked on creation; the dims here are
-/// checked against them), never on user input.
-pub(crate) fn matmul(c: &mut [f32], ldc: usize, a: MatRef<'_>, b: MatRef<'_>, accumulate: bool) {
+/// # Panics
+/// On a shape bug of the caller (views are checked on creation, the dims here against them),
+/// never on user input.
+pub fn matmul(c: &mut [f32], ldc: usize, a: MatRef<'_>, b: MatRef<'_>, accumulate: bool) {
+    matmul_with(c, ldc, a, b, accumulate, Threads::One);
+}
+
+/// [`matmul`] with a choice of [`Threads`].
+///
+/// # Panics
+/// As [`matmul`].
+pub fn matmul_with(c: &mut [f32], ldc: usize, a: MatRef<'_>, b: MatRef<'_>, accumulate: bool, threads: Threads) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "inner dims differ");
     if m == 0 || n == 0 {
@@ -72,7 +94,10 @@ pub(crate) fn matmul(c: &mut [f32], ldc: usize, a: MatRef<'_>, b: MatRef<'_>, ac
             false,
             false,
             false,
-            Parallelism::None,
+            match threads {
+                Threads::One => Parallelism::None,
+                Threads::All => Parallelism::Rayon(0),
+            },
         );
     }
 }
