@@ -7,11 +7,13 @@
 //!   embedded with `include_str!` ([`kernels::ALL`]).
 //! - [`ops`]: typed launchers over device buffers; [`CudaGla`]: a [`gla_core::op::GlaOp<f32>`]
 //!   that uploads host slices, runs, downloads (f32 or bf16 storage).
+//! - [`bench`]: event-timed medians of the ops with their HBM floors and FLOPs.
 //! - [`check`]: the shared case table on the GPU against the CPU f64 oracle.
 //!
 //! Everything builds and its tests run without a GPU or a CUDA toolkit.
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod check;
 mod error;
 pub mod kernels;

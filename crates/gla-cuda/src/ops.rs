@@ -11,7 +11,7 @@ use cudarc::driver::{CudaSlice, DevicePtrMut, DeviceRepr, LaunchConfig, PushKern
 use gla_core::{GateKind, Problem};
 
 use crate::error::{Error, Result};
-use crate::kernels::{CHUNK, RECURRENT};
+use crate::kernels::{CHUNK, CHUNK_V2, RECURRENT};
 use crate::runtime::Cuda;
 
 /// A storage dtype the kernels take: `f32`, or `u16` holding bf16 bits.
@@ -63,6 +63,12 @@ impl Elem for u16 {
 pub struct DevProblem {
     /// Sequence row offsets `[N+1]` (i64), `cu_seqlens` or `0, T, .., B*T`.
     pub bounds: CudaSlice<i64>,
+    /// Global index of each sequence's first 64-row chunk `[N+1]` (i64); the last is the total.
+    pub chunk_off: CudaSlice<i64>,
+    /// The sequence of each global chunk `[max(1, n_chunks)]` (i32).
+    pub chunk_seq: CudaSlice<i32>,
+    /// Total number of 64-row chunks over all sequences.
+    pub n_chunks: usize,
     /// The host problem.
     pub problem: Problem,
 }
@@ -75,7 +81,20 @@ impl DevProblem {
     pub fn new(cuda: &Cuda, p: &Problem) -> Result<Self> {
         let b: Vec<i64> = p.bounds().iter().map(|&x| x as i64).collect();
         let bounds = cuda.stream().clone_htod(&b).map_err(Error::driver("upload bounds"))?;
-        Ok(Self { bounds, problem: p.clone() })
+        let mut off = vec![0i64];
+        let mut seq = Vec::new();
+        for n in 0..p.n() {
+            let c = ((b[n + 1] - b[n]) as usize).div_ceil(CHUNK_BT) as i64;
+            off.push(off[n] + c);
+            seq.extend(std::iter::repeat_n(n as i32, c as usize));
+        }
+        let n_chunks = seq.len();
+        if seq.is_empty() {
+            seq.push(0);
+        }
+        let chunk_off = cuda.stream().clone_htod(&off).map_err(Error::driver("upload chunk offsets"))?;
+        let chunk_seq = cuda.stream().clone_htod(&seq).map_err(Error::driver("upload chunk sequences"))?;
+        Ok(Self { bounds, chunk_off, chunk_seq, n_chunks, problem: p.clone() })
     }
     fn dims(&self) -> (i32, i32, i32, i32, i32, f32, i64) {
         let p = &self.problem;
@@ -118,6 +137,20 @@ fn grid_y(op: &str, nh: usize) -> Result<u32> {
 fn launch_err(kernel: &str, cfg: &LaunchConfig) -> impl FnOnce(cudarc::driver::DriverError) -> Error {
     let (kernel, grid, block, smem) = (kernel.to_string(), cfg.grid_dim, cfg.block_dim, cfg.shared_mem_bytes);
     move |source| Error::Launch { kernel, grid, block, smem, source }
+}
+
+/// Whether [`gla_bwd`] runs a chunked backward (false: the recurrent kernels).
+pub const CHUNKED_BWD: bool = false;
+
+/// Rows per chunk of the chunked kernels.
+pub const CHUNK_BT: usize = 64;
+/// Dynamic shared memory of `gla_chunk_h_bf16`: two stages of k, v, g tiles [64][72] bf16, plus
+/// 192 f32.
+pub const CHUNK_H_SMEM: usize = 3 * 2 * 64 * 72 * 2 + 192 * 4;
+/// Dynamic shared memory of `gla_chunk_o_bf16` for K padded to `kp` (see the kernel's layout).
+pub fn chunk_o_smem_bytes(kp: usize) -> usize {
+    let ldk = kp + 8;
+    64 * ldk * 2 + 64 * 136 * 2 + 64 * kp * 4 + 64 * ldk * 2 + 48 * ldk * 2 + 64 * 72 * 2 + 256 * 4
 }
 
 /// Largest K the recurrent kernels take (8 warps x 32 rows each in registers).
@@ -173,8 +206,13 @@ fn check_inputs<T>(op: &'static str, dp: &DevProblem, x: &DevInputs<'_, T>) -> R
 pub enum FwdKernel {
     /// `gla_recurrent_fwd_*`: token by token, state in registers.
     Recurrent,
-    /// `gla_chunk_fwd_*`: 64-row chunks, state in shared memory.
+    /// Chunked: bf16 with K <= 128 runs v2 (`gla_chunk_h_bf16` + `gla_chunk_o_bf16`), the rest
+    /// `gla_chunk_fwd_*` (one block per sequence, state in shared memory).
     Chunk,
+    /// v1, `gla_chunk_fwd_mma_bf16` (bf16, K <= 128), kept for comparison.
+    ChunkV1,
+    /// v2's state pass alone (bf16, K <= 128; o is not written): for timing the stages.
+    ChunkStatePass,
 }
 
 /// Forward: `o = ` the GLA output `[B,T,H,V]` (dtype T), `ht = ` final state `[N,H,K,V]` f32.
@@ -191,6 +229,9 @@ pub fn gla_fwd<T: Elem>(cuda: &Cuda, which: FwdKernel, dp: &DevProblem, x: &DevI
     }
     let (n, h, k, v, gw, scale, _rows) = dp.dims();
     let gy = grid_y(op, p.n() * p.h())?;
+    if matches!(which, FwdKernel::Chunk | FwdKernel::ChunkStatePass) && T::SUFFIX == "bf16" && p.k() <= CHUNK_MAX_K {
+        return chunk_v2(cuda, dp, x, o, ht, which == FwdKernel::ChunkStatePass);
+    }
     let (src, name, cfg) = match which {
         FwdKernel::Recurrent => {
             if p.k() > RECURRENT_MAX_K {
@@ -199,12 +240,12 @@ pub fn gla_fwd<T: Elem>(cuda: &Cuda, which: FwdKernel, dp: &DevProblem, x: &DevI
             let cfg = LaunchConfig { grid_dim: (p.v().div_ceil(REC_BV) as u32, gy, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
             (RECURRENT, format!("gla_recurrent_fwd_{}", T::SUFFIX), cfg)
         }
-        FwdKernel::Chunk if T::SUFFIX == "bf16" && p.k() <= CHUNK_MAX_K => {
+        FwdKernel::ChunkV1 | FwdKernel::Chunk | FwdKernel::ChunkStatePass if T::SUFFIX == "bf16" && p.k() <= CHUNK_MAX_K => {
             let kp = p.k().div_ceil(16) * 16;
             let cfg = LaunchConfig { grid_dim: (p.v().div_ceil(MMA_BV) as u32, gy, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_mma_smem_bytes(kp) as u32 };
             (CHUNK, "gla_chunk_fwd_mma_bf16".to_string(), cfg)
         }
-        FwdKernel::Chunk => {
+        FwdKernel::Chunk | FwdKernel::ChunkV1 | FwdKernel::ChunkStatePass => {
             if p.k() > CHUNK_MAX_K {
                 return Err(unsupported(format!("chunk kernel: K = {} > {CHUNK_MAX_K}", p.k())));
             }
@@ -245,6 +286,74 @@ pub fn gla_fwd<T: Elem>(cuda: &Cuda, which: FwdKernel, dp: &DevProblem, x: &DevI
     // were checked above against the problem, or null where the kernel tests for null; i32 dims,
     // f32 scale); the grid covers V in tiles of BV and N*H in y, which is what the kernel indexes.
     unsafe { b.launch(cfg) }.map_err(launch_err(&name, &cfg))?;
+    Ok(())
+}
+
+fn set_smem(f: &cudarc::driver::CudaFunction, name: &str, cfg: &LaunchConfig) -> Result<()> {
+    if cfg.shared_mem_bytes > 48 * 1024 {
+        f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cfg.shared_mem_bytes as i32)
+            .map_err(launch_err(name, cfg))?;
+    }
+    Ok(())
+}
+
+/// The v2 chunked forward (bf16, K <= 128): state pass writing the bf16 state entering every
+/// chunk to a workspace, then the output pass, parallel over chunks.
+fn chunk_v2<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, o: &mut CudaSlice<T>, ht: Option<&mut CudaSlice<f32>>, state_only: bool) -> Result<()> {
+    let p = &dp.problem;
+    let (_n, h, k, v, gw, scale, _rows) = dp.dims();
+    let s = cuda.stream();
+    let hs_len = (dp.n_chunks * p.h() * p.k() * p.v()).max(1);
+    // SAFETY: every element the output pass reads is written by the state pass first (same stream)
+    let mut hs = unsafe { s.alloc::<T>(hs_len) }.map_err(Error::driver(format!("alloc chunk states ({hs_len} x 2 B)")))?;
+    let nh = p.n() * p.h();
+    let gz = u32::try_from(nh).ok().filter(|&z| z <= 65_535).ok_or_else(|| unsupported(format!("chunk v2: N*H = {nh} exceeds the grid's z limit 65535")))?;
+    let null = 0u64;
+    {
+        let name = "gla_chunk_h_bf16";
+        let cfg = LaunchConfig { grid_dim: (p.v().div_ceil(64) as u32, p.k().div_ceil(64) as u32, gz), block_dim: (128, 1, 1), shared_mem_bytes: CHUNK_H_SMEM as u32 };
+        let f = cuda.function(&CHUNK_V2, name)?;
+        set_smem(&f, name, &cfg)?;
+        let mut b = s.launch_builder(&f);
+        b.arg(x.k).arg(x.v);
+        match x.g {
+            Some(g) if gw > 0 => b.arg(g),
+            _ => b.arg(&null),
+        };
+        match x.h0 {
+            Some(h0) => b.arg(h0),
+            None => b.arg(&null),
+        };
+        b.arg(&mut hs);
+        match ht {
+            Some(ht) => b.arg(ht),
+            None => b.arg(&null),
+        };
+        b.arg(&dp.bounds).arg(&dp.chunk_off).arg(&h).arg(&k).arg(&v).arg(&gw);
+        // SAFETY: arguments match gla_chunk_h_bf16's signature; hs holds n_chunks x H x K x V
+        // elements; the grid covers V and K in 64-wide tiles and N*H in z, as the kernel indexes.
+        unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
+    }
+    if dp.n_chunks > 0 && !state_only {
+        let name = "gla_chunk_o_bf16";
+        let kp = p.k().div_ceil(16) * 16;
+        let gx = u32::try_from(dp.n_chunks).ok().filter(|&x| x < i32::MAX as u32).ok_or_else(|| unsupported(format!("chunk v2: {} chunks", dp.n_chunks)))?;
+        let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_o_smem_bytes(kp) as u32 };
+        let f = cuda.function(&CHUNK_V2, name)?;
+        set_smem(&f, name, &cfg)?;
+        let kp = kp as i32;
+        let mut b = s.launch_builder(&f);
+        b.arg(x.q).arg(x.k).arg(x.v);
+        match x.g {
+            Some(g) if gw > 0 => b.arg(g),
+            _ => b.arg(&null),
+        };
+        b.arg(&hs).arg(o).arg(&dp.bounds).arg(&dp.chunk_off).arg(&dp.chunk_seq);
+        b.arg(&h).arg(&k).arg(&v).arg(&gw).arg(&scale).arg(&kp);
+        // SAFETY: arguments match gla_chunk_o_bf16's signature; one block per (global chunk,
+        // head), chunk_seq / chunk_off map it to its rows; hs was written by the launch above.
+        unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
+    }
     Ok(())
 }
 

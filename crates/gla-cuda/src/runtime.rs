@@ -172,6 +172,23 @@ fn compile_uncached(name: &str, code: &str, arch: &str, options: &[String]) -> R
     out
 }
 
+/// Raises the release threshold of the device's default memory pool, so memory freed by
+/// stream-ordered frees stays mapped for the next allocation instead of going back to the driver
+/// at every synchronisation (a workspace of hundreds of MB per call then costs nothing). Best
+/// effort: a driver without memory pools keeps its default.
+fn keep_pool_memory(ctx: &Arc<CudaContext>) {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: the context is current on this thread (CudaContext::new binds it); pool is written
+    // by the driver only on success and used only then; the attribute takes a u64 by pointer
+    unsafe {
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS {
+            let mut threshold: u64 = u64::MAX;
+            let _ = sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, (&raw mut threshold).cast());
+        }
+    }
+}
+
 /// A CUDA device with one stream and an in-process cache of compiled modules.
 ///
 /// Cheap to share (`Arc<Cuda>`); all work is ordered on [`Cuda::stream`].
@@ -214,6 +231,7 @@ impl Cuda {
         let (maj, min) = ctx.compute_capability().map_err(Error::driver("compute capability"))?;
         let arch = if maj == 9 && min == 0 { ARCH_HOPPER.to_string() } else { format!("sm_{maj}{min}") };
         let stream = ctx.new_stream().map_err(Error::driver("create stream"))?;
+        keep_pool_memory(&ctx);
         Ok(Arc::new(Self { ctx, stream, arch, modules: Mutex::new(HashMap::new()), functions: Mutex::new(HashMap::new()) }))
     }
 

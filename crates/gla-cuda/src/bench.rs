@@ -1,0 +1,197 @@
+//! Timing of the GLA ops on the GPU: CUDA events around each run, the median of `reps` runs after
+//! one warm-up, with the two reference numbers of each measurement (METHOD.md): the bytes the
+//! op must move at least (each input read once, each output written once) and its FLOPs.
+//!
+//! Inputs follow fla's benchmark (benchmarks/ops/registry.py): q, k, v, do ~ N(0, 1) (here a
+//! sum of uniforms: same scale, no tails), g = logsigmoid(N(0, 1)).clamp_min(-5), bf16.
+
+use std::sync::Arc;
+
+use cudarc::driver::sys::CUevent_flags;
+use cudarc::driver::CudaSlice;
+use gla_core::{GateKind, Problem, ProblemSpec};
+
+use crate::error::{Error, Result};
+use crate::ops::{self, f32_to_bf16, DevInputs, DevProblem, FwdKernel};
+use crate::runtime::Cuda;
+
+/// Device-to-device copy rate measured on the H200 of this project (bytes read + written per
+/// second, KINDS.md 2026-10-28/11-04): the HBM ceiling the floors below use.
+pub const HBM_BYTES_PER_S: f64 = 4.24e12;
+
+/// The shapes of record (DESIGN.md section 5): bf16, H = 16, K = V = 128, B*T = 65536,
+/// T in {2048, 8192, 32768}, as `[B, T, H, K, V]`.
+pub fn default_shapes() -> Vec<[usize; 5]> {
+    [2048usize, 8192, 32768].iter().map(|&t| [65536 / t, t, 16, 128, 128]).collect()
+}
+
+/// One timed measurement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchRow {
+    /// `[B, T, H, K, V]`.
+    pub shape: [usize; 5],
+    /// `fwd` or `fwd+bwd`.
+    pub pass: &'static str,
+    /// Which kernels ran (`chunk`, `chunk-v1`, `chunk+recurrent-bwd`, ...).
+    pub kernel: &'static str,
+    /// Median time in ms.
+    pub ms: f64,
+    /// Least bytes moved through HBM by this pass.
+    pub bytes: f64,
+    /// FLOPs of the chunked algorithm for this pass (`Problem::chunk_flops`).
+    pub flops: f64,
+}
+
+impl BenchRow {
+    /// Achieved bandwidth over the least bytes, GB/s.
+    pub fn gbs(&self) -> f64 {
+        self.bytes / self.ms / 1e6
+    }
+    /// Achieved TFLOP/s.
+    pub fn tflops(&self) -> f64 {
+        self.flops / self.ms / 1e9
+    }
+    /// The HBM floor: least bytes at [`HBM_BYTES_PER_S`], ms.
+    pub fn floor_ms(&self) -> f64 {
+        self.bytes / HBM_BYTES_PER_S * 1e3
+    }
+    /// Measured time over the floor.
+    pub fn x_floor(&self) -> f64 {
+        self.ms / self.floor_ms()
+    }
+}
+
+/// Median of `reps` event-timed runs of `f` after one warm-up run, ms.
+///
+/// # Errors
+/// What `f` returns; driver errors of the events.
+pub fn time_ms(cuda: &Cuda, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> Result<f64> {
+    let s = cuda.stream();
+    let ev = || cuda.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(Error::driver("create event"));
+    f()?;
+    cuda.sync()?;
+    let mut ts = Vec::with_capacity(reps.max(1));
+    for _ in 0..reps.max(1) {
+        let (a, z) = (ev()?, ev()?);
+        a.record(s).map_err(Error::driver("record event"))?;
+        f()?;
+        z.record(s).map_err(Error::driver("record event"))?;
+        z.synchronize().map_err(Error::driver("event synchronize"))?;
+        ts.push(f64::from(a.elapsed_ms(&z).map_err(Error::driver("event elapsed"))?));
+    }
+    ts.sort_by(f64::total_cmp);
+    Ok(ts[ts.len() / 2])
+}
+
+/// `n` bf16 values of `f(x)`, x ~ approximately N(0, 1), drawn in parallel (deterministic).
+fn draw_bf16(n: usize, seed: u64, f: fn(f32) -> f32) -> Vec<u16> {
+    let mut out = vec![0u16; n];
+    let threads = std::thread::available_parallelism().map_or(4, |x| x.get()).min(32);
+    let per = n.div_ceil(threads).max(1);
+    std::thread::scope(|sc| {
+        for (ci, chunk) in out.chunks_mut(per).enumerate() {
+            sc.spawn(move || {
+                let mut st = seed ^ (ci as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let mut next = || {
+                    st = st.wrapping_add(0x9e37_79b9_7f4a_7c15);
+                    let mut z = st;
+                    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+                    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+                    z ^ (z >> 31)
+                };
+                for x in chunk.iter_mut() {
+                    // sum of 4 uniforms on [0, 1): mean 2, variance 1/3 -> scale to unit variance
+                    let r = next();
+                    let u = |i: u32| ((r >> (16 * i)) & 0xffff) as f32 / 65536.0;
+                    let z = (u(0) + u(1) + u(2) + u(3) - 2.0) * 1.732_050_8;
+                    *x = f32_to_bf16(f(z));
+                }
+            });
+        }
+    });
+    out
+}
+
+fn logsigmoid_clamped(x: f32) -> f32 {
+    // logsigmoid(x) = min(x, 0) - ln(1 + exp(-|x|)), clamped at -5 like fla's benchmark
+    (x.min(0.0) - (-x.abs()).exp().ln_1p()).max(-5.0)
+}
+
+/// Times the forward (`chunk`; with `stages`, also the v1 kernel and v2's state pass alone) and,
+/// with `bwd`, the forward+backward on each shape, bf16, per-key gate, no initial or final state
+/// (fla's benchmark calls).
+///
+/// # Errors
+/// Invalid shapes; driver, compile or launch errors.
+pub fn bench_ops(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, stages: bool, bwd: bool) -> Result<Vec<BenchRow>> {
+    let mut rows = Vec::new();
+    let s = cuda.stream();
+    // inputs drawn once for the largest size; every shape uses a prefix
+    let max_qk = shapes.iter().map(|&[b, t, h, k, _]| b * t * h * k).max().unwrap_or(0);
+    let max_v = shapes.iter().map(|&[b, t, h, _, v]| b * t * h * v).max().unwrap_or(0);
+    let up = |x: Vec<u16>, what: &'static str| -> Result<CudaSlice<u16>> { s.clone_htod(&x).map_err(Error::driver(format!("upload {what}"))) };
+    let q = up(draw_bf16(max_qk, 1, |z| z), "q")?;
+    let k = up(draw_bf16(max_qk, 2, |z| z), "k")?;
+    let v = up(draw_bf16(max_v, 3, |z| z), "v")?;
+    let g = up(draw_bf16(max_qk, 4, logsigmoid_clamped), "g")?;
+    let d_o = up(draw_bf16(max_v, 5, |z| z), "do")?;
+    for &[b, t, h, kd, vd] in shapes {
+        let p = Problem::new(ProblemSpec { b, t, h, k: kd, v: vd, gate: GateKind::PerKey, scale: None, cu_seqlens: None })?;
+        let (nqk, nv) = (p.qk_len(), p.v_len());
+        let (qs, ks, gs) = (q.slice(0..nqk), k.slice(0..nqk), g.slice(0..nqk));
+        let (vs, dos) = (v.slice(0..nv), d_o.slice(0..nv));
+        // the launchers take whole slices: copy the prefixes when the shape is smaller
+        let own = |x: &cudarc::driver::CudaView<'_, u16>| -> Result<CudaSlice<u16>> { s.clone_dtod(x).map_err(Error::driver("copy input")) };
+        let (q1, k1, v1s, g1, do1) = (own(&qs)?, own(&ks)?, own(&vs)?, own(&gs)?, own(&dos)?);
+        let dp = DevProblem::new(cuda, &p)?;
+        let x = DevInputs { q: &q1, k: &k1, v: &v1s, g: Some(&g1), h0: None };
+        let mut o = s.alloc_zeros::<u16>(nv).map_err(Error::driver("alloc o"))?;
+        let (ffl, bfl) = p.chunk_flops();
+        // least bytes: fwd reads q, k, v, g and writes o (bf16); bwd reads q, k, v, g, do (bf16)
+        // and writes dq, dk, dv, dg (f32, the op's contract)
+        let fwd_bytes = 2.0 * (3 * nqk + 2 * nv) as f64;
+        let bwd_bytes = 2.0 * (3 * nqk + 2 * nv) as f64 + 4.0 * (3 * nqk + nv) as f64;
+        let mut kernels = vec![(FwdKernel::Chunk, "chunk")];
+        if stages {
+            kernels.push((FwdKernel::ChunkStatePass, "chunk-state-pass"));
+            kernels.push((FwdKernel::ChunkV1, "chunk-v1"));
+        }
+        for (which, name) in kernels {
+            let ms = time_ms(cuda, reps, &mut || ops::gla_fwd(cuda, which, &dp, &x, &mut o, None))?;
+            rows.push(BenchRow { shape: [b, t, h, kd, vd], pass: "fwd", kernel: name, ms, bytes: fwd_bytes, flops: ffl });
+        }
+        if !bwd {
+            continue;
+        }
+        let (bname, breps) = if ops::CHUNKED_BWD { ("chunk", reps) } else { ("chunk+recurrent-bwd", reps.min(3)) };
+        let ms = time_ms(cuda, breps, &mut || {
+            ops::gla_fwd(cuda, FwdKernel::Chunk, &dp, &x, &mut o, None)?;
+            ops::gla_bwd(cuda, &dp, &x, &do1, None).map(drop)
+        })?;
+        rows.push(BenchRow { shape: [b, t, h, kd, vd], pass: "fwd+bwd", kernel: bname, ms, bytes: fwd_bytes + bwd_bytes, flops: ffl + bfl });
+    }
+    Ok(rows)
+}
+
+/// A plain-text table of the rows.
+pub fn format_rows(rows: &[BenchRow]) -> String {
+    let mut s = format!(
+        "{:<22} {:<8} {:<20} {:>9} {:>9} {:>9} {:>10} {:>8}\n",
+        "shape BxTxHxKxV", "pass", "kernel", "ms", "GB/s", "TFLOP/s", "floor ms", "x floor"
+    );
+    for r in rows {
+        let [b, t, h, k, v] = r.shape;
+        s += &format!(
+            "{:<22} {:<8} {:<20} {:>9.3} {:>9.0} {:>9.1} {:>10.3} {:>8.1}\n",
+            format!("{b}x{t}x{h}x{k}x{v}"),
+            r.pass,
+            r.kernel,
+            r.ms,
+            r.gbs(),
+            r.tflops(),
+            r.floor_ms(),
+            r.x_floor()
+        );
+    }
+    s
+}
