@@ -166,7 +166,11 @@ pub fn bench_ops(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, stages: b
         let (bname, breps) = if ops::CHUNKED_BWD { ("chunk", reps) } else { ("chunk+recurrent-bwd", reps.min(3)) };
         let ms = time_ms(cuda, breps, &mut || {
             ops::gla_fwd(cuda, FwdKernel::Chunk, &dp, &x, &mut o, None)?;
-            ops::gla_bwd(cuda, &dp, &x, &do1, None).map(drop)
+            if ops::CHUNKED_BWD && ops::chunk_bwd_supported::<u16>(&p) {
+                ops::gla_bwd_chunk(cuda, &dp, &x, &do1, None, false).map(drop)
+            } else {
+                ops::gla_bwd(cuda, &dp, &x, &do1, None).map(drop)
+            }
         })?;
         rows.push(BenchRow { shape: [b, t, h, kd, vd], pass: "fwd+bwd", kernel: bname, ms, bytes: fwd_bytes + bwd_bytes, flops: ffl + bfl });
     }

@@ -43,11 +43,21 @@ pub const CHUNK: KernelSource = KernelSource {
     entries: &["gla_chunk_fwd_f32", "gla_chunk_fwd_bf16", "gla_chunk_fwd_mma_bf16"],
 };
 
-/// Chunked forward v2 for bf16, two launches: state pass and output pass (`lab/gla_chunk_v2.cu`).
+/// Chunked forward v2 and the chunked backward for bf16: gate prep, state and state-gradient
+/// passes, output pass, two gradient launches (`lab/gla_chunk_v2.cu`).
 pub const CHUNK_V2: KernelSource = KernelSource {
     name: "gla_chunk_v2.cu",
     text: include_str!("../kernels/lab/gla_chunk_v2.cu"),
-    entries: &["gla_chunk_h_bf16", "gla_chunk_o_bf16"],
+    entries: &[
+        "gla_chunk_prep_bf16",
+        "gla_chunk_h64_bf16",
+        "gla_chunk_h32_bf16",
+        "gla_chunk_dh64_bf16",
+        "gla_chunk_dh32_bf16",
+        "gla_chunk_o_bf16",
+        "gla_chunk_bwd1_bf16",
+        "gla_chunk_bwd2_bf16",
+    ],
 };
 
 /// Every kernel source of the crate (the CI compile check walks this list).

@@ -16,8 +16,8 @@ use crate::runtime::Cuda;
 pub enum Algo {
     /// Fused recurrent forward and backward (`gla_recurrent.cu`).
     Recurrent,
-    /// Chunked forward (`gla_chunk.cu`). Backward: the recurrent kernels until the chunked
-    /// backward lands (same result, different speed).
+    /// Chunked forward; backward chunked for bf16 with K, V <= 128 (`gla_chunk_v2.cu`), else the
+    /// recurrent kernels (same result, different speed).
     Chunked,
 }
 
@@ -81,7 +81,11 @@ impl CudaGla {
         let d_o = self.up::<T>(d.d_o, "do")?;
         let dht = d.dht.map(|h| self.up::<f32>(h, "dht")).transpose()?;
         let dx = DevInputs { q: &q, k: &k, v: &v, g: g.as_ref(), h0: h0.as_ref() };
-        let gr = ops::gla_bwd(&self.cuda, &dp, &dx, &d_o, dht.as_ref())?;
+        let gr = if self.algo == Algo::Chunked && ops::chunk_bwd_supported::<T>(p) {
+            ops::gla_bwd_chunk(&self.cuda, &dp, &dx, &d_o, dht.as_ref(), true)?
+        } else {
+            ops::gla_bwd(&self.cuda, &dp, &dx, &d_o, dht.as_ref())?
+        };
         self.cuda.sync()?;
         Ok(Grads {
             dq: self.down(&gr.dq, "dq")?,

@@ -139,14 +139,11 @@ fn launch_err(kernel: &str, cfg: &LaunchConfig) -> impl FnOnce(cudarc::driver::D
     move |source| Error::Launch { kernel, grid, block, smem, source }
 }
 
-/// Whether [`gla_bwd`] runs a chunked backward (false: the recurrent kernels).
-pub const CHUNKED_BWD: bool = false;
+/// Whether the chunked backward ([`gla_bwd_chunk`]) exists for the bench's shapes.
+pub const CHUNKED_BWD: bool = true;
 
 /// Rows per chunk of the chunked kernels.
 pub const CHUNK_BT: usize = 64;
-/// Dynamic shared memory of `gla_chunk_h_bf16`: two stages of k, v, g tiles [64][72] bf16, plus
-/// 192 f32.
-pub const CHUNK_H_SMEM: usize = 3 * 2 * 64 * 72 * 2 + 192 * 4;
 /// Dynamic shared memory of `gla_chunk_o_bf16` for K padded to `kp` (see the kernel's layout).
 pub fn chunk_o_smem_bytes(kp: usize) -> usize {
     let ldk = kp + 8;
@@ -308,18 +305,38 @@ fn chunk_v2<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, o: &mut
     let mut hs = unsafe { s.alloc::<T>(hs_len) }.map_err(Error::driver(format!("alloc chunk states ({hs_len} x 2 B)")))?;
     let nh = p.n() * p.h();
     let gz = u32::try_from(nh).ok().filter(|&z| z <= 65_535).ok_or_else(|| unsupported(format!("chunk v2: N*H = {nh} exceeds the grid's z limit 65535")))?;
+    let gx = u32::try_from(dp.n_chunks).ok().filter(|&x| x < i32::MAX as u32).ok_or_else(|| unsupported(format!("chunk v2: {} chunks", dp.n_chunks)))?;
     let null = 0u64;
-    {
-        let name = "gla_chunk_h_bf16";
-        let cfg = LaunchConfig { grid_dim: (p.v().div_ceil(64) as u32, p.k().div_ceil(64) as u32, gz), block_dim: (128, 1, 1), shared_mem_bytes: CHUNK_H_SMEM as u32 };
+    // SAFETY: written by the prep launch (rows of every chunk, dl of every chunk) before the state
+    // pass reads them, same stream
+    let mut kd = unsafe { s.alloc::<T>(p.qk_len().max(1)) }.map_err(Error::driver("alloc kd"))?;
+    // SAFETY: as kd
+    let mut dl = unsafe { s.alloc::<f32>((dp.n_chunks * p.h() * p.k()).max(1)) }.map_err(Error::driver("alloc dl"))?;
+    if dp.n_chunks > 0 {
+        let name = "gla_chunk_prep_bf16";
+        let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
         let f = cuda.function(&CHUNK_V2, name)?;
-        set_smem(&f, name, &cfg)?;
         let mut b = s.launch_builder(&f);
-        b.arg(x.k).arg(x.v);
+        b.arg(x.k);
         match x.g {
             Some(g) if gw > 0 => b.arg(g),
             _ => b.arg(&null),
         };
+        b.arg(&null).arg(&mut kd).arg(&mut dl).arg(&null).arg(&dp.bounds).arg(&dp.chunk_off).arg(&dp.chunk_seq).arg(&h).arg(&k).arg(&gw).arg(&scale);
+        // SAFETY: arguments match gla_chunk_prep_bf16's signature; one block of 128 >= K threads
+        // per (chunk, head); kd is shaped like k, dl holds n_chunks x H x K.
+        unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
+    }
+    {
+        let tiles = nh * p.k().div_ceil(64) * p.v().div_ceil(64);
+        let bvh = if tiles < 2 * 132 { 32 } else { 64 };
+        let name = if bvh == 32 { "gla_chunk_h32_bf16" } else { "gla_chunk_h64_bf16" };
+        let smem = 2 * (64 * 72 + 64 * (bvh + 8)) * 2 + 2 * 64 * 4;
+        let cfg = LaunchConfig { grid_dim: (p.v().div_ceil(bvh) as u32, p.k().div_ceil(64) as u32, gz), block_dim: (128, 1, 1), shared_mem_bytes: smem as u32 };
+        let f = cuda.function(&CHUNK_V2, name)?;
+        set_smem(&f, name, &cfg)?;
+        let mut b = s.launch_builder(&f);
+        b.arg(&kd).arg(x.v).arg(&dl);
         match x.h0 {
             Some(h0) => b.arg(h0),
             None => b.arg(&null),
@@ -329,15 +346,14 @@ fn chunk_v2<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, o: &mut
             Some(ht) => b.arg(ht),
             None => b.arg(&null),
         };
-        b.arg(&dp.bounds).arg(&dp.chunk_off).arg(&h).arg(&k).arg(&v).arg(&gw);
-        // SAFETY: arguments match gla_chunk_h_bf16's signature; hs holds n_chunks x H x K x V
-        // elements; the grid covers V and K in 64-wide tiles and N*H in z, as the kernel indexes.
+        b.arg(&dp.bounds).arg(&dp.chunk_off).arg(&h).arg(&k).arg(&v);
+        // SAFETY: arguments match gla_chunk_h{32,64}_bf16's signature; hs holds n_chunks x H x K
+        // x V elements; the grid covers V in bvh-wide and K in 64-wide tiles and N*H in z.
         unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
     }
     if dp.n_chunks > 0 && !state_only {
         let name = "gla_chunk_o_bf16";
         let kp = p.k().div_ceil(16) * 16;
-        let gx = u32::try_from(dp.n_chunks).ok().filter(|&x| x < i32::MAX as u32).ok_or_else(|| unsupported(format!("chunk v2: {} chunks", dp.n_chunks)))?;
         let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_o_smem_bytes(kp) as u32 };
         let f = cuda.function(&CHUNK_V2, name)?;
         set_smem(&f, name, &cfg)?;
@@ -348,13 +364,192 @@ fn chunk_v2<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, o: &mut
             Some(g) if gw > 0 => b.arg(g),
             _ => b.arg(&null),
         };
-        b.arg(&hs).arg(o).arg(&dp.bounds).arg(&dp.chunk_off).arg(&dp.chunk_seq);
+        b.arg(&hs).arg(o).arg(&null).arg(&dp.bounds).arg(&dp.chunk_off).arg(&dp.chunk_seq);
         b.arg(&h).arg(&k).arg(&v).arg(&gw).arg(&scale).arg(&kp);
         // SAFETY: arguments match gla_chunk_o_bf16's signature; one block per (global chunk,
         // head), chunk_seq / chunk_off map it to its rows; hs was written by the launch above.
         unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
     }
     Ok(())
+}
+
+/// Whether [`gla_bwd_chunk`] takes this problem: bf16 storage, K <= 128, V <= 128.
+pub fn chunk_bwd_supported<T: Elem>(p: &Problem) -> bool {
+    T::SUFFIX == "bf16" && p.k() <= CHUNK_MAX_K && p.v() <= 128
+}
+
+/// Dynamic shared memory of `gla_chunk_bwd1_bf16` for K padded to `kp`.
+pub fn chunk_bwd1_smem_bytes(kp: usize) -> usize {
+    (2 * 64 + 2 * kp) * 136 * 2 + 64 * 72 * 2 + 64 * (kp + 8) * 2
+}
+
+/// Dynamic shared memory of `gla_chunk_bwd2_bf16` for K padded to `kp`.
+pub fn chunk_bwd2_smem_bytes(kp: usize) -> usize {
+    let ldk = kp + 8;
+    (2 * 64 * ldk + 64 * 72 + 2 * 96 * ldk) * 2 + (64 * kp + 4096 + 2 * 64 * kp + 256 + 128) * 4
+}
+
+/// The chunked backward (bf16 storage, f32 gradients; see `chunk_bwd_supported`): gate prep,
+/// state pass, state-gradient pass, A, then two chunk-parallel gradient launches. Gradients
+/// are NaN-poisoned first when `poison` (checks), left unfilled otherwise (every element is
+/// written; timing).
+///
+/// # Errors
+/// Shape mismatch, unsupported shapes, launch or compile errors.
+pub fn gla_bwd_chunk<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, d_o: &CudaSlice<T>, dht: Option<&CudaSlice<f32>>, poison_out: bool) -> Result<DevGrads> {
+    let op = "gla_bwd_chunk";
+    check_inputs(op, dp, x)?;
+    let p = &dp.problem;
+    check_len(op, "do", p.v_len(), d_o.len())?;
+    if let Some(dht) = dht {
+        check_len(op, "dht", p.state_len(), dht.len())?;
+    }
+    if !chunk_bwd_supported::<T>(p) {
+        return Err(unsupported(format!("chunked backward: bf16 with K <= {CHUNK_MAX_K}, V <= 128 (got {}, K = {}, V = {})", T::SUFFIX, p.k(), p.v())));
+    }
+    let (_n, h, k, v, gw, scale, _rows) = dp.dims();
+    let s = cuda.stream();
+    let nc = dp.n_chunks;
+    let kp = p.k().div_ceil(16) * 16;
+    let kp32 = kp as i32;
+    let null = 0u64;
+    let alloc = |len: usize, what: &'static str, poison_it: bool| -> Result<CudaSlice<f32>> {
+        // SAFETY: every element is written by the launches below before it is read (or the
+        // buffer is poisoned first)
+        let mut b = unsafe { s.alloc::<f32>(len.max(1)) }.map_err(Error::driver(format!("alloc {what} ({len} f32)")))?;
+        if poison_it {
+            poison(cuda, &mut b)?;
+        }
+        Ok(b)
+    };
+    let mut g = DevGrads {
+        dq: alloc(p.qk_len(), "dq", poison_out)?,
+        dk: alloc(p.qk_len(), "dk", poison_out)?,
+        dv: alloc(p.v_len(), "dv", poison_out)?,
+        dg: alloc(p.g_len(), "dg", poison_out)?,
+        dh0: alloc(if x.h0.is_some() { p.state_len() } else { 0 }, "dh0", poison_out)?,
+    };
+    // SAFETY (all workspaces): written by an earlier launch on this stream before being read
+    let mut kd = unsafe { s.alloc::<T>(p.qk_len().max(1)) }.map_err(Error::driver("alloc kd"))?;
+    let mut qe = unsafe { s.alloc::<T>(p.qk_len().max(1)) }.map_err(Error::driver("alloc qe"))?;
+    let mut hs = unsafe { s.alloc::<T>((nc * p.h() * p.k() * p.v()).max(1)) }.map_err(Error::driver("alloc hs"))?;
+    let mut dhs = unsafe { s.alloc::<T>((nc * p.h() * p.k() * p.v()).max(1)) }.map_err(Error::driver("alloc dhs"))?;
+    let mut a = unsafe { s.alloc::<T>((nc * p.h() * 4096).max(1)) }.map_err(Error::driver("alloc A"))?;
+    let mut dl = alloc(nc * p.h() * p.k(), "dl", false)?;
+    let mut da = alloc(nc * p.h() * 4096, "dA", false)?;
+    let mut sd = alloc(nc * p.h() * p.k(), "sd", false)?;
+    let nh = p.n() * p.h();
+    let gz = u32::try_from(nh).ok().filter(|&z| z <= 65_535).ok_or_else(|| unsupported(format!("{op}: N*H = {nh} exceeds the grid's z limit 65535")))?;
+    let gx = u32::try_from(nc).ok().filter(|&x| x < i32::MAX as u32).ok_or_else(|| unsupported(format!("{op}: {nc} chunks")))?;
+    macro_rules! gate {
+        ($b:expr) => {
+            match x.g {
+                Some(gg) if gw > 0 => $b.arg(gg),
+                _ => $b.arg(&null),
+            }
+        };
+    }
+    if nc > 0 {
+        let name = "gla_chunk_prep_bf16";
+        let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let f = cuda.function(&CHUNK_V2, name)?;
+        let mut b = s.launch_builder(&f);
+        b.arg(x.k);
+        gate!(b);
+        b.arg(x.q).arg(&mut kd).arg(&mut dl).arg(&mut qe).arg(&dp.bounds).arg(&dp.chunk_off).arg(&dp.chunk_seq).arg(&h).arg(&k).arg(&gw).arg(&scale);
+        // SAFETY: arguments match gla_chunk_prep_bf16's signature (kd, qe shaped like k, q; dl
+        // n_chunks x H x K); one block of 128 >= K threads per (chunk, head).
+        unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
+    }
+    let tiles = nh * p.k().div_ceil(64) * p.v().div_ceil(64);
+    let bvh = if tiles < 2 * 132 { 32 } else { 64 };
+    for rev in [false, true] {
+        let name = match (rev, bvh) {
+            (false, 32) => "gla_chunk_h32_bf16",
+            (false, _) => "gla_chunk_h64_bf16",
+            (true, 32) => "gla_chunk_dh32_bf16",
+            (true, _) => "gla_chunk_dh64_bf16",
+        };
+        let smem = 2 * (64 * 72 + 64 * (bvh + 8)) * 2 + 2 * 64 * 4;
+        let cfg = LaunchConfig { grid_dim: (p.v().div_ceil(bvh) as u32, p.k().div_ceil(64) as u32, gz), block_dim: (128, 1, 1), shared_mem_bytes: smem as u32 };
+        let f = cuda.function(&CHUNK_V2, name)?;
+        set_smem(&f, name, &cfg)?;
+        let mut b = s.launch_builder(&f);
+        if rev {
+            b.arg(&qe).arg(d_o).arg(&dl);
+            match dht {
+                Some(d) => b.arg(d),
+                None => b.arg(&null),
+            };
+            b.arg(&mut dhs);
+            if x.h0.is_some() {
+                b.arg(&mut g.dh0);
+            } else {
+                b.arg(&null);
+            }
+        } else {
+            b.arg(&kd).arg(x.v).arg(&dl);
+            match x.h0 {
+                Some(h0) => b.arg(h0),
+                None => b.arg(&null),
+            };
+            b.arg(&mut hs).arg(&null);
+        }
+        b.arg(&dp.bounds).arg(&dp.chunk_off).arg(&h).arg(&k).arg(&v);
+        // SAFETY: arguments match gla_chunk_{h,dh}{32,64}_bf16's signature; hs / dhs hold
+        // n_chunks x H x K x V; the grid covers V, K in tiles and N*H in z.
+        unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
+    }
+    if nc == 0 {
+        return Ok(g);
+    }
+    {
+        let name = "gla_chunk_o_bf16";
+        let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_o_smem_bytes(kp) as u32 };
+        let f = cuda.function(&CHUNK_V2, name)?;
+        set_smem(&f, name, &cfg)?;
+        let mut b = s.launch_builder(&f);
+        b.arg(x.q).arg(x.k).arg(x.v);
+        gate!(b);
+        b.arg(&null).arg(&null).arg(&mut a).arg(&dp.bounds).arg(&dp.chunk_off).arg(&dp.chunk_seq);
+        b.arg(&h).arg(&k).arg(&v).arg(&gw).arg(&scale).arg(&kp32);
+        // SAFETY: gla_chunk_o_bf16 with o = null writes only A (n_chunks x H x 64 x 64) and
+        // returns before reading hs (null).
+        unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
+    }
+    {
+        let name = "gla_chunk_bwd1_bf16";
+        let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_bwd1_smem_bytes(kp) as u32 };
+        let f = cuda.function(&CHUNK_V2, name)?;
+        set_smem(&f, name, &cfg)?;
+        let mut b = s.launch_builder(&f);
+        b.arg(x.v).arg(d_o).arg(&kd).arg(&a).arg(&hs).arg(&dhs);
+        b.arg(&mut g.dv).arg(&mut da).arg(&mut g.dq).arg(&mut g.dk).arg(&mut sd);
+        b.arg(&dp.bounds).arg(&dp.chunk_off).arg(&dp.chunk_seq).arg(&h).arg(&k).arg(&v).arg(&kp32);
+        // SAFETY: arguments match gla_chunk_bwd1_bf16's signature; every buffer is sized for the
+        // problem and n_chunks as the kernel indexes.
+        unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
+    }
+    {
+        let name = "gla_chunk_bwd2_bf16";
+        let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_bwd2_smem_bytes(kp) as u32 };
+        let f = cuda.function(&CHUNK_V2, name)?;
+        set_smem(&f, name, &cfg)?;
+        let mut b = s.launch_builder(&f);
+        b.arg(x.q).arg(x.k);
+        gate!(b);
+        b.arg(&da).arg(&sd).arg(&mut g.dq).arg(&mut g.dk);
+        if gw > 0 {
+            b.arg(&mut g.dg);
+        } else {
+            b.arg(&null);
+        }
+        b.arg(&dp.bounds).arg(&dp.chunk_off).arg(&dp.chunk_seq).arg(&h).arg(&k).arg(&gw).arg(&scale).arg(&kp32);
+        // SAFETY: arguments match gla_chunk_bwd2_bf16's signature; dq, dk hold bwd1's raw
+        // products, which each thread reads before it overwrites them.
+        unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
+    }
+    Ok(g)
 }
 
 /// Gradients written by [`gla_bwd`] (all f32).

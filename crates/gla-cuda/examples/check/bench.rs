@@ -6,7 +6,7 @@ use gla_cuda::bench::{bench_ops, default_shapes, format_rows};
 use gla_cuda::{Cuda, Result};
 
 pub fn run(cuda: &Arc<Cuda>) -> Result<()> {
-    let rows = bench_ops(cuda, &default_shapes(), 5, true, false)?;
+    let rows = bench_ops(cuda, &default_shapes(), 5, true, true)?;
     print!("{}", format_rows(&rows));
     Ok(())
 }

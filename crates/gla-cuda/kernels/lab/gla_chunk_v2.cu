@@ -69,6 +69,7 @@ __device__ __forceinline__ void cp16(void* s, const void* g, bool ok) {
 }
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_wait0() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 __device__ __forceinline__ unsigned pack2(float lo, float hi) {
     return (unsigned)from_f32<bf16_t>(lo) | ((unsigned)from_f32<bf16_t>(hi) << 16);
 }
@@ -104,30 +105,69 @@ __device__ __forceinline__ void tile_load(bf16_t* dst, int lds, const bf16_t* sr
 }
 
 // ------------------------------------------------------------------------------------------------
-// launch 1: the state pass
+// launch 0: per chunk and head, fully parallel: kd = k exp(G_last - G) (bf16, rows < L, shaped like
+// k), dl = exp(G_last) (f32 [chunks, H, K]) and, when qe is not null (backward), qe = q scale
+// exp(G) (bf16, shaped like q). One thread per key channel (blockDim >= K).
 
-extern "C" __global__ void __launch_bounds__(128) gla_chunk_h_bf16(
-    const bf16_t* __restrict__ k, const bf16_t* __restrict__ v, const bf16_t* __restrict__ g,
-    const float* __restrict__ h0, bf16_t* __restrict__ hs, float* __restrict__ ht,
-    const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, int H, int K, int V, int gw) {
-    extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16_t* s_k = (bf16_t*)smem_raw;         // [2][64][LDH]
-    bf16_t* s_v = s_k + 2 * 64 * LDH;        // [2][64][LDH]
-    bf16_t* s_g = s_v + 2 * 64 * LDH;        // [2][64][LDH]
-    float* s_part = (float*)(s_g + 2 * 64 * LDH);  // [2][64]
-    float* s_d = s_part + 128;               // [64]
+extern "C" __global__ void __launch_bounds__(128) gla_chunk_prep_bf16(
+    const bf16_t* __restrict__ k, const bf16_t* __restrict__ g, const bf16_t* __restrict__ q, bf16_t* __restrict__ kd,
+    float* __restrict__ dl, bf16_t* __restrict__ qe, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
+    const int* __restrict__ chunk_seq, int H, int K, int gw, float scale) {
+    const idx_t cg = blockIdx.x;
+    const int h = blockIdx.y, ch = threadIdx.x;
+    const int n = chunk_seq[cg];
+    const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
+    const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
+    if (ch >= K) return;
+    float gv[64];
+    float tot = 0.f;
+    #pragma unroll
+    for (int t = 0; t < 64; ++t) {
+        float x = 0.f;
+        if (t < L) {
+            if (gw == K) x = to_f32(g[((r0 + t) * H + h) * (idx_t)K + ch]);
+            else if (gw == 1) x = to_f32(g[(r0 + t) * H + h]);
+        }
+        gv[t] = x;
+        tot += x;
+    }
+    float run = 0.f;
+    #pragma unroll
+    for (int t = 0; t < 64; ++t) {
+        run += gv[t];
+        if (t < L) {
+            const idx_t off = ((r0 + t) * H + h) * (idx_t)K + ch;
+            kd[off] = from_f32<bf16_t>(to_f32(k[off]) * ex2f((tot - run) * L2E));
+            if (qe != nullptr) qe[off] = from_f32<bf16_t>(to_f32(q[off]) * scale * ex2f(run * L2E));
+        }
+    }
+    dl[(cg * H + h) * (idx_t)K + ch] = ex2f(tot * L2E);
+}
+
+// ------------------------------------------------------------------------------------------------
+// launch 1: the state pass, sequential over a sequence's chunks; BVH = 64 or 32 value columns per
+// block (32 doubles the blocks for long sequences). Stage: kd [64][LDH], v [64][BVH+8], dl [64].
+
+template <int BVH, bool REV>
+__device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf16_t* __restrict__ v, const float* __restrict__ dl,
+                                        const float* __restrict__ h0, bf16_t* __restrict__ hs, float* __restrict__ ht,
+                                        const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, int H, int K, int V) {
+    constexpr int NT = BVH / 8, LDV = BVH + 8, STAGE = 64 * LDH + 64 * LDV;  // bf16 elements
+    extern __shared__ __align__(16) unsigned char smem_h[];
+    bf16_t* s_kv = (bf16_t*)smem_h;               // [2][STAGE]
+    float* s_d = (float*)(s_kv + 2 * STAGE);      // [2][64]
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
-    const int j0 = blockIdx.x * 64, i0 = blockIdx.y * 64, nh = blockIdx.z, n = nh / H, h = nh % H;
+    const int j0 = blockIdx.x * BVH, i0 = blockIdx.y * 64, nh = blockIdx.z, n = nh / H, h = nh % H;
     const idx_t bos = bounds[n], eos = bounds[n + 1];
     const int nc = (int)((eos - bos + 63) / 64);
     const idx_t cbase = chunk_off[n];
-    const int Kc = min(64, K - i0), Vc = min(64, V - j0);
+    const int Kc = min(64, K - i0), Vc = min(BVH, V - j0);
     const bool vk = (K & 7) == 0, vv = (V & 7) == 0;
     const idx_t o_state = (idx_t)nh * K * V;
 
-    float acc[8][4];
+    float acc[NT][4];
     #pragma unroll
-    for (int nt = 0; nt < 8; ++nt) {
+    for (int nt = 0; nt < NT; ++nt) {
         #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int i = i0 + 16 * w + fg + (e >= 2 ? 8 : 0), j = j0 + 8 * nt + 2 * ft + (e & 1);
@@ -137,29 +177,28 @@ extern "C" __global__ void __launch_bounds__(128) gla_chunk_h_bf16(
     auto load = [&](int c, int st) {
         const idx_t r0 = bos + (idx_t)c * 64;
         const int L = (int)min((idx_t)64, eos - r0);
-        tile_load(s_k + st * 64 * LDH, LDH, k + (r0 * H + h) * (idx_t)K + i0, (idx_t)H * K, L, Kc, 64, vk, true, tid, 128);
-        tile_load(s_v + st * 64 * LDH, LDH, v + (r0 * H + h) * (idx_t)V + j0, (idx_t)H * V, L, Vc, 64, vv, true, tid, 128);
-        bf16_t* dg = s_g + st * 64 * LDH;
-        if (gw == K) {
-            tile_load(dg, LDH, g + (r0 * H + h) * (idx_t)K + i0, (idx_t)H * K, L, Kc, 64, vk, true, tid, 128);
-        } else {
-            for (int x = tid; x < 64 * 64; x += 128) {
-                const int t = x >> 6, c = x & 63;
-                dg[t * LDH + c] = (gw == 1 && t < L) ? g[(r0 + t) * H + h] : (bf16_t)0;
-            }
+        bf16_t* base = s_kv + st * STAGE;
+        tile_load(base, LDH, kd + (r0 * H + h) * (idx_t)K + i0, (idx_t)H * K, L, Kc, 64, vk, true, tid, 128);
+        tile_load(base + 64 * LDH, LDV, v + (r0 * H + h) * (idx_t)V + j0, (idx_t)H * V, L, Vc, BVH, vv, true, tid, 128);
+        const float* dsrc = dl + ((cbase + c) * H + h) * (idx_t)K + i0;
+        if (vk) {
+            if (tid < 16) cp16(s_d + st * 64 + 4 * tid, 4 * tid < Kc ? dsrc + 4 * tid : dsrc, 4 * tid < Kc);
+        } else if (tid < 64) {
+            s_d[st * 64 + tid] = tid < Kc ? dsrc[tid] : 0.f;
         }
     };
-    if (nc > 0) load(0, 0);
+    // forward: chunks 0 .. nc-1; REV (the state-gradient pass): nc-1 .. 0
+    if (nc > 0) load(REV ? nc - 1 : 0, 0);
     cp_commit();
-    for (int c = 0; c < nc; ++c) {
-        const int st = c & 1;
-        if (c + 1 < nc) load(c + 1, st ^ 1);
+    for (int it = 0; it < nc; ++it) {
+        const int st = it & 1, c = REV ? nc - 1 - it : it;
+        if (it + 1 < nc) load(REV ? c - 1 : c + 1, st ^ 1);
         cp_commit();
         // the state entering chunk c, as bf16, for the output pass
         {
             bf16_t* hp = hs + ((cbase + c) * H + h) * (idx_t)K * V;
             #pragma unroll
-            for (int nt = 0; nt < 8; ++nt) {
+            for (int nt = 0; nt < NT; ++nt) {
                 #pragma unroll
                 for (int hr = 0; hr < 2; ++hr) {
                     const int i = i0 + 16 * w + fg + 8 * hr, j = j0 + 8 * nt + 2 * ft;
@@ -177,54 +216,33 @@ extern "C" __global__ void __launch_bounds__(128) gla_chunk_h_bf16(
         }
         cp_wait1();
         __syncthreads();
-        bf16_t* tk = s_k + st * 64 * LDH;
-        const bf16_t* tg = s_g + st * 64 * LDH;
-        const bf16_t* tv = s_v + st * 64 * LDH;
-        {
-            // chunk-local cumsum per key channel, two halves of 32 rows; k -> k exp(G_last - G)
-            const int ch = tid & 63, hf = tid >> 6;
-            float part = 0.f;
-            #pragma unroll 8
-            for (int t = 32 * hf; t < 32 * hf + 32; ++t) part += to_f32(tg[t * LDH + ch]);
-            s_part[hf * 64 + ch] = part;
-            __syncthreads();
-            const float tot = s_part[ch] + s_part[64 + ch];
-            float run = hf ? s_part[ch] : 0.f;
-            #pragma unroll 8
-            for (int t = 32 * hf; t < 32 * hf + 32; ++t) {
-                run += to_f32(tg[t * LDH + ch]);
-                tk[t * LDH + ch] = from_f32<bf16_t>(to_f32(tk[t * LDH + ch]) * ex2f((tot - run) * L2E));
-            }
-            if (hf == 0) s_d[ch] = ex2f(tot * L2E);
+        const bf16_t* tk = s_kv + st * STAGE;
+        const bf16_t* tv = tk + 64 * LDH;
+        const float d_lo = s_d[st * 64 + 16 * w + fg], d_hi = s_d[st * 64 + 16 * w + fg + 8];
+        #pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            acc[nt][0] *= d_lo;
+            acc[nt][1] *= d_lo;
+            acc[nt][2] *= d_hi;
+            acc[nt][3] *= d_hi;
         }
-        __syncthreads();
-        {
-            const float d_lo = s_d[16 * w + fg], d_hi = s_d[16 * w + fg + 8];
+        #pragma unroll
+        for (int kt = 0; kt < 4; ++kt) {
+            unsigned a[4];
+            ldsm4t(a, fat(tk, LDH, 16 * kt, 16 * w, lane));
             #pragma unroll
-            for (int nt = 0; nt < 8; ++nt) {
-                acc[nt][0] *= d_lo;
-                acc[nt][1] *= d_lo;
-                acc[nt][2] *= d_hi;
-                acc[nt][3] *= d_hi;
-            }
-            #pragma unroll
-            for (int kt = 0; kt < 4; ++kt) {
-                unsigned a[4];
-                ldsm4t(a, fat(tk, LDH, 16 * kt, 16 * w, lane));
-                #pragma unroll
-                for (int np = 0; np < 4; ++np) {
-                    unsigned b[4];
-                    ldsm4t(b, fbt(tv, LDH, 16 * kt, 16 * np, lane));
-                    mma16816(acc[2 * np], a, b[0], b[1]);
-                    mma16816(acc[2 * np + 1], a, b[2], b[3]);
-                }
+            for (int np = 0; np < NT / 2; ++np) {
+                unsigned b[4];
+                ldsm4t(b, fbt(tv, LDV, 16 * kt, 16 * np, lane));
+                mma16816(acc[2 * np], a, b[0], b[1]);
+                mma16816(acc[2 * np + 1], a, b[2], b[3]);
             }
         }
         __syncthreads();
     }
     if (ht != nullptr) {
         #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
+        for (int nt = 0; nt < NT; ++nt) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int i = i0 + 16 * w + fg + (e >= 2 ? 8 : 0), j = j0 + 8 * nt + 2 * ft + (e & 1);
@@ -233,6 +251,19 @@ extern "C" __global__ void __launch_bounds__(128) gla_chunk_h_bf16(
         }
     }
 }
+
+// forward: (kd, v, h0) -> hs (state entering each chunk), ht. Backward (dh entries): (qe, do,
+// dht) -> dhs (gradient of the state leaving each chunk), dh0, walking the chunks in reverse.
+#define HENTRY(NAME, BVH, REV)                                                                           \
+extern "C" __global__ void __launch_bounds__(128) NAME(                                                  \
+    const bf16_t* kd, const bf16_t* v, const float* dl, const float* h0, bf16_t* hs, float* ht,          \
+    const idx_t* bounds, const idx_t* chunk_off, int H, int K, int V) {                                  \
+    chunk_h<BVH, REV>(kd, v, dl, h0, hs, ht, bounds, chunk_off, H, K, V);                                \
+}
+HENTRY(gla_chunk_h64_bf16, 64, false)
+HENTRY(gla_chunk_h32_bf16, 32, false)
+HENTRY(gla_chunk_dh64_bf16, 64, true)
+HENTRY(gla_chunk_dh32_bf16, 32, true)
 
 // ------------------------------------------------------------------------------------------------
 // launch 2: the output pass, one block per (chunk, head)
@@ -248,9 +279,29 @@ extern "C" __global__ void __launch_bounds__(128) gla_chunk_h_bf16(
 
 #define OV 136  // row stride of the 128-wide V tiles
 
+// one step of a warp reduce-scatter of 32 slots: lanes with bit OFF set keep the upper half
+template <int OFF>
+__device__ __forceinline__ void rs_step(float (&part)[32], int lane) {
+    const bool up = (lane & OFF) != 0;
+    #pragma unroll
+    for (int e = 0; e < OFF; ++e) {
+        const float lo = part[e], hi = part[e + OFF];
+        const float send = up ? lo : hi, keep = up ? hi : lo;
+        part[e] = keep + __shfl_xor_sync(0xffffffffu, send, OFF);
+    }
+}
+
+// g of (row t, channel ch) for the output pass: staged raw in smem (gw == K), else from global
+__device__ __forceinline__ float gval_o(const bf16_t* __restrict__ g, const bf16_t* R3, int t, int ch, int LDK, int L, idx_t r0,
+                                        int H, int h, int K, int gw) {
+    if (gw == K) return to_f32(R3[t * LDK + ch]);
+    if (gw == 1 && t < L) return to_f32(g[(r0 + t) * H + h]);
+    return 0.f;
+}
+
 extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
     const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
-    const bf16_t* __restrict__ g, const bf16_t* __restrict__ hs, bf16_t* __restrict__ o,
+    const bf16_t* __restrict__ g, const bf16_t* __restrict__ hs, bf16_t* __restrict__ o, bf16_t* __restrict__ a_out,
     const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq,
     int H, int K, int V, int gw, float scale, int Kp) {
     extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -271,47 +322,25 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
     const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
     const bool vk = (K & 7) == 0, vv = (V & 7) == 0;
 
-    // P1: q, k, g
-    tile_load(R0, LDK, q + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, false, tid, 256);
-    tile_load(R1, OV, k + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, false, tid, 256);
-    if (gw == K && vk) {
-        const int cpr = Kp >> 3;
-        const bf16_t* src = g + (r0 * H + h) * (idx_t)K;
-        for (int x = tid; x < 64 * cpr; x += 256) {
-            const int t = x / cpr, c = (x % cpr) * 8;
-            uint4 u;
-            u.x = u.y = u.z = u.w = 0u;
-            if (t < L && c < K) u = *(const uint4*)(src + (idx_t)t * H * K + c);
-            float4 lo, hi;
-            lo.x = bf_lo(u.x); lo.y = bf_hi(u.x); lo.z = bf_lo(u.y); lo.w = bf_hi(u.y);
-            hi.x = bf_lo(u.z); hi.y = bf_hi(u.z); hi.z = bf_lo(u.w); hi.w = bf_hi(u.w);
-            *(float4*)(R2 + t * Kp + c) = lo;
-            *(float4*)(R2 + t * Kp + c + 4) = hi;
-        }
-    } else {
-        for (int x = tid; x < 64 * Kp; x += 256) {
-            const int t = x / Kp, c = x % Kp;
-            float gv = 0.f;
-            if (t < L && c < K) {
-                if (gw == K) gv = to_f32(g[((r0 + t) * H + h) * (idx_t)K + c]);
-                else if (gw == 1) gv = to_f32(g[(r0 + t) * H + h]);
-            }
-            R2[x] = gv;
-        }
-    }
+    // P1: q, k (and g raw into R3) through cp.async, all in flight at once
+    tile_load(R0, LDK, q + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
+    tile_load(R1, OV, k + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
+    if (gw == K) tile_load(R3, LDK, g + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
+    cp_commit();
     // A above the diagonal blocks is zero
     for (int x = tid; x < 64 * 64; x += 256) {
         const int t = x >> 6, s = x & 63;
         if ((s >> 4) > (t >> 4)) RA[t * LDH + s] = 0;
     }
+    cp_wait0();
     __syncthreads();
-    // cumsum of g per channel (two halves of 32 rows), times log2(e)
+    // cumsum of g per channel (two halves of 32 rows), times log2(e), into R2
     {
         const int ch = tid & 127, hf = tid >> 7;
         float part = 0.f;
         if (ch < Kp) {
             #pragma unroll 8
-            for (int t = 32 * hf; t < 32 * hf + 32; ++t) part += R2[t * Kp + ch];
+            for (int t = 32 * hf; t < 32 * hf + 32; ++t) part += gval_o(g, R3, t, ch, LDK, L, r0, H, h, K, gw);
             RP[hf * 128 + ch] = part;
         }
         __syncthreads();
@@ -319,7 +348,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
             float run = hf ? RP[ch] : 0.f;
             #pragma unroll 8
             for (int t = 32 * hf; t < 32 * hf + 32; ++t) {
-                run += R2[t * Kp + ch];
+                run += gval_o(g, R3, t, ch, LDK, L, r0, H, h, K, gw);
                 R2[t * Kp + ch] = run * L2E;
             }
         }
@@ -333,7 +362,9 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
         float part[32];
         #pragma unroll
         for (int e = 0; e < 32; ++e) part[e] = 0.f;
-        for (int c = 4 * lane; c < Kp; c += 128) {
+        // Kp <= 128: one group of 4 channels per lane
+        const int c = 4 * lane;
+        if (c < Kp) {
             const uint2 qa = *(const uint2*)(R0 + ta * LDK + c), qb = *(const uint2*)(R0 + tb * LDK + c);
             const float4 ga = *(const float4*)(R2 + ta * Kp + c), gb = *(const float4*)(R2 + tb * Kp + c);
             const float qa0 = bf_lo(qa.x), qa1 = bf_hi(qa.x), qa2 = bf_lo(qa.y), qa3 = bf_hi(qa.y);
@@ -355,16 +386,11 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
             }
         }
         // reduce-scatter: lane l ends with the warp total of slot l
-        #pragma unroll
-        for (int off = 16; off >= 1; off >>= 1) {
-            const bool up = (lane & off) != 0;
-            #pragma unroll
-            for (int e = 0; e < off; ++e) {
-                const float send = up ? part[e] : part[e + off];
-                const float keep = up ? part[e + off] : part[e];
-                part[e] = keep + __shfl_xor_sync(0xffffffffu, send, off);
-            }
-        }
+        rs_step<16>(part, lane);
+        rs_step<8>(part, lane);
+        rs_step<4>(part, lane);
+        rs_step<2>(part, lane);
+        rs_step<1>(part, lane);
         const int t = (lane < 16) ? ta : tb, s = 16 * a + (lane & 15);
         RA[t * LDH + s] = from_f32<bf16_t>(part[0] * scale);
     }
@@ -408,31 +434,38 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
             *(unsigned*)(RA + (row + 8) * LDH + col) = pack2(c2[nt][2], c2[nt][3]);
         }
     }
+    // backward: A (scaled, causal, bf16) to a_out [chunk, H, 64, 64]; no o when o is null
+    if (a_out != nullptr) {
+        __syncthreads();
+        bf16_t* ap = a_out + (cg * H + h) * (idx_t)4096;
+        for (int x = tid; x < 64 * 8; x += 256) {
+            const int t = x >> 3, c = (x & 7) * 8;
+            *(uint4*)(ap + t * 64 + c) = *(const uint4*)(RA + t * LDH + c);
+        }
+    }
+    if (o == nullptr) return;
     // P5/P6 per 128-wide tile of V: o = qe S + A v
     const int mt = w & 3, nh = w >> 2;
     const bf16_t* hsrc = hs + (cg * H + h) * (idx_t)K * V;
     for (int v0 = 0; v0 < V; v0 += 128) {
         const int Vc = min(128, V - v0);
         __syncthreads();
-        tile_load(R1, OV, v + (r0 * H + h) * (idx_t)V + v0, (idx_t)H * V, L, Vc, 128, vv, false, tid, 256);
+        tile_load(R1, OV, v + (r0 * H + h) * (idx_t)V + v0, (idx_t)H * V, L, Vc, 128, vv, true, tid, 256);
         // S_c rows i < K (Kp rows), 128 columns; rows >= K and columns >= Vc zero
-        {
-            const bool vs = (V & 7) == 0;
-            if (vs) {
-                for (int x = tid; x < Kp * 16; x += 256) {
-                    const int i = x >> 4, c = (x & 15) * 8;
-                    uint4 u;
-                    u.x = u.y = u.z = u.w = 0u;
-                    if (i < K && c < Vc) u = *(const uint4*)(hsrc + (idx_t)i * V + v0 + c);
-                    *(uint4*)(RS + i * OV + c) = u;
-                }
-            } else {
-                for (int x = tid; x < Kp * 128; x += 256) {
-                    const int i = x >> 7, c = x & 127;
-                    RS[i * OV + c] = (i < K && c < Vc) ? hsrc[(idx_t)i * V + v0 + c] : (bf16_t)0;
-                }
+        if (vv) {
+            for (int x = tid; x < Kp * 16; x += 256) {
+                const int i = x >> 4, c = (x & 15) * 8;
+                const bool ok = i < K && c < Vc;
+                cp16(RS + i * OV + c, ok ? hsrc + (idx_t)i * V + v0 + c : hsrc, ok);
+            }
+        } else {
+            for (int x = tid; x < Kp * 128; x += 256) {
+                const int i = x >> 7, c = x & 127;
+                RS[i * OV + c] = (i < K && c < Vc) ? hsrc[(idx_t)i * V + v0 + c] : (bf16_t)0;
             }
         }
+        cp_commit();
+        cp_wait0();
         __syncthreads();
         float acc[8][4];
         #pragma unroll
@@ -476,6 +509,391 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
                     }
                 }
             }
+        }
+    }
+}
+
+// ================================================================================================
+// Chunked backward (bf16 storage, f32 gradients), K <= 128, V <= 128. Launch order on one stream:
+//   prep (kd, dl, qe = q scale exp(G)); h pass (hs = state entering each chunk); dh pass (dhs =
+//   gradient of the state leaving each chunk, dh0); output pass with a_out (A, no o); then
+//   bwd1: dv = A^T do + kd D_c -> dv;  dA = tril(do v^T) (f32 [chunk, H, 64, 64]);
+//         dq <- do S_c^T and dk <- v D_c^T (raw: the decay factors come in bwd2);
+//         sd = rowsum(S_c * D_c) (f32 [chunk, H, K])
+//   bwd2: dq = scale exp(G) (do S^T) + scale sum_{s<=t} dA_ts k_s exp(G_t - G_s)
+//         dk = exp(G_last - G) (v D^T) + scale sum_{t>=s} dA_ts q_t exp(G_t - G_s)
+//         dg[r] = exp(G_last) sd + sum_{j<r} k_j dk_inter_j + sum_{u>=r} (q dq - k dk_intra)_u
+//   (dg in gla-cpu's cancellation-free order: the diagonal pairs t == s cancel exactly and are
+//   left out of the sum; the inter part of k dk is summed forward, never subtracted.)
+// Off-diagonal 16x16 blocks of the intra terms run on the tensor cores with sub-chunk normalisers
+// (dq: G[16a] of the row block, dk: G[16b+15] of the column block; every exponent <= 0); the
+// diagonal blocks pairwise in f32.
+
+__device__ __forceinline__ void state_load(bf16_t* dst, const bf16_t* src, int K, int V, int Kp, bool vec, int tid) {
+    if (vec) {
+        for (int x = tid; x < Kp * 16; x += 256) {
+            const int i = x >> 4, c = (x & 15) * 8;
+            const bool ok = i < K && c < V;
+            cp16(dst + i * OV + c, ok ? src + (idx_t)i * V + c : src, ok);
+        }
+    } else {
+        for (int x = tid; x < Kp * 128; x += 256) {
+            const int i = x >> 7, c = x & 127;
+            dst[i * OV + c] = (i < K && c < V) ? src[(idx_t)i * V + c] : (bf16_t)0;
+        }
+    }
+}
+
+// f32 fragment pair store (row-major, leading dimension ld, columns j, j+1 guarded by n)
+__device__ __forceinline__ void st2(float* p, idx_t off, int j, int n, float a, float b) {
+    if (j + 1 < n && (off & 1) == 0) {
+        float2 f;
+        f.x = a;
+        f.y = b;
+        *(float2*)(p + off) = f;
+    } else {
+        if (j < n) p[off] = a;
+        if (j + 1 < n) p[off + 1] = b;
+    }
+}
+
+// bwd1: grid (chunks, H), 256 threads, smem (2*64 + 2*Kp) * OV * 2 + 64 * LDH * 2 + 64 * LDK * 2
+extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd1_bf16(
+    const bf16_t* __restrict__ v, const bf16_t* __restrict__ d_o, const bf16_t* __restrict__ kd,
+    const bf16_t* __restrict__ A, const bf16_t* __restrict__ hs, const bf16_t* __restrict__ dhs,
+    float* __restrict__ dv, float* __restrict__ dA, float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ sd,
+    const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq,
+    int H, int K, int V, int Kp) {
+    extern __shared__ __align__(16) unsigned char smem_b1[];
+    const int LDK = Kp + 8;
+    bf16_t* SV = (bf16_t*)smem_b1;
+    bf16_t* SDO = SV + 64 * OV;
+    bf16_t* SS = SDO + 64 * OV;
+    bf16_t* SD = SS + Kp * OV;
+    bf16_t* SA = SD + Kp * OV;
+    bf16_t* SKD = SA + 64 * LDH;
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const idx_t cg = blockIdx.x;
+    const int h = blockIdx.y;
+    const int n = chunk_seq[cg];
+    const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
+    const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
+    const bool vk = (K & 7) == 0, vv = (V & 7) == 0;
+    const idx_t st_off = (cg * H + h) * (idx_t)K * V;
+
+    tile_load(SV, OV, v + (r0 * H + h) * (idx_t)V, (idx_t)H * V, L, V, 128, vv, true, tid, 256);
+    tile_load(SDO, OV, d_o + (r0 * H + h) * (idx_t)V, (idx_t)H * V, L, V, 128, vv, true, tid, 256);
+    tile_load(SKD, LDK, kd + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
+    state_load(SS, hs + st_off, K, V, Kp, vv, tid);
+    state_load(SD, dhs + st_off, K, V, Kp, vv, tid);
+    {
+        const bf16_t* ap = A + (cg * H + h) * (idx_t)4096;
+        for (int x = tid; x < 512; x += 256) {
+            const int t = x >> 3, c = (x & 7) * 8;
+            cp16(SA + t * LDH + c, ap + t * 64 + c, true);
+        }
+    }
+    cp_commit();
+    cp_wait0();
+    __syncthreads();
+    const int mt = w & 3, nh = w >> 2;
+    // dv = A^T do + kd D
+    if (64 * nh < V) {
+        float acc[8][4];
+        #pragma unroll
+        for (int nt = 0; nt < 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+        for (int kt = mt; kt < 4; ++kt) {
+            unsigned a4[4];
+            ldsm4t(a4, fat(SA, LDH, 16 * kt, 16 * mt, lane));
+            #pragma unroll
+            for (int np = 0; np < 4; ++np) {
+                unsigned b4[4];
+                ldsm4t(b4, fbt(SDO, OV, 16 * kt, 64 * nh + 16 * np, lane));
+                mma16816(acc[2 * np], a4, b4[0], b4[1]);
+                mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
+            }
+        }
+        for (int kt = 0; kt < Kp; kt += 16) {
+            unsigned a4[4];
+            ldsm4(a4, fa(SKD, LDK, 16 * mt, kt, lane));
+            #pragma unroll
+            for (int np = 0; np < 4; ++np) {
+                unsigned b4[4];
+                ldsm4t(b4, fbt(SD, OV, kt, 64 * nh + 16 * np, lane));
+                mma16816(acc[2 * np], a4, b4[0], b4[1]);
+                mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
+            }
+        }
+        #pragma unroll
+        for (int nt = 0; nt < 8; ++nt) {
+            #pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+                const int s = 16 * mt + fg + 8 * hr, j = 64 * nh + 8 * nt + 2 * ft;
+                if (s < L) st2(dv, ((r0 + s) * H + h) * (idx_t)V + j, j, V, acc[nt][2 * hr], acc[nt][2 * hr + 1]);
+            }
+        }
+    }
+    // dA = tril(do v^T), f32, rows t in 16 mt, columns 32 nh .. 32 nh + 31
+    {
+        float acc[4][4];
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+        if (32 * nh <= 16 * mt + 15) {
+            for (int kt = 0; kt < 128; kt += 16) {
+                unsigned a4[4];
+                ldsm4(a4, fa(SDO, OV, 16 * mt, kt, lane));
+                #pragma unroll
+                for (int np = 0; np < 2; ++np) {
+                    unsigned b4[4];
+                    ldsm4(b4, fbn(SV, OV, kt, 32 * nh + 16 * np, lane));
+                    mma16816(acc[2 * np], a4, b4[0], b4[1]);
+                    mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
+                }
+            }
+        }
+        float* dap = dA + (cg * H + h) * (idx_t)4096;
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+                const int t = 16 * mt + fg + 8 * hr, s = 32 * nh + 8 * nt + 2 * ft;
+                st2(dap, t * 64 + s, s, 64, s <= t ? acc[nt][2 * hr] : 0.f, s + 1 <= t ? acc[nt][2 * hr + 1] : 0.f);
+            }
+        }
+    }
+    // raw dq = do S^T and raw dk = v D^T (columns: key channels 64 nh ..)
+    if (64 * nh < Kp) {
+        #pragma unroll 1
+        for (int which = 0; which < 2; ++which) {
+            const bf16_t* Am = which == 0 ? SDO : SV;
+            const bf16_t* Bm = which == 0 ? SS : SD;
+            float* out = which == 0 ? dq : dk;
+            float acc[8][4];
+            #pragma unroll
+            for (int nt = 0; nt < 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+            for (int kt = 0; kt < 128; kt += 16) {
+                unsigned a4[4];
+                ldsm4(a4, fa(Am, OV, 16 * mt, kt, lane));
+                #pragma unroll
+                for (int np = 0; np < 4; ++np) {
+                    unsigned b4[4];
+                    ldsm4(b4, fbn(Bm, OV, kt, 64 * nh + 16 * np, lane));
+                    mma16816(acc[2 * np], a4, b4[0], b4[1]);
+                    mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
+                }
+            }
+            #pragma unroll
+            for (int nt = 0; nt < 8; ++nt) {
+                #pragma unroll
+                for (int hr = 0; hr < 2; ++hr) {
+                    const int t = 16 * mt + fg + 8 * hr, i = 64 * nh + 8 * nt + 2 * ft;
+                    if (t < L) st2(out, ((r0 + t) * H + h) * (idx_t)K + i, i, K, acc[nt][2 * hr], acc[nt][2 * hr + 1]);
+                }
+            }
+        }
+    }
+    // sd = rowsum(S * D)
+    for (int i = tid; i < K; i += 256) {
+        float a = 0.f;
+        for (int j = 0; j < 128; j += 2) {
+            const unsigned s2 = *(const unsigned*)(SS + i * OV + j), d2 = *(const unsigned*)(SD + i * OV + j);
+            a += bf_lo(s2) * bf_lo(d2) + bf_hi(s2) * bf_hi(d2);
+        }
+        sd[(cg * H + h) * (idx_t)K + i] = a;
+    }
+}
+
+// bwd2: grid (chunks, H), 256 threads, smem bwd2_smem(Kp) (host): see the layout below
+extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd2_bf16(
+    const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ g,
+    const float* __restrict__ dA, const float* __restrict__ sd, float* __restrict__ dq, float* __restrict__ dk,
+    float* __restrict__ dg, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
+    const int* __restrict__ chunk_seq, int H, int K, int gw, float scale, int Kp) {
+    extern __shared__ __align__(16) unsigned char smem_b2[];
+    const int LDK = Kp + 8;
+    bf16_t* Q = (bf16_t*)smem_b2;            // [64][LDK] q
+    bf16_t* KR = Q + 64 * LDK;               // [64][LDK] k
+    float* G = (float*)(KR + 64 * LDK);      // [64][Kp] cumsum * log2(e)
+    float* DAF = G + 64 * Kp;                // [64][64] dA f32
+    bf16_t* DAB = (bf16_t*)(DAF + 4096);     // [64][LDH] dA bf16
+    bf16_t* KG = DAB + 64 * LDH;             // [96][LDK] k exp(G[16a] - G), a = 1, 2, 3 at rows 8(a-1)a + s
+    bf16_t* QN = KG + 96 * LDK;              // [96][LDK] q exp(G - G[16b+15]), b = 0, 1, 2 at rows {0,48,80} + t - 16(b+1); g staging first
+    float* DQ = (float*)(QN + 96 * LDK);     // [64][Kp] intra dq (no t == s pairs), scaled
+    float* DK = DQ + 64 * Kp;                // [64][Kp] intra dk (no t == s pairs), scaled
+    float* RP = DK + 64 * Kp;                // [256]
+    float* SDV = RP + 256;                   // [128]
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const idx_t cg = blockIdx.x;
+    const int h = blockIdx.y;
+    const int n = chunk_seq[cg];
+    const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
+    const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
+    const bool vk = (K & 7) == 0;
+
+    tile_load(Q, LDK, q + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
+    tile_load(KR, LDK, k + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
+    if (gw == K) tile_load(QN, LDK, g + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
+    {
+        const float* dap = dA + (cg * H + h) * (idx_t)4096;
+        for (int x = tid; x < 1024; x += 256) cp16(DAF + 4 * x, dap + 4 * x, true);
+    }
+    cp_commit();
+    for (int x = tid; x < 64 * Kp; x += 256) DQ[x] = DK[x] = 0.f;
+    for (int i = tid; i < 128; i += 256) SDV[i] = i < K ? sd[(cg * H + h) * (idx_t)K + i] : 0.f;
+    cp_wait0();
+    __syncthreads();
+    {
+        const int ch = tid & 127, hf = tid >> 7;
+        float part = 0.f;
+        if (ch < Kp) {
+            #pragma unroll 8
+            for (int t = 32 * hf; t < 32 * hf + 32; ++t) part += gval_o(g, QN, t, ch, LDK, L, r0, H, h, K, gw);
+            RP[hf * 128 + ch] = part;
+        }
+        __syncthreads();
+        if (ch < Kp) {
+            float run = hf ? RP[ch] : 0.f;
+            #pragma unroll 8
+            for (int t = 32 * hf; t < 32 * hf + 32; ++t) {
+                run += gval_o(g, QN, t, ch, LDK, L, r0, H, h, K, gw);
+                G[t * Kp + ch] = run * L2E;
+            }
+        }
+    }
+    for (int x = tid; x < 4096; x += 256) DAB[(x >> 6) * LDH + (x & 63)] = from_f32<bf16_t>(DAF[x]);
+    __syncthreads();
+    // normalised copies of k (for dq) and q (for dk)
+    for (int x = tid; x < 64 * Kp; x += 256) {
+        const int t = x / Kp, c = x % Kp, a = t >> 4;
+        const float Gt = G[x], kv = to_f32(KR[t * LDK + c]), qv = to_f32(Q[t * LDK + c]);
+        for (int a2 = a + 1; a2 < 4; ++a2)
+            KG[(8 * (a2 - 1) * a2 + t) * LDK + c] = from_f32<bf16_t>(kv * ex2f(G[16 * a2 * Kp + c] - Gt));
+        for (int b = 0; b < a; ++b) {
+            const int base = b == 0 ? 0 : (b == 1 ? 48 : 80);
+            QN[(base + t - 16 * (b + 1)) * LDK + c] = from_f32<bf16_t>(qv * ex2f(Gt - G[(16 * b + 15) * Kp + c]));
+        }
+    }
+    __syncthreads();
+    // off-diagonal intra blocks on the tensor cores: 12 dq tasks (row block a, 32 columns), 12 dk
+    for (int x = w; x < 24; x += 8) {
+        const bool isq = x < 12;
+        const int y = isq ? x : x - 12;
+        const int blk = isq ? 1 + y / 4 : y / 4, cq = y % 4;
+        if (32 * cq >= Kp) continue;
+        float acc[4][4];
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+        if (isq) {
+            const int a = blk;
+            for (int b = 0; b < a; ++b) {
+                unsigned a4[4];
+                ldsm4(a4, fa(DAB, LDH, 16 * a, 16 * b, lane));
+                #pragma unroll
+                for (int np = 0; np < 2; ++np) {
+                    unsigned b4[4];
+                    ldsm4t(b4, fbt(KG, LDK, 8 * (a - 1) * a + 16 * b, 32 * cq + 16 * np, lane));
+                    mma16816(acc[2 * np], a4, b4[0], b4[1]);
+                    mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
+                }
+            }
+        } else {
+            const int b = blk, base = b == 0 ? 0 : (b == 1 ? 48 : 80);
+            for (int a = b + 1; a < 4; ++a) {
+                unsigned a4[4];
+                ldsm4t(a4, fat(DAB, LDH, 16 * a, 16 * b, lane));
+                #pragma unroll
+                for (int np = 0; np < 2; ++np) {
+                    unsigned b4[4];
+                    ldsm4t(b4, fbt(QN, LDK, base + 16 * (a - b - 1), 32 * cq + 16 * np, lane));
+                    mma16816(acc[2 * np], a4, b4[0], b4[1]);
+                    mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
+                }
+            }
+        }
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int r = 16 * blk + fg + (e >= 2 ? 8 : 0), c = 32 * cq + 8 * nt + 2 * ft + (e & 1);
+                if (isq) DQ[r * Kp + c] = acc[nt][e] * scale * ex2f(G[r * Kp + c] - G[16 * blk * Kp + c]);
+                else DK[r * Kp + c] = acc[nt][e] * scale * ex2f(G[(16 * blk + 15) * Kp + c] - G[r * Kp + c]);
+            }
+        }
+    }
+    __syncthreads();
+    // diagonal blocks, pairs s < t, f32; one thread per (block a, channel c)
+    for (int x = tid; x < 4 * Kp; x += 256) {
+        const int a = x / Kp, c = x % Kp;
+        float qv[16], kv[16], gv[16], dqa[16], dka[16];
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+            const int r = 16 * a + u;
+            qv[u] = to_f32(Q[r * LDK + c]);
+            kv[u] = to_f32(KR[r * LDK + c]);
+            gv[u] = G[r * Kp + c];
+            dqa[u] = dka[u] = 0.f;
+        }
+        #pragma unroll
+        for (int t = 1; t < 16; ++t) {
+            #pragma unroll
+            for (int s = 0; s < t; ++s) {
+                const float wd = DAF[(16 * a + t) * 64 + 16 * a + s];
+                const float E = ex2f(gv[t] - gv[s]) * wd;
+                dqa[t] += kv[s] * E;
+                dka[s] += qv[t] * E;
+            }
+        }
+        #pragma unroll
+        for (int u = 0; u < 16; ++u) {
+            const int r = 16 * a + u;
+            DQ[r * Kp + c] += scale * dqa[u];
+            DK[r * Kp + c] += scale * dka[u];
+        }
+    }
+    __syncthreads();
+    // dg (cancellation-free order) and the final dq, dk; one thread per channel
+    const int c = tid;
+    if (c < Kp) {
+        const float GL = G[63 * Kp + c];
+        const float fwd = ex2f(GL) * SDV[c];
+        float dgv[64];
+        float run = 0.f;
+        #pragma unroll
+        for (int r = 0; r < 64; ++r) {
+            dgv[r] = fwd + run;
+            if (r < L && c < K) {
+                const idx_t off = ((r0 + r) * H + h) * (idx_t)K + c;
+                run += to_f32(KR[r * LDK + c]) * ex2f(GL - G[r * Kp + c]) * dk[off];
+            }
+        }
+        run = 0.f;
+        #pragma unroll
+        for (int r = 63; r >= 0; --r) {
+            if (r < L && c < K) {
+                const idx_t off = ((r0 + r) * H + h) * (idx_t)K + c;
+                const float qv = to_f32(Q[r * LDK + c]), kv = to_f32(KR[r * LDK + c]);
+                const float dqx = scale * ex2f(G[r * Kp + c]) * dq[off] + DQ[r * Kp + c];
+                const float dki = DK[r * Kp + c];
+                run += qv * dqx - kv * dki;
+                dgv[r] += run;
+                const float wd = scale * DAF[r * 64 + r];
+                const float dkinter = ex2f(GL - G[r * Kp + c]) * dk[off];
+                dq[off] = dqx + wd * kv;
+                dk[off] = dki + wd * qv + dkinter;
+                if (gw == K) dg[off] = dgv[r];
+            }
+        }
+        if (gw == 1) {
+            #pragma unroll
+            for (int r = 0; r < 64; ++r) DQ[r * Kp + c] = c < K ? dgv[r] : 0.f;
+        }
+    }
+    if (gw == 1) {
+        __syncthreads();
+        if (tid < L) {
+            float s = 0.f;
+            for (int cc = 0; cc < Kp; ++cc) s += DQ[tid * Kp + cc];
+            dg[(r0 + tid) * H + h] = s;
         }
     }
 }
