@@ -10,6 +10,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod infer;
 mod error;
 pub mod model;
 pub mod ops;
