@@ -10,6 +10,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+pub mod generate;
 pub mod infer;
 mod error;
 pub mod model;
@@ -17,6 +18,8 @@ pub mod ops;
 pub mod optim;
 pub mod params;
 pub mod rng;
+pub mod sample;
+pub mod tokenizer;
 pub mod train;
 
 pub use config::{Dims, GlaConfig};

@@ -1,0 +1,302 @@
+//! Text generation: a prompt (or a batch of prompts) in, tokens streamed out, with the sampling
+//! of [`crate::sample`], a token budget, stop strings and the end-of-sequence token.
+//!
+//! The model is loaded once and [`generate`] / [`generate_batch`] may run any number of times on
+//! it (each call makes fresh [`State`]s). Streaming hands out text only when it is final: bytes
+//! of an unfinished UTF-8 character and text that could still become a stop string are held back
+//! until the next token decides.
+//!
+//! ```
+//! use gla_model::generate::{generate, GenerateOptions};
+//! use gla_model::tokenizer::Tokenizer;
+//! use gla_model::{GlaConfig, GlaModel};
+//! let m = GlaModel::new(GlaConfig::tiny(32, 1, 2, 256), 0).unwrap();
+//! let opts = GenerateOptions { max_new_tokens: 5, eos: vec![], ..Default::default() };
+//! let mut streamed = String::new();
+//! let g = generate(&m, &Tokenizer::Bytes, "hi", &opts, |s| streamed.push_str(s)).unwrap();
+//! assert_eq!(g.tokens.len(), 5);
+//! assert_eq!(streamed, g.text);
+//! ```
+
+use crate::infer::State;
+use crate::model::GlaModel;
+use crate::sample::{Sampler, SamplingParams};
+use crate::tokenizer::Tokenizer;
+
+/// Errors of generation: the model's, the tokenizer's and bad options.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GenerateError {
+    /// The model failed (shapes, token ids, non-finite activations, checkpoint files).
+    #[error(transparent)]
+    Model(#[from] crate::Error),
+    /// A generation or sampling option is out of range.
+    #[error("generation option `{key}` is invalid: {reason}")]
+    BadOption {
+        /// The option.
+        key: &'static str,
+        /// Why, with the value.
+        reason: String,
+    },
+    /// The tokenizer failed to load, encode or decode.
+    #[error("tokenizer: {reason}")]
+    Tokenizer {
+        /// What went wrong.
+        reason: String,
+    },
+    /// A prompt encodes to no token at all.
+    #[error("prompt {index} is empty: it encodes to no token (a prompt needs at least one)")]
+    EmptyPrompt {
+        /// Its position in the batch.
+        index: usize,
+    },
+}
+
+/// Options of one generation call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// The most tokens generated per prompt. Default 128.
+    pub max_new_tokens: usize,
+    /// How tokens are chosen (default: greedy). Each prompt gets its own sampler seeded with
+    /// `sampling.seed`, so a prompt gives the same tokens alone or in a batch.
+    pub sampling: SamplingParams,
+    /// Generation stops when the text contains one of these; the text ends before it.
+    pub stop_strings: Vec<String>,
+    /// Generation stops after one of these token ids (not part of the text). Default: none;
+    /// [`GenerateOptions::eos_from_config`] reads the model config's `eos_token_id`.
+    pub eos: Vec<u32>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self { max_new_tokens: 128, sampling: SamplingParams::default(), stop_strings: Vec::new(), eos: Vec::new() }
+    }
+}
+
+impl GenerateOptions {
+    /// The `eos_token_id` of the model's config (a number or a list of numbers), as ids.
+    pub fn eos_from_config(model: &GlaModel) -> Vec<u32> {
+        let ids = |v: &serde_json::Value| -> Vec<u32> {
+            match v {
+                serde_json::Value::Number(n) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+                serde_json::Value::Array(a) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+                _ => Vec::new(),
+            }
+        };
+        model.config.eos_token_id.as_ref().map(ids).unwrap_or_default()
+    }
+
+    fn validate(&self) -> Result<(), GenerateError> {
+        self.sampling.validate()?;
+        if let Some(i) = self.stop_strings.iter().position(String::is_empty) {
+            return Err(GenerateError::BadOption { key: "stop_strings", reason: format!("stop string {i} is empty") });
+        }
+        Ok(())
+    }
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// `max_new_tokens` were generated.
+    MaxTokens,
+    /// An end-of-sequence token was generated.
+    Eos,
+    /// The text reached a stop string.
+    StopString,
+}
+
+impl StopReason {
+    /// `length`, `eos` or `stop`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::MaxTokens => "length",
+            StopReason::Eos => "eos",
+            StopReason::StopString => "stop",
+        }
+    }
+}
+
+/// The result of one prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// The prompt's token ids.
+    pub prompt_tokens: Vec<u32>,
+    /// Generated ids (including an end-of-sequence token that stopped it).
+    pub tokens: Vec<u32>,
+    /// Generated text, cut before a stop string.
+    pub text: String,
+    /// Why it ended.
+    pub stop: StopReason,
+}
+
+/// One sequence being generated: its state, sampler and the streaming bookkeeping.
+struct Seq {
+    state: State,
+    sampler: Sampler,
+    context: Vec<u32>,
+    prompt_len: usize,
+    text: String,
+    emitted: usize,
+    stop: Option<StopReason>,
+}
+
+impl Seq {
+    /// Takes token `t`, decides whether to stop, and returns the text that became final.
+    fn push(&mut self, t: u32, tok: &Tokenizer, opts: &GenerateOptions) -> Result<String, GenerateError> {
+        self.context.push(t);
+        let n_gen = self.context.len() - self.prompt_len;
+        if opts.eos.contains(&t) {
+            self.stop = Some(StopReason::Eos);
+            let gen = &self.context[self.prompt_len..self.context.len() - 1];
+            self.text = tok.decode(gen)?;
+            return Ok(self.flush_all());
+        }
+        let gen = &self.context[self.prompt_len..];
+        self.text = tok.decode(gen)?;
+        let hit = opts.stop_strings.iter().filter_map(|s| self.text.find(s.as_str())).min();
+        if let Some(p) = hit {
+            self.text.truncate(p);
+            self.stop = Some(StopReason::StopString);
+            return Ok(self.flush_all());
+        }
+        if n_gen >= opts.max_new_tokens {
+            self.stop = Some(StopReason::MaxTokens);
+            return Ok(self.flush_all());
+        }
+        // hold back an unfinished character (decoded as U+FFFD) and the longest suffix that is a
+        // prefix of a stop string
+        let base = self.text.trim_end_matches('\u{FFFD}').len();
+        let mut safe = base;
+        for s in &opts.stop_strings {
+            let held = (1..s.len()).rev().filter(|&i| s.is_char_boundary(i)).find(|&i| self.text[..base].ends_with(&s[..i]));
+            if let Some(i) = held {
+                safe = safe.min(base - i);
+            }
+        }
+        let safe = floor_char_boundary(&self.text, safe.max(self.emitted));
+        let out = self.text[self.emitted..safe].to_string();
+        self.emitted = safe;
+        Ok(out)
+    }
+
+    fn flush_all(&mut self) -> String {
+        let out = self.text.get(self.emitted..).unwrap_or("").to_string();
+        self.emitted = self.text.len();
+        out
+    }
+
+    fn finish(self) -> Generation {
+        Generation {
+            prompt_tokens: self.context[..self.prompt_len].to_vec(),
+            tokens: self.context[self.prompt_len..].to_vec(),
+            text: self.text,
+            stop: self.stop.unwrap_or(StopReason::MaxTokens),
+        }
+    }
+}
+
+fn floor_char_boundary(s: &str, mut i: usize) -> usize {
+    i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+/// Logits of ids the tokenizer cannot decode (beyond its vocabulary) are masked out.
+fn mask(logits: &mut [f32], tok: &Tokenizer) {
+    let n = tok.vocab_size();
+    if n < logits.len() {
+        logits[n..].fill(f32::NEG_INFINITY);
+    }
+}
+
+/// Generates from one prompt; `on_text` receives the text as it becomes final (its pieces
+/// concatenate to [`Generation::text`]).
+///
+/// # Errors
+/// [`GenerateError::BadOption`], [`GenerateError::EmptyPrompt`], tokenizer and model errors.
+pub fn generate(model: &GlaModel, tok: &Tokenizer, prompt: &str, opts: &GenerateOptions, mut on_text: impl FnMut(&str)) -> Result<Generation, GenerateError> {
+    let mut out = generate_batch(model, tok, &[prompt], opts, |_, s| on_text(s))?;
+    Ok(out.pop().expect("one prompt, one generation"))
+}
+
+/// Generates from several prompts at once (one [`State`] each; prompts of different lengths are
+/// fine; each decode step runs every unfinished sequence together). `on_text(i, piece)` receives
+/// prompt `i`'s text as it becomes final. Returns one [`Generation`] per prompt, in order.
+///
+/// # Errors
+/// As [`generate`].
+pub fn generate_batch(
+    model: &GlaModel,
+    tok: &Tokenizer,
+    prompts: &[&str],
+    opts: &GenerateOptions,
+    mut on_text: impl FnMut(usize, &str),
+) -> Result<Vec<Generation>, GenerateError> {
+    opts.validate()?;
+    let encoded = prompts.iter().map(|p| tok.encode(p)).collect::<Result<Vec<_>, _>>()?;
+    generate_ids(model, tok, &encoded, opts, &mut on_text)
+}
+
+/// [`generate_batch`] from token ids.
+///
+/// # Errors
+/// As [`generate`].
+pub fn generate_ids(
+    model: &GlaModel,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    opts: &GenerateOptions,
+    on_text: &mut dyn FnMut(usize, &str),
+) -> Result<Vec<Generation>, GenerateError> {
+    opts.validate()?;
+    if let Some(index) = prompts.iter().position(Vec::is_empty) {
+        return Err(GenerateError::EmptyPrompt { index });
+    }
+    let mut seqs = prompts
+        .iter()
+        .map(|p| {
+            Ok(Seq {
+                state: model.new_state(),
+                sampler: Sampler::new(opts.sampling.clone())?,
+                context: p.clone(),
+                prompt_len: p.len(),
+                text: String::new(),
+                emitted: 0,
+                stop: (opts.max_new_tokens == 0).then_some(StopReason::MaxTokens),
+            })
+        })
+        .collect::<Result<Vec<_>, GenerateError>>()?;
+    if opts.max_new_tokens == 0 {
+        return Ok(seqs.into_iter().map(Seq::finish).collect());
+    }
+    let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+    let mut states: Vec<&mut State> = seqs.iter_mut().map(|s| &mut s.state).collect();
+    let mut logits = model.prefill_batch(&refs, &mut states)?;
+    drop(states);
+    let mut active: Vec<usize> = (0..seqs.len()).collect();
+    loop {
+        let mut next = Vec::with_capacity(active.len());
+        for (&i, l) in active.iter().zip(logits.iter_mut()) {
+            mask(l, tok);
+            let s = &mut seqs[i];
+            let t = s.sampler.sample(l, &s.context);
+            let piece = s.push(t, tok, opts)?;
+            if !piece.is_empty() {
+                on_text(i, &piece);
+            }
+            next.push(t);
+        }
+        let (ids, still): (Vec<u32>, Vec<usize>) = active.iter().zip(next).filter(|(&i, _)| seqs[i].stop.is_none()).map(|(&i, t)| (t, i)).unzip();
+        if still.is_empty() {
+            break;
+        }
+        active = still;
+        let mut states: Vec<&mut State> =
+            seqs.iter_mut().enumerate().filter(|(i, _)| active.binary_search(i).is_ok()).map(|(_, s)| &mut s.state).collect();
+        logits = model.decode_batch(&ids, &mut states)?;
+    }
+    Ok(seqs.into_iter().map(Seq::finish).collect())
+}
