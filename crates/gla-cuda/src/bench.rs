@@ -117,7 +117,8 @@ fn logsigmoid_clamped(x: f32) -> f32 {
     (x.min(0.0) - (-x.abs()).exp().ln_1p()).max(-5.0)
 }
 
-/// Times the forward (`chunk`; with `stages`, also the v1 kernel and v2's state pass alone) and,
+/// Times the forward (`chunk`; with `stages`, also v2's prep + state pass alone, and the
+/// backward's launches cumulatively) and,
 /// with `bwd`, the forward+backward on each shape, bf16, per-key gate, no initial or final state
 /// (fla's benchmark calls).
 ///
@@ -154,7 +155,6 @@ pub fn bench_ops(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, stages: b
         let mut kernels = vec![(FwdKernel::Chunk, "chunk")];
         if stages {
             kernels.push((FwdKernel::ChunkStatePass, "chunk-state-pass"));
-            kernels.push((FwdKernel::ChunkV1, "chunk-v1"));
         }
         for (which, name) in kernels {
             let ms = time_ms(cuda, reps, &mut || ops::gla_fwd(cuda, which, &dp, &x, &mut o, None))?;
@@ -173,6 +173,15 @@ pub fn bench_ops(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, stages: b
             }
         })?;
         rows.push(BenchRow { shape: [b, t, h, kd, vd], pass: "fwd+bwd", kernel: bname, ms, bytes: fwd_bytes + bwd_bytes, flops: ffl + bfl });
+        if stages && ops::chunk_bwd_supported::<u16>(&p) {
+            // the backward's launches, cumulative: prep, +state pass, +state-gradient pass, +A,
+            // +bwd1, +bwd2 (= the whole backward)
+            const NAMES: [&str; 6] = ["bwd<=prep", "bwd<=h", "bwd<=dh", "bwd<=A", "bwd<=bwd1", "bwd (all)"];
+            for (i, name) in NAMES.iter().enumerate() {
+                let ms = time_ms(cuda, reps, &mut || ops::gla_bwd_chunk_stages(cuda, &dp, &x, &do1, None, false, i + 1).map(drop))?;
+                rows.push(BenchRow { shape: [b, t, h, kd, vd], pass: "bwd", kernel: name, ms, bytes: bwd_bytes, flops: bfl });
+            }
+        }
     }
     Ok(rows)
 }

@@ -50,6 +50,7 @@ pub const CHUNK_V2: KernelSource = KernelSource {
     text: include_str!("../kernels/lab/gla_chunk_v2.cu"),
     entries: &[
         "gla_chunk_prep_bf16",
+        "gla_chunk_prep8_bf16",
         "gla_chunk_h64_bf16",
         "gla_chunk_h32_bf16",
         "gla_chunk_dh64_bf16",

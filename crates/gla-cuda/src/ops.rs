@@ -142,12 +142,15 @@ fn launch_err(kernel: &str, cfg: &LaunchConfig) -> impl FnOnce(cudarc::driver::D
 /// Whether the chunked backward ([`gla_bwd_chunk`]) exists for the bench's shapes.
 pub const CHUNKED_BWD: bool = true;
 
+/// Pipeline stages of the state passes (`HNS` in `gla_chunk_v2.cu`).
+const CHUNK_H_STAGES: usize = 4;
+
 /// Rows per chunk of the chunked kernels.
 pub const CHUNK_BT: usize = 64;
 /// Dynamic shared memory of `gla_chunk_o_bf16` for K padded to `kp` (see the kernel's layout).
 pub fn chunk_o_smem_bytes(kp: usize) -> usize {
     let ldk = kp + 8;
-    64 * ldk * 2 + 64 * 136 * 2 + 64 * kp * 4 + 64 * ldk * 2 + 48 * ldk * 2 + 64 * 72 * 2 + 256 * 4
+    64 * ldk * 2 + 64 * 136 * 2 + 64 * kp * 4 + 64 * ldk * 2 + 48 * ldk * 2 + 64 * 72 * 2 + 256 * 4 + 7 * kp * 4
 }
 
 /// Largest K the recurrent kernels take (8 warps x 32 rows each in registers).
@@ -286,6 +289,11 @@ pub fn gla_fwd<T: Elem>(cuda: &Cuda, which: FwdKernel, dp: &DevProblem, x: &DevI
     Ok(())
 }
 
+/// Whether the 16-byte gate prep (`gla_chunk_prep8_bf16`) applies: per-key gate, K % 8 == 0.
+fn prep8(p: &Problem) -> bool {
+    p.gate() == GateKind::PerKey && p.k().is_multiple_of(8) && p.k() <= CHUNK_MAX_K
+}
+
 fn set_smem(f: &cudarc::driver::CudaFunction, name: &str, cfg: &LaunchConfig) -> Result<()> {
     if cfg.shared_mem_bytes > 48 * 1024 {
         f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cfg.shared_mem_bytes as i32)
@@ -313,8 +321,9 @@ fn chunk_v2<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, o: &mut
     // SAFETY: as kd
     let mut dl = unsafe { s.alloc::<f32>((dp.n_chunks * p.h() * p.k()).max(1)) }.map_err(Error::driver("alloc dl"))?;
     if dp.n_chunks > 0 {
-        let name = "gla_chunk_prep_bf16";
-        let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let vec8 = prep8(p);
+        let name = if vec8 { "gla_chunk_prep8_bf16" } else { "gla_chunk_prep_bf16" };
+        let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (if vec8 { 64 } else { 128 }, 1, 1), shared_mem_bytes: 0 };
         let f = cuda.function(&CHUNK_V2, name)?;
         let mut b = s.launch_builder(&f);
         b.arg(x.k);
@@ -322,7 +331,11 @@ fn chunk_v2<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, o: &mut
             Some(g) if gw > 0 => b.arg(g),
             _ => b.arg(&null),
         };
-        b.arg(&null).arg(&mut kd).arg(&mut dl).arg(&null).arg(&dp.bounds).arg(&dp.chunk_off).arg(&dp.chunk_seq).arg(&h).arg(&k).arg(&gw).arg(&scale);
+        b.arg(&null).arg(&mut kd).arg(&mut dl).arg(&null).arg(&dp.bounds).arg(&dp.chunk_off).arg(&dp.chunk_seq).arg(&h).arg(&k);
+        if !vec8 {
+            b.arg(&gw);
+        }
+        b.arg(&scale);
         // SAFETY: arguments match gla_chunk_prep_bf16's signature; one block of 128 >= K threads
         // per (chunk, head); kd is shaped like k, dl holds n_chunks x H x K.
         unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
@@ -331,7 +344,7 @@ fn chunk_v2<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, o: &mut
         let tiles = nh * p.k().div_ceil(64) * p.v().div_ceil(64);
         let bvh = if tiles < 2 * 132 { 32 } else { 64 };
         let name = if bvh == 32 { "gla_chunk_h32_bf16" } else { "gla_chunk_h64_bf16" };
-        let smem = 2 * (64 * 72 + 64 * (bvh + 8)) * 2 + 2 * 64 * 4;
+        let smem = CHUNK_H_STAGES * ((64 * 72 + 64 * (bvh + 8)) * 2 + 64 * 4);
         let cfg = LaunchConfig { grid_dim: (p.v().div_ceil(bvh) as u32, p.k().div_ceil(64) as u32, gz), block_dim: (128, 1, 1), shared_mem_bytes: smem as u32 };
         let f = cuda.function(&CHUNK_V2, name)?;
         set_smem(&f, name, &cfg)?;
@@ -397,6 +410,16 @@ pub fn chunk_bwd2_smem_bytes(kp: usize) -> usize {
 /// # Errors
 /// Shape mismatch, unsupported shapes, launch or compile errors.
 pub fn gla_bwd_chunk<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, d_o: &CudaSlice<T>, dht: Option<&CudaSlice<f32>>, poison_out: bool) -> Result<DevGrads> {
+    gla_bwd_chunk_stages(cuda, dp, x, d_o, dht, poison_out, usize::MAX)
+}
+
+/// The launches of the chunked backward, for timing its stages: only the first `upto` of prep,
+/// state pass, state-gradient pass, A, bwd1, bwd2 run (the gradients are complete only when all
+/// six run; [`gla_bwd_chunk`] runs them all).
+///
+/// # Errors
+/// As [`gla_bwd_chunk`].
+pub fn gla_bwd_chunk_stages<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, d_o: &CudaSlice<T>, dht: Option<&CudaSlice<f32>>, poison_out: bool, upto: usize) -> Result<DevGrads> {
     let op = "gla_bwd_chunk";
     check_inputs(op, dp, x)?;
     let p = &dp.problem;
@@ -449,14 +472,19 @@ pub fn gla_bwd_chunk<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>
             }
         };
     }
-    if nc > 0 {
-        let name = "gla_chunk_prep_bf16";
-        let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+    if nc > 0 && upto >= 1 {
+        let vec8 = prep8(p);
+        let name = if vec8 { "gla_chunk_prep8_bf16" } else { "gla_chunk_prep_bf16" };
+        let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (if vec8 { 64 } else { 128 }, 1, 1), shared_mem_bytes: 0 };
         let f = cuda.function(&CHUNK_V2, name)?;
         let mut b = s.launch_builder(&f);
         b.arg(x.k);
         gate!(b);
-        b.arg(x.q).arg(&mut kd).arg(&mut dl).arg(&mut qe).arg(&dp.bounds).arg(&dp.chunk_off).arg(&dp.chunk_seq).arg(&h).arg(&k).arg(&gw).arg(&scale);
+        b.arg(x.q).arg(&mut kd).arg(&mut dl).arg(&mut qe).arg(&dp.bounds).arg(&dp.chunk_off).arg(&dp.chunk_seq).arg(&h).arg(&k);
+        if !vec8 {
+            b.arg(&gw);
+        }
+        b.arg(&scale);
         // SAFETY: arguments match gla_chunk_prep_bf16's signature (kd, qe shaped like k, q; dl
         // n_chunks x H x K); one block of 128 >= K threads per (chunk, head).
         unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
@@ -464,13 +492,16 @@ pub fn gla_bwd_chunk<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>
     let tiles = nh * p.k().div_ceil(64) * p.v().div_ceil(64);
     let bvh = if tiles < 2 * 132 { 32 } else { 64 };
     for rev in [false, true] {
+        if upto < if rev { 3 } else { 2 } {
+            return Ok(g);
+        }
         let name = match (rev, bvh) {
             (false, 32) => "gla_chunk_h32_bf16",
             (false, _) => "gla_chunk_h64_bf16",
             (true, 32) => "gla_chunk_dh32_bf16",
             (true, _) => "gla_chunk_dh64_bf16",
         };
-        let smem = 2 * (64 * 72 + 64 * (bvh + 8)) * 2 + 2 * 64 * 4;
+        let smem = CHUNK_H_STAGES * ((64 * 72 + 64 * (bvh + 8)) * 2 + 64 * 4);
         let cfg = LaunchConfig { grid_dim: (p.v().div_ceil(bvh) as u32, p.k().div_ceil(64) as u32, gz), block_dim: (128, 1, 1), shared_mem_bytes: smem as u32 };
         let f = cuda.function(&CHUNK_V2, name)?;
         set_smem(&f, name, &cfg)?;
@@ -500,7 +531,7 @@ pub fn gla_bwd_chunk<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>
         // n_chunks x H x K x V; the grid covers V, K in tiles and N*H in z.
         unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
     }
-    if nc == 0 {
+    if nc == 0 || upto < 4 {
         return Ok(g);
     }
     {
@@ -517,6 +548,9 @@ pub fn gla_bwd_chunk<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>
         // returns before reading hs (null).
         unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
     }
+    if upto < 5 {
+        return Ok(g);
+    }
     {
         let name = "gla_chunk_bwd1_bf16";
         let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_bwd1_smem_bytes(kp) as u32 };
@@ -529,6 +563,9 @@ pub fn gla_bwd_chunk<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>
         // SAFETY: arguments match gla_chunk_bwd1_bf16's signature; every buffer is sized for the
         // problem and n_chunks as the kernel indexes.
         unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
+    }
+    if upto < 6 {
+        return Ok(g);
     }
     {
         let name = "gla_chunk_bwd2_bf16";

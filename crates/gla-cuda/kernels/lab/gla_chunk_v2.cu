@@ -70,8 +70,19 @@ __device__ __forceinline__ void cp16(void* s, const void* g, bool ok) {
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_wait1() { asm volatile("cp.async.wait_group 1;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_wait0() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+#define HNS 4  // pipeline stages of the state passes
+// f32 -> bf16 in hardware (round to nearest even; NaN stays NaN), one or two at a time
+__device__ __forceinline__ bf16_t f2bf(float x) {
+    unsigned short r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x));
+    return r;
+}
 __device__ __forceinline__ unsigned pack2(float lo, float hi) {
-    return (unsigned)from_f32<bf16_t>(lo) | ((unsigned)from_f32<bf16_t>(hi) << 16);
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
 }
 __device__ __forceinline__ float bf_lo(unsigned u) { return __uint_as_float(u << 16); }
 __device__ __forceinline__ float bf_hi(unsigned u) { return __uint_as_float(u & 0xffff0000u); }
@@ -137,16 +148,103 @@ extern "C" __global__ void __launch_bounds__(128) gla_chunk_prep_bf16(
         run += gv[t];
         if (t < L) {
             const idx_t off = ((r0 + t) * H + h) * (idx_t)K + ch;
-            kd[off] = from_f32<bf16_t>(to_f32(k[off]) * ex2f((tot - run) * L2E));
-            if (qe != nullptr) qe[off] = from_f32<bf16_t>(to_f32(q[off]) * scale * ex2f(run * L2E));
+            kd[off] = f2bf(to_f32(k[off]) * ex2f((tot - run) * L2E));
+            if (qe != nullptr) qe[off] = f2bf(to_f32(q[off]) * scale * ex2f(run * L2E));
         }
     }
     dl[(cg * H + h) * (idx_t)K + ch] = ex2f(tot * L2E);
 }
 
+// the same for a per-key gate with K % 8 == 0 (K <= 128), in 16-byte pieces: 64 threads, thread
+// (row quarter q4, channel group grp) owns rows 16 q4 .. 16 q4 + 15 and channels 8 grp .. 8 grp + 7
+__device__ __forceinline__ float bf8(const uint4& u, int e) {
+    const unsigned w = e < 2 ? u.x : (e < 4 ? u.y : (e < 6 ? u.z : u.w));
+    return (e & 1) ? bf_hi(w) : bf_lo(w);
+}
+extern "C" __global__ void __launch_bounds__(64) gla_chunk_prep8_bf16(
+    const bf16_t* __restrict__ k, const bf16_t* __restrict__ g, const bf16_t* __restrict__ q, bf16_t* __restrict__ kd,
+    float* __restrict__ dl, bf16_t* __restrict__ qe, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
+    const int* __restrict__ chunk_seq, int H, int K, float scale) {
+    __shared__ float part[4][16][8];
+    const idx_t cg = blockIdx.x;
+    const int h = blockIdx.y, tid = threadIdx.x, q4 = tid >> 4, grp = tid & 15, c0 = 8 * grp;
+    const int n = chunk_seq[cg];
+    const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
+    const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
+    const bool act = c0 < K;
+    uint4 graw[16];
+    float ps[8];
+    #pragma unroll
+    for (int e = 0; e < 8; ++e) ps[e] = 0.f;
+    #pragma unroll
+    for (int u = 0; u < 16; ++u) {
+        const int t = 16 * q4 + u;
+        graw[u].x = graw[u].y = graw[u].z = graw[u].w = 0u;
+        if (act && t < L) graw[u] = *(const uint4*)(g + ((r0 + t) * H + h) * (idx_t)K + c0);
+        #pragma unroll
+        for (int e = 0; e < 8; ++e) ps[e] += bf8(graw[u], e);
+    }
+    #pragma unroll
+    for (int e = 0; e < 8; ++e) part[q4][grp][e] = ps[e];
+    __syncthreads();
+    float run[8], tot[8];
+    #pragma unroll
+    for (int e = 0; e < 8; ++e) {
+        float o = 0.f, a = 0.f;
+        #pragma unroll
+        for (int qq = 0; qq < 4; ++qq) {
+            const float v = part[qq][grp][e];
+            a += v;
+            if (qq < q4) o += v;
+        }
+        run[e] = o;
+        tot[e] = a;
+    }
+    if (!act) return;
+    #pragma unroll
+    for (int u = 0; u < 16; ++u) {
+        const int t = 16 * q4 + u;
+        if (t < L) {
+            const idx_t off = ((r0 + t) * H + h) * (idx_t)K + c0;
+            const uint4 kk = *(const uint4*)(k + off);
+            float kv[8], qv[8];
+            #pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                run[e] += bf8(graw[u], e);
+                kv[e] = bf8(kk, e) * ex2f((tot[e] - run[e]) * L2E);
+            }
+            uint4 o;
+            o.x = pack2(kv[0], kv[1]);
+            o.y = pack2(kv[2], kv[3]);
+            o.z = pack2(kv[4], kv[5]);
+            o.w = pack2(kv[6], kv[7]);
+            *(uint4*)(kd + off) = o;
+            if (qe != nullptr) {
+                const uint4 qq = *(const uint4*)(q + off);
+                #pragma unroll
+                for (int e = 0; e < 8; ++e) qv[e] = bf8(qq, e) * scale * ex2f(run[e] * L2E);
+                o.x = pack2(qv[0], qv[1]);
+                o.y = pack2(qv[2], qv[3]);
+                o.z = pack2(qv[4], qv[5]);
+                o.w = pack2(qv[6], qv[7]);
+                *(uint4*)(qe + off) = o;
+            }
+        }
+    }
+    if (q4 == 0) {
+        float4 a, b;
+        a.x = ex2f(tot[0] * L2E); a.y = ex2f(tot[1] * L2E); a.z = ex2f(tot[2] * L2E); a.w = ex2f(tot[3] * L2E);
+        b.x = ex2f(tot[4] * L2E); b.y = ex2f(tot[5] * L2E); b.z = ex2f(tot[6] * L2E); b.w = ex2f(tot[7] * L2E);
+        float* dp = dl + (cg * H + h) * (idx_t)K + c0;
+        *(float4*)dp = a;
+        *(float4*)(dp + 4) = b;
+    }
+}
+
 // ------------------------------------------------------------------------------------------------
 // launch 1: the state pass, sequential over a sequence's chunks; BVH = 64 or 32 value columns per
-// block (32 doubles the blocks for long sequences). Stage: kd [64][LDH], v [64][BVH+8], dl [64].
+// block (32 doubles the blocks for long sequences). HNS stages of kd [64][LDH], v [64][BVH+8],
+// then HNS x dl [64] f32: dynamic smem HNS * ((64 * 72 + 64 * (BVH + 8)) * 2 + 256) bytes.
 
 template <int BVH, bool REV>
 __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf16_t* __restrict__ v, const float* __restrict__ dl,
@@ -154,8 +252,8 @@ __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf1
                                         const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, int H, int K, int V) {
     constexpr int NT = BVH / 8, LDV = BVH + 8, STAGE = 64 * LDH + 64 * LDV;  // bf16 elements
     extern __shared__ __align__(16) unsigned char smem_h[];
-    bf16_t* s_kv = (bf16_t*)smem_h;               // [2][STAGE]
-    float* s_d = (float*)(s_kv + 2 * STAGE);      // [2][64]
+    bf16_t* s_kv = (bf16_t*)smem_h;               // [HNS][STAGE]
+    float* s_d = (float*)(s_kv + HNS * STAGE);    // [HNS][64]
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const int j0 = blockIdx.x * BVH, i0 = blockIdx.y * 64, nh = blockIdx.z, n = nh / H, h = nh % H;
     const idx_t bos = bounds[n], eos = bounds[n + 1];
@@ -187,12 +285,17 @@ __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf1
             s_d[st * 64 + tid] = tid < Kc ? dsrc[tid] : 0.f;
         }
     };
-    // forward: chunks 0 .. nc-1; REV (the state-gradient pass): nc-1 .. 0
-    if (nc > 0) load(REV ? nc - 1 : 0, 0);
-    cp_commit();
+    // forward: chunks 0 .. nc-1; REV (the state-gradient pass): nc-1 .. 0. HNS stages: the
+    // loads of the next HNS-1 chunks are in flight while one is computed.
+    #pragma unroll
+    for (int p = 0; p < HNS - 1; ++p) {
+        if (p < nc) load(REV ? nc - 1 - p : p, p);
+        cp_commit();
+    }
     for (int it = 0; it < nc; ++it) {
-        const int st = it & 1, c = REV ? nc - 1 - it : it;
-        if (it + 1 < nc) load(REV ? c - 1 : c + 1, st ^ 1);
+        const int st = it % HNS, c = REV ? nc - 1 - it : it;
+        const int ahead = it + HNS - 1;
+        if (ahead < nc) load(REV ? nc - 1 - ahead : ahead, ahead % HNS);
         cp_commit();
         // the state entering chunk c, as bf16, for the output pass
         {
@@ -207,14 +310,14 @@ __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf1
                         if (j + 1 < V && (V & 1) == 0) {
                             *(unsigned*)(hp + off) = pack2(acc[nt][2 * hr], acc[nt][2 * hr + 1]);
                         } else {
-                            if (j < V) hp[off] = from_f32<bf16_t>(acc[nt][2 * hr]);
-                            if (j + 1 < V) hp[off + 1] = from_f32<bf16_t>(acc[nt][2 * hr + 1]);
+                            if (j < V) hp[off] = f2bf(acc[nt][2 * hr]);
+                            if (j + 1 < V) hp[off + 1] = f2bf(acc[nt][2 * hr + 1]);
                         }
                     }
                 }
             }
         }
-        cp_wait1();
+        cp_wait<HNS - 1>();
         __syncthreads();
         const bf16_t* tk = s_kv + st * STAGE;
         const bf16_t* tv = tk + 64 * LDH;
@@ -276,6 +379,7 @@ HENTRY(gla_chunk_dh32_bf16, 32, true)
 //   R4 [48][LDK] bf16   k exp(G[16a'] - G) for a' = a + 2, a + 3
 //   RA [64][72]  bf16   A (scaled, causal)
 //   RP [2][128]  f32    cumsum halves
+//   RF [7][Kp]   f32    exp(G[16a]) (a = 0..3), exp(G[32]-G[16]), exp(G[48]-G[16]), exp(G[48]-G[32])
 
 #define OV 136  // row stride of the 128-wide V tiles
 
@@ -313,6 +417,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
     bf16_t* R4 = R3 + 64 * LDK;
     bf16_t* RA = R4 + 48 * LDK;
     float* RP = (float*)(RA + 64 * LDH);
+    float* RF = RP + 256;      // [7][Kp]: exp(G[16a]) a = 0..3; exp(G[32]-G[16]), exp(G[48]-G[16]), exp(G[48]-G[32])
     bf16_t* RS = (bf16_t*)R2;  // S_c, after A is done
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const idx_t cg = blockIdx.x;
@@ -354,6 +459,15 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
         }
     }
     __syncthreads();
+    for (int x = tid; x < 7 * Kp; x += 256) {
+        const int f = x / Kp, c = x % Kp;
+        float e;
+        if (f < 4) e = R2[16 * f * Kp + c];
+        else if (f == 4) e = R2[32 * Kp + c] - R2[16 * Kp + c];
+        else if (f == 5) e = R2[48 * Kp + c] - R2[16 * Kp + c];
+        else e = R2[48 * Kp + c] - R2[32 * Kp + c];
+        RF[x] = ex2f(e);
+    }
     // P2: diagonal 16x16 blocks of A, pairwise in f32. Warp task (a, tp): rows tp and 15 - tp of
     // sub-chunk a, all 16 columns; lane owns 4 channels; 32 partial sums reduce-scattered.
     for (int x = w; x < 32; x += 8) {
@@ -369,6 +483,9 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
             const float4 ga = *(const float4*)(R2 + ta * Kp + c), gb = *(const float4*)(R2 + tb * Kp + c);
             const float qa0 = bf_lo(qa.x), qa1 = bf_hi(qa.x), qa2 = bf_lo(qa.y), qa3 = bf_hi(qa.y);
             const float qb0 = bf_lo(qb.x), qb1 = bf_hi(qb.x), qb2 = bf_lo(qb.y), qb3 = bf_hi(qb.y);
+            // exp(G_tb - G_s) = exp(G_ta - G_s) exp(G_tb - G_ta) for s <= ta (both factors <= 1)
+            const float qf0 = qb0 * ex2f(gb.x - ga.x), qf1 = qb1 * ex2f(gb.y - ga.y);
+            const float qf2 = qb2 * ex2f(gb.z - ga.z), qf3 = qb3 * ex2f(gb.w - ga.w);
             #pragma unroll
             for (int s = 0; s < 16; ++s) {
                 const int rs = 16 * a + s;
@@ -376,10 +493,11 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
                 const float4 gs = *(const float4*)(R2 + rs * Kp + c);
                 const float k0 = bf_lo(kk.x), k1 = bf_hi(kk.x), k2 = bf_lo(kk.y), k3 = bf_hi(kk.y);
                 if (s <= tp) {
-                    part[s] += qa0 * k0 * ex2f(ga.x - gs.x) + qa1 * k1 * ex2f(ga.y - gs.y) +
-                               qa2 * k2 * ex2f(ga.z - gs.z) + qa3 * k3 * ex2f(ga.w - gs.w);
-                }
-                if (s <= 15 - tp) {
+                    const float e0 = k0 * ex2f(ga.x - gs.x), e1 = k1 * ex2f(ga.y - gs.y);
+                    const float e2 = k2 * ex2f(ga.z - gs.z), e3 = k3 * ex2f(ga.w - gs.w);
+                    part[s] += qa0 * e0 + qa1 * e1 + qa2 * e2 + qa3 * e3;
+                    part[16 + s] += qf0 * e0 + qf1 * e1 + qf2 * e2 + qf3 * e3;
+                } else if (s <= 15 - tp) {
                     part[16 + s] += qb0 * k0 * ex2f(gb.x - gs.x) + qb1 * k1 * ex2f(gb.y - gs.y) +
                                     qb2 * k2 * ex2f(gb.z - gs.z) + qb3 * k3 * ex2f(gb.w - gs.w);
                 }
@@ -392,19 +510,32 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
         rs_step<2>(part, lane);
         rs_step<1>(part, lane);
         const int t = (lane < 16) ? ta : tb, s = 16 * a + (lane & 15);
-        RA[t * LDH + s] = from_f32<bf16_t>(part[0] * scale);
+        RA[t * LDH + s] = f2bf(part[0] * scale);
     }
     __syncthreads();
-    // P3: per element, in place: qe, qg, kg
-    for (int x = tid; x < 64 * Kp; x += 256) {
-        const int t = x / Kp, c = x % Kp, a = t >> 4;
-        const float G = R2[x];
-        const float qv = to_f32(R0[t * LDK + c]) * scale, kv = to_f32(R1[t * OV + c]);
-        R3[t * LDK + c] = from_f32<bf16_t>(qv * ex2f(G - R2[16 * a * Kp + c]));
-        R0[t * LDK + c] = from_f32<bf16_t>(qv * ex2f(G));
-        if (a < 3) R1[t * OV + c] = from_f32<bf16_t>(kv * ex2f(R2[16 * (a + 1) * Kp + c] - G));
-        if (a < 2) R4[(a == 0 ? t : 16 + t) * LDK + c] = from_f32<bf16_t>(kv * ex2f(R2[16 * (a + 2) * Kp + c] - G));
-        if (a < 1) R4[(16 + t) * LDK + c] = from_f32<bf16_t>(kv * ex2f(R2[48 * Kp + c] - G));
+    // P3: per pair of channels, in place: qg, qe = qg exp(G[16a]), kg (one exp for the next
+    // sub-chunk's normaliser, the later ones by the factors in RF: products of exps <= 1)
+    {
+        const int cp2 = Kp >> 1;
+        for (int x = tid; x < 64 * cp2; x += 256) {
+            const int t = x / cp2, c = 2 * (x % cp2), a = t >> 4;
+            const float2 G = *(const float2*)(R2 + t * Kp + c), Gn = *(const float2*)(R2 + 16 * a * Kp + c);
+            const unsigned q2 = *(const unsigned*)(R0 + t * LDK + c), k2 = *(const unsigned*)(R1 + t * OV + c);
+            const float qx = bf_lo(q2) * scale * ex2f(G.x - Gn.x), qy = bf_hi(q2) * scale * ex2f(G.y - Gn.y);
+            *(unsigned*)(R3 + t * LDK + c) = pack2(qx, qy);
+            *(unsigned*)(R0 + t * LDK + c) = pack2(qx * RF[a * Kp + c], qy * RF[a * Kp + c + 1]);
+            if (a < 3) {
+                const float2 Gb = *(const float2*)(R2 + 16 * (a + 1) * Kp + c);
+                const float kx = bf_lo(k2) * ex2f(Gb.x - G.x), ky = bf_hi(k2) * ex2f(Gb.y - G.y);
+                *(unsigned*)(R1 + t * OV + c) = pack2(kx, ky);
+                if (a == 0) {
+                    *(unsigned*)(R4 + t * LDK + c) = pack2(kx * RF[4 * Kp + c], ky * RF[4 * Kp + c + 1]);
+                    *(unsigned*)(R4 + (16 + t) * LDK + c) = pack2(kx * RF[5 * Kp + c], ky * RF[5 * Kp + c + 1]);
+                } else if (a == 1) {
+                    *(unsigned*)(R4 + (16 + t) * LDK + c) = pack2(kx * RF[6 * Kp + c], ky * RF[6 * Kp + c + 1]);
+                }
+            }
+        }
     }
     __syncthreads();
     // P4: off-diagonal blocks of A (a > b), one warp each
@@ -503,8 +634,8 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
                         if (j + 1 < V && (V & 1) == 0) {
                             *(unsigned*)(o + off) = pack2(acc[nt][2 * hr], acc[nt][2 * hr + 1]);
                         } else {
-                            if (j < V) o[off] = from_f32<bf16_t>(acc[nt][2 * hr]);
-                            if (j + 1 < V) o[off + 1] = from_f32<bf16_t>(acc[nt][2 * hr + 1]);
+                            if (j < V) o[off] = f2bf(acc[nt][2 * hr]);
+                            if (j + 1 < V) o[off + 1] = f2bf(acc[nt][2 * hr + 1]);
                         }
                     }
                 }
@@ -760,17 +891,17 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd2_bf16(
             }
         }
     }
-    for (int x = tid; x < 4096; x += 256) DAB[(x >> 6) * LDH + (x & 63)] = from_f32<bf16_t>(DAF[x]);
+    for (int x = tid; x < 4096; x += 256) DAB[(x >> 6) * LDH + (x & 63)] = f2bf(DAF[x]);
     __syncthreads();
     // normalised copies of k (for dq) and q (for dk)
     for (int x = tid; x < 64 * Kp; x += 256) {
         const int t = x / Kp, c = x % Kp, a = t >> 4;
         const float Gt = G[x], kv = to_f32(KR[t * LDK + c]), qv = to_f32(Q[t * LDK + c]);
         for (int a2 = a + 1; a2 < 4; ++a2)
-            KG[(8 * (a2 - 1) * a2 + t) * LDK + c] = from_f32<bf16_t>(kv * ex2f(G[16 * a2 * Kp + c] - Gt));
+            KG[(8 * (a2 - 1) * a2 + t) * LDK + c] = f2bf(kv * ex2f(G[16 * a2 * Kp + c] - Gt));
         for (int b = 0; b < a; ++b) {
             const int base = b == 0 ? 0 : (b == 1 ? 48 : 80);
-            QN[(base + t - 16 * (b + 1)) * LDK + c] = from_f32<bf16_t>(qv * ex2f(Gt - G[(16 * b + 15) * Kp + c]));
+            QN[(base + t - 16 * (b + 1)) * LDK + c] = f2bf(qv * ex2f(Gt - G[(16 * b + 15) * Kp + c]));
         }
     }
     __syncthreads();
@@ -833,12 +964,17 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd2_bf16(
             gv[u] = G[r * Kp + c];
             dqa[u] = dka[u] = 0.f;
         }
+        // exp(G_t - G_s) as the running product of the per-row decays exp(G_u - G_u-1), s < u <= t
+        float ev[16];
         #pragma unroll
-        for (int t = 1; t < 16; ++t) {
+        for (int u = 1; u < 16; ++u) ev[u] = ex2f(gv[u] - gv[u - 1]);
+        #pragma unroll
+        for (int s = 0; s < 15; ++s) {
+            float P = 1.f;
             #pragma unroll
-            for (int s = 0; s < t; ++s) {
-                const float wd = DAF[(16 * a + t) * 64 + 16 * a + s];
-                const float E = ex2f(gv[t] - gv[s]) * wd;
+            for (int t = s + 1; t < 16; ++t) {
+                P *= ev[t];
+                const float E = P * DAF[(16 * a + t) * 64 + 16 * a + s];
                 dqa[t] += kv[s] * E;
                 dka[s] += qv[t] * E;
             }
@@ -851,49 +987,89 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd2_bf16(
         }
     }
     __syncthreads();
-    // dg (cancellation-free order) and the final dq, dk; one thread per channel
-    const int c = tid;
-    if (c < Kp) {
-        const float GL = G[63 * Kp + c];
-        const float fwd = ex2f(GL) * SDV[c];
-        float dgv[64];
-        float run = 0.f;
-        #pragma unroll
-        for (int r = 0; r < 64; ++r) {
-            dgv[r] = fwd + run;
+    // final dq, dk (elementwise, 2 channels per step), with X = q dq' - k dk_intra and
+    // Y = k dk_inter kept in DQ / DK for the dg sums (dq' and dk_intra without the t == s pairs)
+    {
+        const int cp2 = Kp >> 1;
+        for (int x = tid; x < 64 * cp2; x += 256) {
+            const int r = x / cp2, c = 2 * (x % cp2);
             if (r < L && c < K) {
                 const idx_t off = ((r0 + r) * H + h) * (idx_t)K + c;
-                run += to_f32(KR[r * LDK + c]) * ex2f(GL - G[r * Kp + c]) * dk[off];
+                const bool two = c + 1 < K && (off & 1) == 0;
+                float2 rq, rk;
+                if (two) {
+                    rq = *(const float2*)(dq + off);
+                    rk = *(const float2*)(dk + off);
+                } else {
+                    rq.x = dq[off];
+                    rk.x = dk[off];
+                    rq.y = c + 1 < K ? dq[off + 1] : 0.f;
+                    rk.y = c + 1 < K ? dk[off + 1] : 0.f;
+                }
+                const unsigned q2 = *(const unsigned*)(Q + r * LDK + c), k2 = *(const unsigned*)(KR + r * LDK + c);
+                const float qa = bf_lo(q2), qb = bf_hi(q2), ka = bf_lo(k2), kb = bf_hi(k2);
+                const float2 gr = *(const float2*)(G + r * Kp + c), gl = *(const float2*)(G + 63 * Kp + c);
+                const float2 iq = *(const float2*)(DQ + r * Kp + c), ik = *(const float2*)(DK + r * Kp + c);
+                const float wd = scale * DAF[r * 64 + r];
+                const float dqa = scale * ex2f(gr.x) * rq.x + iq.x, dqb = scale * ex2f(gr.y) * rq.y + iq.y;
+                const float kia = ex2f(gl.x - gr.x) * rk.x, kib = ex2f(gl.y - gr.y) * rk.y;
+                float2 oq, ok, xx, yy;
+                oq.x = dqa + wd * ka;
+                oq.y = dqb + wd * kb;
+                ok.x = ik.x + wd * qa + kia;
+                ok.y = ik.y + wd * qb + kib;
+                xx.x = qa * dqa - ka * ik.x;
+                xx.y = qb * dqb - kb * ik.y;
+                yy.x = ka * kia;
+                yy.y = kb * kib;
+                if (two) {
+                    *(float2*)(dq + off) = oq;
+                    *(float2*)(dk + off) = ok;
+                } else {
+                    dq[off] = oq.x;
+                    dk[off] = ok.x;
+                    if (c + 1 < K) {
+                        dq[off + 1] = oq.y;
+                        dk[off + 1] = ok.y;
+                    }
+                }
+                *(float2*)(DQ + r * Kp + c) = xx;
+                *(float2*)(DK + r * Kp + c) = yy;
+            } else {
+                float2 z;
+                z.x = z.y = 0.f;
+                *(float2*)(DQ + r * Kp + c) = z;
+                *(float2*)(DK + r * Kp + c) = z;
             }
+        }
+    }
+    __syncthreads();
+    // dg[r] = exp(G_last) sd + sum_{j<r} Y_j + sum_{u>=r} X_u, one thread per channel, from smem
+    if (gw > 0 && tid < Kp) {
+        const int c = tid;
+        float run = ex2f(G[63 * Kp + c]) * SDV[c];
+        for (int r = 0; r < 64; ++r) {
+            const float y = DK[r * Kp + c];
+            DK[r * Kp + c] = run;
+            run += y;
         }
         run = 0.f;
-        #pragma unroll
         for (int r = 63; r >= 0; --r) {
-            if (r < L && c < K) {
-                const idx_t off = ((r0 + r) * H + h) * (idx_t)K + c;
-                const float qv = to_f32(Q[r * LDK + c]), kv = to_f32(KR[r * LDK + c]);
-                const float dqx = scale * ex2f(G[r * Kp + c]) * dq[off] + DQ[r * Kp + c];
-                const float dki = DK[r * Kp + c];
-                run += qv * dqx - kv * dki;
-                dgv[r] += run;
-                const float wd = scale * DAF[r * 64 + r];
-                const float dkinter = ex2f(GL - G[r * Kp + c]) * dk[off];
-                dq[off] = dqx + wd * kv;
-                dk[off] = dki + wd * qv + dkinter;
-                if (gw == K) dg[off] = dgv[r];
+            run += DQ[r * Kp + c];
+            const float d = DK[r * Kp + c] + run;
+            if (gw == K) {
+                if (r < L && c < K) dg[((r0 + r) * H + h) * (idx_t)K + c] = d;
+            } else {
+                DQ[r * Kp + c] = c < K ? d : 0.f;  // own column only: no other thread reads it
             }
-        }
-        if (gw == 1) {
-            #pragma unroll
-            for (int r = 0; r < 64; ++r) DQ[r * Kp + c] = c < K ? dgv[r] : 0.f;
         }
     }
     if (gw == 1) {
         __syncthreads();
         if (tid < L) {
-            float s = 0.f;
-            for (int cc = 0; cc < Kp; ++cc) s += DQ[tid * Kp + cc];
-            dg[(r0 + tid) * H + h] = s;
+            float sum = 0.f;
+            for (int cc = 0; cc < Kp; ++cc) sum += DQ[tid * Kp + cc];
+            dg[(r0 + tid) * H + h] = sum;
         }
     }
 }
