@@ -19,6 +19,7 @@ pub mod optim;
 pub mod params;
 pub mod rng;
 pub mod sample;
+pub mod shards;
 pub mod tokenizer;
 pub mod train;
 

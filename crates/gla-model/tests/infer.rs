@@ -178,3 +178,39 @@ fn infer_bad_inputs_are_typed_errors_and_leave_the_state_alone() {
     assert!(matches!(other.decode(1, &mut st), Err(Error::Shape { tensor: "state", .. })));
     assert!(matches!(m.decode_batch(&[1, 2], &mut [&mut st]), Err(Error::Shape { .. })));
 }
+
+#[test]
+fn infer_loads_sharded_checkpoints_and_names_bad_tensors() {
+    use gla_model::shards::{load_model_dir, save_sharded, INDEX_FILE};
+    let m = model(true, false, Some(2));
+    let dir = std::env::temp_dir().join(format!("gla-shards-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    save_sharded(&dir, &m, 40_000).unwrap();
+    let shards = std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".safetensors")).count();
+    assert!(shards > 2, "{shards} shards");
+    let back = load_model_dir(&dir).unwrap();
+    assert_eq!(back.params, m.params);
+    let mut st = back.new_state();
+    assert_eq!(back.prefill(&[1, 2, 3], &mut st).unwrap(), m.prefill(&[1, 2, 3], &mut m.new_state()).unwrap());
+    // a config that does not match the weights: the first mismatched tensor and its expected shape
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    std::fs::write(dir.join("config.json"), cfg.replace("\"vocab_size\": 64", "\"vocab_size\": 65")).unwrap();
+    let e = load_model_dir(&dir).unwrap_err().to_string();
+    assert!(e.contains("model.embeddings.weight") && e.contains("[65, 32]") && e.contains("[64, 32]"), "{e}");
+    std::fs::write(dir.join("config.json"), &cfg).unwrap();
+    // a tensor missing from the index
+    let idx = std::fs::read_to_string(dir.join(INDEX_FILE)).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&idx).unwrap();
+    let mut v2 = v.clone();
+    v2["weight_map"].as_object_mut().unwrap().remove("model.layers.1.attn.k_conv1d.weight");
+    std::fs::write(dir.join(INDEX_FILE), v2.to_string()).unwrap();
+    let e = load_model_dir(&dir).unwrap_err().to_string();
+    assert!(e.contains("model.layers.1.attn.k_conv1d.weight") && e.contains("[8, 1, 4]"), "{e}");
+    std::fs::write(dir.join(INDEX_FILE), &idx).unwrap();
+    // a truncated shard
+    let shard = dir.join(v["weight_map"]["model.norm.weight"].as_str().unwrap());
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() - 10]).unwrap();
+    assert!(matches!(load_model_dir(&dir), Err(Error::Safetensors { .. })), "truncated");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

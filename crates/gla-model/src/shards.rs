@@ -1,0 +1,175 @@
+//! Loading a model directory for inference: a single `model.safetensors` (through
+//! [`crate::checkpoint::load_model`]) or a sharded checkpoint (`model.safetensors.index.json`
+//! with its `weight_map`, as Hugging Face's `save_pretrained` writes large models). Every tensor
+//! of the config's parameter table must be present once with its shape (f32, bf16 or f16);
+//! errors name the file, the tensor and the expected shape.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use safetensors::tensor::Dtype;
+use safetensors::SafeTensors;
+
+use crate::checkpoint::{load_model, CONFIG_FILE, WEIGHTS_FILE};
+use crate::config::GlaConfig;
+use crate::model::GlaModel;
+use crate::params::Layout;
+use crate::{Error, Result};
+
+/// The index file of a sharded checkpoint.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// Loads `dir`: `model.safetensors` when present, else the shards named by
+/// `model.safetensors.index.json`.
+///
+/// # Errors
+/// [`Error::Io`] (no weights file, unreadable file), [`Error::Json`] (config or index),
+/// config errors, [`Error::Safetensors`] (corrupt or truncated file), [`Error::Tensor`] naming a
+/// missing, unexpected or mis-shaped tensor and its expected shape.
+pub fn load_model_dir(dir: &Path) -> Result<GlaModel> {
+    if dir.join(WEIGHTS_FILE).is_file() || !dir.join(INDEX_FILE).is_file() {
+        return load_model(dir);
+    }
+    let cfg_path = dir.join(CONFIG_FILE);
+    let text = fs::read_to_string(&cfg_path).map_err(|e| Error::Io { op: "read", path: cfg_path.display().to_string(), source: e })?;
+    let config = GlaConfig::from_json(&text)?;
+    let dims = config.dims()?;
+    let layout = Layout::new(&dims);
+    let index_path = dir.join(INDEX_FILE);
+    let index_text = fs::read_to_string(&index_path).map_err(|e| Error::Io { op: "read", path: index_path.display().to_string(), source: e })?;
+    let index: serde_json::Value =
+        serde_json::from_str(&index_text).map_err(|source| Error::Json { what: index_path.display().to_string(), source })?;
+    let map = index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Tensor {
+        path: index_path.display().to_string(),
+        name: "weight_map".into(),
+        reason: "missing: the index must map every tensor name to its shard file".into(),
+    })?;
+    // shard file -> names it should hold
+    let mut shards: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, file) in map {
+        let file = file.as_str().ok_or_else(|| Error::Tensor {
+            path: index_path.display().to_string(),
+            name: name.clone(),
+            reason: format!("weight_map value is not a file name: {file}"),
+        })?;
+        shards.entry(file.to_string()).or_default().push(name.clone());
+    }
+    let tied_head = dims.tied.then_some("lm_head.weight");
+    for name in map.keys() {
+        if layout.find(name).is_none() && Some(name.as_str()) != tied_head {
+            return Err(Error::Tensor {
+                path: index_path.display().to_string(),
+                name: name.clone(),
+                reason: "unexpected tensor: not in this config's parameter table".into(),
+            });
+        }
+    }
+    for s in &layout.specs {
+        if !map.contains_key(&s.name) {
+            return Err(Error::Tensor { path: index_path.display().to_string(), name: s.name.clone(), reason: format!("missing (expected shape {:?})", s.shape) });
+        }
+    }
+    let mut params = vec![0.0f32; layout.numel];
+    for (file, names) in &shards {
+        if file.contains('/') || file.contains('\\') || file.starts_with('.') {
+            return Err(Error::Tensor { path: index_path.display().to_string(), name: names[0].clone(), reason: format!("shard name {file:?} leaves the model directory") });
+        }
+        let path = dir.join(file);
+        let p = path.display().to_string();
+        let bytes = fs::read(&path).map_err(|e| Error::Io { op: "read", path: p.clone(), source: e })?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors { path: p.clone(), reason: e.to_string() })?;
+        for name in names {
+            let Some(id) = layout.find(name) else { continue }; // the tied lm_head copy
+            let spec = &layout.specs[id];
+            let t = st.tensor(name).map_err(|_| Error::Tensor {
+                path: p.clone(),
+                name: name.clone(),
+                reason: format!("missing from this shard, which the index names for it (expected shape {:?})", spec.shape),
+            })?;
+            if t.shape() != spec.shape.as_slice() {
+                return Err(Error::Tensor { path: p.clone(), name: name.clone(), reason: format!("expected shape {:?}, found {:?}", spec.shape, t.shape()) });
+            }
+            let dst = &mut params[spec.range()];
+            let data = t.data();
+            match t.dtype() {
+                Dtype::F32 => dst.iter_mut().zip(data.chunks_exact(4)).for_each(|(d, b)| *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+                Dtype::BF16 => dst.iter_mut().zip(data.chunks_exact(2)).for_each(|(d, b)| *d = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
+                Dtype::F16 => dst.iter_mut().zip(data.chunks_exact(2)).for_each(|(d, b)| *d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]))),
+                other => {
+                    return Err(Error::Tensor {
+                        path: p.clone(),
+                        name: name.clone(),
+                        reason: format!("dtype {other:?} is not supported (F32, BF16 or F16, shape {:?})", spec.shape),
+                    })
+                }
+            }
+        }
+    }
+    GlaModel::from_params(config, params)
+}
+
+fn f16_to_f32(h: u16) -> f32 {
+    let sign = if h >> 15 == 1 { -1.0f32 } else { 1.0 };
+    let exp = ((h >> 10) & 0x1f) as i32;
+    let man = (h & 0x3ff) as f32;
+    match exp {
+        0 => sign * man * (2.0f32).powi(-24),
+        0x1f if man == 0.0 => sign * f32::INFINITY,
+        0x1f => f32::NAN,
+        e => sign * (1.0 + man / 1024.0) * (2.0f32).powi(e - 15),
+    }
+}
+
+/// Writes `model` as a sharded checkpoint: `config.json`, `model-0000i-of-0000n.safetensors`
+/// (about `shard_bytes` each, f32) and `model.safetensors.index.json`, as Hugging Face does.
+///
+/// # Errors
+/// [`Error::Io`], [`Error::Safetensors`].
+pub fn save_sharded(dir: &Path, model: &GlaModel, shard_bytes: usize) -> Result<()> {
+    fs::create_dir_all(dir).map_err(|e| Error::Io { op: "create dir", path: dir.display().to_string(), source: e })?;
+    crate::checkpoint::write_atomic(&dir.join(CONFIG_FILE), model.config.to_json().as_bytes())?;
+    // group tensors in table order into shards
+    let mut groups: Vec<Vec<usize>> = vec![Vec::new()];
+    let mut size = 0;
+    for (i, s) in model.layout.specs.iter().enumerate() {
+        let b = 4 * s.numel();
+        if size > 0 && size + b > shard_bytes {
+            groups.push(Vec::new());
+            size = 0;
+        }
+        if let Some(g) = groups.last_mut() {
+            g.push(i);
+        }
+        size += b;
+    }
+    let n = groups.len();
+    let mut map = serde_json::Map::new();
+    for (gi, g) in groups.iter().enumerate() {
+        let file = format!("model-{:05}-of-{n:05}.safetensors", gi + 1);
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = g
+            .iter()
+            .map(|&i| {
+                let s = &model.layout.specs[i];
+                (s.name.clone(), s.shape.clone(), model.params[s.range()].iter().flat_map(|v| v.to_le_bytes()).collect())
+            })
+            .collect();
+        let views = bytes
+            .iter()
+            .map(|(name, shape, b)| {
+                safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), b)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| Error::Safetensors { path: file.clone(), reason: e.to_string() })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let meta = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
+        let data = safetensors::serialize(views, meta).map_err(|e| Error::Safetensors { path: file.clone(), reason: e.to_string() })?;
+        crate::checkpoint::write_atomic(&dir.join(&file), &data)?;
+        for &i in g {
+            map.insert(model.layout.specs[i].name.clone(), file.clone().into());
+        }
+    }
+    let total: usize = model.layout.specs.iter().map(|s| 4 * s.numel()).sum();
+    let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": map });
+    crate::checkpoint::write_atomic(&dir.join(INDEX_FILE), serde_json::to_string_pretty(&index).unwrap_or_default().as_bytes())
+}
