@@ -44,10 +44,10 @@ pub const CHUNK: KernelSource = KernelSource {
 };
 
 /// Chunked forward v2 and the chunked backward for bf16: gate prep, state and state-gradient
-/// passes, output pass, two gradient launches (`lab/gla_chunk_v2.cu`).
+/// passes, output pass, two gradient launches (`gla_chunk_v2.cu`).
 pub const CHUNK_V2: KernelSource = KernelSource {
     name: "gla_chunk_v2.cu",
-    text: include_str!("../kernels/lab/gla_chunk_v2.cu"),
+    text: include_str!("../kernels/gla_chunk_v2.cu"),
     entries: &[
         "gla_chunk_prep_bf16",
         "gla_chunk_prep8_bf16",

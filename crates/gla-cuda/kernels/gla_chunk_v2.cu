@@ -1,4 +1,5 @@
-// gla_chunk_v2.cu: chunked GLA forward for bf16 storage in two launches (fla's stage split), every
+// gla_chunk_v2.cu: chunked GLA forward and backward for bf16 storage, fla's stage split (only the
+// state passes are sequential; everything else runs in parallel over 64-row chunks), every
 // matmul on the tensor cores (mma.sync m16n8k16 bf16 -> f32, fragments through ldmatrix).
 //
 // Contract (same as gla_chunk_fwd_*): q, k, g [rows, H, K], v, o [rows, H, V] bf16 (rows = B*T
@@ -6,20 +7,24 @@
 // gw in {K, 1, 0}, g <= 0 (log decay); h0, ht [N, H, K, V] f32 (null = none); scale.
 //     o_t = scale * S_t^T q_t,   S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T
 // Chunks: BT = 64 rows per sequence, numbered globally: chunk c of sequence n is chunk_off[n] + c;
-// chunk_seq[global chunk] = n. K <= 128 (Kp = K rounded up to 16), any V.
+// chunk_seq[global chunk] = n. K <= 128 (Kp = K rounded up to 16), any V (backward: V <= 128).
+// Workspaces (host-allocated): kd like k; dl [chunks, H, K] f32; hs [chunks, H, K, V] bf16.
 //
-// Launch 1, gla_chunk_h_bf16: grid (ceil(V/64), ceil(K/64), N*H), 128 threads, dynamic smem
-//   H_SMEM = 3 * 2 * 64 * 72 * 2 + 3 * 64 * 4 bytes (two stages of k, v, g tiles).
-//   One block walks one sequence's chunks in order with a 64x64 f32 tile of S in the mma
-//   accumulators; it stores S entering chunk c as bf16 to hs[c, h, K, V], then
-//   S = diag(exp(G_last)) S + (k * exp(G_last - G))^T v      (G = chunk-local cumsum of g, f32)
-//   and writes ht. The next chunk's tiles are in flight (cp.async) while one is computed.
-// Launch 2, gla_chunk_o_bf16: grid (total chunks, H), 256 threads, dynamic smem o_smem(Kp) (host).
-//   Fully parallel over chunks: A (64x64 causal, scaled) and o = scale (q exp(G)) S_c + A v.
-//   A's off-diagonal 16x16 blocks (a > b) are (q exp(G - G[16a])) (k exp(G[16a] - G))^T on the
-//   tensor cores (both exponents <= 0); the diagonal blocks are pairwise in f32 with exp2 of
-//   differences (<= 0). Exponentials are base 2 on G * log2(e) (ex2.approx).
-// All index products are 64-bit (idx_t). No exponent is ever positive.
+// Forward, three launches:
+// 0 gla_chunk_prep8_bf16 (per-key gate, K % 8 == 0; 64 threads, 16-byte pieces) or
+//   gla_chunk_prep_bf16 (any gate; 128 threads, one per channel): grid (chunks, H);
+//   kd = k exp(G_last - G), dl = exp(G_last)   (G = chunk-local cumsum of g, f32).
+// 1 gla_chunk_h{64,32}_bf16: grid (ceil(V/BVH), ceil(K/64), N*H), 128 threads, dynamic smem
+//   HNS * ((64 * 72 + 64 * (BVH + 8)) * 2 + 256) bytes. One block walks one sequence's chunks in
+//   order with a 64 x BVH f32 tile of S in the mma accumulators; it stores S entering chunk c as
+//   bf16 to hs[c], then S = diag(dl) S + kd^T v, and writes ht. HNS = 4 stages of cp.async loads
+//   in flight. BVH = 32 when fewer than 264 tiles exist (long sequences), else 64.
+// 2 gla_chunk_o_bf16: grid (chunks, H), 256 threads, dynamic smem chunk_o_smem_bytes(Kp) (host).
+//   A (64x64 causal, scaled) and o = scale (q exp(G)) S_c + A v. A's off-diagonal 16x16 blocks
+//   (a > b) are (q exp(G - G[16a])) (k exp(G[16a] - G))^T on the tensor cores (both exponents
+//   <= 0); the diagonal blocks pairwise in f32. With a_out, it writes A instead of o (backward).
+// Backward: see the section at the end of the file. Exponentials are base 2 on G * log2(e)
+// (ex2.approx). All index products are 64-bit (idx_t). No exponent is ever positive.
 
 #define L2E 1.4426950408889634f
 #define LDH 72  // bf16 row stride of 64-wide tiles (144 B: ldmatrix rows land in distinct banks)
