@@ -1,4 +1,6 @@
-//! `gla bench ops`: time the GLA op on the CPU against the f32 GEMM peak measured in the same run.
+//! `gla bench ops`: time the GLA op on the CPU against the f32 GEMM peak measured in the same run,
+//! or on CUDA (`--device cuda`, through `gla_cuda::bench`: CUDA events, median of `--reps`, with
+//! GB/s, TFLOP/s and the distance to the HBM floor; `--json FILE` for bench/gla_vs_fla.sh).
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -16,7 +18,8 @@ pub struct OpsArgs {
     /// Device to time on.
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
-    /// Problem shape `B,T,H,K,V` (repeatable). Default: 1,8192,4,128,128.
+    /// Problem shape `B,T,H,K,V` (repeatable). Default: 1,8192,4,128,128 on the CPU; on CUDA the
+    /// shapes of record (bf16, H=16, K=V=128, B*T=65536, T in 2048, 8192, 32768).
     #[arg(long, value_parser = parse_shape)]
     shape: Vec<[usize; 5]>,
     /// Timed repetitions per measurement (the median is reported).
