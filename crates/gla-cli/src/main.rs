@@ -5,6 +5,7 @@
 
 mod bench;
 mod check;
+mod generate;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -17,6 +18,7 @@ Examples:
   gla check                           run the shared case table on every CPU path against the f64 oracle
   gla check --device cuda             the same table on the GPU kernels (f32 and bf16), plus T=65536,
                                       a >2^31-element tensor and repeat-run determinism
+  gla generate --model DIR           stream a continuation of stdin from an fla / Hugging Face GLA checkpoint (CPU)
 ")]
 struct Cli {
     #[command(subcommand)]
@@ -51,6 +53,10 @@ enum Cmd {
     /// Exits with status 1 if any tensor of any case is outside its tolerance.
     #[command(after_help = "Example:\n  gla check --device cpu --json check.json")]
     Check(check::Args),
+    /// Generate text from a local fla / Hugging Face GLA directory on the CPU: prefill through the
+    /// chunked op, decode through the recurrent op, constant memory per sequence.
+    #[command(after_help = "Examples:\n  gla generate --model DIR --prompt \"Once upon a time\" --max-new-tokens 64\n  echo hi | gla generate --model DIR --temperature 0.8 --top-p 0.9 --seed 1 --stop \"\\n\\n\"\n  gla generate --model DIR --prompts-file prompts.txt > out.jsonl")]
+    Generate(generate::Args),
 }
 
 #[derive(Subcommand)]
@@ -59,6 +65,10 @@ enum BenchCmd {
     /// ms, GFLOP/s and the share of the f32 GEMM peak measured in the same run.
     #[command(after_help = "Examples:\n  gla bench ops\n  gla bench ops --shape 1,8192,4,128,128 --shape 4,2048,4,128,128 --json ops.json")]
     Ops(bench::OpsArgs),
+    /// Time generation (time to first token, decode tokens/s) of a random model of a given config
+    /// (default fla's gla_340M), prompt 512, 256 new tokens, batch 1 and 16.
+    #[command(after_help = "Examples:\n  gla bench generate\n  gla bench generate --config '{\"hidden_size\": 256, \"num_hidden_layers\": 4}' --batch 1,4 --json gen.json")]
+    Generate(generate::BenchArgs),
 }
 
 /// Keeps large buffers in the heap between calls (glibc only). By default glibc serves every
@@ -89,6 +99,8 @@ fn main() {
     let res = match cli.cmd {
         Cmd::Bench(BenchCmd::Ops(a)) => bench::ops(&a),
         Cmd::Check(a) => check::run(&a),
+        Cmd::Generate(a) => generate::run(&a),
+        Cmd::Bench(BenchCmd::Generate(a)) => generate::bench(&a),
     };
     match res {
         Ok(true) => {}

@@ -1,0 +1,387 @@
+//! `gla generate`: text from a local Hugging Face GLA directory (fla's format) on the CPU, and
+//! `gla bench generate`: tokens/s and time to first token of a random model.
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use gla_model::generate::{generate_ids, GenerateOptions, Generation};
+use gla_model::sample::{Sampler, SamplingParams};
+use gla_model::shards::load_model_dir;
+use gla_model::tokenizer::Tokenizer;
+use gla_model::{GlaConfig, GlaModel, Rng};
+use serde::Serialize;
+
+use crate::Device;
+
+/// Sampling flags shared by `generate` and `bench generate`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SamplingArgs {
+    /// Softmax temperature; 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Nucleus sampling: keep the most likely tokens up to this probability mass (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Hugging Face repetition penalty on every token of the context (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repetition_penalty: f32,
+    /// Seed of the sampler (the same seed gives the same text).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+impl SamplingArgs {
+    fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            repetition_penalty: self.repetition_penalty,
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Model directory: config.json + model.safetensors (or model.safetensors.index.json and its
+    /// shards), and tokenizer.json when the model has one (byte-level otherwise).
+    #[arg(long)]
+    model: PathBuf,
+    /// The prompt. Without --prompt, --prompt-file or --prompts-file, the prompt is read from stdin.
+    #[arg(long, conflicts_with_all = ["prompt_file", "prompts_file"])]
+    prompt: Option<String>,
+    /// Read the prompt from this file (all of it, newlines included).
+    #[arg(long, conflicts_with = "prompts_file")]
+    prompt_file: Option<PathBuf>,
+    /// One prompt per line (empty lines skipped), generated as one batch; prints one JSON object
+    /// per prompt, in order: {"index", "prompt", "text", "tokens", "stop"}.
+    #[arg(long)]
+    prompts_file: Option<PathBuf>,
+    /// The most tokens generated per prompt.
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// Stop when the text contains this string (repeatable; `\n`, `\t` and `\\` are read as
+    /// escapes); the text ends before it.
+    #[arg(long = "stop")]
+    stop: Vec<String>,
+    /// Do not stop at the config's eos_token_id.
+    #[arg(long)]
+    ignore_eos: bool,
+    /// Use the byte-level tokenizer even when the directory has a tokenizer.json.
+    #[arg(long)]
+    byte_tokenizer: bool,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Print timings (load, time to first token, tokens/s) to stderr.
+    #[arg(long)]
+    stats: bool,
+}
+
+/// `\n`, `\t`, `\r` and `\\` as the characters (so `--stop "\n\n"` works from a shell).
+fn unescape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(c) = it.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match it.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('\\') => out.push('\\'),
+            Some(o) => {
+                out.push('\\');
+                out.push(o);
+            }
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    index: usize,
+    prompt: &'a str,
+    text: &'a str,
+    tokens: usize,
+    stop: &'static str,
+}
+
+pub fn run(a: &Args) -> Result<bool> {
+    let t0 = Instant::now();
+    let model = load_model_dir(&a.model).with_context(|| format!("loading the model from {}", a.model.display()))?;
+    let tok = if a.byte_tokenizer { Tokenizer::Bytes } else { Tokenizer::from_dir(&a.model)? };
+    let load_s = t0.elapsed().as_secs_f64();
+    if a.stats {
+        eprintln!(
+            "loaded {} ({} parameters, {} layers) in {load_s:.2} s; tokenizer: {}; state per sequence: {:.1} KiB",
+            a.model.display(),
+            model.num_params(),
+            model.dims.layers,
+            tok.describe(),
+            model.new_state().bytes() as f64 / 1024.0
+        );
+    }
+    let opts = GenerateOptions {
+        max_new_tokens: a.max_new_tokens,
+        sampling: a.sampling.params(),
+        stop_strings: a.stop.iter().map(|s| unescape(s)).collect(),
+        eos: if a.ignore_eos { Vec::new() } else { GenerateOptions::eos_from_config(&model) },
+    };
+    let prompts: Vec<String> = if let Some(f) = &a.prompts_file {
+        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let v: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+        if v.is_empty() {
+            bail!("{} holds no prompt (one per line)", f.display());
+        }
+        v
+    } else if let Some(p) = &a.prompt {
+        vec![p.clone()]
+    } else if let Some(f) = &a.prompt_file {
+        vec![std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?]
+    } else {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s).context("reading the prompt from stdin")?;
+        vec![s]
+    };
+    let ids = prompts.iter().map(|p| tok.encode(p)).collect::<Result<Vec<_>, _>>()?;
+    let batch = a.prompts_file.is_some();
+    let stdout = std::io::stdout();
+    let t1 = Instant::now();
+    let mut first: Option<f64> = None;
+    let mut on_text = |_i: usize, s: &str| {
+        first.get_or_insert_with(|| t1.elapsed().as_secs_f64());
+        if !batch {
+            let mut out = stdout.lock();
+            // a closed pipe (e.g. `| head`) ends the output, not the program with a panic
+            let _ = out.write_all(s.as_bytes()).and_then(|_| out.flush());
+        }
+    };
+    let gens: Vec<Generation> = generate_ids(&model, &tok, &ids, &opts, &mut on_text)?;
+    let secs = t1.elapsed().as_secs_f64();
+    let mut out = stdout.lock();
+    if batch {
+        for (i, (g, p)) in gens.iter().zip(&prompts).enumerate() {
+            let line = serde_json::to_string(&Line { index: i, prompt: p, text: &g.text, tokens: g.tokens.len(), stop: g.stop.as_str() })?;
+            let _ = writeln!(out, "{line}");
+        }
+    } else {
+        let _ = writeln!(out);
+    }
+    if a.stats {
+        let n: usize = gens.iter().map(|g| g.tokens.len()).sum();
+        let prompt_tokens: usize = gens.iter().map(|g| g.prompt_tokens.len()).sum();
+        eprintln!(
+            "{} prompt(s), {prompt_tokens} prompt tokens, {n} generated in {secs:.2} s ({:.1} tokens/s); first text after {:.0} ms; stop: {}",
+            gens.len(),
+            n as f64 / secs,
+            first.unwrap_or(secs) * 1e3,
+            gens.iter().map(|g| g.stop.as_str()).collect::<Vec<_>>().join(",")
+        );
+    }
+    Ok(true)
+}
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Device to time on.
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
+    /// A model directory to time; without it, a random model of the config below.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Config of the random model as JSON (fla's GLAConfig keys); default: fla's gla_340M
+    /// (hidden 1024, 24 layers, 4 heads, tied embeddings, vocab 32000).
+    #[arg(long)]
+    config: Option<String>,
+    /// Prompt tokens per sequence.
+    #[arg(long, default_value_t = 512)]
+    prompt_len: usize,
+    /// Generated tokens per sequence.
+    #[arg(long, default_value_t = 256)]
+    new_tokens: usize,
+    /// Batch sizes (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "1,16")]
+    batch: Vec<usize>,
+    /// Also measure the peak resident memory of one sequence at these context lengths
+    /// (comma-separated, e.g. 1024,65536): prefill that many tokens, then decode 16.
+    #[arg(long, value_delimiter = ',')]
+    contexts: Vec<usize>,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct MemEntry {
+    context: usize,
+    prefill_s: f64,
+    decode_ms_per_token: f64,
+    /// peak resident set of the process during this run (VmHWM after resetting it), MiB
+    peak_rss_mib: f64,
+    state_bytes: usize,
+}
+
+/// Peak resident set (VmHWM) in KiB, from /proc (Linux).
+fn peak_rss_kib() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    s.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[derive(Serialize)]
+struct BenchEntry {
+    batch: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+    /// prefill of the whole batch plus the first sampled token, ms
+    ttft_ms: f64,
+    prefill_tokens_per_s: f64,
+    /// generated tokens per second over the decode phase, all sequences together
+    decode_tokens_per_s: f64,
+    /// ms per decode step (one token for every sequence)
+    ms_per_step: f64,
+    state_bytes_per_seq: usize,
+}
+
+#[derive(Serialize)]
+struct BenchReport {
+    unix_time: u64,
+    device: String,
+    threads: usize,
+    config: serde_json::Value,
+    params: usize,
+    results: Vec<BenchEntry>,
+    memory: Vec<MemEntry>,
+}
+
+pub fn bench(a: &BenchArgs) -> Result<bool> {
+    a.device.ensure_built()?;
+    if a.device == Device::Cuda {
+        bail!("`gla bench generate --device cuda` is not built yet: generation runs on the CPU only for now");
+    }
+    if a.prompt_len == 0 || a.new_tokens == 0 || a.batch.contains(&0) {
+        bail!("--prompt-len, --new-tokens and every --batch must be > 0");
+    }
+    let model = match (&a.model, &a.config) {
+        (Some(dir), _) => load_model_dir(dir).with_context(|| format!("loading {}", dir.display()))?,
+        (None, c) => {
+            let config = match c {
+                Some(json) => GlaConfig::from_json(json)?,
+                None => GlaConfig { hidden_size: 1024, num_hidden_layers: 24, num_heads: 4, tie_word_embeddings: true, ..GlaConfig::default() },
+            };
+            GlaModel::new(config, 0)?
+        }
+    };
+    let threads = rayon::current_num_threads();
+    println!(
+        "gla bench generate: cpu ({threads} threads), {} parameters ({} layers, hidden {}, heads {}, vocab {}), f32, greedy",
+        model.num_params(),
+        model.dims.layers,
+        model.dims.d,
+        model.dims.heads,
+        model.dims.vocab
+    );
+    println!("{:>5} {:>7} {:>5} {:>10} {:>14} {:>14} {:>10} {:>12}", "batch", "prompt", "new", "TTFT ms", "prefill tok/s", "decode tok/s", "ms/step", "state/seq");
+    let mut results = Vec::new();
+    let vocab = model.dims.vocab;
+    for &b in &a.batch {
+        let prompts: Vec<Vec<u32>> =
+            (0..b).map(|i| { let mut r = Rng::new(1000 + i as u64); (0..a.prompt_len).map(|_| r.below(vocab) as u32).collect() }).collect();
+        let mut states: Vec<_> = (0..b).map(|_| model.new_state()).collect();
+        let mut samplers: Vec<Sampler> = (0..b).map(|_| Sampler::new(SamplingParams::default())).collect::<Result<_, _>>()?;
+        let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        let t0 = Instant::now();
+        let mut sts: Vec<_> = states.iter_mut().collect();
+        let logits = model.prefill_batch(&refs, &mut sts)?;
+        let mut ids: Vec<u32> = logits.iter().zip(samplers.iter_mut()).map(|(l, s)| s.sample(l, &[])).collect();
+        let ttft = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        for _ in 1..a.new_tokens {
+            let logits = model.decode_batch(&ids, &mut sts)?;
+            ids = logits.iter().zip(samplers.iter_mut()).map(|(l, s)| s.sample(l, &[])).collect();
+        }
+        let dec = t1.elapsed().as_secs_f64();
+        let steps = (a.new_tokens - 1).max(1);
+        let e = BenchEntry {
+            batch: b,
+            prompt_len: a.prompt_len,
+            new_tokens: a.new_tokens,
+            ttft_ms: ttft * 1e3,
+            prefill_tokens_per_s: (b * a.prompt_len) as f64 / ttft,
+            decode_tokens_per_s: if a.new_tokens > 1 { (b * (a.new_tokens - 1)) as f64 / dec } else { 0.0 },
+            ms_per_step: dec * 1e3 / steps as f64,
+            state_bytes_per_seq: states[0].bytes(),
+        };
+        println!(
+            "{:>5} {:>7} {:>5} {:>10.1} {:>14.1} {:>14.1} {:>10.2} {:>9.1} KiB",
+            b,
+            a.prompt_len,
+            a.new_tokens,
+            e.ttft_ms,
+            e.prefill_tokens_per_s,
+            e.decode_tokens_per_s,
+            e.ms_per_step,
+            e.state_bytes_per_seq as f64 / 1024.0
+        );
+        results.push(e);
+    }
+    let mut memory = Vec::new();
+    for &c in &a.contexts {
+        // reset the peak resident set to the current one (Linux >= 4.0), then run one sequence
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        let mut r = Rng::new(7);
+        let ids: Vec<u32> = (0..c.max(1)).map(|_| r.below(vocab) as u32).collect();
+        let mut st = model.new_state();
+        let t0 = Instant::now();
+        let mut l = model.prefill(&ids, &mut st)?;
+        let prefill_s = t0.elapsed().as_secs_f64();
+        let mut s = Sampler::new(SamplingParams::default())?;
+        let t1 = Instant::now();
+        for _ in 0..16 {
+            l = model.decode(s.sample(&l, &[]), &mut st)?;
+        }
+        let e = MemEntry {
+            context: c,
+            prefill_s,
+            decode_ms_per_token: t1.elapsed().as_secs_f64() * 1e3 / 16.0,
+            peak_rss_mib: peak_rss_kib().unwrap_or(f64::NAN) / 1024.0,
+            state_bytes: st.bytes(),
+        };
+        println!(
+            "context {:>7}: prefill {:.2} s, decode {:.2} ms/token, peak RSS {:.1} MiB, state {:.1} KiB",
+            c, e.prefill_s, e.decode_ms_per_token, e.peak_rss_mib, e.state_bytes as f64 / 1024.0
+        );
+        memory.push(e);
+    }
+    if let Some(path) = &a.json {
+        let report = BenchReport {
+            unix_time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            device: "cpu".into(),
+            threads,
+            config: serde_json::from_str(&model.config.to_json())?,
+            params: model.num_params(),
+            results,
+            memory,
+        };
+        gla_core::io::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stop_strings_take_shell_escapes() {
+        assert_eq!(super::unescape(r"\n\nUser:"), "\n\nUser:");
+        assert_eq!(super::unescape(r"a\tb\\n\q\"), "a\tb\\n\\q\\");
+    }
+}

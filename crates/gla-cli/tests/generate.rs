@@ -1,0 +1,79 @@
+//! `gla generate` end to end on a tiny byte-level model saved in fla's format.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use gla_model::checkpoint::save_model;
+use gla_model::generate::{generate, GenerateOptions};
+use gla_model::tokenizer::Tokenizer;
+use gla_model::{GlaConfig, GlaModel};
+
+fn tiny_dir(name: &str) -> (std::path::PathBuf, GlaModel) {
+    let dir = std::env::temp_dir().join(format!("gla-cli-gen-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let m = GlaModel::new(GlaConfig { initializer_range: 0.2, use_short_conv: true, ..GlaConfig::tiny(32, 2, 2, 256) }, 4).unwrap();
+    save_model(&dir, &m).unwrap();
+    (dir, m)
+}
+
+fn gla(args: &[&str], stdin: Option<&str>) -> (i32, String, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gla"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(s) = stdin {
+        c.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    drop(c.stdin.take());
+    let o = c.wait_with_output().unwrap();
+    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+#[test]
+fn generate_cli_streams_what_the_library_generates() {
+    let (dir, m) = tiny_dir("stream");
+    let d = dir.to_str().unwrap();
+    let opts = GenerateOptions { max_new_tokens: 12, ..Default::default() };
+    let want = generate(&m, &Tokenizer::Bytes, "Hello", &opts, |_| {}).unwrap();
+    let (code, out, err) = gla(&["generate", "--model", d, "--prompt", "Hello", "--max-new-tokens", "12", "--ignore-eos"], None);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, format!("{}\n", want.text));
+    // the same prompt from stdin and from a file
+    let (_, out2, _) = gla(&["generate", "--model", d, "--max-new-tokens", "12", "--ignore-eos"], Some("Hello"));
+    assert_eq!(out2, out);
+    std::fs::write(dir.join("p.txt"), "Hello").unwrap();
+    let (_, out3, _) = gla(&["generate", "--model", d, "--prompt-file", dir.join("p.txt").to_str().unwrap(), "--max-new-tokens", "12", "--ignore-eos"], None);
+    assert_eq!(out3, out);
+    // a batch from a file: one JSON line per prompt, the first equal to the single run
+    std::fs::write(dir.join("ps.txt"), "Hello\n\nab\nThe longest prompt of the three\n").unwrap();
+    let (code, out, err) = gla(&["generate", "--model", d, "--prompts-file", dir.join("ps.txt").to_str().unwrap(), "--max-new-tokens", "12", "--ignore-eos"], None);
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(lines[0]["text"], want.text.as_str());
+    assert_eq!(lines[2]["prompt"], "The longest prompt of the three");
+    assert_eq!(lines[1]["tokens"], 12);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn generate_cli_names_the_bad_tensor_and_bad_flags() {
+    let (dir, _) = tiny_dir("bad");
+    let d = dir.to_str().unwrap();
+    let cfg = std::fs::read_to_string(dir.join("config.json")).unwrap();
+    std::fs::write(dir.join("config.json"), cfg.replace("\"hidden_size\": 32", "\"hidden_size\": 64")).unwrap();
+    let (code, _, err) = gla(&["generate", "--model", d, "--prompt", "x"], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("model.embeddings.weight") && err.contains("expected shape [256, 64]"), "{err}");
+    std::fs::write(dir.join("config.json"), &cfg).unwrap();
+    let (code, _, err) = gla(&["generate", "--model", d, "--prompt", "x", "--top-p", "0"], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("top_p"), "{err}");
+    let (code, _, err) = gla(&["generate", "--model", d, "--prompt", ""], None);
+    assert_eq!(code, 1);
+    assert!(err.contains("empty"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
