@@ -50,7 +50,8 @@ impl SamplingArgs {
 #[derive(clap::Args)]
 pub struct Args {
     /// Model directory: config.json + model.safetensors (or model.safetensors.index.json and its
-    /// shards), and tokenizer.json when the model has one (byte-level otherwise).
+    /// shards), and tokenizer.json when the model has one (byte-level otherwise; reading
+    /// tokenizer.json needs a gla built with `--features hf-tokenizer`).
     #[arg(long)]
     model: PathBuf,
     /// The prompt. Without --prompt, --prompt-file or --prompts-file, the prompt is read from stdin.
