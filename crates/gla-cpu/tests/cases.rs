@@ -16,6 +16,7 @@ fn run_table(op: &dyn GlaOp<f32>) {
         let r = common::reference(&d);
         for (name, err) in common::errors_f32(op, &d, &r) {
             // `!(err <= TOL)` also fails NaN
+            #[allow(clippy::neg_cmp_op_on_partial_ord)]
             if !(err <= TOL_F32) {
                 failures.push(format!("{} {}: {} rel-rmse {:.3e}", op.name(), case.name, name, err));
             }
