@@ -455,10 +455,10 @@ impl GlaModel {
         Ok(logits.chunks_exact(dm.vocab).map(<[f32]>::to_vec).collect())
     }
 
-    /// The GLA op of layer `l` over packed sequences (`bounds`): sequences of at most 64 tokens
-    /// together through the fused recurrent op, each longer one alone through the chunked op
-    /// (fla's per-call mode switch, applied per sequence). Reads layer `l`'s recurrent state of
-    /// every sequence and pushes the new one onto `recs[s]`.
+    /// The GLA op of layer `l` over packed sequences (`bounds`), one call per sequence with the
+    /// algorithm it would get alone (fla's per-call mode switch: fused recurrent for at most 64
+    /// tokens, chunked otherwise), reading its state in place (no gather into a batch buffer:
+    /// at decode, copying the states dominated). Pushes each new state onto `recs[s]`.
     #[allow(clippy::too_many_arguments)]
     fn gla_packed(
         &self,
@@ -474,59 +474,13 @@ impl GlaModel {
     ) -> Result<()> {
         let dm = &self.dims;
         let (hk, hv) = (dm.heads * dm.head_k, dm.heads * dm.head_v);
-        let ns = bounds.len() - 1;
-        let short: Vec<usize> = (0..ns).filter(|&s| bounds[s + 1] - bounds[s] <= RECURRENT_MAX_T).collect();
-        if !short.is_empty() {
-            let contiguous = short.len() == ns;
-            let (mut qs, mut ks, mut vs, mut gs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-            let mut cu = vec![0usize];
-            for &s in &short {
-                let (a, b) = (bounds[s], bounds[s + 1]);
-                if !contiguous {
-                    qs.extend_from_slice(&q[a * hk..b * hk]);
-                    ks.extend_from_slice(&k[a * hk..b * hk]);
-                    vs.extend_from_slice(&v[a * hv..b * hv]);
-                    gs.extend_from_slice(&g[a * hk..b * hk]);
-                }
-                cu.push(cu.last().copied().unwrap_or(0) + b - a);
-            }
-            let total = cu[cu.len() - 1];
-            let gathered: Vec<f32>;
-            let h0: &[f32] = if let [s] = short[..] {
-                &states[s].layers[l].recurrent
-            } else {
-                gathered = short.iter().flat_map(|&s| states[s].layers[l].recurrent.iter().copied()).collect();
-                &gathered
-            };
-            let all_one = cu.windows(2).all(|w| w[1] - w[0] == 1);
-            // T = 1 for every sequence: a plain [N, 1] batch; otherwise packed varlen
-            let prob = if all_one { problem(dm, short.len(), 1, None)? } else { problem(dm, 1, total, Some(cu.clone()))? };
-            let x = if contiguous {
-                Inputs { q, k, v, g: Some(g), h0: Some(h0) }
-            } else {
-                Inputs { q: &qs, k: &ks, v: &vs, g: Some(&gs), h0: Some(h0) }
-            };
-            let out = FusedRecurrent.forward(&prob, &x, true)?;
-            let ht = out.ht.unwrap_or_default();
-            let sz = hk * dm.head_v;
-            for (j, &s) in short.iter().enumerate() {
-                let (a, b) = (bounds[s], bounds[s + 1]);
-                o[a * hv..b * hv].copy_from_slice(&out.o[cu[j] * hv..cu[j + 1] * hv]);
-            }
-            if short.len() == 1 {
-                recs[short[0]].push(ht);
-            } else {
-                for (j, &s) in short.iter().enumerate() {
-                    recs[s].push(ht[j * sz..(j + 1) * sz].to_vec());
-                }
-            }
-        }
-        for s in (0..ns).filter(|&s| bounds[s + 1] - bounds[s] > RECURRENT_MAX_T) {
+        for s in 0..bounds.len() - 1 {
             let (a, b) = (bounds[s], bounds[s + 1]);
+            let op: &dyn GlaOp<f32> = if b - a <= RECURRENT_MAX_T { &FusedRecurrent } else { &CHUNKED };
             let prob = problem(dm, 1, b - a, None)?;
             let h0 = &states[s].layers[l].recurrent;
             let x = Inputs { q: &q[a * hk..b * hk], k: &k[a * hk..b * hk], v: &v[a * hv..b * hv], g: Some(&g[a * hk..b * hk]), h0: Some(h0) };
-            let out = CHUNKED.forward(&prob, &x, true)?;
+            let out = op.forward(&prob, &x, true)?;
             o[a * hv..b * hv].copy_from_slice(&out.o);
             recs[s].push(out.ht.unwrap_or_default());
         }
