@@ -277,7 +277,9 @@ pub fn bench(a: &BenchArgs) -> Result<bool> {
         (None, c) => {
             let config = match c {
                 Some(json) => GlaConfig::from_json(json)?,
-                None => GlaConfig { hidden_size: 1024, num_hidden_layers: 24, num_heads: 4, tie_word_embeddings: true, ..GlaConfig::default() },
+                None => {
+                    GlaConfig { hidden_size: 1024, num_hidden_layers: 24, num_heads: 4, tie_word_embeddings: true, ..GlaConfig::default() }
+                }
             };
             GlaModel::new(config, 0)?
         }
@@ -291,12 +293,19 @@ pub fn bench(a: &BenchArgs) -> Result<bool> {
         model.dims.heads,
         model.dims.vocab
     );
-    println!("{:>5} {:>7} {:>5} {:>10} {:>14} {:>14} {:>10} {:>12}", "batch", "prompt", "new", "TTFT ms", "prefill tok/s", "decode tok/s", "ms/step", "state/seq");
+    println!(
+        "{:>5} {:>7} {:>5} {:>10} {:>14} {:>14} {:>10} {:>12}",
+        "batch", "prompt", "new", "TTFT ms", "prefill tok/s", "decode tok/s", "ms/step", "state/seq"
+    );
     let mut results = Vec::new();
     let vocab = model.dims.vocab;
     for &b in &a.batch {
-        let prompts: Vec<Vec<u32>> =
-            (0..b).map(|i| { let mut r = Rng::new(1000 + i as u64); (0..a.prompt_len).map(|_| r.below(vocab) as u32).collect() }).collect();
+        let prompts: Vec<Vec<u32>> = (0..b)
+            .map(|i| {
+                let mut r = Rng::new(1000 + i as u64);
+                (0..a.prompt_len).map(|_| r.below(vocab) as u32).collect()
+            })
+            .collect();
         let mut states: Vec<_> = (0..b).map(|_| model.new_state()).collect();
         let mut samplers: Vec<Sampler> = (0..b).map(|_| Sampler::new(SamplingParams::default())).collect::<Result<_, _>>()?;
         let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
@@ -359,7 +368,11 @@ pub fn bench(a: &BenchArgs) -> Result<bool> {
         };
         println!(
             "context {:>7}: prefill {:.2} s, decode {:.2} ms/token, peak RSS {:.1} MiB, state {:.1} KiB",
-            c, e.prefill_s, e.decode_ms_per_token, e.peak_rss_mib, e.state_bytes as f64 / 1024.0
+            c,
+            e.prefill_s,
+            e.decode_ms_per_token,
+            e.peak_rss_mib,
+            e.state_bytes as f64 / 1024.0
         );
         memory.push(e);
     }
@@ -373,7 +386,8 @@ pub fn bench(a: &BenchArgs) -> Result<bool> {
             results,
             memory,
         };
-        gla_core::io::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+        gla_core::io::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(true)
 }

@@ -45,11 +45,17 @@ fn generate_cli_streams_what_the_library_generates() {
     let (_, out2, _) = gla(&["generate", "--model", d, "--max-new-tokens", "12", "--ignore-eos"], Some("Hello"));
     assert_eq!(out2, out);
     std::fs::write(dir.join("p.txt"), "Hello").unwrap();
-    let (_, out3, _) = gla(&["generate", "--model", d, "--prompt-file", dir.join("p.txt").to_str().unwrap(), "--max-new-tokens", "12", "--ignore-eos"], None);
+    let (_, out3, _) = gla(
+        &["generate", "--model", d, "--prompt-file", dir.join("p.txt").to_str().unwrap(), "--max-new-tokens", "12", "--ignore-eos"],
+        None,
+    );
     assert_eq!(out3, out);
     // a batch from a file: one JSON line per prompt, the first equal to the single run
     std::fs::write(dir.join("ps.txt"), "Hello\n\nab\nThe longest prompt of the three\n").unwrap();
-    let (code, out, err) = gla(&["generate", "--model", d, "--prompts-file", dir.join("ps.txt").to_str().unwrap(), "--max-new-tokens", "12", "--ignore-eos"], None);
+    let (code, out, err) = gla(
+        &["generate", "--model", d, "--prompts-file", dir.join("ps.txt").to_str().unwrap(), "--max-new-tokens", "12", "--ignore-eos"],
+        None,
+    );
     assert_eq!(code, 0, "{err}");
     let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 3);

@@ -217,7 +217,13 @@ fn mask(logits: &mut [f32], tok: &Tokenizer) {
 ///
 /// # Errors
 /// [`GenerateError::BadOption`], [`GenerateError::EmptyPrompt`], tokenizer and model errors.
-pub fn generate(model: &GlaModel, tok: &Tokenizer, prompt: &str, opts: &GenerateOptions, mut on_text: impl FnMut(&str)) -> Result<Generation, GenerateError> {
+pub fn generate(
+    model: &GlaModel,
+    tok: &Tokenizer,
+    prompt: &str,
+    opts: &GenerateOptions,
+    mut on_text: impl FnMut(&str),
+) -> Result<Generation, GenerateError> {
     let mut out = generate_batch(model, tok, &[prompt], opts, |_, s| on_text(s))?;
     Ok(out.pop().expect("one prompt, one generation"))
 }
@@ -289,7 +295,8 @@ pub fn generate_ids(
             }
             next.push(t);
         }
-        let (ids, still): (Vec<u32>, Vec<usize>) = active.iter().zip(next).filter(|(&i, _)| seqs[i].stop.is_none()).map(|(&i, t)| (t, i)).unzip();
+        let (ids, still): (Vec<u32>, Vec<usize>) =
+            active.iter().zip(next).filter(|(&i, _)| seqs[i].stop.is_none()).map(|(&i, t)| (t, i)).unzip();
         if still.is_empty() {
             break;
         }

@@ -82,8 +82,9 @@ impl State {
         let w = dims.conv;
         let chans = [dims.key_dim, dims.key_dim_kv, dims.value_dim_kv];
         let conv = |c: usize| if w > 0 { vec![0.0; c * w] } else { Vec::new() };
-        let layers =
-            (0..dims.layers).map(|_| LayerState { recurrent: vec![0.0; kv], conv: [conv(chans[0]), conv(chans[1]), conv(chans[2])] }).collect();
+        let layers = (0..dims.layers)
+            .map(|_| LayerState { recurrent: vec![0.0; kv], conv: [conv(chans[0]), conv(chans[1]), conv(chans[2])] })
+            .collect();
         Self { layers, seen: 0, shape: (dims.heads, dims.head_k, dims.head_v, w, chans) }
     }
 
@@ -143,7 +144,12 @@ impl State {
             return Err(Error::Shape { op: "import_recurrent", tensor: "recurrent_state", shape, expected: h * k * v, got: data.len() });
         }
         if let Some(i) = data.iter().position(|x| !x.is_finite()) {
-            return Err(Error::Op(gla_core::Error::NonFinite { op: "import_recurrent", tensor: "recurrent_state", index: i, value: data[i] as f64 }));
+            return Err(Error::Op(gla_core::Error::NonFinite {
+                op: "import_recurrent",
+                tensor: "recurrent_state",
+                index: i,
+                value: data[i] as f64,
+            }));
         }
         let s = match layout {
             StateLayout::KeyFirst => data.to_vec(),
@@ -186,7 +192,13 @@ impl State {
 
     fn layer_mut(&mut self, i: usize, op: &'static str) -> Result<&mut LayerState> {
         let n = self.layers.len();
-        self.layers.get_mut(i).ok_or_else(|| Error::Shape { op, tensor: "layer", shape: format!("a layer index < {n}"), expected: n, got: i })
+        self.layers.get_mut(i).ok_or_else(|| Error::Shape {
+            op,
+            tensor: "layer",
+            shape: format!("a layer index < {n}"),
+            expected: n,
+            got: i,
+        })
     }
 
     fn fits(&self, dims: &Dims) -> bool {
@@ -240,7 +252,14 @@ fn lin(y: &mut [f32], x: &[f32], w: &[f32], m: usize, d_in: usize, d_out: usize)
     for r0 in (0..m).step_by(16) {
         let mb = (m - r0).min(16);
         let t = &mut tmp[..d_out * mb];
-        matmul_with(t, mb, MatRef::new(w, d_out, d_in, d_in), MatRef::new(&x[r0 * d_in..(r0 + mb) * d_in], mb, d_in, d_in).t(), false, Threads::All);
+        matmul_with(
+            t,
+            mb,
+            MatRef::new(w, d_out, d_in, d_in),
+            MatRef::new(&x[r0 * d_in..(r0 + mb) * d_in], mb, d_in, d_in).t(),
+            false,
+            Threads::All,
+        );
         for (j, col) in t.chunks_exact(mb).enumerate() {
             for (r, &v) in col.iter().enumerate() {
                 y[(r0 + r) * d_out + j] = v;
@@ -250,7 +269,16 @@ fn lin(y: &mut [f32], x: &[f32], w: &[f32], m: usize, d_in: usize, d_out: usize)
 }
 
 fn problem(dims: &Dims, b: usize, t: usize, cu: Option<Vec<usize>>) -> Result<Problem> {
-    Ok(Problem::new(ProblemSpec { b, t, h: dims.heads, k: dims.head_k, v: dims.head_v, gate: GateKind::PerKey, scale: None, cu_seqlens: cu })?)
+    Ok(Problem::new(ProblemSpec {
+        b,
+        t,
+        h: dims.heads,
+        k: dims.head_k,
+        v: dims.head_v,
+        gate: GateKind::PerKey,
+        scale: None,
+        cu_seqlens: cu,
+    })?)
 }
 
 static CHUNKED: Chunked = Chunked { schedule: Schedule::Auto };
@@ -289,10 +317,22 @@ impl GlaModel {
     /// As [`GlaModel::prefill`]; [`Error::Shape`] when the counts of prompts and states differ.
     pub fn prefill_batch(&self, prompts: &[&[u32]], states: &mut [&mut State]) -> Result<Vec<Vec<f32>>> {
         if prompts.len() != states.len() {
-            return Err(Error::Shape { op: "prefill_batch", tensor: "states", shape: "one per prompt".into(), expected: prompts.len(), got: states.len() });
+            return Err(Error::Shape {
+                op: "prefill_batch",
+                tensor: "states",
+                shape: "one per prompt".into(),
+                expected: prompts.len(),
+                got: states.len(),
+            });
         }
         if prompts.iter().any(|p| p.is_empty()) {
-            return Err(Error::Shape { op: "prefill", tensor: "input_ids", shape: "[T >= 1] (a prompt needs at least one token)".into(), expected: 1, got: 0 });
+            return Err(Error::Shape {
+                op: "prefill",
+                tensor: "input_ids",
+                shape: "[T >= 1] (a prompt needs at least one token)".into(),
+                expected: 1,
+                got: 0,
+            });
         }
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); prompts.len()];
         let mut start = 0;
@@ -335,7 +375,13 @@ impl GlaModel {
     /// As [`GlaModel::prefill_batch`].
     pub fn decode_batch(&self, ids: &[u32], states: &mut [&mut State]) -> Result<Vec<Vec<f32>>> {
         if ids.len() != states.len() {
-            return Err(Error::Shape { op: "decode_batch", tensor: "states", shape: "one per token".into(), expected: ids.len(), got: states.len() });
+            return Err(Error::Shape {
+                op: "decode_batch",
+                tensor: "states",
+                shape: "one per token".into(),
+                expected: ids.len(),
+                got: states.len(),
+            });
         }
         self.forward_packed(ids, &vec![1; ids.len()], states)
     }
@@ -346,7 +392,13 @@ impl GlaModel {
         let dm = &self.dims;
         let rows: usize = lens.iter().sum();
         if rows != ids.len() || lens.len() != states.len() {
-            return Err(Error::Shape { op: "forward_packed", tensor: "input_ids", shape: "sum of the lengths".into(), expected: rows, got: ids.len() });
+            return Err(Error::Shape {
+                op: "forward_packed",
+                tensor: "input_ids",
+                shape: "sum of the lengths".into(),
+                expected: rows,
+                got: ids.len(),
+            });
         }
         if lens.contains(&0) {
             return Err(Error::Shape { op: "prefill", tensor: "input_ids", shape: "[T >= 1]".into(), expected: 1, got: 0 });
@@ -368,7 +420,12 @@ impl GlaModel {
         // the states only at the end, so that an error leaves them unchanged
         let mut convs: Vec<Vec<[Vec<f32>; 3]>> = states.iter().map(|s| s.layers.iter().map(|l| l.conv.clone()).collect()).collect();
         let mut recs: Vec<Vec<Vec<f32>>> = states.iter().map(|_| Vec::with_capacity(dm.layers)).collect();
-        let bounds: Vec<usize> = std::iter::once(0).chain(lens.iter().scan(0, |a, &l| { *a += l; Some(*a) })).collect();
+        let bounds: Vec<usize> = std::iter::once(0)
+            .chain(lens.iter().scan(0, |a, &l| {
+                *a += l;
+                Some(*a)
+            }))
+            .collect();
         let p = View { layout: &self.layout, data: &self.params };
         let d = dm.d;
         let n = rows;
@@ -378,7 +435,8 @@ impl GlaModel {
         let (mut xn, mut rstd, mut rstd_o) = (z(n * d), z(n), z(n * dm.heads));
         let (mut q, mut k, mut v) = (z(n * dm.key_dim), z(n * dm.key_dim_kv), z(n * dm.value_dim_kv));
         let conv = dm.conv > 0;
-        let (mut qc, mut kc, mut vc) = if conv { (z(n * dm.key_dim), z(n * dm.key_dim_kv), z(n * dm.value_dim_kv)) } else { (vec![], vec![], vec![]) };
+        let (mut qc, mut kc, mut vc) =
+            if conv { (z(n * dm.key_dim), z(n * dm.key_dim_kv), z(n * dm.value_dim_kv)) } else { (vec![], vec![], vec![]) };
         let mut g_pre = if dm.output_gate { z(n * dm.value_dim) } else { vec![] };
         let (mut gk_lr, mut gk_raw, mut gk) = (z(n * dm.gate_rank), z(n * dm.key_dim_kv), z(n * dm.key_dim_kv));
         let groups = dm.groups();
@@ -479,7 +537,8 @@ impl GlaModel {
             let op: &dyn GlaOp<f32> = if b - a <= RECURRENT_MAX_T { &FusedRecurrent } else { &CHUNKED };
             let prob = problem(dm, 1, b - a, None)?;
             let h0 = &states[s].layers[l].recurrent;
-            let x = Inputs { q: &q[a * hk..b * hk], k: &k[a * hk..b * hk], v: &v[a * hv..b * hv], g: Some(&g[a * hk..b * hk]), h0: Some(h0) };
+            let x =
+                Inputs { q: &q[a * hk..b * hk], k: &k[a * hk..b * hk], v: &v[a * hv..b * hv], g: Some(&g[a * hk..b * hk]), h0: Some(h0) };
             let out = op.forward(&prob, &x, true)?;
             o[a * hv..b * hv].copy_from_slice(&out.o);
             recs[s].push(out.ht.unwrap_or_default());

@@ -37,7 +37,8 @@ pub fn load_model_dir(dir: &Path) -> Result<GlaModel> {
     let dims = config.dims()?;
     let layout = Layout::new(&dims);
     let index_path = dir.join(INDEX_FILE);
-    let index_text = fs::read_to_string(&index_path).map_err(|e| Error::Io { op: "read", path: index_path.display().to_string(), source: e })?;
+    let index_text =
+        fs::read_to_string(&index_path).map_err(|e| Error::Io { op: "read", path: index_path.display().to_string(), source: e })?;
     let index: serde_json::Value =
         serde_json::from_str(&index_text).map_err(|source| Error::Json { what: index_path.display().to_string(), source })?;
     let map = index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Tensor {
@@ -67,13 +68,21 @@ pub fn load_model_dir(dir: &Path) -> Result<GlaModel> {
     }
     for s in &layout.specs {
         if !map.contains_key(&s.name) {
-            return Err(Error::Tensor { path: index_path.display().to_string(), name: s.name.clone(), reason: format!("missing (expected shape {:?})", s.shape) });
+            return Err(Error::Tensor {
+                path: index_path.display().to_string(),
+                name: s.name.clone(),
+                reason: format!("missing (expected shape {:?})", s.shape),
+            });
         }
     }
     let mut params = vec![0.0f32; layout.numel];
     for (file, names) in &shards {
         if file.contains('/') || file.contains('\\') || file.starts_with('.') {
-            return Err(Error::Tensor { path: index_path.display().to_string(), name: names[0].clone(), reason: format!("shard name {file:?} leaves the model directory") });
+            return Err(Error::Tensor {
+                path: index_path.display().to_string(),
+                name: names[0].clone(),
+                reason: format!("shard name {file:?} leaves the model directory"),
+            });
         }
         let path = dir.join(file);
         let p = path.display().to_string();
@@ -88,13 +97,20 @@ pub fn load_model_dir(dir: &Path) -> Result<GlaModel> {
                 reason: format!("missing from this shard, which the index names for it (expected shape {:?})", spec.shape),
             })?;
             if t.shape() != spec.shape.as_slice() {
-                return Err(Error::Tensor { path: p.clone(), name: name.clone(), reason: format!("expected shape {:?}, found {:?}", spec.shape, t.shape()) });
+                return Err(Error::Tensor {
+                    path: p.clone(),
+                    name: name.clone(),
+                    reason: format!("expected shape {:?}, found {:?}", spec.shape, t.shape()),
+                });
             }
             let dst = &mut params[spec.range()];
             let data = t.data();
             match t.dtype() {
                 Dtype::F32 => dst.iter_mut().zip(data.chunks_exact(4)).for_each(|(d, b)| *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                Dtype::BF16 => dst.iter_mut().zip(data.chunks_exact(2)).for_each(|(d, b)| *d = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
+                Dtype::BF16 => dst
+                    .iter_mut()
+                    .zip(data.chunks_exact(2))
+                    .for_each(|(d, b)| *d = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
                 Dtype::F16 => dst.iter_mut().zip(data.chunks_exact(2)).for_each(|(d, b)| *d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]))),
                 other => {
                     return Err(Error::Tensor {

@@ -152,11 +152,16 @@ fn generate_streams_exactly_the_text_and_honours_the_budget() {
 fn generate_stops_at_a_stop_string_and_at_eos() {
     let m = byte_model(2);
     let tok = Tokenizer::Bytes;
-    let long = GenerateOptions { max_new_tokens: 60, sampling: SamplingParams { temperature: 1.0, seed: 5, ..Default::default() }, ..Default::default() };
+    let long = GenerateOptions {
+        max_new_tokens: 60,
+        sampling: SamplingParams { temperature: 1.0, seed: 5, ..Default::default() },
+        ..Default::default()
+    };
     let full = generate(&m, &tok, "ab", &long, |_| {}).unwrap();
     // a stop string taken from the middle of what it generates without one (two characters)
     let chars: Vec<char> = full.text.chars().collect();
-    let at = (chars.len() / 3..chars.len() - 1).find(|&i| chars[i] != '\u{FFFD}' && chars[i + 1] != '\u{FFFD}').expect("two clean characters");
+    let at =
+        (chars.len() / 3..chars.len() - 1).find(|&i| chars[i] != '\u{FFFD}' && chars[i + 1] != '\u{FFFD}').expect("two clean characters");
     let stop: String = chars[at..at + 2].iter().collect();
     let first = full.text.find(&stop).unwrap();
     assert!(first > 0);
@@ -180,7 +185,9 @@ fn generate_batch_equals_each_prompt_alone() {
     let m = byte_model(3);
     let tok = Tokenizer::Bytes;
     let prompts = ["a", "The quick brown fox jumps over the lazy dog, then the lazy dog jumps over the fox.", "xyz", ""];
-    for sampling in [SamplingParams::default(), SamplingParams { temperature: 0.8, top_k: 20, top_p: 0.9, repetition_penalty: 1.1, seed: 9 }] {
+    for sampling in
+        [SamplingParams::default(), SamplingParams { temperature: 0.8, top_k: 20, top_p: 0.9, repetition_penalty: 1.1, seed: 9 }]
+    {
         let opts = GenerateOptions { max_new_tokens: 12, sampling, stop_strings: vec!["e".into()], ..Default::default() };
         let mut streamed = vec![String::new(); 3];
         let batch = generate_batch(&m, &tok, &prompts[..3], &opts, |i, s| streamed[i].push_str(s)).unwrap();

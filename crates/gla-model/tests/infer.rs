@@ -186,7 +186,8 @@ fn infer_loads_sharded_checkpoints_and_names_bad_tensors() {
     let dir = std::env::temp_dir().join(format!("gla-shards-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     save_sharded(&dir, &m, 40_000).unwrap();
-    let shards = std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".safetensors")).count();
+    let shards =
+        std::fs::read_dir(&dir).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".safetensors")).count();
     assert!(shards > 2, "{shards} shards");
     let back = load_model_dir(&dir).unwrap();
     assert_eq!(back.params, m.params);
