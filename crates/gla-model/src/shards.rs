@@ -29,6 +29,9 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// missing, unexpected or mis-shaped tensor and its expected shape.
 pub fn load_model_dir(dir: &Path) -> Result<GlaModel> {
     if dir.join(WEIGHTS_FILE).is_file() || !dir.join(INDEX_FILE).is_file() {
+        if dir.join(WEIGHTS_FILE).is_file() {
+            check_truncation(&dir.join(WEIGHTS_FILE))?;
+        }
         return load_model(dir);
     }
     let cfg_path = dir.join(CONFIG_FILE);
@@ -86,6 +89,7 @@ pub fn load_model_dir(dir: &Path) -> Result<GlaModel> {
         }
         let path = dir.join(file);
         let p = path.display().to_string();
+        check_truncation(&path)?;
         let bytes = fs::read(&path).map_err(|e| Error::Io { op: "read", path: p.clone(), source: e })?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors { path: p.clone(), reason: e.to_string() })?;
         for name in names {
@@ -123,6 +127,58 @@ pub fn load_model_dir(dir: &Path) -> Result<GlaModel> {
         }
     }
     GlaModel::from_params(config, params)
+}
+
+/// Reads only the header of a safetensors file and names the first tensor whose data lies past
+/// the end of the file (a truncated download or copy), with its shape and dtype.
+///
+/// # Errors
+/// [`Error::Io`]; [`Error::Safetensors`] when the header itself is cut or not JSON;
+/// [`Error::Tensor`] naming the first truncated tensor.
+pub fn check_truncation(path: &Path) -> Result<()> {
+    use std::io::Read;
+    let p = path.display().to_string();
+    let io = |op: &'static str| move |e| Error::Io { op, path: path.display().to_string(), source: e };
+    let mut f = fs::File::open(path).map_err(io("open"))?;
+    let len = f.metadata().map_err(io("stat"))?.len();
+    let mut n = [0u8; 8];
+    f.read_exact(&mut n).map_err(|_| Error::Safetensors { path: p.clone(), reason: format!("{len} bytes: too short for a header") })?;
+    let n = u64::from_le_bytes(n);
+    if n > len.saturating_sub(8) || n > 100_000_000 {
+        return Err(Error::Safetensors {
+            path: p,
+            reason: format!("header of {n} bytes does not fit in the file's {len} bytes (truncated or not safetensors)"),
+        });
+    }
+    let mut h = vec![0u8; n as usize];
+    f.read_exact(&mut h).map_err(io("read"))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&h).map_err(|e| Error::Safetensors { path: p.clone(), reason: format!("header is not JSON: {e}") })?;
+    let Some(map) = header.as_object() else {
+        return Err(Error::Safetensors { path: p, reason: "header is not a JSON object".into() });
+    };
+    let mut worst: Option<(u64, &String, &serde_json::Value)> = None;
+    for (name, t) in map.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
+        let start = t.get("data_offsets").and_then(|o| o.get(0)).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        let end = t.get("data_offsets").and_then(|o| o.get(1)).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        if 8 + n + end > len && worst.is_none_or(|(s, ..)| start < s) {
+            worst = Some((start, name, t));
+        }
+    }
+    if let Some((_, name, t)) = worst {
+        let end = t.get("data_offsets").and_then(|o| o.get(1)).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        return Err(Error::Tensor {
+            path: p,
+            name: name.clone(),
+            reason: format!(
+                "truncated file: this tensor ({} {}) ends at byte {} but the file has {len} bytes",
+                t.get("dtype").and_then(serde_json::Value::as_str).unwrap_or("?"),
+                t.get("shape").map(ToString::to_string).unwrap_or_default(),
+                8 + n + end
+            ),
+        });
+    }
+    Ok(())
 }
 
 fn f16_to_f32(h: u16) -> f32 {

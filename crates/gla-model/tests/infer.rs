@@ -212,6 +212,19 @@ fn infer_loads_sharded_checkpoints_and_names_bad_tensors() {
     let shard = dir.join(v["weight_map"]["model.norm.weight"].as_str().unwrap());
     let bytes = std::fs::read(&shard).unwrap();
     std::fs::write(&shard, &bytes[..bytes.len() - 10]).unwrap();
-    assert!(matches!(load_model_dir(&dir), Err(Error::Safetensors { .. })), "truncated");
+    let e = load_model_dir(&dir).unwrap_err();
+    assert!(matches!(e, Error::Tensor { .. }) && e.to_string().contains("truncated"), "{e}");
+    std::fs::write(&shard, &bytes[..5]).unwrap();
+    assert!(matches!(load_model_dir(&dir), Err(Error::Safetensors { .. })), "cut header");
+    std::fs::write(&shard, vec![7u8; 4096]).unwrap();
+    assert!(matches!(load_model_dir(&dir), Err(Error::Safetensors { .. })), "corrupt");
+    // a single-file checkpoint cut short names the first tensor it lost
+    let single = dir.join("single");
+    gla_model::checkpoint::save_model(&single, &m).unwrap();
+    let f = single.join("model.safetensors");
+    let bytes = std::fs::read(&f).unwrap();
+    std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+    let e = load_model_dir(&single).unwrap_err().to_string();
+    assert!(e.contains("truncated file") && e.contains("model.layers."), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
