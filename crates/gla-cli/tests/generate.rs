@@ -83,3 +83,40 @@ fn generate_cli_names_the_bad_tensor_and_bad_flags() {
     assert!(err.contains("empty"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn bench_generate_cli_reports_every_batch_and_context() {
+    let dir = std::env::temp_dir().join(format!("gla-cli-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("gen.json");
+    let cfg = r#"{"hidden_size": 32, "num_hidden_layers": 1, "num_heads": 2, "vocab_size": 64, "use_short_conv": true}"#;
+    let (code, out, err) = gla(
+        &[
+            "bench",
+            "generate",
+            "--config",
+            cfg,
+            "--prompt-len",
+            "70",
+            "--new-tokens",
+            "4",
+            "--batch",
+            "1,3",
+            "--contexts",
+            "16,100",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("decode tok/s"), "{out}");
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["results"].as_array().unwrap().len(), 2);
+    assert_eq!(v["results"][1]["batch"], 3);
+    assert_eq!(v["memory"][1]["context"], 100);
+    assert_eq!(v["memory"][0]["state_bytes"], v["memory"][1]["state_bytes"]);
+    let (code, _, err) = gla(&["bench", "generate", "--config", cfg, "--batch", "0"], None);
+    assert_eq!(code, 1, "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
