@@ -6,6 +6,7 @@
 mod bench;
 mod check;
 mod generate;
+mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -19,6 +20,7 @@ Examples:
   gla check --device cuda             the same table on the GPU kernels (f32 and bf16), plus T=65536,
                                       a >2^31-element tensor and repeat-run determinism
   gla generate --model DIR           stream a continuation of stdin from an fla / Hugging Face GLA checkpoint (CPU)
+  gla train                           train a small GLA on MQAR recall (T=128, 8 pairs) on the CPU, fla checkpoints
 ")]
 struct Cli {
     #[command(subcommand)]
@@ -57,6 +59,10 @@ enum Cmd {
     /// chunked op, decode through the recurrent op, constant memory per sequence.
     #[command(after_help = "Examples:\n  gla generate --model DIR --prompt \"Once upon a time\" --max-new-tokens 64\n  echo hi | gla generate --model DIR --temperature 0.8 --top-p 0.9 --seed 1 --stop \"\\n\\n\"\n  gla generate --model DIR --prompts-file prompts.txt > out.jsonl")]
     Generate(generate::Args),
+    /// Train a GLA language model on the CPU (default: MQAR recall, a small model, a few minutes);
+    /// checkpoints in fla's Hugging Face format, --resume, metrics and a loss-curve PNG.
+    #[command(after_help = "Examples:\n  gla train\n  gla train --out runs/big --d-model 128 --kv-pairs 16 --seq-len 256\n  gla train --out runs/big --resume --steps 2000")]
+    Train(train::Args),
 }
 
 #[derive(Subcommand)]
@@ -101,6 +107,7 @@ fn main() {
         Cmd::Check(a) => check::run(&a),
         Cmd::Generate(a) => generate::run(&a),
         Cmd::Bench(BenchCmd::Generate(a)) => generate::bench(&a),
+        Cmd::Train(a) => train::run(&a),
     };
     match res {
         Ok(true) => {}

@@ -123,10 +123,17 @@ fn from_safetensors(path: &Path, bytes: &[u8], layout: &Layout, prefix: &str, ti
         let data = t.data();
         match t.dtype() {
             Dtype::F32 => dst.iter_mut().zip(data.chunks_exact(4)).for_each(|(d, b)| *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            Dtype::BF16 => dst.iter_mut().zip(data.chunks_exact(2)).for_each(|(d, b)| *d = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
+            Dtype::BF16 => dst
+                .iter_mut()
+                .zip(data.chunks_exact(2))
+                .for_each(|(d, b)| *d = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
             Dtype::F16 => dst.iter_mut().zip(data.chunks_exact(2)).for_each(|(d, b)| *d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]))),
             other => {
-                return Err(Error::Tensor { path: p.clone(), name, reason: format!("dtype {other:?} is not supported (F32, BF16 or F16, shape {:?})", s.shape) })
+                return Err(Error::Tensor {
+                    path: p.clone(),
+                    name,
+                    reason: format!("dtype {other:?} is not supported (F32, BF16 or F16, shape {:?})", s.shape),
+                })
             }
         }
     }
@@ -135,7 +142,11 @@ fn from_safetensors(path: &Path, bytes: &[u8], layout: &Layout, prefix: &str, ti
         // a tied checkpoint may still carry the shared lm_head copy: it is the embedding
         let tied_copy = tied && name == format!("{prefix}lm_head.weight");
         if !known && !tied_copy {
-            return Err(Error::Tensor { path: p.clone(), name: name.to_string(), reason: "unexpected tensor: not in this config's parameter table".into() });
+            return Err(Error::Tensor {
+                path: p.clone(),
+                name: name.to_string(),
+                reason: "unexpected tensor: not in this config's parameter table".into(),
+            });
         }
     }
     Ok(out)
@@ -179,11 +190,16 @@ pub(crate) fn save_moments(path: &Path, layout: &Layout, m: &[f32], v: &[f32]) -
     let mut both = Vec::with_capacity(2 * n);
     both.extend_from_slice(m);
     both.extend_from_slice(v);
-    let mut second: Vec<_> = layout.specs.iter().cloned().map(|mut s| {
-        s.name = format!("exp_avg_sq.{}", s.name);
-        s.offset += n;
-        s
-    }).collect();
+    let mut second: Vec<_> = layout
+        .specs
+        .iter()
+        .cloned()
+        .map(|mut s| {
+            s.name = format!("exp_avg_sq.{}", s.name);
+            s.offset += n;
+            s
+        })
+        .collect();
     specs.iter_mut().for_each(|s| s.name = format!("exp_avg.{}", s.name));
     specs.append(&mut second);
     let lay = Layout { specs, numel: 2 * n, ..layout.clone() };
@@ -205,9 +221,17 @@ fn from_safetensors_prefixed(path: &Path, bytes: &[u8], layout: &Layout, prefix:
     let mut out = vec![0.0f32; layout.numel];
     for s in &layout.specs {
         let name = format!("{prefix}{}", s.name);
-        let t = st.tensor(&name).map_err(|_| Error::Tensor { path: p.clone(), name: name.clone(), reason: format!("missing (expected shape {:?})", s.shape) })?;
+        let t = st.tensor(&name).map_err(|_| Error::Tensor {
+            path: p.clone(),
+            name: name.clone(),
+            reason: format!("missing (expected shape {:?})", s.shape),
+        })?;
         if t.shape() != s.shape.as_slice() || t.dtype() != Dtype::F32 {
-            return Err(Error::Tensor { path: p.clone(), name, reason: format!("expected F32 {:?}, found {:?} {:?}", s.shape, t.dtype(), t.shape()) });
+            return Err(Error::Tensor {
+                path: p.clone(),
+                name,
+                reason: format!("expected F32 {:?}, found {:?} {:?}", s.shape, t.dtype(), t.shape()),
+            });
         }
         out[s.range()].iter_mut().zip(t.data().chunks_exact(4)).for_each(|(d, b)| *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
     }

@@ -269,7 +269,9 @@ impl GlaConfig {
         }
         let d = self.hidden_size;
         let heads = self.num_heads;
-        for (key, v) in [("hidden_size", d), ("num_heads", heads), ("num_hidden_layers", self.num_hidden_layers), ("vocab_size", self.vocab_size)] {
+        for (key, v) in
+            [("hidden_size", d), ("num_heads", heads), ("num_hidden_layers", self.num_hidden_layers), ("vocab_size", self.vocab_size)]
+        {
             if v == 0 {
                 return Err(bad(key, "must be > 0"));
             }
@@ -288,10 +290,16 @@ impl GlaConfig {
         let value_dim = (d as f64 * self.expand_v) as usize;
         let groups = heads / kv_heads;
         if key_dim == 0 || key_dim % heads != 0 {
-            return Err(bad("expand_k", format!("key_dim = int({d} * {}) = {key_dim} must be a positive multiple of num_heads = {heads}", self.expand_k)));
+            return Err(bad(
+                "expand_k",
+                format!("key_dim = int({d} * {}) = {key_dim} must be a positive multiple of num_heads = {heads}", self.expand_k),
+            ));
         }
         if value_dim == 0 || value_dim % heads != 0 {
-            return Err(bad("expand_v", format!("value_dim = int({d} * {}) = {value_dim} must be a positive multiple of num_heads = {heads}", self.expand_v)));
+            return Err(bad(
+                "expand_v",
+                format!("value_dim = int({d} * {}) = {value_dim} must be a positive multiple of num_heads = {heads}", self.expand_v),
+            ));
         }
         let intermediate = match (self.intermediate_size, self.hidden_ratio) {
             (Some(i), _) if i > 0 => i,

@@ -92,16 +92,36 @@ struct LayerActs {
 
 impl LayerActs {
     fn q(&self) -> &[f32] {
-        if self.q_c.is_empty() { &self.q_lin } else { &self.q_c }
+        if self.q_c.is_empty() {
+            &self.q_lin
+        } else {
+            &self.q_c
+        }
     }
     fn k(&self) -> &[f32] {
-        if !self.k_rep.is_empty() { &self.k_rep } else if self.k_c.is_empty() { &self.k_lin } else { &self.k_c }
+        if !self.k_rep.is_empty() {
+            &self.k_rep
+        } else if self.k_c.is_empty() {
+            &self.k_lin
+        } else {
+            &self.k_c
+        }
     }
     fn v(&self) -> &[f32] {
-        if !self.v_rep.is_empty() { &self.v_rep } else if self.v_c.is_empty() { &self.v_lin } else { &self.v_c }
+        if !self.v_rep.is_empty() {
+            &self.v_rep
+        } else if self.v_c.is_empty() {
+            &self.v_lin
+        } else {
+            &self.v_c
+        }
     }
     fn gk(&self) -> &[f32] {
-        if self.gk_rep.is_empty() { &self.gk } else { &self.gk_rep }
+        if self.gk_rep.is_empty() {
+            &self.gk
+        } else {
+            &self.gk_rep
+        }
     }
 }
 
@@ -113,12 +133,12 @@ pub struct Activations {
     ids: Vec<u32>,
     xs: Vec<Vec<f32>>, // L+1 residual streams [N, D]: input of block l, and the final output
     layers: Vec<LayerActs>,
-    rstdf: Vec<f32>,    // [N]
-    xf: Vec<f32>,       // [N, D] final norm output
-    rows: Vec<usize>,   // labelled rows
-    targets: Vec<u32>,  // [M] their targets
-    xf_sel: Vec<f32>,   // [M, D]
-    logits: Vec<f32>,   // [M, vocab]; after forward: d(mean loss)/d logits
+    rstdf: Vec<f32>,   // [N]
+    xf: Vec<f32>,      // [N, D] final norm output
+    rows: Vec<usize>,  // labelled rows
+    targets: Vec<u32>, // [M] their targets
+    xf_sel: Vec<f32>,  // [M, D]
+    logits: Vec<f32>,  // [M, vocab]; after forward: d(mean loss)/d logits
     scratch: Scratch,
 }
 
@@ -133,9 +153,9 @@ struct Scratch {
     d_on: Vec<f32>, // [N, value_dim]
     d_o: Vec<f32>,  // [N, H, V]
     dg_pre: Vec<f32>,
-    dk: Vec<f32>,     // [N, key_dim_kv]
-    dv: Vec<f32>,     // [N, value_dim_kv]
-    dgk: Vec<f32>,    // [N, key_dim_kv]
+    dk: Vec<f32>,  // [N, key_dim_kv]
+    dv: Vec<f32>,  // [N, value_dim_kv]
+    dgk: Vec<f32>, // [N, key_dim_kv]
     dgk_raw: Vec<f32>,
     dgk_lr: Vec<f32>, // [N, 16]
     dq_lin: Vec<f32>,
@@ -255,7 +275,11 @@ fn problem(dims: &Dims, b: usize, t: usize) -> Result<Problem> {
 /// The GLA op fla's layer would use: fused recurrent for T <= 64, chunked otherwise.
 fn op_for(t: usize) -> &'static dyn GlaOp<f32> {
     static CHUNKED: Chunked = Chunked { schedule: gla_cpu::Schedule::Auto };
-    if t <= 64 { &FusedRecurrent } else { &CHUNKED }
+    if t <= 64 {
+        &FusedRecurrent
+    } else {
+        &CHUNKED
+    }
 }
 
 fn grad<'a>(grads: &'a mut [f32], layout: &Layout, id: usize) -> &'a mut [f32] {
@@ -282,7 +306,13 @@ impl GlaModel {
         let dims = config.dims()?;
         let layout = Layout::new(&dims);
         if params.len() != layout.numel {
-            return Err(Error::Shape { op: "from_params", tensor: "params", shape: "the parameter table".into(), expected: layout.numel, got: params.len() });
+            return Err(Error::Shape {
+                op: "from_params",
+                tensor: "params",
+                shape: "the parameter table".into(),
+                expected: layout.numel,
+                got: params.len(),
+            });
         }
         Ok(Self { config, dims, layout, params })
     }
@@ -414,7 +444,13 @@ impl GlaModel {
     pub fn backward(&self, acts: &mut Activations, grads: &mut [f32], scale: f32) -> Result<()> {
         let lay = &self.layout;
         if grads.len() != lay.numel {
-            return Err(Error::Shape { op: "backward", tensor: "grads", shape: "the parameter table".into(), expected: lay.numel, got: grads.len() });
+            return Err(Error::Shape {
+                op: "backward",
+                tensor: "grads",
+                shape: "the parameter table".into(),
+                expected: lay.numel,
+                got: grads.len(),
+            });
         }
         let dm = &self.dims;
         let p = self.view();

@@ -82,10 +82,8 @@ pub fn linear_bwd_w(dw: &mut [f32], dy: &[f32], x: &[f32], n: usize, d_in: usize
 /// RMSNorm forward over rows of `d`: `y = x * rstd * w`, `rstd = 1/sqrt(mean(x^2) + eps)`.
 /// `rstd [rows]` is saved for the backward.
 pub fn rmsnorm_fwd(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], d: usize, eps: f32) {
-    y.par_chunks_mut(d * ROWS_PER_TASK)
-        .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
-        .zip(x.par_chunks(d * ROWS_PER_TASK))
-        .for_each(|((y, r), x)| {
+    y.par_chunks_mut(d * ROWS_PER_TASK).zip(rstd.par_chunks_mut(ROWS_PER_TASK)).zip(x.par_chunks(d * ROWS_PER_TASK)).for_each(
+        |((y, r), x)| {
             for ((y, r), x) in y.chunks_exact_mut(d).zip(r.iter_mut()).zip(x.chunks_exact(d)) {
                 let ms = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
                 *r = 1.0 / (ms + eps).sqrt();
@@ -93,9 +91,11 @@ pub fn rmsnorm_fwd(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], d: usi
                     *y = x * *r * w;
                 }
             }
-        });
+        },
+    );
 }
 
+#[allow(clippy::too_many_arguments)]
 /// RMSNorm backward: `dx (+)= rstd * (dy*w - x * rstd^2 * mean(dy*w*x))`, `dw += sum dy*x*rstd`.
 pub fn rmsnorm_bwd(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], rstd: &[f32], w: &[f32], d: usize, acc: bool) {
     dx.par_chunks_mut(d * ROWS_PER_TASK)
@@ -214,17 +214,15 @@ pub fn swiglu_fwd(h: &mut [f32], a: &[f32], b: &[f32]) {
 
 /// SwiGLU backward: `da = dh * b * silu'(a)`, `db = dh * silu(a)`.
 pub fn swiglu_bwd(da: &mut [f32], db: &mut [f32], dh: &[f32], a: &[f32], b: &[f32]) {
-    da.par_chunks_mut(4096)
-        .zip(db.par_chunks_mut(4096))
-        .zip(dh.par_chunks(4096))
-        .zip(a.par_chunks(4096).zip(b.par_chunks(4096)))
-        .for_each(|(((da, db), dh), (a, b))| {
+    da.par_chunks_mut(4096).zip(db.par_chunks_mut(4096)).zip(dh.par_chunks(4096)).zip(a.par_chunks(4096).zip(b.par_chunks(4096))).for_each(
+        |(((da, db), dh), (a, b))| {
             for i in 0..da.len() {
                 let s = sigmoid(a[i]);
                 db[i] = dh[i] * a[i] * s;
                 da[i] = dh[i] * b[i] * s * (1.0 + a[i] * (1.0 - s));
             }
-        });
+        },
+    );
 }
 
 /// `log(sigmoid(x))`, stable for every x.

@@ -136,8 +136,23 @@ impl Layout {
             let up_proj = add(format!("{p}mlp.up_proj.weight"), vec![d.intermediate, d.d], Init::Normal);
             let down_proj = add(format!("{p}mlp.down_proj.weight"), vec![d.d, d.intermediate], Init::Normal);
             layers.push(LayerIds {
-                attn_norm, q_proj, k_proj, v_proj, g_proj, gk0, gk1, gk1_bias, o_proj, g_norm, q_conv, k_conv, v_conv,
-                mlp_norm, gate_proj, up_proj, down_proj,
+                attn_norm,
+                q_proj,
+                k_proj,
+                v_proj,
+                g_proj,
+                gk0,
+                gk1,
+                gk1_bias,
+                o_proj,
+                g_norm,
+                q_conv,
+                k_conv,
+                v_conv,
+                mlp_norm,
+                gate_proj,
+                up_proj,
+                down_proj,
             });
         }
         let norm = add("model.norm.weight".into(), vec![d.d], Init::Ones);

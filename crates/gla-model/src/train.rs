@@ -32,6 +32,9 @@ pub struct TrainConfig {
     pub min_lr: f32,
     /// Linear warmup steps.
     pub warmup: u64,
+    /// Steps over which the cosine decays to `min_lr` (then constant). Default (null): `steps`.
+    #[serde(default)]
+    pub decay_steps: Option<u64>,
     /// AdamW settings.
     pub adamw: AdamWConfig,
     /// Max global gradient norm (0 = no clipping).
@@ -55,6 +58,7 @@ impl Default for TrainConfig {
             lr: 3e-3,
             min_lr: 3e-4,
             warmup: 50,
+            decay_steps: None,
             adamw: AdamWConfig::default(),
             clip: 1.0,
             seed: 0,
@@ -164,7 +168,7 @@ pub struct Trainer {
     targets: Vec<i64>,
 }
 
-const EVAL_STREAM: u64 = 0x5EED_0E7A_1u64;
+const EVAL_STREAM: u64 = 0x0005_EED0_E7A1;
 
 impl Trainer {
     /// A fresh run: fla's init from `cfg.seed`.
@@ -178,14 +182,35 @@ impl Trainer {
         Self::assemble(model, cfg, None, 0, Vec::new(), Vec::new())
     }
 
-    fn assemble(model: GlaModel, cfg: TrainConfig, opt: Option<AdamW>, cursor: u64, losses: Vec<f64>, evals: Vec<EvalStats>) -> Result<Self> {
+    fn assemble(
+        model: GlaModel,
+        cfg: TrainConfig,
+        opt: Option<AdamW>,
+        cursor: u64,
+        losses: Vec<f64>,
+        evals: Vec<EvalStats>,
+    ) -> Result<Self> {
         if cfg.task.vocab > model.dims.vocab {
-            return Err(Error::BadArg { key: "vocab", reason: format!("the task uses {} tokens but the model's vocab_size is {}", cfg.task.vocab, model.dims.vocab) });
+            return Err(Error::BadArg {
+                key: "vocab",
+                reason: format!("the task uses {} tokens but the model's vocab_size is {}", cfg.task.vocab, model.dims.vocab),
+            });
         }
         let (b, t) = (cfg.batch_size, cfg.task.seq_len);
         let acts = Activations::new(&model.dims, b, t);
         let opt = opt.unwrap_or_else(|| AdamW::new(cfg.adamw, &model.layout));
-        Ok(Self { grads: vec![0.0; model.num_params()], opt, acts, ids: vec![0; b * t], targets: vec![0; b * t], model, cfg, cursor, losses, evals })
+        Ok(Self {
+            grads: vec![0.0; model.num_params()],
+            opt,
+            acts,
+            ids: vec![0; b * t],
+            targets: vec![0; b * t],
+            model,
+            cfg,
+            cursor,
+            losses,
+            evals,
+        })
     }
 
     /// Optimizer steps taken.
@@ -224,7 +249,7 @@ impl Trainer {
         if !grad_norm.is_finite() {
             return Err(Error::Diverged { step: step + 1, what: "gradient norm", value: grad_norm });
         }
-        let lr = cosine_lr(step, c.lr, c.min_lr, c.warmup, c.steps);
+        let lr = cosine_lr(step, c.lr, c.min_lr, c.warmup, c.decay_steps.unwrap_or(c.steps));
         self.opt.update(&mut self.model.params, &self.grads, lr);
         self.losses.push(loss);
         Ok(StepStats { step: step + 1, loss, acc: correct as f64 / valid.max(1) as f64, grad_norm, lr, tokens: self.tokens_per_step() })
@@ -289,7 +314,8 @@ impl Trainer {
     pub fn resume(run: &Path, steps_override: Option<u64>) -> Result<Self> {
         let dir = checkpoint::latest_checkpoint(run)?;
         let text = fs::read_to_string(dir.join(STATE_FILE)).map_err(|e| Error::io("read", &dir.join(STATE_FILE), e))?;
-        let st: TrainerState = serde_json::from_str(&text).map_err(|source| Error::Json { what: dir.join(STATE_FILE).display().to_string(), source })?;
+        let st: TrainerState =
+            serde_json::from_str(&text).map_err(|source| Error::Json { what: dir.join(STATE_FILE).display().to_string(), source })?;
         if st.version != 1 {
             return Err(Error::Resume { reason: format!("{} has version {}, this build reads version 1", STATE_FILE, st.version) });
         }

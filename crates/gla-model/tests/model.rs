@@ -238,3 +238,9 @@ fn logits_agree_with_the_loss() {
     assert!((out.loss - (lse - row[7] as f64)).abs() < 1e-5);
 }
 
+#[test]
+fn model_gradients_at_a_training_like_shape() {
+    // several rayon tasks per op (N = 390 rows > 64 per task), three chunks per sequence
+    let c = GlaConfig { use_short_conv: true, intermediate_size: Some(32), num_heads: 1, expand_k: 1.0, ..GlaConfig::tiny(32, 2, 1, 40) };
+    grad_check(c, 3, 130);
+}

@@ -238,11 +238,15 @@ fn repeat_heads_and_its_backward() {
     let mut dx = vec![0.0; x.len()];
     repeat_heads_bwd(&mut dx, &dy, hkv, groups, d);
     let xf = x.clone();
-    check("repeat dx", &dx, &fd(&xf, &|x| {
-        let mut o = vec![0.0; n * hkv * groups * d];
-        repeat_heads(&mut o, x, hkv, groups, d);
-        dot(&o, &dy)
-    }));
+    check(
+        "repeat dx",
+        &dx,
+        &fd(&xf, &|x| {
+            let mut o = vec![0.0; n * hkv * groups * d];
+            repeat_heads(&mut o, x, hkv, groups, d);
+            dot(&o, &dy)
+        }),
+    );
 }
 
 #[test]
@@ -281,4 +285,31 @@ fn embedding_backward_skips_padding_row() {
     assert_eq!(dw[3], 2.0);
     assert_eq!(dw[12], 1.0);
     assert_eq!(dw[0], 0.0, "padding row gets no gradient");
+}
+
+#[test]
+fn linear_matches_naive_at_training_sizes() {
+    // the gemm crate packs and threads only above size thresholds: check those paths too
+    for (n, din, dout) in [(4096, 64, 256), (4096, 256, 64), (1000, 64, 16), (4096, 16, 64), (256, 64, 256)] {
+        let x = randn(n * din, 31, 1.0);
+        let w = randn(dout * din, 32, 1.0);
+        let dy = randn(n * dout, 33, 1.0);
+        let mut y = vec![f32::NAN; n * dout];
+        linear_fwd(&mut y, &x, &w, n, din, dout);
+        let mut dx = vec![f32::NAN; n * din];
+        linear_bwd_x(&mut dx, &dy, &w, n, din, dout, false);
+        let mut dw = vec![0.0f32; dout * din];
+        linear_bwd_w(&mut dw, &dy, &x, n, din, dout);
+        let mut r = gla_model::Rng::new(5);
+        for _ in 0..200 {
+            let (i, o) = (r.below(n), r.below(dout));
+            let e: f64 = (0..din).map(|k| x[i * din + k] as f64 * w[o * din + k] as f64).sum();
+            assert!((y[i * dout + o] as f64 - e).abs() < 1e-3, "y {n}x{din}x{dout}");
+            let k = r.below(din);
+            let e: f64 = (0..dout).map(|o| dy[i * dout + o] as f64 * w[o * din + k] as f64).sum();
+            assert!((dx[i * din + k] as f64 - e).abs() < 1e-3, "dx {n}x{din}x{dout}");
+            let e: f64 = (0..n).map(|i| dy[i * dout + o] as f64 * x[i * din + k] as f64).sum();
+            assert!((dw[o * din + k] as f64 - e).abs() < 1e-2, "dw {n}x{din}x{dout}: {} vs {e}", dw[o * din + k]);
+        }
+    }
 }

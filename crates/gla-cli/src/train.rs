@@ -1,0 +1,517 @@
+//! `gla train`: trains a GLA language model on the CPU (f32) on the MQAR recall task, with a
+//! progress line, evaluations, JSON-lines metrics, checkpoints in fla's Hugging Face format,
+//! `--resume`, and a loss-curve PNG at the end.
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use gla_model::optim::AdamWConfig;
+use gla_model::{GlaConfig, Mqar, TrainConfig, Trainer};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Run directory: checkpoints, metrics.jsonl, loss_curve.png.
+    #[arg(long, default_value = "runs/mqar")]
+    out: PathBuf,
+    /// Continue from the newest checkpoint in --out, with the settings saved there
+    /// (only --steps may be changed).
+    #[arg(long)]
+    resume: bool,
+    /// Model config (fla's config.json); replaces the model flags below.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Model dim D.
+    #[arg(long, default_value_t = 64)]
+    d_model: usize,
+    /// GLA blocks.
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    /// Heads (the demo default 1 with --expand-k 1 gives one 64x64 state: it learned MQAR
+    /// fastest in our runs; fla's config default is 4 heads, expand_k 0.5).
+    #[arg(long, default_value_t = 1)]
+    heads: usize,
+    /// Key dim of all heads = D * expand_k (fla's expand_k).
+    #[arg(long, default_value_t = 1.0)]
+    expand_k: f64,
+    /// Value dim of all heads = D * expand_v (fla's expand_v).
+    #[arg(long, default_value_t = 1.0)]
+    expand_v: f64,
+    /// MLP width (default: fla's rule from hidden_ratio 4).
+    #[arg(long)]
+    intermediate_size: Option<usize>,
+    /// Without the swish output gate g_proj (fla's use_output_gate = false).
+    #[arg(long)]
+    no_output_gate: bool,
+    /// Lower clamp of the log-gate (fla's clamp_min): the per-step decay stays >= exp(clamp_min).
+    #[arg(long, allow_hyphen_values = true)]
+    clamp_min: Option<f64>,
+    /// Std of the normal init (fla's initializer_range).
+    #[arg(long, default_value_t = 0.02)]
+    init_std: f64,
+    /// Tie lm_head to the embedding (fla's tie_word_embeddings; off by default, as in fla).
+    #[arg(long)]
+    tie_embeddings: bool,
+    /// Without the short causal convolution on q, k, v (fla's use_short_conv).
+    #[arg(long)]
+    no_short_conv: bool,
+    /// MQAR sequence length T.
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    /// MQAR key-value pairs per sequence.
+    #[arg(long, default_value_t = 8)]
+    kv_pairs: usize,
+    /// Vocabulary (task and model).
+    #[arg(long, default_value_t = 256)]
+    vocab: usize,
+    /// Optimizer steps.
+    #[arg(long, default_value_t = 2500)]
+    steps: u64,
+    /// Sequences per micro-batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Micro-batches per step (gradient accumulation).
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-2)]
+    lr: f32,
+    /// Final learning rate of the cosine schedule.
+    #[arg(long, default_value_t = 1e-3)]
+    min_lr: f32,
+    /// Warmup steps.
+    #[arg(long, default_value_t = 30)]
+    warmup: u64,
+    /// Steps of the cosine decay to --min-lr, constant after (0 = --steps). The default, a short
+    /// high-rate phase then a long low-rate one, got MQAR off its plateau soonest in our runs.
+    #[arg(long, default_value_t = 1000)]
+    decay_steps: u64,
+    /// AdamW weight decay (matrices only).
+    #[arg(long, default_value_t = 0.01)]
+    weight_decay: f32,
+    /// Max global gradient norm (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    clip: f32,
+    /// Init seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Data seed.
+    #[arg(long, default_value_t = 1)]
+    data_seed: u64,
+    /// Evaluate every N steps (0 = only at the end).
+    #[arg(long, default_value_t = 250)]
+    eval_every: u64,
+    /// Held-out examples per evaluation.
+    #[arg(long, default_value_t = 512)]
+    eval_examples: usize,
+    /// Checkpoint every N steps (0 = only at the end).
+    #[arg(long, default_value_t = 500)]
+    save_every: u64,
+    /// Checkpoints kept.
+    #[arg(long, default_value_t = 2)]
+    keep: usize,
+    /// Stop when an evaluation reaches this query accuracy (1.0 or more = never).
+    #[arg(long, default_value_t = 0.95)]
+    stop_at_acc: f64,
+}
+
+fn model_config(a: &Args) -> Result<GlaConfig> {
+    if let Some(p) = &a.config {
+        let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        return Ok(GlaConfig::from_json(&text)?);
+    }
+    Ok(GlaConfig {
+        hidden_size: a.d_model,
+        num_hidden_layers: a.layers,
+        num_heads: a.heads,
+        expand_k: a.expand_k,
+        expand_v: a.expand_v,
+        intermediate_size: a.intermediate_size,
+        use_short_conv: !a.no_short_conv,
+        tie_word_embeddings: a.tie_embeddings,
+        use_output_gate: !a.no_output_gate,
+        initializer_range: a.init_std,
+        clamp_min: a.clamp_min,
+        vocab_size: a.vocab,
+        max_position_embeddings: a.seq_len,
+        ..GlaConfig::default()
+    })
+}
+
+fn train_config(a: &Args) -> TrainConfig {
+    TrainConfig {
+        steps: a.steps,
+        batch_size: a.batch_size,
+        grad_accum: a.grad_accum,
+        lr: a.lr,
+        min_lr: a.min_lr,
+        warmup: a.warmup,
+        decay_steps: (a.decay_steps > 0).then_some(a.decay_steps),
+        adamw: AdamWConfig { weight_decay: a.weight_decay, ..AdamWConfig::default() },
+        clip: a.clip,
+        seed: a.seed,
+        data_seed: a.data_seed,
+        eval_examples: a.eval_examples,
+        task: Mqar { vocab: a.vocab, seq_len: a.seq_len, num_kv_pairs: a.kv_pairs, ..Mqar::default() },
+    }
+}
+
+/// Appends one JSON object as a line.
+fn log_json(f: &mut std::fs::File, v: serde_json::Value) -> Result<()> {
+    writeln!(f, "{v}").context("writing metrics")
+}
+
+fn fmt_secs(s: f64) -> String {
+    let s = s.max(0.0) as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, s % 3600 / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
+}
+
+pub fn run(a: &Args) -> Result<bool> {
+    let mut tr = if a.resume {
+        let tr = Trainer::resume(&a.out, Some(a.steps)).with_context(|| format!("resuming from {}", a.out.display()))?;
+        eprintln!(
+            "resuming {} at step {} (model and training settings from the checkpoint; --steps {})",
+            a.out.display(),
+            tr.step_count(),
+            a.steps
+        );
+        tr
+    } else {
+        if a.out.join(gla_model::checkpoint::LATEST_FILE).exists() {
+            bail!("{} already holds a run; pass --resume to continue it or choose another --out", a.out.display());
+        }
+        Trainer::new(model_config(a)?, train_config(a))?
+    };
+    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
+    let metrics_path = a.out.join("metrics.jsonl");
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .with_context(|| format!("opening {}", metrics_path.display()))?;
+    let d = &tr.model.dims;
+    let task = tr.cfg.task;
+    eprintln!(
+        "gla train: GLA D={} L={} H={} (K={}, V={}, I={}, short conv {}) {:.2}M params | MQAR T={} kv={} vocab={} | batch {}x{} | {} rayon threads",
+        d.d, d.layers, d.heads, d.head_k, d.head_v, d.intermediate, if d.conv > 0 { "on" } else { "off" },
+        tr.model.num_params() as f64 / 1e6, task.seq_len, task.num_kv_pairs, task.vocab, tr.cfg.batch_size, tr.cfg.grad_accum,
+        rayon::current_num_threads()
+    );
+    let tty = std::io::stderr().is_terminal();
+    let start = Instant::now();
+    let start_step = tr.step_count();
+    let total = tr.cfg.steps;
+    let mut last_ckpt: Option<PathBuf> = None;
+    let mut reached = None;
+    let mut last_eval = tr.evals.last().copied();
+    while tr.step_count() < total {
+        let s = tr.step()?;
+        let el = start.elapsed().as_secs_f64();
+        let done = (s.step - start_step) as f64;
+        let tok_s = done * tr.tokens_per_step() as f64 / el;
+        let eta = el / done * (total - s.step) as f64;
+        log_json(
+            &mut metrics,
+            serde_json::json!({"kind": "train", "step": s.step, "loss": s.loss, "acc": s.acc, "grad_norm": s.grad_norm, "lr": s.lr, "tokens_per_s": tok_s, "elapsed_s": el}),
+        )?;
+        let eval_now = (a.eval_every > 0 && s.step % a.eval_every == 0) || s.step == total;
+        if eval_now {
+            let e = tr.evaluate()?;
+            log_json(
+                &mut metrics,
+                serde_json::json!({"kind": "eval", "step": e.step, "loss": e.loss, "ppl": e.ppl, "acc": e.acc, "elapsed_s": start.elapsed().as_secs_f64()}),
+            )?;
+            last_eval = Some(e);
+            if tty {
+                eprint!("\r\x1b[2K");
+            }
+            eprintln!(
+                "step {:>5}/{total}  eval loss {:.4}  ppl {:.3}  query acc {:.2}%  ({})",
+                e.step,
+                e.loss,
+                e.ppl,
+                100.0 * e.acc,
+                fmt_secs(start.elapsed().as_secs_f64())
+            );
+            if e.acc >= a.stop_at_acc {
+                reached = Some(e);
+            }
+        }
+        if tty {
+            let acc = last_eval.map_or(String::new(), |e| format!("  eval acc {:.1}%", 100.0 * e.acc));
+            eprint!("\r\x1b[2Kstep {:>5}/{total}  loss {:.4}{acc}  {:.0} tok/s  ETA {}", s.step, s.loss, tok_s, fmt_secs(eta));
+            let _ = std::io::stderr().flush();
+        }
+        let save_now = (a.save_every > 0 && s.step % a.save_every == 0) || s.step == total || reached.is_some();
+        if save_now {
+            last_ckpt = Some(tr.save(&a.out, a.keep)?);
+        }
+        if let Some(e) = reached {
+            if tty {
+                eprint!("\r\x1b[2K");
+            }
+            eprintln!("reached {:.2}% query accuracy (--stop-at-acc {}) at step {}", 100.0 * e.acc, a.stop_at_acc, e.step);
+            break;
+        }
+    }
+    if tty {
+        eprint!("\r\x1b[2K");
+    }
+    if last_ckpt.is_none() && tr.step_count() > start_step {
+        last_ckpt = Some(tr.save(&a.out, a.keep)?);
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let png = a.out.join("loss_curve.png");
+    plot::loss_curve(&png, &tr.losses, &tr.evals).with_context(|| format!("writing {}", png.display()))?;
+    let final_acc = last_eval.map_or(f64::NAN, |e| e.acc);
+    println!(
+        "trained {} steps in {} ({:.1} s); final eval query accuracy {:.2}%",
+        tr.step_count() - start_step,
+        fmt_secs(wall),
+        wall,
+        100.0 * final_acc
+    );
+    match &last_ckpt {
+        Some(p) => println!("checkpoint (fla / Hugging Face format + training state): {}", p.display()),
+        None => println!("no new checkpoint (nothing to train: already at step {})", tr.step_count()),
+    }
+    println!("metrics: {}", metrics_path.display());
+    println!("loss curve: {}", png.display());
+    Ok(true)
+}
+
+/// A loss-curve PNG without dependencies: a tiny PNG writer (stored deflate blocks) and a
+/// 5x7 bitmap font for the axis labels.
+mod plot {
+    use super::*;
+    use gla_model::EvalStats;
+
+    const W: usize = 720;
+    const H: usize = 420;
+    const L: usize = 60; // plot area margins
+    const R: usize = 60;
+    const T: usize = 30;
+    const B: usize = 40;
+
+    struct Canvas {
+        px: Vec<u8>, // RGB
+    }
+
+    impl Canvas {
+        fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
+            if x >= 0 && y >= 0 && (x as usize) < W && (y as usize) < H {
+                let i = (y as usize * W + x as usize) * 3;
+                self.px[i..i + 3].copy_from_slice(&c);
+            }
+        }
+        fn line(&mut self, (x0, y0): (i64, i64), (x1, y1): (i64, i64), c: [u8; 3]) {
+            let (dx, dy) = ((x1 - x0).abs(), -(y1 - y0).abs());
+            let (sx, sy) = (if x0 < x1 { 1 } else { -1 }, if y0 < y1 { 1 } else { -1 });
+            let (mut x, mut y, mut err) = (x0, y0, dx + dy);
+            loop {
+                self.set(x, y, c);
+                if x == x1 && y == y1 {
+                    break;
+                }
+                let e2 = 2 * err;
+                if e2 >= dy {
+                    err += dy;
+                    x += sx;
+                }
+                if e2 <= dx {
+                    err += dx;
+                    y += sy;
+                }
+            }
+        }
+        fn text(&mut self, x: i64, y: i64, s: &str, c: [u8; 3]) {
+            for (i, ch) in s.chars().enumerate() {
+                let g = glyph(ch);
+                for (row, bits) in g.iter().enumerate() {
+                    for col in 0..5 {
+                        if bits >> (4 - col) & 1 == 1 {
+                            self.set(x + i as i64 * 6 + col, y + row as i64, c);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// 5x7 glyphs for the characters the labels use.
+    fn glyph(c: char) -> [u8; 7] {
+        match c {
+            '0' => [14, 17, 19, 21, 25, 17, 14],
+            '1' => [4, 12, 4, 4, 4, 4, 14],
+            '2' => [14, 17, 1, 2, 4, 8, 31],
+            '3' => [31, 2, 4, 2, 1, 17, 14],
+            '4' => [2, 6, 10, 18, 31, 2, 2],
+            '5' => [31, 16, 30, 1, 1, 17, 14],
+            '6' => [6, 8, 16, 30, 17, 17, 14],
+            '7' => [31, 1, 2, 4, 8, 8, 8],
+            '8' => [14, 17, 17, 14, 17, 17, 14],
+            '9' => [14, 17, 17, 15, 1, 2, 12],
+            '.' => [0, 0, 0, 0, 0, 12, 12],
+            '%' => [24, 25, 2, 4, 8, 19, 3],
+            '-' => [0, 0, 0, 31, 0, 0, 0],
+            'a' => [0, 0, 14, 1, 15, 17, 15],
+            'c' => [0, 0, 14, 16, 16, 17, 14],
+            'e' => [0, 0, 14, 17, 31, 16, 14],
+            'i' => [4, 0, 12, 4, 4, 4, 14],
+            'l' => [12, 4, 4, 4, 4, 4, 14],
+            'n' => [0, 0, 22, 25, 17, 17, 17],
+            'o' => [0, 0, 14, 17, 17, 17, 14],
+            'p' => [0, 0, 30, 17, 30, 16, 16],
+            'r' => [0, 0, 22, 25, 16, 16, 16],
+            's' => [0, 0, 14, 16, 14, 1, 30],
+            't' => [8, 8, 28, 8, 8, 9, 6],
+            'u' => [0, 0, 17, 17, 17, 19, 13],
+            'v' => [0, 0, 17, 17, 17, 10, 4],
+            'y' => [0, 0, 17, 17, 15, 1, 14],
+            'q' => [0, 0, 13, 19, 15, 1, 1],
+            '(' => [2, 4, 8, 8, 8, 4, 2],
+            ')' => [8, 4, 2, 2, 2, 4, 8],
+            ',' => [0, 0, 0, 0, 12, 4, 8],
+            _ => [0; 7],
+        }
+    }
+
+    fn crc32(data: &[u8]) -> u32 {
+        let mut c = 0xFFFF_FFFFu32;
+        for &b in data {
+            c ^= b as u32;
+            for _ in 0..8 {
+                c = if c & 1 == 1 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+            }
+        }
+        !c
+    }
+
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let start = out.len();
+        out.extend(kind);
+        out.extend(data);
+        let crc = crc32(&out[start..]);
+        out.extend(crc.to_be_bytes());
+    }
+
+    /// PNG bytes of an RGB image: zlib stream of stored (uncompressed) deflate blocks.
+    fn encode(px: &[u8]) -> Vec<u8> {
+        let mut raw = Vec::with_capacity(H * (W * 3 + 1));
+        for row in px.chunks_exact(W * 3) {
+            raw.push(0); // filter: none
+            raw.extend(row);
+        }
+        let mut z = vec![0x78, 0x01];
+        let blocks: Vec<&[u8]> = raw.chunks(65_535).collect();
+        for (i, b) in blocks.iter().enumerate() {
+            z.push(u8::from(i + 1 == blocks.len()));
+            z.extend((b.len() as u16).to_le_bytes());
+            z.extend((!(b.len() as u16)).to_le_bytes());
+            z.extend(*b);
+        }
+        let (mut s1, mut s2) = (1u32, 0u32);
+        for &b in &raw {
+            s1 = (s1 + b as u32) % 65_521;
+            s2 = (s2 + s1) % 65_521;
+        }
+        z.extend(((s2 << 16) | s1).to_be_bytes());
+        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+        let mut ihdr = Vec::new();
+        ihdr.extend((W as u32).to_be_bytes());
+        ihdr.extend((H as u32).to_be_bytes());
+        ihdr.extend([8, 2, 0, 0, 0]); // 8-bit RGB
+        chunk(&mut out, b"IHDR", &ihdr);
+        chunk(&mut out, b"IDAT", &z);
+        chunk(&mut out, b"IEND", &[]);
+        out
+    }
+
+    fn label(v: f64) -> String {
+        if v >= 100.0 {
+            format!("{v:.0}")
+        } else if v >= 1.0 {
+            format!("{v:.1}")
+        } else {
+            format!("{v:.2}")
+        }
+    }
+
+    /// Train loss per step (blue, log scale, left axis), eval loss (red dots) and eval query
+    /// accuracy (green, 0-100% on the right axis) against the step.
+    pub fn loss_curve(path: &Path, losses: &[f64], evals: &[EvalStats]) -> Result<()> {
+        let mut c = Canvas { px: vec![255; W * H * 3] };
+        let (pw, ph) = ((W - L - R) as f64, (H - T - B) as f64);
+        let n = losses.len().max(2) as f64;
+        let finite = losses.iter().chain(evals.iter().map(|e| &e.loss)).copied().filter(|v| v.is_finite() && *v > 0.0);
+        let (lo, hi) = finite.fold((f64::INFINITY, 0.0f64), |(a, b), v| (a.min(v), b.max(v)));
+        let (lo, hi) = if lo.is_finite() && hi > lo { (lo.ln(), hi.ln()) } else { (-1.0, 1.0) };
+        let xs = |step: f64| L as i64 + ((step - 1.0) / (n - 1.0) * pw) as i64;
+        let ys = |v: f64| T as i64 + ((hi - v.max(1e-12).ln()) / (hi - lo) * ph) as i64;
+        let ya = |acc: f64| T as i64 + ((1.0 - acc) * ph) as i64;
+        let grid = [225, 225, 225];
+        let ink = [40, 40, 40];
+        for i in 0..=4 {
+            let y = T as i64 + (i as f64 / 4.0 * ph) as i64;
+            c.line((L as i64, y), ((W - R) as i64, y), grid);
+            let v = (hi - (hi - lo) * i as f64 / 4.0).exp();
+            c.text(4, y - 3, &label(v), [30, 80, 200]);
+            c.text((W - R + 6) as i64, y - 3, &format!("{}%", 100 - 25 * i), [20, 140, 60]);
+        }
+        for i in 0..=5 {
+            let x = L as i64 + (i as f64 / 5.0 * pw) as i64;
+            c.line((x, T as i64), (x, (H - B) as i64), grid);
+            let step = 1.0 + (n - 1.0) * i as f64 / 5.0;
+            c.text(x - 9, (H - B + 8) as i64, &format!("{step:.0}"), ink);
+        }
+        c.line((L as i64, (H - B) as i64), ((W - R) as i64, (H - B) as i64), ink);
+        c.line((L as i64, T as i64), (L as i64, (H - B) as i64), ink);
+        c.text((W / 2 - 15) as i64, (H - 14) as i64, "step", ink);
+        c.text(L as i64, 10, "train loss", [30, 80, 200]);
+        c.text(L as i64 + 80, 10, "eval loss", [200, 40, 40]);
+        c.text(L as i64 + 150, 10, "eval query acc", [20, 140, 60]);
+        let mut prev = None;
+        for (i, &v) in losses.iter().enumerate() {
+            if !v.is_finite() {
+                prev = None;
+                continue;
+            }
+            let p = (xs(i as f64 + 1.0), ys(v));
+            if let Some(q) = prev {
+                c.line(q, p, [30, 80, 200]);
+            }
+            prev = Some(p);
+        }
+        let mut prev = None;
+        for e in evals {
+            let p = (xs(e.step as f64), ya(e.acc));
+            if let Some(q) = prev {
+                c.line(q, p, [20, 140, 60]);
+            }
+            prev = Some(p);
+            let q = (xs(e.step as f64), ys(e.loss));
+            for (dx, dy) in [(0, 0), (1, 0), (-1, 0), (0, 1), (0, -1), (1, 1), (-1, -1), (1, -1), (-1, 1)] {
+                c.set(q.0 + dx, q.1 + dy, [200, 40, 40]);
+            }
+        }
+        gla_model::checkpoint::write_atomic(path, &encode(&c.px))?;
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn crc_and_png_header() {
+            assert_eq!(super::crc32(b"IEND"), 0xAE42_6082);
+            let png = super::encode(&vec![0u8; super::W * super::H * 3]);
+            assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+            assert_eq!(&png[png.len() - 8..png.len() - 4], b"IEND");
+        }
+    }
+}
