@@ -66,10 +66,10 @@ pub struct Args {
     #[arg(long, default_value_t = 256)]
     vocab: usize,
     /// Optimizer steps.
-    #[arg(long, default_value_t = 2500)]
+    #[arg(long, default_value_t = 1250)]
     steps: u64,
     /// Sequences per micro-batch.
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 64)]
     batch_size: usize,
     /// Micro-batches per step (gradient accumulation).
     #[arg(long, default_value_t = 1)]
@@ -85,7 +85,7 @@ pub struct Args {
     warmup: u64,
     /// Steps of the cosine decay to --min-lr, constant after (0 = --steps). The default, a short
     /// high-rate phase then a long low-rate one, got MQAR off its plateau soonest in our runs.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, default_value_t = 600)]
     decay_steps: u64,
     /// AdamW weight decay (matrices only).
     #[arg(long, default_value_t = 0.01)]
@@ -100,7 +100,7 @@ pub struct Args {
     #[arg(long, default_value_t = 1)]
     data_seed: u64,
     /// Evaluate every N steps (0 = only at the end).
-    #[arg(long, default_value_t = 250)]
+    #[arg(long, default_value_t = 125)]
     eval_every: u64,
     /// Held-out examples per evaluation.
     #[arg(long, default_value_t = 512)]
