@@ -405,6 +405,8 @@ fn forward_seq(x: &SeqIn<'_, f32>, out: &SeqOut<'_, f32>, per_chunk: bool) -> Ve
     if !per_chunk {
         let mut o = vec![0.0; BT * vd];
         for c in 0..nt {
+            // the next chunk's rows arrive while this one computes
+            x.prefetch((c + 1) * BT, BT);
             let ch = Chunk::load(x, c);
             let o = &mut o[..ch.m * vd];
             out_chunk(&ch, &s, kd, vd, o);

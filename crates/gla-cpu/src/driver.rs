@@ -34,6 +34,28 @@ impl<'a, T: Copy> Rows<'a, T> {
         let o = ((self.start + t) * self.nh + self.h) * self.d;
         &self.data[o..o + self.d]
     }
+    /// Asks the CPU to start fetching rows `t0..t0 + n` into its caches (no effect on results).
+    /// The rows of one head sit `H*D` elements apart, a stride the hardware prefetchers follow
+    /// poorly: at H = 4 the chunked forward waited on these loads for ~40% of its time.
+    #[inline]
+    pub fn prefetch(&self, t0: usize, n: usize) {
+        #[cfg(target_arch = "x86_64")]
+        for t in t0..t0 + n {
+            let o = ((self.start + t) * self.nh + self.h) * self.d;
+            if o + self.d > self.data.len() {
+                break;
+            }
+            let row = &self.data[o..o + self.d];
+            let bytes = std::mem::size_of_val(row);
+            for off in (0..bytes).step_by(64) {
+                // SAFETY: the address lies inside `row` (off < its size in bytes); a prefetch
+                // never faults and changes no memory.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(row.as_ptr().cast::<i8>().add(off));
+                }
+            }
+        }
+    }
     /// Copies rows `t0..t0 + n` into `out [n, D]`.
     pub fn copy_to(&self, t0: usize, out: &mut [T]) {
         for (i, dst) in out.chunks_exact_mut(self.d).enumerate() {
@@ -83,6 +105,13 @@ impl<T: Real> SeqIn<'_, T> {
     /// Records that an in-algorithm value check failed (see [`Validation::InLoad`]).
     pub fn flag_bad(&self) {
         self.bad.store(true, Ordering::Relaxed);
+    }
+    /// Prefetches rows `t0..t0 + n` of q, k, v and g (see [`Rows::prefetch`]).
+    pub fn prefetch(&self, t0: usize, n: usize) {
+        let n = n.min(self.l.saturating_sub(t0));
+        for r in [&self.q, &self.k, &self.v].into_iter().chain(self.g.as_ref()) {
+            r.prefetch(t0, n);
+        }
     }
     /// The initial state `[K, V]` as an owned buffer (zeros when absent).
     pub fn state0(&self) -> Vec<T> {
