@@ -126,7 +126,7 @@ pub fn ops(a: &OpsArgs) -> Result<bool> {
     if let Some(path) = &a.json {
         let unix_time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let report = Report { unix_time, device: format!("cpu: {cpu}"), threads, gemm_f32_peak_gflops: peak, results };
-        write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        gla_core::io::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
     }
     Ok(true)
@@ -139,14 +139,6 @@ fn cpu_name() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// Writes through a temp file and a rename, so a reader never sees half a file.
-pub fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> Result<()> {
-    let Some(name) = path.file_name() else { bail!("{} is not a file path", path.display()) };
-    let tmp = path.with_file_name(format!(".{}.tmp", name.to_string_lossy()));
-    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-    Ok(())
-}
 
 #[cfg(feature = "cuda")]
 #[derive(Serialize)]
@@ -189,7 +181,7 @@ fn ops_cuda(a: &OpsArgs) -> Result<bool> {
             .map(|r| CudaEntry { shape: r.shape, pass: r.pass, kernel: r.kernel, ms: r.ms, gbs: r.gbs(), tflops: r.tflops(), floor_ms: r.floor_ms(), x_floor: r.x_floor() })
             .collect();
         let report = CudaReport { unix_time, device: cuda.name(), arch: cuda.arch().to_string(), hbm_bytes_per_s: HBM_BYTES_PER_S, reps: a.reps, results };
-        write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        gla_core::io::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
     }
     Ok(true)

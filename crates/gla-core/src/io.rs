@@ -5,8 +5,8 @@ use std::path::Path;
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory (so the rename
 /// cannot cross file systems), flushed to disk, then renamed over `path`. A reader sees the old
-/// file or the new one, never a mix; a crash leaves at most a stray temporary file. Creates the
-/// parent directory if needed.
+/// file or the new one, never a mix; a crash leaves at most a stray temporary file. The directory
+/// is synced after the rename where the platform allows. Creates the parent directory if needed.
 ///
 /// # Errors
 /// Any I/O error of the create, write, sync or rename (the temporary file is removed when the
@@ -26,7 +26,13 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         f.sync_all()
     })();
     match written.and_then(|()| std::fs::rename(&tmp, path)) {
-        Ok(()) => Ok(()),
+        Ok(()) => {
+            // best effort: makes the rename itself durable on POSIX file systems
+            if let Ok(d) = std::fs::File::open(dir) {
+                let _ = d.sync_all();
+            }
+            Ok(())
+        }
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
             Err(e)

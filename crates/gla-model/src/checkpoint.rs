@@ -12,7 +12,6 @@
 //! any instant leaves the previous checkpoint intact and `latest` pointing at a complete one.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, TensorView};
@@ -34,25 +33,13 @@ pub const STATE_FILE: &str = "trainer_state.json";
 /// In a run directory: the name of the newest complete checkpoint directory.
 pub const LATEST_FILE: &str = "latest";
 
-/// Writes `bytes` to `path` atomically: a temp file in the same directory, fsync, rename.
+/// Writes `bytes` to `path` atomically ([`gla_core::io::write_atomic`]: a temp file in the same
+/// directory, fsync, rename, directory sync).
 ///
 /// # Errors
 /// [`Error::Io`] naming the path.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.tmp{}", std::process::id()));
-    let res = (|| {
-        let mut f = fs::File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
-        f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-        fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res?;
-    sync_dir(path.parent());
-    Ok(())
+    gla_core::io::write_atomic(path, bytes).map_err(|e| Error::io("write", path, e))
 }
 
 fn sync_dir(dir: Option<&Path>) {

@@ -6,77 +6,25 @@
 //!
 //! Every op has a naive reference in the tests (tests/ops.rs) and a finite-difference check.
 
-use gemm::Parallelism;
+use gla_cpu::mat::{matmul_with, MatRef, Threads};
 use rayon::prelude::*;
 
 /// Rows per rayon task in row-wise ops (keeps tasks coarse on small models).
 const ROWS_PER_TASK: usize = 64;
 
-/// A strided read-only matrix operand: element (i, j) at `data[i * rs + j * cs]`.
-#[derive(Clone, Copy)]
-struct Mat<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
-}
-
-/// `c [m, n] (row-major) (+)= a [m, k] @ b [k, n]` on the gemm crate, parallel over rayon.
-///
-/// Panics only on an internal size bug (the operands are checked against the dims).
-fn gemm_f32(c: &mut [f32], m: usize, n: usize, k: usize, a: Mat<'_>, b: Mat<'_>, acc: bool) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(c.len() >= m * n, "gemm: c too small");
-    if k == 0 {
-        if !acc {
-            c[..m * n].fill(0.0);
-        }
-        return;
-    }
-    let last = |x: Mat<'_>, r: usize, cc: usize| (r - 1) * x.rs + (cc - 1) * x.cs;
-    assert!(last(a, m, k) < a.data.len(), "gemm: a out of bounds");
-    assert!(last(b, k, n) < b.data.len(), "gemm: b out of bounds");
-    // SAFETY: the three operands were bounds-checked above for these dims and strides, `c` is
-    // borrowed mutably so it cannot alias `a` or `b`, and all strides are non-negative.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            acc,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::Rayon(0),
-        );
-    }
-}
-
 /// Linear forward: `y [N, out] = x [N, in] @ w^T` with `w [out, in]` (PyTorch layout).
 pub fn linear_fwd(y: &mut [f32], x: &[f32], w: &[f32], n: usize, d_in: usize, d_out: usize) {
-    gemm_f32(y, n, d_out, d_in, Mat { data: x, rs: d_in, cs: 1 }, Mat { data: w, rs: 1, cs: d_in }, false);
+    matmul_with(y, d_out, MatRef::new(x, n, d_in, d_in), MatRef::new(w, d_out, d_in, d_in).t(), false, Threads::All);
 }
 
 /// Linear backward to the input: `dx [N, in] (+)= dy [N, out] @ w [out, in]`.
 pub fn linear_bwd_x(dx: &mut [f32], dy: &[f32], w: &[f32], n: usize, d_in: usize, d_out: usize, acc: bool) {
-    gemm_f32(dx, n, d_in, d_out, Mat { data: dy, rs: d_out, cs: 1 }, Mat { data: w, rs: d_in, cs: 1 }, acc);
+    matmul_with(dx, d_in, MatRef::new(dy, n, d_out, d_out), MatRef::new(w, d_out, d_in, d_in), acc, Threads::All);
 }
 
 /// Linear backward to the weight: `dw [out, in] += dy^T @ x`.
 pub fn linear_bwd_w(dw: &mut [f32], dy: &[f32], x: &[f32], n: usize, d_in: usize, d_out: usize) {
-    gemm_f32(dw, d_out, d_in, n, Mat { data: dy, rs: 1, cs: d_out }, Mat { data: x, rs: d_in, cs: 1 }, true);
+    matmul_with(dw, d_in, MatRef::new(dy, n, d_out, d_out).t(), MatRef::new(x, n, d_in, d_in), true, Threads::All);
 }
 
 /// RMSNorm forward over rows of `d`: `y = x * rstd * w`, `rstd = 1/sqrt(mean(x^2) + eps)`.
