@@ -92,6 +92,28 @@ fn f16_to_f32(h: u16) -> f32 {
 
 /// Reads the tensors of `layout` (with a name prefix) from safetensors bytes into an arena,
 /// checking names, shapes and dtypes (f32, bf16 and f16 are accepted and widened to f32).
+/// Checks a stored tensor's shape against the parameter table and decodes it (F32, BF16 or F16,
+/// little-endian) into `dst`.
+///
+/// # Errors
+/// [`Error::Tensor`] naming the tensor, with the expected shape.
+pub(crate) fn decode_tensor(dst: &mut [f32], t: &TensorView<'_>, path: &str, name: &str, shape: &[usize]) -> Result<()> {
+    let err = |reason: String| Error::Tensor { path: path.to_string(), name: name.to_string(), reason };
+    if t.shape() != shape {
+        return Err(err(format!("expected shape {shape:?}, found {:?}", t.shape())));
+    }
+    let data = t.data();
+    match t.dtype() {
+        Dtype::F32 => dst.iter_mut().zip(data.chunks_exact(4)).for_each(|(d, b)| *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        Dtype::BF16 => {
+            dst.iter_mut().zip(data.chunks_exact(2)).for_each(|(d, b)| *d = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+        }
+        Dtype::F16 => dst.iter_mut().zip(data.chunks_exact(2)).for_each(|(d, b)| *d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]))),
+        other => return Err(err(format!("dtype {other:?} is not supported (F32, BF16 or F16, shape {shape:?})"))),
+    }
+    Ok(())
+}
+
 fn from_safetensors(path: &Path, bytes: &[u8], layout: &Layout, prefix: &str, tied: bool) -> Result<Vec<f32>> {
     let p = path.display().to_string();
     let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors { path: p.clone(), reason: e.to_string() })?;
@@ -103,26 +125,7 @@ fn from_safetensors(path: &Path, bytes: &[u8], layout: &Layout, prefix: &str, ti
             name: name.clone(),
             reason: format!("missing (expected shape {:?})", s.shape),
         })?;
-        if t.shape() != s.shape.as_slice() {
-            return Err(Error::Tensor { path: p.clone(), name, reason: format!("expected shape {:?}, found {:?}", s.shape, t.shape()) });
-        }
-        let dst = &mut out[s.range()];
-        let data = t.data();
-        match t.dtype() {
-            Dtype::F32 => dst.iter_mut().zip(data.chunks_exact(4)).for_each(|(d, b)| *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-            Dtype::BF16 => dst
-                .iter_mut()
-                .zip(data.chunks_exact(2))
-                .for_each(|(d, b)| *d = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
-            Dtype::F16 => dst.iter_mut().zip(data.chunks_exact(2)).for_each(|(d, b)| *d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]))),
-            other => {
-                return Err(Error::Tensor {
-                    path: p.clone(),
-                    name,
-                    reason: format!("dtype {other:?} is not supported (F32, BF16 or F16, shape {:?})", s.shape),
-                })
-            }
-        }
+        decode_tensor(&mut out[s.range()], &t, &p, &name, &s.shape)?;
     }
     for name in st.names() {
         let known = name.strip_prefix(prefix).is_some_and(|n| layout.find(n).is_some());

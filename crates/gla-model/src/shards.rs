@@ -11,7 +11,7 @@ use std::path::Path;
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
-use crate::checkpoint::{load_model, CONFIG_FILE, WEIGHTS_FILE};
+use crate::checkpoint::{decode_tensor, load_model, CONFIG_FILE, WEIGHTS_FILE};
 use crate::config::GlaConfig;
 use crate::model::GlaModel;
 use crate::params::Layout;
@@ -100,30 +100,7 @@ pub fn load_model_dir(dir: &Path) -> Result<GlaModel> {
                 name: name.clone(),
                 reason: format!("missing from this shard, which the index names for it (expected shape {:?})", spec.shape),
             })?;
-            if t.shape() != spec.shape.as_slice() {
-                return Err(Error::Tensor {
-                    path: p.clone(),
-                    name: name.clone(),
-                    reason: format!("expected shape {:?}, found {:?}", spec.shape, t.shape()),
-                });
-            }
-            let dst = &mut params[spec.range()];
-            let data = t.data();
-            match t.dtype() {
-                Dtype::F32 => dst.iter_mut().zip(data.chunks_exact(4)).for_each(|(d, b)| *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
-                Dtype::BF16 => dst
-                    .iter_mut()
-                    .zip(data.chunks_exact(2))
-                    .for_each(|(d, b)| *d = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16)),
-                Dtype::F16 => dst.iter_mut().zip(data.chunks_exact(2)).for_each(|(d, b)| *d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]))),
-                other => {
-                    return Err(Error::Tensor {
-                        path: p.clone(),
-                        name: name.clone(),
-                        reason: format!("dtype {other:?} is not supported (F32, BF16 or F16, shape {:?})", spec.shape),
-                    })
-                }
-            }
+            decode_tensor(&mut params[spec.range()], &t, &p, name, &spec.shape)?;
         }
     }
     GlaModel::from_params(config, params)
@@ -179,18 +156,6 @@ pub fn check_truncation(path: &Path) -> Result<()> {
         });
     }
     Ok(())
-}
-
-fn f16_to_f32(h: u16) -> f32 {
-    let sign = if h >> 15 == 1 { -1.0f32 } else { 1.0 };
-    let exp = ((h >> 10) & 0x1f) as i32;
-    let man = (h & 0x3ff) as f32;
-    match exp {
-        0 => sign * man * (2.0f32).powi(-24),
-        0x1f if man == 0.0 => sign * f32::INFINITY,
-        0x1f => f32::NAN,
-        e => sign * (1.0 + man / 1024.0) * (2.0f32).powi(e - 15),
-    }
 }
 
 /// Writes `model` as a sharded checkpoint: `config.json`, `model-0000i-of-0000n.safetensors`
