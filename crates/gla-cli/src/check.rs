@@ -121,5 +121,5 @@ fn run_cuda(a: &Args) -> Result<bool> {
 
 #[cfg(not(feature = "cuda"))]
 fn run_cuda(_: &Args) -> Result<bool> {
-    unreachable!("ensure_built refuses cuda without the feature")
+    anyhow::bail!("this gla was built without the `cuda` feature")
 }
