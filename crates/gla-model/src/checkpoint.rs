@@ -114,19 +114,33 @@ pub(crate) fn decode_tensor(dst: &mut [f32], t: &TensorView<'_>, path: &str, nam
     Ok(())
 }
 
-fn from_safetensors(path: &Path, bytes: &[u8], layout: &Layout, prefix: &str, tied: bool) -> Result<Vec<f32>> {
-    let p = path.display().to_string();
-    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors { path: p.clone(), reason: e.to_string() })?;
+/// Reads every tensor of `layout` (names with `prefix`) from a parsed file into one arena.
+/// `f32_only`: refuse other dtypes (optimizer moments are always written as F32).
+fn read_layout(st: &SafeTensors<'_>, p: &str, layout: &Layout, prefix: &str, f32_only: bool) -> Result<Vec<f32>> {
     let mut out = vec![0.0f32; layout.numel];
     for s in &layout.specs {
         let name = format!("{prefix}{}", s.name);
         let t = st.tensor(&name).map_err(|_| Error::Tensor {
-            path: p.clone(),
+            path: p.to_string(),
             name: name.clone(),
             reason: format!("missing (expected shape {:?})", s.shape),
         })?;
-        decode_tensor(&mut out[s.range()], &t, &p, &name, &s.shape)?;
+        if f32_only && (t.shape() != s.shape.as_slice() || t.dtype() != Dtype::F32) {
+            return Err(Error::Tensor {
+                path: p.to_string(),
+                name,
+                reason: format!("expected F32 {:?}, found {:?} {:?}", s.shape, t.dtype(), t.shape()),
+            });
+        }
+        decode_tensor(&mut out[s.range()], &t, p, &name, &s.shape)?;
     }
+    Ok(out)
+}
+
+fn from_safetensors(path: &Path, bytes: &[u8], layout: &Layout, prefix: &str, tied: bool) -> Result<Vec<f32>> {
+    let p = path.display().to_string();
+    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors { path: p.clone(), reason: e.to_string() })?;
+    let out = read_layout(&st, &p, layout, prefix, false)?;
     for name in st.names() {
         let known = name.strip_prefix(prefix).is_some_and(|n| layout.find(n).is_some());
         // a tied checkpoint may still carry the shared lm_head copy: it is the embedding
@@ -208,24 +222,7 @@ fn from_safetensors_prefixed(path: &Path, bytes: &[u8], layout: &Layout, prefix:
     // the moment file holds two prefixes; check only this one's names
     let p = path.display().to_string();
     let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors { path: p.clone(), reason: e.to_string() })?;
-    let mut out = vec![0.0f32; layout.numel];
-    for s in &layout.specs {
-        let name = format!("{prefix}{}", s.name);
-        let t = st.tensor(&name).map_err(|_| Error::Tensor {
-            path: p.clone(),
-            name: name.clone(),
-            reason: format!("missing (expected shape {:?})", s.shape),
-        })?;
-        if t.shape() != s.shape.as_slice() || t.dtype() != Dtype::F32 {
-            return Err(Error::Tensor {
-                path: p.clone(),
-                name,
-                reason: format!("expected F32 {:?}, found {:?} {:?}", s.shape, t.dtype(), t.shape()),
-            });
-        }
-        out[s.range()].iter_mut().zip(t.data().chunks_exact(4)).for_each(|(d, b)| *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]));
-    }
-    Ok(out)
+    read_layout(&st, &p, layout, prefix, true)
 }
 
 /// The newest complete checkpoint directory of a run, from its `latest` file.

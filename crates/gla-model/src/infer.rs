@@ -26,7 +26,7 @@
 //! ```
 
 use gla_core::op::{transpose_state, GlaOp};
-use gla_core::{GateKind, Inputs, Problem, ProblemSpec};
+use gla_core::Inputs;
 use gla_cpu::mat::{matmul_with, MatRef, Threads};
 use gla_cpu::{Chunked, FusedRecurrent, Schedule};
 use rayon::prelude::*;
@@ -266,19 +266,6 @@ fn lin(y: &mut [f32], x: &[f32], w: &[f32], m: usize, d_in: usize, d_out: usize)
             }
         }
     }
-}
-
-fn problem(dims: &Dims, b: usize, t: usize, cu: Option<Vec<usize>>) -> Result<Problem> {
-    Ok(Problem::new(ProblemSpec {
-        b,
-        t,
-        h: dims.heads,
-        k: dims.head_k,
-        v: dims.head_v,
-        gate: GateKind::PerKey,
-        scale: None,
-        cu_seqlens: cu,
-    })?)
 }
 
 static CHUNKED: Chunked = Chunked { schedule: Schedule::Auto };
@@ -535,7 +522,7 @@ impl GlaModel {
         for s in 0..bounds.len() - 1 {
             let (a, b) = (bounds[s], bounds[s + 1]);
             let op: &dyn GlaOp<f32> = if b - a <= RECURRENT_MAX_T { &FusedRecurrent } else { &CHUNKED };
-            let prob = problem(dm, 1, b - a, None)?;
+            let prob = crate::model::problem(dm, 1, b - a, None)?;
             let h0 = &states[s].layers[l].recurrent;
             let x =
                 Inputs { q: &q[a * hk..b * hk], k: &k[a * hk..b * hk], v: &v[a * hv..b * hv], g: Some(&g[a * hk..b * hk]), h0: Some(h0) };

@@ -259,7 +259,8 @@ pub fn shift_labels(labels: &[i64], t: usize) -> Vec<i64> {
     out
 }
 
-fn problem(dims: &Dims, b: usize, t: usize) -> Result<Problem> {
+/// The GLA op's problem for `b` rows of `t` tokens (`cu`: packed varlen offsets) of this model.
+pub(crate) fn problem(dims: &Dims, b: usize, t: usize, cu: Option<Vec<usize>>) -> Result<Problem> {
     Ok(Problem::new(ProblemSpec {
         b,
         t,
@@ -268,7 +269,7 @@ fn problem(dims: &Dims, b: usize, t: usize) -> Result<Problem> {
         v: dims.head_v,
         gate: GateKind::PerKey,
         scale: None,
-        cu_seqlens: None,
+        cu_seqlens: cu,
     })?)
 }
 
@@ -363,7 +364,7 @@ impl GlaModel {
         let d = dm.d;
         acts.ids.copy_from_slice(ids);
         embedding_fwd(&mut acts.xs[0], ids, p.get(self.layout.embeddings), d);
-        let prob = problem(dm, b, t)?;
+        let prob = problem(dm, b, t, None)?;
         let op = op_for(t);
         for (l, ids_l) in self.layout.layers.iter().enumerate() {
             let (lo, hi) = acts.xs.split_at_mut(l + 1);
@@ -458,7 +459,7 @@ impl GlaModel {
         let n = b * t;
         let d = dm.d;
         let m = acts.rows.len();
-        let prob = problem(dm, b, t)?;
+        let prob = problem(dm, b, t, None)?;
         let op = op_for(t);
         let Activations { ids, xs, layers, rstdf, rows, xf_sel, logits, scratch: s, .. } = acts;
         // lm_head: dxf_sel = scale * dlogits @ W; dW += scale * dlogits^T xf_sel
