@@ -4,7 +4,7 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use gla_core::op::GlaOp;
 use gla_core::testing::{logsigmoid, Rng};
 use gla_core::{Backward, GateKind, Inputs, Problem, ProblemSpec};
@@ -190,5 +190,5 @@ fn ops_cuda(a: &OpsArgs) -> Result<bool> {
 #[cfg(not(feature = "cuda"))]
 fn ops_cuda(_: &OpsArgs) -> Result<bool> {
     // ensure_built has already refused this; kept for the types
-    bail!("this gla was built without the `cuda` feature")
+    anyhow::bail!("this gla was built without the `cuda` feature")
 }

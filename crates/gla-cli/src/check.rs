@@ -24,6 +24,9 @@ pub struct Args {
     /// Also write the rows as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// GPU: only the language-model checks (GPU model against the CPU model), not the op table.
+    #[arg(long)]
+    model_only: bool,
 }
 
 #[derive(Serialize)]
@@ -100,7 +103,10 @@ fn print_table(rows: &[Row]) {
 #[cfg(feature = "cuda")]
 fn run_cuda(a: &Args) -> Result<bool> {
     let start = Instant::now();
-    let opts = gla_cuda::check::CheckOptions::default();
+    let mut opts = gla_cuda::check::CheckOptions::default();
+    if a.model_only {
+        opts = gla_cuda::check::CheckOptions { long: false, huge: false, repeat: false, ops: false, model: true };
+    }
     let (device, mut rows) = gla_cuda::check::check_device(opts)?;
     if let Some(f) = &a.filter {
         rows.retain(|r| r.case.contains(f.as_str()));

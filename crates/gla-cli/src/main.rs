@@ -4,6 +4,7 @@
 //! failures to exit codes (0 ok, 1 failure or failed check, 2 bad usage via clap).
 
 mod bench;
+mod bench_train;
 mod check;
 mod generate;
 mod train;
@@ -75,6 +76,10 @@ enum BenchCmd {
     /// (default fla's gla_340M), prompt 512, 256 new tokens, batch 1 and 16.
     #[command(after_help = "Examples:\n  gla bench generate\n  gla bench generate --config '{\"hidden_size\": 256, \"num_hidden_layers\": 4}' --batch 1,4 --json gen.json")]
     Generate(generate::BenchArgs),
+    /// Time training steps (forward, backward, AdamW) of a random model (default fla's gla_340M,
+    /// batch 8 x 2048 tokens): ms/step, tokens/s, MFU, peak device memory.
+    #[command(after_help = "Examples:\n  gla bench train --device cuda\n  gla bench train --device cuda --batch 4 --seq-len 4096 --json train.json\n  gla bench train --device cpu --config '{\"hidden_size\": 128, \"num_hidden_layers\": 2}' --batch 2 --seq-len 256")]
+    Train(bench_train::Args),
 }
 
 /// Keeps large buffers in the heap between calls (glibc only). By default glibc serves every
@@ -107,6 +112,7 @@ fn main() {
         Cmd::Check(a) => check::run(&a),
         Cmd::Generate(a) => generate::run(&a),
         Cmd::Bench(BenchCmd::Generate(a)) => generate::bench(&a),
+        Cmd::Bench(BenchCmd::Train(a)) => bench_train::run(&a),
         Cmd::Train(a) => train::run(&a),
     };
     match res {

@@ -57,11 +57,15 @@ pub struct CheckOptions {
     pub huge: bool,
     /// Run the repeat-run determinism check.
     pub repeat: bool,
+    /// Run the op case table (off: only the extra checks and the model).
+    pub ops: bool,
+    /// Run the language-model checks (GPU model vs CPU model).
+    pub model: bool,
 }
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        Self { long: true, huge: true, repeat: true }
+        Self { long: true, huge: true, repeat: true, ops: true, model: true }
     }
 }
 
@@ -281,8 +285,10 @@ fn huge_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
 /// [`Error`] when a case cannot be set up.
 pub fn check(cuda: &Arc<Cuda>, opts: CheckOptions) -> Result<Vec<CheckRow>> {
     let mut out = Vec::new();
-    for (i, case) in cases().iter().enumerate() {
-        run_case(cuda, case, 1000 + i as u64, &mut out)?;
+    if opts.ops {
+        for (i, case) in cases().iter().enumerate() {
+            run_case(cuda, case, 1000 + i as u64, &mut out)?;
+        }
     }
     if opts.repeat {
         repeat_check(cuda, &mut out)?;
@@ -292,6 +298,9 @@ pub fn check(cuda: &Arc<Cuda>, opts: CheckOptions) -> Result<Vec<CheckRow>> {
     }
     if opts.huge {
         huge_check(cuda, &mut out)?;
+    }
+    if opts.model {
+        crate::model_check::model_check(cuda, &mut out)?;
     }
     Ok(out)
 }

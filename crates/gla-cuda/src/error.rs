@@ -52,6 +52,14 @@ pub enum Error {
         #[source]
         source: cudarc::driver::DriverError,
     },
+    /// A cuBLAS call failed, or libcublas could not be loaded.
+    #[error("cuBLAS failed during {what}: {status}")]
+    Blas {
+        /// The call (`cublasGemmEx`, `cublasCreate`, ...).
+        what: &'static str,
+        /// cuBLAS's status, or what is missing.
+        status: String,
+    },
     /// The shape, value or option checks of the op contract failed.
     #[error(transparent)]
     Op(#[from] gla_core::Error),

@@ -61,5 +61,37 @@ pub const CHUNK_V2: KernelSource = KernelSource {
     ],
 };
 
+/// The language model's row-wise and element-wise kernels around the GEMMs (`model_ops.cu`).
+pub const MODEL_OPS: KernelSource = KernelSource {
+    name: "model_ops.cu",
+    text: include_str!("../kernels/model_ops.cu"),
+    entries: &[
+        "cast_f32_bf16",
+        "embedding_fwd",
+        "embedding_bwd",
+        "gather_rows_bf16",
+        "scatter_rows_f32",
+        "repeat_heads_bf16",
+        "repeat_heads_bwd_f32",
+        "rmsnorm_bwd_dw",
+        "gated_norm_bwd_dw",
+        "colsum_f32",
+        "rmsnorm_fwd",
+        "rmsnorm_bwd_dx",
+        "gated_norm_fwd",
+        "gated_norm_bwd_dx",
+        "swiglu_fwd",
+        "swiglu_bwd",
+        "gate_fwd",
+        "gate_bwd",
+        "conv_fwd",
+        "conv_bwd_dx",
+        "conv_bwd_dw",
+        "cross_entropy",
+        "sumsq",
+        "adamw",
+    ],
+};
+
 /// Every kernel source of the crate (the CI compile check walks this list).
-pub const ALL: &[KernelSource] = &[RECURRENT, CHUNK, CHUNK_V2];
+pub const ALL: &[KernelSource] = &[RECURRENT, CHUNK, CHUNK_V2, MODEL_OPS];

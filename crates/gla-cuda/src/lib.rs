@@ -17,10 +17,13 @@ pub mod bench;
 pub mod check;
 mod error;
 pub mod kernels;
+pub mod model;
+pub mod model_check;
 mod op;
 pub mod ops;
 pub mod runtime;
 
 pub use error::{Error, Result};
+pub use model::{GpuActivations, GpuModel};
 pub use op::{Algo, CudaGla};
 pub use runtime::Cuda;

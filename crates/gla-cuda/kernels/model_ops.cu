@@ -1,0 +1,429 @@
+// model_ops.cu: the row-wise and element-wise kernels of the GLA language model, around the
+// cuBLAS GEMMs and the GLA kernels (gla-cuda/src/model.rs drives them).
+//
+// Contract (every kernel):
+// - row-major buffers; `n` rows (tokens, or token x head pairs), `d`/`c`/`v` columns; all index
+//   products in 64 bits (idx_t);
+// - dtypes are fixed per argument and named in the signature: `float*` f32, `bf16_t*` bf16 bits.
+//   The residual stream, norms' rstd, parameter masters and every parameter gradient are f32;
+//   GEMM operands are bf16; gradients flowing into an accumulation are f32;
+// - parameter-gradient kernels ACCUMULATE (+=, by atomicAdd of per-block partial sums, so the
+//   summation order across blocks is not fixed: results agree to f32 rounding, not bitwise);
+//   everything else WRITES its outputs;
+// - math in f32; the formulas are the CPU ops' (gla-model/src/ops.rs), which are the reference.
+
+__device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + __expf(-x)); }
+
+// ---------------------------------------------------------------------------------------------
+// casts, embedding, row gather/scatter, GQA head repeat
+
+extern "C" __global__ void cast_f32_bf16(bf16_t* __restrict__ y, const float* __restrict__ x, idx_t n) {
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < n; i += (idx_t)gridDim.x * blockDim.x)
+        y[i] = from_f32<bf16_t>(x[i]);
+}
+
+// x[r, :] = wte[ids[r], :]   (ids checked on the host)
+extern "C" __global__ void embedding_fwd(float* __restrict__ x, const unsigned* __restrict__ ids, const float* __restrict__ wte, idx_t n, int d) {
+    for (idx_t r = blockIdx.x; r < n; r += gridDim.x) {
+        const float* src = wte + (idx_t)ids[r] * d;
+        for (int j = threadIdx.x; j < d; j += blockDim.x) x[r * d + j] = src[j];
+    }
+}
+
+// dwte[ids[r], :] += dx[r, :], skipping the padding id (pad < 0: none)
+extern "C" __global__ void embedding_bwd(float* __restrict__ dwte, const float* __restrict__ dx, const unsigned* __restrict__ ids, idx_t n, int d, int pad) {
+    for (idx_t r = blockIdx.x; r < n; r += gridDim.x) {
+        if ((int)ids[r] == pad) continue;
+        float* dst = dwte + (idx_t)ids[r] * d;
+        for (int j = threadIdx.x; j < d; j += blockDim.x) atomicAdd(dst + j, dx[r * d + j]);
+    }
+}
+
+// out[i, :] = x[rows[i], :]  (bf16)
+extern "C" __global__ void gather_rows_bf16(bf16_t* __restrict__ out, const bf16_t* __restrict__ x, const int* __restrict__ rows, idx_t m, int d) {
+    for (idx_t i = blockIdx.x; i < m; i += gridDim.x)
+        for (int j = threadIdx.x; j < d; j += blockDim.x) out[i * d + j] = x[(idx_t)rows[i] * d + j];
+}
+
+// out[rows[i], :] = src[i, :] * s (f32; the other rows of out are left as they are)
+extern "C" __global__ void scatter_rows_f32(float* __restrict__ out, const float* __restrict__ src, const int* __restrict__ rows, idx_t m, int d, float s) {
+    for (idx_t i = blockIdx.x; i < m; i += gridDim.x)
+        for (int j = threadIdx.x; j < d; j += blockDim.x) out[(idx_t)rows[i] * d + j] = src[i * d + j] * s;
+}
+
+// [N, Hkv, e] -> [N, Hkv*groups, e]: output head h reads kv head h / groups (bf16)
+extern "C" __global__ void repeat_heads_bf16(bf16_t* __restrict__ out, const bf16_t* __restrict__ x, idx_t n, int hkv, int groups, int e) {
+    idx_t total = n * hkv * groups * e;
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+        int j = (int)(i % e);
+        idx_t rest = i / e;
+        int h = (int)(rest % (hkv * groups));
+        idx_t r = rest / (hkv * groups);
+        out[i] = x[(r * hkv + h / groups) * e + j];
+    }
+}
+
+// backward of repeat_heads: dx[N, Hkv, e] = sum over the groups of dout[N, Hkv*groups, e] (f32)
+extern "C" __global__ void repeat_heads_bwd_f32(float* __restrict__ dx, const float* __restrict__ dout, idx_t n, int hkv, int groups, int e) {
+    idx_t total = n * hkv * e;
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+        int j = (int)(i % e);
+        idx_t rest = i / e;
+        int h = (int)(rest % hkv);
+        idx_t r = rest / hkv;
+        float s = 0.f;
+        for (int g = 0; g < groups; ++g) s += dout[(r * hkv * groups + h * groups + g) * e + j];
+        dx[i] = s;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// column reductions for parameter gradients: dw[j] += sum_r f(r, j), one thread per column of a
+// 32-wide tile, 8 row lanes per block, blocks strided over rows; a block's partial sum is added
+// with one atomicAdd per column.
+
+template <typename F>
+__device__ __forceinline__ void col_reduce(float* __restrict__ dw, idx_t n, int cols, const F& f) {
+    __shared__ float part[8][33];
+    int j = blockIdx.x * 32 + threadIdx.x;
+    float s = 0.f;
+    if (j < cols)
+        for (idx_t r = blockIdx.y * 8 + threadIdx.y; r < n; r += (idx_t)gridDim.y * 8) s += f(r, j);
+    part[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < cols) {
+        float t = 0.f;
+        #pragma unroll
+        for (int y = 0; y < 8; ++y) t += part[y][threadIdx.x];
+        atomicAdd(dw + j, t);
+    }
+}
+
+struct RmsDw {
+    const float *dy, *x, *rstd;
+    int d;
+    __device__ float operator()(idx_t r, int j) const { return dy[r * d + j] * x[r * d + j] * rstd[r]; }
+};
+// dw[j] += sum_r dy[r,j] * x[r,j] * rstd[r]   (RMSNorm weight)
+extern "C" __global__ void rmsnorm_bwd_dw(float* dw, const float* dy, const float* x, const float* rstd, idx_t n, int d) {
+    col_reduce(dw, n, d, RmsDw{dy, x, rstd, d});
+}
+
+struct GnDw {
+    const float* dy;
+    const bf16_t *o, *g;
+    const float* rstd;
+    int v;
+    __device__ float operator()(idx_t r, int j) const {
+        float gate = 1.f;
+        if (g) {
+            float x = to_f32(g[r * v + j]);
+            gate = x * sigmoidf_(x);
+        }
+        return dy[r * v + j] * to_f32(o[r * v + j]) * rstd[r] * gate;
+    }
+};
+// dw[j] += sum_rows dy * o * rstd * swish(g)   (per-head norm weight, rows = N*H)
+extern "C" __global__ void gated_norm_bwd_dw(float* dw, const float* dy, const bf16_t* o, const bf16_t* g, const float* rstd, idx_t rows, int v) {
+    col_reduce(dw, rows, v, GnDw{dy, o, g, rstd, v});
+}
+
+struct ColSum {
+    const float* x;
+    int c;
+    __device__ float operator()(idx_t r, int j) const { return x[r * c + j]; }
+};
+// db[j] += sum_r x[r, j]   (bias gradient, f32 input)
+extern "C" __global__ void colsum_f32(float* db, const float* x, idx_t n, int c) { col_reduce(db, n, c, ColSum{x, c}); }
+
+// ---------------------------------------------------------------------------------------------
+// norms: one warp per row
+
+// y = x * rstd * w (bf16 out), rstd = 1/sqrt(mean(x^2) + eps); x is the f32 residual stream
+extern "C" __global__ void rmsnorm_fwd(bf16_t* __restrict__ y, float* __restrict__ rstd, const float* __restrict__ x, const float* __restrict__ w, idx_t n, int d, float eps) {
+    int lane = threadIdx.x & 31;
+    for (idx_t r = (blockIdx.x * (idx_t)blockDim.x + threadIdx.x) >> 5; r < n; r += ((idx_t)gridDim.x * blockDim.x) >> 5) {
+        const float* xr = x + r * d;
+        float s = 0.f;
+        for (int j = lane; j < d; j += 32) s += xr[j] * xr[j];
+        s = warp_sum(s);
+        float rs = rsqrtf(s / d + eps);
+        if (lane == 0) rstd[r] = rs;
+        for (int j = lane; j < d; j += 32) y[r * d + j] = from_f32<bf16_t>(xr[j] * rs * w[j]);
+    }
+}
+
+// dx (+)= rstd * (dy*w - x * rstd^2 * mean(dy*w*x)); dy, x, dx f32
+extern "C" __global__ void rmsnorm_bwd_dx(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ rstd, const float* __restrict__ w, idx_t n, int d, int acc) {
+    int lane = threadIdx.x & 31;
+    for (idx_t r = (blockIdx.x * (idx_t)blockDim.x + threadIdx.x) >> 5; r < n; r += ((idx_t)gridDim.x * blockDim.x) >> 5) {
+        const float *dyr = dy + r * d, *xr = x + r * d;
+        float dot = 0.f;
+        for (int j = lane; j < d; j += 32) dot += dyr[j] * w[j] * xr[j];
+        dot = warp_sum(dot) / d;
+        float rs = rstd[r], c = rs * rs * rs * dot;
+        for (int j = lane; j < d; j += 32) {
+            float v = rs * dyr[j] * w[j] - c * xr[j];
+            dx[r * d + j] = acc ? dx[r * d + j] + v : v;
+        }
+    }
+}
+
+// per (token, head) row of v values: y = o * rstd * w * swish(g) (g null: no gate)
+extern "C" __global__ void gated_norm_fwd(bf16_t* __restrict__ y, float* __restrict__ rstd, const bf16_t* __restrict__ o, const bf16_t* __restrict__ g, const float* __restrict__ w, idx_t rows, int v, float eps) {
+    int lane = threadIdx.x & 31;
+    for (idx_t r = (blockIdx.x * (idx_t)blockDim.x + threadIdx.x) >> 5; r < rows; r += ((idx_t)gridDim.x * blockDim.x) >> 5) {
+        float s = 0.f;
+        for (int j = lane; j < v; j += 32) {
+            float x = to_f32(o[r * v + j]);
+            s += x * x;
+        }
+        s = warp_sum(s);
+        float rs = rsqrtf(s / v + eps);
+        if (lane == 0) rstd[r] = rs;
+        for (int j = lane; j < v; j += 32) {
+            float gate = 1.f;
+            if (g) {
+                float x = to_f32(g[r * v + j]);
+                gate = x * sigmoidf_(x);
+            }
+            y[r * v + j] = from_f32<bf16_t>(to_f32(o[r * v + j]) * rs * w[j] * gate);
+        }
+    }
+}
+
+// backward of gated_norm_fwd: d_o (bf16, into the GLA backward) and dg (bf16, a GEMM operand)
+extern "C" __global__ void gated_norm_bwd_dx(bf16_t* __restrict__ d_o, bf16_t* __restrict__ dg, const float* __restrict__ dy, const bf16_t* __restrict__ o, const bf16_t* __restrict__ g, const float* __restrict__ rstd, const float* __restrict__ w, idx_t rows, int v) {
+    int lane = threadIdx.x & 31;
+    for (idx_t r = (blockIdx.x * (idx_t)blockDim.x + threadIdx.x) >> 5; r < rows; r += ((idx_t)gridDim.x * blockDim.x) >> 5) {
+        float rs = rstd[r];
+        float dot = 0.f;
+        for (int j = lane; j < v; j += 32) {
+            float gate = 1.f;
+            if (g) {
+                float x = to_f32(g[r * v + j]);
+                float s = sigmoidf_(x);
+                gate = x * s;
+                dg[r * v + j] = from_f32<bf16_t>(dy[r * v + j] * to_f32(o[r * v + j]) * rs * w[j] * s * (1.f + x * (1.f - s)));
+            }
+            dot += dy[r * v + j] * w[j] * gate * to_f32(o[r * v + j]);
+        }
+        dot = warp_sum(dot);
+        float c = rs * rs * rs * dot / v;
+        for (int j = lane; j < v; j += 32) {
+            float gate = 1.f;
+            if (g) {
+                float x = to_f32(g[r * v + j]);
+                gate = x * sigmoidf_(x);
+            }
+            d_o[r * v + j] = from_f32<bf16_t>(rs * dy[r * v + j] * w[j] * gate - c * to_f32(o[r * v + j]));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// element-wise
+
+// h = silu(a) * b
+extern "C" __global__ void swiglu_fwd(bf16_t* __restrict__ h, const bf16_t* __restrict__ a, const bf16_t* __restrict__ b, idx_t n) {
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < n; i += (idx_t)gridDim.x * blockDim.x) {
+        float x = to_f32(a[i]);
+        h[i] = from_f32<bf16_t>(x * sigmoidf_(x) * to_f32(b[i]));
+    }
+}
+
+// da = dh * b * silu'(a), db = dh * silu(a)
+extern "C" __global__ void swiglu_bwd(bf16_t* __restrict__ da, bf16_t* __restrict__ db, const float* __restrict__ dh, const bf16_t* __restrict__ a, const bf16_t* __restrict__ b, idx_t n) {
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < n; i += (idx_t)gridDim.x * blockDim.x) {
+        float x = to_f32(a[i]), s = sigmoidf_(x), d = dh[i];
+        db[i] = from_f32<bf16_t>(d * x * s);
+        da[i] = from_f32<bf16_t>(d * to_f32(b[i]) * s * (1.f + x * (1.f - s)));
+    }
+}
+
+__device__ __forceinline__ float logsigmoidf_(float x) { return fminf(x, 0.f) - log1pf(__expf(-fabsf(x))); }
+
+// raw[r, j] += bias[j] (f32, kept for the backward); gk = max(logsigmoid(raw) / norm, clamp) (bf16)
+extern "C" __global__ void gate_fwd(bf16_t* __restrict__ gk, float* __restrict__ raw, const float* __restrict__ bias, idx_t n, int c, float norm, int has_clamp, float clamp_min) {
+    idx_t total = n * c;
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+        float x = raw[i] + bias[i % c];
+        raw[i] = x;
+        float v = logsigmoidf_(x) / norm;
+        gk[i] = from_f32<bf16_t>(has_clamp ? fmaxf(v, clamp_min) : v);
+    }
+}
+
+// dx = dg * sigmoid(-raw) / norm, zero where the clamp is active; dx f32 (bias grad) and bf16 (GEMM)
+extern "C" __global__ void gate_bwd(float* __restrict__ dx, bf16_t* __restrict__ dx16, const float* __restrict__ dg, const float* __restrict__ raw, idx_t total, float norm, int has_clamp, float clamp_min) {
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+        float x = raw[i];
+        bool pass = !has_clamp || logsigmoidf_(x) / norm >= clamp_min;
+        float v = pass ? dg[i] * sigmoidf_(-x) / norm : 0.f;
+        dx[i] = v;
+        dx16[i] = from_f32<bf16_t>(v);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// causal depthwise short convolution + SiLU per sequence of t rows (fla's ShortConvolution, no
+// bias): pre[s, ch] = sum_j w[ch, j] x[s - (W-1) + j, ch], y = silu(pre); w [C, W] f32
+
+extern "C" __global__ void conv_fwd(bf16_t* __restrict__ y, bf16_t* __restrict__ pre, const bf16_t* __restrict__ x, const float* __restrict__ w, idx_t n, int t, int c, int width) {
+    idx_t total = n * c;
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+        int ch = (int)(i % c);
+        idx_t r = i / c;
+        int s = (int)(r % t);
+        float acc = 0.f;
+        for (int j = 0; j < width; ++j) {
+            int src = s + j - (width - 1);
+            if (src >= 0) acc += w[ch * width + j] * to_f32(x[(r - s + src) * c + ch]);
+        }
+        pre[i] = from_f32<bf16_t>(acc);
+        y[i] = from_f32<bf16_t>(acc * sigmoidf_(acc));
+    }
+}
+
+__device__ __forceinline__ float dsilu(float d, float p) {
+    float s = sigmoidf_(p);
+    return d * s * (1.f + p * (1.f - s));
+}
+
+// dx[src, ch] = sum_j w[ch, j] dpre[src + W-1-j, ch], dpre = dy * silu'(pre); dx bf16 (GEMM operand)
+extern "C" __global__ void conv_bwd_dx(bf16_t* __restrict__ dx, const float* __restrict__ dy, const bf16_t* __restrict__ pre, const float* __restrict__ w, idx_t n, int t, int c, int width) {
+    idx_t total = n * c;
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+        int ch = (int)(i % c);
+        idx_t r = i / c;
+        int src = (int)(r % t);
+        float acc = 0.f;
+        for (int j = 0; j < width; ++j) {
+            int s = src + width - 1 - j;
+            if (s < t) {
+                idx_t k = (r - src + s) * c + ch;
+                acc += w[ch * width + j] * dsilu(dy[k], to_f32(pre[k]));
+            }
+        }
+        dx[i] = from_f32<bf16_t>(acc);
+    }
+}
+
+// dw[ch, j] += sum_r dpre[r, ch] x[r - (W-1) + j, ch] within each sequence; W <= 8
+extern "C" __global__ void conv_bwd_dw(float* __restrict__ dw, const float* __restrict__ dy, const bf16_t* __restrict__ pre, const bf16_t* __restrict__ x, idx_t n, int t, int c, int width) {
+    __shared__ float part[8][8][33];
+    int ch = blockIdx.x * 32 + threadIdx.x;
+    float s[8];
+    #pragma unroll
+    for (int j = 0; j < 8; ++j) s[j] = 0.f;
+    if (ch < c) {
+        for (idx_t r = blockIdx.y * 8 + threadIdx.y; r < n; r += (idx_t)gridDim.y * 8) {
+            int pos = (int)(r % t);
+            float dp = dsilu(dy[r * c + ch], to_f32(pre[r * c + ch]));
+            #pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                int src = pos + j - (width - 1);
+                if (j < width && src >= 0) s[j] += dp * to_f32(x[(r - pos + src) * c + ch]);
+            }
+        }
+    }
+    #pragma unroll
+    for (int j = 0; j < 8; ++j) part[j][threadIdx.y][threadIdx.x] = s[j];
+    __syncthreads();
+    if (threadIdx.y == 0 && ch < c) {
+        for (int j = 0; j < width; ++j) {
+            float tsum = 0.f;
+            #pragma unroll
+            for (int y = 0; y < 8; ++y) tsum += part[j][y][threadIdx.x];
+            atomicAdd(dw + ch * width + j, tsum);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// cross-entropy over labelled rows, one block per row: loss[i] = lse - logit[target]; correct[i]
+// = (argmax == target); dlogits = (softmax - onehot) * dscale (bf16, the lm_head GEMMs' operand)
+
+extern "C" __global__ void cross_entropy(bf16_t* __restrict__ dlogits, float* __restrict__ loss, int* __restrict__ correct, const float* __restrict__ logits, const unsigned* __restrict__ targets, idx_t m, int vocab, float dscale) {
+    __shared__ float smax[32];
+    __shared__ int sarg[32];
+    __shared__ float ssum[32];
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (idx_t i = blockIdx.x; i < m; i += gridDim.x) {
+        const float* row = logits + i * vocab;
+        float mx = -__int_as_float(0x7f800000);
+        int arg = 0;
+        for (int j = threadIdx.x; j < vocab; j += blockDim.x)
+            if (row[j] > mx) { mx = row[j]; arg = j; }
+        // first index of the maximum, like the CPU's strict '>' scan
+        for (int o = 16; o > 0; o >>= 1) {
+            float om = __shfl_xor_sync(0xffffffffu, mx, o);
+            int oa = __shfl_xor_sync(0xffffffffu, arg, o);
+            if (om > mx || (om == mx && oa < arg)) { mx = om; arg = oa; }
+        }
+        if (lane == 0) { smax[wid] = mx; sarg[wid] = arg; }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            for (int w = 1; w < nw; ++w)
+                if (smax[w] > smax[0] || (smax[w] == smax[0] && sarg[w] < sarg[0])) { smax[0] = smax[w]; sarg[0] = sarg[w]; }
+        }
+        __syncthreads();
+        mx = smax[0];
+        float s = 0.f;
+        for (int j = threadIdx.x; j < vocab; j += blockDim.x) s += __expf(row[j] - mx);
+        s = warp_sum(s);
+        if (lane == 0) ssum[wid] = s;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            float tot = 0.f;
+            for (int w = 0; w < nw; ++w) tot += ssum[w];
+            ssum[0] = tot;
+        }
+        __syncthreads();
+        float lse = mx + logf(ssum[0]);
+        unsigned tg = targets[i];
+        if (threadIdx.x == 0) {
+            loss[i] = lse - row[tg];
+            correct[i] = sarg[0] == (int)tg;
+        }
+        for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+            float p = __expf(row[j] - lse) * dscale;
+            dlogits[i * vocab + j] = from_f32<bf16_t>((unsigned)j == tg ? p - dscale : p);
+        }
+        __syncthreads();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// optimizer
+
+// out[0] += sum x^2 (f64 accumulation of per-block f32 partial sums)
+extern "C" __global__ void sumsq(double* __restrict__ out, const float* __restrict__ x, idx_t n) {
+    __shared__ float part[32];
+    float s = 0.f;
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < n; i += (idx_t)gridDim.x * blockDim.x) s += x[i] * x[i];
+    s = warp_sum(s);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double t = 0.0;
+        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) t += part[w];
+        atomicAdd(out, t);
+    }
+}
+
+// AdamW (PyTorch's), gradient pre-scaled by gscale (clipping); writes the f32 master and its
+// bf16 copy used by the GEMMs
+extern "C" __global__ void adamw(float* __restrict__ p, bf16_t* __restrict__ p16, const float* __restrict__ g, float* __restrict__ m, float* __restrict__ v, idx_t n, float lr, float b1, float b2, float eps, float wd, float bc1, float bc2, float gscale) {
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < n; i += (idx_t)gridDim.x * blockDim.x) {
+        float gi = g[i] * gscale, pi = p[i];
+        pi -= lr * wd * pi;
+        float mi = b1 * m[i] + (1.f - b1) * gi;
+        float vi = b2 * v[i] + (1.f - b2) * gi * gi;
+        pi -= lr * (mi / bc1) / (sqrtf(vi / bc2) + eps);
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = pi;
+        p16[i] = from_f32<bf16_t>(pi);
+    }
+}

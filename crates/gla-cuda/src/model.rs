@@ -1,0 +1,905 @@
+//! The GLA language model on the GPU: the same explicit forward and backward as
+//! `gla_model::GlaModel` (read that file first: this one follows it call for call), with bf16
+//! GEMM operands on cuBLAS, f32 master weights, f32 parameter gradients and AdamW moments.
+//!
+//! dtypes (the mixed-precision recipe fla gets from autocast):
+//! - f32: the residual stream `x`, the norms' `rstd`, the gate pre-activation `gk_raw`, the
+//!   master weights, every parameter gradient, the optimizer moments, and every gradient that is
+//!   summed from several GEMMs (`dxn`, `dres`) or leaves the GLA backward (`dq, dk, dv, dg`);
+//! - bf16: every GEMM operand (activations, a bf16 copy of the weights refreshed by each AdamW
+//!   step, and the gradients fed to GEMMs), and q, k, v, g, o, do of the GLA kernels.
+//!
+//! Head dims above the tensor-core kernels' 128: a head with V = s * V' (V' <= 128) runs as s
+//! heads of V' that share q, k and g (GLA is separable over the value channels; q, k, g are
+//! repeated s times and their gradients summed back), the same repeat that GQA uses.
+
+use std::sync::Arc;
+
+use cudarc::cublas::{sys as blas_sys, CudaBlas};
+use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use gla_core::{GateKind, Problem, ProblemSpec};
+use gla_model::config::Dims;
+use gla_model::optim::AdamWConfig;
+use gla_model::params::Layout;
+use gla_model::{GlaConfig, GlaModel, LossOut, IGNORE_INDEX};
+
+use crate::error::{Error, Result};
+use crate::kernels::MODEL_OPS;
+use crate::ops::{self, DevInputs, DevProblem, FwdKernel};
+use crate::runtime::Cuda;
+
+/// Largest head dim the tensor-core GLA kernels take; larger value heads are split (module doc).
+const MAX_HEAD: usize = 128;
+/// Threads per block of the element-wise and row-wise kernels.
+const THREADS: u32 = 256;
+
+fn blas_err(what: &'static str) -> impl FnOnce(cudarc::cublas::result::CublasError) -> Error {
+    move |e| Error::Blas { what, status: format!("{e:?}") }
+}
+
+/// Whether libcublas can be loaded (cudarc panics on a missing library; probe first).
+pub fn cublas_available() -> bool {
+    // SAFETY: only tries to dlopen the library
+    std::panic::catch_unwind(|| unsafe { blas_sys::is_culib_present() }).unwrap_or(false)
+}
+
+/// The high-water mark of the device's default memory pool (every stream-ordered allocation of
+/// this process), in bytes; 0 when the driver does not report it.
+pub fn peak_pool_bytes(cuda: &Cuda) -> u64 {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut high: u64 = 0;
+    // SAFETY: the context is bound (Cuda::new); pool and high are written by the driver only on
+    // success; the attribute reads a u64
+    unsafe {
+        let _ = cuda.context().bind_to_thread();
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, cuda.context().cu_device()) == sys::CUresult::CUDA_SUCCESS {
+            let _ = sys::cuMemPoolGetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, (&raw mut high).cast());
+        }
+    }
+    high
+}
+
+/// Raw device address of a buffer (one stream: no cross-stream ordering to record).
+fn ptr<T>(cuda: &Cuda, s: &CudaSlice<T>) -> u64 {
+    s.device_ptr(cuda.stream()).0
+}
+
+/// bf16 or f32, for GEMM operand types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ty {
+    Bf16,
+    F32,
+}
+
+impl Ty {
+    fn cuda(self) -> blas_sys::cudaDataType {
+        match self {
+            Ty::Bf16 => blas_sys::cudaDataType::CUDA_R_16BF,
+            Ty::F32 => blas_sys::cudaDataType::CUDA_R_32F,
+        }
+    }
+}
+
+/// cuBLAS with row-major helpers for the three products of a linear layer.
+struct Gemm {
+    blas: CudaBlas,
+}
+
+impl Gemm {
+    #[allow(clippy::too_many_arguments)]
+    fn raw(&self, ta: bool, tb: bool, m: usize, n: usize, k: usize, alpha: f32, a: u64, lda: usize, b: u64, ldb: usize, beta: f32, c: u64, cty: Ty, ldc: usize) -> Result<()> {
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let dim = |x: usize| i32::try_from(x).map_err(|_| Error::Blas { what: "gemm", status: format!("dimension {x} exceeds i32") });
+        let op = |t: bool| if t { blas_sys::cublasOperation_t::CUBLAS_OP_T } else { blas_sys::cublasOperation_t::CUBLAS_OP_N };
+        // SAFETY: a, b, c are live device buffers of at least the extents implied by (m, n, k,
+        // ld*) (the callers size them from the same dims); alpha/beta are host f32 (the default
+        // pointer mode); operand types bf16 x bf16 -> bf16/f32 with f32 compute are a supported
+        // cublasGemmEx combination
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                op(ta),
+                op(tb),
+                dim(m)?,
+                dim(n)?,
+                dim(k)?,
+                (&raw const alpha).cast(),
+                a as *const _,
+                Ty::Bf16.cuda(),
+                dim(lda)?,
+                b as *const _,
+                Ty::Bf16.cuda(),
+                dim(ldb)?,
+                (&raw const beta).cast(),
+                c as *mut _,
+                cty.cuda(),
+                dim(ldc)?,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+            )
+        }
+        .map_err(blas_err("cublasGemmEx"))
+    }
+    /// `y [n, dout] (beta·y +)= x [n, din] @ w^T`, `w [dout, din]`.
+    #[allow(clippy::too_many_arguments)]
+    fn fwd(&self, y: u64, yty: Ty, x: u64, w: u64, n: usize, din: usize, dout: usize, beta: f32) -> Result<()> {
+        self.raw(true, false, dout, n, din, 1.0, w, din, x, din, beta, y, yty, dout)
+    }
+    /// `dx [n, din] (beta·dx +)= dy [n, dout] @ w`.
+    #[allow(clippy::too_many_arguments)]
+    fn bwd_x(&self, dx: u64, dxty: Ty, dy: u64, w: u64, n: usize, din: usize, dout: usize, beta: f32) -> Result<()> {
+        self.raw(false, false, din, n, dout, 1.0, w, din, dy, dout, beta, dx, dxty, din)
+    }
+    /// `dw [dout, din] += dy^T @ x` (f32).
+    fn bwd_w(&self, dw: u64, dy: u64, x: u64, n: usize, din: usize, dout: usize) -> Result<()> {
+        self.bwd_w_scaled(dw, dy, x, n, din, dout, 1.0)
+    }
+    /// `dw [dout, din] += alpha * dy^T @ x` (f32).
+    #[allow(clippy::too_many_arguments)]
+    fn bwd_w_scaled(&self, dw: u64, dy: u64, x: u64, n: usize, din: usize, dout: usize, alpha: f32) -> Result<()> {
+        self.raw(false, true, din, dout, n, alpha, x, din, dy, dout, 1.0, dw, Ty::F32, din)
+    }
+}
+
+/// Launch shape of a grid-stride kernel over `n` elements.
+fn flat(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(THREADS as usize).clamp(1, 132 * 16) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+/// One warp per row.
+fn rows_warp(rows: usize) -> LaunchConfig {
+    flat(rows * 32)
+}
+/// One block per row.
+fn rows_block(rows: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows.clamp(1, 65_535) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+/// Column reductions: 32 columns x 8 row lanes per block.
+fn cols(rows: usize, cols: usize) -> LaunchConfig {
+    let gy = rows.div_ceil(8 * 64).clamp(1, 1024) as u32;
+    LaunchConfig { grid_dim: (cols.div_ceil(32).max(1) as u32, gy, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 }
+}
+
+/// One launch: `args!` pushes each argument by reference.
+macro_rules! launch {
+    ($self:expr, $name:literal, $cfg:expr, $($arg:expr),* $(,)?) => {{
+        let cfg = $cfg;
+        let f = $self.cuda.function(&MODEL_OPS, $name)?;
+        let mut b = $self.cuda.stream().launch_builder(&f);
+        $( b.arg(&$arg); )*
+        // SAFETY: the argument list matches the kernel's signature in model_ops.cu (device
+        // addresses of buffers sized by the callers from the model dims, idx_t/int/float scalars
+        // in order); grid-stride kernels cover any grid
+        unsafe { b.launch(cfg) }.map_err(|source| Error::Launch {
+            kernel: $name.into(),
+            grid: cfg.grid_dim,
+            block: cfg.block_dim,
+            smem: cfg.shared_mem_bytes,
+            source,
+        })?;
+    }};
+}
+
+/// Saved tensors of one block on the device (see gla_model's `LayerActs`; `None` = not used by
+/// this config).
+struct LayerActs {
+    rstd1: CudaSlice<f32>,
+    xn1: CudaSlice<u16>,
+    q_lin: CudaSlice<u16>,
+    k_lin: CudaSlice<u16>,
+    v_lin: CudaSlice<u16>,
+    conv: Option<[CudaSlice<u16>; 6]>, // q_pre, k_pre, v_pre, q_c, k_c, v_c
+    g_pre: Option<CudaSlice<u16>>,
+    gk_lr: CudaSlice<u16>,
+    gk_raw: CudaSlice<f32>,
+    gk: CudaSlice<u16>,
+    // q, k, v, gk repeated to the op's heads (GQA groups and value splits); None = no repeat
+    q_rep: Option<CudaSlice<u16>>,
+    k_rep: Option<CudaSlice<u16>>,
+    v_rep: Option<CudaSlice<u16>>,
+    gk_rep: Option<CudaSlice<u16>>,
+    rstd_o: CudaSlice<f32>,
+    on: CudaSlice<u16>,
+    x_mid: CudaSlice<f32>,
+    rstd2: CudaSlice<f32>,
+    xn2: CudaSlice<u16>,
+    a: CudaSlice<u16>,
+    b: CudaSlice<u16>,
+    h: CudaSlice<u16>,
+}
+
+impl LayerActs {
+    fn q(&self) -> &CudaSlice<u16> {
+        self.q_rep.as_ref().or(self.conv.as_ref().map(|c| &c[3])).unwrap_or(&self.q_lin)
+    }
+    fn k_src(&self) -> &CudaSlice<u16> {
+        self.conv.as_ref().map_or(&self.k_lin, |c| &c[4])
+    }
+    fn v_src(&self) -> &CudaSlice<u16> {
+        self.conv.as_ref().map_or(&self.v_lin, |c| &c[5])
+    }
+    fn k(&self) -> &CudaSlice<u16> {
+        self.k_rep.as_ref().unwrap_or(self.k_src())
+    }
+    fn v(&self) -> &CudaSlice<u16> {
+        self.v_rep.as_ref().unwrap_or(self.v_src())
+    }
+    fn gk(&self) -> &CudaSlice<u16> {
+        self.gk_rep.as_ref().unwrap_or(&self.gk)
+    }
+}
+
+/// Backward scratch (one set, reused by every layer).
+struct Scratch {
+    dres: CudaSlice<f32>,
+    dres16: CudaSlice<u16>,
+    dxn: CudaSlice<f32>,
+    dh: CudaSlice<f32>,
+    da: CudaSlice<u16>,
+    db: CudaSlice<u16>,
+    d_on: CudaSlice<f32>,
+    d_o: CudaSlice<u16>,
+    dg_pre: Option<CudaSlice<u16>>,
+    dq: Option<CudaSlice<f32>>, // summed over value splits
+    dk: Option<CudaSlice<f32>>, // summed over groups and splits
+    dv: Option<CudaSlice<f32>>, // summed over groups
+    dgk: Option<CudaSlice<f32>>,
+    dgk_raw: CudaSlice<f32>,
+    dgk_raw16: CudaSlice<u16>,
+    dgk_lr: CudaSlice<u16>,
+    dq16: CudaSlice<u16>,
+    dk16: CudaSlice<u16>,
+    dv16: CudaSlice<u16>,
+}
+
+/// Device buffers for batches of shape `[B, T]`, allocated once and reused every step.
+pub struct GpuActivations {
+    b: usize,
+    t: usize,
+    prob: DevProblem,
+    ids: CudaSlice<u32>,
+    xs: Vec<CudaSlice<f32>>,
+    layers: Vec<LayerActs>,
+    /// GLA outputs per layer (apart from `layers`: the op borrows the inputs while writing it)
+    o: Vec<CudaSlice<u16>>,
+    rstdf: CudaSlice<f32>,
+    xf: CudaSlice<u16>,
+    m: usize,
+    rows: CudaSlice<i32>,
+    targets: CudaSlice<u32>,
+    xf_sel: CudaSlice<u16>,
+    logits: CudaSlice<f32>,
+    dlogits: CudaSlice<u16>,
+    loss: CudaSlice<f32>,
+    correct: CudaSlice<i32>,
+    dsel: CudaSlice<f32>,
+    s: Scratch,
+}
+
+impl std::fmt::Debug for GpuActivations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuActivations {{ b: {}, t: {} }}", self.b, self.t)
+    }
+}
+
+impl GpuActivations {
+    /// The batch shape `(B, T)`.
+    pub fn shape(&self) -> (usize, usize) {
+        (self.b, self.t)
+    }
+}
+
+/// How the GLA op's heads relate to the model's: `split` value splits per head (module doc).
+#[derive(Clone, Copy, Debug)]
+struct HeadPlan {
+    split: usize,
+    /// q repeat factor (= split), k/g repeat factor (groups * split), v repeat factor (groups).
+    rq: usize,
+    rk: usize,
+    rv: usize,
+}
+
+fn head_plan(dm: &Dims) -> Result<HeadPlan> {
+    if dm.head_k > MAX_HEAD {
+        return Err(unsupported(format!("head key dim {} > {MAX_HEAD} on the GPU", dm.head_k)));
+    }
+    let split = dm.head_v.div_ceil(MAX_HEAD);
+    if !dm.head_v.is_multiple_of(split) {
+        return Err(unsupported(format!("head value dim {} is not a multiple of {split} (split into heads of <= {MAX_HEAD})", dm.head_v)));
+    }
+    Ok(HeadPlan { split, rq: split, rk: dm.groups() * split, rv: dm.groups() })
+}
+
+fn unsupported(what: String) -> Error {
+    Error::Op(gla_core::Error::Unsupported { backend: "cuda", what })
+}
+
+/// AdamW state on the device (moments laid out like the parameters).
+struct Moments {
+    m: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    step: u64,
+}
+
+/// A GLA language model on one GPU: f32 master weights, their bf16 copy, f32 gradients and
+/// AdamW moments, all in the parameter table's order (`gla_model::params::Layout`).
+pub struct GpuModel {
+    cuda: Arc<Cuda>,
+    gemm: Gemm,
+    /// The fla config.
+    pub config: GlaConfig,
+    /// Derived dims.
+    pub dims: Dims,
+    /// The parameter table.
+    pub layout: Layout,
+    plan: HeadPlan,
+    master: CudaSlice<f32>,
+    w16: CudaSlice<u16>,
+    grads: CudaSlice<f32>,
+    moments: Option<Moments>,
+    norm_buf: CudaSlice<f64>,
+}
+
+impl std::fmt::Debug for GpuModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuModel {{ params: {}, device: {} }}", self.layout.numel, self.cuda.name())
+    }
+}
+
+impl GpuModel {
+    /// Uploads a (CPU) model's weights.
+    ///
+    /// # Errors
+    /// [`Error::Blas`] when cuBLAS is missing or fails to start; [`Error::Driver`];
+    /// [`Error::Op`] for head dims the kernels do not take.
+    pub fn new(cuda: Arc<Cuda>, model: &GlaModel) -> Result<Self> {
+        if !cublas_available() {
+            return Err(Error::Blas { what: "load libcublas", status: "libcublas.so cannot be loaded; put the CUDA libraries on LD_LIBRARY_PATH".into() });
+        }
+        let plan = head_plan(&model.dims)?;
+        let gemm = Gemm { blas: CudaBlas::new(cuda.stream().clone()).map_err(blas_err("cublasCreate"))? };
+        let st = cuda.stream();
+        let master = st.clone_htod(&model.params).map_err(Error::driver("upload weights"))?;
+        let w16 = st.alloc_zeros::<u16>(model.params.len()).map_err(Error::driver("alloc bf16 weights"))?;
+        let grads = st.alloc_zeros::<f32>(model.params.len()).map_err(Error::driver("alloc gradients"))?;
+        let norm_buf = st.alloc_zeros::<f64>(1).map_err(Error::driver("alloc norm"))?;
+        let me = Self {
+            cuda,
+            gemm,
+            config: model.config.clone(),
+            dims: model.dims.clone(),
+            layout: model.layout.clone(),
+            plan,
+            master,
+            w16,
+            grads,
+            moments: None,
+            norm_buf,
+        };
+        me.refresh_bf16()?;
+        Ok(me)
+    }
+
+    /// The device handle.
+    pub fn cuda(&self) -> &Arc<Cuda> {
+        &self.cuda
+    }
+
+    fn refresh_bf16(&self) -> Result<()> {
+        let n = self.master.len() as i64;
+        let (y, x) = (ptr(&self.cuda, &self.w16), ptr(&self.cuda, &self.master));
+        launch!(self, "cast_f32_bf16", flat(n as usize), y, x, n);
+        Ok(())
+    }
+
+    /// Downloads the master weights into a CPU model (for checkpoints and checks).
+    ///
+    /// # Errors
+    /// [`Error::Driver`].
+    pub fn to_host(&self) -> Result<GlaModel> {
+        let params = self.cuda.stream().clone_dtoh(&self.master).map_err(Error::driver("download weights"))?;
+        GlaModel::from_params(self.config.clone(), params).map_err(|e| unsupported(e.to_string()))
+    }
+
+    /// Downloads the accumulated gradients (parameter table order).
+    ///
+    /// # Errors
+    /// [`Error::Driver`].
+    pub fn grads_to_host(&self) -> Result<Vec<f32>> {
+        self.cuda.stream().clone_dtoh(&self.grads).map_err(Error::driver("download gradients"))
+    }
+
+    /// Zeroes the gradient arena (between optimizer steps).
+    ///
+    /// # Errors
+    /// [`Error::Driver`].
+    pub fn zero_grads(&mut self) -> Result<()> {
+        self.cuda.stream().memset_zeros(&mut self.grads).map_err(Error::driver("zero gradients"))
+    }
+
+    fn wp(&self, id: usize) -> u64 {
+        ptr(&self.cuda, &self.w16) + 2 * self.layout.specs[id].offset as u64
+    }
+    fn mp(&self, id: usize) -> u64 {
+        ptr(&self.cuda, &self.master) + 4 * self.layout.specs[id].offset as u64
+    }
+    fn gp(&self, id: usize) -> u64 {
+        ptr(&self.cuda, &self.grads) + 4 * self.layout.specs[id].offset as u64
+    }
+    fn lm_head_id(&self) -> usize {
+        self.layout.lm_head.unwrap_or(self.layout.embeddings)
+    }
+
+    fn op_problem(&self, b: usize, t: usize) -> Result<Problem> {
+        let dm = &self.dims;
+        Ok(Problem::new(ProblemSpec {
+            b,
+            t,
+            h: dm.heads * self.plan.split,
+            k: dm.head_k,
+            v: dm.head_v / self.plan.split,
+            gate: GateKind::PerKey,
+            // the model's scale is the per-head K^-1/2 (K is not split)
+            scale: Some((dm.head_k as f64).powf(-0.5)),
+            cu_seqlens: None,
+        })?)
+    }
+
+    /// Device buffers for `[B, T]` batches.
+    ///
+    /// # Errors
+    /// [`Error::Driver`] (out of memory names the buffer being allocated).
+    pub fn activations(&self, b: usize, t: usize) -> Result<GpuActivations> {
+        let dm = &self.dims;
+        let pl = self.plan;
+        let n = b * t;
+        let st = self.cuda.stream();
+        fn z<T: DeviceRepr + ValidAsZeroBits>(cuda: &Cuda, len: usize) -> Result<CudaSlice<T>> {
+            cuda.stream().alloc_zeros::<T>(len.max(1)).map_err(Error::driver(format!("alloc {len} activation elements")))
+        }
+        let c = &*self.cuda;
+        let conv = dm.conv > 0;
+        let (kd, kdkv, vd, vdkv) = (dm.key_dim, dm.key_dim_kv, dm.value_dim, dm.value_dim_kv);
+        let op_k = n * dm.heads * pl.split * dm.head_k; // q/k/g at the op's heads
+        let mut layers = Vec::with_capacity(dm.layers);
+        for _ in 0..dm.layers {
+            layers.push(LayerActs {
+                rstd1: z(c, n)?,
+                xn1: z(c, n * dm.d)?,
+                q_lin: z(c, n * kd)?,
+                k_lin: z(c, n * kdkv)?,
+                v_lin: z(c, n * vdkv)?,
+                conv: if conv { Some([z(c, n * kd)?, z(c, n * kdkv)?, z(c, n * vdkv)?, z(c, n * kd)?, z(c, n * kdkv)?, z(c, n * vdkv)?]) } else { None },
+                g_pre: if dm.output_gate { Some(z(c, n * vd)?) } else { None },
+                gk_lr: z(c, n * dm.gate_rank)?,
+                gk_raw: z(c, n * kdkv)?,
+                gk: z(c, n * kdkv)?,
+                q_rep: if pl.rq > 1 { Some(z(c, op_k)?) } else { None },
+                k_rep: if pl.rk > 1 { Some(z(c, op_k)?) } else { None },
+                v_rep: if pl.rv > 1 { Some(z(c, n * vd)?) } else { None },
+                gk_rep: if pl.rk > 1 { Some(z(c, op_k)?) } else { None },
+                rstd_o: z(c, n * dm.heads)?,
+                on: z(c, n * vd)?,
+                x_mid: z(c, n * dm.d)?,
+                rstd2: z(c, n)?,
+                xn2: z(c, n * dm.d)?,
+                a: z(c, n * dm.intermediate)?,
+                b: z(c, n * dm.intermediate)?,
+                h: z(c, n * dm.intermediate)?,
+            });
+        }
+        let s = Scratch {
+            dres: z(c, n * dm.d)?,
+            dres16: z(c, n * dm.d)?,
+            dxn: z(c, n * dm.d)?,
+            dh: z(c, n * dm.intermediate)?,
+            da: z(c, n * dm.intermediate)?,
+            db: z(c, n * dm.intermediate)?,
+            d_on: z(c, n * vd)?,
+            d_o: z(c, n * vd)?,
+            dg_pre: if dm.output_gate { Some(z(c, n * vd)?) } else { None },
+            dq: if pl.rq > 1 { Some(z(c, n * kd)?) } else { None },
+            dk: if pl.rk > 1 { Some(z(c, n * kdkv)?) } else { None },
+            dv: if pl.rv > 1 { Some(z(c, n * vdkv)?) } else { None },
+            dgk: if pl.rk > 1 { Some(z(c, n * kdkv)?) } else { None },
+            dgk_raw: z(c, n * kdkv)?,
+            dgk_raw16: z(c, n * kdkv)?,
+            dgk_lr: z(c, n * dm.gate_rank)?,
+            dq16: z(c, n * kd)?,
+            dk16: z(c, n * kdkv)?,
+            dv16: z(c, n * vdkv)?,
+        };
+        let prob = DevProblem::new(c, &self.op_problem(b, t)?)?;
+        let _ = st;
+        Ok(GpuActivations {
+            b,
+            t,
+            prob,
+            ids: z(c, n)?,
+            xs: (0..=dm.layers).map(|_| z(c, n * dm.d)).collect::<Result<_>>()?,
+            layers,
+            o: (0..dm.layers).map(|_| z(c, n * vd)).collect::<Result<_>>()?,
+            rstdf: z(c, n)?,
+            xf: z(c, n * dm.d)?,
+            m: 0,
+            rows: z(c, n)?,
+            targets: z(c, n)?,
+            xf_sel: z(c, n * dm.d)?,
+            logits: z(c, n * dm.vocab)?,
+            dlogits: z(c, n * dm.vocab)?,
+            loss: z(c, n)?,
+            correct: z(c, n)?,
+            dsel: z(c, n * dm.d)?,
+            s,
+        })
+    }
+
+    fn check_batch(&self, acts: &GpuActivations, ids: &[u32], targets: &[i64]) -> Result<()> {
+        let n = acts.b * acts.t;
+        let bad = |what: String| Err(Error::Op(gla_core::Error::ShapeMismatch { op: "gpu forward", tensor: "batch", expected: what, numel: n, got: ids.len().min(targets.len()) }));
+        if ids.len() != n || targets.len() != n {
+            return bad(format!("input_ids and targets of [B={}, T={}]", acts.b, acts.t));
+        }
+        let vocab = self.dims.vocab;
+        if let Some(i) = ids.iter().position(|&x| x as usize >= vocab) {
+            return Err(unsupported(format!("input id {} at {i} is outside the vocabulary of {vocab}", ids[i])));
+        }
+        if let Some(i) = targets.iter().position(|&x| x != IGNORE_INDEX && !(0..vocab as i64).contains(&x)) {
+            return Err(unsupported(format!("label {} at {i} is outside the vocabulary of {vocab}", targets[i])));
+        }
+        Ok(())
+    }
+
+    /// Forward of a `[B, T]` batch (see `GlaModel::forward`: same inputs, same result up to
+    /// bf16 rounding); leaves the backward's inputs in `acts`. Synchronises once to read the loss.
+    ///
+    /// # Errors
+    /// Bad ids or targets ([`Error::Op`]); [`Error::Driver`], [`Error::Launch`], [`Error::Blas`].
+    pub fn forward(&self, acts: &mut GpuActivations, ids: &[u32], targets: &[i64]) -> Result<LossOut> {
+        self.check_batch(acts, ids, targets)?;
+        let c = &*self.cuda;
+        let st = c.stream();
+        let dm = &self.dims;
+        let pl = self.plan;
+        let (b, t) = (acts.b, acts.t);
+        let n = b * t;
+        let (d, nn) = (dm.d, n as i64);
+        let (di, ni) = (d as i32, n as i64);
+        st.memcpy_htod(ids, &mut acts.ids).map_err(Error::driver("upload ids"))?;
+        let (x0, idp, emb) = (ptr(c, &acts.xs[0]), ptr(c, &acts.ids), self.mp(self.layout.embeddings));
+        launch!(self, "embedding_fwd", rows_block(n), x0, idp, emb, nn, di);
+        let eps = dm.eps;
+        for (l, il) in self.layout.layers.iter().enumerate() {
+            let x = ptr(c, &acts.xs[l]);
+            let x_out = ptr(c, &acts.xs[l + 1]);
+            let a = &mut acts.layers[l];
+            let (xn1, rstd1) = (ptr(c, &a.xn1), ptr(c, &a.rstd1));
+            let wn = self.mp(il.attn_norm);
+            launch!(self, "rmsnorm_fwd", rows_warp(n), xn1, rstd1, x, wn, ni, di, eps);
+            let g = &self.gemm;
+            g.fwd(ptr(c, &a.q_lin), Ty::Bf16, xn1, self.wp(il.q_proj), n, d, dm.key_dim, 0.0)?;
+            g.fwd(ptr(c, &a.k_lin), Ty::Bf16, xn1, self.wp(il.k_proj), n, d, dm.key_dim_kv, 0.0)?;
+            g.fwd(ptr(c, &a.v_lin), Ty::Bf16, xn1, self.wp(il.v_proj), n, d, dm.value_dim_kv, 0.0)?;
+            if let (Some(cv), Some(qc), Some(kc), Some(vc)) = (&a.conv, il.q_conv, il.k_conv, il.v_conv) {
+                for (i, (src, w, ch)) in [(&a.q_lin, qc, dm.key_dim), (&a.k_lin, kc, dm.key_dim_kv), (&a.v_lin, vc, dm.value_dim_kv)].into_iter().enumerate() {
+                    let (y, pre, xs, wp) = (ptr(c, &cv[3 + i]), ptr(c, &cv[i]), ptr(c, src), self.mp(w));
+                    let (ti, ci, wi) = (t as i32, ch as i32, dm.conv as i32);
+                    launch!(self, "conv_fwd", flat(n * ch), y, pre, xs, wp, ni, ti, ci, wi);
+                }
+            }
+            if let (Some(gp), Some(gw)) = (&a.g_pre, il.g_proj) {
+                g.fwd(ptr(c, gp), Ty::Bf16, xn1, self.wp(gw), n, d, dm.value_dim, 0.0)?;
+            }
+            g.fwd(ptr(c, &a.gk_lr), Ty::Bf16, xn1, self.wp(il.gk0), n, d, dm.gate_rank, 0.0)?;
+            g.fwd(ptr(c, &a.gk_raw), Ty::F32, ptr(c, &a.gk_lr), self.wp(il.gk1), n, dm.gate_rank, dm.key_dim_kv, 0.0)?;
+            {
+                let (gk, raw, bias) = (ptr(c, &a.gk), ptr(c, &a.gk_raw), self.mp(il.gk1_bias));
+                let (ci, norm, hc, cm) = (dm.key_dim_kv as i32, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
+                launch!(self, "gate_fwd", flat(n * dm.key_dim_kv), gk, raw, bias, ni, ci, norm, hc, cm);
+            }
+            // repeats to the op's heads
+            let kv = dm.kv_heads as i32;
+            if let Some(qr) = &a.q_rep {
+                let (o, src, hh, r, e) = (ptr(c, qr), ptr(c, a.conv.as_ref().map_or(&a.q_lin, |cv| &cv[3])), dm.heads as i32, pl.rq as i32, dm.head_k as i32);
+                launch!(self, "repeat_heads_bf16", flat(n * dm.key_dim * pl.rq), o, src, ni, hh, r, e);
+            }
+            if let (Some(kr), Some(gr)) = (&a.k_rep, &a.gk_rep) {
+                let (r, e) = (pl.rk as i32, dm.head_k as i32);
+                let (o, src) = (ptr(c, kr), ptr(c, a.k_src()));
+                launch!(self, "repeat_heads_bf16", flat(n * dm.key_dim_kv * pl.rk), o, src, ni, kv, r, e);
+                let (o, src) = (ptr(c, gr), ptr(c, &a.gk));
+                launch!(self, "repeat_heads_bf16", flat(n * dm.key_dim_kv * pl.rk), o, src, ni, kv, r, e);
+            }
+            if let Some(vr) = &a.v_rep {
+                let (o, src, r, e) = (ptr(c, vr), ptr(c, a.v_src()), pl.rv as i32, dm.head_v as i32);
+                launch!(self, "repeat_heads_bf16", flat(n * dm.value_dim), o, src, ni, kv, r, e);
+            }
+            let x_in = DevInputs { q: a.q(), k: a.k(), v: a.v(), g: Some(a.gk()), h0: None };
+            ops::gla_fwd(c, FwdKernel::Chunk, &acts.prob, &x_in, &mut acts.o[l], None)?;
+            {
+                let (on, ro, o) = (ptr(c, &a.on), ptr(c, &a.rstd_o), ptr(c, &acts.o[l]));
+                let gpre = a.g_pre.as_ref().map_or(0u64, |g| ptr(c, g));
+                let (w, rows, v) = (self.mp(il.g_norm), (n * dm.heads) as i64, dm.head_v as i32);
+                launch!(self, "gated_norm_fwd", rows_warp(n * dm.heads), on, ro, o, gpre, w, rows, v, eps);
+            }
+            // x_mid = x + o_proj(on)
+            st.memcpy_dtod(&acts.xs[l], &mut a.x_mid).map_err(Error::driver("copy residual"))?;
+            let x_mid = ptr(c, &a.x_mid);
+            g.fwd(x_mid, Ty::F32, ptr(c, &a.on), self.wp(il.o_proj), n, dm.value_dim, d, 1.0)?;
+            let (xn2, rstd2, wn2) = (ptr(c, &a.xn2), ptr(c, &a.rstd2), self.mp(il.mlp_norm));
+            launch!(self, "rmsnorm_fwd", rows_warp(n), xn2, rstd2, x_mid, wn2, ni, di, eps);
+            let (ap, bp, hp) = (ptr(c, &a.a), ptr(c, &a.b), ptr(c, &a.h));
+            g.fwd(ap, Ty::Bf16, xn2, self.wp(il.gate_proj), n, d, dm.intermediate, 0.0)?;
+            g.fwd(bp, Ty::Bf16, xn2, self.wp(il.up_proj), n, d, dm.intermediate, 0.0)?;
+            let ne = (n * dm.intermediate) as i64;
+            launch!(self, "swiglu_fwd", flat(n * dm.intermediate), hp, ap, bp, ne);
+            // x_out = x_mid + down(h)
+            let (lo, hi) = acts.xs.split_at_mut(l + 1);
+            let _ = lo;
+            st.memcpy_dtod(&a.x_mid, &mut hi[0]).map_err(Error::driver("copy residual"))?;
+            g.fwd(x_out, Ty::F32, hp, self.wp(il.down_proj), n, dm.intermediate, d, 1.0)?;
+        }
+        let (xf, rf, xl, wn) = (ptr(c, &acts.xf), ptr(c, &acts.rstdf), ptr(c, &acts.xs[dm.layers]), self.mp(self.layout.norm));
+        launch!(self, "rmsnorm_fwd", rows_warp(n), xf, rf, xl, wn, ni, di, eps);
+        // labelled rows only reach the lm_head
+        let mut rows = Vec::new();
+        let mut tg = Vec::new();
+        for (r, &x) in targets.iter().enumerate() {
+            if x != IGNORE_INDEX {
+                rows.push(r as i32);
+                tg.push(x as u32);
+            }
+        }
+        let m = rows.len();
+        acts.m = m;
+        if m == 0 {
+            return Ok(LossOut { loss: 0.0, n_valid: 0, correct: 0 });
+        }
+        st.memcpy_htod(&rows, &mut acts.rows.slice_mut(0..m)).map_err(Error::driver("upload rows"))?;
+        st.memcpy_htod(&tg, &mut acts.targets.slice_mut(0..m)).map_err(Error::driver("upload targets"))?;
+        let (sel, rp, mi) = (ptr(c, &acts.xf_sel), ptr(c, &acts.rows), m as i64);
+        launch!(self, "gather_rows_bf16", rows_block(m), sel, xf, rp, mi, di);
+        let lg = ptr(c, &acts.logits);
+        self.gemm.fwd(lg, Ty::F32, sel, self.wp(self.lm_head_id()), m, d, dm.vocab, 0.0)?;
+        let (dl, lp, cp, tp, vi, ds) = (ptr(c, &acts.dlogits), ptr(c, &acts.loss), ptr(c, &acts.correct), ptr(c, &acts.targets), dm.vocab as i32, 1.0f32 / m as f32);
+        launch!(self, "cross_entropy", rows_block(m), dl, lp, cp, lg, tp, mi, vi, ds);
+        let loss = st.clone_dtoh(&acts.loss.slice(0..m)).map_err(Error::driver("download loss"))?;
+        let correct = st.clone_dtoh(&acts.correct.slice(0..m)).map_err(Error::driver("download accuracy"))?;
+        let sum: f64 = loss.iter().map(|&x| f64::from(x)).sum();
+        Ok(LossOut { loss: sum / m as f64, n_valid: m, correct: correct.iter().filter(|&&x| x != 0).count() })
+    }
+
+    /// Backward of the last [`GpuModel::forward`] on `acts`: accumulates `scale * d(mean loss)`
+    /// into the device gradient arena (see `GlaModel::backward`).
+    ///
+    /// # Errors
+    /// [`Error::Driver`], [`Error::Launch`], [`Error::Blas`], [`Error::Op`].
+    pub fn backward(&mut self, acts: &mut GpuActivations, scale: f32) -> Result<()> {
+        let c = &*self.cuda.clone();
+        let st = c.stream();
+        let dm = self.dims.clone();
+        let pl = self.plan;
+        let (b, t) = (acts.b, acts.t);
+        let n = b * t;
+        let d = dm.d;
+        let (ni, di) = (n as i64, d as i32);
+        let m = acts.m;
+        let GpuActivations { ids, xs, layers, o: outs, rstdf, xf_sel, dlogits, dsel, rows, prob, s, .. } = acts;
+        let g = &self.gemm;
+        // lm_head: dsel = scale * dlogits @ W; dW += scale * dlogits^T xf_sel (scale folded
+        // into dlogits: the loss of this forward is already reported)
+        st.memset_zeros(&mut s.dxn).map_err(Error::driver("zero dxn"))?;
+        if m > 0 {
+            let lm = self.lm_head_id();
+            g.bwd_x(ptr(c, dsel), Ty::F32, ptr(c, dlogits), self.wp(lm), m, d, dm.vocab, 0.0)?;
+            g.bwd_w_scaled(self.gp(lm), ptr(c, dlogits), ptr(c, xf_sel), m, d, dm.vocab, scale)?;
+            let (dx, sp, rp, mi) = (ptr(c, &s.dxn), ptr(c, dsel), ptr(c, rows), m as i64);
+            launch!(self, "scatter_rows_f32", rows_block(m), dx, sp, rp, mi, di, scale);
+        }
+        let (dres, dxn) = (ptr(c, &s.dres), ptr(c, &s.dxn));
+        {
+            let (xl, rf, w, zero) = (ptr(c, &xs[dm.layers]), ptr(c, rstdf), self.mp(self.layout.norm), 0i32);
+            launch!(self, "rmsnorm_bwd_dx", rows_warp(n), dres, dxn, xl, rf, w, ni, di, zero);
+            let dw = self.gp(self.layout.norm);
+            launch!(self, "rmsnorm_bwd_dw", cols(n, d), dw, dxn, xl, rf, ni, di);
+        }
+        let dres16 = ptr(c, &s.dres16);
+        let nd = (n * d) as i64;
+        for (l, il) in self.layout.layers.iter().enumerate().rev() {
+            let a = &layers[l];
+            let x = ptr(c, &xs[l]);
+            // mlp: out = x_mid + down(h)
+            launch!(self, "cast_f32_bf16", flat(n * d), dres16, dres, nd);
+            let (dh, da, db) = (ptr(c, &s.dh), ptr(c, &s.da), ptr(c, &s.db));
+            g.bwd_x(dh, Ty::F32, dres16, self.wp(il.down_proj), n, dm.intermediate, d, 0.0)?;
+            g.bwd_w(self.gp(il.down_proj), dres16, ptr(c, &a.h), n, dm.intermediate, d)?;
+            let (ap, bp, ne) = (ptr(c, &a.a), ptr(c, &a.b), (n * dm.intermediate) as i64);
+            launch!(self, "swiglu_bwd", flat(n * dm.intermediate), da, db, dh, ap, bp, ne);
+            let xn2 = ptr(c, &a.xn2);
+            g.bwd_x(dxn, Ty::F32, da, self.wp(il.gate_proj), n, d, dm.intermediate, 0.0)?;
+            g.bwd_x(dxn, Ty::F32, db, self.wp(il.up_proj), n, d, dm.intermediate, 1.0)?;
+            g.bwd_w(self.gp(il.gate_proj), da, xn2, n, d, dm.intermediate)?;
+            g.bwd_w(self.gp(il.up_proj), db, xn2, n, d, dm.intermediate)?;
+            {
+                let (xm, r2, w, one) = (ptr(c, &a.x_mid), ptr(c, &a.rstd2), self.mp(il.mlp_norm), 1i32);
+                launch!(self, "rmsnorm_bwd_dx", rows_warp(n), dres, dxn, xm, r2, w, ni, di, one);
+                let dw = self.gp(il.mlp_norm);
+                launch!(self, "rmsnorm_bwd_dw", cols(n, d), dw, dxn, xm, r2, ni, di);
+            }
+            // attention: x_mid = x + o_proj(on)
+            launch!(self, "cast_f32_bf16", flat(n * d), dres16, dres, nd);
+            let d_on = ptr(c, &s.d_on);
+            g.bwd_x(d_on, Ty::F32, dres16, self.wp(il.o_proj), n, dm.value_dim, d, 0.0)?;
+            g.bwd_w(self.gp(il.o_proj), dres16, ptr(c, &a.on), n, dm.value_dim, d)?;
+            {
+                let (dop, o, ro, w) = (ptr(c, &s.d_o), ptr(c, &outs[l]), ptr(c, &a.rstd_o), self.mp(il.g_norm));
+                let dgp = s.dg_pre.as_ref().map_or(0u64, |x| ptr(c, x));
+                let gpre = a.g_pre.as_ref().map_or(0u64, |x| ptr(c, x));
+                let (rws, v) = ((n * dm.heads) as i64, dm.head_v as i32);
+                launch!(self, "gated_norm_bwd_dx", rows_warp(n * dm.heads), dop, dgp, d_on, o, gpre, ro, w, rws, v);
+                let dw = self.gp(il.g_norm);
+                launch!(self, "gated_norm_bwd_dw", cols(n * dm.heads, dm.head_v), dw, d_on, o, gpre, ro, rws, v);
+            }
+            let x_in = DevInputs { q: a.q(), k: a.k(), v: a.v(), g: Some(a.gk()), h0: None };
+            let gr = if ops::chunk_bwd_supported::<u16>(&prob.problem) {
+                ops::gla_bwd_chunk(c, prob, &x_in, &s.d_o, None, false)?
+            } else {
+                ops::gla_bwd(c, prob, &x_in, &s.d_o, None)?
+            };
+            // sum the repeats back: dq over value splits, dk/dg over groups and splits, dv over groups
+            let kv = dm.kv_heads as i32;
+            let sum_back = |me: &Self, out: &CudaSlice<f32>, src: &CudaSlice<f32>, heads: i32, r: usize, e: usize, len: usize| -> Result<()> {
+                let (o, sp, ri, ei) = (ptr(c, out), ptr(c, src), r as i32, e as i32);
+                launch!(me, "repeat_heads_bwd_f32", flat(len), o, sp, ni, heads, ri, ei);
+                Ok(())
+            };
+            let dq: &CudaSlice<f32> = match &s.dq {
+                Some(buf) => {
+                    sum_back(self, buf, &gr.dq, dm.heads as i32, pl.rq, dm.head_k, n * dm.key_dim)?;
+                    buf
+                }
+                None => &gr.dq,
+            };
+            let (dk, dgk): (&CudaSlice<f32>, &CudaSlice<f32>) = match (&s.dk, &s.dgk) {
+                (Some(kb), Some(gb)) => {
+                    sum_back(self, kb, &gr.dk, kv, pl.rk, dm.head_k, n * dm.key_dim_kv)?;
+                    sum_back(self, gb, &gr.dg, kv, pl.rk, dm.head_k, n * dm.key_dim_kv)?;
+                    (kb, gb)
+                }
+                _ => (&gr.dk, &gr.dg),
+            };
+            let dv: &CudaSlice<f32> = match &s.dv {
+                Some(buf) => {
+                    sum_back(self, buf, &gr.dv, kv, pl.rv, dm.head_v, n * dm.value_dim_kv)?;
+                    buf
+                }
+                None => &gr.dv,
+            };
+            // gate: gk_raw = gk_lr W1^T + b1; gk = gate(gk_raw)
+            {
+                let (dx, dx16, dg, raw) = (ptr(c, &s.dgk_raw), ptr(c, &s.dgk_raw16), ptr(c, dgk), ptr(c, &a.gk_raw));
+                let (tot, norm, hc, cm) = ((n * dm.key_dim_kv) as i64, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
+                launch!(self, "gate_bwd", flat(n * dm.key_dim_kv), dx, dx16, dg, raw, tot, norm, hc, cm);
+                let (db1, ci) = (self.gp(il.gk1_bias), dm.key_dim_kv as i32);
+                launch!(self, "colsum_f32", cols(n, dm.key_dim_kv), db1, dx, ni, ci);
+            }
+            let (dgr16, dglr) = (ptr(c, &s.dgk_raw16), ptr(c, &s.dgk_lr));
+            g.bwd_w(self.gp(il.gk1), dgr16, ptr(c, &a.gk_lr), n, dm.gate_rank, dm.key_dim_kv)?;
+            g.bwd_x(dglr, Ty::Bf16, dgr16, self.wp(il.gk1), n, dm.gate_rank, dm.key_dim_kv, 0.0)?;
+            // short conv (or a bf16 copy for the GEMMs)
+            let (dq16, dk16, dv16) = (ptr(c, &s.dq16), ptr(c, &s.dk16), ptr(c, &s.dv16));
+            let ins = [(dq16, dq, il.q_conv, dm.key_dim, &a.q_lin, 0usize), (dk16, dk, il.k_conv, dm.key_dim_kv, &a.k_lin, 1), (dv16, dv, il.v_conv, dm.value_dim_kv, &a.v_lin, 2)];
+            for (out, dy, conv_id, ch, x_lin, i) in ins {
+                let (dyp, len) = (ptr(c, dy), (n * ch) as i64);
+                match (conv_id, &a.conv) {
+                    (Some(wid), Some(cv)) => {
+                        let (pre, xl, w, ti, ci, wi) = (ptr(c, &cv[i]), ptr(c, x_lin), self.mp(wid), t as i32, ch as i32, dm.conv as i32);
+                        launch!(self, "conv_bwd_dx", flat(n * ch), out, dyp, pre, w, ni, ti, ci, wi);
+                        let dw = self.gp(wid);
+                        launch!(self, "conv_bwd_dw", cols(n, ch), dw, dyp, pre, xl, ni, ti, ci, wi);
+                    }
+                    _ => launch!(self, "cast_f32_bf16", flat(n * ch), out, dyp, len),
+                }
+            }
+            // projections from xn1
+            let xn1 = ptr(c, &a.xn1);
+            g.bwd_x(dxn, Ty::F32, dq16, self.wp(il.q_proj), n, d, dm.key_dim, 0.0)?;
+            g.bwd_x(dxn, Ty::F32, dk16, self.wp(il.k_proj), n, d, dm.key_dim_kv, 1.0)?;
+            g.bwd_x(dxn, Ty::F32, dv16, self.wp(il.v_proj), n, d, dm.value_dim_kv, 1.0)?;
+            g.bwd_x(dxn, Ty::F32, dglr, self.wp(il.gk0), n, d, dm.gate_rank, 1.0)?;
+            g.bwd_w(self.gp(il.q_proj), dq16, xn1, n, d, dm.key_dim)?;
+            g.bwd_w(self.gp(il.k_proj), dk16, xn1, n, d, dm.key_dim_kv)?;
+            g.bwd_w(self.gp(il.v_proj), dv16, xn1, n, d, dm.value_dim_kv)?;
+            g.bwd_w(self.gp(il.gk0), dglr, xn1, n, d, dm.gate_rank)?;
+            if let (Some(gw), Some(dgp)) = (il.g_proj, &s.dg_pre) {
+                g.bwd_x(dxn, Ty::F32, ptr(c, dgp), self.wp(gw), n, d, dm.value_dim, 1.0)?;
+                g.bwd_w(self.gp(gw), ptr(c, dgp), xn1, n, d, dm.value_dim)?;
+            }
+            {
+                let (r1, w, one) = (ptr(c, &a.rstd1), self.mp(il.attn_norm), 1i32);
+                launch!(self, "rmsnorm_bwd_dx", rows_warp(n), dres, dxn, x, r1, w, ni, di, one);
+                let dw = self.gp(il.attn_norm);
+                launch!(self, "rmsnorm_bwd_dw", cols(n, d), dw, dxn, x, r1, ni, di);
+            }
+        }
+        let (dwte, idp, pad) = (self.gp(self.layout.embeddings), ptr(c, ids), dm.pad.map_or(-1, |p| p as i32));
+        launch!(self, "embedding_bwd", rows_block(n), dwte, dres, idp, ni, di, pad);
+        Ok(())
+    }
+
+    /// Global gradient norm (f64 accumulation); synchronises.
+    ///
+    /// # Errors
+    /// [`Error::Driver`], [`Error::Launch`].
+    pub fn grad_norm(&mut self) -> Result<f64> {
+        let st = self.cuda.stream().clone();
+        st.memset_zeros(&mut self.norm_buf).map_err(Error::driver("zero norm"))?;
+        let (o, gp, nn) = (ptr(&self.cuda, &self.norm_buf), ptr(&self.cuda, &self.grads), self.grads.len() as i64);
+        launch!(self, "sumsq", flat(self.grads.len()), o, gp, nn);
+        let v = st.clone_dtoh(&self.norm_buf).map_err(Error::driver("download norm"))?;
+        Ok(v[0].sqrt())
+    }
+
+    /// One AdamW step (PyTorch's, decay on matrices only, as `gla_model::optim::AdamW`) after
+    /// clipping the gradients to `max_norm` (0 = no clipping); refreshes the bf16 weights.
+    /// Returns the gradient norm before clipping.
+    ///
+    /// # Errors
+    /// [`Error::Driver`], [`Error::Launch`].
+    pub fn adamw_step(&mut self, cfg: &AdamWConfig, lr: f32, max_norm: f32) -> Result<f64> {
+        let norm = self.grad_norm()?;
+        let gscale = if max_norm > 0.0 && norm > f64::from(max_norm) { (f64::from(max_norm) / (norm + 1e-6)) as f32 } else { 1.0 };
+        if self.moments.is_none() {
+            let st = self.cuda.stream();
+            let m = st.alloc_zeros::<f32>(self.layout.numel).map_err(Error::driver("alloc AdamW m"))?;
+            let v = st.alloc_zeros::<f32>(self.layout.numel).map_err(Error::driver("alloc AdamW v"))?;
+            self.moments = Some(Moments { m, v, step: 0 });
+        }
+        let Some(mo) = self.moments.as_mut() else { unreachable!("set above") };
+        mo.step += 1;
+        let step = mo.step as i32;
+        let (mp, vp) = (ptr(&self.cuda, &mo.m), ptr(&self.cuda, &mo.v));
+        let (bc1, bc2) = (1.0 - cfg.beta1.powi(step), 1.0 - cfg.beta2.powi(step));
+        for spec in &self.layout.specs {
+            let off = spec.offset as u64;
+            let (p, p16, g) = (ptr(&self.cuda, &self.master) + 4 * off, ptr(&self.cuda, &self.w16) + 2 * off, ptr(&self.cuda, &self.grads) + 4 * off);
+            let (m, v, n) = (mp + 4 * off, vp + 4 * off, spec.numel() as i64);
+            let wd = if spec.shape.len() >= 2 { cfg.weight_decay } else { 0.0 };
+            let (b1, b2, eps) = (cfg.beta1, cfg.beta2, cfg.eps);
+            launch!(self, "adamw", flat(spec.numel()), p, p16, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2, gscale);
+        }
+        Ok(norm)
+    }
+
+    /// The AdamW moments and step on the host (for the training state), `None` before the
+    /// first step.
+    ///
+    /// # Errors
+    /// [`Error::Driver`].
+    pub fn moments_to_host(&self) -> Result<Option<(Vec<f32>, Vec<f32>, u64)>> {
+        let Some(mo) = &self.moments else { return Ok(None) };
+        let st = self.cuda.stream();
+        let m = st.clone_dtoh(&mo.m).map_err(Error::driver("download AdamW m"))?;
+        let v = st.clone_dtoh(&mo.v).map_err(Error::driver("download AdamW v"))?;
+        Ok(Some((m, v, mo.step)))
+    }
+
+    /// Sets the AdamW moments and step (resume).
+    ///
+    /// # Errors
+    /// [`Error::Driver`]; [`Error::Op`] on a length mismatch.
+    pub fn set_moments(&mut self, m: &[f32], v: &[f32], step: u64) -> Result<()> {
+        let n = self.layout.numel;
+        if m.len() != n || v.len() != n {
+            return Err(unsupported(format!("AdamW moments of {} / {} elements for {n} parameters", m.len(), v.len())));
+        }
+        let st = self.cuda.stream();
+        let m = st.clone_htod(m).map_err(Error::driver("upload AdamW m"))?;
+        let v = st.clone_htod(v).map_err(Error::driver("upload AdamW v"))?;
+        self.moments = Some(Moments { m, v, step });
+        Ok(())
+    }
+}

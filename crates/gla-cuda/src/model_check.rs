@@ -1,0 +1,107 @@
+//! `gla check --device cuda`, model part: the GPU language model ([`GpuModel`]) against the CPU
+//! model (`gla_model::GlaModel`, f32, itself checked by finite differences and against fla's
+//! fixtures) on the same weights and batch: the loss, every parameter's gradient, and one AdamW
+//! step against the CPU optimizer applied to the GPU's own gradients.
+//!
+//! Tolerances, and why: the GPU model rounds every GEMM operand to bf16 (relative rounding
+//! 2^-9 = 2e-3 per element), so the loss and the gradients carry a few such roundings in series
+//! (norm -> projections -> GLA -> norm -> projection per layer): [`TOL_LOSS`] and [`TOL_GRAD`] are
+//! the bf16 op tolerance of DESIGN.md (5e-3) and 4x it for gradients, which pass through about
+//! twice as many rounded operands as the forward. The AdamW step has no bf16 in it: f32, 1e-5.
+
+use std::sync::Arc;
+
+use gla_core::testing;
+use gla_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use gla_model::{shift_labels, Activations, GlaConfig, GlaModel, Rng};
+
+use crate::check::CheckRow;
+use crate::error::Result;
+use crate::model::GpuModel;
+use crate::runtime::Cuda;
+
+/// Loss of the GPU (bf16) model vs the CPU f32 model: relative error.
+pub const TOL_LOSS: f64 = 5e-3;
+/// Each parameter gradient: relative RMSE.
+pub const TOL_GRAD: f64 = 2e-2;
+/// Master weights after one AdamW step from the same gradients.
+pub const TOL_ADAMW: f64 = 1e-5;
+
+/// The model configs checked: (name, config, B, T).
+fn configs() -> Vec<(&'static str, GlaConfig, usize, usize)> {
+    let base = GlaConfig::tiny(64, 2, 2, 256);
+    let conv_gqa = GlaConfig { use_short_conv: true, conv_size: 4, num_kv_heads: Some(1), ..base.clone() };
+    // one head of V = 256: split into two heads of 128 on the GPU; tied head, clamped gate
+    let split = GlaConfig { num_heads: 1, expand_v: 4.0, tie_word_embeddings: true, clamp_min: Some(-0.05), ..GlaConfig::tiny(64, 1, 1, 256) };
+    vec![("lm-tiny", base, 2, 100), ("lm-conv-gqa", conv_gqa, 2, 130), ("lm-vsplit-tied", split, 3, 64)]
+}
+
+fn rel_rmse(a: &[f32], b: &[f32]) -> f64 {
+    let b64: Vec<f64> = b.iter().map(|&x| f64::from(x)).collect();
+    testing::rel_rmse(a, &b64)
+}
+
+fn row(case: &str, tensor: &'static str, err: f64, tol: f64, note: String) -> CheckRow {
+    CheckRow { case: case.into(), algo: "model", dtype: "bf16", tensor, rel_rmse: err, tol, pass: err.is_finite() && err <= tol, note }
+}
+
+/// Runs the model checks on `cuda`, appending rows to `out`.
+///
+/// # Errors
+/// Set-up failures (allocation, a config the GPU model refuses).
+pub fn model_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
+    for (seed, (name, cfg, b, t)) in configs().into_iter().enumerate() {
+        let cpu = GlaModel::new(cfg, 7 + seed as u64).map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cuda", what: e.to_string() }))?;
+        let vocab = cpu.dims.vocab;
+        let mut rng = Rng::new(100 + seed as u64);
+        let ids: Vec<u32> = (0..b * t).map(|_| rng.below(vocab) as u32).collect();
+        let mut labels: Vec<i64> = ids.iter().map(|&x| i64::from(x)).collect();
+        // some ignored positions, as padding would give
+        for l in labels.iter_mut().step_by(7) {
+            *l = gla_model::IGNORE_INDEX;
+        }
+        let targets = shift_labels(&labels, t);
+        let scale = 0.5f32; // as with two accumulation steps
+
+        let mut acts = Activations::new(&cpu.dims, b, t);
+        let want = cpu.forward(&mut acts, &ids, &targets).map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() }))?;
+        let mut g_cpu = vec![0.0f32; cpu.num_params()];
+        cpu.backward(&mut acts, &mut g_cpu, scale).map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() }))?;
+
+        let mut gpu = GpuModel::new(cuda.clone(), &cpu)?;
+        let mut gacts = gpu.activations(b, t)?;
+        let got = gpu.forward(&mut gacts, &ids, &targets)?;
+        gpu.zero_grads()?;
+        gpu.backward(&mut gacts, scale)?;
+        let g_gpu = gpu.grads_to_host()?;
+
+        let lerr = (got.loss - want.loss).abs() / want.loss.abs().max(1e-12);
+        out.push(row(name, "loss", lerr, TOL_LOSS, format!("cpu {:.6} gpu {:.6}", want.loss, got.loss)));
+        let acc_ok = got.n_valid == want.n_valid;
+        out.push(row(name, "rows", if acc_ok { 0.0 } else { 1.0 }, 0.0, format!("labelled rows cpu {} gpu {}", want.n_valid, got.n_valid)));
+        let mut worst = (0.0f64, String::new());
+        for spec in &cpu.layout.specs {
+            let e = rel_rmse(&g_gpu[spec.range()], &g_cpu[spec.range()]);
+            if !(e <= worst.0) {
+                worst = (e, spec.name.clone());
+            }
+        }
+        out.push(row(name, "grad-max", worst.0, TOL_GRAD, format!("worst {}", worst.1)));
+        out.push(row(name, "grad-all", rel_rmse(&g_gpu, &g_cpu), TOL_GRAD, format!("{} parameters", cpu.num_params())));
+
+        // one AdamW step with clipping, from the GPU's own gradients, against the CPU optimizer
+        let cfg = AdamWConfig::default();
+        let (lr, max_norm) = (3e-3f32, 0.5f32);
+        let norm_gpu = gpu.adamw_step(&cfg, lr, max_norm)?;
+        let mut host = cpu.params.clone();
+        let mut g = g_gpu.clone();
+        let norm_cpu = clip_grad_norm(&mut g, max_norm);
+        let mut opt = AdamW::new(cfg, &cpu.layout);
+        opt.update(&mut host, &g, lr);
+        let after = gpu.to_host()?.params;
+        let delta_gpu: Vec<f32> = after.iter().zip(&cpu.params).map(|(a, b)| a - b).collect();
+        let delta_cpu: Vec<f32> = host.iter().zip(&cpu.params).map(|(a, b)| a - b).collect();
+        out.push(row(name, "adamw", rel_rmse(&delta_gpu, &delta_cpu), TOL_ADAMW, format!("grad norm cpu {norm_cpu:.6} gpu {norm_gpu:.6}")));
+    }
+    Ok(())
+}
