@@ -81,9 +81,17 @@ impl Ty {
     }
 }
 
+/// `GLA_SYNC_DEBUG=1`: synchronise after every launch and GEMM of the model, so an asynchronous
+/// fault is reported by the kernel that caused it (slow; for debugging).
+fn sync_debug() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("GLA_SYNC_DEBUG").is_some_and(|v| v != "0"))
+}
+
 /// cuBLAS with row-major helpers for the three products of a linear layer.
 struct Gemm {
     blas: CudaBlas,
+    stream: Arc<cudarc::driver::CudaStream>,
 }
 
 impl Gemm {
@@ -121,7 +129,16 @@ impl Gemm {
                 blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
             )
         }
-        .map_err(blas_err("cublasGemmEx"))
+        .map_err(blas_err("cublasGemmEx"))?;
+        if sync_debug() {
+            self.blas_sync()?;
+        }
+        Ok(())
+    }
+    fn blas_sync(&self) -> Result<()> {
+        // the handle's stream is the model's stream
+        let st = self.stream.clone();
+        st.synchronize().map_err(|e| Error::Blas { what: "cublasGemmEx (synchronised)", status: format!("m/n/k as launched; {e}") })
     }
     /// `y [n, dout] (beta·y +)= x [n, din] @ w^T`, `w [dout, din]`.
     #[allow(clippy::too_many_arguments)]
@@ -173,13 +190,11 @@ macro_rules! launch {
         // SAFETY: the argument list matches the kernel's signature in model_ops.cu (device
         // addresses of buffers sized by the callers from the model dims, idx_t/int/float scalars
         // in order); grid-stride kernels cover any grid
-        unsafe { b.launch(cfg) }.map_err(|source| Error::Launch {
-            kernel: $name.into(),
-            grid: cfg.grid_dim,
-            block: cfg.block_dim,
-            smem: cfg.shared_mem_bytes,
-            source,
-        })?;
+        let err = |source| Error::Launch { kernel: $name.into(), grid: cfg.grid_dim, block: cfg.block_dim, smem: cfg.shared_mem_bytes, source };
+        unsafe { b.launch(cfg) }.map_err(err)?;
+        if sync_debug() {
+            $self.cuda.stream().synchronize().map_err(err)?;
+        }
     }};
 }
 
@@ -360,7 +375,7 @@ impl GpuModel {
             return Err(Error::Blas { what: "load libcublas", status: "libcublas.so cannot be loaded; put the CUDA libraries on LD_LIBRARY_PATH".into() });
         }
         let plan = head_plan(&model.dims)?;
-        let gemm = Gemm { blas: CudaBlas::new(cuda.stream().clone()).map_err(blas_err("cublasCreate"))? };
+        let gemm = Gemm { blas: CudaBlas::new(cuda.stream().clone()).map_err(blas_err("cublasCreate"))?, stream: cuda.stream().clone() };
         let st = cuda.stream();
         let master = st.clone_htod(&model.params).map_err(Error::driver("upload weights"))?;
         let w16 = st.alloc_zeros::<u16>(model.params.len()).map_err(Error::driver("alloc bf16 weights"))?;
@@ -619,6 +634,9 @@ impl GpuModel {
             }
             let x_in = DevInputs { q: a.q(), k: a.k(), v: a.v(), g: Some(a.gk()), h0: None };
             ops::gla_fwd(c, FwdKernel::Chunk, &acts.prob, &x_in, &mut acts.o[l], None)?;
+            if sync_debug() {
+                c.stream().synchronize().map_err(Error::driver("GLA forward (GLA_SYNC_DEBUG)"))?;
+            }
             {
                 let (on, ro, o) = (ptr(c, &a.on), ptr(c, &a.rstd_o), ptr(c, &acts.o[l]));
                 let gpre = a.g_pre.as_ref().map_or(0u64, |g| ptr(c, g));
@@ -749,6 +767,9 @@ impl GpuModel {
             } else {
                 ops::gla_bwd(c, prob, &x_in, &s.d_o, None)?
             };
+            if sync_debug() {
+                c.stream().synchronize().map_err(Error::driver("GLA backward (GLA_SYNC_DEBUG)"))?;
+            }
             // sum the repeats back: dq over value splits, dk/dg over groups and splits, dv over groups
             let kv = dm.kv_heads as i32;
             let sum_back = |me: &Self, out: &CudaSlice<f32>, src: &CudaSlice<f32>, heads: i32, r: usize, e: usize, len: usize| -> Result<()> {

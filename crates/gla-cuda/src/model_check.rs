@@ -31,8 +31,10 @@ pub const TOL_ADAMW: f64 = 1e-5;
 fn configs() -> Vec<(&'static str, GlaConfig, usize, usize)> {
     let base = GlaConfig::tiny(64, 2, 2, 256);
     let conv_gqa = GlaConfig { use_short_conv: true, conv_size: 4, num_kv_heads: Some(1), ..base.clone() };
-    // one head of V = 256: split into two heads of 128 on the GPU; tied head, clamped gate
-    let split = GlaConfig { num_heads: 1, expand_v: 4.0, tie_word_embeddings: true, clamp_min: Some(-0.05), ..GlaConfig::tiny(64, 1, 1, 256) };
+    // the two configs above have K = 16 (recurrent backward); this one has one head of K = 64,
+    // V = 256, split into two heads of 128 on the GPU (chunked backward), a tied head and a
+    // clamped gate
+    let split = GlaConfig { expand_v: 2.0, tie_word_embeddings: true, clamp_min: Some(-0.05), ..GlaConfig::tiny(128, 2, 1, 256) };
     vec![("lm-tiny", base, 2, 100), ("lm-conv-gqa", conv_gqa, 2, 130), ("lm-vsplit-tied", split, 3, 64)]
 }
 

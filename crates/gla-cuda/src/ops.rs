@@ -386,9 +386,14 @@ fn chunk_v2<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, o: &mut
     Ok(())
 }
 
-/// Whether [`gla_bwd_chunk`] takes this problem: bf16 storage, K <= 128, V <= 128.
+/// Whether [`gla_bwd_chunk`] takes this problem: bf16 storage, 48 < K <= 128, V <= 128.
+///
+/// K <= 48 (padded K below 64) is refused: bwd1's raw dq/dk products read 64 key rows of the
+/// shared state tiles, which hold only Kp rows, so a smaller Kp reads past the shared-memory
+/// allocation (an illegal address, found by the model check with K = 16). Those problems take
+/// the recurrent backward until the tiles are sized `max(Kp, 64)`.
 pub fn chunk_bwd_supported<T: Elem>(p: &Problem) -> bool {
-    T::SUFFIX == "bf16" && p.k() <= CHUNK_MAX_K && p.v() <= 128
+    T::SUFFIX == "bf16" && p.k() > 48 && p.k() <= CHUNK_MAX_K && p.v() <= 128
 }
 
 /// Dynamic shared memory of `gla_chunk_bwd1_bf16` for K padded to `kp`.
@@ -428,7 +433,7 @@ pub fn gla_bwd_chunk_stages<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs
         check_len(op, "dht", p.state_len(), dht.len())?;
     }
     if !chunk_bwd_supported::<T>(p) {
-        return Err(unsupported(format!("chunked backward: bf16 with K <= {CHUNK_MAX_K}, V <= 128 (got {}, K = {}, V = {})", T::SUFFIX, p.k(), p.v())));
+        return Err(unsupported(format!("chunked backward: bf16 with 48 < K <= {CHUNK_MAX_K}, V <= 128 (got {}, K = {}, V = {})", T::SUFFIX, p.k(), p.v())));
     }
     let (_n, h, k, v, gw, scale, _rows) = dp.dims();
     let s = cuda.stream();
