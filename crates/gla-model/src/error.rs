@@ -106,6 +106,10 @@ pub enum Error {
         /// The value.
         value: f64,
     },
+    /// A text corpus or its token file (`gla train --data`) is missing, empty, too short,
+    /// damaged, or made by another tokenizer.
+    #[error(transparent)]
+    Text(#[from] crate::text::TextError),
     /// The training state does not match the run it is resumed into.
     #[error("resume: {reason}")]
     Resume {

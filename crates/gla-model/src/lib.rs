@@ -4,7 +4,8 @@
 //!
 //! Reading order: [`config`] (fla's `GLAConfig`) -> [`params`] (one table of name, shape, init)
 //! -> [`ops`] (each layer op's forward and backward) -> [`model`] (forward, backward) ->
-//! [`optim`] (AdamW, clipping, schedule) -> [`data`] (MQAR) -> [`checkpoint`] -> [`train`].
+//! [`optim`] (AdamW, clipping, schedule) -> [`data`] (MQAR) / [`text`] (a tokenised text corpus)
+//! -> [`checkpoint`] -> [`train`].
 #![deny(missing_docs)]
 
 pub mod checkpoint;
@@ -20,6 +21,7 @@ pub mod params;
 pub mod rng;
 pub mod sample;
 pub mod shards;
+pub mod text;
 pub mod tokenizer;
 pub mod train;
 
@@ -30,3 +32,4 @@ pub use params::Layout;
 pub use rng::Rng;
 pub use train::{EvalStats, StepStats, TrainConfig, Trainer};
 pub use data::Mqar;
+pub use text::{CorpusTokenizer, TextData, TextError, TextTask};

@@ -1,8 +1,9 @@
 //! The training loop's library half: one optimizer step at a time, evaluation, checkpoints and
 //! exact resume. The CLI (`gla train`) adds the progress line, metrics files and the plot.
 //!
-//! One step: `grad_accum` micro-batches of `batch_size` MQAR examples (forward, backward with
-//! scale `1/grad_accum`), clip the global gradient norm, AdamW at the cosine-scheduled rate.
+//! One step: `grad_accum` micro-batches of `batch_size` MQAR examples, or text windows when
+//! [`TrainConfig::text`] is set (forward, backward with scale `1/grad_accum`), clip the global
+//! gradient norm, AdamW at the cosine-scheduled rate.
 //! Everything is deterministic given the settings, so a run resumed from a checkpoint repeats the
 //! uninterrupted run's losses bit for bit on the same machine.
 
@@ -15,6 +16,7 @@ use crate::checkpoint::{self, OPTIMIZER_FILE, STATE_FILE};
 use crate::data::Mqar;
 use crate::model::{Activations, GlaModel};
 use crate::optim::{clip_grad_norm, cosine_lr, AdamW, AdamWConfig};
+use crate::text::{TextData, TextTask};
 use crate::{Error, GlaConfig, Result};
 
 /// Training settings (saved in the training state; a resumed run uses the saved ones).
@@ -45,8 +47,12 @@ pub struct TrainConfig {
     pub data_seed: u64,
     /// Examples per evaluation (rounded up to whole batches).
     pub eval_examples: usize,
-    /// The task.
+    /// The task (ignored when `text` is set).
     pub task: Mqar,
+    /// Train a causal LM on a tokenised text corpus instead of MQAR. Absent from the states of
+    /// MQAR runs, which therefore read as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<TextTask>,
 }
 
 impl Default for TrainConfig {
@@ -65,6 +71,7 @@ impl Default for TrainConfig {
             data_seed: 1,
             eval_examples: 512,
             task: Mqar::default(),
+            text: None,
         }
     }
 }
@@ -95,7 +102,20 @@ impl TrainConfig {
         if !((0.0..1.0).contains(&a.beta1) && (0.0..1.0).contains(&a.beta2) && a.eps > 0.0 && a.weight_decay >= 0.0) {
             return bad("adamw", "needs 0 <= beta < 1, eps > 0, weight_decay >= 0");
         }
-        self.task.validate()
+        match &self.text {
+            Some(t) => t.validate(),
+            None => self.task.validate(),
+        }
+    }
+
+    /// Sequence length T of the data (the text window or the MQAR example).
+    pub fn seq_len(&self) -> usize {
+        self.text.as_ref().map_or(self.task.seq_len, |t| t.seq_len)
+    }
+
+    /// Vocabulary the data uses (the tokenizer's or MQAR's).
+    pub fn data_vocab(&self) -> usize {
+        self.text.as_ref().map_or(self.task.vocab, |t| t.vocab)
     }
 }
 
@@ -106,7 +126,7 @@ pub struct StepStats {
     pub step: u64,
     /// Mean loss over the step's micro-batches.
     pub loss: f64,
-    /// Query accuracy of the step's batches (before the update).
+    /// Query accuracy of the step's batches (before the update); for text, next-token accuracy.
     pub acc: f64,
     /// Global gradient norm before clipping.
     pub grad_norm: f64,
@@ -125,7 +145,7 @@ pub struct EvalStats {
     pub loss: f64,
     /// exp(loss).
     pub ppl: f64,
-    /// Query accuracy.
+    /// Query accuracy; for text, next-token accuracy.
     pub acc: f64,
 }
 
@@ -137,7 +157,7 @@ pub struct TrainerState {
     /// Optimizer steps taken.
     pub step: u64,
     /// Index of the next training example: the complete state of the counter-based MQAR
-    /// stream together with `train.data_seed`.
+    /// stream or text-window sampler together with `train.data_seed`.
     pub data_cursor: u64,
     /// The settings of the run.
     pub train: TrainConfig,
@@ -156,13 +176,15 @@ pub struct Trainer {
     pub opt: AdamW,
     /// Settings.
     pub cfg: TrainConfig,
-    /// Index of the next training example.
+    /// Index of the next training example (MQAR example or text window).
     pub cursor: u64,
     /// Loss of every step so far.
     pub losses: Vec<f64>,
     /// Every evaluation so far.
     pub evals: Vec<EvalStats>,
     acts: Activations,
+    /// The opened corpus when `cfg.text` is set.
+    text: Option<TextData>,
     grads: Vec<f32>,
     ids: Vec<u32>,
     targets: Vec<i64>,
@@ -174,8 +196,8 @@ impl Trainer {
     /// A fresh run: fla's init from `cfg.seed`.
     ///
     /// # Errors
-    /// Config and settings errors; [`Error::BadArg`] when the task's vocabulary exceeds the
-    /// model's.
+    /// Config and settings errors; [`Error::BadArg`] when the data's vocabulary exceeds the
+    /// model's; [`Error::Text`] when the text corpus does not open.
     pub fn new(config: GlaConfig, cfg: TrainConfig) -> Result<Self> {
         cfg.validate()?;
         let model = GlaModel::new(config, cfg.seed)?;
@@ -190,19 +212,21 @@ impl Trainer {
         losses: Vec<f64>,
         evals: Vec<EvalStats>,
     ) -> Result<Self> {
-        if cfg.task.vocab > model.dims.vocab {
+        if cfg.data_vocab() > model.dims.vocab {
             return Err(Error::BadArg {
                 key: "vocab",
-                reason: format!("the task uses {} tokens but the model's vocab_size is {}", cfg.task.vocab, model.dims.vocab),
+                reason: format!("the data uses {} tokens but the model's vocab_size is {}", cfg.data_vocab(), model.dims.vocab),
             });
         }
-        let (b, t) = (cfg.batch_size, cfg.task.seq_len);
+        let text = cfg.text.as_ref().map(TextTask::open).transpose()?;
+        let (b, t) = (cfg.batch_size, cfg.seq_len());
         let acts = Activations::new(&model.dims, b, t);
         let opt = opt.unwrap_or_else(|| AdamW::new(cfg.adamw, &model.layout));
         Ok(Self {
             grads: vec![0.0; model.num_params()],
             opt,
             acts,
+            text,
             ids: vec![0; b * t],
             targets: vec![0; b * t],
             model,
@@ -220,7 +244,7 @@ impl Trainer {
 
     /// Tokens per optimizer step.
     pub fn tokens_per_step(&self) -> usize {
-        self.cfg.batch_size * self.cfg.grad_accum * self.cfg.task.seq_len
+        self.cfg.batch_size * self.cfg.grad_accum * self.cfg.seq_len()
     }
 
     /// One optimizer step.
@@ -234,7 +258,10 @@ impl Trainer {
         let (mut loss, mut correct, mut valid) = (0.0, 0usize, 0usize);
         let scale = 1.0 / c.grad_accum as f32;
         for _ in 0..c.grad_accum {
-            c.task.batch(c.data_seed, self.cursor, c.batch_size, &mut self.ids, &mut self.targets);
+            match &self.text {
+                Some(d) => d.batch(c.data_seed, self.cursor, c.batch_size, &mut self.ids, &mut self.targets),
+                None => c.task.batch(c.data_seed, self.cursor, c.batch_size, &mut self.ids, &mut self.targets),
+            }
             self.cursor += c.batch_size as u64;
             let out = self.model.forward(&mut self.acts, &self.ids, &self.targets)?;
             self.model.backward(&mut self.acts, &mut self.grads, scale)?;
@@ -256,17 +283,24 @@ impl Trainer {
     }
 
     /// Loss, perplexity and query accuracy on `eval_examples` held-out examples (a fixed stream
-    /// separate from training); recorded in the history.
+    /// separate from training; for text, up to `eval_examples` consecutive windows of the
+    /// validation split, with next-token accuracy); recorded in the history.
     ///
     /// # Errors
     /// Op errors.
     pub fn evaluate(&mut self) -> Result<EvalStats> {
         let c = &self.cfg;
         let seed = c.data_seed ^ EVAL_STREAM;
-        let batches = c.eval_examples.div_ceil(c.batch_size).max(1);
+        let n = self.text.as_ref().map_or(c.eval_examples, |d| d.eval_windows(c.eval_examples));
+        let batches = n.div_ceil(c.batch_size).max(1);
         let (mut loss_sum, mut correct, mut valid) = (0.0, 0usize, 0usize);
         for i in 0..batches {
-            c.task.batch(seed, (i * c.batch_size) as u64, c.batch_size, &mut self.ids, &mut self.targets);
+            match &self.text {
+                Some(d) => {
+                    d.eval_batch(i * c.batch_size, n, c.batch_size, &mut self.ids, &mut self.targets);
+                }
+                None => c.task.batch(seed, (i * c.batch_size) as u64, c.batch_size, &mut self.ids, &mut self.targets),
+            }
             let out = self.model.forward(&mut self.acts, &self.ids, &self.targets)?;
             loss_sum += out.loss * out.n_valid as f64;
             correct += out.correct;
@@ -306,11 +340,12 @@ impl Trainer {
     }
 
     /// Resumes from the newest complete checkpoint of `run` with its saved settings
-    /// (`steps` may be raised with `steps_override`).
+    /// (`steps` may be raised with `steps_override`). A text run reopens its token file (and
+    /// re-tokenises the text if the file went missing) and refuses different tokens.
     ///
     /// # Errors
     /// [`Error::Io`] / [`Error::Resume`] when there is no checkpoint; load errors naming the
-    /// tensor; [`Error::Json`] for a damaged state file.
+    /// tensor; [`Error::Json`] for a damaged state file; [`Error::Text`].
     pub fn resume(run: &Path, steps_override: Option<u64>) -> Result<Self> {
         let dir = checkpoint::latest_checkpoint(run)?;
         let text = fs::read_to_string(dir.join(STATE_FILE)).map_err(|e| Error::io("read", &dir.join(STATE_FILE), e))?;
