@@ -762,7 +762,7 @@ impl GpuModel {
                 launch!(self, "gated_norm_bwd_dw", cols(n * dm.heads, dm.head_v), dw, d_on, o, gpre, ro, rws, v);
             }
             let x_in = DevInputs { q: a.q(), k: a.k(), v: a.v(), g: Some(a.gk()), h0: None };
-            let gr = if ops::chunk_bwd_supported::<u16>(&prob.problem) {
+            let gr = if ops::chunk_bwd_supported::<u16>(&prob.problem) && std::env::var_os("GLA_MODEL_RECURRENT_BWD").is_none() {
                 ops::gla_bwd_chunk(c, prob, &x_in, &s.d_o, None, false)?
             } else {
                 ops::gla_bwd(c, prob, &x_in, &s.d_o, None)?

@@ -8,6 +8,13 @@
 //! (norm -> projections -> GLA -> norm -> projection per layer): [`TOL_LOSS`] and [`TOL_GRAD`] are
 //! the bf16 op tolerance of DESIGN.md (5e-3) and 4x it for gradients, which pass through about
 //! twice as many rounded operands as the forward. The AdamW step has no bf16 in it: f32, 1e-5.
+//!
+//! Some models are ill-conditioned: their gradients move far under bf16-sized perturbations
+//! (measured: a 1-head K=64 model's gradients change by 16% (q_proj 26%) when only its WEIGHTS
+//! are rounded to bf16, all math in f32; the GPU, rounding weights and activations, was 4% off).
+//! So each gradient's tolerance is the larger of [`TOL_GRAD`] and [`FLOOR_FACTOR`] times that
+//! floor, measured on the CPU in the same check: rounding error stays within it, a wrong
+//! gradient (a bug gives errors of order 1) does not.
 
 use std::sync::Arc;
 
@@ -22,8 +29,10 @@ use crate::runtime::Cuda;
 
 /// Loss of the GPU (bf16) model vs the CPU f32 model: relative error.
 pub const TOL_LOSS: f64 = 5e-3;
-/// Each parameter gradient: relative RMSE.
+/// Each parameter gradient: relative RMSE, at least; raised to [`FLOOR_FACTOR`] x the floor.
 pub const TOL_GRAD: f64 = 2e-2;
+/// Gradient tolerance relative to the model's conditioning floor (module doc).
+pub const FLOOR_FACTOR: f64 = 2.0;
 /// Master weights after one AdamW step from the same gradients.
 pub const TOL_ADAMW: f64 = 1e-5;
 
@@ -35,7 +44,15 @@ fn configs() -> Vec<(&'static str, GlaConfig, usize, usize)> {
     // V = 256, split into two heads of 128 on the GPU (chunked backward), a tied head and a
     // clamped gate
     let split = GlaConfig { expand_v: 2.0, tie_word_embeddings: true, clamp_min: Some(-0.05), ..GlaConfig::tiny(128, 2, 1, 256) };
-    vec![("lm-tiny", base, 2, 100), ("lm-conv-gqa", conv_gqa, 2, 130), ("lm-vsplit-tied", split, 3, 64)]
+    let k64 = GlaConfig { expand_v: 1.0, ..GlaConfig::tiny(128, 2, 1, 256) };
+    let k64_clamp = GlaConfig { clamp_min: Some(-0.05), ..k64.clone() };
+    vec![
+        ("lm-tiny", base, 2, 100),
+        ("lm-conv-gqa", conv_gqa, 2, 130),
+        ("lm-k64", k64, 2, 100),
+        ("lm-k64-clamp", k64_clamp, 2, 100),
+        ("lm-vsplit-tied", split, 3, 64),
+    ]
 }
 
 fn rel_rmse(a: &[f32], b: &[f32]) -> f64 {
@@ -81,15 +98,26 @@ pub fn model_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
         out.push(row(name, "loss", lerr, TOL_LOSS, format!("cpu {:.6} gpu {:.6}", want.loss, got.loss)));
         let acc_ok = got.n_valid == want.n_valid;
         out.push(row(name, "rows", if acc_ok { 0.0 } else { 1.0 }, 0.0, format!("labelled rows cpu {} gpu {}", want.n_valid, got.n_valid)));
-        let mut worst = (0.0f64, String::new());
+        // the conditioning floor: the same CPU model with only its weights rounded to bf16
+        let rounded: Vec<f32> = cpu.params.iter().map(|&x| crate::ops::bf16_to_f32(crate::ops::f32_to_bf16(x))).collect();
+        let cpu_r = GlaModel::from_params(cpu.config.clone(), rounded).map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() }))?;
+        let mut acts_r = Activations::new(&cpu.dims, b, t);
+        cpu_r.forward(&mut acts_r, &ids, &targets).map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() }))?;
+        let mut g_floor = vec![0.0f32; cpu.num_params()];
+        cpu_r.backward(&mut acts_r, &mut g_floor, scale).map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() }))?;
+        // worst parameter by error / tolerance
+        let mut worst = (f64::NEG_INFINITY, 0.0, 0.0, String::new());
         for spec in &cpu.layout.specs {
             let e = rel_rmse(&g_gpu[spec.range()], &g_cpu[spec.range()]);
-            if !(e <= worst.0) {
-                worst = (e, spec.name.clone());
+            let tol = TOL_GRAD.max(FLOOR_FACTOR * rel_rmse(&g_floor[spec.range()], &g_cpu[spec.range()]));
+            let ratio = if e.is_finite() { e / tol } else { f64::INFINITY };
+            if ratio > worst.0 {
+                worst = (ratio, e, tol, spec.name.clone());
             }
         }
-        out.push(row(name, "grad-max", worst.0, TOL_GRAD, format!("worst {}", worst.1)));
-        out.push(row(name, "grad-all", rel_rmse(&g_gpu, &g_cpu), TOL_GRAD, format!("{} parameters", cpu.num_params())));
+        out.push(row(name, "grad-max", worst.1, worst.2, format!("worst (error / tolerance) {}", worst.3)));
+        let floor_all = rel_rmse(&g_floor, &g_cpu);
+        out.push(row(name, "grad-all", rel_rmse(&g_gpu, &g_cpu), TOL_GRAD.max(FLOOR_FACTOR * floor_all), format!("{} parameters; bf16-weights floor {floor_all:.2e}", cpu.num_params())));
 
         // one AdamW step with clipping, from the GPU's own gradients, against the CPU optimizer
         let cfg = AdamWConfig::default();
