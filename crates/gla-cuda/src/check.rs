@@ -107,7 +107,13 @@ impl Rounded {
         }
     }
     fn inputs(&self) -> Inputs<'_, f32> {
-        Inputs { q: &self.q, k: &self.k, v: &self.v, g: (!self.g.is_empty()).then_some(&self.g[..]), h0: (!self.h0.is_empty()).then_some(&self.h0[..]) }
+        Inputs {
+            q: &self.q,
+            k: &self.k,
+            v: &self.v,
+            g: (!self.g.is_empty()).then_some(&self.g[..]),
+            h0: (!self.h0.is_empty()).then_some(&self.h0[..]),
+        }
     }
     fn reference(&self, p: &Problem) -> gla_core::Result<(Forward<f64>, Grads<f64>)> {
         let w = |x: &[f32]| x.iter().map(|&v| f64::from(v)).collect::<Vec<f64>>();
@@ -169,7 +175,13 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     if a.len() != b.len() {
         return f64::INFINITY;
     }
-    a.iter().zip(b).fold(0.0f64, |m, (&x, &y)| if x.to_bits() == y.to_bits() { m } else { m.max(f64::from((x - y).abs())).max(if (x - y).is_nan() { f64::INFINITY } else { 0.0 }) })
+    a.iter().zip(b).fold(0.0f64, |m, (&x, &y)| {
+        if x.to_bits() == y.to_bits() {
+            m
+        } else {
+            m.max(f64::from((x - y).abs())).max(if (x - y).is_nan() { f64::INFINITY } else { 0.0 })
+        }
+    })
 }
 
 fn repeat_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
@@ -196,7 +208,9 @@ fn repeat_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
                 Ok(all)
             };
             match (once(), once(), once()) {
-                (Ok(a), Ok(b), Ok(c)) => out.push(row(&case.name, aname, dtype, "repeat", max_abs_diff(&a, &b).max(max_abs_diff(&a, &c)), 0.0)),
+                (Ok(a), Ok(b), Ok(c)) => {
+                    out.push(row(&case.name, aname, dtype, "repeat", max_abs_diff(&a, &b).max(max_abs_diff(&a, &c)), 0.0))
+                }
                 (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => out.push(failed(&case.name, aname, dtype, 0.0, e)),
             }
         }
@@ -269,9 +283,23 @@ fn huge_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
             let base = seq % nbase;
             let go: Vec<f32> = ho[seq * per_v..(seq + 1) * per_v].iter().map(|&u| bf16_to_f32(u)).collect();
             let so = h * kd * vd;
-            out.push(row(&format!("{name}-seq{seq}"), aname, "bf16", "o", rel_rmse(&go, &rf.o[base * per_v..(base + 1) * per_v]), TOL_BF16));
+            out.push(row(
+                &format!("{name}-seq{seq}"),
+                aname,
+                "bf16",
+                "o",
+                rel_rmse(&go, &rf.o[base * per_v..(base + 1) * per_v]),
+                TOL_BF16,
+            ));
             let rht = rf.ht.as_deref().unwrap_or(&[]);
-            out.push(row(&format!("{name}-seq{seq}"), aname, "bf16", "ht", rel_rmse(&hht[seq * so..(seq + 1) * so], rht.get(base * so..(base + 1) * so).unwrap_or(&[])), TOL_BF16));
+            out.push(row(
+                &format!("{name}-seq{seq}"),
+                aname,
+                "bf16",
+                "ht",
+                rel_rmse(&hht[seq * so..(seq + 1) * so], rht.get(base * so..(base + 1) * so).unwrap_or(&[])),
+                TOL_BF16,
+            ));
         }
     }
     Ok(())

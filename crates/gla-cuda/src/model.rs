@@ -96,7 +96,23 @@ struct Gemm {
 
 impl Gemm {
     #[allow(clippy::too_many_arguments)]
-    fn raw(&self, ta: bool, tb: bool, m: usize, n: usize, k: usize, alpha: f32, a: u64, lda: usize, b: u64, ldb: usize, beta: f32, c: u64, cty: Ty, ldc: usize) -> Result<()> {
+    fn raw(
+        &self,
+        ta: bool,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: u64,
+        lda: usize,
+        b: u64,
+        ldb: usize,
+        beta: f32,
+        c: u64,
+        cty: Ty,
+        ldc: usize,
+    ) -> Result<()> {
         if m == 0 || n == 0 {
             return Ok(());
         }
@@ -372,7 +388,10 @@ impl GpuModel {
     /// [`Error::Op`] for head dims the kernels do not take.
     pub fn new(cuda: Arc<Cuda>, model: &GlaModel) -> Result<Self> {
         if !cublas_available() {
-            return Err(Error::Blas { what: "load libcublas", status: "libcublas.so cannot be loaded; put the CUDA libraries on LD_LIBRARY_PATH".into() });
+            return Err(Error::Blas {
+                what: "load libcublas",
+                status: "libcublas.so cannot be loaded; put the CUDA libraries on LD_LIBRARY_PATH".into(),
+            });
         }
         let plan = head_plan(&model.dims)?;
         let gemm = Gemm { blas: CudaBlas::new(cuda.stream().clone()).map_err(blas_err("cublasCreate"))?, stream: cuda.stream().clone() };
@@ -487,7 +506,11 @@ impl GpuModel {
                 q_lin: z(c, n * kd)?,
                 k_lin: z(c, n * kdkv)?,
                 v_lin: z(c, n * vdkv)?,
-                conv: if conv { Some([z(c, n * kd)?, z(c, n * kdkv)?, z(c, n * vdkv)?, z(c, n * kd)?, z(c, n * kdkv)?, z(c, n * vdkv)?]) } else { None },
+                conv: if conv {
+                    Some([z(c, n * kd)?, z(c, n * kdkv)?, z(c, n * vdkv)?, z(c, n * kd)?, z(c, n * kdkv)?, z(c, n * vdkv)?])
+                } else {
+                    None
+                },
                 g_pre: if dm.output_gate { Some(z(c, n * vd)?) } else { None },
                 gk_lr: z(c, n * dm.gate_rank)?,
                 gk_raw: z(c, n * kdkv)?,
@@ -554,7 +577,15 @@ impl GpuModel {
 
     fn check_batch(&self, acts: &GpuActivations, ids: &[u32], targets: &[i64]) -> Result<()> {
         let n = acts.b * acts.t;
-        let bad = |what: String| Err(Error::Op(gla_core::Error::ShapeMismatch { op: "gpu forward", tensor: "batch", expected: what, numel: n, got: ids.len().min(targets.len()) }));
+        let bad = |what: String| {
+            Err(Error::Op(gla_core::Error::ShapeMismatch {
+                op: "gpu forward",
+                tensor: "batch",
+                expected: what,
+                numel: n,
+                got: ids.len().min(targets.len()),
+            }))
+        };
         if ids.len() != n || targets.len() != n {
             return bad(format!("input_ids and targets of [B={}, T={}]", acts.b, acts.t));
         }
@@ -599,7 +630,9 @@ impl GpuModel {
             g.fwd(ptr(c, &a.k_lin), Ty::Bf16, xn1, self.wp(il.k_proj), n, d, dm.key_dim_kv, 0.0)?;
             g.fwd(ptr(c, &a.v_lin), Ty::Bf16, xn1, self.wp(il.v_proj), n, d, dm.value_dim_kv, 0.0)?;
             if let (Some(cv), Some(qc), Some(kc), Some(vc)) = (&a.conv, il.q_conv, il.k_conv, il.v_conv) {
-                for (i, (src, w, ch)) in [(&a.q_lin, qc, dm.key_dim), (&a.k_lin, kc, dm.key_dim_kv), (&a.v_lin, vc, dm.value_dim_kv)].into_iter().enumerate() {
+                for (i, (src, w, ch)) in
+                    [(&a.q_lin, qc, dm.key_dim), (&a.k_lin, kc, dm.key_dim_kv), (&a.v_lin, vc, dm.value_dim_kv)].into_iter().enumerate()
+                {
                     let (y, pre, xs, wp) = (ptr(c, &cv[3 + i]), ptr(c, &cv[i]), ptr(c, src), self.mp(w));
                     let (ti, ci, wi) = (t as i32, ch as i32, dm.conv as i32);
                     launch!(self, "conv_fwd", flat(n * ch), y, pre, xs, wp, ni, ti, ci, wi);
@@ -612,13 +645,15 @@ impl GpuModel {
             g.fwd(ptr(c, &a.gk_raw), Ty::F32, ptr(c, &a.gk_lr), self.wp(il.gk1), n, dm.gate_rank, dm.key_dim_kv, 0.0)?;
             {
                 let (gk, raw, bias) = (ptr(c, &a.gk), ptr(c, &a.gk_raw), self.mp(il.gk1_bias));
-                let (ci, norm, hc, cm) = (dm.key_dim_kv as i32, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
+                let (ci, norm, hc, cm) =
+                    (dm.key_dim_kv as i32, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
                 launch!(self, "gate_fwd", flat(n * dm.key_dim_kv), gk, raw, bias, ni, ci, norm, hc, cm);
             }
             // repeats to the op's heads
             let kv = dm.kv_heads as i32;
             if let Some(qr) = &a.q_rep {
-                let (o, src, hh, r, e) = (ptr(c, qr), ptr(c, a.conv.as_ref().map_or(&a.q_lin, |cv| &cv[3])), dm.heads as i32, pl.rq as i32, dm.head_k as i32);
+                let (o, src, hh, r, e) =
+                    (ptr(c, qr), ptr(c, a.conv.as_ref().map_or(&a.q_lin, |cv| &cv[3])), dm.heads as i32, pl.rq as i32, dm.head_k as i32);
                 launch!(self, "repeat_heads_bf16", flat(n * dm.key_dim * pl.rq), o, src, ni, hh, r, e);
             }
             if let (Some(kr), Some(gr)) = (&a.k_rep, &a.gk_rep) {
@@ -682,7 +717,8 @@ impl GpuModel {
         launch!(self, "gather_rows_bf16", rows_block(m), sel, xf, rp, mi, di);
         let lg = ptr(c, &acts.logits);
         self.gemm.fwd(lg, Ty::F32, sel, self.wp(self.lm_head_id()), m, d, dm.vocab, 0.0)?;
-        let (dl, lp, cp, tp, vi, ds) = (ptr(c, &acts.dlogits), ptr(c, &acts.loss), ptr(c, &acts.correct), ptr(c, &acts.targets), dm.vocab as i32, 1.0f32 / m as f32);
+        let (dl, lp, cp, tp, vi, ds) =
+            (ptr(c, &acts.dlogits), ptr(c, &acts.loss), ptr(c, &acts.correct), ptr(c, &acts.targets), dm.vocab as i32, 1.0f32 / m as f32);
         launch!(self, "cross_entropy", rows_block(m), dl, lp, cp, lg, tp, mi, vi, ds);
         let loss = st.clone_dtoh(&acts.loss.slice(0..m)).map_err(Error::driver("download loss"))?;
         let correct = st.clone_dtoh(&acts.correct.slice(0..m)).map_err(Error::driver("download accuracy"))?;
@@ -772,11 +808,12 @@ impl GpuModel {
             }
             // sum the repeats back: dq over value splits, dk/dg over groups and splits, dv over groups
             let kv = dm.kv_heads as i32;
-            let sum_back = |me: &Self, out: &CudaSlice<f32>, src: &CudaSlice<f32>, heads: i32, r: usize, e: usize, len: usize| -> Result<()> {
-                let (o, sp, ri, ei) = (ptr(c, out), ptr(c, src), r as i32, e as i32);
-                launch!(me, "repeat_heads_bwd_f32", flat(len), o, sp, ni, heads, ri, ei);
-                Ok(())
-            };
+            let sum_back =
+                |me: &Self, out: &CudaSlice<f32>, src: &CudaSlice<f32>, heads: i32, r: usize, e: usize, len: usize| -> Result<()> {
+                    let (o, sp, ri, ei) = (ptr(c, out), ptr(c, src), r as i32, e as i32);
+                    launch!(me, "repeat_heads_bwd_f32", flat(len), o, sp, ni, heads, ri, ei);
+                    Ok(())
+                };
             let dq: &CudaSlice<f32> = match &s.dq {
                 Some(buf) => {
                     sum_back(self, buf, &gr.dq, dm.heads as i32, pl.rq, dm.head_k, n * dm.key_dim)?;
@@ -802,7 +839,8 @@ impl GpuModel {
             // gate: gk_raw = gk_lr W1^T + b1; gk = gate(gk_raw)
             {
                 let (dx, dx16, dg, raw) = (ptr(c, &s.dgk_raw), ptr(c, &s.dgk_raw16), ptr(c, dgk), ptr(c, &a.gk_raw));
-                let (tot, norm, hc, cm) = ((n * dm.key_dim_kv) as i64, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
+                let (tot, norm, hc, cm) =
+                    ((n * dm.key_dim_kv) as i64, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
                 launch!(self, "gate_bwd", flat(n * dm.key_dim_kv), dx, dx16, dg, raw, tot, norm, hc, cm);
                 let (db1, ci) = (self.gp(il.gk1_bias), dm.key_dim_kv as i32);
                 launch!(self, "colsum_f32", cols(n, dm.key_dim_kv), db1, dx, ni, ci);
@@ -812,7 +850,11 @@ impl GpuModel {
             g.bwd_x(dglr, Ty::Bf16, dgr16, self.wp(il.gk1), n, dm.gate_rank, dm.key_dim_kv, 0.0)?;
             // short conv (or a bf16 copy for the GEMMs)
             let (dq16, dk16, dv16) = (ptr(c, &s.dq16), ptr(c, &s.dk16), ptr(c, &s.dv16));
-            let ins = [(dq16, dq, il.q_conv, dm.key_dim, &a.q_lin, 0usize), (dk16, dk, il.k_conv, dm.key_dim_kv, &a.k_lin, 1), (dv16, dv, il.v_conv, dm.value_dim_kv, &a.v_lin, 2)];
+            let ins = [
+                (dq16, dq, il.q_conv, dm.key_dim, &a.q_lin, 0usize),
+                (dk16, dk, il.k_conv, dm.key_dim_kv, &a.k_lin, 1),
+                (dv16, dv, il.v_conv, dm.value_dim_kv, &a.v_lin, 2),
+            ];
             for (out, dy, conv_id, ch, x_lin, i) in ins {
                 let (dyp, len) = (ptr(c, dy), (n * ch) as i64);
                 match (conv_id, &a.conv) {
@@ -872,6 +914,10 @@ impl GpuModel {
     /// [`Error::Driver`], [`Error::Launch`].
     pub fn adamw_step(&mut self, cfg: &AdamWConfig, lr: f32, max_norm: f32) -> Result<f64> {
         let norm = self.grad_norm()?;
+        if !norm.is_finite() {
+            // a diverged step: report it, keep the weights and moments as they are
+            return Ok(norm);
+        }
         let gscale = if max_norm > 0.0 && norm > f64::from(max_norm) { (f64::from(max_norm) / (norm + 1e-6)) as f32 } else { 1.0 };
         if self.moments.is_none() {
             let st = self.cuda.stream();
@@ -886,7 +932,8 @@ impl GpuModel {
         let (bc1, bc2) = (1.0 - cfg.beta1.powi(step), 1.0 - cfg.beta2.powi(step));
         for spec in &self.layout.specs {
             let off = spec.offset as u64;
-            let (p, p16, g) = (ptr(&self.cuda, &self.master) + 4 * off, ptr(&self.cuda, &self.w16) + 2 * off, ptr(&self.cuda, &self.grads) + 4 * off);
+            let (p, p16, g) =
+                (ptr(&self.cuda, &self.master) + 4 * off, ptr(&self.cuda, &self.w16) + 2 * off, ptr(&self.cuda, &self.grads) + 4 * off);
             let (m, v, n) = (mp + 4 * off, vp + 4 * off, spec.numel() as i64);
             let wd = if spec.shape.len() >= 2 { cfg.weight_decay } else { 0.0 };
             let (b1, b2, eps) = (cfg.beta1, cfg.beta2, cfg.eps);
@@ -921,6 +968,61 @@ impl GpuModel {
         let m = st.clone_htod(m).map_err(Error::driver("upload AdamW m"))?;
         let v = st.clone_htod(v).map_err(Error::driver("upload AdamW v"))?;
         self.moments = Some(Moments { m, v, step });
+        Ok(())
+    }
+}
+
+/// The GPU as a training [`gla_model::Engine`]: a [`GpuModel`] and its activations for one batch
+/// shape, driven by `gla_model::Trainer` (`gla train --device cuda`).
+pub struct GpuEngine {
+    model: GpuModel,
+    acts: GpuActivations,
+}
+
+impl GpuEngine {
+    /// Uploads `model` (weights) and, when `opt` has taken steps, its AdamW moments; buffers for
+    /// `[b, t]` batches.
+    ///
+    /// # Errors
+    /// As [`GpuModel::new`] and [`GpuModel::activations`].
+    pub fn new(cuda: Arc<Cuda>, model: &GlaModel, opt: &gla_model::optim::AdamW, b: usize, t: usize) -> Result<Self> {
+        let mut gpu = GpuModel::new(cuda, model)?;
+        if opt.step > 0 {
+            gpu.set_moments(&opt.m, &opt.v, opt.step)?;
+        }
+        let acts = gpu.activations(b, t)?;
+        Ok(Self { model: gpu, acts })
+    }
+}
+
+fn dev(e: Error) -> gla_model::Error {
+    gla_model::Error::Device(e.to_string())
+}
+
+impl gla_model::Engine for GpuEngine {
+    fn name(&self) -> String {
+        format!("cuda:{} ({})", self.model.cuda.name(), self.model.cuda.arch())
+    }
+    fn forward(&mut self, ids: &[u32], targets: &[i64]) -> gla_model::Result<LossOut> {
+        self.model.forward(&mut self.acts, ids, targets).map_err(dev)
+    }
+    fn backward(&mut self, scale: f32) -> gla_model::Result<()> {
+        self.model.backward(&mut self.acts, scale).map_err(dev)
+    }
+    fn zero_grads(&mut self) -> gla_model::Result<()> {
+        self.model.zero_grads().map_err(dev)
+    }
+    fn update(&mut self, cfg: &AdamWConfig, lr: f32, clip: f32) -> gla_model::Result<f64> {
+        self.model.adamw_step(cfg, lr, clip).map_err(dev)
+    }
+    fn download(&self, model: &mut GlaModel, opt: &mut gla_model::optim::AdamW) -> gla_model::Result<()> {
+        let host = self.model.to_host().map_err(dev)?;
+        model.params = host.params;
+        if let Some((m, v, step)) = self.model.moments_to_host().map_err(dev)? {
+            opt.m = m;
+            opt.v = v;
+            opt.step = step;
+        }
         Ok(())
     }
 }

@@ -70,7 +70,8 @@ fn row(case: &str, tensor: &'static str, err: f64, tol: f64, note: String) -> Ch
 /// Set-up failures (allocation, a config the GPU model refuses).
 pub fn model_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
     for (seed, (name, cfg, b, t)) in configs().into_iter().enumerate() {
-        let cpu = GlaModel::new(cfg, 7 + seed as u64).map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cuda", what: e.to_string() }))?;
+        let cpu = GlaModel::new(cfg, 7 + seed as u64)
+            .map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cuda", what: e.to_string() }))?;
         let vocab = cpu.dims.vocab;
         let mut rng = Rng::new(100 + seed as u64);
         let ids: Vec<u32> = (0..b * t).map(|_| rng.below(vocab) as u32).collect();
@@ -83,9 +84,12 @@ pub fn model_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
         let scale = 0.5f32; // as with two accumulation steps
 
         let mut acts = Activations::new(&cpu.dims, b, t);
-        let want = cpu.forward(&mut acts, &ids, &targets).map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() }))?;
+        let want = cpu
+            .forward(&mut acts, &ids, &targets)
+            .map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() }))?;
         let mut g_cpu = vec![0.0f32; cpu.num_params()];
-        cpu.backward(&mut acts, &mut g_cpu, scale).map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() }))?;
+        cpu.backward(&mut acts, &mut g_cpu, scale)
+            .map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() }))?;
 
         let mut gpu = GpuModel::new(cuda.clone(), &cpu)?;
         let mut gacts = gpu.activations(b, t)?;
@@ -100,11 +104,16 @@ pub fn model_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
         out.push(row(name, "rows", if acc_ok { 0.0 } else { 1.0 }, 0.0, format!("labelled rows cpu {} gpu {}", want.n_valid, got.n_valid)));
         // the conditioning floor: the same CPU model with only its weights rounded to bf16
         let rounded: Vec<f32> = cpu.params.iter().map(|&x| crate::ops::bf16_to_f32(crate::ops::f32_to_bf16(x))).collect();
-        let cpu_r = GlaModel::from_params(cpu.config.clone(), rounded).map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() }))?;
+        let cpu_r = GlaModel::from_params(cpu.config.clone(), rounded)
+            .map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() }))?;
         let mut acts_r = Activations::new(&cpu.dims, b, t);
-        cpu_r.forward(&mut acts_r, &ids, &targets).map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() }))?;
+        cpu_r
+            .forward(&mut acts_r, &ids, &targets)
+            .map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() }))?;
         let mut g_floor = vec![0.0f32; cpu.num_params()];
-        cpu_r.backward(&mut acts_r, &mut g_floor, scale).map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() }))?;
+        cpu_r
+            .backward(&mut acts_r, &mut g_floor, scale)
+            .map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() }))?;
         // worst parameter by error / tolerance
         let mut worst = (f64::NEG_INFINITY, 0.0, 0.0, String::new());
         for spec in &cpu.layout.specs {
@@ -117,7 +126,13 @@ pub fn model_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
         }
         out.push(row(name, "grad-max", worst.1, worst.2, format!("worst (error / tolerance) {}", worst.3)));
         let floor_all = rel_rmse(&g_floor, &g_cpu);
-        out.push(row(name, "grad-all", rel_rmse(&g_gpu, &g_cpu), TOL_GRAD.max(FLOOR_FACTOR * floor_all), format!("{} parameters; bf16-weights floor {floor_all:.2e}", cpu.num_params())));
+        out.push(row(
+            name,
+            "grad-all",
+            rel_rmse(&g_gpu, &g_cpu),
+            TOL_GRAD.max(FLOOR_FACTOR * floor_all),
+            format!("{} parameters; bf16-weights floor {floor_all:.2e}", cpu.num_params()),
+        ));
 
         // one AdamW step with clipping, from the GPU's own gradients, against the CPU optimizer
         let cfg = AdamWConfig::default();

@@ -219,7 +219,14 @@ pub enum FwdKernel {
 ///
 /// # Errors
 /// Shape mismatch, unsupported K, launch or compile errors.
-pub fn gla_fwd<T: Elem>(cuda: &Cuda, which: FwdKernel, dp: &DevProblem, x: &DevInputs<'_, T>, o: &mut CudaSlice<T>, ht: Option<&mut CudaSlice<f32>>) -> Result<()> {
+pub fn gla_fwd<T: Elem>(
+    cuda: &Cuda,
+    which: FwdKernel,
+    dp: &DevProblem,
+    x: &DevInputs<'_, T>,
+    o: &mut CudaSlice<T>,
+    ht: Option<&mut CudaSlice<f32>>,
+) -> Result<()> {
     let op = "gla_fwd";
     check_inputs(op, dp, x)?;
     let p = &dp.problem;
@@ -242,7 +249,11 @@ pub fn gla_fwd<T: Elem>(cuda: &Cuda, which: FwdKernel, dp: &DevProblem, x: &DevI
         }
         FwdKernel::ChunkV1 | FwdKernel::Chunk | FwdKernel::ChunkStatePass if T::SUFFIX == "bf16" && p.k() <= CHUNK_MAX_K => {
             let kp = p.k().div_ceil(16) * 16;
-            let cfg = LaunchConfig { grid_dim: (p.v().div_ceil(MMA_BV) as u32, gy, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_mma_smem_bytes(kp) as u32 };
+            let cfg = LaunchConfig {
+                grid_dim: (p.v().div_ceil(MMA_BV) as u32, gy, 1),
+                block_dim: (256, 1, 1),
+                shared_mem_bytes: chunk_mma_smem_bytes(kp) as u32,
+            };
             (CHUNK, "gla_chunk_fwd_mma_bf16".to_string(), cfg)
         }
         FwdKernel::Chunk | FwdKernel::ChunkV1 | FwdKernel::ChunkStatePass => {
@@ -250,7 +261,8 @@ pub fn gla_fwd<T: Elem>(cuda: &Cuda, which: FwdKernel, dp: &DevProblem, x: &DevI
                 return Err(unsupported(format!("chunk kernel: K = {} > {CHUNK_MAX_K}", p.k())));
             }
             let smem = (3 * 64 * p.k() + 64 * CHUNK_BV + 64 * 64 + p.k() * CHUNK_BV) * 4;
-            let cfg = LaunchConfig { grid_dim: (p.v().div_ceil(CHUNK_BV) as u32, gy, 1), block_dim: (256, 1, 1), shared_mem_bytes: smem as u32 };
+            let cfg =
+                LaunchConfig { grid_dim: (p.v().div_ceil(CHUNK_BV) as u32, gy, 1), block_dim: (256, 1, 1), shared_mem_bytes: smem as u32 };
             (CHUNK, format!("gla_chunk_fwd_{}", T::SUFFIX), cfg)
         }
     };
@@ -304,7 +316,14 @@ fn set_smem(f: &cudarc::driver::CudaFunction, name: &str, cfg: &LaunchConfig) ->
 
 /// The v2 chunked forward (bf16, K <= 128): state pass writing the bf16 state entering every
 /// chunk to a workspace, then the output pass, parallel over chunks.
-fn chunk_v2<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, o: &mut CudaSlice<T>, ht: Option<&mut CudaSlice<f32>>, state_only: bool) -> Result<()> {
+fn chunk_v2<T: Elem>(
+    cuda: &Cuda,
+    dp: &DevProblem,
+    x: &DevInputs<'_, T>,
+    o: &mut CudaSlice<T>,
+    ht: Option<&mut CudaSlice<f32>>,
+    state_only: bool,
+) -> Result<()> {
     let p = &dp.problem;
     let (_n, h, k, v, gw, scale, _rows) = dp.dims();
     let s = cuda.stream();
@@ -312,8 +331,14 @@ fn chunk_v2<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, o: &mut
     // SAFETY: every element the output pass reads is written by the state pass first (same stream)
     let mut hs = unsafe { s.alloc::<T>(hs_len) }.map_err(Error::driver(format!("alloc chunk states ({hs_len} x 2 B)")))?;
     let nh = p.n() * p.h();
-    let gz = u32::try_from(nh).ok().filter(|&z| z <= 65_535).ok_or_else(|| unsupported(format!("chunk v2: N*H = {nh} exceeds the grid's z limit 65535")))?;
-    let gx = u32::try_from(dp.n_chunks).ok().filter(|&x| x < i32::MAX as u32).ok_or_else(|| unsupported(format!("chunk v2: {} chunks", dp.n_chunks)))?;
+    let gz = u32::try_from(nh)
+        .ok()
+        .filter(|&z| z <= 65_535)
+        .ok_or_else(|| unsupported(format!("chunk v2: N*H = {nh} exceeds the grid's z limit 65535")))?;
+    let gx = u32::try_from(dp.n_chunks)
+        .ok()
+        .filter(|&x| x < i32::MAX as u32)
+        .ok_or_else(|| unsupported(format!("chunk v2: {} chunks", dp.n_chunks)))?;
     let null = 0u64;
     // SAFETY: written by the prep launch (rows of every chunk, dl of every chunk) before the state
     // pass reads them, same stream
@@ -345,7 +370,11 @@ fn chunk_v2<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, o: &mut
         let bvh = if tiles < 2 * 132 { 32 } else { 64 };
         let name = if bvh == 32 { "gla_chunk_h32_bf16" } else { "gla_chunk_h64_bf16" };
         let smem = CHUNK_H_STAGES * ((64 * 72 + 64 * (bvh + 8)) * 2 + 64 * 4);
-        let cfg = LaunchConfig { grid_dim: (p.v().div_ceil(bvh) as u32, p.k().div_ceil(64) as u32, gz), block_dim: (128, 1, 1), shared_mem_bytes: smem as u32 };
+        let cfg = LaunchConfig {
+            grid_dim: (p.v().div_ceil(bvh) as u32, p.k().div_ceil(64) as u32, gz),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
         let f = cuda.function(&CHUNK_V2, name)?;
         set_smem(&f, name, &cfg)?;
         let mut b = s.launch_builder(&f);
@@ -414,7 +443,14 @@ pub fn chunk_bwd2_smem_bytes(kp: usize) -> usize {
 ///
 /// # Errors
 /// Shape mismatch, unsupported shapes, launch or compile errors.
-pub fn gla_bwd_chunk<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, d_o: &CudaSlice<T>, dht: Option<&CudaSlice<f32>>, poison_out: bool) -> Result<DevGrads> {
+pub fn gla_bwd_chunk<T: Elem>(
+    cuda: &Cuda,
+    dp: &DevProblem,
+    x: &DevInputs<'_, T>,
+    d_o: &CudaSlice<T>,
+    dht: Option<&CudaSlice<f32>>,
+    poison_out: bool,
+) -> Result<DevGrads> {
     gla_bwd_chunk_stages(cuda, dp, x, d_o, dht, poison_out, usize::MAX)
 }
 
@@ -424,7 +460,15 @@ pub fn gla_bwd_chunk<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>
 ///
 /// # Errors
 /// As [`gla_bwd_chunk`].
-pub fn gla_bwd_chunk_stages<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, d_o: &CudaSlice<T>, dht: Option<&CudaSlice<f32>>, poison_out: bool, upto: usize) -> Result<DevGrads> {
+pub fn gla_bwd_chunk_stages<T: Elem>(
+    cuda: &Cuda,
+    dp: &DevProblem,
+    x: &DevInputs<'_, T>,
+    d_o: &CudaSlice<T>,
+    dht: Option<&CudaSlice<f32>>,
+    poison_out: bool,
+    upto: usize,
+) -> Result<DevGrads> {
     let op = "gla_bwd_chunk";
     check_inputs(op, dp, x)?;
     let p = &dp.problem;
@@ -433,7 +477,12 @@ pub fn gla_bwd_chunk_stages<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs
         check_len(op, "dht", p.state_len(), dht.len())?;
     }
     if !chunk_bwd_supported::<T>(p) {
-        return Err(unsupported(format!("chunked backward: bf16 with 48 < K <= {CHUNK_MAX_K}, V <= 128 (got {}, K = {}, V = {})", T::SUFFIX, p.k(), p.v())));
+        return Err(unsupported(format!(
+            "chunked backward: bf16 with 48 < K <= {CHUNK_MAX_K}, V <= 128 (got {}, K = {}, V = {})",
+            T::SUFFIX,
+            p.k(),
+            p.v()
+        )));
     }
     let (_n, h, k, v, gw, scale, _rows) = dp.dims();
     let s = cuda.stream();
@@ -467,7 +516,10 @@ pub fn gla_bwd_chunk_stages<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs
     let mut da = alloc(nc * p.h() * 4096, "dA", false)?;
     let mut sd = alloc(nc * p.h() * p.k(), "sd", false)?;
     let nh = p.n() * p.h();
-    let gz = u32::try_from(nh).ok().filter(|&z| z <= 65_535).ok_or_else(|| unsupported(format!("{op}: N*H = {nh} exceeds the grid's z limit 65535")))?;
+    let gz = u32::try_from(nh)
+        .ok()
+        .filter(|&z| z <= 65_535)
+        .ok_or_else(|| unsupported(format!("{op}: N*H = {nh} exceeds the grid's z limit 65535")))?;
     let gx = u32::try_from(nc).ok().filter(|&x| x < i32::MAX as u32).ok_or_else(|| unsupported(format!("{op}: {nc} chunks")))?;
     macro_rules! gate {
         ($b:expr) => {
@@ -507,7 +559,11 @@ pub fn gla_bwd_chunk_stages<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs
             (true, _) => "gla_chunk_dh64_bf16",
         };
         let smem = CHUNK_H_STAGES * ((64 * 72 + 64 * (bvh + 8)) * 2 + 64 * 4);
-        let cfg = LaunchConfig { grid_dim: (p.v().div_ceil(bvh) as u32, p.k().div_ceil(64) as u32, gz), block_dim: (128, 1, 1), shared_mem_bytes: smem as u32 };
+        let cfg = LaunchConfig {
+            grid_dim: (p.v().div_ceil(bvh) as u32, p.k().div_ceil(64) as u32, gz),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: smem as u32,
+        };
         let f = cuda.function(&CHUNK_V2, name)?;
         set_smem(&f, name, &cfg)?;
         let mut b = s.launch_builder(&f);
@@ -558,7 +614,8 @@ pub fn gla_bwd_chunk_stages<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs
     }
     {
         let name = "gla_chunk_bwd1_bf16";
-        let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_bwd1_smem_bytes(kp) as u32 };
+        let cfg =
+            LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_bwd1_smem_bytes(kp) as u32 };
         let f = cuda.function(&CHUNK_V2, name)?;
         set_smem(&f, name, &cfg)?;
         let mut b = s.launch_builder(&f);
@@ -574,7 +631,8 @@ pub fn gla_bwd_chunk_stages<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs
     }
     {
         let name = "gla_chunk_bwd2_bf16";
-        let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_bwd2_smem_bytes(kp) as u32 };
+        let cfg =
+            LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_bwd2_smem_bytes(kp) as u32 };
         let f = cuda.function(&CHUNK_V2, name)?;
         set_smem(&f, name, &cfg)?;
         let mut b = s.launch_builder(&f);
@@ -613,7 +671,13 @@ pub struct DevGrads {
 ///
 /// # Errors
 /// Shape mismatch, unsupported K, launch or compile errors.
-pub fn gla_bwd<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, d_o: &CudaSlice<T>, dht: Option<&CudaSlice<f32>>) -> Result<DevGrads> {
+pub fn gla_bwd<T: Elem>(
+    cuda: &Cuda,
+    dp: &DevProblem,
+    x: &DevInputs<'_, T>,
+    d_o: &CudaSlice<T>,
+    dht: Option<&CudaSlice<f32>>,
+) -> Result<DevGrads> {
     let op = "gla_bwd";
     check_inputs(op, dp, x)?;
     let p = &dp.problem;

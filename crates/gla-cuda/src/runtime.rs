@@ -56,13 +56,7 @@ pub fn nvrtc_version() -> Result<(i32, i32)> {
 
 /// The NVRTC options every kernel is compiled with, for `arch` (e.g. `sm_90a`).
 pub fn compile_options(arch: &str) -> Vec<String> {
-    vec![
-        format!("--gpu-architecture={arch}"),
-        "--std=c++17".into(),
-        "--fmad=true".into(),
-        "-default-device".into(),
-        "-lineinfo".into(),
-    ]
+    vec![format!("--gpu-architecture={arch}"), "--std=c++17".into(), "--fmad=true".into(), "-default-device".into(), "-lineinfo".into()]
 }
 
 /// FNV-1a, 64 bit: a hash that is stable across Rust versions and runs (the on-disk cache key).
@@ -91,7 +85,6 @@ pub fn cache_dir() -> Option<PathBuf> {
     }
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("gla"))
 }
-
 
 /// Compiles one kernel source with NVRTC to a CUBIN for `arch` (no GPU needed).
 ///
@@ -123,7 +116,8 @@ pub fn compile_cubin(src: &KernelSource, arch: &str) -> Result<Vec<u8>> {
 }
 
 fn compile_uncached(name: &str, code: &str, arch: &str, options: &[String]) -> Result<Vec<u8>> {
-    let nv_err = |status: String, log: String| Error::Nvrtc { kernel: name.into(), arch: arch.into(), status, options: options.to_vec(), log };
+    let nv_err =
+        |status: String, log: String| Error::Nvrtc { kernel: name.into(), arch: arch.into(), status, options: options.to_vec(), log };
     let c_src = CString::new(code).map_err(|_| nv_err("source holds a NUL byte".into(), String::new()))?;
     let c_name = CString::new(name).map_err(|_| nv_err("name holds a NUL byte".into(), String::new()))?;
     let prog = nvrtc_result::create_program(&c_src, Some(&c_name)).map_err(|e| nv_err(format!("{e:?}"), String::new()))?;
@@ -131,9 +125,8 @@ fn compile_uncached(name: &str, code: &str, arch: &str, options: &[String]) -> R
     // destroyed on every path below
     let out = unsafe {
         let compiled = nvrtc_result::compile_program(prog, options);
-        let log = nvrtc_result::get_program_log(prog)
-            .map(|raw| CStr::from_ptr(raw.as_ptr()).to_string_lossy().into_owned())
-            .unwrap_or_default();
+        let log =
+            nvrtc_result::get_program_log(prog).map(|raw| CStr::from_ptr(raw.as_ptr()).to_string_lossy().into_owned()).unwrap_or_default();
         match compiled {
             Err(e) => Err(nv_err(format!("{e:?}"), log)),
             Ok(()) => {
@@ -170,7 +163,8 @@ fn keep_pool_memory(ctx: &Arc<CudaContext>) {
     unsafe {
         if sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()) == sys::CUresult::CUDA_SUCCESS {
             let mut threshold: u64 = u64::MAX;
-            let _ = sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, (&raw mut threshold).cast());
+            let _ =
+                sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, (&raw mut threshold).cast());
         }
     }
 }

@@ -10,7 +10,11 @@ use gla_cuda::runtime::{compile_cubin, nvrtc_available, nvrtc_version, ARCH_HOPP
 fn every_kernel_compiles_for_sm90a() {
     let required = std::env::var("GLA_REQUIRE_NVRTC").is_ok_and(|v| v == "1");
     if !nvrtc_available() {
-        assert!(!required, "GLA_REQUIRE_NVRTC=1 but libnvrtc cannot be loaded (LD_LIBRARY_PATH={:?})", std::env::var("LD_LIBRARY_PATH").ok());
+        assert!(
+            !required,
+            "GLA_REQUIRE_NVRTC=1 but libnvrtc cannot be loaded (LD_LIBRARY_PATH={:?})",
+            std::env::var("LD_LIBRARY_PATH").ok()
+        );
         eprintln!("NOTICE: libnvrtc not found, kernel compile check SKIPPED (run .ci/nvrtc-setup.sh and export LD_LIBRARY_PATH)");
         return;
     }

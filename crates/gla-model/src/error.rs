@@ -110,6 +110,10 @@ pub enum Error {
     /// damaged, or made by another tokenizer.
     #[error(transparent)]
     Text(#[from] crate::text::TextError),
+    /// The device running the math (a training [`crate::train::Engine`], the GPU) failed; the
+    /// message is the device's full error (kernel, grid, driver or cuBLAS status).
+    #[error("device: {0}")]
+    Device(String),
     /// The training state does not match the run it is resumed into.
     #[error("resume: {reason}")]
     Resume {

@@ -11,9 +11,9 @@
 pub mod checkpoint;
 pub mod config;
 pub mod data;
+mod error;
 pub mod generate;
 pub mod infer;
-mod error;
 pub mod model;
 pub mod ops;
 pub mod optim;
@@ -26,10 +26,10 @@ pub mod tokenizer;
 pub mod train;
 
 pub use config::{Dims, GlaConfig};
+pub use data::Mqar;
 pub use error::{Error, Result};
 pub use model::{shift_labels, Activations, GlaModel, LossOut, IGNORE_INDEX};
 pub use params::Layout;
 pub use rng::Rng;
-pub use train::{EvalStats, StepStats, TrainConfig, Trainer};
-pub use data::Mqar;
 pub use text::{CorpusTokenizer, TextData, TextError, TextTask};
+pub use train::{Engine, EvalStats, StepStats, TrainConfig, Trainer};

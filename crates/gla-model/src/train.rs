@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, OPTIMIZER_FILE, STATE_FILE};
 use crate::data::Mqar;
-use crate::model::{Activations, GlaModel};
+use crate::model::{Activations, GlaModel, LossOut};
 use crate::optim::{clip_grad_norm, cosine_lr, AdamW, AdamWConfig};
 use crate::text::{TextData, TextTask};
 use crate::{Error, GlaConfig, Result};
@@ -167,8 +167,43 @@ pub struct TrainerState {
     pub evals: Vec<EvalStats>,
 }
 
+/// A device that runs the model's training math in place of the CPU (the GPU: gla-cuda's
+/// `GpuEngine`). It holds its own copy of the weights, gradients and AdamW moments, and a batch
+/// shape `[B, T]` fixed when it is made; the [`Trainer`] keeps driving the data, the schedule and
+/// the checkpoints, and downloads the device's state into its host model and optimizer before
+/// each checkpoint.
+pub trait Engine: Send {
+    /// A short description (device name), for logs.
+    fn name(&self) -> String;
+    /// Forward of one `[B, T]` batch; see [`GlaModel::forward`].
+    ///
+    /// # Errors
+    /// Device errors, mapped to [`Error::Device`].
+    fn forward(&mut self, ids: &[u32], targets: &[i64]) -> Result<LossOut>;
+    /// Backward of the last forward, accumulating `scale * d(mean loss)` into the gradients.
+    ///
+    /// # Errors
+    /// As [`Engine::forward`].
+    fn backward(&mut self, scale: f32) -> Result<()>;
+    /// Zeroes the gradients.
+    ///
+    /// # Errors
+    /// As [`Engine::forward`].
+    fn zero_grads(&mut self) -> Result<()>;
+    /// Clips the gradients to global norm `clip` (0: none) and takes one AdamW step at `lr`;
+    /// returns the norm before clipping. A non-finite norm leaves the weights untouched.
+    ///
+    /// # Errors
+    /// As [`Engine::forward`].
+    fn update(&mut self, cfg: &AdamWConfig, lr: f32, clip: f32) -> Result<f64>;
+    /// Copies the device's weights into `model.params` and its moments and step into `opt`.
+    ///
+    /// # Errors
+    /// As [`Engine::forward`].
+    fn download(&self, model: &mut GlaModel, opt: &mut AdamW) -> Result<()>;
+}
+
 /// A model, its optimizer, buffers and position in the data stream.
-#[derive(Debug)]
 pub struct Trainer {
     /// The model being trained.
     pub model: GlaModel,
@@ -188,6 +223,19 @@ pub struct Trainer {
     grads: Vec<f32>,
     ids: Vec<u32>,
     targets: Vec<i64>,
+    /// When set, the math runs there; `model` and `opt` are refreshed from it by [`Trainer::sync`].
+    engine: Option<Box<dyn Engine>>,
+}
+
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("params", &self.model.num_params())
+            .field("step", &self.opt.step)
+            .field("cursor", &self.cursor)
+            .field("engine", &self.engine.as_ref().map(|e| e.name()))
+            .finish_non_exhaustive()
+    }
 }
 
 const EVAL_STREAM: u64 = 0x0005_EED0_E7A1;
@@ -234,7 +282,45 @@ impl Trainer {
             cursor,
             losses,
             evals,
+            engine: None,
         })
+    }
+
+    /// Moves the math to a device: `make` receives the host model, the optimizer state and the
+    /// batch shape `(B, T)` and returns the engine (which uploads what it needs). The CPU
+    /// activations and gradients are released.
+    ///
+    /// # Errors
+    /// Whatever `make` returns.
+    pub fn with_engine(mut self, make: impl FnOnce(&GlaModel, &AdamW, usize, usize) -> Result<Box<dyn Engine>>) -> Result<Self> {
+        let e = make(&self.model, &self.opt, self.cfg.batch_size, self.cfg.seq_len())?;
+        self.engine = Some(e);
+        self.acts = Activations::new(&self.model.dims, 0, 0);
+        self.grads = Vec::new();
+        Ok(self)
+    }
+
+    /// The engine's name, or `cpu`.
+    pub fn device_name(&self) -> String {
+        self.engine.as_ref().map_or_else(|| "cpu".into(), |e| e.name())
+    }
+
+    /// Brings `model` and `opt` up to date with the engine (no-op on the CPU).
+    ///
+    /// # Errors
+    /// Device errors.
+    pub fn sync(&mut self) -> Result<()> {
+        if let Some(e) = &self.engine {
+            e.download(&mut self.model, &mut self.opt)?;
+        }
+        Ok(())
+    }
+
+    fn fwd(&mut self) -> Result<LossOut> {
+        match &mut self.engine {
+            Some(e) => e.forward(&self.ids, &self.targets),
+            None => self.model.forward(&mut self.acts, &self.ids, &self.targets),
+        }
     }
 
     /// Optimizer steps taken.
@@ -252,32 +338,48 @@ impl Trainer {
     /// # Errors
     /// [`Error::Diverged`] when the loss or the gradient norm is not finite; op errors.
     pub fn step(&mut self) -> Result<StepStats> {
-        let c = &self.cfg;
         let step = self.opt.step;
-        self.grads.fill(0.0);
+        match &mut self.engine {
+            Some(e) => e.zero_grads()?,
+            None => self.grads.fill(0.0),
+        }
         let (mut loss, mut correct, mut valid) = (0.0, 0usize, 0usize);
-        let scale = 1.0 / c.grad_accum as f32;
-        for _ in 0..c.grad_accum {
+        let accum = self.cfg.grad_accum;
+        let scale = 1.0 / accum as f32;
+        for _ in 0..accum {
+            let c = &self.cfg;
             match &self.text {
                 Some(d) => d.batch(c.data_seed, self.cursor, c.batch_size, &mut self.ids, &mut self.targets),
                 None => c.task.batch(c.data_seed, self.cursor, c.batch_size, &mut self.ids, &mut self.targets),
             }
             self.cursor += c.batch_size as u64;
-            let out = self.model.forward(&mut self.acts, &self.ids, &self.targets)?;
-            self.model.backward(&mut self.acts, &mut self.grads, scale)?;
-            loss += out.loss / c.grad_accum as f64;
+            let out = self.fwd()?;
+            match &mut self.engine {
+                Some(e) => e.backward(scale)?,
+                None => self.model.backward(&mut self.acts, &mut self.grads, scale)?,
+            }
+            loss += out.loss / accum as f64;
             correct += out.correct;
             valid += out.n_valid;
         }
         if !loss.is_finite() {
             return Err(Error::Diverged { step: step + 1, what: "loss", value: loss });
         }
-        let grad_norm = clip_grad_norm(&mut self.grads, c.clip);
+        let c = &self.cfg;
+        let lr = cosine_lr(step, c.lr, c.min_lr, c.warmup, c.decay_steps.unwrap_or(c.steps));
+        let grad_norm = match &mut self.engine {
+            // the engine leaves the weights alone when the norm is not finite
+            Some(e) => e.update(&c.adamw, lr, c.clip)?,
+            None => clip_grad_norm(&mut self.grads, c.clip),
+        };
         if !grad_norm.is_finite() {
             return Err(Error::Diverged { step: step + 1, what: "gradient norm", value: grad_norm });
         }
-        let lr = cosine_lr(step, c.lr, c.min_lr, c.warmup, c.decay_steps.unwrap_or(c.steps));
-        self.opt.update(&mut self.model.params, &self.grads, lr);
+        match &self.engine {
+            // the host optimizer only counts steps here; its moments are refreshed by `sync`
+            Some(_) => self.opt.step += 1,
+            None => self.opt.update(&mut self.model.params, &self.grads, lr),
+        }
         self.losses.push(loss);
         Ok(StepStats { step: step + 1, loss, acc: correct as f64 / valid.max(1) as f64, grad_norm, lr, tokens: self.tokens_per_step() })
     }
@@ -289,7 +391,7 @@ impl Trainer {
     /// # Errors
     /// Op errors.
     pub fn evaluate(&mut self) -> Result<EvalStats> {
-        let c = &self.cfg;
+        let c = self.cfg.clone();
         let seed = c.data_seed ^ EVAL_STREAM;
         let n = self.text.as_ref().map_or(c.eval_examples, |d| d.eval_windows(c.eval_examples));
         let batches = n.div_ceil(c.batch_size).max(1);
@@ -301,7 +403,7 @@ impl Trainer {
                 }
                 None => c.task.batch(seed, (i * c.batch_size) as u64, c.batch_size, &mut self.ids, &mut self.targets),
             }
-            let out = self.model.forward(&mut self.acts, &self.ids, &self.targets)?;
+            let out = self.fwd()?;
             loss_sum += out.loss * out.n_valid as f64;
             correct += out.correct;
             valid += out.n_valid;
@@ -317,7 +419,8 @@ impl Trainer {
     ///
     /// # Errors
     /// [`Error::Io`], [`Error::Safetensors`].
-    pub fn save(&self, run: &Path, keep: usize) -> Result<PathBuf> {
+    pub fn save(&mut self, run: &Path, keep: usize) -> Result<PathBuf> {
+        self.sync()?;
         fs::create_dir_all(run).map_err(|e| Error::io("create dir", run, e))?;
         let name = format!("checkpoint-{}", self.opt.step);
         let tmp = run.join(format!(".tmp-{name}-{}", std::process::id()));

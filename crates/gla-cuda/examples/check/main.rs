@@ -20,7 +20,8 @@ fn main() {
     let mut failed = false;
     if !args.iter().any(|a| a == "--bench-only") {
         let t0 = std::time::Instant::now();
-        let opts = if quick { CheckOptions { long: false, huge: false, repeat: true, ops: true, model: true } } else { CheckOptions::default() };
+        let opts =
+            if quick { CheckOptions { long: false, huge: false, repeat: true, ops: true, model: true } } else { CheckOptions::default() };
         match check(&cuda, opts) {
             Ok(rows) => {
                 print!("{}", format_table(&rows));
