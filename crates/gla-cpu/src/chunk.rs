@@ -119,7 +119,7 @@ impl Chunk {
         let (mut gc, mut eg) = (vec![0.0; m * kd], vec![0.0; m * kd]);
         let ok = |row: &[f32], check| first_bad(row, check).is_none();
         let mut good = true;
-        for (r, t) in rows.enumerate() {
+        for (r, t) in rows.clone().enumerate() {
             let (q_t, k_t, v_t) = (x.q.row(t), x.k.row(t), x.v.row(t));
             good &= ok(q_t, Check::Finite) & ok(k_t, Check::Finite) & ok(v_t, Check::Finite);
             qs.extend(q_t.iter().map(|&e| e * x.scale));
@@ -128,30 +128,65 @@ impl Chunk {
             let (prev, cur) = gc[r.saturating_sub(1) * kd..(r + 1) * kd].split_at_mut(if r == 0 { 0 } else { kd });
             x.g_row(t, cur);
             good &= ok(cur, Check::Gate);
-            eg[r * kd..(r + 1) * kd].copy_from_slice(cur);
             cur.iter_mut().zip(prev.iter()).for_each(|(c, p)| *c += *p);
         }
         if !good {
             x.flag_bad();
         }
         // G does not increase inside a chunk, so its last row holds every channel's minimum
-        let table = (m > 0 && gc[(m - 1) * kd..m * kd].iter().fold(true, |ok, &g| ok & (g > TABLE_MIN_G))).then(|| {
-            let e: Vec<f32> = gc.iter().map(|&g| fexp(g)).collect();
-            let inv: Vec<f32> = e.iter().map(|&v| 1.0 / v).collect();
-            (e, inv)
-        });
-        match &table {
-            // exp(g[r]) = exp(G[r]) / exp(G[r-1]), and exp(g[0]) = exp(G[0])
-            Some((e, inv)) => {
-                for r in (0..m).rev() {
+        let table_ok = m > 0 && gc[(m - 1) * kd..m * kd].iter().fold(true, |ok, &g| ok & (g > TABLE_MIN_G));
+        let table = if table_ok {
+            // one pass: exp(G), its inverse, and the per-step decays exp(g[r]) = exp(G[r]) / exp(G[r-1])
+            let (mut e, mut inv) = (vec![0.0f32; m * kd], vec![0.0f32; m * kd]);
+            for r in 0..m {
+                let (g, er) = (&gc[r * kd..(r + 1) * kd], &mut e[r * kd..(r + 1) * kd]);
+                for i in 0..kd {
+                    er[i] = fexp(g[i]);
+                }
+                let (done, cur) = inv.split_at_mut(r * kd);
+                let ir = &mut cur[..kd];
+                for i in 0..kd {
+                    ir[i] = 1.0 / er[i];
+                }
+                let egr = &mut eg[r * kd..(r + 1) * kd];
+                if r == 0 {
+                    egr.copy_from_slice(er);
+                } else {
+                    let ip = &done[(r - 1) * kd..r * kd];
                     for i in 0..kd {
-                        eg[r * kd + i] = if r == 0 { e[i] } else { e[r * kd + i] * inv[(r - 1) * kd + i] };
+                        egr[i] = er[i] * ip[i];
                     }
                 }
             }
-            None => eg.iter_mut().for_each(|g| *g = fexp(*g)),
-        }
+            Some((e, inv))
+        } else {
+            // exp(g) of each step from the gate rows themselves (exact; no table)
+            for (r, t) in rows.enumerate() {
+                let egr = &mut eg[r * kd..(r + 1) * kd];
+                x.g_row(t, egr);
+                egr.iter_mut().for_each(|g| *g = fexp(*g));
+            }
+            None
+        };
         Self { m, qs, k, v, gc, eg, table }
+    }
+
+    /// The decay factors of row `r` relative to `base`: `exp(G[r] - G[base])` when `to` is
+    /// false (`base` at or before `r`; `None`: `G = 0` there), `exp(G[base] - G[r])` when `to`
+    /// is true (`base` at or after `r`). Every exponent is <= 0.
+    #[inline]
+    fn factors(&self, r: usize, base: Option<usize>, to: bool, kd: usize) -> Factors<'_> {
+        fn row(v: &[f32], i: usize, kd: usize) -> &[f32] {
+            &v[i * kd..(i + 1) * kd]
+        }
+        match (&self.table, base, to) {
+            (Some((e, _)), None, _) => Factors::One(row(e, r, kd)),
+            (Some((e, inv)), Some(b), false) => Factors::Two(row(e, r, kd), row(inv, b, kd)),
+            (Some((e, inv)), Some(b), true) => Factors::Two(row(e, b, kd), row(inv, r, kd)),
+            (None, None, _) => Factors::Exp(row(&self.gc, r, kd)),
+            (None, Some(b), false) => Factors::ExpDiff(row(&self.gc, r, kd), row(&self.gc, b, kd)),
+            (None, Some(b), true) => Factors::ExpDiff(row(&self.gc, b, kd), row(&self.gc, r, kd)),
+        }
     }
 
     /// `x[i, :] *= exp(G[rows.start + i, :] - G[base, :])` (`base` `None`: `G = 0` there), the
@@ -159,27 +194,7 @@ impl Chunk {
     /// From the table when there is one (two multiplies), else one exponential per element.
     fn decay_from(&self, x: &mut [f32], rows: std::ops::Range<usize>, base: Option<usize>, kd: usize) {
         for (xr, r) in x.chunks_exact_mut(kd).zip(rows) {
-            match (&self.table, base) {
-                (Some((e, _)), None) => xr.iter_mut().zip(&e[r * kd..(r + 1) * kd]).for_each(|(x, &f)| *x *= f),
-                (Some((e, inv)), Some(b)) => {
-                    let (er, ib) = (&e[r * kd..(r + 1) * kd], &inv[b * kd..(b + 1) * kd]);
-                    for i in 0..kd {
-                        xr[i] *= er[i] * ib[i];
-                    }
-                }
-                (None, b) => {
-                    let g = &self.gc[r * kd..(r + 1) * kd];
-                    match b {
-                        None => xr.iter_mut().zip(g).for_each(|(x, &g)| *x *= fexp(g)),
-                        Some(b) => {
-                            let gb = &self.gc[b * kd..(b + 1) * kd];
-                            for i in 0..kd {
-                                xr[i] *= fexp(g[i] - gb[i]);
-                            }
-                        }
-                    }
-                }
-            }
+            self.factors(r, base, false, kd).scale(xr);
         }
     }
 
@@ -187,21 +202,18 @@ impl Chunk {
     /// which is at or after the rows (exponents <= 0).
     fn decay_to(&self, x: &mut [f32], rows: std::ops::Range<usize>, base: usize, kd: usize) {
         for (xr, r) in x.chunks_exact_mut(kd).zip(rows) {
-            match &self.table {
-                Some((e, inv)) => {
-                    let (eb, ir) = (&e[base * kd..(base + 1) * kd], &inv[r * kd..(r + 1) * kd]);
-                    for i in 0..kd {
-                        xr[i] *= eb[i] * ir[i];
-                    }
-                }
-                None => {
-                    let (gb, g) = (&self.gc[base * kd..(base + 1) * kd], &self.gc[r * kd..(r + 1) * kd]);
-                    for i in 0..kd {
-                        xr[i] *= fexp(gb[i] - g[i]);
-                    }
-                }
-            }
+            self.factors(r, Some(base), true, kd).scale(xr);
         }
+    }
+
+    /// `src` rows `rows` times their decay (as [`Chunk::decay_from`] / [`Chunk::decay_to`]
+    /// with `to`), written into a new buffer in one pass (no copy first).
+    fn decayed(&self, src: &[f32], rows: std::ops::Range<usize>, base: Option<usize>, to: bool, kd: usize) -> Vec<f32> {
+        let mut out = vec![0.0; rows.len() * kd];
+        for ((o, x), r) in out.chunks_exact_mut(kd).zip(src[rows.start * kd..rows.end * kd].chunks_exact(kd)).zip(rows) {
+            self.factors(r, base, to, kd).scaled_into(o, x);
+        }
+        out
     }
 
     /// `exp(G[r, :])`, `[K]`.
@@ -213,15 +225,79 @@ impl Chunk {
     }
     /// `qs * exp(G)`, `[m, K]`.
     fn qg(&self, kd: usize) -> Vec<f32> {
-        let mut qg = self.qs.clone();
-        self.decay_from(&mut qg, 0..self.m, None, kd);
-        qg
+        self.decayed(&self.qs, 0..self.m, None, false, kd)
     }
     /// `k * exp(Gl - G)`, `[m, K]`.
     fn kg(&self, kd: usize) -> Vec<f32> {
-        let mut kg = self.k.clone();
-        self.decay_to(&mut kg, 0..self.m, self.m - 1, kd);
-        kg
+        self.decayed(&self.k, 0..self.m, Some(self.m - 1), true, kd)
+    }
+}
+
+/// One row's decay factors (see [`Chunk::factors`]).
+enum Factors<'a> {
+    /// `e`
+    One(&'a [f32]),
+    /// `e * inv`
+    Two(&'a [f32], &'a [f32]),
+    /// `exp(g)`
+    Exp(&'a [f32]),
+    /// `exp(a - b)`
+    ExpDiff(&'a [f32], &'a [f32]),
+}
+
+impl Factors<'_> {
+    /// `x *= factors`.
+    #[inline]
+    fn scale(&self, x: &mut [f32]) {
+        let n = x.len();
+        match *self {
+            Factors::One(e) => x.iter_mut().zip(&e[..n]).for_each(|(x, &f)| *x *= f),
+            Factors::Two(e, inv) => {
+                let (e, inv) = (&e[..n], &inv[..n]);
+                for i in 0..n {
+                    x[i] *= e[i] * inv[i];
+                }
+            }
+            Factors::Exp(g) => x.iter_mut().zip(&g[..n]).for_each(|(x, &g)| *x *= fexp(g)),
+            Factors::ExpDiff(a, b) => {
+                let (a, b) = (&a[..n], &b[..n]);
+                for i in 0..n {
+                    x[i] *= fexp(a[i] - b[i]);
+                }
+            }
+        }
+    }
+    /// `out = x * factors`.
+    #[inline]
+    fn scaled_into(&self, out: &mut [f32], x: &[f32]) {
+        let n = out.len();
+        let x = &x[..n];
+        match *self {
+            Factors::One(e) => {
+                let e = &e[..n];
+                for i in 0..n {
+                    out[i] = x[i] * e[i];
+                }
+            }
+            Factors::Two(e, inv) => {
+                let (e, inv) = (&e[..n], &inv[..n]);
+                for i in 0..n {
+                    out[i] = x[i] * (e[i] * inv[i]);
+                }
+            }
+            Factors::Exp(g) => {
+                let g = &g[..n];
+                for i in 0..n {
+                    out[i] = x[i] * fexp(g[i]);
+                }
+            }
+            Factors::ExpDiff(a, b) => {
+                let (a, b) = (&a[..n], &b[..n]);
+                for i in 0..n {
+                    out[i] = x[i] * fexp(a[i] - b[i]);
+                }
+            }
+        }
     }
 }
 
@@ -330,10 +406,8 @@ fn intra_a(ch: &Chunk, kd: usize) -> Vec<f32> {
         let r1 = (r0 + BC).min(m);
         if r0 > 0 {
             // normaliser: the block's first row
-            let mut qn = qs[r0 * kd..r1 * kd].to_vec();
-            ch.decay_from(&mut qn, r0..r1, Some(r0), kd);
-            let mut kn = k[..r0 * kd].to_vec();
-            ch.decay_to(&mut kn, 0..r0, r0, kd);
+            let qn = ch.decayed(qs, r0..r1, Some(r0), false, kd);
+            let kn = ch.decayed(k, 0..r0, Some(r0), true, kd);
             matmul(&mut a[r0 * m..], m, MatRef::new(&qn, r1 - r0, kd, kd), MatRef::new(&kn, r0, kd, kd).t(), false);
         }
         let step = if no_denormals(&ch.gc, r0, r1, kd) { step_dot::<false> } else { step_dot::<true> };
@@ -361,8 +435,7 @@ fn intra_bwd(ch: &Chunk, da: &[f32], kd: usize, dqs: &mut [f32], dk: &mut [f32])
         let mb = r1 - r0;
         // dqs rows of this block from earlier blocks; normaliser: first row of the block
         if r0 > 0 {
-            let mut kn = k[..r0 * kd].to_vec();
-            ch.decay_to(&mut kn, 0..r0, r0, kd);
+            let kn = ch.decayed(k, 0..r0, Some(r0), true, kd);
             let mut tmp = vec![0.0; mb * kd];
             matmul(&mut tmp, kd, MatRef::new(&da[r0 * m..], mb, r0, m), MatRef::new(&kn, r0, kd, kd), false);
             ch.decay_from(&mut tmp, r0..r1, Some(r0), kd);
@@ -370,8 +443,7 @@ fn intra_bwd(ch: &Chunk, da: &[f32], kd: usize, dqs: &mut [f32], dk: &mut [f32])
         }
         // dk rows of this block from later blocks; normaliser: last row of the block
         if r1 < m {
-            let mut qn = qs[r1 * kd..m * kd].to_vec();
-            ch.decay_from(&mut qn, r1..m, Some(r1 - 1), kd);
+            let qn = ch.decayed(qs, r1..m, Some(r1 - 1), false, kd);
             let mut tmp = vec![0.0; mb * kd];
             matmul(&mut tmp, kd, MatRef::new(&da[r1 * m + r0..], m - r1, mb, m).t(), MatRef::new(&qn, m - r1, kd, kd), false);
             ch.decay_to(&mut tmp, r0..r1, r1 - 1, kd);
