@@ -33,6 +33,14 @@ pub const STATE_FILE: &str = "trainer_state.json";
 /// In a run directory: the name of the newest complete checkpoint directory.
 pub const LATEST_FILE: &str = "latest";
 
+/// The dtype of every weight file this crate writes ([`save_model`],
+/// [`crate::shards::save_sharded`]): f32, whatever dtype the model was loaded from (bf16 and f16
+/// checkpoints are widened on load).
+pub const WEIGHTS_DTYPE: Dtype = Dtype::F32;
+/// [`WEIGHTS_DTYPE`] as PyTorch names it: the `"dtype"` that [`GlaConfig::to_json`] writes into
+/// `config.json`, which transformers 5 loads the weights in.
+pub const WEIGHTS_TORCH_DTYPE: &str = "float32";
+
 /// Writes `bytes` to `path` atomically ([`gla_core::io::write_atomic`]: a temp file in the same
 /// directory, fsync, rename, directory sync).
 ///
@@ -63,7 +71,7 @@ fn to_safetensors(layout: &Layout, data: &[f32], prefix: &str, format_pt: bool) 
     let views = bytes
         .iter()
         .map(|(n, shape, b)| {
-            TensorView::new(Dtype::F32, shape.clone(), b)
+            TensorView::new(WEIGHTS_DTYPE, shape.clone(), b)
                 .map(|v| (n.clone(), v))
                 .map_err(|e| Error::Safetensors { path: n.clone(), reason: e.to_string() })
         })
@@ -161,6 +169,8 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// Writes `config.json` and `model.safetensors` into `dir` (created if needed), atomically each.
+/// The weights are f32 ([`WEIGHTS_DTYPE`]) and the config's `"dtype"` says so, also for a model
+/// loaded from a bf16 or f16 checkpoint ([`GlaConfig::to_json`]).
 ///
 /// # Errors
 /// [`Error::Io`], [`Error::Safetensors`].

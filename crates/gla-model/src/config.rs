@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::WEIGHTS_TORCH_DTYPE;
 use crate::{Error, Result};
 
 /// fla's `GLAConfig`. Field docs give fla's default.
@@ -33,7 +34,8 @@ pub struct GlaConfig {
     pub expand_k: f64,
     /// value_dim = int(D * expand_v). Default 1.0.
     pub expand_v: f64,
-    /// MLP width ratio used when `intermediate_size` is null. Default 4.
+    /// MLP width ratio used when `intermediate_size` is null. Default 4; null also means 4
+    /// (fla's `GatedMLP`: `if hidden_ratio is None: hidden_ratio = 4`).
     pub hidden_ratio: Option<f64>,
     /// MLP width I. Default null: `256 * ceil(int(D * hidden_ratio * 2/3) / 256)`.
     pub intermediate_size: Option<usize>,
@@ -53,7 +55,8 @@ pub struct GlaConfig {
     pub conv_size: usize,
     /// Swish output gate g_proj. Default true.
     pub use_output_gate: bool,
-    /// Lower clamp of the log-gate. Default null.
+    /// Lower clamp of the log-gate: `g = max(logsigmoid(x) / 16, clamp_min)`. Default null.
+    /// Must be <= 0 (0 means no decay at all); a positive value is refused, see [`GlaConfig::dims`].
     pub clamp_min: Option<f64>,
     /// Activation of the MLP and the output gate: "swish" (or "silu"). Default "swish".
     pub hidden_act: String,
@@ -71,7 +74,9 @@ pub struct GlaConfig {
     pub attn: Option<serde_json::Value>,
     /// Hugging Face generation flag. Default true.
     pub use_cache: bool,
-    /// Padding token: its embedding row is zero at init and gets no gradient. Default null.
+    /// Padding token: its embedding row gets no gradient from its use as an input (PyTorch's
+    /// `padding_idx`). It is initialised like every other row (random, not zero), as fla does.
+    /// Default null.
     pub pad_token_id: Option<i64>,
     /// Default 1.
     pub bos_token_id: Option<serde_json::Value>,
@@ -182,11 +187,11 @@ pub struct Dims {
     pub output_gate: bool,
     /// Name of the per-head norm: `g_norm_swish_gate` (fused, swish gate) or `g_norm`.
     pub gnorm_name: &'static str,
-    /// Lower clamp of the log-gate.
+    /// Lower clamp of the log-gate (<= 0).
     pub clamp_min: Option<f32>,
     /// lm_head tied to the embedding.
     pub tied: bool,
-    /// Padding token (zero row, no gradient).
+    /// Padding token (its row gets no gradient from the embedding lookup).
     pub pad: Option<usize>,
     /// Init std.
     pub init_std: f32,
@@ -216,11 +221,26 @@ impl GlaConfig {
         serde_json::from_str(text).map_err(|source| Error::Json { what: "config.json".into(), source })
     }
 
-    /// The config as `config.json` text (fla's keys plus `architectures`, as Hugging Face writes).
+    /// The config as `config.json` text to be written beside weights of this crate (fla's keys
+    /// plus `architectures`, as Hugging Face writes), with `"dtype"` set to
+    /// [`WEIGHTS_TORCH_DTYPE`] (every weight file this crate writes is f32) whatever the config
+    /// was loaded with, and no `"torch_dtype"`.
     pub fn to_json(&self) -> String {
         let mut c = self.clone();
         c.extra.entry("architectures".into()).or_insert_with(|| serde_json::json!(["GLAForCausalLM"]));
-        c.extra.entry("torch_dtype".into()).or_insert_with(|| "float32".into());
+        // The dtype keys must describe the weights written now, not the checkpoint this config
+        // was read from: transformers 5 (`from_pretrained`'s default `dtype="auto"`, which fla
+        // 0.6.0 requires: transformers >= 5.6.2) loads the weights in `config.dtype`, so a
+        // `"dtype": "bfloat16"` kept from a bf16 fla checkpoint would load our f32 weights as
+        // bf16. Hugging Face's own `save_pretrained` also overwrites it with the model's dtype.
+        c.extra.insert("dtype".into(), WEIGHTS_TORCH_DTYPE.into());
+        // `torch_dtype` is dropped, not rewritten: transformers 5 reads it only when `dtype` is
+        // absent and never writes it (fla 0.6.0's own config.json holds `dtype` alone, see
+        // tests/fixtures/fla). transformers 4 reads only `torch_dtype`; finding none, its
+        // `torch_dtype="auto"` takes the dtype of the first floating-point weight (f32 here) and
+        // its default loads f32 anyway. So leaving it out is right for both, while a stale copy
+        // (`"torch_dtype": "bfloat16"` from an older checkpoint) would mislead transformers 4.
+        c.extra.remove("torch_dtype");
         serde_json::to_string_pretty(&c).unwrap_or_default()
     }
 
@@ -304,11 +324,19 @@ impl GlaConfig {
         let intermediate = match (self.intermediate_size, self.hidden_ratio) {
             (Some(i), _) if i > 0 => i,
             (Some(_), _) => return Err(bad("intermediate_size", "must be > 0")),
-            (None, Some(r)) if r.is_finite() && r > 0.0 => {
+            (None, r) => {
+                // fla's GatedMLP (fla/modules/mlp.py): `if hidden_ratio is None: hidden_ratio = 4`,
+                // then `int(hidden_size * hidden_ratio * 2 / 3)` rounded up to a multiple of 256
+                let r = r.unwrap_or(4.0);
+                if !(r.is_finite() && r > 0.0) {
+                    return Err(bad(
+                        "hidden_ratio",
+                        format!("needs a positive number (or null = 4) when intermediate_size is null, found {r}"),
+                    ));
+                }
                 let i = (d as f64 * r * 2.0 / 3.0) as usize;
                 256 * i.div_ceil(256)
             }
-            (None, r) => return Err(bad("hidden_ratio", format!("needs a positive number when intermediate_size is null, found {r:?}"))),
         };
         if self.use_short_conv && self.conv_size == 0 {
             return Err(bad("conv_size", "must be > 0"));
@@ -320,8 +348,19 @@ impl GlaConfig {
             return Err(bad("initializer_range", format!("must be >= 0, found {}", self.initializer_range)));
         }
         if let Some(c) = self.clamp_min {
-            if !(c.is_finite() && c < 0.0) {
-                return Err(bad("clamp_min", format!("must be a negative number or null, found {c}")));
+            // fla takes any value (`torch.clamp_min(gk, clamp_min)`, no check). 0 is legal: every
+            // log-gate becomes 0, no decay. A positive value would make every log-gate equal to
+            // it (logsigmoid / 16 is <= 0), a state that grows each step: fla computes that, but
+            // the GLA op here refuses positive log-gates (`gla_core::Error::BadGate`), so such a
+            // config is refused now, by name, rather than at the first forward.
+            if c.is_nan() || c > 0.0 {
+                return Err(bad(
+                    "clamp_min",
+                    format!(
+                        "must be <= 0 or null, found {c}: the log-gate is max(logsigmoid(x) / 16, clamp_min), so a positive clamp_min \
+                         gives positive log-gates (a growing state), which the GLA op refuses (log-gates must be <= 0)"
+                    ),
+                ));
             }
         }
         let pad = match self.pad_token_id {

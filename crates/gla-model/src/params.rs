@@ -166,8 +166,17 @@ impl Layout {
         self.specs.iter().position(|s| s.name == name)
     }
 
-    /// Fills an arena with fla's init: normal(0, std) weights, zero biases, unit norms, and the
-    /// padding row of the embedding zeroed (as Hugging Face does for `padding_idx`).
+    /// Fills an arena with fla's init: normal(0, std) weights (the padding row of the embedding
+    /// included), zero biases, unit norms.
+    ///
+    /// The padding row is NOT zeroed, as in fla 0.6.0: `nn.Embedding(padding_idx=...)` zeroes it
+    /// at construction, but `post_init` then runs fla's own `FLAPreTrainedModel._init_weights`
+    /// (fla/models/modeling_utils.py), whose Embedding branch is only
+    /// `nn.init.normal_(module.weight, ...)` over the whole matrix (transformers 5's init guard
+    /// skips only tensors already loaded from a checkpoint). That override replaces Hugging Face's
+    /// default `_init_weights`, the one that zeroes `weight[padding_idx]`. So a fresh fla model has
+    /// a random padding row: `pad_token_id` changes no initial value here and only stops the row's
+    /// gradient from the embedding lookup (`ops::embedding_bwd`).
     pub fn init(&self, dims: &Dims, seed: u64) -> Vec<f32> {
         let mut w = vec![0.0f32; self.numel];
         let mut rng = Rng::new(seed);
@@ -178,10 +187,6 @@ impl Layout {
                 Init::Zeros => dst.fill(0.0),
                 Init::Ones => dst.fill(1.0),
             }
-        }
-        if let Some(p) = dims.pad {
-            let e = &self.specs[self.embeddings];
-            w[e.offset + p * dims.d..e.offset + (p + 1) * dims.d].fill(0.0);
         }
         w
     }
