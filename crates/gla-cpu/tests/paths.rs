@@ -102,3 +102,31 @@ fn long_sequence_with_strong_decay_stays_finite() {
         assert!(f.o.iter().any(|&x| x > 0.0));
     }
 }
+
+/// Many (sequence, head) pairs: the per-sequence forward walks heads in lockstep groups (H = 8,
+/// 2 sequences, with a varlen split and an initial state), which must give exactly the numbers
+/// of one head at a time (the per-chunk schedule never groups) and match the oracle; both the
+/// table path (gate scale 1) and the block path without a table (gate scale 0.1, strong decay).
+#[test]
+fn lockstep_heads_match_one_head_at_a_time() {
+    for (gate_scale, varlen) in [(1.0, false), (0.1, false), (1.0, true)] {
+        let spec = if varlen {
+            ProblemSpec { b: 1, t: 300, h: 8, k: 24, v: 20, gate: GateKind::PerKey, scale: None, cu_seqlens: Some(vec![0, 130, 130, 300]) }
+        } else {
+            ProblemSpec { b: 2, t: 150, h: 8, k: 24, v: 20, gate: GateKind::PerKey, scale: None, cu_seqlens: None }
+        };
+        let d = CaseData::generate(&Case { name: "lockstep".into(), spec, gate_scale, h0: true }, 11).unwrap();
+        let (q, k, v, g, h0) = (to_f32(&d.q), to_f32(&d.k), to_f32(&d.v), to_f32(&d.g), to_f32(&d.h0));
+        let x = Inputs { q: &q, k: &k, v: &v, g: Some(&g), h0: Some(&h0) };
+        // in a 2-thread pool, 16-24 pairs are grouped 4 heads per task
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let grouped = pool.install(|| Chunked { schedule: Schedule::PerSequence }.forward(&d.problem, &x, true).unwrap());
+        let single = Chunked { schedule: Schedule::PerChunk }.forward(&d.problem, &x, true).unwrap();
+        assert_eq!(grouped.o, single.o, "gate scale {gate_scale}, varlen {varlen}: o");
+        assert_eq!(grouped.ht, single.ht, "gate scale {gate_scale}, varlen {varlen}: ht");
+        let r = common::reference(&d);
+        for (name, err) in common::errors_f32(&Chunked { schedule: Schedule::PerSequence }, &d, &r) {
+            assert!(err <= 1e-5, "gate scale {gate_scale}, varlen {varlen}, {name}: {err:e}");
+        }
+    }
+}
