@@ -42,6 +42,9 @@ struct Entry {
     pass: &'static str,
     ms: f64,
     gflops: f64,
+    /// median rate of the GEMM products run right before each timed call
+    gemm_gflops: f64,
+    /// median over calls of (op GFLOP/s / the GEMM GFLOP/s just before it), %
     pct_gemm_peak: f64,
 }
 
@@ -54,55 +57,64 @@ struct Report {
     results: Vec<Entry>,
 }
 
-/// Median wall time of `reps` runs of `f`, after one warm-up run, in ms.
-fn time_ms(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    f()?;
-    let mut t = Vec::with_capacity(reps);
-    for _ in 0..reps.max(1) {
-        let s = Instant::now();
-        f()?;
-        t.push(s.elapsed().as_secs_f64() * 1e3);
+/// One f32 product `1536^3` on all threads through the same gemm crate the CPU paths use;
+/// returns its GFLOP/s.
+fn gemm_once(a: &[f32], c: &mut [f32], n: usize) -> f64 {
+    let s = Instant::now();
+    // SAFETY: a is n x n and c is n x n, both row-major and live for the call; c does not alias a.
+    unsafe {
+        gemm::gemm(
+            n,
+            n,
+            n,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            n as isize,
+            a.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        );
     }
-    t.sort_by(f64::total_cmp);
-    Ok(t[t.len() / 2])
+    2.0 * (n * n * n) as f64 / s.elapsed().as_secs_f64() / 1e9
 }
 
-/// f32 GEMM peak of this machine on all threads: the best of square products through the same
-/// gemm crate the CPU paths use.
-fn gemm_peak_gflops() -> f64 {
+/// Times `f` against the GEMM in alternation: each of `reps` rounds runs one GEMM product, then
+/// `f` once (after one untimed warm-up of each). This machine's speed drifts by 20-40% within
+/// seconds (a shared VM), so a peak measured once at the start and an op timed later give ratios
+/// anywhere from 25% to 50% for the same code; a GEMM run right before each op call sees the same
+/// conditions. Returns the median op time (ms), the median GEMM rate (GFLOP/s) and the median
+/// over rounds of `op GFLOP/s / GEMM GFLOP/s` for `flops` (%).
+fn time_vs_gemm(reps: usize, flops: f64, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64, f64)> {
     let n = 1536;
     let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
     let mut c = vec![0.0f32; n * n];
-    let mut best = 0.0f64;
-    for _ in 0..6 {
+    gemm_once(&a, &mut c, n);
+    f()?;
+    let (mut ms, mut peak, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps.max(1) {
+        let g = gemm_once(&a, &mut c, n);
         let s = Instant::now();
-        // SAFETY: a is n x n and c is n x n, both row-major and live for the call; c does not alias a.
-        unsafe {
-            gemm::gemm(
-                n,
-                n,
-                n,
-                c.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                a.as_ptr(),
-                1,
-                n as isize,
-                a.as_ptr(),
-                1,
-                n as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::Rayon(0),
-            );
-        }
-        best = best.max(2.0 * (n * n * n) as f64 / s.elapsed().as_secs_f64() / 1e9);
+        f()?;
+        let t = s.elapsed().as_secs_f64() * 1e3;
+        ms.push(t);
+        peak.push(g);
+        ratio.push(100.0 * flops / t / 1e6 / g);
     }
-    best
+    let med = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    Ok((med(&mut ms), med(&mut peak), med(&mut ratio)))
 }
 
 pub fn ops(a: &OpsArgs) -> Result<bool> {
@@ -112,9 +124,8 @@ pub fn ops(a: &OpsArgs) -> Result<bool> {
     }
     let shapes = if a.shape.is_empty() { vec![[1, 8192, 4, 128, 128]] } else { a.shape.clone() };
     let threads = rayon::current_num_threads();
-    let peak = gemm_peak_gflops();
     let cpu = cpu_name();
-    println!("device: cpu ({cpu}), {threads} threads; f32 GEMM peak measured now: {peak:.1} GFLOP/s");
+    println!("device: cpu ({cpu}), {threads} threads; each timed call follows an f32 GEMM (1536^3) whose rate is its reference");
     let mut results = Vec::new();
     for [b, t, h, k, v] in shapes {
         let p = Problem::new(ProblemSpec { b, t, h, k, v, gate: GateKind::PerKey, scale: None, cu_seqlens: None })
@@ -127,24 +138,24 @@ pub fn ops(a: &OpsArgs) -> Result<bool> {
         let x = Inputs { q: &q, k: &kk, v: &vv, g: Some(&g), h0: None };
         let (ffl, bfl) = p.chunk_flops();
         let shape = format!("{b}x{t}x{h}x{k}x{v}");
-        let fwd = time_ms(a.reps, || Chunked::default().forward(&p, &x, false).map(drop).map_err(Into::into))?;
-        let fb = time_ms(a.reps, || {
+        let fwd = time_vs_gemm(a.reps, ffl, || Chunked::default().forward(&p, &x, false).map(drop).map_err(Into::into))?;
+        let fb = time_vs_gemm(a.reps, ffl + bfl, || {
             Chunked::default().forward(&p, &x, false)?;
             Chunked::default().backward(&p, &x, &Backward { d_o: &d_o, dht: None })?;
             Ok(())
         })?;
-        let rec = time_ms(a.reps.min(3), || FusedRecurrent.forward(&p, &x, false).map(drop).map_err(Into::into))?;
         // the recurrent path does 4KV flops per token and head (update + read), not the chunk count
         let rec_fl = 4.0 * (p.rows() * h * k * v) as f64;
-        for (pass, ms, fl) in [("chunk fwd", fwd, ffl), ("chunk fwd+bwd", fb, ffl + bfl), ("recurrent fwd", rec, rec_fl)] {
-            let gflops = fl / ms / 1e6;
-            results.push(Entry { shape: shape.clone(), pass, ms, gflops, pct_gemm_peak: 100.0 * gflops / peak });
+        let rec = time_vs_gemm(a.reps.min(3), rec_fl, || FusedRecurrent.forward(&p, &x, false).map(drop).map_err(Into::into))?;
+        for (pass, (ms, gemm_gflops, pct), fl) in [("chunk fwd", fwd, ffl), ("chunk fwd+bwd", fb, ffl + bfl), ("recurrent fwd", rec, rec_fl)] {
+            results.push(Entry { shape: shape.clone(), pass, ms, gflops: fl / ms / 1e6, gemm_gflops, pct_gemm_peak: pct });
         }
     }
-    println!("{:<22} {:<15} {:>10} {:>10} {:>11}", "shape BxTxHxKxV", "pass", "ms", "GFLOP/s", "% of peak");
+    println!("{:<22} {:<15} {:>10} {:>10} {:>12} {:>11}", "shape BxTxHxKxV", "pass", "ms", "GFLOP/s", "GEMM GFLOP/s", "% of GEMM");
     for e in &results {
-        println!("{:<22} {:<15} {:>10.2} {:>10.1} {:>10.1}%", e.shape, e.pass, e.ms, e.gflops, e.pct_gemm_peak);
+        println!("{:<22} {:<15} {:>10.2} {:>10.1} {:>12.1} {:>10.1}%", e.shape, e.pass, e.ms, e.gflops, e.gemm_gflops, e.pct_gemm_peak);
     }
+    let peak = results.iter().map(|e| e.gemm_gflops).fold(0.0, f64::max);
     if let Some(path) = &a.json {
         let unix_time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let report = Report { unix_time, device: format!("cpu: {cpu}"), threads, gemm_f32_peak_gflops: peak, results };
