@@ -24,9 +24,15 @@ pub struct Args {
     /// Also write the rows as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
-    /// GPU: only the language-model checks (GPU model against the CPU model), not the op table.
+    /// GPU: only the language-model checks (GPU model against the CPU model and fla's
+    /// fixtures), not the op table.
     #[arg(long)]
     model_only: bool,
+    /// GPU: fla's own fixtures (`tools/fla_fixtures.py`), one directory per model; the GPU
+    /// model's loss and gradients are checked against fla's. Default: the repository's
+    /// (run from its root).
+    #[arg(long, default_value = "crates/gla-model/tests/fixtures/fla")]
+    fla_fixtures: std::path::PathBuf,
 }
 
 #[derive(Serialize)]
@@ -107,7 +113,13 @@ fn run_cuda(a: &Args) -> Result<bool> {
     if a.model_only {
         opts = gla_cuda::check::CheckOptions { long: false, huge: false, repeat: false, ops: false, model: true };
     }
-    let (device, mut rows) = gla_cuda::check::check_device(opts)?;
+    let cuda = gla_cuda::Cuda::new()?;
+    let device = format!("{} ({})", cuda.name(), cuda.arch());
+    let mut rows = gla_cuda::check::check(&cuda, opts)?;
+    let n_fixtures = gla_cuda::model_check::fla_fixture_check(&cuda, &a.fla_fixtures, &mut rows)?;
+    if n_fixtures == 0 {
+        eprintln!("note: no fla fixtures under {} (pass --fla-fixtures DIR); GPU-vs-fla rows skipped", a.fla_fixtures.display());
+    }
     if let Some(f) = &a.filter {
         rows.retain(|r| r.case.contains(f.as_str()));
     }

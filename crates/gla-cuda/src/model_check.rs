@@ -16,7 +16,11 @@
 //! floor, measured on the CPU in the same check: rounding error stays within it, a wrong
 //! gradient (a bug gives errors of order 1) does not.
 
+use std::path::Path;
 use std::sync::Arc;
+
+use safetensors::tensor::Dtype;
+use safetensors::SafeTensors;
 
 use gla_core::testing;
 use gla_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
@@ -64,14 +68,90 @@ fn row(case: &str, tensor: &'static str, err: f64, tol: f64, note: String) -> Ch
     CheckRow { case: case.into(), algo: "model", dtype: "bf16", tensor, rel_rmse: err, tol, pass: err.is_finite() && err <= tol, note }
 }
 
+fn cpu_err(e: gla_model::Error) -> crate::Error {
+    crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() })
+}
+
+/// What the GPU is compared with: the CPU f32 model's own loss and gradients, or fla's.
+struct Reference<'a> {
+    what: &'static str,
+    loss: f64,
+    grads: &'a [f32],
+}
+
+/// Loss, per-parameter and overall gradient rows of the GPU model against `reference` on one
+/// batch (gradient tolerances from the CPU model's bf16-weights floor, module doc); returns the
+/// GPU model (after the backward) for further checks.
+#[allow(clippy::too_many_arguments)]
+fn compare(
+    cuda: &Arc<Cuda>,
+    name: &str,
+    cpu: &GlaModel,
+    ids: &[u32],
+    targets: &[i64],
+    b: usize,
+    t: usize,
+    scale: f32,
+    reference: Option<Reference<'_>>,
+    out: &mut Vec<CheckRow>,
+) -> Result<(GpuModel, Vec<f32>)> {
+    let mut acts = Activations::new(&cpu.dims, b, t);
+    let want = cpu.forward(&mut acts, ids, targets).map_err(cpu_err)?;
+    let mut g_cpu = vec![0.0f32; cpu.num_params()];
+    cpu.backward(&mut acts, &mut g_cpu, scale).map_err(cpu_err)?;
+
+    let mut gpu = GpuModel::new(cuda.clone(), cpu)?;
+    let mut gacts = gpu.activations(b, t)?;
+    let got = gpu.forward(&mut gacts, ids, targets)?;
+    gpu.zero_grads()?;
+    gpu.backward(&mut gacts, scale)?;
+    let g_gpu = gpu.grads_to_host()?;
+
+    // the conditioning floor: the same CPU model with only its weights rounded to bf16
+    let rounded: Vec<f32> = cpu.params.iter().map(|&x| crate::ops::bf16_to_f32(crate::ops::f32_to_bf16(x))).collect();
+    let cpu_r = GlaModel::from_params(cpu.config.clone(), rounded).map_err(cpu_err)?;
+    let mut acts_r = Activations::new(&cpu.dims, b, t);
+    cpu_r.forward(&mut acts_r, ids, targets).map_err(cpu_err)?;
+    let mut g_floor = vec![0.0f32; cpu.num_params()];
+    cpu_r.backward(&mut acts_r, &mut g_floor, scale).map_err(cpu_err)?;
+
+    let (ref_what, ref_loss, ref_grads) = match &reference {
+        Some(r) => (r.what, r.loss, r.grads),
+        None => ("cpu", want.loss, &g_cpu[..]),
+    };
+    let lerr = (got.loss - ref_loss).abs() / ref_loss.abs().max(1e-12);
+    out.push(row(name, "loss", lerr, TOL_LOSS, format!("{ref_what} {ref_loss:.6} gpu {:.6}", got.loss)));
+    let rows_ok = got.n_valid == want.n_valid;
+    out.push(row(name, "rows", if rows_ok { 0.0 } else { 1.0 }, 0.0, format!("labelled rows cpu {} gpu {}", want.n_valid, got.n_valid)));
+    // worst parameter by error / tolerance
+    let mut worst = (f64::NEG_INFINITY, 0.0, 0.0, String::new());
+    for spec in &cpu.layout.specs {
+        let e = rel_rmse(&g_gpu[spec.range()], &ref_grads[spec.range()]);
+        let tol = TOL_GRAD.max(FLOOR_FACTOR * rel_rmse(&g_floor[spec.range()], &g_cpu[spec.range()]));
+        let ratio = if e.is_finite() { e / tol } else { f64::INFINITY };
+        if ratio > worst.0 {
+            worst = (ratio, e, tol, spec.name.clone());
+        }
+    }
+    out.push(row(name, "grad-max", worst.1, worst.2, format!("vs {ref_what}; worst (error / tolerance) {}", worst.3)));
+    let floor_all = rel_rmse(&g_floor, &g_cpu);
+    out.push(row(
+        name,
+        "grad-all",
+        rel_rmse(&g_gpu, ref_grads),
+        TOL_GRAD.max(FLOOR_FACTOR * floor_all),
+        format!("vs {ref_what}; {} parameters; bf16-weights floor {floor_all:.2e}", cpu.num_params()),
+    ));
+    Ok((gpu, g_gpu))
+}
+
 /// Runs the model checks on `cuda`, appending rows to `out`.
 ///
 /// # Errors
 /// Set-up failures (allocation, a config the GPU model refuses).
 pub fn model_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
     for (seed, (name, cfg, b, t)) in configs().into_iter().enumerate() {
-        let cpu = GlaModel::new(cfg, 7 + seed as u64)
-            .map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cuda", what: e.to_string() }))?;
+        let cpu = GlaModel::new(cfg, 7 + seed as u64).map_err(cpu_err)?;
         let vocab = cpu.dims.vocab;
         let mut rng = Rng::new(100 + seed as u64);
         let ids: Vec<u32> = (0..b * t).map(|_| rng.below(vocab) as u32).collect();
@@ -82,57 +162,7 @@ pub fn model_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
         }
         let targets = shift_labels(&labels, t);
         let scale = 0.5f32; // as with two accumulation steps
-
-        let mut acts = Activations::new(&cpu.dims, b, t);
-        let want = cpu
-            .forward(&mut acts, &ids, &targets)
-            .map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() }))?;
-        let mut g_cpu = vec![0.0f32; cpu.num_params()];
-        cpu.backward(&mut acts, &mut g_cpu, scale)
-            .map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() }))?;
-
-        let mut gpu = GpuModel::new(cuda.clone(), &cpu)?;
-        let mut gacts = gpu.activations(b, t)?;
-        let got = gpu.forward(&mut gacts, &ids, &targets)?;
-        gpu.zero_grads()?;
-        gpu.backward(&mut gacts, scale)?;
-        let g_gpu = gpu.grads_to_host()?;
-
-        let lerr = (got.loss - want.loss).abs() / want.loss.abs().max(1e-12);
-        out.push(row(name, "loss", lerr, TOL_LOSS, format!("cpu {:.6} gpu {:.6}", want.loss, got.loss)));
-        let acc_ok = got.n_valid == want.n_valid;
-        out.push(row(name, "rows", if acc_ok { 0.0 } else { 1.0 }, 0.0, format!("labelled rows cpu {} gpu {}", want.n_valid, got.n_valid)));
-        // the conditioning floor: the same CPU model with only its weights rounded to bf16
-        let rounded: Vec<f32> = cpu.params.iter().map(|&x| crate::ops::bf16_to_f32(crate::ops::f32_to_bf16(x))).collect();
-        let cpu_r = GlaModel::from_params(cpu.config.clone(), rounded)
-            .map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() }))?;
-        let mut acts_r = Activations::new(&cpu.dims, b, t);
-        cpu_r
-            .forward(&mut acts_r, &ids, &targets)
-            .map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() }))?;
-        let mut g_floor = vec![0.0f32; cpu.num_params()];
-        cpu_r
-            .backward(&mut acts_r, &mut g_floor, scale)
-            .map_err(|e| crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() }))?;
-        // worst parameter by error / tolerance
-        let mut worst = (f64::NEG_INFINITY, 0.0, 0.0, String::new());
-        for spec in &cpu.layout.specs {
-            let e = rel_rmse(&g_gpu[spec.range()], &g_cpu[spec.range()]);
-            let tol = TOL_GRAD.max(FLOOR_FACTOR * rel_rmse(&g_floor[spec.range()], &g_cpu[spec.range()]));
-            let ratio = if e.is_finite() { e / tol } else { f64::INFINITY };
-            if ratio > worst.0 {
-                worst = (ratio, e, tol, spec.name.clone());
-            }
-        }
-        out.push(row(name, "grad-max", worst.1, worst.2, format!("worst (error / tolerance) {}", worst.3)));
-        let floor_all = rel_rmse(&g_floor, &g_cpu);
-        out.push(row(
-            name,
-            "grad-all",
-            rel_rmse(&g_gpu, &g_cpu),
-            TOL_GRAD.max(FLOOR_FACTOR * floor_all),
-            format!("{} parameters; bf16-weights floor {floor_all:.2e}", cpu.num_params()),
-        ));
+        let (mut gpu, g_gpu) = compare(cuda, name, &cpu, &ids, &targets, b, t, scale, None, out)?;
 
         // one AdamW step with clipping, from the GPU's own gradients, against the CPU optimizer
         let cfg = AdamWConfig::default();
@@ -149,4 +179,54 @@ pub fn model_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
         out.push(row(name, "adamw", rel_rmse(&delta_gpu, &delta_cpu), TOL_ADAMW, format!("grad norm cpu {norm_cpu:.6} gpu {norm_gpu:.6}")));
     }
     Ok(())
+}
+
+/// The GPU model against fla's own fixtures (`tools/fla_fixtures.py`: a tiny fla model, one
+/// batch, fla's loss and every parameter's gradient, f32 with IEEE dots): every directory under
+/// `root` holding `config.json`, `model.safetensors` and `fixture.safetensors`. Returns how many
+/// were checked (0 when `root` holds none; the caller says so).
+///
+/// # Errors
+/// A fixture that does not load (named), set-up failures.
+pub fn fla_fixture_check(cuda: &Arc<Cuda>, root: &Path, out: &mut Vec<CheckRow>) -> Result<usize> {
+    let mut dirs: Vec<_> = std::fs::read_dir(root)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("fixture.safetensors").is_file()).collect())
+        .unwrap_or_default();
+    dirs.sort();
+    let bad = |what: String| crate::Error::Op(gla_core::Error::Unsupported { backend: "fixture", what });
+    for dir in &dirs {
+        let name = format!("fla-{}", dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()));
+        let cpu = gla_model::checkpoint::load_model(dir).map_err(cpu_err)?;
+        let path = dir.join("fixture.safetensors");
+        let bytes = std::fs::read(&path).map_err(|e| bad(format!("read {}: {e}", path.display())))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        let tensor = |n: &str, dtype: Dtype| {
+            let t = st.tensor(n).map_err(|_| bad(format!("{}: no tensor {n}", path.display())))?;
+            if t.dtype() != dtype {
+                return Err(bad(format!("{}: {n} is {:?}, expected {dtype:?}", path.display(), t.dtype())));
+            }
+            Ok(t)
+        };
+        let ids_t = tensor("input_ids", Dtype::I64)?;
+        let [b, t] = <[usize; 2]>::try_from(ids_t.shape()).map_err(|_| bad(format!("{}: input_ids is not [B, T]", path.display())))?;
+        let ids64: Vec<i64> = ids_t.data().chunks_exact(8).map(|x| i64::from_le_bytes(x.try_into().unwrap_or([0; 8]))).collect();
+        let f32s = |d: &[u8]| -> Vec<f32> { d.chunks_exact(4).map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]])).collect() };
+        let loss = f64::from(f32s(tensor("loss", Dtype::F32)?.data()).first().copied().unwrap_or(f32::NAN));
+        let mut grads = vec![0.0f32; cpu.num_params()];
+        for spec in &cpu.layout.specs {
+            let g = f32s(tensor(&format!("grad.{}", spec.name), Dtype::F32)?.data());
+            if g.len() != spec.numel() {
+                return Err(bad(format!("{}: grad.{} has {} values, expected {}", path.display(), spec.name, g.len(), spec.numel())));
+            }
+            grads[spec.range()].copy_from_slice(&g);
+        }
+        let vocab = cpu.dims.vocab as i64;
+        if let Some(x) = ids64.iter().find(|&&x| !(0..vocab).contains(&x)) {
+            return Err(bad(format!("{}: input id {x} outside the vocabulary", path.display())));
+        }
+        let ids: Vec<u32> = ids64.iter().map(|&x| x as u32).collect();
+        let targets = shift_labels(&ids64, t);
+        compare(cuda, &name, &cpu, &ids, &targets, b, t, 1.0, Some(Reference { what: "fla", loss, grads: &grads }), out)?;
+    }
+    Ok(dirs.len())
 }
