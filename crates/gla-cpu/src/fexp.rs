@@ -12,7 +12,7 @@ const ROUND: f32 = 12_582_912.0;
 /// `exp(x)` for finite `x`.
 #[inline(always)]
 #[allow(clippy::manual_clamp)] // f32::clamp's NaN handling stops the vectoriser
-pub(crate) fn fexp(x: f32) -> f32 {
+pub fn fexp(x: f32) -> f32 {
     // plain selects, not f32::clamp/max: their NaN rules stop the loop vectoriser
     let xc = if x < -87.0 {
         -87.0

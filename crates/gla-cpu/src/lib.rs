@@ -25,7 +25,7 @@
 
 mod chunk;
 mod driver;
-mod fexp;
+pub mod fexp;
 pub mod mat;
 mod naive;
 mod recurrent;
