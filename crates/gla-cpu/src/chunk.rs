@@ -343,6 +343,11 @@ fn scores(ch: &Chunk, qg: &[f32], kd: usize) -> Vec<f32> {
 fn intra_a_table(ch: &Chunk, qg: &[f32], inv: &[f32], kd: usize) -> Vec<f32> {
     let m = ch.m;
     let kinv: Vec<f32> = ch.k.iter().zip(&inv[..m * kd]).map(|(&k, &i)| k * i).collect();
+    // 1 / exp(G) reaches 5.5e34 at the table's limit: a key above ~6e3 in such a channel would
+    // overflow; the blocks (every factor <= 1) take those chunks
+    if first_bad(&kinv, Check::Finite).is_some() {
+        return intra_a(ch, kd);
+    }
     let mut a = vec![0.0; m * m];
     matmul(&mut a, m, MatRef::new(qg, m, kd, kd), MatRef::new(&kinv, m, kd, kd).t(), false);
     for r in 0..m {
@@ -514,13 +519,18 @@ fn lockstep_heads(p: &Problem, threads: usize) -> usize {
     g
 }
 
+/// Outputs of at least this size are written with streaming stores (no read of each
+/// destination line first; 5% of the forward at the benchmark shape, 16 MB of output).
+const STREAM_OUTPUT_BYTES: usize = 8 << 20;
+
 /// Cache budget for the states of heads walked in lockstep (a fraction of a 1-2 MB L2).
 const LOCKSTEP_STATE_BYTES: usize = 256 << 10;
 
 /// The per-sequence forward over several heads of one sequence in lockstep: chunk by chunk, each
 /// head in turn. The heads' rows are adjacent in memory (`[T, H, D]` layout), so each chunk's
 /// reads cover `heads x D` contiguous values per row instead of `D` at a stride of `H x D`
-/// (measured: strided reads cost ~25% at H = 4). Same arithmetic as [`forward_seq`], bit for bit.
+/// (measured: strided reads cost ~25% at H = 4). A group of one head is the plain one-pass
+/// forward; every group size gives the same numbers bit for bit.
 fn forward_lockstep(xs: &[SeqIn<'_, f32>], outs: &[SeqOut<'_, f32>]) -> Vec<Vec<f32>> {
     let (kd, vd) = (xs[0].kd, xs[0].vd);
     let nt = xs[0].l.div_ceil(BT);
@@ -546,28 +556,12 @@ fn forward_lockstep(xs: &[SeqIn<'_, f32>], outs: &[SeqOut<'_, f32>]) -> Vec<Vec<
     states
 }
 
-fn forward_seq(x: &SeqIn<'_, f32>, out: &SeqOut<'_, f32>, per_chunk: bool) -> Vec<f32> {
+/// The forward of one (sequence, head) with its chunk states materialised and the output stage
+/// parallel over chunks (the per-chunk schedule; the one-pass schedule is [`forward_lockstep`]).
+fn forward_per_chunk(x: &SeqIn<'_, f32>, out: &SeqOut<'_, f32>) -> Vec<f32> {
     let (kd, vd, kv) = (x.kd, x.vd, x.kd * x.vd);
     let nt = x.l.div_ceil(BT);
     let mut s = x.state0();
-    if !per_chunk {
-        let mut o = vec![0.0; BT * vd];
-        for c in 0..nt {
-            // the next chunk's rows arrive while this one computes (spread as in forward_lockstep)
-            let pf = |part: usize| x.prefetch((c + 1) * BT + part * BT / 4, BT / 4);
-            pf(0);
-            let ch = Chunk::load(x, c);
-            pf(1);
-            let o = &mut o[..ch.m * vd];
-            out_chunk(&ch, &s, kd, vd, o);
-            pf(2);
-            // SAFETY: each chunk's rows are written once, by this thread.
-            unsafe { out.write_o(c * BT, o) };
-            pf(3);
-            state_update(&ch, &mut s, kd, vd);
-        }
-        return s;
-    }
     let mut h = vec![0.0; nt * kv];
     for c in 0..nt {
         h[c * kv..(c + 1) * kv].copy_from_slice(&s);
@@ -697,9 +691,12 @@ impl GlaOp<f32> for Chunked {
             Schedule::PerChunk => true,
         };
         let group = if per_chunk { 1 } else { lockstep_heads(p, rayon::current_num_threads()) };
-        driver::forward_grouped(self.name(), p, x, output_final_state, Validation::InLoad, group, |xs, os| {
-            if group == 1 {
-                xs.iter().zip(os).map(|(s, o)| forward_seq(s, o, per_chunk)).collect()
+        // outputs larger than this stream past the caches (see driver::Sink); smaller ones are
+        // likely read again soon (the model's next op) and stay cached
+        let stream = p.v_len() * 4 >= STREAM_OUTPUT_BYTES;
+        driver::forward_grouped(self.name(), p, x, output_final_state, Validation::InLoad, group, stream, |xs, os| {
+            if per_chunk {
+                xs.iter().zip(os).map(|(s, o)| forward_per_chunk(s, o)).collect()
             } else {
                 forward_lockstep(xs, os)
             }

@@ -135,6 +135,8 @@ struct Sink<T> {
     len: usize,
     nh: usize,
     d: usize,
+    /// write rows with streaming stores (see [`Sink::streaming`])
+    stream: bool,
 }
 
 // SAFETY: a Sink is only written through `write`, whose contract makes concurrent writes touch
@@ -145,7 +147,17 @@ unsafe impl<T: Send> Sync for Sink<T> {}
 
 impl<T: Copy> Sink<T> {
     fn new(v: &mut [T], nh: usize, d: usize) -> Self {
-        Self { ptr: v.as_mut_ptr(), len: v.len(), nh, d }
+        Self { ptr: v.as_mut_ptr(), len: v.len(), nh, d, stream: false }
+    }
+    /// Streaming (non-temporal) stores when `on` and every row is whole 16-byte units at
+    /// 16-byte addresses: for large outputs written in blocks of rows and read much later, it
+    /// saves the read of each destination line a normal store makes first. Not for outputs
+    /// written a row at a time (one fence per call) or read right away (they would leave the
+    /// caches).
+    fn streaming(mut self, on: bool) -> Self {
+        let row_bytes = self.d * std::mem::size_of::<T>();
+        self.stream = on && cfg!(target_arch = "x86_64") && row_bytes.is_multiple_of(16) && (self.ptr as usize).is_multiple_of(16);
+        self
     }
     /// Writes `src [n, D]` to rows `r0..r0 + n` of head `h`.
     ///
@@ -153,24 +165,28 @@ impl<T: Copy> Sink<T> {
     /// No other thread may write or read the same (row, head) elements during the call, and the
     /// buffer the sink was made from must be alive and not otherwise borrowed.
     unsafe fn write(&self, r0: usize, h: usize, src: &[T]) {
+        let n = src.len() / self.d;
+        if n == 0 {
+            return;
+        }
+        // the last row's end bounds every row (checked before any store, so a failing check
+        // never leaves streaming stores unfenced)
+        assert!(((r0 + n - 1) * self.nh + h + 1) * self.d <= self.len, "sink row out of bounds");
         let row_bytes = self.d * std::mem::size_of::<T>();
-        // streaming stores when every row is whole 16-byte units at 16-byte addresses
-        let stream = cfg!(target_arch = "x86_64") && row_bytes.is_multiple_of(16) && (self.ptr as usize).is_multiple_of(16);
         for (i, row) in src.chunks_exact(self.d).enumerate() {
             let o = ((r0 + i) * self.nh + h) * self.d;
-            assert!(o + self.d <= self.len, "sink row out of bounds");
-            if stream {
+            if self.stream {
                 // SAFETY: in bounds (checked above), 16-byte aligned (base and row size are
-                // multiples of 16); disjointness is the caller's contract.
+                // multiples of 16, `streaming`); disjointness is the caller's contract.
                 unsafe { stream_copy(row.as_ptr().cast::<u8>(), self.ptr.add(o).cast::<u8>(), row_bytes) };
             } else {
                 // SAFETY: in bounds (checked above); disjointness is the caller's contract.
                 unsafe { std::ptr::copy_nonoverlapping(row.as_ptr(), self.ptr.add(o), self.d) };
             }
         }
-        if stream {
+        if self.stream {
             // streaming stores are weakly ordered: make them visible before any later store
-            // (the task's completion, which another thread synchronises with)
+            // of this thread (the task's completion, which another thread synchronises with)
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a store fence has no preconditions
             unsafe {
@@ -340,13 +356,14 @@ pub(crate) fn forward<T: Real>(
     how: Validation,
     f: impl Fn(&SeqIn<'_, T>, &SeqOut<'_, T>) -> Vec<T> + Sync,
 ) -> Result<Forward<T>> {
-    forward_grouped(op, p, x, output_final_state, how, 1, |xs, os| xs.iter().zip(os).map(|(x, o)| f(x, o)).collect())
+    forward_grouped(op, p, x, output_final_state, how, 1, false, |xs, os| xs.iter().zip(os).map(|(x, o)| f(x, o)).collect())
 }
 
 /// As [`forward`], with each task taking `group` consecutive heads of one sequence (`group`
 /// divides H): `f` gets their views and sinks in head order and returns their final states in
 /// the same order. Lets an algorithm walk several heads in lockstep, so that it reads rows of
-/// adjacent heads, which sit next to each other in memory, close together in time.
+/// adjacent heads, which sit next to each other in memory, close together in time. `stream`:
+/// write `o` with streaming stores (for outputs too large to stay cached; see [`Sink`]).
 pub(crate) fn forward_grouped<T: Real>(
     op: &'static str,
     p: &Problem,
@@ -354,6 +371,7 @@ pub(crate) fn forward_grouped<T: Real>(
     output_final_state: bool,
     how: Validation,
     group: usize,
+    stream: bool,
     f: impl Fn(&[SeqIn<'_, T>], &[SeqOut<'_, T>]) -> Vec<Vec<T>> + Sync,
 ) -> Result<Forward<T>> {
     validate(op, p, x, None, how)?;
@@ -361,7 +379,7 @@ pub(crate) fn forward_grouped<T: Real>(
     let (nh, kv) = (p.h(), p.k() * p.v());
     let group = if group > 0 && nh.is_multiple_of(group) { group } else { 1 };
     let mut o = poisoned(p.v_len());
-    let sink = Sink::new(&mut o, nh, p.v());
+    let sink = Sink::new(&mut o, nh, p.v()).streaming(stream);
     let states: Vec<Vec<Vec<T>>> = (0..p.n() * nh / group)
         .into_par_iter()
         .map(|i| {
