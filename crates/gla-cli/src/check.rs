@@ -29,10 +29,11 @@ pub struct Args {
     #[arg(long)]
     model_only: bool,
     /// GPU: fla's own fixtures (`tools/fla_fixtures.py`), one directory per model; the GPU
-    /// model's loss and gradients are checked against fla's. Default: the repository's
-    /// (run from its root).
-    #[arg(long, default_value = "crates/gla-model/tests/fixtures/fla")]
-    fla_fixtures: std::path::PathBuf,
+    /// model's loss, logits and gradients are checked against fla's. Default: the repository's
+    /// `crates/gla-model/tests/fixtures/fla` when run from its root (skipped with a note
+    /// elsewhere); a directory given here must hold fixtures.
+    #[arg(long)]
+    fla_fixtures: Option<std::path::PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -116,9 +117,14 @@ fn run_cuda(a: &Args) -> Result<bool> {
     let cuda = gla_cuda::Cuda::new()?;
     let device = format!("{} ({})", cuda.name(), cuda.arch());
     let mut rows = gla_cuda::check::check(&cuda, opts)?;
-    let n_fixtures = gla_cuda::model_check::fla_fixture_check(&cuda, &a.fla_fixtures, &mut rows)?;
-    if n_fixtures == 0 {
-        eprintln!("note: no fla fixtures under {} (pass --fla-fixtures DIR); GPU-vs-fla rows skipped", a.fla_fixtures.display());
+    let default_dir = std::path::PathBuf::from("crates/gla-model/tests/fixtures/fla");
+    let dir = a.fla_fixtures.clone().unwrap_or(default_dir);
+    let n_fixtures = if opts.model { gla_cuda::model_check::fla_fixture_check(&cuda, &dir, &mut rows)? } else { 0 };
+    if opts.model && n_fixtures == 0 {
+        if a.fla_fixtures.is_some() {
+            anyhow::bail!("--fla-fixtures {}: no fixture directories (config.json, model.safetensors, fixture.safetensors) found", dir.display());
+        }
+        eprintln!("note: no fla fixtures under {} (run from the repository root or pass --fla-fixtures DIR); GPU-vs-fla rows skipped", dir.display());
     }
     if let Some(f) = &a.filter {
         rows.retain(|r| r.case.contains(f.as_str()));

@@ -23,7 +23,8 @@ pub struct Args {
     resume: bool,
     /// Where the math runs: cpu (f32), or cuda (bf16 GEMM operands on cuBLAS with f32 master
     /// weights, gradients and AdamW moments; needs a gla built with `--features cuda`). A run
-    /// may move between devices on --resume; bit-exact resume holds on the same device.
+    /// may move between devices on --resume. Bit-exact resume holds on the CPU; the GPU sums
+    /// some gradients with atomics in no fixed order, so its runs agree to f32 rounding only.
     #[arg(long, value_enum, default_value_t = crate::Device::Cpu)]
     device: crate::Device,
     /// Model config (fla's config.json); replaces the model flags below.

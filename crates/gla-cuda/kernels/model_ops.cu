@@ -13,6 +13,12 @@
 // - math in f32; the formulas are the CPU ops' (gla-model/src/ops.rs), which are the reference.
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + __expf(-x)); }
+// swish(x) = x sigmoid(x) (the output gate, SiLU) and d swish / dx
+__device__ __forceinline__ float swishf_(float x) { return x * sigmoidf_(x); }
+__device__ __forceinline__ float dswishf_(float x) {
+    float s = sigmoidf_(x);
+    return s * (1.f + x * (1.f - s));
+}
 
 // ---------------------------------------------------------------------------------------------
 // casts, embedding, row gather/scatter, GQA head repeat
@@ -115,11 +121,7 @@ struct GnDw {
     const float* rstd;
     int v;
     __device__ float operator()(idx_t r, int j) const {
-        float gate = 1.f;
-        if (g) {
-            float x = to_f32(g[r * v + j]);
-            gate = x * sigmoidf_(x);
-        }
+        float gate = g ? swishf_(to_f32(g[r * v + j])) : 1.f;
         return dy[r * v + j] * to_f32(o[r * v + j]) * rstd[r] * gate;
     }
 };
@@ -182,11 +184,7 @@ extern "C" __global__ void gated_norm_fwd(bf16_t* __restrict__ y, float* __restr
         float rs = rsqrtf(s / v + eps);
         if (lane == 0) rstd[r] = rs;
         for (int j = lane; j < v; j += 32) {
-            float gate = 1.f;
-            if (g) {
-                float x = to_f32(g[r * v + j]);
-                gate = x * sigmoidf_(x);
-            }
+            float gate = g ? swishf_(to_f32(g[r * v + j])) : 1.f;
             y[r * v + j] = from_f32<bf16_t>(to_f32(o[r * v + j]) * rs * w[j] * gate);
         }
     }
@@ -202,20 +200,15 @@ extern "C" __global__ void gated_norm_bwd_dx(bf16_t* __restrict__ d_o, bf16_t* _
             float gate = 1.f;
             if (g) {
                 float x = to_f32(g[r * v + j]);
-                float s = sigmoidf_(x);
-                gate = x * s;
-                dg[r * v + j] = from_f32<bf16_t>(dy[r * v + j] * to_f32(o[r * v + j]) * rs * w[j] * s * (1.f + x * (1.f - s)));
+                gate = swishf_(x);
+                dg[r * v + j] = from_f32<bf16_t>(dy[r * v + j] * to_f32(o[r * v + j]) * rs * w[j] * dswishf_(x));
             }
             dot += dy[r * v + j] * w[j] * gate * to_f32(o[r * v + j]);
         }
         dot = warp_sum(dot);
         float c = rs * rs * rs * dot / v;
         for (int j = lane; j < v; j += 32) {
-            float gate = 1.f;
-            if (g) {
-                float x = to_f32(g[r * v + j]);
-                gate = x * sigmoidf_(x);
-            }
+            float gate = g ? swishf_(to_f32(g[r * v + j])) : 1.f;
             d_o[r * v + j] = from_f32<bf16_t>(rs * dy[r * v + j] * w[j] * gate - c * to_f32(o[r * v + j]));
         }
     }
@@ -227,17 +220,16 @@ extern "C" __global__ void gated_norm_bwd_dx(bf16_t* __restrict__ d_o, bf16_t* _
 // h = silu(a) * b
 extern "C" __global__ void swiglu_fwd(bf16_t* __restrict__ h, const bf16_t* __restrict__ a, const bf16_t* __restrict__ b, idx_t n) {
     for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < n; i += (idx_t)gridDim.x * blockDim.x) {
-        float x = to_f32(a[i]);
-        h[i] = from_f32<bf16_t>(x * sigmoidf_(x) * to_f32(b[i]));
+        h[i] = from_f32<bf16_t>(swishf_(to_f32(a[i])) * to_f32(b[i]));
     }
 }
 
 // da = dh * b * silu'(a), db = dh * silu(a)
 extern "C" __global__ void swiglu_bwd(bf16_t* __restrict__ da, bf16_t* __restrict__ db, const float* __restrict__ dh, const bf16_t* __restrict__ a, const bf16_t* __restrict__ b, idx_t n) {
     for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < n; i += (idx_t)gridDim.x * blockDim.x) {
-        float x = to_f32(a[i]), s = sigmoidf_(x), d = dh[i];
-        db[i] = from_f32<bf16_t>(d * x * s);
-        da[i] = from_f32<bf16_t>(d * to_f32(b[i]) * s * (1.f + x * (1.f - s)));
+        float x = to_f32(a[i]), d = dh[i];
+        db[i] = from_f32<bf16_t>(d * swishf_(x));
+        da[i] = from_f32<bf16_t>(d * to_f32(b[i]) * dswishf_(x));
     }
 }
 
@@ -281,14 +273,11 @@ extern "C" __global__ void conv_fwd(bf16_t* __restrict__ y, bf16_t* __restrict__
             if (src >= 0) acc += w[ch * width + j] * to_f32(x[(r - s + src) * c + ch]);
         }
         pre[i] = from_f32<bf16_t>(acc);
-        y[i] = from_f32<bf16_t>(acc * sigmoidf_(acc));
+        y[i] = from_f32<bf16_t>(swishf_(acc));
     }
 }
 
-__device__ __forceinline__ float dsilu(float d, float p) {
-    float s = sigmoidf_(p);
-    return d * s * (1.f + p * (1.f - s));
-}
+__device__ __forceinline__ float dsilu(float d, float p) { return d * dswishf_(p); }
 
 // dx[src, ch] = sum_j w[ch, j] dpre[src + W-1-j, ch], dpre = dy * silu'(pre); dx bf16 (GEMM operand)
 extern "C" __global__ void conv_bwd_dx(bf16_t* __restrict__ dx, const float* __restrict__ dy, const bf16_t* __restrict__ pre, const float* __restrict__ w, idx_t n, int t, int c, int width) {
@@ -397,12 +386,14 @@ extern "C" __global__ void cross_entropy(bf16_t* __restrict__ dlogits, float* __
 // ---------------------------------------------------------------------------------------------
 // optimizer
 
-// out[0] += sum x^2 (f64 accumulation of per-block f32 partial sums)
+// out[0] += sum x^2 (f64 throughout)
 extern "C" __global__ void sumsq(double* __restrict__ out, const float* __restrict__ x, idx_t n) {
-    __shared__ float part[32];
-    float s = 0.f;
-    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < n; i += (idx_t)gridDim.x * blockDim.x) s += x[i] * x[i];
-    s = warp_sum(s);
+    __shared__ double part[32];
+    // f64 from the first square: |g| above 1.8e19 must give a finite norm to clip, as on the CPU
+    double s = 0.0;
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < n; i += (idx_t)gridDim.x * blockDim.x) s += (double)x[i] * x[i];
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
     if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = s;
     __syncthreads();
     if (threadIdx.x == 0) {

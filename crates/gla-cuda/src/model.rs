@@ -30,6 +30,8 @@ use crate::runtime::Cuda;
 
 /// Largest head dim the tensor-core GLA kernels take; larger value heads are split (module doc).
 const MAX_HEAD: usize = 128;
+/// Widest short convolution the GPU kernels take (`conv_bwd_dw`'s taps per thread).
+const MAX_CONV: usize = 8;
 /// Threads per block of the element-wise and row-wise kernels.
 const THREADS: u32 = 256;
 
@@ -394,6 +396,10 @@ impl GpuModel {
             });
         }
         let plan = head_plan(&model.dims)?;
+        if model.dims.conv > MAX_CONV {
+            // conv_bwd_dw keeps at most MAX_CONV taps per thread
+            return Err(unsupported(format!("short conv of width {} on the GPU (at most {MAX_CONV})", model.dims.conv)));
+        }
         let gemm = Gemm { blas: CudaBlas::new(cuda.stream().clone()).map_err(blas_err("cublasCreate"))?, stream: cuda.stream().clone() };
         let st = cuda.stream();
         let master = st.clone_htod(&model.params).map_err(Error::driver("upload weights"))?;
@@ -436,6 +442,16 @@ impl GpuModel {
     pub fn to_host(&self) -> Result<GlaModel> {
         let params = self.cuda.stream().clone_dtoh(&self.master).map_err(Error::driver("download weights"))?;
         GlaModel::from_params(self.config.clone(), params).map_err(|e| unsupported(e.to_string()))
+    }
+
+    /// Downloads the logits of the labelled rows of the last forward, `[M, vocab]` f32, in row
+    /// order (the rows whose target is not -100).
+    ///
+    /// # Errors
+    /// [`Error::Driver`].
+    pub fn logits_to_host(&self, acts: &GpuActivations) -> Result<Vec<f32>> {
+        let n = acts.m * self.dims.vocab;
+        self.cuda.stream().clone_dtoh(&acts.logits.slice(0..n)).map_err(Error::driver("download logits"))
     }
 
     /// Downloads the accumulated gradients (parameter table order).
@@ -743,8 +759,8 @@ impl GpuModel {
         let m = acts.m;
         let GpuActivations { ids, xs, layers, o: outs, rstdf, xf_sel, dlogits, dsel, rows, prob, s, .. } = acts;
         let g = &self.gemm;
-        // lm_head: dsel = scale * dlogits @ W; dW += scale * dlogits^T xf_sel (scale folded
-        // into dlogits: the loss of this forward is already reported)
+        // lm_head: dsel = dlogits @ W (scaled when scattered into dxn), dW += scale * dlogits^T
+        // xf_sel (scale as the GEMM's alpha); dlogits itself holds d(mean loss)/d logits
         st.memset_zeros(&mut s.dxn).map_err(Error::driver("zero dxn"))?;
         if m > 0 {
             let lm = self.lm_head_id();

@@ -13,8 +13,11 @@
 //! (measured: a 1-head K=64 model's gradients change by 16% (q_proj 26%) when only its WEIGHTS
 //! are rounded to bf16, all math in f32; the GPU, rounding weights and activations, was 4% off).
 //! So each gradient's tolerance is the larger of [`TOL_GRAD`] and [`FLOOR_FACTOR`] times that
-//! floor, measured on the CPU in the same check: rounding error stays within it, a wrong
-//! gradient (a bug gives errors of order 1) does not.
+//! floor, measured on the CPU in the same check (the CPU model with its GEMM matrices rounded to
+//! bf16, as the GPU multiplies them), capped at [`TOL_CAP`]: rounding error stays within it, a
+//! wrong gradient (a bug gives errors of order 1) does not. The logits of the labelled rows are
+//! compared the same way; the loss alone is a weak check (a near-uniform model's loss is ln V
+//! whatever its logits).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -37,6 +40,10 @@ pub const TOL_LOSS: f64 = 5e-3;
 pub const TOL_GRAD: f64 = 2e-2;
 /// Gradient tolerance relative to the model's conditioning floor (module doc).
 pub const FLOOR_FACTOR: f64 = 2.0;
+/// No floor raises a tolerance above this: a gradient 10% off is wrong whatever the model.
+pub const TOL_CAP: f64 = 0.1;
+/// Logits of the labelled rows: relative RMSE, at least (raised like the gradients').
+pub const TOL_LOGITS: f64 = 1e-2;
 /// Master weights after one AdamW step from the same gradients.
 pub const TOL_ADAMW: f64 = 1e-5;
 
@@ -72,11 +79,18 @@ fn cpu_err(e: gla_model::Error) -> crate::Error {
     crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() })
 }
 
-/// What the GPU is compared with: the CPU f32 model's own loss and gradients, or fla's.
+/// What the GPU is compared with: the CPU f32 model's own loss, logits and gradients, or fla's.
 struct Reference<'a> {
     what: &'static str,
     loss: f64,
+    /// `[B*T, vocab]`, every row
+    logits: &'a [f32],
     grads: &'a [f32],
+}
+
+/// The rows of `logits [B*T, vocab]` whose target is not -100, in order (what the GPU keeps).
+fn labelled_rows(logits: &[f32], targets: &[i64], vocab: usize) -> Vec<f32> {
+    targets.iter().enumerate().filter(|(_, &t)| t != gla_model::IGNORE_INDEX).flat_map(|(r, _)| logits[r * vocab..(r + 1) * vocab].iter().copied()).collect()
 }
 
 /// Loss, per-parameter and overall gradient rows of the GPU model against `reference` on one
@@ -107,27 +121,44 @@ fn compare(
     gpu.backward(&mut gacts, scale)?;
     let g_gpu = gpu.grads_to_host()?;
 
-    // the conditioning floor: the same CPU model with only its weights rounded to bf16
-    let rounded: Vec<f32> = cpu.params.iter().map(|&x| crate::ops::bf16_to_f32(crate::ops::f32_to_bf16(x))).collect();
+    // the conditioning floor: the same CPU model with its GEMM matrices rounded to bf16 (every
+    // 2-D weight but an untied embedding table, which the GPU reads in f32 for the lookup)
+    let mut rounded = cpu.params.clone();
+    for (i, spec) in cpu.layout.specs.iter().enumerate() {
+        if spec.shape.len() == 2 && (i != cpu.layout.embeddings || cpu.layout.lm_head.is_none()) {
+            rounded[spec.range()].iter_mut().for_each(|x| *x = crate::ops::bf16_to_f32(crate::ops::f32_to_bf16(*x)));
+        }
+    }
     let cpu_r = GlaModel::from_params(cpu.config.clone(), rounded).map_err(cpu_err)?;
     let mut acts_r = Activations::new(&cpu.dims, b, t);
     cpu_r.forward(&mut acts_r, ids, targets).map_err(cpu_err)?;
     let mut g_floor = vec![0.0f32; cpu.num_params()];
     cpu_r.backward(&mut acts_r, &mut g_floor, scale).map_err(cpu_err)?;
 
-    let (ref_what, ref_loss, ref_grads) = match &reference {
-        Some(r) => (r.what, r.loss, r.grads),
-        None => ("cpu", want.loss, &g_cpu[..]),
+    let (ref_what, ref_loss, ref_grads, ref_logits) = match &reference {
+        Some(r) => (r.what, r.loss, r.grads, labelled_rows(r.logits, targets, cpu.dims.vocab)),
+        None => ("cpu", want.loss, &g_cpu[..], labelled_rows(&cpu.logits(ids, b, t).map_err(cpu_err)?, targets, cpu.dims.vocab)),
     };
+    let tol = |floor: f64, base: f64| base.max(FLOOR_FACTOR * floor).min(TOL_CAP);
     let lerr = (got.loss - ref_loss).abs() / ref_loss.abs().max(1e-12);
     out.push(row(name, "loss", lerr, TOL_LOSS, format!("{ref_what} {ref_loss:.6} gpu {:.6}", got.loss)));
-    let rows_ok = got.n_valid == want.n_valid;
-    out.push(row(name, "rows", if rows_ok { 0.0 } else { 1.0 }, 0.0, format!("labelled rows cpu {} gpu {}", want.n_valid, got.n_valid)));
+    let logits = gpu.logits_to_host(&gacts)?;
+    let floor_logits = rel_rmse(&labelled_rows(&cpu_r.logits(ids, b, t).map_err(cpu_err)?, targets, cpu.dims.vocab), &ref_logits);
+    out.push(row(
+        name,
+        "logits",
+        rel_rmse(&logits, &ref_logits),
+        tol(floor_logits, TOL_LOGITS),
+        format!("vs {ref_what}; {} labelled rows; bf16 floor {floor_logits:.2e}", got.n_valid),
+    ));
+    // argmax agreement (a near-tie may flip under bf16: allow 2% of the rows)
+    let dc = (got.correct as f64 - want.correct as f64).abs() / (got.n_valid.max(1) as f64);
+    out.push(row(name, "argmax", dc, 0.02, format!("correct predictions cpu {} gpu {} of {}", want.correct, got.correct, got.n_valid)));
     // worst parameter by error / tolerance
     let mut worst = (f64::NEG_INFINITY, 0.0, 0.0, String::new());
     for spec in &cpu.layout.specs {
         let e = rel_rmse(&g_gpu[spec.range()], &ref_grads[spec.range()]);
-        let tol = TOL_GRAD.max(FLOOR_FACTOR * rel_rmse(&g_floor[spec.range()], &g_cpu[spec.range()]));
+        let tol = tol(rel_rmse(&g_floor[spec.range()], &g_cpu[spec.range()]), TOL_GRAD);
         let ratio = if e.is_finite() { e / tol } else { f64::INFINITY };
         if ratio > worst.0 {
             worst = (ratio, e, tol, spec.name.clone());
@@ -139,7 +170,7 @@ fn compare(
         name,
         "grad-all",
         rel_rmse(&g_gpu, ref_grads),
-        TOL_GRAD.max(FLOOR_FACTOR * floor_all),
+        tol(floor_all, TOL_GRAD),
         format!("vs {ref_what}; {} parameters; bf16-weights floor {floor_all:.2e}", cpu.num_params()),
     ));
     Ok((gpu, g_gpu))
@@ -212,6 +243,10 @@ pub fn fla_fixture_check(cuda: &Arc<Cuda>, root: &Path, out: &mut Vec<CheckRow>)
         let ids64: Vec<i64> = ids_t.data().chunks_exact(8).map(|x| i64::from_le_bytes(x.try_into().unwrap_or([0; 8]))).collect();
         let f32s = |d: &[u8]| -> Vec<f32> { d.chunks_exact(4).map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]])).collect() };
         let loss = f64::from(f32s(tensor("loss", Dtype::F32)?.data()).first().copied().unwrap_or(f32::NAN));
+        let logits = f32s(tensor("logits", Dtype::F32)?.data());
+        if logits.len() != b * t * cpu.dims.vocab {
+            return Err(bad(format!("{}: logits has {} values, expected B*T*vocab = {}", path.display(), logits.len(), b * t * cpu.dims.vocab)));
+        }
         let mut grads = vec![0.0f32; cpu.num_params()];
         for spec in &cpu.layout.specs {
             let g = f32s(tensor(&format!("grad.{}", spec.name), Dtype::F32)?.data());
@@ -226,7 +261,7 @@ pub fn fla_fixture_check(cuda: &Arc<Cuda>, root: &Path, out: &mut Vec<CheckRow>)
         }
         let ids: Vec<u32> = ids64.iter().map(|&x| x as u32).collect();
         let targets = shift_labels(&ids64, t);
-        compare(cuda, &name, &cpu, &ids, &targets, b, t, 1.0, Some(Reference { what: "fla", loss, grads: &grads }), out)?;
+        compare(cuda, &name, &cpu, &ids, &targets, b, t, 1.0, Some(Reference { what: "fla", loss, logits: &logits, grads: &grads }), out)?;
     }
     Ok(dirs.len())
 }
