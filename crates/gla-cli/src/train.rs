@@ -93,7 +93,7 @@ pub struct Args {
     #[arg(long)]
     vocab: Option<usize>,
     /// Optimizer steps.
-    #[arg(long, default_value_t = 1250)]
+    #[arg(long, default_value_t = 1600)]
     steps: u64,
     /// Sequences per micro-batch.
     #[arg(long, default_value_t = 64)]
@@ -105,14 +105,14 @@ pub struct Args {
     #[arg(long, default_value_t = 1e-2)]
     lr: f32,
     /// Final learning rate of the cosine schedule.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 2e-3)]
     min_lr: f32,
     /// Warmup steps.
     #[arg(long, default_value_t = 30)]
     warmup: u64,
     /// Steps of the cosine decay to --min-lr, constant after (0 = --steps). The default, a short
     /// high-rate phase then a long low-rate one, got MQAR off its plateau soonest in our runs.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 800)]
     decay_steps: u64,
     /// AdamW weight decay (matrices only).
     #[arg(long, default_value_t = 0.01)]
