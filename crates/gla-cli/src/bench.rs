@@ -147,7 +147,9 @@ pub fn ops(a: &OpsArgs) -> Result<bool> {
         // the recurrent path does 4KV flops per token and head (update + read), not the chunk count
         let rec_fl = 4.0 * (p.rows() * h * k * v) as f64;
         let rec = time_vs_gemm(a.reps.min(3), rec_fl, || FusedRecurrent.forward(&p, &x, false).map(drop).map_err(Into::into))?;
-        for (pass, (ms, gemm_gflops, pct), fl) in [("chunk fwd", fwd, ffl), ("chunk fwd+bwd", fb, ffl + bfl), ("recurrent fwd", rec, rec_fl)] {
+        for (pass, (ms, gemm_gflops, pct), fl) in
+            [("chunk fwd", fwd, ffl), ("chunk fwd+bwd", fb, ffl + bfl), ("recurrent fwd", rec, rec_fl)]
+        {
             results.push(Entry { shape: shape.clone(), pass, ms, gflops: fl / ms / 1e6, gemm_gflops, pct_gemm_peak: pct });
         }
     }

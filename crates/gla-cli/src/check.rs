@@ -122,9 +122,15 @@ fn run_cuda(a: &Args) -> Result<bool> {
     let n_fixtures = if opts.model { gla_cuda::model_check::fla_fixture_check(&cuda, &dir, &mut rows)? } else { 0 };
     if opts.model && n_fixtures == 0 {
         if a.fla_fixtures.is_some() {
-            anyhow::bail!("--fla-fixtures {}: no fixture directories (config.json, model.safetensors, fixture.safetensors) found", dir.display());
+            anyhow::bail!(
+                "--fla-fixtures {}: no fixture directories (config.json, model.safetensors, fixture.safetensors) found",
+                dir.display()
+            );
         }
-        eprintln!("note: no fla fixtures under {} (run from the repository root or pass --fla-fixtures DIR); GPU-vs-fla rows skipped", dir.display());
+        eprintln!(
+            "note: no fla fixtures under {} (run from the repository root or pass --fla-fixtures DIR); GPU-vs-fla rows skipped",
+            dir.display()
+        );
     }
     if let Some(f) = &a.filter {
         rows.retain(|r| r.case.contains(f.as_str()));

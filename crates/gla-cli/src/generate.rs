@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use gla_model::generate::{generate_ids, GenerateOptions, Generation};
+use gla_model::generate::{generate_ids, Decoder, GenerateOptions, Generation};
 use gla_model::sample::{Sampler, SamplingParams};
 use gla_model::shards::load_model_dir;
 use gla_model::tokenizer::Tokenizer;
@@ -54,6 +54,10 @@ pub struct Args {
     /// tokenizer.json needs a gla built with `--features hf-tokenizer`).
     #[arg(long)]
     model: PathBuf,
+    /// Where the model runs: cpu (f32), or cuda (bf16 weights, f32 states; a gla built with
+    /// `--features cuda`).
+    #[arg(long, value_enum, default_value_t = Device::Cpu)]
+    device: Device,
     /// The prompt. Without --prompt, --prompt-file or --prompts-file, the prompt is read from stdin.
     #[arg(long, conflicts_with_all = ["prompt_file", "prompts_file"])]
     prompt: Option<String>,
@@ -117,7 +121,31 @@ struct Line<'a> {
     stop: &'static str,
 }
 
+#[cfg(feature = "cuda")]
+fn generate_cuda(
+    model: &GlaModel,
+    tok: &Tokenizer,
+    ids: &[Vec<u32>],
+    opts: &GenerateOptions,
+    on_text: &mut dyn FnMut(usize, &str),
+) -> Result<Vec<Generation>> {
+    let dec = gla_cuda::GpuDecoder::new(gla_cuda::Cuda::new()?, model)?;
+    Ok(generate_ids(&dec, tok, ids, opts, on_text)?)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn generate_cuda(
+    _: &GlaModel,
+    _: &Tokenizer,
+    _: &[Vec<u32>],
+    _: &GenerateOptions,
+    _: &mut dyn FnMut(usize, &str),
+) -> Result<Vec<Generation>> {
+    bail!("this gla was built without the `cuda` feature: cargo build --release -p gla-cli --features cuda")
+}
+
 pub fn run(a: &Args) -> Result<bool> {
+    a.device.ensure_built()?;
     let t0 = Instant::now();
     let model = load_model_dir(&a.model).with_context(|| format!("loading the model from {}", a.model.display()))?;
     let tok = if a.byte_tokenizer { Tokenizer::Bytes } else { Tokenizer::from_dir(&a.model)? };
@@ -167,7 +195,10 @@ pub fn run(a: &Args) -> Result<bool> {
             let _ = out.write_all(s.as_bytes()).and_then(|_| out.flush());
         }
     };
-    let gens: Vec<Generation> = generate_ids(&model, &tok, &ids, &opts, &mut on_text)?;
+    let gens: Vec<Generation> = match a.device {
+        Device::Cpu => generate_ids(&model, &tok, &ids, &opts, &mut on_text)?,
+        Device::Cuda => generate_cuda(&model, &tok, &ids, &opts, &mut on_text)?,
+    };
     let secs = t1.elapsed().as_secs_f64();
     let mut out = stdout.lock();
     if batch {
@@ -266,9 +297,6 @@ struct BenchReport {
 
 pub fn bench(a: &BenchArgs) -> Result<bool> {
     a.device.ensure_built()?;
-    if a.device == Device::Cuda {
-        bail!("`gla bench generate --device cuda` is not built yet: generation runs on the CPU only for now");
-    }
     if a.prompt_len == 0 || a.new_tokens == 0 || a.batch.contains(&0) {
         bail!("--prompt-len, --new-tokens and every --batch must be > 0");
     }
@@ -286,7 +314,11 @@ pub fn bench(a: &BenchArgs) -> Result<bool> {
     };
     let threads = rayon::current_num_threads();
     println!(
-        "gla bench generate: cpu ({threads} threads), {} parameters ({} layers, hidden {}, heads {}, vocab {}), f32, greedy",
+        "gla bench generate: {}, {} parameters ({} layers, hidden {}, heads {}, vocab {}), greedy",
+        match a.device {
+            Device::Cpu => format!("cpu ({threads} threads), f32"),
+            Device::Cuda => "cuda".to_string(),
+        },
         model.num_params(),
         model.dims.layers,
         model.dims.d,
@@ -297,55 +329,16 @@ pub fn bench(a: &BenchArgs) -> Result<bool> {
         "{:>5} {:>7} {:>5} {:>10} {:>14} {:>14} {:>10} {:>12}",
         "batch", "prompt", "new", "TTFT ms", "prefill tok/s", "decode tok/s", "ms/step", "state/seq"
     );
-    let mut results = Vec::new();
     let vocab = model.dims.vocab;
-    for &b in &a.batch {
-        let prompts: Vec<Vec<u32>> = (0..b)
-            .map(|i| {
-                let mut r = Rng::new(1000 + i as u64);
-                (0..a.prompt_len).map(|_| r.below(vocab) as u32).collect()
-            })
-            .collect();
-        let mut states: Vec<_> = (0..b).map(|_| model.new_state()).collect();
-        let mut samplers: Vec<Sampler> = (0..b).map(|_| Sampler::new(SamplingParams::default())).collect::<Result<_, _>>()?;
-        let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-        let t0 = Instant::now();
-        let mut sts: Vec<_> = states.iter_mut().collect();
-        let logits = model.prefill_batch(&refs, &mut sts)?;
-        let mut ids: Vec<u32> = logits.iter().zip(samplers.iter_mut()).map(|(l, s)| s.sample(l, &[])).collect();
-        let ttft = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
-        for _ in 1..a.new_tokens {
-            let logits = model.decode_batch(&ids, &mut sts)?;
-            ids = logits.iter().zip(samplers.iter_mut()).map(|(l, s)| s.sample(l, &[])).collect();
-        }
-        let dec = t1.elapsed().as_secs_f64();
-        let steps = (a.new_tokens - 1).max(1);
-        let e = BenchEntry {
-            batch: b,
-            prompt_len: a.prompt_len,
-            new_tokens: a.new_tokens,
-            ttft_ms: ttft * 1e3,
-            prefill_tokens_per_s: (b * a.prompt_len) as f64 / ttft,
-            decode_tokens_per_s: if a.new_tokens > 1 { (b * (a.new_tokens - 1)) as f64 / dec } else { 0.0 },
-            ms_per_step: dec * 1e3 / steps as f64,
-            state_bytes_per_seq: states[0].bytes(),
-        };
-        println!(
-            "{:>5} {:>7} {:>5} {:>10.1} {:>14.1} {:>14.1} {:>10.2} {:>9.1} KiB",
-            b,
-            a.prompt_len,
-            a.new_tokens,
-            e.ttft_ms,
-            e.prefill_tokens_per_s,
-            e.decode_tokens_per_s,
-            e.ms_per_step,
-            e.state_bytes_per_seq as f64 / 1024.0
-        );
-        results.push(e);
-    }
+    let results = match a.device {
+        Device::Cpu => bench_batches(a, &model, vocab, |st: &gla_model::infer::State| st.bytes())?,
+        Device::Cuda => bench_cuda(a, &model)?,
+    };
     let mut memory = Vec::new();
-    for &c in &a.contexts {
+    if a.device == Device::Cuda && !a.contexts.is_empty() {
+        eprintln!("note: --contexts measures the CPU process's resident memory; skipped with --device cuda");
+    }
+    for &c in a.contexts.iter().filter(|_| a.device == Device::Cpu) {
         // reset the peak resident set to the current one (Linux >= 4.0), then run one sequence
         let _ = std::fs::write("/proc/self/clear_refs", "5");
         let mut r = Rng::new(7);
@@ -379,7 +372,10 @@ pub fn bench(a: &BenchArgs) -> Result<bool> {
     if let Some(path) = &a.json {
         let report = BenchReport {
             unix_time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
-            device: "cpu".into(),
+            device: match a.device {
+                Device::Cpu => "cpu".into(),
+                Device::Cuda => "cuda".into(),
+            },
             threads,
             config: serde_json::from_str(&model.config.to_json())?,
             params: model.num_params(),
@@ -390,6 +386,74 @@ pub fn bench(a: &BenchArgs) -> Result<bool> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(true)
+}
+
+/// Time to first token and decode tokens/s of greedy generation at each `--batch` size, on any
+/// [`Decoder`] (the CPU model, the GPU).
+fn bench_batches<D: Decoder>(a: &BenchArgs, dec: &D, vocab: usize, state_bytes: impl Fn(&D::State) -> usize) -> Result<Vec<BenchEntry>> {
+    let mut results = Vec::new();
+    for &b in &a.batch {
+        let prompts: Vec<Vec<u32>> = (0..b)
+            .map(|i| {
+                let mut r = Rng::new(1000 + i as u64);
+                (0..a.prompt_len).map(|_| r.below(vocab) as u32).collect()
+            })
+            .collect();
+        let mut states: Vec<D::State> = (0..b).map(|_| dec.new_state()).collect::<Result<_, _>>()?;
+        let mut samplers: Vec<Sampler> = (0..b).map(|_| Sampler::new(SamplingParams::default())).collect::<Result<_, _>>()?;
+        let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        let t0 = Instant::now();
+        let mut sts: Vec<_> = states.iter_mut().collect();
+        let logits = dec.prefill_batch(&refs, &mut sts)?;
+        let mut ids: Vec<u32> = logits.iter().zip(samplers.iter_mut()).map(|(l, s)| s.sample(l, &[])).collect();
+        let ttft = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        for _ in 1..a.new_tokens {
+            let logits = dec.decode_batch(&ids, &mut sts)?;
+            ids = logits.iter().zip(samplers.iter_mut()).map(|(l, s)| s.sample(l, &[])).collect();
+        }
+        let dec = t1.elapsed().as_secs_f64();
+        let steps = (a.new_tokens - 1).max(1);
+        let e = BenchEntry {
+            batch: b,
+            prompt_len: a.prompt_len,
+            new_tokens: a.new_tokens,
+            ttft_ms: ttft * 1e3,
+            prefill_tokens_per_s: (b * a.prompt_len) as f64 / ttft,
+            decode_tokens_per_s: if a.new_tokens > 1 { (b * (a.new_tokens - 1)) as f64 / dec } else { 0.0 },
+            ms_per_step: dec * 1e3 / steps as f64,
+            state_bytes_per_seq: state_bytes(&states[0]),
+        };
+        println!(
+            "{:>5} {:>7} {:>5} {:>10.1} {:>14.1} {:>14.1} {:>10.2} {:>9.1} KiB",
+            b,
+            a.prompt_len,
+            a.new_tokens,
+            e.ttft_ms,
+            e.prefill_tokens_per_s,
+            e.decode_tokens_per_s,
+            e.ms_per_step,
+            e.state_bytes_per_seq as f64 / 1024.0
+        );
+        results.push(e);
+    }
+    Ok(results)
+}
+
+#[cfg(feature = "cuda")]
+fn bench_cuda(a: &BenchArgs, model: &GlaModel) -> Result<Vec<BenchEntry>> {
+    let cuda = gla_cuda::Cuda::new()?;
+    println!("on {} ({}): bf16 weights, f32 states; one forward per prompt, then batched decode steps", cuda.name(), cuda.arch());
+    let dec = gla_cuda::GpuDecoder::new(cuda, model)?;
+    let dm = &model.dims;
+    // recurrent states and conv caches, f32
+    let bytes = 4 * dm.layers * (dm.heads * dm.head_k * dm.head_v + dm.conv * (dm.key_dim + dm.key_dim_kv + dm.value_dim_kv));
+    bench_batches(a, &dec, dm.vocab, |_| bytes)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn bench_cuda(_: &BenchArgs, _: &GlaModel) -> Result<Vec<BenchEntry>> {
+    bail!("this gla was built without the `cuda` feature")
 }
 
 #[cfg(test)]

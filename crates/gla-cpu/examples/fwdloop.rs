@@ -21,7 +21,11 @@ fn main() {
     let reps: usize = std::env::args().nth(1).map_or(50, |s| s.parse().unwrap());
     let c = gla_cpu::Chunked::default();
     let mut ts = vec![];
-    for _ in 0..reps { let s = std::time::Instant::now(); std::hint::black_box(c.forward(&p, &x, false).unwrap()); ts.push(s.elapsed().as_secs_f64() * 1e3); }
+    for _ in 0..reps {
+        let s = std::time::Instant::now();
+        std::hint::black_box(c.forward(&p, &x, false).unwrap());
+        ts.push(s.elapsed().as_secs_f64() * 1e3);
+    }
     ts.sort_by(f64::total_cmp);
     println!("min {:.2} med {:.2} ms", ts[0], ts[ts.len() / 2]);
 }

@@ -261,19 +261,43 @@ extern "C" __global__ void gate_bwd(float* __restrict__ dx, bf16_t* __restrict__
 // causal depthwise short convolution + SiLU per sequence of t rows (fla's ShortConvolution, no
 // bias): pre[s, ch] = sum_j w[ch, j] x[s - (W-1) + j, ch], y = silu(pre); w [C, W] f32
 
-extern "C" __global__ void conv_fwd(bf16_t* __restrict__ y, bf16_t* __restrict__ pre, const bf16_t* __restrict__ x, const float* __restrict__ w, idx_t n, int t, int c, int width) {
+// cache: null (zeros before each sequence) or the last W inputs before it, `[B, C, W]` f32 with
+// the newest last (fla's conv_state; inference): position p < 0 of sequence b reads
+// cache[(b*C + ch)*W + W + p]
+extern "C" __global__ void conv_fwd(bf16_t* __restrict__ y, bf16_t* __restrict__ pre, const bf16_t* __restrict__ x, const float* __restrict__ w, const float* __restrict__ cache, idx_t n, int t, int c, int width) {
     idx_t total = n * c;
     for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
         int ch = (int)(i % c);
         idx_t r = i / c;
         int s = (int)(r % t);
+        idx_t seq = r / t;
         float acc = 0.f;
         for (int j = 0; j < width; ++j) {
             int src = s + j - (width - 1);
             if (src >= 0) acc += w[ch * width + j] * to_f32(x[(r - s + src) * c + ch]);
+            else if (cache) acc += w[ch * width + j] * cache[(seq * c + ch) * width + width + src];
         }
         pre[i] = from_f32<bf16_t>(acc);
         y[i] = from_f32<bf16_t>(swishf_(acc));
+    }
+}
+
+// after conv_fwd on B sequences of t rows: cache[b, ch, :] = the last W inputs of sequence b
+// (from x, or from the old cache when t < W); one thread per (sequence, channel), so the old
+// values are read before any is overwritten
+extern "C" __global__ void conv_cache_update(float* __restrict__ cache, const bf16_t* __restrict__ x, idx_t nseq, int t, int c, int width) {
+    idx_t total = nseq * c;
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+        int ch = (int)(i % c);
+        idx_t seq = i / c;
+        float v[8];
+        #pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            int p = t - width + j;  // position of the j-th newest-last entry
+            v[j] = 0.f;
+            if (j < width) v[j] = p >= 0 ? to_f32(x[(seq * t + p) * c + ch]) : cache[(seq * c + ch) * width + width + p];
+        }
+        for (int j = 0; j < width; ++j) cache[(seq * c + ch) * width + j] = v[j];
     }
 }
 

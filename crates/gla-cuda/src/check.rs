@@ -329,6 +329,7 @@ pub fn check(cuda: &Arc<Cuda>, opts: CheckOptions) -> Result<Vec<CheckRow>> {
     }
     if opts.model {
         crate::model_check::model_check(cuda, &mut out)?;
+        crate::model_check::generation_check(cuda, &mut out)?;
     }
     Ok(out)
 }

@@ -85,6 +85,7 @@ pub const MODEL_OPS: KernelSource = KernelSource {
         "gate_fwd",
         "gate_bwd",
         "conv_fwd",
+        "conv_cache_update",
         "conv_bwd_dx",
         "conv_bwd_dw",
         "cross_entropy",

@@ -621,7 +621,19 @@ impl GpuModel {
     /// # Errors
     /// Bad ids or targets ([`Error::Op`]); [`Error::Driver`], [`Error::Launch`], [`Error::Blas`].
     pub fn forward(&self, acts: &mut GpuActivations, ids: &[u32], targets: &[i64]) -> Result<LossOut> {
+        self.forward_with(acts, ids, targets, None)
+    }
+
+    /// [`GpuModel::forward`] carrying inference state: each of the B sequences starts from its
+    /// recurrent states `ctx.h0` and conv caches and leaves its final ones in `ctx.ht` and the
+    /// caches (T = 1 takes the recurrent kernel, as fla's decode does).
+    fn forward_with(&self, acts: &mut GpuActivations, ids: &[u32], targets: &[i64], mut ctx: Option<&mut InferCtx>) -> Result<LossOut> {
         self.check_batch(acts, ids, targets)?;
+        if let Some(x) = &ctx {
+            if x.h0.len() != self.dims.layers || x.ht.len() != self.dims.layers || x.conv.len() != self.dims.layers {
+                return Err(unsupported(format!("inference state for {} layers, model has {}", x.h0.len(), self.dims.layers)));
+            }
+        }
         let c = &*self.cuda;
         let st = c.stream();
         let dm = &self.dims;
@@ -651,7 +663,12 @@ impl GpuModel {
                 {
                     let (y, pre, xs, wp) = (ptr(c, &cv[3 + i]), ptr(c, &cv[i]), ptr(c, src), self.mp(w));
                     let (ti, ci, wi) = (t as i32, ch as i32, dm.conv as i32);
-                    launch!(self, "conv_fwd", flat(n * ch), y, pre, xs, wp, ni, ti, ci, wi);
+                    let cache = ctx.as_ref().and_then(|x| x.conv[l].as_ref()).map_or(0u64, |cc| ptr(c, &cc[i]));
+                    launch!(self, "conv_fwd", flat(n * ch), y, pre, xs, wp, cache, ni, ti, ci, wi);
+                    if cache != 0 {
+                        let nb = b as i64;
+                        launch!(self, "conv_cache_update", flat(b * ch), cache, xs, nb, ti, ci, wi);
+                    }
                 }
             }
             if let (Some(gp), Some(gw)) = (&a.g_pre, il.g_proj) {
@@ -684,7 +701,14 @@ impl GpuModel {
                 launch!(self, "repeat_heads_bf16", flat(n * dm.value_dim), o, src, ni, kv, r, e);
             }
             let x_in = DevInputs { q: a.q(), k: a.k(), v: a.v(), g: Some(a.gk()), h0: None };
-            ops::gla_fwd(c, FwdKernel::Chunk, &acts.prob, &x_in, &mut acts.o[l], None)?;
+            match ctx.as_deref_mut() {
+                None => ops::gla_fwd(c, FwdKernel::Chunk, &acts.prob, &x_in, &mut acts.o[l], None)?,
+                Some(x) => {
+                    let which = if t == 1 { FwdKernel::Recurrent } else { FwdKernel::Chunk };
+                    let x_in = DevInputs { h0: Some(&x.h0[l]), ..x_in };
+                    ops::gla_fwd(c, which, &acts.prob, &x_in, &mut acts.o[l], Some(&mut x.ht[l]))?;
+                }
+            }
             if sync_debug() {
                 c.stream().synchronize().map_err(Error::driver("GLA forward (GLA_SYNC_DEBUG)"))?;
             }
@@ -1040,5 +1064,183 @@ impl gla_model::Engine for GpuEngine {
             opt.step = step;
         }
         Ok(())
+    }
+}
+
+/// Inference state of B sequences on the device, per layer: the recurrent states entering the
+/// step (`h0`) and leaving it (`ht`), `[B, Hop, K, Vop]` f32 at the op's heads (value splits),
+/// and the three conv caches `[B, C, W]` f32 (with short conv), updated in place.
+struct InferCtx {
+    h0: Vec<CudaSlice<f32>>,
+    ht: Vec<CudaSlice<f32>>,
+    conv: Vec<Option<[CudaSlice<f32>; 3]>>,
+}
+
+/// One sequence's generation state on the GPU (what `gla_model::infer::State` is on the CPU):
+/// per layer the recurrent state `[Hop, K, Vop]` f32 and the conv caches `[C, W]` f32. Its size
+/// depends only on the config.
+pub struct GpuState {
+    rec: Vec<CudaSlice<f32>>,
+    conv: Vec<Option<[CudaSlice<f32>; 3]>>,
+    seen: usize,
+}
+
+impl GpuState {
+    /// Tokens fed so far.
+    pub fn seen_tokens(&self) -> usize {
+        self.seen
+    }
+}
+
+/// Device-to-device copy of `len` f32 from `src[src_off..]` to `dst[dst_off..]`.
+fn copy_f32(cuda: &Cuda, dst: &CudaSlice<f32>, dst_off: usize, src: &CudaSlice<f32>, src_off: usize, len: usize) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let (d, s) = (ptr(cuda, dst) + 4 * dst_off as u64, ptr(cuda, src) + 4 * src_off as u64);
+    // SAFETY: both ranges lie inside live buffers of this device (callers size them from the
+    // model dims) and do not overlap (different buffers); the copy is ordered on the stream
+    unsafe { cudarc::driver::result::memcpy_dtod_async(d, s, 4 * len, cuda.stream().cu_stream()) }.map_err(Error::driver("copy state"))
+}
+
+/// Generation on the GPU: prefill (chunked) and decode (recurrent) with one [`GpuState`] per
+/// sequence; logits come back to the host for sampling (`gla_model::generate`).
+pub struct GpuDecoder {
+    model: GpuModel,
+    decode_acts: std::sync::Mutex<Option<GpuActivations>>,
+}
+
+impl GpuDecoder {
+    /// Uploads `model`'s weights.
+    ///
+    /// # Errors
+    /// As [`GpuModel::new`].
+    pub fn new(cuda: Arc<Cuda>, model: &GlaModel) -> Result<Self> {
+        Ok(Self { model: GpuModel::new(cuda, model)?, decode_acts: std::sync::Mutex::new(None) })
+    }
+
+    fn state_sizes(&self) -> (usize, [usize; 3]) {
+        let dm = &self.model.dims;
+        let rec = dm.heads * dm.head_k * dm.head_v; // split heads hold the same values
+        (rec, [dm.key_dim * dm.conv, dm.key_dim_kv * dm.conv, dm.value_dim_kv * dm.conv])
+    }
+
+    /// A zero state (an empty context).
+    ///
+    /// # Errors
+    /// [`Error::Driver`].
+    pub fn new_state(&self) -> Result<GpuState> {
+        let (rec, conv) = self.state_sizes();
+        let st = self.model.cuda.stream();
+        let z = |len: usize| st.alloc_zeros::<f32>(len.max(1)).map_err(Error::driver("alloc generation state"));
+        let layers = self.model.dims.layers;
+        let has_conv = self.model.dims.conv > 0;
+        Ok(GpuState {
+            rec: (0..layers).map(|_| z(rec)).collect::<Result<_>>()?,
+            conv: (0..layers)
+                .map(|_| if has_conv { Ok(Some([z(conv[0])?, z(conv[1])?, z(conv[2])?])) } else { Ok(None) })
+                .collect::<Result<_>>()?,
+            seen: 0,
+        })
+    }
+
+    /// Runs B sequences of T tokens from their states: gathers the states into batch buffers,
+    /// runs the forward, scatters them back; returns the logits of each sequence's last position.
+    fn step(&self, acts: &mut GpuActivations, ids: &[u32], states: &mut [&mut GpuState]) -> Result<Vec<Vec<f32>>> {
+        let (b, t) = acts.shape();
+        let c = &*self.model.cuda;
+        let (rec, conv) = self.state_sizes();
+        let layers = self.model.dims.layers;
+        let st = c.stream();
+        let z = |len: usize| st.alloc_zeros::<f32>(len.max(1)).map_err(Error::driver("alloc batch state"));
+        let mut ctx = InferCtx { h0: Vec::with_capacity(layers), ht: Vec::with_capacity(layers), conv: Vec::with_capacity(layers) };
+        for l in 0..layers {
+            let (h0, ht) = (z(b * rec)?, z(b * rec)?);
+            for (i, s) in states.iter().enumerate() {
+                copy_f32(c, &h0, i * rec, &s.rec[l], 0, rec)?;
+            }
+            ctx.h0.push(h0);
+            ctx.ht.push(ht);
+            ctx.conv.push(match states.first().and_then(|s| s.conv[l].as_ref()) {
+                None => None,
+                Some(_) => {
+                    let bufs = [z(b * conv[0])?, z(b * conv[1])?, z(b * conv[2])?];
+                    for (i, s) in states.iter().enumerate() {
+                        if let Some(cs) = &s.conv[l] {
+                            for j in 0..3 {
+                                copy_f32(c, &bufs[j], i * conv[j], &cs[j], 0, conv[j])?;
+                            }
+                        }
+                    }
+                    Some(bufs)
+                }
+            });
+        }
+        // logits of each sequence's last position only: it alone carries a (dummy) target
+        let mut targets = vec![IGNORE_INDEX; b * t];
+        for i in 0..b {
+            targets[i * t + t - 1] = 0;
+        }
+        self.model.forward_with(acts, ids, &targets, Some(&mut ctx))?;
+        let logits = self.model.logits_to_host(acts)?;
+        for (i, s) in states.iter_mut().enumerate() {
+            for l in 0..layers {
+                copy_f32(c, &s.rec[l], 0, &ctx.ht[l], i * rec, rec)?;
+                if let (Some(cs), Some(bufs)) = (&s.conv[l], &ctx.conv[l]) {
+                    for j in 0..3 {
+                        copy_f32(c, &cs[j], 0, &bufs[j], i * conv[j], conv[j])?;
+                    }
+                }
+            }
+            s.seen += t;
+        }
+        let vocab = self.model.dims.vocab;
+        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Feeds each prompt (one forward per prompt: lengths differ) and returns the logits of its
+    /// last position.
+    ///
+    /// # Errors
+    /// Empty prompts and ids outside the vocabulary ([`Error::Op`]); device errors.
+    pub fn prefill_batch(&self, prompts: &[&[u32]], states: &mut [&mut GpuState]) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(prompts.len());
+        for (p, s) in prompts.iter().zip(states.iter_mut()) {
+            if p.is_empty() {
+                return Err(unsupported("an empty prompt".into()));
+            }
+            let mut acts = self.model.activations(1, p.len())?;
+            out.extend(self.step(&mut acts, p, &mut [&mut **s])?);
+        }
+        Ok(out)
+    }
+
+    /// One token for each sequence, all in one step; returns each one's logits.
+    ///
+    /// # Errors
+    /// As [`GpuDecoder::prefill_batch`].
+    pub fn decode_batch(&self, ids: &[u32], states: &mut [&mut GpuState]) -> Result<Vec<Vec<f32>>> {
+        if ids.len() != states.len() {
+            return Err(unsupported(format!("{} tokens for {} states", ids.len(), states.len())));
+        }
+        let mut guard = self.decode_acts.lock().unwrap_or_else(|e| e.into_inner());
+        if guard.as_ref().is_none_or(|a| a.shape() != (ids.len(), 1)) {
+            *guard = Some(self.model.activations(ids.len(), 1)?);
+        }
+        let Some(acts) = guard.as_mut() else { unreachable!("set above") };
+        self.step(acts, ids, states)
+    }
+}
+
+impl gla_model::generate::Decoder for GpuDecoder {
+    type State = GpuState;
+    fn new_state(&self) -> gla_model::Result<GpuState> {
+        GpuDecoder::new_state(self).map_err(dev)
+    }
+    fn prefill_batch(&self, prompts: &[&[u32]], states: &mut [&mut GpuState]) -> gla_model::Result<Vec<Vec<f32>>> {
+        GpuDecoder::prefill_batch(self, prompts, states).map_err(dev)
+    }
+    fn decode_batch(&self, ids: &[u32], states: &mut [&mut GpuState]) -> gla_model::Result<Vec<Vec<f32>>> {
+        GpuDecoder::decode_batch(self, ids, states).map_err(dev)
     }
 }

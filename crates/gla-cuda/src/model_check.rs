@@ -31,7 +31,7 @@ use gla_model::{shift_labels, Activations, GlaConfig, GlaModel, Rng};
 
 use crate::check::CheckRow;
 use crate::error::Result;
-use crate::model::GpuModel;
+use crate::model::{GpuDecoder, GpuModel, GpuState};
 use crate::runtime::Cuda;
 
 /// Loss of the GPU (bf16) model vs the CPU f32 model: relative error.
@@ -90,7 +90,12 @@ struct Reference<'a> {
 
 /// The rows of `logits [B*T, vocab]` whose target is not -100, in order (what the GPU keeps).
 fn labelled_rows(logits: &[f32], targets: &[i64], vocab: usize) -> Vec<f32> {
-    targets.iter().enumerate().filter(|(_, &t)| t != gla_model::IGNORE_INDEX).flat_map(|(r, _)| logits[r * vocab..(r + 1) * vocab].iter().copied()).collect()
+    targets
+        .iter()
+        .enumerate()
+        .filter(|(_, &t)| t != gla_model::IGNORE_INDEX)
+        .flat_map(|(r, _)| logits[r * vocab..(r + 1) * vocab].iter().copied())
+        .collect()
 }
 
 /// Loss, per-parameter and overall gradient rows of the GPU model against `reference` on one
@@ -212,6 +217,64 @@ pub fn model_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
     Ok(())
 }
 
+/// Generation on the GPU ([`GpuDecoder`]: chunked prefill from a state, recurrent decode) against
+/// the CPU's (`GlaModel::prefill_batch` / `decode_batch`): two prompts of 20 and 70 tokens (the
+/// second crosses a chunk), then 4 decode steps of both together; every logit row compared, with
+/// the tolerance raised to twice the CPU model's own bf16-GEMM floor as for training.
+///
+/// # Errors
+/// Set-up failures.
+pub fn generation_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
+    let cases = configs();
+    for (seed, (name, cfg, _, _)) in cases.into_iter().enumerate() {
+        let name = format!("{name}-gen");
+        let cpu = GlaModel::new(cfg, 7 + seed as u64).map_err(cpu_err)?;
+        let vocab = cpu.dims.vocab;
+        let mut rng = Rng::new(300 + seed as u64);
+        let prompts: Vec<Vec<u32>> = [20usize, 70].iter().map(|&l| (0..l).map(|_| rng.below(vocab) as u32).collect()).collect();
+        let steps: Vec<Vec<u32>> = (0..4).map(|_| (0..2).map(|_| rng.below(vocab) as u32).collect()).collect();
+        let run_cpu = |m: &GlaModel| -> Result<Vec<f32>> {
+            let mut states = vec![m.new_state(), m.new_state()];
+            let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+            let mut all: Vec<f32> = Vec::new();
+            let mut sref: Vec<&mut gla_model::infer::State> = states.iter_mut().collect();
+            all.extend(m.prefill_batch(&refs, &mut sref).map_err(cpu_err)?.concat());
+            for ids in &steps {
+                all.extend(m.decode_batch(ids, &mut sref).map_err(cpu_err)?.concat());
+            }
+            Ok(all)
+        };
+        let want = run_cpu(&cpu)?;
+        let mut rounded = cpu.params.clone();
+        for (i, spec) in cpu.layout.specs.iter().enumerate() {
+            if spec.shape.len() == 2 && (i != cpu.layout.embeddings || cpu.layout.lm_head.is_none()) {
+                rounded[spec.range()].iter_mut().for_each(|x| *x = crate::ops::bf16_to_f32(crate::ops::f32_to_bf16(*x)));
+            }
+        }
+        let floor = rel_rmse(&run_cpu(&GlaModel::from_params(cpu.config.clone(), rounded).map_err(cpu_err)?)?, &want);
+        let dec = GpuDecoder::new(cuda.clone(), &cpu)?;
+        let mut states = vec![dec.new_state()?, dec.new_state()?];
+        let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        let mut got: Vec<f32> = Vec::new();
+        let mut sref: Vec<&mut GpuState> = states.iter_mut().collect();
+        got.extend(dec.prefill_batch(&refs, &mut sref)?.concat());
+        for ids in &steps {
+            got.extend(dec.decode_batch(ids, &mut sref)?.concat());
+        }
+        let tol = TOL_LOGITS.max(FLOOR_FACTOR * floor).min(TOL_CAP);
+        out.push(row(
+            &name,
+            "logits",
+            rel_rmse(&got, &want),
+            tol,
+            format!("prefill 20 + 70 tokens, 4 batched decode steps; bf16 floor {floor:.2e}"),
+        ));
+        let seen: Vec<usize> = states.iter().map(GpuState::seen_tokens).collect();
+        out.push(row(&name, "seen", if seen == [24, 74] { 0.0 } else { 1.0 }, 0.0, format!("tokens per state {seen:?}")));
+    }
+    Ok(())
+}
+
 /// The GPU model against fla's own fixtures (`tools/fla_fixtures.py`: a tiny fla model, one
 /// batch, fla's loss and every parameter's gradient, f32 with IEEE dots): every directory under
 /// `root` holding `config.json`, `model.safetensors` and `fixture.safetensors`. Returns how many
@@ -245,7 +308,12 @@ pub fn fla_fixture_check(cuda: &Arc<Cuda>, root: &Path, out: &mut Vec<CheckRow>)
         let loss = f64::from(f32s(tensor("loss", Dtype::F32)?.data()).first().copied().unwrap_or(f32::NAN));
         let logits = f32s(tensor("logits", Dtype::F32)?.data());
         if logits.len() != b * t * cpu.dims.vocab {
-            return Err(bad(format!("{}: logits has {} values, expected B*T*vocab = {}", path.display(), logits.len(), b * t * cpu.dims.vocab)));
+            return Err(bad(format!(
+                "{}: logits has {} values, expected B*T*vocab = {}",
+                path.display(),
+                logits.len(),
+                b * t * cpu.dims.vocab
+            )));
         }
         let mut grads = vec![0.0f32; cpu.num_params()];
         for spec in &cpu.layout.specs {

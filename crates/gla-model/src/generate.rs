@@ -130,9 +130,44 @@ pub struct Generation {
     pub stop: StopReason,
 }
 
+/// What generates logits from token ids with one state per sequence: the CPU model
+/// ([`GlaModel`], through [`crate::infer`]) or a device (gla-cuda's `GpuDecoder`).
+pub trait Decoder {
+    /// One sequence's state (recurrent states and conv caches).
+    type State;
+    /// A fresh state (an empty context).
+    ///
+    /// # Errors
+    /// Device errors.
+    fn new_state(&self) -> Result<Self::State, crate::Error>;
+    /// Feeds each prompt into its state; the logits of each prompt's last position.
+    ///
+    /// # Errors
+    /// Model or device errors.
+    fn prefill_batch(&self, prompts: &[&[u32]], states: &mut [&mut Self::State]) -> Result<Vec<Vec<f32>>, crate::Error>;
+    /// One token per sequence; each sequence's logits.
+    ///
+    /// # Errors
+    /// Model or device errors.
+    fn decode_batch(&self, ids: &[u32], states: &mut [&mut Self::State]) -> Result<Vec<Vec<f32>>, crate::Error>;
+}
+
+impl Decoder for GlaModel {
+    type State = State;
+    fn new_state(&self) -> Result<State, crate::Error> {
+        Ok(GlaModel::new_state(self))
+    }
+    fn prefill_batch(&self, prompts: &[&[u32]], states: &mut [&mut State]) -> Result<Vec<Vec<f32>>, crate::Error> {
+        GlaModel::prefill_batch(self, prompts, states)
+    }
+    fn decode_batch(&self, ids: &[u32], states: &mut [&mut State]) -> Result<Vec<Vec<f32>>, crate::Error> {
+        GlaModel::decode_batch(self, ids, states)
+    }
+}
+
 /// One sequence being generated: its state, sampler and the streaming bookkeeping.
-struct Seq {
-    state: State,
+struct Seq<S> {
+    state: S,
     sampler: Sampler,
     context: Vec<u32>,
     prompt_len: usize,
@@ -141,7 +176,7 @@ struct Seq {
     stop: Option<StopReason>,
 }
 
-impl Seq {
+impl<S> Seq<S> {
     /// Takes token `t`, decides whether to stop, and returns the text that became final.
     fn push(&mut self, t: u32, tok: &Tokenizer, opts: &GenerateOptions) -> Result<String, GenerateError> {
         self.context.push(t);
@@ -217,8 +252,8 @@ fn mask(logits: &mut [f32], tok: &Tokenizer) {
 ///
 /// # Errors
 /// [`GenerateError::BadOption`], [`GenerateError::EmptyPrompt`], tokenizer and model errors.
-pub fn generate(
-    model: &GlaModel,
+pub fn generate<D: Decoder>(
+    model: &D,
     tok: &Tokenizer,
     prompt: &str,
     opts: &GenerateOptions,
@@ -234,8 +269,8 @@ pub fn generate(
 ///
 /// # Errors
 /// As [`generate`].
-pub fn generate_batch(
-    model: &GlaModel,
+pub fn generate_batch<D: Decoder>(
+    model: &D,
     tok: &Tokenizer,
     prompts: &[&str],
     opts: &GenerateOptions,
@@ -250,8 +285,8 @@ pub fn generate_batch(
 ///
 /// # Errors
 /// As [`generate`].
-pub fn generate_ids(
-    model: &GlaModel,
+pub fn generate_ids<D: Decoder>(
+    model: &D,
     tok: &Tokenizer,
     prompts: &[Vec<u32>],
     opts: &GenerateOptions,
@@ -265,7 +300,7 @@ pub fn generate_ids(
         .iter()
         .map(|p| {
             Ok(Seq {
-                state: model.new_state(),
+                state: model.new_state()?,
                 sampler: Sampler::new(opts.sampling.clone())?,
                 context: p.clone(),
                 prompt_len: p.len(),
@@ -279,7 +314,7 @@ pub fn generate_ids(
         return Ok(seqs.into_iter().map(Seq::finish).collect());
     }
     let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
-    let mut states: Vec<&mut State> = seqs.iter_mut().map(|s| &mut s.state).collect();
+    let mut states: Vec<&mut D::State> = seqs.iter_mut().map(|s| &mut s.state).collect();
     let mut logits = model.prefill_batch(&refs, &mut states)?;
     drop(states);
     let mut active: Vec<usize> = (0..seqs.len()).collect();
@@ -301,7 +336,7 @@ pub fn generate_ids(
             break;
         }
         active = still;
-        let mut states: Vec<&mut State> =
+        let mut states: Vec<&mut D::State> =
             seqs.iter_mut().enumerate().filter(|(i, _)| active.binary_search(i).is_ok()).map(|(_, s)| &mut s.state).collect();
         logits = model.decode_batch(&ids, &mut states)?;
     }

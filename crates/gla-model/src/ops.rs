@@ -41,8 +41,11 @@ pub fn linear_bwd_w(dw: &mut [f32], dy: &[f32], x: &[f32], n: usize, d_in: usize
 /// RMSNorm forward over rows of `d`: `y = x * rstd * w`, `rstd = 1/sqrt(mean(x^2) + eps)`.
 /// `rstd [rows]` is saved for the backward.
 pub fn rmsnorm_fwd(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], d: usize, eps: f32) {
-    y.par_chunks_mut(d * ROWS_PER_TASK).zip(rstd.par_chunks_mut(ROWS_PER_TASK)).zip(x.par_chunks(d * ROWS_PER_TASK)).with_min_len(min_items(d * ROWS_PER_TASK)).for_each(
-        |((y, r), x)| {
+    y.par_chunks_mut(d * ROWS_PER_TASK)
+        .zip(rstd.par_chunks_mut(ROWS_PER_TASK))
+        .zip(x.par_chunks(d * ROWS_PER_TASK))
+        .with_min_len(min_items(d * ROWS_PER_TASK))
+        .for_each(|((y, r), x)| {
             for ((y, r), x) in y.chunks_exact_mut(d).zip(r.iter_mut()).zip(x.chunks_exact(d)) {
                 let ms = x.iter().map(|v| v * v).sum::<f32>() / d as f32;
                 *r = 1.0 / (ms + eps).sqrt();
@@ -50,8 +53,7 @@ pub fn rmsnorm_fwd(y: &mut [f32], rstd: &mut [f32], x: &[f32], w: &[f32], d: usi
                     *y = x * *r * w;
                 }
             }
-        },
-    );
+        });
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -150,7 +152,12 @@ pub fn gated_norm_bwd(
         }
     };
     match dg {
-        Some(dg) => d_o.par_chunks_mut(v).zip(dg.par_chunks_mut(v)).enumerate().with_min_len(min_items(v)).for_each(|(i, (a, b))| row(i, a, Some(b))),
+        Some(dg) => d_o
+            .par_chunks_mut(v)
+            .zip(dg.par_chunks_mut(v))
+            .enumerate()
+            .with_min_len(min_items(v))
+            .for_each(|(i, (a, b))| row(i, a, Some(b))),
         None => d_o.par_chunks_mut(v).enumerate().with_min_len(min_items(v)).for_each(|(i, a)| row(i, a, None)),
     }
     for i in 0..rstd.len() {
@@ -175,15 +182,18 @@ pub fn swiglu_fwd(h: &mut [f32], a: &[f32], b: &[f32]) {
 
 /// SwiGLU backward: `da = dh * b * silu'(a)`, `db = dh * silu(a)`.
 pub fn swiglu_bwd(da: &mut [f32], db: &mut [f32], dh: &[f32], a: &[f32], b: &[f32]) {
-    da.par_chunks_mut(4096).zip(db.par_chunks_mut(4096)).zip(dh.par_chunks(4096)).zip(a.par_chunks(4096).zip(b.par_chunks(4096))).with_min_len(min_items(4096)).for_each(
-        |(((da, db), dh), (a, b))| {
+    da.par_chunks_mut(4096)
+        .zip(db.par_chunks_mut(4096))
+        .zip(dh.par_chunks(4096))
+        .zip(a.par_chunks(4096).zip(b.par_chunks(4096)))
+        .with_min_len(min_items(4096))
+        .for_each(|(((da, db), dh), (a, b))| {
             for i in 0..da.len() {
                 let s = sigmoid(a[i]);
                 db[i] = dh[i] * a[i] * s;
                 da[i] = dh[i] * b[i] * s * (1.0 + a[i] * (1.0 - s));
             }
-        },
-    );
+        });
 }
 
 /// `log(sigmoid(x))`, stable for every x.
@@ -218,20 +228,22 @@ pub fn gate_bwd(dx: &mut [f32], dg: &[f32], x: &[f32], norm: f32, clamp_min: Opt
 /// `t` rows: `pre[t, c] = sum_j w[c, j] * x[t - (W-1) + j, c]` (zero before the sequence start),
 /// `y = silu(pre)`. `x`, `pre`, `y`: `[B*T, C]`; `w`: `[C, 1, W]`.
 pub fn conv_fwd(y: &mut [f32], pre: &mut [f32], x: &[f32], w: &[f32], t: usize, c: usize, width: usize) {
-    y.par_chunks_mut(t * c).zip(pre.par_chunks_mut(t * c)).zip(x.par_chunks(t * c)).with_min_len(min_items(t * c)).for_each(|((y, pre), x)| {
-        for s in 0..t {
-            for ch in 0..c {
-                let mut acc = 0.0f32;
-                for j in 0..width {
-                    if let Some(src) = (s + j).checked_sub(width - 1) {
-                        acc += w[ch * width + j] * x[src * c + ch];
+    y.par_chunks_mut(t * c).zip(pre.par_chunks_mut(t * c)).zip(x.par_chunks(t * c)).with_min_len(min_items(t * c)).for_each(
+        |((y, pre), x)| {
+            for s in 0..t {
+                for ch in 0..c {
+                    let mut acc = 0.0f32;
+                    for j in 0..width {
+                        if let Some(src) = (s + j).checked_sub(width - 1) {
+                            acc += w[ch * width + j] * x[src * c + ch];
+                        }
                     }
+                    pre[s * c + ch] = acc;
+                    y[s * c + ch] = acc * sigmoid(acc);
                 }
-                pre[s * c + ch] = acc;
-                y[s * c + ch] = acc * sigmoid(acc);
             }
-        }
-    });
+        },
+    );
 }
 
 /// Backward of [`conv_fwd`]: writes `dx`, accumulates `dw`.
