@@ -51,6 +51,9 @@ struct Entry {
 #[derive(Serialize)]
 struct Report {
     unix_time: u64,
+    /// how `pct_gemm_peak` was measured (records before d06f11d: one best-of-6 GEMM peak at the
+    /// start of the run)
+    method: &'static str,
     device: String,
     threads: usize,
     gemm_f32_peak_gflops: f64,
@@ -160,7 +163,8 @@ pub fn ops(a: &OpsArgs) -> Result<bool> {
     let peak = results.iter().map(|e| e.gemm_gflops).fold(0.0, f64::max);
     if let Some(path) = &a.json {
         let unix_time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        let report = Report { unix_time, device: format!("cpu: {cpu}"), threads, gemm_f32_peak_gflops: peak, results };
+        let method = "interleaved: each timed call follows one 1536^3 f32 GEMM; pct_gemm_peak is the median over calls of op GFLOP/s / that GEMM's GFLOP/s; ms and gemm_gflops are medians of their own";
+        let report = Report { unix_time, method, device: format!("cpu: {cpu}"), threads, gemm_f32_peak_gflops: peak, results };
         gla_core::io::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())
             .with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
