@@ -337,7 +337,10 @@ fn scores(ch: &Chunk, qg: &[f32], kd: usize) -> Vec<f32> {
 /// `exp(G[r] - G[c])` as a product of two table entries, as the off-diagonal blocks of
 /// [`intra_a`] use it; the table exists only when every `exp(G)` and its inverse are normal
 /// floats (chunk cumsum above -80), so no factor overflows and the kept terms (`r >= c`, decay
-/// <= 1) carry f32 accuracy. The discarded upper triangle may hold large values (growth
+/// <= 1) carry f32 accuracy, except that `qs * exp(G)` leaves the normal range when a query is
+/// tiny and the decay near the table's limit (|q| < 1e-3 with G near -80): such rows lose
+/// relative precision (1e-3 at |q| = 1e-7), on outputs whose size is of the order of q itself.
+/// The discarded upper triangle may hold large values (growth
 /// `exp(G[r] - G[c]) > 1`, even inf): they are overwritten with zeros, never used. One 64x64xK
 /// product replaces three block products, four elementwise diagonal blocks and their copies.
 fn intra_a_table(ch: &Chunk, qg: &[f32], inv: &[f32], kd: usize) -> Vec<f32> {
