@@ -445,6 +445,14 @@ fn bench_cuda(a: &BenchArgs, model: &GlaModel) -> Result<Vec<BenchEntry>> {
     let cuda = gla_cuda::Cuda::new()?;
     println!("on {} ({}): bf16 weights, f32 states; one forward per prompt, then batched decode steps", cuda.name(), cuda.arch());
     let dec = gla_cuda::GpuDecoder::new(cuda, model)?;
+    // untimed warm-up: kernel compiles (NVRTC, then cached), cuBLAS start-up, first allocations
+    {
+        let mut st = [dec.new_state()?, dec.new_state()?];
+        let mut sref: Vec<&mut gla_cuda::GpuState> = st.iter_mut().collect();
+        let warm: Vec<u32> = (0..a.prompt_len.min(128) as u32).map(|i| i % model.dims.vocab as u32).collect();
+        dec.prefill_batch(&[&warm, &warm], &mut sref)?;
+        dec.decode_batch(&[0, 1], &mut sref)?;
+    }
     let dm = &model.dims;
     // recurrent states and conv caches, f32
     let bytes = 4 * dm.layers * (dm.heads * dm.head_k * dm.head_v + dm.conv * (dm.key_dim + dm.key_dim_kv + dm.value_dim_kv));

@@ -1151,6 +1151,22 @@ impl GpuDecoder {
         let c = &*self.model.cuda;
         let (rec, conv) = self.state_sizes();
         let layers = self.model.dims.layers;
+        // a state made for another model would be copied out of bounds: refuse it
+        for (i, s) in states.iter().enumerate() {
+            let fits = s.rec.len() == layers
+                && s.conv.len() == layers
+                && s.rec.iter().all(|r| r.len() == rec.max(1))
+                && s.conv.iter().all(|cv| match cv {
+                    None => self.model.dims.conv == 0,
+                    Some(cs) => cs.iter().zip(conv).all(|(x, n)| x.len() == n.max(1)),
+                });
+            if !fits {
+                return Err(unsupported(format!("state {i} was not made by this model's decoder (layers, heads or dims differ)")));
+            }
+        }
+        if ids.len() != b * t || states.len() != b {
+            return Err(unsupported(format!("{} ids and {} states for a [{b}, {t}] step", ids.len(), states.len())));
+        }
         let st = c.stream();
         let z = |len: usize| st.alloc_zeros::<f32>(len.max(1)).map_err(Error::driver("alloc batch state"));
         let mut ctx = InferCtx { h0: Vec::with_capacity(layers), ht: Vec::with_capacity(layers), conv: Vec::with_capacity(layers) };
@@ -1204,13 +1220,27 @@ impl GpuDecoder {
     /// # Errors
     /// Empty prompts and ids outside the vocabulary ([`Error::Op`]); device errors.
     pub fn prefill_batch(&self, prompts: &[&[u32]], states: &mut [&mut GpuState]) -> Result<Vec<Vec<f32>>> {
+        if prompts.len() != states.len() {
+            return Err(unsupported(format!("{} prompts for {} states", prompts.len(), states.len())));
+        }
+        if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
+            return Err(unsupported(format!("prompt {i} is empty")));
+        }
         let mut out = Vec::with_capacity(prompts.len());
+        let mut acts: Option<GpuActivations> = None;
         for (p, s) in prompts.iter().zip(states.iter_mut()) {
-            if p.is_empty() {
-                return Err(unsupported("an empty prompt".into()));
+            // windows of PREFILL_WINDOW tokens: the activations (and the logits buffer, which
+            // is sized for every row) stay bounded whatever the prompt's length
+            let mut last = Vec::new();
+            for w in p.chunks(gla_model::infer::PREFILL_WINDOW) {
+                if acts.as_ref().is_none_or(|a| a.shape() != (1, w.len())) {
+                    drop(acts.take()); // free the previous set before allocating the next
+                    acts = Some(self.model.activations(1, w.len())?);
+                }
+                let Some(a) = acts.as_mut() else { unreachable!("set above") };
+                last = self.step(a, w, &mut [&mut **s])?;
             }
-            let mut acts = self.model.activations(1, p.len())?;
-            out.extend(self.step(&mut acts, p, &mut [&mut **s])?);
+            out.extend(last);
         }
         Ok(out)
     }
