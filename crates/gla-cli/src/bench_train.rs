@@ -131,45 +131,76 @@ fn batch(rng: &mut gla_model::Rng, b: usize, t: usize, vocab: usize) -> (Vec<u32
     (ids, gla_model::shift_labels(&labels, t))
 }
 
+/// Runs `--warmup` untimed then `--steps` timed optimizer steps of `step` (random batches;
+/// returns the step's loss), calling `sync` before the clock starts and stops (a device's queue).
+/// Returns the timed seconds and the first and last losses.
+fn timed_steps(
+    a: &Args,
+    vocab: usize,
+    mut sync: impl FnMut() -> Result<()>,
+    mut step: impl FnMut(&[u32], &[i64]) -> Result<f64>,
+) -> Result<(f64, f64, f64)> {
+    let mut rng = gla_model::Rng::new(1);
+    let (mut first, mut last, mut t0) = (f64::NAN, f64::NAN, Instant::now());
+    for i in 0..a.warmup + a.steps {
+        if i == a.warmup {
+            sync()?;
+            t0 = Instant::now();
+        }
+        let (ids, targets) = batch(&mut rng, a.batch, a.seq_len, vocab);
+        let loss = step(&ids, &targets)?;
+        if i == 0 {
+            first = loss;
+        }
+        last = loss;
+    }
+    sync()?;
+    Ok((t0.elapsed().as_secs_f64(), first, last))
+}
+
+impl Report {
+    /// The row of a run of `secs` seconds; `peak` is `(device TFLOP/s, peak memory GiB)` where
+    /// known (the MFU and memory are NaN without it).
+    fn new(a: &Args, device: String, params: usize, fpt: f64, (secs, first, last): (f64, f64, f64), peak: Option<(f64, f64)>) -> Self {
+        let tps = (a.batch * a.seq_len * a.steps) as f64 / secs;
+        Self {
+            device,
+            params,
+            batch: a.batch,
+            seq_len: a.seq_len,
+            steps: a.steps,
+            ms_per_step: secs * 1e3 / a.steps as f64,
+            tokens_per_s: tps,
+            flops_per_token: fpt,
+            mfu: peak.map_or(f64::NAN, |(tf, _)| tps * fpt / (tf * 1e12)),
+            peak_mem_gib: peak.map_or(f64::NAN, |(_, gib)| gib),
+            first_loss: first,
+            last_loss: last,
+        }
+    }
+}
+
 fn cpu(a: &Args, model: GlaModel, fpt: f64) -> Result<Report> {
     use gla_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
     let mut model = model;
     let mut acts = gla_model::Activations::new(&model.dims, a.batch, a.seq_len);
     let mut grads = vec![0.0f32; model.num_params()];
     let mut opt = AdamW::new(AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() }, &model.layout);
-    let mut rng = gla_model::Rng::new(1);
-    let (mut first, mut last, mut t0) = (f64::NAN, f64::NAN, Instant::now());
-    for i in 0..a.warmup + a.steps {
-        if i == a.warmup {
-            t0 = Instant::now();
-        }
-        let (ids, targets) = batch(&mut rng, a.batch, a.seq_len, model.dims.vocab);
-        grads.fill(0.0);
-        let out = model.forward(&mut acts, &ids, &targets)?;
-        model.backward(&mut acts, &mut grads, 1.0)?;
-        clip_grad_norm(&mut grads, 1.0);
-        opt.update(&mut model.params, &grads, 3e-4);
-        if i == 0 {
-            first = out.loss;
-        }
-        last = out.loss;
-    }
-    let secs = t0.elapsed().as_secs_f64();
-    let tokens = (a.batch * a.seq_len * a.steps) as f64;
-    Ok(Report {
-        device: format!("cpu ({} threads)", rayon::current_num_threads()),
-        params: model.num_params(),
-        batch: a.batch,
-        seq_len: a.seq_len,
-        steps: a.steps,
-        ms_per_step: secs * 1e3 / a.steps as f64,
-        tokens_per_s: tokens / secs,
-        flops_per_token: fpt,
-        mfu: f64::NAN,
-        peak_mem_gib: f64::NAN,
-        first_loss: first,
-        last_loss: last,
-    })
+    let vocab = model.dims.vocab;
+    let run = timed_steps(
+        a,
+        vocab,
+        || Ok(()),
+        |ids, targets| {
+            grads.fill(0.0);
+            let out = model.forward(&mut acts, ids, targets)?;
+            model.backward(&mut acts, &mut grads, 1.0)?;
+            clip_grad_norm(&mut grads, 1.0);
+            opt.update(&mut model.params, &grads, 3e-4);
+            Ok(out.loss)
+        },
+    )?;
+    Ok(Report::new(a, format!("cpu ({} threads)", rayon::current_num_threads()), model.num_params(), fpt, run, None))
 }
 
 #[cfg(feature = "cuda")]
@@ -178,42 +209,21 @@ fn cuda(a: &Args, model: &GlaModel, fpt: f64) -> Result<Report> {
     let cuda = gla_cuda::Cuda::new()?;
     let mut gpu = gla_cuda::GpuModel::new(cuda.clone(), model)?;
     let mut acts = gpu.activations(a.batch, a.seq_len)?;
-    let mut rng = gla_model::Rng::new(1);
     let cfg = AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() };
-    let (mut first, mut last, mut t0) = (f64::NAN, f64::NAN, Instant::now());
-    for i in 0..a.warmup + a.steps {
-        if i == a.warmup {
-            cuda.sync()?;
-            t0 = Instant::now();
-        }
-        let (ids, targets) = batch(&mut rng, a.batch, a.seq_len, model.dims.vocab);
-        gpu.zero_grads()?;
-        let out = gpu.forward(&mut acts, &ids, &targets)?;
-        gpu.backward(&mut acts, 1.0)?;
-        gpu.adamw_step(&cfg, 3e-4, 1.0)?;
-        if i == 0 {
-            first = out.loss;
-        }
-        last = out.loss;
-    }
-    cuda.sync()?;
-    let secs = t0.elapsed().as_secs_f64();
-    let tokens = (a.batch * a.seq_len * a.steps) as f64;
-    let tps = tokens / secs;
-    Ok(Report {
-        device: cuda.name(),
-        params: model.num_params(),
-        batch: a.batch,
-        seq_len: a.seq_len,
-        steps: a.steps,
-        ms_per_step: secs * 1e3 / a.steps as f64,
-        tokens_per_s: tps,
-        flops_per_token: fpt,
-        mfu: tps * fpt / (a.peak_tflops * 1e12),
-        peak_mem_gib: gla_cuda::model::peak_pool_bytes(&cuda) as f64 / (1u64 << 30) as f64,
-        first_loss: first,
-        last_loss: last,
-    })
+    let run = timed_steps(
+        a,
+        model.dims.vocab,
+        || Ok(cuda.sync()?),
+        |ids, targets| {
+            gpu.zero_grads()?;
+            let out = gpu.forward(&mut acts, ids, targets)?;
+            gpu.backward(&mut acts, 1.0)?;
+            gpu.adamw_step(&cfg, 3e-4, 1.0)?;
+            Ok(out.loss)
+        },
+    )?;
+    let peak_gib = gla_cuda::model::peak_pool_bytes(&cuda) as f64 / (1u64 << 30) as f64;
+    Ok(Report::new(a, cuda.name(), model.num_params(), fpt, run, Some((a.peak_tflops, peak_gib))))
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -453,10 +453,8 @@ fn bench_cuda(a: &BenchArgs, model: &GlaModel) -> Result<Vec<BenchEntry>> {
         dec.prefill_batch(&[&warm, &warm], &mut sref)?;
         dec.decode_batch(&[0, 1], &mut sref)?;
     }
-    let dm = &model.dims;
-    // recurrent states and conv caches, f32
-    let bytes = 4 * dm.layers * (dm.heads * dm.head_k * dm.head_v + dm.conv * (dm.key_dim + dm.key_dim_kv + dm.value_dim_kv));
-    bench_batches(a, &dec, dm.vocab, |_| bytes)
+    let bytes = dec.state_bytes();
+    bench_batches(a, &dec, model.dims.vocab, |_| bytes)
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -364,6 +364,7 @@ pub(crate) fn forward<T: Real>(
 /// the same order. Lets an algorithm walk several heads in lockstep, so that it reads rows of
 /// adjacent heads, which sit next to each other in memory, close together in time. `stream`:
 /// write `o` with streaming stores (for outputs too large to stay cached; see [`Sink`]).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn forward_grouped<T: Real>(
     op: &'static str,
     p: &Problem,

@@ -1125,6 +1125,12 @@ impl GpuDecoder {
         (rec, [dm.key_dim * dm.conv, dm.key_dim_kv * dm.conv, dm.value_dim_kv * dm.conv])
     }
 
+    /// Bytes of one [`GpuState`] (recurrent states and conv caches, f32): fixed by the config.
+    pub fn state_bytes(&self) -> usize {
+        let (rec, conv) = self.state_sizes();
+        4 * self.model.dims.layers * (rec + conv.iter().sum::<usize>())
+    }
+
     /// A zero state (an empty context).
     ///
     /// # Errors

@@ -79,6 +79,24 @@ fn cpu_err(e: gla_model::Error) -> crate::Error {
     crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() })
 }
 
+/// The conditioning floor's model: the same CPU model with its GEMM matrices rounded to bf16
+/// (every 2-D weight but an untied embedding table, which the GPU reads in f32 for the lookup).
+fn gemm_rounded(cpu: &GlaModel) -> Result<GlaModel> {
+    let mut rounded = cpu.params.clone();
+    for (i, spec) in cpu.layout.specs.iter().enumerate() {
+        if spec.shape.len() == 2 && (i != cpu.layout.embeddings || cpu.layout.lm_head.is_none()) {
+            rounded[spec.range()].iter_mut().for_each(|x| *x = crate::ops::bf16_to_f32(crate::ops::f32_to_bf16(*x)));
+        }
+    }
+    GlaModel::from_params(cpu.config.clone(), rounded).map_err(cpu_err)
+}
+
+/// The tolerance of a comparison whose CPU-measured bf16 floor is `floor`: at least `base`,
+/// [`FLOOR_FACTOR`] times the floor, at most [`TOL_CAP`].
+fn floor_tol(floor: f64, base: f64) -> f64 {
+    base.max(FLOOR_FACTOR * floor).min(TOL_CAP)
+}
+
 /// What the GPU is compared with: the CPU f32 model's own loss, logits and gradients, or fla's.
 struct Reference<'a> {
     what: &'static str,
@@ -126,15 +144,7 @@ fn compare(
     gpu.backward(&mut gacts, scale)?;
     let g_gpu = gpu.grads_to_host()?;
 
-    // the conditioning floor: the same CPU model with its GEMM matrices rounded to bf16 (every
-    // 2-D weight but an untied embedding table, which the GPU reads in f32 for the lookup)
-    let mut rounded = cpu.params.clone();
-    for (i, spec) in cpu.layout.specs.iter().enumerate() {
-        if spec.shape.len() == 2 && (i != cpu.layout.embeddings || cpu.layout.lm_head.is_none()) {
-            rounded[spec.range()].iter_mut().for_each(|x| *x = crate::ops::bf16_to_f32(crate::ops::f32_to_bf16(*x)));
-        }
-    }
-    let cpu_r = GlaModel::from_params(cpu.config.clone(), rounded).map_err(cpu_err)?;
+    let cpu_r = gemm_rounded(cpu)?;
     let mut acts_r = Activations::new(&cpu.dims, b, t);
     cpu_r.forward(&mut acts_r, ids, targets).map_err(cpu_err)?;
     let mut g_floor = vec![0.0f32; cpu.num_params()];
@@ -144,7 +154,7 @@ fn compare(
         Some(r) => (r.what, r.loss, r.grads, labelled_rows(r.logits, targets, cpu.dims.vocab)),
         None => ("cpu", want.loss, &g_cpu[..], labelled_rows(&cpu.logits(ids, b, t).map_err(cpu_err)?, targets, cpu.dims.vocab)),
     };
-    let tol = |floor: f64, base: f64| base.max(FLOOR_FACTOR * floor).min(TOL_CAP);
+    let tol = floor_tol;
     let lerr = (got.loss - ref_loss).abs() / ref_loss.abs().max(1e-12);
     out.push(row(name, "loss", lerr, TOL_LOSS, format!("{ref_what} {ref_loss:.6} gpu {:.6}", got.loss)));
     let logits = gpu.logits_to_host(&gacts)?;
@@ -305,17 +315,11 @@ fn generation_case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: GlaConfig, ou
         solo: draw(2),
     };
     let (want, _) = run_plan(&cpu, &plan).map_err(cpu_err)?;
-    let mut rounded = cpu.params.clone();
-    for (i, spec) in cpu.layout.specs.iter().enumerate() {
-        if spec.shape.len() == 2 && (i != cpu.layout.embeddings || cpu.layout.lm_head.is_none()) {
-            rounded[spec.range()].iter_mut().for_each(|x| *x = crate::ops::bf16_to_f32(crate::ops::f32_to_bf16(*x)));
-        }
-    }
-    let (floor_run, _) = run_plan(&GlaModel::from_params(cpu.config.clone(), rounded).map_err(cpu_err)?, &plan).map_err(cpu_err)?;
+    let (floor_run, _) = run_plan(&gemm_rounded(&cpu)?, &plan).map_err(cpu_err)?;
     let floor = rel_rmse(&floor_run, &want);
     let dec = GpuDecoder::new(cuda.clone(), &cpu)?;
     let (got, states) = run_plan(&dec, &plan).map_err(|e| unsupported_model(e.to_string()))?;
-    let tol = TOL_LOGITS.max(FLOOR_FACTOR * floor).min(TOL_CAP);
+    let tol = floor_tol(floor, TOL_LOGITS);
     out.push(row(
         name,
         "logits",
