@@ -16,6 +16,8 @@
 // dg is taken in this direct form: the closed form sum_{s>=t}(q dq - k dk) cancels badly in f32
 // (measured 1.6e-4 relative on the strong-decay cases). Partials go to [NV, ...] f32 buffers (no
 // atomics: repeated runs are bitwise equal) and are summed by gla_recurrent_bwd_finalize.
+// Decode (gla_recurrent_decode_*): the forward for one token per sequence, each sequence's state
+// [H, K, V] in its own buffer, found through a table of N device addresses, updated in place.
 // Launch: grid (NV, N*H), block (32, NW); finalize: grid (N*H), block 32.
 
 #define NW 8
@@ -25,21 +27,23 @@
 
 template <typename T>
 __device__ void recurrent_fwd(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
-                              const T* __restrict__ g, const float* __restrict__ h0, T* __restrict__ o,
-                              float* __restrict__ ht, const idx_t* __restrict__ bounds,
+                              const T* __restrict__ g, const float* h0, T* __restrict__ o,
+                              float* ht, const idx_t* __restrict__ bounds,
                               int H, int K, int V, int gw, float scale) {
+    // h0 and ht point at this block's (n, h) state [K, V] (or are null) and may be the same
+    // buffer (decode updates each sequence's state in place): each thread reads its own
+    // elements before the time loop and writes the same ones after it, so no __restrict__
     __shared__ float s_q[NW * MAXKPT], s_k[NW * MAXKPT], s_d[NW * MAXKPT], s_v[BV], s_o[NW][BV];
     const int lane = threadIdx.x, w = threadIdx.y, tid = w * 32 + lane;
     const int i_nh = blockIdx.y, n = i_nh / H, h = i_nh % H;
     const int j = blockIdx.x * BV + lane;
     const bool m_j = j < V;
     const idx_t bos = bounds[n], eos = bounds[n + 1];
-    const idx_t o_state = (idx_t)i_nh * K * V;
     float s[MAXKPT];
     #pragma unroll
     for (int m = 0; m < MAXKPT; ++m) {
         int i = w + m * NW;
-        s[m] = (h0 != nullptr && i < K && m_j) ? h0[o_state + (idx_t)i * V + j] : 0.f;
+        s[m] = (h0 != nullptr && i < K && m_j) ? h0[(idx_t)i * V + j] : 0.f;
     }
     for (idx_t r = bos; r < eos; ++r) {
         const idx_t o_k = (r * H + h) * (idx_t)K, o_v = (r * H + h) * (idx_t)V;
@@ -73,7 +77,7 @@ __device__ void recurrent_fwd(const T* __restrict__ q, const T* __restrict__ k, 
         #pragma unroll
         for (int m = 0; m < MAXKPT; ++m) {
             int i = w + m * NW;
-            if (i < K) ht[o_state + (idx_t)i * V + j] = s[m];
+            if (i < K) ht[(idx_t)i * V + j] = s[m];
         }
     }
 }
@@ -258,7 +262,18 @@ __device__ void recurrent_bwd_finalize(const float* __restrict__ dq_part, const 
 extern "C" __global__ void __launch_bounds__(NW * 32) gla_recurrent_fwd_##NAME(                          \
     const T* q, const T* k, const T* v, const T* g, const float* h0, T* o, float* ht,                    \
     const idx_t* bounds, int H, int K, int V, int gw, float scale) {                                     \
-    recurrent_fwd<T>(q, k, v, g, h0, o, ht, bounds, H, K, V, gw, scale);                                 \
+    const idx_t o_state = (idx_t)blockIdx.y * K * V;                                                     \
+    recurrent_fwd<T>(q, k, v, g, h0 ? h0 + o_state : nullptr, o, ht ? ht + o_state : nullptr, bounds,    \
+                     H, K, V, gw, scale);                                                                \
+}                                                                                                        \
+/* decode: sequence n's state lives at states[n] ([H, K, V] f32, its own buffer), read and  */           \
+/* updated in place; bounds as for the forward (one row per sequence)                       */           \
+extern "C" __global__ void __launch_bounds__(NW * 32) gla_recurrent_decode_##NAME(                       \
+    const T* q, const T* k, const T* v, const T* g, const unsigned long long* states, T* o,              \
+    const idx_t* bounds, int H, int K, int V, int gw, float scale) {                                     \
+    const int n = blockIdx.y / H, h = blockIdx.y % H;                                                    \
+    float* st = reinterpret_cast<float*>(states[n]) + (idx_t)h * K * V;                                  \
+    recurrent_fwd<T>(q, k, v, g, st, o, st, bounds, H, K, V, gw, scale);                                 \
 }                                                                                                        \
 extern "C" __global__ void __launch_bounds__(NW * 32) gla_recurrent_bwd_##NAME(                          \
     const T* q, const T* k, const T* v, const T* g, const float* h0, const T* d_o, const float* dht,      \

@@ -301,6 +301,28 @@ extern "C" __global__ void conv_cache_update(float* __restrict__ cache, const bf
     }
 }
 
+// decode (one token per sequence): conv_fwd with t = 1 and conv_cache_update in one pass, each
+// sequence's cache [C, W] f32 in its own buffer at caches[seq]; one thread per (sequence,
+// channel) reads its W-1 newest inputs, then shifts them and appends x in place
+extern "C" __global__ void conv_decode(bf16_t* __restrict__ y, bf16_t* __restrict__ pre, const bf16_t* __restrict__ x, const float* __restrict__ w, const unsigned long long* __restrict__ caches, idx_t nseq, int c, int width) {
+    idx_t total = nseq * c;
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+        int ch = (int)(i % c);
+        idx_t seq = i / c;
+        float* cache = reinterpret_cast<float*>(caches[seq]) + (idx_t)ch * width;
+        float xv = to_f32(x[i]);
+        float acc = w[ch * width + width - 1] * xv;
+        for (int j = 0; j + 1 < width; ++j) {
+            float old = cache[j + 1];
+            acc += w[ch * width + j] * old;
+            cache[j] = old;
+        }
+        cache[width - 1] = xv;
+        pre[i] = from_f32<bf16_t>(acc);
+        y[i] = from_f32<bf16_t>(swishf_(acc));
+    }
+}
+
 __device__ __forceinline__ float dsilu(float d, float p) { return d * dswishf_(p); }
 
 // dx[src, ch] = sum_j w[ch, j] dpre[src + W-1-j, ch], dpre = dy * silu'(pre); dx bf16 (GEMM operand)

@@ -29,6 +29,8 @@ pub const RECURRENT: KernelSource = KernelSource {
     entries: &[
         "gla_recurrent_fwd_f32",
         "gla_recurrent_fwd_bf16",
+        "gla_recurrent_decode_f32",
+        "gla_recurrent_decode_bf16",
         "gla_recurrent_bwd_f32",
         "gla_recurrent_bwd_bf16",
         "gla_recurrent_bwd_finalize_f32",
@@ -86,6 +88,7 @@ pub const MODEL_OPS: KernelSource = KernelSource {
         "gate_bwd",
         "conv_fwd",
         "conv_cache_update",
+        "conv_decode",
         "conv_bwd_dx",
         "conv_bwd_dw",
         "cross_entropy",

@@ -13,10 +13,12 @@
 //! heads of V' that share q, k and g (GLA is separable over the value channels; q, k, g are
 //! repeated s times and their gradients summed back), the same repeat that GQA uses.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
-use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaGraph, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
 use gla_core::{GateKind, Problem, ProblemSpec};
 use gla_model::config::Dims;
 use gla_model::optim::AdamWConfig;
@@ -627,13 +629,38 @@ impl GpuModel {
     /// [`GpuModel::forward`] carrying inference state: each of the B sequences starts from its
     /// recurrent states `ctx.h0` and conv caches and leaves its final ones in `ctx.ht` and the
     /// caches (T = 1 takes the recurrent kernel, as fla's decode does).
-    fn forward_with(&self, acts: &mut GpuActivations, ids: &[u32], targets: &[i64], mut ctx: Option<&mut InferCtx>) -> Result<LossOut> {
+    fn forward_with(&self, acts: &mut GpuActivations, ids: &[u32], targets: &[i64], ctx: Option<&mut InferCtx>) -> Result<LossOut> {
         self.check_batch(acts, ids, targets)?;
         if let Some(x) = &ctx {
             if x.h0.len() != self.dims.layers || x.ht.len() != self.dims.layers || x.conv.len() != self.dims.layers {
                 return Err(unsupported(format!("inference state for {} layers, model has {}", x.h0.len(), self.dims.layers)));
             }
         }
+        self.cuda.stream().memcpy_htod(ids, &mut acts.ids).map_err(Error::driver("upload ids"))?;
+        self.body(acts, ctx.map(InferIo::Batch))?;
+        self.loss_head(acts, targets)
+    }
+
+    /// The decode step's device work, from the ids already in `acts.ids` to the logits of every
+    /// row in `acts.logits` (`acts.m = B`): nothing but kernel launches and GEMMs on the stream,
+    /// so it can be captured in a CUDA graph. Each sequence's state is read and updated in place
+    /// through the table at `table` ([`InferIo::Table`]).
+    ///
+    /// # Safety
+    /// As [`ops::gla_decode`]: `table` holds `[L][4][B]` addresses of live, distinct state
+    /// buffers of the sizes [`GpuDecoder::state_bytes`] counts (0 for absent conv caches).
+    unsafe fn decode_body(&self, acts: &mut GpuActivations, table: u64) -> Result<()> {
+        let b = acts.b;
+        self.body(acts, Some(InferIo::Table { addr: table, b }))?;
+        let c = &*self.cuda;
+        acts.m = b;
+        let (lg, xf) = (ptr(c, &acts.logits), ptr(c, &acts.xf));
+        self.gemm.fwd(lg, Ty::F32, xf, self.wp(self.lm_head_id()), b, self.dims.d, self.dims.vocab, 0.0)
+    }
+
+    /// Embedding, every block and the final norm (into `acts.xf`) from the ids in `acts.ids`,
+    /// starting each sequence from the inference state in `io` when given.
+    fn body(&self, acts: &mut GpuActivations, mut io: Option<InferIo<'_>>) -> Result<()> {
         let c = &*self.cuda;
         let st = c.stream();
         let dm = &self.dims;
@@ -642,7 +669,9 @@ impl GpuModel {
         let n = b * t;
         let (d, nn) = (dm.d, n as i64);
         let (di, ni) = (d as i32, n as i64);
-        st.memcpy_htod(ids, &mut acts.ids).map_err(Error::driver("upload ids"))?;
+        if matches!(io, Some(InferIo::Table { .. })) && t != 1 {
+            return Err(unsupported(format!("the decode step takes one token per sequence, got T = {t}")));
+        }
         let (x0, idp, emb) = (ptr(c, &acts.xs[0]), ptr(c, &acts.ids), self.mp(self.layout.embeddings));
         launch!(self, "embedding_fwd", rows_block(n), x0, idp, emb, nn, di);
         let eps = dm.eps;
@@ -662,11 +691,18 @@ impl GpuModel {
                     [(&a.q_lin, qc, dm.key_dim), (&a.k_lin, kc, dm.key_dim_kv), (&a.v_lin, vc, dm.value_dim_kv)].into_iter().enumerate()
                 {
                     let (y, pre, xs, wp) = (ptr(c, &cv[3 + i]), ptr(c, &cv[i]), ptr(c, src), self.mp(w));
-                    let (ti, ci, wi) = (t as i32, ch as i32, dm.conv as i32);
-                    let cache = ctx.as_ref().and_then(|x| x.conv[l].as_ref()).map_or(0u64, |cc| ptr(c, &cc[i]));
+                    let (ti, ci, wi, nb) = (t as i32, ch as i32, dm.conv as i32, b as i64);
+                    if let Some(InferIo::Table { addr, b }) = io {
+                        let tab = addr + 8 * ((l * 4 + 1 + i) * b) as u64;
+                        launch!(self, "conv_decode", flat(b * ch), y, pre, xs, wp, tab, nb, ci, wi);
+                        continue;
+                    }
+                    let cache = match &io {
+                        Some(InferIo::Batch(x)) => x.conv[l].as_ref().map_or(0u64, |cc| ptr(c, &cc[i])),
+                        _ => 0,
+                    };
                     launch!(self, "conv_fwd", flat(n * ch), y, pre, xs, wp, cache, ni, ti, ci, wi);
                     if cache != 0 {
-                        let nb = b as i64;
                         launch!(self, "conv_cache_update", flat(b * ch), cache, xs, nb, ti, ci, wi);
                     }
                 }
@@ -701,12 +737,18 @@ impl GpuModel {
                 launch!(self, "repeat_heads_bf16", flat(n * dm.value_dim), o, src, ni, kv, r, e);
             }
             let x_in = DevInputs { q: a.q(), k: a.k(), v: a.v(), g: Some(a.gk()), h0: None };
-            match ctx.as_deref_mut() {
+            match &mut io {
                 None => ops::gla_fwd(c, FwdKernel::Chunk, &acts.prob, &x_in, &mut acts.o[l], None)?,
-                Some(x) => {
+                Some(InferIo::Batch(x)) => {
                     let which = if t == 1 { FwdKernel::Recurrent } else { FwdKernel::Chunk };
                     let x_in = DevInputs { h0: Some(&x.h0[l]), ..x_in };
                     ops::gla_fwd(c, which, &acts.prob, &x_in, &mut acts.o[l], Some(&mut x.ht[l]))?;
+                }
+                Some(InferIo::Table { addr, b }) => {
+                    let tab = *addr + 8 * (l * 4 * *b) as u64;
+                    // SAFETY: the table's entries for layer l are the recurrent states of the B
+                    // sequences (decode_body's contract)
+                    unsafe { ops::gla_decode(c, &acts.prob, &x_in, tab, *b, &mut acts.o[l])? };
                 }
             }
             if sync_debug() {
@@ -737,6 +779,17 @@ impl GpuModel {
         }
         let (xf, rf, xl, wn) = (ptr(c, &acts.xf), ptr(c, &acts.rstdf), ptr(c, &acts.xs[dm.layers]), self.mp(self.layout.norm));
         launch!(self, "rmsnorm_fwd", rows_warp(n), xf, rf, xl, wn, ni, di, eps);
+        Ok(())
+    }
+
+    /// The lm_head and the loss on the labelled rows of the last [`GpuModel::body`];
+    /// synchronises once to read the loss.
+    fn loss_head(&self, acts: &mut GpuActivations, targets: &[i64]) -> Result<LossOut> {
+        let c = &*self.cuda;
+        let st = c.stream();
+        let dm = &self.dims;
+        let (d, di) = (dm.d, dm.d as i32);
+        let xf = ptr(c, &acts.xf);
         // labelled rows only reach the lm_head
         let mut rows = Vec::new();
         let mut tg = Vec::new();
@@ -1076,6 +1129,16 @@ struct InferCtx {
     conv: Vec<Option<[CudaSlice<f32>; 3]>>,
 }
 
+/// Where the sequences of a forward keep their inference state.
+enum InferIo<'a> {
+    /// Batch buffers (prefill): per layer `h0`/`ht` and conv caches `[B, C, W]`.
+    Batch(&'a mut InferCtx),
+    /// Decode (T = 1): each sequence's own [`GpuState`] buffers, updated in place, found through
+    /// the device table at `addr`: `[L][4][B]` addresses (the recurrent state, then the q, k, v
+    /// conv caches, 0 without short conv).
+    Table { addr: u64, b: usize },
+}
+
 /// One sequence's generation state on the GPU (what `gla_model::infer::State` is on the CPU):
 /// per layer the recurrent state `[Hop, K, Vop]` f32 and the conv caches `[C, W]` f32. Its size
 /// depends only on the config.
@@ -1107,7 +1170,34 @@ fn copy_f32(cuda: &Cuda, dst: &CudaSlice<f32>, dst_off: usize, src: &CudaSlice<f
 /// sequence; logits come back to the host for sampling (`gla_model::generate`).
 pub struct GpuDecoder {
     model: GpuModel,
-    decode_acts: std::sync::Mutex<Option<GpuActivations>>,
+    /// Decode steps by batch size (a few: a batch whose sequences finish at different times
+    /// shrinks step by step).
+    decode: std::sync::Mutex<HashMap<usize, DecodeSlot>>,
+}
+
+/// Batch sizes whose decode step (buffers and graph) is kept; more are dropped all at once.
+const DECODE_SLOTS: usize = 4;
+
+/// Everything one decode step of B sequences touches, at fixed device addresses: its
+/// activations, the state table ([`InferIo::Table`]) and, from the second step on, the step
+/// captured as a CUDA graph (one launch instead of ~20 per layer: at batch 1 the step is
+/// bound by launch overhead, not by the GPU).
+struct DecodeSlot {
+    acts: GpuActivations,
+    table: CudaSlice<u64>,
+    /// The table's contents on the device (re-uploaded only when the states change).
+    uploaded: Vec<u64>,
+    graph: Option<CudaGraph>,
+    /// Steps run; the first runs eagerly (it loads the kernels and sizes cuBLAS's workspace).
+    steps: u64,
+    /// A capture failed: this slot runs eagerly from now on.
+    no_graph: bool,
+}
+
+/// Whether decode steps may run as CUDA graphs (`GLA_NO_GRAPH=1` turns them off, to compare or
+/// to rule them out).
+fn graphs_enabled() -> bool {
+    std::env::var_os("GLA_NO_GRAPH").is_none_or(|v| v.is_empty() || v == "0") && !sync_debug()
 }
 
 impl GpuDecoder {
@@ -1116,7 +1206,7 @@ impl GpuDecoder {
     /// # Errors
     /// As [`GpuModel::new`].
     pub fn new(cuda: Arc<Cuda>, model: &GlaModel) -> Result<Self> {
-        Ok(Self { model: GpuModel::new(cuda, model)?, decode_acts: std::sync::Mutex::new(None) })
+        Ok(Self { model: GpuModel::new(cuda, model)?, decode: std::sync::Mutex::new(HashMap::new()) })
     }
 
     fn state_sizes(&self) -> (usize, [usize; 3]) {
@@ -1150,14 +1240,10 @@ impl GpuDecoder {
         })
     }
 
-    /// Runs B sequences of T tokens from their states: gathers the states into batch buffers,
-    /// runs the forward, scatters them back; returns the logits of each sequence's last position.
-    fn step(&self, acts: &mut GpuActivations, ids: &[u32], states: &mut [&mut GpuState]) -> Result<Vec<Vec<f32>>> {
-        let (b, t) = acts.shape();
-        let c = &*self.model.cuda;
+    /// Refuses a state made for another model (it would be read and written out of bounds).
+    fn check_states(&self, states: &[&mut GpuState]) -> Result<()> {
         let (rec, conv) = self.state_sizes();
         let layers = self.model.dims.layers;
-        // a state made for another model would be copied out of bounds: refuse it
         for (i, s) in states.iter().enumerate() {
             let fits = s.rec.len() == layers
                 && s.conv.len() == layers
@@ -1170,6 +1256,17 @@ impl GpuDecoder {
                 return Err(unsupported(format!("state {i} was not made by this model's decoder (layers, heads or dims differ)")));
             }
         }
+        Ok(())
+    }
+
+    /// Runs B sequences of T tokens from their states: gathers the states into batch buffers,
+    /// runs the forward, scatters them back; returns the logits of each sequence's last position.
+    fn step(&self, acts: &mut GpuActivations, ids: &[u32], states: &mut [&mut GpuState]) -> Result<Vec<Vec<f32>>> {
+        let (b, t) = acts.shape();
+        let c = &*self.model.cuda;
+        let (rec, conv) = self.state_sizes();
+        let layers = self.model.dims.layers;
+        self.check_states(states)?;
         if ids.len() != b * t || states.len() != b {
             return Err(unsupported(format!("{} ids and {} states for a [{b}, {t}] step", ids.len(), states.len())));
         }
@@ -1259,12 +1356,89 @@ impl GpuDecoder {
         if ids.len() != states.len() {
             return Err(unsupported(format!("{} tokens for {} states", ids.len(), states.len())));
         }
-        let mut guard = self.decode_acts.lock().unwrap_or_else(|e| e.into_inner());
-        if guard.as_ref().is_none_or(|a| a.shape() != (ids.len(), 1)) {
-            *guard = Some(self.model.activations(ids.len(), 1)?);
+        self.check_states(states)?;
+        let vocab = self.model.dims.vocab;
+        if let Some(i) = ids.iter().position(|&x| x as usize >= vocab) {
+            return Err(unsupported(format!("token id {} of sequence {i} is outside the vocabulary of {vocab}", ids[i])));
         }
-        let Some(acts) = guard.as_mut() else { unreachable!("set above") };
-        self.step(acts, ids, states)
+        let b = ids.len();
+        if b == 0 {
+            return Ok(Vec::new());
+        }
+        let c = &*self.model.cuda;
+        let st = c.stream();
+        let mut slots = self.decode.lock().unwrap_or_else(|e| e.into_inner());
+        if !slots.contains_key(&b) {
+            if slots.len() >= DECODE_SLOTS {
+                slots.clear();
+            }
+            let slot = DecodeSlot {
+                acts: self.model.activations(b, 1)?,
+                table: st.alloc_zeros::<u64>(self.model.dims.layers * 4 * b).map_err(Error::driver("alloc state table"))?,
+                uploaded: Vec::new(),
+                graph: None,
+                steps: 0,
+                no_graph: false,
+            };
+            slots.insert(b, slot);
+        }
+        let Some(slot) = slots.get_mut(&b) else { unreachable!("inserted above") };
+        // the table: [L][4][B] addresses (recurrent state, q/k/v conv caches)
+        let mut table = vec![0u64; self.model.dims.layers * 4 * b];
+        for l in 0..self.model.dims.layers {
+            for (i, s) in states.iter().enumerate() {
+                table[l * 4 * b + i] = ptr(c, &s.rec[l]);
+                if let Some(cs) = &s.conv[l] {
+                    for j in 0..3 {
+                        table[(l * 4 + 1 + j) * b + i] = ptr(c, &cs[j]);
+                    }
+                }
+            }
+        }
+        if table != slot.uploaded {
+            st.memcpy_htod(&table, &mut slot.table).map_err(Error::driver("upload state table"))?;
+            slot.uploaded = table;
+        }
+        st.memcpy_htod(ids, &mut slot.acts.ids).map_err(Error::driver("upload ids"))?;
+        let tab = ptr(c, &slot.table);
+        if slot.graph.is_none() && slot.steps > 0 && !slot.no_graph && graphs_enabled() {
+            slot.graph = self.capture(&mut slot.acts, tab)?;
+            slot.no_graph = slot.graph.is_none();
+        }
+        match &slot.graph {
+            Some(g) => g.launch().map_err(Error::driver("launch the decode graph"))?,
+            // SAFETY: the table was just built from these states' own buffers, checked above to
+            // have this model's sizes; they are distinct (each &mut GpuState owns its buffers)
+            // and stay borrowed until the logits are read back below (a synchronising copy)
+            None => unsafe { self.model.decode_body(&mut slot.acts, tab)? },
+        }
+        slot.steps += 1;
+        let logits = self.model.logits_to_host(&slot.acts)?;
+        for s in states.iter_mut() {
+            s.seen += 1;
+        }
+        Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Captures the decode step of `acts` into a CUDA graph; `None` (the step then runs
+    /// eagerly, as correct, only slower) when the driver refuses the capture.
+    fn capture(&self, acts: &mut GpuActivations, table: u64) -> Result<Option<CudaGraph>> {
+        let st = self.model.cuda.stream();
+        // relaxed: cuBLAS may make allocation calls on first use of a shape, which a stricter
+        // mode would turn into capture failures
+        if st.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED).is_err() {
+            return Ok(None);
+        }
+        // SAFETY: as in decode_batch (the table holds the live states of this step); during the
+        // capture nothing runs, the graph replays these launches at the next launch
+        let body = unsafe { self.model.decode_body(acts, table) };
+        let graph = st.end_capture(CUgraphInstantiate_flags(0));
+        match (body, graph) {
+            (Ok(()), Ok(Some(g))) => Ok(Some(g)),
+            // a launch error inside the capture is the body's own error: report it
+            (Err(e), _) if !matches!(e, Error::Launch { .. } | Error::Blas { .. } | Error::Driver { .. }) => Err(e),
+            _ => Ok(None),
+        }
     }
 }
 

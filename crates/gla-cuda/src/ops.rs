@@ -301,6 +301,59 @@ pub fn gla_fwd<T: Elem>(
     Ok(())
 }
 
+/// One decode step (`gla_recurrent_decode_*`): the recurrent forward of one token per sequence
+/// (the problem has exactly one row per sequence), sequence n's state `[H, K, V]` f32 living in
+/// its own buffer at the device address `states[n]`, read and updated in place. The table lets
+/// a batch of independently owned states decode in one launch, with no gather or scatter, and
+/// keeps every address the launch sees fixed (the decode step is captured in a CUDA graph).
+///
+/// # Errors
+/// [`Error::Op`] for wrong lengths or a problem that is not one row per sequence; launch errors.
+///
+/// # Safety
+/// Every address in `states[..N]` must be that of a live device buffer of this context holding
+/// at least `H*K*V` f32, no two the same, none written by other work while the step runs.
+pub unsafe fn gla_decode<T: Elem>(
+    cuda: &Cuda,
+    dp: &DevProblem,
+    x: &DevInputs<'_, T>,
+    states: u64,
+    n_states: usize,
+    o: &mut CudaSlice<T>,
+) -> Result<()> {
+    let op = "gla_decode";
+    check_inputs(op, dp, x)?;
+    let p = &dp.problem;
+    check_len(op, "o", p.v_len(), o.len())?;
+    check_len(op, "states", p.n(), n_states)?;
+    if p.rows() != p.n() {
+        return Err(unsupported(format!("{op}: {} rows for {} sequences; decode takes one token per sequence", p.rows(), p.n())));
+    }
+    if p.k() > RECURRENT_MAX_K {
+        return Err(unsupported(format!("recurrent kernel: K = {} > {RECURRENT_MAX_K}", p.k())));
+    }
+    let (_, h, k, v, gw, scale, _) = dp.dims();
+    let cfg = LaunchConfig {
+        grid_dim: (p.v().div_ceil(REC_BV) as u32, grid_y(op, p.n() * p.h())?, 1),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    };
+    let name = format!("gla_recurrent_decode_{}", T::SUFFIX);
+    let f = cuda.function(&RECURRENT, &name)?;
+    let null = 0u64;
+    let mut b = cuda.stream().launch_builder(&f);
+    b.arg(x.q).arg(x.k).arg(x.v);
+    match x.g {
+        Some(g) if gw > 0 => b.arg(g),
+        _ => b.arg(&null),
+    };
+    b.arg(&states).arg(o).arg(&dp.bounds).arg(&h).arg(&k).arg(&v).arg(&gw).arg(&scale);
+    // SAFETY: the arguments match gla_recurrent_decode's signature; q/k/v/g/o lengths were
+    // checked against the problem; the state table's contract is the caller's (above)
+    unsafe { b.launch(cfg) }.map_err(launch_err(&name, &cfg))?;
+    Ok(())
+}
+
 /// Whether the 16-byte gate prep (`gla_chunk_prep8_bf16`) applies: per-key gate, K % 8 == 0.
 fn prep8(p: &Problem) -> bool {
     p.gate() == GateKind::PerKey && p.k().is_multiple_of(8) && p.k() <= CHUNK_MAX_K

@@ -208,6 +208,13 @@ impl Cuda {
             return Err(Error::NoDevice(format!("device {ordinal} requested, {count} present")));
         }
         let ctx = CudaContext::new(ordinal).map_err(|e| Error::NoDevice(format!("context on device {ordinal}: {e}")))?;
+        // All work of a `Cuda` is ordered on its one stream, so cudarc's per-buffer event
+        // tracking (an event record, and a wait on the last one, at every use of a buffer) only
+        // adds driver calls; and a wait on an event recorded before a stream capture began would
+        // break the capture of the decode step's CUDA graph. Work on a second stream orders
+        // itself with explicit events.
+        // SAFETY: called before any buffer of this context exists; see the contract above.
+        unsafe { ctx.disable_event_tracking() };
         let (maj, min) = ctx.compute_capability().map_err(Error::driver("compute capability"))?;
         let arch = if maj == 9 && min == 0 { ARCH_HOPPER.to_string() } else { format!("sm_{maj}{min}") };
         let stream = ctx.new_stream().map_err(Error::driver("create stream"))?;
