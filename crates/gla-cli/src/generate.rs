@@ -244,8 +244,9 @@ pub struct BenchArgs {
     /// Batch sizes (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "1,16")]
     batch: Vec<usize>,
-    /// Also measure the peak resident memory of one sequence at these context lengths
-    /// (comma-separated, e.g. 1024,65536): prefill that many tokens, then decode 16.
+    /// Also measure the peak memory of one sequence at these context lengths (comma-separated,
+    /// e.g. 1024,65536): prefill that many tokens, then decode 16. CPU: the process's resident
+    /// set; cuda: the GPU memory pool's high-water mark.
     #[arg(long, value_delimiter = ',')]
     contexts: Vec<usize>,
     /// Also write the results as JSON to this file.
@@ -258,8 +259,11 @@ struct MemEntry {
     context: usize,
     prefill_s: f64,
     decode_ms_per_token: f64,
-    /// peak resident set of the process during this run (VmHWM after resetting it), MiB
-    peak_rss_mib: f64,
+    /// peak memory during this run (after resetting the peak), MiB: see `peak_of`
+    peak_mib: f64,
+    /// what `peak_mib` measures: the process's resident set (CPU) or the GPU memory pool's
+    /// high-water mark (every device allocation of the process, weights included)
+    peak_of: &'static str,
     state_bytes: usize,
 }
 
@@ -332,43 +336,16 @@ pub fn bench(a: &BenchArgs) -> Result<bool> {
     let vocab = model.dims.vocab;
     let results = match a.device {
         Device::Cpu => bench_batches(a, &model, vocab, |st: &gla_model::infer::State| st.bytes())?,
+        Device::Cuda if a.batch.is_empty() => Vec::new(),
         Device::Cuda => bench_cuda(a, &model)?,
     };
-    let mut memory = Vec::new();
-    if a.device == Device::Cuda && !a.contexts.is_empty() {
-        eprintln!("note: --contexts measures the CPU process's resident memory; skipped with --device cuda");
-    }
-    for &c in a.contexts.iter().filter(|_| a.device == Device::Cpu) {
-        // reset the peak resident set to the current one (Linux >= 4.0), then run one sequence
-        let _ = std::fs::write("/proc/self/clear_refs", "5");
-        let mut r = Rng::new(7);
-        let ids: Vec<u32> = (0..c.max(1)).map(|_| r.below(vocab) as u32).collect();
-        let mut st = model.new_state();
-        let t0 = Instant::now();
-        let mut l = model.prefill(&ids, &mut st)?;
-        let prefill_s = t0.elapsed().as_secs_f64();
-        let mut s = Sampler::new(SamplingParams::default())?;
-        let t1 = Instant::now();
-        for _ in 0..16 {
-            l = model.decode(s.sample(&l, &[]), &mut st)?;
-        }
-        let e = MemEntry {
-            context: c,
-            prefill_s,
-            decode_ms_per_token: t1.elapsed().as_secs_f64() * 1e3 / 16.0,
-            peak_rss_mib: peak_rss_kib().unwrap_or(f64::NAN) / 1024.0,
-            state_bytes: st.bytes(),
-        };
-        println!(
-            "context {:>7}: prefill {:.2} s, decode {:.2} ms/token, peak RSS {:.1} MiB, state {:.1} KiB",
-            c,
-            e.prefill_s,
-            e.decode_ms_per_token,
-            e.peak_rss_mib,
-            e.state_bytes as f64 / 1024.0
-        );
-        memory.push(e);
-    }
+    let memory = match a.device {
+        Device::Cpu => bench_contexts(a, &model, vocab, |st: &gla_model::infer::State| st.bytes(), &|| {
+            // reset the peak resident set to the current one (Linux >= 4.0)
+            let _ = std::fs::write("/proc/self/clear_refs", "5");
+        }, &|| peak_rss_kib().unwrap_or(f64::NAN) / 1024.0, "peak resident set of the process (VmHWM)")?,
+        Device::Cuda => memory_cuda(a, &model)?,
+    };
     if let Some(path) = &a.json {
         let report = BenchReport {
             unix_time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
@@ -386,6 +363,53 @@ pub fn bench(a: &BenchArgs) -> Result<bool> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(true)
+}
+
+/// Peak memory of one sequence at each `--contexts` length, on any [`Decoder`]: `reset` the
+/// peak, prefill that many random tokens, decode 16, read the peak with `peak_mib`.
+fn bench_contexts<D: Decoder>(
+    a: &BenchArgs,
+    dec: &D,
+    vocab: usize,
+    state_bytes: impl Fn(&D::State) -> usize,
+    reset: &dyn Fn(),
+    peak_mib: &dyn Fn() -> f64,
+    peak_of: &'static str,
+) -> Result<Vec<MemEntry>> {
+    let mut memory = Vec::new();
+    for &c in &a.contexts {
+        reset();
+        let mut r = Rng::new(7);
+        let ids: Vec<u32> = (0..c.max(1)).map(|_| r.below(vocab) as u32).collect();
+        let mut st = dec.new_state()?;
+        let t0 = Instant::now();
+        let mut l = dec.prefill_batch(&[&ids], &mut [&mut st])?.remove(0);
+        let prefill_s = t0.elapsed().as_secs_f64();
+        let mut s = Sampler::new(SamplingParams::default())?;
+        let t1 = Instant::now();
+        for _ in 0..16 {
+            let tok = s.sample(&l, &[]);
+            l = dec.decode_batch(&[tok], &mut [&mut st])?.remove(0);
+        }
+        let e = MemEntry {
+            context: c,
+            prefill_s,
+            decode_ms_per_token: t1.elapsed().as_secs_f64() * 1e3 / 16.0,
+            peak_mib: peak_mib(),
+            peak_of,
+            state_bytes: state_bytes(&st),
+        };
+        println!(
+            "context {:>7}: prefill {:.2} s, decode {:.2} ms/token, peak {:.1} MiB ({peak_of}), state {:.1} KiB",
+            c,
+            e.prefill_s,
+            e.decode_ms_per_token,
+            e.peak_mib,
+            e.state_bytes as f64 / 1024.0
+        );
+        memory.push(e);
+    }
+    Ok(memory)
 }
 
 /// Time to first token and decode tokens/s of greedy generation at each `--batch` size, on any
@@ -457,8 +481,35 @@ fn bench_cuda(a: &BenchArgs, model: &GlaModel) -> Result<Vec<BenchEntry>> {
     bench_batches(a, &dec, model.dims.vocab, |_| bytes)
 }
 
+/// `--contexts` on the GPU: the peak of the device memory pool (weights, activations of one
+/// prefill window, states) for one sequence at each context length.
+#[cfg(feature = "cuda")]
+fn memory_cuda(a: &BenchArgs, model: &GlaModel) -> Result<Vec<MemEntry>> {
+    if a.contexts.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cuda = gla_cuda::Cuda::new()?;
+    let dec = gla_cuda::GpuDecoder::new(cuda.clone(), model)?;
+    let bytes = dec.state_bytes();
+    let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+    bench_contexts(
+        a,
+        &dec,
+        model.dims.vocab,
+        |_| bytes,
+        &|| gla_cuda::model::reset_peak_pool(&cuda),
+        &|| mib(gla_cuda::model::peak_pool_bytes(&cuda)),
+        "GPU memory pool high-water mark (weights included)",
+    )
+}
+
 #[cfg(not(feature = "cuda"))]
 fn bench_cuda(_: &BenchArgs, _: &GlaModel) -> Result<Vec<BenchEntry>> {
+    bail!("this gla was built without the `cuda` feature")
+}
+
+#[cfg(not(feature = "cuda"))]
+fn memory_cuda(_: &BenchArgs, _: &GlaModel) -> Result<Vec<MemEntry>> {
     bail!("this gla was built without the `cuda` feature")
 }
 

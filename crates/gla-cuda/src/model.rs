@@ -47,6 +47,21 @@ pub fn cublas_available() -> bool {
     std::panic::catch_unwind(|| unsafe { blas_sys::is_culib_present() }).unwrap_or(false)
 }
 
+/// Resets the high-water mark of the device's default memory pool to the memory in use now, so
+/// that [`peak_pool_bytes`] then reports the peak of what follows. Best effort.
+pub fn reset_peak_pool(cuda: &Cuda) {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut zero: u64 = 0;
+    // SAFETY: as in peak_pool_bytes; setting USED_MEM_HIGH takes a u64 that must be 0
+    unsafe {
+        let _ = cuda.context().bind_to_thread();
+        if sys::cuDeviceGetDefaultMemPool(&mut pool, cuda.context().cu_device()) == sys::CUresult::CUDA_SUCCESS {
+            let _ = sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, (&raw mut zero).cast());
+        }
+    }
+}
+
 /// The high-water mark of the device's default memory pool (every stream-ordered allocation of
 /// this process), in bytes; 0 when the driver does not report it.
 pub fn peak_pool_bytes(cuda: &Cuda) -> u64 {
