@@ -1046,7 +1046,7 @@ impl gla_model::Engine for GpuEngine {
     fn forward(&mut self, ids: &[u32], targets: &[i64]) -> gla_model::Result<LossOut> {
         self.model.forward(&mut self.acts, ids, targets).map_err(dev)
     }
-    fn backward(&mut self, scale: f32) -> gla_model::Result<()> {
+    fn backward(&mut self, scale: f32, _last: bool) -> gla_model::Result<()> {
         self.model.backward(&mut self.acts, scale).map_err(dev)
     }
     fn zero_grads(&mut self) -> gla_model::Result<()> {
