@@ -240,8 +240,7 @@ fn a_world_that_does_not_divide_the_global_batch_is_refused() {
     let e = Trainer::new(mc, tc)
         .unwrap()
         .with_sharded_engine(shard, |m, o, b, t| Ok(Box::new(cpu_engine(m, o, b, t)) as Box<dyn Engine>))
-        .err()
-        .expect("a batch of 4 over 3 processes");
+        .expect_err("a batch of 4 over 3 processes");
     assert!(matches!(e, Error::BadArg { key: "batch_size", .. }), "{e}");
     assert!(gla_model::Shard::new(2, 2).is_err());
 }
