@@ -111,7 +111,7 @@ fn flops_per_token(model: &GlaModel, t: usize) -> Result<f64> {
 }
 
 pub fn run(a: &Args) -> Result<bool> {
-    let job = crate::launch::job()?;
+    let job = if a.device == Device::Cuda || !a.gpus.is_empty() { crate::launch::job()? } else { None };
     if job.is_none() && !a.gpus.is_empty() {
         return scaling(a);
     }

@@ -302,19 +302,15 @@ fn on_cuda(_: Trainer, _: Option<&crate::launch::Job>) -> Result<Trainer> {
 }
 
 pub fn run(a: &Args) -> Result<bool> {
-    let job = crate::launch::job()?;
+    // the CPU path ignores a torchrun environment, as it always did
+    let on_gpu = a.device == crate::Device::Cuda || a.gpus.is_some();
+    let job = if on_gpu { crate::launch::job()? } else { None };
     crate::launch::check_world(a.gpus, job.as_ref())?;
     if let (Some(n), None) = (a.gpus, &job) {
         crate::launch::local(n, &[])?;
         return Ok(true);
     }
-    if let Some(j) = &job {
-        if a.device != crate::Device::Cuda && a.gpus.is_none() {
-            bail!("this process is rank {} of {} (RANK is set): data-parallel training runs on GPUs; pass --device cuda", j.rank, j.world);
-        }
-    }
     let lead = crate::launch::Job::lead(job.as_ref());
-    let on_gpu = a.device == crate::Device::Cuda || job.is_some();
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(if a.data.is_some() { "runs/text" } else { "runs/mqar" }));
     let mut tr = if a.resume {
         let tr = Trainer::resume(&out, Some(a.steps)).with_context(|| format!("resuming from {}", out.display()))?;
