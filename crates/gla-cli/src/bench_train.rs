@@ -1,12 +1,15 @@
 //! `gla bench train`: training throughput of a random GLA model (default fla's gla_340M) on
 //! random tokens: ms per optimizer step, tokens/s, model FLOPs utilisation and, on CUDA, peak
 //! device memory. bench/train_vs_fla.py times fla's `GLAForCausalLM` on the same setup.
+//! `--gpus 1,2,4,8` measures data-parallel scaling over NCCL: for each N, N ranks (crate::launch)
+//! each run `--batch` sequences per step; the table gives tokens/s per GPU and in total and the
+//! efficiency against the first N.
 
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use gla_model::{GlaConfig, GlaModel};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Device;
 
@@ -19,9 +22,15 @@ pub struct Args {
     /// (hidden 1024, 24 layers, 4 heads, tied embeddings, vocab 32000).
     #[arg(long)]
     config: Option<String>,
-    /// Sequences per step.
+    /// Sequences per step (per GPU with --gpus).
     #[arg(long, default_value_t = 8)]
     batch: usize,
+    /// Data-parallel scaling over NCCL: for each N of this list, N local ranks (one per GPU) time
+    /// the same steps with their gradients summed across GPUs; prints tokens/s per GPU and in
+    /// total, and the efficiency (tokens/s per GPU against the list's first N), e.g. --gpus 1,2.
+    /// Implies --device cuda. Under torchrun (RANK set) the process times as one rank.
+    #[arg(long, value_delimiter = ',')]
+    gpus: Vec<usize>,
     /// Tokens per sequence.
     #[arg(long, default_value_t = 2048)]
     seq_len: usize,
@@ -40,15 +49,21 @@ pub struct Args {
 }
 
 /// What one run measured.
-#[derive(Serialize)]
+#[derive(Serialize, Deserialize)]
 pub struct Report {
     device: String,
     params: usize,
+    /// GPUs of a data-parallel run (1 otherwise); `batch` is per GPU
+    #[serde(default = "one")]
+    gpus: usize,
     batch: usize,
     seq_len: usize,
     steps: usize,
     ms_per_step: f64,
+    /// over all GPUs
     tokens_per_s: f64,
+    #[serde(default)]
+    tokens_per_s_per_gpu: f64,
     /// model FLOPs per token: 6 x parameters in matmuls (lm_head included, embedding lookup not)
     /// + the GLA op's forward and backward (chunk FLOPs)
     flops_per_token: f64,
@@ -57,6 +72,13 @@ pub struct Report {
     first_loss: f64,
     last_loss: f64,
 }
+
+fn one() -> usize {
+    1
+}
+
+/// Where a rank 0 started by `--gpus` writes its [`Report`] for the launcher.
+const REPORT_ENV: &str = "GLA_BENCH_REPORT";
 
 fn default_config() -> GlaConfig {
     GlaConfig { hidden_size: 1024, num_hidden_layers: 24, num_heads: 4, tie_word_embeddings: true, ..GlaConfig::default() }
@@ -89,6 +111,10 @@ fn flops_per_token(model: &GlaModel, t: usize) -> Result<f64> {
 }
 
 pub fn run(a: &Args) -> Result<bool> {
+    let job = if a.device == Device::Cuda || !a.gpus.is_empty() { crate::launch::job()? } else { None };
+    if job.is_none() && !a.gpus.is_empty() {
+        return scaling(a);
+    }
     let config = match &a.config {
         Some(json) => GlaConfig::from_json(json)?,
         None => default_config(),
@@ -98,29 +124,105 @@ pub fn run(a: &Args) -> Result<bool> {
         bail!("--batch, --steps must be > 0 and --seq-len >= 2");
     }
     let fpt = flops_per_token(&model, a.seq_len)?;
-    let r = match a.device {
-        Device::Cuda => cuda(a, &model, fpt)?,
-        Device::Cpu => cpu(a, model, fpt)?,
+    let r = match (&job, a.device) {
+        (Some(j), _) => cuda_rank(a, &model, fpt, j)?,
+        (None, Device::Cuda) => cuda(a, &model, fpt)?,
+        (None, Device::Cpu) => cpu(a, model, fpt)?,
     };
-    println!(
-        "{:<28} {:>10} {:>6} {:>6} {:>10} {:>12} {:>7} {:>9} {:>10}",
-        "device", "params", "batch", "T", "ms/step", "tokens/s", "MFU", "peak GiB", "loss"
-    );
-    println!(
-        "{:<28} {:>9.1}M {:>6} {:>6} {:>10.1} {:>12.0} {:>6.1}% {:>9.2} {:>4.2}->{:.2}",
-        r.device,
-        r.params as f64 / 1e6,
-        r.batch,
-        r.seq_len,
-        r.ms_per_step,
-        r.tokens_per_s,
-        100.0 * r.mfu,
-        r.peak_mem_gib,
-        r.first_loss,
-        r.last_loss
-    );
+    if !crate::launch::Job::lead(job.as_ref()) {
+        return Ok(true);
+    }
+    if let Some(p) = std::env::var_os(REPORT_ENV) {
+        // the launcher of --gpus prints the table of all its runs
+        std::fs::write(&p, serde_json::to_string(&r)?)?;
+        return Ok(true);
+    }
     if let Some(p) = &a.json {
         std::fs::write(p, serde_json::to_string_pretty(&r)?)?;
+    }
+    print_table(&[r], false);
+    Ok(true)
+}
+
+/// The report table; `scaling`: with the efficiency column (tokens/s per GPU against the first
+/// row's).
+fn print_table(rows: &[Report], scaling: bool) {
+    if !scaling && rows.iter().all(|r| r.gpus == 1) {
+        // the single-device row keeps the columns bench/train_vs_fla.py prints beside it
+        println!(
+            "{:<28} {:>10} {:>6} {:>6} {:>10} {:>12} {:>7} {:>9} {:>10}",
+            "device", "params", "batch", "T", "ms/step", "tokens/s", "MFU", "peak GiB", "loss"
+        );
+        for r in rows {
+            println!(
+                "{:<28} {:>9.1}M {:>6} {:>6} {:>10.1} {:>12.0} {:>6.1}% {:>9.2} {:>4.2}->{:.2}",
+                r.device,
+                r.params as f64 / 1e6,
+                r.batch,
+                r.seq_len,
+                r.ms_per_step,
+                r.tokens_per_s,
+                100.0 * r.mfu,
+                r.peak_mem_gib,
+                r.first_loss,
+                r.last_loss
+            );
+        }
+        return;
+    }
+    println!(
+        "{:<28} {:>10} {:>4} {:>6} {:>6} {:>10} {:>12} {:>12} {:>7} {:>9} {:>12}{}",
+        "device",
+        "params",
+        "GPUs",
+        "batch",
+        "T",
+        "ms/step",
+        "tokens/s",
+        "tok/s/GPU",
+        "MFU",
+        "peak GiB",
+        "loss",
+        if scaling { "  efficiency" } else { "" }
+    );
+    let base = rows.first().map_or(f64::NAN, |r| r.tokens_per_s_per_gpu);
+    for r in rows {
+        println!(
+            "{:<28} {:>9.1}M {:>4} {:>6} {:>6} {:>10.1} {:>12.0} {:>12.0} {:>6.1}% {:>9.2} {:>5.2}->{:<5.2}{}",
+            r.device,
+            r.params as f64 / 1e6,
+            r.gpus,
+            r.batch,
+            r.seq_len,
+            r.ms_per_step,
+            r.tokens_per_s,
+            r.tokens_per_s_per_gpu,
+            100.0 * r.mfu,
+            r.peak_mem_gib,
+            r.first_loss,
+            r.last_loss,
+            if scaling { format!("  {:>9.1}%", 100.0 * r.tokens_per_s_per_gpu / base) } else { String::new() }
+        );
+    }
+}
+
+/// `--gpus N1,N2,..`: one data-parallel launch per N; the table of their rank 0's reports.
+fn scaling(a: &Args) -> Result<bool> {
+    let dir = std::env::temp_dir().join(format!("gla-bench-train-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut rows = Vec::new();
+    for &n in &a.gpus {
+        let path = dir.join(format!("gpus-{n}.json"));
+        let _ = std::fs::remove_file(&path);
+        crate::launch::local(n, &[(REPORT_ENV, path.display().to_string())])?;
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| anyhow::anyhow!("rank 0 of the {n}-GPU run left no report at {}: {e}", path.display()))?;
+        rows.push(serde_json::from_str::<Report>(&text)?);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    print_table(&rows, true);
+    if let Some(p) = &a.json {
+        std::fs::write(p, serde_json::to_string_pretty(&rows)?)?;
     }
     Ok(true)
 }
@@ -137,10 +239,11 @@ fn batch(rng: &mut gla_model::Rng, b: usize, t: usize, vocab: usize) -> (Vec<u32
 fn timed_steps(
     a: &Args,
     vocab: usize,
+    seed: u64,
     mut sync: impl FnMut() -> Result<()>,
     mut step: impl FnMut(&[u32], &[i64]) -> Result<f64>,
 ) -> Result<(f64, f64, f64)> {
-    let mut rng = gla_model::Rng::new(1);
+    let mut rng = gla_model::Rng::new(seed);
     let (mut first, mut last, mut t0) = (f64::NAN, f64::NAN, Instant::now());
     for i in 0..a.warmup + a.steps {
         if i == a.warmup {
@@ -161,16 +264,27 @@ fn timed_steps(
 impl Report {
     /// The row of a run of `secs` seconds; `peak` is `(device TFLOP/s, peak memory GiB)` where
     /// known (the MFU and memory are NaN without it).
-    fn new(a: &Args, device: String, params: usize, fpt: f64, (secs, first, last): (f64, f64, f64), peak: Option<(f64, f64)>) -> Self {
+    /// `gpus`: ranks of a data-parallel run, each timing `--batch` sequences per step.
+    fn new(
+        a: &Args,
+        device: String,
+        params: usize,
+        fpt: f64,
+        gpus: usize,
+        (secs, first, last): (f64, f64, f64),
+        peak: Option<(f64, f64)>,
+    ) -> Self {
         let tps = (a.batch * a.seq_len * a.steps) as f64 / secs;
         Self {
             device,
             params,
+            gpus,
             batch: a.batch,
             seq_len: a.seq_len,
             steps: a.steps,
             ms_per_step: secs * 1e3 / a.steps as f64,
-            tokens_per_s: tps,
+            tokens_per_s: tps * gpus as f64,
+            tokens_per_s_per_gpu: tps,
             flops_per_token: fpt,
             mfu: peak.map_or(f64::NAN, |(tf, _)| tps * fpt / (tf * 1e12)),
             peak_mem_gib: peak.map_or(f64::NAN, |(_, gib)| gib),
@@ -190,6 +304,7 @@ fn cpu(a: &Args, model: GlaModel, fpt: f64) -> Result<Report> {
     let run = timed_steps(
         a,
         vocab,
+        1,
         || Ok(()),
         |ids, targets| {
             grads.fill(0.0);
@@ -200,7 +315,7 @@ fn cpu(a: &Args, model: GlaModel, fpt: f64) -> Result<Report> {
             Ok(out.loss)
         },
     )?;
-    Ok(Report::new(a, format!("cpu ({} threads)", rayon::current_num_threads()), model.num_params(), fpt, run, None))
+    Ok(Report::new(a, format!("cpu ({} threads)", rayon::current_num_threads()), model.num_params(), fpt, 1, run, None))
 }
 
 #[cfg(feature = "cuda")]
@@ -213,6 +328,7 @@ fn cuda(a: &Args, model: &GlaModel, fpt: f64) -> Result<Report> {
     let run = timed_steps(
         a,
         model.dims.vocab,
+        1,
         || Ok(cuda.sync()?),
         |ids, targets| {
             gpu.zero_grads()?;
@@ -223,10 +339,46 @@ fn cuda(a: &Args, model: &GlaModel, fpt: f64) -> Result<Report> {
         },
     )?;
     let peak_gib = gla_cuda::model::peak_pool_bytes(&cuda) as f64 / (1u64 << 30) as f64;
-    Ok(Report::new(a, cuda.name(), model.num_params(), fpt, run, Some((a.peak_tflops, peak_gib))))
+    Ok(Report::new(a, cuda.name(), model.num_params(), fpt, 1, run, Some((a.peak_tflops, peak_gib))))
+}
+
+/// One rank of a data-parallel run: the training engine's step (forward with the loss summed
+/// over the ranks, backward with the gradient all-reduce overlapped, AdamW) on GPU LOCAL_RANK,
+/// each rank on its own random tokens. Rank 0's timing is the report.
+#[cfg(feature = "cuda")]
+fn cuda_rank(a: &Args, model: &GlaModel, fpt: f64, job: &crate::launch::Job) -> Result<Report> {
+    use gla_model::optim::{AdamW, AdamWConfig};
+    use gla_model::Engine;
+    let env = &job.env;
+    let cuda = gla_cuda::Cuda::with_ordinal(env.local_rank)?;
+    let comm = gla_cuda::dist::Comm::init(&cuda, env, gla_cuda::dist::timeout_from_env()?)?;
+    let cfg = AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() };
+    let opt = AdamW::new(cfg, &model.layout);
+    let mut eng = gla_cuda::GpuEngine::new(cuda.clone(), model, &opt, a.batch, a.seq_len)?.with_comm(comm)?;
+    let run = timed_steps(
+        a,
+        model.dims.vocab,
+        1 + env.rank as u64,
+        || Ok(cuda.sync()?),
+        |ids, targets| {
+            eng.zero_grads()?;
+            let out = eng.forward(ids, targets)?;
+            eng.backward(1.0, true)?;
+            eng.update(&cfg, 3e-4, 1.0)?;
+            Ok(out.loss)
+        },
+    )?;
+    let peak_gib = gla_cuda::model::peak_pool_bytes(&cuda) as f64 / (1u64 << 30) as f64;
+    let device = format!("{} x{}", cuda.name(), env.world);
+    Ok(Report::new(a, device, model.num_params(), fpt, env.world, run, Some((a.peak_tflops, peak_gib))))
 }
 
 #[cfg(not(feature = "cuda"))]
 fn cuda(_: &Args, _: &GlaModel, _: f64) -> Result<Report> {
+    bail!("this gla was built without the `cuda` feature (cargo build --release -p gla-cli --features cuda)")
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_rank(_: &Args, _: &GlaModel, _: f64, _: &crate::launch::Job) -> Result<Report> {
     bail!("this gla was built without the `cuda` feature (cargo build --release -p gla-cli --features cuda)")
 }

@@ -7,6 +7,7 @@ mod bench;
 mod bench_train;
 mod check;
 mod generate;
+mod launch;
 mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -75,7 +76,7 @@ enum Cmd {
         gla train --out runs/shk --resume --steps 1200          (continues exactly; the token file in runs/shk/data is reused)\n  \
         gla train --data corpus/ --tokenizer tokenizer.json --out runs/bpe   (a gla built with --features hf-tokenizer)"
     )]
-    Train(train::Args),
+    Train(Box<train::Args>),
 }
 
 #[derive(Subcommand)]

@@ -1,6 +1,8 @@
 //! `gla train`: trains a GLA language model on the CPU (f32) on the MQAR recall task, or as a
 //! causal LM on a text file or folder (`--data`), with a progress line, evaluations, JSON-lines
 //! metrics, checkpoints in fla's Hugging Face format, `--resume`, and a loss-curve PNG at the end.
+//! `--gpus N` trains data parallel over NCCL (crate::launch): rank 0 alone writes checkpoints,
+//! metrics, the progress line and the plot.
 
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -27,6 +29,15 @@ pub struct Args {
     /// some gradients with atomics in no fixed order, so its runs agree to f32 rounding only.
     #[arg(long, value_enum, default_value_t = crate::Device::Cpu)]
     device: crate::Device,
+    /// Data-parallel training on N GPUs of this machine: starts N copies of this command, one
+    /// per GPU, with the torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+    /// MASTER_PORT), summing gradients over NCCL (libnccl.so on LD_LIBRARY_PATH). Implies
+    /// --device cuda; --batch-size stays the global batch (batch-size / N per GPU), so the run
+    /// follows the 1-GPU run with the same batch, and --resume works with any N that divides it.
+    /// A process started by torchrun (RANK set) joins its job instead. A rank that dies stops
+    /// the others; peers that hang are given up after GLA_NCCL_TIMEOUT_S seconds (300).
+    #[arg(long)]
+    gpus: Option<usize>,
     /// Model config (fla's config.json); replaces the model flags below.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -95,7 +106,7 @@ pub struct Args {
     /// Optimizer steps.
     #[arg(long, default_value_t = 1600)]
     steps: u64,
-    /// Sequences per micro-batch.
+    /// Sequences per micro-batch (over all GPUs with --gpus).
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
     /// Micro-batches per step (gradient accumulation).
@@ -243,9 +254,12 @@ fn check_resumed_text(a: &Args, out: &Path, tr: &Trainer) -> Result<()> {
     Ok(())
 }
 
-/// Appends one JSON object as a line.
-fn log_json(f: &mut std::fs::File, v: serde_json::Value) -> Result<()> {
-    writeln!(f, "{v}").context("writing metrics")
+/// Appends one JSON object as a line (rank 0 alone has the file).
+fn log_json(f: Option<&mut std::fs::File>, v: serde_json::Value) -> Result<()> {
+    match f {
+        Some(f) => writeln!(f, "{v}").context("writing metrics"),
+        None => Ok(()),
+    }
 }
 
 fn fmt_secs(s: f64) -> String {
@@ -257,31 +271,57 @@ fn fmt_secs(s: f64) -> String {
     }
 }
 
-/// Moves the trainer's math to GPU 0.
+/// Moves the trainer's math to GPU 0, or with a data-parallel `job` to GPU LOCAL_RANK as one
+/// rank of it (NCCL communicator, this rank's slice of every batch).
 #[cfg(feature = "cuda")]
-fn on_cuda(tr: Trainer) -> Result<Trainer> {
-    let cuda = gla_cuda::Cuda::new().context("opening the GPU")?;
-    Ok(tr.with_engine(|model, opt, b, t| {
-        let e = gla_cuda::GpuEngine::new(cuda, model, opt, b, t).map_err(|e| gla_model::Error::Device(e.to_string()))?;
+fn on_cuda(tr: Trainer, job: Option<&crate::launch::Job>) -> Result<Trainer> {
+    let dev = |e: gla_cuda::Error| gla_model::Error::Device(e.to_string());
+    let Some(job) = job else {
+        let cuda = gla_cuda::Cuda::new().context("opening the GPU")?;
+        return Ok(tr.with_engine(|model, opt, b, t| {
+            let e = gla_cuda::GpuEngine::new(cuda, model, opt, b, t).map_err(dev)?;
+            Ok(Box::new(e) as Box<dyn gla_model::Engine>)
+        })?);
+    };
+    let env = &job.env;
+    let shard = gla_model::Shard::new(env.rank, env.world)?;
+    // every rank refuses an indivisible batch the same way, before any waits for the others
+    shard.local_batch(tr.cfg.batch_size)?;
+    let timeout = gla_cuda::dist::timeout_from_env()?;
+    let cuda = gla_cuda::Cuda::with_ordinal(env.local_rank).with_context(|| format!("opening GPU {} (LOCAL_RANK)", env.local_rank))?;
+    Ok(tr.with_sharded_engine(shard, |model, opt, b, t| {
+        let comm = gla_cuda::dist::Comm::init(&cuda, env, timeout).map_err(dev)?;
+        let e = gla_cuda::GpuEngine::new(cuda, model, opt, b, t).and_then(|e| e.with_comm(comm)).map_err(dev)?;
         Ok(Box::new(e) as Box<dyn gla_model::Engine>)
     })?)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn on_cuda(_: Trainer) -> Result<Trainer> {
+fn on_cuda(_: Trainer, _: Option<&crate::launch::Job>) -> Result<Trainer> {
     bail!("this gla was built without the `cuda` feature: cargo build --release -p gla-cli --features cuda")
 }
 
 pub fn run(a: &Args) -> Result<bool> {
+    // the CPU path ignores a torchrun environment, as it always did
+    let on_gpu = a.device == crate::Device::Cuda || a.gpus.is_some();
+    let job = if on_gpu { crate::launch::job()? } else { None };
+    crate::launch::check_world(a.gpus, job.as_ref())?;
+    if let (Some(n), None) = (a.gpus, &job) {
+        crate::launch::local(n, &[])?;
+        return Ok(true);
+    }
+    let lead = crate::launch::Job::lead(job.as_ref());
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(if a.data.is_some() { "runs/text" } else { "runs/mqar" }));
     let mut tr = if a.resume {
         let tr = Trainer::resume(&out, Some(a.steps)).with_context(|| format!("resuming from {}", out.display()))?;
-        eprintln!(
-            "resuming {} at step {} (model and training settings from the checkpoint; --steps {})",
-            out.display(),
-            tr.step_count(),
-            a.steps
-        );
+        if lead {
+            eprintln!(
+                "resuming {} at step {} (model and training settings from the checkpoint; --steps {})",
+                out.display(),
+                tr.step_count(),
+                a.steps
+            );
+        }
         check_resumed_text(a, &out, &tr)?;
         tr
     } else {
@@ -292,16 +332,21 @@ pub fn run(a: &Args) -> Result<bool> {
         let vocab = text.as_ref().map(|t| t.vocab);
         Trainer::new(model_config(a, vocab)?, train_config(a, text))?
     };
-    if a.device == crate::Device::Cuda {
-        tr = on_cuda(tr)?;
+    if on_gpu {
+        tr = on_cuda(tr, job.as_ref())?;
     }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .with_context(|| format!("opening {}", metrics_path.display()))?;
+    let mut metrics = match lead {
+        true => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .with_context(|| format!("opening {}", metrics_path.display()))?,
+        ),
+        false => None,
+    };
     let d = &tr.model.dims;
     let task = tr.cfg.task;
     let data = match &tr.cfg.text {
@@ -310,27 +355,31 @@ pub fn run(a: &Args) -> Result<bool> {
         }
         None => format!("MQAR T={} kv={} vocab={}", task.seq_len, task.num_kv_pairs, task.vocab),
     };
-    eprintln!(
-        "gla train: GLA D={} L={} H={} (K={}, V={}, I={}, short conv {}) {:.2}M params | {data} | batch {}x{} | {}",
-        d.d,
-        d.layers,
-        d.heads,
-        d.head_k,
-        d.head_v,
-        d.intermediate,
-        if d.conv > 0 { "on" } else { "off" },
-        tr.model.num_params() as f64 / 1e6,
-        tr.cfg.batch_size,
-        tr.cfg.grad_accum,
-        match a.device {
-            crate::Device::Cpu => format!("cpu, {} rayon threads", rayon::current_num_threads()),
-            crate::Device::Cuda => tr.device_name(),
-        }
-    );
+    let world = job.as_ref().map_or(1, |j| j.world);
+    let gpus = if world > 1 { format!(" over {world} GPUs") } else { String::new() };
+    if lead {
+        eprintln!(
+            "gla train: GLA D={} L={} H={} (K={}, V={}, I={}, short conv {}) {:.2}M params | {data} | batch {}x{}{gpus} | {}",
+            d.d,
+            d.layers,
+            d.heads,
+            d.head_k,
+            d.head_v,
+            d.intermediate,
+            if d.conv > 0 { "on" } else { "off" },
+            tr.model.num_params() as f64 / 1e6,
+            tr.cfg.batch_size,
+            tr.cfg.grad_accum,
+            match on_gpu {
+                false => format!("cpu, {} rayon threads", rayon::current_num_threads()),
+                true => tr.device_name(),
+            }
+        );
+    }
     let is_text = tr.cfg.text.is_some();
     // next-token accuracy of a text LM is no recall score: only MQAR stops early
     let stop_at_acc = if is_text { f64::INFINITY } else { a.stop_at_acc };
-    let tty = std::io::stderr().is_terminal();
+    let tty = lead && std::io::stderr().is_terminal();
     let start = Instant::now();
     let start_step = tr.step_count();
     let total = tr.cfg.steps;
@@ -344,29 +393,31 @@ pub fn run(a: &Args) -> Result<bool> {
         let tok_s = done * tr.tokens_per_step() as f64 / el;
         let eta = el / done * (total - s.step) as f64;
         log_json(
-            &mut metrics,
+            metrics.as_mut(),
             serde_json::json!({"kind": "train", "step": s.step, "loss": s.loss, "acc": s.acc, "grad_norm": s.grad_norm, "lr": s.lr, "tokens_per_s": tok_s, "elapsed_s": el}),
         )?;
         let eval_now = (a.eval_every > 0 && s.step % a.eval_every == 0) || s.step == total;
         if eval_now {
             let e = tr.evaluate()?;
             log_json(
-                &mut metrics,
+                metrics.as_mut(),
                 serde_json::json!({"kind": "eval", "step": e.step, "loss": e.loss, "ppl": e.ppl, "acc": e.acc, "elapsed_s": start.elapsed().as_secs_f64()}),
             )?;
             last_eval = Some(e);
             if tty {
                 eprint!("\r\x1b[2K");
             }
-            eprintln!(
-                "step {:>5}/{total}  eval loss {:.4}  ppl {:.3}  {} acc {:.2}%  ({})",
-                e.step,
-                e.loss,
-                e.ppl,
-                if is_text { "next-token" } else { "query" },
-                100.0 * e.acc,
-                fmt_secs(start.elapsed().as_secs_f64())
-            );
+            if lead {
+                eprintln!(
+                    "step {:>5}/{total}  eval loss {:.4}  ppl {:.3}  {} acc {:.2}%  ({})",
+                    e.step,
+                    e.loss,
+                    e.ppl,
+                    if is_text { "next-token" } else { "query" },
+                    100.0 * e.acc,
+                    fmt_secs(start.elapsed().as_secs_f64())
+                );
+            }
             if e.acc >= stop_at_acc {
                 reached = Some(e);
             }
@@ -381,19 +432,25 @@ pub fn run(a: &Args) -> Result<bool> {
             let _ = std::io::stderr().flush();
         }
         let save_now = (a.save_every > 0 && s.step % a.save_every == 0) || s.step == total || reached.is_some();
-        if save_now {
+        if save_now && lead {
             last_ckpt = Some(tr.save(&out, a.keep)?);
         }
         if let Some(e) = reached {
             if tty {
                 eprint!("\r\x1b[2K");
             }
-            eprintln!("reached {:.2}% query accuracy (--stop-at-acc {}) at step {}", 100.0 * e.acc, a.stop_at_acc, e.step);
+            if lead {
+                eprintln!("reached {:.2}% query accuracy (--stop-at-acc {}) at step {}", 100.0 * e.acc, a.stop_at_acc, e.step);
+            }
             break;
         }
     }
     if tty {
         eprint!("\r\x1b[2K");
+    }
+    if !lead {
+        // rank 0 writes the checkpoint, the plot and the summary
+        return Ok(true);
     }
     if last_ckpt.is_none() && tr.step_count() > start_step {
         last_ckpt = Some(tr.save(&out, a.keep)?);

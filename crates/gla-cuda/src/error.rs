@@ -60,6 +60,37 @@ pub enum Error {
         /// cuBLAS's status, or what is missing.
         status: String,
     },
+    /// libnccl could not be loaded (data-parallel training needs it).
+    #[error("NCCL is not available: {0}")]
+    NoNccl(String),
+    /// A variable of a distributed launch (`RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR`,
+    /// `MASTER_PORT`, `GLA_NCCL_TIMEOUT_S`) is missing or invalid.
+    #[error("distributed launch: {var} {reason}")]
+    DistEnv {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The exchange of NCCL's unique id between the ranks failed or timed out.
+    #[error("rendezvous of rank {rank} with {master} failed: {reason}")]
+    Rendezvous {
+        /// This process's rank.
+        rank: usize,
+        /// `MASTER_ADDR:MASTER_PORT`.
+        master: String,
+        /// What happened, naming the ranks concerned.
+        reason: String,
+    },
+    /// An NCCL call failed, reported an asynchronous error (a peer rank died, a network or CUDA
+    /// error) or made no progress before the timeout; the communicator has been aborted.
+    #[error("NCCL failed during {what}: {reason}")]
+    Nccl {
+        /// The operation (`all-reduce of gradients 0..1024 (rank 1 of 2)`, ...).
+        what: String,
+        /// NCCL's status and message, or the timeout.
+        reason: String,
+    },
     /// The shape, value or option checks of the op contract failed.
     #[error(transparent)]
     Op(#[from] gla_core::Error),

@@ -9,12 +9,15 @@
 //!   that uploads host slices, runs, downloads (f32 or bf16 storage).
 //! - [`bench`]: event-timed medians of the ops with their HBM floors and FLOPs.
 //! - [`check`]: the shared case table on the GPU against the CPU f64 oracle.
+//! - [`dist`]: data-parallel training over NCCL (torchrun-style environment, rendezvous,
+//!   communicator with timeouts, gradient buckets overlapped with the backward).
 //!
 //! Everything builds and its tests run without a GPU or a CUDA toolkit.
 #![deny(missing_docs)]
 
 pub mod bench;
 pub mod check;
+pub mod dist;
 mod error;
 pub mod kernels;
 pub mod model;

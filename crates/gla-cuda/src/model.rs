@@ -14,17 +14,20 @@
 //! repeated s times and their gradients summed back), the same repeat that GQA uses.
 
 use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::{CudaGraph, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use cudarc::driver::{CudaEvent, CudaGraph, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
 use gla_core::{GateKind, Problem, ProblemSpec};
 use gla_model::config::Dims;
 use gla_model::optim::AdamWConfig;
 use gla_model::params::Layout;
 use gla_model::{GlaConfig, GlaModel, LossOut, IGNORE_INDEX};
 
+use crate::dist::{bucket_plan, Comm};
 use crate::error::{Error, Result};
 use crate::kernels::MODEL_OPS;
 use crate::ops::{self, DevInputs, DevProblem, FwdKernel};
@@ -36,6 +39,9 @@ const MAX_HEAD: usize = 128;
 const MAX_CONV: usize = 8;
 /// Threads per block of the element-wise and row-wise kernels.
 const THREADS: u32 = 256;
+/// Gradient elements per all-reduce of a data-parallel backward (25 MiB of f32, PyTorch DDP's
+/// default bucket): large enough for NCCL's bandwidth, small enough to start during the backward.
+const BUCKET_ELEMS: usize = (25 << 20) / 4;
 
 fn blas_err(what: &'static str) -> impl FnOnce(cudarc::cublas::result::CublasError) -> Error {
     move |e| Error::Blas { what, status: format!("{e:?}") }
@@ -374,8 +380,26 @@ struct Moments {
     step: u64,
 }
 
+/// The gradient all-reduce of a data-parallel [`GpuModel`]: the backward finishes the gradient
+/// arena from its end (lm_head, final norm, last layer) to its start (embedding); each range of
+/// [`bucket_plan`] is summed over the ranks on the communicator's stream as soon as it is final,
+/// while the backward goes on with the layers below.
+struct GradSync {
+    comm: Comm,
+    /// Per point of the backward (after the head, after each layer from the last, after the
+    /// embedding): the range to all-reduce there.
+    plan: Vec<Option<Range<usize>>>,
+    /// Recorded on the model's stream: what the communicator's stream (or the host) waits for.
+    ready: CudaEvent,
+    /// Recorded on the communicator's stream after a backward's last all-reduce.
+    done: CudaEvent,
+    /// All-reduces were issued that the host has not yet seen complete.
+    pending: AtomicBool,
+}
+
 /// A GLA language model on one GPU: f32 master weights, their bf16 copy, f32 gradients and
-/// AdamW moments, all in the parameter table's order (`gla_model::params::Layout`).
+/// AdamW moments, all in the parameter table's order (`gla_model::params::Layout`). With a
+/// communicator attached ([`GpuModel::attach_comm`]) it is one rank of a data-parallel job.
 pub struct GpuModel {
     cuda: Arc<Cuda>,
     gemm: Gemm,
@@ -391,6 +415,7 @@ pub struct GpuModel {
     grads: CudaSlice<f32>,
     moments: Option<Moments>,
     norm_buf: CudaSlice<f64>,
+    sync: Option<GradSync>,
 }
 
 impl std::fmt::Debug for GpuModel {
@@ -435,6 +460,7 @@ impl GpuModel {
             grads,
             moments: None,
             norm_buf,
+            sync: None,
         };
         me.refresh_bf16()?;
         Ok(me)
@@ -443,6 +469,75 @@ impl GpuModel {
     /// The device handle.
     pub fn cuda(&self) -> &Arc<Cuda> {
         &self.cuda
+    }
+
+    /// Makes this model one rank of a data-parallel job: [`GpuModel::backward_and_reduce`]
+    /// then sums the gradients over the ranks of `comm`, in buckets overlapped with the backward.
+    ///
+    /// # Errors
+    /// [`Error::Driver`] (events).
+    pub fn attach_comm(&mut self, comm: Comm) -> Result<()> {
+        let spec = |id: usize| self.layout.specs[id].offset;
+        // the backward's points, in its order: the head and final norm (the arena's tail), each
+        // layer from the last, the embedding (a tied lm_head's gradient lands there too)
+        let mut ready = vec![spec(self.layout.norm)];
+        ready.extend(self.layout.layers.iter().rev().map(|il| spec(il.attn_norm)));
+        ready.push(0);
+        let plan = bucket_plan(&ready, self.layout.numel, BUCKET_ELEMS);
+        let ctx = self.cuda.context();
+        let ready = ctx.new_event(None).map_err(Error::driver("create event"))?;
+        let done = ctx.new_event(None).map_err(Error::driver("create event"))?;
+        self.sync = Some(GradSync { comm, plan, ready, done, pending: AtomicBool::new(false) });
+        Ok(())
+    }
+
+    /// The attached communicator, if any.
+    pub fn comm(&self) -> Option<&Comm> {
+        self.sync.as_ref().map(|s| &s.comm)
+    }
+
+    /// Sums `v` over the ranks of the attached communicator (no-op without one); used for the
+    /// loss statistics of each micro-batch. Synchronises.
+    ///
+    /// # Errors
+    /// [`Error::Nccl`] (a peer failed or timed out), [`Error::Driver`].
+    pub fn all_reduce_host(&self, v: &mut [f64]) -> Result<()> {
+        let Some(s) = &self.sync else { return Ok(()) };
+        let st = self.cuda.stream();
+        let buf = st.clone_htod(v).map_err(Error::driver("upload statistics"))?;
+        s.ready.record(st).map_err(Error::driver("record event"))?;
+        s.comm.stream().wait(&s.ready).map_err(Error::driver("order the communication stream"))?;
+        s.comm.all_reduce_sum_f64(ptr(&self.cuda, &buf), v.len(), "all-reduce of the loss")?;
+        s.done.record(s.comm.stream()).map_err(Error::driver("record event"))?;
+        st.wait(&s.done).map_err(Error::driver("order the model stream"))?;
+        s.ready.record(st).map_err(Error::driver("record event"))?;
+        s.comm.wait_event(&s.ready, "all-reduce of the loss")?;
+        let out = st.clone_dtoh(&buf).map_err(Error::driver("download statistics"))?;
+        v.copy_from_slice(&out);
+        Ok(())
+    }
+
+    /// Queues the all-reduce planned at point `at` of a reducing backward (module doc of
+    /// [`GradSync`]), after the gradients written so far on the model's stream.
+    fn reduce_point(&self, at: usize) -> Result<()> {
+        let Some(s) = &self.sync else { return Ok(()) };
+        let Some(r) = &s.plan[at] else { return Ok(()) };
+        s.ready.record(self.cuda.stream()).map_err(Error::driver("record event"))?;
+        s.comm.stream().wait(&s.ready).map_err(Error::driver("order the communication stream"))?;
+        let base = ptr(&self.cuda, &self.grads);
+        s.comm.all_reduce_sum_f32(base + 4 * r.start as u64, r.len(), &format!("all-reduce of gradients {}..{}", r.start, r.end))
+    }
+
+    /// Waits on the host, with the communicator's timeout and error checks, for the all-reduces
+    /// of the last reducing backward (the model's stream is already ordered after them): a host
+    /// read of the model's stream would otherwise block forever when a peer died.
+    fn wait_reduced(&self, what: &str) -> Result<()> {
+        let Some(s) = &self.sync else { return Ok(()) };
+        if !s.pending.swap(false, Ordering::SeqCst) {
+            return Ok(());
+        }
+        s.ready.record(self.cuda.stream()).map_err(Error::driver("record event"))?;
+        s.comm.wait_event(&s.ready, what)
     }
 
     fn refresh_bf16(&self) -> Result<()> {
@@ -476,6 +571,7 @@ impl GpuModel {
     /// # Errors
     /// [`Error::Driver`].
     pub fn grads_to_host(&self) -> Result<Vec<f32>> {
+        self.wait_reduced("waiting for the gradient all-reduce")?;
         self.cuda.stream().clone_dtoh(&self.grads).map_err(Error::driver("download gradients"))
     }
 
@@ -646,6 +742,7 @@ impl GpuModel {
     /// caches (T = 1 takes the recurrent kernel, as fla's decode does).
     fn forward_with(&self, acts: &mut GpuActivations, ids: &[u32], targets: &[i64], ctx: Option<&mut InferCtx>) -> Result<LossOut> {
         self.check_batch(acts, ids, targets)?;
+        self.wait_reduced("waiting for the gradient all-reduce")?;
         if let Some(x) = &ctx {
             if x.h0.len() != self.dims.layers || x.ht.len() != self.dims.layers || x.conv.len() != self.dims.layers {
                 return Err(unsupported(format!("inference state for {} layers, model has {}", x.h0.len(), self.dims.layers)));
@@ -840,6 +937,25 @@ impl GpuModel {
     /// # Errors
     /// [`Error::Driver`], [`Error::Launch`], [`Error::Blas`], [`Error::Op`].
     pub fn backward(&mut self, acts: &mut GpuActivations, scale: f32) -> Result<()> {
+        self.backward_impl(acts, scale, false)
+    }
+
+    /// [`GpuModel::backward`] that also sums the gradient arena over the ranks of the attached
+    /// communicator (plain backward without one): each bucket is queued on the communicator's
+    /// stream as soon as the backward has finished it. Call it for the last micro-batch of a
+    /// step; [`GpuModel::adamw_step`] waits for the sums (with the communicator's timeout).
+    ///
+    /// # Errors
+    /// As [`GpuModel::backward`]; [`Error::Nccl`].
+    pub fn backward_and_reduce(&mut self, acts: &mut GpuActivations, scale: f32) -> Result<()> {
+        self.backward_impl(acts, scale, true)
+    }
+
+    fn backward_impl(&mut self, acts: &mut GpuActivations, scale: f32, reduce: bool) -> Result<()> {
+        // a previous step's sums must be complete before this backward accumulates into them
+        self.wait_reduced("waiting for the gradient all-reduce")?;
+        let reduce = reduce && self.sync.is_some();
+        let at = |me: &Self, point: usize| if reduce { me.reduce_point(point) } else { Ok(()) };
         let c = &*self.cuda.clone();
         let st = c.stream();
         let dm = self.dims.clone();
@@ -868,6 +984,7 @@ impl GpuModel {
             let dw = self.gp(self.layout.norm);
             launch!(self, "rmsnorm_bwd_dw", cols(n, d), dw, dxn, xl, rf, ni, di);
         }
+        at(self, 0)?;
         let dres16 = ptr(c, &s.dres16);
         let nd = (n * d) as i64;
         for (l, il) in self.layout.layers.iter().enumerate().rev() {
@@ -995,13 +1112,22 @@ impl GpuModel {
                 let dw = self.gp(il.attn_norm);
                 launch!(self, "rmsnorm_bwd_dw", cols(n, d), dw, dxn, x, r1, ni, di);
             }
+            at(self, dm.layers - l)?;
         }
         let (dwte, idp, pad) = (self.gp(self.layout.embeddings), ptr(c, ids), dm.pad.map_or(-1, |p| p as i32));
         launch!(self, "embedding_bwd", rows_block(n), dwte, dres, idp, ni, di, pad);
+        at(self, dm.layers + 1)?;
+        if let (true, Some(s)) = (reduce, &self.sync) {
+            // the model's stream (grad_norm, AdamW, the next step) runs after the sums
+            s.done.record(s.comm.stream()).map_err(Error::driver("record event"))?;
+            c.stream().wait(&s.done).map_err(Error::driver("order the model stream"))?;
+            s.pending.store(true, Ordering::SeqCst);
+        }
         Ok(())
     }
 
-    /// Global gradient norm (f64 accumulation); synchronises.
+    /// Global gradient norm (f64 accumulation); synchronises (after a
+    /// [`GpuModel::backward_and_reduce`], on the gradients summed over the ranks).
     ///
     /// # Errors
     /// [`Error::Driver`], [`Error::Launch`].
@@ -1010,6 +1136,8 @@ impl GpuModel {
         st.memset_zeros(&mut self.norm_buf).map_err(Error::driver("zero norm"))?;
         let (o, gp, nn) = (ptr(&self.cuda, &self.norm_buf), ptr(&self.cuda, &self.grads), self.grads.len() as i64);
         launch!(self, "sumsq", flat(self.grads.len()), o, gp, nn);
+        // after a reducing backward this read waits for the sums: with the timeout, not forever
+        self.wait_reduced("waiting for the gradient all-reduce")?;
         let v = st.clone_dtoh(&self.norm_buf).map_err(Error::driver("download norm"))?;
         Ok(v[0].sqrt())
     }
@@ -1081,10 +1209,14 @@ impl GpuModel {
 }
 
 /// The GPU as a training [`gla_model::Engine`]: a [`GpuModel`] and its activations for one batch
-/// shape, driven by `gla_model::Trainer` (`gla train --device cuda`).
+/// shape, driven by `gla_model::Trainer` (`gla train --device cuda`). With a communicator
+/// ([`GpuEngine::with_comm`]) it is one rank of a data-parallel run and follows the engine
+/// contract for that: statistics of the global batch, gradients summed over the ranks.
 pub struct GpuEngine {
     model: GpuModel,
     acts: GpuActivations,
+    /// Labelled positions of the last forward: this rank's and the global batch's.
+    valid: (usize, usize),
 }
 
 impl GpuEngine {
@@ -1099,7 +1231,23 @@ impl GpuEngine {
             gpu.set_moments(&opt.m, &opt.v, opt.step)?;
         }
         let acts = gpu.activations(b, t)?;
-        Ok(Self { model: gpu, acts })
+        Ok(Self { model: gpu, acts, valid: (0, 0) })
+    }
+
+    /// Makes the engine one rank of a data-parallel run over `comm` (see
+    /// [`GpuModel::attach_comm`]); `b` of [`GpuEngine::new`] is then this rank's share of the
+    /// global batch.
+    ///
+    /// # Errors
+    /// As [`GpuModel::attach_comm`].
+    pub fn with_comm(mut self, comm: Comm) -> Result<Self> {
+        self.model.attach_comm(comm)?;
+        Ok(self)
+    }
+
+    /// The model.
+    pub fn model(&self) -> &GpuModel {
+        &self.model
     }
 }
 
@@ -1109,13 +1257,34 @@ fn dev(e: Error) -> gla_model::Error {
 
 impl gla_model::Engine for GpuEngine {
     fn name(&self) -> String {
-        format!("cuda:{} ({})", self.model.cuda.name(), self.model.cuda.arch())
+        let c = &self.model.cuda;
+        match self.model.comm() {
+            Some(comm) => format!("cuda:{} ({}), rank {} of {} (NCCL)", c.name(), c.arch(), comm.rank(), comm.world()),
+            None => format!("cuda:{} ({})", c.name(), c.arch()),
+        }
     }
     fn forward(&mut self, ids: &[u32], targets: &[i64]) -> gla_model::Result<LossOut> {
-        self.model.forward(&mut self.acts, ids, targets).map_err(dev)
+        let out = self.model.forward(&mut self.acts, ids, targets).map_err(dev)?;
+        if self.model.comm().is_none() {
+            self.valid = (out.n_valid, out.n_valid);
+            return Ok(out);
+        }
+        let mut s = [out.loss * out.n_valid as f64, out.n_valid as f64, out.correct as f64];
+        self.model.all_reduce_host(&mut s).map_err(dev)?;
+        let total = s[1] as usize;
+        self.valid = (out.n_valid, total);
+        Ok(LossOut { loss: s[0] / s[1].max(1.0), n_valid: total, correct: s[2] as usize })
     }
-    fn backward(&mut self, scale: f32) -> gla_model::Result<()> {
-        self.model.backward(&mut self.acts, scale).map_err(dev)
+    fn backward(&mut self, scale: f32, last: bool) -> gla_model::Result<()> {
+        // d(global mean)/d(this rank's mean) = this rank's share of the labelled positions;
+        // summed over the ranks, the scaled gradients are those of the global batch
+        let (mine, total) = self.valid;
+        let scale = if mine == total { scale } else { scale * mine as f32 / total.max(1) as f32 };
+        if last {
+            self.model.backward_and_reduce(&mut self.acts, scale).map_err(dev)
+        } else {
+            self.model.backward(&mut self.acts, scale).map_err(dev)
+        }
     }
     fn zero_grads(&mut self) -> gla_model::Result<()> {
         self.model.zero_grads().map_err(dev)

@@ -32,4 +32,4 @@ pub use model::{shift_labels, Activations, GlaModel, LossOut, IGNORE_INDEX};
 pub use params::Layout;
 pub use rng::Rng;
 pub use text::{CorpusTokenizer, TextData, TextError, TextTask};
-pub use train::{Engine, EvalStats, StepStats, TrainConfig, Trainer};
+pub use train::{Engine, EvalStats, Shard, StepStats, TrainConfig, Trainer};

@@ -6,6 +6,11 @@
 //! gradient norm, AdamW at the cosine-scheduled rate.
 //! Everything is deterministic given the settings, so a run resumed from a checkpoint repeats the
 //! uninterrupted run's losses bit for bit on the same machine.
+//!
+//! Data parallel ([`Shard`], [`Trainer::with_sharded_engine`]): `batch_size` stays the global
+//! micro-batch; each of `world` processes runs `batch_size / world` of its examples (rank r the
+//! r-th slice of the same example stream) on an engine that reduces the statistics and the
+//! gradients across the processes, so the steps are those of one process with the whole batch.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -24,7 +29,8 @@ use crate::{Error, GlaConfig, Result};
 pub struct TrainConfig {
     /// Optimizer steps.
     pub steps: u64,
-    /// Sequences per micro-batch.
+    /// Sequences per micro-batch: the global batch, over all data-parallel processes
+    /// (each runs `batch_size / world` of them, [`Shard`]).
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
     pub grad_accum: usize,
@@ -172,19 +178,29 @@ pub struct TrainerState {
 /// shape `[B, T]` fixed when it is made; the [`Trainer`] keeps driving the data, the schedule and
 /// the checkpoints, and downloads the device's state into its host model and optimizer before
 /// each checkpoint.
+///
+/// A data-parallel engine (one of `world` processes, [`Trainer::with_sharded_engine`]) makes its
+/// results those of the global batch: [`Engine::forward`] returns the statistics summed over
+/// every process's micro-batch, [`Engine::backward`] accumulates the gradient of the global mean
+/// loss, and [`Engine::update`] steps on the gradients summed over the processes, so every
+/// process holds the same weights.
 pub trait Engine: Send {
     /// A short description (device name), for logs.
     fn name(&self) -> String;
-    /// Forward of one `[B, T]` batch; see [`GlaModel::forward`].
+    /// Forward of one `[B, T]` batch; see [`GlaModel::forward`]. A data-parallel engine returns
+    /// the mean loss, labelled positions and correct predictions of the global batch.
     ///
     /// # Errors
     /// Device errors, mapped to [`Error::Device`].
     fn forward(&mut self, ids: &[u32], targets: &[i64]) -> Result<LossOut>;
-    /// Backward of the last forward, accumulating `scale * d(mean loss)` into the gradients.
+    /// Backward of the last forward, accumulating `scale * d(mean loss)` into the gradients (the
+    /// mean over the global batch's labelled positions for a data-parallel engine). `last`: the
+    /// step's final micro-batch, after which the gradients are complete (a data-parallel engine
+    /// starts summing them across processes during this backward).
     ///
     /// # Errors
     /// As [`Engine::forward`].
-    fn backward(&mut self, scale: f32) -> Result<()>;
+    fn backward(&mut self, scale: f32, last: bool) -> Result<()>;
     /// Zeroes the gradients.
     ///
     /// # Errors
@@ -201,6 +217,59 @@ pub trait Engine: Send {
     /// # Errors
     /// As [`Engine::forward`].
     fn download(&self, model: &mut GlaModel, opt: &mut AdamW) -> Result<()>;
+}
+
+/// This process's part of a data-parallel run: rank `rank` of `world` processes.
+///
+/// Micro-batch of the global batch `B` at stream position `cursor`: rank r takes the examples
+/// `cursor + r * B / world ..cursor + (r + 1) * B / world`, so the ranks' slices are disjoint and
+/// together they are exactly the examples one process with batch `B` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This process, `0..world`.
+    pub rank: usize,
+    /// Processes in the run.
+    pub world: usize,
+}
+
+impl Shard {
+    /// One process (no data parallelism).
+    pub const SINGLE: Shard = Shard { rank: 0, world: 1 };
+
+    /// Rank `rank` of `world`.
+    ///
+    /// # Errors
+    /// [`Error::BadArg`] unless `rank < world`.
+    pub fn new(rank: usize, world: usize) -> Result<Self> {
+        if rank >= world {
+            return Err(Error::BadArg { key: "rank", reason: format!("rank {rank} is not below the world size {world}") });
+        }
+        Ok(Self { rank, world })
+    }
+
+    /// The examples of a global batch `global` each process runs.
+    ///
+    /// # Errors
+    /// [`Error::BadArg`] when `global` is not a multiple of the world size (a run keeps its
+    /// global batch on `--resume`, so the world size must divide it).
+    pub fn local_batch(&self, global: usize) -> Result<usize> {
+        if global == 0 || !global.is_multiple_of(self.world) {
+            return Err(Error::BadArg {
+                key: "batch_size",
+                reason: format!(
+                    "the global batch of {global} sequences cannot be split evenly over {} processes; choose a world size that divides it",
+                    self.world
+                ),
+            });
+        }
+        Ok(global / self.world)
+    }
+
+    /// Index of this process's first example of the global batch `global` that starts at
+    /// `first` (`global` divisible by the world size).
+    pub fn first_example(&self, first: u64, global: usize) -> u64 {
+        first + (self.rank * (global / self.world)) as u64
+    }
 }
 
 /// A model, its optimizer, buffers and position in the data stream.
@@ -225,6 +294,8 @@ pub struct Trainer {
     targets: Vec<i64>,
     /// When set, the math runs there; `model` and `opt` are refreshed from it by [`Trainer::sync`].
     engine: Option<Box<dyn Engine>>,
+    /// This process's slice of each global batch ([`Shard::SINGLE`] unless data parallel).
+    shard: Shard,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -283,6 +354,7 @@ impl Trainer {
             losses,
             evals,
             engine: None,
+            shard: Shard::SINGLE,
         })
     }
 
@@ -292,12 +364,56 @@ impl Trainer {
     ///
     /// # Errors
     /// Whatever `make` returns.
-    pub fn with_engine(mut self, make: impl FnOnce(&GlaModel, &AdamW, usize, usize) -> Result<Box<dyn Engine>>) -> Result<Self> {
-        let e = make(&self.model, &self.opt, self.cfg.batch_size, self.cfg.seq_len())?;
+    pub fn with_engine(self, make: impl FnOnce(&GlaModel, &AdamW, usize, usize) -> Result<Box<dyn Engine>>) -> Result<Self> {
+        self.with_sharded_engine(Shard::SINGLE, make)
+    }
+
+    /// [`Trainer::with_engine`] for one process of a data-parallel run: `make` receives the
+    /// per-process batch `(batch_size / world, T)` and must return an engine that reduces across
+    /// the processes (see [`Engine`]); every step and evaluation then reads this process's slice
+    /// of each global batch ([`Shard`]).
+    ///
+    /// # Errors
+    /// [`Error::BadArg`] when the world size does not divide `batch_size`; whatever `make`
+    /// returns.
+    pub fn with_sharded_engine(
+        mut self,
+        shard: Shard,
+        make: impl FnOnce(&GlaModel, &AdamW, usize, usize) -> Result<Box<dyn Engine>>,
+    ) -> Result<Self> {
+        let (b, t) = (shard.local_batch(self.cfg.batch_size)?, self.cfg.seq_len());
+        let e = make(&self.model, &self.opt, b, t)?;
         self.engine = Some(e);
+        self.shard = shard;
+        self.ids = vec![0; b * t];
+        self.targets = vec![0; b * t];
         self.acts = Activations::new(&self.model.dims, 0, 0);
         self.grads = Vec::new();
         Ok(self)
+    }
+
+    /// This process's part of the run ([`Shard::SINGLE`] unless data parallel).
+    pub fn shard(&self) -> Shard {
+        self.shard
+    }
+
+    /// Fills `ids`/`targets` with this process's slice of the global training micro-batch that
+    /// starts at example `cursor` (the whole batch on one process).
+    fn fill_train_batch(&mut self, cursor: u64) {
+        let c = &self.cfg;
+        let b = c.batch_size / self.shard.world;
+        let first = self.shard.first_example(cursor, c.batch_size);
+        match &self.text {
+            Some(d) => d.batch(c.data_seed, first, b, &mut self.ids, &mut self.targets),
+            None => c.task.batch(c.data_seed, first, b, &mut self.ids, &mut self.targets),
+        }
+    }
+
+    /// This process's slice of the global training micro-batch at example `cursor`, as
+    /// `(ids, targets)` of `[batch_size / world, T]` (what [`Trainer::step`] feeds its model).
+    pub fn train_batch(&mut self, cursor: u64) -> (&[u32], &[i64]) {
+        self.fill_train_batch(cursor);
+        (&self.ids, &self.targets)
     }
 
     /// The engine's name, or `cpu`.
@@ -346,16 +462,12 @@ impl Trainer {
         let (mut loss, mut correct, mut valid) = (0.0, 0usize, 0usize);
         let accum = self.cfg.grad_accum;
         let scale = 1.0 / accum as f32;
-        for _ in 0..accum {
-            let c = &self.cfg;
-            match &self.text {
-                Some(d) => d.batch(c.data_seed, self.cursor, c.batch_size, &mut self.ids, &mut self.targets),
-                None => c.task.batch(c.data_seed, self.cursor, c.batch_size, &mut self.ids, &mut self.targets),
-            }
-            self.cursor += c.batch_size as u64;
+        for i in 0..accum {
+            self.fill_train_batch(self.cursor);
+            self.cursor += self.cfg.batch_size as u64;
             let out = self.fwd()?;
             match &mut self.engine {
-                Some(e) => e.backward(scale)?,
+                Some(e) => e.backward(scale, i + 1 == accum)?,
                 None => self.model.backward(&mut self.acts, &mut self.grads, scale)?,
             }
             loss += out.loss / accum as f64;
@@ -395,13 +507,17 @@ impl Trainer {
         let seed = c.data_seed ^ EVAL_STREAM;
         let n = self.text.as_ref().map_or(c.eval_examples, |d| d.eval_windows(c.eval_examples));
         let batches = n.div_ceil(c.batch_size).max(1);
+        // each process evaluates its slice of every global batch; a data-parallel engine
+        // returns the global batch's statistics
+        let b = c.batch_size / self.shard.world;
         let (mut loss_sum, mut correct, mut valid) = (0.0, 0usize, 0usize);
         for i in 0..batches {
+            let first = self.shard.first_example((i * c.batch_size) as u64, c.batch_size);
             match &self.text {
                 Some(d) => {
-                    d.eval_batch(i * c.batch_size, n, c.batch_size, &mut self.ids, &mut self.targets);
+                    d.eval_batch(first as usize, n, b, &mut self.ids, &mut self.targets);
                 }
-                None => c.task.batch(seed, (i * c.batch_size) as u64, c.batch_size, &mut self.ids, &mut self.targets),
+                None => c.task.batch(seed, first, b, &mut self.ids, &mut self.targets),
             }
             let out = self.fwd()?;
             loss_sum += out.loss * out.n_valid as f64;

@@ -24,7 +24,7 @@ impl Engine for CpuBehindTrait {
     fn forward(&mut self, ids: &[u32], targets: &[i64]) -> Result<LossOut> {
         self.model.forward(&mut self.acts, ids, targets)
     }
-    fn backward(&mut self, scale: f32) -> Result<()> {
+    fn backward(&mut self, scale: f32, _last: bool) -> Result<()> {
         self.model.backward(&mut self.acts, &mut self.grads, scale)?;
         if self.poison_grads {
             self.grads[0] = f32::NAN;
@@ -122,4 +122,181 @@ fn a_non_finite_gradient_stops_the_run_and_keeps_the_weights() {
     tr.sync().unwrap();
     assert_eq!(tr.model.params, before);
     assert_eq!(tr.step_count(), 0);
+}
+
+/// An in-process sum over `world` threads of one vector each (what NCCL's all-reduce does
+/// across GPUs): every caller gets the sum, in rank order.
+struct Collective {
+    barrier: std::sync::Barrier,
+    slots: std::sync::Mutex<Vec<Vec<f64>>>,
+}
+
+impl Collective {
+    fn new(world: usize) -> Self {
+        Self { barrier: std::sync::Barrier::new(world), slots: std::sync::Mutex::new(vec![Vec::new(); world]) }
+    }
+    fn all_reduce(&self, rank: usize, v: &mut [f64]) {
+        self.slots.lock().unwrap()[rank] = v.to_vec();
+        self.barrier.wait();
+        {
+            let slots = self.slots.lock().unwrap();
+            for (i, x) in v.iter_mut().enumerate() {
+                *x = slots.iter().map(|s| s[i]).sum();
+            }
+        }
+        // nobody overwrites a slot before every rank has read them all
+        self.barrier.wait();
+    }
+}
+
+/// One rank of a data-parallel run on the CPU, following the [`Engine`] contract the GPU's
+/// engine implements with NCCL: global statistics from `forward`, the backward scaled by this
+/// rank's share of the labelled positions, gradients summed after the last micro-batch.
+struct DataParallel {
+    inner: CpuBehindTrait,
+    rank: usize,
+    coll: std::sync::Arc<Collective>,
+    /// labelled positions of the last forward: this rank's, all ranks'
+    valid: (usize, usize),
+}
+
+impl Engine for DataParallel {
+    fn name(&self) -> String {
+        format!("dp-test rank {}", self.rank)
+    }
+    fn forward(&mut self, ids: &[u32], targets: &[i64]) -> Result<LossOut> {
+        let out = self.inner.forward(ids, targets)?;
+        let mut s = [out.loss * out.n_valid as f64, out.n_valid as f64, out.correct as f64];
+        self.coll.all_reduce(self.rank, &mut s);
+        self.valid = (out.n_valid, s[1] as usize);
+        Ok(LossOut { loss: s[0] / s[1].max(1.0), n_valid: s[1] as usize, correct: s[2] as usize })
+    }
+    fn backward(&mut self, scale: f32, last: bool) -> Result<()> {
+        let share = self.valid.0 as f32 / self.valid.1.max(1) as f32;
+        self.inner.backward(scale * share, last)?;
+        if last {
+            let mut g: Vec<f64> = self.inner.grads.iter().map(|&x| f64::from(x)).collect();
+            self.coll.all_reduce(self.rank, &mut g);
+            for (d, s) in self.inner.grads.iter_mut().zip(g) {
+                *d = s as f32;
+            }
+        }
+        Ok(())
+    }
+    fn zero_grads(&mut self) -> Result<()> {
+        self.inner.zero_grads()
+    }
+    fn update(&mut self, cfg: &AdamWConfig, lr: f32, clip: f32) -> Result<f64> {
+        self.inner.update(cfg, lr, clip)
+    }
+    fn download(&self, model: &mut GlaModel, opt: &mut AdamW) -> Result<()> {
+        self.inner.download(model, opt)
+    }
+}
+
+fn cpu_engine(model: &GlaModel, opt: &AdamW, b: usize, t: usize) -> CpuBehindTrait {
+    CpuBehindTrait {
+        model: model.clone(),
+        opt: opt.clone(),
+        acts: Activations::new(&model.dims, b, t),
+        grads: vec![0.0; model.num_params()],
+        poison_grads: false,
+    }
+}
+
+#[test]
+fn the_ranks_slices_are_disjoint_and_make_up_the_global_batch() {
+    let (mc, tc) = run_cfg(1);
+    let t = tc.task.seq_len;
+    let mut one = Trainer::new(mc.clone(), tc.clone()).unwrap();
+    for cursor in [0u64, 4, 1000] {
+        let (ids, targets) = one.train_batch(cursor);
+        let (ids, targets) = (ids.to_vec(), targets.to_vec());
+        assert_eq!(ids.len(), tc.batch_size * t);
+        for world in [1, 2, 4] {
+            let (mut all_ids, mut all_targets) = (Vec::new(), Vec::new());
+            for rank in 0..world {
+                let shard = gla_model::Shard::new(rank, world).unwrap();
+                let mut tr = Trainer::new(mc.clone(), tc.clone())
+                    .unwrap()
+                    .with_sharded_engine(shard, |m, o, b, t| Ok(Box::new(cpu_engine(m, o, b, t)) as Box<dyn Engine>))
+                    .unwrap();
+                let (i, g) = tr.train_batch(cursor);
+                assert_eq!(i.len(), tc.batch_size / world * t, "rank {rank} of {world} runs its share of the batch");
+                all_ids.extend_from_slice(i);
+                all_targets.extend_from_slice(g);
+            }
+            // rank order concatenation is the 1-process batch: disjoint slices covering it
+            assert_eq!(all_ids, ids, "world {world}, cursor {cursor}");
+            assert_eq!(all_targets, targets, "world {world}, cursor {cursor}");
+        }
+    }
+}
+
+#[test]
+fn a_world_that_does_not_divide_the_global_batch_is_refused() {
+    let (mc, tc) = run_cfg(1);
+    let shard = gla_model::Shard::new(1, 3).unwrap();
+    let e = Trainer::new(mc, tc)
+        .unwrap()
+        .with_sharded_engine(shard, |m, o, b, t| Ok(Box::new(cpu_engine(m, o, b, t)) as Box<dyn Engine>))
+        .expect_err("a batch of 4 over 3 processes");
+    assert!(matches!(e, Error::BadArg { key: "batch_size", .. }), "{e}");
+    assert!(gla_model::Shard::new(2, 2).is_err());
+}
+
+#[test]
+fn two_data_parallel_ranks_follow_the_one_process_run() {
+    let (mc, tc) = run_cfg(4);
+    let mut plain = Trainer::new(mc.clone(), tc.clone()).unwrap();
+    let want: Vec<(f64, f64)> = (0..4)
+        .map(|_| {
+            let s = plain.step().unwrap();
+            (s.loss, s.grad_norm)
+        })
+        .collect();
+    let want_eval = plain.evaluate().unwrap();
+
+    let world = 2;
+    let coll = std::sync::Arc::new(Collective::new(world));
+    type Run = (Vec<(f64, f64)>, f64, Vec<f32>);
+    let runs: Vec<Run> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..world)
+            .map(|rank| {
+                let (mc, tc, coll) = (mc.clone(), tc.clone(), coll.clone());
+                s.spawn(move || {
+                    let shard = gla_model::Shard::new(rank, world).unwrap();
+                    let mut tr = Trainer::new(mc, tc)
+                        .unwrap()
+                        .with_sharded_engine(shard, |m, o, b, t| {
+                            let inner = cpu_engine(m, o, b, t);
+                            Ok(Box::new(DataParallel { inner, rank, coll, valid: (0, 0) }) as Box<dyn Engine>)
+                        })
+                        .unwrap();
+                    let steps: Vec<(f64, f64)> = (0..4)
+                        .map(|_| {
+                            let s = tr.step().unwrap();
+                            (s.loss, s.grad_norm)
+                        })
+                        .collect();
+                    let eval = tr.evaluate().unwrap().loss;
+                    tr.sync().unwrap();
+                    (steps, eval, tr.model.params.clone())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs();
+    for (rank, (steps, eval, _)) in runs.iter().enumerate() {
+        // the same global batch in two halves: equal up to the order of f32 sums; the gradient
+        // norm checks the scale of the summed gradients (AdamW alone would hide a wrong scale)
+        for (step, ((loss, norm), (want_loss, want_norm))) in steps.iter().zip(&want).enumerate() {
+            assert!(close(*loss, *want_loss), "rank {rank} step {step}: loss {loss} vs {want_loss}");
+            assert!(close(*norm, *want_norm), "rank {rank} step {step}: gradient norm {norm} vs {want_norm}");
+        }
+        assert!(close(*eval, want_eval.loss), "rank {rank} eval {eval} vs {}", want_eval.loss);
+    }
+    assert_eq!(runs[0].2, runs[1].2, "the ranks step on the same summed gradients: identical weights");
+    assert_eq!(runs[0].0, runs[1].0, "every rank reports the global loss and norm");
 }
