@@ -340,10 +340,18 @@ pub fn bench(a: &BenchArgs) -> Result<bool> {
         Device::Cuda => bench_cuda(a, &model)?,
     };
     let memory = match a.device {
-        Device::Cpu => bench_contexts(a, &model, vocab, |st: &gla_model::infer::State| st.bytes(), &|| {
-            // reset the peak resident set to the current one (Linux >= 4.0)
-            let _ = std::fs::write("/proc/self/clear_refs", "5");
-        }, &|| peak_rss_kib().unwrap_or(f64::NAN) / 1024.0, "peak resident set of the process (VmHWM)")?,
+        Device::Cpu => bench_contexts(
+            a,
+            &model,
+            vocab,
+            |st: &gla_model::infer::State| st.bytes(),
+            &|| {
+                // reset the peak resident set to the current one (Linux >= 4.0)
+                let _ = std::fs::write("/proc/self/clear_refs", "5");
+            },
+            &|| peak_rss_kib().unwrap_or(f64::NAN) / 1024.0,
+            "peak resident set of the process (VmHWM)",
+        )?,
         Device::Cuda => memory_cuda(a, &model)?,
     };
     if let Some(path) = &a.json {

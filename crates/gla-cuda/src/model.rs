@@ -333,6 +333,11 @@ pub struct GpuActivations {
     correct: CudaSlice<i32>,
     dsel: CudaSlice<f32>,
     s: Scratch,
+    /// made by [`GpuModel::inference_activations`]: `layers` and `o` hold one entry reused by
+    /// every layer, `xs` two residual streams used in turn
+    inference: bool,
+    /// rows the lm_head buffers hold
+    rows_cap: usize,
 }
 
 impl std::fmt::Debug for GpuActivations {
@@ -345,6 +350,22 @@ impl GpuActivations {
     /// The batch shape `(B, T)`.
     pub fn shape(&self) -> (usize, usize) {
         (self.b, self.t)
+    }
+    /// Index of layer `l`'s entry in `layers` and `o`.
+    fn li(&self, l: usize) -> usize {
+        if self.inference {
+            0
+        } else {
+            l
+        }
+    }
+    /// Index in `xs` of the residual stream entering layer `l` (`l = L`: leaving the last).
+    fn xi(&self, l: usize) -> usize {
+        if self.inference {
+            l % 2
+        } else {
+            l
+        }
     }
 }
 
@@ -410,9 +431,16 @@ pub struct GpuModel {
     /// The parameter table.
     pub layout: Layout,
     plan: HeadPlan,
+    /// f32 parameters at `moff`: all of them (training), or only those the kernels read in
+    /// f32 (embedding, norms, convs, gate bias; [`GpuModel::new_inference`])
     master: CudaSlice<f32>,
+    /// offset of each parameter in `master`
+    moff: Vec<usize>,
     w16: CudaSlice<u16>,
+    /// empty (one element) for an inference-only model
     grads: CudaSlice<f32>,
+    /// built by [`GpuModel::new_inference`]: no gradients, no f32 copy of the GEMM matrices
+    inference: bool,
     moments: Option<Moments>,
     norm_buf: CudaSlice<f64>,
     sync: Option<GradSync>,
@@ -431,18 +459,7 @@ impl GpuModel {
     /// [`Error::Blas`] when cuBLAS is missing or fails to start; [`Error::Driver`];
     /// [`Error::Op`] for head dims the kernels do not take.
     pub fn new(cuda: Arc<Cuda>, model: &GlaModel) -> Result<Self> {
-        if !cublas_available() {
-            return Err(Error::Blas {
-                what: "load libcublas",
-                status: "libcublas.so cannot be loaded; put the CUDA libraries on LD_LIBRARY_PATH".into(),
-            });
-        }
-        let plan = head_plan(&model.dims)?;
-        if model.dims.conv > MAX_CONV {
-            // conv_bwd_dw keeps at most MAX_CONV taps per thread
-            return Err(unsupported(format!("short conv of width {} on the GPU (at most {MAX_CONV})", model.dims.conv)));
-        }
-        let gemm = Gemm { blas: CudaBlas::new(cuda.stream().clone()).map_err(blas_err("cublasCreate"))?, stream: cuda.stream().clone() };
+        let (plan, gemm) = Self::preflight(&cuda, model)?;
         let st = cuda.stream();
         let master = st.clone_htod(&model.params).map_err(Error::driver("upload weights"))?;
         let w16 = st.alloc_zeros::<u16>(model.params.len()).map_err(Error::driver("alloc bf16 weights"))?;
@@ -456,14 +473,97 @@ impl GpuModel {
             layout: model.layout.clone(),
             plan,
             master,
+            moff: model.layout.specs.iter().map(|sp| sp.offset).collect(),
             w16,
             grads,
+            inference: false,
             moments: None,
             norm_buf,
             sync: None,
         };
         me.refresh_bf16()?;
         Ok(me)
+    }
+
+    /// Uploads a model for inference only: the bf16 weights (rounded on the host), and in f32
+    /// only the parameters the kernels read in f32; no gradients. A 340M model then holds
+    /// 0.8 GB on the device instead of 3.4 GB. [`GpuModel::backward`], the optimizer and
+    /// [`GpuModel::to_host`] refuse it.
+    ///
+    /// # Errors
+    /// As [`GpuModel::new`].
+    pub fn new_inference(cuda: Arc<Cuda>, model: &GlaModel) -> Result<Self> {
+        let (plan, gemm) = Self::preflight(&cuda, model)?;
+        let st = cuda.stream();
+        let w16_host: Vec<u16> = model.params.iter().map(|&x| ops::f32_to_bf16(x)).collect();
+        let w16 = st.clone_htod(&w16_host).map_err(Error::driver("upload bf16 weights"))?;
+        drop(w16_host);
+        // the GEMM matrices are read only as bf16 (wp); everything else keeps an f32 copy (mp)
+        let mut gemm_only = vec![false; model.layout.specs.len()];
+        for il in &model.layout.layers {
+            for id in [il.q_proj, il.k_proj, il.v_proj, il.gk0, il.gk1, il.o_proj, il.gate_proj, il.up_proj, il.down_proj] {
+                gemm_only[id] = true;
+            }
+            if let Some(id) = il.g_proj {
+                gemm_only[id] = true;
+            }
+        }
+        if let Some(id) = model.layout.lm_head {
+            gemm_only[id] = true;
+        }
+        let (mut moff, mut compact) = (vec![0usize; model.layout.specs.len()], Vec::new());
+        for (id, sp) in model.layout.specs.iter().enumerate() {
+            if !gemm_only[id] {
+                moff[id] = compact.len();
+                compact.extend_from_slice(&model.params[sp.range()]);
+            }
+        }
+        compact.push(0.0); // never empty
+        let master = st.clone_htod(&compact).map_err(Error::driver("upload f32 weights"))?;
+        let grads = st.alloc_zeros::<f32>(1).map_err(Error::driver("alloc gradients"))?;
+        let norm_buf = st.alloc_zeros::<f64>(1).map_err(Error::driver("alloc norm"))?;
+        Ok(Self {
+            cuda,
+            gemm,
+            config: model.config.clone(),
+            dims: model.dims.clone(),
+            layout: model.layout.clone(),
+            plan,
+            master,
+            moff,
+            w16,
+            grads,
+            inference: true,
+            moments: None,
+            norm_buf,
+            sync: None,
+        })
+    }
+
+    /// What both constructors check first (cuBLAS present, head dims the kernels take, conv
+    /// width), and the cuBLAS handle on the device's stream.
+    fn preflight(cuda: &Arc<Cuda>, model: &GlaModel) -> Result<(HeadPlan, Gemm)> {
+        if !cublas_available() {
+            return Err(Error::Blas {
+                what: "load libcublas",
+                status: "libcublas.so cannot be loaded; put the CUDA libraries on LD_LIBRARY_PATH".into(),
+            });
+        }
+        let plan = head_plan(&model.dims)?;
+        if model.dims.conv > MAX_CONV {
+            // conv_bwd_dw and conv_cache_update keep at most MAX_CONV taps per thread
+            return Err(unsupported(format!("short conv of width {} on the GPU (at most {MAX_CONV})", model.dims.conv)));
+        }
+        let gemm = Gemm { blas: CudaBlas::new(cuda.stream().clone()).map_err(blas_err("cublasCreate"))?, stream: cuda.stream().clone() };
+        Ok((plan, gemm))
+    }
+
+    /// Refuses training-only work on an inference-only model.
+    fn trainable(&self, what: &str) -> Result<()> {
+        if self.inference {
+            return Err(unsupported(format!("{what} on a model loaded for inference only (GpuModel::new_inference)")));
+        }
+        Ok(())
     }
 
     /// The device handle.
@@ -541,6 +641,7 @@ impl GpuModel {
     }
 
     fn refresh_bf16(&self) -> Result<()> {
+        self.trainable("refreshing the bf16 weights from the f32 ones")?;
         let n = self.master.len() as i64;
         let (y, x) = (ptr(&self.cuda, &self.w16), ptr(&self.cuda, &self.master));
         launch!(self, "cast_f32_bf16", flat(n as usize), y, x, n);
@@ -552,6 +653,7 @@ impl GpuModel {
     /// # Errors
     /// [`Error::Driver`].
     pub fn to_host(&self) -> Result<GlaModel> {
+        self.trainable("downloading the f32 weights")?;
         let params = self.cuda.stream().clone_dtoh(&self.master).map_err(Error::driver("download weights"))?;
         GlaModel::from_params(self.config.clone(), params).map_err(|e| unsupported(e.to_string()))
     }
@@ -571,6 +673,7 @@ impl GpuModel {
     /// # Errors
     /// [`Error::Driver`].
     pub fn grads_to_host(&self) -> Result<Vec<f32>> {
+        self.trainable("downloading gradients")?;
         self.wait_reduced("waiting for the gradient all-reduce")?;
         self.cuda.stream().clone_dtoh(&self.grads).map_err(Error::driver("download gradients"))
     }
@@ -580,6 +683,7 @@ impl GpuModel {
     /// # Errors
     /// [`Error::Driver`].
     pub fn zero_grads(&mut self) -> Result<()> {
+        self.trainable("zeroing gradients")?;
         self.cuda.stream().memset_zeros(&mut self.grads).map_err(Error::driver("zero gradients"))
     }
 
@@ -587,7 +691,7 @@ impl GpuModel {
         ptr(&self.cuda, &self.w16) + 2 * self.layout.specs[id].offset as u64
     }
     fn mp(&self, id: usize) -> u64 {
-        ptr(&self.cuda, &self.master) + 4 * self.layout.specs[id].offset as u64
+        ptr(&self.cuda, &self.master) + 4 * self.moff[id] as u64
     }
     fn gp(&self, id: usize) -> u64 {
         ptr(&self.cuda, &self.grads) + 4 * self.layout.specs[id].offset as u64
@@ -611,11 +715,26 @@ impl GpuModel {
         })?)
     }
 
-    /// Device buffers for `[B, T]` batches.
+    /// Device buffers for `[B, T]` batches: every layer's saved tensors and the backward's
+    /// scratch.
     ///
     /// # Errors
     /// [`Error::Driver`] (out of memory names the buffer being allocated).
     pub fn activations(&self, b: usize, t: usize) -> Result<GpuActivations> {
+        self.activations_impl(b, t, false)
+    }
+
+    /// Device buffers for forwards without a backward (prefill, decode): one layer's tensors,
+    /// reused by every layer, two residual streams, logits for one row per sequence, no
+    /// backward scratch; about 1/L of [`GpuModel::activations`].
+    ///
+    /// # Errors
+    /// As [`GpuModel::activations`].
+    pub fn inference_activations(&self, b: usize, t: usize) -> Result<GpuActivations> {
+        self.activations_impl(b, t, true)
+    }
+
+    fn activations_impl(&self, b: usize, t: usize, inference: bool) -> Result<GpuActivations> {
         let dm = &self.dims;
         let pl = self.plan;
         let n = b * t;
@@ -627,8 +746,11 @@ impl GpuModel {
         let conv = dm.conv > 0;
         let (kd, kdkv, vd, vdkv) = (dm.key_dim, dm.key_dim_kv, dm.value_dim, dm.value_dim_kv);
         let op_k = n * dm.heads * pl.split * dm.head_k; // q/k/g at the op's heads
-        let mut layers = Vec::with_capacity(dm.layers);
-        for _ in 0..dm.layers {
+                                                        // inference: one set of layer tensors and the backward's buffers as placeholders
+        let n_layers = if inference { 1 } else { dm.layers };
+        let bw = |len: usize| if inference { 1 } else { len };
+        let mut layers = Vec::with_capacity(n_layers);
+        for _ in 0..n_layers {
             layers.push(LayerActs {
                 rstd1: z(c, n)?,
                 xn1: z(c, n * dm.d)?,
@@ -659,48 +781,52 @@ impl GpuModel {
             });
         }
         let s = Scratch {
-            dres: z(c, n * dm.d)?,
-            dres16: z(c, n * dm.d)?,
-            dxn: z(c, n * dm.d)?,
-            dh: z(c, n * dm.intermediate)?,
-            da: z(c, n * dm.intermediate)?,
-            db: z(c, n * dm.intermediate)?,
-            d_on: z(c, n * vd)?,
-            d_o: z(c, n * vd)?,
-            dg_pre: if dm.output_gate { Some(z(c, n * vd)?) } else { None },
-            dq: if pl.rq > 1 { Some(z(c, n * kd)?) } else { None },
-            dk: if pl.rk > 1 { Some(z(c, n * kdkv)?) } else { None },
-            dv: if pl.rv > 1 { Some(z(c, n * vdkv)?) } else { None },
-            dgk: if pl.rk > 1 { Some(z(c, n * kdkv)?) } else { None },
-            dgk_raw: z(c, n * kdkv)?,
-            dgk_raw16: z(c, n * kdkv)?,
-            dgk_lr: z(c, n * dm.gate_rank)?,
-            dq16: z(c, n * kd)?,
-            dk16: z(c, n * kdkv)?,
-            dv16: z(c, n * vdkv)?,
+            dres: z(c, bw(n * dm.d))?,
+            dres16: z(c, bw(n * dm.d))?,
+            dxn: z(c, bw(n * dm.d))?,
+            dh: z(c, bw(n * dm.intermediate))?,
+            da: z(c, bw(n * dm.intermediate))?,
+            db: z(c, bw(n * dm.intermediate))?,
+            d_on: z(c, bw(n * vd))?,
+            d_o: z(c, bw(n * vd))?,
+            dg_pre: if dm.output_gate { Some(z(c, bw(n * vd))?) } else { None },
+            dq: if pl.rq > 1 { Some(z(c, bw(n * kd))?) } else { None },
+            dk: if pl.rk > 1 { Some(z(c, bw(n * kdkv))?) } else { None },
+            dv: if pl.rv > 1 { Some(z(c, bw(n * vdkv))?) } else { None },
+            dgk: if pl.rk > 1 { Some(z(c, bw(n * kdkv))?) } else { None },
+            dgk_raw: z(c, bw(n * kdkv))?,
+            dgk_raw16: z(c, bw(n * kdkv))?,
+            dgk_lr: z(c, bw(n * dm.gate_rank))?,
+            dq16: z(c, bw(n * kd))?,
+            dk16: z(c, bw(n * kdkv))?,
+            dv16: z(c, bw(n * vdkv))?,
         };
         let prob = DevProblem::new(c, &self.op_problem(b, t)?)?;
+        // rows that may reach the lm_head: every row, or one per sequence (the last) in inference
+        let rows_cap = if inference { b } else { n };
         let _ = st;
         Ok(GpuActivations {
             b,
             t,
             prob,
             ids: z(c, n)?,
-            xs: (0..=dm.layers).map(|_| z(c, n * dm.d)).collect::<Result<_>>()?,
+            xs: (0..if inference { 2 } else { dm.layers + 1 }).map(|_| z(c, n * dm.d)).collect::<Result<_>>()?,
             layers,
-            o: (0..dm.layers).map(|_| z(c, n * vd)).collect::<Result<_>>()?,
+            o: (0..n_layers).map(|_| z(c, n * vd)).collect::<Result<_>>()?,
             rstdf: z(c, n)?,
             xf: z(c, n * dm.d)?,
             m: 0,
             rows: z(c, n)?,
             targets: z(c, n)?,
-            xf_sel: z(c, n * dm.d)?,
-            logits: z(c, n * dm.vocab)?,
-            dlogits: z(c, n * dm.vocab)?,
+            xf_sel: z(c, rows_cap * dm.d)?,
+            logits: z(c, rows_cap * dm.vocab)?,
+            dlogits: z(c, bw(n * dm.vocab))?,
             loss: z(c, n)?,
             correct: z(c, n)?,
-            dsel: z(c, n * dm.d)?,
+            dsel: z(c, bw(n * dm.d))?,
             s,
+            inference,
+            rows_cap,
         })
     }
 
@@ -788,9 +914,10 @@ impl GpuModel {
         launch!(self, "embedding_fwd", rows_block(n), x0, idp, emb, nn, di);
         let eps = dm.eps;
         for (l, il) in self.layout.layers.iter().enumerate() {
-            let x = ptr(c, &acts.xs[l]);
-            let x_out = ptr(c, &acts.xs[l + 1]);
-            let a = &mut acts.layers[l];
+            let (li, xi, xo) = (acts.li(l), acts.xi(l), acts.xi(l + 1));
+            let x = ptr(c, &acts.xs[xi]);
+            let x_out = ptr(c, &acts.xs[xo]);
+            let a = &mut acts.layers[li];
             let (xn1, rstd1) = (ptr(c, &a.xn1), ptr(c, &a.rstd1));
             let wn = self.mp(il.attn_norm);
             launch!(self, "rmsnorm_fwd", rows_warp(n), xn1, rstd1, x, wn, ni, di, eps);
@@ -850,30 +977,30 @@ impl GpuModel {
             }
             let x_in = DevInputs { q: a.q(), k: a.k(), v: a.v(), g: Some(a.gk()), h0: None };
             match &mut io {
-                None => ops::gla_fwd(c, FwdKernel::Chunk, &acts.prob, &x_in, &mut acts.o[l], None)?,
+                None => ops::gla_fwd(c, FwdKernel::Chunk, &acts.prob, &x_in, &mut acts.o[li], None)?,
                 Some(InferIo::Batch(x)) => {
                     let which = if t == 1 { FwdKernel::Recurrent } else { FwdKernel::Chunk };
                     let x_in = DevInputs { h0: Some(&x.h0[l]), ..x_in };
-                    ops::gla_fwd(c, which, &acts.prob, &x_in, &mut acts.o[l], Some(&mut x.ht[l]))?;
+                    ops::gla_fwd(c, which, &acts.prob, &x_in, &mut acts.o[li], Some(&mut x.ht[l]))?;
                 }
                 Some(InferIo::Table { addr, b }) => {
                     let tab = *addr + 8 * (l * 4 * *b) as u64;
                     // SAFETY: the table's entries for layer l are the recurrent states of the B
                     // sequences (decode_body's contract)
-                    unsafe { ops::gla_decode(c, &acts.prob, &x_in, tab, *b, &mut acts.o[l])? };
+                    unsafe { ops::gla_decode(c, &acts.prob, &x_in, tab, *b, &mut acts.o[li])? };
                 }
             }
             if sync_debug() {
                 c.stream().synchronize().map_err(Error::driver("GLA forward (GLA_SYNC_DEBUG)"))?;
             }
             {
-                let (on, ro, o) = (ptr(c, &a.on), ptr(c, &a.rstd_o), ptr(c, &acts.o[l]));
+                let (on, ro, o) = (ptr(c, &a.on), ptr(c, &a.rstd_o), ptr(c, &acts.o[li]));
                 let gpre = a.g_pre.as_ref().map_or(0u64, |g| ptr(c, g));
                 let (w, rows, v) = (self.mp(il.g_norm), (n * dm.heads) as i64, dm.head_v as i32);
                 launch!(self, "gated_norm_fwd", rows_warp(n * dm.heads), on, ro, o, gpre, w, rows, v, eps);
             }
             // x_mid = x + o_proj(on)
-            st.memcpy_dtod(&acts.xs[l], &mut a.x_mid).map_err(Error::driver("copy residual"))?;
+            st.memcpy_dtod(&acts.xs[xi], &mut a.x_mid).map_err(Error::driver("copy residual"))?;
             let x_mid = ptr(c, &a.x_mid);
             g.fwd(x_mid, Ty::F32, ptr(c, &a.on), self.wp(il.o_proj), n, dm.value_dim, d, 1.0)?;
             let (xn2, rstd2, wn2) = (ptr(c, &a.xn2), ptr(c, &a.rstd2), self.mp(il.mlp_norm));
@@ -884,12 +1011,10 @@ impl GpuModel {
             let ne = (n * dm.intermediate) as i64;
             launch!(self, "swiglu_fwd", flat(n * dm.intermediate), hp, ap, bp, ne);
             // x_out = x_mid + down(h)
-            let (lo, hi) = acts.xs.split_at_mut(l + 1);
-            let _ = lo;
-            st.memcpy_dtod(&a.x_mid, &mut hi[0]).map_err(Error::driver("copy residual"))?;
+            st.memcpy_dtod(&a.x_mid, &mut acts.xs[xo]).map_err(Error::driver("copy residual"))?;
             g.fwd(x_out, Ty::F32, hp, self.wp(il.down_proj), n, dm.intermediate, d, 1.0)?;
         }
-        let (xf, rf, xl, wn) = (ptr(c, &acts.xf), ptr(c, &acts.rstdf), ptr(c, &acts.xs[dm.layers]), self.mp(self.layout.norm));
+        let (xf, rf, xl, wn) = (ptr(c, &acts.xf), ptr(c, &acts.rstdf), ptr(c, &acts.xs[acts.xi(dm.layers)]), self.mp(self.layout.norm));
         launch!(self, "rmsnorm_fwd", rows_warp(n), xf, rf, xl, wn, ni, di, eps);
         Ok(())
     }
@@ -912,6 +1037,10 @@ impl GpuModel {
             }
         }
         let m = rows.len();
+        if m > acts.rows_cap {
+            // inference activations hold the lm_head rows of one position per sequence
+            return Err(unsupported(format!("{m} labelled rows; these activations take at most {}", acts.rows_cap)));
+        }
         acts.m = m;
         if m == 0 {
             return Ok(LossOut { loss: 0.0, n_valid: 0, correct: 0 });
@@ -952,6 +1081,10 @@ impl GpuModel {
     }
 
     fn backward_impl(&mut self, acts: &mut GpuActivations, scale: f32, reduce: bool) -> Result<()> {
+        self.trainable("backward")?;
+        if acts.inference {
+            return Err(unsupported("backward through activations made for inference (GpuModel::inference_activations)".into()));
+        }
         // a previous step's sums must be complete before this backward accumulates into them
         self.wait_reduced("waiting for the gradient all-reduce")?;
         let reduce = reduce && self.sync.is_some();
@@ -1132,6 +1265,7 @@ impl GpuModel {
     /// # Errors
     /// [`Error::Driver`], [`Error::Launch`].
     pub fn grad_norm(&mut self) -> Result<f64> {
+        self.trainable("gradient norm")?;
         let st = self.cuda.stream().clone();
         st.memset_zeros(&mut self.norm_buf).map_err(Error::driver("zero norm"))?;
         let (o, gp, nn) = (ptr(&self.cuda, &self.norm_buf), ptr(&self.cuda, &self.grads), self.grads.len() as i64);
@@ -1385,12 +1519,13 @@ fn graphs_enabled() -> bool {
 }
 
 impl GpuDecoder {
-    /// Uploads `model`'s weights.
+    /// Uploads `model`'s weights for inference ([`GpuModel::new_inference`]: bf16 GEMM
+    /// matrices, no gradients).
     ///
     /// # Errors
     /// As [`GpuModel::new`].
     pub fn new(cuda: Arc<Cuda>, model: &GlaModel) -> Result<Self> {
-        Ok(Self { model: GpuModel::new(cuda, model)?, decode: std::sync::Mutex::new(HashMap::new()) })
+        Ok(Self { model: GpuModel::new_inference(cuda, model)?, decode: std::sync::Mutex::new(HashMap::new()) })
     }
 
     fn state_sizes(&self) -> (usize, [usize; 3]) {
@@ -1522,7 +1657,7 @@ impl GpuDecoder {
             for w in p.chunks(gla_model::infer::PREFILL_WINDOW) {
                 if acts.as_ref().is_none_or(|a| a.shape() != (1, w.len())) {
                     drop(acts.take()); // free the previous set before allocating the next
-                    acts = Some(self.model.activations(1, w.len())?);
+                    acts = Some(self.model.inference_activations(1, w.len())?);
                 }
                 let Some(a) = acts.as_mut() else { unreachable!("set above") };
                 last = self.step(a, w, &mut [&mut **s])?;
@@ -1557,7 +1692,7 @@ impl GpuDecoder {
                 slots.clear();
             }
             let slot = DecodeSlot {
-                acts: self.model.activations(b, 1)?,
+                acts: self.model.inference_activations(b, 1)?,
                 table: st.alloc_zeros::<u64>(self.model.dims.layers * 4 * b).map_err(Error::driver("alloc state table"))?,
                 uploaded: Vec::new(),
                 graph: None,
