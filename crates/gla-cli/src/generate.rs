@@ -475,7 +475,7 @@ fn bench_batches<D: Decoder>(a: &BenchArgs, dec: &D, vocab: usize, state_bytes: 
 #[cfg(feature = "cuda")]
 fn bench_cuda(a: &BenchArgs, model: &GlaModel) -> Result<Vec<BenchEntry>> {
     let cuda = gla_cuda::Cuda::new()?;
-    println!("on {} ({}): bf16 weights, f32 states; one forward per prompt, then batched decode steps", cuda.name(), cuda.arch());
+    println!("on {} ({}): bf16 weights, f32 states; prompts of one length prefilled together, then batched decode steps (CUDA graph)", cuda.name(), cuda.arch());
     let dec = gla_cuda::GpuDecoder::new(cuda, model)?;
     // untimed warm-up: kernel compiles (NVRTC, then cached), cuBLAS start-up, first allocations
     {
