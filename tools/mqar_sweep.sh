@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Robustness sweep of MQAR training recipes: each recipe (a line of `gla train` flags in
-# RECIPES, or the built-in list below, whose first line is the defaults) runs for several (init seed, data seed) pairs, JOBS at a
+# RECIPES, or the built-in list below, whose first line, empty, is the defaults) runs for several (init seed, data seed) pairs, JOBS at a
 # time; prints, per recipe, the step at which each pair reached the target query accuracy (or
 # its final accuracy). On the GPU (DEVICE=cuda) a run of the demo model takes seconds, so the
 # sweep fits in a minute with JOBS=8; the CPU demo recipe is then confirmed on the CPU.
@@ -18,7 +18,7 @@ if [ -n "${RECIPES:-}" ]; then
     mapfile -t recipes < "$RECIPES"
 else
     recipes=(
-        "--eval-every 100"
+        ""
         "--lr 1e-2 --min-lr 2e-3 --decay-steps 800 --warmup 30"
         "--lr 3e-3 --min-lr 3e-4 --decay-steps 3000"
         "--lr 3e-3 --min-lr 3e-4 --decay-steps 3000 --warmup 200"
