@@ -350,7 +350,7 @@ fn cuda_rank(a: &Args, model: &GlaModel, fpt: f64, job: &crate::launch::Job) -> 
     use gla_model::optim::{AdamW, AdamWConfig};
     use gla_model::Engine;
     let env = &job.env;
-    let cuda = gla_cuda::Cuda::with_ordinal(env.local_rank)?;
+    let cuda = gla_cuda::Cuda::with_ordinal(env.gpu_ordinal()?)?;
     let comm = gla_cuda::dist::Comm::init(&cuda, env, gla_cuda::dist::timeout_from_env()?)?;
     let cfg = AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() };
     let opt = AdamW::new(cfg, &model.layout);

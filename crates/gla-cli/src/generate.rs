@@ -475,15 +475,22 @@ fn bench_batches<D: Decoder>(a: &BenchArgs, dec: &D, vocab: usize, state_bytes: 
 #[cfg(feature = "cuda")]
 fn bench_cuda(a: &BenchArgs, model: &GlaModel) -> Result<Vec<BenchEntry>> {
     let cuda = gla_cuda::Cuda::new()?;
-    println!("on {} ({}): bf16 weights, f32 states; prompts of one length prefilled together, then batched decode steps (CUDA graph)", cuda.name(), cuda.arch());
+    println!(
+        "on {} ({}): bf16 weights, f32 states; prompts of one length prefilled together, then batched decode steps (CUDA graph)",
+        cuda.name(),
+        cuda.arch()
+    );
     let dec = gla_cuda::GpuDecoder::new(cuda, model)?;
-    // untimed warm-up: kernel compiles (NVRTC, then cached), cuBLAS start-up, first allocations
-    {
-        let mut st = [dec.new_state()?, dec.new_state()?];
+    // untimed warm-up: kernel compiles (NVRTC, then cached), cuBLAS start-up, first allocations,
+    // and for each batch size the eager first decode step and the capture of its CUDA graph
+    for &b in &a.batch {
+        let mut st: Vec<gla_cuda::GpuState> = (0..b).map(|_| dec.new_state()).collect::<Result<_, _>>()?;
         let mut sref: Vec<&mut gla_cuda::GpuState> = st.iter_mut().collect();
         let warm: Vec<u32> = (0..a.prompt_len.min(128) as u32).map(|i| i % model.dims.vocab as u32).collect();
-        dec.prefill_batch(&[&warm, &warm], &mut sref)?;
-        dec.decode_batch(&[0, 1], &mut sref)?;
+        dec.prefill_batch(&vec![&warm[..]; b], &mut sref)?;
+        for _ in 0..2 {
+            dec.decode_batch(&vec![0; b], &mut sref)?;
+        }
     }
     let bytes = dec.state_bytes();
     bench_batches(a, &dec, model.dims.vocab, |_| bytes)

@@ -289,7 +289,8 @@ fn on_cuda(tr: Trainer, job: Option<&crate::launch::Job>) -> Result<Trainer> {
     // every rank refuses an indivisible batch the same way, before any waits for the others
     shard.local_batch(tr.cfg.batch_size)?;
     let timeout = gla_cuda::dist::timeout_from_env()?;
-    let cuda = gla_cuda::Cuda::with_ordinal(env.local_rank).with_context(|| format!("opening GPU {} (LOCAL_RANK)", env.local_rank))?;
+    let gpu = env.gpu_ordinal()?;
+    let cuda = gla_cuda::Cuda::with_ordinal(gpu).with_context(|| format!("opening GPU {gpu} (LOCAL_RANK {})", env.local_rank))?;
     Ok(tr.with_sharded_engine(shard, |model, opt, b, t| {
         let comm = gla_cuda::dist::Comm::init(&cuda, env, timeout).map_err(dev)?;
         let e = gla_cuda::GpuEngine::new(cuda, model, opt, b, t).and_then(|e| e.with_comm(comm)).map_err(dev)?;

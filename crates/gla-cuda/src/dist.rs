@@ -45,6 +45,10 @@ pub const TIMEOUT_ENV: &str = "GLA_NCCL_TIMEOUT_S";
 /// checkpoint while the others wait.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// Port of gla's rendezvous, when `MASTER_PORT` (or, under torchrun, `MASTER_PORT + 1`) will
+/// not do.
+pub const RDZV_PORT_ENV: &str = "GLA_RDZV_PORT";
+
 /// Start of the rendezvous messages (a stray connection to the port is told apart).
 const MAGIC: &[u8; 4] = b"GLA1";
 
@@ -80,7 +84,9 @@ pub struct DistEnv {
     pub local_rank: usize,
     /// Host of rank 0, where the rendezvous listens (`MASTER_ADDR`).
     pub master_addr: String,
-    /// Port of the rendezvous on the master (`MASTER_PORT`).
+    /// Port of gla's rendezvous on the master: `GLA_RDZV_PORT` when set; else `MASTER_PORT`,
+    /// plus one under torchrun (`TORCHELASTIC_RUN_ID` set), whose own store listens on
+    /// `MASTER_PORT`.
     pub master_port: u16,
 }
 
@@ -125,10 +131,23 @@ impl DistEnv {
         if master_addr.trim().is_empty() {
             return Err(env_err("MASTER_ADDR", "is empty"));
         }
-        let port = need("MASTER_PORT")?;
-        let master_port = match port.trim().parse::<u16>() {
-            Ok(p) if p > 0 => p,
-            _ => return Err(env_err("MASTER_PORT", format!("`{port}` is not a port number (1-65535)"))),
+        let parse_port = |var: &'static str, v: String| match v.trim().parse::<u16>() {
+            Ok(p) if p > 0 => Ok(p),
+            _ => Err(env_err(var, format!("`{v}` is not a port number (1-65535)"))),
+        };
+        let master_port = match get(RDZV_PORT_ENV) {
+            Some(v) => parse_port(RDZV_PORT_ENV, v)?,
+            None => {
+                let p = parse_port("MASTER_PORT", need("MASTER_PORT")?)?;
+                if get("TORCHELASTIC_RUN_ID").is_some() {
+                    // torchrun's agent hosts its TCPStore on MASTER_PORT: take the next port
+                    p.checked_add(1).ok_or_else(|| {
+                        env_err("MASTER_PORT", format!("{p} + 1 (gla's rendezvous under torchrun) is not a port; set {RDZV_PORT_ENV}"))
+                    })?
+                } else {
+                    p
+                }
+            }
         };
         Ok(Some(Self { rank, world, local_rank, master_addr: master_addr.trim().to_string(), master_port }))
     }
@@ -154,6 +173,18 @@ impl DistEnv {
     /// `MASTER_ADDR:MASTER_PORT`.
     pub fn master(&self) -> String {
         format!("{}:{}", self.master_addr, self.master_port)
+    }
+}
+
+impl DistEnv {
+    /// The GPU this rank opens: `LOCAL_RANK`, or 0 when the process sees a single GPU (a
+    /// scheduler that gives each process its own `CUDA_VISIBLE_DEVICES`, as SLURM does).
+    ///
+    /// # Errors
+    /// [`Error::NoDevice`] when the driver cannot be loaded or reports no device.
+    pub fn gpu_ordinal(&self) -> Result<usize> {
+        let n = crate::runtime::Cuda::device_count()?;
+        Ok(if n == 1 { 0 } else { self.local_rank })
     }
 }
 
@@ -250,17 +281,25 @@ fn join(env: &DistEnv, timeout: Duration) -> Result<[u8; ID_BYTES]> {
         .to_socket_addrs()
         .map_err(|e| rdv_err(env, format!("cannot resolve MASTER_ADDR: {e}")))?
         .collect();
-    let Some(&addr) = addrs.first() else { return Err(rdv_err(env, "MASTER_ADDR resolves to no address")) };
-    let mut s = loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(rdv_err(env, format!("rank 0 was not reachable within {:.0} s ({TIMEOUT_ENV})", timeout.as_secs_f64())));
+    if addrs.is_empty() {
+        return Err(rdv_err(env, "MASTER_ADDR resolves to no address"));
+    }
+    // rank 0 listens on IPv4 (0.0.0.0): try the IPv4 addresses first (`localhost` may resolve
+    // to ::1 first), then the others, each round until the deadline
+    let mut addrs = addrs;
+    addrs.sort_by_key(|a| !a.is_ipv4());
+    let mut s = 'connect: loop {
+        for addr in &addrs {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(rdv_err(env, format!("rank 0 was not reachable within {:.0} s ({TIMEOUT_ENV})", timeout.as_secs_f64())));
+            }
+            if let Ok(s) = TcpStream::connect_timeout(addr, left.min(Duration::from_secs(2))) {
+                break 'connect s;
+            }
         }
-        match TcpStream::connect_timeout(&addr, left.min(Duration::from_secs(2))) {
-            Ok(s) => break s,
-            // rank 0 may not listen yet: retry until the deadline
-            Err(_) => std::thread::sleep(Duration::from_millis(50).min(left)),
-        }
+        // rank 0 may not listen yet: retry until the deadline
+        std::thread::sleep(Duration::from_millis(50).min(deadline.saturating_duration_since(Instant::now())));
     };
     s.write_all(&hello(env)).map_err(|e| rdv_err(env, format!("sending hello: {e}")))?;
     let left = deadline.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
@@ -624,6 +663,16 @@ mod tests {
         assert_eq!(DistEnv::from_lookup(vars(&[])).unwrap(), None, "no RANK / WORLD_SIZE: not distributed");
         let e = DistEnv::from_lookup(vars(&full())).unwrap().unwrap();
         assert_eq!(e, DistEnv { rank: 1, world: 4, local_rank: 1, master_addr: "127.0.0.1".into(), master_port: 29500 }, "all five read");
+        // under torchrun (its store owns MASTER_PORT) the rendezvous takes the next port;
+        // GLA_RDZV_PORT overrides both
+        let with = |extra: &[(&str, &str)]| {
+            let mut all = vec![("RANK", "1"), ("WORLD_SIZE", "4"), ("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29500")];
+            all.extend_from_slice(extra);
+            DistEnv::from_lookup(|k| all.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())).unwrap().unwrap().master_port
+        };
+        assert_eq!(with(&[("TORCHELASTIC_RUN_ID", "none")]), 29501);
+        assert_eq!(with(&[("TORCHELASTIC_RUN_ID", "none"), ("GLA_RDZV_PORT", "31000")]), 31000);
+        assert_eq!(with(&[("GLA_RDZV_PORT", "31001")]), 31001);
         assert_eq!(e.master(), "127.0.0.1:29500");
         let no_local: Vec<_> = full().into_iter().filter(|(k, _)| *k != "LOCAL_RANK").collect();
         assert_eq!(DistEnv::from_lookup(vars(&no_local)).unwrap().unwrap().local_rank, 1, "LOCAL_RANK defaults to RANK");

@@ -738,15 +738,15 @@ impl GpuModel {
         let dm = &self.dims;
         let pl = self.plan;
         let n = b * t;
-        let st = self.cuda.stream();
         fn z<T: DeviceRepr + ValidAsZeroBits>(cuda: &Cuda, len: usize) -> Result<CudaSlice<T>> {
             cuda.stream().alloc_zeros::<T>(len.max(1)).map_err(Error::driver(format!("alloc {len} activation elements")))
         }
         let c = &*self.cuda;
         let conv = dm.conv > 0;
         let (kd, kdkv, vd, vdkv) = (dm.key_dim, dm.key_dim_kv, dm.value_dim, dm.value_dim_kv);
-        let op_k = n * dm.heads * pl.split * dm.head_k; // q/k/g at the op's heads
-                                                        // inference: one set of layer tensors and the backward's buffers as placeholders
+        // q/k/g at the op's heads
+        let op_k = n * dm.heads * pl.split * dm.head_k;
+        // inference: one set of layer tensors and the backward's buffers as placeholders
         let n_layers = if inference { 1 } else { dm.layers };
         let bw = |len: usize| if inference { 1 } else { len };
         let mut layers = Vec::with_capacity(n_layers);
@@ -804,7 +804,6 @@ impl GpuModel {
         let prob = DevProblem::new(c, &self.op_problem(b, t)?)?;
         // rows that may reach the lm_head: every row, or one per sequence (the last) in inference
         let rows_cap = if inference { b } else { n };
-        let _ = st;
         Ok(GpuActivations {
             b,
             t,
@@ -820,7 +819,9 @@ impl GpuModel {
             targets: z(c, n)?,
             xf_sel: z(c, rows_cap * dm.d)?,
             logits: z(c, rows_cap * dm.vocab)?,
-            dlogits: z(c, bw(n * dm.vocab))?,
+            // cross_entropy writes d(loss)/d(logits) for every row reaching the lm_head, also
+            // for the dummy labels of inference steps
+            dlogits: z(c, rows_cap * dm.vocab)?,
             loss: z(c, n)?,
             correct: z(c, n)?,
             dsel: z(c, bw(n * dm.d))?,
@@ -1488,6 +1489,8 @@ fn copy_f32(cuda: &Cuda, dst: &CudaSlice<f32>, dst_off: usize, src: &CudaSlice<f
 /// sequence; logits come back to the host for sampling (`gla_model::generate`).
 pub struct GpuDecoder {
     model: GpuModel,
+    /// Decode steps run as a replay of a captured CUDA graph (the check counts them).
+    graph_steps: std::sync::atomic::AtomicU64,
     /// Decode steps by batch size (a few: a batch whose sequences finish at different times
     /// shrinks step by step).
     decode: std::sync::Mutex<HashMap<usize, DecodeSlot>>,
@@ -1496,6 +1499,10 @@ pub struct GpuDecoder {
 /// Tokens per prefill forward when prompts of the same length run together (bounds the
 /// inference activations at about 45 KB a token for a 340M model).
 const PREFILL_TOKENS: usize = 8192;
+
+/// Bytes of the batch copies of the states one grouped prefill forward may hold (for fla's
+/// 340M config, 12 MiB of state per sequence: groups of up to 21 prompts).
+const PREFILL_STATE_BYTES: usize = 512 << 20;
 
 /// Batch sizes whose decode step (buffers and graph) is kept; more are dropped all at once.
 const DECODE_SLOTS: usize = 4;
@@ -1529,13 +1536,28 @@ impl GpuDecoder {
     /// # Errors
     /// As [`GpuModel::new`].
     pub fn new(cuda: Arc<Cuda>, model: &GlaModel) -> Result<Self> {
-        Ok(Self { model: GpuModel::new_inference(cuda, model)?, decode: std::sync::Mutex::new(HashMap::new()) })
+        Ok(Self {
+            model: GpuModel::new_inference(cuda, model)?,
+            graph_steps: std::sync::atomic::AtomicU64::new(0),
+            decode: std::sync::Mutex::new(HashMap::new()),
+        })
     }
 
     fn state_sizes(&self) -> (usize, [usize; 3]) {
         let dm = &self.model.dims;
         let rec = dm.heads * dm.head_k * dm.head_v; // split heads hold the same values
         (rec, [dm.key_dim * dm.conv, dm.key_dim_kv * dm.conv, dm.value_dim_kv * dm.conv])
+    }
+
+    /// Decode steps so far that replayed a captured CUDA graph (the others ran eagerly: the
+    /// first step of each batch size, and every step when capture is off or was refused).
+    pub fn graph_steps(&self) -> u64 {
+        self.graph_steps.load(Ordering::Relaxed)
+    }
+
+    /// Whether decode steps may be captured as CUDA graphs here (`GLA_NO_GRAPH`, `GLA_SYNC_DEBUG`).
+    pub fn graphs_enabled() -> bool {
+        graphs_enabled()
     }
 
     /// Bytes of one [`GpuState`] (recurrent states and conv caches, f32): fixed by the config.
@@ -1658,7 +1680,8 @@ impl GpuDecoder {
         for (i, p) in prompts.iter().enumerate() {
             groups.entry(p.len()).or_default().push(i);
         }
-        let max_b = PREFILL_TOKENS / 64;
+        // a group's forward holds 2 x L batch copies of its states (h0, ht): bound them too
+        let max_b = (PREFILL_TOKENS / 64).min((PREFILL_STATE_BYTES / (2 * self.state_bytes().max(1))).max(1));
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); prompts.len()];
         let mut acts: Option<GpuActivations> = None;
         for (len, members) in groups {
@@ -1746,7 +1769,10 @@ impl GpuDecoder {
             slot.no_graph = slot.graph.is_none();
         }
         match &slot.graph {
-            Some(g) => g.launch().map_err(Error::driver("launch the decode graph"))?,
+            Some(g) => {
+                g.launch().map_err(Error::driver("launch the decode graph"))?;
+                self.graph_steps.fetch_add(1, Ordering::Relaxed);
+            }
             // SAFETY: the table was just built from these states' own buffers, checked above to
             // have this model's sizes; they are distinct (each &mut GpuState owns its buffers)
             // and stay borrowed until the logits are read back below (a synchronising copy)

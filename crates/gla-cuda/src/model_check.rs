@@ -279,8 +279,10 @@ fn train_case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: GlaConfig, b: usiz
 /// the CPU's (`GlaModel::prefill_batch` / `decode_batch`): two prompts of 20 and 70 tokens (the
 /// second crosses a chunk; one at a time), 4 decode steps of both together (the first eager, the
 /// others through the captured CUDA graph), 70 more tokens for each from their states (one
-/// batched prefill), 2 decode steps of one; every logit row compared, with the tolerance raised
-/// to twice the CPU model's own bf16-GEMM floor as for training.
+/// batched prefill), 2 decode steps with the states in swapped order (the graph replayed with
+/// another state table), 2 decode steps of one; every logit row compared, with the tolerance
+/// raised to twice the CPU model's own bf16-GEMM floor as for training; the number of graph
+/// replays is checked too.
 ///
 /// # Errors
 /// Set-up failures.
@@ -300,6 +302,9 @@ struct GenPlan {
     prompts: Vec<Vec<u32>>,
     steps: Vec<Vec<u32>>,
     second: Vec<Vec<u32>>,
+    /// decode steps of both with the states in reverse order (a captured step replayed with
+    /// another state table)
+    swapped: Vec<Vec<u32>>,
     solo: Vec<u32>,
 }
 
@@ -316,6 +321,10 @@ fn run_plan<D: gla_model::generate::Decoder>(dec: &D, plan: &GenPlan) -> gla_mod
         }
         let refs: Vec<&[u32]> = plan.second.iter().map(Vec::as_slice).collect();
         all.extend(dec.prefill_batch(&refs, &mut sref)?.concat());
+        sref.reverse();
+        for ids in &plan.swapped {
+            all.extend(dec.decode_batch(ids, &mut sref)?.concat());
+        }
     }
     for &id in &plan.solo {
         all.extend(dec.decode_batch(&[id], &mut [&mut states[1]])?.concat());
@@ -333,6 +342,7 @@ fn generation_case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: GlaConfig, ou
         prompts: vec![draw(20), draw(70)],
         steps: (0..4).map(|_| draw(2)).collect(),
         second: vec![draw(70), draw(70)],
+        swapped: (0..2).map(|_| draw(2)).collect(),
         solo: draw(2),
     };
     let (want, _) = run_plan(&cpu, &plan).map_err(cpu_err)?;
@@ -347,11 +357,17 @@ fn generation_case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: GlaConfig, ou
         rel_rmse(&got, &want),
         tol,
         format!(
-            "prefill 20 + 70, 4 batched decode steps, prefill 70 + 70 more (one batch), 2 steps of one sequence; bf16 floor {floor:.2e}"
+            "prefill 20 + 70, 4 batched decode steps, prefill 70 + 70 more (one batch), 2 steps in swapped order, 2 of one sequence; bf16 floor {floor:.2e}"
         ),
     ));
     let seen: Vec<usize> = states.iter().map(GpuState::seen_tokens).collect();
-    out.push(row(name, "seen", if seen == [94, 146] { 0.0 } else { 1.0 }, 0.0, format!("tokens per state {seen:?} (expected [94, 146])")));
+    out.push(row(name, "seen", if seen == [96, 148] { 0.0 } else { 1.0 }, 0.0, format!("tokens per state {seen:?} (expected [96, 148])")));
+    // the batch-2 step is captured at its second run and replayed 5 times (2 with the states
+    // swapped), the batch-1 step once
+    if GpuDecoder::graphs_enabled() {
+        let g = dec.graph_steps();
+        out.push(row(name, "graph", if g == 6 { 0.0 } else { 1.0 }, 0.0, format!("{g} decode steps replayed a CUDA graph (expected 6)")));
+    }
     Ok(())
 }
 

@@ -222,6 +222,18 @@ impl Cuda {
         Ok(Arc::new(Self { ctx, stream, arch, modules: Mutex::new(HashMap::new()), functions: Mutex::new(HashMap::new()) }))
     }
 
+    /// How many GPUs this process sees (after `CUDA_VISIBLE_DEVICES`).
+    ///
+    /// # Errors
+    /// [`Error::NoDevice`] when the driver cannot be loaded or fails to count.
+    pub fn device_count() -> Result<usize> {
+        if !driver_available() {
+            return Err(Error::NoDevice("libcuda.so (the NVIDIA driver) cannot be loaded".into()));
+        }
+        let n = CudaContext::device_count().map_err(|e| Error::NoDevice(format!("cuInit/cuDeviceGetCount failed: {e}")))?;
+        Ok(n.max(0) as usize)
+    }
+
     /// The device's name, e.g. `NVIDIA H200`.
     pub fn name(&self) -> String {
         self.ctx.name().unwrap_or_else(|_| "?".into())
