@@ -3,7 +3,7 @@
 # 340M-class GLA that fla saves in bf16 (bench/generate_vs_fla.py), then `gla bench generate
 # --device cuda --model` on the same directory; prints one table.
 # Usage, from the repo root there:  bench/generate_vs_fla.sh [path/to/gla]
-#   needs: a gla built with --features cuda, libnvrtc (LD_LIBRARY_PATH below), python3 with torch,
+#   needs: a gla built with --features cuda, libnvrtc (bench/fla_env.sh sets the path), python3 with torch,
 #   triton and transformers, fla's wheels in .whl/ (installed here into /tmp/site).
 # Writes $OUT/gen_fla.json, $OUT/gen_gla.json and logs ($OUT defaults to bench/out).
 set -euo pipefail
@@ -11,13 +11,7 @@ OUT="${OUT:-bench/out}"
 mkdir -p "$OUT"
 GLA="${1:-target/release/gla}"
 MODEL="${MODEL_DIR:-/tmp/gla340m-fla}"
-export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-/tmp/triton-cache}"
-export PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
+source "$(dirname "$0")/fla_env.sh"
 python3 bench/generate_vs_fla.py --model-dir "$MODEL" --out "$OUT/gen_fla.json" 2>&1 | tee "$OUT/gen_fla.txt"
 "$GLA" bench generate --device cuda --model "$MODEL" --json "$OUT/gen_gla.json" 2>&1 | tee "$OUT/gen_gla.txt"
 python3 - "$OUT/gen_fla.json" "$OUT/gen_gla.json" <<'EOF'

@@ -2,7 +2,7 @@
 # Side-by-side benchmark on the GPU machine, one run: `gla bench ops --device cuda --json`, then
 # fla's chunk_gla and PyTorch SDPA (flash, cuDNN) on the same shapes (bench/gla_vs_fla.py).
 # Usage, from the repo root there:  bench/gla_vs_fla.sh [path/to/gla]
-#   needs: a gla built with --features cuda, libnvrtc (LD_LIBRARY_PATH below), python3 with torch
+#   needs: a gla built with --features cuda, libnvrtc (bench/fla_env.sh sets the path), python3 with torch
 #   and triton, and fla's wheels in .whl/ (pip download --no-deps flash-linear-attention==0.6.0
 #   fla-core==0.6.0 -d .whl; installed here into /tmp/site).
 # Writes $OUT/gla.json, $OUT/gla_vs_fla.json and logs ($OUT defaults to bench/out).
@@ -10,14 +10,6 @@ set -euo pipefail
 OUT="${OUT:-bench/out}"
 mkdir -p "$OUT"
 GLA="${1:-target/release/gla}"
-export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-# Triton's autotune cache: fla's first calls autotune for minutes; a cache dir outside $OUT keeps
-# the thousands of cache files out of what comes back (TRITON_CACHE_DIR overrides)
-export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-/tmp/triton-cache}"
-export PYTHONUNBUFFERED=1
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-fi
+source "$(dirname "$0")/fla_env.sh"
 "$GLA" bench ops --device cuda --json "$OUT/gla.json" 2>&1 | tee "$OUT/gla.txt"
 python3 bench/gla_vs_fla.py --gla-json "$OUT/gla.json" --out "$OUT/gla_vs_fla.json" 2>&1 | tee "$OUT/gla_vs_fla.txt"

@@ -1,6 +1,5 @@
 #!/usr/bin/env bash
 # Training throughput side by side on the GPU machine, one run: fla's GLAForCausalLM with full
-# Triton autotuning (bench/train_vs_fla.py), then `gla bench train --device cuda` on the same
 # setup (fla's gla_340M, batch 8 x 2048); prints both rows.
 # fla autotunes every config of every Triton kernel on a fresh machine (more than one 10-minute
 # call here), so the autotuning RESULTS are kept between calls: TRITON_CACHE_AUTOTUNING=1, and
@@ -12,18 +11,12 @@ set -uo pipefail
 OUT="${OUT:-bench/out}"
 mkdir -p "$OUT"
 GLA="${1:-target/release/gla}"
-export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-/tmp/triton-cache}"
+source "$(dirname "$0")/fla_env.sh"
 export TRITON_CACHE_AUTOTUNING=1
-export PYTHONUNBUFFERED=1
 mkdir -p "$TRITON_CACHE_DIR"
 if [ -f .triton-autotune/triton-autotune.tgz ]; then
     tar -xzf .triton-autotune/triton-autotune.tgz -C "$TRITON_CACHE_DIR"
     echo "restored $(find "$TRITON_CACHE_DIR" -name '*.autotune.json' | wc -l) autotuning results"
-fi
-if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 timeout "${FLA_TIMEOUT:-1200}" python3 bench/train_vs_fla.py --autotune full --out "$OUT/train_fla.json" 2>&1 | tee "$OUT/train_fla.txt"
 fla_rc=${PIPESTATUS[0]}

@@ -53,18 +53,27 @@ pub fn cublas_available() -> bool {
     std::panic::catch_unwind(|| unsafe { blas_sys::is_culib_present() }).unwrap_or(false)
 }
 
+/// The device's default memory pool (every stream-ordered allocation of this process), or
+/// `None` when the driver has none.
+fn default_pool(cuda: &Cuda) -> Option<cudarc::driver::sys::CUmemoryPool> {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: the context is bound first; pool is written by the driver only on success
+    unsafe {
+        let _ = cuda.context().bind_to_thread();
+        (sys::cuDeviceGetDefaultMemPool(&mut pool, cuda.context().cu_device()) == sys::CUresult::CUDA_SUCCESS).then_some(pool)
+    }
+}
+
 /// Resets the high-water mark of the device's default memory pool to the memory in use now, so
 /// that [`peak_pool_bytes`] then reports the peak of what follows. Best effort.
 pub fn reset_peak_pool(cuda: &Cuda) {
     use cudarc::driver::sys;
-    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
-    let mut zero: u64 = 0;
-    // SAFETY: as in peak_pool_bytes; setting USED_MEM_HIGH takes a u64 that must be 0
-    unsafe {
-        let _ = cuda.context().bind_to_thread();
-        if sys::cuDeviceGetDefaultMemPool(&mut pool, cuda.context().cu_device()) == sys::CUresult::CUDA_SUCCESS {
-            let _ = sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, (&raw mut zero).cast());
-        }
+    if let Some(pool) = default_pool(cuda) {
+        let mut zero: u64 = 0;
+        // SAFETY: a live pool; setting USED_MEM_HIGH takes a u64 that must be 0
+        let _ =
+            unsafe { sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, (&raw mut zero).cast()) };
     }
 }
 
@@ -72,15 +81,11 @@ pub fn reset_peak_pool(cuda: &Cuda) {
 /// this process), in bytes; 0 when the driver does not report it.
 pub fn peak_pool_bytes(cuda: &Cuda) -> u64 {
     use cudarc::driver::sys;
-    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
     let mut high: u64 = 0;
-    // SAFETY: the context is bound (Cuda::new); pool and high are written by the driver only on
-    // success; the attribute reads a u64
-    unsafe {
-        let _ = cuda.context().bind_to_thread();
-        if sys::cuDeviceGetDefaultMemPool(&mut pool, cuda.context().cu_device()) == sys::CUresult::CUDA_SUCCESS {
-            let _ = sys::cuMemPoolGetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, (&raw mut high).cast());
-        }
+    if let Some(pool) = default_pool(cuda) {
+        // SAFETY: a live pool; the attribute writes a u64
+        let _ =
+            unsafe { sys::cuMemPoolGetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, (&raw mut high).cast()) };
     }
     high
 }

@@ -1,0 +1,12 @@
+# Sourced by the side-by-side scripts (bench/*_vs_fla.sh) on the GPU machine: libnvrtc on the
+# library path, Triton's cache outside $OUT (fla's first calls compile and autotune for minutes;
+# the thousands of cache files must not come back with $OUT), unbuffered Python, and fla's
+# wheels from .whl/ (pip download --no-deps flash-linear-attention==0.6.0 fla-core==0.6.0 -d
+# .whl) installed into /tmp/site.
+export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-/tmp/triton-cache}"
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
