@@ -464,6 +464,41 @@ fn intra_a(ch: &Chunk, kd: usize) -> Vec<f32> {
     a
 }
 
+/// [`intra_bwd`] through the `exp(G)` table in two products, as [`intra_a_table`] does for the
+/// forward: with `D` = `dA` strictly below the diagonal,
+/// `dqs += ((D @ (k / exp(G))) * exp(G)` and `dk += (D^T @ (qs * exp(G))) / exp(G)`, row by row.
+/// Every kept term is `dA qs k exp(G[r] - G[c])`, `r > c`, a decay <= 1 split into two table
+/// factors. Returns false, having changed nothing, when an intermediate is not finite (a large
+/// key times `1 / exp(G)` near the table's limit); the caller then takes the blocks.
+#[allow(clippy::too_many_arguments)]
+fn intra_bwd_table(ch: &Chunk, da: &[f32], qg: &[f32], e: &[f32], inv: &[f32], kd: usize, dqs: &mut [f32], dk: &mut [f32]) -> bool {
+    let m = ch.m;
+    let mut d = da[..m * m].to_vec();
+    for r in 0..m {
+        d[r * m + r] = 0.0;
+    }
+    let kinv: Vec<f32> = ch.k.iter().zip(&inv[..m * kd]).map(|(&k, &i)| k * i).collect();
+    if first_bad(&kinv, Check::Finite).is_some() {
+        return false;
+    }
+    let (mut t1, mut t2) = (vec![0.0; m * kd], vec![0.0; m * kd]);
+    matmul(&mut t1, kd, MatRef::new(&d, m, m, m), MatRef::new(&kinv, m, kd, kd), false);
+    matmul(&mut t2, kd, MatRef::new(&d, m, m, m).t(), MatRef::new(qg, m, kd, kd), false);
+    if first_bad(&t1, Check::Finite).is_some() || first_bad(&t2, Check::Finite).is_some() {
+        return false;
+    }
+    for r in 0..m {
+        let (er, ir) = (&e[r * kd..(r + 1) * kd], &inv[r * kd..(r + 1) * kd]);
+        let (q_r, k_r) = (&mut dqs[r * kd..(r + 1) * kd], &mut dk[r * kd..(r + 1) * kd]);
+        let (t1r, t2r) = (&t1[r * kd..(r + 1) * kd], &t2[r * kd..(r + 1) * kd]);
+        for i in 0..kd {
+            q_r[i] += t1r[i] * er[i];
+            k_r[i] += t2r[i] * ir[i];
+        }
+    }
+    true
+}
+
 /// Intra-chunk part of the backward: adds `dA`'s contribution to `dqs` and `dk` (`[m, K]`),
 /// except the diagonal pairs r == c, which the caller adds after computing `dg` (they cancel
 /// exactly in `qs*dqs - k*dk`, and leaving them out keeps that difference free of cancellation).
@@ -589,7 +624,8 @@ fn bwd_chunk(x: &SeqIn<'_, f32>, d: &SeqGradIn<'_, f32>, h_c: &[f32], dh_c: &[f3
     let (qs, k, v) = (&ch.qs, &ch.k, &ch.v);
     let mut d_o = vec![0.0; m * vd];
     d.d_o.copy_to(c * BT, &mut d_o);
-    let a = scores(&ch, &ch.qg(kd), kd);
+    let qg = ch.qg(kd);
+    let a = scores(&ch, &qg, kd);
 
     // dA = tril(do @ v^T)
     let mut da = vec![0.0; m * m];
@@ -626,7 +662,13 @@ fn bwd_chunk(x: &SeqIn<'_, f32>, d: &SeqGradIn<'_, f32>, h_c: &[f32], dh_c: &[f3
         }
     }
     let mut dk = vec![0.0; m * kd];
-    intra_bwd(&ch, &da, kd, &mut dqs, &mut dk);
+    let by_table = match &ch.table {
+        Some((e, inv)) => intra_bwd_table(&ch, &da, &qg, e, inv, kd, &mut dqs, &mut dk),
+        None => false,
+    };
+    if !by_table {
+        intra_bwd(&ch, &da, kd, &mut dqs, &mut dk);
+    }
     let mut run = vec![0.0; kd];
     for r in (0..m).rev() {
         for i in 0..kd {
