@@ -92,7 +92,7 @@ pub fn run(a: &Args) -> Result<bool> {
 
 /// One line per (case, path): the worst tensor and whether all passed; failures in full.
 fn print_table(rows: &[Row]) {
-    println!("{:<26} {:<14} {:>10} {:<6} {}", "case", "path", "worst", "tensor", "result");
+    println!("{:<26} {:<14} {:>10} {:<6} result", "case", "path", "worst", "tensor");
     let mut i = 0;
     while i < rows.len() {
         let j = rows[i..].iter().position(|r| r.case != rows[i].case || r.path != rows[i].path).map_or(rows.len(), |p| i + p);

@@ -423,6 +423,9 @@ struct GradSync {
     pending: AtomicBool,
 }
 
+/// AdamW's first and second moments (parameter table order) and its step count, on the host.
+pub type HostMoments = (Vec<f32>, Vec<f32>, u64);
+
 /// A GLA language model on one GPU: f32 master weights, their bf16 copy, f32 gradients and
 /// AdamW moments, all in the parameter table's order (`gla_model::params::Layout`). With a
 /// communicator attached ([`GpuModel::attach_comm`]) it is one rank of a data-parallel job.
@@ -1323,7 +1326,7 @@ impl GpuModel {
     ///
     /// # Errors
     /// [`Error::Driver`].
-    pub fn moments_to_host(&self) -> Result<Option<(Vec<f32>, Vec<f32>, u64)>> {
+    pub fn moments_to_host(&self) -> Result<Option<HostMoments>> {
         let Some(mo) = &self.moments else { return Ok(None) };
         let st = self.cuda.stream();
         let m = st.clone_dtoh(&mo.m).map_err(Error::driver("download AdamW m"))?;

@@ -297,7 +297,7 @@ impl GlaConfig {
             }
         }
         let kv_heads = self.num_kv_heads.unwrap_or(heads);
-        if kv_heads == 0 || heads % kv_heads != 0 {
+        if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(bad("num_kv_heads", format!("{kv_heads} must divide num_heads = {heads}")));
         }
         for (key, e) in [("expand_k", self.expand_k), ("expand_v", self.expand_v)] {
@@ -309,13 +309,13 @@ impl GlaConfig {
         let key_dim = (d as f64 * self.expand_k) as usize;
         let value_dim = (d as f64 * self.expand_v) as usize;
         let groups = heads / kv_heads;
-        if key_dim == 0 || key_dim % heads != 0 {
+        if key_dim == 0 || !key_dim.is_multiple_of(heads) {
             return Err(bad(
                 "expand_k",
                 format!("key_dim = int({d} * {}) = {key_dim} must be a positive multiple of num_heads = {heads}", self.expand_k),
             ));
         }
-        if value_dim == 0 || value_dim % heads != 0 {
+        if value_dim == 0 || !value_dim.is_multiple_of(heads) {
             return Err(bad(
                 "expand_v",
                 format!("value_dim = int({d} * {}) = {value_dim} must be a positive multiple of num_heads = {heads}", self.expand_v),
