@@ -1097,6 +1097,26 @@ impl GpuModel {
         // a previous step's sums must be complete before this backward accumulates into them
         self.wait_reduced("waiting for the gradient all-reduce")?;
         let reduce = reduce && self.sync.is_some();
+        let body = self.backward_body(acts, scale, reduce);
+        if let (true, Some(s)) = (reduce, &self.sync) {
+            // the model's stream (grad_norm, AdamW, the next step's zeroing, freeing the arena)
+            // runs after the sums, also when the body failed half-way with some all-reduces
+            // already queued on the communication stream
+            let join = s
+                .done
+                .record(s.comm.stream())
+                .and_then(|()| self.cuda.stream().wait(&s.done))
+                .map_err(Error::driver("order the model stream after the all-reduces"));
+            s.pending.store(true, Ordering::SeqCst);
+            body?;
+            return join;
+        }
+        body
+    }
+
+    /// The backward's launches ([`GpuModel::backward_impl`]), queuing each gradient bucket's
+    /// all-reduce as soon as it is final when `reduce`.
+    fn backward_body(&self, acts: &mut GpuActivations, scale: f32, reduce: bool) -> Result<()> {
         let at = |me: &Self, point: usize| if reduce { me.reduce_point(point) } else { Ok(()) };
         let c = &*self.cuda.clone();
         let st = c.stream();
@@ -1259,12 +1279,6 @@ impl GpuModel {
         let (dwte, idp, pad) = (self.gp(self.layout.embeddings), ptr(c, ids), dm.pad.map_or(-1, |p| p as i32));
         launch!(self, "embedding_bwd", rows_block(n), dwte, dres, idp, ni, di, pad);
         at(self, dm.layers + 1)?;
-        if let (true, Some(s)) = (reduce, &self.sync) {
-            // the model's stream (grad_norm, AdamW, the next step) runs after the sums
-            s.done.record(s.comm.stream()).map_err(Error::driver("record event"))?;
-            c.stream().wait(&s.done).map_err(Error::driver("order the model stream"))?;
-            s.pending.store(true, Ordering::SeqCst);
-        }
         Ok(())
     }
 
