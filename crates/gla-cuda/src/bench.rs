@@ -154,8 +154,12 @@ pub fn bench_ops(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, stages: b
         // and writes dq, dk, dv, dg (f32, the op's contract)
         let fwd_bytes = 2.0 * (3 * nqk + 2 * nv) as f64;
         let bwd_bytes = 2.0 * (3 * nqk + 2 * nv) as f64 + 4.0 * (3 * nqk + nv) as f64;
-        let mut kernels = vec![(FwdKernel::Chunk, "chunk")];
-        if stages {
+        // the tensor-core kernels take K <= 128; wider keys (fla's D = 256 README shape) run on
+        // the fused recurrent kernels (K <= 256), labelled as such: slow, but measured
+        let wide = kd > ops::CHUNK_MAX_K;
+        let (fwd_kernel, fwd_name) = if wide { (FwdKernel::Recurrent, "recurrent (K>128)") } else { (FwdKernel::Chunk, "chunk") };
+        let mut kernels = vec![(fwd_kernel, fwd_name)];
+        if stages && !wide {
             kernels.push((FwdKernel::ChunkStatePass, "chunk-state-pass"));
         }
         for (which, name) in kernels {
@@ -165,10 +169,15 @@ pub fn bench_ops(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, stages: b
         if !bwd {
             continue;
         }
-        let (bname, breps) = if ops::CHUNKED_BWD { ("chunk", reps) } else { ("chunk+recurrent-bwd", reps.min(3)) };
+        let chunk_bwd = ops::CHUNKED_BWD && ops::chunk_bwd_supported::<u16>(&p);
+        let (bname, breps) = match (wide, chunk_bwd) {
+            (true, _) => ("recurrent (K>128)", reps.min(3)),
+            (false, true) => ("chunk", reps),
+            (false, false) => ("chunk+recurrent-bwd", reps.min(3)),
+        };
         let ms = time_ms(cuda, breps, &mut || {
-            ops::gla_fwd(cuda, FwdKernel::Chunk, &dp, &x, &mut o, None)?;
-            if ops::CHUNKED_BWD && ops::chunk_bwd_supported::<u16>(&p) {
+            ops::gla_fwd(cuda, fwd_kernel, &dp, &x, &mut o, None)?;
+            if chunk_bwd {
                 ops::gla_bwd_chunk(cuda, &dp, &x, &do1, None, false).map(drop)
             } else {
                 ops::gla_bwd(cuda, &dp, &x, &do1, None).map(drop)
