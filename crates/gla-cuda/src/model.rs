@@ -423,6 +423,15 @@ struct GradSync {
     pending: AtomicBool,
 }
 
+/// The device weights a [`GpuModel`] is assembled from (fields as in [`GpuModel`]).
+struct Weights {
+    master: CudaSlice<f32>,
+    moff: Vec<usize>,
+    w16: CudaSlice<u16>,
+    grads: CudaSlice<f32>,
+    inference: bool,
+}
+
 /// AdamW's first and second moments (parameter table order) and its step count, on the host.
 pub type HostMoments = (Vec<f32>, Vec<f32>, u64);
 
@@ -472,23 +481,8 @@ impl GpuModel {
         let master = st.clone_htod(&model.params).map_err(Error::driver("upload weights"))?;
         let w16 = st.alloc_zeros::<u16>(model.params.len()).map_err(Error::driver("alloc bf16 weights"))?;
         let grads = st.alloc_zeros::<f32>(model.params.len()).map_err(Error::driver("alloc gradients"))?;
-        let norm_buf = st.alloc_zeros::<f64>(1).map_err(Error::driver("alloc norm"))?;
-        let me = Self {
-            cuda,
-            gemm,
-            config: model.config.clone(),
-            dims: model.dims.clone(),
-            layout: model.layout.clone(),
-            plan,
-            master,
-            moff: model.layout.specs.iter().map(|sp| sp.offset).collect(),
-            w16,
-            grads,
-            inference: false,
-            moments: None,
-            norm_buf,
-            sync: None,
-        };
+        let moff = model.layout.specs.iter().map(|sp| sp.offset).collect();
+        let me = Self::assemble(cuda, gemm, plan, model, Weights { master, moff, w16, grads, inference: false })?;
         me.refresh_bf16()?;
         Ok(me)
     }
@@ -529,7 +523,12 @@ impl GpuModel {
         compact.push(0.0); // never empty
         let master = st.clone_htod(&compact).map_err(Error::driver("upload f32 weights"))?;
         let grads = st.alloc_zeros::<f32>(1).map_err(Error::driver("alloc gradients"))?;
-        let norm_buf = st.alloc_zeros::<f64>(1).map_err(Error::driver("alloc norm"))?;
+        Self::assemble(cuda, gemm, plan, model, Weights { master, moff, w16, grads, inference: true })
+    }
+
+    /// The model around its device weights (both constructors).
+    fn assemble(cuda: Arc<Cuda>, gemm: Gemm, plan: HeadPlan, model: &GlaModel, w: Weights) -> Result<Self> {
+        let norm_buf = cuda.stream().alloc_zeros::<f64>(1).map_err(Error::driver("alloc norm"))?;
         Ok(Self {
             cuda,
             gemm,
@@ -537,11 +536,11 @@ impl GpuModel {
             dims: model.dims.clone(),
             layout: model.layout.clone(),
             plan,
-            master,
-            moff,
-            w16,
-            grads,
-            inference: true,
+            master: w.master,
+            moff: w.moff,
+            w16: w.w16,
+            grads: w.grads,
+            inference: w.inference,
             moments: None,
             norm_buf,
             sync: None,
