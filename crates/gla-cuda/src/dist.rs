@@ -732,12 +732,22 @@ mod tests {
         TcpListener::bind(("127.0.0.1", 0)).unwrap().local_addr().unwrap().port()
     }
 
+    /// Held by every test that takes a port from [`free_port`] for its whole run: between the
+    /// probe and rank 0's listen the port is free, and a test running beside it could be handed
+    /// the same port (seen: ranks of one test joined the other's rank 0).
+    static NET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn net() -> std::sync::MutexGuard<'static, ()> {
+        NET.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn env(rank: usize, world: usize, port: u16) -> DistEnv {
         DistEnv { rank, world, local_rank: rank, master_addr: "127.0.0.1".into(), master_port: port }
     }
 
     #[test]
     fn rendezvous_delivers_rank_0s_id_to_every_rank() {
+        let _net = net();
         let (port, world) = (free_port(), 4);
         let id: [u8; ID_BYTES] = std::array::from_fn(|i| (i * 7 + 3) as u8);
         let got: Vec<[u8; ID_BYTES]> = std::thread::scope(|s| {
@@ -766,6 +776,7 @@ mod tests {
 
     #[test]
     fn rendezvous_times_out_naming_the_missing_ranks() {
+        let _net = net();
         let (port, world) = (free_port(), 3);
         let t = Duration::from_millis(600);
         let (r0, r1) = std::thread::scope(|s| {
@@ -786,6 +797,7 @@ mod tests {
 
     #[test]
     fn rendezvous_refuses_a_rank_with_another_world_size() {
+        let _net = net();
         let port = free_port();
         let (r0, _) = std::thread::scope(|s| {
             let a = s.spawn(|| rendezvous(&env(0, 2, port), Duration::from_secs(10), || Ok([0; ID_BYTES])));
