@@ -503,6 +503,8 @@ fn memory_cuda(a: &BenchArgs, model: &GlaModel) -> Result<Vec<MemEntry>> {
     if a.contexts.is_empty() {
         return Ok(Vec::new());
     }
+    // a fresh decoder, not the batch benchmark's: its decode slots (activations, graphs) would
+    // sit under every peak measured here
     let cuda = gla_cuda::Cuda::new()?;
     let dec = gla_cuda::GpuDecoder::new(cuda.clone(), model)?;
     let bytes = dec.state_bytes();

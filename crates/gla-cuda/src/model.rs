@@ -838,6 +838,15 @@ impl GpuModel {
         })
     }
 
+    /// Refuses token ids outside the vocabulary (they would index past the embedding).
+    fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        let vocab = self.dims.vocab;
+        match ids.iter().position(|&x| x as usize >= vocab) {
+            Some(i) => Err(unsupported(format!("input id {} at {i} is outside the vocabulary of {vocab}", ids[i]))),
+            None => Ok(()),
+        }
+    }
+
     fn check_batch(&self, acts: &GpuActivations, ids: &[u32], targets: &[i64]) -> Result<()> {
         let n = acts.b * acts.t;
         let bad = |what: String| {
@@ -852,10 +861,8 @@ impl GpuModel {
         if ids.len() != n || targets.len() != n {
             return bad(format!("input_ids and targets of [B={}, T={}]", acts.b, acts.t));
         }
+        self.check_ids(ids)?;
         let vocab = self.dims.vocab;
-        if let Some(i) = ids.iter().position(|&x| x as usize >= vocab) {
-            return Err(unsupported(format!("input id {} at {i} is outside the vocabulary of {vocab}", ids[i])));
-        }
         if let Some(i) = targets.iter().position(|&x| x != IGNORE_INDEX && !(0..vocab as i64).contains(&x)) {
             return Err(unsupported(format!("label {} at {i} is outside the vocabulary of {vocab}", targets[i])));
         }
@@ -1546,7 +1553,7 @@ struct DecodeSlot {
 
 /// Whether decode steps may run as CUDA graphs (`GLA_NO_GRAPH=1` turns them off, to compare or
 /// to rule them out).
-fn graphs_enabled() -> bool {
+pub(crate) fn graphs_enabled() -> bool {
     std::env::var_os("GLA_NO_GRAPH").is_none_or(|v| v.is_empty() || v == "0") && !sync_debug()
 }
 
@@ -1574,11 +1581,6 @@ impl GpuDecoder {
     /// first step of each batch size, and every step when capture is off or was refused).
     pub fn graph_steps(&self) -> u64 {
         self.graph_steps.load(Ordering::Relaxed)
-    }
-
-    /// Whether decode steps may be captured as CUDA graphs here (`GLA_NO_GRAPH`, `GLA_SYNC_DEBUG`).
-    pub fn graphs_enabled() -> bool {
-        graphs_enabled()
     }
 
     /// Bytes of one [`GpuState`] (recurrent states and conv caches, f32): fixed by the config.
@@ -1741,10 +1743,8 @@ impl GpuDecoder {
             return Err(unsupported(format!("{} tokens for {} states", ids.len(), states.len())));
         }
         self.check_states(states)?;
+        self.model.check_ids(ids)?;
         let vocab = self.model.dims.vocab;
-        if let Some(i) = ids.iter().position(|&x| x as usize >= vocab) {
-            return Err(unsupported(format!("token id {} of sequence {i} is outside the vocabulary of {vocab}", ids[i])));
-        }
         let b = ids.len();
         if b == 0 {
             return Ok(Vec::new());

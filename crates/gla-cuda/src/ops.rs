@@ -240,13 +240,7 @@ pub fn gla_fwd<T: Elem>(
         return chunk_v2(cuda, dp, x, o, ht, which == FwdKernel::ChunkStatePass);
     }
     let (src, name, cfg) = match which {
-        FwdKernel::Recurrent => {
-            if p.k() > RECURRENT_MAX_K {
-                return Err(unsupported(format!("recurrent kernel: K = {} > {RECURRENT_MAX_K}", p.k())));
-            }
-            let cfg = LaunchConfig { grid_dim: (p.v().div_ceil(REC_BV) as u32, gy, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
-            (RECURRENT, format!("gla_recurrent_fwd_{}", T::SUFFIX), cfg)
-        }
+        FwdKernel::Recurrent => (RECURRENT, format!("gla_recurrent_fwd_{}", T::SUFFIX), recurrent_fwd_cfg(op, p)?),
         FwdKernel::ChunkV1 | FwdKernel::Chunk | FwdKernel::ChunkStatePass if T::SUFFIX == "bf16" && p.k() <= CHUNK_MAX_K => {
             let kp = p.k().div_ceil(16) * 16;
             let cfg = LaunchConfig {
@@ -301,6 +295,19 @@ pub fn gla_fwd<T: Elem>(
     Ok(())
 }
 
+/// Launch shape of the recurrent forward and decode entries (file contract of gla_recurrent.cu):
+/// grid (ceil(V / BV), N*H), block (32, NW); K at most [`RECURRENT_MAX_K`].
+fn recurrent_fwd_cfg(op: &str, p: &Problem) -> Result<LaunchConfig> {
+    if p.k() > RECURRENT_MAX_K {
+        return Err(unsupported(format!("recurrent kernel: K = {} > {RECURRENT_MAX_K}", p.k())));
+    }
+    Ok(LaunchConfig {
+        grid_dim: (p.v().div_ceil(REC_BV) as u32, grid_y(op, p.n() * p.h())?, 1),
+        block_dim: (32, 8, 1),
+        shared_mem_bytes: 0,
+    })
+}
+
 /// One decode step (`gla_recurrent_decode_*`): the recurrent forward of one token per sequence
 /// (the problem has exactly one row per sequence), sequence n's state `[H, K, V]` f32 living in
 /// its own buffer at the device address `states[n]`, read and updated in place. The table lets
@@ -329,15 +336,8 @@ pub unsafe fn gla_decode<T: Elem>(
     if p.rows() != p.n() {
         return Err(unsupported(format!("{op}: {} rows for {} sequences; decode takes one token per sequence", p.rows(), p.n())));
     }
-    if p.k() > RECURRENT_MAX_K {
-        return Err(unsupported(format!("recurrent kernel: K = {} > {RECURRENT_MAX_K}", p.k())));
-    }
     let (_, h, k, v, gw, scale, _) = dp.dims();
-    let cfg = LaunchConfig {
-        grid_dim: (p.v().div_ceil(REC_BV) as u32, grid_y(op, p.n() * p.h())?, 1),
-        block_dim: (32, 8, 1),
-        shared_mem_bytes: 0,
-    };
+    let cfg = recurrent_fwd_cfg(op, p)?;
     let name = format!("gla_recurrent_decode_{}", T::SUFFIX);
     let f = cuda.function(&RECURRENT, &name)?;
     let null = 0u64;
