@@ -7,9 +7,10 @@
 // - dtypes are fixed per argument and named in the signature: `float*` f32, `bf16_t*` bf16 bits.
 //   The residual stream, norms' rstd, parameter masters and every parameter gradient are f32;
 //   GEMM operands are bf16; gradients flowing into an accumulation are f32;
-// - parameter-gradient kernels ACCUMULATE (+=, by atomicAdd of per-block partial sums, so the
-//   summation order across blocks is not fixed: results agree to f32 rounding, not bitwise);
-//   everything else WRITES its outputs;
+// - parameter-gradient kernels ACCUMULATE (+=) in a fixed order, so that a run repeats bitwise:
+//   column reductions write per-block partial sums and col_finalize adds them in block order;
+//   the embedding backward sums each token's rows in row order (rows sorted on the host); no
+//   atomics anywhere. Everything else WRITES its outputs;
 // - math in f32; the formulas are the CPU ops' (gla-model/src/ops.rs), which are the reference.
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + __expf(-x)); }
@@ -36,12 +37,18 @@ extern "C" __global__ void embedding_fwd(float* __restrict__ x, const unsigned* 
     }
 }
 
-// dwte[ids[r], :] += dx[r, :], skipping the padding id (pad < 0: none)
-extern "C" __global__ void embedding_bwd(float* __restrict__ dwte, const float* __restrict__ dx, const unsigned* __restrict__ ids, idx_t n, int d, int pad) {
-    for (idx_t r = blockIdx.x; r < n; r += gridDim.x) {
-        if ((int)ids[r] == pad) continue;
-        float* dst = dwte + (idx_t)ids[r] * d;
-        for (int j = threadIdx.x; j < d; j += blockDim.x) atomicAdd(dst + j, dx[r * d + j]);
+// dwte[tok, :] += sum of dx[r, :] over the rows r holding token tok, in row order: the host
+// sorts the rows by token (stable) into `order`; segment s covers order[start[s] .. start[s+1])
+// and holds token tok[s] (the padding token's segment is left out by the host); one block per
+// segment, so every embedding row has one writer
+extern "C" __global__ void embedding_bwd(float* __restrict__ dwte, const float* __restrict__ dx, const int* __restrict__ order, const int* __restrict__ start, const unsigned* __restrict__ tok, int nseg, int d) {
+    for (int sg = blockIdx.x; sg < nseg; sg += gridDim.x) {
+        float* dst = dwte + (idx_t)tok[sg] * d;
+        for (int j = threadIdx.x; j < d; j += blockDim.x) {
+            float s = 0.f;
+            for (int i = start[sg]; i < start[sg + 1]; ++i) s += dx[(idx_t)order[i] * d + j];
+            dst[j] += s;
+        }
     }
 }
 
@@ -85,23 +92,32 @@ extern "C" __global__ void repeat_heads_bwd_f32(float* __restrict__ dx, const fl
 
 // ---------------------------------------------------------------------------------------------
 // column reductions for parameter gradients: dw[j] += sum_r f(r, j), one thread per column of a
-// 32-wide tile, 8 row lanes per block, blocks strided over rows; a block's partial sum is added
-// with one atomicAdd per column.
+// 32-wide tile, 8 row lanes per block, blocks strided over rows; block y writes its partial sums
+// to part[y, :] and col_finalize adds part[0..gy, j] to dw[j] in order (deterministic).
+
+// dw[j] += sum_{y < gy} part[y, j], in y order
+extern "C" __global__ void col_finalize(float* __restrict__ dw, const float* __restrict__ part, int gy, int cols) {
+    for (int j = blockIdx.x * blockDim.x + threadIdx.x; j < cols; j += gridDim.x * blockDim.x) {
+        float s = 0.f;
+        for (int y = 0; y < gy; ++y) s += part[(idx_t)y * cols + j];
+        dw[j] += s;
+    }
+}
 
 template <typename F>
-__device__ __forceinline__ void col_reduce(float* __restrict__ dw, idx_t n, int cols, const F& f) {
-    __shared__ float part[8][33];
+__device__ __forceinline__ void col_reduce(float* __restrict__ part, idx_t n, int cols, const F& f) {
+    __shared__ float lanes[8][33];
     int j = blockIdx.x * 32 + threadIdx.x;
     float s = 0.f;
     if (j < cols)
         for (idx_t r = blockIdx.y * 8 + threadIdx.y; r < n; r += (idx_t)gridDim.y * 8) s += f(r, j);
-    part[threadIdx.y][threadIdx.x] = s;
+    lanes[threadIdx.y][threadIdx.x] = s;
     __syncthreads();
     if (threadIdx.y == 0 && j < cols) {
         float t = 0.f;
         #pragma unroll
-        for (int y = 0; y < 8; ++y) t += part[y][threadIdx.x];
-        atomicAdd(dw + j, t);
+        for (int y = 0; y < 8; ++y) t += lanes[y][threadIdx.x];
+        part[(idx_t)blockIdx.y * cols + j] = t;
     }
 }
 
@@ -110,9 +126,9 @@ struct RmsDw {
     int d;
     __device__ float operator()(idx_t r, int j) const { return dy[r * d + j] * x[r * d + j] * rstd[r]; }
 };
-// dw[j] += sum_r dy[r,j] * x[r,j] * rstd[r]   (RMSNorm weight)
-extern "C" __global__ void rmsnorm_bwd_dw(float* dw, const float* dy, const float* x, const float* rstd, idx_t n, int d) {
-    col_reduce(dw, n, d, RmsDw{dy, x, rstd, d});
+// dw[j] += sum_r dy[r,j] * x[r,j] * rstd[r]   (RMSNorm weight; partials, then col_finalize)
+extern "C" __global__ void rmsnorm_bwd_dw(float* part, const float* dy, const float* x, const float* rstd, idx_t n, int d) {
+    col_reduce(part, n, d, RmsDw{dy, x, rstd, d});
 }
 
 struct GnDw {
@@ -125,9 +141,9 @@ struct GnDw {
         return dy[r * v + j] * to_f32(o[r * v + j]) * rstd[r] * gate;
     }
 };
-// dw[j] += sum_rows dy * o * rstd * swish(g)   (per-head norm weight, rows = N*H)
-extern "C" __global__ void gated_norm_bwd_dw(float* dw, const float* dy, const bf16_t* o, const bf16_t* g, const float* rstd, idx_t rows, int v) {
-    col_reduce(dw, rows, v, GnDw{dy, o, g, rstd, v});
+// dw[j] += sum_rows dy * o * rstd * swish(g)   (per-head norm weight, rows = N*H; partials)
+extern "C" __global__ void gated_norm_bwd_dw(float* part, const float* dy, const bf16_t* o, const bf16_t* g, const float* rstd, idx_t rows, int v) {
+    col_reduce(part, rows, v, GnDw{dy, o, g, rstd, v});
 }
 
 struct ColSum {
@@ -135,8 +151,8 @@ struct ColSum {
     int c;
     __device__ float operator()(idx_t r, int j) const { return x[r * c + j]; }
 };
-// db[j] += sum_r x[r, j]   (bias gradient, f32 input)
-extern "C" __global__ void colsum_f32(float* db, const float* x, idx_t n, int c) { col_reduce(db, n, c, ColSum{x, c}); }
+// db[j] += sum_r x[r, j]   (bias gradient, f32 input; partials)
+extern "C" __global__ void colsum_f32(float* part, const float* x, idx_t n, int c) { col_reduce(part, n, c, ColSum{x, c}); }
 
 // ---------------------------------------------------------------------------------------------
 // norms: one warp per row
@@ -344,9 +360,10 @@ extern "C" __global__ void conv_bwd_dx(bf16_t* __restrict__ dx, const float* __r
     }
 }
 
-// dw[ch, j] += sum_r dpre[r, ch] x[r - (W-1) + j, ch] within each sequence; W <= 8
-extern "C" __global__ void conv_bwd_dw(float* __restrict__ dw, const float* __restrict__ dy, const bf16_t* __restrict__ pre, const bf16_t* __restrict__ x, idx_t n, int t, int c, int width) {
-    __shared__ float part[8][8][33];
+// dw[ch, j] += sum_r dpre[r, ch] x[r - (W-1) + j, ch] within each sequence; W <= 8. Partials:
+// block y writes part[y, ch * W + j]; col_finalize over C * W columns adds them to dw
+extern "C" __global__ void conv_bwd_dw(float* __restrict__ part, const float* __restrict__ dy, const bf16_t* __restrict__ pre, const bf16_t* __restrict__ x, idx_t n, int t, int c, int width) {
+    __shared__ float lanes[8][8][33];
     int ch = blockIdx.x * 32 + threadIdx.x;
     float s[8];
     #pragma unroll
@@ -363,14 +380,14 @@ extern "C" __global__ void conv_bwd_dw(float* __restrict__ dw, const float* __re
         }
     }
     #pragma unroll
-    for (int j = 0; j < 8; ++j) part[j][threadIdx.y][threadIdx.x] = s[j];
+    for (int j = 0; j < 8; ++j) lanes[j][threadIdx.y][threadIdx.x] = s[j];
     __syncthreads();
     if (threadIdx.y == 0 && ch < c) {
         for (int j = 0; j < width; ++j) {
             float tsum = 0.f;
             #pragma unroll
-            for (int y = 0; y < 8; ++y) tsum += part[j][y][threadIdx.x];
-            atomicAdd(dw + ch * width + j, tsum);
+            for (int y = 0; y < 8; ++y) tsum += lanes[j][y][threadIdx.x];
+            part[((idx_t)blockIdx.y * c + ch) * width + j] = tsum;
         }
     }
 }
@@ -432,8 +449,8 @@ extern "C" __global__ void cross_entropy(bf16_t* __restrict__ dlogits, float* __
 // ---------------------------------------------------------------------------------------------
 // optimizer
 
-// out[0] += sum x^2 (f64 throughout)
-extern "C" __global__ void sumsq(double* __restrict__ out, const float* __restrict__ x, idx_t n) {
+// part[block] = this block's share of sum x^2 (f64 throughout); sum_f64 adds the blocks in order
+extern "C" __global__ void sumsq(double* __restrict__ part_out, const float* __restrict__ x, idx_t n) {
     __shared__ double part[32];
     // f64 from the first square: |g| above 1.8e19 must give a finite norm to clip, as on the CPU
     double s = 0.0;
@@ -445,7 +462,16 @@ extern "C" __global__ void sumsq(double* __restrict__ out, const float* __restri
     if (threadIdx.x == 0) {
         double t = 0.0;
         for (int w = 0; w < (int)(blockDim.x >> 5); ++w) t += part[w];
-        atomicAdd(out, t);
+        part_out[blockIdx.x] = t;
+    }
+}
+
+// out[0] = sum of part[0..n] in order (one thread: n is the few thousand blocks of sumsq)
+extern "C" __global__ void sum_f64(double* __restrict__ out, const double* __restrict__ part, int n) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        double t = 0.0;
+        for (int i = 0; i < n; ++i) t += part[i];
+        out[0] = t;
     }
 }
 

@@ -78,6 +78,7 @@ pub const MODEL_OPS: KernelSource = KernelSource {
         "rmsnorm_bwd_dw",
         "gated_norm_bwd_dw",
         "colsum_f32",
+        "col_finalize",
         "rmsnorm_fwd",
         "rmsnorm_bwd_dx",
         "gated_norm_fwd",
@@ -93,6 +94,7 @@ pub const MODEL_OPS: KernelSource = KernelSource {
         "conv_bwd_dw",
         "cross_entropy",
         "sumsq",
+        "sum_f64",
         "adamw",
     ],
 };

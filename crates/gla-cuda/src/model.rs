@@ -208,8 +208,10 @@ impl Gemm {
 }
 
 /// Launch shape of a grid-stride kernel over `n` elements.
+/// Most blocks of a [`flat`] launch (16 per multiprocessor of an H200).
+const MAX_FLAT_BLOCKS: usize = 132 * 16;
 fn flat(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(THREADS as usize).clamp(1, 132 * 16) as u32;
+    let blocks = n.div_ceil(THREADS as usize).clamp(1, MAX_FLAT_BLOCKS) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
 /// One warp per row.
@@ -220,10 +222,20 @@ fn rows_warp(rows: usize) -> LaunchConfig {
 fn rows_block(rows: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (rows.clamp(1, 65_535) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
 }
-/// Column reductions: 32 columns x 8 row lanes per block.
+/// Row blocks of a column reduction over `rows` rows: each writes one row of partial sums.
+fn col_gy(rows: usize) -> usize {
+    rows.div_ceil(8 * 64).clamp(1, 1024)
+}
+/// Column reductions: 32 columns x 8 row lanes per block, [`col_gy`] blocks over the rows.
 fn cols(rows: usize, cols: usize) -> LaunchConfig {
-    let gy = rows.div_ceil(8 * 64).clamp(1, 1024) as u32;
-    LaunchConfig { grid_dim: (cols.div_ceil(32).max(1) as u32, gy, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 }
+    LaunchConfig { grid_dim: (cols.div_ceil(32).max(1) as u32, col_gy(rows) as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 }
+}
+/// Elements of the partial sums buffer: the largest `[gy, cols]` of the backward's column
+/// reductions (norm weights over D, the per-head norm over N*H rows, the gate bias, the conv
+/// weights over C * W columns).
+fn part_len(dm: &Dims, n: usize) -> usize {
+    let conv_cols = dm.conv * dm.key_dim.max(dm.key_dim_kv).max(dm.value_dim_kv);
+    (col_gy(n) * dm.d.max(dm.key_dim_kv).max(conv_cols)).max(col_gy(n * dm.heads) * dm.head_v)
 }
 
 /// One launch: `args!` pushes each argument by reference.
@@ -314,6 +326,14 @@ struct Scratch {
     dq16: CudaSlice<u16>,
     dk16: CudaSlice<u16>,
     dv16: CudaSlice<u16>,
+    /// per-block partial sums of the column reductions (`[gy, cols]`, see `cols`)
+    part: CudaSlice<f32>,
+    /// the embedding backward's rows sorted by token (`order`), each token's segment of them
+    /// (`start`, `tok`) and the number of segments: built on the host by the forward
+    emb_order: CudaSlice<i32>,
+    emb_start: CudaSlice<i32>,
+    emb_tok: CudaSlice<u32>,
+    emb_nseg: usize,
 }
 
 /// Device buffers for batches of shape `[B, T]`, allocated once and reused every step.
@@ -528,7 +548,8 @@ impl GpuModel {
 
     /// The model around its device weights (both constructors).
     fn assemble(cuda: Arc<Cuda>, gemm: Gemm, plan: HeadPlan, model: &GlaModel, w: Weights) -> Result<Self> {
-        let norm_buf = cuda.stream().alloc_zeros::<f64>(1).map_err(Error::driver("alloc norm"))?;
+        // the gradient norm's result, then its per-block partial sums (grad_norm)
+        let norm_buf = cuda.stream().alloc_zeros::<f64>(1 + MAX_FLAT_BLOCKS).map_err(Error::driver("alloc norm"))?;
         Ok(Self {
             cuda,
             gemm,
@@ -621,6 +642,14 @@ impl GpuModel {
         s.comm.wait_event(&s.ready, "all-reduce of the loss")?;
         let out = st.clone_dtoh(&buf).map_err(Error::driver("download statistics"))?;
         v.copy_from_slice(&out);
+        Ok(())
+    }
+
+    /// Adds the partial sums of a column reduction over `rows` rows (`part`, `[col_gy(rows),
+    /// cols]`) to the gradient at `dw`, in block order.
+    fn finalize_cols(&self, dw: u64, part: u64, rows: usize, cols: usize) -> Result<()> {
+        let (gy, ci) = (col_gy(rows) as i32, cols as i32);
+        launch!(self, "col_finalize", flat(cols), dw, part, gy, ci);
         Ok(())
     }
 
@@ -807,6 +836,11 @@ impl GpuModel {
             dq16: z(c, bw(n * kd))?,
             dk16: z(c, bw(n * kdkv))?,
             dv16: z(c, bw(n * vdkv))?,
+            part: z(c, bw(part_len(dm, n)))?,
+            emb_order: z(c, bw(n))?,
+            emb_start: z(c, bw(n + 1))?,
+            emb_tok: z(c, bw(n))?,
+            emb_nseg: 0,
         };
         let prob = DevProblem::new(c, &self.op_problem(b, t)?)?;
         // rows that may reach the lm_head: every row, or one per sequence (the last) in inference
@@ -890,8 +924,42 @@ impl GpuModel {
             }
         }
         self.cuda.stream().memcpy_htod(ids, &mut acts.ids).map_err(Error::driver("upload ids"))?;
+        if !acts.inference {
+            self.upload_embedding_segments(acts, ids)?;
+        }
         self.body(acts, ctx.map(InferIo::Batch))?;
         self.loss_head(acts, targets)
+    }
+
+    /// The embedding backward's schedule for `ids` (the kernel's contract): the rows sorted by
+    /// token, stably, and each token's segment of them, the padding token's left out. Built on
+    /// the host, where the ids are, so that every embedding row's gradient is summed in row
+    /// order by one block (bitwise repeatable; no atomics).
+    fn upload_embedding_segments(&self, acts: &mut GpuActivations, ids: &[u32]) -> Result<()> {
+        let mut order: Vec<i32> = (0..ids.len() as i32).collect();
+        order.sort_by_key(|&r| ids[r as usize]);
+        let (mut start, mut tok) = (Vec::new(), Vec::new());
+        let mut kept = Vec::with_capacity(order.len());
+        for &r in &order {
+            let id = ids[r as usize];
+            if self.dims.pad == Some(id as usize) {
+                continue;
+            }
+            if tok.last() != Some(&id) {
+                start.push(kept.len() as i32);
+                tok.push(id);
+            }
+            kept.push(r);
+        }
+        start.push(kept.len() as i32);
+        let st = self.cuda.stream();
+        let s = &mut acts.s;
+        s.emb_nseg = tok.len();
+        if !kept.is_empty() {
+            st.memcpy_htod(&kept, &mut s.emb_order.slice_mut(0..kept.len())).map_err(Error::driver("upload embedding rows"))?;
+            st.memcpy_htod(&tok, &mut s.emb_tok.slice_mut(0..tok.len())).map_err(Error::driver("upload embedding tokens"))?;
+        }
+        st.memcpy_htod(&start, &mut s.emb_start.slice_mut(0..start.len())).map_err(Error::driver("upload embedding segments"))
     }
 
     /// The decode step's device work, from the ids already in `acts.ids` to the logits of every
@@ -1133,7 +1201,7 @@ impl GpuModel {
         let d = dm.d;
         let (ni, di) = (n as i64, d as i32);
         let m = acts.m;
-        let GpuActivations { ids, xs, layers, o: outs, rstdf, xf_sel, dlogits, dsel, rows, prob, s, .. } = acts;
+        let GpuActivations { xs, layers, o: outs, rstdf, xf_sel, dlogits, dsel, rows, prob, s, .. } = acts;
         let g = &self.gemm;
         // lm_head: dsel = dlogits @ W (scaled when scattered into dxn), dW += scale * dlogits^T
         // xf_sel (scale as the GEMM's alpha); dlogits itself holds d(mean loss)/d logits
@@ -1149,8 +1217,9 @@ impl GpuModel {
         {
             let (xl, rf, w, zero) = (ptr(c, &xs[dm.layers]), ptr(c, rstdf), self.mp(self.layout.norm), 0i32);
             launch!(self, "rmsnorm_bwd_dx", rows_warp(n), dres, dxn, xl, rf, w, ni, di, zero);
-            let dw = self.gp(self.layout.norm);
-            launch!(self, "rmsnorm_bwd_dw", cols(n, d), dw, dxn, xl, rf, ni, di);
+            let (dw, part) = (self.gp(self.layout.norm), ptr(c, &s.part));
+            launch!(self, "rmsnorm_bwd_dw", cols(n, d), part, dxn, xl, rf, ni, di);
+            self.finalize_cols(dw, part, n, d)?;
         }
         at(self, 0)?;
         let dres16 = ptr(c, &s.dres16);
@@ -1173,8 +1242,9 @@ impl GpuModel {
             {
                 let (xm, r2, w, one) = (ptr(c, &a.x_mid), ptr(c, &a.rstd2), self.mp(il.mlp_norm), 1i32);
                 launch!(self, "rmsnorm_bwd_dx", rows_warp(n), dres, dxn, xm, r2, w, ni, di, one);
-                let dw = self.gp(il.mlp_norm);
-                launch!(self, "rmsnorm_bwd_dw", cols(n, d), dw, dxn, xm, r2, ni, di);
+                let (dw, part) = (self.gp(il.mlp_norm), ptr(c, &s.part));
+                launch!(self, "rmsnorm_bwd_dw", cols(n, d), part, dxn, xm, r2, ni, di);
+                self.finalize_cols(dw, part, n, d)?;
             }
             // attention: x_mid = x + o_proj(on)
             launch!(self, "cast_f32_bf16", flat(n * d), dres16, dres, nd);
@@ -1187,8 +1257,9 @@ impl GpuModel {
                 let gpre = a.g_pre.as_ref().map_or(0u64, |x| ptr(c, x));
                 let (rws, v) = ((n * dm.heads) as i64, dm.head_v as i32);
                 launch!(self, "gated_norm_bwd_dx", rows_warp(n * dm.heads), dop, dgp, d_on, o, gpre, ro, w, rws, v);
-                let dw = self.gp(il.g_norm);
-                launch!(self, "gated_norm_bwd_dw", cols(n * dm.heads, dm.head_v), dw, d_on, o, gpre, ro, rws, v);
+                let (dw, part) = (self.gp(il.g_norm), ptr(c, &s.part));
+                launch!(self, "gated_norm_bwd_dw", cols(n * dm.heads, dm.head_v), part, d_on, o, gpre, ro, rws, v);
+                self.finalize_cols(dw, part, n * dm.heads, dm.head_v)?;
             }
             let x_in = DevInputs { q: a.q(), k: a.k(), v: a.v(), g: Some(a.gk()), h0: None };
             let gr = if ops::chunk_bwd_supported::<u16>(&prob.problem) && std::env::var_os("GLA_MODEL_RECURRENT_BWD").is_none() {
@@ -1235,8 +1306,9 @@ impl GpuModel {
                 let (tot, norm, hc, cm) =
                     ((n * dm.key_dim_kv) as i64, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
                 launch!(self, "gate_bwd", flat(n * dm.key_dim_kv), dx, dx16, dg, raw, tot, norm, hc, cm);
-                let (db1, ci) = (self.gp(il.gk1_bias), dm.key_dim_kv as i32);
-                launch!(self, "colsum_f32", cols(n, dm.key_dim_kv), db1, dx, ni, ci);
+                let (db1, ci, part) = (self.gp(il.gk1_bias), dm.key_dim_kv as i32, ptr(c, &s.part));
+                launch!(self, "colsum_f32", cols(n, dm.key_dim_kv), part, dx, ni, ci);
+                self.finalize_cols(db1, part, n, dm.key_dim_kv)?;
             }
             let (dgr16, dglr) = (ptr(c, &s.dgk_raw16), ptr(c, &s.dgk_lr));
             g.bwd_w(self.gp(il.gk1), dgr16, ptr(c, &a.gk_lr), n, dm.gate_rank, dm.key_dim_kv)?;
@@ -1254,8 +1326,9 @@ impl GpuModel {
                     (Some(wid), Some(cv)) => {
                         let (pre, xl, w, ti, ci, wi) = (ptr(c, &cv[i]), ptr(c, x_lin), self.mp(wid), t as i32, ch as i32, dm.conv as i32);
                         launch!(self, "conv_bwd_dx", flat(n * ch), out, dyp, pre, w, ni, ti, ci, wi);
-                        let dw = self.gp(wid);
-                        launch!(self, "conv_bwd_dw", cols(n, ch), dw, dyp, pre, xl, ni, ti, ci, wi);
+                        let (dw, part) = (self.gp(wid), ptr(c, &s.part));
+                        launch!(self, "conv_bwd_dw", cols(n, ch), part, dyp, pre, xl, ni, ti, ci, wi);
+                        self.finalize_cols(dw, part, n, ch * dm.conv)?;
                     }
                     _ => launch!(self, "cast_f32_bf16", flat(n * ch), out, dyp, len),
                 }
@@ -1277,13 +1350,17 @@ impl GpuModel {
             {
                 let (r1, w, one) = (ptr(c, &a.rstd1), self.mp(il.attn_norm), 1i32);
                 launch!(self, "rmsnorm_bwd_dx", rows_warp(n), dres, dxn, x, r1, w, ni, di, one);
-                let dw = self.gp(il.attn_norm);
-                launch!(self, "rmsnorm_bwd_dw", cols(n, d), dw, dxn, x, r1, ni, di);
+                let (dw, part) = (self.gp(il.attn_norm), ptr(c, &s.part));
+                launch!(self, "rmsnorm_bwd_dw", cols(n, d), part, dxn, x, r1, ni, di);
+                self.finalize_cols(dw, part, n, d)?;
             }
             at(self, dm.layers - l)?;
         }
-        let (dwte, idp, pad) = (self.gp(self.layout.embeddings), ptr(c, ids), dm.pad.map_or(-1, |p| p as i32));
-        launch!(self, "embedding_bwd", rows_block(n), dwte, dres, idp, ni, di, pad);
+        {
+            let dwte = self.gp(self.layout.embeddings);
+            let (order, start, tok, nseg) = (ptr(c, &s.emb_order), ptr(c, &s.emb_start), ptr(c, &s.emb_tok), s.emb_nseg as i32);
+            launch!(self, "embedding_bwd", rows_block(s.emb_nseg), dwte, dres, order, start, tok, nseg, di);
+        }
         at(self, dm.layers + 1)?;
         Ok(())
     }
@@ -1296,12 +1373,16 @@ impl GpuModel {
     pub fn grad_norm(&mut self) -> Result<f64> {
         self.trainable("gradient norm")?;
         let st = self.cuda.stream().clone();
-        st.memset_zeros(&mut self.norm_buf).map_err(Error::driver("zero norm"))?;
+        // per-block partial sums after the result slot, added in block order (bitwise repeatable)
+        let cfg = flat(self.grads.len());
+        let blocks = cfg.grid_dim.0 as i32;
         let (o, gp, nn) = (ptr(&self.cuda, &self.norm_buf), ptr(&self.cuda, &self.grads), self.grads.len() as i64);
-        launch!(self, "sumsq", flat(self.grads.len()), o, gp, nn);
+        let part = o + 8;
+        launch!(self, "sumsq", cfg, part, gp, nn);
+        launch!(self, "sum_f64", LaunchConfig { grid_dim: (1, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 }, o, part, blocks);
         // after a reducing backward this read waits for the sums: with the timeout, not forever
         self.wait_reduced("waiting for the gradient all-reduce")?;
-        let v = st.clone_dtoh(&self.norm_buf).map_err(Error::driver("download norm"))?;
+        let v = st.clone_dtoh(&self.norm_buf.slice(0..1)).map_err(Error::driver("download norm"))?;
         Ok(v[0].sqrt())
     }
 

@@ -143,6 +143,19 @@ fn compare(
     gpu.zero_grads()?;
     gpu.backward(&mut gacts, scale)?;
     let g_gpu = gpu.grads_to_host()?;
+    // the same batch again: every gradient bitwise equal (no atomics in the reductions)
+    gpu.forward(&mut gacts, ids, targets)?;
+    gpu.zero_grads()?;
+    gpu.backward(&mut gacts, scale)?;
+    let again = gpu.grads_to_host()?;
+    let differ = again.iter().zip(&g_gpu).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    out.push(row(
+        name,
+        "repeat",
+        differ as f64 / g_gpu.len().max(1) as f64,
+        0.0,
+        format!("{differ} of {} gradients differ bitwise between two identical steps", g_gpu.len()),
+    ));
 
     let cpu_r = gemm_rounded(cpu)?;
     let mut acts_r = Activations::new(&cpu.dims, b, t);
