@@ -207,9 +207,9 @@ impl Gemm {
     }
 }
 
-/// Launch shape of a grid-stride kernel over `n` elements.
 /// Most blocks of a [`flat`] launch (16 per multiprocessor of an H200).
 const MAX_FLAT_BLOCKS: usize = 132 * 16;
+/// Launch shape of a grid-stride kernel over `n` elements.
 fn flat(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(THREADS as usize).clamp(1, MAX_FLAT_BLOCKS) as u32;
     LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
