@@ -25,8 +25,8 @@ pub struct Args {
     resume: bool,
     /// Where the math runs: cpu (f32), or cuda (bf16 GEMM operands on cuBLAS with f32 master
     /// weights, gradients and AdamW moments; needs a gla built with `--features cuda`). A run
-    /// may move between devices on --resume. Bit-exact resume holds on the CPU; the GPU sums
-    /// some gradients with atomics in no fixed order, so its runs agree to f32 rounding only.
+    /// may move between devices on --resume. Bit-exact resume holds on the CPU; on the GPU two
+    /// runs with the same settings give bitwise equal losses (every reduction has a fixed order).
     #[arg(long, value_enum, default_value_t = crate::Device::Cpu)]
     device: crate::Device,
     /// Data-parallel training on N GPUs of this machine: starts N copies of this command, one
