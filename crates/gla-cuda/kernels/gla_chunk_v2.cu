@@ -437,10 +437,11 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
     tile_load(R1, OV, k + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
     if (gw == K) tile_load(R3, LDK, g + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
     cp_commit();
-    // A above the diagonal blocks is zero
+    // A above the diagonal blocks is zero, and so is the upper-right 8x8 block of each
+    // diagonal block (P2 writes the other three)
     for (int x = tid; x < 64 * 64; x += 256) {
         const int t = x >> 6, s = x & 63;
-        if ((s >> 4) > (t >> 4)) RA[t * LDH + s] = 0;
+        if ((s >> 4) > (t >> 4) || ((s >> 4) == (t >> 4) && (s & 8) && !(t & 8))) RA[t * LDH + s] = 0;
     }
     cp_wait0();
     __syncthreads();
@@ -473,48 +474,87 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
         else e = R2[48 * Kp + c] - R2[32 * Kp + c];
         RF[x] = ex2f(e);
     }
-    // P2: diagonal 16x16 blocks of A, pairwise in f32. Warp task (a, tp): rows tp and 15 - tp of
-    // sub-chunk a, all 16 columns; lane owns 4 channels; 32 partial sums reduce-scattered.
-    for (int x = w; x < 32; x += 8) {
-        const int a = x >> 3, tp = x & 7;
-        const int ta = 16 * a + tp, tb = 16 * a + 15 - tp;
+    // P2: diagonal 16x16 blocks of A in f32, each split at its row 8: the two 8x8 diagonal blocks
+    // pairwise (task (a, tp < 4): rows tp and 7 - tp of both halves, 8 columns each, one exp
+    // shared by the two rows of a pair where it can be), and the lower-left 8x8 block factored
+    // through its corner m = 16a + 7 as (q exp(G - G_m)) . (k exp(G_m - G)) (tasks (a, 4 + hq):
+    // rows 8 + 4hq .. 11 + 4hq; every exponent <= 0 since s <= m < t). 84 exps per channel and
+    // block instead of 108 pairwise. 24 tasks over 8 warps; a lane owns 4 channels; the 32
+    // partial sums of a task are reduce-scattered so that lane l ends with slot l.
+    for (int x = w; x < 24; x += 8) {
+        const int a = x / 6, task = x % 6;
         float part[32];
         #pragma unroll
         for (int e = 0; e < 32; ++e) part[e] = 0.f;
         // Kp <= 128: one group of 4 channels per lane
         const int c = 4 * lane;
-        if (c < Kp) {
-            const uint2 qa = *(const uint2*)(R0 + ta * LDK + c), qb = *(const uint2*)(R0 + tb * LDK + c);
-            const float4 ga = *(const float4*)(R2 + ta * Kp + c), gb = *(const float4*)(R2 + tb * Kp + c);
-            const float qa0 = bf_lo(qa.x), qa1 = bf_hi(qa.x), qa2 = bf_lo(qa.y), qa3 = bf_hi(qa.y);
-            const float qb0 = bf_lo(qb.x), qb1 = bf_hi(qb.x), qb2 = bf_lo(qb.y), qb3 = bf_hi(qb.y);
-            // exp(G_tb - G_s) = exp(G_ta - G_s) exp(G_tb - G_ta) for s <= ta (both factors <= 1)
-            const float qf0 = qb0 * ex2f(gb.x - ga.x), qf1 = qb1 * ex2f(gb.y - ga.y);
-            const float qf2 = qb2 * ex2f(gb.z - ga.z), qf3 = qb3 * ex2f(gb.w - ga.w);
+        if (c < Kp && task < 4) {
+            const int tp = task;
             #pragma unroll
-            for (int s = 0; s < 16; ++s) {
-                const int rs = 16 * a + s;
-                const uint2 kk = *(const uint2*)(R1 + rs * OV + c);
-                const float4 gs = *(const float4*)(R2 + rs * Kp + c);
-                const float k0 = bf_lo(kk.x), k1 = bf_hi(kk.x), k2 = bf_lo(kk.y), k3 = bf_hi(kk.y);
-                if (s <= tp) {
-                    const float e0 = k0 * ex2f(ga.x - gs.x), e1 = k1 * ex2f(ga.y - gs.y);
-                    const float e2 = k2 * ex2f(ga.z - gs.z), e3 = k3 * ex2f(ga.w - gs.w);
-                    part[s] += qa0 * e0 + qa1 * e1 + qa2 * e2 + qa3 * e3;
-                    part[16 + s] += qf0 * e0 + qf1 * e1 + qf2 * e2 + qf3 * e3;
-                } else if (s <= 15 - tp) {
-                    part[16 + s] += qb0 * k0 * ex2f(gb.x - gs.x) + qb1 * k1 * ex2f(gb.y - gs.y) +
-                                    qb2 * k2 * ex2f(gb.z - gs.z) + qb3 * k3 * ex2f(gb.w - gs.w);
+            for (int hf = 0; hf < 2; ++hf) {
+                const int base = 16 * a + 8 * hf, ta = base + tp, tb = base + 7 - tp;
+                const uint2 qa = *(const uint2*)(R0 + ta * LDK + c), qb = *(const uint2*)(R0 + tb * LDK + c);
+                const float4 ga = *(const float4*)(R2 + ta * Kp + c), gb = *(const float4*)(R2 + tb * Kp + c);
+                const float qa0 = bf_lo(qa.x), qa1 = bf_hi(qa.x), qa2 = bf_lo(qa.y), qa3 = bf_hi(qa.y);
+                const float qb0 = bf_lo(qb.x), qb1 = bf_hi(qb.x), qb2 = bf_lo(qb.y), qb3 = bf_hi(qb.y);
+                // exp(G_tb - G_s) = exp(G_ta - G_s) exp(G_tb - G_ta) for s <= ta (both factors <= 1)
+                const float qf0 = qb0 * ex2f(gb.x - ga.x), qf1 = qb1 * ex2f(gb.y - ga.y);
+                const float qf2 = qb2 * ex2f(gb.z - ga.z), qf3 = qb3 * ex2f(gb.w - ga.w);
+                #pragma unroll
+                for (int s = 0; s < 8; ++s) {
+                    const int rs = base + s;
+                    const uint2 kk = *(const uint2*)(R1 + rs * OV + c);
+                    const float4 gs = *(const float4*)(R2 + rs * Kp + c);
+                    const float k0 = bf_lo(kk.x), k1 = bf_hi(kk.x), k2 = bf_lo(kk.y), k3 = bf_hi(kk.y);
+                    if (s <= tp) {
+                        const float e0 = k0 * ex2f(ga.x - gs.x), e1 = k1 * ex2f(ga.y - gs.y);
+                        const float e2 = k2 * ex2f(ga.z - gs.z), e3 = k3 * ex2f(ga.w - gs.w);
+                        part[16 * hf + s] += qa0 * e0 + qa1 * e1 + qa2 * e2 + qa3 * e3;
+                        part[16 * hf + 8 + s] += qf0 * e0 + qf1 * e1 + qf2 * e2 + qf3 * e3;
+                    } else if (s <= 7 - tp) {
+                        part[16 * hf + 8 + s] += qb0 * k0 * ex2f(gb.x - gs.x) + qb1 * k1 * ex2f(gb.y - gs.y) +
+                                                 qb2 * k2 * ex2f(gb.z - gs.z) + qb3 * k3 * ex2f(gb.w - gs.w);
+                    }
                 }
             }
+        } else if (c < Kp) {
+            const int t0 = 16 * a + 8 + 4 * (task - 4), m = 16 * a + 7;
+            const float4 gm = *(const float4*)(R2 + m * Kp + c);
+            float qf[4][4];
+            #pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const uint2 qq = *(const uint2*)(R0 + (t0 + i) * LDK + c);
+                const float4 gt = *(const float4*)(R2 + (t0 + i) * Kp + c);
+                qf[i][0] = bf_lo(qq.x) * ex2f(gt.x - gm.x);
+                qf[i][1] = bf_hi(qq.x) * ex2f(gt.y - gm.y);
+                qf[i][2] = bf_lo(qq.y) * ex2f(gt.z - gm.z);
+                qf[i][3] = bf_hi(qq.y) * ex2f(gt.w - gm.w);
+            }
+            #pragma unroll
+            for (int j = 0; j < 8; ++j) {
+                const int rs = 16 * a + j;
+                const uint2 kk = *(const uint2*)(R1 + rs * OV + c);
+                const float4 gs = *(const float4*)(R2 + rs * Kp + c);
+                const float k0 = bf_lo(kk.x) * ex2f(gm.x - gs.x), k1 = bf_hi(kk.x) * ex2f(gm.y - gs.y);
+                const float k2 = bf_lo(kk.y) * ex2f(gm.z - gs.z), k3 = bf_hi(kk.y) * ex2f(gm.w - gs.w);
+                #pragma unroll
+                for (int i = 0; i < 4; ++i) part[8 * i + j] += qf[i][0] * k0 + qf[i][1] * k1 + qf[i][2] * k2 + qf[i][3] * k3;
+            }
         }
-        // reduce-scatter: lane l ends with the warp total of slot l
         rs_step<16>(part, lane);
         rs_step<8>(part, lane);
         rs_step<4>(part, lane);
         rs_step<2>(part, lane);
         rs_step<1>(part, lane);
-        const int t = (lane < 16) ? ta : tb, s = 16 * a + (lane & 15);
+        int t, s;
+        if (task < 4) {
+            const int base = 16 * a + 8 * (lane >> 4), r = lane & 15;
+            t = base + (r < 8 ? task : 7 - task);
+            s = base + (r & 7);
+        } else {
+            t = 16 * a + 8 + 4 * (task - 4) + (lane >> 3);
+            s = 16 * a + (lane & 7);
+        }
         RA[t * LDH + s] = f2bf(part[0] * scale);
     }
     __syncthreads();
