@@ -130,7 +130,7 @@ extern "C" __global__ void __launch_bounds__(128) gla_chunk_prep_bf16(
     float* __restrict__ dl, bf16_t* __restrict__ qe, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
     const int* __restrict__ chunk_seq, int H, int K, int gw, float scale) {
     const idx_t cg = blockIdx.x;
-    const int h = blockIdx.y, ch = threadIdx.x;
+    const int h = blockIdx.y, ch = 128 * blockIdx.z + threadIdx.x;  // grid z: 128-channel blocks (K > 128)
     const int n = chunk_seq[cg];
     const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
     const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
@@ -172,7 +172,7 @@ extern "C" __global__ void __launch_bounds__(64) gla_chunk_prep8_bf16(
     const int* __restrict__ chunk_seq, int H, int K, float scale) {
     __shared__ float part[4][16][8];
     const idx_t cg = blockIdx.x;
-    const int h = blockIdx.y, tid = threadIdx.x, q4 = tid >> 4, grp = tid & 15, c0 = 8 * grp;
+    const int h = blockIdx.y, tid = threadIdx.x, q4 = tid >> 4, grp = tid & 15, c0 = 128 * blockIdx.z + 8 * grp;
     const int n = chunk_seq[cg];
     const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
     const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
@@ -408,12 +408,61 @@ __device__ __forceinline__ float gval_o(const bf16_t* __restrict__ g, const bf16
     return 0.f;
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
-    const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
-    const bf16_t* __restrict__ g, const bf16_t* __restrict__ hs, bf16_t* __restrict__ o, bf16_t* __restrict__ a_out,
-    const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq,
-    int H, int K, int V, int gw, float scale, int Kp) {
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+// P2 task x = (a, tp) of the output pass: rows ta = 16a + tp and tb = 16a + 15 - tp of sub-chunk
+// a against its 16 columns, pairwise in f32 over this tile's channels (lane owns 4 of them);
+// returns the lane's slot of the reduce-scattered sums (unscaled): A[t][s] with
+// t = lane < 16 ? ta : tb, s = 16a + (lane & 15).
+__device__ __forceinline__ float o_diag_pair(const bf16_t* R0, const bf16_t* R1, const float* R2, int LDK, int Kp, int x, int lane) {
+    const int a = x >> 3, tp = x & 7;
+    const int ta = 16 * a + tp, tb = 16 * a + 15 - tp;
+    float part[32];
+    #pragma unroll
+    for (int e = 0; e < 32; ++e) part[e] = 0.f;
+    // Kp <= 128: one group of 4 channels per lane
+    const int c = 4 * lane;
+    if (c < Kp) {
+        const uint2 qa = *(const uint2*)(R0 + ta * LDK + c), qb = *(const uint2*)(R0 + tb * LDK + c);
+        const float4 ga = *(const float4*)(R2 + ta * Kp + c), gb = *(const float4*)(R2 + tb * Kp + c);
+        const float qa0 = bf_lo(qa.x), qa1 = bf_hi(qa.x), qa2 = bf_lo(qa.y), qa3 = bf_hi(qa.y);
+        const float qb0 = bf_lo(qb.x), qb1 = bf_hi(qb.x), qb2 = bf_lo(qb.y), qb3 = bf_hi(qb.y);
+        // exp(G_tb - G_s) = exp(G_ta - G_s) exp(G_tb - G_ta) for s <= ta (both factors <= 1)
+        const float qf0 = qb0 * ex2f(gb.x - ga.x), qf1 = qb1 * ex2f(gb.y - ga.y);
+        const float qf2 = qb2 * ex2f(gb.z - ga.z), qf3 = qb3 * ex2f(gb.w - ga.w);
+        #pragma unroll
+        for (int s = 0; s < 16; ++s) {
+            const int rs = 16 * a + s;
+            const uint2 kk = *(const uint2*)(R1 + rs * OV + c);
+            const float4 gs = *(const float4*)(R2 + rs * Kp + c);
+            const float k0 = bf_lo(kk.x), k1 = bf_hi(kk.x), k2 = bf_lo(kk.y), k3 = bf_hi(kk.y);
+            if (s <= tp) {
+                const float e0 = k0 * ex2f(ga.x - gs.x), e1 = k1 * ex2f(ga.y - gs.y);
+                const float e2 = k2 * ex2f(ga.z - gs.z), e3 = k3 * ex2f(ga.w - gs.w);
+                part[s] += qa0 * e0 + qa1 * e1 + qa2 * e2 + qa3 * e3;
+                part[16 + s] += qf0 * e0 + qf1 * e1 + qf2 * e2 + qf3 * e3;
+            } else if (s <= 15 - tp) {
+                part[16 + s] += qb0 * k0 * ex2f(gb.x - gs.x) + qb1 * k1 * ex2f(gb.y - gs.y) +
+                                qb2 * k2 * ex2f(gb.z - gs.z) + qb3 * k3 * ex2f(gb.w - gs.w);
+            }
+        }
+    }
+    // reduce-scatter: lane l ends with the warp total of slot l
+    rs_step<16>(part, lane);
+    rs_step<8>(part, lane);
+    rs_step<4>(part, lane);
+    rs_step<2>(part, lane);
+    rs_step<1>(part, lane);
+    return part[0];
+}
+
+// P1-P4 of the output pass (A) over one K tile: channels c0 .. c0 + Kc - 1 of q, k, g (row
+// stride H K), padded to Kp <= 128 columns (the smem layout's width). !ACC (K <= Kp, one tile,
+// gla_chunk_o_bf16): A goes to RA as bf16, its blocks above the diagonal zeroed here. ACC
+// (gla_chunk_a_bf16, K > 128): the lane's diagonal slots of tasks w + 8i add into dacc[i]
+// (unscaled), the off-diagonal block of warp w < 6 into c2 (scaled); the caller stores A.
+template <bool ACC>
+__device__ __forceinline__ void o_pass_a(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ g,
+                                         unsigned char* smem_raw, idx_t r0, int L, int H, int h, int K, int gw, float scale, int Kp,
+                                         int c0, int Kc, float (&dacc)[4], float (&c2)[2][4]) {
     const int LDK = Kp + 8;
     bf16_t* R0 = (bf16_t*)smem_raw;
     bf16_t* R1 = R0 + 64 * LDK;
@@ -422,25 +471,21 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
     bf16_t* R4 = R3 + 64 * LDK;
     bf16_t* RA = R4 + 48 * LDK;
     float* RP = (float*)(RA + 64 * LDH);
-    float* RF = RP + 256;      // [7][Kp]: exp(G[16a]) a = 0..3; exp(G[32]-G[16]), exp(G[48]-G[16]), exp(G[48]-G[32])
-    bf16_t* RS = (bf16_t*)R2;  // S_c, after A is done
+    float* RF = RP + 256;  // [7][Kp]: exp(G[16a]) a = 0..3; exp(G[32]-G[16]), exp(G[48]-G[16]), exp(G[48]-G[32])
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
-    const idx_t cg = blockIdx.x;
-    const int h = blockIdx.y;
-    const int n = chunk_seq[cg];
-    const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
-    const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
-    const bool vk = (K & 7) == 0, vv = (V & 7) == 0;
+    const bool vk = (K & 7) == 0;
 
     // P1: q, k (and g raw into R3) through cp.async, all in flight at once
-    tile_load(R0, LDK, q + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
-    tile_load(R1, OV, k + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
-    if (gw == K) tile_load(R3, LDK, g + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
+    tile_load(R0, LDK, q + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
+    tile_load(R1, OV, k + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
+    if (gw == K) tile_load(R3, LDK, g + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
     cp_commit();
-    // A above the diagonal blocks is zero
-    for (int x = tid; x < 64 * 64; x += 256) {
-        const int t = x >> 6, s = x & 63;
-        if ((s >> 4) > (t >> 4)) RA[t * LDH + s] = 0;
+    if (!ACC) {
+        // A above the diagonal blocks is zero
+        for (int x = tid; x < 64 * 64; x += 256) {
+            const int t = x >> 6, s = x & 63;
+            if ((s >> 4) > (t >> 4)) RA[t * LDH + s] = 0;
+        }
     }
     cp_wait0();
     __syncthreads();
@@ -475,47 +520,17 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
     }
     // P2: diagonal 16x16 blocks of A, pairwise in f32. Warp task (a, tp): rows tp and 15 - tp of
     // sub-chunk a, all 16 columns; lane owns 4 channels; 32 partial sums reduce-scattered.
-    for (int x = w; x < 32; x += 8) {
-        const int a = x >> 3, tp = x & 7;
-        const int ta = 16 * a + tp, tb = 16 * a + 15 - tp;
-        float part[32];
+    if (ACC) {
+        // unrolled: dacc stays in registers
         #pragma unroll
-        for (int e = 0; e < 32; ++e) part[e] = 0.f;
-        // Kp <= 128: one group of 4 channels per lane
-        const int c = 4 * lane;
-        if (c < Kp) {
-            const uint2 qa = *(const uint2*)(R0 + ta * LDK + c), qb = *(const uint2*)(R0 + tb * LDK + c);
-            const float4 ga = *(const float4*)(R2 + ta * Kp + c), gb = *(const float4*)(R2 + tb * Kp + c);
-            const float qa0 = bf_lo(qa.x), qa1 = bf_hi(qa.x), qa2 = bf_lo(qa.y), qa3 = bf_hi(qa.y);
-            const float qb0 = bf_lo(qb.x), qb1 = bf_hi(qb.x), qb2 = bf_lo(qb.y), qb3 = bf_hi(qb.y);
-            // exp(G_tb - G_s) = exp(G_ta - G_s) exp(G_tb - G_ta) for s <= ta (both factors <= 1)
-            const float qf0 = qb0 * ex2f(gb.x - ga.x), qf1 = qb1 * ex2f(gb.y - ga.y);
-            const float qf2 = qb2 * ex2f(gb.z - ga.z), qf3 = qb3 * ex2f(gb.w - ga.w);
-            #pragma unroll
-            for (int s = 0; s < 16; ++s) {
-                const int rs = 16 * a + s;
-                const uint2 kk = *(const uint2*)(R1 + rs * OV + c);
-                const float4 gs = *(const float4*)(R2 + rs * Kp + c);
-                const float k0 = bf_lo(kk.x), k1 = bf_hi(kk.x), k2 = bf_lo(kk.y), k3 = bf_hi(kk.y);
-                if (s <= tp) {
-                    const float e0 = k0 * ex2f(ga.x - gs.x), e1 = k1 * ex2f(ga.y - gs.y);
-                    const float e2 = k2 * ex2f(ga.z - gs.z), e3 = k3 * ex2f(ga.w - gs.w);
-                    part[s] += qa0 * e0 + qa1 * e1 + qa2 * e2 + qa3 * e3;
-                    part[16 + s] += qf0 * e0 + qf1 * e1 + qf2 * e2 + qf3 * e3;
-                } else if (s <= 15 - tp) {
-                    part[16 + s] += qb0 * k0 * ex2f(gb.x - gs.x) + qb1 * k1 * ex2f(gb.y - gs.y) +
-                                    qb2 * k2 * ex2f(gb.z - gs.z) + qb3 * k3 * ex2f(gb.w - gs.w);
-                }
-            }
+        for (int i = 0; i < 4; ++i) dacc[i] += o_diag_pair(R0, R1, R2, LDK, Kp, w + 8 * i, lane);
+    } else {
+        for (int x = w; x < 32; x += 8) {
+            const float v = o_diag_pair(R0, R1, R2, LDK, Kp, x, lane);
+            const int a = x >> 3, tp = x & 7;
+            const int t = (lane < 16) ? 16 * a + tp : 16 * a + 15 - tp, s = 16 * a + (lane & 15);
+            RA[t * LDH + s] = f2bf(v * scale);
         }
-        // reduce-scatter: lane l ends with the warp total of slot l
-        rs_step<16>(part, lane);
-        rs_step<8>(part, lane);
-        rs_step<4>(part, lane);
-        rs_step<2>(part, lane);
-        rs_step<1>(part, lane);
-        const int t = (lane < 16) ? ta : tb, s = 16 * a + (lane & 15);
-        RA[t * LDH + s] = f2bf(part[0] * scale);
     }
     __syncthreads();
     // P3: per pair of channels, in place: qg, qe = qg exp(G[16a]), kg (one exp for the next
@@ -555,7 +570,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
             kb = R4 + (a == 2 ? 0 : (b == 0 ? 16 : 32)) * LDK;
             ldb = LDK;
         }
-        float c2[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+        if (!ACC) {
+            #pragma unroll
+            for (int nt = 0; nt < 2; ++nt) c2[nt][0] = c2[nt][1] = c2[nt][2] = c2[nt][3] = 0.f;
+        }
         for (int kt = 0; kt < Kp; kt += 16) {
             unsigned fa4[4], fb4[4];
             ldsm4(fa4, fa(R3, LDK, 16 * a, kt, lane));
@@ -563,12 +581,41 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
             mma16816(c2[0], fa4, fb4[0], fb4[1]);
             mma16816(c2[1], fa4, fb4[2], fb4[3]);
         }
-        #pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-            const int row = 16 * a + fg, col = 16 * b + 8 * nt + 2 * ft;
-            *(unsigned*)(RA + row * LDH + col) = pack2(c2[nt][0], c2[nt][1]);
-            *(unsigned*)(RA + (row + 8) * LDH + col) = pack2(c2[nt][2], c2[nt][3]);
+        if (!ACC) {
+            #pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+                const int row = 16 * a + fg, col = 16 * b + 8 * nt + 2 * ft;
+                *(unsigned*)(RA + row * LDH + col) = pack2(c2[nt][0], c2[nt][1]);
+                *(unsigned*)(RA + (row + 8) * LDH + col) = pack2(c2[nt][2], c2[nt][3]);
+            }
         }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
+    const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
+    const bf16_t* __restrict__ g, const bf16_t* __restrict__ hs, bf16_t* __restrict__ o, bf16_t* __restrict__ a_out,
+    const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq,
+    int H, int K, int V, int gw, float scale, int Kp) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const int LDK = Kp + 8;
+    bf16_t* R0 = (bf16_t*)smem_raw;
+    bf16_t* R1 = R0 + 64 * LDK;
+    float* R2 = (float*)(R1 + 64 * OV);
+    bf16_t* R3 = (bf16_t*)(R2 + 64 * Kp);
+    bf16_t* R4 = R3 + 64 * LDK;
+    bf16_t* RA = R4 + 48 * LDK;
+    bf16_t* RS = (bf16_t*)R2;  // S_c, after A is done
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const idx_t cg = blockIdx.x;
+    const int h = blockIdx.y;
+    const int n = chunk_seq[cg];
+    const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
+    const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
+    const bool vv = (V & 7) == 0;
+    {
+        float dacc[4], c2[2][4];
+        o_pass_a<false>(q, k, g, smem_raw, r0, L, H, h, K, gw, scale, Kp, 0, K, dacc, c2);
     }
     // backward: A (scaled, causal, bf16) to a_out [chunk, H, 64, 64]; no o when o is null
     if (a_out != nullptr) {
@@ -643,6 +690,157 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
                             if (j + 1 < V) o[off + 1] = f2bf(acc[nt][2 * hr + 1]);
                         }
                     }
+                }
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// K > 128 (up to 256): A is linear in the K-sum, so gla_chunk_a_bf16 runs P1-P4 of the output
+// pass over K tiles of Kp <= 128 columns (host: the tiles split Kp evenly), accumulating A in
+// registers, and writes A alone; gla_chunk_ow_bf16 then forms o = qe S_c + A v from qe (the
+// prep's q scale exp(G)), the states and A, per 64-wide V tile.
+
+// grid (chunks, H), 256 threads, dynamic smem chunk_o_smem_bytes(Kp) (the tile width's layout)
+extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_a_bf16(
+    const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ g, bf16_t* __restrict__ a_out,
+    const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq,
+    int H, int K, int gw, float scale, int Kp) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const int LDK = Kp + 8;
+    bf16_t* RA = (bf16_t*)smem_raw + 64 * LDK + 64 * OV + 2 * 64 * Kp + 64 * LDK + 48 * LDK;  // as in o_pass_a
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const idx_t cg = blockIdx.x;
+    const int h = blockIdx.y;
+    const int n = chunk_seq[cg];
+    const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
+    const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
+    float dacc[4] = {0.f, 0.f, 0.f, 0.f};
+    float c2[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    for (int c0 = 0; c0 < K; c0 += Kp) {
+        // the previous tile's P4 reads R1, R3, R4 until here
+        __syncthreads();
+        o_pass_a<true>(q, k, g, smem_raw, r0, L, H, h, K, gw, scale, Kp, c0, min(Kp, K - c0), dacc, c2);
+    }
+    // A into RA (bf16, scaled): zero above the diagonal blocks, the diagonal blocks from the P2
+    // slots, the off-diagonal blocks from the P4 accumulators
+    for (int x = tid; x < 64 * 64; x += 256) {
+        const int t = x >> 6, s = x & 63;
+        if ((s >> 4) > (t >> 4)) RA[t * LDH + s] = 0;
+    }
+    #pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        const int x = w + 8 * i, a = x >> 3, tp = x & 7;
+        const int t = (lane < 16) ? 16 * a + tp : 16 * a + 15 - tp, s = 16 * a + (lane & 15);
+        RA[t * LDH + s] = f2bf(dacc[i] * scale);
+    }
+    if (w < 6) {
+        const int a = w < 1 ? 1 : (w < 3 ? 2 : 3), b = w - (a * (a - 1)) / 2;
+        #pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+            const int row = 16 * a + fg, col = 16 * b + 8 * nt + 2 * ft;
+            *(unsigned*)(RA + row * LDH + col) = pack2(c2[nt][0], c2[nt][1]);
+            *(unsigned*)(RA + (row + 8) * LDH + col) = pack2(c2[nt][2], c2[nt][3]);
+        }
+    }
+    __syncthreads();
+    bf16_t* ap = a_out + (cg * H + h) * (idx_t)4096;
+    for (int x = tid; x < 64 * 8; x += 256) {
+        const int t = x >> 3, c = (x & 7) * 8;
+        *(uint4*)(ap + t * 64 + c) = *(const uint4*)(RA + t * LDH + c);
+    }
+}
+
+// o = qe S_c + A v for K up to 256: grid (chunks * ceil(V/64), H) (x = chunk * V tiles + tile),
+// 256 threads, dynamic smem chunk_ow_smem_bytes(Kp) = (64 (Kp + 8) + Kp 72 + 2 * 64 * 72) * 2:
+// qe [64][Kp+8], S_c [Kp][72] (rows >= K zero), A [64][72], v [64][72]. Warp (mt, nq) owns rows
+// 16 mt .. 16 mt + 15 and columns 32 nq .. 32 nq + 31 of the tile.
+extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_ow_bf16(
+    const bf16_t* __restrict__ qe, const bf16_t* __restrict__ v, const bf16_t* __restrict__ A, const bf16_t* __restrict__ hs,
+    bf16_t* __restrict__ o, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq,
+    int H, int K, int V, int Kp) {
+    extern __shared__ __align__(16) unsigned char smem_ow[];
+    const int LDQ = Kp + 8;
+    bf16_t* SQ = (bf16_t*)smem_ow;
+    bf16_t* SS = SQ + 64 * LDQ;
+    bf16_t* SA = SS + Kp * LDH;
+    bf16_t* SV = SA + 64 * LDH;
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const int nvt = (V + 63) >> 6;
+    const idx_t cg = blockIdx.x / nvt;
+    const int v0 = 64 * (int)(blockIdx.x % nvt), Vc = min(64, V - v0);
+    const int h = blockIdx.y;
+    const int n = chunk_seq[cg];
+    const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
+    const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
+    const bool vk = (K & 7) == 0, vv = (V & 7) == 0;
+
+    tile_load(SQ, LDQ, qe + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
+    tile_load(SV, LDH, v + (r0 * H + h) * (idx_t)V + v0, (idx_t)H * V, L, Vc, 64, vv, true, tid, 256);
+    {
+        // S_c rows i < K, columns v0 .. v0 + 63 (rows >= K up to Kp and columns >= Vc zero)
+        const bf16_t* hsrc = hs + (cg * H + h) * (idx_t)K * V + v0;
+        if (vv) {
+            for (int x = tid; x < Kp * 8; x += 256) {
+                const int i = x >> 3, c = (x & 7) * 8;
+                const bool ok = i < K && c < Vc;
+                cp16(SS + i * LDH + c, ok ? hsrc + (idx_t)i * V + c : hsrc, ok);
+            }
+        } else {
+            for (int x = tid; x < Kp * 64; x += 256) {
+                const int i = x >> 6, c = x & 63;
+                SS[i * LDH + c] = (i < K && c < Vc) ? hsrc[(idx_t)i * V + c] : (bf16_t)0;
+            }
+        }
+        const bf16_t* ap = A + (cg * H + h) * (idx_t)4096;
+        for (int x = tid; x < 512; x += 256) {
+            const int t = x >> 3, c = (x & 7) * 8;
+            cp16(SA + t * LDH + c, ap + t * 64 + c, true);
+        }
+    }
+    cp_commit();
+    cp_wait0();
+    __syncthreads();
+    const int mt = w & 3, nq = w >> 2;
+    if (32 * nq >= Vc) return;  // no barrier below
+    float acc[4][4];
+    #pragma unroll
+    for (int nt = 0; nt < 4; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+    for (int kt = 0; kt < Kp; kt += 16) {
+        unsigned a4[4];
+        ldsm4(a4, fa(SQ, LDQ, 16 * mt, kt, lane));
+        #pragma unroll
+        for (int np = 0; np < 2; ++np) {
+            unsigned b4[4];
+            ldsm4t(b4, fbt(SS, LDH, kt, 32 * nq + 16 * np, lane));
+            mma16816(acc[2 * np], a4, b4[0], b4[1]);
+            mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
+        }
+    }
+    for (int kt = 0; kt <= mt; ++kt) {
+        unsigned a4[4];
+        ldsm4(a4, fa(SA, LDH, 16 * mt, 16 * kt, lane));
+        #pragma unroll
+        for (int np = 0; np < 2; ++np) {
+            unsigned b4[4];
+            ldsm4t(b4, fbt(SV, LDH, 16 * kt, 32 * nq + 16 * np, lane));
+            mma16816(acc[2 * np], a4, b4[0], b4[1]);
+            mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
+        }
+    }
+    #pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+        #pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            const int t = 16 * mt + fg + 8 * hr, j = v0 + 32 * nq + 8 * nt + 2 * ft;
+            if (t < L) {
+                const idx_t off = ((r0 + t) * H + h) * (idx_t)V + j;
+                if (j + 1 < V && (V & 1) == 0) {
+                    *(unsigned*)(o + off) = pack2(acc[nt][2 * hr], acc[nt][2 * hr + 1]);
+                } else {
+                    if (j < V) o[off] = f2bf(acc[nt][2 * hr]);
+                    if (j + 1 < V) o[off + 1] = f2bf(acc[nt][2 * hr + 1]);
                 }
             }
         }
