@@ -1037,13 +1037,206 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd1_bf16(
     }
 }
 
-// bwd2: grid (chunks, H), 256 threads, smem bwd2_smem(Kp) (host): see the layout below
-extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd2_bf16(
+// bwd1 for K > 128 or V > 128, split in a key side and a value side (each sum over the other
+// dimension runs in a loop or needs only its own slice):
+// bwd1k: grid (chunks, H, ceil(K/64)), 256 threads, dynamic smem chunk_bwd1k_smem_bytes() =
+// 4 * 64 * OV * 2: do, v and the rows i0 .. i0 + 63 of S_c, D_c (zero past K), one 128-wide V
+// tile at a time, the V tiles summed in registers. Raw dq = do S^T and raw dk = v D^T for key
+// channels i0 .., sd = rowsum(S * D) for them, and (block z == 0 only) dA = tril(do v^T).
+// Warp (mt, nh): rows 16 mt .. 16 mt + 15, columns 32 nh .. 32 nh + 31 (channels or dA's s).
+extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_bwd1k_bf16(
+    const bf16_t* __restrict__ v, const bf16_t* __restrict__ d_o, const bf16_t* __restrict__ hs, const bf16_t* __restrict__ dhs,
+    float* __restrict__ dA, float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ sd,
+    const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq, int H, int K, int V) {
+    extern __shared__ __align__(16) unsigned char smem_b1k[];
+    bf16_t* SV = (bf16_t*)smem_b1k;
+    bf16_t* SDO = SV + 64 * OV;
+    bf16_t* SS = SDO + 64 * OV;
+    bf16_t* SD = SS + 64 * OV;
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const idx_t cg = blockIdx.x;
+    const int h = blockIdx.y, i0 = 64 * blockIdx.z, Kc = min(64, K - i0);
+    const bool with_da = blockIdx.z == 0;
+    const int n = chunk_seq[cg];
+    const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
+    const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
+    const bool vv = (V & 7) == 0;
+    const idx_t st_off = (cg * H + h) * (idx_t)K * V + (idx_t)i0 * V;
+    const int mt = w & 3, nh = w >> 2;
+    const bool da_blk = with_da && 32 * nh <= 16 * mt + 15;  // dA's blocks above the diagonal stay zero
+    float aq[4][4], ak[4][4], aa[4][4];
+    #pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) aq[nt][e] = ak[nt][e] = aa[nt][e] = 0.f;
+    }
+    float sdp = 0.f;  // thread: key row tid >> 2, columns 32 (tid & 3) .. of each V tile
+    for (int v0 = 0; v0 < V; v0 += 128) {
+        const int Vc = min(128, V - v0);
+        __syncthreads();  // the previous tile's reads are done
+        tile_load(SV, OV, v + (r0 * H + h) * (idx_t)V + v0, (idx_t)H * V, L, Vc, 128, vv, true, tid, 256);
+        tile_load(SDO, OV, d_o + (r0 * H + h) * (idx_t)V + v0, (idx_t)H * V, L, Vc, 128, vv, true, tid, 256);
+        tile_load(SS, OV, hs + st_off + v0, (idx_t)V, Kc, Vc, 128, vv, true, tid, 256);
+        tile_load(SD, OV, dhs + st_off + v0, (idx_t)V, Kc, Vc, 128, vv, true, tid, 256);
+        cp_commit();
+        cp_wait0();
+        __syncthreads();
+        // columns >= Vc are zero-filled up to the next multiple of 16
+        for (int kt = 0; kt < Vc; kt += 16) {
+            unsigned a_do[4], a_v[4];
+            ldsm4(a_do, fa(SDO, OV, 16 * mt, kt, lane));
+            ldsm4(a_v, fa(SV, OV, 16 * mt, kt, lane));
+            #pragma unroll
+            for (int np = 0; np < 2; ++np) {
+                unsigned b4[4];
+                ldsm4(b4, fbn(SS, OV, kt, 32 * nh + 16 * np, lane));
+                mma16816(aq[2 * np], a_do, b4[0], b4[1]);
+                mma16816(aq[2 * np + 1], a_do, b4[2], b4[3]);
+                ldsm4(b4, fbn(SD, OV, kt, 32 * nh + 16 * np, lane));
+                mma16816(ak[2 * np], a_v, b4[0], b4[1]);
+                mma16816(ak[2 * np + 1], a_v, b4[2], b4[3]);
+                if (da_blk) {
+                    ldsm4(b4, fbn(SV, OV, kt, 32 * nh + 16 * np, lane));
+                    mma16816(aa[2 * np], a_do, b4[0], b4[1]);
+                    mma16816(aa[2 * np + 1], a_do, b4[2], b4[3]);
+                }
+            }
+        }
+        {
+            const int i = tid >> 2, c = 32 * (tid & 3);
+            #pragma unroll 4
+            for (int j = 0; j < 32; j += 2) {
+                const unsigned s2 = *(const unsigned*)(SS + i * OV + c + j), d2 = *(const unsigned*)(SD + i * OV + c + j);
+                sdp += bf_lo(s2) * bf_lo(d2) + bf_hi(s2) * bf_hi(d2);
+            }
+        }
+    }
+    sdp += __shfl_xor_sync(0xffffffffu, sdp, 1);
+    sdp += __shfl_xor_sync(0xffffffffu, sdp, 2);
+    if ((tid & 3) == 0 && (tid >> 2) < Kc) sd[(cg * H + h) * (idx_t)K + i0 + (tid >> 2)] = sdp;
+    #pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+        #pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            const int t = 16 * mt + fg + 8 * hr, i = i0 + 32 * nh + 8 * nt + 2 * ft;
+            if (t < L) {
+                const idx_t off = ((r0 + t) * H + h) * (idx_t)K + i;
+                st2(dq, off, i, K, aq[nt][2 * hr], aq[nt][2 * hr + 1]);
+                st2(dk, off, i, K, ak[nt][2 * hr], ak[nt][2 * hr + 1]);
+            }
+        }
+    }
+    if (with_da) {
+        float* dap = dA + (cg * H + h) * (idx_t)4096;
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+                const int t = 16 * mt + fg + 8 * hr, s = 32 * nh + 8 * nt + 2 * ft;
+                st2(dap, t * 64 + s, s, 64, s <= t ? aa[nt][2 * hr] : 0.f, s + 1 <= t ? aa[nt][2 * hr + 1] : 0.f);
+            }
+        }
+    }
+}
+
+// bwd1v: dv = A^T do + kd D_c for one 64-wide V tile: grid (chunks * ceil(V/64), H) (x = chunk *
+// V tiles + tile), 256 threads, dynamic smem chunk_bwd1v_smem_bytes(Kp) = (2 * 64 * 72 + 64 *
+// (Kp + 8) + Kp * 72) * 2: A, do tile, kd [64][Kp+8], D_c tile [Kp][72] (rows >= K zero).
+extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_bwd1v_bf16(
+    const bf16_t* __restrict__ d_o, const bf16_t* __restrict__ kd, const bf16_t* __restrict__ A, const bf16_t* __restrict__ dhs,
+    float* __restrict__ dv, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq,
+    int H, int K, int V, int Kp) {
+    extern __shared__ __align__(16) unsigned char smem_b1v[];
+    const int LDK = Kp + 8;
+    bf16_t* SA = (bf16_t*)smem_b1v;
+    bf16_t* SDO = SA + 64 * LDH;
+    bf16_t* SKD = SDO + 64 * LDH;
+    bf16_t* SD = SKD + 64 * LDK;
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const int nvt = (V + 63) >> 6;
+    const idx_t cg = blockIdx.x / nvt;
+    const int v0 = 64 * (int)(blockIdx.x % nvt), Vc = min(64, V - v0);
+    const int h = blockIdx.y;
+    const int n = chunk_seq[cg];
+    const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
+    const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
+    const bool vk = (K & 7) == 0, vv = (V & 7) == 0;
+
+    tile_load(SDO, LDH, d_o + (r0 * H + h) * (idx_t)V + v0, (idx_t)H * V, L, Vc, 64, vv, true, tid, 256);
+    tile_load(SKD, LDK, kd + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
+    {
+        const bf16_t* dsrc = dhs + (cg * H + h) * (idx_t)K * V + v0;
+        if (vv) {
+            for (int x = tid; x < Kp * 8; x += 256) {
+                const int i = x >> 3, c = (x & 7) * 8;
+                const bool ok = i < K && c < Vc;
+                cp16(SD + i * LDH + c, ok ? dsrc + (idx_t)i * V + c : dsrc, ok);
+            }
+        } else {
+            for (int x = tid; x < Kp * 64; x += 256) {
+                const int i = x >> 6, c = x & 63;
+                SD[i * LDH + c] = (i < K && c < Vc) ? dsrc[(idx_t)i * V + c] : (bf16_t)0;
+            }
+        }
+        const bf16_t* ap = A + (cg * H + h) * (idx_t)4096;
+        for (int x = tid; x < 512; x += 256) {
+            const int t = x >> 3, c = (x & 7) * 8;
+            cp16(SA + t * LDH + c, ap + t * 64 + c, true);
+        }
+    }
+    cp_commit();
+    cp_wait0();
+    __syncthreads();
+    const int mt = w & 3, nq = w >> 2;
+    if (32 * nq >= Vc) return;  // no barrier below
+    float acc[4][4];
+    #pragma unroll
+    for (int nt = 0; nt < 4; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+    for (int kt = mt; kt < 4; ++kt) {
+        unsigned a4[4];
+        ldsm4t(a4, fat(SA, LDH, 16 * kt, 16 * mt, lane));
+        #pragma unroll
+        for (int np = 0; np < 2; ++np) {
+            unsigned b4[4];
+            ldsm4t(b4, fbt(SDO, LDH, 16 * kt, 32 * nq + 16 * np, lane));
+            mma16816(acc[2 * np], a4, b4[0], b4[1]);
+            mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
+        }
+    }
+    for (int kt = 0; kt < Kp; kt += 16) {
+        unsigned a4[4];
+        ldsm4(a4, fa(SKD, LDK, 16 * mt, kt, lane));
+        #pragma unroll
+        for (int np = 0; np < 2; ++np) {
+            unsigned b4[4];
+            ldsm4t(b4, fbt(SD, LDH, kt, 32 * nq + 16 * np, lane));
+            mma16816(acc[2 * np], a4, b4[0], b4[1]);
+            mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
+        }
+    }
+    #pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+        #pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            const int s = 16 * mt + fg + 8 * hr, j = v0 + 32 * nq + 8 * nt + 2 * ft;
+            if (s < L) st2(dv, ((r0 + s) * H + h) * (idx_t)V + j, j, V, acc[nt][2 * hr], acc[nt][2 * hr + 1]);
+        }
+    }
+}
+
+// bwd2: grid (chunks, H), 256 threads, smem bwd2_smem(Kp) (host): see the layout below. KS (K >
+// 128, gla_chunk_bwd2k_bf16): grid z = K tiles of Kp <= 128 columns, block z owns channels
+// c0 = z Kp .. c0 + Kc - 1 (everything here is per channel given the full dA, except the
+// per-head gate's dg, a sum over channels: added atomically onto a zeroed dg; with at most two
+// tiles the sum 0 + a + b is the same in either order, so the result stays deterministic).
+template <bool KS>
+__device__ __forceinline__ void chunk_bwd2(
     const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ g,
     const float* __restrict__ dA, const float* __restrict__ sd, float* __restrict__ dq, float* __restrict__ dk,
     float* __restrict__ dg, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
     const int* __restrict__ chunk_seq, int H, int K, int gw, float scale, int Kp) {
     extern __shared__ __align__(16) unsigned char smem_b2[];
+    const int c0 = KS ? (int)blockIdx.z * Kp : 0, Kc = KS ? min(Kp, K - c0) : K;
     const int LDK = Kp + 8;
     bf16_t* Q = (bf16_t*)smem_b2;            // [64][LDK] q
     bf16_t* KR = Q + 64 * LDK;               // [64][LDK] k
@@ -1064,16 +1257,16 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd2_bf16(
     const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
     const bool vk = (K & 7) == 0;
 
-    tile_load(Q, LDK, q + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
-    tile_load(KR, LDK, k + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
-    if (gw == K) tile_load(QN, LDK, g + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
+    tile_load(Q, LDK, q + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
+    tile_load(KR, LDK, k + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
+    if (gw == K) tile_load(QN, LDK, g + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
     {
         const float* dap = dA + (cg * H + h) * (idx_t)4096;
         for (int x = tid; x < 1024; x += 256) cp16(DAF + 4 * x, dap + 4 * x, true);
     }
     cp_commit();
     for (int x = tid; x < 64 * Kp; x += 256) DQ[x] = DK[x] = 0.f;
-    for (int i = tid; i < 128; i += 256) SDV[i] = i < K ? sd[(cg * H + h) * (idx_t)K + i] : 0.f;
+    for (int i = tid; i < 128; i += 256) SDV[i] = i < Kc ? sd[(cg * H + h) * (idx_t)K + c0 + i] : 0.f;
     cp_wait0();
     __syncthreads();
     {
@@ -1196,9 +1389,9 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd2_bf16(
         const int cp2 = Kp >> 1;
         for (int x = tid; x < 64 * cp2; x += 256) {
             const int r = x / cp2, c = 2 * (x % cp2);
-            if (r < L && c < K) {
-                const idx_t off = ((r0 + r) * H + h) * (idx_t)K + c;
-                const bool two = c + 1 < K && (off & 1) == 0;
+            if (r < L && c < Kc) {
+                const idx_t off = ((r0 + r) * H + h) * (idx_t)K + c0 + c;
+                const bool two = c + 1 < Kc && (off & 1) == 0;
                 float2 rq, rk;
                 if (two) {
                     rq = *(const float2*)(dq + off);
@@ -1206,8 +1399,8 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd2_bf16(
                 } else {
                     rq.x = dq[off];
                     rk.x = dk[off];
-                    rq.y = c + 1 < K ? dq[off + 1] : 0.f;
-                    rk.y = c + 1 < K ? dk[off + 1] : 0.f;
+                    rq.y = c + 1 < Kc ? dq[off + 1] : 0.f;
+                    rk.y = c + 1 < Kc ? dk[off + 1] : 0.f;
                 }
                 const unsigned q2 = *(const unsigned*)(Q + r * LDK + c), k2 = *(const unsigned*)(KR + r * LDK + c);
                 const float qa = bf_lo(q2), qb = bf_hi(q2), ka = bf_lo(k2), kb = bf_hi(k2);
@@ -1231,7 +1424,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd2_bf16(
                 } else {
                     dq[off] = oq.x;
                     dk[off] = ok.x;
-                    if (c + 1 < K) {
+                    if (c + 1 < Kc) {
                         dq[off + 1] = oq.y;
                         dk[off + 1] = ok.y;
                     }
@@ -1261,9 +1454,9 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd2_bf16(
             run += DQ[r * Kp + c];
             const float d = DK[r * Kp + c] + run;
             if (gw == K) {
-                if (r < L && c < K) dg[((r0 + r) * H + h) * (idx_t)K + c] = d;
+                if (r < L && c < Kc) dg[((r0 + r) * H + h) * (idx_t)K + c0 + c] = d;
             } else {
-                DQ[r * Kp + c] = c < K ? d : 0.f;  // own column only: no other thread reads it
+                DQ[r * Kp + c] = c < Kc ? d : 0.f;  // own column only: no other thread reads it
             }
         }
     }
@@ -1272,7 +1465,19 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd2_bf16(
         if (tid < L) {
             float sum = 0.f;
             for (int cc = 0; cc < Kp; ++cc) sum += DQ[tid * Kp + cc];
-            dg[(r0 + tid) * H + h] = sum;
+            if (KS) atomicAdd(dg + (r0 + tid) * H + h, sum);
+            else dg[(r0 + tid) * H + h] = sum;
         }
     }
 }
+
+#define B2ENTRY(NAME, KS)                                                                                    \
+extern "C" __global__ void __launch_bounds__(256, 1) NAME(                                                   \
+    const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ g,              \
+    const float* __restrict__ dA, const float* __restrict__ sd, float* __restrict__ dq, float* __restrict__ dk, \
+    float* __restrict__ dg, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,          \
+    const int* __restrict__ chunk_seq, int H, int K, int gw, float scale, int Kp) {                          \
+    chunk_bwd2<KS>(q, k, g, dA, sd, dq, dk, dg, bounds, chunk_off, chunk_seq, H, K, gw, scale, Kp);         \
+}
+B2ENTRY(gla_chunk_bwd2_bf16, false)
+B2ENTRY(gla_chunk_bwd2k_bf16, true)
