@@ -7,13 +7,18 @@
 // gw in {K, 1, 0}, g <= 0 (log decay); h0, ht [N, H, K, V] f32 (null = none); scale.
 //     o_t = scale * S_t^T q_t,   S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T
 // Chunks: BT = 64 rows per sequence, numbered globally: chunk c of sequence n is chunk_off[n] + c;
-// chunk_seq[global chunk] = n. K <= 128 (Kp = K rounded up to 16), any V (backward: V <= 128).
-// Workspaces (host-allocated): kd like k; dl [chunks, H, K] f32; hs [chunks, H, K, V] bf16.
+// chunk_seq[global chunk] = n. K <= 256 (Kp = K rounded up to 16), any V (backward: V <= 256).
+// K <= 128 runs the single-tile launches below (backward: also V <= 128, K > 48); K > 128 (and
+// V > 128 in the backward) the split ones: gla_chunk_a_bf16 + gla_chunk_ow_bf16, bwd1k + bwd1v,
+// bwd2k (the host's K tiles: Kp split evenly into at most 2 tiles of <= 128, multiples of 16).
+// Workspaces (host-allocated): kd like k; dl [chunks, H, K] f32; hs [chunks, H, K, V] bf16;
+// for K > 128 also qe like q and A [chunks, H, 64, 64] bf16.
 //
-// Forward, three launches:
+// Forward, three launches (K > 128: four):
 // 0 gla_chunk_prep8_bf16 (per-key gate, K % 8 == 0; 64 threads, 16-byte pieces) or
-//   gla_chunk_prep_bf16 (any gate; 128 threads, one per channel): grid (chunks, H);
-//   kd = k exp(G_last - G), dl = exp(G_last)   (G = chunk-local cumsum of g, f32).
+//   gla_chunk_prep_bf16 (any gate; 128 threads, one per channel): grid (chunks, H, ceil(K/128));
+//   kd = k exp(G_last - G), dl = exp(G_last)   (G = chunk-local cumsum of g, f32); qe (K > 128
+//   and the backward) = q scale exp(G).
 // 1 gla_chunk_h{64,32}_bf16: grid (ceil(V/BVH), ceil(K/64), N*H), 128 threads, dynamic smem
 //   HNS * ((64 * 72 + 64 * (BVH + 8)) * 2 + 256) bytes. One block walks one sequence's chunks in
 //   order with a 64 x BVH f32 tile of S in the mma accumulators; it stores S entering chunk c as
@@ -23,6 +28,8 @@
 //   A (64x64 causal, scaled) and o = scale (q exp(G)) S_c + A v. A's off-diagonal 16x16 blocks
 //   (a > b) are (q exp(G - G[16a])) (k exp(G[16a] - G))^T on the tensor cores (both exponents
 //   <= 0); the diagonal blocks pairwise in f32. With a_out, it writes A instead of o (backward).
+// 2w K > 128: gla_chunk_a_bf16 (grid (chunks, H)) sums A over the K tiles in registers and
+//   writes it; gla_chunk_ow_bf16 (grid (chunks * ceil(V/64), H)) forms o = qe S_c + A v.
 // Backward: see the section at the end of the file. Exponentials are base 2 on G * log2(e)
 // (ex2.approx). All index products are 64-bit (idx_t). No exponent is ever positive.
 
@@ -848,7 +855,9 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_ow_bf16(
 }
 
 // ================================================================================================
-// Chunked backward (bf16 storage, f32 gradients), K <= 128, V <= 128. Launch order on one stream:
+// Chunked backward (bf16 storage, f32 gradients), K <= 128, V <= 128 (the split variants for
+// K, V <= 256 follow each kernel: A by gla_chunk_a_bf16 when K > 128; bwd1 as bwd1k + bwd1v;
+// bwd2 as bwd2k when K > 128). Launch order on one stream:
 //   prep (kd, dl, qe = q scale exp(G)); h pass (hs = state entering each chunk); dh pass (dhs =
 //   gradient of the state leaving each chunk, dh0); output pass with a_out (A, no o); then
 //   bwd1: dv = A^T do + kd D_c -> dv;  dA = tril(do v^T) (f32 [chunk, H, 64, 64]);
