@@ -557,7 +557,8 @@ fn chunk_v2<T: Elem>(
             .filter(|&x| x < i32::MAX as u32)
             .ok_or_else(|| unsupported(format!("chunk v2: {} chunks x {nvt} V tiles", dp.n_chunks)))?;
         let name = "gla_chunk_ow_bf16";
-        let cfg = LaunchConfig { grid_dim: (gxv, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_ow_smem_bytes(kp) as u32 };
+        let cfg =
+            LaunchConfig { grid_dim: (gxv, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_ow_smem_bytes(kp) as u32 };
         let f = cuda.function(&CHUNK_V2, name)?;
         set_smem(&f, name, &cfg)?;
         let kp32 = kp as i32;
@@ -914,7 +915,8 @@ fn launch_bwd1_wide<T: Elem>(
         .filter(|&x| x < i32::MAX as u32)
         .ok_or_else(|| unsupported(format!("chunked backward: {} chunks x {nvt} V tiles", dp.n_chunks)))?;
     let name = "gla_chunk_bwd1v_bf16";
-    let cfg = LaunchConfig { grid_dim: (gxv, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_bwd1v_smem_bytes(kp) as u32 };
+    let cfg =
+        LaunchConfig { grid_dim: (gxv, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_bwd1v_smem_bytes(kp) as u32 };
     let f = cuda.function(&CHUNK_V2, name)?;
     set_smem(&f, name, &cfg)?;
     let kp32 = kp as i32;
@@ -1041,4 +1043,54 @@ pub fn gla_bwd<T: Elem>(
         unsafe { b.launch(cfg) }.map_err(launch_err(&name, &cfg))?;
     }
     Ok(g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gla_core::ProblemSpec;
+
+    fn prob(k: usize, v: usize) -> Problem {
+        Problem::new(ProblemSpec { b: 1, t: 64, h: 1, k, v, gate: GateKind::PerKey, scale: None, cu_seqlens: None }).expect("valid")
+    }
+
+    #[test]
+    fn k_tiles_cover_k_in_at_most_two_tiles_of_128() {
+        for k in 1..=CHUNK_V2_MAX {
+            let (w, n) = k_tiles(k);
+            assert!(w % 16 == 0 && w <= CHUNK_K_TILE && w > 0, "K = {k}: width {w}");
+            assert!(w * n >= k && w * (n - 1) < k, "K = {k}: {n} x {w}");
+            // bwd2k's deterministic per-head dg sums at most two tiles
+            assert!(n <= 2, "K = {k}: {n} tiles");
+        }
+        assert_eq!(k_tiles(256), (128, 2));
+        assert_eq!(k_tiles(192), (96, 2));
+        assert_eq!(k_tiles(130), (80, 2));
+    }
+
+    #[test]
+    fn v2_paths() {
+        assert_eq!(v2_fwd_path(&prob(128, 512)), Some(V2Path::Narrow));
+        assert_eq!(v2_fwd_path(&prob(129, 7)), Some(V2Path::Wide));
+        assert_eq!(v2_fwd_path(&prob(256, 256)), Some(V2Path::Wide));
+        assert_eq!(v2_fwd_path(&prob(257, 64)), None);
+        assert_eq!(v2_bwd_path(&prob(60, 100)), Some(V2Path::Narrow));
+        assert_eq!(v2_bwd_path(&prob(48, 100)), None);
+        assert_eq!(v2_bwd_path(&prob(32, 160)), Some(V2Path::Wide));
+        assert_eq!(v2_bwd_path(&prob(256, 256)), Some(V2Path::Wide));
+        assert_eq!(v2_bwd_path(&prob(128, 257)), None);
+        assert_eq!(v2_bwd_path(&prob(257, 64)), None);
+        assert!(chunk_bwd_supported::<u16>(&prob(256, 256)) && !chunk_bwd_supported::<f32>(&prob(256, 256)));
+    }
+
+    #[test]
+    fn split_launches_fit_shared_memory() {
+        // 227 KB per block on sm_90; the 2-blocks-per-SM kernels need <= 113 KB each
+        let two_per_sm = 227 * 1024 / 2;
+        assert!(chunk_o_smem_bytes(CHUNK_K_TILE) <= two_per_sm);
+        assert!(chunk_ow_smem_bytes(256) <= two_per_sm);
+        assert!(chunk_bwd1k_smem_bytes() <= two_per_sm);
+        assert!(chunk_bwd1v_smem_bytes(256) <= two_per_sm);
+        assert!(chunk_bwd2_smem_bytes(CHUNK_K_TILE) <= 227 * 1024);
+    }
 }
