@@ -19,7 +19,8 @@ pub struct OpsArgs {
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
     /// Problem shape `B,T,H,K,V` (repeatable). Default: 1,8192,4,128,128 on the CPU; on CUDA the
-    /// shapes of record (bf16, H=16, K=V=128, B*T=65536, T in 2048, 8192, 32768).
+    /// shapes of record (bf16, H=16, K=V=128, B*T=65536, T in 2048, 8192, 32768) and fla's README
+    /// shape 8,2048,32,256,256 (K=V=256: the chunked kernels' split launches, `chunk-wide`).
     #[arg(long, value_parser = parse_shape)]
     shape: Vec<[usize; 5]>,
     /// Timed repetitions per measurement (the median is reported).
@@ -204,7 +205,8 @@ struct CudaReport {
 }
 
 /// `gla bench ops --device cuda`: bf16, CUDA events, median of `reps` after a warm-up; the
-/// shapes of record (B*T = 65536, H = 16, K = V = 128, T in {2048, 8192, 32768}) by default.
+/// shapes of record (B*T = 65536, H = 16, K = V = 128, T in {2048, 8192, 32768}) and fla's
+/// README shape (8 x 2048 x 32, K = V = 256) by default (`gla_cuda::bench::default_shapes`).
 #[cfg(feature = "cuda")]
 fn ops_cuda(a: &OpsArgs) -> Result<bool> {
     use gla_cuda::bench::{bench_ops, default_shapes, format_rows, HBM_BYTES_PER_S};

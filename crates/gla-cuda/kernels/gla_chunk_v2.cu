@@ -7,13 +7,18 @@
 // gw in {K, 1, 0}, g <= 0 (log decay); h0, ht [N, H, K, V] f32 (null = none); scale.
 //     o_t = scale * S_t^T q_t,   S_t = diag(exp(g_t)) S_{t-1} + k_t v_t^T
 // Chunks: BT = 64 rows per sequence, numbered globally: chunk c of sequence n is chunk_off[n] + c;
-// chunk_seq[global chunk] = n. K <= 128 (Kp = K rounded up to 16), any V (backward: V <= 128).
-// Workspaces (host-allocated): kd like k; dl [chunks, H, K] f32; hs [chunks, H, K, V] bf16.
+// chunk_seq[global chunk] = n. K <= 256 (Kp = K rounded up to 16), any V (backward: V <= 256).
+// K <= 128 runs the single-tile launches below (backward: also V <= 128, K > 48); K > 128 (and
+// V > 128 in the backward) the split ones: gla_chunk_a_bf16 + gla_chunk_ow_bf16, bwd1k + bwd1v,
+// bwd2k (the host's K tiles: Kp split evenly into at most 2 tiles of <= 128, multiples of 16).
+// Workspaces (host-allocated): kd like k; dl [chunks, H, K] f32; hs [chunks, H, K, V] bf16;
+// for K > 128 also qe like q and A [chunks, H, 64, 64] bf16.
 //
-// Forward, three launches:
+// Forward, three launches (K > 128: four):
 // 0 gla_chunk_prep8_bf16 (per-key gate, K % 8 == 0; 64 threads, 16-byte pieces) or
-//   gla_chunk_prep_bf16 (any gate; 128 threads, one per channel): grid (chunks, H);
-//   kd = k exp(G_last - G), dl = exp(G_last)   (G = chunk-local cumsum of g, f32).
+//   gla_chunk_prep_bf16 (any gate; 128 threads, one per channel): grid (chunks, H, ceil(K/128));
+//   kd = k exp(G_last - G), dl = exp(G_last)   (G = chunk-local cumsum of g, f32); qe (K > 128
+//   and the backward) = q scale exp(G).
 // 1 gla_chunk_h{64,32}_bf16: grid (ceil(V/BVH), ceil(K/64), N*H), 128 threads, dynamic smem
 //   HNS * ((64 * 72 + 64 * (BVH + 8)) * 2 + 256) bytes. One block walks one sequence's chunks in
 //   order with a 64 x BVH f32 tile of S in the mma accumulators; it stores S entering chunk c as
@@ -23,6 +28,8 @@
 //   A (64x64 causal, scaled) and o = scale (q exp(G)) S_c + A v. A's off-diagonal 16x16 blocks
 //   (a > b) are (q exp(G - G[16a])) (k exp(G[16a] - G))^T on the tensor cores (both exponents
 //   <= 0); the diagonal blocks pairwise in f32. With a_out, it writes A instead of o (backward).
+// 2w K > 128: gla_chunk_a_bf16 (grid (chunks, H)) sums A over the K tiles in registers and
+//   writes it; gla_chunk_ow_bf16 (grid (chunks * ceil(V/64), H)) forms o = qe S_c + A v.
 // Backward: see the section at the end of the file. Exponentials are base 2 on G * log2(e)
 // (ex2.approx). All index products are 64-bit (idx_t). No exponent is ever positive.
 
@@ -130,7 +137,7 @@ extern "C" __global__ void __launch_bounds__(128) gla_chunk_prep_bf16(
     float* __restrict__ dl, bf16_t* __restrict__ qe, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
     const int* __restrict__ chunk_seq, int H, int K, int gw, float scale) {
     const idx_t cg = blockIdx.x;
-    const int h = blockIdx.y, ch = threadIdx.x;
+    const int h = blockIdx.y, ch = 128 * blockIdx.z + threadIdx.x;  // grid z: 128-channel blocks (K > 128)
     const int n = chunk_seq[cg];
     const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
     const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
@@ -172,7 +179,7 @@ extern "C" __global__ void __launch_bounds__(64) gla_chunk_prep8_bf16(
     const int* __restrict__ chunk_seq, int H, int K, float scale) {
     __shared__ float part[4][16][8];
     const idx_t cg = blockIdx.x;
-    const int h = blockIdx.y, tid = threadIdx.x, q4 = tid >> 4, grp = tid & 15, c0 = 8 * grp;
+    const int h = blockIdx.y, tid = threadIdx.x, q4 = tid >> 4, grp = tid & 15, c0 = 128 * blockIdx.z + 8 * grp;
     const int n = chunk_seq[cg];
     const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
     const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
@@ -408,12 +415,111 @@ __device__ __forceinline__ float gval_o(const bf16_t* __restrict__ g, const bf16
     return 0.f;
 }
 
-extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
-    const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
-    const bf16_t* __restrict__ g, const bf16_t* __restrict__ hs, bf16_t* __restrict__ o, bf16_t* __restrict__ a_out,
-    const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq,
-    int H, int K, int V, int gw, float scale, int Kp) {
-    extern __shared__ __align__(16) unsigned char smem_raw[];
+// The diagonal 16x16 blocks of A in f32, each split at its row 8: the two 8x8 diagonal blocks
+// pairwise (task (a, tp < 4): rows tp and 7 - tp of both halves, 8 columns each, one exp shared
+// by the two rows of a pair where it can be), and the lower-left 8x8 block factored through its
+// corner m = 16a + 7 as (q exp(G - G_m)) . (k exp(G_m - G)) (tasks (a, 4 + hq): rows 8 + 4hq ..
+// 11 + 4hq; every exponent <= 0 since s <= m < t). 84 exps per channel and block instead of 108
+// for the rows paired over the whole block (H200: forward 2.50 -> 2.39 ms at T = 2048). Task x
+// = 6a + j of O_DIAG_TASKS; a lane owns 4 channels of a K tile (Kp <= 128); the 32 partial sums
+// are reduce-scattered, and the lane's total (unscaled) is returned: A[t][s] of o_diag_slot.
+#define O_DIAG_TASKS 24
+__device__ __forceinline__ void o_diag_slot(int x, int lane, int& t, int& s) {
+    const int a = x / 6, j = x % 6;
+    if (j < 4) {
+        const int base = 16 * a + 8 * (lane >> 4), r = lane & 15;
+        t = base + (r < 8 ? j : 7 - j);
+        s = base + (r & 7);
+    } else {
+        t = 16 * a + 8 + 4 * (j - 4) + (lane >> 3);
+        s = 16 * a + (lane & 7);
+    }
+}
+__device__ __forceinline__ float o_diag_task(const bf16_t* R0, const bf16_t* R1, const float* R2, int LDK, int Kp, int x, int lane) {
+    const int a = x / 6, task = x % 6;
+    float part[32];
+    #pragma unroll
+    for (int e = 0; e < 32; ++e) part[e] = 0.f;
+    const int c = 4 * lane;
+    if (c < Kp && task < 4) {
+        const int tp = task;
+        #pragma unroll
+        for (int hf = 0; hf < 2; ++hf) {
+            const int base = 16 * a + 8 * hf, ta = base + tp, tb = base + 7 - tp;
+            const uint2 qa = *(const uint2*)(R0 + ta * LDK + c), qb = *(const uint2*)(R0 + tb * LDK + c);
+            const float4 ga = *(const float4*)(R2 + ta * Kp + c), gb = *(const float4*)(R2 + tb * Kp + c);
+            const float qa0 = bf_lo(qa.x), qa1 = bf_hi(qa.x), qa2 = bf_lo(qa.y), qa3 = bf_hi(qa.y);
+            const float qb0 = bf_lo(qb.x), qb1 = bf_hi(qb.x), qb2 = bf_lo(qb.y), qb3 = bf_hi(qb.y);
+            // exp(G_tb - G_s) = exp(G_ta - G_s) exp(G_tb - G_ta) for s <= ta (both factors <= 1)
+            const float qf0 = qb0 * ex2f(gb.x - ga.x), qf1 = qb1 * ex2f(gb.y - ga.y);
+            const float qf2 = qb2 * ex2f(gb.z - ga.z), qf3 = qb3 * ex2f(gb.w - ga.w);
+            #pragma unroll
+            for (int s = 0; s < 8; ++s) {
+                const int rs = base + s;
+                const uint2 kk = *(const uint2*)(R1 + rs * OV + c);
+                const float4 gs = *(const float4*)(R2 + rs * Kp + c);
+                const float k0 = bf_lo(kk.x), k1 = bf_hi(kk.x), k2 = bf_lo(kk.y), k3 = bf_hi(kk.y);
+                if (s <= tp) {
+                    const float e0 = k0 * ex2f(ga.x - gs.x), e1 = k1 * ex2f(ga.y - gs.y);
+                    const float e2 = k2 * ex2f(ga.z - gs.z), e3 = k3 * ex2f(ga.w - gs.w);
+                    part[16 * hf + s] += qa0 * e0 + qa1 * e1 + qa2 * e2 + qa3 * e3;
+                    part[16 * hf + 8 + s] += qf0 * e0 + qf1 * e1 + qf2 * e2 + qf3 * e3;
+                } else if (s <= 7 - tp) {
+                    part[16 * hf + 8 + s] += qb0 * k0 * ex2f(gb.x - gs.x) + qb1 * k1 * ex2f(gb.y - gs.y) +
+                                             qb2 * k2 * ex2f(gb.z - gs.z) + qb3 * k3 * ex2f(gb.w - gs.w);
+                }
+            }
+        }
+    } else if (c < Kp) {
+        const int t0 = 16 * a + 8 + 4 * (task - 4), m = 16 * a + 7;
+        const float4 gm = *(const float4*)(R2 + m * Kp + c);
+        float qf[4][4];
+        #pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            const uint2 qq = *(const uint2*)(R0 + (t0 + i) * LDK + c);
+            const float4 gt = *(const float4*)(R2 + (t0 + i) * Kp + c);
+            qf[i][0] = bf_lo(qq.x) * ex2f(gt.x - gm.x);
+            qf[i][1] = bf_hi(qq.x) * ex2f(gt.y - gm.y);
+            qf[i][2] = bf_lo(qq.y) * ex2f(gt.z - gm.z);
+            qf[i][3] = bf_hi(qq.y) * ex2f(gt.w - gm.w);
+        }
+        #pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int rs = 16 * a + j;
+            const uint2 kk = *(const uint2*)(R1 + rs * OV + c);
+            const float4 gs = *(const float4*)(R2 + rs * Kp + c);
+            const float k0 = bf_lo(kk.x) * ex2f(gm.x - gs.x), k1 = bf_hi(kk.x) * ex2f(gm.y - gs.y);
+            const float k2 = bf_lo(kk.y) * ex2f(gm.z - gs.z), k3 = bf_hi(kk.y) * ex2f(gm.w - gs.w);
+            #pragma unroll
+            for (int i = 0; i < 4; ++i) part[8 * i + j] += qf[i][0] * k0 + qf[i][1] * k1 + qf[i][2] * k2 + qf[i][3] * k3;
+        }
+    }
+    // reduce-scatter: lane l ends with the warp total of slot l
+    rs_step<16>(part, lane);
+    rs_step<8>(part, lane);
+    rs_step<4>(part, lane);
+    rs_step<2>(part, lane);
+    rs_step<1>(part, lane);
+    return part[0];
+}
+// A's zeros: above the diagonal blocks, and the upper-right 8x8 block of each diagonal block
+// (the diagonal tasks write the other three)
+__device__ __forceinline__ void o_zero_upper(bf16_t* RA, int tid) {
+    for (int x = tid; x < 64 * 64; x += 256) {
+        const int t = x >> 6, s = x & 63;
+        if ((s >> 4) > (t >> 4) || ((s >> 4) == (t >> 4) && (s & 8) && !(t & 8))) RA[t * LDH + s] = 0;
+    }
+}
+
+// P1-P4 of the output pass (A) over one K tile: channels c0 .. c0 + Kc - 1 of q, k, g (row
+// stride H K), padded to Kp <= 128 columns (the smem layout's width). !ACC (K <= Kp, one tile,
+// gla_chunk_o_bf16): A goes to RA as bf16, its blocks above the diagonal zeroed here. ACC
+// (gla_chunk_a_bf16, K > 128): the lane's diagonal slots of tasks w + 8i add into dacc[i]
+// (unscaled), the off-diagonal block of warp w < 6 into c2 (scaled); the caller stores A.
+template <bool ACC>
+__device__ __forceinline__ void o_pass_a(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ g,
+                                         unsigned char* smem_raw, idx_t r0, int L, int H, int h, int K, int gw, float scale, int Kp,
+                                         int c0, int Kc, float (&dacc)[3], float (&c2)[2][4]) {
     const int LDK = Kp + 8;
     bf16_t* R0 = (bf16_t*)smem_raw;
     bf16_t* R1 = R0 + 64 * LDK;
@@ -422,27 +528,16 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
     bf16_t* R4 = R3 + 64 * LDK;
     bf16_t* RA = R4 + 48 * LDK;
     float* RP = (float*)(RA + 64 * LDH);
-    float* RF = RP + 256;      // [7][Kp]: exp(G[16a]) a = 0..3; exp(G[32]-G[16]), exp(G[48]-G[16]), exp(G[48]-G[32])
-    bf16_t* RS = (bf16_t*)R2;  // S_c, after A is done
+    float* RF = RP + 256;  // [7][Kp]: exp(G[16a]) a = 0..3; exp(G[32]-G[16]), exp(G[48]-G[16]), exp(G[48]-G[32])
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
-    const idx_t cg = blockIdx.x;
-    const int h = blockIdx.y;
-    const int n = chunk_seq[cg];
-    const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
-    const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
-    const bool vk = (K & 7) == 0, vv = (V & 7) == 0;
+    const bool vk = (K & 7) == 0;
 
     // P1: q, k (and g raw into R3) through cp.async, all in flight at once
-    tile_load(R0, LDK, q + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
-    tile_load(R1, OV, k + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
-    if (gw == K) tile_load(R3, LDK, g + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
+    tile_load(R0, LDK, q + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
+    tile_load(R1, OV, k + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
+    if (gw == K) tile_load(R3, LDK, g + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
     cp_commit();
-    // A above the diagonal blocks is zero, and so is the upper-right 8x8 block of each
-    // diagonal block (P2 writes the other three)
-    for (int x = tid; x < 64 * 64; x += 256) {
-        const int t = x >> 6, s = x & 63;
-        if ((s >> 4) > (t >> 4) || ((s >> 4) == (t >> 4) && (s & 8) && !(t & 8))) RA[t * LDH + s] = 0;
-    }
+    if (!ACC) o_zero_upper(RA, tid);
     cp_wait0();
     __syncthreads();
     // cumsum of g per channel (two halves of 32 rows), times log2(e), into R2
@@ -474,88 +569,18 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
         else e = R2[48 * Kp + c] - R2[32 * Kp + c];
         RF[x] = ex2f(e);
     }
-    // P2: diagonal 16x16 blocks of A in f32, each split at its row 8: the two 8x8 diagonal blocks
-    // pairwise (task (a, tp < 4): rows tp and 7 - tp of both halves, 8 columns each, one exp
-    // shared by the two rows of a pair where it can be), and the lower-left 8x8 block factored
-    // through its corner m = 16a + 7 as (q exp(G - G_m)) . (k exp(G_m - G)) (tasks (a, 4 + hq):
-    // rows 8 + 4hq .. 11 + 4hq; every exponent <= 0 since s <= m < t). 84 exps per channel and
-    // block instead of 108 pairwise. 24 tasks over 8 warps; a lane owns 4 channels; the 32
-    // partial sums of a task are reduce-scattered so that lane l ends with slot l.
-    for (int x = w; x < 24; x += 8) {
-        const int a = x / 6, task = x % 6;
-        float part[32];
+    // P2: the diagonal 16x16 blocks of A in f32 (o_diag_task), 3 tasks per warp
+    if (ACC) {
+        // unrolled: dacc stays in registers
         #pragma unroll
-        for (int e = 0; e < 32; ++e) part[e] = 0.f;
-        // Kp <= 128: one group of 4 channels per lane
-        const int c = 4 * lane;
-        if (c < Kp && task < 4) {
-            const int tp = task;
-            #pragma unroll
-            for (int hf = 0; hf < 2; ++hf) {
-                const int base = 16 * a + 8 * hf, ta = base + tp, tb = base + 7 - tp;
-                const uint2 qa = *(const uint2*)(R0 + ta * LDK + c), qb = *(const uint2*)(R0 + tb * LDK + c);
-                const float4 ga = *(const float4*)(R2 + ta * Kp + c), gb = *(const float4*)(R2 + tb * Kp + c);
-                const float qa0 = bf_lo(qa.x), qa1 = bf_hi(qa.x), qa2 = bf_lo(qa.y), qa3 = bf_hi(qa.y);
-                const float qb0 = bf_lo(qb.x), qb1 = bf_hi(qb.x), qb2 = bf_lo(qb.y), qb3 = bf_hi(qb.y);
-                // exp(G_tb - G_s) = exp(G_ta - G_s) exp(G_tb - G_ta) for s <= ta (both factors <= 1)
-                const float qf0 = qb0 * ex2f(gb.x - ga.x), qf1 = qb1 * ex2f(gb.y - ga.y);
-                const float qf2 = qb2 * ex2f(gb.z - ga.z), qf3 = qb3 * ex2f(gb.w - ga.w);
-                #pragma unroll
-                for (int s = 0; s < 8; ++s) {
-                    const int rs = base + s;
-                    const uint2 kk = *(const uint2*)(R1 + rs * OV + c);
-                    const float4 gs = *(const float4*)(R2 + rs * Kp + c);
-                    const float k0 = bf_lo(kk.x), k1 = bf_hi(kk.x), k2 = bf_lo(kk.y), k3 = bf_hi(kk.y);
-                    if (s <= tp) {
-                        const float e0 = k0 * ex2f(ga.x - gs.x), e1 = k1 * ex2f(ga.y - gs.y);
-                        const float e2 = k2 * ex2f(ga.z - gs.z), e3 = k3 * ex2f(ga.w - gs.w);
-                        part[16 * hf + s] += qa0 * e0 + qa1 * e1 + qa2 * e2 + qa3 * e3;
-                        part[16 * hf + 8 + s] += qf0 * e0 + qf1 * e1 + qf2 * e2 + qf3 * e3;
-                    } else if (s <= 7 - tp) {
-                        part[16 * hf + 8 + s] += qb0 * k0 * ex2f(gb.x - gs.x) + qb1 * k1 * ex2f(gb.y - gs.y) +
-                                                 qb2 * k2 * ex2f(gb.z - gs.z) + qb3 * k3 * ex2f(gb.w - gs.w);
-                    }
-                }
-            }
-        } else if (c < Kp) {
-            const int t0 = 16 * a + 8 + 4 * (task - 4), m = 16 * a + 7;
-            const float4 gm = *(const float4*)(R2 + m * Kp + c);
-            float qf[4][4];
-            #pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                const uint2 qq = *(const uint2*)(R0 + (t0 + i) * LDK + c);
-                const float4 gt = *(const float4*)(R2 + (t0 + i) * Kp + c);
-                qf[i][0] = bf_lo(qq.x) * ex2f(gt.x - gm.x);
-                qf[i][1] = bf_hi(qq.x) * ex2f(gt.y - gm.y);
-                qf[i][2] = bf_lo(qq.y) * ex2f(gt.z - gm.z);
-                qf[i][3] = bf_hi(qq.y) * ex2f(gt.w - gm.w);
-            }
-            #pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                const int rs = 16 * a + j;
-                const uint2 kk = *(const uint2*)(R1 + rs * OV + c);
-                const float4 gs = *(const float4*)(R2 + rs * Kp + c);
-                const float k0 = bf_lo(kk.x) * ex2f(gm.x - gs.x), k1 = bf_hi(kk.x) * ex2f(gm.y - gs.y);
-                const float k2 = bf_lo(kk.y) * ex2f(gm.z - gs.z), k3 = bf_hi(kk.y) * ex2f(gm.w - gs.w);
-                #pragma unroll
-                for (int i = 0; i < 4; ++i) part[8 * i + j] += qf[i][0] * k0 + qf[i][1] * k1 + qf[i][2] * k2 + qf[i][3] * k3;
-            }
+        for (int i = 0; i < 3; ++i) dacc[i] += o_diag_task(R0, R1, R2, LDK, Kp, w + 8 * i, lane);
+    } else {
+        for (int x = w; x < O_DIAG_TASKS; x += 8) {
+            const float v = o_diag_task(R0, R1, R2, LDK, Kp, x, lane);
+            int t, s;
+            o_diag_slot(x, lane, t, s);
+            RA[t * LDH + s] = f2bf(v * scale);
         }
-        rs_step<16>(part, lane);
-        rs_step<8>(part, lane);
-        rs_step<4>(part, lane);
-        rs_step<2>(part, lane);
-        rs_step<1>(part, lane);
-        int t, s;
-        if (task < 4) {
-            const int base = 16 * a + 8 * (lane >> 4), r = lane & 15;
-            t = base + (r < 8 ? task : 7 - task);
-            s = base + (r & 7);
-        } else {
-            t = 16 * a + 8 + 4 * (task - 4) + (lane >> 3);
-            s = 16 * a + (lane & 7);
-        }
-        RA[t * LDH + s] = f2bf(part[0] * scale);
     }
     __syncthreads();
     // P3: per pair of channels, in place: qg, qe = qg exp(G[16a]), kg (one exp for the next
@@ -595,7 +620,10 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
             kb = R4 + (a == 2 ? 0 : (b == 0 ? 16 : 32)) * LDK;
             ldb = LDK;
         }
-        float c2[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+        if (!ACC) {
+            #pragma unroll
+            for (int nt = 0; nt < 2; ++nt) c2[nt][0] = c2[nt][1] = c2[nt][2] = c2[nt][3] = 0.f;
+        }
         for (int kt = 0; kt < Kp; kt += 16) {
             unsigned fa4[4], fb4[4];
             ldsm4(fa4, fa(R3, LDK, 16 * a, kt, lane));
@@ -603,12 +631,41 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
             mma16816(c2[0], fa4, fb4[0], fb4[1]);
             mma16816(c2[1], fa4, fb4[2], fb4[3]);
         }
-        #pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-            const int row = 16 * a + fg, col = 16 * b + 8 * nt + 2 * ft;
-            *(unsigned*)(RA + row * LDH + col) = pack2(c2[nt][0], c2[nt][1]);
-            *(unsigned*)(RA + (row + 8) * LDH + col) = pack2(c2[nt][2], c2[nt][3]);
+        if (!ACC) {
+            #pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+                const int row = 16 * a + fg, col = 16 * b + 8 * nt + 2 * ft;
+                *(unsigned*)(RA + row * LDH + col) = pack2(c2[nt][0], c2[nt][1]);
+                *(unsigned*)(RA + (row + 8) * LDH + col) = pack2(c2[nt][2], c2[nt][3]);
+            }
         }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
+    const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
+    const bf16_t* __restrict__ g, const bf16_t* __restrict__ hs, bf16_t* __restrict__ o, bf16_t* __restrict__ a_out,
+    const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq,
+    int H, int K, int V, int gw, float scale, int Kp) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const int LDK = Kp + 8;
+    bf16_t* R0 = (bf16_t*)smem_raw;
+    bf16_t* R1 = R0 + 64 * LDK;
+    float* R2 = (float*)(R1 + 64 * OV);
+    bf16_t* R3 = (bf16_t*)(R2 + 64 * Kp);
+    bf16_t* R4 = R3 + 64 * LDK;
+    bf16_t* RA = R4 + 48 * LDK;
+    bf16_t* RS = (bf16_t*)R2;  // S_c, after A is done
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const idx_t cg = blockIdx.x;
+    const int h = blockIdx.y;
+    const int n = chunk_seq[cg];
+    const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
+    const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
+    const bool vv = (V & 7) == 0;
+    {
+        float dacc[3], c2[2][4];
+        o_pass_a<false>(q, k, g, smem_raw, r0, L, H, h, K, gw, scale, Kp, 0, K, dacc, c2);
     }
     // backward: A (scaled, causal, bf16) to a_out [chunk, H, 64, 64]; no o when o is null
     if (a_out != nullptr) {
@@ -689,8 +746,158 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
     }
 }
 
+// ------------------------------------------------------------------------------------------------
+// K > 128 (up to 256): A is linear in the K-sum, so gla_chunk_a_bf16 runs P1-P4 of the output
+// pass over K tiles of Kp <= 128 columns (host: the tiles split Kp evenly), accumulating A in
+// registers, and writes A alone; gla_chunk_ow_bf16 then forms o = qe S_c + A v from qe (the
+// prep's q scale exp(G)), the states and A, per 64-wide V tile.
+
+// grid (chunks, H), 256 threads, dynamic smem chunk_o_smem_bytes(Kp) (the tile width's layout)
+extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_a_bf16(
+    const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ g, bf16_t* __restrict__ a_out,
+    const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq,
+    int H, int K, int gw, float scale, int Kp) {
+    extern __shared__ __align__(16) unsigned char smem_raw[];
+    const int LDK = Kp + 8;
+    bf16_t* RA = (bf16_t*)smem_raw + 64 * LDK + 64 * OV + 2 * 64 * Kp + 64 * LDK + 48 * LDK;  // as in o_pass_a
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const idx_t cg = blockIdx.x;
+    const int h = blockIdx.y;
+    const int n = chunk_seq[cg];
+    const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
+    const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
+    float dacc[3] = {0.f, 0.f, 0.f};
+    float c2[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    for (int c0 = 0; c0 < K; c0 += Kp) {
+        // the previous tile's P4 reads R1, R3, R4 until here
+        __syncthreads();
+        o_pass_a<true>(q, k, g, smem_raw, r0, L, H, h, K, gw, scale, Kp, c0, min(Kp, K - c0), dacc, c2);
+    }
+    // A into RA (bf16, scaled): zero above the diagonal blocks, the diagonal blocks from the P2
+    // slots, the off-diagonal blocks from the P4 accumulators
+    o_zero_upper(RA, tid);
+    #pragma unroll
+    for (int i = 0; i < 3; ++i) {
+        int t, s;
+        o_diag_slot(w + 8 * i, lane, t, s);
+        RA[t * LDH + s] = f2bf(dacc[i] * scale);
+    }
+    if (w < 6) {
+        const int a = w < 1 ? 1 : (w < 3 ? 2 : 3), b = w - (a * (a - 1)) / 2;
+        #pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+            const int row = 16 * a + fg, col = 16 * b + 8 * nt + 2 * ft;
+            *(unsigned*)(RA + row * LDH + col) = pack2(c2[nt][0], c2[nt][1]);
+            *(unsigned*)(RA + (row + 8) * LDH + col) = pack2(c2[nt][2], c2[nt][3]);
+        }
+    }
+    __syncthreads();
+    bf16_t* ap = a_out + (cg * H + h) * (idx_t)4096;
+    for (int x = tid; x < 64 * 8; x += 256) {
+        const int t = x >> 3, c = (x & 7) * 8;
+        *(uint4*)(ap + t * 64 + c) = *(const uint4*)(RA + t * LDH + c);
+    }
+}
+
+// o = qe S_c + A v for K up to 256: grid (chunks * ceil(V/64), H) (x = chunk * V tiles + tile),
+// 256 threads, dynamic smem chunk_ow_smem_bytes(Kp) = (64 (Kp + 8) + Kp 72 + 2 * 64 * 72) * 2:
+// qe [64][Kp+8], S_c [Kp][72] (rows >= K zero), A [64][72], v [64][72]. Warp (mt, nq) owns rows
+// 16 mt .. 16 mt + 15 and columns 32 nq .. 32 nq + 31 of the tile.
+extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_ow_bf16(
+    const bf16_t* __restrict__ qe, const bf16_t* __restrict__ v, const bf16_t* __restrict__ A, const bf16_t* __restrict__ hs,
+    bf16_t* __restrict__ o, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq,
+    int H, int K, int V, int Kp) {
+    extern __shared__ __align__(16) unsigned char smem_ow[];
+    const int LDQ = Kp + 8;
+    bf16_t* SQ = (bf16_t*)smem_ow;
+    bf16_t* SS = SQ + 64 * LDQ;
+    bf16_t* SA = SS + Kp * LDH;
+    bf16_t* SV = SA + 64 * LDH;
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const int nvt = (V + 63) >> 6;
+    const idx_t cg = blockIdx.x / nvt;
+    const int v0 = 64 * (int)(blockIdx.x % nvt), Vc = min(64, V - v0);
+    const int h = blockIdx.y;
+    const int n = chunk_seq[cg];
+    const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
+    const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
+    const bool vk = (K & 7) == 0, vv = (V & 7) == 0;
+
+    tile_load(SQ, LDQ, qe + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
+    tile_load(SV, LDH, v + (r0 * H + h) * (idx_t)V + v0, (idx_t)H * V, L, Vc, 64, vv, true, tid, 256);
+    {
+        // S_c rows i < K, columns v0 .. v0 + 63 (rows >= K up to Kp and columns >= Vc zero)
+        const bf16_t* hsrc = hs + (cg * H + h) * (idx_t)K * V + v0;
+        if (vv) {
+            for (int x = tid; x < Kp * 8; x += 256) {
+                const int i = x >> 3, c = (x & 7) * 8;
+                const bool ok = i < K && c < Vc;
+                cp16(SS + i * LDH + c, ok ? hsrc + (idx_t)i * V + c : hsrc, ok);
+            }
+        } else {
+            for (int x = tid; x < Kp * 64; x += 256) {
+                const int i = x >> 6, c = x & 63;
+                SS[i * LDH + c] = (i < K && c < Vc) ? hsrc[(idx_t)i * V + c] : (bf16_t)0;
+            }
+        }
+        const bf16_t* ap = A + (cg * H + h) * (idx_t)4096;
+        for (int x = tid; x < 512; x += 256) {
+            const int t = x >> 3, c = (x & 7) * 8;
+            cp16(SA + t * LDH + c, ap + t * 64 + c, true);
+        }
+    }
+    cp_commit();
+    cp_wait0();
+    __syncthreads();
+    const int mt = w & 3, nq = w >> 2;
+    if (32 * nq >= Vc) return;  // no barrier below
+    float acc[4][4];
+    #pragma unroll
+    for (int nt = 0; nt < 4; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+    for (int kt = 0; kt < Kp; kt += 16) {
+        unsigned a4[4];
+        ldsm4(a4, fa(SQ, LDQ, 16 * mt, kt, lane));
+        #pragma unroll
+        for (int np = 0; np < 2; ++np) {
+            unsigned b4[4];
+            ldsm4t(b4, fbt(SS, LDH, kt, 32 * nq + 16 * np, lane));
+            mma16816(acc[2 * np], a4, b4[0], b4[1]);
+            mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
+        }
+    }
+    for (int kt = 0; kt <= mt; ++kt) {
+        unsigned a4[4];
+        ldsm4(a4, fa(SA, LDH, 16 * mt, 16 * kt, lane));
+        #pragma unroll
+        for (int np = 0; np < 2; ++np) {
+            unsigned b4[4];
+            ldsm4t(b4, fbt(SV, LDH, 16 * kt, 32 * nq + 16 * np, lane));
+            mma16816(acc[2 * np], a4, b4[0], b4[1]);
+            mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
+        }
+    }
+    #pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+        #pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            const int t = 16 * mt + fg + 8 * hr, j = v0 + 32 * nq + 8 * nt + 2 * ft;
+            if (t < L) {
+                const idx_t off = ((r0 + t) * H + h) * (idx_t)V + j;
+                if (j + 1 < V && (V & 1) == 0) {
+                    *(unsigned*)(o + off) = pack2(acc[nt][2 * hr], acc[nt][2 * hr + 1]);
+                } else {
+                    if (j < V) o[off] = f2bf(acc[nt][2 * hr]);
+                    if (j + 1 < V) o[off + 1] = f2bf(acc[nt][2 * hr + 1]);
+                }
+            }
+        }
+    }
+}
+
 // ================================================================================================
-// Chunked backward (bf16 storage, f32 gradients), K <= 128, V <= 128. Launch order on one stream:
+// Chunked backward (bf16 storage, f32 gradients), K <= 128, V <= 128 (the split variants for
+// K, V <= 256 follow each kernel: A by gla_chunk_a_bf16 when K > 128; bwd1 as bwd1k + bwd1v;
+// bwd2 as bwd2k when K > 128). Launch order on one stream:
 //   prep (kd, dl, qe = q scale exp(G)); h pass (hs = state entering each chunk); dh pass (dhs =
 //   gradient of the state leaving each chunk, dh0); output pass with a_out (A, no o); then
 //   bwd1: dv = A^T do + kd D_c -> dv;  dA = tril(do v^T) (f32 [chunk, H, 64, 64]);
@@ -879,13 +1086,206 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd1_bf16(
     }
 }
 
-// bwd2: grid (chunks, H), 256 threads, smem bwd2_smem(Kp) (host): see the layout below
-extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd2_bf16(
+// bwd1 for K > 128 or V > 128, split in a key side and a value side (each sum over the other
+// dimension runs in a loop or needs only its own slice):
+// bwd1k: grid (chunks, H, ceil(K/64)), 256 threads, dynamic smem chunk_bwd1k_smem_bytes() =
+// 4 * 64 * OV * 2: do, v and the rows i0 .. i0 + 63 of S_c, D_c (zero past K), one 128-wide V
+// tile at a time, the V tiles summed in registers. Raw dq = do S^T and raw dk = v D^T for key
+// channels i0 .., sd = rowsum(S * D) for them, and (block z == 0 only) dA = tril(do v^T).
+// Warp (mt, nh): rows 16 mt .. 16 mt + 15, columns 32 nh .. 32 nh + 31 (channels or dA's s).
+extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_bwd1k_bf16(
+    const bf16_t* __restrict__ v, const bf16_t* __restrict__ d_o, const bf16_t* __restrict__ hs, const bf16_t* __restrict__ dhs,
+    float* __restrict__ dA, float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ sd,
+    const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq, int H, int K, int V) {
+    extern __shared__ __align__(16) unsigned char smem_b1k[];
+    bf16_t* SV = (bf16_t*)smem_b1k;
+    bf16_t* SDO = SV + 64 * OV;
+    bf16_t* SS = SDO + 64 * OV;
+    bf16_t* SD = SS + 64 * OV;
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const idx_t cg = blockIdx.x;
+    const int h = blockIdx.y, i0 = 64 * blockIdx.z, Kc = min(64, K - i0);
+    const bool with_da = blockIdx.z == 0;
+    const int n = chunk_seq[cg];
+    const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
+    const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
+    const bool vv = (V & 7) == 0;
+    const idx_t st_off = (cg * H + h) * (idx_t)K * V + (idx_t)i0 * V;
+    const int mt = w & 3, nh = w >> 2;
+    const bool da_blk = with_da && 32 * nh <= 16 * mt + 15;  // dA's blocks above the diagonal stay zero
+    float aq[4][4], ak[4][4], aa[4][4];
+    #pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) aq[nt][e] = ak[nt][e] = aa[nt][e] = 0.f;
+    }
+    float sdp = 0.f;  // thread: key row tid >> 2, columns 32 (tid & 3) .. of each V tile
+    for (int v0 = 0; v0 < V; v0 += 128) {
+        const int Vc = min(128, V - v0);
+        __syncthreads();  // the previous tile's reads are done
+        tile_load(SV, OV, v + (r0 * H + h) * (idx_t)V + v0, (idx_t)H * V, L, Vc, 128, vv, true, tid, 256);
+        tile_load(SDO, OV, d_o + (r0 * H + h) * (idx_t)V + v0, (idx_t)H * V, L, Vc, 128, vv, true, tid, 256);
+        tile_load(SS, OV, hs + st_off + v0, (idx_t)V, Kc, Vc, 128, vv, true, tid, 256);
+        tile_load(SD, OV, dhs + st_off + v0, (idx_t)V, Kc, Vc, 128, vv, true, tid, 256);
+        cp_commit();
+        cp_wait0();
+        __syncthreads();
+        // columns >= Vc are zero-filled up to the next multiple of 16
+        for (int kt = 0; kt < Vc; kt += 16) {
+            unsigned a_do[4], a_v[4];
+            ldsm4(a_do, fa(SDO, OV, 16 * mt, kt, lane));
+            ldsm4(a_v, fa(SV, OV, 16 * mt, kt, lane));
+            #pragma unroll
+            for (int np = 0; np < 2; ++np) {
+                unsigned b4[4];
+                ldsm4(b4, fbn(SS, OV, kt, 32 * nh + 16 * np, lane));
+                mma16816(aq[2 * np], a_do, b4[0], b4[1]);
+                mma16816(aq[2 * np + 1], a_do, b4[2], b4[3]);
+                ldsm4(b4, fbn(SD, OV, kt, 32 * nh + 16 * np, lane));
+                mma16816(ak[2 * np], a_v, b4[0], b4[1]);
+                mma16816(ak[2 * np + 1], a_v, b4[2], b4[3]);
+                if (da_blk) {
+                    ldsm4(b4, fbn(SV, OV, kt, 32 * nh + 16 * np, lane));
+                    mma16816(aa[2 * np], a_do, b4[0], b4[1]);
+                    mma16816(aa[2 * np + 1], a_do, b4[2], b4[3]);
+                }
+            }
+        }
+        {
+            const int i = tid >> 2, c = 32 * (tid & 3);
+            #pragma unroll 4
+            for (int j = 0; j < 32; j += 2) {
+                const unsigned s2 = *(const unsigned*)(SS + i * OV + c + j), d2 = *(const unsigned*)(SD + i * OV + c + j);
+                sdp += bf_lo(s2) * bf_lo(d2) + bf_hi(s2) * bf_hi(d2);
+            }
+        }
+    }
+    sdp += __shfl_xor_sync(0xffffffffu, sdp, 1);
+    sdp += __shfl_xor_sync(0xffffffffu, sdp, 2);
+    if ((tid & 3) == 0 && (tid >> 2) < Kc) sd[(cg * H + h) * (idx_t)K + i0 + (tid >> 2)] = sdp;
+    #pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+        #pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            const int t = 16 * mt + fg + 8 * hr, i = i0 + 32 * nh + 8 * nt + 2 * ft;
+            if (t < L) {
+                const idx_t off = ((r0 + t) * H + h) * (idx_t)K + i;
+                st2(dq, off, i, K, aq[nt][2 * hr], aq[nt][2 * hr + 1]);
+                st2(dk, off, i, K, ak[nt][2 * hr], ak[nt][2 * hr + 1]);
+            }
+        }
+    }
+    if (with_da) {
+        float* dap = dA + (cg * H + h) * (idx_t)4096;
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+                const int t = 16 * mt + fg + 8 * hr, s = 32 * nh + 8 * nt + 2 * ft;
+                st2(dap, t * 64 + s, s, 64, s <= t ? aa[nt][2 * hr] : 0.f, s + 1 <= t ? aa[nt][2 * hr + 1] : 0.f);
+            }
+        }
+    }
+}
+
+// bwd1v: dv = A^T do + kd D_c for one 64-wide V tile: grid (chunks * ceil(V/64), H) (x = chunk *
+// V tiles + tile), 256 threads, dynamic smem chunk_bwd1v_smem_bytes(Kp) = (2 * 64 * 72 + 64 *
+// (Kp + 8) + Kp * 72) * 2: A, do tile, kd [64][Kp+8], D_c tile [Kp][72] (rows >= K zero).
+extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_bwd1v_bf16(
+    const bf16_t* __restrict__ d_o, const bf16_t* __restrict__ kd, const bf16_t* __restrict__ A, const bf16_t* __restrict__ dhs,
+    float* __restrict__ dv, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq,
+    int H, int K, int V, int Kp) {
+    extern __shared__ __align__(16) unsigned char smem_b1v[];
+    const int LDK = Kp + 8;
+    bf16_t* SA = (bf16_t*)smem_b1v;
+    bf16_t* SDO = SA + 64 * LDH;
+    bf16_t* SKD = SDO + 64 * LDH;
+    bf16_t* SD = SKD + 64 * LDK;
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const int nvt = (V + 63) >> 6;
+    const idx_t cg = blockIdx.x / nvt;
+    const int v0 = 64 * (int)(blockIdx.x % nvt), Vc = min(64, V - v0);
+    const int h = blockIdx.y;
+    const int n = chunk_seq[cg];
+    const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
+    const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
+    const bool vk = (K & 7) == 0, vv = (V & 7) == 0;
+
+    tile_load(SDO, LDH, d_o + (r0 * H + h) * (idx_t)V + v0, (idx_t)H * V, L, Vc, 64, vv, true, tid, 256);
+    tile_load(SKD, LDK, kd + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
+    {
+        const bf16_t* dsrc = dhs + (cg * H + h) * (idx_t)K * V + v0;
+        if (vv) {
+            for (int x = tid; x < Kp * 8; x += 256) {
+                const int i = x >> 3, c = (x & 7) * 8;
+                const bool ok = i < K && c < Vc;
+                cp16(SD + i * LDH + c, ok ? dsrc + (idx_t)i * V + c : dsrc, ok);
+            }
+        } else {
+            for (int x = tid; x < Kp * 64; x += 256) {
+                const int i = x >> 6, c = x & 63;
+                SD[i * LDH + c] = (i < K && c < Vc) ? dsrc[(idx_t)i * V + c] : (bf16_t)0;
+            }
+        }
+        const bf16_t* ap = A + (cg * H + h) * (idx_t)4096;
+        for (int x = tid; x < 512; x += 256) {
+            const int t = x >> 3, c = (x & 7) * 8;
+            cp16(SA + t * LDH + c, ap + t * 64 + c, true);
+        }
+    }
+    cp_commit();
+    cp_wait0();
+    __syncthreads();
+    const int mt = w & 3, nq = w >> 2;
+    if (32 * nq >= Vc) return;  // no barrier below
+    float acc[4][4];
+    #pragma unroll
+    for (int nt = 0; nt < 4; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+    for (int kt = mt; kt < 4; ++kt) {
+        unsigned a4[4];
+        ldsm4t(a4, fat(SA, LDH, 16 * kt, 16 * mt, lane));
+        #pragma unroll
+        for (int np = 0; np < 2; ++np) {
+            unsigned b4[4];
+            ldsm4t(b4, fbt(SDO, LDH, 16 * kt, 32 * nq + 16 * np, lane));
+            mma16816(acc[2 * np], a4, b4[0], b4[1]);
+            mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
+        }
+    }
+    for (int kt = 0; kt < Kp; kt += 16) {
+        unsigned a4[4];
+        ldsm4(a4, fa(SKD, LDK, 16 * mt, kt, lane));
+        #pragma unroll
+        for (int np = 0; np < 2; ++np) {
+            unsigned b4[4];
+            ldsm4t(b4, fbt(SD, LDH, kt, 32 * nq + 16 * np, lane));
+            mma16816(acc[2 * np], a4, b4[0], b4[1]);
+            mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
+        }
+    }
+    #pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+        #pragma unroll
+        for (int hr = 0; hr < 2; ++hr) {
+            const int s = 16 * mt + fg + 8 * hr, j = v0 + 32 * nq + 8 * nt + 2 * ft;
+            if (s < L) st2(dv, ((r0 + s) * H + h) * (idx_t)V + j, j, V, acc[nt][2 * hr], acc[nt][2 * hr + 1]);
+        }
+    }
+}
+
+// bwd2: grid (chunks, H), 256 threads, smem bwd2_smem(Kp) (host): see the layout below. KS (K >
+// 128, gla_chunk_bwd2k_bf16): grid z = K tiles of Kp <= 128 columns, block z owns channels
+// c0 = z Kp .. c0 + Kc - 1 (everything here is per channel given the full dA, except the
+// per-head gate's dg, a sum over channels: added atomically onto a zeroed dg; with at most two
+// tiles the sum 0 + a + b is the same in either order, so the result stays deterministic).
+template <bool KS>
+__device__ __forceinline__ void chunk_bwd2(
     const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ g,
     const float* __restrict__ dA, const float* __restrict__ sd, float* __restrict__ dq, float* __restrict__ dk,
     float* __restrict__ dg, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
     const int* __restrict__ chunk_seq, int H, int K, int gw, float scale, int Kp) {
     extern __shared__ __align__(16) unsigned char smem_b2[];
+    const int c0 = KS ? (int)blockIdx.z * Kp : 0, Kc = KS ? min(Kp, K - c0) : K;
     const int LDK = Kp + 8;
     bf16_t* Q = (bf16_t*)smem_b2;            // [64][LDK] q
     bf16_t* KR = Q + 64 * LDK;               // [64][LDK] k
@@ -906,16 +1306,16 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd2_bf16(
     const int L = (int)min((idx_t)64, bounds[n + 1] - r0);
     const bool vk = (K & 7) == 0;
 
-    tile_load(Q, LDK, q + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
-    tile_load(KR, LDK, k + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
-    if (gw == K) tile_load(QN, LDK, g + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
+    tile_load(Q, LDK, q + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
+    tile_load(KR, LDK, k + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
+    if (gw == K) tile_load(QN, LDK, g + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
     {
         const float* dap = dA + (cg * H + h) * (idx_t)4096;
         for (int x = tid; x < 1024; x += 256) cp16(DAF + 4 * x, dap + 4 * x, true);
     }
     cp_commit();
     for (int x = tid; x < 64 * Kp; x += 256) DQ[x] = DK[x] = 0.f;
-    for (int i = tid; i < 128; i += 256) SDV[i] = i < K ? sd[(cg * H + h) * (idx_t)K + i] : 0.f;
+    for (int i = tid; i < 128; i += 256) SDV[i] = i < Kc ? sd[(cg * H + h) * (idx_t)K + c0 + i] : 0.f;
     cp_wait0();
     __syncthreads();
     {
@@ -1038,9 +1438,9 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd2_bf16(
         const int cp2 = Kp >> 1;
         for (int x = tid; x < 64 * cp2; x += 256) {
             const int r = x / cp2, c = 2 * (x % cp2);
-            if (r < L && c < K) {
-                const idx_t off = ((r0 + r) * H + h) * (idx_t)K + c;
-                const bool two = c + 1 < K && (off & 1) == 0;
+            if (r < L && c < Kc) {
+                const idx_t off = ((r0 + r) * H + h) * (idx_t)K + c0 + c;
+                const bool two = c + 1 < Kc && (off & 1) == 0;
                 float2 rq, rk;
                 if (two) {
                     rq = *(const float2*)(dq + off);
@@ -1048,8 +1448,8 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd2_bf16(
                 } else {
                     rq.x = dq[off];
                     rk.x = dk[off];
-                    rq.y = c + 1 < K ? dq[off + 1] : 0.f;
-                    rk.y = c + 1 < K ? dk[off + 1] : 0.f;
+                    rq.y = c + 1 < Kc ? dq[off + 1] : 0.f;
+                    rk.y = c + 1 < Kc ? dk[off + 1] : 0.f;
                 }
                 const unsigned q2 = *(const unsigned*)(Q + r * LDK + c), k2 = *(const unsigned*)(KR + r * LDK + c);
                 const float qa = bf_lo(q2), qb = bf_hi(q2), ka = bf_lo(k2), kb = bf_hi(k2);
@@ -1073,7 +1473,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd2_bf16(
                 } else {
                     dq[off] = oq.x;
                     dk[off] = ok.x;
-                    if (c + 1 < K) {
+                    if (c + 1 < Kc) {
                         dq[off + 1] = oq.y;
                         dk[off + 1] = ok.y;
                     }
@@ -1103,9 +1503,9 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd2_bf16(
             run += DQ[r * Kp + c];
             const float d = DK[r * Kp + c] + run;
             if (gw == K) {
-                if (r < L && c < K) dg[((r0 + r) * H + h) * (idx_t)K + c] = d;
+                if (r < L && c < Kc) dg[((r0 + r) * H + h) * (idx_t)K + c0 + c] = d;
             } else {
-                DQ[r * Kp + c] = c < K ? d : 0.f;  // own column only: no other thread reads it
+                DQ[r * Kp + c] = c < Kc ? d : 0.f;  // own column only: no other thread reads it
             }
         }
     }
@@ -1114,7 +1514,19 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd2_bf16(
         if (tid < L) {
             float sum = 0.f;
             for (int cc = 0; cc < Kp; ++cc) sum += DQ[tid * Kp + cc];
-            dg[(r0 + tid) * H + h] = sum;
+            if (KS) atomicAdd(dg + (r0 + tid) * H + h, sum);
+            else dg[(r0 + tid) * H + h] = sum;
         }
     }
 }
+
+#define B2ENTRY(NAME, KS)                                                                                    \
+extern "C" __global__ void __launch_bounds__(256, 1) NAME(                                                   \
+    const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ g,              \
+    const float* __restrict__ dA, const float* __restrict__ sd, float* __restrict__ dq, float* __restrict__ dk, \
+    float* __restrict__ dg, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,          \
+    const int* __restrict__ chunk_seq, int H, int K, int gw, float scale, int Kp) {                          \
+    chunk_bwd2<KS>(q, k, g, dA, sd, dq, dk, dg, bounds, chunk_off, chunk_seq, H, K, gw, scale, Kp);         \
+}
+B2ENTRY(gla_chunk_bwd2_bf16, false)
+B2ENTRY(gla_chunk_bwd2k_bf16, true)

@@ -19,10 +19,16 @@ use crate::runtime::Cuda;
 /// second, KINDS.md 2026-10-28/11-04): the HBM ceiling the floors below use.
 pub const HBM_BYTES_PER_S: f64 = 4.24e12;
 
+/// fla's README benchmark shape with wide heads, `[B, T, H, K, V]` = 8 x 2048 x 32 x 256 x 256
+/// (the same element count as the shapes of record; the chunked path's split launches).
+pub const README_SHAPE: [usize; 5] = [8, 2048, 32, 256, 256];
+
 /// The shapes of record (DESIGN.md section 5): bf16, H = 16, K = V = 128, B*T = 65536,
-/// T in {2048, 8192, 32768}, as `[B, T, H, K, V]`.
+/// T in {2048, 8192, 32768}, as `[B, T, H, K, V]`, then [`README_SHAPE`].
 pub fn default_shapes() -> Vec<[usize; 5]> {
-    [2048usize, 8192, 32768].iter().map(|&t| [65536 / t, t, 16, 128, 128]).collect()
+    let mut v: Vec<[usize; 5]> = [2048usize, 8192, 32768].iter().map(|&t| [65536 / t, t, 16, 128, 128]).collect();
+    v.push(README_SHAPE);
+    v
 }
 
 /// One timed measurement.
@@ -154,12 +160,15 @@ pub fn bench_ops(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, stages: b
         // and writes dq, dk, dv, dg (f32, the op's contract)
         let fwd_bytes = 2.0 * (3 * nqk + 2 * nv) as f64;
         let bwd_bytes = 2.0 * (3 * nqk + 2 * nv) as f64 + 4.0 * (3 * nqk + nv) as f64;
-        // the tensor-core kernels take K <= 128; wider keys (fla's D = 256 README shape) run on
-        // the fused recurrent kernels (K <= 256), labelled as such: slow, but measured
-        let wide = kd > ops::CHUNK_MAX_K;
-        let (fwd_kernel, fwd_name) = if wide { (FwdKernel::Recurrent, "recurrent (K>128)") } else { (FwdKernel::Chunk, "chunk") };
+        // the tensor-core kernels take K <= 256 (above 128: the split launches, labelled
+        // `chunk-wide`); wider keys run on the recurrent kernels, labelled as such
+        let no_v2 = ops::v2_fwd_path(&p).is_none();
+        let (fwd_kernel, fwd_name) = match ops::v2_fwd_path(&p) {
+            Some(path) => (FwdKernel::Chunk, path.label()),
+            None => (FwdKernel::Recurrent, "recurrent (K>256)"),
+        };
         let mut kernels = vec![(fwd_kernel, fwd_name)];
-        if stages && !wide {
+        if stages && !no_v2 {
             kernels.push((FwdKernel::ChunkStatePass, "chunk-state-pass"));
         }
         for (which, name) in kernels {
@@ -170,10 +179,10 @@ pub fn bench_ops(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, stages: b
             continue;
         }
         let chunk_bwd = ops::CHUNKED_BWD && ops::chunk_bwd_supported::<u16>(&p);
-        let (bname, breps) = match (wide, chunk_bwd) {
-            (true, _) => ("recurrent (K>128)", reps.min(3)),
-            (false, true) => ("chunk", reps),
-            (false, false) => ("chunk+recurrent-bwd", reps.min(3)),
+        let (bname, breps) = match (no_v2, ops::v2_bwd_path(&p).filter(|_| chunk_bwd)) {
+            (true, _) => ("recurrent (K>256)", reps.min(3)),
+            (false, Some(path)) => (path.label(), reps),
+            (false, None) => ("chunk+recurrent-bwd", reps.min(3)),
         };
         let ms = time_ms(cuda, breps, &mut || {
             ops::gla_fwd(cuda, fwd_kernel, &dp, &x, &mut o, None)?;

@@ -5,7 +5,8 @@
 //! f32 <= 1e-4 (relative RMSE vs the f64 oracle, NaN never passes). The oracle runs on the inputs
 //! as the GPU sees them (rounded to f32 or bf16), so the error measured is the kernel's own.
 //!
-//! Beyond the table: a T = 65536 case, a case whose q/k/g/v tensors hold more than 2^31 elements
+//! Beyond the table (with the table, under `ops`): the wide chunked cases ([`wide_check`]: K up to
+//! 256, V above 128, bf16 on `gla_chunk_v2.cu`'s split launches); a T = 65536 case, a case whose q/k/g/v tensors hold more than 2^31 elements
 //! (forward; the last sequence, at offsets past 2^31, is checked against the oracle), and a
 //! repeat-run check (tensor `repeat`: the largest bitwise difference between two runs must be 0).
 
@@ -171,6 +172,66 @@ fn run_case(cuda: &Arc<Cuda>, case: &Case, seed: u64, out: &mut Vec<CheckRow>) -
     Ok(())
 }
 
+/// The cases of [`wide_check`]: K above 128 (up to 256), or V above 128 in the backward; strong
+/// (0.1) and weak (10) gates, initial states, varlen with an empty sequence, the per-head gate
+/// (its dg is summed over two K tiles), no gate, K not a multiple of 8 (scalar loads).
+pub fn wide_cases() -> Vec<Case> {
+    let spec = |b, t, h, k, v, gate, cu: Option<Vec<usize>>| ProblemSpec { b, t, h, k, v, gate, scale: None, cu_seqlens: cu };
+    let varlen = vec![0usize, 15, 15, 100, 300, 365];
+    let case = |name: &str, spec: ProblemSpec, gate_scale: f64, h0: bool| Case { name: name.into(), spec, gate_scale, h0 };
+    vec![
+        case("wide-K256-V256-T1000-gs0.1-h0", spec(1, 1000, 2, 256, 256, GateKind::PerKey, None), 0.1, true),
+        case("wide-K256-V256-T1000-gs10-h0", spec(1, 1000, 2, 256, 256, GateKind::PerKey, None), 10.0, true),
+        case("wide-K192-V160-varlen-gs1-h0", spec(1, 365, 2, 192, 160, GateKind::PerKey, Some(varlen.clone())), 1.0, true),
+        case("wide-K256-V64-T300-gs1", spec(2, 300, 2, 256, 64, GateKind::PerKey, None), 1.0, false),
+        case("wide-K130-V100-T130-gs1-h0", spec(2, 130, 2, 130, 100, GateKind::PerKey, None), 1.0, true),
+        case("wide-K200-V136-head-T130-h0", spec(2, 130, 2, 200, 136, GateKind::PerHead, None), 1.0, true),
+        case("wide-K160-V96-nogate-varlen", spec(1, 365, 2, 160, 96, GateKind::None, Some(varlen)), 1.0, false),
+        case("wide-K64-V256-T200-gs1-h0", spec(1, 200, 2, 64, 256, GateKind::PerKey, None), 1.0, true),
+        case("wide-K32-V160-T65-gs1", spec(2, 65, 2, 32, 160, GateKind::PerKey, None), 1.0, false),
+    ]
+}
+
+/// The wide chunked path (bf16, [`ops::V2Path::Wide`]) on [`wide_cases`], forward and backward,
+/// against the oracle. Rows are labelled `chunk-wide` (the label of the path the dispatcher
+/// takes, from the same [`ops::v2_fwd_path`] / [`ops::v2_bwd_path`] it uses), and a case that
+/// would not take the wide path becomes a failing `error` row: these rows cannot silently check
+/// another kernel.
+///
+/// # Errors
+/// [`Error`] when a case cannot be set up.
+pub fn wide_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
+    let op = CudaGla::new(cuda.clone(), Algo::Chunked, true);
+    for (i, case) in wide_cases().iter().enumerate() {
+        let d = CaseData::generate(case, 5000 + i as u64)?;
+        let p = &d.problem;
+        let r = Rounded::new(&d, true);
+        let (rf, rb) = r.reference(p)?;
+        let x = r.inputs();
+        let (fwd_path, bwd_path) = (ops::v2_fwd_path(p), ops::v2_bwd_path(p));
+        let label = |path: Option<ops::V2Path>| path.map_or("none", ops::V2Path::label);
+        // the forward is wide for K > 128; K <= 128 cases are here for their V > 128 backward
+        if p.k() > ops::CHUNK_MAX_K && fwd_path != Some(ops::V2Path::Wide) {
+            out.push(failed(&case.name, label(fwd_path), "bf16", TOL_BF16, "expected the wide forward path"));
+        } else {
+            let algo = label(fwd_path);
+            match op.forward(p, &x, true) {
+                Ok(f) => compare_fwd(out, &case.name, algo, "bf16", TOL_BF16, &f, &rf),
+                Err(e) => out.push(failed(&case.name, algo, "bf16", TOL_BF16, e)),
+            }
+        }
+        if bwd_path != Some(ops::V2Path::Wide) {
+            out.push(failed(&case.name, label(bwd_path), "bf16", TOL_BF16, "expected the wide backward path"));
+            continue;
+        }
+        match op.backward(p, &x, &Backward { d_o: &r.d_o, dht: Some(&r.dht) }) {
+            Ok(b) => compare_bwd(out, &case.name, "chunk-wide", "bf16", TOL_BF16, &b, &rb),
+            Err(e) => out.push(failed(&case.name, "chunk-wide", "bf16", TOL_BF16, e)),
+        }
+    }
+    Ok(())
+}
+
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     if a.len() != b.len() {
         return f64::INFINITY;
@@ -317,6 +378,7 @@ pub fn check(cuda: &Arc<Cuda>, opts: CheckOptions) -> Result<Vec<CheckRow>> {
         for (i, case) in cases().iter().enumerate() {
             run_case(cuda, case, 1000 + i as u64, &mut out)?;
         }
+        wide_check(cuda, &mut out)?;
     }
     if opts.repeat {
         repeat_check(cuda, &mut out)?;

@@ -46,7 +46,8 @@ pub const CHUNK: KernelSource = KernelSource {
 };
 
 /// Chunked forward v2 and the chunked backward for bf16: gate prep, state and state-gradient
-/// passes, output pass, two gradient launches (`gla_chunk_v2.cu`).
+/// passes, output pass, two gradient launches; K up to 256 and V above 128 through the split
+/// launches (`gla_chunk_a/ow`, `bwd1k/bwd1v`, `bwd2k`) (`gla_chunk_v2.cu`).
 pub const CHUNK_V2: KernelSource = KernelSource {
     name: "gla_chunk_v2.cu",
     text: include_str!("../kernels/gla_chunk_v2.cu"),
@@ -58,8 +59,13 @@ pub const CHUNK_V2: KernelSource = KernelSource {
         "gla_chunk_dh64_bf16",
         "gla_chunk_dh32_bf16",
         "gla_chunk_o_bf16",
+        "gla_chunk_a_bf16",
+        "gla_chunk_ow_bf16",
         "gla_chunk_bwd1_bf16",
+        "gla_chunk_bwd1k_bf16",
+        "gla_chunk_bwd1v_bf16",
         "gla_chunk_bwd2_bf16",
+        "gla_chunk_bwd2k_bf16",
     ],
 };
 

@@ -16,8 +16,9 @@ use crate::runtime::Cuda;
 pub enum Algo {
     /// Fused recurrent forward and backward (`gla_recurrent.cu`).
     Recurrent,
-    /// Chunked forward; backward chunked for bf16 with K, V <= 128 (`gla_chunk_v2.cu`), else the
-    /// recurrent kernels (same result, different speed).
+    /// Chunked forward; backward chunked for bf16 where `ops::chunk_bwd_supported` (48 < K <= 128
+    /// with V <= 128, or K, V <= 256; `gla_chunk_v2.cu`), else the recurrent kernels (same
+    /// result, different speed).
     Chunked,
 }
 

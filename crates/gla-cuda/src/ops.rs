@@ -155,8 +155,72 @@ pub fn chunk_o_smem_bytes(kp: usize) -> usize {
 
 /// Largest K the recurrent kernels take (8 warps x 32 rows each in registers).
 pub const RECURRENT_MAX_K: usize = 256;
-/// Largest K the chunked kernel takes (its shared-memory budget).
+/// Largest K of the v0/v1 chunk kernels and of v2's single-tile launches (the output pass and
+/// bwd1/bwd2 hold all K columns in one block's shared memory).
 pub const CHUNK_MAX_K: usize = 128;
+/// Largest K of the v2 chunked path (bf16), and largest V of its backward: above
+/// [`CHUNK_MAX_K`] (or V above 128 in the backward) it runs the split launches ([`V2Path::Wide`]).
+pub const CHUNK_V2_MAX: usize = 256;
+/// Widest K tile of the split launches (`gla_chunk_a_bf16`, `gla_chunk_bwd2k_bf16`): their
+/// shared-memory layouts are those of the single-tile kernels at this width.
+const CHUNK_K_TILE: usize = 128;
+
+/// Which launches of `gla_chunk_v2.cu` a bf16 problem runs (see [`v2_fwd_path`], [`v2_bwd_path`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum V2Path {
+    /// All K columns in one block: forward prep, state pass, `gla_chunk_o_bf16`; backward prep,
+    /// state and state-gradient passes, A by `gla_chunk_o_bf16`, `bwd1`, `bwd2`.
+    Narrow,
+    /// K above 128 (up to 256) or, in the backward, V above 128: A summed over K tiles
+    /// (`gla_chunk_a_bf16`), o per 64-wide V tile (`gla_chunk_ow_bf16`); backward `bwd1k` (per
+    /// 64 key rows) + `bwd1v` (per 64 value columns), `bwd2k` per K tile (`bwd2` when K <= 128).
+    Wide,
+}
+
+impl V2Path {
+    /// The kernel label of benchmark and check rows: `chunk` or `chunk-wide`.
+    pub fn label(self) -> &'static str {
+        match self {
+            V2Path::Narrow => "chunk",
+            V2Path::Wide => "chunk-wide",
+        }
+    }
+}
+
+/// The v2 forward launches for a bf16 problem: [`V2Path::Narrow`] for K <= 128, [`V2Path::Wide`]
+/// for 128 < K <= 256 (any V for both), `None` above (the v0 kernels or the recurrent ones).
+pub fn v2_fwd_path(p: &Problem) -> Option<V2Path> {
+    match p.k() {
+        k if k <= CHUNK_MAX_K => Some(V2Path::Narrow),
+        k if k <= CHUNK_V2_MAX => Some(V2Path::Wide),
+        _ => None,
+    }
+}
+
+/// The chunked backward's launches for a bf16 problem: [`V2Path::Narrow`] for 48 < K <= 128 and
+/// V <= 128, [`V2Path::Wide`] when K or V is above 128 (both at most 256), else `None` (the
+/// recurrent backward). K <= 48 with V <= 128 stays recurrent: bwd1 reads 64 key rows of its
+/// state tiles, which hold only Kp rows (see [`chunk_bwd_supported`]).
+pub fn v2_bwd_path(p: &Problem) -> Option<V2Path> {
+    let (k, v) = (p.k(), p.v());
+    if k > 48 && k <= CHUNK_MAX_K && v <= 128 {
+        Some(V2Path::Narrow)
+    } else if k <= CHUNK_V2_MAX && v <= CHUNK_V2_MAX && (k > CHUNK_MAX_K || v > 128) {
+        Some(V2Path::Wide)
+    } else {
+        None
+    }
+}
+
+/// K tiles of the split launches: (width, count). The padded K is split evenly into at most
+/// [`CHUNK_K_TILE`]-wide tiles, each a multiple of 16 (K = 256: 2 x 128; K = 192: 2 x 96;
+/// K = 130: 2 x 80), so no tile is mostly padding.
+fn k_tiles(k: usize) -> (usize, usize) {
+    let kp = k.div_ceil(16) * 16;
+    let n = kp.div_ceil(CHUNK_K_TILE).max(1);
+    let w = kp.div_ceil(n).div_ceil(16) * 16;
+    (w, k.div_ceil(w))
+}
 const REC_BV: usize = 32;
 const REC_CK: usize = 32;
 const CHUNK_BV: usize = 32;
@@ -206,12 +270,13 @@ fn check_inputs<T>(op: &'static str, dp: &DevProblem, x: &DevInputs<'_, T>) -> R
 pub enum FwdKernel {
     /// `gla_recurrent_fwd_*`: token by token, state in registers.
     Recurrent,
-    /// Chunked: bf16 with K <= 128 runs v2 (`gla_chunk_h_bf16` + `gla_chunk_o_bf16`), the rest
-    /// `gla_chunk_fwd_*` (one block per sequence, state in shared memory).
+    /// Chunked: bf16 with K <= 256 runs v2 ([`v2_fwd_path`]: prep, `gla_chunk_h*_bf16`, then
+    /// `gla_chunk_o_bf16`, or for K > 128 `gla_chunk_a_bf16` + `gla_chunk_ow_bf16`), the rest
+    /// `gla_chunk_fwd_*` (one block per sequence, state in shared memory; K <= 128).
     Chunk,
     /// v1, `gla_chunk_fwd_mma_bf16` (bf16, K <= 128), kept for comparison.
     ChunkV1,
-    /// v2's state pass alone (bf16, K <= 128; o is not written): for timing the stages.
+    /// v2's prep and state pass alone (bf16, K <= 256; o is not written): for timing the stages.
     ChunkStatePass,
 }
 
@@ -236,8 +301,10 @@ pub fn gla_fwd<T: Elem>(
     }
     let (n, h, k, v, gw, scale, _rows) = dp.dims();
     let gy = grid_y(op, p.n() * p.h())?;
-    if matches!(which, FwdKernel::Chunk | FwdKernel::ChunkStatePass) && T::SUFFIX == "bf16" && p.k() <= CHUNK_MAX_K {
-        return chunk_v2(cuda, dp, x, o, ht, which == FwdKernel::ChunkStatePass);
+    if matches!(which, FwdKernel::Chunk | FwdKernel::ChunkStatePass) && T::SUFFIX == "bf16" {
+        if let Some(path) = v2_fwd_path(p) {
+            return chunk_v2(cuda, dp, x, o, ht, which == FwdKernel::ChunkStatePass, path);
+        }
     }
     let (src, name, cfg) = match which {
         FwdKernel::Recurrent => (RECURRENT, format!("gla_recurrent_fwd_{}", T::SUFFIX), recurrent_fwd_cfg(op, p)?),
@@ -356,7 +423,48 @@ pub unsafe fn gla_decode<T: Elem>(
 
 /// Whether the 16-byte gate prep (`gla_chunk_prep8_bf16`) applies: per-key gate, K % 8 == 0.
 fn prep8(p: &Problem) -> bool {
-    p.gate() == GateKind::PerKey && p.k().is_multiple_of(8) && p.k() <= CHUNK_MAX_K
+    p.gate() == GateKind::PerKey && p.k().is_multiple_of(8) && p.k() <= CHUNK_V2_MAX
+}
+
+/// The gate prep launch (`gla_chunk_prep8_bf16` or `gla_chunk_prep_bf16`): kd and dl, and qe
+/// when given. Grid (chunks, H, ceil(K / 128)): each block covers 128 key channels.
+fn launch_prep<T: Elem>(
+    cuda: &Cuda,
+    dp: &DevProblem,
+    x: &DevInputs<'_, T>,
+    kd: &mut CudaSlice<T>,
+    dl: &mut CudaSlice<f32>,
+    qe: Option<&mut CudaSlice<T>>,
+    gx: u32,
+) -> Result<()> {
+    let p = &dp.problem;
+    let (_n, h, k, _v, gw, scale, _rows) = dp.dims();
+    let vec8 = prep8(p);
+    let name = if vec8 { "gla_chunk_prep8_bf16" } else { "gla_chunk_prep_bf16" };
+    let gz = p.k().div_ceil(128) as u32;
+    let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, gz), block_dim: (if vec8 { 64 } else { 128 }, 1, 1), shared_mem_bytes: 0 };
+    let f = cuda.function(&CHUNK_V2, name)?;
+    let null = 0u64;
+    let s = cuda.stream();
+    let mut b = s.launch_builder(&f);
+    b.arg(x.k);
+    match x.g {
+        Some(g) if gw > 0 => b.arg(g),
+        _ => b.arg(&null),
+    };
+    match qe {
+        Some(qe) => b.arg(x.q).arg(kd).arg(dl).arg(qe),
+        None => b.arg(&null).arg(kd).arg(dl).arg(&null),
+    };
+    b.arg(&dp.bounds).arg(&dp.chunk_off).arg(&dp.chunk_seq).arg(&h).arg(&k);
+    if !vec8 {
+        b.arg(&gw);
+    }
+    b.arg(&scale);
+    // SAFETY: arguments match gla_chunk_prep{8,}_bf16's signature (kd, qe shaped like k, q; dl
+    // n_chunks x H x K); one block per (chunk, head, 128 key channels).
+    unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
+    Ok(())
 }
 
 fn set_smem(f: &cudarc::driver::CudaFunction, name: &str, cfg: &LaunchConfig) -> Result<()> {
@@ -367,8 +475,9 @@ fn set_smem(f: &cudarc::driver::CudaFunction, name: &str, cfg: &LaunchConfig) ->
     Ok(())
 }
 
-/// The v2 chunked forward (bf16, K <= 128): state pass writing the bf16 state entering every
-/// chunk to a workspace, then the output pass, parallel over chunks.
+/// The v2 chunked forward (bf16, K <= 256): gate prep, state pass writing the bf16 state entering
+/// every chunk to a workspace, then the output pass, parallel over chunks ([`V2Path::Narrow`]:
+/// one launch; [`V2Path::Wide`]: A over K tiles, then o per 64-wide V tile from the prep's qe).
 fn chunk_v2<T: Elem>(
     cuda: &Cuda,
     dp: &DevProblem,
@@ -376,10 +485,12 @@ fn chunk_v2<T: Elem>(
     o: &mut CudaSlice<T>,
     ht: Option<&mut CudaSlice<f32>>,
     state_only: bool,
+    path: V2Path,
 ) -> Result<()> {
     let p = &dp.problem;
     let (_n, h, k, v, gw, scale, _rows) = dp.dims();
     let s = cuda.stream();
+    let wide = path == V2Path::Wide;
     let hs_len = (dp.n_chunks * p.h() * p.k() * p.v()).max(1);
     // SAFETY: every element the output pass reads is written by the state pass first (same stream)
     let mut hs = unsafe { s.alloc::<T>(hs_len) }.map_err(Error::driver(format!("alloc chunk states ({hs_len} x 2 B)")))?;
@@ -398,25 +509,11 @@ fn chunk_v2<T: Elem>(
     let mut kd = unsafe { s.alloc::<T>(p.qk_len().max(1)) }.map_err(Error::driver("alloc kd"))?;
     // SAFETY: as kd
     let mut dl = unsafe { s.alloc::<f32>((dp.n_chunks * p.h() * p.k()).max(1)) }.map_err(Error::driver("alloc dl"))?;
+    // the wide output launch takes q scale exp(G) from the prep (the narrow one forms it itself)
+    // SAFETY: as kd (rows of every chunk written by the prep before gla_chunk_ow_bf16 reads them)
+    let mut qe = if wide { Some(unsafe { s.alloc::<T>(p.qk_len().max(1)) }.map_err(Error::driver("alloc qe"))?) } else { None };
     if dp.n_chunks > 0 {
-        let vec8 = prep8(p);
-        let name = if vec8 { "gla_chunk_prep8_bf16" } else { "gla_chunk_prep_bf16" };
-        let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (if vec8 { 64 } else { 128 }, 1, 1), shared_mem_bytes: 0 };
-        let f = cuda.function(&CHUNK_V2, name)?;
-        let mut b = s.launch_builder(&f);
-        b.arg(x.k);
-        match x.g {
-            Some(g) if gw > 0 => b.arg(g),
-            _ => b.arg(&null),
-        };
-        b.arg(&null).arg(&mut kd).arg(&mut dl).arg(&null).arg(&dp.bounds).arg(&dp.chunk_off).arg(&dp.chunk_seq).arg(&h).arg(&k);
-        if !vec8 {
-            b.arg(&gw);
-        }
-        b.arg(&scale);
-        // SAFETY: arguments match gla_chunk_prep_bf16's signature; one block of 128 >= K threads
-        // per (chunk, head); kd is shaped like k, dl holds n_chunks x H x K.
-        unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
+        launch_prep(cuda, dp, x, &mut kd, &mut dl, qe.as_mut(), gx)?;
     }
     {
         let tiles = nh * p.k().div_ceil(64) * p.v().div_ceil(64);
@@ -446,9 +543,35 @@ fn chunk_v2<T: Elem>(
         // x V elements; the grid covers V in bvh-wide and K in 64-wide tiles and N*H in z.
         unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
     }
-    if dp.n_chunks > 0 && !state_only {
+    if dp.n_chunks == 0 || state_only {
+        return Ok(());
+    }
+    let kp = p.k().div_ceil(16) * 16;
+    if let (true, Some(qe)) = (wide, &qe) {
+        // SAFETY: written by gla_chunk_a_bf16 (every chunk and head) before gla_chunk_ow_bf16 reads it
+        let mut a = unsafe { s.alloc::<T>((dp.n_chunks * p.h() * 4096).max(1)) }.map_err(Error::driver("alloc A"))?;
+        launch_a_wide(cuda, dp, x, &mut a, gx)?;
+        let nvt = p.v().div_ceil(64);
+        let gxv = u32::try_from(dp.n_chunks * nvt)
+            .ok()
+            .filter(|&x| x < i32::MAX as u32)
+            .ok_or_else(|| unsupported(format!("chunk v2: {} chunks x {nvt} V tiles", dp.n_chunks)))?;
+        let name = "gla_chunk_ow_bf16";
+        let cfg =
+            LaunchConfig { grid_dim: (gxv, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_ow_smem_bytes(kp) as u32 };
+        let f = cuda.function(&CHUNK_V2, name)?;
+        set_smem(&f, name, &cfg)?;
+        let kp32 = kp as i32;
+        let mut b = s.launch_builder(&f);
+        b.arg(qe).arg(x.v).arg(&a).arg(&hs).arg(o).arg(&dp.bounds).arg(&dp.chunk_off).arg(&dp.chunk_seq);
+        b.arg(&h).arg(&k).arg(&v).arg(&kp32);
+        // SAFETY: arguments match gla_chunk_ow_bf16's signature; x = chunk * ceil(V/64) + V tile;
+        // qe is shaped like q, A holds n_chunks x H x 64 x 64, hs n_chunks x H x K x V.
+        unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
+        return Ok(());
+    }
+    {
         let name = "gla_chunk_o_bf16";
-        let kp = p.k().div_ceil(16) * 16;
         let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_o_smem_bytes(kp) as u32 };
         let f = cuda.function(&CHUNK_V2, name)?;
         set_smem(&f, name, &cfg)?;
@@ -468,14 +591,57 @@ fn chunk_v2<T: Elem>(
     Ok(())
 }
 
-/// Whether [`gla_bwd_chunk`] takes this problem: bf16 storage, 48 < K <= 128, V <= 128.
+/// `gla_chunk_a_bf16`: A (scaled, causal, bf16 `[chunks, H, 64, 64]`) summed over the K tiles
+/// of [`k_tiles`], one block per (chunk, head).
+fn launch_a_wide<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, a: &mut CudaSlice<T>, gx: u32) -> Result<()> {
+    let p = &dp.problem;
+    let (_n, h, k, _v, gw, scale, _rows) = dp.dims();
+    let (kt, _) = k_tiles(p.k());
+    let name = "gla_chunk_a_bf16";
+    let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_o_smem_bytes(kt) as u32 };
+    let f = cuda.function(&CHUNK_V2, name)?;
+    set_smem(&f, name, &cfg)?;
+    let null = 0u64;
+    let kt32 = kt as i32;
+    let mut b = cuda.stream().launch_builder(&f);
+    b.arg(x.q).arg(x.k);
+    match x.g {
+        Some(g) if gw > 0 => b.arg(g),
+        _ => b.arg(&null),
+    };
+    b.arg(a).arg(&dp.bounds).arg(&dp.chunk_off).arg(&dp.chunk_seq).arg(&h).arg(&k).arg(&gw).arg(&scale).arg(&kt32);
+    // SAFETY: arguments match gla_chunk_a_bf16's signature; the smem is the output pass's layout
+    // at the tile width kt <= 128, which the kernel loops over; A holds n_chunks x H x 4096.
+    unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
+    Ok(())
+}
+
+/// Dynamic shared memory of `gla_chunk_ow_bf16` for K padded to `kp` (<= 256).
+pub fn chunk_ow_smem_bytes(kp: usize) -> usize {
+    (64 * (kp + 8) + kp * 72 + 2 * 64 * 72) * 2
+}
+
+/// Whether [`gla_bwd_chunk`] takes this problem: bf16 storage and a [`v2_bwd_path`]: 48 < K <=
+/// 128 with V <= 128, or K, V <= 256 with one of them above 128.
 ///
-/// K <= 48 (padded K below 64) is refused: bwd1's raw dq/dk products read 64 key rows of the
-/// shared state tiles, which hold only Kp rows, so a smaller Kp reads past the shared-memory
-/// allocation (an illegal address, found by the model check with K = 16). Those problems take
-/// the recurrent backward until the tiles are sized `max(Kp, 64)`.
+/// K <= 48 (padded K below 64) with V <= 128 is refused: bwd1's raw dq/dk products read 64 key
+/// rows of the shared state tiles, which hold only Kp rows, so a smaller Kp reads past the
+/// shared-memory allocation (an illegal address, found by the model check with K = 16). Those
+/// problems take the recurrent backward until the tiles are sized `max(Kp, 64)` (the wide
+/// path's bwd1k zero-fills its 64-row tiles, so V > 128 takes any K).
 pub fn chunk_bwd_supported<T: Elem>(p: &Problem) -> bool {
-    T::SUFFIX == "bf16" && p.k() > 48 && p.k() <= CHUNK_MAX_K && p.v() <= 128
+    T::SUFFIX == "bf16" && v2_bwd_path(p).is_some()
+}
+
+/// Dynamic shared memory of `gla_chunk_bwd1k_bf16`: do, v, and 64 rows of S_c and D_c, each
+/// 64 x 128 (+8) bf16.
+pub fn chunk_bwd1k_smem_bytes() -> usize {
+    4 * 64 * 136 * 2
+}
+
+/// Dynamic shared memory of `gla_chunk_bwd1v_bf16` for K padded to `kp` (<= 256).
+pub fn chunk_bwd1v_smem_bytes(kp: usize) -> usize {
+    (2 * 64 * 72 + 64 * (kp + 8) + kp * 72) * 2
 }
 
 /// Dynamic shared memory of `gla_chunk_bwd1_bf16` for K padded to `kp`.
@@ -529,14 +695,17 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
     if let Some(dht) = dht {
         check_len(op, "dht", p.state_len(), dht.len())?;
     }
-    if !chunk_bwd_supported::<T>(p) {
-        return Err(unsupported(format!(
-            "chunked backward: bf16 with 48 < K <= {CHUNK_MAX_K}, V <= 128 (got {}, K = {}, V = {})",
-            T::SUFFIX,
-            p.k(),
-            p.v()
-        )));
-    }
+    let path = match v2_bwd_path(p) {
+        Some(path) if T::SUFFIX == "bf16" => path,
+        _ => {
+            return Err(unsupported(format!(
+                "chunked backward: bf16 with 48 < K <= {CHUNK_MAX_K} and V <= 128, or K, V <= {CHUNK_V2_MAX} (got {}, K = {}, V = {})",
+                T::SUFFIX,
+                p.k(),
+                p.v()
+            )))
+        }
+    };
     let (_n, h, k, v, gw, scale, _rows) = dp.dims();
     let s = cuda.stream();
     let nc = dp.n_chunks;
@@ -583,21 +752,7 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
         };
     }
     if nc > 0 && upto >= 1 {
-        let vec8 = prep8(p);
-        let name = if vec8 { "gla_chunk_prep8_bf16" } else { "gla_chunk_prep_bf16" };
-        let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (if vec8 { 64 } else { 128 }, 1, 1), shared_mem_bytes: 0 };
-        let f = cuda.function(&CHUNK_V2, name)?;
-        let mut b = s.launch_builder(&f);
-        b.arg(x.k);
-        gate!(b);
-        b.arg(x.q).arg(&mut kd).arg(&mut dl).arg(&mut qe).arg(&dp.bounds).arg(&dp.chunk_off).arg(&dp.chunk_seq).arg(&h).arg(&k);
-        if !vec8 {
-            b.arg(&gw);
-        }
-        b.arg(&scale);
-        // SAFETY: arguments match gla_chunk_prep_bf16's signature (kd, qe shaped like k, q; dl
-        // n_chunks x H x K); one block of 128 >= K threads per (chunk, head).
-        unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
+        launch_prep(cuda, dp, x, &mut kd, &mut dl, Some(&mut qe), gx)?;
     }
     let tiles = nh * p.k().div_ceil(64) * p.v().div_ceil(64);
     let bvh = if tiles < 2 * 132 { 32 } else { 64 };
@@ -648,7 +803,9 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
     if nc == 0 || upto < 4 {
         return Ok(g);
     }
-    {
+    if p.k() > CHUNK_MAX_K {
+        launch_a_wide(cuda, dp, x, &mut a, gx)?;
+    } else {
         let name = "gla_chunk_o_bf16";
         let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_o_smem_bytes(kp) as u32 };
         let f = cuda.function(&CHUNK_V2, name)?;
@@ -665,7 +822,9 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
     if upto < 5 {
         return Ok(g);
     }
-    {
+    if path == V2Path::Wide {
+        launch_bwd1_wide(cuda, dp, x, d_o, &kd, &a, &hs, &dhs, &mut g, &mut da, &mut sd, gx)?;
+    } else {
         let name = "gla_chunk_bwd1_bf16";
         let cfg =
             LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_bwd1_smem_bytes(kp) as u32 };
@@ -683,9 +842,17 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
         return Ok(g);
     }
     {
-        let name = "gla_chunk_bwd2_bf16";
+        // K > 128: one block per K tile (per channel given the full dA); the per-head gate's dg,
+        // a sum over channels, is added atomically by the (at most two) tiles onto zeros
+        let (ks, (kt, nkt)) = (p.k() > CHUNK_MAX_K, k_tiles(p.k()));
+        let name = if ks { "gla_chunk_bwd2k_bf16" } else { "gla_chunk_bwd2_bf16" };
+        let (w, gzk) = if ks { (kt, nkt as u32) } else { (kp, 1) };
+        if ks && gw == 1 {
+            s.memset_zeros(&mut g.dg).map_err(Error::driver("zero dg"))?;
+        }
+        let kp32 = w as i32;
         let cfg =
-            LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_bwd2_smem_bytes(kp) as u32 };
+            LaunchConfig { grid_dim: (gx, p.h() as u32, gzk), block_dim: (256, 1, 1), shared_mem_bytes: chunk_bwd2_smem_bytes(w) as u32 };
         let f = cuda.function(&CHUNK_V2, name)?;
         set_smem(&f, name, &cfg)?;
         let mut b = s.launch_builder(&f);
@@ -703,6 +870,63 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
         unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
     }
     Ok(g)
+}
+
+/// bwd1 of [`V2Path::Wide`]: `gla_chunk_bwd1k_bf16` (grid z over 64 key rows: raw dq, dk, sd;
+/// dA from z = 0) and `gla_chunk_bwd1v_bf16` (x over chunk and 64-wide V tile: dv).
+#[allow(clippy::too_many_arguments)] // the backward's workspaces, each written by an earlier launch
+fn launch_bwd1_wide<T: Elem>(
+    cuda: &Cuda,
+    dp: &DevProblem,
+    x: &DevInputs<'_, T>,
+    d_o: &CudaSlice<T>,
+    kd: &CudaSlice<T>,
+    a: &CudaSlice<T>,
+    hs: &CudaSlice<T>,
+    dhs: &CudaSlice<T>,
+    g: &mut DevGrads,
+    da: &mut CudaSlice<f32>,
+    sd: &mut CudaSlice<f32>,
+    gx: u32,
+) -> Result<()> {
+    let p = &dp.problem;
+    let (_n, h, k, v, _gw, _scale, _rows) = dp.dims();
+    let s = cuda.stream();
+    {
+        let name = "gla_chunk_bwd1k_bf16";
+        let cfg = LaunchConfig {
+            grid_dim: (gx, p.h() as u32, p.k().div_ceil(64) as u32),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: chunk_bwd1k_smem_bytes() as u32,
+        };
+        let f = cuda.function(&CHUNK_V2, name)?;
+        set_smem(&f, name, &cfg)?;
+        let mut b = s.launch_builder(&f);
+        b.arg(x.v).arg(d_o).arg(hs).arg(dhs).arg(&mut *da).arg(&mut g.dq).arg(&mut g.dk).arg(&mut *sd);
+        b.arg(&dp.bounds).arg(&dp.chunk_off).arg(&dp.chunk_seq).arg(&h).arg(&k).arg(&v);
+        // SAFETY: arguments match gla_chunk_bwd1k_bf16's signature; hs, dhs hold n_chunks x H x K
+        // x V, dA n_chunks x H x 4096, sd n_chunks x H x K; the grid covers K in 64-row blocks.
+        unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
+    }
+    let kp = p.k().div_ceil(16) * 16;
+    let nvt = p.v().div_ceil(64);
+    let gxv = u32::try_from(dp.n_chunks * nvt)
+        .ok()
+        .filter(|&x| x < i32::MAX as u32)
+        .ok_or_else(|| unsupported(format!("chunked backward: {} chunks x {nvt} V tiles", dp.n_chunks)))?;
+    let name = "gla_chunk_bwd1v_bf16";
+    let cfg =
+        LaunchConfig { grid_dim: (gxv, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_bwd1v_smem_bytes(kp) as u32 };
+    let f = cuda.function(&CHUNK_V2, name)?;
+    set_smem(&f, name, &cfg)?;
+    let kp32 = kp as i32;
+    let mut b = s.launch_builder(&f);
+    b.arg(d_o).arg(kd).arg(a).arg(dhs).arg(&mut g.dv).arg(&dp.bounds).arg(&dp.chunk_off).arg(&dp.chunk_seq);
+    b.arg(&h).arg(&k).arg(&v).arg(&kp32);
+    // SAFETY: arguments match gla_chunk_bwd1v_bf16's signature; x = chunk * ceil(V/64) + V tile;
+    // kd is shaped like k, A n_chunks x H x 4096, dhs n_chunks x H x K x V, dv like v.
+    unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
+    Ok(())
 }
 
 /// Gradients written by [`gla_bwd`] (all f32).
@@ -819,4 +1043,54 @@ pub fn gla_bwd<T: Elem>(
         unsafe { b.launch(cfg) }.map_err(launch_err(&name, &cfg))?;
     }
     Ok(g)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gla_core::ProblemSpec;
+
+    fn prob(k: usize, v: usize) -> Problem {
+        Problem::new(ProblemSpec { b: 1, t: 64, h: 1, k, v, gate: GateKind::PerKey, scale: None, cu_seqlens: None }).expect("valid")
+    }
+
+    #[test]
+    fn k_tiles_cover_k_in_at_most_two_tiles_of_128() {
+        for k in 1..=CHUNK_V2_MAX {
+            let (w, n) = k_tiles(k);
+            assert!(w % 16 == 0 && w <= CHUNK_K_TILE && w > 0, "K = {k}: width {w}");
+            assert!(w * n >= k && w * (n - 1) < k, "K = {k}: {n} x {w}");
+            // bwd2k's deterministic per-head dg sums at most two tiles
+            assert!(n <= 2, "K = {k}: {n} tiles");
+        }
+        assert_eq!(k_tiles(256), (128, 2));
+        assert_eq!(k_tiles(192), (96, 2));
+        assert_eq!(k_tiles(130), (80, 2));
+    }
+
+    #[test]
+    fn v2_paths() {
+        assert_eq!(v2_fwd_path(&prob(128, 512)), Some(V2Path::Narrow));
+        assert_eq!(v2_fwd_path(&prob(129, 7)), Some(V2Path::Wide));
+        assert_eq!(v2_fwd_path(&prob(256, 256)), Some(V2Path::Wide));
+        assert_eq!(v2_fwd_path(&prob(257, 64)), None);
+        assert_eq!(v2_bwd_path(&prob(60, 100)), Some(V2Path::Narrow));
+        assert_eq!(v2_bwd_path(&prob(48, 100)), None);
+        assert_eq!(v2_bwd_path(&prob(32, 160)), Some(V2Path::Wide));
+        assert_eq!(v2_bwd_path(&prob(256, 256)), Some(V2Path::Wide));
+        assert_eq!(v2_bwd_path(&prob(128, 257)), None);
+        assert_eq!(v2_bwd_path(&prob(257, 64)), None);
+        assert!(chunk_bwd_supported::<u16>(&prob(256, 256)) && !chunk_bwd_supported::<f32>(&prob(256, 256)));
+    }
+
+    #[test]
+    fn split_launches_fit_shared_memory() {
+        // 227 KB per block on sm_90; the 2-blocks-per-SM kernels need <= 113 KB each
+        let two_per_sm = 227 * 1024 / 2;
+        assert!(chunk_o_smem_bytes(CHUNK_K_TILE) <= two_per_sm);
+        assert!(chunk_ow_smem_bytes(256) <= two_per_sm);
+        assert!(chunk_bwd1k_smem_bytes() <= two_per_sm);
+        assert!(chunk_bwd1v_smem_bytes(256) <= two_per_sm);
+        assert!(chunk_bwd2_smem_bytes(CHUNK_K_TILE) <= 227 * 1024);
+    }
 }

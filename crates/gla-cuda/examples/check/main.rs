@@ -1,7 +1,8 @@
-//! Runs the GPU check table and prints it; `--bench` also times the kernels.
-//! Usage: `check [--quick] [--bench]` (exit 1 on any failure, 2 when no GPU can be used).
+//! Runs the GPU check table and prints it; `--bench` also times the kernels; `--wide-only` runs
+//! only the wide chunked rows (K > 128 or V > 128, `gla_cuda::check::wide_check`).
+//! Usage: `check [--quick] [--bench] [--wide-only]` (exit 1 on any failure, 2 when no GPU can be used).
 
-use gla_cuda::check::{check, format_table, CheckOptions};
+use gla_cuda::check::{check, format_table, wide_check, CheckOptions};
 use gla_cuda::Cuda;
 
 mod bench;
@@ -18,6 +19,22 @@ fn main() {
     };
     println!("device: {} ({})", cuda.name(), cuda.arch());
     let mut failed = false;
+    if args.iter().any(|a| a == "--wide-only") {
+        let t0 = std::time::Instant::now();
+        let mut rows = Vec::new();
+        match wide_check(&cuda, &mut rows) {
+            Ok(()) => {
+                print!("{}", format_table(&rows));
+                failed = rows.iter().any(|r| !r.pass);
+            }
+            Err(e) => {
+                eprintln!("check: {e}");
+                failed = true;
+            }
+        }
+        println!("check took {:.1} s", t0.elapsed().as_secs_f64());
+        std::process::exit(i32::from(failed));
+    }
     if !args.iter().any(|a| a == "--bench-only") {
         let t0 = std::time::Instant::now();
         let opts =
