@@ -10,3 +10,21 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
+
+# fla autotunes every config of every Triton kernel on a fresh machine (minutes per shape), so the
+# autotuning RESULTS are kept between calls: TRITON_CACHE_AUTOTUNING=1 writes them as
+# *.autotune.json in the cache; fla_autotune_restore unpacks .triton-autotune/triton-autotune.tgz
+# (carry it: the folder is ignored by git), fla_autotune_save packs them into
+# $OUT/triton-autotune.tgz (copy it back to .triton-autotune/ for the next call).
+export TRITON_CACHE_AUTOTUNING=1
+mkdir -p "$TRITON_CACHE_DIR"
+fla_autotune_restore() {
+    if [ -f .triton-autotune/triton-autotune.tgz ]; then
+        tar -xzf .triton-autotune/triton-autotune.tgz -C "$TRITON_CACHE_DIR"
+        echo "restored $(find "$TRITON_CACHE_DIR" -name '*.autotune.json' | wc -l) autotuning results"
+    fi
+}
+fla_autotune_save() {
+    (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' | tar -czf "$OUT/triton-autotune.tgz" -T -)
+    echo "saved $(tar -tzf "$OUT/triton-autotune.tgz" | wc -l) autotuning results to \$OUT/triton-autotune.tgz"
+}

@@ -121,6 +121,8 @@ def main():
             row["gla_" + ("fwd" if p == "fwd" else "fwdbwd") + "_kernel"] = r["kernel"] if r else None
         rows.append(row)
         torch.cuda.empty_cache()
+        # every finished shape is on disk at once: a call stopped by its time limit keeps them
+        json.dump({"partial": True, "gla": gla, "rows": rows}, open(a.out, "w"), indent=1)
 
     def ms(row, who, p):
         if who == "gla":

@@ -1391,6 +1391,8 @@ __device__ __forceinline__ void chunk_bwd2(
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int r = 16 * blk + fg + (e >= 2 ? 8 : 0), c = 32 * cq + 8 * nt + 2 * ft + (e & 1);
+                // Kp is a multiple of 16, not always of 32: the last task's columns may pass it
+                if (c >= Kp) continue;
                 if (isq) DQ[r * Kp + c] = acc[nt][e] * scale * ex2f(G[r * Kp + c] - G[16 * blk * Kp + c]);
                 else DK[r * Kp + c] = acc[nt][e] * scale * ex2f(G[(16 * blk + 15) * Kp + c] - G[r * Kp + c]);
             }
