@@ -110,8 +110,7 @@ pub trait Backend {
     /// `x [N, D] = wte[ids]`.
     fn embedding_fwd(&self, x: &mut F32<Self>, ids: &Ids<Self>, n: usize) -> Result<(), Self::Error>;
     /// `dwte[ids] += dx`, skipping the padding token.
-    fn embedding_bwd(&self, plan: &Plan<Self>, g: &mut Self::Grads, dx: &F32<Self>, ids: &Ids<Self>, n: usize)
-        -> Result<(), Self::Error>;
+    fn embedding_bwd(&self, plan: &Plan<Self>, g: &mut Self::Grads, dx: &F32<Self>, ids: &Ids<Self>, n: usize) -> Result<(), Self::Error>;
 
     /// RMSNorm over rows of D: `y = x * rstd * w`, saving `rstd [N]`.
     fn rmsnorm_fwd(&self, y: &mut Act<Self>, rstd: &mut F32<Self>, x: &F32<Self>, w: ParamId, n: usize) -> Result<(), Self::Error>;
@@ -132,8 +131,7 @@ pub trait Backend {
     /// `y [N, out] = x [N, in] @ w^T`.
     fn linear_fwd(&self, y: &mut Act<Self>, x: &Act<Self>, w: ParamId, n: usize, d_in: usize, d_out: usize) -> Result<(), Self::Error>;
     /// [`Backend::linear_fwd`] into an f32 buffer.
-    fn linear_fwd_f32(&self, y: &mut F32<Self>, x: &Act<Self>, w: ParamId, n: usize, d_in: usize, d_out: usize)
-        -> Result<(), Self::Error>;
+    fn linear_fwd_f32(&self, y: &mut F32<Self>, x: &Act<Self>, w: ParamId, n: usize, d_in: usize, d_out: usize) -> Result<(), Self::Error>;
     /// The residual step `y [N, out] = res + x [N, in] @ w^T`.
     fn linear_residual_fwd(
         &self,
@@ -146,14 +144,37 @@ pub trait Backend {
         d_out: usize,
     ) -> Result<(), Self::Error>;
     /// `dx [N, in] (+)= dy [N, out] @ w` (`acc`).
-    fn linear_bwd_x(&self, dx: &mut F32<Self>, dy: &Act<Self>, w: ParamId, n: usize, d_in: usize, d_out: usize, acc: bool)
-        -> Result<(), Self::Error>;
+    fn linear_bwd_x(
+        &self,
+        dx: &mut F32<Self>,
+        dy: &Act<Self>,
+        w: ParamId,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+        acc: bool,
+    ) -> Result<(), Self::Error>;
     /// `dx [N, in] = dy [N, out] @ w` into an activation buffer (a GEMM operand next).
-    fn linear_bwd_x_act(&self, dx: &mut Act<Self>, dy: &Act<Self>, w: ParamId, n: usize, d_in: usize, d_out: usize)
-        -> Result<(), Self::Error>;
+    fn linear_bwd_x_act(
+        &self,
+        dx: &mut Act<Self>,
+        dy: &Act<Self>,
+        w: ParamId,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<(), Self::Error>;
     /// `dw [out, in] += dy^T @ x`.
-    fn linear_bwd_w(&self, g: &mut Self::Grads, w: ParamId, dy: &Act<Self>, x: &Act<Self>, n: usize, d_in: usize, d_out: usize)
-        -> Result<(), Self::Error>;
+    fn linear_bwd_w(
+        &self,
+        g: &mut Self::Grads,
+        w: ParamId,
+        dy: &Act<Self>,
+        x: &Act<Self>,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<(), Self::Error>;
 
     /// The log-gate: `raw += bias` (in place, kept for the backward), `gk = gate(raw)` (fla's
     /// `logsigmoid / gate_norm`, clamped), `[N, C]`.
@@ -258,8 +279,15 @@ pub trait Backend {
     /// `h = silu(a) * b`.
     fn swiglu_fwd(&self, h: &mut Act<Self>, a: &Act<Self>, b: &Act<Self>, len: usize) -> Result<(), Self::Error>;
     /// `da = dh * b * silu'(a)`, `db = dh * silu(a)`.
-    fn swiglu_bwd(&self, da: &mut Act<Self>, db: &mut Act<Self>, dh: &F32<Self>, a: &Act<Self>, b: &Act<Self>, len: usize)
-        -> Result<(), Self::Error>;
+    fn swiglu_bwd(
+        &self,
+        da: &mut Act<Self>,
+        db: &mut Act<Self>,
+        dh: &F32<Self>,
+        a: &Act<Self>,
+        b: &Act<Self>,
+        len: usize,
+    ) -> Result<(), Self::Error>;
 
     /// `out [M, D] = x[rows]`.
     fn gather_rows(&self, out: &mut Act<Self>, x: &Act<Self>, rows: &Rows<Self>, m: usize) -> Result<(), Self::Error>;
@@ -289,8 +317,15 @@ pub trait Backend {
         scale: f32,
     ) -> Result<(), Self::Error>;
     /// `dx [N, D] = 0` but for the labelled rows: `dx[rows[i]] = scale * src[i]`.
-    fn scatter_rows(&self, dx: &mut F32<Self>, src: &F32<Self>, rows: &Rows<Self>, m: usize, n: usize, scale: f32)
-        -> Result<(), Self::Error>;
+    fn scatter_rows(
+        &self,
+        dx: &mut F32<Self>,
+        src: &F32<Self>,
+        rows: &Rows<Self>,
+        m: usize,
+        n: usize,
+        scale: f32,
+    ) -> Result<(), Self::Error>;
 
     /// Called by the backward at each point where a range of parameter gradients is final:
     /// `point` 0 after the lm_head and the final norm, `L - l` after layer `l`, `L + 1` after

@@ -399,7 +399,15 @@ impl<'m> Backend for Cpu<'m> {
         Ok(())
     }
 
-    fn gated_norm_fwd(&self, y: &mut Vec<f32>, rstd: &mut Vec<f32>, o: &Vec<f32>, g: Option<&Vec<f32>>, w: ParamId, _rows: usize) -> Result<()> {
+    fn gated_norm_fwd(
+        &self,
+        y: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        o: &Vec<f32>,
+        g: Option<&Vec<f32>>,
+        w: ParamId,
+        _rows: usize,
+    ) -> Result<()> {
         gated_norm_fwd(y, rstd, o, g.map(Vec::as_slice), self.p(w), self.dims.head_v, self.dims.eps);
         Ok(())
     }

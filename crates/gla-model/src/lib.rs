@@ -29,11 +29,11 @@ pub mod text;
 pub mod tokenizer;
 pub mod train;
 
+pub use backend::Backend;
 pub use config::{Dims, GlaConfig};
+pub use cpu::Cpu;
 pub use data::Mqar;
 pub use error::{Error, Result};
-pub use backend::Backend;
-pub use cpu::Cpu;
 pub use model::{shift_labels, Activations, Acts, GlaModel, LossOut, IGNORE_INDEX};
 pub use params::Layout;
 pub use rng::Rng;
