@@ -5,6 +5,9 @@
 //!   handle (context + stream).
 //! - kernels under `crates/gla-cuda/kernels/`, self-contained CUDA C++ (no toolkit headers),
 //!   embedded with `include_str!` ([`kernels::ALL`]).
+//! - [`backend`]: the language model's ops ([`gla_model::Backend`]) as kernel launches and
+//!   cuBLAS GEMMs; [`model`]: the GPU model, training engine and decoder around them (the
+//!   forward and backward themselves are `gla_model::model`'s, shared with the CPU).
 //! - [`ops`]: typed launchers over device buffers; [`CudaGla`]: a [`gla_core::op::GlaOp<f32>`]
 //!   that uploads host slices, runs, downloads (f32 or bf16 storage).
 //! - [`bench`]: event-timed medians of the ops with their HBM floors and FLOPs.
@@ -15,6 +18,7 @@
 //! Everything builds and its tests run without a GPU or a CUDA toolkit.
 #![deny(missing_docs)]
 
+pub mod backend;
 pub mod bench;
 pub mod check;
 pub mod dist;

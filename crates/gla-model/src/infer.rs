@@ -25,16 +25,13 @@
 //! assert_eq!((next.len(), st.seen_tokens()), (64, 4));
 //! ```
 
-use gla_core::op::{transpose_state, GlaOp};
+use gla_core::op::transpose_state;
 use gla_core::Inputs;
-use gla_cpu::mat::{matmul_with, MatRef, Threads};
-use gla_cpu::{Chunked, FusedRecurrent, Schedule};
 use rayon::prelude::*;
 
 use crate::config::Dims;
-use crate::model::GlaModel;
-use crate::ops::*;
-use crate::params::View;
+use crate::cpu::op_for;
+use crate::model::{body, head_logits, Acts, GlaModel};
 use crate::{Error, Result};
 
 /// The longest piece of a prompt one prefill call processes at once. A longer prompt is fed in
@@ -209,7 +206,7 @@ impl State {
 
 /// Causal depthwise conv + SiLU over `len` new rows `x [len, C]`, continuing from `cache [C, W]`
 /// (the previous `W` inputs, newest last), which is then advanced to the last `W` inputs.
-fn conv_cached(y: &mut [f32], x: &[f32], w: &[f32], cache: &mut [f32], c: usize, width: usize) {
+pub(crate) fn conv_cached(y: &mut [f32], x: &[f32], w: &[f32], cache: &mut [f32], c: usize, width: usize) {
     let len = x.len() / c;
     // input at relative time s (negative: from the cache)
     let at = |cache: &[f32], s: isize, ch: usize| -> f32 {
@@ -237,38 +234,40 @@ fn conv_cached(y: &mut [f32], x: &[f32], w: &[f32], cache: &mut [f32], c: usize,
     cache.copy_from_slice(&next);
 }
 
-/// Rows up to which [`lin`] takes the weight-major product.
-const SMALL_ROWS: usize = 128;
-
-/// `y [m, out] = x [m, in] @ w^T` like [`linear_fwd`], faster for few rows (decode): for
-/// `m <= 128` it computes `w @ x^T` in blocks of 16 rows (measured on the gemm crate with
-/// `in = 1024, out = 2816`: 1.5 ms instead of 6.6 ms at m = 16, the same at m = 1; bit-identical
-/// results) and transposes the small result.
-fn lin(y: &mut [f32], x: &[f32], w: &[f32], m: usize, d_in: usize, d_out: usize) {
-    if m > SMALL_ROWS {
-        return linear_fwd(y, x, w, m, d_in, d_out);
-    }
-    let mut tmp = vec![0.0f32; d_out * 16.min(m)];
-    for r0 in (0..m).step_by(16) {
-        let mb = (m - r0).min(16);
-        let t = &mut tmp[..d_out * mb];
-        matmul_with(
-            t,
-            mb,
-            MatRef::new(w, d_out, d_in, d_in),
-            MatRef::new(&x[r0 * d_in..(r0 + mb) * d_in], mb, d_in, d_in).t(),
-            false,
-            Threads::All,
-        );
-        for (j, col) in t.chunks_exact(mb).enumerate() {
-            for (r, &v) in col.iter().enumerate() {
-                y[(r0 + r) * d_out + j] = v;
-            }
-        }
-    }
+/// The CPU's inference state of one forward over packed sequences (the backend's `Io`): where
+/// each sequence's rows are (`bounds`), its state (read), and its new conv caches and recurrent
+/// states, staged here and moved into the states only once the whole forward succeeded (so an
+/// error leaves them unchanged).
+pub struct CpuIo<'a> {
+    /// Row offsets of the sequences: sequence `s` holds rows `bounds[s]..bounds[s + 1]`.
+    pub(crate) bounds: Vec<usize>,
+    states: &'a [&'a mut State],
+    /// Per sequence, per layer: the q, k, v conv caches (copies, advanced in place).
+    pub(crate) convs: Vec<Vec<[Vec<f32>; 3]>>,
+    /// Per sequence: the new recurrent state of each layer done so far.
+    recs: Vec<Vec<Vec<f32>>>,
 }
 
-static CHUNKED: Chunked = Chunked { schedule: Schedule::Auto };
+impl CpuIo<'_> {
+    /// The GLA op of layer `l` over the packed sequences, one call per sequence with the
+    /// algorithm it would get alone (fla's per-call mode switch: fused recurrent for at most 64
+    /// tokens, chunked otherwise), reading its state in place (no gather into a batch buffer: at
+    /// decode, copying the states dominated). `q, k, v, g` are at every head (GQA repeated).
+    pub(crate) fn gla(&mut self, dm: &Dims, o: &mut [f32], [q, k, v, g]: [&[f32]; 4], l: usize) -> Result<()> {
+        let (hk, hv) = (dm.heads * dm.head_k, dm.heads * dm.head_v);
+        for s in 0..self.bounds.len() - 1 {
+            let (a, b) = (self.bounds[s], self.bounds[s + 1]);
+            let prob = crate::model::problem(dm, 1, b - a, None)?;
+            let h0 = &self.states[s].layers[l].recurrent;
+            let x =
+                Inputs { q: &q[a * hk..b * hk], k: &k[a * hk..b * hk], v: &v[a * hv..b * hv], g: Some(&g[a * hk..b * hk]), h0: Some(h0) };
+            let out = op_for(b - a).forward(&prob, &x, true)?;
+            o[a * hv..b * hv].copy_from_slice(&out.o);
+            self.recs[s].push(out.ht.unwrap_or_default());
+        }
+        Ok(())
+    }
+}
 
 impl GlaModel {
     /// A zero [`State`] sized for this model.
@@ -403,93 +402,34 @@ impl GlaModel {
                 got: st.layers.len() * h * k * v,
             });
         }
-        // new conv caches (small copies) and new recurrent states (the op's outputs), moved into
-        // the states only at the end, so that an error leaves them unchanged
-        let mut convs: Vec<Vec<[Vec<f32>; 3]>> = states.iter().map(|s| s.layers.iter().map(|l| l.conv.clone()).collect()).collect();
-        let mut recs: Vec<Vec<Vec<f32>>> = states.iter().map(|_| Vec::with_capacity(dm.layers)).collect();
         let bounds: Vec<usize> = std::iter::once(0)
             .chain(lens.iter().scan(0, |a, &l| {
                 *a += l;
                 Some(*a)
             }))
             .collect();
-        let p = View { layout: &self.layout, data: &self.params };
-        let d = dm.d;
-        let n = rows;
-        let z = |len: usize| vec![0.0f32; len];
-        let mut x = z(n * d);
-        embedding_fwd(&mut x, ids, p.get(self.layout.embeddings), d);
-        let (mut xn, mut rstd, mut rstd_o) = (z(n * d), z(n), z(n * dm.heads));
-        let (mut q, mut k, mut v) = (z(n * dm.key_dim), z(n * dm.key_dim_kv), z(n * dm.value_dim_kv));
-        let conv = dm.conv > 0;
-        let (mut qc, mut kc, mut vc) =
-            if conv { (z(n * dm.key_dim), z(n * dm.key_dim_kv), z(n * dm.value_dim_kv)) } else { (vec![], vec![], vec![]) };
-        let mut g_pre = if dm.output_gate { z(n * dm.value_dim) } else { vec![] };
-        let (mut gk_lr, mut gk_raw, mut gk) = (z(n * dm.gate_rank), z(n * dm.key_dim_kv), z(n * dm.key_dim_kv));
-        let groups = dm.groups();
-        let (mut k_rep, mut v_rep, mut gk_rep) =
-            if groups > 1 { (z(n * dm.key_dim), z(n * dm.value_dim), z(n * dm.key_dim)) } else { (vec![], vec![], vec![]) };
-        let mut o = z(n * dm.value_dim);
-        let mut on = z(n * dm.value_dim);
-        let mut x_mid = z(n * d);
-        let (mut a, mut b, mut h) = (z(n * dm.intermediate), z(n * dm.intermediate), z(n * dm.intermediate));
-        for (l, il) in self.layout.layers.iter().enumerate() {
-            rmsnorm_fwd(&mut xn, &mut rstd, &x, p.get(il.attn_norm), d, dm.eps);
-            lin(&mut q, &xn, p.get(il.q_proj), n, d, dm.key_dim);
-            lin(&mut k, &xn, p.get(il.k_proj), n, d, dm.key_dim_kv);
-            lin(&mut v, &xn, p.get(il.v_proj), n, d, dm.value_dim_kv);
-            if let (Some(wq), Some(wk), Some(wv)) = (il.q_conv, il.k_conv, il.v_conv) {
-                for (s, c) in convs.iter_mut().enumerate() {
-                    let r = bounds[s]..bounds[s + 1];
-                    let [cq, ck, cv] = &mut c[l];
-                    let (kd, kkv, vkv) = (dm.key_dim, dm.key_dim_kv, dm.value_dim_kv);
-                    conv_cached(&mut qc[r.start * kd..r.end * kd], &q[r.start * kd..r.end * kd], p.get(wq), cq, kd, dm.conv);
-                    conv_cached(&mut kc[r.start * kkv..r.end * kkv], &k[r.start * kkv..r.end * kkv], p.get(wk), ck, kkv, dm.conv);
-                    conv_cached(&mut vc[r.start * vkv..r.end * vkv], &v[r.start * vkv..r.end * vkv], p.get(wv), cv, vkv, dm.conv);
-                }
-            }
-            if let Some(g) = il.g_proj {
-                lin(&mut g_pre, &xn, p.get(g), n, d, dm.value_dim);
-            }
-            lin(&mut gk_lr, &xn, p.get(il.gk0), n, d, dm.gate_rank);
-            lin(&mut gk_raw, &gk_lr, p.get(il.gk1), n, dm.gate_rank, dm.key_dim_kv);
-            let bias = p.get(il.gk1_bias);
-            for row in gk_raw.chunks_exact_mut(dm.key_dim_kv) {
-                row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
-            }
-            gate_fwd(&mut gk, &gk_raw, dm.gate_norm, dm.clamp_min);
-            let (qa, ka, va) = if conv { (&qc, &kc, &vc) } else { (&q, &k, &v) };
-            let (ka, va, ga) = if groups > 1 {
-                repeat_heads(&mut k_rep, ka, dm.kv_heads, groups, dm.head_k);
-                repeat_heads(&mut v_rep, va, dm.kv_heads, groups, dm.head_v);
-                repeat_heads(&mut gk_rep, &gk, dm.kv_heads, groups, dm.head_k);
-                (&k_rep, &v_rep, &gk_rep)
-            } else {
-                (ka, va, &gk)
-            };
-            self.gla_packed(&mut o, qa, ka, va, ga, &bounds, states, &mut recs, l)?;
-            let gp = dm.output_gate.then_some(&g_pre[..]);
-            gated_norm_fwd(&mut on, &mut rstd_o, &o, gp, p.get(il.g_norm), dm.head_v, dm.eps);
-            lin(&mut x_mid, &on, p.get(il.o_proj), n, dm.value_dim, d);
-            x_mid.iter_mut().zip(&x).for_each(|(m, x)| *m += x);
-            rmsnorm_fwd(&mut xn, &mut rstd, &x_mid, p.get(il.mlp_norm), d, dm.eps);
-            lin(&mut a, &xn, p.get(il.gate_proj), n, d, dm.intermediate);
-            lin(&mut b, &xn, p.get(il.up_proj), n, d, dm.intermediate);
-            swiglu_fwd(&mut h, &a, &b);
-            lin(&mut x, &h, p.get(il.down_proj), n, dm.intermediate, d);
-            x.iter_mut().zip(&x_mid).for_each(|(o, m)| *o += m);
-        }
-        // the last row of each sequence -> final norm -> lm_head
+        let mut io = CpuIo {
+            // new conv caches (small copies) and new recurrent states (the op's outputs), moved
+            // into the states only at the end, so that an error leaves them unchanged
+            convs: states.iter().map(|s| s.layers.iter().map(|l| l.conv.clone()).collect()).collect(),
+            recs: states.iter().map(|_| Vec::with_capacity(dm.layers)).collect(),
+            bounds,
+            states: &*states,
+        };
+        let cpu = self.cpu().for_inference();
         let ns = lens.len();
-        let mut last = Vec::with_capacity(ns * d);
-        for s in 0..ns {
-            let r = bounds[s + 1] - 1;
-            last.extend_from_slice(&x[r * d..(r + 1) * d]);
+        let mut acts = Acts::alloc(&cpu, 1, rows, true, ns)?;
+        acts.ids_mut().copy_from_slice(ids);
+        body(&cpu, &mut acts, Some(&mut io))?;
+        // the last row of each sequence reaches the lm_head (all of them at decode)
+        if ns == rows {
+            head_logits(&cpu, &mut acts, None)?;
+        } else {
+            let mut last = vec![crate::IGNORE_INDEX; rows];
+            io.bounds[1..].iter().for_each(|&e| last[e - 1] = 0);
+            head_logits(&cpu, &mut acts, Some(&last))?;
         }
-        let (mut lastn, mut r2) = (z(ns * d), z(ns));
-        rmsnorm_fwd(&mut lastn, &mut r2, &last, p.get(self.layout.norm), d, dm.eps);
-        let mut logits = z(ns * dm.vocab);
-        lin(&mut logits, &lastn, p.get(self.layout.lm_head.unwrap_or(self.layout.embeddings)), ns, d, dm.vocab);
+        let CpuIo { convs, recs, .. } = io;
         for (((st, c), r), &len) in states.iter_mut().zip(convs).zip(recs).zip(lens) {
             for ((layer, c), r) in st.layers.iter_mut().zip(c).zip(r) {
                 layer.conv = c;
@@ -497,39 +437,6 @@ impl GlaModel {
             }
             st.seen += len;
         }
-        Ok(logits.chunks_exact(dm.vocab).map(<[f32]>::to_vec).collect())
-    }
-
-    /// The GLA op of layer `l` over packed sequences (`bounds`), one call per sequence with the
-    /// algorithm it would get alone (fla's per-call mode switch: fused recurrent for at most 64
-    /// tokens, chunked otherwise), reading its state in place (no gather into a batch buffer:
-    /// at decode, copying the states dominated). Pushes each new state onto `recs[s]`.
-    #[allow(clippy::too_many_arguments)]
-    fn gla_packed(
-        &self,
-        o: &mut [f32],
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        g: &[f32],
-        bounds: &[usize],
-        states: &[&mut State],
-        recs: &mut [Vec<Vec<f32>>],
-        l: usize,
-    ) -> Result<()> {
-        let dm = &self.dims;
-        let (hk, hv) = (dm.heads * dm.head_k, dm.heads * dm.head_v);
-        for s in 0..bounds.len() - 1 {
-            let (a, b) = (bounds[s], bounds[s + 1]);
-            let op: &dyn GlaOp<f32> = if b - a <= RECURRENT_MAX_T { &FusedRecurrent } else { &CHUNKED };
-            let prob = crate::model::problem(dm, 1, b - a, None)?;
-            let h0 = &states[s].layers[l].recurrent;
-            let x =
-                Inputs { q: &q[a * hk..b * hk], k: &k[a * hk..b * hk], v: &v[a * hv..b * hv], g: Some(&g[a * hk..b * hk]), h0: Some(h0) };
-            let out = op.forward(&prob, &x, true)?;
-            o[a * hv..b * hv].copy_from_slice(&out.o);
-            recs[s].push(out.ht.unwrap_or_default());
-        }
-        Ok(())
+        Ok(acts.logits()[..ns * dm.vocab].chunks_exact(dm.vocab).map(<[f32]>::to_vec).collect())
     }
 }

@@ -3,13 +3,17 @@
 //! checkpoints in fla's Hugging Face format.
 //!
 //! Reading order: [`config`] (fla's `GLAConfig`) -> [`params`] (one table of name, shape, init)
-//! -> [`ops`] (each layer op's forward and backward) -> [`model`] (forward, backward) ->
+//! -> [`ops`] (each layer op's forward and backward) -> [`backend`] (the ops as a trait; [`cpu`]
+//! implements it with [`ops`], gla-cuda on a GPU) -> [`model`] (forward, backward, written once
+//! over the trait) ->
 //! [`optim`] (AdamW, clipping, schedule) -> [`data`] (MQAR) / [`text`] (a tokenised text corpus)
 //! -> [`checkpoint`] -> [`train`].
 #![deny(missing_docs)]
 
+pub mod backend;
 pub mod checkpoint;
 pub mod config;
+pub mod cpu;
 pub mod data;
 mod error;
 pub mod generate;
@@ -25,10 +29,12 @@ pub mod text;
 pub mod tokenizer;
 pub mod train;
 
+pub use backend::Backend;
 pub use config::{Dims, GlaConfig};
+pub use cpu::Cpu;
 pub use data::Mqar;
 pub use error::{Error, Result};
-pub use model::{shift_labels, Activations, GlaModel, LossOut, IGNORE_INDEX};
+pub use model::{shift_labels, Activations, Acts, GlaModel, LossOut, IGNORE_INDEX};
 pub use params::Layout;
 pub use rng::Rng;
 pub use text::{CorpusTokenizer, TextData, TextError, TextTask};

@@ -1,0 +1,996 @@
+//! The GPU [`Backend`] of the language model: each op of `gla_model::backend` as the kernel
+//! launches of `kernels/model_ops.cu` and cuBLAS GEMMs that the GPU model ran in its own copy of
+//! the forward and backward before (`gla_model::model` is now the only copy; read it first).
+//!
+//! dtypes (the mixed-precision recipe fla gets from autocast):
+//! - f32 (`F32`): the residual stream `x`, the norms' `rstd`, the gate pre-activation `gk_raw`,
+//!   the master weights, every parameter gradient, and every gradient that is summed from several
+//!   GEMMs (`dxn`, `dres`) or leaves the GLA backward (`dq, dk, dv, dg`);
+//! - bf16 (`Act`): every GEMM operand (activations, a bf16 copy of the weights refreshed by each
+//!   AdamW step, and the gradients fed to GEMMs: `Backend::cast` writes them), and q, k, v, g,
+//!   o, do of the GLA kernels.
+//!
+//! Head dims above the tensor-core kernels' 128: a head with V = s * V' (V' <= 128) runs as s
+//! heads of V' that share q, k and g (GLA is separable over the value channels; q, k, g are
+//! repeated s times and their gradients summed back), the same repeat that GQA uses; the
+//! repeats live in the backend's per-layer [`GpuGla`].
+//!
+//! Parameter-gradient reductions are deterministic: column reductions write per-block partial
+//! sums into the plan's `part` buffer that `col_finalize` adds in block order, and the embedding
+//! backward sums each token's rows in row order (the schedule built on the host at upload).
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use cudarc::cublas::{sys as blas_sys, CudaBlas};
+use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use gla_core::{GateKind, Problem, ProblemSpec};
+use gla_model::backend::{Backend, ConvIdx, ParamId, Storage};
+use gla_model::config::Dims;
+use gla_model::params::Layout;
+use gla_model::IGNORE_INDEX;
+
+use crate::dist::Comm;
+use crate::error::{Error, Result};
+use crate::ops::{self, DevInputs, DevProblem, FwdKernel};
+use crate::runtime::Cuda;
+
+/// Largest head dim the tensor-core GLA kernels take; larger value heads are split (module doc).
+pub(crate) const MAX_HEAD: usize = 128;
+/// Widest short convolution the GPU kernels take (`conv_bwd_dw`'s taps per thread).
+pub(crate) const MAX_CONV: usize = 8;
+/// Threads per block of the element-wise and row-wise kernels.
+pub(crate) const THREADS: u32 = 256;
+/// Gradient elements per all-reduce of a data-parallel backward (25 MiB of f32, PyTorch DDP's
+/// default bucket): large enough for NCCL's bandwidth, small enough to start during the backward.
+pub(crate) const BUCKET_ELEMS: usize = (25 << 20) / 4;
+
+pub(crate) fn blas_err(what: &'static str) -> impl FnOnce(cudarc::cublas::result::CublasError) -> Error {
+    move |e| Error::Blas { what, status: format!("{e:?}") }
+}
+
+/// Whether libcublas can be loaded (cudarc panics on a missing library; probe first).
+pub fn cublas_available() -> bool {
+    // SAFETY: only tries to dlopen the library
+    std::panic::catch_unwind(|| unsafe { blas_sys::is_culib_present() }).unwrap_or(false)
+}
+
+/// The device's default memory pool (every stream-ordered allocation of this process), or
+/// `None` when the driver has none.
+fn default_pool(cuda: &Cuda) -> Option<cudarc::driver::sys::CUmemoryPool> {
+    use cudarc::driver::sys;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    // SAFETY: the context is bound first; pool is written by the driver only on success
+    unsafe {
+        let _ = cuda.context().bind_to_thread();
+        (sys::cuDeviceGetDefaultMemPool(&mut pool, cuda.context().cu_device()) == sys::CUresult::CUDA_SUCCESS).then_some(pool)
+    }
+}
+
+/// Resets the high-water mark of the device's default memory pool to the memory in use now, so
+/// that [`peak_pool_bytes`] then reports the peak of what follows. Best effort.
+pub fn reset_peak_pool(cuda: &Cuda) {
+    use cudarc::driver::sys;
+    if let Some(pool) = default_pool(cuda) {
+        let mut zero: u64 = 0;
+        // SAFETY: a live pool; setting USED_MEM_HIGH takes a u64 that must be 0
+        let _ =
+            unsafe { sys::cuMemPoolSetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, (&raw mut zero).cast()) };
+    }
+}
+
+/// The high-water mark of the device's default memory pool (every stream-ordered allocation of
+/// this process), in bytes; 0 when the driver does not report it.
+pub fn peak_pool_bytes(cuda: &Cuda) -> u64 {
+    use cudarc::driver::sys;
+    let mut high: u64 = 0;
+    if let Some(pool) = default_pool(cuda) {
+        // SAFETY: a live pool; the attribute writes a u64
+        let _ =
+            unsafe { sys::cuMemPoolGetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, (&raw mut high).cast()) };
+    }
+    high
+}
+
+/// Raw device address of a buffer (one stream: no cross-stream ordering to record).
+pub(crate) fn ptr<T>(cuda: &Cuda, s: &CudaSlice<T>) -> u64 {
+    s.device_ptr(cuda.stream()).0
+}
+
+/// bf16 or f32, for GEMM operand types.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Ty {
+    Bf16,
+    F32,
+}
+
+impl Ty {
+    fn cuda(self) -> blas_sys::cudaDataType {
+        match self {
+            Ty::Bf16 => blas_sys::cudaDataType::CUDA_R_16BF,
+            Ty::F32 => blas_sys::cudaDataType::CUDA_R_32F,
+        }
+    }
+}
+
+/// `GLA_SYNC_DEBUG=1`: synchronise after every launch and GEMM of the model, so an asynchronous
+/// fault is reported by the kernel that caused it (slow; for debugging).
+pub(crate) fn sync_debug() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("GLA_SYNC_DEBUG").is_some_and(|v| v != "0"))
+}
+
+/// cuBLAS with row-major helpers for the three products of a linear layer.
+pub(crate) struct Gemm {
+    pub(crate) blas: CudaBlas,
+    pub(crate) stream: Arc<cudarc::driver::CudaStream>,
+}
+
+impl Gemm {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn raw(
+        &self,
+        ta: bool,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        alpha: f32,
+        a: u64,
+        lda: usize,
+        b: u64,
+        ldb: usize,
+        beta: f32,
+        c: u64,
+        cty: Ty,
+        ldc: usize,
+    ) -> Result<()> {
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        let dim = |x: usize| i32::try_from(x).map_err(|_| Error::Blas { what: "gemm", status: format!("dimension {x} exceeds i32") });
+        let op = |t: bool| if t { blas_sys::cublasOperation_t::CUBLAS_OP_T } else { blas_sys::cublasOperation_t::CUBLAS_OP_N };
+        // SAFETY: a, b, c are live device buffers of at least the extents implied by (m, n, k,
+        // ld*) (the callers size them from the same dims); alpha/beta are host f32 (the default
+        // pointer mode); operand types bf16 x bf16 -> bf16/f32 with f32 compute are a supported
+        // cublasGemmEx combination
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                op(ta),
+                op(tb),
+                dim(m)?,
+                dim(n)?,
+                dim(k)?,
+                (&raw const alpha).cast(),
+                a as *const _,
+                Ty::Bf16.cuda(),
+                dim(lda)?,
+                b as *const _,
+                Ty::Bf16.cuda(),
+                dim(ldb)?,
+                (&raw const beta).cast(),
+                c as *mut _,
+                cty.cuda(),
+                dim(ldc)?,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+            )
+        }
+        .map_err(blas_err("cublasGemmEx"))?;
+        if sync_debug() {
+            self.blas_sync()?;
+        }
+        Ok(())
+    }
+    fn blas_sync(&self) -> Result<()> {
+        // the handle's stream is the model's stream
+        let st = self.stream.clone();
+        st.synchronize().map_err(|e| Error::Blas { what: "cublasGemmEx (synchronised)", status: format!("m/n/k as launched; {e}") })
+    }
+    /// `y [n, dout] (beta·y +)= x [n, din] @ w^T`, `w [dout, din]`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn fwd(&self, y: u64, yty: Ty, x: u64, w: u64, n: usize, din: usize, dout: usize, beta: f32) -> Result<()> {
+        self.raw(true, false, dout, n, din, 1.0, w, din, x, din, beta, y, yty, dout)
+    }
+    /// `dx [n, din] (beta·dx +)= dy [n, dout] @ w`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn bwd_x(&self, dx: u64, dxty: Ty, dy: u64, w: u64, n: usize, din: usize, dout: usize, beta: f32) -> Result<()> {
+        self.raw(false, false, din, n, dout, 1.0, w, din, dy, dout, beta, dx, dxty, din)
+    }
+    /// `dw [dout, din] += dy^T @ x` (f32).
+    pub(crate) fn bwd_w(&self, dw: u64, dy: u64, x: u64, n: usize, din: usize, dout: usize) -> Result<()> {
+        self.bwd_w_scaled(dw, dy, x, n, din, dout, 1.0)
+    }
+    /// `dw [dout, din] += alpha * dy^T @ x` (f32).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn bwd_w_scaled(&self, dw: u64, dy: u64, x: u64, n: usize, din: usize, dout: usize, alpha: f32) -> Result<()> {
+        self.raw(false, true, din, dout, n, alpha, x, din, dy, dout, 1.0, dw, Ty::F32, din)
+    }
+}
+
+/// Most blocks of a [`flat`] launch (16 per multiprocessor of an H200).
+pub(crate) const MAX_FLAT_BLOCKS: usize = 132 * 16;
+/// Launch shape of a grid-stride kernel over `n` elements.
+pub(crate) fn flat(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(THREADS as usize).clamp(1, MAX_FLAT_BLOCKS) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+/// One warp per row.
+pub(crate) fn rows_warp(rows: usize) -> LaunchConfig {
+    flat(rows * 32)
+}
+/// One block per row.
+pub(crate) fn rows_block(rows: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows.clamp(1, 65_535) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+/// Row blocks of a column reduction over `rows` rows: each writes one row of partial sums.
+pub(crate) fn col_gy(rows: usize) -> usize {
+    rows.div_ceil(8 * 64).clamp(1, 1024)
+}
+/// Column reductions: 32 columns x 8 row lanes per block, [`col_gy`] blocks over the rows.
+pub(crate) fn cols(rows: usize, cols: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (cols.div_ceil(32).max(1) as u32, col_gy(rows) as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 }
+}
+/// Elements of the partial sums buffer: the largest `[gy, cols]` of the backward's column
+/// reductions (norm weights over D, the per-head norm over N*H rows, the gate bias, the conv
+/// weights over C * W columns).
+pub(crate) fn part_len(dm: &Dims, n: usize) -> usize {
+    let conv_cols = dm.conv * dm.key_dim.max(dm.key_dim_kv).max(dm.value_dim_kv);
+    (col_gy(n) * dm.d.max(dm.key_dim_kv).max(conv_cols)).max(col_gy(n * dm.heads) * dm.head_v)
+}
+
+/// One launch: `args!` pushes each argument by reference.
+macro_rules! launch {
+    ($self:expr, $name:literal, $cfg:expr, $($arg:expr),* $(,)?) => {{
+        let cfg = $cfg;
+        let f = $self.cuda.function(&$crate::kernels::MODEL_OPS, $name)?;
+        let mut b = $self.cuda.stream().launch_builder(&f);
+        $( b.arg(&$arg); )*
+        // SAFETY: the argument list matches the kernel's signature in model_ops.cu (device
+        // addresses of buffers sized by the callers from the model dims, idx_t/int/float scalars
+        // in order); grid-stride kernels cover any grid
+        let err = |source| $crate::Error::Launch { kernel: $name.into(), grid: cfg.grid_dim, block: cfg.block_dim, smem: cfg.shared_mem_bytes, source };
+        unsafe { b.launch(cfg) }.map_err(err)?;
+        if $crate::backend::sync_debug() {
+            $self.cuda.stream().synchronize().map_err(err)?;
+        }
+    }};
+}
+
+pub(crate) use launch;
+
+/// How the GLA op's heads relate to the model's: `split` value splits per head (module doc).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HeadPlan {
+    pub(crate) split: usize,
+    /// q repeat factor (= split), k/g repeat factor (groups * split), v repeat factor (groups).
+    pub(crate) rq: usize,
+    pub(crate) rk: usize,
+    pub(crate) rv: usize,
+}
+
+pub(crate) fn head_plan(dm: &Dims) -> Result<HeadPlan> {
+    if dm.head_k > MAX_HEAD {
+        return Err(unsupported(format!("head key dim {} > {MAX_HEAD} on the GPU", dm.head_k)));
+    }
+    let split = dm.head_v.div_ceil(MAX_HEAD);
+    if !dm.head_v.is_multiple_of(split) {
+        return Err(unsupported(format!("head value dim {} is not a multiple of {split} (split into heads of <= {MAX_HEAD})", dm.head_v)));
+    }
+    Ok(HeadPlan { split, rq: split, rk: dm.groups() * split, rv: dm.groups() })
+}
+
+pub(crate) fn unsupported(what: String) -> Error {
+    Error::Op(gla_core::Error::Unsupported { backend: "cuda", what })
+}
+
+/// The gradient all-reduce of a data-parallel [`GpuModel`]: the backward finishes the gradient
+/// arena from its end (lm_head, final norm, last layer) to its start (embedding); each range of
+/// [`bucket_plan`] is summed over the ranks on the communicator's stream as soon as it is final,
+/// while the backward goes on with the layers below.
+pub(crate) struct GradSync {
+    pub(crate) comm: Comm,
+    /// Per point of the backward (after the head, after each layer from the last, after the
+    /// embedding): the range to all-reduce there.
+    pub(crate) plan: Vec<Option<Range<usize>>>,
+    /// Recorded on the model's stream: what the communicator's stream (or the host) waits for.
+    pub(crate) ready: CudaEvent,
+    /// Recorded on the communicator's stream after a backward's last all-reduce.
+    pub(crate) done: CudaEvent,
+    /// All-reduces were issued that the host has not yet seen complete.
+    pub(crate) pending: AtomicBool,
+}
+
+/// Inference state of B sequences on the device, per layer: the recurrent states entering the
+/// step (`h0`) and leaving it (`ht`), `[B, Hop, K, Vop]` f32 at the op's heads (value splits),
+/// and the three conv caches `[B, C, W]` f32 (with short conv), updated in place.
+pub struct InferCtx {
+    pub(crate) h0: Vec<CudaSlice<f32>>,
+    pub(crate) ht: Vec<CudaSlice<f32>>,
+    pub(crate) conv: Vec<Option<[CudaSlice<f32>; 3]>>,
+}
+
+/// Where the sequences of a forward keep their inference state.
+pub enum InferIo<'a> {
+    /// Batch buffers (prefill): per layer `h0`/`ht` and conv caches `[B, C, W]`.
+    Batch(&'a mut InferCtx),
+    /// Decode (T = 1): each sequence's own [`GpuState`] buffers, updated in place, found through
+    /// the device table at `addr`: `[L][4][B]` addresses (the recurrent state, then the q, k, v
+    /// conv caches, 0 without short conv).
+    Table {
+        /// Device address of the table.
+        addr: u64,
+        /// Sequences (B).
+        b: usize,
+    },
+}
+
+/// Model errors of the shared forward (a bad token id, a batch of the wrong shape) on the GPU.
+impl From<gla_model::Error> for Error {
+    fn from(e: gla_model::Error) -> Self {
+        unsupported(e.to_string())
+    }
+}
+
+/// The GPU's buffer types.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GpuBuf;
+
+/// A batch's token ids on the device and the embedding backward's schedule built from them on
+/// the host ([`Backend::upload_ids`]): the rows sorted by token, each token's segment of them.
+pub struct GpuIds {
+    ids: CudaSlice<u32>,
+    emb_order: CudaSlice<i32>,
+    emb_start: CudaSlice<i32>,
+    emb_tok: CudaSlice<u32>,
+    emb_nseg: usize,
+}
+
+/// The labelled rows of a batch, their targets, and the cross-entropy's per-row outputs.
+pub struct GpuRows {
+    rows: CudaSlice<i32>,
+    targets: CudaSlice<u32>,
+    loss: CudaSlice<f32>,
+    correct: CudaSlice<i32>,
+}
+
+/// The GLA problem of a batch shape at the op's heads, and the partial sums buffer of the
+/// backward's column reductions (`[gy, cols]`, see `cols`).
+pub struct GpuPlan {
+    prob: DevProblem,
+    part: CudaSlice<f32>,
+}
+
+/// q, k, v, g repeated to the op's heads (GQA groups and value splits); `None` = no repeat.
+pub struct GpuGla {
+    q_rep: Option<CudaSlice<u16>>,
+    k_rep: Option<CudaSlice<u16>>,
+    v_rep: Option<CudaSlice<u16>>,
+    gk_rep: Option<CudaSlice<u16>>,
+}
+
+impl Storage for GpuBuf {
+    type F32 = CudaSlice<f32>;
+    type Act = CudaSlice<u16>;
+    type Ids = GpuIds;
+    type Rows = GpuRows;
+    type Plan = GpuPlan;
+    type GlaSaved = GpuGla;
+}
+
+/// The language model's ops on one GPU over its device weights: f32 masters at `moff` (all of
+/// them, or only those the kernels read in f32 for an inference-only model) and their bf16
+/// copy for the GEMMs.
+pub struct Gpu {
+    pub(crate) cuda: Arc<Cuda>,
+    pub(crate) gemm: Gemm,
+    pub(crate) dims: Dims,
+    pub(crate) layout: Layout,
+    pub(crate) heads: HeadPlan,
+    /// f32 parameters at `moff`
+    pub(crate) master: CudaSlice<f32>,
+    /// offset of each parameter in `master`
+    pub(crate) moff: Vec<usize>,
+    pub(crate) w16: CudaSlice<u16>,
+    /// the data-parallel gradient all-reduce, and whether the running backward queues it
+    pub(crate) sync: Option<GradSync>,
+    pub(crate) reducing: AtomicBool,
+}
+
+impl Gpu {
+    pub(crate) fn z<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
+        self.cuda.stream().alloc_zeros::<T>(len.max(1)).map_err(Error::driver(format!("alloc {len} activation elements")))
+    }
+    /// bf16 weight `id` (GEMM operand).
+    pub(crate) fn wp(&self, id: ParamId) -> u64 {
+        ptr(&self.cuda, &self.w16) + 2 * self.layout.specs[id].offset as u64
+    }
+    /// f32 master weight `id`.
+    pub(crate) fn mp(&self, id: ParamId) -> u64 {
+        ptr(&self.cuda, &self.master) + 4 * self.moff[id] as u64
+    }
+    /// Gradient `id` in the arena `g`.
+    fn gp(&self, g: &CudaSlice<f32>, id: ParamId) -> u64 {
+        ptr(&self.cuda, g) + 4 * self.layout.specs[id].offset as u64
+    }
+    fn p<T>(&self, s: &CudaSlice<T>) -> u64 {
+        ptr(&self.cuda, s)
+    }
+
+    /// The GLA op's problem for `[b, t]` at the op's heads (value splits).
+    fn op_problem(&self, b: usize, t: usize) -> Result<Problem> {
+        let dm = &self.dims;
+        Ok(Problem::new(ProblemSpec {
+            b,
+            t,
+            h: dm.heads * self.heads.split,
+            k: dm.head_k,
+            v: dm.head_v / self.heads.split,
+            gate: GateKind::PerKey,
+            // the model's scale is the per-head K^-1/2 (K is not split)
+            scale: Some((dm.head_k as f64).powf(-0.5)),
+            cu_seqlens: None,
+        })?)
+    }
+
+    /// Adds the partial sums of a column reduction over `rows` rows (`part`, `[col_gy(rows),
+    /// cols]`) to the gradient at `dw`, in block order.
+    fn finalize_cols(&self, dw: u64, part: u64, rows: usize, cols: usize) -> Result<()> {
+        let (gy, ci) = (col_gy(rows) as i32, cols as i32);
+        launch!(self, "col_finalize", flat(cols), dw, part, gy, ci);
+        Ok(())
+    }
+
+    /// The GLA inputs at the op's heads: the repeats of `saved` where there are.
+    fn gla_inputs<'a>(
+        saved: &'a GpuGla,
+        q: &'a CudaSlice<u16>,
+        k: &'a CudaSlice<u16>,
+        v: &'a CudaSlice<u16>,
+        g: &'a CudaSlice<u16>,
+    ) -> DevInputs<'a, u16> {
+        DevInputs {
+            q: saved.q_rep.as_ref().unwrap_or(q),
+            k: saved.k_rep.as_ref().unwrap_or(k),
+            v: saved.v_rep.as_ref().unwrap_or(v),
+            g: Some(saved.gk_rep.as_ref().unwrap_or(g)),
+            h0: None,
+        }
+    }
+
+    /// `out [N, heads, e] = sum over r repeats of src [N, heads*r, e]` (f32).
+    fn sum_back(&self, out: &CudaSlice<f32>, src: &CudaSlice<f32>, n: usize, heads: usize, r: usize, e: usize) -> Result<()> {
+        let len = n * heads * e;
+        let (o, sp, ni, hi, ri, ei) = (self.p(out), self.p(src), n as i64, heads as i32, r as i32, e as i32);
+        launch!(self, "repeat_heads_bwd_f32", flat(len), o, sp, ni, hi, ri, ei);
+        Ok(())
+    }
+
+    /// Queues the all-reduce planned at point `at` of a reducing backward (module doc of
+    /// [`GradSync`]), after the gradients written so far on the model's stream.
+    pub(crate) fn reduce_point(&self, grads: &CudaSlice<f32>, at: usize) -> Result<()> {
+        let Some(s) = &self.sync else { return Ok(()) };
+        let Some(r) = &s.plan[at] else { return Ok(()) };
+        s.ready.record(self.cuda.stream()).map_err(Error::driver("record event"))?;
+        s.comm.stream().wait(&s.ready).map_err(Error::driver("order the communication stream"))?;
+        let base = ptr(&self.cuda, grads);
+        s.comm.all_reduce_sum_f32(base + 4 * r.start as u64, r.len(), &format!("all-reduce of gradients {}..{}", r.start, r.end))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+impl Backend for Gpu {
+    type Error = Error;
+    type Buf = GpuBuf;
+    type Io<'a> = InferIo<'a>;
+    type Grads = CudaSlice<f32>;
+
+    fn dims(&self) -> &Dims {
+        &self.dims
+    }
+    fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    fn alloc_f32(&self, len: usize) -> Result<CudaSlice<f32>> {
+        self.z(len)
+    }
+    fn alloc_act(&self, len: usize) -> Result<CudaSlice<u16>> {
+        self.z(len)
+    }
+    fn alloc_cast(&self, len: usize) -> Result<CudaSlice<u16>> {
+        self.z(len)
+    }
+    fn alloc_ids(&self, n: usize) -> Result<GpuIds> {
+        // the embedding schedule's buffers are sized at the first upload for a backward
+        Ok(GpuIds { ids: self.z(n)?, emb_order: self.z(0)?, emb_start: self.z(0)?, emb_tok: self.z(0)?, emb_nseg: 0 })
+    }
+    fn alloc_rows(&self, n: usize) -> Result<GpuRows> {
+        Ok(GpuRows { rows: self.z(n)?, targets: self.z(n)?, loss: self.z(n)?, correct: self.z(n)? })
+    }
+    fn plan(&self, b: usize, t: usize, backward: bool) -> Result<GpuPlan> {
+        let part = self.z(if backward { part_len(&self.dims, b * t) } else { 1 })?;
+        Ok(GpuPlan { prob: DevProblem::new(&self.cuda, &self.op_problem(b, t)?)?, part })
+    }
+    fn alloc_gla_grads(&self, n: usize) -> Result<[CudaSlice<f32>; 4]> {
+        // sums over the repeats; without a repeat the op's own outputs are moved in (gla_bwd)
+        let (dm, hp) = (&self.dims, self.heads);
+        let z = |rep: usize, len: usize| self.z::<f32>(if rep > 1 { len } else { 0 });
+        Ok([z(hp.rq, n * dm.key_dim)?, z(hp.rk, n * dm.key_dim_kv)?, z(hp.rv, n * dm.value_dim_kv)?, z(hp.rk, n * dm.key_dim_kv)?])
+    }
+    fn alloc_gla_saved(&self, n: usize) -> Result<GpuGla> {
+        let (dm, hp) = (&self.dims, self.heads);
+        // q/k/g at the op's heads
+        let op_k = n * dm.heads * hp.split * dm.head_k;
+        let rep = |r: usize, len: usize| if r > 1 { self.z(len).map(Some) } else { Ok(None) };
+        Ok(GpuGla { q_rep: rep(hp.rq, op_k)?, k_rep: rep(hp.rk, op_k)?, v_rep: rep(hp.rv, n * dm.value_dim)?, gk_rep: rep(hp.rk, op_k)? })
+    }
+
+    fn upload_ids(&self, dst: &mut GpuIds, ids: &[u32], backward: bool) -> Result<()> {
+        let st = self.cuda.stream();
+        st.memcpy_htod(ids, &mut dst.ids).map_err(Error::driver("upload ids"))?;
+        if !backward {
+            return Ok(());
+        }
+        // The embedding backward's schedule (the kernel's contract): the rows sorted by token,
+        // stably, and each token's segment of them, the padding token's left out. Built on the
+        // host, where the ids are, so that every embedding row's gradient is summed in row order
+        // by one block (bitwise repeatable; no atomics).
+        let mut order: Vec<i32> = (0..ids.len() as i32).collect();
+        order.sort_by_key(|&r| ids[r as usize]);
+        let (mut start, mut tok) = (Vec::new(), Vec::new());
+        let mut kept = Vec::with_capacity(order.len());
+        for &r in &order {
+            let id = ids[r as usize];
+            if self.dims.pad == Some(id as usize) {
+                continue;
+            }
+            if tok.last() != Some(&id) {
+                start.push(kept.len() as i32);
+                tok.push(id);
+            }
+            kept.push(r);
+        }
+        start.push(kept.len() as i32);
+        if dst.emb_start.len() < ids.len() + 1 {
+            (dst.emb_order, dst.emb_start, dst.emb_tok) = (self.z(ids.len())?, self.z(ids.len() + 1)?, self.z(ids.len())?);
+        }
+        dst.emb_nseg = tok.len();
+        if !kept.is_empty() {
+            st.memcpy_htod(&kept, &mut dst.emb_order.slice_mut(0..kept.len())).map_err(Error::driver("upload embedding rows"))?;
+            st.memcpy_htod(&tok, &mut dst.emb_tok.slice_mut(0..tok.len())).map_err(Error::driver("upload embedding tokens"))?;
+        }
+        st.memcpy_htod(&start, &mut dst.emb_start.slice_mut(0..start.len())).map_err(Error::driver("upload embedding segments"))
+    }
+    fn select_rows(&self, rows: &mut GpuRows, targets: &[i64]) -> Result<usize> {
+        let st = self.cuda.stream();
+        let (mut rs, mut tg) = (Vec::new(), Vec::new());
+        for (r, &x) in targets.iter().enumerate() {
+            if x != IGNORE_INDEX {
+                rs.push(r as i32);
+                tg.push(x as u32);
+            }
+        }
+        let m = rs.len();
+        if m > 0 {
+            st.memcpy_htod(&rs, &mut rows.rows.slice_mut(0..m)).map_err(Error::driver("upload rows"))?;
+            st.memcpy_htod(&tg, &mut rows.targets.slice_mut(0..m)).map_err(Error::driver("upload targets"))?;
+        }
+        Ok(m)
+    }
+
+    fn cast(&self, copy: &mut CudaSlice<u16>, src: &CudaSlice<f32>) -> Result<()> {
+        let len = copy.len().min(src.len());
+        let (y, x, nl) = (self.p(copy), self.p(src), len as i64);
+        launch!(self, "cast_f32_bf16", flat(len), y, x, nl);
+        Ok(())
+    }
+    fn operand<'a>(&self, copy: &'a CudaSlice<u16>, _src: &'a CudaSlice<f32>) -> &'a CudaSlice<u16> {
+        copy
+    }
+
+    fn embedding_fwd(&self, x: &mut CudaSlice<f32>, ids: &GpuIds, n: usize) -> Result<()> {
+        let (x0, idp, emb, nn, di) = (self.p(x), self.p(&ids.ids), self.mp(self.layout.embeddings), n as i64, self.dims.d as i32);
+        launch!(self, "embedding_fwd", rows_block(n), x0, idp, emb, nn, di);
+        Ok(())
+    }
+    fn embedding_bwd(&self, _plan: &GpuPlan, g: &mut CudaSlice<f32>, dx: &CudaSlice<f32>, ids: &GpuIds, _n: usize) -> Result<()> {
+        let dwte = self.gp(g, self.layout.embeddings);
+        let (dres, di) = (self.p(dx), self.dims.d as i32);
+        let (order, start, tok, nseg) = (self.p(&ids.emb_order), self.p(&ids.emb_start), self.p(&ids.emb_tok), ids.emb_nseg as i32);
+        launch!(self, "embedding_bwd", rows_block(ids.emb_nseg), dwte, dres, order, start, tok, nseg, di);
+        Ok(())
+    }
+
+    fn rmsnorm_fwd(&self, y: &mut CudaSlice<u16>, rstd: &mut CudaSlice<f32>, x: &CudaSlice<f32>, w: ParamId, n: usize) -> Result<()> {
+        let (yp, rp, xp, wp) = (self.p(y), self.p(rstd), self.p(x), self.mp(w));
+        let (ni, di, eps) = (n as i64, self.dims.d as i32, self.dims.eps);
+        launch!(self, "rmsnorm_fwd", rows_warp(n), yp, rp, xp, wp, ni, di, eps);
+        Ok(())
+    }
+    fn rmsnorm_bwd(
+        &self,
+        plan: &GpuPlan,
+        dx: &mut CudaSlice<f32>,
+        g: &mut CudaSlice<f32>,
+        dy: &CudaSlice<f32>,
+        x: &CudaSlice<f32>,
+        rstd: &CudaSlice<f32>,
+        w: ParamId,
+        n: usize,
+        acc: bool,
+    ) -> Result<()> {
+        let d = self.dims.d;
+        let (dxp, dyp, xp, rp, wp) = (self.p(dx), self.p(dy), self.p(x), self.p(rstd), self.mp(w));
+        let (ni, di, ai) = (n as i64, d as i32, i32::from(acc));
+        launch!(self, "rmsnorm_bwd_dx", rows_warp(n), dxp, dyp, xp, rp, wp, ni, di, ai);
+        let part = self.p(&plan.part);
+        launch!(self, "rmsnorm_bwd_dw", cols(n, d), part, dyp, xp, rp, ni, di);
+        self.finalize_cols(self.gp(g, w), part, n, d)
+    }
+
+    fn linear_fwd(&self, y: &mut CudaSlice<u16>, x: &CudaSlice<u16>, w: ParamId, n: usize, d_in: usize, d_out: usize) -> Result<()> {
+        self.gemm.fwd(self.p(y), Ty::Bf16, self.p(x), self.wp(w), n, d_in, d_out, 0.0)
+    }
+    fn linear_fwd_f32(&self, y: &mut CudaSlice<f32>, x: &CudaSlice<u16>, w: ParamId, n: usize, d_in: usize, d_out: usize) -> Result<()> {
+        self.gemm.fwd(self.p(y), Ty::F32, self.p(x), self.wp(w), n, d_in, d_out, 0.0)
+    }
+    fn linear_residual_fwd(
+        &self,
+        y: &mut CudaSlice<f32>,
+        res: &CudaSlice<f32>,
+        x: &CudaSlice<u16>,
+        w: ParamId,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<()> {
+        // y = res, then the GEMM accumulates into it (beta = 1)
+        self.cuda.stream().memcpy_dtod(res, y).map_err(Error::driver("copy residual"))?;
+        self.gemm.fwd(self.p(y), Ty::F32, self.p(x), self.wp(w), n, d_in, d_out, 1.0)
+    }
+    fn linear_bwd_x(
+        &self,
+        dx: &mut CudaSlice<f32>,
+        dy: &CudaSlice<u16>,
+        w: ParamId,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+        acc: bool,
+    ) -> Result<()> {
+        self.gemm.bwd_x(self.p(dx), Ty::F32, self.p(dy), self.wp(w), n, d_in, d_out, if acc { 1.0 } else { 0.0 })
+    }
+    fn linear_bwd_x_act(
+        &self,
+        dx: &mut CudaSlice<u16>,
+        dy: &CudaSlice<u16>,
+        w: ParamId,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<()> {
+        self.gemm.bwd_x(self.p(dx), Ty::Bf16, self.p(dy), self.wp(w), n, d_in, d_out, 0.0)
+    }
+    fn linear_bwd_w(
+        &self,
+        g: &mut CudaSlice<f32>,
+        w: ParamId,
+        dy: &CudaSlice<u16>,
+        x: &CudaSlice<u16>,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<()> {
+        self.gemm.bwd_w(self.gp(g, w), self.p(dy), self.p(x), n, d_in, d_out)
+    }
+
+    fn gate_fwd(&self, gk: &mut CudaSlice<u16>, raw: &mut CudaSlice<f32>, bias: ParamId, n: usize) -> Result<()> {
+        let dm = &self.dims;
+        let (gkp, rawp, bp) = (self.p(gk), self.p(raw), self.mp(bias));
+        let (ni, ci, norm, hc, cm) =
+            (n as i64, dm.key_dim_kv as i32, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
+        launch!(self, "gate_fwd", flat(n * dm.key_dim_kv), gkp, rawp, bp, ni, ci, norm, hc, cm);
+        Ok(())
+    }
+    fn gate_bwd(
+        &self,
+        plan: &GpuPlan,
+        dx: &mut CudaSlice<f32>,
+        dx_act: &mut CudaSlice<u16>,
+        g: &mut CudaSlice<f32>,
+        bias: ParamId,
+        dg: &CudaSlice<f32>,
+        raw: &CudaSlice<f32>,
+        n: usize,
+    ) -> Result<()> {
+        let dm = &self.dims;
+        let (dxp, dx16, dgp, rawp) = (self.p(dx), self.p(dx_act), self.p(dg), self.p(raw));
+        let (tot, norm, hc, cm) =
+            ((n * dm.key_dim_kv) as i64, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
+        launch!(self, "gate_bwd", flat(n * dm.key_dim_kv), dxp, dx16, dgp, rawp, tot, norm, hc, cm);
+        let (ni, ci, part) = (n as i64, dm.key_dim_kv as i32, self.p(&plan.part));
+        launch!(self, "colsum_f32", cols(n, dm.key_dim_kv), part, dxp, ni, ci);
+        self.finalize_cols(self.gp(g, bias), part, n, dm.key_dim_kv)
+    }
+
+    fn conv_fwd(
+        &self,
+        y: &mut CudaSlice<u16>,
+        pre: &mut CudaSlice<u16>,
+        x: &CudaSlice<u16>,
+        w: ParamId,
+        b: usize,
+        t: usize,
+        c: usize,
+        io: Option<(&mut InferIo<'_>, usize, ConvIdx)>,
+    ) -> Result<()> {
+        let n = b * t;
+        let (yp, prep, xp, wp) = (self.p(y), self.p(pre), self.p(x), self.mp(w));
+        let (ni, ti, ci, wi, nb) = (n as i64, t as i32, c as i32, self.dims.conv as i32, b as i64);
+        let cache = match io {
+            Some((InferIo::Table { addr, b }, l, i)) => {
+                // each sequence's own cache, through the state table (decode)
+                let (tab, nb) = (*addr + 8 * ((l * 4 + 1 + i) * *b) as u64, *b as i64);
+                launch!(self, "conv_decode", flat(*b * c), yp, prep, xp, wp, tab, nb, ci, wi);
+                return Ok(());
+            }
+            Some((InferIo::Batch(ctx), l, i)) => ctx.conv[l].as_ref().map_or(0u64, |cc| self.p(&cc[i])),
+            None => 0,
+        };
+        launch!(self, "conv_fwd", flat(n * c), yp, prep, xp, wp, cache, ni, ti, ci, wi);
+        if cache != 0 {
+            launch!(self, "conv_cache_update", flat(b * c), cache, xp, nb, ti, ci, wi);
+        }
+        Ok(())
+    }
+    fn conv_bwd(
+        &self,
+        plan: &GpuPlan,
+        dx: &mut CudaSlice<u16>,
+        g: &mut CudaSlice<f32>,
+        w: ParamId,
+        dy: &CudaSlice<f32>,
+        pre: &CudaSlice<u16>,
+        x: &CudaSlice<u16>,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
+        let n = b * t;
+        let (out, dyp, prep, xp, wp) = (self.p(dx), self.p(dy), self.p(pre), self.p(x), self.mp(w));
+        let (ni, ti, ci, wi) = (n as i64, t as i32, c as i32, self.dims.conv as i32);
+        launch!(self, "conv_bwd_dx", flat(n * c), out, dyp, prep, wp, ni, ti, ci, wi);
+        let part = self.p(&plan.part);
+        launch!(self, "conv_bwd_dw", cols(n, c), part, dyp, prep, xp, ni, ti, ci, wi);
+        self.finalize_cols(self.gp(g, w), part, n, c * self.dims.conv)
+    }
+
+    fn gla_fwd(
+        &self,
+        plan: &GpuPlan,
+        saved: &mut GpuGla,
+        o: &mut CudaSlice<u16>,
+        q: &CudaSlice<u16>,
+        k: &CudaSlice<u16>,
+        v: &CudaSlice<u16>,
+        g: &CudaSlice<u16>,
+        io: Option<(&mut InferIo<'_>, usize)>,
+    ) -> Result<()> {
+        let c = &*self.cuda;
+        let (dm, hp) = (&self.dims, self.heads);
+        let p = &plan.prob.problem;
+        let n = p.b() * p.t();
+        let ni = n as i64;
+        // repeats to the op's heads
+        let kv = dm.kv_heads as i32;
+        if let Some(qr) = &saved.q_rep {
+            let (out, src, hh, r, e) = (self.p(qr), self.p(q), dm.heads as i32, hp.rq as i32, dm.head_k as i32);
+            launch!(self, "repeat_heads_bf16", flat(n * dm.key_dim * hp.rq), out, src, ni, hh, r, e);
+        }
+        if let (Some(kr), Some(gr)) = (&saved.k_rep, &saved.gk_rep) {
+            let (r, e) = (hp.rk as i32, dm.head_k as i32);
+            let (out, src) = (self.p(kr), self.p(k));
+            launch!(self, "repeat_heads_bf16", flat(n * dm.key_dim_kv * hp.rk), out, src, ni, kv, r, e);
+            let (out, src) = (self.p(gr), self.p(g));
+            launch!(self, "repeat_heads_bf16", flat(n * dm.key_dim_kv * hp.rk), out, src, ni, kv, r, e);
+        }
+        if let Some(vr) = &saved.v_rep {
+            let (out, src, r, e) = (self.p(vr), self.p(v), hp.rv as i32, dm.head_v as i32);
+            launch!(self, "repeat_heads_bf16", flat(n * dm.value_dim), out, src, ni, kv, r, e);
+        }
+        let x_in = Self::gla_inputs(saved, q, k, v, g);
+        match io {
+            None => ops::gla_fwd(c, FwdKernel::Chunk, &plan.prob, &x_in, o, None)?,
+            Some((InferIo::Batch(ctx), l)) => {
+                // one token per sequence takes the recurrent kernel, as fla's decode does
+                let which = if p.t() == 1 { FwdKernel::Recurrent } else { FwdKernel::Chunk };
+                let x_in = DevInputs { h0: Some(&ctx.h0[l]), ..x_in };
+                ops::gla_fwd(c, which, &plan.prob, &x_in, o, Some(&mut ctx.ht[l]))?;
+            }
+            Some((InferIo::Table { addr, b }, l)) => {
+                if p.t() != 1 {
+                    return Err(unsupported(format!("the decode step takes one token per sequence, got T = {}", p.t())));
+                }
+                let tab = *addr + 8 * (l * 4 * *b) as u64;
+                // SAFETY: the table's entries for layer l are the recurrent states of the B
+                // sequences (the contract of GpuModel::decode_body, the only maker of a Table)
+                unsafe { ops::gla_decode(c, &plan.prob, &x_in, tab, *b, o)? };
+            }
+        }
+        if sync_debug() {
+            c.stream().synchronize().map_err(Error::driver("GLA forward (GLA_SYNC_DEBUG)"))?;
+        }
+        Ok(())
+    }
+    fn gla_bwd(
+        &self,
+        plan: &GpuPlan,
+        saved: &GpuGla,
+        q: &CudaSlice<u16>,
+        k: &CudaSlice<u16>,
+        v: &CudaSlice<u16>,
+        g: &CudaSlice<u16>,
+        d_o: &CudaSlice<u16>,
+        grads: [&mut CudaSlice<f32>; 4],
+    ) -> Result<()> {
+        let c = &*self.cuda;
+        let (dm, hp) = (&self.dims, self.heads);
+        let n = plan.prob.problem.b() * plan.prob.problem.t();
+        let x_in = Self::gla_inputs(saved, q, k, v, g);
+        let [dq, dk, dv, dg] = grads;
+        // outputs of the last layer's op moved in below: freed first (stream-ordered), so that
+        // two layers' gradients are never alive at once
+        for (rep, buf) in [(hp.rq, &mut *dq), (hp.rk, &mut *dk), (hp.rv, &mut *dv), (hp.rk, &mut *dg)] {
+            if rep == 1 {
+                *buf = self.z(0)?;
+            }
+        }
+        let gr = if ops::chunk_bwd_supported::<u16>(&plan.prob.problem) && std::env::var_os("GLA_MODEL_RECURRENT_BWD").is_none() {
+            ops::gla_bwd_chunk(c, &plan.prob, &x_in, d_o, None, false)?
+        } else {
+            ops::gla_bwd(c, &plan.prob, &x_in, d_o, None)?
+        };
+        if sync_debug() {
+            c.stream().synchronize().map_err(Error::driver("GLA backward (GLA_SYNC_DEBUG)"))?;
+        }
+        // sum the repeats back: dq over value splits, dk/dg over groups and splits, dv over
+        // groups; without a repeat the op's output is moved in
+        let kv = dm.kv_heads;
+        if hp.rq > 1 {
+            self.sum_back(dq, &gr.dq, n, dm.heads, hp.rq, dm.head_k)?;
+        } else {
+            *dq = gr.dq;
+        }
+        if hp.rk > 1 {
+            self.sum_back(dk, &gr.dk, n, kv, hp.rk, dm.head_k)?;
+            self.sum_back(dg, &gr.dg, n, kv, hp.rk, dm.head_k)?;
+        } else {
+            *dk = gr.dk;
+            *dg = gr.dg;
+        }
+        if hp.rv > 1 {
+            self.sum_back(dv, &gr.dv, n, kv, hp.rv, dm.head_v)?;
+        } else {
+            *dv = gr.dv;
+        }
+        Ok(())
+    }
+
+    fn gated_norm_fwd(
+        &self,
+        y: &mut CudaSlice<u16>,
+        rstd: &mut CudaSlice<f32>,
+        o: &CudaSlice<u16>,
+        g: Option<&CudaSlice<u16>>,
+        w: ParamId,
+        rows: usize,
+    ) -> Result<()> {
+        let (on, ro, op) = (self.p(y), self.p(rstd), self.p(o));
+        let gpre = g.map_or(0u64, |g| self.p(g));
+        let (wp, rws, v, eps) = (self.mp(w), rows as i64, self.dims.head_v as i32, self.dims.eps);
+        launch!(self, "gated_norm_fwd", rows_warp(rows), on, ro, op, gpre, wp, rws, v, eps);
+        Ok(())
+    }
+    fn gated_norm_bwd(
+        &self,
+        plan: &GpuPlan,
+        d_o: &mut CudaSlice<u16>,
+        dg: Option<&mut CudaSlice<u16>>,
+        grads: &mut CudaSlice<f32>,
+        w: ParamId,
+        dy: &CudaSlice<f32>,
+        o: &CudaSlice<u16>,
+        g: Option<&CudaSlice<u16>>,
+        rstd: &CudaSlice<f32>,
+        rows: usize,
+    ) -> Result<()> {
+        let (dop, d_on, op, ro, wp) = (self.p(d_o), self.p(dy), self.p(o), self.p(rstd), self.mp(w));
+        let dgp = dg.map_or(0u64, |x| self.p(x));
+        let gpre = g.map_or(0u64, |x| self.p(x));
+        let (rws, v) = (rows as i64, self.dims.head_v as i32);
+        launch!(self, "gated_norm_bwd_dx", rows_warp(rows), dop, dgp, d_on, op, gpre, ro, wp, rws, v);
+        let part = self.p(&plan.part);
+        launch!(self, "gated_norm_bwd_dw", cols(rows, self.dims.head_v), part, d_on, op, gpre, ro, rws, v);
+        self.finalize_cols(self.gp(grads, w), part, rows, self.dims.head_v)
+    }
+
+    fn swiglu_fwd(&self, h: &mut CudaSlice<u16>, a: &CudaSlice<u16>, b: &CudaSlice<u16>, len: usize) -> Result<()> {
+        let (hp, ap, bp, ne) = (self.p(h), self.p(a), self.p(b), len as i64);
+        launch!(self, "swiglu_fwd", flat(len), hp, ap, bp, ne);
+        Ok(())
+    }
+    fn swiglu_bwd(
+        &self,
+        da: &mut CudaSlice<u16>,
+        db: &mut CudaSlice<u16>,
+        dh: &CudaSlice<f32>,
+        a: &CudaSlice<u16>,
+        b: &CudaSlice<u16>,
+        len: usize,
+    ) -> Result<()> {
+        let (dap, dbp, dhp, ap, bp, ne) = (self.p(da), self.p(db), self.p(dh), self.p(a), self.p(b), len as i64);
+        launch!(self, "swiglu_bwd", flat(len), dap, dbp, dhp, ap, bp, ne);
+        Ok(())
+    }
+
+    fn gather_rows(&self, out: &mut CudaSlice<u16>, x: &CudaSlice<u16>, rows: &GpuRows, m: usize) -> Result<()> {
+        if m == 0 {
+            return Ok(());
+        }
+        let (sel, xf, rp, mi, di) = (self.p(out), self.p(x), self.p(&rows.rows), m as i64, self.dims.d as i32);
+        launch!(self, "gather_rows_bf16", rows_block(m), sel, xf, rp, mi, di);
+        Ok(())
+    }
+    fn cross_entropy(
+        &self,
+        logits: &mut CudaSlice<f32>,
+        dlogits: &mut CudaSlice<u16>,
+        rows: &GpuRows,
+        m: usize,
+        dscale: f32,
+    ) -> Result<(f64, usize)> {
+        let st = self.cuda.stream();
+        let (dl, lp, cp, lg, tp) = (self.p(dlogits), self.p(&rows.loss), self.p(&rows.correct), self.p(logits), self.p(&rows.targets));
+        let (mi, vi) = (m as i64, self.dims.vocab as i32);
+        launch!(self, "cross_entropy", rows_block(m), dl, lp, cp, lg, tp, mi, vi, dscale);
+        // the one synchronisation of a training forward: the loss is read on the host
+        let loss = st.clone_dtoh(&rows.loss.slice(0..m)).map_err(Error::driver("download loss"))?;
+        let correct = st.clone_dtoh(&rows.correct.slice(0..m)).map_err(Error::driver("download accuracy"))?;
+        Ok((loss.iter().map(|&x| f64::from(x)).sum(), correct.iter().filter(|&&x| x != 0).count()))
+    }
+    fn lm_head_bwd(
+        &self,
+        g: &mut CudaSlice<f32>,
+        w: ParamId,
+        dsel: &mut CudaSlice<f32>,
+        _logits: &mut CudaSlice<f32>,
+        dlogits: &mut CudaSlice<u16>,
+        x_sel: &CudaSlice<u16>,
+        m: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let (d, vocab) = (self.dims.d, self.dims.vocab);
+        // dlogits holds d(mean loss)/d logits; the scale goes into the weight GEMM's alpha and
+        // into scatter_rows
+        self.gemm.bwd_x(self.p(dsel), Ty::F32, self.p(dlogits), self.wp(w), m, d, vocab, 0.0)?;
+        self.gemm.bwd_w_scaled(self.gp(g, w), self.p(dlogits), self.p(x_sel), m, d, vocab, scale)
+    }
+    fn scatter_rows(&self, dx: &mut CudaSlice<f32>, src: &CudaSlice<f32>, rows: &GpuRows, m: usize, _n: usize, scale: f32) -> Result<()> {
+        self.cuda.stream().memset_zeros(dx).map_err(Error::driver("zero dxn"))?;
+        if m > 0 {
+            let (dxp, sp, rp, mi, di) = (self.p(dx), self.p(src), self.p(&rows.rows), m as i64, self.dims.d as i32);
+            launch!(self, "scatter_rows_f32", rows_block(m), dxp, sp, rp, mi, di, scale);
+        }
+        Ok(())
+    }
+
+    fn grads_ready(&self, g: &CudaSlice<f32>, point: usize) -> Result<()> {
+        if self.reducing.load(Ordering::SeqCst) {
+            self.reduce_point(g, point)?;
+        }
+        Ok(())
+    }
+}

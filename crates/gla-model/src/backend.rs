@@ -1,0 +1,336 @@
+//! The [`Backend`] trait: one method per op of the language model (docs/backend.md), so that
+//! the forward and the backward ([`crate::model`]) are written once and run on the CPU
+//! ([`crate::cpu::Cpu`], f32, the reference) and on a GPU (gla-cuda: bf16 GEMM operands, f32
+//! masters).
+//!
+//! Buffers are the backend's own types ([`Storage`]): `F32` for what stays f32 everywhere (the
+//! residual stream, the norms' `rstd`, the gate pre-activation, every gradient that is summed from
+//! several products), `Act` for GEMM operands and saved activations (f32 on the CPU, bf16 on the
+//! GPU). Weights and their gradients are named by their [`ParamId`] (the index in
+//! [`Layout::specs`]): each backend resolves an id to its own storage (the CPU's f32 arena; the
+//! GPU's bf16 copy for GEMMs and f32 master elsewhere).
+//!
+//! Shapes: `N` rows (B*T tokens), `D` model dim, `H` heads, `K`/`V` per-head dims, `I` MLP width,
+//! `C` channels of a conv, `W` its width, `M` labelled rows. The dims the ops need besides the
+//! row counts come from [`Backend::dims`]. Backward ops accumulate (`+=`) into parameter
+//! gradients and write (`=`) activation gradients unless they take `acc`.
+
+use crate::config::Dims;
+use crate::params::Layout;
+
+/// Index of a tensor in the parameter table ([`Layout::specs`]).
+pub type ParamId = usize;
+
+/// The buffer types a backend allocates and [`crate::model::Acts`] holds (apart from
+/// [`Backend`] so that activations do not borrow the backend: the CPU backend borrows its
+/// model's weights, its activations outlive that borrow).
+pub trait Storage {
+    /// f32 buffer.
+    type F32;
+    /// GEMM operand / saved activation (f32 on the CPU, bf16 on the GPU).
+    type Act;
+    /// Token ids of a batch (and whatever the embedding backward derives from them).
+    type Ids;
+    /// The labelled rows of a batch and their targets.
+    type Rows;
+    /// Per batch shape: the GLA op's problem and the backend's reduction scratch.
+    type Plan;
+    /// Per layer: what the backend's GLA op keeps for its backward beyond q, k, v, g (the
+    /// repeats of GQA groups and value splits).
+    type GlaSaved;
+}
+
+/// f32 buffer of backend `B`.
+pub type F32<B> = <<B as Backend>::Buf as Storage>::F32;
+/// Activation buffer of backend `B`.
+pub type Act<B> = <<B as Backend>::Buf as Storage>::Act;
+/// Token ids of backend `B`.
+pub type Ids<B> = <<B as Backend>::Buf as Storage>::Ids;
+/// Labelled rows of backend `B`.
+pub type Rows<B> = <<B as Backend>::Buf as Storage>::Rows;
+/// Batch plan of backend `B`.
+pub type Plan<B> = <<B as Backend>::Buf as Storage>::Plan;
+/// Per-layer GLA buffers of backend `B`.
+pub type GlaSaved<B> = <<B as Backend>::Buf as Storage>::GlaSaved;
+
+/// Which short convolution of a block (q, k or v): the index of its inference cache.
+pub type ConvIdx = usize;
+
+/// The language model's ops on one device. See the module doc for buffers and shapes.
+#[allow(clippy::too_many_arguments)]
+pub trait Backend {
+    /// Error of the backend's ops (model errors such as a bad token id convert into it).
+    type Error: From<crate::Error>;
+    /// Buffer types.
+    type Buf: Storage;
+    /// Inference state of the sequences of one forward (prefill, decode): read by the short
+    /// convolutions and the GLA op, advanced by them.
+    type Io<'a>;
+    /// Gradient arena, laid out like the parameters.
+    type Grads: ?Sized;
+
+    /// The model's dims.
+    fn dims(&self) -> &Dims;
+    /// The parameter table.
+    fn layout(&self) -> &Layout;
+
+    /// A zeroed f32 buffer of `len` elements.
+    fn alloc_f32(&self, len: usize) -> Result<F32<Self>, Self::Error>;
+    /// A zeroed activation buffer of `len` elements.
+    fn alloc_act(&self, len: usize) -> Result<Act<Self>, Self::Error>;
+    /// A buffer for [`Backend::cast`]: the GEMM-operand copy of an f32 buffer of `len`
+    /// elements. A backend whose `Act` is f32 returns an empty one and lends the source instead
+    /// ([`Backend::operand`]).
+    fn alloc_cast(&self, len: usize) -> Result<Act<Self>, Self::Error>;
+    /// Buffers for the ids of `n` tokens.
+    fn alloc_ids(&self, n: usize) -> Result<Ids<Self>, Self::Error>;
+    /// Buffers for up to `n` labelled rows.
+    fn alloc_rows(&self, n: usize) -> Result<Rows<Self>, Self::Error>;
+    /// The plan of `[B, T]` batches (`backward`: it will run backwards).
+    fn plan(&self, b: usize, t: usize, backward: bool) -> Result<Plan<Self>, Self::Error>;
+    /// The buffers [`Backend::gla_bwd`] writes dq, dk, dv, dg into, for `n` rows (a backend
+    /// that hands over its op's own outputs may return empty ones).
+    fn alloc_gla_grads(&self, n: usize) -> Result<[F32<Self>; 4], Self::Error>;
+    /// One layer's GLA buffers for `n` rows.
+    fn alloc_gla_saved(&self, n: usize) -> Result<GlaSaved<Self>, Self::Error>;
+
+    /// Copies a batch's token ids in (checked by the caller); `backward`: the embedding
+    /// backward will run on them.
+    fn upload_ids(&self, dst: &mut Ids<Self>, ids: &[u32], backward: bool) -> Result<(), Self::Error>;
+    /// Keeps the rows whose target is not -100 and their targets (checked by the caller);
+    /// returns their count `M`.
+    fn select_rows(&self, rows: &mut Rows<Self>, targets: &[i64]) -> Result<usize, Self::Error>;
+
+    /// Writes the GEMM-operand copy of `src` into `copy` (nothing when `copy` is empty).
+    fn cast(&self, copy: &mut Act<Self>, src: &F32<Self>) -> Result<(), Self::Error>;
+    /// The GEMM operand of a gradient held in f32 as `src` and as an operand copy `copy`
+    /// (written by [`Backend::cast`] or by a fused op): `copy`, or `src` when `copy` is empty.
+    fn operand<'a>(&self, copy: &'a Act<Self>, src: &'a F32<Self>) -> &'a Act<Self>;
+
+    /// `x [N, D] = wte[ids]`.
+    fn embedding_fwd(&self, x: &mut F32<Self>, ids: &Ids<Self>, n: usize) -> Result<(), Self::Error>;
+    /// `dwte[ids] += dx`, skipping the padding token.
+    fn embedding_bwd(&self, plan: &Plan<Self>, g: &mut Self::Grads, dx: &F32<Self>, ids: &Ids<Self>, n: usize) -> Result<(), Self::Error>;
+
+    /// RMSNorm over rows of D: `y = x * rstd * w`, saving `rstd [N]`.
+    fn rmsnorm_fwd(&self, y: &mut Act<Self>, rstd: &mut F32<Self>, x: &F32<Self>, w: ParamId, n: usize) -> Result<(), Self::Error>;
+    /// RMSNorm backward: `dx (+)= ...` (`acc`), `dw += ...`.
+    fn rmsnorm_bwd(
+        &self,
+        plan: &Plan<Self>,
+        dx: &mut F32<Self>,
+        g: &mut Self::Grads,
+        dy: &F32<Self>,
+        x: &F32<Self>,
+        rstd: &F32<Self>,
+        w: ParamId,
+        n: usize,
+        acc: bool,
+    ) -> Result<(), Self::Error>;
+
+    /// `y [N, out] = x [N, in] @ w^T`.
+    fn linear_fwd(&self, y: &mut Act<Self>, x: &Act<Self>, w: ParamId, n: usize, d_in: usize, d_out: usize) -> Result<(), Self::Error>;
+    /// [`Backend::linear_fwd`] into an f32 buffer.
+    fn linear_fwd_f32(&self, y: &mut F32<Self>, x: &Act<Self>, w: ParamId, n: usize, d_in: usize, d_out: usize) -> Result<(), Self::Error>;
+    /// The residual step `y [N, out] = res + x [N, in] @ w^T`.
+    fn linear_residual_fwd(
+        &self,
+        y: &mut F32<Self>,
+        res: &F32<Self>,
+        x: &Act<Self>,
+        w: ParamId,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<(), Self::Error>;
+    /// `dx [N, in] (+)= dy [N, out] @ w` (`acc`).
+    fn linear_bwd_x(
+        &self,
+        dx: &mut F32<Self>,
+        dy: &Act<Self>,
+        w: ParamId,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+        acc: bool,
+    ) -> Result<(), Self::Error>;
+    /// `dx [N, in] = dy [N, out] @ w` into an activation buffer (a GEMM operand next).
+    fn linear_bwd_x_act(
+        &self,
+        dx: &mut Act<Self>,
+        dy: &Act<Self>,
+        w: ParamId,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<(), Self::Error>;
+    /// `dw [out, in] += dy^T @ x`.
+    fn linear_bwd_w(
+        &self,
+        g: &mut Self::Grads,
+        w: ParamId,
+        dy: &Act<Self>,
+        x: &Act<Self>,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<(), Self::Error>;
+
+    /// The log-gate: `raw += bias` (in place, kept for the backward), `gk = gate(raw)` (fla's
+    /// `logsigmoid / gate_norm`, clamped), `[N, C]`.
+    fn gate_fwd(&self, gk: &mut Act<Self>, raw: &mut F32<Self>, bias: ParamId, n: usize) -> Result<(), Self::Error>;
+    /// Backward of [`Backend::gate_fwd`]: `dx` in f32 and its operand copy `dx_act` (see
+    /// [`Backend::alloc_cast`]), `dbias += colsum(dx)`.
+    fn gate_bwd(
+        &self,
+        plan: &Plan<Self>,
+        dx: &mut F32<Self>,
+        dx_act: &mut Act<Self>,
+        g: &mut Self::Grads,
+        bias: ParamId,
+        dg: &F32<Self>,
+        raw: &F32<Self>,
+        n: usize,
+    ) -> Result<(), Self::Error>;
+
+    /// Causal depthwise conv + SiLU over sequences of `t` rows: `pre`, `y = silu(pre)`,
+    /// `[B*T, C]`. With `io`, each sequence continues from its cache `(layer, which)` and
+    /// advances it.
+    fn conv_fwd(
+        &self,
+        y: &mut Act<Self>,
+        pre: &mut Act<Self>,
+        x: &Act<Self>,
+        w: ParamId,
+        b: usize,
+        t: usize,
+        c: usize,
+        io: Option<(&mut Self::Io<'_>, usize, ConvIdx)>,
+    ) -> Result<(), Self::Error>;
+    /// Backward of [`Backend::conv_fwd`] (no cache): writes `dx`, accumulates `dw`.
+    fn conv_bwd(
+        &self,
+        plan: &Plan<Self>,
+        dx: &mut Act<Self>,
+        g: &mut Self::Grads,
+        w: ParamId,
+        dy: &F32<Self>,
+        pre: &Act<Self>,
+        x: &Act<Self>,
+        b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<(), Self::Error>;
+
+    /// The GLA op: `o [N, H, V]` from `q [N, H, K]` and `k, g [N, Hkv, K]`, `v [N, Hkv, V]`
+    /// (GQA repeats and value splits are the backend's, kept in `saved`). With `io`, each
+    /// sequence starts from its state of `layer` and leaves its final one there.
+    fn gla_fwd(
+        &self,
+        plan: &Plan<Self>,
+        saved: &mut GlaSaved<Self>,
+        o: &mut Act<Self>,
+        q: &Act<Self>,
+        k: &Act<Self>,
+        v: &Act<Self>,
+        g: &Act<Self>,
+        io: Option<(&mut Self::Io<'_>, usize)>,
+    ) -> Result<(), Self::Error>;
+    /// Backward of [`Backend::gla_fwd`] (no state): `dq, dk, dv, dg` at the model's heads (the
+    /// repeats summed back).
+    fn gla_bwd(
+        &self,
+        plan: &Plan<Self>,
+        saved: &GlaSaved<Self>,
+        q: &Act<Self>,
+        k: &Act<Self>,
+        v: &Act<Self>,
+        g: &Act<Self>,
+        d_o: &Act<Self>,
+        grads: [&mut F32<Self>; 4],
+    ) -> Result<(), Self::Error>;
+
+    /// fla's `FusedRMSNormGated` over `rows = N*H` rows of V: `y = rmsnorm(o) * w * swish(g)`
+    /// (no gate: `* 1`), saving `rstd [rows]`.
+    fn gated_norm_fwd(
+        &self,
+        y: &mut Act<Self>,
+        rstd: &mut F32<Self>,
+        o: &Act<Self>,
+        g: Option<&Act<Self>>,
+        w: ParamId,
+        rows: usize,
+    ) -> Result<(), Self::Error>;
+    /// Backward of [`Backend::gated_norm_fwd`]: writes `d_o` and `dg`, accumulates `dw`.
+    fn gated_norm_bwd(
+        &self,
+        plan: &Plan<Self>,
+        d_o: &mut Act<Self>,
+        dg: Option<&mut Act<Self>>,
+        grads: &mut Self::Grads,
+        w: ParamId,
+        dy: &F32<Self>,
+        o: &Act<Self>,
+        g: Option<&Act<Self>>,
+        rstd: &F32<Self>,
+        rows: usize,
+    ) -> Result<(), Self::Error>;
+
+    /// `h = silu(a) * b`.
+    fn swiglu_fwd(&self, h: &mut Act<Self>, a: &Act<Self>, b: &Act<Self>, len: usize) -> Result<(), Self::Error>;
+    /// `da = dh * b * silu'(a)`, `db = dh * silu(a)`.
+    fn swiglu_bwd(
+        &self,
+        da: &mut Act<Self>,
+        db: &mut Act<Self>,
+        dh: &F32<Self>,
+        a: &Act<Self>,
+        b: &Act<Self>,
+        len: usize,
+    ) -> Result<(), Self::Error>;
+
+    /// `out [M, D] = x[rows]`.
+    fn gather_rows(&self, out: &mut Act<Self>, x: &Act<Self>, rows: &Rows<Self>, m: usize) -> Result<(), Self::Error>;
+    /// Cross-entropy of `logits [M, vocab]` against the rows' targets: returns the summed loss
+    /// and the correct argmax count, and writes `dscale * d(sum loss)/d logits` into `dlogits`
+    /// (over `logits`, read through [`Backend::operand`], when `dlogits` is empty).
+    fn cross_entropy(
+        &self,
+        logits: &mut F32<Self>,
+        dlogits: &mut Act<Self>,
+        rows: &Rows<Self>,
+        m: usize,
+        dscale: f32,
+    ) -> Result<(f64, usize), Self::Error>;
+    /// The lm_head's backward from the loss gradient of [`Backend::cross_entropy`]:
+    /// `dsel [M, D] = dl @ W` and `dW += scale * dl^T x_sel` (`dl`: `operand(dlogits, logits)`;
+    /// a backend may fold `scale` into it in place).
+    fn lm_head_bwd(
+        &self,
+        g: &mut Self::Grads,
+        w: ParamId,
+        dsel: &mut F32<Self>,
+        logits: &mut F32<Self>,
+        dlogits: &mut Act<Self>,
+        x_sel: &Act<Self>,
+        m: usize,
+        scale: f32,
+    ) -> Result<(), Self::Error>;
+    /// `dx [N, D] = 0` but for the labelled rows: `dx[rows[i]] = scale * src[i]`.
+    fn scatter_rows(
+        &self,
+        dx: &mut F32<Self>,
+        src: &F32<Self>,
+        rows: &Rows<Self>,
+        m: usize,
+        n: usize,
+        scale: f32,
+    ) -> Result<(), Self::Error>;
+
+    /// Called by the backward at each point where a range of parameter gradients is final:
+    /// `point` 0 after the lm_head and the final norm, `L - l` after layer `l`, `L + 1` after
+    /// the embedding (a data-parallel backend starts summing them over its ranks there).
+    fn grads_ready(&self, _g: &Self::Grads, _point: usize) -> Result<(), Self::Error> {
+        Ok(())
+    }
+}

@@ -1,0 +1,489 @@
+//! The CPU [`Backend`]: f32 everywhere, each op one function of [`crate::ops`] (the reference
+//! the GPU kernels are checked against), the GLA op from gla-cpu (fused recurrent for T <= 64,
+//! chunked otherwise, fla's mode switch).
+//!
+//! `Act` is f32 too, so the GEMM-operand copies of f32 gradients are not made: their buffers
+//! are empty ([`Backend::alloc_cast`]) and [`Backend::operand`] lends the f32 source.
+
+use gla_core::op::GlaOp;
+use gla_core::{Backward, Inputs};
+use gla_cpu::mat::{matmul_with, MatRef, Threads};
+use gla_cpu::{Chunked, FusedRecurrent, Schedule};
+
+use crate::backend::{Backend, ConvIdx, ParamId, Storage};
+use crate::config::Dims;
+use crate::infer::{conv_cached, CpuIo, RECURRENT_MAX_T};
+use crate::model::problem;
+use crate::ops::*;
+use crate::params::Layout;
+use crate::{Error, Result};
+
+/// The CPU's buffer types.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CpuBuf;
+
+/// The labelled rows of a batch and their targets.
+#[derive(Debug, Default)]
+pub struct CpuRows {
+    rows: Vec<usize>,
+    targets: Vec<u32>,
+}
+
+/// The batch shape (the GLA op's problem is made per call, as it is cheap).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuPlan {
+    b: usize,
+    t: usize,
+}
+
+/// k, v, g repeated to every head (GQA); empty when the groups are 1.
+#[derive(Debug, Default)]
+pub struct CpuGla {
+    k_rep: Vec<f32>,
+    v_rep: Vec<f32>,
+    gk_rep: Vec<f32>,
+}
+
+impl Storage for CpuBuf {
+    type F32 = Vec<f32>;
+    type Act = Vec<f32>;
+    type Ids = Vec<u32>;
+    type Rows = CpuRows;
+    type Plan = CpuPlan;
+    type GlaSaved = CpuGla;
+}
+
+/// The CPU backend over a model's f32 weights.
+#[derive(Debug, Clone, Copy)]
+pub struct Cpu<'a> {
+    dims: &'a Dims,
+    layout: &'a Layout,
+    params: &'a [f32],
+    /// Inference: GEMMs of few rows take the weight-major product ([`lin`]).
+    small_rows: bool,
+}
+
+impl<'a> Cpu<'a> {
+    /// The backend over `params` (an arena laid out by `layout`).
+    pub fn new(dims: &'a Dims, layout: &'a Layout, params: &'a [f32]) -> Self {
+        Self { dims, layout, params, small_rows: false }
+    }
+
+    /// The backend for inference forwards: GEMMs of at most 128 rows (decode) go through a
+    /// faster weight-major product ([`lin`]). Training keeps [`linear_fwd`] everywhere.
+    pub fn for_inference(self) -> Self {
+        Self { small_rows: true, ..self }
+    }
+
+    fn p(&self, id: ParamId) -> &'a [f32] {
+        &self.params[self.layout.specs[id].range()]
+    }
+}
+
+fn grad<'g>(g: &'g mut [f32], layout: &Layout, id: ParamId) -> &'g mut [f32] {
+    &mut g[layout.specs[id].range()]
+}
+
+/// The GLA op fla's layer would use: fused recurrent for T <= 64, chunked otherwise.
+pub(crate) fn op_for(t: usize) -> &'static dyn GlaOp<f32> {
+    static CHUNKED: Chunked = Chunked { schedule: Schedule::Auto };
+    if t <= RECURRENT_MAX_T {
+        &FusedRecurrent
+    } else {
+        &CHUNKED
+    }
+}
+
+/// Rows up to which [`lin`] takes the weight-major product.
+const SMALL_ROWS: usize = 128;
+
+/// `y [m, out] = x [m, in] @ w^T` like [`linear_fwd`], faster for few rows (decode): for
+/// `m <= 128` it computes `w @ x^T` in blocks of 16 rows (measured on the gemm crate with
+/// `in = 1024, out = 2816`: 1.5 ms instead of 6.6 ms at m = 16, the same at m = 1; bit-identical
+/// results) and transposes the small result.
+fn lin(y: &mut [f32], x: &[f32], w: &[f32], m: usize, d_in: usize, d_out: usize) {
+    if m > SMALL_ROWS {
+        return linear_fwd(y, x, w, m, d_in, d_out);
+    }
+    let mut tmp = vec![0.0f32; d_out * 16.min(m)];
+    for r0 in (0..m).step_by(16) {
+        let mb = (m - r0).min(16);
+        let t = &mut tmp[..d_out * mb];
+        matmul_with(
+            t,
+            mb,
+            MatRef::new(w, d_out, d_in, d_in),
+            MatRef::new(&x[r0 * d_in..(r0 + mb) * d_in], mb, d_in, d_in).t(),
+            false,
+            Threads::All,
+        );
+        for (j, col) in t.chunks_exact(mb).enumerate() {
+            for (r, &v) in col.iter().enumerate() {
+                y[(r0 + r) * d_out + j] = v;
+            }
+        }
+    }
+}
+
+impl<'m> Backend for Cpu<'m> {
+    type Error = Error;
+    type Buf = CpuBuf;
+    type Io<'a> = CpuIo<'a>;
+    type Grads = [f32];
+
+    fn dims(&self) -> &Dims {
+        self.dims
+    }
+    fn layout(&self) -> &Layout {
+        self.layout
+    }
+
+    fn alloc_f32(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+    fn alloc_act(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(vec![0.0; len])
+    }
+    fn alloc_cast(&self, _len: usize) -> Result<Vec<f32>> {
+        Ok(Vec::new())
+    }
+    fn alloc_ids(&self, n: usize) -> Result<Vec<u32>> {
+        Ok(vec![0; n])
+    }
+    fn alloc_rows(&self, n: usize) -> Result<CpuRows> {
+        Ok(CpuRows { rows: Vec::with_capacity(n), targets: Vec::with_capacity(n) })
+    }
+    fn plan(&self, b: usize, t: usize, _backward: bool) -> Result<CpuPlan> {
+        Ok(CpuPlan { b, t })
+    }
+    fn alloc_gla_grads(&self, n: usize) -> Result<[Vec<f32>; 4]> {
+        // dq and, without GQA, dk, dv, dg are the op's own outputs, moved in (gla_bwd)
+        let dm = self.dims;
+        let z = |len: usize| if dm.groups() > 1 { vec![0.0; len] } else { Vec::new() };
+        Ok([Vec::new(), z(n * dm.key_dim_kv), z(n * dm.value_dim_kv), z(n * dm.key_dim_kv)])
+    }
+    fn alloc_gla_saved(&self, n: usize) -> Result<CpuGla> {
+        let dm = self.dims;
+        if dm.groups() == 1 {
+            return Ok(CpuGla::default());
+        }
+        Ok(CpuGla { k_rep: vec![0.0; n * dm.key_dim], v_rep: vec![0.0; n * dm.value_dim], gk_rep: vec![0.0; n * dm.key_dim] })
+    }
+
+    fn upload_ids(&self, dst: &mut Vec<u32>, ids: &[u32], _backward: bool) -> Result<()> {
+        dst.copy_from_slice(ids);
+        Ok(())
+    }
+    fn select_rows(&self, rows: &mut CpuRows, targets: &[i64]) -> Result<usize> {
+        rows.rows.clear();
+        rows.targets.clear();
+        for (r, &tg) in targets.iter().enumerate() {
+            if tg != crate::IGNORE_INDEX {
+                rows.rows.push(r);
+                rows.targets.push(tg as u32);
+            }
+        }
+        Ok(rows.rows.len())
+    }
+
+    fn cast(&self, copy: &mut Vec<f32>, src: &Vec<f32>) -> Result<()> {
+        if !copy.is_empty() {
+            copy.copy_from_slice(src);
+        }
+        Ok(())
+    }
+    fn operand<'a>(&self, copy: &'a Vec<f32>, src: &'a Vec<f32>) -> &'a Vec<f32> {
+        if copy.is_empty() {
+            src
+        } else {
+            copy
+        }
+    }
+
+    fn embedding_fwd(&self, x: &mut Vec<f32>, ids: &Vec<u32>, _n: usize) -> Result<()> {
+        embedding_fwd(x, ids, self.p(self.layout.embeddings), self.dims.d);
+        Ok(())
+    }
+    fn embedding_bwd(&self, _plan: &CpuPlan, g: &mut [f32], dx: &Vec<f32>, ids: &Vec<u32>, _n: usize) -> Result<()> {
+        embedding_bwd(grad(g, self.layout, self.layout.embeddings), dx, ids, self.dims.d, self.dims.pad);
+        Ok(())
+    }
+
+    fn rmsnorm_fwd(&self, y: &mut Vec<f32>, rstd: &mut Vec<f32>, x: &Vec<f32>, w: ParamId, _n: usize) -> Result<()> {
+        rmsnorm_fwd(y, rstd, x, self.p(w), self.dims.d, self.dims.eps);
+        Ok(())
+    }
+    fn rmsnorm_bwd(
+        &self,
+        _plan: &CpuPlan,
+        dx: &mut Vec<f32>,
+        g: &mut [f32],
+        dy: &Vec<f32>,
+        x: &Vec<f32>,
+        rstd: &Vec<f32>,
+        w: ParamId,
+        _n: usize,
+        acc: bool,
+    ) -> Result<()> {
+        rmsnorm_bwd(dx, grad(g, self.layout, w), dy, x, rstd, self.p(w), self.dims.d, acc);
+        Ok(())
+    }
+
+    fn linear_fwd(&self, y: &mut Vec<f32>, x: &Vec<f32>, w: ParamId, n: usize, d_in: usize, d_out: usize) -> Result<()> {
+        let (y, x) = (&mut y[..n * d_out], &x[..n * d_in]);
+        if self.small_rows {
+            lin(y, x, self.p(w), n, d_in, d_out);
+        } else {
+            linear_fwd(y, x, self.p(w), n, d_in, d_out);
+        }
+        Ok(())
+    }
+    fn linear_fwd_f32(&self, y: &mut Vec<f32>, x: &Vec<f32>, w: ParamId, n: usize, d_in: usize, d_out: usize) -> Result<()> {
+        Backend::linear_fwd(self, y, x, w, n, d_in, d_out)
+    }
+    fn linear_residual_fwd(
+        &self,
+        y: &mut Vec<f32>,
+        res: &Vec<f32>,
+        x: &Vec<f32>,
+        w: ParamId,
+        n: usize,
+        d_in: usize,
+        d_out: usize,
+    ) -> Result<()> {
+        Backend::linear_fwd(self, y, x, w, n, d_in, d_out)?;
+        y.iter_mut().zip(res.iter()).for_each(|(y, r)| *y += r);
+        Ok(())
+    }
+    fn linear_bwd_x(&self, dx: &mut Vec<f32>, dy: &Vec<f32>, w: ParamId, n: usize, d_in: usize, d_out: usize, acc: bool) -> Result<()> {
+        linear_bwd_x(dx, dy, self.p(w), n, d_in, d_out, acc);
+        Ok(())
+    }
+    fn linear_bwd_x_act(&self, dx: &mut Vec<f32>, dy: &Vec<f32>, w: ParamId, n: usize, d_in: usize, d_out: usize) -> Result<()> {
+        Backend::linear_bwd_x(self, dx, dy, w, n, d_in, d_out, false)
+    }
+    fn linear_bwd_w(&self, g: &mut [f32], w: ParamId, dy: &Vec<f32>, x: &Vec<f32>, n: usize, d_in: usize, d_out: usize) -> Result<()> {
+        linear_bwd_w(grad(g, self.layout, w), dy, x, n, d_in, d_out);
+        Ok(())
+    }
+
+    fn gate_fwd(&self, gk: &mut Vec<f32>, raw: &mut Vec<f32>, bias: ParamId, _n: usize) -> Result<()> {
+        let bias = self.p(bias);
+        for row in raw.chunks_exact_mut(self.dims.key_dim_kv) {
+            row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+        }
+        gate_fwd(gk, raw, self.dims.gate_norm, self.dims.clamp_min);
+        Ok(())
+    }
+    fn gate_bwd(
+        &self,
+        _plan: &CpuPlan,
+        dx: &mut Vec<f32>,
+        dx_act: &mut Vec<f32>,
+        g: &mut [f32],
+        bias: ParamId,
+        dg: &Vec<f32>,
+        raw: &Vec<f32>,
+        _n: usize,
+    ) -> Result<()> {
+        gate_bwd(dx, dg, raw, self.dims.gate_norm, self.dims.clamp_min);
+        Backend::cast(self, dx_act, dx)?;
+        let db = grad(g, self.layout, bias);
+        for row in dx.chunks_exact(self.dims.key_dim_kv) {
+            db.iter_mut().zip(row).for_each(|(b, r)| *b += r);
+        }
+        Ok(())
+    }
+
+    fn conv_fwd(
+        &self,
+        y: &mut Vec<f32>,
+        pre: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: ParamId,
+        _b: usize,
+        t: usize,
+        c: usize,
+        io: Option<(&mut CpuIo<'_>, usize, ConvIdx)>,
+    ) -> Result<()> {
+        let width = self.dims.conv;
+        match io {
+            None => conv_fwd(y, pre, x, self.p(w), t, c, width),
+            // each sequence continues from its cache (the inference forward needs no `pre`)
+            Some((io, l, which)) => {
+                for (s, caches) in io.convs.iter_mut().enumerate() {
+                    let r = io.bounds[s] * c..io.bounds[s + 1] * c;
+                    conv_cached(&mut y[r.clone()], &x[r], self.p(w), &mut caches[l][which], c, width);
+                }
+            }
+        }
+        Ok(())
+    }
+    fn conv_bwd(
+        &self,
+        _plan: &CpuPlan,
+        dx: &mut Vec<f32>,
+        g: &mut [f32],
+        w: ParamId,
+        dy: &Vec<f32>,
+        pre: &Vec<f32>,
+        x: &Vec<f32>,
+        _b: usize,
+        t: usize,
+        c: usize,
+    ) -> Result<()> {
+        conv_bwd(dx, grad(g, self.layout, w), dy, pre, x, self.p(w), t, c, self.dims.conv);
+        Ok(())
+    }
+
+    fn gla_fwd(
+        &self,
+        plan: &CpuPlan,
+        saved: &mut CpuGla,
+        o: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        g: &Vec<f32>,
+        io: Option<(&mut CpuIo<'_>, usize)>,
+    ) -> Result<()> {
+        let dm = self.dims;
+        let (k, v, g) = if dm.groups() > 1 {
+            repeat_heads(&mut saved.k_rep, k, dm.kv_heads, dm.groups(), dm.head_k);
+            repeat_heads(&mut saved.v_rep, v, dm.kv_heads, dm.groups(), dm.head_v);
+            repeat_heads(&mut saved.gk_rep, g, dm.kv_heads, dm.groups(), dm.head_k);
+            (&saved.k_rep, &saved.v_rep, &saved.gk_rep)
+        } else {
+            (k, v, g)
+        };
+        match io {
+            None => {
+                let prob = problem(dm, plan.b, plan.t, None)?;
+                let fwd = op_for(plan.t).forward(&prob, &Inputs { q, k, v, g: Some(g), h0: None }, false)?;
+                *o = fwd.o;
+            }
+            Some((io, l)) => io.gla(dm, o, [q, k, v, g], l)?,
+        }
+        Ok(())
+    }
+    fn gla_bwd(
+        &self,
+        plan: &CpuPlan,
+        saved: &CpuGla,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        g: &Vec<f32>,
+        d_o: &Vec<f32>,
+        grads: [&mut Vec<f32>; 4],
+    ) -> Result<()> {
+        let dm = self.dims;
+        let groups = dm.groups();
+        let (k, v, g) = if groups > 1 { (&saved.k_rep, &saved.v_rep, &saved.gk_rep) } else { (k, v, g) };
+        let prob = problem(dm, plan.b, plan.t, None)?;
+        let x_in = Inputs { q, k, v, g: Some(g), h0: None };
+        let gr = op_for(plan.t).backward(&prob, &x_in, &Backward { d_o, dht: None })?;
+        let dg_full = gr.dg.unwrap_or_default();
+        let [dq, dk, dv, dg] = grads;
+        // the op's outputs are moved in where no sum over the groups is needed
+        *dq = gr.dq;
+        if groups > 1 {
+            repeat_heads_bwd(dk, &gr.dk, dm.kv_heads, groups, dm.head_k);
+            repeat_heads_bwd(dv, &gr.dv, dm.kv_heads, groups, dm.head_v);
+            repeat_heads_bwd(dg, &dg_full, dm.kv_heads, groups, dm.head_k);
+        } else {
+            *dk = gr.dk;
+            *dv = gr.dv;
+            *dg = dg_full;
+        }
+        Ok(())
+    }
+
+    fn gated_norm_fwd(
+        &self,
+        y: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        o: &Vec<f32>,
+        g: Option<&Vec<f32>>,
+        w: ParamId,
+        _rows: usize,
+    ) -> Result<()> {
+        gated_norm_fwd(y, rstd, o, g.map(Vec::as_slice), self.p(w), self.dims.head_v, self.dims.eps);
+        Ok(())
+    }
+    fn gated_norm_bwd(
+        &self,
+        _plan: &CpuPlan,
+        d_o: &mut Vec<f32>,
+        dg: Option<&mut Vec<f32>>,
+        grads: &mut [f32],
+        w: ParamId,
+        dy: &Vec<f32>,
+        o: &Vec<f32>,
+        g: Option<&Vec<f32>>,
+        rstd: &Vec<f32>,
+        _rows: usize,
+    ) -> Result<()> {
+        let dw = grad(grads, self.layout, w);
+        gated_norm_bwd(d_o, dg.map(Vec::as_mut_slice), dw, dy, o, g.map(Vec::as_slice), rstd, self.p(w), self.dims.head_v);
+        Ok(())
+    }
+
+    fn swiglu_fwd(&self, h: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>, _len: usize) -> Result<()> {
+        swiglu_fwd(h, a, b);
+        Ok(())
+    }
+    fn swiglu_bwd(&self, da: &mut Vec<f32>, db: &mut Vec<f32>, dh: &Vec<f32>, a: &Vec<f32>, b: &Vec<f32>, _len: usize) -> Result<()> {
+        swiglu_bwd(da, db, dh, a, b);
+        Ok(())
+    }
+
+    fn gather_rows(&self, out: &mut Vec<f32>, x: &Vec<f32>, rows: &CpuRows, m: usize) -> Result<()> {
+        let d = self.dims.d;
+        for (o, &r) in out[..m * d].chunks_exact_mut(d).zip(&rows.rows) {
+            o.copy_from_slice(&x[r * d..(r + 1) * d]);
+        }
+        Ok(())
+    }
+    fn cross_entropy(&self, logits: &mut Vec<f32>, dlogits: &mut Vec<f32>, rows: &CpuRows, m: usize, dscale: f32) -> Result<(f64, usize)> {
+        let vocab = self.dims.vocab;
+        // the gradient is written over the logits (dlogits is empty: alloc_cast)
+        let out = cross_entropy_fwd_bwd(&mut logits[..m * vocab], &rows.targets, vocab, dscale);
+        Backend::cast(self, dlogits, logits)?;
+        Ok(out)
+    }
+    fn lm_head_bwd(
+        &self,
+        g: &mut [f32],
+        w: ParamId,
+        dsel: &mut Vec<f32>,
+        logits: &mut Vec<f32>,
+        dlogits: &mut Vec<f32>,
+        x_sel: &Vec<f32>,
+        m: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let (d, vocab) = (self.dims.d, self.dims.vocab);
+        let dl = if dlogits.is_empty() { logits } else { dlogits };
+        let dl = &mut dl[..m * vocab];
+        linear_bwd_x(&mut dsel[..m * d], dl, self.p(w), m, d, vocab, false);
+        if scale != 1.0 {
+            dl.iter_mut().for_each(|x| *x *= scale);
+        }
+        linear_bwd_w(grad(g, self.layout, w), dl, &x_sel[..m * d], m, d, vocab);
+        Ok(())
+    }
+    fn scatter_rows(&self, dx: &mut Vec<f32>, src: &Vec<f32>, rows: &CpuRows, m: usize, _n: usize, scale: f32) -> Result<()> {
+        let d = self.dims.d;
+        dx.fill(0.0);
+        for (i, &r) in rows.rows[..m].iter().enumerate() {
+            let (dst, s) = (&mut dx[r * d..(r + 1) * d], &src[i * d..(i + 1) * d]);
+            if scale != 1.0 {
+                dst.iter_mut().zip(s).for_each(|(a, &b)| *a = b * scale);
+            } else {
+                dst.copy_from_slice(s);
+            }
+        }
+        Ok(())
+    }
+}
