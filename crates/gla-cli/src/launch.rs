@@ -4,6 +4,8 @@
 //! that finds `RANK` already set (started by this launcher, torchrun or a cluster scheduler)
 //! joins its job instead. The launcher stops every rank as soon as one fails and names it.
 
+// without the `cuda` feature only the tests start and supervise ranks
+#[cfg_attr(not(feature = "cuda"), allow(unused_imports))]
 use std::process::{Child, Command, ExitStatus};
 use std::time::Duration;
 
@@ -88,6 +90,7 @@ pub fn local(_world: usize, _extra: &[(&str, String)]) -> Result<()> {
     bail!("--gpus needs a gla built with the `cuda` feature: cargo build --release -p gla-cli --features cuda")
 }
 
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn stop(children: &mut [Option<Child>]) {
     for c in children.iter_mut().flatten() {
         let _ = c.kill();
@@ -101,6 +104,7 @@ fn stop(children: &mut [Option<Child>]) {
 ///
 /// # Errors
 /// The first rank that failed and its exit status; errors waiting for a child.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub fn supervise(children: Vec<Child>, poll: Duration) -> Result<()> {
     let mut running: Vec<Option<Child>> = children.into_iter().map(Some).collect();
     loop {
