@@ -130,7 +130,8 @@ __device__ __forceinline__ void tile_load(bf16_t* dst, int lds, const bf16_t* sr
 // ------------------------------------------------------------------------------------------------
 // launch 0: per chunk and head, fully parallel: kd = k exp(G_last - G) (bf16, rows < L, shaped like
 // k), dl = exp(G_last) (f32 [chunks, H, K]) and, when qe is not null (backward), qe = q scale
-// exp(G) (bf16, shaped like q). One thread per key channel (blockDim >= K).
+// exp(G) (bf16, shaped like q). One thread per key channel of a 128-channel block (grid z over
+// the blocks when K > 128).
 
 extern "C" __global__ void __launch_bounds__(128) gla_chunk_prep_bf16(
     const bf16_t* __restrict__ k, const bf16_t* __restrict__ g, const bf16_t* __restrict__ q, bf16_t* __restrict__ kd,
@@ -167,7 +168,8 @@ extern "C" __global__ void __launch_bounds__(128) gla_chunk_prep_bf16(
     dl[(cg * H + h) * (idx_t)K + ch] = ex2f(tot * L2E);
 }
 
-// the same for a per-key gate with K % 8 == 0 (K <= 128), in 16-byte pieces: 64 threads, thread
+// the same for a per-key gate with K % 8 == 0 (per 128-channel block, K <= 256), in 16-byte
+// pieces: 64 threads, thread
 // (row quarter q4, channel group grp) owns rows 16 q4 .. 16 q4 + 15 and channels 8 grp .. 8 grp + 7
 __device__ __forceinline__ float bf8(const uint4& u, int e) {
     const unsigned w = e < 2 ? u.x : (e < 4 ? u.y : (e < 6 ? u.z : u.w));

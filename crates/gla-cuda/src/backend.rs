@@ -327,13 +327,6 @@ pub enum InferIo<'a> {
     },
 }
 
-/// Model errors of the shared forward (a bad token id, a batch of the wrong shape) on the GPU.
-impl From<gla_model::Error> for Error {
-    fn from(e: gla_model::Error) -> Self {
-        unsupported(e.to_string())
-    }
-}
-
 /// The GPU's buffer types.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GpuBuf;
@@ -492,6 +485,9 @@ impl Backend for Gpu {
     }
     fn layout(&self) -> &Layout {
         &self.layout
+    }
+    fn grads_len(&self, grads: &CudaSlice<f32>) -> usize {
+        grads.len()
     }
 
     fn alloc_f32(&self, len: usize) -> Result<CudaSlice<f32>> {

@@ -94,6 +94,11 @@ pub enum Error {
     /// The shape, value or option checks of the op contract failed.
     #[error(transparent)]
     Op(#[from] gla_core::Error),
+    /// The language model's checks failed (a token id outside the vocabulary, a batch or
+    /// arena of the wrong shape, a config the GPU model does not take), from the forward and
+    /// backward shared with the CPU (`gla_model::model`).
+    #[error(transparent)]
+    Model(#[from] gla_model::Error),
 }
 
 impl Error {
@@ -109,7 +114,7 @@ impl From<Error> for gla_core::Error {
     /// keeps every detail.
     fn from(e: Error) -> Self {
         match e {
-            Error::Op(inner) => inner,
+            Error::Op(inner) | Error::Model(gla_model::Error::Op(inner)) => inner,
             other => gla_core::Error::Unsupported { backend: "cuda", what: other.to_string() },
         }
     }

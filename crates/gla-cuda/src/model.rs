@@ -267,7 +267,7 @@ impl GpuModel {
     pub fn to_host(&self) -> Result<GlaModel> {
         self.trainable("downloading the f32 weights")?;
         let params = self.gpu.cuda.stream().clone_dtoh(&self.gpu.master).map_err(Error::driver("download weights"))?;
-        GlaModel::from_params(self.config.clone(), params).map_err(|e| unsupported(e.to_string()))
+        Ok(GlaModel::from_params(self.config.clone(), params)?)
     }
 
     /// Downloads the logits of the labelled rows of the last forward, `[M, vocab]` f32, in row

@@ -73,6 +73,8 @@ pub trait Backend {
     fn dims(&self) -> &Dims;
     /// The parameter table.
     fn layout(&self) -> &Layout;
+    /// Elements of a gradient arena (checked against the parameter table before a backward).
+    fn grads_len(&self, grads: &Self::Grads) -> usize;
 
     /// A zeroed f32 buffer of `len` elements.
     fn alloc_f32(&self, len: usize) -> Result<F32<Self>, Self::Error>;

@@ -137,6 +137,9 @@ impl<'m> Backend for Cpu<'m> {
     fn layout(&self) -> &Layout {
         self.layout
     }
+    fn grads_len(&self, grads: &[f32]) -> usize {
+        grads.len()
+    }
 
     fn alloc_f32(&self, len: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; len])

@@ -389,9 +389,7 @@ impl GlaModel {
         if lens.contains(&0) {
             return Err(Error::Shape { op: "prefill", tensor: "input_ids", shape: "[T >= 1]".into(), expected: 1, got: 0 });
         }
-        if let Some(i) = ids.iter().position(|&x| x as usize >= dm.vocab) {
-            return Err(Error::Token { what: "input id", value: ids[i] as i64, index: i, vocab: dm.vocab });
-        }
+        crate::model::check_ids(dm, ids)?;
         if let Some(st) = states.iter().find(|s| !s.fits(dm)) {
             let (h, k, v, ..) = st.shape;
             return Err(Error::Shape {

@@ -120,6 +120,8 @@ struct Scratch<S: Storage> {
 /// Every tensor a forward leaves for the backward (or, made for inference, one block's set
 /// reused by every block), sized once for a batch shape `[B, T]` and reused.
 pub struct Acts<S: Storage> {
+    /// the model dims the buffers were sized for (checked against the backend's at every use)
+    dims: Dims,
     b: usize,
     t: usize,
     /// one block's tensors reused by every block, two residual streams used in turn, no
@@ -161,7 +163,8 @@ impl<S: Storage> Acts<S> {
     /// The backend's allocation errors.
     pub fn alloc<B: Backend<Buf = S>>(be: &B, b: usize, t: usize, inference: bool, head: usize) -> Result<Self, B::Error> {
         let dm = be.dims();
-        let n = b * t;
+        let n =
+            b.checked_mul(t).ok_or_else(|| Error::BadArg { key: "batch", reason: format!("[{b}, {t}] overflows the address space") })?;
         let (kd, kdkv, vd, vdkv) = (dm.key_dim, dm.key_dim_kv, dm.value_dim, dm.value_dim_kv);
         let conv = dm.conv > 0;
         let mut layers = Vec::new();
@@ -219,6 +222,7 @@ impl<S: Storage> Acts<S> {
             })
         };
         Ok(Self {
+            dims: dm.clone(),
             b,
             t,
             inference,
@@ -263,11 +267,6 @@ impl<S: Storage> Acts<S> {
     /// backend that writes the loss gradient over them holds that after a training forward).
     pub fn logits(&self) -> &S::F32 {
         &self.logits
-    }
-
-    /// The batch plan.
-    pub fn plan(&self) -> &S::Plan {
-        &self.plan
     }
 
     /// Index of block `l`'s entry in `layers`.
@@ -354,6 +353,20 @@ pub(crate) fn problem(dims: &Dims, b: usize, t: usize, cu: Option<Vec<usize>>) -
 }
 
 /// Checks ids and aligned targets of a `[B, T]` batch.
+/// Activations sized for another model's dims would index out of their buffers.
+fn check_acts<S: Storage>(dims: &Dims, acts: &Acts<S>) -> Result<()> {
+    if acts.dims != *dims {
+        return Err(Error::Shape {
+            op: "forward/backward",
+            tensor: "activations",
+            shape: "made for this model's dims".into(),
+            expected: dims.d,
+            got: acts.dims.d,
+        });
+    }
+    Ok(())
+}
+
 fn check_batch(dims: &Dims, b: usize, t: usize, ids: &[u32], targets: &[i64]) -> Result<()> {
     let n = b * t;
     let shape = format!("[B={b}, T={t}]");
@@ -408,6 +421,7 @@ fn pair<T>(xs: &mut [T], i: usize, o: usize) -> (&T, &mut T) {
 /// [`Error::Shape`] / [`Error::Token`] for bad inputs; the backend's errors (e.g. a non-finite
 /// activation in the GLA op).
 pub fn forward<B: Backend>(be: &B, acts: &mut Acts<B::Buf>, ids: &[u32], targets: &[i64]) -> Result<LossOut, B::Error> {
+    check_acts(be.dims(), acts)?;
     check_batch(be.dims(), acts.b, acts.t, ids, targets)?;
     be.upload_ids(&mut acts.ids, ids, !acts.inference)?;
     body(be, acts, None)?;
@@ -422,6 +436,7 @@ pub fn forward<B: Backend>(be: &B, acts: &mut Acts<B::Buf>, ids: &[u32], targets
 /// # Errors
 /// The backend's.
 pub fn body<B: Backend>(be: &B, acts: &mut Acts<B::Buf>, mut io: Option<&mut B::Io<'_>>) -> Result<(), B::Error> {
+    check_acts(be.dims(), acts)?;
     let dm = be.dims();
     let lay = be.layout();
     let (b, t) = (acts.b, acts.t);
@@ -485,6 +500,7 @@ fn loss<B: Backend>(be: &B, acts: &mut Acts<B::Buf>, targets: &[i64]) -> Result<
 /// # Errors
 /// The backend's.
 pub fn head_logits<B: Backend>(be: &B, acts: &mut Acts<B::Buf>, targets: Option<&[i64]>) -> Result<(), B::Error> {
+    check_acts(be.dims(), acts)?;
     let dm = be.dims();
     let lm = lm_head_id(be.layout());
     match targets {
@@ -513,6 +529,18 @@ pub fn head_logits<B: Backend>(be: &B, acts: &mut Acts<B::Buf>, targets: Option<
 /// # Errors
 /// [`Error::Shape`] on inference activations; the backend's errors.
 pub fn backward<B: Backend>(be: &B, acts: &mut Acts<B::Buf>, grads: &mut B::Grads, scale: f32) -> Result<(), B::Error> {
+    check_acts(be.dims(), acts)?;
+    let numel = be.layout().numel;
+    if be.grads_len(grads) != numel {
+        return Err(Error::Shape {
+            op: "backward",
+            tensor: "grads",
+            shape: "the parameter table".into(),
+            expected: numel,
+            got: be.grads_len(grads),
+        }
+        .into());
+    }
     let dm = be.dims();
     let lay = be.layout();
     let (b, t) = (acts.b, acts.t);
@@ -645,15 +673,6 @@ impl GlaModel {
     /// # Errors
     /// [`Error::Shape`] when `grads` has the wrong length; [`Error::Op`] from the GLA op.
     pub fn backward(&self, acts: &mut Activations, grads: &mut [f32], scale: f32) -> Result<()> {
-        if grads.len() != self.layout.numel {
-            return Err(Error::Shape {
-                op: "backward",
-                tensor: "grads",
-                shape: "the parameter table".into(),
-                expected: self.layout.numel,
-                got: grads.len(),
-            });
-        }
         backward(&self.cpu(), acts, grads, scale)
     }
 

@@ -131,6 +131,12 @@ fn bad_batches_are_typed_errors() {
     let mut g = vec![0.0; 3];
     m.forward(&mut acts, &[1, 2, 3, 4], &[0, 1, IGNORE_INDEX, 2]).unwrap();
     assert!(matches!(m.backward(&mut acts, &mut g, 1.0), Err(Error::Shape { .. })));
+    // the generic functions check the gradient arena too (GlaModel::backward only forwards)
+    assert!(matches!(gla_model::model::backward(&m.cpu(), &mut acts, &mut g, 1.0), Err(Error::Shape { tensor: "grads", .. })));
+    // activations made for another model are refused, not indexed out of bounds
+    let other = GlaModel::new(GlaConfig::tiny(32, 1, 2, 10), 1).unwrap();
+    let mut wrong = Activations::new(&other.dims, 1, 4);
+    assert!(matches!(m.forward(&mut wrong, &[1, 2, 3, 4], &[0; 4]), Err(Error::Shape { tensor: "activations", .. })));
 }
 
 fn loss(m: &GlaModel, b: usize, t: usize, ids: &[u32], tg: &[i64]) -> f64 {
