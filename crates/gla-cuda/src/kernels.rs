@@ -91,6 +91,8 @@ pub const MODEL_OPS: KernelSource = KernelSource {
         "gated_norm_bwd_dx",
         "swiglu_fwd",
         "swiglu_bwd",
+        "feature_map_fwd",
+        "feature_map_bwd",
         "gate_fwd",
         "gate_bwd",
         "conv_fwd",

@@ -57,12 +57,15 @@ fn configs() -> Vec<(&'static str, GlaConfig, usize, usize)> {
     let split = GlaConfig { expand_v: 2.0, tie_word_embeddings: true, clamp_min: Some(-0.05), ..GlaConfig::tiny(128, 2, 1, 256) };
     let k64 = GlaConfig { expand_v: 1.0, ..GlaConfig::tiny(128, 2, 1, 256) };
     let k64_clamp = GlaConfig { clamp_min: Some(-0.05), ..k64.clone() };
+    // fla's feature map on q and k (gla_7B uses relu) after a short conv, chunked backward
+    let fmap = GlaConfig { feature_map: Some("relu".into()), use_short_conv: true, ..k64.clone() };
     vec![
         ("lm-tiny", base, 2, 100),
         ("lm-conv-gqa", conv_gqa, 2, 130),
         ("lm-k64", k64, 2, 100),
         ("lm-k64-clamp", k64_clamp, 2, 100),
         ("lm-vsplit-tied", split, 3, 64),
+        ("lm-fmap-relu-conv", fmap, 2, 100),
     ]
 }
 

@@ -15,7 +15,7 @@
 //! row counts come from [`Backend::dims`]. Backward ops accumulate (`+=`) into parameter
 //! gradients and write (`=`) activation gradients unless they take `acc`.
 
-use crate::config::Dims;
+use crate::config::{Dims, FeatureMap};
 use crate::params::Layout;
 
 /// Index of a tensor in the parameter table ([`Layout::specs`]).
@@ -290,6 +290,11 @@ pub trait Backend {
         b: &Act<Self>,
         len: usize,
     ) -> Result<(), Self::Error>;
+
+    /// fla's feature map on q or k: `y = f(x)` elementwise.
+    fn feature_map_fwd(&self, y: &mut Act<Self>, x: &Act<Self>, len: usize, f: FeatureMap) -> Result<(), Self::Error>;
+    /// Its backward, in place: `d = d * f'(x)` (d: the GLA op's gradient of f(x)).
+    fn feature_map_bwd(&self, d: &mut F32<Self>, x: &Act<Self>, len: usize, f: FeatureMap) -> Result<(), Self::Error>;
 
     /// `out [M, D] = x[rows]`.
     fn gather_rows(&self, out: &mut Act<Self>, x: &Act<Self>, rows: &Rows<Self>, m: usize) -> Result<(), Self::Error>;

@@ -3,7 +3,7 @@
 //! Every key of fla's config is accepted with fla's default. Keys fla itself ignores (`use_gk`,
 //! `use_gv`, `max_position_embeddings`, `use_cache`, the `fuse_*` kernel switches, which do not
 //! change the math) are kept and written back unchanged. Features this crate does not build yet
-//! (hybrid softmax-attention layers `attn`, `feature_map`, `use_l2warp`, Attention-Residuals,
+//! (hybrid softmax-attention layers `attn`, a `feature_map` outside [`FeatureMap::NAMES`], `use_l2warp`, Attention-Residuals,
 //! `elementwise_affine = false`, `attn_mode = "fused_chunk"`) are refused by [`GlaConfig::dims`]
 //! with [`Error::Unsupported`], never silently ignored. Unknown keys (Hugging Face adds
 //! `architectures`, `transformers_version`, ...) are kept in [`GlaConfig::extra`].
@@ -45,7 +45,8 @@ pub struct GlaConfig {
     pub num_heads: usize,
     /// Key/value heads (GQA by repetition). Default null (= num_heads).
     pub num_kv_heads: Option<usize>,
-    /// Feature map on q and k (e.g. "relu"). Default null. Non-null is refused for now.
+    /// Feature map on q and k (a transformers `ACT2FN` name, e.g. "relu"; [`FeatureMap::NAMES`]
+    /// lists those built, others are refused). Default null.
     pub feature_map: Option<String>,
     /// "chunk" or "fused_recurrent" (the same function). Default "chunk".
     pub attn_mode: String,
@@ -189,12 +190,137 @@ pub struct Dims {
     pub gnorm_name: &'static str,
     /// Lower clamp of the log-gate (<= 0).
     pub clamp_min: Option<f32>,
+    /// fla's `feature_map` on q and k (after the short convolution), or none.
+    pub feature_map: Option<FeatureMap>,
     /// lm_head tied to the embedding.
     pub tied: bool,
     /// Padding token (its row gets no gradient from the embedding lookup).
     pub pad: Option<usize>,
     /// Init std.
     pub init_std: f32,
+}
+
+/// fla's `feature_map` of the GLA layer: a transformers `ACT2FN` activation applied elementwise
+/// to q and k after the short convolution (fla applies it per head after the reshape; being
+/// elementwise, before or after the GQA repeat of k is the same). The GLA op then sees f(q), f(k).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FeatureMap {
+    /// `relu`: max(x, 0) (gradient 0 at 0, as PyTorch).
+    Relu,
+    /// `relu2`: relu(x)^2.
+    Relu2,
+    /// `relu6`: min(max(x, 0), 6).
+    Relu6,
+    /// `leaky_relu`: x for x > 0, 0.01 x otherwise.
+    LeakyRelu,
+    /// `sigmoid`: 1 / (1 + exp(-x)).
+    Sigmoid,
+    /// `silu` / `swish`: x sigmoid(x).
+    Silu,
+    /// `tanh`.
+    Tanh,
+    /// `gelu_new` / `gelu_pytorch_tanh` / `gelu_fast`: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+    GeluTanh,
+    /// `quick_gelu`: x sigmoid(1.702 x).
+    QuickGelu,
+    /// `linear`: the identity.
+    Identity,
+}
+
+impl FeatureMap {
+    /// The `ACT2FN` names this build takes, and their maps.
+    pub const NAMES: &'static [(&'static str, FeatureMap)] = &[
+        ("relu", FeatureMap::Relu),
+        ("relu2", FeatureMap::Relu2),
+        ("relu6", FeatureMap::Relu6),
+        ("leaky_relu", FeatureMap::LeakyRelu),
+        ("sigmoid", FeatureMap::Sigmoid),
+        ("silu", FeatureMap::Silu),
+        ("swish", FeatureMap::Silu),
+        ("tanh", FeatureMap::Tanh),
+        ("gelu_new", FeatureMap::GeluTanh),
+        ("gelu_pytorch_tanh", FeatureMap::GeluTanh),
+        ("gelu_fast", FeatureMap::GeluTanh),
+        ("quick_gelu", FeatureMap::QuickGelu),
+        ("linear", FeatureMap::Identity),
+    ];
+
+    /// The map of an `ACT2FN` name, if built.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::NAMES.iter().find(|(n, _)| *n == name).map(|&(_, f)| f)
+    }
+
+    /// The code the GPU kernels take (`feature_map_fwd/bwd` in model_ops.cu): the variant's
+    /// position in the enum.
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    /// f(x).
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            FeatureMap::Relu => x.max(0.0),
+            FeatureMap::Relu2 => x.max(0.0) * x.max(0.0),
+            FeatureMap::Relu6 => x.clamp(0.0, 6.0),
+            FeatureMap::LeakyRelu => {
+                if x > 0.0 {
+                    x
+                } else {
+                    0.01 * x
+                }
+            }
+            FeatureMap::Sigmoid => sigmoid(x),
+            FeatureMap::Silu => x * sigmoid(x),
+            FeatureMap::Tanh => x.tanh(),
+            FeatureMap::GeluTanh => 0.5 * x * (1.0 + (GELU_C * (x + 0.044715 * x * x * x)).tanh()),
+            FeatureMap::QuickGelu => x * sigmoid(1.702 * x),
+            FeatureMap::Identity => x,
+        }
+    }
+
+    /// f'(x) (PyTorch's one-sided choice at the kinks: 0 for relu at 0, 0 for relu6 at 0 and 6).
+    pub fn grad(self, x: f32) -> f32 {
+        match self {
+            FeatureMap::Relu => f32::from(u8::from(x > 0.0)),
+            FeatureMap::Relu2 => 2.0 * x.max(0.0),
+            FeatureMap::Relu6 => f32::from(u8::from(x > 0.0 && x < 6.0)),
+            FeatureMap::LeakyRelu => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    0.01
+                }
+            }
+            FeatureMap::Sigmoid => {
+                let s = sigmoid(x);
+                s * (1.0 - s)
+            }
+            FeatureMap::Silu => {
+                let s = sigmoid(x);
+                s * (1.0 + x * (1.0 - s))
+            }
+            FeatureMap::Tanh => {
+                let t = x.tanh();
+                1.0 - t * t
+            }
+            FeatureMap::GeluTanh => {
+                let t = (GELU_C * (x + 0.044715 * x * x * x)).tanh();
+                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * 0.044715 * x * x)
+            }
+            FeatureMap::QuickGelu => {
+                let s = sigmoid(1.702 * x);
+                s + 1.702 * x * s * (1.0 - s)
+            }
+            FeatureMap::Identity => 1.0,
+        }
+    }
+}
+
+/// sqrt(2 / pi), the tanh-GELU's constant.
+const GELU_C: f32 = 0.797_884_6;
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
 }
 
 impl Dims {
@@ -263,9 +389,13 @@ impl GlaConfig {
                 return Err(unsupported("attn (hybrid softmax-attention layers)", format!("found {a}; only pure GLA models are built")));
             }
         }
-        if let Some(f) = &self.feature_map {
-            return Err(unsupported("feature_map", format!("found {f:?}; only null")));
-        }
+        let feature_map = match &self.feature_map {
+            None => None,
+            Some(f) => Some(FeatureMap::from_name(f).ok_or_else(|| {
+                let names: Vec<&str> = FeatureMap::NAMES.iter().map(|(n, _)| *n).collect();
+                unsupported("feature_map", format!("found {f:?}; built: null or one of {}", names.join(", ")))
+            })?),
+        };
         if self.use_l2warp {
             return Err(unsupported("use_l2warp", "found true; only false"));
         }
@@ -389,6 +519,7 @@ impl GlaConfig {
             output_gate: self.use_output_gate,
             gnorm_name,
             clamp_min: self.clamp_min.map(|c| c as f32),
+            feature_map,
             tied: self.tie_word_embeddings,
             pad,
             init_std: self.initializer_range as f32,

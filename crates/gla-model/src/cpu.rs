@@ -11,7 +11,7 @@ use gla_cpu::mat::{matmul_with, MatRef, Threads};
 use gla_cpu::{Chunked, FusedRecurrent, Schedule};
 
 use crate::backend::{Backend, ConvIdx, ParamId, Storage};
-use crate::config::Dims;
+use crate::config::{Dims, FeatureMap};
 use crate::infer::{conv_cached, CpuIo, RECURRENT_MAX_T};
 use crate::model::problem;
 use crate::ops::*;
@@ -438,6 +438,15 @@ impl<'m> Backend for Cpu<'m> {
     }
     fn swiglu_bwd(&self, da: &mut Vec<f32>, db: &mut Vec<f32>, dh: &Vec<f32>, a: &Vec<f32>, b: &Vec<f32>, _len: usize) -> Result<()> {
         swiglu_bwd(da, db, dh, a, b);
+        Ok(())
+    }
+
+    fn feature_map_fwd(&self, y: &mut Vec<f32>, x: &Vec<f32>, len: usize, f: FeatureMap) -> Result<()> {
+        feature_map_fwd(&mut y[..len], &x[..len], f);
+        Ok(())
+    }
+    fn feature_map_bwd(&self, d: &mut Vec<f32>, x: &Vec<f32>, len: usize, f: FeatureMap) -> Result<()> {
+        feature_map_bwd(&mut d[..len], &x[..len], f);
         Ok(())
     }
 

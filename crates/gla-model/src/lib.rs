@@ -30,7 +30,7 @@ pub mod tokenizer;
 pub mod train;
 
 pub use backend::Backend;
-pub use config::{Dims, GlaConfig};
+pub use config::{Dims, FeatureMap, GlaConfig};
 pub use cpu::Cpu;
 pub use data::Mqar;
 pub use error::{Error, Result};

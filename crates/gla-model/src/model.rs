@@ -72,28 +72,37 @@ struct LayerActs<S: Storage> {
     k_lin: S::Act, // [N, key_dim_kv]
     v_lin: S::Act, // [N, value_dim_kv]
     conv: Option<ConvActs<S>>,
-    g_pre: Option<S::Act>, // [N, value_dim] output-gate pre-activation
-    gk_lr: S::Act,         // [N, 16]
-    gk_raw: S::F32,        // [N, key_dim_kv], bias added
-    gk: S::Act,            // [N, key_dim_kv] log-gate
-    gla: S::GlaSaved,      // the backend's GLA buffers (GQA / value-split repeats)
-    o: S::Act,             // [N, H, V] GLA output
-    rstd_o: S::F32,        // [N, H]
-    on: S::Act,            // [N, value_dim] gated-normed output
-    x_mid: S::F32,         // [N, D] residual after attention
-    rstd2: S::F32,         // [N]
-    xn2: S::Act,           // [N, D]
-    a: S::Act,             // [N, I] gate_proj output
-    b: S::Act,             // [N, I] up_proj output
-    h: S::Act,             // [N, I] silu(a) * b
+    fm: Option<[S::Act; 2]>, // f(q) [N, key_dim], f(k) [N, key_dim_kv] with a feature map
+    g_pre: Option<S::Act>,   // [N, value_dim] output-gate pre-activation
+    gk_lr: S::Act,           // [N, 16]
+    gk_raw: S::F32,          // [N, key_dim_kv], bias added
+    gk: S::Act,              // [N, key_dim_kv] log-gate
+    gla: S::GlaSaved,        // the backend's GLA buffers (GQA / value-split repeats)
+    o: S::Act,               // [N, H, V] GLA output
+    rstd_o: S::F32,          // [N, H]
+    on: S::Act,              // [N, value_dim] gated-normed output
+    x_mid: S::F32,           // [N, D] residual after attention
+    rstd2: S::F32,           // [N]
+    xn2: S::Act,             // [N, D]
+    a: S::Act,               // [N, I] gate_proj output
+    b: S::Act,               // [N, I] up_proj output
+    h: S::Act,               // [N, I] silu(a) * b
 }
 
-/// q, k, v as the GLA op reads them: the conv outputs with short convolution, the projections
+/// q, k, v before the feature map: the conv outputs with short convolution, the projections
 /// otherwise.
 fn qkv<'a, S: Storage>(lin: [&'a S::Act; 3], conv: &'a Option<ConvActs<S>>) -> [&'a S::Act; 3] {
     match conv {
         Some(c) => [&c.out[0], &c.out[1], &c.out[2]],
         None => lin,
+    }
+}
+
+/// q, k, v as the GLA op reads them: [`qkv`] with f(q), f(k) when the model has a feature map.
+fn gla_in<'a, A>(pre: [&'a A; 3], fm: &'a Option<[A; 2]>) -> [&'a A; 3] {
+    match fm {
+        Some([fq, fk]) => [fq, fk, pre[2]],
+        None => pre,
     }
 }
 
@@ -183,6 +192,7 @@ impl<S: Storage> Acts<S> {
                 } else {
                     None
                 },
+                fm: if dm.feature_map.is_some() { Some([be.alloc_act(n * kd)?, be.alloc_act(n * kdkv)?]) } else { None },
                 g_pre: if dm.output_gate { Some(be.alloc_act(n * vd)?) } else { None },
                 gk_lr: be.alloc_act(n * dm.gate_rank)?,
                 gk_raw: be.alloc_f32(n * kdkv)?,
@@ -463,7 +473,12 @@ pub fn body<B: Backend>(be: &B, acts: &mut Acts<B::Buf>, mut io: Option<&mut B::
         be.linear_fwd(&mut a.gk_lr, &a.xn1, il.gk0, n, d, dm.gate_rank)?;
         be.linear_fwd_f32(&mut a.gk_raw, &a.gk_lr, il.gk1, n, dm.gate_rank, dm.key_dim_kv)?;
         be.gate_fwd(&mut a.gk, &mut a.gk_raw, il.gk1_bias, n)?;
-        let [q, k, v] = qkv([&a.q_lin, &a.k_lin, &a.v_lin], &a.conv);
+        let pre = qkv([&a.q_lin, &a.k_lin, &a.v_lin], &a.conv);
+        if let (Some(f), Some([fq, fk])) = (dm.feature_map, &mut a.fm) {
+            be.feature_map_fwd(fq, pre[0], n * dm.key_dim, f)?;
+            be.feature_map_fwd(fk, pre[1], n * dm.key_dim_kv, f)?;
+        }
+        let [q, k, v] = gla_in(pre, &a.fm);
         be.gla_fwd(&acts.plan, &mut a.gla, &mut a.o, q, k, v, &a.gk, io.as_deref_mut().map(|io| (io, l)))?;
         be.gated_norm_fwd(&mut a.on, &mut a.rstd_o, &a.o, a.g_pre.as_ref(), il.g_norm, n * dm.heads)?;
         // x_mid = x + o_proj(on)
@@ -578,9 +593,15 @@ pub fn backward<B: Backend>(be: &B, acts: &mut Acts<B::Buf>, grads: &mut B::Grad
         be.linear_bwd_x(&mut s.d_on, dres, il.o_proj, n, dm.value_dim, d, false)?;
         be.linear_bwd_w(grads, il.o_proj, dres, &a.on, n, dm.value_dim, d)?;
         be.gated_norm_bwd(plan, &mut s.d_o, s.dg_pre.as_mut(), grads, il.g_norm, &s.d_on, &a.o, a.g_pre.as_ref(), &a.rstd_o, n * dm.heads)?;
-        let [q, k, v] = qkv([&a.q_lin, &a.k_lin, &a.v_lin], &a.conv);
+        let pre = qkv([&a.q_lin, &a.k_lin, &a.v_lin], &a.conv);
+        let [q, k, v] = gla_in(pre, &a.fm);
         let [dq, dk, dv, dgk] = &mut s.dqkvg;
         be.gla_bwd(plan, &a.gla, q, k, v, &a.gk, &s.d_o, [dq, dk, dv, dgk])?;
+        // feature map: d(pre) = d(f(pre)) f'(pre), in place
+        if let Some(f) = dm.feature_map {
+            be.feature_map_bwd(dq, pre[0], n * dm.key_dim, f)?;
+            be.feature_map_bwd(dk, pre[1], n * dm.key_dim_kv, f)?;
+        }
         // gate: gk_raw = gk_lr W1^T + b1; gk = gate(gk_raw)
         be.gate_bwd(plan, &mut s.dgk_raw, &mut s.dgk_raw16, grads, il.gk1_bias, &s.dqkvg[3], &a.gk_raw, n)?;
         let dgk_raw = be.operand(&s.dgk_raw16, &s.dgk_raw);

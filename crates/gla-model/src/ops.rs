@@ -171,6 +171,24 @@ pub fn gated_norm_bwd(
     }
 }
 
+/// fla's feature map on q or k: `y = f(x)` elementwise.
+pub fn feature_map_fwd(y: &mut [f32], x: &[f32], f: crate::FeatureMap) {
+    y.par_chunks_mut(4096).zip(x.par_chunks(4096)).with_min_len(min_items(4096)).for_each(|(y, x)| {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = f.apply(x);
+        }
+    });
+}
+
+/// Backward of [`feature_map_fwd`], in place: `d = d * f'(x)`.
+pub fn feature_map_bwd(d: &mut [f32], x: &[f32], f: crate::FeatureMap) {
+    d.par_chunks_mut(4096).zip(x.par_chunks(4096)).with_min_len(min_items(4096)).for_each(|(d, x)| {
+        for (d, &x) in d.iter_mut().zip(x) {
+            *d *= f.grad(x);
+        }
+    });
+}
+
 /// SwiGLU forward: `h = silu(a) * b`, all `[N, I]`.
 pub fn swiglu_fwd(h: &mut [f32], a: &[f32], b: &[f32]) {
     h.par_chunks_mut(4096).zip(a.par_chunks(4096)).zip(b.par_chunks(4096)).with_min_len(min_items(4096)).for_each(|((h, a), b)| {

@@ -37,7 +37,7 @@ fn config_round_trips_and_keeps_unknown_keys() {
 fn unsupported_features_are_refused_by_name() {
     for (json, feature) in [
         (r#"{"attn": {"layers": [1], "num_heads": 4}}"#, "attn"),
-        (r#"{"feature_map": "relu"}"#, "feature_map"),
+        (r#"{"feature_map": "hedgehog"}"#, "feature_map"),
         (r#"{"use_l2warp": true}"#, "use_l2warp"),
         (r#"{"attnres_block_size": 4}"#, "attnres"),
         (r#"{"elementwise_affine": false}"#, "elementwise_affine"),
@@ -214,6 +214,54 @@ fn model_gradients_chunked_path_clamp_at_zero() {
     // g = 0 everywhere, and no gradient into the clamped gate projection
     let c = GlaConfig { clamp_min: Some(0.0), intermediate_size: Some(24), ..GlaConfig::tiny(16, 1, 2, 11) };
     grad_check(c, 1, 70);
+}
+
+#[test]
+fn feature_maps_match_their_names_and_derivatives() {
+    use gla_model::FeatureMap;
+    let c = GlaConfig::from_json(r#"{"feature_map": "relu"}"#).unwrap();
+    assert_eq!(c.dims().unwrap().feature_map, Some(FeatureMap::Relu));
+    assert_eq!(GlaConfig::tiny(16, 1, 2, 9).dims().unwrap().feature_map, None);
+    // values of PyTorch's activations at a few points
+    let close = |a: f32, b: f32| (a - b).abs() <= 1e-6 * (1.0 + b.abs());
+    for (name, x, y) in [
+        ("relu", -1.5, 0.0),
+        ("relu2", 1.5, 2.25),
+        ("relu6", 7.0, 6.0),
+        ("leaky_relu", -2.0, -0.02),
+        ("sigmoid", 0.0, 0.5),
+        ("swish", 1.0, 0.731_058_6),
+        ("tanh", 0.5, 0.462_117_16),
+        ("gelu_new", 1.0, 0.841_192),
+        ("quick_gelu", 1.0, 0.845_795_8),
+        ("linear", -3.0, -3.0),
+    ] {
+        let f = FeatureMap::from_name(name).unwrap();
+        assert!(close(f.apply(x), y), "{name}({x}) = {} (PyTorch: {y})", f.apply(x));
+    }
+    // f' against central differences, away from the kinks
+    for &(name, f) in FeatureMap::NAMES {
+        for x in [-2.3f32, -0.7, 0.4, 1.9, 5.2] {
+            let h = 1e-3f64;
+            let fd = (f64::from(f.apply((f64::from(x) + h) as f32)) - f64::from(f.apply((f64::from(x) - h) as f32))) / (2.0 * h);
+            assert!((fd - f64::from(f.grad(x))).abs() <= 2e-3 * (1.0 + fd.abs()), "{name}'({x}) = {} vs {fd}", f.grad(x));
+        }
+    }
+}
+
+#[test]
+fn model_gradients_with_feature_maps() {
+    // fla's gla_7B uses relu on q and k; silu is smooth everywhere; both after a short conv
+    for (fm, t) in [("relu", 5), ("silu", 70)] {
+        let c = GlaConfig {
+            feature_map: Some(fm.into()),
+            use_short_conv: true,
+            num_kv_heads: Some(1),
+            intermediate_size: Some(24),
+            ..GlaConfig::tiny(16, 1, 2, 11)
+        };
+        grad_check(c, 1, t);
+    }
 }
 
 #[test]
