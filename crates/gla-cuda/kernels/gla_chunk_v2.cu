@@ -801,6 +801,31 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_a_bf16(
     }
 }
 
+// A state (or state-gradient) tile of 256 threads' split launches: rows i < K of src (row stride
+// V), columns 0 .. 63 (src already offset to the tile's first column) into dst [Kp][LDH]; rows
+// K .. Kp - 1 and columns >= Vc zero. cp.async when V % 8 == 0 (the caller commits and waits).
+__device__ __forceinline__ void state_tile64_load(bf16_t* dst, const bf16_t* src, int K, int V, int Vc, int Kp, bool vec, int tid) {
+    if (vec) {
+        for (int x = tid; x < Kp * 8; x += 256) {
+            const int i = x >> 3, c = (x & 7) * 8;
+            const bool ok = i < K && c < Vc;
+            cp16(dst + i * LDH + c, ok ? src + (idx_t)i * V + c : src, ok);
+        }
+    } else {
+        for (int x = tid; x < Kp * 64; x += 256) {
+            const int i = x >> 6, c = x & 63;
+            dst[i * LDH + c] = (i < K && c < Vc) ? src[(idx_t)i * V + c] : (bf16_t)0;
+        }
+    }
+}
+// A [64][64] bf16 of one chunk and head into dst [64][LDH] (cp.async; the caller commits)
+__device__ __forceinline__ void a_tile_load(bf16_t* dst, const bf16_t* ap, int tid) {
+    for (int x = tid; x < 512; x += 256) {
+        const int t = x >> 3, c = (x & 7) * 8;
+        cp16(dst + t * LDH + c, ap + t * 64 + c, true);
+    }
+}
+
 // o = qe S_c + A v for K up to 256: grid (chunks * ceil(V/64), H) (x = chunk * V tiles + tile),
 // 256 threads, dynamic smem chunk_ow_smem_bytes(Kp) = (64 (Kp + 8) + Kp 72 + 2 * 64 * 72) * 2:
 // qe [64][Kp+8], S_c [Kp][72] (rows >= K zero), A [64][72], v [64][72]. Warp (mt, nq) owns rows
@@ -827,27 +852,9 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_ow_bf16(
 
     tile_load(SQ, LDQ, qe + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
     tile_load(SV, LDH, v + (r0 * H + h) * (idx_t)V + v0, (idx_t)H * V, L, Vc, 64, vv, true, tid, 256);
-    {
-        // S_c rows i < K, columns v0 .. v0 + 63 (rows >= K up to Kp and columns >= Vc zero)
-        const bf16_t* hsrc = hs + (cg * H + h) * (idx_t)K * V + v0;
-        if (vv) {
-            for (int x = tid; x < Kp * 8; x += 256) {
-                const int i = x >> 3, c = (x & 7) * 8;
-                const bool ok = i < K && c < Vc;
-                cp16(SS + i * LDH + c, ok ? hsrc + (idx_t)i * V + c : hsrc, ok);
-            }
-        } else {
-            for (int x = tid; x < Kp * 64; x += 256) {
-                const int i = x >> 6, c = x & 63;
-                SS[i * LDH + c] = (i < K && c < Vc) ? hsrc[(idx_t)i * V + c] : (bf16_t)0;
-            }
-        }
-        const bf16_t* ap = A + (cg * H + h) * (idx_t)4096;
-        for (int x = tid; x < 512; x += 256) {
-            const int t = x >> 3, c = (x & 7) * 8;
-            cp16(SA + t * LDH + c, ap + t * 64 + c, true);
-        }
-    }
+    // S_c rows i < K, columns v0 .. v0 + 63, and A
+    state_tile64_load(SS, hs + (cg * H + h) * (idx_t)K * V + v0, K, V, Vc, Kp, vv, tid);
+    a_tile_load(SA, A + (cg * H + h) * (idx_t)4096, tid);
     cp_commit();
     cp_wait0();
     __syncthreads();
@@ -1215,26 +1222,8 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_bwd1v_bf16(
 
     tile_load(SDO, LDH, d_o + (r0 * H + h) * (idx_t)V + v0, (idx_t)H * V, L, Vc, 64, vv, true, tid, 256);
     tile_load(SKD, LDK, kd + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
-    {
-        const bf16_t* dsrc = dhs + (cg * H + h) * (idx_t)K * V + v0;
-        if (vv) {
-            for (int x = tid; x < Kp * 8; x += 256) {
-                const int i = x >> 3, c = (x & 7) * 8;
-                const bool ok = i < K && c < Vc;
-                cp16(SD + i * LDH + c, ok ? dsrc + (idx_t)i * V + c : dsrc, ok);
-            }
-        } else {
-            for (int x = tid; x < Kp * 64; x += 256) {
-                const int i = x >> 6, c = x & 63;
-                SD[i * LDH + c] = (i < K && c < Vc) ? dsrc[(idx_t)i * V + c] : (bf16_t)0;
-            }
-        }
-        const bf16_t* ap = A + (cg * H + h) * (idx_t)4096;
-        for (int x = tid; x < 512; x += 256) {
-            const int t = x >> 3, c = (x & 7) * 8;
-            cp16(SA + t * LDH + c, ap + t * 64 + c, true);
-        }
-    }
+    state_tile64_load(SD, dhs + (cg * H + h) * (idx_t)K * V + v0, K, V, Vc, Kp, vv, tid);
+    a_tile_load(SA, A + (cg * H + h) * (idx_t)4096, tid);
     cp_commit();
     cp_wait0();
     __syncthreads();

@@ -467,6 +467,15 @@ fn launch_prep<T: Elem>(
     Ok(())
 }
 
+/// Grid x of the launches with one block per (chunk, 64-wide V tile): chunks x ceil(V / 64).
+fn vtile_grid(dp: &DevProblem, v: usize, what: &str) -> Result<u32> {
+    let nvt = v.div_ceil(64);
+    u32::try_from(dp.n_chunks * nvt)
+        .ok()
+        .filter(|&x| x < i32::MAX as u32)
+        .ok_or_else(|| unsupported(format!("{what}: {} chunks x {nvt} V tiles", dp.n_chunks)))
+}
+
 fn set_smem(f: &cudarc::driver::CudaFunction, name: &str, cfg: &LaunchConfig) -> Result<()> {
     if cfg.shared_mem_bytes > 48 * 1024 {
         f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cfg.shared_mem_bytes as i32)
@@ -551,11 +560,7 @@ fn chunk_v2<T: Elem>(
         // SAFETY: written by gla_chunk_a_bf16 (every chunk and head) before gla_chunk_ow_bf16 reads it
         let mut a = unsafe { s.alloc::<T>((dp.n_chunks * p.h() * 4096).max(1)) }.map_err(Error::driver("alloc A"))?;
         launch_a_wide(cuda, dp, x, &mut a, gx)?;
-        let nvt = p.v().div_ceil(64);
-        let gxv = u32::try_from(dp.n_chunks * nvt)
-            .ok()
-            .filter(|&x| x < i32::MAX as u32)
-            .ok_or_else(|| unsupported(format!("chunk v2: {} chunks x {nvt} V tiles", dp.n_chunks)))?;
+        let gxv = vtile_grid(dp, p.v(), "chunk v2")?;
         let name = "gla_chunk_ow_bf16";
         let cfg =
             LaunchConfig { grid_dim: (gxv, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_ow_smem_bytes(kp) as u32 };
@@ -909,11 +914,7 @@ fn launch_bwd1_wide<T: Elem>(
         unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
     }
     let kp = p.k().div_ceil(16) * 16;
-    let nvt = p.v().div_ceil(64);
-    let gxv = u32::try_from(dp.n_chunks * nvt)
-        .ok()
-        .filter(|&x| x < i32::MAX as u32)
-        .ok_or_else(|| unsupported(format!("chunked backward: {} chunks x {nvt} V tiles", dp.n_chunks)))?;
+    let gxv = vtile_grid(dp, p.v(), "chunked backward")?;
     let name = "gla_chunk_bwd1v_bf16";
     let cfg =
         LaunchConfig { grid_dim: (gxv, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_bwd1v_smem_bytes(kp) as u32 };

@@ -20,36 +20,16 @@ fn main() {
     println!("device: {} ({})", cuda.name(), cuda.arch());
     let mut failed = false;
     if args.iter().any(|a| a == "--wide-only") {
-        let t0 = std::time::Instant::now();
-        let mut rows = Vec::new();
-        match wide_check(&cuda, &mut rows) {
-            Ok(()) => {
-                print!("{}", format_table(&rows));
-                failed = rows.iter().any(|r| !r.pass);
-            }
-            Err(e) => {
-                eprintln!("check: {e}");
-                failed = true;
-            }
-        }
-        println!("check took {:.1} s", t0.elapsed().as_secs_f64());
+        let failed = timed_check(|| {
+            let mut rows = Vec::new();
+            wide_check(&cuda, &mut rows).map(|()| rows)
+        });
         std::process::exit(i32::from(failed));
     }
     if !args.iter().any(|a| a == "--bench-only") {
-        let t0 = std::time::Instant::now();
         let opts =
             if quick { CheckOptions { long: false, huge: false, repeat: true, ops: true, model: true } } else { CheckOptions::default() };
-        match check(&cuda, opts) {
-            Ok(rows) => {
-                print!("{}", format_table(&rows));
-                failed = rows.iter().any(|r| !r.pass);
-            }
-            Err(e) => {
-                eprintln!("check: {e}");
-                failed = true;
-            }
-        }
-        println!("check took {:.1} s", t0.elapsed().as_secs_f64());
+        failed = timed_check(|| check(&cuda, opts));
     }
     if args.iter().any(|a| a == "--bench" || a == "--bench-only") {
         if let Err(e) = bench::run(&cuda) {
@@ -58,4 +38,21 @@ fn main() {
         }
     }
     std::process::exit(i32::from(failed));
+}
+
+/// Runs a check, prints its table (or its error) and how long it took; true when anything failed.
+fn timed_check<E: std::fmt::Display>(run: impl FnOnce() -> Result<Vec<gla_cuda::check::CheckRow>, E>) -> bool {
+    let t0 = std::time::Instant::now();
+    let failed = match run() {
+        Ok(rows) => {
+            print!("{}", format_table(&rows));
+            rows.iter().any(|r| !r.pass)
+        }
+        Err(e) => {
+            eprintln!("check: {e}");
+            true
+        }
+    };
+    println!("check took {:.1} s", t0.elapsed().as_secs_f64());
+    failed
 }
