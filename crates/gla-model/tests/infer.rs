@@ -66,6 +66,26 @@ fn infer_prefill_then_decode_equals_full_forward() {
 }
 
 #[test]
+fn infer_with_a_feature_map_equals_full_forward() {
+    // the feature map sits between the conv (with its cache) and the GLA op on every path
+    for fm in ["relu", "silu"] {
+        let c = GlaConfig {
+            feature_map: Some(fm.into()),
+            use_short_conv: true,
+            num_kv_heads: Some(2),
+            initializer_range: 0.1,
+            ..GlaConfig::tiny(32, 2, 4, 64)
+        };
+        let m = GlaModel::new(c, 5).unwrap();
+        for pieces in [&[70][..], &[20, 50, 1]] {
+            let total = pieces.iter().sum::<usize>() + 8;
+            let e = check_prefill_decode(&m, total, pieces);
+            assert!(e <= 1e-4, "{fm} pieces={pieces:?}: rel err {e:e}");
+        }
+    }
+}
+
+#[test]
 fn infer_long_prompt_goes_in_windows() {
     // a prompt longer than one window: the state is carried across windows
     let m = GlaModel::new(GlaConfig { use_short_conv: true, initializer_range: 0.1, ..GlaConfig::tiny(16, 1, 2, 32) }, 3).unwrap();
