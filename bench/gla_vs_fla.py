@@ -79,9 +79,12 @@ def main():
                     help="only call fla once per shape (fills Triton's on-disk compile cache), print nothing else")
     a = ap.parse_args()
     if a.warm_only:
-        # the default shapes of `gla bench ops --device cuda`: the shapes of record, then fla's
-        # README shape (K = V = 256), which fla autotunes separately
-        shapes0 = [[65536 // t, t, 16, 128, 128] for t in (2048, 8192, 32768)] + [[8, 2048, 32, 256, 256]]
+        # the shapes of record, then fla's README shapes (K = 256 and K = 64 autotune
+        # separately): run beside `gla check` in one call to fill the autotuning results
+        # (fla_env.sh keeps them), so a later side-by-side call times at once
+        shapes0 = [[65536 // t, t, 16, 128, 128] for t in (2048, 8192, 32768)] + [
+            [8, 2048, 32, 256, 256], [4, 4096, 64, 128, 128], [8, 1024, 8, 64, 64],
+            [1, 8192, 96, 128, 128], [2, 16384, 16, 128, 128], [4, 2048, 16, 128, 128]]
         gla = {"results": [{"shape": s, "pass": "fwd", "ms": None, "kernel": None} for s in shapes0]}
     else:
         gla = json.load(open(a.gla_json))
