@@ -239,6 +239,12 @@ fn feature_maps_match_their_names_and_derivatives() {
         let f = FeatureMap::from_name(name).unwrap();
         assert!(close(f.apply(x), y), "{name}({x}) = {} (PyTorch: {y})", f.apply(x));
     }
+    // the GPU kernels (model_ops.cu fmap_/dfmap_) switch on these codes
+    let codes: Vec<i32> = ["relu", "relu2", "relu6", "leaky_relu", "sigmoid", "silu", "tanh", "gelu_new", "quick_gelu", "linear"]
+        .iter()
+        .map(|n| FeatureMap::from_name(n).unwrap().code())
+        .collect();
+    assert_eq!(codes, (0..10).collect::<Vec<i32>>());
     // f' against central differences, away from the kinks
     for &(name, f) in FeatureMap::NAMES {
         for x in [-2.3f32, -0.7, 0.4, 1.9, 5.2] {
