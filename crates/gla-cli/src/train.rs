@@ -720,6 +720,13 @@ mod plot {
     }
 }
 
+/// `gla train`'s flags as a command of their own (the flag table `--settings` checks keys against).
+#[derive(clap::Parser)]
+struct TrainCli {
+    #[command(flatten)]
+    a: Args,
+}
+
 /// `gla train --settings FILE.json`: the file's keys become flags (inserted after the command
 /// line's own, for the keys the command line does not set), so clap parses and checks them as
 /// if typed. `argv` is the whole command line (program name first); anything other than a
@@ -745,12 +752,7 @@ pub fn expand_settings(argv: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::Os
     let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("--settings {path}: not JSON"))?;
     let obj = json.as_object().with_context(|| format!("--settings {path}: expected a JSON object of gla train flags"))?;
     // the flags clap knows, with whether they take a value
-    #[derive(clap::Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        a: Args,
-    }
-    let cmd = Wrap::command();
+    let cmd = TrainCli::command();
     let flags: Vec<(String, bool)> =
         cmd.get_arguments().filter_map(|a| a.get_long().map(|l| (l.to_string(), a.get_action().takes_values()))).collect();
     let given = |flag: &str| args.iter().skip(2).any(|a| a == &format!("--{flag}") || a.starts_with(&format!("--{flag}=")));
@@ -783,12 +785,6 @@ mod tests {
     use super::*;
     use clap::Parser;
 
-    #[derive(Parser)]
-    struct Wrap {
-        #[command(flatten)]
-        a: Args,
-    }
-
     fn argv(a: &[&str]) -> Vec<std::ffi::OsString> {
         a.iter().map(Into::into).collect()
     }
@@ -797,7 +793,7 @@ mod tests {
         // drop "train": the wrapper parses the subcommand's own flags
         let mut v = v;
         v.remove(1);
-        Wrap::try_parse_from(v).unwrap().a
+        TrainCli::try_parse_from(v).unwrap().a
     }
 
     #[test]

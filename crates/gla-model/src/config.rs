@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::WEIGHTS_TORCH_DTYPE;
+use crate::ops::sigmoid;
 use crate::{Error, Result};
 
 /// fla's `GLAConfig`. Field docs give fla's default.
@@ -318,10 +319,6 @@ impl FeatureMap {
 
 /// sqrt(2 / pi), the tanh-GELU's constant.
 const GELU_C: f32 = 0.797_884_6;
-
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
 
 impl Dims {
     /// Query heads per key/value head.

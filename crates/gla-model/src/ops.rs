@@ -87,7 +87,7 @@ pub fn rmsnorm_bwd(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], rstd: 
 }
 
 #[inline]
-fn sigmoid(x: f32) -> f32 {
+pub(crate) fn sigmoid(x: f32) -> f32 {
     // the vectorisable exp (std's is a libm call per element: 8% of a training step)
     1.0 / (1.0 + gla_cpu::fexp::fexp(-x))
 }
