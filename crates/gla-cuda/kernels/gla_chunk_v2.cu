@@ -1270,7 +1270,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_bwd1v_bf16(
 // per-head gate's dg, a sum over channels: added atomically onto a zeroed dg; with at most two
 // tiles the sum 0 + a + b is the same in either order, so the result stays deterministic).
 // D2 (lab, gla_chunk_bwd2k64_bf16, GLA_LAB_BWD2=k64): the layout for two blocks per SM at K tiles
-// of 64 (108.7 KB of smem, <= 128 registers): dA kept in f32 only for its four diagonal 16x16
+// of 64 (107.5 KB of smem, <= 128 registers): dA kept in f32 only for its four diagonal 16x16
 // blocks (DAF [4][16][16], read from global into DAB / DAF directly), the diagonal pairs with q,
 // k read from smem instead of registers, and the dg scans split over 256 / Kp segments of rows
 // (the serial 2 x 64-step scan of one thread per channel was ~10% of bwd2).

@@ -874,7 +874,8 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
             "gla_chunk_bwd2_bf16"
         };
         let (w, gzk) = if k64 {
-            let w = kp.min(64);
+            // K split evenly into one or two tiles of <= 64 (80 -> 48 + 32, not 64 + 16)
+            let w = if kp > 64 { (kp / 2).div_ceil(16) * 16 } else { kp };
             (w, p.k().div_ceil(w) as u32)
         } else if ks {
             (kt, nkt as u32)
