@@ -1269,7 +1269,12 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_bwd1v_bf16(
 // c0 = z Kp .. c0 + Kc - 1 (everything here is per channel given the full dA, except the
 // per-head gate's dg, a sum over channels: added atomically onto a zeroed dg; with at most two
 // tiles the sum 0 + a + b is the same in either order, so the result stays deterministic).
-template <bool KS>
+// D2 (lab, gla_chunk_bwd2k64_bf16, GLA_LAB_BWD2=k64): the layout for two blocks per SM at K tiles
+// of 64 (107.5 KB of smem, <= 128 registers): dA kept in f32 only for its four diagonal 16x16
+// blocks (DAF [4][16][16], read from global into DAB / DAF directly), the diagonal pairs with q,
+// k read from smem instead of registers, and the dg scans split over 256 / Kp segments of rows
+// (the serial 2 x 64-step scan of one thread per channel was ~10% of bwd2).
+template <bool KS, bool D2>
 __device__ __forceinline__ void chunk_bwd2(
     const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ g,
     const float* __restrict__ dA, const float* __restrict__ sd, float* __restrict__ dq, float* __restrict__ dk,
@@ -1281,8 +1286,8 @@ __device__ __forceinline__ void chunk_bwd2(
     bf16_t* Q = (bf16_t*)smem_b2;            // [64][LDK] q
     bf16_t* KR = Q + 64 * LDK;               // [64][LDK] k
     float* G = (float*)(KR + 64 * LDK);      // [64][Kp] cumsum * log2(e)
-    float* DAF = G + 64 * Kp;                // [64][64] dA f32
-    bf16_t* DAB = (bf16_t*)(DAF + 4096);     // [64][LDH] dA bf16
+    float* DAF = G + 64 * Kp;                // [64][64] dA f32 (D2: [4][16][16], its diagonal blocks)
+    bf16_t* DAB = (bf16_t*)(DAF + (D2 ? 1024 : 4096));  // [64][LDH] dA bf16
     bf16_t* KG = DAB + 64 * LDH;             // [96][LDK] k exp(G[16a] - G), a = 1, 2, 3 at rows 8(a-1)a + s
     bf16_t* QN = KG + 96 * LDK;              // [96][LDK] q exp(G - G[16b+15]), b = 0, 1, 2 at rows {0,48,80} + t - 16(b+1); g staging first
     float* DQ = (float*)(QN + 96 * LDK);     // [64][Kp] intra dq (no t == s pairs), scaled
@@ -1300,7 +1305,17 @@ __device__ __forceinline__ void chunk_bwd2(
     tile_load(Q, LDK, q + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
     tile_load(KR, LDK, k + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
     if (gw == K) tile_load(QN, LDK, g + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
-    {
+    if (D2) {
+        // dA straight from global (16-byte pieces) into DAB, and its diagonal blocks into DAF
+        const float4* dap = (const float4*)(dA + (cg * H + h) * (idx_t)4096);
+        for (int x = tid; x < 1024; x += 256) {
+            const float4 f = dap[x];
+            const int t = x >> 4, s = (x & 15) * 4;
+            *(unsigned*)(DAB + t * LDH + s) = pack2(f.x, f.y);
+            *(unsigned*)(DAB + t * LDH + s + 2) = pack2(f.z, f.w);
+            if ((s >> 4) == (t >> 4)) *(float4*)(DAF + (t >> 4) * 256 + (t & 15) * 16 + (s & 15)) = f;
+        }
+    } else {
         const float* dap = dA + (cg * H + h) * (idx_t)4096;
         for (int x = tid; x < 1024; x += 256) cp16(DAF + 4 * x, dap + 4 * x, true);
     }
@@ -1327,7 +1342,9 @@ __device__ __forceinline__ void chunk_bwd2(
             }
         }
     }
-    for (int x = tid; x < 4096; x += 256) DAB[(x >> 6) * LDH + (x & 63)] = f2bf(DAF[x]);
+    if (!D2) {
+        for (int x = tid; x < 4096; x += 256) DAB[(x >> 6) * LDH + (x & 63)] = f2bf(DAF[x]);
+    }
     __syncthreads();
     // normalised copies of k (for dq) and q (for dk)
     for (int x = tid; x < 64 * Kp; x += 256) {
@@ -1391,37 +1408,64 @@ __device__ __forceinline__ void chunk_bwd2(
     }
     __syncthreads();
     // diagonal blocks, pairs s < t, f32; one thread per (block a, channel c)
-    for (int x = tid; x < 4 * Kp; x += 256) {
-        const int a = x / Kp, c = x % Kp;
-        float qv[16], kv[16], gv[16], dqa[16], dka[16];
-        #pragma unroll
-        for (int u = 0; u < 16; ++u) {
-            const int r = 16 * a + u;
-            qv[u] = to_f32(Q[r * LDK + c]);
-            kv[u] = to_f32(KR[r * LDK + c]);
-            gv[u] = G[r * Kp + c];
-            dqa[u] = dka[u] = 0.f;
-        }
-        // exp(G_t - G_s) as the running product of the per-row decays exp(G_u - G_u-1), s < u <= t
-        float ev[16];
-        #pragma unroll
-        for (int u = 1; u < 16; ++u) ev[u] = ex2f(gv[u] - gv[u - 1]);
-        #pragma unroll
-        for (int s = 0; s < 15; ++s) {
-            float P = 1.f;
+    if (D2) {
+        // q, k from smem (no 16-element arrays of them): 32 accumulators and the decays live
+        for (int x = tid; x < 4 * Kp; x += 256) {
+            const int a = x / Kp, c = x % Kp;
+            float ev[16], dqa[16];
             #pragma unroll
-            for (int t = s + 1; t < 16; ++t) {
-                P *= ev[t];
-                const float E = P * DAF[(16 * a + t) * 64 + 16 * a + s];
-                dqa[t] += kv[s] * E;
-                dka[s] += qv[t] * E;
+            for (int u = 1; u < 16; ++u) ev[u] = ex2f(G[(16 * a + u) * Kp + c] - G[(16 * a + u - 1) * Kp + c]);
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) dqa[u] = 0.f;
+            #pragma unroll
+            for (int s = 0; s < 15; ++s) {
+                const float ks = to_f32(KR[(16 * a + s) * LDK + c]);
+                float P = 1.f, dks = 0.f;
+                #pragma unroll
+                for (int t = s + 1; t < 16; ++t) {
+                    P *= ev[t];
+                    const float E = P * DAF[a * 256 + t * 16 + s];
+                    dqa[t] += ks * E;
+                    dks += to_f32(Q[(16 * a + t) * LDK + c]) * E;
+                }
+                DK[(16 * a + s) * Kp + c] += scale * dks;
             }
+            #pragma unroll
+            for (int u = 1; u < 16; ++u) DQ[(16 * a + u) * Kp + c] += scale * dqa[u];
         }
-        #pragma unroll
-        for (int u = 0; u < 16; ++u) {
-            const int r = 16 * a + u;
-            DQ[r * Kp + c] += scale * dqa[u];
-            DK[r * Kp + c] += scale * dka[u];
+    } else {
+        for (int x = tid; x < 4 * Kp; x += 256) {
+            const int a = x / Kp, c = x % Kp;
+            float qv[16], kv[16], gv[16], dqa[16], dka[16];
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+                const int r = 16 * a + u;
+                qv[u] = to_f32(Q[r * LDK + c]);
+                kv[u] = to_f32(KR[r * LDK + c]);
+                gv[u] = G[r * Kp + c];
+                dqa[u] = dka[u] = 0.f;
+            }
+            // exp(G_t - G_s) as the running product of the per-row decays exp(G_u - G_u-1), s < u <= t
+            float ev[16];
+            #pragma unroll
+            for (int u = 1; u < 16; ++u) ev[u] = ex2f(gv[u] - gv[u - 1]);
+            #pragma unroll
+            for (int s = 0; s < 15; ++s) {
+                float P = 1.f;
+                #pragma unroll
+                for (int t = s + 1; t < 16; ++t) {
+                    P *= ev[t];
+                    const float E = P * DAF[(16 * a + t) * 64 + 16 * a + s];
+                    dqa[t] += kv[s] * E;
+                    dka[s] += qv[t] * E;
+                }
+            }
+            #pragma unroll
+            for (int u = 0; u < 16; ++u) {
+                const int r = 16 * a + u;
+                DQ[r * Kp + c] += scale * dqa[u];
+                DK[r * Kp + c] += scale * dka[u];
+            }
         }
     }
     __syncthreads();
@@ -1448,7 +1492,7 @@ __device__ __forceinline__ void chunk_bwd2(
                 const float qa = bf_lo(q2), qb = bf_hi(q2), ka = bf_lo(k2), kb = bf_hi(k2);
                 const float2 gr = *(const float2*)(G + r * Kp + c), gl = *(const float2*)(G + 63 * Kp + c);
                 const float2 iq = *(const float2*)(DQ + r * Kp + c), ik = *(const float2*)(DK + r * Kp + c);
-                const float wd = scale * DAF[r * 64 + r];
+                const float wd = scale * (D2 ? DAF[(r >> 4) * 256 + (r & 15) * 17] : DAF[r * 64 + r]);
                 const float dqa = scale * ex2f(gr.x) * rq.x + iq.x, dqb = scale * ex2f(gr.y) * rq.y + iq.y;
                 const float kia = ex2f(gl.x - gr.x) * rk.x, kib = ex2f(gl.y - gr.y) * rk.y;
                 float2 oq, ok, xx, yy;
@@ -1483,7 +1527,44 @@ __device__ __forceinline__ void chunk_bwd2(
     }
     __syncthreads();
     // dg[r] = exp(G_last) sd + sum_{j<r} Y_j + sum_{u>=r} X_u, one thread per channel, from smem
-    if (gw > 0 && tid < Kp) {
+    if (D2) {
+        // P segments of R rows per channel: segment totals first (in Q's space, free now), then
+        // each segment's scans from the totals of the segments before (Y) and after (X) it
+        const int P = Kp > 64 ? 2 : 4, R = 64 / P, c = tid % Kp, part = tid / Kp;
+        float* YS = (float*)Q;
+        float* XS = YS + P * Kp;
+        const bool act = gw > 0 && tid < P * Kp;
+        if (act) {
+            float ys = 0.f, xs = 0.f;
+            for (int r = part * R; r < part * R + R; ++r) {
+                ys += DK[r * Kp + c];
+                xs += DQ[r * Kp + c];
+            }
+            YS[part * Kp + c] = ys;
+            XS[part * Kp + c] = xs;
+        }
+        __syncthreads();
+        if (act) {
+            float run = ex2f(G[63 * Kp + c]) * SDV[c];
+            for (int p = 0; p < part; ++p) run += YS[p * Kp + c];
+            for (int r = part * R; r < part * R + R; ++r) {
+                const float y = DK[r * Kp + c];
+                DK[r * Kp + c] = run;
+                run += y;
+            }
+            float runx = 0.f;
+            for (int p = P - 1; p > part; --p) runx += XS[p * Kp + c];
+            for (int r = part * R + R - 1; r >= part * R; --r) {
+                runx += DQ[r * Kp + c];
+                const float d = DK[r * Kp + c] + runx;
+                if (gw == K) {
+                    if (r < L && c < Kc) dg[((r0 + r) * H + h) * (idx_t)K + c0 + c] = d;
+                } else {
+                    DQ[r * Kp + c] = c < Kc ? d : 0.f;  // own element only: no other thread reads it
+                }
+            }
+        }
+    } else if (gw > 0 && tid < Kp) {
         const int c = tid;
         float run = ex2f(G[63 * Kp + c]) * SDV[c];
         for (int r = 0; r < 64; ++r) {
@@ -1513,13 +1594,14 @@ __device__ __forceinline__ void chunk_bwd2(
     }
 }
 
-#define B2ENTRY(NAME, KS)                                                                                    \
-extern "C" __global__ void __launch_bounds__(256, 1) NAME(                                                   \
+#define B2ENTRY(NAME, KS, D2, MINB)                                                                          \
+extern "C" __global__ void __launch_bounds__(256, MINB) NAME(                                                \
     const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ g,              \
     const float* __restrict__ dA, const float* __restrict__ sd, float* __restrict__ dq, float* __restrict__ dk, \
     float* __restrict__ dg, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,          \
     const int* __restrict__ chunk_seq, int H, int K, int gw, float scale, int Kp) {                          \
-    chunk_bwd2<KS>(q, k, g, dA, sd, dq, dk, dg, bounds, chunk_off, chunk_seq, H, K, gw, scale, Kp);         \
+    chunk_bwd2<KS, D2>(q, k, g, dA, sd, dq, dk, dg, bounds, chunk_off, chunk_seq, H, K, gw, scale, Kp);     \
 }
-B2ENTRY(gla_chunk_bwd2_bf16, false)
-B2ENTRY(gla_chunk_bwd2k_bf16, true)
+B2ENTRY(gla_chunk_bwd2_bf16, false, false, 1)
+B2ENTRY(gla_chunk_bwd2k_bf16, true, false, 1)
+B2ENTRY(gla_chunk_bwd2k64_bf16, true, true, 2)

@@ -66,6 +66,7 @@ pub const CHUNK_V2: KernelSource = KernelSource {
         "gla_chunk_bwd1v_bf16",
         "gla_chunk_bwd2_bf16",
         "gla_chunk_bwd2k_bf16",
+        "gla_chunk_bwd2k64_bf16",
     ],
 };
 

@@ -660,6 +660,20 @@ pub fn chunk_bwd2_smem_bytes(kp: usize) -> usize {
     (2 * 64 * ldk + 64 * 72 + 2 * 96 * ldk) * 2 + (64 * kp + 4096 + 2 * 64 * kp + 256 + 128) * 4
 }
 
+/// Dynamic shared memory of the lab variant `gla_chunk_bwd2k64_bf16` (dA kept in f32 only for
+/// its diagonal blocks): 107.5 KB at `kp` = 64, two blocks per SM.
+pub fn chunk_bwd2_d2_smem_bytes(kp: usize) -> usize {
+    chunk_bwd2_smem_bytes(kp) - 3072 * 4
+}
+
+/// Lab switch `GLA_LAB_BWD2=k64`: the K <= 128 backward's last launch runs as
+/// `gla_chunk_bwd2k64_bf16` (K tiles of 64, two blocks per SM, split dg scans) instead of
+/// `gla_chunk_bwd2_bf16`, for an A/B on the GPU with one binary. Off by default until it has
+/// been checked and measured there.
+fn lab_bwd2_k64() -> bool {
+    std::env::var("GLA_LAB_BWD2").is_ok_and(|v| v == "k64")
+}
+
 /// The chunked backward (bf16 storage, f32 gradients; see `chunk_bwd_supported`): gate prep,
 /// state pass, state-gradient pass, A, then two chunk-parallel gradient launches. Gradients
 /// are NaN-poisoned first when `poison` (checks), left unfilled otherwise (every element is
@@ -850,14 +864,31 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
         // K > 128: one block per K tile (per channel given the full dA); the per-head gate's dg,
         // a sum over channels, is added atomically by the (at most two) tiles onto zeros
         let (ks, (kt, nkt)) = (p.k() > CHUNK_MAX_K, k_tiles(p.k()));
-        let name = if ks { "gla_chunk_bwd2k_bf16" } else { "gla_chunk_bwd2_bf16" };
-        let (w, gzk) = if ks { (kt, nkt as u32) } else { (kp, 1) };
-        if ks && gw == 1 {
+        // lab: K <= 128 in tiles of 64 (at most two: the per-head dg stays deterministic)
+        let k64 = !ks && lab_bwd2_k64();
+        let name = if k64 {
+            "gla_chunk_bwd2k64_bf16"
+        } else if ks {
+            "gla_chunk_bwd2k_bf16"
+        } else {
+            "gla_chunk_bwd2_bf16"
+        };
+        let (w, gzk) = if k64 {
+            // K split evenly into one or two tiles of <= 64 (80 -> 48 + 32, not 64 + 16)
+            let w = if kp > 64 { (kp / 2).div_ceil(16) * 16 } else { kp };
+            (w, p.k().div_ceil(w) as u32)
+        } else if ks {
+            (kt, nkt as u32)
+        } else {
+            (kp, 1)
+        };
+        // the K-tiled entries add the per-head gate's dg atomically (onto zeros)
+        if (ks || k64) && gw == 1 {
             s.memset_zeros(&mut g.dg).map_err(Error::driver("zero dg"))?;
         }
         let kp32 = w as i32;
-        let cfg =
-            LaunchConfig { grid_dim: (gx, p.h() as u32, gzk), block_dim: (256, 1, 1), shared_mem_bytes: chunk_bwd2_smem_bytes(w) as u32 };
+        let smem = if k64 { chunk_bwd2_d2_smem_bytes(w) } else { chunk_bwd2_smem_bytes(w) };
+        let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, gzk), block_dim: (256, 1, 1), shared_mem_bytes: smem as u32 };
         let f = cuda.function(&CHUNK_V2, name)?;
         set_smem(&f, name, &cfg)?;
         let mut b = s.launch_builder(&f);
@@ -1093,5 +1124,7 @@ mod tests {
         assert!(chunk_bwd1k_smem_bytes() <= two_per_sm);
         assert!(chunk_bwd1v_smem_bytes(256) <= two_per_sm);
         assert!(chunk_bwd2_smem_bytes(CHUNK_K_TILE) <= 227 * 1024);
+        // the lab bwd2 at K tiles of 64 (two blocks per SM, 1 KB reserved per block)
+        assert!(chunk_bwd2_d2_smem_bytes(64) + 1024 <= 228 * 1024 / 2);
     }
 }
