@@ -273,8 +273,10 @@ pub(crate) struct HeadPlan {
 }
 
 pub(crate) fn head_plan(dm: &Dims) -> Result<HeadPlan> {
-    if dm.head_k > MAX_HEAD {
-        return Err(unsupported(format!("head key dim {} > {MAX_HEAD} on the GPU", dm.head_k)));
+    // key heads up to 256 run as they are (the chunk kernels tile K > 128, the recurrent ones
+    // hold K <= 256; fla's gla_1B has K = 256); value heads above 128 are split
+    if dm.head_k > crate::ops::CHUNK_V2_MAX {
+        return Err(unsupported(format!("head key dim {} > {} on the GPU", dm.head_k, crate::ops::CHUNK_V2_MAX)));
     }
     let split = dm.head_v.div_ceil(MAX_HEAD);
     if !dm.head_v.is_multiple_of(split) {

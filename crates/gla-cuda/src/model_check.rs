@@ -59,6 +59,9 @@ fn configs() -> Vec<(&'static str, GlaConfig, usize, usize)> {
     let k64_clamp = GlaConfig { clamp_min: Some(-0.05), ..k64.clone() };
     // fla's feature map on q and k (gla_7B uses relu) after a short conv, chunked backward
     let fmap = GlaConfig { feature_map: Some("relu".into()), use_short_conv: true, ..k64.clone() };
+    // one key head of 256 (fla's gla_1B head shape): the K-tiled chunk kernels, the recurrent
+    // kernels at K = 256 for T <= 64 and decode
+    let k256 = GlaConfig { expand_k: 1.0, expand_v: 0.5, ..GlaConfig::tiny(256, 2, 1, 256) };
     vec![
         ("lm-tiny", base, 2, 100),
         ("lm-conv-gqa", conv_gqa, 2, 130),
@@ -66,6 +69,7 @@ fn configs() -> Vec<(&'static str, GlaConfig, usize, usize)> {
         ("lm-k64-clamp", k64_clamp, 2, 100),
         ("lm-vsplit-tied", split, 3, 64),
         ("lm-fmap-relu-conv", fmap, 2, 100),
+        ("lm-k256", k256, 2, 100),
     ]
 }
 
