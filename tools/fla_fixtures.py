@@ -24,8 +24,7 @@ except the deviations below):
 
     noconv     use_short_conv=False, tie_word_embeddings=False (fla's default)
     conv_tied  use_short_conv=True (conv_size 4), tie_word_embeddings=True
-    fmap_relu  use_short_conv=True (conv_size 4), feature_map='relu' on q and k (fla's gla_7B map;
-               added in session 4, its fixture not generated yet)
+    fmap_relu  use_short_conv=True (conv_size 4), feature_map='relu' on q and k (fla's gla_7B map)
 
 Deviations from fla's defaults, and why:
   * fuse_cross_entropy=False (fuse_linear_cross_entropy stays False): the loss is then

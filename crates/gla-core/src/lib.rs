@@ -23,6 +23,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod bf16;
 mod error;
 pub mod io;
 pub mod op;

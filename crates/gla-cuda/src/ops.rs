@@ -34,19 +34,7 @@ impl Elem for f32 {
     }
 }
 
-/// bf16 bits from an f32, rounding to nearest even (NaN stays NaN).
-pub fn f32_to_bf16(x: f32) -> u16 {
-    let u = x.to_bits();
-    if (u & 0x7fff_ffff) > 0x7f80_0000 {
-        return 0x7fc0;
-    }
-    ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
-}
-
-/// f32 from bf16 bits (exact).
-pub fn bf16_to_f32(x: u16) -> f32 {
-    f32::from_bits(u32::from(x) << 16)
-}
+pub use gla_core::bf16::{bf16_to_f32, f32_to_bf16};
 
 impl Elem for u16 {
     const SUFFIX: &'static str = "bf16";

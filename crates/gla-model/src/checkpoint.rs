@@ -114,7 +114,7 @@ pub(crate) fn decode_tensor(dst: &mut [f32], t: &TensorView<'_>, path: &str, nam
     match t.dtype() {
         Dtype::F32 => dst.iter_mut().zip(data.chunks_exact(4)).for_each(|(d, b)| *d = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
         Dtype::BF16 => {
-            dst.iter_mut().zip(data.chunks_exact(2)).for_each(|(d, b)| *d = f32::from_bits((u16::from_le_bytes([b[0], b[1]]) as u32) << 16))
+            dst.iter_mut().zip(data.chunks_exact(2)).for_each(|(d, b)| *d = gla_core::bf16::bf16_to_f32(u16::from_le_bytes([b[0], b[1]])))
         }
         Dtype::F16 => dst.iter_mut().zip(data.chunks_exact(2)).for_each(|(d, b)| *d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]))),
         other => return Err(err(format!("dtype {other:?} is not supported (F32, BF16 or F16, shape {shape:?})"))),

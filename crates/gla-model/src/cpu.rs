@@ -3,7 +3,8 @@
 //! chunked otherwise, fla's mode switch).
 //!
 //! `Act` is f32 too, so the GEMM-operand copies of f32 gradients are not made: their buffers
-//! are empty ([`Backend::alloc_cast`]) and [`Backend::operand`] lends the f32 source.
+//! are empty ([`Backend::alloc_cast`]) and [`Backend::operand`] lends the f32 source. The one
+//! exception is [`Cpu::emulating_bf16`], which rounds every `Act` to bf16 as the GPU stores it.
 
 use gla_core::op::GlaOp;
 use gla_core::{Backward, Inputs};
@@ -61,18 +62,47 @@ pub struct Cpu<'a> {
     params: &'a [f32],
     /// Inference: GEMMs of few rows take the weight-major product ([`lin`]).
     small_rows: bool,
+    /// Every activation written is rounded to bf16 ([`Cpu::emulating_bf16`]).
+    bf16_acts: bool,
 }
 
 impl<'a> Cpu<'a> {
     /// The backend over `params` (an arena laid out by `layout`).
     pub fn new(dims: &'a Dims, layout: &'a Layout, params: &'a [f32]) -> Self {
-        Self { dims, layout, params, small_rows: false }
+        Self { dims, layout, params, small_rows: false, bf16_acts: false }
     }
 
     /// The backend for inference forwards: GEMMs of at most 128 rows (decode) go through a
     /// faster weight-major product ([`lin`]). Training keeps [`linear_fwd`] everywhere.
     pub fn for_inference(self) -> Self {
         Self { small_rows: true, ..self }
+    }
+
+    /// The backend that stores activations as the GPU does: every `Act` it writes (GEMM
+    /// operands, saved activations, and the operand copies of f32 gradients,
+    /// [`Backend::alloc_cast`]) is rounded to bf16; the arithmetic stays f32. `gla check`
+    /// measures the GPU model's rounding floor with it (with the weights rounded too). Its
+    /// buffers must come from [`crate::Acts::alloc`] with this backend: the f32 backend's
+    /// operand copies are empty, so the gradients it would multiply would stay unrounded.
+    pub fn emulating_bf16(self) -> Self {
+        Self { bf16_acts: true, ..self }
+    }
+
+    /// An `Act` just written: rounded to bf16 when emulating the GPU's storage.
+    fn act(&self, y: &mut [f32]) {
+        if self.bf16_acts {
+            gla_core::bf16::round_all(y);
+        }
+    }
+
+    /// `y = x @ w^T` in f32 (the [`Backend`] linear ops round or not around it).
+    fn lin_f32(&self, y: &mut [f32], x: &[f32], w: ParamId, n: usize, d_in: usize, d_out: usize) {
+        let (y, x) = (&mut y[..n * d_out], &x[..n * d_in]);
+        if self.small_rows {
+            lin(y, x, self.p(w), n, d_in, d_out);
+        } else {
+            linear_fwd(y, x, self.p(w), n, d_in, d_out);
+        }
     }
 
     fn p(&self, id: ParamId) -> &'a [f32] {
@@ -147,8 +177,8 @@ impl<'m> Backend for Cpu<'m> {
     fn alloc_act(&self, len: usize) -> Result<Vec<f32>> {
         Ok(vec![0.0; len])
     }
-    fn alloc_cast(&self, _len: usize) -> Result<Vec<f32>> {
-        Ok(Vec::new())
+    fn alloc_cast(&self, len: usize) -> Result<Vec<f32>> {
+        Ok(if self.bf16_acts { vec![0.0; len] } else { Vec::new() })
     }
     fn alloc_ids(&self, n: usize) -> Result<Vec<u32>> {
         Ok(vec![0; n])
@@ -192,6 +222,7 @@ impl<'m> Backend for Cpu<'m> {
     fn cast(&self, copy: &mut Vec<f32>, src: &Vec<f32>) -> Result<()> {
         if !copy.is_empty() {
             copy.copy_from_slice(src);
+            self.act(copy);
         }
         Ok(())
     }
@@ -214,6 +245,7 @@ impl<'m> Backend for Cpu<'m> {
 
     fn rmsnorm_fwd(&self, y: &mut Vec<f32>, rstd: &mut Vec<f32>, x: &Vec<f32>, w: ParamId, _n: usize) -> Result<()> {
         rmsnorm_fwd(y, rstd, x, self.p(w), self.dims.d, self.dims.eps);
+        self.act(y);
         Ok(())
     }
     fn rmsnorm_bwd(
@@ -233,16 +265,13 @@ impl<'m> Backend for Cpu<'m> {
     }
 
     fn linear_fwd(&self, y: &mut Vec<f32>, x: &Vec<f32>, w: ParamId, n: usize, d_in: usize, d_out: usize) -> Result<()> {
-        let (y, x) = (&mut y[..n * d_out], &x[..n * d_in]);
-        if self.small_rows {
-            lin(y, x, self.p(w), n, d_in, d_out);
-        } else {
-            linear_fwd(y, x, self.p(w), n, d_in, d_out);
-        }
+        self.lin_f32(y, x, w, n, d_in, d_out);
+        self.act(&mut y[..n * d_out]);
         Ok(())
     }
     fn linear_fwd_f32(&self, y: &mut Vec<f32>, x: &Vec<f32>, w: ParamId, n: usize, d_in: usize, d_out: usize) -> Result<()> {
-        Backend::linear_fwd(self, y, x, w, n, d_in, d_out)
+        self.lin_f32(y, x, w, n, d_in, d_out);
+        Ok(())
     }
     fn linear_residual_fwd(
         &self,
@@ -254,7 +283,7 @@ impl<'m> Backend for Cpu<'m> {
         d_in: usize,
         d_out: usize,
     ) -> Result<()> {
-        Backend::linear_fwd(self, y, x, w, n, d_in, d_out)?;
+        self.lin_f32(y, x, w, n, d_in, d_out);
         y.iter_mut().zip(res.iter()).for_each(|(y, r)| *y += r);
         Ok(())
     }
@@ -263,7 +292,9 @@ impl<'m> Backend for Cpu<'m> {
         Ok(())
     }
     fn linear_bwd_x_act(&self, dx: &mut Vec<f32>, dy: &Vec<f32>, w: ParamId, n: usize, d_in: usize, d_out: usize) -> Result<()> {
-        Backend::linear_bwd_x(self, dx, dy, w, n, d_in, d_out, false)
+        Backend::linear_bwd_x(self, dx, dy, w, n, d_in, d_out, false)?;
+        self.act(&mut dx[..n * d_in]);
+        Ok(())
     }
     fn linear_bwd_w(&self, g: &mut [f32], w: ParamId, dy: &Vec<f32>, x: &Vec<f32>, n: usize, d_in: usize, d_out: usize) -> Result<()> {
         linear_bwd_w(grad(g, self.layout, w), dy, x, n, d_in, d_out);
@@ -276,6 +307,7 @@ impl<'m> Backend for Cpu<'m> {
             row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
         }
         gate_fwd(gk, raw, self.dims.gate_norm, self.dims.clamp_min);
+        self.act(gk);
         Ok(())
     }
     fn gate_bwd(
@@ -320,6 +352,8 @@ impl<'m> Backend for Cpu<'m> {
                 }
             }
         }
+        self.act(y);
+        self.act(pre);
         Ok(())
     }
     fn conv_bwd(
@@ -336,6 +370,7 @@ impl<'m> Backend for Cpu<'m> {
         c: usize,
     ) -> Result<()> {
         conv_bwd(dx, grad(g, self.layout, w), dy, pre, x, self.p(w), t, c, self.dims.conv);
+        self.act(dx);
         Ok(())
     }
 
@@ -367,6 +402,7 @@ impl<'m> Backend for Cpu<'m> {
             }
             Some((io, l)) => io.gla(dm, o, [q, k, v, g], l)?,
         }
+        self.act(o);
         Ok(())
     }
     fn gla_bwd(
@@ -412,6 +448,7 @@ impl<'m> Backend for Cpu<'m> {
         _rows: usize,
     ) -> Result<()> {
         gated_norm_fwd(y, rstd, o, g.map(Vec::as_slice), self.p(w), self.dims.head_v, self.dims.eps);
+        self.act(y);
         Ok(())
     }
     fn gated_norm_bwd(
@@ -428,21 +465,30 @@ impl<'m> Backend for Cpu<'m> {
         _rows: usize,
     ) -> Result<()> {
         let dw = grad(grads, self.layout, w);
-        gated_norm_bwd(d_o, dg.map(Vec::as_mut_slice), dw, dy, o, g.map(Vec::as_slice), rstd, self.p(w), self.dims.head_v);
+        let mut dg = dg;
+        gated_norm_bwd(d_o, dg.as_deref_mut().map(Vec::as_mut_slice), dw, dy, o, g.map(Vec::as_slice), rstd, self.p(w), self.dims.head_v);
+        self.act(d_o);
+        if let Some(dg) = dg {
+            self.act(dg);
+        }
         Ok(())
     }
 
     fn swiglu_fwd(&self, h: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>, _len: usize) -> Result<()> {
         swiglu_fwd(h, a, b);
+        self.act(h);
         Ok(())
     }
     fn swiglu_bwd(&self, da: &mut Vec<f32>, db: &mut Vec<f32>, dh: &Vec<f32>, a: &Vec<f32>, b: &Vec<f32>, _len: usize) -> Result<()> {
         swiglu_bwd(da, db, dh, a, b);
+        self.act(da);
+        self.act(db);
         Ok(())
     }
 
     fn feature_map_fwd(&self, y: &mut Vec<f32>, x: &Vec<f32>, len: usize, f: FeatureMap) -> Result<()> {
         feature_map_fwd(&mut y[..len], &x[..len], f);
+        self.act(&mut y[..len]);
         Ok(())
     }
     fn feature_map_bwd(&self, d: &mut Vec<f32>, x: &Vec<f32>, len: usize, f: FeatureMap) -> Result<()> {

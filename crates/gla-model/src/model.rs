@@ -702,11 +702,20 @@ impl GlaModel {
     /// # Errors
     /// As [`GlaModel::forward`].
     pub fn logits(&self, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
-        let mut acts = Activations::new(&self.dims, b, t);
-        // every row "labelled" with token 0 so the lm_head runs on all rows
-        let targets = vec![0i64; b * t];
-        self.forward(&mut acts, ids, &targets)?;
-        head_logits(&self.cpu(), &mut acts, None)?;
-        Ok(std::mem::take(&mut acts.logits))
+        cpu_logits(&self.cpu(), ids, b, t)
     }
+}
+
+/// Logits of every position of a `[B, T]` batch, `[B*T, vocab]`, through the CPU backend `be`
+/// (for instance [`Cpu::emulating_bf16`]; [`GlaModel::logits`] is this with the model's own).
+///
+/// # Errors
+/// As [`GlaModel::forward`].
+pub fn cpu_logits(be: &Cpu<'_>, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
+    let mut acts = Acts::alloc(be, b, t, false, 0)?;
+    // every row "labelled" with token 0 so the lm_head runs on all rows
+    let targets = vec![0i64; b * t];
+    forward(be, &mut acts, ids, &targets)?;
+    head_logits(be, &mut acts, None)?;
+    Ok(std::mem::take(&mut acts.logits))
 }

@@ -240,3 +240,9 @@ fn fla_parity_noconv() {
 fn fla_parity_conv_tied() {
     check_variant("conv_tied");
 }
+
+/// use_short_conv = true (conv_size 4), feature_map = "relu" on q and k (fla's gla_7B map).
+#[test]
+fn fla_parity_fmap_relu() {
+    check_variant("fmap_relu");
+}

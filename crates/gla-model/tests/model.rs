@@ -314,3 +314,55 @@ fn model_gradients_at_a_training_like_shape() {
     let c = GlaConfig { use_short_conv: true, intermediate_size: Some(32), num_heads: 1, expand_k: 1.0, ..GlaConfig::tiny(32, 2, 1, 40) };
     grad_check(c, 3, 130);
 }
+
+/// The bf16-storage emulation `gla check` takes its GPU tolerances from: every activation the
+/// backend writes is a bf16 value (a linear op's `Act` output is, its f32 output is not), and the
+/// whole model's outputs move by a bf16-sized amount, neither zero nor large.
+#[test]
+fn bf16_emulation_rounds_every_activation_and_only_those() {
+    use gla_model::model::{backward, cpu_logits, forward};
+    use gla_model::{Acts, Backend};
+    let c = GlaConfig { use_short_conv: true, feature_map: Some("silu".into()), ..GlaConfig::tiny(32, 2, 2, 64) };
+    let m = GlaModel::new(c, 3).unwrap();
+    let (b, t) = (2, 70);
+    let mut rng = Rng::new(5);
+    let ids: Vec<u32> = (0..b * t).map(|_| rng.below(64) as u32).collect();
+    let labels: Vec<i64> = ids.iter().map(|&x| i64::from(x)).collect();
+    let targets = shift_labels(&labels, t);
+    let bf16_exact = |xs: &[f32]| xs.iter().all(|&x| gla_core::bf16::round(x) == x);
+
+    let emu = m.cpu().emulating_bf16();
+    let (n, d, kd) = (b * t, m.dims.d, m.dims.key_dim);
+    let x: Vec<f32> = (0..n * d).map(|i| ((i * 7919) % 1000) as f32 / 997.0 - 0.5).collect();
+    let q = m.layout.layers[0].q_proj;
+    let (mut y_act, mut y_f32) = (vec![0.0f32; n * kd], vec![0.0f32; n * kd]);
+    emu.linear_fwd(&mut y_act, &x, q, n, d, kd).unwrap();
+    emu.linear_fwd_f32(&mut y_f32, &x, q, n, d, kd).unwrap();
+    assert!(bf16_exact(&y_act), "an Act output must be bf16");
+    assert!(!bf16_exact(&y_f32), "an f32 output must stay f32");
+    assert!(y_act.iter().zip(&y_f32).all(|(a, f)| (a - f).abs() <= f.abs() / 256.0));
+    // the operand copy of an f32 gradient is made and rounded (the f32 backend makes none)
+    let mut copy = emu.alloc_cast(n * kd).unwrap();
+    emu.cast(&mut copy, &y_f32).unwrap();
+    assert!(bf16_exact(&copy) && copy.len() == n * kd);
+    assert!(m.cpu().alloc_cast(n * kd).unwrap().is_empty());
+
+    let mut acts = Activations::new(&m.dims, b, t);
+    let want = m.forward(&mut acts, &ids, &targets).unwrap();
+    let mut g = vec![0.0f32; m.num_params()];
+    m.backward(&mut acts, &mut g, 1.0).unwrap();
+    let mut acts = Acts::alloc(&emu, b, t, false, 0).unwrap();
+    let got = forward(&emu, &mut acts, &ids, &targets).unwrap();
+    let mut ge = vec![0.0f32; m.num_params()];
+    backward(&emu, &mut acts, &mut ge, 1.0).unwrap();
+    let rel = |a: &[f32], b: &[f32]| {
+        let num: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
+        let den: f64 = b.iter().map(|&y| f64::from(y).powi(2)).sum();
+        (num / den).sqrt()
+    };
+    let (dl, dg) = ((got.loss - want.loss).abs() / want.loss, rel(&ge, &g));
+    assert!(dl > 0.0 && dl < 1e-3, "loss moved by {dl:.3e}");
+    assert!(dg > 1e-4 && dg < 5e-2, "gradients moved by {dg:.3e}");
+    let dlog = rel(&cpu_logits(&emu, &ids, b, t).unwrap(), &m.logits(&ids, b, t).unwrap());
+    assert!(dlog > 1e-4 && dlog < 1e-2, "logits moved by {dlog:.3e}");
+}
