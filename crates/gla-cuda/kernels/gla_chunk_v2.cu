@@ -11,6 +11,8 @@
 // K <= 128 runs the single-tile launches below (backward: also V <= 128, K > 48); K > 128 (and
 // V > 128 in the backward) the split ones: gla_chunk_a_bf16 + gla_chunk_ow_bf16, bwd1k + bwd1v,
 // bwd2k (the host's K tiles: Kp split evenly into at most 2 tiles of <= 128, multiples of 16).
+// The backward's last launch runs in K tiles for every K: bwd2k64 (tiles of <= 64, two blocks
+// per SM) unless a per-head gate has K > 128 (then bwd2k: its dg sums at most two tiles).
 // Workspaces (host-allocated): kd like k; dl [chunks, H, K] f32; hs [chunks, H, K, V] bf16;
 // for K > 128 also qe like q and A [chunks, H, 64, 64] bf16.
 //
@@ -906,7 +908,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_ow_bf16(
 // ================================================================================================
 // Chunked backward (bf16 storage, f32 gradients), K <= 128, V <= 128 (the split variants for
 // K, V <= 256 follow each kernel: A by gla_chunk_a_bf16 when K > 128; bwd1 as bwd1k + bwd1v;
-// bwd2 as bwd2k when K > 128). Launch order on one stream:
+// bwd2 always in K tiles, bwd2k64 or bwd2k). Launch order on one stream:
 //   prep (kd, dl, qe = q scale exp(G)); h pass (hs = state entering each chunk); dh pass (dhs =
 //   gradient of the state leaving each chunk, dh0); output pass with a_out (A, no o); then
 //   bwd1: dv = A^T do + kd D_c -> dv;  dA = tril(do v^T) (f32 [chunk, H, 64, 64]);
@@ -1264,24 +1266,26 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_bwd1v_bf16(
     }
 }
 
-// bwd2: grid (chunks, H), 256 threads, smem bwd2_smem(Kp) (host): see the layout below. KS (K >
-// 128, gla_chunk_bwd2k_bf16): grid z = K tiles of Kp <= 128 columns, block z owns channels
-// c0 = z Kp .. c0 + Kc - 1 (everything here is per channel given the full dA, except the
-// per-head gate's dg, a sum over channels: added atomically onto a zeroed dg; with at most two
-// tiles the sum 0 + a + b is the same in either order, so the result stays deterministic).
-// D2 (lab, gla_chunk_bwd2k64_bf16, GLA_LAB_BWD2=k64): the layout for two blocks per SM at K tiles
-// of 64 (107.5 KB of smem, <= 128 registers): dA kept in f32 only for its four diagonal 16x16
-// blocks (DAF [4][16][16], read from global into DAB / DAF directly), the diagonal pairs with q,
-// k read from smem instead of registers, and the dg scans split over 256 / Kp segments of rows
-// (the serial 2 x 64-step scan of one thread per channel was ~10% of bwd2).
-template <bool KS, bool D2>
+// bwd2: grid (chunks, H, K tiles), 256 threads, smem bwd2_smem(Kp) (host): see the layout below.
+// Block z owns channels c0 = z Kp .. c0 + Kc - 1: everything here is per channel given the full
+// dA, except the per-head gate's dg, a sum over channels, added atomically onto a zeroed dg
+// (the host keeps a per-head gate to at most two tiles: 0 + a + b is the same in either order,
+// so the result stays deterministic).
+// Two layouts (the host picks, ops.rs `bwd2_plan`): gla_chunk_bwd2k_bf16, tiles of Kp <= 128,
+// one block per SM; and D2, gla_chunk_bwd2k64_bf16, tiles of Kp <= 64 at two blocks per SM (107.5
+// KB of smem, <= 128 registers): dA kept in f32 only for its four diagonal 16x16 blocks (DAF
+// [4][16][16], read from global into DAB / DAF directly), the diagonal pairs with q, k read from
+// smem instead of registers, and the dg scans split over 256 / Kp segments of rows (the serial
+// 2 x 64-step scan of one thread per channel was ~10% of bwd2). D2 took the K = 128 forward +
+// backward from 11.16 to 10.10 ms on the H200 (session 5).
+template <bool D2>
 __device__ __forceinline__ void chunk_bwd2(
     const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ g,
     const float* __restrict__ dA, const float* __restrict__ sd, float* __restrict__ dq, float* __restrict__ dk,
     float* __restrict__ dg, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
     const int* __restrict__ chunk_seq, int H, int K, int gw, float scale, int Kp) {
     extern __shared__ __align__(16) unsigned char smem_b2[];
-    const int c0 = KS ? (int)blockIdx.z * Kp : 0, Kc = KS ? min(Kp, K - c0) : K;
+    const int c0 = (int)blockIdx.z * Kp, Kc = min(Kp, K - c0);
     const int LDK = Kp + 8;
     bf16_t* Q = (bf16_t*)smem_b2;            // [64][LDK] q
     bf16_t* KR = Q + 64 * LDK;               // [64][LDK] k
@@ -1588,20 +1592,18 @@ __device__ __forceinline__ void chunk_bwd2(
         if (tid < L) {
             float sum = 0.f;
             for (int cc = 0; cc < Kp; ++cc) sum += DQ[tid * Kp + cc];
-            if (KS) atomicAdd(dg + (r0 + tid) * H + h, sum);
-            else dg[(r0 + tid) * H + h] = sum;
+            atomicAdd(dg + (r0 + tid) * H + h, sum);
         }
     }
 }
 
-#define B2ENTRY(NAME, KS, D2, MINB)                                                                          \
+#define B2ENTRY(NAME, D2, MINB)                                                                          \
 extern "C" __global__ void __launch_bounds__(256, MINB) NAME(                                                \
     const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ g,              \
     const float* __restrict__ dA, const float* __restrict__ sd, float* __restrict__ dq, float* __restrict__ dk, \
     float* __restrict__ dg, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,          \
     const int* __restrict__ chunk_seq, int H, int K, int gw, float scale, int Kp) {                          \
-    chunk_bwd2<KS, D2>(q, k, g, dA, sd, dq, dk, dg, bounds, chunk_off, chunk_seq, H, K, gw, scale, Kp);     \
+    chunk_bwd2<D2>(q, k, g, dA, sd, dq, dk, dg, bounds, chunk_off, chunk_seq, H, K, gw, scale, Kp);     \
 }
-B2ENTRY(gla_chunk_bwd2_bf16, false, false, 1)
-B2ENTRY(gla_chunk_bwd2k_bf16, true, false, 1)
-B2ENTRY(gla_chunk_bwd2k64_bf16, true, true, 2)
+B2ENTRY(gla_chunk_bwd2k_bf16, false, 1)
+B2ENTRY(gla_chunk_bwd2k64_bf16, true, 2)

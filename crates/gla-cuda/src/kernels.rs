@@ -64,7 +64,6 @@ pub const CHUNK_V2: KernelSource = KernelSource {
         "gla_chunk_bwd1_bf16",
         "gla_chunk_bwd1k_bf16",
         "gla_chunk_bwd1v_bf16",
-        "gla_chunk_bwd2_bf16",
         "gla_chunk_bwd2k_bf16",
         "gla_chunk_bwd2k64_bf16",
     ],

@@ -204,8 +204,13 @@ pub fn v2_bwd_path(p: &Problem) -> Option<V2Path> {
 /// [`CHUNK_K_TILE`]-wide tiles, each a multiple of 16 (K = 256: 2 x 128; K = 192: 2 x 96;
 /// K = 130: 2 x 80), so no tile is mostly padding.
 fn k_tiles(k: usize) -> (usize, usize) {
+    k_tiles_of(k, CHUNK_K_TILE)
+}
+
+/// [`k_tiles`] with tiles of at most `max_w` columns (a multiple of 16).
+fn k_tiles_of(k: usize, max_w: usize) -> (usize, usize) {
     let kp = k.div_ceil(16) * 16;
-    let n = kp.div_ceil(CHUNK_K_TILE).max(1);
+    let n = kp.div_ceil(max_w).max(1);
     let w = kp.div_ceil(n).div_ceil(16) * 16;
     (w, k.div_ceil(w))
 }
@@ -642,24 +647,32 @@ pub fn chunk_bwd1_smem_bytes(kp: usize) -> usize {
     (2 * 64 + 2 * kp) * 136 * 2 + 64 * 72 * 2 + 64 * (kp + 8) * 2
 }
 
-/// Dynamic shared memory of `gla_chunk_bwd2_bf16` for K padded to `kp`.
+/// Dynamic shared memory of `gla_chunk_bwd2k_bf16` for a K tile of `kp` columns.
 pub fn chunk_bwd2_smem_bytes(kp: usize) -> usize {
     let ldk = kp + 8;
     (2 * 64 * ldk + 64 * 72 + 2 * 96 * ldk) * 2 + (64 * kp + 4096 + 2 * 64 * kp + 256 + 128) * 4
 }
 
-/// Dynamic shared memory of the lab variant `gla_chunk_bwd2k64_bf16` (dA kept in f32 only for
-/// its diagonal blocks): 107.5 KB at `kp` = 64, two blocks per SM.
+/// Dynamic shared memory of `gla_chunk_bwd2k64_bf16` (dA kept in f32 only for its diagonal
+/// blocks) for a K tile of `kp` columns: 107.5 KB at `kp` = 64, two blocks per SM.
 pub fn chunk_bwd2_d2_smem_bytes(kp: usize) -> usize {
     chunk_bwd2_smem_bytes(kp) - 3072 * 4
 }
 
-/// Lab switch `GLA_LAB_BWD2=k64`: the K <= 128 backward's last launch runs as
-/// `gla_chunk_bwd2k64_bf16` (K tiles of 64, two blocks per SM, split dg scans) instead of
-/// `gla_chunk_bwd2_bf16`, for an A/B on the GPU with one binary. Off by default until it has
-/// been checked and measured there.
-fn lab_bwd2_k64() -> bool {
-    std::env::var("GLA_LAB_BWD2").is_ok_and(|v| v == "k64")
+/// How the backward's last launch tiles K (`gw`: gate width, K / 1 / 0): (kernel, tile width,
+/// tiles, dynamic smem). Tiles of <= 64 at two blocks per SM (`gla_chunk_bwd2k64_bf16`; the
+/// K = 128 forward + backward 11.16 -> 10.10 ms on the H200 against one 128-wide block per SM)
+/// wherever the result stays deterministic: a per-head gate's dg is a sum over the tiles added
+/// atomically, exact in any order only for at most two tiles, so a per-head gate with K > 128
+/// takes `gla_chunk_bwd2k_bf16` in two tiles of <= 128. Tiles split K evenly (80 -> 48 + 32).
+fn bwd2_plan(k: usize, gw: usize) -> (&'static str, usize, usize, usize) {
+    let (w, n) = k_tiles_of(k, 64);
+    if gw == 1 && n > 2 {
+        let (w, n) = k_tiles(k);
+        ("gla_chunk_bwd2k_bf16", w, n, chunk_bwd2_smem_bytes(w))
+    } else {
+        ("gla_chunk_bwd2k64_bf16", w, n, chunk_bwd2_d2_smem_bytes(w))
+    }
 }
 
 /// The chunked backward (bf16 storage, f32 gradients; see `chunk_bwd_supported`): gate prep,
@@ -849,34 +862,14 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
         return Ok(g);
     }
     {
-        // K > 128: one block per K tile (per channel given the full dA); the per-head gate's dg,
-        // a sum over channels, is added atomically by the (at most two) tiles onto zeros
-        let (ks, (kt, nkt)) = (p.k() > CHUNK_MAX_K, k_tiles(p.k()));
-        // lab: K <= 128 in tiles of 64 (at most two: the per-head dg stays deterministic)
-        let k64 = !ks && lab_bwd2_k64();
-        let name = if k64 {
-            "gla_chunk_bwd2k64_bf16"
-        } else if ks {
-            "gla_chunk_bwd2k_bf16"
-        } else {
-            "gla_chunk_bwd2_bf16"
-        };
-        let (w, gzk) = if k64 {
-            // K split evenly into one or two tiles of <= 64 (80 -> 48 + 32, not 64 + 16)
-            let w = if kp > 64 { (kp / 2).div_ceil(16) * 16 } else { kp };
-            (w, p.k().div_ceil(w) as u32)
-        } else if ks {
-            (kt, nkt as u32)
-        } else {
-            (kp, 1)
-        };
-        // the K-tiled entries add the per-head gate's dg atomically (onto zeros)
-        if (ks || k64) && gw == 1 {
+        // one block per K tile (per channel given the full dA); the per-head gate's dg, a sum
+        // over channels, is added atomically by the (at most two) tiles onto zeros
+        let (name, w, tiles, smem) = bwd2_plan(p.k(), gw as usize);
+        if gw == 1 {
             s.memset_zeros(&mut g.dg).map_err(Error::driver("zero dg"))?;
         }
         let kp32 = w as i32;
-        let smem = if k64 { chunk_bwd2_d2_smem_bytes(w) } else { chunk_bwd2_smem_bytes(w) };
-        let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, gzk), block_dim: (256, 1, 1), shared_mem_bytes: smem as u32 };
+        let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, tiles as u32), block_dim: (256, 1, 1), shared_mem_bytes: smem as u32 };
         let f = cuda.function(&CHUNK_V2, name)?;
         set_smem(&f, name, &cfg)?;
         let mut b = s.launch_builder(&f);
@@ -889,7 +882,7 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
             b.arg(&null);
         }
         b.arg(&dp.bounds).arg(&dp.chunk_off).arg(&dp.chunk_seq).arg(&h).arg(&k).arg(&gw).arg(&scale).arg(&kp32);
-        // SAFETY: arguments match gla_chunk_bwd2_bf16's signature; dq, dk hold bwd1's raw
+        // SAFETY: arguments match the bwd2 entries' signature; dq, dk hold bwd1's raw
         // products, which each thread reads before it overwrites them.
         unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
     }
@@ -1086,6 +1079,28 @@ mod tests {
         assert_eq!(k_tiles(256), (128, 2));
         assert_eq!(k_tiles(192), (96, 2));
         assert_eq!(k_tiles(130), (80, 2));
+    }
+
+    #[test]
+    fn bwd2_tiles_of_64_unless_a_per_head_dg_would_sum_more_than_two() {
+        for k in 1..=CHUNK_V2_MAX {
+            for gw in [k, 1, 0] {
+                let (name, w, n, smem) = bwd2_plan(k, gw);
+                assert!(w % 16 == 0 && w * n >= k && w * (n - 1) < k, "K = {k}: {n} x {w}");
+                if gw == 1 {
+                    assert!(n <= 2, "K = {k}, per-head gate: {n} tiles");
+                }
+                if name == "gla_chunk_bwd2k64_bf16" {
+                    assert!(w <= 64 && smem + 1024 <= 228 * 1024 / 2, "K = {k}: two blocks per SM");
+                } else {
+                    assert!(gw == 1 && k > 128 && w <= CHUNK_K_TILE && smem <= 227 * 1024, "K = {k}");
+                }
+            }
+        }
+        assert_eq!((bwd2_plan(128, 128).1, bwd2_plan(128, 128).2), (64, 2));
+        assert_eq!((bwd2_plan(80, 80).1, bwd2_plan(80, 80).2), (48, 2));
+        assert_eq!((bwd2_plan(256, 256).1, bwd2_plan(256, 256).2), (64, 4));
+        assert_eq!(bwd2_plan(256, 1).0, "gla_chunk_bwd2k_bf16");
     }
 
     #[test]
