@@ -133,6 +133,58 @@ pub const CHUNKED_BWD: bool = true;
 /// Pipeline stages of the state passes (`HNS` in `gla_chunk_v2.cu`).
 const CHUNK_H_STAGES: usize = 4;
 
+/// Lab switch `GLA_LAB_HK=128`: the state passes take 128 key rows per block where blocks stay
+/// plentiful (`gla_chunk_{h,dh}64k128_bf16`), for an A/B on the GPU with one binary.
+fn lab_hk128() -> bool {
+    std::env::var("GLA_LAB_HK").is_ok_and(|v| v == "128")
+}
+
+/// The state passes' tiling, one choice for the forward's and the backward's: `bvh` value
+/// columns and `kr` key rows per block (`2 kr` threads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct HPlan {
+    bvh: usize,
+    kr: usize,
+}
+
+impl HPlan {
+    /// 64 x 64 tiles, or 32 value columns when that gives fewer than two blocks per SM (long
+    /// sequences: each block walks its sequence's chunks in order, so blocks are the only
+    /// parallelism); lab: 128 key rows when K > 64 and two blocks per SM remain.
+    fn new(p: &Problem, nh: usize) -> Self {
+        let tiles = |kr: usize, bvh: usize| nh * p.k().div_ceil(kr) * p.v().div_ceil(bvh);
+        if tiles(64, 64) < 2 * 132 {
+            Self { bvh: 32, kr: 64 }
+        } else if lab_hk128() && p.k() > 64 && tiles(128, 64) >= 2 * 132 {
+            Self { bvh: 64, kr: 128 }
+        } else {
+            Self { bvh: 64, kr: 64 }
+        }
+    }
+
+    /// The kernel of the forward state pass, or (`rev`) of the backward's state-gradient pass.
+    fn name(self, rev: bool) -> &'static str {
+        match (rev, self.bvh, self.kr) {
+            (false, 32, _) => "gla_chunk_h32_bf16",
+            (false, _, 128) => "gla_chunk_h64k128_bf16",
+            (false, _, _) => "gla_chunk_h64_bf16",
+            (true, 32, _) => "gla_chunk_dh32_bf16",
+            (true, _, 128) => "gla_chunk_dh64k128_bf16",
+            (true, _, _) => "gla_chunk_dh64_bf16",
+        }
+    }
+
+    /// Grid (V tiles, K tiles, `gz` = N*H), `2 kr` threads, the HNS-stage smem of the kernel.
+    fn cfg(self, p: &Problem, gz: u32) -> LaunchConfig {
+        let smem = CHUNK_H_STAGES * ((64 * (self.kr + 8) + 64 * (self.bvh + 8)) * 2 + self.kr * 4);
+        LaunchConfig {
+            grid_dim: (p.v().div_ceil(self.bvh) as u32, p.k().div_ceil(self.kr) as u32, gz),
+            block_dim: (2 * self.kr as u32, 1, 1),
+            shared_mem_bytes: smem as u32,
+        }
+    }
+}
+
 /// Rows per chunk of the chunked kernels.
 pub const CHUNK_BT: usize = 64;
 /// Dynamic shared memory of `gla_chunk_o_bf16` for K padded to `kp` (see the kernel's layout).
@@ -518,15 +570,8 @@ fn chunk_v2<T: Elem>(
         launch_prep(cuda, dp, x, &mut kd, &mut dl, qe.as_mut(), gx)?;
     }
     {
-        let tiles = nh * p.k().div_ceil(64) * p.v().div_ceil(64);
-        let bvh = if tiles < 2 * 132 { 32 } else { 64 };
-        let name = if bvh == 32 { "gla_chunk_h32_bf16" } else { "gla_chunk_h64_bf16" };
-        let smem = CHUNK_H_STAGES * ((64 * 72 + 64 * (bvh + 8)) * 2 + 64 * 4);
-        let cfg = LaunchConfig {
-            grid_dim: (p.v().div_ceil(bvh) as u32, p.k().div_ceil(64) as u32, gz),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: smem as u32,
-        };
+        let plan = HPlan::new(p, nh);
+        let (name, cfg) = (plan.name(false), plan.cfg(p, gz));
         let f = cuda.function(&CHUNK_V2, name)?;
         set_smem(&f, name, &cfg)?;
         let mut b = s.launch_builder(&f);
@@ -541,8 +586,8 @@ fn chunk_v2<T: Elem>(
             None => b.arg(&null),
         };
         b.arg(&dp.bounds).arg(&dp.chunk_off).arg(&h).arg(&k).arg(&v);
-        // SAFETY: arguments match gla_chunk_h{32,64}_bf16's signature; hs holds n_chunks x H x K
-        // x V elements; the grid covers V in bvh-wide and K in 64-wide tiles and N*H in z.
+        // SAFETY: arguments match gla_chunk_h*_bf16's signature; hs holds n_chunks x H x K x V
+        // elements; the grid covers V and K in the plan's tiles and N*H in z.
         unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
     }
     if dp.n_chunks == 0 || state_only {
@@ -774,24 +819,12 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
     if nc > 0 && upto >= 1 {
         launch_prep(cuda, dp, x, &mut kd, &mut dl, Some(&mut qe), gx)?;
     }
-    let tiles = nh * p.k().div_ceil(64) * p.v().div_ceil(64);
-    let bvh = if tiles < 2 * 132 { 32 } else { 64 };
+    let plan = HPlan::new(p, nh);
     for rev in [false, true] {
         if upto < if rev { 3 } else { 2 } {
             return Ok(g);
         }
-        let name = match (rev, bvh) {
-            (false, 32) => "gla_chunk_h32_bf16",
-            (false, _) => "gla_chunk_h64_bf16",
-            (true, 32) => "gla_chunk_dh32_bf16",
-            (true, _) => "gla_chunk_dh64_bf16",
-        };
-        let smem = CHUNK_H_STAGES * ((64 * 72 + 64 * (bvh + 8)) * 2 + 64 * 4);
-        let cfg = LaunchConfig {
-            grid_dim: (p.v().div_ceil(bvh) as u32, p.k().div_ceil(64) as u32, gz),
-            block_dim: (128, 1, 1),
-            shared_mem_bytes: smem as u32,
-        };
+        let (name, cfg) = (plan.name(rev), plan.cfg(p, gz));
         let f = cuda.function(&CHUNK_V2, name)?;
         set_smem(&f, name, &cfg)?;
         let mut b = s.launch_builder(&f);
@@ -816,7 +849,7 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
             b.arg(&mut hs).arg(&null);
         }
         b.arg(&dp.bounds).arg(&dp.chunk_off).arg(&h).arg(&k).arg(&v);
-        // SAFETY: arguments match gla_chunk_{h,dh}{32,64}_bf16's signature; hs / dhs hold
+        // SAFETY: arguments match gla_chunk_{h,dh}*_bf16's signature; hs / dhs hold
         // n_chunks x H x K x V; the grid covers V, K in tiles and N*H in z.
         unsafe { b.launch(cfg) }.map_err(launch_err(name, &cfg))?;
     }
@@ -1079,6 +1112,28 @@ mod tests {
         assert_eq!(k_tiles(256), (128, 2));
         assert_eq!(k_tiles(192), (96, 2));
         assert_eq!(k_tiles(130), (80, 2));
+    }
+
+    #[test]
+    fn state_pass_tiles_fit_two_blocks_per_sm() {
+        for (bvh, kr) in [(32, 64), (64, 64), (64, 128)] {
+            let plan = HPlan { bvh, kr };
+            let p = Problem::new(ProblemSpec {
+                b: 1,
+                t: 64,
+                h: 1,
+                k: 256,
+                v: 256,
+                gate: gla_core::GateKind::PerKey,
+                scale: None,
+                cu_seqlens: None,
+            })
+            .unwrap();
+            let cfg = plan.cfg(&p, 1);
+            assert!(2 * (cfg.shared_mem_bytes as usize + 1024) <= 228 * 1024, "{plan:?}: {} B", cfg.shared_mem_bytes);
+            assert_eq!(cfg.grid_dim.1 as usize, 256 / kr);
+            assert!(plan.name(false).starts_with("gla_chunk_h") && plan.name(true).starts_with("gla_chunk_dh"));
+        }
     }
 
     #[test]
