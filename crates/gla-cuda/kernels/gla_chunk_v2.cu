@@ -258,27 +258,24 @@ extern "C" __global__ void __launch_bounds__(64) gla_chunk_prep8_bf16(
 }
 
 // ------------------------------------------------------------------------------------------------
-// launch 1: the state pass, sequential over a sequence's chunks; BVH = 64 or 32 value columns and
-// KR = 64 or 128 key rows per block (2 KR threads: one warp per 16 rows; 32 columns double the
-// blocks for long sequences, 128 rows halve v's reloads where blocks are plentiful). HNS stages of
-// kd [64][KR+8], v [64][BVH+8], then HNS x dl [KR] f32: dynamic smem
-// HNS * ((64 * (KR + 8) + 64 * (BVH + 8)) * 2 + 4 KR) bytes (ops.rs `h_plan`).
+// launch 1: the state pass, sequential over a sequence's chunks; BVH = 64 or 32 value columns per
+// block (32 doubles the blocks for long sequences). HNS stages of kd [64][LDH], v [64][BVH+8],
+// then HNS x dl [64] f32: dynamic smem HNS * ((64 * 72 + 64 * (BVH + 8)) * 2 + 256) bytes.
 
-template <int BVH, int KR, bool REV>
+template <int BVH, bool REV>
 __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf16_t* __restrict__ v, const float* __restrict__ dl,
                                         const float* __restrict__ h0, bf16_t* __restrict__ hs, float* __restrict__ ht,
                                         const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, int H, int K, int V) {
-    constexpr int NT = BVH / 8, LDV = BVH + 8, LDR = KR + 8, STAGE = 64 * LDR + 64 * LDV;  // bf16 elements
-    constexpr int NTHR = 2 * KR;
+    constexpr int NT = BVH / 8, LDV = BVH + 8, STAGE = 64 * LDH + 64 * LDV;  // bf16 elements
     extern __shared__ __align__(16) unsigned char smem_h[];
     bf16_t* s_kv = (bf16_t*)smem_h;               // [HNS][STAGE]
-    float* s_d = (float*)(s_kv + HNS * STAGE);    // [HNS][KR]
+    float* s_d = (float*)(s_kv + HNS * STAGE);    // [HNS][64]
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
-    const int j0 = blockIdx.x * BVH, i0 = blockIdx.y * KR, nh = blockIdx.z, n = nh / H, h = nh % H;
+    const int j0 = blockIdx.x * BVH, i0 = blockIdx.y * 64, nh = blockIdx.z, n = nh / H, h = nh % H;
     const idx_t bos = bounds[n], eos = bounds[n + 1];
     const int nc = (int)((eos - bos + 63) / 64);
     const idx_t cbase = chunk_off[n];
-    const int Kc = min(KR, K - i0), Vc = min(BVH, V - j0);
+    const int Kc = min(64, K - i0), Vc = min(BVH, V - j0);
     const bool vk = (K & 7) == 0, vv = (V & 7) == 0;
     const idx_t o_state = (idx_t)nh * K * V;
 
@@ -295,13 +292,13 @@ __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf1
         const idx_t r0 = bos + (idx_t)c * 64;
         const int L = (int)min((idx_t)64, eos - r0);
         bf16_t* base = s_kv + st * STAGE;
-        tile_load(base, LDR, kd + (r0 * H + h) * (idx_t)K + i0, (idx_t)H * K, L, Kc, KR, vk, true, tid, NTHR);
-        tile_load(base + 64 * LDR, LDV, v + (r0 * H + h) * (idx_t)V + j0, (idx_t)H * V, L, Vc, BVH, vv, true, tid, NTHR);
+        tile_load(base, LDH, kd + (r0 * H + h) * (idx_t)K + i0, (idx_t)H * K, L, Kc, 64, vk, true, tid, 128);
+        tile_load(base + 64 * LDH, LDV, v + (r0 * H + h) * (idx_t)V + j0, (idx_t)H * V, L, Vc, BVH, vv, true, tid, 128);
         const float* dsrc = dl + ((cbase + c) * H + h) * (idx_t)K + i0;
         if (vk) {
-            if (tid < KR / 4) cp16(s_d + st * KR + 4 * tid, 4 * tid < Kc ? dsrc + 4 * tid : dsrc, 4 * tid < Kc);
-        } else if (tid < KR) {
-            s_d[st * KR + tid] = tid < Kc ? dsrc[tid] : 0.f;
+            if (tid < 16) cp16(s_d + st * 64 + 4 * tid, 4 * tid < Kc ? dsrc + 4 * tid : dsrc, 4 * tid < Kc);
+        } else if (tid < 64) {
+            s_d[st * 64 + tid] = tid < Kc ? dsrc[tid] : 0.f;
         }
     };
     // forward: chunks 0 .. nc-1; REV (the state-gradient pass): nc-1 .. 0. HNS stages: the
@@ -339,8 +336,8 @@ __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf1
         cp_wait<HNS - 1>();
         __syncthreads();
         const bf16_t* tk = s_kv + st * STAGE;
-        const bf16_t* tv = tk + 64 * LDR;
-        const float d_lo = s_d[st * KR + 16 * w + fg], d_hi = s_d[st * KR + 16 * w + fg + 8];
+        const bf16_t* tv = tk + 64 * LDH;
+        const float d_lo = s_d[st * 64 + 16 * w + fg], d_hi = s_d[st * 64 + 16 * w + fg + 8];
         #pragma unroll
         for (int nt = 0; nt < NT; ++nt) {
             acc[nt][0] *= d_lo;
@@ -351,7 +348,7 @@ __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf1
         #pragma unroll
         for (int kt = 0; kt < 4; ++kt) {
             unsigned a[4];
-            ldsm4t(a, fat(tk, LDR, 16 * kt, 16 * w, lane));
+            ldsm4t(a, fat(tk, LDH, 16 * kt, 16 * w, lane));
             #pragma unroll
             for (int np = 0; np < NT / 2; ++np) {
                 unsigned b[4];
@@ -376,19 +373,16 @@ __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf1
 
 // forward: (kd, v, h0) -> hs (state entering each chunk), ht. Backward (dh entries): (qe, do,
 // dht) -> dhs (gradient of the state leaving each chunk), dh0, walking the chunks in reverse.
-#define HENTRY(NAME, BVH, KR, REV)                                                                       \
-extern "C" __global__ void __launch_bounds__(2 * KR) NAME(                                               \
+#define HENTRY(NAME, BVH, REV)                                                                           \
+extern "C" __global__ void __launch_bounds__(128) NAME(                                                  \
     const bf16_t* kd, const bf16_t* v, const float* dl, const float* h0, bf16_t* hs, float* ht,          \
     const idx_t* bounds, const idx_t* chunk_off, int H, int K, int V) {                                  \
-    chunk_h<BVH, KR, REV>(kd, v, dl, h0, hs, ht, bounds, chunk_off, H, K, V);                            \
+    chunk_h<BVH, REV>(kd, v, dl, h0, hs, ht, bounds, chunk_off, H, K, V);                                \
 }
-HENTRY(gla_chunk_h64_bf16, 64, 64, false)
-HENTRY(gla_chunk_h32_bf16, 32, 64, false)
-HENTRY(gla_chunk_dh64_bf16, 64, 64, true)
-HENTRY(gla_chunk_dh32_bf16, 32, 64, true)
-// lab (GLA_LAB_HK=128): 128 key rows per block
-HENTRY(gla_chunk_h64k128_bf16, 64, 128, false)
-HENTRY(gla_chunk_dh64k128_bf16, 64, 128, true)
+HENTRY(gla_chunk_h64_bf16, 64, false)
+HENTRY(gla_chunk_h32_bf16, 32, false)
+HENTRY(gla_chunk_dh64_bf16, 64, true)
+HENTRY(gla_chunk_dh32_bf16, 32, true)
 
 // ------------------------------------------------------------------------------------------------
 // launch 2: the output pass, one block per (chunk, head)

@@ -133,53 +133,38 @@ pub const CHUNKED_BWD: bool = true;
 /// Pipeline stages of the state passes (`HNS` in `gla_chunk_v2.cu`).
 const CHUNK_H_STAGES: usize = 4;
 
-/// Lab switch `GLA_LAB_HK=128`: the state passes take 128 key rows per block where blocks stay
-/// plentiful (`gla_chunk_{h,dh}64k128_bf16`), for an A/B on the GPU with one binary.
-fn lab_hk128() -> bool {
-    std::env::var("GLA_LAB_HK").is_ok_and(|v| v == "128")
-}
-
 /// The state passes' tiling, one choice for the forward's and the backward's: `bvh` value
-/// columns and `kr` key rows per block (`2 kr` threads).
+/// columns per block of 64 key rows (128 threads). 64 x 64 tiles, or 32 value columns when that
+/// gives fewer than two blocks per SM (long sequences: each block walks its sequence's chunks in
+/// order, so blocks are the only parallelism). 128 key rows per block (8 warps, half of v's
+/// reloads) were tried on the H200 in session 5 and gained nothing (crates/gla-cuda/NOTES.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct HPlan {
     bvh: usize,
-    kr: usize,
 }
 
 impl HPlan {
-    /// 64 x 64 tiles, or 32 value columns when that gives fewer than two blocks per SM (long
-    /// sequences: each block walks its sequence's chunks in order, so blocks are the only
-    /// parallelism); lab: 128 key rows when K > 64 and two blocks per SM remain.
     fn new(p: &Problem, nh: usize) -> Self {
-        let tiles = |kr: usize, bvh: usize| nh * p.k().div_ceil(kr) * p.v().div_ceil(bvh);
-        if tiles(64, 64) < 2 * 132 {
-            Self { bvh: 32, kr: 64 }
-        } else if lab_hk128() && p.k() > 64 && tiles(128, 64) >= 2 * 132 {
-            Self { bvh: 64, kr: 128 }
-        } else {
-            Self { bvh: 64, kr: 64 }
-        }
+        let tiles = nh * p.k().div_ceil(64) * p.v().div_ceil(64);
+        Self { bvh: if tiles < 2 * 132 { 32 } else { 64 } }
     }
 
     /// The kernel of the forward state pass, or (`rev`) of the backward's state-gradient pass.
     fn name(self, rev: bool) -> &'static str {
-        match (rev, self.bvh, self.kr) {
-            (false, 32, _) => "gla_chunk_h32_bf16",
-            (false, _, 128) => "gla_chunk_h64k128_bf16",
-            (false, _, _) => "gla_chunk_h64_bf16",
-            (true, 32, _) => "gla_chunk_dh32_bf16",
-            (true, _, 128) => "gla_chunk_dh64k128_bf16",
-            (true, _, _) => "gla_chunk_dh64_bf16",
+        match (rev, self.bvh) {
+            (false, 32) => "gla_chunk_h32_bf16",
+            (false, _) => "gla_chunk_h64_bf16",
+            (true, 32) => "gla_chunk_dh32_bf16",
+            (true, _) => "gla_chunk_dh64_bf16",
         }
     }
 
-    /// Grid (V tiles, K tiles, `gz` = N*H), `2 kr` threads, the HNS-stage smem of the kernel.
+    /// Grid (V tiles, K tiles of 64, `gz` = N*H), 128 threads, the HNS-stage smem of the kernel.
     fn cfg(self, p: &Problem, gz: u32) -> LaunchConfig {
-        let smem = CHUNK_H_STAGES * ((64 * (self.kr + 8) + 64 * (self.bvh + 8)) * 2 + self.kr * 4);
+        let smem = CHUNK_H_STAGES * ((64 * 72 + 64 * (self.bvh + 8)) * 2 + 64 * 4);
         LaunchConfig {
-            grid_dim: (p.v().div_ceil(self.bvh) as u32, p.k().div_ceil(self.kr) as u32, gz),
-            block_dim: (2 * self.kr as u32, 1, 1),
+            grid_dim: (p.v().div_ceil(self.bvh) as u32, p.k().div_ceil(64) as u32, gz),
+            block_dim: (128, 1, 1),
             shared_mem_bytes: smem as u32,
         }
     }
@@ -1116,8 +1101,8 @@ mod tests {
 
     #[test]
     fn state_pass_tiles_fit_two_blocks_per_sm() {
-        for (bvh, kr) in [(32, 64), (64, 64), (64, 128)] {
-            let plan = HPlan { bvh, kr };
+        for bvh in [32, 64] {
+            let plan = HPlan { bvh };
             let p = Problem::new(ProblemSpec {
                 b: 1,
                 t: 64,
@@ -1131,7 +1116,7 @@ mod tests {
             .unwrap();
             let cfg = plan.cfg(&p, 1);
             assert!(2 * (cfg.shared_mem_bytes as usize + 1024) <= 228 * 1024, "{plan:?}: {} B", cfg.shared_mem_bytes);
-            assert_eq!(cfg.grid_dim.1 as usize, 256 / kr);
+            assert_eq!(cfg.grid_dim.1, 4);
             assert!(plan.name(false).starts_with("gla_chunk_h") && plan.name(true).starts_with("gla_chunk_dh"));
         }
     }
