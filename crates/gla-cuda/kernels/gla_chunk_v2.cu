@@ -262,7 +262,25 @@ extern "C" __global__ void __launch_bounds__(64) gla_chunk_prep8_bf16(
 // block (32 doubles the blocks for long sequences). HNS stages of kd [64][LDH], v [64][BVH+8],
 // then HNS x dl [64] f32: dynamic smem HNS * ((64 * 72 + 64 * (BVH + 8)) * 2 + 256) bytes.
 
-template <int BVH, bool REV>
+// A 4x4 transpose of 32-bit words within each quad of lanes (4 fg .. 4 fg + 3), three xor
+// shuffles: lane ft holds w[c] = its word of 8-column group c (an mma fragment row: the lane's
+// pair of columns 8c + 2ft, +1); it gets group ft's four words in column order (word l from lane
+// l), i.e. 16 contiguous bytes of the row. Every lane of the warp must call it.
+__device__ __forceinline__ uint4 quad_transpose(unsigned w0, unsigned w1, unsigned w2, unsigned w3, int ft) {
+    auto pick = [&](int c) { return c == 0 ? w0 : c == 1 ? w1 : c == 2 ? w2 : w3; };
+    const unsigned r0 = pick(ft);
+    const unsigned r1 = __shfl_xor_sync(0xffffffffu, pick(ft ^ 1), 1);  // lane ft^1's word of group ft
+    const unsigned r2 = __shfl_xor_sync(0xffffffffu, pick(ft ^ 2), 2);
+    const unsigned r3 = __shfl_xor_sync(0xffffffffu, pick(ft ^ 3), 3);
+    auto got = [&](int r) { return r == 0 ? r0 : r == 1 ? r1 : r == 2 ? r2 : r3; };  // from lane ft ^ r
+    return make_uint4(got(ft), got(ft ^ 1), got(ft ^ 2), got(ft ^ 3));
+}
+
+// S16 (lab, GLA_LAB_HS=16): the state tile is stored as 16-byte row pieces (quad_transpose) when
+// V % 8 == 0 and the tile lies inside V, instead of 4-byte fragment words: every 32-byte sector
+// of hs is then written whole once, not in two halves (ncu: the pass is L2-bound, 83% L2 and
+// 27% DRAM throughput at K = 256).
+template <int BVH, bool REV, bool S16>
 __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf16_t* __restrict__ v, const float* __restrict__ dl,
                                         const float* __restrict__ h0, bf16_t* __restrict__ hs, float* __restrict__ ht,
                                         const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, int H, int K, int V) {
@@ -314,7 +332,21 @@ __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf1
         if (ahead < nc) load(REV ? nc - 1 - ahead : ahead, ahead % HNS);
         cp_commit();
         // the state entering chunk c, as bf16, for the output pass
-        {
+        if (S16 && (V & 7) == 0 && j0 + BVH <= V) {  // uniform over the block: shuffles inside
+            bf16_t* hp = hs + ((cbase + c) * H + h) * (idx_t)K * V;
+            #pragma unroll
+            for (int hr = 0; hr < 2; ++hr) {
+                const int i = i0 + 16 * w + fg + 8 * hr;
+                #pragma unroll
+                for (int g4 = 0; g4 < NT / 4; ++g4) {
+                    const uint4 q = quad_transpose(pack2(acc[4 * g4][2 * hr], acc[4 * g4][2 * hr + 1]),
+                                                   pack2(acc[4 * g4 + 1][2 * hr], acc[4 * g4 + 1][2 * hr + 1]),
+                                                   pack2(acc[4 * g4 + 2][2 * hr], acc[4 * g4 + 2][2 * hr + 1]),
+                                                   pack2(acc[4 * g4 + 3][2 * hr], acc[4 * g4 + 3][2 * hr + 1]), ft);
+                    if (i < K) *(uint4*)(hp + (idx_t)i * V + j0 + 8 * (4 * g4 + ft)) = q;
+                }
+            }
+        } else {
             bf16_t* hp = hs + ((cbase + c) * H + h) * (idx_t)K * V;
             #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
@@ -373,16 +405,18 @@ __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf1
 
 // forward: (kd, v, h0) -> hs (state entering each chunk), ht. Backward (dh entries): (qe, do,
 // dht) -> dhs (gradient of the state leaving each chunk), dh0, walking the chunks in reverse.
-#define HENTRY(NAME, BVH, REV)                                                                           \
+#define HENTRY(NAME, BVH, REV, S16)                                                                      \
 extern "C" __global__ void __launch_bounds__(128) NAME(                                                  \
     const bf16_t* kd, const bf16_t* v, const float* dl, const float* h0, bf16_t* hs, float* ht,          \
     const idx_t* bounds, const idx_t* chunk_off, int H, int K, int V) {                                  \
-    chunk_h<BVH, REV>(kd, v, dl, h0, hs, ht, bounds, chunk_off, H, K, V);                                \
+    chunk_h<BVH, REV, S16>(kd, v, dl, h0, hs, ht, bounds, chunk_off, H, K, V);                           \
 }
-HENTRY(gla_chunk_h64_bf16, 64, false)
-HENTRY(gla_chunk_h32_bf16, 32, false)
-HENTRY(gla_chunk_dh64_bf16, 64, true)
-HENTRY(gla_chunk_dh32_bf16, 32, true)
+HENTRY(gla_chunk_h64_bf16, 64, false, false)
+HENTRY(gla_chunk_h32_bf16, 32, false, false)
+HENTRY(gla_chunk_dh64_bf16, 64, true, false)
+HENTRY(gla_chunk_dh32_bf16, 32, true, false)
+HENTRY(gla_chunk_h64s_bf16, 64, false, true)
+HENTRY(gla_chunk_dh64s_bf16, 64, true, true)
 
 // ------------------------------------------------------------------------------------------------
 // launch 2: the output pass, one block per (chunk, head)
