@@ -276,11 +276,11 @@ __device__ __forceinline__ uint4 quad_transpose(unsigned w0, unsigned w1, unsign
     return make_uint4(got(ft), got(ft ^ 1), got(ft ^ 2), got(ft ^ 3));
 }
 
-// S16 (lab, GLA_LAB_HS=16): the state tile is stored as 16-byte row pieces (quad_transpose) when
-// V % 8 == 0 and the tile lies inside V, instead of 4-byte fragment words: every 32-byte sector
-// of hs is then written whole once, not in two halves (ncu: the pass is L2-bound, 83% L2 and
-// 27% DRAM throughput at K = 256).
-template <int BVH, bool REV, bool S16>
+// The state tile is stored as 16-byte row pieces (quad_transpose) when V % 8 == 0 and the tile
+// lies inside V (else as 4-byte fragment words): every 32-byte sector of hs is then written whole
+// once, not in two halves. The pass is L2-bound; on the H200 (session 5, ncu) this took it from
+// 83% to 66% of L2 throughput and 1.27 -> 1.00 ms at K = 256 (0.66 -> 0.53 ms at K = 128).
+template <int BVH, bool REV>
 __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf16_t* __restrict__ v, const float* __restrict__ dl,
                                         const float* __restrict__ h0, bf16_t* __restrict__ hs, float* __restrict__ ht,
                                         const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, int H, int K, int V) {
@@ -332,7 +332,7 @@ __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf1
         if (ahead < nc) load(REV ? nc - 1 - ahead : ahead, ahead % HNS);
         cp_commit();
         // the state entering chunk c, as bf16, for the output pass
-        if (S16 && (V & 7) == 0 && j0 + BVH <= V) {  // uniform over the block: shuffles inside
+        if ((V & 7) == 0 && j0 + BVH <= V) {  // uniform over the block: shuffles inside
             bf16_t* hp = hs + ((cbase + c) * H + h) * (idx_t)K * V;
             #pragma unroll
             for (int hr = 0; hr < 2; ++hr) {
@@ -405,18 +405,16 @@ __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf1
 
 // forward: (kd, v, h0) -> hs (state entering each chunk), ht. Backward (dh entries): (qe, do,
 // dht) -> dhs (gradient of the state leaving each chunk), dh0, walking the chunks in reverse.
-#define HENTRY(NAME, BVH, REV, S16)                                                                      \
+#define HENTRY(NAME, BVH, REV)                                                                           \
 extern "C" __global__ void __launch_bounds__(128) NAME(                                                  \
     const bf16_t* kd, const bf16_t* v, const float* dl, const float* h0, bf16_t* hs, float* ht,          \
     const idx_t* bounds, const idx_t* chunk_off, int H, int K, int V) {                                  \
-    chunk_h<BVH, REV, S16>(kd, v, dl, h0, hs, ht, bounds, chunk_off, H, K, V);                           \
+    chunk_h<BVH, REV>(kd, v, dl, h0, hs, ht, bounds, chunk_off, H, K, V);                                \
 }
-HENTRY(gla_chunk_h64_bf16, 64, false, false)
-HENTRY(gla_chunk_h32_bf16, 32, false, false)
-HENTRY(gla_chunk_dh64_bf16, 64, true, false)
-HENTRY(gla_chunk_dh32_bf16, 32, true, false)
-HENTRY(gla_chunk_h64s_bf16, 64, false, true)
-HENTRY(gla_chunk_dh64s_bf16, 64, true, true)
+HENTRY(gla_chunk_h64_bf16, 64, false)
+HENTRY(gla_chunk_h32_bf16, 32, false)
+HENTRY(gla_chunk_dh64_bf16, 64, true)
+HENTRY(gla_chunk_dh32_bf16, 32, true)
 
 // ------------------------------------------------------------------------------------------------
 // launch 2: the output pass, one block per (chunk, head)

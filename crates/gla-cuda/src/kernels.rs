@@ -58,8 +58,6 @@ pub const CHUNK_V2: KernelSource = KernelSource {
         "gla_chunk_h32_bf16",
         "gla_chunk_dh64_bf16",
         "gla_chunk_dh32_bf16",
-        "gla_chunk_h64s_bf16",
-        "gla_chunk_dh64s_bf16",
         "gla_chunk_o_bf16",
         "gla_chunk_a_bf16",
         "gla_chunk_ow_bf16",

@@ -133,12 +133,6 @@ pub const CHUNKED_BWD: bool = true;
 /// Pipeline stages of the state passes (`HNS` in `gla_chunk_v2.cu`).
 const CHUNK_H_STAGES: usize = 4;
 
-/// Lab switch `GLA_LAB_HS=16`: the 64-column state passes store the state tile in 16-byte row
-/// pieces (`gla_chunk_{h,dh}64s_bf16`), for an A/B on the GPU with one binary.
-fn lab_hs16() -> bool {
-    std::env::var("GLA_LAB_HS").is_ok_and(|v| v == "16")
-}
-
 /// The state passes' tiling, one choice for the forward's and the backward's: `bvh` value
 /// columns per block of 64 key rows (128 threads). 64 x 64 tiles, or 32 value columns when that
 /// gives fewer than two blocks per SM (long sequences: each block walks its sequence's chunks in
@@ -157,13 +151,11 @@ impl HPlan {
 
     /// The kernel of the forward state pass, or (`rev`) of the backward's state-gradient pass.
     fn name(self, rev: bool) -> &'static str {
-        match (rev, self.bvh, lab_hs16()) {
-            (false, 32, _) => "gla_chunk_h32_bf16",
-            (false, _, true) => "gla_chunk_h64s_bf16",
-            (false, _, false) => "gla_chunk_h64_bf16",
-            (true, 32, _) => "gla_chunk_dh32_bf16",
-            (true, _, true) => "gla_chunk_dh64s_bf16",
-            (true, _, false) => "gla_chunk_dh64_bf16",
+        match (rev, self.bvh) {
+            (false, 32) => "gla_chunk_h32_bf16",
+            (false, _) => "gla_chunk_h64_bf16",
+            (true, 32) => "gla_chunk_dh32_bf16",
+            (true, _) => "gla_chunk_dh64_bf16",
         }
     }
 
