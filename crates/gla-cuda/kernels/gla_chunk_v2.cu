@@ -332,8 +332,8 @@ __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf1
         if (ahead < nc) load(REV ? nc - 1 - ahead : ahead, ahead % HNS);
         cp_commit();
         // the state entering chunk c, as bf16, for the output pass
+        bf16_t* hp = hs + ((cbase + c) * H + h) * (idx_t)K * V;
         if ((V & 7) == 0 && j0 + BVH <= V) {  // uniform over the block: shuffles inside
-            bf16_t* hp = hs + ((cbase + c) * H + h) * (idx_t)K * V;
             #pragma unroll
             for (int hr = 0; hr < 2; ++hr) {
                 const int i = i0 + 16 * w + fg + 8 * hr;
@@ -347,7 +347,6 @@ __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf1
                 }
             }
         } else {
-            bf16_t* hp = hs + ((cbase + c) * H + h) * (idx_t)K * V;
             #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
                 #pragma unroll
