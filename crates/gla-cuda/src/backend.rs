@@ -1,4 +1,4 @@
-//! The GPU [`Backend`] of the language model: each op of `gla_model::backend` as the kernel
+//! The GPU [`gla_model::Backend`] of the language model: each op of `gla_model::backend` as the kernel
 //! launches of `kernels/model_ops.cu` and cuBLAS GEMMs that the GPU model ran in its own copy of
 //! the forward and backward before (`gla_model::model` is now the only copy; read it first).
 //!
@@ -7,7 +7,7 @@
 //!   the master weights, every parameter gradient, and every gradient that is summed from several
 //!   GEMMs (`dxn`, `dres`) or leaves the GLA backward (`dq, dk, dv, dg`);
 //! - bf16 (`Act`): every GEMM operand (activations, a bf16 copy of the weights refreshed by each
-//!   AdamW step, and the gradients fed to GEMMs: `Backend::cast` writes them), and q, k, v, g,
+//!   AdamW step, and the gradients fed to GEMMs: `Primitives::cast` writes them), and q, k, v, g,
 //!   o, do of the GLA kernels.
 //!
 //! Head dims above the tensor-core kernels' 128: a head with V = s * V' (V' <= 128) runs as s
@@ -26,9 +26,9 @@ use std::sync::Arc;
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
 use gla_core::{GateKind, Problem, ProblemSpec};
-use gla_model::backend::{Backend, ConvIdx, ParamId, Storage};
+use gla_model::backend::{ConvIdx, GlaOps, GlaStorage, ParamId, Primitives, Storage};
 use gla_model::config::Dims;
-use gla_model::params::Layout;
+use gla_model::layout::{HasLayout, Layout};
 use gla_model::FeatureMap;
 use gla_model::IGNORE_INDEX;
 
@@ -335,7 +335,7 @@ pub enum InferIo<'a> {
 pub struct GpuBuf;
 
 /// A batch's token ids on the device and the embedding backward's schedule built from them on
-/// the host ([`Backend::upload_ids`]): the rows sorted by token, each token's segment of them.
+/// the host ([`Primitives::upload_ids`]): the rows sorted by token, each token's segment of them.
 pub struct GpuIds {
     ids: CudaSlice<u32>,
     emb_order: CudaSlice<i32>,
@@ -373,6 +373,9 @@ impl Storage for GpuBuf {
     type Ids = GpuIds;
     type Rows = GpuRows;
     type Plan = GpuPlan;
+}
+
+impl GlaStorage for GpuBuf {
     type GlaSaved = GpuGla;
 }
 
@@ -476,8 +479,14 @@ impl Gpu {
     }
 }
 
+impl HasLayout for Gpu {
+    fn layout(&self) -> &Layout {
+        &self.layout
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
-impl Backend for Gpu {
+impl Primitives for Gpu {
     type Error = Error;
     type Buf = GpuBuf;
     type Io<'a> = InferIo<'a>;
@@ -485,9 +494,6 @@ impl Backend for Gpu {
 
     fn dims(&self) -> &Dims {
         &self.dims
-    }
-    fn layout(&self) -> &Layout {
-        &self.layout
     }
     fn grads_len(&self, grads: &CudaSlice<f32>) -> usize {
         grads.len()
@@ -512,19 +518,6 @@ impl Backend for Gpu {
     fn plan(&self, b: usize, t: usize, backward: bool) -> Result<GpuPlan> {
         let part = self.z(if backward { part_len(&self.dims, b * t) } else { 1 })?;
         Ok(GpuPlan { prob: DevProblem::new(&self.cuda, &self.op_problem(b, t)?)?, part })
-    }
-    fn alloc_gla_grads(&self, n: usize) -> Result<[CudaSlice<f32>; 4]> {
-        // sums over the repeats; without a repeat the op's own outputs are moved in (gla_bwd)
-        let (dm, hp) = (&self.dims, self.heads);
-        let z = |rep: usize, len: usize| self.z::<f32>(if rep > 1 { len } else { 0 });
-        Ok([z(hp.rq, n * dm.key_dim)?, z(hp.rk, n * dm.key_dim_kv)?, z(hp.rv, n * dm.value_dim_kv)?, z(hp.rk, n * dm.key_dim_kv)?])
-    }
-    fn alloc_gla_saved(&self, n: usize) -> Result<GpuGla> {
-        let (dm, hp) = (&self.dims, self.heads);
-        // q/k/g at the op's heads
-        let op_k = n * dm.heads * hp.split * dm.head_k;
-        let rep = |r: usize, len: usize| if r > 1 { self.z(len).map(Some) } else { Ok(None) };
-        Ok(GpuGla { q_rep: rep(hp.rq, op_k)?, k_rep: rep(hp.rk, op_k)?, v_rep: rep(hp.rv, n * dm.value_dim)?, gk_rep: rep(hp.rk, op_k)? })
     }
 
     fn upload_ids(&self, dst: &mut GpuIds, ids: &[u32], backward: bool) -> Result<()> {
@@ -686,35 +679,6 @@ impl Backend for Gpu {
         self.gemm.bwd_w(self.gp(g, w), self.p(dy), self.p(x), n, d_in, d_out)
     }
 
-    fn gate_fwd(&self, gk: &mut CudaSlice<u16>, raw: &mut CudaSlice<f32>, bias: ParamId, n: usize) -> Result<()> {
-        let dm = &self.dims;
-        let (gkp, rawp, bp) = (self.p(gk), self.p(raw), self.mp(bias));
-        let (ni, ci, norm, hc, cm) =
-            (n as i64, dm.key_dim_kv as i32, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
-        launch!(self, "gate_fwd", flat(n * dm.key_dim_kv), gkp, rawp, bp, ni, ci, norm, hc, cm);
-        Ok(())
-    }
-    fn gate_bwd(
-        &self,
-        plan: &GpuPlan,
-        dx: &mut CudaSlice<f32>,
-        dx_act: &mut CudaSlice<u16>,
-        g: &mut CudaSlice<f32>,
-        bias: ParamId,
-        dg: &CudaSlice<f32>,
-        raw: &CudaSlice<f32>,
-        n: usize,
-    ) -> Result<()> {
-        let dm = &self.dims;
-        let (dxp, dx16, dgp, rawp) = (self.p(dx), self.p(dx_act), self.p(dg), self.p(raw));
-        let (tot, norm, hc, cm) =
-            ((n * dm.key_dim_kv) as i64, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
-        launch!(self, "gate_bwd", flat(n * dm.key_dim_kv), dxp, dx16, dgp, rawp, tot, norm, hc, cm);
-        let (ni, ci, part) = (n as i64, dm.key_dim_kv as i32, self.p(&plan.part));
-        launch!(self, "colsum_f32", cols(n, dm.key_dim_kv), part, dxp, ni, ci);
-        self.finalize_cols(self.gp(g, bias), part, n, dm.key_dim_kv)
-    }
-
     fn conv_fwd(
         &self,
         y: &mut CudaSlice<u16>,
@@ -765,117 +729,6 @@ impl Backend for Gpu {
         let part = self.p(&plan.part);
         launch!(self, "conv_bwd_dw", cols(n, c), part, dyp, prep, xp, ni, ti, ci, wi);
         self.finalize_cols(self.gp(g, w), part, n, c * self.dims.conv)
-    }
-
-    fn gla_fwd(
-        &self,
-        plan: &GpuPlan,
-        saved: &mut GpuGla,
-        o: &mut CudaSlice<u16>,
-        q: &CudaSlice<u16>,
-        k: &CudaSlice<u16>,
-        v: &CudaSlice<u16>,
-        g: &CudaSlice<u16>,
-        io: Option<(&mut InferIo<'_>, usize)>,
-    ) -> Result<()> {
-        let c = &*self.cuda;
-        let (dm, hp) = (&self.dims, self.heads);
-        let p = &plan.prob.problem;
-        let n = p.b() * p.t();
-        let ni = n as i64;
-        // repeats to the op's heads
-        let kv = dm.kv_heads as i32;
-        if let Some(qr) = &saved.q_rep {
-            let (out, src, hh, r, e) = (self.p(qr), self.p(q), dm.heads as i32, hp.rq as i32, dm.head_k as i32);
-            launch!(self, "repeat_heads_bf16", flat(n * dm.key_dim * hp.rq), out, src, ni, hh, r, e);
-        }
-        if let (Some(kr), Some(gr)) = (&saved.k_rep, &saved.gk_rep) {
-            let (r, e) = (hp.rk as i32, dm.head_k as i32);
-            let (out, src) = (self.p(kr), self.p(k));
-            launch!(self, "repeat_heads_bf16", flat(n * dm.key_dim_kv * hp.rk), out, src, ni, kv, r, e);
-            let (out, src) = (self.p(gr), self.p(g));
-            launch!(self, "repeat_heads_bf16", flat(n * dm.key_dim_kv * hp.rk), out, src, ni, kv, r, e);
-        }
-        if let Some(vr) = &saved.v_rep {
-            let (out, src, r, e) = (self.p(vr), self.p(v), hp.rv as i32, dm.head_v as i32);
-            launch!(self, "repeat_heads_bf16", flat(n * dm.value_dim), out, src, ni, kv, r, e);
-        }
-        let x_in = Self::gla_inputs(saved, q, k, v, g);
-        match io {
-            None => ops::gla_fwd(c, FwdKernel::Chunk, &plan.prob, &x_in, o, None)?,
-            Some((InferIo::Batch(ctx), l)) => {
-                // one token per sequence takes the recurrent kernel, as fla's decode does
-                let which = if p.t() == 1 { FwdKernel::Recurrent } else { FwdKernel::Chunk };
-                let x_in = DevInputs { h0: Some(&ctx.h0[l]), ..x_in };
-                ops::gla_fwd(c, which, &plan.prob, &x_in, o, Some(&mut ctx.ht[l]))?;
-            }
-            Some((InferIo::Table { addr, b }, l)) => {
-                if p.t() != 1 {
-                    return Err(unsupported(format!("the decode step takes one token per sequence, got T = {}", p.t())));
-                }
-                let tab = *addr + 8 * (l * 4 * *b) as u64;
-                // SAFETY: the table's entries for layer l are the recurrent states of the B
-                // sequences (the contract of GpuModel::decode_body, the only maker of a Table)
-                unsafe { ops::gla_decode(c, &plan.prob, &x_in, tab, *b, o)? };
-            }
-        }
-        if sync_debug() {
-            c.stream().synchronize().map_err(Error::driver("GLA forward (GLA_SYNC_DEBUG)"))?;
-        }
-        Ok(())
-    }
-    fn gla_bwd(
-        &self,
-        plan: &GpuPlan,
-        saved: &GpuGla,
-        q: &CudaSlice<u16>,
-        k: &CudaSlice<u16>,
-        v: &CudaSlice<u16>,
-        g: &CudaSlice<u16>,
-        d_o: &CudaSlice<u16>,
-        grads: [&mut CudaSlice<f32>; 4],
-    ) -> Result<()> {
-        let c = &*self.cuda;
-        let (dm, hp) = (&self.dims, self.heads);
-        let n = plan.prob.problem.b() * plan.prob.problem.t();
-        let x_in = Self::gla_inputs(saved, q, k, v, g);
-        let [dq, dk, dv, dg] = grads;
-        // outputs of the last layer's op moved in below: freed first (stream-ordered), so that
-        // two layers' gradients are never alive at once
-        for (rep, buf) in [(hp.rq, &mut *dq), (hp.rk, &mut *dk), (hp.rv, &mut *dv), (hp.rk, &mut *dg)] {
-            if rep == 1 {
-                *buf = self.z(0)?;
-            }
-        }
-        let gr = if ops::chunk_bwd_supported::<u16>(&plan.prob.problem) && std::env::var_os("GLA_MODEL_RECURRENT_BWD").is_none() {
-            ops::gla_bwd_chunk(c, &plan.prob, &x_in, d_o, None, false)?
-        } else {
-            ops::gla_bwd(c, &plan.prob, &x_in, d_o, None)?
-        };
-        if sync_debug() {
-            c.stream().synchronize().map_err(Error::driver("GLA backward (GLA_SYNC_DEBUG)"))?;
-        }
-        // sum the repeats back: dq over value splits, dk/dg over groups and splits, dv over
-        // groups; without a repeat the op's output is moved in
-        let kv = dm.kv_heads;
-        if hp.rq > 1 {
-            self.sum_back(dq, &gr.dq, n, dm.heads, hp.rq, dm.head_k)?;
-        } else {
-            *dq = gr.dq;
-        }
-        if hp.rk > 1 {
-            self.sum_back(dk, &gr.dk, n, kv, hp.rk, dm.head_k)?;
-            self.sum_back(dg, &gr.dg, n, kv, hp.rk, dm.head_k)?;
-        } else {
-            *dk = gr.dk;
-            *dg = gr.dg;
-        }
-        if hp.rv > 1 {
-            self.sum_back(dv, &gr.dv, n, kv, hp.rv, dm.head_v)?;
-        } else {
-            *dv = gr.dv;
-        }
-        Ok(())
     }
 
     fn gated_norm_fwd(
@@ -999,6 +852,166 @@ impl Backend for Gpu {
     fn grads_ready(&self, g: &CudaSlice<f32>, point: usize) -> Result<()> {
         if self.reducing.load(Ordering::SeqCst) {
             self.reduce_point(g, point)?;
+        }
+        Ok(())
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+impl GlaOps for Gpu {
+    fn alloc_gla_grads(&self, n: usize) -> Result<[CudaSlice<f32>; 4]> {
+        // sums over the repeats; without a repeat the op's own outputs are moved in (gla_bwd)
+        let (dm, hp) = (&self.dims, self.heads);
+        let z = |rep: usize, len: usize| self.z::<f32>(if rep > 1 { len } else { 0 });
+        Ok([z(hp.rq, n * dm.key_dim)?, z(hp.rk, n * dm.key_dim_kv)?, z(hp.rv, n * dm.value_dim_kv)?, z(hp.rk, n * dm.key_dim_kv)?])
+    }
+
+    fn alloc_gla_saved(&self, n: usize) -> Result<GpuGla> {
+        let (dm, hp) = (&self.dims, self.heads);
+        // q/k/g at the op's heads
+        let op_k = n * dm.heads * hp.split * dm.head_k;
+        let rep = |r: usize, len: usize| if r > 1 { self.z(len).map(Some) } else { Ok(None) };
+        Ok(GpuGla { q_rep: rep(hp.rq, op_k)?, k_rep: rep(hp.rk, op_k)?, v_rep: rep(hp.rv, n * dm.value_dim)?, gk_rep: rep(hp.rk, op_k)? })
+    }
+
+    fn gate_fwd(&self, gk: &mut CudaSlice<u16>, raw: &mut CudaSlice<f32>, bias: ParamId, n: usize) -> Result<()> {
+        let dm = &self.dims;
+        let (gkp, rawp, bp) = (self.p(gk), self.p(raw), self.mp(bias));
+        let (ni, ci, norm, hc, cm) =
+            (n as i64, dm.key_dim_kv as i32, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
+        launch!(self, "gate_fwd", flat(n * dm.key_dim_kv), gkp, rawp, bp, ni, ci, norm, hc, cm);
+        Ok(())
+    }
+
+    fn gate_bwd(
+        &self,
+        plan: &GpuPlan,
+        dx: &mut CudaSlice<f32>,
+        dx_act: &mut CudaSlice<u16>,
+        g: &mut CudaSlice<f32>,
+        bias: ParamId,
+        dg: &CudaSlice<f32>,
+        raw: &CudaSlice<f32>,
+        n: usize,
+    ) -> Result<()> {
+        let dm = &self.dims;
+        let (dxp, dx16, dgp, rawp) = (self.p(dx), self.p(dx_act), self.p(dg), self.p(raw));
+        let (tot, norm, hc, cm) =
+            ((n * dm.key_dim_kv) as i64, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
+        launch!(self, "gate_bwd", flat(n * dm.key_dim_kv), dxp, dx16, dgp, rawp, tot, norm, hc, cm);
+        let (ni, ci, part) = (n as i64, dm.key_dim_kv as i32, self.p(&plan.part));
+        launch!(self, "colsum_f32", cols(n, dm.key_dim_kv), part, dxp, ni, ci);
+        self.finalize_cols(self.gp(g, bias), part, n, dm.key_dim_kv)
+    }
+
+    fn gla_fwd(
+        &self,
+        plan: &GpuPlan,
+        saved: &mut GpuGla,
+        o: &mut CudaSlice<u16>,
+        q: &CudaSlice<u16>,
+        k: &CudaSlice<u16>,
+        v: &CudaSlice<u16>,
+        g: &CudaSlice<u16>,
+        io: Option<(&mut InferIo<'_>, usize)>,
+    ) -> Result<()> {
+        let c = &*self.cuda;
+        let (dm, hp) = (&self.dims, self.heads);
+        let p = &plan.prob.problem;
+        let n = p.b() * p.t();
+        let ni = n as i64;
+        // repeats to the op's heads
+        let kv = dm.kv_heads as i32;
+        if let Some(qr) = &saved.q_rep {
+            let (out, src, hh, r, e) = (self.p(qr), self.p(q), dm.heads as i32, hp.rq as i32, dm.head_k as i32);
+            launch!(self, "repeat_heads_bf16", flat(n * dm.key_dim * hp.rq), out, src, ni, hh, r, e);
+        }
+        if let (Some(kr), Some(gr)) = (&saved.k_rep, &saved.gk_rep) {
+            let (r, e) = (hp.rk as i32, dm.head_k as i32);
+            let (out, src) = (self.p(kr), self.p(k));
+            launch!(self, "repeat_heads_bf16", flat(n * dm.key_dim_kv * hp.rk), out, src, ni, kv, r, e);
+            let (out, src) = (self.p(gr), self.p(g));
+            launch!(self, "repeat_heads_bf16", flat(n * dm.key_dim_kv * hp.rk), out, src, ni, kv, r, e);
+        }
+        if let Some(vr) = &saved.v_rep {
+            let (out, src, r, e) = (self.p(vr), self.p(v), hp.rv as i32, dm.head_v as i32);
+            launch!(self, "repeat_heads_bf16", flat(n * dm.value_dim), out, src, ni, kv, r, e);
+        }
+        let x_in = Self::gla_inputs(saved, q, k, v, g);
+        match io {
+            None => ops::gla_fwd(c, FwdKernel::Chunk, &plan.prob, &x_in, o, None)?,
+            Some((InferIo::Batch(ctx), l)) => {
+                // one token per sequence takes the recurrent kernel, as fla's decode does
+                let which = if p.t() == 1 { FwdKernel::Recurrent } else { FwdKernel::Chunk };
+                let x_in = DevInputs { h0: Some(&ctx.h0[l]), ..x_in };
+                ops::gla_fwd(c, which, &plan.prob, &x_in, o, Some(&mut ctx.ht[l]))?;
+            }
+            Some((InferIo::Table { addr, b }, l)) => {
+                if p.t() != 1 {
+                    return Err(unsupported(format!("the decode step takes one token per sequence, got T = {}", p.t())));
+                }
+                let tab = *addr + 8 * (l * 4 * *b) as u64;
+                // SAFETY: the table's entries for layer l are the recurrent states of the B
+                // sequences (the contract of GpuModel::decode_body, the only maker of a Table)
+                unsafe { ops::gla_decode(c, &plan.prob, &x_in, tab, *b, o)? };
+            }
+        }
+        if sync_debug() {
+            c.stream().synchronize().map_err(Error::driver("GLA forward (GLA_SYNC_DEBUG)"))?;
+        }
+        Ok(())
+    }
+
+    fn gla_bwd(
+        &self,
+        plan: &GpuPlan,
+        saved: &GpuGla,
+        q: &CudaSlice<u16>,
+        k: &CudaSlice<u16>,
+        v: &CudaSlice<u16>,
+        g: &CudaSlice<u16>,
+        d_o: &CudaSlice<u16>,
+        grads: [&mut CudaSlice<f32>; 4],
+    ) -> Result<()> {
+        let c = &*self.cuda;
+        let (dm, hp) = (&self.dims, self.heads);
+        let n = plan.prob.problem.b() * plan.prob.problem.t();
+        let x_in = Self::gla_inputs(saved, q, k, v, g);
+        let [dq, dk, dv, dg] = grads;
+        // outputs of the last layer's op moved in below: freed first (stream-ordered), so that
+        // two layers' gradients are never alive at once
+        for (rep, buf) in [(hp.rq, &mut *dq), (hp.rk, &mut *dk), (hp.rv, &mut *dv), (hp.rk, &mut *dg)] {
+            if rep == 1 {
+                *buf = self.z(0)?;
+            }
+        }
+        let gr = if ops::chunk_bwd_supported::<u16>(&plan.prob.problem) && std::env::var_os("GLA_MODEL_RECURRENT_BWD").is_none() {
+            ops::gla_bwd_chunk(c, &plan.prob, &x_in, d_o, None, false)?
+        } else {
+            ops::gla_bwd(c, &plan.prob, &x_in, d_o, None)?
+        };
+        if sync_debug() {
+            c.stream().synchronize().map_err(Error::driver("GLA backward (GLA_SYNC_DEBUG)"))?;
+        }
+        // sum the repeats back: dq over value splits, dk/dg over groups and splits, dv over
+        // groups; without a repeat the op's output is moved in
+        let kv = dm.kv_heads;
+        if hp.rq > 1 {
+            self.sum_back(dq, &gr.dq, n, dm.heads, hp.rq, dm.head_k)?;
+        } else {
+            *dq = gr.dq;
+        }
+        if hp.rk > 1 {
+            self.sum_back(dk, &gr.dk, n, kv, hp.rk, dm.head_k)?;
+            self.sum_back(dg, &gr.dg, n, kv, hp.rk, dm.head_k)?;
+        } else {
+            *dk = gr.dk;
+            *dg = gr.dg;
+        }
+        if hp.rv > 1 {
+            self.sum_back(dv, &gr.dv, n, kv, hp.rv, dm.head_v)?;
+        } else {
+            *dv = gr.dv;
         }
         Ok(())
     }

@@ -4,7 +4,7 @@
 //! on the GPU backend ([`crate::backend::Gpu`]: bf16 GEMM operands on cuBLAS, f32 masters; its
 //! module doc has the dtypes); what stays here is GPU-only: the inference-only compact weights,
 //! the decode step through a device table of states captured as a CUDA graph, the NCCL buckets
-//! (reached from the backward through `Backend::grads_ready`), the optimizer.
+//! (reached from the backward through `Primitives::grads_ready`), the optimizer.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,9 +14,9 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice, LaunchConfig, PushKernelArg};
 use gla_model::config::Dims;
+use gla_model::layout::Layout;
 use gla_model::optim::AdamWConfig;
-use gla_model::params::Layout;
-use gla_model::{model as lm, Acts, Backend, GlaConfig, GlaModel, LossOut, IGNORE_INDEX};
+use gla_model::{model as lm, Acts, GlaConfig, GlaModel, LossOut, Primitives, IGNORE_INDEX};
 
 use crate::backend::{
     blas_err, flat, head_plan, launch, ptr, sync_debug, unsupported, Gemm, Gpu, GpuBuf, GradSync, HeadPlan, InferCtx, InferIo,
@@ -52,7 +52,7 @@ struct Weights {
 pub type HostMoments = (Vec<f32>, Vec<f32>, u64);
 
 /// A GLA language model on one GPU: f32 master weights, their bf16 copy, f32 gradients and
-/// AdamW moments, all in the parameter table's order (`gla_model::params::Layout`). With a
+/// AdamW moments, all in the parameter table's order (`gla_model::layout::Layout`). With a
 /// communicator attached ([`GpuModel::attach_comm`]) it is one rank of a data-parallel job.
 pub struct GpuModel {
     /// The backend: device, cuBLAS, device weights, the gradient all-reduce.
@@ -109,21 +109,9 @@ impl GpuModel {
         let w16 = st.clone_htod(&w16_host).map_err(Error::driver("upload bf16 weights"))?;
         drop(w16_host);
         // the GEMM matrices are read only as bf16 (wp); everything else keeps an f32 copy (mp)
-        let mut gemm_only = vec![false; model.layout.specs.len()];
-        for il in &model.layout.layers {
-            for id in [il.q_proj, il.k_proj, il.v_proj, il.gk0, il.gk1, il.o_proj, il.gate_proj, il.up_proj, il.down_proj] {
-                gemm_only[id] = true;
-            }
-            if let Some(id) = il.g_proj {
-                gemm_only[id] = true;
-            }
-        }
-        if let Some(id) = model.layout.lm_head {
-            gemm_only[id] = true;
-        }
         let (mut moff, mut compact) = (vec![0usize; model.layout.specs.len()], Vec::new());
         for (id, sp) in model.layout.specs.iter().enumerate() {
-            if !gemm_only[id] {
+            if !sp.gemm {
                 moff[id] = compact.len();
                 compact.extend_from_slice(&model.params[sp.range()]);
             }
@@ -386,7 +374,7 @@ impl GpuModel {
 
     /// [`GpuModel::backward`] that also sums the gradient arena over the ranks of the attached
     /// communicator (plain backward without one): each bucket is queued on the communicator's
-    /// stream as soon as the backward has finished it (`Backend::grads_ready`). Call it for the
+    /// stream as soon as the backward has finished it (`Primitives::grads_ready`). Call it for the
     /// last micro-batch of a step; [`GpuModel::adamw_step`] waits for the sums (with the
     /// communicator's timeout).
     ///

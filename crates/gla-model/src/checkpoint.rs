@@ -18,8 +18,8 @@ use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
 use crate::config::GlaConfig;
+use crate::layout::Layout;
 use crate::model::GlaModel;
-use crate::params::Layout;
 use crate::{Error, Result};
 
 /// File names inside a checkpoint directory.
@@ -37,9 +37,8 @@ pub const LATEST_FILE: &str = "latest";
 /// [`crate::shards::save_sharded`]): f32, whatever dtype the model was loaded from (bf16 and f16
 /// checkpoints are widened on load).
 pub const WEIGHTS_DTYPE: Dtype = Dtype::F32;
-/// [`WEIGHTS_DTYPE`] as PyTorch names it: the `"dtype"` that [`GlaConfig::to_json`] writes into
-/// `config.json`, which transformers 5 loads the weights in.
-pub const WEIGHTS_TORCH_DTYPE: &str = "float32";
+
+pub use crate::config::WEIGHTS_TORCH_DTYPE;
 
 /// Writes `bytes` to `path` atomically ([`gla_core::io::write_atomic`]: a temp file in the same
 /// directory, fsync, rename, directory sync).

@@ -19,9 +19,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::WEIGHTS_TORCH_DTYPE;
 use crate::ops::sigmoid;
 use crate::{Error, Result};
+
+/// [`crate::checkpoint::WEIGHTS_DTYPE`] as PyTorch names it: the `"dtype"` that [`GlaConfig::to_json`] writes into
+/// `config.json`, which transformers 5 loads the weights in.
+pub const WEIGHTS_TORCH_DTYPE: &str = "float32";
 
 /// fla's `GLAConfig`. Field docs give fla's default.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

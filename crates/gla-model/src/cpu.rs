@@ -1,22 +1,24 @@
-//! The CPU [`Backend`]: f32 everywhere, each op one function of [`crate::ops`] (the reference
+//! The CPU [`crate::backend::Backend`]: f32 everywhere, each op one function of [`crate::ops`] (the reference
 //! the GPU kernels are checked against), the GLA op from gla-cpu (fused recurrent for T <= 64,
 //! chunked otherwise, fla's mode switch).
 //!
 //! `Act` is f32 too, so the GEMM-operand copies of f32 gradients are not made: their buffers
-//! are empty ([`Backend::alloc_cast`]) and [`Backend::operand`] lends the f32 source. The one
+//! are empty ([`Primitives::alloc_cast`]) and [`Primitives::operand`] lends the f32 source. The one
 //! exception is [`Cpu::emulating_bf16`], which rounds every `Act` to bf16 as the GPU stores it.
 
 use gla_core::op::GlaOp;
 use gla_core::{Backward, Inputs};
 use gla_cpu::mat::{matmul_with, MatRef, Threads};
 use gla_cpu::{Chunked, FusedRecurrent, Schedule};
+use rayon::prelude::*;
 
-use crate::backend::{Backend, ConvIdx, ParamId, Storage};
+use crate::backend::{ConvIdx, GlaOps, GlaStorage, ParamId, Primitives, Storage};
 use crate::config::{Dims, FeatureMap};
-use crate::infer::{conv_cached, CpuIo, RECURRENT_MAX_T};
-use crate::model::problem;
+use crate::layout::{HasLayout, Layout};
+use crate::mixers::gla::problem;
+use crate::mixers::gla::RECURRENT_MAX_T;
 use crate::ops::*;
-use crate::params::Layout;
+use crate::state::State;
 use crate::{Error, Result};
 
 /// The CPU's buffer types.
@@ -51,6 +53,9 @@ impl Storage for CpuBuf {
     type Ids = Vec<u32>;
     type Rows = CpuRows;
     type Plan = CpuPlan;
+}
+
+impl GlaStorage for CpuBuf {
     type GlaSaved = CpuGla;
 }
 
@@ -80,7 +85,7 @@ impl<'a> Cpu<'a> {
 
     /// The backend that stores activations as the GPU does: every `Act` it writes (GEMM
     /// operands, saved activations, and the operand copies of f32 gradients,
-    /// [`Backend::alloc_cast`]) is rounded to bf16; the arithmetic stays f32. `gla check`
+    /// [`Primitives::alloc_cast`]) is rounded to bf16; the arithmetic stays f32. `gla check`
     /// measures the GPU model's rounding floor with it (with the weights rounded too). Its
     /// buffers must come from [`crate::Acts::alloc`] with this backend: the f32 backend's
     /// operand copies are empty, so the gradients it would multiply would stay unrounded.
@@ -95,7 +100,7 @@ impl<'a> Cpu<'a> {
         }
     }
 
-    /// `y = x @ w^T` in f32 (the [`Backend`] linear ops round or not around it).
+    /// `y = x @ w^T` in f32 (the [`crate::Backend`] linear ops round or not around it).
     fn lin_f32(&self, y: &mut [f32], x: &[f32], w: ParamId, n: usize, d_in: usize, d_out: usize) {
         let (y, x) = (&mut y[..n * d_out], &x[..n * d_in]);
         if self.small_rows {
@@ -155,7 +160,13 @@ fn lin(y: &mut [f32], x: &[f32], w: &[f32], m: usize, d_in: usize, d_out: usize)
     }
 }
 
-impl<'m> Backend for Cpu<'m> {
+impl HasLayout for Cpu<'_> {
+    fn layout(&self) -> &Layout {
+        self.layout
+    }
+}
+
+impl<'m> Primitives for Cpu<'m> {
     type Error = Error;
     type Buf = CpuBuf;
     type Io<'a> = CpuIo<'a>;
@@ -163,9 +174,6 @@ impl<'m> Backend for Cpu<'m> {
 
     fn dims(&self) -> &Dims {
         self.dims
-    }
-    fn layout(&self) -> &Layout {
-        self.layout
     }
     fn grads_len(&self, grads: &[f32]) -> usize {
         grads.len()
@@ -188,19 +196,6 @@ impl<'m> Backend for Cpu<'m> {
     }
     fn plan(&self, b: usize, t: usize, _backward: bool) -> Result<CpuPlan> {
         Ok(CpuPlan { b, t })
-    }
-    fn alloc_gla_grads(&self, n: usize) -> Result<[Vec<f32>; 4]> {
-        // dq and, without GQA, dk, dv, dg are the op's own outputs, moved in (gla_bwd)
-        let dm = self.dims;
-        let z = |len: usize| if dm.groups() > 1 { vec![0.0; len] } else { Vec::new() };
-        Ok([Vec::new(), z(n * dm.key_dim_kv), z(n * dm.value_dim_kv), z(n * dm.key_dim_kv)])
-    }
-    fn alloc_gla_saved(&self, n: usize) -> Result<CpuGla> {
-        let dm = self.dims;
-        if dm.groups() == 1 {
-            return Ok(CpuGla::default());
-        }
-        Ok(CpuGla { k_rep: vec![0.0; n * dm.key_dim], v_rep: vec![0.0; n * dm.value_dim], gk_rep: vec![0.0; n * dm.key_dim] })
     }
 
     fn upload_ids(&self, dst: &mut Vec<u32>, ids: &[u32], _backward: bool) -> Result<()> {
@@ -292,41 +287,12 @@ impl<'m> Backend for Cpu<'m> {
         Ok(())
     }
     fn linear_bwd_x_act(&self, dx: &mut Vec<f32>, dy: &Vec<f32>, w: ParamId, n: usize, d_in: usize, d_out: usize) -> Result<()> {
-        Backend::linear_bwd_x(self, dx, dy, w, n, d_in, d_out, false)?;
+        Primitives::linear_bwd_x(self, dx, dy, w, n, d_in, d_out, false)?;
         self.act(&mut dx[..n * d_in]);
         Ok(())
     }
     fn linear_bwd_w(&self, g: &mut [f32], w: ParamId, dy: &Vec<f32>, x: &Vec<f32>, n: usize, d_in: usize, d_out: usize) -> Result<()> {
         linear_bwd_w(grad(g, self.layout, w), dy, x, n, d_in, d_out);
-        Ok(())
-    }
-
-    fn gate_fwd(&self, gk: &mut Vec<f32>, raw: &mut Vec<f32>, bias: ParamId, _n: usize) -> Result<()> {
-        let bias = self.p(bias);
-        for row in raw.chunks_exact_mut(self.dims.key_dim_kv) {
-            row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
-        }
-        gate_fwd(gk, raw, self.dims.gate_norm, self.dims.clamp_min);
-        self.act(gk);
-        Ok(())
-    }
-    fn gate_bwd(
-        &self,
-        _plan: &CpuPlan,
-        dx: &mut Vec<f32>,
-        dx_act: &mut Vec<f32>,
-        g: &mut [f32],
-        bias: ParamId,
-        dg: &Vec<f32>,
-        raw: &Vec<f32>,
-        _n: usize,
-    ) -> Result<()> {
-        gate_bwd(dx, dg, raw, self.dims.gate_norm, self.dims.clamp_min);
-        Backend::cast(self, dx_act, dx)?;
-        let db = grad(g, self.layout, bias);
-        for row in dx.chunks_exact(self.dims.key_dim_kv) {
-            db.iter_mut().zip(row).for_each(|(b, r)| *b += r);
-        }
         Ok(())
     }
 
@@ -371,70 +337,6 @@ impl<'m> Backend for Cpu<'m> {
     ) -> Result<()> {
         conv_bwd(dx, grad(g, self.layout, w), dy, pre, x, self.p(w), t, c, self.dims.conv);
         self.act(dx);
-        Ok(())
-    }
-
-    fn gla_fwd(
-        &self,
-        plan: &CpuPlan,
-        saved: &mut CpuGla,
-        o: &mut Vec<f32>,
-        q: &Vec<f32>,
-        k: &Vec<f32>,
-        v: &Vec<f32>,
-        g: &Vec<f32>,
-        io: Option<(&mut CpuIo<'_>, usize)>,
-    ) -> Result<()> {
-        let dm = self.dims;
-        let (k, v, g) = if dm.groups() > 1 {
-            repeat_heads(&mut saved.k_rep, k, dm.kv_heads, dm.groups(), dm.head_k);
-            repeat_heads(&mut saved.v_rep, v, dm.kv_heads, dm.groups(), dm.head_v);
-            repeat_heads(&mut saved.gk_rep, g, dm.kv_heads, dm.groups(), dm.head_k);
-            (&saved.k_rep, &saved.v_rep, &saved.gk_rep)
-        } else {
-            (k, v, g)
-        };
-        match io {
-            None => {
-                let prob = problem(dm, plan.b, plan.t, None)?;
-                let fwd = op_for(plan.t).forward(&prob, &Inputs { q, k, v, g: Some(g), h0: None }, false)?;
-                *o = fwd.o;
-            }
-            Some((io, l)) => io.gla(dm, o, [q, k, v, g], l)?,
-        }
-        self.act(o);
-        Ok(())
-    }
-    fn gla_bwd(
-        &self,
-        plan: &CpuPlan,
-        saved: &CpuGla,
-        q: &Vec<f32>,
-        k: &Vec<f32>,
-        v: &Vec<f32>,
-        g: &Vec<f32>,
-        d_o: &Vec<f32>,
-        grads: [&mut Vec<f32>; 4],
-    ) -> Result<()> {
-        let dm = self.dims;
-        let groups = dm.groups();
-        let (k, v, g) = if groups > 1 { (&saved.k_rep, &saved.v_rep, &saved.gk_rep) } else { (k, v, g) };
-        let prob = problem(dm, plan.b, plan.t, None)?;
-        let x_in = Inputs { q, k, v, g: Some(g), h0: None };
-        let gr = op_for(plan.t).backward(&prob, &x_in, &Backward { d_o, dht: None })?;
-        let dg_full = gr.dg.unwrap_or_default();
-        let [dq, dk, dv, dg] = grads;
-        // the op's outputs are moved in where no sum over the groups is needed
-        *dq = gr.dq;
-        if groups > 1 {
-            repeat_heads_bwd(dk, &gr.dk, dm.kv_heads, groups, dm.head_k);
-            repeat_heads_bwd(dv, &gr.dv, dm.kv_heads, groups, dm.head_v);
-            repeat_heads_bwd(dg, &dg_full, dm.kv_heads, groups, dm.head_k);
-        } else {
-            *dk = gr.dk;
-            *dv = gr.dv;
-            *dg = dg_full;
-        }
         Ok(())
     }
 
@@ -507,7 +409,7 @@ impl<'m> Backend for Cpu<'m> {
         let vocab = self.dims.vocab;
         // the gradient is written over the logits (dlogits is empty: alloc_cast)
         let out = cross_entropy_fwd_bwd(&mut logits[..m * vocab], &rows.targets, vocab, dscale);
-        Backend::cast(self, dlogits, logits)?;
+        Primitives::cast(self, dlogits, logits)?;
         Ok(out)
     }
     fn lm_head_bwd(
@@ -541,6 +443,183 @@ impl<'m> Backend for Cpu<'m> {
             } else {
                 dst.copy_from_slice(s);
             }
+        }
+        Ok(())
+    }
+}
+
+impl<'m> GlaOps for Cpu<'m> {
+    fn alloc_gla_grads(&self, n: usize) -> Result<[Vec<f32>; 4]> {
+        // dq and, without GQA, dk, dv, dg are the op's own outputs, moved in (gla_bwd)
+        let dm = self.dims;
+        let z = |len: usize| if dm.groups() > 1 { vec![0.0; len] } else { Vec::new() };
+        Ok([Vec::new(), z(n * dm.key_dim_kv), z(n * dm.value_dim_kv), z(n * dm.key_dim_kv)])
+    }
+
+    fn alloc_gla_saved(&self, n: usize) -> Result<CpuGla> {
+        let dm = self.dims;
+        if dm.groups() == 1 {
+            return Ok(CpuGla::default());
+        }
+        Ok(CpuGla { k_rep: vec![0.0; n * dm.key_dim], v_rep: vec![0.0; n * dm.value_dim], gk_rep: vec![0.0; n * dm.key_dim] })
+    }
+
+    fn gate_fwd(&self, gk: &mut Vec<f32>, raw: &mut Vec<f32>, bias: ParamId, _n: usize) -> Result<()> {
+        let bias = self.p(bias);
+        for row in raw.chunks_exact_mut(self.dims.key_dim_kv) {
+            row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+        }
+        gate_fwd(gk, raw, self.dims.gate_norm, self.dims.clamp_min);
+        self.act(gk);
+        Ok(())
+    }
+
+    fn gate_bwd(
+        &self,
+        _plan: &CpuPlan,
+        dx: &mut Vec<f32>,
+        dx_act: &mut Vec<f32>,
+        g: &mut [f32],
+        bias: ParamId,
+        dg: &Vec<f32>,
+        raw: &Vec<f32>,
+        _n: usize,
+    ) -> Result<()> {
+        gate_bwd(dx, dg, raw, self.dims.gate_norm, self.dims.clamp_min);
+        Primitives::cast(self, dx_act, dx)?;
+        let db = grad(g, self.layout, bias);
+        for row in dx.chunks_exact(self.dims.key_dim_kv) {
+            db.iter_mut().zip(row).for_each(|(b, r)| *b += r);
+        }
+        Ok(())
+    }
+
+    fn gla_fwd(
+        &self,
+        plan: &CpuPlan,
+        saved: &mut CpuGla,
+        o: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        g: &Vec<f32>,
+        io: Option<(&mut CpuIo<'_>, usize)>,
+    ) -> Result<()> {
+        let dm = self.dims;
+        let (k, v, g) = if dm.groups() > 1 {
+            repeat_heads(&mut saved.k_rep, k, dm.kv_heads, dm.groups(), dm.head_k);
+            repeat_heads(&mut saved.v_rep, v, dm.kv_heads, dm.groups(), dm.head_v);
+            repeat_heads(&mut saved.gk_rep, g, dm.kv_heads, dm.groups(), dm.head_k);
+            (&saved.k_rep, &saved.v_rep, &saved.gk_rep)
+        } else {
+            (k, v, g)
+        };
+        match io {
+            None => {
+                let prob = problem(dm, plan.b, plan.t, None)?;
+                let fwd = op_for(plan.t).forward(&prob, &Inputs { q, k, v, g: Some(g), h0: None }, false)?;
+                *o = fwd.o;
+            }
+            Some((io, l)) => io.gla(dm, o, [q, k, v, g], l)?,
+        }
+        self.act(o);
+        Ok(())
+    }
+
+    fn gla_bwd(
+        &self,
+        plan: &CpuPlan,
+        saved: &CpuGla,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        g: &Vec<f32>,
+        d_o: &Vec<f32>,
+        grads: [&mut Vec<f32>; 4],
+    ) -> Result<()> {
+        let dm = self.dims;
+        let groups = dm.groups();
+        let (k, v, g) = if groups > 1 { (&saved.k_rep, &saved.v_rep, &saved.gk_rep) } else { (k, v, g) };
+        let prob = problem(dm, plan.b, plan.t, None)?;
+        let x_in = Inputs { q, k, v, g: Some(g), h0: None };
+        let gr = op_for(plan.t).backward(&prob, &x_in, &Backward { d_o, dht: None })?;
+        let dg_full = gr.dg.unwrap_or_default();
+        let [dq, dk, dv, dg] = grads;
+        // the op's outputs are moved in where no sum over the groups is needed
+        *dq = gr.dq;
+        if groups > 1 {
+            repeat_heads_bwd(dk, &gr.dk, dm.kv_heads, groups, dm.head_k);
+            repeat_heads_bwd(dv, &gr.dv, dm.kv_heads, groups, dm.head_v);
+            repeat_heads_bwd(dg, &dg_full, dm.kv_heads, groups, dm.head_k);
+        } else {
+            *dk = gr.dk;
+            *dv = gr.dv;
+            *dg = dg_full;
+        }
+        Ok(())
+    }
+}
+
+/// Causal depthwise conv + SiLU over `len` new rows `x [len, C]`, continuing from `cache [C, W]`
+/// (the previous `W` inputs, newest last), which is then advanced to the last `W` inputs.
+pub(crate) fn conv_cached(y: &mut [f32], x: &[f32], w: &[f32], cache: &mut [f32], c: usize, width: usize) {
+    let len = x.len() / c;
+    // input at relative time s (negative: from the cache)
+    let at = |cache: &[f32], s: isize, ch: usize| -> f32 {
+        if s >= 0 {
+            x[s as usize * c + ch]
+        } else {
+            cache[ch * width + (width as isize + s) as usize]
+        }
+    };
+    y.par_chunks_mut(c).enumerate().for_each(|(t, yr)| {
+        for (ch, yv) in yr.iter_mut().enumerate() {
+            let mut acc = 0.0f32;
+            for j in 0..width {
+                acc += w[ch * width + j] * at(cache, t as isize - (width as isize - 1) + j as isize, ch);
+            }
+            *yv = acc / (1.0 + (-acc).exp());
+        }
+    });
+    let mut next = vec![0.0f32; c * width];
+    for ch in 0..c {
+        for i in 0..width {
+            next[ch * width + i] = at(cache, len as isize - width as isize + i as isize, ch);
+        }
+    }
+    cache.copy_from_slice(&next);
+}
+
+/// The CPU's inference state of one forward over packed sequences (the backend's `Io`): where
+/// each sequence's rows are (`bounds`), its state (read), and its new conv caches and recurrent
+/// states, staged here and moved into the states only once the whole forward succeeded (so an
+/// error leaves them unchanged).
+pub struct CpuIo<'a> {
+    /// Row offsets of the sequences: sequence `s` holds rows `bounds[s]..bounds[s + 1]`.
+    pub(crate) bounds: Vec<usize>,
+    pub(crate) states: &'a [&'a mut State],
+    /// Per sequence, per layer: the q, k, v conv caches (copies, advanced in place).
+    pub(crate) convs: Vec<Vec<[Vec<f32>; 3]>>,
+    /// Per sequence: the new recurrent state of each layer done so far.
+    pub(crate) recs: Vec<Vec<Vec<f32>>>,
+}
+
+impl CpuIo<'_> {
+    /// The GLA op of layer `l` over the packed sequences, one call per sequence with the
+    /// algorithm it would get alone (fla's per-call mode switch: fused recurrent for at most 64
+    /// tokens, chunked otherwise), reading its state in place (no gather into a batch buffer: at
+    /// decode, copying the states dominated). `q, k, v, g` are at every head (GQA repeated).
+    pub(crate) fn gla(&mut self, dm: &Dims, o: &mut [f32], [q, k, v, g]: [&[f32]; 4], l: usize) -> Result<()> {
+        let (hk, hv) = (dm.heads * dm.head_k, dm.heads * dm.head_v);
+        for s in 0..self.bounds.len() - 1 {
+            let (a, b) = (self.bounds[s], self.bounds[s + 1]);
+            let prob = crate::mixers::gla::problem(dm, 1, b - a, None)?;
+            let h0 = &self.states[s].layers[l].recurrent;
+            let x =
+                Inputs { q: &q[a * hk..b * hk], k: &k[a * hk..b * hk], v: &v[a * hv..b * hv], g: Some(&g[a * hk..b * hk]), h0: Some(h0) };
+            let out = op_for(b - a).forward(&prob, &x, true)?;
+            o[a * hv..b * hv].copy_from_slice(&out.o);
+            self.recs[s].push(out.ht.unwrap_or_default());
         }
         Ok(())
     }

@@ -109,7 +109,7 @@ pub enum Error {
     /// A text corpus or its token file (`gla train --data`) is missing, empty, too short,
     /// damaged, or made by another tokenizer.
     #[error(transparent)]
-    Text(#[from] crate::text::TextError),
+    Text(#[from] TextError),
     /// The device running the math (a training [`crate::train::Engine`], the GPU) failed; the
     /// message is the device's full error (kernel, grid, driver or cuBLAS status).
     #[error("device: {0}")]
@@ -126,4 +126,108 @@ impl Error {
     pub(crate) fn io(op: &'static str, path: &std::path::Path, source: std::io::Error) -> Self {
         Error::Io { op, path: path.display().to_string(), source }
     }
+}
+
+/// Errors of generation: the model's, the tokenizer's and bad options.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GenerateError {
+    /// The model failed (shapes, token ids, non-finite activations, checkpoint files).
+    #[error(transparent)]
+    Model(#[from] crate::Error),
+    /// A generation or sampling option is out of range.
+    #[error("generation option `{key}` is invalid: {reason}")]
+    BadOption {
+        /// The option.
+        key: &'static str,
+        /// Why, with the value.
+        reason: String,
+    },
+    /// The tokenizer failed to load, encode or decode.
+    #[error("tokenizer: {reason}")]
+    Tokenizer {
+        /// What went wrong.
+        reason: String,
+    },
+    /// A prompt encodes to no token at all.
+    #[error("prompt {index} is empty: it encodes to no token (a prompt needs at least one)")]
+    EmptyPrompt {
+        /// Its position in the batch.
+        index: usize,
+    },
+}
+
+/// What is wrong with a text corpus or its token file. Wrapped in [`Error::Text`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TextError {
+    /// The text file or folder does not exist.
+    #[error("data: {path} does not exist (give a text file or a folder of text files)")]
+    Missing {
+        /// The path given.
+        path: String,
+    },
+    /// The source holds no token: no file, only binary files, or only empty files.
+    #[error("data: {path} holds no text ({files} files read, {skipped} skipped as binary): nothing to train on")]
+    Empty {
+        /// The source path.
+        path: String,
+        /// Files found.
+        files: usize,
+        /// Files skipped because they look binary.
+        skipped: usize,
+    },
+    /// The corpus cannot fill one training window and one validation window.
+    #[error(
+        "data: the corpus has {tokens} tokens, too few for windows of T+1 = {window} tokens: it needs at least {need} \
+         (one window to train on, {val} held out for validation); use a shorter --seq-len or more text"
+    )]
+    TooShort {
+        /// Tokens in the corpus.
+        tokens: u64,
+        /// The window length T + 1.
+        window: usize,
+        /// Tokens held out for validation.
+        val: u64,
+        /// The least number of tokens that works.
+        need: u64,
+    },
+    /// A token file is truncated or damaged.
+    #[error("token file {path} is corrupt: {reason} (delete it to re-tokenise the text)")]
+    Corrupt {
+        /// The token file.
+        path: String,
+        /// What is wrong, with the numbers.
+        reason: String,
+    },
+    /// A token file was made by another tokenizer than the one asked for.
+    #[error("token file {path} was made by tokenizer {found}, but this run uses tokenizer {expected}")]
+    TokenizerMismatch {
+        /// The token file.
+        path: String,
+        /// The id of the tokenizer of this run (hex).
+        expected: String,
+        /// The id recorded in the file (hex).
+        found: String,
+    },
+    /// The token file holds other tokens than the run was trained on (the text was re-tokenised
+    /// after it changed).
+    #[error(
+        "token file {path} holds a different corpus (checksum {found}) than this run was trained on ({expected}): \
+         the text changed and was re-tokenised; restore the text or start a new run"
+    )]
+    Changed {
+        /// The token file.
+        path: String,
+        /// The checksum saved with the run (hex).
+        expected: String,
+        /// The checksum of the file now (hex).
+        found: String,
+    },
+    /// The tokenizer failed to load or to encode a file.
+    #[error("tokenizer: {reason}")]
+    Tokenizer {
+        /// What went wrong, with the file.
+        reason: String,
+    },
 }

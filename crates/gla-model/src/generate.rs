@@ -23,34 +23,7 @@ use crate::model::GlaModel;
 use crate::sample::{Sampler, SamplingParams};
 use crate::tokenizer::Tokenizer;
 
-/// Errors of generation: the model's, the tokenizer's and bad options.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum GenerateError {
-    /// The model failed (shapes, token ids, non-finite activations, checkpoint files).
-    #[error(transparent)]
-    Model(#[from] crate::Error),
-    /// A generation or sampling option is out of range.
-    #[error("generation option `{key}` is invalid: {reason}")]
-    BadOption {
-        /// The option.
-        key: &'static str,
-        /// Why, with the value.
-        reason: String,
-    },
-    /// The tokenizer failed to load, encode or decode.
-    #[error("tokenizer: {reason}")]
-    Tokenizer {
-        /// What went wrong.
-        reason: String,
-    },
-    /// A prompt encodes to no token at all.
-    #[error("prompt {index} is empty: it encodes to no token (a prompt needs at least one)")]
-    EmptyPrompt {
-        /// Its position in the batch.
-        index: usize,
-    },
-}
+pub use crate::error::GenerateError;
 
 /// Options of one generation call.
 #[derive(Debug, Clone, PartialEq)]

@@ -1,16 +1,10 @@
 //! The GLA language model (fla's `GLAForCausalLM`), with an explicit forward and backward.
 //!
 //! ```text
-//! x = embeddings[ids]                                           [N, D]   N = B*T
-//! for each block:
-//!     h  = attn_norm(x)                                         RMSNorm
-//!     q, k, v = h Wq^T, h Wk^T, h Wv^T   (+ causal conv + SiLU with use_short_conv)
-//!     gk = max(logsigmoid((h W0^T) W1^T + b1) / 16, clamp_min)  [N, key_dim_kv]
-//!     k, v, gk repeated over the head groups (GQA)
-//!     o  = GLA(q, k, v, gk)  per head, scale = K^-1/2            [N, H, V]
-//!     o  = rmsnorm_head(o) * w_gnorm * swish(h Wg^T)            [N, H, V]
-//!     x  = x + o Wo^T
-//!     x  = x + down(silu(gate(mlp_norm(x))) * up(mlp_norm(x)))
+//! x = embeddings[ids]                                   [N, D]   N = B*T
+//! for each layer l:
+//!     x = x + mixer_l(attn_norm(x))                     the layer's token mixer (crate::mixers)
+//!     x = x + mlp(mlp_norm(x))                          SwiGLU (crate::modules::mlp)
 //! logits = norm(x) W_lm^T     (W_lm = embeddings when tied)
 //! loss   = mean cross-entropy over the rows whose target is not -100
 //! ```
@@ -23,12 +17,12 @@
 //! backend's `Io`). Only rows with a target reach the lm_head (the loss does not need the
 //! others), which makes recall tasks with few labelled rows cheap.
 
-use gla_core::{GateKind, Problem, ProblemSpec};
-
-use crate::backend::{Backend, Storage};
+use crate::backend::{Backend, ModelStorage};
 use crate::config::{Dims, GlaConfig};
 use crate::cpu::{Cpu, CpuBuf};
-use crate::params::Layout;
+use crate::layout::{HasLayout, Layout};
+use crate::mixers::{self, MixerActs, MixerScratch};
+use crate::modules::mlp::{self, MlpActs, MlpScratch};
 use crate::{Error, Result};
 
 /// The label value that is skipped by the loss (PyTorch's `ignore_index`).
@@ -58,84 +52,38 @@ pub struct LossOut {
     pub correct: usize,
 }
 
-/// The short convolutions' tensors of one block: pre-activations and outputs of q, k, v.
-struct ConvActs<S: Storage> {
-    pre: [S::Act; 3],
-    out: [S::Act; 3],
-}
-
 /// Saved tensors of one block (shapes with N = B*T rows).
-struct LayerActs<S: Storage> {
-    rstd1: S::F32, // [N]
-    xn1: S::Act,   // [N, D]
-    q_lin: S::Act, // [N, key_dim]
-    k_lin: S::Act, // [N, key_dim_kv]
-    v_lin: S::Act, // [N, value_dim_kv]
-    conv: Option<ConvActs<S>>,
-    fm: Option<[S::Act; 2]>, // f(q) [N, key_dim], f(k) [N, key_dim_kv] with a feature map
-    g_pre: Option<S::Act>,   // [N, value_dim] output-gate pre-activation
-    gk_lr: S::Act,           // [N, 16]
-    gk_raw: S::F32,          // [N, key_dim_kv], bias added
-    gk: S::Act,              // [N, key_dim_kv] log-gate
-    gla: S::GlaSaved,        // the backend's GLA buffers (GQA / value-split repeats)
-    o: S::Act,               // [N, H, V] GLA output
-    rstd_o: S::F32,          // [N, H]
-    on: S::Act,              // [N, value_dim] gated-normed output
-    x_mid: S::F32,           // [N, D] residual after attention
-    rstd2: S::F32,           // [N]
-    xn2: S::Act,             // [N, D]
-    a: S::Act,               // [N, I] gate_proj output
-    b: S::Act,               // [N, I] up_proj output
-    h: S::Act,               // [N, I] silu(a) * b
-}
-
-/// q, k, v before the feature map: the conv outputs with short convolution, the projections
-/// otherwise.
-fn qkv<'a, S: Storage>(lin: [&'a S::Act; 3], conv: &'a Option<ConvActs<S>>) -> [&'a S::Act; 3] {
-    match conv {
-        Some(c) => [&c.out[0], &c.out[1], &c.out[2]],
-        None => lin,
-    }
-}
-
-/// q, k, v as the GLA op reads them: [`qkv`] with f(q), f(k) when the model has a feature map.
-fn gla_in<'a, A>(pre: [&'a A; 3], fm: &'a Option<[A; 2]>) -> [&'a A; 3] {
-    match fm {
-        Some([fq, fk]) => [fq, fk, pre[2]],
-        None => pre,
-    }
+struct LayerActs<S: ModelStorage> {
+    rstd1: S::F32,       // [N]
+    xn1: S::Act,         // [N, D] the mixer's input
+    mixer: MixerActs<S>, // the mixer's own
+    x_mid: S::F32,       // [N, D] residual after the mixer
+    rstd2: S::F32,       // [N]
+    xn2: S::Act,         // [N, D] the MLP's input
+    mlp: MlpActs<S>,     // the MLP's own
 }
 
 /// Backward buffers (allocated once, reused by every layer).
-struct Scratch<S: Storage> {
+struct Scratch<S: ModelStorage> {
     dres: S::F32,   // [N, D]
-    dres16: S::Act, // its GEMM operand (Backend::alloc_cast)
+    dres16: S::Act, // its GEMM operand (Primitives::alloc_cast)
     dxn: S::F32,    // [N, D]
-    dh: S::F32,     // [N, I]
-    da: S::Act,     // [N, I]
-    db: S::Act,     // [N, I]
-    d_on: S::F32,   // [N, value_dim]
-    d_o: S::Act,    // [N, H, V]
-    dg_pre: Option<S::Act>,
-    /// dq, dk, dv, dg at the model's heads (Backend::gla_bwd)
-    dqkvg: [S::F32; 4],
-    dgk_raw: S::F32,   // [N, key_dim_kv]
-    dgk_raw16: S::Act, // its GEMM operand
-    dgk_lr: S::Act,    // [N, 16]
-    /// GEMM operands of dq, dk, dv: the conv backward's outputs, or operand copies
-    dqkv16: [S::Act; 3],
+    mlp: MlpScratch<S>,
+    mixer: MixerScratch<S>,
 }
 
 /// Every tensor a forward leaves for the backward (or, made for inference, one block's set
 /// reused by every block), sized once for a batch shape `[B, T]` and reused.
-pub struct Acts<S: Storage> {
+pub struct Acts<S: ModelStorage> {
     /// the model dims the buffers were sized for (checked against the backend's at every use)
     dims: Dims,
     b: usize,
     t: usize,
-    /// one block's tensors reused by every block, two residual streams used in turn, no
-    /// backward buffers
+    /// one block's tensors per mixer kind reused by the blocks of that kind, two residual
+    /// streams used in turn, no backward buffers
     inference: bool,
+    /// block l's entry in `layers`
+    slot: Vec<usize>,
     plan: S::Plan,
     ids: S::Ids,
     /// residual streams [N, D]: L+1 (the input of block l, and the final output), or 2
@@ -156,13 +104,13 @@ pub struct Acts<S: Storage> {
 /// The CPU's activations ([`GlaModel::forward`] / [`GlaModel::backward`]).
 pub type Activations = Acts<CpuBuf>;
 
-impl<S: Storage> std::fmt::Debug for Acts<S> {
+impl<S: ModelStorage> std::fmt::Debug for Acts<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Acts {{ b: {}, t: {}, inference: {} }}", self.b, self.t, self.inference)
     }
 }
 
-impl<S: Storage> Acts<S> {
+impl<S: ModelStorage> Acts<S> {
     /// Buffers for `[b, t]` batches on backend `be`: every block's saved tensors and the
     /// backward's buffers, or (`inference`) one block's tensors reused by every block and no
     /// backward (about 1/L of the memory). `head`: rows the lm_head buffers hold at first
@@ -170,65 +118,42 @@ impl<S: Storage> Acts<S> {
     ///
     /// # Errors
     /// The backend's allocation errors.
-    pub fn alloc<B: Backend<Buf = S>>(be: &B, b: usize, t: usize, inference: bool, head: usize) -> Result<Self, B::Error> {
+    pub fn alloc<B: Backend<Buf = S> + HasLayout>(be: &B, b: usize, t: usize, inference: bool, head: usize) -> Result<Self, B::Error> {
         let dm = be.dims();
         let n =
             b.checked_mul(t).ok_or_else(|| Error::BadArg { key: "batch", reason: format!("[{b}, {t}] overflows the address space") })?;
-        let (kd, kdkv, vd, vdkv) = (dm.key_dim, dm.key_dim_kv, dm.value_dim, dm.value_dim_kv);
-        let conv = dm.conv > 0;
-        let mut layers = Vec::new();
-        for _ in 0..if inference { 1 } else { dm.layers } {
+        let lay = be.layout();
+        // inference: one block's buffers per mixer kind, shared by the blocks of that kind
+        let mut slot = Vec::with_capacity(lay.layers.len());
+        let mut owners: Vec<usize> = Vec::new();
+        for (l, il) in lay.layers.iter().enumerate() {
+            let shared = owners.iter().position(|&o| lay.layers[o].mixer.kind() == il.mixer.kind()).filter(|_| inference);
+            slot.push(shared.unwrap_or_else(|| {
+                owners.push(l);
+                owners.len() - 1
+            }));
+        }
+        let mut layers = Vec::with_capacity(owners.len());
+        for &o in &owners {
             layers.push(LayerActs {
                 rstd1: be.alloc_f32(n)?,
                 xn1: be.alloc_act(n * dm.d)?,
-                q_lin: be.alloc_act(n * kd)?,
-                k_lin: be.alloc_act(n * kdkv)?,
-                v_lin: be.alloc_act(n * vdkv)?,
-                conv: if conv {
-                    Some(ConvActs {
-                        pre: [be.alloc_act(n * kd)?, be.alloc_act(n * kdkv)?, be.alloc_act(n * vdkv)?],
-                        out: [be.alloc_act(n * kd)?, be.alloc_act(n * kdkv)?, be.alloc_act(n * vdkv)?],
-                    })
-                } else {
-                    None
-                },
-                fm: if dm.feature_map.is_some() { Some([be.alloc_act(n * kd)?, be.alloc_act(n * kdkv)?]) } else { None },
-                g_pre: if dm.output_gate { Some(be.alloc_act(n * vd)?) } else { None },
-                gk_lr: be.alloc_act(n * dm.gate_rank)?,
-                gk_raw: be.alloc_f32(n * kdkv)?,
-                gk: be.alloc_act(n * kdkv)?,
-                gla: be.alloc_gla_saved(n)?,
-                o: be.alloc_act(n * vd)?,
-                rstd_o: be.alloc_f32(n * dm.heads)?,
-                on: be.alloc_act(n * vd)?,
+                mixer: MixerActs::alloc(be, &lay.layers[o].mixer, n)?,
                 x_mid: be.alloc_f32(n * dm.d)?,
                 rstd2: be.alloc_f32(n)?,
                 xn2: be.alloc_act(n * dm.d)?,
-                a: be.alloc_act(n * dm.intermediate)?,
-                b: be.alloc_act(n * dm.intermediate)?,
-                h: be.alloc_act(n * dm.intermediate)?,
+                mlp: MlpActs::alloc(be, n)?,
             });
         }
         let s = if inference {
             None
         } else {
-            // with short conv the conv backward writes dq, dk, dv's operands; without, casts do
-            let d16 = |len: usize| if conv { be.alloc_act(len) } else { be.alloc_cast(len) };
             Some(Scratch {
                 dres: be.alloc_f32(n * dm.d)?,
                 dres16: be.alloc_cast(n * dm.d)?,
                 dxn: be.alloc_f32(n * dm.d)?,
-                dh: be.alloc_f32(n * dm.intermediate)?,
-                da: be.alloc_act(n * dm.intermediate)?,
-                db: be.alloc_act(n * dm.intermediate)?,
-                d_on: be.alloc_f32(n * vd)?,
-                d_o: be.alloc_act(n * vd)?,
-                dg_pre: if dm.output_gate { Some(be.alloc_act(n * vd)?) } else { None },
-                dqkvg: be.alloc_gla_grads(n)?,
-                dgk_raw: be.alloc_f32(n * kdkv)?,
-                dgk_raw16: be.alloc_cast(n * kdkv)?,
-                dgk_lr: be.alloc_act(n * dm.gate_rank)?,
-                dqkv16: [d16(n * kd)?, d16(n * kdkv)?, d16(n * vdkv)?],
+                mlp: MlpScratch::alloc(be, n)?,
+                mixer: MixerScratch::alloc(be, lay.layers.iter().map(|il| &il.mixer), n)?,
             })
         };
         Ok(Self {
@@ -236,6 +161,7 @@ impl<S: Storage> Acts<S> {
             b,
             t,
             inference,
+            slot,
             plan: be.plan(b, t, !inference)?,
             ids: be.alloc_ids(n)?,
             xs: (0..if inference { 2 } else { dm.layers + 1 }).map(|_| be.alloc_f32(n * dm.d)).collect::<Result<_, _>>()?,
@@ -281,11 +207,7 @@ impl<S: Storage> Acts<S> {
 
     /// Index of block `l`'s entry in `layers`.
     fn li(&self, l: usize) -> usize {
-        if self.inference {
-            0
-        } else {
-            l
-        }
+        self.slot[l]
     }
 
     /// Index in `xs` of the residual stream entering block `l` (`l = L`: leaving the last).
@@ -298,7 +220,7 @@ impl<S: Storage> Acts<S> {
     }
 
     /// Grows the lm_head buffers to `m` rows (a no-op once they are large enough).
-    fn fit_head<B: Backend<Buf = S>>(&mut self, be: &B, m: usize) -> Result<(), B::Error> {
+    fn fit_head<B: Backend<Buf = S> + HasLayout>(&mut self, be: &B, m: usize) -> Result<(), B::Error> {
         if m <= self.head {
             return Ok(());
         }
@@ -348,23 +270,9 @@ pub fn shift_labels(labels: &[i64], t: usize) -> Vec<i64> {
     out
 }
 
-/// The GLA op's problem for `b` rows of `t` tokens (`cu`: packed varlen offsets) of this model.
-pub(crate) fn problem(dims: &Dims, b: usize, t: usize, cu: Option<Vec<usize>>) -> Result<Problem> {
-    Ok(Problem::new(ProblemSpec {
-        b,
-        t,
-        h: dims.heads,
-        k: dims.head_k,
-        v: dims.head_v,
-        gate: GateKind::PerKey,
-        scale: None,
-        cu_seqlens: cu,
-    })?)
-}
-
 /// Checks ids and aligned targets of a `[B, T]` batch.
 /// Activations sized for another model's dims would index out of their buffers.
-fn check_acts<S: Storage>(dims: &Dims, acts: &Acts<S>) -> Result<()> {
+fn check_acts<S: ModelStorage>(dims: &Dims, acts: &Acts<S>) -> Result<()> {
     if acts.dims != *dims {
         return Err(Error::Shape {
             op: "forward/backward",
@@ -430,7 +338,7 @@ fn pair<T>(xs: &mut [T], i: usize, o: usize) -> (&T, &mut T) {
 /// # Errors
 /// [`Error::Shape`] / [`Error::Token`] for bad inputs; the backend's errors (e.g. a non-finite
 /// activation in the GLA op).
-pub fn forward<B: Backend>(be: &B, acts: &mut Acts<B::Buf>, ids: &[u32], targets: &[i64]) -> Result<LossOut, B::Error> {
+pub fn forward<B: Backend + HasLayout>(be: &B, acts: &mut Acts<B::Buf>, ids: &[u32], targets: &[i64]) -> Result<LossOut, B::Error> {
     check_acts(be.dims(), acts)?;
     check_batch(be.dims(), acts.b, acts.t, ids, targets)?;
     be.upload_ids(&mut acts.ids, ids, !acts.inference)?;
@@ -445,57 +353,28 @@ pub fn forward<B: Backend>(be: &B, acts: &mut Acts<B::Buf>, ids: &[u32], targets
 ///
 /// # Errors
 /// The backend's.
-pub fn body<B: Backend>(be: &B, acts: &mut Acts<B::Buf>, mut io: Option<&mut B::Io<'_>>) -> Result<(), B::Error> {
+pub fn body<B: Backend + HasLayout>(be: &B, acts: &mut Acts<B::Buf>, mut io: Option<&mut B::Io<'_>>) -> Result<(), B::Error> {
     check_acts(be.dims(), acts)?;
     let dm = be.dims();
     let lay = be.layout();
     let (b, t) = (acts.b, acts.t);
     let n = b * t;
-    let d = dm.d;
     be.embedding_fwd(&mut acts.xs[0], &acts.ids, n)?;
     for (l, il) in lay.layers.iter().enumerate() {
         let (li, xi, xo) = (acts.li(l), acts.xi(l), acts.xi(l + 1));
         let (x, x_out) = pair(&mut acts.xs, xi, xo);
         let a = &mut acts.layers[li];
         be.rmsnorm_fwd(&mut a.xn1, &mut a.rstd1, x, il.attn_norm, n)?;
-        be.linear_fwd(&mut a.q_lin, &a.xn1, il.q_proj, n, d, dm.key_dim)?;
-        be.linear_fwd(&mut a.k_lin, &a.xn1, il.k_proj, n, d, dm.key_dim_kv)?;
-        be.linear_fwd(&mut a.v_lin, &a.xn1, il.v_proj, n, d, dm.value_dim_kv)?;
-        if let (Some(cv), Some(qc), Some(kc), Some(vc)) = (&mut a.conv, il.q_conv, il.k_conv, il.v_conv) {
-            let ins = [(&a.q_lin, qc, dm.key_dim), (&a.k_lin, kc, dm.key_dim_kv), (&a.v_lin, vc, dm.value_dim_kv)];
-            for (i, ((src, w, c), (y, pre))) in ins.into_iter().zip(cv.out.iter_mut().zip(cv.pre.iter_mut())).enumerate() {
-                be.conv_fwd(y, pre, src, w, b, t, c, io.as_deref_mut().map(|io| (io, l, i)))?;
-            }
-        }
-        if let (Some(gw), Some(gp)) = (il.g_proj, &mut a.g_pre) {
-            be.linear_fwd(gp, &a.xn1, gw, n, d, dm.value_dim)?;
-        }
-        be.linear_fwd(&mut a.gk_lr, &a.xn1, il.gk0, n, d, dm.gate_rank)?;
-        be.linear_fwd_f32(&mut a.gk_raw, &a.gk_lr, il.gk1, n, dm.gate_rank, dm.key_dim_kv)?;
-        be.gate_fwd(&mut a.gk, &mut a.gk_raw, il.gk1_bias, n)?;
-        let pre = qkv([&a.q_lin, &a.k_lin, &a.v_lin], &a.conv);
-        if let (Some(f), Some([fq, fk])) = (dm.feature_map, &mut a.fm) {
-            be.feature_map_fwd(fq, pre[0], n * dm.key_dim, f)?;
-            be.feature_map_fwd(fk, pre[1], n * dm.key_dim_kv, f)?;
-        }
-        let [q, k, v] = gla_in(pre, &a.fm);
-        be.gla_fwd(&acts.plan, &mut a.gla, &mut a.o, q, k, v, &a.gk, io.as_deref_mut().map(|io| (io, l)))?;
-        be.gated_norm_fwd(&mut a.on, &mut a.rstd_o, &a.o, a.g_pre.as_ref(), il.g_norm, n * dm.heads)?;
-        // x_mid = x + o_proj(on)
-        be.linear_residual_fwd(&mut a.x_mid, x, &a.on, il.o_proj, n, dm.value_dim, d)?;
+        mixers::forward(be, &il.mixer, &mut a.mixer, &acts.plan, &a.xn1, x, &mut a.x_mid, (b, t), l, io.as_deref_mut())?;
         be.rmsnorm_fwd(&mut a.xn2, &mut a.rstd2, &a.x_mid, il.mlp_norm, n)?;
-        be.linear_fwd(&mut a.a, &a.xn2, il.gate_proj, n, d, dm.intermediate)?;
-        be.linear_fwd(&mut a.b, &a.xn2, il.up_proj, n, d, dm.intermediate)?;
-        be.swiglu_fwd(&mut a.h, &a.a, &a.b, n * dm.intermediate)?;
-        // x_out = x_mid + down(h)
-        be.linear_residual_fwd(x_out, &a.x_mid, &a.h, il.down_proj, n, dm.intermediate, d)?;
+        mlp::forward(be, &il.mlp, &mut a.mlp, &a.xn2, &a.x_mid, x_out, n)?;
     }
     let xl = acts.xi(dm.layers);
     be.rmsnorm_fwd(&mut acts.xf, &mut acts.rstdf, &acts.xs[xl], lay.norm, n)
 }
 
 /// The lm_head and the loss on the labelled rows of the last [`body`].
-fn loss<B: Backend>(be: &B, acts: &mut Acts<B::Buf>, targets: &[i64]) -> Result<LossOut, B::Error> {
+fn loss<B: Backend + HasLayout>(be: &B, acts: &mut Acts<B::Buf>, targets: &[i64]) -> Result<LossOut, B::Error> {
     let dm = be.dims();
     let m = be.select_rows(&mut acts.rows, targets)?;
     acts.m = m;
@@ -514,7 +393,7 @@ fn loss<B: Backend>(be: &B, acts: &mut Acts<B::Buf>, targets: &[i64]) -> Result<
 ///
 /// # Errors
 /// The backend's.
-pub fn head_logits<B: Backend>(be: &B, acts: &mut Acts<B::Buf>, targets: Option<&[i64]>) -> Result<(), B::Error> {
+pub fn head_logits<B: Backend + HasLayout>(be: &B, acts: &mut Acts<B::Buf>, targets: Option<&[i64]>) -> Result<(), B::Error> {
     check_acts(be.dims(), acts)?;
     let dm = be.dims();
     let lm = lm_head_id(be.layout());
@@ -543,7 +422,7 @@ pub fn head_logits<B: Backend>(be: &B, acts: &mut Acts<B::Buf>, targets: Option<
 ///
 /// # Errors
 /// [`Error::Shape`] on inference activations; the backend's errors.
-pub fn backward<B: Backend>(be: &B, acts: &mut Acts<B::Buf>, grads: &mut B::Grads, scale: f32) -> Result<(), B::Error> {
+pub fn backward<B: Backend + HasLayout>(be: &B, acts: &mut Acts<B::Buf>, grads: &mut B::Grads, scale: f32) -> Result<(), B::Error> {
     check_acts(be.dims(), acts)?;
     let numel = be.layout().numel;
     if be.grads_len(grads) != numel {
@@ -560,8 +439,7 @@ pub fn backward<B: Backend>(be: &B, acts: &mut Acts<B::Buf>, grads: &mut B::Grad
     let lay = be.layout();
     let (b, t) = (acts.b, acts.t);
     let n = b * t;
-    let d = dm.d;
-    let Acts { plan, ids, xs, layers, rstdf, rows, m, xf_sel, logits, dlogits, dsel, s, .. } = acts;
+    let Acts { plan, ids, xs, layers, slot, rstdf, rows, m, xf_sel, logits, dlogits, dsel, s, .. } = acts;
     let (m, plan) = (*m, &*plan);
     let Some(s) = s.as_mut() else {
         return Err(Error::Shape { op: "backward", tensor: "activations", shape: "made for training".into(), expected: 1, got: 0 }.into());
@@ -574,65 +452,16 @@ pub fn backward<B: Backend>(be: &B, acts: &mut Acts<B::Buf>, grads: &mut B::Grad
     be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxn, &xs[dm.layers], rstdf, lay.norm, n, false)?;
     be.grads_ready(grads, 0)?;
     for (l, il) in lay.layers.iter().enumerate().rev() {
-        let a = &layers[l];
-        let x = &xs[l];
-        // mlp: out = x_mid + down(h)
+        let a = &layers[slot[l]];
+        // mlp: out = x_mid + mlp(mlp_norm(x_mid))
         be.cast(&mut s.dres16, &s.dres)?;
-        let dres = be.operand(&s.dres16, &s.dres);
-        be.linear_bwd_x(&mut s.dh, dres, il.down_proj, n, dm.intermediate, d, false)?;
-        be.linear_bwd_w(grads, il.down_proj, dres, &a.h, n, dm.intermediate, d)?;
-        be.swiglu_bwd(&mut s.da, &mut s.db, &s.dh, &a.a, &a.b, n * dm.intermediate)?;
-        be.linear_bwd_x(&mut s.dxn, &s.da, il.gate_proj, n, d, dm.intermediate, false)?;
-        be.linear_bwd_x(&mut s.dxn, &s.db, il.up_proj, n, d, dm.intermediate, true)?;
-        be.linear_bwd_w(grads, il.gate_proj, &s.da, &a.xn2, n, d, dm.intermediate)?;
-        be.linear_bwd_w(grads, il.up_proj, &s.db, &a.xn2, n, d, dm.intermediate)?;
+        mlp::backward(be, &il.mlp, &a.mlp, &mut s.mlp, grads, &a.xn2, be.operand(&s.dres16, &s.dres), &mut s.dxn, n)?;
         be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxn, &a.x_mid, &a.rstd2, il.mlp_norm, n, true)?;
-        // attention: x_mid = x + o_proj(on)
+        // mixer: x_mid = x + mixer(attn_norm(x))
         be.cast(&mut s.dres16, &s.dres)?;
         let dres = be.operand(&s.dres16, &s.dres);
-        be.linear_bwd_x(&mut s.d_on, dres, il.o_proj, n, dm.value_dim, d, false)?;
-        be.linear_bwd_w(grads, il.o_proj, dres, &a.on, n, dm.value_dim, d)?;
-        be.gated_norm_bwd(plan, &mut s.d_o, s.dg_pre.as_mut(), grads, il.g_norm, &s.d_on, &a.o, a.g_pre.as_ref(), &a.rstd_o, n * dm.heads)?;
-        let pre = qkv([&a.q_lin, &a.k_lin, &a.v_lin], &a.conv);
-        let [q, k, v] = gla_in(pre, &a.fm);
-        let [dq, dk, dv, dgk] = &mut s.dqkvg;
-        be.gla_bwd(plan, &a.gla, q, k, v, &a.gk, &s.d_o, [dq, dk, dv, dgk])?;
-        // feature map: d(pre) = d(f(pre)) f'(pre), in place
-        if let Some(f) = dm.feature_map {
-            be.feature_map_bwd(dq, pre[0], n * dm.key_dim, f)?;
-            be.feature_map_bwd(dk, pre[1], n * dm.key_dim_kv, f)?;
-        }
-        // gate: gk_raw = gk_lr W1^T + b1; gk = gate(gk_raw)
-        be.gate_bwd(plan, &mut s.dgk_raw, &mut s.dgk_raw16, grads, il.gk1_bias, &s.dqkvg[3], &a.gk_raw, n)?;
-        let dgk_raw = be.operand(&s.dgk_raw16, &s.dgk_raw);
-        be.linear_bwd_w(grads, il.gk1, dgk_raw, &a.gk_lr, n, dm.gate_rank, dm.key_dim_kv)?;
-        be.linear_bwd_x_act(&mut s.dgk_lr, dgk_raw, il.gk1, n, dm.gate_rank, dm.key_dim_kv)?;
-        // short conv (or the GEMM operands of dq, dk, dv)
-        let chans = [dm.key_dim, dm.key_dim_kv, dm.value_dim_kv];
-        let lins = [&a.q_lin, &a.k_lin, &a.v_lin];
-        for (i, w) in [il.q_conv, il.k_conv, il.v_conv].into_iter().enumerate() {
-            match (w, &a.conv) {
-                (Some(w), Some(cv)) => be.conv_bwd(plan, &mut s.dqkv16[i], grads, w, &s.dqkvg[i], &cv.pre[i], lins[i], b, t, chans[i])?,
-                _ => be.cast(&mut s.dqkv16[i], &s.dqkvg[i])?,
-            }
-        }
-        let dq = be.operand(&s.dqkv16[0], &s.dqkvg[0]);
-        let dk = be.operand(&s.dqkv16[1], &s.dqkvg[1]);
-        let dv = be.operand(&s.dqkv16[2], &s.dqkvg[2]);
-        // projections from xn1
-        be.linear_bwd_x(&mut s.dxn, dq, il.q_proj, n, d, dm.key_dim, false)?;
-        be.linear_bwd_x(&mut s.dxn, dk, il.k_proj, n, d, dm.key_dim_kv, true)?;
-        be.linear_bwd_x(&mut s.dxn, dv, il.v_proj, n, d, dm.value_dim_kv, true)?;
-        be.linear_bwd_x(&mut s.dxn, &s.dgk_lr, il.gk0, n, d, dm.gate_rank, true)?;
-        be.linear_bwd_w(grads, il.q_proj, dq, &a.xn1, n, d, dm.key_dim)?;
-        be.linear_bwd_w(grads, il.k_proj, dk, &a.xn1, n, d, dm.key_dim_kv)?;
-        be.linear_bwd_w(grads, il.v_proj, dv, &a.xn1, n, d, dm.value_dim_kv)?;
-        be.linear_bwd_w(grads, il.gk0, &s.dgk_lr, &a.xn1, n, d, dm.gate_rank)?;
-        if let (Some(g), Some(dg_pre)) = (il.g_proj, &s.dg_pre) {
-            be.linear_bwd_x(&mut s.dxn, dg_pre, g, n, d, dm.value_dim, true)?;
-            be.linear_bwd_w(grads, g, dg_pre, &a.xn1, n, d, dm.value_dim)?;
-        }
-        be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxn, x, &a.rstd1, il.attn_norm, n, true)?;
+        mixers::backward(be, &il.mixer, &a.mixer, &mut s.mixer, plan, grads, &a.xn1, dres, &mut s.dxn, (b, t))?;
+        be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxn, &xs[l], &a.rstd1, il.attn_norm, n, true)?;
         be.grads_ready(grads, dm.layers - l)?;
     }
     be.embedding_bwd(plan, grads, &s.dres, ids, n)?;

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::params::Layout;
+use crate::layout::Layout;
 
 /// AdamW hyper-parameters. Defaults: PyTorch's, with fla's usual weight decay 0.01.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -14,7 +14,7 @@
 //! assert_eq!(xs, (0..20).map(|_| b.sample(&logits, &[])).collect::<Vec<_>>());
 //! ```
 
-use crate::generate::GenerateError;
+use crate::error::GenerateError;
 use crate::rng::Rng;
 
 /// How the next token is chosen. The default is greedy (`temperature = 0`) with every filter off.

@@ -13,8 +13,8 @@ use safetensors::SafeTensors;
 
 use crate::checkpoint::{decode_tensor, load_model, CONFIG_FILE, WEIGHTS_FILE};
 use crate::config::GlaConfig;
+use crate::layout::Layout;
 use crate::model::GlaModel;
-use crate::params::Layout;
 use crate::{Error, Result};
 
 /// The index file of a sharded checkpoint.

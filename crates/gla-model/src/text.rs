@@ -63,80 +63,7 @@ const READ_CHUNK: usize = 4 << 20;
 /// git's rule: a NUL byte in the first 8000 bytes makes a file binary.
 const SNIFF_LEN: usize = 8000;
 
-/// What is wrong with a text corpus or its token file. Wrapped in [`Error::Text`].
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum TextError {
-    /// The text file or folder does not exist.
-    #[error("data: {path} does not exist (give a text file or a folder of text files)")]
-    Missing {
-        /// The path given.
-        path: String,
-    },
-    /// The source holds no token: no file, only binary files, or only empty files.
-    #[error("data: {path} holds no text ({files} files read, {skipped} skipped as binary): nothing to train on")]
-    Empty {
-        /// The source path.
-        path: String,
-        /// Files found.
-        files: usize,
-        /// Files skipped because they look binary.
-        skipped: usize,
-    },
-    /// The corpus cannot fill one training window and one validation window.
-    #[error(
-        "data: the corpus has {tokens} tokens, too few for windows of T+1 = {window} tokens: it needs at least {need} \
-         (one window to train on, {val} held out for validation); use a shorter --seq-len or more text"
-    )]
-    TooShort {
-        /// Tokens in the corpus.
-        tokens: u64,
-        /// The window length T + 1.
-        window: usize,
-        /// Tokens held out for validation.
-        val: u64,
-        /// The least number of tokens that works.
-        need: u64,
-    },
-    /// A token file is truncated or damaged.
-    #[error("token file {path} is corrupt: {reason} (delete it to re-tokenise the text)")]
-    Corrupt {
-        /// The token file.
-        path: String,
-        /// What is wrong, with the numbers.
-        reason: String,
-    },
-    /// A token file was made by another tokenizer than the one asked for.
-    #[error("token file {path} was made by tokenizer {found}, but this run uses tokenizer {expected}")]
-    TokenizerMismatch {
-        /// The token file.
-        path: String,
-        /// The id of the tokenizer of this run (hex).
-        expected: String,
-        /// The id recorded in the file (hex).
-        found: String,
-    },
-    /// The token file holds other tokens than the run was trained on (the text was re-tokenised
-    /// after it changed).
-    #[error(
-        "token file {path} holds a different corpus (checksum {found}) than this run was trained on ({expected}): \
-         the text changed and was re-tokenised; restore the text or start a new run"
-    )]
-    Changed {
-        /// The token file.
-        path: String,
-        /// The checksum saved with the run (hex).
-        expected: String,
-        /// The checksum of the file now (hex).
-        found: String,
-    },
-    /// The tokenizer failed to load or to encode a file.
-    #[error("tokenizer: {reason}")]
-    Tokenizer {
-        /// What went wrong, with the file.
-        reason: String,
-    },
-}
+pub use crate::error::TextError;
 
 fn text_err(e: TextError) -> Error {
     Error::Text(e)
@@ -208,7 +135,7 @@ impl CorpusTokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
         let inner = Tokenizer::from_file(path).map_err(|e| {
             let reason = match e {
-                crate::generate::GenerateError::Tokenizer { reason } => reason,
+                crate::error::GenerateError::Tokenizer { reason } => reason,
                 e => e.to_string(),
             };
             text_err(TextError::Tokenizer { reason })

@@ -13,7 +13,7 @@
 
 use std::path::Path;
 
-use crate::generate::GenerateError;
+use crate::error::GenerateError;
 
 /// The file name of a Hugging Face tokenizer inside a model directory.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";

@@ -259,7 +259,7 @@ fn clamp_min_zero_means_no_decay_through_the_whole_model() {
         // (exp(-200) underflows), i.e. the same all-zero log-gates by another route
         let mut open = GlaModel::new(base, 9).unwrap();
         for l in 0..open.dims.layers {
-            let r = open.layout.specs[open.layout.layers[l].gk1_bias].range();
+            let r = open.layout.specs[open.layout.layers[l].gla().unwrap().gk1_bias].range();
             open.params[r].iter_mut().for_each(|b| *b = 200.0);
         }
         let ids: Vec<u32> = (0..t).map(|i| ((i * 7 + 3) % 11) as u32).collect();
@@ -277,7 +277,7 @@ fn clamp_min_zero_means_no_decay_through_the_whole_model() {
         let mut g = vec![0.0f32; clamped.num_params()];
         clamped.backward(&mut acts, &mut g, 1.0).unwrap();
         assert!(g.iter().all(|x| x.is_finite()));
-        for l in &clamped.layout.layers {
+        for l in clamped.layout.layers.iter().map(|l| l.gla().unwrap()) {
             for id in [l.gk0, l.gk1, l.gk1_bias] {
                 let s = &clamped.layout.specs[id];
                 assert!(g[s.range()].iter().all(|&x| x == 0.0), "T={t}: {} got a gradient through a clamped gate", s.name);

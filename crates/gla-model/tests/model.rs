@@ -320,8 +320,9 @@ fn model_gradients_at_a_training_like_shape() {
 /// whole model's outputs move by a bf16-sized amount, neither zero nor large.
 #[test]
 fn bf16_emulation_rounds_every_activation_and_only_those() {
+    use gla_model::backend::Primitives;
     use gla_model::model::{backward, cpu_logits, forward};
-    use gla_model::{Acts, Backend};
+    use gla_model::Acts;
     let c = GlaConfig { use_short_conv: true, feature_map: Some("silu".into()), ..GlaConfig::tiny(32, 2, 2, 64) };
     let m = GlaModel::new(c, 3).unwrap();
     let (b, t) = (2, 70);
@@ -334,7 +335,7 @@ fn bf16_emulation_rounds_every_activation_and_only_those() {
     let emu = m.cpu().emulating_bf16();
     let (n, d, kd) = (b * t, m.dims.d, m.dims.key_dim);
     let x: Vec<f32> = (0..n * d).map(|i| ((i * 7919) % 1000) as f32 / 997.0 - 0.5).collect();
-    let q = m.layout.layers[0].q_proj;
+    let q = m.layout.layers[0].gla().unwrap().q_proj;
     let (mut y_act, mut y_f32) = (vec![0.0f32; n * kd], vec![0.0f32; n * kd]);
     emu.linear_fwd(&mut y_act, &x, q, n, d, kd).unwrap();
     emu.linear_fwd_f32(&mut y_f32, &x, q, n, d, kd).unwrap();

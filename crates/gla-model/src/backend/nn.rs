@@ -1,78 +1,24 @@
-//! The [`Backend`] trait: one method per op of the language model (docs/backend.md), so that
-//! the forward and the backward ([`crate::model`]) are written once and run on the CPU
-//! ([`crate::cpu::Cpu`], f32, the reference) and on a GPU (gla-cuda: bf16 GEMM operands, f32
-//! masters).
-//!
-//! Buffers are the backend's own types ([`Storage`]): `F32` for what stays f32 everywhere (the
-//! residual stream, the norms' `rstd`, the gate pre-activation, every gradient that is summed from
-//! several products), `Act` for GEMM operands and saved activations (f32 on the CPU, bf16 on the
-//! GPU). Weights and their gradients are named by their [`ParamId`] (the index in
-//! [`Layout::specs`]): each backend resolves an id to its own storage (the CPU's f32 arena; the
-//! GPU's bf16 copy for GEMMs and f32 master elsewhere).
-//!
-//! Shapes: `N` rows (B*T tokens), `D` model dim, `H` heads, `K`/`V` per-head dims, `I` MLP width,
-//! `C` channels of a conv, `W` its width, `M` labelled rows. The dims the ops need besides the
-//! row counts come from [`Backend::dims`]. Backward ops accumulate (`+=`) into parameter
-//! gradients and write (`=`) activation gradients unless they take `acc`.
+//! The primitives: the layer ops every model shares, on one device (see [`crate::backend`] for
+//! the buffers and the shape letters).
 
+use super::{Act, ConvIdx, Ids, ParamId, Plan, Rows, Storage, F32};
 use crate::config::{Dims, FeatureMap};
-use crate::params::Layout;
 
-/// Index of a tensor in the parameter table ([`Layout::specs`]).
-pub type ParamId = usize;
-
-/// The buffer types a backend allocates and [`crate::model::Acts`] holds (apart from
-/// [`Backend`] so that activations do not borrow the backend: the CPU backend borrows its
-/// model's weights, its activations outlive that borrow).
-pub trait Storage {
-    /// f32 buffer.
-    type F32;
-    /// GEMM operand / saved activation (f32 on the CPU, bf16 on the GPU).
-    type Act;
-    /// Token ids of a batch (and whatever the embedding backward derives from them).
-    type Ids;
-    /// The labelled rows of a batch and their targets.
-    type Rows;
-    /// Per batch shape: the GLA op's problem and the backend's reduction scratch.
-    type Plan;
-    /// Per layer: what the backend's GLA op keeps for its backward beyond q, k, v, g (the
-    /// repeats of GQA groups and value splits).
-    type GlaSaved;
-}
-
-/// f32 buffer of backend `B`.
-pub type F32<B> = <<B as Backend>::Buf as Storage>::F32;
-/// Activation buffer of backend `B`.
-pub type Act<B> = <<B as Backend>::Buf as Storage>::Act;
-/// Token ids of backend `B`.
-pub type Ids<B> = <<B as Backend>::Buf as Storage>::Ids;
-/// Labelled rows of backend `B`.
-pub type Rows<B> = <<B as Backend>::Buf as Storage>::Rows;
-/// Batch plan of backend `B`.
-pub type Plan<B> = <<B as Backend>::Buf as Storage>::Plan;
-/// Per-layer GLA buffers of backend `B`.
-pub type GlaSaved<B> = <<B as Backend>::Buf as Storage>::GlaSaved;
-
-/// Which short convolution of a block (q, k or v): the index of its inference cache.
-pub type ConvIdx = usize;
-
-/// The language model's ops on one device. See the module doc for buffers and shapes.
+/// The shared layer ops on one device. See [`crate::backend`] for buffers and shapes.
 #[allow(clippy::too_many_arguments)]
-pub trait Backend {
+pub trait Primitives {
     /// Error of the backend's ops (model errors such as a bad token id convert into it).
     type Error: From<crate::Error>;
     /// Buffer types.
     type Buf: Storage;
     /// Inference state of the sequences of one forward (prefill, decode): read by the short
-    /// convolutions and the GLA op, advanced by them.
+    /// convolutions and the op families, advanced by them.
     type Io<'a>;
     /// Gradient arena, laid out like the parameters.
     type Grads: ?Sized;
 
     /// The model's dims.
     fn dims(&self) -> &Dims;
-    /// The parameter table.
-    fn layout(&self) -> &Layout;
     /// Elements of a gradient arena (checked against the parameter table before a backward).
     fn grads_len(&self, grads: &Self::Grads) -> usize;
 
@@ -80,9 +26,9 @@ pub trait Backend {
     fn alloc_f32(&self, len: usize) -> Result<F32<Self>, Self::Error>;
     /// A zeroed activation buffer of `len` elements.
     fn alloc_act(&self, len: usize) -> Result<Act<Self>, Self::Error>;
-    /// A buffer for [`Backend::cast`]: the GEMM-operand copy of an f32 buffer of `len`
+    /// A buffer for [`Primitives::cast`]: the GEMM-operand copy of an f32 buffer of `len`
     /// elements. A backend whose `Act` is f32 returns an empty one and lends the source instead
-    /// ([`Backend::operand`]).
+    /// ([`Primitives::operand`]).
     fn alloc_cast(&self, len: usize) -> Result<Act<Self>, Self::Error>;
     /// Buffers for the ids of `n` tokens.
     fn alloc_ids(&self, n: usize) -> Result<Ids<Self>, Self::Error>;
@@ -90,11 +36,6 @@ pub trait Backend {
     fn alloc_rows(&self, n: usize) -> Result<Rows<Self>, Self::Error>;
     /// The plan of `[B, T]` batches (`backward`: it will run backwards).
     fn plan(&self, b: usize, t: usize, backward: bool) -> Result<Plan<Self>, Self::Error>;
-    /// The buffers [`Backend::gla_bwd`] writes dq, dk, dv, dg into, for `n` rows (a backend
-    /// that hands over its op's own outputs may return empty ones).
-    fn alloc_gla_grads(&self, n: usize) -> Result<[F32<Self>; 4], Self::Error>;
-    /// One layer's GLA buffers for `n` rows.
-    fn alloc_gla_saved(&self, n: usize) -> Result<GlaSaved<Self>, Self::Error>;
 
     /// Copies a batch's token ids in (checked by the caller); `backward`: the embedding
     /// backward will run on them.
@@ -106,7 +47,7 @@ pub trait Backend {
     /// Writes the GEMM-operand copy of `src` into `copy` (nothing when `copy` is empty).
     fn cast(&self, copy: &mut Act<Self>, src: &F32<Self>) -> Result<(), Self::Error>;
     /// The GEMM operand of a gradient held in f32 as `src` and as an operand copy `copy`
-    /// (written by [`Backend::cast`] or by a fused op): `copy`, or `src` when `copy` is empty.
+    /// (written by [`Primitives::cast`] or by a fused op): `copy`, or `src` when `copy` is empty.
     fn operand<'a>(&self, copy: &'a Act<Self>, src: &'a F32<Self>) -> &'a Act<Self>;
 
     /// `x [N, D] = wte[ids]`.
@@ -132,7 +73,7 @@ pub trait Backend {
 
     /// `y [N, out] = x [N, in] @ w^T`.
     fn linear_fwd(&self, y: &mut Act<Self>, x: &Act<Self>, w: ParamId, n: usize, d_in: usize, d_out: usize) -> Result<(), Self::Error>;
-    /// [`Backend::linear_fwd`] into an f32 buffer.
+    /// [`Primitives::linear_fwd`] into an f32 buffer.
     fn linear_fwd_f32(&self, y: &mut F32<Self>, x: &Act<Self>, w: ParamId, n: usize, d_in: usize, d_out: usize) -> Result<(), Self::Error>;
     /// The residual step `y [N, out] = res + x [N, in] @ w^T`.
     fn linear_residual_fwd(
@@ -178,23 +119,6 @@ pub trait Backend {
         d_out: usize,
     ) -> Result<(), Self::Error>;
 
-    /// The log-gate: `raw += bias` (in place, kept for the backward), `gk = gate(raw)` (fla's
-    /// `logsigmoid / gate_norm`, clamped), `[N, C]`.
-    fn gate_fwd(&self, gk: &mut Act<Self>, raw: &mut F32<Self>, bias: ParamId, n: usize) -> Result<(), Self::Error>;
-    /// Backward of [`Backend::gate_fwd`]: `dx` in f32 and its operand copy `dx_act` (see
-    /// [`Backend::alloc_cast`]), `dbias += colsum(dx)`.
-    fn gate_bwd(
-        &self,
-        plan: &Plan<Self>,
-        dx: &mut F32<Self>,
-        dx_act: &mut Act<Self>,
-        g: &mut Self::Grads,
-        bias: ParamId,
-        dg: &F32<Self>,
-        raw: &F32<Self>,
-        n: usize,
-    ) -> Result<(), Self::Error>;
-
     /// Causal depthwise conv + SiLU over sequences of `t` rows: `pre`, `y = silu(pre)`,
     /// `[B*T, C]`. With `io`, each sequence continues from its cache `(layer, which)` and
     /// advances it.
@@ -209,7 +133,7 @@ pub trait Backend {
         c: usize,
         io: Option<(&mut Self::Io<'_>, usize, ConvIdx)>,
     ) -> Result<(), Self::Error>;
-    /// Backward of [`Backend::conv_fwd`] (no cache): writes `dx`, accumulates `dw`.
+    /// Backward of [`Primitives::conv_fwd`] (no cache): writes `dx`, accumulates `dw`.
     fn conv_bwd(
         &self,
         plan: &Plan<Self>,
@@ -224,34 +148,6 @@ pub trait Backend {
         c: usize,
     ) -> Result<(), Self::Error>;
 
-    /// The GLA op: `o [N, H, V]` from `q [N, H, K]` and `k, g [N, Hkv, K]`, `v [N, Hkv, V]`
-    /// (GQA repeats and value splits are the backend's, kept in `saved`). With `io`, each
-    /// sequence starts from its state of `layer` and leaves its final one there.
-    fn gla_fwd(
-        &self,
-        plan: &Plan<Self>,
-        saved: &mut GlaSaved<Self>,
-        o: &mut Act<Self>,
-        q: &Act<Self>,
-        k: &Act<Self>,
-        v: &Act<Self>,
-        g: &Act<Self>,
-        io: Option<(&mut Self::Io<'_>, usize)>,
-    ) -> Result<(), Self::Error>;
-    /// Backward of [`Backend::gla_fwd`] (no state): `dq, dk, dv, dg` at the model's heads (the
-    /// repeats summed back).
-    fn gla_bwd(
-        &self,
-        plan: &Plan<Self>,
-        saved: &GlaSaved<Self>,
-        q: &Act<Self>,
-        k: &Act<Self>,
-        v: &Act<Self>,
-        g: &Act<Self>,
-        d_o: &Act<Self>,
-        grads: [&mut F32<Self>; 4],
-    ) -> Result<(), Self::Error>;
-
     /// fla's `FusedRMSNormGated` over `rows = N*H` rows of V: `y = rmsnorm(o) * w * swish(g)`
     /// (no gate: `* 1`), saving `rstd [rows]`.
     fn gated_norm_fwd(
@@ -263,7 +159,7 @@ pub trait Backend {
         w: ParamId,
         rows: usize,
     ) -> Result<(), Self::Error>;
-    /// Backward of [`Backend::gated_norm_fwd`]: writes `d_o` and `dg`, accumulates `dw`.
+    /// Backward of [`Primitives::gated_norm_fwd`]: writes `d_o` and `dg`, accumulates `dw`.
     fn gated_norm_bwd(
         &self,
         plan: &Plan<Self>,
@@ -300,7 +196,7 @@ pub trait Backend {
     fn gather_rows(&self, out: &mut Act<Self>, x: &Act<Self>, rows: &Rows<Self>, m: usize) -> Result<(), Self::Error>;
     /// Cross-entropy of `logits [M, vocab]` against the rows' targets: returns the summed loss
     /// and the correct argmax count, and writes `dscale * d(sum loss)/d logits` into `dlogits`
-    /// (over `logits`, read through [`Backend::operand`], when `dlogits` is empty).
+    /// (over `logits`, read through [`Primitives::operand`], when `dlogits` is empty).
     fn cross_entropy(
         &self,
         logits: &mut F32<Self>,
@@ -309,7 +205,7 @@ pub trait Backend {
         m: usize,
         dscale: f32,
     ) -> Result<(f64, usize), Self::Error>;
-    /// The lm_head's backward from the loss gradient of [`Backend::cross_entropy`]:
+    /// The lm_head's backward from the loss gradient of [`Primitives::cross_entropy`]:
     /// `dsel [M, D] = dl @ W` and `dW += scale * dl^T x_sel` (`dl`: `operand(dlogits, logits)`;
     /// a backend may fold `scale` into it in place).
     fn lm_head_bwd(

@@ -1,0 +1,67 @@
+//! The backend interface: what a device implements so that every model of this crate runs on it.
+//!
+//! - [`Primitives`] ([`nn`]): the layer ops every model shares (allocation, embedding, norms,
+//!   linear layers on GEMMs, short convolution, SwiGLU, elementwise feature maps, the loss).
+//! - one trait per op family: [`GlaOps`] ([`gla`]: the GLA gate and the GLA op, called by
+//!   `crate::mixers::gla`). A new family adds its file here and a bound to [`Backend`].
+//! - [`Backend`]: everything the models need, implemented for any type that implements all of
+//!   the above (the CPU's [`crate::cpu::Cpu`]; gla-cuda's `Gpu`).
+//!
+//! Buffers are the backend's own types ([`Storage`], and each family's storage trait for what
+//! its op keeps for its backward, e.g. [`GlaStorage`]): `F32` for what stays f32 everywhere (the
+//! residual stream, the norms' `rstd`, the gate pre-activation, every gradient that is summed
+//! from several products), `Act` for GEMM operands and saved activations (f32 on the CPU, bf16
+//! on the GPU). Weights and their gradients are named by their [`ParamId`] (the index in
+//! [`crate::layout::Layout::specs`]): each backend resolves an id to its own storage (the CPU's
+//! f32 arena; the GPU's bf16 copy for GEMMs and f32 master elsewhere).
+//!
+//! Shapes: `N` rows (B*T tokens), `D` model dim, `H` heads, `K`/`V` per-head dims, `I` MLP width,
+//! `C` channels of a conv, `W` its width, `M` labelled rows. The dims the ops need besides the
+//! row counts come from [`Primitives::dims`]. Backward ops accumulate (`+=`) into parameter
+//! gradients and write (`=`) activation gradients unless they take `acc`.
+
+pub mod gla;
+pub mod nn;
+
+pub use crate::params::ParamId;
+pub use gla::{GlaOps, GlaSaved, GlaStorage};
+pub use nn::Primitives;
+
+/// The buffer types a backend allocates and [`crate::model::Acts`] holds (apart from the
+/// backend so that activations do not borrow it: the CPU backend borrows its model's weights,
+/// its activations outlive that borrow).
+pub trait Storage {
+    /// f32 buffer.
+    type F32;
+    /// GEMM operand / saved activation (f32 on the CPU, bf16 on the GPU).
+    type Act;
+    /// Token ids of a batch (and whatever the embedding backward derives from them).
+    type Ids;
+    /// The labelled rows of a batch and their targets.
+    type Rows;
+    /// Per batch shape: the op families' problems and the backend's reduction scratch.
+    type Plan;
+}
+
+/// The buffer types of every op family (a new family adds its storage trait here).
+pub trait ModelStorage: Storage + GlaStorage {}
+impl<S: Storage + GlaStorage> ModelStorage for S {}
+
+/// Everything the models of this crate need from a device: the primitives and every op family
+/// (a new family adds its trait to the bounds and the blanket impl).
+pub trait Backend: Primitives<Buf: ModelStorage> + GlaOps {}
+impl<B: Primitives<Buf: ModelStorage> + GlaOps> Backend for B {}
+
+/// f32 buffer of backend `B`.
+pub type F32<B> = <<B as Primitives>::Buf as Storage>::F32;
+/// Activation buffer of backend `B`.
+pub type Act<B> = <<B as Primitives>::Buf as Storage>::Act;
+/// Token ids of backend `B`.
+pub type Ids<B> = <<B as Primitives>::Buf as Storage>::Ids;
+/// Labelled rows of backend `B`.
+pub type Rows<B> = <<B as Primitives>::Buf as Storage>::Rows;
+/// Batch plan of backend `B`.
+pub type Plan<B> = <<B as Primitives>::Buf as Storage>::Plan;
+
+/// Which short convolution of a layer: the index of its inference cache.
+pub type ConvIdx = usize;

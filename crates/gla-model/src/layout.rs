@@ -1,0 +1,125 @@
+//! The language model's parameter table: the embedding, per layer its two norms, its mixer's
+//! rows and the MLP's, the final norm and the lm_head, in fla's order (the arena order, and the
+//! checkpoint names).
+
+use crate::config::Dims;
+use crate::mixers::gla::GlaIds;
+use crate::mixers::MixerIds;
+use crate::modules::mlp::MlpIds;
+use crate::params::{Init, ParamId, ParamSpec, Table};
+use crate::rng::Rng;
+
+/// A backend whose weights are laid out by a language model's table (the model's forward and
+/// backward find every tensor through it).
+pub trait HasLayout {
+    /// The parameter table.
+    fn layout(&self) -> &Layout;
+}
+
+/// The rows of one layer: its token mixer and the MLP, each behind its RMSNorm (fla's block).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerIds {
+    /// `[D]`, before the mixer.
+    pub attn_norm: ParamId,
+    /// The token mixer's tensors (`model.layers.{l}.attn.*`).
+    pub mixer: MixerIds,
+    /// `[D]`, before the MLP.
+    pub mlp_norm: ParamId,
+    /// The MLP's tensors (`model.layers.{l}.mlp.*`).
+    pub mlp: MlpIds,
+}
+
+impl LayerIds {
+    /// The GLA mixer's tensors, when this layer's mixer is GLA.
+    pub fn gla(&self) -> Option<&GlaIds> {
+        match &self.mixer {
+            MixerIds::Gla(g) => Some(g),
+        }
+    }
+}
+
+/// The table and the index of every tensor.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Layout {
+    /// All tensors in arena order.
+    pub specs: Vec<ParamSpec>,
+    /// `[vocab, D]`
+    pub embeddings: ParamId,
+    /// Per block.
+    pub layers: Vec<LayerIds>,
+    /// `[D]`
+    pub norm: ParamId,
+    /// `[vocab, D]`, absent when tied.
+    pub lm_head: Option<ParamId>,
+    /// Arena length.
+    pub numel: usize,
+}
+
+impl Layout {
+    /// Builds the table for these dims: the embedding, per layer its norms, mixer and MLP in
+    /// fla's order, the final norm, the lm_head.
+    pub fn new(d: &Dims) -> Self {
+        let mut t = Table::default();
+        let embeddings = t.add("model.embeddings.weight".into(), vec![d.vocab, d.d], Init::Normal);
+        let mut layers = Vec::with_capacity(d.layers);
+        for i in 0..d.layers {
+            let p = format!("model.layers.{i}.");
+            let attn_norm = t.add(format!("{p}attn_norm.weight"), vec![d.d], Init::Ones);
+            let mixer = MixerIds::table(&mut t, &format!("{p}attn."), d);
+            let mlp_norm = t.add(format!("{p}mlp_norm.weight"), vec![d.d], Init::Ones);
+            let mlp = MlpIds::table(&mut t, &format!("{p}mlp."), d);
+            layers.push(LayerIds { attn_norm, mixer, mlp_norm, mlp });
+        }
+        let norm = t.add("model.norm.weight".into(), vec![d.d], Init::Ones);
+        let lm_head = (!d.tied).then(|| t.add_gemm("lm_head.weight".into(), vec![d.vocab, d.d]));
+        let (specs, numel) = t.finish();
+        Self { specs, embeddings, layers, norm, lm_head, numel }
+    }
+
+    /// The table index of a tensor by checkpoint name.
+    pub fn find(&self, name: &str) -> Option<usize> {
+        self.specs.iter().position(|s| s.name == name)
+    }
+
+    /// Fills an arena with fla's init: normal(0, std) weights (the padding row of the embedding
+    /// included), zero biases, unit norms.
+    ///
+    /// The padding row is NOT zeroed, as in fla 0.6.0: `nn.Embedding(padding_idx=...)` zeroes it
+    /// at construction, but `post_init` then runs fla's own `FLAPreTrainedModel._init_weights`
+    /// (fla/models/modeling_utils.py), whose Embedding branch is only
+    /// `nn.init.normal_(module.weight, ...)` over the whole matrix (transformers 5's init guard
+    /// skips only tensors already loaded from a checkpoint). That override replaces Hugging Face's
+    /// default `_init_weights`, the one that zeroes `weight[padding_idx]`. So a fresh fla model has
+    /// a random padding row: `pad_token_id` changes no initial value here and only stops the row's
+    /// gradient from the embedding lookup (`ops::embedding_bwd`).
+    pub fn init(&self, dims: &Dims, seed: u64) -> Vec<f32> {
+        let mut w = vec![0.0f32; self.numel];
+        let mut rng = Rng::new(seed);
+        for s in &self.specs {
+            let dst = &mut w[s.range()];
+            match s.init {
+                Init::Normal => dst.iter_mut().for_each(|x| *x = (rng.normal() * dims.init_std as f64) as f32),
+                Init::Zeros => dst.fill(0.0),
+                Init::Ones => dst.fill(1.0),
+            }
+        }
+        w
+    }
+}
+
+/// Read-only views of an arena (parameters or gradients) through the table.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    /// The table.
+    pub layout: &'a Layout,
+    /// The arena.
+    pub data: &'a [f32],
+}
+
+impl<'a> View<'a> {
+    /// Tensor `id` of the table.
+    #[inline]
+    pub fn get(&self, id: usize) -> &'a [f32] {
+        &self.data[self.layout.specs[id].range()]
+    }
+}
