@@ -847,7 +847,7 @@ impl Backend for Gpu {
                 *buf = self.z(0)?;
             }
         }
-        let gr = if ops::chunk_bwd_supported::<u16>(&plan.prob.problem) && std::env::var_os("GLA_MODEL_RECURRENT_BWD").is_none() {
+        let gr = if ops::chunk_bwd_supported::<u16>(&plan.prob.problem) {
             ops::gla_bwd_chunk(c, &plan.prob, &x_in, d_o, None, false)?
         } else {
             ops::gla_bwd(c, &plan.prob, &x_in, d_o, None)?

@@ -38,7 +38,7 @@ pub struct BenchRow {
     pub shape: [usize; 5],
     /// `fwd` or `fwd+bwd`.
     pub pass: &'static str,
-    /// Which kernels ran (`chunk`, `chunk-v1`, `chunk+recurrent-bwd`, ...).
+    /// Which kernels ran (`chunk`, `chunk-wide`, `chunk+recurrent-bwd`, ...).
     pub kernel: &'static str,
     /// Median time in ms.
     pub ms: f64,
@@ -178,7 +178,7 @@ pub fn bench_ops(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, stages: b
         if !bwd {
             continue;
         }
-        let chunk_bwd = ops::CHUNKED_BWD && ops::chunk_bwd_supported::<u16>(&p);
+        let chunk_bwd = ops::chunk_bwd_supported::<u16>(&p);
         let (bname, breps) = match (no_v2, ops::v2_bwd_path(&p).filter(|_| chunk_bwd)) {
             (true, _) => ("recurrent (K>256)", reps.min(3)),
             (false, Some(path)) => (path.label(), reps),

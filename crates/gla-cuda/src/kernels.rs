@@ -39,11 +39,8 @@ pub const RECURRENT: KernelSource = KernelSource {
 };
 
 /// Chunked forward (`gla_chunk.cu`).
-pub const CHUNK: KernelSource = KernelSource {
-    name: "gla_chunk.cu",
-    text: include_str!("../kernels/gla_chunk.cu"),
-    entries: &["gla_chunk_fwd_f32", "gla_chunk_fwd_bf16", "gla_chunk_fwd_mma_bf16"],
-};
+pub const CHUNK: KernelSource =
+    KernelSource { name: "gla_chunk.cu", text: include_str!("../kernels/gla_chunk.cu"), entries: &["gla_chunk_fwd_f32"] };
 
 /// Chunked forward v2 and the chunked backward for bf16: gate prep, state and state-gradient
 /// passes, output pass, two gradient launches; K up to 256 and V above 128 through the split

@@ -35,8 +35,8 @@ use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
 use gla_core::testing;
-use gla_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use gla_model::model::{backward, cpu_logits, forward};
+use gla_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use gla_model::{shift_labels, Activations, Acts, GlaConfig, GlaModel, Rng};
 
 use crate::check::CheckRow;
@@ -475,4 +475,3 @@ pub fn fla_fixture_check(cuda: &Arc<Cuda>, root: &Path, out: &mut Vec<CheckRow>)
     }
     Ok(dirs.len())
 }
-

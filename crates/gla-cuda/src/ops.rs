@@ -127,9 +127,6 @@ fn launch_err(kernel: &str, cfg: &LaunchConfig) -> impl FnOnce(cudarc::driver::D
     move |source| Error::Launch { kernel, grid, block, smem, source }
 }
 
-/// Whether the chunked backward ([`gla_bwd_chunk`]) exists for the bench's shapes.
-pub const CHUNKED_BWD: bool = true;
-
 /// Pipeline stages of the state passes (`HNS` in `gla_chunk_v2.cu`).
 const CHUNK_H_STAGES: usize = 4;
 
@@ -254,15 +251,6 @@ fn k_tiles_of(k: usize, max_w: usize) -> (usize, usize) {
 const REC_BV: usize = 32;
 const REC_CK: usize = 32;
 const CHUNK_BV: usize = 32;
-const MMA_BV: usize = 64;
-
-/// Dynamic shared memory of `gla_chunk_fwd_mma_bf16` for K padded to `kp` (a multiple of 16):
-/// G f32 [64, kp]; q, k, q exp(G - gn), q exp(G) bf16 [64, kp+8]; Kg bf16 [96, kp+8];
-/// (k exp(G_last - G))^T [kp, 72]; v^T [64, 72]; A [64, 72]; S^T [64, kp+8].
-pub fn chunk_mma_smem_bytes(kp: usize) -> usize {
-    let ldk = kp + 8;
-    64 * kp * 4 + (4 * 64 * ldk + 96 * ldk + kp * 72 + 64 * 72 + 64 * 72 + 64 * ldk) * 2
-}
 
 /// Inputs of a forward or backward launch, on the device.
 #[derive(Debug, Clone, Copy)]
@@ -304,8 +292,6 @@ pub enum FwdKernel {
     /// `gla_chunk_o_bf16`, or for K > 128 `gla_chunk_a_bf16` + `gla_chunk_ow_bf16`), the rest
     /// `gla_chunk_fwd_*` (one block per sequence, state in shared memory; K <= 128).
     Chunk,
-    /// v1, `gla_chunk_fwd_mma_bf16` (bf16, K <= 128), kept for comparison.
-    ChunkV1,
     /// v2's prep and state pass alone (bf16, K <= 256; o is not written): for timing the stages.
     ChunkStatePass,
 }
@@ -338,18 +324,10 @@ pub fn gla_fwd<T: Elem>(
     }
     let (src, name, cfg) = match which {
         FwdKernel::Recurrent => (RECURRENT, format!("gla_recurrent_fwd_{}", T::SUFFIX), recurrent_fwd_cfg(op, p)?),
-        FwdKernel::ChunkV1 | FwdKernel::Chunk | FwdKernel::ChunkStatePass if T::SUFFIX == "bf16" && p.k() <= CHUNK_MAX_K => {
-            let kp = p.k().div_ceil(16) * 16;
-            let cfg = LaunchConfig {
-                grid_dim: (p.v().div_ceil(MMA_BV) as u32, gy, 1),
-                block_dim: (256, 1, 1),
-                shared_mem_bytes: chunk_mma_smem_bytes(kp) as u32,
-            };
-            (CHUNK, "gla_chunk_fwd_mma_bf16".to_string(), cfg)
-        }
-        FwdKernel::Chunk | FwdKernel::ChunkV1 | FwdKernel::ChunkStatePass => {
-            if p.k() > CHUNK_MAX_K {
-                return Err(unsupported(format!("chunk kernel: K = {} > {CHUNK_MAX_K}", p.k())));
+        FwdKernel::Chunk | FwdKernel::ChunkStatePass => {
+            if T::SUFFIX == "bf16" || p.k() > CHUNK_MAX_K {
+                let max = if T::SUFFIX == "bf16" { CHUNK_V2_MAX } else { CHUNK_MAX_K };
+                return Err(unsupported(format!("chunk kernel: K = {} > {max} ({})", p.k(), T::SUFFIX)));
             }
             let smem = (3 * 64 * p.k() + 64 * CHUNK_BV + 64 * 64 + p.k() * CHUNK_BV) * 4;
             let cfg =
@@ -381,10 +359,6 @@ pub fn gla_fwd<T: Elem>(
         None => b.arg(&null),
     };
     b.arg(&dp.bounds).arg(&h).arg(&k).arg(&v).arg(&gw).arg(&scale);
-    let kp = (p.k().div_ceil(16) * 16) as i32;
-    if name.contains("mma") {
-        b.arg(&kp);
-    }
     // SAFETY: the argument list matches the kernel's signature (pointers to buffers whose lengths
     // were checked above against the problem, or null where the kernel tests for null; i32 dims,
     // f32 scale); the grid covers V in tiles of BV and N*H in y, which is what the kernel indexes.
