@@ -1,5 +1,5 @@
 //! The GPU [`Backend`] of the language model: each op of `gla_model::backend` as the kernel
-//! launches of `kernels/model_ops.cu` and cuBLAS GEMMs that the GPU model ran in its own copy of
+//! launches of `kernels/nn/*.cu` and cuBLAS GEMMs that the GPU model ran in its own copy of
 //! the forward and backward before (`gla_model::model` is now the only copy; read it first).
 //!
 //! dtypes (the mixed-precision recipe fla gets from autocast):
@@ -246,10 +246,10 @@ pub(crate) fn part_len(dm: &Dims, n: usize) -> usize {
 macro_rules! launch {
     ($self:expr, $name:literal, $cfg:expr, $($arg:expr),* $(,)?) => {{
         let cfg = $cfg;
-        let f = $self.cuda.function(&$crate::kernels::MODEL_OPS, $name)?;
+        let f = $self.cuda.function($name)?;
         let mut b = $self.cuda.stream().launch_builder(&f);
         $( b.arg(&$arg); )*
-        // SAFETY: the argument list matches the kernel's signature in model_ops.cu (device
+        // SAFETY: the argument list matches the kernel's signature in kernels/nn/ (device
         // addresses of buffers sized by the callers from the model dims, idx_t/int/float scalars
         // in order); grid-stride kernels cover any grid
         let err = |source| $crate::Error::Launch { kernel: $name.into(), grid: cfg.grid_dim, block: cfg.block_dim, smem: cfg.shared_mem_bytes, source };

@@ -6,7 +6,7 @@
 //! as the GPU sees them (rounded to f32 or bf16), so the error measured is the kernel's own.
 //!
 //! Beyond the table (with the table, under `ops`): the wide chunked cases ([`wide_check`]: K up to
-//! 256, V above 128, bf16 on `gla_chunk_v2.cu`'s split launches); a T = 65536 case, a case whose q/k/g/v tensors hold more than 2^31 elements
+//! 256, V above 128, bf16 on the chunked path's split launches); a T = 65536 case, a case whose q/k/g/v tensors hold more than 2^31 elements
 //! (forward; the last sequence, at offsets past 2^31, is checked against the oracle), and a
 //! repeat-run check (tensor `repeat`: the largest bitwise difference between two runs must be 0).
 

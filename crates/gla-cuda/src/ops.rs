@@ -11,7 +11,6 @@ use cudarc::driver::{CudaSlice, DevicePtrMut, DeviceRepr, LaunchConfig, PushKern
 use gla_core::{GateKind, Problem};
 
 use crate::error::{Error, Result};
-use crate::kernels::{CHUNK, CHUNK_V2, RECURRENT};
 use crate::runtime::Cuda;
 
 /// A storage dtype the kernels take: `f32`, or `u16` holding bf16 bits.
@@ -127,7 +126,7 @@ fn launch_err(kernel: &str, cfg: &LaunchConfig) -> impl FnOnce(cudarc::driver::D
     move |source| Error::Launch { kernel, grid, block, smem, source }
 }
 
-/// Pipeline stages of the state passes (`HNS` in `gla_chunk_v2.cu`).
+/// Pipeline stages of the state passes (`HNS` in `gla/chunk_h.cu`).
 const CHUNK_H_STAGES: usize = 4;
 
 /// The state passes' tiling, one choice for the forward's and the backward's: `bvh` value
@@ -187,7 +186,7 @@ pub const CHUNK_V2_MAX: usize = 256;
 /// shared-memory layouts are those of the single-tile kernels at this width.
 const CHUNK_K_TILE: usize = 128;
 
-/// Which launches of `gla_chunk_v2.cu` a bf16 problem runs (see [`v2_fwd_path`], [`v2_bwd_path`]).
+/// Which launches of the bf16 chunked path (`gla/chunk_{fwd,h,bwd}.cu`) a problem runs (see [`v2_fwd_path`], [`v2_bwd_path`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum V2Path {
     /// All K columns in one block: forward prep, state pass, `gla_chunk_o_bf16`; backward prep,
@@ -322,8 +321,8 @@ pub fn gla_fwd<T: Elem>(
             return chunk_v2(cuda, dp, x, o, ht, which == FwdKernel::ChunkStatePass, path);
         }
     }
-    let (src, name, cfg) = match which {
-        FwdKernel::Recurrent => (RECURRENT, format!("gla_recurrent_fwd_{}", T::SUFFIX), recurrent_fwd_cfg(op, p)?),
+    let (name, cfg) = match which {
+        FwdKernel::Recurrent => (format!("gla_recurrent_fwd_{}", T::SUFFIX), recurrent_fwd_cfg(op, p)?),
         FwdKernel::Chunk | FwdKernel::ChunkStatePass => {
             if T::SUFFIX == "bf16" || p.k() > CHUNK_MAX_K {
                 let max = if T::SUFFIX == "bf16" { CHUNK_V2_MAX } else { CHUNK_MAX_K };
@@ -332,11 +331,11 @@ pub fn gla_fwd<T: Elem>(
             let smem = (3 * 64 * p.k() + 64 * CHUNK_BV + 64 * 64 + p.k() * CHUNK_BV) * 4;
             let cfg =
                 LaunchConfig { grid_dim: (p.v().div_ceil(CHUNK_BV) as u32, gy, 1), block_dim: (256, 1, 1), shared_mem_bytes: smem as u32 };
-            (CHUNK, format!("gla_chunk_fwd_{}", T::SUFFIX), cfg)
+            (format!("gla_chunk_fwd_{}", T::SUFFIX), cfg)
         }
     };
     let _ = n;
-    let f = cuda.function(&src, &name)?;
+    let f = cuda.function(&name)?;
     if cfg.shared_mem_bytes > 48 * 1024 {
         f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cfg.shared_mem_bytes as i32)
             .map_err(launch_err(&name, &cfg))?;
@@ -366,7 +365,7 @@ pub fn gla_fwd<T: Elem>(
     Ok(())
 }
 
-/// Launch shape of the recurrent forward and decode entries (file contract of gla_recurrent.cu):
+/// Launch shape of the recurrent forward and decode entries (file contract of gla/recurrent.cu):
 /// grid (ceil(V / BV), N*H), block (32, NW); K at most [`RECURRENT_MAX_K`].
 fn recurrent_fwd_cfg(op: &str, p: &Problem) -> Result<LaunchConfig> {
     if p.k() > RECURRENT_MAX_K {
@@ -410,7 +409,7 @@ pub unsafe fn gla_decode<T: Elem>(
     let (_, h, k, v, gw, scale, _) = dp.dims();
     let cfg = recurrent_fwd_cfg(op, p)?;
     let name = format!("gla_recurrent_decode_{}", T::SUFFIX);
-    let f = cuda.function(&RECURRENT, &name)?;
+    let f = cuda.function(&name)?;
     let null = 0u64;
     let mut b = cuda.stream().launch_builder(&f);
     b.arg(x.q).arg(x.k).arg(x.v);
@@ -447,7 +446,7 @@ fn launch_prep<T: Elem>(
     let name = if vec8 { "gla_chunk_prep8_bf16" } else { "gla_chunk_prep_bf16" };
     let gz = p.k().div_ceil(128) as u32;
     let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, gz), block_dim: (if vec8 { 64 } else { 128 }, 1, 1), shared_mem_bytes: 0 };
-    let f = cuda.function(&CHUNK_V2, name)?;
+    let f = cuda.function(name)?;
     let null = 0u64;
     let s = cuda.stream();
     let mut b = s.launch_builder(&f);
@@ -531,7 +530,7 @@ fn chunk_v2<T: Elem>(
     {
         let plan = HPlan::new(p, nh);
         let (name, cfg) = (plan.name(false), plan.cfg(p, gz));
-        let f = cuda.function(&CHUNK_V2, name)?;
+        let f = cuda.function(name)?;
         set_smem(&f, name, &cfg)?;
         let mut b = s.launch_builder(&f);
         b.arg(&kd).arg(x.v).arg(&dl);
@@ -561,7 +560,7 @@ fn chunk_v2<T: Elem>(
         let name = "gla_chunk_ow_bf16";
         let cfg =
             LaunchConfig { grid_dim: (gxv, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_ow_smem_bytes(kp) as u32 };
-        let f = cuda.function(&CHUNK_V2, name)?;
+        let f = cuda.function(name)?;
         set_smem(&f, name, &cfg)?;
         let kp32 = kp as i32;
         let mut b = s.launch_builder(&f);
@@ -575,7 +574,7 @@ fn chunk_v2<T: Elem>(
     {
         let name = "gla_chunk_o_bf16";
         let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_o_smem_bytes(kp) as u32 };
-        let f = cuda.function(&CHUNK_V2, name)?;
+        let f = cuda.function(name)?;
         set_smem(&f, name, &cfg)?;
         let kp = kp as i32;
         let mut b = s.launch_builder(&f);
@@ -601,7 +600,7 @@ fn launch_a_wide<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, a:
     let (kt, _) = k_tiles(p.k());
     let name = "gla_chunk_a_bf16";
     let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_o_smem_bytes(kt) as u32 };
-    let f = cuda.function(&CHUNK_V2, name)?;
+    let f = cuda.function(name)?;
     set_smem(&f, name, &cfg)?;
     let null = 0u64;
     let kt32 = kt as i32;
@@ -784,7 +783,7 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
             return Ok(g);
         }
         let (name, cfg) = (plan.name(rev), plan.cfg(p, gz));
-        let f = cuda.function(&CHUNK_V2, name)?;
+        let f = cuda.function(name)?;
         set_smem(&f, name, &cfg)?;
         let mut b = s.launch_builder(&f);
         if rev {
@@ -820,7 +819,7 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
     } else {
         let name = "gla_chunk_o_bf16";
         let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_o_smem_bytes(kp) as u32 };
-        let f = cuda.function(&CHUNK_V2, name)?;
+        let f = cuda.function(name)?;
         set_smem(&f, name, &cfg)?;
         let mut b = s.launch_builder(&f);
         b.arg(x.q).arg(x.k).arg(x.v);
@@ -840,7 +839,7 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
         let name = "gla_chunk_bwd1_bf16";
         let cfg =
             LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_bwd1_smem_bytes(kp) as u32 };
-        let f = cuda.function(&CHUNK_V2, name)?;
+        let f = cuda.function(name)?;
         set_smem(&f, name, &cfg)?;
         let mut b = s.launch_builder(&f);
         b.arg(x.v).arg(d_o).arg(&kd).arg(&a).arg(&hs).arg(&dhs);
@@ -862,7 +861,7 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
         }
         let kp32 = w as i32;
         let cfg = LaunchConfig { grid_dim: (gx, p.h() as u32, tiles as u32), block_dim: (256, 1, 1), shared_mem_bytes: smem as u32 };
-        let f = cuda.function(&CHUNK_V2, name)?;
+        let f = cuda.function(name)?;
         set_smem(&f, name, &cfg)?;
         let mut b = s.launch_builder(&f);
         b.arg(x.q).arg(x.k);
@@ -908,7 +907,7 @@ fn launch_bwd1_wide<T: Elem>(
             block_dim: (256, 1, 1),
             shared_mem_bytes: chunk_bwd1k_smem_bytes() as u32,
         };
-        let f = cuda.function(&CHUNK_V2, name)?;
+        let f = cuda.function(name)?;
         set_smem(&f, name, &cfg)?;
         let mut b = s.launch_builder(&f);
         b.arg(x.v).arg(d_o).arg(hs).arg(dhs).arg(&mut *da).arg(&mut g.dq).arg(&mut g.dk).arg(&mut *sd);
@@ -922,7 +921,7 @@ fn launch_bwd1_wide<T: Elem>(
     let name = "gla_chunk_bwd1v_bf16";
     let cfg =
         LaunchConfig { grid_dim: (gxv, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_bwd1v_smem_bytes(kp) as u32 };
-    let f = cuda.function(&CHUNK_V2, name)?;
+    let f = cuda.function(name)?;
     set_smem(&f, name, &cfg)?;
     let kp32 = kp as i32;
     let mut b = s.launch_builder(&f);
@@ -1000,7 +999,7 @@ pub fn gla_bwd<T: Elem>(
     let null = 0u64;
     {
         let name = format!("gla_recurrent_bwd_{}", T::SUFFIX);
-        let f = cuda.function(&RECURRENT, &name)?;
+        let f = cuda.function(&name)?;
         let cfg = LaunchConfig { grid_dim: (nv as u32, gy, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
         let mut b = s.launch_builder(&f);
         b.arg(x.q).arg(x.k).arg(x.v);
@@ -1032,7 +1031,7 @@ pub fn gla_bwd<T: Elem>(
     }
     {
         let name = format!("gla_recurrent_bwd_finalize_{}", T::SUFFIX);
-        let f = cuda.function(&RECURRENT, &name)?;
+        let f = cuda.function(&name)?;
         let cfg = LaunchConfig { grid_dim: ((p.n() * p.h()) as u32, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 };
         let nv32 = nv as i32;
         let mut b = s.launch_builder(&f);

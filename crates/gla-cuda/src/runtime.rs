@@ -13,7 +13,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 use cudarc::nvrtc::{result as nvrtc_result, sys as nvrtc_sys, Ptx};
 
 use crate::error::{Error, Result};
-use crate::kernels::KernelSource;
+use crate::kernels::{self, KernelSource};
 
 /// The architecture the CI compile check targets (Hopper with the `a` features: wgmma, setmaxnreg).
 pub const ARCH_HOPPER: &str = "sm_90a";
@@ -100,7 +100,8 @@ pub fn compile_cubin(src: &KernelSource, arch: &str) -> Result<Vec<u8>> {
     let code = src.code();
     let options = compile_options(arch);
     let key = fnv1a(&[code.as_bytes(), options.join(" ").as_bytes(), arch.as_bytes(), format!("{major}.{minor}").as_bytes()]);
-    let cached = cache_dir().map(|d| d.join(format!("{}-{arch}-{key:016x}.cubin", src.name.trim_end_matches(".cu"))));
+    let stem = src.name.trim_end_matches(".cu").replace('/', "-");
+    let cached = cache_dir().map(|d| d.join(format!("{stem}-{arch}-{key:016x}.cubin")));
     if let Some(path) = &cached {
         if let Ok(bytes) = std::fs::read(path) {
             if !bytes.is_empty() {
@@ -259,16 +260,17 @@ impl Cuda {
         self.stream.synchronize().map_err(Error::driver("stream synchronize"))
     }
 
-    /// The entry point `func` of kernel source `src`, compiled (disk cache), loaded and cached
-    /// in process on first use.
+    /// The entry point `name` (of the [`crate::kernels`] source that lists it), compiled (disk
+    /// cache), loaded and cached in process on first use.
     ///
     /// # Errors
-    /// [`Error::Nvrtc`], [`Error::Driver`].
-    pub fn function(&self, src: &KernelSource, func: &str) -> Result<CudaFunction> {
-        let fkey = format!("{}::{func}", src.name);
-        if let Some(f) = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(&fkey) {
+    /// [`Error::Nvrtc`], [`Error::Driver`]; [`Error::Op`] for a name no source lists.
+    pub fn function(&self, name: &str) -> Result<CudaFunction> {
+        if let Some(f) = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
             return Ok(f.clone());
         }
+        let src = kernels::source_of(name)
+            .ok_or_else(|| Error::Op(gla_core::Error::Unsupported { backend: "cuda", what: format!("no kernel source defines {name}") }))?;
         let module = {
             let mut mods = self.modules.lock().unwrap_or_else(|e| e.into_inner());
             match mods.get(src.name) {
@@ -281,8 +283,8 @@ impl Cuda {
                 }
             }
         };
-        let f = module.load_function(func).map_err(Error::driver(format!("get function {fkey}")))?;
-        self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(fkey, f.clone());
+        let f = module.load_function(name).map_err(Error::driver(format!("get function {}::{name}", src.name)))?;
+        self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), f.clone());
         Ok(f)
     }
 }

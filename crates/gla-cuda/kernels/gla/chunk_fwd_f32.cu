@@ -1,4 +1,6 @@
-// gla_chunk.cu: chunked GLA forward, state on chip (one pass over q, k, v, g; o written once).
+// gla/chunk_fwd_f32.cu: chunked GLA forward for f32 storage, state on chip (one pass over q, k, v,
+// g; o written once). The bf16 path is gla/chunk_fwd.cu + gla/chunk_h.cu; this one keeps f32
+// inputs exact (all arithmetic in f32 FMA) for K <= 128.
 //
 // Chunk form (BT = 64 rows, G = chunk-local inclusive cumsum of g in f32, G_last = G at row 63,
 // rows past the sequence end read as zero with g = 0, so G_last is the true end-of-chunk value):
@@ -8,8 +10,8 @@
 // Every exponent is <= 0 (g <= 0 makes G non-increasing), so no exp ever exceeds 1.
 // One block owns one (n, h) and a BV-column tile of V and walks the sequence's chunks in order,
 // keeping S [K, BV] f32 in shared memory; it reads each input once and writes o (=) and ht (=).
-// All arithmetic f32 (FMA); inputs T (f32 or bf16), o: T, h0/ht: f32.
-// Launch: grid (ceil(V / BV), N*H), block 256, dynamic shared memory chunk_smem_bytes(K) below:
+// All arithmetic f32 (FMA); inputs, o, h0, ht: f32 (the body is templated on the storage type T).
+// Launch: grid (ceil(V / BV), N*H), block 256, dynamic shared memory (src/dispatch.rs):
 //     (3 * 64 * K + 64 * BV + 64 * 64 + K * BV) * 4 bytes  (K <= 128: <= 160 KiB)
 
 #define BT 64

@@ -1,0 +1,63 @@
+// common/chunk.cuh: what every chunk kernel shares: the chunk of a block (ONE prologue,
+// chunk_rows), the base-2 exponential, the shared-memory row strides, the gate of a row, and the
+// state / A tile loaders of the 256-thread launches.
+//
+// Chunks: BT = 64 rows per sequence, numbered globally: chunk c of sequence n is chunk_off[n] + c,
+// chunk_seq[global chunk] = n; sequence n holds rows bounds[n] .. bounds[n+1] (the host builds
+// the three tables, ops.rs DevProblem). Exponentials are base 2 on G * log2(e) (ex2.approx) and
+// never of a positive exponent (g <= 0 makes the cumsum G non-increasing).
+
+#define L2E 1.4426950408889634f
+#define LDH 72  // bf16 row stride of 64-wide tiles (144 B: ldmatrix rows land in distinct banks)
+
+__device__ __forceinline__ float ex2f(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+#define OV 136  // bf16 row stride of 128-wide tiles (272 B: ldmatrix rows land in distinct banks)
+
+// The rows of global chunk cg: r0 (its first row) and L (its row count, 64 except for a
+// sequence's last chunk).
+struct ChunkRows {
+    idx_t r0;
+    int L;
+};
+__device__ __forceinline__ ChunkRows chunk_rows(idx_t cg, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq) {
+    const int n = chunk_seq[cg];
+    const idx_t r0 = bounds[n] + (cg - chunk_off[n]) * 64;
+    return {r0, (int)min((idx_t)64, bounds[n + 1] - r0)};
+}
+
+// g of (row t, channel ch) for the output pass and bwd2: staged raw in smem (gw == K), else from global
+__device__ __forceinline__ float gval_o(const bf16_t* __restrict__ g, const bf16_t* R3, int t, int ch, int LDK, int L, idx_t r0,
+                                        int H, int h, int K, int gw) {
+    if (gw == K) return to_f32(R3[t * LDK + ch]);
+    if (gw == 1 && t < L) return to_f32(g[(r0 + t) * H + h]);
+    return 0.f;
+}
+
+// A state (or state-gradient) tile of 256 threads' split launches: rows i < K of src (row stride
+// V), columns 0 .. 63 (src already offset to the tile's first column) into dst [Kp][LDH]; rows
+// K .. Kp - 1 and columns >= Vc zero. cp.async when V % 8 == 0 (the caller commits and waits).
+__device__ __forceinline__ void state_tile64_load(bf16_t* dst, const bf16_t* src, int K, int V, int Vc, int Kp, bool vec, int tid) {
+    if (vec) {
+        for (int x = tid; x < Kp * 8; x += 256) {
+            const int i = x >> 3, c = (x & 7) * 8;
+            const bool ok = i < K && c < Vc;
+            cp16(dst + i * LDH + c, ok ? src + (idx_t)i * V + c : src, ok);
+        }
+    } else {
+        for (int x = tid; x < Kp * 64; x += 256) {
+            const int i = x >> 6, c = x & 63;
+            dst[i * LDH + c] = (i < K && c < Vc) ? src[(idx_t)i * V + c] : (bf16_t)0;
+        }
+    }
+}
+// A [64][64] bf16 of one chunk and head into dst [64][LDH] (cp.async; the caller commits)
+__device__ __forceinline__ void a_tile_load(bf16_t* dst, const bf16_t* ap, int tid) {
+    for (int x = tid; x < 512; x += 256) {
+        const int t = x >> 3, c = (x & 7) * 8;
+        cp16(dst + t * LDH + c, ap + t * 64 + c, true);
+    }
+}
