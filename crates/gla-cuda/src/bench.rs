@@ -162,13 +162,13 @@ pub fn bench_ops(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, stages: b
         let bwd_bytes = 2.0 * (3 * nqk + 2 * nv) as f64 + 4.0 * (3 * nqk + nv) as f64;
         // the tensor-core kernels take K <= 256 (above 128: the split launches, labelled
         // `chunk-wide`); wider keys run on the recurrent kernels, labelled as such
-        let no_v2 = ops::v2_fwd_path(&p).is_none();
-        let (fwd_kernel, fwd_name) = match ops::v2_fwd_path(&p) {
+        let no_chunk = ops::chunk_fwd_path(&p).is_none();
+        let (fwd_kernel, fwd_name) = match ops::chunk_fwd_path(&p) {
             Some(path) => (FwdKernel::Chunk, path.label()),
             None => (FwdKernel::Recurrent, "recurrent (K>256)"),
         };
         let mut kernels = vec![(fwd_kernel, fwd_name)];
-        if stages && !no_v2 {
+        if stages && !no_chunk {
             kernels.push((FwdKernel::ChunkStatePass, "chunk-state-pass"));
         }
         for (which, name) in kernels {
@@ -179,7 +179,7 @@ pub fn bench_ops(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, stages: b
             continue;
         }
         let chunk_bwd = ops::chunk_bwd_supported::<u16>(&p);
-        let (bname, breps) = match (no_v2, ops::v2_bwd_path(&p).filter(|_| chunk_bwd)) {
+        let (bname, breps) = match (no_chunk, ops::chunk_bwd_path(&p).filter(|_| chunk_bwd)) {
             (true, _) => ("recurrent (K>256)", reps.min(3)),
             (false, Some(path)) => (path.label(), reps),
             (false, None) => ("chunk+recurrent-bwd", reps.min(3)),

@@ -197,9 +197,9 @@ pub fn wide_cases() -> Vec<Case> {
     ]
 }
 
-/// The wide chunked path (bf16, [`ops::V2Path::Wide`]) on [`wide_cases`], forward and backward,
+/// The wide chunked path (bf16, [`ops::ChunkPath::Wide`]) on [`wide_cases`], forward and backward,
 /// against the oracle. Rows are labelled `chunk-wide` (the label of the path the dispatcher
-/// takes, from the same [`ops::v2_fwd_path`] / [`ops::v2_bwd_path`] it uses), and a case that
+/// takes, from the same [`ops::chunk_fwd_path`] / [`ops::chunk_bwd_path`] it uses), and a case that
 /// would not take the wide path becomes a failing `error` row: these rows cannot silently check
 /// another kernel.
 ///
@@ -213,13 +213,13 @@ pub fn wide_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
         let r = Rounded::new(&d, true);
         let (rf, rb) = r.reference(p)?;
         let x = r.inputs();
-        let (fwd_path, bwd_path) = (ops::v2_fwd_path(p), ops::v2_bwd_path(p));
-        let label = |path: Option<ops::V2Path>| path.map_or("none", ops::V2Path::label);
+        let (fwd_path, bwd_path) = (ops::chunk_fwd_path(p), ops::chunk_bwd_path(p));
+        let label = |path: Option<ops::ChunkPath>| path.map_or("none", ops::ChunkPath::label);
         // the forward is wide for K > 128, the backward when K or V > 128; the odd-K cases
         // must take the K <= 128 launches
-        let wide_fwd = p.k() > ops::CHUNK_MAX_K;
-        let want_bwd = if p.k() > ops::CHUNK_MAX_K || p.v() > 128 { ops::V2Path::Wide } else { ops::V2Path::Narrow };
-        if fwd_path != Some(if wide_fwd { ops::V2Path::Wide } else { ops::V2Path::Narrow }) {
+        let wide_fwd = p.k() > crate::dispatch::CHUNK_NARROW_MAX;
+        let want_bwd = if p.k() > crate::dispatch::CHUNK_NARROW_MAX || p.v() > 128 { ops::ChunkPath::Wide } else { ops::ChunkPath::Narrow };
+        if fwd_path != Some(if wide_fwd { ops::ChunkPath::Wide } else { ops::ChunkPath::Narrow }) {
             out.push(failed(&case.name, label(fwd_path), "bf16", TOL_BF16, "expected another forward path"));
         } else {
             let algo = label(fwd_path);

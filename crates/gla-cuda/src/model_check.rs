@@ -406,7 +406,7 @@ fn generation_case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: GlaConfig, ou
     out.push(row(name, "seen", if seen == [96, 148] { 0.0 } else { 1.0 }, 0.0, format!("tokens per state {seen:?} (expected [96, 148])")));
     // the batch-2 step is captured at its second run and replayed 5 times (2 with the states
     // swapped), the batch-1 step once
-    if crate::model::graphs_enabled() {
+    if cuda.options().graphs {
         let g = dec.graph_steps();
         out.push(row(name, "graph", if g == 6 { 0.0 } else { 1.0 }, 0.0, format!("{g} decode steps replayed a CUDA graph (expected 6)")));
     }
