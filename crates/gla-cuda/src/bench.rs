@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 use crate::ops::{self, f32_to_bf16, DevInputs, DevProblem, FwdKernel};
 use crate::runtime::Cuda;
 
-/// Device-to-device copy rate measured on the H200 of this project (bytes read + written per
-/// second, KINDS.md 2026-10-28/11-04): the HBM ceiling the floors below use.
+/// The H200's device-to-device copy rate (bytes read + written per second; bench/results/): the
+/// HBM ceiling the floors below use.
 pub const HBM_BYTES_PER_S: f64 = 4.24e12;
 
 /// fla's README benchmark shape with wide heads, `[B, T, H, K, V]` = 8 x 2048 x 32 x 256 x 256
@@ -123,7 +123,7 @@ fn logsigmoid_clamped(x: f32) -> f32 {
     (x.min(0.0) - (-x.abs()).exp().ln_1p()).max(-5.0)
 }
 
-/// Times the forward (`chunk`; with `stages`, also v2's prep + state pass alone, and the
+/// Times the forward (`chunk`; with `stages`, also the chunked path's prep + state pass alone, and the
 /// backward's launches cumulatively) and,
 /// with `bwd`, the forward+backward on each shape, bf16, per-key gate, no initial or final state
 /// (fla's benchmark calls).

@@ -359,18 +359,19 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_bwd1v_bf16(
     }
 }
 
-// bwd2: grid (chunks, H, K tiles), 256 threads, smem bwd2_smem(Kp) (host): see the layout below.
+// bwd2: grid (chunks, H, K tiles), 256 threads, smem chunk_bwd2{,_d2}_smem_bytes(Kp) (host): see
+// the layout below.
 // Block z owns channels c0 = z Kp .. c0 + Kc - 1: everything here is per channel given the full
 // dA, except the per-head gate's dg, a sum over channels, added atomically onto a zeroed dg
 // (the host keeps a per-head gate to at most two tiles: 0 + a + b is the same in either order,
 // so the result stays deterministic).
-// Two layouts (the host picks, ops.rs `bwd2_plan`): gla_chunk_bwd2k_bf16, tiles of Kp <= 128,
+// Two layouts (the host picks, dispatch.rs `bwd2_plan`): gla_chunk_bwd2k_bf16, tiles of Kp <= 128,
 // one block per SM; and D2, gla_chunk_bwd2k64_bf16, tiles of Kp <= 64 at two blocks per SM (107.5
 // KB of smem, <= 128 registers): dA kept in f32 only for its four diagonal 16x16 blocks (DAF
 // [4][16][16], read from global into DAB / DAF directly), the diagonal pairs with q, k read from
-// smem instead of registers, and the dg scans split over 256 / Kp segments of rows (the serial
-// 2 x 64-step scan of one thread per channel was ~10% of bwd2). D2 took the K = 128 forward +
-// backward from 11.16 to 10.10 ms on the H200 (session 5).
+// smem instead of registers, and the dg scans split over 256 / Kp segments of rows (a serial
+// 64-step scan per channel would leave most threads idle). D2 is the faster layout; the host
+// uses it wherever the per-head dg stays deterministic.
 template <bool D2>
 __device__ __forceinline__ void chunk_bwd2(
     const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ g,

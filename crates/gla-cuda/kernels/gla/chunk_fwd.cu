@@ -178,8 +178,8 @@ __device__ __forceinline__ void rs_step(float (&part)[32], int lane) {
 // pairwise (task (a, tp < 4): rows tp and 7 - tp of both halves, 8 columns each, one exp shared
 // by the two rows of a pair where it can be), and the lower-left 8x8 block factored through its
 // corner m = 16a + 7 as (q exp(G - G_m)) . (k exp(G_m - G)) (tasks (a, 4 + hq): rows 8 + 4hq ..
-// 11 + 4hq; every exponent <= 0 since s <= m < t). 84 exps per channel and block instead of 108
-// for the rows paired over the whole block (H200: forward 2.50 -> 2.39 ms at T = 2048). Task x
+// 11 + 4hq; every exponent <= 0 since s <= m < t): 84 exps per channel and block instead of 108
+// for the rows paired over the whole block (the pass is bound by its exps). Task x
 // = 6a + j of O_DIAG_TASKS; a lane owns 4 channels of a K tile (Kp <= 128); the 32 partial sums
 // are reduce-scattered, and the lane's total (unscaled) is returned: A[t][s] of o_diag_slot.
 #define O_DIAG_TASKS 24
