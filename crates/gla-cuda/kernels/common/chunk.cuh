@@ -37,20 +37,47 @@ __device__ __forceinline__ float gval_o(const bf16_t* __restrict__ g, const bf16
     return 0.f;
 }
 
-// A state (or state-gradient) tile of 256 threads' split launches: rows i < K of src (row stride
-// V), columns 0 .. 63 (src already offset to the tile's first column) into dst [Kp][LDH]; rows
-// K .. Kp - 1 and columns >= Vc zero. cp.async when V % 8 == 0 (the caller commits and waits).
-__device__ __forceinline__ void state_tile64_load(bf16_t* dst, const bf16_t* src, int K, int V, int Vc, int Kp, bool vec, int tid) {
+// The chunk-local cumsum of g per key channel (two halves of 32 rows over 256 threads), times
+// log2(e), into G [64][Kp] f32: g from `stage` (staged raw in smem, row stride LDK) for a per-key
+// gate, else from global (gval_o); RP [256] f32 scratch. Holds a barrier: every thread calls it.
+__device__ __forceinline__ void chunk_g_cumsum(float* G, float* RP, const bf16_t* __restrict__ g, const bf16_t* stage, int LDK, int L,
+                                               idx_t r0, int H, int h, int K, int gw, int Kp, int tid) {
+    const int ch = tid & 127, hf = tid >> 7;
+    float part = 0.f;
+    if (ch < Kp) {
+        #pragma unroll 8
+        for (int t = 32 * hf; t < 32 * hf + 32; ++t) part += gval_o(g, stage, t, ch, LDK, L, r0, H, h, K, gw);
+        RP[hf * 128 + ch] = part;
+    }
+    __syncthreads();
+    if (ch < Kp) {
+        float run = hf ? RP[ch] : 0.f;
+        #pragma unroll 8
+        for (int t = 32 * hf; t < 32 * hf + 32; ++t) {
+            run += gval_o(g, stage, t, ch, LDK, L, r0, H, h, K, gw);
+            G[t * Kp + ch] = run * L2E;
+        }
+    }
+}
+
+// A state (or state-gradient) tile of the 256-thread launches: rows i < K of src (row stride V),
+// W = 64 or 128 columns (src already offset to the tile's first column) into dst [Kp][W + 8]
+// (row stride LDH or OV); rows K .. Kp - 1 and columns >= Vc zero. cp.async when vec (V % 8 == 0;
+// the caller commits and waits).
+template <int W>
+__device__ __forceinline__ void state_tile_load(bf16_t* dst, const bf16_t* src, int K, int V, int Vc, int Kp, bool vec, int tid) {
+    static_assert(W == 64 || W == 128, "state tiles are 64 or 128 columns wide");
+    constexpr int LD = W + 8, SH = W == 64 ? 3 : 4;  // 16-byte pieces per row: W / 8 = 1 << SH
     if (vec) {
-        for (int x = tid; x < Kp * 8; x += 256) {
-            const int i = x >> 3, c = (x & 7) * 8;
+        for (int x = tid; x < Kp * (W / 8); x += 256) {
+            const int i = x >> SH, c = (x & (W / 8 - 1)) * 8;
             const bool ok = i < K && c < Vc;
-            cp16(dst + i * LDH + c, ok ? src + (idx_t)i * V + c : src, ok);
+            cp16(dst + i * LD + c, ok ? src + (idx_t)i * V + c : src, ok);
         }
     } else {
-        for (int x = tid; x < Kp * 64; x += 256) {
-            const int i = x >> 6, c = x & 63;
-            dst[i * LDH + c] = (i < K && c < Vc) ? src[(idx_t)i * V + c] : (bf16_t)0;
+        for (int x = tid; x < Kp * W; x += 256) {
+            const int i = x >> (SH + 3), c = x & (W - 1);
+            dst[i * LD + c] = (i < K && c < Vc) ? src[(idx_t)i * V + c] : (bf16_t)0;
         }
     }
 }

@@ -22,21 +22,6 @@
 // (dq: G[16a] of the row block, dk: G[16b+15] of the column block; every exponent <= 0); the
 // diagonal blocks pairwise in f32.
 
-__device__ __forceinline__ void state_load(bf16_t* dst, const bf16_t* src, int K, int V, int Kp, bool vec, int tid) {
-    if (vec) {
-        for (int x = tid; x < Kp * 16; x += 256) {
-            const int i = x >> 4, c = (x & 15) * 8;
-            const bool ok = i < K && c < V;
-            cp16(dst + i * OV + c, ok ? src + (idx_t)i * V + c : src, ok);
-        }
-    } else {
-        for (int x = tid; x < Kp * 128; x += 256) {
-            const int i = x >> 7, c = x & 127;
-            dst[i * OV + c] = (i < K && c < V) ? src[(idx_t)i * V + c] : (bf16_t)0;
-        }
-    }
-}
-
 // f32 fragment pair store (row-major, leading dimension ld, columns j, j+1 guarded by n)
 __device__ __forceinline__ void st2(float* p, idx_t off, int j, int n, float a, float b) {
     if (j + 1 < n && (off & 1) == 0) {
@@ -75,8 +60,8 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd1_bf16(
     tile_load(SV, OV, v + (r0 * H + h) * (idx_t)V, (idx_t)H * V, L, V, 128, vv, true, tid, 256);
     tile_load(SDO, OV, d_o + (r0 * H + h) * (idx_t)V, (idx_t)H * V, L, V, 128, vv, true, tid, 256);
     tile_load(SKD, LDK, kd + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
-    state_load(SS, hs + st_off, K, V, Kp, vv, tid);
-    state_load(SD, dhs + st_off, K, V, Kp, vv, tid);
+    state_tile_load<128>(SS, hs + st_off, K, V, V, Kp, vv, tid);
+    state_tile_load<128>(SD, dhs + st_off, K, V, V, Kp, vv, tid);
     {
         const bf16_t* ap = A + (cg * H + h) * (idx_t)4096;
         for (int x = tid; x < 512; x += 256) {
@@ -317,7 +302,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_bwd1v_bf16(
 
     tile_load(SDO, LDH, d_o + (r0 * H + h) * (idx_t)V + v0, (idx_t)H * V, L, Vc, 64, vv, true, tid, 256);
     tile_load(SKD, LDK, kd + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
-    state_tile64_load(SD, dhs + (cg * H + h) * (idx_t)K * V + v0, K, V, Vc, Kp, vv, tid);
+    state_tile_load<64>(SD, dhs + (cg * H + h) * (idx_t)K * V + v0, K, V, Vc, Kp, vv, tid);
     a_tile_load(SA, A + (cg * H + h) * (idx_t)4096, tid);
     cp_commit();
     cp_wait0();
@@ -420,24 +405,7 @@ __device__ __forceinline__ void chunk_bwd2(
     for (int i = tid; i < 128; i += 256) SDV[i] = i < Kc ? sd[(cg * H + h) * (idx_t)K + c0 + i] : 0.f;
     cp_wait0();
     __syncthreads();
-    {
-        const int ch = tid & 127, hf = tid >> 7;
-        float part = 0.f;
-        if (ch < Kp) {
-            #pragma unroll 8
-            for (int t = 32 * hf; t < 32 * hf + 32; ++t) part += gval_o(g, QN, t, ch, LDK, L, r0, H, h, K, gw);
-            RP[hf * 128 + ch] = part;
-        }
-        __syncthreads();
-        if (ch < Kp) {
-            float run = hf ? RP[ch] : 0.f;
-            #pragma unroll 8
-            for (int t = 32 * hf; t < 32 * hf + 32; ++t) {
-                run += gval_o(g, QN, t, ch, LDK, L, r0, H, h, K, gw);
-                G[t * Kp + ch] = run * L2E;
-            }
-        }
-    }
+    chunk_g_cumsum(G, RP, g, QN, LDK, L, r0, H, h, K, gw, Kp, tid);
     if (!D2) {
         for (int x = tid; x < 4096; x += 256) DAB[(x >> 6) * LDH + (x & 63)] = f2bf(DAF[x]);
     }

@@ -299,25 +299,8 @@ __device__ __forceinline__ void o_pass_a(const bf16_t* __restrict__ q, const bf1
     if (!ACC) o_zero_upper(RA, tid);
     cp_wait0();
     __syncthreads();
-    // cumsum of g per channel (two halves of 32 rows), times log2(e), into R2
-    {
-        const int ch = tid & 127, hf = tid >> 7;
-        float part = 0.f;
-        if (ch < Kp) {
-            #pragma unroll 8
-            for (int t = 32 * hf; t < 32 * hf + 32; ++t) part += gval_o(g, R3, t, ch, LDK, L, r0, H, h, K, gw);
-            RP[hf * 128 + ch] = part;
-        }
-        __syncthreads();
-        if (ch < Kp) {
-            float run = hf ? RP[ch] : 0.f;
-            #pragma unroll 8
-            for (int t = 32 * hf; t < 32 * hf + 32; ++t) {
-                run += gval_o(g, R3, t, ch, LDK, L, r0, H, h, K, gw);
-                R2[t * Kp + ch] = run * L2E;
-            }
-        }
-    }
+    // cumsum of g per channel, times log2(e), into R2
+    chunk_g_cumsum(R2, RP, g, R3, LDK, L, r0, H, h, K, gw, Kp, tid);
     __syncthreads();
     for (int x = tid; x < 7 * Kp; x += 256) {
         const int f = x / Kp, c = x % Kp;
@@ -579,7 +562,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_ow_bf16(
     tile_load(SQ, LDQ, qe + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
     tile_load(SV, LDH, v + (r0 * H + h) * (idx_t)V + v0, (idx_t)H * V, L, Vc, 64, vv, true, tid, 256);
     // S_c rows i < K, columns v0 .. v0 + 63, and A
-    state_tile64_load(SS, hs + (cg * H + h) * (idx_t)K * V + v0, K, V, Vc, Kp, vv, tid);
+    state_tile_load<64>(SS, hs + (cg * H + h) * (idx_t)K * V + v0, K, V, Vc, Kp, vv, tid);
     a_tile_load(SA, A + (cg * H + h) * (idx_t)4096, tid);
     cp_commit();
     cp_wait0();
