@@ -1,6 +1,6 @@
-//! The GPU [`gla_model::Backend`] of the language model: each op of `gla_model::backend` as the kernel
-//! launches of `kernels/model_ops.cu` and cuBLAS GEMMs that the GPU model ran in its own copy of
-//! the forward and backward before (`gla_model::model` is now the only copy; read it first).
+//! The GPU backend ([`Gpu`]: `gla_model::backend`'s `Primitives` and `GlaOps`): each op as the
+//! kernel launches of `kernels/nn/*.cu` / `kernels/gla/*.cu` and cuBLAS GEMMs. The forward and
+//! backward that call them are `gla_model::model`'s and its mixers' (read those first).
 //!
 //! dtypes (the mixed-precision recipe fla gets from autocast):
 //! - f32 (`F32`): the residual stream `x`, the norms' `rstd`, the gate pre-activation `gk_raw`,
@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
-use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, PushKernelArg, ValidAsZeroBits};
+use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, ValidAsZeroBits};
 use gla_core::{GateKind, Problem, ProblemSpec};
 use gla_model::backend::{ConvIdx, GlaOps, GlaStorage, ParamId, Primitives, Storage};
 use gla_model::config::Dims;
@@ -115,17 +115,12 @@ impl Ty {
     }
 }
 
-/// `GLA_SYNC_DEBUG=1`: synchronise after every launch and GEMM of the model, so an asynchronous
-/// fault is reported by the kernel that caused it (slow; for debugging).
-pub(crate) fn sync_debug() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var_os("GLA_SYNC_DEBUG").is_some_and(|v| v != "0"))
-}
-
 /// cuBLAS with row-major helpers for the three products of a linear layer.
 pub(crate) struct Gemm {
     pub(crate) blas: CudaBlas,
     pub(crate) stream: Arc<cudarc::driver::CudaStream>,
+    /// [`crate::runtime::Options::sync_debug`]: synchronise after every GEMM.
+    pub(crate) sync: bool,
 }
 
 impl Gemm {
@@ -180,7 +175,7 @@ impl Gemm {
             )
         }
         .map_err(blas_err("cublasGemmEx"))?;
-        if sync_debug() {
+        if self.sync {
             self.blas_sync()?;
         }
         Ok(())
@@ -211,15 +206,43 @@ impl Gemm {
     }
 }
 
-/// Most blocks of a [`flat`] launch (16 per multiprocessor of an H200).
-pub(crate) const MAX_FLAT_BLOCKS: usize = 132 * 16;
+/// Blocks per multiprocessor of a [`flat`] launch at most.
+const FLAT_BLOCKS_PER_SM: usize = 16;
+/// Most blocks of a [`flat`] launch on `cuda`.
+pub(crate) fn max_flat_blocks(cuda: &Cuda) -> usize {
+    cuda.sm_count() * FLAT_BLOCKS_PER_SM
+}
+/// A launch shape, resolved against the device by [`Shape::config`] (the [`launch!`] macro does).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Shape {
+    /// A grid-stride kernel over `n` threads: [`THREADS`] per block, at most
+    /// [`max_flat_blocks`] blocks.
+    Flat(usize),
+    /// A fixed configuration.
+    Fixed(LaunchConfig),
+}
+impl From<LaunchConfig> for Shape {
+    fn from(cfg: LaunchConfig) -> Self {
+        Shape::Fixed(cfg)
+    }
+}
+impl Shape {
+    pub(crate) fn config(self, cuda: &Cuda) -> LaunchConfig {
+        match self {
+            Shape::Flat(n) => {
+                let blocks = n.div_ceil(THREADS as usize).clamp(1, max_flat_blocks(cuda)) as u32;
+                LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+            }
+            Shape::Fixed(cfg) => cfg,
+        }
+    }
+}
 /// Launch shape of a grid-stride kernel over `n` elements.
-pub(crate) fn flat(n: usize) -> LaunchConfig {
-    let blocks = n.div_ceil(THREADS as usize).clamp(1, MAX_FLAT_BLOCKS) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+pub(crate) fn flat(n: usize) -> Shape {
+    Shape::Flat(n)
 }
 /// One warp per row.
-pub(crate) fn rows_warp(rows: usize) -> LaunchConfig {
+pub(crate) fn rows_warp(rows: usize) -> Shape {
     flat(rows * 32)
 }
 /// One block per row.
@@ -242,21 +265,14 @@ pub(crate) fn part_len(dm: &Dims, n: usize) -> usize {
     (col_gy(n) * dm.d.max(dm.key_dim_kv).max(conv_cols)).max(col_gy(n * dm.heads) * dm.head_v)
 }
 
-/// One launch: `args!` pushes each argument by reference.
+/// One launch of an nn kernel through [`Cuda::launch`], each argument pushed by reference.
 macro_rules! launch {
     ($self:expr, $name:literal, $cfg:expr, $($arg:expr),* $(,)?) => {{
-        let cfg = $cfg;
-        let f = $self.cuda.function(&$crate::kernels::MODEL_OPS, $name)?;
-        let mut b = $self.cuda.stream().launch_builder(&f);
-        $( b.arg(&$arg); )*
-        // SAFETY: the argument list matches the kernel's signature in model_ops.cu (device
+        let cfg = $crate::backend::Shape::from($cfg).config(&$self.cuda);
+        // SAFETY: the argument list matches the kernel's signature in kernels/nn/ (device
         // addresses of buffers sized by the callers from the model dims, idx_t/int/float scalars
         // in order); grid-stride kernels cover any grid
-        let err = |source| $crate::Error::Launch { kernel: $name.into(), grid: cfg.grid_dim, block: cfg.block_dim, smem: cfg.shared_mem_bytes, source };
-        unsafe { b.launch(cfg) }.map_err(err)?;
-        if $crate::backend::sync_debug() {
-            $self.cuda.stream().synchronize().map_err(err)?;
-        }
+        unsafe { $self.cuda.launch($name, cfg, &[$(&$arg),*]) }?;
     }};
 }
 
@@ -275,8 +291,8 @@ pub(crate) struct HeadPlan {
 pub(crate) fn head_plan(dm: &Dims) -> Result<HeadPlan> {
     // key heads up to 256 run as they are (the chunk kernels tile K > 128, the recurrent ones
     // hold K <= 256; fla's gla_1B has K = 256); value heads above 128 are split
-    if dm.head_k > crate::ops::CHUNK_V2_MAX {
-        return Err(unsupported(format!("head key dim {} > {} on the GPU", dm.head_k, crate::ops::CHUNK_V2_MAX)));
+    if dm.head_k > crate::dispatch::CHUNK_WIDE_MAX {
+        return Err(unsupported(format!("head key dim {} > {} on the GPU", dm.head_k, crate::dispatch::CHUNK_WIDE_MAX)));
     }
     let split = dm.head_v.div_ceil(MAX_HEAD);
     if !dm.head_v.is_multiple_of(split) {
@@ -956,9 +972,6 @@ impl GlaOps for Gpu {
                 unsafe { ops::gla_decode(c, &plan.prob, &x_in, tab, *b, o)? };
             }
         }
-        if sync_debug() {
-            c.stream().synchronize().map_err(Error::driver("GLA forward (GLA_SYNC_DEBUG)"))?;
-        }
         Ok(())
     }
 
@@ -985,14 +998,11 @@ impl GlaOps for Gpu {
                 *buf = self.z(0)?;
             }
         }
-        let gr = if ops::chunk_bwd_supported::<u16>(&plan.prob.problem) && std::env::var_os("GLA_MODEL_RECURRENT_BWD").is_none() {
+        let gr = if ops::chunk_bwd_supported::<u16>(&plan.prob.problem) {
             ops::gla_bwd_chunk(c, &plan.prob, &x_in, d_o, None, false)?
         } else {
             ops::gla_bwd(c, &plan.prob, &x_in, d_o, None)?
         };
-        if sync_debug() {
-            c.stream().synchronize().map_err(Error::driver("GLA backward (GLA_SYNC_DEBUG)"))?;
-        }
         // sum the repeats back: dq over value splits, dk/dg over groups and splits, dv over
         // groups; without a repeat the op's output is moved in
         let kv = dm.kv_heads;

@@ -15,8 +15,8 @@ use crate::error::{Error, Result};
 use crate::ops::{self, f32_to_bf16, DevInputs, DevProblem, FwdKernel};
 use crate::runtime::Cuda;
 
-/// Device-to-device copy rate measured on the H200 of this project (bytes read + written per
-/// second, KINDS.md 2026-10-28/11-04): the HBM ceiling the floors below use.
+/// The H200's device-to-device copy rate (bytes read + written per second; bench/results/): the
+/// HBM ceiling the floors below use.
 pub const HBM_BYTES_PER_S: f64 = 4.24e12;
 
 /// fla's README benchmark shape with wide heads, `[B, T, H, K, V]` = 8 x 2048 x 32 x 256 x 256
@@ -38,7 +38,7 @@ pub struct BenchRow {
     pub shape: [usize; 5],
     /// `fwd` or `fwd+bwd`.
     pub pass: &'static str,
-    /// Which kernels ran (`chunk`, `chunk-v1`, `chunk+recurrent-bwd`, ...).
+    /// Which kernels ran (`chunk`, `chunk-wide`, `chunk+recurrent-bwd`, ...).
     pub kernel: &'static str,
     /// Median time in ms.
     pub ms: f64,
@@ -123,7 +123,7 @@ fn logsigmoid_clamped(x: f32) -> f32 {
     (x.min(0.0) - (-x.abs()).exp().ln_1p()).max(-5.0)
 }
 
-/// Times the forward (`chunk`; with `stages`, also v2's prep + state pass alone, and the
+/// Times the forward (`chunk`; with `stages`, also the chunked path's prep + state pass alone, and the
 /// backward's launches cumulatively) and,
 /// with `bwd`, the forward+backward on each shape, bf16, per-key gate, no initial or final state
 /// (fla's benchmark calls).
@@ -162,13 +162,13 @@ pub fn bench_ops(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, stages: b
         let bwd_bytes = 2.0 * (3 * nqk + 2 * nv) as f64 + 4.0 * (3 * nqk + nv) as f64;
         // the tensor-core kernels take K <= 256 (above 128: the split launches, labelled
         // `chunk-wide`); wider keys run on the recurrent kernels, labelled as such
-        let no_v2 = ops::v2_fwd_path(&p).is_none();
-        let (fwd_kernel, fwd_name) = match ops::v2_fwd_path(&p) {
+        let no_chunk = ops::chunk_fwd_path(&p).is_none();
+        let (fwd_kernel, fwd_name) = match ops::chunk_fwd_path(&p) {
             Some(path) => (FwdKernel::Chunk, path.label()),
             None => (FwdKernel::Recurrent, "recurrent (K>256)"),
         };
         let mut kernels = vec![(fwd_kernel, fwd_name)];
-        if stages && !no_v2 {
+        if stages && !no_chunk {
             kernels.push((FwdKernel::ChunkStatePass, "chunk-state-pass"));
         }
         for (which, name) in kernels {
@@ -178,8 +178,8 @@ pub fn bench_ops(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, stages: b
         if !bwd {
             continue;
         }
-        let chunk_bwd = ops::CHUNKED_BWD && ops::chunk_bwd_supported::<u16>(&p);
-        let (bname, breps) = match (no_v2, ops::v2_bwd_path(&p).filter(|_| chunk_bwd)) {
+        let chunk_bwd = ops::chunk_bwd_supported::<u16>(&p);
+        let (bname, breps) = match (no_chunk, ops::chunk_bwd_path(&p).filter(|_| chunk_bwd)) {
             (true, _) => ("recurrent (K>256)", reps.min(3)),
             (false, Some(path)) => (path.label(), reps),
             (false, None) => ("chunk+recurrent-bwd", reps.min(3)),

@@ -6,7 +6,7 @@
 //! as the GPU sees them (rounded to f32 or bf16), so the error measured is the kernel's own.
 //!
 //! Beyond the table (with the table, under `ops`): the wide chunked cases ([`wide_check`]: K up to
-//! 256, V above 128, bf16 on `gla_chunk_v2.cu`'s split launches); a T = 65536 case, a case whose q/k/g/v tensors hold more than 2^31 elements
+//! 256, V above 128, bf16 on the chunked path's split launches); a T = 65536 case, a case whose q/k/g/v tensors hold more than 2^31 elements
 //! (forward; the last sequence, at offsets past 2^31, is checked against the oracle), and a
 //! repeat-run check (tensor `repeat`: the largest bitwise difference between two runs must be 0).
 
@@ -190,16 +190,16 @@ pub fn wide_cases() -> Vec<Case> {
         case("wide-K64-V256-T200-gs1-h0", spec(1, 200, 2, 64, 256, GateKind::PerKey, None), 1.0, true),
         case("wide-K32-V160-T65-gs1", spec(2, 65, 2, 32, 160, GateKind::PerKey, None), 1.0, false),
         // K tiles padded to 80 and 112 columns (not multiples of 32) on the K <= 128 launches:
-        // bwd2's 32-column dq/dk tasks once wrote past the tile there (the K130/K160/K200 rows
-        // above failed with inf on the H200 until its stores were guarded)
+        // bwd2's 32-column dq/dk tasks must not store past the tile (the K130/K160/K200 rows
+        // above cover the same on the split launches)
         case("odd-K72-V100-T200-gs1-h0", spec(1, 200, 2, 72, 100, GateKind::PerKey, None), 1.0, true),
         case("odd-K100-V64-T130-head", spec(2, 130, 2, 100, 64, GateKind::PerHead, None), 1.0, false),
     ]
 }
 
-/// The wide chunked path (bf16, [`ops::V2Path::Wide`]) on [`wide_cases`], forward and backward,
+/// The wide chunked path (bf16, [`ops::ChunkPath::Wide`]) on [`wide_cases`], forward and backward,
 /// against the oracle. Rows are labelled `chunk-wide` (the label of the path the dispatcher
-/// takes, from the same [`ops::v2_fwd_path`] / [`ops::v2_bwd_path`] it uses), and a case that
+/// takes, from the same [`ops::chunk_fwd_path`] / [`ops::chunk_bwd_path`] it uses), and a case that
 /// would not take the wide path becomes a failing `error` row: these rows cannot silently check
 /// another kernel.
 ///
@@ -213,13 +213,13 @@ pub fn wide_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
         let r = Rounded::new(&d, true);
         let (rf, rb) = r.reference(p)?;
         let x = r.inputs();
-        let (fwd_path, bwd_path) = (ops::v2_fwd_path(p), ops::v2_bwd_path(p));
-        let label = |path: Option<ops::V2Path>| path.map_or("none", ops::V2Path::label);
+        let (fwd_path, bwd_path) = (ops::chunk_fwd_path(p), ops::chunk_bwd_path(p));
+        let label = |path: Option<ops::ChunkPath>| path.map_or("none", ops::ChunkPath::label);
         // the forward is wide for K > 128, the backward when K or V > 128; the odd-K cases
         // must take the K <= 128 launches
-        let wide_fwd = p.k() > ops::CHUNK_MAX_K;
-        let want_bwd = if p.k() > ops::CHUNK_MAX_K || p.v() > 128 { ops::V2Path::Wide } else { ops::V2Path::Narrow };
-        if fwd_path != Some(if wide_fwd { ops::V2Path::Wide } else { ops::V2Path::Narrow }) {
+        let wide_fwd = p.k() > crate::dispatch::CHUNK_NARROW_MAX;
+        let want_bwd = if p.k() > crate::dispatch::CHUNK_NARROW_MAX || p.v() > 128 { ops::ChunkPath::Wide } else { ops::ChunkPath::Narrow };
+        if fwd_path != Some(if wide_fwd { ops::ChunkPath::Wide } else { ops::ChunkPath::Narrow }) {
             out.push(failed(&case.name, label(fwd_path), "bf16", TOL_BF16, "expected another forward path"));
         } else {
             let algo = label(fwd_path);

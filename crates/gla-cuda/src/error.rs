@@ -17,7 +17,7 @@ pub enum Error {
     /// NVRTC rejected a kernel source.
     #[error("NVRTC failed to compile `{kernel}` for {arch} ({status}) with options {options:?}:\n{log}")]
     Nvrtc {
-        /// The kernel source's name (`gla_recurrent.cu`, ...).
+        /// The kernel source's name (`gla/recurrent.cu`, ...).
         kernel: String,
         /// The target architecture, e.g. `sm_90a`.
         arch: String,
@@ -31,7 +31,7 @@ pub enum Error {
     /// A driver call other than a launch failed.
     #[error("CUDA driver call failed during {what}: {source}")]
     Driver {
-        /// What was being done (`load module gla_chunk.cu`, `memcpy htod q`, ...).
+        /// What was being done (`load module gla/chunk_fwd.cu`, `memcpy htod q`, ...).
         what: String,
         /// The driver's error.
         #[source]

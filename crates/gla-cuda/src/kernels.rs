@@ -1,32 +1,74 @@
-//! The kernel sources, embedded at build time. Each is compiled as `common.cuh` followed by the
-//! `.cu` file, in one NVRTC program (no `#include`, no toolkit headers).
+//! The kernel sources, embedded at build time, by algorithm (docs/kernels.md has the tree and each
+//! pass's contract). Each [`KernelSource`] is one NVRTC program: its headers (`common/*.cuh`,
+//! then a family header), then the `.cu` file, each behind a `#line` directive so NVRTC names
+//! the right file and line in its errors. Nothing is `#include`d and no toolkit header is used.
+//!
+//! Entry points are unique across the crate, so a kernel is found by its name alone
+//! ([`source_of`], `Cuda::launch`).
 
-/// One kernel source file and its entry points.
+/// A header prepended to the kernel files that need it.
+#[derive(Debug, Clone, Copy)]
+pub struct Header {
+    /// Path under `crates/gla-cuda/kernels/`.
+    pub name: &'static str,
+    /// The header's text.
+    pub text: &'static str,
+}
+
+/// One kernel source file: one NVRTC program, its headers and its entry points.
 #[derive(Debug, Clone, Copy)]
 pub struct KernelSource {
-    /// File name under `crates/gla-cuda/kernels/`.
+    /// Path under `crates/gla-cuda/kernels/`, e.g. `gla/chunk_fwd.cu`.
     pub name: &'static str,
-    /// The file's text (without the common prelude).
+    /// The headers compiled before the file, in order.
+    pub headers: &'static [Header],
+    /// The file's text.
     pub text: &'static str,
     /// Its `extern "C"` entry points.
     pub entries: &'static [&'static str],
 }
 
-/// Helpers prepended to every kernel source.
-pub const COMMON: &str = include_str!("../kernels/common.cuh");
-
 impl KernelSource {
-    /// The full program text NVRTC compiles: the common prelude, then the file.
+    /// The full program text NVRTC compiles: each header, then the file, each opened by a
+    /// `#line 1 "<path>"` directive.
     pub fn code(&self) -> String {
-        format!("{COMMON}\n#line 1 \"{}\"\n{}", self.name, self.text)
+        let mut s = String::new();
+        for h in self.headers.iter().map(|h| (h.name, h.text)).chain(std::iter::once((self.name, self.text))) {
+            s += &format!("#line 1 \"{}\"\n{}\n", h.0, h.1);
+        }
+        s
     }
 }
 
-/// Fused recurrent forward and backward (`gla_recurrent.cu`).
-pub const RECURRENT: KernelSource = KernelSource {
-    name: "gla_recurrent.cu",
-    text: include_str!("../kernels/gla_recurrent.cu"),
-    entries: &[
+macro_rules! header {
+    ($path:literal) => {
+        Header { name: $path, text: include_str!(concat!("../kernels/", $path)) }
+    };
+}
+
+/// Storage types (bf16 bits, 64-bit index), conversions, warp sum, gate load: every program.
+pub const BASE: Header = header!("common/base.cuh");
+/// ldmatrix, mma.sync, cp.async and the 64-row tile loader: the chunk kernels.
+pub const MMA: Header = header!("common/mma.cuh");
+/// The chunk of a block (the one prologue), base-2 exp, row strides, state / A tile loads.
+pub const CHUNK: Header = header!("common/chunk.cuh");
+/// The nn kernels' contract, activations and column reduction.
+pub const NN: Header = header!("nn/common.cuh");
+
+const CHUNK_HEADERS: &[Header] = &[BASE, MMA, CHUNK];
+const NN_HEADERS: &[Header] = &[BASE, NN];
+
+macro_rules! source {
+    ($path:literal, $headers:expr, [$($entry:literal),* $(,)?]) => {
+        KernelSource { name: $path, headers: $headers, text: include_str!(concat!("../kernels/", $path)), entries: &[$($entry),*] }
+    };
+}
+
+/// Fused recurrent forward, decode and backward, f32 or bf16 storage.
+pub const GLA_RECURRENT: KernelSource = source!(
+    "gla/recurrent.cu",
+    &[BASE],
+    [
         "gla_recurrent_fwd_f32",
         "gla_recurrent_fwd_bf16",
         "gla_recurrent_decode_f32",
@@ -35,77 +77,112 @@ pub const RECURRENT: KernelSource = KernelSource {
         "gla_recurrent_bwd_bf16",
         "gla_recurrent_bwd_finalize_f32",
         "gla_recurrent_bwd_finalize_bf16",
-    ],
-};
+    ]
+);
 
-/// Chunked forward (`gla_chunk.cu`).
-pub const CHUNK: KernelSource = KernelSource {
-    name: "gla_chunk.cu",
-    text: include_str!("../kernels/gla_chunk.cu"),
-    entries: &["gla_chunk_fwd_f32", "gla_chunk_fwd_bf16", "gla_chunk_fwd_mma_bf16"],
-};
+/// Chunked forward for f32 storage (one pass, state in shared memory, K <= 128).
+pub const GLA_CHUNK_FWD_F32: KernelSource = source!("gla/chunk_fwd_f32.cu", &[BASE], ["gla_chunk_fwd_f32"]);
 
-/// Chunked forward v2 and the chunked backward for bf16: gate prep, state and state-gradient
-/// passes, output pass, two gradient launches; K up to 256 and V above 128 through the split
-/// launches (`gla_chunk_a/ow`, `bwd1k/bwd1v`, `bwd2k`) (`gla_chunk_v2.cu`).
-pub const CHUNK_V2: KernelSource = KernelSource {
-    name: "gla_chunk_v2.cu",
-    text: include_str!("../kernels/gla_chunk_v2.cu"),
-    entries: &[
-        "gla_chunk_prep_bf16",
-        "gla_chunk_prep8_bf16",
-        "gla_chunk_h64_bf16",
-        "gla_chunk_h32_bf16",
-        "gla_chunk_dh64_bf16",
-        "gla_chunk_dh32_bf16",
-        "gla_chunk_o_bf16",
-        "gla_chunk_a_bf16",
-        "gla_chunk_ow_bf16",
-        "gla_chunk_bwd1_bf16",
-        "gla_chunk_bwd1k_bf16",
-        "gla_chunk_bwd1v_bf16",
-        "gla_chunk_bwd2k_bf16",
-        "gla_chunk_bwd2k64_bf16",
-    ],
-};
+/// The bf16 chunked path's chunk-parallel forward launches: gate prep, output pass, and for
+/// K > 128 the A pass and the per-V-tile output pass.
+pub const GLA_CHUNK_FWD: KernelSource = source!(
+    "gla/chunk_fwd.cu",
+    CHUNK_HEADERS,
+    ["gla_chunk_prep_bf16", "gla_chunk_prep8_bf16", "gla_chunk_o_bf16", "gla_chunk_a_bf16", "gla_chunk_ow_bf16"]
+);
 
-/// The language model's row-wise and element-wise kernels around the GEMMs (`model_ops.cu`).
-pub const MODEL_OPS: KernelSource = KernelSource {
-    name: "model_ops.cu",
-    text: include_str!("../kernels/model_ops.cu"),
-    entries: &[
-        "cast_f32_bf16",
-        "embedding_fwd",
-        "embedding_bwd",
-        "gather_rows_bf16",
-        "scatter_rows_f32",
-        "repeat_heads_bf16",
-        "repeat_heads_bwd_f32",
-        "rmsnorm_bwd_dw",
-        "gated_norm_bwd_dw",
-        "colsum_f32",
-        "col_finalize",
-        "rmsnorm_fwd",
-        "rmsnorm_bwd_dx",
-        "gated_norm_fwd",
-        "gated_norm_bwd_dx",
-        "swiglu_fwd",
-        "swiglu_bwd",
-        "feature_map_fwd",
-        "feature_map_bwd",
-        "gate_fwd",
-        "gate_bwd",
-        "conv_fwd",
-        "conv_cache_update",
-        "conv_decode",
-        "conv_bwd_dx",
-        "conv_bwd_dw",
-        "cross_entropy",
-        "sumsq",
-        "sum_f64",
-        "adamw",
-    ],
-};
+/// The bf16 chunked path's sequential state passes: forward states, backward state gradients.
+pub const GLA_CHUNK_H: KernelSource =
+    source!("gla/chunk_h.cu", CHUNK_HEADERS, ["gla_chunk_h64_bf16", "gla_chunk_h32_bf16", "gla_chunk_dh64_bf16", "gla_chunk_dh32_bf16"]);
+
+/// The bf16 chunked backward's gradient launches.
+pub const GLA_CHUNK_BWD: KernelSource = source!(
+    "gla/chunk_bwd.cu",
+    CHUNK_HEADERS,
+    ["gla_chunk_bwd1_bf16", "gla_chunk_bwd1k_bf16", "gla_chunk_bwd1v_bf16", "gla_chunk_bwd2k_bf16", "gla_chunk_bwd2k64_bf16"]
+);
+
+/// Casts, row gather / scatter, GQA head repeat.
+pub const NN_ROWS: KernelSource = source!(
+    "nn/rows.cu",
+    NN_HEADERS,
+    ["cast_f32_bf16", "gather_rows_bf16", "scatter_rows_f32", "repeat_heads_bf16", "repeat_heads_bwd_f32"]
+);
+/// Token embedding forward and backward.
+pub const NN_EMBEDDING: KernelSource = source!("nn/embedding.cu", NN_HEADERS, ["embedding_fwd", "embedding_bwd"]);
+/// Column reductions' last step and the bias gradient.
+pub const NN_REDUCE: KernelSource = source!("nn/reduce.cu", NN_HEADERS, ["col_finalize", "colsum_f32"]);
+/// RMSNorm and the gated per-head norm.
+pub const NN_NORM: KernelSource = source!(
+    "nn/norm.cu",
+    NN_HEADERS,
+    ["rmsnorm_fwd", "rmsnorm_bwd_dx", "rmsnorm_bwd_dw", "gated_norm_fwd", "gated_norm_bwd_dx", "gated_norm_bwd_dw"]
+);
+/// SwiGLU, feature maps, the log-sigmoid gate.
+pub const NN_ELEMENTWISE: KernelSource =
+    source!("nn/elementwise.cu", NN_HEADERS, ["swiglu_fwd", "swiglu_bwd", "feature_map_fwd", "feature_map_bwd", "gate_fwd", "gate_bwd"]);
+/// The causal short convolution.
+pub const NN_CONV: KernelSource =
+    source!("nn/conv.cu", NN_HEADERS, ["conv_fwd", "conv_cache_update", "conv_decode", "conv_bwd_dx", "conv_bwd_dw"]);
+/// Cross-entropy over labelled rows.
+pub const NN_XENT: KernelSource = source!("nn/xent.cu", NN_HEADERS, ["cross_entropy"]);
+/// Gradient norm and AdamW.
+pub const NN_ADAMW: KernelSource = source!("nn/adamw.cu", NN_HEADERS, ["sumsq", "sum_f64", "adamw"]);
 
 /// Every kernel source of the crate (the CI compile check walks this list).
-pub const ALL: &[KernelSource] = &[RECURRENT, CHUNK, CHUNK_V2, MODEL_OPS];
+pub const ALL: &[KernelSource] = &[
+    GLA_RECURRENT,
+    GLA_CHUNK_FWD_F32,
+    GLA_CHUNK_FWD,
+    GLA_CHUNK_H,
+    GLA_CHUNK_BWD,
+    NN_ROWS,
+    NN_EMBEDDING,
+    NN_REDUCE,
+    NN_NORM,
+    NN_ELEMENTWISE,
+    NN_CONV,
+    NN_XENT,
+    NN_ADAMW,
+];
+
+/// The source that defines entry point `entry`, if any.
+pub fn source_of(entry: &str) -> Option<&'static KernelSource> {
+    ALL.iter().find(|s| s.entries.contains(&entry))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_points_are_unique_and_found() {
+        let mut seen = std::collections::HashSet::new();
+        for src in ALL {
+            for e in src.entries {
+                assert!(seen.insert(*e), "{e} is listed twice");
+                assert_eq!(source_of(e).map(|s| s.name), Some(src.name));
+            }
+        }
+        assert!(source_of("gla_chunk_fwd_mma_bf16").is_none());
+    }
+
+    #[test]
+    fn every_entry_point_is_in_its_file() {
+        // entries generated by a macro appear as the macro argument or as its name suffix
+        for src in ALL {
+            for e in src.entries {
+                let suffix = e.rsplit_once('_').map_or(*e, |(_, s)| s);
+                assert!(src.text.contains(e) || src.text.contains(&format!("ENTRY({suffix},")), "{e} not in {}", src.name);
+            }
+        }
+    }
+
+    #[test]
+    fn programs_name_each_file_on_a_line_directive() {
+        let code = GLA_CHUNK_BWD.code();
+        for f in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "gla/chunk_bwd.cu"] {
+            assert!(code.contains(&format!("#line 1 \"{f}\"\n")), "{f}");
+        }
+    }
+}

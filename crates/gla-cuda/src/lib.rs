@@ -3,8 +3,10 @@
 //! - [`runtime`]: library probes (no GPU / no driver / no libnvrtc gives an [`Error`], never a
 //!   panic), NVRTC compile to CUBIN with an in-process and an on-disk cache, the [`Cuda`] device
 //!   handle (context + stream).
-//! - kernels under `crates/gla-cuda/kernels/`, self-contained CUDA C++ (no toolkit headers),
-//!   embedded with `include_str!` ([`kernels::ALL`]).
+//! - kernels under `crates/gla-cuda/kernels/` by algorithm (`common/`, `gla/`, `nn/`;
+//!   docs/kernels.md), self-contained CUDA C++ (no toolkit headers), embedded with
+//!   `include_str!` ([`kernels::ALL`]) and launched by name through [`Cuda::launch`].
+//! - [`dispatch`]: which kernels run for a dtype, K, V and gate, and every launch tuning choice.
 //! - [`backend`]: the language model's ops ([`gla_model::Backend`]) as kernel launches and
 //!   cuBLAS GEMMs; [`model`]: the GPU model, training engine and decoder around them (the
 //!   forward and backward themselves are `gla_model::model`'s, shared with the CPU).
@@ -16,11 +18,24 @@
 //!   communicator with timeouts, gradient buckets overlapped with the backward).
 //!
 //! Everything builds and its tests run without a GPU or a CUDA toolkit.
+//!
+//! # Environment
+//!
+//! Read once, when a [`Cuda`] is opened ([`runtime::Options`]) or the kernel cache is first used:
+//! - `GLA_SYNC_DEBUG=1`: synchronise after every kernel launch and GEMM, so that an asynchronous
+//!   fault is reported by the launch that caused it (slow; for debugging). Also turns off the
+//!   decode step's CUDA graph.
+//! - `GLA_NO_GRAPH=1`: run decode steps eagerly instead of replaying a captured CUDA graph.
+//! - `GLA_CACHE_DIR`: the on-disk cache of compiled kernels ([`runtime::cache_dir`]).
+//!
+//! The data-parallel launcher's variables (`RANK`, `WORLD_SIZE`, `MASTER_ADDR`, ...) are
+//! documented in [`dist`].
 #![deny(missing_docs)]
 
 pub mod backend;
 pub mod bench;
 pub mod check;
+pub mod dispatch;
 pub mod dist;
 mod error;
 pub mod kernels;

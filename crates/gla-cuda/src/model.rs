@@ -12,15 +12,14 @@ use std::sync::Arc;
 
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use cudarc::driver::{CudaGraph, CudaSlice, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaGraph, CudaSlice, LaunchConfig};
 use gla_model::config::Dims;
 use gla_model::layout::Layout;
 use gla_model::optim::AdamWConfig;
 use gla_model::{model as lm, Acts, GlaConfig, GlaModel, LossOut, Primitives, IGNORE_INDEX};
 
 use crate::backend::{
-    blas_err, flat, head_plan, launch, ptr, sync_debug, unsupported, Gemm, Gpu, GpuBuf, GradSync, HeadPlan, InferCtx, InferIo,
-    BUCKET_ELEMS, MAX_CONV,
+    blas_err, flat, head_plan, launch, ptr, unsupported, Gemm, Gpu, GpuBuf, GradSync, HeadPlan, InferCtx, InferIo, BUCKET_ELEMS, MAX_CONV,
 };
 pub use crate::backend::{cublas_available, peak_pool_bytes, reset_peak_pool};
 use crate::dist::{bucket_plan, Comm};
@@ -125,7 +124,7 @@ impl GpuModel {
     /// The model around its device weights (both constructors).
     fn assemble(cuda: Arc<Cuda>, gemm: Gemm, plan: HeadPlan, model: &GlaModel, w: Weights) -> Result<Self> {
         // the gradient norm's result, then its per-block partial sums (grad_norm)
-        let norm_buf = cuda.stream().alloc_zeros::<f64>(1 + crate::backend::MAX_FLAT_BLOCKS).map_err(Error::driver("alloc norm"))?;
+        let norm_buf = cuda.stream().alloc_zeros::<f64>(1 + crate::backend::max_flat_blocks(&cuda)).map_err(Error::driver("alloc norm"))?;
         let gpu = Gpu {
             cuda,
             gemm,
@@ -164,7 +163,11 @@ impl GpuModel {
             // conv_bwd_dw and conv_cache_update keep at most MAX_CONV taps per thread
             return Err(unsupported(format!("short conv of width {} on the GPU (at most {MAX_CONV})", model.dims.conv)));
         }
-        let gemm = Gemm { blas: CudaBlas::new(cuda.stream().clone()).map_err(blas_err("cublasCreate"))?, stream: cuda.stream().clone() };
+        let gemm = Gemm {
+            blas: CudaBlas::new(cuda.stream().clone()).map_err(blas_err("cublasCreate"))?,
+            stream: cuda.stream().clone(),
+            sync: cuda.options().sync_debug,
+        };
         Ok((plan, gemm))
     }
 
@@ -421,7 +424,7 @@ impl GpuModel {
         let g = &self.gpu;
         let st = g.cuda.stream().clone();
         // per-block partial sums after the result slot, added in block order (bitwise repeatable)
-        let cfg = flat(self.grads.len());
+        let cfg = flat(self.grads.len()).config(&g.cuda);
         let blocks = cfg.grid_dim.0 as i32;
         let (o, gp, nn) = (ptr(&g.cuda, &self.norm_buf), ptr(&g.cuda, &self.grads), self.grads.len() as i64);
         let part = o + 8;
@@ -661,12 +664,6 @@ struct DecodeSlot {
     no_graph: bool,
 }
 
-/// Whether decode steps may run as CUDA graphs (`GLA_NO_GRAPH=1` turns them off, to compare or
-/// to rule them out).
-pub(crate) fn graphs_enabled() -> bool {
-    std::env::var_os("GLA_NO_GRAPH").is_none_or(|v| v.is_empty() || v == "0") && !sync_debug()
-}
-
 impl GpuDecoder {
     /// Uploads `model`'s weights for inference ([`GpuModel::new_inference`]: bf16 GEMM
     /// matrices, no gradients).
@@ -890,7 +887,7 @@ impl GpuDecoder {
         }
         self.model.gpu.upload_ids(slot.acts.ids_mut(), ids, false)?;
         let tab = ptr(c, &slot.table);
-        if slot.graph.is_none() && slot.steps > 0 && !slot.no_graph && graphs_enabled() {
+        if slot.graph.is_none() && slot.steps > 0 && !slot.no_graph && c.options().graphs {
             slot.graph = self.capture(&mut slot.acts, tab)?;
             slot.no_graph = slot.graph.is_none();
         }

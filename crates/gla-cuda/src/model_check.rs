@@ -17,13 +17,10 @@
 //! activation rounded to bf16, the arithmetic in f32), capped at [`TOL_CAP`]. Rounding error
 //! stays within it, a wrong gradient (a bug gives errors of order 1) does not.
 //!
-//! Why the floor rounds activations too: a floor from rounded weights alone missed most of the
-//! GPU's error on two models (H200, session 5): with fla's relu feature map, the GPU's
-//! `k_conv1d` gradient was 7.2% off the f32 CPU's, against a weights-only floor of 1.6%; relu'
-//! steps at 0, so each bf16-rounded pre-activation near 0 flips a mask bit. With bf16 activations
-//! emulated the floor of that tensor is 7.3%. Across the seven model rows the GPU's overall
-//! gradient error was 0.98-1.43x this floor (e.g. 4.96e-3 vs 4.96e-3 with the feature map,
-//! 4.03e-2 vs 2.82e-2 with K = 256, where the GLA kernels' own bf16 products add to it).
+//! Why the floor rounds activations too: a floor from rounded weights alone misses most of the
+//! GPU's error where a nonlinearity steps: with fla's relu feature map, relu' steps at 0, so
+//! each bf16-rounded pre-activation near 0 flips a mask bit, which only rounded activations
+//! reproduce; with K = 256 the GLA kernels' own bf16 products add to it.
 //!
 //! The logits of the labelled rows are compared the same way; the loss alone is a weak check (a
 //! near-uniform model's loss is ln V whatever its logits).
@@ -406,7 +403,7 @@ fn generation_case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: GlaConfig, ou
     out.push(row(name, "seen", if seen == [96, 148] { 0.0 } else { 1.0 }, 0.0, format!("tokens per state {seen:?} (expected [96, 148])")));
     // the batch-2 step is captured at its second run and replayed 5 times (2 with the states
     // swapped), the batch-1 step once
-    if crate::model::graphs_enabled() {
+    if cuda.options().graphs {
         let g = dec.graph_steps();
         out.push(row(name, "graph", if g == 6 { 0.0 } else { 1.0 }, 0.0, format!("{g} decode steps replayed a CUDA graph (expected 6)")));
     }

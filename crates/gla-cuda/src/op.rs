@@ -14,10 +14,10 @@ use crate::runtime::Cuda;
 /// Which GPU algorithm a [`CudaGla`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Algo {
-    /// Fused recurrent forward and backward (`gla_recurrent.cu`).
+    /// Fused recurrent forward and backward (`gla/recurrent.cu`).
     Recurrent,
     /// Chunked forward; backward chunked for bf16 where `ops::chunk_bwd_supported` (48 < K <= 128
-    /// with V <= 128, or K, V <= 256; `gla_chunk_v2.cu`), else the recurrent kernels (same
+    /// with V <= 128, or K, V <= 256; `gla/chunk_*.cu`), else the recurrent kernels (same
     /// result, different speed).
     Chunked,
 }

@@ -1,4 +1,6 @@
-//! Runtime: library presence checks, NVRTC compile-and-cache, the device context and stream.
+//! Runtime: library presence checks, NVRTC compile-and-cache, the device context and stream, the
+//! device's limits, the user options read from the environment, and the one kernel launch helper
+//! ([`Cuda::launch`]).
 //!
 //! cudarc's `dynamic-loading` panics when a library is missing; every first touch of the driver
 //! or of NVRTC here goes through [`nvrtc_available`] / [`driver_available`], which probe the
@@ -9,11 +11,12 @@ use std::ffi::{c_char, c_int, CStr, CString};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchArgs, LaunchConfig, PushKernelArg};
 use cudarc::nvrtc::{result as nvrtc_result, sys as nvrtc_sys, Ptx};
 
 use crate::error::{Error, Result};
-use crate::kernels::KernelSource;
+use crate::kernels::{self, KernelSource};
 
 /// The architecture the CI compile check targets (Hopper with the `a` features: wgmma, setmaxnreg).
 pub const ARCH_HOPPER: &str = "sm_90a";
@@ -100,7 +103,8 @@ pub fn compile_cubin(src: &KernelSource, arch: &str) -> Result<Vec<u8>> {
     let code = src.code();
     let options = compile_options(arch);
     let key = fnv1a(&[code.as_bytes(), options.join(" ").as_bytes(), arch.as_bytes(), format!("{major}.{minor}").as_bytes()]);
-    let cached = cache_dir().map(|d| d.join(format!("{}-{arch}-{key:016x}.cubin", src.name.trim_end_matches(".cu"))));
+    let stem = src.name.trim_end_matches(".cu").replace('/', "-");
+    let cached = cache_dir().map(|d| d.join(format!("{stem}-{arch}-{key:016x}.cubin")));
     if let Some(path) = &cached {
         if let Ok(bytes) = std::fs::read(path) {
             if !bytes.is_empty() {
@@ -169,6 +173,72 @@ fn keep_pool_memory(ctx: &Arc<CudaContext>) {
     }
 }
 
+/// The user options of the GPU runtime, read once from the environment when a [`Cuda`] is
+/// opened (the crate documentation lists them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Options {
+    /// `GLA_SYNC_DEBUG=1`: synchronise after every kernel launch and GEMM, so that an
+    /// asynchronous fault is reported by the launch that caused it (slow; for debugging).
+    pub sync_debug: bool,
+    /// Decode steps replay a captured CUDA graph from their second step on; `GLA_NO_GRAPH=1`
+    /// (or [`Options::sync_debug`]) runs them eagerly.
+    pub graphs: bool,
+}
+
+impl Options {
+    /// The options as the environment sets them.
+    pub fn from_env() -> Self {
+        let on = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0");
+        let sync_debug = on("GLA_SYNC_DEBUG");
+        Self { sync_debug, graphs: !on("GLA_NO_GRAPH") && !sync_debug }
+    }
+}
+
+/// One argument of a kernel launch ([`Cuda::launch`]): a device buffer (its address), an
+/// optional one (a null address for `None`), or a scalar, pushed by reference.
+pub trait KernelArg {
+    /// Pushes the argument onto a launch.
+    fn push<'a>(&'a self, b: &mut LaunchArgs<'a>);
+}
+
+/// The null device address, for a kernel's optional pointer arguments.
+pub const NULL: u64 = 0;
+
+macro_rules! scalar_arg {
+    ($($t:ty),*) => {$(
+        impl KernelArg for $t {
+            fn push<'a>(&'a self, b: &mut LaunchArgs<'a>) {
+                b.arg(self);
+            }
+        }
+    )*};
+}
+scalar_arg!(i32, i64, u32, u64, f32, f64);
+
+impl<T> KernelArg for CudaSlice<T> {
+    fn push<'a>(&'a self, b: &mut LaunchArgs<'a>) {
+        b.arg(self);
+    }
+}
+impl<A: KernelArg + ?Sized> KernelArg for &A {
+    fn push<'a>(&'a self, b: &mut LaunchArgs<'a>) {
+        (**self).push(b);
+    }
+}
+impl<A: KernelArg + ?Sized> KernelArg for &mut A {
+    fn push<'a>(&'a self, b: &mut LaunchArgs<'a>) {
+        (**self).push(b);
+    }
+}
+impl<A: KernelArg> KernelArg for Option<A> {
+    fn push<'a>(&'a self, b: &mut LaunchArgs<'a>) {
+        match self {
+            Some(a) => a.push(b),
+            None => NULL.push(b),
+        }
+    }
+}
+
 /// A CUDA device with one stream and an in-process cache of compiled modules.
 ///
 /// Cheap to share (`Arc<Cuda>`); all work is ordered on [`Cuda::stream`].
@@ -177,6 +247,9 @@ pub struct Cuda {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     arch: String,
+    sm_count: usize,
+    max_smem: usize,
+    options: Options,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
 }
@@ -217,9 +290,24 @@ impl Cuda {
         unsafe { ctx.disable_event_tracking() };
         let (maj, min) = ctx.compute_capability().map_err(Error::driver("compute capability"))?;
         let arch = if maj == 9 && min == 0 { ARCH_HOPPER.to_string() } else { format!("sm_{maj}{min}") };
+        let attr = |a: CUdevice_attribute, what: &'static str| -> Result<usize> {
+            let v = ctx.attribute(a).map_err(Error::driver(what))?;
+            usize::try_from(v).map_err(|_| Error::NoDevice(format!("{what}: {v}")))
+        };
+        let sm_count = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT, "multiprocessor count")?;
+        let max_smem = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN, "shared memory per block (opt-in)")?;
         let stream = ctx.new_stream().map_err(Error::driver("create stream"))?;
         keep_pool_memory(&ctx);
-        Ok(Arc::new(Self { ctx, stream, arch, modules: Mutex::new(HashMap::new()), functions: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Self {
+            ctx,
+            stream,
+            arch,
+            sm_count: sm_count.max(1),
+            max_smem,
+            options: Options::from_env(),
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+        }))
     }
 
     /// How many GPUs this process sees (after `CUDA_VISIBLE_DEVICES`).
@@ -242,6 +330,18 @@ impl Cuda {
     pub fn arch(&self) -> &str {
         &self.arch
     }
+    /// The device's multiprocessor count (132 on an H200), read when the handle was opened.
+    pub fn sm_count(&self) -> usize {
+        self.sm_count
+    }
+    /// The most dynamic shared memory one block may opt in to, bytes (227 KB on Hopper).
+    pub fn max_dynamic_smem(&self) -> usize {
+        self.max_smem
+    }
+    /// The user options, read from the environment when the handle was opened.
+    pub fn options(&self) -> Options {
+        self.options
+    }
     /// The stream all work of this device handle runs on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
@@ -259,16 +359,17 @@ impl Cuda {
         self.stream.synchronize().map_err(Error::driver("stream synchronize"))
     }
 
-    /// The entry point `func` of kernel source `src`, compiled (disk cache), loaded and cached
-    /// in process on first use.
+    /// The entry point `name` (of the [`crate::kernels`] source that lists it), compiled (disk
+    /// cache), loaded and cached in process on first use.
     ///
     /// # Errors
-    /// [`Error::Nvrtc`], [`Error::Driver`].
-    pub fn function(&self, src: &KernelSource, func: &str) -> Result<CudaFunction> {
-        let fkey = format!("{}::{func}", src.name);
-        if let Some(f) = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(&fkey) {
+    /// [`Error::Nvrtc`], [`Error::Driver`]; [`Error::Op`] for a name no source lists.
+    pub fn function(&self, name: &str) -> Result<CudaFunction> {
+        if let Some(f) = self.functions.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
             return Ok(f.clone());
         }
+        let src = kernels::source_of(name)
+            .ok_or_else(|| Error::Op(gla_core::Error::Unsupported { backend: "cuda", what: format!("no kernel source defines {name}") }))?;
         let module = {
             let mut mods = self.modules.lock().unwrap_or_else(|e| e.into_inner());
             match mods.get(src.name) {
@@ -281,8 +382,52 @@ impl Cuda {
                 }
             }
         };
-        let f = module.load_function(func).map_err(Error::driver(format!("get function {fkey}")))?;
-        self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(fkey, f.clone());
+        let f = module.load_function(name).map_err(Error::driver(format!("get function {}::{name}", src.name)))?;
+        self.functions.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), f.clone());
         Ok(f)
+    }
+
+    /// Launches entry point `name` on the stream with `cfg` and `args`: the one launch path of
+    /// the crate. Opts the kernel in to its dynamic shared memory above the 48 KB default, and
+    /// with [`Options::sync_debug`] waits for the kernel to finish.
+    ///
+    /// # Errors
+    /// [`Error::Op`] when `cfg` asks for more shared memory than the device allows per block;
+    /// [`Error::Launch`] naming the kernel and its configuration; compile and load errors of
+    /// [`Cuda::function`].
+    ///
+    /// # Safety
+    /// `args` must match the kernel's parameter list in number, order and type, every buffer
+    /// must hold what the kernel indexes for this grid (or be null where the kernel tests for
+    /// null), and no buffer the kernel writes may be read or written by other work meanwhile.
+    pub unsafe fn launch(&self, name: &str, cfg: LaunchConfig, args: &[&dyn KernelArg]) -> Result<()> {
+        let f = self.function(name)?;
+        let err = |source| Error::Launch {
+            kernel: name.to_string(),
+            grid: cfg.grid_dim,
+            block: cfg.block_dim,
+            smem: cfg.shared_mem_bytes,
+            source,
+        };
+        let smem = cfg.shared_mem_bytes as usize;
+        if smem > self.max_smem {
+            return Err(Error::Op(gla_core::Error::Unsupported {
+                backend: "cuda",
+                what: format!("{name}: {smem} B of shared memory per block, the device allows {}", self.max_smem),
+            }));
+        }
+        if smem > crate::dispatch::DEFAULT_SMEM {
+            f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32).map_err(err)?;
+        }
+        let mut b = self.stream.launch_builder(&f);
+        for a in args {
+            a.push(&mut b);
+        }
+        // SAFETY: the caller's contract (above)
+        unsafe { b.launch(cfg) }.map_err(err)?;
+        if self.options.sync_debug {
+            self.stream.synchronize().map_err(err)?;
+        }
+        Ok(())
     }
 }

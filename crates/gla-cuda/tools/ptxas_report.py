@@ -1,11 +1,24 @@
 #!/usr/bin/env python3
-"""Compiles a kernel source (common.cuh + FILE) with NVRTC for sm_90a and prints ptxas's resource
-report (registers, spills, shared memory) per entry point. No GPU needed.
-Usage: eval "$(bash .ci/nvrtc-setup.sh)"; python3 crates/gla-cuda/tools/ptxas_report.py crates/gla-cuda/kernels/lab/X.cu"""
+"""Compiles a kernel file with NVRTC for sm_90a and prints ptxas's resource report (registers,
+spills, shared memory) per entry point. No GPU needed. The program is the one src/kernels.rs
+builds: common/base.cuh, common/mma.cuh, common/chunk.cuh for gla/chunk_*.cu (base.cuh alone for
+the other gla/ files), common/base.cuh and nn/common.cuh for nn/*.cu.
+Usage: eval "$(bash .ci/nvrtc-setup.sh)"; python3 crates/gla-cuda/tools/ptxas_report.py crates/gla-cuda/kernels/gla/chunk_bwd.cu"""
 import ctypes, os, sys
 
 here = os.path.dirname(os.path.abspath(__file__))
-common = open(os.path.join(here, "..", "kernels", "common.cuh")).read()
+kernels = os.path.normpath(os.path.join(here, "..", "kernels"))
+
+
+def headers(path):
+    rel = os.path.relpath(os.path.abspath(path), kernels)
+    if rel.startswith("nn/"):
+        return ["common/base.cuh", "nn/common.cuh"]
+    if rel.startswith("gla/chunk_") and rel != "gla/chunk_fwd_f32.cu":
+        return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh"]
+    return ["common/base.cuh"]
+
+
 lib = None
 for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") + [""]:
     try:
@@ -16,7 +29,8 @@ for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") + [""]:
 if lib is None:
     sys.exit("libnvrtc.so.13 not found (run .ci/nvrtc-setup.sh)")
 for path in sys.argv[1:]:
-    src = (common + "\n#line 1 \"" + os.path.basename(path) + "\"\n" + open(path).read()).encode()
+    parts = [(h, open(os.path.join(kernels, h)).read()) for h in headers(path)] + [(os.path.relpath(os.path.abspath(path), kernels), open(path).read())]
+    src = "".join(f'#line 1 "{name}"\n{text}\n' for name, text in parts).encode()
     prog = ctypes.c_void_p()
     assert lib.nvrtcCreateProgram(ctypes.byref(prog), src, os.path.basename(path).encode(), 0, None, None) == 0
     opts = [b"--gpu-architecture=sm_90a", b"--std=c++17", b"--fmad=true", b"-default-device", b"--ptxas-options=-v"]

@@ -254,7 +254,7 @@ impl FeatureMap {
         Self::NAMES.iter().find(|(n, _)| *n == name).map(|&(_, f)| f)
     }
 
-    /// The code the GPU kernels take (`feature_map_fwd/bwd` in model_ops.cu): the variant's
+    /// The code the GPU kernels take (`feature_map_fwd/bwd` in gla-cuda kernels/nn/elementwise.cu): the variant's
     /// position in the enum.
     pub fn code(self) -> i32 {
         self as i32

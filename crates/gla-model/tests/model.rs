@@ -239,7 +239,7 @@ fn feature_maps_match_their_names_and_derivatives() {
         let f = FeatureMap::from_name(name).unwrap();
         assert!(close(f.apply(x), y), "{name}({x}) = {} (PyTorch: {y})", f.apply(x));
     }
-    // the GPU kernels (model_ops.cu fmap_/dfmap_) switch on these codes
+    // the GPU kernels (gla-cuda kernels/nn/elementwise.cu fmap_/dfmap_) switch on these codes
     let codes: Vec<i32> = ["relu", "relu2", "relu6", "leaky_relu", "sigmoid", "silu", "tanh", "gelu_new", "quick_gelu", "linear"]
         .iter()
         .map(|n| FeatureMap::from_name(n).unwrap().code())

@@ -1,4 +1,4 @@
-//! Times the chunked forward (v2 and v1) and forward+backward at bf16 through `gla_cuda::bench`.
+//! Times the chunked forward and forward+backward at bf16 through `gla_cuda::bench`.
 
 use std::sync::Arc;
 

@@ -1,6 +1,7 @@
-// common.cuh: helpers shared by every GLA kernel source. The runtime compiles each kernel as
-// common.cuh + <kernel>.cu in one NVRTC program, so no file includes anything (no toolkit
-// headers: the binary needs only the driver and libnvrtc).
+// common/base.cuh: the storage types and scalar helpers of every kernel. The runtime compiles
+// each kernel file as its common headers followed by the file, in one NVRTC program
+// (src/kernels.rs), so no file includes anything (no toolkit headers: the binary needs only the
+// driver and libnvrtc).
 //
 // bf16 is stored as `unsigned short` (the upper 16 bits of an f32); `bf16_t` below. Every index
 // product is computed in 64 bits (`idx_t`), since B*T*H*K exceeds 2^31 at real sizes.
@@ -20,6 +21,20 @@ template <> __device__ __forceinline__ bf16_t from_f32<bf16_t>(float x) {
     u += 0x7fffu + ((u >> 16) & 1u);
     return (bf16_t)(u >> 16);
 }
+
+// f32 -> bf16 in hardware (round to nearest even; NaN stays NaN), one or two at a time
+__device__ __forceinline__ bf16_t f2bf(float x) {
+    unsigned short r;
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(x));
+    return r;
+}
+__device__ __forceinline__ unsigned pack2(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+__device__ __forceinline__ float bf_lo(unsigned u) { return __uint_as_float(u << 16); }
+__device__ __forceinline__ float bf_hi(unsigned u) { return __uint_as_float(u & 0xffff0000u); }
 
 __device__ __forceinline__ float warp_sum(float x) {
     #pragma unroll

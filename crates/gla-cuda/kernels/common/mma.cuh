@@ -1,0 +1,78 @@
+// common/mma.cuh: the tensor-core and async-copy building blocks of the chunk kernels (sm_80+
+// PTX): ldmatrix fragment loads, mma.sync m16n8k16 (bf16 x bf16 -> f32), the fragment addresses
+// of 16x16 tiles in shared memory, cp.async 16-byte copies, and the 64-row tile loader.
+//
+// Fragment layout (mma.sync m16n8k16): lane l = 4 fg + ft holds rows fg and fg + 8, columns
+// 2 ft and 2 ft + 1 of each 16x8 accumulator tile (c[0..1] row fg, c[2..3] row fg + 8).
+
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    unsigned long long a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (unsigned)a;
+}
+__device__ __forceinline__ void ldsm4(unsigned r[4], const bf16_t* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)) : "memory");
+}
+__device__ __forceinline__ void ldsm4t(unsigned r[4], const bf16_t* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)) : "memory");
+}
+__device__ __forceinline__ void mma16816(float c[4], const unsigned a[4], unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// fragment addresses (lane l) for a 16x16 tile at (row0, col0) of a row-major bf16 smem matrix:
+// A operand stored [m][k]
+__device__ __forceinline__ const bf16_t* fa(const bf16_t* base, int ld, int r0, int c0, int l) {
+    return base + (r0 + (l & 7) + 8 * ((l >> 3) & 1)) * ld + c0 + 8 * (l >> 4);
+}
+// A operand stored transposed [k][m] (use with ldsm4t); r0 indexes k, c0 indexes m
+__device__ __forceinline__ const bf16_t* fat(const bf16_t* base, int ld, int r0, int c0, int l) {
+    return base + (r0 + (l & 7) + 8 * (l >> 4)) * ld + c0 + 8 * ((l >> 3) & 1);
+}
+// B operand (two n-tiles of 8) stored [k][n] (use with ldsm4t): r[0], r[1] tile n0, r[2], r[3] tile n0+8
+__device__ __forceinline__ const bf16_t* fbt(const bf16_t* base, int ld, int k0, int n0, int l) {
+    return base + (k0 + (l & 7) + 8 * ((l >> 3) & 1)) * ld + n0 + 8 * (l >> 4);
+}
+// B operand (two n-tiles) stored [n][k] (use with ldsm4): r[0], r[1] tile n0, r[2], r[3] tile n0+8
+__device__ __forceinline__ const bf16_t* fbn(const bf16_t* base, int ld, int k0, int n0, int l) {
+    return base + (n0 + (l & 7) + 8 * (l >> 4)) * ld + k0 + 8 * ((l >> 3) & 1);
+}
+__device__ __forceinline__ void cp16(void* s, const void* g, bool ok) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(s)), "l"(g), "r"(ok ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_wait0() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+
+// 64 rows x Cp columns (Cp % 8 == 0) of bf16 into smem dst (row stride lds): row t from
+// src + t * ldg, columns < C and rows < L read, the rest zero. vec: 16-byte pieces (C % 8 == 0,
+// src and ldg 16-byte aligned); async: through cp.async (the caller commits and waits).
+__device__ __forceinline__ void tile_load(bf16_t* dst, int lds, const bf16_t* src, idx_t ldg, int L, int C, int Cp,
+                                          bool vec, bool async, int tid, int nthr) {
+    if (vec) {
+        const int cpr = Cp >> 3;
+        for (int x = tid; x < 64 * cpr; x += nthr) {
+            const int t = x / cpr, c = (x % cpr) * 8;
+            const bool ok = t < L && c < C;
+            const bf16_t* gp = ok ? src + (idx_t)t * ldg + c : src;
+            if (async) {
+                cp16(dst + t * lds + c, gp, ok);
+            } else {
+                uint4 val;
+                val.x = val.y = val.z = val.w = 0u;
+                if (ok) val = *(const uint4*)gp;
+                *(uint4*)(dst + t * lds + c) = val;
+            }
+        }
+    } else {
+        for (int x = tid; x < 64 * Cp; x += nthr) {
+            const int t = x / Cp, c = x % Cp;
+            dst[t * lds + c] = (t < L && c < C) ? src[(idx_t)t * ldg + c] : (bf16_t)0;
+        }
+    }
+}

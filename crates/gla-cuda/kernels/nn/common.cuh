@@ -1,0 +1,44 @@
+// nn/common.cuh: the contract and helpers of the language model's row-wise and element-wise
+// kernels around the cuBLAS GEMMs and the GLA kernels (src/backend.rs and src/model.rs drive them).
+//
+// Contract (every nn kernel):
+// - row-major buffers; `n` rows (tokens, or token x head pairs), `d`/`c`/`v` columns; all index
+//   products in 64 bits (idx_t);
+// - dtypes are fixed per argument and named in the signature: `float*` f32, `bf16_t*` bf16 bits.
+//   The residual stream, norms' rstd, parameter masters and every parameter gradient are f32;
+//   GEMM operands are bf16; gradients flowing into an accumulation are f32;
+// - parameter-gradient kernels ACCUMULATE (+=) in a fixed order, so that a run repeats bitwise:
+//   column reductions write per-block partial sums and col_finalize adds them in block order;
+//   the embedding backward sums each token's rows in row order (rows sorted on the host); no
+//   atomics anywhere. Everything else WRITES its outputs;
+// - math in f32; the formulas are the CPU ops' (gla-model/src/ops.rs), which are the reference;
+// - grid-stride loops: any grid covers the rows (the host caps flat grids at 16 blocks per SM).
+
+__device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + __expf(-x)); }
+// swish(x) = x sigmoid(x) (the output gate, SiLU) and d swish / dx
+__device__ __forceinline__ float swishf_(float x) { return x * sigmoidf_(x); }
+__device__ __forceinline__ float dswishf_(float x) {
+    float s = sigmoidf_(x);
+    return s * (1.f + x * (1.f - s));
+}
+
+// column reductions for parameter gradients: dw[j] += sum_r f(r, j), one thread per column of a
+// 32-wide tile, 8 row lanes per block, blocks strided over rows; block y writes its partial sums
+// to part[y, :] and col_finalize (nn/reduce.cu) adds part[0..gy, j] to dw[j] in order
+// (deterministic).
+template <typename F>
+__device__ __forceinline__ void col_reduce(float* __restrict__ part, idx_t n, int cols, const F& f) {
+    __shared__ float lanes[8][33];
+    int j = blockIdx.x * 32 + threadIdx.x;
+    float s = 0.f;
+    if (j < cols)
+        for (idx_t r = blockIdx.y * 8 + threadIdx.y; r < n; r += (idx_t)gridDim.y * 8) s += f(r, j);
+    lanes[threadIdx.y][threadIdx.x] = s;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < cols) {
+        float t = 0.f;
+        #pragma unroll
+        for (int y = 0; y < 8; ++y) t += lanes[y][threadIdx.x];
+        part[(idx_t)blockIdx.y * cols + j] = t;
+    }
+}
