@@ -8,6 +8,7 @@ mod bench_train;
 mod check;
 mod generate;
 mod launch;
+mod model_dir;
 mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -21,7 +22,9 @@ Examples:
   gla check                           run the shared case table on every CPU path against the f64 oracle
   gla check --device cuda             the same table on the GPU kernels (f32 and bf16), plus T=65536,
                                       a >2^31-element tensor and repeat-run determinism
-  gla generate --model DIR           stream a continuation of stdin from an fla / Hugging Face GLA checkpoint (CPU)
+  gla generate --model DIR            stream a continuation of stdin from an fla / Hugging Face GLA checkpoint (CPU)
+  gla generate --model DIR --prompt-ids 1,2,3 --print-ids
+                                      the greedy continuation of token ids, printed as ids
   gla train                           train a small GLA on MQAR recall (T=128, 8 pairs) on the CPU, fla checkpoints
   gla train --data texts/ --out runs/text
                                       train a byte-level causal LM on a text file or folder (loss, perplexity)
@@ -62,7 +65,8 @@ enum Cmd {
     /// Generate text from a local fla / Hugging Face GLA directory on the CPU: prefill through the
     /// chunked op, decode through the recurrent op, constant memory per sequence.
     #[command(
-        after_help = "Examples:\n  gla generate --model DIR --prompt \"Once upon a time\" --max-new-tokens 64\n  echo hi | gla generate --model DIR --temperature 0.8 --top-p 0.9 --seed 1 --stop \"\\n\\n\"\n  gla generate --model DIR --prompts-file prompts.txt > out.jsonl"
+        after_help = "Examples:\n  gla generate --model DIR --prompt \"Once upon a time\" --max-new-tokens 64\n  echo hi | gla generate --model DIR --temperature 0.8 --top-p 0.9 --seed 1 --stop \"\\n\\n\"\n  gla generate --model DIR --prompts-file prompts.txt > out.jsonl\n  gla generate --model runs/text --prompt-ids 1,2,3 --prompt-ids 7,8 --print-ids --max-new-tokens 16\n  \
+        \x20   (greedy; one line of comma-separated generated ids per prompt; --device cuda works too)"
     )]
     Generate(generate::Args),
     /// Train a GLA language model on the CPU (default: MQAR recall, a small model, a few minutes;
