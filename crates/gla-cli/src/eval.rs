@@ -20,6 +20,7 @@ use crate::Device;
 /// The input tensor `gla eval --input` reads.
 pub const INPUT_IDS: &str = "input_ids";
 
+/// `gla eval`'s flags: a model and either `--input`/`--output` or `--data`.
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("source").required(true).args(["input", "data"])))]
 pub struct Args {
@@ -490,6 +491,11 @@ fn run_data(a: &Args, model: &GlaModel, dir: &Path, src: &Path) -> Result<bool> 
     Ok(true)
 }
 
+/// Runs `gla eval`.
+///
+/// # Errors
+/// A model that does not load, a bad input file or corpus ([`InputError`], text errors), device
+/// errors, an unwritable output.
 pub fn run(a: &Args) -> Result<bool> {
     a.device.ensure_built()?;
     let (model, dir) = crate::model_dir::load(&a.model)?;
