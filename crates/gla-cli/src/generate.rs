@@ -8,7 +8,6 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use gla_model::generate::{generate_ids, Decoder, GenerateOptions, Generation};
 use gla_model::sample::{Sampler, SamplingParams};
-use gla_model::shards::load_model_dir;
 use gla_model::tokenizer::Tokenizer;
 use gla_model::{GlaConfig, GlaModel, Rng};
 use serde::Serialize;
@@ -51,18 +50,28 @@ impl SamplingArgs {
 pub struct Args {
     /// Model directory: config.json + model.safetensors (or model.safetensors.index.json and its
     /// shards), and tokenizer.json when the model has one (byte-level otherwise; reading
-    /// tokenizer.json needs a gla built with `--features hf-tokenizer`).
+    /// tokenizer.json needs a gla built with `--features hf-tokenizer`); or a `gla train` run
+    /// directory, which stands for its newest checkpoint.
     #[arg(long)]
     model: PathBuf,
     /// Where the model runs: cpu (f32), or cuda (bf16 weights, f32 states; a gla built with
     /// `--features cuda`).
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
-    /// The prompt. Without --prompt, --prompt-file or --prompts-file, the prompt is read from stdin.
-    #[arg(long, conflicts_with_all = ["prompt_file", "prompts_file"])]
+    /// The prompt. Without --prompt, --prompt-file, --prompts-file or --prompt-ids, the prompt is
+    /// read from stdin.
+    #[arg(long, conflicts_with_all = ["prompt_file", "prompts_file", "prompt_ids"])]
     prompt: Option<String>,
+    /// The prompt as token ids, comma-separated (e.g. `1,2,3`), bypassing the tokenizer; repeat
+    /// the flag for a batch (one prompt each).
+    #[arg(long, value_name = "IDS", conflicts_with_all = ["prompt_file", "prompts_file"])]
+    prompt_ids: Vec<String>,
+    /// Print the generated token ids instead of the text: comma-separated, one line per prompt
+    /// (an end-of-sequence id that stopped a sequence included).
+    #[arg(long)]
+    print_ids: bool,
     /// Read the prompt from this file (all of it, newlines included).
-    #[arg(long, conflicts_with = "prompts_file")]
+    #[arg(long, conflicts_with_all = ["prompts_file", "prompt_ids"])]
     prompt_file: Option<PathBuf>,
     /// One prompt per line (empty lines skipped), generated as one batch; prints one JSON object
     /// per prompt, in order: {"index", "prompt", "text", "tokens", "stop"}.
@@ -144,16 +153,74 @@ fn generate_cuda(
     bail!("this gla was built without the `cuda` feature: cargo build --release -p gla-cli --features cuda")
 }
 
+/// A `--prompt-ids` value that is no prompt of this model.
+#[derive(Debug, thiserror::Error)]
+pub enum PromptIdsError {
+    /// A piece between commas is not a non-negative integer.
+    #[error("--prompt-ids (prompt {prompt}): `{text}` is not a token id (expected comma-separated integers such as 1,2,3)")]
+    NotAnId {
+        /// The prompt's index (the flag's occurrence, from 0).
+        prompt: usize,
+        /// The piece as given.
+        text: String,
+    },
+    /// An id at or above the model's vocabulary size.
+    #[error("--prompt-ids (prompt {prompt}): token id {id} at position {position} is outside the model's vocabulary of {vocab} tokens (ids 0..={max})", max = vocab - 1)]
+    OutOfVocab {
+        /// The prompt's index.
+        prompt: usize,
+        /// The id's position in the prompt.
+        position: usize,
+        /// The id.
+        id: u64,
+        /// The model's vocabulary size.
+        vocab: usize,
+    },
+    /// No id at all.
+    #[error("--prompt-ids (prompt {prompt}) is empty: a prompt needs at least one token id")]
+    Empty {
+        /// The prompt's index.
+        prompt: usize,
+    },
+}
+
+/// Parses `--prompt-ids` values (`"1,2,3"`, one per prompt) against a vocabulary of `vocab`.
+///
+/// # Errors
+/// [`PromptIdsError`] naming the prompt, the bad piece or id and the vocabulary size.
+pub fn parse_prompt_ids(values: &[String], vocab: usize) -> Result<Vec<Vec<u32>>, PromptIdsError> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(prompt, v)| {
+            if v.trim().is_empty() {
+                return Err(PromptIdsError::Empty { prompt });
+            }
+            v.split(',')
+                .enumerate()
+                .map(|(position, piece)| {
+                    let text = piece.trim();
+                    let id: u64 = text.parse().map_err(|_| PromptIdsError::NotAnId { prompt, text: text.to_string() })?;
+                    if id >= vocab as u64 {
+                        return Err(PromptIdsError::OutOfVocab { prompt, position, id, vocab });
+                    }
+                    Ok(id as u32)
+                })
+                .collect()
+        })
+        .collect()
+}
+
 pub fn run(a: &Args) -> Result<bool> {
     a.device.ensure_built()?;
     let t0 = Instant::now();
-    let model = load_model_dir(&a.model).with_context(|| format!("loading the model from {}", a.model.display()))?;
-    let tok = if a.byte_tokenizer { Tokenizer::Bytes } else { Tokenizer::from_dir(&a.model)? };
+    let (model, dir) = crate::model_dir::load(&a.model)?;
+    let tok = crate::model_dir::tokenizer(&dir, a.byte_tokenizer)?;
     let load_s = t0.elapsed().as_secs_f64();
     if a.stats {
         eprintln!(
             "loaded {} ({} parameters, {} layers) in {load_s:.2} s; tokenizer: {}; state per sequence: {:.1} KiB",
-            a.model.display(),
+            dir.display(),
             model.num_params(),
             model.dims.layers,
             tok.describe(),
@@ -166,30 +233,37 @@ pub fn run(a: &Args) -> Result<bool> {
         stop_strings: a.stop.iter().map(|s| unescape(s)).collect(),
         eos: if a.ignore_eos { Vec::new() } else { GenerateOptions::eos_from_config(&model) },
     };
-    let prompts: Vec<String> = if let Some(f) = &a.prompts_file {
-        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
-        let v: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
-        if v.is_empty() {
-            bail!("{} holds no prompt (one per line)", f.display());
-        }
-        v
-    } else if let Some(p) = &a.prompt {
-        vec![p.clone()]
-    } else if let Some(f) = &a.prompt_file {
-        vec![std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?]
+    let (prompts, ids): (Vec<String>, Vec<Vec<u32>>) = if !a.prompt_ids.is_empty() {
+        (a.prompt_ids.clone(), parse_prompt_ids(&a.prompt_ids, model.dims.vocab)?)
     } else {
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s).context("reading the prompt from stdin")?;
-        vec![s]
+        let prompts: Vec<String> = if let Some(f) = &a.prompts_file {
+            let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+            let v: Vec<String> = text.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect();
+            if v.is_empty() {
+                bail!("{} holds no prompt (one per line)", f.display());
+            }
+            v
+        } else if let Some(p) = &a.prompt {
+            vec![p.clone()]
+        } else if let Some(f) = &a.prompt_file {
+            vec![std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?]
+        } else {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("reading the prompt from stdin")?;
+            vec![s]
+        };
+        let ids = prompts.iter().map(|p| tok.encode(p)).collect::<Result<Vec<_>, _>>()?;
+        (prompts, ids)
     };
-    let ids = prompts.iter().map(|p| tok.encode(p)).collect::<Result<Vec<_>, _>>()?;
-    let batch = a.prompts_file.is_some();
+    // several prompts give one JSON line each; ids are printed once generation is done
+    let batch = a.prompts_file.is_some() || a.prompt_ids.len() > 1;
+    let stream = !batch && !a.print_ids;
     let stdout = std::io::stdout();
     let t1 = Instant::now();
     let mut first: Option<f64> = None;
     let mut on_text = |_i: usize, s: &str| {
         first.get_or_insert_with(|| t1.elapsed().as_secs_f64());
-        if !batch {
+        if stream {
             let mut out = stdout.lock();
             // a closed pipe (e.g. `| head`) ends the output, not the program with a panic
             let _ = out.write_all(s.as_bytes()).and_then(|_| out.flush());
@@ -201,7 +275,12 @@ pub fn run(a: &Args) -> Result<bool> {
     };
     let secs = t1.elapsed().as_secs_f64();
     let mut out = stdout.lock();
-    if batch {
+    if a.print_ids {
+        for g in &gens {
+            let line: Vec<String> = g.tokens.iter().map(u32::to_string).collect();
+            let _ = writeln!(out, "{}", line.join(","));
+        }
+    } else if batch {
         for (i, (g, p)) in gens.iter().zip(&prompts).enumerate() {
             let line = serde_json::to_string(&Line { index: i, prompt: p, text: &g.text, tokens: g.tokens.len(), stop: g.stop.as_str() })?;
             let _ = writeln!(out, "{line}");
@@ -305,7 +384,7 @@ pub fn bench(a: &BenchArgs) -> Result<bool> {
         bail!("--prompt-len, --new-tokens and every --batch must be > 0");
     }
     let model = match (&a.model, &a.config) {
-        (Some(dir), _) => load_model_dir(dir).with_context(|| format!("loading {}", dir.display()))?,
+        (Some(dir), _) => crate::model_dir::load(dir)?.0,
         (None, c) => {
             let config = match c {
                 Some(json) => GlaConfig::from_json(json)?,

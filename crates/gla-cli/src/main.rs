@@ -6,8 +6,10 @@
 mod bench;
 mod bench_train;
 mod check;
+mod eval;
 mod generate;
 mod launch;
+mod model_dir;
 mod train;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -21,7 +23,13 @@ Examples:
   gla check                           run the shared case table on every CPU path against the f64 oracle
   gla check --device cuda             the same table on the GPU kernels (f32 and bf16), plus T=65536,
                                       a >2^31-element tensor and repeat-run determinism
-  gla generate --model DIR           stream a continuation of stdin from an fla / Hugging Face GLA checkpoint (CPU)
+  gla eval --model DIR --input ids.safetensors --output out.safetensors --grads
+                                      logits, loss and every gradient of input_ids [B, T] (safetensors in and out)
+  gla eval --model runs/text --data texts/
+                                      loss, perplexity and bits per byte of a model (or a run's newest checkpoint) on a text
+  gla generate --model DIR            stream a continuation of stdin from an fla / Hugging Face GLA checkpoint (CPU)
+  gla generate --model DIR --prompt-ids 1,2,3 --print-ids
+                                      the greedy continuation of token ids, printed as ids
   gla train                           train a small GLA on MQAR recall (T=128, 8 pairs) on the CPU, fla checkpoints
   gla train --data texts/ --out runs/text
                                       train a byte-level causal LM on a text file or folder (loss, perplexity)
@@ -59,10 +67,19 @@ enum Cmd {
     /// Exits with status 1 if any tensor of any case is outside its tolerance.
     #[command(after_help = "Example:\n  gla check --device cpu --json check.json")]
     Check(check::Args),
+    /// Evaluate a model: its logits, loss (and gradients) on token ids from a safetensors file,
+    /// or its loss, perplexity and bits per token / byte over a text file or folder.
+    #[command(after_help = "Examples:\n  \
+        gla eval --model DIR --input batch.safetensors --output out.safetensors --grads\n  \
+        \x20   (input_ids i64/i32 [B, T] in; logits [B, T, vocab], loss [1], grad.<name> out, all f32)\n  \
+        gla eval --model runs/text --data texts/ --seq-len 512 --batch-size 8\n  \
+        gla eval --model DIR --data wiki.txt --json --device cuda      (one JSON line on stdout)")]
+    Eval(eval::Args),
     /// Generate text from a local fla / Hugging Face GLA directory on the CPU: prefill through the
     /// chunked op, decode through the recurrent op, constant memory per sequence.
     #[command(
-        after_help = "Examples:\n  gla generate --model DIR --prompt \"Once upon a time\" --max-new-tokens 64\n  echo hi | gla generate --model DIR --temperature 0.8 --top-p 0.9 --seed 1 --stop \"\\n\\n\"\n  gla generate --model DIR --prompts-file prompts.txt > out.jsonl"
+        after_help = "Examples:\n  gla generate --model DIR --prompt \"Once upon a time\" --max-new-tokens 64\n  echo hi | gla generate --model DIR --temperature 0.8 --top-p 0.9 --seed 1 --stop \"\\n\\n\"\n  gla generate --model DIR --prompts-file prompts.txt > out.jsonl\n  gla generate --model runs/text --prompt-ids 1,2,3 --prompt-ids 7,8 --print-ids --max-new-tokens 16\n  \
+        \x20   (greedy; one line of comma-separated generated ids per prompt; --device cuda works too)"
     )]
     Generate(generate::Args),
     /// Train a GLA language model on the CPU (default: MQAR recall, a small model, a few minutes;
@@ -137,6 +154,7 @@ fn main() {
     let res = match cli.cmd {
         Cmd::Bench(BenchCmd::Ops(a)) => bench::ops(&a),
         Cmd::Check(a) => check::run(&a),
+        Cmd::Eval(a) => eval::run(&a),
         Cmd::Generate(a) => generate::run(&a),
         Cmd::Bench(BenchCmd::Generate(a)) => generate::bench(&a),
         Cmd::Bench(BenchCmd::Train(a)) => bench_train::run(&a),

@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 
 use gla_model::checkpoint::save_model;
-use gla_model::generate::{generate, GenerateOptions};
+use gla_model::generate::{generate, generate_ids, GenerateOptions};
 use gla_model::tokenizer::Tokenizer;
 use gla_model::{GlaConfig, GlaModel};
 
@@ -62,6 +62,55 @@ fn generate_cli_streams_what_the_library_generates() {
     assert_eq!(lines[0]["text"], want.text.as_str());
     assert_eq!(lines[2]["prompt"], "The longest prompt of the three");
     assert_eq!(lines[1]["tokens"], 12);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn generate_cli_prompt_ids_print_the_library_greedy_ids() {
+    let (dir, m) = tiny_dir("ids");
+    let d = dir.to_str().unwrap();
+    let opts = GenerateOptions { max_new_tokens: 10, ..Default::default() };
+    let prompts = vec![vec![72u32, 101, 108], vec![1, 2, 3, 4, 5, 255]];
+    let want = generate_ids(&m, &Tokenizer::Bytes, &prompts, &opts, &mut |_, _| {}).unwrap();
+    let lines = |gens: &[gla_model::generate::Generation]| {
+        gens.iter().map(|g| g.tokens.iter().map(u32::to_string).collect::<Vec<_>>().join(",") + "\n").collect::<String>()
+    };
+    let args = ["--max-new-tokens", "10", "--ignore-eos", "--temperature", "0", "--print-ids"];
+    let (code, out, err) =
+        gla(&[&["generate", "--model", d, "--prompt-ids", "72,101,108", "--prompt-ids", "1, 2,3,4,5,255"][..], &args].concat(), None);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, lines(&want));
+    assert_eq!(want[0].tokens.len(), 10);
+    // one prompt alone gives its batch line; the same ids as text decode to the library's text
+    let (code, out, err) = gla(&[&["generate", "--model", d, "--prompt-ids", "72,101,108"][..], &args].concat(), None);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, lines(&want[..1]));
+    let (_, text, _) = gla(&["generate", "--model", d, "--prompt-ids", "72,101,108", "--max-new-tokens", "10", "--ignore-eos"], None);
+    assert_eq!(text, format!("{}\n", want[0].text));
+    // a text prompt with --print-ids prints the ids of its continuation
+    let (_, out, _) = gla(&[&["generate", "--model", d, "--prompt", "Hel"][..], &args].concat(), None);
+    assert_eq!(out, lines(&want[..1]));
+
+    // a run directory stands for its newest checkpoint
+    let run = dir.join("run");
+    save_model(&run.join("checkpoint-3"), &m).unwrap();
+    std::fs::write(run.join("checkpoint-3").join("trainer_state.json"), "{}").unwrap();
+    std::fs::write(run.join("latest"), "checkpoint-3").unwrap();
+    let (code, out, err) = gla(&[&["generate", "--model", run.to_str().unwrap(), "--prompt-ids", "72,101,108"][..], &args].concat(), None);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, lines(&want[..1]));
+
+    // typed errors naming the id and the vocabulary
+    for (ids, want) in [
+        ("1,256,3", "token id 256 at position 1 is outside the model's vocabulary of 256 tokens (ids 0..=255)"),
+        ("1,x", "`x` is not a token id"),
+        ("1,-4", "`-4` is not a token id"),
+        ("", "is empty"),
+    ] {
+        let (code, _, err) = gla(&["generate", "--model", d, "--prompt-ids", ids], None);
+        assert_eq!(code, 1, "{ids}");
+        assert!(err.contains(want), "{ids}: {err}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

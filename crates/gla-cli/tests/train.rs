@@ -70,6 +70,11 @@ fn train_on_a_text_folder_and_resume_exactly() {
     assert_eq!(m.iter().filter(|x| x.0 == "train").count(), 5);
     assert_eq!(m.iter().filter(|x| x.0 == "eval").map(|x| x.1).collect::<Vec<_>>(), [2, 4, 5]);
     assert!(full.join("loss_curve.png").is_file() && full.join("checkpoint-5").join("model.safetensors").is_file());
+    let png = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(full.join("loss_curve.png")).unwrap()));
+    let mut png = png.read_info().expect("loss_curve.png is a PNG");
+    let mut px = vec![0; png.output_buffer_size().unwrap()];
+    let info = png.next_frame(&mut px).expect("its image data decodes");
+    assert!(info.width >= 640 && info.height >= 400 && px.iter().any(|&v| v < 128), "{info:?}");
     let cached: Vec<_> = std::fs::read_dir(full.join("data")).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(cached.len() == 1 && cached[0].to_string_lossy().ends_with(".glatok"), "{cached:?}");
 
