@@ -121,7 +121,7 @@ enum BenchCmd {
 
 /// Keeps large buffers in the heap between calls (glibc only). By default glibc serves every
 /// allocation over 128 KiB-32 MiB with a fresh `mmap` and returns it on free, so each op call
-/// page-faults its activations anew: measured at ~30% of the CPU chunked forward's time.
+/// page-faults its activations anew, a large share of the CPU chunked forward's time.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn tune_allocator() {
     const M_TRIM_THRESHOLD: i32 = -1;

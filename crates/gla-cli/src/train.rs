@@ -127,8 +127,8 @@ pub struct Args {
     #[arg(long, default_value_t = 200)]
     warmup: u64,
     /// Steps of the cosine decay to --min-lr, constant after (0 = --steps). The defaults (a
-    /// 200-step warmup to 3e-3, cosine over 2000 steps) took MQAR off its plateau by step 400-600
-    /// for every (init, data) seed pair we tried (tools/mqar_sweep.sh).
+    /// 200-step warmup to 3e-3, cosine over 2000 steps) are chosen for robustness across (init,
+    /// data) seed pairs (tools/mqar_sweep.sh; the record is in bench/results/).
     #[arg(long, default_value_t = 2000)]
     decay_steps: u64,
     /// AdamW weight decay (matrices only).
