@@ -6,7 +6,7 @@
 # Usage, from the repo root on the GPU machine:  bench/ab_binaries.sh OLD_GLA NEW_GLA
 set -uo pipefail
 A="$1"; B="$2"
-OUT="${OUT:-bench/out}"; W="$OUT/ab"; mkdir -p "$W"
+OUT="${OUT:-bench/out}"; W="$(mktemp -d)/ab"; mkdir -p "$W"
 export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader > "$W/card.txt"
 for round in 1 2; do
@@ -20,6 +20,6 @@ done
 timeout 300 "$B" check --device cuda --fla-fixtures crates/gla-model/tests/fixtures/fla > "$W/check.txt" 2>&1
 echo "check rc=$? $(tail -1 "$W/check.txt")" > "$W/check_summary.txt"
 grep FAIL "$W/check.txt" | head -20 >> "$W/check_summary.txt"
-tar czf "$OUT/ab.tar.gz" -C "$OUT" ab
+tar czf "$OUT/ab.tar.gz" -C "$(dirname "$W")" ab
 python3 bench/ab_summary.py "$W"
 cat "$W/check_summary.txt"
