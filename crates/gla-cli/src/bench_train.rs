@@ -353,8 +353,12 @@ fn cuda_rank(a: &Args, model: &GlaModel, fpt: f64, job: &crate::launch::Job) -> 
     let cuda = gla_cuda::Cuda::with_ordinal(env.gpu_ordinal()?)?;
     let comm = gla_cuda::dist::Comm::init(&cuda, env, gla_cuda::dist::timeout_from_env()?)?;
     let cfg = AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() };
-    let opt = AdamW::new(cfg, &model.layout);
-    let mut eng = gla_cuda::GpuEngine::new(cuda.clone(), model, &opt, a.batch, a.seq_len)?.with_comm(comm)?;
+    let mut opt = AdamW::new(cfg, &model.layout);
+    let mut gpu = gla_cuda::GpuModel::for_training(cuda.clone(), model, &opt)?;
+    gpu.attach_comm(comm)?;
+    let mut eng = gla_model::DeviceEngine::new(gpu, model, a.batch, a.seq_len)?;
+    // the engine never reads the host weights of a GPU device; the update only counts steps
+    let mut host = model.clone();
     let run = timed_steps(
         a,
         model.dims.vocab,
@@ -362,9 +366,9 @@ fn cuda_rank(a: &Args, model: &GlaModel, fpt: f64, job: &crate::launch::Job) -> 
         || Ok(cuda.sync()?),
         |ids, targets| {
             eng.zero_grads()?;
-            let out = eng.forward(ids, targets)?;
-            eng.backward(1.0, true)?;
-            eng.update(&cfg, 3e-4, 1.0)?;
+            let out = eng.forward(&host, ids, targets)?;
+            eng.backward(&host, 1.0, true)?;
+            eng.update(&mut host, &mut opt, &cfg, 3e-4, 1.0)?;
             Ok(out.loss)
         },
     )?;

@@ -281,12 +281,11 @@ fn fmt_secs(s: f64) -> String {
 /// rank of it (NCCL communicator, this rank's slice of every batch).
 #[cfg(feature = "cuda")]
 fn on_cuda(tr: Trainer, job: Option<&crate::launch::Job>) -> Result<Trainer> {
-    let dev = |e: gla_cuda::Error| gla_model::Error::Device(e.to_string());
     let Some(job) = job else {
         let cuda = gla_cuda::Cuda::new().context("opening the GPU")?;
         return Ok(tr.with_engine(|model, opt, b, t| {
-            let e = gla_cuda::GpuEngine::new(cuda, model, opt, b, t).map_err(dev)?;
-            Ok(Box::new(e) as Box<dyn gla_model::Engine>)
+            let gpu = gla_cuda::GpuModel::for_training(cuda, model, opt)?;
+            Ok(Box::new(gla_model::DeviceEngine::new(gpu, model, b, t)?) as Box<dyn gla_model::Engine>)
         })?);
     };
     let env = &job.env;
@@ -297,9 +296,10 @@ fn on_cuda(tr: Trainer, job: Option<&crate::launch::Job>) -> Result<Trainer> {
     let gpu = env.gpu_ordinal()?;
     let cuda = gla_cuda::Cuda::with_ordinal(gpu).with_context(|| format!("opening GPU {gpu} (LOCAL_RANK {})", env.local_rank))?;
     Ok(tr.with_sharded_engine(shard, |model, opt, b, t| {
-        let comm = gla_cuda::dist::Comm::init(&cuda, env, timeout).map_err(dev)?;
-        let e = gla_cuda::GpuEngine::new(cuda, model, opt, b, t).and_then(|e| e.with_comm(comm)).map_err(dev)?;
-        Ok(Box::new(e) as Box<dyn gla_model::Engine>)
+        let comm = gla_cuda::dist::Comm::init(&cuda, env, timeout)?;
+        let mut gpu = gla_cuda::GpuModel::for_training(cuda, model, opt)?;
+        gpu.attach_comm(comm)?;
+        Ok(Box::new(gla_model::DeviceEngine::new(gpu, model, b, t)?) as Box<dyn gla_model::Engine>)
     })?)
 }
 

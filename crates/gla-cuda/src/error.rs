@@ -119,3 +119,14 @@ impl From<Error> for gla_core::Error {
         }
     }
 }
+
+/// A device error at the language model's boundary (the training engine, the decoder): model
+/// errors come back as they were, the others as [`gla_model::Error::Device`].
+impl From<Error> for gla_model::Error {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Model(m) => m,
+            e => gla_model::Error::Device(e.to_string()),
+        }
+    }
+}

@@ -46,6 +46,6 @@ pub mod ops;
 pub mod runtime;
 
 pub use error::{Error, Result};
-pub use model::{GpuActivations, GpuDecoder, GpuEngine, GpuModel, GpuState};
+pub use model::{GpuActivations, GpuDecoder, GpuModel, GpuState};
 pub use op::{Algo, CudaGla};
 pub use runtime::Cuda;

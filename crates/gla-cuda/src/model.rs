@@ -503,99 +503,69 @@ impl GpuModel {
     }
 }
 
-/// The GPU as a training [`gla_model::Engine`]: a [`GpuModel`] and its activations for one batch
-/// shape, driven by `gla_model::Trainer` (`gla train --device cuda`). With a communicator
-/// ([`GpuEngine::with_comm`]) it is one rank of a data-parallel run and follows the engine
-/// contract for that: statistics of the global batch, gradients summed over the ranks.
-pub struct GpuEngine {
-    model: GpuModel,
-    acts: GpuActivations,
-    /// Labelled positions of the last forward: this rank's and the global batch's.
-    valid: (usize, usize),
-}
-
-impl GpuEngine {
-    /// Uploads `model` (weights) and, when `opt` has taken steps, its AdamW moments; buffers for
-    /// `[b, t]` batches.
+impl GpuModel {
+    /// A model for training `model` from the state of `opt` (its AdamW moments when it has
+    /// taken steps): what [`gla_model::DeviceEngine`] drives (`gla train --device cuda`).
     ///
     /// # Errors
-    /// As [`GpuModel::new`] and [`GpuModel::activations`].
-    pub fn new(cuda: Arc<Cuda>, model: &GlaModel, opt: &gla_model::optim::AdamW, b: usize, t: usize) -> Result<Self> {
+    /// As [`GpuModel::new`] and [`GpuModel::set_moments`].
+    pub fn for_training(cuda: Arc<Cuda>, model: &GlaModel, opt: &gla_model::optim::AdamW) -> Result<Self> {
         let mut gpu = GpuModel::new(cuda, model)?;
         if opt.step > 0 {
             gpu.set_moments(&opt.m, &opt.v, opt.step)?;
         }
-        let acts = gpu.activations(b, t)?;
-        Ok(Self { model: gpu, acts, valid: (0, 0) })
-    }
-
-    /// Makes the engine one rank of a data-parallel run over `comm` (see
-    /// [`GpuModel::attach_comm`]); `b` of [`GpuEngine::new`] is then this rank's share of the
-    /// global batch.
-    ///
-    /// # Errors
-    /// As [`GpuModel::attach_comm`].
-    pub fn with_comm(mut self, comm: Comm) -> Result<Self> {
-        self.model.attach_comm(comm)?;
-        Ok(self)
-    }
-
-    /// The model.
-    pub fn model(&self) -> &GpuModel {
-        &self.model
+        Ok(gpu)
     }
 }
 
-fn dev(e: Error) -> gla_model::Error {
-    gla_model::Error::Device(e.to_string())
-}
+/// The GPU as a training device of the one engine ([`gla_model::DeviceEngine`]): its own copy of
+/// the weights, gradients and moments; with a communicator ([`GpuModel::attach_comm`]) one rank
+/// of a data-parallel run (statistics and gradient sums over NCCL).
+impl gla_model::TrainDevice for GpuModel {
+    type Buf = GpuBuf;
+    type Error = Error;
 
-impl gla_model::Engine for GpuEngine {
     fn name(&self) -> String {
-        let c = self.model.cuda();
-        match self.model.comm() {
+        let c = self.cuda();
+        match self.comm() {
             Some(comm) => format!("cuda:{} ({}), rank {} of {} (NCCL)", c.name(), c.arch(), comm.rank(), comm.world()),
             None => format!("cuda:{} ({})", c.name(), c.arch()),
         }
     }
-    fn forward(&mut self, ids: &[u32], targets: &[i64]) -> gla_model::Result<LossOut> {
-        let out = self.model.forward(&mut self.acts, ids, targets).map_err(dev)?;
-        if self.model.comm().is_none() {
-            self.valid = (out.n_valid, out.n_valid);
-            return Ok(out);
+    fn world(&self) -> usize {
+        self.comm().map_or(1, |c| c.world())
+    }
+    fn activations(&self, _host: &GlaModel, b: usize, t: usize) -> Result<GpuActivations> {
+        GpuModel::activations(self, b, t)
+    }
+    fn forward(&mut self, _host: &GlaModel, acts: &mut GpuActivations, ids: &[u32], targets: &[i64]) -> Result<LossOut> {
+        GpuModel::forward(self, acts, ids, targets)
+    }
+    fn backward(&mut self, _host: &GlaModel, acts: &mut GpuActivations, scale: f32, reduce: bool) -> Result<()> {
+        self.backward_impl(acts, scale, reduce)
+    }
+    fn zero_grads(&mut self) -> Result<()> {
+        GpuModel::zero_grads(self)
+    }
+    fn update(&mut self, _host: &mut GlaModel, opt: &mut gla_model::optim::AdamW, cfg: &AdamWConfig, lr: f32, clip: f32) -> Result<f64> {
+        let norm = self.adamw_step(cfg, lr, clip)?;
+        if norm.is_finite() {
+            // the host optimizer counts the steps; its moments are refreshed by `download`
+            opt.step += 1;
         }
-        let mut s = [out.loss * out.n_valid as f64, out.n_valid as f64, out.correct as f64];
-        self.model.all_reduce_host(&mut s).map_err(dev)?;
-        let total = s[1] as usize;
-        self.valid = (out.n_valid, total);
-        Ok(LossOut { loss: s[0] / s[1].max(1.0), n_valid: total, correct: s[2] as usize })
+        Ok(norm)
     }
-    fn backward(&mut self, scale: f32, last: bool) -> gla_model::Result<()> {
-        // d(global mean)/d(this rank's mean) = this rank's share of the labelled positions;
-        // summed over the ranks, the scaled gradients are those of the global batch
-        let (mine, total) = self.valid;
-        let scale = if mine == total { scale } else { scale * mine as f32 / total.max(1) as f32 };
-        if last {
-            self.model.backward_and_reduce(&mut self.acts, scale).map_err(dev)
-        } else {
-            self.model.backward(&mut self.acts, scale).map_err(dev)
-        }
-    }
-    fn zero_grads(&mut self) -> gla_model::Result<()> {
-        self.model.zero_grads().map_err(dev)
-    }
-    fn update(&mut self, cfg: &AdamWConfig, lr: f32, clip: f32) -> gla_model::Result<f64> {
-        self.model.adamw_step(cfg, lr, clip).map_err(dev)
-    }
-    fn download(&self, model: &mut GlaModel, opt: &mut gla_model::optim::AdamW) -> gla_model::Result<()> {
-        let host = self.model.to_host().map_err(dev)?;
-        model.params = host.params;
-        if let Some((m, v, step)) = self.model.moments_to_host().map_err(dev)? {
+    fn download(&self, host: &mut GlaModel, opt: &mut gla_model::optim::AdamW) -> Result<()> {
+        host.params = self.to_host()?.params;
+        if let Some((m, v, step)) = self.moments_to_host()? {
             opt.m = m;
             opt.v = v;
             opt.step = step;
         }
         Ok(())
+    }
+    fn all_reduce_host(&mut self, v: &mut [f64]) -> Result<()> {
+        GpuModel::all_reduce_host(self, v)
     }
 }
 
@@ -934,12 +904,12 @@ impl GpuDecoder {
 impl gla_model::generate::Decoder for GpuDecoder {
     type State = GpuState;
     fn new_state(&self) -> gla_model::Result<GpuState> {
-        GpuDecoder::new_state(self).map_err(dev)
+        GpuDecoder::new_state(self).map_err(Into::into)
     }
     fn prefill_batch(&self, prompts: &[&[u32]], states: &mut [&mut GpuState]) -> gla_model::Result<Vec<Vec<f32>>> {
-        GpuDecoder::prefill_batch(self, prompts, states).map_err(dev)
+        GpuDecoder::prefill_batch(self, prompts, states).map_err(Into::into)
     }
     fn decode_batch(&self, ids: &[u32], states: &mut [&mut GpuState]) -> gla_model::Result<Vec<Vec<f32>>> {
-        GpuDecoder::decode_batch(self, ids, states).map_err(dev)
+        GpuDecoder::decode_batch(self, ids, states).map_err(Into::into)
     }
 }

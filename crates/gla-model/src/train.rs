@@ -19,8 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, OPTIMIZER_FILE, STATE_FILE};
 use crate::data::Mqar;
-use crate::model::{Activations, GlaModel, LossOut};
-use crate::optim::{clip_grad_norm, cosine_lr, AdamW, AdamWConfig};
+use crate::engine::{CpuDevice, DeviceEngine, Engine};
+use crate::model::{GlaModel, LossOut};
+use crate::optim::{cosine_lr, AdamW, AdamWConfig};
 use crate::text::{TextData, TextTask};
 use crate::{Error, GlaConfig, Result};
 
@@ -173,52 +174,6 @@ pub struct TrainerState {
     pub evals: Vec<EvalStats>,
 }
 
-/// A device that runs the model's training math in place of the CPU (the GPU: gla-cuda's
-/// `GpuEngine`). It holds its own copy of the weights, gradients and AdamW moments, and a batch
-/// shape `[B, T]` fixed when it is made; the [`Trainer`] keeps driving the data, the schedule and
-/// the checkpoints, and downloads the device's state into its host model and optimizer before
-/// each checkpoint.
-///
-/// A data-parallel engine (one of `world` processes, [`Trainer::with_sharded_engine`]) makes its
-/// results those of the global batch: [`Engine::forward`] returns the statistics summed over
-/// every process's micro-batch, [`Engine::backward`] accumulates the gradient of the global mean
-/// loss, and [`Engine::update`] steps on the gradients summed over the processes, so every
-/// process holds the same weights.
-pub trait Engine: Send {
-    /// A short description (device name), for logs.
-    fn name(&self) -> String;
-    /// Forward of one `[B, T]` batch; see [`GlaModel::forward`]. A data-parallel engine returns
-    /// the mean loss, labelled positions and correct predictions of the global batch.
-    ///
-    /// # Errors
-    /// Device errors, mapped to [`Error::Device`].
-    fn forward(&mut self, ids: &[u32], targets: &[i64]) -> Result<LossOut>;
-    /// Backward of the last forward, accumulating `scale * d(mean loss)` into the gradients (the
-    /// mean over the global batch's labelled positions for a data-parallel engine). `last`: the
-    /// step's final micro-batch, after which the gradients are complete (a data-parallel engine
-    /// starts summing them across processes during this backward).
-    ///
-    /// # Errors
-    /// As [`Engine::forward`].
-    fn backward(&mut self, scale: f32, last: bool) -> Result<()>;
-    /// Zeroes the gradients.
-    ///
-    /// # Errors
-    /// As [`Engine::forward`].
-    fn zero_grads(&mut self) -> Result<()>;
-    /// Clips the gradients to global norm `clip` (0: none) and takes one AdamW step at `lr`;
-    /// returns the norm before clipping. A non-finite norm leaves the weights untouched.
-    ///
-    /// # Errors
-    /// As [`Engine::forward`].
-    fn update(&mut self, cfg: &AdamWConfig, lr: f32, clip: f32) -> Result<f64>;
-    /// Copies the device's weights into `model.params` and its moments and step into `opt`.
-    ///
-    /// # Errors
-    /// As [`Engine::forward`].
-    fn download(&self, model: &mut GlaModel, opt: &mut AdamW) -> Result<()>;
-}
-
 /// This process's part of a data-parallel run: rank `rank` of `world` processes.
 ///
 /// Micro-batch of the global batch `B` at stream position `cursor`: rank r takes the examples
@@ -286,14 +241,14 @@ pub struct Trainer {
     pub losses: Vec<f64>,
     /// Every evaluation so far.
     pub evals: Vec<EvalStats>,
-    acts: Activations,
     /// The opened corpus when `cfg.text` is set.
     text: Option<TextData>,
-    grads: Vec<f32>,
     ids: Vec<u32>,
     targets: Vec<i64>,
-    /// When set, the math runs there; `model` and `opt` are refreshed from it by [`Trainer::sync`].
-    engine: Option<Box<dyn Engine>>,
+    /// Where the math runs (the CPU's [`CpuDevice`] on the host weights unless
+    /// [`Trainer::with_engine`] moved it); `model` and `opt` are refreshed from a device with
+    /// its own copy by [`Trainer::sync`].
+    engine: Box<dyn Engine>,
     /// This process's slice of each global batch ([`Shard::SINGLE`] unless data parallel).
     shard: Shard,
 }
@@ -304,7 +259,7 @@ impl std::fmt::Debug for Trainer {
             .field("params", &self.model.num_params())
             .field("step", &self.opt.step)
             .field("cursor", &self.cursor)
-            .field("engine", &self.engine.as_ref().map(|e| e.name()))
+            .field("engine", &self.engine.name())
             .finish_non_exhaustive()
     }
 }
@@ -339,12 +294,10 @@ impl Trainer {
         }
         let text = cfg.text.as_ref().map(TextTask::open).transpose()?;
         let (b, t) = (cfg.batch_size, cfg.seq_len());
-        let acts = Activations::new(&model.dims, b, t);
         let opt = opt.unwrap_or_else(|| AdamW::new(cfg.adamw, &model.layout));
+        let engine = Box::new(DeviceEngine::new(CpuDevice::new(&model), &model, b, t)?);
         Ok(Self {
-            grads: vec![0.0; model.num_params()],
             opt,
-            acts,
             text,
             ids: vec![0; b * t],
             targets: vec![0; b * t],
@@ -353,14 +306,14 @@ impl Trainer {
             cursor,
             losses,
             evals,
-            engine: None,
+            engine,
             shard: Shard::SINGLE,
         })
     }
 
     /// Moves the math to a device: `make` receives the host model, the optimizer state and the
-    /// batch shape `(B, T)` and returns the engine (which uploads what it needs). The CPU
-    /// activations and gradients are released.
+    /// batch shape `(B, T)` and returns the engine (a [`DeviceEngine`] over the device, which
+    /// uploads what it needs). The CPU engine's activations and gradients are released.
     ///
     /// # Errors
     /// Whatever `make` returns.
@@ -382,13 +335,12 @@ impl Trainer {
         make: impl FnOnce(&GlaModel, &AdamW, usize, usize) -> Result<Box<dyn Engine>>,
     ) -> Result<Self> {
         let (b, t) = (shard.local_batch(self.cfg.batch_size)?, self.cfg.seq_len());
-        let e = make(&self.model, &self.opt, b, t)?;
-        self.engine = Some(e);
+        // the CPU engine's buffers go first
+        self.engine = Box::new(DeviceEngine::new(CpuDevice::default(), &self.model, 0, 0)?);
+        self.engine = make(&self.model, &self.opt, b, t)?;
         self.shard = shard;
         self.ids = vec![0; b * t];
         self.targets = vec![0; b * t];
-        self.acts = Activations::new(&self.model.dims, 0, 0);
-        self.grads = Vec::new();
         Ok(self)
     }
 
@@ -416,9 +368,9 @@ impl Trainer {
         (&self.ids, &self.targets)
     }
 
-    /// The engine's name, or `cpu`.
+    /// The engine's device name (`cpu` unless [`Trainer::with_engine`] moved the math).
     pub fn device_name(&self) -> String {
-        self.engine.as_ref().map_or_else(|| "cpu".into(), |e| e.name())
+        self.engine.name()
     }
 
     /// Brings `model` and `opt` up to date with the engine (no-op on the CPU).
@@ -426,17 +378,11 @@ impl Trainer {
     /// # Errors
     /// Device errors.
     pub fn sync(&mut self) -> Result<()> {
-        if let Some(e) = &self.engine {
-            e.download(&mut self.model, &mut self.opt)?;
-        }
-        Ok(())
+        self.engine.download(&mut self.model, &mut self.opt)
     }
 
     fn fwd(&mut self) -> Result<LossOut> {
-        match &mut self.engine {
-            Some(e) => e.forward(&self.ids, &self.targets),
-            None => self.model.forward(&mut self.acts, &self.ids, &self.targets),
-        }
+        self.engine.forward(&self.model, &self.ids, &self.targets)
     }
 
     /// Optimizer steps taken.
@@ -455,10 +401,7 @@ impl Trainer {
     /// [`Error::Diverged`] when the loss or the gradient norm is not finite; op errors.
     pub fn step(&mut self) -> Result<StepStats> {
         let step = self.opt.step;
-        match &mut self.engine {
-            Some(e) => e.zero_grads()?,
-            None => self.grads.fill(0.0),
-        }
+        self.engine.zero_grads()?;
         let (mut loss, mut correct, mut valid) = (0.0, 0usize, 0usize);
         let accum = self.cfg.grad_accum;
         let scale = 1.0 / accum as f32;
@@ -466,10 +409,7 @@ impl Trainer {
             self.fill_train_batch(self.cursor);
             self.cursor += self.cfg.batch_size as u64;
             let out = self.fwd()?;
-            match &mut self.engine {
-                Some(e) => e.backward(scale, i + 1 == accum)?,
-                None => self.model.backward(&mut self.acts, &mut self.grads, scale)?,
-            }
+            self.engine.backward(&self.model, scale, i + 1 == accum)?;
             loss += out.loss / accum as f64;
             correct += out.correct;
             valid += out.n_valid;
@@ -479,18 +419,10 @@ impl Trainer {
         }
         let c = &self.cfg;
         let lr = cosine_lr(step, c.lr, c.min_lr, c.warmup, c.decay_steps.unwrap_or(c.steps));
-        let grad_norm = match &mut self.engine {
-            // the engine leaves the weights alone when the norm is not finite
-            Some(e) => e.update(&c.adamw, lr, c.clip)?,
-            None => clip_grad_norm(&mut self.grads, c.clip),
-        };
+        // the engine leaves the weights alone when the norm is not finite
+        let grad_norm = self.engine.update(&mut self.model, &mut self.opt, &c.adamw, lr, c.clip)?;
         if !grad_norm.is_finite() {
             return Err(Error::Diverged { step: step + 1, what: "gradient norm", value: grad_norm });
-        }
-        match &self.engine {
-            // the host optimizer only counts steps here; its moments are refreshed by `sync`
-            Some(_) => self.opt.step += 1,
-            None => self.opt.update(&mut self.model.params, &self.grads, lr),
         }
         self.losses.push(loss);
         Ok(StepStats { step: step + 1, loss, acc: correct as f64 / valid.max(1) as f64, grad_norm, lr, tokens: self.tokens_per_step() })

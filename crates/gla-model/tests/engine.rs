@@ -1,31 +1,39 @@
-//! The training [`Engine`] seam (what `gla train --device cuda` plugs the GPU into), driven by a
-//! test engine that runs the CPU model behind the trait: the trainer must give the same losses,
-//! weights, checkpoints and resume as without an engine, and stop on a diverged gradient without
-//! touching the weights.
+//! The training [`Engine`] seam (what `gla train --device cuda` plugs the GPU into): the one
+//! engine ([`DeviceEngine`]) over test devices that run the CPU model with their own copies, as
+//! a GPU does: the trainer must give the same losses, weights, checkpoints and resume as the
+//! CPU device, stop on a diverged gradient without touching the weights, and two data-parallel
+//! ranks must follow the one-process run.
 
 use std::path::PathBuf;
 
+use gla_model::cpu::CpuBuf;
+use gla_model::model::{self, Acts};
 use gla_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use gla_model::{Activations, Engine, Error, GlaConfig, GlaModel, LossOut, Mqar, Result, TrainConfig, Trainer};
+use gla_model::{DeviceEngine, Engine, Error, GlaConfig, GlaModel, LossOut, Mqar, Result, TrainConfig, TrainDevice, Trainer};
 
-/// The CPU model behind the engine trait, with its own copies of everything (as a GPU has).
+/// The CPU model as a device with its own copies of everything (as a GPU has).
 struct CpuBehindTrait {
     model: GlaModel,
     opt: AdamW,
-    acts: Activations,
     grads: Vec<f32>,
     poison_grads: bool,
 }
 
-impl Engine for CpuBehindTrait {
+impl TrainDevice for CpuBehindTrait {
+    type Buf = CpuBuf;
+    type Error = Error;
+
     fn name(&self) -> String {
         "test-engine".into()
     }
-    fn forward(&mut self, ids: &[u32], targets: &[i64]) -> Result<LossOut> {
-        self.model.forward(&mut self.acts, ids, targets)
+    fn activations(&self, _host: &GlaModel, b: usize, t: usize) -> Result<Acts<CpuBuf>> {
+        Acts::alloc(&self.model.cpu(), b, t, false, 0)
     }
-    fn backward(&mut self, scale: f32, _last: bool) -> Result<()> {
-        self.model.backward(&mut self.acts, &mut self.grads, scale)?;
+    fn forward(&mut self, _host: &GlaModel, acts: &mut Acts<CpuBuf>, ids: &[u32], targets: &[i64]) -> Result<LossOut> {
+        model::forward(&self.model.cpu(), acts, ids, targets)
+    }
+    fn backward(&mut self, _host: &GlaModel, acts: &mut Acts<CpuBuf>, scale: f32, _reduce: bool) -> Result<()> {
+        model::backward(&self.model.cpu(), acts, &mut self.grads, scale)?;
         if self.poison_grads {
             self.grads[0] = f32::NAN;
         }
@@ -35,11 +43,13 @@ impl Engine for CpuBehindTrait {
         self.grads.fill(0.0);
         Ok(())
     }
-    fn update(&mut self, cfg: &AdamWConfig, lr: f32, clip: f32) -> Result<f64> {
+    fn update(&mut self, _host: &mut GlaModel, opt: &mut AdamW, cfg: &AdamWConfig, lr: f32, clip: f32) -> Result<f64> {
         assert_eq!(*cfg, self.opt.cfg);
         let norm = clip_grad_norm(&mut self.grads, clip);
         if norm.is_finite() {
             self.opt.update(&mut self.model.params, &self.grads, lr);
+            // the host optimizer counts the steps; its moments are refreshed by `download`
+            opt.step += 1;
         }
         Ok(norm)
     }
@@ -52,15 +62,14 @@ impl Engine for CpuBehindTrait {
     }
 }
 
+fn engine<D: TrainDevice<Buf = CpuBuf> + 'static>(dev: D, m: &GlaModel, b: usize, t: usize) -> Result<Box<dyn Engine>> {
+    Ok(Box::new(DeviceEngine::new(dev, m, b, t)?))
+}
+
 fn attach(tr: Trainer, poison_grads: bool) -> Trainer {
     tr.with_engine(|model, opt, b, t| {
-        Ok(Box::new(CpuBehindTrait {
-            model: model.clone(),
-            opt: opt.clone(),
-            acts: Activations::new(&model.dims, b, t),
-            grads: vec![0.0; model.num_params()],
-            poison_grads,
-        }) as Box<dyn Engine>)
+        let dev = CpuBehindTrait { model: model.clone(), opt: opt.clone(), grads: vec![0.0; model.num_params()], poison_grads };
+        engine(dev, model, b, t)
     })
     .unwrap()
 }
@@ -149,32 +158,35 @@ impl Collective {
     }
 }
 
-/// One rank of a data-parallel run on the CPU, following the [`Engine`] contract the GPU's
-/// engine implements with NCCL: global statistics from `forward`, the backward scaled by this
-/// rank's share of the labelled positions, gradients summed after the last micro-batch.
+/// One rank of a data-parallel run on the CPU: the device's part of the contract the GPU
+/// implements with NCCL (statistics and gradients summed over the ranks); the rest (global
+/// statistics, the backward scaled by this rank's share) is the one engine's.
 struct DataParallel {
     inner: CpuBehindTrait,
     rank: usize,
+    world: usize,
     coll: std::sync::Arc<Collective>,
-    /// labelled positions of the last forward: this rank's, all ranks'
-    valid: (usize, usize),
 }
 
-impl Engine for DataParallel {
+impl TrainDevice for DataParallel {
+    type Buf = CpuBuf;
+    type Error = Error;
+
     fn name(&self) -> String {
         format!("dp-test rank {}", self.rank)
     }
-    fn forward(&mut self, ids: &[u32], targets: &[i64]) -> Result<LossOut> {
-        let out = self.inner.forward(ids, targets)?;
-        let mut s = [out.loss * out.n_valid as f64, out.n_valid as f64, out.correct as f64];
-        self.coll.all_reduce(self.rank, &mut s);
-        self.valid = (out.n_valid, s[1] as usize);
-        Ok(LossOut { loss: s[0] / s[1].max(1.0), n_valid: s[1] as usize, correct: s[2] as usize })
+    fn world(&self) -> usize {
+        self.world
     }
-    fn backward(&mut self, scale: f32, last: bool) -> Result<()> {
-        let share = self.valid.0 as f32 / self.valid.1.max(1) as f32;
-        self.inner.backward(scale * share, last)?;
-        if last {
+    fn activations(&self, host: &GlaModel, b: usize, t: usize) -> Result<Acts<CpuBuf>> {
+        self.inner.activations(host, b, t)
+    }
+    fn forward(&mut self, host: &GlaModel, acts: &mut Acts<CpuBuf>, ids: &[u32], targets: &[i64]) -> Result<LossOut> {
+        self.inner.forward(host, acts, ids, targets)
+    }
+    fn backward(&mut self, host: &GlaModel, acts: &mut Acts<CpuBuf>, scale: f32, reduce: bool) -> Result<()> {
+        self.inner.backward(host, acts, scale, reduce)?;
+        if reduce {
             let mut g: Vec<f64> = self.inner.grads.iter().map(|&x| f64::from(x)).collect();
             self.coll.all_reduce(self.rank, &mut g);
             for (d, s) in self.inner.grads.iter_mut().zip(g) {
@@ -186,22 +198,20 @@ impl Engine for DataParallel {
     fn zero_grads(&mut self) -> Result<()> {
         self.inner.zero_grads()
     }
-    fn update(&mut self, cfg: &AdamWConfig, lr: f32, clip: f32) -> Result<f64> {
-        self.inner.update(cfg, lr, clip)
+    fn update(&mut self, host: &mut GlaModel, opt: &mut AdamW, cfg: &AdamWConfig, lr: f32, clip: f32) -> Result<f64> {
+        self.inner.update(host, opt, cfg, lr, clip)
     }
     fn download(&self, model: &mut GlaModel, opt: &mut AdamW) -> Result<()> {
         self.inner.download(model, opt)
     }
+    fn all_reduce_host(&mut self, v: &mut [f64]) -> Result<()> {
+        self.coll.all_reduce(self.rank, v);
+        Ok(())
+    }
 }
 
-fn cpu_engine(model: &GlaModel, opt: &AdamW, b: usize, t: usize) -> CpuBehindTrait {
-    CpuBehindTrait {
-        model: model.clone(),
-        opt: opt.clone(),
-        acts: Activations::new(&model.dims, b, t),
-        grads: vec![0.0; model.num_params()],
-        poison_grads: false,
-    }
+fn cpu_engine(model: &GlaModel, opt: &AdamW) -> CpuBehindTrait {
+    CpuBehindTrait { model: model.clone(), opt: opt.clone(), grads: vec![0.0; model.num_params()], poison_grads: false }
 }
 
 #[test]
@@ -219,7 +229,7 @@ fn the_ranks_slices_are_disjoint_and_make_up_the_global_batch() {
                 let shard = gla_model::Shard::new(rank, world).unwrap();
                 let mut tr = Trainer::new(mc.clone(), tc.clone())
                     .unwrap()
-                    .with_sharded_engine(shard, |m, o, b, t| Ok(Box::new(cpu_engine(m, o, b, t)) as Box<dyn Engine>))
+                    .with_sharded_engine(shard, |m, o, b, t| engine(cpu_engine(m, o), m, b, t))
                     .unwrap();
                 let (i, g) = tr.train_batch(cursor);
                 assert_eq!(i.len(), tc.batch_size / world * t, "rank {rank} of {world} runs its share of the batch");
@@ -239,7 +249,7 @@ fn a_world_that_does_not_divide_the_global_batch_is_refused() {
     let shard = gla_model::Shard::new(1, 3).unwrap();
     let e = Trainer::new(mc, tc)
         .unwrap()
-        .with_sharded_engine(shard, |m, o, b, t| Ok(Box::new(cpu_engine(m, o, b, t)) as Box<dyn Engine>))
+        .with_sharded_engine(shard, |m, o, b, t| engine(cpu_engine(m, o), m, b, t))
         .expect_err("a batch of 4 over 3 processes");
     assert!(matches!(e, Error::BadArg { key: "batch_size", .. }), "{e}");
     assert!(gla_model::Shard::new(2, 2).is_err());
@@ -269,8 +279,7 @@ fn two_data_parallel_ranks_follow_the_one_process_run() {
                     let mut tr = Trainer::new(mc, tc)
                         .unwrap()
                         .with_sharded_engine(shard, |m, o, b, t| {
-                            let inner = cpu_engine(m, o, b, t);
-                            Ok(Box::new(DataParallel { inner, rank, coll, valid: (0, 0) }) as Box<dyn Engine>)
+                            engine(DataParallel { inner: cpu_engine(m, o), rank, world, coll }, m, b, t)
                         })
                         .unwrap();
                     let steps: Vec<(f64, f64)> = (0..4)
