@@ -16,6 +16,7 @@ use cudarc::driver::{CudaGraph, CudaSlice, LaunchConfig};
 use gla_model::config::Dims;
 use gla_model::layout::Layout;
 use gla_model::optim::AdamWConfig;
+use gla_model::infer::{pick, prefill_plan, PREFILL_TOKENS};
 use gla_model::{model as lm, Acts, GlaConfig, GlaModel, LossOut, Primitives, IGNORE_INDEX};
 
 use crate::backend::{
@@ -607,10 +608,6 @@ pub struct GpuDecoder {
     decode: std::sync::Mutex<HashMap<usize, DecodeSlot>>,
 }
 
-/// Tokens per prefill forward when prompts of the same length run together (bounds the
-/// inference activations at about 45 KB a token for a 340M model).
-const PREFILL_TOKENS: usize = 8192;
-
 /// Bytes of the batch copies of the states one grouped prefill forward may hold (for fla's
 /// 340M config, 12 MiB of state per sequence: groups of up to 21 prompts).
 const PREFILL_STATE_BYTES: usize = 512 << 20;
@@ -757,10 +754,9 @@ impl GpuDecoder {
         Ok(logits.chunks_exact(vocab).map(<[f32]>::to_vec).collect())
     }
 
-    /// Feeds each prompt and returns the logits of its last position. Prompts of the same
-    /// length run together, as `[B, w]` forwards over windows of `w` tokens
-    /// ([`PREFILL_TOKENS`] per forward at most, and at most `PREFILL_WINDOW` per sequence);
-    /// the others one by one.
+    /// Feeds each prompt and returns the logits of its last position, in the forwards of the
+    /// one prefill policy (`gla_model::infer::prefill_plan`: prompts of the same length together
+    /// as `[B, w]` batches), with batches also bounded by the device copies of their states.
     ///
     /// # Errors
     /// Empty prompts and ids outside the vocabulary ([`Error::Op`]); device errors.
@@ -771,34 +767,24 @@ impl GpuDecoder {
         if let Some(i) = prompts.iter().position(|p| p.is_empty()) {
             return Err(unsupported(format!("prompt {i} is empty")));
         }
-        let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = std::collections::BTreeMap::new();
-        for (i, p) in prompts.iter().enumerate() {
-            groups.entry(p.len()).or_default().push(i);
-        }
-        // a group's forward holds 2 x L batch copies of its states (h0, ht): bound them too
+        // a forward holds 2 x L batch copies of its states (h0, ht): bound them too
         let max_b = (PREFILL_TOKENS / 64).min((PREFILL_STATE_BYTES / (2 * self.state_bytes().max(1))).max(1));
+        let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); prompts.len()];
         let mut acts: Option<GpuActivations> = None;
-        for (len, members) in groups {
-            for group in members.chunks(max_b) {
-                let b = group.len();
-                // the activations (and the logits buffer) stay bounded whatever the lengths
-                let w = (PREFILL_TOKENS / b).clamp(64, gla_model::infer::PREFILL_WINDOW);
-                let mut sref: Vec<&mut GpuState> =
-                    states.iter_mut().enumerate().filter(|(i, _)| group.contains(i)).map(|(_, s)| &mut **s).collect();
-                let mut last = Vec::new();
-                for start in (0..len).step_by(w) {
-                    let end = (start + w).min(len);
-                    if acts.as_ref().is_none_or(|a| a.shape() != (b, end - start)) {
-                        drop(acts.take()); // free the previous set before allocating the next
-                        acts = Some(self.model.inference_activations(b, end - start)?);
-                    }
-                    let Some(a) = acts.as_mut() else { unreachable!("set above") };
-                    let ids: Vec<u32> = group.iter().flat_map(|&i| prompts[i][start..end].iter().copied()).collect();
-                    last = self.step(a, &ids, &mut sref)?;
-                }
-                // `group` is in index order, as `sref` and so `last`
-                for (&i, l) in group.iter().zip(last) {
+        for step in prefill_plan(&lens, max_b) {
+            let (b, w) = (step.seqs.len(), step.end - step.start);
+            if acts.as_ref().is_none_or(|a| a.shape() != (b, w)) {
+                drop(acts.take()); // free the previous set before allocating the next
+                acts = Some(self.model.inference_activations(b, w)?);
+            }
+            let Some(a) = acts.as_mut() else { unreachable!("set above") };
+            let ids: Vec<u32> = step.seqs.iter().flat_map(|&i| prompts[i][step.start..step.end].iter().copied()).collect();
+            let mut sref = pick(states, &step.seqs);
+            let last = self.step(a, &ids, &mut sref)?;
+            if step.last {
+                // `step.seqs` is in index order, as `sref` and so `last`
+                for (&i, l) in step.seqs.iter().zip(last) {
                     out[i] = l;
                 }
             }

@@ -11,9 +11,9 @@
 //!   op otherwise, fla's own mode switch (`mode = 'fused_recurrent' if T <= 64`).
 //! - [`GlaModel::decode`] feeds one token through the recurrent path and returns its logits.
 //! - [`GlaModel::prefill_batch`] / [`GlaModel::decode_batch`] do the same for several sequences,
-//!   each with its own state: the projections and the MLP run on all rows at once; the GLA op
-//!   runs every sequence with the algorithm it would get alone, so a batch gives each sequence
-//!   what it gets alone.
+//!   each with its own state, in the forwards of [`prefill_plan`] (the one prefill policy, which
+//!   gla-cuda's decoder follows too): the projections and the MLP run on all rows at once; the
+//!   GLA op runs every sequence with the algorithm its window gets alone.
 //!
 //! ```
 //! use gla_model::{GlaConfig, GlaModel};
@@ -37,6 +37,64 @@ pub const PREFILL_WINDOW: usize = 2048;
 
 /// fla switches from the chunked to the fused recurrent op for inputs of at most this many tokens.
 pub const RECURRENT_MAX_T: usize = 64;
+
+/// Tokens of one prefill forward at most (the inference activations stay bounded whatever the
+/// prompts: about 45 KB a token for a 340M model on a GPU).
+pub const PREFILL_TOKENS: usize = 8192;
+
+/// One forward of a prefill ([`prefill_plan`]): tokens `start..end` of each prompt in `seqs`
+/// (prompts of the same length, in index order), as a `[B, end - start]` batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PrefillStep {
+    /// The prompts of this forward.
+    pub seqs: Vec<usize>,
+    /// First token of the window.
+    pub start: usize,
+    /// One past its last token.
+    pub end: usize,
+    /// The window ends the prompts: their last-position logits are the prefill's result.
+    pub last: bool,
+}
+
+/// The prefill policy of every device (the CPU's [`GlaModel::prefill_batch`], gla-cuda's
+/// decoder): prompts of the same length run together, at most `max_batch` at a time, as
+/// `[B, w]` forwards over windows of `w = clamp(PREFILL_TOKENS / B, 64, PREFILL_WINDOW)` tokens
+/// (a multiple of the chunk length 64 wherever a window ends inside a prompt, so chunk
+/// boundaries stay where one call would put them), shortest prompts first. Equal lengths keep
+/// every forward a plain `[B, T]` batch on any device.
+pub fn prefill_plan(lens: &[usize], max_batch: usize) -> Vec<PrefillStep> {
+    let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = std::collections::BTreeMap::new();
+    for (i, &n) in lens.iter().enumerate() {
+        groups.entry(n).or_default().push(i);
+    }
+    let mut plan = Vec::new();
+    for (len, members) in groups {
+        for group in members.chunks(max_batch.max(1)) {
+            // PREFILL_TOKENS / B rounded down to a multiple of 64 (at least 64)
+            let w = ((PREFILL_TOKENS / group.len()) / 64 * 64).clamp(64, PREFILL_WINDOW);
+            for start in (0..len).step_by(w) {
+                let end = (start + w).min(len);
+                plan.push(PrefillStep { seqs: group.to_vec(), start, end, last: end == len });
+            }
+        }
+    }
+    plan
+}
+
+/// The states of `seqs` (distinct indices in increasing order) out of `states`.
+pub fn pick<'a, S>(states: &'a mut [&mut S], seqs: &[usize]) -> Vec<&'a mut S> {
+    let mut out = Vec::with_capacity(seqs.len());
+    let mut rest: &mut [&mut S] = states;
+    let mut base = 0;
+    for &i in seqs {
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - base);
+        let (one, tail) = tail.split_at_mut(1);
+        out.push(&mut *one[0]);
+        rest = tail;
+        base = i + 1;
+    }
+    out
+}
 
 impl GlaModel {
     /// A zero [`State`] sized for this model.
@@ -89,36 +147,18 @@ impl GlaModel {
                 got: 0,
             });
         }
+        let lens: Vec<usize> = prompts.iter().map(|p| p.len()).collect();
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); prompts.len()];
-        let mut start = 0;
-        loop {
-            // the sequences that still have tokens in this window
-            let active: Vec<usize> = (0..prompts.len()).filter(|&i| prompts[i].len() > start).collect();
-            if active.is_empty() {
-                break;
-            }
-            let mut ids = Vec::new();
-            let mut lens = Vec::with_capacity(active.len());
-            for &i in &active {
-                let piece = &prompts[i][start..(start + PREFILL_WINDOW).min(prompts[i].len())];
-                ids.extend_from_slice(piece);
-                lens.push(piece.len());
-            }
-            let mut sts: Vec<&mut State> = Vec::with_capacity(active.len());
-            let mut rest: &mut [&mut State] = states;
-            let mut base = 0;
-            for &i in &active {
-                let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - base);
-                let (one, tail) = tail.split_at_mut(1);
-                sts.push(&mut *one[0]);
-                rest = tail;
-                base = i + 1;
-            }
+        for step in prefill_plan(&lens, PREFILL_TOKENS / 64) {
+            let ids: Vec<u32> = step.seqs.iter().flat_map(|&i| prompts[i][step.start..step.end].iter().copied()).collect();
+            let lens = vec![step.end - step.start; step.seqs.len()];
+            let mut sts = pick(states, &step.seqs);
             let logits = self.forward_packed(&ids, &lens, &mut sts)?;
-            for (&i, l) in active.iter().zip(logits) {
-                out[i] = l;
+            if step.last {
+                for (&i, l) in step.seqs.iter().zip(logits) {
+                    out[i] = l;
+                }
             }
-            start += PREFILL_WINDOW;
         }
         Ok(out)
     }

@@ -248,3 +248,32 @@ fn infer_loads_sharded_checkpoints_and_names_bad_tensors() {
     assert!(e.contains("truncated file") && e.contains("model.layers."), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_prefill_plan_covers_every_token_once_in_equal_length_batches() {
+    use gla_model::infer::{prefill_plan, PREFILL_TOKENS};
+    let lens = [5usize, 3000, 70, 5, 9000, 3000, 3000, 1];
+    for max_batch in [1, 2, 128] {
+        let plan = prefill_plan(&lens, max_batch);
+        let mut seen = vec![0usize; lens.len()];
+        let mut finished = vec![false; lens.len()];
+        for s in &plan {
+            assert!(!s.seqs.is_empty() && s.seqs.len() <= max_batch);
+            assert!(s.seqs.windows(2).all(|w| w[0] < w[1]), "index order: {s:?}");
+            assert!(s.seqs.iter().all(|&i| lens[i] == lens[s.seqs[0]]), "equal lengths: {s:?}");
+            assert!(s.end > s.start && s.seqs.len() * (s.end - s.start) <= PREFILL_TOKENS.max(64 * s.seqs.len()));
+            assert!(s.end - s.start <= PREFILL_WINDOW);
+            if !s.last {
+                assert_eq!(s.end % 64, 0, "a window ending inside a prompt ends on a chunk boundary: {s:?}");
+            }
+            for &i in &s.seqs {
+                assert_eq!(seen[i], s.start, "windows of prompt {i} in order, no gap or overlap");
+                seen[i] = s.end;
+                assert!(!finished[i]);
+                finished[i] = s.last;
+            }
+        }
+        assert_eq!(seen, lens, "every token of every prompt, max_batch {max_batch}");
+        assert!(finished.iter().all(|&f| f));
+    }
+}
