@@ -66,6 +66,26 @@ pub enum Error {
     /// The scale is not a finite number.
     #[error("scale must be finite, got {0}")]
     BadScale(f64),
+    /// A token id is outside the vocabulary, or a label is neither a token nor the ignore index.
+    #[error("{what} {value} at position {index} is outside the vocabulary [0, {vocab})")]
+    Token {
+        /// `input id` or `label`.
+        what: &'static str,
+        /// The offending value.
+        value: i64,
+        /// Its flat position.
+        index: usize,
+        /// The vocabulary size.
+        vocab: usize,
+    },
+    /// An argument of a model-level call is out of range.
+    #[error("`{key}` is invalid: {reason}")]
+    BadArg {
+        /// The argument.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The request is legal but this backend does not implement it.
     #[error("{backend}: {what} is not supported")]
     Unsupported {

@@ -23,10 +23,13 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod backend;
 pub mod bf16;
+pub mod dims;
 mod error;
 pub mod io;
 pub mod op;
+pub mod params;
 mod problem;
 mod real;
 pub mod testing;

@@ -14,9 +14,9 @@ use cudarc::cublas::CudaBlas;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaSlice, LaunchConfig};
 use gla_model::config::Dims;
+use gla_model::infer::{pick, prefill_plan, PREFILL_TOKENS};
 use gla_model::layout::Layout;
 use gla_model::optim::AdamWConfig;
-use gla_model::infer::{pick, prefill_plan, PREFILL_TOKENS};
 use gla_model::{model as lm, Acts, GlaConfig, GlaModel, LossOut, Primitives, IGNORE_INDEX};
 
 use crate::backend::{

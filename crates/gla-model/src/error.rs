@@ -85,9 +85,9 @@ pub enum Error {
         /// The OS error.
         source: std::io::Error,
     },
-    /// An error of the GLA op (shapes, gate values).
+    /// An error of an op or a backend (shapes, gate values, an unsupported request).
     #[error(transparent)]
-    Op(#[from] gla_core::Error),
+    Op(gla_core::Error),
     /// A training argument is out of range.
     #[error("training: `{key}` is invalid: {reason}")]
     BadArg {
@@ -230,4 +230,20 @@ pub enum TextError {
         /// What went wrong, with the file.
         reason: String,
     },
+}
+
+/// The contract's errors as this crate names them: a model-level shape, token or argument error
+/// raised by the code written over the backend traits keeps its own variant here
+/// ([`Error::Shape`], [`Error::Token`], [`Error::BadArg`]); the others are [`Error::Op`].
+impl From<gla_core::Error> for Error {
+    fn from(e: gla_core::Error) -> Self {
+        match e {
+            gla_core::Error::ShapeMismatch { op, tensor, expected, numel, got } => {
+                Error::Shape { op, tensor, shape: expected, expected: numel, got }
+            }
+            gla_core::Error::Token { what, value, index, vocab } => Error::Token { what, value, index, vocab },
+            gla_core::Error::BadArg { key, reason } => Error::BadArg { key, reason },
+            e => Error::Op(e),
+        }
+    }
 }

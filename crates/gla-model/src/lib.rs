@@ -10,7 +10,7 @@
 //! -> [`checkpoint`] -> [`train`].
 #![deny(missing_docs)]
 
-pub mod backend;
+pub use gla_core::backend;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;

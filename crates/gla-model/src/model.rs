@@ -17,6 +17,8 @@
 //! backend's `Io`). Only rows with a target reach the lm_head (the loss does not need the
 //! others), which makes recall tasks with few labelled rows cheap.
 
+use gla_core::Error as CoreError;
+
 use crate::backend::{Backend, ModelStorage};
 use crate::config::{Dims, GlaConfig};
 use crate::cpu::{Cpu, CpuBuf};
@@ -120,8 +122,9 @@ impl<S: ModelStorage> Acts<S> {
     /// The backend's allocation errors.
     pub fn alloc<B: Backend<Buf = S> + HasLayout>(be: &B, b: usize, t: usize, inference: bool, head: usize) -> Result<Self, B::Error> {
         let dm = be.dims();
-        let n =
-            b.checked_mul(t).ok_or_else(|| Error::BadArg { key: "batch", reason: format!("[{b}, {t}] overflows the address space") })?;
+        let n = b
+            .checked_mul(t)
+            .ok_or_else(|| CoreError::BadArg { key: "batch", reason: format!("[{b}, {t}] overflows the address space") })?;
         let lay = be.layout();
         // inference: one block's buffers per mixer kind, shared by the blocks of that kind
         let mut slot = Vec::with_capacity(lay.layers.len());
@@ -270,34 +273,34 @@ pub fn shift_labels(labels: &[i64], t: usize) -> Vec<i64> {
     out
 }
 
+/// A shape error of the code written over the backend traits (a contract error, so that every
+/// backend's error type takes it).
+pub(crate) fn shape_err(op: &'static str, tensor: &'static str, shape: String, expected: usize, got: usize) -> CoreError {
+    CoreError::ShapeMismatch { op, tensor, expected: shape, numel: expected, got }
+}
+
 /// Checks ids and aligned targets of a `[B, T]` batch.
 /// Activations sized for another model's dims would index out of their buffers.
-fn check_acts<S: ModelStorage>(dims: &Dims, acts: &Acts<S>) -> Result<()> {
+fn check_acts<S: ModelStorage>(dims: &Dims, acts: &Acts<S>) -> gla_core::Result<()> {
     if acts.dims != *dims {
-        return Err(Error::Shape {
-            op: "forward/backward",
-            tensor: "activations",
-            shape: "made for this model's dims".into(),
-            expected: dims.d,
-            got: acts.dims.d,
-        });
+        return Err(shape_err("forward/backward", "activations", "made for this model's dims".into(), dims.d, acts.dims.d));
     }
     Ok(())
 }
 
-fn check_batch(dims: &Dims, b: usize, t: usize, ids: &[u32], targets: &[i64]) -> Result<()> {
+fn check_batch(dims: &Dims, b: usize, t: usize, ids: &[u32], targets: &[i64]) -> gla_core::Result<()> {
     let n = b * t;
     let shape = format!("[B={b}, T={t}]");
     if ids.len() != n {
-        return Err(Error::Shape { op: "forward", tensor: "input_ids", shape, expected: n, got: ids.len() });
+        return Err(shape_err("forward", "input_ids", shape.clone(), n, ids.len()));
     }
     if targets.len() != n {
-        return Err(Error::Shape { op: "forward", tensor: "targets", shape, expected: n, got: targets.len() });
+        return Err(shape_err("forward", "targets", shape.clone(), n, targets.len()));
     }
     check_ids(dims, ids)?;
     let vocab = dims.vocab;
     if let Some(i) = targets.iter().position(|&x| x != IGNORE_INDEX && !(0..vocab as i64).contains(&x)) {
-        return Err(Error::Token { what: "label", value: targets[i], index: i, vocab });
+        return Err(CoreError::Token { what: "label", value: targets[i], index: i, vocab });
     }
     Ok(())
 }
@@ -305,11 +308,11 @@ fn check_batch(dims: &Dims, b: usize, t: usize, ids: &[u32], targets: &[i64]) ->
 /// Refuses token ids outside the vocabulary (they would index past the embedding).
 ///
 /// # Errors
-/// [`Error::Token`] naming the first bad id.
-pub fn check_ids(dims: &Dims, ids: &[u32]) -> Result<()> {
+/// [`gla_core::Error::Token`] naming the first bad id.
+pub fn check_ids(dims: &Dims, ids: &[u32]) -> gla_core::Result<()> {
     let vocab = dims.vocab;
     match ids.iter().position(|&x| x as usize >= vocab) {
-        Some(i) => Err(Error::Token { what: "input id", value: ids[i] as i64, index: i, vocab }),
+        Some(i) => Err(CoreError::Token { what: "input id", value: ids[i] as i64, index: i, vocab }),
         None => Ok(()),
     }
 }
@@ -426,14 +429,7 @@ pub fn backward<B: Backend + HasLayout>(be: &B, acts: &mut Acts<B::Buf>, grads: 
     check_acts(be.dims(), acts)?;
     let numel = be.layout().numel;
     if be.grads_len(grads) != numel {
-        return Err(Error::Shape {
-            op: "backward",
-            tensor: "grads",
-            shape: "the parameter table".into(),
-            expected: numel,
-            got: be.grads_len(grads),
-        }
-        .into());
+        return Err(shape_err("backward", "grads", "the parameter table".into(), numel, be.grads_len(grads)).into());
     }
     let dm = be.dims();
     let lay = be.layout();
@@ -442,7 +438,7 @@ pub fn backward<B: Backend + HasLayout>(be: &B, acts: &mut Acts<B::Buf>, grads: 
     let Acts { plan, ids, xs, layers, slot, rstdf, rows, m, xf_sel, logits, dlogits, dsel, s, .. } = acts;
     let (m, plan) = (*m, &*plan);
     let Some(s) = s.as_mut() else {
-        return Err(Error::Shape { op: "backward", tensor: "activations", shape: "made for training".into(), expected: 1, got: 0 }.into());
+        return Err(shape_err("backward", "activations", "made for training".into(), 1, 0).into());
     };
     // lm_head: dsel = dlogits @ W, dW += scale * dlogits^T xf_sel; dxn = scale * dsel on its rows
     if m > 0 {

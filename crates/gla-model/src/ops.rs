@@ -380,3 +380,73 @@ pub fn cross_entropy_fwd_bwd(logits: &mut [f32], targets: &[u32], vocab: usize, 
         .into_iter()
         .fold((0.0, 0), |(a, b), (l, c)| (a + l, b + c))
 }
+
+/// fla's feature maps as the CPU computes them (the GPU kernels' reference).
+pub trait FeatureMapMath {
+    /// f(x).
+    fn apply(self, x: f32) -> f32;
+    /// f'(x) (PyTorch's one-sided choice at the kinks: 0 for relu at 0, 0 for relu6 at 0 and 6).
+    fn grad(self, x: f32) -> f32;
+}
+
+impl FeatureMapMath for crate::FeatureMap {
+    fn apply(self, x: f32) -> f32 {
+        match self {
+            crate::FeatureMap::Relu => x.max(0.0),
+            crate::FeatureMap::Relu2 => x.max(0.0) * x.max(0.0),
+            crate::FeatureMap::Relu6 => x.clamp(0.0, 6.0),
+            crate::FeatureMap::LeakyRelu => {
+                if x > 0.0 {
+                    x
+                } else {
+                    0.01 * x
+                }
+            }
+            crate::FeatureMap::Sigmoid => sigmoid(x),
+            crate::FeatureMap::Silu => x * sigmoid(x),
+            crate::FeatureMap::Tanh => x.tanh(),
+            crate::FeatureMap::GeluTanh => 0.5 * x * (1.0 + (GELU_C * (x + 0.044715 * x * x * x)).tanh()),
+            crate::FeatureMap::QuickGelu => x * sigmoid(1.702 * x),
+            crate::FeatureMap::Identity => x,
+        }
+    }
+
+    fn grad(self, x: f32) -> f32 {
+        match self {
+            crate::FeatureMap::Relu => f32::from(u8::from(x > 0.0)),
+            crate::FeatureMap::Relu2 => 2.0 * x.max(0.0),
+            crate::FeatureMap::Relu6 => f32::from(u8::from(x > 0.0 && x < 6.0)),
+            crate::FeatureMap::LeakyRelu => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    0.01
+                }
+            }
+            crate::FeatureMap::Sigmoid => {
+                let s = sigmoid(x);
+                s * (1.0 - s)
+            }
+            crate::FeatureMap::Silu => {
+                let s = sigmoid(x);
+                s * (1.0 + x * (1.0 - s))
+            }
+            crate::FeatureMap::Tanh => {
+                let t = x.tanh();
+                1.0 - t * t
+            }
+            crate::FeatureMap::GeluTanh => {
+                let t = (GELU_C * (x + 0.044715 * x * x * x)).tanh();
+                0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * 0.044715 * x * x)
+            }
+            crate::FeatureMap::QuickGelu => {
+                let s = sigmoid(1.702 * x);
+                s + 1.702 * x * s * (1.0 - s)
+            }
+            crate::FeatureMap::Identity => 1.0,
+        }
+    }
+}
+
+/// sqrt(2 / pi), the tanh-GELU's constant.
+const GELU_C: f32 = 0.797_884_6;

@@ -1,6 +1,7 @@
 //! Config rules, the parameter table against fla's checkpoint names, and whole-model gradient
 //! checks by finite differences on tiny configs.
 
+use gla_model::ops::FeatureMapMath;
 use gla_model::{shift_labels, Activations, Error, GlaConfig, GlaModel, Layout, Rng, IGNORE_INDEX};
 
 #[test]

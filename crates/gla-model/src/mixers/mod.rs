@@ -103,13 +103,8 @@ pub(crate) fn backward<B: Backend>(
 ) -> Result<(), B::Error> {
     match (ids, acts, &mut scratch.gla) {
         (MixerIds::Gla(ids), MixerActs::Gla(a), Some(s)) => gla::backward(be, ids, a, s, plan, grads, xn, dout, dxn, bt),
-        (MixerIds::Gla(_), MixerActs::Gla(_), None) => Err(crate::Error::Shape {
-            op: "backward",
-            tensor: "GLA scratch",
-            shape: "allocated for the model's mixers".into(),
-            expected: 1,
-            got: 0,
+        (MixerIds::Gla(_), MixerActs::Gla(_), None) => {
+            Err(crate::model::shape_err("backward", "GLA scratch", "allocated for the model's mixers".into(), 1, 0).into())
         }
-        .into()),
     }
 }

@@ -1,18 +1,19 @@
-//! The backend interface: what a device implements so that every model of this crate runs on it.
+//! The backend interface: what a device implements so that every model of the family runs on
+//! it (gla-model writes the models once over these traits; gla-cpu-side and gla-cuda implement them).
 //!
 //! - [`Primitives`] ([`nn`]): the layer ops every model shares (allocation, embedding, norms,
 //!   linear layers on GEMMs, short convolution, SwiGLU, elementwise feature maps, the loss).
 //! - one trait per op family: [`GlaOps`] ([`gla`]: the GLA gate and the GLA op, called by
-//!   `crate::mixers::gla`). A new family adds its file here and a bound to [`Backend`].
+//!   gla-model's `mixers::gla`). A new family adds its file here and a bound to [`Backend`].
 //! - [`Backend`]: everything the models need, implemented for any type that implements all of
-//!   the above (the CPU's [`crate::cpu::Cpu`]; gla-cuda's `Gpu`).
+//!   the above (gla-model's `Cpu`; gla-cuda's `Gpu`).
 //!
 //! Buffers are the backend's own types ([`Storage`], and each family's storage trait for what
 //! its op keeps for its backward, e.g. [`GlaStorage`]): `F32` for what stays f32 everywhere (the
 //! residual stream, the norms' `rstd`, the gate pre-activation, every gradient that is summed
 //! from several products), `Act` for GEMM operands and saved activations (f32 on the CPU, bf16
 //! on the GPU). Weights and their gradients are named by their [`ParamId`] (the index in
-//! [`crate::layout::Layout::specs`]): each backend resolves an id to its own storage (the CPU's
+//! a model's table of [`crate::params::ParamSpec`]): each backend resolves an id to its own storage (the CPU's
 //! f32 arena; the GPU's bf16 copy for GEMMs and f32 master elsewhere).
 //!
 //! Shapes: `N` rows (B*T tokens), `D` model dim, `H` heads, `K`/`V` per-head dims, `I` MLP width,
@@ -27,7 +28,7 @@ pub use crate::params::ParamId;
 pub use gla::{GlaOps, GlaSaved, GlaStorage};
 pub use nn::Primitives;
 
-/// The buffer types a backend allocates and [`crate::model::Acts`] holds (apart from the
+/// The buffer types a backend allocates and a model's activations hold (apart from the
 /// backend so that activations do not borrow it: the CPU backend borrows its model's weights,
 /// its activations outlive that borrow).
 pub trait Storage {

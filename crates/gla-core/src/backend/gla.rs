@@ -1,6 +1,6 @@
 //! The GLA op family's backend interface: the data-dependent log-gate and the GLA op
 //! (contract: gla-core's `GlaOp`; `docs/math/gla_chunk.md`), as the GLA mixer
-//! (`crate::mixers::gla`) calls them.
+//! (gla-model's `mixers::gla`) calls them.
 
 use super::{Act, ParamId, Plan, Primitives, Storage, F32};
 
@@ -27,7 +27,7 @@ pub trait GlaOps: Primitives<Buf: GlaStorage> {
     /// `logsigmoid / gate_norm`, clamped), `[N, C]`.
     fn gate_fwd(&self, gk: &mut Act<Self>, raw: &mut F32<Self>, bias: ParamId, n: usize) -> Result<(), Self::Error>;
     /// Backward of [`GlaOps::gate_fwd`]: `dx` in f32 and its operand copy `dx_act` (see
-    /// [`crate::backend::Primitives::alloc_cast`]), `dbias += colsum(dx)`.
+    /// [`Primitives::alloc_cast`]), `dbias += colsum(dx)`.
     fn gate_bwd(
         &self,
         plan: &Plan<Self>,
@@ -54,7 +54,7 @@ pub trait GlaOps: Primitives<Buf: GlaStorage> {
         g: &Act<Self>,
         io: Option<(&mut Self::Io<'_>, usize)>,
     ) -> Result<(), Self::Error>;
-    /// Backward of [`crate::backend::Primitives::gla_fwd`] (no state): `dq, dk, dv, dg` at the model's heads (the
+    /// Backward of [`GlaOps::gla_fwd`] (no state): `dq, dk, dv, dg` at the model's heads (the
     /// repeats summed back).
     fn gla_bwd(
         &self,

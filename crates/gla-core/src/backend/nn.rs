@@ -2,12 +2,12 @@
 //! the buffers and the shape letters).
 
 use super::{Act, ConvIdx, Ids, ParamId, Plan, Rows, Storage, F32};
-use crate::config::{Dims, FeatureMap};
+use crate::dims::{Dims, FeatureMap};
 
 /// The shared layer ops on one device. See [`crate::backend`] for buffers and shapes.
 #[allow(clippy::too_many_arguments)]
 pub trait Primitives {
-    /// Error of the backend's ops (model errors such as a bad token id convert into it).
+    /// Error of the backend's ops (contract errors such as a bad token id or a wrong shape convert into it).
     type Error: From<crate::Error>;
     /// Buffer types.
     type Buf: Storage;
