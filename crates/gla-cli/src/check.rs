@@ -120,6 +120,9 @@ fn run_cuda(a: &Args) -> Result<bool> {
     let default_dir = std::path::PathBuf::from("crates/gla-model/tests/fixtures/fla");
     let dir = a.fla_fixtures.clone().unwrap_or(default_dir);
     let n_fixtures = if opts.model { gla_cuda::model_check::fla_fixture_check(&cuda, &dir, &mut rows)? } else { 0 };
+    if opts.model {
+        gla_cuda::alloc_check::alloc_check(&cuda, &mut rows)?;
+    }
     if opts.model && n_fixtures == 0 {
         if a.fla_fixtures.is_some() {
             anyhow::bail!(

@@ -21,7 +21,7 @@
 
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, ValidAsZeroBits};
@@ -34,7 +34,7 @@ use gla_model::IGNORE_INDEX;
 
 use crate::dist::Comm;
 use crate::error::{Error, Result};
-use crate::ops::{self, DevInputs, DevProblem, FwdKernel};
+use crate::ops::{self, DevGradsMut, DevInputs, DevProblem, FwdKernel, GlaWorkspace};
 use crate::runtime::Cuda;
 
 /// Largest head dim the tensor-core GLA kernels take; larger value heads are split (module doc).
@@ -81,17 +81,26 @@ pub fn reset_peak_pool(cuda: &Cuda) {
     }
 }
 
+/// A u64 attribute of the device's default memory pool; 0 when the driver does not report it.
+fn pool_attr(cuda: &Cuda, attr: cudarc::driver::sys::CUmemPool_attribute) -> u64 {
+    let mut x: u64 = 0;
+    if let Some(pool) = default_pool(cuda) {
+        // SAFETY: a live pool; the callers' attributes write a u64
+        let _ = unsafe { cudarc::driver::sys::cuMemPoolGetAttribute(pool, attr, (&raw mut x).cast()) };
+    }
+    x
+}
+
 /// The high-water mark of the device's default memory pool (every stream-ordered allocation of
 /// this process), in bytes; 0 when the driver does not report it.
 pub fn peak_pool_bytes(cuda: &Cuda) -> u64 {
-    use cudarc::driver::sys;
-    let mut high: u64 = 0;
-    if let Some(pool) = default_pool(cuda) {
-        // SAFETY: a live pool; the attribute writes a u64
-        let _ =
-            unsafe { sys::cuMemPoolGetAttribute(pool, sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH, (&raw mut high).cast()) };
-    }
-    high
+    pool_attr(cuda, cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH)
+}
+
+/// The memory of the device's default memory pool in use now (every stream-ordered allocation
+/// of this process not yet freed), in bytes; 0 when the driver does not report it.
+pub fn pool_used_bytes(cuda: &Cuda) -> u64 {
+    pool_attr(cuda, cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)
 }
 
 /// Raw device address of a buffer (one stream: no cross-stream ordering to record).
@@ -368,11 +377,24 @@ pub struct GpuRows {
     correct: CudaSlice<i32>,
 }
 
-/// The GLA problem of a batch shape at the op's heads, and the partial sums buffer of the
-/// backward's column reductions (`[gy, cols]`, see `cols`).
+/// The GLA problem of a batch shape at the op's heads, the partial sums buffer of the
+/// backward's column reductions (`[gy, cols]`, see `cols`), and the GLA op's buffers: made once
+/// per batch shape, so that a training step allocates nothing.
 pub struct GpuPlan {
     prob: DevProblem,
     part: CudaSlice<f32>,
+    /// Locked by one GLA launch sequence at a time (all on the model's one stream).
+    gla: Mutex<GlaBufs>,
+}
+
+/// The GLA op's buffers of a batch shape, shared by every layer (the layers' launches run in
+/// order on one stream): the launches' workspace (sized by the dispatch policy for the chunked
+/// forward and, for a plan that runs backwards, the backward) and, where the op's heads repeat
+/// the model's (GQA groups, value splits), the op's dq, dk, dv, dg at the op's heads before
+/// they are summed back (`None` without that repeat: the op writes the caller's buffer).
+struct GlaBufs {
+    ws: GlaWorkspace<u16>,
+    rep: [Option<CudaSlice<f32>>; 4],
 }
 
 /// q, k, v, g repeated to the op's heads (GQA groups and value splits); `None` = no repeat.
@@ -416,7 +438,7 @@ pub struct Gpu {
 
 impl Gpu {
     pub(crate) fn z<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
-        self.cuda.stream().alloc_zeros::<T>(len.max(1)).map_err(Error::driver(format!("alloc {len} activation elements")))
+        self.cuda.alloc_zeros::<T>(len.max(1), format_args!("{len} activation elements"))
     }
     /// bf16 weight `id` (GEMM operand).
     pub(crate) fn wp(&self, id: ParamId) -> u64 {
@@ -525,15 +547,22 @@ impl Primitives for Gpu {
         self.z(len)
     }
     fn alloc_ids(&self, n: usize) -> Result<GpuIds> {
-        // the embedding schedule's buffers are sized at the first upload for a backward
-        Ok(GpuIds { ids: self.z(n)?, emb_order: self.z(0)?, emb_start: self.z(0)?, emb_tok: self.z(0)?, emb_nseg: 0 })
+        // with the embedding backward's schedule for n ids (upload_ids fills it)
+        Ok(GpuIds { ids: self.z(n)?, emb_order: self.z(n)?, emb_start: self.z(n + 1)?, emb_tok: self.z(n)?, emb_nseg: 0 })
     }
     fn alloc_rows(&self, n: usize) -> Result<GpuRows> {
         Ok(GpuRows { rows: self.z(n)?, targets: self.z(n)?, loss: self.z(n)?, correct: self.z(n)? })
     }
     fn plan(&self, b: usize, t: usize, backward: bool) -> Result<GpuPlan> {
         let part = self.z(if backward { part_len(&self.dims, b * t) } else { 1 })?;
-        Ok(GpuPlan { prob: DevProblem::new(&self.cuda, &self.op_problem(b, t)?)?, part })
+        let prob = DevProblem::new(&self.cuda, &self.op_problem(b, t)?)?;
+        // every forward but the decode step (recurrent, no workspace) runs chunked
+        let ws = GlaWorkspace::for_problem(&self.cuda, &prob, Some(FwdKernel::Chunk), backward)?;
+        let p = &prob.problem;
+        let hp = self.heads;
+        let rep = |r: usize, len: usize| if backward && r > 1 { self.z(len).map(Some) } else { Ok(None) };
+        let rep = [rep(hp.rq, p.qk_len())?, rep(hp.rk, p.qk_len())?, rep(hp.rv, p.v_len())?, rep(hp.rk, p.g_len())?];
+        Ok(GpuPlan { prob, part, gla: Mutex::new(GlaBufs { ws, rep }) })
     }
 
     fn upload_ids(&self, dst: &mut GpuIds, ids: &[u32], backward: bool) -> Result<()> {
@@ -562,8 +591,10 @@ impl Primitives for Gpu {
             kept.push(r);
         }
         start.push(kept.len() as i32);
-        if dst.emb_start.len() < ids.len() + 1 {
-            (dst.emb_order, dst.emb_start, dst.emb_tok) = (self.z(ids.len())?, self.z(ids.len() + 1)?, self.z(ids.len())?);
+        if dst.emb_start.len() < ids.len() + 1 || dst.emb_order.len() < ids.len() {
+            // more ids than the buffers were made for (alloc_ids): a caller's error, never a
+            // reason to allocate inside a training step
+            return Err(unsupported(format!("{} ids for buffers of {}", ids.len(), dst.emb_order.len())));
         }
         dst.emb_nseg = tok.len();
         if !kept.is_empty() {
@@ -876,10 +907,9 @@ impl Primitives for Gpu {
 #[allow(clippy::too_many_arguments)]
 impl GlaOps for Gpu {
     fn alloc_gla_grads(&self, n: usize) -> Result<[CudaSlice<f32>; 4]> {
-        // sums over the repeats; without a repeat the op's own outputs are moved in (gla_bwd)
-        let (dm, hp) = (&self.dims, self.heads);
-        let z = |rep: usize, len: usize| self.z::<f32>(if rep > 1 { len } else { 0 });
-        Ok([z(hp.rq, n * dm.key_dim)?, z(hp.rk, n * dm.key_dim_kv)?, z(hp.rv, n * dm.value_dim_kv)?, z(hp.rk, n * dm.key_dim_kv)?])
+        // the sums over the repeats, or (without a repeat) the op's own outputs (gla_bwd)
+        let dm = &self.dims;
+        Ok([self.z(n * dm.key_dim)?, self.z(n * dm.key_dim_kv)?, self.z(n * dm.value_dim_kv)?, self.z(n * dm.key_dim_kv)?])
     }
 
     fn alloc_gla_saved(&self, n: usize) -> Result<GpuGla> {
@@ -955,12 +985,16 @@ impl GlaOps for Gpu {
         }
         let x_in = Self::gla_inputs(saved, q, k, v, g);
         match io {
-            None => ops::gla_fwd(c, FwdKernel::Chunk, &plan.prob, &x_in, o, None)?,
+            None => {
+                let ws = &mut plan.gla.lock().unwrap_or_else(|e| e.into_inner()).ws;
+                ops::gla_fwd_ws(c, FwdKernel::Chunk, &plan.prob, &x_in, ws, o, None)?;
+            }
             Some((InferIo::Batch(ctx), l)) => {
                 // one token per sequence takes the recurrent kernel, as fla's decode does
                 let which = if p.t() == 1 { FwdKernel::Recurrent } else { FwdKernel::Chunk };
                 let x_in = DevInputs { h0: Some(&ctx.h0[l]), ..x_in };
-                ops::gla_fwd(c, which, &plan.prob, &x_in, o, Some(&mut ctx.ht[l]))?;
+                let ws = &mut plan.gla.lock().unwrap_or_else(|e| e.into_inner()).ws;
+                ops::gla_fwd_ws(c, which, &plan.prob, &x_in, ws, o, Some(&mut ctx.ht[l]))?;
             }
             Some((InferIo::Table { addr, b }, l)) => {
                 if p.t() != 1 {
@@ -991,37 +1025,34 @@ impl GlaOps for Gpu {
         let n = plan.prob.problem.b() * plan.prob.problem.t();
         let x_in = Self::gla_inputs(saved, q, k, v, g);
         let [dq, dk, dv, dg] = grads;
-        // outputs of the last layer's op moved in below: freed first (stream-ordered), so that
-        // two layers' gradients are never alive at once
-        for (rep, buf) in [(hp.rq, &mut *dq), (hp.rk, &mut *dk), (hp.rv, &mut *dv), (hp.rk, &mut *dg)] {
-            if rep == 1 {
-                *buf = self.z(0)?;
-            }
-        }
-        let gr = if ops::chunk_bwd_supported::<u16>(&plan.prob.problem) {
-            ops::gla_bwd_chunk(c, &plan.prob, &x_in, d_o, None, false)?
-        } else {
-            ops::gla_bwd(c, &plan.prob, &x_in, d_o, None)?
+        let mut bufs = plan.gla.lock().unwrap_or_else(|e| e.into_inner());
+        let GlaBufs { ws, rep: [rq, rk, rv, rg] } = &mut *bufs;
+        // the op's gradients at its heads: the plan's buffers where the heads repeat (summed
+        // back below), else the caller's
+        let out = DevGradsMut {
+            dq: rq.as_mut().unwrap_or(&mut *dq),
+            dk: rk.as_mut().unwrap_or(&mut *dk),
+            dv: rv.as_mut().unwrap_or(&mut *dv),
+            dg: rg.as_mut().unwrap_or(&mut *dg),
+            dh0: None,
         };
+        if ops::chunk_bwd_supported::<u16>(&plan.prob.problem) {
+            ops::gla_bwd_chunk_ws(c, &plan.prob, &x_in, d_o, None, ws, out, false)?;
+        } else {
+            ops::gla_bwd_ws(c, &plan.prob, &x_in, d_o, None, ws, out)?;
+        }
         // sum the repeats back: dq over value splits, dk/dg over groups and splits, dv over
-        // groups; without a repeat the op's output is moved in
+        // groups
         let kv = dm.kv_heads;
-        if hp.rq > 1 {
-            self.sum_back(dq, &gr.dq, n, dm.heads, hp.rq, dm.head_k)?;
-        } else {
-            *dq = gr.dq;
+        if let Some(r) = rq {
+            self.sum_back(dq, r, n, dm.heads, hp.rq, dm.head_k)?;
         }
-        if hp.rk > 1 {
-            self.sum_back(dk, &gr.dk, n, kv, hp.rk, dm.head_k)?;
-            self.sum_back(dg, &gr.dg, n, kv, hp.rk, dm.head_k)?;
-        } else {
-            *dk = gr.dk;
-            *dg = gr.dg;
+        if let (Some(rk), Some(rg)) = (rk, rg) {
+            self.sum_back(dk, rk, n, kv, hp.rk, dm.head_k)?;
+            self.sum_back(dg, rg, n, kv, hp.rk, dm.head_k)?;
         }
-        if hp.rv > 1 {
-            self.sum_back(dv, &gr.dv, n, kv, hp.rv, dm.head_v)?;
-        } else {
-            *dv = gr.dv;
+        if let Some(r) = rv {
+            self.sum_back(dv, r, n, kv, hp.rv, dm.head_v)?;
         }
         Ok(())
     }

@@ -132,12 +132,10 @@ fn logsigmoid_clamped(x: f32) -> f32 {
 /// Invalid shapes; driver, compile or launch errors.
 pub fn bench_ops(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, stages: bool, bwd: bool) -> Result<Vec<BenchRow>> {
     let mut rows = Vec::new();
-    let s = cuda.stream();
     // inputs drawn once for the largest size; every shape uses a prefix
     let max_qk = shapes.iter().map(|&[b, t, h, k, _]| b * t * h * k).max().unwrap_or(0);
     let max_v = shapes.iter().map(|&[b, t, h, _, v]| b * t * h * v).max().unwrap_or(0);
-    let up =
-        |x: Vec<u16>, what: &'static str| -> Result<CudaSlice<u16>> { s.clone_htod(&x).map_err(Error::driver(format!("upload {what}"))) };
+    let up = |x: Vec<u16>, what: &'static str| -> Result<CudaSlice<u16>> { cuda.upload(&x, what) };
     let q = up(draw_bf16(max_qk, 1, |z| z), "q")?;
     let k = up(draw_bf16(max_qk, 2, |z| z), "k")?;
     let v = up(draw_bf16(max_v, 3, |z| z), "v")?;
@@ -149,12 +147,11 @@ pub fn bench_ops(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, stages: b
         let (qs, ks, gs) = (q.slice(0..nqk), k.slice(0..nqk), g.slice(0..nqk));
         let (vs, dos) = (v.slice(0..nv), d_o.slice(0..nv));
         // the launchers take whole slices: copy the prefixes when the shape is smaller
-        let own =
-            |x: &cudarc::driver::CudaView<'_, u16>| -> Result<CudaSlice<u16>> { s.clone_dtod(x).map_err(Error::driver("copy input")) };
+        let own = |x: &cudarc::driver::CudaView<'_, u16>| -> Result<CudaSlice<u16>> { cuda.duplicate(x, "input") };
         let (q1, k1, v1s, g1, do1) = (own(&qs)?, own(&ks)?, own(&vs)?, own(&gs)?, own(&dos)?);
         let dp = DevProblem::new(cuda, &p)?;
         let x = DevInputs { q: &q1, k: &k1, v: &v1s, g: Some(&g1), h0: None };
-        let mut o = s.alloc_zeros::<u16>(nv).map_err(Error::driver("alloc o"))?;
+        let mut o = cuda.alloc_zeros::<u16>(nv, "o")?;
         let (ffl, bfl) = p.chunk_flops();
         // least bytes: fwd reads q, k, v, g and writes o (bf16); bwd reads q, k, v, g, do (bf16)
         // and writes dq, dk, dv, dg (f32, the op's contract)

@@ -1,8 +1,8 @@
 //! The dispatch policy of the GLA op on the GPU, written once: which kernels run for a storage
 //! dtype, K, V, gate and length ([`fwd_path`], [`bwd_path`]), and every tuning choice of their
-//! launches (block sizes, tile widths, pipeline depths, shared-memory sizes). `ops.rs` only
-//! checks lengths, allocates workspaces and launches what this module picks; docs/kernels.md
-//! describes the kernels.
+//! launches (block sizes, tile widths, pipeline depths, shared-memory sizes, the workspaces'
+//! sizes: [`WorkspaceLens`]). `ops.rs` only checks lengths and launches what this module picks;
+//! docs/kernels.md describes the kernels.
 //!
 //! | storage | pass     | K, V                                   | kernels                                   |
 //! |---------|----------|----------------------------------------|-------------------------------------------|
@@ -152,6 +152,120 @@ pub fn fwd_path(p: &Problem, bf16: bool, which: FwdKernel) -> std::result::Resul
 /// else `None` (the recurrent kernels).
 pub fn bwd_path(p: &Problem, bf16: bool) -> Option<ChunkPath> {
     chunk_bwd_path(p).filter(|_| bf16)
+}
+
+/// Elements of each workspace of the GLA op's launches for one problem (`ops::GlaWorkspace`):
+/// 0 where no launch of the asked passes reads or writes that buffer, at least 1 where one
+/// does (a launch may take a buffer's address even when it has no chunk to write). `T` is the
+/// storage dtype; the rest is f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WorkspaceLens {
+    /// `T`, shaped like k: k scaled by the decay to the chunk end (chunked prep).
+    pub kd: usize,
+    /// `T`, shaped like q: q scaled by its decay from the chunk start (chunked prep).
+    pub qe: usize,
+    /// `T`, chunks x H x K x V: the state entering each chunk.
+    pub hs: usize,
+    /// `T`, chunks x H x K x V: the state gradient leaving each chunk (backward).
+    pub dhs: usize,
+    /// `T`, chunks x H x 64 x 64: the intra-chunk attention A.
+    pub a: usize,
+    /// f32, chunks x H x K: each chunk's total decay.
+    pub dl: usize,
+    /// f32, chunks x H x 64 x 64: dA (backward).
+    pub da: usize,
+    /// f32, chunks x H x K: rowsum(S * D) (backward).
+    pub sd: usize,
+    /// f32, NV x `[rows, H, K]`, each of the recurrent backward's dq, dk and dg partials.
+    pub part: usize,
+    /// f32: the recurrent backward's state checkpoints.
+    pub ckpt: usize,
+    /// f32: the recurrent backward's recomputed states, one segment per block.
+    pub seg: usize,
+}
+
+impl WorkspaceLens {
+    /// The larger of each length (a workspace for both passes).
+    pub fn max(self, o: Self) -> Self {
+        Self {
+            kd: self.kd.max(o.kd),
+            qe: self.qe.max(o.qe),
+            hs: self.hs.max(o.hs),
+            dhs: self.dhs.max(o.dhs),
+            a: self.a.max(o.a),
+            dl: self.dl.max(o.dl),
+            da: self.da.max(o.da),
+            sd: self.sd.max(o.sd),
+            part: self.part.max(o.part),
+            ckpt: self.ckpt.max(o.ckpt),
+            seg: self.seg.max(o.seg),
+        }
+    }
+
+    /// Whether every length is at least `need`'s.
+    pub fn covers(&self, need: &Self) -> bool {
+        self.max(*need) == *self
+    }
+
+    /// The forward's workspaces for `which` ([`fwd_path`]; none for the recurrent and the f32
+    /// chunk kernels), over `n_chunks` 64-row chunks.
+    ///
+    /// # Errors
+    /// As [`fwd_path`].
+    pub fn forward(p: &Problem, n_chunks: usize, bf16: bool, which: FwdKernel) -> std::result::Result<Self, String> {
+        let FwdPath::Chunk { path, state_only } = fwd_path(p, bf16, which)? else { return Ok(Self::default()) };
+        let wide = path == ChunkPath::Wide;
+        let (kv, k) = (n_chunks * p.h() * p.k() * p.v(), n_chunks * p.h() * p.k());
+        Ok(Self {
+            kd: p.qk_len().max(1),
+            // the wide output launch reads q scaled by exp(G) from the prep; the narrow one forms it
+            qe: if wide { p.qk_len().max(1) } else { 0 },
+            hs: kv.max(1),
+            a: if wide && !state_only { (n_chunks * p.h() * 4096).max(1) } else { 0 },
+            dl: k.max(1),
+            ..Self::default()
+        })
+    }
+
+    /// The backward's workspaces: [`WorkspaceLens::chunk_backward`] where [`bwd_path`] has a
+    /// chunked path, else [`WorkspaceLens::recurrent_backward`].
+    pub fn backward(p: &Problem, n_chunks: usize, bf16: bool) -> Self {
+        if bwd_path(p, bf16).is_some() {
+            Self::chunk_backward(p, n_chunks)
+        } else {
+            Self::recurrent_backward(p)
+        }
+    }
+
+    /// The chunked backward's workspaces over `n_chunks` 64-row chunks.
+    pub fn chunk_backward(p: &Problem, n_chunks: usize) -> Self {
+        let (kv, k, a) = (n_chunks * p.h() * p.k() * p.v(), n_chunks * p.h() * p.k(), n_chunks * p.h() * 4096);
+        Self {
+            kd: p.qk_len().max(1),
+            qe: p.qk_len().max(1),
+            hs: kv.max(1),
+            dhs: kv.max(1),
+            a: a.max(1),
+            dl: k.max(1),
+            da: a.max(1),
+            sd: k.max(1),
+            ..Self::default()
+        }
+    }
+
+    /// The recurrent backward's workspaces (`gla/recurrent.cu`: `BV` value columns per block,
+    /// state checkpoints every `CK` steps and one segment of recomputed states per block, in
+    /// per-thread slots of ceil(K/8) floats x 256 threads).
+    pub fn recurrent_backward(p: &Problem) -> Self {
+        let nv = p.v().div_ceil(REC_BV);
+        let slot = p.k().div_ceil(8) * 256;
+        Self {
+            part: (nv * p.qk_len()).max(1),
+            ckpt: ((p.rows() / REC_CK + p.n() + 1) * p.h() * nv * slot).max(1),
+            seg: (p.n() * p.h() * nv * REC_CK * slot).max(1),
+            ..Self::default()
+        }
+    }
 }
 
 /// K rounded up to the tensor-core tile (16).
@@ -396,5 +510,33 @@ mod tests {
         assert!(chunk_bwd2_smem_bytes(CHUNK_K_TILE) <= 227 * 1024);
         // bwd2 at K tiles of 64 (two blocks per SM, 1 KB reserved per block)
         assert!(chunk_bwd2_d2_smem_bytes(64) + 1024 <= 228 * 1024 / 2);
+    }
+
+    #[test]
+    fn workspace_lens_follow_the_paths() {
+        let chunks = |p: &Problem| p.bounds().windows(2).map(|w| (w[1] - w[0]).div_ceil(CHUNK_BT)).sum::<usize>();
+        for (k, v) in [(16, 32), (64, 64), (64, 128), (128, 128), (192, 64), (256, 128), (32, 160), (256, 256)] {
+            let p = prob(k, v);
+            let nc = chunks(&p);
+            let f = WorkspaceLens::forward(&p, nc, true, FwdKernel::Chunk).expect("K <= 256");
+            let b = WorkspaceLens::backward(&p, nc, true);
+            // a training plan's workspace (forward and backward) serves both passes
+            let both = f.max(b);
+            assert!(both.covers(&f) && both.covers(&b), "K = {k}, V = {v}");
+            let wide = k > CHUNK_NARROW_MAX;
+            assert_eq!((f.qe > 0, f.a > 0), (wide, wide), "K = {k}: qe and A only on the wide forward");
+            assert_eq!(f.hs, nc * p.h() * k * v);
+            match bwd_path(&p, true) {
+                Some(_) => assert!(b.dhs == f.hs && b.da == nc * p.h() * 4096 && b.part == 0, "K = {k}, V = {v}"),
+                None => assert!(b.part == v.div_ceil(REC_BV) * p.qk_len() && b.ckpt > 0 && b.seg > 0 && b.hs == 0, "K = {k}, V = {v}"),
+            }
+        }
+        // (one chunk:) the recurrent and f32 chunk forwards need no workspace; f32 storage
+        // takes the recurrent backward
+        assert_eq!(WorkspaceLens::forward(&prob(64, 64), 1, true, FwdKernel::Recurrent), Ok(WorkspaceLens::default()));
+        assert_eq!(WorkspaceLens::forward(&prob(64, 64), 1, false, FwdKernel::Chunk), Ok(WorkspaceLens::default()));
+        assert_eq!(WorkspaceLens::backward(&prob(64, 64), 1, false), WorkspaceLens::recurrent_backward(&prob(64, 64)));
+        assert!(WorkspaceLens::forward(&prob(257, 64), 1, true, FwdKernel::Chunk).is_err());
+        assert!(!WorkspaceLens::default().covers(&WorkspaceLens { kd: 1, ..WorkspaceLens::default() }));
     }
 }

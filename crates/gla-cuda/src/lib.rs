@@ -2,7 +2,7 @@
 //!
 //! - [`runtime`]: library probes (no GPU / no driver / no libnvrtc gives an [`Error`], never a
 //!   panic), NVRTC compile to CUBIN with an in-process and an on-disk cache, the [`Cuda`] device
-//!   handle (context + stream).
+//!   handle (context + stream; every device allocation of the crate, counted).
 //! - kernels under `crates/gla-cuda/kernels/` by algorithm (`common/`, `gla/`, `nn/`;
 //!   docs/kernels.md), self-contained CUDA C++ (no toolkit headers), embedded with
 //!   `include_str!` ([`kernels::ALL`]) and launched by name through [`Cuda::launch`].
@@ -14,6 +14,7 @@
 //!   that uploads host slices, runs, downloads (f32 or bf16 storage).
 //! - [`bench`]: event-timed medians of the ops with their HBM floors and FLOPs.
 //! - [`check`]: the shared case table on the GPU against the CPU f64 oracle.
+//! - [`alloc_check`]: a GPU training step allocates nothing after its first step.
 //! - [`dist`]: data-parallel training over NCCL (torchrun-style environment, rendezvous,
 //!   communicator with timeouts, gradient buckets overlapped with the backward).
 //!
@@ -32,6 +33,7 @@
 //! documented in [`dist`].
 #![deny(missing_docs)]
 
+pub mod alloc_check;
 pub mod backend;
 pub mod bench;
 pub mod check;

@@ -22,7 +22,7 @@ use gla_model::{model as lm, Acts, GlaConfig, GlaModel, LossOut, Primitives, IGN
 use crate::backend::{
     blas_err, flat, head_plan, launch, ptr, unsupported, Gemm, Gpu, GpuBuf, GradSync, HeadPlan, InferCtx, InferIo, BUCKET_ELEMS, MAX_CONV,
 };
-pub use crate::backend::{cublas_available, peak_pool_bytes, reset_peak_pool};
+pub use crate::backend::{cublas_available, peak_pool_bytes, pool_used_bytes, reset_peak_pool};
 use crate::dist::{bucket_plan, Comm};
 use crate::error::{Error, Result};
 use crate::ops;
@@ -69,6 +69,8 @@ pub struct GpuModel {
     inference: bool,
     moments: Option<Moments>,
     norm_buf: CudaSlice<f64>,
+    /// [`GpuModel::all_reduce_host`]'s device copy, grown to the longest vector it was given
+    stats: Option<CudaSlice<f64>>,
 }
 
 impl std::fmt::Debug for GpuModel {
@@ -85,10 +87,9 @@ impl GpuModel {
     /// [`Error::Op`] for head dims the kernels do not take.
     pub fn new(cuda: Arc<Cuda>, model: &GlaModel) -> Result<Self> {
         let (plan, gemm) = Self::preflight(&cuda, model)?;
-        let st = cuda.stream();
-        let master = st.clone_htod(&model.params).map_err(Error::driver("upload weights"))?;
-        let w16 = st.alloc_zeros::<u16>(model.params.len()).map_err(Error::driver("alloc bf16 weights"))?;
-        let grads = st.alloc_zeros::<f32>(model.params.len()).map_err(Error::driver("alloc gradients"))?;
+        let master = cuda.upload(&model.params, "weights")?;
+        let w16 = cuda.alloc_zeros::<u16>(model.params.len(), "bf16 weights")?;
+        let grads = cuda.alloc_zeros::<f32>(model.params.len(), "gradients")?;
         let moff = model.layout.specs.iter().map(|sp| sp.offset).collect();
         let me = Self::assemble(cuda, gemm, plan, model, Weights { master, moff, w16, grads, inference: false })?;
         me.refresh_bf16()?;
@@ -104,9 +105,8 @@ impl GpuModel {
     /// As [`GpuModel::new`].
     pub fn new_inference(cuda: Arc<Cuda>, model: &GlaModel) -> Result<Self> {
         let (plan, gemm) = Self::preflight(&cuda, model)?;
-        let st = cuda.stream();
         let w16_host: Vec<u16> = model.params.iter().map(|&x| ops::f32_to_bf16(x)).collect();
-        let w16 = st.clone_htod(&w16_host).map_err(Error::driver("upload bf16 weights"))?;
+        let w16 = cuda.upload(&w16_host, "bf16 weights")?;
         drop(w16_host);
         // the GEMM matrices are read only as bf16 (wp); everything else keeps an f32 copy (mp)
         let (mut moff, mut compact) = (vec![0usize; model.layout.specs.len()], Vec::new());
@@ -117,15 +117,15 @@ impl GpuModel {
             }
         }
         compact.push(0.0); // never empty
-        let master = st.clone_htod(&compact).map_err(Error::driver("upload f32 weights"))?;
-        let grads = st.alloc_zeros::<f32>(1).map_err(Error::driver("alloc gradients"))?;
+        let master = cuda.upload(&compact, "f32 weights")?;
+        let grads = cuda.alloc_zeros::<f32>(1, "gradients")?;
         Self::assemble(cuda, gemm, plan, model, Weights { master, moff, w16, grads, inference: true })
     }
 
     /// The model around its device weights (both constructors).
     fn assemble(cuda: Arc<Cuda>, gemm: Gemm, plan: HeadPlan, model: &GlaModel, w: Weights) -> Result<Self> {
         // the gradient norm's result, then its per-block partial sums (grad_norm)
-        let norm_buf = cuda.stream().alloc_zeros::<f64>(1 + crate::backend::max_flat_blocks(&cuda)).map_err(Error::driver("alloc norm"))?;
+        let norm_buf = cuda.alloc_zeros::<f64>(1 + crate::backend::max_flat_blocks(&cuda), "gradient norm")?;
         let gpu = Gpu {
             cuda,
             gemm,
@@ -147,6 +147,7 @@ impl GpuModel {
             inference: w.inference,
             moments: None,
             norm_buf,
+            stats: None,
         })
     }
 
@@ -211,22 +212,27 @@ impl GpuModel {
     }
 
     /// Sums `v` over the ranks of the attached communicator (no-op without one); used for the
-    /// loss statistics of each micro-batch. Synchronises.
+    /// loss statistics of each micro-batch. Synchronises; allocates only for a vector longer
+    /// than any before.
     ///
     /// # Errors
     /// [`Error::Nccl`] (a peer failed or timed out), [`Error::Driver`].
-    pub fn all_reduce_host(&self, v: &mut [f64]) -> Result<()> {
+    pub fn all_reduce_host(&mut self, v: &mut [f64]) -> Result<()> {
         let Some(s) = &self.gpu.sync else { return Ok(()) };
         let st = self.gpu.cuda.stream();
-        let buf = st.clone_htod(v).map_err(Error::driver("upload statistics"))?;
+        if self.stats.as_ref().is_none_or(|b| b.len() < v.len()) {
+            self.stats = Some(self.gpu.cuda.alloc_zeros::<f64>(v.len(), "statistics")?);
+        }
+        let Some(stats) = self.stats.as_mut() else { unreachable!("set above") };
+        st.memcpy_htod(v, &mut stats.slice_mut(0..v.len())).map_err(Error::driver("upload statistics"))?;
         s.ready.record(st).map_err(Error::driver("record event"))?;
         s.comm.stream().wait(&s.ready).map_err(Error::driver("order the communication stream"))?;
-        s.comm.all_reduce_sum_f64(ptr(&self.gpu.cuda, &buf), v.len(), "all-reduce of the loss")?;
+        s.comm.all_reduce_sum_f64(ptr(&self.gpu.cuda, &*stats), v.len(), "all-reduce of the loss")?;
         s.done.record(s.comm.stream()).map_err(Error::driver("record event"))?;
         st.wait(&s.done).map_err(Error::driver("order the model stream"))?;
         s.ready.record(st).map_err(Error::driver("record event"))?;
         s.comm.wait_event(&s.ready, "all-reduce of the loss")?;
-        let out = st.clone_dtoh(&buf).map_err(Error::driver("download statistics"))?;
+        let out = st.clone_dtoh(&stats.slice(0..v.len())).map_err(Error::driver("download statistics"))?;
         v.copy_from_slice(&out);
         Ok(())
     }
@@ -451,9 +457,8 @@ impl GpuModel {
         }
         let gscale = if max_norm > 0.0 && norm > f64::from(max_norm) { (f64::from(max_norm) / (norm + 1e-6)) as f32 } else { 1.0 };
         if self.moments.is_none() {
-            let st = self.gpu.cuda.stream();
-            let m = st.alloc_zeros::<f32>(self.layout.numel).map_err(Error::driver("alloc AdamW m"))?;
-            let v = st.alloc_zeros::<f32>(self.layout.numel).map_err(Error::driver("alloc AdamW v"))?;
+            let c = &self.gpu.cuda;
+            let (m, v) = (c.alloc_zeros::<f32>(self.layout.numel, "AdamW m")?, c.alloc_zeros::<f32>(self.layout.numel, "AdamW v")?);
             self.moments = Some(Moments { m, v, step: 0 });
         }
         let Some(mo) = self.moments.as_mut() else { unreachable!("set above") };
@@ -496,9 +501,8 @@ impl GpuModel {
         if m.len() != n || v.len() != n {
             return Err(unsupported(format!("AdamW moments of {} / {} elements for {n} parameters", m.len(), v.len())));
         }
-        let st = self.gpu.cuda.stream();
-        let m = st.clone_htod(m).map_err(Error::driver("upload AdamW m"))?;
-        let v = st.clone_htod(v).map_err(Error::driver("upload AdamW v"))?;
+        let c = &self.gpu.cuda;
+        let (m, v) = (c.upload(m, "AdamW m")?, c.upload(v, "AdamW v")?);
         self.moments = Some(Moments { m, v, step });
         Ok(())
     }
@@ -669,8 +673,8 @@ impl GpuDecoder {
     /// [`Error::Driver`].
     pub fn new_state(&self) -> Result<GpuState> {
         let (rec, conv) = self.state_sizes();
-        let st = self.model.gpu.cuda.stream();
-        let z = |len: usize| st.alloc_zeros::<f32>(len.max(1)).map_err(Error::driver("alloc generation state"));
+        let c = &self.model.gpu.cuda;
+        let z = |len: usize| c.alloc_zeros::<f32>(len.max(1), "generation state");
         let layers = self.model.dims.layers;
         let has_conv = self.model.dims.conv > 0;
         Ok(GpuState {
@@ -712,8 +716,7 @@ impl GpuDecoder {
         if ids.len() != b * t || states.len() != b {
             return Err(unsupported(format!("{} ids and {} states for a [{b}, {t}] step", ids.len(), states.len())));
         }
-        let st = c.stream();
-        let z = |len: usize| st.alloc_zeros::<f32>(len.max(1)).map_err(Error::driver("alloc batch state"));
+        let z = |len: usize| c.alloc_zeros::<f32>(len.max(1), "batch state");
         let mut ctx = InferCtx { h0: Vec::with_capacity(layers), ht: Vec::with_capacity(layers), conv: Vec::with_capacity(layers) };
         for l in 0..layers {
             let (h0, ht) = (z(b * rec)?, z(b * rec)?);
@@ -816,7 +819,7 @@ impl GpuDecoder {
             }
             let slot = DecodeSlot {
                 acts: self.model.inference_activations(b, 1)?,
-                table: st.alloc_zeros::<u64>(self.model.dims.layers * 4 * b).map_err(Error::driver("alloc state table"))?,
+                table: c.alloc_zeros::<u64>(self.model.dims.layers * 4 * b, "state table")?,
                 uploaded: Vec::new(),
                 graph: None,
                 steps: 0,

@@ -44,7 +44,7 @@ impl CudaGla {
 
     fn up<T: Elem>(&self, x: &[f32], what: &'static str) -> Result<CudaSlice<T>> {
         let h: Vec<T> = x.iter().map(|&v| T::from_f32(v)).collect();
-        self.cuda.stream().clone_htod(&h).map_err(Error::driver(format!("upload {what}")))
+        self.cuda.upload(&h, what)
     }
     fn down<T: Elem>(&self, x: &CudaSlice<T>, what: &'static str) -> Result<Vec<f32>> {
         let h = self.cuda.stream().clone_dtoh(x).map_err(Error::driver(format!("download {what}")))?;
@@ -52,7 +52,7 @@ impl CudaGla {
     }
     fn poisoned<T: Elem>(&self, len: usize, what: &'static str) -> Result<CudaSlice<T>> {
         // SAFETY: poisoned right away, before any read
-        let mut b = unsafe { self.cuda.stream().alloc::<T>(len) }.map_err(Error::driver(format!("alloc {what}")))?;
+        let mut b = unsafe { self.cuda.alloc_uninit::<T>(len, what) }?;
         ops::poison(&self.cuda, &mut b)?;
         Ok(b)
     }

@@ -1,8 +1,13 @@
 //! Typed launchers of the GLA op over device buffers: the forward, the decode step and the two
 //! backwards. Each checks the buffer lengths against the [`DevProblem`] (a wrong length is an
-//! error, never an out-of-bounds launch), takes its kernels and launch shapes from
-//! [`crate::dispatch`] (the dispatch policy and every tuning choice), allocates the workspaces,
-//! and launches through [`Cuda::launch`].
+//! error, never an out-of-bounds launch), takes its kernels, launch shapes and workspace sizes
+//! from [`crate::dispatch`] (the dispatch policy and every tuning choice), and launches through
+//! [`Cuda::launch`].
+//!
+//! Each pass has one launcher that takes the caller's buffers and allocates nothing
+//! ([`gla_fwd_ws`], [`gla_bwd_ws`], [`gla_bwd_chunk_ws`], with a [`GlaWorkspace`]) and an
+//! allocating entry point that makes the workspace (and the gradients) and calls it
+//! ([`gla_fwd`], [`gla_bwd`], [`gla_bwd_chunk`]).
 //!
 //! Storage dtypes: `f32`, or bf16 held as `u16` (the upper half of an f32). States, gradients
 //! and every accumulator are f32.
@@ -11,8 +16,8 @@ use cudarc::driver::{CudaSlice, DevicePtrMut, DeviceRepr, ValidAsZeroBits};
 
 use gla_core::{GateKind, Problem};
 
-use crate::dispatch::{self, FwdPath, CHUNK_BT, CHUNK_NARROW_MAX, CHUNK_WIDE_MAX, REC_BV, REC_CK};
-pub use crate::dispatch::{chunk_bwd_path, chunk_fwd_path, ChunkPath, FwdKernel};
+use crate::dispatch::{self, FwdPath, CHUNK_BT, CHUNK_NARROW_MAX, CHUNK_WIDE_MAX, REC_BV};
+pub use crate::dispatch::{chunk_bwd_path, chunk_fwd_path, ChunkPath, FwdKernel, WorkspaceLens};
 use crate::error::{Error, Result};
 use crate::runtime::{Cuda, NULL};
 
@@ -70,7 +75,7 @@ impl DevProblem {
     /// [`Error::Driver`].
     pub fn new(cuda: &Cuda, p: &Problem) -> Result<Self> {
         let b: Vec<i64> = p.bounds().iter().map(|&x| x as i64).collect();
-        let bounds = cuda.stream().clone_htod(&b).map_err(Error::driver("upload bounds"))?;
+        let bounds = cuda.upload(&b, "sequence bounds")?;
         let mut off = vec![0i64];
         let mut seq = Vec::new();
         for n in 0..p.n() {
@@ -82,8 +87,8 @@ impl DevProblem {
         if seq.is_empty() {
             seq.push(0);
         }
-        let chunk_off = cuda.stream().clone_htod(&off).map_err(Error::driver("upload chunk offsets"))?;
-        let chunk_seq = cuda.stream().clone_htod(&seq).map_err(Error::driver("upload chunk sequences"))?;
+        let chunk_off = cuda.upload(&off, "chunk offsets")?;
+        let chunk_seq = cuda.upload(&seq, "chunk sequences")?;
         Ok(Self { bounds, chunk_off, chunk_seq, n_chunks, problem: p.clone() })
     }
     fn dims(&self) -> (i32, i32, i32, i32, i32, f32, i64) {
@@ -174,15 +179,107 @@ fn vtile_grid(dp: &DevProblem, v: usize, what: &str) -> Result<u32> {
         .ok_or_else(|| unsupported(format!("{what}: {} chunks x {nvt} V tiles", dp.n_chunks)))
 }
 
-/// A stream-ordered workspace of `len` elements (at least one), not initialised: every element
-/// is written by an earlier launch on the stream before a later one reads it.
-fn workspace<T: DeviceRepr>(cuda: &Cuda, len: usize, what: &str) -> Result<CudaSlice<T>> {
-    // SAFETY: the callers' contract above: written before read, same stream
-    unsafe { cuda.stream().alloc::<T>(len.max(1)) }.map_err(Error::driver(format!("alloc {what} ({len} elements)")))
+/// The workspaces of the GLA op's launches, sized by [`WorkspaceLens`] (the dispatch policy's
+/// buffers for a problem and its passes), allocated once and reused by every call whose
+/// problem they cover. The language model keeps one per batch shape (`backend::GpuPlan`), so
+/// that a training step allocates nothing; the allocating entry points ([`gla_fwd`],
+/// [`gla_bwd`], [`gla_bwd_chunk`]) make one per call.
+///
+/// Contents are not initialised: every launch writes what a later one reads (the recurrent
+/// backward poisons its buffers before each use). One workspace serves one stream's launches
+/// in order, never two at once.
+#[derive(Debug)]
+pub struct GlaWorkspace<T> {
+    lens: WorkspaceLens,
+    kd: Option<CudaSlice<T>>,
+    qe: Option<CudaSlice<T>>,
+    hs: Option<CudaSlice<T>>,
+    dhs: Option<CudaSlice<T>>,
+    a: Option<CudaSlice<T>>,
+    dl: Option<CudaSlice<f32>>,
+    da: Option<CudaSlice<f32>>,
+    sd: Option<CudaSlice<f32>>,
+    dq_part: Option<CudaSlice<f32>>,
+    dk_part: Option<CudaSlice<f32>>,
+    dg_part: Option<CudaSlice<f32>>,
+    ckpt: Option<CudaSlice<f32>>,
+    seg: Option<CudaSlice<f32>>,
+}
+
+/// A workspace buffer of `len` elements, none for 0.
+fn ws_buf<U: DeviceRepr>(cuda: &Cuda, len: usize, what: &str) -> Result<Option<CudaSlice<U>>> {
+    if len == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the GlaWorkspace contract: written by an earlier launch on the stream (or poisoned)
+    // before any read
+    unsafe { cuda.alloc_uninit::<U>(len, what) }.map(Some)
+}
+
+/// A workspace buffer that a launch needs (present whenever [`GlaWorkspace::check`] passed).
+fn ws_req<'a, U>(b: &'a Option<CudaSlice<U>>, what: &str) -> Result<&'a CudaSlice<U>> {
+    b.as_ref().ok_or_else(|| unsupported(format!("GLA workspace without its {what} buffer")))
+}
+
+impl<T: Elem> GlaWorkspace<T> {
+    /// Allocates the buffers of `lens` (none for a length of 0).
+    ///
+    /// # Errors
+    /// [`Error::Driver`] (out of memory names the buffer).
+    pub fn new(cuda: &Cuda, lens: WorkspaceLens) -> Result<Self> {
+        let l = &lens;
+        Ok(Self {
+            kd: ws_buf(cuda, l.kd, "GLA kd")?,
+            qe: ws_buf(cuda, l.qe, "GLA qe")?,
+            hs: ws_buf(cuda, l.hs, "GLA chunk states")?,
+            dhs: ws_buf(cuda, l.dhs, "GLA chunk state gradients")?,
+            a: ws_buf(cuda, l.a, "GLA A")?,
+            dl: ws_buf(cuda, l.dl, "GLA dl")?,
+            da: ws_buf(cuda, l.da, "GLA dA")?,
+            sd: ws_buf(cuda, l.sd, "GLA sd")?,
+            dq_part: ws_buf(cuda, l.part, "GLA dq partials")?,
+            dk_part: ws_buf(cuda, l.part, "GLA dk partials")?,
+            dg_part: ws_buf(cuda, l.part, "GLA dg partials")?,
+            ckpt: ws_buf(cuda, l.ckpt, "GLA state checkpoints")?,
+            seg: ws_buf(cuda, l.seg, "GLA segment states")?,
+            lens,
+        })
+    }
+
+    /// The workspace of `dp`'s problem for the forward `fwd` (none: no forward) and, with
+    /// `backward`, the backward ([`WorkspaceLens::backward`]): what [`gla_fwd_ws`],
+    /// [`gla_bwd_ws`] and [`gla_bwd_chunk_ws`] need for it.
+    ///
+    /// # Errors
+    /// [`Error::Op`] for a forward the dispatch policy refuses; [`Error::Driver`].
+    pub fn for_problem(cuda: &Cuda, dp: &DevProblem, fwd: Option<FwdKernel>, backward: bool) -> Result<Self> {
+        let (p, nc, bf16) = (&dp.problem, dp.n_chunks, T::SUFFIX == "bf16");
+        let f = match fwd {
+            Some(which) => WorkspaceLens::forward(p, nc, bf16, which).map_err(unsupported)?,
+            None => WorkspaceLens::default(),
+        };
+        let b = if backward { WorkspaceLens::backward(p, nc, bf16) } else { WorkspaceLens::default() };
+        Self::new(cuda, f.max(b))
+    }
+
+    /// The buffers' lengths.
+    pub fn lens(&self) -> &WorkspaceLens {
+        &self.lens
+    }
+
+    /// Refuses a workspace smaller than `need` (a launch would index past it).
+    fn check(&self, op: &str, need: &WorkspaceLens) -> Result<()> {
+        if self.lens.covers(need) {
+            Ok(())
+        } else {
+            Err(unsupported(format!("{op}: the workspace {:?} does not cover the problem's {need:?}", self.lens)))
+        }
+    }
 }
 
 /// Forward: `o = ` the GLA output `[B,T,H,V]` (dtype T), `ht = ` final state `[N,H,K,V]` f32,
-/// by the kernels [`dispatch::fwd_path`] picks for `which`.
+/// by the kernels [`dispatch::fwd_path`] picks for `which`; allocates its workspace
+/// ([`gla_fwd_ws`] takes the caller's).
 ///
 /// # Errors
 /// Shape mismatch, unsupported K, launch or compile errors.
@@ -191,6 +288,26 @@ pub fn gla_fwd<T: Elem>(
     which: FwdKernel,
     dp: &DevProblem,
     x: &DevInputs<'_, T>,
+    o: &mut CudaSlice<T>,
+    ht: Option<&mut CudaSlice<f32>>,
+) -> Result<()> {
+    // a path the policy refuses needs no workspace: gla_fwd_ws reports it after the shapes
+    let lens = WorkspaceLens::forward(&dp.problem, dp.n_chunks, T::SUFFIX == "bf16", which).unwrap_or_default();
+    let mut ws = GlaWorkspace::new(cuda, lens)?;
+    gla_fwd_ws(cuda, which, dp, x, &mut ws, o, ht)
+}
+
+/// [`gla_fwd`] with the caller's workspace (at least [`WorkspaceLens::forward`] of the
+/// problem, e.g. [`GlaWorkspace::for_problem`]); allocates nothing.
+///
+/// # Errors
+/// As [`gla_fwd`]; [`Error::Op`] for a workspace that is too small.
+pub fn gla_fwd_ws<T: Elem>(
+    cuda: &Cuda,
+    which: FwdKernel,
+    dp: &DevProblem,
+    x: &DevInputs<'_, T>,
+    ws: &mut GlaWorkspace<T>,
     o: &mut CudaSlice<T>,
     ht: Option<&mut CudaSlice<f32>>,
 ) -> Result<()> {
@@ -203,8 +320,12 @@ pub fn gla_fwd<T: Elem>(
     }
     let (_n, h, k, v, gw, scale, _rows) = dp.dims();
     let gy = grid_y(op, p.n() * p.h())?;
-    let (name, cfg) = match dispatch::fwd_path(p, T::SUFFIX == "bf16", which).map_err(unsupported)? {
-        FwdPath::Chunk { path, state_only } => return chunk_fwd(cuda, dp, x, o, ht, state_only, path),
+    let bf16 = T::SUFFIX == "bf16";
+    let (name, cfg) = match dispatch::fwd_path(p, bf16, which).map_err(unsupported)? {
+        FwdPath::Chunk { path, state_only } => {
+            ws.check(op, &WorkspaceLens::forward(p, dp.n_chunks, bf16, which).map_err(unsupported)?)?;
+            return chunk_fwd(cuda, dp, x, ws, o, ht, state_only, path);
+        }
         FwdPath::Recurrent => (format!("gla_recurrent_fwd_{}", T::SUFFIX), dispatch::recurrent_cfg(p, gy)),
         FwdPath::ChunkF32 => (format!("gla_chunk_fwd_{}", T::SUFFIX), dispatch::chunk_f32_cfg(p, gy)),
     };
@@ -257,9 +378,9 @@ fn launch_prep<T: Elem>(
     cuda: &Cuda,
     dp: &DevProblem,
     x: &DevInputs<'_, T>,
-    kd: &mut CudaSlice<T>,
-    dl: &mut CudaSlice<f32>,
-    qe: Option<&mut CudaSlice<T>>,
+    kd: &CudaSlice<T>,
+    dl: &CudaSlice<f32>,
+    qe: Option<&CudaSlice<T>>,
     gx: u32,
 ) -> Result<()> {
     let p = &dp.problem;
@@ -280,12 +401,15 @@ fn launch_prep<T: Elem>(
 }
 
 /// The chunked forward (bf16, K <= 256): gate prep, state pass writing the bf16 state entering
-/// every chunk to a workspace, then the output pass, parallel over chunks ([`ChunkPath::Narrow`]:
+/// every chunk to the workspace, then the output pass, parallel over chunks ([`ChunkPath::Narrow`]:
 /// one launch; [`ChunkPath::Wide`]: A over K tiles, then o per 64-wide V tile from the prep's qe).
+/// The workspace was checked against [`WorkspaceLens::forward`].
+#[allow(clippy::too_many_arguments)]
 fn chunk_fwd<T: Elem>(
     cuda: &Cuda,
     dp: &DevProblem,
     x: &DevInputs<'_, T>,
+    ws: &GlaWorkspace<T>,
     o: &mut CudaSlice<T>,
     ht: Option<&mut CudaSlice<f32>>,
     state_only: bool,
@@ -297,19 +421,17 @@ fn chunk_fwd<T: Elem>(
     let wide = path == ChunkPath::Wide;
     let nh = p.n() * p.h();
     let (gz, gx) = (nh_grid_z(op, nh)?, chunk_grid(op, dp.n_chunks)?);
-    let hs = workspace::<T>(cuda, dp.n_chunks * p.h() * p.k() * p.v(), "chunk states")?;
-    let mut kd = workspace::<T>(cuda, p.qk_len(), "kd")?;
-    let mut dl = workspace::<f32>(cuda, dp.n_chunks * p.h() * p.k(), "dl")?;
+    let (hs, kd, dl) = (ws_req(&ws.hs, "hs")?, ws_req(&ws.kd, "kd")?, ws_req(&ws.dl, "dl")?);
     // the wide output launch takes q scale exp(G) from the prep (the narrow one forms it itself)
-    let mut qe = if wide { Some(workspace::<T>(cuda, p.qk_len(), "qe")?) } else { None };
+    let qe = if wide { Some(ws_req(&ws.qe, "qe")?) } else { None };
     if dp.n_chunks > 0 {
-        launch_prep(cuda, dp, x, &mut kd, &mut dl, qe.as_mut(), gx)?;
+        launch_prep(cuda, dp, x, kd, dl, qe, gx)?;
     }
     let plan = dispatch::HPlan::new(p, nh, cuda.sm_count());
     // SAFETY: arguments match gla_chunk_h*_bf16's signature; hs holds n_chunks x H x K x V
     // elements; the grid covers V and K in the plan's tiles and N*H in z.
     unsafe {
-        cuda.launch(plan.name(false), plan.cfg(p, gz), &[&kd, x.v, &dl, &x.h0, &hs, &ht, &dp.bounds, &dp.chunk_off, &h, &k, &v])?;
+        cuda.launch(plan.name(false), plan.cfg(p, gz), &[kd, x.v, dl, &x.h0, hs, &ht, &dp.bounds, &dp.chunk_off, &h, &k, &v])?;
     }
     if dp.n_chunks == 0 || state_only {
         return Ok(());
@@ -317,24 +439,24 @@ fn chunk_fwd<T: Elem>(
     let kp = dispatch::k_padded(p.k());
     let kp32 = kp as i32;
     let (bounds, off, seq) = (&dp.bounds, &dp.chunk_off, &dp.chunk_seq);
-    if let (true, Some(qe)) = (wide, &qe) {
-        let mut a = workspace::<T>(cuda, dp.n_chunks * p.h() * 4096, "A")?;
-        launch_a_wide(cuda, dp, x, &mut a, gx)?;
+    if let Some(qe) = qe {
+        let a = ws_req(&ws.a, "A")?;
+        launch_a_wide(cuda, dp, x, a, gx)?;
         let cfg = dispatch::chunk_cfg(vtile_grid(dp, p.v(), op)?, p, 1, dispatch::chunk_ow_smem_bytes(kp));
         // SAFETY: arguments match gla_chunk_ow_bf16's signature; x = chunk * ceil(V/64) + V tile;
         // qe is shaped like q, A holds n_chunks x H x 64 x 64, hs n_chunks x H x K x V.
-        return unsafe { cuda.launch("gla_chunk_ow_bf16", cfg, &[qe, x.v, &a, &hs, o, bounds, off, seq, &h, &k, &v, &kp32]) };
+        return unsafe { cuda.launch("gla_chunk_ow_bf16", cfg, &[qe, x.v, a, hs, o, bounds, off, seq, &h, &k, &v, &kp32]) };
     }
     let cfg = dispatch::chunk_cfg(gx, p, 1, dispatch::chunk_o_smem_bytes(kp));
     let g = x.g.filter(|_| gw > 0);
     // SAFETY: arguments match gla_chunk_o_bf16's signature; one block per (global chunk, head),
     // chunk_seq / chunk_off map it to its rows; hs was written by the launch above; a_out null.
-    unsafe { cuda.launch("gla_chunk_o_bf16", cfg, &[x.q, x.k, x.v, &g, &hs, o, &NULL, bounds, off, seq, &h, &k, &v, &gw, &scale, &kp32]) }
+    unsafe { cuda.launch("gla_chunk_o_bf16", cfg, &[x.q, x.k, x.v, &g, hs, o, &NULL, bounds, off, seq, &h, &k, &v, &gw, &scale, &kp32]) }
 }
 
 /// `gla_chunk_a_bf16`: A (scaled, causal, bf16 `[chunks, H, 64, 64]`) summed over the K tiles
 /// of [`dispatch::k_tiles`], one block per (chunk, head).
-fn launch_a_wide<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, a: &mut CudaSlice<T>, gx: u32) -> Result<()> {
+fn launch_a_wide<T: Elem>(cuda: &Cuda, dp: &DevProblem, x: &DevInputs<'_, T>, a: &CudaSlice<T>, gx: u32) -> Result<()> {
     let p = &dp.problem;
     let (_n, h, k, _v, gw, scale, _rows) = dp.dims();
     let (kt, _) = dispatch::k_tiles(p.k());
@@ -354,9 +476,100 @@ pub fn chunk_bwd_supported<T: Elem>(p: &Problem) -> bool {
     dispatch::bwd_path(p, T::SUFFIX == "bf16").is_some()
 }
 
+/// Gradients written by the backwards (all f32), owned: what the allocating entry points
+/// ([`gla_bwd`], [`gla_bwd_chunk`]) return.
+#[derive(Debug)]
+pub struct DevGrads {
+    /// `[B,T,H,K]`
+    pub dq: CudaSlice<f32>,
+    /// `[B,T,H,K]`
+    pub dk: CudaSlice<f32>,
+    /// `[B,T,H,V]`
+    pub dv: CudaSlice<f32>,
+    /// Shaped like g (one element for no gate).
+    pub dg: CudaSlice<f32>,
+    /// `[N,H,K,V]` (one element when there is no h0).
+    pub dh0: CudaSlice<f32>,
+}
+
+impl DevGrads {
+    /// Gradient buffers for problem `p` (with `has_h0`: an initial state), not initialised:
+    /// the backwards write every element (and poison them first where they say so).
+    ///
+    /// # Errors
+    /// [`Error::Driver`].
+    pub fn alloc(cuda: &Cuda, p: &Problem, has_h0: bool) -> Result<Self> {
+        // SAFETY: a backward writes every element of the gradients it is given before they are
+        // read (the backwards' contract)
+        let grad = |len: usize, what: &str| unsafe { cuda.alloc_uninit::<f32>(len.max(1), what) };
+        Ok(Self {
+            dq: grad(p.qk_len(), "dq")?,
+            dk: grad(p.qk_len(), "dk")?,
+            dv: grad(p.v_len(), "dv")?,
+            dg: grad(p.g_len(), "dg")?,
+            dh0: grad(if has_h0 { p.state_len() } else { 0 }, "dh0")?,
+        })
+    }
+
+    /// The buffers as a backward's outputs (`dh0` given when `has_h0`).
+    pub fn as_out(&mut self, has_h0: bool) -> DevGradsMut<'_> {
+        DevGradsMut { dq: &mut self.dq, dk: &mut self.dk, dv: &mut self.dv, dg: &mut self.dg, dh0: has_h0.then_some(&mut self.dh0) }
+    }
+}
+
+/// The caller's gradient buffers a backward writes (`=`, all f32): dq, dk `[B,T,H,K]`, dv
+/// `[B,T,H,V]`, dg shaped like g (any length for no gate: not touched), dh0 `[N,H,K,V]` (given
+/// exactly when the inputs have an h0).
+#[derive(Debug)]
+pub struct DevGradsMut<'a> {
+    /// `[B,T,H,K]`
+    pub dq: &'a mut CudaSlice<f32>,
+    /// `[B,T,H,K]`
+    pub dk: &'a mut CudaSlice<f32>,
+    /// `[B,T,H,V]`
+    pub dv: &'a mut CudaSlice<f32>,
+    /// Shaped like g.
+    pub dg: &'a mut CudaSlice<f32>,
+    /// `[N,H,K,V]` when the inputs have an h0.
+    pub dh0: Option<&'a mut CudaSlice<f32>>,
+}
+
+impl DevGradsMut<'_> {
+    fn check<T>(&self, op: &'static str, dp: &DevProblem, x: &DevInputs<'_, T>) -> Result<()> {
+        let p = &dp.problem;
+        check_len(op, "dq", p.qk_len(), self.dq.len())?;
+        check_len(op, "dk", p.qk_len(), self.dk.len())?;
+        check_len(op, "dv", p.v_len(), self.dv.len())?;
+        if p.g_len() > 0 {
+            check_len(op, "dg", p.g_len(), self.dg.len())?;
+        }
+        if x.h0.is_some() {
+            check_len(op, "dh0", p.state_len(), self.dh0.as_ref().map_or(0, |d| d.len()))?;
+        }
+        Ok(())
+    }
+
+    /// dh0 as a launch argument: null without an h0.
+    fn dh0_arg<T>(&self, x: &DevInputs<'_, T>) -> Option<&CudaSlice<f32>> {
+        self.dh0.as_deref().filter(|_| x.h0.is_some())
+    }
+
+    /// Fills every buffer with NaN ([`poison`]).
+    fn poison(&mut self, cuda: &Cuda) -> Result<()> {
+        for b in [&mut *self.dq, &mut *self.dk, &mut *self.dv, &mut *self.dg] {
+            poison(cuda, b)?;
+        }
+        if let Some(d) = self.dh0.as_deref_mut() {
+            poison(cuda, d)?;
+        }
+        Ok(())
+    }
+}
+
 /// The chunked backward (bf16 storage, f32 gradients; see [`chunk_bwd_supported`]): gate prep,
-/// state pass, state-gradient pass, A, then two chunk-parallel gradient launches. Gradients
-/// are NaN-poisoned first when `poison` (checks), left unfilled otherwise (every element is
+/// state pass, state-gradient pass, A, then two chunk-parallel gradient launches; allocates its
+/// gradients and workspace ([`gla_bwd_chunk_ws`] takes the caller's). Gradients are
+/// NaN-poisoned first when `poison_out` (checks), left unfilled otherwise (every element is
 /// written; timing).
 ///
 /// # Errors
@@ -374,7 +587,7 @@ pub fn gla_bwd_chunk<T: Elem>(
 
 /// The launches of the chunked backward, for timing its stages: only the first `upto` of prep,
 /// state pass, state-gradient pass, A, bwd1, bwd2 run (the gradients are complete only when all
-/// six run; [`gla_bwd_chunk`] runs them all).
+/// six run; [`gla_bwd_chunk`] runs them all). Allocates like [`gla_bwd_chunk`].
 ///
 /// # Errors
 /// As [`gla_bwd_chunk`].
@@ -387,6 +600,49 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
     poison_out: bool,
     upto: usize,
 ) -> Result<DevGrads> {
+    let p = &dp.problem;
+    // a problem the chunked path refuses needs no workspace: the launcher reports it
+    let lens = if chunk_bwd_supported::<T>(p) { WorkspaceLens::chunk_backward(p, dp.n_chunks) } else { WorkspaceLens::default() };
+    let mut ws = GlaWorkspace::new(cuda, lens)?;
+    let mut g = DevGrads::alloc(cuda, p, x.h0.is_some())?;
+    chunk_bwd(cuda, dp, x, d_o, dht, &mut ws, g.as_out(x.h0.is_some()), poison_out, upto)?;
+    Ok(g)
+}
+
+/// [`gla_bwd_chunk`] into the caller's gradients `g` with the caller's workspace (at least
+/// [`WorkspaceLens::chunk_backward`] of the problem, e.g. [`GlaWorkspace::for_problem`]);
+/// allocates nothing.
+///
+/// # Errors
+/// As [`gla_bwd_chunk`]; [`Error::Op`] for gradients of the wrong lengths or a workspace that
+/// is too small.
+#[allow(clippy::too_many_arguments)]
+pub fn gla_bwd_chunk_ws<T: Elem>(
+    cuda: &Cuda,
+    dp: &DevProblem,
+    x: &DevInputs<'_, T>,
+    d_o: &CudaSlice<T>,
+    dht: Option<&CudaSlice<f32>>,
+    ws: &mut GlaWorkspace<T>,
+    g: DevGradsMut<'_>,
+    poison_out: bool,
+) -> Result<()> {
+    chunk_bwd(cuda, dp, x, d_o, dht, ws, g, poison_out, usize::MAX)
+}
+
+/// The chunked backward's launches, the first `upto` of them ([`gla_bwd_chunk_stages`]).
+#[allow(clippy::too_many_arguments)]
+fn chunk_bwd<T: Elem>(
+    cuda: &Cuda,
+    dp: &DevProblem,
+    x: &DevInputs<'_, T>,
+    d_o: &CudaSlice<T>,
+    dht: Option<&CudaSlice<f32>>,
+    ws: &mut GlaWorkspace<T>,
+    mut g: DevGradsMut<'_>,
+    poison_out: bool,
+    upto: usize,
+) -> Result<()> {
     let op = "gla_bwd_chunk";
     check_inputs(op, dp, x)?;
     let p = &dp.problem;
@@ -402,62 +658,48 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
             p.v()
         )));
     };
+    g.check(op, dp, x)?;
+    ws.check(op, &WorkspaceLens::chunk_backward(p, dp.n_chunks))?;
     let (_n, h, k, v, gw, scale, _rows) = dp.dims();
     let s = cuda.stream();
     let nc = dp.n_chunks;
     let kp = dispatch::k_padded(p.k());
     let kp32 = kp as i32;
-    let grad = |len: usize, what: &'static str| -> Result<CudaSlice<f32>> {
-        let mut b = workspace::<f32>(cuda, len, what)?;
-        if poison_out {
-            poison(cuda, &mut b)?;
-        }
-        Ok(b)
-    };
-    let mut g = DevGrads {
-        dq: grad(p.qk_len(), "dq")?,
-        dk: grad(p.qk_len(), "dk")?,
-        dv: grad(p.v_len(), "dv")?,
-        dg: grad(p.g_len(), "dg")?,
-        dh0: grad(if x.h0.is_some() { p.state_len() } else { 0 }, "dh0")?,
-    };
-    let mut kd = workspace::<T>(cuda, p.qk_len(), "kd")?;
-    let mut qe = workspace::<T>(cuda, p.qk_len(), "qe")?;
-    let hs = workspace::<T>(cuda, nc * p.h() * p.k() * p.v(), "hs")?;
-    let dhs = workspace::<T>(cuda, nc * p.h() * p.k() * p.v(), "dhs")?;
-    let mut a = workspace::<T>(cuda, nc * p.h() * 4096, "A")?;
-    let mut dl = workspace::<f32>(cuda, nc * p.h() * p.k(), "dl")?;
-    let mut da = workspace::<f32>(cuda, nc * p.h() * 4096, "dA")?;
-    let mut sd = workspace::<f32>(cuda, nc * p.h() * p.k(), "sd")?;
+    if poison_out {
+        g.poison(cuda)?;
+    }
+    let ws = &*ws;
+    let (kd, qe, hs, dhs) = (ws_req(&ws.kd, "kd")?, ws_req(&ws.qe, "qe")?, ws_req(&ws.hs, "hs")?, ws_req(&ws.dhs, "dhs")?);
+    let (a, dl, da, sd) = (ws_req(&ws.a, "A")?, ws_req(&ws.dl, "dl")?, ws_req(&ws.da, "dA")?, ws_req(&ws.sd, "sd")?);
     let nh = p.n() * p.h();
     let (gz, gx) = (nh_grid_z(op, nh)?, chunk_grid(op, nc)?);
     let gate = x.g.filter(|_| gw > 0);
     let (bounds, off, seq) = (&dp.bounds, &dp.chunk_off, &dp.chunk_seq);
     if nc > 0 && upto >= 1 {
-        launch_prep(cuda, dp, x, &mut kd, &mut dl, Some(&mut qe), gx)?;
+        launch_prep(cuda, dp, x, kd, dl, Some(qe), gx)?;
     }
     let plan = dispatch::HPlan::new(p, nh, cuda.sm_count());
     for rev in [false, true] {
         if upto < if rev { 3 } else { 2 } {
-            return Ok(g);
+            return Ok(());
         }
         let (name, cfg) = (plan.name(rev), plan.cfg(p, gz));
         // SAFETY: arguments match gla_chunk_{h,dh}*_bf16's signature; hs / dhs hold
         // n_chunks x H x K x V; the grid covers V, K in tiles and N*H in z.
         unsafe {
             if rev {
-                let dh0 = x.h0.map(|_| &g.dh0);
-                cuda.launch(name, cfg, &[&qe, d_o, &dl, &dht, &dhs, &dh0, bounds, off, &h, &k, &v])?;
+                let dh0 = g.dh0_arg(x);
+                cuda.launch(name, cfg, &[qe, d_o, dl, &dht, dhs, &dh0, bounds, off, &h, &k, &v])?;
             } else {
-                cuda.launch(name, cfg, &[&kd, x.v, &dl, &x.h0, &hs, &NULL, bounds, off, &h, &k, &v])?;
+                cuda.launch(name, cfg, &[kd, x.v, dl, &x.h0, hs, &NULL, bounds, off, &h, &k, &v])?;
             }
         }
     }
     if nc == 0 || upto < 4 {
-        return Ok(g);
+        return Ok(());
     }
     if p.k() > CHUNK_NARROW_MAX {
-        launch_a_wide(cuda, dp, x, &mut a, gx)?;
+        launch_a_wide(cuda, dp, x, a, gx)?;
     } else {
         let cfg = dispatch::chunk_cfg(gx, p, 1, dispatch::chunk_o_smem_bytes(kp));
         // SAFETY: gla_chunk_o_bf16 with o = null writes only A (n_chunks x H x 64 x 64) and
@@ -466,15 +708,15 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
             cuda.launch(
                 "gla_chunk_o_bf16",
                 cfg,
-                &[x.q, x.k, x.v, &gate, &NULL, &NULL, &a, bounds, off, seq, &h, &k, &v, &gw, &scale, &kp32],
+                &[x.q, x.k, x.v, &gate, &NULL, &NULL, a, bounds, off, seq, &h, &k, &v, &gw, &scale, &kp32],
             )?;
         }
     }
     if upto < 5 {
-        return Ok(g);
+        return Ok(());
     }
     if path == ChunkPath::Wide {
-        launch_bwd1_wide(cuda, dp, x, d_o, &kd, &a, &hs, &dhs, &mut g, &mut da, &mut sd, gx)?;
+        launch_bwd1_wide(cuda, dp, x, d_o, [kd, a, hs, dhs], &g, [da, sd], gx)?;
     } else {
         let cfg = dispatch::chunk_cfg(gx, p, 1, dispatch::chunk_bwd1_smem_bytes(kp));
         // SAFETY: arguments match gla_chunk_bwd1_bf16's signature; every buffer is sized for the
@@ -483,18 +725,18 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
             cuda.launch(
                 "gla_chunk_bwd1_bf16",
                 cfg,
-                &[x.v, d_o, &kd, &a, &hs, &dhs, &g.dv, &da, &g.dq, &g.dk, &sd, bounds, off, seq, &h, &k, &v, &kp32],
+                &[x.v, d_o, kd, a, hs, dhs, &g.dv, da, &g.dq, &g.dk, sd, bounds, off, seq, &h, &k, &v, &kp32],
             )?;
         }
     }
     if upto < 6 {
-        return Ok(g);
+        return Ok(());
     }
     // one block per K tile (per channel given the full dA); the per-head gate's dg, a sum over
     // channels, is added atomically by the (at most two) tiles onto zeros
     let (name, w, tiles, smem) = dispatch::bwd2_plan(p.k(), gw as usize);
     if gw == 1 {
-        s.memset_zeros(&mut g.dg).map_err(Error::driver("zero dg"))?;
+        s.memset_zeros(&mut *g.dg).map_err(Error::driver("zero dg"))?;
     }
     let w32 = w as i32;
     let dg = (gw > 0).then_some(&g.dg);
@@ -504,27 +746,23 @@ pub fn gla_bwd_chunk_stages<T: Elem>(
         cuda.launch(
             name,
             dispatch::chunk_cfg(gx, p, tiles, smem),
-            &[x.q, x.k, &gate, &da, &sd, &g.dq, &g.dk, &dg, bounds, off, seq, &h, &k, &gw, &scale, &w32],
-        )?;
+            &[x.q, x.k, &gate, da, sd, &g.dq, &g.dk, &dg, bounds, off, seq, &h, &k, &gw, &scale, &w32],
+        )
     }
-    Ok(g)
 }
 
 /// bwd1 of [`ChunkPath::Wide`]: `gla_chunk_bwd1k_bf16` (grid z over 64 key rows: raw dq, dk, sd;
-/// dA from z = 0) and `gla_chunk_bwd1v_bf16` (x over chunk and 64-wide V tile: dv).
-#[allow(clippy::too_many_arguments)] // the backward's workspaces, each written by an earlier launch
+/// dA from z = 0) and `gla_chunk_bwd1v_bf16` (x over chunk and 64-wide V tile: dv). `ins`: kd,
+/// A, hs, dhs written by the earlier launches; `outs`: dA, sd.
+#[allow(clippy::too_many_arguments)]
 fn launch_bwd1_wide<T: Elem>(
     cuda: &Cuda,
     dp: &DevProblem,
     x: &DevInputs<'_, T>,
     d_o: &CudaSlice<T>,
-    kd: &CudaSlice<T>,
-    a: &CudaSlice<T>,
-    hs: &CudaSlice<T>,
-    dhs: &CudaSlice<T>,
-    g: &mut DevGrads,
-    da: &mut CudaSlice<f32>,
-    sd: &mut CudaSlice<f32>,
+    [kd, a, hs, dhs]: [&CudaSlice<T>; 4],
+    g: &DevGradsMut<'_>,
+    [da, sd]: [&CudaSlice<f32>; 2],
     gx: u32,
 ) -> Result<()> {
     let p = &dp.problem;
@@ -542,22 +780,8 @@ fn launch_bwd1_wide<T: Elem>(
     unsafe { cuda.launch("gla_chunk_bwd1v_bf16", cfg, &[d_o, kd, a, dhs, &g.dv, bounds, off, seq, &h, &k, &v, &kp32]) }
 }
 
-/// Gradients written by [`gla_bwd`] (all f32).
-#[derive(Debug)]
-pub struct DevGrads {
-    /// `[B,T,H,K]`
-    pub dq: CudaSlice<f32>,
-    /// `[B,T,H,K]`
-    pub dk: CudaSlice<f32>,
-    /// `[B,T,H,V]`
-    pub dv: CudaSlice<f32>,
-    /// Shaped like g (empty for no gate).
-    pub dg: CudaSlice<f32>,
-    /// `[N,H,K,V]` (empty when there is no h0).
-    pub dh0: CudaSlice<f32>,
-}
-
-/// Backward by the recurrent kernels: allocates (NaN-poisoned) gradients and fills them.
+/// Backward by the recurrent kernels: allocates (NaN-poisoned) gradients and its workspace and
+/// fills them ([`gla_bwd_ws`] takes the caller's).
 ///
 /// # Errors
 /// Shape mismatch, unsupported K, launch or compile errors.
@@ -568,6 +792,31 @@ pub fn gla_bwd<T: Elem>(
     d_o: &CudaSlice<T>,
     dht: Option<&CudaSlice<f32>>,
 ) -> Result<DevGrads> {
+    let p = &dp.problem;
+    // a K the kernels refuse needs no workspace: the launcher reports it
+    let lens = if p.k() <= dispatch::RECURRENT_MAX_K { WorkspaceLens::recurrent_backward(p) } else { WorkspaceLens::default() };
+    let mut ws = GlaWorkspace::new(cuda, lens)?;
+    let mut g = DevGrads::alloc(cuda, p, x.h0.is_some())?;
+    gla_bwd_ws(cuda, dp, x, d_o, dht, &mut ws, g.as_out(x.h0.is_some()))?;
+    Ok(g)
+}
+
+/// [`gla_bwd`] into the caller's gradients `g` (NaN-poisoned first) with the caller's workspace
+/// (at least [`WorkspaceLens::recurrent_backward`] of the problem, e.g.
+/// [`GlaWorkspace::for_problem`]); allocates nothing.
+///
+/// # Errors
+/// As [`gla_bwd`]; [`Error::Op`] for gradients of the wrong lengths or a workspace that is too
+/// small.
+pub fn gla_bwd_ws<T: Elem>(
+    cuda: &Cuda,
+    dp: &DevProblem,
+    x: &DevInputs<'_, T>,
+    d_o: &CudaSlice<T>,
+    dht: Option<&CudaSlice<f32>>,
+    ws: &mut GlaWorkspace<T>,
+    mut g: DevGradsMut<'_>,
+) -> Result<()> {
     let op = "gla_bwd";
     check_inputs(op, dp, x)?;
     let p = &dp.problem;
@@ -578,45 +827,35 @@ pub fn gla_bwd<T: Elem>(
     if p.k() > dispatch::RECURRENT_MAX_K {
         return Err(unsupported(format!("recurrent backward: K = {} > {}", p.k(), dispatch::RECURRENT_MAX_K)));
     }
+    g.check(op, dp, x)?;
+    ws.check(op, &WorkspaceLens::recurrent_backward(p))?;
     let (n, h, k, v, gw, scale, rows) = dp.dims();
     let nv = p.v().div_ceil(REC_BV);
-    let alloc = |len: usize, what: &'static str| -> Result<CudaSlice<f32>> {
-        // SAFETY: the buffer is poisoned right below, before any read
-        let mut b = unsafe { cuda.stream().alloc::<f32>(len) }.map_err(Error::driver(format!("alloc {what} ({len} f32)")))?;
-        poison(cuda, &mut b)?;
-        Ok(b)
-    };
-    let part_len = nv * p.qk_len();
-    let dq_part = alloc(part_len, "dq partials")?;
-    let dk_part = alloc(part_len, "dk partials")?;
-    let dg_part = alloc(part_len, "dg partials")?;
-    // state checkpoints every REC_CK steps and one segment of recomputed states per block,
-    // in per-thread slots of kpt = ceil(K/8) floats x 256 threads
-    let slot = p.k().div_ceil(8) * 256;
+    // every buffer the kernels write is poisoned first, so that an unwritten element shows
+    for b in [&mut ws.dq_part, &mut ws.dk_part, &mut ws.dg_part, &mut ws.ckpt, &mut ws.seg].into_iter().flatten() {
+        poison(cuda, b)?;
+    }
+    g.poison(cuda)?;
+    let ws = &*ws;
+    let (dq_part, dk_part, dg_part) =
+        (ws_req(&ws.dq_part, "dq partials")?, ws_req(&ws.dk_part, "dk partials")?, ws_req(&ws.dg_part, "dg partials")?);
+    let (ckpt, scratch) = (ws_req(&ws.ckpt, "state checkpoints")?, ws_req(&ws.seg, "segment states")?);
     let nh = p.n() * p.h();
-    let ckpt = alloc((p.rows() / REC_CK + p.n() + 1) * p.h() * nv * slot, "state checkpoints")?;
-    let scratch = alloc(nh * nv * REC_CK * slot, "segment states")?;
-    let g = DevGrads {
-        dq: alloc(p.qk_len(), "dq")?,
-        dk: alloc(p.qk_len(), "dk")?,
-        dv: alloc(p.v_len(), "dv")?,
-        dg: alloc(p.g_len(), "dg")?,
-        dh0: alloc(if x.h0.is_some() { p.state_len() } else { 0 }, "dh0")?,
-    };
     let gy = grid_y(op, nh)?;
     let gate = x.g.filter(|_| gw > 0);
-    let dh0 = x.h0.map(|_| &g.dh0);
+    let dh0 = g.dh0_arg(x);
     let name = format!("gla_recurrent_bwd_{}", T::SUFFIX);
     // SAFETY: arguments match gla_recurrent_bwd's signature; partial buffers hold NV x
     // [rows,H,K] f32, checkpoints (rows/CK + N + 1) x H x NV slots and the scratch
-    // N*H*NV x CK slots, as the kernel indexes; input lengths checked above.
+    // N*H*NV x CK slots, as the kernel indexes (WorkspaceLens::recurrent_backward, checked
+    // above); input and gradient lengths checked above.
     unsafe {
         cuda.launch(
             &name,
             dispatch::recurrent_cfg(p, gy),
             &[
-                x.q, x.k, x.v, &gate, &x.h0, d_o, &dht, &dq_part, &dk_part, &g.dv, &dg_part, &dh0, &ckpt, &scratch, &dp.bounds, &n, &h, &k,
-                &v, &gw, &scale, &rows,
+                x.q, x.k, x.v, &gate, &x.h0, d_o, &dht, dq_part, dk_part, &g.dv, dg_part, &dh0, ckpt, scratch, &dp.bounds, &n, &h, &k, &v,
+                &gw, &scale, &rows,
             ],
         )?;
     }
@@ -626,6 +865,5 @@ pub fn gla_bwd<T: Elem>(
     let dg = (gw > 0).then_some(&g.dg);
     // SAFETY: arguments match gla_recurrent_bwd_finalize's signature; one warp per (n, h)
     // reading the NV partials written above.
-    unsafe { cuda.launch(&name, cfg, &[&dq_part, &dk_part, &dg_part, &g.dq, &g.dk, &dg, &dp.bounds, &h, &k, &gw, &nv32, &rows])? };
-    Ok(g)
+    unsafe { cuda.launch(&name, cfg, &[dq_part, dk_part, dg_part, &g.dq, &g.dk, &dg, &dp.bounds, &h, &k, &gw, &nv32, &rows]) }
 }

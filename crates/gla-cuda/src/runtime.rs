@@ -9,10 +9,14 @@
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchArgs, LaunchConfig, PushKernelArg};
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
+    ValidAsZeroBits,
+};
 use cudarc::nvrtc::{result as nvrtc_result, sys as nvrtc_sys, Ptx};
 
 use crate::error::{Error, Result};
@@ -239,6 +243,18 @@ impl<A: KernelArg> KernelArg for Option<A> {
     }
 }
 
+/// What a [`Cuda`] handle has allocated on its device since it was opened: every device
+/// allocation of this crate goes through [`Cuda::alloc_zeros`], [`Cuda::alloc_uninit`],
+/// [`Cuda::upload`] or [`Cuda::duplicate`], which count it here (frees are not counted: the
+/// numbers only grow). Allocations made inside libraries (cuBLAS, NCCL) are not seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AllocStats {
+    /// Allocations made.
+    pub count: u64,
+    /// Bytes they asked for.
+    pub bytes: u64,
+}
+
 /// A CUDA device with one stream and an in-process cache of compiled modules.
 ///
 /// Cheap to share (`Arc<Cuda>`); all work is ordered on [`Cuda::stream`].
@@ -252,6 +268,8 @@ pub struct Cuda {
     options: Options,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<String, CudaFunction>>,
+    alloc_count: AtomicU64,
+    alloc_bytes: AtomicU64,
 }
 
 impl Cuda {
@@ -307,6 +325,8 @@ impl Cuda {
             options: Options::from_env(),
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            alloc_count: AtomicU64::new(0),
+            alloc_bytes: AtomicU64::new(0),
         }))
     }
 
@@ -349,6 +369,64 @@ impl Cuda {
     /// The driver context.
     pub fn context(&self) -> &Arc<CudaContext> {
         &self.ctx
+    }
+
+    /// The device allocations made through this handle so far ([`AllocStats`]).
+    pub fn alloc_stats(&self) -> AllocStats {
+        AllocStats { count: self.alloc_count.load(Ordering::Relaxed), bytes: self.alloc_bytes.load(Ordering::Relaxed) }
+    }
+
+    fn counted<T>(
+        &self,
+        len: usize,
+        r: std::result::Result<CudaSlice<T>, cudarc::driver::DriverError>,
+        what: impl FnOnce() -> String,
+    ) -> Result<CudaSlice<T>> {
+        let buf = r.map_err(|e| Error::Driver { what: what(), source: e })?;
+        self.alloc_count.fetch_add(1, Ordering::Relaxed);
+        self.alloc_bytes.fetch_add((len * std::mem::size_of::<T>()) as u64, Ordering::Relaxed);
+        Ok(buf)
+    }
+
+    /// A zeroed stream-ordered device buffer of `len` elements, counted in
+    /// [`Cuda::alloc_stats`]; `what` names it in the error (out of memory).
+    ///
+    /// # Errors
+    /// [`Error::Driver`].
+    pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize, what: impl std::fmt::Display) -> Result<CudaSlice<T>> {
+        self.counted(len, self.stream.alloc_zeros::<T>(len), || format!("alloc {what} ({len} elements)"))
+    }
+
+    /// An uninitialised stream-ordered device buffer of `len` elements, counted in
+    /// [`Cuda::alloc_stats`].
+    ///
+    /// # Errors
+    /// [`Error::Driver`].
+    ///
+    /// # Safety
+    /// Every element is written (by work on this handle's stream) before it is read.
+    pub unsafe fn alloc_uninit<T: DeviceRepr>(&self, len: usize, what: impl std::fmt::Display) -> Result<CudaSlice<T>> {
+        // SAFETY: the caller's contract
+        self.counted(len, unsafe { self.stream.alloc::<T>(len) }, || format!("alloc {what} ({len} elements)"))
+    }
+
+    /// A new device buffer holding a copy of `host` (stream-ordered), counted in
+    /// [`Cuda::alloc_stats`].
+    ///
+    /// # Errors
+    /// [`Error::Driver`].
+    pub fn upload<T: DeviceRepr>(&self, host: &[T], what: impl std::fmt::Display) -> Result<CudaSlice<T>> {
+        self.counted(host.len(), self.stream.clone_htod(host), || format!("upload {what} ({} elements)", host.len()))
+    }
+
+    /// A new device buffer holding a copy of the device buffer or view `src` (stream-ordered),
+    /// counted in [`Cuda::alloc_stats`].
+    ///
+    /// # Errors
+    /// [`Error::Driver`].
+    pub fn duplicate<T: DeviceRepr, S: DevicePtr<T>>(&self, src: &S, what: impl std::fmt::Display) -> Result<CudaSlice<T>> {
+        let len = src.len();
+        self.counted(len, self.stream.clone_dtod(src), || format!("copy {what} ({len} elements)"))
     }
 
     /// Waits for all work queued on the stream; a kernel fault surfaces here.

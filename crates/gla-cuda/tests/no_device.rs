@@ -34,3 +34,47 @@ fn bf16_round_trip() {
         assert!((y - x).abs() <= x.abs() * 2f32.powi(-8), "{x} -> {y}");
     }
 }
+
+/// Every device allocation of the crate goes through the runtime's counting helpers
+/// (`Cuda::alloc_zeros`, `alloc_uninit`, `upload`, `duplicate`), so that `Cuda::alloc_stats`
+/// sees it: no other source file calls cudarc's allocating stream methods (on `stream()` or a
+/// stream bound to `st` / `s`, the crate's names for it). `check.rs` and `model_check.rs` (the
+/// op and model checks, which allocate their test data) are exempt.
+#[test]
+fn device_allocations_go_through_the_runtime() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(&dir).expect("src/") {
+        let path = e.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        if !name.ends_with(".rs") || ["runtime.rs", "check.rs", "model_check.rs"].contains(&name.as_str()) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("source");
+        for (i, line) in text.lines().enumerate() {
+            if !line.trim_start().starts_with("//") && stream_alloc(line) {
+                found.push(format!("{name}:{}: {}", i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(found.is_empty(), "device allocations outside the runtime's helpers:\n{}", found.join("\n"));
+}
+
+/// Whether `line` calls an allocating cudarc stream method on `stream()`, `st` or `s`.
+fn stream_alloc(line: &str) -> bool {
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    for recv in ["stream().", "st.", "s."] {
+        for method in ["alloc_zeros", "alloc", "clone_htod", "clone_dtod"] {
+            let pat = format!("{recv}{method}");
+            for (at, _) in line.match_indices(&pat) {
+                let before = line[..at].chars().next_back();
+                let after = line[at + pat.len()..].chars().next();
+                let starts = recv == "stream()." || before.is_none_or(|c| !ident(c));
+                if starts && matches!(after, Some('(') | Some(':')) {
+                    return true;
+                }
+            }
+        }
+    }
+    false
+}
