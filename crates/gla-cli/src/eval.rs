@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use gla_model::layout::Layout;
 use gla_model::model::{self as lm, Acts};
-use gla_model::params::Layout;
 use gla_model::text::{self, CorpusTokenizer};
 use gla_model::{shift_labels, GlaModel, LossOut};
 use safetensors::tensor::{Dtype, TensorView};
