@@ -29,7 +29,6 @@ pub mod io;
 pub mod op;
 mod problem;
 mod real;
-pub mod testing;
 
 pub use error::{Error, Result};
 pub use op::{Backward, Forward, GateKind, Grads, Inputs};
