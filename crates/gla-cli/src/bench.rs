@@ -5,8 +5,8 @@
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
+use gla_check::cases::{logsigmoid, Rng};
 use gla_core::op::GlaOp;
-use gla_core::testing::{logsigmoid, Rng};
 use gla_core::{Backward, GateKind, Inputs, Problem, ProblemSpec};
 use gla_cpu::{Chunked, FusedRecurrent};
 use serde::Serialize;

@@ -32,7 +32,6 @@ pub mod op;
 pub mod params;
 mod problem;
 mod real;
-pub mod testing;
 
 pub use error::{Error, Result};
 pub use op::{Backward, Forward, GateKind, Grads, Inputs};

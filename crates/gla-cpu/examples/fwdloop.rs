@@ -4,8 +4,8 @@
 //! `logsigmoid(x).max(-5)` with `FLA_GATES=1`. Use it under `perf record`:
 //! `cargo build --release -p gla-cpu --example fwdloop && perf record -g target/release/examples/fwdloop 100`.
 
+use gla_check::cases::{logsigmoid, Rng};
 use gla_core::op::GlaOp;
-use gla_core::testing::{logsigmoid, Rng};
 use gla_core::{GateKind, Inputs, Problem, ProblemSpec};
 fn main() {
     let (b, t, h, k, v) = (1, 8192, 4, 128, 128);

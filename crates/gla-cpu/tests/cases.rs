@@ -3,8 +3,8 @@
 
 mod common;
 
+use gla_check::cases::{cases, CaseData};
 use gla_core::op::GlaOp;
-use gla_core::testing::{cases, CaseData};
 use gla_cpu::{Chunked, FusedRecurrent, Naive, Schedule};
 
 const TOL_F32: f64 = 1e-5;
@@ -55,7 +55,7 @@ fn fused_recurrent_f64_agrees_with_oracle_to_rounding() {
         let x = common::inputs(&d);
         let fwd = FusedRecurrent.forward(&d.problem, &x, true).unwrap();
         let bwd = FusedRecurrent.backward(&d.problem, &x, &d.grads_in()).unwrap();
-        for (name, err) in gla_core::testing::compare(&fwd, &bwd, &r.0, &r.1) {
+        for (name, err) in gla_check::cases::compare(&fwd, &bwd, &r.0, &r.1) {
             assert!(err <= 1e-10, "{}: {name} rel-rmse {err:e}", case.name);
         }
     }

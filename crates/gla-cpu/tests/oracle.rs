@@ -3,8 +3,8 @@
 
 mod common;
 
+use gla_check::cases::{Case, CaseData};
 use gla_core::op::GlaOp;
-use gla_core::testing::{Case, CaseData};
 use gla_core::{GateKind, Inputs, ProblemSpec};
 use gla_cpu::Naive;
 
@@ -47,7 +47,7 @@ fn check(case: Case) {
         let num = numeric_grad(&d, which);
         match analytic[which] {
             Some(a) => {
-                let err = gla_core::testing::rel_rmse(a, &num);
+                let err = gla_check::cases::rel_rmse(a, &num);
                 assert!(err < 1e-7, "{}: {name} vs finite differences: rel-rmse {err:e}", case.name);
             }
             None => assert!(num.is_empty(), "{}: {name} missing", case.name),

@@ -3,8 +3,8 @@
 
 mod common;
 
+use gla_check::cases::{to_f32, Case, CaseData};
 use gla_core::op::GlaOp;
-use gla_core::testing::{to_f32, Case, CaseData};
 use gla_core::{Backward, GateKind, Inputs, ProblemSpec};
 use gla_cpu::{decode_step, Chunked, FusedRecurrent, Schedule};
 use proptest::prelude::*;
@@ -74,8 +74,8 @@ fn decode_steps_equal_one_forward() {
         }
     }
     let as64 = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<f64>>();
-    assert!(gla_core::testing::rel_rmse(&o, &as64(&full.o)) < 1e-5);
-    assert!(gla_core::testing::rel_rmse(&state, &as64(full.ht.as_ref().unwrap())) < 1e-5);
+    assert!(gla_check::cases::rel_rmse(&o, &as64(&full.o)) < 1e-5);
+    assert!(gla_check::cases::rel_rmse(&state, &as64(full.ht.as_ref().unwrap())) < 1e-5);
 }
 
 #[test]

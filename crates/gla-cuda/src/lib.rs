@@ -13,8 +13,6 @@
 //! - [`ops`]: typed launchers over device buffers; [`CudaGla`]: a [`gla_core::op::GlaOp<f32>`]
 //!   that uploads host slices, runs, downloads (f32 or bf16 storage).
 //! - [`bench`]: event-timed medians of the ops with their HBM floors and FLOPs.
-//! - [`check`]: the shared case table on the GPU against the CPU f64 oracle.
-//! - [`alloc_check`]: a GPU training step allocates nothing after its first step.
 //! - [`dist`]: data-parallel training over NCCL (torchrun-style environment, rendezvous,
 //!   communicator with timeouts, gradient buckets overlapped with the backward).
 //!
@@ -33,16 +31,13 @@
 //! documented in [`dist`].
 #![deny(missing_docs)]
 
-pub mod alloc_check;
 pub mod backend;
 pub mod bench;
-pub mod check;
 pub mod dispatch;
 pub mod dist;
 mod error;
 pub mod kernels;
 pub mod model;
-pub mod model_check;
 mod op;
 pub mod ops;
 pub mod runtime;

@@ -1,6 +1,6 @@
 //! The GLA language model on the GPU: [`GpuModel`] (device weights, gradients, AdamW moments,
-//! the data-parallel gradient all-reduce), [`GpuEngine`] (training through `gla_model::Trainer`)
-//! and [`GpuDecoder`] (generation). The forward and the backward are `gla_model::model`'s, run
+//! the data-parallel gradient all-reduce; the training device of `gla_model::DeviceEngine`) and
+//! [`GpuDecoder`] (generation). The forward and the backward are `gla_model::model`'s, run
 //! on the GPU backend ([`crate::backend::Gpu`]: bf16 GEMM operands on cuBLAS, f32 masters; its
 //! module doc has the dtypes); what stays here is GPU-only: the inference-only compact weights,
 //! the decode step through a device table of states captured as a CUDA graph, the NCCL buckets

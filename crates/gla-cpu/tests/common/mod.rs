@@ -1,8 +1,8 @@
 //! Helpers shared by the gla-cpu integration tests.
 #![allow(dead_code)]
 
+use gla_check::cases::{compare, CaseData};
 use gla_core::op::GlaOp;
-use gla_core::testing::{compare, CaseData};
 use gla_core::{Forward, Grads, Inputs};
 use gla_cpu::Naive;
 

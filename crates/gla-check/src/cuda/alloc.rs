@@ -20,11 +20,11 @@ use std::sync::Arc;
 use gla_model::optim::AdamWConfig;
 use gla_model::{shift_labels, GlaConfig, GlaModel, Rng};
 
-use crate::backend::{peak_pool_bytes, pool_used_bytes, reset_peak_pool};
-use crate::check::CheckRow;
-use crate::error::Result;
-use crate::model::{GpuActivations, GpuModel};
-use crate::runtime::Cuda;
+use gla_cuda::model::{peak_pool_bytes, pool_used_bytes, reset_peak_pool};
+use gla_cuda::{Cuda, GpuActivations, GpuModel, Result};
+
+use crate::row::Row;
+use crate::tol;
 
 /// Steps run before the measures are first read (the first step allocates the AdamW moments).
 pub const WARMUP_STEPS: usize = 2;
@@ -50,12 +50,12 @@ fn configs() -> Vec<(&'static str, GlaConfig, usize, usize)> {
     ]
 }
 
-fn row(case: &str, tensor: &'static str, growth: f64, note: String) -> CheckRow {
-    CheckRow { case: case.into(), algo: "train-step", dtype: "bf16", tensor, rel_rmse: growth, tol: 0.0, pass: growth == 0.0, note }
+fn row(case: &str, tensor: &'static str, growth: f64, note: String) -> Row {
+    Row::new(case, "train-step", "bf16", tensor, growth, tol::BITWISE).with_note(note)
 }
 
-fn cpu_err(e: gla_model::Error) -> crate::Error {
-    crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() })
+fn cpu_err(e: gla_model::Error) -> gla_cuda::Error {
+    gla_cuda::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() })
 }
 
 /// Runs the allocation checks on `cuda`, appending two rows per config to `out`:
@@ -65,25 +65,16 @@ fn cpu_err(e: gla_model::Error) -> crate::Error {
 ///
 /// # Errors
 /// None of its own (failures are rows); the signature matches the other checks'.
-pub fn alloc_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
+pub fn alloc_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
     for (seed, (name, cfg, b, t)) in configs().into_iter().enumerate() {
         if let Err(e) = case(cuda, seed, name, cfg, b, t, out) {
-            out.push(CheckRow {
-                case: name.into(),
-                algo: "train-step",
-                dtype: "bf16",
-                tensor: "error",
-                rel_rmse: f64::INFINITY,
-                tol: 0.0,
-                pass: false,
-                note: e.to_string(),
-            });
+            out.push(Row::failed(name, "train-step", "bf16", tol::BITWISE, e));
         }
     }
     Ok(())
 }
 
-/// One training step as `GpuEngine` runs it: zero the gradients, forward, backward, AdamW with
+/// One training step as the engine (`gla_model::DeviceEngine`) runs it on a GPU: zero the gradients, forward, backward, AdamW with
 /// clipping (which reads the gradient norm).
 fn step(gpu: &mut GpuModel, acts: &mut GpuActivations, ids: &[u32], targets: &[i64]) -> Result<()> {
     gpu.zero_grads()?;
@@ -93,7 +84,7 @@ fn step(gpu: &mut GpuModel, acts: &mut GpuActivations, ids: &[u32], targets: &[i
     Ok(())
 }
 
-fn case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: GlaConfig, b: usize, t: usize, out: &mut Vec<CheckRow>) -> Result<()> {
+fn case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: GlaConfig, b: usize, t: usize, out: &mut Vec<Row>) -> Result<()> {
     let cpu = GlaModel::new(cfg, 11 + seed as u64).map_err(cpu_err)?;
     let vocab = cpu.dims.vocab;
     let mut rng = Rng::new(200 + seed as u64);
@@ -138,11 +129,7 @@ fn case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: GlaConfig, b: usize, t: 
     ));
     if in_use == 0 {
         // the model's own buffers are in the pool: a zero reading means the driver reports none
-        out.push(CheckRow {
-            pass: false,
-            note: "the driver reports no memory-pool high-water mark; cannot measure".into(),
-            ..row(name, "pool-peak", f64::INFINITY, String::new())
-        });
+        out.push(row(name, "pool-peak", f64::INFINITY, "the driver reports no memory-pool high-water mark; cannot measure".into()));
     } else {
         let rise = peak.saturating_sub(in_use);
         out.push(row(

@@ -1,29 +1,10 @@
-//! `gla check --device cuda`, model part: the GPU language model ([`GpuModel`]) against the CPU
-//! model (`gla_model::GlaModel`, f32, itself checked by finite differences and against fla's
-//! fixtures) on the same weights and batch: the loss, every parameter's gradient, and one AdamW
-//! step against the CPU optimizer applied to the GPU's own gradients.
-//!
-//! Tolerances, and why: the GPU model rounds every GEMM operand to bf16 (relative rounding
-//! 2^-9 = 2e-3 per element), so the loss and the gradients carry a few such roundings in series
-//! (norm -> projections -> GLA -> norm -> projection per layer): [`TOL_LOSS`] and [`TOL_GRAD`] are
-//! the bf16 op tolerance of DESIGN.md (5e-3) and 4x it for gradients, which pass through about
-//! twice as many rounded operands as the forward. The AdamW step has no bf16 in it: f32, 1e-5.
-//!
-//! Some models are ill-conditioned: their gradients move far under bf16-sized perturbations
-//! (a 1-head K=64 model's gradients move by 3% when only bf16 storage is emulated, all math in
-//! f32). So each tolerance is the larger of its base ([`TOL_GRAD`], [`TOL_LOGITS`]) and
-//! [`FLOOR_FACTOR`] times that model's bf16 floor, measured on the CPU in the same check
-//! ([`bf16_floor`]: the CPU model storing data as the GPU does, its GEMM matrices and every
-//! activation rounded to bf16, the arithmetic in f32), capped at [`TOL_CAP`]. Rounding error
-//! stays within it, a wrong gradient (a bug gives errors of order 1) does not.
-//!
-//! Why the floor rounds activations too: a floor from rounded weights alone misses most of the
-//! GPU's error where a nonlinearity steps: with fla's relu feature map, relu' steps at 0, so
-//! each bf16-rounded pre-activation near 0 flips a mask bit, which only rounded activations
-//! reproduce; with K = 256 the GLA kernels' own bf16 products add to it.
-//!
-//! The logits of the labelled rows are compared the same way; the loss alone is a weak check (a
-//! near-uniform model's loss is ln V whatever its logits).
+//! The GPU language model's rows: [`GpuModel`] against the CPU model (`gla_model::GlaModel`,
+//! f32, itself checked by finite differences and against fla's fixtures) on the same weights and
+//! batch: the loss, the logits of the labelled rows, every parameter's gradient, and one AdamW
+//! step against the CPU optimizer applied to the GPU's own gradients; [`GpuDecoder`]'s generation
+//! against the CPU's; the GPU model against fla's own fixtures. Tolerances: [`crate::tol`] (the
+//! model tolerances and the bf16-floor rule, with their reasons); the floor itself is measured
+//! here ([`bf16_floor`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -31,28 +12,16 @@ use std::sync::Arc;
 use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
-use gla_core::testing;
 use gla_model::model::{backward, cpu_logits, forward};
 use gla_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use gla_model::{shift_labels, Activations, Acts, GlaConfig, GlaModel, Rng};
 
-use crate::check::CheckRow;
-use crate::error::Result;
-use crate::model::{GpuDecoder, GpuModel, GpuState};
-use crate::runtime::Cuda;
+use gla_cuda::ops::{bf16_to_f32, f32_to_bf16};
+use gla_cuda::{Cuda, Error, GpuDecoder, GpuModel, GpuState, Result};
 
-/// Loss of the GPU (bf16) model vs the CPU f32 model: relative error.
-pub const TOL_LOSS: f64 = 5e-3;
-/// Each parameter gradient: relative RMSE, at least; raised to [`FLOOR_FACTOR`] x the floor.
-pub const TOL_GRAD: f64 = 2e-2;
-/// Gradient tolerance relative to the model's conditioning floor (module doc).
-pub const FLOOR_FACTOR: f64 = 2.0;
-/// No floor raises a tolerance above this: a gradient 10% off is wrong whatever the model.
-pub const TOL_CAP: f64 = 0.1;
-/// Logits of the labelled rows: relative RMSE, at least (raised like the gradients').
-pub const TOL_LOGITS: f64 = 1e-2;
-/// Master weights after one AdamW step from the same gradients.
-pub const TOL_ADAMW: f64 = 1e-5;
+use crate::cases;
+use crate::row::Row;
+use crate::tol::{self, floor_tol};
 
 /// The model configs checked: (name, config, B, T).
 fn configs() -> Vec<(&'static str, GlaConfig, usize, usize)> {
@@ -82,15 +51,15 @@ fn configs() -> Vec<(&'static str, GlaConfig, usize, usize)> {
 
 fn rel_rmse(a: &[f32], b: &[f32]) -> f64 {
     let b64: Vec<f64> = b.iter().map(|&x| f64::from(x)).collect();
-    testing::rel_rmse(a, &b64)
+    cases::rel_rmse(a, &b64)
 }
 
-fn row(case: &str, tensor: &'static str, err: f64, tol: f64, note: String) -> CheckRow {
-    CheckRow { case: case.into(), algo: "model", dtype: "bf16", tensor, rel_rmse: err, tol, pass: err.is_finite() && err <= tol, note }
+fn row(case: &str, tensor: &'static str, err: f64, tol: f64, note: String) -> Row {
+    Row::new(case, "model", "bf16", tensor, err, tol).with_note(note)
 }
 
-fn cpu_err(e: gla_model::Error) -> crate::Error {
-    crate::Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() })
+fn cpu_err(e: gla_model::Error) -> Error {
+    Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() })
 }
 
 /// The conditioning floor's model: the same CPU model with its GEMM matrices rounded to bf16
@@ -99,7 +68,7 @@ fn gemm_rounded(cpu: &GlaModel) -> Result<GlaModel> {
     let mut rounded = cpu.params.clone();
     for (i, spec) in cpu.layout.specs.iter().enumerate() {
         if spec.shape.len() == 2 && (i != cpu.layout.embeddings || cpu.layout.lm_head.is_none()) {
-            rounded[spec.range()].iter_mut().for_each(|x| *x = crate::ops::bf16_to_f32(crate::ops::f32_to_bf16(*x)));
+            rounded[spec.range()].iter_mut().for_each(|x| *x = bf16_to_f32(f32_to_bf16(*x)));
         }
     }
     GlaModel::from_params(cpu.config.clone(), rounded).map_err(cpu_err)
@@ -109,7 +78,7 @@ fn gemm_rounded(cpu: &GlaModel) -> Result<GlaModel> {
 /// gradients (`scale` as for the GPU) when it stores data as the GPU does, its GEMM matrices
 /// ([`gemm_rounded`]) and every activation ([`gla_model::Cpu::emulating_bf16`]) rounded to bf16,
 /// all arithmetic in f32. Its distance from the f32 model is what bf16 storage alone moves the
-/// outputs (the module doc).
+/// outputs ([`crate::tol`]).
 fn bf16_floor(cpu: &GlaModel, ids: &[u32], targets: &[i64], b: usize, t: usize, scale: f32) -> Result<(Vec<f32>, Vec<f32>)> {
     let rounded = gemm_rounded(cpu)?;
     let be = rounded.cpu().emulating_bf16();
@@ -119,12 +88,6 @@ fn bf16_floor(cpu: &GlaModel, ids: &[u32], targets: &[i64], b: usize, t: usize, 
     backward(&be, &mut acts, &mut grads, scale).map_err(cpu_err)?;
     let logits = cpu_logits(&be, ids, b, t).map_err(cpu_err)?;
     Ok((logits, grads))
-}
-
-/// The tolerance of a comparison whose CPU-measured bf16 floor is `floor`: at least `base`,
-/// [`FLOOR_FACTOR`] times the floor, at most [`TOL_CAP`].
-fn floor_tol(floor: f64, base: f64) -> f64 {
-    base.max(FLOOR_FACTOR * floor).min(TOL_CAP)
 }
 
 /// What the GPU is compared with: the CPU f32 model's own loss, logits and gradients, or fla's.
@@ -147,7 +110,7 @@ fn labelled_rows(logits: &[f32], targets: &[i64], vocab: usize) -> Vec<f32> {
 }
 
 /// Loss, per-parameter and overall gradient rows of the GPU model against `reference` on one
-/// batch (tolerances from the CPU model's bf16 floor, [`bf16_floor`] and the module doc); returns the
+/// batch (tolerances from the CPU model's bf16 floor, [`bf16_floor`] and [`crate::tol`]); returns the
 /// GPU model (after the backward) for further checks.
 #[allow(clippy::too_many_arguments)]
 fn compare(
@@ -160,7 +123,7 @@ fn compare(
     t: usize,
     scale: f32,
     reference: Option<Reference<'_>>,
-    out: &mut Vec<CheckRow>,
+    out: &mut Vec<Row>,
 ) -> Result<(GpuModel, Vec<f32>)> {
     let mut acts = Activations::new(&cpu.dims, b, t);
     let want = cpu.forward(&mut acts, ids, targets).map_err(cpu_err)?;
@@ -183,7 +146,7 @@ fn compare(
         name,
         "repeat",
         differ as f64 / g_gpu.len().max(1) as f64,
-        0.0,
+        tol::BITWISE,
         format!("{differ} of {} gradients differ bitwise between two identical steps", g_gpu.len()),
     ));
 
@@ -193,16 +156,15 @@ fn compare(
         Some(r) => (r.what, r.loss, r.grads, labelled_rows(r.logits, targets, cpu.dims.vocab)),
         None => ("cpu", want.loss, &g_cpu[..], labelled_rows(&cpu.logits(ids, b, t).map_err(cpu_err)?, targets, cpu.dims.vocab)),
     };
-    let tol = floor_tol;
     let lerr = (got.loss - ref_loss).abs() / ref_loss.abs().max(1e-12);
-    out.push(row(name, "loss", lerr, TOL_LOSS, format!("{ref_what} {ref_loss:.6} gpu {:.6}", got.loss)));
+    out.push(row(name, "loss", lerr, tol::LOSS, format!("{ref_what} {ref_loss:.6} gpu {:.6}", got.loss)));
     let logits = gpu.logits_to_host(&gacts)?;
     let floor_logits = rel_rmse(&labelled_rows(&floor_logits_all, targets, cpu.dims.vocab), &ref_logits);
     out.push(row(
         name,
         "logits",
         rel_rmse(&logits, &ref_logits),
-        tol(floor_logits, TOL_LOGITS),
+        floor_tol(floor_logits, tol::LOGITS),
         format!("vs {ref_what}; {} labelled rows; bf16 floor {floor_logits:.2e}", got.n_valid),
     ));
     // Per-row argmax agreement with the reference logits. A near-tie may flip under bf16 without
@@ -229,14 +191,14 @@ fn compare(
         name,
         "argmax",
         frac,
-        0.02,
+        tol::ARGMAX,
         format!("{differ} of {rows_n} rows pick another token than {ref_what}, {decided} of them by a margin above {margin:.2e}"),
     ));
     // worst parameter by error / tolerance
     let mut worst = (f64::NEG_INFINITY, 0.0, 0.0, String::new());
     for spec in &cpu.layout.specs {
         let e = rel_rmse(&g_gpu[spec.range()], &ref_grads[spec.range()]);
-        let tol = tol(rel_rmse(&g_floor[spec.range()], &g_cpu[spec.range()]), TOL_GRAD);
+        let tol = floor_tol(rel_rmse(&g_floor[spec.range()], &g_cpu[spec.range()]), tol::GRAD);
         let ratio = if e.is_finite() { e / tol } else { f64::INFINITY };
         if ratio > worst.0 {
             worst = (ratio, e, tol, spec.name.clone());
@@ -248,7 +210,7 @@ fn compare(
         name,
         "grad-all",
         rel_rmse(&g_gpu, ref_grads),
-        tol(floor_all, TOL_GRAD),
+        floor_tol(floor_all, tol::GRAD),
         format!("vs {ref_what}; {} parameters; bf16 floor {floor_all:.2e}", cpu.num_params()),
     ));
     Ok((gpu, g_gpu))
@@ -258,7 +220,7 @@ fn compare(
 ///
 /// # Errors
 /// Set-up failures (allocation, a config the GPU model refuses).
-pub fn model_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
+pub fn model_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
     for (seed, (name, cfg, b, t)) in configs().into_iter().enumerate() {
         if let Err(e) = train_case(cuda, seed, name, cfg, b, t, out) {
             out.push(error_row(name, &e));
@@ -268,21 +230,12 @@ pub fn model_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
 }
 
 /// A case that could not run: a failing row that carries the error (the other cases still run).
-fn error_row(name: &str, e: &crate::Error) -> CheckRow {
-    CheckRow {
-        case: name.into(),
-        algo: "model",
-        dtype: "bf16",
-        tensor: "error",
-        rel_rmse: f64::INFINITY,
-        tol: 0.0,
-        pass: false,
-        note: e.to_string(),
-    }
+fn error_row(name: &str, e: &Error) -> Row {
+    Row::failed(name, "model", "bf16", 0.0, e)
 }
 
 /// One random-config case of [`model_check`].
-fn train_case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: GlaConfig, b: usize, t: usize, out: &mut Vec<CheckRow>) -> Result<()> {
+fn train_case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: GlaConfig, b: usize, t: usize, out: &mut Vec<Row>) -> Result<()> {
     {
         let cpu = GlaModel::new(cfg, 7 + seed as u64).map_err(cpu_err)?;
         let vocab = cpu.dims.vocab;
@@ -309,7 +262,13 @@ fn train_case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: GlaConfig, b: usiz
         let after = gpu.to_host()?.params;
         let delta_gpu: Vec<f32> = after.iter().zip(&cpu.params).map(|(a, b)| a - b).collect();
         let delta_cpu: Vec<f32> = host.iter().zip(&cpu.params).map(|(a, b)| a - b).collect();
-        out.push(row(name, "adamw", rel_rmse(&delta_gpu, &delta_cpu), TOL_ADAMW, format!("grad norm cpu {norm_cpu:.6} gpu {norm_gpu:.6}")));
+        out.push(row(
+            name,
+            "adamw",
+            rel_rmse(&delta_gpu, &delta_cpu),
+            tol::ADAMW,
+            format!("grad norm cpu {norm_cpu:.6} gpu {norm_gpu:.6}"),
+        ));
     }
     Ok(())
 }
@@ -325,7 +284,7 @@ fn train_case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: GlaConfig, b: usiz
 ///
 /// # Errors
 /// Set-up failures.
-pub fn generation_check(cuda: &Arc<Cuda>, out: &mut Vec<CheckRow>) -> Result<()> {
+pub fn generation_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
     for (seed, (name, cfg, _, _)) in configs().into_iter().enumerate() {
         let name = format!("{name}-gen");
         if let Err(e) = generation_case(cuda, seed, &name, cfg, out) {
@@ -372,7 +331,7 @@ fn run_plan<D: gla_model::generate::Decoder>(dec: &D, plan: &GenPlan) -> gla_mod
 }
 
 /// One config of [`generation_check`].
-fn generation_case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: GlaConfig, out: &mut Vec<CheckRow>) -> Result<()> {
+fn generation_case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: GlaConfig, out: &mut Vec<Row>) -> Result<()> {
     let cpu = GlaModel::new(cfg, 7 + seed as u64).map_err(cpu_err)?;
     let vocab = cpu.dims.vocab;
     let mut rng = Rng::new(300 + seed as u64);
@@ -389,7 +348,7 @@ fn generation_case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: GlaConfig, ou
     let floor = rel_rmse(&floor_run, &want);
     let dec = GpuDecoder::new(cuda.clone(), &cpu)?;
     let (got, states) = run_plan(&dec, &plan).map_err(|e| unsupported_model(e.to_string()))?;
-    let tol = floor_tol(floor, TOL_LOGITS);
+    let tol = floor_tol(floor, tol::LOGITS);
     out.push(row(
         name,
         "logits",
@@ -400,18 +359,30 @@ fn generation_case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: GlaConfig, ou
         ),
     ));
     let seen: Vec<usize> = states.iter().map(GpuState::seen_tokens).collect();
-    out.push(row(name, "seen", if seen == [96, 148] { 0.0 } else { 1.0 }, 0.0, format!("tokens per state {seen:?} (expected [96, 148])")));
+    out.push(row(
+        name,
+        "seen",
+        if seen == [96, 148] { 0.0 } else { 1.0 },
+        tol::BITWISE,
+        format!("tokens per state {seen:?} (expected [96, 148])"),
+    ));
     // the batch-2 step is captured at its second run and replayed 5 times (2 with the states
     // swapped), the batch-1 step once
     if cuda.options().graphs {
         let g = dec.graph_steps();
-        out.push(row(name, "graph", if g == 6 { 0.0 } else { 1.0 }, 0.0, format!("{g} decode steps replayed a CUDA graph (expected 6)")));
+        out.push(row(
+            name,
+            "graph",
+            if g == 6 { 0.0 } else { 1.0 },
+            tol::BITWISE,
+            format!("{g} decode steps replayed a CUDA graph (expected 6)"),
+        ));
     }
     Ok(())
 }
 
-fn unsupported_model(what: String) -> crate::Error {
-    crate::Error::Op(gla_core::Error::Unsupported { backend: "cuda", what })
+fn unsupported_model(what: String) -> Error {
+    Error::Op(gla_core::Error::Unsupported { backend: "cuda", what })
 }
 
 /// The GPU model against fla's own fixtures (`tools/fla_fixtures.py`: a tiny fla model, one
@@ -421,12 +392,12 @@ fn unsupported_model(what: String) -> crate::Error {
 ///
 /// # Errors
 /// A fixture that does not load (named), set-up failures.
-pub fn fla_fixture_check(cuda: &Arc<Cuda>, root: &Path, out: &mut Vec<CheckRow>) -> Result<usize> {
+pub fn fla_fixture_check(cuda: &Arc<Cuda>, root: &Path, out: &mut Vec<Row>) -> Result<usize> {
     let mut dirs: Vec<_> = std::fs::read_dir(root)
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.join("fixture.safetensors").is_file()).collect())
         .unwrap_or_default();
     dirs.sort();
-    let bad = |what: String| crate::Error::Op(gla_core::Error::Unsupported { backend: "fixture", what });
+    let bad = |what: String| Error::Op(gla_core::Error::Unsupported { backend: "fixture", what });
     for dir in &dirs {
         let name = format!("fla-{}", dir.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned()));
         let cpu = gla_model::checkpoint::load_model(dir).map_err(cpu_err)?;

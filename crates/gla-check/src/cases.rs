@@ -1,8 +1,9 @@
-//! The shared case table and the tolerance rule (DESIGN.md section 4), used by every backend's
-//! tests and by `gla check`. Inputs are drawn like fla's tests: q, k, v, h0 uniform in [0, 1),
-//! `g = logsigmoid(u) / gate_scale` with u uniform in [0, 1), do and dht standard normal.
+//! The shared case table (DESIGN.md section 4), run by every backend's tests and by `gla check`,
+//! and the error measure of every row ([`rel_rmse`]). Inputs are drawn like fla's tests: q, k, v,
+//! h0 uniform in [0, 1), `g = logsigmoid(u) / gate_scale` with u uniform in [0, 1), do and dht
+//! standard normal.
 
-use crate::{Backward, Forward, GateKind, Grads, Inputs, Problem, ProblemSpec, Result};
+use gla_core::{Backward, Forward, GateKind, Grads, Inputs, Problem, ProblemSpec, Result};
 
 /// A small, fast, seedable generator (splitmix64): tests and checks must not pull in `rand`.
 #[derive(Debug, Clone)]

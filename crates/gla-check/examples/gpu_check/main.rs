@@ -1,8 +1,10 @@
-//! Runs the GPU check table and prints it; `--bench` also times the kernels; `--wide-only` runs
-//! only the wide chunked rows (K > 128 or V > 128, `gla_cuda::check::wide_check`).
+//! Runs the GPU check rows and prints them (without fla's fixtures: `gla check --device cuda` is
+//! the entry point); `--quick` skips the long and huge cases; `--bench` also times the kernels;
+//! `--wide-only` runs only the wide chunked rows (K > 128 or V > 128, `gla_check::cuda::wide_check`).
 //! Usage: `check [--quick] [--bench] [--wide-only]` (exit 1 on any failure, 2 when no GPU can be used).
 
-use gla_cuda::check::{check, format_table, wide_check, CheckOptions};
+use gla_check::cuda::{check, wide_check, CheckOptions};
+use gla_check::{format_table, Row};
 use gla_cuda::Cuda;
 
 mod bench;
@@ -22,14 +24,14 @@ fn main() {
     if args.iter().any(|a| a == "--wide-only") {
         let failed = timed_check(|| {
             let mut rows = Vec::new();
-            wide_check(&cuda, &mut rows).map(|()| rows)
+            wide_check(&cuda, None, &mut rows).map(|()| rows)
         });
         std::process::exit(i32::from(failed));
     }
     if !args.iter().any(|a| a == "--bench-only") {
         let opts =
             if quick { CheckOptions { long: false, huge: false, repeat: true, ops: true, model: true } } else { CheckOptions::default() };
-        failed = timed_check(|| check(&cuda, opts));
+        failed = timed_check(|| check(&cuda, opts, None));
     }
     if args.iter().any(|a| a == "--bench" || a == "--bench-only") {
         if let Err(e) = bench::run(&cuda) {
@@ -41,7 +43,7 @@ fn main() {
 }
 
 /// Runs a check, prints its table (or its error) and how long it took; true when anything failed.
-fn timed_check<E: std::fmt::Display>(run: impl FnOnce() -> Result<Vec<gla_cuda::check::CheckRow>, E>) -> bool {
+fn timed_check<E: std::fmt::Display>(run: impl FnOnce() -> Result<Vec<Row>, E>) -> bool {
     let t0 = std::time::Instant::now();
     let failed = match run() {
         Ok(rows) => {
