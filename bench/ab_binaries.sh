@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Two gla binaries side by side in one device call (no slowdown check): the op, training and
 # generation benchmarks at the shapes of record, each run twice in the order A B A B so that a
-# drift of the card shows, then `gla check --device cuda` with B. Prints a summary table last
+# drift of the card shows, then `gla check --device cuda` and the CLI's GPU paths
+# (bench/cli_gpu_smoke.py) with B. Prints a summary table last
 # and keeps the JSON results and logs in one archive under $OUT (ab.tar.gz).
 # Usage, from the repo root on the GPU machine:  bench/ab_binaries.sh OLD_GLA NEW_GLA
 set -uo pipefail
@@ -20,6 +21,8 @@ done
 timeout 300 "$B" check --device cuda --fla-fixtures crates/gla-model/tests/fixtures/fla > "$W/check.txt" 2>&1
 echo "check rc=$? $(tail -1 "$W/check.txt")" > "$W/check_summary.txt"
 grep FAIL "$W/check.txt" | head -20 >> "$W/check_summary.txt"
+python3 bench/cli_gpu_smoke.py "$B" "$(mktemp -d)" > "$W/cli_smoke.txt" 2>&1
 tar czf "$OUT/ab.tar.gz" -C "$(dirname "$W")" ab
 python3 bench/ab_summary.py "$W"
 cat "$W/check_summary.txt"
+cat "$W/cli_smoke.txt"
