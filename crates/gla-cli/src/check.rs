@@ -55,6 +55,12 @@ pub fn run(a: &Args) -> Result<bool> {
     let ops: [&dyn GlaOp<f32>; 4] = [&Naive, &FusedRecurrent, &seq, &par];
     let start = Instant::now();
     let mut rows = Vec::new();
+    if let Some(f) = &a.filter {
+        if !cases().iter().any(|c| c.name.contains(f.as_str())) {
+            let names: Vec<String> = cases().iter().map(|c| c.name.clone()).collect();
+            anyhow::bail!("--filter {f:?} matches no case (the cases: {})", names.join(", "));
+        }
+    }
     for (i, case) in cases().iter().enumerate() {
         if a.filter.as_ref().is_some_and(|f| !case.name.contains(f.as_str())) {
             continue;
@@ -134,6 +140,9 @@ fn run_cuda(a: &Args) -> Result<bool> {
     }
     if let Some(f) = &a.filter {
         rows.retain(|r| r.case.contains(f.as_str()));
+        if rows.is_empty() {
+            anyhow::bail!("--filter {f:?} matches no row");
+        }
     }
     println!("device: {device}");
     print!("{}", gla_cuda::check::format_table(&rows));
