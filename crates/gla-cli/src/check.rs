@@ -40,6 +40,10 @@ pub fn run(a: &Args) -> Result<bool> {
         Device::Cpu => (format!("cpu ({} threads)", rayon::current_num_threads()), gla_check::cpu::rows(a.filter.as_deref())?),
         Device::Cuda => run_cuda(a)?,
     };
+    if let (Some(f), true) = (&a.filter, rows.is_empty()) {
+        let names: Vec<String> = gla_check::cases::cases().iter().map(|c| c.name.clone()).collect();
+        anyhow::bail!("--filter {f:?} matches no case: no row was checked (the op cases: {})", names.join(", "));
+    }
     println!("device: {device}");
     print!("{}", format_table(&rows));
     let n_failed = failed(&rows);

@@ -250,7 +250,9 @@ fn serialize(x: &Batch, vocab: usize, out: &Outputs, layout: &Layout) -> Result<
 }
 
 fn run_input(a: &Args, model: &GlaModel, input: &Path, output: &Path) -> Result<bool> {
-    let bytes = std::fs::read(input).with_context(|| format!("reading --input {}", input.display()))?;
+    let (_, len) = gla_model::limits::open_regular(input, u64::MAX).with_context(|| format!("reading --input {}", input.display()))?;
+    gla_model::limits::check_budget(format!("reading --input {}", input.display()), Some(len))?;
+    let bytes = gla_model::limits::read_regular(input, len).with_context(|| format!("reading --input {}", input.display()))?;
     let x = parse_input(&bytes, input, model.dims.vocab)?;
     drop(bytes);
     let t0 = Instant::now();

@@ -80,6 +80,11 @@ pub struct Args {
     /// The most tokens generated per prompt.
     #[arg(long, default_value_t = 128)]
     max_new_tokens: usize,
+    /// Prompts generated together (--prompts-file, several --prompt-ids): memory grows with it
+    /// (one decode state per prompt), so a long file runs in batches of this many, each
+    /// printed when it is done.
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=65536))]
+    batch_size: u64,
     /// Stop when the text contains this string (repeatable; `\n`, `\t` and `\\` are read as
     /// escapes); the text ends before it.
     #[arg(long = "stop")]
@@ -261,33 +266,55 @@ pub fn run(a: &Args) -> Result<bool> {
     let stdout = std::io::stdout();
     let t1 = Instant::now();
     let mut first: Option<f64> = None;
+    // every write is checked: a closed pipe or a full disk ends the output and the command
+    // fails (crate::out), never silently
+    let write = |s: &str| -> Result<()> {
+        let mut out = stdout.lock();
+        out.write_all(s.as_bytes()).and_then(|()| out.flush()).map_err(|e| {
+            crate::out::fail(&e);
+            anyhow::anyhow!("writing to stdout: {e} (the output is incomplete)")
+        })
+    };
     let mut on_text = |_i: usize, s: &str| {
         first.get_or_insert_with(|| t1.elapsed().as_secs_f64());
-        if stream {
-            let mut out = stdout.lock();
-            // a closed pipe (e.g. `| head`) ends the output, not the program with a panic
-            let _ = out.write_all(s.as_bytes()).and_then(|_| out.flush());
+        if stream && !crate::out::failed() {
+            let _ = write(s);
         }
     };
-    let gens: Vec<Generation> = match a.device {
-        Device::Cpu => generate_ids(&model, &tok, &ids, &opts, &mut on_text)?,
-        Device::Cuda => generate_cuda(&model, &tok, &ids, &opts, &mut on_text)?,
-    };
-    let secs = t1.elapsed().as_secs_f64();
-    let mut out = stdout.lock();
-    if a.print_ids {
-        for g in &gens {
-            let line: Vec<String> = g.tokens.iter().map(u32::to_string).collect();
-            let _ = writeln!(out, "{}", line.join(","));
+    let mut gens: Vec<Generation> = Vec::new();
+    let per_batch = usize::try_from(a.batch_size).unwrap_or(usize::MAX);
+    for (chunk, ids) in ids.chunks(per_batch).enumerate() {
+        let done: Vec<Generation> = match a.device {
+            Device::Cpu => generate_ids(&model, &tok, ids, &opts, &mut on_text)?,
+            Device::Cuda => generate_cuda(&model, &tok, ids, &opts, &mut on_text)?,
+        };
+        if crate::out::failed() {
+            break;
         }
-    } else if batch {
-        for (i, (g, p)) in gens.iter().zip(&prompts).enumerate() {
-            let line = serde_json::to_string(&Line { index: i, prompt: p, text: &g.text, tokens: g.tokens.len(), stop: g.stop.as_str() })?;
-            let _ = writeln!(out, "{line}");
+        let first_index = chunk * per_batch;
+        let mut text = String::new();
+        if a.print_ids {
+            for g in &done {
+                let line: Vec<String> = g.tokens.iter().map(u32::to_string).collect();
+                text.push_str(&line.join(","));
+                text.push('\n');
+            }
+        } else if batch {
+            for (k, g) in done.iter().enumerate() {
+                let i = first_index + k;
+                let line = Line { index: i, prompt: &prompts[i], text: &g.text, tokens: g.tokens.len(), stop: g.stop.as_str() };
+                text.push_str(&serde_json::to_string(&line)?);
+                text.push('\n');
+            }
+        } else {
+            text.push('\n');
         }
-    } else {
-        let _ = writeln!(out);
+        write(&text)?;
+        // only the counts are kept for --stats: the texts are out
+        gens.extend(done.into_iter().map(|g| Generation { text: String::new(), ..g }));
     }
+    crate::out::finish()?;
+    let secs = t1.elapsed().as_secs_f64();
     if a.stats {
         let n: usize = gens.iter().map(|g| g.tokens.len()).sum();
         let prompt_tokens: usize = gens.iter().map(|g| g.prompt_tokens.len()).sum();

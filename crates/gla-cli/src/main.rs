@@ -3,6 +3,26 @@
 //! Library crates return typed errors; this binary is the only place that uses `anyhow` and maps
 //! failures to exit codes (0 ok, 1 failure or failed check, 2 bad usage via clap).
 
+// Every `println!`, `print!`, `eprintln!` and `eprint!` of this binary goes through these: a
+// write error (a closed pipe, a full disk) never panics. A failed write to stdout is recorded and
+// the command exits with status 1 ([`out::finish`]); stderr is progress and diagnostics, so a
+// failed write there is dropped (the work goes on quietly).
+macro_rules! println {
+    () => { $crate::out::stdout(format_args!("\n")) };
+    ($($t:tt)*) => { $crate::out::stdout(format_args!("{}\n", format_args!($($t)*))) };
+}
+#[allow(unused_macros)] // used by the cuda feature's commands
+macro_rules! print {
+    ($($t:tt)*) => { $crate::out::stdout(format_args!($($t)*)) };
+}
+macro_rules! eprintln {
+    () => { $crate::out::stderr(format_args!("\n")) };
+    ($($t:tt)*) => { $crate::out::stderr(format_args!("{}\n", format_args!($($t)*))) };
+}
+macro_rules! eprint {
+    ($($t:tt)*) => { $crate::out::stderr(format_args!($($t)*)) };
+}
+
 mod bench;
 mod bench_train;
 mod check;
@@ -10,9 +30,11 @@ mod eval;
 mod generate;
 mod launch;
 mod model_dir;
+mod out;
+mod signals;
 mod train;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 /// Gated linear attention (GLA) and its family: kernels, checks and benchmarks on CPU and GPU.
 #[derive(Parser)]
@@ -150,7 +172,11 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let cli = Cli::parse_from(argv);
+    let matches = Cli::command().get_matches_from(argv);
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
     let res = match cli.cmd {
         Cmd::Bench(BenchCmd::Ops(a)) => bench::ops(&a),
         Cmd::Check(a) => check::run(&a),
@@ -158,8 +184,20 @@ fn main() {
         Cmd::Generate(a) => generate::run(&a),
         Cmd::Bench(BenchCmd::Generate(a)) => generate::bench(&a),
         Cmd::Bench(BenchCmd::Train(a)) => bench_train::run(&a),
-        Cmd::Train(a) => train::run(&a),
+        Cmd::Train(mut a) => {
+            // which flags the user gave (a resumed run compares them with its saved settings)
+            if let Some(m) = matches.subcommand_matches("train") {
+                a.given = m
+                    .ids()
+                    .filter(|id| m.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine))
+                    .map(|id| id.as_str().to_string())
+                    .collect();
+            }
+            train::run(&a)
+        }
     };
+    // a result printed to a closed or full stdout is a failure too
+    let res = res.and_then(|ok| out::finish().map(|()| ok));
     match res {
         Ok(true) => {}
         Ok(false) => std::process::exit(1),

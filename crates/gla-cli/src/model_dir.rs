@@ -40,7 +40,7 @@ pub fn tokenizer_file(dir: &Path) -> Option<PathBuf> {
         return Some(own);
     }
     // a checkpoint's trainer_state.json holds the run's settings, `train.text.tokenizer` among them
-    let state: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join(STATE_FILE)).ok()?).ok()?;
+    let state: serde_json::Value = serde_json::from_str(&gla_model::limits::read_text(&dir.join(STATE_FILE)).ok()?).ok()?;
     state.pointer("/train/text/tokenizer")?.as_str().map(PathBuf::from)
 }
 

@@ -19,10 +19,21 @@ pub struct Args {
     /// --data: runs/text].
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue from the newest checkpoint in --out, with the settings saved there
-    /// (only --steps and --device may be changed).
+    /// Continue from the newest checkpoint in --out with the model and training settings saved
+    /// there, the step target included. A flag that differs from the saved settings is an error
+    /// listing the differences; --steps, --device and the run controls (--eval-every,
+    /// --save-every, --keep, --stop-at-acc) may change, the optimizer's and the batch's
+    /// settings with --override-settings, the model's never.
     #[arg(long)]
     resume: bool,
+    /// With --resume: apply the given optimizer and batch flags (--lr, --min-lr, --warmup,
+    /// --decay-steps, --weight-decay, --clip, --batch-size, --grad-accum, --data-seed,
+    /// --eval-examples) instead of refusing them.
+    #[arg(long, requires = "resume")]
+    override_settings: bool,
+    /// The flags given on the command line or in --settings (clap ids), filled in by main.
+    #[arg(skip)]
+    pub given: Vec<String>,
     /// Training settings from a JSON file: an object whose keys are this command's flags
     /// (`"lr": 0.001`, `"data": "texts/"`, `"d-model": 128`, snake_case works too; `true` sets a
     /// switch such as `"tie-embeddings"`). A flag given on the command line wins over the file.
@@ -167,7 +178,7 @@ const DEFAULT_VOCAB: usize = 256;
 /// --data (the model's default, and its floor).
 fn model_config(a: &Args, data_vocab: Option<usize>) -> Result<GlaConfig> {
     if let Some(p) = &a.config {
-        let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        let text = gla_model::limits::read_text(p).with_context(|| format!("--config {}", p.display()))?;
         return Ok(GlaConfig::from_json(&text)?);
     }
     let vocab = match (a.vocab, data_vocab) {
@@ -268,6 +279,10 @@ fn log_json(f: Option<&mut std::fs::File>, v: serde_json::Value) -> Result<()> {
     }
 }
 
+fn world_of(job: Option<&crate::launch::Job>) -> usize {
+    job.map_or(1, |j| j.world)
+}
+
 fn fmt_secs(s: f64) -> String {
     let s = s.max(0.0) as u64;
     if s >= 3600 {
@@ -308,6 +323,171 @@ fn on_cuda(_: Trainer, _: Option<&crate::launch::Job>) -> Result<Trainer> {
     bail!("this gla was built without the `cuda` feature: cargo build --release -p gla-cli --features cuda")
 }
 
+/// A flag given with --resume that differs from the run's saved settings: its text, and whether
+/// --override-settings may apply it.
+struct Conflict {
+    text: String,
+    overridable: bool,
+}
+
+/// The given flags that differ from the saved run (`config`, `cfg`); flags that only steer this
+/// invocation are never conflicts.
+fn resume_conflicts(a: &Args, config: &GlaConfig, cfg: &TrainConfig) -> Result<Vec<Conflict>> {
+    let dims = config.dims()?;
+    let mut out = Vec::new();
+    let mut push = |flag: &str, given: String, saved: String, overridable: bool| {
+        if given != saved {
+            out.push(Conflict { text: format!("--{flag} {given} (the run has {saved})"), overridable });
+        }
+    };
+    for id in &a.given {
+        let s = |v: &dyn std::fmt::Display| v.to_string();
+        match id.as_str() {
+            "d_model" => push("d-model", s(&a.d_model), s(&config.hidden_size), false),
+            "layers" => push("layers", s(&a.layers), s(&config.num_hidden_layers), false),
+            "heads" => push("heads", s(&a.heads), s(&config.num_heads), false),
+            "expand_k" => push("expand-k", s(&a.expand_k), s(&config.expand_k), false),
+            "expand_v" => push("expand-v", s(&a.expand_v), s(&config.expand_v), false),
+            "intermediate_size" => push("intermediate-size", s(&a.intermediate_size.unwrap_or(0)), s(&dims.intermediate), false),
+            "no_output_gate" => push("no-output-gate", s(&a.no_output_gate), s(&!config.use_output_gate), false),
+            "clamp_min" => push("clamp-min", format!("{:?}", a.clamp_min), format!("{:?}", config.clamp_min), false),
+            "init_std" => push("init-std", s(&a.init_std), s(&config.initializer_range), false),
+            "tie_embeddings" => push("tie-embeddings", s(&a.tie_embeddings), s(&config.tie_word_embeddings), false),
+            "no_short_conv" => push("no-short-conv", s(&a.no_short_conv), s(&!config.use_short_conv), false),
+            "vocab" => push("vocab", s(&a.vocab.unwrap_or(0)), s(&config.vocab_size), false),
+            "config" => {
+                let p = a.config.as_deref().unwrap_or(Path::new(""));
+                let mut given = GlaConfig::from_json(&gla_model::limits::read_text(p)?)?;
+                let mut saved = config.clone();
+                // the keys this crate adds when it writes a config are no setting
+                for c in [&mut given, &mut saved] {
+                    c.extra.remove("architectures");
+                    c.extra.remove("dtype");
+                    c.extra.remove("torch_dtype");
+                }
+                if given != saved {
+                    push("config", p.display().to_string(), "another model config".into(), false);
+                }
+            }
+            "seed" => push("seed", s(&a.seed), s(&cfg.seed), false),
+            "seq_len" => push("seq-len", s(&a.seq_len), s(&cfg.seq_len()), false),
+            "kv_pairs" => push("kv-pairs", s(&a.kv_pairs), s(&cfg.task.num_kv_pairs), false),
+            "val_fraction" if cfg.text.is_some() => push("val-fraction", s(&a.val_fraction), "a fixed split".into(), false),
+            "batch_size" => push("batch-size", s(&a.batch_size), s(&cfg.batch_size), true),
+            "grad_accum" => push("grad-accum", s(&a.grad_accum), s(&cfg.grad_accum), true),
+            "lr" => push("lr", s(&a.lr), s(&cfg.lr), true),
+            "min_lr" => push("min-lr", s(&a.min_lr), s(&cfg.min_lr), true),
+            "warmup" => push("warmup", s(&a.warmup), s(&cfg.warmup), true),
+            "decay_steps" => push("decay-steps", s(&a.decay_steps), s(&cfg.decay_steps.unwrap_or(0)), true),
+            "weight_decay" => push("weight-decay", s(&a.weight_decay), s(&cfg.adamw.weight_decay), true),
+            "clip" => push("clip", s(&a.clip), s(&cfg.clip), true),
+            "data_seed" => push("data-seed", s(&a.data_seed), s(&cfg.data_seed), true),
+            "eval_examples" => push("eval-examples", s(&a.eval_examples), s(&cfg.eval_examples), true),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Resumes the run in `out`: its saved settings, the step target included, unless --steps is
+/// given; conflicting flags refused or, with --override-settings, applied where they may be.
+fn resume(a: &Args, out: &Path) -> Result<Trainer> {
+    let (config, st) = Trainer::saved(out).with_context(|| format!("resuming from {}", out.display()))?;
+    let conflicts = resume_conflicts(a, &config, &st.train)?;
+    let fixed: Vec<&str> = conflicts.iter().filter(|c| !c.overridable).map(|c| c.text.as_str()).collect();
+    if !fixed.is_empty() {
+        bail!("--resume: these flags differ from the run's model or data, which cannot change: {}", fixed.join(", "));
+    }
+    if !conflicts.is_empty() && !a.override_settings {
+        let list: Vec<&str> = conflicts.iter().map(|c| c.text.as_str()).collect();
+        bail!("--resume: these flags differ from the run's saved settings: {}; pass --override-settings to apply them", list.join(", "));
+    }
+    let given = |id: &str| a.given.iter().any(|g| g == id);
+    let apply = a.override_settings;
+    Trainer::resume_with(out, |c| {
+        if given("steps") {
+            c.steps = a.steps;
+        }
+        if apply {
+            let t = train_config(a, None);
+            for id in &a.given {
+                match id.as_str() {
+                    "batch_size" => c.batch_size = t.batch_size,
+                    "grad_accum" => c.grad_accum = t.grad_accum,
+                    "lr" => c.lr = t.lr,
+                    "min_lr" => c.min_lr = t.min_lr,
+                    "warmup" => c.warmup = t.warmup,
+                    "decay_steps" => c.decay_steps = t.decay_steps,
+                    "weight_decay" => c.adamw.weight_decay = t.adamw.weight_decay,
+                    "clip" => c.clip = t.clip,
+                    "data_seed" => c.data_seed = t.data_seed,
+                    "eval_examples" => c.eval_examples = t.eval_examples,
+                    _ => {}
+                }
+            }
+        }
+    })
+    .with_context(|| format!("resuming from {}", out.display()))
+}
+
+/// Keeps the lines of `metrics.jsonl` up to `step` (those a resumed run will not write again)
+/// and drops the rest: lines of steps after the checkpoint, torn lines of a kill. Without a
+/// checkpoint (`step` 0) the file starts empty.
+fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+    let text = match gla_model::limits::read_text(path) {
+        Ok(t) => t,
+        Err(gla_model::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut keep = String::new();
+    for line in text.lines() {
+        let v: Option<serde_json::Value> = serde_json::from_str(line).ok();
+        if v.as_ref().and_then(|v| v.get("step")).and_then(serde_json::Value::as_u64).is_some_and(|s| s <= step) {
+            keep.push_str(line);
+            keep.push('\n');
+        }
+    }
+    gla_model::checkpoint::write_atomic(path, keep.as_bytes())?;
+    Ok(())
+}
+
+/// An exclusive lock on a run directory, held while the run lives (released by the kernel when
+/// the process ends, however it ends).
+struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    fn take(out: &Path) -> Result<Self> {
+        std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+        let path = out.join(".lock");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: flock on a descriptor this function owns; no memory is passed.
+            let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if r != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    bail!(
+                        "{} is in use by another gla train (it holds {}); wait for it or choose another --out",
+                        out.display(),
+                        path.display()
+                    );
+                }
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        Ok(Self { _file: file })
+    }
+}
+
 pub fn run(a: &Args) -> Result<bool> {
     // the CPU path ignores a torchrun environment, as it always did
     let on_gpu = a.device == crate::Device::Cuda || a.gpus.is_some();
@@ -319,14 +499,19 @@ pub fn run(a: &Args) -> Result<bool> {
     }
     let lead = crate::launch::Job::lead(job.as_ref());
     let out = a.out.clone().unwrap_or_else(|| PathBuf::from(if a.data.is_some() { "runs/text" } else { "runs/mqar" }));
+    // rank 0 owns the run directory; the other ranks of a job write nothing there
+    let _lock = if lead { Some(RunLock::take(&out)?) } else { None };
+    if lead {
+        gla_model::checkpoint::remove_stale_temps(&out)?;
+    }
     let mut tr = if a.resume {
-        let tr = Trainer::resume(&out, Some(a.steps)).with_context(|| format!("resuming from {}", out.display()))?;
+        let tr = resume(a, &out)?;
         if lead {
             eprintln!(
-                "resuming {} at step {} (model and training settings from the checkpoint; --steps {})",
+                "resuming {} at step {} of {} (model and training settings from the checkpoint)",
                 out.display(),
                 tr.step_count(),
-                a.steps
+                tr.cfg.steps
             );
         }
         check_resumed_text(a, &out, &tr)?;
@@ -345,15 +530,23 @@ pub fn run(a: &Args) -> Result<bool> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let metrics_path = out.join("metrics.jsonl");
     let mut metrics = match lead {
-        true => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&metrics_path)
-                .with_context(|| format!("opening {}", metrics_path.display()))?,
-        ),
+        true => {
+            truncate_metrics(&metrics_path, tr.step_count()).with_context(|| format!("rewriting {}", metrics_path.display()))?;
+            Some(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .open(&metrics_path)
+                    .with_context(|| format!("opening {}", metrics_path.display()))?,
+            )
+        }
         false => None,
     };
+    // one process: a signal stops it after the current step, with a checkpoint. A data-parallel
+    // job keeps the default (every rank ends at once): its ranks could stop at different steps
+    // and wait on each other's collectives.
+    let stop =
+        if world_of(job.as_ref()) == 1 { Some(crate::signals::Stop::install().context("installing the signal handlers")?) } else { None };
+    let mut stopped = None;
     let d = &tr.model.dims;
     let task = tr.cfg.task;
     let data = match &tr.cfg.text {
@@ -451,6 +644,26 @@ pub fn run(a: &Args) -> Result<bool> {
             }
             break;
         }
+        if let Some(sig) = stop.as_ref().and_then(|s| s.requested()) {
+            stopped = Some(sig);
+            break;
+        }
+    }
+    if let (Some(sig), Some(stop)) = (stopped, &stop) {
+        if tty {
+            eprint!("\r\x1b[2K");
+        }
+        let saved_now = last_ckpt.as_ref().is_some_and(|p| p.ends_with(format!("checkpoint-{}", tr.step_count())));
+        if !saved_now {
+            last_ckpt = Some(tr.save(&out, a.keep)?);
+        }
+        eprintln!(
+            "{sig}: stopped after step {} of {total}; checkpoint {} written. Continue with: gla train --out {} --resume",
+            tr.step_count(),
+            last_ckpt.as_ref().map_or_else(String::new, |p| p.display().to_string()),
+            out.display()
+        );
+        std::process::exit(stop.exit_status());
     }
     if tty {
         eprint!("\r\x1b[2K");
@@ -676,7 +889,7 @@ pub fn expand_settings(argv: Vec<std::ffi::OsString>) -> Result<Vec<std::ffi::Os
             None => args.get(i + 1).cloned().context("--settings needs a file (a JSON object of gla train flags)")?,
         },
     };
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading --settings {path}"))?;
+    let text = gla_model::limits::read_text(Path::new(&path)).with_context(|| format!("--settings {path}"))?;
     let json: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("--settings {path}: not JSON"))?;
     let obj = json.as_object().with_context(|| format!("--settings {path}: expected a JSON object of gla train flags"))?;
     // the flags clap knows, with whether they take a value

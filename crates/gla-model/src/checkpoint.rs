@@ -118,12 +118,31 @@ pub(crate) fn decode_tensor(dst: &mut [f32], t: &TensorView<'_>, path: &str, nam
         Dtype::F16 => dst.iter_mut().zip(data.chunks_exact(2)).for_each(|(d, b)| *d = f16_to_f32(u16::from_le_bytes([b[0], b[1]]))),
         other => return Err(err(format!("dtype {other:?} is not supported (F32, BF16 or F16, shape {shape:?})"))),
     }
+    // one pass over what was just written: NaN or Inf in a weight only ever produces garbage
+    if let Some(i) = dst.iter().position(|v| !v.is_finite()) {
+        return Err(err(format!("holds a non-finite value ({}) at element {i} of shape {shape:?}: the weights are corrupt", dst[i])));
+    }
     Ok(())
 }
 
 /// Reads every tensor of `layout` (names with `prefix`) from a parsed file into one arena.
 /// `f32_only`: refuse other dtypes (optimizer moments are always written as F32).
 fn read_layout(st: &SafeTensors<'_>, p: &str, layout: &Layout, prefix: &str, f32_only: bool) -> Result<Vec<f32>> {
+    // every name and shape is compared with the header before the arena is allocated
+    for s in &layout.specs {
+        let name = format!("{prefix}{}", s.name);
+        match st.tensor(&name) {
+            Ok(t) if t.shape() == s.shape.as_slice() => {}
+            Ok(t) => {
+                return Err(Error::Tensor {
+                    path: p.to_string(),
+                    name,
+                    reason: format!("expected shape {:?}, found {:?}", s.shape, t.shape()),
+                })
+            }
+            Err(_) => return Err(Error::Tensor { path: p.to_string(), name, reason: format!("missing (expected shape {:?})", s.shape) }),
+        }
+    }
     let mut out = vec![0.0f32; layout.numel];
     for s in &layout.specs {
         let name = format!("{prefix}{}", s.name);
@@ -144,10 +163,9 @@ fn read_layout(st: &SafeTensors<'_>, p: &str, layout: &Layout, prefix: &str, f32
     Ok(out)
 }
 
-fn from_safetensors(path: &Path, bytes: &[u8], layout: &Layout, prefix: &str, tied: bool) -> Result<Vec<f32>> {
+fn from_safetensors(path: &Path, st: &SafeTensors<'_>, layout: &Layout, prefix: &str, tied: bool) -> Result<Vec<f32>> {
     let p = path.display().to_string();
-    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::Safetensors { path: p.clone(), reason: e.to_string() })?;
-    let out = read_layout(&st, &p, layout, prefix, false)?;
+    let out = read_layout(st, &p, layout, prefix, false)?;
     for name in st.names() {
         let known = name.strip_prefix(prefix).is_some_and(|n| layout.find(n).is_some());
         // a tied checkpoint may still carry the shared lm_head copy: it is the embedding
@@ -163,8 +181,52 @@ fn from_safetensors(path: &Path, bytes: &[u8], layout: &Layout, prefix: &str, ti
     Ok(out)
 }
 
-fn read(path: &Path) -> Result<Vec<u8>> {
-    fs::read(path).map_err(|e| Error::io("read", path, e))
+/// Reads and validates `dir/config.json` (a regular file of at most
+/// [`crate::limits::MAX_TEXT_FILE`] bytes) and derives its dims.
+///
+/// # Errors
+/// [`Error::Io`], [`Error::TooLarge`], config errors.
+pub fn load_config(dir: &Path) -> Result<(GlaConfig, crate::config::Dims)> {
+    let path = dir.join(CONFIG_FILE);
+    let config = GlaConfig::from_json(&crate::limits::read_text(&path)?).map_err(|e| match e {
+        Error::Json { source, .. } => Error::Json { what: path.display().to_string(), source },
+        e => e,
+    })?;
+    let dims = config.dims()?;
+    Ok((config, dims))
+}
+
+/// Reads a safetensors file whose tensors will be decoded into `arena_bytes` of weights, after
+/// checking, before anything is allocated, that it is a regular file, that its header fits
+/// ([`crate::shards::check_truncation`]), and that the file plus the arena fit in the memory
+/// budget.
+///
+/// # Errors
+/// [`Error::Io`], [`Error::Safetensors`], [`Error::Tensor`], [`Error::TooLarge`].
+pub(crate) fn read_weights_file(path: &Path, arena_bytes: u64) -> Result<Vec<u8>> {
+    let (_, len) = crate::limits::open_regular(path, u64::MAX)?;
+    crate::shards::check_truncation(path)?;
+    crate::limits::check_budget(
+        format!("loading {} ({len} bytes) into {arena_bytes} bytes of weights", path.display()),
+        len.checked_add(arena_bytes),
+    )?;
+    crate::limits::read_regular(path, len)
+}
+
+/// Refuses a file whose header holds fewer tensors than `layers` layers need (at least 8 each):
+/// the config does not belong to these weights, and its table is not built.
+fn check_tensor_count(path: &Path, st: &SafeTensors<'_>, layers: usize, per_layer: u64) -> Result<()> {
+    let need = (layers as u64).saturating_mul(per_layer);
+    if (st.len() as u64) < need {
+        return Err(Error::Safetensors {
+            path: path.display().to_string(),
+            reason: format!(
+                "the header holds {} tensors, but the config's {layers} layers need at least {need}: config.json and the weights do not belong together",
+                st.len()
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// Writes `config.json` and `model.safetensors` into `dir` (created if needed), atomically each.
@@ -186,12 +248,15 @@ pub fn save_model(dir: &Path, model: &GlaModel) -> Result<()> {
 /// [`Error::Io`]; config errors ([`Error::Json`], [`Error::Unsupported`], ...); [`Error::Tensor`]
 /// naming a missing, unexpected or mis-shaped tensor with its expected shape.
 pub fn load_model(dir: &Path) -> Result<GlaModel> {
-    let text = fs::read_to_string(dir.join(CONFIG_FILE)).map_err(|e| Error::io("read", &dir.join(CONFIG_FILE), e))?;
-    let config = GlaConfig::from_json(&text)?;
-    let dims = config.dims()?;
-    let layout = Layout::new(&dims);
+    let (config, dims) = load_config(dir)?;
+    let arena = crate::limits::check_model(&dims, 1)?;
     let path = dir.join(WEIGHTS_FILE);
-    let params = from_safetensors(&path, &read(&path)?, &layout, "", dims.tied)?;
+    let bytes = read_weights_file(&path, arena)?;
+    let p = path.display().to_string();
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors { path: p.clone(), reason: e.to_string() })?;
+    check_tensor_count(&path, &st, dims.layers, 8)?;
+    let layout = Layout::new(&dims);
+    let params = from_safetensors(&path, &st, &layout, "", dims.tied)?;
     GlaModel::from_params(config, params)
 }
 
@@ -221,7 +286,7 @@ pub(crate) fn save_moments(path: &Path, layout: &Layout, m: &[f32], v: &[f32]) -
 
 /// Reads what [`save_moments`] wrote.
 pub(crate) fn load_moments(path: &Path, layout: &Layout) -> Result<(Vec<f32>, Vec<f32>)> {
-    let bytes = read(path)?;
+    let bytes = read_weights_file(path, (layout.numel as u64).saturating_mul(8))?;
     let m = from_safetensors_prefixed(path, &bytes, layout, "exp_avg.")?;
     let v = from_safetensors_prefixed(path, &bytes, layout, "exp_avg_sq.")?;
     Ok((m, v))
@@ -241,12 +306,38 @@ fn from_safetensors_prefixed(path: &Path, bytes: &[u8], layout: &Layout, prefix:
 /// directory.
 pub fn latest_checkpoint(run: &Path) -> Result<PathBuf> {
     let f = run.join(LATEST_FILE);
-    let name = fs::read_to_string(&f).map_err(|e| Error::io("read", &f, e))?;
-    let dir = run.join(name.trim());
+    let name = crate::limits::read_text(&f)?;
+    let name = name.trim();
+    if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+        return Err(Error::Resume { reason: format!("{} holds {name:?}, not the name of a checkpoint directory of the run", f.display()) });
+    }
+    let dir = run.join(name);
     if !dir.join(STATE_FILE).is_file() {
         return Err(Error::Resume { reason: format!("{} names {}, which holds no {STATE_FILE}", f.display(), dir.display()) });
     }
     Ok(dir)
+}
+
+/// Removes the temporary checkpoint directories (`.tmp-checkpoint-*`) that a process killed
+/// while saving left in `run`. Only for the run's owner (the caller holds the run's lock): a
+/// live save of another process would lose its directory.
+///
+/// # Errors
+/// [`Error::Io`] when a directory cannot be listed or removed.
+pub fn remove_stale_temps(run: &Path) -> Result<usize> {
+    let entries = match fs::read_dir(run) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(Error::io("list", run, e)),
+    };
+    let mut removed = 0;
+    for e in entries.filter_map(|e| e.ok()) {
+        if e.file_name().to_string_lossy().starts_with(".tmp-checkpoint-") && e.file_type().is_ok_and(|t| t.is_dir()) {
+            fs::remove_dir_all(e.path()).map_err(|err| Error::io("remove", &e.path(), err))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Publishes a fully written checkpoint: renames `tmp` to `run/<name>` and points `latest` at

@@ -158,6 +158,15 @@ fn bad(key: &'static str, reason: impl Into<String>) -> Error {
     Error::BadConfig { key, reason: reason.into() }
 }
 
+/// Refuses a dimension above [`crate::limits::MAX_DIM`], naming the key it comes from.
+fn too_big(key: &'static str, v: usize) -> Result<()> {
+    let max = crate::limits::MAX_DIM;
+    if v > max {
+        return Err(bad(key, format!("gives a dimension of {v}, above the limit of {max}")));
+    }
+    Ok(())
+}
+
 fn unsupported(feature: &'static str, detail: impl Into<String>) -> Error {
     Error::Unsupported { feature, detail: detail.into() }
 }
@@ -250,6 +259,17 @@ impl GlaConfig {
                 return Err(bad(key, "must be > 0"));
             }
         }
+        for (key, v) in [
+            ("hidden_size", d),
+            ("num_heads", heads),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("vocab_size", self.vocab_size),
+            ("num_kv_heads", self.num_kv_heads.unwrap_or(0)),
+            ("intermediate_size", self.intermediate_size.unwrap_or(0)),
+            ("conv_size", if self.use_short_conv { self.conv_size } else { 0 }),
+        ] {
+            too_big(key, v)?;
+        }
         let kv_heads = self.num_kv_heads.unwrap_or(heads);
         if kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             return Err(bad("num_kv_heads", format!("{kv_heads} must divide num_heads = {heads}")));
@@ -262,6 +282,12 @@ impl GlaConfig {
         // python int() truncates toward zero
         let key_dim = (d as f64 * self.expand_k) as usize;
         let value_dim = (d as f64 * self.expand_v) as usize;
+        too_big("expand_k", key_dim).map_err(|_| {
+            bad("expand_k", format!("key_dim = int({d} * {}) is above the limit of {}", self.expand_k, crate::limits::MAX_DIM))
+        })?;
+        too_big("expand_v", value_dim).map_err(|_| {
+            bad("expand_v", format!("value_dim = int({d} * {}) is above the limit of {}", self.expand_v, crate::limits::MAX_DIM))
+        })?;
         let groups = heads / kv_heads;
         if key_dim == 0 || !key_dim.is_multiple_of(heads) {
             return Err(bad(
@@ -289,6 +315,15 @@ impl GlaConfig {
                     ));
                 }
                 let i = (d as f64 * r * 2.0 / 3.0) as usize;
+                too_big("hidden_ratio", i).map_err(|_| {
+                    bad(
+                        "hidden_ratio",
+                        format!(
+                            "the MLP width int(hidden_size {d} * hidden_ratio {r} * 2/3) is above the limit of {}",
+                            crate::limits::MAX_DIM
+                        ),
+                    )
+                })?;
                 256 * i.div_ceil(256)
             }
         };
@@ -323,7 +358,7 @@ impl GlaConfig {
             Some(p) => return Err(bad("pad_token_id", format!("{p} is outside [0, vocab_size = {})", self.vocab_size))),
         };
         let gnorm_name = if act == "swish" && self.fuse_norm && self.use_output_gate { "g_norm_swish_gate" } else { "g_norm" };
-        Ok(Dims {
+        let dims = Dims {
             d,
             layers: self.num_hidden_layers,
             heads,
@@ -347,6 +382,13 @@ impl GlaConfig {
             tied: self.tie_word_embeddings,
             pad,
             init_std: self.initializer_range as f32,
-        })
+        };
+        if crate::limits::param_count(&dims).is_none() {
+            return Err(bad(
+                "num_hidden_layers",
+                format!("{} layers of hidden_size {d}: the parameter count overflows 64 bits", dims.layers),
+            ));
+        }
+        Ok(dims)
     }
 }

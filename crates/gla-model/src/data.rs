@@ -92,7 +92,7 @@ impl Mqar {
         if v <= t {
             return Err(bad("vocab", format!("must exceed the sequence length {t}, got {v}")));
         }
-        if kv == 0 || 4 * kv > t {
+        if kv == 0 || kv > t / 4 {
             return Err(bad("num_kv_pairs", format!("needs 1 <= kv and 4 kv <= T = {t}, got {kv}")));
         }
         if kv >= v / 2 || kv > v - v / 2 {

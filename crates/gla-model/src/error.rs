@@ -114,6 +114,17 @@ pub enum Error {
     /// message is the device's full error (kernel, grid, driver or cuBLAS status).
     #[error("device: {0}")]
     Device(String),
+    /// A size computed from a file or a flag overflows or exceeds the memory budget
+    /// ([`crate::limits::memory_budget`]); nothing was allocated.
+    #[error("{what} needs {} bytes, more than the limit of {limit} bytes (the machine's memory; GLA_MEMORY_BUDGET sets another)", need.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string()))]
+    TooLarge {
+        /// What was to be allocated or read, with the sizes it came from.
+        what: String,
+        /// The bytes it needs (`None`: more than u64 holds).
+        need: Option<u64>,
+        /// The budget.
+        limit: u64,
+    },
     /// The training state does not match the run it is resumed into.
     #[error("resume: {reason}")]
     Resume {

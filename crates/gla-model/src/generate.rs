@@ -138,46 +138,88 @@ impl Decoder for GlaModel {
     }
 }
 
+/// Tokens a piece of text may stay undecoded while it ends in an incomplete character (U+FFFD):
+/// a UTF-8 character spans at most 4 byte tokens, so a longer tail is invalid text, emitted as is.
+const MAX_PENDING: usize = 4;
+
 /// One sequence being generated: its state, sampler and the streaming bookkeeping.
+///
+/// Decoding is incremental (the prefix/read offsets of Hugging Face's streaming decoders): each
+/// step decodes only the tokens since the last emitted piece, so a step costs O(1) in the
+/// length of the text, and a stop string is searched only where a new one could end.
 struct Seq<S> {
     state: S,
     sampler: Sampler,
     context: Vec<u32>,
     prompt_len: usize,
+    /// The text so far: the concatenation of the decoded pieces.
     text: String,
+    /// Bytes of `text` given to the caller.
     emitted: usize,
+    /// Generated tokens (from the prompt's end) before the last decoded piece's context.
+    prefix_offset: usize,
+    /// Generated tokens already in `text`.
+    read_offset: usize,
+    /// Bytes of `text` already searched for stop strings.
+    scanned: usize,
     stop: Option<StopReason>,
 }
 
 impl<S> Seq<S> {
-    /// Takes token `t`, decides whether to stop, and returns the text that became final.
+    /// Decodes the tokens after `read_offset` (up to `end` generated tokens) into text appended
+    /// to `text`; holds them back while they end in an incomplete character, unless `force` or
+    /// more than [`MAX_PENDING`] tokens wait.
+    fn decode_new(&mut self, tok: &Tokenizer, end: usize, force: bool) -> Result<(), GenerateError> {
+        let gen = &self.context[self.prompt_len..self.prompt_len + end];
+        if end <= self.read_offset {
+            return Ok(());
+        }
+        let prefix = tok.decode(&gen[self.prefix_offset..self.read_offset])?;
+        let full = tok.decode(&gen[self.prefix_offset..])?;
+        let pending = end - self.read_offset;
+        if !force && pending <= MAX_PENDING && (full.len() <= prefix.len() || full.ends_with('\u{FFFD}')) {
+            return Ok(());
+        }
+        // the context tokens decode the same alone and followed by the new ones, as a rule; if a
+        // tokenizer merges across them, the new text is what follows the common part
+        let piece = full.get(prefix.len()..).filter(|_| full.starts_with(&prefix)).unwrap_or(&full);
+        self.text.push_str(piece);
+        self.prefix_offset = self.read_offset;
+        self.read_offset = end;
+        Ok(())
+    }
+
     fn push(&mut self, t: u32, tok: &Tokenizer, opts: &GenerateOptions) -> Result<String, GenerateError> {
         self.context.push(t);
         let n_gen = self.context.len() - self.prompt_len;
         if opts.eos.contains(&t) {
             self.stop = Some(StopReason::Eos);
-            let gen = &self.context[self.prompt_len..self.context.len() - 1];
-            self.text = tok.decode(gen)?;
-            return Ok(self.flush_all());
+            // the end-of-sequence token itself is no text
+            self.decode_new(tok, n_gen - 1, true)?;
+        } else {
+            let last = n_gen >= opts.max_new_tokens;
+            self.decode_new(tok, n_gen, last)?;
+            if last {
+                self.stop = Some(StopReason::MaxTokens);
+            }
         }
-        let gen = &self.context[self.prompt_len..];
-        self.text = tok.decode(gen)?;
-        let hit = opts.stop_strings.iter().filter_map(|s| self.text.find(s.as_str())).min();
+        // a stop string can only end in the new text: search from the longest one's reach back
+        let reach = opts.stop_strings.iter().map(String::len).max().unwrap_or(0);
+        let from = floor_char_boundary(&self.text, self.scanned.saturating_sub(reach.saturating_sub(1)));
+        let hit = opts.stop_strings.iter().filter_map(|s| self.text[from..].find(s.as_str())).min();
+        self.scanned = self.text.len();
         if let Some(p) = hit {
-            self.text.truncate(p);
+            self.text.truncate(from + p);
             self.stop = Some(StopReason::StopString);
+        }
+        if self.stop.is_some() {
             return Ok(self.flush_all());
         }
-        if n_gen >= opts.max_new_tokens {
-            self.stop = Some(StopReason::MaxTokens);
-            return Ok(self.flush_all());
-        }
-        // hold back an unfinished character (decoded as U+FFFD) and the longest suffix that is a
-        // prefix of a stop string
-        let base = self.text.trim_end_matches('\u{FFFD}').len();
+        // hold back a tail that may be the start of a stop string
+        let base = self.text.len();
         let mut safe = base;
         for s in &opts.stop_strings {
-            let held = (1..s.len()).rev().filter(|&i| s.is_char_boundary(i)).find(|&i| self.text[..base].ends_with(&s[..i]));
+            let held = (1..s.len()).rev().filter(|&i| s.is_char_boundary(i)).find(|&i| self.text.ends_with(&s[..i]));
             if let Some(i) = held {
                 safe = safe.min(base - i);
             }
@@ -188,6 +230,7 @@ impl<S> Seq<S> {
         Ok(out)
     }
 
+    /// Everything not yet given to the caller.
     fn flush_all(&mut self) -> String {
         let out = self.text.get(self.emitted..).unwrap_or("").to_string();
         self.emitted = self.text.len();
@@ -279,6 +322,9 @@ pub fn generate_ids<D: Decoder>(
                 prompt_len: p.len(),
                 text: String::new(),
                 emitted: 0,
+                prefix_offset: 0,
+                read_offset: 0,
+                scanned: 0,
                 stop: (opts.max_new_tokens == 0).then_some(StopReason::MaxTokens),
             })
         })

@@ -20,6 +20,7 @@ mod error;
 pub mod generate;
 pub mod infer;
 pub mod layout;
+pub mod limits;
 pub mod mixers;
 pub mod model;
 pub mod modules;

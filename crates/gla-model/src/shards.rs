@@ -12,7 +12,6 @@ use safetensors::tensor::Dtype;
 use safetensors::SafeTensors;
 
 use crate::checkpoint::{decode_tensor, load_model, CONFIG_FILE, WEIGHTS_FILE};
-use crate::config::GlaConfig;
 use crate::layout::Layout;
 use crate::model::GlaModel;
 use crate::{Error, Result};
@@ -28,20 +27,12 @@ pub const INDEX_FILE: &str = "model.safetensors.index.json";
 /// config errors, [`Error::Safetensors`] (corrupt or truncated file), [`Error::Tensor`] naming a
 /// missing, unexpected or mis-shaped tensor and its expected shape.
 pub fn load_model_dir(dir: &Path) -> Result<GlaModel> {
-    if dir.join(WEIGHTS_FILE).is_file() || !dir.join(INDEX_FILE).is_file() {
-        if dir.join(WEIGHTS_FILE).is_file() {
-            check_truncation(&dir.join(WEIGHTS_FILE))?;
-        }
+    if dir.join(WEIGHTS_FILE).exists() || !dir.join(INDEX_FILE).exists() {
         return load_model(dir);
     }
-    let cfg_path = dir.join(CONFIG_FILE);
-    let text = fs::read_to_string(&cfg_path).map_err(|e| Error::Io { op: "read", path: cfg_path.display().to_string(), source: e })?;
-    let config = GlaConfig::from_json(&text)?;
-    let dims = config.dims()?;
-    let layout = Layout::new(&dims);
+    let (config, dims) = crate::checkpoint::load_config(dir)?;
     let index_path = dir.join(INDEX_FILE);
-    let index_text =
-        fs::read_to_string(&index_path).map_err(|e| Error::Io { op: "read", path: index_path.display().to_string(), source: e })?;
+    let index_text = crate::limits::read_text(&index_path)?;
     let index: serde_json::Value =
         serde_json::from_str(&index_text).map_err(|source| Error::Json { what: index_path.display().to_string(), source })?;
     let map = index.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| Error::Tensor {
@@ -59,6 +50,22 @@ pub fn load_model_dir(dir: &Path) -> Result<GlaModel> {
         })?;
         shards.entry(file.to_string()).or_default().push(name.clone());
     }
+    // the index must name every tensor of the table: a table far longer than the index is a
+    // config that does not belong to these weights, refused before the table is built
+    let count = crate::limits::param_count(&dims).unwrap_or(u64::MAX);
+    let min_tensors = (dims.layers as u64).saturating_mul(8);
+    if min_tensors > map.len() as u64 {
+        return Err(Error::Tensor {
+            path: index_path.display().to_string(),
+            name: "weight_map".into(),
+            reason: format!(
+                "names {} tensors, but the config's {} layers need at least {min_tensors}: config.json and the index do not belong together",
+                map.len(),
+                dims.layers
+            ),
+        });
+    }
+    let layout = Layout::new(&dims);
     let tied_head = dims.tied.then_some("lm_head.weight");
     for name in map.keys() {
         if layout.find(name).is_none() && Some(name.as_str()) != tied_head {
@@ -78,6 +85,21 @@ pub fn load_model_dir(dir: &Path) -> Result<GlaModel> {
             });
         }
     }
+    // the shards together must hold every parameter at 2 bytes or more (bf16 / f16)
+    let mut total = 0u64;
+    for file in shards.keys() {
+        if let Ok(m) = fs::metadata(dir.join(file)) {
+            total = total.saturating_add(m.len());
+        }
+    }
+    if count.saturating_mul(2) > total {
+        return Err(Error::Tensor {
+            path: index_path.display().to_string(),
+            name: "weight_map".into(),
+            reason: format!("the config describes {count} parameters, but its shards hold only {total} bytes: config.json and the shards do not belong together"),
+        });
+    }
+    let arena = crate::limits::check_model(&dims, 1)?;
     let mut params = vec![0.0f32; layout.numel];
     for (file, names) in &shards {
         if file.contains('/') || file.contains('\\') || file.starts_with('.') {
@@ -89,8 +111,10 @@ pub fn load_model_dir(dir: &Path) -> Result<GlaModel> {
         }
         let path = dir.join(file);
         let p = path.display().to_string();
+        let (_, len) = crate::limits::open_regular(&path, u64::MAX)?;
         check_truncation(&path)?;
-        let bytes = fs::read(&path).map_err(|e| Error::Io { op: "read", path: p.clone(), source: e })?;
+        crate::limits::check_budget(format!("loading shard {p} ({len} bytes) beside {arena} bytes of weights"), len.checked_add(arena))?;
+        let bytes = crate::limits::read_regular(&path, len)?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::Safetensors { path: p.clone(), reason: e.to_string() })?;
         for name in names {
             let Some(id) = layout.find(name) else { continue }; // the tied lm_head copy
@@ -116,8 +140,7 @@ pub fn check_truncation(path: &Path) -> Result<()> {
     use std::io::Read;
     let p = path.display().to_string();
     let io = |op: &'static str| move |e| Error::Io { op, path: path.display().to_string(), source: e };
-    let mut f = fs::File::open(path).map_err(io("open"))?;
-    let len = f.metadata().map_err(io("stat"))?.len();
+    let (mut f, len) = crate::limits::open_regular(path, u64::MAX)?;
     let mut n = [0u8; 8];
     f.read_exact(&mut n).map_err(|_| Error::Safetensors { path: p.clone(), reason: format!("{len} bytes: too short for a header") })?;
     let n = u64::from_le_bytes(n);
@@ -138,7 +161,7 @@ pub fn check_truncation(path: &Path) -> Result<()> {
     for (name, t) in map.iter().filter(|(k, _)| k.as_str() != "__metadata__") {
         let start = t.get("data_offsets").and_then(|o| o.get(0)).and_then(serde_json::Value::as_u64).unwrap_or(0);
         let end = t.get("data_offsets").and_then(|o| o.get(1)).and_then(serde_json::Value::as_u64).unwrap_or(0);
-        if 8 + n + end > len && worst.is_none_or(|(s, ..)| start < s) {
+        if (8 + n).saturating_add(end) > len && worst.is_none_or(|(s, ..)| start < s) {
             worst = Some((start, name, t));
         }
     }
@@ -151,7 +174,7 @@ pub fn check_truncation(path: &Path) -> Result<()> {
                 "truncated file: this tensor ({} {}) ends at byte {} but the file has {len} bytes",
                 t.get("dtype").and_then(serde_json::Value::as_str).unwrap_or("?"),
                 t.get("shape").map(ToString::to_string).unwrap_or_default(),
-                8 + n + end
+                (8 + n).saturating_add(end)
             ),
         });
     }

@@ -110,7 +110,7 @@ pub struct CorpusTokenizer {
 /// # Errors
 /// [`Error::Io`] naming the file.
 pub fn tokenizer_file_id(path: &Path) -> Result<u64> {
-    let bytes = fs::read(path).map_err(|e| Error::io("read", path, e))?;
+    let bytes = crate::limits::read_regular(path, crate::limits::MAX_TEXT_FILE)?;
     let mut h = Fnv::new();
     h.write(b"tokenizer.json\0");
     h.write(&bytes);
@@ -363,8 +363,8 @@ impl TokenFile {
     /// # Errors
     /// [`TextError::Corrupt`] naming the file and the fault; [`Error::Io`].
     pub fn open(path: &Path) -> Result<Self> {
-        let f = fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
-        let len = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+        // a FIFO or a device in the cache's place is refused, not mapped
+        let (f, len) = crate::limits::open_regular(path, u64::MAX)?;
         if len < HEADER_LEN as u64 {
             return Err(corrupt(path, format!("{len} bytes, shorter than the {HEADER_LEN}-byte header")));
         }
@@ -664,6 +664,30 @@ impl TextTask {
         Ok(t)
     }
 
+    /// The task as saved in the training state of `run`: a token file under the run directory is
+    /// named relative to it, so the run can be resumed from any working directory and moved.
+    pub fn relative_to(&self, run: &Path) -> Self {
+        let mut t = self.clone();
+        if let (Ok(tok), Ok(r)) = (std::fs::canonicalize(&self.tokens), std::fs::canonicalize(run)) {
+            if let Ok(rel) = tok.strip_prefix(&r) {
+                t.tokens = rel.to_path_buf();
+            }
+        }
+        t
+    }
+
+    /// Undoes [`TextTask::relative_to`] for a run resumed from `run`: a relative token path is
+    /// the run's (`run/<path>`), unless only the working directory holds it (states written
+    /// before paths were saved relative to the run). A missing file is rebuilt under the run.
+    pub fn resolve_under(&mut self, run: &Path) {
+        if self.tokens.is_relative() {
+            let in_run = run.join(&self.tokens);
+            if in_run.is_file() || !self.tokens.is_file() {
+                self.tokens = in_run;
+            }
+        }
+    }
+
     /// Checks the window length and the split.
     ///
     /// # Errors
@@ -677,8 +701,13 @@ impl TextTask {
         if val < window {
             return Err(Error::BadArg { key: "val_tokens", reason: format!("{val} tokens cannot hold one validation window of {window}") });
         }
-        if self.count < val + window {
-            return Err(text_err(TextError::TooShort { tokens: self.count, window: window as usize, val, need: val + window }));
+        if self.count < val.saturating_add(window) {
+            return Err(text_err(TextError::TooShort {
+                tokens: self.count,
+                window: window as usize,
+                val,
+                need: val.saturating_add(window),
+            }));
         }
         Ok(())
     }

@@ -58,7 +58,11 @@ impl Tokenizer {
             path.display()
         )));
         #[cfg(feature = "hf-tokenizer")]
-        tokenizers::Tokenizer::from_file(path).map(|t| Self::Hf(Box::new(t))).map_err(|e| err(format!("{}: {e}", path.display())))
+        {
+            // a regular file of bounded size only: a FIFO or a device would never end
+            let bytes = crate::limits::read_regular(path, crate::limits::MAX_TEXT_FILE).map_err(|e| err(e.to_string()))?;
+            tokenizers::Tokenizer::from_bytes(bytes).map(|t| Self::Hf(Box::new(t))).map_err(|e| err(format!("{}: {e}", path.display())))
+        }
     }
 
     /// A short description for logs: `byte-level` or `tokenizer.json (<vocab> tokens)`.

@@ -274,6 +274,7 @@ impl Trainer {
     /// model's; [`Error::Text`] when the text corpus does not open.
     pub fn new(config: GlaConfig, cfg: TrainConfig) -> Result<Self> {
         cfg.validate()?;
+        crate::limits::check_training(&config.dims()?, cfg.batch_size, cfg.seq_len())?;
         let model = GlaModel::new(config, cfg.seed)?;
         Self::assemble(model, cfg, None, 0, Vec::new(), Vec::new())
     }
@@ -481,7 +482,7 @@ impl Trainer {
             version: 1,
             step: self.opt.step,
             data_cursor: self.cursor,
-            train: self.cfg.clone(),
+            train: TrainConfig { text: self.cfg.text.as_ref().map(|t| t.relative_to(run)), ..self.cfg.clone() },
             losses: self.losses.clone(),
             evals: self.evals.clone(),
         };
@@ -498,20 +499,47 @@ impl Trainer {
     /// [`Error::Io`] / [`Error::Resume`] when there is no checkpoint; load errors naming the
     /// tensor; [`Error::Json`] for a damaged state file; [`Error::Text`].
     pub fn resume(run: &Path, steps_override: Option<u64>) -> Result<Self> {
+        Self::resume_with(run, |c| {
+            if let Some(s) = steps_override {
+                c.steps = s;
+            }
+        })
+    }
+
+    /// The model config and training state of the newest checkpoint of `run`, read without
+    /// loading any weights (to compare them with the settings of a resumed invocation).
+    ///
+    /// # Errors
+    /// As [`Trainer::resume`].
+    pub fn saved(run: &Path) -> Result<(GlaConfig, TrainerState)> {
         let dir = checkpoint::latest_checkpoint(run)?;
-        let text = fs::read_to_string(dir.join(STATE_FILE)).map_err(|e| Error::io("read", &dir.join(STATE_FILE), e))?;
+        let text = crate::limits::read_text(&dir.join(STATE_FILE))?;
         let st: TrainerState =
             serde_json::from_str(&text).map_err(|source| Error::Json { what: dir.join(STATE_FILE).display().to_string(), source })?;
         if st.version != 1 {
             return Err(Error::Resume { reason: format!("{} has version {}, this build reads version 1", STATE_FILE, st.version) });
         }
+        let (config, _) = checkpoint::load_config(&dir)?;
+        Ok((config, st))
+    }
+
+    /// [`Trainer::resume`] with the saved settings edited by `edit` before anything is built
+    /// (a changed batch shape sizes the buffers); the edited settings are validated.
+    ///
+    /// # Errors
+    /// As [`Trainer::resume`].
+    pub fn resume_with(run: &Path, edit: impl FnOnce(&mut TrainConfig)) -> Result<Self> {
+        let dir = checkpoint::latest_checkpoint(run)?;
+        let (_, st) = Self::saved(run)?;
         let model = checkpoint::load_model(&dir)?;
         let (m, v) = checkpoint::load_moments(&dir.join(OPTIMIZER_FILE), &model.layout)?;
         let mut cfg = st.train;
-        if let Some(s) = steps_override {
-            cfg.steps = s;
+        edit(&mut cfg);
+        if let Some(t) = &mut cfg.text {
+            t.resolve_under(run);
         }
         cfg.validate()?;
+        crate::limits::check_training(&model.dims, cfg.batch_size, cfg.seq_len())?;
         let mut opt = AdamW::new(cfg.adamw, &model.layout);
         opt.m = m;
         opt.v = v;
