@@ -42,8 +42,12 @@ impl Stop {
         })
     }
 
-    /// The exit status of a command stopped by the signal received: 128 + its number.
+    /// The exit status of a command stopped by the signal received: 128 + its number; a rank
+    /// of a data-parallel job stopped because another rank got one exits as on SIGTERM.
     pub fn exit_status(&self) -> i32 {
-        128 + self.which.load(Ordering::SeqCst) as i32
+        match self.which.load(Ordering::SeqCst) as i32 {
+            0 => 128 + signal_hook::consts::SIGTERM,
+            sig => 128 + sig,
+        }
     }
 }

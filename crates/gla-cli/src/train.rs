@@ -541,11 +541,11 @@ pub fn run(a: &Args) -> Result<bool> {
         }
         false => None,
     };
-    // one process: a signal stops it after the current step, with a checkpoint. A data-parallel
-    // job keeps the default (every rank ends at once): its ranks could stop at different steps
-    // and wait on each other's collectives.
-    let stop =
-        if world_of(job.as_ref()) == 1 { Some(crate::signals::Stop::install().context("installing the signal handlers")?) } else { None };
+    // a signal stops the run after the current step, with a checkpoint; the ranks of a
+    // data-parallel job agree after every step (one tiny all-reduce) so that all of them stop at
+    // the same step, whichever got the signal
+    let stop = crate::signals::Stop::install().context("installing the signal handlers")?;
+    let multi = world_of(job.as_ref()) > 1;
     let mut stopped = None;
     let d = &tr.model.dims;
     let task = tr.cfg.task;
@@ -644,25 +644,29 @@ pub fn run(a: &Args) -> Result<bool> {
             }
             break;
         }
-        if let Some(sig) = stop.as_ref().and_then(|s| s.requested()) {
-            stopped = Some(sig);
+        let local = stop.requested();
+        let any = if multi { tr.any_rank(local.is_some())? } else { local.is_some() };
+        if any {
+            stopped = Some(local.unwrap_or("a signal to another rank"));
             break;
         }
     }
-    if let (Some(sig), Some(stop)) = (stopped, &stop) {
+    if let Some(sig) = stopped {
         if tty {
             eprint!("\r\x1b[2K");
         }
-        let saved_now = last_ckpt.as_ref().is_some_and(|p| p.ends_with(format!("checkpoint-{}", tr.step_count())));
-        if !saved_now {
-            last_ckpt = Some(tr.save(&out, a.keep)?);
+        if lead {
+            let saved_now = last_ckpt.as_ref().is_some_and(|p| p.ends_with(format!("checkpoint-{}", tr.step_count())));
+            if !saved_now {
+                last_ckpt = Some(tr.save(&out, a.keep)?);
+            }
+            eprintln!(
+                "{sig}: stopped after step {} of {total}; checkpoint {} written. Continue with: gla train --out {} --resume",
+                tr.step_count(),
+                last_ckpt.as_ref().map_or_else(String::new, |p| p.display().to_string()),
+                out.display()
+            );
         }
-        eprintln!(
-            "{sig}: stopped after step {} of {total}; checkpoint {} written. Continue with: gla train --out {} --resume",
-            tr.step_count(),
-            last_ckpt.as_ref().map_or_else(String::new, |p| p.display().to_string()),
-            out.display()
-        );
         std::process::exit(stop.exit_status());
     }
     if tty {

@@ -105,6 +105,12 @@ pub trait Engine: Send {
     /// # Errors
     /// As [`Engine::forward`].
     fn download(&self, host: &mut GlaModel, opt: &mut AdamW) -> Result<()>;
+    /// Whether `flag` is set on any rank of the run (this process's `flag` when not data
+    /// parallel): every rank gets the same answer, so that all of them stop at the same step.
+    ///
+    /// # Errors
+    /// As [`Engine::forward`].
+    fn any_rank(&mut self, flag: bool) -> Result<bool>;
 }
 
 /// The training engine over a device: its activations for one batch shape and the
@@ -172,6 +178,15 @@ where
 
     fn download(&self, host: &mut GlaModel, opt: &mut AdamW) -> Result<()> {
         self.dev.download(host, opt).map_err(Into::into)
+    }
+
+    fn any_rank(&mut self, flag: bool) -> Result<bool> {
+        if self.dev.world() == 1 {
+            return Ok(flag);
+        }
+        let mut v = [f64::from(u8::from(flag))];
+        self.dev.all_reduce_host(&mut v).map_err(Into::into)?;
+        Ok(v[0] > 0.0)
     }
 }
 

@@ -386,6 +386,15 @@ impl Trainer {
         self.engine.forward(&self.model, &self.ids, &self.targets)
     }
 
+    /// Whether `flag` is set on any process of the run (this one's when not data parallel); a
+    /// collective on a data-parallel run, so every process must call it at the same step.
+    ///
+    /// # Errors
+    /// Communication failures.
+    pub fn any_rank(&mut self, flag: bool) -> Result<bool> {
+        self.engine.any_rank(flag)
+    }
+
     /// Optimizer steps taken.
     pub fn step_count(&self) -> u64 {
         self.opt.step

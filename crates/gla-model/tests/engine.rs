@@ -309,3 +309,35 @@ fn two_data_parallel_ranks_follow_the_one_process_run() {
     assert_eq!(runs[0].2, runs[1].2, "the ranks step on the same summed gradients: identical weights");
     assert_eq!(runs[0].0, runs[1].0, "every rank reports the global loss and norm");
 }
+
+#[test]
+fn a_stop_flag_on_any_rank_stops_every_rank() {
+    let (mc, tc) = run_cfg(1);
+    let world = 2;
+    for flags in [[false, false], [true, false], [false, true]] {
+        let coll = std::sync::Arc::new(Collective::new(world));
+        let got: Vec<bool> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..world)
+                .map(|rank| {
+                    let (mc, tc, coll) = (mc.clone(), tc.clone(), coll.clone());
+                    s.spawn(move || {
+                        let shard = gla_model::Shard::new(rank, world).unwrap();
+                        let mut tr = Trainer::new(mc, tc)
+                            .unwrap()
+                            .with_sharded_engine(shard, |m, o, b, t| {
+                                engine(DataParallel { inner: cpu_engine(m, o), rank, world, coll }, m, b, t)
+                            })
+                            .unwrap();
+                        tr.any_rank(flags[rank]).unwrap()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let want = flags.iter().any(|&f| f);
+        assert_eq!(got, vec![want; world], "flags {flags:?}");
+    }
+    // one process: its own flag
+    let mut one = Trainer::new(mc, tc).unwrap();
+    assert!(one.any_rank(true).unwrap() && !one.any_rank(false).unwrap());
+}
