@@ -361,3 +361,61 @@ pub fn generate_ids<D: Decoder>(
     }
     Ok(seqs.into_iter().map(Seq::finish).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seq(prompt: &[u32]) -> Seq<()> {
+        Seq {
+            state: (),
+            sampler: Sampler::new(SamplingParams::default()).expect("greedy"),
+            context: prompt.to_vec(),
+            prompt_len: prompt.len(),
+            text: String::new(),
+            emitted: 0,
+            prefix_offset: 0,
+            read_offset: 0,
+            scanned: 0,
+            stop: None,
+        }
+    }
+
+    #[test]
+    fn streaming_decodes_a_bounded_window_per_token() {
+        // 10k tokens of mixed ASCII and 2- and 3-byte characters: every step decodes only the
+        // tokens since the last emitted piece (the window never grows with the text), and the
+        // pieces put together are the whole text
+        let text: String = (0..4000).map(|i| ['a', 'é', '€', ' '][i % 4]).collect();
+        let ids: Vec<u32> = text.bytes().map(u32::from).collect();
+        let opts = GenerateOptions { max_new_tokens: ids.len(), ..GenerateOptions::default() };
+        let mut s = seq(&[1, 2, 3]);
+        let mut out = String::new();
+        let mut widest = 0;
+        for &t in &ids {
+            out += &s.push(t, &Tokenizer::Bytes, &opts).expect("push");
+            let n_gen = s.context.len() - s.prompt_len;
+            widest = widest.max(n_gen - s.prefix_offset);
+        }
+        assert_eq!(out, text);
+        assert!(widest <= 2 * MAX_PENDING + 1, "decode window of {widest} tokens");
+    }
+
+    #[test]
+    fn invalid_bytes_are_emitted_within_four_tokens() {
+        // 0xFF never completes a character: it must not hold the stream back for long
+        let opts = GenerateOptions { max_new_tokens: 1000, ..GenerateOptions::default() };
+        let mut s = seq(&[65]);
+        let mut waited = 0;
+        for i in 0..100 {
+            let piece = s.push(0xFF, &Tokenizer::Bytes, &opts).expect("push");
+            if piece.is_empty() {
+                waited += 1;
+                assert!(waited <= MAX_PENDING, "token {i}: text held back for {waited} tokens");
+            } else {
+                waited = 0;
+            }
+        }
+        assert!(s.text.chars().all(|c| c == '\u{FFFD}') && !s.text.is_empty());
+    }
+}
