@@ -269,7 +269,7 @@ impl GpuWeights {
     /// # Errors
     /// [`Error::Driver`].
     pub fn download_f32(&self, buf: &CudaSlice<f32>, n: usize, what: &str) -> Result<Vec<f32>> {
-        self.gpu.cuda.stream().clone_dtoh(&buf.slice(0..n)).map_err(Error::driver(format!("download {what}")))
+        self.gpu.cuda.stream().clone_dtoh(&buf.slice(0..n)).map_err(|source| Error::Driver { what: format!("download {what}"), source })
     }
 
     /// Downloads the accumulated gradients (parameter table order).
