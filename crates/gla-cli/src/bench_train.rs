@@ -322,7 +322,7 @@ fn cpu(a: &Args, model: GlaModel, fpt: f64) -> Result<Report> {
 fn cuda(a: &Args, model: &GlaModel, fpt: f64) -> Result<Report> {
     use gla_model::optim::AdamWConfig;
     let cuda = gla_cuda::Cuda::new()?;
-    let mut gpu = gla_cuda::GpuModel::new(cuda.clone(), model)?;
+    let mut gpu = gla_model::gpu::GpuModel::new(cuda.clone(), model)?;
     let mut acts = gpu.activations(a.batch, a.seq_len)?;
     let cfg = AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() };
     let run = timed_steps(
@@ -338,7 +338,7 @@ fn cuda(a: &Args, model: &GlaModel, fpt: f64) -> Result<Report> {
             Ok(out.loss)
         },
     )?;
-    let peak_gib = gla_cuda::model::peak_pool_bytes(&cuda) as f64 / (1u64 << 30) as f64;
+    let peak_gib = gla_cuda::weights::peak_pool_bytes(&cuda) as f64 / (1u64 << 30) as f64;
     Ok(Report::new(a, cuda.name(), model.num_params(), fpt, 1, run, Some((a.peak_tflops, peak_gib))))
 }
 
@@ -354,7 +354,7 @@ fn cuda_rank(a: &Args, model: &GlaModel, fpt: f64, job: &crate::launch::Job) -> 
     let comm = gla_cuda::dist::Comm::init(&cuda, env, gla_cuda::dist::timeout_from_env()?)?;
     let cfg = AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() };
     let mut opt = AdamW::new(cfg, &model.layout);
-    let mut gpu = gla_cuda::GpuModel::for_training(cuda.clone(), model, &opt)?;
+    let mut gpu = gla_model::gpu::GpuModel::for_training(cuda.clone(), model, &opt)?;
     gpu.attach_comm(comm)?;
     let mut eng = gla_model::DeviceEngine::new(gpu, model, a.batch, a.seq_len)?;
     // the engine never reads the host weights of a GPU device; the update only counts steps
@@ -372,7 +372,7 @@ fn cuda_rank(a: &Args, model: &GlaModel, fpt: f64, job: &crate::launch::Job) -> 
             Ok(out.loss)
         },
     )?;
-    let peak_gib = gla_cuda::model::peak_pool_bytes(&cuda) as f64 / (1u64 << 30) as f64;
+    let peak_gib = gla_cuda::weights::peak_pool_bytes(&cuda) as f64 / (1u64 << 30) as f64;
     let device = format!("{} x{}", cuda.name(), env.world);
     Ok(Report::new(a, device, model.num_params(), fpt, env.world, run, Some((a.peak_tflops, peak_gib))))
 }

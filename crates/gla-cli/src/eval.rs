@@ -186,18 +186,18 @@ fn targets(x: &Batch) -> Vec<i64> {
 
 fn outputs_cpu(model: &GlaModel, x: &Batch, grads: bool) -> Result<Outputs> {
     let be = model.cpu();
-    let mut acts = Acts::alloc(&be, x.b, x.t, false, x.b * x.t)?;
-    let loss = lm::forward(&be, &mut acts, &x.ids, &targets(x))?;
+    let mut acts = Acts::alloc(&be, &model.layout, x.b, x.t, false, x.b * x.t)?;
+    let loss = lm::forward(&be, &model.layout, &mut acts, &x.ids, &targets(x))?;
     let grads = if grads {
         let mut g = vec![0.0f32; model.num_params()];
-        lm::backward(&be, &mut acts, &mut g, 1.0)?;
+        lm::backward(&be, &model.layout, &mut acts, &mut g, 1.0)?;
         Some(g)
     } else {
         None
     };
     // the loss sends only the rows with a target through the lm_head; the body's output is
     // still there for the head on every row
-    lm::head_logits(&be, &mut acts, None)?;
+    lm::head_logits(&be, &model.layout, &mut acts, None)?;
     let logits = acts.logits()[..x.b * x.t * model.dims.vocab].to_vec();
     Ok(Outputs { logits, loss, grads })
 }
@@ -205,7 +205,7 @@ fn outputs_cpu(model: &GlaModel, x: &Batch, grads: bool) -> Result<Outputs> {
 #[cfg(feature = "cuda")]
 fn outputs_cuda(model: &GlaModel, x: &Batch, grads: bool) -> Result<Outputs> {
     let cuda = gla_cuda::Cuda::new().context("opening the GPU")?;
-    let mut gm = gla_cuda::GpuModel::new(cuda, model)?;
+    let mut gm = gla_model::gpu::GpuModel::new(cuda, model)?;
     let mut acts = gm.activations(x.b, x.t)?;
     let loss = gm.forward(&mut acts, &x.ids, &targets(x))?;
     let grads = if grads {
@@ -291,16 +291,16 @@ impl Scorer for CpuScorer<'_> {
         let be = self.model.cpu();
         let acts = match &mut self.acts {
             Some(acts) if acts.shape() == (b, t) => acts,
-            slot => slot.insert(Acts::alloc(&be, b, t, true, 0)?),
+            slot => slot.insert(Acts::alloc(&be, &self.model.layout, b, t, true, 0)?),
         };
-        Ok(lm::forward(&be, acts, ids, targets)?)
+        Ok(lm::forward(&be, &self.model.layout, acts, ids, targets)?)
     }
 }
 
 #[cfg(feature = "cuda")]
 struct GpuScorer {
-    model: gla_cuda::GpuModel,
-    acts: Option<gla_cuda::GpuActivations>,
+    model: gla_model::gpu::GpuModel,
+    acts: Option<gla_model::gpu::GpuActivations>,
 }
 
 #[cfg(feature = "cuda")]
@@ -321,7 +321,7 @@ impl Scorer for GpuScorer {
 #[cfg(feature = "cuda")]
 fn gpu_scorer(model: &GlaModel) -> Result<Box<dyn Scorer>> {
     let cuda = gla_cuda::Cuda::new().context("opening the GPU")?;
-    Ok(Box::new(GpuScorer { model: gla_cuda::GpuModel::new(cuda, model)?, acts: None }))
+    Ok(Box::new(GpuScorer { model: gla_model::gpu::GpuModel::new(cuda, model)?, acts: None }))
 }
 
 #[cfg(not(feature = "cuda"))]

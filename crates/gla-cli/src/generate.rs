@@ -143,7 +143,7 @@ fn generate_cuda(
     opts: &GenerateOptions,
     on_text: &mut dyn FnMut(usize, &str),
 ) -> Result<Vec<Generation>> {
-    let dec = gla_cuda::GpuDecoder::new(gla_cuda::Cuda::new()?, model)?;
+    let dec = gla_model::gpu::GpuDecoder::new(gla_cuda::Cuda::new()?, model)?;
     Ok(generate_ids(&dec, tok, ids, opts, on_text)?)
 }
 
@@ -586,12 +586,12 @@ fn bench_cuda(a: &BenchArgs, model: &GlaModel) -> Result<Vec<BenchEntry>> {
         cuda.name(),
         cuda.arch()
     );
-    let dec = gla_cuda::GpuDecoder::new(cuda, model)?;
+    let dec = gla_model::gpu::GpuDecoder::new(cuda, model)?;
     // untimed warm-up: kernel compiles (NVRTC, then cached), cuBLAS start-up, first allocations,
     // and for each batch size the eager first decode step and the capture of its CUDA graph
     for &b in &a.batch {
-        let mut st: Vec<gla_cuda::GpuState> = (0..b).map(|_| dec.new_state()).collect::<Result<_, _>>()?;
-        let mut sref: Vec<&mut gla_cuda::GpuState> = st.iter_mut().collect();
+        let mut st: Vec<gla_model::gpu::GpuState> = (0..b).map(|_| dec.new_state()).collect::<Result<_, _>>()?;
+        let mut sref: Vec<&mut gla_model::gpu::GpuState> = st.iter_mut().collect();
         let warm: Vec<u32> = (0..a.prompt_len.min(128) as u32).map(|i| i % model.dims.vocab as u32).collect();
         dec.prefill_batch(&vec![&warm[..]; b], &mut sref)?;
         for _ in 0..2 {
@@ -612,7 +612,7 @@ fn memory_cuda(a: &BenchArgs, model: &GlaModel) -> Result<Vec<MemEntry>> {
     // a fresh decoder, not the batch benchmark's: its decode slots (activations, graphs) would
     // sit under every peak measured here
     let cuda = gla_cuda::Cuda::new()?;
-    let dec = gla_cuda::GpuDecoder::new(cuda.clone(), model)?;
+    let dec = gla_model::gpu::GpuDecoder::new(cuda.clone(), model)?;
     let bytes = dec.state_bytes();
     let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
     bench_contexts(
@@ -620,8 +620,8 @@ fn memory_cuda(a: &BenchArgs, model: &GlaModel) -> Result<Vec<MemEntry>> {
         &dec,
         model.dims.vocab,
         |_| bytes,
-        &|| gla_cuda::model::reset_peak_pool(&cuda),
-        &|| mib(gla_cuda::model::peak_pool_bytes(&cuda)),
+        &|| gla_cuda::weights::reset_peak_pool(&cuda),
+        &|| mib(gla_cuda::weights::peak_pool_bytes(&cuda)),
         "GPU memory pool high-water mark (weights included)",
     )
 }

@@ -299,7 +299,7 @@ fn on_cuda(tr: Trainer, job: Option<&crate::launch::Job>) -> Result<Trainer> {
     let Some(job) = job else {
         let cuda = gla_cuda::Cuda::new().context("opening the GPU")?;
         return Ok(tr.with_engine(|model, opt, b, t| {
-            let gpu = gla_cuda::GpuModel::for_training(cuda, model, opt)?;
+            let gpu = gla_model::gpu::GpuModel::for_training(cuda, model, opt)?;
             Ok(Box::new(gla_model::DeviceEngine::new(gpu, model, b, t)?) as Box<dyn gla_model::Engine>)
         })?);
     };
@@ -312,7 +312,7 @@ fn on_cuda(tr: Trainer, job: Option<&crate::launch::Job>) -> Result<Trainer> {
     let cuda = gla_cuda::Cuda::with_ordinal(gpu).with_context(|| format!("opening GPU {gpu} (LOCAL_RANK {})", env.local_rank))?;
     Ok(tr.with_sharded_engine(shard, |model, opt, b, t| {
         let comm = gla_cuda::dist::Comm::init(&cuda, env, timeout)?;
-        let mut gpu = gla_cuda::GpuModel::for_training(cuda, model, opt)?;
+        let mut gpu = gla_model::gpu::GpuModel::for_training(cuda, model, opt)?;
         gpu.attach_comm(comm)?;
         Ok(Box::new(gla_model::DeviceEngine::new(gpu, model, b, t)?) as Box<dyn gla_model::Engine>)
     })?)

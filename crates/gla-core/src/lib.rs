@@ -29,6 +29,7 @@ pub mod dims;
 mod error;
 pub mod io;
 pub mod op;
+pub mod optim;
 pub mod params;
 mod problem;
 mod real;

@@ -1,6 +1,8 @@
-//! The GPU backend ([`Gpu`]: `gla_model::backend`'s `Primitives` and `GlaOps`): each op as the
+//! The GPU backend ([`Gpu`]: gla-core's backend contract, `Primitives` and `GlaOps`): each op as the
 //! kernel launches of `kernels/nn/*.cu` / `kernels/gla/*.cu` and cuBLAS GEMMs. The forward and
-//! backward that call them are `gla_model::model`'s and its mixers' (read those first).
+//! backward that call them are gla-model's (`gla_model::model` and its mixers; read those first).
+//! Parameters are found by their index in the parameter table the weights came with
+//! ([`gla_core::params::ParamSpec`]: offsets in the bf16 copy and in the gradient arena).
 //!
 //! dtypes (the mixed-precision recipe fla gets from autocast):
 //! - f32 (`F32`): the residual stream `x`, the norms' `rstd`, the gate pre-activation `gk_raw`,
@@ -25,12 +27,10 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, ValidAsZeroBits};
+use gla_core::backend::{ConvIdx, GlaOps, GlaStorage, ParamId, Primitives, Storage, IGNORE_INDEX};
+use gla_core::dims::{Dims, FeatureMap};
+use gla_core::params::ParamSpec;
 use gla_core::{GateKind, Problem, ProblemSpec};
-use gla_model::backend::{ConvIdx, GlaOps, GlaStorage, ParamId, Primitives, Storage};
-use gla_model::config::Dims;
-use gla_model::layout::{HasLayout, Layout};
-use gla_model::FeatureMap;
-use gla_model::IGNORE_INDEX;
 
 use crate::dist::Comm;
 use crate::error::{Error, Result};
@@ -314,7 +314,7 @@ pub(crate) fn unsupported(what: String) -> Error {
     Error::Op(gla_core::Error::Unsupported { backend: "cuda", what })
 }
 
-/// The gradient all-reduce of a data-parallel [`GpuModel`]: the backward finishes the gradient
+/// The gradient all-reduce of data-parallel [`crate::GpuWeights`]: the backward finishes the gradient
 /// arena from its end (lm_head, final norm, last layer) to its start (embedding); each range of
 /// [`bucket_plan`] is summed over the ranks on the communicator's stream as soon as it is final,
 /// while the backward goes on with the layers below.
@@ -344,7 +344,7 @@ pub struct InferCtx {
 pub enum InferIo<'a> {
     /// Batch buffers (prefill): per layer `h0`/`ht` and conv caches `[B, C, W]`.
     Batch(&'a mut InferCtx),
-    /// Decode (T = 1): each sequence's own [`GpuState`] buffers, updated in place, found through
+    /// Decode (T = 1): each sequence's own [`crate::GpuState`] buffers, updated in place, found through
     /// the device table at `addr`: `[L][4][B]` addresses (the recurrent state, then the q, k, v
     /// conv caches, 0 without short conv).
     Table {
@@ -424,7 +424,8 @@ pub struct Gpu {
     pub(crate) cuda: Arc<Cuda>,
     pub(crate) gemm: Gemm,
     pub(crate) dims: Dims,
-    pub(crate) layout: Layout,
+    /// the parameter table (offsets in the bf16 copy and in the gradient arena)
+    pub(crate) specs: Vec<ParamSpec>,
     pub(crate) heads: HeadPlan,
     /// f32 parameters at `moff`
     pub(crate) master: CudaSlice<f32>,
@@ -442,7 +443,7 @@ impl Gpu {
     }
     /// bf16 weight `id` (GEMM operand).
     pub(crate) fn wp(&self, id: ParamId) -> u64 {
-        ptr(&self.cuda, &self.w16) + 2 * self.layout.specs[id].offset as u64
+        ptr(&self.cuda, &self.w16) + 2 * self.specs[id].offset as u64
     }
     /// f32 master weight `id`.
     pub(crate) fn mp(&self, id: ParamId) -> u64 {
@@ -450,7 +451,7 @@ impl Gpu {
     }
     /// Gradient `id` in the arena `g`.
     fn gp(&self, g: &CudaSlice<f32>, id: ParamId) -> u64 {
-        ptr(&self.cuda, g) + 4 * self.layout.specs[id].offset as u64
+        ptr(&self.cuda, g) + 4 * self.specs[id].offset as u64
     }
     fn p<T>(&self, s: &CudaSlice<T>) -> u64 {
         ptr(&self.cuda, s)
@@ -514,12 +515,6 @@ impl Gpu {
         s.comm.stream().wait(&s.ready).map_err(Error::driver("order the communication stream"))?;
         let base = ptr(&self.cuda, grads);
         s.comm.all_reduce_sum_f32(base + 4 * r.start as u64, r.len(), &format!("all-reduce of gradients {}..{}", r.start, r.end))
-    }
-}
-
-impl HasLayout for Gpu {
-    fn layout(&self) -> &Layout {
-        &self.layout
     }
 }
 
@@ -630,13 +625,21 @@ impl Primitives for Gpu {
         copy
     }
 
-    fn embedding_fwd(&self, x: &mut CudaSlice<f32>, ids: &GpuIds, n: usize) -> Result<()> {
-        let (x0, idp, emb, nn, di) = (self.p(x), self.p(&ids.ids), self.mp(self.layout.embeddings), n as i64, self.dims.d as i32);
+    fn embedding_fwd(&self, x: &mut CudaSlice<f32>, ids: &GpuIds, w: ParamId, n: usize) -> Result<()> {
+        let (x0, idp, emb, nn, di) = (self.p(x), self.p(&ids.ids), self.mp(w), n as i64, self.dims.d as i32);
         launch!(self, "embedding_fwd", rows_block(n), x0, idp, emb, nn, di);
         Ok(())
     }
-    fn embedding_bwd(&self, _plan: &GpuPlan, g: &mut CudaSlice<f32>, dx: &CudaSlice<f32>, ids: &GpuIds, _n: usize) -> Result<()> {
-        let dwte = self.gp(g, self.layout.embeddings);
+    fn embedding_bwd(
+        &self,
+        _plan: &GpuPlan,
+        g: &mut CudaSlice<f32>,
+        dx: &CudaSlice<f32>,
+        ids: &GpuIds,
+        w: ParamId,
+        _n: usize,
+    ) -> Result<()> {
+        let dwte = self.gp(g, w);
         let (dres, di) = (self.p(dx), self.dims.d as i32);
         let (order, start, tok, nseg) = (self.p(&ids.emb_order), self.p(&ids.emb_start), self.p(&ids.emb_tok), ids.emb_nseg as i32);
         launch!(self, "embedding_bwd", rows_block(ids.emb_nseg), dwte, dres, order, start, tok, nseg, di);
@@ -1002,7 +1005,7 @@ impl GlaOps for Gpu {
                 }
                 let tab = *addr + 8 * (l * 4 * *b) as u64;
                 // SAFETY: the table's entries for layer l are the recurrent states of the B
-                // sequences (the contract of GpuModel::decode_body, the only maker of a Table)
+                // sequences (the contract of `DecodeStep::body`, the only maker of a Table)
                 unsafe { ops::gla_decode(c, &plan.prob, &x_in, tab, *b, o)? };
             }
         }

@@ -91,14 +91,11 @@ pub enum Error {
         /// NCCL's status and message, or the timeout.
         reason: String,
     },
-    /// The shape, value or option checks of the op contract failed.
+    /// The checks of the contracts failed: the op's shapes, values or options, or a model's
+    /// (a token id outside the vocabulary, a batch or arena of the wrong shape, a config the
+    /// GPU kernels do not take).
     #[error(transparent)]
     Op(#[from] gla_core::Error),
-    /// The language model's checks failed (a token id outside the vocabulary, a batch or
-    /// arena of the wrong shape, a config the GPU model does not take), from the forward and
-    /// backward shared with the CPU (`gla_model::model`).
-    #[error(transparent)]
-    Model(#[from] gla_model::Error),
 }
 
 impl Error {
@@ -114,19 +111,8 @@ impl From<Error> for gla_core::Error {
     /// keeps every detail.
     fn from(e: Error) -> Self {
         match e {
-            Error::Op(inner) | Error::Model(gla_model::Error::Op(inner)) => inner,
+            Error::Op(inner) => inner,
             other => gla_core::Error::Unsupported { backend: "cuda", what: other.to_string() },
-        }
-    }
-}
-
-/// A device error at the language model's boundary (the training engine, the decoder): model
-/// errors come back as they were, the others as [`gla_model::Error::Device`].
-impl From<Error> for gla_model::Error {
-    fn from(e: Error) -> Self {
-        match e {
-            Error::Model(m) => m,
-            e => gla_model::Error::Device(e.to_string()),
         }
     }
 }

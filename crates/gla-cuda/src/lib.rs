@@ -7,9 +7,15 @@
 //!   docs/kernels.md), self-contained CUDA C++ (no toolkit headers), embedded with
 //!   `include_str!` ([`kernels::ALL`]) and launched by name through [`Cuda::launch`].
 //! - [`dispatch`]: which kernels run for a dtype, K, V and gate, and every launch tuning choice.
-//! - [`backend`]: the language model's ops ([`gla_model::Backend`]) as kernel launches and
-//!   cuBLAS GEMMs; [`model`]: the GPU model, training engine and decoder around them (the
-//!   forward and backward themselves are `gla_model::model`'s, shared with the CPU).
+//! - [`backend`]: the backend contract of gla-core ([`gla_core::backend::Backend`]: the
+//!   primitives and the GLA op family) as kernel launches and cuBLAS GEMMs; [`weights`]: device
+//!   weights of a parameter table ([`GpuWeights`]: bf16 copy, gradients, the fused AdamW, the
+//!   NCCL gradient all-reduce around a backward); [`decode`]: the decoder's device parts
+//!   ([`GpuState`], batch state copies, the decode step's state table and CUDA graph).
+//!
+//! The crate depends on the contracts only (gla-core): it knows no model. The language model's
+//! forward and backward run on [`backend::Gpu`] from gla-model (`gla_model::gpu`, its `cuda`
+//! feature), which also holds the GPU training device and decoder.
 //! - [`ops`]: typed launchers over device buffers; [`CudaGla`]: a [`gla_core::op::GlaOp<f32>`]
 //!   that uploads host slices, runs, downloads (f32 or bf16 storage).
 //! - [`bench`]: event-timed medians of the ops with their HBM floors and FLOPs.
@@ -33,16 +39,19 @@
 
 pub mod backend;
 pub mod bench;
+pub mod decode;
 pub mod dispatch;
 pub mod dist;
 mod error;
 pub mod kernels;
-pub mod model;
 mod op;
 pub mod ops;
 pub mod runtime;
+pub mod weights;
 
+pub use backend::Gpu;
+pub use decode::{DecodeStep, GpuDecoding, GpuState};
 pub use error::{Error, Result};
-pub use model::{GpuActivations, GpuDecoder, GpuModel, GpuState};
 pub use op::{Algo, CudaGla};
 pub use runtime::Cuda;
+pub use weights::{GpuWeights, HostMoments};

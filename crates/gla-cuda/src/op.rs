@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use cudarc::driver::CudaSlice;
 use gla_core::op::GlaOp;
-use gla_core::{Backward, Forward, Grads, Inputs, Problem};
+use gla_core::{Backward, Forward, GateKind, Grads, Inputs, Problem};
 
 use crate::error::{Error, Result};
 use crate::ops::{self, DevInputs, DevProblem, Elem, FwdKernel};
@@ -111,8 +111,9 @@ impl GlaOp<f32> for CudaGla {
     fn forward(&self, p: &Problem, x: &Inputs<'_, f32>, output_final_state: bool) -> gla_core::Result<Forward<f32>> {
         x.validate(GlaOp::<f32>::name(self), p)?;
         if p.rows() == 0 {
-            // nothing to launch: o is empty, the final state is the initial one
-            return gla_cpu::Naive.forward(p, x, output_final_state);
+            // nothing to launch: o is empty, the final state is the initial one (as the oracle)
+            let ht = output_final_state.then(|| x.h0.map_or_else(|| vec![0.0; p.state_len()], <[f32]>::to_vec));
+            return Ok(Forward { o: Vec::new(), ht });
         }
         let r = if self.bf16 { self.fwd_t::<u16>(p, x, output_final_state) } else { self.fwd_t::<f32>(p, x, output_final_state) };
         Ok(r?)
@@ -122,7 +123,10 @@ impl GlaOp<f32> for CudaGla {
         x.validate(GlaOp::<f32>::name(self), p)?;
         d.validate(GlaOp::<f32>::name(self), p)?;
         if p.rows() == 0 {
-            return gla_cpu::Naive.backward(p, x, d);
+            // nothing to launch: empty gradients, d h0 is d ht (as the oracle)
+            let dh0 = x.h0.map(|_| d.dht.map_or_else(|| vec![0.0; p.state_len()], <[f32]>::to_vec));
+            let dg = (p.gate() != GateKind::None).then(Vec::new);
+            return Ok(Grads { dq: Vec::new(), dk: Vec::new(), dv: Vec::new(), dg, dh0 });
         }
         let r = if self.bf16 { self.bwd_t::<u16>(p, x, d) } else { self.bwd_t::<f32>(p, x, d) };
         Ok(r?)

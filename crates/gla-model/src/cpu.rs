@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::backend::{ConvIdx, GlaOps, GlaStorage, ParamId, Primitives, Storage};
 use crate::config::{Dims, FeatureMap};
-use crate::layout::{HasLayout, Layout};
+use crate::layout::Layout;
 use crate::mixers::gla::problem;
 use crate::mixers::gla::RECURRENT_MAX_T;
 use crate::ops::*;
@@ -160,8 +160,9 @@ fn lin(y: &mut [f32], x: &[f32], w: &[f32], m: usize, d_in: usize, d_out: usize)
     }
 }
 
-impl HasLayout for Cpu<'_> {
-    fn layout(&self) -> &Layout {
+impl<'m> Cpu<'m> {
+    /// The parameter table the weights follow (what the model's forward and backward take).
+    pub fn layout(&self) -> &'m Layout {
         self.layout
     }
 }
@@ -229,12 +230,12 @@ impl<'m> Primitives for Cpu<'m> {
         }
     }
 
-    fn embedding_fwd(&self, x: &mut Vec<f32>, ids: &Vec<u32>, _n: usize) -> Result<()> {
-        embedding_fwd(x, ids, self.p(self.layout.embeddings), self.dims.d);
+    fn embedding_fwd(&self, x: &mut Vec<f32>, ids: &Vec<u32>, w: ParamId, _n: usize) -> Result<()> {
+        embedding_fwd(x, ids, self.p(w), self.dims.d);
         Ok(())
     }
-    fn embedding_bwd(&self, _plan: &CpuPlan, g: &mut [f32], dx: &Vec<f32>, ids: &Vec<u32>, _n: usize) -> Result<()> {
-        embedding_bwd(grad(g, self.layout, self.layout.embeddings), dx, ids, self.dims.d, self.dims.pad);
+    fn embedding_bwd(&self, _plan: &CpuPlan, g: &mut [f32], dx: &Vec<f32>, ids: &Vec<u32>, w: ParamId, _n: usize) -> Result<()> {
+        embedding_bwd(grad(g, self.layout, w), dx, ids, self.dims.d, self.dims.pad);
         Ok(())
     }
 

@@ -1,6 +1,6 @@
 //! The one training engine: [`DeviceEngine`] runs a training step's device work (forward,
 //! backward, zeroing, the optimizer step) on any [`TrainDevice`] (the CPU's [`CpuDevice`];
-//! gla-cuda's `GpuModel`) and holds what every device shares: the activations for one batch
+//! with the `cuda` feature, `gpu::GpuModel` over gla-cuda's device weights) and holds what every device shares: the activations for one batch
 //! shape and the data-parallel contract (statistics of the global batch, the backward scaled by
 //! this rank's share, gradients summed over the ranks after the last micro-batch). The
 //! [`crate::Trainer`] drives it through the object-safe [`Engine`] (data, schedule, evaluation,
@@ -217,13 +217,13 @@ impl TrainDevice for CpuDevice {
         "cpu".into()
     }
     fn activations(&self, host: &GlaModel, b: usize, t: usize) -> Result<Acts<Self::Buf>> {
-        Acts::alloc(&host.cpu(), b, t, false, 0)
+        Acts::alloc(&host.cpu(), &host.layout, b, t, false, 0)
     }
     fn forward(&mut self, host: &GlaModel, acts: &mut Acts<Self::Buf>, ids: &[u32], targets: &[i64]) -> Result<LossOut> {
-        crate::model::forward(&host.cpu(), acts, ids, targets)
+        crate::model::forward(&host.cpu(), &host.layout, acts, ids, targets)
     }
     fn backward(&mut self, host: &GlaModel, acts: &mut Acts<Self::Buf>, scale: f32, _reduce: bool) -> Result<()> {
-        crate::model::backward(&host.cpu(), acts, &mut self.grads, scale)
+        crate::model::backward(&host.cpu(), &host.layout, acts, &mut self.grads, scale)
     }
     fn zero_grads(&mut self) -> Result<()> {
         self.grads.fill(0.0);

@@ -104,7 +104,7 @@ pub struct Generation {
 }
 
 /// What generates logits from token ids with one state per sequence: the CPU model
-/// ([`GlaModel`], through [`crate::infer`]) or a device (gla-cuda's `GpuDecoder`).
+/// ([`GlaModel`], through [`crate::infer`]) or a device (with the `cuda` feature, `gpu::GpuDecoder`).
 pub trait Decoder {
     /// One sequence's state (recurrent states and conv caches).
     type State;

@@ -12,7 +12,7 @@
 //! - [`GlaModel::decode`] feeds one token through the recurrent path and returns its logits.
 //! - [`GlaModel::prefill_batch`] / [`GlaModel::decode_batch`] do the same for several sequences,
 //!   each with its own state, in the forwards of [`prefill_plan`] (the one prefill policy, which
-//!   gla-cuda's decoder follows too): the projections and the MLP run on all rows at once; the
+//!   the GPU's decoder, `gpu::GpuDecoder`, follows too): the projections and the MLP run on all rows at once; the
 //!   GLA op runs every sequence with the algorithm its window gets alone.
 //!
 //! ```
@@ -56,7 +56,7 @@ pub struct PrefillStep {
     pub last: bool,
 }
 
-/// The prefill policy of every device (the CPU's [`GlaModel::prefill_batch`], gla-cuda's
+/// The prefill policy of every device (the CPU's [`GlaModel::prefill_batch`], the GPU's
 /// decoder): prompts of the same length run together, at most `max_batch` at a time, as
 /// `[B, w]` forwards over windows of `w = clamp(PREFILL_TOKENS / B, 64, PREFILL_WINDOW)` tokens
 /// (a multiple of the chunk length 64 wherever a window ends inside a prompt, so chunk
@@ -225,16 +225,16 @@ impl GlaModel {
         };
         let cpu = self.cpu().for_inference();
         let ns = lens.len();
-        let mut acts = Acts::alloc(&cpu, 1, rows, true, ns)?;
+        let mut acts = Acts::alloc(&cpu, &self.layout, 1, rows, true, ns)?;
         acts.ids_mut().copy_from_slice(ids);
-        body(&cpu, &mut acts, Some(&mut io))?;
+        body(&cpu, &self.layout, &mut acts, Some(&mut io))?;
         // the last row of each sequence reaches the lm_head (all of them at decode)
         if ns == rows {
-            head_logits(&cpu, &mut acts, None)?;
+            head_logits(&cpu, &self.layout, &mut acts, None)?;
         } else {
             let mut last = vec![crate::IGNORE_INDEX; rows];
             io.bounds[1..].iter().for_each(|&e| last[e - 1] = 0);
-            head_logits(&cpu, &mut acts, Some(&last))?;
+            head_logits(&cpu, &self.layout, &mut acts, Some(&last))?;
         }
         let CpuIo { convs, recs, .. } = io;
         for (((st, c), r), &len) in states.iter_mut().zip(convs).zip(recs).zip(lens) {

@@ -9,13 +9,6 @@ use crate::modules::mlp::MlpIds;
 use crate::params::{Init, ParamId, ParamSpec, Table};
 use crate::rng::Rng;
 
-/// A backend whose weights are laid out by a language model's table (the model's forward and
-/// backward find every tensor through it).
-pub trait HasLayout {
-    /// The parameter table.
-    fn layout(&self) -> &Layout;
-}
-
 /// The rows of one layer: its token mixer and the MLP, each behind its RMSNorm (fla's block).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerIds {

@@ -4,10 +4,15 @@
 //!
 //! Reading order: [`config`] (fla's `GLAConfig`) -> [`params`] (one table of name, shape, init)
 //! -> [`ops`] (each layer op's forward and backward) -> [`backend`] (the ops as a trait; [`cpu`]
-//! implements it with [`ops`], gla-cuda on a GPU) -> [`model`] (forward, backward, written once
+//! implements it with [`ops`], gla-cuda's `Gpu` on a GPU) -> [`model`] (forward, backward, written once
 //! over the trait) ->
 //! [`optim`] (AdamW, clipping, schedule) -> [`data`] (MQAR) / [`text`] (a tokenised text corpus)
 //! -> [`checkpoint`] -> [`train`].
+//!
+//! With the `cuda` feature, `gpu` holds the model on NVIDIA GPUs: the training device of the
+//! one engine ([`engine::DeviceEngine`]) and the decoder ([`generate::Decoder`]), both this
+//! crate's forward and backward run on gla-cuda's backend, with gla-cuda's device services
+//! (device weights, fused AdamW, NCCL, decode state table and CUDA graphs) around them.
 #![deny(missing_docs)]
 
 pub use gla_core::backend;
@@ -18,6 +23,8 @@ pub mod data;
 pub mod engine;
 mod error;
 pub mod generate;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod infer;
 pub mod layout;
 pub mod limits;
@@ -41,7 +48,7 @@ pub use cpu::Cpu;
 pub use data::Mqar;
 pub use engine::{CpuDevice, DeviceEngine, Engine, TrainDevice};
 pub use error::{Error, Result};
-pub use layout::{HasLayout, Layout};
+pub use layout::Layout;
 pub use model::{shift_labels, Activations, Acts, GlaModel, LossOut, IGNORE_INDEX};
 pub use rng::Rng;
 pub use text::{CorpusTokenizer, TextData, TextError, TextTask};

@@ -22,13 +22,14 @@ use gla_core::Error as CoreError;
 use crate::backend::{Backend, ModelStorage};
 use crate::config::{Dims, GlaConfig};
 use crate::cpu::{Cpu, CpuBuf};
-use crate::layout::{HasLayout, Layout};
+use crate::layout::Layout;
 use crate::mixers::{self, MixerActs, MixerScratch};
 use crate::modules::mlp::{self, MlpActs, MlpScratch};
 use crate::{Error, Result};
 
-/// The label value that is skipped by the loss (PyTorch's `ignore_index`).
-pub const IGNORE_INDEX: i64 = -100;
+/// The label value that is skipped by the loss (PyTorch's `ignore_index`; the backends' contract,
+/// [`gla_core::backend::IGNORE_INDEX`]).
+pub use gla_core::backend::IGNORE_INDEX;
 
 /// A GLA language model: config, derived dims, the parameter table and the f32 weights.
 #[derive(Debug, Clone)]
@@ -120,12 +121,11 @@ impl<S: ModelStorage> Acts<S> {
     ///
     /// # Errors
     /// The backend's allocation errors.
-    pub fn alloc<B: Backend<Buf = S> + HasLayout>(be: &B, b: usize, t: usize, inference: bool, head: usize) -> Result<Self, B::Error> {
+    pub fn alloc<B: Backend<Buf = S>>(be: &B, lay: &Layout, b: usize, t: usize, inference: bool, head: usize) -> Result<Self, B::Error> {
         let dm = be.dims();
         let n = b
             .checked_mul(t)
             .ok_or_else(|| CoreError::BadArg { key: "batch", reason: format!("[{b}, {t}] overflows the address space") })?;
-        let lay = be.layout();
         // inference: one block's buffers per mixer kind, shared by the blocks of that kind
         let mut slot = Vec::with_capacity(lay.layers.len());
         let mut owners: Vec<usize> = Vec::new();
@@ -223,7 +223,7 @@ impl<S: ModelStorage> Acts<S> {
     }
 
     /// Grows the lm_head buffers to `m` rows (a no-op once they are large enough).
-    fn fit_head<B: Backend<Buf = S> + HasLayout>(&mut self, be: &B, m: usize) -> Result<(), B::Error> {
+    fn fit_head<B: Backend<Buf = S>>(&mut self, be: &B, m: usize) -> Result<(), B::Error> {
         if m <= self.head {
             return Ok(());
         }
@@ -246,7 +246,7 @@ impl Activations {
     pub fn new(dims: &Dims, b: usize, t: usize) -> Self {
         let layout = Layout::new(dims);
         let cpu = Cpu::new(dims, &layout, &[]);
-        match Acts::alloc(&cpu, b, t, false, 0) {
+        match Acts::alloc(&cpu, &layout, b, t, false, 0) {
             Ok(a) => a,
             // the CPU allocates with vec!, which aborts rather than fail
             Err(e) => unreachable!("CPU allocation returned an error: {e}"),
@@ -341,12 +341,12 @@ fn pair<T>(xs: &mut [T], i: usize, o: usize) -> (&T, &mut T) {
 /// # Errors
 /// [`Error::Shape`] / [`Error::Token`] for bad inputs; the backend's errors (e.g. a non-finite
 /// activation in the GLA op).
-pub fn forward<B: Backend + HasLayout>(be: &B, acts: &mut Acts<B::Buf>, ids: &[u32], targets: &[i64]) -> Result<LossOut, B::Error> {
+pub fn forward<B: Backend>(be: &B, lay: &Layout, acts: &mut Acts<B::Buf>, ids: &[u32], targets: &[i64]) -> Result<LossOut, B::Error> {
     check_acts(be.dims(), acts)?;
     check_batch(be.dims(), acts.b, acts.t, ids, targets)?;
     be.upload_ids(&mut acts.ids, ids, !acts.inference)?;
-    body(be, acts, None)?;
-    loss(be, acts, targets)
+    body(be, lay, acts, None)?;
+    loss(be, lay, acts, targets)
 }
 
 /// Embedding, every block and the final norm (into the activations' `xf`) from the ids already
@@ -356,13 +356,12 @@ pub fn forward<B: Backend + HasLayout>(be: &B, acts: &mut Acts<B::Buf>, ids: &[u
 ///
 /// # Errors
 /// The backend's.
-pub fn body<B: Backend + HasLayout>(be: &B, acts: &mut Acts<B::Buf>, mut io: Option<&mut B::Io<'_>>) -> Result<(), B::Error> {
+pub fn body<B: Backend>(be: &B, lay: &Layout, acts: &mut Acts<B::Buf>, mut io: Option<&mut B::Io<'_>>) -> Result<(), B::Error> {
     check_acts(be.dims(), acts)?;
     let dm = be.dims();
-    let lay = be.layout();
     let (b, t) = (acts.b, acts.t);
     let n = b * t;
-    be.embedding_fwd(&mut acts.xs[0], &acts.ids, n)?;
+    be.embedding_fwd(&mut acts.xs[0], &acts.ids, lay.embeddings, n)?;
     for (l, il) in lay.layers.iter().enumerate() {
         let (li, xi, xo) = (acts.li(l), acts.xi(l), acts.xi(l + 1));
         let (x, x_out) = pair(&mut acts.xs, xi, xo);
@@ -377,13 +376,13 @@ pub fn body<B: Backend + HasLayout>(be: &B, acts: &mut Acts<B::Buf>, mut io: Opt
 }
 
 /// The lm_head and the loss on the labelled rows of the last [`body`].
-fn loss<B: Backend + HasLayout>(be: &B, acts: &mut Acts<B::Buf>, targets: &[i64]) -> Result<LossOut, B::Error> {
+fn loss<B: Backend>(be: &B, lay: &Layout, acts: &mut Acts<B::Buf>, targets: &[i64]) -> Result<LossOut, B::Error> {
     let dm = be.dims();
     let m = be.select_rows(&mut acts.rows, targets)?;
     acts.m = m;
     acts.fit_head(be, m)?;
     be.gather_rows(&mut acts.xf_sel, &acts.xf, &acts.rows, m)?;
-    be.linear_fwd_f32(&mut acts.logits, &acts.xf_sel, lm_head_id(be.layout()), m, dm.d, dm.vocab)?;
+    be.linear_fwd_f32(&mut acts.logits, &acts.xf_sel, lm_head_id(lay), m, dm.d, dm.vocab)?;
     if m == 0 {
         return Ok(LossOut { loss: 0.0, n_valid: 0, correct: 0 });
     }
@@ -396,10 +395,10 @@ fn loss<B: Backend + HasLayout>(be: &B, acts: &mut Acts<B::Buf>, targets: &[i64]
 ///
 /// # Errors
 /// The backend's.
-pub fn head_logits<B: Backend + HasLayout>(be: &B, acts: &mut Acts<B::Buf>, targets: Option<&[i64]>) -> Result<(), B::Error> {
+pub fn head_logits<B: Backend>(be: &B, lay: &Layout, acts: &mut Acts<B::Buf>, targets: Option<&[i64]>) -> Result<(), B::Error> {
     check_acts(be.dims(), acts)?;
     let dm = be.dims();
-    let lm = lm_head_id(be.layout());
+    let lm = lm_head_id(lay);
     match targets {
         None => {
             // every row in order (decode): the lm_head reads the final norm's output directly
@@ -425,14 +424,13 @@ pub fn head_logits<B: Backend + HasLayout>(be: &B, acts: &mut Acts<B::Buf>, targ
 ///
 /// # Errors
 /// [`Error::Shape`] on inference activations; the backend's errors.
-pub fn backward<B: Backend + HasLayout>(be: &B, acts: &mut Acts<B::Buf>, grads: &mut B::Grads, scale: f32) -> Result<(), B::Error> {
+pub fn backward<B: Backend>(be: &B, lay: &Layout, acts: &mut Acts<B::Buf>, grads: &mut B::Grads, scale: f32) -> Result<(), B::Error> {
     check_acts(be.dims(), acts)?;
-    let numel = be.layout().numel;
+    let numel = lay.numel;
     if be.grads_len(grads) != numel {
         return Err(shape_err("backward", "grads", "the parameter table".into(), numel, be.grads_len(grads)).into());
     }
     let dm = be.dims();
-    let lay = be.layout();
     let (b, t) = (acts.b, acts.t);
     let n = b * t;
     let Acts { plan, ids, xs, layers, slot, rstdf, rows, m, xf_sel, logits, dlogits, dsel, s, .. } = acts;
@@ -460,7 +458,7 @@ pub fn backward<B: Backend + HasLayout>(be: &B, acts: &mut Acts<B::Buf>, grads: 
         be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxn, &xs[l], &a.rstd1, il.attn_norm, n, true)?;
         be.grads_ready(grads, dm.layers - l)?;
     }
-    be.embedding_bwd(plan, grads, &s.dres, ids, n)?;
+    be.embedding_bwd(plan, grads, &s.dres, ids, lay.embeddings, n)?;
     be.grads_ready(grads, dm.layers + 1)
 }
 
@@ -511,7 +509,7 @@ impl GlaModel {
     /// [`Error::Shape`] / [`Error::Token`] for bad inputs; [`Error::Op`] from the GLA op (a
     /// non-finite activation, e.g. after divergence).
     pub fn forward(&self, acts: &mut Activations, ids: &[u32], targets: &[i64]) -> Result<LossOut> {
-        forward(&self.cpu(), acts, ids, targets)
+        forward(&self.cpu(), &self.layout, acts, ids, targets)
     }
 
     /// [`backward`] on the CPU into `grads` (an arena laid out like the parameters).
@@ -519,7 +517,7 @@ impl GlaModel {
     /// # Errors
     /// [`Error::Shape`] when `grads` has the wrong length; [`Error::Op`] from the GLA op.
     pub fn backward(&self, acts: &mut Activations, grads: &mut [f32], scale: f32) -> Result<()> {
-        backward(&self.cpu(), acts, grads, scale)
+        backward(&self.cpu(), &self.layout, acts, grads, scale)
     }
 
     /// Logits of every position of a `[B, T]` batch, `[B*T, vocab]` (inference and tests).
@@ -537,10 +535,11 @@ impl GlaModel {
 /// # Errors
 /// As [`GlaModel::forward`].
 pub fn cpu_logits(be: &Cpu<'_>, ids: &[u32], b: usize, t: usize) -> Result<Vec<f32>> {
-    let mut acts = Acts::alloc(be, b, t, false, 0)?;
+    let lay = be.layout();
+    let mut acts = Acts::alloc(be, lay, b, t, false, 0)?;
     // every row "labelled" with token 0 so the lm_head runs on all rows
     let targets = vec![0i64; b * t];
-    forward(be, &mut acts, ids, &targets)?;
-    head_logits(be, &mut acts, None)?;
+    forward(be, lay, &mut acts, ids, &targets)?;
+    head_logits(be, lay, &mut acts, None)?;
     Ok(std::mem::take(&mut acts.logits))
 }

@@ -27,13 +27,13 @@ impl TrainDevice for CpuBehindTrait {
         "test-engine".into()
     }
     fn activations(&self, _host: &GlaModel, b: usize, t: usize) -> Result<Acts<CpuBuf>> {
-        Acts::alloc(&self.model.cpu(), b, t, false, 0)
+        Acts::alloc(&self.model.cpu(), &self.model.layout, b, t, false, 0)
     }
     fn forward(&mut self, _host: &GlaModel, acts: &mut Acts<CpuBuf>, ids: &[u32], targets: &[i64]) -> Result<LossOut> {
-        model::forward(&self.model.cpu(), acts, ids, targets)
+        model::forward(&self.model.cpu(), &self.model.layout, acts, ids, targets)
     }
     fn backward(&mut self, _host: &GlaModel, acts: &mut Acts<CpuBuf>, scale: f32, _reduce: bool) -> Result<()> {
-        model::backward(&self.model.cpu(), acts, &mut self.grads, scale)?;
+        model::backward(&self.model.cpu(), &self.model.layout, acts, &mut self.grads, scale)?;
         if self.poison_grads {
             self.grads[0] = f32::NAN;
         }

@@ -133,7 +133,7 @@ fn bad_batches_are_typed_errors() {
     m.forward(&mut acts, &[1, 2, 3, 4], &[0, 1, IGNORE_INDEX, 2]).unwrap();
     assert!(matches!(m.backward(&mut acts, &mut g, 1.0), Err(Error::Shape { .. })));
     // the generic functions check the gradient arena too (GlaModel::backward only forwards)
-    assert!(matches!(gla_model::model::backward(&m.cpu(), &mut acts, &mut g, 1.0), Err(Error::Shape { tensor: "grads", .. })));
+    assert!(matches!(gla_model::model::backward(&m.cpu(), &m.layout, &mut acts, &mut g, 1.0), Err(Error::Shape { tensor: "grads", .. })));
     // activations made for another model are refused, not indexed out of bounds
     let other = GlaModel::new(GlaConfig::tiny(32, 1, 2, 10), 1).unwrap();
     let mut wrong = Activations::new(&other.dims, 1, 4);
@@ -353,10 +353,10 @@ fn bf16_emulation_rounds_every_activation_and_only_those() {
     let want = m.forward(&mut acts, &ids, &targets).unwrap();
     let mut g = vec![0.0f32; m.num_params()];
     m.backward(&mut acts, &mut g, 1.0).unwrap();
-    let mut acts = Acts::alloc(&emu, b, t, false, 0).unwrap();
-    let got = forward(&emu, &mut acts, &ids, &targets).unwrap();
+    let mut acts = Acts::alloc(&emu, emu.layout(), b, t, false, 0).unwrap();
+    let got = forward(&emu, emu.layout(), &mut acts, &ids, &targets).unwrap();
     let mut ge = vec![0.0f32; m.num_params()];
-    backward(&emu, &mut acts, &mut ge, 1.0).unwrap();
+    backward(&emu, emu.layout(), &mut acts, &mut ge, 1.0).unwrap();
     let rel = |a: &[f32], b: &[f32]| {
         let num: f64 = a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum();
         let den: f64 = b.iter().map(|&y| f64::from(y).powi(2)).sum();

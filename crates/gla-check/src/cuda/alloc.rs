@@ -20,8 +20,9 @@ use std::sync::Arc;
 use gla_model::optim::AdamWConfig;
 use gla_model::{shift_labels, GlaConfig, GlaModel, Rng};
 
-use gla_cuda::model::{peak_pool_bytes, pool_used_bytes, reset_peak_pool};
-use gla_cuda::{Cuda, GpuActivations, GpuModel, Result};
+use gla_cuda::weights::{peak_pool_bytes, pool_used_bytes, reset_peak_pool};
+use gla_cuda::{Cuda, Result};
+use gla_model::gpu::{GpuActivations, GpuModel};
 
 use crate::row::Row;
 use crate::tol;

@@ -17,7 +17,8 @@ use gla_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use gla_model::{shift_labels, Activations, Acts, GlaConfig, GlaModel, Rng};
 
 use gla_cuda::ops::{bf16_to_f32, f32_to_bf16};
-use gla_cuda::{Cuda, Error, GpuDecoder, GpuModel, GpuState, Result};
+use gla_cuda::{Cuda, Error, Result};
+use gla_model::gpu::{GpuDecoder, GpuModel, GpuState};
 
 use crate::cases;
 use crate::row::Row;
@@ -82,10 +83,10 @@ fn gemm_rounded(cpu: &GlaModel) -> Result<GlaModel> {
 fn bf16_floor(cpu: &GlaModel, ids: &[u32], targets: &[i64], b: usize, t: usize, scale: f32) -> Result<(Vec<f32>, Vec<f32>)> {
     let rounded = gemm_rounded(cpu)?;
     let be = rounded.cpu().emulating_bf16();
-    let mut acts = Acts::alloc(&be, b, t, false, 0).map_err(cpu_err)?;
-    forward(&be, &mut acts, ids, targets).map_err(cpu_err)?;
+    let mut acts = Acts::alloc(&be, be.layout(), b, t, false, 0).map_err(cpu_err)?;
+    forward(&be, be.layout(), &mut acts, ids, targets).map_err(cpu_err)?;
     let mut grads = vec![0.0f32; cpu.num_params()];
-    backward(&be, &mut acts, &mut grads, scale).map_err(cpu_err)?;
+    backward(&be, be.layout(), &mut acts, &mut grads, scale).map_err(cpu_err)?;
     let logits = cpu_logits(&be, ids, b, t).map_err(cpu_err)?;
     Ok((logits, grads))
 }

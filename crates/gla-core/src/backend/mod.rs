@@ -66,3 +66,7 @@ pub type Plan<B> = <<B as Primitives>::Buf as Storage>::Plan;
 
 /// Which short convolution of a layer: the index of its inference cache.
 pub type ConvIdx = usize;
+
+/// The target of a row that takes no loss (PyTorch's `ignore_index`): the loss head skips it
+/// ([`Primitives::select_rows`]).
+pub const IGNORE_INDEX: i64 = -100;

@@ -51,9 +51,17 @@ pub trait Primitives {
     fn operand<'a>(&self, copy: &'a Act<Self>, src: &'a F32<Self>) -> &'a Act<Self>;
 
     /// `x [N, D] = wte[ids]`.
-    fn embedding_fwd(&self, x: &mut F32<Self>, ids: &Ids<Self>, n: usize) -> Result<(), Self::Error>;
+    fn embedding_fwd(&self, x: &mut F32<Self>, ids: &Ids<Self>, w: ParamId, n: usize) -> Result<(), Self::Error>;
     /// `dwte[ids] += dx`, skipping the padding token.
-    fn embedding_bwd(&self, plan: &Plan<Self>, g: &mut Self::Grads, dx: &F32<Self>, ids: &Ids<Self>, n: usize) -> Result<(), Self::Error>;
+    fn embedding_bwd(
+        &self,
+        plan: &Plan<Self>,
+        g: &mut Self::Grads,
+        dx: &F32<Self>,
+        ids: &Ids<Self>,
+        w: ParamId,
+        n: usize,
+    ) -> Result<(), Self::Error>;
 
     /// RMSNorm over rows of D: `y = x * rstd * w`, saving `rstd [N]`.
     fn rmsnorm_fwd(&self, y: &mut Act<Self>, rstd: &mut F32<Self>, x: &F32<Self>, w: ParamId, n: usize) -> Result<(), Self::Error>;
