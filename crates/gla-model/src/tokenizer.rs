@@ -61,7 +61,14 @@ impl Tokenizer {
         {
             // a regular file of bounded size only: a FIFO or a device would never end
             let bytes = crate::limits::read_regular(path, crate::limits::MAX_TEXT_FILE).map_err(|e| err(e.to_string()))?;
-            tokenizers::Tokenizer::from_bytes(bytes).map(|t| Self::Hf(Box::new(t))).map_err(|e| err(format!("{}: {e}", path.display())))
+            // the tokenizers crate panics on some malformed JSON (found by tests/fuzz.rs): check
+            // the syntax first, and turn a panic on what remains into an error
+            serde_json::from_slice::<serde_json::Value>(&bytes).map_err(|e| err(format!("{}: not valid JSON: {e}", path.display())))?;
+            match std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes)) {
+                Ok(Ok(t)) => Ok(Self::Hf(Box::new(t))),
+                Ok(Err(e)) => Err(err(format!("{}: {e}", path.display()))),
+                Err(_) => Err(err(format!("{}: the tokenizers crate could not read this tokenizer.json", path.display()))),
+            }
         }
     }
 
