@@ -154,6 +154,15 @@ impl Default for GlaConfig {
     }
 }
 
+/// A config number as a person reads it: `0.5`, or `1e300` rather than its 301 digits.
+fn num(x: f64) -> String {
+    if x.abs() >= 1e6 {
+        format!("{x:e}")
+    } else {
+        format!("{x}")
+    }
+}
+
 fn bad(key: &'static str, reason: impl Into<String>) -> Error {
     Error::BadConfig { key, reason: reason.into() }
 }
@@ -283,10 +292,10 @@ impl GlaConfig {
         let key_dim = (d as f64 * self.expand_k) as usize;
         let value_dim = (d as f64 * self.expand_v) as usize;
         too_big("expand_k", key_dim).map_err(|_| {
-            bad("expand_k", format!("key_dim = int({d} * {}) is above the limit of {}", self.expand_k, crate::limits::MAX_DIM))
+            bad("expand_k", format!("key_dim = int({d} * {}) is above the limit of {}", num(self.expand_k), crate::limits::MAX_DIM))
         })?;
         too_big("expand_v", value_dim).map_err(|_| {
-            bad("expand_v", format!("value_dim = int({d} * {}) is above the limit of {}", self.expand_v, crate::limits::MAX_DIM))
+            bad("expand_v", format!("value_dim = int({d} * {}) is above the limit of {}", num(self.expand_v), crate::limits::MAX_DIM))
         })?;
         let groups = heads / kv_heads;
         if key_dim == 0 || !key_dim.is_multiple_of(heads) {
@@ -319,7 +328,8 @@ impl GlaConfig {
                     bad(
                         "hidden_ratio",
                         format!(
-                            "the MLP width int(hidden_size {d} * hidden_ratio {r} * 2/3) is above the limit of {}",
+                            "the MLP width int(hidden_size {d} * hidden_ratio {} * 2/3) is above the limit of {}",
+                            num(r),
                             crate::limits::MAX_DIM
                         ),
                     )
