@@ -210,6 +210,30 @@ impl TrainDevice for DataParallel {
     }
 }
 
+/// Runs `f` on `world` data-parallel ranks of a fresh run (one thread each, summing over an
+/// in-process [`Collective`]); returns each rank's result in rank order.
+fn on_ranks<R: Send>(world: usize, mc: &GlaConfig, tc: &TrainConfig, f: impl Fn(usize, Trainer) -> R + Sync) -> Vec<R> {
+    let coll = std::sync::Arc::new(Collective::new(world));
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..world)
+            .map(|rank| {
+                let (mc, tc, coll, f) = (mc.clone(), tc.clone(), coll.clone(), &f);
+                s.spawn(move || {
+                    let shard = gla_model::Shard::new(rank, world).unwrap();
+                    let tr = Trainer::new(mc, tc)
+                        .unwrap()
+                        .with_sharded_engine(shard, |m, o, b, t| {
+                            engine(DataParallel { inner: cpu_engine(m, o), rank, world, coll }, m, b, t)
+                        })
+                        .unwrap();
+                    f(rank, tr)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
 fn cpu_engine(model: &GlaModel, opt: &AdamW) -> CpuBehindTrait {
     CpuBehindTrait { model: model.clone(), opt: opt.clone(), grads: vec![0.0; model.num_params()], poison_grads: false }
 }
@@ -267,34 +291,16 @@ fn two_data_parallel_ranks_follow_the_one_process_run() {
         .collect();
     let want_eval = plain.evaluate().unwrap();
 
-    let world = 2;
-    let coll = std::sync::Arc::new(Collective::new(world));
-    type Run = (Vec<(f64, f64)>, f64, Vec<f32>);
-    let runs: Vec<Run> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..world)
-            .map(|rank| {
-                let (mc, tc, coll) = (mc.clone(), tc.clone(), coll.clone());
-                s.spawn(move || {
-                    let shard = gla_model::Shard::new(rank, world).unwrap();
-                    let mut tr = Trainer::new(mc, tc)
-                        .unwrap()
-                        .with_sharded_engine(shard, |m, o, b, t| {
-                            engine(DataParallel { inner: cpu_engine(m, o), rank, world, coll }, m, b, t)
-                        })
-                        .unwrap();
-                    let steps: Vec<(f64, f64)> = (0..4)
-                        .map(|_| {
-                            let s = tr.step().unwrap();
-                            (s.loss, s.grad_norm)
-                        })
-                        .collect();
-                    let eval = tr.evaluate().unwrap().loss;
-                    tr.sync().unwrap();
-                    (steps, eval, tr.model.params.clone())
-                })
+    let runs = on_ranks(2, &mc, &tc, |_, mut tr| {
+        let steps: Vec<(f64, f64)> = (0..4)
+            .map(|_| {
+                let s = tr.step().unwrap();
+                (s.loss, s.grad_norm)
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
+        let eval = tr.evaluate().unwrap().loss;
+        tr.sync().unwrap();
+        (steps, eval, tr.model.params.clone())
     });
     let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs();
     for (rank, (steps, eval, _)) in runs.iter().enumerate() {
@@ -313,29 +319,10 @@ fn two_data_parallel_ranks_follow_the_one_process_run() {
 #[test]
 fn a_stop_flag_on_any_rank_stops_every_rank() {
     let (mc, tc) = run_cfg(1);
-    let world = 2;
     for flags in [[false, false], [true, false], [false, true]] {
-        let coll = std::sync::Arc::new(Collective::new(world));
-        let got: Vec<bool> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..world)
-                .map(|rank| {
-                    let (mc, tc, coll) = (mc.clone(), tc.clone(), coll.clone());
-                    s.spawn(move || {
-                        let shard = gla_model::Shard::new(rank, world).unwrap();
-                        let mut tr = Trainer::new(mc, tc)
-                            .unwrap()
-                            .with_sharded_engine(shard, |m, o, b, t| {
-                                engine(DataParallel { inner: cpu_engine(m, o), rank, world, coll }, m, b, t)
-                            })
-                            .unwrap();
-                        tr.any_rank(flags[rank]).unwrap()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+        let got = on_ranks(2, &mc, &tc, |rank, mut tr| tr.any_rank(flags[rank]).unwrap());
         let want = flags.iter().any(|&f| f);
-        assert_eq!(got, vec![want; world], "flags {flags:?}");
+        assert_eq!(got, vec![want; 2], "flags {flags:?}");
     }
     // one process: its own flag
     let mut one = Trainer::new(mc, tc).unwrap();
