@@ -214,8 +214,9 @@ fn outputs_cuda(model: &GlaModel, x: &Batch, grads: bool) -> Result<Outputs> {
     } else {
         None
     };
-    // the GPU model keeps only the labelled rows' logits: a second forward labels every row
-    gm.forward(&mut acts, &x.ids, &vec![0; x.b * x.t])?;
+    // as on the CPU: the loss sent only the labelled rows through the lm_head; the body's output
+    // is still there for the head on every row
+    lm::head_logits(gm.weights().backend(), &gm.layout, &mut acts, None)?;
     let logits = gm.logits_to_host(&acts)?;
     Ok(Outputs { logits, loss, grads })
 }
