@@ -25,6 +25,7 @@
 
 pub mod backend;
 pub mod bf16;
+pub mod delta;
 pub mod dims;
 mod error;
 pub mod io;
@@ -34,6 +35,7 @@ pub mod params;
 mod problem;
 mod real;
 
+pub use delta::{DeltaGate, DeltaGrads, DeltaInputs, DeltaOp, DeltaProblem, DeltaSpec};
 pub use error::{Error, Result};
 pub use op::{Backward, Forward, GateKind, Grads, Inputs};
 pub use problem::{Problem, ProblemSpec};

@@ -72,35 +72,7 @@ impl Problem {
         if !scale.is_finite() {
             return Err(Error::BadScale(scale));
         }
-        let (bounds, varlen) = match spec.cu_seqlens {
-            None => ((0..=spec.b).map(|i| i * spec.t).collect(), false),
-            Some(cu) => {
-                let bad = |reason: String| Err(Error::CuSeqlens { reason });
-                if spec.b != 1 {
-                    return bad(format!("needs B == 1 (packed input [1, total, ...]), got B = {}", spec.b));
-                }
-                if cu.is_empty() {
-                    return bad("it is empty; it needs N+1 >= 1 offsets".into());
-                }
-                if cu[0] != 0 {
-                    return bad(format!("must start at 0, starts at {}", cu[0]));
-                }
-                if let Some(i) = (1..cu.len()).find(|&i| cu[i] < cu[i - 1]) {
-                    return bad(format!(
-                        "must be non-decreasing, but cu_seqlens[{}] = {} < cu_seqlens[{}] = {}",
-                        i,
-                        cu[i],
-                        i - 1,
-                        cu[i - 1]
-                    ));
-                }
-                let last = *cu.last().unwrap_or(&0);
-                if last != spec.t {
-                    return bad(format!("must end at the packed length T = {}, ends at {}", spec.t, last));
-                }
-                (cu, true)
-            }
-        };
+        let (bounds, varlen) = seq_bounds(spec.b, spec.t, spec.cu_seqlens)?;
         Ok(Self { b: spec.b, t: spec.t, h: spec.h, k: spec.k, v: spec.v, gate: spec.gate, scale, bounds, varlen })
     }
 
@@ -211,5 +183,37 @@ impl Problem {
         let io = 2 * self.qk_len() + self.g_len() + 2 * self.v_len();
         let st = if states { 2 * self.state_len() * 4 } else { 0 };
         (io * elem + st) as f64
+    }
+}
+
+/// The N+1 row offsets of the sequences of a `[B, T]` batch (`0, T, .., B*T`), or of a packed
+/// varlen batch (`cu_seqlens`, validated), and whether the input is varlen. Shared by every op
+/// family's problem.
+///
+/// # Errors
+/// [`Error::CuSeqlens`] as described at [`Problem::new`].
+pub(crate) fn seq_bounds(b: usize, t: usize, cu_seqlens: Option<Vec<usize>>) -> Result<(Vec<usize>, bool)> {
+    match cu_seqlens {
+        None => Ok(((0..=b).map(|i| i * t).collect(), false)),
+        Some(cu) => {
+            let bad = |reason: String| Err(Error::CuSeqlens { reason });
+            if b != 1 {
+                return bad(format!("needs B == 1 (packed input [1, total, ...]), got B = {}", b));
+            }
+            if cu.is_empty() {
+                return bad("it is empty; it needs N+1 >= 1 offsets".into());
+            }
+            if cu[0] != 0 {
+                return bad(format!("must start at 0, starts at {}", cu[0]));
+            }
+            if let Some(i) = (1..cu.len()).find(|&i| cu[i] < cu[i - 1]) {
+                return bad(format!("must be non-decreasing, but cu_seqlens[{}] = {} < cu_seqlens[{}] = {}", i, cu[i], i - 1, cu[i - 1]));
+            }
+            let last = *cu.last().unwrap_or(&0);
+            if last != t {
+                return bad(format!("must end at the packed length T = {}, ends at {}", t, last));
+            }
+            Ok((cu, true))
+        }
     }
 }
