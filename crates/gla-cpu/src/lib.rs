@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 mod chunk;
+pub mod delta;
 mod driver;
 pub mod fexp;
 pub mod mat;
