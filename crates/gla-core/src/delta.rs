@@ -112,7 +112,7 @@ impl DeltaProblem {
                 return Err(Error::ZeroDim { op: OP, dim });
             }
         }
-        if spec.hv % spec.h != 0 {
+        if !spec.hv.is_multiple_of(spec.h) {
             return Err(Error::BadArg {
                 key: "HV",
                 reason: format!("the value heads HV = {} must be a multiple of the heads H = {}", spec.hv, spec.h),
@@ -258,10 +258,10 @@ impl DeltaProblem {
 
     /// Floating-point operations of the chunked (WY) algorithm `(forward, backward)`, a
     /// multiply-add counted as 2 and triangular products at half. Per chunk of `m` rows and value
-    /// head: forward `m^2 K` (K K^T) + `m^3 / 3` (the triangular solve) + `m^2 (K + V)` (w, u)
-    /// + `4 m K V` (w h and the state update) + `2 m K V` (the inter output) + `m^2 (K + V)` (the
-    /// intra output); backward counted as twice the forward plus the recomputed state pass, the
-    /// convention of the GLA table ([`crate::Problem::chunk_flops`]).
+    /// head, the forward is `m^2 K` (K K^T), `m^3 / 3` (the triangular solve), `m^2 (K + V)`
+    /// (w, u), `4 m K V` (w h and the state update), `2 m K V` (the inter output) and
+    /// `m^2 (K + V)` (the intra output); the backward is counted as twice the forward plus the
+    /// recomputed state pass.
     pub fn chunk_flops(&self) -> (f64, f64) {
         let (k, v) = (self.spec.k as f64, self.spec.v as f64);
         let mut fwd = 0.0;
