@@ -8,6 +8,7 @@
 //! - [`runner`]: the case table on any list of [`gla_core::op::GlaOp<f32>`] paths against the f64
 //!   oracle.
 //! - [`cpu`]: the CPU paths' rows.
+//! - [`delta`]: the delta-rule family's case table, its data and comparison.
 //! - `cuda` (feature `cuda`): the GPU's rows: the case table on `CudaGla` (f32 and bf16), the
 //!   wide, long (T = 65536), huge (> 2^31 elements) and repeat rows, the GPU language model
 //!   against the CPU model and fla's fixtures, and generation.
@@ -16,6 +17,7 @@ pub mod cases;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod delta;
 pub mod row;
 pub mod runner;
 pub mod tol;
