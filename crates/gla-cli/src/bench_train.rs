@@ -87,6 +87,7 @@ fn default_config() -> GlaConfig {
 /// Training FLOPs per token (see [`Report::flops_per_token`]).
 fn flops_per_token(model: &GlaModel, t: usize) -> Result<f64> {
     let dm = &model.dims;
+    let Some(g) = dm.gla() else { bail!("gla bench train times GLA models only (every layer GLA)") };
     let lay = &model.layout;
     // every 2-D weight is a matmul operand except the embedding table (a lookup), but the tied
     // lm_head is the embedding table used as a matmul
@@ -99,9 +100,9 @@ fn flops_per_token(model: &GlaModel, t: usize) -> Result<f64> {
     let p = gla_core::Problem::new(gla_core::ProblemSpec {
         b: 1,
         t,
-        h: dm.heads,
-        k: dm.head_k,
-        v: dm.head_v,
+        h: g.heads,
+        k: g.head_k,
+        v: g.head_v,
         gate: gla_core::GateKind::PerKey,
         scale: None,
         cu_seqlens: None,

@@ -377,7 +377,7 @@ fn run_data(a: &Args, model: &GlaModel, dir: &Path, src: &Path) -> Result<bool> 
     let t = match a.seq_len {
         Some(0) => bail!("--seq-len must be at least 1"),
         Some(t) => t,
-        None if model.config.max_position_embeddings > 0 => model.config.max_position_embeddings,
+        None if model.config.max_position_embeddings() > 0 => model.config.max_position_embeddings(),
         None => 2048,
     }
     .min(preds);

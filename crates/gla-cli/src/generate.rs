@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use gla_model::generate::{generate_ids, Decoder, GenerateOptions, Generation};
 use gla_model::sample::{Sampler, SamplingParams};
 use gla_model::tokenizer::Tokenizer;
-use gla_model::{GlaConfig, GlaModel, Rng};
+use gla_model::{GlaConfig, GlaModel, ModelConfig, Rng};
 use serde::Serialize;
 
 use crate::Device;
@@ -414,9 +414,10 @@ pub fn bench(a: &BenchArgs) -> Result<bool> {
         (Some(dir), _) => crate::model_dir::load(dir)?.0,
         (None, c) => {
             let config = match c {
-                Some(json) => GlaConfig::from_json(json)?,
+                Some(json) => ModelConfig::from_json(json)?,
                 None => {
                     GlaConfig { hidden_size: 1024, num_hidden_layers: 24, num_heads: 4, tie_word_embeddings: true, ..GlaConfig::default() }
+                        .into()
                 }
             };
             GlaModel::new(config, 0)?
@@ -424,7 +425,7 @@ pub fn bench(a: &BenchArgs) -> Result<bool> {
     };
     let threads = rayon::current_num_threads();
     println!(
-        "gla bench generate: {}, {} parameters ({} layers, hidden {}, heads {}, vocab {}), greedy",
+        "gla bench generate: {}, {} parameters ({} layers, hidden {}, {}, vocab {}), greedy",
         match a.device {
             Device::Cpu => format!("cpu ({threads} threads), f32"),
             Device::Cuda => "cuda".to_string(),
@@ -432,7 +433,7 @@ pub fn bench(a: &BenchArgs) -> Result<bool> {
         model.num_params(),
         model.dims.layers,
         model.dims.d,
-        model.dims.heads,
+        gla_model::config::describe_mixers(&model.dims),
         model.dims.vocab
     );
     println!(

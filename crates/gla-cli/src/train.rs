@@ -1,5 +1,5 @@
-//! `gla train`: trains a GLA language model on the CPU (f32) on the MQAR recall task, or as a
-//! causal LM on a text file or folder (`--data`), with a progress line, evaluations, JSON-lines
+//! `gla train`: trains a language model of the family (`--arch`: GLA, DeltaNet, Gated DeltaNet)
+//! on the CPU (f32) on the MQAR recall task, or as a causal LM on a text file or folder (`--data`), with a progress line, evaluations, JSON-lines
 //! metrics, checkpoints in fla's Hugging Face format, `--resume`, and a loss-curve PNG at the end.
 //! `--gpus N` trains data parallel over NCCL (crate::launch): rank 0 alone writes checkpoints,
 //! metrics, the progress line and the plot.
@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use gla_model::optim::AdamWConfig;
 use gla_model::text::{self, CorpusTokenizer, TextTask};
-use gla_model::{GlaConfig, Mqar, TrainConfig, Trainer};
+use gla_model::{DeltaNetConfig, GatedDeltaNetConfig, GlaConfig, ModelConfig, Mqar, TrainConfig, Trainer};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -54,9 +54,15 @@ pub struct Args {
     /// the others; peers that hang are given up after GLA_NCCL_TIMEOUT_S seconds (300).
     #[arg(long)]
     gpus: Option<usize>,
-    /// Model config (fla's config.json); replaces the model flags below.
+    /// Model config (fla's config.json of any family built: its model_type picks it); replaces
+    /// --arch and the model flags below.
     #[arg(long)]
     config: Option<PathBuf>,
+    /// The model family, fla's model_type: gla (GLAForCausalLM), delta_net (DeltaNet) or
+    /// gated_deltanet (Gated DeltaNet). The model flags below set that family's config keys of
+    /// the same meaning (fla's defaults for the others; --config sets any key).
+    #[arg(long, value_enum, default_value_t = Arch::Gla)]
+    arch: Arch,
     /// Train a causal language model on this text file or folder (read recursively in path
     /// order; hidden and binary files skipped) instead of MQAR. It is tokenised once into a
     /// token file under --data-cache, reused while the files and the tokenizer are unchanged;
@@ -84,19 +90,27 @@ pub struct Args {
     /// fastest in our runs; fla's config default is 4 heads, expand_k 0.5).
     #[arg(long, default_value_t = 1)]
     heads: usize,
-    /// Key dim of all heads = D * expand_k (fla's expand_k).
+    /// Key dim of all heads = D * expand_k (fla's expand_k; gla and delta_net).
     #[arg(long, default_value_t = 1.0)]
     expand_k: f64,
-    /// Value dim of all heads = D * expand_v (fla's expand_v).
+    /// Value dim of all heads = D * expand_v (fla's expand_v); gated_deltanet: the value dim of
+    /// a head = head_dim * expand_v.
     #[arg(long, default_value_t = 1.0)]
     expand_v: f64,
+    /// gated_deltanet: the key dim of a head (fla's head_dim) [default: D / heads].
+    #[arg(long)]
+    head_dim: Option<usize>,
+    /// gated_deltanet: value heads, a multiple of --heads (fla's num_v_heads) [default: heads].
+    #[arg(long)]
+    v_heads: Option<usize>,
     /// MLP width (default: fla's rule from hidden_ratio 4).
     #[arg(long)]
     intermediate_size: Option<usize>,
-    /// Without the swish output gate g_proj (fla's use_output_gate = false).
+    /// Without the output gate g_proj (gla: use_output_gate = false; gated_deltanet: use_gate =
+    /// false; delta_net has none by default).
     #[arg(long)]
     no_output_gate: bool,
-    /// Lower clamp of the log-gate (fla's clamp_min): the per-step decay stays >= exp(clamp_min).
+    /// gla: lower clamp of the log-gate (fla's clamp_min): the per-step decay stays >= exp(clamp_min).
     #[arg(long, allow_hyphen_values = true)]
     clamp_min: Option<f64>,
     /// Std of the normal init (fla's initializer_range).
@@ -174,32 +188,124 @@ pub struct Args {
 
 const DEFAULT_VOCAB: usize = 256;
 
-/// The model config from --config or the flags; `data_vocab`: the tokenizer's vocabulary with
-/// --data (the model's default, and its floor).
-fn model_config(a: &Args, data_vocab: Option<usize>) -> Result<GlaConfig> {
+/// The model family of `gla train --arch`: fla's `model_type`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Arch {
+    /// fla's GLAForCausalLM (model_type gla).
+    Gla,
+    /// fla's DeltaNetForCausalLM (model_type delta_net).
+    #[value(name = "delta_net", alias = "delta-net")]
+    DeltaNet,
+    /// fla's GatedDeltaNetForCausalLM (model_type gated_deltanet).
+    #[value(name = "gated_deltanet", alias = "gated-deltanet")]
+    GatedDeltaNet,
+}
+
+impl Arch {
+    /// fla's `model_type`.
+    fn model_type(self) -> &'static str {
+        match self {
+            Arch::Gla => "gla",
+            Arch::DeltaNet => "delta_net",
+            Arch::GatedDeltaNet => "gated_deltanet",
+        }
+    }
+
+    /// The family of a config's `model_type`.
+    fn of(model_type: &str) -> Option<Self> {
+        [Arch::Gla, Arch::DeltaNet, Arch::GatedDeltaNet].into_iter().find(|a| a.model_type() == model_type)
+    }
+}
+
+/// The model flags a family takes (clap ids), beyond those of every family (`d_model`,
+/// `layers`, `heads`, `expand_v`, `intermediate_size`, `init_std`, `tie_embeddings`,
+/// `no_short_conv`, `no_output_gate`, `vocab`).
+fn family_flags(arch: Arch) -> &'static [&'static str] {
+    match arch {
+        Arch::Gla => &["expand_k", "clamp_min"],
+        Arch::DeltaNet => &["expand_k"],
+        Arch::GatedDeltaNet => &["head_dim", "v_heads"],
+    }
+}
+
+/// The model config from --config or the flags for the family `arch`; `data_vocab`: the
+/// tokenizer's vocabulary with --data (the model's default, and its floor).
+fn model_config(a: &Args, arch: Arch, data_vocab: Option<usize>) -> Result<ModelConfig> {
+    let given = |id: &str| a.given.iter().any(|g| g == id);
     if let Some(p) = &a.config {
         let text = gla_model::limits::read_text(p).with_context(|| format!("--config {}", p.display()))?;
-        return Ok(GlaConfig::from_json(&text)?);
+        let c = ModelConfig::from_json(&text).with_context(|| format!("--config {}", p.display()))?;
+        if given("arch") && c.model_type() != arch.model_type() {
+            bail!("--arch {} differs from the model_type {:?} of --config {}", arch.model_type(), c.model_type(), p.display());
+        }
+        return Ok(c);
+    }
+    for (other, flags) in [Arch::Gla, Arch::DeltaNet, Arch::GatedDeltaNet].map(|x| (x, family_flags(x))) {
+        for &id in flags {
+            if given(id) && !family_flags(arch).contains(&id) {
+                bail!(
+                    "--{} is a flag of --arch {} and not of --arch {} (its fla config has no such key; --config sets any key)",
+                    id.replace('_', "-"),
+                    other.model_type(),
+                    arch.model_type()
+                );
+            }
+        }
     }
     let vocab = match (a.vocab, data_vocab) {
         (Some(v), Some(d)) if v < d => bail!("--vocab {v} is smaller than the tokenizer's vocabulary of {d}"),
         (v, d) => v.or(d).unwrap_or(DEFAULT_VOCAB),
     };
-    Ok(GlaConfig {
-        hidden_size: a.d_model,
-        num_hidden_layers: a.layers,
-        num_heads: a.heads,
-        expand_k: a.expand_k,
-        expand_v: a.expand_v,
-        intermediate_size: a.intermediate_size,
-        use_short_conv: !a.no_short_conv,
-        tie_word_embeddings: a.tie_embeddings,
-        use_output_gate: !a.no_output_gate,
-        initializer_range: a.init_std,
-        clamp_min: a.clamp_min,
-        vocab_size: vocab,
-        max_position_embeddings: a.seq_len,
-        ..GlaConfig::default()
+    Ok(match arch {
+        Arch::Gla => GlaConfig {
+            hidden_size: a.d_model,
+            num_hidden_layers: a.layers,
+            num_heads: a.heads,
+            expand_k: a.expand_k,
+            expand_v: a.expand_v,
+            intermediate_size: a.intermediate_size,
+            use_short_conv: !a.no_short_conv,
+            tie_word_embeddings: a.tie_embeddings,
+            use_output_gate: !a.no_output_gate,
+            initializer_range: a.init_std,
+            clamp_min: a.clamp_min,
+            vocab_size: vocab,
+            max_position_embeddings: a.seq_len,
+            ..GlaConfig::default()
+        }
+        .into(),
+        Arch::DeltaNet => DeltaNetConfig {
+            hidden_size: a.d_model,
+            num_hidden_layers: a.layers,
+            num_heads: a.heads,
+            expand_k: a.expand_k,
+            expand_v: a.expand_v,
+            intermediate_size: a.intermediate_size,
+            use_short_conv: !a.no_short_conv,
+            tie_word_embeddings: a.tie_embeddings,
+            initializer_range: a.init_std,
+            vocab_size: vocab,
+            max_position_embeddings: a.seq_len,
+            ..DeltaNetConfig::default()
+        }
+        .into(),
+        Arch::GatedDeltaNet => GatedDeltaNetConfig {
+            hidden_size: a.d_model,
+            num_hidden_layers: a.layers,
+            num_heads: a.heads,
+            head_dim: a.head_dim.unwrap_or(a.d_model.checked_div(a.heads).unwrap_or(0)),
+            num_v_heads: a.v_heads,
+            expand_v: a.expand_v,
+            intermediate_size: a.intermediate_size,
+            use_short_conv: !a.no_short_conv,
+            use_gate: !a.no_output_gate,
+            tie_word_embeddings: a.tie_embeddings,
+            initializer_range: a.init_std,
+            vocab_size: vocab,
+            max_position_embeddings: a.seq_len,
+            ..GatedDeltaNetConfig::default()
+        }
+        .into(),
     })
 }
 
@@ -330,40 +436,68 @@ struct Conflict {
     overridable: bool,
 }
 
+/// The config key a model flag sets in `arch`'s config, and whether the flag is its negation.
+fn flag_key(id: &str, arch: Arch) -> Option<(&'static str, bool)> {
+    Some(match id {
+        "d_model" => ("hidden_size", false),
+        "layers" => ("num_hidden_layers", false),
+        "heads" => ("num_heads", false),
+        "expand_k" => ("expand_k", false),
+        "expand_v" => ("expand_v", false),
+        "head_dim" => ("head_dim", false),
+        "v_heads" => ("num_v_heads", false),
+        "clamp_min" => ("clamp_min", false),
+        "init_std" => ("initializer_range", false),
+        "tie_embeddings" => ("tie_word_embeddings", false),
+        "no_short_conv" => ("use_short_conv", true),
+        "no_output_gate" if arch == Arch::Gla => ("use_output_gate", true),
+        "no_output_gate" => ("use_gate", true),
+        _ => return None,
+    })
+}
+
 /// The given flags that differ from the saved run (`config`, `cfg`); flags that only steer this
 /// invocation are never conflicts.
-fn resume_conflicts(a: &Args, config: &GlaConfig, cfg: &TrainConfig) -> Result<Vec<Conflict>> {
+fn resume_conflicts(a: &Args, config: &ModelConfig, cfg: &TrainConfig) -> Result<Vec<Conflict>> {
     let dims = config.dims()?;
+    let arch = Arch::of(config.model_type()).context("the run's model_type")?;
     let mut out = Vec::new();
     let mut push = |flag: &str, given: String, saved: String, overridable: bool| {
         if given != saved {
             out.push(Conflict { text: format!("--{flag} {given} (the run has {saved})"), overridable });
         }
     };
+    // the model flags, as the keys they set in the run's family's config
+    let json = |c: &ModelConfig| -> Result<serde_json::Value> { Ok(serde_json::from_str(&c.to_json())?) };
+    let saved = json(config)?;
+    let mine = match a.config {
+        None if a.given.iter().any(|id| flag_key(id, arch).is_some()) => Some(json(&model_config(a, arch, None)?)?),
+        _ => None,
+    };
     for id in &a.given {
         let s = |v: &dyn std::fmt::Display| v.to_string();
+        if let (Some((key, negated)), Some(mine)) = (flag_key(id, arch), &mine) {
+            let show = |v: Option<&serde_json::Value>| match (v, negated) {
+                (Some(serde_json::Value::Bool(b)), true) => (!b).to_string(),
+                (Some(v), _) => v.to_string(),
+                (None, _) => "null".into(),
+            };
+            push(&id.replace('_', "-"), show(mine.get(key)), show(saved.get(key)), false);
+            continue;
+        }
         match id.as_str() {
-            "d_model" => push("d-model", s(&a.d_model), s(&config.hidden_size), false),
-            "layers" => push("layers", s(&a.layers), s(&config.num_hidden_layers), false),
-            "heads" => push("heads", s(&a.heads), s(&config.num_heads), false),
-            "expand_k" => push("expand-k", s(&a.expand_k), s(&config.expand_k), false),
-            "expand_v" => push("expand-v", s(&a.expand_v), s(&config.expand_v), false),
+            "arch" => push("arch", a.arch.model_type().into(), config.model_type().into(), false),
             "intermediate_size" => push("intermediate-size", s(&a.intermediate_size.unwrap_or(0)), s(&dims.intermediate), false),
-            "no_output_gate" => push("no-output-gate", s(&a.no_output_gate), s(&!config.use_output_gate), false),
-            "clamp_min" => push("clamp-min", format!("{:?}", a.clamp_min), format!("{:?}", config.clamp_min), false),
-            "init_std" => push("init-std", s(&a.init_std), s(&config.initializer_range), false),
-            "tie_embeddings" => push("tie-embeddings", s(&a.tie_embeddings), s(&config.tie_word_embeddings), false),
-            "no_short_conv" => push("no-short-conv", s(&a.no_short_conv), s(&!config.use_short_conv), false),
-            "vocab" => push("vocab", s(&a.vocab.unwrap_or(0)), s(&config.vocab_size), false),
+            "vocab" => push("vocab", s(&a.vocab.unwrap_or(0)), s(&dims.vocab), false),
             "config" => {
                 let p = a.config.as_deref().unwrap_or(Path::new(""));
-                let mut given = GlaConfig::from_json(&gla_model::limits::read_text(p)?)?;
+                let mut given = ModelConfig::from_json(&gla_model::limits::read_text(p)?)?;
                 let mut saved = config.clone();
                 // the keys this crate adds when it writes a config are no setting
                 for c in [&mut given, &mut saved] {
-                    c.extra.remove("architectures");
-                    c.extra.remove("dtype");
-                    c.extra.remove("torch_dtype");
+                    for k in ["architectures", "dtype", "torch_dtype"] {
+                        c.extra_mut().remove(k);
+                    }
                 }
                 if given != saved {
                     push("config", p.display().to_string(), "another model config".into(), false);
@@ -522,7 +656,7 @@ pub fn run(a: &Args) -> Result<bool> {
         }
         let text = a.data.as_deref().map(|d| prepare_text(a, &out, d)).transpose()?;
         let vocab = text.as_ref().map(|t| t.vocab);
-        Trainer::new(model_config(a, vocab)?, train_config(a, text))?
+        Trainer::new(model_config(a, a.arch, vocab)?, train_config(a, text))?
     };
     if on_gpu {
         tr = on_cuda(tr, job.as_ref())?;
@@ -559,14 +693,11 @@ pub fn run(a: &Args) -> Result<bool> {
     let gpus = if world > 1 { format!(" over {world} GPUs") } else { String::new() };
     if lead {
         eprintln!(
-            "gla train: GLA D={} L={} H={} (K={}, V={}, I={}, short conv {}) {:.2}M params | {data} | batch {}x{}{gpus} | {}",
+            "gla train: {} D={} L={} I={} {:.2}M params | {data} | batch {}x{}{gpus} | {}",
+            gla_model::config::describe_mixers(d),
             d.d,
             d.layers,
-            d.heads,
-            d.head_k,
-            d.head_v,
             d.intermediate,
-            if d.conv > 0 { "on" } else { "off" },
             tr.model.num_params() as f64 / 1e6,
             tr.cfg.batch_size,
             tr.cfg.grad_accum,

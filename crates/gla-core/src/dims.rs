@@ -1,14 +1,47 @@
 //! The derived dims of a language model of the family (what a backend sizes its buffers and
-//! launches from) and fla's elementwise feature maps: contracts shared by the model crate and
-//! every device crate.
+//! launches from): the model's own ([`Dims`]) and, per layer, its token mixer's ([`MixerDims`]:
+//! [`GlaDims`], [`DeltaDims`]); and fla's elementwise feature maps. Contracts shared by the
+//! model crate and every device crate.
 
-/// Everything the model needs, derived from a validated config (fla's layer arithmetic).
+/// Everything the language model needs, derived from a validated config (fla's layer
+/// arithmetic): the model's own dims, and each layer's token mixer with its own dims
+/// ([`MixerDims`]: GLA, the delta rule, ...).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dims {
     /// Model dim D.
     pub d: usize,
     /// Layers L.
     pub layers: usize,
+    /// MLP width I.
+    pub intermediate: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// RMSNorm epsilon (every norm of the model, the mixers' output norms included, as fla
+    /// passes `norm_eps` to the layers).
+    pub eps: f32,
+    /// lm_head tied to the embedding.
+    pub tied: bool,
+    /// Padding token (its row gets no gradient from the embedding lookup).
+    pub pad: Option<usize>,
+    /// Init std.
+    pub init_std: f32,
+    /// Layer `l`'s token mixer, `L` entries.
+    pub mixers: Vec<MixerDims>,
+}
+
+/// One layer's token mixer and its dims: what its mixer code (gla-model's `mixers::*`) and its
+/// op family's backend methods read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MixerDims {
+    /// fla's `GatedLinearAttention` ([`GlaDims`]).
+    Gla(GlaDims),
+    /// fla's `DeltaNet` or `GatedDeltaNet` ([`DeltaDims`]).
+    Delta(DeltaDims),
+}
+
+/// The GLA layer's dims (fla's `GatedLinearAttention`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GlaDims {
     /// Query heads H.
     pub heads: usize,
     /// Key/value heads; `heads / kv_heads` is the group size.
@@ -29,12 +62,6 @@ pub struct Dims {
     pub gate_rank: usize,
     /// The log-gate is `logsigmoid(x) / gate_norm` (fla's layer default 16).
     pub gate_norm: f32,
-    /// MLP width I.
-    pub intermediate: usize,
-    /// Vocabulary size.
-    pub vocab: usize,
-    /// RMSNorm epsilon.
-    pub eps: f32,
     /// Short conv width, or 0 without short conv.
     pub conv: usize,
     /// Output gate on.
@@ -45,12 +72,73 @@ pub struct Dims {
     pub clamp_min: Option<f32>,
     /// fla's `feature_map` on q and k (after the short convolution), or none.
     pub feature_map: Option<FeatureMap>,
-    /// lm_head tied to the embedding.
-    pub tied: bool,
-    /// Padding token (its row gets no gradient from the embedding lookup).
-    pub pad: Option<usize>,
-    /// Init std.
-    pub init_std: f32,
+}
+
+impl GlaDims {
+    /// Query heads per key/value head.
+    pub fn groups(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+}
+
+/// How DeltaNet normalises q and k before the delta rule (fla's `qk_norm`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum QkNorm {
+    /// `l2`: inside the op (`gla_core::DeltaSpec::l2_qk`). Gated DeltaNet always.
+    L2,
+    /// `sum`: `x / max(sum |x|, 1e-6)` per head (fla's `sum_norm`), before the op.
+    Sum,
+}
+
+/// The output gate of fla's `FusedRMSNormGated`: `rmsnorm(o) * w * act(g)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GateAct {
+    /// `swish` / `silu`: `g sigmoid(g)` (GLA's, and fla's default).
+    Swish,
+    /// `sigmoid` (Gated DeltaNet's `output_gate_activation = "sigmoid"`).
+    Sigmoid,
+}
+
+/// The delta-rule layer's dims: fla's `DeltaNet` (no decay) and `GatedDeltaNet` (the
+/// `A_log`/`dt_bias` decay), one mixer with options (gla-model's `mixers::delta`; the op is
+/// [`crate::delta`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DeltaDims {
+    /// Query/key heads H.
+    pub heads: usize,
+    /// Value heads HV, a multiple of H (Gated DeltaNet's `num_v_heads`; H for DeltaNet).
+    pub v_heads: usize,
+    /// Per-head key dim K.
+    pub head_k: usize,
+    /// Per-head value dim V.
+    pub head_v: usize,
+    /// key_dim = H * K: width of q_proj and k_proj.
+    pub key_dim: usize,
+    /// value_dim = HV * V: width of v_proj (and g_proj).
+    pub value_dim: usize,
+    /// Short conv width, or 0 without short conv.
+    pub conv: usize,
+    /// The activation of q and k (DeltaNet's `qk_activation`: silu, relu, elu (fla's `elu_p1`)
+    /// or identity; Gated DeltaNet: silu). With short conv, silu is the conv's own activation.
+    pub qk_act: FeatureMap,
+    /// The norm of q and k.
+    pub qk_norm: QkNorm,
+    /// `beta = sigmoid(x W_b)` (fla's `use_beta`); otherwise beta = 1.
+    pub use_beta: bool,
+    /// `beta = 2 sigmoid(x W_b)`: negative eigenvalues (fla's `allow_neg_eigval`).
+    pub allow_neg_eigval: bool,
+    /// Gated DeltaNet's decay `g = -exp(A_log) softplus(x W_a + dt_bias)`, per value head.
+    pub decay: bool,
+    /// The output gate `g_proj` and its activation (fla's `use_gate`); without it, `o_norm` is a
+    /// plain RMSNorm.
+    pub output_gate: Option<GateAct>,
+}
+
+impl DeltaDims {
+    /// Value heads per query/key head, HV / H.
+    pub fn group(&self) -> usize {
+        self.v_heads / self.heads
+    }
 }
 
 /// fla's `feature_map` of the GLA layer: a transformers `ACT2FN` activation applied elementwise
@@ -78,6 +166,9 @@ pub enum FeatureMap {
     QuickGelu,
     /// `linear`: the identity.
     Identity,
+    /// fla's `elu_p1`: `elu(x) + 1` (DeltaNet's `qk_activation = "elu"`; not an `ACT2FN` name,
+    /// so not in [`FeatureMap::NAMES`]).
+    EluP1,
 }
 
 impl FeatureMap {
@@ -111,8 +202,23 @@ impl FeatureMap {
 }
 
 impl Dims {
-    /// Query heads per key/value head.
-    pub fn groups(&self) -> usize {
-        self.heads / self.kv_heads
+    /// The GLA dims shared by every layer, when every layer's mixer is GLA with the same dims
+    /// (every pure GLA model; what the GPU backend runs).
+    pub fn gla(&self) -> Option<&GlaDims> {
+        let first = match self.mixers.first()? {
+            MixerDims::Gla(g) => g,
+            _ => return None,
+        };
+        self.mixers.iter().all(|m| *m == MixerDims::Gla(*first)).then_some(first)
+    }
+
+    /// The delta-rule dims shared by every layer, when every layer's mixer is DeltaNet or Gated
+    /// DeltaNet with the same dims.
+    pub fn delta(&self) -> Option<&DeltaDims> {
+        let first = match self.mixers.first()? {
+            MixerDims::Delta(g) => g,
+            _ => return None,
+        };
+        self.mixers.iter().all(|m| *m == MixerDims::Delta(*first)).then_some(first)
     }
 }

@@ -18,6 +18,23 @@ pub enum Init {
     Zeros,
     /// Ones: norm weights.
     Ones,
+    /// `log(U(lo, hi))`: Gated DeltaNet's `A_log` (`A ~ U(0, 16)`, fla's layer init).
+    LogUniform {
+        /// Lower end of the uniform.
+        lo: f32,
+        /// Upper end of the uniform.
+        hi: f32,
+    },
+    /// The inverse softplus of `dt = exp(U(ln min, ln max))` clamped to `>= floor`, i.e.
+    /// `dt + log(-expm1(-dt))`: Gated DeltaNet's `dt_bias` (fla's layer init, Mamba's).
+    InvSoftplusDt {
+        /// Smallest dt (before the floor).
+        min: f32,
+        /// Largest dt.
+        max: f32,
+        /// Lower clamp of dt.
+        floor: f32,
+    },
 }
 
 /// One row of the table.

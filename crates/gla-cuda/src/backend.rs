@@ -1,4 +1,7 @@
-//! The GPU backend ([`Gpu`]: gla-core's backend contract, `Primitives` and `GlaOps`): each op as the
+//! The GPU backend ([`Gpu`]: gla-core's backend contract, `Primitives`, `GlaOps`, and `DeltaOps`,
+//! whose every method returns [`gla_core::Error::Unsupported`] until the delta-rule kernels are
+//! wired in; models whose layers are not all GLA with one set of dims are refused by
+//! [`crate::GpuWeights::new`]): each op as the
 //! kernel launches of `kernels/nn/*.cu` / `kernels/gla/*.cu` and cuBLAS GEMMs. The forward and
 //! backward that call them are gla-model's (`gla_model::model` and its mixers; read those first).
 //! Parameters are found by their index in the parameter table the weights came with
@@ -27,8 +30,8 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, ValidAsZeroBits};
-use gla_core::backend::{ConvIdx, GlaOps, GlaStorage, ParamId, Primitives, Storage, IGNORE_INDEX};
-use gla_core::dims::{Dims, FeatureMap};
+use gla_core::backend::{ConvIdx, DeltaDecay, DeltaOps, DeltaStorage, GlaOps, GlaStorage, ParamId, Primitives, Storage, IGNORE_INDEX};
+use gla_core::dims::{DeltaDims, Dims, FeatureMap, GateAct, GlaDims};
 use gla_core::params::ParamSpec;
 use gla_core::{GateKind, Problem, ProblemSpec};
 
@@ -269,9 +272,17 @@ pub(crate) fn cols(rows: usize, cols: usize) -> LaunchConfig {
 /// Elements of the partial sums buffer: the largest `[gy, cols]` of the backward's column
 /// reductions (norm weights over D, the per-head norm over N*H rows, the gate bias, the conv
 /// weights over C * W columns).
-pub(crate) fn part_len(dm: &Dims, n: usize) -> usize {
+pub(crate) fn part_len(d: &Dims, dm: &GlaDims, n: usize) -> usize {
     let conv_cols = dm.conv * dm.key_dim.max(dm.key_dim_kv).max(dm.value_dim_kv);
-    (col_gy(n) * dm.d.max(dm.key_dim_kv).max(conv_cols)).max(col_gy(n * dm.heads) * dm.head_v)
+    (col_gy(n) * d.d.max(dm.key_dim_kv).max(conv_cols)).max(col_gy(n * dm.heads) * dm.head_v)
+}
+
+/// The GLA dims of a model the GPU runs: every layer GLA, with one set of dims (the plans and
+/// decode states are built for one GLA layer shape).
+pub(crate) fn gla_dims(d: &Dims) -> Result<&GlaDims> {
+    d.gla().ok_or_else(|| {
+        unsupported("a model whose layers are not all GLA with the same dims (the delta-rule family runs on the CPU only for now)".into())
+    })
 }
 
 /// One launch of an nn kernel through [`Cuda::launch`], each argument pushed by reference.
@@ -297,7 +308,7 @@ pub(crate) struct HeadPlan {
     pub(crate) rv: usize,
 }
 
-pub(crate) fn head_plan(dm: &Dims) -> Result<HeadPlan> {
+pub(crate) fn head_plan(dm: &GlaDims) -> Result<HeadPlan> {
     // key heads up to 256 run as they are (the chunk kernels tile K > 128, the recurrent ones
     // hold K <= 256; fla's gla_1B has K = 256); value heads above 128 are split
     if dm.head_k > crate::dispatch::CHUNK_WIDE_MAX {
@@ -308,6 +319,22 @@ pub(crate) fn head_plan(dm: &Dims) -> Result<HeadPlan> {
         return Err(unsupported(format!("head value dim {} is not a multiple of {split} (split into heads of <= {MAX_HEAD})", dm.head_v)));
     }
     Ok(HeadPlan { split, rq: split, rk: dm.groups() * split, rv: dm.groups() })
+}
+
+/// The gated norm kernels apply a swish gate: refuses another activation.
+fn swish_gate(gated: bool, act: GateAct) -> Result<()> {
+    if gated && act != GateAct::Swish {
+        return Err(unsupported(format!("the output gate activation {act:?} (the gated norm kernels apply swish)")));
+    }
+    Ok(())
+}
+
+/// The feature maps the elementwise kernels know (`FeatureMap::code`): all but `EluP1`.
+fn kernel_map(f: FeatureMap) -> Result<FeatureMap> {
+    if f == FeatureMap::EluP1 {
+        return Err(unsupported("the feature map elu + 1 (DeltaNet's qk_activation = \"elu\")".into()));
+    }
+    Ok(f)
 }
 
 pub(crate) fn unsupported(what: String) -> Error {
@@ -417,6 +444,11 @@ impl GlaStorage for GpuBuf {
     type GlaSaved = GpuGla;
 }
 
+impl DeltaStorage for GpuBuf {
+    /// Nothing yet: the delta-rule ops are not wired in on the GPU.
+    type DeltaSaved = ();
+}
+
 /// The language model's ops on one GPU over its device weights: f32 masters at `moff` (all of
 /// them, or only those the kernels read in f32 for an inference-only model) and their bf16
 /// copy for the GEMMs.
@@ -424,6 +456,8 @@ pub struct Gpu {
     pub(crate) cuda: Arc<Cuda>,
     pub(crate) gemm: Gemm,
     pub(crate) dims: Dims,
+    /// the GLA dims of every layer ([`gla_dims`])
+    pub(crate) gla: GlaDims,
     /// the parameter table (offsets in the bf16 copy and in the gradient arena)
     pub(crate) specs: Vec<ParamSpec>,
     pub(crate) heads: HeadPlan,
@@ -457,9 +491,22 @@ impl Gpu {
         ptr(&self.cuda, s)
     }
 
+    /// The GLA dims of a layer's call: the model's ([`gla_dims`]), the only ones its plans fit.
+    fn layer_gla(&self, md: &GlaDims) -> Result<&GlaDims> {
+        if *md != self.gla {
+            return Err(unsupported("a GLA layer with other dims than the model's first".into()));
+        }
+        Ok(&self.gla)
+    }
+
+    /// The width of weight `id`'s last dim: a conv's `W` (`[C, 1, W]`), a norm's `V` (`[V]`).
+    fn width(&self, id: ParamId) -> usize {
+        self.specs[id].shape.last().copied().unwrap_or(0)
+    }
+
     /// The GLA op's problem for `[b, t]` at the op's heads (value splits).
     fn op_problem(&self, b: usize, t: usize) -> Result<Problem> {
-        let dm = &self.dims;
+        let dm = &self.gla;
         Ok(Problem::new(ProblemSpec {
             b,
             t,
@@ -549,7 +596,7 @@ impl Primitives for Gpu {
         Ok(GpuRows { rows: self.z(n)?, targets: self.z(n)?, loss: self.z(n)?, correct: self.z(n)? })
     }
     fn plan(&self, b: usize, t: usize, backward: bool) -> Result<GpuPlan> {
-        let part = self.z(if backward { part_len(&self.dims, b * t) } else { 1 })?;
+        let part = self.z(if backward { part_len(&self.dims, &self.gla, b * t) } else { 1 })?;
         let prob = DevProblem::new(&self.cuda, &self.op_problem(b, t)?)?;
         // every forward but the decode step (recurrent, no workspace) runs chunked
         let ws = GlaWorkspace::for_problem(&self.cuda, &prob, Some(FwdKernel::Chunk), backward)?;
@@ -738,11 +785,15 @@ impl Primitives for Gpu {
         b: usize,
         t: usize,
         c: usize,
+        silu: bool,
         io: Option<(&mut InferIo<'_>, usize, ConvIdx)>,
     ) -> Result<()> {
+        if !silu {
+            return Err(unsupported("a short convolution without SiLU (DeltaNet's qk_activation other than silu)".into()));
+        }
         let n = b * t;
         let (yp, prep, xp, wp) = (self.p(y), self.p(pre), self.p(x), self.mp(w));
-        let (ni, ti, ci, wi, nb) = (n as i64, t as i32, c as i32, self.dims.conv as i32, b as i64);
+        let (ni, ti, ci, wi, nb) = (n as i64, t as i32, c as i32, self.width(w) as i32, b as i64);
         let cache = match io {
             Some((InferIo::Table { addr, b }, l, i)) => {
                 // each sequence's own cache, through the state table (decode)
@@ -771,14 +822,19 @@ impl Primitives for Gpu {
         b: usize,
         t: usize,
         c: usize,
+        silu: bool,
     ) -> Result<()> {
+        if !silu {
+            return Err(unsupported("a short convolution without SiLU (DeltaNet's qk_activation other than silu)".into()));
+        }
         let n = b * t;
         let (out, dyp, prep, xp, wp) = (self.p(dx), self.p(dy), self.p(pre), self.p(x), self.mp(w));
-        let (ni, ti, ci, wi) = (n as i64, t as i32, c as i32, self.dims.conv as i32);
+        let width = self.width(w);
+        let (ni, ti, ci, wi) = (n as i64, t as i32, c as i32, width as i32);
         launch!(self, "conv_bwd_dx", flat(n * c), out, dyp, prep, wp, ni, ti, ci, wi);
         let part = self.p(&plan.part);
         launch!(self, "conv_bwd_dw", cols(n, c), part, dyp, prep, xp, ni, ti, ci, wi);
-        self.finalize_cols(self.gp(g, w), part, n, c * self.dims.conv)
+        self.finalize_cols(self.gp(g, w), part, n, c * width)
     }
 
     fn gated_norm_fwd(
@@ -787,12 +843,14 @@ impl Primitives for Gpu {
         rstd: &mut CudaSlice<f32>,
         o: &CudaSlice<u16>,
         g: Option<&CudaSlice<u16>>,
+        act: GateAct,
         w: ParamId,
         rows: usize,
     ) -> Result<()> {
+        swish_gate(g.is_some(), act)?;
         let (on, ro, op) = (self.p(y), self.p(rstd), self.p(o));
         let gpre = g.map_or(0u64, |g| self.p(g));
-        let (wp, rws, v, eps) = (self.mp(w), rows as i64, self.dims.head_v as i32, self.dims.eps);
+        let (wp, rws, v, eps) = (self.mp(w), rows as i64, self.width(w) as i32, self.dims.eps);
         launch!(self, "gated_norm_fwd", rows_warp(rows), on, ro, op, gpre, wp, rws, v, eps);
         Ok(())
     }
@@ -806,17 +864,20 @@ impl Primitives for Gpu {
         dy: &CudaSlice<f32>,
         o: &CudaSlice<u16>,
         g: Option<&CudaSlice<u16>>,
+        act: GateAct,
         rstd: &CudaSlice<f32>,
         rows: usize,
     ) -> Result<()> {
+        swish_gate(g.is_some(), act)?;
         let (dop, d_on, op, ro, wp) = (self.p(d_o), self.p(dy), self.p(o), self.p(rstd), self.mp(w));
         let dgp = dg.map_or(0u64, |x| self.p(x));
         let gpre = g.map_or(0u64, |x| self.p(x));
-        let (rws, v) = (rows as i64, self.dims.head_v as i32);
+        let width = self.width(w);
+        let (rws, v) = (rows as i64, width as i32);
         launch!(self, "gated_norm_bwd_dx", rows_warp(rows), dop, dgp, d_on, op, gpre, ro, wp, rws, v);
         let part = self.p(&plan.part);
-        launch!(self, "gated_norm_bwd_dw", cols(rows, self.dims.head_v), part, d_on, op, gpre, ro, rws, v);
-        self.finalize_cols(self.gp(grads, w), part, rows, self.dims.head_v)
+        launch!(self, "gated_norm_bwd_dw", cols(rows, width), part, d_on, op, gpre, ro, rws, v);
+        self.finalize_cols(self.gp(grads, w), part, rows, width)
     }
 
     fn swiglu_fwd(&self, h: &mut CudaSlice<u16>, a: &CudaSlice<u16>, b: &CudaSlice<u16>, len: usize) -> Result<()> {
@@ -838,12 +899,12 @@ impl Primitives for Gpu {
         Ok(())
     }
     fn feature_map_fwd(&self, y: &mut CudaSlice<u16>, x: &CudaSlice<u16>, len: usize, f: FeatureMap) -> Result<()> {
-        let (yp, xp, ne, fc) = (self.p(y), self.p(x), len as i64, f.code());
+        let (yp, xp, ne, fc) = (self.p(y), self.p(x), len as i64, kernel_map(f)?.code());
         launch!(self, "feature_map_fwd", flat(len), yp, xp, ne, fc);
         Ok(())
     }
     fn feature_map_bwd(&self, d: &mut CudaSlice<f32>, x: &CudaSlice<u16>, len: usize, f: FeatureMap) -> Result<()> {
-        let (dp, xp, ne, fc) = (self.p(d), self.p(x), len as i64, f.code());
+        let (dp, xp, ne, fc) = (self.p(d), self.p(x), len as i64, kernel_map(f)?.code());
         launch!(self, "feature_map_bwd", flat(len), dp, xp, ne, fc);
         Ok(())
     }
@@ -909,22 +970,22 @@ impl Primitives for Gpu {
 
 #[allow(clippy::too_many_arguments)]
 impl GlaOps for Gpu {
-    fn alloc_gla_grads(&self, n: usize) -> Result<[CudaSlice<f32>; 4]> {
+    fn alloc_gla_grads(&self, md: &GlaDims, n: usize) -> Result<[CudaSlice<f32>; 4]> {
         // the sums over the repeats, or (without a repeat) the op's own outputs (gla_bwd)
-        let dm = &self.dims;
+        let dm = self.layer_gla(md)?;
         Ok([self.z(n * dm.key_dim)?, self.z(n * dm.key_dim_kv)?, self.z(n * dm.value_dim_kv)?, self.z(n * dm.key_dim_kv)?])
     }
 
-    fn alloc_gla_saved(&self, n: usize) -> Result<GpuGla> {
-        let (dm, hp) = (&self.dims, self.heads);
+    fn alloc_gla_saved(&self, md: &GlaDims, n: usize) -> Result<GpuGla> {
+        let (dm, hp) = (self.layer_gla(md)?, self.heads);
         // q/k/g at the op's heads
         let op_k = n * dm.heads * hp.split * dm.head_k;
         let rep = |r: usize, len: usize| if r > 1 { self.z(len).map(Some) } else { Ok(None) };
         Ok(GpuGla { q_rep: rep(hp.rq, op_k)?, k_rep: rep(hp.rk, op_k)?, v_rep: rep(hp.rv, n * dm.value_dim)?, gk_rep: rep(hp.rk, op_k)? })
     }
 
-    fn gate_fwd(&self, gk: &mut CudaSlice<u16>, raw: &mut CudaSlice<f32>, bias: ParamId, n: usize) -> Result<()> {
-        let dm = &self.dims;
+    fn gate_fwd(&self, md: &GlaDims, gk: &mut CudaSlice<u16>, raw: &mut CudaSlice<f32>, bias: ParamId, n: usize) -> Result<()> {
+        let dm = self.layer_gla(md)?;
         let (gkp, rawp, bp) = (self.p(gk), self.p(raw), self.mp(bias));
         let (ni, ci, norm, hc, cm) =
             (n as i64, dm.key_dim_kv as i32, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
@@ -934,6 +995,7 @@ impl GlaOps for Gpu {
 
     fn gate_bwd(
         &self,
+        md: &GlaDims,
         plan: &GpuPlan,
         dx: &mut CudaSlice<f32>,
         dx_act: &mut CudaSlice<u16>,
@@ -943,7 +1005,7 @@ impl GlaOps for Gpu {
         raw: &CudaSlice<f32>,
         n: usize,
     ) -> Result<()> {
-        let dm = &self.dims;
+        let dm = self.layer_gla(md)?;
         let (dxp, dx16, dgp, rawp) = (self.p(dx), self.p(dx_act), self.p(dg), self.p(raw));
         let (tot, norm, hc, cm) =
             ((n * dm.key_dim_kv) as i64, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
@@ -955,6 +1017,7 @@ impl GlaOps for Gpu {
 
     fn gla_fwd(
         &self,
+        md: &GlaDims,
         plan: &GpuPlan,
         saved: &mut GpuGla,
         o: &mut CudaSlice<u16>,
@@ -965,7 +1028,7 @@ impl GlaOps for Gpu {
         io: Option<(&mut InferIo<'_>, usize)>,
     ) -> Result<()> {
         let c = &*self.cuda;
-        let (dm, hp) = (&self.dims, self.heads);
+        let (dm, hp) = (self.layer_gla(md)?, self.heads);
         let p = &plan.prob.problem;
         let n = p.b() * p.t();
         let ni = n as i64;
@@ -1014,6 +1077,7 @@ impl GlaOps for Gpu {
 
     fn gla_bwd(
         &self,
+        md: &GlaDims,
         plan: &GpuPlan,
         saved: &GpuGla,
         q: &CudaSlice<u16>,
@@ -1024,7 +1088,7 @@ impl GlaOps for Gpu {
         grads: [&mut CudaSlice<f32>; 4],
     ) -> Result<()> {
         let c = &*self.cuda;
-        let (dm, hp) = (&self.dims, self.heads);
+        let (dm, hp) = (self.layer_gla(md)?, self.heads);
         let n = plan.prob.problem.b() * plan.prob.problem.t();
         let x_in = Self::gla_inputs(saved, q, k, v, g);
         let [dq, dk, dv, dg] = grads;
@@ -1059,4 +1123,59 @@ impl GlaOps for Gpu {
         }
         Ok(())
     }
+}
+
+/// The delta-rule family on the GPU: not wired in yet. Every method returns
+/// [`gla_core::Error::Unsupported`] (and [`crate::GpuWeights::new`] refuses a model with
+/// delta-rule layers before any is called), so a DeltaNet or Gated DeltaNet model runs on the
+/// CPU.
+#[allow(clippy::too_many_arguments)]
+impl DeltaOps for Gpu {
+    fn alloc_delta_grads(&self, _md: &DeltaDims, _n: usize) -> Result<[CudaSlice<f32>; 5]> {
+        Err(delta_unsupported())
+    }
+    fn alloc_delta_saved(&self, _md: &DeltaDims, _n: usize) -> Result<()> {
+        Err(delta_unsupported())
+    }
+    fn delta_fwd(
+        &self,
+        _md: &DeltaDims,
+        _plan: &GpuPlan,
+        _saved: &mut (),
+        _o: &mut CudaSlice<u16>,
+        _q: &CudaSlice<u16>,
+        _k: &CudaSlice<u16>,
+        _v: &CudaSlice<u16>,
+        _beta: Option<&CudaSlice<f32>>,
+        _decay: Option<DeltaDecay<'_, CudaSlice<f32>>>,
+        _io: Option<(&mut InferIo<'_>, usize)>,
+    ) -> Result<()> {
+        Err(delta_unsupported())
+    }
+    fn delta_bwd(
+        &self,
+        _md: &DeltaDims,
+        _plan: &GpuPlan,
+        _saved: &(),
+        _grads: &mut CudaSlice<f32>,
+        _q: &CudaSlice<u16>,
+        _k: &CudaSlice<u16>,
+        _v: &CudaSlice<u16>,
+        _beta: Option<&CudaSlice<f32>>,
+        _decay: Option<DeltaDecay<'_, CudaSlice<f32>>>,
+        _d_o: &CudaSlice<u16>,
+        _out: [&mut CudaSlice<f32>; 5],
+    ) -> Result<()> {
+        Err(delta_unsupported())
+    }
+    fn sum_norm_fwd(&self, _y: &mut CudaSlice<u16>, _x: &CudaSlice<u16>, _rows: usize, _width: usize) -> Result<()> {
+        Err(delta_unsupported())
+    }
+    fn sum_norm_bwd(&self, _d: &mut CudaSlice<f32>, _x: &CudaSlice<u16>, _rows: usize, _width: usize) -> Result<()> {
+        Err(delta_unsupported())
+    }
+}
+
+fn delta_unsupported() -> Error {
+    unsupported("the delta-rule ops (DeltaNet, Gated DeltaNet): not wired in on the GPU yet; run them on the CPU".into())
 }

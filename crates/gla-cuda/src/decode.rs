@@ -127,7 +127,7 @@ impl<A> GpuDecoding<A> {
     }
 
     fn state_sizes(&self) -> (usize, [usize; 3]) {
-        let dm = &self.weights.backend().dims;
+        let dm = &self.weights.backend().gla;
         let rec = dm.heads * dm.head_k * dm.head_v; // split heads hold the same values
         (rec, [dm.key_dim * dm.conv, dm.key_dim_kv * dm.conv, dm.value_dim_kv * dm.conv])
     }
@@ -153,7 +153,7 @@ impl<A> GpuDecoding<A> {
         let c = &self.weights.backend().cuda;
         let z = |len: usize| c.alloc_zeros::<f32>(len.max(1), "generation state");
         let layers = self.weights.backend().dims.layers;
-        let has_conv = self.weights.backend().dims.conv > 0;
+        let has_conv = self.weights.backend().gla.conv > 0;
         Ok(GpuState {
             rec: (0..layers).map(|_| z(rec)).collect::<Result<_>>()?,
             conv: (0..layers)
@@ -172,7 +172,7 @@ impl<A> GpuDecoding<A> {
                 && s.conv.len() == layers
                 && s.rec.iter().all(|r| r.len() == rec.max(1))
                 && s.conv.iter().all(|cv| match cv {
-                    None => self.weights.backend().dims.conv == 0,
+                    None => self.weights.backend().gla.conv == 0,
                     Some(cs) => cs.iter().zip(conv).all(|(x, n)| x.len() == n.max(1)),
                 });
             if !fits {

@@ -15,7 +15,9 @@ use gla_core::dims::Dims;
 use gla_core::optim::AdamWConfig;
 use gla_core::params::ParamSpec;
 
-use crate::backend::{blas_err, flat, head_plan, launch, ptr, unsupported, Gemm, Gpu, GradSync, HeadPlan, BUCKET_ELEMS, MAX_CONV};
+use crate::backend::{
+    blas_err, flat, gla_dims, head_plan, launch, ptr, unsupported, Gemm, Gpu, GradSync, HeadPlan, BUCKET_ELEMS, MAX_CONV,
+};
 pub use crate::backend::{cublas_available, peak_pool_bytes, pool_used_bytes, reset_peak_pool};
 use crate::dist::{bucket_plan, Comm};
 use crate::error::{Error, Result};
@@ -117,6 +119,7 @@ impl GpuWeights {
             cuda,
             gemm,
             dims: dims.clone(),
+            gla: *gla_dims(dims)?,
             specs: specs.to_vec(),
             heads: plan,
             master: w.master,
@@ -142,10 +145,11 @@ impl GpuWeights {
         if params.len() != numel {
             return Err(unsupported(format!("{} weights for a parameter table of {numel}", params.len())));
         }
-        let plan = head_plan(dims)?;
-        if dims.conv > MAX_CONV {
+        let gla = gla_dims(dims)?;
+        let plan = head_plan(gla)?;
+        if gla.conv > MAX_CONV {
             // conv_bwd_dw and conv_cache_update keep at most MAX_CONV taps per thread
-            return Err(unsupported(format!("short conv of width {} on the GPU (at most {MAX_CONV})", dims.conv)));
+            return Err(unsupported(format!("short conv of width {} on the GPU (at most {MAX_CONV})", gla.conv)));
         }
         let gemm = Gemm {
             blas: CudaBlas::new(cuda.stream().clone()).map_err(blas_err("cublasCreate"))?,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 
-use crate::config::GlaConfig;
+use crate::config::ModelConfig;
 use crate::layout::Layout;
 use crate::model::GlaModel;
 use crate::{Error, Result};
@@ -186,9 +186,9 @@ fn from_safetensors(path: &Path, st: &SafeTensors<'_>, layout: &Layout, prefix: 
 ///
 /// # Errors
 /// [`Error::Io`], [`Error::TooLarge`], config errors.
-pub fn load_config(dir: &Path) -> Result<(GlaConfig, crate::config::Dims)> {
+pub fn load_config(dir: &Path) -> Result<(ModelConfig, crate::config::Dims)> {
     let path = dir.join(CONFIG_FILE);
-    let config = GlaConfig::from_json(&crate::limits::read_text(&path)?).map_err(|e| match e {
+    let config = ModelConfig::from_json(&crate::limits::read_text(&path)?).map_err(|e| match e {
         Error::Json { source, .. } => Error::Json { what: path.display().to_string(), source },
         e => e,
     })?;
@@ -231,7 +231,7 @@ fn check_tensor_count(path: &Path, st: &SafeTensors<'_>, layers: usize, per_laye
 
 /// Writes `config.json` and `model.safetensors` into `dir` (created if needed), atomically each.
 /// The weights are f32 ([`WEIGHTS_DTYPE`]) and the config's `"dtype"` says so, also for a model
-/// loaded from a bf16 or f16 checkpoint ([`GlaConfig::to_json`]).
+/// loaded from a bf16 or f16 checkpoint ([`ModelConfig::to_json`]).
 ///
 /// # Errors
 /// [`Error::Io`], [`Error::Safetensors`].

@@ -1,19 +1,21 @@
 //! The CPU [`crate::backend::Backend`]: f32 everywhere, each op one function of [`crate::ops`] (the reference
 //! the GPU kernels are checked against), the GLA op from gla-cpu (fused recurrent for T <= 64,
-//! chunked otherwise, fla's mode switch).
+//! chunked otherwise, fla's mode switch), the delta-rule op from gla-cpu's `delta` module
+//! (the path picked by [`delta_op_for`]).
 //!
 //! `Act` is f32 too, so the GEMM-operand copies of f32 gradients are not made: their buffers
 //! are empty ([`Primitives::alloc_cast`]) and [`Primitives::operand`] lends the f32 source. The one
 //! exception is [`Cpu::emulating_bf16`], which rounds every `Act` to bf16 as the GPU stores it.
 
 use gla_core::op::GlaOp;
-use gla_core::{Backward, Inputs};
+use gla_core::{Backward, DeltaInputs, DeltaOp, Inputs};
+use gla_cpu::delta::DeltaNaive;
 use gla_cpu::mat::{matmul_with, MatRef, Threads};
 use gla_cpu::{Chunked, FusedRecurrent, Schedule};
 use rayon::prelude::*;
 
-use crate::backend::{ConvIdx, GlaOps, GlaStorage, ParamId, Primitives, Storage};
-use crate::config::{Dims, FeatureMap};
+use crate::backend::{ConvIdx, DeltaDecay, DeltaOps, DeltaStorage, GlaOps, GlaStorage, ParamId, Primitives, Storage};
+use crate::config::{DeltaDims, Dims, FeatureMap, GateAct, GlaDims};
 use crate::layout::Layout;
 use crate::mixers::gla::problem;
 use crate::mixers::gla::RECURRENT_MAX_T;
@@ -57,6 +59,16 @@ impl Storage for CpuBuf {
 
 impl GlaStorage for CpuBuf {
     type GlaSaved = CpuGla;
+}
+
+/// What the CPU's delta op keeps per layer: beta = 1 for a layer without `b_proj`.
+#[derive(Debug, Default)]
+pub struct CpuDelta {
+    ones: Vec<f32>,
+}
+
+impl DeltaStorage for CpuBuf {
+    type DeltaSaved = CpuDelta;
 }
 
 /// The CPU backend over a model's f32 weights.
@@ -113,6 +125,11 @@ impl<'a> Cpu<'a> {
     fn p(&self, id: ParamId) -> &'a [f32] {
         &self.params[self.layout.specs[id].range()]
     }
+
+    /// The last dim of weight `id`: a conv's width `W` (`[C, 1, W]`), a norm's `V` (`[V]`).
+    fn width(&self, id: ParamId) -> usize {
+        self.layout.specs[id].shape.last().copied().unwrap_or(0)
+    }
 }
 
 fn grad<'g>(g: &'g mut [f32], layout: &Layout, id: ParamId) -> &'g mut [f32] {
@@ -127,6 +144,12 @@ pub(crate) fn op_for(t: usize) -> &'static dyn GlaOp<f32> {
     } else {
         &CHUNKED
     }
+}
+
+/// The delta-rule op the CPU runs on `t` tokens per sequence: the one place that picks the path
+/// (the oracle [`DeltaNaive`] until gla-cpu's chunked and recurrent paths are used here).
+pub(crate) fn delta_op_for(_t: usize) -> &'static dyn DeltaOp<f32> {
+    &DeltaNaive
 }
 
 /// Rows up to which [`lin`] takes the weight-major product.
@@ -306,16 +329,17 @@ impl<'m> Primitives for Cpu<'m> {
         _b: usize,
         t: usize,
         c: usize,
+        silu: bool,
         io: Option<(&mut CpuIo<'_>, usize, ConvIdx)>,
     ) -> Result<()> {
-        let width = self.dims.conv;
+        let width = self.width(w);
         match io {
-            None => conv_fwd(y, pre, x, self.p(w), t, c, width),
+            None => conv_fwd(y, pre, x, self.p(w), t, c, width, silu),
             // each sequence continues from its cache (the inference forward needs no `pre`)
             Some((io, l, which)) => {
                 for (s, caches) in io.convs.iter_mut().enumerate() {
                     let r = io.bounds[s] * c..io.bounds[s + 1] * c;
-                    conv_cached(&mut y[r.clone()], &x[r], self.p(w), &mut caches[l][which], c, width);
+                    conv_cached(&mut y[r.clone()], &x[r], self.p(w), &mut caches[l][which], c, width, silu);
                 }
             }
         }
@@ -335,8 +359,9 @@ impl<'m> Primitives for Cpu<'m> {
         _b: usize,
         t: usize,
         c: usize,
+        silu: bool,
     ) -> Result<()> {
-        conv_bwd(dx, grad(g, self.layout, w), dy, pre, x, self.p(w), t, c, self.dims.conv);
+        conv_bwd(dx, grad(g, self.layout, w), dy, pre, x, self.p(w), t, c, self.width(w), silu);
         self.act(dx);
         Ok(())
     }
@@ -347,10 +372,11 @@ impl<'m> Primitives for Cpu<'m> {
         rstd: &mut Vec<f32>,
         o: &Vec<f32>,
         g: Option<&Vec<f32>>,
+        act: GateAct,
         w: ParamId,
         _rows: usize,
     ) -> Result<()> {
-        gated_norm_fwd(y, rstd, o, g.map(Vec::as_slice), self.p(w), self.dims.head_v, self.dims.eps);
+        gated_norm_fwd(y, rstd, o, g.map(Vec::as_slice), act, self.p(w), self.width(w), self.dims.eps);
         self.act(y);
         Ok(())
     }
@@ -364,12 +390,14 @@ impl<'m> Primitives for Cpu<'m> {
         dy: &Vec<f32>,
         o: &Vec<f32>,
         g: Option<&Vec<f32>>,
+        act: GateAct,
         rstd: &Vec<f32>,
         _rows: usize,
     ) -> Result<()> {
+        let v = self.width(w);
         let dw = grad(grads, self.layout, w);
         let mut dg = dg;
-        gated_norm_bwd(d_o, dg.as_deref_mut().map(Vec::as_mut_slice), dw, dy, o, g.map(Vec::as_slice), rstd, self.p(w), self.dims.head_v);
+        gated_norm_bwd(d_o, dg.as_deref_mut().map(Vec::as_mut_slice), dw, dy, o, g.map(Vec::as_slice), act, rstd, self.p(w), v);
         self.act(d_o);
         if let Some(dg) = dg {
             self.act(dg);
@@ -450,33 +478,32 @@ impl<'m> Primitives for Cpu<'m> {
 }
 
 impl<'m> GlaOps for Cpu<'m> {
-    fn alloc_gla_grads(&self, n: usize) -> Result<[Vec<f32>; 4]> {
+    fn alloc_gla_grads(&self, dm: &GlaDims, n: usize) -> Result<[Vec<f32>; 4]> {
         // dq and, without GQA, dk, dv, dg are the op's own outputs, moved in (gla_bwd)
-        let dm = self.dims;
         let z = |len: usize| if dm.groups() > 1 { vec![0.0; len] } else { Vec::new() };
         Ok([Vec::new(), z(n * dm.key_dim_kv), z(n * dm.value_dim_kv), z(n * dm.key_dim_kv)])
     }
 
-    fn alloc_gla_saved(&self, n: usize) -> Result<CpuGla> {
-        let dm = self.dims;
+    fn alloc_gla_saved(&self, dm: &GlaDims, n: usize) -> Result<CpuGla> {
         if dm.groups() == 1 {
             return Ok(CpuGla::default());
         }
         Ok(CpuGla { k_rep: vec![0.0; n * dm.key_dim], v_rep: vec![0.0; n * dm.value_dim], gk_rep: vec![0.0; n * dm.key_dim] })
     }
 
-    fn gate_fwd(&self, gk: &mut Vec<f32>, raw: &mut Vec<f32>, bias: ParamId, _n: usize) -> Result<()> {
+    fn gate_fwd(&self, dm: &GlaDims, gk: &mut Vec<f32>, raw: &mut Vec<f32>, bias: ParamId, _n: usize) -> Result<()> {
         let bias = self.p(bias);
-        for row in raw.chunks_exact_mut(self.dims.key_dim_kv) {
+        for row in raw.chunks_exact_mut(dm.key_dim_kv) {
             row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
         }
-        gate_fwd(gk, raw, self.dims.gate_norm, self.dims.clamp_min);
+        gate_fwd(gk, raw, dm.gate_norm, dm.clamp_min);
         self.act(gk);
         Ok(())
     }
 
     fn gate_bwd(
         &self,
+        dm: &GlaDims,
         _plan: &CpuPlan,
         dx: &mut Vec<f32>,
         dx_act: &mut Vec<f32>,
@@ -486,10 +513,10 @@ impl<'m> GlaOps for Cpu<'m> {
         raw: &Vec<f32>,
         _n: usize,
     ) -> Result<()> {
-        gate_bwd(dx, dg, raw, self.dims.gate_norm, self.dims.clamp_min);
+        gate_bwd(dx, dg, raw, dm.gate_norm, dm.clamp_min);
         Primitives::cast(self, dx_act, dx)?;
         let db = grad(g, self.layout, bias);
-        for row in dx.chunks_exact(self.dims.key_dim_kv) {
+        for row in dx.chunks_exact(dm.key_dim_kv) {
             db.iter_mut().zip(row).for_each(|(b, r)| *b += r);
         }
         Ok(())
@@ -497,6 +524,7 @@ impl<'m> GlaOps for Cpu<'m> {
 
     fn gla_fwd(
         &self,
+        dm: &GlaDims,
         plan: &CpuPlan,
         saved: &mut CpuGla,
         o: &mut Vec<f32>,
@@ -506,7 +534,6 @@ impl<'m> GlaOps for Cpu<'m> {
         g: &Vec<f32>,
         io: Option<(&mut CpuIo<'_>, usize)>,
     ) -> Result<()> {
-        let dm = self.dims;
         let (k, v, g) = if dm.groups() > 1 {
             repeat_heads(&mut saved.k_rep, k, dm.kv_heads, dm.groups(), dm.head_k);
             repeat_heads(&mut saved.v_rep, v, dm.kv_heads, dm.groups(), dm.head_v);
@@ -529,6 +556,7 @@ impl<'m> GlaOps for Cpu<'m> {
 
     fn gla_bwd(
         &self,
+        dm: &GlaDims,
         plan: &CpuPlan,
         saved: &CpuGla,
         q: &Vec<f32>,
@@ -538,7 +566,6 @@ impl<'m> GlaOps for Cpu<'m> {
         d_o: &Vec<f32>,
         grads: [&mut Vec<f32>; 4],
     ) -> Result<()> {
-        let dm = self.dims;
         let groups = dm.groups();
         let (k, v, g) = if groups > 1 { (&saved.k_rep, &saved.v_rep, &saved.gk_rep) } else { (k, v, g) };
         let prob = problem(dm, plan.b, plan.t, None)?;
@@ -561,9 +588,121 @@ impl<'m> GlaOps for Cpu<'m> {
     }
 }
 
-/// Causal depthwise conv + SiLU over `len` new rows `x [len, C]`, continuing from `cache [C, W]`
-/// (the previous `W` inputs, newest last), which is then advanced to the last `W` inputs.
-pub(crate) fn conv_cached(y: &mut [f32], x: &[f32], w: &[f32], cache: &mut [f32], c: usize, width: usize) {
+impl Cpu<'_> {
+    /// The delta op's inputs over the layer's tensors: `ones` (`[N, HV]`) as beta without
+    /// `b_proj`, the decay's parameters from the weights.
+    fn delta_inputs<'x>(
+        &'x self,
+        [q, k, v]: [&'x [f32]; 3],
+        beta: Option<&'x Vec<f32>>,
+        ones: &'x [f32],
+        decay: Option<DeltaDecay<'x, Vec<f32>>>,
+    ) -> DeltaInputs<'x, f32> {
+        let beta = beta.map_or(ones, Vec::as_slice);
+        DeltaInputs {
+            q,
+            k,
+            v,
+            beta,
+            g: decay.map(|d| d.a.as_slice()),
+            a_log: decay.map(|d| self.p(d.a_log)),
+            dt_bias: decay.map(|d| self.p(d.dt_bias)),
+            h0: None,
+        }
+    }
+}
+
+impl<'m> DeltaOps for Cpu<'m> {
+    fn alloc_delta_grads(&self, _md: &DeltaDims, _n: usize) -> Result<[Vec<f32>; 5]> {
+        // the op's own outputs are moved in (delta_bwd)
+        Ok(Default::default())
+    }
+
+    fn alloc_delta_saved(&self, _md: &DeltaDims, _n: usize) -> Result<CpuDelta> {
+        Ok(CpuDelta::default())
+    }
+
+    fn delta_fwd(
+        &self,
+        md: &DeltaDims,
+        plan: &CpuPlan,
+        saved: &mut CpuDelta,
+        o: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        beta: Option<&Vec<f32>>,
+        decay: Option<DeltaDecay<'_, Vec<f32>>>,
+        io: Option<(&mut CpuIo<'_>, usize)>,
+    ) -> Result<()> {
+        let hv = plan.b * plan.t * md.v_heads;
+        if beta.is_none() && saved.ones.len() != hv {
+            saved.ones = vec![1.0; hv];
+        }
+        let x = self.delta_inputs([q, k, v], beta, &saved.ones, decay);
+        match io {
+            None => {
+                let prob = crate::mixers::delta::problem(md, plan.b, plan.t, None)?;
+                *o = delta_op_for(plan.t).forward(&prob, &x, false)?.o;
+            }
+            Some((io, l)) => io.delta(md, o, &x, l)?,
+        }
+        self.act(o);
+        Ok(())
+    }
+
+    fn delta_bwd(
+        &self,
+        md: &DeltaDims,
+        plan: &CpuPlan,
+        saved: &CpuDelta,
+        grads: &mut [f32],
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        beta: Option<&Vec<f32>>,
+        decay: Option<DeltaDecay<'_, Vec<f32>>>,
+        d_o: &Vec<f32>,
+        out: [&mut Vec<f32>; 5],
+    ) -> Result<()> {
+        let hv = plan.b * plan.t * md.v_heads;
+        // the forward left the ones there; a backward without one makes its own
+        let fresh = if beta.is_none() && saved.ones.len() != hv { vec![1.0; hv] } else { Vec::new() };
+        let ones = if fresh.is_empty() { &saved.ones } else { &fresh };
+        let x = self.delta_inputs([q, k, v], beta, ones, decay);
+        let prob = crate::mixers::delta::problem(md, plan.b, plan.t, None)?;
+        let gr = delta_op_for(plan.t).backward(&prob, &x, &Backward { d_o, dht: None })?;
+        let [dq, dk, dv, dbeta, da] = out;
+        *dq = gr.dq;
+        *dk = gr.dk;
+        *dv = gr.dv;
+        if beta.is_some() {
+            *dbeta = gr.dbeta;
+        }
+        if let (Some(d), Some(dg), Some(dal), Some(ddt)) = (decay, gr.dg, gr.da_log, gr.ddt_bias) {
+            *da = dg;
+            grad(grads, self.layout, d.a_log).iter_mut().zip(&dal).for_each(|(g, x)| *g += x);
+            grad(grads, self.layout, d.dt_bias).iter_mut().zip(&ddt).for_each(|(g, x)| *g += x);
+        }
+        Ok(())
+    }
+
+    fn sum_norm_fwd(&self, y: &mut Vec<f32>, x: &Vec<f32>, rows: usize, width: usize) -> Result<()> {
+        sum_norm_fwd(&mut y[..rows * width], &x[..rows * width], width);
+        self.act(&mut y[..rows * width]);
+        Ok(())
+    }
+
+    fn sum_norm_bwd(&self, d: &mut Vec<f32>, x: &Vec<f32>, rows: usize, width: usize) -> Result<()> {
+        sum_norm_bwd(&mut d[..rows * width], &x[..rows * width], width);
+        Ok(())
+    }
+}
+
+/// Causal depthwise conv (+ SiLU with `silu`) over `len` new rows `x [len, C]`, continuing from
+/// `cache [C, W]` (the previous `W` inputs, newest last), which is then advanced to the last `W`
+/// inputs.
+pub(crate) fn conv_cached(y: &mut [f32], x: &[f32], w: &[f32], cache: &mut [f32], c: usize, width: usize, silu: bool) {
     let len = x.len() / c;
     // input at relative time s (negative: from the cache)
     let at = |cache: &[f32], s: isize, ch: usize| -> f32 {
@@ -579,7 +718,7 @@ pub(crate) fn conv_cached(y: &mut [f32], x: &[f32], w: &[f32], cache: &mut [f32]
             for j in 0..width {
                 acc += w[ch * width + j] * at(cache, t as isize - (width as isize - 1) + j as isize, ch);
             }
-            *yv = acc / (1.0 + (-acc).exp());
+            *yv = if silu { acc / (1.0 + (-acc).exp()) } else { acc };
         }
     });
     let mut next = vec![0.0f32; c * width];
@@ -610,7 +749,7 @@ impl CpuIo<'_> {
     /// algorithm it would get alone (fla's per-call mode switch: fused recurrent for at most 64
     /// tokens, chunked otherwise), reading its state in place (no gather into a batch buffer: at
     /// decode, copying the states dominated). `q, k, v, g` are at every head (GQA repeated).
-    pub(crate) fn gla(&mut self, dm: &Dims, o: &mut [f32], [q, k, v, g]: [&[f32]; 4], l: usize) -> Result<()> {
+    pub(crate) fn gla(&mut self, dm: &GlaDims, o: &mut [f32], [q, k, v, g]: [&[f32]; 4], l: usize) -> Result<()> {
         let (hk, hv) = (dm.heads * dm.head_k, dm.heads * dm.head_v);
         for s in 0..self.bounds.len() - 1 {
             let (a, b) = (self.bounds[s], self.bounds[s + 1]);
@@ -619,6 +758,32 @@ impl CpuIo<'_> {
             let x =
                 Inputs { q: &q[a * hk..b * hk], k: &k[a * hk..b * hk], v: &v[a * hv..b * hv], g: Some(&g[a * hk..b * hk]), h0: Some(h0) };
             let out = op_for(b - a).forward(&prob, &x, true)?;
+            o[a * hv..b * hv].copy_from_slice(&out.o);
+            self.recs[s].push(out.ht.unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// The delta-rule op of layer `l` over the packed sequences, one call per sequence from its
+    /// state `[HV, K, V]` (the path [`delta_op_for`] picks for its length), as [`CpuIo::gla`].
+    /// `x` holds the whole batch's inputs (no state).
+    pub(crate) fn delta(&mut self, md: &DeltaDims, o: &mut [f32], x: &DeltaInputs<'_, f32>, l: usize) -> Result<()> {
+        let (hk, hv, nh) = (md.key_dim, md.value_dim, md.v_heads);
+        for s in 0..self.bounds.len() - 1 {
+            let (a, b) = (self.bounds[s], self.bounds[s + 1]);
+            let prob = crate::mixers::delta::problem(md, 1, b - a, None)?;
+            let h0 = &self.states[s].layers[l].recurrent;
+            let xs = DeltaInputs {
+                q: &x.q[a * hk..b * hk],
+                k: &x.k[a * hk..b * hk],
+                v: &x.v[a * hv..b * hv],
+                beta: &x.beta[a * nh..b * nh],
+                g: x.g.map(|g| &g[a * nh..b * nh]),
+                a_log: x.a_log,
+                dt_bias: x.dt_bias,
+                h0: Some(h0),
+            };
+            let out = delta_op_for(b - a).forward(&prob, &xs, true)?;
             o[a * hv..b * hv].copy_from_slice(&out.o);
             self.recs[s].push(out.ht.unwrap_or_default());
         }

@@ -56,7 +56,7 @@ impl GenerateOptions {
                 _ => Vec::new(),
             }
         };
-        model.config.eos_token_id.as_ref().map(ids).unwrap_or_default()
+        model.config.eos_token_id().map(ids).unwrap_or_default()
     }
 
     fn validate(&self) -> Result<(), GenerateError> {

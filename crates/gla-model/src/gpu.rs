@@ -18,7 +18,7 @@ use gla_cuda::dist::Comm;
 use gla_cuda::{Cuda, DecodeStep, Error, Gpu, GpuDecoding, GpuWeights, HostMoments, Result};
 
 use crate::backend::Primitives;
-use crate::config::{Dims, GlaConfig};
+use crate::config::{Dims, ModelConfig};
 use crate::infer::{pick, prefill_plan, PREFILL_TOKENS};
 use crate::layout::Layout;
 use crate::model::{self as lm, Acts, GlaModel, LossOut, IGNORE_INDEX};
@@ -57,7 +57,7 @@ fn logits_to_host(w: &GpuWeights, acts: &GpuActivations) -> Result<Vec<f32>> {
 pub struct GpuModel {
     weights: GpuWeights,
     /// The fla config.
-    pub config: GlaConfig,
+    pub config: ModelConfig,
     /// Derived dims.
     pub dims: Dims,
     /// The parameter table.

@@ -200,13 +200,14 @@ impl GlaModel {
         }
         crate::model::check_ids(dm, ids)?;
         if let Some(st) = states.iter().find(|s| !s.fits(dm)) {
-            let (h, k, v, ..) = st.shape;
+            let want = State::new(dm);
+            let first = want.shapes.first().map(|s| format!("[H={}, K={}, V={}] (conv width {})", s.heads, s.k, s.v, s.w));
             return Err(Error::Shape {
                 op: "forward_packed",
                 tensor: "state",
-                shape: format!("L={} layers of [H={}, K={}, V={}] (conv width {})", dm.layers, dm.heads, dm.head_k, dm.head_v, dm.conv),
-                expected: dm.layers * dm.heads * dm.head_k * dm.head_v,
-                got: st.layers.len() * h * k * v,
+                shape: format!("L={} layers of {}", dm.layers, first.unwrap_or_default()),
+                expected: want.numel(),
+                got: st.numel(),
             });
         }
         let bounds: Vec<usize> = std::iter::once(0)

@@ -3,6 +3,7 @@
 //! checkpoint names).
 
 use crate::config::Dims;
+use crate::mixers::delta::DeltaIds;
 use crate::mixers::gla::GlaIds;
 use crate::mixers::MixerIds;
 use crate::modules::mlp::MlpIds;
@@ -10,7 +11,7 @@ use crate::params::{Init, ParamId, ParamSpec, Table};
 use crate::rng::Rng;
 
 /// The rows of one layer: its token mixer and the MLP, each behind its RMSNorm (fla's block).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LayerIds {
     /// `[D]`, before the mixer.
     pub attn_norm: ParamId,
@@ -27,6 +28,15 @@ impl LayerIds {
     pub fn gla(&self) -> Option<&GlaIds> {
         match &self.mixer {
             MixerIds::Gla(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// The delta-rule mixer's tensors, when this layer's mixer is DeltaNet or Gated DeltaNet.
+    pub fn delta(&self) -> Option<&DeltaIds> {
+        match &self.mixer {
+            MixerIds::Delta(g) => Some(g),
+            _ => None,
         }
     }
 }
@@ -58,7 +68,7 @@ impl Layout {
         for i in 0..d.layers {
             let p = format!("model.layers.{i}.");
             let attn_norm = t.add(format!("{p}attn_norm.weight"), vec![d.d], Init::Ones);
-            let mixer = MixerIds::table(&mut t, &format!("{p}attn."), d);
+            let mixer = MixerIds::table(&mut t, &format!("{p}attn."), d.d, &d.mixers[i]);
             let mlp_norm = t.add(format!("{p}mlp_norm.weight"), vec![d.d], Init::Ones);
             let mlp = MlpIds::table(&mut t, &format!("{p}mlp."), d);
             layers.push(LayerIds { attn_norm, mixer, mlp_norm, mlp });
@@ -75,7 +85,8 @@ impl Layout {
     }
 
     /// Fills an arena with fla's init: normal(0, std) weights (the padding row of the embedding
-    /// included), zero biases, unit norms.
+    /// included), zero biases, unit norms, and Gated DeltaNet's `A_log` and `dt_bias` as its
+    /// layer draws them.
     ///
     /// The padding row is NOT zeroed, as in fla 0.6.0: `nn.Embedding(padding_idx=...)` zeroes it
     /// at construction, but `post_init` then runs fla's own `FLAPreTrainedModel._init_weights`
@@ -94,6 +105,17 @@ impl Layout {
                 Init::Normal => dst.iter_mut().for_each(|x| *x = (rng.normal() * dims.init_std as f64) as f32),
                 Init::Zeros => dst.fill(0.0),
                 Init::Ones => dst.fill(1.0),
+                Init::LogUniform { lo, hi } => dst.iter_mut().for_each(|x| {
+                    // torch's uniform_ draws [lo, hi); a draw of exactly 0 would give -inf
+                    let u = lo as f64 + (hi - lo) as f64 * rng.uniform();
+                    *x = u.max(f64::MIN_POSITIVE).ln() as f32;
+                }),
+                Init::InvSoftplusDt { min, max, floor } => dst.iter_mut().for_each(|x| {
+                    let (lmin, lmax) = ((min as f64).ln(), (max as f64).ln());
+                    let dt = (rng.uniform() * (lmax - lmin) + lmin).exp().max(floor as f64);
+                    // inverse of softplus: dt + log(-expm1(-dt))
+                    *x = (dt + (-(-dt).exp_m1()).ln()) as f32;
+                }),
             }
         }
         w

@@ -43,7 +43,7 @@ pub mod tokenizer;
 pub mod train;
 
 pub use backend::{Backend, GlaOps, Primitives};
-pub use config::{Dims, FeatureMap, GlaConfig};
+pub use config::{DeltaNetConfig, Dims, FeatureMap, GatedDeltaNetConfig, GlaConfig, ModelConfig};
 pub use cpu::Cpu;
 pub use data::Mqar;
 pub use engine::{CpuDevice, DeviceEngine, Engine, TrainDevice};

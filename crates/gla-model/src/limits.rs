@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use crate::config::Dims;
+use crate::config::{Dims, MixerDims};
 use crate::{Error, Result};
 
 /// The largest single dimension of a config or a flag (hidden size, heads, MLP width, vocabulary,
@@ -75,26 +75,63 @@ fn sum(xs: &[Option<u64>]) -> Option<u64> {
 /// The parameter count of the causal LM of `d` (the arena length of `Layout::new(d)`), with
 /// checked arithmetic; `None` when it overflows u64. A test holds it equal to the table's.
 pub fn param_count(d: &Dims) -> Option<u64> {
-    let conv = |c: usize| if d.conv > 0 { mul(&[c, d.conv]) } else { Some(0) };
-    let gate = if d.output_gate { mul(&[d.value_dim, d.d]) } else { Some(0) };
-    let layer = sum(&[
-        mul(&[2, d.d]),
-        mul(&[d.key_dim, d.d]),
-        mul(&[d.key_dim_kv, d.d]),
-        mul(&[d.value_dim_kv, d.d]),
-        conv(d.key_dim),
-        conv(d.key_dim_kv),
-        conv(d.value_dim_kv),
-        gate,
-        mul(&[d.gate_rank, d.d]),
-        mul(&[d.key_dim_kv, d.gate_rank]),
-        Some(d.key_dim_kv as u64),
-        mul(&[d.d, d.value_dim]),
-        Some(d.head_v as u64),
-        mul(&[3, d.intermediate, d.d]),
-    ])?;
+    d.mixers.iter().try_fold(lm_params(d)?, |acc, m| acc.checked_add(layer_params(d, m)?))
+}
+
+/// [`param_count`] of a model whose `d.layers` layers all have the mixer `m` (before its
+/// per-layer list is built).
+pub(crate) fn uniform_param_count(d: &Dims, m: &MixerDims) -> Option<u64> {
+    lm_params(d)?.checked_add(layer_params(d, m)?.checked_mul(d.layers as u64)?)
+}
+
+/// The embedding, the final norm and the lm_head.
+fn lm_params(d: &Dims) -> Option<u64> {
     let head = if d.tied { Some(0) } else { mul(&[d.vocab, d.d]) };
-    sum(&[layer.checked_mul(d.layers as u64), mul(&[d.vocab, d.d]), Some(d.d as u64), head])
+    sum(&[mul(&[d.vocab, d.d]), Some(d.d as u64), head])
+}
+
+/// One block: its two norms, its mixer (the rows of its table, `mixers::*::table`) and the MLP.
+fn layer_params(d: &Dims, m: &MixerDims) -> Option<u64> {
+    let mixer = match m {
+        MixerDims::Gla(g) => {
+            let conv = |c: usize| if g.conv > 0 { mul(&[c, g.conv]) } else { Some(0) };
+            let gate = if g.output_gate { mul(&[g.value_dim, d.d]) } else { Some(0) };
+            sum(&[
+                mul(&[g.key_dim, d.d]),
+                mul(&[g.key_dim_kv, d.d]),
+                mul(&[g.value_dim_kv, d.d]),
+                conv(g.key_dim),
+                conv(g.key_dim_kv),
+                conv(g.value_dim_kv),
+                gate,
+                mul(&[g.gate_rank, d.d]),
+                mul(&[g.key_dim_kv, g.gate_rank]),
+                Some(g.key_dim_kv as u64),
+                mul(&[d.d, g.value_dim]),
+                Some(g.head_v as u64),
+            ])?
+        }
+        MixerDims::Delta(m) => {
+            let conv = |c: usize| if m.conv > 0 { mul(&[c, m.conv]) } else { Some(0) };
+            let gate = if m.output_gate.is_some() { mul(&[m.value_dim, d.d]) } else { Some(0) };
+            let beta = if m.use_beta { mul(&[m.v_heads, d.d]) } else { Some(0) };
+            // a_proj [HV, D], A_log [HV], dt_bias [HV]
+            let decay = if m.decay { sum(&[mul(&[m.v_heads, d.d]), mul(&[2, m.v_heads])]) } else { Some(0) };
+            sum(&[
+                mul(&[2, m.key_dim, d.d]),
+                mul(&[m.value_dim, d.d]),
+                beta,
+                decay,
+                conv(m.key_dim),
+                conv(m.key_dim),
+                conv(m.value_dim),
+                gate,
+                Some(m.head_v as u64),
+                mul(&[d.d, m.value_dim]),
+            ])?
+        }
+    };
+    sum(&[mul(&[2, d.d]), Some(mixer), mul(&[3, d.intermediate, d.d])])
 }
 
 /// Bytes a model of `d` takes in memory: its f32 weights and its parameter table.
@@ -124,8 +161,14 @@ pub fn check_model(d: &Dims, copies: u64) -> Result<u64> {
 /// token, the saved inputs of both norms and of the mixer's projections, and the MLP's three
 /// `intermediate`-wide rows, in f32.
 pub fn train_activation_bytes(d: &Dims, b: usize, t: usize) -> Option<u64> {
-    let per_token = sum(&[mul(&[3, d.d]), Some(d.key_dim as u64), Some(d.value_dim as u64), mul(&[3, d.intermediate])])?;
-    mul(&[b, t])?.checked_mul(per_token)?.checked_mul(d.layers as u64)?.checked_mul(4)
+    let per_token = d.mixers.iter().try_fold(0u64, |acc, m| {
+        let (kd, vd) = match m {
+            MixerDims::Gla(g) => (g.key_dim, g.value_dim),
+            MixerDims::Delta(m) => (m.key_dim, m.value_dim),
+        };
+        acc.checked_add(sum(&[mul(&[3, d.d]), Some(kd as u64), Some(vd as u64), mul(&[3, d.intermediate])])?)
+    })?;
+    mul(&[b, t])?.checked_mul(per_token)?.checked_mul(4)
 }
 
 /// Checks a training run of `d` on `[b, t]` batches: each flag within [`MAX_DIM`], then the

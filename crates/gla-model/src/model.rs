@@ -20,7 +20,7 @@
 use gla_core::Error as CoreError;
 
 use crate::backend::{Backend, ModelStorage};
-use crate::config::{Dims, GlaConfig};
+use crate::config::{Dims, ModelConfig};
 use crate::cpu::{Cpu, CpuBuf};
 use crate::layout::Layout;
 use crate::mixers::{self, MixerActs, MixerScratch};
@@ -31,11 +31,13 @@ use crate::{Error, Result};
 /// [`gla_core::backend::IGNORE_INDEX`]).
 pub use gla_core::backend::IGNORE_INDEX;
 
-/// A GLA language model: config, derived dims, the parameter table and the f32 weights.
+/// A language model of the family (fla's `GLAForCausalLM`, `DeltaNetForCausalLM`,
+/// `GatedDeltaNetForCausalLM`, by its config's `model_type`): config, derived dims, the
+/// parameter table and the f32 weights.
 #[derive(Debug, Clone)]
 pub struct GlaModel {
     /// The fla config it was built from (written back to `config.json`).
-    pub config: GlaConfig,
+    pub config: ModelConfig,
     /// Derived dims.
     pub dims: Dims,
     /// The parameter table.
@@ -130,7 +132,7 @@ impl<S: ModelStorage> Acts<S> {
         let mut slot = Vec::with_capacity(lay.layers.len());
         let mut owners: Vec<usize> = Vec::new();
         for (l, il) in lay.layers.iter().enumerate() {
-            let shared = owners.iter().position(|&o| lay.layers[o].mixer.kind() == il.mixer.kind()).filter(|_| inference);
+            let shared = owners.iter().position(|&o| lay.layers[o].mixer.dims() == il.mixer.dims()).filter(|_| inference);
             slot.push(shared.unwrap_or_else(|| {
                 owners.push(l);
                 owners.len() - 1
@@ -466,8 +468,9 @@ impl GlaModel {
     /// A freshly initialised model (fla's init, seeded).
     ///
     /// # Errors
-    /// Those of [`GlaConfig::dims`].
-    pub fn new(config: GlaConfig, seed: u64) -> Result<Self> {
+    /// Those of [`ModelConfig::dims`].
+    pub fn new(config: impl Into<ModelConfig>, seed: u64) -> Result<Self> {
+        let config = config.into();
         let dims = config.dims()?;
         let layout = Layout::new(&dims);
         let params = layout.init(&dims, seed);
@@ -477,8 +480,9 @@ impl GlaModel {
     /// A model from existing weights in table order.
     ///
     /// # Errors
-    /// Those of [`GlaConfig::dims`]; [`Error::Shape`] when `params` has the wrong length.
-    pub fn from_params(config: GlaConfig, params: Vec<f32>) -> Result<Self> {
+    /// Those of [`ModelConfig::dims`]; [`Error::Shape`] when `params` has the wrong length.
+    pub fn from_params(config: impl Into<ModelConfig>, params: Vec<f32>) -> Result<Self> {
+        let config = config.into();
         let dims = config.dims()?;
         let layout = Layout::new(&dims);
         if params.len() != layout.numel {

@@ -6,6 +6,7 @@
 //!
 //! Every op has a naive reference in the tests (tests/ops.rs) and a finite-difference check.
 
+use gla_core::dims::GateAct;
 use gla_cpu::mat::{matmul_with, MatRef, Threads};
 use rayon::prelude::*;
 
@@ -92,20 +93,29 @@ pub(crate) fn sigmoid(x: f32) -> f32 {
     1.0 / (1.0 + gla_cpu::fexp::fexp(-x))
 }
 
-/// Per-head RMSNorm of the attention output times the swish output gate (fla's
-/// `FusedRMSNormGated`): `y = rmsnorm(o) * w * g * sigmoid(g)` over each head's `V` values, one
-/// weight `w [V]` shared by all heads. With `g = None` (no output gate) `y = rmsnorm(o) * w`.
-/// `o`, `g`, `y`: `[N, H, V]`; `rstd`: `[N, H]`.
-pub fn gated_norm_fwd(y: &mut [f32], rstd: &mut [f32], o: &[f32], g: Option<&[f32]>, w: &[f32], v: usize, eps: f32) {
+/// The output gate's activation and its derivative at `x` (fla's `FusedRMSNormGated`).
+#[inline]
+fn gate_act(act: GateAct, x: f32) -> (f32, f32) {
+    let s = sigmoid(x);
+    match act {
+        GateAct::Swish => (x * s, s * (1.0 + x * (1.0 - s))),
+        GateAct::Sigmoid => (s, s * (1.0 - s)),
+    }
+}
+
+/// Per-head RMSNorm of the attention output times the output gate (fla's
+/// `FusedRMSNormGated`): `y = rmsnorm(o) * w * act(g)` over each head's `V` values, one weight
+/// `w [V]` shared by all heads, `act` swish (`g sigmoid(g)`) or sigmoid. With `g = None` (no
+/// output gate) `y = rmsnorm(o) * w` (fla's `RMSNorm`). `o`, `g`, `y`: `[N, H, V]`; `rstd`:
+/// `[N, H]`.
+#[allow(clippy::too_many_arguments)]
+pub fn gated_norm_fwd(y: &mut [f32], rstd: &mut [f32], o: &[f32], g: Option<&[f32]>, act: GateAct, w: &[f32], v: usize, eps: f32) {
     y.par_chunks_mut(v).zip(rstd.par_iter_mut()).enumerate().with_min_len(min_items(v)).for_each(|(i, (y, r))| {
         let o = &o[i * v..(i + 1) * v];
         let ms = o.iter().map(|x| x * x).sum::<f32>() / v as f32;
         *r = 1.0 / (ms + eps).sqrt();
         for j in 0..v {
-            let gate = g.map_or(1.0, |g| {
-                let x = g[i * v + j];
-                x * sigmoid(x)
-            });
+            let gate = g.map_or(1.0, |g| gate_act(act, g[i * v + j]).0);
             y[j] = o[j] * *r * w[j] * gate;
         }
     });
@@ -120,25 +130,19 @@ pub fn gated_norm_bwd(
     dy: &[f32],
     o: &[f32],
     g: Option<&[f32]>,
+    act: GateAct,
     rstd: &[f32],
     w: &[f32],
     v: usize,
 ) {
-    // per row i: dn = dy * w * swish(g); dg = dy * n * w * swish'(g); d_o = rmsnorm_bwd(dn)
+    // per row i: dn = dy * w * act(g); dg = dy * n * w * act'(g); d_o = rmsnorm_bwd(dn)
     let row = |i: usize, d_o: &mut [f32], mut dg: Option<&mut [f32]>| {
         let r = rstd[i];
         let o = &o[i * v..(i + 1) * v];
         let dy = &dy[i * v..(i + 1) * v];
         let mut dot = 0.0f32;
         for j in 0..v {
-            let (gate, dgate) = match g {
-                Some(g) => {
-                    let x = g[i * v + j];
-                    let s = sigmoid(x);
-                    (x * s, s * (1.0 + x * (1.0 - s)))
-                }
-                None => (1.0, 0.0),
-            };
+            let (gate, dgate) = g.map_or((1.0, 0.0), |g| gate_act(act, g[i * v + j]));
             if let Some(dg) = dg.as_deref_mut() {
                 dg[j] = dy[j] * o[j] * r * w[j] * dgate;
             }
@@ -162,10 +166,7 @@ pub fn gated_norm_bwd(
     }
     for i in 0..rstd.len() {
         for j in 0..v {
-            let gate = g.map_or(1.0, |g| {
-                let x = g[i * v + j];
-                x * sigmoid(x)
-            });
+            let gate = g.map_or(1.0, |g| gate_act(act, g[i * v + j]).0);
             dw[j] += dy[i * v + j] * o[i * v + j] * rstd[i] * gate;
         }
     }
@@ -185,6 +186,33 @@ pub fn feature_map_bwd(d: &mut [f32], x: &[f32], f: crate::FeatureMap) {
     d.par_chunks_mut(4096).zip(x.par_chunks(4096)).with_min_len(min_items(4096)).for_each(|(d, x)| {
         for (d, &x) in d.iter_mut().zip(x) {
             *d *= f.grad(x);
+        }
+    });
+}
+
+/// The epsilon of fla's `sum_norm` (`F.normalize(x, p=1, eps=1e-6)`).
+pub const SUM_NORM_EPS: f32 = 1e-6;
+
+/// fla's `sum_norm` (DeltaNet's `qk_norm = "sum"`) over rows of `k` values:
+/// `y = x / max(sum |x|, 1e-6)`. `x`, `y`: `[rows, k]`.
+pub fn sum_norm_fwd(y: &mut [f32], x: &[f32], k: usize) {
+    y.par_chunks_mut(k).zip(x.par_chunks(k)).with_min_len(min_items(k)).for_each(|(y, x)| {
+        let n = x.iter().map(|v| v.abs()).sum::<f32>().max(SUM_NORM_EPS);
+        y.iter_mut().zip(x).for_each(|(y, &x)| *y = x / n);
+    });
+}
+
+/// Backward of [`sum_norm_fwd`], in place: `d` holds `dL/dy` and becomes `dL/dx`. With
+/// `n = sum |x| > eps`: `dx = (dy - sign(x) <dy, y>) / n`; below the clamp `dx = dy / eps`
+/// (PyTorch's `clamp_min` passes no gradient to the norm there).
+pub fn sum_norm_bwd(d: &mut [f32], x: &[f32], k: usize) {
+    d.par_chunks_mut(k).zip(x.par_chunks(k)).with_min_len(min_items(k)).for_each(|(d, x)| {
+        let l1 = x.iter().map(|v| v.abs()).sum::<f32>();
+        if l1 > SUM_NORM_EPS {
+            let dot = d.iter().zip(x).map(|(&d, &x)| d * x).sum::<f32>() / l1;
+            d.iter_mut().zip(x).for_each(|(d, &x)| *d = (*d - x.signum() * f32::from(u8::from(x != 0.0)) * dot) / l1);
+        } else {
+            d.iter_mut().for_each(|d| *d /= SUM_NORM_EPS);
         }
     });
 }
@@ -242,10 +270,12 @@ pub fn gate_bwd(dx: &mut [f32], dg: &[f32], x: &[f32], norm: f32, clamp_min: Opt
     });
 }
 
-/// Causal depthwise short convolution + SiLU (fla's `ShortConvolution`, no bias) per sequence of
-/// `t` rows: `pre[t, c] = sum_j w[c, j] * x[t - (W-1) + j, c]` (zero before the sequence start),
-/// `y = silu(pre)`. `x`, `pre`, `y`: `[B*T, C]`; `w`: `[C, 1, W]`.
-pub fn conv_fwd(y: &mut [f32], pre: &mut [f32], x: &[f32], w: &[f32], t: usize, c: usize, width: usize) {
+/// Causal depthwise short convolution (fla's `ShortConvolution`, no bias) per sequence of `t`
+/// rows: `pre[t, c] = sum_j w[c, j] * x[t - (W-1) + j, c]` (zero before the sequence start),
+/// `y = silu(pre)` (`silu`: the conv's activation `'silu'`) or `y = pre` (activation `None`).
+/// `x`, `pre`, `y`: `[B*T, C]`; `w`: `[C, 1, W]`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_fwd(y: &mut [f32], pre: &mut [f32], x: &[f32], w: &[f32], t: usize, c: usize, width: usize, silu: bool) {
     y.par_chunks_mut(t * c).zip(pre.par_chunks_mut(t * c)).zip(x.par_chunks(t * c)).with_min_len(min_items(t * c)).for_each(
         |((y, pre), x)| {
             for s in 0..t {
@@ -257,7 +287,7 @@ pub fn conv_fwd(y: &mut [f32], pre: &mut [f32], x: &[f32], w: &[f32], t: usize, 
                         }
                     }
                     pre[s * c + ch] = acc;
-                    y[s * c + ch] = acc * sigmoid(acc);
+                    y[s * c + ch] = if silu { acc * sigmoid(acc) } else { acc };
                 }
             }
         },
@@ -266,14 +296,28 @@ pub fn conv_fwd(y: &mut [f32], pre: &mut [f32], x: &[f32], w: &[f32], t: usize, 
 
 /// Backward of [`conv_fwd`]: writes `dx`, accumulates `dw`.
 #[allow(clippy::too_many_arguments)]
-pub fn conv_bwd(dx: &mut [f32], dw: &mut [f32], dy: &[f32], pre: &[f32], x: &[f32], w: &[f32], t: usize, c: usize, width: usize) {
+pub fn conv_bwd(
+    dx: &mut [f32],
+    dw: &mut [f32],
+    dy: &[f32],
+    pre: &[f32],
+    x: &[f32],
+    w: &[f32],
+    t: usize,
+    c: usize,
+    width: usize,
+    silu: bool,
+) {
     let rows = x.len() / c;
-    // dpre = dy * silu'(pre)
+    // dpre = dy * silu'(pre) (dy itself without the activation)
     let dpre: Vec<f32> = dy
         .par_iter()
         .zip(pre.par_iter())
         .with_min_len(MIN_TASK_ELEMS)
         .map(|(&d, &p)| {
+            if !silu {
+                return d;
+            }
             let s = sigmoid(p);
             d * s * (1.0 + p * (1.0 - s))
         })
@@ -408,6 +452,13 @@ impl FeatureMapMath for crate::FeatureMap {
             crate::FeatureMap::GeluTanh => 0.5 * x * (1.0 + (GELU_C * (x + 0.044715 * x * x * x)).tanh()),
             crate::FeatureMap::QuickGelu => x * sigmoid(1.702 * x),
             crate::FeatureMap::Identity => x,
+            crate::FeatureMap::EluP1 => {
+                if x > 0.0 {
+                    x + 1.0
+                } else {
+                    x.exp()
+                }
+            }
         }
     }
 
@@ -444,6 +495,13 @@ impl FeatureMapMath for crate::FeatureMap {
                 s + 1.702 * x * s * (1.0 - s)
             }
             crate::FeatureMap::Identity => 1.0,
+            crate::FeatureMap::EluP1 => {
+                if x > 0.0 {
+                    1.0
+                } else {
+                    x.exp()
+                }
+            }
         }
     }
 }

@@ -1,9 +1,10 @@
-//! The CPU's per-sequence inference state ([`State`]): per layer the recurrent state and the
-//! short-conv caches, constant in size whatever the context length.
+//! The CPU's per-sequence inference state ([`State`]): per layer the recurrent state (GLA's
+//! `[H, K, V]`, the delta rule's `[HV, K, V]`) and the short-conv caches, constant in size
+//! whatever the context length.
 
 use gla_core::op::transpose_state;
 
-use crate::config::Dims;
+use crate::config::{Dims, MixerDims};
 use crate::{Error, Result};
 
 /// Layout of a recurrent state at an import/export boundary.
@@ -19,7 +20,8 @@ pub enum StateLayout {
 /// The cache of one layer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LayerState {
-    /// Recurrent state `[H, K, V]`, f32.
+    /// Recurrent state `[H, K, V]` (GLA: one per query head) or `[HV, K, V]` (the delta rule:
+    /// one per value head), f32.
     pub recurrent: Vec<f32>,
     /// Short-conv caches of q, k and v, each `[C, W]` (the last `W` conv inputs, newest at
     /// index `W - 1`); empty without short convolution.
@@ -32,21 +34,61 @@ pub struct LayerState {
 pub struct State {
     pub(crate) layers: Vec<LayerState>,
     pub(crate) seen: usize,
-    /// (H, K, V, W, conv channels of q, k, v): what the state was sized for.
-    pub(crate) shape: (usize, usize, usize, usize, [usize; 3]),
+    /// Per layer: what its state was sized for.
+    pub(crate) shapes: Vec<LayerShape>,
+}
+
+/// What a layer's state is sized for: (heads of the state, K, V, conv width W, conv channels
+/// of q, k, v).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LayerShape {
+    pub(crate) heads: usize,
+    pub(crate) k: usize,
+    pub(crate) v: usize,
+    pub(crate) w: usize,
+    pub(crate) chans: [usize; 3],
+}
+
+impl LayerShape {
+    /// The state of a layer with mixer `m`.
+    pub(crate) fn of(m: &MixerDims) -> Self {
+        match m {
+            MixerDims::Gla(g) => {
+                Self { heads: g.heads, k: g.head_k, v: g.head_v, w: g.conv, chans: [g.key_dim, g.key_dim_kv, g.value_dim_kv] }
+            }
+            MixerDims::Delta(g) => {
+                Self { heads: g.v_heads, k: g.head_k, v: g.head_v, w: g.conv, chans: [g.key_dim, g.key_dim, g.value_dim] }
+            }
+        }
+    }
+
+    /// Elements of the recurrent state.
+    pub(crate) fn numel(&self) -> usize {
+        self.heads * self.k * self.v
+    }
+
+    /// `[H=.., K=.., V=..]` (`[.., V, K]` value-first).
+    fn describe(&self, layout: StateLayout) -> String {
+        let (h, k, v) = (self.heads, self.k, self.v);
+        match layout {
+            StateLayout::KeyFirst => format!("[H={h}, K={k}, V={v}]"),
+            StateLayout::ValueFirst => format!("[H={h}, V={v}, K={k}]"),
+        }
+    }
 }
 
 impl State {
     /// A zero state (no token seen) for a model with these dims.
     pub fn new(dims: &Dims) -> Self {
-        let kv = dims.heads * dims.head_k * dims.head_v;
-        let w = dims.conv;
-        let chans = [dims.key_dim, dims.key_dim_kv, dims.value_dim_kv];
-        let conv = |c: usize| if w > 0 { vec![0.0; c * w] } else { Vec::new() };
-        let layers = (0..dims.layers)
-            .map(|_| LayerState { recurrent: vec![0.0; kv], conv: [conv(chans[0]), conv(chans[1]), conv(chans[2])] })
+        let shapes: Vec<LayerShape> = dims.mixers.iter().map(LayerShape::of).collect();
+        let layers = shapes
+            .iter()
+            .map(|s| {
+                let conv = |c: usize| if s.w > 0 { vec![0.0; c * s.w] } else { Vec::new() };
+                LayerState { recurrent: vec![0.0; s.numel()], conv: [conv(s.chans[0]), conv(s.chans[1]), conv(s.chans[2])] }
+            })
             .collect();
-        Self { layers, seen: 0, shape: (dims.heads, dims.head_k, dims.head_v, w, chans) }
+        Self { layers, seen: 0, shapes }
     }
 
     /// Tokens fed so far (fla's `_seen_tokens`).
@@ -76,13 +118,14 @@ impl State {
         &self.layers
     }
 
-    /// Layer `layer`'s recurrent state in `layout` (`[H, K, V]` or fla's `[H, V, K]`).
+    /// Layer `layer`'s recurrent state in `layout` (`[H, K, V]` or fla's `[H, V, K]`; `H` the
+    /// value heads of a delta-rule layer).
     ///
     /// # Errors
     /// [`Error::Shape`] when `layer` is out of range.
     pub fn export_recurrent(&self, layer: usize, layout: StateLayout) -> Result<Vec<f32>> {
         let l = self.layer(layer, "export_recurrent")?;
-        let (h, k, v, ..) = self.shape;
+        let LayerShape { heads: h, k, v, .. } = self.shapes[layer];
         Ok(match layout {
             StateLayout::KeyFirst => l.recurrent.clone(),
             StateLayout::ValueFirst => transpose_state(&l.recurrent, h, k, v),
@@ -96,12 +139,11 @@ impl State {
     /// [`Error::Shape`] when `layer` is out of range or `data` has the wrong length;
     /// [`Error::Op`] when it holds a NaN or an infinity.
     pub fn import_recurrent(&mut self, layer: usize, data: &[f32], layout: StateLayout) -> Result<()> {
-        let (h, k, v, ..) = self.shape;
+        self.layer(layer, "import_recurrent")?;
+        let sh = self.shapes[layer];
+        let LayerShape { heads: h, k, v, .. } = sh;
         if data.len() != h * k * v {
-            let shape = match layout {
-                StateLayout::KeyFirst => format!("[H={h}, K={k}, V={v}]"),
-                StateLayout::ValueFirst => format!("[H={h}, V={v}, K={k}]"),
-            };
+            let shape = sh.describe(layout);
             return Err(Error::Shape { op: "import_recurrent", tensor: "recurrent_state", shape, expected: h * k * v, got: data.len() });
         }
         if let Some(i) = data.iter().position(|x| !x.is_finite()) {
@@ -126,7 +168,8 @@ impl State {
     /// [`Error::Shape`] when `layer` is out of range or a cache has the wrong length (a model
     /// without short convolution takes three empty slices).
     pub fn import_conv(&mut self, layer: usize, caches: [&[f32]; 3]) -> Result<()> {
-        let (.., w, chans) = self.shape;
+        self.layer(layer, "import_conv")?;
+        let LayerShape { w, chans, .. } = self.shapes[layer];
         for (i, (c, &ch)) in caches.iter().zip(&chans).enumerate() {
             let want = if w > 0 { ch * w } else { 0 };
             if c.len() != want {
@@ -163,7 +206,11 @@ impl State {
     }
 
     pub(crate) fn fits(&self, dims: &Dims) -> bool {
-        self.layers.len() == dims.layers
-            && self.shape == (dims.heads, dims.head_k, dims.head_v, dims.conv, [dims.key_dim, dims.key_dim_kv, dims.value_dim_kv])
+        self.layers.len() == dims.layers && self.shapes.iter().zip(&dims.mixers).all(|(s, m)| *s == LayerShape::of(m))
+    }
+
+    /// The recurrent-state elements of every layer (for error messages).
+    pub(crate) fn numel(&self) -> usize {
+        self.shapes.iter().map(LayerShape::numel).sum()
     }
 }

@@ -18,12 +18,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, OPTIMIZER_FILE, STATE_FILE};
+use crate::config::ModelConfig;
 use crate::data::Mqar;
 use crate::engine::{CpuDevice, DeviceEngine, Engine};
 use crate::model::{GlaModel, LossOut};
 use crate::optim::{cosine_lr, AdamW, AdamWConfig};
 use crate::text::{TextData, TextTask};
-use crate::{Error, GlaConfig, Result};
+use crate::{Error, Result};
 
 /// Training settings (saved in the training state; a resumed run uses the saved ones).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -272,7 +273,8 @@ impl Trainer {
     /// # Errors
     /// Config and settings errors; [`Error::BadArg`] when the data's vocabulary exceeds the
     /// model's; [`Error::Text`] when the text corpus does not open.
-    pub fn new(config: GlaConfig, cfg: TrainConfig) -> Result<Self> {
+    pub fn new(config: impl Into<ModelConfig>, cfg: TrainConfig) -> Result<Self> {
+        let config = config.into();
         cfg.validate()?;
         crate::limits::check_training(&config.dims()?, cfg.batch_size, cfg.seq_len())?;
         let model = GlaModel::new(config, cfg.seed)?;
@@ -520,7 +522,7 @@ impl Trainer {
     ///
     /// # Errors
     /// As [`Trainer::resume`].
-    pub fn saved(run: &Path) -> Result<(GlaConfig, TrainerState)> {
+    pub fn saved(run: &Path) -> Result<(ModelConfig, TrainerState)> {
         let dir = checkpoint::latest_checkpoint(run)?;
         let text = crate::limits::read_text(&dir.join(STATE_FILE))?;
         let st: TrainerState =

@@ -129,7 +129,7 @@ fn saved_config_dtype_describes_the_f32_weights_written() {
             let _ = std::fs::remove_dir_all(&out);
         }
         // the in-memory config still records what was read; only the written text is rewritten
-        assert_eq!(m.config.extra.get(keys[0].0), Some(&Value::from("bfloat16")));
+        assert_eq!(m.config.extra().get(keys[0].0), Some(&Value::from("bfloat16")));
         let _ = std::fs::remove_dir_all(&src);
     }
 }
@@ -234,7 +234,7 @@ fn clamp_min_accepts_zero_and_refuses_positive_values_by_name() {
     for (json, want) in [("0.0", 0.0f32), ("0", 0.0), ("-0.0", 0.0), ("-5.0", -5.0), ("-1e-9", -1e-9)] {
         let c = GlaConfig::from_json(&format!(r#"{{"clamp_min": {json}}}"#)).unwrap();
         let dims = c.dims().unwrap_or_else(|e| panic!("clamp_min {json} refused: {e}"));
-        assert_eq!(dims.clamp_min, Some(want), "{json}");
+        assert_eq!(dims.gla().unwrap().clamp_min, Some(want), "{json}");
     }
     for c in [0.5, 1e-9, f64::INFINITY, f64::NAN] {
         let cfg = GlaConfig { clamp_min: Some(c), ..GlaConfig::tiny(16, 1, 2, 9) };

@@ -144,8 +144,8 @@ fn infer_state_memory_does_not_grow_with_context() {
     let mut st = m.new_state();
     let empty = st.bytes();
     // L * (H*K*V + conv caches) f32 plus the struct
-    let d = &m.dims;
-    let floats = d.layers * (d.heads * d.head_k * d.head_v + d.conv * (d.key_dim + d.key_dim_kv + d.value_dim_kv));
+    let d = m.dims.gla().unwrap();
+    let floats = m.dims.layers * (d.heads * d.head_k * d.head_v + d.conv * (d.key_dim + d.key_dim_kv + d.value_dim_kv));
     assert!(empty >= 4 * floats && empty < 4 * floats + 1024, "{empty} bytes for {floats} floats");
     m.prefill(&tokens(10, 1, 64), &mut st).unwrap();
     assert_eq!(st.bytes(), empty);
@@ -162,7 +162,7 @@ fn infer_state_round_trips_through_flas_value_first_layout() {
     let m = model(true, false, None);
     let mut st = m.new_state();
     m.prefill(&tokens(12, 3, 64), &mut st).unwrap();
-    let d = &m.dims;
+    let d = m.dims.gla().unwrap();
     let (k, v) = (d.head_k, d.head_v);
     let kf = st.export_recurrent(1, StateLayout::KeyFirst).unwrap();
     let vf = st.export_recurrent(1, StateLayout::ValueFirst).unwrap();
@@ -171,7 +171,7 @@ fn infer_state_round_trips_through_flas_value_first_layout() {
         assert_eq!(vf[(h * v + j) * k + i], kf[(h * k + i) * v + j]);
     }
     let mut other = m.new_state();
-    for l in 0..d.layers {
+    for l in 0..m.dims.layers {
         other.import_recurrent(l, &st.export_recurrent(l, StateLayout::ValueFirst).unwrap(), StateLayout::ValueFirst).unwrap();
         let c = &st.layers()[l].conv;
         other.import_conv(l, [&c[0], &c[1], &c[2]]).unwrap();

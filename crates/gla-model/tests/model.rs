@@ -9,10 +9,11 @@ fn config_defaults_are_flas() {
     let c = GlaConfig::from_json("{}").unwrap();
     assert_eq!(c, GlaConfig::default());
     let d = c.dims().unwrap();
-    assert_eq!((d.d, d.layers, d.heads, d.key_dim, d.value_dim, d.head_k, d.head_v), (2048, 24, 4, 1024, 2048, 256, 512));
+    let g = d.gla().unwrap();
+    assert_eq!((d.d, d.layers, g.heads, g.key_dim, g.value_dim, g.head_k, g.head_v), (2048, 24, 4, 1024, 2048, 256, 512));
     assert_eq!(d.intermediate, 5632);
     assert_eq!(d.eps, 1e-6);
-    assert_eq!(d.gnorm_name, "g_norm_swish_gate");
+    assert_eq!(g.gnorm_name, "g_norm_swish_gate");
     // 340M: D=1024 -> I = 2816
     let c = GlaConfig::from_json(r#"{"hidden_size": 1024, "tie_word_embeddings": true}"#).unwrap();
     assert_eq!(c.dims().unwrap().intermediate, 2816);
@@ -30,7 +31,7 @@ fn config_round_trips_and_keeps_unknown_keys() {
     assert_eq!(back.hidden_size, 64);
     assert_eq!(back.clamp_min, Some(-5.0));
     assert_eq!(back.extra["architectures"][0], "GLAForCausalLM");
-    let d = back.dims().unwrap();
+    let d = *back.dims().unwrap().gla().unwrap();
     assert_eq!((d.kv_heads, d.key_dim_kv, d.value_dim_kv), (1, 16, 32));
 }
 
@@ -221,8 +222,8 @@ fn model_gradients_chunked_path_clamp_at_zero() {
 fn feature_maps_match_their_names_and_derivatives() {
     use gla_model::FeatureMap;
     let c = GlaConfig::from_json(r#"{"feature_map": "relu"}"#).unwrap();
-    assert_eq!(c.dims().unwrap().feature_map, Some(FeatureMap::Relu));
-    assert_eq!(GlaConfig::tiny(16, 1, 2, 9).dims().unwrap().feature_map, None);
+    assert_eq!(c.dims().unwrap().gla().unwrap().feature_map, Some(FeatureMap::Relu));
+    assert_eq!(GlaConfig::tiny(16, 1, 2, 9).dims().unwrap().gla().unwrap().feature_map, None);
     // values of PyTorch's activations at a few points
     let close = |a: f32, b: f32| (a - b).abs() <= 1e-6 * (1.0 + b.abs());
     for (name, x, y) in [
@@ -334,7 +335,7 @@ fn bf16_emulation_rounds_every_activation_and_only_those() {
     let bf16_exact = |xs: &[f32]| xs.iter().all(|&x| gla_core::bf16::round(x) == x);
 
     let emu = m.cpu().emulating_bf16();
-    let (n, d, kd) = (b * t, m.dims.d, m.dims.key_dim);
+    let (n, d, kd) = (b * t, m.dims.d, m.dims.gla().unwrap().key_dim);
     let x: Vec<f32> = (0..n * d).map(|i| ((i * 7919) % 1000) as f32 / 997.0 - 0.5).collect();
     let q = m.layout.layers[0].gla().unwrap().q_proj;
     let (mut y_act, mut y_f32) = (vec![0.0f32; n * kd], vec![0.0f32; n * kd]);

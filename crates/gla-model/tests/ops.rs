@@ -2,6 +2,7 @@
 //! (the scalar `<dy, y(x)>` accumulated in f64; f32 ops, so steps of 1e-2 and a 1e-2 tolerance on
 //! the relative RMSE, far below what any wrong term gives).
 
+use gla_model::config::GateAct;
 use gla_model::ops::*;
 use gla_model::Rng;
 
@@ -106,19 +107,24 @@ fn gated_norm_fd_with_and_without_gate() {
     let g = randn(rows * v, 8, 1.5);
     let w = randn(v, 9, 1.0);
     let dy = randn(rows * v, 10, 1.0);
-    for gated in [true, false] {
+    for (gated, act) in [(true, GateAct::Swish), (true, GateAct::Sigmoid), (false, GateAct::Swish)] {
         let run = |o: &[f32], g: &[f32], w: &[f32]| {
             let mut y = vec![0.0; rows * v];
             let mut r = vec![0.0; rows];
-            gated_norm_fwd(&mut y, &mut r, o, gated.then_some(g), w, v, eps);
+            gated_norm_fwd(&mut y, &mut r, o, gated.then_some(g), act, w, v, eps);
             (y, r)
         };
         let (y, rstd) = run(&o, &g, &w);
-        // reference: rmsnorm per row times w times swish(g)
+        // reference: rmsnorm per row times w times swish(g) or sigmoid(g)
         for i in 0..rows {
             let ms: f32 = o[i * v..(i + 1) * v].iter().map(|x| x * x).sum::<f32>() / v as f32;
             for j in 0..v {
-                let gate = if gated { g[i * v + j] / (1.0 + (-g[i * v + j]).exp()) } else { 1.0 };
+                let s = 1.0 / (1.0 + (-g[i * v + j]).exp());
+                let gate = match (gated, act) {
+                    (false, _) => 1.0,
+                    (true, GateAct::Swish) => g[i * v + j] * s,
+                    (true, GateAct::Sigmoid) => s,
+                };
                 let e = o[i * v + j] / (ms + eps).sqrt() * w[j] * gate;
                 assert!((y[i * v + j] - e).abs() < 1e-5);
             }
@@ -126,12 +132,42 @@ fn gated_norm_fd_with_and_without_gate() {
         let mut d_o = vec![0.0; rows * v];
         let mut dg = vec![0.0; rows * v];
         let mut dw = vec![0.0; v];
-        gated_norm_bwd(&mut d_o, gated.then_some(&mut dg[..]), &mut dw, &dy, &o, gated.then_some(&g[..]), &rstd, &w, v);
+        gated_norm_bwd(&mut d_o, gated.then_some(&mut dg[..]), &mut dw, &dy, &o, gated.then_some(&g[..]), act, &rstd, &w, v);
         check("gated_norm d_o", &d_o, &fd(&o, &|o| dot(&run(o, &g, &w).0, &dy)));
         check("gated_norm dw", &dw, &fd(&w, &|w| dot(&run(&o, &g, w).0, &dy)));
         if gated {
             check("gated_norm dg", &dg, &fd(&g, &|g| dot(&run(&o, g, &w).0, &dy)));
         }
+    }
+}
+
+#[test]
+fn sum_norm_matches_flas_and_fd() {
+    let (rows, k) = (5, 6);
+    let mut x = randn(rows * k, 30, 1.0);
+    // away from the kink of |x| at 0 (the differences step over 1e-2)
+    x.iter_mut().for_each(|v| *v += 0.2f32.copysign(*v));
+    // a row below the clamp: F.normalize divides by eps there
+    x[4 * k..].iter_mut().for_each(|v| *v *= 1e-8);
+    let dy = randn(rows * k, 31, 1.0);
+    let run = |x: &[f32]| {
+        let mut y = vec![0.0; rows * k];
+        sum_norm_fwd(&mut y, x, k);
+        y
+    };
+    let y = run(&x);
+    for i in 0..rows {
+        let n = x[i * k..(i + 1) * k].iter().map(|v| v.abs()).sum::<f32>().max(1e-6);
+        for j in 0..k {
+            assert!((y[i * k + j] - x[i * k + j] / n).abs() < 1e-6);
+        }
+    }
+    let mut dx = dy.clone();
+    sum_norm_bwd(&mut dx, &x, k);
+    // the clamped row is linear (y = x / eps); finite differences of the others
+    check("sum_norm dx", &dx[..4 * k], &fd(&x, &|x| dot(&run(x), &dy))[..4 * k]);
+    for j in 4 * k..rows * k {
+        assert!((dx[j] - dy[j] / 1e-6).abs() <= 1e-3 * dx[j].abs());
     }
 }
 
@@ -187,6 +223,12 @@ fn gate_is_logsigmoid_over_16_with_clamp() {
 
 #[test]
 fn short_conv_matches_naive_and_fd() {
+    for silu in [true, false] {
+        short_conv_case(silu);
+    }
+}
+
+fn short_conv_case(silu: bool) {
     let (b, t, c, w) = (2, 6, 3, 4);
     let x = randn(b * t * c, 16, 1.0);
     let wt = randn(c * w, 17, 0.7);
@@ -194,7 +236,7 @@ fn short_conv_matches_naive_and_fd() {
     let run = |x: &[f32], wt: &[f32]| {
         let mut y = vec![0.0; b * t * c];
         let mut pre = vec![0.0; b * t * c];
-        conv_fwd(&mut y, &mut pre, x, wt, t, c, w);
+        conv_fwd(&mut y, &mut pre, x, wt, t, c, w, silu);
         (y, pre)
     };
     let (y, pre) = run(&x, &wt);
@@ -208,14 +250,14 @@ fn short_conv_matches_naive_and_fd() {
                         acc += wt[ch * w + (w - 1 - lag)] * x[(bi * t + s - lag) * c + ch];
                     }
                 }
-                let e = acc / (1.0 + (-acc).exp());
+                let e = if silu { acc / (1.0 + (-acc).exp()) } else { acc };
                 assert!((y[(bi * t + s) * c + ch] - e).abs() < 1e-6);
             }
         }
     }
     let mut dx = vec![0.0; b * t * c];
     let mut dw = vec![0.0; c * w];
-    conv_bwd(&mut dx, &mut dw, &dy, &pre, &x, &wt, t, c, w);
+    conv_bwd(&mut dx, &mut dw, &dy, &pre, &x, &wt, t, c, w, silu);
     check("conv dx", &dx, &fd(&x, &|x| dot(&run(x, &wt).0, &dy)));
     check("conv dw", &dw, &fd(&wt, &|wt| dot(&run(&x, wt).0, &dy)));
 }

@@ -108,8 +108,9 @@ fn model_checkpoint_round_trips_in_flas_layout() {
     save_model(&dir, &m).unwrap();
     let back = load_model(&dir).unwrap();
     assert_eq!(back.params, m.params);
-    assert_eq!(back.config.extra["architectures"][0], "GLAForCausalLM");
-    assert_eq!(GlaConfig { extra: Default::default(), ..back.config.clone() }, m.config);
+    assert_eq!(back.config.extra()["architectures"][0], "GLAForCausalLM");
+    let gla = |m: &GlaModel| m.config.gla().unwrap().clone();
+    assert_eq!(GlaConfig { extra: Default::default(), ..gla(&back) }, gla(&m));
     let bytes = std::fs::read(dir.join(WEIGHTS_FILE)).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let mut names: Vec<&str> = st.names();
@@ -122,17 +123,17 @@ fn model_checkpoint_round_trips_in_flas_layout() {
     assert_eq!(cfg["model_type"], "gla");
     assert_eq!(cfg["architectures"][0], "GLAForCausalLM");
     // a wider config over the same weights: the error names the tensor and both shapes
-    let wide = GlaConfig { hidden_size: 32, ..m.config.clone() };
+    let wide = GlaConfig { hidden_size: 32, ..gla(&m) };
     write_atomic(&dir.join("config.json"), wide.to_json().as_bytes()).unwrap();
     let e = load_model(&dir).unwrap_err().to_string();
     assert!(e.contains("model.embeddings.weight") && e.contains("[20, 32]") && e.contains("[20, 16]"), "{e}");
     // more layers: the first missing tensor is named
-    let deep = GlaConfig { num_hidden_layers: 3, ..m.config.clone() };
+    let deep = GlaConfig { num_hidden_layers: 3, ..gla(&m) };
     write_atomic(&dir.join("config.json"), deep.to_json().as_bytes()).unwrap();
     let e = load_model(&dir).unwrap_err().to_string();
     assert!(e.contains("model.layers.2.attn_norm.weight") && e.contains("missing"), "{e}");
     // fewer layers: the extra tensors are refused
-    let shallow = GlaConfig { num_hidden_layers: 1, ..m.config.clone() };
+    let shallow = GlaConfig { num_hidden_layers: 1, ..gla(&m) };
     write_atomic(&dir.join("config.json"), shallow.to_json().as_bytes()).unwrap();
     assert!(load_model(&dir).unwrap_err().to_string().contains("unexpected tensor"));
     std::fs::write(dir.join(WEIGHTS_FILE), b"not a safetensors file").unwrap();

@@ -3,6 +3,7 @@
 //! (gla-model's `mixers::gla`) calls them.
 
 use super::{Act, ParamId, Plan, Primitives, Storage, F32};
+use crate::dims::GlaDims;
 
 /// What a backend's GLA op keeps per layer for its backward.
 pub trait GlaStorage: Storage {
@@ -14,22 +15,23 @@ pub trait GlaStorage: Storage {
 /// Per-layer GLA buffers of backend `B`.
 pub type GlaSaved<B> = <<B as Primitives>::Buf as GlaStorage>::GlaSaved;
 
-/// The GLA family's ops on one device.
+/// The GLA family's ops on one device. Each method takes the calling layer's [`GlaDims`].
 #[allow(clippy::too_many_arguments)]
 pub trait GlaOps: Primitives<Buf: GlaStorage> {
     /// The buffers [`GlaOps::gla_bwd`] writes dq, dk, dv, dg into, for `n` rows (a backend
     /// that hands over its op's own outputs may return empty ones).
-    fn alloc_gla_grads(&self, n: usize) -> Result<[F32<Self>; 4], Self::Error>;
+    fn alloc_gla_grads(&self, md: &GlaDims, n: usize) -> Result<[F32<Self>; 4], Self::Error>;
     /// One layer's GLA buffers for `n` rows.
-    fn alloc_gla_saved(&self, n: usize) -> Result<GlaSaved<Self>, Self::Error>;
+    fn alloc_gla_saved(&self, md: &GlaDims, n: usize) -> Result<GlaSaved<Self>, Self::Error>;
 
     /// The log-gate: `raw += bias` (in place, kept for the backward), `gk = gate(raw)` (fla's
     /// `logsigmoid / gate_norm`, clamped), `[N, C]`.
-    fn gate_fwd(&self, gk: &mut Act<Self>, raw: &mut F32<Self>, bias: ParamId, n: usize) -> Result<(), Self::Error>;
+    fn gate_fwd(&self, md: &GlaDims, gk: &mut Act<Self>, raw: &mut F32<Self>, bias: ParamId, n: usize) -> Result<(), Self::Error>;
     /// Backward of [`GlaOps::gate_fwd`]: `dx` in f32 and its operand copy `dx_act` (see
     /// [`Primitives::alloc_cast`]), `dbias += colsum(dx)`.
     fn gate_bwd(
         &self,
+        md: &GlaDims,
         plan: &Plan<Self>,
         dx: &mut F32<Self>,
         dx_act: &mut Act<Self>,
@@ -45,6 +47,7 @@ pub trait GlaOps: Primitives<Buf: GlaStorage> {
     /// sequence starts from its state of `layer` and leaves its final one there.
     fn gla_fwd(
         &self,
+        md: &GlaDims,
         plan: &Plan<Self>,
         saved: &mut GlaSaved<Self>,
         o: &mut Act<Self>,
@@ -58,6 +61,7 @@ pub trait GlaOps: Primitives<Buf: GlaStorage> {
     /// repeats summed back).
     fn gla_bwd(
         &self,
+        md: &GlaDims,
         plan: &Plan<Self>,
         saved: &GlaSaved<Self>,
         q: &Act<Self>,

@@ -4,7 +4,10 @@
 //! - [`Primitives`] ([`nn`]): the layer ops every model shares (allocation, embedding, norms,
 //!   linear layers on GEMMs, short convolution, SwiGLU, elementwise feature maps, the loss).
 //! - one trait per op family: [`GlaOps`] ([`gla`]: the GLA gate and the GLA op, called by
-//!   gla-model's `mixers::gla`). A new family adds its file here and a bound to [`Backend`].
+//!   gla-model's `mixers::gla`), [`DeltaOps`] ([`delta`]: the delta rule of DeltaNet and Gated
+//!   DeltaNet, called by gla-model's `mixers::delta`). A new family adds its file here and a
+//!   bound to [`Backend`]. Their methods take the calling layer's mixer dims
+//!   ([`crate::dims::MixerDims`]).
 //! - [`Backend`]: everything the models need, implemented for any type that implements all of
 //!   the above (gla-model's `Cpu`; gla-cuda's `Gpu`).
 //!
@@ -21,10 +24,12 @@
 //! row counts come from [`Primitives::dims`]. Backward ops accumulate (`+=`) into parameter
 //! gradients and write (`=`) activation gradients unless they take `acc`.
 
+pub mod delta;
 pub mod gla;
 pub mod nn;
 
 pub use crate::params::ParamId;
+pub use delta::{DeltaDecay, DeltaOps, DeltaSaved, DeltaStorage};
 pub use gla::{GlaOps, GlaSaved, GlaStorage};
 pub use nn::Primitives;
 
@@ -45,13 +50,13 @@ pub trait Storage {
 }
 
 /// The buffer types of every op family (a new family adds its storage trait here).
-pub trait ModelStorage: Storage + GlaStorage {}
-impl<S: Storage + GlaStorage> ModelStorage for S {}
+pub trait ModelStorage: Storage + GlaStorage + DeltaStorage {}
+impl<S: Storage + GlaStorage + DeltaStorage> ModelStorage for S {}
 
 /// Everything the models of this crate need from a device: the primitives and every op family
 /// (a new family adds its trait to the bounds and the blanket impl).
-pub trait Backend: Primitives<Buf: ModelStorage> + GlaOps {}
-impl<B: Primitives<Buf: ModelStorage> + GlaOps> Backend for B {}
+pub trait Backend: Primitives<Buf: ModelStorage> + GlaOps + DeltaOps {}
+impl<B: Primitives<Buf: ModelStorage> + GlaOps + DeltaOps> Backend for B {}
 
 /// f32 buffer of backend `B`.
 pub type F32<B> = <<B as Primitives>::Buf as Storage>::F32;

@@ -2,7 +2,7 @@
 //! the buffers and the shape letters).
 
 use super::{Act, ConvIdx, Ids, ParamId, Plan, Rows, Storage, F32};
-use crate::dims::{Dims, FeatureMap};
+use crate::dims::{Dims, FeatureMap, GateAct};
 
 /// The shared layer ops on one device. See [`crate::backend`] for buffers and shapes.
 #[allow(clippy::too_many_arguments)]
@@ -17,7 +17,8 @@ pub trait Primitives {
     /// Gradient arena, laid out like the parameters.
     type Grads: ?Sized;
 
-    /// The model's dims.
+    /// The model's dims (each layer's mixer dims in [`Dims::mixers`]; a mixer passes its own to
+    /// its op family's methods).
     fn dims(&self) -> &Dims;
     /// Elements of a gradient arena (checked against the parameter table before a backward).
     fn grads_len(&self, grads: &Self::Grads) -> usize;
@@ -127,9 +128,10 @@ pub trait Primitives {
         d_out: usize,
     ) -> Result<(), Self::Error>;
 
-    /// Causal depthwise conv + SiLU over sequences of `t` rows: `pre`, `y = silu(pre)`,
-    /// `[B*T, C]`. With `io`, each sequence continues from its cache `(layer, which)` and
-    /// advances it.
+    /// Causal depthwise conv over sequences of `t` rows, its width `W` that of the weight
+    /// `w [C, 1, W]`: `pre`, and `y = silu(pre)` (`silu`, fla's `activation='silu'`) or
+    /// `y = pre` (no activation), `[B*T, C]`. With `io`, each sequence continues from its cache
+    /// `(layer, which)` and advances it.
     fn conv_fwd(
         &self,
         y: &mut Act<Self>,
@@ -139,6 +141,7 @@ pub trait Primitives {
         b: usize,
         t: usize,
         c: usize,
+        silu: bool,
         io: Option<(&mut Self::Io<'_>, usize, ConvIdx)>,
     ) -> Result<(), Self::Error>;
     /// Backward of [`Primitives::conv_fwd`] (no cache): writes `dx`, accumulates `dw`.
@@ -154,16 +157,18 @@ pub trait Primitives {
         b: usize,
         t: usize,
         c: usize,
+        silu: bool,
     ) -> Result<(), Self::Error>;
 
-    /// fla's `FusedRMSNormGated` over `rows = N*H` rows of V: `y = rmsnorm(o) * w * swish(g)`
-    /// (no gate: `* 1`), saving `rstd [rows]`.
+    /// fla's `FusedRMSNormGated` over `rows = N*H` rows of V (the width of the weight `w [V]`):
+    /// `y = rmsnorm(o) * w * act(g)` (no gate: fla's `RMSNorm`, `* 1`), saving `rstd [rows]`.
     fn gated_norm_fwd(
         &self,
         y: &mut Act<Self>,
         rstd: &mut F32<Self>,
         o: &Act<Self>,
         g: Option<&Act<Self>>,
+        act: GateAct,
         w: ParamId,
         rows: usize,
     ) -> Result<(), Self::Error>;
@@ -178,6 +183,7 @@ pub trait Primitives {
         dy: &F32<Self>,
         o: &Act<Self>,
         g: Option<&Act<Self>>,
+        act: GateAct,
         rstd: &F32<Self>,
         rows: usize,
     ) -> Result<(), Self::Error>;

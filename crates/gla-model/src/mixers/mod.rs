@@ -1,37 +1,47 @@
 //! Token mixers: the layer of a block that mixes information across positions. Each family
-//! lives in its own folder (`gla/`: its parameter rows, activations, forward and backward over
-//! the backend primitives and its op family's trait); this file is the one place that lists
-//! them, so a model takes one mixer per layer and a hybrid stack is a list of different ones.
+//! lives in its own folder (`gla/`, `delta/`: its parameter rows, activations, forward and
+//! backward over the backend primitives and its op family's trait); this file is the one place
+//! that lists them, so a model takes one mixer per layer and a hybrid stack is a list of
+//! different ones. A layer's mixer config is its own ([`MixerDims`], kept in its ids).
 //!
 //! Contract of a mixer's `forward`: `out [N, D] = res + mixer(xn)` (the residual add is fused
 //! into its output projection); with the backend's `Io` it continues each sequence from its
 //! inference state of that layer and advances it. Its `backward` gets the GEMM operand of
 //! `d out` and writes `d xn [N, D]`, accumulating its weights' gradients.
 
+pub mod delta;
 pub mod gla;
 
 use crate::backend::{Act, Backend, ModelStorage, Plan, F32};
-use crate::config::Dims;
+use crate::config::MixerDims;
 use crate::params::Table;
+use delta::{DeltaActs, DeltaIds, DeltaScratch};
 use gla::{GlaActs, GlaIds, GlaScratch};
 
-/// One layer's mixer and its parameter rows.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One layer's mixer: its dims and parameter rows.
+#[derive(Debug, Clone, PartialEq)]
 pub enum MixerIds {
     /// fla's `GatedLinearAttention`.
     Gla(GlaIds),
+    /// fla's `DeltaNet` / `GatedDeltaNet`.
+    Delta(DeltaIds),
 }
 
 impl MixerIds {
-    /// Adds the rows of the model's mixer under `prefix` (`model.layers.{l}.attn.`).
-    pub fn table(t: &mut Table, prefix: &str, d: &Dims) -> Self {
-        Self::Gla(GlaIds::table(t, prefix, d))
+    /// Adds the rows of mixer `m` under `prefix` (`model.layers.{l}.attn.`) for model dim `d`.
+    pub fn table(t: &mut Table, prefix: &str, d: usize, m: &MixerDims) -> Self {
+        match m {
+            MixerDims::Gla(g) => Self::Gla(GlaIds::table(t, prefix, d, g)),
+            MixerDims::Delta(g) => Self::Delta(DeltaIds::table(t, prefix, d, g)),
+        }
     }
 
-    /// Layers whose mixers have the same kind share inference buffers.
-    pub(crate) fn kind(&self) -> usize {
+    /// The mixer's dims: layers whose mixers have equal dims share inference buffers and the
+    /// backward's scratch.
+    pub fn dims(&self) -> MixerDims {
         match self {
-            Self::Gla(_) => 0,
+            Self::Gla(g) => MixerDims::Gla(g.dims),
+            Self::Delta(g) => MixerDims::Delta(g.dims),
         }
     }
 }
@@ -39,17 +49,26 @@ impl MixerIds {
 /// A layer's saved activations.
 pub(crate) enum MixerActs<S: ModelStorage> {
     Gla(GlaActs<S>),
+    Delta(DeltaActs<S>),
 }
 
-/// The backward's buffers of every mixer kind in the model (shared by the layers of a kind).
+/// One kind's backward buffers.
+enum Scratch<S: ModelStorage> {
+    Gla(GlaScratch<S>),
+    Delta(DeltaScratch<S>),
+}
+
+/// The backward's buffers of every mixer kind in the model (shared by the layers of a kind:
+/// equal [`MixerDims`]).
 pub(crate) struct MixerScratch<S: ModelStorage> {
-    gla: Option<GlaScratch<S>>,
+    kinds: Vec<(MixerDims, Scratch<S>)>,
 }
 
 impl<S: ModelStorage> MixerActs<S> {
     pub(crate) fn alloc<B: Backend<Buf = S>>(be: &B, ids: &MixerIds, n: usize) -> Result<Self, B::Error> {
         Ok(match ids {
-            MixerIds::Gla(_) => Self::Gla(GlaActs::alloc(be, n)?),
+            MixerIds::Gla(g) => Self::Gla(GlaActs::alloc(be, &g.dims, n)?),
+            MixerIds::Delta(g) => Self::Delta(DeltaActs::alloc(be, &g.dims, n)?),
         })
     }
 }
@@ -57,14 +76,19 @@ impl<S: ModelStorage> MixerActs<S> {
 impl<S: ModelStorage> MixerScratch<S> {
     /// Buffers for the kinds of `layers`, `n` rows.
     pub(crate) fn alloc<'a, B: Backend<Buf = S>>(be: &B, layers: impl Iterator<Item = &'a MixerIds>, n: usize) -> Result<Self, B::Error> {
-        let mut s = Self { gla: None };
+        let mut kinds: Vec<(MixerDims, Scratch<S>)> = Vec::new();
         for ids in layers {
-            match ids {
-                MixerIds::Gla(_) if s.gla.is_none() => s.gla = Some(GlaScratch::alloc(be, n)?),
-                MixerIds::Gla(_) => {}
+            let key = ids.dims();
+            if kinds.iter().any(|(k, _)| *k == key) {
+                continue;
             }
+            let s = match ids {
+                MixerIds::Gla(g) => Scratch::Gla(GlaScratch::alloc(be, &g.dims, n)?),
+                MixerIds::Delta(g) => Scratch::Delta(DeltaScratch::alloc(be, &g.dims, n)?),
+            };
+            kinds.push((key, s));
         }
-        Ok(s)
+        Ok(Self { kinds })
     }
 }
 
@@ -84,6 +108,8 @@ pub(crate) fn forward<B: Backend>(
 ) -> Result<(), B::Error> {
     match (ids, acts) {
         (MixerIds::Gla(ids), MixerActs::Gla(a)) => gla::forward(be, ids, a, plan, xn, res, out, bt, layer, io),
+        (MixerIds::Delta(ids), MixerActs::Delta(a)) => delta::forward(be, ids, a, plan, xn, res, out, bt, layer, io),
+        _ => Err(mismatch("forward", "activations").into()),
     }
 }
 
@@ -101,10 +127,18 @@ pub(crate) fn backward<B: Backend>(
     dxn: &mut F32<B>,
     bt: (usize, usize),
 ) -> Result<(), B::Error> {
-    match (ids, acts, &mut scratch.gla) {
-        (MixerIds::Gla(ids), MixerActs::Gla(a), Some(s)) => gla::backward(be, ids, a, s, plan, grads, xn, dout, dxn, bt),
-        (MixerIds::Gla(_), MixerActs::Gla(_), None) => {
-            Err(crate::model::shape_err("backward", "GLA scratch", "allocated for the model's mixers".into(), 1, 0).into())
+    let key = ids.dims();
+    let s = scratch.kinds.iter_mut().find(|(k, _)| *k == key).map(|(_, s)| s);
+    match (ids, acts, s) {
+        (MixerIds::Gla(ids), MixerActs::Gla(a), Some(Scratch::Gla(s))) => gla::backward(be, ids, a, s, plan, grads, xn, dout, dxn, bt),
+        (MixerIds::Delta(ids), MixerActs::Delta(a), Some(Scratch::Delta(s))) => {
+            delta::backward(be, ids, a, s, plan, grads, xn, dout, dxn, bt)
         }
+        _ => Err(mismatch("backward", "mixer scratch").into()),
     }
+}
+
+/// Buffers made for another mixer than the layer's (activations of another model).
+fn mismatch(op: &'static str, tensor: &'static str) -> gla_core::Error {
+    crate::model::shape_err(op, tensor, "allocated for the model's mixers".into(), 1, 0)
 }

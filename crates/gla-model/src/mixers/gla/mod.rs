@@ -9,13 +9,13 @@
 //! out = res + o Wo^T
 //! ```
 //!
-//! Its config is the GLA part of [`Dims`] (heads, key/value dims, gate, conv, feature map); its
-//! op family is [`crate::backend::GlaOps`]; its decode state is the backend's `Io` (per layer the recurrent
-//! state `[H, K, V]` f32 and the three conv caches).
+//! Its config is its layer's [`GlaDims`] (heads, key/value dims, gate, conv, feature map), kept
+//! in its [`GlaIds`]; its op family is [`crate::backend::GlaOps`]; its decode state is the
+//! backend's `Io` (per layer the recurrent state `[H, K, V]` f32 and the three conv caches).
 
 use crate::backend::GlaStorage;
 use crate::backend::{Act, Backend, ParamId, F32};
-use crate::config::Dims;
+use crate::config::{GateAct, GlaDims};
 use crate::params::{Init, Table};
 use gla_core::{GateKind, Problem, ProblemSpec};
 
@@ -23,9 +23,11 @@ use gla_core::{GateKind, Problem, ProblemSpec};
 /// tokens (`mode = 'fused_recurrent' if T <= 64`).
 pub const RECURRENT_MAX_T: usize = 64;
 
-/// The GLA layer's tensors.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The GLA layer's dims and tensors.
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GlaIds {
+    /// The layer's dims.
+    pub dims: GlaDims,
     /// `[key_dim, D]`
     pub q_proj: ParamId,
     /// `[key_dim_kv, D]`
@@ -54,19 +56,19 @@ pub struct GlaIds {
 
 impl GlaIds {
     /// Adds the layer's rows under `prefix` (`model.layers.{l}.attn.`) in fla's order.
-    pub fn table(t: &mut Table, p: &str, d: &Dims) -> Self {
-        let q_proj = t.add_gemm(format!("{p}q_proj.weight"), vec![d.key_dim, d.d]);
-        let k_proj = t.add_gemm(format!("{p}k_proj.weight"), vec![d.key_dim_kv, d.d]);
-        let v_proj = t.add_gemm(format!("{p}v_proj.weight"), vec![d.value_dim_kv, d.d]);
+    pub fn table(t: &mut Table, p: &str, dm: usize, d: &GlaDims) -> Self {
+        let q_proj = t.add_gemm(format!("{p}q_proj.weight"), vec![d.key_dim, dm]);
+        let k_proj = t.add_gemm(format!("{p}k_proj.weight"), vec![d.key_dim_kv, dm]);
+        let v_proj = t.add_gemm(format!("{p}v_proj.weight"), vec![d.value_dim_kv, dm]);
         let mut conv = |name: &str, c: usize| (d.conv > 0).then(|| t.add(format!("{p}{name}.weight"), vec![c, 1, d.conv], Init::Normal));
         let (q_conv, k_conv, v_conv) = (conv("q_conv1d", d.key_dim), conv("k_conv1d", d.key_dim_kv), conv("v_conv1d", d.value_dim_kv));
-        let g_proj = d.output_gate.then(|| t.add_gemm(format!("{p}g_proj.weight"), vec![d.value_dim, d.d]));
-        let gk0 = t.add_gemm(format!("{p}gk_proj.0.weight"), vec![d.gate_rank, d.d]);
+        let g_proj = d.output_gate.then(|| t.add_gemm(format!("{p}g_proj.weight"), vec![d.value_dim, dm]));
+        let gk0 = t.add_gemm(format!("{p}gk_proj.0.weight"), vec![d.gate_rank, dm]);
         let gk1 = t.add_gemm(format!("{p}gk_proj.1.weight"), vec![d.key_dim_kv, d.gate_rank]);
         let gk1_bias = t.add(format!("{p}gk_proj.1.bias"), vec![d.key_dim_kv], Init::Zeros);
-        let o_proj = t.add_gemm(format!("{p}o_proj.weight"), vec![d.d, d.value_dim]);
+        let o_proj = t.add_gemm(format!("{p}o_proj.weight"), vec![dm, d.value_dim]);
         let g_norm = t.add(format!("{p}{}.weight", d.gnorm_name), vec![d.head_v], Init::Ones);
-        Self { q_proj, k_proj, v_proj, q_conv, k_conv, v_conv, g_proj, gk0, gk1, gk1_bias, o_proj, g_norm }
+        Self { dims: *d, q_proj, k_proj, v_proj, q_conv, k_conv, v_conv, g_proj, gk0, gk1, gk1_bias, o_proj, g_norm }
     }
 
     /// The three short convolutions' weights, when the layer has them.
@@ -116,8 +118,7 @@ pub(crate) struct GlaScratch<S: GlaStorage> {
 }
 
 impl<S: GlaStorage> GlaActs<S> {
-    pub(crate) fn alloc<B: Backend<Buf = S>>(be: &B, n: usize) -> Result<Self, B::Error> {
-        let dm = be.dims();
+    pub(crate) fn alloc<B: Backend<Buf = S>>(be: &B, dm: &GlaDims, n: usize) -> Result<Self, B::Error> {
         let (kd, kdkv, vd, vdkv) = (dm.key_dim, dm.key_dim_kv, dm.value_dim, dm.value_dim_kv);
         let three = || -> Result<[S::Act; 3], B::Error> { Ok([be.alloc_act(n * kd)?, be.alloc_act(n * kdkv)?, be.alloc_act(n * vdkv)?]) };
         Ok(Self {
@@ -130,7 +131,7 @@ impl<S: GlaStorage> GlaActs<S> {
             gk_lr: be.alloc_act(n * dm.gate_rank)?,
             gk_raw: be.alloc_f32(n * kdkv)?,
             gk: be.alloc_act(n * kdkv)?,
-            gla: be.alloc_gla_saved(n)?,
+            gla: be.alloc_gla_saved(dm, n)?,
             o: be.alloc_act(n * vd)?,
             rstd_o: be.alloc_f32(n * dm.heads)?,
             on: be.alloc_act(n * vd)?,
@@ -156,15 +157,14 @@ fn op_inputs<'a, A>(pre: [&'a A; 3], fm: &'a Option<[A; 2]>) -> [&'a A; 3] {
 }
 
 impl<S: GlaStorage> GlaScratch<S> {
-    pub(crate) fn alloc<B: Backend<Buf = S>>(be: &B, n: usize) -> Result<Self, B::Error> {
-        let dm = be.dims();
+    pub(crate) fn alloc<B: Backend<Buf = S>>(be: &B, dm: &GlaDims, n: usize) -> Result<Self, B::Error> {
         // with short conv the conv backward writes dq, dk, dv's operands; without, casts do
         let d16 = |len: usize| if dm.conv > 0 { be.alloc_act(len) } else { be.alloc_cast(len) };
         Ok(Self {
             d_on: be.alloc_f32(n * dm.value_dim)?,
             d_o: be.alloc_act(n * dm.value_dim)?,
             dg_pre: if dm.output_gate { Some(be.alloc_act(n * dm.value_dim)?) } else { None },
-            dqkvg: be.alloc_gla_grads(n)?,
+            dqkvg: be.alloc_gla_grads(dm, n)?,
             dgk_raw: be.alloc_f32(n * dm.key_dim_kv)?,
             dgk_raw16: be.alloc_cast(n * dm.key_dim_kv)?,
             dgk_lr: be.alloc_act(n * dm.gate_rank)?,
@@ -188,15 +188,15 @@ pub(crate) fn forward<B: Backend>(
     layer: usize,
     mut io: Option<&mut B::Io<'_>>,
 ) -> Result<(), B::Error> {
-    let dm = be.dims();
-    let (n, d) = (b * t, dm.d);
+    let dm = &ids.dims;
+    let (n, d) = (b * t, be.dims().d);
     be.linear_fwd(&mut a.q_lin, xn, ids.q_proj, n, d, dm.key_dim)?;
     be.linear_fwd(&mut a.k_lin, xn, ids.k_proj, n, d, dm.key_dim_kv)?;
     be.linear_fwd(&mut a.v_lin, xn, ids.v_proj, n, d, dm.value_dim_kv)?;
     if let (Some(cv), Some(w)) = (&mut a.conv, ids.convs()) {
         let ins = [(&a.q_lin, dm.key_dim), (&a.k_lin, dm.key_dim_kv), (&a.v_lin, dm.value_dim_kv)];
         for (i, ((src, c), (y, pre))) in ins.into_iter().zip(cv.out.iter_mut().zip(cv.pre.iter_mut())).enumerate() {
-            be.conv_fwd(y, pre, src, w[i], b, t, c, io.as_deref_mut().map(|io| (io, layer, i)))?;
+            be.conv_fwd(y, pre, src, w[i], b, t, c, true, io.as_deref_mut().map(|io| (io, layer, i)))?;
         }
     }
     if let (Some(gw), Some(gp)) = (ids.g_proj, &mut a.g_pre) {
@@ -204,15 +204,15 @@ pub(crate) fn forward<B: Backend>(
     }
     be.linear_fwd(&mut a.gk_lr, xn, ids.gk0, n, d, dm.gate_rank)?;
     be.linear_fwd_f32(&mut a.gk_raw, &a.gk_lr, ids.gk1, n, dm.gate_rank, dm.key_dim_kv)?;
-    be.gate_fwd(&mut a.gk, &mut a.gk_raw, ids.gk1_bias, n)?;
+    be.gate_fwd(dm, &mut a.gk, &mut a.gk_raw, ids.gk1_bias, n)?;
     let pre = qkv([&a.q_lin, &a.k_lin, &a.v_lin], &a.conv);
     if let (Some(f), Some([fq, fk])) = (dm.feature_map, &mut a.fm) {
         be.feature_map_fwd(fq, pre[0], n * dm.key_dim, f)?;
         be.feature_map_fwd(fk, pre[1], n * dm.key_dim_kv, f)?;
     }
     let [q, k, v] = op_inputs(pre, &a.fm);
-    be.gla_fwd(plan, &mut a.gla, &mut a.o, q, k, v, &a.gk, io.map(|io| (io, layer)))?;
-    be.gated_norm_fwd(&mut a.on, &mut a.rstd_o, &a.o, a.g_pre.as_ref(), ids.g_norm, n * dm.heads)?;
+    be.gla_fwd(dm, plan, &mut a.gla, &mut a.o, q, k, v, &a.gk, io.map(|io| (io, layer)))?;
+    be.gated_norm_fwd(&mut a.on, &mut a.rstd_o, &a.o, a.g_pre.as_ref(), GateAct::Swish, ids.g_norm, n * dm.heads)?;
     be.linear_residual_fwd(out, res, &a.on, ids.o_proj, n, dm.value_dim, d)
 }
 
@@ -231,22 +231,35 @@ pub(crate) fn backward<B: Backend>(
     dxn: &mut F32<B>,
     (b, t): (usize, usize),
 ) -> Result<(), B::Error> {
-    let dm = be.dims();
-    let (n, d) = (b * t, dm.d);
+    let dm = &ids.dims;
+    let (n, d) = (b * t, be.dims().d);
     be.linear_bwd_x(&mut s.d_on, dout, ids.o_proj, n, dm.value_dim, d, false)?;
     be.linear_bwd_w(grads, ids.o_proj, dout, &a.on, n, dm.value_dim, d)?;
-    be.gated_norm_bwd(plan, &mut s.d_o, s.dg_pre.as_mut(), grads, ids.g_norm, &s.d_on, &a.o, a.g_pre.as_ref(), &a.rstd_o, n * dm.heads)?;
+    let g_pre = a.g_pre.as_ref();
+    be.gated_norm_bwd(
+        plan,
+        &mut s.d_o,
+        s.dg_pre.as_mut(),
+        grads,
+        ids.g_norm,
+        &s.d_on,
+        &a.o,
+        g_pre,
+        GateAct::Swish,
+        &a.rstd_o,
+        n * dm.heads,
+    )?;
     let pre = qkv([&a.q_lin, &a.k_lin, &a.v_lin], &a.conv);
     let [q, k, v] = op_inputs(pre, &a.fm);
     let [dq, dk, dv, dgk] = &mut s.dqkvg;
-    be.gla_bwd(plan, &a.gla, q, k, v, &a.gk, &s.d_o, [dq, dk, dv, dgk])?;
+    be.gla_bwd(dm, plan, &a.gla, q, k, v, &a.gk, &s.d_o, [dq, dk, dv, dgk])?;
     // feature map: d(pre) = d(f(pre)) f'(pre), in place
     if let Some(f) = dm.feature_map {
         be.feature_map_bwd(dq, pre[0], n * dm.key_dim, f)?;
         be.feature_map_bwd(dk, pre[1], n * dm.key_dim_kv, f)?;
     }
     // gate: gk_raw = gk_lr W1^T + b1; gk = gate(gk_raw)
-    be.gate_bwd(plan, &mut s.dgk_raw, &mut s.dgk_raw16, grads, ids.gk1_bias, &s.dqkvg[3], &a.gk_raw, n)?;
+    be.gate_bwd(dm, plan, &mut s.dgk_raw, &mut s.dgk_raw16, grads, ids.gk1_bias, &s.dqkvg[3], &a.gk_raw, n)?;
     let dgk_raw = be.operand(&s.dgk_raw16, &s.dgk_raw);
     be.linear_bwd_w(grads, ids.gk1, dgk_raw, &a.gk_lr, n, dm.gate_rank, dm.key_dim_kv)?;
     be.linear_bwd_x_act(&mut s.dgk_lr, dgk_raw, ids.gk1, n, dm.gate_rank, dm.key_dim_kv)?;
@@ -255,7 +268,9 @@ pub(crate) fn backward<B: Backend>(
     let lins = [&a.q_lin, &a.k_lin, &a.v_lin];
     for i in 0..3 {
         match (ids.convs(), &a.conv) {
-            (Some(w), Some(cv)) => be.conv_bwd(plan, &mut s.dqkv16[i], grads, w[i], &s.dqkvg[i], &cv.pre[i], lins[i], b, t, chans[i])?,
+            (Some(w), Some(cv)) => {
+                be.conv_bwd(plan, &mut s.dqkv16[i], grads, w[i], &s.dqkvg[i], &cv.pre[i], lins[i], b, t, chans[i], true)?
+            }
             _ => be.cast(&mut s.dqkv16[i], &s.dqkvg[i])?,
         }
     }
@@ -278,8 +293,8 @@ pub(crate) fn backward<B: Backend>(
     Ok(())
 }
 
-/// The GLA op's problem for `b` rows of `t` tokens (`cu`: packed varlen offsets) of this model.
-pub(crate) fn problem(dims: &Dims, b: usize, t: usize, cu: Option<Vec<usize>>) -> crate::Result<Problem> {
+/// The GLA op's problem for `b` rows of `t` tokens (`cu`: packed varlen offsets) of this layer.
+pub(crate) fn problem(dims: &GlaDims, b: usize, t: usize, cu: Option<Vec<usize>>) -> crate::Result<Problem> {
     Ok(Problem::new(ProblemSpec {
         b,
         t,
