@@ -247,8 +247,11 @@ fn feature_maps_match_their_names_and_derivatives() {
         .map(|n| FeatureMap::from_name(n).unwrap().code())
         .collect();
     assert_eq!(codes, (0..10).collect::<Vec<i32>>());
+    // fla's elu_p1 (DeltaNet's qk_activation "elu"): elu(x) + 1, not an ACT2FN name
+    assert!(FeatureMap::from_name("elu_p1").is_none());
+    assert!(close(FeatureMap::EluP1.apply(-1.0), 0.367_879_44) && close(FeatureMap::EluP1.apply(2.0), 3.0));
     // f' against central differences, away from the kinks
-    for &(name, f) in FeatureMap::NAMES {
+    for &(name, f) in FeatureMap::NAMES.iter().chain([&("elu_p1", FeatureMap::EluP1)]) {
         for x in [-2.3f32, -0.7, 0.4, 1.9, 5.2] {
             let h = 1e-3f64;
             let fd = (f64::from(f.apply((f64::from(x) + h) as f32)) - f64::from(f.apply((f64::from(x) - h) as f32))) / (2.0 * h);
