@@ -1,4 +1,5 @@
-//! `gla generate`: text from a local Hugging Face GLA directory (fla's format) on the CPU, and
+//! `gla generate`: text from a local Hugging Face directory (fla's format: GLA, DeltaNet or Gated
+//! DeltaNet, by `model_type`) on the CPU, and
 //! `gla bench generate`: tokens/s and time to first token of a random model.
 
 use std::io::{Read, Write};
@@ -220,6 +221,7 @@ pub fn run(a: &Args) -> Result<bool> {
     a.device.ensure_built()?;
     let t0 = Instant::now();
     let (model, dir) = crate::model_dir::load(&a.model)?;
+    a.device.ensure_runs(model.config.model_type(), &model.dims)?;
     let tok = crate::model_dir::tokenizer(&dir, a.byte_tokenizer)?;
     let load_s = t0.elapsed().as_secs_f64();
     if a.stats {
@@ -423,6 +425,7 @@ pub fn bench(a: &BenchArgs) -> Result<bool> {
             GlaModel::new(config, 0)?
         }
     };
+    a.device.ensure_runs(model.config.model_type(), &model.dims)?;
     let threads = rayon::current_num_threads();
     println!(
         "gla bench generate: {}, {} parameters ({} layers, hidden {}, {}, vocab {}), greedy",

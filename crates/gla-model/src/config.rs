@@ -1081,7 +1081,8 @@ impl ModelConfig {
             other => Err(unsupported(
                 "model_type",
                 format!(
-                    "found {other:?}; this build has {} (fla's other families are not built yet)",
+                    "found {other:?}; this build runs {} models (fla's other families are not built yet): use a checkpoint \
+                     of one of those, or train one with `gla train --arch <model_type>`",
                     Self::MODEL_TYPES.iter().map(|t| format!("{t:?}")).collect::<Vec<_>>().join(", ")
                 ),
             )),
