@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Parity fixtures produced by fla itself, for crates/gla-model/tests/fla_parity.rs.
 
-Builds tiny random fla `GLAForCausalLM` models in float32 on the GPU, runs one forward + backward
-and a greedy cached decode with fla's own code, and writes per variant
+Builds tiny random fla `GLAForCausalLM`, `DeltaNetForCausalLM` and `GatedDeltaNetForCausalLM`
+models in float32 on the GPU, runs one forward + backward and a greedy cached decode with fla's
+own code, and writes per variant
 
     <out>/<variant>/config.json          fla's config, as `save_pretrained` writes it
     <out>/<variant>/model.safetensors    fla's weights, as `save_pretrained` writes them (f32)
@@ -19,12 +20,41 @@ and a greedy cached decode with fla's own code, and writes per variant
                                                                     argmax of (prefill's last
                                                                     position, then each decode step)
 
-Variants (all: 2 layers, hidden_size 64, num_heads 2, vocab 256, float32, otherwise fla's defaults
+GLA variants (2 layers, hidden_size 64, num_heads 2, vocab 256, float32, otherwise fla's defaults
 except the deviations below):
 
     noconv     use_short_conv=False, tie_word_embeddings=False (fla's default)
     conv_tied  use_short_conv=True (conv_size 4), tie_word_embeddings=True
     fmap_relu  use_short_conv=True (conv_size 4), feature_map='relu' on q and k (fla's gla_7B map)
+
+Delta-rule variants (2 layers, hidden_size 32, num_heads 2, vocab 128, intermediate_size 16, so
+that the four weigh well under 1 MB; ids [2, 100] of vocab 128, logits [2, 100, 128]):
+
+    delta_net           DeltaNet, fla's defaults: short conv, qk_activation silu, qk_norm l2,
+                        use_beta, no output gate
+    delta_net_gate      DeltaNet, qk_activation relu, qk_norm sum, use_gate (gated RMSNorm),
+                        allow_neg_eigval, no short conv
+    gated_deltanet      Gated DeltaNet, head_dim 16, expand_v 2, short conv, use_gate
+    gated_deltanet_gva  Gated DeltaNet, num_v_heads 4 over 2 heads (grouped value heads),
+                        allow_neg_eigval, output_gate_activation sigmoid, tied embeddings
+
+Which fla code makes which number (fla 0.6.0 on the H200):
+  * DeltaNet: fla refuses float32 in its chunked kernels (ChunkDeltaRuleFunction asserts), so the
+    config sets attn_mode='fused_recurrent': fla's layer then runs fused_recurrent_delta_rule for
+    every length, which has a backward (the same function). Logits, loss, gradients and greedy
+    tokens all come from fla's kernels.
+  * Gated DeltaNet: logits, loss and the greedy continuation come from fla's fused_recurrent
+    kernel (attn_mode='fused_recurrent': fla's layer runs it for every length without grad). Not
+    from its chunked kernels: fla 0.6.0 hard-codes TF32 dots in the chunked forward's triangular
+    solve (SOLVE_TRIL_DOT_PRECISION = 'tf32' on TF32 hardware, fla/ops/gated_delta_rule/
+    chunk_fwd.py), whatever TRITON_F32_DEFAULT says: its logits sit 3e-5 to 7e-4 (relative) from
+    the exact function on these models; the script prints that distance as a diagnostic. fla
+    refuses the gated chunked backward on this Hopper machine (Triton < 3.7.1, fla #640), and its
+    fused_recurrent kernel has no backward, so the gradients come from fla's layer with the kernel
+    call replaced by fla's own naive reference (fla/ops/gated_delta_rule/naive.py,
+    naive_recurrent_gated_delta_rule, under torch autograd), fed exactly what the kernel receives
+    (the in-kernel L2 norm, beta sigmoid and gate written out in torch). The script prints how far
+    that substitute's logits are from fla's kernel's.
 
 Deviations from fla's defaults, and why:
   * fuse_cross_entropy=False (fuse_linear_cross_entropy stays False): the loss is then
@@ -40,6 +70,7 @@ Deviations from fla's defaults, and why:
     input token and greedy decoding repeats one token, which would hide a misordered conv cache.
   * after fla's init, every norm weight is set to 1 + 0.2 * N(0, 1) and every gk_proj.1.bias to
     N(0, 1) (fla initialises them to exactly 1 and 0, which would make the forward blind to them).
+    Gated DeltaNet's A_log and dt_bias keep fla's random init.
 
 What it needs, on the GPU machine:
   * torch with CUDA, triton, einops (fla-core 0.6.0's own requirements);
@@ -115,10 +146,32 @@ BASE_CONFIG = dict(
 # greedy tokens is used (config.json records it).
 INIT_RANGES = (0.02, 0.05, 0.1, 0.2)
 MIN_DISTINCT = 8
+DELTA_BASE = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_heads=2,
+    vocab_size=128,
+    intermediate_size=16,
+    fuse_cross_entropy=False,
+    fuse_linear_cross_entropy=False,
+)
+# family: (base config, fla model module, config class, model class)
+FAMILIES = {
+    "gla": (BASE_CONFIG, "fla.models.gla", "GLAConfig", "GLAForCausalLM"),
+    "delta_net": (DELTA_BASE, "fla.models.delta_net", "DeltaNetConfig", "DeltaNetForCausalLM"),
+    "gated_deltanet": (DELTA_BASE, "fla.models.gated_deltanet", "GatedDeltaNetConfig", "GatedDeltaNetForCausalLM"),
+}
 VARIANTS = {
-    "noconv": dict(seed=1234, use_short_conv=False, tie_word_embeddings=False),
-    "conv_tied": dict(seed=5678, use_short_conv=True, conv_size=4, tie_word_embeddings=True),
-    "fmap_relu": dict(seed=9012, use_short_conv=True, conv_size=4, tie_word_embeddings=False, feature_map="relu"),
+    "noconv": dict(family="gla", seed=1234, use_short_conv=False, tie_word_embeddings=False),
+    "conv_tied": dict(family="gla", seed=5678, use_short_conv=True, conv_size=4, tie_word_embeddings=True),
+    "fmap_relu": dict(family="gla", seed=9012, use_short_conv=True, conv_size=4, tie_word_embeddings=False, feature_map="relu"),
+    "delta_net": dict(family="delta_net", seed=2101, attn_mode="fused_recurrent"),
+    "delta_net_gate": dict(family="delta_net", seed=2202, attn_mode="fused_recurrent", qk_activation="relu",
+                           qk_norm="sum", use_gate=True, allow_neg_eigval=True, use_short_conv=False),
+    "gated_deltanet": dict(family="gated_deltanet", seed=3101, attn_mode="fused_recurrent", head_dim=16, expand_v=2.0),
+    "gated_deltanet_gva": dict(family="gated_deltanet", seed=3202, attn_mode="fused_recurrent", head_dim=16,
+                               expand_v=1.0, num_v_heads=4,
+                               allow_neg_eigval=True, output_gate_activation="sigmoid", tie_word_embeddings=True),
 }
 
 
@@ -152,12 +205,61 @@ def import_stack():
         die(f"einops is not importable ({e}); fla-core requires it (carry einops-*.whl)")
     try:
         import fla
-        from fla.models.gla import GLAConfig, GLAForCausalLM
     except ImportError as e:
-        die(f"fla's GLA model is not importable ({e}); did you set PYTHONPATH=/tmp/site after "
+        die(f"fla is not importable ({e}); did you set PYTHONPATH=/tmp/site after "
             "`pip install --no-index --no-deps --target /tmp/site .whl/*.whl`?")
     import triton
-    return torch, transformers, triton, fla, GLAConfig, GLAForCausalLM
+    return torch, transformers, triton, fla
+
+
+def family_classes(family):
+    """fla's config and model classes of a family."""
+    import importlib
+
+    _, module, config_cls, model_cls = FAMILIES[family]
+    try:
+        m = importlib.import_module(module)
+    except ImportError as e:
+        die(f"fla's {family} model is not importable ({e})")
+    return getattr(m, config_cls), getattr(m, model_cls)
+
+
+def naive_delta_rule(torch, q, k, v, beta, g=None, scale=None, initial_state=None, output_final_state=False,
+                     use_qk_l2norm_in_kernel=False, use_beta_sigmoid_in_kernel=False, allow_neg_eigval=False,
+                     use_gate_in_kernel=False, A_log=None, dt_bias=None, state_v_first=False, cu_seqlens=None,
+                     **_):
+    """What fla's chunk_gated_delta_rule computes, written with fla's naive reference
+    (naive_recurrent_gated_delta_rule) and torch ops under autograd: the in-kernel L2 norm
+    (fla's l2norm, eps 1e-6), beta sigmoid (x2 with allow_neg_eigval), gate
+    (-exp(A_log) softplus(a + dt_bias)), grouped value heads (q, k head = value head // (HV/H))."""
+    import torch.nn.functional as F
+    from fla.ops.gated_delta_rule.naive import naive_recurrent_gated_delta_rule
+
+    if cu_seqlens is not None:
+        die("the naive substitute takes no cu_seqlens (the fixtures pass none)")
+    dtype = v.dtype
+    q, k, v, beta = q.float(), k.float(), v.float(), beta.float()
+    if use_qk_l2norm_in_kernel:
+        q = q / torch.sqrt((q * q).sum(-1, keepdim=True) + 1e-6)
+        k = k / torch.sqrt((k * k).sum(-1, keepdim=True) + 1e-6)
+    if use_beta_sigmoid_in_kernel:
+        beta = beta.sigmoid() * (2.0 if allow_neg_eigval else 1.0)
+    if g is None:
+        g = torch.zeros_like(beta)
+    elif use_gate_in_kernel:
+        a = g.float() + (dt_bias.float() if dt_bias is not None else 0.0)
+        g = -A_log.float().exp() * F.softplus(a)
+    group = v.shape[2] // q.shape[2]
+    if group > 1:
+        q, k = q.repeat_interleave(group, dim=2), k.repeat_interleave(group, dim=2)
+    h0 = initial_state
+    if h0 is not None and state_v_first:
+        h0 = h0.transpose(-1, -2)
+    o, ht = naive_recurrent_gated_delta_rule(q, k, v, beta, g.float(), scale=scale, initial_state=h0,
+                                             output_final_state=output_final_state)
+    if ht is not None and state_v_first:
+        ht = ht.transpose(-1, -2).contiguous()
+    return o.to(dtype), ht
 
 
 def limit_autotuning():
@@ -238,11 +340,11 @@ def greedy_hf(torch, model, prompt):
     return [int(x) for x in out[0, prompt.shape[1]:].tolist()]
 
 
-def build(torch, GLAConfig, GLAForCausalLM, spec, init_range):
-    opts = {k: v for k, v in spec.items() if k != "seed"}
-    config = GLAConfig(**BASE_CONFIG, **opts, initializer_range=init_range)
+def build(torch, Config, Model, spec, init_range):
+    opts = {k: v for k, v in spec.items() if k not in ("seed", "family")}
+    config = Config(**FAMILIES[spec["family"]][0], **opts, initializer_range=init_range)
     torch.manual_seed(spec["seed"])
-    model = GLAForCausalLM(config).to(dtype=torch.float32)
+    model = Model(config).to(dtype=torch.float32)
     gen = torch.Generator().manual_seed(spec["seed"] + 1)
     perturb(torch, model, gen)
     model = model.cuda()
@@ -256,12 +358,14 @@ def build(torch, GLAConfig, GLAForCausalLM, spec, init_range):
     return config, model, gen
 
 
-def run_variant(torch, safetensors_torch, GLAConfig, GLAForCausalLM, name, spec, out_dir):
+def run_variant(torch, safetensors_torch, name, spec, out_dir):
     import torch.nn.functional as F
 
+    family = spec["family"]
+    Config, Model = family_classes(family)
     os.makedirs(out_dir, exist_ok=True)
     for init_range in INIT_RANGES:
-        config, model, gen = build(torch, GLAConfig, GLAForCausalLM, spec, init_range)
+        config, model, gen = build(torch, Config, Model, spec, init_range)
         vocab = config.vocab_size
         input_ids = torch.randint(0, vocab, (SEQ_B, SEQ_T), generator=gen).cuda()
         log(f"{name}: initializer_range {init_range}: greedy decode")
@@ -276,13 +380,47 @@ def run_variant(torch, safetensors_torch, GLAConfig, GLAForCausalLM, name, spec,
         die(f"{name}: no initializer_range in {INIT_RANGES} gives {MIN_DISTINCT} distinct greedy tokens")
 
     log(f"{name}: forward + backward")
-    # forward + backward, fla's loss (labels shifted inside GLAForCausalLM.forward)
-    model.train()
-    model.zero_grad(set_to_none=True)
-    out = model(input_ids=input_ids, labels=input_ids, use_cache=False)
-    logits = out.logits.detach().float().clone()
-    loss = out.loss
-    loss.backward()
+    # forward + backward, fla's loss (labels shifted inside *ForCausalLM.forward)
+    source = "fla's kernels"
+    if family == "gated_deltanet":
+        # logits and loss from fla's fused_recurrent kernel; gradients from the naive substitute
+        # below (the layer forces its chunked path under grad: the one the substitute replaces)
+        model.eval()
+        with torch.no_grad():
+            out = model(input_ids=input_ids, labels=input_ids, use_cache=False)
+        logits, loss = out.logits.detach().float().clone(), out.loss.detach()
+        import fla.layers.gated_deltanet as gdn_layer
+
+        kernel = gdn_layer.chunk_gated_delta_rule
+        gdn_layer.chunk_gated_delta_rule = lambda **kw: naive_delta_rule(torch, **kw)
+        try:
+            model.train()
+            model.zero_grad(set_to_none=True)
+            out = model(input_ids=input_ids, labels=input_ids, use_cache=False)
+            out.loss.backward()
+        finally:
+            gdn_layer.chunk_gated_delta_rule = kernel
+        naive_logits = out.logits.detach().float()
+        diag_name, diag = "naive_vs_fused_recurrent_logits_rel", rel(naive_logits, logits)
+        source = ("logits, loss, greedy: fla's fused_recurrent kernel; gradients: fla's layer with "
+                  "chunk_gated_delta_rule replaced by naive_recurrent_gated_delta_rule under autograd")
+        chunk_cfg = copy.deepcopy(config)
+        chunk_cfg.attn_mode = "chunk"
+        chunk = Model(chunk_cfg).to(dtype=torch.float32).cuda().eval()
+        chunk.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            chunk_logits = chunk(input_ids=input_ids, use_cache=False).logits.float()
+        source += f"; fla's chunked forward (TF32 solve) is {rel(chunk_logits, logits):.2e} from these logits"
+        del chunk
+        if abs(out.loss.item() - loss.item()) > 1e-5 * abs(loss.item()):
+            die(f"{name}: the naive substitute's loss {out.loss.item()} differs from fla's {loss.item()}")
+    else:
+        model.train()
+        model.zero_grad(set_to_none=True)
+        out = model(input_ids=input_ids, labels=input_ids, use_cache=False)
+        logits = out.logits.detach().float().clone()
+        loss = out.loss
+        loss.backward()
     ref = F.cross_entropy(logits[:, :-1].reshape(-1, vocab).double(), input_ids[:, 1:].reshape(-1))
     if abs(ref.item() - loss.item()) > 1e-5 * abs(ref.item()):
         die(f"fla's loss {loss.item()} is not the plain mean CE of its logits ({ref.item()})")
@@ -292,16 +430,29 @@ def run_variant(torch, safetensors_torch, GLAConfig, GLAForCausalLM, name, spec,
             die(f"parameter {pname} got no gradient")
         grads[f"grad.{pname}"] = p.grad.detach().float().cpu().contiguous()
 
-    log(f"{name}: fused_recurrent diagnostic")
-    # diagnostic: fla's fused recurrent kernels on the same weights and ids (TF32 check)
-    rec_cfg = copy.deepcopy(config)
-    rec_cfg.attn_mode = "fused_recurrent"
-    rec = GLAForCausalLM(rec_cfg).to(dtype=torch.float32).cuda()
-    rec.load_state_dict(model.state_dict())
-    with torch.no_grad():
-        rec_logits = rec(input_ids=input_ids, use_cache=False).logits.float()
-    chunk_vs_rec = rel(rec_logits, logits)
-    del rec
+    if family == "gla":
+        log(f"{name}: fused_recurrent diagnostic")
+        # diagnostic: fla's fused recurrent kernels on the same weights and ids (TF32 check)
+        rec_cfg = copy.deepcopy(config)
+        rec_cfg.attn_mode = "fused_recurrent"
+        rec = Model(rec_cfg).to(dtype=torch.float32).cuda()
+        rec.load_state_dict(model.state_dict())
+        with torch.no_grad():
+            rec_logits = rec(input_ids=input_ids, use_cache=False).logits.float()
+        diag_name, diag = "chunk_vs_fused_recurrent_logits_rel", rel(rec_logits, logits)
+        del rec
+    elif family == "delta_net":
+        # diagnostic: fla's fused recurrent kernel against the naive substitute on the same model
+        import fla.layers.delta_net as dn_layer
+
+        kernel = dn_layer.fused_recurrent_delta_rule
+        dn_layer.fused_recurrent_delta_rule = lambda **kw: naive_delta_rule(torch, **kw)
+        try:
+            with torch.no_grad():
+                naive_logits = model(input_ids=input_ids, use_cache=False).logits.float()
+        finally:
+            dn_layer.fused_recurrent_delta_rule = kernel
+        diag_name, diag = "fused_recurrent_vs_naive_logits_rel", rel(naive_logits, logits)
 
     log(f"{name}: generate()")
     model.eval()
@@ -316,7 +467,7 @@ def run_variant(torch, safetensors_torch, GLAConfig, GLAForCausalLM, name, spec,
     log(f"{name}: save_pretrained + reload")
     save_model(model, out_dir)
     # the saved directory must reproduce the logits
-    re = GLAForCausalLM.from_pretrained(out_dir, dtype=torch.float32).cuda().eval()
+    re = Model.from_pretrained(out_dir, dtype=torch.float32).cuda().eval()
     with torch.no_grad():
         re_logits = re(input_ids=input_ids, use_cache=False).logits.float()
     reload_err = rel(re_logits, logits)
@@ -352,8 +503,10 @@ def run_variant(torch, safetensors_torch, GLAConfig, GLAForCausalLM, name, spec,
         "transformers": transformers.__version__,
         "device": torch.cuda.get_device_name(0),
         "TRITON_F32_DEFAULT": os.environ.get("TRITON_F32_DEFAULT", ""),
-        "labels": "input_ids (GLAForCausalLM shifts them: target[t] = ids[t+1], last ignored)",
-        "chunk_vs_fused_recurrent_logits_rel": f"{chunk_vs_rec:.3e}",
+        "family": family,
+        "source": source,
+        "labels": "input_ids (the model shifts them: target[t] = ids[t+1], last ignored)",
+        diag_name: f"{diag:.3e}",
         "greedy_min_top2_margin": f"{margin:.4e}",
         "hf_generate": hf_note,
     }
@@ -365,7 +518,7 @@ def run_variant(torch, safetensors_torch, GLAConfig, GLAForCausalLM, name, spec,
         cfg = json.load(f)
     print(f"[{name}] loss {loss.item():.6f}  max|logit| {logits.abs().max().item():.4f}  "
           f"params {sum(p.numel() for p in model.parameters())}  grads {len(grads)}")
-    print(f"[{name}] chunk vs fused_recurrent logits rel {chunk_vs_rec:.2e}; reload rel {reload_err:.1e}")
+    print(f"[{name}] {diag_name} {diag:.2e}; reload rel {reload_err:.1e}; {source}")
     print(f"[{name}] initializer_range {config.initializer_range}; greedy {toks} "
           f"(min top-2 margin {margin:.3e}); {hf_note}")
     print(f"[{name}] config: use_short_conv={cfg.get('use_short_conv')} "
@@ -387,7 +540,7 @@ def main():
             die(f"unknown variant {v!r}; known: {list(VARIANTS)}")
 
     log("importing torch, transformers, fla")
-    torch, transformers, triton, fla, GLAConfig, GLAForCausalLM = import_stack()
+    torch, transformers, triton, fla = import_stack()
     import safetensors.torch as safetensors_torch
     tuning = limit_autotuning()
 
@@ -398,8 +551,7 @@ def main():
           f"autotuning: {tuning}")
     total = 0
     for v in names:
-        total += run_variant(torch, safetensors_torch, GLAConfig, GLAForCausalLM, v, VARIANTS[v],
-                             os.path.join(args.out, v))
+        total += run_variant(torch, safetensors_torch, v, VARIANTS[v], os.path.join(args.out, v))
     log(f"total {total / 1024:.1f} KiB in {args.out}")
 
 

@@ -385,7 +385,9 @@ impl<T: Real> DeltaInputs<'_, T> {
     }
 
     /// Checks shapes and values: no NaN or infinity anywhere; a given log-decay <= 0; a beta
-    /// given directly (no sigmoid) in [0, 1].
+    /// given directly (no sigmoid) in [0, 2] (beyond 2 the transition `I - beta k k^T` of a unit
+    /// key has an eigenvalue below -1 and the state grows without bound; fla's DeltaNet layer
+    /// passes `2 sigmoid(b)`, or 2 itself without `use_beta`, with `allow_neg_eigval`).
     ///
     /// # Errors
     /// [`Error::ShapeMismatch`], [`Error::NonFinite`], [`Error::BadGate`], [`Error::BadArg`] for
@@ -423,12 +425,12 @@ impl<T: Real> DeltaInputs<'_, T> {
             }
         }
         if !p.beta_sigmoid() {
-            if let Some(index) = self.beta.iter().position(|&b| b < T::ZERO || b > T::ONE) {
+            if let Some(index) = self.beta.iter().position(|&b| b < T::ZERO || b > T::ONE + T::ONE) {
                 return Err(Error::BadArg {
                     key: "beta",
                     reason: format!(
-                        "{op}: beta must lie in [0, 1] when given directly, found {} at flat index {index} \
-                         (pass logits with beta_sigmoid, or allow_neg_eigval for (0, 2))",
+                        "{op}: beta must lie in [0, 2] when given directly, found {} at flat index {index} \
+                         (pass logits with beta_sigmoid instead)",
                         self.beta[index].to_f64()
                     ),
                 });
@@ -488,7 +490,7 @@ mod tests {
         let g = vec![-0.1f32, 0.5, -0.1];
         let x = DeltaInputs { g: Some(&g), ..x };
         assert!(matches!(x.validate("t", &p), Err(Error::BadGate { index: 1, .. })));
-        let big = vec![1.5f32; 3];
+        let big = vec![2.5f32; 3];
         let x = DeltaInputs { beta: &big, g: None, ..x };
         let p = DeltaProblem::new(DeltaSpec::new(1, 3, 1, 2, 2, DeltaGate::None)).unwrap();
         assert!(matches!(x.validate("t", &p), Err(Error::BadArg { key: "beta", .. })));

@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Side by side on one GPU, in one run: fla's chunk_delta_rule and chunk_gated_delta_rule (Triton,
+fla 0.6.0) on the shapes of `gla bench delta --device cuda`, whose JSON this reads; prints one
+table with ratios and writes everything as JSON.
+
+Usage (from bench/delta_vs_fla.sh): python3 bench/delta_vs_fla.py --gla-json GLA.json --out OUT.json
+       python3 bench/delta_vs_fla.py --fla-only --out OUT.json   (fla alone on the shapes below)
+Timing: triton.testing.do_bench (CUDA events), median, warmup 25 ms, rep 100 ms, after 3 untimed
+calls per op and shape (fla autotunes in those). Inputs as fla's delta-rule docs and tests draw
+them: q, v, do ~ randn bf16, k = L2-normalised randn, beta = sigmoid(rand), g = logsigmoid(randn)
+for the gated rule; the op's plain options (no L2 norm, sigmoid or gate inside the op).
+fla refuses the gated chunked backward on Hopper with Triton < 3.7.1 (fla #640): that refusal is
+recorded as the row's error, not skipped silently.
+"""
+import argparse
+import json
+import time
+
+import torch
+import torch.nn.functional as F
+from triton.testing import do_bench
+
+# the shapes of record (B*T = 65536, H = 16, K = V = 128) and fla's README shapes
+SHAPES = [[65536 // t, t, 16, 128, 128] for t in (2048, 8192, 32768)] + [
+    [8, 2048, 32, 256, 256], [4, 4096, 64, 128, 128], [8, 1024, 8, 64, 64],
+    [1, 8192, 96, 128, 128], [2, 16384, 16, 128, 128], [4, 2048, 16, 128, 128]]
+
+
+def bench(fn):
+    return float(do_bench(fn, warmup=25, rep=100, quantiles=[0.5]))
+
+
+def fla_times(op, B, T, H, K, V):
+    from fla.ops.delta_rule import chunk_delta_rule
+    from fla.ops.gated_delta_rule import chunk_gated_delta_rule
+    dev, bf = "cuda", torch.bfloat16
+    q = torch.randn(B, T, H, K, device=dev, dtype=bf, requires_grad=True)
+    k = F.normalize(torch.randn(B, T, H, K, device=dev, dtype=torch.float32), p=2, dim=-1).to(bf).requires_grad_(True)
+    v = torch.randn(B, T, H, V, device=dev, dtype=bf, requires_grad=True)
+    beta = torch.rand(B, T, H, device=dev, dtype=torch.float32).sigmoid().to(bf).requires_grad_(True)
+    g = F.logsigmoid(torch.randn(B, T, H, device=dev, dtype=torch.float32)).requires_grad_(True)
+    do = torch.randn(B, T, H, V, device=dev, dtype=bf)
+    if op == "delta":
+        call = lambda: chunk_delta_rule(q, k, v, beta)[0]
+    else:
+        call = lambda: chunk_gated_delta_rule(q, k, v, g, beta)[0]
+
+    def fwdbwd():
+        call().backward(do)
+        q.grad = k.grad = v.grad = beta.grad = g.grad = None
+
+    with torch.no_grad():
+        for _ in range(3):
+            call()
+        torch.cuda.synchronize()
+        f = bench(call)
+    try:
+        for _ in range(3):
+            fwdbwd()
+        torch.cuda.synchronize()
+        fb, err = bench(fwdbwd), None
+    except Exception as e:  # fla #640: the gated backward refuses on Hopper with this Triton
+        fb, err = None, f"{type(e).__name__}: {e}"[:300]
+    return f, fb, err
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--gla-json", help="gla bench delta --json output (its shapes and ops are the ones timed)")
+    ap.add_argument("--fla-only", action="store_true", help="fla alone on the shapes of record and README shapes")
+    ap.add_argument("--ops", default="delta,gdn")
+    ap.add_argument("--out", required=True)
+    a = ap.parse_args()
+    ours = {}
+    todo = []
+    if a.gla_json:
+        gla = json.load(open(a.gla_json))
+        for r in gla["results"]:
+            key = (r["op"], tuple(r["shape"]))
+            if key not in todo:
+                todo.append(key)
+            ours[(key, r["pass"])] = r
+    else:
+        gla = None
+        todo = [(op, tuple(s)) for op in a.ops.split(",") for s in SHAPES]
+    rows = []
+    for (op, (B, T, H, K, V)) in todo:
+        t0 = time.time()
+        row = {"op": op, "shape": [B, T, H, K, V]}
+        try:
+            f, fb, err = fla_times(op, B, T, H, K, V)
+            row["fla"] = {"fwd_ms": f, "fwdbwd_ms": fb, "fwdbwd_error": err}
+        except Exception as e:
+            row["fla"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+        for p, tag in (("fwd", "fwd"), ("fwd+bwd", "fwdbwd")):
+            r = ours.get(((op, (B, T, H, K, V)), p))
+            row[f"gla_{tag}_ms"] = r["ms"] if r else None
+        rows.append(row)
+        print(f"  {op} {B}x{T}x{H}x{K}x{V}: {row['fla']} ({time.time() - t0:.0f} s)", flush=True)
+        torch.cuda.empty_cache()
+        json.dump({"partial": True, "gla": gla, "rows": rows}, open(a.out, "w"), indent=1)
+
+    hdr = f"{'op':<6} {'shape BxTxHxKxV':<20} {'pass':<8} {'gla ms':>8} {'fla ms':>8} {'fla/gla':>8}"
+    lines = [hdr]
+    for row in rows:
+        shp = "x".join(str(x) for x in row["shape"])
+        for p in ("fwd", "fwdbwd"):
+            g = row.get(f"gla_{p}_ms")
+            x = row.get("fla", {}).get(f"{p}_ms")
+            f = lambda v: f"{v:8.3f}" if v is not None else f"{'-':>8}"
+            ratio = f"{x / g:7.2f}x" if (x is not None and g) else f"{'-':>8}"
+            lines.append(f"{row['op']:<6} {shp:<20} {p:<8} {f(g)} {f(x)} {ratio}")
+    table = "\n".join(lines)
+    print(table)
+    out = {"unix_time": int(time.time()), "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+           "gla": gla, "rows": rows, "table": table,
+           "note": "ratio = fla ms / gla ms (above 1: gla faster); triton do_bench median"}
+    try:
+        import fla
+        out["fla_version"] = fla.__version__
+    except Exception:
+        pass
+    json.dump(out, open(a.out, "w"), indent=1)
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
