@@ -125,7 +125,8 @@ pub struct DeltaDims {
     pub qk_norm: QkNorm,
     /// `beta = sigmoid(x W_b)` (fla's `use_beta`); otherwise beta = 1.
     pub use_beta: bool,
-    /// `beta = 2 sigmoid(x W_b)`: negative eigenvalues (fla's `allow_neg_eigval`).
+    /// Twice the beta: `2 sigmoid(x W_b)`, or 2 without `use_beta`: negative eigenvalues (fla's
+    /// `allow_neg_eigval`).
     pub allow_neg_eigval: bool,
     /// Gated DeltaNet's decay `g = -exp(A_log) softplus(x W_a + dt_bias)`, per value head.
     pub decay: bool,

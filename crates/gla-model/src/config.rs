@@ -539,7 +539,7 @@ pub struct DeltaNetConfig {
     /// Causal depthwise conv on q, k, v (SiLU on v always, on q and k with
     /// `qk_activation = "silu"`). Default true.
     pub use_short_conv: bool,
-    /// beta = 2 sigmoid(x W_b) (negative eigenvalues). Default false.
+    /// beta = 2 sigmoid(x W_b), or 2 without `use_beta` (negative eigenvalues). Default false.
     pub allow_neg_eigval: bool,
     /// Width of the short conv. Default 4.
     pub conv_size: usize,
@@ -687,8 +687,7 @@ impl DeltaNetConfig {
     ///
     /// # Errors
     /// [`Error::Unsupported`] for a feature not built yet (hybrid `attn` layers, `use_l2warp`,
-    /// Attention-Residuals, `use_beta = false` with `allow_neg_eigval`); [`Error::BadConfig`]
-    /// for values fla itself would reject.
+    /// Attention-Residuals); [`Error::BadConfig`] for values fla itself would reject.
     pub fn dims(&self) -> Result<Dims> {
         if self.model_type != "delta_net" {
             return Err(bad("model_type", format!("expected \"delta_net\", found {:?}", self.model_type)));
@@ -716,12 +715,6 @@ impl DeltaNetConfig {
             "sum" => QkNorm::Sum,
             n => return Err(bad("qk_norm", format!("{n:?} is not one of \"l2\", \"sum\" (fla asserts)"))),
         };
-        if !self.use_beta && self.allow_neg_eigval {
-            return Err(unsupported(
-                "use_beta = false with allow_neg_eigval = true",
-                "fla's layer then uses beta = 2 everywhere; the delta op takes a constant beta in [0, 1] only",
-            ));
-        }
         // fla: `key_dim = round(hidden_size * expand_k)`, asserting that it is an integer
         let dim = |key: &'static str, e: f64| -> Result<usize> {
             if !(e.is_finite() && e > 0.0) {

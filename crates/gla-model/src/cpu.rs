@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use crate::backend::{ConvIdx, DeltaDecay, DeltaOps, DeltaStorage, GlaOps, GlaStorage, ParamId, Primitives, Storage};
 use crate::config::{DeltaDims, Dims, FeatureMap, GateAct, GlaDims};
 use crate::layout::Layout;
+use crate::mixers::delta::const_beta;
 use crate::mixers::gla::problem;
 use crate::mixers::gla::RECURRENT_MAX_T;
 use crate::ops::*;
@@ -61,10 +62,10 @@ impl GlaStorage for CpuBuf {
     type GlaSaved = CpuGla;
 }
 
-/// What the CPU's delta op keeps per layer: beta = 1 for a layer without `b_proj`.
+/// What the CPU's delta op keeps per layer: the constant beta of a layer without `b_proj`.
 #[derive(Debug, Default)]
 pub struct CpuDelta {
-    ones: Vec<f32>,
+    beta: Vec<f32>,
 }
 
 impl DeltaStorage for CpuBuf {
@@ -589,16 +590,16 @@ impl<'m> GlaOps for Cpu<'m> {
 }
 
 impl Cpu<'_> {
-    /// The delta op's inputs over the layer's tensors: `ones` (`[N, HV]`) as beta without
+    /// The delta op's inputs over the layer's tensors: `constant` (`[N, HV]`) as beta without
     /// `b_proj`, the decay's parameters from the weights.
     fn delta_inputs<'x>(
         &'x self,
         [q, k, v]: [&'x [f32]; 3],
         beta: Option<&'x Vec<f32>>,
-        ones: &'x [f32],
+        constant: &'x [f32],
         decay: Option<DeltaDecay<'x, Vec<f32>>>,
     ) -> DeltaInputs<'x, f32> {
-        let beta = beta.map_or(ones, Vec::as_slice);
+        let beta = beta.map_or(constant, Vec::as_slice);
         DeltaInputs {
             q,
             k,
@@ -636,10 +637,10 @@ impl<'m> DeltaOps for Cpu<'m> {
         io: Option<(&mut CpuIo<'_>, usize)>,
     ) -> Result<()> {
         let hv = plan.b * plan.t * md.v_heads;
-        if beta.is_none() && saved.ones.len() != hv {
-            saved.ones = vec![1.0; hv];
+        if beta.is_none() && saved.beta.len() != hv {
+            saved.beta = vec![const_beta(md); hv];
         }
-        let x = self.delta_inputs([q, k, v], beta, &saved.ones, decay);
+        let x = self.delta_inputs([q, k, v], beta, &saved.beta, decay);
         match io {
             None => {
                 let prob = crate::mixers::delta::problem(md, plan.b, plan.t, None)?;
@@ -666,10 +667,10 @@ impl<'m> DeltaOps for Cpu<'m> {
         out: [&mut Vec<f32>; 5],
     ) -> Result<()> {
         let hv = plan.b * plan.t * md.v_heads;
-        // the forward left the ones there; a backward without one makes its own
-        let fresh = if beta.is_none() && saved.ones.len() != hv { vec![1.0; hv] } else { Vec::new() };
-        let ones = if fresh.is_empty() { &saved.ones } else { &fresh };
-        let x = self.delta_inputs([q, k, v], beta, ones, decay);
+        // the forward left the constant beta there; a backward without one makes its own
+        let fresh = if beta.is_none() && saved.beta.len() != hv { vec![const_beta(md); hv] } else { Vec::new() };
+        let constant = if fresh.is_empty() { &saved.beta } else { &fresh };
+        let x = self.delta_inputs([q, k, v], beta, constant, decay);
         let prob = crate::mixers::delta::problem(md, plan.b, plan.t, None)?;
         let gr = delta_op_for(plan.t).backward(&prob, &x, &Backward { d_o, dht: None })?;
         let [dq, dk, dv, dbeta, da] = out;

@@ -86,7 +86,6 @@ fn delta_features_not_built_or_invalid_are_typed_errors() {
         (r#"{"model_type": "gated_deltanet", "attn": {"layers": [0]}}"#, "attn"),
         (r#"{"model_type": "gated_deltanet", "use_l2warp": true}"#, "use_l2warp"),
         (r#"{"model_type": "delta_net", "attnres_block_size": 2}"#, "attnres"),
-        (r#"{"model_type": "delta_net", "use_beta": false, "allow_neg_eigval": true}"#, "use_beta"),
         (r#"{"model_type": "delta_net", "attn_mode": "fused_chunk"}"#, "attn_mode"),
         (r#"{"model_type": "gated_deltanet", "hidden_act": "gelu"}"#, "hidden_act"),
     ] {
@@ -367,15 +366,18 @@ fn delta_net_gradients_every_option() {
         ..DeltaNetConfig::tiny(16, 1, 2, 11)
     };
     grad_check(c, 1, 6);
-    // no conv: SiLU on q, k, v directly; identity with the L2 norm; beta = 1
-    let c = DeltaNetConfig {
-        use_short_conv: false,
-        use_beta: false,
-        qk_activation: "identity".into(),
-        intermediate_size: Some(24),
-        ..DeltaNetConfig::tiny(16, 1, 2, 11)
-    };
-    grad_check(c, 2, 4);
+    // no conv: SiLU on q, k, v directly; identity with the L2 norm; beta = 1, then 2
+    for allow_neg_eigval in [false, true] {
+        let c = DeltaNetConfig {
+            use_short_conv: false,
+            use_beta: false,
+            allow_neg_eigval,
+            qk_activation: "identity".into(),
+            intermediate_size: Some(24),
+            ..DeltaNetConfig::tiny(16, 1, 2, 11)
+        };
+        grad_check(c, 2, 4);
+    }
     let c = DeltaNetConfig { use_short_conv: false, intermediate_size: Some(24), ..DeltaNetConfig::tiny(16, 1, 2, 11) };
     grad_check(c, 1, 5);
 }
@@ -509,6 +511,7 @@ fn delta_prefill_then_decode_equals_full_forward() {
         }
         .into(),
         DeltaNetConfig { initializer_range: 0.1, use_short_conv: false, use_beta: false, ..DeltaNetConfig::tiny(32, 1, 2, 64) }.into(),
+        DeltaNetConfig { initializer_range: 0.1, use_beta: false, allow_neg_eigval: true, ..DeltaNetConfig::tiny(32, 1, 2, 64) }.into(),
         GatedDeltaNetConfig { initializer_range: 0.1, num_v_heads: Some(4), ..GatedDeltaNetConfig::tiny(32, 2, 2, 64) }.into(),
         GatedDeltaNetConfig {
             initializer_range: 0.1,

@@ -1,6 +1,7 @@
 //! Parity with fla itself: fixtures written by `tools/fla_fixtures.py` from fla 0.6.0's own
-//! `GLAForCausalLM` (float32, IEEE f32 Triton dots) on the GPU, loaded here through this crate's
-//! checkpoint loader. Per variant directory `<fixtures>/<variant>/`:
+//! `GLAForCausalLM`, `DeltaNetForCausalLM` and `GatedDeltaNetForCausalLM` (float32, IEEE f32
+//! Triton dots; the script says which fla kernel made each tensor) on the GPU, loaded here
+//! through this crate's checkpoint loader (the family by `config.json`'s `model_type`). Per variant directory `<fixtures>/<variant>/`:
 //!
 //! - `config.json`, `model.safetensors`: fla's `save_pretrained` output;
 //! - `fixture.safetensors`: `input_ids` i64 `[B, T]` (the labels too: fla shifts them), `logits`
@@ -245,4 +246,32 @@ fn fla_parity_conv_tied() {
 #[test]
 fn fla_parity_fmap_relu() {
     check_variant("fmap_relu");
+}
+
+/// DeltaNet, fla's layer defaults: short conv, SiLU on q and k, L2 norm, beta = sigmoid, plain
+/// RMSNorm output, untied.
+#[test]
+fn fla_parity_delta_net() {
+    check_variant("delta_net");
+}
+
+/// DeltaNet with every other option: no short conv, relu on q and k, the sum norm, the gated
+/// output norm, negative eigenvalues (beta = 2 sigmoid).
+#[test]
+fn fla_parity_delta_net_gate() {
+    check_variant("delta_net_gate");
+}
+
+/// Gated DeltaNet, fla's layer defaults: the A_log / dt_bias decay, short conv, expand_v 2, the
+/// swish-gated output norm.
+#[test]
+fn fla_parity_gated_deltanet() {
+    check_variant("gated_deltanet");
+}
+
+/// Gated DeltaNet with grouped value heads (num_v_heads 4 over 2 heads), the sigmoid output
+/// gate, negative eigenvalues and tied embeddings.
+#[test]
+fn fla_parity_gated_deltanet_gva() {
+    check_variant("gated_deltanet_gva");
 }

@@ -12,8 +12,8 @@ use crate::dims::DeltaDims;
 
 /// What a backend's delta-rule op keeps per layer for its backward.
 pub trait DeltaStorage: Storage {
-    /// Per layer: what the backend's delta op keeps beyond its inputs (e.g. the ones of a
-    /// layer without beta, or a device's workspaces).
+    /// Per layer: what the backend's delta op keeps beyond its inputs (e.g. the constant beta
+    /// of a layer without `b_proj`, or a device's workspaces).
     type DeltaSaved;
 }
 
@@ -52,7 +52,8 @@ pub trait DeltaOps: Primitives<Buf: DeltaStorage> {
     fn alloc_delta_saved(&self, md: &DeltaDims, n: usize) -> Result<DeltaSaved<Self>, Self::Error>;
 
     /// The delta rule: `o [N, HV, V]` from `q, k [N, H, K]`, `v [N, HV, V]`, the beta logits
-    /// `beta [N, HV]` (`None`: beta = 1, DeltaNet's `use_beta = false`) and, with
+    /// `beta [N, HV]` (`None`: DeltaNet's `use_beta = false`, beta = 1, or 2 with
+    /// `md.allow_neg_eigval`) and, with
     /// `md.decay`, the decay's inputs; scale `K^-1/2`. With `io`, each sequence starts from its
     /// state of `layer` (`[HV, K, V]`) and leaves its final one there.
     fn delta_fwd(

@@ -8,7 +8,7 @@
 //! q, k    = f(q), f(k)                               qk_act (relu, elu + 1, silu without conv)
 //! q, k    = q / sum|q|, k / sum|k|                   DeltaNet's qk_norm = "sum" (per head)
 //! v       = silu(conv(v))  or  silu(v)               always SiLU
-//! beta    = xn Wb^T                                  [N, HV] logits (sigmoid in the op; none: 1)
+//! beta    = xn Wb^T                                  [N, HV] logits (sigmoid in the op; none: 1, or 2 with allow_neg_eigval)
 //! a       = xn Wa^T                                  [N, HV] (Gated DeltaNet: g = -exp(A_log) softplus(a + dt_bias) in the op)
 //! o       = delta_rule(q, k, v, beta, g)             L2 norm of q, k in the op (qk_norm = "l2"), scale K^-1/2, [N, HV, V]
 //! o       = rmsnorm_head(o) * w_o_norm (* act(xn Wg^T) with the output gate)
@@ -335,8 +335,8 @@ pub(crate) fn backward<B: Backend>(
 
 /// The delta-rule op's problem for `b` rows of `t` tokens (`cu`: packed varlen offsets) of this
 /// layer: its heads and dims, the L2 norm of q and k inside with `qk_norm = "l2"`, the beta
-/// sigmoid inside with `use_beta` (beta = 1 given directly otherwise), the decay computed inside
-/// for Gated DeltaNet.
+/// sigmoid inside with `use_beta` (otherwise the constant [`const_beta`] given directly), the
+/// decay computed inside for Gated DeltaNet.
 pub(crate) fn problem(dm: &DeltaDims, b: usize, t: usize, cu: Option<Vec<usize>>) -> crate::Result<DeltaProblem> {
     Ok(DeltaProblem::new(DeltaSpec {
         b,
@@ -350,6 +350,17 @@ pub(crate) fn problem(dm: &DeltaDims, b: usize, t: usize, cu: Option<Vec<usize>>
         cu_seqlens: cu,
         l2_qk: dm.qk_norm == QkNorm::L2,
         beta_sigmoid: dm.use_beta,
-        allow_neg_eigval: dm.allow_neg_eigval,
+        // without b_proj the doubled beta is the constant itself
+        allow_neg_eigval: dm.use_beta && dm.allow_neg_eigval,
     })?)
+}
+
+/// The beta of a layer without `b_proj` (fla's `torch.ones_like`, doubled with
+/// `allow_neg_eigval`).
+pub fn const_beta(dm: &DeltaDims) -> f32 {
+    if dm.allow_neg_eigval {
+        2.0
+    } else {
+        1.0
+    }
 }
