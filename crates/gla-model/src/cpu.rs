@@ -1,7 +1,7 @@
 //! The CPU [`crate::backend::Backend`]: f32 everywhere, each op one function of [`crate::ops`] (the reference
 //! the GPU kernels are checked against), the GLA op from gla-cpu (fused recurrent for T <= 64,
 //! chunked otherwise, fla's mode switch), the delta-rule op from gla-cpu's `delta` module
-//! (the path picked by [`delta_op_for`]).
+//! (the path picked by `delta_op_for`).
 //!
 //! `Act` is f32 too, so the GEMM-operand copies of f32 gradients are not made: their buffers
 //! are empty ([`Primitives::alloc_cast`]) and [`Primitives::operand`] lends the f32 source. The one

@@ -1,8 +1,9 @@
-//! gla-model: the GLA language model of fla (`GLAForCausalLM`) on the CPU in f32, with an
-//! explicit forward and backward (llm.c style, no tape), AdamW, the MQAR recall task and
-//! checkpoints in fla's Hugging Face format.
+//! gla-model: the language models of the GLA family as fla builds them (`GLAForCausalLM`,
+//! `DeltaNetForCausalLM`, `GatedDeltaNetForCausalLM`, one token mixer per layer: [`mixers`]) on
+//! the CPU in f32, with an explicit forward and backward (llm.c style, no tape), AdamW, the MQAR
+//! recall task and checkpoints in fla's Hugging Face format.
 //!
-//! Reading order: [`config`] (fla's `GLAConfig`) -> [`params`] (one table of name, shape, init)
+//! Reading order: [`config`] (fla's configs, [`ModelConfig`] by `model_type`) -> [`params`] (one table of name, shape, init)
 //! -> [`ops`] (each layer op's forward and backward) -> [`backend`] (the ops as a trait; [`cpu`]
 //! implements it with [`ops`], gla-cuda's `Gpu` on a GPU) -> [`model`] (forward, backward, written once
 //! over the trait) ->
