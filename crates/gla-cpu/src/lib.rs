@@ -32,5 +32,6 @@ mod naive;
 mod recurrent;
 
 pub use chunk::{Chunked, Schedule};
+pub use delta::{delta_step, DeltaChunked, DeltaNaive, DeltaRecurrent};
 pub use naive::Naive;
 pub use recurrent::{decode_step, FusedRecurrent};
