@@ -85,3 +85,4 @@ fn decode_steps_equal_recurrent_forward_bitwise() {
         assert_eq!(full.ht, stepped.ht, "{}: ht", case.name);
     }
 }
+

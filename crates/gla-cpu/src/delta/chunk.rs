@@ -50,8 +50,8 @@ struct Chunk<T> {
     k: Vec<T>,
     /// `[m]`
     beta: Vec<T>,
-    /// `[m]`: chunk-local inclusive cumsum of g
-    gc: Vec<T>,
+    /// `[m]`: chunk-local inclusive cumsum of g, accumulated in f64 (see [`exps`])
+    gc: Vec<f64>,
     /// `[m]`: exp(G)
     eg: Vec<T>,
     /// `[m]`: exp(Gl - G)
@@ -67,17 +67,14 @@ impl<T: ExpRow> Chunk<T> {
         x.k.copy_to(rows.start, &mut k);
         let beta: Vec<T> = rows.clone().map(|t| x.beta.at(t)).collect();
         let mut gc = Vec::with_capacity(m);
-        let mut acc = T::ZERO;
+        let mut acc = 0.0f64;
         for t in rows {
-            acc += x.g.at(t);
+            acc += x.g.at(t).to_f64();
             gc.push(acc);
         }
-        let mut eg = vec![T::ZERO; m];
-        T::exp_row(&gc, &mut eg);
-        let gl = gc.last().copied().unwrap_or(T::ZERO);
-        let diff: Vec<T> = gc.iter().map(|&g| gl - g).collect();
-        let mut egl = vec![T::ZERO; m];
-        T::exp_row(&diff, &mut egl);
+        let gl = gc.last().copied().unwrap_or(0.0);
+        let eg = exps(gc.iter().copied());
+        let egl = exps(gc.iter().map(|&g| gl - g));
         Self { m, q, k, beta, gc, eg, egl }
     }
 
@@ -85,12 +82,9 @@ impl<T: ExpRow> Chunk<T> {
     fn gamma(&self) -> Vec<T> {
         let m = self.m;
         let mut gam = vec![T::ZERO; m * m];
-        let mut diff = vec![T::ZERO; m];
         for i in 0..m {
-            for j in 0..=i {
-                diff[j] = self.gc[i] - self.gc[j];
-            }
-            T::exp_row(&diff[..=i], &mut gam[i * m..i * m + i + 1]);
+            let row = exps((0..=i).map(|j| self.gc[i] - self.gc[j]));
+            gam[i * m..i * m + i + 1].copy_from_slice(&row);
         }
         gam
     }
@@ -108,6 +102,19 @@ impl<T: ExpRow> Chunk<T> {
         }
         out
     }
+}
+
+/// `exp` of each value (log-decays or their differences, all <= 0) in `T`. The chunk's cumsum `G`
+/// is accumulated in f64 and every difference `G_i - G_j` taken there: in f32, `G` carries an
+/// absolute rounding error of `|G| * 6e-8` (up to 440 inside a chunk at gate scale 0.1), which a
+/// difference of two such values keeps while the difference itself may be small; in f64 the
+/// difference is exact before it is rounded to `T` (the recurrent paths take each `exp(g_t)` from
+/// `g_t` itself for the same reason).
+fn exps<T: ExpRow>(x: impl Iterator<Item = f64>) -> Vec<T> {
+    let x: Vec<T> = x.map(T::from_f64).collect();
+    let mut out = vec![T::ZERO; x.len()];
+    T::exp_row(&x, &mut out);
+    out
 }
 
 /// What the WY representation of a chunk needs beyond its rows.
