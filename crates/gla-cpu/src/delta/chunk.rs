@@ -44,10 +44,13 @@ fn chunk_rows(c: usize, l: usize) -> std::ops::Range<usize> {
 struct Chunk<T> {
     /// Rows m (<= BT).
     m: usize,
-    /// `[m, K]`: scale * l2norm(q)
-    q: Vec<T>,
-    /// `[m, K]`
-    k: Vec<T>,
+    kd: usize,
+    vd: usize,
+    /// `[2m, K]`: the keys (rows `0..m`), then `scale * l2norm(q)` (rows `m..2m`), stacked so
+    /// that one product gives `K K^T` and `Q K^T`
+    kq: Vec<T>,
+    /// `[m, V]`
+    v: Vec<T>,
     /// `[m]`
     beta: Vec<T>,
     /// `[m]`: chunk-local inclusive cumsum of g, accumulated in f64 (see [`exps`])
@@ -61,10 +64,12 @@ struct Chunk<T> {
 impl<T: ExpRow> Chunk<T> {
     fn load(x: &Head<'_, T>, c: usize) -> Self {
         let rows = chunk_rows(c, x.l);
-        let m = rows.len();
-        let (mut q, mut k) = (vec![T::ZERO; m * x.kd], vec![T::ZERO; m * x.kd]);
-        x.q.copy_to(rows.start, &mut q);
-        x.k.copy_to(rows.start, &mut k);
+        let (m, kd, vd) = (rows.len(), x.kd, x.vd);
+        let mut kq = vec![T::ZERO; 2 * m * kd];
+        x.k.copy_to(rows.start, &mut kq[..m * kd]);
+        x.q.copy_to(rows.start, &mut kq[m * kd..]);
+        let mut v = vec![T::ZERO; m * vd];
+        x.v.copy_to(rows.start, &mut v);
         let beta: Vec<T> = rows.clone().map(|t| x.beta.at(t)).collect();
         let mut gc = Vec::with_capacity(m);
         let mut acc = 0.0f64;
@@ -75,17 +80,30 @@ impl<T: ExpRow> Chunk<T> {
         let gl = gc.last().copied().unwrap_or(0.0);
         let eg = exps(gc.iter().copied());
         let egl = exps(gc.iter().map(|&g| gl - g));
-        Self { m, q, k, beta, gc, eg, egl }
+        Self { m, kd, vd, kq, v, beta, gc, eg, egl }
+    }
+
+    /// `[m, K]`
+    fn k(&self) -> &[T] {
+        &self.kq[..self.m * self.kd]
+    }
+    /// `[m, K]`
+    fn q(&self) -> &[T] {
+        &self.kq[self.m * self.kd..]
     }
 
     /// `Γ [m, m]`: `exp(G_i - G_j)` for `j <= i`, 0 above the diagonal.
     fn gamma(&self) -> Vec<T> {
         let m = self.m;
-        let mut gam = vec![T::ZERO; m * m];
-        for i in 0..m {
-            let row = exps((0..=i).map(|j| self.gc[i] - self.gc[j]));
-            gam[i * m..i * m + i + 1].copy_from_slice(&row);
+        let mut diff = vec![T::ZERO; m * m];
+        for (i, row) in diff.chunks_exact_mut(m).enumerate() {
+            for (j, d) in row.iter_mut().enumerate() {
+                // above the diagonal an exponent far below exp's range: the factor is 0
+                *d = T::from_f64(if j <= i { self.gc[i] - self.gc[j] } else { -1e4 });
+            }
         }
+        let mut gam = vec![T::ZERO; m * m];
+        T::exp_row(&diff, &mut gam);
         gam
     }
 
@@ -94,13 +112,29 @@ impl<T: ExpRow> Chunk<T> {
         self.eg[self.m - 1]
     }
 
+    /// `x [m, D]` with row `r` scaled by `f[r]`, written into `out` (row stride `ld`).
+    fn scale_rows(out: &mut [T], ld: usize, x: &[T], f: &[T], d: usize) {
+        for ((o, row), &s) in out.chunks_mut(ld).zip(x.chunks_exact(d)).zip(f) {
+            o[..d].iter_mut().zip(row).for_each(|(o, &e)| *o = e * s);
+        }
+    }
+
     /// `x [m, D]` with row `r` scaled by `f[r]`.
     fn rows_scaled(x: &[T], f: &[T], d: usize) -> Vec<T> {
-        let mut out = x.to_vec();
-        for (row, &s) in out.chunks_exact_mut(d).zip(f) {
-            row.iter_mut().for_each(|e| *e *= s);
-        }
+        let mut out = vec![T::ZERO; x.len()];
+        Self::scale_rows(&mut out, d, x, f, d);
         out
+    }
+
+    /// `[X | Y] [m, K + V]`: `X = beta exp(G) K` (negated when `neg`), `Y = beta V`.
+    fn xy(&self, neg: bool) -> Vec<T> {
+        let (m, kd, vd) = (self.m, self.kd, self.vd);
+        let w = kd + vd;
+        let mut xy = vec![T::ZERO; m * w];
+        let bx: Vec<T> = self.beta.iter().zip(&self.eg).map(|(&b, &e)| if neg { -(b * e) } else { b * e }).collect();
+        Self::scale_rows(&mut xy, w, self.k(), &bx, kd);
+        Self::scale_rows(&mut xy[kd..], w, &self.v, &self.beta, vd);
+        xy
     }
 }
 
@@ -121,23 +155,40 @@ fn exps<T: ExpRow>(x: impl Iterator<Item = f64>) -> Vec<T> {
 struct Wy<T> {
     /// `[m, m]`: Γ
     gam: Vec<T>,
-    /// `[m, m]`: K K^T
-    kk: Vec<T>,
+    /// `[2m, m]`: `K K^T` (rows `0..m`), then `Q K^T` (rows `m..2m`)
+    s: Vec<T>,
     /// `[m, m]`: T = (I + A)^-1, lower triangular with a unit diagonal
     tinv: Vec<T>,
     /// `[m, K]`: -w
     nw: Vec<T>,
-    /// `[m, V]`: u
+    /// `[m, V]`: u (then `U = u - w h`)
     u: Vec<T>,
 }
 
-/// The chunk's `Γ`, `K K^T`, `T = (I + A)^-1`, `-w` and `u` (`v [m, V]` its values).
-fn wy<T: ExpRow>(ch: &Chunk<T>, v: &[T], kd: usize, vd: usize) -> Wy<T> {
-    let m = ch.m;
+/// The chunk's `Γ`, `K K^T`, `Q K^T`, `T = (I + A)^-1`, `-w` and `u`.
+fn wy<T: ExpRow>(ch: &Chunk<T>) -> Wy<T> {
+    let (m, kd, vd) = (ch.m, ch.kd, ch.vd);
     let gam = ch.gamma();
-    let mut kk = vec![T::ZERO; m * m];
-    mm(&mut kk, View::rm(&ch.k, m, kd), View::rm(&ch.k, m, kd).t(), Acc::Set);
-    // T row by row: T_i = e_i - sum_{j<i} A_ij T_j, where T_j is zero right of column j
+    let mut s = vec![T::ZERO; 2 * m * m];
+    mm(&mut s, m, View::rm(&ch.kq, 2 * m, kd), View::rm(ch.k(), m, kd).t(), Acc::Set);
+    let tinv = inverse(ch, &s[..m * m], &gam);
+    // T [X | Y] in one product, X negated: [-w | u]
+    let xy = ch.xy(true);
+    let mut wu = vec![T::ZERO; m * (kd + vd)];
+    mm(&mut wu, kd + vd, View::rm(&tinv, m, m), View::rm(&xy, m, kd + vd), Acc::Set);
+    let (mut nw, mut u) = (vec![T::ZERO; m * kd], vec![T::ZERO; m * vd]);
+    for ((row, w), u) in wu.chunks_exact(kd + vd).zip(nw.chunks_exact_mut(kd)).zip(u.chunks_exact_mut(vd)) {
+        w.copy_from_slice(&row[..kd]);
+        u.copy_from_slice(&row[kd..]);
+    }
+    Wy { gam, s, tinv, nw, u }
+}
+
+/// `T = (I + A)^-1` with `A = strictly-lower(diag(beta) (K K^T * Γ))`, by forward substitution
+/// row by row: `T_i = e_i - sum_{j<i} A_ij T_j`. `T_j` is zero right of column j; each update
+/// runs to the next multiple of 16 columns (zeros included) so that it vectorises whole.
+fn inverse<T: ExpRow>(ch: &Chunk<T>, kk: &[T], gam: &[T]) -> Vec<T> {
+    let m = ch.m;
     let mut tinv = vec![T::ZERO; m * m];
     for i in 0..m {
         let (done, row) = tinv.split_at_mut(i * m);
@@ -145,69 +196,61 @@ fn wy<T: ExpRow>(ch: &Chunk<T>, v: &[T], kd: usize, vd: usize) -> Wy<T> {
         row[i] = T::ONE;
         for j in 0..i {
             let a = ch.beta[i] * kk[i * m + j] * gam[i * m + j];
-            let tj = &done[j * m..j * m + j + 1];
-            for (r, &t) in row[..=j].iter_mut().zip(tj) {
+            let w = (j + 16) / 16 * 16;
+            let w = w.min(i);
+            let tj = &done[j * m..j * m + w];
+            for (r, &t) in row[..w].iter_mut().zip(tj) {
                 *r -= a * t;
             }
         }
     }
-    let bx: Vec<T> = ch.beta.iter().zip(&ch.eg).map(|(&b, &e)| -(b * e)).collect();
-    let x = Chunk::rows_scaled(&ch.k, &bx, kd);
-    let y = Chunk::rows_scaled(v, &ch.beta, vd);
-    let (mut nw, mut u) = (vec![T::ZERO; m * kd], vec![T::ZERO; m * vd]);
-    mm(&mut nw, View::rm(&tinv, m, m), View::rm(&x, m, kd), Acc::Set);
-    mm(&mut u, View::rm(&tinv, m, m), View::rm(&y, m, vd), Acc::Set);
-    Wy { gam, kk, tinv, nw, u }
+    tinv
 }
 
-/// `P [m, m] = tril(Q K^T * Γ)` (diagonal included) and the raw `Q K^T`.
-fn scores<T: ExpRow>(ch: &Chunk<T>, gam: &[T], kd: usize) -> (Vec<T>, Vec<T>) {
-    let m = ch.m;
-    let mut qk = vec![T::ZERO; m * m];
-    mm(&mut qk, View::rm(&ch.q, m, kd), View::rm(&ch.k, m, kd).t(), Acc::Set);
-    let p = qk.iter().zip(gam).map(|(&a, &b)| a * b).collect();
-    (p, qk)
+/// `P [m, m] = tril(Q K^T * Γ)` (diagonal included) from `Q K^T [m, m]`.
+fn scores<T: ExpRow>(qk: &[T], gam: &[T]) -> Vec<T> {
+    qk.iter().zip(gam).map(|(&a, &b)| a * b).collect()
 }
 
 /// `h [K, V] <- exp(Gl) h + (K * exp(Gl - G))^T U`: the state leaving the chunk.
-fn state_update<T: ExpRow>(ch: &Chunk<T>, h: &mut [T], big_u: &[T], kd: usize, vd: usize) {
+fn state_update<T: ExpRow>(ch: &Chunk<T>, h: &mut [T], big_u: &[T]) {
+    let (m, kd, vd) = (ch.m, ch.kd, ch.vd);
     let a = ch.decay();
     h.iter_mut().for_each(|e| *e *= a);
-    let kg = Chunk::rows_scaled(&ch.k, &ch.egl, kd);
-    mm(h, View::rm(&kg, ch.m, kd).t(), View::rm(big_u, ch.m, vd), Acc::Add);
+    let kg = Chunk::rows_scaled(ch.k(), &ch.egl, kd);
+    mm(h, vd, View::rm(&kg, m, kd).t(), View::rm(big_u, m, vd), Acc::Add);
 }
 
 fn forward_head<T: ExpRow>(x: &Head<'_, T>, out: &HeadOut<'_, T>) -> Vec<T> {
     let (kd, vd) = (x.kd, x.vd);
     let mut h = x.state0();
-    let mut v = vec![T::ZERO; BT * vd];
     for c in 0..x.l.div_ceil(BT) {
         let ch = Chunk::load(x, c);
         let m = ch.m;
-        let v = &mut v[..m * vd];
-        x.v.copy_to(c * BT, v);
-        let Wy { gam, mut u, nw, .. } = wy(&ch, v, kd, vd);
-        // U = u - w h
-        mm(&mut u, View::rm(&nw, m, kd), View::rm(&h, kd, vd), Acc::Add);
-        let (p, _) = scores(&ch, &gam, kd);
-        let qg = Chunk::rows_scaled(&ch.q, &ch.eg, kd);
-        let mut o = vec![T::ZERO; m * vd];
-        mm(&mut o, View::rm(&qg, m, kd), View::rm(&h, kd, vd), Acc::Set);
-        mm(&mut o, View::rm(&p, m, m), View::rm(&u, m, vd), Acc::Add);
+        let Wy { gam, s, nw, mut u, .. } = wy(&ch);
+        // [-w; Q exp(G)] h in one product: -w h (U = u - w h), then the inter output
+        let mut lhs = vec![T::ZERO; 2 * m * kd];
+        lhs[..m * kd].copy_from_slice(&nw);
+        Chunk::scale_rows(&mut lhs[m * kd..], kd, ch.q(), &ch.eg, kd);
+        let mut hx = vec![T::ZERO; 2 * m * vd];
+        mm(&mut hx, vd, View::rm(&lhs, 2 * m, kd), View::rm(&h, kd, vd), Acc::Set);
+        u.iter_mut().zip(&hx[..m * vd]).for_each(|(u, &e)| *u += e);
+        let p = scores(&s[m * m..], &gam);
+        let o = &mut hx[m * vd..];
+        mm(o, vd, View::rm(&p, m, m), View::rm(&u, m, vd), Acc::Add);
         // SAFETY: each chunk's rows of this head are written once, by this thread.
-        unsafe { out.write_o(c * BT, &o) };
-        state_update(&ch, &mut h, &u, kd, vd);
+        unsafe { out.write_o(c * BT, o) };
+        state_update(&ch, &mut h, &u);
     }
     h
 }
 
 /// What stage 1 of the backward keeps per chunk (see the module docs).
 struct Saved<T> {
+    /// The chunk's rows (loaded once: the inputs are strided, the copy is not free)
+    ch: Chunk<T>,
+    /// T, -w, u (then U after the state pass), Γ, `K K^T` and `Q K^T`
     wy: Wy<T>,
-    /// `[m, m]`: Q K^T
-    qk: Vec<T>,
-    /// `[m, V]`: u, then U after the state pass
-    big_u: Vec<T>,
     /// `[m, V]`: P^T dO, then dU after the state-gradient pass
     du: Vec<T>,
 }
@@ -221,47 +264,46 @@ fn backward_head<T: ExpRow>(x: &Head<'_, T>, d_o: Rows<'_, T>, dht: Option<&[T]>
         .map(|c| {
             let ch = Chunk::load(x, c);
             let m = ch.m;
-            let (mut v, mut dob) = (vec![T::ZERO; m * vd], vec![T::ZERO; m * vd]);
-            x.v.copy_to(c * BT, &mut v);
+            let mut dob = vec![T::ZERO; m * vd];
             d_o.copy_to(c * BT, &mut dob);
-            let mut wy = wy(&ch, &v, kd, vd);
-            let (p, qk) = scores(&ch, &wy.gam, kd);
+            let wy = wy(&ch);
+            let p = scores(&wy.s[m * m..], &wy.gam);
             let mut du = vec![T::ZERO; m * vd];
-            mm(&mut du, View::rm(&p, m, m).t(), View::rm(&dob, m, vd), Acc::Set);
-            let big_u = std::mem::take(&mut wy.u);
-            Saved { wy, qk, big_u, du }
+            mm(&mut du, vd, View::rm(&p, m, m).t(), View::rm(&dob, m, vd), Acc::Set);
+            Saved { ch, wy, du }
         })
         .collect();
     // 2. the state pass: h[c] enters chunk c; u -> U = u - w h
     let mut h = vec![T::ZERO; nt * kv];
     let mut s = x.state0();
     for (c, sv) in saved.iter_mut().enumerate() {
-        let ch = Chunk::load(x, c);
         h[c * kv..(c + 1) * kv].copy_from_slice(&s);
-        mm(&mut sv.big_u, View::rm(&sv.wy.nw, ch.m, kd), View::rm(&s, kd, vd), Acc::Add);
-        state_update(&ch, &mut s, &sv.big_u, kd, vd);
+        mm(&mut sv.wy.u, vd, View::rm(&sv.wy.nw, sv.ch.m, kd), View::rm(&s, kd, vd), Acc::Add);
+        state_update(&sv.ch, &mut s, &sv.wy.u);
     }
-    // 3. the state-gradient pass: dh[c] is the gradient of the state leaving chunk c
+    // 3. the state-gradient pass: dh[c] is the gradient of the state leaving chunk c;
+    //    dU = P^T dO + (K exp(Gl - G)) dh;  dh_prev = exp(Gl) dh + [Q exp(G); -w]^T [dO; dU]
     let mut dh = vec![T::ZERO; nt * kv];
     let mut ds = dht.map_or_else(|| vec![T::ZERO; kv], <[T]>::to_vec);
     for (c, sv) in saved.iter_mut().enumerate().rev() {
-        let ch = Chunk::load(x, c);
+        let ch = &sv.ch;
         let m = ch.m;
         dh[c * kv..(c + 1) * kv].copy_from_slice(&ds);
-        let kg = Chunk::rows_scaled(&ch.k, &ch.egl, kd);
-        mm(&mut sv.du, View::rm(&kg, m, kd), View::rm(&ds, kd, vd), Acc::Add);
+        let kg = Chunk::rows_scaled(ch.k(), &ch.egl, kd);
+        mm(&mut sv.du, vd, View::rm(&kg, m, kd), View::rm(&ds, kd, vd), Acc::Add);
         let a = ch.decay();
         ds.iter_mut().for_each(|e| *e *= a);
-        let mut dob = vec![T::ZERO; m * vd];
-        d_o.copy_to(c * BT, &mut dob);
-        let qg = Chunk::rows_scaled(&ch.q, &ch.eg, kd);
-        mm(&mut ds, View::rm(&qg, m, kd).t(), View::rm(&dob, m, vd), Acc::Add);
-        mm(&mut ds, View::rm(&sv.wy.nw, m, kd).t(), View::rm(&sv.du, m, vd), Acc::Add);
+        let mut lhs = vec![T::ZERO; 2 * m * kd];
+        Chunk::scale_rows(&mut lhs, kd, ch.q(), &ch.eg, kd);
+        lhs[m * kd..].copy_from_slice(&sv.wy.nw);
+        let mut rhs = vec![T::ZERO; 2 * m * vd];
+        d_o.copy_to(c * BT, &mut rhs[..m * vd]);
+        rhs[m * vd..].copy_from_slice(&sv.du);
+        mm(&mut ds, vd, View::rm(&lhs, 2 * m, kd).t(), View::rm(&rhs, 2 * m, vd), Acc::Add);
     }
     // 4. per chunk: the gradients
     saved.par_iter().enumerate().for_each(|(c, sv)| {
-        let ch = Chunk::load(x, c);
-        grads_chunk(x, d_o, &ch, sv, &h[c * kv..(c + 1) * kv], &dh[c * kv..(c + 1) * kv], c, out);
+        grads_chunk(d_o, sv, &h[c * kv..(c + 1) * kv], &dh[c * kv..(c + 1) * kv], c, out);
     });
     ds
 }
@@ -274,112 +316,102 @@ fn backward_head<T: ExpRow>(x: &Head<'_, T>, d_o: Rows<'_, T>, dht: Option<&[T]>
 /// terms cancel: `dg_r = sum_{t>=r} (c_t + cX_t) + exp(Gl) <h, dh'> + sum_{s<r} E_s +
 /// sum_{i>=r, j<r} D_ij` (`c`: the inter output, `cX`: the WY keys, `E`: the state update, `D`:
 /// the pairs of `P` and `A`; docs/math/delta.md).
-#[allow(clippy::too_many_arguments)]
-fn grads_chunk<T: ExpRow>(
-    x: &Head<'_, T>,
-    d_o: Rows<'_, T>,
-    ch: &Chunk<T>,
-    sv: &Saved<T>,
-    h_c: &[T],
-    dh_c: &[T],
-    c: usize,
-    out: &HeadGrads<'_, T>,
-) {
-    let (m, kd, vd) = (ch.m, x.kd, x.vd);
-    let Wy { gam, kk, tinv, .. } = &sv.wy;
-    let (q, k, big_u, du) = (&ch.q, &ch.k, &sv.big_u, &sv.du);
-    let mut v = vec![T::ZERO; m * vd];
-    x.v.copy_to(c * BT, &mut v);
+fn grads_chunk<T: ExpRow>(d_o: Rows<'_, T>, sv: &Saved<T>, h_c: &[T], dh_c: &[T], c: usize, out: &HeadGrads<'_, T>) {
+    let ch = &sv.ch;
+    let (m, kd, vd) = (ch.m, ch.kd, ch.vd);
+    let Wy { gam, s, tinv, u: big_u, .. } = &sv.wy;
+    let (kk, qk) = s.split_at(m * m);
+    let (q, k, du) = (ch.q(), ch.k(), &sv.du);
     let mut dob = vec![T::ZERO; m * vd];
     d_o.copy_to(c * BT, &mut dob);
 
-    // the output: dq_inter = (dO h^T) * exp(G); dP = tril(dO U^T); Pg = dP * Γ
+    // the output: dO [h; U]^T = [dO h^T | dO U^T]: dq_inter = (dO h^T) * exp(G); dP = tril(dO U^T)
+    let mut hu = vec![T::ZERO; (kd + m) * vd];
+    hu[..kd * vd].copy_from_slice(h_c);
+    hu[kd * vd..].copy_from_slice(big_u);
+    let mut r1 = vec![T::ZERO; m * (kd + m)];
+    mm(&mut r1, kd + m, View::rm(&dob, m, vd), View::rm(&hu, kd + m, vd).t(), Acc::Set);
     let mut dq = vec![T::ZERO; m * kd];
-    mm(&mut dq, View::rm(&dob, m, vd), View::rm(h_c, kd, vd).t(), Acc::Set);
     let mut dg_pt = vec![T::ZERO; m]; // c_t + cX_t, summed over t >= r below
-    for (r, row) in dq.chunks_exact_mut(kd).enumerate() {
-        row.iter_mut().for_each(|e| *e *= ch.eg[r]);
-        dg_pt[r] = dot(row, &q[r * kd..(r + 1) * kd]);
-    }
-    let mut pg = vec![T::ZERO; m * m];
-    mm(&mut pg, View::rm(&dob, m, vd), View::rm(big_u, m, vd).t(), Acc::Set);
     // D: the pair terms dP_ij P_ij (j < i), then dA_ij A_ij added below
     let mut pairs = vec![T::ZERO; m * m];
-    for i in 0..m {
-        for j in 0..m {
-            let e = i * m + j;
-            pg[e] = if j <= i { pg[e] * gam[e] } else { T::ZERO };
-            if j < i {
-                pairs[e] = pg[e] * sv.qk[e];
+    // [Msym | Pg^T] [m, 2m], times [K; Q] for dk below; Pg = dP * Γ
+    let mut lhs = vec![T::ZERO; 2 * m * m];
+    let mut pg = vec![T::ZERO; m * m];
+    for r in 0..m {
+        let (row, dqr) = (&r1[r * (kd + m)..(r + 1) * (kd + m)], &mut dq[r * kd..(r + 1) * kd]);
+        dqr.iter_mut().zip(&row[..kd]).for_each(|(d, &e)| *d = e * ch.eg[r]);
+        dg_pt[r] = dot(dqr, &q[r * kd..(r + 1) * kd]);
+        for j in 0..=r {
+            let e = r * m + j;
+            pg[e] = row[kd + j] * gam[e];
+            lhs[j * 2 * m + m + r] = pg[e];
+            if j < r {
+                pairs[e] = pg[e] * qk[e];
             }
         }
     }
-    mm(&mut dq, View::rm(&pg, m, m), View::rm(k, m, kd), Acc::Add);
-    let mut dk = vec![T::ZERO; m * kd];
-    mm(&mut dk, View::rm(&pg, m, m).t(), View::rm(q, m, kd), Acc::Set);
+    mm(&mut dq, kd, View::rm(&pg, m, m), View::rm(k, m, kd), Acc::Add);
 
     // the state update: dk_state = (U dh'^T) * exp(Gl - G); E_s = <k_s, dk_state_s>
-    let mut dks = vec![T::ZERO; m * kd];
-    mm(&mut dks, View::rm(big_u, m, vd), View::rm(dh_c, kd, vd).t(), Acc::Set);
+    let mut dk = vec![T::ZERO; m * kd];
+    mm(&mut dk, kd, View::rm(big_u, m, vd), View::rm(dh_c, kd, vd).t(), Acc::Set);
     let mut e_s = vec![T::ZERO; m];
-    for (r, row) in dks.chunks_exact_mut(kd).enumerate() {
+    for (r, row) in dk.chunks_exact_mut(kd).enumerate() {
         row.iter_mut().for_each(|e| *e *= ch.egl[r]);
         e_s[r] = dot(row, &k[r * kd..(r + 1) * kd]);
     }
-    dk.iter_mut().zip(&dks).for_each(|(a, &b)| *a += b);
     let hdh = ch.decay() * dot(h_c, dh_c);
 
-    // the WY backward: dw = -dU h^T; dX = T^T dw, dY = T^T dU; dA = -(dX X^T + dY Y^T) T^T
-    let mut dw = vec![T::ZERO; m * kd];
-    mm(&mut dw, View::rm(du, m, vd), View::rm(h_c, kd, vd).t(), Acc::Set);
-    dw.iter_mut().for_each(|e| *e = -*e);
-    let (mut dx, mut dy) = (vec![T::ZERO; m * kd], vec![T::ZERO; m * vd]);
-    mm(&mut dx, View::rm(tinv, m, m).t(), View::rm(&dw, m, kd), Acc::Set);
-    mm(&mut dy, View::rm(tinv, m, m).t(), View::rm(du, m, vd), Acc::Set);
-    let bx: Vec<T> = ch.beta.iter().zip(&ch.eg).map(|(&b, &e)| b * e).collect();
-    let xm = Chunk::rows_scaled(k, &bx, kd);
-    let ym = Chunk::rows_scaled(&v, &ch.beta, vd);
+    // the WY backward: dw = -dU h^T; [dX | dY] = T^T [dw | dU]; dA = -([dX | dY] [X | Y]^T) T^T
+    let w = kd + vd;
+    let mut dwu = vec![T::ZERO; m * w];
+    mm(&mut dwu, w, View::rm(du, m, vd), View::rm(h_c, kd, vd).t(), Acc::Set);
+    for (row, d) in dwu.chunks_exact_mut(w).zip(du.chunks_exact(vd)) {
+        row[..kd].iter_mut().for_each(|e| *e = -*e);
+        row[kd..].copy_from_slice(d);
+    }
+    let mut dxy = vec![T::ZERO; m * w];
+    mm(&mut dxy, w, View::rm(tinv, m, m).t(), View::rm(&dwu, m, w), Acc::Set);
+    let xy = ch.xy(false);
     let mut mmat = vec![T::ZERO; m * m];
-    mm(&mut mmat, View::rm(&dx, m, kd), View::rm(&xm, m, kd).t(), Acc::Set);
-    mm(&mut mmat, View::rm(&dy, m, vd), View::rm(&ym, m, vd).t(), Acc::Add);
+    mm(&mut mmat, m, View::rm(&dxy, m, w), View::rm(&xy, m, w).t(), Acc::Set);
     let mut da = vec![T::ZERO; m * m];
-    mm(&mut da, View::rm(&mmat, m, m), View::rm(tinv, m, m).t(), Acc::Sub);
-    // A_ij = beta_i kk_ij Γ_ij (j < i): dbeta, dkk (as Mk), and the pairs dA_ij A_ij
+    mm(&mut da, m, View::rm(&mmat, m, m), View::rm(tinv, m, m).t(), Acc::Sub);
+    // A_ij = beta_i kk_ij Γ_ij (j < i): dbeta, dkk = Mk (dk += (Mk + Mk^T) K), the pairs dA_ij A_ij
     let mut dbeta = vec![T::ZERO; m];
-    let mut mk = vec![T::ZERO; m * m];
     for i in 0..m {
         let mut db = T::ZERO;
         for j in 0..i {
             let e = i * m + j;
             let akk = kk[e] * gam[e];
             db += da[e] * akk;
-            mk[e] = da[e] * ch.beta[i] * gam[e];
+            let mk = da[e] * ch.beta[i] * gam[e];
+            lhs[i * 2 * m + j] += mk;
+            lhs[j * 2 * m + i] += mk;
             pairs[e] += da[e] * ch.beta[i] * akk;
         }
         dbeta[i] = db;
     }
-    mm(&mut dk, View::rm(&mk, m, m), View::rm(k, m, kd), Acc::Add);
-    mm(&mut dk, View::rm(&mk, m, m).t(), View::rm(k, m, kd), Acc::Add);
+    // dk += [Msym | Pg^T] [K; Q]
+    mm(&mut dk, kd, View::rm(&lhs, m, 2 * m), View::rm(&ch.kq, 2 * m, kd), Acc::Add);
     // X = beta exp(G) K, Y = beta V
     let mut dv = vec![T::ZERO; m * vd];
     for r in 0..m {
-        let (dxr, kr) = (&dx[r * kd..(r + 1) * kd], &k[r * kd..(r + 1) * kd]);
+        let (dxr, dyr) = dxy[r * w..(r + 1) * w].split_at(kd);
+        let kr = &k[r * kd..(r + 1) * kd];
+        let bx = ch.beta[r] * ch.eg[r];
         let dxk = dot(dxr, kr);
-        dbeta[r] += ch.eg[r] * dxk + dot(&dy[r * vd..(r + 1) * vd], &v[r * vd..(r + 1) * vd]);
-        dg_pt[r] += bx[r] * dxk;
-        for (a, &b) in dk[r * kd..(r + 1) * kd].iter_mut().zip(dxr) {
-            *a += bx[r] * b;
-        }
-        for (a, &b) in dv[r * vd..(r + 1) * vd].iter_mut().zip(&dy[r * vd..(r + 1) * vd]) {
-            *a = ch.beta[r] * b;
-        }
+        dbeta[r] += ch.eg[r] * dxk + dot(dyr, &ch.v[r * vd..(r + 1) * vd]);
+        dg_pt[r] += bx * dxk;
+        dk[r * kd..(r + 1) * kd].iter_mut().zip(dxr).for_each(|(a, &b)| *a += bx * b);
+        dv[r * vd..(r + 1) * vd].iter_mut().zip(dyr).for_each(|(a, &b)| *a = ch.beta[r] * b);
     }
 
     // dg_r = sum_{t>=r} dg_pt[t] + hdh + sum_{s<r} E_s + sum_{i>=r, j<r} D_ij
     let mut dg = vec![T::ZERO; m];
     // pref[i] holds sum_{j<r} D_ij while r sweeps up; rect[r] = sum_{i>=r} pref_i(r)
-    let mut rect = vec![T::ZERO; m];
-    let mut pref = vec![T::ZERO; m];
+    let (mut rect, mut pref) = (vec![T::ZERO; m], vec![T::ZERO; m]);
     for r in 1..m {
         for i in r..m {
             pref[i] += pairs[i * m + r - 1];

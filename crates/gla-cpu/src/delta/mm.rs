@@ -51,21 +51,23 @@ pub(super) enum Acc {
     Sub,
 }
 
-/// `c [m, n]` (row-major, packed) combined with `a [m, k] @ b [k, n]` per `acc`, on the calling
-/// thread.
+/// `c [m, n]` (row-major, row stride `ldc`) combined with `a [m, k] @ b [k, n]` per `acc`, on
+/// the calling thread.
 ///
 /// # Panics
 /// On a shape bug of the caller, never on user input.
-pub(super) fn mm<T: Real>(c: &mut [T], a: View<'_, T>, b: View<'_, T>, acc: Acc) {
+pub(super) fn mm<T: Real>(c: &mut [T], ldc: usize, a: View<'_, T>, b: View<'_, T>, acc: Acc) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "inner dims differ");
     if m == 0 || n == 0 {
         return;
     }
-    View::rm(&*c, m, n);
+    View::new(&*c, m, n, ldc);
     if k == 0 {
         if acc == Acc::Set {
-            c[..m * n].fill(T::ZERO);
+            for r in 0..m {
+                c[r * ldc..r * ldc + n].fill(T::ZERO);
+            }
         }
         return;
     }
@@ -79,7 +81,7 @@ pub(super) fn mm<T: Real>(c: &mut [T], a: View<'_, T>, b: View<'_, T>, acc: Acc)
             k,
             c.as_mut_ptr(),
             1,
-            n as isize,
+            ldc as isize,
             acc != Acc::Set,
             a.data.as_ptr(),
             a.cs as isize,
@@ -111,7 +113,7 @@ mod tests {
             (0..m * n).map(|e| (0..k).map(|x| a[(e / n) * k + x] * b[(e % n) * k + x]).sum::<f64>()).collect();
         for (acc, f) in [(Acc::Set, 0.0), (Acc::Add, 1.0), (Acc::Sub, -1.0)] {
             let mut c = vec![2.0f64; m * n];
-            mm(&mut c, View::rm(&a, m, k), View::rm(&b, n, k).t(), acc);
+            mm(&mut c, n, View::rm(&a, m, k), View::rm(&b, n, k).t(), acc);
             for (e, (&got, &w)) in c.iter().zip(&want).enumerate() {
                 let expect = if acc == Acc::Set { w } else { 2.0 + f * w };
                 assert!((got - expect).abs() < 1e-12, "{acc:?} {e}: {got} vs {expect}");

@@ -52,41 +52,39 @@ fn step<T: ExpRow>(s: &mut [T], decay: T, q: &[T], k: &[T], v: &[T], beta: T, w:
     let vd = v.len();
     let (p, u) = (&mut w.p[..vd], &mut w.u[..vd]);
     p.fill(T::ZERO);
-    let mut qk = T::ZERO;
     match o {
         Some(o) => {
             let o = &mut o[..vd];
             o.fill(T::ZERO);
+            let mut qk = T::ZERO;
             for ((row, &ka), &qa) in s.chunks_exact_mut(vd).zip(k).zip(q) {
-                for c in 0..vd {
-                    let e = row[c] * decay;
-                    row[c] = e;
-                    p[c] += e * ka;
-                    o[c] += e * qa;
+                for ((e, pc), oc) in row.iter_mut().zip(p.iter_mut()).zip(o.iter_mut()) {
+                    *e *= decay;
+                    *pc += *e * ka;
+                    *oc += *e * qa;
                 }
                 qk += qa * ka;
             }
-            for c in 0..vd {
-                u[c] = beta * (v[c] - p[c]);
-                o[c] += qk * u[c];
+            for (((uc, &vc), &pc), oc) in u.iter_mut().zip(v).zip(p.iter()).zip(o.iter_mut()) {
+                *uc = beta * (vc - pc);
+                *oc += qk * *uc;
             }
         }
         None => {
             for (row, &ka) in s.chunks_exact_mut(vd).zip(k) {
-                for c in 0..vd {
-                    let e = row[c] * decay;
-                    row[c] = e;
-                    p[c] += e * ka;
+                for (e, pc) in row.iter_mut().zip(p.iter_mut()) {
+                    *e *= decay;
+                    *pc += *e * ka;
                 }
             }
-            for c in 0..vd {
-                u[c] = beta * (v[c] - p[c]);
+            for ((uc, &vc), &pc) in u.iter_mut().zip(v).zip(p.iter()) {
+                *uc = beta * (vc - pc);
             }
         }
     }
     for (row, &ka) in s.chunks_exact_mut(vd).zip(k) {
-        for c in 0..vd {
-            row[c] += ka * u[c];
+        for (e, &uc) in row.iter_mut().zip(u.iter()) {
+            *e += ka * uc;
         }
     }
 }
@@ -161,15 +159,11 @@ fn backward_head<T: ExpRow>(x: &Head<'_, T>, d_o: Rows<'_, T>, dht: Option<&[T]>
                 let row = &mut ds[a_ * vd..(a_ + 1) * vd];
                 let st = &s_t[a_ * vd..(a_ + 1) * vd];
                 let (qa, ka) = (q[a_], k[a_]);
-                let (mut dqa, mut dka) = (T::ZERO, T::ZERO);
-                for c in 0..vd {
-                    row[c] += qa * d_o[c];
-                    dqa += st[c] * d_o[c];
-                    dka += row[c] * u[c];
-                    du[c] += row[c] * ka;
-                }
-                dq_t[a_] = dqa;
-                dk_t[a_] = dka;
+                // dS += q do^T; dq = S_t do; dk = dS u; du += k dS (two dot products in lanes)
+                axpy(row, qa, d_o);
+                dq_t[a_] = dot(st, d_o);
+                dk_t[a_] = dot(row, u);
+                axpy(&mut du, ka, row);
             }
             let mut dbt = T::ZERO;
             let dv_t = &mut dv[i * vd..(i + 1) * vd];
@@ -184,15 +178,11 @@ fn backward_head<T: ExpRow>(x: &Head<'_, T>, d_o: Rows<'_, T>, dht: Option<&[T]>
                 let row = &mut ds[a_ * vd..(a_ + 1) * vd];
                 let sp = &s_prev[a_ * vd..(a_ + 1) * vd];
                 let ka = k[a_];
-                let (mut dka, mut dga) = (T::ZERO, T::ZERO);
-                for c in 0..vd {
-                    row[c] += ka * dp[c];
-                    dka += sp[c] * dp[c];
-                    dga += sp[c] * row[c];
-                    row[c] *= a;
-                }
-                dk_t[a_] += a * dka;
-                dgt += dga;
+                // dS' = dS + k dp^T; dk += S' dp; dg += <S_{t-1}, dS'>; dS = a dS'
+                axpy(row, ka, &dp);
+                dk_t[a_] += a * dot(sp, &dp);
+                dgt += dot(sp, row);
+                row.iter_mut().for_each(|e| *e *= a);
             }
             dg[i] = a * dgt;
         }
@@ -201,6 +191,31 @@ fn backward_head<T: ExpRow>(x: &Head<'_, T>, d_o: Rows<'_, T>, dht: Option<&[T]>
         unsafe { out.write(rows.start, &dq[..m * kd], &dk[..m * kd], &dv[..m * vd], &dbeta[..m], &dg[..m]) };
     }
     ds
+}
+
+/// `y += a x`.
+#[inline(always)]
+fn axpy<T: ExpRow>(y: &mut [T], a: T, x: &[T]) {
+    y.iter_mut().zip(x).for_each(|(y, &x)| *y += a * x);
+}
+
+/// `x . y`, summed in 8 lanes (lane `c % 8`) added up at the end, so that it vectorises (a single
+/// running sum is a serial dependency the compiler must keep in order).
+#[inline(always)]
+fn dot<T: ExpRow>(x: &[T], y: &[T]) -> T {
+    const L: usize = 8;
+    let n = x.len().min(y.len());
+    let whole = n / L * L;
+    let mut acc = [T::ZERO; L];
+    for (a, b) in x[..whole].chunks_exact(L).zip(y[..whole].chunks_exact(L)) {
+        for l in 0..L {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    for (l, c) in (whole..n).enumerate() {
+        acc[l] += x[c] * y[c];
+    }
+    acc.iter().fold(T::ZERO, |s, &e| s + e)
 }
 
 impl<T: ExpRow> DeltaOp<T> for DeltaRecurrent {
