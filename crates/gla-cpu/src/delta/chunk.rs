@@ -95,14 +95,23 @@ impl<T: ExpRow> Chunk<T> {
     /// `Γ [m, m]`: `exp(G_i - G_j)` for `j <= i`, 0 above the diagonal.
     fn gamma(&self) -> Vec<T> {
         let m = self.m;
+        let mut gam = vec![T::ZERO; m * m];
+        if self.gc.iter().all(|&g| g == 0.0) {
+            // no decay in this chunk (DeltaNet, or a gate of exact zeros): Γ = tril(1)
+            for (i, row) in gam.chunks_exact_mut(m).enumerate() {
+                row[..=i].fill(T::ONE);
+            }
+            return gam;
+        }
         let mut diff = vec![T::ZERO; m * m];
         for (i, row) in diff.chunks_exact_mut(m).enumerate() {
-            for (j, d) in row.iter_mut().enumerate() {
-                // above the diagonal an exponent far below exp's range: the factor is 0
-                *d = T::from_f64(if j <= i { self.gc[i] - self.gc[j] } else { -1e4 });
+            let gi = self.gc[i];
+            for (d, &gj) in row[..=i].iter_mut().zip(&self.gc) {
+                *d = T::from_f64(gi - gj);
             }
+            // above the diagonal an exponent far below exp's range: the factor is 0
+            row[i + 1..].fill(T::from_f64(-1e4));
         }
-        let mut gam = vec![T::ZERO; m * m];
         T::exp_row(&diff, &mut gam);
         gam
     }
@@ -227,6 +236,8 @@ fn forward_head<T: ExpRow>(x: &Head<'_, T>, out: &HeadOut<'_, T>) -> Vec<T> {
     for c in 0..x.l.div_ceil(BT) {
         let ch = Chunk::load(x, c);
         let m = ch.m;
+        // the next chunk's rows arrive while this one computes
+        x.prefetch((c + 1) * BT, BT);
         let Wy { gam, s, nw, mut u, .. } = wy(&ch);
         // [-w; Q exp(G)] h in one product: -w h (U = u - w h), then the inter output
         let mut lhs = vec![T::ZERO; 2 * m * kd];

@@ -38,6 +38,27 @@ impl<'a, T: Copy> Rows<'a, T> {
     pub fn at(&self, t: usize) -> T {
         self.data[(self.start + t) * self.nh + self.h]
     }
+    /// Asks the CPU to start fetching rows `t0..t0 + n` into its caches (no effect on results):
+    /// the rows of one head sit `NH*D` elements apart, a stride the hardware prefetchers follow
+    /// poorly (as for the GLA paths, `crate::driver`).
+    #[inline]
+    pub fn prefetch(&self, t0: usize, n: usize) {
+        #[cfg(target_arch = "x86_64")]
+        for t in t0..t0 + n {
+            let o = ((self.start + t) * self.nh + self.h) * self.d;
+            if o + self.d > self.data.len() {
+                break;
+            }
+            let row = &self.data[o..o + self.d];
+            for off in (0..std::mem::size_of_val(row)).step_by(64) {
+                // SAFETY: the address lies inside `row` (off < its size in bytes); a prefetch
+                // never faults and changes no memory.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(row.as_ptr().cast::<i8>().add(off));
+                }
+            }
+        }
+    }
     /// Copies rows `t0..t0 + n` into `out [n, D]`.
     pub fn copy_to(&self, t0: usize, out: &mut [T]) {
         for (i, dst) in out.chunks_exact_mut(self.d).enumerate() {
@@ -69,6 +90,13 @@ pub(super) struct Head<'a, T> {
 }
 
 impl<T: Real> Head<'_, T> {
+    /// Prefetches rows `t0..t0 + n` of q, k and v (see [`Rows::prefetch`]).
+    pub fn prefetch(&self, t0: usize, n: usize) {
+        let n = n.min(self.l.saturating_sub(t0));
+        for r in [&self.q, &self.k, &self.v] {
+            r.prefetch(t0, n);
+        }
+    }
     /// The initial state `[K, V]` as an owned buffer (zeros when absent).
     pub fn state0(&self) -> Vec<T> {
         self.h0.map_or_else(|| vec![T::ZERO; self.kd * self.vd], <[T]>::to_vec)

@@ -50,7 +50,7 @@ fn l2_rows<T: Real>(x: &[T], d: usize, scale: f64, on: bool) -> (Vec<T>, Vec<f64
     let apply = |o: &mut [T], row: &[T], r: f64| o.iter_mut().zip(row).for_each(|(o, v)| *o = T::from_f64(v.to_f64() * r * scale));
     if on {
         out.par_chunks_mut(d).zip(x.par_chunks(d)).zip(rstd.par_iter_mut()).for_each(|((o, row), r)| {
-            let ss: f64 = row.iter().map(|v| v.to_f64() * v.to_f64()).sum();
+            let ss = sum_sq(row);
             *r = 1.0 / (ss + L2_EPS).sqrt();
             apply(o, row, *r);
         });
@@ -58,6 +58,22 @@ fn l2_rows<T: Real>(x: &[T], d: usize, scale: f64, on: bool) -> (Vec<T>, Vec<f64
         out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, row)| apply(o, row, 1.0));
     }
     (out, rstd)
+}
+
+/// `sum x^2` in f64, in 4 lanes (lane `i % 4`) added up at the end so that it vectorises.
+fn sum_sq<T: Real>(x: &[T]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let whole = x.len() / 4 * 4;
+    for c in x[..whole].chunks_exact(4) {
+        for l in 0..4 {
+            let v = c[l].to_f64();
+            acc[l] += v * v;
+        }
+    }
+    for (l, v) in x[whole..].iter().enumerate() {
+        acc[l] += v.to_f64() * v.to_f64();
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
 }
 
 /// `dx` of `y = scale * x * r(x)` from `dy` (r = 1 / |x| with the epsilon, or 1 when off).
