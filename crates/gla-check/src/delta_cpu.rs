@@ -121,6 +121,9 @@ impl DeltaOp<f32> for Stepped {
     }
 
     fn forward(&self, p: &DeltaProblem, x: &DeltaInputs<'_, f32>, output_final_state: bool) -> Result<Forward<f32>> {
+        // the whole input first, so that errors name the caller's indices (each step validates
+        // its own gathered token again)
+        x.validate(DeltaOp::<f32>::name(self), p)?;
         let (h, hv, kd, vd, kv) = (p.h(), p.hv(), p.k(), p.v(), p.k() * p.v());
         let mut states = x.h0.map_or_else(|| vec![0.0f32; p.state_len()], <[f32]>::to_vec);
         let mut o = vec![f32::NAN; p.v_len()];
@@ -227,12 +230,36 @@ pub fn error_rows(out: &mut Vec<Row>) {
     big_beta[2] = 1.5;
     let bad_h0 = vec![0.0f32; p.state_len() + 2];
     let bad: [(&str, DeltaInputs<'_, f32>, Expect); 6] = [
-        ("delta-error-short-k", DeltaInputs { k: &short, ..ok }, (|e| matches!(e, Error::ShapeMismatch { tensor: "k", .. }), "ShapeMismatch k")),
-        ("delta-error-missing-g", DeltaInputs { g: None, ..ok }, (|e| matches!(e, Error::ShapeMismatch { tensor: "g", .. }), "ShapeMismatch g")),
-        ("delta-error-bad-h0", DeltaInputs { h0: Some(&bad_h0), ..ok }, (|e| matches!(e, Error::ShapeMismatch { tensor: "h0", .. }), "ShapeMismatch h0")),
-        ("delta-error-nan-v", DeltaInputs { v: &nan_v, ..ok }, (|e| matches!(e, Error::NonFinite { tensor: "v", index: 7, .. }), "NonFinite v at 7")),
-        ("delta-error-positive-g", DeltaInputs { g: Some(&pos_g), ..ok }, (|e| matches!(e, Error::BadGate { index: 3, .. }), "BadGate at 3")),
-        ("delta-error-beta-above-1", DeltaInputs { beta: &big_beta, ..ok }, (|e| matches!(e, Error::BadArg { key: "beta", .. }), "BadArg beta")),
+        (
+            "delta-error-short-k",
+            DeltaInputs { k: &short, ..ok },
+            (|e| matches!(e, Error::ShapeMismatch { tensor: "k", .. }), "ShapeMismatch k"),
+        ),
+        (
+            "delta-error-missing-g",
+            DeltaInputs { g: None, ..ok },
+            (|e| matches!(e, Error::ShapeMismatch { tensor: "g", .. }), "ShapeMismatch g"),
+        ),
+        (
+            "delta-error-bad-h0",
+            DeltaInputs { h0: Some(&bad_h0), ..ok },
+            (|e| matches!(e, Error::ShapeMismatch { tensor: "h0", .. }), "ShapeMismatch h0"),
+        ),
+        (
+            "delta-error-nan-v",
+            DeltaInputs { v: &nan_v, ..ok },
+            (|e| matches!(e, Error::NonFinite { tensor: "v", index: 7, .. }), "NonFinite v at 7"),
+        ),
+        (
+            "delta-error-positive-g",
+            DeltaInputs { g: Some(&pos_g), ..ok },
+            (|e| matches!(e, Error::BadGate { index: 3, .. }), "BadGate at 3"),
+        ),
+        (
+            "delta-error-beta-above-1",
+            DeltaInputs { beta: &big_beta, ..ok },
+            (|e| matches!(e, Error::BadArg { key: "beta", .. }), "BadArg beta"),
+        ),
     ];
     for path in paths() {
         for (case, x, want) in &bad {
@@ -244,7 +271,12 @@ pub fn error_rows(out: &mut Vec<Row>) {
             out.push(error_row("delta-error-short-do", path.label, path.op.backward(&p, &ok, &short_do), want));
             let want: Expect = (|e| matches!(e, Error::BadGate { index: 3, .. }), "BadGate at 3");
             let x = DeltaInputs { g: Some(&pos_g), ..ok };
-            out.push(error_row("delta-error-positive-g-bwd", path.label, path.op.backward(&p, &x, &Backward { d_o: &d_o, dht: None }), want));
+            out.push(error_row(
+                "delta-error-positive-g-bwd",
+                path.label,
+                path.op.backward(&p, &x, &Backward { d_o: &d_o, dht: None }),
+                want,
+            ));
         }
     }
 
@@ -260,13 +292,19 @@ pub fn error_rows(out: &mut Vec<Row>) {
     let mut state = vec![0.25f32; p1.state_len() + 1];
     let before = state.clone();
     let r = delta_step(&p1, &mut state, &x1);
-    let row = error_row("delta-error-step-state-shape", "cpu-delta-step", r, (|e| matches!(e, Error::ShapeMismatch { tensor: "state", .. }), "ShapeMismatch state"));
+    let row = error_row(
+        "delta-error-step-state-shape",
+        "cpu-delta-step",
+        r,
+        (|e| matches!(e, Error::ShapeMismatch { tensor: "state", .. }), "ShapeMismatch state"),
+    );
     out.push(unchanged(row, state == before));
     let x1 = DeltaInputs { g: Some(&pos_g1), ..x1 };
     let mut state = vec![0.25f32; p1.state_len()];
     let before = state.clone();
     let r = delta_step(&p1, &mut state, &x1);
-    let row = error_row("delta-error-step-positive-g", "cpu-delta-step", r, (|e| matches!(e, Error::BadGate { index: 1, .. }), "BadGate at 1"));
+    let row =
+        error_row("delta-error-step-positive-g", "cpu-delta-step", r, (|e| matches!(e, Error::BadGate { index: 1, .. }), "BadGate at 1"));
     out.push(unchanged(row, state == before));
 }
 

@@ -86,3 +86,84 @@ fn decode_steps_equal_recurrent_forward_bitwise() {
     }
 }
 
+/// A long sequence stays finite and on the oracle: T = 65536 with a gate (the given log-decay at
+/// gate scale 10, and fla's layer options with the computed gate), forward of the recurrent and
+/// the chunked path against the f64 oracle's forward (which streams: one state per head).
+#[test]
+fn long_sequence_forward_matches_oracle() {
+    use gla_check::delta::{Beta, DeltaCase};
+    use gla_core::delta::DeltaGate;
+    use gla_core::DeltaSpec;
+    let plain = DeltaSpec::new(1, 65536, 1, 64, 64, DeltaGate::LogDecay);
+    let mut layer = DeltaSpec::new(1, 65536, 1, 64, 64, DeltaGate::Computed);
+    (layer.hv, layer.l2_qk, layer.beta_sigmoid) = (2, true, true);
+    for (name, spec, beta, gate_scale) in
+        [("gdn-T65536-gs10", plain, Beta::Uniform, 10.0), ("gdn-computed-T65536", layer, Beta::Logits { shift: 0.0 }, 1.0)]
+    {
+        let case = DeltaCase { name: name.into(), spec, gate_scale, beta, h0: true };
+        let d = DeltaCaseData::generate(&case, 65536).unwrap();
+        let r = Rounded::new(&d).unwrap();
+        let x = r.data.inputs();
+        for op in [&DeltaRecurrent as &dyn DeltaOp<f32>, &DeltaChunked] {
+            let f = op.forward(&d.problem, &x, true).unwrap();
+            let ht = f.ht.as_deref().unwrap();
+            assert!(f.o.iter().chain(ht).all(|v| v.is_finite()), "{name} {}: non-finite", op.name());
+            let (eo, eh) = (gla_check::cases::rel_rmse(&f.o, &r.fwd.o), gla_check::cases::rel_rmse(ht, r.fwd.ht.as_deref().unwrap()));
+            eprintln!("{name} {}: o {eo:.3e}, ht {eh:.3e}", op.name());
+            assert!(eo <= tol::CPU_F32 && eh <= tol::CPU_F32, "{name} {}: o {eo:e}, ht {eh:e}", op.name());
+        }
+    }
+}
+
+/// A tensor of more than 2^31 elements: `v` and `o` hold B*T*HV*V = 2050*4096*256 = 2.15e9
+/// (8.6 GB each in f32). Every index on the CPU is a `usize`, so nothing can wrap; this checks it
+/// end to end on the chunked forward. `v` is zero except in the first and the last sequence
+/// (the last one sits wholly past element 2^31), so its untouched pages cost no memory; those
+/// two sequences are compared with the oracle run on them alone. About 10 GB of memory:
+/// `cargo test --release -p gla-cpu --test delta_paths -- --ignored huge`.
+#[test]
+#[ignore = "needs ~10 GB of memory and a minute"]
+fn huge_tensor_forward_indexes_past_2_31() {
+    use gla_check::cases::{logsigmoid, rel_rmse, Rng};
+    use gla_core::delta::DeltaGate;
+    use gla_core::{DeltaInputs, DeltaProblem, DeltaSpec};
+    let (b, t, kd, vd) = (2050usize, 4096usize, 4usize, 256usize);
+    let p = DeltaProblem::new(DeltaSpec::new(b, t, 1, kd, vd, DeltaGate::LogDecay)).unwrap();
+    assert!(p.v_len() > 1 << 31);
+    let mut rng = Rng::new(31);
+    let mut q = vec![0.0f32; p.qk_len()];
+    let mut k = vec![0.0f32; p.qk_len()];
+    q.iter_mut().for_each(|e| *e = rng.uniform() as f32);
+    for row in k.chunks_exact_mut(kd) {
+        row.iter_mut().for_each(|e| *e = rng.uniform() as f32);
+        let n = row.iter().map(|e| e * e).sum::<f32>().sqrt();
+        row.iter_mut().for_each(|e| *e /= n);
+    }
+    let beta: Vec<f32> = (0..p.beta_len()).map(|_| rng.uniform() as f32).collect();
+    let g: Vec<f32> = (0..p.g_len()).map(|_| (logsigmoid(rng.uniform()) / 10.0) as f32).collect();
+    let mut v = vec![0.0f32; p.v_len()];
+    let per = t * vd;
+    for seq in [0, b - 1] {
+        v[seq * per..(seq + 1) * per].iter_mut().for_each(|e| *e = rng.uniform() as f32);
+    }
+    let x = DeltaInputs { q: &q, k: &k, v: &v, beta: &beta, g: Some(&g), a_log: None, dt_bias: None, h0: None };
+    let f = DeltaChunked.forward(&p, &x, true).unwrap();
+    let ht = f.ht.unwrap();
+    // the oracle on the two sequences alone
+    let sub = DeltaProblem::new(DeltaSpec::new(2, t, 1, kd, vd, DeltaGate::LogDecay)).unwrap();
+    let pick = |x: &[f32], per: usize| -> Vec<f64> {
+        [0, b - 1].iter().flat_map(|&s| x[s * per..(s + 1) * per].iter().map(|&e| f64::from(e))).collect()
+    };
+    let (sq, sk, sv, sb, sg) = (pick(&q, t * kd), pick(&k, t * kd), pick(&v, per), pick(&beta, t), pick(&g, t));
+    let sx = DeltaInputs { q: &sq, k: &sk, v: &sv, beta: &sb, g: Some(&sg), a_log: None, dt_bias: None, h0: None };
+    let rf = DeltaNaive.forward(&sub, &sx, true).unwrap();
+    let rht = rf.ht.unwrap();
+    for (i, seq) in [0, b - 1].into_iter().enumerate() {
+        let eo = rel_rmse(&f.o[seq * per..(seq + 1) * per], &rf.o[i * per..(i + 1) * per]);
+        let eh = rel_rmse(&ht[seq * kd * vd..(seq + 1) * kd * vd], &rht[i * kd * vd..(i + 1) * kd * vd]);
+        eprintln!("sequence {seq}: o {eo:.3e}, ht {eh:.3e}");
+        assert!(eo <= tol::CPU_F32 && eh <= tol::CPU_F32, "sequence {seq}: o {eo:e}, ht {eh:e}");
+    }
+    // a zero sequence in between stays exactly zero
+    assert!(f.o[per..2 * per].iter().all(|&e| e == 0.0));
+}

@@ -344,7 +344,7 @@ fn grads_chunk<T: ExpRow>(d_o: Rows<'_, T>, sv: &Saved<T>, h_c: &[T], dh_c: &[T]
     mm(&mut r1, kd + m, View::rm(&dob, m, vd), View::rm(&hu, kd + m, vd).t(), Acc::Set);
     let mut dq = vec![T::ZERO; m * kd];
     let mut dg_pt = vec![T::ZERO; m]; // c_t + cX_t, summed over t >= r below
-    // D: the pair terms dP_ij P_ij (j < i), then dA_ij A_ij added below
+                                      // D: the pair terms dP_ij P_ij (j < i), then dA_ij A_ij added below
     let mut pairs = vec![T::ZERO; m * m];
     // [Msym | Pg^T] [m, 2m], times [K; Q] for dk below; Pg = dP * Γ
     let mut lhs = vec![T::ZERO; 2 * m * m];

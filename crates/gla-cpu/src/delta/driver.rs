@@ -105,7 +105,14 @@ impl<T: Real> Head<'_, T> {
 
 /// The view of (sequence `n`, value head `j`): prepared q, k, beta, g from `pre`, `v [rows, HV, V]`,
 /// and its slice of the initial states `h0 [N, HV, K, V]` when given.
-pub(super) fn head<'a, T: Real>(p: &DeltaProblem, pre: &'a Prepared<T>, v: &'a [T], h0: Option<&'a [T]>, n: usize, j: usize) -> Head<'a, T> {
+pub(super) fn head<'a, T: Real>(
+    p: &DeltaProblem,
+    pre: &'a Prepared<T>,
+    v: &'a [T],
+    h0: Option<&'a [T]>,
+    n: usize,
+    j: usize,
+) -> Head<'a, T> {
     let (rows, kv) = (p.seq(n), p.k() * p.v());
     let i = p.qk_head(j);
     Head {

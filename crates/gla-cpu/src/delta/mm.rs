@@ -109,8 +109,7 @@ mod tests {
         let a: Vec<f64> = (0..m * k).map(|i| (i as f64 * 0.37).sin()).collect();
         let b: Vec<f64> = (0..n * k).map(|i| (i as f64 * 0.11).cos()).collect();
         // b is stored [n, k]; used transposed as [k, n]
-        let want: Vec<f64> =
-            (0..m * n).map(|e| (0..k).map(|x| a[(e / n) * k + x] * b[(e % n) * k + x]).sum::<f64>()).collect();
+        let want: Vec<f64> = (0..m * n).map(|e| (0..k).map(|x| a[(e / n) * k + x] * b[(e % n) * k + x]).sum::<f64>()).collect();
         for (acc, f) in [(Acc::Set, 0.0), (Acc::Add, 1.0), (Acc::Sub, -1.0)] {
             let mut c = vec![2.0f64; m * n];
             mm(&mut c, n, View::rm(&a, m, k), View::rm(&b, n, k).t(), acc);

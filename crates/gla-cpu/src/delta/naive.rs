@@ -77,9 +77,7 @@ fn step<T: Real>(s: &mut [T], a: T, k: &[T], v: &[T], beta: T, vd: usize) -> (Ve
 }
 
 fn heads(p: &DeltaProblem) -> impl Iterator<Item = (usize, At)> + '_ {
-    (0..p.n()).flat_map(move |n| {
-        (0..p.hv()).map(move |j| (n, At { hv: p.hv(), h: p.h(), kd: p.k(), vd: p.v(), i: p.qk_head(j), j }))
-    })
+    (0..p.n()).flat_map(move |n| (0..p.hv()).map(move |j| (n, At { hv: p.hv(), h: p.h(), kd: p.k(), vd: p.v(), i: p.qk_head(j), j })))
 }
 
 impl<T: Real> DeltaOp<T> for DeltaNaive {

@@ -94,11 +94,8 @@ fn l2_rows_bwd<T: Real>(x: &[T], dy: &[T], d: usize, scale: f64, rstd: &[f64]) -
 pub fn forward<T: Real>(p: &DeltaProblem, x: &DeltaInputs<'_, T>) -> Prepared<T> {
     let (q, q_rstd) = l2_rows(x.q, p.k(), p.scale(), p.l2_qk());
     let (k, k_rstd) = l2_rows(x.k, p.k(), 1.0, p.l2_qk());
-    let beta = if p.beta_sigmoid() {
-        x.beta.iter().map(|b| T::from_f64(p.beta_scale() * sigmoid(b.to_f64()))).collect()
-    } else {
-        x.beta.to_vec()
-    };
+    let beta =
+        if p.beta_sigmoid() { x.beta.iter().map(|b| T::from_f64(p.beta_scale() * sigmoid(b.to_f64()))).collect() } else { x.beta.to_vec() };
     let hv = p.hv();
     let g = match (p.gate(), x.g) {
         (DeltaGate::LogDecay, Some(g)) => g.to_vec(),
