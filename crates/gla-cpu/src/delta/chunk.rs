@@ -194,27 +194,49 @@ fn wy<T: ExpRow>(ch: &Chunk<T>) -> Wy<T> {
 }
 
 /// `T = (I + A)^-1` with `A = strictly-lower(diag(beta) (K K^T * Γ))`, by forward substitution
-/// row by row: `T_i = e_i - sum_{j<i} A_ij T_j`. `T_j` is zero right of column j; each update
-/// runs to the next multiple of 16 columns (zeros included) so that it vectorises whole.
+/// row by row: `T_i = e_i - sum_{j<i} A_ij T_j`. `T_j` is zero right of column `j`, so each block
+/// of [`TB`] columns starting at `b` sums over `b <= j < i` only, in a register-sized accumulator
+/// (written once per block, every element of `T` included).
 fn inverse<T: ExpRow>(ch: &Chunk<T>, kk: &[T], gam: &[T]) -> Vec<T> {
     let m = ch.m;
+    let mut a = vec![T::ZERO; m * m];
+    for i in 0..m {
+        for j in 0..i {
+            let e = i * m + j;
+            a[e] = ch.beta[i] * kk[e] * gam[e];
+        }
+    }
     let mut tinv = vec![T::ZERO; m * m];
     for i in 0..m {
-        let (done, row) = tinv.split_at_mut(i * m);
-        let row = &mut row[..m];
-        row[i] = T::ONE;
-        for j in 0..i {
-            let a = ch.beta[i] * kk[i * m + j] * gam[i * m + j];
-            let w = (j + 16) / 16 * 16;
-            let w = w.min(i);
-            let tj = &done[j * m..j * m + w];
-            for (r, &t) in row[..w].iter_mut().zip(tj) {
-                *r -= a * t;
+        for b in (0..m).step_by(TB) {
+            let w = TB.min(m - b);
+            let mut acc = [T::ZERO; TB];
+            let arow = &a[i * m..(i + 1) * m];
+            if w == TB {
+                for (j, &aij) in arow.iter().enumerate().take(i).skip(b) {
+                    let tj: &[T; TB] = tinv[j * m + b..j * m + b + TB].try_into().expect("TB columns");
+                    for l in 0..TB {
+                        acc[l] -= aij * tj[l];
+                    }
+                }
+            } else {
+                for (j, &aij) in arow.iter().enumerate().take(i).skip(b) {
+                    for (x, &t) in acc.iter_mut().zip(&tinv[j * m + b..j * m + b + w]) {
+                        *x -= aij * t;
+                    }
+                }
             }
+            if (b..b + w).contains(&i) {
+                acc[i - b] = T::ONE;
+            }
+            tinv[i * m + b..i * m + b + w].copy_from_slice(&acc[..w]);
         }
     }
     tinv
 }
+
+/// Columns per accumulator block of [`inverse`] (two AVX2 registers of f32).
+const TB: usize = 16;
 
 /// `P [m, m] = tril(Q K^T * Γ)` (diagonal included) from `Q K^T [m, m]`.
 fn scores<T: ExpRow>(qk: &[T], gam: &[T]) -> Vec<T> {
