@@ -227,7 +227,7 @@ pub fn error_rows(out: &mut Vec<Row>) {
     let mut pos_g = g.clone();
     pos_g[3] = 0.25;
     let mut big_beta = beta.clone();
-    big_beta[2] = 1.5;
+    big_beta[2] = 2.5;
     let bad_h0 = vec![0.0f32; p.state_len() + 2];
     let bad: [(&str, DeltaInputs<'_, f32>, Expect); 6] = [
         (
@@ -256,7 +256,7 @@ pub fn error_rows(out: &mut Vec<Row>) {
             (|e| matches!(e, Error::BadGate { index: 3, .. }), "BadGate at 3"),
         ),
         (
-            "delta-error-beta-above-1",
+            "delta-error-beta-above-2",
             DeltaInputs { beta: &big_beta, ..ok },
             (|e| matches!(e, Error::BadArg { key: "beta", .. }), "BadArg beta"),
         ),

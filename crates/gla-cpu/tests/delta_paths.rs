@@ -86,6 +86,28 @@ fn decode_steps_equal_recurrent_forward_bitwise() {
     }
 }
 
+/// beta given directly in [0, 2] (fla's DeltaNet passes `2 sigmoid(b)` itself with
+/// `allow_neg_eigval`): the table's DeltaNet and Gated DeltaNet cases at T = 130 with beta doubled,
+/// on every path.
+#[test]
+fn direct_beta_up_to_2_matches_oracle() {
+    let mut rows: Vec<Row> = Vec::new();
+    for (i, case) in cases().iter().enumerate().filter(|(_, c)| c.name.contains("beta1-T130") || c.name.contains("T65-h0")) {
+        let mut d = DeltaCaseData::generate(case, DELTA_SEED + i as u64).unwrap();
+        d.beta.iter_mut().for_each(|b| *b *= 2.0);
+        let r = Rounded::new(&d).unwrap();
+        for path in delta_cpu::paths() {
+            delta_cpu::path_rows(&format!("{}-beta2", case.name), &d.problem, &r, &path, &mut rows);
+        }
+    }
+    assert!(rows.len() > 30);
+    let failed: Vec<String> =
+        rows.iter().filter(|r| !r.pass).map(|r| format!("{} {} {}: {:.3e} {}", r.path, r.case, r.tensor, r.rel_rmse, r.note)).collect();
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+    let worst = rows.iter().map(|r| r.rel_rmse).fold(0.0, f64::max);
+    eprintln!("{} rows, worst {worst:.3e}", rows.len());
+}
+
 /// A long sequence stays finite and on the oracle: T = 65536 with a gate (the given log-decay at
 /// gate scale 10, and fla's layer options with the computed gate), forward of the recurrent and
 /// the chunked path against the f64 oracle's forward (which streams: one state per head).
