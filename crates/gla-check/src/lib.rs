@@ -9,6 +9,7 @@
 //!   oracle.
 //! - [`cpu`]: the CPU paths' rows.
 //! - [`delta`]: the delta-rule family's case table, its data and comparison.
+//! - [`delta_cpu`]: the delta table on the CPU's delta paths, and their typed-error rows.
 //! - `cuda` (feature `cuda`): the GPU's rows: the case table on `CudaGla` (f32 and bf16), the
 //!   wide, long (T = 65536), huge (> 2^31 elements) and repeat rows, the GPU language model
 //!   against the CPU model and fla's fixtures, and generation.
@@ -18,6 +19,7 @@ pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod delta;
+pub mod delta_cpu;
 pub mod row;
 pub mod runner;
 pub mod tol;

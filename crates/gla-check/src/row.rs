@@ -7,16 +7,21 @@ use crate::tol;
 /// One line of a check: one tensor of one case on one path.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Row {
-    /// Case name (from the case table, or the GPU's extra cases: `wide-...`, `T65536-...`,
-    /// `big-...`, `repeat-...`, `lm-...`, `fla-...`).
+    /// Case name (from the case table, the delta table (`delta-...`, `gdn-...`, and the error
+    /// rows `delta-error-...`), or the GPU's extra cases: `wide-...`, `T65536-...`, `big-...`,
+    /// `repeat-...`, `lm-...`, `fla-...`).
     pub case: String,
     /// The path checked: the CPU's `cpu-naive`, `cpu-recurrent`, `cpu-chunk-seq`,
-    /// `cpu-chunk-par`; the GPU's `recurrent`, `chunk`, `chunk-wide`, `model`.
+    /// `cpu-chunk-par`, `cpu-delta-naive`, `cpu-delta-recurrent`, `cpu-delta-chunk`,
+    /// `cpu-delta-step` (and `contract` for errors of the problem itself); the GPU's `recurrent`,
+    /// `chunk`, `chunk-wide`, `model`.
     pub path: &'static str,
     /// Storage of the path's inputs: `f32` or `bf16`.
     pub dtype: &'static str,
-    /// `o`, `ht`, `dq`, `dk`, `dv`, `dg`, `dh0`, `repeat`, a model quantity (`loss`, `logits`,
-    /// `grad-all`, ...), or `error` (the path failed; the message is in `note`).
+    /// `o`, `ht`, `dq`, `dk`, `dv`, `dg`, `dh0` (the delta rule adds `dbeta`, `dA_log`,
+    /// `ddt_bias`), `repeat`, a model quantity (`loss`, `logits`, `grad-all`, ...),
+    /// `typed-error` (a bad input gave the expected error: 0, else +inf; the message is in
+    /// `note`), or `error` (the path failed; the message is in `note`).
     pub tensor: &'static str,
     /// Relative RMSE vs the reference (for `repeat`: the largest absolute difference of runs;
     /// for counts: the count).

@@ -9,6 +9,9 @@
 //! All three handle every gate kind and packed varlen input. f32 is the product precision; the
 //! oracle also runs in f64.
 //!
+//! The delta-rule family (DeltaNet, Gated DeltaNet) has the same three paths and a decode step in
+//! [`delta`] ([`DeltaNaive`], [`DeltaRecurrent`], [`DeltaChunked`], [`delta_step`]).
+//!
 //! ```
 //! use gla_core::{op::GlaOp, GateKind, Inputs, Problem, ProblemSpec};
 //! use gla_cpu::{Chunked, Naive};
@@ -32,5 +35,6 @@ mod naive;
 mod recurrent;
 
 pub use chunk::{Chunked, Schedule};
+pub use delta::{delta_step, DeltaChunked, DeltaNaive, DeltaRecurrent};
 pub use naive::Naive;
 pub use recurrent::{decode_step, FusedRecurrent};

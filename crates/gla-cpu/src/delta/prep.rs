@@ -1,10 +1,12 @@
 //! The elementwise maps inside the delta-rule op and their backward: q and k L2-normalised (q
 //! then scaled), beta through `s * sigmoid`, the log-decay computed from `A_log`, `dt_bias`
 //! (contract: [`gla_core::delta`]). Computed in f64 whatever the storage type: these maps are a
-//! negligible part of the work and the oracle wants them exact.
+//! negligible part of the work and the oracle wants them exact. The per-row maps run in parallel
+//! over rows (rayon); each row's arithmetic is the same on any thread.
 
 use gla_core::delta::{DeltaGate, L2_EPS, SOFTPLUS_THRESHOLD};
 use gla_core::{DeltaGrads, DeltaInputs, DeltaProblem, Real};
+use rayon::prelude::*;
 
 /// The op's inputs after the elementwise maps: what the recurrence reads.
 #[derive(Debug, Clone)]
@@ -42,33 +44,49 @@ fn softplus(x: f64) -> (f64, f64) {
 }
 
 fn l2_rows<T: Real>(x: &[T], d: usize, scale: f64, on: bool) -> (Vec<T>, Vec<f64>) {
-    let mut out = Vec::with_capacity(x.len());
-    let mut rstd = Vec::new();
-    for row in x.chunks_exact(d) {
-        let r = if on {
-            let ss: f64 = row.iter().map(|v| v.to_f64() * v.to_f64()).sum();
-            let r = 1.0 / (ss + L2_EPS).sqrt();
-            rstd.push(r);
-            r
-        } else {
-            1.0
-        };
-        out.extend(row.iter().map(|v| T::from_f64(v.to_f64() * r * scale)));
+    // rows in parallel (each row's arithmetic is the same on any thread)
+    let mut out = vec![T::ZERO; x.len()];
+    let mut rstd = vec![1.0f64; if on { x.len() / d } else { 0 }];
+    let apply = |o: &mut [T], row: &[T], r: f64| o.iter_mut().zip(row).for_each(|(o, v)| *o = T::from_f64(v.to_f64() * r * scale));
+    if on {
+        out.par_chunks_mut(d).zip(x.par_chunks(d)).zip(rstd.par_iter_mut()).for_each(|((o, row), r)| {
+            let ss = sum_sq(row);
+            *r = 1.0 / (ss + L2_EPS).sqrt();
+            apply(o, row, *r);
+        });
+    } else {
+        out.par_chunks_mut(d).zip(x.par_chunks(d)).for_each(|(o, row)| apply(o, row, 1.0));
     }
     (out, rstd)
+}
+
+/// `sum x^2` in f64, in 4 lanes (lane `i % 4`) added up at the end so that it vectorises.
+fn sum_sq<T: Real>(x: &[T]) -> f64 {
+    let mut acc = [0.0f64; 4];
+    let whole = x.len() / 4 * 4;
+    for c in x[..whole].chunks_exact(4) {
+        for l in 0..4 {
+            let v = c[l].to_f64();
+            acc[l] += v * v;
+        }
+    }
+    for (l, v) in x[whole..].iter().enumerate() {
+        acc[l] += v.to_f64() * v.to_f64();
+    }
+    (acc[0] + acc[1]) + (acc[2] + acc[3])
 }
 
 /// `dx` of `y = scale * x * r(x)` from `dy` (r = 1 / |x| with the epsilon, or 1 when off).
 fn l2_rows_bwd<T: Real>(x: &[T], dy: &[T], d: usize, scale: f64, rstd: &[f64]) -> Vec<T> {
     if rstd.is_empty() {
-        return dy.iter().map(|v| T::from_f64(v.to_f64() * scale)).collect();
+        return dy.par_iter().map(|v| T::from_f64(v.to_f64() * scale)).collect();
     }
-    let mut out = Vec::with_capacity(x.len());
-    for ((row, drow), &r) in x.chunks_exact(d).zip(dy.chunks_exact(d)).zip(rstd) {
+    let mut out = vec![T::ZERO; x.len()];
+    out.par_chunks_mut(d).zip(x.par_chunks(d)).zip(dy.par_chunks(d)).zip(rstd.par_iter()).for_each(|(((o, row), drow), &r)| {
         // y = x r: dx = r (dy - y (y . dy)), here with dy scaled
         let dot: f64 = row.iter().zip(drow).map(|(a, b)| a.to_f64() * r * b.to_f64()).sum();
-        out.extend(row.iter().zip(drow).map(|(a, b)| T::from_f64(scale * r * (b.to_f64() - a.to_f64() * r * dot))));
-    }
+        o.iter_mut().zip(row.iter().zip(drow)).for_each(|(o, (a, b))| *o = T::from_f64(scale * r * (b.to_f64() - a.to_f64() * r * dot)));
+    });
     out
 }
 
