@@ -9,7 +9,7 @@
 
 use gla_core::op::GlaOp;
 use gla_core::{Backward, DeltaInputs, DeltaOp, Inputs};
-use gla_cpu::delta::DeltaNaive;
+use gla_cpu::delta::{delta_step, DeltaChunked, DeltaRecurrent};
 use gla_cpu::mat::{matmul_with, MatRef, Threads};
 use gla_cpu::{Chunked, FusedRecurrent, Schedule};
 use rayon::prelude::*;
@@ -147,10 +147,16 @@ pub(crate) fn op_for(t: usize) -> &'static dyn GlaOp<f32> {
     }
 }
 
-/// The delta-rule op the CPU runs on `t` tokens per sequence: the one place that picks the path
-/// (the oracle [`DeltaNaive`] until gla-cpu's chunked and recurrent paths are used here).
-pub(crate) fn delta_op_for(_t: usize) -> &'static dyn DeltaOp<f32> {
-    &DeltaNaive
+/// The delta-rule op the CPU runs on `t` tokens per sequence: the one place that picks the path,
+/// fla's mode switch (its DeltaNet layer: fused recurrent for `T <= 64`, chunked otherwise; the
+/// two compute the same function). Decoding one token goes through gla-cpu's `delta_step`
+/// ([`CpuIo::delta`]).
+pub(crate) fn delta_op_for(t: usize) -> &'static dyn DeltaOp<f32> {
+    if t <= RECURRENT_MAX_T {
+        &DeltaRecurrent
+    } else {
+        &DeltaChunked
+    }
 }
 
 /// Rows up to which [`lin`] takes the weight-major product.
@@ -766,8 +772,9 @@ impl CpuIo<'_> {
     }
 
     /// The delta-rule op of layer `l` over the packed sequences, one call per sequence from its
-    /// state `[HV, K, V]` (the path [`delta_op_for`] picks for its length), as [`CpuIo::gla`].
-    /// `x` holds the whole batch's inputs (no state).
+    /// state `[HV, K, V]`, as [`CpuIo::gla`]: one token (decode) advances a copy of the state by
+    /// `delta_step`, more take the path [`delta_op_for`] picks for their length. `x` holds the
+    /// whole batch's inputs (no state).
     pub(crate) fn delta(&mut self, md: &DeltaDims, o: &mut [f32], x: &DeltaInputs<'_, f32>, l: usize) -> Result<()> {
         let (hk, hv, nh) = (md.key_dim, md.value_dim, md.v_heads);
         for s in 0..self.bounds.len() - 1 {
@@ -782,9 +789,17 @@ impl CpuIo<'_> {
                 g: x.g.map(|g| &g[a * nh..b * nh]),
                 a_log: x.a_log,
                 dt_bias: x.dt_bias,
-                h0: Some(h0),
+                h0: None,
             };
-            let out = delta_op_for(b - a).forward(&prob, &xs, true)?;
+            if b - a == 1 {
+                // the new state is staged here, moved into the sequence's state once the whole
+                // forward succeeded (CpuIo's contract)
+                let mut st = h0.clone();
+                o[a * hv..b * hv].copy_from_slice(&delta_step(&prob, &mut st, &xs)?);
+                self.recs[s].push(st);
+                continue;
+            }
+            let out = delta_op_for(b - a).forward(&prob, &DeltaInputs { h0: Some(h0), ..xs }, true)?;
             o[a * hv..b * hv].copy_from_slice(&out.o);
             self.recs[s].push(out.ht.unwrap_or_default());
         }
