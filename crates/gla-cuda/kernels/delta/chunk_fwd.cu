@@ -1,0 +1,207 @@
+// delta/chunk_fwd.cu: the chunk-parallel launches of the chunked delta rule's forward (the
+// backward recomputes with the first): the UT/WY prep and the output pass. docs/kernels.md has
+// the pass structure; delta/chunk_h.cu the sequential state pass between them.
+//
+// delta_wy_k{KP}_{dtype}: one block per (chunk, value head), 256 threads. From k (head h, raw;
+// rk its L2 row factors), v, bt (beta, f32) and gl (log decay, f32, or null):
+//     G  = chunk-local cumsum of g (log2 units)                      -> g2 [chunks, HV, 64] f32 (=)
+//     A  = strictly-lower(diag(beta) (Kn Kn^T) * exp(G_t - G_s))         (f32, smem)
+//     T  = (I + A)^-1, by forward substitution, one thread per column -> tm [SP][chunks, HV, 64, 64] (=)
+//     w  = T (beta exp(G) Kn)                                        -> w [SP][chunks, HV, 64, KP] (=)
+//     u  = T (beta V)                                                -> u [chunks, HV, 64, VP] f32 (=)
+// T and the scaled K, V are split (delta/common.cuh): w and u carry the near-f32 accuracy the
+// state pass's cancellation u - w S needs. Rows past the sequence end are zero (beta = 0 there,
+// so T is the identity on them and w, u vanish).
+//
+// delta_o_k{KP}_{dtype}: one block per (chunk, value head), 256 threads. With hs (the state
+// entering each chunk) and vn (v_new = u - w S, split) from the state pass:
+//     o = scale [(Qn * exp(G)) S + P U],   P = (Qn Kn^T) * exp(G_t - G_s) masked to s <= t
+// P is formed once per block (split); o per 64-wide V tile. o (=, storage dtype).
+// Dynamic smem: the host's layouts (src/delta/dispatch.rs) match the carve-ups below.
+
+template <typename E, int KP>
+__device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __restrict__ rk, const E* __restrict__ v,
+                                       const float* __restrict__ bt, const float* __restrict__ gl, E* __restrict__ w,
+                                       float* __restrict__ u, E* __restrict__ tm, float* __restrict__ g2, const idx_t* __restrict__ bounds,
+                                       const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq, int H, int HV, int K,
+                                       int V, int VP, idx_t nch) {
+    constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
+    const int LV = VP + DPAD;
+    DELTA_SMEM(smem);
+    E* sK = (E*)smem;                      // [64][LK]: K, then beta exp(G) Kn (hi)
+    E* sKl = sK + (SP - 1) * 64 * LK;      // its lo plane
+    E* sV = sKl + 64 * LK;                 // [64][LV]: V, then beta V (hi)
+    E* sVl = sV + (SP - 1) * 64 * LV;
+    E* sT = sVl + 64 * LV;                 // [64][LDT]
+    E* sTl = sT + (SP - 1) * 64 * LDT;
+    float* sA = (float*)(sTl + 64 * LDT);  // [64][65]
+    float* sG = sA + 64 * 65;              // [64]
+    float* sB = sG + 64;                   // [64]
+    float* sR = sB + 64;                   // [64]
+    DELTA_SMEM_END(smem, sR + 64);
+    const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
+    ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
+    ld_v<E>(sV, LV, v, c.r0, c.L, c.hv, HV, V, 0, VP, tid);
+    cp_commit();
+    if (wp == 0) {
+        chunk_gscan(sG, gl, c.r0, c.L, HV, c.hv, lane);
+        sB[lane] = lane < c.L ? bt[(c.r0 + lane) * HV + c.hv] : 0.f;
+        sB[lane + 32] = lane + 32 < c.L ? bt[(c.r0 + lane + 32) * HV + c.hv] : 0.f;
+    }
+    ld_rf(sR, rk, c.r0, c.L, c.h, H, tid);
+    cp_wait0();
+    __syncthreads();
+    if (tid < 64) g2[c.oc * 64 + tid] = sG[tid];
+    {
+        // A = strictly-lower(beta_t (Kn Kn^T)_ts exp(G_t - G_s)): each warp a 16 x 32 tile
+        const int mt = wp & 3, n0 = (wp >> 2) * 32;
+        float acc[4][4];
+        frag_zero(acc);
+        wgemm<false, true, 4>(acc, sK, LK, 16 * mt, sK, LK, n0, KP, lane);
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int t = 16 * mt + FRAG_ROW(e), s = n0 + FRAG_COL(nt, e);
+                sA[t * 65 + s] = s < t ? sB[t] * sR[t] * sR[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f;
+            }
+        }
+    }
+    __syncthreads();
+    if (tid < 64) {
+        // column c of T solves (I + A) x = e_c: x_t = -sum_{s < t} A_ts x_s (x_t = 0 for t < c)
+        float x[64];
+        #pragma unroll
+        for (int t = 0; t < 64; ++t) {
+            float s0 = 0.f, s1 = 0.f;
+            #pragma unroll
+            for (int s = 0; s + 1 < t; s += 2) {
+                s0 += sA[t * 65 + s] * x[s];
+                s1 += sA[t * 65 + s + 1] * x[s + 1];
+            }
+            if (t & 1) s0 += sA[t * 65 + t - 1] * x[t - 1];
+            x[t] = t == tid ? 1.f : -(s0 + s1);
+        }
+        const idx_t tplane = nch * HV * 4096;
+        #pragma unroll
+        for (int t = 0; t < 64; ++t) {
+            st2(sT, sTl, t * LDT + tid, x[t]);
+            stg2(tm, tplane, (c.oc * 64 + t) * 64 + tid, x[t]);
+        }
+    }
+    // K <- beta exp(G) Kn, V <- beta V (rows), split, in place
+    for (int x = tid; x < 64 * KP; x += DNT) {
+        const int t = x / KP, i = x - t * KP;
+        st2(sK, sKl, t * LK + i, to_f32(sK[t * LK + i]) * sB[t] * sR[t] * ex2f(sG[t]));
+    }
+    for (int x = tid; x < 64 * VP; x += DNT) {
+        const int t = x / VP, j = x - t * VP;
+        st2(sV, sVl, t * LV + j, to_f32(sV[t * LV + j]) * sB[t]);
+    }
+    __syncthreads();
+    // w = T (beta exp(G) Kn), u = T (beta V): 64-column tiles, each warp 16 x 32
+    const int mt = wp & 3, n1 = (wp >> 2) * 32;
+    const idx_t wplane = nch * HV * 64 * KP;
+    for (int n0 = 0; n0 < KP + VP; n0 += 64) {
+        const bool isw = n0 < KP;
+        const int nc = isw ? n0 : n0 - KP;
+        float acc[4][4];
+        frag_zero(acc);
+        wgemm2<false, false, 4>(acc, sT, sTl, LDT, 16 * mt, isw ? sK : sV, isw ? sKl : sVl, isw ? LK : LV, nc + n1, 64, lane, true,
+                                true);
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int t = 16 * mt + FRAG_ROW(e), col = nc + n1 + FRAG_COL(nt, e);
+                if (isw) {
+                    stg2(w, wplane, (c.oc * 64 + t) * KP + col, acc[nt][e]);
+                } else {
+                    u[(c.oc * 64 + t) * VP + col] = acc[nt][e];
+                }
+            }
+        }
+    }
+}
+
+template <typename E, int KP>
+__device__ __forceinline__ void o_fwd(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
+                                      const float* __restrict__ rk, const E* __restrict__ hs, const E* __restrict__ vn,
+                                      const float* __restrict__ g2, E* __restrict__ o, const idx_t* __restrict__ bounds,
+                                      const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq, int H, int HV, int K, int V,
+                                      int VP, float scale, idx_t nch) {
+    constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
+    DELTA_SMEM(smem);
+    E* sQ = (E*)smem;                      // [64][LK]
+    E* sK = sQ + 64 * LK;                  // [64][LK]
+    E* sP = sK + 64 * LK;                  // [64][LDT]
+    E* sPl = sP + (SP - 1) * 64 * LDT;
+    E* sS = sPl + 64 * LDT;                // [KP][LDT]
+    E* sU = sS + KP * LDT;                 // [64][LDT]
+    E* sUl = sU + (SP - 1) * 64 * LDT;
+    float* sG = (float*)(sUl + 64 * LDT);  // [64]
+    float* sRq = sG + 64;                  // [64]
+    float* sRk = sRq + 64;                 // [64]
+    DELTA_SMEM_END(smem, sRk + 64);
+    const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
+    ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
+    ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
+    ld_g64(sG, g2 + c.oc * 64, tid);
+    cp_commit();
+    ld_rf(sRq, rq, c.r0, c.L, c.h, H, tid);
+    ld_rf(sRk, rk, c.r0, c.L, c.h, H, tid);
+    cp_wait0();
+    __syncthreads();
+    chunk_p<E, KP>(sP, sPl, sQ, sK, sG, sRq, sRk, scale, wp, lane);
+    __syncthreads();
+    for (int x = tid; x < 64 * KP; x += DNT) {
+        const int t = x / KP, i = x - t * KP;
+        sQ[t * LK + i] = cvt<E>(to_f32(sQ[t * LK + i]) * scale * sRq[t] * ex2f(sG[t]));
+    }
+    const int mt = wp & 3, n1 = (wp >> 2) * 32;
+    const idx_t vplane = nch * HV * 64 * VP;
+    for (int v0 = 0; v0 < VP; v0 += 64) {
+        tile_ld<E>(sS, LDT, hs + c.oc * (idx_t)KP * VP + v0, VP, KP, 64, KP, 64, true, tid, DNT);
+        tile_ld<E>(sU, LDT, vn + c.oc * 64 * (idx_t)VP + v0, VP, 64, 64, 64, 64, true, tid, DNT);
+        if (SP == 2) tile_ld<E>(sUl, LDT, vn + vplane + c.oc * 64 * (idx_t)VP + v0, VP, 64, 64, 64, 64, true, tid, DNT);
+        cp_commit();
+        cp_wait0();
+        __syncthreads();
+        float acc[4][4];
+        frag_zero(acc);
+        wgemm<false, false, 4>(acc, sQ, LK, 16 * mt, sS, LDT, n1, KP, lane);
+        wgemm2<false, false, 4>(acc, sP, sPl, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, true, true);
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int t = 16 * mt + FRAG_ROW(e), j = v0 + n1 + FRAG_COL(nt, e);
+                if (t < c.L && j < V) o[(c.r0 + t) * HV * (idx_t)V + (idx_t)c.hv * V + j] = cvt<E>(acc[nt][e]);
+            }
+        }
+        __syncthreads();
+    }
+}
+
+#define FWD_ENTRY(KP, NAME, E)                                                                           \
+extern "C" __global__ void __launch_bounds__(DNT) delta_wy_k##KP##_##NAME(                               \
+    const E* k, const float* rk, const E* v, const float* bt, const float* gl, E* w, float* u, E* tm,    \
+    float* g2, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K,  \
+    int V, int VP, idx_t nch) {                                                                          \
+    wy_fwd<E, KP>(k, rk, v, bt, gl, w, u, tm, g2, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, nch);   \
+}                                                                                                        \
+extern "C" __global__ void __launch_bounds__(DNT) delta_o_k##KP##_##NAME(                                \
+    const E* q, const E* k, const float* rq, const float* rk, const E* hs, const E* vn, const float* g2, \
+    E* o, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V, \
+    int VP, float scale, idx_t nch) {                                                                    \
+    o_fwd<E, KP>(q, k, rq, rk, hs, vn, g2, o, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, scale, nch); \
+}
+
+FWD_ENTRY(64, f32, float)
+FWD_ENTRY(128, f32, float)
+FWD_ENTRY(64, bf16, bf16_t)
+FWD_ENTRY(128, bf16, bf16_t)
+FWD_ENTRY(192, bf16, bf16_t)
+FWD_ENTRY(256, bf16, bf16_t)
