@@ -21,6 +21,11 @@
 // The operands with cancellation (P, U, dU, dw, T, dT, T^T dT, dAb) are split (delta/common.cuh).
 // Every sum is in a fixed order (no atomics). The derivation: the chain rule through the chunk
 // form of docs/kernels.md's delta-rule section.
+//
+// Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
+//   delta_dvl_k64_f32 delta_dvl_k128_f32 delta_dvl_k64_bf16 delta_dvl_k128_bf16 delta_dvl_k192_bf16 delta_dvl_k256_bf16
+//   delta_dqkw_k64_f32 delta_dqkw_k128_f32 delta_dqkw_k64_bf16 delta_dqkw_k128_bf16 delta_dqkw_k192_bf16 delta_dqkw_k256_bf16
+//   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
 
 template <typename E, int KP>
 __device__ __forceinline__ void dvl_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,

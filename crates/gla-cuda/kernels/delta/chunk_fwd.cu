@@ -18,6 +18,10 @@
 //     o = scale [(Qn * exp(G)) S + P U],   P = (Qn Kn^T) * exp(G_t - G_s) masked to s <= t
 // P is formed once per block (split); o per 64-wide V tile. o (=, storage dtype).
 // Dynamic smem: the host's layouts (src/delta/dispatch.rs) match the carve-ups below.
+//
+// Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
+//   delta_wy_k64_f32 delta_wy_k128_f32 delta_wy_k64_bf16 delta_wy_k128_bf16 delta_wy_k192_bf16 delta_wy_k256_bf16
+//   delta_o_k64_f32 delta_o_k128_f32 delta_o_k64_bf16 delta_o_k128_bf16 delta_o_k192_bf16 delta_o_k256_bf16
 
 template <typename E, int KP>
 __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __restrict__ rk, const E* __restrict__ v,

@@ -20,6 +20,10 @@
 // Warps tile S as WM x WN (8 x 1 for KP = 128, 256; 4 x 2 for KP = 64, 192). NS pipeline stages
 // of cp.async loads (2 where they fit in shared memory, else 1): the next chunk's loads are in
 // flight while one is computed. Row factors rq, rk: see delta/chunk.cuh.
+//
+// Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
+//   delta_h_k64_f32 delta_h_k128_f32 delta_h_k64_bf16 delta_h_k128_bf16 delta_h_k192_bf16 delta_h_k256_bf16
+//   delta_h_bwd_k64_f32 delta_h_bwd_k128_f32 delta_h_bwd_k64_bf16 delta_h_bwd_k128_bf16 delta_h_bwd_k192_bf16 delta_h_bwd_k256_bf16
 
 // A frag-layout state tile's rows, columns and loads (S or dS): warp (wm, wn) holds m-tiles
 // wm + WM ms and the NSN n8-tiles from sn0.
