@@ -232,3 +232,88 @@ pub fn format_rows(rows: &[BenchRow]) -> String {
     }
     s
 }
+
+/// The delta rule's shapes of record (DESIGN.md section 5): bf16, H = 16, K = V = 128, B*T =
+/// 65536, T in {2048, 8192, 32768}, as `[B, T, H, K, V]`.
+pub fn default_delta_shapes() -> Vec<[usize; 5]> {
+    [2048usize, 8192, 32768].iter().map(|&t| [65536 / t, t, 16, 128, 128]).collect()
+}
+
+/// One timed measurement of a delta-rule op: `op` is `delta` (DeltaNet) or `gdn` (Gated
+/// DeltaNet, the log decay given).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeltaBenchRow {
+    /// `delta` or `gdn`.
+    pub op: &'static str,
+    /// The measurement (kernel: `chunk` or `recurrent`).
+    pub row: BenchRow,
+}
+
+/// Times the delta rule's forward and forward+backward (bf16, the dispatch policy's chunked
+/// kernels) on each shape, for each op of `ops` (`delta`, `gdn`), with preallocated workspaces
+/// and gradients (nothing is allocated in a timed call). Inputs as fla's delta-rule benchmark
+/// (bench/delta_vs_fla.py): q, v, do ~ N(0, 1), k L2-normalised N(0, 1), beta = sigmoid(U(0, 1)),
+/// g = logsigmoid(N(0, 1)); the op's plain options (no L2 norm, sigmoid or gate inside the op),
+/// no initial or final state. The backward recomputes the forward's intermediates (as fla does).
+///
+/// # Errors
+/// Invalid shapes; driver, compile or launch errors.
+pub fn bench_delta(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, ops: &[&'static str]) -> Result<Vec<DeltaBenchRow>> {
+    use crate::delta::ops::{self as dops, DeltaDevGrads, DeltaDevInputs, DeltaWorkspace, DevDeltaProblem};
+    use crate::dispatch::delta::{delta_path, DeltaAlgo};
+    use gla_core::{DeltaGate, DeltaProblem, DeltaSpec};
+    let mut rows = Vec::new();
+    for &[b, t, h, kd, vd] in shapes {
+        let (nqk, nv, nb) = (b * t * h * kd, b * t * h * vd, b * t * h);
+        let up = |x: Vec<u16>, what: &'static str| -> Result<CudaSlice<u16>> { cuda.upload(&x, what) };
+        let q = up(draw_bf16(nqk, 11, |z| z), "q")?;
+        let mut kh = draw_bf16(nqk, 12, |z| z);
+        for row in kh.chunks_mut(kd) {
+            let n = row.iter().map(|&u| f64::from(crate::ops::bf16_to_f32(u)).powi(2)).sum::<f64>().sqrt().max(1e-12);
+            row.iter_mut().for_each(|u| *u = f32_to_bf16((f64::from(crate::ops::bf16_to_f32(*u)) / n) as f32));
+        }
+        let k = up(kh, "k")?;
+        let v = up(draw_bf16(nv, 13, |z| z), "v")?;
+        // sigmoid(U(0, 1)): z is ~N(0, 1); map to (0, 1) first
+        let beta = up(draw_bf16(nb, 14, |z| 1.0 / (1.0 + (-(0.5 + 0.29 * z).clamp(0.0, 1.0)).exp())), "beta")?;
+        let g = up(draw_bf16(nb, 15, |z| z.min(0.0) - (-z.abs()).exp().ln_1p()), "g")?;
+        let d_o = up(draw_bf16(nv, 16, |z| z), "do")?;
+        for &op in ops {
+            let gate = if op == "gdn" { DeltaGate::LogDecay } else { DeltaGate::None };
+            let p = DeltaProblem::new(DeltaSpec::new(b, t, h, kd, vd, gate))?;
+            let dp = DevDeltaProblem::new(cuda, &p)?;
+            let x = DeltaDevInputs { q: &q, k: &k, v: &v, beta: &beta, g: (gate != DeltaGate::None).then_some(&g), a_log: None, dt_bias: None, h0: None };
+            let algo = DeltaAlgo::Chunked;
+            let kernel = delta_path(&p, true, algo).map_err(|e| Error::Op(gla_core::Error::Unsupported { backend: "cuda", what: e }))?.label();
+            let mut ws = DeltaWorkspace::<u16>::for_problem(cuda, &dp, algo, true, true)?;
+            let mut grads = DeltaDevGrads::alloc(cuda, &p, false)?;
+            let mut o = cuda.alloc_zeros::<u16>(nv, "o")?;
+            let (ffl, bfl) = p.chunk_flops();
+            let fwd_bytes = p.min_bytes_fwd(2, false);
+            // the backward reads q, k, v, beta, g, do (bf16) and writes dq, dk, dv, dbeta, dg (f32)
+            let bwd_bytes = (2 * (2 * nqk + 2 * nv + nb + p.g_len()) + 4 * (2 * nqk + nv + nb + p.g_len())) as f64;
+            let ms = time_ms(cuda, reps, &mut || dops::delta_fwd_ws(cuda, algo, &dp, &x, &mut ws, &mut o, None))?;
+            let row = BenchRow { shape: [b, t, h, kd, vd], pass: "fwd", kernel, ms, bytes: fwd_bytes, flops: ffl };
+            rows.push(DeltaBenchRow { op, row });
+            let ms = time_ms(cuda, reps, &mut || {
+                dops::delta_fwd_ws(cuda, algo, &dp, &x, &mut ws, &mut o, None)?;
+                dops::delta_bwd_ws(cuda, algo, &dp, &x, &d_o, None, &mut ws, grads.as_out(false))
+            })?;
+            let row = BenchRow { shape: [b, t, h, kd, vd], pass: "fwd+bwd", kernel, ms, bytes: fwd_bytes + bwd_bytes, flops: ffl + bfl };
+            rows.push(DeltaBenchRow { op, row });
+        }
+    }
+    Ok(rows)
+}
+
+/// A plain-text table of delta rows.
+pub fn format_delta_rows(rows: &[DeltaBenchRow]) -> String {
+    let label = |r: &DeltaBenchRow| match (r.op == "gdn", r.row.kernel == "chunk") {
+        (true, true) => "gdn-chunk",
+        (true, false) => "gdn-recurrent",
+        (false, true) => "delta-chunk",
+        (false, false) => "delta-recurrent",
+    };
+    let plain: Vec<BenchRow> = rows.iter().map(|r| BenchRow { kernel: label(r), ..r.row.clone() }).collect();
+    format_rows(&plain)
+}
