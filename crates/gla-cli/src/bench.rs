@@ -269,6 +269,9 @@ pub struct DeltaArgs {
     /// Also write the results as JSON to this file (read by bench/delta_vs_fla.py).
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Also print each launch's time in one forward+backward (CUDA events per launch).
+    #[arg(long)]
+    stages: bool,
 }
 
 #[cfg(feature = "cuda")]
@@ -288,7 +291,7 @@ struct DeltaEntry {
 /// `gla bench delta`: the delta-rule ops on CUDA (`gla_cuda::bench::bench_delta`).
 #[cfg(feature = "cuda")]
 pub fn delta(a: &DeltaArgs) -> Result<bool> {
-    use gla_cuda::bench::{bench_delta, default_delta_shapes, format_delta_rows, HBM_BYTES_PER_S};
+    use gla_cuda::bench::{bench_delta, default_delta_shapes, delta_stages, format_delta_rows, HBM_BYTES_PER_S};
     if a.device != Device::Cuda {
         anyhow::bail!("gla bench delta runs on CUDA only (--device cuda)");
     }
@@ -306,6 +309,13 @@ pub fn delta(a: &DeltaArgs) -> Result<bool> {
     println!("device: {} ({}); HBM floor at {:.2} TB/s; median of {} reps", cuda.name(), cuda.arch(), HBM_BYTES_PER_S / 1e12, a.reps);
     let rows = bench_delta(&cuda, &shapes, a.reps, &ops).context("timing the delta ops")?;
     print!("{}", format_delta_rows(&rows));
+    if a.stages {
+        for &shape in &shapes {
+            for op in &ops {
+                print!("{}", delta_stages(&cuda, shape, op).context("timing the delta launches")?);
+            }
+        }
+    }
     if let Some(path) = &a.json {
         let unix_time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let results: Vec<DeltaEntry> = rows

@@ -195,6 +195,14 @@ pub const DELTA_CHUNK_H: KernelSource = source!(
         "delta_h_bwd_k128_bf16",
         "delta_h_bwd_k192_bf16",
         "delta_h_bwd_k256_bf16",
+        "delta_h_v32_k64_bf16",
+        "delta_h_v32_k128_bf16",
+        "delta_h_v32_k192_bf16",
+        "delta_h_v32_k256_bf16",
+        "delta_h_bwd_v32_k64_bf16",
+        "delta_h_bwd_v32_k128_bf16",
+        "delta_h_bwd_v32_k192_bf16",
+        "delta_h_bwd_v32_k256_bf16",
     ]
 );
 /// The delta rule's chunked backward, chunk-parallel launches: dvl, dq/dk/dw, the WY backward.

@@ -66,9 +66,9 @@ __device__ __forceinline__ void dvl_k(const E* __restrict__ q, const E* __restri
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
+            for (int e = 0; e < 4; e += 2) {
                 const int s = 16 * mt + FRAG_ROW(e), j = v0 + n1 + FRAG_COL(nt, e);
-                dvl[(c.oc * 64 + s) * VP + j] = acc[nt][e];
+                st_pair(dvl + (c.oc * 64 + s) * VP + j, acc[nt][e], acc[nt][e + 1]);
             }
         }
         __syncthreads();
@@ -194,9 +194,9 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
+        for (int e = 0; e < 4; e += 2) {
             const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
-            if (t < c.L && i < K) dq[o_k + (idx_t)t * HV * K + i] = dqi[nt][e];
+            st_row_pair(dq + o_k + (idx_t)t * HV * K, i, K, t < c.L, dqi[nt][e], dqi[nt][e + 1]);
         }
     }
     __syncthreads();
@@ -226,10 +226,10 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
+        for (int e = 0; e < 4; e += 2) {
             const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
-            if (t < c.L && i < K) dk[o_k + (idx_t)t * HV * K + i] = dkd[nt][e];
-            stg2(dw, wplane, (c.oc * 64 + t) * KP + i, -dwa[nt][e]);
+            st_row_pair(dk + o_k + (idx_t)t * HV * K, i, K, t < c.L, dkd[nt][e], dkd[nt][e + 1]);
+            stg2_pair(dw, wplane, (c.oc * 64 + t) * KP + i, -dwa[nt][e], -dwa[nt][e + 1]);
         }
     }
     // the row sums of the dG terms
@@ -315,8 +315,10 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         if (SP == 2) tile_ld<E>(sDul, LDT, du + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
         cp_commit();
     };
+    float rb[2] = {0.f, 0.f}, rg[2] = {0.f, 0.f};
     {
-        // dT = (dU V^T) beta_s + (dw Kn^T) beta_s exp(G_s)
+        // per V tile: dT += (dU V^T) beta_s; dv = beta T^T dU, dbeta += rowsum(V * T^T dU); then
+        // dT += (dw Kn^T) beta_s exp(G_s)
         float a1[4][4], a2[4][4];
         frag_zero(a1);
         frag_zero(a2);
@@ -326,6 +328,19 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
             __syncthreads();
             wgemm2<false, true, 4>(a1, sDu, sDul, LDT, 16 * mt, sV, sV, LDT, n1, 64, lane, true, false);
             if (v0 == 0) wgemm2<false, true, 4>(a2, sDw, sDwl, LK, 16 * mt, sK, sK, LK, n1, KP, lane, true, false);
+            float acc[4][4];
+            frag_zero(acc);
+            wgemm2<true, false, 4>(acc, sT, sTl, LDT, 16 * mt, sDu, sDul, LDT, n1, 64, lane, true, true);
+            #pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                #pragma unroll
+                for (int e = 0; e < 4; e += 2) {
+                    const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
+                    rb[e >> 1] += to_f32(sV[t * LDT + jj]) * acc[nt][e] + to_f32(sV[t * LDT + jj + 1]) * acc[nt][e + 1];
+                    st_row_pair(dv + (c.r0 + t) * HV * (idx_t)V + (idx_t)c.hv * V, v0 + jj, V, t < c.L, sB[t] * acc[nt][e],
+                                sB[t] * acc[nt][e + 1]);
+                }
+            }
             __syncthreads();
         }
         #pragma unroll
@@ -351,7 +366,6 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         }
     }
     __syncthreads();
-    float rb[2] = {0.f, 0.f}, rg[2] = {0.f, 0.f};
     {
         // dA = -X T^T (strictly lower); with Kn Kn^T: dbeta, dA * A, dAb = dA beta_t exp(G_t - G_s)
         float da[4][4], kk[4][4];
@@ -385,25 +399,6 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         for (int zz = 0; zz < KZ; ++zz) x += dgp[((idx_t)zz * nch * HV + c.oc) * 64 + tid];
         sX[tid] = x;
     }
-    // dv = beta T^T dU; dbeta += rowsum(V * T^T dU)
-    for (int v0 = 0; v0 < VP; v0 += 64) {
-        ld_vt(v0);
-        cp_wait0();
-        __syncthreads();
-        float acc[4][4];
-        frag_zero(acc);
-        wgemm2<true, false, 4>(acc, sT, sTl, LDT, 16 * mt, sDu, sDul, LDT, n1, 64, lane, true, true);
-        #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int t = 16 * mt + FRAG_ROW(e), j = v0 + n1 + FRAG_COL(nt, e);
-                rb[e >> 1] += to_f32(sV[t * LDT + n1 + FRAG_COL(nt, e)]) * acc[nt][e];
-                if (t < c.L && j < V) dv[(c.r0 + t) * HV * (idx_t)V + (idx_t)c.hv * V + j] = sB[t] * acc[nt][e];
-            }
-        }
-        __syncthreads();
-    }
     // dk += beta exp(G) T^T dw + dAb Kn + dAb^T Kn; dbeta, dG += (exp(G), beta exp(G)) kn . T^T dw
     const idx_t o_k = (c.r0 * HV + c.hv) * (idx_t)K;
     for (int i0 = 0; i0 < KP; i0 += 64) {
@@ -416,15 +411,24 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
+            for (int e = 0; e < 4; e += 2) {
                 const int t = 16 * mt + FRAG_ROW(e), i = i0 + n1 + FRAG_COL(nt, e);
                 const float ge = ex2f(sG[t]);
-                const float x = sR[t] * to_f32(sK[t * LK + i]) * acc[nt][e];
+                const float x = sR[t] * (to_f32(sK[t * LK + i]) * acc[nt][e] + to_f32(sK[t * LK + i + 1]) * acc[nt][e + 1]);
                 rb[e >> 1] += ge * x;
                 rg[e >> 1] += sB[t] * ge * x;
+                const float d0 = sB[t] * ge * acc[nt][e] + dkk[nt][e], d1 = sB[t] * ge * acc[nt][e + 1] + dkk[nt][e + 1];
                 if (t < c.L && i < K) {
                     float* p = dk + o_k + (idx_t)t * HV * K + i;
-                    *p += sB[t] * ge * acc[nt][e] + dkk[nt][e];
+                    if (i + 1 < K && (K & 1) == 0) {
+                        float2 y = *(float2*)p;
+                        y.x += d0;
+                        y.y += d1;
+                        *(float2*)p = y;
+                    } else {
+                        p[0] += d0;
+                        if (i + 1 < K) p[1] += d1;
+                    }
                 }
             }
         }
@@ -456,7 +460,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
 }
 
 #define BWD_ENTRY(KP, NAME, E)                                                                           \
-extern "C" __global__ void __launch_bounds__(DNT) delta_dvl_k##KP##_##NAME(                              \
+extern "C" __global__ void __launch_bounds__(DNT, 2) delta_dvl_k##KP##_##NAME(                              \
     const E* q, const E* k, const float* rq, const float* rk, const E* d_o, const float* g2, float* dvl,  \
     const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
     int VP, float scale) {                                                                               \

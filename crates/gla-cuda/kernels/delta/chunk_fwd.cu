@@ -6,7 +6,7 @@
 // rk its L2 row factors), v, bt (beta, f32) and gl (log decay, f32, or null):
 //     G  = chunk-local cumsum of g (log2 units)                      -> g2 [chunks, HV, 64] f32 (=)
 //     A  = strictly-lower(diag(beta) (Kn Kn^T) * exp(G_t - G_s))         (f32, smem)
-//     T  = (I + A)^-1, by forward substitution, one thread per column -> tm [SP][chunks, HV, 64, 64] (=)
+//     T  = (I + A)^-1, by 16 x 16 blocks (solve_t)                   -> tm [SP][chunks, HV, 64, 64] (=)
 //     w  = T (beta exp(G) Kn)                                        -> w [SP][chunks, HV, 64, KP] (=)
 //     u  = T (beta V)                                                -> u [chunks, HV, 64, VP] f32 (=)
 // T and the scaled K, V are split (delta/common.cuh): w and u carry the near-f32 accuracy the
@@ -22,6 +22,59 @@
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_wy_k64_f32 delta_wy_k128_f32 delta_wy_k64_bf16 delta_wy_k128_bf16 delta_wy_k192_bf16 delta_wy_k256_bf16
 //   delta_o_k64_f32 delta_o_k128_f32 delta_o_k64_bf16 delta_o_k128_bf16 delta_o_k192_bf16 delta_o_k256_bf16
+
+// T = (I + A)^-1 (A strictly lower, sA [64][65] f32, left intact) into a static f32 [64][65] whose
+// address it returns, by 16 x 16 blocks: the four diagonal blocks by forward substitution (one
+// thread per column), then the off-diagonal blocks level by level (d = i - j = 1, 2, 3),
+// T_ij = -T_ii sum_{j <= k < i} A_ik T_kj in f32 FMA (T_kj of earlier levels). Every thread calls
+// it; it holds barriers.
+__device__ __forceinline__ const float* solve_t(const float* sA, int tid) {
+    __shared__ float sT[64 * 65];
+    __shared__ float sM[3 * 256];  // the level's sums M_ij (at most three 16 x 16 blocks)
+    for (int x = tid; x < 4096; x += 256) {
+        const int t = x >> 6, c = x & 63;
+        if ((c >> 4) > (t >> 4)) sT[t * 65 + c] = 0.f;
+    }
+    if (tid < 64) {
+        const int b = tid >> 4, c = tid & 15, r0 = 16 * b;
+        float x[16];
+        #pragma unroll
+        for (int t = 0; t < 16; ++t) {
+            float s = 0.f;
+            #pragma unroll
+            for (int q = 0; q < t; ++q) s += sA[(r0 + t) * 65 + r0 + q] * x[q];
+            x[t] = t == c ? 1.f : -s;
+        }
+        #pragma unroll
+        for (int t = 0; t < 16; ++t) sT[(r0 + t) * 65 + r0 + c] = x[t];
+    }
+    __syncthreads();
+    for (int d = 1; d < 4; ++d) {
+        const int nb = 4 - d;  // blocks (i, j = i - d), i = d .. 3
+        for (int x = tid; x < nb * 256; x += 256) {
+            const int i = (x >> 8) + d, j = i - d, t = (x >> 4) & 15, c = x & 15;
+            float s = 0.f;
+            for (int k = j; k < i; ++k) {
+                const float* a = sA + (16 * i + t) * 65 + 16 * k;
+                const float* tk = sT + (16 * k) * 65 + 16 * j + c;
+                #pragma unroll
+                for (int q = 0; q < 16; ++q) s += a[q] * tk[q * 65];
+            }
+            sM[x] = s;
+        }
+        __syncthreads();
+        for (int x = tid; x < nb * 256; x += 256) {
+            const int bi = x >> 8, i = bi + d, j = i - d, t = (x >> 4) & 15, c = x & 15;
+            const float* ti = sT + (16 * i + t) * 65 + 16 * i;
+            float s = 0.f;
+            #pragma unroll
+            for (int q = 0; q < 16; ++q) s += ti[q] * sM[bi * 256 + q * 16 + c];
+            sT[(16 * i + t) * 65 + 16 * j + c] = -s;
+        }
+        __syncthreads();
+    }
+    return sT;
+}
 
 template <typename E, int KP>
 __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __restrict__ rk, const E* __restrict__ v,
@@ -73,25 +126,14 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
         }
     }
     __syncthreads();
-    if (tid < 64) {
-        // column c of T solves (I + A) x = e_c: x_t = -sum_{s < t} A_ts x_s (x_t = 0 for t < c)
-        float x[64];
-        #pragma unroll
-        for (int t = 0; t < 64; ++t) {
-            float s0 = 0.f, s1 = 0.f;
-            #pragma unroll
-            for (int s = 0; s + 1 < t; s += 2) {
-                s0 += sA[t * 65 + s] * x[s];
-                s1 += sA[t * 65 + s + 1] * x[s + 1];
-            }
-            if (t & 1) s0 += sA[t * 65 + t - 1] * x[t - 1];
-            x[t] = t == tid ? 1.f : -(s0 + s1);
-        }
+    const float* sTf = solve_t(sA, tid);
+    {
         const idx_t tplane = nch * HV * 4096;
-        #pragma unroll
-        for (int t = 0; t < 64; ++t) {
-            st2(sT, sTl, t * LDT + tid, x[t]);
-            stg2(tm, tplane, (c.oc * 64 + t) * 64 + tid, x[t]);
+        for (int x = tid; x < 4096; x += DNT) {
+            const int t = x >> 6, cc = x & 63;
+            const float tv = sTf[t * 65 + cc];
+            st2(sT, sTl, t * LDT + cc, tv);
+            stg2(tm, tplane, (c.oc * 64 + t) * 64 + cc, tv);
         }
     }
     // K <- beta exp(G) Kn, V <- beta V (rows), split, in place
@@ -117,12 +159,12 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
+            for (int e = 0; e < 4; e += 2) {
                 const int t = 16 * mt + FRAG_ROW(e), col = nc + n1 + FRAG_COL(nt, e);
                 if (isw) {
-                    stg2(w, wplane, (c.oc * 64 + t) * KP + col, acc[nt][e]);
+                    stg2_pair(w, wplane, (c.oc * 64 + t) * KP + col, acc[nt][e], acc[nt][e + 1]);
                 } else {
-                    u[(c.oc * 64 + t) * VP + col] = acc[nt][e];
+                    st_pair(u + (c.oc * 64 + t) * VP + col, acc[nt][e], acc[nt][e + 1]);
                 }
             }
         }
@@ -180,9 +222,9 @@ __device__ __forceinline__ void o_fwd(const E* __restrict__ q, const E* __restri
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) {
+            for (int e = 0; e < 4; e += 2) {
                 const int t = 16 * mt + FRAG_ROW(e), j = v0 + n1 + FRAG_COL(nt, e);
-                if (t < c.L && j < V) o[(c.r0 + t) * HV * (idx_t)V + (idx_t)c.hv * V + j] = cvt<E>(acc[nt][e]);
+                st_row_pair(o + (c.r0 + t) * HV * (idx_t)V + (idx_t)c.hv * V, j, V, t < c.L, acc[nt][e], acc[nt][e + 1]);
             }
         }
         __syncthreads();
@@ -196,7 +238,7 @@ extern "C" __global__ void __launch_bounds__(DNT) delta_wy_k##KP##_##NAME(      
     int V, int VP, idx_t nch) {                                                                          \
     wy_fwd<E, KP>(k, rk, v, bt, gl, w, u, tm, g2, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, nch);   \
 }                                                                                                        \
-extern "C" __global__ void __launch_bounds__(DNT) delta_o_k##KP##_##NAME(                                \
+extern "C" __global__ void __launch_bounds__(DNT, 2) delta_o_k##KP##_##NAME(                                \
     const E* q, const E* k, const float* rq, const float* rk, const E* hs, const E* vn, const float* g2, \
     E* o, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V, \
     int VP, float scale, idx_t nch) {                                                                    \

@@ -60,6 +60,45 @@ __device__ __forceinline__ void stg2(E* base, idx_t plane, idx_t i, float x) {
     }
 }
 
+// two adjacent elements (a fragment row's pair of columns, 2 ft and 2 ft + 1) in one store; p is
+// 4-byte (bf16) or 8-byte (f32) aligned
+template <typename E>
+__device__ __forceinline__ void st_pair(E* p, float a, float b) {
+    if constexpr (sizeof(E) == 2) {
+        *(unsigned*)p = pack2(a, b);
+    } else {
+        *(float2*)p = make_float2(a, b);
+    }
+}
+// a pair into a split global tensor (hi at base + i, lo at base + plane + i)
+template <typename E>
+__device__ __forceinline__ void stg2_pair(E* base, idx_t plane, idx_t i, float a, float b) {
+    if constexpr (sizeof(E) == 2) {
+        const unsigned h = pack2(a, b);
+        *(unsigned*)(base + i) = h;
+        *(unsigned*)(base + plane + i) = pack2(a - bf_lo(h), b - bf_hi(h));
+    } else {
+        *(float2*)(base + i) = make_float2(a, b);
+    }
+}
+
+// columns j, j + 1 (j even) of an output row of n columns (row `ok`): one pair store where both
+// lie inside and n is even (the pair is aligned), else element by element
+template <typename E>
+__device__ __forceinline__ void st_row_pair(E* row, int j, int n, bool ok, float a, float b) {
+    if (!ok || j >= n) return;
+    if (j + 1 < n && (n & 1) == 0) {
+        if constexpr (sizeof(E) == 2) {
+            *(unsigned*)(row + j) = pack2(a, b);
+        } else {
+            *(float2*)(row + j) = make_float2(a, b);
+        }
+    } else {
+        row[j] = cvt<E>(a);
+        if (j + 1 < n) row[j + 1] = cvt<E>(b);
+    }
+}
+
 template <int NT>
 __device__ __forceinline__ void frag_zero(float (&acc)[NT][4]) {
     #pragma unroll

@@ -53,7 +53,8 @@ __device__ void gate_fwd(const E* __restrict__ beta, const E* __restrict__ g, co
     if (gmode == 2) gl[x] = -expf(a_log[hv]) * softplusf_(to_f32(g[x]) + dt_bias[hv]);
 }
 
-// one warp per (row, head): K <= 256, so each lane holds at most 8 channels
+// one warp per (row, head); K <= 256: each lane holds at most 8 channels, as two runs of 4
+// (16-byte loads) when K % 4 == 0, else 8 strided ones
 template <typename E>
 __device__ void qk_bwd(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ dq_part,
                        const float* __restrict__ dk_part, float* __restrict__ dq, float* __restrict__ dk, idx_t rows, int H, int HV,
@@ -64,6 +65,9 @@ __device__ void qk_bwd(const E* __restrict__ q, const E* __restrict__ k, const f
     const idx_t row = x / H;
     const int h = (int)(x % H), grp = HV / H;
     const idx_t part = rows * HV * K;
+    const bool v4 = (K & 3) == 0;
+    // channel of slot m: 4 lane + 128 (m / 4) + m % 4 (v4), else lane + 32 m
+    auto chan = [&](int m) { return v4 ? 4 * lane + 128 * (m >> 2) + (m & 3) : lane + 32 * m; };
     #pragma unroll
     for (int which = 0; which < 2; ++which) {
         const float* src = which ? dk_part : dq_part;
@@ -73,14 +77,34 @@ __device__ void qk_bwd(const E* __restrict__ q, const E* __restrict__ k, const f
         float ss = 0.f;
         #pragma unroll
         for (int m = 0; m < 8; ++m) {
-            const int i = lane + 32 * m;
             d[m] = 0.f;
             y[m] = 0.f;
-            if (i < K) {
-                for (int p = 0; p < NP; ++p) {
-                    for (int j = 0; j < grp; ++j) d[m] += src[p * part + (row * HV + h * grp + j) * K + i];
+        }
+        for (int p = 0; p < NP; ++p) {
+            for (int j = 0; j < grp; ++j) {
+                const float* s = src + p * part + (row * HV + h * grp + j) * K;
+                if (v4) {
+                    #pragma unroll
+                    for (int m = 0; m < 8; m += 4) {
+                        if (chan(m) < K) {
+                            const float4 f = *(const float4*)(s + chan(m));
+                            d[m] += f.x;
+                            d[m + 1] += f.y;
+                            d[m + 2] += f.z;
+                            d[m + 3] += f.w;
+                        }
+                    }
+                } else {
+                    #pragma unroll
+                    for (int m = 0; m < 8; ++m)
+                        if (chan(m) < K) d[m] += s[chan(m)];
                 }
-                y[m] = to_f32(in[x * K + i]);
+            }
+        }
+        #pragma unroll
+        for (int m = 0; m < 8; ++m) {
+            if (chan(m) < K) {
+                y[m] = to_f32(in[x * K + chan(m)]);
                 ss += y[m] * y[m];
             }
         }
@@ -96,10 +120,14 @@ __device__ void qk_bwd(const E* __restrict__ q, const E* __restrict__ k, const f
             #pragma unroll
             for (int m = 0; m < 8; ++m) d[m] = r * (d[m] - y[m] * dot);
         }
-        #pragma unroll
-        for (int m = 0; m < 8; ++m) {
-            const int i = lane + 32 * m;
-            if (i < K) out[x * K + i] = d[m];
+        if (v4) {
+            #pragma unroll
+            for (int m = 0; m < 8; m += 4)
+                if (chan(m) < K) *(float4*)(out + x * K + chan(m)) = make_float4(d[m], d[m + 1], d[m + 2], d[m + 3]);
+        } else {
+            #pragma unroll
+            for (int m = 0; m < 8; ++m)
+                if (chan(m) < K) out[x * K + chan(m)] = d[m];
         }
     }
 }

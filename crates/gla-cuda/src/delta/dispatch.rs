@@ -131,6 +131,25 @@ pub(crate) fn dqkw_kz(bf16: bool, kp: usize) -> usize {
     kp / dqkw_kw(bf16, kp)
 }
 
+/// Value columns per block of the sequential passes (`BV` of `delta_h*`): 64, or 32 (bf16, the
+/// `_v32` entries) when 64-column tiles give fewer than two blocks per SM (long sequences: each
+/// block walks its sequence's chunks in order, so blocks are the only parallelism).
+pub(crate) fn h_bv(bf16: bool, vp: usize, nhv: usize, sm_count: usize) -> usize {
+    if bf16 && (vp / 64) * nhv < 2 * sm_count {
+        32
+    } else {
+        64
+    }
+}
+
+/// The entry point of a sequential pass: `delta_h` (forward) or `delta_h_bwd`, with `_v32` for
+/// 32-column tiles.
+pub(crate) fn h_name(bwd: bool, bv: usize, kp: usize, sfx: &str) -> String {
+    let base = if bwd { "delta_h_bwd" } else { "delta_h" };
+    let v = if bv == 32 { "_v32" } else { "" };
+    format!("{base}{v}_k{kp}_{sfx}")
+}
+
 /// Dynamic shared memory of each chunk kernel (the carve-ups at the top of each kernel; the
 /// kernels check them in the emulator, `tools/emu`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,10 +174,10 @@ impl DeltaSmem {
         let (e, sp) = (self.e, self.sp);
         (sp * 64 * self.lk() + sp * 64 * (self.vp + PAD) + sp * 64 * LDT) * e + (64 * 65 + 64 * 3) * 4
     }
-    pub(crate) fn h(&self) -> usize {
-        let (e, sp) = (self.e, self.sp);
+    pub(crate) fn h(&self, bv: usize) -> usize {
+        let (e, sp, lds) = (self.e, self.sp, bv + PAD);
         let ns = h_stages(e == 2, self.kp);
-        (ns * (sp + 1) * 64 * self.lk() + self.kp * LDT + sp * 64 * LDT) * e + ns * (4096 + 128) * 4
+        (ns * (sp + 1) * 64 * self.lk() + self.kp * lds + sp * 64 * lds) * e + ns * (64 * bv + 128) * 4
     }
     pub(crate) fn o(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -168,9 +187,9 @@ impl DeltaSmem {
         let (e, sp) = (self.e, self.sp);
         (2 * 64 * self.lk() + sp * 64 * LDT + 64 * LDT) * e + 3 * 64 * 4
     }
-    pub(crate) fn h_bwd(&self) -> usize {
-        let (e, sp) = (self.e, self.sp);
-        ((2 + sp) * 64 * self.lk() + 64 * LDT + self.kp * LDT + sp * 64 * LDT) * e + (4096 + 3 * 64) * 4
+    pub(crate) fn h_bwd(&self, bv: usize) -> usize {
+        let (e, sp, lds) = (self.e, self.sp, bv + PAD);
+        ((2 + sp) * 64 * self.lk() + 64 * lds + self.kp * lds + sp * 64 * lds) * e + (64 * bv + 3 * 64) * 4
     }
     pub(crate) fn dqkw(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -184,7 +203,10 @@ impl DeltaSmem {
     /// The largest of them: what the device must allow per block.
     #[cfg(test)]
     pub(crate) fn max(&self) -> usize {
-        [self.wy(), self.h(), self.o(), self.dvl(), self.h_bwd(), self.dqkw(), self.wy_bwd()].into_iter().max().unwrap_or(0)
+        [self.wy(), self.h(64), self.h(32), self.o(), self.dvl(), self.h_bwd(64), self.h_bwd(32), self.dqkw(), self.wy_bwd()]
+            .into_iter()
+            .max()
+            .unwrap_or(0)
     }
 }
 
@@ -193,9 +215,9 @@ pub(crate) fn chunk_cfg(nc: u32, hv: usize, gz: usize, smem: usize) -> LaunchCon
     LaunchConfig { grid_dim: (nc, hv as u32, gz as u32), block_dim: (CHUNK_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
 }
 
-/// A sequential pass: grid (VP / 64, N * HV), 256 threads, `smem` bytes.
-pub(crate) fn state_cfg(vp: usize, nhv: u32, smem: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: ((vp / 64) as u32, nhv, 1), block_dim: (CHUNK_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
+/// A sequential pass: grid (VP / BV, N * HV), 256 threads, `smem` bytes.
+pub(crate) fn state_cfg(vp: usize, bv: usize, nhv: u32, smem: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: ((vp / bv) as u32, nhv, 1), block_dim: (CHUNK_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
 }
 
 /// The recurrent kernels: grid (ceil(V / 32), N * HV), block (32, 8).
@@ -206,6 +228,12 @@ pub(crate) fn rec_cfg(v: usize, nhv: u32) -> LaunchConfig {
 /// An elementwise launch over `n` items, `per_block` items per block of 256 threads.
 pub(crate) fn flat_cfg(n: usize, per_block: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (n.div_ceil(per_block).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Whether the chunked backward writes dq and dk in place (no grouped value heads, no in-op L2
+/// norm: the per-value-head gradients are the gradients) instead of through `delta_qk_bwd_*`.
+pub fn direct_qk(p: &DeltaProblem) -> bool {
+    p.hv() == p.h() && !p.l2_qk()
 }
 
 /// Elements of each workspace buffer of the delta launches for one problem (`DeltaWorkspace`):
@@ -318,7 +346,7 @@ impl DeltaWorkspaceLens {
                     du: (sp * nc * hv * 64 * vp).max(1),
                     dw: (sp * nc * hv * 64 * kp).max(1),
                     dgk: (dqkw_kz(bf16, kp) * nc * hv * 64).max(1),
-                    dqk: (p.rows() * hv * p.k()).max(1),
+                    dqk: if direct_qk(p) { 0 } else { (p.rows() * hv * p.k()).max(1) },
                     dbg: p.beta_len().max(1),
                     ..Self::forward(p, nc, bf16, path)
                 }
@@ -374,6 +402,10 @@ mod tests {
                 }
             }
         }
+        assert_eq!(h_bv(true, 128, 512, 132), 64);
+        assert_eq!(h_bv(true, 128, 32, 132), 32);
+        assert_eq!(h_bv(false, 128, 32, 132), 64);
+        assert_eq!(h_name(true, 32, 128, "bf16"), "delta_h_bwd_v32_k128_bf16");
         // the tiles of the widest dq/dk launch are columns of K
         assert_eq!((dqkw_kw(true, 256), dqkw_kz(true, 256)), (128, 2));
         assert_eq!((dqkw_kw(false, 128), dqkw_kz(false, 128)), (64, 2));

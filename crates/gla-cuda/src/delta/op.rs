@@ -136,7 +136,8 @@ impl CudaDelta {
         for s in 0..longest {
             let live: Vec<usize> = (0..p.n()).filter(|&n| s < p.seq(n).len()).collect();
             let rows: Vec<usize> = live.iter().map(|&n| p.seq(n).start + s).collect();
-            let gather = |src: &[f32], w: usize| -> Vec<f32> { rows.iter().flat_map(|&r| src[r * w..(r + 1) * w].iter().copied()).collect() };
+            let gather =
+                |src: &[f32], w: usize| -> Vec<f32> { rows.iter().flat_map(|&r| src[r * w..(r + 1) * w].iter().copied()).collect() };
             let mut spec = DeltaSpec::new(live.len(), 1, h, k, v, p.gate());
             spec.hv = hv;
             spec.scale = Some(p.scale());
@@ -178,7 +179,19 @@ impl CudaDelta {
         let u = self.upload::<T>(x)?;
         let d_o = self.up::<T>(d.d_o, "do")?;
         let dht = d.dht.map(|h| self.cuda.upload(h, "dht")).transpose()?;
-        let g = ops::delta_bwd(&self.cuda, self.algo(), &dp, &u.dev(), &d_o, dht.as_ref())?;
+        // bf16 chunked: the forward then the backward on one workspace (the training pattern: the
+        // backward reuses the forward's intermediates); else the standalone backward (which
+        // recomputes them): the table checks both control flows
+        let g = if self.bf16 && self.algo == DeltaOpAlgo::Chunked {
+            let mut ws = ops::DeltaWorkspace::<T>::for_problem(&self.cuda, &dp, self.algo(), true, true)?;
+            let mut o = self.poisoned::<T>(p.v_len(), "o")?;
+            ops::delta_fwd_ws(&self.cuda, self.algo(), &dp, &u.dev(), &mut ws, &mut o, None)?;
+            let mut g = ops::DeltaDevGrads::alloc(&self.cuda, p, x.h0.is_some())?;
+            ops::delta_bwd_ws(&self.cuda, self.algo(), &dp, &u.dev(), &d_o, dht.as_ref(), &mut ws, true, g.as_out(x.h0.is_some()))?;
+            g
+        } else {
+            ops::delta_bwd(&self.cuda, self.algo(), &dp, &u.dev(), &d_o, dht.as_ref())?
+        };
         self.cuda.sync()?;
         let computed = p.gate() == DeltaGate::Computed;
         Ok(DeltaGrads {

@@ -19,6 +19,52 @@ use crate::error::{Error, Result};
 use crate::ops::{poison, Elem};
 use crate::runtime::Cuda;
 
+thread_local! {
+    /// The launches recorded by [`profile`] on this thread: (kernel, start, end events).
+    static PROFILE: std::cell::RefCell<Option<Vec<(String, cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The one launch path of the delta launchers: [`Cuda::launch`], bracketed by events while
+/// [`profile`] records.
+///
+/// # Safety
+/// As [`Cuda::launch`].
+unsafe fn launch(cuda: &Cuda, name: &str, cfg: cudarc::driver::LaunchConfig, args: &[&dyn crate::runtime::KernelArg]) -> Result<()> {
+    let on = PROFILE.with(|p| p.borrow().is_some());
+    if !on {
+        // SAFETY: the caller's contract
+        return unsafe { cuda.launch(name, cfg, args) };
+    }
+    let ev = || cuda.context().new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(Error::driver("create event"));
+    let (a, z) = (ev()?, ev()?);
+    a.record(cuda.stream()).map_err(Error::driver("record event"))?;
+    // SAFETY: the caller's contract
+    unsafe { cuda.launch(name, cfg, args)? };
+    z.record(cuda.stream()).map_err(Error::driver("record event"))?;
+    PROFILE.with(|p| p.borrow_mut().as_mut().map(|v| v.push((name.to_string(), a, z))));
+    Ok(())
+}
+
+/// Runs `f` with every delta launch of this thread timed by CUDA events: returns its result and
+/// each launch's (kernel, ms) in launch order (for the benchmark's stage breakdown; the events
+/// add a little time between launches).
+///
+/// # Errors
+/// What `f` returns; driver errors of the events.
+pub fn profile<R>(cuda: &Cuda, f: impl FnOnce() -> Result<R>) -> Result<(R, Vec<(String, f64)>)> {
+    PROFILE.with(|p| *p.borrow_mut() = Some(Vec::new()));
+    let r = f();
+    let recs = PROFILE.with(|p| p.borrow_mut().take()).unwrap_or_default();
+    let r = r?;
+    cuda.sync()?;
+    let mut out = Vec::with_capacity(recs.len());
+    for (name, a, z) in recs {
+        out.push((name, f64::from(a.elapsed_ms(&z).map_err(Error::driver("event elapsed"))?)));
+    }
+    Ok((r, out))
+}
+
 fn unsupported(what: String) -> Error {
     Error::Op(gla_core::Error::Unsupported { backend: "cuda", what })
 }
@@ -292,12 +338,13 @@ pub fn delta_fwd_ws<T: Elem>(
             // checked against the problem (null where the kernel tests for null); the grid
             // covers V in tiles of 32 and N*HV in y.
             unsafe {
-                cuda.launch(
+                launch(
+                    cuda,
                     &name,
                     dd::rec_cfg(p.v(), nhv),
                     &[
-                        x.q, x.k, x.v, x.beta, &x.g, &x.a_log, &x.dt_bias, &x.h0, o, &ht, &dp.bounds, &h, &hv, &k, &v, &scale, &l2, &bscale,
-                        &gmode,
+                        x.q, x.k, x.v, x.beta, &x.g, &x.a_log, &x.dt_bias, &x.h0, o, &ht, &dp.bounds, &h, &hv, &k, &v, &scale, &l2,
+                        &bscale, &gmode,
                     ],
                 )
             }
@@ -318,11 +365,28 @@ pub fn delta_fwd_ws<T: Elem>(
             // launches above (workspace lengths checked against the problem); one block per
             // (chunk, value head).
             unsafe {
-                cuda.launch(
+                launch(
+                    cuda,
                     &name,
                     cfg,
                     &[
-                        x.q, x.k, &ws.rq, &ws.rk, hs, vn, g2, o, &dp.bounds, &dp.chunk_off, &dp.chunk_seq, &h, &hv, &k, &v, &vp, &scale,
+                        x.q,
+                        x.k,
+                        &ws.rq,
+                        &ws.rk,
+                        hs,
+                        vn,
+                        g2,
+                        o,
+                        &dp.bounds,
+                        &dp.chunk_off,
+                        &dp.chunk_seq,
+                        &h,
+                        &hv,
+                        &k,
+                        &v,
+                        &vp,
+                        &scale,
                         &nch,
                     ],
                 )
@@ -341,7 +405,7 @@ fn chunk_prep<T: Elem>(cuda: &Cuda, dp: &DevDeltaProblem, x: &DeltaDevInputs<'_,
         let (nr64, k) = (nr as i64, p.k() as i32);
         for (src, dst) in [(x.q, req(&ws.rq, "rq")?), (x.k, req(&ws.rk, "rk")?)] {
             // SAFETY: one warp per row of [rows*H, K]; dst holds rows*H f32
-            unsafe { cuda.launch(&name, dd::flat_cfg(nr, 8), &[src, dst, &nr64, &k])? };
+            unsafe { launch(cuda, &name, dd::flat_cfg(nr, 8), &[src, dst, &nr64, &k])? };
         }
     }
     gate_prep(cuda, dp, x, req(&ws.bt, "beta")?, ws.gl.as_ref())
@@ -368,7 +432,7 @@ fn gate_prep<T: Elem>(
     let name = format!("delta_gate_fwd_{}", T::SUFFIX);
     // SAFETY: one thread per (row, value head) of [rows, HV]; bt (and gl with a gate) hold
     // rows*HV f32; the inputs were checked against the problem
-    unsafe { cuda.launch(&name, dd::flat_cfg(n, 256), &[x.beta, &x.g, &x.a_log, &x.dt_bias, bt, &gl, &n64, &hv, &bscale, &gmode]) }
+    unsafe { launch(cuda, &name, dd::flat_cfg(n, 256), &[x.beta, &x.g, &x.a_log, &x.dt_bias, bt, &gl, &n64, &hv, &bscale, &gmode]) }
 }
 
 /// The UT/WY prep and the state pass of the chunked path (forward, and the backward's
@@ -396,19 +460,21 @@ fn chunk_wy_h<T: Elem>(
         // SAFETY: arguments match delta_wy_*'s signature; w, u, T, G hold the problem's chunked
         // workspaces (checked by the caller); one block per (chunk, value head)
         unsafe {
-            cuda.launch(
+            launch(
+                cuda,
                 &name,
                 cfg,
                 &[x.k, &ws.rk, x.v, bt, &ws.gl, w, u, tm, g2, &dp.bounds, &dp.chunk_off, &dp.chunk_seq, &h, &hv, &k, &v, &vp32, &nch],
             )?;
         }
     }
-    let name = format!("delta_h_k{kp}_{}", T::SUFFIX);
-    let cfg = dd::state_cfg(vp, grid_nhv(op, p)?, smem.h());
+    let bv = dd::h_bv(bf16, vp, p.n() * p.hv(), cuda.sm_count());
+    let name = dd::h_name(false, bv, kp, T::SUFFIX);
+    let cfg = dd::state_cfg(vp, bv, grid_nhv(op, p)?, smem.h(bv));
     // SAFETY: arguments match delta_h_*'s signature; one block per (V tile, sequence x value
     // head) walking its chunks; every workspace is sized for the problem
     unsafe {
-        cuda.launch(&name, cfg, &[w, u, x.k, &ws.rk, g2, &x.h0, hs, vn, &ht, &dp.bounds, &dp.chunk_off, &h, &hv, &k, &v, &vp32, &nch])
+        launch(cuda, &name, cfg, &[w, u, x.k, &ws.rk, g2, &x.h0, hs, vn, &ht, &dp.bounds, &dp.chunk_off, &h, &hv, &k, &v, &vp32, &nch])
     }
 }
 
@@ -447,7 +513,8 @@ pub unsafe fn delta_decode<T: Elem>(
     // SAFETY: the arguments match delta_rec_decode's signature; input and output lengths were
     // checked against the problem; the state table's contract is the caller's (above)
     unsafe {
-        cuda.launch(
+        launch(
+            cuda,
             &name,
             dd::rec_cfg(p.v(), grid_nhv(op, p)?),
             &[x.q, x.k, x.v, x.beta, &x.g, &x.a_log, &x.dt_bias, &states, o, &dp.bounds, &h, &hv, &k, &v, &scale, &l2, &bscale, &gmode],
@@ -576,13 +643,18 @@ pub fn delta_bwd<T: Elem>(
 ) -> Result<DeltaDevGrads> {
     let mut ws = DeltaWorkspace::for_problem(cuda, dp, algo, false, true)?;
     let mut g = DeltaDevGrads::alloc(cuda, &dp.problem, x.h0.is_some())?;
-    delta_bwd_ws(cuda, algo, dp, x, d_o, dht, &mut ws, g.as_out(x.h0.is_some()))?;
+    delta_bwd_ws(cuda, algo, dp, x, d_o, dht, &mut ws, false, g.as_out(x.h0.is_some()))?;
     Ok(g)
 }
 
 /// [`delta_bwd`] into the caller's gradients with the caller's workspace (at least
 /// [`DeltaWorkspaceLens::backward`] of the problem, e.g. [`DeltaWorkspace::for_problem`]);
 /// allocates nothing. Every element of the gradients is written.
+///
+/// `fwd_in_ws`: [`delta_fwd_ws`] ran on these inputs with this workspace, and nothing else has
+/// used it since (a training step's forward then backward): the chunked backward then reuses the
+/// forward's T, w, u, G, chunk states and v_new instead of recomputing them (the recurrent
+/// backward ignores it). A wrong `true` gives wrong gradients, never an out-of-bounds access.
 ///
 /// # Errors
 /// As [`delta_bwd`]; [`Error::Op`] for gradients of the wrong lengths or a workspace that is too
@@ -596,6 +668,7 @@ pub fn delta_bwd_ws<T: Elem>(
     d_o: &CudaSlice<T>,
     dht: Option<&CudaSlice<f32>>,
     ws: &mut DeltaWorkspace<T>,
+    fwd_in_ws: bool,
     g: DeltaDevGradsMut<'_>,
 ) -> Result<()> {
     let op = "delta_bwd";
@@ -618,7 +691,8 @@ pub fn delta_bwd_ws<T: Elem>(
         DeltaPath::Recurrent => {
             let ws = &*ws;
             let (bt, dq, dk) = (req(&ws.bt, "beta")?, req(&ws.dq, "dq partials")?, req(&ws.dk, "dk partials")?);
-            let (db, dg, ckpt, seg) = (req(&ws.db, "dbeta partials")?, req(&ws.dg, "dg partials")?, req(&ws.ckpt, "ckpt")?, req(&ws.seg, "seg")?);
+            let (db, dg, ckpt, seg) =
+                (req(&ws.db, "dbeta partials")?, req(&ws.dg, "dg partials")?, req(&ws.ckpt, "ckpt")?, req(&ws.seg, "seg")?);
             gate_prep(cuda, dp, x, bt, ws.gl.as_ref())?;
             let dh0 = g.dh0.as_deref().filter(|_| x.h0.is_some());
             let gl = ws.gl.as_ref().filter(|_| gmode > 0);
@@ -627,27 +701,30 @@ pub fn delta_bwd_ws<T: Elem>(
             // HV, K] (dq, dk) and NV x [rows, HV] (dbeta, dg), the checkpoints and scratch as
             // DeltaWorkspaceLens::backward sizes them for the grid (checked above)
             unsafe {
-                cuda.launch(
+                launch(
+                    cuda,
                     &name,
                     dd::rec_cfg(p.v(), nhv),
                     &[
-                        x.q, x.k, x.v, bt, &gl, &x.h0, d_o, &dht, dq, dk, &*g.dv, db, dg, &dh0, ckpt, seg, &dp.bounds, &h, &hv, &k, &v, &scale,
-                        &l2, &gmode, &rows,
+                        x.q, x.k, x.v, bt, &gl, &x.h0, d_o, &dht, dq, dk, &*g.dv, db, dg, &dh0, ckpt, seg, &dp.bounds, &h, &hv, &k, &v,
+                        &scale, &l2, &gmode, &rows,
                     ],
                 )?;
             }
             p.v().div_ceil(REC_BV)
         }
         DeltaPath::Chunk { kp } => {
-            chunk_bwd(cuda, dp, x, d_o, dht, ws, kp, &g)?;
+            chunk_bwd(cuda, dp, x, d_o, dht, ws, kp, fwd_in_ws, &g)?;
             1
         }
     };
-    finalize(cuda, dp, x, ws, np, g)
+    let direct = matches!(path, DeltaPath::Chunk { .. }) && dd::direct_qk(p);
+    finalize(cuda, dp, x, ws, np, direct, g)
 }
 
-/// The chunked backward's launches up to the WY backward: prep, WY, state pass (recomputed),
-/// dvl, state-gradient pass, dq/dk/dw, WY backward.
+/// The chunked backward's launches up to the WY backward: prep, WY and state pass (recomputed
+/// unless `fwd_in_ws`), dvl, state-gradient pass, dq/dk/dw, WY backward. dq and dk go straight
+/// to the gradients where [`dd::direct_qk`], else to the workspace's partials.
 #[allow(clippy::too_many_arguments)]
 fn chunk_bwd<T: Elem>(
     cuda: &Cuda,
@@ -657,13 +734,16 @@ fn chunk_bwd<T: Elem>(
     dht: Option<&CudaSlice<f32>>,
     ws: &mut DeltaWorkspace<T>,
     kp: usize,
+    fwd_in_ws: bool,
     g: &DeltaDevGradsMut<'_>,
 ) -> Result<()> {
     let op = "delta chunked backward";
     let p = &dp.problem;
     let bf16 = is_bf16::<T>();
-    chunk_prep(cuda, dp, x, ws)?;
-    chunk_wy_h(cuda, dp, x, ws, kp, None)?;
+    if !fwd_in_ws {
+        chunk_prep(cuda, dp, x, ws)?;
+        chunk_wy_h(cuda, dp, x, ws, kp, None)?;
+    }
     let ws = &*ws;
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
     let scale = p.scale() as f32;
@@ -673,13 +753,15 @@ fn chunk_bwd<T: Elem>(
     let (bounds, off, seq) = (&dp.bounds, &dp.chunk_off, &dp.chunk_seq);
     let (w, tm, g2, hs, vn) = (req(&ws.w, "w")?, req(&ws.tm, "T")?, req(&ws.g2, "G")?, req(&ws.hs, "hs")?, req(&ws.vn, "v_new")?);
     let (dvl, dhs, du, dw, dgk) = (req(&ws.dvl, "dvl")?, req(&ws.dhs, "dhs")?, req(&ws.du, "dU")?, req(&ws.dw, "dw")?, req(&ws.dgk, "dG")?);
-    let (dq, dk, db, dg, bt) = (req(&ws.dq, "dq")?, req(&ws.dk, "dk")?, req(&ws.db, "dbeta")?, req(&ws.dg, "dg")?, req(&ws.bt, "beta")?);
+    let (db, dg, bt) = (req(&ws.db, "dbeta")?, req(&ws.dg, "dg")?, req(&ws.bt, "beta")?);
+    let (dq, dk) = if dd::direct_qk(p) { (&*g.dq, &*g.dk) } else { (req(&ws.dq, "dq")?, req(&ws.dk, "dk")?) };
     let gx = grid_chunks(op, dp.n_chunks)?;
     let sfx = T::SUFFIX;
     if dp.n_chunks > 0 {
         // SAFETY: arguments match delta_dvl_*'s signature; dvl holds chunks x HV x 64 x VP f32
         unsafe {
-            cuda.launch(
+            launch(
+                cuda,
                 &format!("delta_dvl_k{kp}_{sfx}"),
                 dd::chunk_cfg(gx, p.hv(), 1, smem.dvl()),
                 &[x.q, x.k, &ws.rq, &ws.rk, d_o, g2, dvl, bounds, off, seq, &h, &hv, &k, &v, &vp32, &scale],
@@ -687,12 +769,14 @@ fn chunk_bwd<T: Elem>(
         }
     }
     let dh0 = g.dh0.as_deref().filter(|_| x.h0.is_some());
+    let bv = dd::h_bv(bf16, vp, p.n() * p.hv(), cuda.sm_count());
     // SAFETY: arguments match delta_h_bwd_*'s signature; one block per (V tile, sequence x value
     // head) walking its chunks in reverse; dhs, du sized for the problem
     unsafe {
-        cuda.launch(
-            &format!("delta_h_bwd_k{kp}_{sfx}"),
-            dd::state_cfg(vp, grid_nhv(op, p)?, smem.h_bwd()),
+        launch(
+            cuda,
+            &dd::h_name(true, bv, kp, sfx),
+            dd::state_cfg(vp, bv, grid_nhv(op, p)?, smem.h_bwd(bv)),
             &[x.q, x.k, &ws.rq, &ws.rk, w, d_o, dvl, g2, &dht, dhs, du, &dh0, bounds, off, &h, &hv, &k, &v, &vp32, &scale, &nch],
         )?;
     }
@@ -703,24 +787,22 @@ fn chunk_bwd<T: Elem>(
     // SAFETY: arguments match delta_dqkw_*'s signature; grid z covers KP in tiles of KW; dq, dk
     // hold [rows, HV, K] f32, dw planes x chunks x HV x 64 x KP, dG KZ x chunks x HV x 64
     unsafe {
-        cuda.launch(
+        launch(
+            cuda,
             &format!("delta_dqkw_k{kp}_{sfx}"),
             dd::chunk_cfg(gx, p.hv(), kz, smem.dqkw()),
-            &[
-                x.q, x.k, &ws.rq, &ws.rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgk, bounds, off, seq, &h, &hv, &k, &v, &vp32, &scale, &nch,
-            ],
+            &[x.q, x.k, &ws.rq, &ws.rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgk, bounds, off, seq, &h, &hv, &k, &v, &vp32, &scale, &nch],
         )?;
     }
     let kz32 = kz as i32;
     // SAFETY: arguments match delta_wy_bwd_*'s signature; dk holds delta_dqkw's values (added
     // to); dv, dbeta and dg partials are written for every row of every chunk
     unsafe {
-        cuda.launch(
+        launch(
+            cuda,
             &format!("delta_wy_bwd_k{kp}_{sfx}"),
             dd::chunk_cfg(gx, p.hv(), 1, smem.wy_bwd()),
-            &[
-                x.k, &ws.rk, x.v, bt, tm, dw, du, g2, dgk, dk, &*g.dv, db, dg, bounds, off, seq, &h, &hv, &k, &v, &vp32, &kz32, &nch,
-            ],
+            &[x.k, &ws.rk, x.v, bt, tm, dw, du, g2, dgk, dk, &*g.dv, db, dg, bounds, off, seq, &h, &hv, &k, &v, &vp32, &kz32, &nch],
         )
     }
 }
@@ -733,28 +815,34 @@ fn finalize<T: Elem>(
     x: &DeltaDevInputs<'_, T>,
     ws: &DeltaWorkspace<T>,
     np: usize,
+    direct: bool,
     g: DeltaDevGradsMut<'_>,
 ) -> Result<()> {
     let p = &dp.problem;
     let (h, hv, k) = (p.h() as i32, p.hv() as i32, p.k() as i32);
     let (l2, bscale, gmode) = options(p);
     let (rows, np32) = (p.rows() as i64, np as i32);
-    let (dq, dk, db, dg) = (req(&ws.dq, "dq")?, req(&ws.dk, "dk")?, req(&ws.db, "dbeta")?, req(&ws.dg, "dg")?);
+    let (db, dg) = (req(&ws.db, "dbeta")?, req(&ws.dg, "dg")?);
     let sfx = T::SUFFIX;
-    if p.rows() > 0 {
+    if p.rows() > 0 && !direct {
+        let (dq, dk) = (req(&ws.dq, "dq")?, req(&ws.dk, "dk")?);
         // SAFETY: one warp per (row, head) of [rows, H, K]; the partials hold np x [rows, HV, K]
         unsafe {
-            cuda.launch(
+            launch(
+                cuda,
                 &format!("delta_qk_bwd_{sfx}"),
                 dd::flat_cfg(p.rows() * p.h(), 8),
                 &[x.q, x.k, dq, dk, &*g.dq, &*g.dk, &rows, &h, &hv, &k, &np32, &l2],
             )?;
         }
+    }
+    if p.rows() > 0 {
         let n = p.beta_len() as i64;
         let dgo = (gmode > 0).then_some(&*g.dg);
         // SAFETY: one thread per (row, value head); the partials hold np x [rows, HV]
         unsafe {
-            cuda.launch(
+            launch(
+                cuda,
                 &format!("delta_gate_bwd_{sfx}"),
                 dd::flat_cfg(p.beta_len(), 256),
                 &[x.beta, &x.g, &x.a_log, &x.dt_bias, db, dg, &*g.dbeta, &dgo, &n, &hv, &np32, &bscale, &gmode],
@@ -770,7 +858,8 @@ fn finalize<T: Elem>(
         } else {
             // SAFETY: one block per value head summing every row of dg's np partials
             unsafe {
-                cuda.launch(
+                launch(
+                    cuda,
                     &format!("delta_gate_param_bwd_{sfx}"),
                     cfg,
                     &[&x.g, &x.a_log, &x.dt_bias, dg, &*g.da_log, &*g.ddt_bias, &rows, &hv, &np32],

@@ -385,15 +385,18 @@ struct K_;
 KSET(float, f32)
 KSET(unsigned short, bf16)
 
-#define CHUNK_FNS(KP, SFX)                                                                                      \
+#define CHUNK_FNS(KP, SFX, H32, HB32)                                                                           \
     {KP, {(void*)delta_wy_k##KP##_##SFX, (void*)delta_h_k##KP##_##SFX, (void*)delta_o_k##KP##_##SFX,            \
           (void*)delta_dvl_k##KP##_##SFX, (void*)delta_h_bwd_k##KP##_##SFX, (void*)delta_dqkw_k##KP##_##SFX,    \
-          (void*)delta_wy_bwd_k##KP##_##SFX}}
+          (void*)delta_wy_bwd_k##KP##_##SFX, (void*)H32, (void*)HB32}}
 struct ChunkFns {
-    void *wy, *h, *o, *dvl, *hb, *dqkw, *wyb;
+    void *wy, *h, *o, *dvl, *hb, *dqkw, *wyb, *h32, *hb32;
 };
-static std::map<int, ChunkFns> g_cf32 = {CHUNK_FNS(64, f32), CHUNK_FNS(128, f32)};
-static std::map<int, ChunkFns> g_cbf = {CHUNK_FNS(64, bf16), CHUNK_FNS(128, bf16), CHUNK_FNS(192, bf16), CHUNK_FNS(256, bf16)};
+static std::map<int, ChunkFns> g_cf32 = {CHUNK_FNS(64, f32, nullptr, nullptr), CHUNK_FNS(128, f32, nullptr, nullptr)};
+static std::map<int, ChunkFns> g_cbf = {CHUNK_FNS(64, bf16, delta_h_v32_k64_bf16, delta_h_bwd_v32_k64_bf16),
+                                        CHUNK_FNS(128, bf16, delta_h_v32_k128_bf16, delta_h_bwd_v32_k128_bf16),
+                                        CHUNK_FNS(192, bf16, delta_h_v32_k192_bf16, delta_h_bwd_v32_k192_bf16),
+                                        CHUNK_FNS(256, bf16, delta_h_v32_k256_bf16, delta_h_bwd_v32_k256_bf16)};
 
 // smem sizes (as src/delta/dispatch.rs)
 template <class E>
@@ -408,9 +411,9 @@ static int h_stages(int KP) {
     return (sizeof(E) == 2 && KP <= 128) ? 2 : 1;
 }
 template <class E>
-static size_t sm_h(int KP) {
-    const int ns = h_stages<E>(KP), SP = SPn<E>;
-    return (ns * (SP + 1) * 64 * (KP + 8) + KP * 72 + SP * 64 * 72) * sizeof(E) + ns * (4096 + 128) * 4;
+static size_t sm_h(int KP, int BV) {
+    const int ns = h_stages<E>(KP), SP = SPn<E>, L = BV + 8;
+    return (ns * (SP + 1) * 64 * (KP + 8) + KP * L + SP * 64 * L) * sizeof(E) + ns * (64 * BV + 128) * 4;
 }
 template <class E>
 static size_t sm_o(int KP) {
@@ -423,9 +426,15 @@ static size_t sm_dvl(int KP) {
     return (2 * 64 * (KP + 8) + SP * 64 * 72 + 64 * 72) * sizeof(E) + 3 * 64 * 4;
 }
 template <class E>
-static size_t sm_hb(int KP) {
-    const int SP = SPn<E>;
-    return ((2 + SP) * 64 * (KP + 8) + 64 * 72 + KP * 72 + SP * 64 * 72) * sizeof(E) + (4096 + 3 * 64) * 4;
+static size_t sm_hb(int KP, int BV) {
+    const int SP = SPn<E>, L = BV + 8;
+    return ((2 + SP) * 64 * (KP + 8) + 64 * L + KP * L + SP * 64 * L) * sizeof(E) + (64 * BV + 3 * 64) * 4;
+}
+// BV of the sequential passes: DELTA_BV, else src/delta/dispatch.rs's rule at 132 SMs
+template <class E>
+static int h_bv(int VP, int nhv) {
+    if (getenv("DELTA_BV")) return atoi(getenv("DELTA_BV")) == 32 && sizeof(E) == 2 ? 32 : 64;
+    return (sizeof(E) == 2 && (VP / 64) * nhv < 264) ? 32 : 64;
 }
 template <class E>
 static int kw(int KP) {
@@ -545,12 +554,17 @@ struct Run {
     }
     // the backward's last launches: sums of the NP partials, the elementwise maps' backward
     void finalize(Out& out, std::vector<float>& dqp, std::vector<float>& dkp, std::vector<float>& dbp, std::vector<float>& dgp, int NP,
-                  std::vector<float>& dh0) {
+                  std::vector<float>& dh0, bool direct = false) {
         auto dq = poison<float>(rows * H * K), dk = poison<float>(rows * H * K);
         const long long nqk = rows * H;
-        emu::launch(dim3{(unsigned)((nqk + 7) / 8), 1, 1}, dim3{256, 1, 1}, 0, [&] {
-            K_<E>::qk_bwd(q.data(), k.data(), dqp.data(), dkp.data(), dq.data(), dk.data(), rows, H, HV, K, NP, l2);
-        });
+        if (direct) {
+            dq = dqp;
+            dk = dkp;
+        } else {
+            emu::launch(dim3{(unsigned)((nqk + 7) / 8), 1, 1}, dim3{256, 1, 1}, 0, [&] {
+                K_<E>::qk_bwd(q.data(), k.data(), dqp.data(), dkp.data(), dq.data(), dk.data(), rows, H, HV, K, NP, l2);
+            });
+        }
         const long long n = rows * HV;
         auto db = poison<float>(n);
         auto dg = poison<float>(gmode ? n : 0);
@@ -633,8 +647,9 @@ struct Run {
             });
         typedef void (*HFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
                             const long long*, const long long*, int, int, int, int, int, long long);
-        emu::launch(dim3{(unsigned)(VP / 64), (unsigned)(d.N * HV), 1}, b256, sm_h<E>(KP), [&] {
-            ((HFn)f.h)(w.data(), u.data(), k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(), ht.data(), p.bounds.data(),
+        const int bv = h_bv<E>(VP, d.N * HV);
+        emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_h<E>(KP, bv), [&] {
+            ((HFn)(bv == 32 ? f.h32 : f.h))(w.data(), u.data(), k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(), ht.data(), p.bounds.data(),
                        p.off.data(), H, HV, K, V, VP, nch);
         });
         out.ht = back(ht);
@@ -672,8 +687,9 @@ struct Run {
         auto dh0 = poison<float>(h0.empty() ? 0 : h0.size());
         typedef void (*HbFn)(const E*, const E*, const float*, const float*, const E*, const E*, const float*, const float*, const float*,
                              E*, E*, float*, const long long*, const long long*, int, int, int, int, int, float, long long);
-        emu::launch(dim3{(unsigned)(VP / 64), (unsigned)(d.N * HV), 1}, b256, sm_hb<E>(KP), [&] {
-            ((HbFn)f.hb)(q.data(), k.data(), ptr(rq), ptr(rk), w.data(), d_o.data(), dvl.data(), g2.data(), dht.data(), dhs.data(),
+        const int bv = h_bv<E>(VP, d.N * HV);
+        emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hb<E>(KP, bv), [&] {
+            ((HbFn)(bv == 32 ? f.hb32 : f.hb))(q.data(), k.data(), ptr(rq), ptr(rk), w.data(), d_o.data(), dvl.data(), g2.data(), dht.data(), dhs.data(),
                          du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H, HV, K, V, VP, scale, nch);
         });
         const int KZ = KP / kw<E>(KP);
@@ -699,7 +715,7 @@ struct Run {
                                dv.data(), dbp.data(), dgl.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V, VP, KZ, nch);
             });
         out.dv = back(dv);
-        finalize(out, dqp, dkp, dbp, dgl, 1, dh0);
+        finalize(out, dqp, dkp, dbp, dgl, 1, dh0, HV == H && !l2);
         return out;
     }
 };
@@ -729,6 +745,8 @@ int main(int argc, char** argv) {
         {"gdn-K256-V256-T130", 1, 130, 1, 1, 256, 256, 1, false, false, false, true, {}, 1},
         {"gdn-K192-V64-T70", 1, 70, 1, 1, 192, 64, 1, false, false, false, true, {}, 1},
         {"delta-empty-first", 1, 16, 2, 2, 60, 100, 1, false, false, false, false, {0, 0, 16}, 10},
+        {"gdn-T1-gs1-h0", 2, 1, 2, 2, 60, 100, 1, false, false, false, true, {}, 1},
+        {"gdn-T1000-gs0.1", 1, 1000, 2, 2, 60, 100, 1, false, false, false, true, {}, 0.1},
     };
     int i = 0;
     for (auto& c : cases) {
