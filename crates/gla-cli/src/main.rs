@@ -129,7 +129,9 @@ enum BenchCmd {
     Ops(bench::OpsArgs),
     /// Time the delta-rule ops on CUDA (DeltaNet and Gated DeltaNet, chunked, bf16): forward and
     /// forward+backward, ms, GB/s and TFLOP/s; the JSON feeds bench/delta_vs_fla.py.
-    #[command(after_help = "Examples:\n  gla bench delta --device cuda\n  gla bench delta --device cuda --shape 8,2048,16,128,128 --ops gdn --json delta.json")]
+    #[command(
+        after_help = "Examples:\n  gla bench delta --device cuda\n  gla bench delta --device cuda --shape 8,2048,16,128,128 --ops gdn --json delta.json"
+    )]
     Delta(bench::DeltaArgs),
     /// Time generation (time to first token, decode tokens/s) of a random model of a given config
     /// (default fla's gla_340M), prompt 512, 256 new tokens, batch 1 and 16.

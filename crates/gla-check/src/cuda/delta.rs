@@ -206,7 +206,9 @@ pub fn repeat_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
                 Ok(all)
             };
             match (once(), once(), once()) {
-                (Ok(a), Ok(b), Ok(c)) => out.push(Row::new(name, path, dtype, "repeat", max_abs_diff(&a, &b).max(max_abs_diff(&a, &c)), tol::BITWISE)),
+                (Ok(a), Ok(b), Ok(c)) => {
+                    out.push(Row::new(name, path, dtype, "repeat", max_abs_diff(&a, &b).max(max_abs_diff(&a, &c)), tol::BITWISE))
+                }
                 (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => out.push(Row::failed(name, path, dtype, tol::BITWISE, e)),
             }
         }

@@ -6,7 +6,7 @@
 // rk its L2 row factors), v, bt (beta, f32) and gl (log decay, f32, or null):
 //     G  = chunk-local cumsum of g (log2 units)                      -> g2 [chunks, HV, 64] f32 (=)
 //     A  = strictly-lower(diag(beta) (Kn Kn^T) * exp(G_t - G_s))         (f32, smem)
-//     T  = (I + A)^-1, by 16 x 16 blocks (solve_t)                   -> tm [SP][chunks, HV, 64, 64] (=)
+//     T  = (I + A)^-1, by 16 x 16 blocks (solve_t, T^T over A's upper half) -> tm [SP][chunks, HV, 64, 64] (=)
 //     w  = T (beta exp(G) Kn)                                        -> w [SP][chunks, HV, 64, KP] (=)
 //     u  = T (beta V)                                                -> u [chunks, HV, 64, VP] f32 (=)
 // T and the scaled K, V are split (delta/common.cuh): w and u carry the near-f32 accuracy the
@@ -23,18 +23,13 @@
 //   delta_wy_k64_f32 delta_wy_k128_f32 delta_wy_k64_bf16 delta_wy_k128_bf16 delta_wy_k192_bf16 delta_wy_k256_bf16
 //   delta_o_k64_f32 delta_o_k128_f32 delta_o_k64_bf16 delta_o_k128_bf16 delta_o_k192_bf16 delta_o_k256_bf16
 
-// T = (I + A)^-1 (A strictly lower, sA [64][65] f32, left intact) into a static f32 [64][65] whose
-// address it returns, by 16 x 16 blocks: the four diagonal blocks by forward substitution (one
-// thread per column), then the off-diagonal blocks level by level (d = i - j = 1, 2, 3),
-// T_ij = -T_ii sum_{j <= k < i} A_ik T_kj in f32 FMA (T_kj of earlier levels). Every thread calls
-// it; it holds barriers.
-__device__ __forceinline__ const float* solve_t(const float* sA, int tid) {
-    __shared__ float sT[64 * 65];
+// T = (I + A)^-1 (A strictly lower in sA [64][65] f32, left intact), stored transposed in sA's
+// upper triangle and diagonal (T_tc at sA[c][t], t >= c), so T needs no memory of its own: the
+// four diagonal 16 x 16 blocks by forward substitution (one thread per column), then the
+// off-diagonal blocks level by level (d = i - j = 1, 2, 3), T_ij = -T_ii sum_{j <= k < i}
+// A_ik T_kj in f32 FMA (T_kj of earlier levels). Every thread calls it; it holds barriers.
+__device__ __forceinline__ void solve_t(float* sA, int tid) {
     __shared__ float sM[3 * 256];  // the level's sums M_ij (at most three 16 x 16 blocks)
-    for (int x = tid; x < 4096; x += 256) {
-        const int t = x >> 6, c = x & 63;
-        if ((c >> 4) > (t >> 4)) sT[t * 65 + c] = 0.f;
-    }
     if (tid < 64) {
         const int b = tid >> 4, c = tid & 15, r0 = 16 * b;
         float x[16];
@@ -45,8 +40,10 @@ __device__ __forceinline__ const float* solve_t(const float* sA, int tid) {
             for (int q = 0; q < t; ++q) s += sA[(r0 + t) * 65 + r0 + q] * x[q];
             x[t] = t == c ? 1.f : -s;
         }
+        // T^T goes to the upper half and the diagonal, which no thread reads A from
         #pragma unroll
-        for (int t = 0; t < 16; ++t) sT[(r0 + t) * 65 + r0 + c] = x[t];
+        for (int t = 0; t < 16; ++t)
+            if (t >= c) sA[(r0 + c) * 65 + r0 + t] = x[t];
     }
     __syncthreads();
     for (int d = 1; d < 4; ++d) {
@@ -54,26 +51,27 @@ __device__ __forceinline__ const float* solve_t(const float* sA, int tid) {
         for (int x = tid; x < nb * 256; x += 256) {
             const int i = (x >> 8) + d, j = i - d, t = (x >> 4) & 15, c = x & 15;
             float s = 0.f;
-            for (int k = j; k < i; ++k) {
-                const float* a = sA + (16 * i + t) * 65 + 16 * k;
-                const float* tk = sT + (16 * k) * 65 + 16 * j + c;
+            // k = j: T_jj[q][c] = 0 for q < c
+            const float* a = sA + (16 * i + t) * 65 + 16 * j;
+            const float* tc = sA + (16 * j + c) * 65 + 16 * j;  // T_jj[q][c] at tc[q]
+            for (int q = c; q < 16; ++q) s += a[q] * tc[q];
+            for (int k = j + 1; k < i; ++k) {
+                const float* ak = sA + (16 * i + t) * 65 + 16 * k;
+                const float* tk = sA + (16 * j + c) * 65 + 16 * k;  // T_kj[q][c] at tk[q]
                 #pragma unroll
-                for (int q = 0; q < 16; ++q) s += a[q] * tk[q * 65];
+                for (int q = 0; q < 16; ++q) s += ak[q] * tk[q];
             }
             sM[x] = s;
         }
         __syncthreads();
         for (int x = tid; x < nb * 256; x += 256) {
             const int bi = x >> 8, i = bi + d, j = i - d, t = (x >> 4) & 15, c = x & 15;
-            const float* ti = sT + (16 * i + t) * 65 + 16 * i;
             float s = 0.f;
-            #pragma unroll
-            for (int q = 0; q < 16; ++q) s += ti[q] * sM[bi * 256 + q * 16 + c];
-            sT[(16 * i + t) * 65 + 16 * j + c] = -s;
+            for (int q = 0; q <= t; ++q) s += sA[(16 * i + q) * 65 + 16 * i + t] * sM[bi * 256 + q * 16 + c];  // T_ii[t][q]
+            sA[(16 * j + c) * 65 + 16 * i + t] = -s;
         }
         __syncthreads();
     }
-    return sT;
 }
 
 template <typename E, int KP>
@@ -126,12 +124,12 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
         }
     }
     __syncthreads();
-    const float* sTf = solve_t(sA, tid);
+    solve_t(sA, tid);
     {
         const idx_t tplane = nch * HV * 4096;
         for (int x = tid; x < 4096; x += DNT) {
             const int t = x >> 6, cc = x & 63;
-            const float tv = sTf[t * 65 + cc];
+            const float tv = t >= cc ? sA[cc * 65 + t] : 0.f;
             st2(sT, sTl, t * LDT + cc, tv);
             stg2(tm, tplane, (c.oc * 64 + t) * 64 + cc, tv);
         }
@@ -232,7 +230,7 @@ __device__ __forceinline__ void o_fwd(const E* __restrict__ q, const E* __restri
 }
 
 #define FWD_ENTRY(KP, NAME, E)                                                                           \
-extern "C" __global__ void __launch_bounds__(DNT) delta_wy_k##KP##_##NAME(                               \
+extern "C" __global__ void __launch_bounds__(DNT, 2) delta_wy_k##KP##_##NAME(                               \
     const E* k, const float* rk, const E* v, const float* bt, const float* gl, E* w, float* u, E* tm,    \
     float* g2, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K,  \
     int V, int VP, idx_t nch) {                                                                          \
