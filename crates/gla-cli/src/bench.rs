@@ -250,3 +250,105 @@ fn ops_cuda(_: &OpsArgs) -> Result<bool> {
     // ensure_built has already refused this; kept for the types
     anyhow::bail!("this gla was built without the `cuda` feature")
 }
+
+#[derive(clap::Args)]
+pub struct DeltaArgs {
+    /// Device to time on (the delta-rule ops run on CUDA only).
+    #[arg(long, value_enum, default_value_t = Device::Cuda)]
+    device: Device,
+    /// Problem shape `B,T,H,K,V` (repeatable). Default: the shapes of record (bf16, H=16,
+    /// K=V=128, B*T=65536, T in 2048, 8192, 32768).
+    #[arg(long, value_parser = parse_shape)]
+    shape: Vec<[usize; 5]>,
+    /// Which ops: `delta` (DeltaNet), `gdn` (Gated DeltaNet), comma-separated.
+    #[arg(long, default_value = "delta,gdn")]
+    ops: String,
+    /// Timed repetitions per measurement (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    reps: usize,
+    /// Also write the results as JSON to this file (read by bench/delta_vs_fla.py).
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// Also print each launch's time in one forward+backward (CUDA events per launch).
+    #[arg(long)]
+    stages: bool,
+}
+
+#[cfg(feature = "cuda")]
+#[derive(Serialize)]
+struct DeltaEntry {
+    op: &'static str,
+    shape: [usize; 5],
+    pass: &'static str,
+    kernel: &'static str,
+    ms: f64,
+    gbs: f64,
+    tflops: f64,
+    floor_ms: f64,
+    x_floor: f64,
+}
+
+/// `gla bench delta`: the delta-rule ops on CUDA (`gla_cuda::bench::bench_delta`).
+#[cfg(feature = "cuda")]
+pub fn delta(a: &DeltaArgs) -> Result<bool> {
+    use gla_cuda::bench::{bench_delta, default_delta_shapes, delta_stages, format_delta_rows, HBM_BYTES_PER_S};
+    if a.device != Device::Cuda {
+        anyhow::bail!("gla bench delta runs on CUDA only (--device cuda)");
+    }
+    a.device.ensure_built()?;
+    let mut ops = Vec::new();
+    for op in a.ops.split(',').map(str::trim) {
+        ops.push(match op {
+            "delta" => "delta",
+            "gdn" => "gdn",
+            _ => anyhow::bail!("--ops: unknown op {op:?} (delta, gdn)"),
+        });
+    }
+    let cuda = gla_cuda::Cuda::new().context("opening the CUDA device")?;
+    let shapes = if a.shape.is_empty() { default_delta_shapes() } else { a.shape.clone() };
+    println!("device: {} ({}); HBM floor at {:.2} TB/s; median of {} reps", cuda.name(), cuda.arch(), HBM_BYTES_PER_S / 1e12, a.reps);
+    let rows = bench_delta(&cuda, &shapes, a.reps, &ops).context("timing the delta ops")?;
+    print!("{}", format_delta_rows(&rows));
+    if a.stages {
+        for &shape in &shapes {
+            for op in &ops {
+                print!("{}", delta_stages(&cuda, shape, op).context("timing the delta launches")?);
+            }
+        }
+    }
+    if let Some(path) = &a.json {
+        let unix_time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let results: Vec<DeltaEntry> = rows
+            .iter()
+            .map(|r| DeltaEntry {
+                op: r.op,
+                shape: r.row.shape,
+                pass: r.row.pass,
+                kernel: r.row.kernel,
+                ms: r.row.ms,
+                gbs: r.row.gbs(),
+                tflops: r.row.tflops(),
+                floor_ms: r.row.floor_ms(),
+                x_floor: r.row.x_floor(),
+            })
+            .collect();
+        let report = serde_json::json!({
+            "unix_time": unix_time,
+            "device": cuda.name(),
+            "arch": cuda.arch(),
+            "hbm_bytes_per_s": HBM_BYTES_PER_S,
+            "reps": a.reps,
+            "results": results,
+        });
+        gla_core::io::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(true)
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn delta(a: &DeltaArgs) -> Result<bool> {
+    a.device.ensure_built()?;
+    anyhow::bail!("this gla was built without the `cuda` feature")
+}

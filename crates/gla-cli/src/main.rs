@@ -144,6 +144,12 @@ enum BenchCmd {
         after_help = "Examples:\n  gla bench ops\n  gla bench ops --shape 1,8192,4,128,128 --shape 4,2048,4,128,128 --json ops.json"
     )]
     Ops(bench::OpsArgs),
+    /// Time the delta-rule ops on CUDA (DeltaNet and Gated DeltaNet, chunked, bf16): forward and
+    /// forward+backward, ms, GB/s and TFLOP/s; the JSON feeds bench/delta_vs_fla.py.
+    #[command(
+        after_help = "Examples:\n  gla bench delta --device cuda\n  gla bench delta --device cuda --shape 8,2048,16,128,128 --ops gdn --json delta.json"
+    )]
+    Delta(bench::DeltaArgs),
     /// Time generation (time to first token, decode tokens/s) of a random model of a given config
     /// (default fla's gla_340M), prompt 512, 256 new tokens, batch 1 and 16.
     #[command(
@@ -196,6 +202,7 @@ fn main() {
     };
     let res = match cli.cmd {
         Cmd::Bench(BenchCmd::Ops(a)) => bench::ops(&a),
+        Cmd::Bench(BenchCmd::Delta(a)) => bench::delta(&a),
         Cmd::Check(a) => check::run(&a),
         Cmd::Eval(a) => eval::run(&a),
         Cmd::Generate(a) => generate::run(&a),

@@ -232,3 +232,161 @@ pub fn format_rows(rows: &[BenchRow]) -> String {
     }
     s
 }
+
+/// The delta rule's shapes of record (DESIGN.md section 5): bf16, H = 16, K = V = 128, B*T =
+/// 65536, T in {2048, 8192, 32768}, as `[B, T, H, K, V]`.
+pub fn default_delta_shapes() -> Vec<[usize; 5]> {
+    [2048usize, 8192, 32768].iter().map(|&t| [65536 / t, t, 16, 128, 128]).collect()
+}
+
+/// One timed measurement of a delta-rule op: `op` is `delta` (DeltaNet) or `gdn` (Gated
+/// DeltaNet, the log decay given).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeltaBenchRow {
+    /// `delta` or `gdn`.
+    pub op: &'static str,
+    /// The measurement (kernel: `chunk` or `recurrent`).
+    pub row: BenchRow,
+}
+
+/// The inputs of the delta benchmarks on one shape, drawn like fla's delta-rule benchmark
+/// (bench/delta_vs_fla.py): q, v, do ~ N(0, 1), k L2-normalised N(0, 1), beta = sigmoid(U(0, 1)),
+/// g = logsigmoid(N(0, 1)).
+struct DeltaBenchInputs {
+    q: CudaSlice<u16>,
+    k: CudaSlice<u16>,
+    v: CudaSlice<u16>,
+    beta: CudaSlice<u16>,
+    g: CudaSlice<u16>,
+    d_o: CudaSlice<u16>,
+}
+
+impl DeltaBenchInputs {
+    fn new(cuda: &Cuda, [b, t, h, kd, vd]: [usize; 5]) -> Result<Self> {
+        let (nqk, nv, nb) = (b * t * h * kd, b * t * h * vd, b * t * h);
+        let up = |x: Vec<u16>, what: &'static str| -> Result<CudaSlice<u16>> { cuda.upload(&x, what) };
+        let mut kh = draw_bf16(nqk, 12, |z| z);
+        for row in kh.chunks_mut(kd) {
+            let n = row.iter().map(|&u| f64::from(crate::ops::bf16_to_f32(u)).powi(2)).sum::<f64>().sqrt().max(1e-12);
+            row.iter_mut().for_each(|u| *u = f32_to_bf16((f64::from(crate::ops::bf16_to_f32(*u)) / n) as f32));
+        }
+        Ok(Self {
+            q: up(draw_bf16(nqk, 11, |z| z), "q")?,
+            k: up(kh, "k")?,
+            v: up(draw_bf16(nv, 13, |z| z), "v")?,
+            // sigmoid of a value in [0, 1] (z is ~N(0, 1))
+            beta: up(draw_bf16(nb, 14, |z| 1.0 / (1.0 + (-(0.5 + 0.29 * z).clamp(0.0, 1.0)).exp())), "beta")?,
+            g: up(draw_bf16(nb, 15, |z| z.min(0.0) - (-z.abs()).exp().ln_1p()), "g")?,
+            d_o: up(draw_bf16(nv, 16, |z| z), "do")?,
+        })
+    }
+}
+
+/// One delta op on one shape, ready to time: problem, inputs, workspace and gradients allocated
+/// once (nothing is allocated in a timed call).
+struct DeltaBenchOp<'a> {
+    dp: crate::delta::ops::DevDeltaProblem,
+    x: crate::delta::ops::DeltaDevInputs<'a, u16>,
+    d_o: &'a CudaSlice<u16>,
+    ws: crate::delta::ops::DeltaWorkspace<u16>,
+    grads: crate::delta::ops::DeltaDevGrads,
+    o: CudaSlice<u16>,
+}
+
+impl<'a> DeltaBenchOp<'a> {
+    fn new(cuda: &Cuda, inp: &'a DeltaBenchInputs, [b, t, h, kd, vd]: [usize; 5], op: &str) -> Result<Self> {
+        use crate::delta::ops::{DeltaDevGrads, DeltaDevInputs, DeltaWorkspace, DevDeltaProblem};
+        use gla_core::{DeltaGate, DeltaProblem, DeltaSpec};
+        let gate = if op == "gdn" { DeltaGate::LogDecay } else { DeltaGate::None };
+        let p = DeltaProblem::new(DeltaSpec::new(b, t, h, kd, vd, gate))?;
+        let dp = DevDeltaProblem::new(cuda, &p)?;
+        let g = (gate != DeltaGate::None).then_some(&inp.g);
+        let x = DeltaDevInputs { q: &inp.q, k: &inp.k, v: &inp.v, beta: &inp.beta, g, a_log: None, dt_bias: None, h0: None };
+        let ws = DeltaWorkspace::<u16>::for_problem(cuda, &dp, crate::dispatch::delta::DeltaAlgo::Chunked, true, true)?;
+        let grads = DeltaDevGrads::alloc(cuda, &p, false)?;
+        let o = cuda.alloc_zeros::<u16>(p.v_len(), "o")?;
+        Ok(Self { dp, x, d_o: &inp.d_o, ws, grads, o })
+    }
+    fn fwd(&mut self, cuda: &Cuda) -> Result<()> {
+        crate::delta::ops::delta_fwd_ws(
+            cuda,
+            crate::dispatch::delta::DeltaAlgo::Chunked,
+            &self.dp,
+            &self.x,
+            &mut self.ws,
+            &mut self.o,
+            None,
+        )
+    }
+    fn fwd_bwd(&mut self, cuda: &Cuda) -> Result<()> {
+        let algo = crate::dispatch::delta::DeltaAlgo::Chunked;
+        crate::delta::ops::delta_fwd_ws(cuda, algo, &self.dp, &self.x, &mut self.ws, &mut self.o, None)?;
+        crate::delta::ops::delta_bwd_ws(cuda, algo, &self.dp, &self.x, self.d_o, None, &mut self.ws, true, self.grads.as_out(false))
+    }
+}
+
+/// Times the delta rule's forward and forward+backward (bf16, the dispatch policy's chunked
+/// kernels) on each shape, for each op of `ops` (`delta`: DeltaNet; `gdn`: Gated DeltaNet with
+/// the log decay given), with the op's plain options (no L2 norm, sigmoid or gate inside the op),
+/// no initial or final state, inputs as [`DeltaBenchInputs`]. The backward recomputes the
+/// forward's workspace (T, w, u, the chunk states; fla keeps T and recomputes the rest).
+///
+/// # Errors
+/// Invalid shapes; driver, compile or launch errors.
+pub fn bench_delta(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, ops: &[&'static str]) -> Result<Vec<DeltaBenchRow>> {
+    use crate::dispatch::delta::{delta_path, DeltaAlgo};
+    let mut rows = Vec::new();
+    for &shape in shapes {
+        let inp = DeltaBenchInputs::new(cuda, shape)?;
+        for &op in ops {
+            let mut b = DeltaBenchOp::new(cuda, &inp, shape, op)?;
+            let p = b.dp.problem.clone();
+            let kernel = delta_path(&p, true, DeltaAlgo::Chunked)
+                .map_err(|e| Error::Op(gla_core::Error::Unsupported { backend: "cuda", what: e }))?
+                .label();
+            let (nqk, nv, nb) = (p.qk_len(), p.v_len(), p.beta_len());
+            let (ffl, bfl) = p.chunk_flops();
+            let fwd_bytes = p.min_bytes_fwd(2, false);
+            // the backward reads q, k, v, beta, g, do (bf16) and writes dq, dk, dv, dbeta, dg (f32)
+            let bwd_bytes = (2 * (2 * nqk + 2 * nv + nb + p.g_len()) + 4 * (2 * nqk + nv + nb + p.g_len())) as f64;
+            let ms = time_ms(cuda, reps, &mut || b.fwd(cuda))?;
+            rows.push(DeltaBenchRow { op, row: BenchRow { shape, pass: "fwd", kernel, ms, bytes: fwd_bytes, flops: ffl } });
+            let ms = time_ms(cuda, reps, &mut || b.fwd_bwd(cuda))?;
+            let row = BenchRow { shape, pass: "fwd+bwd", kernel, ms, bytes: fwd_bytes + bwd_bytes, flops: ffl + bfl };
+            rows.push(DeltaBenchRow { op, row });
+        }
+    }
+    Ok(rows)
+}
+
+/// The time of each launch of one forward+backward of `op` on `shape` (CUDA events around each
+/// launch, after a warm-up run): a plain-text table, one line per launch.
+///
+/// # Errors
+/// As [`bench_delta`].
+pub fn delta_stages(cuda: &Arc<Cuda>, shape: [usize; 5], op: &str) -> Result<String> {
+    let inp = DeltaBenchInputs::new(cuda, shape)?;
+    let mut b = DeltaBenchOp::new(cuda, &inp, shape, op)?;
+    b.fwd_bwd(cuda)?;
+    cuda.sync()?;
+    let ((), times) = crate::delta::ops::profile(cuda, || b.fwd_bwd(cuda))?;
+    let [bb, t, h, k, v] = shape;
+    let total: f64 = times.iter().map(|x| x.1).sum();
+    let mut s = format!("{op} {bb}x{t}x{h}x{k}x{v}: one forward+backward, launch by launch (total {total:.3} ms)\n");
+    for (name, ms) in times {
+        s += &format!("  {name:<28} {ms:>9.3} ms {:>5.1}%\n", 100.0 * ms / total);
+    }
+    Ok(s)
+}
+
+/// A plain-text table of delta rows.
+pub fn format_delta_rows(rows: &[DeltaBenchRow]) -> String {
+    let label = |r: &DeltaBenchRow| match (r.op == "gdn", r.row.kernel == "chunk") {
+        (true, true) => "gdn-chunk",
+        (true, false) => "gdn-recurrent",
+        (false, true) => "delta-chunk",
+        (false, false) => "delta-recurrent",
+    };
+    let plain: Vec<BenchRow> = rows.iter().map(|r| BenchRow { kernel: label(r), ..r.row.clone() }).collect();
+    format_rows(&plain)
+}

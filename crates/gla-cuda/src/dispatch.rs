@@ -28,6 +28,10 @@
 use cudarc::driver::LaunchConfig;
 use gla_core::{GateKind, Problem};
 
+/// The delta-rule family's dispatch policy and tuning (`delta_path`, launch shapes, workspaces).
+#[path = "delta/dispatch.rs"]
+pub mod delta;
+
 /// Rows per chunk of the chunked kernels (`BT`).
 pub const CHUNK_BT: usize = 64;
 /// Largest K the recurrent kernels take (8 warps x 32 rows each in registers).

@@ -54,9 +54,16 @@ pub const MMA: Header = header!("common/mma.cuh");
 pub const CHUNK: Header = header!("common/chunk.cuh");
 /// The nn kernels' contract, activations and column reduction.
 pub const NN: Header = header!("nn/common.cuh");
+/// The delta rule's shared parts: the storage-generic tile loader, warp products (mma.sync or
+/// FMA), split operands.
+pub const DELTA: Header = header!("delta/common.cuh");
+/// The delta rule's chunk kernels' prologue, row factors and intra-chunk attention.
+pub const DELTA_CHUNK: Header = header!("delta/chunk.cuh");
 
 const CHUNK_HEADERS: &[Header] = &[BASE, MMA, CHUNK];
 const NN_HEADERS: &[Header] = &[BASE, NN];
+const DELTA_HEADERS: &[Header] = &[BASE, MMA, CHUNK, DELTA];
+const DELTA_CHUNK_HEADERS: &[Header] = &[BASE, MMA, CHUNK, DELTA, DELTA_CHUNK];
 
 macro_rules! source {
     ($path:literal, $headers:expr, [$($entry:literal),* $(,)?]) => {
@@ -129,6 +136,101 @@ pub const NN_XENT: KernelSource = source!("nn/xent.cu", NN_HEADERS, ["cross_entr
 /// Gradient norm and AdamW.
 pub const NN_ADAMW: KernelSource = source!("nn/adamw.cu", NN_HEADERS, ["sumsq", "sum_f64", "adamw"]);
 
+/// The delta rule's elementwise maps (L2 rstd, beta sigmoid, computed gate) and their backward.
+pub const DELTA_PREP: KernelSource = source!(
+    "delta/prep.cu",
+    DELTA_HEADERS,
+    [
+        "delta_l2_rstd_f32",
+        "delta_l2_rstd_bf16",
+        "delta_gate_fwd_f32",
+        "delta_gate_fwd_bf16",
+        "delta_qk_bwd_f32",
+        "delta_qk_bwd_bf16",
+        "delta_gate_bwd_f32",
+        "delta_gate_bwd_bf16",
+        "delta_gate_param_bwd_f32",
+        "delta_gate_param_bwd_bf16",
+    ]
+);
+/// The delta rule's fused recurrent forward, decode step and backward, f32 or bf16 storage.
+pub const DELTA_RECURRENT: KernelSource = source!(
+    "delta/recurrent.cu",
+    DELTA_HEADERS,
+    ["delta_rec_fwd_f32", "delta_rec_fwd_bf16", "delta_rec_decode_f32", "delta_rec_decode_bf16", "delta_rec_bwd_f32", "delta_rec_bwd_bf16"]
+);
+/// The delta rule's chunked forward: UT/WY prep and output pass, per padded K (64 .. 256).
+pub const DELTA_CHUNK_FWD: KernelSource = source!(
+    "delta/chunk_fwd.cu",
+    DELTA_CHUNK_HEADERS,
+    [
+        "delta_wy_k64_f32",
+        "delta_wy_k128_f32",
+        "delta_wy_k64_bf16",
+        "delta_wy_k128_bf16",
+        "delta_wy_k192_bf16",
+        "delta_wy_k256_bf16",
+        "delta_o_k64_f32",
+        "delta_o_k128_f32",
+        "delta_o_k64_bf16",
+        "delta_o_k128_bf16",
+        "delta_o_k192_bf16",
+        "delta_o_k256_bf16",
+    ]
+);
+/// The delta rule's sequential passes: the state pass and the state-gradient pass.
+pub const DELTA_CHUNK_H: KernelSource = source!(
+    "delta/chunk_h.cu",
+    DELTA_CHUNK_HEADERS,
+    [
+        "delta_h_k64_f32",
+        "delta_h_k128_f32",
+        "delta_h_k64_bf16",
+        "delta_h_k128_bf16",
+        "delta_h_k192_bf16",
+        "delta_h_k256_bf16",
+        "delta_h_bwd_k64_f32",
+        "delta_h_bwd_k128_f32",
+        "delta_h_bwd_k64_bf16",
+        "delta_h_bwd_k128_bf16",
+        "delta_h_bwd_k192_bf16",
+        "delta_h_bwd_k256_bf16",
+        "delta_h_v32_k64_bf16",
+        "delta_h_v32_k128_bf16",
+        "delta_h_v32_k192_bf16",
+        "delta_h_v32_k256_bf16",
+        "delta_h_bwd_v32_k64_bf16",
+        "delta_h_bwd_v32_k128_bf16",
+        "delta_h_bwd_v32_k192_bf16",
+        "delta_h_bwd_v32_k256_bf16",
+    ]
+);
+/// The delta rule's chunked backward, chunk-parallel launches: dvl, dq/dk/dw, the WY backward.
+pub const DELTA_CHUNK_BWD: KernelSource = source!(
+    "delta/chunk_bwd.cu",
+    DELTA_CHUNK_HEADERS,
+    [
+        "delta_dvl_k64_f32",
+        "delta_dvl_k128_f32",
+        "delta_dvl_k64_bf16",
+        "delta_dvl_k128_bf16",
+        "delta_dvl_k192_bf16",
+        "delta_dvl_k256_bf16",
+        "delta_dqkw_k64_f32",
+        "delta_dqkw_k128_f32",
+        "delta_dqkw_k64_bf16",
+        "delta_dqkw_k128_bf16",
+        "delta_dqkw_k192_bf16",
+        "delta_dqkw_k256_bf16",
+        "delta_wy_bwd_k64_f32",
+        "delta_wy_bwd_k128_f32",
+        "delta_wy_bwd_k64_bf16",
+        "delta_wy_bwd_k128_bf16",
+        "delta_wy_bwd_k192_bf16",
+        "delta_wy_bwd_k256_bf16",
+    ]
+);
+
 /// Every kernel source of the crate (the CI compile check walks this list).
 pub const ALL: &[KernelSource] = &[
     GLA_RECURRENT,
@@ -144,6 +246,11 @@ pub const ALL: &[KernelSource] = &[
     NN_CONV,
     NN_XENT,
     NN_ADAMW,
+    DELTA_PREP,
+    DELTA_RECURRENT,
+    DELTA_CHUNK_FWD,
+    DELTA_CHUNK_H,
+    DELTA_CHUNK_BWD,
 ];
 
 /// The source that defines entry point `entry`, if any.

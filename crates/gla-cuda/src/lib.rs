@@ -18,6 +18,9 @@
 //! feature), which also holds the GPU training device and decoder.
 //! - [`ops`]: typed launchers over device buffers; [`CudaGla`]: a [`gla_core::op::GlaOp<f32>`]
 //!   that uploads host slices, runs, downloads (f32 or bf16 storage).
+//! - [`delta`]: the delta-rule family (DeltaNet, Gated DeltaNet): launchers over device buffers
+//!   ([`delta::ops`]), [`CudaDelta`] (a [`gla_core::DeltaOp<f32>`]); its dispatch policy is
+//!   [`dispatch::delta`].
 //! - [`bench`]: event-timed medians of the ops with their HBM floors and FLOPs.
 //! - [`dist`]: data-parallel training over NCCL (torchrun-style environment, rendezvous,
 //!   communicator with timeouts, gradient buckets overlapped with the backward).
@@ -40,6 +43,7 @@
 pub mod backend;
 pub mod bench;
 pub mod decode;
+pub mod delta;
 pub mod dispatch;
 pub mod dist;
 mod error;
@@ -51,6 +55,7 @@ pub mod weights;
 
 pub use backend::Gpu;
 pub use decode::{DecodeStep, GpuDecoding, GpuState};
+pub use delta::{CudaDelta, DeltaOpAlgo};
 pub use error::{Error, Result};
 pub use op::{Algo, CudaGla};
 pub use runtime::Cuda;

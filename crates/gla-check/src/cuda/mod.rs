@@ -11,8 +11,12 @@
 //! q/k/g/v tensors hold more than 2^31 elements (forward; the last sequence, at offsets past 2^31,
 //! is checked against the oracle), and a repeat-run check (tensor `repeat`: the largest bitwise
 //! difference between two runs must be 0).
+//!
+//! The delta-rule family's rows ([`delta`]: the same checks on its table, case names `delta/...`)
+//! run beside them; a filter starting with `delta` runs only those.
 
 pub mod alloc;
+pub mod delta;
 pub mod model;
 
 use std::sync::Arc;
@@ -294,21 +298,35 @@ fn huge_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
 /// [`Error`] when a case cannot be set up.
 pub fn check(cuda: &Arc<Cuda>, opts: CheckOptions, filter: Option<&str>) -> Result<Vec<Row>> {
     let mut out = Vec::new();
-    if opts.ops {
+    // no GLA or model row is named delta...: such a filter would discard them all
+    let gla = filter.is_none_or(|f| !f.starts_with("delta"));
+    if opts.ops && gla {
         let ops = gpu_ops(cuda);
         run_table(&cases(), TABLE_SEED, filter, &gpu_paths(&ops), &mut out)?;
         wide_check(cuda, filter, &mut out)?;
     }
+    if opts.ops {
+        delta::table_check(cuda, filter, &mut out)?;
+    }
     if opts.repeat {
-        repeat_check(cuda, &mut out)?;
+        if gla {
+            repeat_check(cuda, &mut out)?;
+        }
+        delta::repeat_check(cuda, &mut out)?;
     }
     if opts.long {
-        long_check(cuda, &mut out)?;
+        if gla {
+            long_check(cuda, &mut out)?;
+        }
+        delta::long_check(cuda, &mut out)?;
     }
     if opts.huge {
-        huge_check(cuda, &mut out)?;
+        if gla {
+            huge_check(cuda, &mut out)?;
+        }
+        delta::huge_check(cuda, &mut out)?;
     }
-    if opts.model {
+    if opts.model && gla {
         model::model_check(cuda, &mut out)?;
         model::generation_check(cuda, &mut out)?;
         alloc::alloc_check(cuda, &mut out)?;

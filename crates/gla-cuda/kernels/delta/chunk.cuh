@@ -1,0 +1,80 @@
+// delta/chunk.cuh: what the delta rule's chunk kernels share: the block shape, the chunk and head
+// of a chunk-parallel block (one prologue), the loads of a chunk's q / k / v rows, and the
+// intra-chunk attention P of the output pass and the backward.
+//
+// A chunk-parallel block owns (global chunk cg = blockIdx.x, value head hv = blockIdx.y), 256
+// threads; its query/key head is h = hv / (HV / H). q and k are read raw; the in-op L2 norm is
+// applied as the row factors rq, rk ([rows, H] f32, 1 / |x| from delta_l2_rstd_*) on the
+// products' f32 results, so a normalised q or k is never rounded to bf16. G is the chunk-local cumsum of the log decay
+// in log2 units (delta_wy_* writes it, g2 [chunks, HV, 64]); exp(G_t - G_s) is taken only for
+// s <= t (an exponent <= 0).
+
+#define DNT 256  // threads of a chunk block
+#define LDT 72   // row stride (elements) of the 64-wide tiles
+
+struct ChunkHead {
+    idx_t cg;  // global chunk
+    idx_t r0;  // its first row
+    idx_t oc;  // chunk-head index cg * HV + hv of the chunk-major workspaces
+    int L;     // its rows (64 but for a sequence's last chunk)
+    int hv, h;
+};
+
+__device__ __forceinline__ ChunkHead chunk_head(const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
+                                                const int* __restrict__ chunk_seq, int H, int HV) {
+    ChunkHead c;
+    c.cg = blockIdx.x;
+    const ChunkRows cr = chunk_rows(c.cg, bounds, chunk_off, chunk_seq);
+    c.r0 = cr.r0;
+    c.L = cr.L;
+    c.hv = blockIdx.y;
+    c.h = c.hv / (HV / H);
+    c.oc = c.cg * HV + c.hv;
+    return c;
+}
+
+// the chunk's rows of q or k (head h, [rows, H, K]) into dst [64][KP + DPAD], zero-padded
+template <typename E, int KP>
+__device__ __forceinline__ void ld_qk(E* dst, const E* __restrict__ x, idx_t r0, int L, int h, int H, int K, int tid) {
+    tile_ld<E>(dst, KP + DPAD, x + (r0 * H + h) * (idx_t)K, (idx_t)H * K, 64, KP, L, K, vec_ok<E>((idx_t)H * K, K), tid, DNT);
+}
+
+// columns c0 .. c0 + C of the chunk's rows of a [rows, HV, V] tensor (value head hv) into dst
+// (row stride lds), zero-padded
+template <typename E>
+__device__ __forceinline__ void ld_v(E* dst, int lds, const E* __restrict__ x, idx_t r0, int L, int hv, int HV, int V, int c0, int C,
+                                     int tid) {
+    tile_ld<E>(dst, lds, x + (r0 * HV + hv) * (idx_t)V + c0, (idx_t)HV * V, 64, C, L, V - c0, vec_ok<E>((idx_t)HV * V, V), tid, DNT);
+}
+
+// 64 floats of a chunk-major [.., 64] f32 workspace into smem (cp.async; the caller commits)
+__device__ __forceinline__ void ld_g64(float* dst, const float* __restrict__ src, int tid) {
+    if (tid < 16) cp16(dst + 4 * tid, src + 4 * tid, true);
+}
+
+// The chunk's L2-norm row factors 1 / |x_t| of q or k (r [rows, H] f32, null: no norm, 1) into
+// dst[64] (rows past the chunk: 1; their q, k rows are zero). Threads 0 .. 63, plain loads.
+__device__ __forceinline__ void ld_rf(float* dst, const float* __restrict__ r, idx_t r0, int L, int h, int H, int tid) {
+    if (tid < 64) dst[tid] = (r != nullptr && tid < L) ? r[(r0 + tid) * H + h] : 1.f;
+}
+
+// P = scale (Q K^T) * rq_t rk_s * exp(G_t - G_s) masked to s <= t, split into sP, sPl [64][LDT],
+// from raw sQ, sK [64][KP + DPAD], sG and the row factors sRq, sRk [64]: 8 warps, each a 16 x 32
+// tile.
+template <typename E, int KP>
+__device__ __forceinline__ void chunk_p(E* sP, E* sPl, const E* sQ, const E* sK, const float* sG, const float* sRq, const float* sRk,
+                                        float scale, int wp, int lane) {
+    constexpr int LK = KP + DPAD;
+    const int fg = lane >> 2, ft = lane & 3, mt = wp & 3, n0 = (wp >> 2) * 32;
+    float acc[4][4];
+    frag_zero(acc);
+    wgemm<false, true, 4>(acc, sQ, LK, 16 * mt, sK, LK, n0, KP, lane);
+    #pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int t = 16 * mt + FRAG_ROW(e), s = n0 + FRAG_COL(nt, e);
+            st2(sP, sPl, t * LDT + s, s <= t ? scale * sRq[t] * sRk[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f);
+        }
+    }
+}

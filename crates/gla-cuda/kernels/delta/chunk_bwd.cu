@@ -1,0 +1,491 @@
+// delta/chunk_bwd.cu: the chunk-parallel launches of the chunked delta rule's backward (gradient
+// of L = <do, o> + <dht, S_T>). Per chunk, with U = v_new, S = hs[c] (the state entering the
+// chunk), dS' = dhs[c] (the gradient of the state leaving it), dU = du (delta/chunk_h.cu), M the
+// scaled, decayed, causal Qn Kn^T (= P of the forward), Gm = G_last, Qn / Kn the L2-normalised q
+// and k (row factors rq, rk, delta/chunk.cuh); dq and dk are the gradients at Qn and Kn:
+//
+// delta_dvl_k{KP}: dvl = P^T do                            (=, f32 [chunks, HV, 64, VP])
+// delta_dqkw_k{KP}: grid z over K tiles of KW columns:
+//     dq   = scale exp(G) (do S^T) + (dM * M / m) Kn         dM = do U^T masked, M/m the decay
+//     dk   = (dM * M / m)^T Qn + exp(Gm - G) (U dS'^T)
+//     dw   = -dU S^T                                       (=, split [SP][chunks, HV, 64, KP])
+//     dG  += qn . dq_inter + rowsum(dM * M) - colsum(dM * M) - kn . dk_Kd, and at the last row
+//            exp(Gm) <S, dS'> + sum kn . dk_Kd             (=, dgp [KZ][chunks, HV, 64] f32)
+//   dq, dk (=, f32 [rows, HV, K]: per value head; delta_qk_bwd_* sums the group).
+// delta_wy_bwd_k{KP}: back through w = T (beta exp(G) Kn), u = T (beta V), T = (I + A)^-1:
+//     dT = dU (beta V)^T + dw (beta exp(G) Kn)^T;  dA = -T^T dT T^T (strictly lower)
+//     dv = beta T^T dU (=);  dk += beta exp(G) T^T dw + dAb Kn + dAb^T Kn (dAb = dA beta exp(G_t - G_s))
+//     dbeta = rowsum(V * T^T dU) + exp(G) kn . T^T dw + rowsum(dA exp(G_t - G_s) Kn Kn^T)   (=)
+//     dG += beta exp(G) kn . T^T dw + rowsum(dA * A) - colsum(dA * A); dg = the reverse cumsum
+//     of dG over the chunk (=, the log decay's gradient [rows, HV] f32)
+// The operands with cancellation (P, U, dU, dw, T, dT, T^T dT, dAb) are split (delta/common.cuh).
+// Every sum is in a fixed order (no atomics). The derivation: the chain rule through the chunk
+// form of docs/kernels.md's delta-rule section.
+//
+// Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
+//   delta_dvl_k64_f32 delta_dvl_k128_f32 delta_dvl_k64_bf16 delta_dvl_k128_bf16 delta_dvl_k192_bf16 delta_dvl_k256_bf16
+//   delta_dqkw_k64_f32 delta_dqkw_k128_f32 delta_dqkw_k64_bf16 delta_dqkw_k128_bf16 delta_dqkw_k192_bf16 delta_dqkw_k256_bf16
+//   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
+
+template <typename E, int KP>
+__device__ __forceinline__ void dvl_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
+                                      const float* __restrict__ rk, const E* __restrict__ d_o, const float* __restrict__ g2,
+                                      float* __restrict__ dvl, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
+                                      const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, float scale) {
+    constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
+    DELTA_SMEM(smem);
+    E* sQ = (E*)smem;                      // [64][LK]
+    E* sK = sQ + 64 * LK;                  // [64][LK]
+    E* sP = sK + 64 * LK;                  // [64][LDT]
+    E* sPl = sP + (SP - 1) * 64 * LDT;
+    E* sDo = sPl + 64 * LDT;               // [64][LDT]
+    float* sG = (float*)(sDo + 64 * LDT);  // [64]
+    float* sRq = sG + 64;
+    float* sRk = sRq + 64;
+    DELTA_SMEM_END(smem, sRk + 64);
+    const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
+    ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
+    ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
+    ld_g64(sG, g2 + c.oc * 64, tid);
+    cp_commit();
+    ld_rf(sRq, rq, c.r0, c.L, c.h, H, tid);
+    ld_rf(sRk, rk, c.r0, c.L, c.h, H, tid);
+    cp_wait0();
+    __syncthreads();
+    chunk_p<E, KP>(sP, sPl, sQ, sK, sG, sRq, sRk, scale, wp, lane);
+    const int mt = wp & 3, n1 = (wp >> 2) * 32;
+    for (int v0 = 0; v0 < VP; v0 += 64) {
+        ld_v<E>(sDo, LDT, d_o, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
+        cp_commit();
+        cp_wait0();
+        __syncthreads();
+        float acc[4][4];
+        frag_zero(acc);
+        wgemm2<true, false, 4>(acc, sP, sPl, LDT, 16 * mt, sDo, sDo, LDT, n1, 64, lane, true, false);
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int s = 16 * mt + FRAG_ROW(e), j = v0 + n1 + FRAG_COL(nt, e);
+                st_pair(dvl + (c.oc * 64 + s) * VP + j, acc[nt][e], acc[nt][e + 1]);
+            }
+        }
+        __syncthreads();
+    }
+}
+
+// K tile of delta_dqkw_*: the whole K for bf16 up to 128, else halves (f32: 64)
+template <typename E, int KP>
+struct DqkwTile {
+    static constexpr int KW = (sizeof(E) == 2 && KP <= 128) ? KP : (KP == 64 ? 64 : KP / 2);
+};
+
+template <typename E, int KP>
+__device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
+                                       const float* __restrict__ rk, const E* __restrict__ d_o, const E* __restrict__ vn,
+                                       const E* __restrict__ du, const E* __restrict__ hs, const E* __restrict__ dhs,
+                                       const float* __restrict__ g2, float* __restrict__ dq, float* __restrict__ dk, E* __restrict__ dw,
+                                       float* __restrict__ dgp, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
+                                       const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, float scale, idx_t nch) {
+    constexpr int LK = KP + DPAD, SP = Sp<E>::SP, KW = DqkwTile<E, KP>::KW, NT = KW / 16;
+    DELTA_SMEM(smem);
+    E* sQ = (E*)smem;                      // [64][LK]
+    E* sK = sQ + 64 * LK;                  // [64][LK]
+    E* sDo = sK + 64 * LK;                 // [64][LDT]
+    E* sU = sDo + 64 * LDT;                // [64][LDT]
+    E* sUl = sU + (SP - 1) * 64 * LDT;
+    E* sDu = sUl + 64 * LDT;               // [64][LDT]
+    E* sDul = sDu + (SP - 1) * 64 * LDT;
+    E* sDMG = sDul + 64 * LDT;             // [64][LDT]
+    E* sDMGl = sDMG + (SP - 1) * 64 * LDT;
+    E* sS = sDMGl + 64 * LDT;              // [KW][LDT]
+    E* sDS = sS + KW * LDT;                // [KW][LDT]
+    float* sM = (float*)(sDS + KW * LDT);  // [64][65]
+    float* sG = sM + 64 * 65;              // [64]
+    float* sRq = sG + 64;                  // [64]
+    float* sRk = sRq + 64;                 // [64]
+    float* sRow = sRk + 64;                // [2][64]
+    float* sRed = sRow + 128;              // [16]
+    DELTA_SMEM_END(smem, sRed + 16);
+    const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
+    const int z = blockIdx.z, k0 = z * KW;
+    const idx_t vplane = nch * HV * 64 * VP, wplane = nch * HV * 64 * KP;
+    ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
+    ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
+    ld_g64(sG, g2 + c.oc * 64, tid);
+    cp_commit();
+    ld_rf(sRq, rq, c.r0, c.L, c.h, H, tid);
+    ld_rf(sRk, rk, c.r0, c.L, c.h, H, tid);
+    cp_wait0();
+    __syncthreads();
+    const int mt = wp & 3, n1 = (wp >> 2) * 32, nk = (wp >> 2) * (KW / 2);
+    {
+        float acc[4][4];
+        frag_zero(acc);
+        wgemm<false, true, 4>(acc, sQ, LK, 16 * mt, sK, LK, n1, KP, lane);
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
+                sM[t * 65 + s] = s <= t ? scale * sRq[t] * sRk[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f;
+            }
+        }
+    }
+    float dqi[NT][4], dwa[NT][4], dkd[NT][4], dM[4][4];
+    frag_zero(dqi);
+    frag_zero(dwa);
+    frag_zero(dkd);
+    frag_zero(dM);
+    float sd = 0.f;
+    for (int v0 = 0; v0 < VP; v0 += 64) {
+        ld_v<E>(sDo, LDT, d_o, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
+        const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
+        tile_ld<E>(sU, LDT, vn + vo, VP, 64, 64, 64, 64, true, tid, DNT);
+        tile_ld<E>(sDu, LDT, du + vo, VP, 64, 64, 64, 64, true, tid, DNT);
+        if (SP == 2) {
+            tile_ld<E>(sUl, LDT, vn + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
+            tile_ld<E>(sDul, LDT, du + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
+        }
+        const idx_t so = c.oc * (idx_t)KP * VP + (idx_t)k0 * VP + v0;
+        tile_ld<E>(sS, LDT, hs + so, VP, KW, 64, KW, 64, true, tid, DNT);
+        tile_ld<E>(sDS, LDT, dhs + so, VP, KW, 64, KW, 64, true, tid, DNT);
+        cp_commit();
+        cp_wait0();
+        __syncthreads();
+        wgemm<false, true, NT>(dqi, sDo, LDT, 16 * mt, sS, LDT, nk, 64, lane);
+        wgemm2<false, true, NT>(dwa, sDu, sDul, LDT, 16 * mt, sS, sS, LDT, nk, 64, lane, true, false);
+        wgemm2<false, true, NT>(dkd, sU, sUl, LDT, 16 * mt, sDS, sDS, LDT, nk, 64, lane, true, false);
+        wgemm2<false, true, 4>(dM, sDo, sDo, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, false, true);
+        for (int x = tid; x < KW * 64; x += DNT) {
+            const int r = x >> 6, cc = x & 63;
+            sd += to_f32(sS[r * LDT + cc]) * to_f32(sDS[r * LDT + cc]);
+        }
+        __syncthreads();
+    }
+    // dM * M (in place in sM); the dq operand dMG rk_s (dMG = dM * scale * exp(G_t - G_s), causal)
+    #pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
+            sM[t * 65 + s] *= dM[nt][e];
+            dM[nt][e] = s <= t ? dM[nt][e] * scale * ex2f(sG[t] - sG[s]) : 0.f;
+            st2(sDMG, sDMGl, t * LDT + s, dM[nt][e] * sRk[s]);
+        }
+    }
+    __syncthreads();
+    const float glast = sG[63];
+    float rp[2] = {0.f, 0.f}, lastp = 0.f;
+    const idx_t o_k = (c.r0 * HV + c.hv) * (idx_t)K;  // row t of dq, dk at o_k + t * HV * K
+    // dq
+    #pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
+            dqi[nt][e] *= scale * ex2f(sG[t]);
+            rp[e >> 1] += sRq[t] * to_f32(sQ[t * LK + i]) * dqi[nt][e];
+        }
+    }
+    wgemm2<false, false, NT>(dqi, sDMG, sDMGl, LDT, 16 * mt, sK, sK, LK, k0 + nk, 64, lane, true, false);
+    #pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        #pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+            const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
+            st_row_pair(dq + o_k + (idx_t)t * HV * K, i, K, t < c.L, dqi[nt][e], dqi[nt][e + 1]);
+        }
+    }
+    __syncthreads();
+    // the dk operand rq_t dMG
+    #pragma unroll
+    for (int nt = 0; nt < 4; ++nt) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
+            st2(sDMG, sDMGl, t * LDT + s, dM[nt][e] * sRq[t]);
+        }
+    }
+    __syncthreads();
+    // dk
+    #pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
+            dkd[nt][e] *= ex2f(glast - sG[t]);
+            const float x = sRk[t] * to_f32(sK[t * LK + i]) * dkd[nt][e];
+            rp[e >> 1] -= x;
+            lastp += x;
+        }
+    }
+    wgemm2<true, false, NT>(dkd, sDMG, sDMGl, LDT, 16 * mt, sQ, sQ, LK, k0 + nk, 64, lane, true, false);
+    #pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        #pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+            const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
+            st_row_pair(dk + o_k + (idx_t)t * HV * K, i, K, t < c.L, dkd[nt][e], dkd[nt][e + 1]);
+            stg2_pair(dw, wplane, (c.oc * 64 + t) * KP + i, -dwa[nt][e], -dwa[nt][e + 1]);
+        }
+    }
+    // the row sums of the dG terms
+    rp[0] = quad_sum(rp[0]);
+    rp[1] = quad_sum(rp[1]);
+    if (ft == 0) {
+        sRow[(wp >> 2) * 64 + 16 * mt + fg] = rp[0];
+        sRow[(wp >> 2) * 64 + 16 * mt + fg + 8] = rp[1];
+    }
+    lastp = warp_sum(lastp);
+    sd = warp_sum(sd);
+    if (lane == 0) {
+        sRed[wp] = lastp;
+        sRed[8 + wp] = sd;
+    }
+    __syncthreads();
+    if (tid < 64) {
+        const int t = tid;
+        float g = sRow[t] + sRow[64 + t];
+        if (z == 0) {
+            for (int s = 0; s < 64; ++s) g += sM[t * 65 + s] - sM[s * 65 + t];
+        }
+        if (t == c.L - 1) {
+            float a = 0.f, b = 0.f;
+            for (int x = 0; x < 8; ++x) {
+                a += sRed[x];
+                b += sRed[8 + x];
+            }
+            g += a + ex2f(glast) * b;
+        }
+        dgp[((idx_t)z * nch * HV + c.oc) * 64 + t] = g;
+    }
+}
+
+template <typename E, int KP>
+__device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __restrict__ rk, const E* __restrict__ v,
+                                       const float* __restrict__ bt, const E* __restrict__ tm, const E* __restrict__ dw,
+                                       const E* __restrict__ du, const float* __restrict__ g2, const float* __restrict__ dgp,
+                                       float* __restrict__ dk, float* __restrict__ dv, float* __restrict__ dbeta, float* __restrict__ dg,
+                                       const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
+                                       const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, int KZ, idx_t nch) {
+    constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
+    DELTA_SMEM(smem);
+    E* sK = (E*)smem;                      // [64][LK]
+    E* sDw = sK + 64 * LK;                 // [64][LK]
+    E* sDwl = sDw + (SP - 1) * 64 * LK;
+    E* sV = sDwl + 64 * LK;                // [64][LDT]: a 64-column tile of V
+    E* sDu = sV + 64 * LDT;                // [64][LDT]: the same tile of dU
+    E* sDul = sDu + (SP - 1) * 64 * LDT;
+    E* sT = sDul + 64 * LDT;               // [64][LDT]
+    E* sTl = sT + (SP - 1) * 64 * LDT;
+    E* sM1 = sTl + 64 * LDT;               // [64][LDT]: dT, then X = T^T dT, then dAb rk_s
+    E* sM1l = sM1 + (SP - 1) * 64 * LDT;
+    E* sM2 = sM1l + 64 * LDT;              // [64][LDT]: rk_t dAb
+    E* sM2l = sM2 + (SP - 1) * 64 * LDT;
+    float* sF = (float*)(sM2l + 64 * LDT);  // [64][65]: dA * A
+    float* sG = sF + 64 * 65;              // [64]
+    float* sB = sG + 64;                   // [64]
+    float* sR = sB + 64;                   // [64]
+    float* sRb = sR + 64;                  // [2][64]
+    float* sRg = sRb + 128;                // [2][64]
+    float* sX = sRg + 128;                 // [64]: dG
+    DELTA_SMEM_END(smem, sX + 64);
+    const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
+    const idx_t wplane = nch * HV * 64 * KP, vplane = nch * HV * 64 * VP, tplane = nch * HV * 4096;
+    ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
+    tile_ld<E>(sDw, LK, dw + c.oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
+    tile_ld<E>(sT, LDT, tm + c.oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+    if (SP == 2) {
+        tile_ld<E>(sDwl, LK, dw + wplane + c.oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
+        tile_ld<E>(sTl, LDT, tm + tplane + c.oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+    }
+    ld_g64(sG, g2 + c.oc * 64, tid);
+    cp_commit();
+    if (tid < 64) sB[tid] = tid < c.L ? bt[(c.r0 + tid) * HV + c.hv] : 0.f;
+    ld_rf(sR, rk, c.r0, c.L, c.h, H, tid);
+    const int mt = wp & 3, n1 = (wp >> 2) * 32;
+    auto ld_vt = [&](int v0) {
+        ld_v<E>(sV, LDT, v, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
+        const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
+        tile_ld<E>(sDu, LDT, du + vo, VP, 64, 64, 64, 64, true, tid, DNT);
+        if (SP == 2) tile_ld<E>(sDul, LDT, du + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
+        cp_commit();
+    };
+    float rb[2] = {0.f, 0.f}, rg[2] = {0.f, 0.f};
+    {
+        // per V tile: dT += (dU V^T) beta_s; dv = beta T^T dU, dbeta += rowsum(V * T^T dU); then
+        // dT += (dw Kn^T) beta_s exp(G_s)
+        float a1[4][4], a2[4][4];
+        frag_zero(a1);
+        frag_zero(a2);
+        for (int v0 = 0; v0 < VP; v0 += 64) {
+            ld_vt(v0);
+            cp_wait0();
+            __syncthreads();
+            wgemm2<false, true, 4>(a1, sDu, sDul, LDT, 16 * mt, sV, sV, LDT, n1, 64, lane, true, false);
+            if (v0 == 0) wgemm2<false, true, 4>(a2, sDw, sDwl, LK, 16 * mt, sK, sK, LK, n1, KP, lane, true, false);
+            float acc[4][4];
+            frag_zero(acc);
+            wgemm2<true, false, 4>(acc, sT, sTl, LDT, 16 * mt, sDu, sDul, LDT, n1, 64, lane, true, true);
+            #pragma unroll
+            for (int nt = 0; nt < 4; ++nt) {
+                #pragma unroll
+                for (int e = 0; e < 4; e += 2) {
+                    const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
+                    rb[e >> 1] += to_f32(sV[t * LDT + jj]) * acc[nt][e] + to_f32(sV[t * LDT + jj + 1]) * acc[nt][e + 1];
+                    st_row_pair(dv + (c.r0 + t) * HV * (idx_t)V + (idx_t)c.hv * V, v0 + jj, V, t < c.L, sB[t] * acc[nt][e],
+                                sB[t] * acc[nt][e + 1]);
+                }
+            }
+            __syncthreads();
+        }
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
+                st2(sM1, sM1l, t * LDT + s, sB[s] * (a1[nt][e] + a2[nt][e] * sR[s] * ex2f(sG[s])));
+            }
+        }
+    }
+    __syncthreads();
+    {
+        // X = T^T dT, into sM1 once every warp has read dT
+        float x[4][4];
+        frag_zero(x);
+        wgemm2<true, false, 4>(x, sT, sTl, LDT, 16 * mt, sM1, sM1l, LDT, n1, 64, lane, true, true);
+        __syncthreads();
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) st2(sM1, sM1l, (16 * mt + FRAG_ROW(e)) * LDT + n1 + FRAG_COL(nt, e), x[nt][e]);
+        }
+    }
+    __syncthreads();
+    {
+        // dA = -X T^T (strictly lower); with Kn Kn^T: dbeta, dA * A, dAb = dA beta_t exp(G_t - G_s)
+        float da[4][4], kk[4][4];
+        frag_zero(da);
+        frag_zero(kk);
+        wgemm2<false, true, 4>(da, sM1, sM1l, LDT, 16 * mt, sT, sTl, LDT, n1, 64, lane, true, true);
+        wgemm<false, true, 4>(kk, sK, LK, 16 * mt, sK, LK, n1, KP, lane);
+        __syncthreads();
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
+                float f = 0.f, ab = 0.f;
+                if (s < t) {
+                    const float gm = ex2f(sG[t] - sG[s]), a = -da[nt][e], kn = sR[t] * sR[s] * kk[nt][e];
+                    rb[e >> 1] += a * gm * kn;
+                    f = a * sB[t] * kn * gm;
+                    ab = a * sB[t] * gm;
+                }
+                sF[t * 65 + s] = f;
+                st2(sM1, sM1l, t * LDT + s, ab * sR[s]);
+                st2(sM2, sM2l, t * LDT + s, ab * sR[t]);
+            }
+        }
+    }
+    __syncthreads();
+    if (tid < 64) {
+        float x = 0.f;
+        for (int s = 0; s < 64; ++s) x += sF[tid * 65 + s] - sF[s * 65 + tid];
+        for (int zz = 0; zz < KZ; ++zz) x += dgp[((idx_t)zz * nch * HV + c.oc) * 64 + tid];
+        sX[tid] = x;
+    }
+    // dk += beta exp(G) T^T dw + dAb Kn + dAb^T Kn; dbeta, dG += (exp(G), beta exp(G)) kn . T^T dw
+    const idx_t o_k = (c.r0 * HV + c.hv) * (idx_t)K;
+    for (int i0 = 0; i0 < KP; i0 += 64) {
+        float acc[4][4], dkk[4][4];
+        frag_zero(acc);
+        frag_zero(dkk);
+        wgemm2<true, false, 4>(acc, sT, sTl, LDT, 16 * mt, sDw, sDwl, LK, i0 + n1, 64, lane, true, true);
+        wgemm2<false, false, 4>(dkk, sM1, sM1l, LDT, 16 * mt, sK, sK, LK, i0 + n1, 64, lane, true, false);
+        wgemm2<true, false, 4>(dkk, sM2, sM2l, LDT, 16 * mt, sK, sK, LK, i0 + n1, 64, lane, true, false);
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int t = 16 * mt + FRAG_ROW(e), i = i0 + n1 + FRAG_COL(nt, e);
+                const float ge = ex2f(sG[t]);
+                const float x = sR[t] * (to_f32(sK[t * LK + i]) * acc[nt][e] + to_f32(sK[t * LK + i + 1]) * acc[nt][e + 1]);
+                rb[e >> 1] += ge * x;
+                rg[e >> 1] += sB[t] * ge * x;
+                const float d0 = sB[t] * ge * acc[nt][e] + dkk[nt][e], d1 = sB[t] * ge * acc[nt][e + 1] + dkk[nt][e + 1];
+                if (t < c.L && i < K) {
+                    float* p = dk + o_k + (idx_t)t * HV * K + i;
+                    if (i + 1 < K && (K & 1) == 0) {
+                        float2 y = *(float2*)p;
+                        y.x += d0;
+                        y.y += d1;
+                        *(float2*)p = y;
+                    } else {
+                        p[0] += d0;
+                        if (i + 1 < K) p[1] += d1;
+                    }
+                }
+            }
+        }
+    }
+    #pragma unroll
+    for (int hh = 0; hh < 2; ++hh) {
+        rb[hh] = quad_sum(rb[hh]);
+        rg[hh] = quad_sum(rg[hh]);
+        if (ft == 0) {
+            sRb[(wp >> 2) * 64 + 16 * mt + fg + 8 * hh] = rb[hh];
+            sRg[(wp >> 2) * 64 + 16 * mt + fg + 8 * hh] = rg[hh];
+        }
+    }
+    __syncthreads();
+    if (tid < 64) {
+        const int t = tid;
+        sX[t] += sRg[t] + sRg[64 + t];
+        if (t < c.L) dbeta[(c.r0 + t) * HV + c.hv] = sRb[t] + sRb[64 + t];
+    }
+    __syncthreads();
+    if (tid == 0) {
+        // dg = the reverse cumsum of dG over the chunk's rows
+        float acc = 0.f;
+        for (int t = c.L - 1; t >= 0; --t) {
+            acc += sX[t];
+            dg[(c.r0 + t) * HV + c.hv] = acc;
+        }
+    }
+}
+
+#define BWD_ENTRY(KP, NAME, E)                                                                           \
+extern "C" __global__ void __launch_bounds__(DNT, 2) delta_dvl_k##KP##_##NAME(                              \
+    const E* q, const E* k, const float* rq, const float* rk, const E* d_o, const float* g2, float* dvl,  \
+    const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
+    int VP, float scale) {                                                                               \
+    dvl_k<E, KP>(q, k, rq, rk, d_o, g2, dvl, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, scale);      \
+}                                                                                                        \
+extern "C" __global__ void __launch_bounds__(DNT) delta_dqkw_k##KP##_##NAME(                             \
+    const E* q, const E* k, const float* rq, const float* rk, const E* d_o, const E* vn, const E* du,    \
+    const E* hs, const E* dhs, const float* g2, float* dq, float* dk, E* dw, float* dgp,                 \
+    const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
+    int VP, float scale, idx_t nch) {                                                                    \
+    dqkw_k<E, KP>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off, chunk_seq, \
+                  H, HV, K, V, VP, scale, nch);                                                          \
+}                                                                                                        \
+extern "C" __global__ void __launch_bounds__(DNT) delta_wy_bwd_k##KP##_##NAME(                           \
+    const E* k, const float* rk, const E* v, const float* bt, const E* tm, const E* dw, const E* du,     \
+    const float* g2, const float* dgp, float* dk, float* dv, float* dbeta, float* dg,                    \
+    const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
+    int VP, int KZ, idx_t nch) {                                                                         \
+    wy_bwd<E, KP>(k, rk, v, bt, tm, dw, du, g2, dgp, dk, dv, dbeta, dg, bounds, chunk_off, chunk_seq, H, \
+                  HV, K, V, VP, KZ, nch);                                                                \
+}
+
+BWD_ENTRY(64, f32, float)
+BWD_ENTRY(128, f32, float)
+BWD_ENTRY(64, bf16, bf16_t)
+BWD_ENTRY(128, bf16, bf16_t)
+BWD_ENTRY(192, bf16, bf16_t)
+BWD_ENTRY(256, bf16, bf16_t)

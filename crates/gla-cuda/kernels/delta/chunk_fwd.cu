@@ -1,0 +1,251 @@
+// delta/chunk_fwd.cu: the chunk-parallel launches of the chunked delta rule's forward (the
+// backward recomputes with the first): the UT/WY prep and the output pass. docs/kernels.md has
+// the pass structure; delta/chunk_h.cu the sequential state pass between them.
+//
+// delta_wy_k{KP}_{dtype}: one block per (chunk, value head), 256 threads. From k (head h, raw;
+// rk its L2 row factors), v, bt (beta, f32) and gl (log decay, f32, or null):
+//     G  = chunk-local cumsum of g (log2 units)                      -> g2 [chunks, HV, 64] f32 (=)
+//     A  = strictly-lower(diag(beta) (Kn Kn^T) * exp(G_t - G_s))         (f32, smem)
+//     T  = (I + A)^-1, by 16 x 16 blocks (solve_t, T^T over A's upper half) -> tm [SP][chunks, HV, 64, 64] (=)
+//     w  = T (beta exp(G) Kn)                                        -> w [SP][chunks, HV, 64, KP] (=)
+//     u  = T (beta V)                                                -> u [chunks, HV, 64, VP] f32 (=)
+// T and the scaled K, V are split (delta/common.cuh): w and u carry the near-f32 accuracy the
+// state pass's cancellation u - w S needs. Rows past the sequence end are zero (beta = 0 there,
+// so T is the identity on them and w, u vanish).
+//
+// delta_o_k{KP}_{dtype}: one block per (chunk, value head), 256 threads. With hs (the state
+// entering each chunk) and vn (v_new = u - w S, split) from the state pass:
+//     o = scale [(Qn * exp(G)) S + P U],   P = (Qn Kn^T) * exp(G_t - G_s) masked to s <= t
+// P is formed once per block (split); o per 64-wide V tile. o (=, storage dtype).
+// Dynamic smem: the host's layouts (src/delta/dispatch.rs) match the carve-ups below.
+//
+// Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
+//   delta_wy_k64_f32 delta_wy_k128_f32 delta_wy_k64_bf16 delta_wy_k128_bf16 delta_wy_k192_bf16 delta_wy_k256_bf16
+//   delta_o_k64_f32 delta_o_k128_f32 delta_o_k64_bf16 delta_o_k128_bf16 delta_o_k192_bf16 delta_o_k256_bf16
+
+// T = (I + A)^-1 (A strictly lower in sA [64][65] f32, left intact), stored transposed in sA's
+// upper triangle and diagonal (T_tc at sA[c][t], t >= c), so T needs no memory of its own: the
+// four diagonal 16 x 16 blocks by forward substitution (one thread per column), then the
+// off-diagonal blocks level by level (d = i - j = 1, 2, 3), T_ij = -T_ii sum_{j <= k < i}
+// A_ik T_kj in f32 FMA (T_kj of earlier levels). Every thread calls it; it holds barriers.
+__device__ __forceinline__ void solve_t(float* sA, int tid) {
+    __shared__ float sM[3 * 256];  // the level's sums M_ij (at most three 16 x 16 blocks)
+    if (tid < 64) {
+        const int b = tid >> 4, c = tid & 15, r0 = 16 * b;
+        float x[16];
+        #pragma unroll
+        for (int t = 0; t < 16; ++t) {
+            float s = 0.f;
+            #pragma unroll
+            for (int q = 0; q < t; ++q) s += sA[(r0 + t) * 65 + r0 + q] * x[q];
+            x[t] = t == c ? 1.f : -s;
+        }
+        // T^T goes to the upper half and the diagonal, which no thread reads A from
+        #pragma unroll
+        for (int t = 0; t < 16; ++t)
+            if (t >= c) sA[(r0 + c) * 65 + r0 + t] = x[t];
+    }
+    __syncthreads();
+    for (int d = 1; d < 4; ++d) {
+        const int nb = 4 - d;  // blocks (i, j = i - d), i = d .. 3
+        for (int x = tid; x < nb * 256; x += 256) {
+            const int i = (x >> 8) + d, j = i - d, t = (x >> 4) & 15, c = x & 15;
+            float s = 0.f;
+            // k = j: T_jj[q][c] = 0 for q < c
+            const float* a = sA + (16 * i + t) * 65 + 16 * j;
+            const float* tc = sA + (16 * j + c) * 65 + 16 * j;  // T_jj[q][c] at tc[q]
+            for (int q = c; q < 16; ++q) s += a[q] * tc[q];
+            for (int k = j + 1; k < i; ++k) {
+                const float* ak = sA + (16 * i + t) * 65 + 16 * k;
+                const float* tk = sA + (16 * j + c) * 65 + 16 * k;  // T_kj[q][c] at tk[q]
+                #pragma unroll
+                for (int q = 0; q < 16; ++q) s += ak[q] * tk[q];
+            }
+            sM[x] = s;
+        }
+        __syncthreads();
+        for (int x = tid; x < nb * 256; x += 256) {
+            const int bi = x >> 8, i = bi + d, j = i - d, t = (x >> 4) & 15, c = x & 15;
+            float s = 0.f;
+            for (int q = 0; q <= t; ++q) s += sA[(16 * i + q) * 65 + 16 * i + t] * sM[bi * 256 + q * 16 + c];  // T_ii[t][q]
+            sA[(16 * j + c) * 65 + 16 * i + t] = -s;
+        }
+        __syncthreads();
+    }
+}
+
+template <typename E, int KP>
+__device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __restrict__ rk, const E* __restrict__ v,
+                                       const float* __restrict__ bt, const float* __restrict__ gl, E* __restrict__ w,
+                                       float* __restrict__ u, E* __restrict__ tm, float* __restrict__ g2, const idx_t* __restrict__ bounds,
+                                       const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq, int H, int HV, int K,
+                                       int V, int VP, idx_t nch) {
+    constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
+    const int LV = VP + DPAD;
+    DELTA_SMEM(smem);
+    E* sK = (E*)smem;                      // [64][LK]: K, then beta exp(G) Kn (hi)
+    E* sKl = sK + (SP - 1) * 64 * LK;      // its lo plane
+    E* sV = sKl + 64 * LK;                 // [64][LV]: V, then beta V (hi)
+    E* sVl = sV + (SP - 1) * 64 * LV;
+    E* sT = sVl + 64 * LV;                 // [64][LDT]
+    E* sTl = sT + (SP - 1) * 64 * LDT;
+    float* sA = (float*)(sTl + 64 * LDT);  // [64][65]
+    float* sG = sA + 64 * 65;              // [64]
+    float* sB = sG + 64;                   // [64]
+    float* sR = sB + 64;                   // [64]
+    DELTA_SMEM_END(smem, sR + 64);
+    const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
+    ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
+    ld_v<E>(sV, LV, v, c.r0, c.L, c.hv, HV, V, 0, VP, tid);
+    cp_commit();
+    if (wp == 0) {
+        chunk_gscan(sG, gl, c.r0, c.L, HV, c.hv, lane);
+        sB[lane] = lane < c.L ? bt[(c.r0 + lane) * HV + c.hv] : 0.f;
+        sB[lane + 32] = lane + 32 < c.L ? bt[(c.r0 + lane + 32) * HV + c.hv] : 0.f;
+    }
+    ld_rf(sR, rk, c.r0, c.L, c.h, H, tid);
+    cp_wait0();
+    __syncthreads();
+    if (tid < 64) g2[c.oc * 64 + tid] = sG[tid];
+    {
+        // A = strictly-lower(beta_t (Kn Kn^T)_ts exp(G_t - G_s)): each warp a 16 x 32 tile
+        const int mt = wp & 3, n0 = (wp >> 2) * 32;
+        float acc[4][4];
+        frag_zero(acc);
+        wgemm<false, true, 4>(acc, sK, LK, 16 * mt, sK, LK, n0, KP, lane);
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int t = 16 * mt + FRAG_ROW(e), s = n0 + FRAG_COL(nt, e);
+                sA[t * 65 + s] = s < t ? sB[t] * sR[t] * sR[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f;
+            }
+        }
+    }
+    __syncthreads();
+    solve_t(sA, tid);
+    {
+        const idx_t tplane = nch * HV * 4096;
+        for (int x = tid; x < 4096; x += DNT) {
+            const int t = x >> 6, cc = x & 63;
+            const float tv = t >= cc ? sA[cc * 65 + t] : 0.f;
+            st2(sT, sTl, t * LDT + cc, tv);
+            stg2(tm, tplane, (c.oc * 64 + t) * 64 + cc, tv);
+        }
+    }
+    // K <- beta exp(G) Kn, V <- beta V (rows), split, in place
+    for (int x = tid; x < 64 * KP; x += DNT) {
+        const int t = x / KP, i = x - t * KP;
+        st2(sK, sKl, t * LK + i, to_f32(sK[t * LK + i]) * sB[t] * sR[t] * ex2f(sG[t]));
+    }
+    for (int x = tid; x < 64 * VP; x += DNT) {
+        const int t = x / VP, j = x - t * VP;
+        st2(sV, sVl, t * LV + j, to_f32(sV[t * LV + j]) * sB[t]);
+    }
+    __syncthreads();
+    // w = T (beta exp(G) Kn), u = T (beta V): 64-column tiles, each warp 16 x 32
+    const int mt = wp & 3, n1 = (wp >> 2) * 32;
+    const idx_t wplane = nch * HV * 64 * KP;
+    for (int n0 = 0; n0 < KP + VP; n0 += 64) {
+        const bool isw = n0 < KP;
+        const int nc = isw ? n0 : n0 - KP;
+        float acc[4][4];
+        frag_zero(acc);
+        wgemm2<false, false, 4>(acc, sT, sTl, LDT, 16 * mt, isw ? sK : sV, isw ? sKl : sVl, isw ? LK : LV, nc + n1, 64, lane, true,
+                                true);
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int t = 16 * mt + FRAG_ROW(e), col = nc + n1 + FRAG_COL(nt, e);
+                if (isw) {
+                    stg2_pair(w, wplane, (c.oc * 64 + t) * KP + col, acc[nt][e], acc[nt][e + 1]);
+                } else {
+                    st_pair(u + (c.oc * 64 + t) * VP + col, acc[nt][e], acc[nt][e + 1]);
+                }
+            }
+        }
+    }
+}
+
+template <typename E, int KP>
+__device__ __forceinline__ void o_fwd(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
+                                      const float* __restrict__ rk, const E* __restrict__ hs, const E* __restrict__ vn,
+                                      const float* __restrict__ g2, E* __restrict__ o, const idx_t* __restrict__ bounds,
+                                      const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq, int H, int HV, int K, int V,
+                                      int VP, float scale, idx_t nch) {
+    constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
+    DELTA_SMEM(smem);
+    E* sQ = (E*)smem;                      // [64][LK]
+    E* sK = sQ + 64 * LK;                  // [64][LK]
+    E* sP = sK + 64 * LK;                  // [64][LDT]
+    E* sPl = sP + (SP - 1) * 64 * LDT;
+    E* sS = sPl + 64 * LDT;                // [KP][LDT]
+    E* sU = sS + KP * LDT;                 // [64][LDT]
+    E* sUl = sU + (SP - 1) * 64 * LDT;
+    float* sG = (float*)(sUl + 64 * LDT);  // [64]
+    float* sRq = sG + 64;                  // [64]
+    float* sRk = sRq + 64;                 // [64]
+    DELTA_SMEM_END(smem, sRk + 64);
+    const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
+    ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
+    ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
+    ld_g64(sG, g2 + c.oc * 64, tid);
+    cp_commit();
+    ld_rf(sRq, rq, c.r0, c.L, c.h, H, tid);
+    ld_rf(sRk, rk, c.r0, c.L, c.h, H, tid);
+    cp_wait0();
+    __syncthreads();
+    chunk_p<E, KP>(sP, sPl, sQ, sK, sG, sRq, sRk, scale, wp, lane);
+    __syncthreads();
+    for (int x = tid; x < 64 * KP; x += DNT) {
+        const int t = x / KP, i = x - t * KP;
+        sQ[t * LK + i] = cvt<E>(to_f32(sQ[t * LK + i]) * scale * sRq[t] * ex2f(sG[t]));
+    }
+    const int mt = wp & 3, n1 = (wp >> 2) * 32;
+    const idx_t vplane = nch * HV * 64 * VP;
+    for (int v0 = 0; v0 < VP; v0 += 64) {
+        tile_ld<E>(sS, LDT, hs + c.oc * (idx_t)KP * VP + v0, VP, KP, 64, KP, 64, true, tid, DNT);
+        tile_ld<E>(sU, LDT, vn + c.oc * 64 * (idx_t)VP + v0, VP, 64, 64, 64, 64, true, tid, DNT);
+        if (SP == 2) tile_ld<E>(sUl, LDT, vn + vplane + c.oc * 64 * (idx_t)VP + v0, VP, 64, 64, 64, 64, true, tid, DNT);
+        cp_commit();
+        cp_wait0();
+        __syncthreads();
+        float acc[4][4];
+        frag_zero(acc);
+        wgemm<false, false, 4>(acc, sQ, LK, 16 * mt, sS, LDT, n1, KP, lane);
+        wgemm2<false, false, 4>(acc, sP, sPl, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, true, true);
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int t = 16 * mt + FRAG_ROW(e), j = v0 + n1 + FRAG_COL(nt, e);
+                st_row_pair(o + (c.r0 + t) * HV * (idx_t)V + (idx_t)c.hv * V, j, V, t < c.L, acc[nt][e], acc[nt][e + 1]);
+            }
+        }
+        __syncthreads();
+    }
+}
+
+#define FWD_ENTRY(KP, NAME, E)                                                                           \
+extern "C" __global__ void __launch_bounds__(DNT, 2) delta_wy_k##KP##_##NAME(                               \
+    const E* k, const float* rk, const E* v, const float* bt, const float* gl, E* w, float* u, E* tm,    \
+    float* g2, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K,  \
+    int V, int VP, idx_t nch) {                                                                          \
+    wy_fwd<E, KP>(k, rk, v, bt, gl, w, u, tm, g2, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, nch);   \
+}                                                                                                        \
+extern "C" __global__ void __launch_bounds__(DNT, 2) delta_o_k##KP##_##NAME(                                \
+    const E* q, const E* k, const float* rq, const float* rk, const E* hs, const E* vn, const float* g2, \
+    E* o, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V, \
+    int VP, float scale, idx_t nch) {                                                                    \
+    o_fwd<E, KP>(q, k, rq, rk, hs, vn, g2, o, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, scale, nch); \
+}
+
+FWD_ENTRY(64, f32, float)
+FWD_ENTRY(128, f32, float)
+FWD_ENTRY(64, bf16, bf16_t)
+FWD_ENTRY(128, bf16, bf16_t)
+FWD_ENTRY(192, bf16, bf16_t)
+FWD_ENTRY(256, bf16, bf16_t)

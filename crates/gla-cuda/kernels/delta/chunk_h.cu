@@ -1,0 +1,321 @@
+// delta/chunk_h.cu: the sequential launches of the chunked delta rule: the state pass (forward)
+// and the state-gradient pass (backward).
+//
+// delta_h[_v32]_k{KP}_{dtype}: grid (VP / BV, N * HV), 256 threads; one block walks one
+// sequence's chunks in order with a KP x BV tile (BV = 64, or 32 for `_v32`) of the state S (f32,
+// mma fragments in registers). Per chunk (w (split), u (f32), g2 from delta_wy_*, k the input,
+// rk its L2 row factors):
+//     hs[c] = S                                      (=, storage dtype, [chunks, HV, KP, VP])
+//     U     = u - w S                                (=, vn [SP][chunks, HV, 64, VP]: v_new, split)
+//     S     = exp(G_last) S + Kn^T (U * exp(G_last - G))   (that operand split)
+// S enters from h0 (f32 [N, HV, K, V], or zero) and leaves to ht (=, f32, or null).
+//
+// delta_h_bwd[_v32]_k{KP}_{dtype}: the same grid and tile, the chunks in reverse, dS from dht. Per chunk
+// (dvl = P^T do from delta_dvl_*, w and g2 from delta_wy_*, q, k, do the inputs):
+//     dhs[c] = dS                                    (=, the gradient of the state leaving chunk c)
+//     dU     = dvl + exp(G_last - G) (Kn dS)         (=, du [SP][chunks, HV, 64, VP], split)
+//     dS     = exp(G_last) dS + Qn^T (scale exp(G) do) - w^T dU   (w, dU split)
+// dS leaves to dh0 (=, f32, or null).
+//
+// S's operand copy (the B operand of w S and K dS) is rounded to the storage dtype, as fla does.
+// Warps tile S as WM x WN (8 x 1 for KP = 128, 256; 4 x 2 for KP = 64, 192). The forward has NS
+// pipeline stages of cp.async loads (2 where they fit in shared memory, else 1): the next
+// chunk's loads are in flight while one is computed. hs, dhs, v_new and dU are stored in column
+// pairs. Row factors rq, rk: see delta/chunk.cuh.
+//
+// Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
+//   delta_h_k64_f32 delta_h_k128_f32 delta_h_k64_bf16 delta_h_k128_bf16 delta_h_k192_bf16 delta_h_k256_bf16
+//   delta_h_bwd_k64_f32 delta_h_bwd_k128_f32 delta_h_bwd_k64_bf16 delta_h_bwd_k128_bf16 delta_h_bwd_k192_bf16 delta_h_bwd_k256_bf16
+//   delta_h_v32_k64_bf16 delta_h_v32_k128_bf16 delta_h_v32_k192_bf16 delta_h_v32_k256_bf16
+//   delta_h_bwd_v32_k64_bf16 delta_h_bwd_v32_k128_bf16 delta_h_bwd_v32_k192_bf16 delta_h_bwd_v32_k256_bf16
+
+// The state tile's warp layout (S or dS, KP x BV in mma fragments): warp (wm, wn) of WM x WN
+// holds m-tiles wm + WM ms (ms < MS) and the NSN n8-tiles from 8 NSN wn.
+template <int KP, int BV>
+struct HTile {
+    static constexpr int WM = (KP / 16) % 8 == 0 ? 8 : 4, WN = 8 / WM, MS = KP / 16 / WM, NSN = BV / 8 / WN;
+    static constexpr int LDS = BV + DPAD;  // row stride of the BV-wide tiles
+};
+
+// S (or dS) from a [K, V] f32 state (null: zero) at columns j0 ..
+template <int KP, int BV>
+__device__ __forceinline__ void h_init(float (&S)[HTile<KP, BV>::MS][HTile<KP, BV>::NSN][4], const float* __restrict__ src, idx_t o_state,
+                                       int K, int V, int j0, int wm, int sn0, int fg, int ft) {
+    constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN;
+    #pragma unroll
+    for (int ms = 0; ms < MS; ++ms) {
+        #pragma unroll
+        for (int qq = 0; qq < NSN; ++qq) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int i = 16 * (wm + WM * ms) + FRAG_ROW(e), j = j0 + sn0 + FRAG_COL(qq, e);
+                S[ms][qq][e] = (src != nullptr && i < K && j < V) ? src[o_state + (idx_t)i * V + j] : 0.f;
+            }
+        }
+    }
+}
+
+// S (or dS) to a [K, V] f32 state (null: none)
+template <int KP, int BV>
+__device__ __forceinline__ void h_fini(const float (&S)[HTile<KP, BV>::MS][HTile<KP, BV>::NSN][4], float* __restrict__ dst, idx_t o_state,
+                                       int K, int V, int j0, int wm, int sn0, int fg, int ft) {
+    constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN;
+    if (dst == nullptr) return;
+    #pragma unroll
+    for (int ms = 0; ms < MS; ++ms) {
+        #pragma unroll
+        for (int qq = 0; qq < NSN; ++qq) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int i = 16 * (wm + WM * ms) + FRAG_ROW(e), j = j0 + sn0 + FRAG_COL(qq, e);
+                if (i < K && j < V) dst[o_state + (idx_t)i * V + j] = S[ms][qq][e];
+            }
+        }
+    }
+}
+
+// S (or dS) rounded into the smem operand sS [KP][LDS] and the chunk's slot of hs (or dhs), row
+// stride VP, in column pairs
+template <typename E, int KP, int BV>
+__device__ __forceinline__ void h_store(const float (&S)[HTile<KP, BV>::MS][HTile<KP, BV>::NSN][4], E* sS, E* __restrict__ hp, int VP,
+                                        int wm, int sn0, int fg, int ft) {
+    constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
+    #pragma unroll
+    for (int ms = 0; ms < MS; ++ms) {
+        #pragma unroll
+        for (int qq = 0; qq < NSN; ++qq) {
+            #pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int i = 16 * (wm + WM * ms) + FRAG_ROW(e), jj = sn0 + FRAG_COL(qq, e);
+                st_pair(sS + i * LDS + jj, S[ms][qq][e], S[ms][qq][e + 1]);
+                st_pair(hp + (idx_t)i * VP + jj, S[ms][qq][e], S[ms][qq][e + 1]);
+            }
+        }
+    }
+}
+
+template <typename E, int KP, int NS, int BV>
+__device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __restrict__ u, const E* __restrict__ k,
+                                      const float* __restrict__ rk, const float* __restrict__ g2, const float* __restrict__ h0,
+                                      E* __restrict__ hs, E* __restrict__ vn, float* __restrict__ ht, const idx_t* __restrict__ bounds,
+                                      const idx_t* __restrict__ chunk_off, int H, int HV, int K, int V, int VP, idx_t nch) {
+    constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
+    constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
+    constexpr int STAGE = (SP + 1) * 64 * LK;  // w (hi, lo), k
+    constexpr int FSTAGE = 64 * BV + 128;      // u (f32), G, rk
+    DELTA_SMEM(smem);
+    E* sStage = (E*)smem;                      // [NS][STAGE]
+    E* sS = sStage + NS * STAGE;               // [KP][LDS]
+    E* sUd = sS + KP * LDS;                    // [64][LDS]
+    E* sUdl = sUd + (SP - 1) * 64 * LDS;
+    float* sF = (float*)(sUdl + 64 * LDS);     // [NS][FSTAGE]
+    DELTA_SMEM_END(smem, sF + NS * FSTAGE);
+    const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const int j0 = blockIdx.x * BV, nh = blockIdx.y, n = nh / HV, hv = nh % HV, h = hv / (HV / H);
+    const idx_t bos = bounds[n], eos = bounds[n + 1];
+    const int nc = (int)((eos - bos + 63) / 64);
+    const idx_t cbase = chunk_off[n];
+    const int wm = wp % WM, wn = wp / WM, sn0 = wn * NSN * 8;
+    const idx_t o_state = (idx_t)nh * K * V, wplane = nch * HV * 64 * KP, vplane = nch * HV * 64 * VP;
+    float S[MS][NSN][4];
+    h_init<KP, BV>(S, h0, o_state, K, V, j0, wm, sn0, fg, ft);
+    auto load = [&](int ci, int st) {
+        E* b = sStage + st * STAGE;
+        float* f = sF + st * FSTAGE;
+        const idx_t oc = (cbase + ci) * HV + hv, r0 = bos + (idx_t)ci * 64;
+        const int L = (int)min((idx_t)64, eos - r0);
+        tile_ld<E>(b, LK, w + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
+        if (SP == 2) tile_ld<E>(b + 64 * LK, LK, w + wplane + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
+        ld_qk<E, KP>(b + SP * 64 * LK, k, r0, L, h, H, K, tid);
+        tile_ld<float>(f, BV, u + oc * 64 * (idx_t)VP + j0, VP, 64, BV, 64, BV, true, tid, DNT);
+        ld_g64(f + 64 * BV, g2 + oc * 64, tid);
+        ld_rf(f + 64 * BV + 64, rk, r0, L, h, H, tid);
+    };
+    #pragma unroll
+    for (int p = 0; p < NS - 1; ++p) {
+        if (p < nc) load(p, p);
+        cp_commit();
+    }
+    for (int it = 0; it < nc; ++it) {
+        const int st = it % NS;
+        if (NS > 1) {
+            if (it + NS - 1 < nc) load(it + NS - 1, (it + NS - 1) % NS);
+        } else {
+            load(it, 0);
+        }
+        cp_commit();
+        const idx_t oc = (cbase + it) * HV + hv;
+        h_store<E, KP, BV>(S, sS, hs + oc * (idx_t)KP * VP + j0, VP, wm, sn0, fg, ft);
+        cp_wait<NS - 1>();
+        __syncthreads();
+        const E* sW = sStage + st * STAGE;
+        const E* sWl = sW + (SP - 1) * 64 * LK;
+        const E* sKc = sW + SP * 64 * LK;
+        const float* sUc = sF + st * FSTAGE;
+        const float* sGc = sUc + 64 * BV;
+        const float* sRk = sGc + 64;
+        const float glast = sGc[63];
+        {
+            // U = u - w S: each warp 16 rows x BV / 2 columns
+            constexpr int NT = BV / 16;
+            const int mt = wp & 3, n1 = (wp >> 2) * (BV / 2);
+            float acc[NT][4];
+            frag_zero(acc);
+            wgemm2<false, false, NT>(acc, sW, sWl, LK, 16 * mt, sS, sS, LDS, n1, KP, lane, true, false);
+            #pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                #pragma unroll
+                for (int e = 0; e < 4; e += 2) {
+                    const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
+                    const float u0 = sUc[t * BV + jj] - acc[nt][e], u1 = sUc[t * BV + jj + 1] - acc[nt][e + 1];
+                    stg2_pair(vn, vplane, oc * 64 * (idx_t)VP + (idx_t)t * VP + j0 + jj, u0, u1);
+                    const float f = sRk[t] * ex2f(glast - sGc[t]);
+                    st2(sUd, sUdl, t * LDS + jj, u0 * f);
+                    st2(sUd, sUdl, t * LDS + jj + 1, u1 * f);
+                }
+            }
+        }
+        __syncthreads();
+        const float dec = ex2f(glast);
+        #pragma unroll
+        for (int ms = 0; ms < MS; ++ms) {
+            #pragma unroll
+            for (int qq = 0; qq < NSN; ++qq) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) S[ms][qq][e] *= dec;
+            }
+            wgemm2<true, false, NSN>(S[ms], sKc, sKc, LK, 16 * (wm + WM * ms), sUd, sUdl, LDS, sn0, 64, lane, false, true);
+        }
+        __syncthreads();
+    }
+    h_fini<KP, BV>(S, ht, o_state, K, V, j0, wm, sn0, fg, ft);
+}
+
+template <typename E, int KP, int BV>
+__device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
+                                      const float* __restrict__ rk, const E* __restrict__ w, const E* __restrict__ d_o,
+                                      const float* __restrict__ dvl, const float* __restrict__ g2, const float* __restrict__ dht,
+                                      E* __restrict__ dhs, E* __restrict__ du, float* __restrict__ dh0, const idx_t* __restrict__ bounds,
+                                      const idx_t* __restrict__ chunk_off, int H, int HV, int K, int V, int VP, float scale, idx_t nch) {
+    constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
+    constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
+    DELTA_SMEM(smem);
+    E* sQ = (E*)smem;                          // [64][LK]
+    E* sK = sQ + 64 * LK;                      // [64][LK]
+    E* sW = sK + 64 * LK;                      // [64][LK]
+    E* sWl = sW + (SP - 1) * 64 * LK;
+    E* sDo = sWl + 64 * LK;                    // [64][LDS]
+    E* sS = sDo + 64 * LDS;                    // [KP][LDS]
+    E* sDu = sS + KP * LDS;                    // [64][LDS]: -dU
+    E* sDul = sDu + (SP - 1) * 64 * LDS;
+    float* sDv = (float*)(sDul + 64 * LDS);    // [64][BV]
+    float* sG = sDv + 64 * BV;                 // [64]
+    float* sRq = sG + 64;                      // [64]
+    float* sRk = sRq + 64;                     // [64]
+    DELTA_SMEM_END(smem, sRk + 64);
+    const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const int j0 = blockIdx.x * BV, nh = blockIdx.y, n = nh / HV, hv = nh % HV, h = hv / (HV / H);
+    const idx_t bos = bounds[n], eos = bounds[n + 1];
+    const int nc = (int)((eos - bos + 63) / 64);
+    const idx_t cbase = chunk_off[n];
+    const int wm = wp % WM, wn = wp / WM, sn0 = wn * NSN * 8;
+    const idx_t o_state = (idx_t)nh * K * V, wplane = nch * HV * 64 * KP, vplane = nch * HV * 64 * VP;
+    float dS[MS][NSN][4];
+    h_init<KP, BV>(dS, dht, o_state, K, V, j0, wm, sn0, fg, ft);
+    for (int c = nc - 1; c >= 0; --c) {
+        const idx_t oc = (cbase + c) * HV + hv, r0 = bos + (idx_t)c * 64;
+        const int L = (int)min((idx_t)64, eos - r0);
+        ld_qk<E, KP>(sQ, q, r0, L, h, H, K, tid);
+        ld_qk<E, KP>(sK, k, r0, L, h, H, K, tid);
+        tile_ld<E>(sW, LK, w + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
+        if (SP == 2) tile_ld<E>(sWl, LK, w + wplane + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
+        ld_v<E>(sDo, LDS, d_o, r0, L, hv, HV, V, j0, BV, tid);
+        tile_ld<float>(sDv, BV, dvl + oc * 64 * (idx_t)VP + j0, VP, 64, BV, 64, BV, true, tid, DNT);
+        ld_g64(sG, g2 + oc * 64, tid);
+        cp_commit();
+        ld_rf(sRq, rq, r0, L, h, H, tid);
+        ld_rf(sRk, rk, r0, L, h, H, tid);
+        h_store<E, KP, BV>(dS, sS, dhs + oc * (idx_t)KP * VP + j0, VP, wm, sn0, fg, ft);
+        cp_wait0();
+        __syncthreads();
+        const float glast = sG[63];
+        {
+            // dU = dvl + exp(G_last - G) rk (K dS): each warp 16 rows x BV / 2 columns
+            constexpr int NT = BV / 16;
+            const int mt = wp & 3, n1 = (wp >> 2) * (BV / 2);
+            float acc[NT][4];
+            frag_zero(acc);
+            wgemm<false, false, NT>(acc, sK, LK, 16 * mt, sS, LDS, n1, KP, lane);
+            #pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                #pragma unroll
+                for (int e = 0; e < 4; e += 2) {
+                    const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
+                    const float f = sRk[t] * ex2f(glast - sG[t]);
+                    const float d0 = sDv[t * BV + jj] + f * acc[nt][e], d1 = sDv[t * BV + jj + 1] + f * acc[nt][e + 1];
+                    stg2_pair(du, vplane, oc * 64 * (idx_t)VP + (idx_t)t * VP + j0 + jj, d0, d1);
+                    st2(sDu, sDul, t * LDS + jj, -d0);
+                    st2(sDu, sDul, t * LDS + jj + 1, -d1);
+                }
+            }
+        }
+        for (int x = tid; x < 64 * BV; x += DNT) {
+            const int t = x / BV, jj = x - t * BV;
+            sDo[t * LDS + jj] = cvt<E>(to_f32(sDo[t * LDS + jj]) * scale * sRq[t] * ex2f(sG[t]));
+        }
+        __syncthreads();
+        const float dec = ex2f(glast);
+        #pragma unroll
+        for (int ms = 0; ms < MS; ++ms) {
+            #pragma unroll
+            for (int qq = 0; qq < NSN; ++qq) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) dS[ms][qq][e] *= dec;
+            }
+            wgemm<true, false, NSN>(dS[ms], sQ, LK, 16 * (wm + WM * ms), sDo, LDS, sn0, 64, lane);
+            wgemm2<true, false, NSN>(dS[ms], sW, sWl, LK, 16 * (wm + WM * ms), sDu, sDul, LDS, sn0, 64, lane, true, true);
+        }
+        __syncthreads();
+    }
+    h_fini<KP, BV>(dS, dh0, o_state, K, V, j0, wm, sn0, fg, ft);
+}
+
+#define H_ENTRY(PFX, KP, NS, BV, NAME, E)                                                                \
+extern "C" __global__ void __launch_bounds__(DNT) PFX##_k##KP##_##NAME(                                  \
+    const E* w, const float* u, const E* k, const float* rk, const float* g2, const float* h0, E* hs,    \
+    E* vn, float* ht, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, int V, int VP,  \
+    idx_t nch) {                                                                                         \
+    h_fwd<E, KP, NS, BV>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K, V, VP, nch);      \
+}
+#define HB_ENTRY(PFX, KP, BV, NAME, E)                                                                   \
+extern "C" __global__ void __launch_bounds__(DNT) PFX##_k##KP##_##NAME(                                  \
+    const E* q, const E* k, const float* rq, const float* rk, const E* w, const E* d_o, const float* dvl,\
+    const float* g2, const float* dht, E* dhs, E* du, float* dh0, const idx_t* bounds,                   \
+    const idx_t* chunk_off, int H, int HV, int K, int V, int VP, float scale, idx_t nch) {               \
+    h_bwd<E, KP, BV>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0, bounds, chunk_off, H, HV, K, V,   \
+                     VP, scale, nch);                                                                    \
+}
+
+// NS: the forward state pass's cp.async stages, 2 where they fit in shared memory (bf16, KP <= 128),
+// else 1; BV: 64 value columns per block, or 32 (bf16, the `_v32` entries) where 64 leaves
+// fewer than two blocks per SM (src/delta/dispatch.rs picks, and sizes the launches to match)
+H_ENTRY(delta_h, 64, 1, 64, f32, float)
+H_ENTRY(delta_h, 128, 1, 64, f32, float)
+H_ENTRY(delta_h, 64, 2, 64, bf16, bf16_t)
+H_ENTRY(delta_h, 128, 2, 64, bf16, bf16_t)
+H_ENTRY(delta_h, 192, 1, 64, bf16, bf16_t)
+H_ENTRY(delta_h, 256, 1, 64, bf16, bf16_t)
+H_ENTRY(delta_h_v32, 64, 2, 32, bf16, bf16_t)
+H_ENTRY(delta_h_v32, 128, 2, 32, bf16, bf16_t)
+H_ENTRY(delta_h_v32, 192, 1, 32, bf16, bf16_t)
+H_ENTRY(delta_h_v32, 256, 1, 32, bf16, bf16_t)
+HB_ENTRY(delta_h_bwd, 64, 64, f32, float)
+HB_ENTRY(delta_h_bwd, 128, 64, f32, float)
+HB_ENTRY(delta_h_bwd, 64, 64, bf16, bf16_t)
+HB_ENTRY(delta_h_bwd, 128, 64, bf16, bf16_t)
+HB_ENTRY(delta_h_bwd, 192, 64, bf16, bf16_t)
+HB_ENTRY(delta_h_bwd, 256, 64, bf16, bf16_t)
+HB_ENTRY(delta_h_bwd_v32, 64, 32, bf16, bf16_t)
+HB_ENTRY(delta_h_bwd_v32, 128, 32, bf16, bf16_t)
+HB_ENTRY(delta_h_bwd_v32, 192, 32, bf16, bf16_t)
+HB_ENTRY(delta_h_bwd_v32, 256, 32, bf16, bf16_t)

@@ -1,0 +1,226 @@
+// delta/common.cuh: what the delta-rule kernels share, after common/{base,mma,chunk}.cuh: the
+// storage-generic shared-memory tile loader, the warp-level matrix product in the mma.sync
+// fragment layout for both storages (bf16: ldmatrix + mma.sync m16n8k16; f32: FMA, the same
+// fragments), and the fragment iteration.
+//
+// Storage E is `float` or `bf16_t`; every accumulator is f32. A warp product computes a 16 x 8 NT
+// tile of C += op(A) op(B) in fragments acc[NT][4]: lane l = 4 fg + ft holds rows fg and fg + 8,
+// columns 8 nt + 2 ft and 8 nt + 2 ft + 1 (FRAG_ROW / FRAG_COL). Shared-memory rows are padded by
+// DPAD elements (row strides of 16-byte multiples, ldmatrix rows in distinct banks).
+//
+// Workspaces of the chunked path are chunk-major and padded: w [chunks, HV, 64, KP], u and v_new
+// [chunks, HV, 64, VP], states [chunks, HV, KP, VP] with KP a multiple of 64 (<= 256) and VP of
+// 64, padding zero; so their tiles load as whole 16-byte pieces with no masks.
+
+#define DPAD 8
+#define DEPS 1e-6f  // the L2-norm epsilon (gla_core::delta::L2_EPS)
+
+#ifndef DELTA_EMU
+#define DELTA_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#define DELTA_SMEM_END(base, end)
+#endif
+
+// Split operands: a bf16 product whose operands carry cancellation (T = (I + A)^-1, w, v_new,
+// dU, P, ...) runs on hi + lo planes (x = hi + lo, both bf16: ~16 bits of mantissa), as
+// hi * hi + lo * hi + hi * lo (wgemm2). SP: planes of a split tensor (2 for bf16, 1 for f32,
+// whose products are exact FMA); a split global tensor holds its lo plane `plane` elements after
+// its hi plane.
+template <typename E>
+struct Sp {
+    static constexpr int SP = sizeof(E) == 2 ? 2 : 1;
+};
+
+#define FRAG_ROW(e) (fg + ((e) >= 2 ? 8 : 0))
+#define FRAG_COL(nt, e) (8 * (nt) + 2 * ft + ((e) & 1))
+
+template <typename E> __device__ __forceinline__ E cvt(float x);
+template <> __device__ __forceinline__ float cvt<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16_t cvt<bf16_t>(float x) { return f2bf(x); }
+
+// x into hi (and, bf16, lo = x - hi) at index i of two smem tiles (f32: hi only)
+template <typename E>
+__device__ __forceinline__ void st2(E* hi, E* lo, int i, float x) {
+    if constexpr (sizeof(E) == 2) {
+        const bf16_t h = f2bf(x);
+        hi[i] = h;
+        lo[i] = f2bf(x - to_f32(h));
+    } else {
+        hi[i] = x;
+    }
+}
+// x into a split global tensor: base[i] (hi) and base[plane + i] (lo, bf16 only)
+template <typename E>
+__device__ __forceinline__ void stg2(E* base, idx_t plane, idx_t i, float x) {
+    if constexpr (sizeof(E) == 2) {
+        const bf16_t h = f2bf(x);
+        base[i] = h;
+        base[plane + i] = f2bf(x - to_f32(h));
+    } else {
+        base[i] = x;
+    }
+}
+
+// two adjacent elements (a fragment row's pair of columns, 2 ft and 2 ft + 1) in one store; p is
+// 4-byte (bf16) or 8-byte (f32) aligned
+template <typename E>
+__device__ __forceinline__ void st_pair(E* p, float a, float b) {
+    if constexpr (sizeof(E) == 2) {
+        *(unsigned*)p = pack2(a, b);
+    } else {
+        *(float2*)p = make_float2(a, b);
+    }
+}
+// a pair into a split global tensor (hi at base + i, lo at base + plane + i)
+template <typename E>
+__device__ __forceinline__ void stg2_pair(E* base, idx_t plane, idx_t i, float a, float b) {
+    if constexpr (sizeof(E) == 2) {
+        const unsigned h = pack2(a, b);
+        *(unsigned*)(base + i) = h;
+        *(unsigned*)(base + plane + i) = pack2(a - bf_lo(h), b - bf_hi(h));
+    } else {
+        *(float2*)(base + i) = make_float2(a, b);
+    }
+}
+
+// columns j, j + 1 (j even) of an output row of n columns (row `ok`): one pair store where both
+// lie inside and n is even (the pair is aligned), else element by element
+template <typename E>
+__device__ __forceinline__ void st_row_pair(E* row, int j, int n, bool ok, float a, float b) {
+    if (!ok || j >= n) return;
+    if (j + 1 < n && (n & 1) == 0) {
+        if constexpr (sizeof(E) == 2) {
+            *(unsigned*)(row + j) = pack2(a, b);
+        } else {
+            *(float2*)(row + j) = make_float2(a, b);
+        }
+    } else {
+        row[j] = cvt<E>(a);
+        if (j + 1 < n) row[j + 1] = cvt<E>(b);
+    }
+}
+
+template <int NT>
+__device__ __forceinline__ void frag_zero(float (&acc)[NT][4]) {
+    #pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) acc[nt][e] = 0.f;
+    }
+}
+
+// Rows [0, R) x columns [0, C) of the smem tile dst (row stride lds): element (r, c) is
+// src[r * ldg + c] when r < rv and c < cv, else 0. vec: 16-byte cp.async pieces (C and cv
+// multiples of 16 / sizeof(E) or cv >= C, src rows 16-byte aligned; the caller commits and
+// waits); else plain loads and stores.
+template <typename E>
+__device__ __forceinline__ void tile_ld(E* dst, int lds, const E* src, idx_t ldg, int R, int C, int rv, int cv, bool vec, int tid,
+                                        int nthr) {
+    if (vec) {
+        constexpr int P = 16 / (int)sizeof(E);
+        const int cpr = C / P;
+        for (int x = tid; x < R * cpr; x += nthr) {
+            const int r = x / cpr, c = (x - r * cpr) * P;
+            const bool ok = r < rv && c < cv;
+            cp16(dst + r * lds + c, ok ? src + (idx_t)r * ldg + c : src, ok);
+        }
+    } else {
+        for (int x = tid; x < R * C; x += nthr) {
+            const int r = x / C, c = x - r * C;
+            dst[r * lds + c] = (r < rv && c < cv) ? src[(idx_t)r * ldg + c] : (E)0;
+        }
+    }
+}
+
+// Whether rows of `cols` elements at a row stride of `ldg` elements load as 16-byte pieces.
+template <typename E>
+__device__ __forceinline__ bool vec_ok(idx_t ldg, int cols) {
+    constexpr int P = 16 / (int)sizeof(E);
+    return ldg % P == 0 && cols % P == 0;
+}
+
+// acc[16 x 8 NT] += op(A)[m0 .. m0 + 16, 0 .. kc) * op(B)[0 .. kc, n0 .. n0 + 8 NT) from shared
+// memory: A stored [m][k] (AT false) or [k][m] (AT true), B stored [k][n] (BT false) or [n][k]
+// (BT true); kc a multiple of 16. bf16: ldmatrix + mma.sync (NT even).
+template <bool AT, bool BT, int NT>
+__device__ __forceinline__ void wgemm(float (&acc)[NT][4], const bf16_t* A, int lda, int m0, const bf16_t* B, int ldb, int n0, int kc,
+                                      int lane) {
+    static_assert(NT % 2 == 0, "bf16 warp products take n-tiles in pairs");
+    for (int k0 = 0; k0 < kc; k0 += 16) {
+        unsigned a[4];
+        if (AT) {
+            ldsm4t(a, fat(A, lda, k0, m0, lane));
+        } else {
+            ldsm4(a, fa(A, lda, m0, k0, lane));
+        }
+        #pragma unroll
+        for (int np = 0; np < NT / 2; ++np) {
+            unsigned b[4];
+            if (BT) {
+                ldsm4(b, fbn(B, ldb, k0, n0 + 16 * np, lane));
+            } else {
+                ldsm4t(b, fbt(B, ldb, k0, n0 + 16 * np, lane));
+            }
+            mma16816(acc[2 * np], a, b[0], b[1]);
+            mma16816(acc[2 * np + 1], a, b[2], b[3]);
+        }
+    }
+}
+
+// f32 storage: the same product and fragments by FMA.
+template <bool AT, bool BT, int NT>
+__device__ __forceinline__ void wgemm(float (&acc)[NT][4], const float* A, int lda, int m0, const float* B, int ldb, int n0, int kc,
+                                      int lane) {
+    const int fg = lane >> 2, ft = lane & 3;
+    for (int kk = 0; kk < kc; ++kk) {
+        const float a0 = AT ? A[kk * lda + m0 + fg] : A[(m0 + fg) * lda + kk];
+        const float a1 = AT ? A[kk * lda + m0 + fg + 8] : A[(m0 + fg + 8) * lda + kk];
+        #pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            const int c = n0 + 8 * nt + 2 * ft;
+            const float b0 = BT ? B[c * ldb + kk] : B[kk * ldb + c];
+            const float b1 = BT ? B[(c + 1) * ldb + kk] : B[kk * ldb + c + 1];
+            acc[nt][0] += a0 * b0;
+            acc[nt][1] += a0 * b1;
+            acc[nt][2] += a1 * b0;
+            acc[nt][3] += a1 * b1;
+        }
+    }
+}
+
+// acc += op(A + Al) op(B + Bl) without the lo * lo term: A * B, then Al * B (al) and A * Bl
+// (bl) for bf16; f32 storage runs A * B alone (exact enough: FMA on f32 operands).
+template <bool AT, bool BT, int NT, typename E>
+__device__ __forceinline__ void wgemm2(float (&acc)[NT][4], const E* A, const E* Al, int lda, int m0, const E* B, const E* Bl, int ldb,
+                                       int n0, int kc, int lane, bool al, bool bl) {
+    wgemm<AT, BT, NT>(acc, A, lda, m0, B, ldb, n0, kc, lane);
+    if constexpr (sizeof(E) == 2) {
+        if (al) wgemm<AT, BT, NT>(acc, Al, lda, m0, B, ldb, n0, kc, lane);
+        if (bl) wgemm<AT, BT, NT>(acc, A, lda, m0, Bl, ldb, n0, kc, lane);
+    }
+}
+
+// The sum of x over the 4 lanes of a fragment row (lanes 4 fg .. 4 fg + 3).
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    x += __shfl_xor_sync(0xffffffffu, x, 2);
+    return x;
+}
+
+// The chunk-local G (inclusive cumsum of the log decay, times log2(e)) of 64 rows into sg[64]:
+// gl [rows, HV] f32 (null: no decay), rows >= L read as 0 (so G[63] = G[L - 1]). Warp-level:
+// every lane of one warp calls it.
+__device__ __forceinline__ void chunk_gscan(float* sg, const float* __restrict__ gl, idx_t r0, int L, int HV, int hv, int lane) {
+    float a = (gl != nullptr && lane < L) ? gl[(r0 + lane) * HV + hv] : 0.f;
+    float b = (gl != nullptr && lane + 32 < L) ? gl[(r0 + lane + 32) * HV + hv] : 0.f;
+    #pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const float x = __shfl_up_sync(0xffffffffu, a, o), y = __shfl_up_sync(0xffffffffu, b, o);
+        if (lane >= o) {
+            a += x;
+            b += y;
+        }
+    }
+    b += __shfl_sync(0xffffffffu, a, 31);
+    sg[lane] = a * L2E;
+    sg[lane + 32] = b * L2E;
+}

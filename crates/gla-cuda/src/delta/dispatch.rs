@@ -1,0 +1,426 @@
+//! The dispatch policy of the delta-rule family on the GPU (`crate::dispatch::delta`): which
+//! kernels run for a storage dtype, K, V and algorithm ([`delta_path`], the one function that
+//! decides), and every tuning choice of their launches (block shapes, padded widths, pipeline
+//! stages, K tiles, shared-memory sizes, the workspaces' sizes: [`DeltaWorkspaceLens`]).
+//! `delta/ops.rs` only checks lengths and launches what this module picks; docs/kernels.md
+//! describes the kernels.
+//!
+//! | storage | asked     | K, V                    | kernels                                           |
+//! |---------|-----------|-------------------------|---------------------------------------------------|
+//! | any     | recurrent | K <= 256, any V         | `delta/recurrent.cu` (forward, decode, backward)  |
+//! | bf16    | chunked   | K <= 256, V <= 256      | chunked, K padded to 64 / 128 / 192 / 256 (`KP`)  |
+//! | f32     | chunked   | K <= 128, V <= 128      | chunked, the same kernels on FMA                  |
+//! | any     | chunked   | otherwise, K <= 256     | the recurrent kernels (same result)               |
+//!
+//! Above K = 256 nothing runs (an error). Every chunked pass takes its elementwise maps from
+//! `delta/prep.cu` (the L2 norm as f32 row factors, beta and the log decay as f32); the recurrent
+//! forward and decode apply them inline, so one launch serves a decode step.
+
+use cudarc::driver::LaunchConfig;
+use gla_core::{DeltaGate, DeltaProblem};
+
+/// Rows per chunk (`BT`).
+pub const DELTA_BT: usize = 64;
+/// Largest K of every delta kernel (the recurrent ones hold 8 warps x 32 rows of S in registers).
+pub const DELTA_MAX_K: usize = 256;
+/// Largest K and V of the bf16 chunked path (the UT/WY prep holds a chunk's V rows whole).
+pub const DELTA_CHUNK_MAX: usize = 256;
+/// Largest K and V of the f32 chunked path (its f32 tiles take twice the shared memory).
+pub const DELTA_CHUNK_F32_MAX: usize = 128;
+/// Value columns per block of the recurrent kernels (`RBV`).
+pub(crate) const REC_BV: usize = 32;
+/// Steps between the recurrent backward's state checkpoints (`RCK`).
+pub(crate) const REC_CK: usize = 32;
+/// Threads of every chunk launch (`DNT`).
+const CHUNK_THREADS: u32 = 256;
+/// Row padding of the shared-memory tiles (`DPAD`) and the stride of 64-wide tiles (`LDT`).
+const PAD: usize = 8;
+const LDT: usize = 72;
+
+/// Which algorithm a caller asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeltaAlgo {
+    /// Token by token (`delta/recurrent.cu`): decode and short sequences.
+    Recurrent,
+    /// Chunked (BT = 64) where the kernels take the shape ([`delta_path`]), else recurrent.
+    Chunked,
+}
+
+/// What runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeltaPath {
+    /// `delta_rec_*`.
+    Recurrent,
+    /// The chunked kernels for K padded to `kp` (64, 128, 192 or 256).
+    Chunk {
+        /// Padded K (the kernels' template width).
+        kp: usize,
+    },
+}
+
+impl DeltaPath {
+    /// The label of benchmark and check rows: `recurrent` or `chunk`.
+    pub fn label(self) -> &'static str {
+        match self {
+            DeltaPath::Recurrent => "recurrent",
+            DeltaPath::Chunk { .. } => "chunk",
+        }
+    }
+}
+
+/// K padded to the chunk kernels' widths: 64, 128, 192 or 256.
+pub fn kpad(k: usize) -> usize {
+    k.div_ceil(64).max(1) * 64
+}
+
+/// V padded to the 64-column tiles of the chunk kernels.
+pub fn vpad(v: usize) -> usize {
+    v.div_ceil(64).max(1) * 64
+}
+
+/// The dispatch policy (module doc): the kernels for `algo` on a problem stored as bf16 (`bf16`)
+/// or f32.
+///
+/// # Errors
+/// The reason (a message) when K is above [`DELTA_MAX_K`].
+pub fn delta_path(p: &DeltaProblem, bf16: bool, algo: DeltaAlgo) -> Result<DeltaPath, String> {
+    let (k, v) = (p.k(), p.v());
+    if k > DELTA_MAX_K {
+        return Err(format!("delta kernels: K = {k} > {DELTA_MAX_K}"));
+    }
+    let max = if bf16 { DELTA_CHUNK_MAX } else { DELTA_CHUNK_F32_MAX };
+    Ok(match algo {
+        DeltaAlgo::Chunked if k <= max && v <= max => DeltaPath::Chunk { kp: kpad(k) },
+        _ => DeltaPath::Recurrent,
+    })
+}
+
+/// Split planes of the chunked path's split tensors (2 for bf16: hi and lo; 1 for f32).
+pub fn planes(bf16: bool) -> usize {
+    if bf16 {
+        2
+    } else {
+        1
+    }
+}
+
+/// cp.async stages of the forward state pass (`NS` of `delta_h_*`): 2 where they fit (bf16,
+/// KP <= 128), else 1. Must match `H_ENTRY` in `delta/chunk_h.cu`.
+pub(crate) fn h_stages(bf16: bool, kp: usize) -> usize {
+    if bf16 && kp <= 128 {
+        2
+    } else {
+        1
+    }
+}
+
+/// Columns per block of `delta_dqkw_*` (`KW`): all of KP for bf16 up to 128, else halves (f32:
+/// 64). Must match `DqkwTile` in `delta/chunk_bwd.cu`.
+pub(crate) fn dqkw_kw(bf16: bool, kp: usize) -> usize {
+    if bf16 && kp <= 128 {
+        kp
+    } else if kp == 64 {
+        64
+    } else {
+        kp / 2
+    }
+}
+
+/// The K tiles (grid z) of `delta_dqkw_*`.
+pub(crate) fn dqkw_kz(bf16: bool, kp: usize) -> usize {
+    kp / dqkw_kw(bf16, kp)
+}
+
+/// Value columns per block of the sequential passes (`BV` of `delta_h*`): 64, or 32 (bf16, the
+/// `_v32` entries) when 64-column tiles give fewer than two blocks per SM (long sequences: each
+/// block walks its sequence's chunks in order, so blocks are the only parallelism).
+pub(crate) fn h_bv(bf16: bool, vp: usize, nhv: usize, sm_count: usize) -> usize {
+    if bf16 && (vp / 64) * nhv < 2 * sm_count {
+        32
+    } else {
+        64
+    }
+}
+
+/// The entry point of a sequential pass: `delta_h` (forward) or `delta_h_bwd`, with `_v32` for
+/// 32-column tiles.
+pub(crate) fn h_name(bwd: bool, bv: usize, kp: usize, sfx: &str) -> String {
+    let base = if bwd { "delta_h_bwd" } else { "delta_h" };
+    let v = if bv == 32 { "_v32" } else { "" };
+    format!("{base}{v}_k{kp}_{sfx}")
+}
+
+/// Dynamic shared memory of each chunk kernel (the carve-ups at the top of each kernel; the
+/// kernels check them in the emulator, `tools/emu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeltaSmem {
+    /// Storage element bytes.
+    e: usize,
+    /// Split planes.
+    sp: usize,
+    /// Padded K, V.
+    kp: usize,
+    vp: usize,
+}
+
+impl DeltaSmem {
+    pub(crate) fn new(bf16: bool, kp: usize, vp: usize) -> Self {
+        Self { e: if bf16 { 2 } else { 4 }, sp: planes(bf16), kp, vp }
+    }
+    fn lk(&self) -> usize {
+        self.kp + PAD
+    }
+    pub(crate) fn wy(&self) -> usize {
+        let (e, sp) = (self.e, self.sp);
+        (sp * 64 * self.lk() + sp * 64 * (self.vp + PAD) + sp * 64 * LDT) * e + (64 * 65 + 64 * 3) * 4
+    }
+    pub(crate) fn h(&self, bv: usize) -> usize {
+        let (e, sp, lds) = (self.e, self.sp, bv + PAD);
+        let ns = h_stages(e == 2, self.kp);
+        (ns * (sp + 1) * 64 * self.lk() + self.kp * lds + sp * 64 * lds) * e + ns * (64 * bv + 128) * 4
+    }
+    pub(crate) fn o(&self) -> usize {
+        let (e, sp) = (self.e, self.sp);
+        (2 * 64 * self.lk() + sp * 64 * LDT + self.kp * LDT + sp * 64 * LDT) * e + 3 * 64 * 4
+    }
+    pub(crate) fn dvl(&self) -> usize {
+        let (e, sp) = (self.e, self.sp);
+        (2 * 64 * self.lk() + sp * 64 * LDT + 64 * LDT) * e + 3 * 64 * 4
+    }
+    pub(crate) fn h_bwd(&self, bv: usize) -> usize {
+        let (e, sp, lds) = (self.e, self.sp, bv + PAD);
+        ((2 + sp) * 64 * self.lk() + 64 * lds + self.kp * lds + sp * 64 * lds) * e + (64 * bv + 3 * 64) * 4
+    }
+    pub(crate) fn dqkw(&self) -> usize {
+        let (e, sp) = (self.e, self.sp);
+        let kw = dqkw_kw(e == 2, self.kp);
+        (2 * 64 * self.lk() + 64 * LDT + 3 * sp * 64 * LDT + 2 * kw * LDT) * e + (64 * 65 + 3 * 64 + 128 + 16) * 4
+    }
+    pub(crate) fn wy_bwd(&self) -> usize {
+        let (e, sp) = (self.e, self.sp);
+        ((1 + sp) * 64 * self.lk() + (1 + 4 * sp) * 64 * LDT) * e + (64 * 65 + 3 * 64 + 256 + 64) * 4
+    }
+    /// The largest of them: what the device must allow per block.
+    #[cfg(test)]
+    pub(crate) fn max(&self) -> usize {
+        [self.wy(), self.h(64), self.h(32), self.o(), self.dvl(), self.h_bwd(64), self.h_bwd(32), self.dqkw(), self.wy_bwd()]
+            .into_iter()
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+/// A chunk-parallel launch: grid (chunks, HV, `gz`), 256 threads, `smem` bytes.
+pub(crate) fn chunk_cfg(nc: u32, hv: usize, gz: usize, smem: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (nc, hv as u32, gz as u32), block_dim: (CHUNK_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
+}
+
+/// A sequential pass: grid (VP / BV, N * HV), 256 threads, `smem` bytes.
+pub(crate) fn state_cfg(vp: usize, bv: usize, nhv: u32, smem: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: ((vp / bv) as u32, nhv, 1), block_dim: (CHUNK_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
+}
+
+/// The recurrent kernels: grid (ceil(V / 32), N * HV), block (32, 8).
+pub(crate) fn rec_cfg(v: usize, nhv: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (v.div_ceil(REC_BV) as u32, nhv, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 }
+}
+
+/// An elementwise launch over `n` items, `per_block` items per block of 256 threads.
+pub(crate) fn flat_cfg(n: usize, per_block: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (n.div_ceil(per_block).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Whether the chunked backward writes dq and dk in place (no grouped value heads, no in-op L2
+/// norm: the per-value-head gradients are the gradients) instead of through `delta_qk_bwd_*`.
+pub fn direct_qk(p: &DeltaProblem) -> bool {
+    p.hv() == p.h() && !p.l2_qk()
+}
+
+/// Elements of each workspace buffer of the delta launches for one problem (`DeltaWorkspace`):
+/// 0 where no launch of the asked passes touches it, at least 1 where one does. `s` marks the
+/// storage dtype (f32 or bf16), the rest is f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DeltaWorkspaceLens {
+    /// f32 `[rows, H]` each: the L2 row factors of q and k (with the in-op norm).
+    pub rq: usize,
+    /// As `rq`, for k.
+    pub rk: usize,
+    /// f32 `[rows, HV]`: beta, prepared.
+    pub bt: usize,
+    /// f32 `[rows, HV]`: the log decay, prepared (gated problems).
+    pub gl: usize,
+    /// `s`, planes x chunks x HV x 64 x KP: w.
+    pub w: usize,
+    /// f32 chunks x HV x 64 x VP: u.
+    pub u: usize,
+    /// `s`, planes x chunks x HV x 64 x 64: T = (I + A)^-1.
+    pub tm: usize,
+    /// f32 chunks x HV x 64: the chunk-local cumsum G.
+    pub g2: usize,
+    /// `s`, chunks x HV x KP x VP: the state entering each chunk.
+    pub hs: usize,
+    /// `s`, planes x chunks x HV x 64 x VP: v_new.
+    pub vn: usize,
+    /// f32 chunks x HV x 64 x VP: P^T do (backward).
+    pub dvl: usize,
+    /// `s`, chunks x HV x KP x VP: the state gradient leaving each chunk (backward).
+    pub dhs: usize,
+    /// `s`, planes x chunks x HV x 64 x VP: dU (backward).
+    pub du: usize,
+    /// `s`, planes x chunks x HV x 64 x KP: dw (backward).
+    pub dw: usize,
+    /// f32 KZ x chunks x HV x 64: the dG partials of `delta_dqkw_*` (backward).
+    pub dgk: usize,
+    /// f32 NP x `[rows, HV, K]` each: dq and dk per value head (backward).
+    pub dqk: usize,
+    /// f32 NP x `[rows, HV]` each: dbeta and dg before the elementwise maps (backward).
+    pub dbg: usize,
+    /// f32: the recurrent backward's state checkpoints.
+    pub ckpt: usize,
+    /// f32: the recurrent backward's recomputed states.
+    pub seg: usize,
+}
+
+impl DeltaWorkspaceLens {
+    /// The larger of each length (a workspace for both passes).
+    pub fn max(self, o: Self) -> Self {
+        Self {
+            rq: self.rq.max(o.rq),
+            rk: self.rk.max(o.rk),
+            bt: self.bt.max(o.bt),
+            gl: self.gl.max(o.gl),
+            w: self.w.max(o.w),
+            u: self.u.max(o.u),
+            tm: self.tm.max(o.tm),
+            g2: self.g2.max(o.g2),
+            hs: self.hs.max(o.hs),
+            vn: self.vn.max(o.vn),
+            dvl: self.dvl.max(o.dvl),
+            dhs: self.dhs.max(o.dhs),
+            du: self.du.max(o.du),
+            dw: self.dw.max(o.dw),
+            dgk: self.dgk.max(o.dgk),
+            dqk: self.dqk.max(o.dqk),
+            dbg: self.dbg.max(o.dbg),
+            ckpt: self.ckpt.max(o.ckpt),
+            seg: self.seg.max(o.seg),
+        }
+    }
+
+    /// Whether every length is at least `need`'s.
+    pub fn covers(&self, need: &Self) -> bool {
+        self.max(*need) == *self
+    }
+
+    /// The forward's workspaces on `path` over `nc` chunks (none for the recurrent forward).
+    pub fn forward(p: &DeltaProblem, nc: usize, bf16: bool, path: DeltaPath) -> Self {
+        let DeltaPath::Chunk { kp } = path else { return Self::default() };
+        let (hv, vp, sp) = (p.hv(), vpad(p.v()), planes(bf16));
+        let l2 = if p.l2_qk() { (p.rows() * p.h()).max(1) } else { 0 };
+        Self {
+            rq: l2,
+            rk: l2,
+            bt: p.beta_len().max(1),
+            gl: if p.gate() == DeltaGate::None { 0 } else { p.beta_len().max(1) },
+            w: (sp * nc * hv * 64 * kp).max(1),
+            u: (nc * hv * 64 * vp).max(1),
+            tm: (sp * nc * hv * 4096).max(1),
+            g2: (nc * hv * 64).max(1),
+            hs: (nc * hv * kp * vp).max(1),
+            vn: (sp * nc * hv * 64 * vp).max(1),
+            ..Self::default()
+        }
+    }
+
+    /// The backward's workspaces on `path` (the chunked backward also runs the forward's
+    /// launches).
+    pub fn backward(p: &DeltaProblem, nc: usize, bf16: bool, path: DeltaPath) -> Self {
+        let (hv, sp) = (p.hv(), planes(bf16));
+        let gated = p.gate() != DeltaGate::None;
+        match path {
+            DeltaPath::Chunk { kp } => {
+                let vp = vpad(p.v());
+                Self {
+                    dvl: (nc * hv * 64 * vp).max(1),
+                    dhs: (nc * hv * kp * vp).max(1),
+                    du: (sp * nc * hv * 64 * vp).max(1),
+                    dw: (sp * nc * hv * 64 * kp).max(1),
+                    dgk: (dqkw_kz(bf16, kp) * nc * hv * 64).max(1),
+                    dqk: if direct_qk(p) { 0 } else { (p.rows() * hv * p.k()).max(1) },
+                    dbg: p.beta_len().max(1),
+                    ..Self::forward(p, nc, bf16, path)
+                }
+            }
+            DeltaPath::Recurrent => {
+                let nv = p.v().div_ceil(REC_BV);
+                let slot = p.k().div_ceil(8) * 256;
+                Self {
+                    bt: p.beta_len().max(1),
+                    gl: if gated { p.beta_len().max(1) } else { 0 },
+                    dqk: (nv * p.rows() * hv * p.k()).max(1),
+                    dbg: (nv * p.beta_len()).max(1),
+                    ckpt: ((p.rows() / REC_CK + p.n() + 1) * hv * nv * slot).max(1),
+                    seg: (p.n() * hv * nv * REC_CK * slot).max(1),
+                    ..Self::default()
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gla_core::DeltaSpec;
+
+    fn prob(k: usize, v: usize) -> DeltaProblem {
+        DeltaProblem::new(DeltaSpec::new(1, 100, 1, k, v, DeltaGate::LogDecay)).expect("valid")
+    }
+
+    #[test]
+    fn paths_follow_the_table() {
+        let chunk = DeltaAlgo::Chunked;
+        assert_eq!(delta_path(&prob(60, 100), true, chunk), Ok(DeltaPath::Chunk { kp: 64 }));
+        assert_eq!(delta_path(&prob(130, 256), true, chunk), Ok(DeltaPath::Chunk { kp: 192 }));
+        assert_eq!(delta_path(&prob(256, 256), true, chunk), Ok(DeltaPath::Chunk { kp: 256 }));
+        assert_eq!(delta_path(&prob(128, 128), false, chunk), Ok(DeltaPath::Chunk { kp: 128 }));
+        assert_eq!(delta_path(&prob(129, 64), false, chunk), Ok(DeltaPath::Recurrent));
+        assert_eq!(delta_path(&prob(64, 257), true, chunk), Ok(DeltaPath::Recurrent));
+        assert_eq!(delta_path(&prob(64, 64), true, DeltaAlgo::Recurrent), Ok(DeltaPath::Recurrent));
+        assert!(delta_path(&prob(257, 64), true, DeltaAlgo::Recurrent).is_err());
+    }
+
+    #[test]
+    fn every_chunk_launch_fits_shared_memory() {
+        // 227 KB per block on sm_90
+        for bf16 in [false, true] {
+            let max = if bf16 { DELTA_CHUNK_MAX } else { DELTA_CHUNK_F32_MAX };
+            for kp in (64..=max).step_by(64) {
+                for vp in (64..=max).step_by(64) {
+                    let s = DeltaSmem::new(bf16, kp, vp);
+                    assert!(s.max() <= 227 * 1024, "bf16 {bf16}, KP {kp}, VP {vp}: {} B", s.max());
+                }
+            }
+        }
+        assert_eq!(h_bv(true, 128, 512, 132), 64);
+        assert_eq!(h_bv(true, 128, 32, 132), 32);
+        assert_eq!(h_bv(false, 128, 32, 132), 64);
+        assert_eq!(h_name(true, 32, 128, "bf16"), "delta_h_bwd_v32_k128_bf16");
+        // the tiles of the widest dq/dk launch are columns of K
+        assert_eq!((dqkw_kw(true, 256), dqkw_kz(true, 256)), (128, 2));
+        assert_eq!((dqkw_kw(false, 128), dqkw_kz(false, 128)), (64, 2));
+        assert_eq!((dqkw_kw(true, 128), dqkw_kz(true, 128)), (128, 1));
+    }
+
+    #[test]
+    fn workspaces_cover_both_passes() {
+        let p = prob(60, 100);
+        let path = delta_path(&p, true, DeltaAlgo::Chunked).expect("K <= 256");
+        let (f, b) = (DeltaWorkspaceLens::forward(&p, 2, true, path), DeltaWorkspaceLens::backward(&p, 2, true, path));
+        assert!(b.covers(&f));
+        assert_eq!(f.w, 2 * 2 * 64 * 64);
+        assert_eq!(DeltaWorkspaceLens::forward(&p, 2, true, DeltaPath::Recurrent), DeltaWorkspaceLens::default());
+        let r = DeltaWorkspaceLens::backward(&p, 2, false, DeltaPath::Recurrent);
+        assert!(r.ckpt > 0 && r.seg > 0 && r.w == 0 && r.dqk == 4 * 100 * 60);
+    }
+}

@@ -1,0 +1,871 @@
+//! Typed launchers of the delta-rule op over device buffers: the forward, the decode step and the
+//! backward. Each checks the buffer lengths against the [`DevDeltaProblem`] (a wrong length is an
+//! error, never an out-of-bounds launch), takes its kernels, launch shapes and workspace sizes from
+//! [`crate::dispatch::delta`], and launches through [`Cuda::launch`].
+//!
+//! Each pass has one launcher over the caller's buffers that allocates nothing ([`delta_fwd_ws`],
+//! [`delta_bwd_ws`], with a [`DeltaWorkspace`]; [`delta_decode`] needs none) and an allocating
+//! entry point that makes the workspace and the gradients and calls it ([`delta_fwd`],
+//! [`delta_bwd`]).
+//!
+//! Storage dtypes: `f32`, or bf16 held as `u16`. `A_log`, `dt_bias`, states, gradients and every
+//! accumulator are f32.
+
+use cudarc::driver::{CudaSlice, DeviceRepr};
+use gla_core::{DeltaGate, DeltaProblem};
+
+use crate::dispatch::delta::{self as dd, DeltaAlgo, DeltaPath, DeltaSmem, DeltaWorkspaceLens, DELTA_BT, REC_BV};
+use crate::error::{Error, Result};
+use crate::ops::{poison, Elem};
+use crate::runtime::Cuda;
+
+thread_local! {
+    /// The launches recorded by [`profile`] on this thread: (kernel, start, end events).
+    static PROFILE: std::cell::RefCell<Option<Vec<(String, cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// The one launch path of the delta launchers: [`Cuda::launch`], bracketed by events while
+/// [`profile`] records.
+///
+/// # Safety
+/// As [`Cuda::launch`].
+unsafe fn launch(cuda: &Cuda, name: &str, cfg: cudarc::driver::LaunchConfig, args: &[&dyn crate::runtime::KernelArg]) -> Result<()> {
+    let on = PROFILE.with(|p| p.borrow().is_some());
+    if !on {
+        // SAFETY: the caller's contract
+        return unsafe { cuda.launch(name, cfg, args) };
+    }
+    let ev = || cuda.context().new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(Error::driver("create event"));
+    let (a, z) = (ev()?, ev()?);
+    a.record(cuda.stream()).map_err(Error::driver("record event"))?;
+    // SAFETY: the caller's contract
+    unsafe { cuda.launch(name, cfg, args)? };
+    z.record(cuda.stream()).map_err(Error::driver("record event"))?;
+    PROFILE.with(|p| p.borrow_mut().as_mut().map(|v| v.push((name.to_string(), a, z))));
+    Ok(())
+}
+
+/// Runs `f` with every delta launch of this thread timed by CUDA events: returns its result and
+/// each launch's (kernel, ms) in launch order (for the benchmark's stage breakdown; the events
+/// add a little time between launches).
+///
+/// # Errors
+/// What `f` returns; driver errors of the events.
+pub fn profile<R>(cuda: &Cuda, f: impl FnOnce() -> Result<R>) -> Result<(R, Vec<(String, f64)>)> {
+    PROFILE.with(|p| *p.borrow_mut() = Some(Vec::new()));
+    let r = f();
+    let recs = PROFILE.with(|p| p.borrow_mut().take()).unwrap_or_default();
+    let r = r?;
+    cuda.sync()?;
+    let mut out = Vec::with_capacity(recs.len());
+    for (name, a, z) in recs {
+        out.push((name, f64::from(a.elapsed_ms(&z).map_err(Error::driver("event elapsed"))?)));
+    }
+    Ok((r, out))
+}
+
+fn unsupported(what: String) -> Error {
+    Error::Op(gla_core::Error::Unsupported { backend: "cuda", what })
+}
+
+fn check_len(op: &'static str, tensor: &'static str, expected: usize, got: usize) -> Result<()> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(Error::Op(gla_core::Error::ShapeMismatch { op, tensor, expected: format!("{expected} elements"), numel: expected, got }))
+    }
+}
+
+fn is_bf16<T: Elem>() -> bool {
+    T::SUFFIX == "bf16"
+}
+
+/// The device-side description of a [`DeltaProblem`]: the sequence bounds and chunk tables on
+/// the device plus the host problem.
+#[derive(Debug)]
+pub struct DevDeltaProblem {
+    /// Sequence row offsets `[N+1]` (i64).
+    pub bounds: CudaSlice<i64>,
+    /// Global index of each sequence's first 64-row chunk `[N+1]` (i64); the last is the total.
+    pub chunk_off: CudaSlice<i64>,
+    /// The sequence of each global chunk `[max(1, chunks)]` (i32).
+    pub chunk_seq: CudaSlice<i32>,
+    /// Total number of 64-row chunks over all sequences.
+    pub n_chunks: usize,
+    /// The host problem.
+    pub problem: DeltaProblem,
+}
+
+impl DevDeltaProblem {
+    /// Uploads the bounds of `p`.
+    ///
+    /// # Errors
+    /// [`Error::Driver`].
+    pub fn new(cuda: &Cuda, p: &DeltaProblem) -> Result<Self> {
+        let b: Vec<i64> = p.bounds().iter().map(|&x| x as i64).collect();
+        let mut off = vec![0i64];
+        let mut seq = Vec::new();
+        for n in 0..p.n() {
+            let c = ((b[n + 1] - b[n]) as usize).div_ceil(DELTA_BT);
+            off.push(off[n] + c as i64);
+            seq.extend(std::iter::repeat_n(n as i32, c));
+        }
+        let n_chunks = seq.len();
+        if seq.is_empty() {
+            seq.push(0);
+        }
+        Ok(Self {
+            bounds: cuda.upload(&b, "delta sequence bounds")?,
+            chunk_off: cuda.upload(&off, "delta chunk offsets")?,
+            chunk_seq: cuda.upload(&seq, "delta chunk sequences")?,
+            n_chunks,
+            problem: p.clone(),
+        })
+    }
+}
+
+/// Inputs of a delta launch, on the device (layouts of [`gla_core::DeltaInputs`]).
+#[derive(Debug, Clone, Copy)]
+pub struct DeltaDevInputs<'a, T> {
+    /// `[B,T,H,K]`
+    pub q: &'a CudaSlice<T>,
+    /// `[B,T,H,K]`
+    pub k: &'a CudaSlice<T>,
+    /// `[B,T,HV,V]`
+    pub v: &'a CudaSlice<T>,
+    /// `[B,T,HV]`: beta, or its logits with the in-op sigmoid.
+    pub beta: &'a CudaSlice<T>,
+    /// `[B,T,HV]`: the log decay or the raw `a` (per the gate); `None` without a gate.
+    pub g: Option<&'a CudaSlice<T>>,
+    /// `A_log [HV]` f32 (computed gate).
+    pub a_log: Option<&'a CudaSlice<f32>>,
+    /// `dt_bias [HV]` f32 (computed gate).
+    pub dt_bias: Option<&'a CudaSlice<f32>>,
+    /// `[N,HV,K,V]` f32 or none.
+    pub h0: Option<&'a CudaSlice<f32>>,
+}
+
+fn check_inputs<T>(op: &'static str, p: &DeltaProblem, x: &DeltaDevInputs<'_, T>) -> Result<()> {
+    check_len(op, "q", p.qk_len(), x.q.len())?;
+    check_len(op, "k", p.qk_len(), x.k.len())?;
+    check_len(op, "v", p.v_len(), x.v.len())?;
+    check_len(op, "beta", p.beta_len(), x.beta.len())?;
+    check_len(op, "g", p.g_len(), x.g.map_or(0, |g| g.len()))?;
+    let computed = p.gate() == DeltaGate::Computed;
+    let np = if computed { p.hv() } else { 0 };
+    check_len(op, "A_log", np, if computed { x.a_log.map_or(0, |a| a.len()) } else { 0 })?;
+    check_len(op, "dt_bias", np, if computed { x.dt_bias.map_or(0, |a| a.len()) } else { 0 })?;
+    if let Some(h0) = x.h0 {
+        check_len(op, "h0", p.state_len(), h0.len())?;
+    }
+    Ok(())
+}
+
+/// The kernels' scalar options of a problem: (l2, bscale, gmode) — the L2 norm flag, the
+/// sigmoid's factor (0: beta given directly) and the gate (0 none, 1 log decay, 2 computed).
+fn options(p: &DeltaProblem) -> (i32, f32, i32) {
+    let bscale = if p.beta_sigmoid() { p.beta_scale() as f32 } else { 0.0 };
+    let gmode = match p.gate() {
+        DeltaGate::None => 0,
+        DeltaGate::LogDecay => 1,
+        DeltaGate::Computed => 2,
+    };
+    (i32::from(p.l2_qk()), bscale, gmode)
+}
+
+fn grid_nhv(op: &str, p: &DeltaProblem) -> Result<u32> {
+    let nhv = p.n() * p.hv();
+    u32::try_from(nhv).ok().filter(|&x| x <= 65_535).ok_or_else(|| unsupported(format!("{op}: N*HV = {nhv} exceeds the grid's y limit")))
+}
+
+fn grid_chunks(op: &str, nc: usize) -> Result<u32> {
+    u32::try_from(nc).ok().filter(|&x| x < i32::MAX as u32).ok_or_else(|| unsupported(format!("{op}: {nc} chunks")))
+}
+
+/// The workspaces of the delta launches, sized by [`DeltaWorkspaceLens`], allocated once and
+/// reused by every call whose problem they cover (the model keeps one per batch shape, so a
+/// training step allocates nothing). Contents are not initialised: every launch writes what a
+/// later one reads. One workspace serves one stream's launches in order.
+#[derive(Debug)]
+pub struct DeltaWorkspace<T> {
+    lens: DeltaWorkspaceLens,
+    rq: Option<CudaSlice<f32>>,
+    rk: Option<CudaSlice<f32>>,
+    bt: Option<CudaSlice<f32>>,
+    gl: Option<CudaSlice<f32>>,
+    w: Option<CudaSlice<T>>,
+    u: Option<CudaSlice<f32>>,
+    tm: Option<CudaSlice<T>>,
+    g2: Option<CudaSlice<f32>>,
+    hs: Option<CudaSlice<T>>,
+    vn: Option<CudaSlice<T>>,
+    dvl: Option<CudaSlice<f32>>,
+    dhs: Option<CudaSlice<T>>,
+    du: Option<CudaSlice<T>>,
+    dw: Option<CudaSlice<T>>,
+    dgk: Option<CudaSlice<f32>>,
+    dq: Option<CudaSlice<f32>>,
+    dk: Option<CudaSlice<f32>>,
+    db: Option<CudaSlice<f32>>,
+    dg: Option<CudaSlice<f32>>,
+    ckpt: Option<CudaSlice<f32>>,
+    seg: Option<CudaSlice<f32>>,
+}
+
+fn ws_buf<U: DeviceRepr>(cuda: &Cuda, len: usize, what: &str) -> Result<Option<CudaSlice<U>>> {
+    if len == 0 {
+        return Ok(None);
+    }
+    // SAFETY: the DeltaWorkspace contract: written by an earlier launch on the stream before any read
+    unsafe { cuda.alloc_uninit::<U>(len, what) }.map(Some)
+}
+
+fn req<'a, U>(b: &'a Option<CudaSlice<U>>, what: &str) -> Result<&'a CudaSlice<U>> {
+    b.as_ref().ok_or_else(|| unsupported(format!("delta workspace without its {what} buffer")))
+}
+
+impl<T: Elem> DeltaWorkspace<T> {
+    /// Allocates the buffers of `lens` (none for a length of 0).
+    ///
+    /// # Errors
+    /// [`Error::Driver`] (out of memory names the buffer).
+    pub fn new(cuda: &Cuda, lens: DeltaWorkspaceLens) -> Result<Self> {
+        let l = &lens;
+        Ok(Self {
+            rq: ws_buf(cuda, l.rq, "delta rq")?,
+            rk: ws_buf(cuda, l.rk, "delta rk")?,
+            bt: ws_buf(cuda, l.bt, "delta beta")?,
+            gl: ws_buf(cuda, l.gl, "delta log decay")?,
+            w: ws_buf(cuda, l.w, "delta w")?,
+            u: ws_buf(cuda, l.u, "delta u")?,
+            tm: ws_buf(cuda, l.tm, "delta T")?,
+            g2: ws_buf(cuda, l.g2, "delta G")?,
+            hs: ws_buf(cuda, l.hs, "delta chunk states")?,
+            vn: ws_buf(cuda, l.vn, "delta v_new")?,
+            dvl: ws_buf(cuda, l.dvl, "delta dvl")?,
+            dhs: ws_buf(cuda, l.dhs, "delta chunk state gradients")?,
+            du: ws_buf(cuda, l.du, "delta dU")?,
+            dw: ws_buf(cuda, l.dw, "delta dw")?,
+            dgk: ws_buf(cuda, l.dgk, "delta dG partials")?,
+            dq: ws_buf(cuda, l.dqk, "delta dq partials")?,
+            dk: ws_buf(cuda, l.dqk, "delta dk partials")?,
+            db: ws_buf(cuda, l.dbg, "delta dbeta partials")?,
+            dg: ws_buf(cuda, l.dbg, "delta dg partials")?,
+            ckpt: ws_buf(cuda, l.ckpt, "delta state checkpoints")?,
+            seg: ws_buf(cuda, l.seg, "delta segment states")?,
+            lens,
+        })
+    }
+
+    /// The workspace of `dp`'s problem for `algo`'s forward (`fwd`) and backward (`bwd`).
+    ///
+    /// # Errors
+    /// [`Error::Op`] for a problem the dispatch policy refuses; [`Error::Driver`].
+    pub fn for_problem(cuda: &Cuda, dp: &DevDeltaProblem, algo: DeltaAlgo, fwd: bool, bwd: bool) -> Result<Self> {
+        let (p, nc, bf16) = (&dp.problem, dp.n_chunks, is_bf16::<T>());
+        let path = dd::delta_path(p, bf16, algo).map_err(unsupported)?;
+        let f = if fwd { DeltaWorkspaceLens::forward(p, nc, bf16, path) } else { DeltaWorkspaceLens::default() };
+        let b = if bwd { DeltaWorkspaceLens::backward(p, nc, bf16, path) } else { DeltaWorkspaceLens::default() };
+        Self::new(cuda, f.max(b))
+    }
+
+    /// The buffers' lengths.
+    pub fn lens(&self) -> &DeltaWorkspaceLens {
+        &self.lens
+    }
+
+    fn check(&self, op: &str, need: &DeltaWorkspaceLens) -> Result<()> {
+        if self.lens.covers(need) {
+            Ok(())
+        } else {
+            Err(unsupported(format!("{op}: the workspace {:?} does not cover the problem's {need:?}", self.lens)))
+        }
+    }
+}
+
+/// Forward: `o = ` the output `[B,T,HV,V]` (dtype T), `ht = ` the final state `[N,HV,K,V]` f32,
+/// by the kernels [`dd::delta_path`] picks for `algo`; allocates its workspace
+/// ([`delta_fwd_ws`] takes the caller's).
+///
+/// # Errors
+/// Shape mismatch, unsupported K, launch or compile errors.
+pub fn delta_fwd<T: Elem>(
+    cuda: &Cuda,
+    algo: DeltaAlgo,
+    dp: &DevDeltaProblem,
+    x: &DeltaDevInputs<'_, T>,
+    o: &mut CudaSlice<T>,
+    ht: Option<&mut CudaSlice<f32>>,
+) -> Result<()> {
+    let path = dd::delta_path(&dp.problem, is_bf16::<T>(), algo).map_err(unsupported)?;
+    let mut ws = DeltaWorkspace::new(cuda, DeltaWorkspaceLens::forward(&dp.problem, dp.n_chunks, is_bf16::<T>(), path))?;
+    delta_fwd_ws(cuda, algo, dp, x, &mut ws, o, ht)
+}
+
+/// [`delta_fwd`] with the caller's workspace (at least [`DeltaWorkspaceLens::forward`] of the
+/// problem, e.g. [`DeltaWorkspace::for_problem`]); allocates nothing.
+///
+/// # Errors
+/// As [`delta_fwd`]; [`Error::Op`] for a workspace that is too small.
+pub fn delta_fwd_ws<T: Elem>(
+    cuda: &Cuda,
+    algo: DeltaAlgo,
+    dp: &DevDeltaProblem,
+    x: &DeltaDevInputs<'_, T>,
+    ws: &mut DeltaWorkspace<T>,
+    o: &mut CudaSlice<T>,
+    ht: Option<&mut CudaSlice<f32>>,
+) -> Result<()> {
+    let op = "delta_fwd";
+    let p = &dp.problem;
+    check_inputs(op, p, x)?;
+    check_len(op, "o", p.v_len(), o.len())?;
+    if let Some(ht) = &ht {
+        check_len(op, "ht", p.state_len(), ht.len())?;
+    }
+    let bf16 = is_bf16::<T>();
+    let path = dd::delta_path(p, bf16, algo).map_err(unsupported)?;
+    ws.check(op, &DeltaWorkspaceLens::forward(p, dp.n_chunks, bf16, path))?;
+    let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
+    let scale = p.scale() as f32;
+    let (l2, bscale, gmode) = options(p);
+    let nhv = grid_nhv(op, p)?;
+    match path {
+        DeltaPath::Recurrent => {
+            let name = format!("delta_rec_fwd_{}", T::SUFFIX);
+            // SAFETY: the arguments match delta_rec_fwd's signature; every buffer's length was
+            // checked against the problem (null where the kernel tests for null); the grid
+            // covers V in tiles of 32 and N*HV in y.
+            unsafe {
+                launch(
+                    cuda,
+                    &name,
+                    dd::rec_cfg(p.v(), nhv),
+                    &[
+                        x.q, x.k, x.v, x.beta, &x.g, &x.a_log, &x.dt_bias, &x.h0, o, &ht, &dp.bounds, &h, &hv, &k, &v, &scale, &l2,
+                        &bscale, &gmode,
+                    ],
+                )
+            }
+        }
+        DeltaPath::Chunk { kp } => {
+            chunk_prep(cuda, dp, x, ws)?;
+            chunk_wy_h(cuda, dp, x, ws, kp, ht)?;
+            if dp.n_chunks == 0 {
+                return Ok(());
+            }
+            let ws = &*ws;
+            let (vp, nch) = (dd::vpad(p.v()) as i32, dp.n_chunks as i64);
+            let smem = DeltaSmem::new(bf16, kp, dd::vpad(p.v()));
+            let cfg = dd::chunk_cfg(grid_chunks(op, dp.n_chunks)?, p.hv(), 1, smem.o());
+            let (hs, vn, g2) = (req(&ws.hs, "hs")?, req(&ws.vn, "v_new")?, req(&ws.g2, "G")?);
+            let name = format!("delta_o_k{kp}_{}", T::SUFFIX);
+            // SAFETY: arguments match delta_o_*'s signature; hs, vn, g2 were written by the
+            // launches above (workspace lengths checked against the problem); one block per
+            // (chunk, value head).
+            unsafe {
+                launch(
+                    cuda,
+                    &name,
+                    cfg,
+                    &[
+                        x.q,
+                        x.k,
+                        &ws.rq,
+                        &ws.rk,
+                        hs,
+                        vn,
+                        g2,
+                        o,
+                        &dp.bounds,
+                        &dp.chunk_off,
+                        &dp.chunk_seq,
+                        &h,
+                        &hv,
+                        &k,
+                        &v,
+                        &vp,
+                        &scale,
+                        &nch,
+                    ],
+                )
+            }
+        }
+    }
+}
+
+/// The elementwise prep of the chunked passes: the L2 row factors (with the in-op norm), beta
+/// and the log decay as f32.
+fn chunk_prep<T: Elem>(cuda: &Cuda, dp: &DevDeltaProblem, x: &DeltaDevInputs<'_, T>, ws: &DeltaWorkspace<T>) -> Result<()> {
+    let p = &dp.problem;
+    let nr = p.rows() * p.h();
+    if p.l2_qk() && nr > 0 {
+        let name = format!("delta_l2_rstd_{}", T::SUFFIX);
+        let (nr64, k) = (nr as i64, p.k() as i32);
+        for (src, dst) in [(x.q, req(&ws.rq, "rq")?), (x.k, req(&ws.rk, "rk")?)] {
+            // SAFETY: one warp per row of [rows*H, K]; dst holds rows*H f32
+            unsafe { launch(cuda, &name, dd::flat_cfg(nr, 8), &[src, dst, &nr64, &k])? };
+        }
+    }
+    gate_prep(cuda, dp, x, req(&ws.bt, "beta")?, ws.gl.as_ref())
+}
+
+fn gate_prep<T: Elem>(
+    cuda: &Cuda,
+    dp: &DevDeltaProblem,
+    x: &DeltaDevInputs<'_, T>,
+    bt: &CudaSlice<f32>,
+    gl: Option<&CudaSlice<f32>>,
+) -> Result<()> {
+    let p = &dp.problem;
+    let n = p.beta_len();
+    if n == 0 {
+        return Ok(());
+    }
+    let (_, bscale, gmode) = options(p);
+    let (n64, hv) = (n as i64, p.hv() as i32);
+    let gl = gl.filter(|_| gmode > 0);
+    if gmode > 0 && gl.is_none() {
+        return Err(unsupported("delta workspace without its log-decay buffer".into()));
+    }
+    let name = format!("delta_gate_fwd_{}", T::SUFFIX);
+    // SAFETY: one thread per (row, value head) of [rows, HV]; bt (and gl with a gate) hold
+    // rows*HV f32; the inputs were checked against the problem
+    unsafe { launch(cuda, &name, dd::flat_cfg(n, 256), &[x.beta, &x.g, &x.a_log, &x.dt_bias, bt, &gl, &n64, &hv, &bscale, &gmode]) }
+}
+
+/// The UT/WY prep and the state pass of the chunked path (forward, and the backward's
+/// recomputation): w, u, T, G, hs, v_new; ht when given.
+fn chunk_wy_h<T: Elem>(
+    cuda: &Cuda,
+    dp: &DevDeltaProblem,
+    x: &DeltaDevInputs<'_, T>,
+    ws: &DeltaWorkspace<T>,
+    kp: usize,
+    ht: Option<&mut CudaSlice<f32>>,
+) -> Result<()> {
+    let op = "delta chunked forward";
+    let p = &dp.problem;
+    let bf16 = is_bf16::<T>();
+    let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
+    let (vp, nch) = (dd::vpad(p.v()), dp.n_chunks as i64);
+    let vp32 = vp as i32;
+    let smem = DeltaSmem::new(bf16, kp, vp);
+    let (w, u, tm, g2) = (req(&ws.w, "w")?, req(&ws.u, "u")?, req(&ws.tm, "T")?, req(&ws.g2, "G")?);
+    let (hs, vn, bt) = (req(&ws.hs, "hs")?, req(&ws.vn, "v_new")?, req(&ws.bt, "beta")?);
+    if dp.n_chunks > 0 {
+        let name = format!("delta_wy_k{kp}_{}", T::SUFFIX);
+        let cfg = dd::chunk_cfg(grid_chunks(op, dp.n_chunks)?, p.hv(), 1, smem.wy());
+        // SAFETY: arguments match delta_wy_*'s signature; w, u, T, G hold the problem's chunked
+        // workspaces (checked by the caller); one block per (chunk, value head)
+        unsafe {
+            launch(
+                cuda,
+                &name,
+                cfg,
+                &[x.k, &ws.rk, x.v, bt, &ws.gl, w, u, tm, g2, &dp.bounds, &dp.chunk_off, &dp.chunk_seq, &h, &hv, &k, &v, &vp32, &nch],
+            )?;
+        }
+    }
+    let bv = dd::h_bv(bf16, vp, p.n() * p.hv(), cuda.sm_count());
+    let name = dd::h_name(false, bv, kp, T::SUFFIX);
+    let cfg = dd::state_cfg(vp, bv, grid_nhv(op, p)?, smem.h(bv));
+    // SAFETY: arguments match delta_h_*'s signature; one block per (V tile, sequence x value
+    // head) walking its chunks; every workspace is sized for the problem
+    unsafe {
+        launch(cuda, &name, cfg, &[w, u, x.k, &ws.rk, g2, &x.h0, hs, vn, &ht, &dp.bounds, &dp.chunk_off, &h, &hv, &k, &v, &vp32, &nch])
+    }
+}
+
+/// One decode step (`delta_rec_decode_*`): the recurrent forward of one token per sequence (the
+/// problem has exactly one row per sequence), sequence n's state `[HV, K, V]` f32 living in its
+/// own buffer at the device address `states[n]`, read and updated in place. The elementwise maps
+/// run inline: no workspace, nothing allocated.
+///
+/// # Errors
+/// [`Error::Op`] for wrong lengths or a problem that is not one row per sequence; launch errors.
+///
+/// # Safety
+/// Every address in `states[..N]` must be that of a live device buffer of this context holding
+/// at least `HV*K*V` f32, no two the same, none written by other work while the step runs.
+pub unsafe fn delta_decode<T: Elem>(
+    cuda: &Cuda,
+    dp: &DevDeltaProblem,
+    x: &DeltaDevInputs<'_, T>,
+    states: u64,
+    n_states: usize,
+    o: &mut CudaSlice<T>,
+) -> Result<()> {
+    let op = "delta_decode";
+    let p = &dp.problem;
+    check_inputs(op, p, x)?;
+    check_len(op, "o", p.v_len(), o.len())?;
+    check_len(op, "states", p.n(), n_states)?;
+    if p.rows() != p.n() {
+        return Err(unsupported(format!("{op}: {} rows for {} sequences; decode takes one token per sequence", p.rows(), p.n())));
+    }
+    dd::delta_path(p, is_bf16::<T>(), DeltaAlgo::Recurrent).map_err(unsupported)?;
+    let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
+    let scale = p.scale() as f32;
+    let (l2, bscale, gmode) = options(p);
+    let name = format!("delta_rec_decode_{}", T::SUFFIX);
+    // SAFETY: the arguments match delta_rec_decode's signature; input and output lengths were
+    // checked against the problem; the state table's contract is the caller's (above)
+    unsafe {
+        launch(
+            cuda,
+            &name,
+            dd::rec_cfg(p.v(), grid_nhv(op, p)?),
+            &[x.q, x.k, x.v, x.beta, &x.g, &x.a_log, &x.dt_bias, &states, o, &dp.bounds, &h, &hv, &k, &v, &scale, &l2, &bscale, &gmode],
+        )
+    }
+}
+
+/// Gradients written by a delta backward (all f32), owned: what [`delta_bwd`] returns.
+#[derive(Debug)]
+pub struct DeltaDevGrads {
+    /// `[B,T,H,K]`
+    pub dq: CudaSlice<f32>,
+    /// `[B,T,H,K]`
+    pub dk: CudaSlice<f32>,
+    /// `[B,T,HV,V]`
+    pub dv: CudaSlice<f32>,
+    /// `[B,T,HV]`, at the beta input.
+    pub dbeta: CudaSlice<f32>,
+    /// `[B,T,HV]`, at the g input (one element without a gate).
+    pub dg: CudaSlice<f32>,
+    /// `[HV]` (one element without the computed gate).
+    pub da_log: CudaSlice<f32>,
+    /// `[HV]` (one element without the computed gate).
+    pub ddt_bias: CudaSlice<f32>,
+    /// `[N,HV,K,V]` (one element without h0).
+    pub dh0: CudaSlice<f32>,
+}
+
+impl DeltaDevGrads {
+    /// Gradient buffers for problem `p` (with `has_h0`: an initial state), NaN-poisoned.
+    ///
+    /// # Errors
+    /// [`Error::Driver`].
+    pub fn alloc(cuda: &Cuda, p: &DeltaProblem, has_h0: bool) -> Result<Self> {
+        let grad = |len: usize, what: &str| -> Result<CudaSlice<f32>> {
+            // SAFETY: poisoned right away; the backward writes every element it is given
+            let mut b = unsafe { cuda.alloc_uninit::<f32>(len.max(1), what) }?;
+            poison(cuda, &mut b)?;
+            Ok(b)
+        };
+        let computed = p.gate() == DeltaGate::Computed;
+        Ok(Self {
+            dq: grad(p.qk_len(), "delta dq")?,
+            dk: grad(p.qk_len(), "delta dk")?,
+            dv: grad(p.v_len(), "delta dv")?,
+            dbeta: grad(p.beta_len(), "delta dbeta")?,
+            dg: grad(p.g_len(), "delta dg")?,
+            da_log: grad(if computed { p.hv() } else { 0 }, "delta dA_log")?,
+            ddt_bias: grad(if computed { p.hv() } else { 0 }, "delta ddt_bias")?,
+            dh0: grad(if has_h0 { p.state_len() } else { 0 }, "delta dh0")?,
+        })
+    }
+
+    /// The buffers as a backward's outputs (`dh0` given when `has_h0`).
+    pub fn as_out(&mut self, has_h0: bool) -> DeltaDevGradsMut<'_> {
+        DeltaDevGradsMut {
+            dq: &mut self.dq,
+            dk: &mut self.dk,
+            dv: &mut self.dv,
+            dbeta: &mut self.dbeta,
+            dg: &mut self.dg,
+            da_log: &mut self.da_log,
+            ddt_bias: &mut self.ddt_bias,
+            dh0: has_h0.then_some(&mut self.dh0),
+        }
+    }
+}
+
+/// The caller's gradient buffers a delta backward writes (`=`, all f32): dq, dk `[B,T,H,K]`, dv
+/// `[B,T,HV,V]`, dbeta `[B,T,HV]`, dg shaped like g (any length without a gate: not touched),
+/// dA_log and ddt_bias `[HV]` (computed gate; else not touched), dh0 `[N,HV,K,V]` (given
+/// exactly when the inputs have an h0).
+#[derive(Debug)]
+pub struct DeltaDevGradsMut<'a> {
+    /// `[B,T,H,K]`
+    pub dq: &'a mut CudaSlice<f32>,
+    /// `[B,T,H,K]`
+    pub dk: &'a mut CudaSlice<f32>,
+    /// `[B,T,HV,V]`
+    pub dv: &'a mut CudaSlice<f32>,
+    /// `[B,T,HV]`
+    pub dbeta: &'a mut CudaSlice<f32>,
+    /// Shaped like g.
+    pub dg: &'a mut CudaSlice<f32>,
+    /// `[HV]`
+    pub da_log: &'a mut CudaSlice<f32>,
+    /// `[HV]`
+    pub ddt_bias: &'a mut CudaSlice<f32>,
+    /// `[N,HV,K,V]` when the inputs have an h0.
+    pub dh0: Option<&'a mut CudaSlice<f32>>,
+}
+
+impl DeltaDevGradsMut<'_> {
+    fn check<T>(&self, op: &'static str, p: &DeltaProblem, x: &DeltaDevInputs<'_, T>) -> Result<()> {
+        check_len(op, "dq", p.qk_len(), self.dq.len())?;
+        check_len(op, "dk", p.qk_len(), self.dk.len())?;
+        check_len(op, "dv", p.v_len(), self.dv.len())?;
+        check_len(op, "dbeta", p.beta_len(), self.dbeta.len())?;
+        if p.g_len() > 0 {
+            check_len(op, "dg", p.g_len(), self.dg.len())?;
+        }
+        if p.gate() == DeltaGate::Computed {
+            check_len(op, "dA_log", p.hv(), self.da_log.len())?;
+            check_len(op, "ddt_bias", p.hv(), self.ddt_bias.len())?;
+        }
+        if x.h0.is_some() {
+            check_len(op, "dh0", p.state_len(), self.dh0.as_ref().map_or(0, |d| d.len()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Backward of `L = <do, o> + <dht, S_T>` (`do [B,T,HV,V]` dtype T, `dht [N,HV,K,V]` f32 or
+/// none) by the kernels [`dd::delta_path`] picks for `algo`; allocates its workspace and the
+/// (NaN-poisoned) gradients ([`delta_bwd_ws`] takes the caller's).
+///
+/// # Errors
+/// Shape mismatch, unsupported K, launch or compile errors.
+pub fn delta_bwd<T: Elem>(
+    cuda: &Cuda,
+    algo: DeltaAlgo,
+    dp: &DevDeltaProblem,
+    x: &DeltaDevInputs<'_, T>,
+    d_o: &CudaSlice<T>,
+    dht: Option<&CudaSlice<f32>>,
+) -> Result<DeltaDevGrads> {
+    let mut ws = DeltaWorkspace::for_problem(cuda, dp, algo, false, true)?;
+    let mut g = DeltaDevGrads::alloc(cuda, &dp.problem, x.h0.is_some())?;
+    delta_bwd_ws(cuda, algo, dp, x, d_o, dht, &mut ws, false, g.as_out(x.h0.is_some()))?;
+    Ok(g)
+}
+
+/// [`delta_bwd`] into the caller's gradients with the caller's workspace (at least
+/// [`DeltaWorkspaceLens::backward`] of the problem, e.g. [`DeltaWorkspace::for_problem`]);
+/// allocates nothing. Every element of the gradients is written.
+///
+/// `fwd_in_ws`: [`delta_fwd_ws`] ran on these inputs with this workspace, and nothing else has
+/// used it since (a training step's forward then backward): the chunked backward then reuses the
+/// forward's T, w, u, G, chunk states and v_new instead of recomputing them (the recurrent
+/// backward ignores it). A wrong `true` gives wrong gradients, never an out-of-bounds access.
+///
+/// # Errors
+/// As [`delta_bwd`]; [`Error::Op`] for gradients of the wrong lengths or a workspace that is too
+/// small.
+#[allow(clippy::too_many_arguments)]
+pub fn delta_bwd_ws<T: Elem>(
+    cuda: &Cuda,
+    algo: DeltaAlgo,
+    dp: &DevDeltaProblem,
+    x: &DeltaDevInputs<'_, T>,
+    d_o: &CudaSlice<T>,
+    dht: Option<&CudaSlice<f32>>,
+    ws: &mut DeltaWorkspace<T>,
+    fwd_in_ws: bool,
+    g: DeltaDevGradsMut<'_>,
+) -> Result<()> {
+    let op = "delta_bwd";
+    let p = &dp.problem;
+    check_inputs(op, p, x)?;
+    check_len(op, "do", p.v_len(), d_o.len())?;
+    if let Some(dht) = dht {
+        check_len(op, "dht", p.state_len(), dht.len())?;
+    }
+    g.check(op, p, x)?;
+    let bf16 = is_bf16::<T>();
+    let path = dd::delta_path(p, bf16, algo).map_err(unsupported)?;
+    ws.check(op, &DeltaWorkspaceLens::backward(p, dp.n_chunks, bf16, path))?;
+    let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
+    let scale = p.scale() as f32;
+    let (l2, _bscale, gmode) = options(p);
+    let nhv = grid_nhv(op, p)?;
+    let rows = p.rows() as i64;
+    let np = match path {
+        DeltaPath::Recurrent => {
+            let ws = &*ws;
+            let (bt, dq, dk) = (req(&ws.bt, "beta")?, req(&ws.dq, "dq partials")?, req(&ws.dk, "dk partials")?);
+            let (db, dg, ckpt, seg) =
+                (req(&ws.db, "dbeta partials")?, req(&ws.dg, "dg partials")?, req(&ws.ckpt, "ckpt")?, req(&ws.seg, "seg")?);
+            gate_prep(cuda, dp, x, bt, ws.gl.as_ref())?;
+            let dh0 = g.dh0.as_deref().filter(|_| x.h0.is_some());
+            let gl = ws.gl.as_ref().filter(|_| gmode > 0);
+            let name = format!("delta_rec_bwd_{}", T::SUFFIX);
+            // SAFETY: arguments match delta_rec_bwd's signature; the partials hold NV x [rows,
+            // HV, K] (dq, dk) and NV x [rows, HV] (dbeta, dg), the checkpoints and scratch as
+            // DeltaWorkspaceLens::backward sizes them for the grid (checked above)
+            unsafe {
+                launch(
+                    cuda,
+                    &name,
+                    dd::rec_cfg(p.v(), nhv),
+                    &[
+                        x.q, x.k, x.v, bt, &gl, &x.h0, d_o, &dht, dq, dk, &*g.dv, db, dg, &dh0, ckpt, seg, &dp.bounds, &h, &hv, &k, &v,
+                        &scale, &l2, &gmode, &rows,
+                    ],
+                )?;
+            }
+            p.v().div_ceil(REC_BV)
+        }
+        DeltaPath::Chunk { kp } => {
+            chunk_bwd(cuda, dp, x, d_o, dht, ws, kp, fwd_in_ws, &g)?;
+            1
+        }
+    };
+    let direct = matches!(path, DeltaPath::Chunk { .. }) && dd::direct_qk(p);
+    finalize(cuda, dp, x, ws, np, direct, g)
+}
+
+/// The chunked backward's launches up to the WY backward: prep, WY and state pass (recomputed
+/// unless `fwd_in_ws`), dvl, state-gradient pass, dq/dk/dw, WY backward. dq and dk go straight
+/// to the gradients where [`dd::direct_qk`], else to the workspace's partials.
+#[allow(clippy::too_many_arguments)]
+fn chunk_bwd<T: Elem>(
+    cuda: &Cuda,
+    dp: &DevDeltaProblem,
+    x: &DeltaDevInputs<'_, T>,
+    d_o: &CudaSlice<T>,
+    dht: Option<&CudaSlice<f32>>,
+    ws: &mut DeltaWorkspace<T>,
+    kp: usize,
+    fwd_in_ws: bool,
+    g: &DeltaDevGradsMut<'_>,
+) -> Result<()> {
+    let op = "delta chunked backward";
+    let p = &dp.problem;
+    let bf16 = is_bf16::<T>();
+    if !fwd_in_ws {
+        chunk_prep(cuda, dp, x, ws)?;
+        chunk_wy_h(cuda, dp, x, ws, kp, None)?;
+    }
+    let ws = &*ws;
+    let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
+    let scale = p.scale() as f32;
+    let (vp, nch) = (dd::vpad(p.v()), dp.n_chunks as i64);
+    let vp32 = vp as i32;
+    let smem = DeltaSmem::new(bf16, kp, vp);
+    let (bounds, off, seq) = (&dp.bounds, &dp.chunk_off, &dp.chunk_seq);
+    let (w, tm, g2, hs, vn) = (req(&ws.w, "w")?, req(&ws.tm, "T")?, req(&ws.g2, "G")?, req(&ws.hs, "hs")?, req(&ws.vn, "v_new")?);
+    let (dvl, dhs, du, dw, dgk) = (req(&ws.dvl, "dvl")?, req(&ws.dhs, "dhs")?, req(&ws.du, "dU")?, req(&ws.dw, "dw")?, req(&ws.dgk, "dG")?);
+    let (db, dg, bt) = (req(&ws.db, "dbeta")?, req(&ws.dg, "dg")?, req(&ws.bt, "beta")?);
+    let (dq, dk) = if dd::direct_qk(p) { (&*g.dq, &*g.dk) } else { (req(&ws.dq, "dq")?, req(&ws.dk, "dk")?) };
+    let gx = grid_chunks(op, dp.n_chunks)?;
+    let sfx = T::SUFFIX;
+    if dp.n_chunks > 0 {
+        // SAFETY: arguments match delta_dvl_*'s signature; dvl holds chunks x HV x 64 x VP f32
+        unsafe {
+            launch(
+                cuda,
+                &format!("delta_dvl_k{kp}_{sfx}"),
+                dd::chunk_cfg(gx, p.hv(), 1, smem.dvl()),
+                &[x.q, x.k, &ws.rq, &ws.rk, d_o, g2, dvl, bounds, off, seq, &h, &hv, &k, &v, &vp32, &scale],
+            )?;
+        }
+    }
+    let dh0 = g.dh0.as_deref().filter(|_| x.h0.is_some());
+    let bv = dd::h_bv(bf16, vp, p.n() * p.hv(), cuda.sm_count());
+    // SAFETY: arguments match delta_h_bwd_*'s signature; one block per (V tile, sequence x value
+    // head) walking its chunks in reverse; dhs, du sized for the problem
+    unsafe {
+        launch(
+            cuda,
+            &dd::h_name(true, bv, kp, sfx),
+            dd::state_cfg(vp, bv, grid_nhv(op, p)?, smem.h_bwd(bv)),
+            &[x.q, x.k, &ws.rq, &ws.rk, w, d_o, dvl, g2, &dht, dhs, du, &dh0, bounds, off, &h, &hv, &k, &v, &vp32, &scale, &nch],
+        )?;
+    }
+    if dp.n_chunks == 0 {
+        return Ok(());
+    }
+    let kz = dd::dqkw_kz(bf16, kp);
+    // SAFETY: arguments match delta_dqkw_*'s signature; grid z covers KP in tiles of KW; dq, dk
+    // hold [rows, HV, K] f32, dw planes x chunks x HV x 64 x KP, dG KZ x chunks x HV x 64
+    unsafe {
+        launch(
+            cuda,
+            &format!("delta_dqkw_k{kp}_{sfx}"),
+            dd::chunk_cfg(gx, p.hv(), kz, smem.dqkw()),
+            &[x.q, x.k, &ws.rq, &ws.rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgk, bounds, off, seq, &h, &hv, &k, &v, &vp32, &scale, &nch],
+        )?;
+    }
+    let kz32 = kz as i32;
+    // SAFETY: arguments match delta_wy_bwd_*'s signature; dk holds delta_dqkw's values (added
+    // to); dv, dbeta and dg partials are written for every row of every chunk
+    unsafe {
+        launch(
+            cuda,
+            &format!("delta_wy_bwd_k{kp}_{sfx}"),
+            dd::chunk_cfg(gx, p.hv(), 1, smem.wy_bwd()),
+            &[x.k, &ws.rk, x.v, bt, tm, dw, du, g2, dgk, dk, &*g.dv, db, dg, bounds, off, seq, &h, &hv, &k, &v, &vp32, &kz32, &nch],
+        )
+    }
+}
+
+/// The backward's last launches: the `np` partials summed, the group of value heads summed,
+/// through the elementwise maps (L2 norm, sigmoid, computed gate).
+fn finalize<T: Elem>(
+    cuda: &Cuda,
+    dp: &DevDeltaProblem,
+    x: &DeltaDevInputs<'_, T>,
+    ws: &DeltaWorkspace<T>,
+    np: usize,
+    direct: bool,
+    g: DeltaDevGradsMut<'_>,
+) -> Result<()> {
+    let p = &dp.problem;
+    let (h, hv, k) = (p.h() as i32, p.hv() as i32, p.k() as i32);
+    let (l2, bscale, gmode) = options(p);
+    let (rows, np32) = (p.rows() as i64, np as i32);
+    let (db, dg) = (req(&ws.db, "dbeta")?, req(&ws.dg, "dg")?);
+    let sfx = T::SUFFIX;
+    if p.rows() > 0 && !direct {
+        let (dq, dk) = (req(&ws.dq, "dq")?, req(&ws.dk, "dk")?);
+        // SAFETY: one warp per (row, head) of [rows, H, K]; the partials hold np x [rows, HV, K]
+        unsafe {
+            launch(
+                cuda,
+                &format!("delta_qk_bwd_{sfx}"),
+                dd::flat_cfg(p.rows() * p.h(), 8),
+                &[x.q, x.k, dq, dk, &*g.dq, &*g.dk, &rows, &h, &hv, &k, &np32, &l2],
+            )?;
+        }
+    }
+    if p.rows() > 0 {
+        let n = p.beta_len() as i64;
+        let dgo = (gmode > 0).then_some(&*g.dg);
+        // SAFETY: one thread per (row, value head); the partials hold np x [rows, HV]
+        unsafe {
+            launch(
+                cuda,
+                &format!("delta_gate_bwd_{sfx}"),
+                dd::flat_cfg(p.beta_len(), 256),
+                &[x.beta, &x.g, &x.a_log, &x.dt_bias, db, dg, &*g.dbeta, &dgo, &n, &hv, &np32, &bscale, &gmode],
+            )?;
+        }
+    }
+    if gmode == 2 {
+        let cfg = cudarc::driver::LaunchConfig { grid_dim: (p.hv() as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        if p.rows() == 0 {
+            for b in [&mut *g.da_log, &mut *g.ddt_bias] {
+                cuda.stream().memset_zeros(b).map_err(Error::driver("zero dA_log / ddt_bias"))?;
+            }
+        } else {
+            // SAFETY: one block per value head summing every row of dg's np partials
+            unsafe {
+                launch(
+                    cuda,
+                    &format!("delta_gate_param_bwd_{sfx}"),
+                    cfg,
+                    &[&x.g, &x.a_log, &x.dt_bias, dg, &*g.da_log, &*g.ddt_bias, &rows, &hv, &np32],
+                )?;
+            }
+        }
+    }
+    Ok(())
+}

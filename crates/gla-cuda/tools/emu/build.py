@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Builds the emulator program: emu.h, the common headers with their PTX helpers removed (emu.h
+has emulated ones), the delta-rule kernels, then harness.cpp; compiles it with g++.
+Usage: python3 crates/gla-cuda/tools/emu/build.py [out-binary]"""
+import os, re, subprocess, sys
+
+here = os.path.dirname(os.path.abspath(__file__))
+kern = os.path.normpath(os.path.join(here, "..", "..", "kernels"))
+
+
+def strip_asm(text):
+    out, i = [], 0
+    pat = re.compile(r"(template <int N>\s*\n)?__device__ __forceinline__[^{;]*\{")
+    while True:
+        m = pat.search(text, i)
+        if not m:
+            out.append(text[i:])
+            break
+        depth, j = 1, m.end()
+        while depth:
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            j += 1
+        body = text[m.start():j]
+        out.append(text[i:m.start()])
+        if "asm" not in body:
+            out.append(body)
+        i = j
+    return "".join(out)
+
+
+exp = os.environ.get("DELTA_EMU_EXP") == "1"
+site = [0]
+
+
+def sites(text, l2=False):
+    """experiment mode: every bf16 rounding site of the chunk kernels numbered (cvt_dbg)"""
+    if not exp:
+        return text
+    if l2:
+        return text.replace("y[row * K + i] = cvt<E>(", "y[row * K + i] = cvt_dbg<E>(25, ")
+    out = []
+    for piece in text.split("cvt<E>(")[:-1]:
+        out.append(piece + f"cvt_dbg<E>({site[0]}, ")
+        site[0] += 1
+    return "".join(out) + text.split("cvt<E>(")[-1]
+
+
+parts = ['#include "emu.h"\n']
+for h in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh"]:
+    parts.append(f'#line 1 "{h}"\n' + strip_asm(open(os.path.join(kern, h)).read()))
+for f in ["delta/common.cuh", "delta/chunk.cuh", "delta/prep.cu", "delta/recurrent.cu", "delta/chunk_fwd.cu", "delta/chunk_h.cu",
+          "delta/chunk_bwd.cu"]:
+    text = open(os.path.join(kern, f)).read()
+    if f == "delta/common.cuh" and exp:
+        text += """
+static unsigned g_round_mask = getenv("DROUND") ? (unsigned)strtoul(getenv("DROUND"), 0, 0) : 0u;
+template <typename E> inline E cvt_dbg(int id, float x) {
+    if (sizeof(E) == 4 && ((g_round_mask >> id) & 1)) return (E)emu::bf2f(f2bf(x));
+    return cvt<E>(x);
+}
+"""
+    if f in ("delta/chunk.cuh", "delta/chunk_fwd.cu", "delta/chunk_h.cu", "delta/chunk_bwd.cu"):
+        text = sites(text)
+    if f == "delta/prep.cu":
+        text = sites(text, True)
+    parts.append(f'#line 1 "{f}"\n' + text)
+parts.append('#line 1 "harness.cpp"\n#include "harness.cpp"\n')
+out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/delta-emu"
+gen = out + ".cpp"
+open(gen, "w").write("\n".join(parts))
+cmd = ["g++", "-std=c++17", "-O2", "-g", "-fno-strict-aliasing", "-I", here, gen, "-o", out]
+print(" ".join(cmd), file=sys.stderr)
+sys.exit(subprocess.call(cmd))

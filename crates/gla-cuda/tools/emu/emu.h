@@ -1,0 +1,414 @@
+// A CPU emulator for the CUDA subset the delta-rule kernels use, to check them without a GPU
+// (crates/gla-cuda/tools/emu/README.md). Every thread of a block is a fiber (its own stack; a
+// hand-written x86-64 context switch); __syncthreads and the warp collectives (shuffles,
+// ldmatrix, mma.sync m16n8k16) are barriers over the block's or the warp's live fibers, run
+// round-robin: a thread runs until its next barrier, so a write that races ahead of a read shows
+// as a wrong result, and a barrier not every thread reaches is reported as a deadlock. cp.async
+// copies read their source at issue and land at the wait that covers them (a read before the
+// wait sees the old contents). Dynamic shared memory starts as 0xff bytes (NaN).
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static
+#define __align__(n) alignas(n)
+#define DELTA_EMU 1
+#define DELTA_SMEM(name) unsigned char* name = emu::g_dyn
+#define DELTA_SMEM_END(base, end) emu::smem_check((const void*)(base), (const void*)(end))
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+struct uint4 {
+    unsigned x, y, z, w;
+};
+inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
+struct alignas(8) float2 {
+    float x, y;
+};
+inline float2 make_float2(float a, float b) { return {a, b}; }
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+inline float4 make_float4(float a, float b, float c, float d) { return {a, b, c, d}; }
+
+namespace emu {
+
+extern "C" void emu_switch(void** from_sp, void* to_sp);
+asm(R"(
+.text
+.globl emu_switch
+.type emu_switch,@function
+emu_switch:
+    pushq %rbp
+    pushq %rbx
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+    movq %rsp, (%rdi)
+    movq %rsi, %rsp
+    popq %r15
+    popq %r14
+    popq %r13
+    popq %r12
+    popq %rbx
+    popq %rbp
+    ret
+)");
+
+struct Pend {
+    void* dst;
+    unsigned char data[16];
+};
+
+struct Fiber {
+    void* sp = nullptr;
+    char* stack = nullptr;
+    dim3 tidx;
+    int tid = 0;
+    bool done = false;
+    int wait = 0;  // 0 running, 1 block barrier, 2 warp barrier
+    unsigned gen = 0;
+    std::vector<Pend> open;
+    std::vector<std::vector<Pend>> groups;
+};
+
+constexpr size_t STACK = 256 * 1024;
+inline std::vector<Fiber> g_f;
+inline Fiber* cur = nullptr;
+inline void* g_sched_sp = nullptr;
+inline dim3 g_block, g_bdim, g_gdim;
+inline unsigned char* g_dyn = nullptr;
+inline unsigned g_bar_gen = 0;
+inline int g_bar_arr = 0;
+inline unsigned g_wgen[32];
+inline int g_warr[32];
+inline int g_live, g_wlive[32];
+inline void (*g_body)() = nullptr;
+inline long long g_switches = 0;
+
+// per-warp exchange buffer of the collectives
+struct Lane {
+    uint64_t v;
+    const void* p;
+    unsigned a[4], b[2];
+};
+inline Lane g_wbuf[32][32];
+
+inline void yield() {
+    ++g_switches;
+    emu_switch(&cur->sp, g_sched_sp);
+}
+inline void tramp() {
+    g_body();
+    cur->done = true;
+    emu_switch(&cur->sp, g_sched_sp);
+    std::abort();
+}
+
+inline int lane_id() { return cur->tid & 31; }
+inline int warp_id() { return cur->tid >> 5; }
+
+inline void syncthreads() {
+    cur->wait = 1;
+    cur->gen = g_bar_gen;
+    ++g_bar_arr;
+    yield();
+}
+inline void syncwarp() {
+    const int w = warp_id();
+    cur->wait = 2;
+    cur->gen = g_wgen[w];
+    ++g_warr[w];
+    yield();
+}
+
+// runs one block: nthr fibers of g_body
+inline void run_block(int nthr) {
+    if ((int)g_f.size() < nthr) g_f.resize(nthr);
+    g_live = nthr;
+    g_bar_arr = 0;
+    for (int w = 0; w < 32; ++w) {
+        g_warr[w] = 0;
+        g_wlive[w] = 0;
+    }
+    for (int t = 0; t < nthr; ++t) {
+        Fiber& f = g_f[t];
+        if (!f.stack) f.stack = (char*)std::aligned_alloc(64, STACK);
+        f.tid = t;
+        f.tidx.x = t % g_bdim.x;
+        f.tidx.y = (t / g_bdim.x) % g_bdim.y;
+        f.tidx.z = t / (g_bdim.x * g_bdim.y);
+        f.done = false;
+        f.wait = 0;
+        f.open.clear();
+        f.groups.clear();
+        uintptr_t top = ((uintptr_t)(f.stack + STACK)) & ~(uintptr_t)15;
+        void** sp = (void**)top;
+        *--sp = nullptr;          // fake return address of tramp
+        *--sp = (void*)&tramp;    // ret target
+        for (int r = 0; r < 6; ++r) *--sp = nullptr;
+        f.sp = sp;
+        ++g_wlive[t >> 5];
+    }
+    while (g_live > 0) {
+        bool progress = false;
+        for (int t = 0; t < nthr; ++t) {
+            Fiber& f = g_f[t];
+            if (f.done) continue;
+            if (f.wait == 1 && f.gen == g_bar_gen) continue;
+            if (f.wait == 2 && f.gen == g_wgen[t >> 5]) continue;
+            f.wait = 0;
+            cur = &f;
+            emu_switch(&g_sched_sp, f.sp);
+            progress = true;
+            if (f.done) {
+                --g_live;
+                --g_wlive[t >> 5];
+                if (!f.open.empty() || !f.groups.empty()) {
+                    // copies never waited for still land (the kernel exits; nothing reads them)
+                    f.open.clear();
+                    f.groups.clear();
+                }
+            }
+            if (g_bar_arr > 0 && g_bar_arr == g_live) {
+                g_bar_arr = 0;
+                ++g_bar_gen;
+            }
+            for (int w = 0; w < 32; ++w) {
+                if (g_warr[w] > 0 && g_warr[w] == g_wlive[w]) {
+                    g_warr[w] = 0;
+                    ++g_wgen[w];
+                }
+            }
+        }
+        if (!progress) {
+            std::fprintf(stderr, "emu: deadlock in block (%u,%u,%u): %d live threads, %d at the block barrier\n", g_block.x, g_block.y,
+                         g_block.z, g_live, g_bar_arr);
+            std::abort();
+        }
+    }
+}
+
+inline std::vector<unsigned char> g_dynbuf;
+inline size_t g_smem = 0;
+// a kernel's carve-up of its dynamic shared memory must end inside what the launch gave it
+inline void smem_check(const void* base, const void* end) {
+    const size_t used = (const char*)end - (const char*)base;
+    if (used > g_smem) {
+        std::fprintf(stderr, "emu: the kernel uses %zu bytes of dynamic shared memory, the launch gave %zu\n", used, g_smem);
+        std::abort();
+    }
+}
+
+// launches body (one thread's work) over grid x block with smem bytes of dynamic shared memory
+template <class F>
+void launch(dim3 grid, dim3 block, size_t smem, F body) {
+    static F* fp;
+    fp = &body;
+    g_body = [] { (*fp)(); };
+    g_gdim = grid;
+    g_bdim = block;
+    const int nthr = block.x * block.y * block.z;
+    if (nthr > 1024 || nthr % 32 != 0) {
+        std::fprintf(stderr, "emu: bad block size %d\n", nthr);
+        std::abort();
+    }
+    if (smem > 227 * 1024) {
+        std::fprintf(stderr, "emu: %zu bytes of shared memory > 227 KB\n", smem);
+        std::abort();
+    }
+    g_smem = smem;
+    g_dynbuf.assign(smem + 64, 0xff);
+    g_dyn = g_dynbuf.data() + (16 - ((uintptr_t)g_dynbuf.data() & 15)) % 16;
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+            for (unsigned bx = 0; bx < grid.x; ++bx) {
+                g_block = {bx, by, bz};
+                std::memset(g_dyn, 0xff, smem);
+                run_block(nthr);
+            }
+}
+
+template <class T>
+inline uint64_t bits(T v) {
+    uint64_t u = 0;
+    std::memcpy(&u, &v, sizeof(T));
+    return u;
+}
+template <class T>
+inline T unbits(uint64_t u) {
+    T v;
+    std::memcpy(&v, &u, sizeof(T));
+    return v;
+}
+
+template <class T>
+T shfl_gen(T v, int src_of_lane) {
+    const int w = warp_id(), l = lane_id();
+    g_wbuf[w][l].v = bits(v);
+    syncwarp();
+    const int s = src_of_lane;
+    T r = (s < 0 || s > 31) ? v : unbits<T>(g_wbuf[w][s].v);
+    syncwarp();
+    return r;
+}
+
+inline float bf2f(unsigned short x) {
+    unsigned u = (unsigned)x << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+
+}  // namespace emu
+
+#define threadIdx (emu::cur->tidx)
+#define blockIdx (emu::g_block)
+#define blockDim (emu::g_bdim)
+#define gridDim (emu::g_gdim)
+
+inline void __syncthreads() { emu::syncthreads(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::syncwarp(); }
+template <class T>
+T __shfl_xor_sync(unsigned, T v, int m) {
+    return emu::shfl_gen(v, emu::lane_id() ^ m);
+}
+template <class T>
+T __shfl_sync(unsigned, T v, int s) {
+    return emu::shfl_gen(v, s);
+}
+template <class T>
+T __shfl_up_sync(unsigned, T v, int o) {
+    const int l = emu::lane_id();
+    return emu::shfl_gen(v, l - o >= 0 ? l - o : -1);
+}
+
+inline unsigned __float_as_uint(float x) {
+    unsigned u;
+    std::memcpy(&u, &x, 4);
+    return u;
+}
+inline float __uint_as_float(unsigned u) {
+    float x;
+    std::memcpy(&x, &u, 4);
+    return x;
+}
+inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+template <class A, class B>
+inline typename std::common_type<A, B>::type min(A a, B b) {
+    return a < b ? a : b;
+}
+template <class A, class B>
+inline typename std::common_type<A, B>::type max(A a, B b) {
+    return a < b ? b : a;
+}
+
+// ---- the PTX helpers of common/{base,mma,chunk}.cuh, emulated
+inline unsigned short f2bf(float x) {
+    unsigned u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fc0u;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+inline unsigned pack2(float lo, float hi) { return (unsigned)f2bf(lo) | ((unsigned)f2bf(hi) << 16); }
+inline float ex2f(float x) {
+    float y = exp2f(x);
+    return (y != 0.f && std::fabs(y) < 1.17549435e-38f) ? 0.f : y;
+}
+inline void ldsm_gen(unsigned r[4], const unsigned short* p, bool trans) {
+    const int w = emu::warp_id(), l = emu::lane_id();
+    emu::g_wbuf[w][l].p = p;
+    emu::syncwarp();
+    for (int m = 0; m < 4; ++m) {
+        unsigned short e[2];
+        for (int x = 0; x < 2; ++x) {
+            if (!trans) {
+                const unsigned short* row = (const unsigned short*)emu::g_wbuf[w][8 * m + (l >> 2)].p;
+                e[x] = row[2 * (l & 3) + x];
+            } else {
+                const unsigned short* row = (const unsigned short*)emu::g_wbuf[w][8 * m + 2 * (l & 3) + x].p;
+                e[x] = row[l >> 2];
+            }
+        }
+        r[m] = (unsigned)e[0] | ((unsigned)e[1] << 16);
+    }
+    emu::syncwarp();
+}
+inline void ldsm4(unsigned r[4], const unsigned short* p) { ldsm_gen(r, p, false); }
+inline void ldsm4t(unsigned r[4], const unsigned short* p) { ldsm_gen(r, p, true); }
+inline void mma16816(float c[4], const unsigned a[4], unsigned b0, unsigned b1) {
+    const int w = emu::warp_id(), l = emu::lane_id();
+    for (int x = 0; x < 4; ++x) emu::g_wbuf[w][l].a[x] = a[x];
+    emu::g_wbuf[w][l].b[0] = b0;
+    emu::g_wbuf[w][l].b[1] = b1;
+    emu::syncwarp();
+    float A[16][16], B[16][8];
+    for (int L = 0; L < 32; ++L) {
+        const int g = L >> 2, t = L & 3;
+        const emu::Lane& z = emu::g_wbuf[w][L];
+        auto lo = [](unsigned u) { return emu::bf2f((unsigned short)(u & 0xffff)); };
+        auto hi = [](unsigned u) { return emu::bf2f((unsigned short)(u >> 16)); };
+        A[g][2 * t] = lo(z.a[0]);
+        A[g][2 * t + 1] = hi(z.a[0]);
+        A[g + 8][2 * t] = lo(z.a[1]);
+        A[g + 8][2 * t + 1] = hi(z.a[1]);
+        A[g][2 * t + 8] = lo(z.a[2]);
+        A[g][2 * t + 9] = hi(z.a[2]);
+        A[g + 8][2 * t + 8] = lo(z.a[3]);
+        A[g + 8][2 * t + 9] = hi(z.a[3]);
+        B[2 * t][g] = lo(z.b[0]);
+        B[2 * t + 1][g] = hi(z.b[0]);
+        B[2 * t + 8][g] = lo(z.b[1]);
+        B[2 * t + 9][g] = hi(z.b[1]);
+    }
+    emu::syncwarp();
+    const int g = l >> 2, t = l & 3;
+    for (int e = 0; e < 4; ++e) {
+        const int r = g + (e >= 2 ? 8 : 0), cc = 2 * t + (e & 1);
+        float s = c[e];
+        for (int kk = 0; kk < 16; ++kk) s += A[r][kk] * B[kk][cc];
+        c[e] = s;
+    }
+}
+inline void cp16(void* s, const void* g, bool ok) {
+    if (((uintptr_t)s & 15) || (ok && ((uintptr_t)g & 15))) {
+        std::fprintf(stderr, "emu: misaligned cp.async %p <- %p\n", s, g);
+        std::abort();
+    }
+    emu::Pend p;
+    p.dst = s;
+    if (ok) {
+        std::memcpy(p.data, g, 16);
+    } else {
+        std::memset(p.data, 0, 16);
+    }
+    emu::cur->open.push_back(p);
+}
+inline void cp_commit() {
+    emu::cur->groups.push_back(std::move(emu::cur->open));
+    emu::cur->open.clear();
+}
+inline void cp_wait_n(int n) {
+    auto& gs = emu::cur->groups;
+    while ((int)gs.size() > n) {
+        for (auto& p : gs.front()) std::memcpy(p.dst, p.data, 16);
+        gs.erase(gs.begin());
+    }
+}
+inline void cp_wait0() { cp_wait_n(0); }
+template <int N>
+inline void cp_wait() {
+    cp_wait_n(N);
+}

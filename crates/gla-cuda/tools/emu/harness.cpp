@@ -1,0 +1,765 @@
+// The emulator's test program: the delta-rule kernels' launch sequences (as src/delta/ops.rs runs
+// them) on emulated blocks, against an f64 oracle (a port of gla-cpu's delta/naive.rs and
+// prep.rs), on a few cases of the shape of gla-check's delta table. Prints the relative RMSE of
+// every output per path and storage. Usage: delta-emu [case-name-filter] [path-filter]
+#include <functional>
+#include <map>
+#include <string>
+
+typedef std::vector<double> VD;
+
+struct Rng {
+    uint64_t s;
+    explicit Rng(uint64_t seed) : s(seed ^ 0x9E3779B97F4A7C15ull) {}
+    uint64_t next() {
+        s += 0x9E3779B97F4A7C15ull;
+        uint64_t z = s;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    }
+    double uni() { return (next() >> 11) * (1.0 / 9007199254740992.0); }
+    double normal() {
+        double u = uni(), v = uni();
+        return std::sqrt(-2 * std::log(u + 1e-300)) * std::cos(6.283185307179586 * v);
+    }
+};
+
+struct Case {
+    std::string name;
+    int B, T, H, HV, K, V;
+    int gate;  // 0 none, 1 log decay, 2 computed
+    bool l2, bsig, neg, h0;
+    std::vector<long long> cu;
+    double gs;
+};
+
+struct Data {
+    Case c;
+    int N;
+    long long rows;
+    std::vector<long long> bounds;
+    VD q, k, v, beta, g, alog, dtb, h0, d_o, dht;
+    double scale;
+};
+
+static double logsig(double x) { return x >= 0 ? -std::log1p(std::exp(-x)) : x - std::log1p(std::exp(x)); }
+static double sig(double x) { return x >= 0 ? 1 / (1 + std::exp(-x)) : std::exp(x) / (1 + std::exp(x)); }
+static double softplus(double x) { return x > 20 ? x : std::log1p(std::exp(-std::fabs(x))) + std::max(x, 0.0); }
+static double dsoftplus(double x) { return x > 20 ? 1 : sig(x); }
+
+static Data make(const Case& c, uint64_t seed) {
+    Data d;
+    d.c = c;
+    d.rows = (long long)c.B * c.T;
+    if (c.cu.empty()) {
+        for (int b = 0; b <= c.B; ++b) d.bounds.push_back((long long)b * c.T);
+    } else {
+        d.bounds = c.cu;
+    }
+    d.N = (int)d.bounds.size() - 1;
+    d.scale = 1.0 / std::sqrt((double)c.K);
+    Rng r(seed);
+    auto fill = [&](size_t n, std::function<double()> f) {
+        VD x(n);
+        for (auto& e : x) e = f();
+        return x;
+    };
+    const size_t qk = d.rows * c.H * c.K, vv = d.rows * c.HV * c.V, bb = d.rows * c.HV, st = (size_t)d.N * c.HV * c.K * c.V;
+    d.q = fill(qk, [&] { return r.uni(); });
+    d.k = fill(qk, [&] { return r.uni(); });
+    if (!c.l2) {
+        for (size_t x = 0; x < qk; x += c.K) {
+            double n = 0;
+            for (int i = 0; i < c.K; ++i) n += d.k[x + i] * d.k[x + i];
+            n = std::sqrt(n);
+            for (int i = 0; i < c.K; ++i) d.k[x + i] /= n;
+        }
+    }
+    d.v = fill(vv, [&] { return r.uni(); });
+    if (c.bsig) {
+        d.beta = fill(bb, [&] { return r.normal() + (c.neg ? 4.0 : 0.0); });
+    } else {
+        d.beta = fill(bb, [&] { return r.uni(); });
+    }
+    if (c.gate == 1) d.g = fill(bb, [&] { return logsig(r.uni()) / c.gs; });
+    if (c.gate == 2) {
+        d.g = fill(bb, [&] { return 0.5 * r.normal(); });
+        d.alog = fill(c.HV, [&] { return std::log(1 + 15 * r.uni()) - std::log(c.gs); });
+        d.dtb = fill(c.HV, [&] {
+            double dt = std::exp(r.uni() * (std::log(0.1) - std::log(0.001)) + std::log(0.001));
+            return dt + std::log(-std::expm1(-dt));
+        });
+    }
+    if (c.h0) d.h0 = fill(st, [&] { return r.uni(); });
+    d.d_o = fill(vv, [&] { return r.normal(); });
+    d.dht = fill(st, [&] { return r.normal(); });
+    return d;
+}
+
+struct Out {
+    VD o, ht, dq, dk, dv, db, dg, dal, ddt, dh0;
+};
+
+// the f64 oracle (gla-cpu delta/naive.rs + prep.rs)
+static Out oracle(const Data& d) {
+    const Case& c = d.c;
+    const int K = c.K, V = c.V, H = c.H, HV = c.HV, grp = HV / H;
+    const long long rows = d.rows;
+    VD qp(d.q.size()), kp(d.k.size()), bp(d.beta.size()), gp(d.beta.size(), 0.0), rq(rows * H, 1.0), rk(rows * H, 1.0);
+    for (long long x = 0; x < rows * H; ++x) {
+        double sq = 0, sk = 0;
+        for (int i = 0; i < K; ++i) {
+            sq += d.q[x * K + i] * d.q[x * K + i];
+            sk += d.k[x * K + i] * d.k[x * K + i];
+        }
+        if (c.l2) {
+            rq[x] = 1 / std::sqrt(sq + 1e-6);
+            rk[x] = 1 / std::sqrt(sk + 1e-6);
+        }
+        for (int i = 0; i < K; ++i) {
+            qp[x * K + i] = d.q[x * K + i] * rq[x] * d.scale;
+            kp[x * K + i] = d.k[x * K + i] * rk[x];
+        }
+    }
+    const double bs = c.neg ? 2.0 : 1.0;
+    for (size_t x = 0; x < bp.size(); ++x) {
+        bp[x] = c.bsig ? bs * sig(d.beta[x]) : d.beta[x];
+        if (c.gate == 1) gp[x] = d.g[x];
+        if (c.gate == 2) gp[x] = -std::exp(d.alog[x % HV]) * softplus(d.g[x] + d.dtb[x % HV]);
+    }
+    Out o;
+    o.o.assign(rows * HV * V, 0);
+    o.ht.assign((size_t)d.N * HV * K * V, 0);
+    VD dq(rows * H * K, 0), dk(rows * H * K, 0);
+    o.dv.assign(rows * HV * V, 0);
+    VD db(rows * HV, 0), dg(rows * HV, 0);
+    o.dh0.assign((size_t)d.N * HV * K * V, 0);
+    const size_t KV = (size_t)K * V;
+    for (int n = 0; n < d.N; ++n) {
+        for (int j = 0; j < HV; ++j) {
+            const int h = j / grp;
+            const size_t so = ((size_t)n * HV + j) * KV;
+            VD s(KV, 0);
+            if (c.h0) std::copy(d.h0.begin() + so, d.h0.begin() + so + KV, s.begin());
+            std::vector<VD> states;
+            for (long long r = d.bounds[n]; r < d.bounds[n + 1]; ++r) {
+                states.push_back(s);
+                const double a = std::exp(gp[r * HV + j]), b = bp[r * HV + j];
+                const double* kk = &kp[(r * H + h) * K];
+                const double* vv = &d.v[(r * HV + j) * V];
+                for (auto& x : s) x *= a;
+                VD p(V, 0);
+                for (int i = 0; i < K; ++i)
+                    for (int cc = 0; cc < V; ++cc) p[cc] += s[i * V + cc] * kk[i];
+                for (int i = 0; i < K; ++i)
+                    for (int cc = 0; cc < V; ++cc) s[i * V + cc] += kk[i] * b * (vv[cc] - p[cc]);
+                const double* qq = &qp[(r * H + h) * K];
+                for (int i = 0; i < K; ++i)
+                    for (int cc = 0; cc < V; ++cc) o.o[(r * HV + j) * V + cc] += s[i * V + cc] * qq[i];
+            }
+            states.push_back(s);
+            std::copy(s.begin(), s.end(), o.ht.begin() + so);
+            VD ds(d.dht.begin() + so, d.dht.begin() + so + KV);
+            const long long bos = d.bounds[n];
+            for (long long r = d.bounds[n + 1] - 1; r >= bos; --r) {
+                const double a = std::exp(gp[r * HV + j]), b = bp[r * HV + j];
+                const double* qq = &qp[(r * H + h) * K];
+                const double* kk = &kp[(r * H + h) * K];
+                const double* vv = &d.v[(r * HV + j) * V];
+                const double* dd = &d.d_o[(r * HV + j) * V];
+                const VD& sprev = states[r - bos];
+                const VD& st = states[r - bos + 1];
+                VD p(V, 0), u(V);
+                for (int i = 0; i < K; ++i)
+                    for (int cc = 0; cc < V; ++cc) p[cc] += a * sprev[i * V + cc] * kk[i];
+                for (int cc = 0; cc < V; ++cc) u[cc] = b * (vv[cc] - p[cc]);
+                VD du(V, 0);
+                for (int i = 0; i < K; ++i) {
+                    double dqa = 0, dka = 0;
+                    for (int cc = 0; cc < V; ++cc) {
+                        ds[i * V + cc] += qq[i] * dd[cc];
+                        dqa += st[i * V + cc] * dd[cc];
+                        dka += ds[i * V + cc] * u[cc];
+                        du[cc] += ds[i * V + cc] * kk[i];
+                    }
+                    dq[(r * H + h) * K + i] += dqa;
+                    dk[(r * H + h) * K + i] += dka;
+                }
+                double dbt = 0;
+                VD dp(V);
+                for (int cc = 0; cc < V; ++cc) {
+                    o.dv[(r * HV + j) * V + cc] = b * du[cc];
+                    dbt += du[cc] * (vv[cc] - p[cc]);
+                    dp[cc] = -b * du[cc];
+                }
+                db[r * HV + j] = dbt;
+                double dgt = 0;
+                for (int i = 0; i < K; ++i) {
+                    double dka = 0;
+                    for (int cc = 0; cc < V; ++cc) {
+                        ds[i * V + cc] += kk[i] * dp[cc];
+                        dka += a * sprev[i * V + cc] * dp[cc];
+                        dgt += sprev[i * V + cc] * ds[i * V + cc];
+                        ds[i * V + cc] *= a;
+                    }
+                    dk[(r * H + h) * K + i] += dka;
+                }
+                dg[r * HV + j] = a * dgt;
+            }
+            std::copy(ds.begin(), ds.end(), o.dh0.begin() + so);
+        }
+    }
+    // prep backward
+    o.dq.assign(dq.size(), 0);
+    o.dk.assign(dk.size(), 0);
+    for (long long x = 0; x < rows * H; ++x) {
+        for (int w = 0; w < 2; ++w) {
+            const VD& in = w ? d.k : d.q;
+            const VD& dy = w ? dk : dq;
+            VD& out = w ? o.dk : o.dq;
+            const double sc = w ? 1.0 : d.scale, r = w ? rk[x] : rq[x];
+            double dot = 0;
+            if (c.l2)
+                for (int i = 0; i < K; ++i) dot += in[x * K + i] * r * dy[x * K + i];
+            for (int i = 0; i < K; ++i)
+                out[x * K + i] = c.l2 ? sc * r * (dy[x * K + i] - in[x * K + i] * r * dot) : sc * dy[x * K + i];
+        }
+    }
+    o.db.resize(db.size());
+    for (size_t x = 0; x < db.size(); ++x) {
+        const double s = sig(d.beta[x]);
+        o.db[x] = c.bsig ? db[x] * bs * s * (1 - s) : db[x];
+    }
+    if (c.gate == 1) o.dg = dg;
+    if (c.gate == 2) {
+        o.dg.resize(dg.size());
+        o.dal.assign(HV, 0);
+        o.ddt.assign(HV, 0);
+        for (size_t x = 0; x < dg.size(); ++x) {
+            const int j = x % HV;
+            const double e = std::exp(d.alog[j]), z = d.g[x] + d.dtb[j];
+            o.dal[j] += dg[x] * -e * softplus(z);
+            o.dg[x] = dg[x] * -e * dsoftplus(z);
+            o.ddt[j] += o.dg[x];
+        }
+    }
+    if (!c.h0) o.dh0.clear();
+    return o;
+}
+
+// ---- device-side helpers
+template <class E>
+static E toE(double x);
+template <>
+float toE<float>(double x) {
+    return (float)x;
+}
+template <>
+unsigned short toE<unsigned short>(double x) {
+    return f2bf((float)x);
+}
+static double fromE(float x) { return x; }
+static double fromE(unsigned short x) { return emu::bf2f(x); }
+
+template <class E>
+static std::vector<E> dev(const VD& x) {
+    std::vector<E> y(x.size());
+    for (size_t i = 0; i < x.size(); ++i) y[i] = toE<E>(x[i]);
+    return y;
+}
+static std::vector<float> devf(const VD& x) { return std::vector<float>(x.begin(), x.end()); }
+template <class E>
+static VD back(const std::vector<E>& x) {
+    VD y(x.size());
+    for (size_t i = 0; i < x.size(); ++i) y[i] = fromE(x[i]);
+    return y;
+}
+template <class T>
+static std::vector<T> poison(size_t n) {
+    std::vector<T> v(n);
+    std::memset(v.data(), 0xff, n * sizeof(T));
+    return v;
+}
+template <class T>
+static T* ptr(std::vector<T>& v) {
+    return v.empty() ? nullptr : v.data();
+}
+
+struct Rounded {
+    Data d;  // the inputs rounded to the storage, in f64
+};
+
+template <class E>
+static Data rounded(const Data& d) {
+    Data r = d;
+    auto rd = [](VD& x) {
+        for (auto& e : x) e = fromE(toE<E>(e));
+    };
+    rd(r.q);
+    rd(r.k);
+    rd(r.v);
+    rd(r.beta);
+    rd(r.g);
+    rd(r.d_o);
+    for (auto& e : r.h0) e = (float)e;
+    for (auto& e : r.dht) e = (float)e;
+    for (auto& e : r.alog) e = (float)e;
+    for (auto& e : r.dtb) e = (float)e;
+    return r;
+}
+
+static double rel(const VD& a, const VD& b) {
+    if (a.size() != b.size()) return INFINITY;
+    double n = 0, dd = 0;
+    for (size_t i = 0; i < a.size(); ++i) {
+        if (std::isnan(a[i])) return INFINITY;
+        n += (a[i] - b[i]) * (a[i] - b[i]);
+        dd += b[i] * b[i];
+    }
+    return dd == 0 ? std::sqrt(n) : std::sqrt(n / dd);
+}
+
+static const char* g_path_filter = nullptr;
+static int g_fail = 0;
+
+static void report(const std::string& cs, const char* path, const char* dt, const Out& got, const Out& ref, double tol, bool bwd) {
+    std::vector<std::pair<const char*, double>> r = {{"o", rel(got.o, ref.o)}, {"ht", rel(got.ht, ref.ht)}};
+    if (bwd) {
+        r.push_back({"dq", rel(got.dq, ref.dq)});
+        r.push_back({"dk", rel(got.dk, ref.dk)});
+        r.push_back({"dv", rel(got.dv, ref.dv)});
+        r.push_back({"dbeta", rel(got.db, ref.db)});
+        if (!ref.dg.empty()) r.push_back({"dg", rel(got.dg, ref.dg)});
+        if (!ref.dal.empty()) r.push_back({"dA_log", rel(got.dal, ref.dal)});
+        if (!ref.ddt.empty()) r.push_back({"ddt", rel(got.ddt, ref.ddt)});
+        if (!ref.dh0.empty()) r.push_back({"dh0", rel(got.dh0, ref.dh0)});
+    }
+    std::printf("%-28s %-10s %-5s", cs.c_str(), path, dt);
+    bool ok = true;
+    for (auto& x : r) {
+        std::printf(" %s=%.2e", x.first, x.second);
+        ok = ok && x.second <= tol;
+    }
+    std::printf("  %s\n", ok ? "ok" : "FAIL");
+    std::fflush(stdout);
+    if (!ok) ++g_fail;
+}
+
+struct Dev {
+    std::vector<long long> bounds, off;
+    std::vector<int> seq;
+    long long nc = 0;
+};
+static Dev devp(const Data& d) {
+    Dev p;
+    p.bounds = d.bounds;
+    p.off.push_back(0);
+    for (int n = 0; n < d.N; ++n) {
+        const long long c = (d.bounds[n + 1] - d.bounds[n] + 63) / 64;
+        p.off.push_back(p.off[n] + c);
+        for (long long x = 0; x < c; ++x) p.seq.push_back(n);
+    }
+    p.nc = (long long)p.seq.size();
+    if (p.seq.empty()) p.seq.push_back(0);
+    return p;
+}
+
+static int kpad(int K) { return K <= 64 ? 64 : K <= 128 ? 128 : K <= 192 ? 192 : 256; }
+
+// the kernels by (KP, storage)
+template <class E>
+struct K_;
+#define KSET(E, SFX)                                                                              \
+    template <>                                                                                   \
+    struct K_<E> {                                                                                \
+        static constexpr auto rec_fwd = delta_rec_fwd_##SFX;                                      \
+        static constexpr auto rec_decode = delta_rec_decode_##SFX;                                \
+        static constexpr auto rec_bwd = delta_rec_bwd_##SFX;                                      \
+        static constexpr auto l2_rstd = delta_l2_rstd_##SFX;                                        \
+        static constexpr auto gate_fwd = delta_gate_fwd_##SFX;                                    \
+        static constexpr auto qk_bwd = delta_qk_bwd_##SFX;                                        \
+        static constexpr auto gate_bwd = delta_gate_bwd_##SFX;                                    \
+        static constexpr auto gate_param_bwd = delta_gate_param_bwd_##SFX;                        \
+    };
+KSET(float, f32)
+KSET(unsigned short, bf16)
+
+#define CHUNK_FNS(KP, SFX, H32, HB32)                                                                           \
+    {KP, {(void*)delta_wy_k##KP##_##SFX, (void*)delta_h_k##KP##_##SFX, (void*)delta_o_k##KP##_##SFX,            \
+          (void*)delta_dvl_k##KP##_##SFX, (void*)delta_h_bwd_k##KP##_##SFX, (void*)delta_dqkw_k##KP##_##SFX,    \
+          (void*)delta_wy_bwd_k##KP##_##SFX, (void*)H32, (void*)HB32}}
+struct ChunkFns {
+    void *wy, *h, *o, *dvl, *hb, *dqkw, *wyb, *h32, *hb32;
+};
+static std::map<int, ChunkFns> g_cf32 = {CHUNK_FNS(64, f32, nullptr, nullptr), CHUNK_FNS(128, f32, nullptr, nullptr)};
+static std::map<int, ChunkFns> g_cbf = {CHUNK_FNS(64, bf16, delta_h_v32_k64_bf16, delta_h_bwd_v32_k64_bf16),
+                                        CHUNK_FNS(128, bf16, delta_h_v32_k128_bf16, delta_h_bwd_v32_k128_bf16),
+                                        CHUNK_FNS(192, bf16, delta_h_v32_k192_bf16, delta_h_bwd_v32_k192_bf16),
+                                        CHUNK_FNS(256, bf16, delta_h_v32_k256_bf16, delta_h_bwd_v32_k256_bf16)};
+
+// smem sizes (as src/delta/dispatch.rs)
+template <class E>
+static constexpr int SPn = sizeof(E) == 2 ? 2 : 1;
+template <class E>
+static size_t sm_wy(int KP, int VP) {
+    const int SP = SPn<E>;
+    return (SP * 64 * (KP + 8) + SP * 64 * (VP + 8) + SP * 64 * 72) * sizeof(E) + (64 * 65 + 64 * 3) * 4;
+}
+template <class E>
+static int h_stages(int KP) {
+    return (sizeof(E) == 2 && KP <= 128) ? 2 : 1;
+}
+template <class E>
+static size_t sm_h(int KP, int BV) {
+    const int ns = h_stages<E>(KP), SP = SPn<E>, L = BV + 8;
+    return (ns * (SP + 1) * 64 * (KP + 8) + KP * L + SP * 64 * L) * sizeof(E) + ns * (64 * BV + 128) * 4;
+}
+template <class E>
+static size_t sm_o(int KP) {
+    const int SP = SPn<E>;
+    return (2 * 64 * (KP + 8) + SP * 64 * 72 + KP * 72 + SP * 64 * 72) * sizeof(E) + 3 * 64 * 4;
+}
+template <class E>
+static size_t sm_dvl(int KP) {
+    const int SP = SPn<E>;
+    return (2 * 64 * (KP + 8) + SP * 64 * 72 + 64 * 72) * sizeof(E) + 3 * 64 * 4;
+}
+template <class E>
+static size_t sm_hb(int KP, int BV) {
+    const int SP = SPn<E>, L = BV + 8;
+    return ((2 + SP) * 64 * (KP + 8) + 64 * L + KP * L + SP * 64 * L) * sizeof(E) + (64 * BV + 3 * 64) * 4;
+}
+// BV of the sequential passes: DELTA_BV, else src/delta/dispatch.rs's rule at 132 SMs
+template <class E>
+static int h_bv(int VP, int nhv) {
+    if (getenv("DELTA_BV")) return atoi(getenv("DELTA_BV")) == 32 && sizeof(E) == 2 ? 32 : 64;
+    return (sizeof(E) == 2 && (VP / 64) * nhv < 264) ? 32 : 64;
+}
+template <class E>
+static int kw(int KP) {
+    return (sizeof(E) == 2 && KP <= 128) ? KP : (KP == 64 ? 64 : KP / 2);
+}
+template <class E>
+static size_t sm_dqkw(int KP) {
+    const int KW = kw<E>(KP), SP = SPn<E>;
+    return (2 * 64 * (KP + 8) + 64 * 72 + 3 * SP * 64 * 72 + 2 * KW * 72) * sizeof(E) + (64 * 65 + 3 * 64 + 128 + 16) * 4;
+}
+template <class E>
+static size_t sm_wyb(int KP, int VP) {
+    const int SP = SPn<E>;
+    return ((1 + SP) * 64 * (KP + 8) + (1 + 4 * SP) * 64 * 72) * sizeof(E) + (64 * 65 + 3 * 64 + 256 + 64) * 4;
+}
+
+template <class E>
+struct Run {
+    const Data& d;
+    Dev p;
+    int H, HV, K, V, KP, VP;
+    long long rows;
+    float scale, bscale;
+    int gmode, l2;
+    std::vector<E> q, k, v, beta, g, d_o;
+    std::vector<float> alog, dtb, h0, dht;
+    explicit Run(const Data& dd) : d(dd), p(devp(dd)) {
+        const Case& c = d.c;
+        H = c.H;
+        HV = c.HV;
+        K = c.K;
+        V = c.V;
+        KP = kpad(K);
+        VP = (V + 63) / 64 * 64;
+        rows = d.rows;
+        scale = (float)d.scale;
+        bscale = c.bsig ? (c.neg ? 2.f : 1.f) : 0.f;
+        gmode = c.gate;
+        l2 = c.l2;
+        q = dev<E>(d.q);
+        k = dev<E>(d.k);
+        v = dev<E>(d.v);
+        beta = dev<E>(d.beta);
+        g = dev<E>(d.g);
+        d_o = dev<E>(d.d_o);
+        alog = devf(d.alog);
+        dtb = devf(d.dtb);
+        h0 = devf(d.h0);
+        dht = devf(d.dht);
+    }
+    Out rec_fwd() {
+        Out out;
+        auto o = poison<E>(rows * HV * V);
+        auto ht = poison<float>((size_t)d.N * HV * K * V);
+        dim3 grid{(unsigned)((V + 31) / 32), (unsigned)(d.N * HV), 1}, block{32, 8, 1};
+        emu::launch(grid, block, 0, [&] {
+            K_<E>::rec_fwd(q.data(), k.data(), v.data(), beta.data(), ptr(g), ptr(alog), ptr(dtb), ptr(h0), o.data(), ht.data(),
+                           p.bounds.data(), H, HV, K, V, scale, l2, bscale, gmode);
+        });
+        out.o = back(o);
+        out.ht = back(ht);
+        return out;
+    }
+    // decode: each token through delta_rec_decode_*, the states in a table of N buffers
+    Out decode() {
+        Out out;
+        out.o.assign(rows * HV * V, NAN);
+        std::vector<std::vector<float>> st(d.N, std::vector<float>((size_t)HV * K * V, 0.f));
+        for (int n = 0; n < d.N; ++n)
+            if (!h0.empty()) std::copy(h0.begin() + (size_t)n * HV * K * V, h0.begin() + (size_t)(n + 1) * HV * K * V, st[n].begin());
+        std::vector<unsigned long long> table(d.N);
+        for (int n = 0; n < d.N; ++n) table[n] = (unsigned long long)st[n].data();
+        long long maxlen = 0;
+        for (int n = 0; n < d.N; ++n) maxlen = std::max(maxlen, d.bounds[n + 1] - d.bounds[n]);
+        // step s: the sequences still running; one row each, packed
+        for (long long s = 0; s < maxlen; ++s) {
+            std::vector<int> live;
+            for (int n = 0; n < d.N; ++n)
+                if (d.bounds[n] + s < d.bounds[n + 1]) live.push_back(n);
+            const int m = (int)live.size();
+            std::vector<E> sq(m * H * K), sk(m * H * K), sv(m * HV * V), sb(m * HV), sg(gmode ? m * HV : 0);
+            std::vector<unsigned long long> tab(m);
+            std::vector<long long> bnd(m + 1);
+            for (int x = 0; x < m; ++x) {
+                const long long r = d.bounds[live[x]] + s;
+                std::copy(q.begin() + r * H * K, q.begin() + (r + 1) * H * K, sq.begin() + x * H * K);
+                std::copy(k.begin() + r * H * K, k.begin() + (r + 1) * H * K, sk.begin() + x * H * K);
+                std::copy(v.begin() + r * HV * V, v.begin() + (r + 1) * HV * V, sv.begin() + x * HV * V);
+                std::copy(beta.begin() + r * HV, beta.begin() + (r + 1) * HV, sb.begin() + x * HV);
+                if (gmode) std::copy(g.begin() + r * HV, g.begin() + (r + 1) * HV, sg.begin() + x * HV);
+                tab[x] = table[live[x]];
+                bnd[x] = x;
+            }
+            bnd[m] = m;
+            auto o = poison<E>(m * HV * V);
+            dim3 grid{(unsigned)((V + 31) / 32), (unsigned)(m * HV), 1}, block{32, 8, 1};
+            emu::launch(grid, block, 0, [&] {
+                K_<E>::rec_decode(sq.data(), sk.data(), sv.data(), sb.data(), ptr(sg), ptr(alog), ptr(dtb), tab.data(), o.data(),
+                                  bnd.data(), H, HV, K, V, scale, l2, bscale, gmode);
+            });
+            for (int x = 0; x < m; ++x) {
+                const long long r = d.bounds[live[x]] + s;
+                for (int y = 0; y < HV * V; ++y) out.o[r * HV * V + y] = fromE(o[x * HV * V + y]);
+            }
+        }
+        for (int n = 0; n < d.N; ++n) out.ht.insert(out.ht.end(), st[n].begin(), st[n].end());
+        return out;
+    }
+    // the prepared beta and log decay
+    void gate_prep(std::vector<float>& bt, std::vector<float>& gl) {
+        const long long n = rows * HV;
+        bt = poison<float>(n);
+        gl = gmode ? poison<float>(n) : std::vector<float>();
+        emu::launch(dim3{(unsigned)((n + 255) / 256), 1, 1}, dim3{256, 1, 1}, 0, [&] {
+            K_<E>::gate_fwd(beta.data(), ptr(g), ptr(alog), ptr(dtb), bt.data(), ptr(gl), n, HV, bscale, gmode);
+        });
+    }
+    // the backward's last launches: sums of the NP partials, the elementwise maps' backward
+    void finalize(Out& out, std::vector<float>& dqp, std::vector<float>& dkp, std::vector<float>& dbp, std::vector<float>& dgp, int NP,
+                  std::vector<float>& dh0, bool direct = false) {
+        auto dq = poison<float>(rows * H * K), dk = poison<float>(rows * H * K);
+        const long long nqk = rows * H;
+        if (direct) {
+            dq = dqp;
+            dk = dkp;
+        } else {
+            emu::launch(dim3{(unsigned)((nqk + 7) / 8), 1, 1}, dim3{256, 1, 1}, 0, [&] {
+                K_<E>::qk_bwd(q.data(), k.data(), dqp.data(), dkp.data(), dq.data(), dk.data(), rows, H, HV, K, NP, l2);
+            });
+        }
+        const long long n = rows * HV;
+        auto db = poison<float>(n);
+        auto dg = poison<float>(gmode ? n : 0);
+        emu::launch(dim3{(unsigned)((n + 255) / 256), 1, 1}, dim3{256, 1, 1}, 0, [&] {
+            K_<E>::gate_bwd(beta.data(), ptr(g), ptr(alog), ptr(dtb), dbp.data(), ptr(dgp), db.data(), ptr(dg), n, HV, NP, bscale, gmode);
+        });
+        out.dq = back(dq);
+        out.dk = back(dk);
+        out.db = back(db);
+        if (gmode) out.dg = back(dg);
+        if (gmode == 2) {
+            auto dal = poison<float>(HV), ddt = poison<float>(HV);
+            emu::launch(dim3{(unsigned)HV, 1, 1}, dim3{256, 1, 1}, 0, [&] {
+                K_<E>::gate_param_bwd(ptr(g), alog.data(), dtb.data(), dgp.data(), dal.data(), ddt.data(), rows, HV, NP);
+            });
+            out.dal = back(dal);
+            out.ddt = back(ddt);
+        }
+        if (!h0.empty()) out.dh0 = back(dh0);
+    }
+    Out rec_bwd() {
+        Out out = rec_fwd();
+        std::vector<float> bt, gl;
+        gate_prep(bt, gl);
+        const int NV = (V + 31) / 32, kpt = (K + 7) / 8, slot = kpt * 256;
+        auto dqp = poison<float>(NV * rows * HV * K), dkp = poison<float>(NV * rows * HV * K);
+        auto dbp = poison<float>(NV * rows * HV), dgp = poison<float>(NV * rows * HV);
+        auto dv = poison<float>(rows * HV * V);
+        auto dh0 = poison<float>(h0.empty() ? 0 : h0.size());
+        auto ck = poison<float>((rows / 32 + d.N + 1) * HV * NV * slot);
+        auto scr = poison<float>((size_t)d.N * HV * NV * 32 * slot);
+        dim3 grid{(unsigned)NV, (unsigned)(d.N * HV), 1}, block{32, 8, 1};
+        emu::launch(grid, block, 0, [&] {
+            K_<E>::rec_bwd(q.data(), k.data(), v.data(), bt.data(), ptr(gl), ptr(h0), d_o.data(), dht.data(), dqp.data(), dkp.data(),
+                           dv.data(), dbp.data(), ptr(dgp), ptr(dh0), ck.data(), scr.data(), p.bounds.data(), H, HV, K, V, scale, l2,
+                           gmode, rows);
+        });
+        out.dv = back(dv);
+        finalize(out, dqp, dkp, dbp, dgp, NV, dh0);
+        return out;
+    }
+    const ChunkFns& fns() { return (sizeof(E) == 4 ? g_cf32 : g_cbf).at(KP); }
+    // forward workspaces
+    std::vector<E> w, tm, hs, vn;
+    std::vector<float> rq, rk, u, bt, gl, g2;
+    long long nch = 0;
+    int SP = SPn<E>;
+    void chunk_prep() {
+        rq.clear();
+        rk.clear();
+        if (l2) {
+            const long long nr = rows * H;
+            rq = poison<float>(nr);
+            rk = poison<float>(nr);
+            emu::launch(dim3{(unsigned)((nr + 7) / 8), 1, 1}, dim3{256, 1, 1}, 0, [&] {
+                K_<E>::l2_rstd(q.data(), rq.data(), nr, K);
+                K_<E>::l2_rstd(k.data(), rk.data(), nr, K);
+            });
+        }
+        gate_prep(bt, gl);
+    }
+    void chunk_fwd_core(Out& out, bool want_o) {
+        const long long nc = p.nc;
+        nch = nc;
+        w = poison<E>(SP * nc * HV * 64 * KP);
+        u = poison<float>(nc * HV * 64 * VP);
+        tm = poison<E>(SP * nc * HV * 4096);
+        g2 = poison<float>(nc * HV * 64);
+        hs = poison<E>(nc * HV * KP * VP);
+        vn = poison<E>(SP * nc * HV * 64 * VP);
+        auto ht = poison<float>((size_t)d.N * HV * K * V);
+        const ChunkFns& f = fns();
+        dim3 cgrid{(unsigned)nc, (unsigned)HV, 1}, b256{256, 1, 1};
+        typedef void (*WyFn)(const E*, const float*, const E*, const float*, const float*, E*, float*, E*, float*, const long long*,
+                             const long long*, const int*, int, int, int, int, int, long long);
+        if (nc > 0)
+            emu::launch(cgrid, b256, sm_wy<E>(KP, VP), [&] {
+                ((WyFn)f.wy)(k.data(), ptr(rk), v.data(), bt.data(), ptr(gl), w.data(), u.data(), tm.data(), g2.data(), p.bounds.data(),
+                             p.off.data(), p.seq.data(), H, HV, K, V, VP, nch);
+            });
+        typedef void (*HFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
+                            const long long*, const long long*, int, int, int, int, int, long long);
+        const int bv = h_bv<E>(VP, d.N * HV);
+        emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_h<E>(KP, bv), [&] {
+            ((HFn)(bv == 32 ? f.h32 : f.h))(w.data(), u.data(), k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(), ht.data(), p.bounds.data(),
+                       p.off.data(), H, HV, K, V, VP, nch);
+        });
+        out.ht = back(ht);
+        if (!want_o) return;
+        auto o = poison<E>(rows * HV * V);
+        typedef void (*OFn)(const E*, const E*, const float*, const float*, const E*, const E*, const float*, E*, const long long*,
+                            const long long*, const int*, int, int, int, int, int, float, long long);
+        if (nc > 0)
+            emu::launch(cgrid, b256, sm_o<E>(KP), [&] {
+                ((OFn)f.o)(q.data(), k.data(), ptr(rq), ptr(rk), hs.data(), vn.data(), g2.data(), o.data(), p.bounds.data(), p.off.data(),
+                           p.seq.data(), H, HV, K, V, VP, scale, nch);
+            });
+        out.o = back(o);
+    }
+    Out chunk_fwd() {
+        Out out;
+        chunk_prep();
+        chunk_fwd_core(out, true);
+        return out;
+    }
+    Out chunk_bwd() {
+        Out out = chunk_fwd();
+        const long long nc = p.nc;
+        const ChunkFns& f = fns();
+        dim3 cgrid{(unsigned)nc, (unsigned)HV, 1}, b256{256, 1, 1};
+        auto dvl = poison<float>(nc * HV * 64 * VP);
+        typedef void (*DvlFn)(const E*, const E*, const float*, const float*, const E*, const float*, float*, const long long*,
+                              const long long*, const int*, int, int, int, int, int, float);
+        if (nc > 0)
+            emu::launch(cgrid, b256, sm_dvl<E>(KP), [&] {
+                ((DvlFn)f.dvl)(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), g2.data(), dvl.data(), p.bounds.data(), p.off.data(),
+                               p.seq.data(), H, HV, K, V, VP, scale);
+            });
+        auto dhs = poison<E>(nc * HV * KP * VP), du = poison<E>(SP * nc * HV * 64 * VP);
+        auto dh0 = poison<float>(h0.empty() ? 0 : h0.size());
+        typedef void (*HbFn)(const E*, const E*, const float*, const float*, const E*, const E*, const float*, const float*, const float*,
+                             E*, E*, float*, const long long*, const long long*, int, int, int, int, int, float, long long);
+        const int bv = h_bv<E>(VP, d.N * HV);
+        emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hb<E>(KP, bv), [&] {
+            ((HbFn)(bv == 32 ? f.hb32 : f.hb))(q.data(), k.data(), ptr(rq), ptr(rk), w.data(), d_o.data(), dvl.data(), g2.data(), dht.data(), dhs.data(),
+                         du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H, HV, K, V, VP, scale, nch);
+        });
+        const int KZ = KP / kw<E>(KP);
+        auto dqp = poison<float>(rows * HV * K), dkp = poison<float>(rows * HV * K);
+        auto dw = poison<E>(SP * nc * HV * 64 * KP);
+        auto dgp = poison<float>(KZ * nc * HV * 64);
+        typedef void (*DqkwFn)(const E*, const E*, const float*, const float*, const E*, const E*, const E*, const E*, const E*,
+                               const float*, float*, float*, E*, float*, const long long*, const long long*, const int*, int, int, int,
+                               int, int, float, long long);
+        if (nc > 0)
+            emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, b256, sm_dqkw<E>(KP), [&] {
+                ((DqkwFn)f.dqkw)(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), du.data(), hs.data(), dhs.data(), g2.data(),
+                                 dqp.data(), dkp.data(), dw.data(), dgp.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V,
+                                 VP, scale, nch);
+            });
+        auto dv = poison<float>(rows * HV * V), dbp = poison<float>(rows * HV), dgl = poison<float>(rows * HV);
+        typedef void (*WybFn)(const E*, const float*, const E*, const float*, const E*, const E*, const E*, const float*, const float*,
+                              float*, float*, float*, float*, const long long*, const long long*, const int*, int, int, int, int, int, int,
+                              long long);
+        if (nc > 0)
+            emu::launch(cgrid, b256, sm_wyb<E>(KP, VP), [&] {
+                ((WybFn)f.wyb)(k.data(), ptr(rk), v.data(), bt.data(), tm.data(), dw.data(), du.data(), g2.data(), dgp.data(), dkp.data(),
+                               dv.data(), dbp.data(), dgl.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V, VP, KZ, nch);
+            });
+        out.dv = back(dv);
+        finalize(out, dqp, dkp, dbp, dgl, 1, dh0, HV == H && !l2);
+        return out;
+    }
+};
+
+template <class E>
+static void run_case(const Data& d0, const char* dt, double tol) {
+    const Data d = rounded<E>(d0);
+    const Out ref = oracle(d);
+    auto want = [&](const char* p) { return !g_path_filter || std::strstr(p, g_path_filter); };
+    Run<E> r(d);
+    if (want("recurrent")) report(d.c.name, "recurrent", dt, r.rec_bwd(), ref, tol, true);
+    if (want("decode")) report(d.c.name, "decode", dt, r.decode(), ref, tol, false);
+    const bool chunk_ok = sizeof(E) == 2 || (r.KP <= 128 && r.VP <= 128);
+    if (want("chunk") && chunk_ok) report(d.c.name, "chunk", dt, r.chunk_bwd(), ref, tol, true);
+}
+
+int main(int argc, char** argv) {
+    const char* filt = argc > 1 ? argv[1] : nullptr;
+    g_path_filter = argc > 2 ? argv[2] : nullptr;
+    std::vector<Case> cases = {
+        {"delta-T65-h0", 2, 65, 2, 2, 60, 100, 0, false, false, false, true, {}, 1},
+        {"gdn-T130-gs1-h0", 2, 130, 2, 2, 60, 100, 1, false, false, false, true, {}, 1},
+        {"gdn-T15-gs0.1", 2, 15, 2, 2, 60, 100, 1, false, false, false, false, {}, 0.1},
+        {"delta-layer-hv4-negeig", 2, 130, 2, 4, 60, 100, 0, true, true, true, true, {}, 1},
+        {"gdn-computed-varlen", 1, 365, 2, 4, 60, 100, 2, true, true, false, true, {0, 15, 15, 100, 300, 365}, 1},
+        {"gdn-K128-V128-T200", 1, 200, 1, 2, 128, 128, 1, true, true, false, true, {}, 1},
+        {"gdn-K256-V256-T130", 1, 130, 1, 1, 256, 256, 1, false, false, false, true, {}, 1},
+        {"gdn-K192-V64-T70", 1, 70, 1, 1, 192, 64, 1, false, false, false, true, {}, 1},
+        {"delta-empty-first", 1, 16, 2, 2, 60, 100, 1, false, false, false, false, {0, 0, 16}, 10},
+        {"gdn-T1-gs1-h0", 2, 1, 2, 2, 60, 100, 1, false, false, false, true, {}, 1},
+        {"gdn-T1000-gs0.1", 1, 1000, 2, 2, 60, 100, 1, false, false, false, true, {}, 0.1},
+    };
+    int i = 0;
+    for (auto& c : cases) {
+        ++i;
+        if (filt && !std::strstr(c.name.c_str(), filt)) continue;
+        const Data d = make(c, 1000 + i);
+        if (getenv("DROUND")) {
+            run_case<float>(rounded<unsigned short>(d), "f32r", 5e-3);
+            continue;
+        }
+        run_case<float>(d, "f32", 1e-4);
+        run_case<unsigned short>(d, "bf16", 5e-3);
+    }
+    std::printf("%d failed; %lld context switches\n", g_fail, emu::g_switches);
+    return g_fail ? 1 : 0;
+}
