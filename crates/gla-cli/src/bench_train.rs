@@ -1,5 +1,5 @@
-//! `gla bench train`: training throughput of a random GLA model (default fla's gla_340M) on
-//! random tokens: ms per optimizer step, tokens/s, model FLOPs utilisation and, on CUDA, peak
+//! `gla bench train`: training throughput of a random model of any family built (its config's
+//! `model_type`; default fla's gla_340M) on random tokens: ms per optimizer step, tokens/s, model FLOPs utilisation and, on CUDA, peak
 //! device memory. bench/train_vs_fla.py times fla's `GLAForCausalLM` on the same setup.
 //! `--gpus 1,2,4,8` measures data-parallel scaling over NCCL: for each N, N ranks (crate::launch)
 //! each run `--batch` sequences per step; the table gives tokens/s per GPU and in total and the
@@ -8,7 +8,8 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use gla_model::{GlaConfig, GlaModel};
+use gla_core::dims::MixerDims;
+use gla_model::{GlaConfig, GlaModel, ModelConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::Device;
@@ -18,8 +19,9 @@ pub struct Args {
     /// Device to time on.
     #[arg(long, value_enum, default_value_t = Device::Cuda)]
     device: Device,
-    /// Config of the random model as JSON (fla's GLAConfig keys); default: fla's gla_340M
-    /// (hidden 1024, 24 layers, 4 heads, tied embeddings, vocab 32000).
+    /// Config of the random model as JSON (fla's config keys; `model_type` picks the family:
+    /// gla, delta_net, gated_deltanet); default: fla's gla_340M (hidden 1024, 24 layers, 4
+    /// heads, tied embeddings, vocab 32000).
     #[arg(long)]
     config: Option<String>,
     /// Sequences per step (per GPU with --gpus).
@@ -84,10 +86,10 @@ fn default_config() -> GlaConfig {
     GlaConfig { hidden_size: 1024, num_hidden_layers: 24, num_heads: 4, tie_word_embeddings: true, ..GlaConfig::default() }
 }
 
-/// Training FLOPs per token (see [`Report::flops_per_token`]).
+/// Training FLOPs per token (see [`Report::flops_per_token`]): 6 per matmul weight, plus each
+/// layer's mixer op (its chunked forward and backward, per token of a `t`-token sequence).
 fn flops_per_token(model: &GlaModel, t: usize) -> Result<f64> {
     let dm = &model.dims;
-    let Some(g) = dm.gla() else { bail!("gla bench train times GLA models only (every layer GLA)") };
     let lay = &model.layout;
     // every 2-D weight is a matmul operand except the embedding table (a lookup), but the tied
     // lm_head is the embedding table used as a matmul
@@ -97,18 +99,32 @@ fn flops_per_token(model: &GlaModel, t: usize) -> Result<f64> {
             matmul_params += s.numel();
         }
     }
-    let p = gla_core::Problem::new(gla_core::ProblemSpec {
-        b: 1,
-        t,
-        h: g.heads,
-        k: g.head_k,
-        v: g.head_v,
-        gate: gla_core::GateKind::PerKey,
-        scale: None,
-        cu_seqlens: None,
-    })?;
-    let (f, b) = p.chunk_flops();
-    Ok(6.0 * matmul_params as f64 + dm.layers as f64 * (f + b) / t as f64)
+    let mut mixer = 0.0;
+    for m in &dm.mixers {
+        let (f, b) = match m {
+            MixerDims::Gla(g) => gla_core::Problem::new(gla_core::ProblemSpec {
+                b: 1,
+                t,
+                h: g.heads,
+                k: g.head_k,
+                v: g.head_v,
+                gate: gla_core::GateKind::PerKey,
+                scale: None,
+                cu_seqlens: None,
+            })?
+            .chunk_flops(),
+            MixerDims::Delta(d) => {
+                let gate = if d.decay { gla_core::DeltaGate::LogDecay } else { gla_core::DeltaGate::None };
+                gla_core::DeltaProblem::new(gla_core::DeltaSpec {
+                    hv: d.v_heads,
+                    ..gla_core::DeltaSpec::new(1, t, d.heads, d.head_k, d.head_v, gate)
+                })?
+            }
+            .chunk_flops(),
+        };
+        mixer += f + b;
+    }
+    Ok(6.0 * matmul_params as f64 + mixer / t as f64)
 }
 
 pub fn run(a: &Args) -> Result<bool> {
@@ -117,8 +133,8 @@ pub fn run(a: &Args) -> Result<bool> {
         return scaling(a);
     }
     let config = match &a.config {
-        Some(json) => GlaConfig::from_json(json)?,
-        None => default_config(),
+        Some(json) => ModelConfig::from_json(json)?,
+        None => default_config().into(),
     };
     let model = GlaModel::new(config, 0)?;
     if a.batch == 0 || a.seq_len < 2 || a.steps == 0 {
