@@ -339,8 +339,8 @@ pub struct BenchArgs {
     /// A model directory to time; without it, a random model of the config below.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Config of the random model as JSON (fla's GLAConfig keys); default: fla's gla_340M
-    /// (hidden 1024, 24 layers, 4 heads, tied embeddings, vocab 32000).
+    /// Config of the random model as JSON (fla's config keys; `model_type` picks the family);
+    /// default: fla's gla_340M (hidden 1024, 24 layers, 4 heads, tied embeddings, vocab 32000).
     #[arg(long)]
     config: Option<String>,
     /// Prompt tokens per sequence.
