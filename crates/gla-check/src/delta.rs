@@ -48,7 +48,8 @@ pub struct DeltaCase {
 /// The delta case table: odd T (1, 15, 63, 64, 65, 1000), K = 60 != V = 100, DeltaNet and Gated
 /// DeltaNet with strong and weak gates, with and without an initial state; betas near 0, near 1
 /// and near 2 (negative eigenvalues); the in-op L2 norm, sigmoid and computed gate (the options
-/// fla's layers use); grouped value heads HV = 2H; packed varlen input with an empty sequence.
+/// fla's layers use); grouped value heads HV = 2H; packed varlen input with an empty sequence;
+/// value heads wider than 256 (V = 320, 512).
 pub fn cases() -> Vec<DeltaCase> {
     let mut out = Vec::new();
     let spec = |b, t, gate, hv, cu: Option<Vec<usize>>| {
@@ -100,6 +101,17 @@ pub fn cases() -> Vec<DeltaCase> {
         let name = format!("{fam}-varlen-empty-first");
         let s = spec(1, 16, gate, 2, Some(vec![0, 0, 16]));
         out.push(DeltaCase { name, spec: s, gate_scale: 10.0, beta: Beta::Uniform, h0: false });
+    }
+    // value heads wider than the GPU chunk kernels (V > 256 bf16, > 128 f32: value sub-heads),
+    // with every option and states, as fla's Gated DeltaNet default (head_dim 256, expand_v 2)
+    for (gate, fam, v, cu) in [(DeltaGate::None, "delta", 320, None), (DeltaGate::Computed, "gdn-computed", 512, Some(varlen))] {
+        let mut s = layer(gate, 4, false, cu.clone());
+        s.v = v;
+        if cu.is_some() {
+            s.t = 365;
+        }
+        let name = format!("{fam}-layer-V{v}{}", if cu.is_some() { "-varlen" } else { "" });
+        out.push(DeltaCase { name, spec: s, gate_scale: 1.0, beta: Beta::Logits { shift: 0.0 }, h0: true });
     }
     out
 }

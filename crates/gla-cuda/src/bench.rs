@@ -334,14 +334,14 @@ impl<'a> DeltaBenchOp<'a> {
 /// # Errors
 /// Invalid shapes; driver, compile or launch errors.
 pub fn bench_delta(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, ops: &[&'static str]) -> Result<Vec<DeltaBenchRow>> {
-    use crate::dispatch::delta::{delta_path, DeltaAlgo};
+    use crate::dispatch::delta::{route, DeltaAlgo};
     let mut rows = Vec::new();
     for &shape in shapes {
         let inp = DeltaBenchInputs::new(cuda, shape)?;
         for &op in ops {
             let mut b = DeltaBenchOp::new(cuda, &inp, shape, op)?;
             let p = b.dp.problem.clone();
-            let kernel = delta_path(&p, true, DeltaAlgo::Chunked)
+            let kernel = route(&p, true, DeltaAlgo::Chunked)
                 .map_err(|e| Error::Op(gla_core::Error::Unsupported { backend: "cuda", what: e }))?
                 .label();
             let (nqk, nv, nb) = (p.qk_len(), p.v_len(), p.beta_len());

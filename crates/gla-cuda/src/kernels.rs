@@ -136,7 +136,8 @@ pub const NN_XENT: KernelSource = source!("nn/xent.cu", NN_HEADERS, ["cross_entr
 /// Gradient norm and AdamW.
 pub const NN_ADAMW: KernelSource = source!("nn/adamw.cu", NN_HEADERS, ["sumsq", "sum_f64", "adamw"]);
 
-/// The delta rule's elementwise maps (L2 rstd, beta sigmoid, computed gate) and their backward.
+/// The delta rule's elementwise maps (L2 rstd, beta sigmoid, computed gate) and their backward;
+/// the states' layout of value sub-heads.
 pub const DELTA_PREP: KernelSource = source!(
     "delta/prep.cu",
     DELTA_HEADERS,
@@ -151,6 +152,7 @@ pub const DELTA_PREP: KernelSource = source!(
         "delta_gate_bwd_bf16",
         "delta_gate_param_bwd_f32",
         "delta_gate_param_bwd_bf16",
+        "delta_state_split",
     ]
 );
 /// The delta rule's fused recurrent forward, decode step and backward, f32 or bf16 storage.

@@ -7,7 +7,7 @@
 //!
 //! Row case names carry the family, `delta/<case>`, so `--filter delta` selects every row here
 //! (the table's Gated DeltaNet cases are named `gdn-...`). Path labels are the kernels the
-//! dispatch policy runs ([`gla_cuda::delta::DeltaPath::label`]) or `decode`.
+//! dispatch policy runs ([`gla_cuda::dispatch::delta::DeltaRoute::label`]) or `decode`.
 
 use std::sync::Arc;
 
@@ -15,8 +15,8 @@ use gla_core::delta::DeltaOp;
 use gla_core::{Backward, DeltaGate, DeltaGrads, DeltaInputs, DeltaProblem, DeltaSpec, Forward};
 use gla_cpu::delta::DeltaNaive;
 use gla_cuda::delta::ops::{self as dops, DeltaDevInputs, DevDeltaProblem};
-use gla_cuda::delta::{DeltaAlgo, DeltaPath};
-use gla_cuda::dispatch::delta::delta_path;
+use gla_cuda::delta::DeltaAlgo;
+use gla_cuda::dispatch::delta::route;
 use gla_cuda::ops::{bf16_to_f32, f32_to_bf16};
 use gla_cuda::{Cuda, CudaDelta, DeltaOpAlgo, Error, Result};
 
@@ -83,7 +83,7 @@ fn label(p: &DeltaProblem, algo: DeltaOpAlgo, bf16: bool) -> &'static str {
     match algo {
         DeltaOpAlgo::Decode => "decode",
         DeltaOpAlgo::Recurrent => "recurrent",
-        DeltaOpAlgo::Chunked => delta_path(p, bf16, DeltaAlgo::Chunked).map_or("none", DeltaPath::label),
+        DeltaOpAlgo::Chunked => route(p, bf16, DeltaAlgo::Chunked).map_or("none", |r| r.label()),
     }
 }
 
@@ -267,7 +267,7 @@ pub fn huge_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
     let rf = DeltaNaive.forward(&sub, &xs, true)?;
     let s = cuda.stream();
     for algo in [DeltaAlgo::Chunked, DeltaAlgo::Recurrent] {
-        let path = delta_path(&p, true, algo).map_or("none", DeltaPath::label);
+        let path = route(&p, true, algo).map_or("none", |r| r.label());
         // SAFETY: poisoned before the launch writes it
         let mut o = unsafe { cuda.alloc_uninit::<u16>(p.v_len(), "o") }?;
         gla_cuda::ops::poison(cuda, &mut o)?;

@@ -5,20 +5,27 @@
 //   delta_l2_rstd_*:  r (=, f32 [rows, H]) = 1 / sqrt(sum x^2 + eps) of q or k, one warp per
 //                     (row, head); launched only with the in-op L2 norm. The chunk kernels apply
 //                     it as a row factor (delta/chunk.cuh); the recurrent ones normalise inline.
-//   delta_gate_fwd_*: bt (=, f32 [rows, HV]) = beta, or bscale * sigmoid(b) (bscale > 0);
-//                     gl (=, f32 [rows, HV], gmode > 0) = g (gmode 1, the log decay) or
+//   delta_gate_fwd_*: bt (=, f32 [rows, HV * VS]) = beta, or bscale * sigmoid(b) (bscale > 0);
+//                     gl (=, f32 [rows, HV * VS], gmode > 0) = g (gmode 1, the log decay) or
 //                     -exp(A_log) softplus(a + dt_bias) (gmode 2, the computed gate). One thread
-//                     per (row, value head).
+//                     per (row, kernel value head); VS value sub-heads (dispatch::delta::
+//                     value_split: a value head too wide for the chunk kernels runs as VS heads)
+//                     read the same input head, so entry x reads input x / VS.
 // Backward (the recurrence's gradients arrive as NP partials each, summed here in order):
 //   delta_qk_bwd_*:    dq, dk (=, f32 [rows, H, K]) from dq_part, dk_part ([NP][rows, HV, K] f32,
 //                      the gradients at qn, kn per value head): summed over the partials and the
 //                      HV / H value heads of each head, then through the L2 norm when l2
 //                      (dx = r (dy - y (y . dy)), y = x r). One warp per (row, head).
 //   delta_gate_bwd_*:  dbeta (=, f32 [rows, HV]) through the sigmoid; dg (=, f32 [rows, HV]) the
-//                      log decay's gradient (gmode 1) or the raw a's (gmode 2).
+//                      log decay's gradient (gmode 1) or the raw a's (gmode 2); the partials are
+//                      [NP][rows, HV * VS], summed over NP and the VS sub-heads of each head.
 //   delta_gate_param_bwd_*: dA_log, ddt_bias (=, f32 [HV]) of the computed gate, summed over every
-//                      row in a fixed order (one block per value head: deterministic).
+//                      row and sub-head in a fixed order (one block per value head: deterministic).
 // Every sum is f32 and in a fixed order (no atomics): repeated runs are bitwise equal.
+// States of value sub-heads:
+//   delta_state_split: f32 states between the caller's layout [N*HV, K, VS, VW] (= [N, HV, K, V])
+//                      and the VS value sub-heads' [N*HV, VS, K, VW] (= [N, HV * VS, K, VW]);
+//                      dir 0: caller's to sub-heads', 1: back. One thread per element.
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
 // softplus with PyTorch's threshold 20, and its derivative
@@ -43,14 +50,15 @@ __device__ void l2_rstd(const E* __restrict__ x, float* __restrict__ r, idx_t nr
 template <typename E>
 __device__ void gate_fwd(const E* __restrict__ beta, const E* __restrict__ g, const float* __restrict__ a_log,
                          const float* __restrict__ dt_bias, float* __restrict__ bt, float* __restrict__ gl, idx_t n, int HV,
-                         float bscale, int gmode) {
+                         int VS, float bscale, int gmode) {
     const idx_t x = (idx_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (x >= n) return;
-    const int hv = (int)(x % HV);
-    const float b = to_f32(beta[x]);
+    const idx_t xi = x / VS;  // the input's (row, value head)
+    const int hv = (int)(xi % HV);
+    const float b = to_f32(beta[xi]);
     bt[x] = bscale > 0.f ? bscale * sigmoidf_(b) : b;
-    if (gmode == 1) gl[x] = to_f32(g[x]);
-    if (gmode == 2) gl[x] = -expf(a_log[hv]) * softplusf_(to_f32(g[x]) + dt_bias[hv]);
+    if (gmode == 1) gl[x] = to_f32(g[xi]);
+    if (gmode == 2) gl[x] = -expf(a_log[hv]) * softplusf_(to_f32(g[xi]) + dt_bias[hv]);
 }
 
 // one warp per (row, head); K <= 256: each lane holds at most 8 channels, as two runs of 4
@@ -135,14 +143,18 @@ __device__ void qk_bwd(const E* __restrict__ q, const E* __restrict__ k, const f
 template <typename E>
 __device__ void gate_bwd(const E* __restrict__ beta, const E* __restrict__ g, const float* __restrict__ a_log,
                          const float* __restrict__ dt_bias, const float* __restrict__ db_part, const float* __restrict__ dg_part,
-                         float* __restrict__ dbeta, float* __restrict__ dg, idx_t n, int HV, int NP, float bscale, int gmode) {
+                         float* __restrict__ dbeta, float* __restrict__ dg, idx_t n, int HV, int VS, int NP, float bscale,
+                         int gmode) {
     const idx_t x = (idx_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (x >= n) return;
     const int hv = (int)(x % HV);
+    const idx_t pn = n * VS;  // elements of one partial
     float db = 0.f, dgs = 0.f;
     for (int p = 0; p < NP; ++p) {
-        db += db_part[p * n + x];
-        if (gmode > 0) dgs += dg_part[p * n + x];
+        for (int j = 0; j < VS; ++j) {
+            db += db_part[p * pn + x * VS + j];
+            if (gmode > 0) dgs += dg_part[p * pn + x * VS + j];
+        }
     }
     if (bscale > 0.f) {
         const float s = sigmoidf_(to_f32(beta[x]));
@@ -157,16 +169,17 @@ __device__ void gate_bwd(const E* __restrict__ beta, const E* __restrict__ g, co
 template <typename E>
 __device__ void gate_param_bwd(const E* __restrict__ g, const float* __restrict__ a_log, const float* __restrict__ dt_bias,
                                const float* __restrict__ dg_part, float* __restrict__ da_log, float* __restrict__ ddt_bias, idx_t rows,
-                               int HV, int NP) {
+                               int HV, int VS, int NP) {
     __shared__ float s_red[2][8];
     const int hv = blockIdx.x, tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
-    const idx_t n = rows * HV;
+    const idx_t pn = rows * HV * VS;  // elements of one partial
     const float e = expf(a_log[hv]), dtb = dt_bias[hv];
     float sa = 0.f, sd = 0.f;
     for (idx_t r = tid; r < rows; r += 256) {
         const idx_t x = r * HV + hv;
         float dgs = 0.f;
-        for (int p = 0; p < NP; ++p) dgs += dg_part[p * n + x];
+        for (int p = 0; p < NP; ++p)
+            for (int j = 0; j < VS; ++j) dgs += dg_part[p * pn + x * VS + j];
         const float z = to_f32(g[x]) + dtb;
         sa += dgs * -e * softplusf_(z);
         sd += dgs * -e * dsoftplusf_(z);
@@ -196,8 +209,8 @@ extern "C" __global__ void __launch_bounds__(256) delta_l2_rstd_##NAME(const E* 
 }                                                                                                        \
 extern "C" __global__ void __launch_bounds__(256) delta_gate_fwd_##NAME(                                 \
     const E* beta, const E* g, const float* a_log, const float* dt_bias, float* bt, float* gl, idx_t n,  \
-    int HV, float bscale, int gmode) {                                                                   \
-    gate_fwd<E>(beta, g, a_log, dt_bias, bt, gl, n, HV, bscale, gmode);                                  \
+    int HV, int VS, float bscale, int gmode) {                                                           \
+    gate_fwd<E>(beta, g, a_log, dt_bias, bt, gl, n, HV, VS, bscale, gmode);                              \
 }                                                                                                        \
 extern "C" __global__ void __launch_bounds__(256) delta_qk_bwd_##NAME(                                   \
     const E* q, const E* k, const float* dq_part, const float* dk_part, float* dq, float* dk, idx_t rows,\
@@ -206,14 +219,33 @@ extern "C" __global__ void __launch_bounds__(256) delta_qk_bwd_##NAME(          
 }                                                                                                        \
 extern "C" __global__ void __launch_bounds__(256) delta_gate_bwd_##NAME(                                 \
     const E* beta, const E* g, const float* a_log, const float* dt_bias, const float* db_part,           \
-    const float* dg_part, float* dbeta, float* dg, idx_t n, int HV, int NP, float bscale, int gmode) {   \
-    gate_bwd<E>(beta, g, a_log, dt_bias, db_part, dg_part, dbeta, dg, n, HV, NP, bscale, gmode);         \
+    const float* dg_part, float* dbeta, float* dg, idx_t n, int HV, int VS, int NP, float bscale,        \
+    int gmode) {                                                                                         \
+    gate_bwd<E>(beta, g, a_log, dt_bias, db_part, dg_part, dbeta, dg, n, HV, VS, NP, bscale, gmode);     \
 }                                                                                                        \
 extern "C" __global__ void __launch_bounds__(256) delta_gate_param_bwd_##NAME(                           \
     const E* g, const float* a_log, const float* dt_bias, const float* dg_part, float* da_log,           \
-    float* ddt_bias, idx_t rows, int HV, int NP) {                                                       \
-    gate_param_bwd<E>(g, a_log, dt_bias, dg_part, da_log, ddt_bias, rows, HV, NP);                       \
+    float* ddt_bias, idx_t rows, int HV, int VS, int NP) {                                               \
+    gate_param_bwd<E>(g, a_log, dt_bias, dg_part, da_log, ddt_bias, rows, HV, VS, NP);                   \
 }
 
 PREP_ENTRY(f32, float)
 PREP_ENTRY(bf16, bf16_t)
+
+extern "C" __global__ void __launch_bounds__(256) delta_state_split(const float* __restrict__ src, float* __restrict__ dst, idx_t n,
+                                                                    int K, int VS, int VW, int dir) {
+    const idx_t x = (idx_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (x >= n) return;
+    // x indexes the caller's layout, y the sub-heads'
+    const int c = (int)(x % VW);
+    idx_t r = x / VW;
+    const int s = (int)(r % VS);
+    r /= VS;
+    const int k = (int)(r % K);
+    const idx_t nh = r / K;
+    const idx_t y = ((nh * VS + s) * K + k) * VW + c;
+    if (dir == 0)
+        dst[y] = src[x];
+    else
+        dst[x] = src[y];
+}

@@ -10,6 +10,7 @@
 //! | any     | recurrent | K <= 256, any V         | `delta/recurrent.cu` (forward, decode, backward)  |
 //! | bf16    | chunked   | K <= 256, V <= 256      | chunked, K padded to 64 / 128 / 192 / 256 (`KP`)  |
 //! | f32     | chunked   | K <= 128, V <= 128      | chunked, the same kernels on FMA                  |
+//! | any     | chunked   | wider V, no states      | chunked on value sub-heads ([`value_split`])      |
 //! | any     | chunked   | otherwise, K <= 256     | the recurrent kernels (same result)               |
 //!
 //! Above K = 256 nothing runs (an error). Every chunked pass takes its elementwise maps from
@@ -93,6 +94,110 @@ pub fn delta_path(p: &DeltaProblem, bf16: bool, algo: DeltaAlgo) -> Result<Delta
         DeltaAlgo::Chunked if k <= max && v <= max => DeltaPath::Chunk { kp: kpad(k) },
         _ => DeltaPath::Recurrent,
     })
+}
+
+/// Narrowest value sub-head [`value_split`] makes: below it the recurrent kernels do better.
+pub const DELTA_MIN_SPLIT_V: usize = 32;
+
+/// Value sub-heads of the chunked path for a value head wider than its kernels take (V above
+/// [`DELTA_CHUNK_MAX`] for bf16, [`DELTA_CHUNK_F32_MAX`] for f32, e.g. fla's Gated DeltaNet
+/// default `head_dim` 256 x `expand_v` 2): the head runs as `vs` value heads of `V / vs` columns
+/// sharing its q, k, beta and decay. Exact, because the delta rule is separable in V: the UT
+/// transform T, w and the decays do not read v, and each column of u, of the state and of o
+/// depends on its own column of v only; the backward sums the sub-heads' dbeta and dg.
+/// Returns the fewest sub-heads whose width divides V and fits, 1 where V fits already or no
+/// such width of at least [`DELTA_MIN_SPLIT_V`] exists (then the recurrent kernels run).
+pub fn value_split(p: &DeltaProblem, bf16: bool) -> usize {
+    let max = if bf16 { DELTA_CHUNK_MAX } else { DELTA_CHUNK_F32_MAX };
+    let v = p.v();
+    if v <= max || p.k() > max {
+        return 1;
+    }
+    (2..=v / DELTA_MIN_SPLIT_V).find(|&s| v.is_multiple_of(s) && v / s <= max).unwrap_or(1)
+}
+
+/// The problem the kernels see for `vs` value sub-heads of `p` ([`value_split`]): `HV * vs`
+/// value heads of `V / vs` columns, the same rows, scale and options. v, o, dv and do keep their
+/// memory layout (`[rows, HV, V]` is `[rows, HV * vs, V / vs]`); beta and the decay are
+/// expanded per sub-head by the gate prep, states moved between the layouts by
+/// `delta_state_split`.
+///
+/// # Errors
+/// `vs` not dividing V (or 0).
+pub fn split_problem(p: &DeltaProblem, vs: usize) -> Result<DeltaProblem, gla_core::Error> {
+    if vs == 0 || !p.v().is_multiple_of(vs) {
+        return Err(gla_core::Error::BadArg { key: "vs", reason: format!("{vs} value sub-heads do not divide V = {}", p.v()) });
+    }
+    DeltaProblem::new(gla_core::DeltaSpec {
+        b: p.b(),
+        t: p.t(),
+        h: p.h(),
+        hv: p.hv() * vs,
+        k: p.k(),
+        v: p.v() / vs,
+        gate: p.gate(),
+        scale: Some(p.scale()),
+        cu_seqlens: p.is_varlen().then(|| p.bounds().to_vec()),
+        l2_qk: p.l2_qk(),
+        beta_sigmoid: p.beta_sigmoid(),
+        allow_neg_eigval: p.allow_neg_eigval(),
+    })
+}
+
+/// How one call runs ([`route`]): the kernels, the problem they see and the value sub-heads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeltaRoute {
+    /// The kernels.
+    pub path: DeltaPath,
+    /// The problem the kernels see: the caller's, or its value sub-heads' ([`split_problem`]).
+    pub kernel: DeltaProblem,
+    /// Value sub-heads per value head (1: no split).
+    pub vs: usize,
+}
+
+impl DeltaRoute {
+    /// The label of benchmark and check rows: `recurrent`, `chunk`, or `chunk-vsplit` on value
+    /// sub-heads.
+    pub fn label(&self) -> &'static str {
+        if self.vs > 1 {
+            "chunk-vsplit"
+        } else {
+            self.path.label()
+        }
+    }
+
+    /// The forward's workspaces: [`DeltaWorkspaceLens::forward`] on the kernels' problem, with
+    /// value sub-heads also the two state buffers in their layout.
+    pub fn forward_lens(&self, nc: usize, bf16: bool) -> DeltaWorkspaceLens {
+        self.with_states(DeltaWorkspaceLens::forward(&self.kernel, nc, bf16, self.path))
+    }
+
+    /// The backward's workspaces (as [`DeltaRoute::forward_lens`]).
+    pub fn backward_lens(&self, nc: usize, bf16: bool) -> DeltaWorkspaceLens {
+        self.with_states(DeltaWorkspaceLens::backward(&self.kernel, nc, bf16, self.path))
+    }
+
+    fn with_states(&self, l: DeltaWorkspaceLens) -> DeltaWorkspaceLens {
+        let st = if self.vs > 1 { self.kernel.state_len().max(1) } else { 0 };
+        DeltaWorkspaceLens { sa: st, sb: st, ..l }
+    }
+}
+
+/// The dispatch of one call: [`delta_path`], on value sub-heads ([`value_split`]) where V is
+/// too wide for the chunked kernels.
+///
+/// # Errors
+/// As [`delta_path`].
+pub fn route(p: &DeltaProblem, bf16: bool, algo: DeltaAlgo) -> Result<DeltaRoute, String> {
+    let vs = if algo == DeltaAlgo::Chunked { value_split(p, bf16) } else { 1 };
+    if vs > 1 {
+        let kernel = split_problem(p, vs).map_err(|e| e.to_string())?;
+        let path = delta_path(&kernel, bf16, algo)?;
+        if matches!(path, DeltaPath::Chunk { .. }) {
+            return Ok(DeltaRoute { path, kernel, vs });
+        }
+    }
+    Ok(DeltaRoute { path: delta_path(p, bf16, algo)?, kernel: p.clone(), vs: 1 })
 }
 
 /// Split planes of the chunked path's split tensors (2 for bf16: hi and lo; 1 for f32).
@@ -279,6 +384,10 @@ pub struct DeltaWorkspaceLens {
     pub ckpt: usize,
     /// f32: the recurrent backward's recomputed states.
     pub seg: usize,
+    /// f32: with value sub-heads, the initial state (then its gradient) in their layout.
+    pub sa: usize,
+    /// f32: with value sub-heads, the final state (or its gradient) in their layout.
+    pub sb: usize,
 }
 
 impl DeltaWorkspaceLens {
@@ -304,6 +413,8 @@ impl DeltaWorkspaceLens {
             dbg: self.dbg.max(o.dbg),
             ckpt: self.ckpt.max(o.ckpt),
             seg: self.seg.max(o.seg),
+            sa: self.sa.max(o.sa),
+            sb: self.sb.max(o.sb),
         }
     }
 
@@ -375,6 +486,26 @@ mod tests {
 
     fn prob(k: usize, v: usize) -> DeltaProblem {
         DeltaProblem::new(DeltaSpec::new(1, 100, 1, k, v, DeltaGate::LogDecay)).expect("valid")
+    }
+
+    #[test]
+    fn wide_value_heads_split_into_sub_heads_that_fit() {
+        let chunk = DeltaAlgo::Chunked;
+        for (k, v, bf16, vs) in [(256, 512, true, 2), (60, 320, true, 2), (60, 320, false, 4), (64, 256, true, 1), (64, 300, true, 2)] {
+            let p = prob(k, v);
+            assert_eq!(value_split(&p, bf16), vs, "K {k} V {v} bf16 {bf16}");
+            let r = route(&p, bf16, chunk).expect("routes");
+            assert_eq!(r.vs, vs);
+            assert_eq!((r.kernel.hv(), r.kernel.v()), (p.hv() * vs, v / vs));
+            assert_eq!((r.kernel.v_len(), r.kernel.state_len(), r.kernel.scale()), (p.v_len(), p.state_len(), p.scale()));
+            assert!(matches!(r.path, DeltaPath::Chunk { .. }));
+            assert_eq!(r.forward_lens(2, bf16).sa, if vs > 1 { p.state_len() } else { 0 });
+        }
+        // no divisor gives a width of at least DELTA_MIN_SPLIT_V: the recurrent kernels
+        let odd = prob(64, 257);
+        assert_eq!(value_split(&odd, true), 1);
+        assert_eq!(route(&odd, true, chunk).expect("routes").path, DeltaPath::Recurrent);
+        assert_eq!(route(&prob(64, 512), true, DeltaAlgo::Recurrent).expect("routes").vs, 1);
     }
 
     #[test]

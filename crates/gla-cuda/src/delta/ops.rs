@@ -211,6 +211,8 @@ pub struct DeltaWorkspace<T> {
     dg: Option<CudaSlice<f32>>,
     ckpt: Option<CudaSlice<f32>>,
     seg: Option<CudaSlice<f32>>,
+    sa: Option<CudaSlice<f32>>,
+    sb: Option<CudaSlice<f32>>,
 }
 
 fn ws_buf<U: DeviceRepr>(cuda: &Cuda, len: usize, what: &str) -> Result<Option<CudaSlice<U>>> {
@@ -254,6 +256,8 @@ impl<T: Elem> DeltaWorkspace<T> {
             dg: ws_buf(cuda, l.dbg, "delta dg partials")?,
             ckpt: ws_buf(cuda, l.ckpt, "delta state checkpoints")?,
             seg: ws_buf(cuda, l.seg, "delta segment states")?,
+            sa: ws_buf(cuda, l.sa, "delta sub-head h0")?,
+            sb: ws_buf(cuda, l.sb, "delta sub-head ht")?,
             lens,
         })
     }
@@ -264,9 +268,9 @@ impl<T: Elem> DeltaWorkspace<T> {
     /// [`Error::Op`] for a problem the dispatch policy refuses; [`Error::Driver`].
     pub fn for_problem(cuda: &Cuda, dp: &DevDeltaProblem, algo: DeltaAlgo, fwd: bool, bwd: bool) -> Result<Self> {
         let (p, nc, bf16) = (&dp.problem, dp.n_chunks, is_bf16::<T>());
-        let path = dd::delta_path(p, bf16, algo).map_err(unsupported)?;
-        let f = if fwd { DeltaWorkspaceLens::forward(p, nc, bf16, path) } else { DeltaWorkspaceLens::default() };
-        let b = if bwd { DeltaWorkspaceLens::backward(p, nc, bf16, path) } else { DeltaWorkspaceLens::default() };
+        let r = dd::route(p, bf16, algo).map_err(unsupported)?;
+        let f = if fwd { r.forward_lens(nc, bf16) } else { DeltaWorkspaceLens::default() };
+        let b = if bwd { r.backward_lens(nc, bf16) } else { DeltaWorkspaceLens::default() };
         Self::new(cuda, f.max(b))
     }
 
@@ -285,7 +289,7 @@ impl<T: Elem> DeltaWorkspace<T> {
 }
 
 /// Forward: `o = ` the output `[B,T,HV,V]` (dtype T), `ht = ` the final state `[N,HV,K,V]` f32,
-/// by the kernels [`dd::delta_path`] picks for `algo`; allocates its workspace
+/// by the kernels [`dd::route`] picks for `algo`; allocates its workspace
 /// ([`delta_fwd_ws`] takes the caller's).
 ///
 /// # Errors
@@ -298,8 +302,8 @@ pub fn delta_fwd<T: Elem>(
     o: &mut CudaSlice<T>,
     ht: Option<&mut CudaSlice<f32>>,
 ) -> Result<()> {
-    let path = dd::delta_path(&dp.problem, is_bf16::<T>(), algo).map_err(unsupported)?;
-    let mut ws = DeltaWorkspace::new(cuda, DeltaWorkspaceLens::forward(&dp.problem, dp.n_chunks, is_bf16::<T>(), path))?;
+    let r = dd::route(&dp.problem, is_bf16::<T>(), algo).map_err(unsupported)?;
+    let mut ws = DeltaWorkspace::new(cuda, r.forward_lens(dp.n_chunks, is_bf16::<T>()))?;
     delta_fwd_ws(cuda, algo, dp, x, &mut ws, o, ht)
 }
 
@@ -325,13 +329,15 @@ pub fn delta_fwd_ws<T: Elem>(
         check_len(op, "ht", p.state_len(), ht.len())?;
     }
     let bf16 = is_bf16::<T>();
-    let path = dd::delta_path(p, bf16, algo).map_err(unsupported)?;
-    ws.check(op, &DeltaWorkspaceLens::forward(p, dp.n_chunks, bf16, path))?;
+    let r = dd::route(p, bf16, algo).map_err(unsupported)?;
+    ws.check(op, &r.forward_lens(dp.n_chunks, bf16))?;
+    // from here on the kernels' problem (value sub-heads: dd::route)
+    let p = &r.kernel;
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
     let scale = p.scale() as f32;
     let (l2, bscale, gmode) = options(p);
     let nhv = grid_nhv(op, p)?;
-    match path {
+    match r.path {
         DeltaPath::Recurrent => {
             let name = format!("delta_rec_fwd_{}", T::SUFFIX);
             // SAFETY: the arguments match delta_rec_fwd's signature; every buffer's length was
@@ -349,56 +355,88 @@ pub fn delta_fwd_ws<T: Elem>(
                 )
             }
         }
-        DeltaPath::Chunk { kp } => {
-            chunk_prep(cuda, dp, x, ws)?;
-            chunk_wy_h(cuda, dp, x, ws, kp, ht)?;
-            if dp.n_chunks == 0 {
-                return Ok(());
-            }
-            let ws = &*ws;
-            let (vp, nch) = (dd::vpad(p.v()) as i32, dp.n_chunks as i64);
-            let smem = DeltaSmem::new(bf16, kp, dd::vpad(p.v()));
-            let cfg = dd::chunk_cfg(grid_chunks(op, dp.n_chunks)?, p.hv(), 1, smem.o());
-            let (hs, vn, g2) = (req(&ws.hs, "hs")?, req(&ws.vn, "v_new")?, req(&ws.g2, "G")?);
-            let name = format!("delta_o_k{kp}_{}", T::SUFFIX);
-            // SAFETY: arguments match delta_o_*'s signature; hs, vn, g2 were written by the
-            // launches above (workspace lengths checked against the problem); one block per
-            // (chunk, value head).
-            unsafe {
-                launch(
-                    cuda,
-                    &name,
-                    cfg,
-                    &[
-                        x.q,
-                        x.k,
-                        &ws.rq,
-                        &ws.rk,
-                        hs,
-                        vn,
-                        g2,
-                        o,
-                        &dp.bounds,
-                        &dp.chunk_off,
-                        &dp.chunk_seq,
-                        &h,
-                        &hv,
-                        &k,
-                        &v,
-                        &vp,
-                        &scale,
-                        &nch,
-                    ],
-                )
-            }
+        DeltaPath::Chunk { kp } if r.vs > 1 => {
+            // value sub-heads: the states in their layout, in the workspace's sa (h0) and sb (ht)
+            let (sa, mut sb) = (ws.sa.take(), ws.sb.take());
+            let res = (|| -> Result<()> {
+                let (sa, sbm) =
+                    (req(&sa, "split h0")?, sb.as_mut().ok_or_else(|| unsupported("delta workspace without its split ht".into()))?);
+                if let Some(h0) = x.h0 {
+                    state_split(cuda, h0, sa, p, r.vs, true)?;
+                }
+                let xs = DeltaDevInputs { h0: x.h0.map(|_| sa), ..*x };
+                let want = ht.is_some();
+                chunk_fwd(cuda, p, r.vs, dp, &xs, ws, kp, want.then_some(sbm), o)?;
+                if let Some(ht) = ht {
+                    state_split(cuda, sbm, ht, p, r.vs, false)?;
+                }
+                Ok(())
+            })();
+            (ws.sa, ws.sb) = (sa, sb);
+            res
         }
+        DeltaPath::Chunk { kp } => chunk_fwd(cuda, p, 1, dp, x, ws, kp, ht, o),
     }
 }
 
-/// The elementwise prep of the chunked passes: the L2 row factors (with the in-op norm), beta
-/// and the log decay as f32.
-fn chunk_prep<T: Elem>(cuda: &Cuda, dp: &DevDeltaProblem, x: &DeltaDevInputs<'_, T>, ws: &DeltaWorkspace<T>) -> Result<()> {
-    let p = &dp.problem;
+/// Moves f32 states between the caller's layout `[N, HV, K, V]` and that of the value sub-heads
+/// of the kernels' problem `p` (`[N, HV * vs, K, V / vs]`; `to_sub`: into it, else back).
+fn state_split(cuda: &Cuda, src: &CudaSlice<f32>, dst: &CudaSlice<f32>, p: &DeltaProblem, vs: usize, to_sub: bool) -> Result<()> {
+    let n = p.state_len();
+    if n == 0 {
+        return Ok(());
+    }
+    check_len("delta_state_split", "src", n, src.len().min(n))?;
+    let (n64, k, vs32, vw, dir) = (n as i64, p.k() as i32, vs as i32, p.v() as i32, i32::from(!to_sub));
+    // SAFETY: one thread per element of N*HV*K*V f32 states; src and dst hold at least that many
+    // (src checked, dst a workspace buffer of the state's length or the caller's checked state)
+    unsafe { launch(cuda, "delta_state_split", dd::flat_cfg(n, 256), &[src, dst, &n64, &k, &vs32, &vw, &dir]) }
+}
+
+/// The chunked forward on the kernels' problem `p` (`vs` value sub-heads per value head of the
+/// inputs; `x.h0` and `ht` in the kernels' layout): prep, WY, state pass, output.
+#[allow(clippy::too_many_arguments)]
+fn chunk_fwd<T: Elem>(
+    cuda: &Cuda,
+    p: &DeltaProblem,
+    vs: usize,
+    dp: &DevDeltaProblem,
+    x: &DeltaDevInputs<'_, T>,
+    ws: &DeltaWorkspace<T>,
+    kp: usize,
+    ht: Option<&mut CudaSlice<f32>>,
+    o: &mut CudaSlice<T>,
+) -> Result<()> {
+    let op = "delta_fwd";
+    let bf16 = is_bf16::<T>();
+    let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
+    let scale = p.scale() as f32;
+    chunk_prep(cuda, p, vs, x, ws)?;
+    chunk_wy_h(cuda, p, dp, x, ws, kp, ht)?;
+    if dp.n_chunks == 0 {
+        return Ok(());
+    }
+    let (vp, nch) = (dd::vpad(p.v()) as i32, dp.n_chunks as i64);
+    let smem = DeltaSmem::new(bf16, kp, dd::vpad(p.v()));
+    let cfg = dd::chunk_cfg(grid_chunks(op, dp.n_chunks)?, p.hv(), 1, smem.o());
+    let (hs, vn, g2) = (req(&ws.hs, "hs")?, req(&ws.vn, "v_new")?, req(&ws.g2, "G")?);
+    let name = format!("delta_o_k{kp}_{}", T::SUFFIX);
+    // SAFETY: arguments match delta_o_*'s signature; hs, vn, g2 were written by the launches
+    // above (workspace lengths checked against the problem); one block per (chunk, value head).
+    unsafe {
+        launch(
+            cuda,
+            &name,
+            cfg,
+            &[x.q, x.k, &ws.rq, &ws.rk, hs, vn, g2, o, &dp.bounds, &dp.chunk_off, &dp.chunk_seq, &h, &hv, &k, &v, &vp, &scale, &nch],
+        )
+    }
+}
+
+/// The elementwise prep of the chunked passes on the kernels' problem `p` (`vs` value
+/// sub-heads per value head of the inputs): the L2 row factors (with the in-op norm), beta and
+/// the log decay as f32.
+fn chunk_prep<T: Elem>(cuda: &Cuda, p: &DeltaProblem, vs: usize, x: &DeltaDevInputs<'_, T>, ws: &DeltaWorkspace<T>) -> Result<()> {
     let nr = p.rows() * p.h();
     if p.l2_qk() && nr > 0 {
         let name = format!("delta_l2_rstd_{}", T::SUFFIX);
@@ -408,37 +446,40 @@ fn chunk_prep<T: Elem>(cuda: &Cuda, dp: &DevDeltaProblem, x: &DeltaDevInputs<'_,
             unsafe { launch(cuda, &name, dd::flat_cfg(nr, 8), &[src, dst, &nr64, &k])? };
         }
     }
-    gate_prep(cuda, dp, x, req(&ws.bt, "beta")?, ws.gl.as_ref())
+    gate_prep(cuda, p, vs, x, req(&ws.bt, "beta")?, ws.gl.as_ref())
 }
 
+/// beta and the log decay as f32 `[rows, HV']` for the kernels' problem `p`, whose `HV' = HV *
+/// vs` value heads each read value head `/ vs` of the inputs.
 fn gate_prep<T: Elem>(
     cuda: &Cuda,
-    dp: &DevDeltaProblem,
+    p: &DeltaProblem,
+    vs: usize,
     x: &DeltaDevInputs<'_, T>,
     bt: &CudaSlice<f32>,
     gl: Option<&CudaSlice<f32>>,
 ) -> Result<()> {
-    let p = &dp.problem;
     let n = p.beta_len();
     if n == 0 {
         return Ok(());
     }
     let (_, bscale, gmode) = options(p);
-    let (n64, hv) = (n as i64, p.hv() as i32);
+    let (n64, hv, vs32) = (n as i64, (p.hv() / vs) as i32, vs as i32);
     let gl = gl.filter(|_| gmode > 0);
     if gmode > 0 && gl.is_none() {
         return Err(unsupported("delta workspace without its log-decay buffer".into()));
     }
     let name = format!("delta_gate_fwd_{}", T::SUFFIX);
-    // SAFETY: one thread per (row, value head) of [rows, HV]; bt (and gl with a gate) hold
-    // rows*HV f32; the inputs were checked against the problem
-    unsafe { launch(cuda, &name, dd::flat_cfg(n, 256), &[x.beta, &x.g, &x.a_log, &x.dt_bias, bt, &gl, &n64, &hv, &bscale, &gmode]) }
+    // SAFETY: one thread per (row, value head) of [rows, HV']; bt (and gl with a gate) hold
+    // rows*HV' f32; the inputs ([rows, HV'/vs]) were checked against the caller's problem
+    unsafe { launch(cuda, &name, dd::flat_cfg(n, 256), &[x.beta, &x.g, &x.a_log, &x.dt_bias, bt, &gl, &n64, &hv, &vs32, &bscale, &gmode]) }
 }
 
-/// The UT/WY prep and the state pass of the chunked path (forward, and the backward's
-/// recomputation): w, u, T, G, hs, v_new; ht when given.
+/// The UT/WY prep and the state pass of the chunked path on the kernels' problem `p` (forward,
+/// and the backward's recomputation): w, u, T, G, hs, v_new; ht when given.
 fn chunk_wy_h<T: Elem>(
     cuda: &Cuda,
+    p: &DeltaProblem,
     dp: &DevDeltaProblem,
     x: &DeltaDevInputs<'_, T>,
     ws: &DeltaWorkspace<T>,
@@ -446,7 +487,6 @@ fn chunk_wy_h<T: Elem>(
     ht: Option<&mut CudaSlice<f32>>,
 ) -> Result<()> {
     let op = "delta chunked forward";
-    let p = &dp.problem;
     let bf16 = is_bf16::<T>();
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
     let (vp, nch) = (dd::vpad(p.v()), dp.n_chunks as i64);
@@ -628,7 +668,7 @@ impl DeltaDevGradsMut<'_> {
 }
 
 /// Backward of `L = <do, o> + <dht, S_T>` (`do [B,T,HV,V]` dtype T, `dht [N,HV,K,V]` f32 or
-/// none) by the kernels [`dd::delta_path`] picks for `algo`; allocates its workspace and the
+/// none) by the kernels [`dd::route`] picks for `algo`; allocates its workspace and the
 /// (NaN-poisoned) gradients ([`delta_bwd_ws`] takes the caller's).
 ///
 /// # Errors
@@ -680,20 +720,20 @@ pub fn delta_bwd_ws<T: Elem>(
     }
     g.check(op, p, x)?;
     let bf16 = is_bf16::<T>();
-    let path = dd::delta_path(p, bf16, algo).map_err(unsupported)?;
-    ws.check(op, &DeltaWorkspaceLens::backward(p, dp.n_chunks, bf16, path))?;
+    let r = dd::route(p, bf16, algo).map_err(unsupported)?;
+    ws.check(op, &r.backward_lens(dp.n_chunks, bf16))?;
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
     let scale = p.scale() as f32;
     let (l2, _bscale, gmode) = options(p);
     let nhv = grid_nhv(op, p)?;
     let rows = p.rows() as i64;
-    let np = match path {
+    let np = match r.path {
         DeltaPath::Recurrent => {
             let ws = &*ws;
             let (bt, dq, dk) = (req(&ws.bt, "beta")?, req(&ws.dq, "dq partials")?, req(&ws.dk, "dk partials")?);
             let (db, dg, ckpt, seg) =
                 (req(&ws.db, "dbeta partials")?, req(&ws.dg, "dg partials")?, req(&ws.ckpt, "ckpt")?, req(&ws.seg, "seg")?);
-            gate_prep(cuda, dp, x, bt, ws.gl.as_ref())?;
+            gate_prep(cuda, p, 1, x, bt, ws.gl.as_ref())?;
             let dh0 = g.dh0.as_deref().filter(|_| x.h0.is_some());
             let gl = ws.gl.as_ref().filter(|_| gmode > 0);
             let name = format!("delta_rec_bwd_{}", T::SUFFIX);
@@ -713,21 +753,47 @@ pub fn delta_bwd_ws<T: Elem>(
             }
             p.v().div_ceil(REC_BV)
         }
+        DeltaPath::Chunk { kp } if r.vs > 1 => {
+            // value sub-heads: h0 (then dh0) in the workspace's sa, dht in sb, in their layout
+            let (sa, sb) = (ws.sa.take(), ws.sb.take());
+            let res = (|| -> Result<()> {
+                let (sa, sb) = (req(&sa, "split h0")?, req(&sb, "split dht")?);
+                if let (Some(h0), false) = (x.h0, fwd_in_ws) {
+                    state_split(cuda, h0, sa, &r.kernel, r.vs, true)?;
+                }
+                if let Some(dht) = dht {
+                    state_split(cuda, dht, sb, &r.kernel, r.vs, true)?;
+                }
+                let xs = DeltaDevInputs { h0: x.h0.map(|_| sa), ..*x };
+                let dh0 = x.h0.map(|_| sa);
+                chunk_bwd(cuda, &r, dp, &xs, d_o, dht.map(|_| sb), ws, kp, fwd_in_ws, &g, dh0)?;
+                if let (Some(_), Some(out)) = (x.h0, g.dh0.as_deref()) {
+                    state_split(cuda, sa, out, &r.kernel, r.vs, false)?;
+                }
+                Ok(())
+            })();
+            (ws.sa, ws.sb) = (sa, sb);
+            res?;
+            1
+        }
         DeltaPath::Chunk { kp } => {
-            chunk_bwd(cuda, dp, x, d_o, dht, ws, kp, fwd_in_ws, &g)?;
+            let dh0 = g.dh0.as_deref().filter(|_| x.h0.is_some());
+            chunk_bwd(cuda, &r, dp, x, d_o, dht, ws, kp, fwd_in_ws, &g, dh0)?;
             1
         }
     };
-    let direct = matches!(path, DeltaPath::Chunk { .. }) && dd::direct_qk(p);
-    finalize(cuda, dp, x, ws, np, direct, g)
+    let direct = matches!(r.path, DeltaPath::Chunk { .. }) && dd::direct_qk(&r.kernel);
+    finalize(cuda, p, &r, x, ws, np, direct, g)
 }
 
-/// The chunked backward's launches up to the WY backward: prep, WY and state pass (recomputed
-/// unless `fwd_in_ws`), dvl, state-gradient pass, dq/dk/dw, WY backward. dq and dk go straight
-/// to the gradients where [`dd::direct_qk`], else to the workspace's partials.
+/// The chunked backward's launches up to the WY backward on the route's problem: prep, WY and
+/// state pass (recomputed unless `fwd_in_ws`), dvl, state-gradient pass, dq/dk/dw, WY backward.
+/// dq and dk go straight to the gradients where [`dd::direct_qk`], else to the workspace's
+/// partials; `x.h0`, `dht` and `dh0` are in the kernels' layout.
 #[allow(clippy::too_many_arguments)]
 fn chunk_bwd<T: Elem>(
     cuda: &Cuda,
+    r: &dd::DeltaRoute,
     dp: &DevDeltaProblem,
     x: &DeltaDevInputs<'_, T>,
     d_o: &CudaSlice<T>,
@@ -736,13 +802,14 @@ fn chunk_bwd<T: Elem>(
     kp: usize,
     fwd_in_ws: bool,
     g: &DeltaDevGradsMut<'_>,
+    dh0: Option<&CudaSlice<f32>>,
 ) -> Result<()> {
     let op = "delta chunked backward";
-    let p = &dp.problem;
+    let p = &r.kernel;
     let bf16 = is_bf16::<T>();
     if !fwd_in_ws {
-        chunk_prep(cuda, dp, x, ws)?;
-        chunk_wy_h(cuda, dp, x, ws, kp, None)?;
+        chunk_prep(cuda, p, r.vs, x, ws)?;
+        chunk_wy_h(cuda, p, dp, x, ws, kp, None)?;
     }
     let ws = &*ws;
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
@@ -768,7 +835,6 @@ fn chunk_bwd<T: Elem>(
             )?;
         }
     }
-    let dh0 = g.dh0.as_deref().filter(|_| x.h0.is_some());
     let bv = dd::h_bv(bf16, vp, p.n() * p.hv(), cuda.sm_count());
     // SAFETY: arguments match delta_h_bwd_*'s signature; one block per (V tile, sequence x value
     // head) walking its chunks in reverse; dhs, du sized for the problem
@@ -807,45 +873,50 @@ fn chunk_bwd<T: Elem>(
     }
 }
 
-/// The backward's last launches: the `np` partials summed, the group of value heads summed,
-/// through the elementwise maps (L2 norm, sigmoid, computed gate).
+/// The backward's last launches: the `np` partials summed, the group of value heads (and the
+/// route's value sub-heads) summed, through the elementwise maps (L2 norm, sigmoid, computed
+/// gate). `p` is the caller's problem, `r` the route the partials were written on.
+#[allow(clippy::too_many_arguments)]
 fn finalize<T: Elem>(
     cuda: &Cuda,
-    dp: &DevDeltaProblem,
+    p: &DeltaProblem,
+    r: &dd::DeltaRoute,
     x: &DeltaDevInputs<'_, T>,
     ws: &DeltaWorkspace<T>,
     np: usize,
     direct: bool,
     g: DeltaDevGradsMut<'_>,
 ) -> Result<()> {
-    let p = &dp.problem;
     let (h, hv, k) = (p.h() as i32, p.hv() as i32, p.k() as i32);
+    // the dq / dk partials are [rows, HV', K] over the route's value heads
+    let hv_k = r.kernel.hv() as i32;
+    let vs = r.vs as i32;
     let (l2, bscale, gmode) = options(p);
     let (rows, np32) = (p.rows() as i64, np as i32);
     let (db, dg) = (req(&ws.db, "dbeta")?, req(&ws.dg, "dg")?);
     let sfx = T::SUFFIX;
     if p.rows() > 0 && !direct {
         let (dq, dk) = (req(&ws.dq, "dq")?, req(&ws.dk, "dk")?);
-        // SAFETY: one warp per (row, head) of [rows, H, K]; the partials hold np x [rows, HV, K]
+        // SAFETY: one warp per (row, head) of [rows, H, K]; the partials hold np x [rows, HV', K]
         unsafe {
             launch(
                 cuda,
                 &format!("delta_qk_bwd_{sfx}"),
                 dd::flat_cfg(p.rows() * p.h(), 8),
-                &[x.q, x.k, dq, dk, &*g.dq, &*g.dk, &rows, &h, &hv, &k, &np32, &l2],
+                &[x.q, x.k, dq, dk, &*g.dq, &*g.dk, &rows, &h, &hv_k, &k, &np32, &l2],
             )?;
         }
     }
     if p.rows() > 0 {
         let n = p.beta_len() as i64;
         let dgo = (gmode > 0).then_some(&*g.dg);
-        // SAFETY: one thread per (row, value head); the partials hold np x [rows, HV]
+        // SAFETY: one thread per (row, value head); the partials hold np x [rows, HV * vs]
         unsafe {
             launch(
                 cuda,
                 &format!("delta_gate_bwd_{sfx}"),
                 dd::flat_cfg(p.beta_len(), 256),
-                &[x.beta, &x.g, &x.a_log, &x.dt_bias, db, dg, &*g.dbeta, &dgo, &n, &hv, &np32, &bscale, &gmode],
+                &[x.beta, &x.g, &x.a_log, &x.dt_bias, db, dg, &*g.dbeta, &dgo, &n, &hv, &vs, &np32, &bscale, &gmode],
             )?;
         }
     }
@@ -856,13 +927,14 @@ fn finalize<T: Elem>(
                 cuda.stream().memset_zeros(b).map_err(Error::driver("zero dA_log / ddt_bias"))?;
             }
         } else {
-            // SAFETY: one block per value head summing every row of dg's np partials
+            // SAFETY: one block per value head summing every row (and sub-head) of dg's np
+            // partials
             unsafe {
                 launch(
                     cuda,
                     &format!("delta_gate_param_bwd_{sfx}"),
                     cfg,
-                    &[&x.g, &x.a_log, &x.dt_bias, dg, &*g.da_log, &*g.ddt_bias, &rows, &hv, &np32],
+                    &[&x.g, &x.a_log, &x.dt_bias, dg, &*g.da_log, &*g.ddt_bias, &rows, &hv, &vs, &np32],
                 )?;
             }
         }

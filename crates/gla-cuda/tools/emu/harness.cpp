@@ -455,18 +455,23 @@ template <class E>
 struct Run {
     const Data& d;
     Dev p;
-    int H, HV, K, V, KP, VP;
+    // HV, V: the kernels' value heads and width; with VS > 1 value sub-heads (ops.rs's
+    // dispatch::delta::route) HV = HVin * VS and V = Vin / VS, the inputs' beta, g, A_log and
+    // dt_bias stay per input head HVin, the states move between layouts (delta_state_split)
+    int H, HV, K, V, KP, VP, HVin, VS;
     long long rows;
     float scale, bscale;
     int gmode, l2;
     std::vector<E> q, k, v, beta, g, d_o;
     std::vector<float> alog, dtb, h0, dht;
-    explicit Run(const Data& dd) : d(dd), p(devp(dd)) {
+    explicit Run(const Data& dd, int vs = 1) : d(dd), p(devp(dd)) {
         const Case& c = d.c;
         H = c.H;
-        HV = c.HV;
+        VS = vs;
+        HVin = c.HV;
+        HV = c.HV * vs;
         K = c.K;
-        V = c.V;
+        V = c.V / vs;
         KP = kpad(K);
         VP = (V + 63) / 64 * 64;
         rows = d.rows;
@@ -482,8 +487,17 @@ struct Run {
         d_o = dev<E>(d.d_o);
         alog = devf(d.alog);
         dtb = devf(d.dtb);
-        h0 = devf(d.h0);
-        dht = devf(d.dht);
+        h0 = split(devf(d.h0), 0);
+        dht = split(devf(d.dht), 0);
+    }
+    // states between the inputs' layout and the sub-heads' (dir 0: into it, 1: back)
+    std::vector<float> split(const std::vector<float>& src, int dir) const {
+        if (VS == 1 || src.empty()) return src;
+        auto dst = poison<float>(src.size());
+        const long long n = (long long)src.size();
+        emu::launch(dim3{(unsigned)((n + 255) / 256), 1, 1}, dim3{256, 1, 1}, 0,
+                    [&] { delta_state_split(src.data(), dst.data(), n, K, VS, V, dir); });
+        return dst;
     }
     Out rec_fwd() {
         Out out;
@@ -549,7 +563,7 @@ struct Run {
         bt = poison<float>(n);
         gl = gmode ? poison<float>(n) : std::vector<float>();
         emu::launch(dim3{(unsigned)((n + 255) / 256), 1, 1}, dim3{256, 1, 1}, 0, [&] {
-            K_<E>::gate_fwd(beta.data(), ptr(g), ptr(alog), ptr(dtb), bt.data(), ptr(gl), n, HV, bscale, gmode);
+            K_<E>::gate_fwd(beta.data(), ptr(g), ptr(alog), ptr(dtb), bt.data(), ptr(gl), n, HVin, VS, bscale, gmode);
         });
     }
     // the backward's last launches: sums of the NP partials, the elementwise maps' backward
@@ -565,25 +579,25 @@ struct Run {
                 K_<E>::qk_bwd(q.data(), k.data(), dqp.data(), dkp.data(), dq.data(), dk.data(), rows, H, HV, K, NP, l2);
             });
         }
-        const long long n = rows * HV;
+        const long long n = rows * HVin;
         auto db = poison<float>(n);
         auto dg = poison<float>(gmode ? n : 0);
         emu::launch(dim3{(unsigned)((n + 255) / 256), 1, 1}, dim3{256, 1, 1}, 0, [&] {
-            K_<E>::gate_bwd(beta.data(), ptr(g), ptr(alog), ptr(dtb), dbp.data(), ptr(dgp), db.data(), ptr(dg), n, HV, NP, bscale, gmode);
+            K_<E>::gate_bwd(beta.data(), ptr(g), ptr(alog), ptr(dtb), dbp.data(), ptr(dgp), db.data(), ptr(dg), n, HVin, VS, NP, bscale, gmode);
         });
         out.dq = back(dq);
         out.dk = back(dk);
         out.db = back(db);
         if (gmode) out.dg = back(dg);
         if (gmode == 2) {
-            auto dal = poison<float>(HV), ddt = poison<float>(HV);
-            emu::launch(dim3{(unsigned)HV, 1, 1}, dim3{256, 1, 1}, 0, [&] {
-                K_<E>::gate_param_bwd(ptr(g), alog.data(), dtb.data(), dgp.data(), dal.data(), ddt.data(), rows, HV, NP);
+            auto dal = poison<float>(HVin), ddt = poison<float>(HVin);
+            emu::launch(dim3{(unsigned)HVin, 1, 1}, dim3{256, 1, 1}, 0, [&] {
+                K_<E>::gate_param_bwd(ptr(g), alog.data(), dtb.data(), dgp.data(), dal.data(), ddt.data(), rows, HVin, VS, NP);
             });
             out.dal = back(dal);
             out.ddt = back(ddt);
         }
-        if (!h0.empty()) out.dh0 = back(dh0);
+        if (!h0.empty()) out.dh0 = back(split(dh0, 1));
     }
     Out rec_bwd() {
         Out out = rec_fwd();
@@ -652,7 +666,7 @@ struct Run {
             ((HFn)(bv == 32 ? f.h32 : f.h))(w.data(), u.data(), k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(), ht.data(), p.bounds.data(),
                        p.off.data(), H, HV, K, V, VP, nch);
         });
-        out.ht = back(ht);
+        out.ht = back(split(ht, 1));
         if (!want_o) return;
         auto o = poison<E>(rows * HV * V);
         typedef void (*OFn)(const E*, const E*, const float*, const float*, const E*, const E*, const float*, E*, const long long*,
@@ -728,8 +742,18 @@ static void run_case(const Data& d0, const char* dt, double tol) {
     Run<E> r(d);
     if (want("recurrent")) report(d.c.name, "recurrent", dt, r.rec_bwd(), ref, tol, true);
     if (want("decode")) report(d.c.name, "decode", dt, r.decode(), ref, tol, false);
-    const bool chunk_ok = sizeof(E) == 2 || (r.KP <= 128 && r.VP <= 128);
+    const int max = sizeof(E) == 2 ? 256 : 128;
+    const bool chunk_ok = r.KP <= max && r.VP <= max;
     if (want("chunk") && chunk_ok) report(d.c.name, "chunk", dt, r.chunk_bwd(), ref, tol, true);
+    // value sub-heads (dispatch::delta::value_split): the fewest that divide V and fit
+    int vs = 1;
+    if (d.c.V > max && d.c.K <= max)
+        for (int s = 2; s <= d.c.V / 32 && vs == 1; ++s)
+            if (d.c.V % s == 0 && d.c.V / s <= max) vs = s;
+    if (want("vsplit") && vs > 1) {
+        Run<E> rs(d, vs);
+        report(d.c.name, "chunk-vsplit", dt, rs.chunk_bwd(), ref, tol, true);
+    }
 }
 
 int main(int argc, char** argv) {
@@ -747,6 +771,8 @@ int main(int argc, char** argv) {
         {"delta-empty-first", 1, 16, 2, 2, 60, 100, 1, false, false, false, false, {0, 0, 16}, 10},
         {"gdn-T1-gs1-h0", 2, 1, 2, 2, 60, 100, 1, false, false, false, true, {}, 1},
         {"gdn-T1000-gs0.1", 1, 1000, 2, 2, 60, 100, 1, false, false, false, true, {}, 0.1},
+        {"delta-layer-V320", 2, 130, 2, 4, 60, 320, 0, true, true, false, true, {}, 1},
+        {"gdn-computed-V512-varlen", 1, 365, 2, 4, 60, 512, 2, true, true, false, true, {0, 15, 15, 100, 300, 365}, 1},
     };
     int i = 0;
     for (auto& c : cases) {
