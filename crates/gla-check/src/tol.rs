@@ -12,6 +12,12 @@
 //!   fla's own rule;
 //! - [`BITWISE`]: repeat runs must give bitwise equal results (no atomics in the reductions).
 //!
+//! A gradient that is a sum over every row of per-row terms of both signs (the delta rule's
+//! `dA_log`, `ddt_bias`: one number per value head) loses relative accuracy by the sum's
+//! condition number `sum |t| / |sum t|`: each term carries the path's relative error, the sum
+//! cancels. Its tolerance is the base times that condition number, measured on the oracle's
+//! terms ([`sum_tol`]), capped at [`CAP`] (a bug still gives errors of order 1).
+//!
 //! Model rows compare the GPU language model (bf16 GEMM operands) with the CPU f32 model or fla's
 //! fixtures. The GPU model rounds every GEMM operand to bf16, so the loss and the gradients carry
 //! a few such roundings in series (norm -> projections -> GLA -> norm -> projection per layer):
@@ -64,7 +70,45 @@ pub fn floor_tol(floor: f64, base: f64) -> f64 {
     base.max(FLOOR_FACTOR * floor).min(CAP)
 }
 
+/// The tolerance of per-head sums over rows (module doc): `base` times the condition number
+/// `||(sum_r |t[r,h]|)_h|| / ||(sum_r t[r,h])_h||` of the oracle's terms `t [rows, heads]`, at
+/// least `base`, at most [`CAP`] (or `base` where that is larger).
+pub fn sum_tol(base: f64, terms: &[f64], heads: usize) -> f64 {
+    if heads == 0 {
+        return base;
+    }
+    let (mut abs, mut sum) = (vec![0.0f64; heads], vec![0.0f64; heads]);
+    for (i, &t) in terms.iter().enumerate() {
+        abs[i % heads] += t.abs();
+        sum[i % heads] += t;
+    }
+    let norm = |x: &[f64]| x.iter().map(|v| v * v).sum::<f64>().sqrt();
+    let cond = norm(&abs) / norm(&sum);
+    let cap = CAP.max(base);
+    if cond.is_finite() {
+        (base * cond.max(1.0)).min(cap)
+    } else {
+        cap
+    }
+}
+
 /// Whether an error passes: finite and at most `tol` (NaN and +inf never pass).
 pub fn passes(err: f64, tol: f64) -> bool {
     err.is_finite() && err <= tol
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sum_tolerance_follows_the_cancellation() {
+        // two heads, terms [rows, heads]: head 0 all positive (cond 1), head 1 cancelling
+        let terms = [1.0, 1.0, 1.0, -0.9, 1.0, 1.0, 1.0, -0.9];
+        let cond = (4.0f64 * 4.0 + 3.8 * 3.8).sqrt() / (4.0f64 * 4.0 + 0.2 * 0.2).sqrt();
+        assert!((sum_tol(1e-3, &terms, 2) - 1e-3 * cond).abs() < 1e-12);
+        assert_eq!(sum_tol(1e-3, &[1.0, 2.0], 1), 1e-3);
+        assert_eq!(sum_tol(1e-3, &[1.0, -1.0], 1), CAP);
+        assert_eq!(sum_tol(1e-3, &[], 0), 1e-3);
+    }
 }
