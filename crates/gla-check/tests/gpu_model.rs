@@ -2,7 +2,8 @@
 //! runs the same rows and fla's fixtures): every model and generation row of
 //! `gla_check::cuda::model` must pass, for GLA and the delta-rule family (DeltaNet, Gated
 //! DeltaNet: loss, logits, every gradient, AdamW, prefill and decode through the captured CUDA
-//! graph against the CPU model). Skipped with a notice on a machine without a usable GPU.
+//! graph against the CPU model; a training step allocating nothing after its first). Skipped
+//! with a notice on a machine without a usable GPU.
 #![cfg(feature = "cuda")]
 
 use gla_check::cuda::model::{generation_check, model_check};
@@ -44,5 +45,14 @@ fn the_gpu_decoder_matches_the_cpu_decoder() {
     let Some(cuda) = device() else { return };
     let mut rows = Vec::new();
     generation_check(&cuda, &mut rows).expect("the generation checks run");
+    assert_all_pass(&rows);
+}
+
+#[test]
+fn a_gpu_training_step_allocates_nothing_after_its_first() {
+    let Some(cuda) = device() else { return };
+    let mut rows = Vec::new();
+    gla_check::cuda::alloc::alloc_check(&cuda, &mut rows).expect("the allocation checks run");
+    assert!(rows.iter().any(|r| r.case == "alloc-gdn-gva"), "no delta-rule row\n{}", format_table(&rows));
     assert_all_pass(&rows);
 }
