@@ -81,13 +81,15 @@ impl Device {
         Ok(())
     }
 
-    /// Refuses a model this device does not run yet, saying what to do: the GPU runs GLA models
-    /// (every layer GLA); DeltaNet and Gated DeltaNet run on the CPU.
+    /// Refuses a model this device does not run, saying what to do: the GPU runs models whose
+    /// layers all have the same token mixer with the same dims (GLA, DeltaNet, Gated DeltaNet:
+    /// every config of this build); dims its kernels do not take are refused when the weights
+    /// are uploaded, with the reason.
     pub fn ensure_runs(self, model_type: &str, dims: &gla_model::Dims) -> anyhow::Result<()> {
-        if self == Device::Cuda && dims.gla().is_none() {
+        if self == Device::Cuda && dims.gla().is_none() && dims.delta().is_none() {
             anyhow::bail!(
-                "--device cuda runs GLA models only for now; this is a {model_type} model: use --device cpu (the default), \
-                 which runs delta_net and gated_deltanet"
+                "--device cuda runs models whose layers all have the same token mixer with the same dims; this {model_type} \
+                 model mixes layers: use --device cpu (the default)"
             );
         }
         Ok(())

@@ -140,6 +140,39 @@ impl DeltaDims {
     pub fn group(&self) -> usize {
         self.v_heads / self.heads
     }
+
+    /// The delta-rule op's spec of this layer for `b` rows of `t` tokens (`cu_seqlens`: packed
+    /// varlen offsets): its heads and dims, the L2 norm of q and k inside with `qk_norm = "l2"`,
+    /// the beta sigmoid inside with `use_beta` (otherwise the constant [`DeltaDims::const_beta`]
+    /// is given directly), the decay computed inside for Gated DeltaNet. Every backend builds
+    /// its problems from it, so that they agree.
+    pub fn op_spec(&self, b: usize, t: usize, cu_seqlens: Option<Vec<usize>>) -> crate::DeltaSpec {
+        crate::DeltaSpec {
+            b,
+            t,
+            h: self.heads,
+            hv: self.v_heads,
+            k: self.head_k,
+            v: self.head_v,
+            gate: if self.decay { crate::DeltaGate::Computed } else { crate::DeltaGate::None },
+            scale: None,
+            cu_seqlens,
+            l2_qk: self.qk_norm == QkNorm::L2,
+            beta_sigmoid: self.use_beta,
+            // without b_proj the doubled beta is the constant itself
+            allow_neg_eigval: self.use_beta && self.allow_neg_eigval,
+        }
+    }
+
+    /// The beta of a layer without `b_proj` (fla's `torch.ones_like`, doubled with
+    /// `allow_neg_eigval`).
+    pub fn const_beta(&self) -> f32 {
+        if self.allow_neg_eigval {
+            2.0
+        } else {
+            1.0
+        }
+    }
 }
 
 /// fla's `feature_map` of the GLA layer: a transformers `ACT2FN` activation applied elementwise

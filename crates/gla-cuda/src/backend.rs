@@ -1,8 +1,7 @@
-//! The GPU backend ([`Gpu`]: gla-core's backend contract, `Primitives`, `GlaOps`, and `DeltaOps`,
-//! whose every method returns [`gla_core::Error::Unsupported`] until the delta-rule kernels are
-//! wired in; models whose layers are not all GLA with one set of dims are refused by
-//! [`crate::GpuWeights::new`]): each op as the
-//! kernel launches of `kernels/nn/*.cu` / `kernels/gla/*.cu` and cuBLAS GEMMs. The forward and
+//! The GPU backend ([`Gpu`]: gla-core's backend contract, `Primitives`, `GlaOps` and `DeltaOps`;
+//! every layer of a model must have the same token mixer with the same dims, GLA or the delta
+//! rule, which [`crate::GpuWeights::new`] checks: [`GpuMixer`]): each op as the kernel launches
+//! of `kernels/nn/*.cu` / `kernels/gla/*.cu` / `kernels/delta/*.cu` and cuBLAS GEMMs. The forward and
 //! backward that call them are gla-model's (`gla_model::model` and its mixers; read those first).
 //! Parameters are found by their index in the parameter table the weights came with
 //! ([`gla_core::params::ParamSpec`]: offsets in the bf16 copy and in the gradient arena).
@@ -13,12 +12,20 @@
 //!   GEMMs (`dxn`, `dres`) or leaves the GLA backward (`dq, dk, dv, dg`);
 //! - bf16 (`Act`): every GEMM operand (activations, a bf16 copy of the weights refreshed by each
 //!   AdamW step, and the gradients fed to GEMMs: `Primitives::cast` writes them), and q, k, v, g,
-//!   o, do of the GLA kernels.
+//!   o, do of the GLA kernels; the delta-rule kernels take q, k, v, o, do and bf16 copies of the
+//!   beta logits and the decay input `a` (the f32 ones of the mixer are cast per call), with
+//!   `A_log` and `dt_bias` in f32.
 //!
 //! Head dims above the tensor-core kernels' 128: a head with V = s * V' (V' <= 128) runs as s
 //! heads of V' that share q, k and g (GLA is separable over the value channels; q, k, g are
 //! repeated s times and their gradients summed back), the same repeat that GQA uses; the
 //! repeats live in the backend's per-layer [`GpuGla`].
+//!
+//! The delta rule (DeltaNet, Gated DeltaNet) runs the chunked kernels of [`crate::delta::ops`]
+//! for training and prefill and the decode kernel for one token per sequence; like the GLA op's,
+//! its workspace is the batch plan's, shared by the layers (their launches run in order on one
+//! stream), and its backward recomputes the chunk states from the inputs (as fla's does) instead
+//! of keeping a workspace per layer.
 //!
 //! Parameter-gradient reductions are deterministic: column reductions write per-block partial
 //! sums into the plan's `part` buffer that `col_finalize` adds in block order, and the embedding
@@ -33,8 +40,12 @@ use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, 
 use gla_core::backend::{ConvIdx, DeltaDecay, DeltaOps, DeltaStorage, GlaOps, GlaStorage, ParamId, Primitives, Storage, IGNORE_INDEX};
 use gla_core::dims::{DeltaDims, Dims, FeatureMap, GateAct, GlaDims};
 use gla_core::params::ParamSpec;
+use gla_core::DeltaProblem;
 use gla_core::{GateKind, Problem, ProblemSpec};
 
+use crate::delta::ops::{self as delta_ops, DeltaDevGradsMut, DeltaDevInputs, DeltaWorkspace, DevDeltaProblem};
+use crate::delta::DeltaAlgo;
+use crate::dispatch::delta::DELTA_MAX_K;
 use crate::dist::Comm;
 use crate::error::{Error, Result};
 use crate::ops::{self, DevGradsMut, DevInputs, DevProblem, FwdKernel, GlaWorkspace};
@@ -270,19 +281,75 @@ pub(crate) fn cols(rows: usize, cols: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (cols.div_ceil(32).max(1) as u32, col_gy(rows) as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 }
 }
 /// Elements of the partial sums buffer: the largest `[gy, cols]` of the backward's column
-/// reductions (norm weights over D, the per-head norm over N*H rows, the gate bias, the conv
-/// weights over C * W columns).
-pub(crate) fn part_len(d: &Dims, dm: &GlaDims, n: usize) -> usize {
-    let conv_cols = dm.conv * dm.key_dim.max(dm.key_dim_kv).max(dm.value_dim_kv);
-    (col_gy(n) * d.d.max(dm.key_dim_kv).max(conv_cols)).max(col_gy(n * dm.heads) * dm.head_v)
+/// reductions (norm weights over D, the per-head output norm over its rows, the GLA gate bias,
+/// the conv weights over C * W columns).
+pub(crate) fn part_len(d: &Dims, mixer: &GpuMixer, n: usize) -> usize {
+    let (widest, conv, head_rows, head_v) = match mixer {
+        GpuMixer::Gla(dm, _) => (dm.key_dim_kv, dm.key_dim.max(dm.key_dim_kv).max(dm.value_dim_kv), n * dm.heads, dm.head_v),
+        GpuMixer::Delta(dm) => (0, dm.key_dim.max(dm.value_dim), n * dm.v_heads, dm.head_v),
+    };
+    (col_gy(n) * d.d.max(widest).max(conv * mixer.conv())).max(col_gy(head_rows) * head_v)
 }
 
-/// The GLA dims of a model the GPU runs: every layer GLA, with one set of dims (the plans and
-/// decode states are built for one GLA layer shape).
-pub(crate) fn gla_dims(d: &Dims) -> Result<&GlaDims> {
-    d.gla().ok_or_else(|| {
-        unsupported("a model whose layers are not all GLA with the same dims (the delta-rule family runs on the CPU only for now)".into())
-    })
+/// The token mixer of every layer of a model the GPU runs, with what its plans need: the batch
+/// plans and the decode states are built for one layer shape, so every layer must have the
+/// same mixer with the same dims ([`gpu_mixer`] checks).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) enum GpuMixer {
+    /// GLA, with its heads at the op ([`HeadPlan`]).
+    Gla(GlaDims, HeadPlan),
+    /// DeltaNet or Gated DeltaNet.
+    Delta(DeltaDims),
+}
+
+impl GpuMixer {
+    /// Short conv width (0 without).
+    pub(crate) fn conv(&self) -> usize {
+        match self {
+            GpuMixer::Gla(dm, _) => dm.conv,
+            GpuMixer::Delta(dm) => dm.conv,
+        }
+    }
+
+    /// Elements of one sequence's decode state per layer: the recurrent state (GLA `[H, K, V]`,
+    /// the split heads hold the same values; the delta rule `[HV, K, V]`) and the q, k, v conv
+    /// caches `[C, W]` (0 without short conv).
+    pub(crate) fn state_sizes(&self) -> (usize, [usize; 3]) {
+        match self {
+            GpuMixer::Gla(dm, _) => {
+                (dm.heads * dm.head_k * dm.head_v, [dm.key_dim * dm.conv, dm.key_dim_kv * dm.conv, dm.value_dim_kv * dm.conv])
+            }
+            GpuMixer::Delta(dm) => {
+                (dm.v_heads * dm.head_k * dm.head_v, [dm.key_dim * dm.conv, dm.key_dim * dm.conv, dm.value_dim * dm.conv])
+            }
+        }
+    }
+}
+
+/// The mixer of a model the GPU runs ([`GpuMixer`]): every layer GLA with one set of dims, or
+/// every layer DeltaNet / Gated DeltaNet with one set of dims; refuses dims the kernels do not
+/// take (GLA head dims: [`head_plan`]; delta K above the kernels' [`DELTA_MAX_K`]; a conv wider
+/// than [`MAX_CONV`]).
+pub(crate) fn gpu_mixer(d: &Dims) -> Result<GpuMixer> {
+    let mixer = if let Some(dm) = d.gla() {
+        GpuMixer::Gla(*dm, head_plan(dm)?)
+    } else if let Some(dm) = d.delta() {
+        if dm.head_k > DELTA_MAX_K {
+            return Err(unsupported(format!("delta-rule head key dim {} > {DELTA_MAX_K} on the GPU", dm.head_k)));
+        }
+        GpuMixer::Delta(*dm)
+    } else {
+        return Err(unsupported(
+            "a model whose layers do not all have the same token mixer with the same dims (GLA, or DeltaNet / Gated DeltaNet): \
+             the GPU's batch plans and decode states are built for one layer shape"
+                .into(),
+        ));
+    };
+    if mixer.conv() > MAX_CONV {
+        // conv_bwd_dw and conv_cache_update keep at most MAX_CONV taps per thread
+        return Err(unsupported(format!("short conv of width {} on the GPU (at most {MAX_CONV})", mixer.conv())));
+    }
+    Ok(mixer)
 }
 
 /// One launch of an nn kernel through [`Cuda::launch`], each argument pushed by reference.
@@ -299,7 +366,7 @@ macro_rules! launch {
 pub(crate) use launch;
 
 /// How the GLA op's heads relate to the model's: `split` value splits per head (module doc).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct HeadPlan {
     pub(crate) split: usize,
     /// q repeat factor (= split), k/g repeat factor (groups * split), v repeat factor (groups).
@@ -321,20 +388,13 @@ pub(crate) fn head_plan(dm: &GlaDims) -> Result<HeadPlan> {
     Ok(HeadPlan { split, rq: split, rk: dm.groups() * split, rv: dm.groups() })
 }
 
-/// The gated norm kernels apply a swish gate: refuses another activation.
-fn swish_gate(gated: bool, act: GateAct) -> Result<()> {
-    if gated && act != GateAct::Swish {
-        return Err(unsupported(format!("the output gate activation {act:?} (the gated norm kernels apply swish)")));
+/// The output gate's activation as the gated norm kernels take it (`gate_actf_` in
+/// kernels/nn/common.cuh).
+fn gate_code(act: GateAct) -> i32 {
+    match act {
+        GateAct::Swish => 0,
+        GateAct::Sigmoid => 1,
     }
-    Ok(())
-}
-
-/// The feature maps the elementwise kernels know (`FeatureMap::code`): all but `EluP1`.
-fn kernel_map(f: FeatureMap) -> Result<FeatureMap> {
-    if f == FeatureMap::EluP1 {
-        return Err(unsupported("the feature map elu + 1 (DeltaNet's qk_activation = \"elu\")".into()));
-    }
-    Ok(f)
 }
 
 pub(crate) fn unsupported(what: String) -> Error {
@@ -359,8 +419,9 @@ pub(crate) struct GradSync {
 }
 
 /// Inference state of B sequences on the device, per layer: the recurrent states entering the
-/// step (`h0`) and leaving it (`ht`), `[B, Hop, K, Vop]` f32 at the op's heads (value splits),
-/// and the three conv caches `[B, C, W]` f32 (with short conv), updated in place.
+/// step (`h0`) and leaving it (`ht`), f32, GLA's `[B, Hop, K, Vop]` at the op's heads (value
+/// splits) or the delta rule's `[B, HV, K, V]`, and the three conv caches `[B, C, W]` f32 (with
+/// short conv), updated in place.
 pub struct InferCtx {
     pub(crate) h0: Vec<CudaSlice<f32>>,
     pub(crate) ht: Vec<CudaSlice<f32>>,
@@ -404,14 +465,67 @@ pub struct GpuRows {
     correct: CudaSlice<i32>,
 }
 
-/// The GLA problem of a batch shape at the op's heads, the partial sums buffer of the
-/// backward's column reductions (`[gy, cols]`, see `cols`), and the GLA op's buffers: made once
-/// per batch shape, so that a training step allocates nothing.
+/// The partial sums buffer of the backward's column reductions (`[gy, cols]`, see `cols`) and
+/// the mixer op's problem and buffers for a batch shape: made once per batch shape, so that a
+/// training step allocates nothing.
 pub struct GpuPlan {
-    prob: DevProblem,
     part: CudaSlice<f32>,
+    op: PlanOp,
+}
+
+/// The mixer op's part of a [`GpuPlan`] (boxed: made once per batch shape).
+enum PlanOp {
+    Gla(Box<GlaPlan>),
+    Delta(Box<DeltaPlan>),
+}
+
+/// The GLA problem of a batch shape at the op's heads and the op's buffers.
+struct GlaPlan {
+    prob: DevProblem,
     /// Locked by one GLA launch sequence at a time (all on the model's one stream).
-    gla: Mutex<GlaBufs>,
+    bufs: Mutex<GlaBufs>,
+}
+
+/// The delta-rule problem of a batch shape and the op's buffers.
+struct DeltaPlan {
+    prob: DevDeltaProblem,
+    /// Locked by one delta launch sequence at a time (all on the model's one stream).
+    bufs: Mutex<DeltaBufs>,
+}
+
+/// The delta op's buffers of a batch shape, shared by every layer (the layers' launches run in
+/// order on one stream, and each call writes what it reads): the launches' workspace (the
+/// chunked forward's and, for a plan that runs backwards, the backward's, which recomputes the
+/// forward's chunk states), the op's bf16 inputs made from the mixer's f32 tensors, the f32
+/// copies of `A_log` and `dt_bias` the launches take as whole buffers, and their gradients
+/// before they are added to the arena.
+struct DeltaBufs {
+    ws: DeltaWorkspace<u16>,
+    /// `[N, HV]`: the beta logits cast per call, or the constant beta (no `b_proj`), written once.
+    beta: CudaSlice<u16>,
+    /// `[N, HV]`: the decay input `a` cast per call (Gated DeltaNet; one element otherwise).
+    a: CudaSlice<u16>,
+    /// `[HV]` f32 each: `A_log`, `dt_bias` (copied from the masters per call), and their
+    /// gradients (`delta_bwd` writes them, then adds them to the arena).
+    a_log: CudaSlice<f32>,
+    dt_bias: CudaSlice<f32>,
+    da_log: CudaSlice<f32>,
+    ddt_bias: CudaSlice<f32>,
+}
+
+impl GpuPlan {
+    fn gla(&self) -> Result<&GlaPlan> {
+        match &self.op {
+            PlanOp::Gla(g) => Ok(g),
+            PlanOp::Delta(_) => Err(unsupported("a GLA op on the plan of a delta-rule model".into())),
+        }
+    }
+    fn delta(&self) -> Result<&DeltaPlan> {
+        match &self.op {
+            PlanOp::Delta(d) => Ok(d),
+            PlanOp::Gla(_) => Err(unsupported("a delta-rule op on the plan of a GLA model".into())),
+        }
+    }
 }
 
 /// The GLA op's buffers of a batch shape, shared by every layer (the layers' launches run in
@@ -445,7 +559,8 @@ impl GlaStorage for GpuBuf {
 }
 
 impl DeltaStorage for GpuBuf {
-    /// Nothing yet: the delta-rule ops are not wired in on the GPU.
+    /// Nothing per layer: the delta op's workspace and bf16 inputs are the batch plan's
+    /// ([`GpuPlan`]; the backward recomputes what it needs from the layer's saved inputs).
     type DeltaSaved = ();
 }
 
@@ -456,11 +571,10 @@ pub struct Gpu {
     pub(crate) cuda: Arc<Cuda>,
     pub(crate) gemm: Gemm,
     pub(crate) dims: Dims,
-    /// the GLA dims of every layer ([`gla_dims`])
-    pub(crate) gla: GlaDims,
+    /// the mixer of every layer ([`gpu_mixer`])
+    pub(crate) mixer: GpuMixer,
     /// the parameter table (offsets in the bf16 copy and in the gradient arena)
     pub(crate) specs: Vec<ParamSpec>,
-    pub(crate) heads: HeadPlan,
     /// f32 parameters at `moff`
     pub(crate) master: CudaSlice<f32>,
     /// offset of each parameter in `master`
@@ -491,12 +605,22 @@ impl Gpu {
         ptr(&self.cuda, s)
     }
 
-    /// The GLA dims of a layer's call: the model's ([`gla_dims`]), the only ones its plans fit.
-    fn layer_gla(&self, md: &GlaDims) -> Result<&GlaDims> {
-        if *md != self.gla {
-            return Err(unsupported("a GLA layer with other dims than the model's first".into()));
+    /// The GLA dims of a layer's call and the op's heads: the model's ([`gpu_mixer`]), the only
+    /// ones its plans fit.
+    fn layer_gla(&self, md: &GlaDims) -> Result<(&GlaDims, HeadPlan)> {
+        match &self.mixer {
+            GpuMixer::Gla(dm, hp) if dm == md => Ok((dm, *hp)),
+            _ => Err(unsupported("a GLA layer with other dims than the model's first".into())),
         }
-        Ok(&self.gla)
+    }
+
+    /// The delta-rule dims of a layer's call: the model's ([`gpu_mixer`]), the only ones its
+    /// plans fit.
+    fn layer_delta(&self, md: &DeltaDims) -> Result<&DeltaDims> {
+        match &self.mixer {
+            GpuMixer::Delta(dm) if dm == md => Ok(dm),
+            _ => Err(unsupported("a delta-rule layer with other dims than the model's first".into())),
+        }
     }
 
     /// The width of weight `id`'s last dim: a conv's `W` (`[C, 1, W]`), a norm's `V` (`[V]`).
@@ -505,14 +629,13 @@ impl Gpu {
     }
 
     /// The GLA op's problem for `[b, t]` at the op's heads (value splits).
-    fn op_problem(&self, b: usize, t: usize) -> Result<Problem> {
-        let dm = &self.gla;
+    fn op_problem(dm: &GlaDims, hp: HeadPlan, b: usize, t: usize) -> Result<Problem> {
         Ok(Problem::new(ProblemSpec {
             b,
             t,
-            h: dm.heads * self.heads.split,
+            h: dm.heads * hp.split,
             k: dm.head_k,
-            v: dm.head_v / self.heads.split,
+            v: dm.head_v / hp.split,
             gate: GateKind::PerKey,
             // the model's scale is the per-head K^-1/2 (K is not split)
             scale: Some((dm.head_k as f64).powf(-0.5)),
@@ -550,6 +673,58 @@ impl Gpu {
         let len = n * heads * e;
         let (o, sp, ni, hi, ri, ei) = (self.p(out), self.p(src), n as i64, heads as i32, r as i32, e as i32);
         launch!(self, "repeat_heads_bwd_f32", flat(len), o, sp, ni, hi, ri, ei);
+        Ok(())
+    }
+
+    /// The GLA op's part of the plan of `[b, t]` batches.
+    fn gla_plan(&self, dm: &GlaDims, hp: HeadPlan, b: usize, t: usize, backward: bool) -> Result<GlaPlan> {
+        let prob = DevProblem::new(&self.cuda, &Self::op_problem(dm, hp, b, t)?)?;
+        // every forward but the decode step (recurrent, no workspace) runs chunked
+        let ws = GlaWorkspace::for_problem(&self.cuda, &prob, Some(FwdKernel::Chunk), backward)?;
+        let p = &prob.problem;
+        let rep = |r: usize, len: usize| if backward && r > 1 { self.z(len).map(Some) } else { Ok(None) };
+        let rep = [rep(hp.rq, p.qk_len())?, rep(hp.rk, p.qk_len())?, rep(hp.rv, p.v_len())?, rep(hp.rk, p.g_len())?];
+        Ok(GlaPlan { prob, bufs: Mutex::new(GlaBufs { ws, rep }) })
+    }
+
+    /// The delta op's part of the plan of `[b, t]` batches: the problem ([`DeltaDims::op_spec`],
+    /// as the CPU's), the chunked path's workspace (every forward but the decode step, which
+    /// needs none, runs chunked), the bf16 inputs (the constant beta written here) and the
+    /// decay parameters' buffers.
+    fn delta_plan(&self, dm: &DeltaDims, b: usize, t: usize, backward: bool) -> Result<DeltaPlan> {
+        let c = &self.cuda;
+        let prob = DevDeltaProblem::new(c, &DeltaProblem::new(dm.op_spec(b, t, None))?)?;
+        let ws = DeltaWorkspace::for_problem(c, &prob, DeltaAlgo::Chunked, true, backward)?;
+        let hv_rows = b * t * dm.v_heads;
+        let beta = if dm.use_beta {
+            self.z(hv_rows)?
+        } else {
+            let host = vec![ops::f32_to_bf16(dm.const_beta()); hv_rows.max(1)];
+            c.upload(&host, "constant beta")?
+        };
+        let a = self.z(if dm.decay { hv_rows } else { 1 })?;
+        let hv = dm.v_heads;
+        let bufs = DeltaBufs { ws, beta, a, a_log: self.z(hv)?, dt_bias: self.z(hv)?, da_log: self.z(hv)?, ddt_bias: self.z(hv)? };
+        Ok(DeltaPlan { prob, bufs: Mutex::new(bufs) })
+    }
+
+    /// The delta op's bf16 inputs and decay parameters for one call, in the plan's buffers: the
+    /// beta logits cast (the constant beta of a layer without `b_proj` stays), the decay input
+    /// `a` cast and the masters of `A_log`, `dt_bias` copied (Gated DeltaNet). Launches and
+    /// stream-ordered copies only (a decode step is captured as a CUDA graph).
+    fn delta_prep(&self, bufs: &mut DeltaBufs, beta: Option<&CudaSlice<f32>>, decay: Option<DeltaDecay<'_, CudaSlice<f32>>>) -> Result<()> {
+        if let Some(beta) = beta {
+            self.cast(&mut bufs.beta, beta)?;
+        }
+        if let Some(d) = decay {
+            self.cast(&mut bufs.a, d.a)?;
+            let st = self.cuda.stream();
+            for (dst, id) in [(&mut bufs.a_log, d.a_log), (&mut bufs.dt_bias, d.dt_bias)] {
+                let off = self.moff[id];
+                let src = self.master.slice(off..off + dst.len());
+                st.memcpy_dtod(&src, dst).map_err(Error::driver("copy A_log / dt_bias"))?;
+            }
+        }
         Ok(())
     }
 
@@ -596,15 +771,12 @@ impl Primitives for Gpu {
         Ok(GpuRows { rows: self.z(n)?, targets: self.z(n)?, loss: self.z(n)?, correct: self.z(n)? })
     }
     fn plan(&self, b: usize, t: usize, backward: bool) -> Result<GpuPlan> {
-        let part = self.z(if backward { part_len(&self.dims, &self.gla, b * t) } else { 1 })?;
-        let prob = DevProblem::new(&self.cuda, &self.op_problem(b, t)?)?;
-        // every forward but the decode step (recurrent, no workspace) runs chunked
-        let ws = GlaWorkspace::for_problem(&self.cuda, &prob, Some(FwdKernel::Chunk), backward)?;
-        let p = &prob.problem;
-        let hp = self.heads;
-        let rep = |r: usize, len: usize| if backward && r > 1 { self.z(len).map(Some) } else { Ok(None) };
-        let rep = [rep(hp.rq, p.qk_len())?, rep(hp.rk, p.qk_len())?, rep(hp.rv, p.v_len())?, rep(hp.rk, p.g_len())?];
-        Ok(GpuPlan { prob, part, gla: Mutex::new(GlaBufs { ws, rep }) })
+        let part = self.z(if backward { part_len(&self.dims, &self.mixer, b * t) } else { 1 })?;
+        let op = match self.mixer {
+            GpuMixer::Gla(dm, hp) => PlanOp::Gla(Box::new(self.gla_plan(&dm, hp, b, t, backward)?)),
+            GpuMixer::Delta(dm) => PlanOp::Delta(Box::new(self.delta_plan(&dm, b, t, backward)?)),
+        };
+        Ok(GpuPlan { part, op })
     }
 
     fn upload_ids(&self, dst: &mut GpuIds, ids: &[u32], backward: bool) -> Result<()> {
@@ -788,23 +960,20 @@ impl Primitives for Gpu {
         silu: bool,
         io: Option<(&mut InferIo<'_>, usize, ConvIdx)>,
     ) -> Result<()> {
-        if !silu {
-            return Err(unsupported("a short convolution without SiLU (DeltaNet's qk_activation other than silu)".into()));
-        }
         let n = b * t;
         let (yp, prep, xp, wp) = (self.p(y), self.p(pre), self.p(x), self.mp(w));
-        let (ni, ti, ci, wi, nb) = (n as i64, t as i32, c as i32, self.width(w) as i32, b as i64);
+        let (ni, ti, ci, wi, nb, si) = (n as i64, t as i32, c as i32, self.width(w) as i32, b as i64, i32::from(silu));
         let cache = match io {
             Some((InferIo::Table { addr, b }, l, i)) => {
                 // each sequence's own cache, through the state table (decode)
                 let (tab, nb) = (*addr + 8 * ((l * 4 + 1 + i) * *b) as u64, *b as i64);
-                launch!(self, "conv_decode", flat(*b * c), yp, prep, xp, wp, tab, nb, ci, wi);
+                launch!(self, "conv_decode", flat(*b * c), yp, prep, xp, wp, tab, nb, ci, wi, si);
                 return Ok(());
             }
             Some((InferIo::Batch(ctx), l, i)) => ctx.conv[l].as_ref().map_or(0u64, |cc| self.p(&cc[i])),
             None => 0,
         };
-        launch!(self, "conv_fwd", flat(n * c), yp, prep, xp, wp, cache, ni, ti, ci, wi);
+        launch!(self, "conv_fwd", flat(n * c), yp, prep, xp, wp, cache, ni, ti, ci, wi, si);
         if cache != 0 {
             launch!(self, "conv_cache_update", flat(b * c), cache, xp, nb, ti, ci, wi);
         }
@@ -824,16 +993,13 @@ impl Primitives for Gpu {
         c: usize,
         silu: bool,
     ) -> Result<()> {
-        if !silu {
-            return Err(unsupported("a short convolution without SiLU (DeltaNet's qk_activation other than silu)".into()));
-        }
         let n = b * t;
         let (out, dyp, prep, xp, wp) = (self.p(dx), self.p(dy), self.p(pre), self.p(x), self.mp(w));
         let width = self.width(w);
-        let (ni, ti, ci, wi) = (n as i64, t as i32, c as i32, width as i32);
-        launch!(self, "conv_bwd_dx", flat(n * c), out, dyp, prep, wp, ni, ti, ci, wi);
+        let (ni, ti, ci, wi, si) = (n as i64, t as i32, c as i32, width as i32, i32::from(silu));
+        launch!(self, "conv_bwd_dx", flat(n * c), out, dyp, prep, wp, ni, ti, ci, wi, si);
         let part = self.p(&plan.part);
-        launch!(self, "conv_bwd_dw", cols(n, c), part, dyp, prep, xp, ni, ti, ci, wi);
+        launch!(self, "conv_bwd_dw", cols(n, c), part, dyp, prep, xp, ni, ti, ci, wi, si);
         self.finalize_cols(self.gp(g, w), part, n, c * width)
     }
 
@@ -847,11 +1013,10 @@ impl Primitives for Gpu {
         w: ParamId,
         rows: usize,
     ) -> Result<()> {
-        swish_gate(g.is_some(), act)?;
         let (on, ro, op) = (self.p(y), self.p(rstd), self.p(o));
         let gpre = g.map_or(0u64, |g| self.p(g));
-        let (wp, rws, v, eps) = (self.mp(w), rows as i64, self.width(w) as i32, self.dims.eps);
-        launch!(self, "gated_norm_fwd", rows_warp(rows), on, ro, op, gpre, wp, rws, v, eps);
+        let (wp, rws, v, eps, ac) = (self.mp(w), rows as i64, self.width(w) as i32, self.dims.eps, gate_code(act));
+        launch!(self, "gated_norm_fwd", rows_warp(rows), on, ro, op, gpre, wp, rws, v, eps, ac);
         Ok(())
     }
     fn gated_norm_bwd(
@@ -868,15 +1033,14 @@ impl Primitives for Gpu {
         rstd: &CudaSlice<f32>,
         rows: usize,
     ) -> Result<()> {
-        swish_gate(g.is_some(), act)?;
         let (dop, d_on, op, ro, wp) = (self.p(d_o), self.p(dy), self.p(o), self.p(rstd), self.mp(w));
         let dgp = dg.map_or(0u64, |x| self.p(x));
         let gpre = g.map_or(0u64, |x| self.p(x));
         let width = self.width(w);
-        let (rws, v) = (rows as i64, width as i32);
-        launch!(self, "gated_norm_bwd_dx", rows_warp(rows), dop, dgp, d_on, op, gpre, ro, wp, rws, v);
+        let (rws, v, ac) = (rows as i64, width as i32, gate_code(act));
+        launch!(self, "gated_norm_bwd_dx", rows_warp(rows), dop, dgp, d_on, op, gpre, ro, wp, rws, v, ac);
         let part = self.p(&plan.part);
-        launch!(self, "gated_norm_bwd_dw", cols(rows, width), part, d_on, op, gpre, ro, rws, v);
+        launch!(self, "gated_norm_bwd_dw", cols(rows, width), part, d_on, op, gpre, ro, rws, v, ac);
         self.finalize_cols(self.gp(grads, w), part, rows, width)
     }
 
@@ -899,12 +1063,12 @@ impl Primitives for Gpu {
         Ok(())
     }
     fn feature_map_fwd(&self, y: &mut CudaSlice<u16>, x: &CudaSlice<u16>, len: usize, f: FeatureMap) -> Result<()> {
-        let (yp, xp, ne, fc) = (self.p(y), self.p(x), len as i64, kernel_map(f)?.code());
+        let (yp, xp, ne, fc) = (self.p(y), self.p(x), len as i64, f.code());
         launch!(self, "feature_map_fwd", flat(len), yp, xp, ne, fc);
         Ok(())
     }
     fn feature_map_bwd(&self, d: &mut CudaSlice<f32>, x: &CudaSlice<u16>, len: usize, f: FeatureMap) -> Result<()> {
-        let (dp, xp, ne, fc) = (self.p(d), self.p(x), len as i64, kernel_map(f)?.code());
+        let (dp, xp, ne, fc) = (self.p(d), self.p(x), len as i64, f.code());
         launch!(self, "feature_map_bwd", flat(len), dp, xp, ne, fc);
         Ok(())
     }
@@ -972,12 +1136,12 @@ impl Primitives for Gpu {
 impl GlaOps for Gpu {
     fn alloc_gla_grads(&self, md: &GlaDims, n: usize) -> Result<[CudaSlice<f32>; 4]> {
         // the sums over the repeats, or (without a repeat) the op's own outputs (gla_bwd)
-        let dm = self.layer_gla(md)?;
+        let (dm, _) = self.layer_gla(md)?;
         Ok([self.z(n * dm.key_dim)?, self.z(n * dm.key_dim_kv)?, self.z(n * dm.value_dim_kv)?, self.z(n * dm.key_dim_kv)?])
     }
 
     fn alloc_gla_saved(&self, md: &GlaDims, n: usize) -> Result<GpuGla> {
-        let (dm, hp) = (self.layer_gla(md)?, self.heads);
+        let (dm, hp) = self.layer_gla(md)?;
         // q/k/g at the op's heads
         let op_k = n * dm.heads * hp.split * dm.head_k;
         let rep = |r: usize, len: usize| if r > 1 { self.z(len).map(Some) } else { Ok(None) };
@@ -985,7 +1149,7 @@ impl GlaOps for Gpu {
     }
 
     fn gate_fwd(&self, md: &GlaDims, gk: &mut CudaSlice<u16>, raw: &mut CudaSlice<f32>, bias: ParamId, n: usize) -> Result<()> {
-        let dm = self.layer_gla(md)?;
+        let (dm, _) = self.layer_gla(md)?;
         let (gkp, rawp, bp) = (self.p(gk), self.p(raw), self.mp(bias));
         let (ni, ci, norm, hc, cm) =
             (n as i64, dm.key_dim_kv as i32, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
@@ -1005,7 +1169,7 @@ impl GlaOps for Gpu {
         raw: &CudaSlice<f32>,
         n: usize,
     ) -> Result<()> {
-        let dm = self.layer_gla(md)?;
+        let (dm, _) = self.layer_gla(md)?;
         let (dxp, dx16, dgp, rawp) = (self.p(dx), self.p(dx_act), self.p(dg), self.p(raw));
         let (tot, norm, hc, cm) =
             ((n * dm.key_dim_kv) as i64, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
@@ -1028,8 +1192,9 @@ impl GlaOps for Gpu {
         io: Option<(&mut InferIo<'_>, usize)>,
     ) -> Result<()> {
         let c = &*self.cuda;
-        let (dm, hp) = (self.layer_gla(md)?, self.heads);
-        let p = &plan.prob.problem;
+        let (dm, hp) = self.layer_gla(md)?;
+        let gp = plan.gla()?;
+        let p = &gp.prob.problem;
         let n = p.b() * p.t();
         let ni = n as i64;
         // repeats to the op's heads
@@ -1052,15 +1217,15 @@ impl GlaOps for Gpu {
         let x_in = Self::gla_inputs(saved, q, k, v, g);
         match io {
             None => {
-                let ws = &mut plan.gla.lock().unwrap_or_else(|e| e.into_inner()).ws;
-                ops::gla_fwd_ws(c, FwdKernel::Chunk, &plan.prob, &x_in, ws, o, None)?;
+                let ws = &mut gp.bufs.lock().unwrap_or_else(|e| e.into_inner()).ws;
+                ops::gla_fwd_ws(c, FwdKernel::Chunk, &gp.prob, &x_in, ws, o, None)?;
             }
             Some((InferIo::Batch(ctx), l)) => {
                 // one token per sequence takes the recurrent kernel, as fla's decode does
                 let which = if p.t() == 1 { FwdKernel::Recurrent } else { FwdKernel::Chunk };
                 let x_in = DevInputs { h0: Some(&ctx.h0[l]), ..x_in };
-                let ws = &mut plan.gla.lock().unwrap_or_else(|e| e.into_inner()).ws;
-                ops::gla_fwd_ws(c, which, &plan.prob, &x_in, ws, o, Some(&mut ctx.ht[l]))?;
+                let ws = &mut gp.bufs.lock().unwrap_or_else(|e| e.into_inner()).ws;
+                ops::gla_fwd_ws(c, which, &gp.prob, &x_in, ws, o, Some(&mut ctx.ht[l]))?;
             }
             Some((InferIo::Table { addr, b }, l)) => {
                 if p.t() != 1 {
@@ -1069,7 +1234,7 @@ impl GlaOps for Gpu {
                 let tab = *addr + 8 * (l * 4 * *b) as u64;
                 // SAFETY: the table's entries for layer l are the recurrent states of the B
                 // sequences (the contract of `DecodeStep::body`, the only maker of a Table)
-                unsafe { ops::gla_decode(c, &plan.prob, &x_in, tab, *b, o)? };
+                unsafe { ops::gla_decode(c, &gp.prob, &x_in, tab, *b, o)? };
             }
         }
         Ok(())
@@ -1088,11 +1253,12 @@ impl GlaOps for Gpu {
         grads: [&mut CudaSlice<f32>; 4],
     ) -> Result<()> {
         let c = &*self.cuda;
-        let (dm, hp) = (self.layer_gla(md)?, self.heads);
-        let n = plan.prob.problem.b() * plan.prob.problem.t();
+        let (dm, hp) = self.layer_gla(md)?;
+        let gp = plan.gla()?;
+        let n = gp.prob.problem.b() * gp.prob.problem.t();
         let x_in = Self::gla_inputs(saved, q, k, v, g);
         let [dq, dk, dv, dg] = grads;
-        let mut bufs = plan.gla.lock().unwrap_or_else(|e| e.into_inner());
+        let mut bufs = gp.bufs.lock().unwrap_or_else(|e| e.into_inner());
         let GlaBufs { ws, rep: [rq, rk, rv, rg] } = &mut *bufs;
         // the op's gradients at its heads: the plan's buffers where the heads repeat (summed
         // back below), else the caller's
@@ -1103,10 +1269,10 @@ impl GlaOps for Gpu {
             dg: rg.as_mut().unwrap_or(&mut *dg),
             dh0: None,
         };
-        if ops::chunk_bwd_supported::<u16>(&plan.prob.problem) {
-            ops::gla_bwd_chunk_ws(c, &plan.prob, &x_in, d_o, None, ws, out, false)?;
+        if ops::chunk_bwd_supported::<u16>(&gp.prob.problem) {
+            ops::gla_bwd_chunk_ws(c, &gp.prob, &x_in, d_o, None, ws, out, false)?;
         } else {
-            ops::gla_bwd_ws(c, &plan.prob, &x_in, d_o, None, ws, out)?;
+            ops::gla_bwd_ws(c, &gp.prob, &x_in, d_o, None, ws, out)?;
         }
         // sum the repeats back: dq over value splits, dk/dg over groups and splits, dv over
         // groups
@@ -1125,57 +1291,190 @@ impl GlaOps for Gpu {
     }
 }
 
-/// The delta-rule family on the GPU: not wired in yet. Every method returns
-/// [`gla_core::Error::Unsupported`] (and [`crate::GpuWeights::new`] refuses a model with
-/// delta-rule layers before any is called), so a DeltaNet or Gated DeltaNet model runs on the
-/// CPU.
+/// The delta-rule family on the GPU (module doc): the op of [`crate::delta::ops`] on the plan's
+/// workspace and bf16 inputs, chunked for training and prefill, the decode kernel for one token
+/// per sequence; DeltaNet's sum norm on `kernels/nn/elementwise.cu`. The CPU backend
+/// (gla-model's `cpu.rs`) is the reference.
 #[allow(clippy::too_many_arguments)]
 impl DeltaOps for Gpu {
-    fn alloc_delta_grads(&self, _md: &DeltaDims, _n: usize) -> Result<[CudaSlice<f32>; 5]> {
-        Err(delta_unsupported())
+    fn alloc_delta_grads(&self, md: &DeltaDims, n: usize) -> Result<[CudaSlice<f32>; 5]> {
+        let dm = self.layer_delta(md)?;
+        // the op writes every one in full (dbeta even for a constant beta, where the mixer
+        // ignores it); da only with the decay
+        let hv = n * dm.v_heads;
+        Ok([
+            self.z(n * dm.key_dim)?,
+            self.z(n * dm.key_dim)?,
+            self.z(n * dm.value_dim)?,
+            self.z(hv)?,
+            self.z(if dm.decay { hv } else { 1 })?,
+        ])
     }
-    fn alloc_delta_saved(&self, _md: &DeltaDims, _n: usize) -> Result<()> {
-        Err(delta_unsupported())
+
+    fn alloc_delta_saved(&self, md: &DeltaDims, _n: usize) -> Result<()> {
+        // nothing per layer (GpuBuf's DeltaSaved); the dims are checked here, at allocation
+        self.layer_delta(md).map(|_| ())
     }
+
     fn delta_fwd(
         &self,
-        _md: &DeltaDims,
-        _plan: &GpuPlan,
+        md: &DeltaDims,
+        plan: &GpuPlan,
         _saved: &mut (),
-        _o: &mut CudaSlice<u16>,
-        _q: &CudaSlice<u16>,
-        _k: &CudaSlice<u16>,
-        _v: &CudaSlice<u16>,
-        _beta: Option<&CudaSlice<f32>>,
-        _decay: Option<DeltaDecay<'_, CudaSlice<f32>>>,
-        _io: Option<(&mut InferIo<'_>, usize)>,
+        o: &mut CudaSlice<u16>,
+        q: &CudaSlice<u16>,
+        k: &CudaSlice<u16>,
+        v: &CudaSlice<u16>,
+        beta: Option<&CudaSlice<f32>>,
+        decay: Option<DeltaDecay<'_, CudaSlice<f32>>>,
+        io: Option<(&mut InferIo<'_>, usize)>,
     ) -> Result<()> {
-        Err(delta_unsupported())
+        self.layer_delta(md)?;
+        let c = &*self.cuda;
+        let dp = plan.delta()?;
+        let mut bufs = dp.bufs.lock().unwrap_or_else(|e| e.into_inner());
+        self.delta_prep(&mut bufs, beta, decay)?;
+        let DeltaBufs { ws, beta: b16, a, a_log, dt_bias, .. } = &mut *bufs;
+        let gated = decay.is_some();
+        let x = DeltaDevInputs {
+            q,
+            k,
+            v,
+            beta: b16,
+            g: gated.then_some(&*a),
+            a_log: gated.then_some(&*a_log),
+            dt_bias: gated.then_some(&*dt_bias),
+            h0: None,
+        };
+        match io {
+            None => delta_ops::delta_fwd_ws(c, DeltaAlgo::Chunked, &dp.prob, &x, ws, o, None),
+            Some((InferIo::Batch(ctx), l)) => {
+                // prefill from the states of the batch (chunked, as training)
+                let x = DeltaDevInputs { h0: Some(&ctx.h0[l]), ..x };
+                delta_ops::delta_fwd_ws(c, DeltaAlgo::Chunked, &dp.prob, &x, ws, o, Some(&mut ctx.ht[l]))
+            }
+            Some((InferIo::Table { addr, b }, l)) => {
+                let t = dp.prob.problem.t();
+                if t != 1 {
+                    return Err(unsupported(format!("the decode step takes one token per sequence, got T = {t}")));
+                }
+                // layer l's recurrent states: the first B entries of its [4][B] block
+                let tab = *addr + 8 * (l * 4 * *b) as u64;
+                // SAFETY: the table's entries for layer l are the delta states [HV, K, V] of the
+                // B sequences, distinct and live for the step (the contract of
+                // `DecodeStep::body`, the only maker of a Table; their sizes are checked against
+                // this model's by GpuDecoding)
+                unsafe { delta_ops::delta_decode(c, &dp.prob, &x, tab, *b, o) }
+            }
+        }
     }
+
     fn delta_bwd(
         &self,
-        _md: &DeltaDims,
-        _plan: &GpuPlan,
+        md: &DeltaDims,
+        plan: &GpuPlan,
         _saved: &(),
-        _grads: &mut CudaSlice<f32>,
-        _q: &CudaSlice<u16>,
-        _k: &CudaSlice<u16>,
-        _v: &CudaSlice<u16>,
-        _beta: Option<&CudaSlice<f32>>,
-        _decay: Option<DeltaDecay<'_, CudaSlice<f32>>>,
-        _d_o: &CudaSlice<u16>,
-        _out: [&mut CudaSlice<f32>; 5],
+        grads: &mut CudaSlice<f32>,
+        q: &CudaSlice<u16>,
+        k: &CudaSlice<u16>,
+        v: &CudaSlice<u16>,
+        beta: Option<&CudaSlice<f32>>,
+        decay: Option<DeltaDecay<'_, CudaSlice<f32>>>,
+        d_o: &CudaSlice<u16>,
+        out: [&mut CudaSlice<f32>; 5],
     ) -> Result<()> {
-        Err(delta_unsupported())
+        let dm = self.layer_delta(md)?;
+        let c = &*self.cuda;
+        let dp = plan.delta()?;
+        let mut bufs = dp.bufs.lock().unwrap_or_else(|e| e.into_inner());
+        // the plan's inputs were overwritten by the later layers' forwards: made again
+        self.delta_prep(&mut bufs, beta, decay)?;
+        let DeltaBufs { ws, beta: b16, a, a_log, dt_bias, da_log, ddt_bias } = &mut *bufs;
+        let gated = decay.is_some();
+        let x = DeltaDevInputs {
+            q,
+            k,
+            v,
+            beta: b16,
+            g: gated.then_some(&*a),
+            a_log: gated.then_some(&*a_log),
+            dt_bias: gated.then_some(&*dt_bias),
+            h0: None,
+        };
+        let [dq, dk, dv, dbeta, da] = out;
+        let g = DeltaDevGradsMut { dq, dk, dv, dbeta, dg: da, da_log: &mut *da_log, ddt_bias: &mut *ddt_bias, dh0: None };
+        // the workspace holds another layer's forward: the chunk states are recomputed
+        delta_ops::delta_bwd_ws(c, DeltaAlgo::Chunked, &dp.prob, &x, d_o, None, ws, false, g)?;
+        if let Some(d) = decay {
+            // accumulate dA_log, ddt_bias [HV] into the arena (col_finalize over one partial row)
+            let hv = dm.v_heads as i32;
+            for (id, src) in [(d.a_log, &*da_log), (d.dt_bias, &*ddt_bias)] {
+                let (dw, part, gy) = (self.gp(grads, id), self.p(src), 1i32);
+                launch!(self, "col_finalize", flat(dm.v_heads), dw, part, gy, hv);
+            }
+        }
+        Ok(())
     }
-    fn sum_norm_fwd(&self, _y: &mut CudaSlice<u16>, _x: &CudaSlice<u16>, _rows: usize, _width: usize) -> Result<()> {
-        Err(delta_unsupported())
+
+    fn sum_norm_fwd(&self, y: &mut CudaSlice<u16>, x: &CudaSlice<u16>, rows: usize, width: usize) -> Result<()> {
+        let (yp, xp, rs, k) = (self.p(y), self.p(x), rows as i64, width as i32);
+        launch!(self, "sum_norm_fwd", rows_warp(rows), yp, xp, rs, k);
+        Ok(())
     }
-    fn sum_norm_bwd(&self, _d: &mut CudaSlice<f32>, _x: &CudaSlice<u16>, _rows: usize, _width: usize) -> Result<()> {
-        Err(delta_unsupported())
+
+    fn sum_norm_bwd(&self, d: &mut CudaSlice<f32>, x: &CudaSlice<u16>, rows: usize, width: usize) -> Result<()> {
+        let (dp, xp, rs, k) = (self.p(d), self.p(x), rows as i64, width as i32);
+        launch!(self, "sum_norm_bwd", rows_warp(rows), dp, xp, rs, k);
+        Ok(())
     }
 }
 
-fn delta_unsupported() -> Error {
-    unsupported("the delta-rule ops (DeltaNet, Gated DeltaNet): not wired in on the GPU yet; run them on the CPU".into())
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gla_core::dims::{MixerDims, QkNorm};
+
+    fn delta(k: usize, conv: usize) -> DeltaDims {
+        DeltaDims {
+            heads: 2,
+            v_heads: 4,
+            head_k: k,
+            head_v: 32,
+            key_dim: 2 * k,
+            value_dim: 128,
+            conv,
+            qk_act: FeatureMap::Silu,
+            qk_norm: QkNorm::L2,
+            use_beta: true,
+            allow_neg_eigval: false,
+            decay: true,
+            output_gate: Some(GateAct::Sigmoid),
+        }
+    }
+
+    fn dims(mixers: Vec<MixerDims>) -> Dims {
+        Dims { d: 64, layers: mixers.len(), intermediate: 128, vocab: 256, eps: 1e-6, tied: false, pad: None, init_std: 0.02, mixers }
+    }
+
+    #[test]
+    fn delta_models_take_one_mixer_with_their_state_sizes() {
+        let m = gpu_mixer(&dims(vec![MixerDims::Delta(delta(16, 4)); 2])).expect("a delta model runs");
+        assert_eq!(m, GpuMixer::Delta(delta(16, 4)));
+        // [HV, K, V] and the q, k, v conv caches [C, W]
+        assert_eq!(m.state_sizes(), (4 * 16 * 32, [32 * 4, 32 * 4, 128 * 4]));
+        // the conv weights' partial sums: the widest conv (value_dim 128) x W columns
+        let d = dims(vec![MixerDims::Delta(delta(16, 4))]);
+        assert!(part_len(&d, &m, 10) >= col_gy(10) * 128 * 4);
+        assert!(part_len(&d, &m, 10) >= col_gy(10 * 4) * 32);
+    }
+
+    #[test]
+    fn the_gpu_refuses_what_its_kernels_do_not_take() {
+        let msg = |d: Dims| gpu_mixer(&d).expect_err("refused").to_string();
+        let mixed = dims(vec![MixerDims::Delta(delta(16, 4)), MixerDims::Delta(delta(32, 4))]);
+        assert!(msg(mixed).contains("same token mixer"));
+        assert!(msg(dims(vec![MixerDims::Delta(delta(320, 4))])).contains("320"));
+        assert!(msg(dims(vec![MixerDims::Delta(delta(16, MAX_CONV + 1))])).contains("short conv"));
+        assert!(gpu_mixer(&dims(vec![MixerDims::Delta(delta(16, 0))])).is_ok());
+    }
 }

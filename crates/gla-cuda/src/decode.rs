@@ -18,8 +18,8 @@ use crate::runtime::Cuda;
 use crate::weights::GpuWeights;
 
 /// One sequence's generation state on the GPU (what gla-model's `state::State` is on the CPU):
-/// per layer the recurrent state `[Hop, K, Vop]` f32 and the conv caches `[C, W]` f32. Its size
-/// depends only on the config.
+/// per layer the recurrent state f32 (GLA's `[Hop, K, Vop]`, the delta rule's `[HV, K, V]`) and
+/// the q, k, v conv caches `[C, W]` f32. Its size depends only on the config.
 pub struct GpuState {
     rec: Vec<CudaSlice<f32>>,
     conv: Vec<Option<[CudaSlice<f32>; 3]>>,
@@ -127,9 +127,7 @@ impl<A> GpuDecoding<A> {
     }
 
     fn state_sizes(&self) -> (usize, [usize; 3]) {
-        let dm = &self.weights.backend().gla;
-        let rec = dm.heads * dm.head_k * dm.head_v; // split heads hold the same values
-        (rec, [dm.key_dim * dm.conv, dm.key_dim_kv * dm.conv, dm.value_dim_kv * dm.conv])
+        self.weights.backend().mixer.state_sizes()
     }
 
     /// Decode steps so far that replayed a captured CUDA graph (the others ran eagerly: the
@@ -153,7 +151,7 @@ impl<A> GpuDecoding<A> {
         let c = &self.weights.backend().cuda;
         let z = |len: usize| c.alloc_zeros::<f32>(len.max(1), "generation state");
         let layers = self.weights.backend().dims.layers;
-        let has_conv = self.weights.backend().gla.conv > 0;
+        let has_conv = self.weights.backend().mixer.conv() > 0;
         Ok(GpuState {
             rec: (0..layers).map(|_| z(rec)).collect::<Result<_>>()?,
             conv: (0..layers)
@@ -172,7 +170,7 @@ impl<A> GpuDecoding<A> {
                 && s.conv.len() == layers
                 && s.rec.iter().all(|r| r.len() == rec.max(1))
                 && s.conv.iter().all(|cv| match cv {
-                    None => self.weights.backend().gla.conv == 0,
+                    None => self.weights.backend().mixer.conv() == 0,
                     Some(cs) => cs.iter().zip(conv).all(|(x, n)| x.len() == n.max(1)),
                 });
             if !fits {

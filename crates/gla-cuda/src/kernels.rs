@@ -125,9 +125,12 @@ pub const NN_NORM: KernelSource = source!(
     NN_HEADERS,
     ["rmsnorm_fwd", "rmsnorm_bwd_dx", "rmsnorm_bwd_dw", "gated_norm_fwd", "gated_norm_bwd_dx", "gated_norm_bwd_dw"]
 );
-/// SwiGLU, feature maps, the log-sigmoid gate.
-pub const NN_ELEMENTWISE: KernelSource =
-    source!("nn/elementwise.cu", NN_HEADERS, ["swiglu_fwd", "swiglu_bwd", "feature_map_fwd", "feature_map_bwd", "gate_fwd", "gate_bwd"]);
+/// SwiGLU, feature maps, the log-sigmoid gate, DeltaNet's sum norm.
+pub const NN_ELEMENTWISE: KernelSource = source!(
+    "nn/elementwise.cu",
+    NN_HEADERS,
+    ["swiglu_fwd", "swiglu_bwd", "feature_map_fwd", "feature_map_bwd", "gate_fwd", "gate_bwd", "sum_norm_fwd", "sum_norm_bwd"]
+);
 /// The causal short convolution.
 pub const NN_CONV: KernelSource =
     source!("nn/conv.cu", NN_HEADERS, ["conv_fwd", "conv_cache_update", "conv_decode", "conv_bwd_dx", "conv_bwd_dw"]);

@@ -15,9 +15,7 @@ use gla_core::dims::Dims;
 use gla_core::optim::AdamWConfig;
 use gla_core::params::ParamSpec;
 
-use crate::backend::{
-    blas_err, flat, gla_dims, head_plan, launch, ptr, unsupported, Gemm, Gpu, GradSync, HeadPlan, BUCKET_ELEMS, MAX_CONV,
-};
+use crate::backend::{blas_err, flat, gpu_mixer, launch, ptr, unsupported, Gemm, Gpu, GpuMixer, GradSync, BUCKET_ELEMS};
 pub use crate::backend::{cublas_available, peak_pool_bytes, pool_used_bytes, reset_peak_pool};
 use crate::dist::{bucket_plan, Comm};
 use crate::error::{Error, Result};
@@ -73,7 +71,8 @@ impl GpuWeights {
     ///
     /// # Errors
     /// [`Error::Blas`] when cuBLAS is missing or fails to start; [`Error::Driver`];
-    /// [`Error::Op`] for head dims the kernels do not take.
+    /// [`Error::Op`] for a model whose layers do not all have the same mixer with the same dims
+    /// (GLA, or DeltaNet / Gated DeltaNet), or dims the kernels do not take.
     pub fn new(cuda: Arc<Cuda>, dims: &Dims, specs: &[ParamSpec], params: &[f32]) -> Result<Self> {
         let (plan, gemm) = Self::preflight(&cuda, dims, specs, params)?;
         let master = cuda.upload(params, "weights")?;
@@ -112,16 +111,15 @@ impl GpuWeights {
     }
 
     /// The backend around the device weights (both constructors).
-    fn assemble(cuda: Arc<Cuda>, gemm: Gemm, plan: HeadPlan, dims: &Dims, specs: &[ParamSpec], w: Weights) -> Result<Self> {
+    fn assemble(cuda: Arc<Cuda>, gemm: Gemm, mixer: GpuMixer, dims: &Dims, specs: &[ParamSpec], w: Weights) -> Result<Self> {
         // the gradient norm's result, then its per-block partial sums (grad_norm)
         let norm_buf = cuda.alloc_zeros::<f64>(1 + crate::backend::max_flat_blocks(&cuda), "gradient norm")?;
         let gpu = Gpu {
             cuda,
             gemm,
             dims: dims.clone(),
-            gla: *gla_dims(dims)?,
+            mixer,
             specs: specs.to_vec(),
-            heads: plan,
             master: w.master,
             moff: w.moff,
             w16: w.w16,
@@ -132,9 +130,10 @@ impl GpuWeights {
         Ok(Self { gpu, grads: w.grads, inference: w.inference, moments: None, norm_buf, stats: None, numel })
     }
 
-    /// What both constructors check first (cuBLAS present, the weights cover the table, head
-    /// dims the kernels take, conv width), and the cuBLAS handle on the device's stream.
-    fn preflight(cuda: &Arc<Cuda>, dims: &Dims, specs: &[ParamSpec], params: &[f32]) -> Result<(HeadPlan, Gemm)> {
+    /// What both constructors check first (cuBLAS present, the weights cover the table, one
+    /// mixer with dims the kernels take: [`gpu_mixer`]), and the cuBLAS handle on the device's
+    /// stream.
+    fn preflight(cuda: &Arc<Cuda>, dims: &Dims, specs: &[ParamSpec], params: &[f32]) -> Result<(GpuMixer, Gemm)> {
         if !cublas_available() {
             return Err(Error::Blas {
                 what: "load libcublas",
@@ -145,18 +144,13 @@ impl GpuWeights {
         if params.len() != numel {
             return Err(unsupported(format!("{} weights for a parameter table of {numel}", params.len())));
         }
-        let gla = gla_dims(dims)?;
-        let plan = head_plan(gla)?;
-        if gla.conv > MAX_CONV {
-            // conv_bwd_dw and conv_cache_update keep at most MAX_CONV taps per thread
-            return Err(unsupported(format!("short conv of width {} on the GPU (at most {MAX_CONV})", gla.conv)));
-        }
+        let mixer = gpu_mixer(dims)?;
         let gemm = Gemm {
             blas: CudaBlas::new(cuda.stream().clone()).map_err(blas_err("cublasCreate"))?,
             stream: cuda.stream().clone(),
             sync: cuda.options().sync_debug,
         };
-        Ok((plan, gemm))
+        Ok((mixer, gemm))
     }
 
     /// Refuses training-only work on an inference-only model.

@@ -51,8 +51,9 @@ fn logits_to_host(w: &GpuWeights, acts: &GpuActivations) -> Result<Vec<f32>> {
     w.download_f32(acts.logits(), n, "logits")
 }
 
-/// The GLA language model on one GPU: its weights ([`GpuWeights`], in the parameter table's
-/// order) and the model's forward and backward ([`crate::model`]) on their backend. With a
+/// The language model (GLA, DeltaNet or Gated DeltaNet) on one GPU: its weights
+/// ([`GpuWeights`], in the parameter table's order) and the model's forward and backward
+/// ([`crate::model`]) on their backend. With a
 /// communicator attached ([`GpuModel::attach_comm`]) it is one rank of a data-parallel job.
 pub struct GpuModel {
     weights: GpuWeights,

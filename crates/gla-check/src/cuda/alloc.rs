@@ -2,8 +2,9 @@
 //! (forward, backward, AdamW with clipping) allocates no device memory after its first step.
 //!
 //! Every buffer of a step is made once: the activations and the backward's scratch per batch
-//! shape (`gla_model::Acts`), the GLA op's workspaces and repeat gradients in the batch plan
-//! (`backend::GpuPlan`), the AdamW moments at the first step. Two measures, both read after
+//! shape (`gla_model::Acts`), the GLA op's workspaces and repeat gradients, or the delta op's
+//! workspace and bf16 inputs, in the batch plan (`backend::GpuPlan`), the AdamW moments at the
+//! first step. Two measures, both read after
 //! two warm-up steps and again after three more:
 //! - the allocations this crate made ([`Cuda::alloc_stats`]: every device allocation goes
 //!   through its helpers), which must not grow;
@@ -13,12 +14,14 @@
 //!   this crate's helpers, and a buffer freed and made again within a step.
 //!
 //! The configs cover both GLA backwards (recurrent for K = 16, chunked narrow and wide), short
-//! convolutions, GQA and value splits (the op's heads repeat the model's: the repeat gradients).
+//! convolutions, GQA and value splits (the op's heads repeat the model's: the repeat gradients),
+//! and the delta rule's chunked path (Gated DeltaNet with grouped value heads; DeltaNet with the
+//! sum norm and a constant beta).
 
 use std::sync::Arc;
 
 use gla_model::optim::AdamWConfig;
-use gla_model::{shift_labels, GlaConfig, GlaModel, Rng};
+use gla_model::{shift_labels, DeltaNetConfig, GatedDeltaNetConfig, GlaConfig, GlaModel, ModelConfig, Rng};
 
 use gla_cuda::weights::{peak_pool_bytes, pool_used_bytes, reset_peak_pool};
 use gla_cuda::{Cuda, Result};
@@ -33,7 +36,7 @@ pub const WARMUP_STEPS: usize = 2;
 pub const MEASURED_STEPS: usize = 3;
 
 /// The configs checked: (name, config, B, T).
-fn configs() -> Vec<(&'static str, GlaConfig, usize, usize)> {
+fn configs() -> Vec<(&'static str, ModelConfig, usize, usize)> {
     // K = 16: the recurrent backward; short convs; one kv head for two query heads (GQA)
     let conv_gqa = GlaConfig { use_short_conv: true, conv_size: 4, num_kv_heads: Some(1), ..GlaConfig::tiny(64, 2, 2, 256) };
     // K = 64, V = 128: the narrow chunked backward, with short convs and GQA
@@ -43,11 +46,17 @@ fn configs() -> Vec<(&'static str, GlaConfig, usize, usize)> {
     let split = GlaConfig { expand_v: 2.0, tie_word_embeddings: true, ..GlaConfig::tiny(128, 2, 1, 256) };
     // K = 256: the K-tiled (wide) chunked forward and backward
     let k256 = GlaConfig { expand_k: 1.0, expand_v: 0.5, ..GlaConfig::tiny(256, 2, 1, 256) };
+    // the delta rule: Gated DeltaNet with four value heads over two key heads; DeltaNet with the
+    // sum norm, elu + 1 after a conv without SiLU, no b_proj
+    let gdn = GatedDeltaNetConfig { num_v_heads: Some(4), ..GatedDeltaNetConfig::tiny(128, 2, 2, 256) };
+    let dn = DeltaNetConfig { qk_norm: "sum".into(), qk_activation: "elu".into(), use_beta: false, ..DeltaNetConfig::tiny(128, 2, 2, 256) };
     vec![
-        ("alloc-conv-gqa", conv_gqa, 2, 130),
-        ("alloc-chunk-conv-gqa", chunk_conv_gqa, 2, 130),
-        ("alloc-vsplit-tied", split, 3, 64),
-        ("alloc-k256", k256, 2, 100),
+        ("alloc-conv-gqa", conv_gqa.into(), 2, 130),
+        ("alloc-chunk-conv-gqa", chunk_conv_gqa.into(), 2, 130),
+        ("alloc-vsplit-tied", split.into(), 3, 64),
+        ("alloc-k256", k256.into(), 2, 100),
+        ("alloc-gdn-gva", gdn.into(), 2, 130),
+        ("alloc-deltanet-sum", dn.into(), 2, 100),
     ]
 }
 
@@ -85,7 +94,7 @@ fn step(gpu: &mut GpuModel, acts: &mut GpuActivations, ids: &[u32], targets: &[i
     Ok(())
 }
 
-fn case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: GlaConfig, b: usize, t: usize, out: &mut Vec<Row>) -> Result<()> {
+fn case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: ModelConfig, b: usize, t: usize, out: &mut Vec<Row>) -> Result<()> {
     let cpu = GlaModel::new(cfg, 11 + seed as u64).map_err(cpu_err)?;
     let vocab = cpu.dims.vocab;
     let mut rng = Rng::new(200 + seed as u64);

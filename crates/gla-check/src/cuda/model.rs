@@ -14,7 +14,7 @@ use safetensors::SafeTensors;
 
 use gla_model::model::{backward, cpu_logits, forward};
 use gla_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
-use gla_model::{shift_labels, Activations, Acts, GlaConfig, GlaModel, Rng};
+use gla_model::{shift_labels, Activations, Acts, DeltaNetConfig, GatedDeltaNetConfig, GlaConfig, GlaModel, ModelConfig, Rng};
 
 use gla_cuda::ops::{bf16_to_f32, f32_to_bf16};
 use gla_cuda::{Cuda, Error, Result};
@@ -24,8 +24,49 @@ use crate::cases;
 use crate::row::Row;
 use crate::tol::{self, floor_tol};
 
-/// The model configs checked: (name, config, B, T).
-fn configs() -> Vec<(&'static str, GlaConfig, usize, usize)> {
+/// The model configs checked: (name, config, B, T): GLA's ([`gla_configs`]) and the delta-rule
+/// family's ([`delta_configs`]).
+fn configs() -> Vec<(&'static str, ModelConfig, usize, usize)> {
+    let gla = gla_configs().into_iter().map(|(n, c, b, t)| (n, ModelConfig::from(c), b, t));
+    gla.chain(delta_configs()).collect()
+}
+
+/// DeltaNet and Gated DeltaNet (every layer the delta mixer; the GPU's op runs chunked, T = 100
+/// crosses a 64-row chunk; decode through the delta decode kernel): fla's defaults at a small
+/// size, and each option the GPU implements besides the op (the conv without SiLU, the feature
+/// maps, the sum norm, the output gate's activations, the constant beta, grouped value heads,
+/// negative eigenvalues, no short conv).
+fn delta_configs() -> Vec<(&'static str, ModelConfig, usize, usize)> {
+    // two heads of K = V = 64: short conv with SiLU, L2 norm in the op, beta sigmoid
+    let dn = DeltaNetConfig::tiny(128, 2, 2, 256);
+    // q, k: conv without SiLU, then elu + 1 and the sum norm; the output gate (swish)
+    let dn_sum = DeltaNetConfig { qk_activation: "elu".into(), qk_norm: "sum".into(), use_gate: true, ..dn.clone() };
+    // q, k: conv without SiLU, then relu; no b_proj, the constant beta 2 (allow_neg_eigval)
+    let dn_relu = DeltaNetConfig { qk_activation: "relu".into(), use_beta: false, allow_neg_eigval: true, ..dn.clone() };
+    // no short conv: silu on q, k, v as feature maps
+    let dn_noconv = DeltaNetConfig { use_short_conv: false, ..dn.clone() };
+    // two heads of K = 64, V = 128: the decay, the swish output gate
+    let gdn = GatedDeltaNetConfig::tiny(128, 2, 2, 256);
+    // four value heads over two key heads (GVA), beta in (0, 2), the sigmoid output gate
+    let gdn_gva = GatedDeltaNetConfig {
+        num_v_heads: Some(4),
+        allow_neg_eigval: true,
+        output_gate_activation: "sigmoid".into(),
+        tie_word_embeddings: true,
+        ..gdn.clone()
+    };
+    vec![
+        ("lm-deltanet", dn.into(), 2, 100),
+        ("lm-deltanet-sum-elu-gate", dn_sum.into(), 2, 100),
+        ("lm-deltanet-relu-const-beta", dn_relu.into(), 2, 100),
+        ("lm-deltanet-noconv", dn_noconv.into(), 3, 64),
+        ("lm-gdn", gdn.into(), 2, 100),
+        ("lm-gdn-gva-neg-sigmoid", gdn_gva.into(), 2, 130),
+    ]
+}
+
+/// The GLA configs checked: (name, config, B, T).
+fn gla_configs() -> Vec<(&'static str, GlaConfig, usize, usize)> {
     let base = GlaConfig::tiny(64, 2, 2, 256);
     let conv_gqa = GlaConfig { use_short_conv: true, conv_size: 4, num_kv_heads: Some(1), ..base.clone() };
     // the two configs above have K = 16 (recurrent backward); this one has one head of K = 64,
@@ -236,7 +277,7 @@ fn error_row(name: &str, e: &Error) -> Row {
 }
 
 /// One random-config case of [`model_check`].
-fn train_case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: GlaConfig, b: usize, t: usize, out: &mut Vec<Row>) -> Result<()> {
+fn train_case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: ModelConfig, b: usize, t: usize, out: &mut Vec<Row>) -> Result<()> {
     {
         let cpu = GlaModel::new(cfg, 7 + seed as u64).map_err(cpu_err)?;
         let vocab = cpu.dims.vocab;
@@ -332,7 +373,7 @@ fn run_plan<D: gla_model::generate::Decoder>(dec: &D, plan: &GenPlan) -> gla_mod
 }
 
 /// One config of [`generation_check`].
-fn generation_case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: GlaConfig, out: &mut Vec<Row>) -> Result<()> {
+fn generation_case(cuda: &Arc<Cuda>, seed: usize, name: &str, cfg: ModelConfig, out: &mut Vec<Row>) -> Result<()> {
     let cpu = GlaModel::new(cfg, 7 + seed as u64).map_err(cpu_err)?;
     let vocab = cpu.dims.vocab;
     let mut rng = Rng::new(300 + seed as u64);

@@ -21,6 +21,16 @@ __device__ __forceinline__ float dswishf_(float x) {
     float s = sigmoidf_(x);
     return s * (1.f + x * (1.f - s));
 }
+// the output gate's activation (gla_core::dims::GateAct as the host passes it: 0 swish, 1
+// sigmoid) and its derivative, as gla-model's ops::gate_act
+__device__ __forceinline__ float gate_actf_(int act, float x) { return act == 1 ? sigmoidf_(x) : swishf_(x); }
+__device__ __forceinline__ float dgate_actf_(int act, float x) {
+    if (act == 1) {
+        float s = sigmoidf_(x);
+        return s * (1.f - s);
+    }
+    return dswishf_(x);
+}
 
 // column reductions for parameter gradients: dw[j] += sum_r f(r, j), one thread per column of a
 // 32-wide tile, 8 row lanes per block, blocks strided over rows; block y writes its partial sums

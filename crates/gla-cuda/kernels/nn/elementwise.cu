@@ -1,5 +1,7 @@
-// nn/elementwise.cu: SwiGLU, fla's feature maps on q / k, and the log-sigmoid gate, forward and
-// backward; one thread per element, grid-stride (contract: nn/common.cuh).
+// nn/elementwise.cu: SwiGLU, fla's feature maps on q / k, the log-sigmoid gate, and DeltaNet's
+// sum norm, forward and backward (contract: nn/common.cuh). One thread per element, grid-stride;
+// the sum norm takes one warp per row of `k` values (a per-head row of q or k):
+//     sum_norm:  y = x / max(sum |x|, 1e-6)   (fla's `sum_norm`, gla-model's ops::sum_norm_fwd)
 
 // h = silu(a) * b
 extern "C" __global__ void swiglu_fwd(bf16_t* __restrict__ h, const bf16_t* __restrict__ a, const bf16_t* __restrict__ b, idx_t n) {
@@ -9,7 +11,7 @@ extern "C" __global__ void swiglu_fwd(bf16_t* __restrict__ h, const bf16_t* __re
 }
 
 // fla's feature map on q or k (GlaConfig.feature_map; gla_model::FeatureMap, whose enum order
-// gives the codes): f(x) and f'(x) in f32, as gla-model's FeatureMap::apply / grad.
+// gives the codes; 9 is the identity): f(x) and f'(x) in f32, as gla-model's FeatureMap::apply / grad.
 #define GELU_C 0.7978845608028654f
 __device__ __forceinline__ float fmap_(int f, float x) {
     switch (f) {
@@ -22,6 +24,7 @@ __device__ __forceinline__ float fmap_(int f, float x) {
         case 6: return tanhf(x);                                                        // tanh
         case 7: return 0.5f * x * (1.f + tanhf(GELU_C * (x + 0.044715f * x * x * x))); // tanh-GELU
         case 8: return x * sigmoidf_(1.702f * x);                                       // quick_gelu
+        case 10: return x > 0.f ? x + 1.f : expf(x);                                    // elu + 1 (fla's elu_p1)
         default: return x;                                                              // linear
     }
 }
@@ -39,6 +42,7 @@ __device__ __forceinline__ float dfmap_(int f, float x) {
             return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * GELU_C * (1.f + 3.f * 0.044715f * x * x);
         }
         case 8: { float s = sigmoidf_(1.702f * x); return s + 1.702f * x * s * (1.f - s); }
+        case 10: return x > 0.f ? 1.f : expf(x);
         default: return 1.f;
     }
 }
@@ -87,5 +91,47 @@ extern "C" __global__ void gate_bwd(float* __restrict__ dx, bf16_t* __restrict__
         float v = pass ? dg[i] * sigmoidf_(-x) / norm : 0.f;
         dx[i] = v;
         dx16[i] = from_f32<bf16_t>(v);
+    }
+}
+
+// fla's sum_norm's clamp (F.normalize(x, p=1, eps=1e-6); gla-model's ops::SUM_NORM_EPS)
+#define SUM_NORM_EPS 1e-6f
+
+// y = x / max(sum |x|, eps) per row of k values (bf16 in and out, f32 math); one warp per row
+extern "C" __global__ void sum_norm_fwd(bf16_t* __restrict__ y, const bf16_t* __restrict__ x, idx_t rows, int k) {
+    int lane = threadIdx.x & 31;
+    for (idx_t r = (blockIdx.x * (idx_t)blockDim.x + threadIdx.x) >> 5; r < rows; r += ((idx_t)gridDim.x * blockDim.x) >> 5) {
+        float s = 0.f;
+        for (int j = lane; j < k; j += 32) s += fabsf(to_f32(x[r * k + j]));
+        float inv = 1.f / fmaxf(warp_sum(s), SUM_NORM_EPS);
+        for (int j = lane; j < k; j += 32) y[r * k + j] = from_f32<bf16_t>(to_f32(x[r * k + j]) * inv);
+    }
+}
+
+// backward of sum_norm_fwd in place (d f32: dL/dy in, dL/dx out), as ops::sum_norm_bwd: with
+// l1 = sum |x| > eps, dx = (dy - sign(x) <dy, x> / l1) / l1; below the clamp dx = dy / eps (the
+// clamp passes no gradient to the norm). Every lane reads its elements before the warp's sum and
+// writes only its own, so in place is safe.
+extern "C" __global__ void sum_norm_bwd(float* __restrict__ d, const bf16_t* __restrict__ x, idx_t rows, int k) {
+    int lane = threadIdx.x & 31;
+    for (idx_t r = (blockIdx.x * (idx_t)blockDim.x + threadIdx.x) >> 5; r < rows; r += ((idx_t)gridDim.x * blockDim.x) >> 5) {
+        float l1 = 0.f, dot = 0.f;
+        for (int j = lane; j < k; j += 32) {
+            float xv = to_f32(x[r * k + j]);
+            l1 += fabsf(xv);
+            dot += d[r * k + j] * xv;
+        }
+        l1 = warp_sum(l1);
+        dot = warp_sum(dot);
+        if (l1 > SUM_NORM_EPS) {
+            float c = dot / l1;
+            for (int j = lane; j < k; j += 32) {
+                float xv = to_f32(x[r * k + j]);
+                float sg = xv > 0.f ? 1.f : (xv < 0.f ? -1.f : 0.f);
+                d[r * k + j] = (d[r * k + j] - sg * c) / l1;
+            }
+        } else {
+            for (int j = lane; j < k; j += 32) d[r * k + j] /= SUM_NORM_EPS;
+        }
     }
 }

@@ -32,8 +32,9 @@ extern "C" __global__ void rmsnorm_bwd_dx(float* __restrict__ dx, const float* _
     }
 }
 
-// per (token, head) row of v values: y = o * rstd * w * swish(g) (g null: no gate)
-extern "C" __global__ void gated_norm_fwd(bf16_t* __restrict__ y, float* __restrict__ rstd, const bf16_t* __restrict__ o, const bf16_t* __restrict__ g, const float* __restrict__ w, idx_t rows, int v, float eps) {
+// per (token, head) row of v values: y = o * rstd * w * act(g) (g null: no gate; act: 0 swish,
+// 1 sigmoid, gate_actf_)
+extern "C" __global__ void gated_norm_fwd(bf16_t* __restrict__ y, float* __restrict__ rstd, const bf16_t* __restrict__ o, const bf16_t* __restrict__ g, const float* __restrict__ w, idx_t rows, int v, float eps, int act) {
     int lane = threadIdx.x & 31;
     for (idx_t r = (blockIdx.x * (idx_t)blockDim.x + threadIdx.x) >> 5; r < rows; r += ((idx_t)gridDim.x * blockDim.x) >> 5) {
         float s = 0.f;
@@ -45,14 +46,14 @@ extern "C" __global__ void gated_norm_fwd(bf16_t* __restrict__ y, float* __restr
         float rs = rsqrtf(s / v + eps);
         if (lane == 0) rstd[r] = rs;
         for (int j = lane; j < v; j += 32) {
-            float gate = g ? swishf_(to_f32(g[r * v + j])) : 1.f;
+            float gate = g ? gate_actf_(act, to_f32(g[r * v + j])) : 1.f;
             y[r * v + j] = from_f32<bf16_t>(to_f32(o[r * v + j]) * rs * w[j] * gate);
         }
     }
 }
 
 // backward of gated_norm_fwd: d_o (bf16, into the GLA backward) and dg (bf16, a GEMM operand)
-extern "C" __global__ void gated_norm_bwd_dx(bf16_t* __restrict__ d_o, bf16_t* __restrict__ dg, const float* __restrict__ dy, const bf16_t* __restrict__ o, const bf16_t* __restrict__ g, const float* __restrict__ rstd, const float* __restrict__ w, idx_t rows, int v) {
+extern "C" __global__ void gated_norm_bwd_dx(bf16_t* __restrict__ d_o, bf16_t* __restrict__ dg, const float* __restrict__ dy, const bf16_t* __restrict__ o, const bf16_t* __restrict__ g, const float* __restrict__ rstd, const float* __restrict__ w, idx_t rows, int v, int act) {
     int lane = threadIdx.x & 31;
     for (idx_t r = (blockIdx.x * (idx_t)blockDim.x + threadIdx.x) >> 5; r < rows; r += ((idx_t)gridDim.x * blockDim.x) >> 5) {
         float rs = rstd[r];
@@ -61,15 +62,15 @@ extern "C" __global__ void gated_norm_bwd_dx(bf16_t* __restrict__ d_o, bf16_t* _
             float gate = 1.f;
             if (g) {
                 float x = to_f32(g[r * v + j]);
-                gate = swishf_(x);
-                dg[r * v + j] = from_f32<bf16_t>(dy[r * v + j] * to_f32(o[r * v + j]) * rs * w[j] * dswishf_(x));
+                gate = gate_actf_(act, x);
+                dg[r * v + j] = from_f32<bf16_t>(dy[r * v + j] * to_f32(o[r * v + j]) * rs * w[j] * dgate_actf_(act, x));
             }
             dot += dy[r * v + j] * w[j] * gate * to_f32(o[r * v + j]);
         }
         dot = warp_sum(dot);
         float c = rs * rs * rs * dot / v;
         for (int j = lane; j < v; j += 32) {
-            float gate = g ? swishf_(to_f32(g[r * v + j])) : 1.f;
+            float gate = g ? gate_actf_(act, to_f32(g[r * v + j])) : 1.f;
             d_o[r * v + j] = from_f32<bf16_t>(rs * dy[r * v + j] * w[j] * gate - c * to_f32(o[r * v + j]));
         }
     }
@@ -89,13 +90,13 @@ struct GnDw {
     const float* dy;
     const bf16_t *o, *g;
     const float* rstd;
-    int v;
+    int v, act;
     __device__ float operator()(idx_t r, int j) const {
-        float gate = g ? swishf_(to_f32(g[r * v + j])) : 1.f;
+        float gate = g ? gate_actf_(act, to_f32(g[r * v + j])) : 1.f;
         return dy[r * v + j] * to_f32(o[r * v + j]) * rstd[r] * gate;
     }
 };
-// dw[j] += sum_rows dy * o * rstd * swish(g)   (per-head norm weight, rows = N*H; partials)
-extern "C" __global__ void gated_norm_bwd_dw(float* part, const float* dy, const bf16_t* o, const bf16_t* g, const float* rstd, idx_t rows, int v) {
-    col_reduce(part, rows, v, GnDw{dy, o, g, rstd, v});
+// dw[j] += sum_rows dy * o * rstd * act(g)   (per-head norm weight, rows = N*H; partials)
+extern "C" __global__ void gated_norm_bwd_dw(float* part, const float* dy, const bf16_t* o, const bf16_t* g, const float* rstd, idx_t rows, int v, int act) {
+    col_reduce(part, rows, v, GnDw{dy, o, g, rstd, v, act});
 }

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Builds the emulator program: emu.h, the common headers with their PTX helpers removed (emu.h
-has emulated ones), the delta-rule kernels, then harness.cpp; compiles it with g++.
-Usage: python3 crates/gla-cuda/tools/emu/build.py [out-binary]"""
+has emulated ones), the delta-rule kernels, then harness.cpp; compiles it with g++. With --nn:
+the language model's element-wise, norm, conv and reduction kernels (kernels/nn/) and
+nn_harness.cpp instead.
+Usage: python3 crates/gla-cuda/tools/emu/build.py [--nn] [out-binary]"""
 import os, re, subprocess, sys
 
 here = os.path.dirname(os.path.abspath(__file__))
@@ -27,6 +29,19 @@ def strip_asm(text):
         i = j
     return "".join(out)
 
+
+nn = len(sys.argv) > 1 and sys.argv[1] == "--nn"
+if nn:
+    del sys.argv[1]
+    parts = ['#include "emu.h"\n', '#line 1 "common/base.cuh"\n' + strip_asm(open(os.path.join(kern, "common/base.cuh")).read())]
+    for f in ["nn/common.cuh", "nn/elementwise.cu", "nn/norm.cu", "nn/conv.cu", "nn/reduce.cu"]:
+        parts.append(f'#line 1 "{f}"\n' + open(os.path.join(kern, f)).read())
+    parts.append('#line 1 "nn_harness.cpp"\n#include "nn_harness.cpp"\n')
+    out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/nn-emu"
+    open(out + ".cpp", "w").write("\n".join(parts))
+    cmd = ["g++", "-std=c++17", "-O2", "-g", "-fno-strict-aliasing", "-I", here, out + ".cpp", "-o", out]
+    print(" ".join(cmd), file=sys.stderr)
+    sys.exit(subprocess.call(cmd))
 
 exp = os.environ.get("DELTA_EMU_EXP") == "1"
 site = [0]

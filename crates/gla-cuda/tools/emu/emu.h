@@ -306,6 +306,7 @@ inline float __uint_as_float(unsigned u) {
     return x;
 }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+inline float __expf(float x) { return std::exp(x); }
 template <class A, class B>
 inline typename std::common_type<A, B>::type min(A a, B b) {
     return a < b ? a : b;

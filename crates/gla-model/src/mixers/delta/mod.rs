@@ -23,7 +23,7 @@
 use crate::backend::{Act, Backend, DeltaDecay, DeltaStorage, ParamId, Plan, F32};
 use crate::config::{DeltaDims, FeatureMap, GateAct, QkNorm};
 use crate::params::{Init, Table};
-use gla_core::{DeltaGate, DeltaProblem, DeltaSpec};
+use gla_core::DeltaProblem;
 
 /// The delta-rule layer's dims and tensors, in fla's order of registration.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -334,33 +334,12 @@ pub(crate) fn backward<B: Backend>(
 }
 
 /// The delta-rule op's problem for `b` rows of `t` tokens (`cu`: packed varlen offsets) of this
-/// layer: its heads and dims, the L2 norm of q and k inside with `qk_norm = "l2"`, the beta
-/// sigmoid inside with `use_beta` (otherwise the constant [`const_beta`] given directly), the
-/// decay computed inside for Gated DeltaNet.
+/// layer ([`DeltaDims::op_spec`], which every backend shares).
 pub(crate) fn problem(dm: &DeltaDims, b: usize, t: usize, cu: Option<Vec<usize>>) -> crate::Result<DeltaProblem> {
-    Ok(DeltaProblem::new(DeltaSpec {
-        b,
-        t,
-        h: dm.heads,
-        hv: dm.v_heads,
-        k: dm.head_k,
-        v: dm.head_v,
-        gate: if dm.decay { DeltaGate::Computed } else { DeltaGate::None },
-        scale: None,
-        cu_seqlens: cu,
-        l2_qk: dm.qk_norm == QkNorm::L2,
-        beta_sigmoid: dm.use_beta,
-        // without b_proj the doubled beta is the constant itself
-        allow_neg_eigval: dm.use_beta && dm.allow_neg_eigval,
-    })?)
+    Ok(DeltaProblem::new(dm.op_spec(b, t, cu))?)
 }
 
-/// The beta of a layer without `b_proj` (fla's `torch.ones_like`, doubled with
-/// `allow_neg_eigval`).
+/// The beta of a layer without `b_proj` ([`DeltaDims::const_beta`]).
 pub fn const_beta(dm: &DeltaDims) -> f32 {
-    if dm.allow_neg_eigval {
-        2.0
-    } else {
-        1.0
-    }
+    dm.const_beta()
 }

@@ -1,0 +1,112 @@
+// The language model's nn kernels on the CPU emulator (README.md; built by `build.py --nn`)
+// against host references ported from gla-model's ops.rs: DeltaNet's sum norm, the elu + 1
+// feature map, the gated norm with the swish and the sigmoid gate, the short conv with and
+// without SiLU (forward, backward, and the decode step against the forward with a cache).
+// Prints each output's relative RMSE; exits non-zero when one is above its bound (bf16 outputs
+// 5e-3, f32 ones 1e-5; the decode step bitwise).
+#include <random>
+static std::mt19937 rng(7);
+static float urand() { return std::uniform_real_distribution<float>(-1.f, 1.f)(rng); }
+static std::vector<bf16_t> bf(const std::vector<float>& x) { std::vector<bf16_t> y(x.size()); for (size_t i = 0; i < x.size(); ++i) y[i] = from_f32<bf16_t>(x[i]); return y; }
+static std::vector<float> fl(const std::vector<bf16_t>& x) { std::vector<float> y(x.size()); for (size_t i = 0; i < x.size(); ++i) y[i] = to_f32(x[i]); return y; }
+static double rel(const std::vector<float>& a, const std::vector<float>& b) {
+    double e = 0, n = 0; for (size_t i = 0; i < a.size(); ++i) { e += (double)(a[i] - b[i]) * (a[i] - b[i]); n += (double)b[i] * b[i]; }
+    return std::sqrt(e / std::max(n, 1e-30));
+}
+static int fails = 0;
+static void report(const char* what, double err, double tol) { std::printf("%-34s %.3e %s\n", what, err, err <= tol ? "ok" : "FAIL"); if (!(err <= tol)) ++fails; }
+static dim3 flat(long n) { return dim3{(unsigned)std::min<long>((n + 255) / 256, 64), 1, 1}; }
+static const dim3 B256{256, 1, 1};
+static int col_gy(long rows) { return (int)std::min<long>(std::max<long>((rows + 511) / 512, 1), 1024); }
+
+int main() {
+    // ---- sum norm
+    { long rows = 37; int k = 48;
+      std::vector<float> x(rows * k); for (auto& v : x) v = urand();
+      for (int j = 0; j < k; ++j) x[5 * k + j] = 0.f; // a zero row: below the clamp
+      x[6 * k + 3] = 1e-8f; for (int j = 0; j < k; ++j) if (j != 3) x[6 * k + j] = 0.f;
+      auto xb = bf(x); auto xf = fl(xb);
+      std::vector<bf16_t> y(rows * k);
+      emu::launch(flat(rows * 32), B256, 0, [&] { sum_norm_fwd(y.data(), xb.data(), rows, k); });
+      std::vector<float> want(rows * k), d(rows * k), dw(rows * k);
+      for (long r = 0; r < rows; ++r) { float s = 0; for (int j = 0; j < k; ++j) s += std::fabs(xf[r * k + j]); s = std::max(s, 1e-6f);
+          for (int j = 0; j < k; ++j) want[r * k + j] = xf[r * k + j] / s; }
+      report("sum_norm_fwd", rel(fl(y), want), 5e-3);
+      for (auto& v : d) v = urand();
+      for (long r = 0; r < rows; ++r) { float l1 = 0, dot = 0; for (int j = 0; j < k; ++j) { l1 += std::fabs(xf[r*k+j]); dot += d[r*k+j] * xf[r*k+j]; }
+          for (int j = 0; j < k; ++j) { float xv = xf[r*k+j]; float sg = xv > 0 ? 1.f : (xv < 0 ? -1.f : 0.f);
+              dw[r*k+j] = l1 > 1e-6f ? (d[r*k+j] - sg * dot / l1) / l1 : d[r*k+j] / 1e-6f; } }
+      emu::launch(flat(rows * 32), B256, 0, [&] { sum_norm_bwd(d.data(), xb.data(), rows, k); });
+      report("sum_norm_bwd", rel(d, dw), 1e-5);
+    }
+    // ---- elu + 1
+    { long n = 1000; std::vector<float> x(n); for (auto& v : x) v = 3 * urand(); auto xb = bf(x); auto xf = fl(xb);
+      std::vector<bf16_t> y(n); std::vector<float> d(n, 1.f), want(n), dwant(n);
+      emu::launch(flat(n), B256, 0, [&] { feature_map_fwd(y.data(), xb.data(), n, 10); });
+      emu::launch(flat(n), B256, 0, [&] { feature_map_bwd(d.data(), xb.data(), n, 10); });
+      for (long i = 0; i < n; ++i) { want[i] = xf[i] > 0 ? xf[i] + 1 : std::exp(xf[i]); dwant[i] = xf[i] > 0 ? 1 : std::exp(xf[i]); }
+      report("feature_map elu+1 fwd", rel(fl(y), want), 5e-3); report("feature_map elu+1 bwd", rel(d, dwant), 1e-6);
+    }
+    // ---- gated norm, sigmoid and swish gate, vs ops.rs
+    for (int act = 0; act < 2; ++act) {
+      long rows = 40; int v = 48; float eps = 1e-6f;
+      std::vector<float> o(rows * v), g(rows * v), w(v), dy(rows * v);
+      for (auto& x : o) x = urand(); for (auto& x : g) x = 2 * urand(); for (auto& x : w) x = 1 + 0.3f * urand(); for (auto& x : dy) x = urand();
+      auto ob = bf(o), gb = bf(g); auto of = fl(ob), gf = fl(gb);
+      auto ga = [&](float x) { float s = 1 / (1 + std::exp(-x)); return act ? s : x * s; };
+      auto dga = [&](float x) { float s = 1 / (1 + std::exp(-x)); return act ? s * (1 - s) : s * (1 + x * (1 - s)); };
+      std::vector<bf16_t> y(rows * v), d_o(rows * v), dg(rows * v); std::vector<float> rstd(rows);
+      emu::launch(flat(rows * 32), B256, 0, [&] { gated_norm_fwd(y.data(), rstd.data(), ob.data(), gb.data(), w.data(), rows, v, eps, act); });
+      std::vector<float> wy(rows * v), wdo(rows * v), wdg(rows * v), wdw(v, 0.f), rs(rows);
+      for (long r = 0; r < rows; ++r) { float s = 0; for (int j = 0; j < v; ++j) s += of[r*v+j] * of[r*v+j]; rs[r] = 1 / std::sqrt(s / v + eps);
+          float dot = 0;
+          for (int j = 0; j < v; ++j) { float gt = ga(gf[r*v+j]); wy[r*v+j] = of[r*v+j] * rs[r] * w[j] * gt;
+              wdg[r*v+j] = dy[r*v+j] * of[r*v+j] * rs[r] * w[j] * dga(gf[r*v+j]); wdo[r*v+j] = dy[r*v+j] * w[j] * gt; dot += wdo[r*v+j] * of[r*v+j];
+              wdw[j] += dy[r*v+j] * of[r*v+j] * rs[r] * gt; }
+          float c = rs[r] * rs[r] * rs[r] * dot / v;
+          for (int j = 0; j < v; ++j) wdo[r*v+j] = rs[r] * wdo[r*v+j] - c * of[r*v+j]; }
+      report(act ? "gated_norm_fwd sigmoid" : "gated_norm_fwd swish", rel(fl(y), wy), 5e-3);
+      emu::launch(flat(rows * 32), B256, 0, [&] { gated_norm_bwd_dx(d_o.data(), dg.data(), dy.data(), ob.data(), gb.data(), rstd.data(), w.data(), rows, v, act); });
+      report(act ? "gated_norm_bwd d_o sigmoid" : "gated_norm_bwd d_o swish", rel(fl(d_o), wdo), 5e-3);
+      report(act ? "gated_norm_bwd dg sigmoid" : "gated_norm_bwd dg swish", rel(fl(dg), wdg), 5e-3);
+      int gy = col_gy(rows); std::vector<float> part(gy * v), dwv(v, 0.f);
+      emu::launch(dim3{(unsigned)((v + 31) / 32), (unsigned)gy, 1}, dim3{32, 8, 1}, 0, [&] { gated_norm_bwd_dw(part.data(), dy.data(), ob.data(), gb.data(), rstd.data(), rows, v, act); });
+      emu::launch(flat(v), B256, 0, [&] { col_finalize(dwv.data(), part.data(), gy, v); });
+      report(act ? "gated_norm_bwd dw sigmoid" : "gated_norm_bwd dw swish", rel(dwv, wdw), 1e-5);
+    }
+    // ---- conv with and without silu, forward, backward, decode
+    for (int silu = 0; silu < 2; ++silu) {
+      int nb = 2, t = 9, c = 40, W = 4; long n = (long)nb * t;
+      std::vector<float> x(n * c), w(c * W), dy(n * c), cache(nb * c * W);
+      for (auto& v : x) v = urand(); for (auto& v : w) v = urand(); for (auto& v : dy) v = urand(); for (auto& v : cache) v = urand();
+      auto xb = bf(x); auto xf = fl(xb);
+      std::vector<bf16_t> y(n * c), pre(n * c), dx(n * c);
+      emu::launch(flat(n * c), B256, 0, [&] { conv_fwd(y.data(), pre.data(), xb.data(), w.data(), nullptr, n, t, c, W, silu); });
+      std::vector<float> wy(n * c), wpre(n * c), wdx(n * c, 0.f), wdw(c * W, 0.f);
+      auto sw = [](float a) { return a / (1 + std::exp(-a)); };
+      for (int s = 0; s < nb; ++s) for (int p = 0; p < t; ++p) for (int ch = 0; ch < c; ++ch) {
+          float acc = 0; for (int j = 0; j < W; ++j) { int src = p + j - (W - 1); if (src >= 0) acc += w[ch*W+j] * xf[((long)s*t+src)*c+ch]; }
+          wpre[((long)s*t+p)*c+ch] = acc; wy[((long)s*t+p)*c+ch] = silu ? sw(acc) : acc; }
+      report(silu ? "conv_fwd silu" : "conv_fwd no silu", rel(fl(y), wy), 5e-3);
+      auto pref = fl(pre);
+      for (int s = 0; s < nb; ++s) for (int p = 0; p < t; ++p) for (int ch = 0; ch < c; ++ch) {
+          long i = ((long)s*t+p)*c+ch; float a = pref[i], sg = 1 / (1 + std::exp(-a));
+          float dp = silu ? dy[i] * sg * (1 + a * (1 - sg)) : dy[i];
+          for (int j = 0; j < W; ++j) { int src = p + j - (W - 1); if (src >= 0) { wdx[((long)s*t+src)*c+ch] += w[ch*W+j] * dp; wdw[ch*W+j] += dp * xf[((long)s*t+src)*c+ch]; } } }
+      emu::launch(flat(n * c), B256, 0, [&] { conv_bwd_dx(dx.data(), dy.data(), pre.data(), w.data(), n, t, c, W, silu); });
+      report(silu ? "conv_bwd_dx silu" : "conv_bwd_dx no silu", rel(fl(dx), wdx), 5e-3);
+      int gy = col_gy(n); std::vector<float> part(gy * c * W), dwv(c * W, 0.f);
+      emu::launch(dim3{(unsigned)((c + 31) / 32), (unsigned)gy, 1}, dim3{32, 8, 1}, 0, [&] { conv_bwd_dw(part.data(), dy.data(), pre.data(), xb.data(), n, t, c, W, silu); });
+      emu::launch(flat(c * W), B256, 0, [&] { col_finalize(dwv.data(), part.data(), gy, c * W); });
+      report(silu ? "conv_bwd_dw silu" : "conv_bwd_dw no silu", rel(dwv, wdw), 1e-5);
+      // decode one token from each sequence's cache == conv_fwd with the batch cache, t = 1
+      std::vector<float> c1 = cache, c2 = cache; std::vector<bf16_t> y1(nb * c), p1(nb * c), y2(nb * c), p2(nb * c);
+      std::vector<bf16_t> x1(xb.begin(), xb.begin() + nb * c);
+      emu::launch(flat(nb * c), B256, 0, [&] { conv_fwd(y1.data(), p1.data(), x1.data(), w.data(), c1.data(), nb, 1, c, W, silu); });
+      std::vector<unsigned long long> tab(nb); for (int s = 0; s < nb; ++s) tab[s] = (unsigned long long)(c2.data() + (long)s * c * W);
+      emu::launch(flat(nb * c), B256, 0, [&] { conv_decode(y2.data(), p2.data(), x1.data(), w.data(), tab.data(), nb, c, W, silu); });
+      report(silu ? "conv_decode == conv_fwd silu" : "conv_decode == conv_fwd no silu", rel(fl(y2), fl(y1)), 0);
+    }
+    std::printf("%d failed\n", fails);
+    return fails != 0;
+}
