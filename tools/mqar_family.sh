@@ -37,7 +37,7 @@ xargs -P "$JOBS" -L 1 bash -c 'run_one "$@"' _ < "$jobs_file"
 python3 - "$OUT" "$STEPS" <<'PY'
 import json, math, os, sys
 out, steps = sys.argv[1], int(sys.argv[2])
-marks = [m for m in (250, 500, 1000, 2000) if m < steps]
+marks = [m for m in (200, 500, 1000, 2000) if m < steps]
 print(f"\n{'arch':<16} {'seeds':<6} {'params':>8} " + " ".join(f"{'@' + str(m):>7}" for m in marks) + f" {'best':>7} {'final':>7} {'s':>6}")
 for line in open(os.path.join(out, "jobs.txt")):
     a, s, d = line.split()
