@@ -43,14 +43,14 @@ Examples:
   gla bench ops                       time the CPU GLA op (forward, forward+backward) at B=1 T=8192 H=4 K=V=128
   gla bench ops --shape 2,4096,8,64,64 --json bench.json
   gla check                           run the shared case table on every CPU path against the f64 oracle
-  gla check --device cuda             the same table on the GPU kernels (f32 and bf16), plus T=65536,
-                                      a >2^31-element tensor and repeat-run determinism
+  gla check --device cuda             the same tables (GLA, delta rule) on the GPU kernels (f32 and bf16), plus
+                                      T=65536, a >2^31-element tensor, repeat-run determinism and the GPU models
   gla eval --model DIR --input ids.safetensors --output out.safetensors --grads
                                       logits, loss and every gradient of input_ids [B, T] (safetensors in and out)
   gla eval --model runs/text --data texts/
                                       loss, perplexity and bits per byte of a model (or a run's newest checkpoint) on a text
-  gla generate --model DIR            stream a continuation of stdin from an fla / Hugging Face checkpoint (CPU):
-                                      GLA, DeltaNet or Gated DeltaNet, by its config's model_type
+  gla generate --model DIR            stream a continuation of stdin from an fla / Hugging Face checkpoint (CPU, or
+                                      --device cuda): GLA, DeltaNet or Gated DeltaNet, by its config's model_type
   gla generate --model DIR --prompt-ids 1,2,3 --print-ids
                                       the greedy continuation of token ids, printed as ids
   gla train                           train a small GLA on MQAR recall (T=128, 8 pairs) on the CPU, fla checkpoints
@@ -114,14 +114,15 @@ enum Cmd {
         gla eval --model DIR --data wiki.txt --json --device cuda      (one JSON line on stdout)")]
     Eval(eval::Args),
     /// Generate text from a local fla / Hugging Face directory (GLA, DeltaNet or Gated DeltaNet,
-    /// by its config's model_type) on the CPU: prefill through the chunked op, decode through the
-    /// recurrent op, constant memory per sequence.
+    /// by its config's model_type) on the CPU or the GPU (--device cuda): prefill through the
+    /// chunked op, decode through the recurrent op, constant memory per sequence.
     #[command(
         after_help = "Examples:\n  gla generate --model DIR --prompt \"Once upon a time\" --max-new-tokens 64\n  echo hi | gla generate --model DIR --temperature 0.8 --top-p 0.9 --seed 1 --stop \"\\n\\n\"\n  gla generate --model DIR --prompts-file prompts.txt > out.jsonl\n  gla generate --model runs/text --prompt-ids 1,2,3 --prompt-ids 7,8 --print-ids --max-new-tokens 16\n  \
         \x20   (greedy; one line of comma-separated generated ids per prompt; --device cuda works too)"
     )]
     Generate(generate::Args),
-    /// Train a language model on the CPU, GLA or (--arch) DeltaNet or Gated DeltaNet (default:
+    /// Train a language model on the CPU or the GPU (--device cuda), GLA or (--arch) DeltaNet or
+    /// Gated DeltaNet (default:
     /// MQAR recall, a small model, a few minutes; --data: a causal LM on a text file or folder);
     /// checkpoints in fla's Hugging Face format, --resume, metrics and a loss-curve PNG.
     #[command(
