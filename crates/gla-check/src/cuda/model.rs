@@ -35,7 +35,7 @@ fn configs() -> Vec<(&'static str, ModelConfig, usize, usize)> {
 /// crosses a 64-row chunk; decode through the delta decode kernel): fla's defaults at a small
 /// size, and each option the GPU implements besides the op (the conv without SiLU, the feature
 /// maps, the sum norm, the output gate's activations, the constant beta, grouped value heads,
-/// negative eigenvalues, no short conv).
+/// negative eigenvalues, no short conv, value heads wider than 256).
 fn delta_configs() -> Vec<(&'static str, ModelConfig, usize, usize)> {
     // two heads of K = V = 64: short conv with SiLU, L2 norm in the op, beta sigmoid
     let dn = DeltaNetConfig::tiny(128, 2, 2, 256);
@@ -59,6 +59,9 @@ fn delta_configs() -> Vec<(&'static str, ModelConfig, usize, usize)> {
         tie_word_embeddings: true,
         ..gdn.clone()
     };
+    // value heads of 320 (head_dim 64 x expand_v 5): the chunked kernels on value sub-heads, the
+    // prefill's states moved between the layouts, decode reading them in the caller's layout
+    let gdn_wide = GatedDeltaNetConfig { expand_v: 5.0, ..gdn.clone() };
     vec![
         ("lm-deltanet", dn.into(), 2, 100),
         ("lm-deltanet-sum-elu-gate", dn_sum.into(), 2, 100),
@@ -66,6 +69,7 @@ fn delta_configs() -> Vec<(&'static str, ModelConfig, usize, usize)> {
         ("lm-deltanet-noconv", dn_noconv.into(), 3, 64),
         ("lm-gdn", gdn.into(), 2, 100),
         ("lm-gdn-gva-neg-sigmoid", gdn_gva.into(), 2, 130),
+        ("lm-gdn-wide-v", gdn_wide.into(), 2, 100),
     ]
 }
 

@@ -1,6 +1,6 @@
 //! The dispatch policy of the delta-rule family on the GPU (`crate::dispatch::delta`): which
-//! kernels run for a storage dtype, K, V and algorithm ([`delta_path`], the one function that
-//! decides), and every tuning choice of their launches (block shapes, padded widths, pipeline
+//! kernels run for a storage dtype, K, V and algorithm ([`route`], which splits a wide value head
+//! into sub-heads, over [`delta_path`]), and every tuning choice of their launches (block shapes, padded widths, pipeline
 //! stages, K tiles, shared-memory sizes, the workspaces' sizes: [`DeltaWorkspaceLens`]).
 //! `delta/ops.rs` only checks lengths and launches what this module picks; docs/kernels.md
 //! describes the kernels.
@@ -10,7 +10,7 @@
 //! | any     | recurrent | K <= 256, any V         | `delta/recurrent.cu` (forward, decode, backward)  |
 //! | bf16    | chunked   | K <= 256, V <= 256      | chunked, K padded to 64 / 128 / 192 / 256 (`KP`)  |
 //! | f32     | chunked   | K <= 128, V <= 128      | chunked, the same kernels on FMA                  |
-//! | any     | chunked   | wider V, no states      | chunked on value sub-heads ([`value_split`])      |
+//! | any     | chunked   | wider V (N*HV*vs fits)  | chunked on value sub-heads ([`value_split`])      |
 //! | any     | chunked   | otherwise, K <= 256     | the recurrent kernels (same result)               |
 //!
 //! Above K = 256 nothing runs (an error). Every chunked pass takes its elementwise maps from
@@ -95,6 +95,10 @@ pub fn delta_path(p: &DeltaProblem, bf16: bool, algo: DeltaAlgo) -> Result<Delta
         _ => DeltaPath::Recurrent,
     })
 }
+
+/// The launch grids' y and z limit, which `N * HV` (and with value sub-heads `N * HV * vs`) must
+/// not pass.
+pub const MAX_GRID_Y: usize = 65_535;
 
 /// Narrowest value sub-head [`value_split`] makes: below it the recurrent kernels do better.
 pub const DELTA_MIN_SPLIT_V: usize = 32;
@@ -184,13 +188,14 @@ impl DeltaRoute {
 }
 
 /// The dispatch of one call: [`delta_path`], on value sub-heads ([`value_split`]) where V is
-/// too wide for the chunked kernels.
+/// too wide for the chunked kernels and the sub-heads of every sequence fit the launch grids
+/// (`N * HV * vs <= 65535`; otherwise the recurrent kernels, which need `N * HV` only).
 ///
 /// # Errors
 /// As [`delta_path`].
 pub fn route(p: &DeltaProblem, bf16: bool, algo: DeltaAlgo) -> Result<DeltaRoute, String> {
     let vs = if algo == DeltaAlgo::Chunked { value_split(p, bf16) } else { 1 };
-    if vs > 1 {
+    if vs > 1 && p.n() * p.hv() * vs <= MAX_GRID_Y {
         let kernel = split_problem(p, vs).map_err(|e| e.to_string())?;
         let path = delta_path(&kernel, bf16, algo)?;
         if matches!(path, DeltaPath::Chunk { .. }) {
@@ -506,6 +511,12 @@ mod tests {
         assert_eq!(value_split(&odd, true), 1);
         assert_eq!(route(&odd, true, chunk).expect("routes").path, DeltaPath::Recurrent);
         assert_eq!(route(&prob(64, 512), true, DeltaAlgo::Recurrent).expect("routes").vs, 1);
+        // sub-heads that would pass the grid's limit: the recurrent kernels instead
+        let mut many = DeltaSpec::new(1, 10_000, 16, 64, 512, DeltaGate::LogDecay);
+        many.cu_seqlens = Some((0..=2100).map(|i| i * 4).chain([10_000]).collect());
+        let many = DeltaProblem::new(many).expect("valid");
+        assert!(many.n() * many.hv() <= MAX_GRID_Y && many.n() * many.hv() * 2 > MAX_GRID_Y);
+        assert_eq!(route(&many, true, chunk).expect("routes"), DeltaRoute { path: DeltaPath::Recurrent, kernel: many.clone(), vs: 1 });
     }
 
     #[test]

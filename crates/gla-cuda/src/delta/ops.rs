@@ -176,7 +176,10 @@ fn options(p: &DeltaProblem) -> (i32, f32, i32) {
 
 fn grid_nhv(op: &str, p: &DeltaProblem) -> Result<u32> {
     let nhv = p.n() * p.hv();
-    u32::try_from(nhv).ok().filter(|&x| x <= 65_535).ok_or_else(|| unsupported(format!("{op}: N*HV = {nhv} exceeds the grid's y limit")))
+    u32::try_from(nhv)
+        .ok()
+        .filter(|&x| x as usize <= dd::MAX_GRID_Y)
+        .ok_or_else(|| unsupported(format!("{op}: N*HV = {nhv} exceeds the grid's y limit")))
 }
 
 fn grid_chunks(op: &str, nc: usize) -> Result<u32> {
@@ -692,9 +695,10 @@ pub fn delta_bwd<T: Elem>(
 /// allocates nothing. Every element of the gradients is written.
 ///
 /// `fwd_in_ws`: [`delta_fwd_ws`] ran on these inputs with this workspace, and nothing else has
-/// used it since (a training step's forward then backward): the chunked backward then reuses the
-/// forward's T, w, u, G, chunk states and v_new instead of recomputing them (the recurrent
-/// backward ignores it). A wrong `true` gives wrong gradients, never an out-of-bounds access.
+/// used it since (a forward then its backward on one workspace, as gla-check's op rows run it;
+/// the language model shares one workspace across layers and passes `false`): the chunked
+/// backward then reuses the forward's T, w, u, G, chunk states and v_new instead of recomputing
+/// them (the recurrent backward ignores it). A wrong `true` gives wrong gradients, never an out-of-bounds access.
 ///
 /// # Errors
 /// As [`delta_bwd`]; [`Error::Op`] for gradients of the wrong lengths or a workspace that is too
@@ -725,6 +729,8 @@ pub fn delta_bwd_ws<T: Elem>(
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
     let scale = p.scale() as f32;
     let (l2, _bscale, gmode) = options(p);
+    // both problems' grids checked before any launch: no partial gradients on a refusal
+    grid_nhv(op, &r.kernel)?;
     let nhv = grid_nhv(op, p)?;
     let rows = p.rows() as i64;
     let np = match r.path {
