@@ -27,6 +27,7 @@
 #![deny(missing_docs)]
 
 mod chunk;
+pub mod attn;
 pub mod delta;
 mod driver;
 pub mod fexp;
@@ -35,6 +36,7 @@ mod naive;
 mod recurrent;
 
 pub use chunk::{Chunked, Schedule};
+pub use attn::{AttnCache, AttnNaive, AttnTiled};
 pub use delta::{delta_step, DeltaChunked, DeltaNaive, DeltaRecurrent};
 pub use naive::Naive;
 pub use recurrent::{decode_step, FusedRecurrent};
