@@ -8,6 +8,8 @@
 //! - [`runner`]: the case table on any list of [`gla_core::op::GlaOp<f32>`] paths against the f64
 //!   oracle.
 //! - [`cpu`]: the CPU paths' rows.
+//! - [`attn`]: the softmax attention case table and its data.
+//! - [`attn_cpu`]: the attention table on the CPU paths, and their typed-error rows.
 //! - [`delta`]: the delta-rule family's case table, its data and comparison.
 //! - [`delta_cpu`]: the delta table on the CPU's delta paths, and their typed-error rows.
 //! - `cuda` (feature `cuda`): the GPU's rows: the case table on `CudaGla` (f32 and bf16), the
@@ -18,6 +20,8 @@ pub mod cases;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod attn;
+pub mod attn_cpu;
 pub mod delta;
 pub mod delta_cpu;
 pub mod row;
