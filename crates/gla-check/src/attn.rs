@@ -34,7 +34,9 @@ pub fn cases() -> Vec<AttnCase> {
         ("varlen-window40", AttnSpec { window: Some(40), cu_seqlens: Some(vec![0, 0, 70, 71, 150]), ..s(1, 150, 2, 2, 64, 32) }),
         ("t65-noncausal-gqa4", AttnSpec { causal: false, ..s(2, 65, 4, 1, 64, 64) }),
     ];
-    out.iter_mut().map(|(n, spec)| AttnCase { name: format!("attn/{n}"), spec: std::mem::replace(spec, AttnSpec::new(1, 1, 1, 1)) }).collect()
+    out.iter_mut()
+        .map(|(n, spec)| AttnCase { name: format!("attn/{n}"), spec: std::mem::replace(spec, AttnSpec::new(1, 1, 1, 1)) })
+        .collect()
 }
 
 /// A case's inputs and upstream gradient, drawn in f64 and rounded to f32, kept in both widths

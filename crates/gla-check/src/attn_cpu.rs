@@ -26,7 +26,8 @@ pub fn stepped(p: &AttnProblem, x: &AttnInputs<'_, f32>) -> Result<AttnForward<f
     let longest = (0..p.n()).map(|n| p.seq(n).len()).max().unwrap_or(0);
     for t in 0..longest {
         let active: Vec<usize> = (0..p.n()).filter(|&n| p.seq(n).len() > t).collect();
-        let gather = |src: &[f32], w: usize| active.iter().flat_map(|&n| src[(p.seq(n).start + t) * w..][..w].to_vec()).collect::<Vec<f32>>();
+        let gather =
+            |src: &[f32], w: usize| active.iter().flat_map(|&n| src[(p.seq(n).start + t) * w..][..w].to_vec()).collect::<Vec<f32>>();
         let f = cache.step(&active, &gather(x.q, h * d), &gather(x.k, hk * d), &gather(x.v, hk * dv))?;
         for (a, &n) in active.iter().enumerate() {
             let row = p.seq(n).start + t;
@@ -101,7 +102,11 @@ pub fn error_rows(out: &mut Vec<Row>) {
         ("attn/error-window0", AttnSpec { window: Some(0), ..base.clone() }, bad_arg),
         ("attn/error-h-not-multiple", AttnSpec { h_kv: 3, ..base.clone() }, bad_arg),
         ("attn/error-window-noncausal", AttnSpec { window: Some(2), causal: false, ..base.clone() }, bad_arg),
-        ("attn/error-cu-seqlens", AttnSpec { cu_seqlens: Some(vec![0, 5, 3, 8]), ..base.clone() }, (|e| matches!(e, Error::CuSeqlens { .. }), "CuSeqlens")),
+        (
+            "attn/error-cu-seqlens",
+            AttnSpec { cu_seqlens: Some(vec![0, 5, 3, 8]), ..base.clone() },
+            (|e| matches!(e, Error::CuSeqlens { .. }), "CuSeqlens"),
+        ),
         ("attn/error-zero-dim", AttnSpec { d: 0, ..base.clone() }, (|e| matches!(e, Error::ZeroDim { .. }), "ZeroDim")),
     ] {
         out.push(error_row(case, "contract", AttnProblem::new(spec), want));
@@ -123,7 +128,12 @@ pub fn error_rows(out: &mut Vec<Row>) {
         out.push(error_row("attn/error-short-do", label, op.backward(&p, &x, &f, &short), shape));
     }
     let nc = AttnProblem::new(AttnSpec { causal: false, ..base }).expect("a valid spec");
-    out.push(error_row("attn/error-decode-noncausal", "decode", AttnCache::<f32>::new(&nc), (|e| matches!(e, Error::Unsupported { .. }), "Unsupported")));
+    out.push(error_row(
+        "attn/error-decode-noncausal",
+        "decode",
+        AttnCache::<f32>::new(&nc),
+        (|e| matches!(e, Error::Unsupported { .. }), "Unsupported"),
+    ));
     let mut cache = AttnCache::<f32>::new(&p).expect("causal");
     let one = vec![0.1f32; 4 * 4];
     out.push(error_row("attn/error-decode-bad-seq", "decode", cache.step(&[1], &one, &one, &one), bad_arg));

@@ -16,12 +16,12 @@
 //!   wide, long (T = 65536), huge (> 2^31 elements) and repeat rows, the GPU language model
 //!   against the CPU model and fla's fixtures, and generation.
 
+pub mod attn;
+pub mod attn_cpu;
 pub mod cases;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
-pub mod attn;
-pub mod attn_cpu;
 pub mod delta;
 pub mod delta_cpu;
 pub mod row;

@@ -94,7 +94,10 @@ impl AttnProblem {
         match spec.window {
             Some(0) => return Err(Error::BadArg { key: "window", reason: "a window must hold at least the query itself (w >= 1)".into() }),
             Some(_) if !spec.causal => {
-                return Err(Error::BadArg { key: "window", reason: "a sliding window requires causal attention (flash_attn's (w-1, 0))".into() })
+                return Err(Error::BadArg {
+                    key: "window",
+                    reason: "a sliding window requires causal attention (flash_attn's (w-1, 0))".into(),
+                })
             }
             _ => {}
         }

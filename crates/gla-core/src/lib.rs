@@ -23,9 +23,9 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod attn;
 pub mod backend;
 pub mod bf16;
-pub mod attn;
 pub mod delta;
 pub mod dims;
 mod error;

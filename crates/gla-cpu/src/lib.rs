@@ -26,8 +26,8 @@
 //! ```
 #![deny(missing_docs)]
 
-mod chunk;
 pub mod attn;
+mod chunk;
 pub mod delta;
 mod driver;
 pub mod fexp;
@@ -35,8 +35,8 @@ pub mod mat;
 mod naive;
 mod recurrent;
 
-pub use chunk::{Chunked, Schedule};
 pub use attn::{AttnCache, AttnNaive, AttnTiled};
+pub use chunk::{Chunked, Schedule};
 pub use delta::{delta_step, DeltaChunked, DeltaNaive, DeltaRecurrent};
 pub use naive::Naive;
 pub use recurrent::{decode_step, FusedRecurrent};

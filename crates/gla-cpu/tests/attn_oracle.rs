@@ -52,7 +52,8 @@ fn naive_backward_matches_finite_differences() {
     let mut seed = 7u64;
     for spec in cases {
         let p = AttnProblem::new(spec.clone()).unwrap();
-        let (q, k, v, d_o) = (rand(p.q_len(), &mut seed), rand(p.k_len(), &mut seed), rand(p.v_len(), &mut seed), rand(p.o_len(), &mut seed));
+        let (q, k, v, d_o) =
+            (rand(p.q_len(), &mut seed), rand(p.k_len(), &mut seed), rand(p.v_len(), &mut seed), rand(p.o_len(), &mut seed));
         let x = AttnInputs { q: &q, k: &k, v: &v };
         let f = AttnOp::<f64>::forward(&AttnNaive, &p, &x).unwrap();
         let g = AttnOp::<f64>::backward(&AttnNaive, &p, &x, &f, &d_o).unwrap();
