@@ -47,7 +47,8 @@ fn tasks(p: &AttnProblem, heads: usize) -> Vec<(usize, usize, Range<usize>)> {
 }
 
 /// One row's scaled scores against a key block, masked entries at `-inf`.
-fn scores(p: &AttnProblem, x: &AttnInputs<'_, f32>, start: usize, len: usize, i: usize, j: usize, ks: &Range<usize>, out: &mut [f32]) {
+fn scores(p: &AttnProblem, x: &AttnInputs<'_, f32>, seq: &Range<usize>, i: usize, j: usize, ks: &Range<usize>, out: &mut [f32]) {
+    let (start, len) = (seq.start, seq.len());
     let (d, hk, g, scale) = (p.d(), p.h_kv(), p.kv_head(j), p.scale() as f32);
     let qi = &x.q[((start + i) * p.h() + j) * d..][..d];
     let allowed = p.keys(i, len);
@@ -82,7 +83,7 @@ impl AttnOp<f32> for AttnTiled {
                     let ks = k0..(k0 + BLOCK).min(span.end);
                     for (r, i) in qs.clone().enumerate() {
                         let s = &mut s[..ks.len()];
-                        scores(p, x, start, len, i, j, &ks, s);
+                        scores(p, x, &seq, i, j, &ks, s);
                         let mb = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                         if mb == f32::NEG_INFINITY {
                             continue; // this row sees nothing of the block
@@ -130,8 +131,9 @@ impl AttnOp<f32> for AttnTiled {
         let (h, d, dv, hk, scale) = (p.h(), p.d(), p.dv(), p.h_kv(), p.scale() as f32);
         let big_d: Vec<f32> = (0..p.lse_len()).map(|r| dot(&d_o[r * dv..][..dv], &fwd.o[r * dv..][..dv])).collect();
         // One row's dS against a key block, with P: (P, dS) into the two buffers.
-        let ds_row = |start: usize, len: usize, i: usize, j: usize, ks: &Range<usize>, pb: &mut [f32], ds: &mut [f32]| {
-            scores(p, x, start, len, i, j, ks, pb);
+        let ds_row = |seq: &Range<usize>, i: usize, j: usize, ks: &Range<usize>, pb: &mut [f32], ds: &mut [f32]| {
+            scores(p, x, seq, i, j, ks, pb);
+            let start = seq.start;
             let row = (start + i) * h + j;
             let doi = &d_o[row * dv..][..dv];
             let g = p.kv_head(j);
@@ -151,7 +153,7 @@ impl AttnOp<f32> for AttnTiled {
                 for k0 in span.clone().step_by(BLOCK) {
                     let ks = k0..(k0 + BLOCK).min(span.end);
                     for (r, i) in qs.clone().enumerate() {
-                        ds_row(start, len, i, j, &ks, &mut pb[..ks.len()], &mut ds[..ks.len()]);
+                        ds_row(&seq, i, j, &ks, &mut pb[..ks.len()], &mut ds[..ks.len()]);
                         for (&dsv, s) in ds.iter().zip(ks.clone()) {
                             axpy(&mut dq[r * d..][..d], dsv, &x.k[((start + s) * hk + g) * d..][..d]);
                         }
@@ -169,7 +171,7 @@ impl AttnOp<f32> for AttnTiled {
                 let (mut pb, mut ds) = ([0f32; BLOCK], [0f32; BLOCK]);
                 for j in g * p.group()..(g + 1) * p.group() {
                     for i in queries(p, &ks, len) {
-                        ds_row(start, len, i, j, &ks, &mut pb[..ks.len()], &mut ds[..ks.len()]);
+                        ds_row(&seq, i, j, &ks, &mut pb[..ks.len()], &mut ds[..ks.len()]);
                         let row = (start + i) * h + j;
                         for (c, (&pv, &dsv)) in pb.iter().zip(&ds).take(ks.len()).enumerate() {
                             axpy(&mut dk[c * d..][..d], dsv, &x.q[row * d..][..d]);
