@@ -177,11 +177,11 @@ pub fn rows(filter: Option<&str>) -> Result<Vec<Row>> {
 }
 
 /// Whether an error is the expected kind: a predicate and its description.
-type Expect = (fn(&Error) -> bool, &'static str);
+pub(crate) type Expect = (fn(&Error) -> bool, &'static str);
 
 /// One typed-error row: passes (error 0) when `got` is an error matching `want`, with the
 /// message in the note; fails otherwise.
-fn error_row<T>(case: &str, path: &'static str, got: Result<T>, want: Expect) -> Row {
+pub(crate) fn error_row<T>(case: &str, path: &'static str, got: Result<T>, want: Expect) -> Row {
     let (ok, note) = match got {
         Ok(_) => (false, format!("no error; expected {}", want.1)),
         Err(e) => ((want.0)(&e), if (want.0)(&e) { e.to_string() } else { format!("expected {}, got: {e}", want.1) }),

@@ -8,12 +8,16 @@
 //! - [`runner`]: the case table on any list of [`gla_core::op::GlaOp<f32>`] paths against the f64
 //!   oracle.
 //! - [`cpu`]: the CPU paths' rows.
+//! - [`attn`]: the softmax attention case table and its data.
+//! - [`attn_cpu`]: the attention table on the CPU paths, and their typed-error rows.
 //! - [`delta`]: the delta-rule family's case table, its data and comparison.
 //! - [`delta_cpu`]: the delta table on the CPU's delta paths, and their typed-error rows.
 //! - `cuda` (feature `cuda`): the GPU's rows: the case table on `CudaGla` (f32 and bf16), the
 //!   wide, long (T = 65536), huge (> 2^31 elements) and repeat rows, the GPU language model
 //!   against the CPU model and fla's fixtures, and generation.
 
+pub mod attn;
+pub mod attn_cpu;
 pub mod cases;
 pub mod cpu;
 #[cfg(feature = "cuda")]

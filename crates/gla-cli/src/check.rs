@@ -1,5 +1,5 @@
 //! `gla check`: the front end of the test kit (gla-check): the shared case table on a device's
-//! paths against the f64 oracle (on the CPU also the delta-rule table and its error rows), and on
+//! paths against the f64 oracle (on the CPU also the delta-rule and attention tables and their error rows), and on
 //! the GPU the extra op rows and the language-model rows.
 //! One table format and one JSON format for every device; exit status 1 when a row fails.
 
@@ -39,9 +39,10 @@ pub fn run(a: &Args) -> Result<bool> {
     let start = Instant::now();
     let (device, rows) = match a.device {
         Device::Cpu => {
-            // the GLA table, then the delta-rule table and its typed-error rows
+            // the GLA table, then the delta-rule and attention tables and their typed-error rows
             let mut rows = gla_check::cpu::rows(a.filter.as_deref())?;
             rows.extend(gla_check::delta_cpu::rows(a.filter.as_deref())?);
+            rows.extend(gla_check::attn_cpu::rows(a.filter.as_deref())?);
             (format!("cpu ({} threads)", rayon::current_num_threads()), rows)
         }
         Device::Cuda => run_cuda(a)?,
@@ -49,6 +50,7 @@ pub fn run(a: &Args) -> Result<bool> {
     if let (Some(f), true) = (&a.filter, rows.is_empty()) {
         let mut names: Vec<String> = gla_check::cases::cases().iter().map(|c| c.name.clone()).collect();
         names.extend(gla_check::delta::cases().iter().map(|c| c.name.clone()));
+        names.extend(gla_check::attn::cases().iter().map(|c| c.name.clone()));
         anyhow::bail!("--filter {f:?} matches no case: no row was checked (the op cases: {})", names.join(", "));
     }
     println!("device: {device}");

@@ -23,6 +23,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod attn;
 pub mod backend;
 pub mod bf16;
 pub mod delta;
@@ -35,6 +36,7 @@ pub mod params;
 mod problem;
 mod real;
 
+pub use attn::{AttnForward, AttnGrads, AttnInputs, AttnOp, AttnProblem, AttnSpec};
 pub use delta::{DeltaGate, DeltaGrads, DeltaInputs, DeltaOp, DeltaProblem, DeltaSpec};
 pub use error::{Error, Result};
 pub use op::{Backward, Forward, GateKind, Grads, Inputs};

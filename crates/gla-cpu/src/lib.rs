@@ -26,6 +26,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod attn;
 mod chunk;
 pub mod delta;
 mod driver;
@@ -34,6 +35,7 @@ pub mod mat;
 mod naive;
 mod recurrent;
 
+pub use attn::{AttnCache, AttnNaive, AttnTiled};
 pub use chunk::{Chunked, Schedule};
 pub use delta::{delta_step, DeltaChunked, DeltaNaive, DeltaRecurrent};
 pub use naive::Naive;
