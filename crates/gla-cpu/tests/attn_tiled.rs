@@ -31,3 +31,16 @@ fn tiled_is_bitwise_deterministic_across_thread_counts() {
     let x = AttnInputs { q: &q, k: &k, v: &v };
     assert_eq!(run(&p, &x, &d_o, 1), run(&p, &x, &d_o, 3));
 }
+
+#[test]
+fn decode_refuses_a_sequence_given_twice() {
+    let p = gla_core::AttnProblem::new(gla_core::AttnSpec::new(2, 4, 1, 2)).expect("valid");
+    let mut cache = gla_cpu::attn::AttnCache::<f32>::new(&p).expect("causal");
+    let (q, k, v) = (vec![0.1f32; 4], vec![0.2f32; 4], vec![0.3f32; 4]);
+    let e = cache.step(&[1, 1], &q, &k, &v).expect_err("a sequence twice in one step");
+    assert!(matches!(e, gla_core::Error::BadArg { key: "active", .. }), "{e}");
+    assert_eq!(cache.seen(1), Some(0), "nothing appended on a refused step");
+    assert_eq!(cache.seen(2), None);
+    cache.step(&[1], &q[..2], &k[..2], &v[..2]).expect("one token");
+    assert_eq!(cache.seen(1), Some(1));
+}

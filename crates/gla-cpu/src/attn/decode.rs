@@ -32,22 +32,29 @@ impl<T: Real> AttnCache<T> {
         Ok(Self { p: p.clone(), k: vec![Vec::new(); n], v: vec![Vec::new(); n], seen: vec![0; n] })
     }
 
-    /// Tokens seen so far by sequence `n`.
-    pub fn seen(&self, n: usize) -> usize {
-        self.seen[n]
+    /// Tokens seen so far by sequence `n` (`None` for a sequence the cache does not hold).
+    pub fn seen(&self, n: usize) -> Option<usize> {
+        self.seen.get(n).copied()
     }
 
     /// Appends one token per sequence of `active` (`q [A,H,D]`, `k [A,H_KV,D]`, `v [A,H_KV,DV]`,
     /// row a for sequence `active[a]`) and returns its output `o [A,H,DV]` and `lse [A,H]`.
     ///
     /// # Errors
-    /// [`Error::BadArg`] for a sequence index out of range; [`Error::ShapeMismatch`] and
+    /// [`Error::BadArg`] for a sequence index out of range or given twice (its second token
+    /// would be visible to its first); [`Error::ShapeMismatch`] and
     /// [`Error::NonFinite`] as [`gla_core::AttnInputs::validate`].
     pub fn step(&mut self, active: &[usize], q: &[T], k: &[T], v: &[T]) -> Result<AttnForward<T>> {
         let p = &self.p;
         let (h, hk, d, dv) = (p.h(), p.h_kv(), p.d(), p.dv());
         if let Some(&n) = active.iter().find(|&&n| n >= p.n()) {
             return Err(Error::BadArg { key: "active", reason: format!("sequence {n} of {}", p.n()) });
+        }
+        let mut given = vec![false; p.n()];
+        for &n in active {
+            if std::mem::replace(&mut given[n], true) {
+                return Err(Error::BadArg { key: "active", reason: format!("sequence {n} given twice in one step") });
+            }
         }
         let a = active.len();
         let step = gla_core::AttnProblem::new(gla_core::AttnSpec {
