@@ -22,7 +22,7 @@
 //! group). See `docs/math/attention.md`.
 
 use crate::op::{first_bad, Check, Scan};
-use crate::problem::seq_bounds;
+use crate::problem::{nonzero_dims, resolve_scale, seq_bounds};
 use crate::{Error, Real, Result};
 use std::ops::Range;
 
@@ -80,11 +80,7 @@ impl AttnProblem {
     /// is not a multiple of H_KV, the window is 0, or a window comes without `causal`;
     /// [`Error::CuSeqlens`]; [`Error::BadScale`]; [`Error::Overflow`].
     pub fn new(mut spec: AttnSpec) -> Result<Self> {
-        for (dim, val) in [("B", spec.b), ("H", spec.h), ("H_KV", spec.h_kv), ("D", spec.d), ("DV", spec.dv)] {
-            if val == 0 {
-                return Err(Error::ZeroDim { op: OP, dim });
-            }
-        }
+        nonzero_dims(OP, &[("B", spec.b), ("H", spec.h), ("H_KV", spec.h_kv), ("D", spec.d), ("DV", spec.dv)])?;
         if !spec.h.is_multiple_of(spec.h_kv) {
             return Err(Error::BadArg {
                 key: "H_KV",
@@ -103,10 +99,7 @@ impl AttnProblem {
         }
         let rows = spec.b.checked_mul(spec.t).ok_or(Error::Overflow { op: OP })?;
         rows.checked_mul(spec.h).and_then(|x| x.checked_mul(spec.d.max(spec.dv))).ok_or(Error::Overflow { op: OP })?;
-        let scale = spec.scale.unwrap_or(1.0 / (spec.d as f64).sqrt());
-        if !scale.is_finite() {
-            return Err(Error::BadScale(scale));
-        }
+        let scale = resolve_scale(spec.scale, spec.d)?;
         let (bounds, varlen) = seq_bounds(spec.b, spec.t, spec.cu_seqlens.take())?;
         Ok(Self { spec, scale, bounds, varlen })
     }

@@ -25,7 +25,7 @@
 //! token), and `dh0` when `h0` was given.
 
 use crate::op::{first_bad, Check, Scan};
-use crate::problem::seq_bounds;
+use crate::problem::{nonzero_dims, resolve_scale, seq_bounds};
 use crate::{Backward, Error, Real, Result};
 use std::ops::Range;
 
@@ -107,11 +107,7 @@ impl DeltaProblem {
     /// [`Error::CuSeqlens`]; [`Error::BadScale`]; [`Error::Overflow`].
     pub fn new(mut spec: DeltaSpec) -> Result<Self> {
         const OP: &str = "delta";
-        for (dim, val) in [("B", spec.b), ("H", spec.h), ("HV", spec.hv), ("K", spec.k), ("V", spec.v)] {
-            if val == 0 {
-                return Err(Error::ZeroDim { op: OP, dim });
-            }
-        }
+        nonzero_dims(OP, &[("B", spec.b), ("H", spec.h), ("HV", spec.hv), ("K", spec.k), ("V", spec.v)])?;
         if !spec.hv.is_multiple_of(spec.h) {
             return Err(Error::BadArg {
                 key: "HV",
@@ -132,10 +128,7 @@ impl DeltaProblem {
             .and_then(|x| x.checked_mul(spec.v))
             .and_then(|x| x.checked_mul(rows.max(spec.b)))
             .ok_or(Error::Overflow { op: OP })?;
-        let scale = spec.scale.unwrap_or(1.0 / (spec.k as f64).sqrt());
-        if !scale.is_finite() {
-            return Err(Error::BadScale(scale));
-        }
+        let scale = resolve_scale(spec.scale, spec.k)?;
         let (bounds, varlen) = seq_bounds(spec.b, spec.t, spec.cu_seqlens.take())?;
         Ok(Self { spec, scale, bounds, varlen })
     }

@@ -55,11 +55,7 @@ impl Problem {
     /// [`Error::Overflow`] when a tensor size overflows `usize`.
     pub fn new(spec: ProblemSpec) -> Result<Self> {
         const OP: &str = "gla";
-        for (dim, val) in [("B", spec.b), ("H", spec.h), ("K", spec.k), ("V", spec.v)] {
-            if val == 0 {
-                return Err(Error::ZeroDim { op: OP, dim });
-            }
-        }
+        nonzero_dims(OP, &[("B", spec.b), ("H", spec.h), ("K", spec.k), ("V", spec.v)])?;
         let rows = spec.b.checked_mul(spec.t).ok_or(Error::Overflow { op: OP })?;
         let widest = spec.k.max(spec.v);
         rows.checked_mul(spec.h).and_then(|x| x.checked_mul(widest)).ok_or(Error::Overflow { op: OP })?;
@@ -68,10 +64,7 @@ impl Problem {
             .and_then(|x| x.checked_mul(spec.v))
             .and_then(|x| x.checked_mul(rows.max(spec.b)))
             .ok_or(Error::Overflow { op: OP })?;
-        let scale = spec.scale.unwrap_or(1.0 / (spec.k as f64).sqrt());
-        if !scale.is_finite() {
-            return Err(Error::BadScale(scale));
-        }
+        let scale = resolve_scale(spec.scale, spec.k)?;
         let (bounds, varlen) = seq_bounds(spec.b, spec.t, spec.cu_seqlens)?;
         Ok(Self { b: spec.b, t: spec.t, h: spec.h, k: spec.k, v: spec.v, gate: spec.gate, scale, bounds, varlen })
     }
@@ -192,6 +185,25 @@ impl Problem {
 ///
 /// # Errors
 /// [`Error::CuSeqlens`] as described at [`Problem::new`].
+/// Every op's dims check: [`Error::ZeroDim`] for the first of `dims` (name, value) that is 0.
+pub(crate) fn nonzero_dims(op: &'static str, dims: &[(&'static str, usize)]) -> Result<()> {
+    match dims.iter().find(|d| d.1 == 0) {
+        Some(&(dim, _)) => Err(Error::ZeroDim { op, dim }),
+        None => Ok(()),
+    }
+}
+
+/// Every op's scale: the one given, or `k^-1/2` for query/key width `k`; [`Error::BadScale`]
+/// when it is not finite.
+pub(crate) fn resolve_scale(scale: Option<f64>, k: usize) -> Result<f64> {
+    let scale = scale.unwrap_or(1.0 / (k as f64).sqrt());
+    if scale.is_finite() {
+        Ok(scale)
+    } else {
+        Err(Error::BadScale(scale))
+    }
+}
+
 pub(crate) fn seq_bounds(b: usize, t: usize, cu_seqlens: Option<Vec<usize>>) -> Result<(Vec<usize>, bool)> {
     match cu_seqlens {
         None => Ok(((0..=b).map(|i| i * t).collect(), false)),
