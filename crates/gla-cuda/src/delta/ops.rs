@@ -358,28 +358,36 @@ pub fn delta_fwd_ws<T: Elem>(
                 )
             }
         }
-        DeltaPath::Chunk { kp } if r.vs > 1 => {
-            // value sub-heads: the states in their layout, in the workspace's sa (h0) and sb (ht)
-            let (sa, mut sb) = (ws.sa.take(), ws.sb.take());
-            let res = (|| -> Result<()> {
-                let (sa, sbm) =
-                    (req(&sa, "split h0")?, sb.as_mut().ok_or_else(|| unsupported("delta workspace without its split ht".into()))?);
-                if let Some(h0) = x.h0 {
-                    state_split(cuda, h0, sa, p, r.vs, true)?;
-                }
-                let xs = DeltaDevInputs { h0: x.h0.map(|_| sa), ..*x };
-                let want = ht.is_some();
-                chunk_fwd(cuda, p, r.vs, dp, &xs, ws, kp, want.then_some(sbm), o)?;
-                if let Some(ht) = ht {
-                    state_split(cuda, sbm, ht, p, r.vs, false)?;
-                }
-                Ok(())
-            })();
-            (ws.sa, ws.sb) = (sa, sb);
-            res
-        }
+        // value sub-heads: the states in their layout, h0 in the workspace's sa, ht in sb
+        DeltaPath::Chunk { kp } if r.vs > 1 => with_split_states(ws, |ws, sa, sb| {
+            if let Some(h0) = x.h0 {
+                state_split(cuda, h0, sa, p, r.vs, true)?;
+            }
+            let xs = DeltaDevInputs { h0: x.h0.map(|_| &*sa), ..*x };
+            let want = ht.is_some();
+            chunk_fwd(cuda, p, r.vs, dp, &xs, ws, kp, want.then_some(&mut *sb), o)?;
+            if let Some(ht) = ht {
+                state_split(cuda, sb, ht, p, r.vs, false)?;
+            }
+            Ok(())
+        }),
         DeltaPath::Chunk { kp } => chunk_fwd(cuda, p, 1, dp, x, ws, kp, ht, o),
     }
+}
+
+/// Runs `f` with the workspace's two sub-head state buffers (`sa`, `sb`) lent out of it and the
+/// rest of the workspace, and puts them back whatever `f` returns.
+fn with_split_states<T: Elem, R>(
+    ws: &mut DeltaWorkspace<T>,
+    f: impl FnOnce(&DeltaWorkspace<T>, &mut CudaSlice<f32>, &mut CudaSlice<f32>) -> Result<R>,
+) -> Result<R> {
+    let (mut sa, mut sb) = (ws.sa.take(), ws.sb.take());
+    let res = match (sa.as_mut(), sb.as_mut()) {
+        (Some(a), Some(b)) => f(ws, a, b),
+        _ => Err(unsupported("delta workspace without its sub-head state buffers".into())),
+    };
+    (ws.sa, ws.sb) = (sa, sb);
+    res
 }
 
 /// Moves f32 states between the caller's layout `[N, HV, K, V]` and that of the value sub-heads
@@ -761,9 +769,8 @@ pub fn delta_bwd_ws<T: Elem>(
         }
         DeltaPath::Chunk { kp } if r.vs > 1 => {
             // value sub-heads: h0 (then dh0) in the workspace's sa, dht in sb, in their layout
-            let (sa, sb) = (ws.sa.take(), ws.sb.take());
-            let res = (|| -> Result<()> {
-                let (sa, sb) = (req(&sa, "split h0")?, req(&sb, "split dht")?);
+            with_split_states(ws, |ws, sa, sb| {
+                let (sa, sb) = (&*sa, &*sb);
                 if let (Some(h0), false) = (x.h0, fwd_in_ws) {
                     state_split(cuda, h0, sa, &r.kernel, r.vs, true)?;
                 }
@@ -777,9 +784,7 @@ pub fn delta_bwd_ws<T: Elem>(
                     state_split(cuda, sa, out, &r.kernel, r.vs, false)?;
                 }
                 Ok(())
-            })();
-            (ws.sa, ws.sb) = (sa, sb);
-            res?;
+            })?;
             1
         }
         DeltaPath::Chunk { kp } => {
@@ -804,7 +809,7 @@ fn chunk_bwd<T: Elem>(
     x: &DeltaDevInputs<'_, T>,
     d_o: &CudaSlice<T>,
     dht: Option<&CudaSlice<f32>>,
-    ws: &mut DeltaWorkspace<T>,
+    ws: &DeltaWorkspace<T>,
     kp: usize,
     fwd_in_ws: bool,
     g: &DeltaDevGradsMut<'_>,
@@ -817,7 +822,6 @@ fn chunk_bwd<T: Elem>(
         chunk_prep(cuda, p, r.vs, x, ws)?;
         chunk_wy_h(cuda, p, dp, x, ws, kp, None)?;
     }
-    let ws = &*ws;
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
     let scale = p.scale() as f32;
     let (vp, nch) = (dd::vpad(p.v()), dp.n_chunks as i64);
