@@ -81,16 +81,17 @@ impl Device {
         Ok(())
     }
 
-    /// Refuses a model this device does not run, saying what to do: the GPU runs models whose
-    /// layers all have the same token mixer with the same dims (GLA, DeltaNet, Gated DeltaNet:
-    /// every config of this build); dims its kernels do not take are refused when the weights
-    /// are uploaded, with the reason.
+    /// Refuses a model this device does not run, saying what to do: the GPU runs any stack of
+    /// the mixer kinds it has kernels for (a hybrid's layers may differ); dims its kernels do
+    /// not take are refused when the weights are uploaded, with the reason.
     pub fn ensure_runs(self, model_type: &str, dims: &gla_model::Dims) -> anyhow::Result<()> {
-        if self == Device::Cuda && dims.gla().is_none() && dims.delta().is_none() {
-            anyhow::bail!(
-                "--device cuda runs models whose layers all have the same token mixer with the same dims; this {model_type} \
-                 model mixes layers: use --device cpu (the default)"
-            );
+        use gla_model::config::MixerDims;
+        // one arm per mixer kind: a kind without GPU kernels names itself here
+        let missing = dims.mixers.iter().find_map(|m| match m {
+            MixerDims::Gla(_) | MixerDims::Delta(_) => None::<&str>,
+        });
+        if let (Device::Cuda, Some(kind)) = (self, missing) {
+            anyhow::bail!("--device cuda has no kernels for the {kind} layers of this {model_type} model: use --device cpu (the default)");
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! The GPU backend ([`Gpu`]: gla-core's backend contract, `Primitives`, `GlaOps` and `DeltaOps`;
-//! every layer of a model must have the same token mixer with the same dims, GLA or the delta
-//! rule, which [`crate::GpuWeights::new`] checks: [`GpuMixer`]): each op as the kernel launches
+//! a model's layers may have different mixers (a hybrid stack), each with dims the kernels take,
+//! which [`crate::GpuWeights::new`] checks: [`gpu_mixers`]): each op as the kernel launches
 //! of `kernels/nn/*.cu` / `kernels/gla/*.cu` / `kernels/delta/*.cu` and cuBLAS GEMMs. The forward and
 //! backward that call them are gla-model's (`gla_model::model` and its mixers; read those first).
 //! Parameters are found by their index in the parameter table the weights came with
@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, ValidAsZeroBits};
 use gla_core::backend::{ConvIdx, DeltaDecay, DeltaOps, DeltaStorage, GlaOps, GlaStorage, ParamId, Primitives, Storage, IGNORE_INDEX};
-use gla_core::dims::{DeltaDims, Dims, FeatureMap, GateAct, GlaDims};
+use gla_core::dims::{DeltaDims, Dims, FeatureMap, GateAct, GlaDims, MixerDims};
 use gla_core::params::ParamSpec;
 use gla_core::DeltaProblem;
 use gla_core::{GateKind, Problem, ProblemSpec};
@@ -281,19 +281,22 @@ pub(crate) fn cols(rows: usize, cols: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (cols.div_ceil(32).max(1) as u32, col_gy(rows) as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 }
 }
 /// Elements of the partial sums buffer: the largest `[gy, cols]` of the backward's column
-/// reductions (norm weights over D, the per-head output norm over its rows, the GLA gate bias,
-/// the conv weights over C * W columns).
-pub(crate) fn part_len(d: &Dims, mixer: &GpuMixer, n: usize) -> usize {
-    let (widest, conv, head_rows, head_v) = match mixer {
-        GpuMixer::Gla(dm, _) => (dm.key_dim_kv, dm.key_dim.max(dm.key_dim_kv).max(dm.value_dim_kv), n * dm.heads, dm.head_v),
-        GpuMixer::Delta(dm) => (0, dm.key_dim.max(dm.value_dim), n * dm.v_heads, dm.head_v),
+/// reductions over the model's mixers (norm weights over D, the per-head output norm over its
+/// rows, the GLA gate bias, the conv weights over C * W columns).
+pub(crate) fn part_len(d: &Dims, mixers: &[GpuMixer], n: usize) -> usize {
+    let one = |mixer: &GpuMixer| {
+        let (widest, conv, head_rows, head_v) = match mixer {
+            GpuMixer::Gla(dm, _) => (dm.key_dim_kv, dm.key_dim.max(dm.key_dim_kv).max(dm.value_dim_kv), n * dm.heads, dm.head_v),
+            GpuMixer::Delta(dm) => (0, dm.key_dim.max(dm.value_dim), n * dm.v_heads, dm.head_v),
+        };
+        (col_gy(n) * d.d.max(widest).max(conv * mixer.conv())).max(col_gy(head_rows) * head_v)
     };
-    (col_gy(n) * d.d.max(widest).max(conv * mixer.conv())).max(col_gy(head_rows) * head_v)
+    mixers.iter().map(one).max().unwrap_or(col_gy(n) * d.d)
 }
 
-/// The token mixer of every layer of a model the GPU runs, with what its plans need: the batch
-/// plans and the decode states are built for one layer shape, so every layer must have the
-/// same mixer with the same dims ([`gpu_mixer`] checks).
+/// One distinct token mixer of a model the GPU runs (a mixer kind with one set of dims), with
+/// what its plans need: the batch plan holds one op plan per distinct mixer, shared by the
+/// layers that have it ([`gpu_mixers`] lists them).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub(crate) enum GpuMixer {
     /// GLA, with its heads at the op ([`HeadPlan`]).
@@ -326,30 +329,44 @@ impl GpuMixer {
     }
 }
 
-/// The mixer of a model the GPU runs ([`GpuMixer`]): every layer GLA with one set of dims, or
-/// every layer DeltaNet / Gated DeltaNet with one set of dims; refuses dims the kernels do not
-/// take (GLA head dims: [`head_plan`]; delta K above the kernels' [`DELTA_MAX_K`]; a conv wider
-/// than [`MAX_CONV`]).
-pub(crate) fn gpu_mixer(d: &Dims) -> Result<GpuMixer> {
-    let mixer = if let Some(dm) = d.gla() {
-        GpuMixer::Gla(*dm, head_plan(dm)?)
-    } else if let Some(dm) = d.delta() {
-        if dm.head_k > DELTA_MAX_K {
-            return Err(unsupported(format!("delta-rule head key dim {} > {DELTA_MAX_K} on the GPU", dm.head_k)));
+impl GpuMixer {
+    /// The mixer's dims as the model's config gives them (the key its layers are found by).
+    pub(crate) fn dims(&self) -> MixerDims {
+        match self {
+            GpuMixer::Gla(dm, _) => MixerDims::Gla(*dm),
+            GpuMixer::Delta(dm) => MixerDims::Delta(*dm),
         }
-        GpuMixer::Delta(*dm)
-    } else {
-        return Err(unsupported(
-            "a model whose layers do not all have the same token mixer with the same dims (GLA, or DeltaNet / Gated DeltaNet): \
-             the GPU's batch plans and decode states are built for one layer shape"
-                .into(),
-        ));
-    };
-    if mixer.conv() > MAX_CONV {
-        // conv_bwd_dw and conv_cache_update keep at most MAX_CONV taps per thread
-        return Err(unsupported(format!("short conv of width {} on the GPU (at most {MAX_CONV})", mixer.conv())));
     }
-    Ok(mixer)
+}
+
+/// The distinct mixers of a model the GPU runs ([`GpuMixer`]), in the order of their first
+/// layer, and for every layer the index of its mixer in that list; refuses dims the kernels do
+/// not take (GLA head dims: [`head_plan`]; delta K above the kernels' [`DELTA_MAX_K`]; a conv
+/// wider than [`MAX_CONV`]).
+pub(crate) fn gpu_mixers(d: &Dims) -> Result<(Vec<GpuMixer>, Vec<usize>)> {
+    let (mut mixers, mut of_layer) = (Vec::<GpuMixer>::new(), Vec::with_capacity(d.mixers.len()));
+    for md in &d.mixers {
+        if let Some(i) = mixers.iter().position(|m| m.dims() == *md) {
+            of_layer.push(i);
+            continue;
+        }
+        let mixer = match md {
+            MixerDims::Gla(dm) => GpuMixer::Gla(*dm, head_plan(dm)?),
+            MixerDims::Delta(dm) => {
+                if dm.head_k > DELTA_MAX_K {
+                    return Err(unsupported(format!("delta-rule head key dim {} > {DELTA_MAX_K} on the GPU", dm.head_k)));
+                }
+                GpuMixer::Delta(*dm)
+            }
+        };
+        if mixer.conv() > MAX_CONV {
+            // conv_bwd_dw and conv_cache_update keep at most MAX_CONV taps per thread
+            return Err(unsupported(format!("short conv of width {} on the GPU (at most {MAX_CONV})", mixer.conv())));
+        }
+        of_layer.push(mixers.len());
+        mixers.push(mixer);
+    }
+    Ok((mixers, of_layer))
 }
 
 /// One launch of an nn kernel through [`Cuda::launch`], each argument pushed by reference.
@@ -466,17 +483,18 @@ pub struct GpuRows {
 }
 
 /// The partial sums buffer of the backward's column reductions (`[gy, cols]`, see `cols`) and
-/// the mixer op's problem and buffers for a batch shape: made once per batch shape, so that a
-/// training step allocates nothing.
+/// per distinct mixer of the model its op's problem and buffers for a batch shape: made once
+/// per batch shape, so that a training step allocates nothing.
 pub struct GpuPlan {
     part: CudaSlice<f32>,
-    op: PlanOp,
+    ops: Vec<PlanOp>,
 }
 
-/// The mixer op's part of a [`GpuPlan`] (boxed: made once per batch shape).
+/// One mixer's op part of a [`GpuPlan`], with the dims of the layers it serves (boxed: made
+/// once per batch shape).
 enum PlanOp {
-    Gla(Box<GlaPlan>),
-    Delta(Box<DeltaPlan>),
+    Gla(GlaDims, Box<GlaPlan>),
+    Delta(DeltaDims, Box<DeltaPlan>),
 }
 
 /// The GLA problem of a batch shape at the op's heads and the op's buffers.
@@ -514,17 +532,25 @@ struct DeltaBufs {
 }
 
 impl GpuPlan {
-    fn gla(&self) -> Result<&GlaPlan> {
-        match &self.op {
-            PlanOp::Gla(g) => Ok(g),
-            PlanOp::Delta(_) => Err(unsupported("a GLA op on the plan of a delta-rule model".into())),
-        }
+    /// The GLA op's plan of the layers with dims `md`.
+    fn gla(&self, md: &GlaDims) -> Result<&GlaPlan> {
+        self.ops
+            .iter()
+            .find_map(|op| match op {
+                PlanOp::Gla(dm, g) if dm == md => Some(&**g),
+                _ => None,
+            })
+            .ok_or_else(|| unsupported("a GLA op on a plan made for another model".into()))
     }
-    fn delta(&self) -> Result<&DeltaPlan> {
-        match &self.op {
-            PlanOp::Delta(d) => Ok(d),
-            PlanOp::Gla(_) => Err(unsupported("a delta-rule op on the plan of a GLA model".into())),
-        }
+    /// The delta op's plan of the layers with dims `md`.
+    fn delta(&self, md: &DeltaDims) -> Result<&DeltaPlan> {
+        self.ops
+            .iter()
+            .find_map(|op| match op {
+                PlanOp::Delta(dm, d) if dm == md => Some(&**d),
+                _ => None,
+            })
+            .ok_or_else(|| unsupported("a delta-rule op on a plan made for another model".into()))
     }
 }
 
@@ -571,8 +597,10 @@ pub struct Gpu {
     pub(crate) cuda: Arc<Cuda>,
     pub(crate) gemm: Gemm,
     pub(crate) dims: Dims,
-    /// the mixer of every layer ([`gpu_mixer`])
-    pub(crate) mixer: GpuMixer,
+    /// the model's distinct mixers ([`gpu_mixers`])
+    pub(crate) mixers: Vec<GpuMixer>,
+    /// per layer, the index of its mixer in `mixers`
+    pub(crate) of_layer: Vec<usize>,
     /// the parameter table (offsets in the bf16 copy and in the gradient arena)
     pub(crate) specs: Vec<ParamSpec>,
     /// f32 parameters at `moff`
@@ -605,22 +633,38 @@ impl Gpu {
         ptr(&self.cuda, s)
     }
 
-    /// The GLA dims of a layer's call and the op's heads: the model's ([`gpu_mixer`]), the only
-    /// ones its plans fit.
+    /// The GLA dims of a layer's call and the op's heads: one of the model's mixers
+    /// ([`gpu_mixers`]), the only ones its plans fit.
     fn layer_gla(&self, md: &GlaDims) -> Result<(&GlaDims, HeadPlan)> {
-        match &self.mixer {
-            GpuMixer::Gla(dm, hp) if dm == md => Ok((dm, *hp)),
-            _ => Err(unsupported("a GLA layer with other dims than the model's first".into())),
-        }
+        self.mixers
+            .iter()
+            .find_map(|m| match m {
+                GpuMixer::Gla(dm, hp) if dm == md => Some((dm, *hp)),
+                _ => None,
+            })
+            .ok_or_else(|| unsupported("a GLA layer with dims that none of the model's layers has".into()))
     }
 
-    /// The delta-rule dims of a layer's call: the model's ([`gpu_mixer`]), the only ones its
-    /// plans fit.
+    /// The delta-rule dims of a layer's call: one of the model's mixers ([`gpu_mixers`]), the
+    /// only ones its plans fit.
     fn layer_delta(&self, md: &DeltaDims) -> Result<&DeltaDims> {
-        match &self.mixer {
-            GpuMixer::Delta(dm) if dm == md => Ok(dm),
-            _ => Err(unsupported("a delta-rule layer with other dims than the model's first".into())),
-        }
+        self.mixers
+            .iter()
+            .find_map(|m| match m {
+                GpuMixer::Delta(dm) if dm == md => Some(dm),
+                _ => None,
+            })
+            .ok_or_else(|| unsupported("a delta-rule layer with dims that none of the model's layers has".into()))
+    }
+
+    /// Elements of one sequence's decode state of layer `l` ([`GpuMixer::state_sizes`]).
+    pub(crate) fn layer_state_sizes(&self, l: usize) -> (usize, [usize; 3]) {
+        self.mixers[self.of_layer[l]].state_sizes()
+    }
+
+    /// Short conv width of layer `l`'s mixer (0 without).
+    pub(crate) fn layer_conv(&self, l: usize) -> usize {
+        self.mixers[self.of_layer[l]].conv()
     }
 
     /// The width of weight `id`'s last dim: a conv's `W` (`[C, 1, W]`), a norm's `V` (`[V]`).
@@ -771,12 +815,18 @@ impl Primitives for Gpu {
         Ok(GpuRows { rows: self.z(n)?, targets: self.z(n)?, loss: self.z(n)?, correct: self.z(n)? })
     }
     fn plan(&self, b: usize, t: usize, backward: bool) -> Result<GpuPlan> {
-        let part = self.z(if backward { part_len(&self.dims, &self.mixer, b * t) } else { 1 })?;
-        let op = match self.mixer {
-            GpuMixer::Gla(dm, hp) => PlanOp::Gla(Box::new(self.gla_plan(&dm, hp, b, t, backward)?)),
-            GpuMixer::Delta(dm) => PlanOp::Delta(Box::new(self.delta_plan(&dm, b, t, backward)?)),
-        };
-        Ok(GpuPlan { part, op })
+        let part = self.z(if backward { part_len(&self.dims, &self.mixers, b * t) } else { 1 })?;
+        let ops = self
+            .mixers
+            .iter()
+            .map(|m| {
+                Ok(match *m {
+                    GpuMixer::Gla(dm, hp) => PlanOp::Gla(dm, Box::new(self.gla_plan(&dm, hp, b, t, backward)?)),
+                    GpuMixer::Delta(dm) => PlanOp::Delta(dm, Box::new(self.delta_plan(&dm, b, t, backward)?)),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(GpuPlan { part, ops })
     }
 
     fn upload_ids(&self, dst: &mut GpuIds, ids: &[u32], backward: bool) -> Result<()> {
@@ -1193,7 +1243,7 @@ impl GlaOps for Gpu {
     ) -> Result<()> {
         let c = &*self.cuda;
         let (dm, hp) = self.layer_gla(md)?;
-        let gp = plan.gla()?;
+        let gp = plan.gla(dm)?;
         let p = &gp.prob.problem;
         let n = p.b() * p.t();
         let ni = n as i64;
@@ -1254,7 +1304,7 @@ impl GlaOps for Gpu {
     ) -> Result<()> {
         let c = &*self.cuda;
         let (dm, hp) = self.layer_gla(md)?;
-        let gp = plan.gla()?;
+        let gp = plan.gla(dm)?;
         let n = gp.prob.problem.b() * gp.prob.problem.t();
         let x_in = Self::gla_inputs(saved, q, k, v, g);
         let [dq, dk, dv, dg] = grads;
@@ -1331,7 +1381,7 @@ impl DeltaOps for Gpu {
     ) -> Result<()> {
         self.layer_delta(md)?;
         let c = &*self.cuda;
-        let dp = plan.delta()?;
+        let dp = plan.delta(md)?;
         let mut bufs = dp.bufs.lock().unwrap_or_else(|e| e.into_inner());
         self.delta_prep(&mut bufs, beta, decay)?;
         let DeltaBufs { ws, beta: b16, a, a_log, dt_bias, .. } = &mut *bufs;
@@ -1385,7 +1435,7 @@ impl DeltaOps for Gpu {
     ) -> Result<()> {
         let dm = self.layer_delta(md)?;
         let c = &*self.cuda;
-        let dp = plan.delta()?;
+        let dp = plan.delta(md)?;
         let mut bufs = dp.bufs.lock().unwrap_or_else(|e| e.into_inner());
         // the plan's inputs were overwritten by the later layers' forwards: made again
         self.delta_prep(&mut bufs, beta, decay)?;
@@ -1458,10 +1508,10 @@ mod tests {
 
     #[test]
     fn delta_models_take_one_mixer_with_their_state_sizes() {
-        let m = gpu_mixer(&dims(vec![MixerDims::Delta(delta(16, 4)); 2])).expect("a delta model runs");
-        assert_eq!(m, GpuMixer::Delta(delta(16, 4)));
+        let (m, of_layer) = gpu_mixers(&dims(vec![MixerDims::Delta(delta(16, 4)); 2])).expect("a delta model runs");
+        assert_eq!((m.as_slice(), of_layer.as_slice()), ([GpuMixer::Delta(delta(16, 4))].as_slice(), [0, 0].as_slice()));
         // [HV, K, V] and the q, k, v conv caches [C, W]
-        assert_eq!(m.state_sizes(), (4 * 16 * 32, [32 * 4, 32 * 4, 128 * 4]));
+        assert_eq!(m[0].state_sizes(), (4 * 16 * 32, [32 * 4, 32 * 4, 128 * 4]));
         // the conv weights' partial sums: the widest conv (value_dim 128) x W columns
         let d = dims(vec![MixerDims::Delta(delta(16, 4))]);
         assert!(part_len(&d, &m, 10) >= col_gy(10) * 128 * 4);
@@ -1469,12 +1519,21 @@ mod tests {
     }
 
     #[test]
+    fn layers_with_different_mixers_share_one_plan_per_distinct_mixer() {
+        let (a, b) = (MixerDims::Delta(delta(16, 4)), MixerDims::Delta(delta(32, 0)));
+        let (m, of_layer) = gpu_mixers(&dims(vec![a, b, a, b, b])).expect("a mixed stack runs");
+        assert_eq!(m.iter().map(GpuMixer::dims).collect::<Vec<_>>(), vec![a, b]);
+        assert_eq!(of_layer, vec![0, 1, 0, 1, 1]);
+        // the partial sums fit the widest mixer's reductions
+        let d = dims(vec![a, b]);
+        assert_eq!(part_len(&d, &m, 10), part_len(&d, &m[..1], 10).max(part_len(&d, &m[1..], 10)));
+    }
+
+    #[test]
     fn the_gpu_refuses_what_its_kernels_do_not_take() {
-        let msg = |d: Dims| gpu_mixer(&d).expect_err("refused").to_string();
-        let mixed = dims(vec![MixerDims::Delta(delta(16, 4)), MixerDims::Delta(delta(32, 4))]);
-        assert!(msg(mixed).contains("same token mixer"));
-        assert!(msg(dims(vec![MixerDims::Delta(delta(320, 4))])).contains("320"));
+        let msg = |d: Dims| gpu_mixers(&d).expect_err("refused").to_string();
+        assert!(msg(dims(vec![MixerDims::Delta(delta(16, 4)), MixerDims::Delta(delta(320, 4))])).contains("320"));
         assert!(msg(dims(vec![MixerDims::Delta(delta(16, MAX_CONV + 1))])).contains("short conv"));
-        assert!(gpu_mixer(&dims(vec![MixerDims::Delta(delta(16, 0))])).is_ok());
+        assert!(gpu_mixers(&dims(vec![MixerDims::Delta(delta(16, 0))])).is_ok());
     }
 }

@@ -126,8 +126,13 @@ impl<A> GpuDecoding<A> {
         &self.weights
     }
 
-    fn state_sizes(&self) -> (usize, [usize; 3]) {
-        self.weights.backend().mixer.state_sizes()
+    /// Elements of layer `l`'s part of a state: the recurrent state and the q, k, v conv caches.
+    fn state_sizes(&self, l: usize) -> (usize, [usize; 3]) {
+        self.weights.backend().layer_state_sizes(l)
+    }
+
+    fn layers(&self) -> usize {
+        self.weights.backend().dims.layers
     }
 
     /// Decode steps so far that replayed a captured CUDA graph (the others ran eagerly: the
@@ -138,8 +143,12 @@ impl<A> GpuDecoding<A> {
 
     /// Bytes of one [`GpuState`] (recurrent states and conv caches, f32): fixed by the config.
     pub fn state_bytes(&self) -> usize {
-        let (rec, conv) = self.state_sizes();
-        4 * self.weights.backend().dims.layers * (rec + conv.iter().sum::<usize>())
+        (0..self.layers())
+            .map(|l| {
+                let (rec, conv) = self.state_sizes(l);
+                4 * (rec + conv.iter().sum::<usize>())
+            })
+            .sum()
     }
 
     /// A zero state (an empty context).
@@ -147,31 +156,30 @@ impl<A> GpuDecoding<A> {
     /// # Errors
     /// [`Error::Driver`].
     pub fn new_state(&self) -> Result<GpuState> {
-        let (rec, conv) = self.state_sizes();
-        let c = &self.weights.backend().cuda;
-        let z = |len: usize| c.alloc_zeros::<f32>(len.max(1), "generation state");
-        let layers = self.weights.backend().dims.layers;
-        let has_conv = self.weights.backend().mixer.conv() > 0;
-        Ok(GpuState {
-            rec: (0..layers).map(|_| z(rec)).collect::<Result<_>>()?,
-            conv: (0..layers)
-                .map(|_| if has_conv { Ok(Some([z(conv[0])?, z(conv[1])?, z(conv[2])?])) } else { Ok(None) })
-                .collect::<Result<_>>()?,
-            seen: 0,
-        })
+        let gpu = self.weights.backend();
+        let z = |len: usize| gpu.cuda.alloc_zeros::<f32>(len.max(1), "generation state");
+        let (mut rec, mut convs) = (Vec::with_capacity(self.layers()), Vec::with_capacity(self.layers()));
+        for l in 0..self.layers() {
+            let (r, conv) = self.state_sizes(l);
+            rec.push(z(r)?);
+            convs.push(if gpu.layer_conv(l) > 0 { Some([z(conv[0])?, z(conv[1])?, z(conv[2])?]) } else { None });
+        }
+        Ok(GpuState { rec, conv: convs, seen: 0 })
     }
 
     /// Refuses a state made for another model (it would be read and written out of bounds).
     fn check_states(&self, states: &[&mut GpuState]) -> Result<()> {
-        let (rec, conv) = self.state_sizes();
-        let layers = self.weights.backend().dims.layers;
+        let layers = self.layers();
         for (i, s) in states.iter().enumerate() {
             let fits = s.rec.len() == layers
                 && s.conv.len() == layers
-                && s.rec.iter().all(|r| r.len() == rec.max(1))
-                && s.conv.iter().all(|cv| match cv {
-                    None => self.weights.backend().mixer.conv() == 0,
-                    Some(cs) => cs.iter().zip(conv).all(|(x, n)| x.len() == n.max(1)),
+                && (0..layers).all(|l| {
+                    let (rec, conv) = self.state_sizes(l);
+                    s.rec[l].len() == rec.max(1)
+                        && match &s.conv[l] {
+                            None => self.weights.backend().layer_conv(l) == 0,
+                            Some(cs) => cs.iter().zip(conv).all(|(x, n)| x.len() == n.max(1)),
+                        }
                 });
             if !fits {
                 return Err(unsupported(format!("state {i} was not made by this model's decoder (layers, heads or dims differ)")));
@@ -197,8 +205,7 @@ impl<A> GpuDecoding<A> {
     ) -> Result<Vec<Vec<f32>>> {
         let (b, t) = shape;
         let c = &*self.weights.backend().cuda;
-        let (rec, conv) = self.state_sizes();
-        let layers = self.weights.backend().dims.layers;
+        let layers = self.layers();
         self.check_states(states)?;
         if ids.len() != b * t || states.len() != b {
             return Err(unsupported(format!("{} ids and {} states for a [{b}, {t}] step", ids.len(), states.len())));
@@ -206,6 +213,7 @@ impl<A> GpuDecoding<A> {
         let z = |len: usize| c.alloc_zeros::<f32>(len.max(1), "batch state");
         let mut ctx = InferCtx { h0: Vec::with_capacity(layers), ht: Vec::with_capacity(layers), conv: Vec::with_capacity(layers) };
         for l in 0..layers {
+            let (rec, conv) = self.state_sizes(l);
             let (h0, ht) = (z(b * rec)?, z(b * rec)?);
             for (i, s) in states.iter().enumerate() {
                 copy_f32(c, &h0, i * rec, &s.rec[l], 0, rec)?;
@@ -230,6 +238,7 @@ impl<A> GpuDecoding<A> {
         let logits = run(&mut ctx)?;
         for (i, s) in states.iter_mut().enumerate() {
             for l in 0..layers {
+                let (rec, conv) = self.state_sizes(l);
                 copy_f32(c, &s.rec[l], 0, &ctx.ht[l], i * rec, rec)?;
                 if let (Some(cs), Some(bufs)) = (&s.conv[l], &ctx.conv[l]) {
                     for j in 0..3 {

@@ -15,7 +15,7 @@ use gla_core::dims::Dims;
 use gla_core::optim::AdamWConfig;
 use gla_core::params::ParamSpec;
 
-use crate::backend::{blas_err, flat, gpu_mixer, launch, ptr, unsupported, Gemm, Gpu, GpuMixer, GradSync, BUCKET_ELEMS};
+use crate::backend::{blas_err, flat, gpu_mixers, launch, ptr, unsupported, Gemm, Gpu, GpuMixer, GradSync, BUCKET_ELEMS};
 pub use crate::backend::{cublas_available, peak_pool_bytes, pool_used_bytes, reset_peak_pool};
 use crate::dist::{bucket_plan, Comm};
 use crate::error::{Error, Result};
@@ -71,8 +71,7 @@ impl GpuWeights {
     ///
     /// # Errors
     /// [`Error::Blas`] when cuBLAS is missing or fails to start; [`Error::Driver`];
-    /// [`Error::Op`] for a model whose layers do not all have the same mixer with the same dims
-    /// (GLA, or DeltaNet / Gated DeltaNet), or dims the kernels do not take.
+    /// [`Error::Op`] for a mixer or dims the kernels do not take.
     pub fn new(cuda: Arc<Cuda>, dims: &Dims, specs: &[ParamSpec], params: &[f32]) -> Result<Self> {
         let (plan, gemm) = Self::preflight(&cuda, dims, specs, params)?;
         let master = cuda.upload(params, "weights")?;
@@ -111,14 +110,22 @@ impl GpuWeights {
     }
 
     /// The backend around the device weights (both constructors).
-    fn assemble(cuda: Arc<Cuda>, gemm: Gemm, mixer: GpuMixer, dims: &Dims, specs: &[ParamSpec], w: Weights) -> Result<Self> {
+    fn assemble(
+        cuda: Arc<Cuda>,
+        gemm: Gemm,
+        mixers: (Vec<GpuMixer>, Vec<usize>),
+        dims: &Dims,
+        specs: &[ParamSpec],
+        w: Weights,
+    ) -> Result<Self> {
         // the gradient norm's result, then its per-block partial sums (grad_norm)
         let norm_buf = cuda.alloc_zeros::<f64>(1 + crate::backend::max_flat_blocks(&cuda), "gradient norm")?;
         let gpu = Gpu {
             cuda,
             gemm,
             dims: dims.clone(),
-            mixer,
+            mixers: mixers.0,
+            of_layer: mixers.1,
             specs: specs.to_vec(),
             master: w.master,
             moff: w.moff,
@@ -130,10 +137,11 @@ impl GpuWeights {
         Ok(Self { gpu, grads: w.grads, inference: w.inference, moments: None, norm_buf, stats: None, numel })
     }
 
-    /// What both constructors check first (cuBLAS present, the weights cover the table, one
-    /// mixer with dims the kernels take: [`gpu_mixer`]), and the cuBLAS handle on the device's
+    /// What both constructors check first (cuBLAS present, the weights cover the table, mixers
+    /// with dims the kernels take: [`gpu_mixers`]), and the cuBLAS handle on the device's
     /// stream.
-    fn preflight(cuda: &Arc<Cuda>, dims: &Dims, specs: &[ParamSpec], params: &[f32]) -> Result<(GpuMixer, Gemm)> {
+    #[allow(clippy::type_complexity)]
+    fn preflight(cuda: &Arc<Cuda>, dims: &Dims, specs: &[ParamSpec], params: &[f32]) -> Result<((Vec<GpuMixer>, Vec<usize>), Gemm)> {
         if !cublas_available() {
             return Err(Error::Blas {
                 what: "load libcublas",
@@ -144,13 +152,13 @@ impl GpuWeights {
         if params.len() != numel {
             return Err(unsupported(format!("{} weights for a parameter table of {numel}", params.len())));
         }
-        let mixer = gpu_mixer(dims)?;
+        let mixers = gpu_mixers(dims)?;
         let gemm = Gemm {
             blas: CudaBlas::new(cuda.stream().clone()).map_err(blas_err("cublasCreate"))?,
             stream: cuda.stream().clone(),
             sync: cuda.options().sync_debug,
         };
-        Ok((mixer, gemm))
+        Ok((mixers, gemm))
     }
 
     /// Refuses training-only work on an inference-only model.
