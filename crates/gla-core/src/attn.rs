@@ -247,6 +247,72 @@ pub trait AttnOp<T: Real>: Sync {
     fn backward(&self, p: &AttnProblem, x: &AttnInputs<'_, T>, fwd: &AttnForward<T>, d_o: &[T]) -> Result<AttnGrads<T>>;
 }
 
+/// The layout of a device KV cache for the decode step of causal attention (the GPU kernels'
+/// contract, `crates/gla-cuda/kernels/attn/decode.cu`), one new query token per sequence and step:
+///
+/// - `k_cache [N, S, H_KV, D]`, `v_cache [N, S, H_KV, DV]`: [`AttnCacheLayout::slots`] = S slots
+///   per sequence;
+/// - `lens [N]` (i32): the tokens sequence n has seen including the current one; 0 marks a
+///   sequence idle this step (nothing appended, `o = 0`, `lse = -inf`);
+/// - token p lives at slot `p % S`: without a window S is the capacity and every `len <= S`
+///   (the slot is p); with a window w, `S = w` and the cache is a ring buffer holding exactly the
+///   keys `p - w < s <= p` the window allows;
+/// - a step appends the new k, v at slot `(len - 1) % S`, then attends to the `min(len, S)`
+///   tokens held, which are the slots `0 .. min(len, S)` (softmax ignores key order);
+/// - `q [N, H, D]` in, `o [N, H, DV]` and `lse [N, H]` (f32, natural log) out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttnCacheLayout {
+    /// Sequences N.
+    pub n: usize,
+    /// Slots S per sequence: the capacity, or the window.
+    pub slots: usize,
+    /// Query heads H.
+    pub h: usize,
+    /// Key/value heads H_KV.
+    pub h_kv: usize,
+    /// Head dim D of q and k.
+    pub d: usize,
+    /// Head dim DV of v and o.
+    pub dv: usize,
+    /// The sliding window (then `slots == window`).
+    pub window: Option<usize>,
+    /// The resolved score scale.
+    pub scale: f64,
+}
+
+impl AttnCacheLayout {
+    /// The layout of `n` sequences decoding with the heads, dims, window and scale of `p` (its B,
+    /// T and cu_seqlens are ignored), `capacity` slots per sequence without a window, `w` with one.
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] for a non-causal problem; [`Error::ZeroDim`] for `n` or the slots 0;
+    /// [`Error::Overflow`] when the cache's element count does not fit.
+    pub fn new(p: &AttnProblem, n: usize, capacity: usize) -> Result<Self> {
+        if !p.causal() {
+            return Err(Error::Unsupported { backend: "attn-decode", what: "non-causal attention (a decode step only sees the past)".into() });
+        }
+        let slots = p.window().unwrap_or(capacity);
+        nonzero_dims(OP, &[("N", n), ("S", slots)])?;
+        n.checked_mul(slots)
+            .and_then(|x| x.checked_mul(p.h_kv()))
+            .and_then(|x| x.checked_mul(p.d().max(p.dv())))
+            .ok_or(Error::Overflow { op: OP })?;
+        Ok(Self { n, slots, h: p.h(), h_kv: p.h_kv(), d: p.d(), dv: p.dv(), window: p.window(), scale: p.scale() })
+    }
+    /// Elements of `k_cache`: `N*S*H_KV*D`.
+    pub fn k_len(&self) -> usize {
+        self.n * self.slots * self.h_kv * self.d
+    }
+    /// Elements of `v_cache`: `N*S*H_KV*DV`.
+    pub fn v_len(&self) -> usize {
+        self.n * self.slots * self.h_kv * self.dv
+    }
+    /// The slot of token position `p` (0-based): `p % S`.
+    pub fn slot(&self, p: usize) -> usize {
+        p % self.slots
+    }
+}
+
 fn check_len(tensor: &'static str, expected: String, numel: usize, got: usize) -> Result<()> {
     if numel == got {
         Ok(())
@@ -330,6 +396,20 @@ mod tests {
         assert!(matches!(AttnProblem::new(s.clone()), Err(Error::BadArg { key: "window", .. })));
         s.window = None;
         assert_eq!(AttnProblem::new(s).unwrap().keys(2, 8), 0..8);
+    }
+
+    #[test]
+    fn cache_layout_takes_the_window_as_its_slots() {
+        let mut s = AttnSpec::new(1, 8, 4, 16);
+        s.h_kv = 2;
+        s.window = Some(5);
+        let c = AttnCacheLayout::new(&AttnProblem::new(s.clone()).unwrap(), 3, 100).unwrap();
+        assert_eq!((c.slots, c.k_len(), c.slot(12)), (5, 3 * 5 * 2 * 16, 2));
+        s.window = None;
+        assert_eq!(AttnCacheLayout::new(&AttnProblem::new(s.clone()).unwrap(), 3, 100).unwrap().slots, 100);
+        assert!(matches!(AttnCacheLayout::new(&AttnProblem::new(s.clone()).unwrap(), 0, 100), Err(Error::ZeroDim { .. })));
+        s.causal = false;
+        assert!(matches!(AttnCacheLayout::new(&AttnProblem::new(s).unwrap(), 3, 100), Err(Error::Unsupported { .. })));
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub mod params;
 mod problem;
 mod real;
 
-pub use attn::{AttnForward, AttnGrads, AttnInputs, AttnOp, AttnProblem, AttnSpec};
+pub use attn::{AttnCacheLayout, AttnForward, AttnGrads, AttnInputs, AttnOp, AttnProblem, AttnSpec};
 pub use delta::{DeltaGate, DeltaGrads, DeltaInputs, DeltaOp, DeltaProblem, DeltaSpec};
 pub use error::{Error, Result};
 pub use op::{Backward, Forward, GateKind, Grads, Inputs};

@@ -28,6 +28,10 @@
 use cudarc::driver::LaunchConfig;
 use gla_core::{GateKind, Problem};
 
+/// Softmax attention's dispatch policy and tuning (head dims, tile tables, launch shapes, the
+/// decode split).
+#[path = "attn/dispatch.rs"]
+pub mod attn;
 /// The delta-rule family's dispatch policy and tuning (`delta_path`, launch shapes, workspaces).
 #[path = "delta/dispatch.rs"]
 pub mod delta;

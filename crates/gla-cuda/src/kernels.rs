@@ -64,6 +64,9 @@ const CHUNK_HEADERS: &[Header] = &[BASE, MMA, CHUNK];
 const NN_HEADERS: &[Header] = &[BASE, NN];
 const DELTA_HEADERS: &[Header] = &[BASE, MMA, CHUNK, DELTA];
 const DELTA_CHUNK_HEADERS: &[Header] = &[BASE, MMA, CHUNK, DELTA, DELTA_CHUNK];
+/// Softmax attention's shared parts: the mask, the tile loads and stores, the row reductions.
+pub const ATTN: Header = header!("attn/common.cuh");
+const ATTN_HEADERS: &[Header] = &[BASE, MMA, CHUNK, ATTN];
 
 macro_rules! source {
     ($path:literal, $headers:expr, [$($entry:literal),* $(,)?]) => {
@@ -236,6 +239,29 @@ pub const DELTA_CHUNK_BWD: KernelSource = source!(
     ]
 );
 
+/// Softmax attention's forward (flash-attention-2 style), per (D, DV) tile width.
+pub const ATTN_FWD: KernelSource = source!("attn/fwd.cu", ATTN_HEADERS, ["attn_fwd_d64_dv32", "attn_fwd_d64_dv64", "attn_fwd_d128_dv128"]);
+/// Softmax attention's backward: the row dot of dO and O, dK / dV per key tile, dQ per query tile.
+pub const ATTN_BWD: KernelSource = source!(
+    "attn/bwd.cu",
+    ATTN_HEADERS,
+    [
+        "attn_bwd_pre",
+        "attn_bwd_dkv_d64_dv32",
+        "attn_bwd_dkv_d64_dv64",
+        "attn_bwd_dkv_d128_dv128",
+        "attn_bwd_dq_d64_dv32",
+        "attn_bwd_dq_d64_dv64",
+        "attn_bwd_dq_d128_dv128",
+    ]
+);
+/// Softmax attention's decode step over a KV cache: append, split-K attention, combine.
+pub const ATTN_DECODE: KernelSource = source!(
+    "attn/decode.cu",
+    ATTN_HEADERS,
+    ["attn_append", "attn_decode_d64_dv32", "attn_decode_d64_dv64", "attn_decode_d128_dv128", "attn_decode_combine"]
+);
+
 /// Every kernel source of the crate (the CI compile check walks this list).
 pub const ALL: &[KernelSource] = &[
     GLA_RECURRENT,
@@ -256,6 +282,9 @@ pub const ALL: &[KernelSource] = &[
     DELTA_CHUNK_FWD,
     DELTA_CHUNK_H,
     DELTA_CHUNK_BWD,
+    ATTN_FWD,
+    ATTN_BWD,
+    ATTN_DECODE,
 ];
 
 /// The source that defines entry point `entry`, if any.

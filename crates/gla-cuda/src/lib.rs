@@ -21,6 +21,9 @@
 //! - [`delta`]: the delta-rule family (DeltaNet, Gated DeltaNet): launchers over device buffers
 //!   ([`delta::ops`]), [`CudaDelta`] (a [`gla_core::DeltaOp<f32>`]); its dispatch policy is
 //!   [`dispatch::delta`].
+//! - [`attn`]: softmax attention (flash forward / backward, decode over a KV cache): launchers
+//!   over device buffers ([`attn::ops`]), [`CudaAttn`] (a [`gla_core::AttnOp<f32>`]); its
+//!   dispatch policy is [`dispatch::attn`].
 //! - [`bench`]: event-timed medians of the ops with their HBM floors and FLOPs.
 //! - [`dist`]: data-parallel training over NCCL (torchrun-style environment, rendezvous,
 //!   communicator with timeouts, gradient buckets overlapped with the backward).
@@ -40,6 +43,7 @@
 //! documented in [`dist`].
 #![deny(missing_docs)]
 
+pub mod attn;
 pub mod backend;
 pub mod bench;
 pub mod decode;
@@ -53,6 +57,7 @@ pub mod ops;
 pub mod runtime;
 pub mod weights;
 
+pub use attn::{AttnOpAlgo, CudaAttn};
 pub use backend::Gpu;
 pub use decode::{DecodeStep, GpuDecoding, GpuState};
 pub use delta::{CudaDelta, DeltaOpAlgo};

@@ -188,7 +188,7 @@ pub fn long_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
     run_case(cuda, "delta/T65536-K64-V64-gs1-h0", &case, 65536, false, out)
 }
 
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
+pub(crate) fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     if a.len() != b.len() {
         return f64::INFINITY;
     }

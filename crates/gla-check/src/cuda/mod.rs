@@ -13,9 +13,11 @@
 //! difference between two runs must be 0).
 //!
 //! The delta-rule family's rows ([`delta`]: the same checks on its table, case names `delta/...`)
-//! run beside them; a filter starting with `delta` runs only those.
+//! and softmax attention's ([`attn`]: case names `attn/...`) run beside them; a filter starting
+//! with `delta` or `attn` runs only that family's.
 
 pub mod alloc;
+pub mod attn;
 pub mod delta;
 pub mod model;
 
@@ -298,33 +300,47 @@ fn huge_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
 /// [`Error`] when a case cannot be set up.
 pub fn check(cuda: &Arc<Cuda>, opts: CheckOptions, filter: Option<&str>) -> Result<Vec<Row>> {
     let mut out = Vec::new();
-    // no GLA or model row is named delta...: such a filter would discard them all
-    let gla = filter.is_none_or(|f| !f.starts_with("delta"));
+    // no GLA or model row is named delta... or attn...: such a filter would discard them all
+    let gla = filter.is_none_or(|f| !f.starts_with("delta") && !f.starts_with("attn"));
+    let delta = filter.is_none_or(|f| !f.starts_with("attn"));
+    let attn = filter.is_none_or(|f| !f.starts_with("delta"));
     if opts.ops && gla {
         let ops = gpu_ops(cuda);
         run_table(&cases(), TABLE_SEED, filter, &gpu_paths(&ops), &mut out)?;
         wide_check(cuda, filter, &mut out)?;
     }
-    if opts.ops {
+    if opts.ops && delta {
         delta::table_check(cuda, filter, &mut out)?;
+    }
+    if opts.ops && attn {
+        attn::table_check(cuda, filter, &mut out)?;
     }
     if opts.repeat {
         if gla {
             repeat_check(cuda, &mut out)?;
         }
-        delta::repeat_check(cuda, &mut out)?;
+        if delta {
+            delta::repeat_check(cuda, &mut out)?;
+        }
+        if attn {
+            attn::repeat_check(cuda, &mut out)?;
+        }
     }
     if opts.long {
         if gla {
             long_check(cuda, &mut out)?;
         }
-        delta::long_check(cuda, &mut out)?;
+        if delta {
+            delta::long_check(cuda, &mut out)?;
+        }
     }
     if opts.huge {
         if gla {
             huge_check(cuda, &mut out)?;
         }
-        delta::huge_check(cuda, &mut out)?;
+        if delta {
+            delta::huge_check(cuda, &mut out)?;
+        }
     }
     if opts.model && gla {
         model::model_check(cuda, &mut out)?;

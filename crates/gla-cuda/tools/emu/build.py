@@ -2,8 +2,9 @@
 """Builds the emulator program: emu.h, the common headers with their PTX helpers removed (emu.h
 has emulated ones), the delta-rule kernels, then harness.cpp; compiles it with g++. With --nn:
 the language model's element-wise, norm, conv and reduction kernels (kernels/nn/) and
-nn_harness.cpp instead.
-Usage: python3 crates/gla-cuda/tools/emu/build.py [--nn] [out-binary]"""
+nn_harness.cpp instead; with --attn: the softmax attention kernels (kernels/attn/) and
+attn_harness.cpp.
+Usage: python3 crates/gla-cuda/tools/emu/build.py [--nn | --attn] [out-binary]"""
 import os, re, subprocess, sys
 
 here = os.path.dirname(os.path.abspath(__file__))
@@ -29,6 +30,20 @@ def strip_asm(text):
         i = j
     return "".join(out)
 
+
+if len(sys.argv) > 1 and sys.argv[1] == "--attn":
+    del sys.argv[1]
+    parts = ['#include "emu.h"\n']
+    for h in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh"]:
+        parts.append(f'#line 1 "{h}"\n' + strip_asm(open(os.path.join(kern, h)).read()))
+    for f in ["attn/common.cuh", "attn/fwd.cu", "attn/bwd.cu", "attn/decode.cu"]:
+        parts.append(f'#line 1 "{f}"\n' + open(os.path.join(kern, f)).read())
+    parts.append('#line 1 "attn_harness.cpp"\n#include "attn_harness.cpp"\n')
+    out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/attn-emu"
+    open(out + ".cpp", "w").write("\n".join(parts))
+    cmd = ["g++", "-std=c++17", "-O2", "-g", "-fno-strict-aliasing", "-I", here, out + ".cpp", "-o", out]
+    print(" ".join(cmd), file=sys.stderr)
+    sys.exit(subprocess.call(cmd))
 
 nn = len(sys.argv) > 1 and sys.argv[1] == "--nn"
 if nn:

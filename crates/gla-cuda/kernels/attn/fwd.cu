@@ -1,0 +1,173 @@
+// attn/fwd.cu: the softmax attention forward (flash-attention-2 style), bf16 storage, f32 math.
+//
+// attn_fwd_d{DP}_dv{DVP}: one block per (query head j, query tile), 256 threads (8 warps x 16
+// query rows, BM = 128 rows per tile), grid (H, tiles). Tile `tile` covers the query positions
+// tile_q0[tile] .. +127 of sequence tile_seq[tile] (the host orders tiles longest first for
+// causal attention). For kv head g = j / (H / H_KV):
+//     S  = Q K_t^T * scale * log2(e)           (mma.sync m16n8k16, f32 accumulate)
+//     m  = running row max, l = running row sum of ex2(S - m), O = sum ex2(S - m) V   (online)
+//     o  = O / l                                -> o [rows, H, DV] bf16 (=)
+//     lse = ln 2 * (m + log2 l)                -> lse [rows, H] f32 (=)
+// over the key tiles K_t (64 keys) the mask can leave a key in: key tiles from the window's first
+// key (window > 0) to the last query of the tile (causal) or the sequence end. Only tiles that
+// cross the diagonal, the window's lower edge or the sequence end are masked (per warp), and a
+// warp skips a tile that none of its rows sees. K / V tiles are double-buffered with cp.async.
+// Rows past the sequence end are neither read (zero) nor written.
+//
+// Layouts: q [rows, H, D], k [rows, H_KV, D], v [rows, H_KV, DV], o [rows, H, DV], lse [rows, H];
+// bounds [N + 1] i64 sequence row offsets. D <= DP, DV <= DVP, D and DV multiples of 8 (16-byte
+// copies). Dynamic smem: (128 * (DP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8)) * 2 bytes
+// (src/attn/dispatch.rs, fwd_smem).
+//
+// Entry points: attn_fwd_d64_dv32 attn_fwd_d64_dv64 attn_fwd_d128_dv128
+
+template <int DP, int DVP>
+__device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
+                                         bf16_t* __restrict__ o, float* __restrict__ lse, const idx_t* __restrict__ bounds,
+                                         const int* __restrict__ tile_seq, const int* __restrict__ tile_q0, int H, int HKV, int D,
+                                         int DV, int causal, int window, float sl2) {
+    constexpr int BM = 128, BN = 64, LQ = DP + 8, LV = DVP + 8, NT = 256;
+    static_assert(DVP <= DP, "the output staging reuses the Q tile");
+    DELTA_SMEM(smem);
+    bf16_t* sQ = (bf16_t*)smem;     // [BM][LQ]; the output staging [BM][LV] at the end
+    bf16_t* sK = sQ + BM * LQ;      // [2][BN][LQ]
+    bf16_t* sV = sK + 2 * BN * LQ;  // [2][BN][LV]
+    DELTA_SMEM_END(smem, sV + 2 * BN * LV);
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const int j = blockIdx.x, tile = blockIdx.y;
+    const int n = tile_seq[tile], i0 = tile_q0[tile];
+    const idx_t bs = bounds[n];
+    const int len = (int)(bounds[n + 1] - bs);
+    const int g = j / (H / HKV);
+    const idx_t ldq = (idx_t)H * D, ldk = (idx_t)HKV * D, ldv = (idx_t)HKV * DV, ldo = (idx_t)H * DV;
+    const int L = min(BM, len - i0);
+    const int kend = causal ? min(len, i0 + BM) : len;
+    const int kbeg = window > 0 ? max(0, i0 - window + 1) : 0;
+    const int t0 = kbeg / BN, t1 = (kend + BN - 1) / BN;
+    const bf16_t* kb = k + bs * ldk + (idx_t)g * D;
+    const bf16_t* vb = v + bs * ldv + (idx_t)g * DV;
+
+    att_tile<BM, DP, NT>(sQ, LQ, q + (bs + i0) * ldq + (idx_t)j * D, ldq, L, D, tid);
+    att_tile<BN, DP, NT>(sK, LQ, kb + (idx_t)t0 * BN * ldk, ldk, len - t0 * BN, D, tid);
+    att_tile<BN, DVP, NT>(sV, LV, vb + (idx_t)t0 * BN * ldv, ldv, len - t0 * BN, DV, tid);
+    cp_commit();
+
+    const int qr = 16 * w;             // the warp's first row in the tile
+    const int qlo = i0 + qr;           // its first query position
+    unsigned qf[DP / 16][4];
+    float acc[DVP / 8][4];
+    #pragma unroll
+    for (int nt = 0; nt < DVP / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+    float m[2] = {ATT_NEG_INF, ATT_NEG_INF}, l[2] = {0.f, 0.f};
+
+    for (int t = t0; t < t1; ++t) {
+        const int buf = (t - t0) & 1;
+        if (t + 1 < t1) {
+            const int nb = buf ^ 1, kt = (t + 1) * BN;
+            att_tile<BN, DP, NT>(sK + nb * BN * LQ, LQ, kb + (idx_t)kt * ldk, ldk, len - kt, D, tid);
+            att_tile<BN, DVP, NT>(sV + nb * BN * LV, LV, vb + (idx_t)kt * ldv, ldv, len - kt, DV, tid);
+            cp_commit();
+            cp_wait<1>();
+        } else {
+            cp_wait0();
+        }
+        __syncthreads();
+        if (t == t0) {
+            #pragma unroll
+            for (int kk = 0; kk < DP / 16; ++kk) ldsm4(qf[kk], fa(sQ, LQ, qr, 16 * kk, lane));
+        }
+        const int kt = t * BN;
+        // the warp's rows see no key of this tile: past the sequence end, before the tile
+        // (causal), or the whole tile below their window
+        const bool idle = qlo >= len || (causal && kt > qlo + 15) || (window > 0 && kt + BN - 1 <= qlo - window);
+        if (!idle) {
+            const bf16_t* Kb = sK + buf * BN * LQ;
+            const bf16_t* Vb = sV + buf * BN * LV;
+            float s[BN / 8][4];
+            #pragma unroll
+            for (int nt = 0; nt < BN / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+            #pragma unroll
+            for (int kk = 0; kk < DP / 16; ++kk) {
+                #pragma unroll
+                for (int np = 0; np < BN / 16; ++np) {
+                    unsigned r[4];
+                    ldsm4(r, fbn(Kb, LQ, 16 * kk, 16 * np, lane));
+                    mma16816(s[2 * np], qf[kk], r[0], r[1]);
+                    mma16816(s[2 * np + 1], qf[kk], r[2], r[3]);
+                }
+            }
+            const bool edge = kt + BN > len || (causal && kt + BN - 1 > qlo) || (window > 0 && kt <= qlo + 15 - window);
+            #pragma unroll
+            for (int nt = 0; nt < BN / 8; ++nt) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    s[nt][e] *= sl2;
+                    if (edge && !att_key_ok(qlo + fg + (e >= 2 ? 8 : 0), kt + 8 * nt + 2 * ft + (e & 1), len, causal, window))
+                        s[nt][e] = ATT_NEG_INF;
+                }
+            }
+            #pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                float mx = m[r];
+                #pragma unroll
+                for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
+                mx = att_row_max(mx);
+                const float base = att_base(mx);
+                const float alpha = ex2f(m[r] - base);
+                m[r] = mx;
+                float sum = 0.f;
+                #pragma unroll
+                for (int nt = 0; nt < BN / 8; ++nt) {
+                    s[nt][2 * r] = ex2f(s[nt][2 * r] - base);
+                    s[nt][2 * r + 1] = ex2f(s[nt][2 * r + 1] - base);
+                    sum += s[nt][2 * r] + s[nt][2 * r + 1];
+                }
+                l[r] = l[r] * alpha + sum;
+                #pragma unroll
+                for (int nt = 0; nt < DVP / 8; ++nt) {
+                    acc[nt][2 * r] *= alpha;
+                    acc[nt][2 * r + 1] *= alpha;
+                }
+            }
+            #pragma unroll
+            for (int kk = 0; kk < BN / 16; ++kk) {
+                const unsigned a[4] = {pack2(s[2 * kk][0], s[2 * kk][1]), pack2(s[2 * kk][2], s[2 * kk][3]),
+                                       pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+                #pragma unroll
+                for (int np = 0; np < DVP / 16; ++np) {
+                    unsigned r[4];
+                    ldsm4t(r, fbt(Vb, LV, 16 * kk, 16 * np, lane));
+                    mma16816(acc[2 * np], a, r[0], r[1]);
+                    mma16816(acc[2 * np + 1], a, r[2], r[3]);
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+    // epilogue: o = O / l through the Q tile (each warp wrote and read only its own 16 rows)
+    bf16_t* sO = sQ;
+    #pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const float lt = att_row_sum(l[r]);
+        const float inv = lt > 0.f ? 1.f / lt : 0.f;
+        const int row = qr + fg + 8 * r;
+        #pragma unroll
+        for (int nt = 0; nt < DVP / 8; ++nt)
+            *(unsigned*)(sO + row * LV + 8 * nt + 2 * ft) = pack2(acc[nt][2 * r] * inv, acc[nt][2 * r + 1] * inv);
+        if (ft == 0 && row < L) lse[(bs + i0 + row) * H + j] = lt > 0.f ? ATT_LN2 * (m[r] + log2f(lt)) : ATT_NEG_INF;
+    }
+    __syncthreads();
+    att_store<BM, DVP, NT>(o + (bs + i0) * ldo + (idx_t)j * DV, ldo, sO, LV, L, DV, tid);
+}
+
+#define ATTN_FWD_ENTRY(DP, DVP)                                                                                          \
+extern "C" __global__ void __launch_bounds__(256) attn_fwd_d##DP##_dv##DVP(                                                \
+    const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o, float* lse, const idx_t* bounds, const int* tile_seq,   \
+    const int* tile_q0, int H, int HKV, int D, int DV, int causal, int window, float sl2) {                              \
+    attn_fwd<DP, DVP>(q, k, v, o, lse, bounds, tile_seq, tile_q0, H, HKV, D, DV, causal, window, sl2);                  \
+}
+
+ATTN_FWD_ENTRY(64, 32)
+ATTN_FWD_ENTRY(64, 64)
+ATTN_FWD_ENTRY(128, 128)

@@ -1,0 +1,190 @@
+//! The dispatch policy of softmax attention on the GPU (`crate::dispatch::attn`): which kernels
+//! run for a head dim pair ([`attn_dims`]), the tile tables and their order ([`query_tiles`],
+//! [`key_tiles`]), the launch shapes, the shared-memory sizes, and the decode step's split of the
+//! cache ([`decode_split`]). `attn/ops.rs` only checks lengths and launches what this module
+//! picks; docs/kernels.md describes the kernels.
+//!
+//! | D, DV      | kernels (bf16 storage)                                             |
+//! |------------|--------------------------------------------------------------------|
+//! | 64, 32     | `attn_{fwd,bwd_dkv,bwd_dq,decode}_d64_dv32`                        |
+//! | 64, 64     | `attn_{fwd,bwd_dkv,bwd_dq,decode}_d64_dv64`                        |
+//! | 128, 128   | `attn_{fwd,bwd_dkv,bwd_dq,decode}_d128_dv128`                      |
+//! | otherwise  | nothing runs: [`attn_dims`] names the supported pairs              |
+//!
+//! Tiles: the forward and dQ take 128 query rows per block (8 warps x 16 rows, `BM`), keys in
+//! tiles of 64 (`BN`); dK / dV take 64 keys per block (4 warps x 16 keys) and query tiles of 64.
+
+use cudarc::driver::LaunchConfig;
+use gla_core::AttnProblem;
+
+/// Query rows per block of the forward and dQ kernels (`BM`).
+pub const ATTN_BM: usize = 128;
+/// Keys per tile (`BN`), and keys per block of the dK / dV kernel.
+pub const ATTN_BN: usize = 64;
+/// Query rows per tile of the dK / dV kernel (`BQ`).
+const DKV_BQ: usize = 64;
+/// Threads of the forward and dQ blocks.
+const FWD_THREADS: u32 = 256;
+/// Threads of the dK / dV blocks.
+const DKV_THREADS: u32 = 128;
+/// Threads of the decode blocks.
+const DECODE_THREADS: u32 = 128;
+/// Largest group of query heads per kv head the decode kernel holds (`DEC_MAXG`).
+pub const DECODE_MAX_GROUP: usize = 8;
+/// Keys per step of one decode block: 4 warps x 32 / (D / 8) lanes (the split is a multiple).
+const DECODE_KEYS_QUANTUM: usize = 16;
+/// Decode blocks to aim for: about this many per SM (each holds 4 warps).
+const DECODE_BLOCKS_PER_SM: usize = 8;
+/// Fewest keys per decode split (below it the combine costs more than the split saves).
+const DECODE_MIN_CHUNK: usize = 256;
+/// Largest grid y / z dimension.
+pub const MAX_GRID_YZ: usize = 65_535;
+
+/// The padded head dims `(DP, DVP)` of the kernels that run for `(D, DV)`.
+///
+/// # Errors
+/// A message naming the supported pairs when no kernel takes `(d, dv)`.
+pub fn attn_dims(d: usize, dv: usize) -> Result<(usize, usize), String> {
+    match (d, dv) {
+        (64, 32) | (64, 64) | (128, 128) => Ok((d, dv)),
+        _ => Err(format!("attention kernels run (D, DV) = (64, 32), (64, 64) or (128, 128); asked for ({d}, {dv})")),
+    }
+}
+
+/// The entry point `attn_{pass}_d{DP}_dv{DVP}`.
+pub fn kernel(pass: &str, (dp, dvp): (usize, usize)) -> String {
+    format!("attn_{pass}_d{dp}_dv{dvp}")
+}
+
+/// Dynamic shared memory of the forward: Q [BM][DP+8], K 2 x [BN][DP+8], V 2 x [BN][DVP+8] bf16.
+pub fn fwd_smem((dp, dvp): (usize, usize)) -> usize {
+    2 * (ATTN_BM * (dp + 8) + 2 * ATTN_BN * (dp + 8) + 2 * ATTN_BN * (dvp + 8))
+}
+
+/// Dynamic shared memory of dK / dV: K [BN][DP+8], V [BN][DVP+8], Q 2 x [BQ][DP+8], dO 2 x
+/// [BQ][DVP+8] bf16, then lse and delta 2 x [BQ] f32 each.
+pub fn dkv_smem((dp, dvp): (usize, usize)) -> usize {
+    2 * (ATTN_BN * (dp + 8) + ATTN_BN * (dvp + 8) + 2 * DKV_BQ * (dp + 8) + 2 * DKV_BQ * (dvp + 8)) + 4 * 4 * DKV_BQ
+}
+
+/// Dynamic shared memory of dQ: Q [BM][DP+8], dO [BM][DVP+8], K 2 x [BN][DP+8], V 2 x
+/// [BN][DVP+8] bf16.
+pub fn dq_smem((dp, dvp): (usize, usize)) -> usize {
+    2 * (ATTN_BM * (dp + 8) + ATTN_BM * (dvp + 8) + 2 * ATTN_BN * (dp + 8) + 2 * ATTN_BN * (dvp + 8))
+}
+
+/// Work of a tile of `rows` starting at position `i0` of a sequence of `len`: the keys its rows
+/// can see (causal: up to its last row; a window caps it), the sort key of the tile tables.
+fn tile_work(p: &AttnProblem, i0: usize, rows: usize, len: usize, keys: bool) -> usize {
+    let mut work = if !p.causal() {
+        len
+    } else if keys {
+        len - i0
+    } else {
+        len.min(i0 + rows)
+    };
+    if let Some(w) = p.window() {
+        work = work.min(w + rows);
+    }
+    work
+}
+
+fn tiles(p: &AttnProblem, rows: usize, keys: bool) -> (Vec<i32>, Vec<i32>) {
+    let mut t: Vec<(usize, i32, i32)> = Vec::new();
+    for n in 0..p.n() {
+        let len = p.seq(n).len();
+        for i0 in (0..len).step_by(rows) {
+            t.push((tile_work(p, i0, rows, len, keys), n as i32, i0 as i32));
+        }
+    }
+    // most work first: the longest tiles start while the short ones fill the tail
+    t.sort_by(|a, b| b.0.cmp(&a.0));
+    t.into_iter().map(|x| (x.1, x.2)).unzip()
+}
+
+/// The forward's and dQ's query tiles: (sequence, first position) of every [`ATTN_BM`]-row tile
+/// of every non-empty sequence, most keys first (causal: the last tiles of the longest sequences).
+pub fn query_tiles(p: &AttnProblem) -> (Vec<i32>, Vec<i32>) {
+    tiles(p, ATTN_BM, false)
+}
+
+/// dK / dV's key tiles: (sequence, first key) of every [`ATTN_BN`]-key tile, most queries first.
+pub fn key_tiles(p: &AttnProblem) -> (Vec<i32>, Vec<i32>) {
+    tiles(p, ATTN_BN, true)
+}
+
+/// The forward and dQ launch: grid (H, tiles), 256 threads.
+pub fn fwd_cfg(h: usize, tiles: usize, smem: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (h as u32, tiles as u32, 1), block_dim: (FWD_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
+}
+
+/// The dK / dV launch: grid (H_KV, key tiles), 128 threads.
+pub fn dkv_cfg(h_kv: usize, tiles: usize, smem: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (h_kv as u32, tiles as u32, 1), block_dim: (DKV_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
+}
+
+/// The backward's preprocess: one warp per (row, head), 8 per block.
+pub fn pre_cfg(rows_heads: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows_heads.div_ceil(8).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// An elementwise launch over `n` items, 256 per block (the cache append).
+pub fn flat_cfg(n: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (n.div_ceil(256).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// How the decode step splits each sequence's `slots`: `(splits, chunk)`, chunk keys per split
+/// (a multiple of 16, at least 256 unless the cache is shorter), enough splits that N * H_KV *
+/// splits blocks give each of `sms` SMs about 8 blocks (flash-decoding: batch 1 with a long cache
+/// still fills the GPU).
+pub fn decode_split(n: usize, h_kv: usize, slots: usize, sms: usize) -> (usize, usize) {
+    let want = (DECODE_BLOCKS_PER_SM * sms.max(1)).div_ceil((n * h_kv).max(1)).max(1);
+    let most = slots.div_ceil(DECODE_MIN_CHUNK).max(1);
+    let splits = want.min(most).min(MAX_GRID_YZ);
+    let chunk = slots.div_ceil(splits).div_ceil(DECODE_KEYS_QUANTUM) * DECODE_KEYS_QUANTUM;
+    (slots.div_ceil(chunk), chunk)
+}
+
+/// The decode launch: grid (splits, H_KV, N), 128 threads.
+pub fn decode_cfg(splits: usize, h_kv: usize, n: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (splits as u32, h_kv as u32, n as u32), block_dim: (DECODE_THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// The decode combine: one block per (sequence, head), DV threads.
+pub fn combine_cfg(nh: usize, dv: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (nh as u32, 1, 1), block_dim: (dv as u32, 1, 1), shared_mem_bytes: 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gla_core::AttnSpec;
+
+    #[test]
+    fn dims_name_the_supported_pairs() {
+        assert_eq!(attn_dims(128, 128), Ok((128, 128)));
+        assert!(attn_dims(96, 96).unwrap_err().contains("(128, 128)"));
+        assert_eq!(kernel("fwd", (64, 32)), "attn_fwd_d64_dv32");
+    }
+
+    #[test]
+    fn causal_tiles_come_longest_first_and_skip_empty_sequences() {
+        let spec = AttnSpec { cu_seqlens: Some(vec![0, 300, 300, 400]), ..AttnSpec::new(1, 400, 2, 64) };
+        let p = AttnProblem::new(spec).unwrap();
+        let (seq, q0) = query_tiles(&p);
+        assert_eq!(seq, vec![0, 0, 0, 2]);
+        assert_eq!(q0, vec![256, 128, 0, 0]);
+        let (seq, k0) = key_tiles(&p);
+        assert_eq!((seq.len(), seq[0], k0[0]), (5 + 2, 0, 0));
+    }
+
+    #[test]
+    fn decode_splits_fill_the_gpu_and_cover_the_cache() {
+        for (n, hk, s) in [(1, 16, 32768), (16, 16, 2048), (1, 1, 7), (64, 8, 100)] {
+            let (splits, chunk) = decode_split(n, hk, s, 132);
+            assert!(splits * chunk >= s && (splits - 1) * chunk < s, "{n} {hk} {s}");
+            assert_eq!(chunk % 16, 0);
+        }
+        assert!(decode_split(1, 16, 32768, 132).0 >= 64);
+    }
+}

@@ -1,0 +1,350 @@
+//! Typed launchers of softmax attention over device buffers (bf16 storage held as `u16`, lse and
+//! the backward's row dots f32): the forward ([`attn_fwd`]), the backward ([`attn_bwd_ws`] over
+//! caller-held buffers, [`attn_bwd`] allocating them), and the decode step over a KV cache
+//! ([`AttnKvCache`]: append, split attention, combine). Each checks the buffer lengths against
+//! the problem (a wrong length is an error, never an out-of-bounds launch) and takes its kernels,
+//! tiles and launch shapes from [`crate::dispatch::attn`].
+
+use cudarc::driver::CudaSlice;
+use gla_core::{AttnCacheLayout, AttnProblem};
+
+use crate::dispatch::attn as da;
+use crate::error::{Error, Result};
+use crate::runtime::Cuda;
+
+const L2E: f64 = std::f64::consts::LOG2_E;
+
+fn unsupported(what: String) -> Error {
+    Error::Op(gla_core::Error::Unsupported { backend: "cuda", what })
+}
+
+fn check_len(op: &'static str, tensor: &'static str, expected: usize, got: usize) -> Result<()> {
+    if expected == got {
+        Ok(())
+    } else {
+        Err(Error::Op(gla_core::Error::ShapeMismatch { op, tensor, expected: format!("{expected} elements"), numel: expected, got }))
+    }
+}
+
+/// The device-side description of an [`AttnProblem`]: the sequence bounds and the tile tables
+/// ([`da::query_tiles`], [`da::key_tiles`]) on the device, the kernels' head dims, the problem.
+#[derive(Debug)]
+pub struct DevAttnProblem {
+    /// Sequence row offsets `[N+1]` (i64).
+    pub bounds: CudaSlice<i64>,
+    tile_seq: CudaSlice<i32>,
+    tile_q0: CudaSlice<i32>,
+    key_seq: CudaSlice<i32>,
+    key_k0: CudaSlice<i32>,
+    n_tiles: usize,
+    n_key_tiles: usize,
+    dims: (usize, usize),
+    /// The host problem.
+    pub problem: AttnProblem,
+}
+
+impl DevAttnProblem {
+    /// Uploads the bounds and tile tables of `p`.
+    ///
+    /// # Errors
+    /// [`Error::Op`] (`Unsupported`) for head dims no kernel runs or more tiles than a grid
+    /// holds; driver errors.
+    pub fn new(cuda: &Cuda, p: &AttnProblem) -> Result<Self> {
+        let dims = da::attn_dims(p.d(), p.dv()).map_err(unsupported)?;
+        let first = if p.n() > 0 { p.seq(0).start } else { 0 };
+        let b: Vec<i64> = std::iter::once(first).chain((0..p.n()).map(|n| p.seq(n).end)).map(|r| r as i64).collect();
+        let (ts, tq) = da::query_tiles(p);
+        let (ks, kk) = da::key_tiles(p);
+        if ts.len().max(ks.len()) > da::MAX_GRID_YZ {
+            return Err(unsupported(format!("attention: {} tiles exceed the grid's y limit", ts.len().max(ks.len()))));
+        }
+        let up = |x: Vec<i32>, what: &str| -> Result<CudaSlice<i32>> { cuda.upload(if x.is_empty() { &[0] } else { &x[..] }, what) };
+        Ok(Self {
+            bounds: cuda.upload(&b, "attn sequence bounds")?,
+            n_tiles: ts.len(),
+            n_key_tiles: ks.len(),
+            tile_seq: up(ts, "attn query tiles")?,
+            tile_q0: up(tq, "attn query tile starts")?,
+            key_seq: up(ks, "attn key tiles")?,
+            key_k0: up(kk, "attn key tile starts")?,
+            dims,
+            problem: p.clone(),
+        })
+    }
+}
+
+/// Inputs of an attention launch, on the device, bf16 (layouts of [`gla_core::AttnInputs`]).
+#[derive(Debug, Clone, Copy)]
+pub struct AttnDevInputs<'a> {
+    /// `[B,T,H,D]`
+    pub q: &'a CudaSlice<u16>,
+    /// `[B,T,H_KV,D]`
+    pub k: &'a CudaSlice<u16>,
+    /// `[B,T,H_KV,DV]`
+    pub v: &'a CudaSlice<u16>,
+}
+
+fn check_inputs(op: &'static str, p: &AttnProblem, x: &AttnDevInputs<'_>) -> Result<()> {
+    check_len(op, "q", p.q_len(), x.q.len())?;
+    check_len(op, "k", p.k_len(), x.k.len())?;
+    check_len(op, "v", p.v_len(), x.v.len())
+}
+
+/// The scalar arguments every launch shares: (H, H_KV, D, DV, causal, window (0: none), scale *
+/// log2(e), scale).
+fn scalars(p: &AttnProblem) -> (i32, i32, i32, i32, i32, i32, f32, f32) {
+    let w = p.window().map_or(0, |w| w.min(i32::MAX as usize) as i32);
+    (p.h() as i32, p.h_kv() as i32, p.d() as i32, p.dv() as i32, i32::from(p.causal()), w, (p.scale() * L2E) as f32, p.scale() as f32)
+}
+
+/// The forward (`attn_fwd_*`): `o [B,T,H,DV]` bf16 and `lse [B,T,H]` f32 (natural log) of every
+/// row of a sequence (rows past the last sequence are not written).
+///
+/// # Errors
+/// [`Error::Op`] for wrong lengths; launch or compile errors.
+pub fn attn_fwd(cuda: &Cuda, dp: &DevAttnProblem, x: &AttnDevInputs<'_>, o: &mut CudaSlice<u16>, lse: &mut CudaSlice<f32>) -> Result<()> {
+    let op = "attn_fwd";
+    let p = &dp.problem;
+    check_inputs(op, p, x)?;
+    check_len(op, "o", p.o_len(), o.len())?;
+    check_len(op, "lse", p.lse_len(), lse.len())?;
+    if dp.n_tiles == 0 {
+        return Ok(());
+    }
+    let (h, hk, d, dv, causal, w, sl2, _) = scalars(p);
+    let cfg = da::fwd_cfg(p.h(), dp.n_tiles, da::fwd_smem(dp.dims));
+    // SAFETY: the arguments match attn_fwd_*'s signature; every length was checked against the
+    // problem, the tile tables hold n_tiles entries of the problem's sequences
+    unsafe {
+        cuda.launch(
+            &da::kernel("fwd", dp.dims),
+            cfg,
+            &[x.q, x.k, x.v, o, lse, &dp.bounds, &dp.tile_seq, &dp.tile_q0, &h, &hk, &d, &dv, &causal, &w, &sl2],
+        )
+    }
+}
+
+/// Gradients of an attention backward, bf16 on the device.
+#[derive(Debug)]
+pub struct AttnDevGrads {
+    /// `[B,T,H,D]`
+    pub dq: CudaSlice<u16>,
+    /// `[B,T,H_KV,D]`, summed over each group's query heads.
+    pub dk: CudaSlice<u16>,
+    /// `[B,T,H_KV,DV]`, summed over each group's query heads.
+    pub dv: CudaSlice<u16>,
+}
+
+impl AttnDevGrads {
+    /// Zeroed gradient buffers for `p` (rows past the last sequence stay 0).
+    ///
+    /// # Errors
+    /// Driver errors.
+    pub fn alloc(cuda: &Cuda, p: &AttnProblem) -> Result<Self> {
+        Ok(Self {
+            dq: cuda.alloc_zeros(p.q_len().max(1), "attn dq")?,
+            dk: cuda.alloc_zeros(p.k_len().max(1), "attn dk")?,
+            dv: cuda.alloc_zeros(p.v_len().max(1), "attn dv")?,
+        })
+    }
+}
+
+/// The backward over caller-held buffers: `attn_bwd_pre` (`delta [B,T,H]` f32 = rowsum(dO * O),
+/// the workspace), `attn_bwd_dkv_*` (dk, dv: per key tile, over the group's heads in order, no
+/// atomics), `attn_bwd_dq_*` (dq). `o` and `lse` are the forward's. Deterministic.
+///
+/// # Errors
+/// [`Error::Op`] for wrong lengths (the gradients must hold at least the problem's elements);
+/// launch or compile errors.
+#[allow(clippy::too_many_arguments)]
+pub fn attn_bwd_ws(
+    cuda: &Cuda,
+    dp: &DevAttnProblem,
+    x: &AttnDevInputs<'_>,
+    o: &CudaSlice<u16>,
+    lse: &CudaSlice<f32>,
+    d_o: &CudaSlice<u16>,
+    delta: &mut CudaSlice<f32>,
+    g: &mut AttnDevGrads,
+) -> Result<()> {
+    let op = "attn_bwd";
+    let p = &dp.problem;
+    check_inputs(op, p, x)?;
+    check_len(op, "o", p.o_len(), o.len())?;
+    check_len(op, "do", p.o_len(), d_o.len())?;
+    check_len(op, "lse", p.lse_len(), lse.len())?;
+    check_len(op, "delta", p.lse_len(), delta.len())?;
+    check_len(op, "dq", p.q_len().max(1), g.dq.len())?;
+    check_len(op, "dk", p.k_len().max(1), g.dk.len())?;
+    check_len(op, "dv", p.v_len().max(1), g.dv.len())?;
+    if dp.n_tiles == 0 {
+        return Ok(());
+    }
+    let (h, hk, d, dv, causal, w, sl2, scale) = scalars(p);
+    let nrh = p.lse_len() as i64;
+    // SAFETY: each launch's arguments match its kernel's signature; every length was checked
+    // against the problem; delta is written by attn_bwd_pre before the two readers (one stream)
+    unsafe {
+        cuda.launch("attn_bwd_pre", da::pre_cfg(p.lse_len()), &[o, d_o, &*delta, &nrh, &dv])?;
+        cuda.launch(
+            &da::kernel("bwd_dkv", dp.dims),
+            da::dkv_cfg(p.h_kv(), dp.n_key_tiles, da::dkv_smem(dp.dims)),
+            &[
+                x.q, x.k, x.v, d_o, lse, &*delta, &g.dk, &g.dv, &dp.bounds, &dp.key_seq, &dp.key_k0, &h, &hk, &d, &dv, &causal, &w, &sl2,
+                &scale,
+            ],
+        )?;
+        cuda.launch(
+            &da::kernel("bwd_dq", dp.dims),
+            da::fwd_cfg(p.h(), dp.n_tiles, da::dq_smem(dp.dims)),
+            &[
+                x.q, x.k, x.v, d_o, lse, &*delta, &g.dq, &dp.bounds, &dp.tile_seq, &dp.tile_q0, &h, &hk, &d, &dv, &causal, &w, &sl2, &scale,
+            ],
+        )
+    }
+}
+
+/// [`attn_bwd_ws`] with its workspace and gradients allocated.
+///
+/// # Errors
+/// As [`attn_bwd_ws`].
+pub fn attn_bwd(
+    cuda: &Cuda,
+    dp: &DevAttnProblem,
+    x: &AttnDevInputs<'_>,
+    o: &CudaSlice<u16>,
+    lse: &CudaSlice<f32>,
+    d_o: &CudaSlice<u16>,
+) -> Result<AttnDevGrads> {
+    let p = &dp.problem;
+    let mut g = AttnDevGrads::alloc(cuda, p)?;
+    let mut delta = cuda.alloc_zeros::<f32>(p.lse_len(), "attn delta")?;
+    attn_bwd_ws(cuda, dp, x, o, lse, d_o, &mut delta, &mut g)?;
+    Ok(g)
+}
+
+/// A KV cache on the device for the decode step (the contract is [`AttnCacheLayout`]) with the
+/// step's split workspace: `k [N,S,H_KV,D]`, `v [N,S,H_KV,DV]` bf16, zeroed at creation, and the
+/// per-split partial outputs. A step allocates nothing. One cache serves one stream's steps in
+/// order.
+#[derive(Debug)]
+pub struct AttnKvCache {
+    layout: AttnCacheLayout,
+    dims: (usize, usize),
+    /// `[N,S,H_KV,D]` bf16.
+    pub k: CudaSlice<u16>,
+    /// `[N,S,H_KV,DV]` bf16.
+    pub v: CudaSlice<u16>,
+    po: CudaSlice<f32>,
+    pl: CudaSlice<f32>,
+    splits: usize,
+    chunk: usize,
+}
+
+impl AttnKvCache {
+    /// An empty cache of `layout` on `cuda`, split for its SM count ([`da::decode_split`]).
+    ///
+    /// # Errors
+    /// [`Error::Op`] (`Unsupported`) for head dims no kernel runs, a group of query heads above
+    /// [`da::DECODE_MAX_GROUP`], or more sequences than a grid holds; driver errors.
+    pub fn new(cuda: &Cuda, layout: AttnCacheLayout) -> Result<Self> {
+        let dims = da::attn_dims(layout.d, layout.dv).map_err(unsupported)?;
+        let group = layout.h / layout.h_kv;
+        if group > da::DECODE_MAX_GROUP || layout.h % layout.h_kv != 0 {
+            return Err(unsupported(format!(
+                "attention decode: H / H_KV = {} / {} (the kernel holds at most {} query heads per kv head)",
+                layout.h,
+                layout.h_kv,
+                da::DECODE_MAX_GROUP
+            )));
+        }
+        if layout.n > da::MAX_GRID_YZ || layout.h_kv > da::MAX_GRID_YZ || layout.slots > i32::MAX as usize {
+            return Err(unsupported(format!("attention decode: N = {}, H_KV = {}, S = {} exceed the grid", layout.n, layout.h_kv, layout.slots)));
+        }
+        let (splits, chunk) = da::decode_split(layout.n, layout.h_kv, layout.slots, cuda.sm_count());
+        let nh = layout.n * layout.h;
+        Ok(Self {
+            layout,
+            dims,
+            k: cuda.alloc_zeros(layout.k_len(), "attn k cache")?,
+            v: cuda.alloc_zeros(layout.v_len(), "attn v cache")?,
+            po: cuda.alloc_zeros(nh * splits * layout.dv, "attn decode partial o")?,
+            pl: cuda.alloc_zeros(nh * splits, "attn decode partial lse")?,
+            splits,
+            chunk,
+        })
+    }
+    /// The layout.
+    pub fn layout(&self) -> &AttnCacheLayout {
+        &self.layout
+    }
+    /// The decode split: (splits per sequence, slots per split).
+    pub fn split(&self) -> (usize, usize) {
+        (self.splits, self.chunk)
+    }
+
+    /// Writes the current token's `k_new [N,H_KV,D]`, `v_new [N,H_KV,DV]` at slot `(len - 1) % S`
+    /// of every sequence with `lens[n] > 0` (`attn_append`).
+    ///
+    /// # Errors
+    /// [`Error::Op`] for wrong lengths; launch or compile errors.
+    pub fn append(&mut self, cuda: &Cuda, lens: &CudaSlice<i32>, k_new: &CudaSlice<u16>, v_new: &CudaSlice<u16>) -> Result<()> {
+        let op = "attn_append";
+        let l = &self.layout;
+        check_len(op, "lens", l.n, lens.len())?;
+        check_len(op, "k", l.n * l.h_kv * l.d, k_new.len())?;
+        check_len(op, "v", l.n * l.h_kv * l.dv, v_new.len())?;
+        let (n, s, hk, d, dv) = (l.n as i32, l.slots as i32, l.h_kv as i32, l.d as i32, l.dv as i32);
+        // SAFETY: the arguments match attn_append's signature; the cache holds N*S*H_KV*(D, DV)
+        // elements (allocated from the layout), the new rows' lengths were checked
+        unsafe {
+            cuda.launch("attn_append", da::flat_cfg(l.n * l.h_kv * (l.d + l.dv)), &[k_new, v_new, &self.k, &self.v, lens, &n, &s, &hk, &d, &dv])
+        }
+    }
+
+    /// Attention of `q [N,H,D]` over the tokens the cache holds (`min(lens[n], S)` per sequence):
+    /// `o [N,H,DV]` bf16, `lse [N,H]` f32; idle sequences (`lens[n] == 0`) get `o = 0`,
+    /// `lse = -inf` (`attn_decode_*`, then `attn_decode_combine`).
+    ///
+    /// # Errors
+    /// [`Error::Op`] for wrong lengths; launch or compile errors.
+    pub fn attend(&mut self, cuda: &Cuda, lens: &CudaSlice<i32>, q: &CudaSlice<u16>, o: &mut CudaSlice<u16>, lse: &mut CudaSlice<f32>) -> Result<()> {
+        let op = "attn_decode";
+        let l = self.layout;
+        check_len(op, "lens", l.n, lens.len())?;
+        check_len(op, "q", l.n * l.h * l.d, q.len())?;
+        check_len(op, "o", l.n * l.h * l.dv, o.len())?;
+        check_len(op, "lse", l.n * l.h, lse.len())?;
+        let (h, hk, s, chunk, splits, dv) = (l.h as i32, l.h_kv as i32, l.slots as i32, self.chunk as i32, self.splits as i32, l.dv as i32);
+        let sl2 = (l.scale * L2E) as f32;
+        // SAFETY: the arguments match attn_decode_* and attn_decode_combine's signatures; the
+        // cache and the partials were allocated for this layout and split, the rest checked above
+        unsafe {
+            cuda.launch(
+                &da::kernel("decode", self.dims),
+                da::decode_cfg(self.splits, l.h_kv, l.n),
+                &[q, &self.k, &self.v, lens, &self.po, &self.pl, &h, &hk, &s, &chunk, &sl2],
+            )?;
+            cuda.launch("attn_decode_combine", da::combine_cfg(l.n * l.h, l.dv), &[&self.po, &self.pl, o, lse, &splits, &dv])
+        }
+    }
+
+    /// One decode step: [`AttnKvCache::append`] then [`AttnKvCache::attend`].
+    ///
+    /// # Errors
+    /// As those.
+    #[allow(clippy::too_many_arguments)]
+    pub fn step(
+        &mut self,
+        cuda: &Cuda,
+        lens: &CudaSlice<i32>,
+        q: &CudaSlice<u16>,
+        k_new: &CudaSlice<u16>,
+        v_new: &CudaSlice<u16>,
+        o: &mut CudaSlice<u16>,
+        lse: &mut CudaSlice<f32>,
+    ) -> Result<()> {
+        self.append(cuda, lens, k_new, v_new)?;
+        self.attend(cuda, lens, q, o, lse)
+    }
+}
