@@ -37,8 +37,10 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, ValidAsZeroBits};
-use gla_core::backend::{ConvIdx, DeltaDecay, DeltaOps, DeltaStorage, GlaOps, GlaStorage, ParamId, Primitives, Storage, IGNORE_INDEX};
-use gla_core::dims::{DeltaDims, Dims, FeatureMap, GateAct, GlaDims};
+use gla_core::backend::{
+    AttnOps, AttnStorage, ConvIdx, DeltaDecay, DeltaOps, DeltaStorage, GlaOps, GlaStorage, ParamId, Primitives, Storage, IGNORE_INDEX,
+};
+use gla_core::dims::{AttnDims, DeltaDims, Dims, FeatureMap, GateAct, GlaDims};
 use gla_core::params::ParamSpec;
 use gla_core::DeltaProblem;
 use gla_core::{GateKind, Problem, ProblemSpec};
@@ -331,6 +333,11 @@ impl GpuMixer {
 /// take (GLA head dims: [`head_plan`]; delta K above the kernels' [`DELTA_MAX_K`]; a conv wider
 /// than [`MAX_CONV`]).
 pub(crate) fn gpu_mixer(d: &Dims) -> Result<GpuMixer> {
+    if let Some(l) = d.mixers.iter().position(|m| matches!(m, gla_core::dims::MixerDims::Attn(_))) {
+        return Err(unsupported(format!(
+            "a hybrid stack: layer {l} is a softmax-attention layer (fla's `attn` key), which the GPU does not run yet (CPU only)"
+        )));
+    }
     let mixer = if let Some(dm) = d.gla() {
         GpuMixer::Gla(*dm, head_plan(dm)?)
     } else if let Some(dm) = d.delta() {
@@ -340,8 +347,9 @@ pub(crate) fn gpu_mixer(d: &Dims) -> Result<GpuMixer> {
         GpuMixer::Delta(*dm)
     } else {
         return Err(unsupported(
-            "a model whose layers do not all have the same token mixer with the same dims (GLA, or DeltaNet / Gated DeltaNet): \
-             the GPU's batch plans and decode states are built for one layer shape"
+            "a model whose layers do not all have the same token mixer with the same dims (GLA, or DeltaNet / Gated DeltaNet; \
+             a hybrid stack's softmax-attention layers are not run on the GPU yet): the GPU's batch plans and decode states \
+             are built for one layer shape"
                 .into(),
         ));
     };
@@ -562,6 +570,11 @@ impl DeltaStorage for GpuBuf {
     /// Nothing per layer: the delta op's workspace and bf16 inputs are the batch plan's
     /// ([`GpuPlan`]; the backward recomputes what it needs from the layer's saved inputs).
     type DeltaSaved = ();
+}
+
+impl AttnStorage for GpuBuf {
+    /// Nothing yet: the GPU runs no softmax-attention layer ([`AttnOps`] for [`Gpu`]).
+    type AttnSaved = ();
 }
 
 /// The language model's ops on one GPU over its device weights: f32 masters at `moff` (all of
@@ -1296,6 +1309,69 @@ impl GlaOps for Gpu {
 /// per sequence; DeltaNet's sum norm on `kernels/nn/elementwise.cu`. The CPU backend
 /// (gla-model's `cpu.rs`) is the reference.
 #[allow(clippy::too_many_arguments)]
+/// The GPU's softmax-attention layer is not wired yet: every method is a typed
+/// [`gla_core::Error::Unsupported`] (and [`gpu_mixer`] refuses a model with attention layers
+/// before any of them is reached).
+fn attn_unsupported<T>() -> Result<T> {
+    Err(unsupported("softmax-attention layers (a hybrid stack's `attn` layers) on the GPU".into()))
+}
+
+impl AttnOps for Gpu {
+    fn alloc_attn_grads(&self, _md: &AttnDims, _n: usize) -> Result<[CudaSlice<f32>; 3]> {
+        attn_unsupported()
+    }
+    fn alloc_attn_saved(&self, _md: &AttnDims, _n: usize) -> Result<()> {
+        attn_unsupported()
+    }
+    fn bias_fwd(&self, _y: &mut CudaSlice<u16>, _bias: ParamId, _n: usize) -> Result<()> {
+        attn_unsupported()
+    }
+    fn bias_bwd(&self, _plan: &GpuPlan, _g: &mut Self::Grads, _bias: ParamId, _dy: &CudaSlice<f32>, _n: usize) -> Result<()> {
+        attn_unsupported()
+    }
+    fn rope_fwd(
+        &self,
+        _md: &AttnDims,
+        _plan: &GpuPlan,
+        _y: &mut CudaSlice<u16>,
+        _x: &CudaSlice<u16>,
+        _heads: usize,
+        _io: Option<&Self::Io<'_>>,
+    ) -> Result<()> {
+        attn_unsupported()
+    }
+    fn rope_bwd(&self, _md: &AttnDims, _plan: &GpuPlan, _d: &mut CudaSlice<f32>, _heads: usize) -> Result<()> {
+        attn_unsupported()
+    }
+    fn attn_fwd(
+        &self,
+        _md: &AttnDims,
+        _plan: &GpuPlan,
+        _saved: &mut (),
+        _o: &mut CudaSlice<u16>,
+        _q: &CudaSlice<u16>,
+        _k: &CudaSlice<u16>,
+        _v: &CudaSlice<u16>,
+        _io: Option<(&mut Self::Io<'_>, usize)>,
+    ) -> Result<()> {
+        attn_unsupported()
+    }
+    fn attn_bwd(
+        &self,
+        _md: &AttnDims,
+        _plan: &GpuPlan,
+        _saved: &(),
+        _q: &CudaSlice<u16>,
+        _k: &CudaSlice<u16>,
+        _v: &CudaSlice<u16>,
+        _o: &CudaSlice<u16>,
+        _d_o: &CudaSlice<u16>,
+        _grads: [&mut CudaSlice<f32>; 3],
+    ) -> Result<()> {
+        attn_unsupported()
+    }
+}
+
 impl DeltaOps for Gpu {
     fn alloc_delta_grads(&self, md: &DeltaDims, n: usize) -> Result<[CudaSlice<f32>; 5]> {
         let dm = self.layer_delta(md)?;
@@ -1458,6 +1534,9 @@ mod tests {
 
     #[test]
     fn delta_models_take_one_mixer_with_their_state_sizes() {
+        let attn = gla_core::dims::AttnDims { heads: 2, kv_heads: 2, head_dim: 8, qkv_bias: false, window: None, rope_theta: 1e4 };
+        let hybrid = gpu_mixer(&dims(vec![MixerDims::Delta(delta(16, 4)), MixerDims::Attn(attn)])).err().map(|e| e.to_string());
+        assert!(hybrid.is_some_and(|e| e.contains("layer 1 is a softmax-attention layer")));
         let m = gpu_mixer(&dims(vec![MixerDims::Delta(delta(16, 4)); 2])).expect("a delta model runs");
         assert_eq!(m, GpuMixer::Delta(delta(16, 4)));
         // [HV, K, V] and the q, k, v conv caches [C, W]
