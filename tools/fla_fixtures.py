@@ -38,6 +38,31 @@ that the four weigh well under 1 MB; ids [2, 100] of vocab 128, logits [2, 100, 
     gated_deltanet_gva  Gated DeltaNet, num_v_heads 4 over 2 heads (grouped value heads),
                         allow_neg_eigval, output_gate_activation sigmoid, tied embeddings
 
+Hybrid variants (fla's `attn` config key: fla's softmax `Attention` layer, fla/layers/attn.py, at
+the listed layers, the family's own mixer elsewhere; hidden_size 32, vocab 128, intermediate_size 16
+as the delta-rule variants):
+
+    hybrid_gla  GLA, 3 layers, short conv, attn = {layers: [1], num_heads: 4, qkv_bias: True}
+                (head_dim 8, fla's rope_theta 10000, full causal attention)
+    hybrid_gdn  Gated DeltaNet, 4 layers, head_dim 16, attn = {layers: [1, 3], num_heads: 4,
+                num_kv_heads: 2 (GQA), window_size: 16 (< the 100-token rows and < the 20-token
+                prompt, so both the training forward and the decode's ring buffer are windowed),
+                rope_theta: 1000.0}
+
+  The attention kernel: fla's layer calls flash_attn's `flash_attn_func` /
+  `flash_attn_varlen_func`, which take only fp16/bf16 (and need the flash-attn package). The
+  script replaces both names in fla.layers.attn's namespace (a monkey-patch, before the model is
+  built: Attention.__init__ checks `flash_attn_func`) by float32 PyTorch functions of the same
+  math (`flash_attn_f32`, `flash_attn_varlen_f32` below): explicit softmax of `q k^T / sqrt(D)`
+  with flash_attn's causal mask aligned bottom-right (query i of Tq sees key j of Tk when
+  j <= i + Tk - Tq) and its window (left, 0) (j >= i + Tk - Tq - left), GQA by repeating each kv
+  head over its H / H_KV consecutive query heads. Everything else (projections, biases, fla's
+  Triton RoPE kernel, its KV cache with the window truncation, the rest of the model) is fla's.
+  Deviations for the attention layers: after fla's init, q_proj/k_proj weights are drawn from
+  N(0, 1/hidden_size) so that the scores are O(1) (fla's 0.02 init leaves the softmax nearly
+  uniform, blind to a wrong RoPE or mask), and the qkv biases (zero-initialised by fla) from
+  0.1 N(0, 1).
+
 Which fla code makes which number (fla 0.6.0 on the H200):
   * DeltaNet: fla refuses float32 in its chunked kernels (ChunkDeltaRuleFunction asserts), so the
     config sets attn_mode='fused_recurrent': fla's layer then runs fused_recurrent_delta_rule for
@@ -97,6 +122,10 @@ What it needs, on the GPU machine:
 Run (after `pip install --no-index --no-deps --target /tmp/site .whl/*.whl` of fla 0.6.0):
 
     PYTHONPATH=/tmp/site python tools/fla_fixtures.py $OUT/fla_fixtures
+
+or only some variants (e.g. the hybrids):
+
+    PYTHONPATH=/tmp/site python tools/fla_fixtures.py $OUT/fla_fixtures --only hybrid_gla,hybrid_gdn
 
 then copy <out>/<variant>/ to crates/gla-model/tests/fixtures/fla/<variant>/.
 
@@ -172,7 +201,14 @@ VARIANTS = {
     "gated_deltanet_gva": dict(family="gated_deltanet", seed=3202, attn_mode="fused_recurrent", head_dim=16,
                                expand_v=1.0, num_v_heads=4,
                                allow_neg_eigval=True, output_gate_activation="sigmoid", tie_word_embeddings=True),
+    "hybrid_gla": dict(family="gla", base=DELTA_BASE, seed=4101, num_hidden_layers=3, use_short_conv=True, conv_size=4,
+                       attn=dict(layers=[1], num_heads=4, qkv_bias=True)),
+    "hybrid_gdn": dict(family="gated_deltanet", seed=4202, attn_mode="fused_recurrent", num_hidden_layers=4, head_dim=16,
+                       expand_v=1.0, attn=dict(layers=[1, 3], num_heads=4, num_kv_heads=2, window_size=16,
+                                               rope_theta=1000.0)),
 }
+# keys of a variant that are the script's, not the config's
+SCRIPT_KEYS = ("seed", "family", "base")
 
 
 def die(msg):
@@ -295,6 +331,73 @@ def perturb(torch, model, gen):
                 p.copy_(1 + 0.2 * torch.randn(p.shape, generator=gen))
             elif name.endswith("gk_proj.1.bias"):
                 p.copy_(torch.randn(p.shape, generator=gen))
+            elif is_softmax_attn(model, name) and name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[1] ** 0.5)
+            elif is_softmax_attn(model, name) and name.endswith("_proj.bias"):
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+
+
+def is_softmax_attn(model, name):
+    """Whether parameter `name` (`...attn.q_proj.weight`) belongs to one of fla's softmax
+    `Attention` layers."""
+    from fla.layers.attn import Attention
+
+    parts = name.split(".")
+    return len(parts) > 2 and isinstance(model.get_submodule(".".join(parts[:-2])), Attention)
+
+
+def flash_attn_f32(q, k, v, dropout_p=0.0, softmax_scale=None, causal=False, window_size=(-1, -1), **kw):
+    """flash_attn_func's math in float32 PyTorch (see the docstring): q [B, Tq, H, D],
+    k, v [B, Tk, H_KV, D]; causal and the window aligned bottom-right as flash_attn does."""
+    import torch
+
+    if dropout_p:
+        die("flash_attn_f32: dropout is not reproduced")
+    if kw.get("softcap", 0.0) or kw.get("alibi_slopes") is not None:
+        die(f"flash_attn_f32: unsupported options {kw}")
+    dtype = q.dtype
+    q, k, v = q.float(), k.float(), v.float()
+    tq, tk, h, hk = q.shape[1], k.shape[1], q.shape[2], k.shape[2]
+    if h % hk:
+        die(f"flash_attn_f32: {h} query heads over {hk} kv heads")
+    if h != hk:
+        k, v = k.repeat_interleave(h // hk, dim=2), v.repeat_interleave(h // hk, dim=2)
+    scale = q.shape[-1] ** -0.5 if softmax_scale is None else softmax_scale
+    s = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    i = torch.arange(tq, device=q.device)[:, None] + (tk - tq)
+    j = torch.arange(tk, device=q.device)[None, :]
+    left, right = window_size
+    allowed = torch.ones(tq, tk, dtype=torch.bool, device=q.device)
+    if causal:
+        allowed &= j <= i
+    if left >= 0:
+        allowed &= j >= i - left
+    if right >= 0 and not causal:
+        allowed &= j <= i + right
+    s = s.masked_fill(~allowed, float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    return torch.einsum("bhqk,bkhd->bqhd", p, v).to(dtype)
+
+
+def flash_attn_varlen_f32(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q=None, max_seqlen_k=None, dropout_p=0.0,
+                          softmax_scale=None, causal=False, window_size=(-1, -1), **kw):
+    """flash_attn_varlen_func over packed rows: flash_attn_f32 per sequence."""
+    import torch
+
+    outs = []
+    cq, ck = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+    for n in range(len(cq) - 1):
+        qs, ks, vs = q[cq[n]:cq[n + 1]], k[ck[n]:ck[n + 1]], v[ck[n]:ck[n + 1]]
+        outs.append(flash_attn_f32(qs[None], ks[None], vs[None], dropout_p, softmax_scale, causal, window_size, **kw)[0])
+    return torch.cat(outs, dim=0)
+
+
+def patch_flash_attn():
+    """Replaces flash_attn's two functions in fla's attention layer by the float32 ones."""
+    import fla.layers.attn as attn_layer
+
+    attn_layer.flash_attn_func = flash_attn_f32
+    attn_layer.flash_attn_varlen_func = flash_attn_varlen_f32
 
 
 def save_model(model, out_dir):
@@ -341,8 +444,10 @@ def greedy_hf(torch, model, prompt):
 
 
 def build(torch, Config, Model, spec, init_range):
-    opts = {k: v for k, v in spec.items() if k not in ("seed", "family")}
-    config = Config(**FAMILIES[spec["family"]][0], **opts, initializer_range=init_range)
+    opts = {k: v for k, v in spec.items() if k not in SCRIPT_KEYS}
+    base = dict(spec.get("base", FAMILIES[spec["family"]][0]))
+    base.update(opts)
+    config = Config(**base, initializer_range=init_range)
     torch.manual_seed(spec["seed"])
     model = Model(config).to(dtype=torch.float32)
     gen = torch.Generator().manual_seed(spec["seed"] + 1)
@@ -532,7 +637,7 @@ def run_variant(torch, safetensors_torch, name, spec, out_dir):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("out", help="output directory; one subdirectory per variant is written")
-    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma list of {list(VARIANTS)}")
+    ap.add_argument("--variants", "--only", default=",".join(VARIANTS), help=f"comma list of {list(VARIANTS)}")
     args = ap.parse_args()
     names = [v for v in args.variants.split(",") if v]
     for v in names:
@@ -543,6 +648,7 @@ def main():
     torch, transformers, triton, fla = import_stack()
     import safetensors.torch as safetensors_torch
     tuning = limit_autotuning()
+    patch_flash_attn()
 
     knob = getattr(getattr(getattr(triton, "knobs", None), "language", None), "fp32_default", "n/a")
     print(f"fla {fla.__version__}, torch {torch.__version__}, triton {triton.__version__} "

@@ -121,6 +121,13 @@ fn flops_per_token(model: &GlaModel, t: usize) -> Result<f64> {
                 })?
             }
             .chunk_flops(),
+            MixerDims::Attn(a) => {
+                // per sequence of t: the score and value products over the allowed keys (causal,
+                // at most the window), 2 flops a multiply-add; the backward about 2.5 times that
+                let keys: f64 = (0..t).map(|i| a.window.map_or(i + 1, |w| (i + 1).min(w)) as f64).sum();
+                let fwd = 4.0 * keys * (a.heads * a.head_dim) as f64;
+                (fwd, 2.5 * fwd)
+            }
         };
         mixer += f + b;
     }

@@ -1,6 +1,6 @@
 //! The derived dims of a language model of the family (what a backend sizes its buffers and
 //! launches from): the model's own ([`Dims`]) and, per layer, its token mixer's ([`MixerDims`]:
-//! [`GlaDims`], [`DeltaDims`]); and fla's elementwise feature maps. Contracts shared by the
+//! [`GlaDims`], [`DeltaDims`], [`AttnDims`]); and fla's elementwise feature maps. Contracts shared by the
 //! model crate and every device crate.
 
 /// Everything the language model needs, derived from a validated config (fla's layer
@@ -37,6 +37,69 @@ pub enum MixerDims {
     Gla(GlaDims),
     /// fla's `DeltaNet` or `GatedDeltaNet` ([`DeltaDims`]).
     Delta(DeltaDims),
+    /// fla's softmax `Attention` (fla/layers/attn.py), a hybrid stack's layer named in the
+    /// config's `attn` key ([`AttnDims`]).
+    Attn(AttnDims),
+}
+
+/// The softmax-attention layer's dims (fla's `Attention`, built by fla's `get_attention` from
+/// one spec of the config's `attn` key): `q_proj [H*Dh, D]`, `k_proj`/`v_proj [H_KV*Dh, D]`
+/// (with biases when `qkv_bias`), `o_proj [D, H*Dh]`, RoPE over the whole head (GPT-NeoX
+/// halves, fla's `RotaryEmbedding(dim=head_dim, interleaved=False)`), causal softmax attention
+/// with GQA and an optional sliding window (the op: [`crate::attn`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttnDims {
+    /// Query heads H.
+    pub heads: usize,
+    /// Key/value heads H_KV (GQA: H is a multiple of it).
+    pub kv_heads: usize,
+    /// Per-head dim Dh = hidden_size / H (fla's `head_dim`), even (RoPE rotates pairs).
+    pub head_dim: usize,
+    /// Biases on q_proj, k_proj, v_proj (fla's `qkv_bias`).
+    pub qkv_bias: bool,
+    /// Sliding window w: query i attends keys `i - w < s <= i` (fla's `window_size`, passed to
+    /// flash_attn as `(w - 1, 0)`); `None`: full causal attention.
+    pub window: Option<usize>,
+    /// RoPE base (fla's `rope_theta`).
+    pub rope_theta: f64,
+}
+
+impl AttnDims {
+    /// Width of q (and of o): H * Dh.
+    pub fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Width of k and of v: H_KV * Dh (fla's `kv_dim`).
+    pub fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+
+    /// The attention op's spec of this layer for `b` rows of `t` tokens (`cu_seqlens`: packed
+    /// varlen offsets): causal, its heads, head dims, window, scale `Dh^-1/2`. Every backend
+    /// builds its problems from it, so that they agree.
+    pub fn op_spec(&self, b: usize, t: usize, cu_seqlens: Option<Vec<usize>>) -> crate::AttnSpec {
+        crate::AttnSpec {
+            b,
+            t,
+            h: self.heads,
+            h_kv: self.kv_heads,
+            d: self.head_dim,
+            dv: self.head_dim,
+            causal: true,
+            window: self.window,
+            scale: None,
+            cu_seqlens,
+        }
+    }
+
+    /// RoPE's inverse frequencies `1 / theta^(2i / Dh)`, `i < Dh / 2`, in f32 as fla's
+    /// `RotaryEmbedding._compute_inv_freq` makes them (`arange(0, Dh, 2) / Dh` and the power
+    /// in f32).
+    pub fn rope_inv_freq(&self) -> Vec<f32> {
+        let (theta, d) = (self.rope_theta as f32, self.head_dim as f32);
+        (0..self.head_dim / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / d)).collect()
+    }
 }
 
 /// The GLA layer's dims (fla's `GatedLinearAttention`).

@@ -37,8 +37,10 @@ use std::sync::{Arc, Mutex};
 
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, ValidAsZeroBits};
-use gla_core::backend::{ConvIdx, DeltaDecay, DeltaOps, DeltaStorage, GlaOps, GlaStorage, ParamId, Primitives, Storage, IGNORE_INDEX};
-use gla_core::dims::{DeltaDims, Dims, FeatureMap, GateAct, GlaDims, MixerDims};
+use gla_core::backend::{
+    AttnOps, AttnStorage, ConvIdx, DeltaDecay, DeltaOps, DeltaStorage, GlaOps, GlaStorage, ParamId, Primitives, Storage, IGNORE_INDEX,
+};
+use gla_core::dims::{AttnDims, DeltaDims, Dims, FeatureMap, GateAct, GlaDims, MixerDims};
 use gla_core::params::ParamSpec;
 use gla_core::DeltaProblem;
 use gla_core::{GateKind, Problem, ProblemSpec};
@@ -358,6 +360,11 @@ pub(crate) fn gpu_mixers(d: &Dims) -> Result<(Vec<GpuMixer>, Vec<usize>)> {
                 }
                 GpuMixer::Delta(*dm)
             }
+            MixerDims::Attn(_) => {
+                return Err(unsupported(
+                    "a hybrid stack's softmax-attention layers (fla's `attn` key) on the GPU (CPU only for now)".into(),
+                ))
+            }
         };
         if mixer.conv() > MAX_CONV {
             // conv_bwd_dw and conv_cache_update keep at most MAX_CONV taps per thread
@@ -588,6 +595,11 @@ impl DeltaStorage for GpuBuf {
     /// Nothing per layer: the delta op's workspace and bf16 inputs are the batch plan's
     /// ([`GpuPlan`]; the backward recomputes what it needs from the layer's saved inputs).
     type DeltaSaved = ();
+}
+
+impl AttnStorage for GpuBuf {
+    /// Nothing yet: the GPU runs no softmax-attention layer ([`AttnOps`] for [`Gpu`]).
+    type AttnSaved = ();
 }
 
 /// The language model's ops on one GPU over its device weights: f32 masters at `moff` (all of
@@ -1346,6 +1358,69 @@ impl GlaOps for Gpu {
 /// per sequence; DeltaNet's sum norm on `kernels/nn/elementwise.cu`. The CPU backend
 /// (gla-model's `cpu.rs`) is the reference.
 #[allow(clippy::too_many_arguments)]
+/// The GPU's softmax-attention layer is not wired yet: every method is a typed
+/// [`gla_core::Error::Unsupported`] (and [`gpu_mixer`] refuses a model with attention layers
+/// before any of them is reached).
+fn attn_unsupported<T>() -> Result<T> {
+    Err(unsupported("softmax-attention layers (a hybrid stack's `attn` layers) on the GPU".into()))
+}
+
+impl AttnOps for Gpu {
+    fn alloc_attn_grads(&self, _md: &AttnDims, _n: usize) -> Result<[CudaSlice<f32>; 3]> {
+        attn_unsupported()
+    }
+    fn alloc_attn_saved(&self, _md: &AttnDims, _n: usize) -> Result<()> {
+        attn_unsupported()
+    }
+    fn bias_fwd(&self, _y: &mut CudaSlice<u16>, _bias: ParamId, _n: usize) -> Result<()> {
+        attn_unsupported()
+    }
+    fn bias_bwd(&self, _plan: &GpuPlan, _g: &mut Self::Grads, _bias: ParamId, _dy: &CudaSlice<f32>, _n: usize) -> Result<()> {
+        attn_unsupported()
+    }
+    fn rope_fwd(
+        &self,
+        _md: &AttnDims,
+        _plan: &GpuPlan,
+        _y: &mut CudaSlice<u16>,
+        _x: &CudaSlice<u16>,
+        _heads: usize,
+        _io: Option<&Self::Io<'_>>,
+    ) -> Result<()> {
+        attn_unsupported()
+    }
+    fn rope_bwd(&self, _md: &AttnDims, _plan: &GpuPlan, _d: &mut CudaSlice<f32>, _heads: usize) -> Result<()> {
+        attn_unsupported()
+    }
+    fn attn_fwd(
+        &self,
+        _md: &AttnDims,
+        _plan: &GpuPlan,
+        _saved: &mut (),
+        _o: &mut CudaSlice<u16>,
+        _q: &CudaSlice<u16>,
+        _k: &CudaSlice<u16>,
+        _v: &CudaSlice<u16>,
+        _io: Option<(&mut Self::Io<'_>, usize)>,
+    ) -> Result<()> {
+        attn_unsupported()
+    }
+    fn attn_bwd(
+        &self,
+        _md: &AttnDims,
+        _plan: &GpuPlan,
+        _saved: &(),
+        _q: &CudaSlice<u16>,
+        _k: &CudaSlice<u16>,
+        _v: &CudaSlice<u16>,
+        _o: &CudaSlice<u16>,
+        _d_o: &CudaSlice<u16>,
+        _grads: [&mut CudaSlice<f32>; 3],
+    ) -> Result<()> {
+        attn_unsupported()
+    }
+}
+
 impl DeltaOps for Gpu {
     fn alloc_delta_grads(&self, md: &DeltaDims, n: usize) -> Result<[CudaSlice<f32>; 5]> {
         let dm = self.layer_delta(md)?;

@@ -5,10 +5,18 @@
 //! Every key of fla's config is accepted with fla's default. Keys fla itself ignores (`use_gk`,
 //! `use_gv`, `max_position_embeddings`, `use_cache`, the `fuse_*` kernel switches, which do not
 //! change the math) are kept and written back unchanged. Features this crate does not build yet
-//! (hybrid softmax-attention layers `attn`, a `feature_map` outside [`FeatureMap::NAMES`], `use_l2warp`, Attention-Residuals,
-//! `elementwise_affine = false`, `attn_mode = "fused_chunk"`) are refused by [`GlaConfig::dims`]
-//! with [`Error::Unsupported`], never silently ignored. Unknown keys (Hugging Face adds
-//! `architectures`, `transformers_version`, ...) are kept in [`GlaConfig::extra`].
+//! (a `feature_map` outside [`FeatureMap::NAMES`], `use_l2warp`, Attention-Residuals,
+//! `elementwise_affine = false`, `attn_mode = "fused_chunk"`, an `attn` spec's `qk_norm`) are
+//! refused by [`GlaConfig::dims`] with [`Error::Unsupported`], never silently ignored. Unknown
+//! keys (Hugging Face adds `architectures`, `transformers_version`, ...) are kept in
+//! [`GlaConfig::extra`].
+//!
+//! Hybrid stacks: every family takes fla's `attn` key (fla/models/configuration_utils.py,
+//! `parse_attention_config`): null, one spec or a list of specs, each
+//! `{layers, num_heads, num_kv_heads = num_heads, qkv_bias = false, window_size = null,
+//! rope_theta = 10000.0}`; the listed layers get fla's softmax `Attention` ([`AttnDims`] in
+//! [`Dims::mixers`]), the others the family's own mixer. It is validated with fla's rules
+//! ([`attn_specs`]) and written back as fla writes it (defaults filled, unknown keys kept).
 //!
 //! ```
 //! use gla_model::GlaConfig;
@@ -26,7 +34,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use gla_core::dims::{DeltaDims, Dims, FeatureMap, GateAct, GlaDims, MixerDims, QkNorm};
+pub use gla_core::dims::{AttnDims, DeltaDims, Dims, FeatureMap, GateAct, GlaDims, MixerDims, QkNorm};
 
 use crate::{Error, Result};
 
@@ -83,7 +91,8 @@ pub struct GlaConfig {
     pub use_gk: bool,
     /// Legacy, not used by fla's layer. Default false.
     pub use_gv: bool,
-    /// Hybrid softmax-attention layers. Default null; non-null is refused for now.
+    /// Hybrid softmax-attention layers (fla's `attn`: null, a spec or a list of specs, see
+    /// [`attn_specs`]). Default null.
     pub attn: Option<serde_json::Value>,
     /// Hugging Face generation flag. Default true.
     pub use_cache: bool,
@@ -203,6 +212,7 @@ impl GlaConfig {
     pub fn to_json(&self) -> String {
         let mut c = self.clone();
         hf_keys(&mut c.extra, "GLAForCausalLM");
+        c.attn = normalized_attn(&c.attn, c.num_hidden_layers);
         serde_json::to_string_pretty(&c).unwrap_or_default()
     }
 
@@ -214,7 +224,6 @@ impl GlaConfig {
     /// The model-level keys, for the checks every family shares.
     fn lm(&self) -> Lm<'_> {
         Lm {
-            family: "GLA",
             hidden_size: self.hidden_size,
             num_hidden_layers: self.num_hidden_layers,
             vocab_size: self.vocab_size,
@@ -342,7 +351,6 @@ impl GlaConfig {
 
 /// The keys every family's config shares (fla's `FLAForCausalLM` around the layers).
 struct Lm<'a> {
-    family: &'static str,
     hidden_size: usize,
     num_hidden_layers: usize,
     vocab_size: usize,
@@ -371,14 +379,6 @@ fn check_attn_mode(mode: &str) -> Result<()> {
 impl Lm<'_> {
     /// The model-level features this crate does not build (refused by name).
     fn check_features(&self) -> Result<()> {
-        if let Some(a) = self.attn {
-            if !a.is_null() {
-                return Err(unsupported(
-                    "attn (hybrid softmax-attention layers)",
-                    format!("found {a}; only pure {} models are built", self.family),
-                ));
-            }
-        }
         if self.use_l2warp {
             return Err(unsupported("use_l2warp", "found true; only false"));
         }
@@ -414,8 +414,24 @@ impl Lm<'_> {
         Ok(())
     }
 
-    /// The dims of a model whose every layer has the token mixer `mixer`.
+    /// The dims of a model whose every layer has the token mixer `mixer`, but the layers of
+    /// the `attn` key, which get fla's softmax attention.
     fn dims(&self, mixer: MixerDims) -> Result<Dims> {
+        let specs = attn_specs(self.attn, self.num_hidden_layers, self.hidden_size)?;
+        let mut dims = self.uniform_dims(mixer)?;
+        for (layers, a) in specs {
+            for l in layers {
+                dims.mixers[l] = MixerDims::Attn(a);
+            }
+        }
+        if crate::limits::param_count(&dims).is_none() {
+            return Err(bad("attn", "the parameter count of the hybrid stack overflows 64 bits"));
+        }
+        Ok(dims)
+    }
+
+    /// The dims of a model whose every layer has the token mixer `mixer`.
+    fn uniform_dims(&self, mixer: MixerDims) -> Result<Dims> {
         let d = self.hidden_size;
         let intermediate = match (self.intermediate_size, self.hidden_ratio) {
             (Some(i), _) if i > 0 => i,
@@ -565,7 +581,8 @@ pub struct DeltaNetConfig {
     pub num_hidden_layers: usize,
     /// RMSNorm epsilon (the output norm's too). Default 1e-6.
     pub norm_eps: f64,
-    /// Hybrid softmax-attention layers. Default null; non-null is refused for now.
+    /// Hybrid softmax-attention layers (fla's `attn`: null, a spec or a list of specs, see
+    /// [`attn_specs`]). Default null.
     pub attn: Option<serde_json::Value>,
     /// Hugging Face generation flag. Default true.
     pub use_cache: bool,
@@ -654,6 +671,7 @@ impl DeltaNetConfig {
     pub fn to_json(&self) -> String {
         let mut c = self.clone();
         hf_keys(&mut c.extra, "DeltaNetForCausalLM");
+        c.attn = normalized_attn(&c.attn, c.num_hidden_layers);
         serde_json::to_string_pretty(&c).unwrap_or_default()
     }
 
@@ -664,7 +682,6 @@ impl DeltaNetConfig {
 
     fn lm(&self) -> Lm<'_> {
         Lm {
-            family: "DeltaNet",
             hidden_size: self.hidden_size,
             num_hidden_layers: self.num_hidden_layers,
             vocab_size: self.vocab_size,
@@ -802,7 +819,8 @@ pub struct GatedDeltaNetConfig {
     pub num_hidden_layers: usize,
     /// RMSNorm epsilon (the output norm's too). Default 1e-6.
     pub norm_eps: f64,
-    /// Hybrid softmax-attention layers. Default null; non-null is refused for now.
+    /// Hybrid softmax-attention layers (fla's `attn`: null, a spec or a list of specs, see
+    /// [`attn_specs`]). Default null.
     pub attn: Option<serde_json::Value>,
     /// Hugging Face generation flag. Default true.
     pub use_cache: bool,
@@ -891,6 +909,7 @@ impl GatedDeltaNetConfig {
     pub fn to_json(&self) -> String {
         let mut c = self.clone();
         hf_keys(&mut c.extra, "GatedDeltaNetForCausalLM");
+        c.attn = normalized_attn(&c.attn, c.num_hidden_layers);
         serde_json::to_string_pretty(&c).unwrap_or_default()
     }
 
@@ -909,7 +928,6 @@ impl GatedDeltaNetConfig {
 
     fn lm(&self) -> Lm<'_> {
         Lm {
-            family: "Gated DeltaNet",
             hidden_size: self.hidden_size,
             num_hidden_layers: self.num_hidden_layers,
             vocab_size: self.vocab_size,
@@ -1157,6 +1175,148 @@ impl ModelConfig {
     }
 }
 
+/// The value of fla's `attn` key as fla writes it back (`parse_attention_config`: each spec with
+/// its defaults filled, unknown keys kept; one spec stays a dict, a list stays a list); `attn`
+/// unchanged when it is not a valid spec (its `dims` reports why).
+fn normalized_attn(attn: &Option<serde_json::Value>, layers: usize) -> Option<serde_json::Value> {
+    use serde_json::Value;
+    let fill = |v: &Value| -> Option<Value> {
+        let mut m = v.as_object()?.clone();
+        if m.get("num_kv_heads").is_none_or(Value::is_null) {
+            m.insert("num_kv_heads".into(), m.get("num_heads")?.clone());
+        }
+        m.entry("qkv_bias").or_insert(Value::Bool(false));
+        m.entry("window_size").or_insert(Value::Null);
+        m.entry("rope_theta").or_insert(serde_json::json!(10000.0));
+        Some(Value::Object(m))
+    };
+    let a = attn.as_ref()?;
+    // only specs that parse are rewritten (hidden size 0: its checks are skipped here)
+    if attn_specs(attn, layers, 0).is_err() {
+        return attn.clone();
+    }
+    match a {
+        Value::Null => None,
+        Value::Object(_) => Some(fill(a).unwrap_or_else(|| a.clone())),
+        Value::Array(xs) => Some(Value::Array(xs.iter().map(|x| fill(x).unwrap_or_else(|| x.clone())).collect())),
+        _ => attn.clone(),
+    }
+}
+
+/// fla's `attn` key (fla/models/configuration_utils.py `parse_attention_config`, 0.6.0) checked
+/// with fla's rules for a model of `layers` layers and hidden size `hidden`: null (no attention
+/// layer), one spec (a dict) or a list of specs, each with `layers` (required: layer indices in
+/// `[0, layers)`, none listed twice, in one spec or across specs), `num_heads` (required, > 0),
+/// `num_kv_heads` (null or absent: `num_heads`; > 0), `qkv_bias` (a boolean, default false),
+/// `window_size` (null or > 0, default null), `rope_theta` (positive and finite, default 10000).
+/// fla's layer needs `hidden % num_heads == 0` (`head_dim = hidden // num_heads`, which the
+/// reshape of q needs whole), an even head dim (its RoPE asserts) and `num_heads % num_kv_heads
+/// == 0` (its assert). Other keys are kept and ignored, as fla does, but `qk_norm = true`:
+/// fla 0.6.0's `get_attention` never passes it to the layer (its models never have
+/// `q_norm`/`k_norm`), so it is refused rather than silently meaning nothing. Returns, per spec,
+/// its layers and the layer dims.
+///
+/// # Errors
+/// [`Error::BadConfig`] (key `attn`) for what fla rejects; [`Error::Unsupported`] for `qk_norm`.
+pub fn attn_specs(attn: &Option<serde_json::Value>, layers: usize, hidden: usize) -> Result<Vec<(Vec<usize>, AttnDims)>> {
+    use serde_json::Value;
+    let specs: Vec<&Value> = match attn {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(_)) => vec![attn.as_ref().unwrap_or(&Value::Null)],
+        Some(Value::Array(xs)) => xs.iter().collect(),
+        Some(other) => {
+            return Err(bad("attn", format!("must be null, a dictionary or a list of dictionaries (fla raises), found {other}")))
+        }
+    };
+    let mut out = Vec::with_capacity(specs.len());
+    let mut assigned: BTreeMap<usize, usize> = BTreeMap::new();
+    for (i, spec) in specs.into_iter().enumerate() {
+        let ctx = if matches!(attn, Some(Value::Array(_))) { format!("spec {i}") } else { "spec".to_string() };
+        let m = spec.as_object().ok_or_else(|| bad("attn", format!("{ctx} must be a dictionary, found {spec}")))?;
+        let positive = |key: &str, v: Option<&Value>| -> Result<usize> {
+            match v.and_then(Value::as_u64) {
+                Some(x) if x > 0 && !v.is_some_and(Value::is_boolean) => {
+                    let x = usize::try_from(x).unwrap_or(usize::MAX);
+                    too_big("attn", x)?;
+                    Ok(x)
+                }
+                _ => Err(bad("attn", format!("{ctx} field {key:?} must be a positive integer, found {}", v.unwrap_or(&Value::Null)))),
+            }
+        };
+        let list = m.get("layers").ok_or_else(|| bad("attn", format!("{ctx} field \"layers\" is required")))?;
+        let list =
+            list.as_array().ok_or_else(|| bad("attn", format!("{ctx} field \"layers\" must be a list of layer indices, found {list}")))?;
+        let mut ls = Vec::with_capacity(list.len());
+        for x in list {
+            let l = x.as_u64().filter(|&l| (l as u128) < layers as u128).ok_or_else(|| {
+                bad("attn", format!("{ctx} field \"layers\" holds {x}, not a layer index in [0, {layers}) (num_hidden_layers)"))
+            })? as usize;
+            if let Some(prev) = assigned.insert(l, i) {
+                let why = if prev == i { "twice".to_string() } else { format!("already assigned by spec {prev}") };
+                return Err(bad("attn", format!("{ctx} lists layer {l} {why} (fla raises)")));
+            }
+            ls.push(l);
+        }
+        if !m.contains_key("num_heads") {
+            return Err(bad("attn", format!("{ctx} field \"num_heads\" is required")));
+        }
+        let heads = positive("num_heads", m.get("num_heads"))?;
+        let kv_heads = match m.get("num_kv_heads") {
+            None | Some(Value::Null) => heads,
+            v => positive("num_kv_heads", v)?,
+        };
+        let qkv_bias = match m.get("qkv_bias") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(v) => return Err(bad("attn", format!("{ctx} field \"qkv_bias\" must be a boolean, found {v}"))),
+        };
+        let window = match m.get("window_size") {
+            None | Some(Value::Null) => None,
+            v => Some(positive("window_size", v)?),
+        };
+        let rope_theta = match m.get("rope_theta") {
+            None => 10000.0,
+            Some(Value::Number(x)) => x
+                .as_f64()
+                .filter(|t| t.is_finite() && *t > 0.0)
+                .ok_or_else(|| bad("attn", format!("{ctx} field \"rope_theta\" must be positive and finite, found {x}")))?,
+            Some(v) => return Err(bad("attn", format!("{ctx} field \"rope_theta\" must be positive and finite, found {v}"))),
+        };
+        match m.get("qk_norm") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+            Some(v) => {
+                return Err(unsupported(
+                    "attn qk_norm",
+                    format!(
+                        "{ctx} sets qk_norm = {v}: fla 0.6.0's get_attention never passes qk_norm to its Attention layer \
+                         (its hybrid models have no q_norm/k_norm), so it is not built here"
+                    ),
+                ))
+            }
+        }
+        if !heads.is_multiple_of(kv_heads) {
+            return Err(bad("attn", format!("{ctx}: num_heads {heads} must be a multiple of num_kv_heads {kv_heads} (fla asserts)")));
+        }
+        if hidden > 0 {
+            if !hidden.is_multiple_of(heads) {
+                return Err(bad(
+                    "attn",
+                    format!("{ctx}: hidden_size {hidden} must be a multiple of num_heads {heads} (head_dim = hidden_size / num_heads)"),
+                ));
+            }
+            if !(hidden / heads).is_multiple_of(2) {
+                return Err(bad(
+                    "attn",
+                    format!("{ctx}: head_dim = hidden_size {hidden} / num_heads {heads} must be even (RoPE rotates pairs; fla asserts)"),
+                ));
+            }
+        }
+        let head_dim = if hidden > 0 { hidden / heads } else { 2 };
+        out.push((ls, AttnDims { heads, kv_heads, head_dim, qkv_bias, window, rope_theta }));
+    }
+    Ok(out)
+}
+
 /// One line describing a model's token mixers for logs, e.g. `GLA H=4 (K=64, V=128, short conv
 /// on)` or `Gated DeltaNet H=2 HV=4 (K=64, V=128, short conv on)` (every layer's, when they
 /// differ).
@@ -1171,6 +1331,11 @@ pub fn describe_mixers(dims: &Dims) -> String {
             let hv = if g.v_heads != g.heads { format!(" HV={}", g.v_heads) } else { String::new() };
             let conv = if g.conv > 0 { "on" } else { "off" };
             format!("{name} H={}{hv} (K={}, V={}, short conv {conv})", g.heads, g.head_k, g.head_v)
+        }
+        MixerDims::Attn(a) => {
+            let kv = if a.kv_heads != a.heads { format!(" H_KV={}", a.kv_heads) } else { String::new() };
+            let w = a.window.map_or(String::new(), |w| format!(", window {w}"));
+            format!("attention H={}{kv} (Dh={}{w}, RoPE theta {})", a.heads, a.head_dim, num(a.rope_theta))
         }
     };
     match dims.mixers.first() {

@@ -1,21 +1,22 @@
 //! The CPU [`crate::backend::Backend`]: f32 everywhere, each op one function of [`crate::ops`] (the reference
 //! the GPU kernels are checked against), the GLA op from gla-cpu (fused recurrent for T <= 64,
 //! chunked otherwise, fla's mode switch), the delta-rule op from gla-cpu's `delta` module
-//! (the path picked by `delta_op_for`).
+//! (the path picked by `delta_op_for`), softmax attention from gla-cpu's `attn` module (the
+//! tiled path for whole sequences, the KV-cache step for decode).
 //!
 //! `Act` is f32 too, so the GEMM-operand copies of f32 gradients are not made: their buffers
 //! are empty ([`Primitives::alloc_cast`]) and [`Primitives::operand`] lends the f32 source. The one
 //! exception is [`Cpu::emulating_bf16`], which rounds every `Act` to bf16 as the GPU stores it.
 
 use gla_core::op::GlaOp;
-use gla_core::{Backward, DeltaInputs, DeltaOp, Inputs};
+use gla_core::{AttnForward, AttnInputs, AttnOp, AttnProblem, Backward, DeltaInputs, DeltaOp, Inputs};
 use gla_cpu::delta::{delta_step, DeltaChunked, DeltaRecurrent};
 use gla_cpu::mat::{matmul_with, MatRef, Threads};
-use gla_cpu::{Chunked, FusedRecurrent, Schedule};
+use gla_cpu::{AttnCache, AttnTiled, Chunked, FusedRecurrent, Schedule};
 use rayon::prelude::*;
 
-use crate::backend::{ConvIdx, DeltaDecay, DeltaOps, DeltaStorage, GlaOps, GlaStorage, ParamId, Primitives, Storage};
-use crate::config::{DeltaDims, Dims, FeatureMap, GateAct, GlaDims};
+use crate::backend::{AttnOps, AttnStorage, ConvIdx, DeltaDecay, DeltaOps, DeltaStorage, GlaOps, GlaStorage, ParamId, Primitives, Storage};
+use crate::config::{AttnDims, DeltaDims, Dims, FeatureMap, GateAct, GlaDims};
 use crate::layout::Layout;
 use crate::mixers::delta::const_beta;
 use crate::mixers::gla::problem;
@@ -70,6 +71,17 @@ pub struct CpuDelta {
 
 impl DeltaStorage for CpuBuf {
     type DeltaSaved = CpuDelta;
+}
+
+/// What the CPU's attention op keeps per layer: its forward's output and log-sum-exp (the
+/// tiled backward's inputs).
+#[derive(Debug, Default)]
+pub struct CpuAttn {
+    fwd: Option<AttnForward<f32>>,
+}
+
+impl AttnStorage for CpuBuf {
+    type AttnSaved = CpuAttn;
 }
 
 /// The CPU backend over a model's f32 weights.
@@ -706,6 +718,109 @@ impl<'m> DeltaOps for Cpu<'m> {
     }
 }
 
+/// The attention op the CPU runs on whole sequences (training, and a prefill into empty
+/// caches): the tiled flash-style path. Decoding goes through gla-cpu's `AttnCache::step`
+/// ([`CpuIo::attn`]).
+static ATTN: AttnTiled = AttnTiled;
+
+impl<'m> AttnOps for Cpu<'m> {
+    fn alloc_attn_grads(&self, _md: &AttnDims, _n: usize) -> Result<[Vec<f32>; 3]> {
+        // the op's own outputs are moved in (attn_bwd)
+        Ok(Default::default())
+    }
+
+    fn alloc_attn_saved(&self, _md: &AttnDims, _n: usize) -> Result<CpuAttn> {
+        Ok(CpuAttn::default())
+    }
+
+    fn bias_fwd(&self, y: &mut Vec<f32>, bias: ParamId, n: usize) -> Result<()> {
+        let b = self.p(bias);
+        let y = &mut y[..n * b.len()];
+        bias_fwd(y, b);
+        self.act(y);
+        Ok(())
+    }
+
+    fn bias_bwd(&self, _plan: &CpuPlan, g: &mut [f32], bias: ParamId, dy: &Vec<f32>, n: usize) -> Result<()> {
+        let db = grad(g, self.layout, bias);
+        let c = db.len();
+        bias_bwd(db, &dy[..n * c]);
+        Ok(())
+    }
+
+    fn rope_fwd(&self, md: &AttnDims, plan: &CpuPlan, y: &mut Vec<f32>, x: &Vec<f32>, heads: usize, io: Option<&CpuIo<'_>>) -> Result<()> {
+        let n = plan.b * plan.t;
+        let y = &mut y[..n * heads * md.head_dim];
+        y.copy_from_slice(&x[..y.len()]);
+        let pos = match io {
+            None => (0..n).map(|r| r % plan.t).collect(),
+            Some(io) => io.positions(),
+        };
+        rope(y, &pos, heads, &md.rope_inv_freq(), false);
+        self.act(y);
+        Ok(())
+    }
+
+    fn rope_bwd(&self, md: &AttnDims, plan: &CpuPlan, d: &mut Vec<f32>, heads: usize) -> Result<()> {
+        let n = plan.b * plan.t;
+        let pos: Vec<usize> = (0..n).map(|r| r % plan.t).collect();
+        rope(&mut d[..n * heads * md.head_dim], &pos, heads, &md.rope_inv_freq(), true);
+        Ok(())
+    }
+
+    fn attn_fwd(
+        &self,
+        md: &AttnDims,
+        plan: &CpuPlan,
+        saved: &mut CpuAttn,
+        o: &mut Vec<f32>,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        io: Option<(&mut CpuIo<'_>, usize)>,
+    ) -> Result<()> {
+        match io {
+            None => {
+                let prob = AttnProblem::new(md.op_spec(plan.b, plan.t, None))?;
+                let fwd = ATTN.forward(&prob, &AttnInputs { q, k, v })?;
+                o.copy_from_slice(&fwd.o);
+                saved.fwd = Some(fwd);
+            }
+            Some((io, l)) => io.attn(md, o, [q, k, v], l)?,
+        }
+        self.act(o);
+        Ok(())
+    }
+
+    fn attn_bwd(
+        &self,
+        md: &AttnDims,
+        plan: &CpuPlan,
+        saved: &CpuAttn,
+        q: &Vec<f32>,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+        _o: &Vec<f32>,
+        d_o: &Vec<f32>,
+        grads: [&mut Vec<f32>; 3],
+    ) -> Result<()> {
+        let prob = AttnProblem::new(md.op_spec(plan.b, plan.t, None))?;
+        let Some(fwd) = &saved.fwd else {
+            // a backward needs the forward's lse: activations that never ran a training forward
+            return Err(Error::Op(gla_core::Error::BadArg {
+                key: "attn_bwd",
+                reason: "no saved forward (run the training forward on these activations first)".into(),
+            }));
+        };
+        let gr = ATTN.backward(&prob, &AttnInputs { q, k, v }, fwd, d_o)?;
+        let [dq, dk, dv] = grads;
+        *dq = gr.dq;
+        *dk = gr.dk;
+        *dv = gr.dv;
+        Ok(())
+    }
+}
+
 /// Causal depthwise conv (+ SiLU with `silu`) over `len` new rows `x [len, C]`, continuing from
 /// `cache [C, W]` (the previous `W` inputs, newest last), which is then advanced to the last `W`
 /// inputs.
@@ -747,11 +862,79 @@ pub struct CpuIo<'a> {
     pub(crate) states: &'a [&'a mut State],
     /// Per sequence, per layer: the q, k, v conv caches (copies, advanced in place).
     pub(crate) convs: Vec<Vec<[Vec<f32>; 3]>>,
-    /// Per sequence: the new recurrent state of each layer done so far.
+    /// Per sequence: the new recurrent state of each layer done so far (empty for an
+    /// attention layer).
     pub(crate) recs: Vec<Vec<Vec<f32>>>,
+    /// Per sequence: the new KV caches of the attention layers done so far, with their layer.
+    pub(crate) kvs: Vec<Vec<(usize, AttnCache<f32>)>>,
 }
 
 impl CpuIo<'_> {
+    /// Each row's position in its sequence: the tokens the sequence had seen before this forward
+    /// plus the row's index within the sequence's rows.
+    pub(crate) fn positions(&self) -> Vec<usize> {
+        let mut pos = Vec::with_capacity(self.bounds.last().copied().unwrap_or(0));
+        for (s, w) in self.bounds.windows(2).enumerate() {
+            pos.extend((0..w[1] - w[0]).map(|i| self.states[s].seen + i));
+        }
+        pos
+    }
+
+    /// The attention op of layer `l` over the packed sequences (`q [rows, H*Dh]`, `k, v
+    /// [rows, H_KV*Dh]`, after RoPE), each attending its KV cache and its own rows. Sequences
+    /// whose caches are empty (a first prefill) run the tiled path, all together as one varlen
+    /// problem; the others advance token by token through `AttnCache::step`. The new caches are
+    /// staged (the states change only once the whole forward succeeded, CpuIo's contract).
+    pub(crate) fn attn(&mut self, md: &AttnDims, o: &mut [f32], [q, k, v]: [&[f32]; 3], l: usize) -> Result<()> {
+        let (wq, wk) = (md.q_dim(), md.kv_dim());
+        let ns = self.bounds.len() - 1;
+        let mut caches = Vec::with_capacity(ns);
+        for st in self.states {
+            let cache = st.layers[l]
+                .kv
+                .clone()
+                .ok_or_else(|| Error::Op(gla_core::Error::BadArg { key: "state", reason: format!("layer {l} holds no KV cache") }))?;
+            caches.push(cache);
+        }
+        let fresh = |c: &AttnCache<f32>| c.seen(0) == Some(0);
+        let rows = self.bounds[ns];
+        if caches.iter().all(fresh) {
+            let prob = AttnProblem::new(md.op_spec(1, rows, Some(self.bounds.clone())))?;
+            let fwd = ATTN.forward(&prob, &AttnInputs { q: &q[..rows * wq], k: &k[..rows * wk], v: &v[..rows * wk] })?;
+            o[..rows * wq].copy_from_slice(&fwd.o);
+        } else {
+            for (s, cache) in caches.iter().enumerate() {
+                let (a, b) = (self.bounds[s], self.bounds[s + 1]);
+                if fresh(cache) {
+                    let prob = AttnProblem::new(md.op_spec(1, b - a, None))?;
+                    let x = AttnInputs { q: &q[a * wq..b * wq], k: &k[a * wk..b * wk], v: &v[a * wk..b * wk] };
+                    o[a * wq..b * wq].copy_from_slice(&ATTN.forward(&prob, &x)?.o);
+                } else {
+                    let mut c = cache.clone();
+                    for r in a..b {
+                        let rq = r * wq..(r + 1) * wq;
+                        let rk = r * wk..(r + 1) * wk;
+                        let out = c.step(&[0], &q[rq.clone()], &k[rk.clone()], &v[rk])?;
+                        o[rq].copy_from_slice(&out.o);
+                    }
+                    self.recs[s].push(Vec::new());
+                    self.kvs[s].push((l, c));
+                    continue;
+                }
+            }
+        }
+        for (s, mut cache) in caches.into_iter().enumerate() {
+            if !fresh(&cache) {
+                continue; // staged above with its steps
+            }
+            let (a, b) = (self.bounds[s], self.bounds[s + 1]);
+            cache.append(0, &k[a * wk..b * wk], &v[a * wk..b * wk])?;
+            self.recs[s].push(Vec::new());
+            self.kvs[s].push((l, cache));
+        }
+        Ok(())
+    }
+
     /// The GLA op of layer `l` over the packed sequences, one call per sequence with the
     /// algorithm it would get alone (fla's per-call mode switch: fused recurrent for at most 64
     /// tokens, chunked otherwise), reading its state in place (no gather into a batch buffer: at

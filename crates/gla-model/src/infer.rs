@@ -221,6 +221,7 @@ impl GlaModel {
             // into the states only at the end, so that an error leaves them unchanged
             convs: states.iter().map(|s| s.layers.iter().map(|l| l.conv.clone()).collect()).collect(),
             recs: states.iter().map(|_| Vec::with_capacity(dm.layers)).collect(),
+            kvs: states.iter().map(|_| Vec::new()).collect(),
             bounds,
             states: &*states,
         };
@@ -237,11 +238,14 @@ impl GlaModel {
             io.bounds[1..].iter().for_each(|&e| last[e - 1] = 0);
             head_logits(&cpu, &self.layout, &mut acts, Some(&last))?;
         }
-        let CpuIo { convs, recs, .. } = io;
-        for (((st, c), r), &len) in states.iter_mut().zip(convs).zip(recs).zip(lens) {
+        let CpuIo { convs, recs, kvs, .. } = io;
+        for ((((st, c), r), kv), &len) in states.iter_mut().zip(convs).zip(recs).zip(kvs).zip(lens) {
             for ((layer, c), r) in st.layers.iter_mut().zip(c).zip(r) {
                 layer.conv = c;
                 layer.recurrent = r;
+            }
+            for (l, cache) in kv {
+                st.layers[l].kv = Some(cache);
             }
             st.seen += len;
         }

@@ -3,6 +3,7 @@
 //! checkpoint names).
 
 use crate::config::Dims;
+use crate::mixers::attn::AttnIds;
 use crate::mixers::delta::DeltaIds;
 use crate::mixers::gla::GlaIds;
 use crate::mixers::MixerIds;
@@ -36,6 +37,14 @@ impl LayerIds {
     pub fn delta(&self) -> Option<&DeltaIds> {
         match &self.mixer {
             MixerIds::Delta(g) => Some(g),
+            _ => None,
+        }
+    }
+
+    /// The softmax-attention mixer's tensors, when this layer is one of a hybrid's `attn` layers.
+    pub fn attn(&self) -> Option<&AttnIds> {
+        match &self.mixer {
+            MixerIds::Attn(g) => Some(g),
             _ => None,
         }
     }

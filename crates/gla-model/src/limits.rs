@@ -130,6 +130,11 @@ fn layer_params(d: &Dims, m: &MixerDims) -> Option<u64> {
                 mul(&[d.d, m.value_dim]),
             ])?
         }
+        MixerDims::Attn(a) => {
+            // q_proj, k_proj, v_proj (+ biases), o_proj
+            let bias = if a.qkv_bias { sum(&[Some(a.q_dim() as u64), mul(&[2, a.kv_dim()])]) } else { Some(0) };
+            sum(&[mul(&[2, a.q_dim(), d.d]), mul(&[2, a.kv_dim(), d.d]), bias])?
+        }
     };
     sum(&[mul(&[2, d.d]), Some(mixer), mul(&[3, d.intermediate, d.d])])
 }
@@ -165,6 +170,7 @@ pub fn train_activation_bytes(d: &Dims, b: usize, t: usize) -> Option<u64> {
         let (kd, vd) = match m {
             MixerDims::Gla(g) => (g.key_dim, g.value_dim),
             MixerDims::Delta(m) => (m.key_dim, m.value_dim),
+            MixerDims::Attn(a) => (a.q_dim() + a.kv_dim(), a.kv_dim()),
         };
         acc.checked_add(sum(&[mul(&[3, d.d]), Some(kd as u64), Some(vd as u64), mul(&[3, d.intermediate])])?)
     })?;

@@ -376,6 +376,48 @@ pub fn repeat_heads_bwd(dx: &mut [f32], dout: &[f32], hkv: usize, groups: usize,
     }
 }
 
+/// RoPE, in place (gla-core's `backend::attn` states the math): `x [N, heads, Dh]`, row `r`
+/// at position `pos[r]`, rotated by the angle `f32(pos) * inv_freq[i]` on the pairs
+/// `(i, i + Dh/2)` (fla's non-interleaved `RotaryEmbedding`); `conj` rotates by the negative
+/// angle (the backward). The angle is formed in f32 and its cosine and sine rounded to f32, as
+/// fla's table `cos(outer(t, inv_freq))` is.
+pub fn rope(x: &mut [f32], pos: &[usize], heads: usize, inv_freq: &[f32], conj: bool) {
+    let half = inv_freq.len();
+    let row = heads * 2 * half;
+    x.par_chunks_mut(row).zip(pos.par_iter()).with_min_len(min_items(row)).for_each(|(xr, &p)| {
+        let cs: Vec<(f32, f32)> = inv_freq
+            .iter()
+            .map(|&f| {
+                let a = (p as f32 * f) as f64;
+                let s = a.sin() as f32;
+                (a.cos() as f32, if conj { -s } else { s })
+            })
+            .collect();
+        for h in xr.chunks_exact_mut(2 * half) {
+            let (x0, x1) = h.split_at_mut(half);
+            for ((a, b), &(c, s)) in x0.iter_mut().zip(x1.iter_mut()).zip(&cs) {
+                let (u, v) = (*a, *b);
+                *a = u * c - v * s;
+                *b = u * s + v * c;
+            }
+        }
+    });
+}
+
+/// `y [N, C] += bias [C]`.
+pub fn bias_fwd(y: &mut [f32], bias: &[f32]) {
+    for row in y.chunks_exact_mut(bias.len()) {
+        row.iter_mut().zip(bias).for_each(|(x, b)| *x += b);
+    }
+}
+
+/// `dbias [C] += colsum(dy [N, C])`.
+pub fn bias_bwd(dbias: &mut [f32], dy: &[f32]) {
+    for row in dy.chunks_exact(dbias.len()) {
+        dbias.iter_mut().zip(row).for_each(|(b, r)| *b += r);
+    }
+}
+
 /// Embedding forward: `x [N, D] = wte[ids]`. Ids must be checked by the caller.
 pub fn embedding_fwd(x: &mut [f32], ids: &[u32], wte: &[f32], d: usize) {
     for (x, &id) in x.chunks_exact_mut(d).zip(ids) {

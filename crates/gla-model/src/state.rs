@@ -1,8 +1,12 @@
 //! The CPU's per-sequence inference state ([`State`]): per layer the recurrent state (GLA's
 //! `[H, K, V]`, the delta rule's `[HV, K, V]`) and the short-conv caches, constant in size
-//! whatever the context length.
+//! whatever the context length; and for a hybrid's softmax-attention layers the KV cache
+//! (gla-cpu's `AttnCache`: k and v `[S, H_KV, Dh]`, S growing by one slot a token for full
+//! attention, at most the window w for a sliding window, token p in slot `p % w`), which grows
+//! with the context unless the layer has a window.
 
 use gla_core::op::transpose_state;
+use gla_cpu::AttnCache;
 
 use crate::config::{Dims, MixerDims};
 use crate::{Error, Result};
@@ -26,6 +30,8 @@ pub struct LayerState {
     /// Short-conv caches of q, k and v, each `[C, W]` (the last `W` conv inputs, newest at
     /// index `W - 1`); empty without short convolution.
     pub conv: [Vec<f32>; 3],
+    /// A softmax-attention layer's KV cache (`None` for the other mixers).
+    pub kv: Option<AttnCache<f32>>,
 }
 
 /// The inference state of one sequence: everything a later token needs from the earlier ones.
@@ -39,7 +45,7 @@ pub struct State {
 }
 
 /// What a layer's state is sized for: (heads of the state, K, V, conv width W, conv channels
-/// of q, k, v).
+/// of q, k, v; for an attention layer its KV cache's kv heads, head dim and window).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LayerShape {
     pub(crate) heads: usize,
@@ -47,6 +53,7 @@ pub(crate) struct LayerShape {
     pub(crate) v: usize,
     pub(crate) w: usize,
     pub(crate) chans: [usize; 3],
+    pub(crate) kv: Option<(usize, usize, Option<usize>)>,
 }
 
 impl LayerShape {
@@ -54,11 +61,13 @@ impl LayerShape {
     pub(crate) fn of(m: &MixerDims) -> Self {
         match m {
             MixerDims::Gla(g) => {
-                Self { heads: g.heads, k: g.head_k, v: g.head_v, w: g.conv, chans: [g.key_dim, g.key_dim_kv, g.value_dim_kv] }
+                Self { heads: g.heads, k: g.head_k, v: g.head_v, w: g.conv, chans: [g.key_dim, g.key_dim_kv, g.value_dim_kv], kv: None }
             }
             MixerDims::Delta(g) => {
-                Self { heads: g.v_heads, k: g.head_k, v: g.head_v, w: g.conv, chans: [g.key_dim, g.key_dim, g.value_dim] }
+                Self { heads: g.v_heads, k: g.head_k, v: g.head_v, w: g.conv, chans: [g.key_dim, g.key_dim, g.value_dim], kv: None }
             }
+            // no recurrent state, no conv: the KV cache
+            MixerDims::Attn(a) => Self { heads: 0, k: 0, v: 0, w: 0, chans: [0; 3], kv: Some((a.kv_heads, a.head_dim, a.window)) },
         }
     }
 
@@ -83,9 +92,14 @@ impl State {
         let shapes: Vec<LayerShape> = dims.mixers.iter().map(LayerShape::of).collect();
         let layers = shapes
             .iter()
-            .map(|s| {
+            .zip(&dims.mixers)
+            .map(|(s, m)| {
                 let conv = |c: usize| if s.w > 0 { vec![0.0; c * s.w] } else { Vec::new() };
-                LayerState { recurrent: vec![0.0; s.numel()], conv: [conv(s.chans[0]), conv(s.chans[1]), conv(s.chans[2])] }
+                LayerState {
+                    recurrent: vec![0.0; s.numel()],
+                    conv: [conv(s.chans[0]), conv(s.chans[1]), conv(s.chans[2])],
+                    kv: kv_cache(m),
+                }
             })
             .collect();
         Self { layers, seen: 0, shapes }
@@ -101,16 +115,27 @@ impl State {
         for l in &mut self.layers {
             l.recurrent.fill(0.0);
             l.conv.iter_mut().for_each(|c| c.fill(0.0));
+            if let Some(kv) = &mut l.kv {
+                kv.clear();
+            }
         }
         self.seen = 0;
     }
 
-    /// Bytes held by the state's buffers (capacity, not length): constant for a config.
+    /// Bytes held by the state's buffers (capacity, not length): constant for a config whose
+    /// layers are all recurrent; a softmax-attention layer's KV cache adds `2 * H_KV * Dh * 4`
+    /// bytes per token seen, up to its window ([`State::kv_bytes`]).
     pub fn bytes(&self) -> usize {
         let f = std::mem::size_of::<f32>();
         self.layers.iter().map(|l| f * (l.recurrent.capacity() + l.conv.iter().map(Vec::capacity).sum::<usize>())).sum::<usize>()
+            + self.kv_bytes()
             + std::mem::size_of::<Self>()
             + self.layers.capacity() * std::mem::size_of::<LayerState>()
+    }
+
+    /// Bytes held by the KV caches of the softmax-attention layers (part of [`State::bytes`]).
+    pub fn kv_bytes(&self) -> usize {
+        self.layers.iter().filter_map(|l| l.kv.as_ref()).map(AttnCache::bytes).sum()
     }
 
     /// The per-layer caches.
@@ -206,11 +231,23 @@ impl State {
     }
 
     pub(crate) fn fits(&self, dims: &Dims) -> bool {
+        if self.layers.iter().zip(&self.shapes).any(|(l, s)| l.kv.is_some() != s.kv.is_some()) {
+            return false;
+        }
         self.layers.len() == dims.layers && self.shapes.iter().zip(&dims.mixers).all(|(s, m)| *s == LayerShape::of(m))
     }
 
     /// The recurrent-state elements of every layer (for error messages).
     pub(crate) fn numel(&self) -> usize {
         self.shapes.iter().map(LayerShape::numel).sum()
+    }
+}
+
+/// An empty KV cache for one sequence of an attention layer (`None` for the other mixers).
+fn kv_cache(m: &MixerDims) -> Option<AttnCache<f32>> {
+    match m {
+        // dims validated by the config: the problem of one empty sequence is valid
+        MixerDims::Attn(a) => gla_core::AttnProblem::new(a.op_spec(1, 0, None)).ok().and_then(|p| AttnCache::new(&p).ok()),
+        _ => None,
     }
 }

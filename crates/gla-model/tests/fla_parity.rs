@@ -1,5 +1,7 @@
 //! Parity with fla itself: fixtures written by `tools/fla_fixtures.py` from fla 0.6.0's own
-//! `GLAForCausalLM`, `DeltaNetForCausalLM` and `GatedDeltaNetForCausalLM` (float32, IEEE f32
+//! `GLAForCausalLM`, `DeltaNetForCausalLM` and `GatedDeltaNetForCausalLM`, pure and hybrid (fla's `attn`
+//! key: its softmax `Attention` layer at some layers, flash_attn replaced by a float32 PyTorch
+//! function of the same math) (float32, IEEE f32
 //! Triton dots; the script says which fla kernel made each tensor) on the GPU, loaded here
 //! through this crate's checkpoint loader (the family by `config.json`'s `model_type`). Per variant directory `<fixtures>/<variant>/`:
 //!
@@ -274,4 +276,19 @@ fn fla_parity_gated_deltanet() {
 #[test]
 fn fla_parity_gated_deltanet_gva() {
     check_variant("gated_deltanet_gva");
+}
+
+/// A hybrid GLA stack (fla's `attn` key): 3 layers, fla's softmax `Attention` at layer 1 with
+/// qkv biases and 4 heads (head_dim 8, RoPE theta 10000), GLA with short conv elsewhere.
+#[test]
+fn fla_parity_hybrid_gla() {
+    check_variant("hybrid_gla");
+}
+
+/// A hybrid Gated DeltaNet stack: 4 layers, attention at layers 1 and 3 with GQA (4 query heads
+/// over 2 kv heads), a 16-token sliding window (shorter than the 100-token rows and the
+/// 20-token prompt, so the decode runs on the ring buffer) and RoPE theta 1000.
+#[test]
+fn fla_parity_hybrid_gdn() {
+    check_variant("hybrid_gdn");
 }

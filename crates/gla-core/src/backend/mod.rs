@@ -5,7 +5,8 @@
 //!   linear layers on GEMMs, short convolution, SwiGLU, elementwise feature maps, the loss).
 //! - one trait per op family: [`GlaOps`] ([`gla`]: the GLA gate and the GLA op, called by
 //!   gla-model's `mixers::gla`), [`DeltaOps`] ([`delta`]: the delta rule of DeltaNet and Gated
-//!   DeltaNet, called by gla-model's `mixers::delta`). A new family adds its file here and a
+//!   DeltaNet, called by gla-model's `mixers::delta`), [`AttnOps`] ([`attn`]: softmax attention
+//!   with RoPE, called by gla-model's `mixers::attn`). A new family adds its file here and a
 //!   bound to [`Backend`]. Their methods take the calling layer's mixer dims
 //!   ([`crate::dims::MixerDims`]).
 //! - [`Backend`]: everything the models need, implemented for any type that implements all of
@@ -24,11 +25,13 @@
 //! row counts come from [`Primitives::dims`]. Backward ops accumulate (`+=`) into parameter
 //! gradients and write (`=`) activation gradients unless they take `acc`.
 
+pub mod attn;
 pub mod delta;
 pub mod gla;
 pub mod nn;
 
 pub use crate::params::ParamId;
+pub use attn::{AttnOps, AttnSaved, AttnStorage};
 pub use delta::{DeltaDecay, DeltaOps, DeltaSaved, DeltaStorage};
 pub use gla::{GlaOps, GlaSaved, GlaStorage};
 pub use nn::Primitives;
@@ -50,13 +53,13 @@ pub trait Storage {
 }
 
 /// The buffer types of every op family (a new family adds its storage trait here).
-pub trait ModelStorage: Storage + GlaStorage + DeltaStorage {}
-impl<S: Storage + GlaStorage + DeltaStorage> ModelStorage for S {}
+pub trait ModelStorage: Storage + GlaStorage + DeltaStorage + AttnStorage {}
+impl<S: Storage + GlaStorage + DeltaStorage + AttnStorage> ModelStorage for S {}
 
 /// Everything the models of this crate need from a device: the primitives and every op family
 /// (a new family adds its trait to the bounds and the blanket impl).
-pub trait Backend: Primitives<Buf: ModelStorage> + GlaOps + DeltaOps {}
-impl<B: Primitives<Buf: ModelStorage> + GlaOps + DeltaOps> Backend for B {}
+pub trait Backend: Primitives<Buf: ModelStorage> + GlaOps + DeltaOps + AttnOps {}
+impl<B: Primitives<Buf: ModelStorage> + GlaOps + DeltaOps + AttnOps> Backend for B {}
 
 /// f32 buffer of backend `B`.
 pub type F32<B> = <<B as Primitives>::Buf as Storage>::F32;

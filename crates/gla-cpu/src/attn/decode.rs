@@ -10,7 +10,7 @@ use super::{axpy, dot};
 use gla_core::{AttnForward, AttnProblem, Error, Real, Result};
 
 /// A KV cache for `N` sequences and the decode step over it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct AttnCache<T> {
     p: AttnProblem,
     k: Vec<Vec<T>>,
@@ -35,6 +35,79 @@ impl<T: Real> AttnCache<T> {
     /// Tokens seen so far by sequence `n` (`None` for a sequence the cache does not hold).
     pub fn seen(&self, n: usize) -> Option<usize> {
         self.seen.get(n).copied()
+    }
+
+    /// Bytes held by the cache's k and v buffers (their capacity): the window's w slots per
+    /// sequence from its first token with a window; without, a slot per token seen (and what
+    /// the `Vec`s' growth reserves beyond).
+    pub fn bytes(&self) -> usize {
+        let t = std::mem::size_of::<T>();
+        self.k.iter().chain(&self.v).map(|x| x.capacity() * t).sum()
+    }
+
+    /// Forgets every token (the buffers are kept).
+    pub fn clear(&mut self) {
+        self.k.iter_mut().chain(self.v.iter_mut()).for_each(Vec::clear);
+        self.seen.fill(0);
+    }
+
+    /// Sequence `n`'s cache: `k [slots, H_KV, D]`, `v [slots, H_KV, DV]` (slot `t % w` for token
+    /// `t` once a window w is full), `None` for a sequence the cache does not hold.
+    pub fn kv(&self, n: usize) -> Option<(&[T], &[T])> {
+        Some((self.k.get(n)?, self.v.get(n)?))
+    }
+
+    /// Adds tokens of sequence `n` to its cache without attending (after a prefill computed
+    /// their outputs with a full-sequence path): `k [len, H_KV, D]`, `v [len, H_KV, DV]`, in
+    /// order, each taking the slot [`AttnCache::step`] would give it.
+    ///
+    /// # Errors
+    /// [`Error::BadArg`] for a sequence out of range; [`Error::ShapeMismatch`] when k and v
+    /// are not whole rows of the same count.
+    pub fn append(&mut self, n: usize, k: &[T], v: &[T]) -> Result<()> {
+        let p = &self.p;
+        if n >= p.n() {
+            return Err(Error::BadArg { key: "n", reason: format!("sequence {n} of {}", p.n()) });
+        }
+        let (wk, wv) = (p.h_kv() * p.d(), p.h_kv() * p.dv());
+        let len = k.len() / wk;
+        if k.len() != len * wk || v.len() != len * wv {
+            return Err(Error::ShapeMismatch {
+                op: "attn-cache-append",
+                tensor: "v",
+                expected: format!("[{len}, H_KV={}, DV={}] beside k [{len}, H_KV, D]", p.h_kv(), p.dv()),
+                numel: len * wv,
+                got: v.len(),
+            });
+        }
+        for (kr, vr) in k.chunks_exact(wk).zip(v.chunks_exact(wv)) {
+            self.push(n, kr, vr);
+        }
+        Ok(())
+    }
+
+    /// Puts one token's rows into its slot of sequence `n`.
+    fn push(&mut self, n: usize, k: &[T], v: &[T]) {
+        let t = self.seen[n];
+        match self.p.window() {
+            Some(w) if t >= w => {
+                let slot = t % w;
+                let (wk, wv) = (k.len(), v.len());
+                self.k[n][slot * wk..][..wk].copy_from_slice(k);
+                self.v[n][slot * wv..][..wv].copy_from_slice(v);
+            }
+            window => {
+                if let Some(w) = window {
+                    // the ring's w slots at once: constant memory from the first token
+                    let (kn, vn) = (&mut self.k[n], &mut self.v[n]);
+                    kn.reserve_exact(w * k.len() - kn.len());
+                    vn.reserve_exact(w * v.len() - vn.len());
+                }
+                self.k[n].extend_from_slice(k);
+                self.v[n].extend_from_slice(v);
+            }
+        }
+        self.seen[n] = t + 1;
     }
 
     /// Appends one token per sequence of `active` (`q [A,H,D]`, `k [A,H_KV,D]`, `v [A,H_KV,DV]`,
@@ -72,20 +145,9 @@ impl<T: Real> AttnCache<T> {
         gla_core::AttnInputs { q, k, v }.validate(&step)?;
         let (wk, wv) = (hk * d, hk * dv);
         for (r, &n) in active.iter().enumerate() {
-            let t = self.seen[n];
-            match p.window() {
-                Some(w) if t >= w => {
-                    let slot = t % w;
-                    self.k[n][slot * wk..][..wk].copy_from_slice(&k[r * wk..][..wk]);
-                    self.v[n][slot * wv..][..wv].copy_from_slice(&v[r * wv..][..wv]);
-                }
-                _ => {
-                    self.k[n].extend_from_slice(&k[r * wk..][..wk]);
-                    self.v[n].extend_from_slice(&v[r * wv..][..wv]);
-                }
-            }
-            self.seen[n] = t + 1;
+            self.push(n, &k[r * wk..][..wk], &v[r * wv..][..wv]);
         }
+        let p = &self.p;
         let scale = T::from_f64(p.scale());
         let mut o = vec![T::ZERO; a * h * dv];
         let mut lse = vec![0f32; a * h];

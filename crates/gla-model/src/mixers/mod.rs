@@ -1,5 +1,5 @@
 //! Token mixers: the layer of a block that mixes information across positions. Each family
-//! lives in its own folder (`gla/`, `delta/`: its parameter rows, activations, forward and
+//! lives in its own folder (`gla/`, `delta/`, `attn/`: its parameter rows, activations, forward and
 //! backward over the backend primitives and its op family's trait); this file is the one place
 //! that lists them, so a model takes one mixer per layer and a hybrid stack is a list of
 //! different ones. A layer's mixer config is its own ([`MixerDims`], kept in its ids).
@@ -9,12 +9,14 @@
 //! inference state of that layer and advances it. Its `backward` gets the GEMM operand of
 //! `d out` and writes `d xn [N, D]`, accumulating its weights' gradients.
 
+pub mod attn;
 pub mod delta;
 pub mod gla;
 
 use crate::backend::{Act, Backend, ModelStorage, Plan, F32};
 use crate::config::MixerDims;
 use crate::params::Table;
+use attn::{AttnActs, AttnIds, AttnScratch};
 use delta::{DeltaActs, DeltaIds, DeltaScratch};
 use gla::{GlaActs, GlaIds, GlaScratch};
 
@@ -25,6 +27,8 @@ pub enum MixerIds {
     Gla(GlaIds),
     /// fla's `DeltaNet` / `GatedDeltaNet`.
     Delta(DeltaIds),
+    /// fla's softmax `Attention` (a hybrid stack's `attn` layers).
+    Attn(AttnIds),
 }
 
 impl MixerIds {
@@ -33,6 +37,7 @@ impl MixerIds {
         match m {
             MixerDims::Gla(g) => Self::Gla(GlaIds::table(t, prefix, d, g)),
             MixerDims::Delta(g) => Self::Delta(DeltaIds::table(t, prefix, d, g)),
+            MixerDims::Attn(g) => Self::Attn(AttnIds::table(t, prefix, d, g)),
         }
     }
 
@@ -42,6 +47,7 @@ impl MixerIds {
         match self {
             Self::Gla(g) => MixerDims::Gla(g.dims),
             Self::Delta(g) => MixerDims::Delta(g.dims),
+            Self::Attn(g) => MixerDims::Attn(g.dims),
         }
     }
 }
@@ -50,12 +56,14 @@ impl MixerIds {
 pub(crate) enum MixerActs<S: ModelStorage> {
     Gla(GlaActs<S>),
     Delta(DeltaActs<S>),
+    Attn(AttnActs<S>),
 }
 
 /// One kind's backward buffers.
 enum Scratch<S: ModelStorage> {
     Gla(GlaScratch<S>),
     Delta(DeltaScratch<S>),
+    Attn(AttnScratch<S>),
 }
 
 /// The backward's buffers of every mixer kind in the model (shared by the layers of a kind:
@@ -69,6 +77,7 @@ impl<S: ModelStorage> MixerActs<S> {
         Ok(match ids {
             MixerIds::Gla(g) => Self::Gla(GlaActs::alloc(be, &g.dims, n)?),
             MixerIds::Delta(g) => Self::Delta(DeltaActs::alloc(be, &g.dims, n)?),
+            MixerIds::Attn(g) => Self::Attn(AttnActs::alloc(be, &g.dims, n)?),
         })
     }
 }
@@ -85,6 +94,7 @@ impl<S: ModelStorage> MixerScratch<S> {
             let s = match ids {
                 MixerIds::Gla(g) => Scratch::Gla(GlaScratch::alloc(be, &g.dims, n)?),
                 MixerIds::Delta(g) => Scratch::Delta(DeltaScratch::alloc(be, &g.dims, n)?),
+                MixerIds::Attn(g) => Scratch::Attn(AttnScratch::alloc(be, &g.dims, n)?),
             };
             kinds.push((key, s));
         }
@@ -109,6 +119,7 @@ pub(crate) fn forward<B: Backend>(
     match (ids, acts) {
         (MixerIds::Gla(ids), MixerActs::Gla(a)) => gla::forward(be, ids, a, plan, xn, res, out, bt, layer, io),
         (MixerIds::Delta(ids), MixerActs::Delta(a)) => delta::forward(be, ids, a, plan, xn, res, out, bt, layer, io),
+        (MixerIds::Attn(ids), MixerActs::Attn(a)) => attn::forward(be, ids, a, plan, xn, res, out, bt, layer, io),
         _ => Err(mismatch("forward", "activations").into()),
     }
 }
@@ -134,6 +145,7 @@ pub(crate) fn backward<B: Backend>(
         (MixerIds::Delta(ids), MixerActs::Delta(a), Some(Scratch::Delta(s))) => {
             delta::backward(be, ids, a, s, plan, grads, xn, dout, dxn, bt)
         }
+        (MixerIds::Attn(ids), MixerActs::Attn(a), Some(Scratch::Attn(s))) => attn::backward(be, ids, a, s, plan, grads, xn, dout, dxn, bt),
         _ => Err(mismatch("backward", "mixer scratch").into()),
     }
 }
