@@ -89,8 +89,11 @@ fn run_cuda(a: &Args) -> Result<(String, Vec<Row>)> {
     let default_dir = std::path::PathBuf::from("crates/gla-model/tests/fixtures/fla");
     let dir = a.fla_fixtures.clone().unwrap_or(default_dir);
     let mut fla = Vec::new();
-    let n_fixtures = if opts.model { fla_fixture_check(&cuda, &dir, &mut fla)? } else { 0 };
-    if opts.model && n_fixtures == 0 {
+    let (n_fixtures, skipped) = if opts.model { fla_fixture_check(&cuda, &dir, &mut fla)? } else { (0, Vec::new()) };
+    for s in &skipped {
+        eprintln!("note: fla fixture not run on the GPU: {s}");
+    }
+    if opts.model && n_fixtures + skipped.len() == 0 {
         if a.fla_fixtures.is_some() {
             anyhow::bail!(
                 "--fla-fixtures {}: no fixture directories (config.json, model.safetensors, fixture.safetensors) found",

@@ -42,11 +42,13 @@ use gla_core::backend::{
 };
 use gla_core::dims::{AttnDims, DeltaDims, Dims, FeatureMap, GateAct, GlaDims, MixerDims};
 use gla_core::params::ParamSpec;
-use gla_core::DeltaProblem;
+use gla_core::{AttnProblem, DeltaProblem};
 use gla_core::{GateKind, Problem, ProblemSpec};
 
+use crate::attn::ops::{self as attn_ops, AttnDevGrads, AttnDevInputs, DevAttnProblem};
 use crate::delta::ops::{self as delta_ops, DeltaDevGradsMut, DeltaDevInputs, DeltaWorkspace, DevDeltaProblem};
 use crate::delta::DeltaAlgo;
+use crate::dispatch::attn as attn_disp;
 use crate::dispatch::delta::DELTA_MAX_K;
 use crate::dist::Comm;
 use crate::error::{Error, Result};
@@ -290,6 +292,8 @@ pub(crate) fn part_len(d: &Dims, mixers: &[GpuMixer], n: usize) -> usize {
         let (widest, conv, head_rows, head_v) = match mixer {
             GpuMixer::Gla(dm, _) => (dm.key_dim_kv, dm.key_dim.max(dm.key_dim_kv).max(dm.value_dim_kv), n * dm.heads, dm.head_v),
             GpuMixer::Delta(dm) => (0, dm.key_dim.max(dm.value_dim), n * dm.v_heads, dm.head_v),
+            // the projections' bias gradients
+            GpuMixer::Attn(dm) => (dm.q_dim().max(dm.kv_dim()), 0, 0, 0),
         };
         (col_gy(n) * d.d.max(widest).max(conv * mixer.conv())).max(col_gy(head_rows) * head_v)
     };
@@ -305,6 +309,8 @@ pub(crate) enum GpuMixer {
     Gla(GlaDims, HeadPlan),
     /// DeltaNet or Gated DeltaNet.
     Delta(DeltaDims),
+    /// Softmax attention (fla's `Attention`, a hybrid stack's `attn` layers).
+    Attn(AttnDims),
 }
 
 impl GpuMixer {
@@ -313,6 +319,7 @@ impl GpuMixer {
         match self {
             GpuMixer::Gla(dm, _) => dm.conv,
             GpuMixer::Delta(dm) => dm.conv,
+            GpuMixer::Attn(_) => 0,
         }
     }
 
@@ -327,6 +334,8 @@ impl GpuMixer {
             GpuMixer::Delta(dm) => {
                 (dm.v_heads * dm.head_k * dm.head_v, [dm.key_dim * dm.conv, dm.key_dim * dm.conv, dm.value_dim * dm.conv])
             }
+            // the KV cache is not a fixed-size state (GpuState's caches)
+            GpuMixer::Attn(_) => (0, [0; 3]),
         }
     }
 }
@@ -337,6 +346,7 @@ impl GpuMixer {
         match self {
             GpuMixer::Gla(dm, _) => MixerDims::Gla(*dm),
             GpuMixer::Delta(dm) => MixerDims::Delta(*dm),
+            GpuMixer::Attn(dm) => MixerDims::Attn(*dm),
         }
     }
 }
@@ -360,10 +370,9 @@ pub(crate) fn gpu_mixers(d: &Dims) -> Result<(Vec<GpuMixer>, Vec<usize>)> {
                 }
                 GpuMixer::Delta(*dm)
             }
-            MixerDims::Attn(_) => {
-                return Err(unsupported(
-                    "a hybrid stack's softmax-attention layers (fla's `attn` key) on the GPU (CPU only for now)".into(),
-                ))
+            MixerDims::Attn(dm) => {
+                crate::dispatch::attn::attn_dims(dm.head_dim, dm.head_dim).map_err(unsupported)?;
+                GpuMixer::Attn(*dm)
             }
         };
         if mixer.conv() > MAX_CONV {
@@ -446,10 +455,26 @@ pub(crate) struct GradSync {
 /// step (`h0`) and leaving it (`ht`), f32, GLA's `[B, Hop, K, Vop]` at the op's heads (value
 /// splits) or the delta rule's `[B, HV, K, V]`, and the three conv caches `[B, C, W]` f32 (with
 /// short conv), updated in place.
+///
+/// Attention layers read and extend each sequence's own KV cache in place (`kv`: per layer, per
+/// sequence, the k and v cache addresses and their slots; empty for other layers), RoPE takes
+/// each sequence's position from `pos` (`[B]` i32, the tokens it had seen), `seen` its host copy.
 pub struct InferCtx {
     pub(crate) h0: Vec<CudaSlice<f32>>,
     pub(crate) ht: Vec<CudaSlice<f32>>,
     pub(crate) conv: Vec<Option<[CudaSlice<f32>; 3]>>,
+    pub(crate) kv: Vec<Vec<KvRef>>,
+    pub(crate) seen: Vec<usize>,
+    pub(crate) pos: CudaSlice<i32>,
+}
+
+/// One sequence's KV cache of one attention layer as a forward sees it: the device addresses of
+/// its k and v `[S, H_KV, Dh]` bf16 and its slots S (token p at slot `p % S`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KvRef {
+    pub(crate) k: u64,
+    pub(crate) v: u64,
+    pub(crate) slots: usize,
 }
 
 /// Where the sequences of a forward keep their inference state.
@@ -458,12 +483,18 @@ pub enum InferIo<'a> {
     Batch(&'a mut InferCtx),
     /// Decode (T = 1): each sequence's own [`crate::GpuState`] buffers, updated in place, found through
     /// the device table at `addr`: `[L][4][B]` addresses (the recurrent state, then the q, k, v
-    /// conv caches, 0 without short conv).
+    /// conv caches, 0 without short conv; for an attention layer the k cache, the v cache and
+    /// the cache's slots).
     Table {
         /// Device address of the table.
         addr: u64,
         /// Sequences (B).
         b: usize,
+        /// The table's contents (attention layers launch per sequence on its cache).
+        host: &'a [u64],
+        /// Device address of `[2, B]` i32: each sequence's tokens seen before this one (RoPE's
+        /// position), then including it (the attention cache's length).
+        pos: u64,
     },
 }
 
@@ -502,6 +533,30 @@ pub struct GpuPlan {
 enum PlanOp {
     Gla(GlaDims, Box<GlaPlan>),
     Delta(DeltaDims, Box<DeltaPlan>),
+    Attn(AttnDims, Box<AttnPlan>),
+}
+
+/// The softmax-attention op of a batch shape (B sequences of T, causal, the layers' window) and
+/// RoPE's frequencies; for a plan that runs backwards, the op's bf16 gradients and row dots,
+/// shared by the layers (their launches run in order on one stream).
+struct AttnPlan {
+    prob: DevAttnProblem,
+    /// `[Dh/2]` f32: [`AttnDims::rope_inv_freq`], the CPU's frequencies.
+    inv_freq: CudaSlice<f32>,
+    bufs: Mutex<Option<AttnBufs>>,
+    /// The decode step's `lse [B, H]` (kept by no one) and, for a plan of one token per
+    /// sequence, its split partials: `po [B, H, splits, Dh]`,
+    /// `pl [B, H, splits]` f32 for at most [`AttnPlan::max_splits`] splits.
+    lse: CudaSlice<f32>,
+    po: CudaSlice<f32>,
+    pl: CudaSlice<f32>,
+    max_splits: usize,
+}
+
+/// The attention backward's buffers: dq, dk, dv bf16 and `delta [N, H]` f32.
+struct AttnBufs {
+    grads: AttnDevGrads,
+    delta: CudaSlice<f32>,
 }
 
 /// The GLA problem of a batch shape at the op's heads and the op's buffers.
@@ -548,6 +603,16 @@ impl GpuPlan {
                 _ => None,
             })
             .ok_or_else(|| unsupported("a GLA op on a plan made for another model".into()))
+    }
+    /// The attention op's plan of the layers with dims `md`.
+    fn attn(&self, md: &AttnDims) -> Result<&AttnPlan> {
+        self.ops
+            .iter()
+            .find_map(|op| match op {
+                PlanOp::Attn(dm, a) if dm == md => Some(&**a),
+                _ => None,
+            })
+            .ok_or_else(|| unsupported("an attention op on a plan made for another model".into()))
     }
     /// The delta op's plan of the layers with dims `md`.
     fn delta(&self, md: &DeltaDims) -> Result<&DeltaPlan> {
@@ -598,8 +663,8 @@ impl DeltaStorage for GpuBuf {
 }
 
 impl AttnStorage for GpuBuf {
-    /// Nothing yet: the GPU runs no softmax-attention layer ([`AttnOps`] for [`Gpu`]).
-    type AttnSaved = ();
+    /// The forward's `lse [N, H]` f32 (natural log), which the backward recomputes P from.
+    type AttnSaved = CudaSlice<f32>;
 }
 
 /// The language model's ops on one GPU over its device weights: f32 masters at `moff` (all of
@@ -672,6 +737,15 @@ impl Gpu {
     /// Elements of one sequence's decode state of layer `l` ([`GpuMixer::state_sizes`]).
     pub(crate) fn layer_state_sizes(&self, l: usize) -> (usize, [usize; 3]) {
         self.mixers[self.of_layer[l]].state_sizes()
+    }
+
+    /// Layer `l`'s attention dims, when it is a softmax-attention layer (its decode state is a
+    /// KV cache).
+    pub(crate) fn layer_attn_dims(&self, l: usize) -> Option<AttnDims> {
+        match self.mixers[self.of_layer[l]] {
+            GpuMixer::Attn(dm) => Some(dm),
+            _ => None,
+        }
     }
 
     /// Short conv width of layer `l`'s mixer (0 without).
@@ -764,6 +838,77 @@ impl Gpu {
         Ok(DeltaPlan { prob, bufs: Mutex::new(bufs) })
     }
 
+    /// The attention op's part of the plan of `[b, t]` batches ([`AttnPlan`]).
+    fn attn_plan(&self, dm: &AttnDims, b: usize, t: usize, backward: bool) -> Result<AttnPlan> {
+        let c = &self.cuda;
+        let prob = DevAttnProblem::new(c, &AttnProblem::new(dm.op_spec(b, t, None))?)?;
+        let inv_freq = c.upload(&dm.rope_inv_freq(), "rope frequencies")?;
+        let bufs = if backward {
+            let p = &prob.problem;
+            Some(AttnBufs { grads: AttnDevGrads::alloc(c, p)?, delta: self.z(p.lse_len())? })
+        } else {
+            None
+        };
+        // a sequence's split count is bounded by the grid the SMs want for one sequence
+        let max_splits = if t == 1 { attn_disp::decode_split(1, dm.kv_heads, 1 << 40, c.sm_count()).0 } else { 0 };
+        let (po, pl) = (self.z(b * dm.heads * max_splits * dm.head_dim)?, self.z(b * dm.heads * max_splits)?);
+        let lse = self.z(if t == 1 { b * dm.heads } else { 0 })?;
+        Ok(AttnPlan { prob, inv_freq, bufs: Mutex::new(bufs), lse, po, pl, max_splits })
+    }
+
+    /// One sequence's attention decode over its cache `kv` (launches only, capturable): appends
+    /// the token's `k, v` rows at slot `(len - 1) % S` (`attn_append`), then attends with `q`
+    /// (`attn_decode_*` over the splits, `attn_decode_combine`) into `o` and `lse`. Every
+    /// argument is a device address: `lens` of this sequence's i32 length (tokens including
+    /// this one), `po`/`pl` split partials of at least the splits [`attn_disp::decode_split`]
+    /// gives the cache's slots.
+    #[allow(clippy::too_many_arguments)]
+    fn attn_decode_one(
+        &self,
+        dm: &AttnDims,
+        kv: KvRef,
+        [q, k, v, o, lse]: [u64; 5],
+        lens: u64,
+        [po, pl]: [u64; 2],
+        max_splits: usize,
+    ) -> Result<()> {
+        let (splits, chunk) = attn_disp::decode_split(1, dm.kv_heads, kv.slots, self.cuda.sm_count());
+        if splits > max_splits {
+            return Err(unsupported(format!("an attention decode of {splits} splits on buffers for {max_splits}")));
+        }
+        let dims = attn_disp::attn_dims(dm.head_dim, dm.head_dim).map_err(unsupported)?;
+        let (one, s, hk, d) = (1i32, kv.slots as i32, dm.kv_heads as i32, dm.head_dim as i32);
+        let (h, ch, sp) = (dm.heads as i32, chunk as i32, splits as i32);
+        let sl2 = ((dm.head_dim as f64).powf(-0.5) * std::f64::consts::LOG2_E) as f32;
+        // SAFETY: the arguments match attn_append, attn_decode_* and attn_decode_combine
+        // (kernels/attn/decode.cu) for one sequence: its cache holds `slots` rows of H_KV * Dh,
+        // q/o are one row of H * Dh, k/v one of H_KV * Dh, po/pl hold `splits` partials per head
+        unsafe {
+            self.cuda.launch(
+                "attn_append",
+                attn_disp::flat_cfg(dm.kv_heads * 2 * dm.head_dim),
+                &[&k, &v, &kv.k, &kv.v, &lens, &one, &s, &hk, &d, &d],
+            )?;
+            self.cuda.launch(
+                &attn_disp::kernel("decode", dims),
+                attn_disp::decode_cfg(splits, dm.kv_heads, 1),
+                &[&q, &kv.k, &kv.v, &lens, &po, &pl, &h, &hk, &s, &ch, &sl2],
+            )?;
+            self.cuda.launch("attn_decode_combine", attn_disp::combine_cfg(dm.heads, dm.head_dim), &[&po, &pl, &o, &lse, &sp, &d])
+        }
+    }
+
+    /// The attention dims of a layer's call: one of the model's mixers ([`gpu_mixers`]).
+    fn layer_attn(&self, md: &AttnDims) -> Result<&AttnDims> {
+        self.mixers
+            .iter()
+            .find_map(|m| match m {
+                GpuMixer::Attn(dm) if dm == md => Some(dm),
+                _ => None,
+            })
+            .ok_or_else(|| unsupported("an attention layer with dims that none of the model's layers has".into()))
+    }
+
     /// The delta op's bf16 inputs and decay parameters for one call, in the plan's buffers: the
     /// beta logits cast (the constant beta of a layer without `b_proj` stays), the decay input
     /// `a` cast and the masters of `A_log`, `dt_bias` copied (Gated DeltaNet). Launches and
@@ -835,6 +980,7 @@ impl Primitives for Gpu {
                 Ok(match *m {
                     GpuMixer::Gla(dm, hp) => PlanOp::Gla(dm, Box::new(self.gla_plan(&dm, hp, b, t, backward)?)),
                     GpuMixer::Delta(dm) => PlanOp::Delta(dm, Box::new(self.delta_plan(&dm, b, t, backward)?)),
+                    GpuMixer::Attn(dm) => PlanOp::Attn(dm, Box::new(self.attn_plan(&dm, b, t, backward)?)),
                 })
             })
             .collect::<Result<_>>()?;
@@ -1026,7 +1172,7 @@ impl Primitives for Gpu {
         let (yp, prep, xp, wp) = (self.p(y), self.p(pre), self.p(x), self.mp(w));
         let (ni, ti, ci, wi, nb, si) = (n as i64, t as i32, c as i32, self.width(w) as i32, b as i64, i32::from(silu));
         let cache = match io {
-            Some((InferIo::Table { addr, b }, l, i)) => {
+            Some((InferIo::Table { addr, b, .. }, l, i)) => {
                 // each sequence's own cache, through the state table (decode)
                 let (tab, nb) = (*addr + 8 * ((l * 4 + 1 + i) * *b) as u64, *b as i64);
                 launch!(self, "conv_decode", flat(*b * c), yp, prep, xp, wp, tab, nb, ci, wi, si);
@@ -1289,7 +1435,7 @@ impl GlaOps for Gpu {
                 let ws = &mut gp.bufs.lock().unwrap_or_else(|e| e.into_inner()).ws;
                 ops::gla_fwd_ws(c, which, &gp.prob, &x_in, ws, o, Some(&mut ctx.ht[l]))?;
             }
-            Some((InferIo::Table { addr, b }, l)) => {
+            Some((InferIo::Table { addr, b, .. }, l)) => {
                 if p.t() != 1 {
                     return Err(unsupported(format!("the decode step takes one token per sequence, got T = {}", p.t())));
                 }
@@ -1361,63 +1507,165 @@ impl GlaOps for Gpu {
 /// The GPU's softmax-attention layer is not wired yet: every method is a typed
 /// [`gla_core::Error::Unsupported`] (and [`gpu_mixer`] refuses a model with attention layers
 /// before any of them is reached).
-fn attn_unsupported<T>() -> Result<T> {
-    Err(unsupported("softmax-attention layers (a hybrid stack's `attn` layers) on the GPU".into()))
-}
-
 impl AttnOps for Gpu {
-    fn alloc_attn_grads(&self, _md: &AttnDims, _n: usize) -> Result<[CudaSlice<f32>; 3]> {
-        attn_unsupported()
+    fn alloc_attn_grads(&self, md: &AttnDims, n: usize) -> Result<[CudaSlice<f32>; 3]> {
+        let dm = self.layer_attn(md)?;
+        Ok([self.z(n * dm.q_dim())?, self.z(n * dm.kv_dim())?, self.z(n * dm.kv_dim())?])
     }
-    fn alloc_attn_saved(&self, _md: &AttnDims, _n: usize) -> Result<()> {
-        attn_unsupported()
+
+    fn alloc_attn_saved(&self, md: &AttnDims, n: usize) -> Result<CudaSlice<f32>> {
+        let dm = self.layer_attn(md)?;
+        self.z(n * dm.heads)
     }
-    fn bias_fwd(&self, _y: &mut CudaSlice<u16>, _bias: ParamId, _n: usize) -> Result<()> {
-        attn_unsupported()
+
+    fn bias_fwd(&self, y: &mut CudaSlice<u16>, bias: ParamId, n: usize) -> Result<()> {
+        let (yp, bp, ni, ci) = (self.p(y), self.mp(bias), n as i64, self.width(bias) as i32);
+        launch!(self, "bias_add_bf16", flat(n * self.width(bias)), yp, bp, ni, ci);
+        Ok(())
     }
-    fn bias_bwd(&self, _plan: &GpuPlan, _g: &mut Self::Grads, _bias: ParamId, _dy: &CudaSlice<f32>, _n: usize) -> Result<()> {
-        attn_unsupported()
+
+    fn bias_bwd(&self, plan: &GpuPlan, g: &mut CudaSlice<f32>, bias: ParamId, dy: &CudaSlice<f32>, n: usize) -> Result<()> {
+        let c = self.width(bias);
+        let (part, dyp, ni, ci) = (self.p(&plan.part), self.p(dy), n as i64, c as i32);
+        launch!(self, "colsum_f32", cols(n, c), part, dyp, ni, ci);
+        self.finalize_cols(self.gp(g, bias), part, n, c)
     }
+
     fn rope_fwd(
         &self,
-        _md: &AttnDims,
-        _plan: &GpuPlan,
-        _y: &mut CudaSlice<u16>,
-        _x: &CudaSlice<u16>,
-        _heads: usize,
-        _io: Option<&Self::Io<'_>>,
+        md: &AttnDims,
+        plan: &GpuPlan,
+        y: &mut CudaSlice<u16>,
+        x: &CudaSlice<u16>,
+        heads: usize,
+        io: Option<&InferIo<'_>>,
     ) -> Result<()> {
-        attn_unsupported()
+        let ap = plan.attn(md)?;
+        let p = &ap.prob.problem;
+        let (n, t) = (p.b() * p.t(), p.t());
+        // each sequence's tokens seen before this forward (none in training)
+        let pos0 = match io {
+            None => 0u64,
+            Some(InferIo::Batch(ctx)) => self.p(&ctx.pos),
+            Some(InferIo::Table { pos, .. }) => *pos,
+        };
+        let (yp, xp, fp) = (self.p(y), self.p(x), self.p(&ap.inv_freq));
+        let (ni, ti, hi, di) = (n as i64, t as i32, heads as i32, md.head_dim as i32);
+        launch!(self, "rope_bf16", flat(n * heads * md.head_dim / 2), yp, xp, fp, pos0, ni, ti, hi, di);
+        Ok(())
     }
-    fn rope_bwd(&self, _md: &AttnDims, _plan: &GpuPlan, _d: &mut CudaSlice<f32>, _heads: usize) -> Result<()> {
-        attn_unsupported()
+
+    fn rope_bwd(&self, md: &AttnDims, plan: &GpuPlan, d: &mut CudaSlice<f32>, heads: usize) -> Result<()> {
+        let ap = plan.attn(md)?;
+        let p = &ap.prob.problem;
+        let (n, t) = (p.b() * p.t(), p.t());
+        let (dp, fp) = (self.p(d), self.p(&ap.inv_freq));
+        let (ni, ti, hi, di) = (n as i64, t as i32, heads as i32, md.head_dim as i32);
+        launch!(self, "rope_bwd_f32", flat(n * heads * md.head_dim / 2), dp, fp, ni, ti, hi, di);
+        Ok(())
     }
+
     fn attn_fwd(
         &self,
-        _md: &AttnDims,
-        _plan: &GpuPlan,
-        _saved: &mut (),
-        _o: &mut CudaSlice<u16>,
-        _q: &CudaSlice<u16>,
-        _k: &CudaSlice<u16>,
-        _v: &CudaSlice<u16>,
-        _io: Option<(&mut Self::Io<'_>, usize)>,
+        md: &AttnDims,
+        plan: &GpuPlan,
+        saved: &mut CudaSlice<f32>,
+        o: &mut CudaSlice<u16>,
+        q: &CudaSlice<u16>,
+        k: &CudaSlice<u16>,
+        v: &CudaSlice<u16>,
+        io: Option<(&mut InferIo<'_>, usize)>,
     ) -> Result<()> {
-        attn_unsupported()
+        let ap = plan.attn(md)?;
+        let p = &ap.prob.problem;
+        let (b, t) = (p.b(), p.t());
+        let (wq, wk) = (md.q_dim() as u64, md.kv_dim() as u64);
+        match io {
+            None => attn_ops::attn_fwd(&self.cuda, &ap.prob, &AttnDevInputs { q, k, v }, o, saved),
+            Some((InferIo::Batch(ctx), l)) => {
+                let kvs = &ctx.kv[l];
+                if kvs.len() != b || ctx.seen.len() != b {
+                    return Err(unsupported(format!("a prefill of {b} sequences with {} KV caches", kvs.len())));
+                }
+                let (ql, row) = (self.p(q), md.kv_dim() as i32);
+                if ctx.seen.iter().all(|&n| n == 0) {
+                    // fresh caches: the whole batch in one call, then every row joins its cache
+                    // (a ring buffer keeps the last `window`)
+                    let mut lse = self.z(p.lse_len())?;
+                    attn_ops::attn_fwd(&self.cuda, &ap.prob, &AttnDevInputs { q, k, v }, o, &mut lse)?;
+                    for (i, kv) in kvs.iter().enumerate() {
+                        let (p0, cnt, sl) = (0i64, t as i64, kv.slots as i64);
+                        for (cache, src) in [(kv.k, self.p(k)), (kv.v, self.p(v))] {
+                            let src = src + 2 * i as u64 * t as u64 * wk;
+                            launch!(self, "kv_scatter_bf16", flat(t.min(kv.slots) * md.kv_dim()), cache, src, p0, cnt, sl, row);
+                        }
+                    }
+                    return Ok(());
+                }
+                // caches that hold tokens already: token by token through the decode kernels
+                // (as the CPU does; a generation prefills each prompt whole into empty caches)
+                let lens: Vec<i32> = (0..b * t).map(|r| i32::try_from(ctx.seen[r / t] + r % t + 1).unwrap_or(i32::MAX)).collect();
+                let lens = self.cuda.upload(&lens, "prefill lengths")?;
+                let most =
+                    kvs.iter().map(|kv| attn_disp::decode_split(1, md.kv_heads, kv.slots, self.cuda.sm_count()).0).max().unwrap_or(1);
+                let (po, pl, lse) =
+                    (self.z::<f32>(md.heads * most * md.head_dim)?, self.z::<f32>(md.heads * most)?, self.z::<f32>(md.heads)?);
+                for r in 0..b * t {
+                    let rr = r as u64;
+                    let at = [ql + 2 * rr * wq, self.p(k) + 2 * rr * wk, self.p(v) + 2 * rr * wk, self.p(o) + 2 * rr * wq, self.p(&lse)];
+                    self.attn_decode_one(md, kvs[r / t], at, self.p(&lens) + 4 * rr, [self.p(&po), self.p(&pl)], most)?;
+                }
+                Ok(())
+            }
+            Some((InferIo::Table { b: nb, host, pos, .. }, l)) => {
+                if t != 1 || *nb != b {
+                    return Err(unsupported(format!("a decode step of [{b}, {t}] on a table of {nb} sequences")));
+                }
+                for i in 0..b {
+                    let e = |j: usize| host[(l * 4 + j) * b + i];
+                    let kv = KvRef { k: e(0), v: e(1), slots: e(2) as usize };
+                    let iu = i as u64;
+                    let at = [
+                        self.p(q) + 2 * iu * wq,
+                        self.p(k) + 2 * iu * wk,
+                        self.p(v) + 2 * iu * wk,
+                        self.p(o) + 2 * iu * wq,
+                        self.p(&ap.lse) + 4 * iu * md.heads as u64,
+                    ];
+                    let part = ap.max_splits as u64 * md.heads as u64;
+                    let pp = [self.p(&ap.po) + 4 * iu * part * md.head_dim as u64, self.p(&ap.pl) + 4 * iu * part];
+                    // the lengths are the positions' second row
+                    self.attn_decode_one(md, kv, at, *pos + 4 * (b + i) as u64, pp, ap.max_splits)?;
+                }
+                Ok(())
+            }
+        }
     }
+
     fn attn_bwd(
         &self,
-        _md: &AttnDims,
-        _plan: &GpuPlan,
-        _saved: &(),
-        _q: &CudaSlice<u16>,
-        _k: &CudaSlice<u16>,
-        _v: &CudaSlice<u16>,
-        _o: &CudaSlice<u16>,
-        _d_o: &CudaSlice<u16>,
-        _grads: [&mut CudaSlice<f32>; 3],
+        md: &AttnDims,
+        plan: &GpuPlan,
+        saved: &CudaSlice<f32>,
+        q: &CudaSlice<u16>,
+        k: &CudaSlice<u16>,
+        v: &CudaSlice<u16>,
+        o: &CudaSlice<u16>,
+        d_o: &CudaSlice<u16>,
+        grads: [&mut CudaSlice<f32>; 3],
     ) -> Result<()> {
-        attn_unsupported()
+        let ap = plan.attn(md)?;
+        let mut bufs = ap.bufs.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(b) = bufs.as_mut() else {
+            return Err(unsupported("an attention backward on a plan made for inference".into()));
+        };
+        attn_ops::attn_bwd_ws(&self.cuda, &ap.prob, &AttnDevInputs { q, k, v }, o, saved, d_o, &mut b.delta, &mut b.grads)?;
+        // the op's bf16 gradients widened for RoPE's backward, the bias sums and the casts
+        for (dst, src) in grads.into_iter().zip([&b.grads.dq, &b.grads.dk, &b.grads.dv]) {
+            let (dp, sp, len) = (self.p(dst), self.p(src), dst.len().min(src.len()) as i64);
+            launch!(self, "widen_bf16_f32", flat(len as usize), dp, sp, len);
+        }
+        Ok(())
     }
 }
 
@@ -1478,7 +1726,7 @@ impl DeltaOps for Gpu {
                 let x = DeltaDevInputs { h0: Some(&ctx.h0[l]), ..x };
                 delta_ops::delta_fwd_ws(c, DeltaAlgo::Chunked, &dp.prob, &x, ws, o, Some(&mut ctx.ht[l]))
             }
-            Some((InferIo::Table { addr, b }, l)) => {
+            Some((InferIo::Table { addr, b, .. }, l)) => {
                 let t = dp.prob.problem.t();
                 if t != 1 {
                     return Err(unsupported(format!("the decode step takes one token per sequence, got T = {t}")));

@@ -14,11 +14,12 @@
 use std::sync::Arc;
 
 use gla_cuda::backend::{GpuBuf, InferCtx, InferIo};
+use gla_cuda::decode::DecodeTable;
 use gla_cuda::dist::Comm;
 use gla_cuda::{Cuda, DecodeStep, Error, Gpu, GpuDecoding, GpuWeights, HostMoments, Result};
 
 use crate::backend::Primitives;
-use crate::config::{Dims, ModelConfig};
+use crate::config::{Dims, MixerDims, ModelConfig};
 use crate::infer::{pick, prefill_plan, PREFILL_TOKENS};
 use crate::layout::Layout;
 use crate::model::{self as lm, Acts, GlaModel, LossOut, IGNORE_INDEX};
@@ -338,17 +339,39 @@ impl DecodeStep for LmStep {
     }
     /// # Safety
     /// As [`DecodeStep::body`].
-    unsafe fn body(&self, gpu: &Gpu, acts: &mut GpuActivations, table: u64) -> Result<()> {
+    unsafe fn body(&self, gpu: &Gpu, acts: &mut GpuActivations, table: DecodeTable<'_>) -> Result<()> {
         let (b, t) = acts.shape();
         if t != 1 {
             return Err(unsupported(format!("the decode step takes one token per sequence, got T = {t}")));
         }
-        lm::body(gpu, &self.layout, acts, Some(&mut InferIo::Table { addr: table, b }))?;
+        lm::body(gpu, &self.layout, acts, Some(&mut table.io(b)))?;
         lm::head_logits(gpu, &self.layout, acts, None)
     }
     fn logits(&self, weights: &GpuWeights, acts: &GpuActivations) -> Result<Vec<f32>> {
         logits_to_host(weights, acts)
     }
+}
+
+/// Tokens of one prefill forward of a model with attention layers, whose prompts go whole.
+const WHOLE_PREFILL_TOKENS: usize = 1 << 18;
+
+/// The prefill of a model with softmax-attention layers: each prompt in one forward (into empty
+/// KV caches the flash kernel sees the whole prompt at once; a later window of a prompt split as
+/// [`prefill_plan`] does would attend its cache token by token), prompts of the same length
+/// together, at most `max_batch` and [`WHOLE_PREFILL_TOKENS`] tokens (or one prompt) a forward.
+fn whole_prompt_plan(lens: &[usize], max_batch: usize) -> Vec<crate::infer::PrefillStep> {
+    let mut groups: std::collections::BTreeMap<usize, Vec<usize>> = std::collections::BTreeMap::new();
+    for (i, &n) in lens.iter().enumerate() {
+        groups.entry(n).or_default().push(i);
+    }
+    let mut plan = Vec::new();
+    for (len, members) in groups {
+        let per = (WHOLE_PREFILL_TOKENS / len.max(1)).clamp(1, max_batch.max(1));
+        for group in members.chunks(per) {
+            plan.push(crate::infer::PrefillStep { seqs: group.to_vec(), start: 0, end: len, last: true });
+        }
+    }
+    plan
 }
 
 /// Generation on the GPU: prefill (chunked) and decode (recurrent) with one [`GpuState`] per
@@ -434,7 +457,9 @@ impl GpuDecoder {
         let mut out: Vec<Vec<f32>> = vec![Vec::new(); prompts.len()];
         let mut acts: Option<GpuActivations> = None;
         let gpu = self.dev.weights().backend();
-        for step in prefill_plan(&lens, max_b) {
+        let has_attn = gpu.dims().mixers.iter().any(|m| matches!(m, MixerDims::Attn(_)));
+        let plan = if has_attn { whole_prompt_plan(&lens, max_b) } else { prefill_plan(&lens, max_b) };
+        for step in plan {
             let (b, w) = (step.seqs.len(), step.end - step.start);
             if acts.as_ref().is_none_or(|a| a.shape() != (b, w)) {
                 drop(acts.take()); // free the previous set before allocating the next
