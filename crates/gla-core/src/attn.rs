@@ -289,7 +289,10 @@ impl AttnCacheLayout {
     /// [`Error::Overflow`] when the cache's element count does not fit.
     pub fn new(p: &AttnProblem, n: usize, capacity: usize) -> Result<Self> {
         if !p.causal() {
-            return Err(Error::Unsupported { backend: "attn-decode", what: "non-causal attention (a decode step only sees the past)".into() });
+            return Err(Error::Unsupported {
+                backend: "attn-decode",
+                what: "non-causal attention (a decode step only sees the past)".into(),
+            });
         }
         let slots = p.window().unwrap_or(capacity);
         nonzero_dims(OP, &[("N", n), ("S", slots)])?;

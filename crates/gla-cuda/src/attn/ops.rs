@@ -190,16 +190,31 @@ pub fn attn_bwd_ws(
             &da::kernel("bwd_dkv", dp.dims),
             da::dkv_cfg(p.h_kv(), dp.n_key_tiles, da::dkv_smem(dp.dims)),
             &[
-                x.q, x.k, x.v, d_o, lse, &*delta, &g.dk, &g.dv, &dp.bounds, &dp.key_seq, &dp.key_k0, &h, &hk, &d, &dv, &causal, &w, &sl2,
+                x.q,
+                x.k,
+                x.v,
+                d_o,
+                lse,
+                &*delta,
+                &g.dk,
+                &g.dv,
+                &dp.bounds,
+                &dp.key_seq,
+                &dp.key_k0,
+                &h,
+                &hk,
+                &d,
+                &dv,
+                &causal,
+                &w,
+                &sl2,
                 &scale,
             ],
         )?;
         cuda.launch(
             &da::kernel("bwd_dq", dp.dims),
             da::fwd_cfg(p.h(), dp.n_tiles, da::dq_smem(dp.dims)),
-            &[
-                x.q, x.k, x.v, d_o, lse, &*delta, &g.dq, &dp.bounds, &dp.tile_seq, &dp.tile_q0, &h, &hk, &d, &dv, &causal, &w, &sl2, &scale,
-            ],
+            &[x.q, x.k, x.v, d_o, lse, &*delta, &g.dq, &dp.bounds, &dp.tile_seq, &dp.tile_q0, &h, &hk, &d, &dv, &causal, &w, &sl2, &scale],
         )
     }
 }
@@ -259,7 +274,10 @@ impl AttnKvCache {
             )));
         }
         if layout.n > da::MAX_GRID_YZ || layout.h_kv > da::MAX_GRID_YZ || layout.slots > i32::MAX as usize {
-            return Err(unsupported(format!("attention decode: N = {}, H_KV = {}, S = {} exceed the grid", layout.n, layout.h_kv, layout.slots)));
+            return Err(unsupported(format!(
+                "attention decode: N = {}, H_KV = {}, S = {} exceed the grid",
+                layout.n, layout.h_kv, layout.slots
+            )));
         }
         let (splits, chunk) = da::decode_split(layout.n, layout.h_kv, layout.slots, cuda.sm_count());
         let nh = layout.n * layout.h;
@@ -298,7 +316,11 @@ impl AttnKvCache {
         // SAFETY: the arguments match attn_append's signature; the cache holds N*S*H_KV*(D, DV)
         // elements (allocated from the layout), the new rows' lengths were checked
         unsafe {
-            cuda.launch("attn_append", da::flat_cfg(l.n * l.h_kv * (l.d + l.dv)), &[k_new, v_new, &self.k, &self.v, lens, &n, &s, &hk, &d, &dv])
+            cuda.launch(
+                "attn_append",
+                da::flat_cfg(l.n * l.h_kv * (l.d + l.dv)),
+                &[k_new, v_new, &self.k, &self.v, lens, &n, &s, &hk, &d, &dv],
+            )
         }
     }
 
@@ -308,7 +330,14 @@ impl AttnKvCache {
     ///
     /// # Errors
     /// [`Error::Op`] for wrong lengths; launch or compile errors.
-    pub fn attend(&mut self, cuda: &Cuda, lens: &CudaSlice<i32>, q: &CudaSlice<u16>, o: &mut CudaSlice<u16>, lse: &mut CudaSlice<f32>) -> Result<()> {
+    pub fn attend(
+        &mut self,
+        cuda: &Cuda,
+        lens: &CudaSlice<i32>,
+        q: &CudaSlice<u16>,
+        o: &mut CudaSlice<u16>,
+        lse: &mut CudaSlice<f32>,
+    ) -> Result<()> {
         let op = "attn_decode";
         let l = self.layout;
         check_len(op, "lens", l.n, lens.len())?;
