@@ -352,3 +352,87 @@ pub fn delta(a: &DeltaArgs) -> Result<bool> {
     a.device.ensure_built()?;
     anyhow::bail!("this gla was built without the `cuda` feature")
 }
+
+#[derive(clap::Args)]
+pub struct AttnArgs {
+    /// Device to time on (the attention kernels run on CUDA only).
+    #[arg(long, value_enum, default_value_t = Device::Cuda)]
+    device: Device,
+    /// Problem shape `B,T,H,D,DV` (repeatable). Default: the shapes of record (bf16, causal,
+    /// H=16, D=DV=128, B*T=65536, T in 2048, 8192, 32768).
+    #[arg(long, value_parser = parse_shape)]
+    shape: Vec<[usize; 5]>,
+    /// Key/value heads (GQA). Default: H.
+    #[arg(long)]
+    h_kv: Option<usize>,
+    /// Time non-causal attention.
+    #[arg(long)]
+    non_causal: bool,
+    /// Decode steps over a full KV cache: batch sizes, comma-separated (with --decode-ctx;
+    /// default 1,16; `none` skips the decode rows).
+    #[arg(long, default_value = "1,16")]
+    decode_batch: String,
+    /// Decode cache lengths, comma-separated.
+    #[arg(long, default_value = "2048,32768")]
+    decode_ctx: String,
+    /// Timed repetitions per measurement (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    reps: usize,
+    /// Also write the results as JSON to this file (read by bench/attn_vs_sdpa.py).
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+/// `gla bench attn`: softmax attention on CUDA (`gla_cuda::bench::bench_attn`).
+#[cfg(feature = "cuda")]
+pub fn attn(a: &AttnArgs) -> Result<bool> {
+    use gla_cuda::bench::{bench_attn, default_attn_shapes, format_rows, HBM_BYTES_PER_S};
+    if a.device != Device::Cuda {
+        anyhow::bail!("gla bench attn runs on CUDA only (--device cuda)");
+    }
+    a.device.ensure_built()?;
+    let list = |s: &str, what: &str| -> Result<Vec<usize>> {
+        if s == "none" {
+            return Ok(Vec::new());
+        }
+        s.split(',').map(|x| x.trim().parse::<usize>().with_context(|| format!("{what}: {x:?} is not a count"))).collect()
+    };
+    let (batches, ctxs) = (list(&a.decode_batch, "--decode-batch")?, list(&a.decode_ctx, "--decode-ctx")?);
+    let decode: Vec<[usize; 2]> = batches.iter().flat_map(|&n| ctxs.iter().map(move |&c| [n, c])).collect();
+    let cuda = gla_cuda::Cuda::new().context("opening the CUDA device")?;
+    let shapes = if a.shape.is_empty() { default_attn_shapes() } else { a.shape.clone() };
+    println!("device: {} ({}); HBM floor at {:.2} TB/s; median of {} reps", cuda.name(), cuda.arch(), HBM_BYTES_PER_S / 1e12, a.reps);
+    let rows = bench_attn(&cuda, &shapes, a.h_kv, !a.non_causal, &decode, a.reps).context("timing attention")?;
+    print!("{}", format_rows(&rows));
+    if let Some(path) = &a.json {
+        let unix_time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let results: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "shape": r.shape, "pass": r.pass, "kernel": r.kernel, "ms": r.ms,
+                    "gbs": r.gbs(), "tflops": r.tflops(), "floor_ms": r.floor_ms(),
+                })
+            })
+            .collect();
+        let report = serde_json::json!({
+            "unix_time": unix_time,
+            "device": cuda.name(),
+            "arch": cuda.arch(),
+            "causal": !a.non_causal,
+            "h_kv": a.h_kv,
+            "reps": a.reps,
+            "results": results,
+        });
+        gla_core::io::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(true)
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn attn(a: &AttnArgs) -> Result<bool> {
+    a.device.ensure_built()?;
+    anyhow::bail!("this gla was built without the `cuda` feature")
+}

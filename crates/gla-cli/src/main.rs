@@ -43,7 +43,7 @@ Examples:
   gla bench ops                       time the CPU GLA op (forward, forward+backward) at B=1 T=8192 H=4 K=V=128
   gla bench ops --shape 2,4096,8,64,64 --json bench.json
   gla check                           run the shared case table on every CPU path against the f64 oracle
-  gla check --device cuda             the same tables (GLA, delta rule) on the GPU kernels (f32 and bf16), plus
+  gla check --device cuda             the same tables (GLA, delta rule, attention) on the GPU kernels (f32, bf16), plus
                                       T=65536, a >2^31-element tensor, repeat-run determinism and the GPU models
   gla eval --model DIR --input ids.safetensors --output out.safetensors --grads
                                       logits, loss and every gradient of input_ids [B, T] (safetensors in and out)
@@ -155,6 +155,13 @@ enum BenchCmd {
         after_help = "Examples:\n  gla bench delta --device cuda\n  gla bench delta --device cuda --shape 8,2048,16,128,128 --ops gdn --json delta.json"
     )]
     Delta(bench::DeltaArgs),
+    /// Time softmax attention on CUDA (flash kernels, bf16): forward and forward+backward (ms,
+    /// TFLOP/s), and decode steps over a KV cache (ms/step, GB/s of the cache read); the JSON
+    /// feeds bench/attn_vs_sdpa.py.
+    #[command(
+        after_help = "Examples:\n  gla bench attn --device cuda\n  gla bench attn --device cuda --shape 4,2048,32,128,128 --h-kv 8 --json attn.json"
+    )]
+    Attn(bench::AttnArgs),
     /// Time generation (time to first token, decode tokens/s) of a random model of a given config
     /// (default fla's gla_340M), prompt 512, 256 new tokens, batch 1 and 16.
     #[command(
@@ -208,6 +215,7 @@ fn main() {
     let res = match cli.cmd {
         Cmd::Bench(BenchCmd::Ops(a)) => bench::ops(&a),
         Cmd::Bench(BenchCmd::Delta(a)) => bench::delta(&a),
+        Cmd::Bench(BenchCmd::Attn(a)) => bench::attn(&a),
         Cmd::Check(a) => check::run(&a),
         Cmd::Eval(a) => eval::run(&a),
         Cmd::Generate(a) => generate::run(&a),

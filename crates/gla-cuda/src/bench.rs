@@ -390,3 +390,95 @@ pub fn format_delta_rows(rows: &[DeltaBenchRow]) -> String {
     let plain: Vec<BenchRow> = rows.iter().map(|r| BenchRow { kernel: label(r), ..r.row.clone() }).collect();
     format_rows(&plain)
 }
+
+/// Softmax attention's shapes of record: bf16, causal, H = 16, D = DV = 128, B*T = 65536, T in
+/// {2048, 8192, 32768}, as `[B, T, H, D, DV]`.
+pub fn default_attn_shapes() -> Vec<[usize; 5]> {
+    [2048usize, 8192, 32768].iter().map(|&t| [65536 / t, t, 16, 128, 128]).collect()
+}
+
+/// The decode shapes of record, `[batch, context]`: batch 1 and 16, 2K and 32K tokens cached.
+pub fn default_attn_decode_shapes() -> Vec<[usize; 2]> {
+    vec![[1, 2048], [1, 32768], [16, 2048], [16, 32768]]
+}
+
+/// FLOPs of one attention forward: `4 B H T^2 D`-style, the two products over the allowed
+/// (query, key) pairs (`2 * pairs * (D + DV)`; causal: about half the pairs, counted as
+/// `T^2 / 2` like flash-attention's benchmark). The backward is counted as 2.5 forwards.
+pub fn attn_fwd_flops(p: &gla_core::AttnProblem) -> f64 {
+    let pairs: f64 = (0..p.n())
+        .map(|n| {
+            let t = p.seq(n).len() as f64;
+            match (p.causal(), p.window()) {
+                (false, _) => t * t,
+                (true, None) => t * t / 2.0,
+                (true, Some(w)) => t * (w as f64).min(t) - (w as f64).min(t).powi(2) / 2.0,
+            }
+        })
+        .sum();
+    2.0 * pairs * (p.d() + p.dv()) as f64 * p.h() as f64
+}
+
+/// Times softmax attention (bf16, the flash kernels): the forward and the forward+backward on
+/// each `[B, T, H, D, DV]` shape (`h_kv` kv heads, default H; causal or not), inputs ~ N(0, 1);
+/// then one decode step (append + split attention + combine) over a full KV cache of each
+/// `[batch, context]` in `decode` with the first shape's H, H_KV and D (the cache zeroed: the
+/// kernels' time does not depend on the values). Rows: `pass` is `fwd`, `fwd+bwd` or `decode`
+/// (shape `[batch, context, H, D, DV]`, bytes = the cache read).
+///
+/// # Errors
+/// Invalid shapes; driver, compile or launch errors.
+pub fn bench_attn(
+    cuda: &Arc<Cuda>,
+    shapes: &[[usize; 5]],
+    h_kv: Option<usize>,
+    causal: bool,
+    decode: &[[usize; 2]],
+    reps: usize,
+) -> Result<Vec<BenchRow>> {
+    use crate::attn::ops::{attn_bwd_ws, attn_fwd, AttnDevGrads, AttnDevInputs, AttnKvCache, DevAttnProblem};
+    use gla_core::{AttnCacheLayout, AttnProblem, AttnSpec};
+    let mut rows = Vec::new();
+    for &[b, t, h, d, dv] in shapes {
+        let p = AttnProblem::new(AttnSpec { h_kv: h_kv.unwrap_or(h), dv, causal, ..AttnSpec::new(b, t, h, d) })?;
+        let dp = DevAttnProblem::new(cuda, &p)?;
+        let up = |n: usize, seed: u64, what: &'static str| -> Result<CudaSlice<u16>> { cuda.upload(&draw_bf16(n, seed, |z| z), what) };
+        let (q, k, v, d_o) = (up(p.q_len(), 21, "q")?, up(p.k_len(), 22, "k")?, up(p.v_len(), 23, "v")?, up(p.o_len(), 24, "do")?);
+        let x = AttnDevInputs { q: &q, k: &k, v: &v };
+        let mut o = cuda.alloc_zeros::<u16>(p.o_len(), "o")?;
+        let mut lse = cuda.alloc_zeros::<f32>(p.lse_len(), "lse")?;
+        let mut delta = cuda.alloc_zeros::<f32>(p.lse_len(), "delta")?;
+        let mut g = AttnDevGrads::alloc(cuda, &p)?;
+        let ffl = attn_fwd_flops(&p);
+        // least bytes: fwd reads q, k, v and writes o (bf16) and lse (f32); bwd reads q, k, v, o,
+        // do (bf16), lse and writes dq, dk, dv (bf16)
+        let (nq, nk, nv, no, nl) = (p.q_len(), p.k_len(), p.v_len(), p.o_len(), p.lse_len());
+        let fwd_bytes = (2 * (nq + nk + nv + no) + 4 * nl) as f64;
+        let bwd_bytes = (2 * (2 * (nq + nk + nv) + 2 * no) + 4 * nl) as f64;
+        let shape = [b, t, h, d, dv];
+        let ms = time_ms(cuda, reps, &mut || attn_fwd(cuda, &dp, &x, &mut o, &mut lse))?;
+        rows.push(BenchRow { shape, pass: "fwd", kernel: "flash", ms, bytes: fwd_bytes, flops: ffl });
+        let ms = time_ms(cuda, reps, &mut || {
+            attn_fwd(cuda, &dp, &x, &mut o, &mut lse)?;
+            attn_bwd_ws(cuda, &dp, &x, &o, &lse, &d_o, &mut delta, &mut g)
+        })?;
+        rows.push(BenchRow { shape, pass: "fwd+bwd", kernel: "flash", ms, bytes: fwd_bytes + bwd_bytes, flops: 3.5 * ffl });
+    }
+    let Some(&[_, _, h, d, dv]) = shapes.first() else { return Ok(rows) };
+    for &[n, ctx] in decode {
+        let p = AttnProblem::new(AttnSpec { h_kv: h_kv.unwrap_or(h), dv, ..AttnSpec::new(1, 1, h, d) })?;
+        let mut cache = AttnKvCache::new(cuda, AttnCacheLayout::new(&p, n, ctx)?)?;
+        let hk = p.h_kv();
+        let lens = cuda.upload(&vec![ctx as i32; n], "decode lens")?;
+        let q = cuda.upload(&draw_bf16(n * h * d, 31, |z| z), "decode q")?;
+        let kn = cuda.upload(&draw_bf16(n * hk * d, 32, |z| z), "decode k")?;
+        let vn = cuda.upload(&draw_bf16(n * hk * dv, 33, |z| z), "decode v")?;
+        let mut o = cuda.alloc_zeros::<u16>(n * h * dv, "decode o")?;
+        let mut lse = cuda.alloc_zeros::<f32>(n * h, "decode lse")?;
+        let ms = time_ms(cuda, reps, &mut || cache.step(cuda, &lens, &q, &kn, &vn, &mut o, &mut lse))?;
+        let bytes = (2 * n * ctx * hk * (d + dv)) as f64;
+        let flops = 2.0 * (n * ctx * h * (d + dv)) as f64;
+        rows.push(BenchRow { shape: [n, ctx, h, d, dv], pass: "decode", kernel: "split-k", ms, bytes, flops });
+    }
+    Ok(rows)
+}
