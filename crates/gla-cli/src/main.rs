@@ -88,8 +88,7 @@ impl Device {
         use gla_model::config::MixerDims;
         // one arm per mixer kind: a kind without GPU kernels names itself here
         let missing = dims.mixers.iter().find_map(|m| match m {
-            MixerDims::Gla(_) | MixerDims::Delta(_) => None,
-            MixerDims::Attn(_) => Some("softmax-attention"),
+            MixerDims::Gla(_) | MixerDims::Delta(_) | MixerDims::Attn(_) => None::<&str>,
         });
         if let (Device::Cuda, Some(kind)) = (self, missing) {
             anyhow::bail!("--device cuda has no kernels for the {kind} layers of this {model_type} model: use --device cpu (the default)");
