@@ -502,7 +502,6 @@ fn run_data(a: &Args, model: &GlaModel, dir: &Path, src: &Path) -> Result<bool> 
 pub fn run(a: &Args) -> Result<bool> {
     a.device.ensure_built()?;
     let (model, dir) = crate::model_dir::load(&a.model)?;
-    a.device.ensure_runs(model.config.model_type(), &model.dims)?;
     match (&a.input, &a.output, &a.data) {
         (Some(i), Some(o), _) => run_input(a, &model, i, o),
         (_, _, Some(d)) => run_data(a, &model, &dir, d),

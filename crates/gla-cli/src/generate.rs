@@ -221,7 +221,6 @@ pub fn run(a: &Args) -> Result<bool> {
     a.device.ensure_built()?;
     let t0 = Instant::now();
     let (model, dir) = crate::model_dir::load(&a.model)?;
-    a.device.ensure_runs(model.config.model_type(), &model.dims)?;
     let tok = crate::model_dir::tokenizer(&dir, a.byte_tokenizer)?;
     let load_s = t0.elapsed().as_secs_f64();
     if a.stats {
@@ -425,7 +424,6 @@ pub fn bench(a: &BenchArgs) -> Result<bool> {
             GlaModel::new(config, 0)?
         }
     };
-    a.device.ensure_runs(model.config.model_type(), &model.dims)?;
     let threads = rayon::current_num_threads();
     println!(
         "gla bench generate: {}, {} parameters ({} layers, hidden {}, {}, vocab {}), greedy",

@@ -80,21 +80,6 @@ impl Device {
         }
         Ok(())
     }
-
-    /// Refuses a model this device does not run, saying what to do: the GPU runs any stack of
-    /// the mixer kinds it has kernels for (a hybrid's layers may differ); dims its kernels do
-    /// not take are refused when the weights are uploaded, with the reason.
-    pub fn ensure_runs(self, model_type: &str, dims: &gla_model::Dims) -> anyhow::Result<()> {
-        use gla_model::config::MixerDims;
-        // one arm per mixer kind: a kind without GPU kernels names itself here
-        let missing = dims.mixers.iter().find_map(|m| match m {
-            MixerDims::Gla(_) | MixerDims::Delta(_) | MixerDims::Attn(_) => None::<&str>,
-        });
-        if let (Device::Cuda, Some(kind)) = (self, missing) {
-            anyhow::bail!("--device cuda has no kernels for the {kind} layers of this {model_type} model: use --device cpu (the default)");
-        }
-        Ok(())
-    }
 }
 
 #[derive(Subcommand)]

@@ -659,7 +659,6 @@ pub fn run(a: &Args) -> Result<bool> {
         Trainer::new(model_config(a, a.arch, vocab)?, train_config(a, text))?
     };
     if on_gpu {
-        crate::Device::Cuda.ensure_runs(tr.model.config.model_type(), &tr.model.dims)?;
         tr = on_cuda(tr, job.as_ref())?;
     }
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
