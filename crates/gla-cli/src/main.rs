@@ -86,6 +86,13 @@ impl Device {
     /// every config of this build); dims its kernels do not take are refused when the weights
     /// are uploaded, with the reason.
     pub fn ensure_runs(self, model_type: &str, dims: &gla_model::Dims) -> anyhow::Result<()> {
+        let attn = dims.mixers.iter().position(|m| matches!(m, gla_model::config::MixerDims::Attn(_)));
+        if let (Device::Cuda, Some(l)) = (self, attn) {
+            anyhow::bail!(
+                "--device cuda does not run softmax-attention layers yet (this hybrid {model_type} model has one at layer {l}, \
+                 from its config's attn key): use --device cpu (the default)"
+            );
+        }
         if self == Device::Cuda && dims.gla().is_none() && dims.delta().is_none() {
             anyhow::bail!(
                 "--device cuda runs models whose layers all have the same token mixer with the same dims; this {model_type} \
