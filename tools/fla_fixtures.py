@@ -526,6 +526,9 @@ def run_variant(torch, safetensors_torch, name, spec, out_dir):
         logits = out.logits.detach().float().clone()
         loss = out.loss
         loss.backward()
+    if spec.get("attn") is not None:
+        source += ("; softmax attention layers: fla's Attention with flash_attn_func / flash_attn_varlen_func "
+                   "replaced by flash_attn_f32 / flash_attn_varlen_f32 (float32 PyTorch, same math)")
     ref = F.cross_entropy(logits[:, :-1].reshape(-1, vocab).double(), input_ids[:, 1:].reshape(-1))
     if abs(ref.item() - loss.item()) > 1e-5 * abs(ref.item()):
         die(f"fla's loss {loss.item()} is not the plain mean CE of its logits ({ref.item()})")

@@ -225,12 +225,13 @@ pub fn run(a: &Args) -> Result<bool> {
     let load_s = t0.elapsed().as_secs_f64();
     if a.stats {
         eprintln!(
-            "loaded {} ({} parameters, {} layers) in {load_s:.2} s; tokenizer: {}; state per sequence: {:.1} KiB",
+            "loaded {} ({} parameters, {} layers) in {load_s:.2} s; tokenizer: {}; state per sequence: {:.1} KiB{}",
             dir.display(),
             model.num_params(),
             model.dims.layers,
             tok.describe(),
-            model.new_state().bytes() as f64 / 1024.0
+            model.new_state().bytes() as f64 / 1024.0,
+            kv_note(&model.dims)
         );
     }
     let opts = GenerateOptions {
@@ -372,6 +373,24 @@ struct MemEntry {
     /// high-water mark (every device allocation of the process, weights included)
     peak_of: &'static str,
     state_bytes: usize,
+}
+
+/// A hybrid stack's KV caches in the `--stats` line: what they add per token seen (their
+/// full-attention layers) and at most (their windowed layers); empty for a recurrent model.
+fn kv_note(dims: &gla_model::Dims) -> String {
+    use gla_model::infer::kv_cache_bytes;
+    let (at0, at1) = (kv_cache_bytes(dims, 0), kv_cache_bytes(dims, 1));
+    if at1 == 0 {
+        return String::new();
+    }
+    let mut s = String::from(" + KV caches of the attention layers:");
+    if at1 > at0 {
+        s += &format!(" {:.2} KiB per token seen", (at1 - at0) as f64 / 1024.0);
+    }
+    if at0 > 0 {
+        s += &format!(" {:.1} KiB for the windowed layers", at0 as f64 / 1024.0);
+    }
+    s
 }
 
 /// Peak resident set (VmHWM) in KiB, from /proc (Linux).

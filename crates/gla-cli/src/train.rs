@@ -122,6 +122,20 @@ pub struct Args {
     /// Without the short causal convolution on q, k, v (fla's use_short_conv).
     #[arg(long)]
     no_short_conv: bool,
+    /// A hybrid stack: these layers (0-based, comma-separated) get fla's softmax attention
+    /// (the config's attn key: RoPE, causal, fla's defaults but for the --attn-* flags); the
+    /// others keep --arch's mixer.
+    #[arg(long, value_delimiter = ',')]
+    attn_layers: Vec<usize>,
+    /// Query heads of the attention layers (attn num_heads) [default: --heads].
+    #[arg(long, requires = "attn_layers")]
+    attn_heads: Option<usize>,
+    /// Key/value heads of the attention layers (attn num_kv_heads, GQA) [default: their heads].
+    #[arg(long, requires = "attn_layers")]
+    attn_kv_heads: Option<usize>,
+    /// Sliding window of the attention layers (attn window_size) [default: full attention].
+    #[arg(long, requires = "attn_layers")]
+    attn_window: Option<usize>,
     /// Sequence length T: of an MQAR example, or of a --data window (the model reads T tokens
     /// and predicts the T next ones).
     #[arg(long, default_value_t = 128)]
@@ -256,6 +270,14 @@ fn model_config(a: &Args, arch: Arch, data_vocab: Option<usize>) -> Result<Model
         (Some(v), Some(d)) if v < d => bail!("--vocab {v} is smaller than the tokenizer's vocabulary of {d}"),
         (v, d) => v.or(d).unwrap_or(DEFAULT_VOCAB),
     };
+    let attn = (!a.attn_layers.is_empty()).then(|| {
+        serde_json::json!({
+            "layers": a.attn_layers,
+            "num_heads": a.attn_heads.unwrap_or(a.heads),
+            "num_kv_heads": a.attn_kv_heads,
+            "window_size": a.attn_window,
+        })
+    });
     Ok(match arch {
         Arch::Gla => GlaConfig {
             hidden_size: a.d_model,
@@ -271,6 +293,7 @@ fn model_config(a: &Args, arch: Arch, data_vocab: Option<usize>) -> Result<Model
             clamp_min: a.clamp_min,
             vocab_size: vocab,
             max_position_embeddings: a.seq_len,
+            attn,
             ..GlaConfig::default()
         }
         .into(),
@@ -286,6 +309,7 @@ fn model_config(a: &Args, arch: Arch, data_vocab: Option<usize>) -> Result<Model
             initializer_range: a.init_std,
             vocab_size: vocab,
             max_position_embeddings: a.seq_len,
+            attn,
             ..DeltaNetConfig::default()
         }
         .into(),
@@ -303,6 +327,7 @@ fn model_config(a: &Args, arch: Arch, data_vocab: Option<usize>) -> Result<Model
             initializer_range: a.init_std,
             vocab_size: vocab,
             max_position_embeddings: a.seq_len,
+            attn,
             ..GatedDeltaNetConfig::default()
         }
         .into(),
@@ -450,6 +475,7 @@ fn flag_key(id: &str, arch: Arch) -> Option<(&'static str, bool)> {
         "init_std" => ("initializer_range", false),
         "tie_embeddings" => ("tie_word_embeddings", false),
         "no_short_conv" => ("use_short_conv", true),
+        "attn_layers" | "attn_heads" | "attn_kv_heads" | "attn_window" => ("attn", false),
         "no_output_gate" if arch == Arch::Gla => ("use_output_gate", true),
         "no_output_gate" => ("use_gate", true),
         _ => return None,

@@ -81,6 +81,21 @@ pub fn prefill_plan(lens: &[usize], max_batch: usize) -> Vec<PrefillStep> {
     plan
 }
 
+/// Bytes the KV caches of the softmax-attention layers (a hybrid stack's) hold for one sequence
+/// after `tokens` tokens, on the CPU (f32 k and v, `2 * H_KV * Dh * 4` bytes a slot; a layer
+/// with a window w keeps w slots from its first token, one without keeps a slot per token).
+/// The GPU's cache has the same slots in its own element type. 0 for a model without
+/// attention layers: its state is the constant [`State::bytes`].
+pub fn kv_cache_bytes(dims: &crate::config::Dims, tokens: usize) -> usize {
+    dims.mixers
+        .iter()
+        .filter_map(|m| match m {
+            crate::config::MixerDims::Attn(a) => Some(2 * a.kv_dim() * 4 * a.window.unwrap_or(tokens)),
+            _ => None,
+        })
+        .sum()
+}
+
 /// The states of `seqs` (distinct indices in increasing order) out of `states`.
 pub fn pick<'a, S>(states: &'a mut [&mut S], seqs: &[usize]) -> Vec<&'a mut S> {
     let mut out = Vec::with_capacity(seqs.len());

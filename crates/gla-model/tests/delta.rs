@@ -82,8 +82,7 @@ fn model_type_picks_the_family_and_configs_round_trip() {
 fn delta_features_not_built_or_invalid_are_typed_errors() {
     for (json, feature) in [
         (r#"{"model_type": "mamba2"}"#, "model_type"),
-        (r#"{"model_type": "delta_net", "attn": {"layers": [1], "num_heads": 4}}"#, "attn"),
-        (r#"{"model_type": "gated_deltanet", "attn": {"layers": [0]}}"#, "attn"),
+        (r#"{"model_type": "delta_net", "attn": {"layers": [1], "num_heads": 4, "qk_norm": true}}"#, "attn qk_norm"),
         (r#"{"model_type": "gated_deltanet", "use_l2warp": true}"#, "use_l2warp"),
         (r#"{"model_type": "delta_net", "attnres_block_size": 2}"#, "attnres"),
         (r#"{"model_type": "delta_net", "attn_mode": "fused_chunk"}"#, "attn_mode"),
@@ -111,6 +110,7 @@ fn delta_features_not_built_or_invalid_are_typed_errors() {
         (r#"{"model_type": "gated_deltanet", "output_gate_activation": "relu"}"#, "output_gate_activation"),
         (r#"{"model_type": "gated_deltanet", "head_dim": 0}"#, "head_dim"),
         (r#"{"model_type": "gated_deltanet", "fuse_linear_cross_entropy": true}"#, "fuse_linear_cross_entropy"),
+        (r#"{"model_type": "gated_deltanet", "attn": {"layers": [0]}}"#, "attn"),
     ] {
         match ModelConfig::from_json(json).and_then(|c| c.dims()) {
             Err(Error::BadConfig { key: k, .. }) => assert_eq!(k, key, "{json}"),

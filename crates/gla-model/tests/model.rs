@@ -38,7 +38,7 @@ fn config_round_trips_and_keeps_unknown_keys() {
 #[test]
 fn unsupported_features_are_refused_by_name() {
     for (json, feature) in [
-        (r#"{"attn": {"layers": [1], "num_heads": 4}}"#, "attn"),
+        (r#"{"attn": {"layers": [1], "num_heads": 4, "qk_norm": true}}"#, "attn qk_norm"),
         (r#"{"feature_map": "hedgehog"}"#, "feature_map"),
         (r#"{"use_l2warp": true}"#, "use_l2warp"),
         (r#"{"attnres_block_size": 4}"#, "attnres"),
@@ -58,6 +58,7 @@ fn unsupported_features_are_refused_by_name() {
         r#"{"model_type": "llama"}"#,
         r#"{"clamp_min": 1.0}"#,
         r#"{"clamp_min": 1e-6}"#,
+        r#"{"attn": {"layers": [24], "num_heads": 4}}"#,
     ] {
         assert!(matches!(GlaConfig::from_json(json).unwrap().dims(), Err(Error::BadConfig { .. })), "{json}");
     }

@@ -355,3 +355,46 @@ fn linear_matches_naive_at_training_sizes() {
         }
     }
 }
+
+#[test]
+fn rope_is_flas_neox_rotation_and_its_transpose() {
+    // 3 rows at positions 0, 5, 1000, 2 heads of Dh = 8, theta 10000 (fla's default)
+    let (heads, dh, theta) = (2usize, 8usize, 10000.0f32);
+    let inv: Vec<f32> = (0..dh / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / dh as f32)).collect();
+    let pos = [0usize, 5, 1000];
+    let x = randn(pos.len() * heads * dh, 41, 1.0);
+    let mut y = x.clone();
+    rope(&mut y, &pos, heads, &inv, false);
+    // the definition, in f64 from the same f32 angle: pairs (i, i + Dh/2) of each head
+    for (r, &p) in pos.iter().enumerate() {
+        for h in 0..heads {
+            let o = (r * heads + h) * dh;
+            for i in 0..dh / 2 {
+                let a = (p as f32 * inv[i]) as f64;
+                let (x0, x1) = (x[o + i] as f64, x[o + i + dh / 2] as f64);
+                let (y0, y1) = (x0 * a.cos() - x1 * a.sin(), x0 * a.sin() + x1 * a.cos());
+                assert!((y[o + i] as f64 - y0).abs() < 1e-5 && (y[o + i + dh / 2] as f64 - y1).abs() < 1e-5, "row {r} head {h} pair {i}");
+            }
+        }
+    }
+    // position 0 is the identity
+    assert_eq!(&y[..heads * dh], &x[..heads * dh]);
+    // the backward (conj) is the transpose: <rope(x), d> = <x, rope^T(d)>, and undoes the rotation
+    let d = randn(x.len(), 42, 1.0);
+    let mut dt = d.clone();
+    rope(&mut dt, &pos, heads, &inv, true);
+    assert!((dot(&y, &d) - dot(&x, &dt)).abs() < 1e-4 * dot(&y, &y).sqrt() * dot(&d, &d).sqrt());
+    let mut back = y.clone();
+    rope(&mut back, &pos, heads, &inv, true);
+    assert!(back.iter().zip(&x).all(|(a, b)| (a - b).abs() < 1e-5));
+}
+
+#[test]
+fn bias_forward_and_column_sum() {
+    let mut y = vec![1.0f32; 6];
+    bias_fwd(&mut y, &[0.5, -1.0, 2.0]);
+    assert_eq!(y, [1.5, 0.0, 3.0, 1.5, 0.0, 3.0]);
+    let mut db = vec![1.0f32; 3];
+    bias_bwd(&mut db, &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    assert_eq!(db, [6.0, 8.0, 10.0]);
+}
