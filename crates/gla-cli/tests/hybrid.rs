@@ -90,10 +90,11 @@ fn train_attn_layers_for_every_family_then_generate() {
         let opts = GenerateOptions { max_new_tokens: 6, eos: Vec::new(), ..GenerateOptions::default() };
         let want = generate_ids(&m, &Tokenizer::Bytes, &[vec![1, 2, 3, 4, 5, 6, 7, 8]], &opts, &mut |_, _| {}).unwrap();
         assert_eq!(got, want[0].tokens, "{arch}");
-        // the GPU refuses the attention layers by name
+        // no GPU on the test machine: --device cuda fails with an error naming it (a build
+        // without the feature, or no device), never a panic
         let (code, _, err) = gla(&["generate", "--model", ck.to_str().unwrap(), "--prompt-ids", "1", "--device", "cuda"]);
         assert_ne!(code, 0);
-        assert!(err.contains("softmax-attention") || err.contains("cuda"), "{err}");
+        assert!(err.to_lowercase().contains("cuda") && !err.contains("panicked"), "{err}");
         let _ = std::fs::remove_dir_all(&out);
     }
 }
