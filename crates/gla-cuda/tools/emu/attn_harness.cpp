@@ -190,12 +190,23 @@ static void run(const Case& c, uint64_t seed) {
     std::vector<float> lse(p.rows * H, NAN);
     if (!ts.empty()) {
         emu::launch(dim3{(unsigned)H, (unsigned)ts.size(), 1}, dim3{256, 1, 1}, fsm, [&] {
-            attn_fwd<DP, DVP>(qb.data(), kb.data(), vb.data(), o.data(), lse.data(), p.b.data(), ts.data(), tq.data(), H, HK, D, DV, causal,
-                              win, sl2);
+            attn_fwd<DP, DVP, 8, 1>(qb.data(), kb.data(), vb.data(), o.data(), lse.data(), p.b.data(), ts.data(), tq.data(), H, HK, D, DV,
+                                    causal, win, sl2);
         });
     }
     report("o", rel(fromb(o), rf.o));
     report("lse", rel(lse, rf.lse));
+    if (DP == 128 && !ts.empty()) {
+        // the 4-warp x 32-row tile (attn_fwd_m2_*) on the same tile table
+        std::vector<bf16_t> o2(o.size(), 0x7fc0);
+        std::vector<float> l2(lse.size(), NAN);
+        emu::launch(dim3{(unsigned)H, (unsigned)ts.size(), 1}, dim3{128, 1, 1}, fsm, [&] {
+            attn_fwd<DP, DVP, 4, 2>(qb.data(), kb.data(), vb.data(), o2.data(), l2.data(), p.b.data(), ts.data(), tq.data(), H, HK, D, DV,
+                                    causal, win, sl2);
+        });
+        report("o (4x32 tile)", rel(fromb(o2), rf.o));
+        report("lse (4x32 tile)", rel(l2, rf.lse));
+    }
     // backward on the kernel's own o and lse
     std::vector<float> delta(p.rows * H, NAN);
     const long long nrh = p.rows * H;
