@@ -99,7 +99,7 @@ fn tiles(p: &AttnProblem, rows: usize, keys: bool) -> (Vec<i32>, Vec<i32>) {
         }
     }
     // most work first: the longest tiles start while the short ones fill the tail
-    t.sort_by(|a, b| b.0.cmp(&a.0));
+    t.sort_by_key(|x| std::cmp::Reverse(x.0));
     t.into_iter().map(|x| (x.1, x.2)).unzip()
 }
 

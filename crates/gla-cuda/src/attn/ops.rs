@@ -281,7 +281,7 @@ impl AttnKvCache {
     pub fn new(cuda: &Cuda, layout: AttnCacheLayout) -> Result<Self> {
         let dims = da::attn_dims(layout.d, layout.dv).map_err(unsupported)?;
         let group = layout.h / layout.h_kv;
-        if group > da::DECODE_MAX_GROUP || layout.h % layout.h_kv != 0 {
+        if group > da::DECODE_MAX_GROUP || !layout.h.is_multiple_of(layout.h_kv) {
             return Err(unsupported(format!(
                 "attention decode: H / H_KV = {} / {} (the kernel holds at most {} query heads per kv head)",
                 layout.h,
