@@ -260,7 +260,16 @@ pub const ATTN_BWD: KernelSource = source!(
 pub const ATTN_DECODE: KernelSource = source!(
     "attn/decode.cu",
     ATTN_HEADERS,
-    ["attn_append", "attn_decode_d64_dv32", "attn_decode_d64_dv64", "attn_decode_d128_dv128", "attn_decode_combine"]
+    [
+        "attn_append",
+        "attn_decode_d64_dv32",
+        "attn_decode_d64_dv64",
+        "attn_decode_d128_dv128",
+        "attn_decode_g1_d64_dv32",
+        "attn_decode_g1_d64_dv64",
+        "attn_decode_g1_d128_dv128",
+        "attn_decode_combine",
+    ]
 );
 
 /// Every kernel source of the crate (the CI compile check walks this list).

@@ -6,10 +6,13 @@
 //!
 //! | D, DV      | kernels (bf16 storage)                                             |
 //! |------------|--------------------------------------------------------------------|
-//! | 64, 32     | `attn_{fwd,bwd_dkv,bwd_dq,decode}_d64_dv32`                        |
-//! | 64, 64     | `attn_{fwd,bwd_dkv,bwd_dq,decode}_d64_dv64`                        |
-//! | 128, 128   | `attn_{fwd,bwd_dkv,bwd_dq,decode}_d128_dv128`                      |
+//! | 64, 32     | `attn_{fwd,bwd_dkv,bwd_dq,decode,decode_g1}_d64_dv32`              |
+//! | 64, 64     | `attn_{fwd,bwd_dkv,bwd_dq,decode,decode_g1}_d64_dv64`              |
+//! | 128, 128   | the same `_d128_dv128`, and `attn_fwd_m2_d128_dv128` ([`FwdTile`]) |
 //! | otherwise  | nothing runs: [`attn_dims`] names the supported pairs              |
+//!
+//! The decode step runs `attn_decode_g1_*` without grouping, `attn_decode_*` for 2 .. 8 query
+//! heads per kv head ([`decode_kernel`]).
 //!
 //! Tiles: the forward and dQ take 128 query rows per block (`BM`; the forward's warps split it
 //! as [`FwdTile`] says), keys in tiles of 64 (`BN`); dK / dV take 64 keys per block (4 warps x
@@ -192,6 +195,17 @@ pub fn decode_split(n: usize, h_kv: usize, slots: usize, sms: usize) -> (usize, 
     (slots.div_ceil(chunk), chunk)
 }
 
+/// The decode step's entry point for `dims` and `group` query heads per kv head: the one-head
+/// kernel (`attn_decode_g1_*`, a quarter of the registers) without grouping, else the one that
+/// holds up to [`DECODE_MAX_GROUP`] heads.
+pub fn decode_kernel(dims: (usize, usize), group: usize) -> String {
+    if group == 1 {
+        kernel("decode_g1", dims)
+    } else {
+        kernel("decode", dims)
+    }
+}
+
 /// The decode launch: grid (splits, H_KV, N), 128 threads.
 pub fn decode_cfg(splits: usize, h_kv: usize, n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (splits as u32, h_kv as u32, n as u32), block_dim: (DECODE_THREADS, 1, 1), shared_mem_bytes: 0 }
@@ -213,6 +227,8 @@ mod tests {
         assert!(attn_dims(96, 96).unwrap_err().contains("(128, 128)"));
         assert_eq!(kernel("fwd", (64, 32)), "attn_fwd_d64_dv32");
         assert_eq!(fwd_kernel((64, 64), FwdTile::W4x32), None);
+        assert_eq!(decode_kernel((64, 32), 1), "attn_decode_g1_d64_dv32");
+        assert_eq!(decode_kernel((128, 128), 4), "attn_decode_d128_dv128");
         assert_eq!(fwd_kernel((128, 128), fwd_tile((128, 128))).as_deref(), Some("attn_fwd_d128_dv128"));
     }
 

@@ -366,7 +366,7 @@ impl AttnKvCache {
         // cache and the partials were allocated for this layout and split, the rest checked above
         unsafe {
             cuda.launch(
-                &da::kernel("decode", self.dims),
+                &da::decode_kernel(self.dims, l.h / l.h_kv),
                 da::decode_cfg(self.splits, l.h_kv, l.n),
                 &[q, &self.k, &self.v, lens, &self.po, &self.pl, &h, &hk, &s, &chunk, &sl2],
             )?;

@@ -257,8 +257,15 @@ static void run(const Case& c, uint64_t seed) {
         emu::launch(dim3{(unsigned)((tot + 255) / 256), 1, 1}, dim3{256, 1, 1}, 0,
                     [&] { attn_append(ks_.data(), vs.data(), kc.data(), vc.data(), lens.data(), N, S, HK, D, DV); });
         std::vector<float> po((size_t)N * H * splits * DVP, NAN), pl((size_t)N * H * splits, NAN);
-        emu::launch(dim3{(unsigned)splits, (unsigned)HK, (unsigned)N}, dim3{128, 1, 1}, 0,
-                    [&] { attn_decode<DP, DVP>(qs.data(), kc.data(), vc.data(), lens.data(), po.data(), pl.data(), H, HK, S, chunk, sl2); });
+        // G = 1 runs the one-head kernel (attn_decode_g1_*), as the dispatch policy picks
+        if (p.grp == 1)
+            emu::launch(dim3{(unsigned)splits, (unsigned)HK, (unsigned)N}, dim3{128, 1, 1}, 0, [&] {
+                attn_decode<DP, DVP, 1>(qs.data(), kc.data(), vc.data(), lens.data(), po.data(), pl.data(), H, HK, S, chunk, sl2);
+            });
+        else
+            emu::launch(dim3{(unsigned)splits, (unsigned)HK, (unsigned)N}, dim3{128, 1, 1}, 0, [&] {
+                attn_decode<DP, DVP, 8>(qs.data(), kc.data(), vc.data(), lens.data(), po.data(), pl.data(), H, HK, S, chunk, sl2);
+            });
         std::vector<bf16_t> os((size_t)N * H * DV, 0x7fc0);
         std::vector<float> ls((size_t)N * H, NAN);
         emu::launch(dim3{(unsigned)(N * H), 1, 1}, dim3{(unsigned)DVP, 1, 1}, 0,
