@@ -10,6 +10,8 @@ Layout: q, k, v, do ~ randn bf16 in our [B, T, H, D] layout, handed to SDPA as t
 H_KV < H through enable_gqa. Decode rows: one query token per sequence against a [N, ctx, H_KV, D]
 cache, no mask (the token sees the whole cache). FLOPs and bytes are counted as in gla's JSON:
 causal forward 4 B H T^2 D / 2, forward+backward 3.5x the forward; decode bytes = the cache read.
+gla times its forward on each warp split of its tile (kernel flash, flash-4x32): the table
+compares the fastest (its kernel is named).
 Timing: CUDA events, median of 20 runs after 5 warm-up runs. A backend that refuses a shape is
 recorded as the row's error, not skipped silently.
 """
@@ -90,7 +92,10 @@ def main():
     for r in g["results"]:
         s = r["shape"]
         if r["pass"] in ("fwd", "fwd+bwd"):
-            train.setdefault(tuple(s), {})[r["pass"]] = r
+            # gla times the forward on each warp split of its tile: compare the fastest
+            best = train.setdefault(tuple(s), {})
+            if r["pass"] not in best or r["ms"] < best[r["pass"]]["ms"]:
+                best[r["pass"]] = r
     for s, ours in train.items():
         B, T, H, D, DV = s
         HKV = h_kv or H
@@ -108,7 +113,7 @@ def main():
                 if o is None:
                     continue
                 fl = o["tflops"] * o["ms"] * 1e9
-                rows.append({"shape": list(s), "pass": p, "backend": be, "ours_ms": o["ms"], "ms": ms,
+                rows.append({"shape": list(s), "pass": p, "backend": be, "ours_ms": o["ms"], "ours_kernel": o["kernel"], "ms": ms,
                              "tflops": fl / ms / 1e9 if ms else None, "ours_tflops": o["tflops"], "error": err})
             print(f"  {be} {s} done in {time.time() - t0:.1f}s" + (f" ({err})" if err else ""))
     for r in g["results"]:
@@ -123,11 +128,11 @@ def main():
             except Exception as e:
                 ms, err = None, f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
             torch.cuda.empty_cache()
-            rows.append({"shape": r["shape"], "pass": "decode", "backend": be, "ours_ms": r["ms"], "ms": ms,
+            rows.append({"shape": r["shape"], "pass": "decode", "backend": be, "ours_ms": r["ms"], "ours_kernel": r["kernel"], "ms": ms,
                          "gbs": by / ms / 1e6 if ms else None, "ours_gbs": r["gbs"], "error": err})
     # one table: per shape and pass, ours then each backend
     print()
-    print(f"{'shape BxTxHxDxDV':<22} {'pass':<8} {'ours ms':>9} {'flash ms':>9} {'cudnn ms':>9} {'ours/flash':>10} {'ours/cudnn':>10} "
+    print(f"{'shape BxTxHxDxDV':<22} {'pass':<8} {'ours kernel':<12} {'ours ms':>9} {'flash ms':>9} {'cudnn ms':>9} {'ours/flash':>10} {'ours/cudnn':>10} "
           f"{'ours':>8} {'flash':>8} {'cudnn':>8}  (TFLOP/s, or GB/s for decode)")
     keys = []
     for r in rows:
@@ -143,7 +148,7 @@ def main():
         ratio = lambda be: (f"{ours / by[be]['ms']:.2f}" if by.get(be) and by[be]["ms"] else "-")
         r_ours = any_r["ours_" + rate]
         r_be = lambda be: (f"{by[be][rate]:.0f}" if by.get(be) and by[be].get(rate) else "err")
-        print(f"{'x'.join(map(str, s)):<22} {p:<8} {ours:>9.3f} {cell('flash', 'ms'):>9} {cell('cudnn', 'ms'):>9} {ratio('flash'):>10} "
+        print(f"{'x'.join(map(str, s)):<22} {p:<8} {any_r['ours_kernel']:<12} {ours:>9.3f} {cell('flash', 'ms'):>9} {cell('cudnn', 'ms'):>9} {ratio('flash'):>10} "
               f"{ratio('cudnn'):>10} {r_ours:>8.0f} {r_be('flash'):>8} {r_be('cudnn'):>8}")
     for r in rows:
         if r["error"]:

@@ -423,7 +423,8 @@ pub fn attn_fwd_flops(p: &gla_core::AttnProblem) -> f64 {
 /// each `[B, T, H, D, DV]` shape (`h_kv` kv heads, default H; causal or not), inputs ~ N(0, 1);
 /// then one decode step (append + split attention + combine) over a full KV cache of each
 /// `[batch, context]` in `decode` with the first shape's H, H_KV and D (the cache zeroed: the
-/// kernels' time does not depend on the values). Rows: `pass` is `fwd`, `fwd+bwd` or `decode`
+/// kernels' time does not depend on the values). Rows: `pass` is `fwd` (one row per warp split of
+/// the forward's tile, the dispatch policy's first, `kernel` naming it), `fwd+bwd` or `decode`
 /// (shape `[batch, context, H, D, DV]`, bytes = the cache read).
 ///
 /// # Errors
@@ -436,7 +437,8 @@ pub fn bench_attn(
     decode: &[[usize; 2]],
     reps: usize,
 ) -> Result<Vec<BenchRow>> {
-    use crate::attn::ops::{attn_bwd_ws, attn_fwd, AttnDevGrads, AttnDevInputs, AttnKvCache, DevAttnProblem};
+    use crate::attn::ops::{attn_bwd_ws, attn_fwd, attn_fwd_tile, has_fwd_tile, AttnDevGrads, AttnDevInputs, AttnKvCache, DevAttnProblem};
+    use crate::dispatch::attn::{fwd_tile, FwdTile};
     use gla_core::{AttnCacheLayout, AttnProblem, AttnSpec};
     let mut rows = Vec::new();
     for &[b, t, h, d, dv] in shapes {
@@ -456,8 +458,14 @@ pub fn bench_attn(
         let fwd_bytes = (2 * (nq + nk + nv + no) + 4 * nl) as f64;
         let bwd_bytes = (2 * (2 * (nq + nk + nv) + 2 * no) + 4 * nl) as f64;
         let shape = [b, t, h, d, dv];
-        let ms = time_ms(cuda, reps, &mut || attn_fwd(cuda, &dp, &x, &mut o, &mut lse))?;
-        rows.push(BenchRow { shape, pass: "fwd", kernel: "flash", ms, bytes: fwd_bytes, flops: ffl });
+        // the dispatch policy's tile first, then every other warp split with a kernel here
+        let default = fwd_tile((d, dv));
+        for tile in std::iter::once(default).chain([FwdTile::W8x16, FwdTile::W4x32].into_iter().filter(|&t| t != default)) {
+            if has_fwd_tile(&dp, tile) {
+                let ms = time_ms(cuda, reps, &mut || attn_fwd_tile(cuda, &dp, &x, &mut o, &mut lse, tile))?;
+                rows.push(BenchRow { shape, pass: "fwd", kernel: tile.label(), ms, bytes: fwd_bytes, flops: ffl });
+            }
+        }
         let ms = time_ms(cuda, reps, &mut || {
             attn_fwd(cuda, &dp, &x, &mut o, &mut lse)?;
             attn_bwd_ws(cuda, &dp, &x, &o, &lse, &d_o, &mut delta, &mut g)

@@ -5,7 +5,7 @@
 //! the forward's last row at every length) against the f64 oracle ([`AttnNaive`]) on the inputs
 //! rounded to bf16 as the GPU stores them; and a repeat-run row (the largest bitwise difference
 //! of three forward+backward runs of a GQA case must be 0: the group's dk / dv sums take a fixed
-//! order, no atomics).
+//! order, no atomics); then the GPU paths' typed-error rows ([`error_rows`]).
 //!
 //! Tolerance: [`tol::GPU_BF16`] for every tensor, the GLA bf16 rule: the kernels store o, dq, dk
 //! and dv in bf16 (relative rounding 2^-9 per element) and round P and dS to bf16 for their
@@ -15,13 +15,14 @@
 
 use std::sync::Arc;
 
-use gla_core::{AttnForward, AttnGrads, AttnInputs, AttnOp, AttnProblem, AttnSpec};
+use gla_core::{AttnForward, AttnGrads, AttnInputs, AttnOp, AttnProblem, AttnSpec, Error};
 use gla_cpu::AttnNaive;
 use gla_cuda::{AttnOpAlgo, Cuda, CudaAttn, Result};
 
 use crate::attn::{cases, AttnCase, AttnCaseData};
 use crate::attn_cpu::ATTN_SEED;
 use crate::cases::rel_rmse;
+use crate::delta_cpu::{error_row, Expect};
 use crate::row::Row;
 use crate::runner::Storage;
 use crate::tol;
@@ -108,7 +109,48 @@ pub fn table_check(cuda: &Arc<Cuda>, filter: Option<&str>, out: &mut Vec<Row>) -
         }
         run_case(cuda, &case, seed, out)?;
     }
+    let mut errs = Vec::new();
+    error_rows(cuda, &mut errs);
+    out.extend(errs.into_iter().filter(|r| filter.is_none_or(|f| r.case.contains(f))));
     Ok(())
+}
+
+/// The GPU paths' typed errors: head dims no kernel runs (D = 96), a decode group above the
+/// kernel's 8 query heads per kv head, NaN input, a short do.
+pub fn error_rows(cuda: &Arc<Cuda>, out: &mut Vec<Row>) {
+    let unsupported: Expect = (|e| matches!(e, Error::Unsupported { .. }), "Unsupported");
+    let flash = CudaAttn::new(cuda.clone(), AttnOpAlgo::Flash);
+    let decode = CudaAttn::new(cuda.clone(), AttnOpAlgo::Decode);
+    let run = |op: &CudaAttn, spec: AttnSpec| -> gla_core::Result<AttnForward<f32>> {
+        let p = AttnProblem::new(spec)?;
+        let (q, k, v) = (vec![0.1f32; p.q_len()], vec![0.1f32; p.k_len()], vec![0.1f32; p.v_len()]);
+        op.forward(&p, &AttnInputs { q: &q, k: &k, v: &v })
+    };
+    out.push(error_row("attn/error-gpu-d96", "flash", run(&flash, AttnSpec::new(1, 8, 2, 96)), unsupported));
+    out.push(error_row(
+        "attn/error-gpu-decode-group16",
+        "decode",
+        run(&decode, AttnSpec { h_kv: 1, ..AttnSpec::new(1, 8, 16, 64) }),
+        unsupported,
+    ));
+    let p = AttnProblem::new(AttnSpec::new(1, 8, 2, 64)).expect("a valid spec");
+    let good = vec![0.1f32; p.q_len()];
+    let mut nan = good.clone();
+    nan[3] = f32::NAN;
+    let x = AttnInputs { q: &good, k: &good, v: &good };
+    out.push(error_row(
+        "attn/error-gpu-nan-k",
+        "flash",
+        flash.forward(&p, &AttnInputs { k: &nan, ..x }),
+        (|e| matches!(e, Error::NonFinite { .. }), "NonFinite"),
+    ));
+    let shape: Expect = (|e| matches!(e, Error::ShapeMismatch { .. }), "ShapeMismatch");
+    out.push(error_row(
+        "attn/error-gpu-short-do",
+        "flash",
+        flash.forward(&p, &x).and_then(|f| flash.backward(&p, &x, &f, &good[1..])),
+        shape,
+    ));
 }
 
 /// Three forward+backward runs of a GQA case (8 query heads per kv head, 3 key tiles, D = 128):

@@ -11,11 +11,12 @@
 // attn_append: k_new [N, H_KV, D], v_new [N, H_KV, DV] -> slot (len - 1) % S of each sequence
 // with len > 0 (=). One thread per element.
 //
-// attn_decode_d{DP}_dv{DVP}: one block per (split s, kv head g, sequence n), 128 threads, grid
-// (splits, H_KV, N). The block reads each of its cache rows once for the whole group of query
-// heads j = g * G .. g * G + G - 1 (G = H / H_KV <= 8): DP / 8 lanes per key (16 bytes of k and
-// DVP / (DP / 8) values of v each), the score reduced over those lanes, an online softmax per
-// lane group, then merged over the block:
+// attn_decode_d{DP}_dv{DVP} (G <= 8) and attn_decode_g1_d{DP}_dv{DVP} (G = 1: registers for one
+// head only, more blocks per SM): one block per (split s, kv head g, sequence n), 128 threads,
+// grid (splits, H_KV, N). The block reads each of its cache rows once for the whole group of
+// query heads j = g * G .. g * G + G - 1 (G = H / H_KV): DP / 8 lanes per key (16 bytes of k and
+// DVP / (DP / 8) values of v each; two keys per lane group in flight), the score reduced over
+// those lanes, an online softmax per lane group, then merged over the block:
 //     po [N, H, splits, DVP] f32 (=) = the split's softmax-weighted v (0 for an empty split)
 //     pl [N, H, splits] f32 (=)      = the split's log2-sum-exp of the scaled scores (-inf: empty)
 // over the slots [s * chunk, min((s + 1) * chunk, min(len, S))).
@@ -26,7 +27,7 @@
 // q [N, H, D] bf16. D = DP, DV = DVP (the host checks). No dynamic smem.
 //
 // Entry points: attn_append attn_decode_d64_dv32 attn_decode_d64_dv64 attn_decode_d128_dv128
-//   attn_decode_combine
+//   attn_decode_g1_d64_dv32 attn_decode_g1_d64_dv64 attn_decode_g1_d128_dv128 attn_decode_combine
 
 extern "C" __global__ void __launch_bounds__(256) attn_append(const bf16_t* __restrict__ k_new, const bf16_t* __restrict__ v_new,
                                                               bf16_t* __restrict__ k_cache, bf16_t* __restrict__ v_cache,
@@ -47,9 +48,7 @@ extern "C" __global__ void __launch_bounds__(256) attn_append(const bf16_t* __re
     }
 }
 
-#define DEC_MAXG 8
-
-template <int DP, int DVP>
+template <int DP, int DVP, int MG>
 __device__ __forceinline__ void attn_decode(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k_cache,
                                             const bf16_t* __restrict__ v_cache, const int* __restrict__ lens, float* __restrict__ po,
                                             float* __restrict__ pl, int H, int HKV, int S, int chunk, float sl2) {
@@ -57,9 +56,10 @@ __device__ __forceinline__ void attn_decode(const bf16_t* __restrict__ q, const 
     constexpr int KPW = 32 / LPK;        // keys per warp step
     constexpr int VPL = DVP / LPK;       // values per lane
     constexpr int NW = 4;
+    constexpr int UK = 2;                // keys per lane group per step
     static_assert(VPL == 2 || VPL == 4 || VPL == 8, "v per lane");
-    __shared__ float sM[NW * KPW][DEC_MAXG], sLs[NW * KPW][DEC_MAXG];
-    __shared__ float sOv[NW * KPW][DEC_MAXG][DVP];
+    __shared__ float sM[NW * KPW][MG], sLs[NW * KPW][MG];
+    __shared__ float sOv[NW * KPW][MG][DVP];
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     const int kl = lane % LPK, kg = lane / LPK;  // lane in the key's group, the group in the warp
     const int grp = w * KPW + kg;                // the group in the block
@@ -69,9 +69,9 @@ __device__ __forceinline__ void attn_decode(const bf16_t* __restrict__ q, const 
     const int cnt = min(len, S);
     const int lo = split * chunk, hi = min(cnt, lo + chunk);
 
-    float qv[DEC_MAXG][8];
+    float qv[MG][8];
     #pragma unroll
-    for (int h = 0; h < DEC_MAXG; ++h) {
+    for (int h = 0; h < MG; ++h) {
         if (h < G) {
             const uint4 u = *(const uint4*)(q + ((idx_t)n * H + g * G + h) * DP + 8 * kl);
             const unsigned uu[4] = {u.x, u.y, u.z, u.w};
@@ -82,9 +82,9 @@ __device__ __forceinline__ void attn_decode(const bf16_t* __restrict__ q, const 
             }
         }
     }
-    float m[DEC_MAXG], l[DEC_MAXG], acc[DEC_MAXG][VPL];
+    float m[MG], l[MG], acc[MG][VPL];
     #pragma unroll
-    for (int h = 0; h < DEC_MAXG; ++h) {
+    for (int h = 0; h < MG; ++h) {
         m[h] = ATT_NEG_INF;
         l[h] = 0.f;
         #pragma unroll
@@ -93,47 +93,55 @@ __device__ __forceinline__ void attn_decode(const bf16_t* __restrict__ q, const 
     const idx_t ldk = (idx_t)HKV * DP, ldv = (idx_t)HKV * DVP;
     const bf16_t* kb = k_cache + (idx_t)n * S * ldk + (idx_t)g * DP + 8 * kl;
     const bf16_t* vb = v_cache + (idx_t)n * S * ldv + (idx_t)g * DVP + VPL * kl;
-    for (int s0 = lo; s0 < hi; s0 += NW * KPW) {
-        const int s = s0 + grp;
-        const bool ok = s < hi;
-        uint4 ku = make_uint4(0u, 0u, 0u, 0u);
-        float vv[VPL];
-        if (ok) {
-            ku = *(const uint4*)(kb + (idx_t)s * ldk);
-            const bf16_t* vp = vb + (idx_t)s * ldv;
-            #pragma unroll
-            for (int c = 0; c < VPL / 2; ++c) {
-                const unsigned u = *(const unsigned*)(vp + 2 * c);
-                vv[2 * c] = bf_lo(u);
-                vv[2 * c + 1] = bf_hi(u);
-            }
-        } else {
-            #pragma unroll
-            for (int c = 0; c < VPL; ++c) vv[c] = 0.f;
-        }
-        const unsigned kw[4] = {ku.x, ku.y, ku.z, ku.w};
+    // UK keys per lane group per step, all loaded before any is used (more bytes in flight)
+    for (int s0 = lo; s0 < hi; s0 += UK * NW * KPW) {
+        uint4 ku[UK];
+        float vv[UK][VPL];
+        bool ok[UK];
         #pragma unroll
-        for (int h = 0; h < DEC_MAXG; ++h) {
-            if (h < G) {
-                float d = 0.f;
+        for (int u = 0; u < UK; ++u) {
+            const int s = s0 + grp + u * NW * KPW;
+            ok[u] = s < hi;
+            ku[u] = make_uint4(0u, 0u, 0u, 0u);
+            #pragma unroll
+            for (int c = 0; c < VPL; ++c) vv[u][c] = 0.f;
+            if (ok[u]) {
+                ku[u] = *(const uint4*)(kb + (idx_t)s * ldk);
+                const bf16_t* vp = vb + (idx_t)s * ldv;
                 #pragma unroll
-                for (int c = 0; c < 4; ++c) d += qv[h][2 * c] * bf_lo(kw[c]) + qv[h][2 * c + 1] * bf_hi(kw[c]);
-                #pragma unroll
-                for (int o = LPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
-                if (ok) {
-                    const float mn = fmaxf(m[h], d);
-                    const float a = ex2f(m[h] - mn), p = ex2f(d - mn);
-                    m[h] = mn;
-                    l[h] = l[h] * a + p;
+                for (int c = 0; c < VPL / 2; ++c) {
+                    const unsigned x = *(const unsigned*)(vp + 2 * c);
+                    vv[u][2 * c] = bf_lo(x);
+                    vv[u][2 * c + 1] = bf_hi(x);
+                }
+            }
+        }
+        #pragma unroll
+        for (int u = 0; u < UK; ++u) {
+            const unsigned kw[4] = {ku[u].x, ku[u].y, ku[u].z, ku[u].w};
+            #pragma unroll
+            for (int h = 0; h < MG; ++h) {
+                if (h < G) {
+                    float d = 0.f;
                     #pragma unroll
-                    for (int c = 0; c < VPL; ++c) acc[h][c] = acc[h][c] * a + p * vv[c];
+                    for (int c = 0; c < 4; ++c) d += qv[h][2 * c] * bf_lo(kw[c]) + qv[h][2 * c + 1] * bf_hi(kw[c]);
+                    #pragma unroll
+                    for (int o = LPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+                    if (ok[u]) {
+                        const float mn = fmaxf(m[h], d);
+                        const float a = ex2f(m[h] - mn), p = ex2f(d - mn);
+                        m[h] = mn;
+                        l[h] = l[h] * a + p;
+                        #pragma unroll
+                        for (int c = 0; c < VPL; ++c) acc[h][c] = acc[h][c] * a + p * vv[u][c];
+                    }
                 }
             }
         }
     }
     // merge the lane groups: each writes its state, then threads merge per (head, column)
     #pragma unroll
-    for (int h = 0; h < DEC_MAXG; ++h) {
+    for (int h = 0; h < MG; ++h) {
         if (h < G) {
             if (kl == 0) {
                 sM[grp][h] = m[h];
@@ -178,13 +186,16 @@ extern "C" __global__ void attn_decode_combine(const float* __restrict__ po, con
     if (c == 0) lse[nh] = ls > 0.f ? ATT_LN2 * (mx + log2f(ls)) : ATT_NEG_INF;
 }
 
-#define ATTN_DEC_ENTRY(DP, DVP)                                                                                  \
-extern "C" __global__ void __launch_bounds__(128) attn_decode_d##DP##_dv##DVP(                                     \
+#define ATTN_DEC_ENTRY(NAME, DP, DVP, MG)                                                                        \
+extern "C" __global__ void __launch_bounds__(128) NAME(                                                           \
     const bf16_t* q, const bf16_t* k_cache, const bf16_t* v_cache, const int* lens, float* po, float* pl, int H,   \
     int HKV, int S, int chunk, float sl2) {                                                                      \
-    attn_decode<DP, DVP>(q, k_cache, v_cache, lens, po, pl, H, HKV, S, chunk, sl2);                              \
+    attn_decode<DP, DVP, MG>(q, k_cache, v_cache, lens, po, pl, H, HKV, S, chunk, sl2);                          \
 }
 
-ATTN_DEC_ENTRY(64, 32)
-ATTN_DEC_ENTRY(64, 64)
-ATTN_DEC_ENTRY(128, 128)
+ATTN_DEC_ENTRY(attn_decode_d64_dv32, 64, 32, 8)
+ATTN_DEC_ENTRY(attn_decode_d64_dv64, 64, 64, 8)
+ATTN_DEC_ENTRY(attn_decode_d128_dv128, 128, 128, 8)
+ATTN_DEC_ENTRY(attn_decode_g1_d64_dv32, 64, 32, 1)
+ATTN_DEC_ENTRY(attn_decode_g1_d64_dv64, 64, 64, 1)
+ATTN_DEC_ENTRY(attn_decode_g1_d128_dv128, 128, 128, 1)

@@ -1,7 +1,9 @@
 // attn/fwd.cu: the softmax attention forward (flash-attention-2 style), bf16 storage, f32 math.
 //
 // attn_fwd_d{DP}_dv{DVP}: one block per (query head j, query tile), 256 threads (8 warps x 16
-// query rows, BM = 128 rows per tile), grid (H, tiles). Tile `tile` covers the query positions
+// query rows, BM = 128 rows per tile, Q fragments held in registers), grid (H, tiles);
+// attn_fwd_m2_d128_dv128: the same tile with 4 warps x 32 rows (two m-tiles per warp share each
+// K / V fragment: half the shared-memory reads per product; Q reloaded from shared memory). Tile `tile` covers the query positions
 // tile_q0[tile] .. +127 of sequence tile_seq[tile] (the host orders tiles longest first for
 // causal attention). For kv head g = j / (H / H_KV):
 //     S  = Q K_t^T * scale * log2(e)           (mma.sync m16n8k16, f32 accumulate)
@@ -19,14 +21,15 @@
 // copies). Dynamic smem: (128 * (DP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8)) * 2 bytes
 // (src/attn/dispatch.rs, fwd_smem).
 //
-// Entry points: attn_fwd_d64_dv32 attn_fwd_d64_dv64 attn_fwd_d128_dv128
+// Entry points: attn_fwd_d64_dv32 attn_fwd_d64_dv64 attn_fwd_d128_dv128 attn_fwd_m2_d128_dv128
 
-template <int DP, int DVP>
+template <int DP, int DVP, int NW, int MT>
 __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
                                          bf16_t* __restrict__ o, float* __restrict__ lse, const idx_t* __restrict__ bounds,
                                          const int* __restrict__ tile_seq, const int* __restrict__ tile_q0, int H, int HKV, int D,
                                          int DV, int causal, int window, float sl2) {
-    constexpr int BM = 128, BN = 64, LQ = DP + 8, LV = DVP + 8, NT = 256;
+    constexpr int BM = 16 * NW * MT, BN = 64, LQ = DP + 8, LV = DVP + 8, NT = 32 * NW;
+    constexpr bool QREG = MT == 1;  // one m-tile per warp: Q fragments live in registers
     static_assert(DVP <= DP, "the output staging reuses the Q tile");
     DELTA_SMEM(smem);
     bf16_t* sQ = (bf16_t*)smem;     // [BM][LQ]; the output staging [BM][LV] at the end
@@ -52,13 +55,18 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
     att_tile<BN, DVP, NT>(sV, LV, vb + (idx_t)t0 * BN * ldv, ldv, len - t0 * BN, DV, tid);
     cp_commit();
 
-    const int qr = 16 * w;             // the warp's first row in the tile
-    const int qlo = i0 + qr;           // its first query position
-    unsigned qf[DP / 16][4];
-    float acc[DVP / 8][4];
+    const int qr = 16 * MT * w;  // the warp's first row in the tile (m-tile mt: qr + 16 mt)
+    const int qlo = i0 + qr;     // its first query position
+    unsigned qf[QREG ? DP / 16 : 1][4];
+    float acc[MT][DVP / 8][4];
+    float m[MT][2], l[MT][2];
     #pragma unroll
-    for (int nt = 0; nt < DVP / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
-    float m[2] = {ATT_NEG_INF, ATT_NEG_INF}, l[2] = {0.f, 0.f};
+    for (int mt = 0; mt < MT; ++mt) {
+        m[mt][0] = m[mt][1] = ATT_NEG_INF;
+        l[mt][0] = l[mt][1] = 0.f;
+        #pragma unroll
+        for (int nt = 0; nt < DVP / 8; ++nt) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.f;
+    }
 
     for (int t = t0; t < t1; ++t) {
         const int buf = (t - t0) & 1;
@@ -72,102 +80,135 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
             cp_wait0();
         }
         __syncthreads();
-        if (t == t0) {
+        if (QREG && t == t0) {
             #pragma unroll
-            for (int kk = 0; kk < DP / 16; ++kk) ldsm4(qf[kk], fa(sQ, LQ, qr, 16 * kk, lane));
+            for (int kk = 0; kk < DP / 16; ++kk) ldsm4(qf[QREG ? kk : 0], fa(sQ, LQ, qr, 16 * kk, lane));
         }
         const int kt = t * BN;
         // the warp's rows see no key of this tile: past the sequence end, before the tile
         // (causal), or the whole tile below their window
-        const bool idle = qlo >= len || (causal && kt > qlo + 15) || (window > 0 && kt + BN - 1 <= qlo - window);
+        const int qhi = qlo + 16 * MT - 1;
+        const bool idle = qlo >= len || (causal && kt > qhi) || (window > 0 && kt + BN - 1 <= qlo - window);
         if (!idle) {
             const bf16_t* Kb = sK + buf * BN * LQ;
             const bf16_t* Vb = sV + buf * BN * LV;
-            float s[BN / 8][4];
+            float s[MT][BN / 8][4];
             #pragma unroll
-            for (int nt = 0; nt < BN / 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
+            for (int mt = 0; mt < MT; ++mt)
+                #pragma unroll
+                for (int nt = 0; nt < BN / 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
             #pragma unroll
             for (int kk = 0; kk < DP / 16; ++kk) {
+                unsigned a[MT][4];
+                #pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    if (QREG) {
+                        a[mt][0] = qf[QREG ? kk : 0][0], a[mt][1] = qf[QREG ? kk : 0][1];
+                        a[mt][2] = qf[QREG ? kk : 0][2], a[mt][3] = qf[QREG ? kk : 0][3];
+                    } else {
+                        ldsm4(a[mt], fa(sQ, LQ, qr + 16 * mt, 16 * kk, lane));
+                    }
+                }
                 #pragma unroll
                 for (int np = 0; np < BN / 16; ++np) {
                     unsigned r[4];
                     ldsm4(r, fbn(Kb, LQ, 16 * kk, 16 * np, lane));
-                    mma16816(s[2 * np], qf[kk], r[0], r[1]);
-                    mma16816(s[2 * np + 1], qf[kk], r[2], r[3]);
-                }
-            }
-            const bool edge = kt + BN > len || (causal && kt + BN - 1 > qlo) || (window > 0 && kt <= qlo + 15 - window);
-            #pragma unroll
-            for (int nt = 0; nt < BN / 8; ++nt) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    s[nt][e] *= sl2;
-                    if (edge && !att_key_ok(qlo + fg + (e >= 2 ? 8 : 0), kt + 8 * nt + 2 * ft + (e & 1), len, causal, window))
-                        s[nt][e] = ATT_NEG_INF;
+                    #pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        mma16816(s[mt][2 * np], a[mt], r[0], r[1]);
+                        mma16816(s[mt][2 * np + 1], a[mt], r[2], r[3]);
+                    }
                 }
             }
             #pragma unroll
-            for (int r = 0; r < 2; ++r) {
-                float mx = m[r];
-                #pragma unroll
-                for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[nt][2 * r], s[nt][2 * r + 1]));
-                mx = att_row_max(mx);
-                const float base = att_base(mx);
-                const float alpha = ex2f(m[r] - base);
-                m[r] = mx;
-                float sum = 0.f;
+            for (int mt = 0; mt < MT; ++mt) {
+                const int ql = qlo + 16 * mt;
+                const bool edge = kt + BN > len || (causal && kt + BN - 1 > ql) || (window > 0 && kt <= ql + 15 - window);
                 #pragma unroll
                 for (int nt = 0; nt < BN / 8; ++nt) {
-                    s[nt][2 * r] = ex2f(s[nt][2 * r] - base);
-                    s[nt][2 * r + 1] = ex2f(s[nt][2 * r + 1] - base);
-                    sum += s[nt][2 * r] + s[nt][2 * r + 1];
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        s[mt][nt][e] *= sl2;
+                        if (edge && !att_key_ok(ql + fg + (e >= 2 ? 8 : 0), kt + 8 * nt + 2 * ft + (e & 1), len, causal, window))
+                            s[mt][nt][e] = ATT_NEG_INF;
+                    }
                 }
-                l[r] = l[r] * alpha + sum;
                 #pragma unroll
-                for (int nt = 0; nt < DVP / 8; ++nt) {
-                    acc[nt][2 * r] *= alpha;
-                    acc[nt][2 * r + 1] *= alpha;
+                for (int r = 0; r < 2; ++r) {
+                    float mx = m[mt][r];
+                    #pragma unroll
+                    for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
+                    mx = att_row_max(mx);
+                    const float base = att_base(mx);
+                    const float alpha = ex2f(m[mt][r] - base);
+                    m[mt][r] = mx;
+                    float sum = 0.f;
+                    #pragma unroll
+                    for (int nt = 0; nt < BN / 8; ++nt) {
+                        s[mt][nt][2 * r] = ex2f(s[mt][nt][2 * r] - base);
+                        s[mt][nt][2 * r + 1] = ex2f(s[mt][nt][2 * r + 1] - base);
+                        sum += s[mt][nt][2 * r] + s[mt][nt][2 * r + 1];
+                    }
+                    l[mt][r] = l[mt][r] * alpha + sum;
+                    #pragma unroll
+                    for (int nt = 0; nt < DVP / 8; ++nt) {
+                        acc[mt][nt][2 * r] *= alpha;
+                        acc[mt][nt][2 * r + 1] *= alpha;
+                    }
                 }
             }
             #pragma unroll
             for (int kk = 0; kk < BN / 16; ++kk) {
-                const unsigned a[4] = {pack2(s[2 * kk][0], s[2 * kk][1]), pack2(s[2 * kk][2], s[2 * kk][3]),
-                                       pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+                unsigned pa[MT][4];
+                #pragma unroll
+                for (int mt = 0; mt < MT; ++mt) {
+                    pa[mt][0] = pack2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+                    pa[mt][1] = pack2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+                    pa[mt][2] = pack2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+                    pa[mt][3] = pack2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+                }
                 #pragma unroll
                 for (int np = 0; np < DVP / 16; ++np) {
                     unsigned r[4];
                     ldsm4t(r, fbt(Vb, LV, 16 * kk, 16 * np, lane));
-                    mma16816(acc[2 * np], a, r[0], r[1]);
-                    mma16816(acc[2 * np + 1], a, r[2], r[3]);
+                    #pragma unroll
+                    for (int mt = 0; mt < MT; ++mt) {
+                        mma16816(acc[mt][2 * np], pa[mt], r[0], r[1]);
+                        mma16816(acc[mt][2 * np + 1], pa[mt], r[2], r[3]);
+                    }
                 }
             }
         }
         __syncthreads();
     }
 
-    // epilogue: o = O / l through the Q tile (each warp wrote and read only its own 16 rows)
+    // epilogue: o = O / l through the Q tile (each warp wrote and read only its own rows)
     bf16_t* sO = sQ;
     #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const float lt = att_row_sum(l[r]);
-        const float inv = lt > 0.f ? 1.f / lt : 0.f;
-        const int row = qr + fg + 8 * r;
+    for (int mt = 0; mt < MT; ++mt) {
         #pragma unroll
-        for (int nt = 0; nt < DVP / 8; ++nt)
-            *(unsigned*)(sO + row * LV + 8 * nt + 2 * ft) = pack2(acc[nt][2 * r] * inv, acc[nt][2 * r + 1] * inv);
-        if (ft == 0 && row < L) lse[(bs + i0 + row) * H + j] = lt > 0.f ? ATT_LN2 * (m[r] + log2f(lt)) : ATT_NEG_INF;
+        for (int r = 0; r < 2; ++r) {
+            const float lt = att_row_sum(l[mt][r]);
+            const float inv = lt > 0.f ? 1.f / lt : 0.f;
+            const int row = qr + 16 * mt + fg + 8 * r;
+            #pragma unroll
+            for (int nt = 0; nt < DVP / 8; ++nt)
+                *(unsigned*)(sO + row * LV + 8 * nt + 2 * ft) = pack2(acc[mt][nt][2 * r] * inv, acc[mt][nt][2 * r + 1] * inv);
+            if (ft == 0 && row < L) lse[(bs + i0 + row) * H + j] = lt > 0.f ? ATT_LN2 * (m[mt][r] + log2f(lt)) : ATT_NEG_INF;
+        }
     }
     __syncthreads();
     att_store<BM, DVP, NT>(o + (bs + i0) * ldo + (idx_t)j * DV, ldo, sO, LV, L, DV, tid);
 }
 
-#define ATTN_FWD_ENTRY(DP, DVP)                                                                                          \
-extern "C" __global__ void __launch_bounds__(256) attn_fwd_d##DP##_dv##DVP(                                                \
+#define ATTN_FWD_ENTRY(NAME, DP, DVP, NW, MT)                                                                            \
+extern "C" __global__ void __launch_bounds__(32 * NW) NAME(                                                                \
     const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o, float* lse, const idx_t* bounds, const int* tile_seq,   \
     const int* tile_q0, int H, int HKV, int D, int DV, int causal, int window, float sl2) {                              \
-    attn_fwd<DP, DVP>(q, k, v, o, lse, bounds, tile_seq, tile_q0, H, HKV, D, DV, causal, window, sl2);                  \
+    attn_fwd<DP, DVP, NW, MT>(q, k, v, o, lse, bounds, tile_seq, tile_q0, H, HKV, D, DV, causal, window, sl2);          \
 }
 
-ATTN_FWD_ENTRY(64, 32)
-ATTN_FWD_ENTRY(64, 64)
-ATTN_FWD_ENTRY(128, 128)
+ATTN_FWD_ENTRY(attn_fwd_d64_dv32, 64, 32, 8, 1)
+ATTN_FWD_ENTRY(attn_fwd_d64_dv64, 64, 64, 8, 1)
+ATTN_FWD_ENTRY(attn_fwd_d128_dv128, 128, 128, 8, 1)
+ATTN_FWD_ENTRY(attn_fwd_m2_d128_dv128, 128, 128, 4, 2)

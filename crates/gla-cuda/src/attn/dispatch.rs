@@ -6,13 +6,17 @@
 //!
 //! | D, DV      | kernels (bf16 storage)                                             |
 //! |------------|--------------------------------------------------------------------|
-//! | 64, 32     | `attn_{fwd,bwd_dkv,bwd_dq,decode}_d64_dv32`                        |
-//! | 64, 64     | `attn_{fwd,bwd_dkv,bwd_dq,decode}_d64_dv64`                        |
-//! | 128, 128   | `attn_{fwd,bwd_dkv,bwd_dq,decode}_d128_dv128`                      |
+//! | 64, 32     | `attn_{fwd,bwd_dkv,bwd_dq,decode,decode_g1}_d64_dv32`              |
+//! | 64, 64     | `attn_{fwd,bwd_dkv,bwd_dq,decode,decode_g1}_d64_dv64`              |
+//! | 128, 128   | the same `_d128_dv128`, and `attn_fwd_m2_d128_dv128` ([`FwdTile`]) |
 //! | otherwise  | nothing runs: [`attn_dims`] names the supported pairs              |
 //!
-//! Tiles: the forward and dQ take 128 query rows per block (8 warps x 16 rows, `BM`), keys in
-//! tiles of 64 (`BN`); dK / dV take 64 keys per block (4 warps x 16 keys) and query tiles of 64.
+//! The decode step runs `attn_decode_g1_*` without grouping, `attn_decode_*` for 2 .. 8 query
+//! heads per kv head ([`decode_kernel`]).
+//!
+//! Tiles: the forward and dQ take 128 query rows per block (`BM`; the forward's warps split it
+//! as [`FwdTile`] says), keys in tiles of 64 (`BN`); dK / dV take 64 keys per block (4 warps x
+//! 16 keys) and query tiles of 64.
 
 use cudarc::driver::LaunchConfig;
 use gla_core::AttnProblem;
@@ -98,7 +102,7 @@ fn tiles(p: &AttnProblem, rows: usize, keys: bool) -> (Vec<i32>, Vec<i32>) {
         }
     }
     // most work first: the longest tiles start while the short ones fill the tail
-    t.sort_by(|a, b| b.0.cmp(&a.0));
+    t.sort_by_key(|x| std::cmp::Reverse(x.0));
     t.into_iter().map(|x| (x.1, x.2)).unzip()
 }
 
@@ -113,8 +117,54 @@ pub fn key_tiles(p: &AttnProblem) -> (Vec<i32>, Vec<i32>) {
     tiles(p, ATTN_BN, true)
 }
 
-/// The forward and dQ launch: grid (H, tiles), 256 threads.
-pub fn fwd_cfg(h: usize, tiles: usize, smem: usize) -> LaunchConfig {
+/// How the forward splits its [`ATTN_BM`]-row tile over warps (the tile tables are the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FwdTile {
+    /// 8 warps x 16 rows, Q fragments in registers (`attn_fwd_d*`): every (D, DV).
+    W8x16,
+    /// 4 warps x 32 rows, each K / V fragment feeding two m-tiles (`attn_fwd_m2_d*`): D = DV =
+    /// 128 only.
+    W4x32,
+}
+
+impl FwdTile {
+    /// The label of benchmark rows.
+    pub fn label(self) -> &'static str {
+        match self {
+            FwdTile::W8x16 => "flash",
+            FwdTile::W4x32 => "flash-4x32",
+        }
+    }
+    /// Threads per block.
+    pub fn threads(self) -> u32 {
+        match self {
+            FwdTile::W8x16 => FWD_THREADS,
+            FwdTile::W4x32 => FWD_THREADS / 2,
+        }
+    }
+}
+
+/// The forward's tile for `dims`: the 8 x 16 split (the bench times the other one beside it).
+pub fn fwd_tile(_dims: (usize, usize)) -> FwdTile {
+    FwdTile::W8x16
+}
+
+/// The forward's entry point for `dims` and `tile`; `None` where that tile has no instantiation.
+pub fn fwd_kernel(dims: (usize, usize), tile: FwdTile) -> Option<String> {
+    match (tile, dims) {
+        (FwdTile::W8x16, _) => Some(kernel("fwd", dims)),
+        (FwdTile::W4x32, (128, 128)) => Some("attn_fwd_m2_d128_dv128".to_string()),
+        (FwdTile::W4x32, _) => None,
+    }
+}
+
+/// The forward's launch: grid (H, tiles), [`FwdTile::threads`] threads.
+pub fn fwd_cfg(h: usize, tiles: usize, smem: usize, tile: FwdTile) -> LaunchConfig {
+    LaunchConfig { grid_dim: (h as u32, tiles as u32, 1), block_dim: (tile.threads(), 1, 1), shared_mem_bytes: smem as u32 }
+}
+
+/// The dQ launch: grid (H, tiles), 256 threads (the forward's tile table).
+pub fn dq_cfg(h: usize, tiles: usize, smem: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (h as u32, tiles as u32, 1), block_dim: (FWD_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
 }
 
@@ -145,6 +195,17 @@ pub fn decode_split(n: usize, h_kv: usize, slots: usize, sms: usize) -> (usize, 
     (slots.div_ceil(chunk), chunk)
 }
 
+/// The decode step's entry point for `dims` and `group` query heads per kv head: the one-head
+/// kernel (`attn_decode_g1_*`, a quarter of the registers) without grouping, else the one that
+/// holds up to [`DECODE_MAX_GROUP`] heads.
+pub fn decode_kernel(dims: (usize, usize), group: usize) -> String {
+    if group == 1 {
+        kernel("decode_g1", dims)
+    } else {
+        kernel("decode", dims)
+    }
+}
+
 /// The decode launch: grid (splits, H_KV, N), 128 threads.
 pub fn decode_cfg(splits: usize, h_kv: usize, n: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (splits as u32, h_kv as u32, n as u32), block_dim: (DECODE_THREADS, 1, 1), shared_mem_bytes: 0 }
@@ -165,6 +226,10 @@ mod tests {
         assert_eq!(attn_dims(128, 128), Ok((128, 128)));
         assert!(attn_dims(96, 96).unwrap_err().contains("(128, 128)"));
         assert_eq!(kernel("fwd", (64, 32)), "attn_fwd_d64_dv32");
+        assert_eq!(fwd_kernel((64, 64), FwdTile::W4x32), None);
+        assert_eq!(decode_kernel((64, 32), 1), "attn_decode_g1_d64_dv32");
+        assert_eq!(decode_kernel((128, 128), 4), "attn_decode_d128_dv128");
+        assert_eq!(fwd_kernel((128, 128), fwd_tile((128, 128))).as_deref(), Some("attn_fwd_d128_dv128"));
     }
 
     #[test]

@@ -98,30 +98,46 @@ fn scalars(p: &AttnProblem) -> (i32, i32, i32, i32, i32, i32, f32, f32) {
 }
 
 /// The forward (`attn_fwd_*`): `o [B,T,H,DV]` bf16 and `lse [B,T,H]` f32 (natural log) of every
-/// row of a sequence (rows past the last sequence are not written).
+/// row of a sequence (rows past the last sequence are not written), on the dispatch policy's
+/// tile ([`da::fwd_tile`]).
 ///
 /// # Errors
 /// [`Error::Op`] for wrong lengths; launch or compile errors.
 pub fn attn_fwd(cuda: &Cuda, dp: &DevAttnProblem, x: &AttnDevInputs<'_>, o: &mut CudaSlice<u16>, lse: &mut CudaSlice<f32>) -> Result<()> {
+    attn_fwd_tile(cuda, dp, x, o, lse, da::fwd_tile(dp.dims))
+}
+
+/// [`attn_fwd`] on a given warp split of the tile (the benchmark times both).
+///
+/// # Errors
+/// As [`attn_fwd`]; [`Error::Op`] (`Unsupported`) where `tile` has no kernel for the head dims.
+pub fn attn_fwd_tile(
+    cuda: &Cuda,
+    dp: &DevAttnProblem,
+    x: &AttnDevInputs<'_>,
+    o: &mut CudaSlice<u16>,
+    lse: &mut CudaSlice<f32>,
+    tile: da::FwdTile,
+) -> Result<()> {
     let op = "attn_fwd";
     let p = &dp.problem;
     check_inputs(op, p, x)?;
     check_len(op, "o", p.o_len(), o.len())?;
     check_len(op, "lse", p.lse_len(), lse.len())?;
+    let name = da::fwd_kernel(dp.dims, tile).ok_or_else(|| unsupported(format!("{op}: no {tile:?} kernel for (D, DV) = {:?}", dp.dims)))?;
     if dp.n_tiles == 0 {
         return Ok(());
     }
     let (h, hk, d, dv, causal, w, sl2, _) = scalars(p);
-    let cfg = da::fwd_cfg(p.h(), dp.n_tiles, da::fwd_smem(dp.dims));
+    let cfg = da::fwd_cfg(p.h(), dp.n_tiles, da::fwd_smem(dp.dims), tile);
     // SAFETY: the arguments match attn_fwd_*'s signature; every length was checked against the
     // problem, the tile tables hold n_tiles entries of the problem's sequences
-    unsafe {
-        cuda.launch(
-            &da::kernel("fwd", dp.dims),
-            cfg,
-            &[x.q, x.k, x.v, o, lse, &dp.bounds, &dp.tile_seq, &dp.tile_q0, &h, &hk, &d, &dv, &causal, &w, &sl2],
-        )
-    }
+    unsafe { cuda.launch(&name, cfg, &[x.q, x.k, x.v, o, lse, &dp.bounds, &dp.tile_seq, &dp.tile_q0, &h, &hk, &d, &dv, &causal, &w, &sl2]) }
+}
+
+/// Whether [`DevAttnProblem`]'s head dims have a kernel for `tile`.
+pub fn has_fwd_tile(dp: &DevAttnProblem, tile: da::FwdTile) -> bool {
+    da::fwd_kernel(dp.dims, tile).is_some()
 }
 
 /// Gradients of an attention backward, bf16 on the device.
@@ -213,7 +229,7 @@ pub fn attn_bwd_ws(
         )?;
         cuda.launch(
             &da::kernel("bwd_dq", dp.dims),
-            da::fwd_cfg(p.h(), dp.n_tiles, da::dq_smem(dp.dims)),
+            da::dq_cfg(p.h(), dp.n_tiles, da::dq_smem(dp.dims)),
             &[x.q, x.k, x.v, d_o, lse, &*delta, &g.dq, &dp.bounds, &dp.tile_seq, &dp.tile_q0, &h, &hk, &d, &dv, &causal, &w, &sl2, &scale],
         )
     }
@@ -265,7 +281,7 @@ impl AttnKvCache {
     pub fn new(cuda: &Cuda, layout: AttnCacheLayout) -> Result<Self> {
         let dims = da::attn_dims(layout.d, layout.dv).map_err(unsupported)?;
         let group = layout.h / layout.h_kv;
-        if group > da::DECODE_MAX_GROUP || layout.h % layout.h_kv != 0 {
+        if group > da::DECODE_MAX_GROUP || !layout.h.is_multiple_of(layout.h_kv) {
             return Err(unsupported(format!(
                 "attention decode: H / H_KV = {} / {} (the kernel holds at most {} query heads per kv head)",
                 layout.h,
@@ -350,7 +366,7 @@ impl AttnKvCache {
         // cache and the partials were allocated for this layout and split, the rest checked above
         unsafe {
             cuda.launch(
-                &da::kernel("decode", self.dims),
+                &da::decode_kernel(self.dims, l.h / l.h_kv),
                 da::decode_cfg(self.splits, l.h_kv, l.n),
                 &[q, &self.k, &self.v, lens, &self.po, &self.pl, &h, &hk, &s, &chunk, &sl2],
             )?;

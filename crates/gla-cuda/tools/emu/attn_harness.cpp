@@ -190,12 +190,23 @@ static void run(const Case& c, uint64_t seed) {
     std::vector<float> lse(p.rows * H, NAN);
     if (!ts.empty()) {
         emu::launch(dim3{(unsigned)H, (unsigned)ts.size(), 1}, dim3{256, 1, 1}, fsm, [&] {
-            attn_fwd<DP, DVP>(qb.data(), kb.data(), vb.data(), o.data(), lse.data(), p.b.data(), ts.data(), tq.data(), H, HK, D, DV, causal,
-                              win, sl2);
+            attn_fwd<DP, DVP, 8, 1>(qb.data(), kb.data(), vb.data(), o.data(), lse.data(), p.b.data(), ts.data(), tq.data(), H, HK, D, DV,
+                                    causal, win, sl2);
         });
     }
     report("o", rel(fromb(o), rf.o));
     report("lse", rel(lse, rf.lse));
+    if (DP == 128 && !ts.empty()) {
+        // the 4-warp x 32-row tile (attn_fwd_m2_*) on the same tile table
+        std::vector<bf16_t> o2(o.size(), 0x7fc0);
+        std::vector<float> l2(lse.size(), NAN);
+        emu::launch(dim3{(unsigned)H, (unsigned)ts.size(), 1}, dim3{128, 1, 1}, fsm, [&] {
+            attn_fwd<DP, DVP, 4, 2>(qb.data(), kb.data(), vb.data(), o2.data(), l2.data(), p.b.data(), ts.data(), tq.data(), H, HK, D, DV,
+                                    causal, win, sl2);
+        });
+        report("o (4x32 tile)", rel(fromb(o2), rf.o));
+        report("lse (4x32 tile)", rel(l2, rf.lse));
+    }
     // backward on the kernel's own o and lse
     std::vector<float> delta(p.rows * H, NAN);
     const long long nrh = p.rows * H;
@@ -246,8 +257,15 @@ static void run(const Case& c, uint64_t seed) {
         emu::launch(dim3{(unsigned)((tot + 255) / 256), 1, 1}, dim3{256, 1, 1}, 0,
                     [&] { attn_append(ks_.data(), vs.data(), kc.data(), vc.data(), lens.data(), N, S, HK, D, DV); });
         std::vector<float> po((size_t)N * H * splits * DVP, NAN), pl((size_t)N * H * splits, NAN);
-        emu::launch(dim3{(unsigned)splits, (unsigned)HK, (unsigned)N}, dim3{128, 1, 1}, 0,
-                    [&] { attn_decode<DP, DVP>(qs.data(), kc.data(), vc.data(), lens.data(), po.data(), pl.data(), H, HK, S, chunk, sl2); });
+        // G = 1 runs the one-head kernel (attn_decode_g1_*), as the dispatch policy picks
+        if (p.grp == 1)
+            emu::launch(dim3{(unsigned)splits, (unsigned)HK, (unsigned)N}, dim3{128, 1, 1}, 0, [&] {
+                attn_decode<DP, DVP, 1>(qs.data(), kc.data(), vc.data(), lens.data(), po.data(), pl.data(), H, HK, S, chunk, sl2);
+            });
+        else
+            emu::launch(dim3{(unsigned)splits, (unsigned)HK, (unsigned)N}, dim3{128, 1, 1}, 0, [&] {
+                attn_decode<DP, DVP, 8>(qs.data(), kc.data(), vc.data(), lens.data(), po.data(), pl.data(), H, HK, S, chunk, sl2);
+            });
         std::vector<bf16_t> os((size_t)N * H * DV, 0x7fc0);
         std::vector<float> ls((size_t)N * H, NAN);
         emu::launch(dim3{(unsigned)(N * H), 1, 1}, dim3{(unsigned)DVP, 1, 1}, 0,
