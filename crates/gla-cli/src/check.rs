@@ -43,6 +43,7 @@ pub fn run(a: &Args) -> Result<bool> {
             let mut rows = gla_check::cpu::rows(a.filter.as_deref())?;
             rows.extend(gla_check::delta_cpu::rows(a.filter.as_deref())?);
             rows.extend(gla_check::attn_cpu::rows(a.filter.as_deref())?);
+            rows.extend(gla_check::bidir_cpu::rows(a.filter.as_deref())?);
             (format!("cpu ({} threads)", rayon::current_num_threads()), rows)
         }
         Device::Cuda => run_cuda(a)?,
@@ -51,6 +52,7 @@ pub fn run(a: &Args) -> Result<bool> {
         let mut names: Vec<String> = gla_check::cases::cases().iter().map(|c| c.name.clone()).collect();
         names.extend(gla_check::delta::cases().iter().map(|c| c.name.clone()));
         names.extend(gla_check::attn::cases().iter().map(|c| c.name.clone()));
+        names.extend(gla_check::bidir::cases().iter().map(|c| c.name.clone()));
         anyhow::bail!("--filter {f:?} matches no case: no row was checked (the op cases: {})", names.join(", "));
     }
     println!("device: {device}");
