@@ -21,6 +21,8 @@
 //! - [`delta`]: the delta-rule family (DeltaNet, Gated DeltaNet): launchers over device buffers
 //!   ([`delta::ops`]), [`CudaDelta`] (a [`gla_core::DeltaOp<f32>`]); its dispatch policy is
 //!   [`dispatch::delta`].
+//! - [`bidir`]: the bidirectional scan of ViG (fused chunked forward, composed backward),
+//!   [`CudaBidir`] (a [`gla_core::BidirOp<f32>`]).
 //! - [`bench`]: event-timed medians of the ops with their HBM floors and FLOPs.
 //! - [`dist`]: data-parallel training over NCCL (torchrun-style environment, rendezvous,
 //!   communicator with timeouts, gradient buckets overlapped with the backward).
@@ -42,6 +44,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod bidir;
 pub mod decode;
 pub mod delta;
 pub mod dispatch;
@@ -54,6 +57,7 @@ pub mod runtime;
 pub mod weights;
 
 pub use backend::Gpu;
+pub use bidir::{BidirAlgo, CudaBidir};
 pub use decode::{DecodeStep, GpuDecoding, GpuState};
 pub use delta::{CudaDelta, DeltaOpAlgo};
 pub use error::{Error, Result};

@@ -1,0 +1,73 @@
+//! The dispatch policy of the bidirectional scan (ViG) on the GPU (`crate::dispatch::bidir`):
+//! which launches a problem runs and every tuning choice of them. `bidir/ops.rs` only checks
+//! lengths and launches what this module picks; `kernels/bidir/` has the kernels.
+//!
+//! | storage | pass | K, V            | launches                                                   |
+//! |---------|------|-----------------|------------------------------------------------------------|
+//! | bf16    | fwd  | K <= 128, any V | fused (`bidir/chunk_fwd.cu`): prep, both state walks, output |
+//! | any     | fwd  | otherwise       | composed: the GLA forward on x and on flip(x), flip-added  |
+//! | any     | bwd  | any (K <= 256)  | composed: the GLA backward on x and on flip(x), flip-added |
+//!
+//! "Composed" is the identity of docs/math/bidir.md run on the GLA op's own dispatch
+//! ([`crate::dispatch::bwd_path`]: chunked or recurrent) with the scale halved; it is also what
+//! the benchmark times as the baseline (ViG's way with fla).
+
+use cudarc::driver::LaunchConfig;
+use gla_core::bidir::BidirProblem;
+
+use crate::dispatch::{chunk_o_smem_bytes, k_padded, HPlan, CHUNK_NARROW_MAX};
+
+/// Which forward a caller asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BidirAlgo {
+    /// The fused kernels where [`fused_fwd`] allows, else composed.
+    Fused,
+    /// The GLA op twice, on the input and on its time-reversed copy.
+    Composed,
+}
+
+/// Whether the fused forward takes the problem: bf16 storage and K <= 128 (the output pass
+/// holds all K columns of a chunk in one block, as `gla_chunk_o_bf16`).
+pub fn fused_fwd(p: &BidirProblem, bf16: bool) -> bool {
+    bf16 && p.k() <= CHUNK_NARROW_MAX
+}
+
+/// f32 row stride of the forward direction's output tile in `bidir_chunk_o_bf16` (`BIDIR_OS`).
+const OS_STRIDE: usize = 132;
+
+/// `bidir_chunk_o_bf16`'s dynamic shared memory for K padded to `kp`: the GLA output pass's
+/// layout, then the forward's f32 output tile at the returned offset. `(bytes, offset)`.
+pub fn o_smem(kp: usize) -> (usize, usize) {
+    let off = chunk_o_smem_bytes(kp);
+    (off + 64 * OS_STRIDE * 4, off)
+}
+
+/// K padded to 16 (the output pass's tile width).
+pub fn kp(p: &BidirProblem) -> usize {
+    k_padded(p.k())
+}
+
+/// `bidir_chunk_prep_bf16`: one block per (chunk, head, 128 key channels), 128 threads.
+pub(crate) fn prep_cfg(p: &BidirProblem, gx: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (gx, p.h() as u32, p.k().div_ceil(128) as u32), block_dim: (128, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// The two state walks in one grid: the GLA state pass's tiling ([`HPlan`]) chosen for 2 N H
+/// walks, grid z = 2 N H. `(kernel, config)`.
+pub(crate) fn h_cfg(p: &BidirProblem, sm_count: usize) -> (&'static str, LaunchConfig) {
+    let walks = 2 * p.n() * p.h();
+    let plan = HPlan::new(p.gla(), walks, sm_count);
+    let name = if plan.bvh == 32 { "bidir_chunk_h32_bf16" } else { "bidir_chunk_h64_bf16" };
+    (name, plan.cfg(p.gla(), walks as u32))
+}
+
+/// `bidir_chunk_o_bf16`: one block per (chunk, head, 128-wide V tile), 256 threads.
+pub(crate) fn o_cfg(p: &BidirProblem, gx: u32) -> LaunchConfig {
+    let (bytes, _) = o_smem(kp(p));
+    LaunchConfig { grid_dim: (gx, p.h() as u32, p.v().div_ceil(128) as u32), block_dim: (256, 1, 1), shared_mem_bytes: bytes as u32 }
+}
+
+/// The flip launches over rows of `w` elements: one block per (chunk, 256 columns).
+pub(crate) fn flip_cfg(gx: u32, w: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (gx, w.div_ceil(256) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}

@@ -1,0 +1,13 @@
+//! The bidirectional GLA scan of ViG on the GPU (contract: [`gla_core::bidir`]; math:
+//! `docs/math/bidir.md`): the fused chunked forward (`kernels/bidir/chunk_fwd.cu`: both
+//! directions' gate prep, both state walks in one launch, one output pass reading each chunk's
+//! q, k, v for both directions and writing o once), the backward composed of the GLA op's
+//! backward on each direction (`kernels/bidir/flip.cu` reverses the sequences), their launchers
+//! ([`ops`]) and [`CudaBidir`], a [`gla_core::BidirOp<f32>`] over host slices for the checks.
+//! The dispatch policy is [`crate::dispatch::bidir`].
+
+mod op;
+pub mod ops;
+
+pub use crate::dispatch::bidir::BidirAlgo;
+pub use op::CudaBidir;
