@@ -78,8 +78,8 @@ fn run_cuda(a: &Args) -> Result<(String, Vec<Row>)> {
     use gla_check::cuda::{check, model::fla_fixture_check, CheckOptions};
     let opts = if a.model_only {
         CheckOptions { long: false, huge: false, repeat: false, ops: false, model: true }
-    } else if a.filter.as_deref().is_some_and(|f| f.starts_with("delta")) {
-        // the delta family's rows only: no model or fla-fixture row is named delta...
+    } else if a.filter.as_deref().is_some_and(|f| f.starts_with("delta") || f.starts_with("bidir")) {
+        // one family's rows only: no model or fla-fixture row is named delta... or bidir...
         CheckOptions { model: false, ..CheckOptions::default() }
     } else {
         CheckOptions::default()

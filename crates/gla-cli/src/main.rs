@@ -153,6 +153,10 @@ enum BenchCmd {
         after_help = "Examples:\n  gla bench delta --device cuda\n  gla bench delta --device cuda --shape 8,2048,16,128,128 --ops gdn --json delta.json"
     )]
     Delta(bench::DeltaArgs),
+    /// Time ViG's bidirectional scan on CUDA (bf16): the fused forward against the GLA op run
+    /// on x and flip(x), forward and forward+backward, ms and the speed-up.
+    #[command(after_help = "Examples:\n  gla bench bidir --device cuda\n  gla bench bidir --device cuda --shape 64,196,3,64,64 --json bidir.json")]
+    Bidir(bench::BidirArgs),
     /// Time generation (time to first token, decode tokens/s) of a random model of a given config
     /// (default fla's gla_340M), prompt 512, 256 new tokens, batch 1 and 16.
     #[command(
@@ -206,6 +210,7 @@ fn main() {
     let res = match cli.cmd {
         Cmd::Bench(BenchCmd::Ops(a)) => bench::ops(&a),
         Cmd::Bench(BenchCmd::Delta(a)) => bench::delta(&a),
+        Cmd::Bench(BenchCmd::Bidir(a)) => bench::bidir(&a),
         Cmd::Check(a) => check::run(&a),
         Cmd::Eval(a) => eval::run(&a),
         Cmd::Generate(a) => generate::run(&a),

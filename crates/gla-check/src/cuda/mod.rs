@@ -13,9 +13,11 @@
 //! difference between two runs must be 0).
 //!
 //! The delta-rule family's rows ([`delta`]: the same checks on its table, case names `delta/...`)
-//! run beside them; a filter starting with `delta` runs only those.
+//! and the bidirectional scan's ([`bidir`], `bidir/...`) run beside them; a filter starting with
+//! `delta` or `bidir` runs only those.
 
 pub mod alloc;
+pub mod bidir;
 pub mod delta;
 pub mod model;
 
@@ -298,8 +300,8 @@ fn huge_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
 /// [`Error`] when a case cannot be set up.
 pub fn check(cuda: &Arc<Cuda>, opts: CheckOptions, filter: Option<&str>) -> Result<Vec<Row>> {
     let mut out = Vec::new();
-    // no GLA or model row is named delta...: such a filter would discard them all
-    let gla = filter.is_none_or(|f| !f.starts_with("delta"));
+    // no GLA or model row is named delta... or bidir...: such a filter would discard them all
+    let gla = filter.is_none_or(|f| !f.starts_with("delta") && !f.starts_with("bidir"));
     if opts.ops && gla {
         let ops = gpu_ops(cuda);
         run_table(&cases(), TABLE_SEED, filter, &gpu_paths(&ops), &mut out)?;
@@ -307,6 +309,7 @@ pub fn check(cuda: &Arc<Cuda>, opts: CheckOptions, filter: Option<&str>) -> Resu
     }
     if opts.ops {
         delta::table_check(cuda, filter, &mut out)?;
+        bidir::check(cuda, filter, opts.repeat, &mut out)?;
     }
     if opts.repeat {
         if gla {

@@ -3,9 +3,10 @@
 //! directions' gate prep, both state walks in one launch, one output pass reading each chunk's
 //! q, k, v for both directions and writing o once), the backward composed of the GLA op's
 //! backward on each direction (`kernels/bidir/flip.cu` reverses the sequences), their launchers
-//! ([`ops`]) and [`CudaBidir`], a [`gla_core::BidirOp<f32>`] over host slices for the checks.
+//! ([`ops`]), their benchmark ([`bench`]) and [`CudaBidir`], a [`gla_core::BidirOp<f32>`] over host slices for the checks.
 //! The dispatch policy is [`crate::dispatch::bidir`].
 
+pub mod bench;
 mod op;
 pub mod ops;
 

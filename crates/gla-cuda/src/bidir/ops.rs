@@ -1,13 +1,14 @@
-//! Launchers of the bidirectional scan over device buffers: the forward ([`bidir_fwd`]: fused
-//! or composed, per [`crate::dispatch::bidir`]) and the backward ([`bidir_bwd`]). Each checks
-//! the buffer lengths against the problem and allocates its workspaces per call.
+//! Launchers of the bidirectional scan over device buffers: the forward ([`bidir_fwd_ws`]: fused
+//! or composed, per [`crate::dispatch::bidir`]) and the backward ([`bidir_bwd_ws`]), each with a
+//! caller-held [`BidirWorkspace`] (allocating nothing), and the allocating entry points
+//! [`bidir_fwd`], [`bidir_bwd`]. Each checks the buffer lengths against the problem.
 
 use cudarc::driver::CudaSlice;
 use gla_core::bidir::BidirProblem;
 
 use crate::dispatch::bidir::{self as plan, BidirAlgo};
 use crate::error::Result;
-use crate::ops::{self, check_len, chunk_grid, DevGrads, DevInputs, DevProblem, Elem, FwdKernel, GlaWorkspace};
+use crate::ops::{self, check_len, chunk_grid, DevGrads, DevGradsMut, DevInputs, DevProblem, Elem, FwdKernel, GlaWorkspace};
 use crate::runtime::Cuda;
 
 const OP: &str = "bidir";
@@ -73,36 +74,105 @@ fn flip<T: Elem>(cuda: &Cuda, dp: &BidirDevProblem, x: &CudaSlice<T>, y: &mut Cu
     unsafe { cuda.launch(&name, cfg, &[x, y, &d.bounds, &d.chunk_off, &d.chunk_seq, &w32]) }
 }
 
-/// A copy of `x` with every sequence reversed (rows of `w` elements).
-fn flipped<T: Elem>(cuda: &Cuda, dp: &BidirDevProblem, x: &CudaSlice<T>, w: usize, what: &str) -> Result<CudaSlice<T>> {
-    // SAFETY: flip writes every row of the problem; rows past the last sequence do not exist
-    // (cu_seqlens ends at the packed length)
-    let mut y = unsafe { cuda.alloc_uninit::<T>(x.len().max(1), what) }?;
-    flip(cuda, dp, x, &mut y, w, false)?;
-    Ok(y)
+/// The workspaces of both passes and both forwards for one problem, allocated once
+/// ([`BidirWorkspace::new`]); contents uninitialised: every launch writes what a later one reads.
+#[derive(Debug)]
+pub struct BidirWorkspace<T> {
+    /// Fused forward: kd of each direction (like k).
+    kd: [CudaSlice<T>; 2],
+    /// Fused forward: exp of each direction's chunk gate sum, `[chunks, H, K]` f32.
+    dl: [CudaSlice<f32>; 2],
+    /// Fused forward: each direction's state entering every chunk, `[chunks, H, K, V]`.
+    hs: [CudaSlice<T>; 2],
+    /// Composed paths: q, k, v, gb, do with every sequence reversed.
+    flip: [CudaSlice<T>; 5],
+    /// Composed forward: the backward direction's output (reversed rows).
+    ob: CudaSlice<T>,
+    /// The GLA op's workspace (one direction, forward and backward).
+    gla: GlaWorkspace<T>,
+    /// Composed backward: the backward direction's gradients (reversed rows).
+    grads: DevGrads,
+    /// The problem the buffers are sized for (rows, chunks, H, K, V).
+    sized: (usize, usize, usize, usize, usize),
+}
+
+impl<T: Elem> BidirWorkspace<T> {
+    /// Allocates the buffers of `dp`'s problem.
+    ///
+    /// # Errors
+    /// [`crate::Error::Driver`] (out of memory names the buffer); [`crate::Error::Op`] for a
+    /// problem the GLA op refuses.
+    pub fn new(cuda: &Cuda, dp: &BidirDevProblem) -> Result<Self> {
+        let p = &dp.problem;
+        let nc = dp.half.n_chunks.max(1);
+        let (qk, vl, st, dl) = (p.qk_len().max(1), p.v_len().max(1), nc * p.h() * p.k() * p.v(), nc * p.h() * p.k());
+        // SAFETY: the BidirWorkspace contract: written by an earlier launch before any read
+        let buf = |n: usize, what: &str| unsafe { cuda.alloc_uninit::<T>(n, what) };
+        // SAFETY: as buf
+        let fbuf = |n: usize, what: &str| unsafe { cuda.alloc_uninit::<f32>(n, what) };
+        Ok(Self {
+            kd: [buf(qk, "bidir kdf")?, buf(qk, "bidir kdb")?],
+            dl: [fbuf(dl, "bidir dlf")?, fbuf(dl, "bidir dlb")?],
+            hs: [buf(st, "bidir hsf")?, buf(st, "bidir hsb")?],
+            flip: [buf(qk, "q flipped")?, buf(qk, "k flipped")?, buf(vl, "v flipped")?, buf(qk, "gb flipped")?, buf(vl, "do flipped")?],
+            ob: buf(vl, "o backward")?,
+            gla: GlaWorkspace::for_problem(cuda, &dp.half, Some(FwdKernel::Chunk), true)?,
+            grads: DevGrads::alloc(cuda, p.half(), false)?,
+            sized: Self::key(dp),
+        })
+    }
+    fn key(dp: &BidirDevProblem) -> (usize, usize, usize, usize, usize) {
+        let p = &dp.problem;
+        (p.rows(), dp.half.n_chunks, p.h(), p.k(), p.v())
+    }
+    fn check(&self, dp: &BidirDevProblem) -> Result<()> {
+        if self.sized == Self::key(dp) {
+            Ok(())
+        } else {
+            Err(ops::unsupported(format!("{OP}: a workspace sized for {:?} given a problem of {:?}", self.sized, Self::key(dp))))
+        }
+    }
+}
+
+/// Forward with its own workspace ([`bidir_fwd_ws`]).
+///
+/// # Errors
+/// As [`bidir_fwd_ws`].
+pub fn bidir_fwd<T: Elem>(cuda: &Cuda, algo: BidirAlgo, dp: &BidirDevProblem, x: &BidirDevInputs<'_, T>, o: &mut CudaSlice<T>) -> Result<()> {
+    let mut ws = BidirWorkspace::new(cuda, dp)?;
+    bidir_fwd_ws(cuda, algo, dp, x, &mut ws, o)
 }
 
 /// Forward: `o [B,T,H,V]` (dtype T) by `algo` ([`crate::dispatch::bidir`]: the fused kernels
-/// for bf16 with K <= 128, else composed).
+/// for bf16 with K <= 128, else composed), with the caller's workspace (made for this problem).
 ///
 /// # Errors
-/// Shape mismatch, unsupported shapes (those of the GLA op), launch or compile errors.
-pub fn bidir_fwd<T: Elem>(cuda: &Cuda, algo: BidirAlgo, dp: &BidirDevProblem, x: &BidirDevInputs<'_, T>, o: &mut CudaSlice<T>) -> Result<()> {
+/// Shape mismatch, a workspace of another problem, unsupported shapes (those of the GLA op),
+/// launch or compile errors.
+pub fn bidir_fwd_ws<T: Elem>(
+    cuda: &Cuda,
+    algo: BidirAlgo,
+    dp: &BidirDevProblem,
+    x: &BidirDevInputs<'_, T>,
+    ws: &mut BidirWorkspace<T>,
+    o: &mut CudaSlice<T>,
+) -> Result<()> {
     check_inputs(dp, x)?;
+    ws.check(dp)?;
     let p = &dp.problem;
     check_len(OP, "o", p.v_len(), o.len())?;
     if p.rows() == 0 {
         return Ok(());
     }
     if algo == BidirAlgo::Fused && plan::fused_fwd(p, T::SUFFIX == "bf16") {
-        fused_fwd(cuda, dp, x, o)
+        fused_fwd(cuda, dp, x, ws, o)
     } else {
-        composed_fwd(cuda, dp, x, o)
+        composed_fwd(cuda, dp, x, ws, o)
     }
 }
 
 /// The fused forward: prep of both gates, both state walks in one launch, the combined output.
-fn fused_fwd<T: Elem>(cuda: &Cuda, dp: &BidirDevProblem, x: &BidirDevInputs<'_, T>, o: &mut CudaSlice<T>) -> Result<()> {
+fn fused_fwd<T: Elem>(cuda: &Cuda, dp: &BidirDevProblem, x: &BidirDevInputs<'_, T>, ws: &BidirWorkspace<T>, o: &mut CudaSlice<T>) -> Result<()> {
     let p = &dp.problem;
     let d = &dp.half;
     let nc = d.n_chunks;
@@ -111,25 +181,11 @@ fn fused_fwd<T: Elem>(cuda: &Cuda, dp: &BidirDevProblem, x: &BidirDevInputs<'_, 
     }
     let (h, k, v) = dims(p);
     let gx = chunk_grid(OP, nc)?;
-    let st = nc * p.h() * p.k() * p.v();
-    let dl = nc * p.h() * p.k();
-    // SAFETY: every workspace element is written by the launch before the one reading it: prep
-    // writes kd* for every row and dl* for every (chunk, head, channel < K); the state walks
-    // write hs* for every (chunk, head, i < K, j < V)
-    let (kdf, kdb, dlf, dlb, hsf, hsb) = unsafe {
-        (
-            cuda.alloc_uninit::<T>(p.qk_len(), "bidir kdf")?,
-            cuda.alloc_uninit::<T>(p.qk_len(), "bidir kdb")?,
-            cuda.alloc_uninit::<f32>(dl, "bidir dlf")?,
-            cuda.alloc_uninit::<f32>(dl, "bidir dlb")?,
-            cuda.alloc_uninit::<T>(st, "bidir hsf")?,
-            cuda.alloc_uninit::<T>(st, "bidir hsb")?,
-        )
-    };
+    let ([kdf, kdb], [dlf, dlb], [hsf, hsb]) = (&ws.kd, &ws.dl, &ws.hs);
     let (b, off, seq) = (&d.bounds, &d.chunk_off, &d.chunk_seq);
     // SAFETY: arguments match bidir_chunk_prep_bf16 (k, gf, gb shaped [rows, H, K]; kdf, kdb
     // like k; dlf, dlb chunks x H x K); one block per (chunk, head, 128 channels)
-    unsafe { cuda.launch("bidir_chunk_prep_bf16", plan::prep_cfg(p, gx), &[x.k, x.gf, x.gb, &kdf, &kdb, &dlf, &dlb, b, off, seq, &h, &k])? };
+    unsafe { cuda.launch("bidir_chunk_prep_bf16", plan::prep_cfg(p, gx), &[x.k, x.gf, x.gb, kdf, kdb, dlf, dlb, b, off, seq, &h, &k])? };
     let (name, cfg) = plan::h_cfg(p, cuda.sm_count());
     let nh = (p.n() * p.h()) as i32;
     if cfg.grid_dim.2 > 65_535 {
@@ -137,7 +193,7 @@ fn fused_fwd<T: Elem>(cuda: &Cuda, dp: &BidirDevProblem, x: &BidirDevInputs<'_, 
     }
     // SAFETY: arguments match bidir_chunk_h{64,32}_bf16; hsf, hsb hold chunks x H x K x V; the
     // grid covers V and K in the plan's tiles and both walks of every (sequence, head) in z
-    unsafe { cuda.launch(name, cfg, &[&kdf, &kdb, x.v, &dlf, &dlb, &hsf, &hsb, b, &d.chunk_off, &h, &k, &v, &nh])? };
+    unsafe { cuda.launch(name, cfg, &[kdf, kdb, x.v, dlf, dlb, hsf, hsb, b, &d.chunk_off, &h, &k, &v, &nh])? };
     let kp = plan::kp(p);
     let (_, os_off) = plan::o_smem(kp);
     let (kp32, os32, scale) = (kp as i32, os_off as i32, p.half().scale() as f32);
@@ -147,25 +203,38 @@ fn fused_fwd<T: Elem>(cuda: &Cuda, dp: &BidirDevProblem, x: &BidirDevInputs<'_, 
         cuda.launch(
             "bidir_chunk_o_bf16",
             plan::o_cfg(p, gx),
-            &[x.q, x.k, x.v, x.gf, x.gb, &hsf, &hsb, o, b, off, seq, &h, &k, &v, &scale, &kp32, &os32],
+            &[x.q, x.k, x.v, x.gf, x.gb, hsf, hsb, o, b, off, seq, &h, &k, &v, &scale, &kp32, &os32],
         )
     }
 }
 
 /// The composed forward: the GLA forward (its own dispatch) at half scale on x, and on the
 /// flipped copies, flip-added into o.
-fn composed_fwd<T: Elem>(cuda: &Cuda, dp: &BidirDevProblem, x: &BidirDevInputs<'_, T>, o: &mut CudaSlice<T>) -> Result<()> {
-    let p = &dp.problem;
-    let (kw, vw) = (p.h() * p.k(), p.h() * p.v());
+fn composed_fwd<T: Elem>(cuda: &Cuda, dp: &BidirDevProblem, x: &BidirDevInputs<'_, T>, ws: &mut BidirWorkspace<T>, o: &mut CudaSlice<T>) -> Result<()> {
+    let vw = dp.problem.h() * dp.problem.v();
     let d = &dp.half;
     let xf = DevInputs { q: x.q, k: x.k, v: x.v, g: Some(x.gf), h0: None };
-    ops::gla_fwd(cuda, FwdKernel::Chunk, d, &xf, o, None)?;
-    let (q, k, v, g) = (flipped(cuda, dp, x.q, kw, "q flipped")?, flipped(cuda, dp, x.k, kw, "k flipped")?, flipped(cuda, dp, x.v, vw, "v flipped")?, flipped(cuda, dp, x.gb, kw, "gb flipped")?);
-    let xb = DevInputs { q: &q, k: &k, v: &v, g: Some(&g), h0: None };
-    // SAFETY: written by the GLA forward below before it is read
-    let mut ob = unsafe { cuda.alloc_uninit::<T>(o.len(), "o backward")? };
-    ops::gla_fwd(cuda, FwdKernel::Chunk, d, &xb, &mut ob, None)?;
-    flip(cuda, dp, &ob, o, vw, true)
+    ops::gla_fwd_ws(cuda, FwdKernel::Chunk, d, &xf, &mut ws.gla, o, None)?;
+    flip_inputs(cuda, dp, x, None, ws)?;
+    let [q, k, v, g, _] = &ws.flip;
+    let xb = DevInputs { q, k, v, g: Some(g), h0: None };
+    ops::gla_fwd_ws(cuda, FwdKernel::Chunk, d, &xb, &mut ws.gla, &mut ws.ob, None)?;
+    flip(cuda, dp, &ws.ob, o, vw, true)
+}
+
+/// q, k, v, gb (and do) reversed into the workspace.
+fn flip_inputs<T: Elem>(cuda: &Cuda, dp: &BidirDevProblem, x: &BidirDevInputs<'_, T>, d_o: Option<&CudaSlice<T>>, ws: &mut BidirWorkspace<T>) -> Result<()> {
+    let p = &dp.problem;
+    let (kw, vw) = (p.h() * p.k(), p.h() * p.v());
+    let [q, k, v, g, dob] = &mut ws.flip;
+    flip(cuda, dp, x.q, q, kw, false)?;
+    flip(cuda, dp, x.k, k, kw, false)?;
+    flip(cuda, dp, x.v, v, vw, false)?;
+    flip(cuda, dp, x.gb, g, kw, false)?;
+    if let Some(d_o) = d_o {
+        flip(cuda, dp, d_o, dob, vw, false)?;
+    }
+    Ok(())
 }
 
 /// Gradients of the backward, all f32: dq, dk, gf, gb like q; dv like v.
@@ -185,40 +254,79 @@ pub struct BidirDevGrads {
 
 /// One direction's GLA backward at half scale (chunked where the GLA dispatch has it, else
 /// recurrent), into `g`.
-fn gla_bwd_one<T: Elem>(cuda: &Cuda, d: &DevProblem, x: &DevInputs<'_, T>, d_o: &CudaSlice<T>, g: &mut DevGrads) -> Result<()> {
-    let mut ws = GlaWorkspace::<T>::for_problem(cuda, d, None, true)?;
+fn gla_bwd_one<T: Elem>(cuda: &Cuda, d: &DevProblem, x: &DevInputs<'_, T>, d_o: &CudaSlice<T>, ws: &mut GlaWorkspace<T>, g: DevGradsMut<'_>) -> Result<()> {
     if ops::chunk_bwd_supported::<T>(&d.problem) {
-        ops::gla_bwd_chunk_ws(cuda, d, x, d_o, None, &mut ws, g.as_out(false), false)
+        ops::gla_bwd_chunk_ws(cuda, d, x, d_o, None, ws, g, false)
     } else {
-        ops::gla_bwd_ws(cuda, d, x, d_o, None, &mut ws, g.as_out(false))
+        ops::gla_bwd_ws(cuda, d, x, d_o, None, ws, g)
     }
 }
 
-/// Backward of `L = <do, o>`: the GLA backward of each direction at half scale (the backward
-/// one on flipped copies of q, k, v, gb, do), its gradients flip-added (docs/math/bidir.md).
-/// Allocates the gradients and workspaces.
+impl BidirDevGrads {
+    /// Gradient buffers for `p`, not initialised (the backward writes every element).
+    ///
+    /// # Errors
+    /// [`crate::Error::Driver`].
+    pub fn alloc(cuda: &Cuda, p: &BidirProblem) -> Result<Self> {
+        // SAFETY: bidir_bwd_ws writes every element before any read
+        let grad = |len: usize, what: &str| unsafe { cuda.alloc_uninit::<f32>(len.max(1), what) };
+        Ok(Self {
+            dq: grad(p.qk_len(), "dq")?,
+            dk: grad(p.qk_len(), "dk")?,
+            dv: grad(p.v_len(), "dv")?,
+            dgf: grad(p.qk_len(), "dgf")?,
+            dgb: grad(p.qk_len(), "dgb")?,
+        })
+    }
+}
+
+/// Backward with its own workspace and gradients ([`bidir_bwd_ws`]).
 ///
 /// # Errors
-/// Shape mismatch, unsupported shapes (those of the GLA op), launch or compile errors.
+/// As [`bidir_bwd_ws`].
 pub fn bidir_bwd<T: Elem>(cuda: &Cuda, dp: &BidirDevProblem, x: &BidirDevInputs<'_, T>, d_o: &CudaSlice<T>) -> Result<BidirDevGrads> {
+    let mut ws = BidirWorkspace::new(cuda, dp)?;
+    let mut g = BidirDevGrads::alloc(cuda, &dp.problem)?;
+    bidir_bwd_ws(cuda, dp, x, d_o, &mut ws, &mut g)?;
+    Ok(g)
+}
+
+/// Backward of `L = <do, o>` into `g`: the GLA backward of each direction at half scale (the
+/// backward one on flipped copies of q, k, v, gb, do), its gradients flip-added
+/// (docs/math/bidir.md). Allocates nothing.
+///
+/// # Errors
+/// Shape mismatch, a workspace of another problem, unsupported shapes (those of the GLA op),
+/// launch or compile errors.
+pub fn bidir_bwd_ws<T: Elem>(
+    cuda: &Cuda,
+    dp: &BidirDevProblem,
+    x: &BidirDevInputs<'_, T>,
+    d_o: &CudaSlice<T>,
+    ws: &mut BidirWorkspace<T>,
+    g: &mut BidirDevGrads,
+) -> Result<()> {
     check_inputs(dp, x)?;
+    ws.check(dp)?;
     let p = &dp.problem;
     check_len(OP, "do", p.v_len(), d_o.len())?;
+    for (t, b, n) in [("dq", &g.dq, p.qk_len()), ("dk", &g.dk, p.qk_len()), ("dv", &g.dv, p.v_len()), ("dgf", &g.dgf, p.qk_len()), ("dgb", &g.dgb, p.qk_len())] {
+        check_len(OP, t, n.max(1), b.len())?;
+    }
+    if p.rows() == 0 {
+        return Ok(());
+    }
     let d = &dp.half;
     let (kw, vw) = (p.h() * p.k(), p.h() * p.v());
-    let mut gf = DevGrads::alloc(cuda, p.half(), false)?;
-    let mut gb = DevGrads::alloc(cuda, p.half(), false)?;
-    if p.rows() > 0 {
-        let xf = DevInputs { q: x.q, k: x.k, v: x.v, g: Some(x.gf), h0: None };
-        gla_bwd_one(cuda, d, &xf, d_o, &mut gf)?;
-        let (q, k, v, g) = (flipped(cuda, dp, x.q, kw, "q flipped")?, flipped(cuda, dp, x.k, kw, "k flipped")?, flipped(cuda, dp, x.v, vw, "v flipped")?, flipped(cuda, dp, x.gb, kw, "gb flipped")?);
-        let dob = flipped(cuda, dp, d_o, vw, "do flipped")?;
-        let xb = DevInputs { q: &q, k: &k, v: &v, g: Some(&g), h0: None };
-        gla_bwd_one(cuda, d, &xb, &dob, &mut gb)?;
-        flip(cuda, dp, &gb.dq, &mut gf.dq, kw, true)?;
-        flip(cuda, dp, &gb.dk, &mut gf.dk, kw, true)?;
-        flip(cuda, dp, &gb.dv, &mut gf.dv, vw, true)?;
-    }
-    let dgb = if p.rows() > 0 { flipped(cuda, dp, &gb.dg, kw, "dgb")? } else { gb.dg };
-    Ok(BidirDevGrads { dq: gf.dq, dk: gf.dk, dv: gf.dv, dgf: gf.dg, dgb })
+    let xf = DevInputs { q: x.q, k: x.k, v: x.v, g: Some(x.gf), h0: None };
+    let gf = ops::DevGradsMut { dq: &mut g.dq, dk: &mut g.dk, dv: &mut g.dv, dg: &mut g.dgf, dh0: None };
+    gla_bwd_one(cuda, d, &xf, d_o, &mut ws.gla, gf)?;
+    flip_inputs(cuda, dp, x, Some(d_o), ws)?;
+    let [q, k, v, gb, dob] = &ws.flip;
+    let xb = DevInputs { q, k, v, g: Some(gb), h0: None };
+    gla_bwd_one(cuda, d, &xb, dob, &mut ws.gla, ws.grads.as_out(false))?;
+    flip(cuda, dp, &ws.grads.dq, &mut g.dq, kw, true)?;
+    flip(cuda, dp, &ws.grads.dk, &mut g.dk, kw, true)?;
+    flip(cuda, dp, &ws.grads.dv, &mut g.dv, vw, true)?;
+    flip(cuda, dp, &ws.grads.dg, &mut g.dgb, kw, false)
 }
