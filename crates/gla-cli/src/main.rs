@@ -155,7 +155,9 @@ enum BenchCmd {
     Delta(bench::DeltaArgs),
     /// Time ViG's bidirectional scan on CUDA (bf16): the fused forward against the GLA op run
     /// on x and flip(x), forward and forward+backward, ms and the speed-up.
-    #[command(after_help = "Examples:\n  gla bench bidir --device cuda\n  gla bench bidir --device cuda --shape 64,196,3,64,64 --json bidir.json")]
+    #[command(
+        after_help = "Examples:\n  gla bench bidir --device cuda\n  gla bench bidir --device cuda --shape 64,196,3,64,64 --json bidir.json"
+    )]
     Bidir(bench::BidirArgs),
     /// Time generation (time to first token, decode tokens/s) of a random model of a given config
     /// (default fla's gla_340M), prompt 512, 256 new tokens, batch 1 and 16.

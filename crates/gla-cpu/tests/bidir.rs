@@ -78,7 +78,8 @@ fn table(label: &'static str, op: &'static dyn BidirOp<f32>, filter: Option<&str
     assert!(!rows.is_empty());
     let worst = rows.iter().map(|r| r.rel_rmse).fold(0.0, f64::max);
     eprintln!("{label}: {} rows, worst rel-rmse {worst:.3e}", rows.len());
-    let failed: Vec<String> = rows.iter().filter(|r| !r.pass).map(|r| format!("{} {}: {:.3e} {}", r.case, r.tensor, r.rel_rmse, r.note)).collect();
+    let failed: Vec<String> =
+        rows.iter().filter(|r| !r.pass).map(|r| format!("{} {}: {:.3e} {}", r.case, r.tensor, r.rel_rmse, r.note)).collect();
     assert!(failed.is_empty(), "{} failures:\n{}", failed.len(), failed.join("\n"));
 }
 

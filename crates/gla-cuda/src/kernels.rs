@@ -247,7 +247,8 @@ pub const BIDIR_CHUNK_FWD: KernelSource = source!(
     ["bidir_chunk_prep_bf16", "bidir_chunk_h64_bf16", "bidir_chunk_h32_bf16", "bidir_chunk_o_bf16"]
 );
 /// Rows reversed within each sequence (copy, or add).
-pub const BIDIR_FLIP: KernelSource = source!("bidir/flip.cu", CHUNK_HEADERS, ["bidir_flip_f32", "bidir_flip_bf16", "bidir_flip_add_f32", "bidir_flip_add_bf16"]);
+pub const BIDIR_FLIP: KernelSource =
+    source!("bidir/flip.cu", CHUNK_HEADERS, ["bidir_flip_f32", "bidir_flip_bf16", "bidir_flip_add_f32", "bidir_flip_add_bf16"]);
 
 /// Every kernel source of the crate (the CI compile check walks this list).
 pub const ALL: &[KernelSource] = &[

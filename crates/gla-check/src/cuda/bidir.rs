@@ -43,11 +43,18 @@ fn max_abs_diff(a: &[f32], b: &[f32]) -> f64 {
     if a.len() != b.len() {
         return f64::INFINITY;
     }
-    a.iter().zip(b).fold(0.0f64, |m, (&x, &y)| if x.to_bits() == y.to_bits() { m } else { m.max(f64::from((x - y).abs())).max(if (x - y).is_nan() { f64::INFINITY } else { 0.0 }) })
+    a.iter().zip(b).fold(0.0f64, |m, (&x, &y)| {
+        if x.to_bits() == y.to_bits() {
+            m
+        } else {
+            m.max(f64::from((x - y).abs())).max(if (x - y).is_nan() { f64::INFINITY } else { 0.0 })
+        }
+    })
 }
 
 fn repeat_check(op: &CudaBidir, out: &mut Vec<Row>) -> Result<()> {
-    let case = BidirCase { name: "bidir/repeat-T1000-K64".into(), spec: gla_core::BidirSpec::new(2, 1000, 4, 64, 64), gate_scales: (16.0, 1.0) };
+    let case =
+        BidirCase { name: "bidir/repeat-T1000-K64".into(), spec: gla_core::BidirSpec::new(2, 1000, 4, 64, 64), gate_scales: (16.0, 1.0) };
     let d = BidirCaseData::generate(&case, 99)?;
     let x: [Vec<f32>; 6] = d.x.clone().map(|t| Storage::Bf16.round(&t));
     let xi = BidirInputs { q: &x[0], k: &x[1], v: &x[2], gf: &x[3], gb: &x[4] };
@@ -60,7 +67,9 @@ fn repeat_check(op: &CudaBidir, out: &mut Vec<Row>) -> Result<()> {
         Ok(all)
     };
     match (once(), once(), once()) {
-        (Ok(a), Ok(b), Ok(c)) => out.push(Row::new(&case.name, "bidir-fused", "bf16", "repeat", max_abs_diff(&a, &b).max(max_abs_diff(&a, &c)), tol::BITWISE)),
+        (Ok(a), Ok(b), Ok(c)) => {
+            out.push(Row::new(&case.name, "bidir-fused", "bf16", "repeat", max_abs_diff(&a, &b).max(max_abs_diff(&a, &c)), tol::BITWISE))
+        }
         (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => out.push(Row::failed(&case.name, "bidir-fused", "bf16", tol::BITWISE, e)),
     }
     Ok(())

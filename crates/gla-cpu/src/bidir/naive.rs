@@ -87,7 +87,8 @@ impl<T: Real> Scan<'_, T> {
         for (i, &r) in self.rows.iter().enumerate().rev() {
             let (s_prev, s_t) = (&s[i * kv..(i + 1) * kv], &s[(i + 1) * kv..(i + 2) * kv]);
             let (kr, vr) = (self.kr(r), self.vr(r));
-            let (q, k, v, g, dor) = (&self.x.q[kr..][..kd], &self.x.k[kr..][..kd], &self.x.v[vr..][..vd], &self.g[kr..][..kd], &d_o[vr..][..vd]);
+            let (q, k, v, g, dor) =
+                (&self.x.q[kr..][..kd], &self.x.k[kr..][..kd], &self.x.v[vr..][..vd], &self.g[kr..][..kd], &d_o[vr..][..vd]);
             for a in 0..kd {
                 let (mut dqa, mut dka, mut dga) = (T::ZERO, T::ZERO, T::ZERO);
                 for j in 0..vd {

@@ -138,7 +138,13 @@ impl<T: Elem> BidirWorkspace<T> {
 ///
 /// # Errors
 /// As [`bidir_fwd_ws`].
-pub fn bidir_fwd<T: Elem>(cuda: &Cuda, algo: BidirAlgo, dp: &BidirDevProblem, x: &BidirDevInputs<'_, T>, o: &mut CudaSlice<T>) -> Result<()> {
+pub fn bidir_fwd<T: Elem>(
+    cuda: &Cuda,
+    algo: BidirAlgo,
+    dp: &BidirDevProblem,
+    x: &BidirDevInputs<'_, T>,
+    o: &mut CudaSlice<T>,
+) -> Result<()> {
     let mut ws = BidirWorkspace::new(cuda, dp)?;
     bidir_fwd_ws(cuda, algo, dp, x, &mut ws, o)
 }
@@ -172,7 +178,13 @@ pub fn bidir_fwd_ws<T: Elem>(
 }
 
 /// The fused forward: prep of both gates, both state walks in one launch, the combined output.
-fn fused_fwd<T: Elem>(cuda: &Cuda, dp: &BidirDevProblem, x: &BidirDevInputs<'_, T>, ws: &BidirWorkspace<T>, o: &mut CudaSlice<T>) -> Result<()> {
+fn fused_fwd<T: Elem>(
+    cuda: &Cuda,
+    dp: &BidirDevProblem,
+    x: &BidirDevInputs<'_, T>,
+    ws: &BidirWorkspace<T>,
+    o: &mut CudaSlice<T>,
+) -> Result<()> {
     let p = &dp.problem;
     let d = &dp.half;
     let nc = d.n_chunks;
@@ -210,7 +222,13 @@ fn fused_fwd<T: Elem>(cuda: &Cuda, dp: &BidirDevProblem, x: &BidirDevInputs<'_, 
 
 /// The composed forward: the GLA forward (its own dispatch) at half scale on x, and on the
 /// flipped copies, flip-added into o.
-fn composed_fwd<T: Elem>(cuda: &Cuda, dp: &BidirDevProblem, x: &BidirDevInputs<'_, T>, ws: &mut BidirWorkspace<T>, o: &mut CudaSlice<T>) -> Result<()> {
+fn composed_fwd<T: Elem>(
+    cuda: &Cuda,
+    dp: &BidirDevProblem,
+    x: &BidirDevInputs<'_, T>,
+    ws: &mut BidirWorkspace<T>,
+    o: &mut CudaSlice<T>,
+) -> Result<()> {
     let vw = dp.problem.h() * dp.problem.v();
     let d = &dp.half;
     let xf = DevInputs { q: x.q, k: x.k, v: x.v, g: Some(x.gf), h0: None };
@@ -223,7 +241,13 @@ fn composed_fwd<T: Elem>(cuda: &Cuda, dp: &BidirDevProblem, x: &BidirDevInputs<'
 }
 
 /// q, k, v, gb (and do) reversed into the workspace.
-fn flip_inputs<T: Elem>(cuda: &Cuda, dp: &BidirDevProblem, x: &BidirDevInputs<'_, T>, d_o: Option<&CudaSlice<T>>, ws: &mut BidirWorkspace<T>) -> Result<()> {
+fn flip_inputs<T: Elem>(
+    cuda: &Cuda,
+    dp: &BidirDevProblem,
+    x: &BidirDevInputs<'_, T>,
+    d_o: Option<&CudaSlice<T>>,
+    ws: &mut BidirWorkspace<T>,
+) -> Result<()> {
     let p = &dp.problem;
     let (kw, vw) = (p.h() * p.k(), p.h() * p.v());
     let [q, k, v, g, dob] = &mut ws.flip;
@@ -254,7 +278,14 @@ pub struct BidirDevGrads {
 
 /// One direction's GLA backward at half scale (chunked where the GLA dispatch has it, else
 /// recurrent), into `g`.
-fn gla_bwd_one<T: Elem>(cuda: &Cuda, d: &DevProblem, x: &DevInputs<'_, T>, d_o: &CudaSlice<T>, ws: &mut GlaWorkspace<T>, g: DevGradsMut<'_>) -> Result<()> {
+fn gla_bwd_one<T: Elem>(
+    cuda: &Cuda,
+    d: &DevProblem,
+    x: &DevInputs<'_, T>,
+    d_o: &CudaSlice<T>,
+    ws: &mut GlaWorkspace<T>,
+    g: DevGradsMut<'_>,
+) -> Result<()> {
     if ops::chunk_bwd_supported::<T>(&d.problem) {
         ops::gla_bwd_chunk_ws(cuda, d, x, d_o, None, ws, g, false)
     } else {
@@ -310,7 +341,13 @@ pub fn bidir_bwd_ws<T: Elem>(
     ws.check(dp)?;
     let p = &dp.problem;
     check_len(OP, "do", p.v_len(), d_o.len())?;
-    for (t, b, n) in [("dq", &g.dq, p.qk_len()), ("dk", &g.dk, p.qk_len()), ("dv", &g.dv, p.v_len()), ("dgf", &g.dgf, p.qk_len()), ("dgb", &g.dgb, p.qk_len())] {
+    for (t, b, n) in [
+        ("dq", &g.dq, p.qk_len()),
+        ("dk", &g.dk, p.qk_len()),
+        ("dv", &g.dv, p.v_len()),
+        ("dgf", &g.dgf, p.qk_len()),
+        ("dgb", &g.dgb, p.qk_len()),
+    ] {
         check_len(OP, t, n.max(1), b.len())?;
     }
     if p.rows() == 0 {
