@@ -11,7 +11,8 @@
 //   bidir_chunk_prep_bf16: grid (chunks, H, ceil(K/128)), 128 threads, one per key channel:
 //     kdf = k exp(Gf_last - Gf), dlf = exp(Gf_last)        (forward: inclusive cumsum Gf)
 //     kdb = k exp(sum_{u<t} gb_u), dlb = exp(sum gb)       (backward: exclusive prefix of gb)
-//     kdf, kdb shaped like k; dlf, dlb [chunks, H, K] f32.
+//     kdf, kdb shaped like k; dlf, dlb [chunks, H, K] f32; with qef (backward pass, else null):
+//     qef = q scale exp(Gf), qeb = q scale exp(sum_{u>=t} gb_u) (each scan's own cumsum).
 //   bidir_chunk_h{64,32}_bf16: grid (ceil(V/BVH), ceil(K/64), 2 N H): blocks z < N H walk their
 //     sequence's chunks left to right (hsf = the forward state entering each chunk), the others
 //     right to left over kdb, dlb (hsb = the backward state entering each chunk from the right).
@@ -24,9 +25,10 @@
 //     to it at the mirrored row: o is written once, in bf16.
 
 extern "C" __global__ void __launch_bounds__(128) bidir_chunk_prep_bf16(
-    const bf16_t* __restrict__ k, const bf16_t* __restrict__ gf, const bf16_t* __restrict__ gb, bf16_t* __restrict__ kdf,
-    bf16_t* __restrict__ kdb, float* __restrict__ dlf, float* __restrict__ dlb, const idx_t* __restrict__ bounds,
-    const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq, int H, int K) {
+    const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ gf, const bf16_t* __restrict__ gb,
+    bf16_t* __restrict__ kdf, bf16_t* __restrict__ kdb, float* __restrict__ dlf, float* __restrict__ dlb, bf16_t* __restrict__ qef,
+    bf16_t* __restrict__ qeb, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq,
+    int H, int K, float scale) {
     const idx_t cg = blockIdx.x;
     const int h = blockIdx.y, ch = 128 * blockIdx.z + threadIdx.x;
     const auto [r0, L] = chunk_rows(cg, bounds, chunk_off, chunk_seq);
@@ -44,6 +46,12 @@ extern "C" __global__ void __launch_bounds__(128) bidir_chunk_prep_bf16(
         const float kk = to_f32(k[off]);
         kdf[off] = f2bf(kk * ex2f((tf - rf) * L2E));
         kdb[off] = f2bf(kk * ex2f(rb * L2E));
+        if (qef != nullptr) {
+            // the backward scan's cumsum at row t, in its own (reversed) order: the suffix sum
+            const float qs = to_f32(q[off]) * scale;
+            qef[off] = f2bf(qs * ex2f(rf * L2E));
+            qeb[off] = f2bf(qs * ex2f((tb - rb) * L2E));
+        }
         rb += to_f32(gb[off]);
     }
     const idx_t d = (cg * H + h) * (idx_t)K + ch;

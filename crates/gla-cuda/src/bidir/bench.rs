@@ -1,5 +1,5 @@
-//! Timing of the bidirectional scan (`gla bench bidir`): the fused forward against the composed
-//! path (the GLA chunked op on the input and on its time-reversed copy, flips included: what
+//! Timing of the bidirectional scan (`gla bench bidir`): the fused forward and backward against
+//! the composed path (the GLA chunked op on the input and on its time-reversed copy, flips included: what
 //! ViG does with fla's kernel on the stacked `[x; flip x]` batch), forward and forward+backward,
 //! with [`crate::bench::time_ms`] (median of event-timed runs) and the HBM floor and FLOPs of
 //! [`BenchRow`]. Inputs bf16: q, k, v, do ~ N(0, 1), gates `logsigmoid(N(0, 1)) / 16` (ViG's
@@ -74,7 +74,7 @@ pub fn bench_bidir(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize) -> Resu
             let fwd = time_ms(cuda, reps, &mut || bidir_fwd_ws(cuda, algo, &dp, &x, &mut ws, &mut o))?;
             let both = time_ms(cuda, reps, &mut || {
                 bidir_fwd_ws(cuda, algo, &dp, &x, &mut ws, &mut o)?;
-                bidir_bwd_ws(cuda, &dp, &x, &d_o, &mut ws, &mut g)
+                bidir_bwd_ws(cuda, algo, &dp, &x, &d_o, &mut ws, &mut g)
             })?;
             times.push((kernel, fwd, both));
         }

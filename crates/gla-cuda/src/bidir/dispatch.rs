@@ -6,7 +6,8 @@
 //! |---------|------|-----------------|------------------------------------------------------------|
 //! | bf16    | fwd  | K <= 128, any V | fused (`bidir/chunk_fwd.cu`): prep, both state walks, output |
 //! | any     | fwd  | otherwise       | composed: the GLA forward on x and on flip(x), flip-added  |
-//! | any     | bwd  | any (K <= 256)  | composed: the GLA backward on x and on flip(x), flip-added |
+//! | bf16    | bwd  | 48 < K <= 128, V <= 128 | fused (`bidir/chunk_bwd.cu`): prep with qe, the four state walks in one launch, A of both directions, the GLA gradient launches per direction (the backward one on reversed rows, adding the forward's) |
+//! | any     | bwd  | otherwise       | composed: the GLA backward on x and on flip(x), flip-added |
 //!
 //! "Composed" is the identity of docs/math/bidir.md run on the GLA op's own dispatch
 //! ([`crate::dispatch::bwd_path`]: chunked or recurrent) with the scale halved; it is also what
@@ -15,7 +16,7 @@
 use cudarc::driver::LaunchConfig;
 use gla_core::bidir::BidirProblem;
 
-use crate::dispatch::{chunk_o_smem_bytes, k_padded, HPlan, CHUNK_NARROW_MAX};
+use crate::dispatch::{bwd2_plan, chunk_bwd1_smem_bytes, chunk_o_smem_bytes, k_padded, HPlan, CHUNK_NARROW_MAX};
 
 /// Which forward a caller asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -30,6 +31,38 @@ pub enum BidirAlgo {
 /// holds all K columns of a chunk in one block, as `gla_chunk_o_bf16`).
 pub fn fused_fwd(p: &BidirProblem, bf16: bool) -> bool {
     bf16 && p.k() <= CHUNK_NARROW_MAX
+}
+
+/// Whether the fused backward takes the problem: bf16 storage with 48 < K <= 128 and V <= 128
+/// (the shapes of the GLA backward's single-block gradient launch `gla_chunk_bwd1_bf16`, whose
+/// building blocks it runs; module doc of [`crate::dispatch`] for K <= 48).
+pub fn fused_bwd(p: &BidirProblem, bf16: bool) -> bool {
+    bf16 && p.k() > 48 && p.k() <= CHUNK_NARROW_MAX && p.v() <= 128
+}
+
+/// The four state walks of the backward in one grid (z = 4 N H), tiled like [`h_cfg`].
+pub(crate) fn walks_cfg(p: &BidirProblem, sm_count: usize) -> (&'static str, LaunchConfig) {
+    let walks = 4 * p.n() * p.h();
+    let plan = HPlan::new(p.gla(), walks, sm_count);
+    let name = if plan.bvh == 32 { "bidir_chunk_walks32_bf16" } else { "bidir_chunk_walks64_bf16" };
+    (name, plan.cfg(p.gla(), walks as u32))
+}
+
+/// `bidir_chunk_a_bf16`: one block per (chunk, head, direction), the GLA output pass's smem.
+pub(crate) fn a_cfg(p: &BidirProblem, gx: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (gx, p.h() as u32, 2), block_dim: (256, 1, 1), shared_mem_bytes: chunk_o_smem_bytes(kp(p)) as u32 }
+}
+
+/// `bidir_chunk_bwd1_bf16`: one block per (chunk, head), `gla_chunk_bwd1_bf16`'s smem.
+pub(crate) fn bwd1_cfg(p: &BidirProblem, gx: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_bwd1_smem_bytes(kp(p)) as u32 }
+}
+
+/// `bidir_chunk_bwd2_bf16`: the GLA backward's last launch for a per-key gate (K tiles of <= 64
+/// on grid z, [`bwd2_plan`]). `(config, tile width)`.
+pub(crate) fn bwd2_cfg(p: &BidirProblem, gx: u32) -> (LaunchConfig, usize) {
+    let (_, w, tiles, smem) = bwd2_plan(p.k(), p.k());
+    (LaunchConfig { grid_dim: (gx, p.h() as u32, tiles as u32), block_dim: (256, 1, 1), shared_mem_bytes: smem as u32 }, w)
 }
 
 /// f32 row stride of the forward direction's output tile in `bidir_chunk_o_bf16` (`BIDIR_OS`).

@@ -14,7 +14,7 @@ use crate::ops::{self, Elem};
 use crate::runtime::Cuda;
 
 /// A [`BidirOp<f32>`] on the GPU: host f32 slices uploaded as f32 or rounded to bf16 (`bf16`),
-/// the forward by `algo` (fused where the dispatch allows), the backward composed; outputs come
+/// forward and backward by `algo` (fused where the dispatch allows, else composed); outputs come
 /// back as f32 (o carries the storage's rounding). o is poisoned with NaN before the run.
 #[derive(Debug, Clone)]
 pub struct CudaBidir {
@@ -58,7 +58,7 @@ impl CudaBidir {
         let [q, k, v, gf, gb] = self.inputs::<T>(x)?;
         let d_o = self.up::<T>(d_o, "do")?;
         let dx = BidirDevInputs { q: &q, k: &k, v: &v, gf: &gf, gb: &gb };
-        let g = bidir_bwd(&self.cuda, &dp, &dx, &d_o)?;
+        let g = bidir_bwd(&self.cuda, self.algo, &dp, &dx, &d_o)?;
         self.cuda.sync()?;
         let (qk, vl) = (p.qk_len(), p.v_len());
         Ok(BidirGrads {

@@ -9,7 +9,7 @@ use gla_core::bidir::BidirProblem;
 use crate::dispatch::bidir::{self as plan, BidirAlgo};
 use crate::error::Result;
 use crate::ops::{self, check_len, chunk_grid, DevGrads, DevGradsMut, DevInputs, DevProblem, Elem, FwdKernel, GlaWorkspace};
-use crate::runtime::Cuda;
+use crate::runtime::{Cuda, NULL};
 
 const OP: &str = "bidir";
 
@@ -92,6 +92,19 @@ pub struct BidirWorkspace<T> {
     gla: GlaWorkspace<T>,
     /// Composed backward: the backward direction's gradients (reversed rows).
     grads: DevGrads,
+    /// Fused backward: q scale exp(G) of each direction (like q).
+    qe: [CudaSlice<T>; 2],
+    /// Fused backward: the gradient of each direction's state leaving every chunk.
+    dhs: [CudaSlice<T>; 2],
+    /// Fused backward: A of each direction, `[chunks, H, 64, 64]`.
+    a: [CudaSlice<T>; 2],
+    /// Fused backward: dA and sd of the direction being differentiated (f32).
+    da: CudaSlice<f32>,
+    sd: CudaSlice<f32>,
+    /// Fused backward: the forward scan's dv, dq, dk (f32), added into the backward scan's.
+    dvf: CudaSlice<f32>,
+    dqf: CudaSlice<f32>,
+    dkf: CudaSlice<f32>,
     /// The problem the buffers are sized for (rows, chunks, H, K, V).
     sized: (usize, usize, usize, usize, usize),
 }
@@ -118,6 +131,14 @@ impl<T: Elem> BidirWorkspace<T> {
             ob: buf(vl, "o backward")?,
             gla: GlaWorkspace::for_problem(cuda, &dp.half, Some(FwdKernel::Chunk), true)?,
             grads: DevGrads::alloc(cuda, p.half(), false)?,
+            qe: [buf(qk, "bidir qef")?, buf(qk, "bidir qeb")?],
+            dhs: [buf(st, "bidir dhsf")?, buf(st, "bidir dhsb")?],
+            a: [buf(nc * p.h() * 4096, "bidir Af")?, buf(nc * p.h() * 4096, "bidir Ab")?],
+            da: fbuf(nc * p.h() * 4096, "bidir dA")?,
+            sd: fbuf(dl, "bidir sd")?,
+            dvf: fbuf(vl, "bidir dv forward")?,
+            dqf: fbuf(qk, "bidir dq forward")?,
+            dkf: fbuf(qk, "bidir dk forward")?,
             sized: Self::key(dp),
         })
     }
@@ -195,9 +216,17 @@ fn fused_fwd<T: Elem>(
     let gx = chunk_grid(OP, nc)?;
     let ([kdf, kdb], [dlf, dlb], [hsf, hsb]) = (&ws.kd, &ws.dl, &ws.hs);
     let (b, off, seq) = (&d.bounds, &d.chunk_off, &d.chunk_seq);
-    // SAFETY: arguments match bidir_chunk_prep_bf16 (k, gf, gb shaped [rows, H, K]; kdf, kdb
-    // like k; dlf, dlb chunks x H x K); one block per (chunk, head, 128 channels)
-    unsafe { cuda.launch("bidir_chunk_prep_bf16", plan::prep_cfg(p, gx), &[x.k, x.gf, x.gb, kdf, kdb, dlf, dlb, b, off, seq, &h, &k])? };
+    // SAFETY: arguments match bidir_chunk_prep_bf16 (q, k, gf, gb shaped [rows, H, K]; kdf, kdb
+    // like k; dlf, dlb chunks x H x K; qef, qeb null: not written); one block per (chunk, head,
+    // 128 channels)
+    let scale = p.half().scale() as f32;
+    unsafe {
+        cuda.launch(
+            "bidir_chunk_prep_bf16",
+            plan::prep_cfg(p, gx),
+            &[x.q, x.k, x.gf, x.gb, kdf, kdb, dlf, dlb, &NULL, &NULL, b, off, seq, &h, &k, &scale],
+        )?
+    };
     let (name, cfg) = plan::h_cfg(p, cuda.sm_count());
     let nh = (p.n() * p.h()) as i32;
     if cfg.grid_dim.2 > 65_535 {
@@ -208,7 +237,7 @@ fn fused_fwd<T: Elem>(
     unsafe { cuda.launch(name, cfg, &[kdf, kdb, x.v, dlf, dlb, hsf, hsb, b, &d.chunk_off, &h, &k, &v, &nh])? };
     let kp = plan::kp(p);
     let (_, os_off) = plan::o_smem(kp);
-    let (kp32, os32, scale) = (kp as i32, os_off as i32, p.half().scale() as f32);
+    let (kp32, os32) = (kp as i32, os_off as i32);
     // SAFETY: arguments match bidir_chunk_o_bf16; one block per (chunk, head, 128-wide V tile),
     // smem as the kernel's layout (o_smem); hsf, hsb written by the walks above
     unsafe {
@@ -315,22 +344,30 @@ impl BidirDevGrads {
 ///
 /// # Errors
 /// As [`bidir_bwd_ws`].
-pub fn bidir_bwd<T: Elem>(cuda: &Cuda, dp: &BidirDevProblem, x: &BidirDevInputs<'_, T>, d_o: &CudaSlice<T>) -> Result<BidirDevGrads> {
+pub fn bidir_bwd<T: Elem>(
+    cuda: &Cuda,
+    algo: BidirAlgo,
+    dp: &BidirDevProblem,
+    x: &BidirDevInputs<'_, T>,
+    d_o: &CudaSlice<T>,
+) -> Result<BidirDevGrads> {
     let mut ws = BidirWorkspace::new(cuda, dp)?;
     let mut g = BidirDevGrads::alloc(cuda, &dp.problem)?;
-    bidir_bwd_ws(cuda, dp, x, d_o, &mut ws, &mut g)?;
+    bidir_bwd_ws(cuda, algo, dp, x, d_o, &mut ws, &mut g)?;
     Ok(g)
 }
 
-/// Backward of `L = <do, o>` into `g`: the GLA backward of each direction at half scale (the
-/// backward one on flipped copies of q, k, v, gb, do), its gradients flip-added
-/// (docs/math/bidir.md). Allocates nothing.
+/// Backward of `L = <do, o>` into `g` by `algo`: fused where [`plan::fused_bwd`] allows (the GLA
+/// backward's launches once per direction, the backward scan on reversed rows, no copies),
+/// else composed: the GLA backward of each direction at half scale (the backward one on flipped
+/// copies of q, k, v, gb, do), its gradients flip-added (docs/math/bidir.md). Allocates nothing.
 ///
 /// # Errors
 /// Shape mismatch, a workspace of another problem, unsupported shapes (those of the GLA op),
 /// launch or compile errors.
 pub fn bidir_bwd_ws<T: Elem>(
     cuda: &Cuda,
+    algo: BidirAlgo,
     dp: &BidirDevProblem,
     x: &BidirDevInputs<'_, T>,
     d_o: &CudaSlice<T>,
@@ -353,6 +390,9 @@ pub fn bidir_bwd_ws<T: Elem>(
     if p.rows() == 0 {
         return Ok(());
     }
+    if algo == BidirAlgo::Fused && plan::fused_bwd(p, T::SUFFIX == "bf16") {
+        return fused_bwd(cuda, dp, x, d_o, ws, g);
+    }
     let d = &dp.half;
     let (kw, vw) = (p.h() * p.k(), p.h() * p.v());
     let xf = DevInputs { q: x.q, k: x.k, v: x.v, g: Some(x.gf), h0: None };
@@ -366,4 +406,76 @@ pub fn bidir_bwd_ws<T: Elem>(
     flip(cuda, dp, &ws.grads.dk, &mut g.dk, kw, true)?;
     flip(cuda, dp, &ws.grads.dv, &mut g.dv, vw, true)?;
     flip(cuda, dp, &ws.grads.dg, &mut g.dgb, kw, false)
+}
+
+/// The fused backward (`bidir/chunk_bwd.cu`): prep with qe, the four state walks in one launch,
+/// A of both directions, then per direction the GLA gradient launches; the backward direction's
+/// stores add the forward's dv, dq, dk.
+fn fused_bwd<T: Elem>(
+    cuda: &Cuda,
+    dp: &BidirDevProblem,
+    x: &BidirDevInputs<'_, T>,
+    d_o: &CudaSlice<T>,
+    ws: &mut BidirWorkspace<T>,
+    g: &mut BidirDevGrads,
+) -> Result<()> {
+    let p = &dp.problem;
+    let d = &dp.half;
+    let nc = d.n_chunks;
+    if nc == 0 {
+        return Ok(());
+    }
+    let (h, k, v) = dims(p);
+    let gx = chunk_grid(OP, nc)?;
+    let scale = p.half().scale() as f32;
+    let kp32 = plan::kp(p) as i32;
+    let (b, off, seq) = (&d.bounds, &d.chunk_off, &d.chunk_seq);
+    let ws = &*ws;
+    let ([kdf, kdb], [dlf, dlb], [hsf, hsb]) = (&ws.kd, &ws.dl, &ws.hs);
+    let ([qef, qeb], [dhsf, dhsb], [af, ab]) = (&ws.qe, &ws.dhs, &ws.a);
+    // SAFETY: arguments match bidir_chunk_prep_bf16; qef, qeb shaped like q
+    unsafe {
+        cuda.launch(
+            "bidir_chunk_prep_bf16",
+            plan::prep_cfg(p, gx),
+            &[x.q, x.k, x.gf, x.gb, kdf, kdb, dlf, dlb, qef, qeb, b, off, seq, &h, &k, &scale],
+        )?
+    };
+    let (name, cfg) = plan::walks_cfg(p, cuda.sm_count());
+    if cfg.grid_dim.2 > 65_535 {
+        return Err(ops::unsupported(format!("{OP}: 4 N H = {} state walks exceed the grid's z limit 65535", cfg.grid_dim.2)));
+    }
+    let nh = (p.n() * p.h()) as i32;
+    // SAFETY: arguments match bidir_chunk_walks{64,32}_bf16; hs*, dhs* hold chunks x H x K x V
+    unsafe { cuda.launch(name, cfg, &[kdf, kdb, qef, qeb, x.v, d_o, dlf, dlb, hsf, hsb, dhsf, dhsb, b, off, &h, &k, &v, &nh])? };
+    // SAFETY: arguments match bidir_chunk_a_bf16; af, ab hold chunks x H x 4096
+    unsafe { cuda.launch("bidir_chunk_a_bf16", plan::a_cfg(p, gx), &[x.q, x.k, x.gf, x.gb, af, ab, b, off, seq, &h, &k, &scale, &kp32])? };
+    let (cfg2, w) = plan::bwd2_cfg(p, gx);
+    let w32 = w as i32;
+    for rev in [0i32, 1] {
+        let (kd, a, hs, dhs, gate) = if rev == 0 { (kdf, af, hsf, dhsf, x.gf) } else { (kdb, ab, hsb, dhsb, x.gb) };
+        // the forward scan writes its dv, dq, dk to the workspace; the backward scan's stores add
+        // them and write the outputs
+        let (dv, dq, dk, dg) = if rev == 0 { (&ws.dvf, &ws.dqf, &ws.dkf, &g.dgf) } else { (&g.dv, &g.dq, &g.dk, &g.dgb) };
+        let (addv, addq, addk) = if rev == 0 { (None, None, None) } else { (Some(&ws.dvf), Some(&ws.dqf), Some(&ws.dkf)) };
+        // SAFETY: arguments match bidir_chunk_bwd1_bf16 (gla_chunk_bwd1_bf16's, plus rev and
+        // addv: null or shaped like dv); dA chunks x H x 4096, sd chunks x H x K
+        unsafe {
+            cuda.launch(
+                "bidir_chunk_bwd1_bf16",
+                plan::bwd1_cfg(p, gx),
+                &[x.v, d_o, kd, a, hs, dhs, dv, &ws.da, dq, dk, &ws.sd, b, off, seq, &h, &k, &v, &kp32, &rev, &addv],
+            )?
+        };
+        // SAFETY: arguments match bidir_chunk_bwd2_bf16; dq, dk hold bwd1's raw products, read
+        // by each thread before it overwrites them; addq, addk null or shaped like q
+        unsafe {
+            cuda.launch(
+                "bidir_chunk_bwd2_bf16",
+                cfg2,
+                &[x.q, x.k, gate, &ws.da, &ws.sd, dq, dk, dg, b, off, seq, &h, &k, &scale, &w32, &rev, &addq, &addk],
+            )?
+        };
+    }
+    Ok(())
 }

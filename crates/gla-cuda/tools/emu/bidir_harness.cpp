@@ -1,7 +1,9 @@
 // The emulator's test program for the bidirectional scan (kernels/bidir/): the fused chunked
-// forward's three launches (bidir_chunk_prep_bf16, bidir_chunk_h{64,32}_bf16, bidir_chunk_o_bf16,
-// as src/bidir/ops.rs runs them, with src/dispatch.rs's shared-memory sizes) on emulated blocks
-// against an f64 oracle of the two scans (docs/math/bidir.md) on the bf16-rounded inputs, and
+// forward's three launches (bidir_chunk_prep_bf16, bidir_chunk_h{64,32}_bf16, bidir_chunk_o_bf16)
+// and the fused backward's seven (prep with qe, the four walks, A, bwd1 and bwd2 per direction),
+// as src/bidir/ops.rs runs them with src/dispatch.rs's shared-memory sizes, on emulated blocks
+// against an f64 oracle of the two scans and their backward (docs/math/bidir.md) on the
+// bf16-rounded inputs, and
 // the flip kernels (copy and add, f32 and bf16) against a host flip, on cases shaped like
 // gla-check's bidir table (odd lengths, K != V, V > 128, varlen with empty and one-token
 // sequences, ViG's K = 32 heads). Prints the relative RMSE of o per case; exit status 1 when
@@ -71,6 +73,68 @@ static VD oracle(const Case& c, const std::vector<long long>& bounds, const VD& 
     return o;
 }
 
+// dq, dk, dv, dgf, dgb of L = <do, o>: each scan's direct backward (gla-cpu's bidir naive.rs)
+struct Grads {
+    VD dq, dk, dv, dgf, dgb;
+};
+static Grads oracle_bwd(const Case& c, const std::vector<long long>& bounds, const VD& q, const VD& k, const VD& v, const VD& gf,
+                        const VD& gb, const VD& d_o) {
+    const int H = c.H, K = c.K, V = c.V;
+    const double w = 0.5 / std::sqrt((double)K);
+    Grads g{VD(q.size(), 0.0), VD(q.size(), 0.0), VD(v.size(), 0.0), VD(q.size(), 0.0), VD(q.size(), 0.0)};
+    const size_t kv = (size_t)K * V;
+    for (size_t n = 0; n + 1 < bounds.size(); ++n) {
+        const long long a = bounds[n], b = bounds[n + 1], len = b - a;
+        for (int h = 0; h < H; ++h) {
+            for (int dir = 0; dir < 2; ++dir) {
+                const VD& gg = dir ? gb : gf;
+                VD& dg = dir ? g.dgb : g.dgf;
+                auto row = [&](long long i) { return dir ? b - 1 - i : a + i; };
+                VD S((len + 1) * kv, 0.0), dS(kv, 0.0);
+                for (long long i = 0; i < len; ++i) {
+                    const long long r = row(i);
+                    const size_t kr = ((size_t)r * H + h) * K, vr = ((size_t)r * H + h) * V;
+                    for (int x = 0; x < K; ++x)
+                        for (int j = 0; j < V; ++j)
+                            S[(i + 1) * kv + x * V + j] = std::exp(gg[kr + x]) * S[i * kv + x * V + j] + k[kr + x] * v[vr + j];
+                }
+                for (long long i = len - 1; i >= 0; --i) {
+                    const long long r = row(i);
+                    const size_t kr = ((size_t)r * H + h) * K, vr = ((size_t)r * H + h) * V;
+                    const double* sp = &S[i * kv];
+                    const double* st = &S[(i + 1) * kv];
+                    for (int x = 0; x < K; ++x) {
+                        double dqa = 0, dka = 0, dga = 0;
+                        for (int j = 0; j < V; ++j) {
+                            dS[x * V + j] += w * q[kr + x] * d_o[vr + j];
+                            dqa += st[x * V + j] * d_o[vr + j];
+                            dka += dS[x * V + j] * v[vr + j];
+                            dga += sp[x * V + j] * dS[x * V + j];
+                        }
+                        g.dq[kr + x] += w * dqa;
+                        g.dk[kr + x] += dka;
+                        dg[kr + x] = std::exp(gg[kr + x]) * dga;
+                    }
+                    for (int j = 0; j < V; ++j) {
+                        double acc = 0;
+                        for (int x = 0; x < K; ++x) acc += dS[x * V + j] * k[kr + x];
+                        g.dv[vr + j] += acc;
+                    }
+                    for (int x = 0; x < K; ++x)
+                        for (int j = 0; j < V; ++j) dS[x * V + j] *= std::exp(gg[kr + x]);
+                }
+            }
+        }
+    }
+    return g;
+}
+
+static size_t bwd1_smem(int kp) { return (size_t)(2 * 64 + 2 * kp) * 136 * 2 + 64 * 72 * 2 + 64 * (kp + 8) * 2; }
+static size_t bwd2_d2_smem(int kp) {
+    const size_t ldk = kp + 8;
+    return (2 * 64 * ldk + 64 * 72 + 2 * 96 * ldk) * 2 + (64 * (size_t)kp + 4096 + 2 * 64 * (size_t)kp + 256 + 128) * 4 - 3072 * 4;
+}
+
 static double rel(const VD& a, const VD& b) {
     double num = 0, den = 0;
     for (size_t i = 0; i < a.size(); ++i) {
@@ -121,8 +185,8 @@ static void run(const Case& c, uint64_t seed) {
     const float scale = (float)(0.5 / std::sqrt((double)K));
     if (nc > 0) {
         emu::launch(dim3{(unsigned)nc, (unsigned)H, (unsigned)((K + 127) / 128)}, dim3{128, 1, 1}, 0, [&] {
-            bidir_chunk_prep_bf16(bk.data(), bgf.data(), bgb.data(), kdf.data(), kdb.data(), dlf.data(), dlb.data(), bounds.data(),
-                                  off.data(), seq.data(), H, K);
+            bidir_chunk_prep_bf16(bq.data(), bk.data(), bgf.data(), bgb.data(), kdf.data(), kdb.data(), dlf.data(), dlb.data(), nullptr,
+                                  nullptr, bounds.data(), off.data(), seq.data(), H, K, scale);
         });
         // both tilings of the state walks (the host picks by occupancy): 64 then 32 columns
         for (int bvh : {64, 32}) {
@@ -150,6 +214,59 @@ static void run(const Case& c, uint64_t seed) {
             const bool ok = e <= 5e-3;
             g_fail += !ok;
             std::printf("%-28s fused-fwd h%-2d o   rel_rmse %.3e  %s\n", c.name.c_str(), bvh, e, ok ? "ok" : "FAIL");
+        }
+    }
+    // the backward (48 < K <= 128, V <= 128: src/dispatch/bidir.rs fused_bwd), both walk tilings
+    if (nc > 0 && K > 48 && K <= 128 && V <= 128) {
+        VD dov(vl);
+        for (auto& e : dov) e = bfr(2 * r.uni() - 1);
+        const Grads ref = oracle_bwd(c, bounds, q, k, v, gf, gb, dov);
+        auto bdo = tobf(dov);
+        std::vector<unsigned short> qef(qk, 0xffff), qeb(qk, 0xffff), dhsf(st, 0xffff), dhsb(st, 0xffff);
+        std::vector<unsigned short> af((size_t)nc * H * 4096, 0xffff), ab((size_t)nc * H * 4096, 0xffff);
+        std::vector<float> da((size_t)nc * H * 4096, NAN), sd(dl, NAN), dvf(vl, NAN), dqf(qk, NAN), dkf(qk, NAN);
+        std::vector<float> dq(qk, NAN), dk(qk, NAN), dv(vl, NAN), dgf(qk, NAN), dgb(qk, NAN);
+        const int kp = kpad(K);
+        emu::launch(dim3{(unsigned)nc, (unsigned)H, (unsigned)((K + 127) / 128)}, dim3{128, 1, 1}, 0, [&] {
+            bidir_chunk_prep_bf16(bq.data(), bk.data(), bgf.data(), bgb.data(), kdf.data(), kdb.data(), dlf.data(), dlb.data(), qef.data(),
+                                  qeb.data(), bounds.data(), off.data(), seq.data(), H, K, scale);
+        });
+        for (int bvh : {64, 32}) {
+            const size_t smem = 4 * ((64 * 72 + 64 * (bvh + 8)) * 2 + 64 * 4);
+            emu::launch(dim3{(unsigned)((V + bvh - 1) / bvh), (unsigned)((K + 63) / 64), (unsigned)(4 * N * H)}, dim3{128, 1, 1}, smem, [&] {
+                auto f = bvh == 64 ? bidir_chunk_walks64_bf16 : bidir_chunk_walks32_bf16;
+                f(kdf.data(), kdb.data(), qef.data(), qeb.data(), bv.data(), bdo.data(), dlf.data(), dlb.data(), hsf.data(), hsb.data(),
+                  dhsf.data(), dhsb.data(), bounds.data(), off.data(), H, K, V, N * H);
+            });
+            emu::launch(dim3{(unsigned)nc, (unsigned)H, 2}, dim3{256, 1, 1}, chunk_o_smem_bytes(kp), [&] {
+                bidir_chunk_a_bf16(bq.data(), bk.data(), bgf.data(), bgb.data(), af.data(), ab.data(), bounds.data(), off.data(), seq.data(),
+                                   H, K, scale, kp);
+            });
+            // bwd2 in K tiles of <= 64 (dispatch.rs k_tiles_of(K, 64))
+            const int nt = (kp + 63) / 64, w2 = ((kp + nt - 1) / nt + 15) / 16 * 16, tiles = (K + w2 - 1) / w2;
+            for (int dir = 0; dir < 2; ++dir) {
+                const bool rv = dir == 1;
+                emu::launch(dim3{(unsigned)nc, (unsigned)H, 1}, dim3{256, 1, 1}, bwd1_smem(kp), [&] {
+                    bidir_chunk_bwd1_bf16(bv.data(), bdo.data(), rv ? kdb.data() : kdf.data(), rv ? ab.data() : af.data(),
+                                          rv ? hsb.data() : hsf.data(), rv ? dhsb.data() : dhsf.data(), rv ? dv.data() : dvf.data(), da.data(),
+                                          rv ? dq.data() : dqf.data(), rv ? dk.data() : dkf.data(), sd.data(), bounds.data(), off.data(),
+                                          seq.data(), H, K, V, kp, dir, rv ? dvf.data() : nullptr);
+                });
+                emu::launch(dim3{(unsigned)nc, (unsigned)H, (unsigned)tiles}, dim3{256, 1, 1}, bwd2_d2_smem(w2), [&] {
+                    bidir_chunk_bwd2_bf16(bq.data(), bk.data(), rv ? bgb.data() : bgf.data(), da.data(), sd.data(), rv ? dq.data() : dqf.data(),
+                                          rv ? dk.data() : dkf.data(), rv ? dgb.data() : dgf.data(), bounds.data(), off.data(), seq.data(), H,
+                                          K, scale, w2, dir, rv ? dqf.data() : nullptr, rv ? dkf.data() : nullptr);
+                });
+            }
+            auto wide = [](const std::vector<float>& x) { return VD(x.begin(), x.end()); };
+            const std::pair<const char*, double> errs[] = {{"dq", rel(wide(dq), ref.dq)},   {"dk", rel(wide(dk), ref.dk)},
+                                                           {"dv", rel(wide(dv), ref.dv)},   {"dgf", rel(wide(dgf), ref.dgf)},
+                                                           {"dgb", rel(wide(dgb), ref.dgb)}};
+            for (auto& [t, e] : errs) {
+                const bool ok = e <= 5e-3;
+                g_fail += !ok;
+                std::printf("%-28s fused-bwd h%-2d %-3s rel_rmse %.3e  %s\n", c.name.c_str(), bvh, t, e, ok ? "ok" : "FAIL");
+            }
         }
     }
     // the flip kernels: copy (bf16, f32) and add (f32, bf16) over rows of W = H K

@@ -52,7 +52,7 @@ if bidir:
     parts = ['#include "emu.h"\n']
     for h in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh"]:
         parts.append(f'#line 1 "{h}"\n' + strip_asm(open(os.path.join(kern, h)).read()))
-    for f in ["gla/chunk_fwd.cu", "gla/chunk_h.cu", "bidir/chunk_fwd.cu", "bidir/flip.cu"]:
+    for f in ["gla/chunk_fwd.cu", "gla/chunk_h.cu", "gla/chunk_bwd.cu", "bidir/chunk_fwd.cu", "bidir/chunk_bwd.cu", "bidir/flip.cu"]:
         text = re.sub(r"extern __shared__ __align__\(16\) unsigned char (\w+)\[\];", r"unsigned char* \1 = emu::g_dyn;",
                       open(os.path.join(kern, f)).read())
         parts.append(f'#line 1 "{f}"\n' + text)

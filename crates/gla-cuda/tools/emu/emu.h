@@ -309,6 +309,12 @@ inline float __uint_as_float(unsigned u) {
     return x;
 }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+// fibers run one at a time: a plain read-modify-write is atomic
+inline float atomicAdd(float* p, float v) {
+    const float o = *p;
+    *p = o + v;
+    return o;
+}
 inline float __expf(float x) { return std::exp(x); }
 template <class A, class B>
 inline typename std::common_type<A, B>::type min(A a, B b) {
