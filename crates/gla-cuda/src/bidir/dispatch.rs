@@ -104,3 +104,29 @@ pub(crate) fn o_cfg(p: &BidirProblem, gx: u32) -> LaunchConfig {
 pub(crate) fn flip_cfg(gx: u32, w: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (gx, w.div_ceil(256) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gla_core::bidir::BidirSpec;
+
+    fn p(k: usize, v: usize) -> BidirProblem {
+        BidirProblem::new(BidirSpec::new(2, 100, 2, k, v)).unwrap()
+    }
+
+    #[test]
+    fn fused_paths_take_the_shapes_their_kernels_hold() {
+        assert!(fused_fwd(&p(128, 300), true) && !fused_fwd(&p(129, 64), true) && !fused_fwd(&p(64, 64), false));
+        assert!(fused_bwd(&p(64, 64), true) && fused_bwd(&p(128, 128), true));
+        assert!(!fused_bwd(&p(32, 64), true) && !fused_bwd(&p(64, 129), true) && !fused_bwd(&p(64, 64), false));
+    }
+
+    #[test]
+    fn output_pass_fits_in_shared_memory() {
+        // Hopper's opt-in limit is 227 KB per block; the f32 tile sits after the GLA layout
+        let (bytes, off) = o_smem(128);
+        assert!(bytes <= 227 * 1024, "{bytes}");
+        assert_eq!(off % 16, 0);
+        assert_eq!(o_smem(64).1 % 16, 0);
+    }
+}
