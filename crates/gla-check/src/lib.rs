@@ -10,6 +10,8 @@
 //! - [`cpu`]: the CPU paths' rows.
 //! - [`attn`]: the softmax attention case table and its data.
 //! - [`attn_cpu`]: the attention table on the CPU paths, and their typed-error rows.
+//! - [`bidir`]: the bidirectional scan's (ViG) case table, its data and runner; [`bidir_cpu`]:
+//!   its CPU rows and typed-error rows.
 //! - [`delta`]: the delta-rule family's case table, its data and comparison.
 //! - [`delta_cpu`]: the delta table on the CPU's delta paths, and their typed-error rows.
 //! - `cuda` (feature `cuda`): the GPU's rows: the case table on `CudaGla` (f32 and bf16), the
@@ -18,6 +20,8 @@
 
 pub mod attn;
 pub mod attn_cpu;
+pub mod bidir;
+pub mod bidir_cpu;
 pub mod cases;
 pub mod cpu;
 #[cfg(feature = "cuda")]

@@ -436,3 +436,61 @@ pub fn attn(a: &AttnArgs) -> Result<bool> {
     a.device.ensure_built()?;
     anyhow::bail!("this gla was built without the `cuda` feature")
 }
+
+#[derive(clap::Args)]
+pub struct BidirArgs {
+    /// Device to time on (CUDA only).
+    #[arg(long, value_enum, default_value_t = Device::Cuda)]
+    device: Device,
+    /// Problem shape `B,T,H,K,V` (repeatable). Default: ViG's (64 images of 196, 1024, 4096
+    /// patches, 3 / 6 / 12 heads of 64) and the record shape 32,2048,16,128,128.
+    #[arg(long, value_parser = parse_shape)]
+    shape: Vec<[usize; 5]>,
+    /// Timed repetitions per measurement (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    reps: usize,
+    /// Also write the results as JSON to this file (read by bench/bidir_vs_fla.py).
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+}
+
+/// `gla bench bidir`: the bidirectional scan on CUDA (`gla_cuda::bidir::bench`).
+#[cfg(feature = "cuda")]
+pub fn bidir(a: &BidirArgs) -> Result<bool> {
+    use gla_cuda::bench::HBM_BYTES_PER_S;
+    use gla_cuda::bidir::bench::{bench_bidir, default_bidir_shapes, format_bidir_rows};
+    if a.device != Device::Cuda {
+        anyhow::bail!("gla bench bidir runs on CUDA only (--device cuda)");
+    }
+    a.device.ensure_built()?;
+    let cuda = gla_cuda::Cuda::new().context("opening the CUDA device")?;
+    let shapes = if a.shape.is_empty() { default_bidir_shapes() } else { a.shape.clone() };
+    println!("device: {} ({}); HBM floor at {:.2} TB/s; median of {} reps", cuda.name(), cuda.arch(), HBM_BYTES_PER_S / 1e12, a.reps);
+    let rows = bench_bidir(&cuda, &shapes, a.reps).context("timing the bidirectional scan")?;
+    print!("{}", format_bidir_rows(&rows));
+    if let Some(path) = &a.json {
+        let unix_time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let results: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "shape": r.row.shape, "pass": r.row.pass, "kernel": r.row.kernel, "ms": r.row.ms,
+                    "gbs": r.row.gbs(), "tflops": r.row.tflops(), "speedup": r.speedup,
+                })
+            })
+            .collect();
+        let report = serde_json::json!({
+            "unix_time": unix_time, "device": cuda.name(), "arch": cuda.arch(), "reps": a.reps, "results": results,
+        });
+        gla_core::io::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(true)
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn bidir(a: &BidirArgs) -> Result<bool> {
+    a.device.ensure_built()?;
+    anyhow::bail!("this gla was built without the `cuda` feature")
+}

@@ -43,6 +43,7 @@ pub fn run(a: &Args) -> Result<bool> {
             let mut rows = gla_check::cpu::rows(a.filter.as_deref())?;
             rows.extend(gla_check::delta_cpu::rows(a.filter.as_deref())?);
             rows.extend(gla_check::attn_cpu::rows(a.filter.as_deref())?);
+            rows.extend(gla_check::bidir_cpu::rows(a.filter.as_deref())?);
             (format!("cpu ({} threads)", rayon::current_num_threads()), rows)
         }
         Device::Cuda => run_cuda(a)?,
@@ -51,6 +52,7 @@ pub fn run(a: &Args) -> Result<bool> {
         let mut names: Vec<String> = gla_check::cases::cases().iter().map(|c| c.name.clone()).collect();
         names.extend(gla_check::delta::cases().iter().map(|c| c.name.clone()));
         names.extend(gla_check::attn::cases().iter().map(|c| c.name.clone()));
+        names.extend(gla_check::bidir::cases().iter().map(|c| c.name.clone()));
         anyhow::bail!("--filter {f:?} matches no case: no row was checked (the op cases: {})", names.join(", "));
     }
     println!("device: {device}");
@@ -76,8 +78,8 @@ fn run_cuda(a: &Args) -> Result<(String, Vec<Row>)> {
     use gla_check::cuda::{check, model::fla_fixture_check, CheckOptions};
     let opts = if a.model_only {
         CheckOptions { long: false, huge: false, repeat: false, ops: false, model: true }
-    } else if a.filter.as_deref().is_some_and(|f| f.starts_with("delta") || f.starts_with("attn")) {
-        // one op family's rows only: no model or fla-fixture row is named delta... or attn...
+    } else if a.filter.as_deref().is_some_and(|f| ["delta", "attn", "bidir"].iter().any(|p| f.starts_with(p))) {
+        // one op family's rows only: no model or fla-fixture row is named after a family
         CheckOptions { model: false, ..CheckOptions::default() }
     } else {
         CheckOptions::default()

@@ -146,6 +146,12 @@ enum BenchCmd {
         after_help = "Examples:\n  gla bench attn --device cuda\n  gla bench attn --device cuda --shape 4,2048,32,128,128 --h-kv 8 --json attn.json"
     )]
     Attn(bench::AttnArgs),
+    /// Time ViG's bidirectional scan on CUDA (bf16): the fused forward against the GLA op run
+    /// on x and flip(x), forward and forward+backward, ms and the speed-up.
+    #[command(
+        after_help = "Examples:\n  gla bench bidir --device cuda\n  gla bench bidir --device cuda --shape 64,196,3,64,64 --json bidir.json"
+    )]
+    Bidir(bench::BidirArgs),
     /// Time generation (time to first token, decode tokens/s) of a random model of a given config
     /// (default fla's gla_340M), prompt 512, 256 new tokens, batch 1 and 16.
     #[command(
@@ -200,6 +206,7 @@ fn main() {
         Cmd::Bench(BenchCmd::Ops(a)) => bench::ops(&a),
         Cmd::Bench(BenchCmd::Delta(a)) => bench::delta(&a),
         Cmd::Bench(BenchCmd::Attn(a)) => bench::attn(&a),
+        Cmd::Bench(BenchCmd::Bidir(a)) => bench::bidir(&a),
         Cmd::Check(a) => check::run(&a),
         Cmd::Eval(a) => eval::run(&a),
         Cmd::Generate(a) => generate::run(&a),

@@ -26,6 +26,7 @@
 pub mod attn;
 pub mod backend;
 pub mod bf16;
+pub mod bidir;
 pub mod delta;
 pub mod dims;
 mod error;
@@ -37,6 +38,7 @@ mod problem;
 mod real;
 
 pub use attn::{AttnCacheLayout, AttnForward, AttnGrads, AttnInputs, AttnOp, AttnProblem, AttnSpec};
+pub use bidir::{BidirGrads, BidirInputs, BidirOp, BidirProblem, BidirSpec};
 pub use delta::{DeltaGate, DeltaGrads, DeltaInputs, DeltaOp, DeltaProblem, DeltaSpec};
 pub use error::{Error, Result};
 pub use op::{Backward, Forward, GateKind, Grads, Inputs};

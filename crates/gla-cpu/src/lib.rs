@@ -12,6 +12,9 @@
 //! The delta-rule family (DeltaNet, Gated DeltaNet) has the same three paths and a decode step in
 //! [`delta`] ([`DeltaNaive`], [`DeltaRecurrent`], [`DeltaChunked`], [`delta_step`]).
 //!
+//! The bidirectional scan of ViG has its oracle and chunked path in [`bidir`] ([`BidirNaive`],
+//! [`BidirChunked`]).
+//!
 //! ```
 //! use gla_core::{op::GlaOp, GateKind, Inputs, Problem, ProblemSpec};
 //! use gla_cpu::{Chunked, Naive};
@@ -27,6 +30,7 @@
 #![deny(missing_docs)]
 
 pub mod attn;
+pub mod bidir;
 mod chunk;
 pub mod delta;
 mod driver;
@@ -36,6 +40,7 @@ mod naive;
 mod recurrent;
 
 pub use attn::{AttnCache, AttnNaive, AttnTiled};
+pub use bidir::{BidirChunked, BidirNaive};
 pub use chunk::{Chunked, Schedule};
 pub use delta::{delta_step, DeltaChunked, DeltaNaive, DeltaRecurrent};
 pub use naive::Naive;

@@ -90,7 +90,7 @@ pub fn time_ms(cuda: &Cuda, reps: usize, f: &mut dyn FnMut() -> Result<()>) -> R
 }
 
 /// `n` bf16 values of `f(x)`, x ~ approximately N(0, 1), drawn in parallel (deterministic).
-fn draw_bf16(n: usize, seed: u64, f: fn(f32) -> f32) -> Vec<u16> {
+pub(crate) fn draw_bf16(n: usize, seed: u64, f: fn(f32) -> f32) -> Vec<u16> {
     let mut out = vec![0u16; n];
     let threads = std::thread::available_parallelism().map_or(4, |x| x.get()).min(32);
     let per = n.div_ceil(threads).max(1);

@@ -36,6 +36,10 @@ pub mod attn;
 #[path = "delta/dispatch.rs"]
 pub mod delta;
 
+/// The bidirectional scan's (ViG) dispatch policy and tuning.
+#[path = "bidir/dispatch.rs"]
+pub mod bidir;
+
 /// Rows per chunk of the chunked kernels (`BT`).
 pub const CHUNK_BT: usize = 64;
 /// Largest K the recurrent kernels take (8 warps x 32 rows each in registers).

@@ -61,6 +61,12 @@ pub const DELTA: Header = header!("delta/common.cuh");
 pub const DELTA_CHUNK: Header = header!("delta/chunk.cuh");
 
 const CHUNK_HEADERS: &[Header] = &[BASE, MMA, CHUNK];
+/// The GLA chunk kernels whose building blocks the bidirectional scan runs (`o_pass_a`,
+/// `chunk_h`), compiled as headers of its program (their own entry points come along unused).
+const BIDIR_HEADERS: &[Header] = &[BASE, MMA, CHUNK, header!("gla/chunk_fwd.cu"), header!("gla/chunk_h.cu")];
+/// [`BIDIR_HEADERS`] and the GLA backward's building blocks (`chunk_bwd1`, `chunk_bwd2`).
+const BIDIR_BWD_HEADERS: &[Header] =
+    &[BASE, MMA, CHUNK, header!("gla/chunk_fwd.cu"), header!("gla/chunk_h.cu"), header!("gla/chunk_bwd.cu")];
 const NN_HEADERS: &[Header] = &[BASE, NN];
 const DELTA_HEADERS: &[Header] = &[BASE, MMA, CHUNK, DELTA];
 const DELTA_CHUNK_HEADERS: &[Header] = &[BASE, MMA, CHUNK, DELTA, DELTA_CHUNK];
@@ -278,6 +284,23 @@ pub const ATTN_DECODE: KernelSource = source!(
         "attn_decode_combine",
     ]
 );
+/// The bidirectional scan's (ViG) fused chunked forward: gate prep and state passes of both
+/// directions, the output pass combining them.
+pub const BIDIR_CHUNK_FWD: KernelSource = source!(
+    "bidir/chunk_fwd.cu",
+    BIDIR_HEADERS,
+    ["bidir_chunk_prep_bf16", "bidir_chunk_h64_bf16", "bidir_chunk_h32_bf16", "bidir_chunk_o_bf16"]
+);
+/// The bidirectional scan's chunked backward: the four state walks in one launch, A of both
+/// directions, the GLA gradient launches per direction (the backward one on reversed rows).
+pub const BIDIR_CHUNK_BWD: KernelSource = source!(
+    "bidir/chunk_bwd.cu",
+    BIDIR_BWD_HEADERS,
+    ["bidir_chunk_walks64_bf16", "bidir_chunk_walks32_bf16", "bidir_chunk_a_bf16", "bidir_chunk_bwd1_bf16", "bidir_chunk_bwd2_bf16"]
+);
+/// Rows reversed within each sequence (copy, or add).
+pub const BIDIR_FLIP: KernelSource =
+    source!("bidir/flip.cu", CHUNK_HEADERS, ["bidir_flip_f32", "bidir_flip_bf16", "bidir_flip_add_f32", "bidir_flip_add_bf16"]);
 
 /// Every kernel source of the crate (the CI compile check walks this list).
 pub const ALL: &[KernelSource] = &[
@@ -303,6 +326,9 @@ pub const ALL: &[KernelSource] = &[
     ATTN_FWD,
     ATTN_BWD,
     ATTN_DECODE,
+    BIDIR_CHUNK_FWD,
+    BIDIR_CHUNK_BWD,
+    BIDIR_FLIP,
 ];
 
 /// The source that defines entry point `entry`, if any.

@@ -24,6 +24,8 @@
 //! - [`attn`]: softmax attention (flash forward / backward, decode over a KV cache): launchers
 //!   over device buffers ([`attn::ops`]), [`CudaAttn`] (a [`gla_core::AttnOp<f32>`]); its
 //!   dispatch policy is [`dispatch::attn`].
+//! - [`bidir`]: the bidirectional scan of ViG (fused chunked forward, composed backward),
+//!   [`CudaBidir`] (a [`gla_core::BidirOp<f32>`]).
 //! - [`bench`]: event-timed medians of the ops with their HBM floors and FLOPs.
 //! - [`dist`]: data-parallel training over NCCL (torchrun-style environment, rendezvous,
 //!   communicator with timeouts, gradient buckets overlapped with the backward).
@@ -46,6 +48,7 @@
 pub mod attn;
 pub mod backend;
 pub mod bench;
+pub mod bidir;
 pub mod decode;
 pub mod delta;
 pub mod dispatch;
@@ -59,6 +62,7 @@ pub mod weights;
 
 pub use attn::{AttnOpAlgo, CudaAttn};
 pub use backend::Gpu;
+pub use bidir::{BidirAlgo, CudaBidir};
 pub use decode::{DecodeStep, GpuDecoding, GpuState};
 pub use delta::{CudaDelta, DeltaOpAlgo};
 pub use error::{Error, Result};

@@ -113,7 +113,7 @@ pub fn poison<T: DeviceRepr>(cuda: &Cuda, buf: &mut CudaSlice<T>) -> Result<()> 
     unsafe { cudarc::driver::result::memset_d8_async(ptr, 0xff, bytes, stream.cu_stream()) }.map_err(Error::driver("poison (memset 0xff)"))
 }
 
-fn check_len(op: &'static str, tensor: &'static str, expected: usize, got: usize) -> Result<()> {
+pub(crate) fn check_len(op: &'static str, tensor: &'static str, expected: usize, got: usize) -> Result<()> {
     if expected == got {
         Ok(())
     } else {
@@ -121,7 +121,7 @@ fn check_len(op: &'static str, tensor: &'static str, expected: usize, got: usize
     }
 }
 
-fn unsupported(what: String) -> Error {
+pub(crate) fn unsupported(what: String) -> Error {
     Error::Op(gla_core::Error::Unsupported { backend: "cuda", what })
 }
 
@@ -161,7 +161,7 @@ fn check_inputs<T>(op: &'static str, dp: &DevProblem, x: &DevInputs<'_, T>) -> R
 }
 
 /// Grid x of the chunk-parallel launches (one block per chunk), or an error naming `op`.
-fn chunk_grid(op: &str, n_chunks: usize) -> Result<u32> {
+pub(crate) fn chunk_grid(op: &str, n_chunks: usize) -> Result<u32> {
     u32::try_from(n_chunks).ok().filter(|&x| x < i32::MAX as u32).ok_or_else(|| unsupported(format!("{op}: {n_chunks} chunks")))
 }
 

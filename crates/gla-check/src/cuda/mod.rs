@@ -13,11 +13,13 @@
 //! difference between two runs must be 0).
 //!
 //! The delta-rule family's rows ([`delta`]: the same checks on its table, case names `delta/...`)
-//! and softmax attention's ([`attn`]: case names `attn/...`) run beside them; a filter starting
-//! with `delta` or `attn` runs only that family's.
+//! softmax attention's ([`attn`]: case names `attn/...`) and the bidirectional scan's ([`bidir`],
+//! `bidir/...`) run beside them; a filter starting with `delta`, `attn` or `bidir` runs only that
+//! family's.
 
 pub mod alloc;
 pub mod attn;
+pub mod bidir;
 pub mod delta;
 pub mod model;
 
@@ -300,10 +302,12 @@ fn huge_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
 /// [`Error`] when a case cannot be set up.
 pub fn check(cuda: &Arc<Cuda>, opts: CheckOptions, filter: Option<&str>) -> Result<Vec<Row>> {
     let mut out = Vec::new();
-    // no GLA or model row is named delta... or attn...: such a filter would discard them all
-    let gla = filter.is_none_or(|f| !f.starts_with("delta") && !f.starts_with("attn"));
-    let delta = filter.is_none_or(|f| !f.starts_with("attn"));
-    let attn = filter.is_none_or(|f| !f.starts_with("delta"));
+    // a filter naming a family runs only its rows (no GLA or model row is named after one)
+    const FAMILIES: [&str; 3] = ["delta", "attn", "bidir"];
+    let named = |f: &str| FAMILIES.iter().copied().find(|p| f.starts_with(p));
+    let runs = |fam: &str| filter.and_then(named).is_none_or(|p| p == fam);
+    let gla = filter.and_then(named).is_none();
+    let (delta, attn, bidir) = (runs("delta"), runs("attn"), runs("bidir"));
     if opts.ops && gla {
         let ops = gpu_ops(cuda);
         run_table(&cases(), TABLE_SEED, filter, &gpu_paths(&ops), &mut out)?;
@@ -311,6 +315,9 @@ pub fn check(cuda: &Arc<Cuda>, opts: CheckOptions, filter: Option<&str>) -> Resu
     }
     if opts.ops && delta {
         delta::table_check(cuda, filter, &mut out)?;
+    }
+    if opts.ops && bidir {
+        bidir::check(cuda, filter, opts.repeat, &mut out)?;
     }
     if opts.ops && attn {
         attn::table_check(cuda, filter, &mut out)?;

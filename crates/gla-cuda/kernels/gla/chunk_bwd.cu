@@ -35,13 +35,16 @@ __device__ __forceinline__ void st2(float* p, idx_t off, int j, int n, float a, 
     }
 }
 
-// bwd1: grid (chunks, H), 256 threads, smem (2*64 + 2*Kp) * OV * 2 + 64 * LDH * 2 + 64 * LDK * 2
-extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd1_bf16(
+// bwd1: grid (chunks, H), 256 threads, smem (2*64 + 2*Kp) * OV * 2 + 64 * LDH * 2 + 64 * LDK * 2.
+// rev (bidir/, the backward scan of ViG): the chunk's rows in reverse order (local row t is
+// global row r0 + L - 1 - t: v, do, kd read and dv, dq, dk stored there); addv (or null): dv
+// written as the sum with addv's element (the other direction's dv, same layout).
+__device__ __forceinline__ void chunk_bwd1(
     const bf16_t* __restrict__ v, const bf16_t* __restrict__ d_o, const bf16_t* __restrict__ kd,
     const bf16_t* __restrict__ A, const bf16_t* __restrict__ hs, const bf16_t* __restrict__ dhs,
     float* __restrict__ dv, float* __restrict__ dA, float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ sd,
     const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq,
-    int H, int K, int V, int Kp) {
+    int H, int K, int V, int Kp, bool rev, const float* __restrict__ addv) {
     extern __shared__ __align__(16) unsigned char smem_b1[];
     const int LDK = Kp + 8;
     bf16_t* SV = (bf16_t*)smem_b1;
@@ -57,9 +60,10 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd1_bf16(
     const bool vk = (K & 7) == 0, vv = (V & 7) == 0;
     const idx_t st_off = (cg * H + h) * (idx_t)K * V;
 
-    tile_load(SV, OV, v + (r0 * H + h) * (idx_t)V, (idx_t)H * V, L, V, 128, vv, true, tid, 256);
-    tile_load(SDO, OV, d_o + (r0 * H + h) * (idx_t)V, (idx_t)H * V, L, V, 128, vv, true, tid, 256);
-    tile_load(SKD, LDK, kd + (r0 * H + h) * (idx_t)K, (idx_t)H * K, L, K, Kp, vk, true, tid, 256);
+    const idx_t rb = rev ? r0 + L - 1 : r0, sg = rev ? -1 : 1;  // global row of local row t: rb + sg t
+    tile_load(SV, OV, v + (rb * H + h) * (idx_t)V, sg * H * V, L, V, 128, vv, true, tid, 256);
+    tile_load(SDO, OV, d_o + (rb * H + h) * (idx_t)V, sg * H * V, L, V, 128, vv, true, tid, 256);
+    tile_load(SKD, LDK, kd + (rb * H + h) * (idx_t)K, sg * H * K, L, K, Kp, vk, true, tid, 256);
     state_tile_load<128>(SS, hs + st_off, K, V, V, Kp, vv, tid);
     state_tile_load<128>(SD, dhs + st_off, K, V, V, Kp, vv, tid);
     {
@@ -105,7 +109,15 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd1_bf16(
             #pragma unroll
             for (int hr = 0; hr < 2; ++hr) {
                 const int s = 16 * mt + fg + 8 * hr, j = 64 * nh + 8 * nt + 2 * ft;
-                if (s < L) st2(dv, ((r0 + s) * H + h) * (idx_t)V + j, j, V, acc[nt][2 * hr], acc[nt][2 * hr + 1]);
+                if (s < L) {
+                    const idx_t off = ((rb + sg * s) * H + h) * (idx_t)V + j;
+                    float a = acc[nt][2 * hr], b = acc[nt][2 * hr + 1];
+                    if (addv != nullptr) {
+                        a += addv[off];
+                        if (j + 1 < V) b += addv[off + 1];
+                    }
+                    st2(dv, off, j, V, a, b);
+                }
             }
         }
     }
@@ -163,7 +175,7 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd1_bf16(
                 #pragma unroll
                 for (int hr = 0; hr < 2; ++hr) {
                     const int t = 16 * mt + fg + 8 * hr, i = 64 * nh + 8 * nt + 2 * ft;
-                    if (t < L) st2(out, ((r0 + t) * H + h) * (idx_t)K + i, i, K, acc[nt][2 * hr], acc[nt][2 * hr + 1]);
+                    if (t < L) st2(out, ((rb + sg * t) * H + h) * (idx_t)K + i, i, K, acc[nt][2 * hr], acc[nt][2 * hr + 1]);
                 }
             }
         }
@@ -177,6 +189,14 @@ extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd1_bf16(
         }
         sd[(cg * H + h) * (idx_t)K + i] = a;
     }
+}
+extern "C" __global__ void __launch_bounds__(256, 1) gla_chunk_bwd1_bf16(
+    const bf16_t* __restrict__ v, const bf16_t* __restrict__ d_o, const bf16_t* __restrict__ kd,
+    const bf16_t* __restrict__ A, const bf16_t* __restrict__ hs, const bf16_t* __restrict__ dhs,
+    float* __restrict__ dv, float* __restrict__ dA, float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ sd,
+    const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq,
+    int H, int K, int V, int Kp) {
+    chunk_bwd1(v, d_o, kd, A, hs, dhs, dv, dA, dq, dk, sd, bounds, chunk_off, chunk_seq, H, K, V, Kp, false, nullptr);
 }
 
 // bwd1 for K > 128 or V > 128, split in a key side and a value side (each sum over the other
@@ -362,7 +382,8 @@ __device__ __forceinline__ void chunk_bwd2(
     const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ g,
     const float* __restrict__ dA, const float* __restrict__ sd, float* __restrict__ dq, float* __restrict__ dk,
     float* __restrict__ dg, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
-    const int* __restrict__ chunk_seq, int H, int K, int gw, float scale, int Kp) {
+    const int* __restrict__ chunk_seq, int H, int K, int gw, float scale, int Kp, bool rev = false,
+    const float* __restrict__ addq = nullptr, const float* __restrict__ addk = nullptr) {
     extern __shared__ __align__(16) unsigned char smem_b2[];
     const int c0 = (int)blockIdx.z * Kp, Kc = min(Kp, K - c0);
     const int LDK = Kp + 8;
@@ -383,9 +404,11 @@ __device__ __forceinline__ void chunk_bwd2(
     const auto [r0, L] = chunk_rows(cg, bounds, chunk_off, chunk_seq);
     const bool vk = (K & 7) == 0;
 
-    tile_load(Q, LDK, q + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
-    tile_load(KR, LDK, k + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
-    if (gw == K) tile_load(QN, LDK, g + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
+    // rev (bidir/, per-key gate): local row t is global row rb + sg t = r0 + L - 1 - t
+    const idx_t rb = rev ? r0 + L - 1 : r0, sg = rev ? -1 : 1;
+    tile_load(Q, LDK, q + (rb * H + h) * (idx_t)K + c0, sg * H * K, L, Kc, Kp, vk, true, tid, 256);
+    tile_load(KR, LDK, k + (rb * H + h) * (idx_t)K + c0, sg * H * K, L, Kc, Kp, vk, true, tid, 256);
+    if (gw == K) tile_load(QN, LDK, g + (rb * H + h) * (idx_t)K + c0, sg * H * K, L, Kc, Kp, vk, true, tid, 256);
     if (D2) {
         // dA straight from global (16-byte pieces) into DAB, and its diagonal blocks into DAF
         const float4* dap = (const float4*)(dA + (cg * H + h) * (idx_t)4096);
@@ -540,7 +563,7 @@ __device__ __forceinline__ void chunk_bwd2(
         for (int x = tid; x < 64 * cp2; x += 256) {
             const int r = x / cp2, c = 2 * (x % cp2);
             if (r < L && c < Kc) {
-                const idx_t off = ((r0 + r) * H + h) * (idx_t)K + c0 + c;
+                const idx_t off = ((rb + sg * r) * H + h) * (idx_t)K + c0 + c;
                 const bool two = c + 1 < Kc && (off & 1) == 0;
                 float2 rq, rk;
                 if (two) {
@@ -564,6 +587,14 @@ __device__ __forceinline__ void chunk_bwd2(
                 oq.y = dqb + wd * kb;
                 ok.x = ik.x + wd * qa + kia;
                 ok.y = ik.y + wd * qb + kib;
+                if (addq != nullptr) {  // bidir/: the other direction's final dq, dk, same layout
+                    oq.x += addq[off];
+                    ok.x += addk[off];
+                    if (c + 1 < Kc) {
+                        oq.y += addq[off + 1];
+                        ok.y += addk[off + 1];
+                    }
+                }
                 xx.x = qa * dqa - ka * ik.x;
                 xx.y = qb * dqb - kb * ik.y;
                 yy.x = ka * kia;
@@ -622,7 +653,7 @@ __device__ __forceinline__ void chunk_bwd2(
                 runx += DQ[r * Kp + c];
                 const float d = DK[r * Kp + c] + runx;
                 if (gw == K) {
-                    if (r < L && c < Kc) dg[((r0 + r) * H + h) * (idx_t)K + c0 + c] = d;
+                    if (r < L && c < Kc) dg[((rb + sg * r) * H + h) * (idx_t)K + c0 + c] = d;
                 } else {
                     DQ[r * Kp + c] = c < Kc ? d : 0.f;  // own element only: no other thread reads it
                 }
@@ -641,7 +672,7 @@ __device__ __forceinline__ void chunk_bwd2(
             run += DQ[r * Kp + c];
             const float d = DK[r * Kp + c] + run;
             if (gw == K) {
-                if (r < L && c < Kc) dg[((r0 + r) * H + h) * (idx_t)K + c0 + c] = d;
+                if (r < L && c < Kc) dg[((rb + sg * r) * H + h) * (idx_t)K + c0 + c] = d;
             } else {
                 DQ[r * Kp + c] = c < Kc ? d : 0.f;  // own column only: no other thread reads it
             }
@@ -652,7 +683,7 @@ __device__ __forceinline__ void chunk_bwd2(
         if (tid < L) {
             float sum = 0.f;
             for (int cc = 0; cc < Kp; ++cc) sum += DQ[tid * Kp + cc];
-            atomicAdd(dg + (r0 + tid) * H + h, sum);
+            atomicAdd(dg + (rb + sg * tid) * H + h, sum);
         }
     }
 }

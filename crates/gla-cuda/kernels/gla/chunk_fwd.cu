@@ -278,7 +278,7 @@ __device__ __forceinline__ void o_zero_upper(bf16_t* RA, int tid) {
 template <bool ACC>
 __device__ __forceinline__ void o_pass_a(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ g,
                                          unsigned char* smem_raw, idx_t r0, int L, int H, int h, int K, int gw, float scale, int Kp,
-                                         int c0, int Kc, float (&dacc)[3], float (&c2)[2][4]) {
+                                         int c0, int Kc, float (&dacc)[3], float (&c2)[2][4], bool rev = false) {
     const int LDK = Kp + 8;
     bf16_t* R0 = (bf16_t*)smem_raw;
     bf16_t* R1 = R0 + 64 * LDK;
@@ -291,10 +291,12 @@ __device__ __forceinline__ void o_pass_a(const bf16_t* __restrict__ q, const bf1
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const bool vk = (K & 7) == 0;
 
-    // P1: q, k (and g raw into R3) through cp.async, all in flight at once
-    tile_load(R0, LDK, q + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
-    tile_load(R1, OV, k + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
-    if (gw == K) tile_load(R3, LDK, g + (r0 * H + h) * (idx_t)K + c0, (idx_t)H * K, L, Kc, Kp, vk, true, tid, 256);
+    // P1: q, k (and g raw into R3) through cp.async, all in flight at once. rev (bidir/, per-key
+    // gate only): the chunk's rows in reverse order, local row t = global row r0 + L - 1 - t.
+    const idx_t rb = rev ? r0 + L - 1 : r0, ld = rev ? -(idx_t)H * K : (idx_t)H * K;
+    tile_load(R0, LDK, q + (rb * H + h) * (idx_t)K + c0, ld, L, Kc, Kp, vk, true, tid, 256);
+    tile_load(R1, OV, k + (rb * H + h) * (idx_t)K + c0, ld, L, Kc, Kp, vk, true, tid, 256);
+    if (gw == K) tile_load(R3, LDK, g + (rb * H + h) * (idx_t)K + c0, ld, L, Kc, Kp, vk, true, tid, 256);
     cp_commit();
     if (!ACC) o_zero_upper(RA, tid);
     cp_wait0();

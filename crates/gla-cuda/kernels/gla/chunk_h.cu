@@ -7,7 +7,8 @@
 // dhs (the gradient of the state leaving each chunk) and dh0. Per chunk:
 //     hs[c] = S;   S = diag(dl_c) S + kd_c^T v_c      (f32 accumulators in the mma registers)
 // Grid (ceil(V/BVH), ceil(K/64), N*H), 128 threads: one block walks one sequence's chunks in
-// order with a 64 x BVH tile of S; HNS stages of cp.async loads are in flight while one chunk is
+// order with a 64 x BVH tile of S (chunk_h takes the block's sequence-head nh: bidir/ runs two
+// walks in one grid); HNS stages of cp.async loads are in flight while one chunk is
 // computed. BVH = 64 or 32 value columns (the host's choice, src/dispatch.rs HPlan: 32 doubles
 // the blocks for long sequences). Dynamic smem HNS * ((64 * 72 + 64 * (BVH + 8)) * 2 + 256)
 // bytes: HNS stages of kd [64][LDH], v [64][BVH+8], dl [64] f32.
@@ -34,13 +35,14 @@ __device__ __forceinline__ uint4 quad_transpose(unsigned w0, unsigned w1, unsign
 template <int BVH, bool REV>
 __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf16_t* __restrict__ v, const float* __restrict__ dl,
                                         const float* __restrict__ h0, bf16_t* __restrict__ hs, float* __restrict__ ht,
-                                        const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, int H, int K, int V) {
+                                        const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, int H, int K, int V,
+                                        int nh) {
     constexpr int NT = BVH / 8, LDV = BVH + 8, STAGE = 64 * LDH + 64 * LDV;  // bf16 elements
     extern __shared__ __align__(16) unsigned char smem_h[];
     bf16_t* s_kv = (bf16_t*)smem_h;               // [HNS][STAGE]
     float* s_d = (float*)(s_kv + HNS * STAGE);    // [HNS][64]
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
-    const int j0 = blockIdx.x * BVH, i0 = blockIdx.y * 64, nh = blockIdx.z, n = nh / H, h = nh % H;
+    const int j0 = blockIdx.x * BVH, i0 = blockIdx.y * 64, n = nh / H, h = nh % H;
     const idx_t bos = bounds[n], eos = bounds[n + 1];
     const int nc = (int)((eos - bos + 63) / 64);
     const idx_t cbase = chunk_off[n];
@@ -159,7 +161,7 @@ __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf1
 extern "C" __global__ void __launch_bounds__(128) NAME(                                                  \
     const bf16_t* kd, const bf16_t* v, const float* dl, const float* h0, bf16_t* hs, float* ht,          \
     const idx_t* bounds, const idx_t* chunk_off, int H, int K, int V) {                                  \
-    chunk_h<BVH, REV>(kd, v, dl, h0, hs, ht, bounds, chunk_off, H, K, V);                                \
+    chunk_h<BVH, REV>(kd, v, dl, h0, hs, ht, bounds, chunk_off, H, K, V, blockIdx.z);                    \
 }
 HENTRY(gla_chunk_h64_bf16, 64, false)
 HENTRY(gla_chunk_h32_bf16, 32, false)

@@ -3,8 +3,9 @@
 has emulated ones), the delta-rule kernels, then harness.cpp; compiles it with g++. With --nn:
 the language model's element-wise, norm, conv and reduction kernels (kernels/nn/) and
 nn_harness.cpp instead; with --attn: the softmax attention kernels (kernels/attn/) and
-attn_harness.cpp.
-Usage: python3 crates/gla-cuda/tools/emu/build.py [--nn | --attn] [out-binary]"""
+attn_harness.cpp; with --bidir: the bidirectional scan's kernels (kernels/bidir/, with the GLA
+chunk kernels they build on) and bidir_harness.cpp.
+Usage: python3 crates/gla-cuda/tools/emu/build.py [--nn | --attn | --bidir] [out-binary]"""
 import os, re, subprocess, sys
 
 here = os.path.dirname(os.path.abspath(__file__))
@@ -53,6 +54,25 @@ if nn:
         parts.append(f'#line 1 "{f}"\n' + open(os.path.join(kern, f)).read())
     parts.append('#line 1 "nn_harness.cpp"\n#include "nn_harness.cpp"\n')
     out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/nn-emu"
+    open(out + ".cpp", "w").write("\n".join(parts))
+    cmd = ["g++", "-std=c++17", "-O2", "-g", "-fno-strict-aliasing", "-I", here, out + ".cpp", "-o", out]
+    print(" ".join(cmd), file=sys.stderr)
+    sys.exit(subprocess.call(cmd))
+
+bidir = len(sys.argv) > 1 and sys.argv[1] == "--bidir"
+if bidir:
+    # the bidirectional scan's kernels (kernels/bidir/) with the GLA chunk kernels they build on;
+    # their `extern __shared__` arrays become the emulator's dynamic shared memory
+    del sys.argv[1]
+    parts = ['#include "emu.h"\n']
+    for h in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh"]:
+        parts.append(f'#line 1 "{h}"\n' + strip_asm(open(os.path.join(kern, h)).read()))
+    for f in ["gla/chunk_fwd.cu", "gla/chunk_h.cu", "gla/chunk_bwd.cu", "bidir/chunk_fwd.cu", "bidir/chunk_bwd.cu", "bidir/flip.cu"]:
+        text = re.sub(r"extern __shared__ __align__\(16\) unsigned char (\w+)\[\];", r"unsigned char* \1 = emu::g_dyn;",
+                      open(os.path.join(kern, f)).read())
+        parts.append(f'#line 1 "{f}"\n' + text)
+    parts.append('#line 1 "bidir_harness.cpp"\n#include "bidir_harness.cpp"\n')
+    out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/bidir-emu"
     open(out + ".cpp", "w").write("\n".join(parts))
     cmd = ["g++", "-std=c++17", "-O2", "-g", "-fno-strict-aliasing", "-I", here, out + ".cpp", "-o", out]
     print(" ".join(cmd), file=sys.stderr)

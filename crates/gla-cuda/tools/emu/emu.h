@@ -33,6 +33,9 @@ struct uint4 {
     unsigned x, y, z, w;
 };
 inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return {a, b, c, d}; }
+struct alignas(8) uint2 {
+    unsigned x, y;
+};
 struct alignas(8) float2 {
     float x, y;
 };
@@ -306,6 +309,12 @@ inline float __uint_as_float(unsigned u) {
     return x;
 }
 inline float rsqrtf(float x) { return 1.f / std::sqrt(x); }
+// fibers run one at a time: a plain read-modify-write is atomic
+inline float atomicAdd(float* p, float v) {
+    const float o = *p;
+    *p = o + v;
+    return o;
+}
 inline float __expf(float x) { return std::exp(x); }
 template <class A, class B>
 inline typename std::common_type<A, B>::type min(A a, B b) {

@@ -1,0 +1,10 @@
+//! The bidirectional GLA scan of ViG on the CPU (contract: [`gla_core::bidir`]; math:
+//! `docs/math/bidir.md`): the naive oracle [`BidirNaive`] (both recurrences walked token by
+//! token, generic over f32 / f64; f64 is the reference) and the fast path [`BidirChunked`]
+//! (the GLA chunked path on each direction, the backward one on reversed copies).
+
+mod chunk;
+mod naive;
+
+pub use chunk::BidirChunked;
+pub use naive::BidirNaive;

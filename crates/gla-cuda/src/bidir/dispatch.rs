@@ -1,0 +1,132 @@
+//! The dispatch policy of the bidirectional scan (ViG) on the GPU (`crate::dispatch::bidir`):
+//! which launches a problem runs and every tuning choice of them. `bidir/ops.rs` only checks
+//! lengths and launches what this module picks; `kernels/bidir/` has the kernels.
+//!
+//! | storage | pass | K, V            | launches                                                   |
+//! |---------|------|-----------------|------------------------------------------------------------|
+//! | bf16    | fwd  | K <= 128, any V | fused (`bidir/chunk_fwd.cu`): prep, both state walks, output |
+//! | any     | fwd  | otherwise       | composed: the GLA forward on x and on flip(x), flip-added  |
+//! | bf16    | bwd  | 48 < K <= 128, V <= 128 | fused (`bidir/chunk_bwd.cu`): prep with qe, the four state walks in one launch, A of both directions, the GLA gradient launches per direction (the backward one on reversed rows, adding the forward's) |
+//! | any     | bwd  | otherwise       | composed: the GLA backward on x and on flip(x), flip-added |
+//!
+//! "Composed" is the identity of docs/math/bidir.md run on the GLA op's own dispatch
+//! ([`crate::dispatch::bwd_path`]: chunked or recurrent) with the scale halved; it is also what
+//! the benchmark times as the baseline (ViG's way with fla).
+
+use cudarc::driver::LaunchConfig;
+use gla_core::bidir::BidirProblem;
+
+use crate::dispatch::{bwd2_plan, chunk_bwd1_smem_bytes, chunk_o_smem_bytes, k_padded, HPlan, CHUNK_NARROW_MAX};
+
+/// Which forward a caller asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BidirAlgo {
+    /// The fused kernels where [`fused_fwd`] allows, else composed.
+    Fused,
+    /// The GLA op twice, on the input and on its time-reversed copy.
+    Composed,
+}
+
+/// Whether the fused forward takes the problem: bf16 storage and K <= 128 (the output pass
+/// holds all K columns of a chunk in one block, as `gla_chunk_o_bf16`).
+pub fn fused_fwd(p: &BidirProblem, bf16: bool) -> bool {
+    bf16 && p.k() <= CHUNK_NARROW_MAX
+}
+
+/// Whether the fused backward takes the problem: bf16 storage with 48 < K <= 128 and V <= 128
+/// (the shapes of the GLA backward's single-block gradient launch `gla_chunk_bwd1_bf16`, whose
+/// building blocks it runs; module doc of [`crate::dispatch`] for K <= 48).
+pub fn fused_bwd(p: &BidirProblem, bf16: bool) -> bool {
+    bf16 && p.k() > 48 && p.k() <= CHUNK_NARROW_MAX && p.v() <= 128
+}
+
+/// The four state walks of the backward in one grid (z = 4 N H), tiled like [`h_cfg`].
+pub(crate) fn walks_cfg(p: &BidirProblem, sm_count: usize) -> (&'static str, LaunchConfig) {
+    let walks = 4 * p.n() * p.h();
+    let plan = HPlan::new(p.gla(), walks, sm_count);
+    let name = if plan.bvh == 32 { "bidir_chunk_walks32_bf16" } else { "bidir_chunk_walks64_bf16" };
+    (name, plan.cfg(p.gla(), walks as u32))
+}
+
+/// `bidir_chunk_a_bf16`: one block per (chunk, head, direction), the GLA output pass's smem.
+pub(crate) fn a_cfg(p: &BidirProblem, gx: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (gx, p.h() as u32, 2), block_dim: (256, 1, 1), shared_mem_bytes: chunk_o_smem_bytes(kp(p)) as u32 }
+}
+
+/// `bidir_chunk_bwd1_bf16`: one block per (chunk, head), `gla_chunk_bwd1_bf16`'s smem.
+pub(crate) fn bwd1_cfg(p: &BidirProblem, gx: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_bwd1_smem_bytes(kp(p)) as u32 }
+}
+
+/// `bidir_chunk_bwd2_bf16`: the GLA backward's last launch for a per-key gate (K tiles of <= 64
+/// on grid z, [`bwd2_plan`]). `(config, tile width)`.
+pub(crate) fn bwd2_cfg(p: &BidirProblem, gx: u32) -> (LaunchConfig, usize) {
+    let (_, w, tiles, smem) = bwd2_plan(p.k(), p.k());
+    (LaunchConfig { grid_dim: (gx, p.h() as u32, tiles as u32), block_dim: (256, 1, 1), shared_mem_bytes: smem as u32 }, w)
+}
+
+/// f32 row stride of the forward direction's output tile in `bidir_chunk_o_bf16` (`BIDIR_OS`).
+const OS_STRIDE: usize = 132;
+
+/// `bidir_chunk_o_bf16`'s dynamic shared memory for K padded to `kp`: the GLA output pass's
+/// layout, then the forward's f32 output tile at the returned offset. `(bytes, offset)`.
+pub fn o_smem(kp: usize) -> (usize, usize) {
+    let off = chunk_o_smem_bytes(kp);
+    (off + 64 * OS_STRIDE * 4, off)
+}
+
+/// K padded to 16 (the output pass's tile width).
+pub fn kp(p: &BidirProblem) -> usize {
+    k_padded(p.k())
+}
+
+/// `bidir_chunk_prep_bf16`: one block per (chunk, head, 128 key channels), 128 threads.
+pub(crate) fn prep_cfg(p: &BidirProblem, gx: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (gx, p.h() as u32, p.k().div_ceil(128) as u32), block_dim: (128, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// The two state walks in one grid: the GLA state pass's tiling ([`HPlan`]) chosen for 2 N H
+/// walks, grid z = 2 N H. `(kernel, config)`.
+pub(crate) fn h_cfg(p: &BidirProblem, sm_count: usize) -> (&'static str, LaunchConfig) {
+    let walks = 2 * p.n() * p.h();
+    let plan = HPlan::new(p.gla(), walks, sm_count);
+    let name = if plan.bvh == 32 { "bidir_chunk_h32_bf16" } else { "bidir_chunk_h64_bf16" };
+    (name, plan.cfg(p.gla(), walks as u32))
+}
+
+/// `bidir_chunk_o_bf16`: one block per (chunk, head, 128-wide V tile), 256 threads.
+pub(crate) fn o_cfg(p: &BidirProblem, gx: u32) -> LaunchConfig {
+    let (bytes, _) = o_smem(kp(p));
+    LaunchConfig { grid_dim: (gx, p.h() as u32, p.v().div_ceil(128) as u32), block_dim: (256, 1, 1), shared_mem_bytes: bytes as u32 }
+}
+
+/// The flip launches over rows of `w` elements: one block per (chunk, 256 columns).
+pub(crate) fn flip_cfg(gx: u32, w: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (gx, w.div_ceil(256) as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gla_core::bidir::BidirSpec;
+
+    fn p(k: usize, v: usize) -> BidirProblem {
+        BidirProblem::new(BidirSpec::new(2, 100, 2, k, v)).unwrap()
+    }
+
+    #[test]
+    fn fused_paths_take_the_shapes_their_kernels_hold() {
+        assert!(fused_fwd(&p(128, 300), true) && !fused_fwd(&p(129, 64), true) && !fused_fwd(&p(64, 64), false));
+        assert!(fused_bwd(&p(64, 64), true) && fused_bwd(&p(128, 128), true));
+        assert!(!fused_bwd(&p(32, 64), true) && !fused_bwd(&p(64, 129), true) && !fused_bwd(&p(64, 64), false));
+    }
+
+    #[test]
+    fn output_pass_fits_in_shared_memory() {
+        // Hopper's opt-in limit is 227 KB per block; the f32 tile sits after the GLA layout
+        let (bytes, off) = o_smem(128);
+        assert!(bytes <= 227 * 1024, "{bytes}");
+        assert_eq!(off % 16, 0);
+        assert_eq!(o_smem(64).1 % 16, 0);
+    }
+}
