@@ -19,8 +19,10 @@
 //     dG += beta exp(G) kn . T^T dw + rowsum(dA * A) - colsum(dA * A); dg = the reverse cumsum
 //     of dG over the chunk (=, the log decay's gradient [rows, HV] f32)
 // The operands with cancellation (P, U, dU, dw, T, dT, T^T dT, dAb) are split (delta/common.cuh).
-// Every sum is in a fixed order (no atomics). The derivation: the chain rule through the chunk
-// form of docs/kernels.md's delta-rule section.
+// Every sum is in a fixed order (no atomics). Blocks per SM at KP = VP = 128 (bf16): delta_dvl
+// three (registers <= 80), delta_wy_bwd two (registers <= 128; its V and dU tiles share one
+// region with M1, M2, and the row and column sums of dA * A come from the fragments). The
+// derivation: the chain rule through the chunk form of docs/kernels.md's delta-rule section.
 //
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_dvl_k64_f32 delta_dvl_k128_f32 delta_dvl_k64_bf16 delta_dvl_k128_bf16 delta_dvl_k192_bf16 delta_dvl_k256_bf16
@@ -276,23 +278,25 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     E* sK = (E*)smem;                      // [64][LK]
     E* sDw = sK + 64 * LK;                 // [64][LK]
     E* sDwl = sDw + (SP - 1) * 64 * LK;
-    E* sV = sDwl + 64 * LK;                // [64][LDT]: a 64-column tile of V
+    E* sT = sDwl + 64 * LK;                // [64][LDT]
+    E* sTl = sT + (SP - 1) * 64 * LDT;
+    // one region, [2 SP][64][LDT]: the V-tile loop's sV, sDu, then (once it is done) sM1, sM2
+    E* sV = sTl + 64 * LDT;                // [64][LDT]: a 64-column tile of V
     E* sDu = sV + 64 * LDT;                // [64][LDT]: the same tile of dU
     E* sDul = sDu + (SP - 1) * 64 * LDT;
-    E* sT = sDul + 64 * LDT;               // [64][LDT]
-    E* sTl = sT + (SP - 1) * 64 * LDT;
-    E* sM1 = sTl + 64 * LDT;               // [64][LDT]: dT, then X = T^T dT, then dAb rk_s
+    E* sM1 = sV;                           // [64][LDT]: dT, then X = T^T dT, then dAb rk_s
     E* sM1l = sM1 + (SP - 1) * 64 * LDT;
     E* sM2 = sM1l + 64 * LDT;              // [64][LDT]: rk_t dAb
     E* sM2l = sM2 + (SP - 1) * 64 * LDT;
-    float* sF = (float*)(sM2l + 64 * LDT);  // [64][65]: dA * A
-    float* sG = sF + 64 * 65;              // [64]
+    float* sG = (float*)(sV + 2 * SP * 64 * LDT);  // [64]
     float* sB = sG + 64;                   // [64]
     float* sR = sB + 64;                   // [64]
     float* sRb = sR + 64;                  // [2][64]
     float* sRg = sRb + 128;                // [2][64]
     float* sX = sRg + 128;                 // [64]: dG
-    DELTA_SMEM_END(smem, sX + 64);
+    float* sFr = sX + 64;                  // [2][64]: row sums of dA * A (per column half)
+    float* sFc = sFr + 128;                // [4][64]: column sums of dA * A (per row quarter)
+    DELTA_SMEM_END(smem, sFc + 256);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
     const idx_t wplane = nch * HV * 64 * KP, vplane = nch * HV * 64 * VP, tplane = nch * HV * 4096;
@@ -327,7 +331,12 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
             cp_wait0();
             __syncthreads();
             wgemm2<false, true, 4>(a1, sDu, sDul, LDT, 16 * mt, sV, sV, LDT, n1, 64, lane, true, false);
-            if (v0 == 0) wgemm2<false, true, 4>(a2, sDw, sDwl, LK, 16 * mt, sK, sK, LK, n1, KP, lane, true, false);
+            if (v0 == 0) {
+                // 32 deep at a time (register pressure at two blocks per SM)
+                #pragma unroll 1
+                for (int k0 = 0; k0 < KP; k0 += 32)
+                    wgemm2<false, true, 4>(a2, sDw + k0, sDwl + k0, LK, 16 * mt, sK + k0, sK + k0, LK, n1, 32, lane, true, false);
+            }
             float acc[4][4];
             frag_zero(acc);
             wgemm2<true, false, 4>(acc, sT, sTl, LDT, 16 * mt, sDu, sDul, LDT, n1, 64, lane, true, true);
@@ -368,7 +377,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     __syncthreads();
     {
         // dA = -X T^T (strictly lower); with Kn Kn^T: dbeta, dA * A, dAb = dA beta_t exp(G_t - G_s)
-        float da[4][4], kk[4][4];
+        float da[4][4], kk[4][4], fr[2] = {0.f, 0.f}, fc[4][2] = {};
         frag_zero(da);
         frag_zero(kk);
         wgemm2<false, true, 4>(da, sM1, sM1l, LDT, 16 * mt, sT, sTl, LDT, n1, 64, lane, true, true);
@@ -386,16 +395,33 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
                     f = a * sB[t] * kn * gm;
                     ab = a * sB[t] * gm;
                 }
-                sF[t * 65 + s] = f;
+                fr[e >> 1] += f;
+                fc[nt][e & 1] += f;
                 st2(sM1, sM1l, t * LDT + s, ab * sR[s]);
                 st2(sM2, sM2l, t * LDT + s, ab * sR[t]);
+            }
+        }
+        // F = dA * A: the warp's row sums (over its 32 columns) and column sums (over its 16 rows)
+        #pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            fr[hh] = quad_sum(fr[hh]);
+            if (ft == 0) sFr[(wp >> 2) * 64 + 16 * mt + fg + 8 * hh] = fr[hh];
+        }
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                float x = fc[nt][j];
+                x += __shfl_xor_sync(0xffffffffu, x, 4);
+                x += __shfl_xor_sync(0xffffffffu, x, 8);
+                x += __shfl_xor_sync(0xffffffffu, x, 16);
+                if (fg == 0) sFc[mt * 64 + n1 + 8 * nt + 2 * ft + j] = x;
             }
         }
     }
     __syncthreads();
     if (tid < 64) {
-        float x = 0.f;
-        for (int s = 0; s < 64; ++s) x += sF[tid * 65 + s] - sF[s * 65 + tid];
+        float x = sFr[tid] + sFr[64 + tid] - ((sFc[tid] + sFc[64 + tid]) + (sFc[128 + tid] + sFc[192 + tid]));
         for (int zz = 0; zz < KZ; ++zz) x += dgp[((idx_t)zz * nch * HV + c.oc) * 64 + tid];
         sX[tid] = x;
     }
@@ -460,7 +486,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
 }
 
 #define BWD_ENTRY(KP, NAME, E)                                                                           \
-extern "C" __global__ void __launch_bounds__(DNT, 2) delta_dvl_k##KP##_##NAME(                              \
+extern "C" __global__ void __launch_bounds__(DNT, 3) delta_dvl_k##KP##_##NAME(                              \
     const E* q, const E* k, const float* rq, const float* rk, const E* d_o, const float* g2, float* dvl,  \
     const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
     int VP, float scale) {                                                                               \
@@ -474,7 +500,7 @@ extern "C" __global__ void __launch_bounds__(DNT) delta_dqkw_k##KP##_##NAME(    
     dqkw_k<E, KP>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off, chunk_seq, \
                   H, HV, K, V, VP, scale, nch);                                                          \
 }                                                                                                        \
-extern "C" __global__ void __launch_bounds__(DNT) delta_wy_bwd_k##KP##_##NAME(                           \
+extern "C" __global__ void __launch_bounds__(DNT, KP <= 128 ? 2 : 1) delta_wy_bwd_k##KP##_##NAME(                           \
     const E* k, const float* rk, const E* v, const float* bt, const E* tm, const E* dw, const E* du,     \
     const float* g2, const float* dgp, float* dk, float* dv, float* dbeta, float* dg,                    \
     const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \

@@ -282,7 +282,7 @@ impl DeltaSmem {
     }
     pub(crate) fn wy(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
-        (sp * 64 * self.lk() + sp * 64 * (self.vp + PAD) + sp * 64 * LDT) * e + (64 * 65 + 64 * 3) * 4
+        (64 * self.lk() + 64 * (self.vp + PAD) + sp * 64 * LDT) * e + (64 * 65 + 64 * 3) * 4
     }
     pub(crate) fn h(&self, bv: usize) -> usize {
         let (e, sp, lds) = (self.e, self.sp, bv + PAD);
@@ -291,7 +291,8 @@ impl DeltaSmem {
     }
     pub(crate) fn o(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
-        (2 * 64 * self.lk() + sp * 64 * LDT + self.kp * LDT + sp * 64 * LDT) * e + 3 * 64 * 4
+        // sS [KP][LDT] reuses sK's space (KP LDT >= 64 LK)
+        (64 * self.lk() + self.kp * LDT + 2 * sp * 64 * LDT) * e + 3 * 64 * 4
     }
     pub(crate) fn dvl(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -308,7 +309,8 @@ impl DeltaSmem {
     }
     pub(crate) fn wy_bwd(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
-        ((1 + sp) * 64 * self.lk() + (1 + 4 * sp) * 64 * LDT) * e + (64 * 65 + 3 * 64 + 256 + 64) * 4
+        // V and dU tiles share one region with M1, M2 (2 SP tiles); F's row and column sums
+        ((1 + sp) * 64 * self.lk() + 3 * sp * 64 * LDT) * e + (3 * 64 + 256 + 64 + 128 + 256) * 4
     }
     /// The largest of them: what the device must allow per block.
     #[cfg(test)]

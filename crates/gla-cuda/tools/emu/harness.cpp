@@ -404,7 +404,7 @@ static constexpr int SPn = sizeof(E) == 2 ? 2 : 1;
 template <class E>
 static size_t sm_wy(int KP, int VP) {
     const int SP = SPn<E>;
-    return (SP * 64 * (KP + 8) + SP * 64 * (VP + 8) + SP * 64 * 72) * sizeof(E) + (64 * 65 + 64 * 3) * 4;
+    return (64 * (KP + 8) + 64 * (VP + 8) + SP * 64 * 72) * sizeof(E) + (64 * 65 + 64 * 3) * 4;
 }
 template <class E>
 static int h_stages(int KP) {
@@ -418,7 +418,7 @@ static size_t sm_h(int KP, int BV) {
 template <class E>
 static size_t sm_o(int KP) {
     const int SP = SPn<E>;
-    return (2 * 64 * (KP + 8) + SP * 64 * 72 + KP * 72 + SP * 64 * 72) * sizeof(E) + 3 * 64 * 4;
+    return (64 * (KP + 8) + KP * 72 + 2 * SP * 64 * 72) * sizeof(E) + 3 * 64 * 4;
 }
 template <class E>
 static size_t sm_dvl(int KP) {
@@ -448,7 +448,7 @@ static size_t sm_dqkw(int KP) {
 template <class E>
 static size_t sm_wyb(int KP, int VP) {
     const int SP = SPn<E>;
-    return ((1 + SP) * 64 * (KP + 8) + (1 + 4 * SP) * 64 * 72) * sizeof(E) + (64 * 65 + 3 * 64 + 256 + 64) * 4;
+    return ((1 + SP) * 64 * (KP + 8) + 3 * SP * 64 * 72) * sizeof(E) + (3 * 64 + 256 + 64 + 128 + 256) * 4;
 }
 
 template <class E>
