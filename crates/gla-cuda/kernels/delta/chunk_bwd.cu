@@ -5,7 +5,7 @@
 // and k (row factors rq, rk, delta/chunk.cuh); dq and dk are the gradients at Qn and Kn:
 //
 // delta_dvl_k{KP}: dvl = P^T do                            (=, f32 [chunks, HV, 64, VP])
-// delta_dqkw_k{KP}: grid z over K tiles of KW columns:
+// delta_dqkw_k{KP}: KZ tiles of KW columns of K (DqkwTile), side by side in grid x:
 //     dq   = scale exp(G) (do S^T) + (dM * M / m) Kn         dM = do U^T masked, M/m the decay
 //     dk   = (dM * M / m)^T Qn + exp(Gm - G) (U dS'^T)
 //     dw   = -dU S^T                                       (=, split [SP][chunks, HV, 64, KP])
@@ -19,8 +19,11 @@
 //     dG += beta exp(G) kn . T^T dw + rowsum(dA * A) - colsum(dA * A); dg = the reverse cumsum
 //     of dG over the chunk (=, the log decay's gradient [rows, HV] f32)
 // The operands with cancellation (P, U, dU, dw, T, dT, T^T dT, dAb) are split (delta/common.cuh).
-// Every sum is in a fixed order (no atomics). The derivation: the chain rule through the chunk
-// form of docs/kernels.md's delta-rule section.
+// Every sum is in a fixed order (no atomics). Blocks per SM at KP = VP = 128 (bf16): delta_dvl
+// three (registers <= 80); delta_dqkw two (registers <= 128: 64 columns of K per block; M and
+// dM * M stay in fragments, dMG takes U's tiles); delta_wy_bwd two (its V and dU tiles share one
+// region with M1, M2). The row and column sums of dM * M and dA * A come from the fragments. The
+// derivation: the chain rule through the chunk form of docs/kernels.md's delta-rule section.
 //
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_dvl_k64_f32 delta_dvl_k128_f32 delta_dvl_k64_bf16 delta_dvl_k128_bf16 delta_dvl_k192_bf16 delta_dvl_k256_bf16
@@ -75,10 +78,11 @@ __device__ __forceinline__ void dvl_k(const E* __restrict__ q, const E* __restri
     }
 }
 
-// K tile of delta_dqkw_*: the whole K for bf16 up to 128, else halves (f32: 64)
+// K tile of delta_dqkw_*: 64 columns up to KP = 128, else halves (KZ = KP / KW tiles, side by
+// side in grid x: blockIdx.x = KZ chunk + tile, so a chunk's tiles share its loads in L2)
 template <typename E, int KP>
 struct DqkwTile {
-    static constexpr int KW = (sizeof(E) == 2 && KP <= 128) ? KP : (KP == 64 ? 64 : KP / 2);
+    static constexpr int KW = KP <= 128 ? 64 : KP / 2, KZ = KP / KW;
 };
 
 template <typename E, int KP>
@@ -88,29 +92,30 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
                                        const float* __restrict__ g2, float* __restrict__ dq, float* __restrict__ dk, E* __restrict__ dw,
                                        float* __restrict__ dgp, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
                                        const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, float scale, idx_t nch) {
-    constexpr int LK = KP + DPAD, SP = Sp<E>::SP, KW = DqkwTile<E, KP>::KW, NT = KW / 16;
+    constexpr int LK = KP + DPAD, SP = Sp<E>::SP, KW = DqkwTile<E, KP>::KW, KZ = DqkwTile<E, KP>::KZ, NT = KW / 16;
     DELTA_SMEM(smem);
     E* sQ = (E*)smem;                      // [64][LK]
     E* sK = sQ + 64 * LK;                  // [64][LK]
     E* sDo = sK + 64 * LK;                 // [64][LDT]
     E* sU = sDo + 64 * LDT;                // [64][LDT]
     E* sUl = sU + (SP - 1) * 64 * LDT;
+    E* sDMG = sU;                          // [64][LDT], split: over U once the V loop is done
+    E* sDMGl = sUl;
     E* sDu = sUl + 64 * LDT;               // [64][LDT]
     E* sDul = sDu + (SP - 1) * 64 * LDT;
-    E* sDMG = sDul + 64 * LDT;             // [64][LDT]
-    E* sDMGl = sDMG + (SP - 1) * 64 * LDT;
-    E* sS = sDMGl + 64 * LDT;              // [KW][LDT]
+    E* sS = sDul + 64 * LDT;               // [KW][LDT]
     E* sDS = sS + KW * LDT;                // [KW][LDT]
-    float* sM = (float*)(sDS + KW * LDT);  // [64][65]
-    float* sG = sM + 64 * 65;              // [64]
+    float* sG = (float*)(sDS + KW * LDT);  // [64]
     float* sRq = sG + 64;                  // [64]
     float* sRk = sRq + 64;                 // [64]
     float* sRow = sRk + 64;                // [2][64]
     float* sRed = sRow + 128;              // [16]
-    DELTA_SMEM_END(smem, sRed + 16);
+    float* sFr = sRed + 16;                // [2][64]: row sums of dM * M (per column half)
+    float* sFc = sFr + 128;                // [4][64]: column sums of dM * M (per row quarter)
+    DELTA_SMEM_END(smem, sFc + 256);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
-    const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
-    const int z = blockIdx.z, k0 = z * KW;
+    const ChunkHead c = chunk_head_at(blockIdx.x / KZ, bounds, chunk_off, chunk_seq, H, HV);
+    const int z = (int)(blockIdx.x % KZ), k0 = z * KW;
     const idx_t vplane = nch * HV * 64 * VP, wplane = nch * HV * 64 * KP;
     ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
     ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
@@ -118,22 +123,7 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     cp_commit();
     ld_rf(sRq, rq, c.r0, c.L, c.h, H, tid);
     ld_rf(sRk, rk, c.r0, c.L, c.h, H, tid);
-    cp_wait0();
-    __syncthreads();
     const int mt = wp & 3, n1 = (wp >> 2) * 32, nk = (wp >> 2) * (KW / 2);
-    {
-        float acc[4][4];
-        frag_zero(acc);
-        wgemm<false, true, 4>(acc, sQ, LK, 16 * mt, sK, LK, n1, KP, lane);
-        #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
-                sM[t * 65 + s] = s <= t ? scale * sRq[t] * sRk[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f;
-            }
-        }
-    }
     float dqi[NT][4], dwa[NT][4], dkd[NT][4], dM[4][4];
     frag_zero(dqi);
     frag_zero(dwa);
@@ -156,22 +146,52 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         cp_wait0();
         __syncthreads();
         wgemm<false, true, NT>(dqi, sDo, LDT, 16 * mt, sS, LDT, nk, 64, lane);
-        wgemm2<false, true, NT>(dwa, sDu, sDul, LDT, 16 * mt, sS, sS, LDT, nk, 64, lane, true, false);
-        wgemm2<false, true, NT>(dkd, sU, sUl, LDT, 16 * mt, sDS, sDS, LDT, nk, 64, lane, true, false);
-        wgemm2<false, true, 4>(dM, sDo, sDo, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, false, true);
+        wgemm2_seq<false, true, NT>(dwa, sDu, sDul, LDT, 16 * mt, sS, sS, LDT, nk, 64, lane, true, false);
+        wgemm2_seq<false, true, NT>(dkd, sU, sUl, LDT, 16 * mt, sDS, sDS, LDT, nk, 64, lane, true, false);
+        wgemm2_seq<false, true, 4>(dM, sDo, sDo, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, false, true);
         for (int x = tid; x < KW * 64; x += DNT) {
             const int r = x >> 6, cc = x & 63;
             sd += to_f32(sS[r * LDT + cc]) * to_f32(sDS[r * LDT + cc]);
         }
         __syncthreads();
     }
-    // dM * M (in place in sM); the dq operand dMG rk_s (dMG = dM * scale * exp(G_t - G_s), causal)
+    {
+        // M = scale (Qn Kn^T) exp(G_t - G_s) causal, in dM's fragments; F = dM * M: the warp's
+        // row sums (over its 32 columns) and column sums (over its 16 rows), for dG
+        float m[4][4], fr[2] = {0.f, 0.f};
+        frag_zero(m);
+        wgemm<false, true, 4>(m, sQ, LK, 16 * mt, sK, LK, n1, KP, lane);
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            float fc[2] = {0.f, 0.f};
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
+                const float f = s <= t ? scale * sRq[t] * sRk[s] * m[nt][e] * ex2f(sG[t] - sG[s]) * dM[nt][e] : 0.f;
+                fr[e >> 1] += f;
+                fc[e & 1] += f;
+            }
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                float x = fc[j];
+                x += __shfl_xor_sync(0xffffffffu, x, 4);
+                x += __shfl_xor_sync(0xffffffffu, x, 8);
+                x += __shfl_xor_sync(0xffffffffu, x, 16);
+                if (fg == 0) sFc[mt * 64 + n1 + 8 * nt + 2 * ft + j] = x;
+            }
+        }
+        #pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            fr[hh] = quad_sum(fr[hh]);
+            if (ft == 0) sFr[(wp >> 2) * 64 + 16 * mt + fg + 8 * hh] = fr[hh];
+        }
+    }
+    // the dq operand dMG rk_s (dMG = dM * scale * exp(G_t - G_s), causal), over U's tiles
     #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
         #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
-            sM[t * 65 + s] *= dM[nt][e];
             dM[nt][e] = s <= t ? dM[nt][e] * scale * ex2f(sG[t] - sG[s]) : 0.f;
             st2(sDMG, sDMGl, t * LDT + s, dM[nt][e] * sRk[s]);
         }
@@ -249,9 +269,7 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     if (tid < 64) {
         const int t = tid;
         float g = sRow[t] + sRow[64 + t];
-        if (z == 0) {
-            for (int s = 0; s < 64; ++s) g += sM[t * 65 + s] - sM[s * 65 + t];
-        }
+        if (z == 0) g += sFr[t] + sFr[64 + t] - ((sFc[t] + sFc[64 + t]) + (sFc[128 + t] + sFc[192 + t]));
         if (t == c.L - 1) {
             float a = 0.f, b = 0.f;
             for (int x = 0; x < 8; ++x) {
@@ -276,23 +294,25 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     E* sK = (E*)smem;                      // [64][LK]
     E* sDw = sK + 64 * LK;                 // [64][LK]
     E* sDwl = sDw + (SP - 1) * 64 * LK;
-    E* sV = sDwl + 64 * LK;                // [64][LDT]: a 64-column tile of V
+    E* sT = sDwl + 64 * LK;                // [64][LDT]
+    E* sTl = sT + (SP - 1) * 64 * LDT;
+    // one region, [2 SP][64][LDT]: the V-tile loop's sV, sDu, then (once it is done) sM1, sM2
+    E* sV = sTl + 64 * LDT;                // [64][LDT]: a 64-column tile of V
     E* sDu = sV + 64 * LDT;                // [64][LDT]: the same tile of dU
     E* sDul = sDu + (SP - 1) * 64 * LDT;
-    E* sT = sDul + 64 * LDT;               // [64][LDT]
-    E* sTl = sT + (SP - 1) * 64 * LDT;
-    E* sM1 = sTl + 64 * LDT;               // [64][LDT]: dT, then X = T^T dT, then dAb rk_s
+    E* sM1 = sV;                           // [64][LDT]: dT, then X = T^T dT, then dAb rk_s
     E* sM1l = sM1 + (SP - 1) * 64 * LDT;
     E* sM2 = sM1l + 64 * LDT;              // [64][LDT]: rk_t dAb
     E* sM2l = sM2 + (SP - 1) * 64 * LDT;
-    float* sF = (float*)(sM2l + 64 * LDT);  // [64][65]: dA * A
-    float* sG = sF + 64 * 65;              // [64]
+    float* sG = (float*)(sV + 2 * SP * 64 * LDT);  // [64]
     float* sB = sG + 64;                   // [64]
     float* sR = sB + 64;                   // [64]
     float* sRb = sR + 64;                  // [2][64]
     float* sRg = sRb + 128;                // [2][64]
     float* sX = sRg + 128;                 // [64]: dG
-    DELTA_SMEM_END(smem, sX + 64);
+    float* sFr = sX + 64;                  // [2][64]: row sums of dA * A (per column half)
+    float* sFc = sFr + 128;                // [4][64]: column sums of dA * A (per row quarter)
+    DELTA_SMEM_END(smem, sFc + 256);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
     const idx_t wplane = nch * HV * 64 * KP, vplane = nch * HV * 64 * VP, tplane = nch * HV * 4096;
@@ -327,7 +347,12 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
             cp_wait0();
             __syncthreads();
             wgemm2<false, true, 4>(a1, sDu, sDul, LDT, 16 * mt, sV, sV, LDT, n1, 64, lane, true, false);
-            if (v0 == 0) wgemm2<false, true, 4>(a2, sDw, sDwl, LK, 16 * mt, sK, sK, LK, n1, KP, lane, true, false);
+            if (v0 == 0) {
+                // 32 deep at a time (register pressure at two blocks per SM)
+                #pragma unroll 1
+                for (int k0 = 0; k0 < KP; k0 += 32)
+                    wgemm2<false, true, 4>(a2, sDw + k0, sDwl + k0, LK, 16 * mt, sK + k0, sK + k0, LK, n1, 32, lane, true, false);
+            }
             float acc[4][4];
             frag_zero(acc);
             wgemm2<true, false, 4>(acc, sT, sTl, LDT, 16 * mt, sDu, sDul, LDT, n1, 64, lane, true, true);
@@ -368,7 +393,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     __syncthreads();
     {
         // dA = -X T^T (strictly lower); with Kn Kn^T: dbeta, dA * A, dAb = dA beta_t exp(G_t - G_s)
-        float da[4][4], kk[4][4];
+        float da[4][4], kk[4][4], fr[2] = {0.f, 0.f}, fc[4][2] = {};
         frag_zero(da);
         frag_zero(kk);
         wgemm2<false, true, 4>(da, sM1, sM1l, LDT, 16 * mt, sT, sTl, LDT, n1, 64, lane, true, true);
@@ -386,16 +411,33 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
                     f = a * sB[t] * kn * gm;
                     ab = a * sB[t] * gm;
                 }
-                sF[t * 65 + s] = f;
+                fr[e >> 1] += f;
+                fc[nt][e & 1] += f;
                 st2(sM1, sM1l, t * LDT + s, ab * sR[s]);
                 st2(sM2, sM2l, t * LDT + s, ab * sR[t]);
+            }
+        }
+        // F = dA * A: the warp's row sums (over its 32 columns) and column sums (over its 16 rows)
+        #pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            fr[hh] = quad_sum(fr[hh]);
+            if (ft == 0) sFr[(wp >> 2) * 64 + 16 * mt + fg + 8 * hh] = fr[hh];
+        }
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                float x = fc[nt][j];
+                x += __shfl_xor_sync(0xffffffffu, x, 4);
+                x += __shfl_xor_sync(0xffffffffu, x, 8);
+                x += __shfl_xor_sync(0xffffffffu, x, 16);
+                if (fg == 0) sFc[mt * 64 + n1 + 8 * nt + 2 * ft + j] = x;
             }
         }
     }
     __syncthreads();
     if (tid < 64) {
-        float x = 0.f;
-        for (int s = 0; s < 64; ++s) x += sF[tid * 65 + s] - sF[s * 65 + tid];
+        float x = sFr[tid] + sFr[64 + tid] - ((sFc[tid] + sFc[64 + tid]) + (sFc[128 + tid] + sFc[192 + tid]));
         for (int zz = 0; zz < KZ; ++zz) x += dgp[((idx_t)zz * nch * HV + c.oc) * 64 + tid];
         sX[tid] = x;
     }
@@ -460,13 +502,13 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
 }
 
 #define BWD_ENTRY(KP, NAME, E)                                                                           \
-extern "C" __global__ void __launch_bounds__(DNT, 2) delta_dvl_k##KP##_##NAME(                              \
+extern "C" __global__ void __launch_bounds__(DNT, 3) delta_dvl_k##KP##_##NAME(                              \
     const E* q, const E* k, const float* rq, const float* rk, const E* d_o, const float* g2, float* dvl,  \
     const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
     int VP, float scale) {                                                                               \
     dvl_k<E, KP>(q, k, rq, rk, d_o, g2, dvl, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, scale);      \
 }                                                                                                        \
-extern "C" __global__ void __launch_bounds__(DNT) delta_dqkw_k##KP##_##NAME(                             \
+extern "C" __global__ void __launch_bounds__(DNT, KP <= 128 ? 2 : 1) delta_dqkw_k##KP##_##NAME(                             \
     const E* q, const E* k, const float* rq, const float* rk, const E* d_o, const E* vn, const E* du,    \
     const E* hs, const E* dhs, const float* g2, float* dq, float* dk, E* dw, float* dgp,                 \
     const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
@@ -474,7 +516,7 @@ extern "C" __global__ void __launch_bounds__(DNT) delta_dqkw_k##KP##_##NAME(    
     dqkw_k<E, KP>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off, chunk_seq, \
                   H, HV, K, V, VP, scale, nch);                                                          \
 }                                                                                                        \
-extern "C" __global__ void __launch_bounds__(DNT) delta_wy_bwd_k##KP##_##NAME(                           \
+extern "C" __global__ void __launch_bounds__(DNT, KP <= 128 ? 2 : 1) delta_wy_bwd_k##KP##_##NAME(                           \
     const E* k, const float* rk, const E* v, const float* bt, const E* tm, const E* dw, const E* du,     \
     const float* g2, const float* dgp, float* dk, float* dv, float* dbeta, float* dg,                    \
     const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \

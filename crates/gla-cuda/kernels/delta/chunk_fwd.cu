@@ -9,14 +9,18 @@
 //     T  = (I + A)^-1, by 16 x 16 blocks (solve_t, T^T over A's upper half) -> tm [SP][chunks, HV, 64, 64] (=)
 //     w  = T (beta exp(G) Kn)                                        -> w [SP][chunks, HV, 64, KP] (=)
 //     u  = T (beta V)                                                -> u [chunks, HV, 64, VP] f32 (=)
-// T and the scaled K, V are split (delta/common.cuh): w and u carry the near-f32 accuracy the
-// state pass's cancellation u - w S needs. Rows past the sequence end are zero (beta = 0 there,
-// so T is the identity on them and w, u vanish).
+// The row factors of the scaled K and V ride on T's columns: w = (T diag(beta rk exp(G))) K and
+// u = (T diag(beta)) V, with K and V raw (exact in bf16) and T diag(.) split (delta/common.cuh),
+// so w and u carry the near-f32 accuracy the state pass's cancellation u - w S needs in two
+// mma terms. Rows past the sequence end are zero (beta = 0 there, so T is the identity on them
+// and w, u vanish). Three blocks per SM (registers <= 80, KP = VP = 128: 72 KB of smem).
 //
 // delta_o_k{KP}_{dtype}: one block per (chunk, value head), 256 threads. With hs (the state
 // entering each chunk) and vn (v_new = u - w S, split) from the state pass:
 //     o = scale [(Qn * exp(G)) S + P U],   P = (Qn Kn^T) * exp(G_t - G_s) masked to s <= t
-// P is formed once per block (split); o per 64-wide V tile. o (=, storage dtype).
+// P is formed once per block (split); o per 64-wide V tile. o (=, storage dtype). Q S runs on the
+// raw (exact) q, its row factor scale rq exp(G) applied to the f32 result. S's tile takes K's
+// space once P is formed: three blocks per SM (KP = 128: 72 KB of smem).
 // Dynamic smem: the host's layouts (src/delta/dispatch.rs) match the carve-ups below.
 //
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
@@ -83,12 +87,10 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
     const int LV = VP + DPAD;
     DELTA_SMEM(smem);
-    E* sK = (E*)smem;                      // [64][LK]: K, then beta exp(G) Kn (hi)
-    E* sKl = sK + (SP - 1) * 64 * LK;      // its lo plane
-    E* sV = sKl + 64 * LK;                 // [64][LV]: V, then beta V (hi)
-    E* sVl = sV + (SP - 1) * 64 * LV;
-    E* sT = sVl + 64 * LV;                 // [64][LDT]
-    E* sTl = sT + (SP - 1) * 64 * LDT;
+    E* sK = (E*)smem;                      // [64][LK]: K (raw)
+    E* sV = sK + 64 * LK;                  // [64][LV]: V (raw)
+    E* sT = sV + 64 * LV;                  // [64][LDT]: T diag(d), split (hi)
+    E* sTl = sT + (SP - 1) * 64 * LDT;     // its lo plane
     float* sA = (float*)(sTl + 64 * LDT);  // [64][65]
     float* sG = sA + 64 * 65;              // [64]
     float* sB = sG + 64;                   // [64]
@@ -125,35 +127,39 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
     }
     __syncthreads();
     solve_t(sA, tid);
+    // w = T diag(beta rk exp(G)) K and u = T diag(beta) V: the row factors of the scaled K and V
+    // ride on T's columns, so K and V enter the products raw (exact in bf16) and only T diag(d)
+    // is split. Without decay and L2 norm both factors are beta (one pass over T).
+    const bool same = gl == nullptr && rk == nullptr;
     {
         const idx_t tplane = nch * HV * 4096;
         for (int x = tid; x < 4096; x += DNT) {
-            const int t = x >> 6, cc = x & 63;
-            const float tv = t >= cc ? sA[cc * 65 + t] : 0.f;
-            st2(sT, sTl, t * LDT + cc, tv);
-            stg2(tm, tplane, (c.oc * 64 + t) * 64 + cc, tv);
+            const int t = x >> 6, s = x & 63;
+            const float tv = t >= s ? sA[s * 65 + t] : 0.f;
+            st2(sT, sTl, t * LDT + s, tv * sB[s] * (same ? 1.f : sR[s] * ex2f(sG[s])));
+            stg2(tm, tplane, (c.oc * 64 + t) * 64 + s, tv);
         }
     }
-    // K <- beta exp(G) Kn, V <- beta V (rows), split, in place
-    for (int x = tid; x < 64 * KP; x += DNT) {
-        const int t = x / KP, i = x - t * KP;
-        st2(sK, sKl, t * LK + i, to_f32(sK[t * LK + i]) * sB[t] * sR[t] * ex2f(sG[t]));
-    }
-    for (int x = tid; x < 64 * VP; x += DNT) {
-        const int t = x / VP, j = x - t * VP;
-        st2(sV, sVl, t * LV + j, to_f32(sV[t * LV + j]) * sB[t]);
-    }
     __syncthreads();
-    // w = T (beta exp(G) Kn), u = T (beta V): 64-column tiles, each warp 16 x 32
     const int mt = wp & 3, n1 = (wp >> 2) * 32;
     const idx_t wplane = nch * HV * 64 * KP;
+    const int nend = same ? KP + VP : KP;
     for (int n0 = 0; n0 < KP + VP; n0 += 64) {
         const bool isw = n0 < KP;
         const int nc = isw ? n0 : n0 - KP;
+        if (n0 == nend) {
+            // T diag(beta) for u
+            __syncthreads();
+            for (int x = tid; x < 4096; x += DNT) {
+                const int t = x >> 6, s = x & 63;
+                st2(sT, sTl, t * LDT + s, t >= s ? sA[s * 65 + t] * sB[s] : 0.f);
+            }
+            __syncthreads();
+        }
         float acc[4][4];
         frag_zero(acc);
-        wgemm2<false, false, 4>(acc, sT, sTl, LDT, 16 * mt, isw ? sK : sV, isw ? sKl : sVl, isw ? LK : LV, nc + n1, 64, lane, true,
-                                true);
+        wgemm2<false, false, 4>(acc, sT, sTl, LDT, 16 * mt, isw ? sK : sV, isw ? sK : sV, isw ? LK : LV, nc + n1, 64, lane, true,
+                                false);
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
             #pragma unroll
@@ -178,11 +184,11 @@ __device__ __forceinline__ void o_fwd(const E* __restrict__ q, const E* __restri
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
     DELTA_SMEM(smem);
     E* sQ = (E*)smem;                      // [64][LK]
-    E* sK = sQ + 64 * LK;                  // [64][LK]
-    E* sP = sK + 64 * LK;                  // [64][LDT]
+    E* sK = sQ + 64 * LK;                  // [64][LK], until P is formed; then sS
+    E* sS = sK;                            // [KP][LDT] (KP LDT >= 64 LK for KP >= 64)
+    E* sP = sS + KP * LDT;                 // [64][LDT]
     E* sPl = sP + (SP - 1) * 64 * LDT;
-    E* sS = sPl + 64 * LDT;                // [KP][LDT]
-    E* sU = sS + KP * LDT;                 // [64][LDT]
+    E* sU = sPl + 64 * LDT;                // [64][LDT]
     E* sUl = sU + (SP - 1) * 64 * LDT;
     float* sG = (float*)(sUl + 64 * LDT);  // [64]
     float* sRq = sG + 64;                  // [64]
@@ -190,9 +196,15 @@ __device__ __forceinline__ void o_fwd(const E* __restrict__ q, const E* __restri
     DELTA_SMEM_END(smem, sRk + 64);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
+    const idx_t vplane = nch * HV * 64 * VP;
+    auto ld_u = [&](int v0) {
+        tile_ld<E>(sU, LDT, vn + c.oc * 64 * (idx_t)VP + v0, VP, 64, 64, 64, 64, true, tid, DNT);
+        if (SP == 2) tile_ld<E>(sUl, LDT, vn + vplane + c.oc * 64 * (idx_t)VP + v0, VP, 64, 64, 64, 64, true, tid, DNT);
+    };
     ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
     ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
     ld_g64(sG, g2 + c.oc * 64, tid);
+    ld_u(0);
     cp_commit();
     ld_rf(sRq, rq, c.r0, c.L, c.h, H, tid);
     ld_rf(sRk, rk, c.r0, c.L, c.h, H, tid);
@@ -200,23 +212,27 @@ __device__ __forceinline__ void o_fwd(const E* __restrict__ q, const E* __restri
     __syncthreads();
     chunk_p<E, KP>(sP, sPl, sQ, sK, sG, sRq, sRk, scale, wp, lane);
     __syncthreads();
-    for (int x = tid; x < 64 * KP; x += DNT) {
-        const int t = x / KP, i = x - t * KP;
-        sQ[t * LK + i] = cvt<E>(to_f32(sQ[t * LK + i]) * scale * sRq[t] * ex2f(sG[t]));
-    }
     const int mt = wp & 3, n1 = (wp >> 2) * 32;
-    const idx_t vplane = nch * HV * 64 * VP;
     for (int v0 = 0; v0 < VP; v0 += 64) {
         tile_ld<E>(sS, LDT, hs + c.oc * (idx_t)KP * VP + v0, VP, KP, 64, KP, 64, true, tid, DNT);
-        tile_ld<E>(sU, LDT, vn + c.oc * 64 * (idx_t)VP + v0, VP, 64, 64, 64, 64, true, tid, DNT);
-        if (SP == 2) tile_ld<E>(sUl, LDT, vn + vplane + c.oc * 64 * (idx_t)VP + v0, VP, 64, 64, 64, 64, true, tid, DNT);
+        if (v0 > 0) ld_u(v0);
         cp_commit();
         cp_wait0();
         __syncthreads();
+        // the inter part on raw Q (exact), its row factor scale rq exp(G) on the f32 result
         float acc[4][4];
         frag_zero(acc);
-        wgemm<false, false, 4>(acc, sQ, LK, 16 * mt, sS, LDT, n1, KP, lane);
-        wgemm2<false, false, 4>(acc, sP, sPl, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, true, true);
+        // 32 deep at a time (fully unrolled over KP it spills at three blocks per SM)
+        #pragma unroll 1
+        for (int k0 = 0; k0 < KP; k0 += 32) wgemm<false, false, 4>(acc, sQ + k0, LK, 16 * mt, sS + k0 * LDT, LDT, n1, 32, lane);
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int t = 16 * mt + FRAG_ROW(e);
+            const float f = scale * sRq[t] * ex2f(sG[t]);
+            #pragma unroll
+            for (int nt = 0; nt < 4; ++nt) acc[nt][e] *= f;
+        }
+        wgemm2_seq<false, false, 4>(acc, sP, sPl, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, true, true);
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
             #pragma unroll
@@ -230,13 +246,13 @@ __device__ __forceinline__ void o_fwd(const E* __restrict__ q, const E* __restri
 }
 
 #define FWD_ENTRY(KP, NAME, E)                                                                           \
-extern "C" __global__ void __launch_bounds__(DNT, 2) delta_wy_k##KP##_##NAME(                               \
+extern "C" __global__ void __launch_bounds__(DNT, 3) delta_wy_k##KP##_##NAME(                               \
     const E* k, const float* rk, const E* v, const float* bt, const float* gl, E* w, float* u, E* tm,    \
     float* g2, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K,  \
     int V, int VP, idx_t nch) {                                                                          \
     wy_fwd<E, KP>(k, rk, v, bt, gl, w, u, tm, g2, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, nch);   \
 }                                                                                                        \
-extern "C" __global__ void __launch_bounds__(DNT, 2) delta_o_k##KP##_##NAME(                                \
+extern "C" __global__ void __launch_bounds__(DNT, 3) delta_o_k##KP##_##NAME(                                \
     const E* q, const E* k, const float* rq, const float* rk, const E* hs, const E* vn, const float* g2, \
     E* o, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V, \
     int VP, float scale, idx_t nch) {                                                                    \

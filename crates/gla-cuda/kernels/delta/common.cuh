@@ -199,6 +199,19 @@ __device__ __forceinline__ void wgemm2(float (&acc)[NT][4], const E* A, const E*
     }
 }
 
+// wgemm2 with its terms one after another (a loop the compiler keeps rolled): fewer live
+// fragments, for kernels held to a register budget; the same sums in the same order.
+template <bool AT, bool BT, int NT, typename E>
+__device__ __forceinline__ void wgemm2_seq(float (&acc)[NT][4], const E* A, const E* Al, int lda, int m0, const E* B, const E* Bl,
+                                           int ldb, int n0, int kc, int lane, bool al, bool bl) {
+    const int nterm = sizeof(E) == 2 ? 3 : 1;
+    #pragma unroll 1
+    for (int term = 0; term < nterm; ++term) {
+        if ((term == 1 && !al) || (term == 2 && !bl)) continue;
+        wgemm<AT, BT, NT>(acc, term == 1 ? Al : A, lda, m0, term == 2 ? Bl : B, ldb, n0, kc, lane);
+    }
+}
+
 // The sum of x over the 4 lanes of a fragment row (lanes 4 fg .. 4 fg + 3).
 __device__ __forceinline__ float quad_sum(float x) {
     x += __shfl_xor_sync(0xffffffffu, x, 1);

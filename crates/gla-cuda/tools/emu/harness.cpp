@@ -404,7 +404,7 @@ static constexpr int SPn = sizeof(E) == 2 ? 2 : 1;
 template <class E>
 static size_t sm_wy(int KP, int VP) {
     const int SP = SPn<E>;
-    return (SP * 64 * (KP + 8) + SP * 64 * (VP + 8) + SP * 64 * 72) * sizeof(E) + (64 * 65 + 64 * 3) * 4;
+    return (64 * (KP + 8) + 64 * (VP + 8) + SP * 64 * 72) * sizeof(E) + (64 * 65 + 64 * 3) * 4;
 }
 template <class E>
 static int h_stages(int KP) {
@@ -418,7 +418,7 @@ static size_t sm_h(int KP, int BV) {
 template <class E>
 static size_t sm_o(int KP) {
     const int SP = SPn<E>;
-    return (2 * 64 * (KP + 8) + SP * 64 * 72 + KP * 72 + SP * 64 * 72) * sizeof(E) + 3 * 64 * 4;
+    return (64 * (KP + 8) + KP * 72 + 2 * SP * 64 * 72) * sizeof(E) + 3 * 64 * 4;
 }
 template <class E>
 static size_t sm_dvl(int KP) {
@@ -438,17 +438,17 @@ static int h_bv(int VP, int nhv) {
 }
 template <class E>
 static int kw(int KP) {
-    return (sizeof(E) == 2 && KP <= 128) ? KP : (KP == 64 ? 64 : KP / 2);
+    return KP <= 128 ? 64 : KP / 2;
 }
 template <class E>
 static size_t sm_dqkw(int KP) {
     const int KW = kw<E>(KP), SP = SPn<E>;
-    return (2 * 64 * (KP + 8) + 64 * 72 + 3 * SP * 64 * 72 + 2 * KW * 72) * sizeof(E) + (64 * 65 + 3 * 64 + 128 + 16) * 4;
+    return (2 * 64 * (KP + 8) + 64 * 72 + 2 * SP * 64 * 72 + 2 * KW * 72) * sizeof(E) + (3 * 64 + 128 + 16 + 128 + 256) * 4;
 }
 template <class E>
 static size_t sm_wyb(int KP, int VP) {
     const int SP = SPn<E>;
-    return ((1 + SP) * 64 * (KP + 8) + (1 + 4 * SP) * 64 * 72) * sizeof(E) + (64 * 65 + 3 * 64 + 256 + 64) * 4;
+    return ((1 + SP) * 64 * (KP + 8) + 3 * SP * 64 * 72) * sizeof(E) + (3 * 64 + 256 + 64 + 128 + 256) * 4;
 }
 
 template <class E>
@@ -714,7 +714,7 @@ struct Run {
                                const float*, float*, float*, E*, float*, const long long*, const long long*, const int*, int, int, int,
                                int, int, float, long long);
         if (nc > 0)
-            emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, b256, sm_dqkw<E>(KP), [&] {
+            emu::launch(dim3{(unsigned)(nc * KZ), (unsigned)HV, 1}, b256, sm_dqkw<E>(KP), [&] {
                 ((DqkwFn)f.dqkw)(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), du.data(), hs.data(), dhs.data(), g2.data(),
                                  dqp.data(), dkp.data(), dw.data(), dgp.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V,
                                  VP, scale, nch);
