@@ -27,11 +27,13 @@
 pub mod delta;
 pub mod gla;
 pub mod nn;
+pub mod vision;
 
 pub use crate::params::ParamId;
 pub use delta::{DeltaDecay, DeltaOps, DeltaSaved, DeltaStorage};
 pub use gla::{GlaOps, GlaSaved, GlaStorage};
 pub use nn::Primitives;
+pub use vision::{Cols, Conv2d, VisionOps};
 
 /// The buffer types a backend allocates and a model's activations hold (apart from the
 /// backend so that activations do not borrow it: the CPU backend borrows its model's weights,
