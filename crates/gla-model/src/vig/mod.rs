@@ -7,13 +7,16 @@
 //! - [`layout`]: the parameter table in hustvl's `state_dict` order, hustvl's init.
 //! - [`model`]: the forward and backward over [`crate::backend::Backend`] +
 //!   [`crate::backend::VisionOps`]; [`scan`]: the bidirectional scan (two GLA op calls).
+//! - [`data`]: idx image sets (Fashion-MNIST) and synthetic images; [`train`]: AdamW training.
 //! - [`VigModel`]: config, table and f32 weights, run on the CPU.
 
 pub mod config;
+pub mod data;
 pub mod layout;
 pub mod model;
 pub mod pth;
 pub(crate) mod scan;
+pub mod train;
 
 pub use config::{VigConfig, VigDims};
 pub use layout::{BlockIds, VigLayout};
