@@ -35,12 +35,16 @@ fn tiny(out_act: bool, act_in_conv: bool) -> VigConfig {
 fn parameter_counts_match_the_published_sizes() {
     // hustvl's README: ViG-T 6M (5.8M in the paper), ViG-S 23M (22.6M), ViG-B 89M (89.0M);
     // the published .pth files hold 4 bytes per parameter plus the pickle and zip overhead
-    for (c, millions, file_bytes) in
-        [(VigConfig::vig_t(), 5.8, 23_405_405usize), (VigConfig::vig_s(), 22.6, 90_527_645), (VigConfig::vig_b(), 89.0, 356_155_805)]
-    {
+    // exact counts: the per-block formula of docs/math/vig.md
+    for (c, exact, millions, file_bytes) in [
+        (VigConfig::vig_t(), 5_834_536, 5.8, 23_405_405usize),
+        (VigConfig::vig_s(), 22_615_144, 22.6, 90_527_645),
+        (VigConfig::vig_b(), 89_022_184, 89.0, 356_155_805),
+    ] {
         let d = c.dims().unwrap();
         let lay = gla_model::vig::VigLayout::new(&d);
         let p = lay.numel;
+        assert_eq!(p, exact);
         assert!(((p as f64 / 1e6) - millions).abs() < 0.05, "{p} parameters, published {millions}M");
         let overhead = file_bytes - 4 * p;
         assert!(overhead < 100_000, "{p} parameters: {overhead} bytes of the published file left over");
