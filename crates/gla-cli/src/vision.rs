@@ -292,7 +292,7 @@ fn classify(a: &ClassifyArgs) -> Result<()> {
     let bytes = std::fs::read(input).with_context(|| format!("reading {}", input.display()))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).with_context(|| format!("parsing {}", input.display()))?;
     let names = st.names();
-    let name = if names.iter().any(|n| *n == "images") {
+    let name = if names.contains(&"images") {
         "images".to_string()
     } else if names.len() == 1 {
         names[0].to_string()

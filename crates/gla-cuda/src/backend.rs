@@ -1431,56 +1431,6 @@ impl DeltaOps for Gpu {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use gla_core::dims::{MixerDims, QkNorm};
-
-    fn delta(k: usize, conv: usize) -> DeltaDims {
-        DeltaDims {
-            heads: 2,
-            v_heads: 4,
-            head_k: k,
-            head_v: 32,
-            key_dim: 2 * k,
-            value_dim: 128,
-            conv,
-            qk_act: FeatureMap::Silu,
-            qk_norm: QkNorm::L2,
-            use_beta: true,
-            allow_neg_eigval: false,
-            decay: true,
-            output_gate: Some(GateAct::Sigmoid),
-        }
-    }
-
-    fn dims(mixers: Vec<MixerDims>) -> Dims {
-        Dims { d: 64, layers: mixers.len(), intermediate: 128, vocab: 256, eps: 1e-6, tied: false, pad: None, init_std: 0.02, mixers }
-    }
-
-    #[test]
-    fn delta_models_take_one_mixer_with_their_state_sizes() {
-        let m = gpu_mixer(&dims(vec![MixerDims::Delta(delta(16, 4)); 2])).expect("a delta model runs");
-        assert_eq!(m, GpuMixer::Delta(delta(16, 4)));
-        // [HV, K, V] and the q, k, v conv caches [C, W]
-        assert_eq!(m.state_sizes(), (4 * 16 * 32, [32 * 4, 32 * 4, 128 * 4]));
-        // the conv weights' partial sums: the widest conv (value_dim 128) x W columns
-        let d = dims(vec![MixerDims::Delta(delta(16, 4))]);
-        assert!(part_len(&d, &m, 10) >= col_gy(10) * 128 * 4);
-        assert!(part_len(&d, &m, 10) >= col_gy(10 * 4) * 32);
-    }
-
-    #[test]
-    fn the_gpu_refuses_what_its_kernels_do_not_take() {
-        let msg = |d: Dims| gpu_mixer(&d).expect_err("refused").to_string();
-        let mixed = dims(vec![MixerDims::Delta(delta(16, 4)), MixerDims::Delta(delta(32, 4))]);
-        assert!(msg(mixed).contains("same token mixer"));
-        assert!(msg(dims(vec![MixerDims::Delta(delta(320, 4))])).contains("320"));
-        assert!(msg(dims(vec![MixerDims::Delta(delta(16, MAX_CONV + 1))])).contains("short conv"));
-        assert!(gpu_mixer(&dims(vec![MixerDims::Delta(delta(16, 0))])).is_ok());
-    }
-}
-
 /// The vision ops (gla-core's `VisionOps`, the ViG model's) have no GPU kernels yet: every one
 /// is a typed `Unsupported`, so a ViG on this backend fails at its first op instead of running.
 fn vision_unsupported<T>(op: &str) -> Result<T> {
@@ -1609,5 +1559,55 @@ impl VisionOps for Gpu {
         _: f32,
     ) -> Result<(f64, usize)> {
         vision_unsupported("smoothed_cross_entropy")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gla_core::dims::{MixerDims, QkNorm};
+
+    fn delta(k: usize, conv: usize) -> DeltaDims {
+        DeltaDims {
+            heads: 2,
+            v_heads: 4,
+            head_k: k,
+            head_v: 32,
+            key_dim: 2 * k,
+            value_dim: 128,
+            conv,
+            qk_act: FeatureMap::Silu,
+            qk_norm: QkNorm::L2,
+            use_beta: true,
+            allow_neg_eigval: false,
+            decay: true,
+            output_gate: Some(GateAct::Sigmoid),
+        }
+    }
+
+    fn dims(mixers: Vec<MixerDims>) -> Dims {
+        Dims { d: 64, layers: mixers.len(), intermediate: 128, vocab: 256, eps: 1e-6, tied: false, pad: None, init_std: 0.02, mixers }
+    }
+
+    #[test]
+    fn delta_models_take_one_mixer_with_their_state_sizes() {
+        let m = gpu_mixer(&dims(vec![MixerDims::Delta(delta(16, 4)); 2])).expect("a delta model runs");
+        assert_eq!(m, GpuMixer::Delta(delta(16, 4)));
+        // [HV, K, V] and the q, k, v conv caches [C, W]
+        assert_eq!(m.state_sizes(), (4 * 16 * 32, [32 * 4, 32 * 4, 128 * 4]));
+        // the conv weights' partial sums: the widest conv (value_dim 128) x W columns
+        let d = dims(vec![MixerDims::Delta(delta(16, 4))]);
+        assert!(part_len(&d, &m, 10) >= col_gy(10) * 128 * 4);
+        assert!(part_len(&d, &m, 10) >= col_gy(10 * 4) * 32);
+    }
+
+    #[test]
+    fn the_gpu_refuses_what_its_kernels_do_not_take() {
+        let msg = |d: Dims| gpu_mixer(&d).expect_err("refused").to_string();
+        let mixed = dims(vec![MixerDims::Delta(delta(16, 4)), MixerDims::Delta(delta(32, 4))]);
+        assert!(msg(mixed).contains("same token mixer"));
+        assert!(msg(dims(vec![MixerDims::Delta(delta(320, 4))])).contains("320"));
+        assert!(msg(dims(vec![MixerDims::Delta(delta(16, MAX_CONV + 1))])).contains("short conv"));
+        assert!(gpu_mixer(&dims(vec![MixerDims::Delta(delta(16, 0))])).is_ok());
     }
 }

@@ -205,17 +205,15 @@ fn lin(y: &mut [f32], x: &[f32], w: &[f32], m: usize, d_in: usize, d_out: usize)
 
 impl<'m> Cpu<'m> {
     /// The language model's parameter table the weights follow (what the model's forward and
-    /// backward take).
-    ///
-    /// # Errors
-    /// [`Error::Unsupported`] for a backend over another model's table ([`Cpu::over_table`]).
-    pub fn layout(&self) -> Result<&'m Layout> {
-        self.layout.ok_or_else(|| Error::Unsupported {
-            feature: "the language model's table",
-            detail: "this CPU backend runs another model's parameter table".into(),
-        })
+    /// backward take); for a backend over another model's table ([`Cpu::over_table`]), the
+    /// empty table (no layer, no tensor).
+    pub fn layout(&self) -> &'m Layout {
+        self.layout.unwrap_or(&EMPTY_LAYOUT)
     }
 }
+
+/// The table of no language model ([`Cpu::layout`] of a backend over another model's table).
+static EMPTY_LAYOUT: Layout = Layout { specs: Vec::new(), embeddings: 0, layers: Vec::new(), norm: 0, lm_head: None, numel: 0 };
 
 impl<'m> Primitives for Cpu<'m> {
     type Error = Error;

@@ -298,11 +298,11 @@ impl VigConfig {
             ));
         }
         let key_dim = (d as f64 * self.expand_k) as usize;
-        if key_dim == 0 || key_dim % h != 0 || d % h != 0 {
+        if key_dim == 0 || !key_dim.is_multiple_of(h) || !d.is_multiple_of(h) {
             return Err(bad("num_heads", format!("key_dim {key_dim} and value_dim {d} must be positive multiples of num_heads {h}")));
         }
         let p = self.patch_size;
-        if p < 2 || p % 2 != 0 || self.img_size < p {
+        if p < 2 || !p.is_multiple_of(2) || self.img_size < p {
             return Err(bad("patch_size", format!("{p} must be even, >= 2 and at most img_size {}", self.img_size)));
         }
         let grid = self.img_size / p;
@@ -310,7 +310,7 @@ impl VigConfig {
         if rows != Some(grid) {
             return Err(bad("stride", format!("hustvl sizes pos_embed by ((img_size - patch_size) / stride + 1) = {rows:?} per side and resizes it from img_size / patch_size = {grid}: they must agree (stride = patch_size)")));
         }
-        if !(self.rms_norm_eps > 0.0) {
+        if self.rms_norm_eps.is_nan() || self.rms_norm_eps <= 0.0 {
             return Err(bad("rms_norm_eps", format!("{} must be positive", self.rms_norm_eps)));
         }
         let inter = self.intermediate();
