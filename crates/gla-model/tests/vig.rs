@@ -294,3 +294,21 @@ fn trains_on_synthetic_images() {
     println!("synthetic: accuracy {acc0:.3} -> {acc:.3}, train loss {:.3} -> {last:.3}, test loss {loss:.3}", first.unwrap());
     assert!(acc > 0.9 && last < first.unwrap(), "accuracy {acc0} -> {acc}, loss {first:?} -> {last}");
 }
+
+#[test]
+fn idx_files_are_checked() {
+    use gla_model::vig::data::ImageSet;
+    let mut images = vec![0, 0, 8, 3, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 3];
+    images.extend([10u8, 20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120]);
+    let labels = vec![0, 0, 8, 1, 0, 0, 0, 2, 1, 9];
+    let s = ImageSet::from_idx(&images, &labels, 10).unwrap();
+    assert_eq!((s.n, s.h, s.w, s.labels.clone()), (2, 2, 3, vec![1, 9]));
+    let (x, y) = s.batch(&[1]);
+    assert_eq!((x.len(), y), (6, vec![9]));
+    assert!((x[0] - (70.0 / 255.0 - 0.2860) / 0.3530).abs() < 1e-6);
+    // truncated pixels, wrong magic, a label out of range, counts that disagree
+    assert!(matches!(ImageSet::from_idx(&images[..27], &labels, 10), Err(Error::BadArg { .. })));
+    assert!(matches!(ImageSet::from_idx(&labels, &labels, 10), Err(Error::BadArg { .. })));
+    assert!(matches!(ImageSet::from_idx(&images, &labels, 5), Err(Error::BadArg { .. })));
+    assert!(matches!(ImageSet::from_idx(&images, &labels[..9], 10), Err(Error::BadArg { .. })));
+}
