@@ -247,10 +247,48 @@ fn pth_reader_errors_are_typed() {
         bad[i] = bad[i].wrapping_add(1 + r.below(255) as u8);
         let _ = read_state_dict(&bad, "fuzz");
     }
+    // the pickle itself mutated, its CRC fixed up: the pickle machine sees every change
+    let pkl_cd = bytes
+        .windows(4)
+        .enumerate()
+        .filter(|(_, w)| *w == b"PK\x01\x02")
+        .map(|(i, _)| i)
+        .find(|&i| &bytes[i + 46..i + 60] == b"model/data.pkl")
+        .unwrap();
+    let size = u32::from_le_bytes(bytes[pkl_cd + 20..pkl_cd + 24].try_into().unwrap()) as usize;
+    let lho = u32::from_le_bytes(bytes[pkl_cd + 42..pkl_cd + 46].try_into().unwrap()) as usize;
+    let (nl, xl) =
+        (u16::from_le_bytes([bytes[lho + 26], bytes[lho + 27]]) as usize, u16::from_le_bytes([bytes[lho + 28], bytes[lho + 29]]) as usize);
+    let start = lho + 30 + nl + xl;
+    for _ in 0..2000 {
+        let mut bad = bytes.clone();
+        for _ in 0..1 + r.below(3) {
+            let i = start + r.below(size);
+            bad[i] = r.below(256) as u8;
+        }
+        let crc = crc32(&bad[start..start + size]);
+        bad[pkl_cd + 16..pkl_cd + 20].copy_from_slice(&crc.to_le_bytes());
+        match read_state_dict(&bad, "fuzz") {
+            Ok(sd) => assert!(!sd.is_empty()),
+            Err(e) => assert!(matches!(e, Error::Pth { .. }), "{e}"),
+        }
+    }
     // a config that does not match the checkpoint
     let other = VigConfig { embed_dim: 16, ..tiny(true, true) };
     assert!(matches!(load_pth(&path, other), Err(Error::Tensor { .. })));
     assert!(matches!(load_pth(Path::new("/nonexistent.pth"), tiny(true, true)), Err(Error::Io { .. })));
+}
+
+/// CRC-32 (zip's), to re-seal a mutated entry.
+fn crc32(data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
+        }
+    }
+    !c
 }
 
 #[test]

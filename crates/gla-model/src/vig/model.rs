@@ -394,8 +394,7 @@ pub fn forward<B: Backend + VisionOps>(
         let xs = a.xs_act.as_ref().unwrap_or(&a.loc);
         let w3 = 2 * kd + vd;
         be.linear_fwd(&mut a.qkv, xs, ids.qkv, n, dm, w3)?;
-        for (i, (dst, (off, w))) in a.qkv_split.iter_mut().zip([(0, kd), (kd, kd), (2 * kd, vd)]).enumerate() {
-            let _ = i;
+        for (dst, (off, w)) in a.qkv_split.iter_mut().zip([(0, kd), (kd, kd), (2 * kd, vd)]) {
             be.cols(dst, &a.qkv, &Cols::copy(1, n, w, (w3, off), (w, 0)))?;
         }
         be.linear_fwd(&mut a.gk_lr, xs, ids.gk0, n, dm, d.gate_rank)?;

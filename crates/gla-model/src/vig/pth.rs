@@ -381,6 +381,9 @@ pub fn read_state_dict(bytes: &[u8], path: &str) -> Result<Vec<(String, PthTenso
         Some(_) => return Err(err(path, "'model' is not a state dict")),
         None => top,
     };
+    if sd.is_empty() {
+        return Err(err(path, "the state dict holds no tensor"));
+    }
     let mut out = Vec::with_capacity(sd.len());
     for (k, v) in sd {
         let Val::Str(name) = k else { return Err(err(path, "a state dict key is not a string")) };
@@ -388,13 +391,17 @@ pub fn read_state_dict(bytes: &[u8], path: &str) -> Result<Vec<(String, PthTenso
         if t.dtype != "FloatStorage" {
             return Err(err(path, format!("`{name}` is a {} tensor; only float32 (FloatStorage) is read", t.dtype)));
         }
-        let numel: usize = t.size.iter().product();
+        let numel = t
+            .size
+            .iter()
+            .try_fold(1usize, |a, &s| a.checked_mul(s))
+            .ok_or_else(|| err(path, format!("`{name}`: size {:?} overflows", t.size)))?;
         let mut expect = 1usize;
         for (i, (&s, &st)) in t.size.iter().zip(&t.stride).enumerate().rev() {
             if s > 1 && st != expect {
                 return Err(err(path, format!("`{name}` is not contiguous (stride {:?} of size {:?}, dim {i})", t.stride, t.size)));
             }
-            expect *= s;
+            expect = expect.saturating_mul(s);
         }
         if t.size.len() != t.stride.len() {
             return Err(err(path, format!("`{name}`: size and stride ranks differ")));
@@ -402,9 +409,9 @@ pub fn read_state_dict(bytes: &[u8], path: &str) -> Result<Vec<(String, PthTenso
         let data = entries
             .get(&format!("{prefix}data/{}", t.storage))
             .ok_or_else(|| err(path, format!("`{name}`: storage {} is missing", t.storage)))?;
-        let bytes = data
-            .get(t.offset * 4..(t.offset + numel) * 4)
-            .ok_or_else(|| err(path, format!("`{name}`: storage {} is too short", t.storage)))?;
+        let short = || err(path, format!("`{name}`: storage {} is too short", t.storage));
+        let end = t.offset.checked_add(numel).and_then(|e| e.checked_mul(4)).ok_or_else(short)?;
+        let bytes = data.get(t.offset * 4..end).ok_or_else(short)?;
         let data = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
         out.push((name, PthTensor { shape: t.size, data }));
     }
