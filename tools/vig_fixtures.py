@@ -24,7 +24,6 @@ on the CPU, runs one forward and backward in training mode, and writes per varia
         logits_eval  f32 [B, classes]   eval-mode forward (vig.py's other branch, whose kernel
                                         halves the sum of the two scans and vig.py halves again)
         grad.<name>  f32                d loss / d parameter for every named_parameters() entry
-        grad.input   f32 [B, 3, H, W]   d loss / d input
 
 Variants (depth 2, 10 classes, batch 2):
 
@@ -32,6 +31,8 @@ Variants (depth 2, 10 classes, batch 2):
               patch 8 (stem conv k5 s4 p1, then k3 s2 p1), built and run at 32x32 (4x4 tokens)
     t_p8_48   the same kind of model (other seed) built at 32x32, run at 48x48: 6x6 tokens, the
               4x4 position embedding resized bicubically (resize_pos_embed, align_corners=False)
+    t_p8_80   the same kind built at 32x32, run at 80x80: 10x10 = 100 tokens, more than 64, so the
+              Rust side's GLA op takes its chunked path (fla's mode switch) instead of the recurrent
     s_p16_64  ViG-S/B flags (no out act, no act in the conv), embed_dim 32, 1 head, patch 16
               (hustvl's stem: conv k9 s8 p1, then k3 s2 p1), built and run at 64x64 (4x4 tokens)
     s_p16_80  the same kind built at 64x64, run at 80x80 (5x5 tokens, resized position embedding)
@@ -297,6 +298,8 @@ VARIANTS = {
                     use_out_act=True, use_act_in_conv=True),
     "t_p8_48": dict(seed=2, build=32, run=48, patch=8, embed_dim=32, heads=2, depth=2, inter=64,
                     use_out_act=True, use_act_in_conv=True),
+    "t_p8_80": dict(seed=6, build=32, run=80, patch=8, embed_dim=32, heads=2, depth=2, inter=64,
+                    use_out_act=True, use_act_in_conv=True),
     "s_p16_64": dict(seed=3, build=64, run=64, patch=16, embed_dim=32, heads=1, depth=2, inter=64,
                      use_out_act=False, use_act_in_conv=False),
     "s_p16_80": dict(seed=4, build=64, run=80, patch=16, embed_dim=32, heads=1, depth=2, inter=64,
@@ -336,15 +339,13 @@ def run_variant(torch, vig_mod, glaconfig, name, spec, out_dir):
     with torch.no_grad():
         logits_eval = model(x.clone())
     model.train()
-    xg = x.clone().requires_grad_(True)
-    logits = model(xg)
+    logits = model(x.clone())
     loss = torch.nn.functional.cross_entropy(logits, labels)
     loss.backward()
 
     sd = model.state_dict()
     torch.save({"model": sd}, os.path.join(out_dir, "model.pth"))
-    out = {"input": x, "labels": labels, "logits": logits, "loss": loss.reshape(1), "logits_eval": logits_eval,
-           "grad.input": xg.grad}
+    out = {"input": x, "labels": labels, "logits": logits, "loss": loss.reshape(1), "logits_eval": logits_eval}
     for pname, p in model.named_parameters():
         if p.grad is None:
             die(f"{name}: no gradient for {pname}")

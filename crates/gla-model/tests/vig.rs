@@ -190,7 +190,7 @@ fn rel_rmse(a: &[f32], b: &[f32]) -> f64 {
 
 #[test]
 fn parity_with_hustvls_code() {
-    for variant in ["t_p8_32", "t_p8_48", "s_p16_64", "s_p16_80", "tiny_pth"] {
+    for variant in ["t_p8_32", "t_p8_48", "t_p8_80", "s_p16_64", "s_p16_80", "tiny_pth"] {
         let dir = fixtures().join(variant);
         let cfg = VigConfig::from_json(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
         let m = load_pth(&dir.join("model.pth"), cfg).unwrap();
