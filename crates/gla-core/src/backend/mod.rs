@@ -8,6 +8,9 @@
 //!   DeltaNet, called by gla-model's `mixers::delta`). A new family adds its file here and a
 //!   bound to [`Backend`]. Their methods take the calling layer's mixer dims
 //!   ([`crate::dims::MixerDims`]).
+//! - [`VisionOps`] ([`vision`]): the vision model's ops (gla-model's `vig`: convolutions by
+//!   im2col, LayerNorm, the position embedding's resize, the locality gate, ...), a bound of
+//!   that model only, outside [`Backend`].
 //! - [`Backend`]: everything the models need, implemented for any type that implements all of
 //!   the above (gla-model's `Cpu`; gla-cuda's `Gpu`).
 //!
