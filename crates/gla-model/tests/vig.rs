@@ -350,3 +350,24 @@ fn idx_files_are_checked() {
     assert!(matches!(ImageSet::from_idx(&images, &labels, 5), Err(Error::BadArg { .. })));
     assert!(matches!(ImageSet::from_idx(&images, &labels[..9], 10), Err(Error::BadArg { .. })));
 }
+
+#[test]
+fn vig_t_at_its_size_and_another() {
+    // hustvl's ViG-T: 224x224 -> 14x14 tokens (the chunked GLA path, no resize), and 256x256 ->
+    // 16x16 tokens (the 14x14 position embedding resized); one training step's numbers finite
+    let m = VigModel::new(VigConfig::vig_t(), 1).unwrap();
+    let mut r = Rng::new(2);
+    for side in [224, 256] {
+        let x = images(&mut r, 3 * side * side);
+        let mut acts = m.acts(1, side, side, true).unwrap();
+        assert_eq!(acts.shape().grid, (side / 16, side / 16));
+        let out = m.forward(&mut acts, &x, Some(&[7]), 0.1).unwrap().unwrap();
+        assert!(out.loss.is_finite() && (out.loss - 1000f64.ln()).abs() < 1.0, "loss {}", out.loss);
+        assert_eq!(acts.logits().len(), 1000);
+        let mut g = vec![0.0f32; m.num_params()];
+        m.backward(&mut acts, &mut g).unwrap();
+        assert!(g.iter().all(|v| v.is_finite()));
+        let pe = &m.layout.specs[m.layout.pos_embed.unwrap()];
+        assert!(g[pe.range()].iter().any(|&v| v != 0.0), "{side}: no position-embedding gradient");
+    }
+}
