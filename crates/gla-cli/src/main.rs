@@ -33,6 +33,7 @@ mod model_dir;
 mod out;
 mod signals;
 mod train;
+mod vision;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
@@ -123,6 +124,10 @@ enum Cmd {
         gla train --data corpus/ --tokenizer tokenizer.json --out runs/bpe   (a gla built with --features hf-tokenizer)"
     )]
     Train(Box<train::Args>),
+    /// The ViG image classifier (hustvl's ViG) on the CPU: train on Fashion-MNIST or synthetic
+    /// images, classify with a run directory or hustvl's .pth.
+    #[command(subcommand)]
+    Vision(vision::Cmd),
 }
 
 #[derive(Subcommand)]
@@ -208,6 +213,7 @@ fn main() {
         Cmd::Bench(BenchCmd::Attn(a)) => bench::attn(&a),
         Cmd::Bench(BenchCmd::Bidir(a)) => bench::bidir(&a),
         Cmd::Check(a) => check::run(&a),
+        Cmd::Vision(c) => vision::run(&c).map(|()| true),
         Cmd::Eval(a) => eval::run(&a),
         Cmd::Generate(a) => generate::run(&a),
         Cmd::Bench(BenchCmd::Generate(a)) => generate::bench(&a),

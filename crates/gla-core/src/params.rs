@@ -25,6 +25,12 @@ pub enum Init {
         /// Upper end of the uniform.
         hi: f32,
     },
+    /// `U(-bound, bound)`: PyTorch's default `Conv2d` init (`bound = 1/sqrt(fan_in)`) and
+    /// `xavier_uniform_` (`bound = gain sqrt(6 / (fan_in + fan_out))`), hustvl's ViG.
+    Uniform {
+        /// Half-width of the interval.
+        bound: f32,
+    },
     /// The inverse softplus of `dt = exp(U(ln min, ln max))` clamped to `>= floor`, i.e.
     /// `dt + log(-expm1(-dt))`: Gated DeltaNet's `dt_bias` (fla's layer init, Mamba's).
     InvSoftplusDt {
@@ -81,6 +87,11 @@ impl Table {
     /// low-precision copy of it for inference).
     pub fn add_gemm(&mut self, name: String, shape: Vec<usize>) -> ParamId {
         self.push(name, shape, Init::Normal, true)
+    }
+
+    /// [`Table::add_gemm`] with another init rule than `Init::Normal`.
+    pub fn add_gemm_init(&mut self, name: String, shape: Vec<usize>, init: Init) -> ParamId {
+        self.push(name, shape, init, true)
     }
 
     /// The rows added so far and the arena length.

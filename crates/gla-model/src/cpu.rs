@@ -15,13 +15,17 @@ use gla_cpu::mat::{matmul_with, MatRef, Threads};
 use gla_cpu::{AttnCache, AttnTiled, Chunked, FusedRecurrent, Schedule};
 use rayon::prelude::*;
 
-use crate::backend::{AttnOps, AttnStorage, ConvIdx, DeltaDecay, DeltaOps, DeltaStorage, GlaOps, GlaStorage, ParamId, Primitives, Storage};
+use crate::backend::{
+    AttnOps, AttnStorage, Cols, Conv2d, ConvIdx, DeltaDecay, DeltaOps, DeltaStorage, GlaOps, GlaStorage, ParamId, Primitives, Storage,
+    VisionOps,
+};
 use crate::config::{AttnDims, DeltaDims, Dims, FeatureMap, GateAct, GlaDims};
 use crate::layout::Layout;
 use crate::mixers::delta::const_beta;
 use crate::mixers::gla::problem;
 use crate::mixers::gla::RECURRENT_MAX_T;
 use crate::ops::*;
+use crate::params::ParamSpec;
 use crate::state::State;
 use crate::{Error, Result};
 
@@ -88,7 +92,10 @@ impl AttnStorage for CpuBuf {
 #[derive(Debug, Clone, Copy)]
 pub struct Cpu<'a> {
     dims: &'a Dims,
-    layout: &'a Layout,
+    /// The parameter table the arena follows (the LM's `Layout::specs`, or another model's).
+    specs: &'a [ParamSpec],
+    /// The language model's table, when the backend runs one.
+    layout: Option<&'a Layout>,
     params: &'a [f32],
     /// Inference: GEMMs of few rows take the weight-major product ([`lin`]).
     small_rows: bool,
@@ -99,7 +106,14 @@ pub struct Cpu<'a> {
 impl<'a> Cpu<'a> {
     /// The backend over `params` (an arena laid out by `layout`).
     pub fn new(dims: &'a Dims, layout: &'a Layout, params: &'a [f32]) -> Self {
-        Self { dims, layout, params, small_rows: false, bf16_acts: false }
+        Self { dims, specs: &layout.specs, layout: Some(layout), params, small_rows: false, bf16_acts: false }
+    }
+
+    /// The backend over `params` laid out by another model's table `specs` (the vision model's,
+    /// `crate::vig`); `dims` holds what the shared primitives read (D, the norms' eps, the MLP
+    /// width, the classes as `vocab`).
+    pub fn over_table(dims: &'a Dims, specs: &'a [ParamSpec], params: &'a [f32]) -> Self {
+        Self { dims, specs, layout: None, params, small_rows: false, bf16_acts: false }
     }
 
     /// The backend for inference forwards: GEMMs of at most 128 rows (decode) go through a
@@ -136,17 +150,17 @@ impl<'a> Cpu<'a> {
     }
 
     fn p(&self, id: ParamId) -> &'a [f32] {
-        &self.params[self.layout.specs[id].range()]
+        &self.params[self.specs[id].range()]
     }
 
     /// The last dim of weight `id`: a conv's width `W` (`[C, 1, W]`), a norm's `V` (`[V]`).
     fn width(&self, id: ParamId) -> usize {
-        self.layout.specs[id].shape.last().copied().unwrap_or(0)
+        self.specs[id].shape.last().copied().unwrap_or(0)
     }
 }
 
-fn grad<'g>(g: &'g mut [f32], layout: &Layout, id: ParamId) -> &'g mut [f32] {
-    &mut g[layout.specs[id].range()]
+fn grad<'g>(g: &'g mut [f32], specs: &[ParamSpec], id: ParamId) -> &'g mut [f32] {
+    &mut g[specs[id].range()]
 }
 
 /// The GLA op fla's layer would use: fused recurrent for T <= 64, chunked otherwise.
@@ -203,11 +217,16 @@ fn lin(y: &mut [f32], x: &[f32], w: &[f32], m: usize, d_in: usize, d_out: usize)
 }
 
 impl<'m> Cpu<'m> {
-    /// The parameter table the weights follow (what the model's forward and backward take).
+    /// The language model's parameter table the weights follow (what the model's forward and
+    /// backward take); for a backend over another model's table ([`Cpu::over_table`]), the
+    /// empty table (no layer, no tensor).
     pub fn layout(&self) -> &'m Layout {
-        self.layout
+        self.layout.unwrap_or(&EMPTY_LAYOUT)
     }
 }
+
+/// The table of no language model ([`Cpu::layout`] of a backend over another model's table).
+static EMPTY_LAYOUT: Layout = Layout { specs: Vec::new(), embeddings: 0, layers: Vec::new(), norm: 0, lm_head: None, numel: 0 };
 
 impl<'m> Primitives for Cpu<'m> {
     type Error = Error;
@@ -277,7 +296,7 @@ impl<'m> Primitives for Cpu<'m> {
         Ok(())
     }
     fn embedding_bwd(&self, _plan: &CpuPlan, g: &mut [f32], dx: &Vec<f32>, ids: &Vec<u32>, w: ParamId, _n: usize) -> Result<()> {
-        embedding_bwd(grad(g, self.layout, w), dx, ids, self.dims.d, self.dims.pad);
+        embedding_bwd(grad(g, self.specs, w), dx, ids, self.dims.d, self.dims.pad);
         Ok(())
     }
 
@@ -298,7 +317,7 @@ impl<'m> Primitives for Cpu<'m> {
         _n: usize,
         acc: bool,
     ) -> Result<()> {
-        rmsnorm_bwd(dx, grad(g, self.layout, w), dy, x, rstd, self.p(w), self.dims.d, acc);
+        rmsnorm_bwd(dx, grad(g, self.specs, w), dy, x, rstd, self.p(w), self.dims.d, acc);
         Ok(())
     }
 
@@ -335,7 +354,7 @@ impl<'m> Primitives for Cpu<'m> {
         Ok(())
     }
     fn linear_bwd_w(&self, g: &mut [f32], w: ParamId, dy: &Vec<f32>, x: &Vec<f32>, n: usize, d_in: usize, d_out: usize) -> Result<()> {
-        linear_bwd_w(grad(g, self.layout, w), dy, x, n, d_in, d_out);
+        linear_bwd_w(grad(g, self.specs, w), dy, x, n, d_in, d_out);
         Ok(())
     }
 
@@ -380,7 +399,7 @@ impl<'m> Primitives for Cpu<'m> {
         c: usize,
         silu: bool,
     ) -> Result<()> {
-        conv_bwd(dx, grad(g, self.layout, w), dy, pre, x, self.p(w), t, c, self.width(w), silu);
+        conv_bwd(dx, grad(g, self.specs, w), dy, pre, x, self.p(w), t, c, self.width(w), silu);
         self.act(dx);
         Ok(())
     }
@@ -414,7 +433,7 @@ impl<'m> Primitives for Cpu<'m> {
         _rows: usize,
     ) -> Result<()> {
         let v = self.width(w);
-        let dw = grad(grads, self.layout, w);
+        let dw = grad(grads, self.specs, w);
         let mut dg = dg;
         gated_norm_bwd(d_o, dg.as_deref_mut().map(Vec::as_mut_slice), dw, dy, o, g.map(Vec::as_slice), act, rstd, self.p(w), v);
         self.act(d_o);
@@ -478,7 +497,7 @@ impl<'m> Primitives for Cpu<'m> {
         if scale != 1.0 {
             dl.iter_mut().for_each(|x| *x *= scale);
         }
-        linear_bwd_w(grad(g, self.layout, w), dl, &x_sel[..m * d], m, d, vocab);
+        linear_bwd_w(grad(g, self.specs, w), dl, &x_sel[..m * d], m, d, vocab);
         Ok(())
     }
     fn scatter_rows(&self, dx: &mut Vec<f32>, src: &Vec<f32>, rows: &CpuRows, m: usize, _n: usize, scale: f32) -> Result<()> {
@@ -534,7 +553,7 @@ impl<'m> GlaOps for Cpu<'m> {
     ) -> Result<()> {
         gate_bwd(dx, dg, raw, dm.gate_norm, dm.clamp_min);
         Primitives::cast(self, dx_act, dx)?;
-        let db = grad(g, self.layout, bias);
+        let db = grad(g, self.specs, bias);
         for row in dx.chunks_exact(dm.key_dim_kv) {
             db.iter_mut().zip(row).for_each(|(b, r)| *b += r);
         }
@@ -700,8 +719,8 @@ impl<'m> DeltaOps for Cpu<'m> {
         }
         if let (Some(d), Some(dg), Some(dal), Some(ddt)) = (decay, gr.dg, gr.da_log, gr.ddt_bias) {
             *da = dg;
-            grad(grads, self.layout, d.a_log).iter_mut().zip(&dal).for_each(|(g, x)| *g += x);
-            grad(grads, self.layout, d.dt_bias).iter_mut().zip(&ddt).for_each(|(g, x)| *g += x);
+            grad(grads, self.specs, d.a_log).iter_mut().zip(&dal).for_each(|(g, x)| *g += x);
+            grad(grads, self.specs, d.dt_bias).iter_mut().zip(&ddt).for_each(|(g, x)| *g += x);
         }
         Ok(())
     }
@@ -742,7 +761,7 @@ impl<'m> AttnOps for Cpu<'m> {
     }
 
     fn bias_bwd(&self, _plan: &CpuPlan, g: &mut [f32], bias: ParamId, dy: &Vec<f32>, n: usize) -> Result<()> {
-        let db = grad(g, self.layout, bias);
+        let db = grad(g, self.specs, bias);
         let c = db.len();
         bias_bwd(db, &dy[..n * c]);
         Ok(())
@@ -987,5 +1006,176 @@ impl CpuIo<'_> {
             self.recs[s].push(out.ht.unwrap_or_default());
         }
         Ok(())
+    }
+}
+
+/// The output size of `g`, or a typed error when the image is smaller than the kernel.
+fn conv_out(g: &Conv2d) -> Result<(usize, usize)> {
+    g.out_hw().ok_or_else(|| Error::BadConfig {
+        key: "image size",
+        reason: format!("a {}x{} input is smaller than the {}x{} kernel (padding {}, stride {})", g.h, g.w, g.k, g.k, g.pad, g.stride),
+    })
+}
+
+impl<'m> VisionOps for Cpu<'m> {
+    fn upload_image(&self, dst: &mut Vec<f32>, nchw: &[f32], b: usize, c: usize, h: usize, w: usize) -> Result<()> {
+        if nchw.len() != b * c * h * w || dst.len() < nchw.len() {
+            return Err(Error::Shape {
+                op: "upload_image",
+                tensor: "images",
+                shape: format!("[{b}, {c}, {h}, {w}]"),
+                expected: b * c * h * w,
+                got: nchw.len(),
+            });
+        }
+        nchw_to_nhwc(dst, nchw, b, c, h, w);
+        self.act(dst);
+        Ok(())
+    }
+    fn im2col(&self, cols: &mut Vec<f32>, x: &Vec<f32>, g: &Conv2d) -> Result<()> {
+        let hw = conv_out(g)?;
+        im2col(cols, x, g, hw);
+        self.act(cols);
+        Ok(())
+    }
+    fn col2im(&self, dx: &mut Vec<f32>, dcols: &Vec<f32>, g: &Conv2d) -> Result<()> {
+        let hw = conv_out(g)?;
+        col2im(dx, dcols, g, hw);
+        Ok(())
+    }
+    fn bias_fwd_f32(&self, y: &mut Vec<f32>, bias: ParamId, n: usize, c: usize) -> Result<()> {
+        bias_fwd(&mut y[..n * c], self.p(bias));
+        Ok(())
+    }
+    fn bias_bwd_act(&self, g: &mut [f32], bias: ParamId, dy: &Vec<f32>, n: usize, c: usize) -> Result<()> {
+        bias_bwd(grad(g, self.specs, bias), &dy[..n * c]);
+        Ok(())
+    }
+    fn layernorm_fwd(
+        &self,
+        y: &mut Vec<f32>,
+        stats: &mut Vec<f32>,
+        x: &Vec<f32>,
+        w: ParamId,
+        b: ParamId,
+        n: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let c = self.width(w);
+        layernorm_fwd(y, stats, &x[..n * c], self.p(w), self.p(b), c, eps);
+        self.act(y);
+        Ok(())
+    }
+    fn layernorm_bwd(
+        &self,
+        dx: &mut Vec<f32>,
+        g: &mut [f32],
+        dy: &Vec<f32>,
+        x: &Vec<f32>,
+        stats: &Vec<f32>,
+        w: ParamId,
+        b: ParamId,
+        n: usize,
+    ) -> Result<()> {
+        let c = self.width(w);
+        let mut db = vec![0.0f32; c];
+        layernorm_bwd(dx, grad(g, self.specs, w), &mut db, dy, &x[..n * c], stats, self.p(w), c);
+        grad(g, self.specs, b).iter_mut().zip(&db).for_each(|(o, &v)| *o += v);
+        Ok(())
+    }
+    fn dwconv_fwd(&self, y: &mut Vec<f32>, x: &Vec<f32>, weight: ParamId, b: usize, h: usize, w: usize, c: usize) -> Result<()> {
+        dwconv3_fwd(y, x, self.p(weight), (b, h, w, c));
+        self.act(y);
+        Ok(())
+    }
+    fn dwconv_bwd(
+        &self,
+        dx: &mut Vec<f32>,
+        g: &mut [f32],
+        dy: &Vec<f32>,
+        x: &Vec<f32>,
+        weight: ParamId,
+        b: usize,
+        h: usize,
+        w: usize,
+        c: usize,
+    ) -> Result<()> {
+        dwconv3_bwd(dx, grad(g, self.specs, weight), dy, x, self.p(weight), (b, h, w, c));
+        Ok(())
+    }
+    fn pos_embed_fwd(&self, x: &mut Vec<f32>, pe: ParamId, src: (usize, usize), dst: (usize, usize), b: usize) -> Result<()> {
+        let d = self.width(pe);
+        pos_embed_fwd(&mut x[..b * dst.0 * dst.1 * d], self.p(pe), src, dst, d);
+        Ok(())
+    }
+    fn pos_embed_bwd(&self, g: &mut [f32], dx: &Vec<f32>, pe: ParamId, src: (usize, usize), dst: (usize, usize), b: usize) -> Result<()> {
+        let d = self.width(pe);
+        pos_embed_bwd(grad(g, self.specs, pe), &dx[..b * dst.0 * dst.1 * d], src, dst, d);
+        Ok(())
+    }
+    fn avgpool_fwd(&self, y: &mut Vec<f32>, x: &Vec<f32>, b: usize, l: usize, d: usize) -> Result<()> {
+        avgpool_fwd(y, x, b, l, d);
+        self.act(y);
+        Ok(())
+    }
+    fn avgpool_bwd(&self, dx: &mut Vec<f32>, dy: &Vec<f32>, b: usize, l: usize, d: usize) -> Result<()> {
+        avgpool_bwd(dx, dy, b, l, d);
+        Ok(())
+    }
+    fn cols(&self, dst: &mut Vec<f32>, src: &Vec<f32>, c: &Cols) -> Result<()> {
+        copy_cols(dst, src, c);
+        self.act(&mut dst[..c.b * c.t * c.dst.0]);
+        Ok(())
+    }
+    fn cols_f32(&self, dst: &mut Vec<f32>, src: &Vec<f32>, c: &Cols) -> Result<()> {
+        copy_cols(dst, src, c);
+        Ok(())
+    }
+    fn cols_to_f32(&self, dst: &mut Vec<f32>, src: &Vec<f32>, c: &Cols) -> Result<()> {
+        copy_cols(dst, src, c);
+        Ok(())
+    }
+    fn locality_gate_fwd(&self, y: &mut Vec<f32>, gn: &Vec<f32>, ln: &Vec<f32>, gpre: &Vec<f32>, out_act: bool, len: usize) -> Result<()> {
+        locality_gate_fwd(&mut y[..len], &gn[..len], &ln[..len], &gpre[..len], out_act);
+        self.act(&mut y[..len]);
+        Ok(())
+    }
+    fn locality_gate_bwd(
+        &self,
+        d_gn: &mut Vec<f32>,
+        d_ln: &mut Vec<f32>,
+        d_gpre: &mut Vec<f32>,
+        dy: &Vec<f32>,
+        gn: &Vec<f32>,
+        ln: &Vec<f32>,
+        gpre: &Vec<f32>,
+        out_act: bool,
+        len: usize,
+    ) -> Result<()> {
+        locality_gate_bwd(
+            &mut d_gn[..len],
+            &mut d_ln[..len],
+            &mut d_gpre[..len],
+            &dy[..len],
+            &gn[..len],
+            &ln[..len],
+            &gpre[..len],
+            out_act,
+        );
+        Ok(())
+    }
+    fn smoothed_cross_entropy(
+        &self,
+        dlogits: &mut Vec<f32>,
+        logits: &Vec<f32>,
+        labels: &[u32],
+        classes: usize,
+        eps: f32,
+        dscale: f32,
+    ) -> Result<(f64, usize)> {
+        if let Some(&bad) = labels.iter().find(|&&y| y as usize >= classes) {
+            return Err(Error::BadConfig { key: "labels", reason: format!("label {bad} is outside [0, {classes})") });
+        }
+        Ok(smoothed_cross_entropy(dlogits, logits, labels, classes, eps, dscale))
     }
 }

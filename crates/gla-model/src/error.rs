@@ -75,6 +75,15 @@ pub enum Error {
         /// The parser's message.
         reason: String,
     },
+    /// A PyTorch `.pth` checkpoint (torch.save's zip of a pickled state dict) is malformed or
+    /// holds something this reader does not take (vig's `pth`).
+    #[error("checkpoint {path}: not a readable .pth state dict: {reason}")]
+    Pth {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A file operation failed.
     #[error("{op} {path}: {source}")]
     Io {

@@ -106,29 +106,36 @@ impl Layout {
     /// a random padding row: `pad_token_id` changes no initial value here and only stops the row's
     /// gradient from the embedding lookup (`ops::embedding_bwd`).
     pub fn init(&self, dims: &Dims, seed: u64) -> Vec<f32> {
-        let mut w = vec![0.0f32; self.numel];
-        let mut rng = Rng::new(seed);
-        for s in &self.specs {
-            let dst = &mut w[s.range()];
-            match s.init {
-                Init::Normal => dst.iter_mut().for_each(|x| *x = (rng.normal() * dims.init_std as f64) as f32),
-                Init::Zeros => dst.fill(0.0),
-                Init::Ones => dst.fill(1.0),
-                Init::LogUniform { lo, hi } => dst.iter_mut().for_each(|x| {
-                    // torch's uniform_ draws [lo, hi); a draw of exactly 0 would give -inf
-                    let u = lo as f64 + (hi - lo) as f64 * rng.uniform();
-                    *x = u.max(f64::MIN_POSITIVE).ln() as f32;
-                }),
-                Init::InvSoftplusDt { min, max, floor } => dst.iter_mut().for_each(|x| {
-                    let (lmin, lmax) = ((min as f64).ln(), (max as f64).ln());
-                    let dt = (rng.uniform() * (lmax - lmin) + lmin).exp().max(floor as f64);
-                    // inverse of softplus: dt + log(-expm1(-dt))
-                    *x = (dt + (-(-dt).exp_m1()).ln()) as f32;
-                }),
-            }
-        }
-        w
+        init_table(&self.specs, self.numel, dims.init_std, seed)
     }
+}
+
+/// An arena of `numel` elements filled by each row's [`Init`] rule (`Init::Normal` with `std`),
+/// drawing from one generator seeded with `seed` in table order.
+pub fn init_table(specs: &[ParamSpec], numel: usize, std: f32, seed: u64) -> Vec<f32> {
+    let mut w = vec![0.0f32; numel];
+    let mut rng = Rng::new(seed);
+    for s in specs {
+        let dst = &mut w[s.range()];
+        match s.init {
+            Init::Normal => dst.iter_mut().for_each(|x| *x = (rng.normal() * std as f64) as f32),
+            Init::Zeros => dst.fill(0.0),
+            Init::Ones => dst.fill(1.0),
+            Init::Uniform { bound } => dst.iter_mut().for_each(|x| *x = ((2.0 * rng.uniform() - 1.0) * bound as f64) as f32),
+            Init::LogUniform { lo, hi } => dst.iter_mut().for_each(|x| {
+                // torch's uniform_ draws [lo, hi); a draw of exactly 0 would give -inf
+                let u = lo as f64 + (hi - lo) as f64 * rng.uniform();
+                *x = u.max(f64::MIN_POSITIVE).ln() as f32;
+            }),
+            Init::InvSoftplusDt { min, max, floor } => dst.iter_mut().for_each(|x| {
+                let (lmin, lmax) = ((min as f64).ln(), (max as f64).ln());
+                let dt = (rng.uniform() * (lmax - lmin) + lmin).exp().max(floor as f64);
+                // inverse of softplus: dt + log(-expm1(-dt))
+                *x = (dt + (-(-dt).exp_m1()).ln()) as f32;
+            }),
+        }
+    }
+    w
 }
 
 /// Read-only views of an arena (parameters or gradients) through the table.

@@ -42,6 +42,7 @@ pub mod state;
 pub mod text;
 pub mod tokenizer;
 pub mod train;
+pub mod vig;
 
 pub use backend::{Backend, GlaOps, Primitives};
 pub use config::{DeltaNetConfig, Dims, FeatureMap, GatedDeltaNetConfig, GlaConfig, ModelConfig};

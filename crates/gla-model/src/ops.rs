@@ -550,3 +550,338 @@ impl FeatureMapMath for crate::FeatureMap {
 
 /// sqrt(2 / pi), the tanh-GELU's constant.
 const GELU_C: f32 = 0.797_884_6;
+
+// ---------------------------------------------------------------------------------------------
+// Vision ops (gla-core's `VisionOps`): channels-last images `[B, H, W, C]`.
+
+/// `dst [B, H, W, C] = src [B, C, H, W]` (PyTorch's NCHW to channels-last).
+pub fn nchw_to_nhwc(dst: &mut [f32], src: &[f32], b: usize, c: usize, h: usize, w: usize) {
+    for bi in 0..b {
+        for ci in 0..c {
+            for y in 0..h {
+                for x in 0..w {
+                    dst[((bi * h + y) * w + x) * c + ci] = src[((bi * c + ci) * h + y) * w + x];
+                }
+            }
+        }
+    }
+}
+
+/// The input pixel `(y, x)` read by output `(oy, ox)` at kernel tap `(ky, kx)`, or `None` in the
+/// zero padding.
+#[inline]
+fn conv_src(g: &gla_core::backend::Conv2d, oy: usize, ox: usize, ky: usize, kx: usize) -> Option<(usize, usize)> {
+    let y = (oy * g.stride + ky).checked_sub(g.pad)?;
+    let x = (ox * g.stride + kx).checked_sub(g.pad)?;
+    (y < g.h && x < g.w).then_some((y, x))
+}
+
+/// `cols [B*Ho*Wo, C*k*k] = im2col(x [B, H, W, C])`, columns in the order `(c, ky, kx)` of
+/// PyTorch's flattened weight `[C_out, C, k, k]`; zeros in the padding.
+pub fn im2col(cols: &mut [f32], x: &[f32], g: &gla_core::backend::Conv2d, (ho, wo): (usize, usize)) {
+    let (k, c, nc) = (g.k, g.c_in, g.cols());
+    cols[..g.b * ho * wo * nc].par_chunks_mut(nc).with_min_len(min_items(nc)).enumerate().for_each(|(r, row)| {
+        let (bi, oy, ox) = (r / (ho * wo), (r / wo) % ho, r % wo);
+        for ky in 0..k {
+            for kx in 0..k {
+                match conv_src(g, oy, ox, ky, kx) {
+                    Some((y, xx)) => {
+                        let px = &x[((bi * g.h + y) * g.w + xx) * c..][..c];
+                        for (ci, &v) in px.iter().enumerate() {
+                            row[(ci * k + ky) * k + kx] = v;
+                        }
+                    }
+                    None => (0..c).for_each(|ci| row[(ci * k + ky) * k + kx] = 0.0),
+                }
+            }
+        }
+    });
+}
+
+/// The transpose of [`im2col`]: `dx [B, H, W, C] = sum over the taps that read each pixel`
+/// (overwrites `dx`).
+pub fn col2im(dx: &mut [f32], dcols: &[f32], g: &gla_core::backend::Conv2d, (ho, wo): (usize, usize)) {
+    let (k, c, nc) = (g.k, g.c_in, g.cols());
+    let img = g.h * g.w * c;
+    dx[..g.b * img].par_chunks_mut(img).enumerate().for_each(|(bi, dimg)| {
+        dimg.fill(0.0);
+        for oy in 0..ho {
+            for ox in 0..wo {
+                let row = &dcols[((bi * ho + oy) * wo + ox) * nc..][..nc];
+                for ky in 0..k {
+                    for kx in 0..k {
+                        if let Some((y, x)) = conv_src(g, oy, ox, ky, kx) {
+                            let px = &mut dimg[(y * g.w + x) * c..][..c];
+                            for (ci, d) in px.iter_mut().enumerate() {
+                                *d += row[(ci * k + ky) * k + kx];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// LayerNorm over rows of `c`: `y = (x - mean) * rstd * w + b`; `stats [2 rows]` = (mean, rstd).
+pub fn layernorm_fwd(y: &mut [f32], stats: &mut [f32], x: &[f32], w: &[f32], b: &[f32], c: usize, eps: f32) {
+    let n = x.len() / c;
+    y[..n * c].par_chunks_mut(c).zip(stats[..2 * n].par_chunks_mut(2)).enumerate().with_min_len(min_items(c)).for_each(|(r, (yr, st))| {
+        let xr = &x[r * c..(r + 1) * c];
+        let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+        let var = xr.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c as f64;
+        let rstd = 1.0 / (var + eps as f64).sqrt();
+        for j in 0..c {
+            yr[j] = ((xr[j] as f64 - mean) * rstd) as f32 * w[j] + b[j];
+        }
+        st[0] = mean as f32;
+        st[1] = rstd as f32;
+    });
+}
+
+/// Backward of [`layernorm_fwd`]: writes `dx`, accumulates `dw`, `db`.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_bwd(dx: &mut [f32], dw: &mut [f32], db: &mut [f32], dy: &[f32], x: &[f32], stats: &[f32], w: &[f32], c: usize) {
+    let n = x.len() / c;
+    for r in 0..n {
+        let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
+        let (xr, dyr) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
+        let (mut s1, mut s2) = (0.0f64, 0.0f64);
+        for j in 0..c {
+            let xh = (xr[j] - mean) * rstd;
+            let g = dyr[j] * w[j];
+            dw[j] += dyr[j] * xh;
+            db[j] += dyr[j];
+            s1 += g as f64;
+            s2 += (g * xh) as f64;
+        }
+        let (m1, m2) = ((s1 / c as f64) as f32, (s2 / c as f64) as f32);
+        let dxr = &mut dx[r * c..(r + 1) * c];
+        for j in 0..c {
+            let xh = (xr[j] - mean) * rstd;
+            dxr[j] = rstd * (dyr[j] * w[j] - m1 - xh * m2);
+        }
+    }
+}
+
+/// The 3x3 depthwise convolution (zero padding 1) of `x [B, h, w, C]` with `wt [C, 1, 3, 3]`.
+pub fn dwconv3_fwd(y: &mut [f32], x: &[f32], wt: &[f32], (b, h, w, c): (usize, usize, usize, usize)) {
+    y[..b * h * w * c].par_chunks_mut(c).with_min_len(min_items(9 * c)).enumerate().for_each(|(r, yr)| {
+        let (bi, py, px) = (r / (h * w), (r / w) % h, r % w);
+        yr.fill(0.0);
+        for ky in 0..3 {
+            for kx in 0..3 {
+                let (Some(sy), Some(sx)) = ((py + ky).checked_sub(1), (px + kx).checked_sub(1)) else { continue };
+                if sy >= h || sx >= w {
+                    continue;
+                }
+                let xr = &x[((bi * h + sy) * w + sx) * c..][..c];
+                for ci in 0..c {
+                    yr[ci] += wt[ci * 9 + ky * 3 + kx] * xr[ci];
+                }
+            }
+        }
+    });
+}
+
+/// Backward of [`dwconv3_fwd`]: writes `dx`, accumulates `dw`.
+pub fn dwconv3_bwd(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], wt: &[f32], (b, h, w, c): (usize, usize, usize, usize)) {
+    dx[..b * h * w * c].fill(0.0);
+    for bi in 0..b {
+        for py in 0..h {
+            for px in 0..w {
+                let dyr = &dy[((bi * h + py) * w + px) * c..][..c];
+                for ky in 0..3 {
+                    for kx in 0..3 {
+                        let (Some(sy), Some(sx)) = ((py + ky).checked_sub(1), (px + kx).checked_sub(1)) else { continue };
+                        if sy >= h || sx >= w {
+                            continue;
+                        }
+                        let o = ((bi * h + sy) * w + sx) * c;
+                        for ci in 0..c {
+                            dw[ci * 9 + ky * 3 + kx] += dyr[ci] * x[o + ci];
+                            dx[o + ci] += dyr[ci] * wt[ci * 9 + ky * 3 + kx];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// PyTorch's bicubic taps along one axis resized from `src` to `dst` samples
+/// (`align_corners=False`, A = -0.75, source index `(i + 0.5) src/dst - 0.5`, reads clamped
+/// to the border): per output sample, four `(source index, weight)`.
+pub fn bicubic_taps(src: usize, dst: usize) -> Vec<[(usize, f32); 4]> {
+    const A: f64 = -0.75;
+    let cc1 = |x: f64| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+    let cc2 = |x: f64| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+    let scale = src as f64 / dst as f64;
+    (0..dst)
+        .map(|i| {
+            let real = scale * (i as f64 + 0.5) - 0.5;
+            let base = real.floor();
+            let t = real - base;
+            let wts = [cc2(t + 1.0), cc1(t), cc1(1.0 - t), cc2(2.0 - t)];
+            let mut taps = [(0usize, 0.0f32); 4];
+            for (j, tap) in taps.iter_mut().enumerate() {
+                let idx = (base as i64 - 1 + j as i64).clamp(0, src as i64 - 1) as usize;
+                *tap = (idx, wts[j] as f32);
+            }
+            taps
+        })
+        .collect()
+}
+
+/// `x [B, h*w, D] += resize(pe [hs*ws, D])` ([`bicubic_taps`] on both axes; a plain add when the
+/// grids match).
+pub fn pos_embed_fwd(x: &mut [f32], pe: &[f32], (hs, ws): (usize, usize), (h, w): (usize, usize), d: usize) {
+    let l = h * w;
+    let mut rs = vec![0.0f32; l * d];
+    if (hs, ws) == (h, w) {
+        rs.copy_from_slice(&pe[..l * d]);
+    } else {
+        let (th, tw) = (bicubic_taps(hs, h), bicubic_taps(ws, w));
+        for i in 0..h {
+            for j in 0..w {
+                let dst = &mut rs[(i * w + j) * d..][..d];
+                for &(p, a) in &th[i] {
+                    for &(q, bw) in &tw[j] {
+                        let src = &pe[(p * ws + q) * d..][..d];
+                        dst.iter_mut().zip(src).for_each(|(o, &s)| *o += a * bw * s);
+                    }
+                }
+            }
+        }
+    }
+    x.par_chunks_mut(l * d).for_each(|img| img.iter_mut().zip(&rs).for_each(|(o, &r)| *o += r));
+}
+
+/// Backward of [`pos_embed_fwd`]: `dpe += resize^T(sum over images of dx)`.
+pub fn pos_embed_bwd(dpe: &mut [f32], dx: &[f32], (hs, ws): (usize, usize), (h, w): (usize, usize), d: usize) {
+    let l = h * w;
+    let mut sum = vec![0.0f32; l * d];
+    for img in dx.chunks_exact(l * d) {
+        sum.iter_mut().zip(img).for_each(|(s, &v)| *s += v);
+    }
+    if (hs, ws) == (h, w) {
+        dpe.iter_mut().zip(&sum).for_each(|(g, &s)| *g += s);
+        return;
+    }
+    let (th, tw) = (bicubic_taps(hs, h), bicubic_taps(ws, w));
+    for i in 0..h {
+        for j in 0..w {
+            let src = &sum[(i * w + j) * d..][..d];
+            for &(p, a) in &th[i] {
+                for &(q, bw) in &tw[j] {
+                    let dst = &mut dpe[(p * ws + q) * d..][..d];
+                    dst.iter_mut().zip(src).for_each(|(o, &s)| *o += a * bw * s);
+                }
+            }
+        }
+    }
+}
+
+/// `y [B, D] = mean of the L rows of each image of x [B*L, D]`.
+pub fn avgpool_fwd(y: &mut [f32], x: &[f32], b: usize, l: usize, d: usize) {
+    for bi in 0..b {
+        let yr = &mut y[bi * d..(bi + 1) * d];
+        yr.fill(0.0);
+        for row in x[bi * l * d..(bi + 1) * l * d].chunks_exact(d) {
+            yr.iter_mut().zip(row).for_each(|(o, &v)| *o += v);
+        }
+        yr.iter_mut().for_each(|o| *o /= l as f32);
+    }
+}
+
+/// Backward of [`avgpool_fwd`]: `dx [B*L, D] = dy / L`.
+pub fn avgpool_bwd(dx: &mut [f32], dy: &[f32], b: usize, l: usize, d: usize) {
+    for bi in 0..b {
+        let dr = &dy[bi * d..(bi + 1) * d];
+        for row in dx[bi * l * d..(bi + 1) * l * d].chunks_exact_mut(d) {
+            row.iter_mut().zip(dr).for_each(|(o, &v)| *o = v / l as f32);
+        }
+    }
+}
+
+/// gla-core's `Cols`: a column block copied between row-major matrices, optionally time-flipped
+/// per sequence, scaled and accumulated.
+pub fn copy_cols(dst: &mut [f32], src: &[f32], c: &gla_core::backend::Cols) {
+    let ((sw, so), (dw, doff)) = (c.src, c.dst);
+    for s in 0..c.b {
+        for i in 0..c.t {
+            let r = s * c.t + i;
+            let rs = if c.flip { s * c.t + c.t - 1 - i } else { r };
+            let (d, sr) = (&mut dst[r * dw + doff..][..c.width], &src[rs * sw + so..][..c.width]);
+            match (c.acc, c.scale == 1.0) {
+                (false, true) => d.copy_from_slice(sr),
+                (false, false) => d.iter_mut().zip(sr).for_each(|(o, &v)| *o = c.scale * v),
+                (true, _) => d.iter_mut().zip(sr).for_each(|(o, &v)| *o += c.scale * v),
+            }
+        }
+    }
+}
+
+/// ViG's 2D locality gate: `G = sigmoid(gpre)`, `z = G gn + (1 - G) ln`, `y = swish(z)` or `z`.
+pub fn locality_gate_fwd(y: &mut [f32], gn: &[f32], ln: &[f32], gpre: &[f32], out_act: bool) {
+    for (i, o) in y.iter_mut().enumerate() {
+        let g = sigmoid(gpre[i]);
+        let z = g * gn[i] + (1.0 - g) * ln[i];
+        *o = if out_act { z * sigmoid(z) } else { z };
+    }
+}
+
+/// Backward of [`locality_gate_fwd`].
+#[allow(clippy::too_many_arguments)]
+pub fn locality_gate_bwd(
+    d_gn: &mut [f32],
+    d_ln: &mut [f32],
+    d_gpre: &mut [f32],
+    dy: &[f32],
+    gn: &[f32],
+    ln: &[f32],
+    gpre: &[f32],
+    out_act: bool,
+) {
+    for i in 0..dy.len() {
+        let g = sigmoid(gpre[i]);
+        let z = g * gn[i] + (1.0 - g) * ln[i];
+        let dz = if out_act {
+            let s = sigmoid(z);
+            dy[i] * s * (1.0 + z * (1.0 - s))
+        } else {
+            dy[i]
+        };
+        d_gn[i] = dz * g;
+        d_ln[i] = dz * (1.0 - g);
+        d_gpre[i] = dz * (gn[i] - ln[i]) * g * (1.0 - g);
+    }
+}
+
+/// PyTorch's cross-entropy with `label_smoothing = eps` of `logits [M, C]` against `labels`:
+/// `loss = (1 - eps) (-log p_y) + eps mean_c(-log p_c)` per row; returns the summed loss and the
+/// correct argmax count and writes `dscale * dloss/dlogits` into `dlogits`.
+pub fn smoothed_cross_entropy(dlogits: &mut [f32], logits: &[f32], labels: &[u32], classes: usize, eps: f32, dscale: f32) -> (f64, usize) {
+    let (mut total, mut correct) = (0.0f64, 0usize);
+    for (r, &y) in labels.iter().enumerate() {
+        let row = &logits[r * classes..(r + 1) * classes];
+        let (mut best, mut mx) = (0usize, f32::NEG_INFINITY);
+        for (j, &v) in row.iter().enumerate() {
+            if v > mx {
+                mx = v;
+                best = j;
+            }
+        }
+        let lse = mx as f64 + row.iter().map(|&v| ((v - mx) as f64).exp()).sum::<f64>().ln();
+        let mean_nll = row.iter().map(|&v| lse - v as f64).sum::<f64>() / classes as f64;
+        let e = eps as f64;
+        total += (1.0 - e) * (lse - row[y as usize] as f64) + e * mean_nll;
+        correct += usize::from(best == y as usize);
+        let d = &mut dlogits[r * classes..(r + 1) * classes];
+        for (j, o) in d.iter_mut().enumerate() {
+            let target = e / classes as f64 + if j == y as usize { 1.0 - e } else { 0.0 };
+            *o = (((row[j] as f64 - lse).exp() - target) * dscale as f64) as f32;
+        }
+    }
+    (total, correct)
+}

@@ -23,8 +23,14 @@ pub struct AdamW {
 impl AdamW {
     /// Zero moments for a parameter table.
     pub fn new(cfg: AdamWConfig, layout: &Layout) -> Self {
-        let decay = layout.specs.iter().map(|s| (s.range(), s.shape.len() >= 2)).collect();
-        Self { cfg, m: vec![0.0; layout.numel], v: vec![0.0; layout.numel], step: 0, decay }
+        Self::for_table(cfg, &layout.specs, layout.numel)
+    }
+
+    /// Zero moments for any model's parameter table (`numel` elements): weight decay on the
+    /// tensors of 2 or more dims.
+    pub fn for_table(cfg: AdamWConfig, specs: &[crate::params::ParamSpec], numel: usize) -> Self {
+        let decay = specs.iter().map(|s| (s.range(), s.shape.len() >= 2)).collect();
+        Self { cfg, m: vec![0.0; numel], v: vec![0.0; numel], step: 0, decay }
     }
 
     /// One update of `params` with `grads` at learning rate `lr`:

@@ -9,6 +9,9 @@
 //!   with RoPE, called by gla-model's `mixers::attn`). A new family adds its file here and a
 //!   bound to [`Backend`]. Their methods take the calling layer's mixer dims
 //!   ([`crate::dims::MixerDims`]).
+//! - [`VisionOps`] ([`vision`]): the vision model's ops (gla-model's `vig`: convolutions by
+//!   im2col, LayerNorm, the position embedding's resize, the locality gate, ...), a bound of
+//!   that model only, outside [`Backend`].
 //! - [`Backend`]: everything the models need, implemented for any type that implements all of
 //!   the above (gla-model's `Cpu`; gla-cuda's `Gpu`).
 //!
@@ -29,12 +32,14 @@ pub mod attn;
 pub mod delta;
 pub mod gla;
 pub mod nn;
+pub mod vision;
 
 pub use crate::params::ParamId;
 pub use attn::{AttnOps, AttnSaved, AttnStorage};
 pub use delta::{DeltaDecay, DeltaOps, DeltaSaved, DeltaStorage};
 pub use gla::{GlaOps, GlaSaved, GlaStorage};
 pub use nn::Primitives;
+pub use vision::{Cols, Conv2d, VisionOps};
 
 /// The buffer types a backend allocates and a model's activations hold (apart from the
 /// backend so that activations do not borrow it: the CPU backend borrows its model's weights,

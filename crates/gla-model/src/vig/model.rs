@@ -1,0 +1,553 @@
+//! The ViG forward and backward, written once over the backend traits ([`Backend`] and
+//! [`VisionOps`]). Channels-last throughout; N = B*L token rows, L = h*w.
+//!
+//! ```text
+//! stem:   c1 = conv(img; k = p/2+1, s = p/2, pad 1)   [B*h1*w1, D/2]   (im2col + GEMM + bias)
+//!         a1 = silu(layernorm(c1))
+//!         c2 = conv(a1; k 3, s 2, pad 1)               [N, D]
+//!         x  = layernorm(c2) (+ silu with use_act_in_patch) + resize(pos_embed)
+//! block:  xn = rmsnorm(x)
+//!         xs = dwconv3x3(xn) (+ silu with use_act_in_conv)           the locality branch
+//!         q, k, v = split(xs W_qkv^T)
+//!         gf, gb = split(logsigmoid((xs W_0^T) W_1^T + b_1) / 16)   per-direction log-gates
+//!         o  = bidirectional scan (crate::vig::scan)
+//!         G  = sigmoid(xs W_g^T + b_g)
+//!         y  = G * rmsnorm_head(o) g_norm + (1 - G) * rmsnorm_head(xs) l_norm  (+ swish)
+//!         x  = x + y W_o^T
+//!         x  = x + W_down (silu(a) * u),  [a | u] = rmsnorm(x) W_gate^T
+//! head:   logits = avgpool(rmsnorm(x)) W_head^T + b_head;  loss = mean CE (label smoothing)
+//! ```
+
+use gla_core::Error as CoreError;
+
+use super::config::{VigDims, LAYERNORM_EPS};
+use super::layout::VigLayout;
+use super::scan::{self, ScanActs, ScanScratch};
+use crate::backend::{Backend, Cols, Conv2d, ModelStorage, VisionOps};
+use crate::config::{FeatureMap, GlaDims};
+
+/// The scan's dims as the GLA op family reads them (one direction: key_dim-wide gates).
+pub fn scan_dims(d: &VigDims) -> GlaDims {
+    GlaDims {
+        heads: d.heads,
+        kv_heads: d.heads,
+        key_dim: d.key_dim,
+        value_dim: d.value_dim,
+        head_k: d.head_k,
+        head_v: d.head_v,
+        key_dim_kv: d.key_dim,
+        value_dim_kv: d.value_dim,
+        gate_rank: d.gate_rank,
+        gate_norm: d.gate_norm,
+        conv: 0,
+        output_gate: false,
+        gnorm_name: "g_norm",
+        clamp_min: None,
+        feature_map: None,
+    }
+}
+
+/// The gate's dims for [`crate::backend::GlaOps::gate_fwd`]: both directions' log-gates,
+/// `2 key_dim` wide.
+fn gate_dims(d: &VigDims) -> GlaDims {
+    GlaDims { key_dim_kv: 2 * d.key_dim, ..scan_dims(d) }
+}
+
+/// The geometry of one batch of images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shape {
+    /// Images B.
+    pub b: usize,
+    /// Image height and width.
+    pub img: (usize, usize),
+    /// The stem's first conv.
+    pub g1: Conv2d,
+    /// The stem's second conv.
+    pub g2: Conv2d,
+    /// The first conv's output grid.
+    pub hw1: (usize, usize),
+    /// The token grid (h, w): L = h*w tokens per image.
+    pub grid: (usize, usize),
+}
+
+impl Shape {
+    /// The geometry of `b` images of `h x w` pixels for dims `d`.
+    ///
+    /// # Errors
+    /// [`CoreError::BadArg`] when the image is too small for the stem or the batch is empty.
+    pub fn new(d: &VigDims, b: usize, h: usize, w: usize) -> gla_core::Result<Self> {
+        let g1 = Conv2d { b, h, w, c_in: d.channels, k: d.stem.0, stride: d.stem.1, pad: 1 };
+        let small = || CoreError::BadArg {
+            key: "image",
+            reason: format!("{h}x{w} is too small for the stem (kernel {}, stride {})", d.stem.0, d.stem.1),
+        };
+        let hw1 = g1.out_hw().ok_or_else(small)?;
+        let g2 = Conv2d { b, h: hw1.0, w: hw1.1, c_in: d.d / 2, k: 3, stride: 2, pad: 1 };
+        let grid = g2.out_hw().ok_or_else(small)?;
+        if b == 0 {
+            return Err(CoreError::BadArg { key: "batch", reason: "no images".into() });
+        }
+        Ok(Self { b, img: (h, w), g1, g2, hw1, grid })
+    }
+    /// Token rows N = B*L.
+    pub fn n(&self) -> usize {
+        self.b * self.grid.0 * self.grid.1
+    }
+    /// Tokens per image L.
+    pub fn l(&self) -> usize {
+        self.grid.0 * self.grid.1
+    }
+    fn n1(&self) -> usize {
+        self.b * self.hw1.0 * self.hw1.1
+    }
+}
+
+/// One block's saved tensors.
+struct BlockActs<S: ModelStorage> {
+    rstd1: S::F32,          // [N]
+    xn1: S::Act,            // [N, D]
+    loc: S::Act,            // [N, D] dwconv output
+    xs_act: Option<S::Act>, // [N, D] silu(loc) with use_act_in_conv
+    qkv: S::Act,            // [N, 2Dk + Dv]
+    qkv_split: [S::Act; 3], // q, k [N, Dk], v [N, Dv]
+    gk_lr: S::Act,          // [N, 16]
+    gk_raw: S::F32,         // [N, 2Dk] with the bias
+    gk: S::Act,             // [N, 2Dk] log-gates
+    g_dir: [S::Act; 2],     // forward, backward log-gates [N, Dk]
+    scan: ScanActs<S>,
+    o: S::Act,        // [N, Dv] scan output
+    gn: S::Act,       // [N, Dv] g_norm(o)
+    rstd_g: S::F32,   // [N*H]
+    ln: S::Act,       // [N, D] l_norm(xs)
+    rstd_l: S::F32,   // [N*H]
+    gpre: S::F32,     // [N, Dv] g_proj(xs) + bias
+    y: S::Act,        // [N, Dv] gated output
+    x_mid: S::F32,    // [N, D]
+    rstd2: S::F32,    // [N]
+    xn2: S::Act,      // [N, D]
+    ab: S::Act,       // [N, 2I]
+    a_u: [S::Act; 2], // [N, I] gate, up
+    hm: S::Act,       // [N, I]
+}
+
+impl<S: ModelStorage> BlockActs<S> {
+    /// The conv branch's output `xs` (after the SiLU when the layer has it).
+    fn xs(&self) -> &S::Act {
+        self.xs_act.as_ref().unwrap_or(&self.loc)
+    }
+}
+
+/// Backward buffers, shared by the blocks.
+struct Scratch<S: ModelStorage> {
+    dres: S::F32,
+    dres16: S::Act,
+    dxn: S::F32,
+    dh: S::F32,
+    d_au: [S::Act; 2],
+    dab: S::Act,
+    dy: S::F32,
+    d_gn: S::F32,
+    d_ln: S::F32,
+    d_gpre: S::F32,
+    d_gpre16: S::Act,
+    d_o: S::Act,
+    d_lnin: S::Act,
+    scan: ScanScratch<S>,
+    dqkv_dir: [S::F32; 5], // dq, dk, dv, dgf, dgb
+    dqkv: S::F32,
+    dqkv16: S::Act,
+    dgk: S::F32,
+    dgk_raw: S::F32,
+    dgk_raw16: S::Act,
+    dgk_lr: S::Act,
+    dxs: S::F32,
+    // head
+    dlogits16: S::Act,
+    dpooled: S::F32,
+    dxf: S::F32,
+    // stem
+    dc2: S::F32,
+    dc2_16: S::Act,
+    dcols2: S::F32,
+    da1: S::F32,
+    dc1: S::F32,
+    dc1_16: S::Act,
+}
+
+/// Every tensor a forward leaves for the backward, for one batch [`Shape`].
+pub struct VigActs<S: ModelStorage> {
+    dims: VigDims,
+    shape: Shape,
+    plan: S::Plan,
+    img: S::Act,
+    cols1: S::Act,
+    c1: S::F32,
+    st1: S::F32,
+    ln1: S::Act,
+    a1: S::Act,
+    cols2: S::Act,
+    c2: S::F32,
+    st2: S::F32,
+    ln2: S::Act,
+    a2: Option<S::Act>,
+    /// residual streams [N, D]: the input of block l, and the final output
+    xs: Vec<S::F32>,
+    blocks: Vec<BlockActs<S>>,
+    rstdf: S::F32,
+    xf: S::Act,
+    pooled: S::Act,
+    logits: S::F32,
+    dlogits: S::F32,
+    s: Option<Scratch<S>>,
+}
+
+impl<S: ModelStorage> std::fmt::Debug for VigActs<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "VigActs {{ shape: {:?} }}", self.shape)
+    }
+}
+
+impl<S: ModelStorage> VigActs<S> {
+    /// Buffers for batches of `shape` (`backward`: with the backward's buffers).
+    ///
+    /// # Errors
+    /// The backend's allocation errors.
+    pub fn alloc<B: Backend<Buf = S> + VisionOps>(be: &B, d: &VigDims, shape: Shape, backward: bool) -> Result<Self, B::Error> {
+        let (n, n1, dm, half) = (shape.n(), shape.n1(), d.d, d.d / 2);
+        let (kd, vd, i, h) = (d.key_dim, d.value_dim, d.inter, d.heads);
+        let md = scan_dims(d);
+        let f = |len: usize| be.alloc_f32(len);
+        let a = |len: usize| be.alloc_act(len);
+        let mut blocks = Vec::with_capacity(d.depth);
+        for _ in 0..d.depth {
+            blocks.push(BlockActs {
+                rstd1: f(n)?,
+                xn1: a(n * dm)?,
+                loc: a(n * dm)?,
+                xs_act: if d.act_in_conv { Some(a(n * dm)?) } else { None },
+                qkv: a(n * (2 * kd + vd))?,
+                qkv_split: [a(n * kd)?, a(n * kd)?, a(n * vd)?],
+                gk_lr: a(n * d.gate_rank)?,
+                gk_raw: f(n * 2 * kd)?,
+                gk: a(n * 2 * kd)?,
+                g_dir: [a(n * kd)?, a(n * kd)?],
+                scan: ScanActs::alloc(be, &md, n)?,
+                o: a(n * vd)?,
+                gn: a(n * vd)?,
+                rstd_g: f(n * h)?,
+                ln: a(n * dm)?,
+                rstd_l: f(n * h)?,
+                gpre: f(n * vd)?,
+                y: a(n * vd)?,
+                x_mid: f(n * dm)?,
+                rstd2: f(n)?,
+                xn2: a(n * dm)?,
+                ab: a(n * 2 * i)?,
+                a_u: [a(n * i)?, a(n * i)?],
+                hm: a(n * i)?,
+            });
+        }
+        let s = if backward {
+            Some(Scratch {
+                dres: f(n * dm)?,
+                dres16: be.alloc_cast(n * dm)?,
+                dxn: f(n * dm)?,
+                dh: f(n * i)?,
+                d_au: [a(n * i)?, a(n * i)?],
+                dab: a(n * 2 * i)?,
+                dy: f(n * vd)?,
+                d_gn: f(n * vd)?,
+                d_ln: f(n * dm)?,
+                d_gpre: f(n * vd)?,
+                d_gpre16: be.alloc_cast(n * vd)?,
+                d_o: a(n * vd)?,
+                d_lnin: a(n * dm)?,
+                scan: ScanScratch::alloc(be, &md, n)?,
+                dqkv_dir: [f(n * kd)?, f(n * kd)?, f(n * vd)?, f(n * kd)?, f(n * kd)?],
+                dqkv: f(n * (2 * kd + vd))?,
+                dqkv16: be.alloc_cast(n * (2 * kd + vd))?,
+                dgk: f(n * 2 * kd)?,
+                dgk_raw: f(n * 2 * kd)?,
+                dgk_raw16: be.alloc_cast(n * 2 * kd)?,
+                dgk_lr: a(n * d.gate_rank)?,
+                dxs: f(n * dm)?,
+                dlogits16: be.alloc_cast(shape.b * d.classes)?,
+                dpooled: f(shape.b * dm)?,
+                dxf: f(n * dm)?,
+                dc2: f(n * dm)?,
+                dc2_16: be.alloc_cast(n * dm)?,
+                dcols2: f(n * shape.g2.cols())?,
+                da1: f(n1 * half)?,
+                dc1: f(n1 * half)?,
+                dc1_16: be.alloc_cast(n1 * half)?,
+            })
+        } else {
+            None
+        };
+        Ok(Self {
+            dims: *d,
+            shape,
+            plan: be.plan(shape.b, shape.l(), backward)?,
+            img: a(shape.b * shape.img.0 * shape.img.1 * d.channels)?,
+            cols1: a(n1 * shape.g1.cols())?,
+            c1: f(n1 * half)?,
+            st1: f(2 * n1)?,
+            ln1: a(n1 * half)?,
+            a1: a(n1 * half)?,
+            cols2: a(n * shape.g2.cols())?,
+            c2: f(n * dm)?,
+            st2: f(2 * n)?,
+            ln2: a(n * dm)?,
+            a2: if d.act_in_patch { Some(a(n * dm)?) } else { None },
+            xs: (0..=d.depth).map(|_| f(n * dm)).collect::<Result<_, _>>()?,
+            blocks,
+            rstdf: f(n)?,
+            xf: a(n * dm)?,
+            pooled: a(shape.b * dm)?,
+            logits: f(shape.b * d.classes)?,
+            dlogits: f(shape.b * d.classes)?,
+            s,
+        })
+    }
+
+    /// The batch geometry these buffers are sized for.
+    pub fn shape(&self) -> &Shape {
+        &self.shape
+    }
+
+    /// The logits of the last forward, `[B, classes]`.
+    pub fn logits(&self) -> &S::F32 {
+        &self.logits
+    }
+}
+
+/// The loss of one forward.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct VigLoss {
+    /// Mean (label-smoothed) cross-entropy.
+    pub loss: f64,
+    /// Images whose argmax equals the label.
+    pub correct: usize,
+}
+
+fn shape_err(tensor: &'static str, shape: String, expected: usize, got: usize) -> CoreError {
+    CoreError::ShapeMismatch { op: "vig forward", tensor, expected: shape, numel: expected, got }
+}
+
+/// The forward of `B` images `nchw [B, C, H, W]` (the geometry of `acts`): the logits into the
+/// activations and, with `labels`, the mean cross-entropy with label smoothing `smoothing`
+/// (its gradient kept for [`backward`]).
+///
+/// # Errors
+/// Shape errors for inputs that do not match `acts`; the backend's errors.
+pub fn forward<B: Backend + VisionOps>(
+    be: &B,
+    lay: &VigLayout,
+    acts: &mut VigActs<B::Buf>,
+    nchw: &[f32],
+    labels: Option<&[u32]>,
+    smoothing: f32,
+) -> Result<Option<VigLoss>, B::Error> {
+    let d = acts.dims;
+    let sh = acts.shape;
+    let (n, n1, dm, half) = (sh.n(), sh.n1(), d.d, d.d / 2);
+    let (kd, vd, inter) = (d.key_dim, d.value_dim, d.inter);
+    let (b, l) = (sh.b, sh.l());
+    if lay.blocks.len() != d.depth {
+        return Err(shape_err("layout", "the dims' depth".into(), d.depth, lay.blocks.len()).into());
+    }
+    be.upload_image(&mut acts.img, nchw, b, d.channels, sh.img.0, sh.img.1)?;
+    // stem
+    be.im2col(&mut acts.cols1, &acts.img, &sh.g1)?;
+    be.linear_fwd_f32(&mut acts.c1, &acts.cols1, lay.conv1.0, n1, sh.g1.cols(), half)?;
+    if let Some(bias) = lay.conv1.1 {
+        be.bias_fwd_f32(&mut acts.c1, bias, n1, half)?;
+    }
+    be.layernorm_fwd(&mut acts.ln1, &mut acts.st1, &acts.c1, lay.ln1.0, lay.ln1.1, n1, LAYERNORM_EPS)?;
+    be.feature_map_fwd(&mut acts.a1, &acts.ln1, n1 * half, FeatureMap::Silu)?;
+    be.im2col(&mut acts.cols2, &acts.a1, &sh.g2)?;
+    be.linear_fwd_f32(&mut acts.c2, &acts.cols2, lay.conv2.0, n, sh.g2.cols(), dm)?;
+    if let Some(bias) = lay.conv2.1 {
+        be.bias_fwd_f32(&mut acts.c2, bias, n, dm)?;
+    }
+    be.layernorm_fwd(&mut acts.ln2, &mut acts.st2, &acts.c2, lay.ln2.0, lay.ln2.1, n, LAYERNORM_EPS)?;
+    if let Some(a2) = &mut acts.a2 {
+        be.feature_map_fwd(a2, &acts.ln2, n * dm, FeatureMap::Silu)?;
+    }
+    let post = acts.a2.as_ref().unwrap_or(&acts.ln2);
+    be.cols_to_f32(&mut acts.xs[0], post, &Cols::copy(1, n, dm, (dm, 0), (dm, 0)))?;
+    if let Some(pe) = lay.pos_embed {
+        be.pos_embed_fwd(&mut acts.xs[0], pe, d.grid, sh.grid, b)?;
+    }
+    // blocks
+    let (md, gd) = (scan_dims(&d), gate_dims(&d));
+    let (gh, gw) = sh.grid;
+    for (li, ids) in lay.blocks.iter().enumerate() {
+        let a = &mut acts.blocks[li];
+        let (xs_in, xs_out) = acts.xs.split_at_mut(li + 1);
+        let (x, out) = (&xs_in[li], &mut xs_out[0]);
+        be.rmsnorm_fwd(&mut a.xn1, &mut a.rstd1, x, ids.attn_norm, n)?;
+        be.dwconv_fwd(&mut a.loc, &a.xn1, ids.dwconv, b, gh, gw, dm)?;
+        if let Some(xa) = &mut a.xs_act {
+            be.feature_map_fwd(xa, &a.loc, n * dm, FeatureMap::Silu)?;
+        }
+        let xs = a.xs_act.as_ref().unwrap_or(&a.loc);
+        let w3 = 2 * kd + vd;
+        be.linear_fwd(&mut a.qkv, xs, ids.qkv, n, dm, w3)?;
+        for (dst, (off, w)) in a.qkv_split.iter_mut().zip([(0, kd), (kd, kd), (2 * kd, vd)]) {
+            be.cols(dst, &a.qkv, &Cols::copy(1, n, w, (w3, off), (w, 0)))?;
+        }
+        be.linear_fwd(&mut a.gk_lr, xs, ids.gk0, n, dm, d.gate_rank)?;
+        be.linear_fwd_f32(&mut a.gk_raw, &a.gk_lr, ids.gk1, n, d.gate_rank, 2 * kd)?;
+        be.gate_fwd(&gd, &mut a.gk, &mut a.gk_raw, ids.gk1_bias, n)?;
+        for (j, dst) in a.g_dir.iter_mut().enumerate() {
+            be.cols(dst, &a.gk, &Cols::copy(1, n, kd, (2 * kd, j * kd), (kd, 0)))?;
+        }
+        let [q, k, v] = &a.qkv_split;
+        let [gf, gb] = &a.g_dir;
+        scan::forward(be, &md, &acts.plan, &mut a.scan, &mut a.o, [q, k, v], [gf, gb], (b, l))?;
+        be.gated_norm_fwd(&mut a.gn, &mut a.rstd_g, &a.o, None, crate::config::GateAct::Swish, ids.g_norm, n * d.heads)?;
+        let xs = a.xs_act.as_ref().unwrap_or(&a.loc);
+        be.gated_norm_fwd(&mut a.ln, &mut a.rstd_l, xs, None, crate::config::GateAct::Swish, ids.l_norm, n * d.heads)?;
+        be.linear_fwd_f32(&mut a.gpre, xs, ids.g_proj, n, dm, vd)?;
+        be.bias_fwd_f32(&mut a.gpre, ids.g_proj_bias, n, vd)?;
+        be.locality_gate_fwd(&mut a.y, &a.gn, &a.ln, &a.gpre, d.out_act, n * vd)?;
+        be.linear_residual_fwd(&mut a.x_mid, x, &a.y, ids.o_proj, n, vd, dm)?;
+        // SwiGLU MLP, its gate and up projections one weight [2I, D]
+        be.rmsnorm_fwd(&mut a.xn2, &mut a.rstd2, &a.x_mid, ids.mlp_norm, n)?;
+        be.linear_fwd(&mut a.ab, &a.xn2, ids.gate_proj, n, dm, 2 * inter)?;
+        for (j, dst) in a.a_u.iter_mut().enumerate() {
+            be.cols(dst, &a.ab, &Cols::copy(1, n, inter, (2 * inter, j * inter), (inter, 0)))?;
+        }
+        be.swiglu_fwd(&mut a.hm, &a.a_u[0], &a.a_u[1], n * inter)?;
+        be.linear_residual_fwd(out, &a.x_mid, &a.hm, ids.down_proj, n, inter, dm)?;
+    }
+    // head
+    be.rmsnorm_fwd(&mut acts.xf, &mut acts.rstdf, &acts.xs[d.depth], lay.norm, n)?;
+    be.avgpool_fwd(&mut acts.pooled, &acts.xf, b, l, dm)?;
+    be.linear_fwd_f32(&mut acts.logits, &acts.pooled, lay.head.0, b, dm, d.classes)?;
+    be.bias_fwd_f32(&mut acts.logits, lay.head.1, b, d.classes)?;
+    let Some(labels) = labels else { return Ok(None) };
+    if labels.len() != b {
+        return Err(shape_err("labels", format!("[B={b}]"), b, labels.len()).into());
+    }
+    let (sum, correct) = be.smoothed_cross_entropy(&mut acts.dlogits, &acts.logits, labels, d.classes, smoothing, 1.0 / b as f32)?;
+    Ok(Some(VigLoss { loss: sum / b as f64, correct }))
+}
+
+/// Backward of [`forward`] (which must have had labels): accumulates the gradient of the mean
+/// loss into `grads` (an arena laid out like the parameters).
+///
+/// # Errors
+/// Shape errors when `grads` does not match the table or `acts` has no backward buffers.
+pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigActs<B::Buf>, grads: &mut B::Grads) -> Result<(), B::Error> {
+    if be.grads_len(grads) != lay.numel {
+        return Err(shape_err("grads", "the parameter table".into(), lay.numel, be.grads_len(grads)).into());
+    }
+    let d = acts.dims;
+    let sh = acts.shape;
+    let (n, n1, dm, half) = (sh.n(), sh.n1(), d.d, d.d / 2);
+    let (kd, vd, inter) = (d.key_dim, d.value_dim, d.inter);
+    let (b, l) = (sh.b, sh.l());
+    let (md, gd) = (scan_dims(&d), gate_dims(&d));
+    let (gh, gw) = sh.grid;
+    let VigActs { plan, s, blocks, xs, .. } = acts;
+    let Some(s) = s.as_mut() else {
+        return Err(shape_err("activations", "made for training".into(), 1, 0).into());
+    };
+    // head: dlogits holds d(mean loss)/d logits
+    be.cast(&mut s.dlogits16, &acts.dlogits)?;
+    let dl = be.operand(&s.dlogits16, &acts.dlogits);
+    be.linear_bwd_x(&mut s.dpooled, dl, lay.head.0, b, dm, d.classes, false)?;
+    be.linear_bwd_w(grads, lay.head.0, dl, &acts.pooled, b, dm, d.classes)?;
+    be.bias_bwd_act(grads, lay.head.1, dl, b, d.classes)?;
+    be.avgpool_bwd(&mut s.dxf, &s.dpooled, b, l, dm)?;
+    be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxf, &xs[d.depth], &acts.rstdf, lay.norm, n, false)?;
+    be.grads_ready(grads, 0)?;
+    for (li, ids) in lay.blocks.iter().enumerate().rev() {
+        let a = &blocks[li];
+        // MLP
+        be.cast(&mut s.dres16, &s.dres)?;
+        let dout = be.operand(&s.dres16, &s.dres);
+        be.linear_bwd_x(&mut s.dh, dout, ids.down_proj, n, inter, dm, false)?;
+        be.linear_bwd_w(grads, ids.down_proj, dout, &a.hm, n, inter, dm)?;
+        let [da, du] = &mut s.d_au;
+        be.swiglu_bwd(da, du, &s.dh, &a.a_u[0], &a.a_u[1], n * inter)?;
+        for (j, src) in s.d_au.iter().enumerate() {
+            be.cols(&mut s.dab, src, &Cols::copy(1, n, inter, (inter, 0), (2 * inter, j * inter)))?;
+        }
+        be.linear_bwd_x(&mut s.dxn, &s.dab, ids.gate_proj, n, dm, 2 * inter, false)?;
+        be.linear_bwd_w(grads, ids.gate_proj, &s.dab, &a.xn2, n, dm, 2 * inter)?;
+        be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxn, &a.x_mid, &a.rstd2, ids.mlp_norm, n, true)?;
+        // BiGLA layer
+        be.cast(&mut s.dres16, &s.dres)?;
+        let dout = be.operand(&s.dres16, &s.dres);
+        be.linear_bwd_x(&mut s.dy, dout, ids.o_proj, n, vd, dm, false)?;
+        be.linear_bwd_w(grads, ids.o_proj, dout, &a.y, n, vd, dm)?;
+        be.locality_gate_bwd(&mut s.d_gn, &mut s.d_ln, &mut s.d_gpre, &s.dy, &a.gn, &a.ln, &a.gpre, d.out_act, n * vd)?;
+        let act = crate::config::GateAct::Swish;
+        be.gated_norm_bwd(plan, &mut s.d_o, None, grads, ids.g_norm, &s.d_gn, &a.o, None, act, &a.rstd_g, n * d.heads)?;
+        let xs_l = a.xs();
+        be.gated_norm_bwd(plan, &mut s.d_lnin, None, grads, ids.l_norm, &s.d_ln, xs_l, None, act, &a.rstd_l, n * d.heads)?;
+        // locality gate projection
+        be.cast(&mut s.d_gpre16, &s.d_gpre)?;
+        let dg = be.operand(&s.d_gpre16, &s.d_gpre);
+        be.bias_bwd_act(grads, ids.g_proj_bias, dg, n, vd)?;
+        be.linear_bwd_w(grads, ids.g_proj, dg, xs_l, n, dm, vd)?;
+        be.linear_bwd_x(&mut s.dxs, dg, ids.g_proj, n, dm, vd, false)?;
+        // the two scans
+        let [q, k, v] = &a.qkv_split;
+        let [dq, dk, dv, dgf, dgb] = &mut s.dqkv_dir;
+        scan::backward(be, &md, plan, &a.scan, &mut s.scan, [q, k, v], &a.g_dir[0], &s.d_o, [dq, dk, dv, dgf, dgb], (b, l))?;
+        let w3 = 2 * kd + vd;
+        for (src, (off, w)) in s.dqkv_dir[..3].iter().zip([(0, kd), (kd, kd), (2 * kd, vd)]) {
+            be.cols_f32(&mut s.dqkv, src, &Cols::copy(1, n, w, (w, 0), (w3, off)))?;
+        }
+        for (j, src) in s.dqkv_dir[3..].iter().enumerate() {
+            be.cols_f32(&mut s.dgk, src, &Cols::copy(1, n, kd, (kd, 0), (2 * kd, j * kd)))?;
+        }
+        // gate: gk_raw = gk_lr W1^T + b1, gk = logsigmoid(gk_raw) / 16
+        be.gate_bwd(&gd, plan, &mut s.dgk_raw, &mut s.dgk_raw16, grads, ids.gk1_bias, &s.dgk, &a.gk_raw, n)?;
+        let dgr = be.operand(&s.dgk_raw16, &s.dgk_raw);
+        be.linear_bwd_w(grads, ids.gk1, dgr, &a.gk_lr, n, d.gate_rank, 2 * kd)?;
+        be.linear_bwd_x_act(&mut s.dgk_lr, dgr, ids.gk1, n, d.gate_rank, 2 * kd)?;
+        be.linear_bwd_w(grads, ids.gk0, &s.dgk_lr, xs_l, n, dm, d.gate_rank)?;
+        be.linear_bwd_x(&mut s.dxs, &s.dgk_lr, ids.gk0, n, dm, d.gate_rank, true)?;
+        be.cast(&mut s.dqkv16, &s.dqkv)?;
+        let dqkv = be.operand(&s.dqkv16, &s.dqkv);
+        be.linear_bwd_w(grads, ids.qkv, dqkv, xs_l, n, dm, w3)?;
+        be.linear_bwd_x(&mut s.dxs, dqkv, ids.qkv, n, dm, w3, true)?;
+        be.cols_to_f32(&mut s.dxs, &s.d_lnin, &Cols { acc: true, ..Cols::copy(1, n, dm, (dm, 0), (dm, 0)) })?;
+        if a.xs_act.is_some() {
+            be.feature_map_bwd(&mut s.dxs, &a.loc, n * dm, FeatureMap::Silu)?;
+        }
+        be.dwconv_bwd(&mut s.dxn, grads, &s.dxs, &a.xn1, ids.dwconv, b, gh, gw, dm)?;
+        be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxn, &xs[li], &a.rstd1, ids.attn_norm, n, true)?;
+        be.grads_ready(grads, d.depth - li)?;
+    }
+    // position embedding and stem
+    if let Some(pe) = lay.pos_embed {
+        be.pos_embed_bwd(grads, &s.dres, pe, d.grid, sh.grid, b)?;
+    }
+    if d.act_in_patch {
+        be.feature_map_bwd(&mut s.dres, &acts.ln2, n * dm, FeatureMap::Silu)?;
+    }
+    be.layernorm_bwd(&mut s.dc2, grads, &s.dres, &acts.c2, &acts.st2, lay.ln2.0, lay.ln2.1, n)?;
+    be.cast(&mut s.dc2_16, &s.dc2)?;
+    let dc2 = be.operand(&s.dc2_16, &s.dc2);
+    if let Some(bias) = lay.conv2.1 {
+        be.bias_bwd_act(grads, bias, dc2, n, dm)?;
+    }
+    be.linear_bwd_w(grads, lay.conv2.0, dc2, &acts.cols2, n, sh.g2.cols(), dm)?;
+    be.linear_bwd_x(&mut s.dcols2, dc2, lay.conv2.0, n, sh.g2.cols(), dm, false)?;
+    be.col2im(&mut s.da1, &s.dcols2, &sh.g2)?;
+    be.feature_map_bwd(&mut s.da1, &acts.ln1, n1 * half, FeatureMap::Silu)?;
+    be.layernorm_bwd(&mut s.dc1, grads, &s.da1, &acts.c1, &acts.st1, lay.ln1.0, lay.ln1.1, n1)?;
+    be.cast(&mut s.dc1_16, &s.dc1)?;
+    let dc1 = be.operand(&s.dc1_16, &s.dc1);
+    if let Some(bias) = lay.conv1.1 {
+        be.bias_bwd_act(grads, bias, dc1, n1, half)?;
+    }
+    be.linear_bwd_w(grads, lay.conv1.0, dc1, &acts.cols1, n1, sh.g1.cols(), half)?;
+    be.grads_ready(grads, d.depth + 1)
+}
