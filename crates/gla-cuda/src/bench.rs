@@ -424,7 +424,9 @@ pub fn attn_fwd_flops(p: &gla_core::AttnProblem) -> f64 {
 /// then one decode step (append + split attention + combine) over a full KV cache of each
 /// `[batch, context]` in `decode` with the first shape's H, H_KV and D (the cache zeroed: the
 /// kernels' time does not depend on the values). Rows: `pass` is `fwd` (one row per warp split of
-/// the forward's tile, the dispatch policy's first, `kernel` naming it), `fwd+bwd` or `decode`
+/// the forward's tile, the dispatch policy's first, `kernel` naming it), `fwd+bwd`, `bwd` (each
+/// backward launch alone: `bwd-pre`, `bwd-dkv`, `bwd-dq`; bytes are the whole backward's) or
+/// `decode`
 /// (shape `[batch, context, H, D, DV]`, bytes = the cache read).
 ///
 /// # Errors
@@ -437,7 +439,10 @@ pub fn bench_attn(
     decode: &[[usize; 2]],
     reps: usize,
 ) -> Result<Vec<BenchRow>> {
-    use crate::attn::ops::{attn_bwd_ws, attn_fwd, attn_fwd_tile, has_fwd_tile, AttnDevGrads, AttnDevInputs, AttnKvCache, DevAttnProblem};
+    use crate::attn::ops::{
+        attn_bwd_parts, attn_bwd_ws, attn_fwd, attn_fwd_tile, has_fwd_tile, AttnDevGrads, AttnDevInputs, AttnKvCache, BwdParts,
+        DevAttnProblem,
+    };
     use crate::dispatch::attn::{fwd_tile, FwdTile};
     use gla_core::{AttnCacheLayout, AttnProblem, AttnSpec};
     let mut rows = Vec::new();
@@ -471,6 +476,16 @@ pub fn bench_attn(
             attn_bwd_ws(cuda, &dp, &x, &o, &lse, &d_o, &mut delta, &mut g)
         })?;
         rows.push(BenchRow { shape, pass: "fwd+bwd", kernel: "flash", ms, bytes: fwd_bytes + bwd_bytes, flops: 3.5 * ffl });
+        // the backward's launches one by one (delta left by the run above): dK / dV recompute S
+        // and dP (4 products: 2 forwards of FLOPs), dQ recomputes them again (3 products: 1.5)
+        for (kernel, parts, flops) in [
+            ("bwd-pre", BwdParts { pre: true, dkv: false, dq: false }, 0.0),
+            ("bwd-dkv", BwdParts { pre: false, dkv: true, dq: false }, 2.0 * ffl),
+            ("bwd-dq", BwdParts { pre: false, dkv: false, dq: true }, 1.5 * ffl),
+        ] {
+            let ms = time_ms(cuda, reps, &mut || attn_bwd_parts(cuda, &dp, &x, &o, &lse, &d_o, &mut delta, &mut g, parts))?;
+            rows.push(BenchRow { shape, pass: "bwd", kernel, ms, bytes: bwd_bytes, flops });
+        }
     }
     let Some(&[_, _, h, d, dv]) = shapes.first() else { return Ok(rows) };
     for &[n, ctx] in decode {

@@ -183,6 +183,42 @@ pub fn attn_bwd_ws(
     delta: &mut CudaSlice<f32>,
     g: &mut AttnDevGrads,
 ) -> Result<()> {
+    attn_bwd_parts(cuda, dp, x, o, lse, d_o, delta, g, BwdParts::ALL)
+}
+
+/// Which launches of the backward [`attn_bwd_parts`] runs (the benchmark times them one by one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BwdParts {
+    /// `attn_bwd_pre` (delta).
+    pub pre: bool,
+    /// `attn_bwd_dkv_*` (reads delta).
+    pub dkv: bool,
+    /// `attn_bwd_dq_*` (reads delta).
+    pub dq: bool,
+}
+
+impl BwdParts {
+    /// The whole backward.
+    pub const ALL: Self = Self { pre: true, dkv: true, dq: true };
+}
+
+/// The launches of [`attn_bwd_ws`] that `parts` selects, in its order. A part that reads delta
+/// without `pre` reads what an earlier call left in `delta`.
+///
+/// # Errors
+/// As [`attn_bwd_ws`].
+#[allow(clippy::too_many_arguments)]
+pub fn attn_bwd_parts(
+    cuda: &Cuda,
+    dp: &DevAttnProblem,
+    x: &AttnDevInputs<'_>,
+    o: &CudaSlice<u16>,
+    lse: &CudaSlice<f32>,
+    d_o: &CudaSlice<u16>,
+    delta: &mut CudaSlice<f32>,
+    g: &mut AttnDevGrads,
+    parts: BwdParts,
+) -> Result<()> {
     let op = "attn_bwd";
     let p = &dp.problem;
     check_inputs(op, p, x)?;
@@ -201,32 +237,39 @@ pub fn attn_bwd_ws(
     // SAFETY: each launch's arguments match its kernel's signature; every length was checked
     // against the problem; delta is written by attn_bwd_pre before the two readers (one stream)
     unsafe {
-        cuda.launch("attn_bwd_pre", da::pre_cfg(p.lse_len()), &[o, d_o, &*delta, &nrh, &dv])?;
-        cuda.launch(
-            &da::kernel("bwd_dkv", dp.dims),
-            da::dkv_cfg(p.h_kv(), dp.n_key_tiles, da::dkv_smem(dp.dims)),
-            &[
-                x.q,
-                x.k,
-                x.v,
-                d_o,
-                lse,
-                &*delta,
-                &g.dk,
-                &g.dv,
-                &dp.bounds,
-                &dp.key_seq,
-                &dp.key_k0,
-                &h,
-                &hk,
-                &d,
-                &dv,
-                &causal,
-                &w,
-                &sl2,
-                &scale,
-            ],
-        )?;
+        if parts.pre {
+            cuda.launch("attn_bwd_pre", da::pre_cfg(p.lse_len()), &[o, d_o, &*delta, &nrh, &dv])?;
+        }
+        if parts.dkv {
+            cuda.launch(
+                &da::kernel("bwd_dkv", dp.dims),
+                da::dkv_cfg(p.h_kv(), dp.n_key_tiles, da::dkv_smem(dp.dims)),
+                &[
+                    x.q,
+                    x.k,
+                    x.v,
+                    d_o,
+                    lse,
+                    &*delta,
+                    &g.dk,
+                    &g.dv,
+                    &dp.bounds,
+                    &dp.key_seq,
+                    &dp.key_k0,
+                    &h,
+                    &hk,
+                    &d,
+                    &dv,
+                    &causal,
+                    &w,
+                    &sl2,
+                    &scale,
+                ],
+            )?;
+        }
+        if !parts.dq {
+            return Ok(());
+        }
         cuda.launch(
             &da::kernel("bwd_dq", dp.dims),
             da::dq_cfg(p.h(), dp.n_tiles, da::dq_smem(dp.dims)),
