@@ -27,17 +27,22 @@ pub enum BidirAlgo {
     Composed,
 }
 
+/// Largest grid z: the state walks put `walks x N x H` blocks there.
+const GRID_Z_MAX: usize = 65_535;
+
 /// Whether the fused forward takes the problem: bf16 storage and K <= 128 (the output pass
-/// holds all K columns of a chunk in one block, as `gla_chunk_o_bf16`).
+/// holds all K columns of a chunk in one block, as `gla_chunk_o_bf16`), and its two state walks
+/// per (sequence, head) fit in one grid's z.
 pub fn fused_fwd(p: &BidirProblem, bf16: bool) -> bool {
-    bf16 && p.k() <= CHUNK_NARROW_MAX
+    bf16 && p.k() <= CHUNK_NARROW_MAX && 2 * p.n() * p.h() <= GRID_Z_MAX
 }
 
 /// Whether the fused backward takes the problem: bf16 storage with 48 < K <= 128 and V <= 128
 /// (the shapes of the GLA backward's single-block gradient launch `gla_chunk_bwd1_bf16`, whose
-/// building blocks it runs; module doc of [`crate::dispatch`] for K <= 48).
+/// building blocks it runs; module doc of [`crate::dispatch`] for K <= 48), and its four state
+/// walks per (sequence, head) fit in one grid's z.
 pub fn fused_bwd(p: &BidirProblem, bf16: bool) -> bool {
-    bf16 && p.k() > 48 && p.k() <= CHUNK_NARROW_MAX && p.v() <= 128
+    bf16 && p.k() > 48 && p.k() <= CHUNK_NARROW_MAX && p.v() <= 128 && 4 * p.n() * p.h() <= GRID_Z_MAX
 }
 
 /// The four state walks of the backward in one grid (z = 4 N H), tiled like [`h_cfg`].
@@ -119,6 +124,9 @@ mod tests {
         assert!(fused_fwd(&p(128, 300), true) && !fused_fwd(&p(129, 64), true) && !fused_fwd(&p(64, 64), false));
         assert!(fused_bwd(&p(64, 64), true) && fused_bwd(&p(128, 128), true));
         assert!(!fused_bwd(&p(32, 64), true) && !fused_bwd(&p(64, 129), true) && !fused_bwd(&p(64, 64), false));
+        // 4 N H walks above the grid's z limit: composed (whose GLA launches take N H)
+        let big = BidirProblem::new(BidirSpec::new(2048, 4, 12, 64, 64)).unwrap();
+        assert!(fused_fwd(&big, true) && !fused_bwd(&big, true));
     }
 
     #[test]

@@ -229,9 +229,6 @@ fn fused_fwd<T: Elem>(
     };
     let (name, cfg) = plan::h_cfg(p, cuda.sm_count());
     let nh = (p.n() * p.h()) as i32;
-    if cfg.grid_dim.2 > 65_535 {
-        return Err(ops::unsupported(format!("{OP}: 2 N H = {} state walks exceed the grid's z limit 65535", cfg.grid_dim.2)));
-    }
     // SAFETY: arguments match bidir_chunk_h{64,32}_bf16; hsf, hsb hold chunks x H x K x V; the
     // grid covers V and K in the plan's tiles and both walks of every (sequence, head) in z
     unsafe { cuda.launch(name, cfg, &[kdf, kdb, x.v, dlf, dlb, hsf, hsb, b, &d.chunk_off, &h, &k, &v, &nh])? };
@@ -442,9 +439,6 @@ fn fused_bwd<T: Elem>(
         )?
     };
     let (name, cfg) = plan::walks_cfg(p, cuda.sm_count());
-    if cfg.grid_dim.2 > 65_535 {
-        return Err(ops::unsupported(format!("{OP}: 4 N H = {} state walks exceed the grid's z limit 65535", cfg.grid_dim.2)));
-    }
     let nh = (p.n() * p.h()) as i32;
     // SAFETY: arguments match bidir_chunk_walks{64,32}_bf16; hs*, dhs* hold chunks x H x K x V
     unsafe { cuda.launch(name, cfg, &[kdf, kdb, qef, qeb, x.v, d_o, dlf, dlb, hsf, hsb, dhsf, dhsb, b, off, &h, &k, &v, &nh])? };
