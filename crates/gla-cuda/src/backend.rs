@@ -891,7 +891,7 @@ impl Gpu {
                 &[&k, &v, &kv.k, &kv.v, &lens, &one, &s, &hk, &d, &d],
             )?;
             self.cuda.launch(
-                &attn_disp::kernel("decode", dims),
+                &attn_disp::decode_kernel(dims, dm.heads / dm.kv_heads),
                 attn_disp::decode_cfg(splits, dm.kv_heads, 1),
                 &[&q, &kv.k, &kv.v, &lens, &po, &pl, &h, &hk, &s, &ch, &sl2],
             )?;
