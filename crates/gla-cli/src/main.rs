@@ -153,7 +153,7 @@ enum BenchCmd {
         after_help = "Examples:\n  gla bench delta --device cuda\n  gla bench delta --device cuda --shape 8,2048,16,128,128 --ops gdn --json delta.json"
     )]
     Delta(bench::DeltaArgs),
-    /// Time ViG's bidirectional scan on CUDA (bf16): the fused forward against the GLA op run
+    /// Time ViG's bidirectional scan on CUDA (bf16): the fused kernels against the GLA op run
     /// on x and flip(x), forward and forward+backward, ms and the speed-up.
     #[command(
         after_help = "Examples:\n  gla bench bidir --device cuda\n  gla bench bidir --device cuda --shape 64,196,3,64,64 --json bidir.json"
