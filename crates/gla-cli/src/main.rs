@@ -151,7 +151,7 @@ enum BenchCmd {
         after_help = "Examples:\n  gla bench attn --device cuda\n  gla bench attn --device cuda --shape 4,2048,32,128,128 --h-kv 8 --json attn.json"
     )]
     Attn(bench::AttnArgs),
-    /// Time ViG's bidirectional scan on CUDA (bf16): the fused forward against the GLA op run
+    /// Time ViG's bidirectional scan on CUDA (bf16): the fused kernels against the GLA op run
     /// on x and flip(x), forward and forward+backward, ms and the speed-up.
     #[command(
         after_help = "Examples:\n  gla bench bidir --device cuda\n  gla bench bidir --device cuda --shape 64,196,3,64,64 --json bidir.json"
