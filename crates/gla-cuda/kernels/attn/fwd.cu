@@ -13,7 +13,8 @@
 // over the key tiles K_t (64 keys) the mask can leave a key in: key tiles from the window's first
 // key (window > 0) to the last query of the tile (causal) or the sequence end. Only tiles that
 // cross the diagonal, the window's lower edge or the sequence end are masked (per warp), and a
-// warp skips a tile that none of its rows sees. K / V tiles are double-buffered with cp.async.
+// warp skips a tile that none of its rows sees. K / V tiles are double-buffered with cp.async
+// (one barrier per key tile: the copy of tile t + 1 starts after the barrier that lands tile t).
 // Rows past the sequence end are neither read (zero) nor written.
 //
 // Layouts: q [rows, H, D], k [rows, H_KV, D], v [rows, H_KV, DV], o [rows, H, DV], lse [rows, H];
@@ -68,18 +69,19 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
         for (int nt = 0; nt < DVP / 8; ++nt) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.f;
     }
 
+    // One barrier per key tile: after it, tile t has landed for every thread and every warp has
+    // finished tile t - 1, so the copy of tile t + 1 into that buffer can start; it lands at the
+    // next iteration's wait.
     for (int t = t0; t < t1; ++t) {
         const int buf = (t - t0) & 1;
+        cp_wait0();
+        __syncthreads();
         if (t + 1 < t1) {
             const int nb = buf ^ 1, kt = (t + 1) * BN;
             att_tile<BN, DP, NT>(sK + nb * BN * LQ, LQ, kb + (idx_t)kt * ldk, ldk, len - kt, D, tid);
             att_tile<BN, DVP, NT>(sV + nb * BN * LV, LV, vb + (idx_t)kt * ldv, ldv, len - kt, DV, tid);
             cp_commit();
-            cp_wait<1>();
-        } else {
-            cp_wait0();
         }
-        __syncthreads();
         if (QREG && t == t0) {
             #pragma unroll
             for (int kk = 0; kk < DP / 16; ++kk) ldsm4(qf[QREG ? kk : 0], fa(sQ, LQ, qr, 16 * kk, lane));
@@ -179,10 +181,11 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
                 }
             }
         }
-        __syncthreads();
     }
+    cp_wait0();
+    __syncthreads();  // every warp is done with the Q and K / V tiles
 
-    // epilogue: o = O / l through the Q tile (each warp wrote and read only its own rows)
+    // epilogue: o = O / l through the Q tile
     bf16_t* sO = sQ;
     #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
