@@ -143,6 +143,9 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
                     mx = att_row_max(mx);
                     const float base = att_base(mx);
                     const float alpha = ex2f(m[mt][r] - base);
+                    // O needs rescaling only where a row's max grew (else alpha = ex2(0) = 1):
+                    // warp-uniform, so past the first key tiles the warp mostly skips it
+                    const bool grew = __any_sync(0xffffffffu, mx != m[mt][r]);
                     m[mt][r] = mx;
                     float sum = 0.f;
                     #pragma unroll
@@ -152,10 +155,12 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
                         sum += s[mt][nt][2 * r] + s[mt][nt][2 * r + 1];
                     }
                     l[mt][r] = l[mt][r] * alpha + sum;
-                    #pragma unroll
-                    for (int nt = 0; nt < DVP / 8; ++nt) {
-                        acc[mt][nt][2 * r] *= alpha;
-                        acc[mt][nt][2 * r + 1] *= alpha;
+                    if (grew) {
+                        #pragma unroll
+                        for (int nt = 0; nt < DVP / 8; ++nt) {
+                            acc[mt][nt][2 * r] *= alpha;
+                            acc[mt][nt][2 * r + 1] *= alpha;
+                        }
                     }
                 }
             }
