@@ -10,12 +10,12 @@
 //     dP^T = V dO^T,  dS^T = P^T * (dP^T - delta)
 //     dV  += P^T dO,  dK += dS^T Q                 (f32 in registers)
 // then dk = scale * dK, dv = dV (=, bf16): the group's sum in a fixed order (deterministic).
-// Q / dO tiles (and their lse, delta) double-buffered with cp.async.
+// Q / dO tiles (and their lse, delta) double-buffered with cp.async, one barrier per query tile.
 //
 // attn_bwd_dq_d{DP}_dv{DVP}: one block per (query head j, query tile of 128 rows), 256 threads,
 // the forward's grid and tile table; over the key tiles the forward visits:
 //     dP = dO V^T,  dS = P * (dP - delta),  dQ += dS K
-// then dq = scale * dQ (=, bf16). K / V double-buffered with cp.async.
+// then dq = scale * dQ (=, bf16). K / V double-buffered with cp.async, one barrier per key tile.
 //
 // Masking as the forward: only tiles crossing the diagonal, the window's edge or a sequence end
 // are masked. Rows past a sequence end are neither read (zero) nor written.
@@ -94,16 +94,15 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
     #pragma unroll
     for (int nt = 0; nt < DVP / 8; ++nt) dV[nt][0] = dV[nt][1] = dV[nt][2] = dV[nt][3] = 0.f;
 
+    // one barrier per iteration (as the forward's key tiles): the loads of it + 1 start after it
     for (int it = 0; it < nit; ++it) {
         const int b = it & 1;
+        cp_wait0();
+        __syncthreads();
         if (it + 1 < nit) {
             issue(it + 1, b ^ 1);
             cp_commit();
-            cp_wait<1>();
-        } else {
-            cp_wait0();
         }
-        __syncthreads();
         const int i0 = (q0 + it % nq) * BQ;
         const bool idle = klo >= len || (causal && i0 + BQ - 1 < klo) || (window > 0 && klo + 15 <= i0 - window);
         if (!idle) {
@@ -175,8 +174,9 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
                 }
             }
         }
-        __syncthreads();
     }
+    cp_wait0();
+    __syncthreads();  // every warp is done with the tiles
 
     // epilogue: each warp stages its own 16 rows of dk in sK and of dv in sV (it alone read them)
     #pragma unroll
@@ -238,18 +238,17 @@ __device__ __forceinline__ void attn_bwd_dq(const bf16_t* __restrict__ q, const 
     #pragma unroll
     for (int nt = 0; nt < DP / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
 
+    // one barrier per key tile (as the forward's): the copy of tile t + 1 starts after it
     for (int t = t0; t < t1; ++t) {
         const int buf = (t - t0) & 1;
+        cp_wait0();
+        __syncthreads();
         if (t + 1 < t1) {
             const int nb = buf ^ 1, kt = (t + 1) * BN;
             att_tile<BN, DP, NT>(sK + nb * BN * LQ, LQ, kb + (idx_t)kt * ldk, ldk, len - kt, D, tid);
             att_tile<BN, DVP, NT>(sV + nb * BN * LV, LV, vb + (idx_t)kt * ldv, ldv, len - kt, DV, tid);
             cp_commit();
-            cp_wait<1>();
-        } else {
-            cp_wait0();
         }
-        __syncthreads();
         const int kt = t * BN;
         const bool idle = qlo >= len || (causal && kt > qlo + 15) || (window > 0 && kt + BN - 1 <= qlo - window);
         if (!idle) {
@@ -308,8 +307,9 @@ __device__ __forceinline__ void attn_bwd_dq(const bf16_t* __restrict__ q, const 
                 }
             }
         }
-        __syncthreads();
     }
+    cp_wait0();
+    __syncthreads();  // every warp is done with the tiles
 
     #pragma unroll
     for (int r = 0; r < 2; ++r) {

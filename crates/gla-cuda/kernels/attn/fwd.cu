@@ -6,14 +6,16 @@
 // K / V fragment: half the shared-memory reads per product; Q reloaded from shared memory). Tile `tile` covers the query positions
 // tile_q0[tile] .. +127 of sequence tile_seq[tile] (the host orders tiles longest first for
 // causal attention). For kv head g = j / (H / H_KV):
-//     S  = Q K_t^T * scale * log2(e)           (mma.sync m16n8k16, f32 accumulate)
+//     S  = Q K_t^T * scale * log2(e)           (mma.sync m16n8k16, f32 accumulate; the scale
+//                                               is applied inside the exponent's FFMA)
 //     m  = running row max, l = running row sum of ex2(S - m), O = sum ex2(S - m) V   (online)
 //     o  = O / l                                -> o [rows, H, DV] bf16 (=)
 //     lse = ln 2 * (m + log2 l)                -> lse [rows, H] f32 (=)
 // over the key tiles K_t (64 keys) the mask can leave a key in: key tiles from the window's first
 // key (window > 0) to the last query of the tile (causal) or the sequence end. Only tiles that
 // cross the diagonal, the window's lower edge or the sequence end are masked (per warp), and a
-// warp skips a tile that none of its rows sees. K / V tiles are double-buffered with cp.async.
+// warp skips a tile that none of its rows sees. K / V tiles are double-buffered with cp.async
+// (one barrier per key tile: the copy of tile t + 1 starts after the barrier that lands tile t).
 // Rows past the sequence end are neither read (zero) nor written.
 //
 // Layouts: q [rows, H, D], k [rows, H_KV, D], v [rows, H_KV, DV], o [rows, H, DV], lse [rows, H];
@@ -68,18 +70,34 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
         for (int nt = 0; nt < DVP / 8; ++nt) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.f;
     }
 
+    // Scores stay raw (Q K^T) until the exponent, which folds the scale in: ex2(s * sa - m), one
+    // FFMA. That needs sa > 0 (the row max commutes with the scaling): a negative scale negates
+    // the warp's Q rows in shared memory (exact in bf16; S negates exactly), a zero scale zeroes
+    // them (S = 0, as 0 * q . k) and takes sa = 1.
+    const float sa = sl2 == 0.f ? 1.f : fabsf(sl2);
+    const unsigned qflip = sl2 < 0.f ? 0x80008000u : 0u, qkeep = sl2 == 0.f ? 0u : 0xffffffffu;
+
+    // One barrier per key tile: after it, tile t has landed for every thread and every warp has
+    // finished tile t - 1, so the copy of tile t + 1 into that buffer can start; it lands at the
+    // next iteration's wait.
     for (int t = t0; t < t1; ++t) {
         const int buf = (t - t0) & 1;
+        cp_wait0();
+        __syncthreads();
         if (t + 1 < t1) {
             const int nb = buf ^ 1, kt = (t + 1) * BN;
             att_tile<BN, DP, NT>(sK + nb * BN * LQ, LQ, kb + (idx_t)kt * ldk, ldk, len - kt, D, tid);
             att_tile<BN, DVP, NT>(sV + nb * BN * LV, LV, vb + (idx_t)kt * ldv, ldv, len - kt, DV, tid);
             cp_commit();
-            cp_wait<1>();
-        } else {
-            cp_wait0();
         }
-        __syncthreads();
+        if (t == t0 && sl2 <= 0.f) {  // the warp's own rows: only it reads them (ldmatrix below)
+            #pragma unroll
+            for (int x = lane; x < 16 * MT * (DP / 2); x += 32) {
+                unsigned* e = (unsigned*)(sQ + (qr + x / (DP / 2)) * LQ) + x % (DP / 2);
+                *e = (*e ^ qflip) & qkeep;
+            }
+            __syncwarp();
+        }
         if (QREG && t == t0) {
             #pragma unroll
             for (int kk = 0; kk < DP / 16; ++kk) ldsm4(qf[QREG ? kk : 0], fa(sQ, LQ, qr, 16 * kk, lane));
@@ -128,32 +146,36 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
                 for (int nt = 0; nt < BN / 8; ++nt) {
                     #pragma unroll
                     for (int e = 0; e < 4; ++e) {
-                        s[mt][nt][e] *= sl2;
                         if (edge && !att_key_ok(ql + fg + (e >= 2 ? 8 : 0), kt + 8 * nt + 2 * ft + (e & 1), len, causal, window))
                             s[mt][nt][e] = ATT_NEG_INF;
                     }
                 }
                 #pragma unroll
                 for (int r = 0; r < 2; ++r) {
-                    float mx = m[mt][r];
+                    float mx = ATT_NEG_INF;
                     #pragma unroll
                     for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
-                    mx = att_row_max(mx);
+                    mx = fmaxf(m[mt][r], att_row_max(mx) * sa);
                     const float base = att_base(mx);
                     const float alpha = ex2f(m[mt][r] - base);
+                    // O needs rescaling only where a row's max grew (else alpha = ex2(0) = 1):
+                    // warp-uniform, so past the first key tiles the warp mostly skips it
+                    const bool grew = __any_sync(0xffffffffu, mx != m[mt][r]);
                     m[mt][r] = mx;
                     float sum = 0.f;
                     #pragma unroll
                     for (int nt = 0; nt < BN / 8; ++nt) {
-                        s[mt][nt][2 * r] = ex2f(s[mt][nt][2 * r] - base);
-                        s[mt][nt][2 * r + 1] = ex2f(s[mt][nt][2 * r + 1] - base);
+                        s[mt][nt][2 * r] = ex2f(fmaf(s[mt][nt][2 * r], sa, -base));
+                        s[mt][nt][2 * r + 1] = ex2f(fmaf(s[mt][nt][2 * r + 1], sa, -base));
                         sum += s[mt][nt][2 * r] + s[mt][nt][2 * r + 1];
                     }
                     l[mt][r] = l[mt][r] * alpha + sum;
-                    #pragma unroll
-                    for (int nt = 0; nt < DVP / 8; ++nt) {
-                        acc[mt][nt][2 * r] *= alpha;
-                        acc[mt][nt][2 * r + 1] *= alpha;
+                    if (grew) {
+                        #pragma unroll
+                        for (int nt = 0; nt < DVP / 8; ++nt) {
+                            acc[mt][nt][2 * r] *= alpha;
+                            acc[mt][nt][2 * r + 1] *= alpha;
+                        }
                     }
                 }
             }
@@ -179,10 +201,11 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
                 }
             }
         }
-        __syncthreads();
     }
+    cp_wait0();
+    __syncthreads();  // every warp is done with the Q and K / V tiles
 
-    // epilogue: o = O / l through the Q tile (each warp wrote and read only its own rows)
+    // epilogue: o = O / l through the Q tile
     bf16_t* sO = sQ;
     #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {

@@ -32,7 +32,9 @@ struct Case {
     bool causal;
     int window;  // 0: none
     std::vector<long long> cu;
+    double scale = 0;  // 0: D^-1/2; otherwise this scale (kscale_zero: exactly 0)
 };
+static const double kscale_zero = -1e300;
 
 static int g_fail = 0;
 static double g_worst = 0;
@@ -164,7 +166,7 @@ static void run(const Case& c, uint64_t seed) {
     else
         p.b = c.cu;
     p.N = (int)p.b.size() - 1;
-    p.scale = 1.0 / std::sqrt((double)c.D);
+    p.scale = c.scale == 0 ? 1.0 / std::sqrt((double)c.D) : c.scale == kscale_zero ? 0.0 : c.scale;
     p.grp = c.H / c.HKV;
     const int H = c.H, HK = c.HKV, D = c.D, DV = c.DV;
     Rng r(seed);
@@ -306,6 +308,9 @@ int main(int argc, char** argv) {
         {"t65-noncausal-gqa4", 2, 65, 4, 1, 64, 64, false, 0, {}},
         {"t333-d128-window130", 1, 333, 2, 2, 128, 128, true, 130, {}},
         {"t257-d128-noncausal", 1, 257, 2, 1, 128, 128, false, 0, {}},
+        {"t200-d128-negscale", 1, 200, 2, 1, 128, 128, true, 0, {}, -0.125},
+        {"t150-zeroscale-b2", 2, 150, 2, 2, 64, 64, true, 0, {}, kscale_zero},
+        {"t130-bigscale", 1, 130, 2, 2, 64, 64, true, 0, {}, 0.5},
     };
     int i = 0;
     for (auto& c : cases) {

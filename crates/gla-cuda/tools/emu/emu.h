@@ -288,6 +288,15 @@ template <class T>
 T __shfl_xor_sync(unsigned, T v, int m) {
     return emu::shfl_gen(v, emu::lane_id() ^ m);
 }
+inline int __any_sync(unsigned, int p) {
+    const int w = emu::warp_id(), l = emu::lane_id();
+    emu::g_wbuf[w][l].v = p != 0;
+    emu::syncwarp();
+    int r = 0;
+    for (int i = 0; i < 32; ++i) r |= emu::g_wbuf[w][i].v != 0;
+    emu::syncwarp();
+    return r;
+}
 template <class T>
 T __shfl_sync(unsigned, T v, int s) {
     return emu::shfl_gen(v, s);
