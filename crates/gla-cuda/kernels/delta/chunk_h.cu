@@ -18,7 +18,7 @@
 // dS leaves to dh0 (=, f32, or null).
 //
 // S's operand copy (the B operand of w S and K dS) is rounded to the storage dtype, as fla does.
-// Warps tile S as WM x WN (8 x 1 for KP = 128, 256; 4 x 2 for KP = 64, 192). Both passes have NS
+// Warps tile S as WM x WN (8 x 1 for KP = 128, 256; 4 x 2 for KP = 64, 192). The forward has NS
 // pipeline stages of cp.async loads (2 where they fit in shared memory, else 1): the next
 // chunk's loads are in flight while one is computed. hs, dhs, v_new and dU are stored in column
 // pairs. Row factors rq, rk: see delta/chunk.cuh.
@@ -159,23 +159,15 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             // U = u - w S: each warp 16 rows x BV / 2 columns
             constexpr int NT = BV / 16;
             const int mt = wp & 3, n1 = (wp >> 2) * (BV / 2);
-            // 32-column tiles: w's hi and lo planes into two accumulators (two independent mma
-            // chains); 64-column tiles have no registers to spare for it
-            float acc[NT][4], acl[NT][4];
+            float acc[NT][4];
             frag_zero(acc);
-            frag_zero(acl);
-            if constexpr (BV == 32) {
-                wgemm<false, false, NT>(acc, sW, LK, 16 * mt, sS, LDS, n1, KP, lane);
-                if (SP == 2) wgemm<false, false, NT>(acl, sWl, LK, 16 * mt, sS, LDS, n1, KP, lane);
-            } else {
-                wgemm2<false, false, NT>(acc, sW, sWl, LK, 16 * mt, sS, sS, LDS, n1, KP, lane, true, false);
-            }
+            wgemm2<false, false, NT>(acc, sW, sWl, LK, 16 * mt, sS, sS, LDS, n1, KP, lane, true, false);
             #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
                 #pragma unroll
                 for (int e = 0; e < 4; e += 2) {
                     const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
-                    const float u0 = sUc[t * BV + jj] - (acc[nt][e] + acl[nt][e]), u1 = sUc[t * BV + jj + 1] - (acc[nt][e + 1] + acl[nt][e + 1]);
+                    const float u0 = sUc[t * BV + jj] - acc[nt][e], u1 = sUc[t * BV + jj + 1] - acc[nt][e + 1];
                     stg2_pair(vn, vplane, oc * 64 * (idx_t)VP + (idx_t)t * VP + j0 + jj, u0, u1);
                     const float f = sRk[t] * ex2f(glast - sGc[t]);
                     st2(sUd, sUdl, t * LDS + jj, u0 * f);
@@ -192,28 +184,14 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) S[ms][qq][e] *= dec;
             }
-            if constexpr (BV == 32) {
-                // the lo plane's term in its own accumulator (an independent mma chain), then
-                // added; 64-column tiles have no registers to spare for it
-                float sl[NSN][4];
-                frag_zero(sl);
-                wgemm<true, false, NSN>(S[ms], sKc, LK, 16 * (wm + WM * ms), sUd, LDS, sn0, 64, lane);
-                if (SP == 2) wgemm<true, false, NSN>(sl, sKc, LK, 16 * (wm + WM * ms), sUdl, LDS, sn0, 64, lane);
-                #pragma unroll
-                for (int qq = 0; qq < NSN; ++qq) {
-                    #pragma unroll
-                    for (int e = 0; e < 4; ++e) S[ms][qq][e] += sl[qq][e];
-                }
-            } else {
-                wgemm2<true, false, NSN>(S[ms], sKc, sKc, LK, 16 * (wm + WM * ms), sUd, sUdl, LDS, sn0, 64, lane, false, true);
-            }
+            wgemm2<true, false, NSN>(S[ms], sKc, sKc, LK, 16 * (wm + WM * ms), sUd, sUdl, LDS, sn0, 64, lane, false, true);
         }
         __syncthreads();
     }
     h_fini<KP, BV>(S, ht, o_state, K, V, j0, wm, sn0, fg, ft);
 }
 
-template <typename E, int KP, int NS, int BV>
+template <typename E, int KP, int BV>
 __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                       const float* __restrict__ rk, const E* __restrict__ w, const E* __restrict__ d_o,
                                       const float* __restrict__ dvl, const float* __restrict__ g2, const float* __restrict__ dht,
@@ -221,15 +199,20 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
                                       const idx_t* __restrict__ chunk_off, int H, int HV, int K, int V, int VP, float scale, idx_t nch) {
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
     constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
-    constexpr int STAGE = (2 + SP) * 64 * LK + 64 * LDS;  // q, k, w (hi, lo), do
-    constexpr int FSTAGE = 64 * BV + 3 * 64;              // dvl (f32), G, rq, rk
     DELTA_SMEM(smem);
-    E* sStage = (E*)smem;                      // [NS][STAGE]
-    E* sS = sStage + NS * STAGE;               // [KP][LDS]
+    E* sQ = (E*)smem;                          // [64][LK]
+    E* sK = sQ + 64 * LK;                      // [64][LK]
+    E* sW = sK + 64 * LK;                      // [64][LK]
+    E* sWl = sW + (SP - 1) * 64 * LK;
+    E* sDo = sWl + 64 * LK;                    // [64][LDS]
+    E* sS = sDo + 64 * LDS;                    // [KP][LDS]
     E* sDu = sS + KP * LDS;                    // [64][LDS]: -dU
     E* sDul = sDu + (SP - 1) * 64 * LDS;
-    float* sF = (float*)(sDul + 64 * LDS);     // [NS][FSTAGE]
-    DELTA_SMEM_END(smem, sF + NS * FSTAGE);
+    float* sDv = (float*)(sDul + 64 * LDS);    // [64][BV]
+    float* sG = sDv + 64 * BV;                 // [64]
+    float* sRq = sG + 64;                      // [64]
+    float* sRk = sRq + 64;                     // [64]
+    DELTA_SMEM_END(smem, sRk + 64);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const int j0 = blockIdx.x * BV, nh = blockIdx.y, n = nh / HV, hv = nh % HV, h = hv / (HV / H);
     const idx_t bos = bounds[n], eos = bounds[n + 1];
@@ -239,48 +222,22 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
     const idx_t o_state = (idx_t)nh * K * V, wplane = nch * HV * 64 * KP, vplane = nch * HV * 64 * VP;
     float dS[MS][NSN][4];
     h_init<KP, BV>(dS, dht, o_state, K, V, j0, wm, sn0, fg, ft);
-    // the loads of chunk c (walked in reverse) into stage st
-    auto load = [&](int c, int st) {
-        E* b = sStage + st * STAGE;
-        float* f = sF + st * FSTAGE;
+    for (int c = nc - 1; c >= 0; --c) {
         const idx_t oc = (cbase + c) * HV + hv, r0 = bos + (idx_t)c * 64;
         const int L = (int)min((idx_t)64, eos - r0);
-        ld_qk<E, KP>(b, q, r0, L, h, H, K, tid);
-        ld_qk<E, KP>(b + 64 * LK, k, r0, L, h, H, K, tid);
-        tile_ld<E>(b + 2 * 64 * LK, LK, w + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
-        if (SP == 2) tile_ld<E>(b + 3 * 64 * LK, LK, w + wplane + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
-        ld_v<E>(b + (2 + SP) * 64 * LK, LDS, d_o, r0, L, hv, HV, V, j0, BV, tid);
-        tile_ld<float>(f, BV, dvl + oc * 64 * (idx_t)VP + j0, VP, 64, BV, 64, BV, true, tid, DNT);
-        ld_g64(f + 64 * BV, g2 + oc * 64, tid);
-        ld_rf(f + 64 * BV + 64, rq, r0, L, h, H, tid);
-        ld_rf(f + 64 * BV + 128, rk, r0, L, h, H, tid);
-    };
-    #pragma unroll
-    for (int p = 0; p < NS - 1; ++p) {
-        if (p < nc) load(nc - 1 - p, p);
+        ld_qk<E, KP>(sQ, q, r0, L, h, H, K, tid);
+        ld_qk<E, KP>(sK, k, r0, L, h, H, K, tid);
+        tile_ld<E>(sW, LK, w + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
+        if (SP == 2) tile_ld<E>(sWl, LK, w + wplane + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
+        ld_v<E>(sDo, LDS, d_o, r0, L, hv, HV, V, j0, BV, tid);
+        tile_ld<float>(sDv, BV, dvl + oc * 64 * (idx_t)VP + j0, VP, 64, BV, 64, BV, true, tid, DNT);
+        ld_g64(sG, g2 + oc * 64, tid);
         cp_commit();
-    }
-    for (int it = 0; it < nc; ++it) {
-        const int c = nc - 1 - it, st = it % NS;
-        if (NS > 1) {
-            if (it + NS - 1 < nc) load(c - (NS - 1), (it + NS - 1) % NS);
-        } else {
-            load(c, 0);
-        }
-        cp_commit();
-        const idx_t oc = (cbase + c) * HV + hv;
+        ld_rf(sRq, rq, r0, L, h, H, tid);
+        ld_rf(sRk, rk, r0, L, h, H, tid);
         h_store<E, KP, BV>(dS, sS, dhs + oc * (idx_t)KP * VP + j0, VP, wm, sn0, fg, ft);
-        cp_wait<NS - 1>();
+        cp_wait0();
         __syncthreads();
-        E* sQ = sStage + st * STAGE;
-        const E* sK = sQ + 64 * LK;
-        const E* sW = sK + 64 * LK;
-        const E* sWl = sW + (SP - 1) * 64 * LK;
-        E* sDo = sQ + (2 + SP) * 64 * LK;
-        const float* sDv = sF + st * FSTAGE;
-        const float* sG = sDv + 64 * BV;
-        const float* sRq = sG + 64;
-        const float* sRk = sRq + 64;
         const float glast = sG[63];
         {
             // dU = dvl + exp(G_last - G) rk (K dS): each warp 16 rows x BV / 2 columns
@@ -330,16 +287,16 @@ extern "C" __global__ void __launch_bounds__(DNT) PFX##_k##KP##_##NAME(         
     idx_t nch) {                                                                                         \
     h_fwd<E, KP, NS, BV>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K, V, VP, nch);      \
 }
-#define HB_ENTRY(PFX, KP, NS, BV, NAME, E)                                                               \
+#define HB_ENTRY(PFX, KP, BV, NAME, E)                                                                   \
 extern "C" __global__ void __launch_bounds__(DNT) PFX##_k##KP##_##NAME(                                  \
     const E* q, const E* k, const float* rq, const float* rk, const E* w, const E* d_o, const float* dvl,\
     const float* g2, const float* dht, E* dhs, E* du, float* dh0, const idx_t* bounds,                   \
     const idx_t* chunk_off, int H, int HV, int K, int V, int VP, float scale, idx_t nch) {               \
-    h_bwd<E, KP, NS, BV>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0, bounds, chunk_off, H, HV, K, \
-                         V, VP, scale, nch);                                                             \
+    h_bwd<E, KP, BV>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0, bounds, chunk_off, H, HV, K, V,   \
+                     VP, scale, nch);                                                                    \
 }
 
-// NS: the state passes' cp.async stages, 2 where they fit in shared memory (bf16, KP <= 128),
+// NS: the forward state pass's cp.async stages, 2 where they fit in shared memory (bf16, KP <= 128),
 // else 1; BV: 64 value columns per block, or 32 (bf16, the `_v32` entries) where 64 leaves
 // fewer than two blocks per SM (src/delta/dispatch.rs picks, and sizes the launches to match)
 H_ENTRY(delta_h, 64, 1, 64, f32, float)
@@ -352,13 +309,13 @@ H_ENTRY(delta_h_v32, 64, 2, 32, bf16, bf16_t)
 H_ENTRY(delta_h_v32, 128, 2, 32, bf16, bf16_t)
 H_ENTRY(delta_h_v32, 192, 1, 32, bf16, bf16_t)
 H_ENTRY(delta_h_v32, 256, 1, 32, bf16, bf16_t)
-HB_ENTRY(delta_h_bwd, 64, 1, 64, f32, float)
-HB_ENTRY(delta_h_bwd, 128, 1, 64, f32, float)
-HB_ENTRY(delta_h_bwd, 64, 2, 64, bf16, bf16_t)
-HB_ENTRY(delta_h_bwd, 128, 2, 64, bf16, bf16_t)
-HB_ENTRY(delta_h_bwd, 192, 1, 64, bf16, bf16_t)
-HB_ENTRY(delta_h_bwd, 256, 1, 64, bf16, bf16_t)
-HB_ENTRY(delta_h_bwd_v32, 64, 2, 32, bf16, bf16_t)
-HB_ENTRY(delta_h_bwd_v32, 128, 2, 32, bf16, bf16_t)
-HB_ENTRY(delta_h_bwd_v32, 192, 1, 32, bf16, bf16_t)
-HB_ENTRY(delta_h_bwd_v32, 256, 1, 32, bf16, bf16_t)
+HB_ENTRY(delta_h_bwd, 64, 64, f32, float)
+HB_ENTRY(delta_h_bwd, 128, 64, f32, float)
+HB_ENTRY(delta_h_bwd, 64, 64, bf16, bf16_t)
+HB_ENTRY(delta_h_bwd, 128, 64, bf16, bf16_t)
+HB_ENTRY(delta_h_bwd, 192, 64, bf16, bf16_t)
+HB_ENTRY(delta_h_bwd, 256, 64, bf16, bf16_t)
+HB_ENTRY(delta_h_bwd_v32, 64, 32, bf16, bf16_t)
+HB_ENTRY(delta_h_bwd_v32, 128, 32, bf16, bf16_t)
+HB_ENTRY(delta_h_bwd_v32, 192, 32, bf16, bf16_t)
+HB_ENTRY(delta_h_bwd_v32, 256, 32, bf16, bf16_t)

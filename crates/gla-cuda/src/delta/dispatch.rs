@@ -214,8 +214,8 @@ pub fn planes(bf16: bool) -> usize {
     }
 }
 
-/// cp.async stages of the state passes (`NS` of `delta_h_*`, `delta_h_bwd_*`): 2 where they fit
-/// (bf16, KP <= 128), else 1. Must match `H_ENTRY` and `HB_ENTRY` in `delta/chunk_h.cu`.
+/// cp.async stages of the forward state pass (`NS` of `delta_h_*`): 2 where they fit (bf16,
+/// KP <= 128), else 1. Must match `H_ENTRY` in `delta/chunk_h.cu`.
 pub(crate) fn h_stages(bf16: bool, kp: usize) -> usize {
     if bf16 && kp <= 128 {
         2
@@ -299,8 +299,7 @@ impl DeltaSmem {
     }
     pub(crate) fn h_bwd(&self, bv: usize) -> usize {
         let (e, sp, lds) = (self.e, self.sp, bv + PAD);
-        let ns = h_stages(e == 2, self.kp);
-        (ns * ((2 + sp) * 64 * self.lk() + 64 * lds) + self.kp * lds + sp * 64 * lds) * e + ns * (64 * bv + 3 * 64) * 4
+        ((2 + sp) * 64 * self.lk() + 64 * lds + self.kp * lds + sp * 64 * lds) * e + (64 * bv + 3 * 64) * 4
     }
     pub(crate) fn dqkw(&self) -> usize {
         let (e, sp) = (self.e, self.sp);

@@ -427,8 +427,8 @@ static size_t sm_dvl(int KP) {
 }
 template <class E>
 static size_t sm_hb(int KP, int BV) {
-    const int ns = h_stages<E>(KP), SP = SPn<E>, L = BV + 8;
-    return (ns * ((2 + SP) * 64 * (KP + 8) + 64 * L) + KP * L + SP * 64 * L) * sizeof(E) + ns * (64 * BV + 3 * 64) * 4;
+    const int SP = SPn<E>, L = BV + 8;
+    return ((2 + SP) * 64 * (KP + 8) + 64 * L + KP * L + SP * 64 * L) * sizeof(E) + (64 * BV + 3 * 64) * 4;
 }
 // BV of the sequential passes: DELTA_BV, else src/delta/dispatch.rs's rule at 132 SMs
 template <class E>
