@@ -2,8 +2,8 @@
 // of a chunk-parallel block (one prologue), the loads of a chunk's q / k / v rows, and the
 // intra-chunk attention P of the output pass and the backward.
 //
-// A chunk-parallel block owns (global chunk cg = blockIdx.x, or blockIdx.x / KZ with KZ tiles of K
-// side by side, value head hv = blockIdx.y), 256 threads; its query/key head is h = hv / (HV / H). q and k are read raw; the in-op L2 norm is
+// A chunk-parallel block owns (global chunk cg = blockIdx.x, value head hv = blockIdx.y), 256
+// threads; its query/key head is h = hv / (HV / H). q and k are read raw; the in-op L2 norm is
 // applied as the row factors rq, rk ([rows, H] f32, 1 / |x| from delta_l2_rstd_*) on the
 // products' f32 results, so a normalised q or k is never rounded to bf16. G is the chunk-local cumsum of the log decay
 // in log2 units (delta_wy_* writes it, g2 [chunks, HV, 64]); exp(G_t - G_s) is taken only for
@@ -20,11 +20,10 @@ struct ChunkHead {
     int hv, h;
 };
 
-// the chunk-head of global chunk cg and value head blockIdx.y
-__device__ __forceinline__ ChunkHead chunk_head_at(idx_t cg, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
-                                                   const int* __restrict__ chunk_seq, int H, int HV) {
+__device__ __forceinline__ ChunkHead chunk_head(const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
+                                                const int* __restrict__ chunk_seq, int H, int HV) {
     ChunkHead c;
-    c.cg = cg;
+    c.cg = blockIdx.x;
     const ChunkRows cr = chunk_rows(c.cg, bounds, chunk_off, chunk_seq);
     c.r0 = cr.r0;
     c.L = cr.L;
@@ -32,11 +31,6 @@ __device__ __forceinline__ ChunkHead chunk_head_at(idx_t cg, const idx_t* __rest
     c.h = c.hv / (HV / H);
     c.oc = c.cg * HV + c.hv;
     return c;
-}
-
-__device__ __forceinline__ ChunkHead chunk_head(const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
-                                                const int* __restrict__ chunk_seq, int H, int HV) {
-    return chunk_head_at(blockIdx.x, bounds, chunk_off, chunk_seq, H, HV);
 }
 
 // the chunk's rows of q or k (head h, [rows, H, K]) into dst [64][KP + DPAD], zero-padded

@@ -5,7 +5,7 @@
 // and k (row factors rq, rk, delta/chunk.cuh); dq and dk are the gradients at Qn and Kn:
 //
 // delta_dvl_k{KP}: dvl = P^T do                            (=, f32 [chunks, HV, 64, VP])
-// delta_dqkw_k{KP}: KZ tiles of KW columns of K (DqkwTile), side by side in grid x:
+// delta_dqkw_k{KP}: grid z over K tiles of KW columns:
 //     dq   = scale exp(G) (do S^T) + (dM * M / m) Kn         dM = do U^T masked, M/m the decay
 //     dk   = (dM * M / m)^T Qn + exp(Gm - G) (U dS'^T)
 //     dw   = -dU S^T                                       (=, split [SP][chunks, HV, 64, KP])
@@ -20,9 +20,8 @@
 //     of dG over the chunk (=, the log decay's gradient [rows, HV] f32)
 // The operands with cancellation (P, U, dU, dw, T, dT, T^T dT, dAb) are split (delta/common.cuh).
 // Every sum is in a fixed order (no atomics). Blocks per SM at KP = VP = 128 (bf16): delta_dvl
-// three (registers <= 80); delta_dqkw two (registers <= 128: 64 columns of K per block; M and
-// dM * M stay in fragments, dMG takes U's tiles); delta_wy_bwd two (its V and dU tiles share one
-// region with M1, M2). The row and column sums of dM * M and dA * A come from the fragments. The
+// three (registers <= 80), delta_wy_bwd two (registers <= 128; its V and dU tiles share one
+// region with M1, M2, and the row and column sums of dA * A come from the fragments). The
 // derivation: the chain rule through the chunk form of docs/kernels.md's delta-rule section.
 //
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
@@ -78,11 +77,10 @@ __device__ __forceinline__ void dvl_k(const E* __restrict__ q, const E* __restri
     }
 }
 
-// K tile of delta_dqkw_*: 64 columns up to KP = 128, else halves (KZ = KP / KW tiles, side by
-// side in grid x: blockIdx.x = KZ chunk + tile, so a chunk's tiles share its loads in L2)
+// K tile of delta_dqkw_*: the whole K for bf16 up to 128, else halves (f32: 64)
 template <typename E, int KP>
 struct DqkwTile {
-    static constexpr int KW = KP <= 128 ? 64 : KP / 2, KZ = KP / KW;
+    static constexpr int KW = (sizeof(E) == 2 && KP <= 128) ? KP : (KP == 64 ? 64 : KP / 2);
 };
 
 template <typename E, int KP>
@@ -92,30 +90,29 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
                                        const float* __restrict__ g2, float* __restrict__ dq, float* __restrict__ dk, E* __restrict__ dw,
                                        float* __restrict__ dgp, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
                                        const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, float scale, idx_t nch) {
-    constexpr int LK = KP + DPAD, SP = Sp<E>::SP, KW = DqkwTile<E, KP>::KW, KZ = DqkwTile<E, KP>::KZ, NT = KW / 16;
+    constexpr int LK = KP + DPAD, SP = Sp<E>::SP, KW = DqkwTile<E, KP>::KW, NT = KW / 16;
     DELTA_SMEM(smem);
     E* sQ = (E*)smem;                      // [64][LK]
     E* sK = sQ + 64 * LK;                  // [64][LK]
     E* sDo = sK + 64 * LK;                 // [64][LDT]
     E* sU = sDo + 64 * LDT;                // [64][LDT]
     E* sUl = sU + (SP - 1) * 64 * LDT;
-    E* sDMG = sU;                          // [64][LDT], split: over U once the V loop is done
-    E* sDMGl = sUl;
     E* sDu = sUl + 64 * LDT;               // [64][LDT]
     E* sDul = sDu + (SP - 1) * 64 * LDT;
-    E* sS = sDul + 64 * LDT;               // [KW][LDT]
+    E* sDMG = sDul + 64 * LDT;             // [64][LDT]
+    E* sDMGl = sDMG + (SP - 1) * 64 * LDT;
+    E* sS = sDMGl + 64 * LDT;              // [KW][LDT]
     E* sDS = sS + KW * LDT;                // [KW][LDT]
-    float* sG = (float*)(sDS + KW * LDT);  // [64]
+    float* sM = (float*)(sDS + KW * LDT);  // [64][65]
+    float* sG = sM + 64 * 65;              // [64]
     float* sRq = sG + 64;                  // [64]
     float* sRk = sRq + 64;                 // [64]
     float* sRow = sRk + 64;                // [2][64]
     float* sRed = sRow + 128;              // [16]
-    float* sFr = sRed + 16;                // [2][64]: row sums of dM * M (per column half)
-    float* sFc = sFr + 128;                // [4][64]: column sums of dM * M (per row quarter)
-    DELTA_SMEM_END(smem, sFc + 256);
+    DELTA_SMEM_END(smem, sRed + 16);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
-    const ChunkHead c = chunk_head_at(blockIdx.x / KZ, bounds, chunk_off, chunk_seq, H, HV);
-    const int z = (int)(blockIdx.x % KZ), k0 = z * KW;
+    const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
+    const int z = blockIdx.z, k0 = z * KW;
     const idx_t vplane = nch * HV * 64 * VP, wplane = nch * HV * 64 * KP;
     ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
     ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
@@ -123,7 +120,22 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     cp_commit();
     ld_rf(sRq, rq, c.r0, c.L, c.h, H, tid);
     ld_rf(sRk, rk, c.r0, c.L, c.h, H, tid);
+    cp_wait0();
+    __syncthreads();
     const int mt = wp & 3, n1 = (wp >> 2) * 32, nk = (wp >> 2) * (KW / 2);
+    {
+        float acc[4][4];
+        frag_zero(acc);
+        wgemm<false, true, 4>(acc, sQ, LK, 16 * mt, sK, LK, n1, KP, lane);
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
+                sM[t * 65 + s] = s <= t ? scale * sRq[t] * sRk[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f;
+            }
+        }
+    }
     float dqi[NT][4], dwa[NT][4], dkd[NT][4], dM[4][4];
     frag_zero(dqi);
     frag_zero(dwa);
@@ -146,52 +158,22 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         cp_wait0();
         __syncthreads();
         wgemm<false, true, NT>(dqi, sDo, LDT, 16 * mt, sS, LDT, nk, 64, lane);
-        wgemm2_seq<false, true, NT>(dwa, sDu, sDul, LDT, 16 * mt, sS, sS, LDT, nk, 64, lane, true, false);
-        wgemm2_seq<false, true, NT>(dkd, sU, sUl, LDT, 16 * mt, sDS, sDS, LDT, nk, 64, lane, true, false);
-        wgemm2_seq<false, true, 4>(dM, sDo, sDo, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, false, true);
+        wgemm2<false, true, NT>(dwa, sDu, sDul, LDT, 16 * mt, sS, sS, LDT, nk, 64, lane, true, false);
+        wgemm2<false, true, NT>(dkd, sU, sUl, LDT, 16 * mt, sDS, sDS, LDT, nk, 64, lane, true, false);
+        wgemm2<false, true, 4>(dM, sDo, sDo, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, false, true);
         for (int x = tid; x < KW * 64; x += DNT) {
             const int r = x >> 6, cc = x & 63;
             sd += to_f32(sS[r * LDT + cc]) * to_f32(sDS[r * LDT + cc]);
         }
         __syncthreads();
     }
-    {
-        // M = scale (Qn Kn^T) exp(G_t - G_s) causal, in dM's fragments; F = dM * M: the warp's
-        // row sums (over its 32 columns) and column sums (over its 16 rows), for dG
-        float m[4][4], fr[2] = {0.f, 0.f};
-        frag_zero(m);
-        wgemm<false, true, 4>(m, sQ, LK, 16 * mt, sK, LK, n1, KP, lane);
-        #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-            float fc[2] = {0.f, 0.f};
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
-                const float f = s <= t ? scale * sRq[t] * sRk[s] * m[nt][e] * ex2f(sG[t] - sG[s]) * dM[nt][e] : 0.f;
-                fr[e >> 1] += f;
-                fc[e & 1] += f;
-            }
-            #pragma unroll
-            for (int j = 0; j < 2; ++j) {
-                float x = fc[j];
-                x += __shfl_xor_sync(0xffffffffu, x, 4);
-                x += __shfl_xor_sync(0xffffffffu, x, 8);
-                x += __shfl_xor_sync(0xffffffffu, x, 16);
-                if (fg == 0) sFc[mt * 64 + n1 + 8 * nt + 2 * ft + j] = x;
-            }
-        }
-        #pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-            fr[hh] = quad_sum(fr[hh]);
-            if (ft == 0) sFr[(wp >> 2) * 64 + 16 * mt + fg + 8 * hh] = fr[hh];
-        }
-    }
-    // the dq operand dMG rk_s (dMG = dM * scale * exp(G_t - G_s), causal), over U's tiles
+    // dM * M (in place in sM); the dq operand dMG rk_s (dMG = dM * scale * exp(G_t - G_s), causal)
     #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
         #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
+            sM[t * 65 + s] *= dM[nt][e];
             dM[nt][e] = s <= t ? dM[nt][e] * scale * ex2f(sG[t] - sG[s]) : 0.f;
             st2(sDMG, sDMGl, t * LDT + s, dM[nt][e] * sRk[s]);
         }
@@ -269,7 +251,9 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     if (tid < 64) {
         const int t = tid;
         float g = sRow[t] + sRow[64 + t];
-        if (z == 0) g += sFr[t] + sFr[64 + t] - ((sFc[t] + sFc[64 + t]) + (sFc[128 + t] + sFc[192 + t]));
+        if (z == 0) {
+            for (int s = 0; s < 64; ++s) g += sM[t * 65 + s] - sM[s * 65 + t];
+        }
         if (t == c.L - 1) {
             float a = 0.f, b = 0.f;
             for (int x = 0; x < 8; ++x) {
@@ -508,7 +492,7 @@ extern "C" __global__ void __launch_bounds__(DNT, 3) delta_dvl_k##KP##_##NAME(  
     int VP, float scale) {                                                                               \
     dvl_k<E, KP>(q, k, rq, rk, d_o, g2, dvl, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, scale);      \
 }                                                                                                        \
-extern "C" __global__ void __launch_bounds__(DNT, KP <= 128 ? 2 : 1) delta_dqkw_k##KP##_##NAME(                             \
+extern "C" __global__ void __launch_bounds__(DNT) delta_dqkw_k##KP##_##NAME(                             \
     const E* q, const E* k, const float* rq, const float* rk, const E* d_o, const E* vn, const E* du,    \
     const E* hs, const E* dhs, const float* g2, float* dq, float* dk, E* dw, float* dgp,                 \
     const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \

@@ -224,20 +224,21 @@ pub(crate) fn h_stages(bf16: bool, kp: usize) -> usize {
     }
 }
 
-/// Columns per block of `delta_dqkw_*` (`KW`): 64 up to KP = 128 (64 accumulators of each
-/// gradient per thread: two blocks per SM), else halves. Must match `DqkwTile` in
-/// `delta/chunk_bwd.cu`.
-pub(crate) fn dqkw_kw(kp: usize) -> usize {
-    if kp <= 128 {
+/// Columns per block of `delta_dqkw_*` (`KW`): all of KP for bf16 up to 128, else halves (f32:
+/// 64). Must match `DqkwTile` in `delta/chunk_bwd.cu`.
+pub(crate) fn dqkw_kw(bf16: bool, kp: usize) -> usize {
+    if bf16 && kp <= 128 {
+        kp
+    } else if kp == 64 {
         64
     } else {
         kp / 2
     }
 }
 
-/// The K tiles of `delta_dqkw_*`, side by side in grid x (a chunk's tiles in adjacent blocks).
-pub(crate) fn dqkw_kz(kp: usize) -> usize {
-    kp / dqkw_kw(kp)
+/// The K tiles (grid z) of `delta_dqkw_*`.
+pub(crate) fn dqkw_kz(bf16: bool, kp: usize) -> usize {
+    kp / dqkw_kw(bf16, kp)
 }
 
 /// Value columns per block of the sequential passes (`BV` of `delta_h*`): 64, or 32 (bf16, the
@@ -303,9 +304,8 @@ impl DeltaSmem {
     }
     pub(crate) fn dqkw(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
-        let kw = dqkw_kw(self.kp);
-        // dMG's split tile takes U's once the V loop is done; F's row and column sums
-        (2 * 64 * self.lk() + 64 * LDT + 2 * sp * 64 * LDT + 2 * kw * LDT) * e + (3 * 64 + 128 + 16 + 128 + 256) * 4
+        let kw = dqkw_kw(e == 2, self.kp);
+        (2 * 64 * self.lk() + 64 * LDT + 3 * sp * 64 * LDT + 2 * kw * LDT) * e + (64 * 65 + 3 * 64 + 128 + 16) * 4
     }
     pub(crate) fn wy_bwd(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -463,7 +463,7 @@ impl DeltaWorkspaceLens {
                     dhs: (nc * hv * kp * vp).max(1),
                     du: (sp * nc * hv * 64 * vp).max(1),
                     dw: (sp * nc * hv * 64 * kp).max(1),
-                    dgk: (dqkw_kz(kp) * nc * hv * 64).max(1),
+                    dgk: (dqkw_kz(bf16, kp) * nc * hv * 64).max(1),
                     dqk: if direct_qk(p) { 0 } else { (p.rows() * hv * p.k()).max(1) },
                     dbg: p.beta_len().max(1),
                     ..Self::forward(p, nc, bf16, path)
@@ -551,10 +551,9 @@ mod tests {
         assert_eq!(h_bv(false, 128, 32, 132), 64);
         assert_eq!(h_name(true, 32, 128, "bf16"), "delta_h_bwd_v32_k128_bf16");
         // the tiles of the widest dq/dk launch are columns of K
-        assert_eq!((dqkw_kw(256), dqkw_kz(256)), (128, 2));
-        assert_eq!((dqkw_kw(192), dqkw_kz(192)), (96, 2));
-        assert_eq!((dqkw_kw(128), dqkw_kz(128)), (64, 2));
-        assert_eq!((dqkw_kw(64), dqkw_kz(64)), (64, 1));
+        assert_eq!((dqkw_kw(true, 256), dqkw_kz(true, 256)), (128, 2));
+        assert_eq!((dqkw_kw(false, 128), dqkw_kz(false, 128)), (64, 2));
+        assert_eq!((dqkw_kw(true, 128), dqkw_kz(true, 128)), (128, 1));
     }
 
     #[test]

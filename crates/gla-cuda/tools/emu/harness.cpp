@@ -438,12 +438,12 @@ static int h_bv(int VP, int nhv) {
 }
 template <class E>
 static int kw(int KP) {
-    return KP <= 128 ? 64 : KP / 2;
+    return (sizeof(E) == 2 && KP <= 128) ? KP : (KP == 64 ? 64 : KP / 2);
 }
 template <class E>
 static size_t sm_dqkw(int KP) {
     const int KW = kw<E>(KP), SP = SPn<E>;
-    return (2 * 64 * (KP + 8) + 64 * 72 + 2 * SP * 64 * 72 + 2 * KW * 72) * sizeof(E) + (3 * 64 + 128 + 16 + 128 + 256) * 4;
+    return (2 * 64 * (KP + 8) + 64 * 72 + 3 * SP * 64 * 72 + 2 * KW * 72) * sizeof(E) + (64 * 65 + 3 * 64 + 128 + 16) * 4;
 }
 template <class E>
 static size_t sm_wyb(int KP, int VP) {
@@ -714,7 +714,7 @@ struct Run {
                                const float*, float*, float*, E*, float*, const long long*, const long long*, const int*, int, int, int,
                                int, int, float, long long);
         if (nc > 0)
-            emu::launch(dim3{(unsigned)(nc * KZ), (unsigned)HV, 1}, b256, sm_dqkw<E>(KP), [&] {
+            emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, b256, sm_dqkw<E>(KP), [&] {
                 ((DqkwFn)f.dqkw)(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), du.data(), hs.data(), dhs.data(), g2.data(),
                                  dqp.data(), dkp.data(), dw.data(), dgp.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V,
                                  VP, scale, nch);
