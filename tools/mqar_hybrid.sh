@@ -4,8 +4,8 @@
 # tools/mqar_family.sh (same recipe, same (init, data) seed pairs, one table of held-out query
 # accuracy with the parameter counts).
 # Defaults: T = 512, 64 key-value pairs, vocab 1024, 4 layers of D = 128 with 2 heads, the
-# attention at layer 1 (2 heads of 64, full causal), 2000 steps: the GPU setting (once the GPU
-# runs attention layers: `gla train --device cuda` refuses them until then).
+# attention at layer 1 (2 heads of 64, full causal), 2000 steps: the GPU setting (this recipe
+# stayed at chance there on 2026-12-04, for every family: bench/results/README.md).
 # CPU check (a tiny setting): DEVICE=cpu STEPS=4 SEQ=64 KV=4 VOCAB=128 D=32 tools/mqar_hybrid.sh target/release/gla
 # Usage: tools/mqar_hybrid.sh [path/to/gla]   env: DEVICE (cuda), JOBS (4), STEPS (2000),
 #        SEQ (512), KV (64), VOCAB (1024), D (128), HEADS (2), LAYERS (4), ATTN ("1"),

@@ -619,8 +619,8 @@ fn bench_cuda(a: &BenchArgs, model: &GlaModel) -> Result<Vec<BenchEntry>> {
             dec.decode_batch(&vec![0; b], &mut sref)?;
         }
     }
-    let bytes = dec.state_bytes();
-    bench_batches(a, &dec, model.dims.vocab, |_| bytes)
+    // a state's size after its run: attention layers' KV caches grow with the tokens
+    bench_batches(a, &dec, model.dims.vocab, gla_model::gpu::GpuState::bytes)
 }
 
 /// `--contexts` on the GPU: the peak of the device memory pool (weights, activations of one
