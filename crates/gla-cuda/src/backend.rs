@@ -594,36 +594,33 @@ struct DeltaBufs {
     ddt_bias: CudaSlice<f32>,
 }
 
+/// The op plan of a [`GpuPlan`] whose variant is `$variant` and whose dims equal `$md`; a typed
+/// refusal naming `$what` when the plan was made for another model.
+macro_rules! plan_op {
+    ($plan:expr, $variant:path, $md:expr, $what:literal) => {
+        $plan
+            .ops
+            .iter()
+            .find_map(|op| match op {
+                $variant(dm, p) if dm == $md => Some(&**p),
+                _ => None,
+            })
+            .ok_or_else(|| unsupported(concat!($what, " on a plan made for another model").into()))
+    };
+}
+
 impl GpuPlan {
     /// The GLA op's plan of the layers with dims `md`.
     fn gla(&self, md: &GlaDims) -> Result<&GlaPlan> {
-        self.ops
-            .iter()
-            .find_map(|op| match op {
-                PlanOp::Gla(dm, g) if dm == md => Some(&**g),
-                _ => None,
-            })
-            .ok_or_else(|| unsupported("a GLA op on a plan made for another model".into()))
+        plan_op!(self, PlanOp::Gla, md, "a GLA op")
     }
     /// The attention op's plan of the layers with dims `md`.
     fn attn(&self, md: &AttnDims) -> Result<&AttnPlan> {
-        self.ops
-            .iter()
-            .find_map(|op| match op {
-                PlanOp::Attn(dm, a) if dm == md => Some(&**a),
-                _ => None,
-            })
-            .ok_or_else(|| unsupported("an attention op on a plan made for another model".into()))
+        plan_op!(self, PlanOp::Attn, md, "an attention op")
     }
     /// The delta op's plan of the layers with dims `md`.
     fn delta(&self, md: &DeltaDims) -> Result<&DeltaPlan> {
-        self.ops
-            .iter()
-            .find_map(|op| match op {
-                PlanOp::Delta(dm, d) if dm == md => Some(&**d),
-                _ => None,
-            })
-            .ok_or_else(|| unsupported("a delta-rule op on a plan made for another model".into()))
+        plan_op!(self, PlanOp::Delta, md, "a delta-rule op")
     }
 }
 
