@@ -47,8 +47,9 @@ impl KvCache {
     }
 }
 
-/// Slots a growing KV cache starts with (it then doubles).
-const KV_MIN_SLOTS: usize = 256;
+/// Slots a growing KV cache starts with (it then doubles). Small, so that the model check's
+/// generation (about 150 tokens) grows a cache twice and reads it back after each move.
+const KV_MIN_SLOTS: usize = 64;
 
 impl GpuState {
     /// Tokens fed so far.
