@@ -118,12 +118,9 @@ pub const GLA_CHUNK_BWD: KernelSource = source!(
     ["gla_chunk_bwd1_bf16", "gla_chunk_bwd1k_bf16", "gla_chunk_bwd1v_bf16", "gla_chunk_bwd2k_bf16", "gla_chunk_bwd2k64_bf16"]
 );
 
-/// The softmax-attention layer's element-wise kernels: bias, RoPE, widening, KV cache rows.
-pub const NN_ATTN_LAYER: KernelSource = source!(
-    "nn/attn_layer.cu",
-    NN_HEADERS,
-    ["bias_add_bf16", "rope_bf16", "rope_bwd_f32", "widen_bf16_f32", "kv_gather_bf16", "kv_scatter_bf16"]
-);
+/// The softmax-attention layer's element-wise kernels: bias, RoPE, widening, KV cache rows in.
+pub const NN_ATTN_LAYER: KernelSource =
+    source!("nn/attn_layer.cu", NN_HEADERS, ["bias_add_bf16", "rope_bf16", "rope_bwd_f32", "widen_bf16_f32", "kv_scatter_bf16"]);
 
 /// Casts, row gather / scatter, GQA head repeat.
 pub const NN_ROWS: KernelSource = source!(

@@ -13,11 +13,10 @@
 // rope_bwd_f32:   d [N, heads, Dh] in place, the rotation by -a (positions as rope_bf16 without
 //                 pos0: the backward runs on training batches only).
 // widen_bf16_f32: y [n] f32 (=) x [n] bf16.
-// kv_gather_bf16: dst [count, E] (=) cache[(p0 + i) mod S] for i < count: the cache's rows of
-//                 positions p0 .. p0 + count - 1 in order (a KV cache of S slots holds position
-//                 p at slot p mod S: a ring buffer for a sliding window, slot p otherwise).
 // kv_scatter_bf16: cache[(p0 + i) mod S] (=) src [count, E] for the last min(count, S) rows
-//                 i (the earlier ones would be overwritten in a ring).
+//                 i (the earlier ones would be overwritten in a ring): a KV cache of S slots
+//                 holds position p at slot p mod S (a ring buffer for a sliding window, slot p
+//                 otherwise).
 // sincosf is the accurate one (no fast math in this build): angles reach 1e5 rad at long
 // contexts, where __sinf is wrong.
 
@@ -63,15 +62,6 @@ extern "C" __global__ void rope_bwd_f32(float* __restrict__ d, const float* __re
 
 extern "C" __global__ void widen_bf16_f32(float* __restrict__ y, const bf16_t* __restrict__ x, idx_t n) {
     for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < n; i += (idx_t)gridDim.x * blockDim.x) y[i] = to_f32(x[i]);
-}
-
-extern "C" __global__ void kv_gather_bf16(bf16_t* __restrict__ dst, const bf16_t* __restrict__ cache, idx_t p0, idx_t count, idx_t s,
-                                          int e) {
-    const idx_t total = count * e;
-    for (idx_t x = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; x < total; x += (idx_t)gridDim.x * blockDim.x) {
-        const idx_t i = x / e;
-        dst[x] = cache[((p0 + i) % s) * e + x % e];
-    }
 }
 
 extern "C" __global__ void kv_scatter_bf16(bf16_t* __restrict__ cache, const bf16_t* __restrict__ src, idx_t p0, idx_t count, idx_t s,
