@@ -3,55 +3,22 @@
 //! against the library in-process, and the GPU's refusal.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use gla_model::checkpoint::load_model;
 use gla_model::config::MixerDims;
 use gla_model::generate::{generate_ids, GenerateOptions};
 use gla_model::tokenizer::Tokenizer;
 
-fn gla(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_gla")).args(args).output().unwrap();
-    (o.status.code().unwrap_or(-1), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
-}
+mod common;
+use common::{config_json, gla};
 
 fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gla-cli-hybrid-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    common::tmpdir("hybrid", name)
 }
 
-const MQAR: &[&str] = &[
-    "--d-model",
-    "16",
-    "--layers",
-    "3",
-    "--heads",
-    "2",
-    "--seq-len",
-    "16",
-    "--kv-pairs",
-    "2",
-    "--vocab",
-    "32",
-    "--batch-size",
-    "2",
-    "--eval-every",
-    "2",
-    "--eval-examples",
-    "4",
-];
-
+/// A tiny MQAR run of 3 layer(s) (`common::train`).
 fn train(out: &Path, steps: &str, extra: &[&str]) -> (i32, String, String) {
-    let mut args = vec!["train", "--out", out.to_str().unwrap(), "--steps", steps];
-    args.extend_from_slice(MQAR);
-    args.extend_from_slice(extra);
-    gla(&args)
-}
-
-fn config_json(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
+    common::train(out, steps, "3", extra)
 }
 
 #[test]
