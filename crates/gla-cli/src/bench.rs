@@ -13,6 +13,18 @@ use serde::Serialize;
 
 use crate::Device;
 
+/// Seconds since the Unix epoch, stamped into every benchmark report.
+fn unix_time() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Writes a benchmark's JSON report atomically and says where.
+fn write_report(path: &std::path::Path, report: &impl serde::Serialize) -> Result<()> {
+    gla_core::io::write_atomic(path, serde_json::to_string_pretty(report)?.as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
 #[derive(clap::Args)]
 pub struct OpsArgs {
     /// Device to time on.
@@ -163,12 +175,10 @@ pub fn ops(a: &OpsArgs) -> Result<bool> {
     }
     let peak = results.iter().map(|e| e.gemm_gflops).fold(0.0, f64::max);
     if let Some(path) = &a.json {
-        let unix_time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let unix_time = unix_time();
         let method = "interleaved: each timed call follows one 1536^3 f32 GEMM; pct_gemm_peak is the median over calls of op GFLOP/s / that GEMM's GFLOP/s; ms and gemm_gflops are medians of their own";
         let report = Report { unix_time, method, device: format!("cpu: {cpu}"), threads, gemm_f32_peak_gflops: peak, results };
-        gla_core::io::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+        write_report(path, &report)?;
     }
     Ok(true)
 }
@@ -216,7 +226,7 @@ fn ops_cuda(a: &OpsArgs) -> Result<bool> {
     let rows = bench_ops(&cuda, &shapes, a.reps, false, true).context("timing the CUDA ops")?;
     print!("{}", format_rows(&rows));
     if let Some(path) = &a.json {
-        let unix_time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let unix_time = unix_time();
         let results = rows
             .iter()
             .map(|r| CudaEntry {
@@ -238,9 +248,7 @@ fn ops_cuda(a: &OpsArgs) -> Result<bool> {
             reps: a.reps,
             results,
         };
-        gla_core::io::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+        write_report(path, &report)?;
     }
     Ok(true)
 }
@@ -317,7 +325,7 @@ pub fn delta(a: &DeltaArgs) -> Result<bool> {
         }
     }
     if let Some(path) = &a.json {
-        let unix_time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let unix_time = unix_time();
         let results: Vec<DeltaEntry> = rows
             .iter()
             .map(|r| DeltaEntry {
@@ -340,9 +348,7 @@ pub fn delta(a: &DeltaArgs) -> Result<bool> {
             "reps": a.reps,
             "results": results,
         });
-        gla_core::io::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+        write_report(path, &report)?;
     }
     Ok(true)
 }
@@ -405,7 +411,7 @@ pub fn attn(a: &AttnArgs) -> Result<bool> {
     let rows = bench_attn(&cuda, &shapes, a.h_kv, !a.non_causal, &decode, a.reps).context("timing attention")?;
     print!("{}", format_rows(&rows));
     if let Some(path) = &a.json {
-        let unix_time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let unix_time = unix_time();
         let results: Vec<serde_json::Value> = rows
             .iter()
             .map(|r| {
@@ -424,9 +430,7 @@ pub fn attn(a: &AttnArgs) -> Result<bool> {
             "reps": a.reps,
             "results": results,
         });
-        gla_core::io::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+        write_report(path, &report)?;
     }
     Ok(true)
 }
@@ -469,7 +473,7 @@ pub fn bidir(a: &BidirArgs) -> Result<bool> {
     let rows = bench_bidir(&cuda, &shapes, a.reps).context("timing the bidirectional scan")?;
     print!("{}", format_bidir_rows(&rows));
     if let Some(path) = &a.json {
-        let unix_time = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let unix_time = unix_time();
         let results: Vec<serde_json::Value> = rows
             .iter()
             .map(|r| {
@@ -482,9 +486,7 @@ pub fn bidir(a: &BidirArgs) -> Result<bool> {
         let report = serde_json::json!({
             "unix_time": unix_time, "device": cuda.name(), "arch": cuda.arch(), "reps": a.reps, "results": results,
         });
-        gla_core::io::write_atomic(path, serde_json::to_string_pretty(&report)?.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
+        write_report(path, &report)?;
     }
     Ok(true)
 }
