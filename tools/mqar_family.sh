@@ -8,7 +8,8 @@
 # Usage: tools/mqar_family.sh [path/to/gla]   env: DEVICE (cpu), JOBS (1), STEPS (1500),
 #        SEQ (256), KV (32), PAIRS ("0,1"), ARCHS ("gla delta_net gated_deltanet"),
 #        ATTN ("1"), ATTN_FLAGS (""), EXTRA (more `gla train` flags for every run),
-#        OUT (mqar-family)
+#        OUT (mqar-family), RUN_LIMIT (seconds: stop each run after this long, the table then
+#        shows the evaluations it reached; default none)
 set -euo pipefail
 GLA="${1:-target/release/gla}"
 DEVICE="${DEVICE:-cpu}"
@@ -34,12 +35,12 @@ run_one() {
     # <arch>+attn: the family's hybrid stack
     [[ "$a" == *+attn ]] && hybrid="--attn-layers $ATTN $ATTN_FLAGS"
     # shellcheck disable=SC2086
-    "$GLA" train --arch "${a%+attn}" --device "$DEVICE" --steps "$STEPS" --decay-steps "$STEPS" --seed "$s" --data-seed "$d" \
+    ${RUN_LIMIT:+timeout "$RUN_LIMIT"} "$GLA" train --arch "${a%+attn}" --device "$DEVICE" --steps "$STEPS" --decay-steps "$STEPS" --seed "$s" --data-seed "$d" \
         --seq-len "$SEQ" --kv-pairs "$KV" --eval-every 100 --stop-at-acc 1.01 --save-every 1000000 \
         --out "$OUT/$a-s$s-d$d" ${EXTRA:-} $hybrid > "$OUT/$a-s$s-d$d.log" 2>&1 || echo "failed" >> "$OUT/$a-s$s-d$d.log"
 }
 export -f run_one
-export GLA DEVICE STEPS SEQ KV OUT EXTRA ATTN ATTN_FLAGS
+export GLA DEVICE STEPS SEQ KV OUT EXTRA ATTN ATTN_FLAGS RUN_LIMIT
 xargs -P "$JOBS" -L 1 bash -c 'run_one "$@"' _ < "$jobs_file"
 python3 - "$OUT" "$STEPS" <<'PY'
 import json, math, os, sys
