@@ -44,8 +44,8 @@ VIG = {
     "b": dict(embed_dim=768, num_heads=12, use_out_act=False, use_act_in_conv=False),
 }
 DEIT = {"t": "deit_tiny_patch16_224", "s": "deit_small_patch16_224", "b": "deit_base_patch16_224"}
-# images per iteration: inference, training (per resolution)
-BATCH = {224: (256, 128), 512: (64, 32), 1024: (16, 8)}
+# images per iteration: inference, training (per resolution; `gla bench vig`'s defaults)
+BATCH = {224: (128, 128), 512: (32, 32), 1024: (8, 8)}
 
 
 def load_vig(torch, vig_root):
@@ -147,8 +147,15 @@ def table(gla_json, torch_json):
             return []
 
     got = {}
-    for r in rows(gla_json):
-        got[("gla", r["model"], int(r["res"]), r["mode"])] = r
+    with open(gla_json) if os.path.exists(gla_json) else open(os.devnull) as f:
+        ours = json.loads(f.read() or "{}").get("results", [])
+    for r in ours:  # gla bench vig's report: model "vig-t", image, mode, batch, images_per_s, peak_gib
+        row = dict(model=r["model"].split("-")[-1], res=r["image"], mode=r["mode"], batch=r["batch"])
+        if r.get("error"):
+            row["error"] = r["error"]
+        else:
+            row.update(img_s=r["images_per_s"], peak_mib=r["peak_gib"] * 1024)
+        got[("gla", row["model"], int(row["res"]), row["mode"])] = row
     for r in rows(torch_json):
         got[(r["impl"], r["model"], int(r["res"]), r["mode"])] = r
     keys = sorted({k[1:] for k in got}, key=lambda k: ("tsb".index(k[0]), k[2], k[1]))

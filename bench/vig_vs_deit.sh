@@ -17,7 +17,7 @@ GLA="${1:?path to gla}"
 VIG="${2:?path to a hustvl/ViG checkout}"
 MODELS="${MODELS:-t,s,b}"
 SIZES="${SIZES:-224,512,1024}"
-"$GLA" bench vig --device cuda --models "$MODELS" --sizes "$SIZES" --json "$OUT/vig_gla.json" 2>&1 | tee "$OUT/vig_gla.txt"
+"$GLA" bench vig --device cuda --models "$(echo "$MODELS" | sed "s/\([tsb]\)/vig-\1/g")" --sizes "$SIZES" --json "$OUT/vig_gla.json" 2>&1 | tee "$OUT/vig_gla.txt"
 timeout "${PY_TIMEOUT:-540}" python3 bench/vig_vs_deit.py --vig "$VIG" --models "$MODELS" --sizes "$SIZES" \
     --json "$OUT/vig_torch.json" 2>&1 | tee "$OUT/vig_torch.txt"
 python3 bench/vig_vs_deit.py --table "$OUT/vig_gla.json" "$OUT/vig_torch.json" | tee "$OUT/vig_vs_deit.txt"
