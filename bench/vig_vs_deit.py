@@ -201,6 +201,12 @@ def main():
     torch.backends.cudnn.allow_tf32 = True
     which = args.which.split(",")
     vig_mod = load_vig(torch, args.vig) if "vig" in which else None
+    meta = dict(torch=torch.__version__, timm=timm.__version__, gpu=torch.cuda.get_device_name())
+    try:
+        import fla
+        meta["fla"] = getattr(fla, "__version__", "?")
+    except Exception:  # noqa: BLE001 - the version is a label only
+        pass
     rows = []
     for size in args.models.split(","):
         for hw in map(int, args.sizes.split(",")):
@@ -225,14 +231,12 @@ def main():
                     row["wall_s"] = time.time() - t0
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-    meta = dict(torch=torch.__version__, timm=timm.__version__, gpu=torch.cuda.get_device_name())
-    try:
-        import fla
-        meta["fla"] = getattr(fla, "__version__", "?")
-    except Exception:
-        pass
-    with open(args.json, "w") as f:
-        json.dump(dict(meta=meta, rows=rows), f, indent=1)
+                    # rewritten after every row, so that a run stopped by its time limit keeps
+                    # what it measured
+                    tmp = args.json + ".tmp"
+                    with open(tmp, "w") as f:
+                        json.dump(dict(meta=meta, rows=rows), f, indent=1)
+                    os.replace(tmp, args.json)
 
 
 if __name__ == "__main__":
