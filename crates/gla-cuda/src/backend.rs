@@ -1358,7 +1358,9 @@ impl GlaOps for Gpu {
     }
 
     fn gate_fwd(&self, md: &GlaDims, gk: &mut CudaSlice<u16>, raw: &mut CudaSlice<f32>, bias: ParamId, n: usize) -> Result<()> {
-        let (dm, _) = self.layer_gla(md)?;
+        // the gate reads only md's gate fields and no plan: md need not be a layer's op dims (a
+        // ViG block's gate covers both scans' key dims at once)
+        let dm = md;
         let (gkp, rawp, bp) = (self.p(gk), self.p(raw), self.mp(bias));
         let (ni, ci, norm, hc, cm) =
             (n as i64, dm.key_dim_kv as i32, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
@@ -1378,7 +1380,10 @@ impl GlaOps for Gpu {
         raw: &CudaSlice<f32>,
         n: usize,
     ) -> Result<()> {
-        let (dm, _) = self.layer_gla(md)?;
+        let dm = md;
+        if col_gy(n) * dm.key_dim_kv > plan.part.len() {
+            return Err(unsupported(format!("a gate of {} columns over {n} rows on a plan made for another model", dm.key_dim_kv)));
+        }
         let (dxp, dx16, dgp, rawp) = (self.p(dx), self.p(dx_act), self.p(dg), self.p(raw));
         let (tot, norm, hc, cm) =
             ((n * dm.key_dim_kv) as i64, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
