@@ -109,6 +109,22 @@ impl GpuVigModel {
         vig::forward(self.weights.backend(), &self.layout, acts, images, labels, smoothing)
     }
 
+    /// Copies images `[B, C, H, W]` into `acts` for [`GpuVigModel::forward_resident`].
+    ///
+    /// # Errors
+    /// Shape errors; the device's errors.
+    pub fn upload(&self, acts: &mut GpuVigActs, images: &[f32]) -> Result<()> {
+        vig::upload(self.weights.backend(), acts, images)
+    }
+
+    /// [`GpuVigModel::forward`] on the images already in `acts` (benchmarks: no host copy).
+    ///
+    /// # Errors
+    /// As [`GpuVigModel::forward`].
+    pub fn forward_resident(&self, acts: &mut GpuVigActs, labels: Option<&[u32]>, smoothing: f32) -> Result<Option<VigLoss>> {
+        vig::forward_resident(self.weights.backend(), &self.layout, acts, labels, smoothing)
+    }
+
     /// [`super::backward`] of the last forward (with labels) into the device gradient arena
     /// (accumulates: [`GpuVigModel::zero_grads`] between steps).
     ///

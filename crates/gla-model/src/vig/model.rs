@@ -348,6 +348,32 @@ pub fn forward<B: Backend + VisionOps>(
     labels: Option<&[u32]>,
     smoothing: f32,
 ) -> Result<Option<VigLoss>, B::Error> {
+    upload(be, acts, nchw)?;
+    forward_resident(be, lay, acts, labels, smoothing)
+}
+
+/// Copies the images `nchw [B, C, H, W]` (the geometry of `acts`) into the activations, where
+/// [`forward_resident`] reads them.
+///
+/// # Errors
+/// A shape error for images that do not match `acts`; the backend's errors.
+pub fn upload<B: Backend + VisionOps>(be: &B, acts: &mut VigActs<B::Buf>, nchw: &[f32]) -> Result<(), B::Error> {
+    let (d, sh) = (acts.dims, acts.shape);
+    be.upload_image(&mut acts.img, nchw, sh.b, d.channels, sh.img.0, sh.img.1)
+}
+
+/// [`forward`] on the images already in `acts` ([`upload`]): what a benchmark times without the
+/// host-to-device copy.
+///
+/// # Errors
+/// As [`forward`].
+pub fn forward_resident<B: Backend + VisionOps>(
+    be: &B,
+    lay: &VigLayout,
+    acts: &mut VigActs<B::Buf>,
+    labels: Option<&[u32]>,
+    smoothing: f32,
+) -> Result<Option<VigLoss>, B::Error> {
     let d = acts.dims;
     let sh = acts.shape;
     let (n, n1, dm, half) = (sh.n(), sh.n1(), d.d, d.d / 2);
@@ -356,7 +382,6 @@ pub fn forward<B: Backend + VisionOps>(
     if lay.blocks.len() != d.depth {
         return Err(shape_err("layout", "the dims' depth".into(), d.depth, lay.blocks.len()).into());
     }
-    be.upload_image(&mut acts.img, nchw, b, d.channels, sh.img.0, sh.img.1)?;
     // stem
     be.im2col(&mut acts.cols1, &acts.img, &sh.g1)?;
     be.linear_fwd_f32(&mut acts.c1, &acts.cols1, lay.conv1.0, n1, sh.g1.cols(), half)?;
