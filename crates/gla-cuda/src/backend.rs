@@ -528,6 +528,9 @@ pub struct GpuRows {
 pub struct GpuPlan {
     part: CudaSlice<f32>,
     ops: Vec<PlanOp>,
+    /// The bidirectional scan's problem and buffers (ViG, `VisionOps::bidir_*`), made at its
+    /// first call on this batch shape.
+    bidir: Mutex<Option<Box<vision::BidirPlan>>>,
 }
 
 /// One mixer's op part of a [`GpuPlan`], with the dims of the layers it serves (boxed: made
@@ -985,7 +988,7 @@ impl Primitives for Gpu {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(GpuPlan { part, ops })
+        Ok(GpuPlan { part, ops, bidir: Mutex::new(None) })
     }
 
     fn upload_ids(&self, dst: &mut GpuIds, ids: &[u32], backward: bool) -> Result<()> {

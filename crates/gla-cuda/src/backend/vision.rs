@@ -10,10 +10,24 @@
 
 use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
 use gla_core::backend::{Cols, Conv2d, ParamId, VisionOps};
+use gla_core::bidir::{BidirProblem, BidirSpec};
+use gla_core::dims::GlaDims;
 
-use super::{col_gy, cols, flat, launch, rows_warp, unsupported, Gpu};
+use super::{col_gy, cols, flat, launch, rows_warp, unsupported, Gpu, GpuPlan};
+use crate::bidir::ops::{bidir_bwd_ws, bidir_fwd_ws, BidirDevGrads, BidirDevInputs, BidirDevProblem, BidirWorkspace};
+use crate::bidir::BidirAlgo;
 use crate::error::{Error, Result};
 use crate::ops::f32_to_bf16;
+
+/// The bidirectional scan of one batch shape: its problem (`(B, T, H, K, V)` = `key`), the op's
+/// workspace, and the backward's gradients (allocated at the first backward), before they are
+/// copied to the caller's buffers.
+pub(crate) struct BidirPlan {
+    key: (usize, usize, usize, usize, usize),
+    prob: BidirDevProblem,
+    ws: BidirWorkspace<u16>,
+    grads: Option<BidirDevGrads>,
+}
 
 /// Device buffers the vision ops reuse across calls (see the module doc), each grown on demand.
 #[derive(Default)]
@@ -75,6 +89,28 @@ impl Gpu {
         // SAFETY: cols_* (kernels/nn/vision.cu): dst, src hold b*t rows of their widths (checked
         // by the callers)
         unsafe { self.cuda.launch(name, flat(total).config(&self.cuda), &[&dst, &src, &nb, &t, &w, &sw, &so, &dw, &doff, &fl, &acc, &sc]) }
+    }
+}
+
+impl Gpu {
+    /// The bidirectional plan of `plan` for `b` sequences of `t` tokens at `md`'s heads (made,
+    /// or remade for other dims, under its lock).
+    fn bidir_plan<'a>(
+        &self,
+        plan: &'a GpuPlan,
+        md: &GlaDims,
+        b: usize,
+        t: usize,
+    ) -> Result<std::sync::MutexGuard<'a, Option<Box<BidirPlan>>>> {
+        let mut g = plan.bidir.lock().map_err(|_| unsupported("bidirectional plan lock poisoned".into()))?;
+        let key = (b, t, md.heads, md.head_k, md.head_v);
+        if g.as_ref().is_none_or(|p| p.key != key) {
+            let spec = BidirSpec { scale: Some((md.head_k as f64).powf(-0.5)), ..BidirSpec::new(b, t, md.heads, md.head_k, md.head_v) };
+            let prob = BidirDevProblem::new(&self.cuda, &BidirProblem::new(spec)?)?;
+            let ws = BidirWorkspace::new(&self.cuda, &prob)?;
+            *g = Some(Box::new(BidirPlan { key, prob, ws, grads: None }));
+        }
+        Ok(g)
     }
 }
 
@@ -342,6 +378,55 @@ impl VisionOps for Gpu {
         let (a, bq, cq) = (self.p(d_gn), self.p(d_ln), self.p(d_gpre));
         let (dyp, gp, lp, pp, n, act) = (self.p(dy), self.p(gn), self.p(ln), self.p(gpre), len as i64, i32::from(out_act));
         launch!(self, "locality_gate_bwd", flat(len), a, bq, cq, dyp, gp, lp, pp, n, act);
+        Ok(())
+    }
+
+    fn bidir_fwd(
+        &self,
+        md: &GlaDims,
+        plan: &GpuPlan,
+        o: &mut CudaSlice<u16>,
+        [q, k, v]: [&CudaSlice<u16>; 3],
+        [gf, gb]: [&CudaSlice<u16>; 2],
+        b: usize,
+        t: usize,
+    ) -> Result<()> {
+        let mut g = self.bidir_plan(plan, md, b, t)?;
+        let Some(bp) = g.as_mut() else { return Err(unsupported("bidirectional plan".into())) };
+        let x = BidirDevInputs { q, k, v, gf, gb };
+        bidir_fwd_ws(&self.cuda, BidirAlgo::Fused, &bp.prob, &x, &mut bp.ws, o)
+    }
+    fn bidir_bwd(
+        &self,
+        md: &GlaDims,
+        plan: &GpuPlan,
+        [q, k, v]: [&CudaSlice<u16>; 3],
+        [gf, gb]: [&CudaSlice<u16>; 2],
+        d_o: &CudaSlice<u16>,
+        out: [&mut CudaSlice<f32>; 5],
+        b: usize,
+        t: usize,
+    ) -> Result<()> {
+        let mut g = self.bidir_plan(plan, md, b, t)?;
+        let Some(bp) = g.as_mut() else { return Err(unsupported("bidirectional plan".into())) };
+        let p = &bp.prob.problem;
+        let (qk, vl) = (p.qk_len(), p.v_len());
+        for (i, buf) in out.iter().enumerate() {
+            need("bidir gradient", buf, if i == 2 { vl } else { qk })?;
+        }
+        if bp.grads.is_none() {
+            bp.grads = Some(BidirDevGrads::alloc(&self.cuda, p)?);
+        }
+        let BidirPlan { prob, ws, grads: Some(gr), .. } = &mut **bp else { return Err(unsupported("bidirectional gradients".into())) };
+        let x = BidirDevInputs { q, k, v, gf, gb };
+        bidir_bwd_ws(&self.cuda, BidirAlgo::Fused, prob, &x, d_o, ws, gr)?;
+        let st = self.cuda.stream();
+        let [dq, dk, dv, dgf, dgb] = out;
+        for (dst, src, n) in [(dq, &gr.dq, qk), (dk, &gr.dk, qk), (dv, &gr.dv, vl), (dgf, &gr.dgf, qk), (dgb, &gr.dgb, qk)] {
+            if n > 0 {
+                st.memcpy_dtod(&src.slice(0..n), &mut dst.slice_mut(0..n)).map_err(Error::driver("copy bidirectional gradients"))?;
+            }
+        }
         Ok(())
     }
 

@@ -13,10 +13,10 @@ use gla_cuda::{Cuda, Error, GpuWeights, Result};
 use super::config::{VigConfig, VigDims};
 use super::data::ImageSet;
 use super::layout::VigLayout;
-use super::model::{self as vig, scan_dims, Shape, VigActs, VigLoss};
+use super::model::{self as vig, Shape, VigActs, VigLoss};
 use super::train::{VigStep, VigTrainConfig};
 use super::{prim_dims, VigModel};
-use crate::config::{Dims, MixerDims};
+use crate::config::Dims;
 use crate::optim::cosine_lr;
 use crate::rng::Rng;
 
@@ -34,10 +34,11 @@ fn model_err(e: crate::Error) -> Error {
     }
 }
 
-/// The dims the GPU backend is built with for a ViG: the shared primitives' ([`prim_dims`]) with
-/// every block's scan as a GLA mixer (the GPU's batch plans hold the scan op's buffers).
+/// The dims the GPU backend is built with for a ViG: the shared primitives' ([`prim_dims`]), no
+/// language-model mixer (the bidirectional scan's buffers are made by the batch plan at its
+/// first call).
 pub fn gpu_dims(d: &VigDims) -> Dims {
-    Dims { mixers: vec![MixerDims::Gla(scan_dims(d)); d.depth], ..prim_dims(d) }
+    prim_dims(d)
 }
 
 /// A ViG's weights on one GPU with the model's forward and backward on them.
