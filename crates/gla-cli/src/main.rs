@@ -161,7 +161,9 @@ enum BenchCmd {
     Bidir(bench::BidirArgs),
     /// Time ViG-T/S/B on CUDA (bf16, 1000 classes): images/s and peak device memory of inference
     /// and training (forward, backward, AdamW) at 224, 512 and 1024 pixels.
-    #[command(after_help = "Examples:\n  gla bench vig\n  gla bench vig --models vig-t --sizes 224 --batch 256 --train-batch 128 --json vig.json")]
+    #[command(
+        after_help = "Examples:\n  gla bench vig\n  gla bench vig --models vig-t --sizes 224 --batch 256 --train-batch 128 --json vig.json"
+    )]
     Vig(bench_vig::Args),
     /// Time generation (time to first token, decode tokens/s) of a random model of a given config
     /// (default fla's gla_340M), prompt 512, 256 new tokens, batch 1 and 16.

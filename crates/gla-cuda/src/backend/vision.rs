@@ -239,7 +239,16 @@ impl VisionOps for Gpu {
         })
     }
 
-    fn dwconv_fwd(&self, y: &mut CudaSlice<u16>, x: &CudaSlice<u16>, weight: ParamId, b: usize, h: usize, w: usize, c: usize) -> Result<()> {
+    fn dwconv_fwd(
+        &self,
+        y: &mut CudaSlice<u16>,
+        x: &CudaSlice<u16>,
+        weight: ParamId,
+        b: usize,
+        h: usize,
+        w: usize,
+        c: usize,
+    ) -> Result<()> {
         let total = b * h * w * c;
         need("dwconv y", y, total)?;
         need("dwconv x", x, total)?;

@@ -238,7 +238,9 @@ impl GpuVigTrainer {
         if self.acts.as_ref().is_none_or(|a| a.shape().img != (data.h, data.w)) {
             self.acts = Some(self.model.acts(b, data.h, data.w, true)?);
         }
-        let Some(acts) = self.acts.as_mut() else { return Err(op_err(gla_core::Error::BadArg { key: "batch", reason: "no buffers".into() })) };
+        let Some(acts) = self.acts.as_mut() else {
+            return Err(op_err(gla_core::Error::BadArg { key: "batch", reason: "no buffers".into() }));
+        };
         let out = self
             .model
             .forward(acts, &x, Some(&y), self.cfg.label_smoothing)?

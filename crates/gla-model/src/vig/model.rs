@@ -114,19 +114,19 @@ struct BlockActs<S: ModelStorage> {
     gk_raw: S::F32,         // [N, 2Dk] with the bias
     gk: S::Act,             // [N, 2Dk] log-gates
     g_dir: [S::Act; 2],     // forward, backward log-gates [N, Dk]
-    o: S::Act,        // [N, Dv] scan output
-    gn: S::Act,       // [N, Dv] g_norm(o)
-    rstd_g: S::F32,   // [N*H]
-    ln: S::Act,       // [N, D] l_norm(xs)
-    rstd_l: S::F32,   // [N*H]
-    gpre: S::F32,     // [N, Dv] g_proj(xs) + bias
-    y: S::Act,        // [N, Dv] gated output
-    x_mid: S::F32,    // [N, D]
-    rstd2: S::F32,    // [N]
-    xn2: S::Act,      // [N, D]
-    ab: S::Act,       // [N, 2I]
-    a_u: [S::Act; 2], // [N, I] gate, up
-    hm: S::Act,       // [N, I]
+    o: S::Act,              // [N, Dv] scan output
+    gn: S::Act,             // [N, Dv] g_norm(o)
+    rstd_g: S::F32,         // [N*H]
+    ln: S::Act,             // [N, D] l_norm(xs)
+    rstd_l: S::F32,         // [N*H]
+    gpre: S::F32,           // [N, Dv] g_proj(xs) + bias
+    y: S::Act,              // [N, Dv] gated output
+    x_mid: S::F32,          // [N, D]
+    rstd2: S::F32,          // [N]
+    xn2: S::Act,            // [N, D]
+    ab: S::Act,             // [N, 2I]
+    a_u: [S::Act; 2],       // [N, I] gate, up
+    hm: S::Act,             // [N, I]
 }
 
 impl<S: ModelStorage> BlockActs<S> {
