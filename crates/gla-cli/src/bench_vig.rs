@@ -7,6 +7,7 @@
 //! The JSON feeds the integrator's comparison against DeiT (timm) and hustvl's PyTorch ViG.
 
 use anyhow::Result;
+#[cfg(feature = "cuda")]
 use serde::Serialize;
 
 use crate::Device;
@@ -44,6 +45,7 @@ pub struct Args {
 }
 
 /// One measurement.
+#[cfg(feature = "cuda")]
 #[derive(Serialize, Debug, Clone)]
 struct Entry {
     model: String,
