@@ -3,7 +3,7 @@
 //! [`super::model`]'s forward and backward on its backend ([`gla_cuda::Gpu`], whose `VisionOps`
 //! are the kernels of `kernels/nn/vision.cu`); [`GpuVigTrainer`] is [`super::train::VigTrainer`]
 //! on it (the same recipe: AdamW with decay on tensors of 2+ dims, warm-up then cosine, clipping,
-//! label smoothing, the same batch draws).
+//! label smoothing, the same batch draws), plus optional host-side augmentation ([`Augment`]).
 
 use std::sync::Arc;
 
@@ -187,14 +187,60 @@ impl GpuVigModel {
     }
 }
 
+/// Augmentation of training batches on the host, after the batch is drawn (its own random
+/// stream, so the draws stay the CPU trainer's): each image flipped left-right with probability
+/// 1/2, then shifted by up to `shift` pixels on each axis, the uncovered border filled with the
+/// value of a black pixel (the usual Fashion-MNIST augmentation: flip + padded random crop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Augment {
+    /// Random left-right flips.
+    pub flip: bool,
+    /// Largest shift in pixels (0: none).
+    pub shift: usize,
+}
+
+impl Augment {
+    /// No augmentation.
+    pub const NONE: Self = Self { flip: false, shift: 0 };
+
+    /// Applies to `x [B, C, h, w]` in place; `fill` is the value of a zero pixel.
+    pub fn apply(&self, x: &mut [f32], (c, h, w): (usize, usize, usize), fill: f32, rng: &mut Rng) {
+        if *self == Self::NONE || c * h * w == 0 {
+            return;
+        }
+        let s = self.shift as i64;
+        let mut tmp = vec![0.0f32; h * w];
+        for img in x.chunks_exact_mut(c * h * w) {
+            let flip = self.flip && rng.below(2) == 1;
+            let (dy, dx) =
+                if s > 0 { (rng.below(2 * self.shift + 1) as i64 - s, rng.below(2 * self.shift + 1) as i64 - s) } else { (0, 0) };
+            for plane in img.chunks_exact_mut(h * w) {
+                for y in 0..h as i64 {
+                    for xx in 0..w as i64 {
+                        let (sy, sx) = (y - dy, xx - dx);
+                        let sx = if flip { w as i64 - 1 - sx } else { sx };
+                        let inside = (0..h as i64).contains(&sy) && (0..w as i64).contains(&sx);
+                        tmp[(y * w as i64 + xx) as usize] = if inside { plane[(sy * w as i64 + sx) as usize] } else { fill };
+                    }
+                }
+                plane.copy_from_slice(&tmp);
+            }
+        }
+    }
+}
+
 /// [`super::train::VigTrainer`] on the GPU: the same hyper-parameters, batch draws and
-/// schedule, the optimizer on the device.
+/// schedule, the optimizer on the device; with [`GpuVigTrainer::augment`] the batches are
+/// augmented first.
 #[derive(Debug)]
 pub struct GpuVigTrainer {
     /// The model being trained.
     pub model: GpuVigModel,
     /// Hyper-parameters.
     pub cfg: VigTrainConfig,
+    /// Augmentation of the training batches (default none).
+    pub augment: Augment,
+    aug_rng: Rng,
     steps: u64,
     acts: Option<GpuVigActs>,
     eval: Option<GpuVigActs>,
@@ -218,7 +264,16 @@ impl GpuVigTrainer {
             ));
         }
         let model = GpuVigModel::new(cuda, model)?;
-        Ok(Self { model, cfg, steps: 0, acts: None, eval: None, rng: Rng::new(cfg.seed) })
+        Ok(Self {
+            model,
+            cfg,
+            augment: Augment::NONE,
+            aug_rng: Rng::new(cfg.seed ^ 0x5eed),
+            steps: 0,
+            acts: None,
+            eval: None,
+            rng: Rng::new(cfg.seed),
+        })
     }
 
     /// Steps taken.
@@ -234,7 +289,9 @@ impl GpuVigTrainer {
     pub fn step(&mut self, data: &ImageSet) -> Result<VigStep> {
         let b = self.cfg.batch_size;
         let idx: Vec<usize> = (0..b).map(|_| self.rng.below(data.n)).collect();
-        let (x, y) = data.batch(&idx);
+        let (mut x, y) = data.batch(&idx);
+        let fill = -data.norm.0 / data.norm.1;
+        self.augment.apply(&mut x, (data.channels, data.h, data.w), fill, &mut self.aug_rng);
         if self.acts.as_ref().is_none_or(|a| a.shape().img != (data.h, data.w)) {
             self.acts = Some(self.model.acts(b, data.h, data.w, true)?);
         }
@@ -290,5 +347,40 @@ impl GpuVigTrainer {
     /// [`Error::Driver`].
     pub fn to_host(&self) -> Result<VigModel> {
         self.model.to_host()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn augment_flips_and_shifts_with_the_fill() {
+        let (c, h, w) = (2, 3, 4);
+        let x: Vec<f32> = (0..2 * c * h * w).map(|i| i as f32).collect();
+        let mut rng = Rng::new(0);
+        let mut y = x.clone();
+        Augment::NONE.apply(&mut y, (c, h, w), -1.0, &mut rng);
+        assert_eq!(y, x);
+        // flips only: every row is the original row or its reverse, the same choice for every
+        // plane of an image
+        let mut y = x.clone();
+        Augment { flip: true, shift: 0 }.apply(&mut y, (c, h, w), -1.0, &mut rng);
+        for (img, orig) in y.chunks_exact(c * h * w).zip(x.chunks_exact(c * h * w)) {
+            let rev = |r: &[f32]| r.iter().rev().copied().collect::<Vec<_>>();
+            let flipped = img[..w] != orig[..w];
+            for (row, o) in img.chunks_exact(w).zip(orig.chunks_exact(w)) {
+                assert_eq!(row.to_vec(), if flipped { rev(o) } else { o.to_vec() });
+            }
+        }
+        // shifts: each output pixel is the fill or an input pixel of its own plane, the
+        // non-fill pixels a translated block
+        let mut y = x.clone();
+        Augment { flip: false, shift: 1 }.apply(&mut y, (c, h, w), -1.0, &mut rng);
+        for (img, orig) in y.chunks_exact(h * w).zip(x.chunks_exact(h * w)) {
+            assert!(img.iter().all(|v| *v == -1.0 || orig.contains(v)));
+            let kept: Vec<f32> = img.iter().copied().filter(|v| *v != -1.0).collect();
+            assert!(kept.len() >= (h - 1) * (w - 1));
+        }
     }
 }
