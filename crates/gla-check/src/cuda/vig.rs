@@ -20,8 +20,10 @@ use crate::row::Row;
 use crate::tol::{self, floor_tol};
 
 /// The configs checked: (name, config, B, image height, width). Images of 80 x 80 at patch 8
-/// give 10 x 10 = 100 tokens (the scans cross a 64-row chunk); the second config runs at another
-/// size than its position embedding's grid (the bicubic resize, forward and backward).
+/// give 10 x 10 = 100 tokens (the scans cross a 64-row chunk); the first has ViG-T's head shapes
+/// (K 32, V 64: the fused forward, the composed backward), the second ViG-S/B's (K 64: fused both
+/// ways, here V 128) and runs at another size than its position embedding's grid (the bicubic
+/// resize, forward and backward).
 fn configs() -> Vec<(&'static str, VigConfig, usize, usize, usize)> {
     let t = VigConfig {
         img_size: 80,
@@ -29,22 +31,14 @@ fn configs() -> Vec<(&'static str, VigConfig, usize, usize, usize)> {
         stride: 8,
         depth: 2,
         num_heads: 2,
-        embed_dim: 64,
+        embed_dim: 128,
         num_classes: 10,
-        intermediate_size: Some(96),
+        intermediate_size: Some(192),
         ..VigConfig::vig_t()
     };
-    // ViG-S/B's flags (no output swish, no SiLU after the depthwise conv), one head of K = 64:
-    // the fused bidirectional kernels; a 64 x 64 grid of 8 x 8 run at 80 x 72
-    let s = VigConfig {
-        img_size: 64,
-        embed_dim: 128,
-        num_heads: 1,
-        use_out_act: false,
-        use_act_in_conv: false,
-        drop_path_rate: 0.0,
-        ..t.clone()
-    };
+    // ViG-S/B's flags (no output swish, no SiLU after the depthwise conv), one head of K = 64;
+    // an 8 x 8 grid (64 x 64 images) run at 80 x 72 (10 x 9 tokens)
+    let s = VigConfig { img_size: 64, num_heads: 1, use_out_act: false, use_act_in_conv: false, drop_path_rate: 0.0, ..t.clone() };
     vec![("vig-t-tiny", t, 3, 80, 80), ("vig-s-resize", s, 2, 80, 72)]
 }
 

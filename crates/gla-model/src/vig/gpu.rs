@@ -341,6 +341,26 @@ impl GpuVigTrainer {
         Ok((correct as f64 / n.max(1) as f64, loss / n.max(1) as f64))
     }
 
+    /// The optimizer state on the host for a checkpoint: AdamW's moments and step (`None`
+    /// before the first step).
+    ///
+    /// # Errors
+    /// [`Error::Driver`].
+    pub fn optimizer_state(&self) -> Result<Option<gla_cuda::HostMoments>> {
+        self.model.weights().moments_to_host()
+    }
+
+    /// Resumes from a checkpoint's optimizer state: AdamW's moments and the steps taken (the
+    /// schedule continues from there; the batch draws restart from the seed).
+    ///
+    /// # Errors
+    /// [`Error::Op`] for moments of another length; [`Error::Driver`].
+    pub fn resume(&mut self, m: &[f32], v: &[f32], step: u64) -> Result<()> {
+        self.model.weights_mut().set_moments(m, v, step)?;
+        self.steps = step;
+        Ok(())
+    }
+
     /// The trained model on the host (checkpoints: the CPU model's writers).
     ///
     /// # Errors
