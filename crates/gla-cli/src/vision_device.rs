@@ -114,22 +114,7 @@ pub fn evaluate_on(device: Device, m: &VigModel, data: &ImageSet, limit: usize, 
         #[cfg(feature = "cuda")]
         Device::Cuda => {
             let model = gla_model::vig::gpu::GpuVigModel::new_inference(gla_cuda::Cuda::new()?, m)?;
-            let n = limit.min(data.n);
-            let (mut correct, mut loss) = (0usize, 0.0f64);
-            let mut acts: Option<gla_model::vig::gpu::GpuVigActs> = None;
-            for start in (0..n).step_by(batch.max(1)) {
-                let idx: Vec<usize> = (start..(start + batch.max(1)).min(n)).collect();
-                if acts.as_ref().is_none_or(|a| a.shape().b != idx.len()) {
-                    acts = Some(model.acts(idx.len(), data.h, data.w, false)?);
-                }
-                let Some(a) = acts.as_mut() else { continue };
-                let (x, y) = data.batch(&idx);
-                if let Some(out) = model.forward(a, &x, Some(&y), 0.0)? {
-                    correct += out.correct;
-                    loss += out.loss * idx.len() as f64;
-                }
-            }
-            Ok((correct as f64 / n.max(1) as f64, loss / n.max(1) as f64))
+            Ok(gla_model::vig::gpu::evaluate(&model, &mut None, data, limit, batch)?)
         }
         #[cfg(not(feature = "cuda"))]
         Device::Cuda => unreachable!("ensure_built refuses cuda without the feature"),

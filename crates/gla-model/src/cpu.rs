@@ -1021,6 +1021,12 @@ pub(crate) fn bidir_problem(md: &GlaDims, b: usize, t: usize) -> Result<BidirPro
     Ok(BidirProblem::new(spec)?)
 }
 
+/// The op's inputs of `p` over the layer's buffers (their first elements).
+fn bidir_inputs<'a>(p: &BidirProblem, [q, k, v]: [&'a [f32]; 3], [gf, gb]: [&'a [f32]; 2]) -> Result<BidirInputs<'a, f32>> {
+    let (qk, vl) = (p.qk_len(), p.v_len());
+    Ok(BidirInputs { q: head("q", q, qk)?, k: head("k", k, qk)?, v: head("v", v, vl)?, gf: head("gf", gf, qk)?, gb: head("gb", gb, qk)? })
+}
+
 /// The first `n` elements of `x`, or a typed error when it is shorter.
 fn head<'a>(tensor: &'static str, x: &'a [f32], n: usize) -> Result<&'a [f32]> {
     x.get(..n).ok_or_else(|| Error::Shape { op: "bidir", tensor, shape: format!("{n} elements"), expected: n, got: x.len() })
@@ -1192,15 +1198,8 @@ impl<'m> VisionOps for Cpu<'m> {
         t: usize,
     ) -> Result<()> {
         let p = bidir_problem(md, b, t)?;
-        let (qk, vl) = (p.qk_len(), p.v_len());
-        let x = BidirInputs {
-            q: head("q", q, qk)?,
-            k: head("k", k, qk)?,
-            v: head("v", v, vl)?,
-            gf: head("gf", gf, qk)?,
-            gb: head("gb", gb, qk)?,
-        };
-        let out = BIDIR.forward(&p, &x)?;
+        let vl = p.v_len();
+        let out = BIDIR.forward(&p, &bidir_inputs(&p, [q, k, v], [gf, gb])?)?;
         head("o", o, vl)?;
         o[..vl].copy_from_slice(&out);
         self.act(&mut o[..vl]);
@@ -1218,15 +1217,8 @@ impl<'m> VisionOps for Cpu<'m> {
         t: usize,
     ) -> Result<()> {
         let p = bidir_problem(md, b, t)?;
-        let (qk, vl) = (p.qk_len(), p.v_len());
-        let x = BidirInputs {
-            q: head("q", q, qk)?,
-            k: head("k", k, qk)?,
-            v: head("v", v, vl)?,
-            gf: head("gf", gf, qk)?,
-            gb: head("gb", gb, qk)?,
-        };
-        let g = BIDIR.backward(&p, &x, head("do", d_o, vl)?)?;
+        let x = bidir_inputs(&p, [q, k, v], [gf, gb])?;
+        let g = BIDIR.backward(&p, &x, head("do", d_o, p.v_len())?)?;
         let [dq, dk, dv, dgf, dgb] = out;
         for (dst, src, name) in [(dq, g.dq, "dq"), (dk, g.dk, "dk"), (dv, g.dv, "dv"), (dgf, g.dgf, "dgf"), (dgb, g.dgb, "dgb")] {
             head(name, dst, src.len())?;

@@ -229,6 +229,31 @@ impl Augment {
     }
 }
 
+/// Accuracy and mean (unsmoothed) loss of `model` on the first `limit` images of `data`, in
+/// batches of `batch` (as [`super::train::evaluate`]); `acts` holds the buffers between calls
+/// (remade for another batch or image size).
+///
+/// # Errors
+/// As [`GpuVigModel::forward`].
+pub fn evaluate(model: &GpuVigModel, acts: &mut Option<GpuVigActs>, data: &ImageSet, limit: usize, batch: usize) -> Result<(f64, f64)> {
+    let n = limit.min(data.n);
+    let batch = batch.max(1);
+    let (mut correct, mut loss) = (0usize, 0.0f64);
+    for start in (0..n).step_by(batch) {
+        let idx: Vec<usize> = (start..(start + batch).min(n)).collect();
+        if acts.as_ref().is_none_or(|a| a.shape().b != idx.len() || a.shape().img != (data.h, data.w)) {
+            *acts = Some(model.acts(idx.len(), data.h, data.w, false)?);
+        }
+        let Some(a) = acts.as_mut() else { continue };
+        let (x, y) = data.batch(&idx);
+        if let Some(out) = model.forward(a, &x, Some(&y), 0.0)? {
+            correct += out.correct;
+            loss += out.loss * idx.len() as f64;
+        }
+    }
+    Ok((correct as f64 / n.max(1) as f64, loss / n.max(1) as f64))
+}
+
 /// [`super::train::VigTrainer`] on the GPU: the same hyper-parameters, batch draws and
 /// schedule, the optimizer on the device; with [`GpuVigTrainer::augment`] the batches are
 /// augmented first.
@@ -323,22 +348,7 @@ impl GpuVigTrainer {
     /// # Errors
     /// As [`GpuVigModel::forward`].
     pub fn evaluate(&mut self, data: &ImageSet, limit: usize, batch: usize) -> Result<(f64, f64)> {
-        let n = limit.min(data.n);
-        let batch = batch.max(1);
-        let (mut correct, mut loss) = (0usize, 0.0f64);
-        for start in (0..n).step_by(batch) {
-            let idx: Vec<usize> = (start..(start + batch).min(n)).collect();
-            if self.eval.as_ref().is_none_or(|a| a.shape().b != idx.len() || a.shape().img != (data.h, data.w)) {
-                self.eval = Some(self.model.acts(idx.len(), data.h, data.w, false)?);
-            }
-            let Some(a) = self.eval.as_mut() else { continue };
-            let (x, y) = data.batch(&idx);
-            if let Some(out) = self.model.forward(a, &x, Some(&y), 0.0)? {
-                correct += out.correct;
-                loss += out.loss * idx.len() as f64;
-            }
-        }
-        Ok((correct as f64 / n.max(1) as f64, loss / n.max(1) as f64))
+        evaluate(&self.model, &mut self.eval, data, limit, batch)
     }
 
     /// The optimizer state on the host for a checkpoint: AdamW's moments and step (`None`
