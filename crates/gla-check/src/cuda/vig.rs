@@ -1,10 +1,11 @@
 //! The GPU ViG's rows (case names `vig-*`): [`GpuVigModel`] against the CPU model
 //! (`gla_model::vig::VigModel`, f32, itself checked by finite differences and against hustvl's
 //! fixtures) on the same weights and images: the loss, the logits, every parameter's gradient,
-//! a repeat run (bitwise), and one AdamW step against the CPU optimizer applied to the GPU's own
-//! gradients. Tolerances as the language model's ([`super::model`], [`crate::tol`]): the
-//! gradients' and logits' raised to the CPU model's own bf16 floor (its GEMM matrices and every
-//! activation rounded to bf16, the arithmetic in f32), measured here.
+//! a repeat run (bitwise), one AdamW step against the CPU optimizer applied to the GPU's own
+//! gradients, and the inference-only weights' logits against the training weights'. Tolerances
+//! as the language model's ([`super::model`], [`crate::tol`]): the gradients' and logits' raised
+//! to the CPU model's own bf16 floor (its GEMM matrices and every activation rounded to bf16,
+//! the arithmetic in f32), measured here.
 
 use std::sync::Arc;
 
@@ -108,6 +109,16 @@ fn vig_case(cuda: &Arc<Cuda>, seed: u64, name: &str, cfg: VigConfig, (b, h, w): 
     gpu.zero_grads()?;
     gpu.backward(&mut gacts)?;
     let g_gpu = gpu.grads_to_host()?;
+    // the inference-only weights (`gla vision classify --device cuda`: bf16 copy rounded on the
+    // host, f32 only for what the kernels read in f32) give the same logits
+    let infer = GpuVigModel::new_inference(cuda.clone(), &cpu)?.logits(&images, b, h, w)?;
+    out.push(row(
+        name,
+        "infer-logits",
+        rel_rmse(&infer, &logits),
+        tol::GPU_F32,
+        "inference-only weights vs the training weights' forward".into(),
+    ));
     // the same batch again: every gradient bitwise equal (no atomics in the reductions)
     gpu.forward(&mut gacts, &images, Some(&labels), smoothing)?;
     gpu.zero_grads()?;
