@@ -308,15 +308,24 @@ extern "C" __global__ void pos_embed_bwd(float* __restrict__ dpe, const float* _
 
 // ---- average pool over the L tokens of each image
 
-// y[b, d] = mean_l x[b*L + l, d] (bf16 in and out)
+// y[b, d] = mean_l x[b*L + l, d] (bf16 in and out); block (32, 8) per (32-column tile, image):
+// 8 row lanes stride over the L rows, then the lanes' sums are added in order
 extern "C" __global__ void avgpool_fwd(bf16_t* __restrict__ y, const bf16_t* __restrict__ x, int b, idx_t l, int d) {
-    idx_t total = (idx_t)b * d;
-    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
-        int dd = (int)(i % d);
-        idx_t bi = i / d;
+    __shared__ float lanes[8][33];
+    int j = blockIdx.x * 32 + threadIdx.x;
+    for (idx_t bi = blockIdx.y; bi < b; bi += gridDim.y) {
         float s = 0.f;
-        for (idx_t r = 0; r < l; ++r) s += to_f32(x[(bi * l + r) * d + dd]);
-        y[i] = from_f32<bf16_t>(s / (float)l);
+        if (j < d)
+            for (idx_t r = threadIdx.y; r < l; r += 8) s += to_f32(x[(bi * l + r) * d + j]);
+        lanes[threadIdx.y][threadIdx.x] = s;
+        __syncthreads();
+        if (threadIdx.y == 0 && j < d) {
+            float t = 0.f;
+            #pragma unroll
+            for (int yy = 0; yy < 8; ++yy) t += lanes[yy][threadIdx.x];
+            y[bi * d + j] = from_f32<bf16_t>(t / (float)l);
+        }
+        __syncthreads();
     }
 }
 

@@ -8,7 +8,7 @@
 //! the per-row losses of the cross-entropy live in the backend's [`VisionScratch`], grown to the
 //! largest call (allocations happen on the first step of a batch shape only).
 
-use cudarc::driver::{CudaSlice, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, DeviceRepr, LaunchConfig, ValidAsZeroBits};
 use gla_core::backend::{Cols, Conv2d, ParamId, VisionOps};
 use gla_core::bidir::{BidirProblem, BidirSpec};
 use gla_core::dims::GlaDims;
@@ -318,7 +318,9 @@ impl VisionOps for Gpu {
         need("avgpool y", y, b * d)?;
         need("avgpool x", x, b * l * d)?;
         let (yp, xp, bi, li, di) = (self.p(y), self.p(x), b as i32, l as i64, d as i32);
-        launch!(self, "avgpool_fwd", flat(b * d), yp, xp, bi, li, di);
+        let cfg =
+            LaunchConfig { grid_dim: (d.div_ceil(32) as u32, b.clamp(1, 65_535) as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
+        launch!(self, "avgpool_fwd", cfg, yp, xp, bi, li, di);
         Ok(())
     }
     fn avgpool_bwd(&self, dx: &mut CudaSlice<f32>, dy: &CudaSlice<f32>, b: usize, l: usize, d: usize) -> Result<()> {

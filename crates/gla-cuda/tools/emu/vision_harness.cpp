@@ -152,11 +152,14 @@ int main() {
       report("pos_embed_bwd " + tag, rel(dpe, wdpe), 1e-5);
     }
     // ---- average pool
-    { int b = 3, d = 40; long l = 37;
+    { int b = 3, d = 40; long l = 37;  // d not a multiple of 32: a partial column tile
       auto x = bf(rnd(b * l * d)); auto xf = fl(x); auto dy = rnd(b * d);
       std::vector<bf16_t> y(b * d); std::vector<float> wy(b * d, 0.f), dx(b * l * d, NAN), wdx(b * l * d);
       for (int bi = 0; bi < b; ++bi) for (long r = 0; r < l; ++r) for (int j = 0; j < d; ++j) { wy[bi * d + j] += xf[(bi * l + r) * d + j] / l; wdx[(bi * l + r) * d + j] = dy[bi * d + j] / l; }
-      emu::launch(flat(b * d), B256, 0, [&] { avgpool_fwd(y.data(), x.data(), b, l, d); });
+      emu::launch(dim3{(unsigned)((d + 31) / 32), (unsigned)b, 1}, B32x8, 0, [&] { avgpool_fwd(y.data(), x.data(), b, l, d); });
+      std::vector<bf16_t> y2(b * d);  // fewer blocks than images: the grid-stride loop
+      emu::launch(dim3{(unsigned)((d + 31) / 32), 2, 1}, B32x8, 0, [&] { avgpool_fwd(y2.data(), x.data(), b, l, d); });
+      report("avgpool_fwd grid-stride", rel(fl(y2), fl(y)), 0);
       emu::launch(flat(b * l * d), B256, 0, [&] { avgpool_bwd(dx.data(), dy.data(), b, l, d); });
       report("avgpool_fwd", rel(fl(y), wy), 5e-3);
       report("avgpool_bwd", rel(dx, wdx), 1e-6);
