@@ -54,7 +54,7 @@ pub struct TrainArgs {
     #[arg(long)]
     config: Option<PathBuf>,
     /// Where to train; cuda picks the GPU recipe's defaults (vision_device.rs: 192 wide, 6 blocks,
-    /// 10000 steps of 128 images, flip + shift augmentation) for Fashion-MNIST.
+    /// 14000 steps of 128 images, flip + shift augmentation) for Fashion-MNIST.
     #[arg(long, value_enum, default_value_t = Device::Cpu)]
     device: Device,
     /// Model dim of the default config.

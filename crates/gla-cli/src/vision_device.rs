@@ -14,7 +14,9 @@ use crate::Device;
 
 /// The default GPU recipe of `gla vision train --device cuda` on Fashion-MNIST (the clap
 /// defaults of vision.rs pick these when the device is cuda): a ViG-T-width model of 6 blocks
-/// at patch 4 (7 x 7 tokens), about 21 epochs of batches of 128, augmented ([`GPU_AUGMENT`]).
+/// at patch 4 (7 x 7 tokens), about 30 epochs of batches of 128, augmented ([`GPU_AUGMENT`]).
+/// Measured on an H200 at 10000 steps (about 200 s): 93.3% test accuracy, still rising at the end
+/// of the cosine; 14000 steps leave a margin over 93%.
 pub mod gpu_recipe {
     /// Model dim.
     pub const EMBED_DIM: &str = "192";
@@ -23,7 +25,7 @@ pub mod gpu_recipe {
     /// Heads (head dims K 32, V 64).
     pub const HEADS: &str = "3";
     /// Optimizer steps.
-    pub const STEPS: &str = "10000";
+    pub const STEPS: &str = "14000";
     /// Images per step.
     pub const BATCH: &str = "128";
     /// Peak learning rate.
@@ -31,7 +33,7 @@ pub mod gpu_recipe {
     /// Warm-up steps.
     pub const WARMUP: &str = "300";
     /// Steps between evaluations.
-    pub const EVAL_EVERY: &str = "1000";
+    pub const EVAL_EVERY: &str = "2000";
     /// Test images per evaluation (the whole Fashion-MNIST test set).
     pub const EVAL_EXAMPLES: &str = "10000";
 }
