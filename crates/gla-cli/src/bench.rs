@@ -14,12 +14,12 @@ use serde::Serialize;
 use crate::Device;
 
 /// Seconds since the Unix epoch, stamped into every benchmark report.
-fn unix_time() -> u64 {
+pub(crate) fn unix_time() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Writes a benchmark's JSON report atomically and says where.
-fn write_report(path: &std::path::Path, report: &impl serde::Serialize) -> Result<()> {
+pub(crate) fn write_report(path: &std::path::Path, report: &impl serde::Serialize) -> Result<()> {
     gla_core::io::write_atomic(path, serde_json::to_string_pretty(report)?.as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
     println!("wrote {}", path.display());

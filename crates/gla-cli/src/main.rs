@@ -25,6 +25,7 @@ macro_rules! eprint {
 
 mod bench;
 mod bench_train;
+mod bench_vig;
 mod check;
 mod eval;
 mod generate;
@@ -34,6 +35,7 @@ mod out;
 mod signals;
 mod train;
 mod vision;
+mod vision_device;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
@@ -157,6 +159,12 @@ enum BenchCmd {
         after_help = "Examples:\n  gla bench bidir --device cuda\n  gla bench bidir --device cuda --shape 64,196,3,64,64 --json bidir.json"
     )]
     Bidir(bench::BidirArgs),
+    /// Time ViG-T/S/B on CUDA (bf16, 1000 classes): images/s and peak device memory of inference
+    /// and training (forward, backward, AdamW) at 224, 512 and 1024 pixels.
+    #[command(
+        after_help = "Examples:\n  gla bench vig\n  gla bench vig --models vig-t --sizes 224 --batch 256 --train-batch 128 --json vig.json"
+    )]
+    Vig(bench_vig::Args),
     /// Time generation (time to first token, decode tokens/s) of a random model of a given config
     /// (default fla's gla_340M), prompt 512, 256 new tokens, batch 1 and 16.
     #[command(
@@ -212,6 +220,7 @@ fn main() {
         Cmd::Bench(BenchCmd::Delta(a)) => bench::delta(&a),
         Cmd::Bench(BenchCmd::Attn(a)) => bench::attn(&a),
         Cmd::Bench(BenchCmd::Bidir(a)) => bench::bidir(&a),
+        Cmd::Bench(BenchCmd::Vig(a)) => bench_vig::run(&a),
         Cmd::Check(a) => check::run(&a),
         Cmd::Vision(c) => vision::run(&c).map(|()| true),
         Cmd::Eval(a) => eval::run(&a),

@@ -38,8 +38,7 @@ use std::sync::{Arc, Mutex};
 use cudarc::cublas::{sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaEvent, CudaSlice, DevicePtr, DeviceRepr, LaunchConfig, ValidAsZeroBits};
 use gla_core::backend::{
-    AttnOps, AttnStorage, Cols, Conv2d, ConvIdx, DeltaDecay, DeltaOps, DeltaStorage, GlaOps, GlaStorage, ParamId, Primitives, Storage,
-    VisionOps, IGNORE_INDEX,
+    AttnOps, AttnStorage, ConvIdx, DeltaDecay, DeltaOps, DeltaStorage, GlaOps, GlaStorage, ParamId, Primitives, Storage, IGNORE_INDEX,
 };
 use gla_core::dims::{AttnDims, DeltaDims, Dims, FeatureMap, GateAct, GlaDims, MixerDims};
 use gla_core::params::ParamSpec;
@@ -55,6 +54,8 @@ use crate::dist::Comm;
 use crate::error::{Error, Result};
 use crate::ops::{self, DevGradsMut, DevInputs, DevProblem, FwdKernel, GlaWorkspace};
 use crate::runtime::Cuda;
+
+mod vision;
 
 /// Largest head dim the tensor-core GLA kernels take; larger value heads are split (module doc).
 pub(crate) const MAX_HEAD: usize = 128;
@@ -527,6 +528,9 @@ pub struct GpuRows {
 pub struct GpuPlan {
     part: CudaSlice<f32>,
     ops: Vec<PlanOp>,
+    /// The bidirectional scan's problem and buffers (ViG, `VisionOps::bidir_*`), made at its
+    /// first call on this batch shape.
+    bidir: Mutex<Option<Box<vision::BidirPlan>>>,
 }
 
 /// One mixer's op part of a [`GpuPlan`], with the dims of the layers it serves (boxed: made
@@ -686,6 +690,8 @@ pub struct Gpu {
     /// the data-parallel gradient all-reduce, and whether the running backward queues it
     pub(crate) sync: Option<GradSync>,
     pub(crate) reducing: AtomicBool,
+    /// the vision ops' reusable device buffers (`vision.rs`)
+    pub(crate) vision: Mutex<vision::VisionScratch>,
 }
 
 impl Gpu {
@@ -982,7 +988,7 @@ impl Primitives for Gpu {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(GpuPlan { part, ops })
+        Ok(GpuPlan { part, ops, bidir: Mutex::new(None) })
     }
 
     fn upload_ids(&self, dst: &mut GpuIds, ids: &[u32], backward: bool) -> Result<()> {
@@ -1355,7 +1361,9 @@ impl GlaOps for Gpu {
     }
 
     fn gate_fwd(&self, md: &GlaDims, gk: &mut CudaSlice<u16>, raw: &mut CudaSlice<f32>, bias: ParamId, n: usize) -> Result<()> {
-        let (dm, _) = self.layer_gla(md)?;
+        // the gate reads only md's gate fields and no plan: md need not be a layer's op dims (a
+        // ViG block's gate covers both scans' key dims at once)
+        let dm = md;
         let (gkp, rawp, bp) = (self.p(gk), self.p(raw), self.mp(bias));
         let (ni, ci, norm, hc, cm) =
             (n as i64, dm.key_dim_kv as i32, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
@@ -1375,7 +1383,10 @@ impl GlaOps for Gpu {
         raw: &CudaSlice<f32>,
         n: usize,
     ) -> Result<()> {
-        let (dm, _) = self.layer_gla(md)?;
+        let dm = md;
+        if col_gy(n) * dm.key_dim_kv > plan.part.len() {
+            return Err(unsupported(format!("a gate of {} columns over {n} rows on a plan made for another model", dm.key_dim_kv)));
+        }
         let (dxp, dx16, dgp, rawp) = (self.p(dx), self.p(dx_act), self.p(dg), self.p(raw));
         let (tot, norm, hc, cm) =
             ((n * dm.key_dim_kv) as i64, dm.gate_norm, i32::from(dm.clamp_min.is_some()), dm.clamp_min.unwrap_or(0.0));
@@ -1797,137 +1808,6 @@ impl DeltaOps for Gpu {
         let (dp, xp, rs, k) = (self.p(d), self.p(x), rows as i64, width as i32);
         launch!(self, "sum_norm_bwd", rows_warp(rows), dp, xp, rs, k);
         Ok(())
-    }
-}
-
-/// The vision ops (gla-core's `VisionOps`, the ViG model's) have no GPU kernels yet: every one
-/// is a typed `Unsupported`, so a ViG on this backend fails at its first op instead of running.
-fn vision_unsupported<T>(op: &str) -> Result<T> {
-    Err(unsupported(format!("the vision op `{op}` (no GPU kernel yet; the ViG model runs on the CPU)")))
-}
-
-impl VisionOps for Gpu {
-    fn upload_image(&self, _: &mut CudaSlice<u16>, _: &[f32], _: usize, _: usize, _: usize, _: usize) -> Result<()> {
-        vision_unsupported("upload_image")
-    }
-    fn im2col(&self, _: &mut CudaSlice<u16>, _: &CudaSlice<u16>, _: &Conv2d) -> Result<()> {
-        vision_unsupported("im2col")
-    }
-    fn col2im(&self, _: &mut CudaSlice<f32>, _: &CudaSlice<f32>, _: &Conv2d) -> Result<()> {
-        vision_unsupported("col2im")
-    }
-    fn bias_fwd_f32(&self, _: &mut CudaSlice<f32>, _: ParamId, _: usize, _: usize) -> Result<()> {
-        vision_unsupported("bias_fwd")
-    }
-    fn bias_bwd_act(&self, _: &mut Self::Grads, _: ParamId, _: &CudaSlice<u16>, _: usize, _: usize) -> Result<()> {
-        vision_unsupported("bias_bwd")
-    }
-    fn layernorm_fwd(
-        &self,
-        _: &mut CudaSlice<u16>,
-        _: &mut CudaSlice<f32>,
-        _: &CudaSlice<f32>,
-        _: ParamId,
-        _: ParamId,
-        _: usize,
-        _: f32,
-    ) -> Result<()> {
-        vision_unsupported("layernorm_fwd")
-    }
-    fn layernorm_bwd(
-        &self,
-        _: &mut CudaSlice<f32>,
-        _: &mut Self::Grads,
-        _: &CudaSlice<f32>,
-        _: &CudaSlice<f32>,
-        _: &CudaSlice<f32>,
-        _: ParamId,
-        _: ParamId,
-        _: usize,
-    ) -> Result<()> {
-        vision_unsupported("layernorm_bwd")
-    }
-    fn dwconv_fwd(&self, _: &mut CudaSlice<u16>, _: &CudaSlice<u16>, _: ParamId, _: usize, _: usize, _: usize, _: usize) -> Result<()> {
-        vision_unsupported("dwconv_fwd")
-    }
-    fn dwconv_bwd(
-        &self,
-        _: &mut CudaSlice<f32>,
-        _: &mut Self::Grads,
-        _: &CudaSlice<f32>,
-        _: &CudaSlice<u16>,
-        _: ParamId,
-        _: usize,
-        _: usize,
-        _: usize,
-        _: usize,
-    ) -> Result<()> {
-        vision_unsupported("dwconv_bwd")
-    }
-    fn pos_embed_fwd(&self, _: &mut CudaSlice<f32>, _: ParamId, _: (usize, usize), _: (usize, usize), _: usize) -> Result<()> {
-        vision_unsupported("pos_embed_fwd")
-    }
-    fn pos_embed_bwd(
-        &self,
-        _: &mut Self::Grads,
-        _: &CudaSlice<f32>,
-        _: ParamId,
-        _: (usize, usize),
-        _: (usize, usize),
-        _: usize,
-    ) -> Result<()> {
-        vision_unsupported("pos_embed_bwd")
-    }
-    fn avgpool_fwd(&self, _: &mut CudaSlice<u16>, _: &CudaSlice<u16>, _: usize, _: usize, _: usize) -> Result<()> {
-        vision_unsupported("avgpool_fwd")
-    }
-    fn avgpool_bwd(&self, _: &mut CudaSlice<f32>, _: &CudaSlice<f32>, _: usize, _: usize, _: usize) -> Result<()> {
-        vision_unsupported("avgpool_bwd")
-    }
-    fn cols(&self, _: &mut CudaSlice<u16>, _: &CudaSlice<u16>, _: &Cols) -> Result<()> {
-        vision_unsupported("cols")
-    }
-    fn cols_f32(&self, _: &mut CudaSlice<f32>, _: &CudaSlice<f32>, _: &Cols) -> Result<()> {
-        vision_unsupported("cols_f32")
-    }
-    fn cols_to_f32(&self, _: &mut CudaSlice<f32>, _: &CudaSlice<u16>, _: &Cols) -> Result<()> {
-        vision_unsupported("cols_to_f32")
-    }
-    fn locality_gate_fwd(
-        &self,
-        _: &mut CudaSlice<u16>,
-        _: &CudaSlice<u16>,
-        _: &CudaSlice<u16>,
-        _: &CudaSlice<f32>,
-        _: bool,
-        _: usize,
-    ) -> Result<()> {
-        vision_unsupported("locality_gate_fwd")
-    }
-    fn locality_gate_bwd(
-        &self,
-        _: &mut CudaSlice<f32>,
-        _: &mut CudaSlice<f32>,
-        _: &mut CudaSlice<f32>,
-        _: &CudaSlice<f32>,
-        _: &CudaSlice<u16>,
-        _: &CudaSlice<u16>,
-        _: &CudaSlice<f32>,
-        _: bool,
-        _: usize,
-    ) -> Result<()> {
-        vision_unsupported("locality_gate_bwd")
-    }
-    fn smoothed_cross_entropy(
-        &self,
-        _: &mut CudaSlice<f32>,
-        _: &CudaSlice<f32>,
-        _: &[u32],
-        _: usize,
-        _: f32,
-        _: f32,
-    ) -> Result<(f64, usize)> {
-        vision_unsupported("smoothed_cross_entropy")
     }
 }
 

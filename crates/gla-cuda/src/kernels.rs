@@ -149,6 +149,35 @@ pub const NN_CONV: KernelSource =
     source!("nn/conv.cu", NN_HEADERS, ["conv_fwd", "conv_cache_update", "conv_decode", "conv_bwd_dx", "conv_bwd_dw"]);
 /// Cross-entropy over labelled rows.
 pub const NN_XENT: KernelSource = source!("nn/xent.cu", NN_HEADERS, ["cross_entropy"]);
+/// The vision ops of ViG (gla-core's `VisionOps`): patch im2col / col2im, bias, LayerNorm, the
+/// 3x3 depthwise conv, the position embedding's bicubic resize, average pool, column copies, the
+/// locality gate and the label-smoothed cross-entropy.
+pub const NN_VISION: KernelSource = source!(
+    "nn/vision.cu",
+    NN_HEADERS,
+    [
+        "im2col_bf16",
+        "col2im_f32",
+        "bias_fwd_f32",
+        "colsum_bf16",
+        "layernorm_fwd",
+        "layernorm_bwd_dx",
+        "layernorm_bwd_dw",
+        "dwconv3_fwd",
+        "dwconv3_bwd_dx",
+        "dwconv3_bwd_dw",
+        "pos_embed_fwd",
+        "pos_embed_bwd",
+        "avgpool_fwd",
+        "avgpool_bwd",
+        "cols_bf16",
+        "cols_f32",
+        "cols_bf16_f32",
+        "locality_gate_fwd",
+        "locality_gate_bwd",
+        "smoothed_xent"
+    ]
+);
 /// Gradient norm and AdamW.
 pub const NN_ADAMW: KernelSource = source!("nn/adamw.cu", NN_HEADERS, ["sumsq", "sum_f64", "adamw"]);
 
@@ -314,6 +343,7 @@ pub const ALL: &[KernelSource] = &[
     NN_ELEMENTWISE,
     NN_CONV,
     NN_XENT,
+    NN_VISION,
     NN_ADAMW,
     DELTA_PREP,
     DELTA_RECURRENT,

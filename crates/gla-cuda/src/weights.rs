@@ -132,6 +132,7 @@ impl GpuWeights {
             w16: w.w16,
             sync: None,
             reducing: AtomicBool::new(false),
+            vision: Default::default(),
         };
         let numel = specs.iter().map(|sp| sp.offset + sp.numel()).max().unwrap_or(0);
         Ok(Self { gpu, grads: w.grads, inference: w.inference, moments: None, norm_buf, stats: None, numel })

@@ -8,8 +8,10 @@
 //! are empty ([`Primitives::alloc_cast`]) and [`Primitives::operand`] lends the f32 source. The one
 //! exception is [`Cpu::emulating_bf16`], which rounds every `Act` to bf16 as the GPU stores it.
 
+use gla_core::bidir::{BidirInputs, BidirOp, BidirProblem, BidirSpec};
 use gla_core::op::GlaOp;
 use gla_core::{AttnForward, AttnInputs, AttnOp, AttnProblem, Backward, DeltaInputs, DeltaOp, Inputs};
+use gla_cpu::bidir::BidirChunked;
 use gla_cpu::delta::{delta_step, DeltaChunked, DeltaRecurrent};
 use gla_cpu::mat::{matmul_with, MatRef, Threads};
 use gla_cpu::{AttnCache, AttnTiled, Chunked, FusedRecurrent, Schedule};
@@ -1009,6 +1011,27 @@ impl CpuIo<'_> {
     }
 }
 
+/// The bidirectional scan the CPU runs (the GLA chunked path on both directions).
+static BIDIR: BidirChunked = BidirChunked { gla: Chunked { schedule: Schedule::Auto } };
+
+/// The bidirectional problem of `b` sequences of `t` tokens at the heads of `md` (the per-head
+/// scale `K^-1/2`, as the GLA op's).
+pub(crate) fn bidir_problem(md: &GlaDims, b: usize, t: usize) -> Result<BidirProblem> {
+    let spec = BidirSpec { scale: Some((md.head_k as f64).powf(-0.5)), ..BidirSpec::new(b, t, md.heads, md.head_k, md.head_v) };
+    Ok(BidirProblem::new(spec)?)
+}
+
+/// The op's inputs of `p` over the layer's buffers (their first elements).
+fn bidir_inputs<'a>(p: &BidirProblem, [q, k, v]: [&'a [f32]; 3], [gf, gb]: [&'a [f32]; 2]) -> Result<BidirInputs<'a, f32>> {
+    let (qk, vl) = (p.qk_len(), p.v_len());
+    Ok(BidirInputs { q: head("q", q, qk)?, k: head("k", k, qk)?, v: head("v", v, vl)?, gf: head("gf", gf, qk)?, gb: head("gb", gb, qk)? })
+}
+
+/// The first `n` elements of `x`, or a typed error when it is shorter.
+fn head<'a>(tensor: &'static str, x: &'a [f32], n: usize) -> Result<&'a [f32]> {
+    x.get(..n).ok_or_else(|| Error::Shape { op: "bidir", tensor, shape: format!("{n} elements"), expected: n, got: x.len() })
+}
+
 /// The output size of `g`, or a typed error when the image is smaller than the kernel.
 fn conv_out(g: &Conv2d) -> Result<(usize, usize)> {
     g.out_hw().ok_or_else(|| Error::BadConfig {
@@ -1162,6 +1185,45 @@ impl<'m> VisionOps for Cpu<'m> {
             &gpre[..len],
             out_act,
         );
+        Ok(())
+    }
+    fn bidir_fwd(
+        &self,
+        md: &GlaDims,
+        _plan: &CpuPlan,
+        o: &mut Vec<f32>,
+        [q, k, v]: [&Vec<f32>; 3],
+        [gf, gb]: [&Vec<f32>; 2],
+        b: usize,
+        t: usize,
+    ) -> Result<()> {
+        let p = bidir_problem(md, b, t)?;
+        let vl = p.v_len();
+        let out = BIDIR.forward(&p, &bidir_inputs(&p, [q, k, v], [gf, gb])?)?;
+        head("o", o, vl)?;
+        o[..vl].copy_from_slice(&out);
+        self.act(&mut o[..vl]);
+        Ok(())
+    }
+    fn bidir_bwd(
+        &self,
+        md: &GlaDims,
+        _plan: &CpuPlan,
+        [q, k, v]: [&Vec<f32>; 3],
+        [gf, gb]: [&Vec<f32>; 2],
+        d_o: &Vec<f32>,
+        out: [&mut Vec<f32>; 5],
+        b: usize,
+        t: usize,
+    ) -> Result<()> {
+        let p = bidir_problem(md, b, t)?;
+        let x = bidir_inputs(&p, [q, k, v], [gf, gb])?;
+        let g = BIDIR.backward(&p, &x, head("do", d_o, p.v_len())?)?;
+        let [dq, dk, dv, dgf, dgb] = out;
+        for (dst, src, name) in [(dq, g.dq, "dq"), (dk, g.dk, "dk"), (dv, g.dv, "dv"), (dgf, g.dgf, "dgf"), (dgb, g.dgb, "dgb")] {
+            head(name, dst, src.len())?;
+            dst[..src.len()].copy_from_slice(&src);
+        }
         Ok(())
     }
     fn smoothed_cross_entropy(

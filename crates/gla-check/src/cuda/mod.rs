@@ -15,13 +15,15 @@
 //! The delta-rule family's rows ([`delta`]: the same checks on its table, case names `delta/...`)
 //! softmax attention's ([`attn`]: case names `attn/...`) and the bidirectional scan's ([`bidir`],
 //! `bidir/...`) run beside them; a filter starting with `delta`, `attn` or `bidir` runs only that
-//! family's.
+//! family's. The ViG model's rows ([`vig`], `vig-*`) run with the model rows, or alone with a
+//! filter starting with `vig`.
 
 pub mod alloc;
 pub mod attn;
 pub mod bidir;
 pub mod delta;
 pub mod model;
+pub mod vig;
 
 use std::sync::Arc;
 
@@ -303,7 +305,7 @@ fn huge_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
 pub fn check(cuda: &Arc<Cuda>, opts: CheckOptions, filter: Option<&str>) -> Result<Vec<Row>> {
     let mut out = Vec::new();
     // a filter naming a family runs only its rows (no GLA or model row is named after one)
-    const FAMILIES: [&str; 3] = ["delta", "attn", "bidir"];
+    const FAMILIES: [&str; 4] = ["delta", "attn", "bidir", "vig"];
     let named = |f: &str| FAMILIES.iter().copied().find(|p| f.starts_with(p));
     let runs = |fam: &str| filter.and_then(named).is_none_or(|p| p == fam);
     let gla = filter.and_then(named).is_none();
@@ -353,6 +355,9 @@ pub fn check(cuda: &Arc<Cuda>, opts: CheckOptions, filter: Option<&str>) -> Resu
         model::model_check(cuda, &mut out)?;
         model::generation_check(cuda, &mut out)?;
         alloc::alloc_check(cuda, &mut out)?;
+    }
+    if runs("vig") && (opts.model || filter.is_some_and(|f| f.starts_with("vig"))) {
+        vig::vig_check(cuda, &mut out)?;
     }
     if let Some(f) = filter {
         out.retain(|r| r.case.contains(f));

@@ -2,13 +2,14 @@
 //! [`Primitives`]: the patch embedding's convolutions (im2col + the GEMMs of
 //! [`Primitives::linear_fwd`]), LayerNorm, biases, the 3x3 depthwise convolution, the position
 //! embedding's bicubic resize, the average pool, column copies (split, concatenate, time flip)
-//! and ViG's 2D locality gate.
+//! ViG's 2D locality gate, and the bidirectional GLA scan of a BiGLA layer ([`crate::bidir`]).
 //!
 //! Images are channels-last everywhere: `[B, H, W, C]` row-major, so that a row of `C` is one
 //! pixel (a LayerNorm over channels is a row LayerNorm) and the token sequence of a `[B, h, w, D]`
 //! map is its rows in raster order (hustvl's `flatten(2).transpose(1, 2)`).
 
-use super::{Act, ParamId, Primitives, F32};
+use super::{Act, ParamId, Plan, Primitives, F32};
+use crate::dims::GlaDims;
 
 /// One 2-D convolution over channels-last images `[B, H, W, C_in]` -> `[B, Ho, Wo, C_out]` with a
 /// square kernel `k`, `stride` and zero `pad` (PyTorch's `Conv2d`, weight `[C_out, C_in, k, k]`).
@@ -193,6 +194,35 @@ pub trait VisionOps: Primitives {
         gpre: &F32<Self>,
         out_act: bool,
         len: usize,
+    ) -> Result<(), Self::Error>;
+
+    /// ViG's bidirectional scan ([`crate::bidir`]: `o = (of + ob) / 2`, both scans from zero
+    /// over each of the `b` sequences of `t` tokens, the per-head scale `K^-1/2`) at the heads of
+    /// `md` (`heads` of `head_k`, `head_v`): q, k, gf, gb `[b*t, key_dim]`, v and `o`
+    /// `[b*t, value_dim]`. `plan` is the batch plan of `(b, t)`; nothing is saved for the
+    /// backward (it recomputes from the inputs).
+    fn bidir_fwd(
+        &self,
+        md: &GlaDims,
+        plan: &Plan<Self>,
+        o: &mut Act<Self>,
+        qkv: [&Act<Self>; 3],
+        gates: [&Act<Self>; 2],
+        b: usize,
+        t: usize,
+    ) -> Result<(), Self::Error>;
+    /// Backward of [`VisionOps::bidir_fwd`] from `d_o`: writes `dq, dk, dv, dgf, dgb` (f32,
+    /// shaped like their inputs).
+    fn bidir_bwd(
+        &self,
+        md: &GlaDims,
+        plan: &Plan<Self>,
+        qkv: [&Act<Self>; 3],
+        gates: [&Act<Self>; 2],
+        d_o: &Act<Self>,
+        out: [&mut F32<Self>; 5],
+        b: usize,
+        t: usize,
     ) -> Result<(), Self::Error>;
 
     /// Mean cross-entropy with PyTorch's `label_smoothing` (`eps`; 0 is the plain loss) of

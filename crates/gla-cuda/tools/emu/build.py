@@ -2,10 +2,10 @@
 """Builds the emulator program: emu.h, the common headers with their PTX helpers removed (emu.h
 has emulated ones), the delta-rule kernels, then harness.cpp; compiles it with g++. With --nn:
 the language model's element-wise, norm, conv and reduction kernels (kernels/nn/) and
-nn_harness.cpp instead; with --attn: the softmax attention kernels (kernels/attn/) and
+nn_harness.cpp instead (--vision: ViG's kernels/nn/vision.cu and vision_harness.cpp); with --attn: the softmax attention kernels (kernels/attn/) and
 attn_harness.cpp; with --bidir: the bidirectional scan's kernels (kernels/bidir/, with the GLA
 chunk kernels they build on) and bidir_harness.cpp.
-Usage: python3 crates/gla-cuda/tools/emu/build.py [--nn | --attn | --bidir] [out-binary]"""
+Usage: python3 crates/gla-cuda/tools/emu/build.py [--nn | --vision | --attn | --bidir] [out-binary]"""
 import os, re, subprocess, sys
 
 here = os.path.dirname(os.path.abspath(__file__))
@@ -46,14 +46,18 @@ if len(sys.argv) > 1 and sys.argv[1] == "--attn":
     print(" ".join(cmd), file=sys.stderr)
     sys.exit(subprocess.call(cmd))
 
-nn = len(sys.argv) > 1 and sys.argv[1] == "--nn"
+nn = len(sys.argv) > 1 and sys.argv[1] in ("--nn", "--vision")
 if nn:
+    # --vision: ViG's vision kernels (nn/vision.cu) with the reductions' last step
+    vision = sys.argv[1] == "--vision"
     del sys.argv[1]
     parts = ['#include "emu.h"\n', '#line 1 "common/base.cuh"\n' + strip_asm(open(os.path.join(kern, "common/base.cuh")).read())]
-    for f in ["nn/common.cuh", "nn/elementwise.cu", "nn/norm.cu", "nn/conv.cu", "nn/reduce.cu"]:
+    files = ["nn/common.cuh", "nn/vision.cu", "nn/reduce.cu"] if vision else ["nn/common.cuh", "nn/elementwise.cu", "nn/norm.cu", "nn/conv.cu", "nn/reduce.cu"]
+    for f in files:
         parts.append(f'#line 1 "{f}"\n' + open(os.path.join(kern, f)).read())
-    parts.append('#line 1 "nn_harness.cpp"\n#include "nn_harness.cpp"\n')
-    out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/nn-emu"
+    harness = "vision_harness.cpp" if vision else "nn_harness.cpp"
+    parts.append(f'#line 1 "{harness}"\n#include "{harness}"\n')
+    out = sys.argv[1] if len(sys.argv) > 1 else ("/tmp/vision-emu" if vision else "/tmp/nn-emu")
     open(out + ".cpp", "w").write("\n".join(parts))
     cmd = ["g++", "-std=c++17", "-O2", "-g", "-fno-strict-aliasing", "-I", here, out + ".cpp", "-o", out]
     print(" ".join(cmd), file=sys.stderr)

@@ -6,12 +6,15 @@
 //! - [`config`]: `VigConfig` (the `ViG` constructor's keyword arguments), presets, `VigDims`.
 //! - [`layout`]: the parameter table in hustvl's `state_dict` order, hustvl's init.
 //! - [`model`]: the forward and backward over [`crate::backend::Backend`] +
-//!   [`crate::backend::VisionOps`]; `scan`: the bidirectional scan (two GLA op calls).
+//!   [`crate::backend::VisionOps`]; `scan`: the bidirectional scan (the fused `bidir` op).
 //! - [`data`]: idx image sets (Fashion-MNIST) and synthetic images; [`train`]: AdamW training.
-//! - [`VigModel`]: config, table and f32 weights, run on the CPU.
+//! - [`VigModel`]: config, table and f32 weights, run on the CPU; with the `cuda` feature, `gpu`
+//!   runs the same forward and backward on one GPU (`GpuVigModel`, `GpuVigTrainer`).
 
 pub mod config;
 pub mod data;
+#[cfg(feature = "cuda")]
+pub mod gpu;
 pub mod layout;
 pub mod model;
 pub mod pth;

@@ -22,7 +22,7 @@ use gla_core::Error as CoreError;
 
 use super::config::{VigDims, LAYERNORM_EPS};
 use super::layout::VigLayout;
-use super::scan::{self, ScanActs, ScanScratch};
+use super::scan;
 use crate::backend::{Backend, Cols, Conv2d, ModelStorage, VisionOps};
 use crate::config::{FeatureMap, GlaDims};
 
@@ -114,20 +114,19 @@ struct BlockActs<S: ModelStorage> {
     gk_raw: S::F32,         // [N, 2Dk] with the bias
     gk: S::Act,             // [N, 2Dk] log-gates
     g_dir: [S::Act; 2],     // forward, backward log-gates [N, Dk]
-    scan: ScanActs<S>,
-    o: S::Act,        // [N, Dv] scan output
-    gn: S::Act,       // [N, Dv] g_norm(o)
-    rstd_g: S::F32,   // [N*H]
-    ln: S::Act,       // [N, D] l_norm(xs)
-    rstd_l: S::F32,   // [N*H]
-    gpre: S::F32,     // [N, Dv] g_proj(xs) + bias
-    y: S::Act,        // [N, Dv] gated output
-    x_mid: S::F32,    // [N, D]
-    rstd2: S::F32,    // [N]
-    xn2: S::Act,      // [N, D]
-    ab: S::Act,       // [N, 2I]
-    a_u: [S::Act; 2], // [N, I] gate, up
-    hm: S::Act,       // [N, I]
+    o: S::Act,              // [N, Dv] scan output
+    gn: S::Act,             // [N, Dv] g_norm(o)
+    rstd_g: S::F32,         // [N*H]
+    ln: S::Act,             // [N, D] l_norm(xs)
+    rstd_l: S::F32,         // [N*H]
+    gpre: S::F32,           // [N, Dv] g_proj(xs) + bias
+    y: S::Act,              // [N, Dv] gated output
+    x_mid: S::F32,          // [N, D]
+    rstd2: S::F32,          // [N]
+    xn2: S::Act,            // [N, D]
+    ab: S::Act,             // [N, 2I]
+    a_u: [S::Act; 2],       // [N, I] gate, up
+    hm: S::Act,             // [N, I]
 }
 
 impl<S: ModelStorage> BlockActs<S> {
@@ -152,7 +151,6 @@ struct Scratch<S: ModelStorage> {
     d_gpre16: S::Act,
     d_o: S::Act,
     d_lnin: S::Act,
-    scan: ScanScratch<S>,
     dqkv_dir: [S::F32; 5], // dq, dk, dv, dgf, dgb
     dqkv: S::F32,
     dqkv16: S::Act,
@@ -215,7 +213,6 @@ impl<S: ModelStorage> VigActs<S> {
     pub fn alloc<B: Backend<Buf = S> + VisionOps>(be: &B, d: &VigDims, shape: Shape, backward: bool) -> Result<Self, B::Error> {
         let (n, n1, dm, half) = (shape.n(), shape.n1(), d.d, d.d / 2);
         let (kd, vd, i, h) = (d.key_dim, d.value_dim, d.inter, d.heads);
-        let md = scan_dims(d);
         let f = |len: usize| be.alloc_f32(len);
         let a = |len: usize| be.alloc_act(len);
         let mut blocks = Vec::with_capacity(d.depth);
@@ -231,7 +228,6 @@ impl<S: ModelStorage> VigActs<S> {
                 gk_raw: f(n * 2 * kd)?,
                 gk: a(n * 2 * kd)?,
                 g_dir: [a(n * kd)?, a(n * kd)?],
-                scan: ScanActs::alloc(be, &md, n)?,
                 o: a(n * vd)?,
                 gn: a(n * vd)?,
                 rstd_g: f(n * h)?,
@@ -262,7 +258,6 @@ impl<S: ModelStorage> VigActs<S> {
                 d_gpre16: be.alloc_cast(n * vd)?,
                 d_o: a(n * vd)?,
                 d_lnin: a(n * dm)?,
-                scan: ScanScratch::alloc(be, &md, n)?,
                 dqkv_dir: [f(n * kd)?, f(n * kd)?, f(n * vd)?, f(n * kd)?, f(n * kd)?],
                 dqkv: f(n * (2 * kd + vd))?,
                 dqkv16: be.alloc_cast(n * (2 * kd + vd))?,
@@ -348,6 +343,32 @@ pub fn forward<B: Backend + VisionOps>(
     labels: Option<&[u32]>,
     smoothing: f32,
 ) -> Result<Option<VigLoss>, B::Error> {
+    upload(be, acts, nchw)?;
+    forward_resident(be, lay, acts, labels, smoothing)
+}
+
+/// Copies the images `nchw [B, C, H, W]` (the geometry of `acts`) into the activations, where
+/// [`forward_resident`] reads them.
+///
+/// # Errors
+/// A shape error for images that do not match `acts`; the backend's errors.
+pub fn upload<B: Backend + VisionOps>(be: &B, acts: &mut VigActs<B::Buf>, nchw: &[f32]) -> Result<(), B::Error> {
+    let (d, sh) = (acts.dims, acts.shape);
+    be.upload_image(&mut acts.img, nchw, sh.b, d.channels, sh.img.0, sh.img.1)
+}
+
+/// [`forward`] on the images already in `acts` ([`upload`]): what a benchmark times without the
+/// host-to-device copy.
+///
+/// # Errors
+/// As [`forward`].
+pub fn forward_resident<B: Backend + VisionOps>(
+    be: &B,
+    lay: &VigLayout,
+    acts: &mut VigActs<B::Buf>,
+    labels: Option<&[u32]>,
+    smoothing: f32,
+) -> Result<Option<VigLoss>, B::Error> {
     let d = acts.dims;
     let sh = acts.shape;
     let (n, n1, dm, half) = (sh.n(), sh.n1(), d.d, d.d / 2);
@@ -356,7 +377,6 @@ pub fn forward<B: Backend + VisionOps>(
     if lay.blocks.len() != d.depth {
         return Err(shape_err("layout", "the dims' depth".into(), d.depth, lay.blocks.len()).into());
     }
-    be.upload_image(&mut acts.img, nchw, b, d.channels, sh.img.0, sh.img.1)?;
     // stem
     be.im2col(&mut acts.cols1, &acts.img, &sh.g1)?;
     be.linear_fwd_f32(&mut acts.c1, &acts.cols1, lay.conv1.0, n1, sh.g1.cols(), half)?;
@@ -405,7 +425,7 @@ pub fn forward<B: Backend + VisionOps>(
         }
         let [q, k, v] = &a.qkv_split;
         let [gf, gb] = &a.g_dir;
-        scan::forward(be, &md, &acts.plan, &mut a.scan, &mut a.o, [q, k, v], [gf, gb], (b, l))?;
+        scan::forward(be, &md, &acts.plan, &mut a.o, [q, k, v], [gf, gb], (b, l))?;
         be.gated_norm_fwd(&mut a.gn, &mut a.rstd_g, &a.o, None, crate::config::GateAct::Swish, ids.g_norm, n * d.heads)?;
         let xs = a.xs_act.as_ref().unwrap_or(&a.loc);
         be.gated_norm_fwd(&mut a.ln, &mut a.rstd_l, xs, None, crate::config::GateAct::Swish, ids.l_norm, n * d.heads)?;
@@ -498,7 +518,8 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
         // the two scans
         let [q, k, v] = &a.qkv_split;
         let [dq, dk, dv, dgf, dgb] = &mut s.dqkv_dir;
-        scan::backward(be, &md, plan, &a.scan, &mut s.scan, [q, k, v], &a.g_dir[0], &s.d_o, [dq, dk, dv, dgf, dgb], (b, l))?;
+        let [gf, gb] = &a.g_dir;
+        scan::backward(be, &md, plan, [q, k, v], [gf, gb], &s.d_o, [dq, dk, dv, dgf, dgb], (b, l))?;
         let w3 = 2 * kd + vd;
         for (src, (off, w)) in s.dqkv_dir[..3].iter().zip([(0, kd), (kd, kd), (2 * kd, vd)]) {
             be.cols_f32(&mut s.dqkv, src, &Cols::copy(1, n, w, (w, 0), (w3, off)))?;

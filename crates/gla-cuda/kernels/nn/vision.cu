@@ -1,0 +1,424 @@
+// nn/vision.cu: the vision ops of ViG (gla-core's `VisionOps`; src/vision.rs launches them) around
+// the cuBLAS GEMMs (contract: nn/common.cuh). Images are channels-last `[B, H, W, C]` row-major;
+// a token map `[B, h, w, D]` is its rows in raster order. The CPU ops (gla-model/src/ops.rs,
+// "Vision ops") are the reference; math in f32.
+//
+// - im2col / col2im: the patch convolutions' matrix `cols [B*Ho*Wo, C*k*k]`, columns in the
+//   order (c, ky, kx) of PyTorch's flattened weight `[C_out, C, k, k]`, zeros in the padding;
+//   col2im is its transpose, one thread per input element summing the taps that read it (no
+//   atomics).
+// - bias, LayerNorm over rows (stats = mean, rstd per row), the 3x3 depthwise conv (zero pad 1,
+//   weight `[C, 1, 3, 3]` f32), the position embedding's bicubic resize (PyTorch's
+//   `F.interpolate(mode="bicubic", align_corners=False)`, A = -0.75, border reads clamped; the
+//   taps computed in-kernel as gla-model's `bicubic_taps`), the average pool, column copies,
+//   ViG's locality gate and the label-smoothed cross-entropy.
+// - parameter gradients accumulate through col_reduce partials + col_finalize (deterministic);
+//   the position embedding's gradient is one thread per element of `dpe` summing everything
+//   that reads it in a fixed order.
+
+// ---- patch convolutions
+
+// cols[r, (ci*k + ky)*k + kx] = x[b, oy*s + ky - pad, ox*s + kx - pad, ci] (0 outside); bf16
+extern "C" __global__ void im2col_bf16(bf16_t* __restrict__ cols, const bf16_t* __restrict__ x, int b, int h, int w, int c, int k, int stride, int pad, int ho, int wo) {
+    int nc = c * k * k;
+    idx_t total = (idx_t)b * ho * wo * nc;
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+        int col = (int)(i % nc);
+        idx_t r = i / nc;
+        int ox = (int)(r % wo), oy = (int)((r / wo) % ho);
+        idx_t bi = r / ((idx_t)wo * ho);
+        int kx = col % k, ky = (col / k) % k, ci = col / (k * k);
+        int y = oy * stride + ky - pad, xx = ox * stride + kx - pad;
+        bf16_t v = 0;
+        if (y >= 0 && y < h && xx >= 0 && xx < w) v = x[((bi * h + y) * w + xx) * c + ci];
+        cols[i] = v;
+    }
+}
+
+// dx[b, y, x, ci] = sum over the (oy, ky), (ox, kx) with o*s + k - pad = the pixel of
+// dcols[(b, oy, ox), (ci, ky, kx)]; f32, overwrites
+extern "C" __global__ void col2im_f32(float* __restrict__ dx, const float* __restrict__ dcols, int b, int h, int w, int c, int k, int stride, int pad, int ho, int wo) {
+    int nc = c * k * k;
+    idx_t total = (idx_t)b * h * w * c;
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+        int ci = (int)(i % c);
+        idx_t p = i / c;
+        int xx = (int)(p % w), y = (int)((p / w) % h);
+        idx_t bi = p / ((idx_t)w * h);
+        float s = 0.f;
+        for (int ky = 0; ky < k; ++ky) {
+            int ty = y + pad - ky;
+            if (ty < 0 || ty % stride != 0 || ty / stride >= ho) continue;
+            int oy = ty / stride;
+            for (int kx = 0; kx < k; ++kx) {
+                int tx = xx + pad - kx;
+                if (tx < 0 || tx % stride != 0 || tx / stride >= wo) continue;
+                int ox = tx / stride;
+                s += dcols[((bi * ho + oy) * wo + ox) * nc + (ci * k + ky) * k + kx];
+            }
+        }
+        dx[i] = s;
+    }
+}
+
+// ---- bias
+
+// y[r, j] += bias[j] (f32)
+extern "C" __global__ void bias_fwd_f32(float* __restrict__ y, const float* __restrict__ bias, idx_t n, int c) {
+    idx_t total = n * c;
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) y[i] += bias[i % c];
+}
+
+struct ColSumBf16 {
+    const bf16_t* x;
+    int c;
+    __device__ float operator()(idx_t r, int j) const { return to_f32(x[r * c + j]); }
+};
+// partials of db[j] += sum_r dy[r, j] (dy bf16, the GEMM operand)
+extern "C" __global__ void colsum_bf16(float* part, const bf16_t* x, idx_t n, int c) { col_reduce(part, n, c, ColSumBf16{x, c}); }
+
+// ---- LayerNorm over rows of c (one warp per row)
+
+// y = (x - mean) * rstd * w + b (bf16), stats[2r] = mean, stats[2r+1] = rstd (two-pass variance)
+extern "C" __global__ void layernorm_fwd(bf16_t* __restrict__ y, float* __restrict__ stats, const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ b, idx_t n, int c, float eps) {
+    int lane = threadIdx.x & 31;
+    for (idx_t r = (blockIdx.x * (idx_t)blockDim.x + threadIdx.x) >> 5; r < n; r += ((idx_t)gridDim.x * blockDim.x) >> 5) {
+        const float* xr = x + r * c;
+        float s = 0.f;
+        for (int j = lane; j < c; j += 32) s += xr[j];
+        float mean = warp_sum(s) / c;
+        float v = 0.f;
+        for (int j = lane; j < c; j += 32) v += (xr[j] - mean) * (xr[j] - mean);
+        float rs = rsqrtf(warp_sum(v) / c + eps);
+        if (lane == 0) {
+            stats[2 * r] = mean;
+            stats[2 * r + 1] = rs;
+        }
+        for (int j = lane; j < c; j += 32) y[r * c + j] = from_f32<bf16_t>((xr[j] - mean) * rs * w[j] + b[j]);
+    }
+}
+
+// dx = rstd * (dy*w - mean(dy*w) - xh * mean(dy*w*xh)), xh = (x - mean) * rstd; f32, overwrites
+extern "C" __global__ void layernorm_bwd_dx(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ stats, const float* __restrict__ w, idx_t n, int c) {
+    int lane = threadIdx.x & 31;
+    for (idx_t r = (blockIdx.x * (idx_t)blockDim.x + threadIdx.x) >> 5; r < n; r += ((idx_t)gridDim.x * blockDim.x) >> 5) {
+        const float *dyr = dy + r * c, *xr = x + r * c;
+        float mean = stats[2 * r], rs = stats[2 * r + 1];
+        float s1 = 0.f, s2 = 0.f;
+        for (int j = lane; j < c; j += 32) {
+            float g = dyr[j] * w[j];
+            s1 += g;
+            s2 += g * (xr[j] - mean) * rs;
+        }
+        float m1 = warp_sum(s1) / c, m2 = warp_sum(s2) / c;
+        for (int j = lane; j < c; j += 32) dx[r * c + j] = rs * (dyr[j] * w[j] - m1 - (xr[j] - mean) * rs * m2);
+    }
+}
+
+// partials of dw[j] += sum_r dy * xh (part[y, j]) and db[j] += sum_r dy (part[gy + y, j]), with
+// gy = gridDim.y: col_finalize adds each half to its parameter
+extern "C" __global__ void layernorm_bwd_dw(float* __restrict__ part, const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ stats, idx_t n, int c) {
+    __shared__ float lanes[2][8][33];
+    int j = blockIdx.x * 32 + threadIdx.x;
+    float sw = 0.f, sb = 0.f;
+    if (j < c)
+        for (idx_t r = blockIdx.y * 8 + threadIdx.y; r < n; r += (idx_t)gridDim.y * 8) {
+            float d = dy[r * c + j];
+            sw += d * (x[r * c + j] - stats[2 * r]) * stats[2 * r + 1];
+            sb += d;
+        }
+    lanes[0][threadIdx.y][threadIdx.x] = sw;
+    lanes[1][threadIdx.y][threadIdx.x] = sb;
+    __syncthreads();
+    if (threadIdx.y == 0 && j < c) {
+        float tw = 0.f, tb = 0.f;
+        #pragma unroll
+        for (int y = 0; y < 8; ++y) {
+            tw += lanes[0][y][threadIdx.x];
+            tb += lanes[1][y][threadIdx.x];
+        }
+        part[(idx_t)blockIdx.y * c + j] = tw;
+        part[((idx_t)gridDim.y + blockIdx.y) * c + j] = tb;
+    }
+}
+
+// ---- 3x3 depthwise conv, zero padding 1, weight [C, 1, 3, 3] f32 (tap t = ky*3 + kx)
+
+// y[b, py, px, ci] = sum_t w[ci, t] x[b, py + ky - 1, px + kx - 1, ci] (bf16 in and out)
+extern "C" __global__ void dwconv3_fwd(bf16_t* __restrict__ y, const bf16_t* __restrict__ x, const float* __restrict__ wt, int b, int h, int w, int c) {
+    idx_t total = (idx_t)b * h * w * c;
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+        int ci = (int)(i % c);
+        idx_t p = i / c;
+        int px = (int)(p % w), py = (int)((p / w) % h);
+        idx_t bi = p / ((idx_t)w * h);
+        float s = 0.f;
+        for (int ky = 0; ky < 3; ++ky) {
+            int sy = py + ky - 1;
+            if (sy < 0 || sy >= h) continue;
+            for (int kx = 0; kx < 3; ++kx) {
+                int sx = px + kx - 1;
+                if (sx < 0 || sx >= w) continue;
+                s += wt[ci * 9 + ky * 3 + kx] * to_f32(x[((bi * h + sy) * w + sx) * c + ci]);
+            }
+        }
+        y[i] = from_f32<bf16_t>(s);
+    }
+}
+
+// dx[b, sy, sx, ci] = sum_t w[ci, t] dy[b, sy - ky + 1, sx - kx + 1, ci] (f32, overwrites)
+extern "C" __global__ void dwconv3_bwd_dx(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ wt, int b, int h, int w, int c) {
+    idx_t total = (idx_t)b * h * w * c;
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+        int ci = (int)(i % c);
+        idx_t p = i / c;
+        int sx = (int)(p % w), sy = (int)((p / w) % h);
+        idx_t bi = p / ((idx_t)w * h);
+        float s = 0.f;
+        for (int ky = 0; ky < 3; ++ky) {
+            int py = sy - ky + 1;
+            if (py < 0 || py >= h) continue;
+            for (int kx = 0; kx < 3; ++kx) {
+                int px = sx - kx + 1;
+                if (px < 0 || px >= w) continue;
+                s += wt[ci * 9 + ky * 3 + kx] * dy[((bi * h + py) * w + px) * c + ci];
+            }
+        }
+        dx[i] = s;
+    }
+}
+
+// partials of dw[ci, t] += sum over pixels of dy[p, ci] x[p + tap offset, ci]: block y writes
+// part[(y*C + ci)*9 + t]; col_finalize over C*9 columns adds them
+extern "C" __global__ void dwconv3_bwd_dw(float* __restrict__ part, const float* __restrict__ dy, const bf16_t* __restrict__ x, int b, int h, int w, int c) {
+    __shared__ float lanes[9][8][33];
+    int ci = blockIdx.x * 32 + threadIdx.x;
+    float s[9];
+    #pragma unroll
+    for (int t = 0; t < 9; ++t) s[t] = 0.f;
+    idx_t n = (idx_t)b * h * w;
+    if (ci < c)
+        for (idx_t p = blockIdx.y * 8 + threadIdx.y; p < n; p += (idx_t)gridDim.y * 8) {
+            int px = (int)(p % w), py = (int)((p / w) % h);
+            idx_t bi = p / ((idx_t)w * h);
+            float d = dy[p * c + ci];
+            #pragma unroll
+            for (int t = 0; t < 9; ++t) {
+                int sy = py + t / 3 - 1, sx = px + t % 3 - 1;
+                if (sy >= 0 && sy < h && sx >= 0 && sx < w) s[t] += d * to_f32(x[((bi * h + sy) * w + sx) * c + ci]);
+            }
+        }
+    #pragma unroll
+    for (int t = 0; t < 9; ++t) lanes[t][threadIdx.y][threadIdx.x] = s[t];
+    __syncthreads();
+    if (threadIdx.y == 0 && ci < c) {
+        for (int t = 0; t < 9; ++t) {
+            float tsum = 0.f;
+            #pragma unroll
+            for (int y = 0; y < 8; ++y) tsum += lanes[t][y][threadIdx.x];
+            part[((idx_t)blockIdx.y * c + ci) * 9 + t] = tsum;
+        }
+    }
+}
+
+// ---- position embedding: bicubic resize of pe [hs*ws, D] to (h, w)
+
+// the weight of source sample `s` in output sample `i` of one axis resized src -> dst (the sum
+// of the taps that clamp onto s), as gla-model's bicubic_taps (in double, rounded to f32)
+__device__ __forceinline__ float bicubic_weight(int src, int dst, int i, int s) {
+    const double A = -0.75;
+    double real = (double)src / dst * (i + 0.5) - 0.5;
+    double base = floor(real), t = real - base;
+    double wts[4];
+    double x = t + 1.0;
+    wts[0] = ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+    wts[1] = ((A + 2.0) * t - (A + 3.0)) * t * t + 1.0;
+    x = 1.0 - t;
+    wts[2] = ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
+    x = 2.0 - t;
+    wts[3] = ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
+    float wsum = 0.f;
+    for (int j = 0; j < 4; ++j) {
+        long long idx = (long long)base - 1 + j;
+        idx = idx < 0 ? 0 : (idx > src - 1 ? src - 1 : idx);
+        if (idx == s) wsum += (float)wts[j];
+    }
+    return wsum;
+}
+
+// x[bi, (i, j), d] += resize(pe)[(i, j), d] for every image; identity when the grids match
+extern "C" __global__ void pos_embed_fwd(float* __restrict__ x, const float* __restrict__ pe, int hs, int ws, int h, int w, int d, int b) {
+    idx_t total = (idx_t)h * w * d;
+    idx_t img = total;
+    for (idx_t e = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; e < total; e += (idx_t)gridDim.x * blockDim.x) {
+        int dd = (int)(e % d);
+        idx_t l = e / d;
+        int j = (int)(l % w), i = (int)(l / w);
+        float v = 0.f;
+        if (hs == h && ws == w) {
+            v = pe[e];
+        } else {
+            // the four rows and columns the taps can reach (clamped reads folded by the weights)
+            double rh = (double)hs / h * (i + 0.5) - 0.5, rw = (double)ws / w * (j + 0.5) - 0.5;
+            int bh = (int)floor(rh), bw = (int)floor(rw);
+            for (int p = bh - 1; p <= bh + 2; ++p) {
+                if (p < 0 || p >= hs) continue;
+                float a = bicubic_weight(hs, h, i, p);
+                if (a == 0.f) continue;
+                for (int q = bw - 1; q <= bw + 2; ++q) {
+                    if (q < 0 || q >= ws) continue;
+                    float bwt = bicubic_weight(ws, w, j, q);
+                    v += a * bwt * pe[((idx_t)p * ws + q) * d + dd];
+                }
+            }
+        }
+        for (int bi = 0; bi < b; ++bi) x[bi * img + e] += v;
+    }
+}
+
+// dpe[(p, q), d] += sum over (i, j) of A[i, p] B[j, q] sum_b dx[b, (i, j), d]; one thread per
+// element of dpe, (i, j, b) in order (deterministic)
+extern "C" __global__ void pos_embed_bwd(float* __restrict__ dpe, const float* __restrict__ dx, int hs, int ws, int h, int w, int d, int b) {
+    idx_t total = (idx_t)hs * ws * d;
+    idx_t img = (idx_t)h * w * d;
+    bool same = hs == h && ws == w;
+    for (idx_t e = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; e < total; e += (idx_t)gridDim.x * blockDim.x) {
+        int dd = (int)(e % d);
+        idx_t l = e / d;
+        int q = (int)(l % ws), p = (int)(l / ws);
+        float acc = 0.f;
+        if (same) {
+            for (int bi = 0; bi < b; ++bi) acc += dx[bi * img + e];
+        } else {
+            for (int i = 0; i < h; ++i) {
+                float a = bicubic_weight(hs, h, i, p);
+                if (a == 0.f) continue;
+                for (int j = 0; j < w; ++j) {
+                    float bwt = bicubic_weight(ws, w, j, q);
+                    if (bwt == 0.f) continue;
+                    float s = 0.f;
+                    for (int bi = 0; bi < b; ++bi) s += dx[bi * img + ((idx_t)i * w + j) * d + dd];
+                    acc += a * bwt * s;
+                }
+            }
+        }
+        dpe[e] += acc;
+    }
+}
+
+// ---- average pool over the L tokens of each image
+
+// y[b, d] = mean_l x[b*L + l, d] (bf16 in and out); block (32, 8) per (32-column tile, image):
+// 8 row lanes stride over the L rows, then the lanes' sums are added in order
+extern "C" __global__ void avgpool_fwd(bf16_t* __restrict__ y, const bf16_t* __restrict__ x, int b, idx_t l, int d) {
+    __shared__ float lanes[8][33];
+    int j = blockIdx.x * 32 + threadIdx.x;
+    for (idx_t bi = blockIdx.y; bi < b; bi += gridDim.y) {
+        float s = 0.f;
+        if (j < d)
+            for (idx_t r = threadIdx.y; r < l; r += 8) s += to_f32(x[(bi * l + r) * d + j]);
+        lanes[threadIdx.y][threadIdx.x] = s;
+        __syncthreads();
+        if (threadIdx.y == 0 && j < d) {
+            float t = 0.f;
+            #pragma unroll
+            for (int yy = 0; yy < 8; ++yy) t += lanes[yy][threadIdx.x];
+            y[bi * d + j] = from_f32<bf16_t>(t / (float)l);
+        }
+        __syncthreads();
+    }
+}
+
+// dx[b*L + l, d] = dy[b, d] / L (f32)
+extern "C" __global__ void avgpool_bwd(float* __restrict__ dx, const float* __restrict__ dy, int b, idx_t l, int d) {
+    idx_t total = (idx_t)b * l * d;
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+        int dd = (int)(i % d);
+        idx_t bi = i / ((idx_t)l * d);
+        dx[i] = dy[bi * d + dd] / (float)l;
+    }
+}
+
+// ---- column copies (gla-core's Cols): dst[r, doff + j] (+)= scale * src[r', soff + j], r' = r or
+// the row at the same position counted from the end of its sequence of t rows (flip)
+
+template <typename D, typename S>
+__device__ __forceinline__ void cols_copy(D* __restrict__ dst, const S* __restrict__ src, idx_t nb, idx_t t, int width, int sw, int soff, int dw, int doff, int flip, int acc, float scale) {
+    idx_t total = nb * t * width;
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+        int j = (int)(i % width);
+        idx_t r = i / width;
+        idx_t pos = r % t;
+        idx_t rs = flip ? r - pos + (t - 1 - pos) : r;
+        float v = scale * to_f32(src[rs * sw + soff + j]);
+        D* o = dst + r * dw + doff + j;
+        *o = from_f32<D>(acc ? to_f32(*o) + v : v);
+    }
+}
+extern "C" __global__ void cols_bf16(bf16_t* dst, const bf16_t* src, idx_t nb, idx_t t, int width, int sw, int soff, int dw, int doff, int flip, int acc, float scale) {
+    cols_copy(dst, src, nb, t, width, sw, soff, dw, doff, flip, acc, scale);
+}
+extern "C" __global__ void cols_f32(float* dst, const float* src, idx_t nb, idx_t t, int width, int sw, int soff, int dw, int doff, int flip, int acc, float scale) {
+    cols_copy(dst, src, nb, t, width, sw, soff, dw, doff, flip, acc, scale);
+}
+extern "C" __global__ void cols_bf16_f32(float* dst, const bf16_t* src, idx_t nb, idx_t t, int width, int sw, int soff, int dw, int doff, int flip, int acc, float scale) {
+    cols_copy(dst, src, nb, t, width, sw, soff, dw, doff, flip, acc, scale);
+}
+
+// ---- ViG's locality gate: G = sigmoid(gpre), z = G gn + (1 - G) ln, y = swish(z) or z
+
+extern "C" __global__ void locality_gate_fwd(bf16_t* __restrict__ y, const bf16_t* __restrict__ gn, const bf16_t* __restrict__ ln, const float* __restrict__ gpre, idx_t n, int out_act) {
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < n; i += (idx_t)gridDim.x * blockDim.x) {
+        float g = sigmoidf_(gpre[i]);
+        float z = g * to_f32(gn[i]) + (1.f - g) * to_f32(ln[i]);
+        y[i] = from_f32<bf16_t>(out_act ? swishf_(z) : z);
+    }
+}
+
+extern "C" __global__ void locality_gate_bwd(float* __restrict__ d_gn, float* __restrict__ d_ln, float* __restrict__ d_gpre, const float* __restrict__ dy, const bf16_t* __restrict__ gn, const bf16_t* __restrict__ ln, const float* __restrict__ gpre, idx_t n, int out_act) {
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < n; i += (idx_t)gridDim.x * blockDim.x) {
+        float g = sigmoidf_(gpre[i]);
+        float a = to_f32(gn[i]), l = to_f32(ln[i]);
+        float z = g * a + (1.f - g) * l;
+        float dz = out_act ? dy[i] * dswishf_(z) : dy[i];
+        d_gn[i] = dz * g;
+        d_ln[i] = dz * (1.f - g);
+        d_gpre[i] = dz * (a - l) * g * (1.f - g);
+    }
+}
+
+// ---- cross-entropy with label smoothing eps (PyTorch's), one warp per row:
+// loss[r] = (1 - eps)(lse - logit[y]) + eps mean_c(lse - logit[c]); correct[r] = argmax == y (the
+// first maximum); dlogits = dscale (softmax - (eps/C + (1 - eps) onehot)) (f32)
+extern "C" __global__ void smoothed_xent(float* __restrict__ dlogits, float* __restrict__ loss, int* __restrict__ correct, const float* __restrict__ logits, const unsigned* __restrict__ labels, idx_t m, int classes, float eps, float dscale) {
+    int lane = threadIdx.x & 31;
+    for (idx_t r = (blockIdx.x * (idx_t)blockDim.x + threadIdx.x) >> 5; r < m; r += ((idx_t)gridDim.x * blockDim.x) >> 5) {
+        const float* row = logits + r * classes;
+        float mx = -__uint_as_float(0x7f800000u);
+        int arg = 0;
+        for (int j = lane; j < classes; j += 32)
+            if (row[j] > mx) { mx = row[j]; arg = j; }
+        for (int o = 16; o > 0; o >>= 1) {
+            float om = __shfl_xor_sync(0xffffffffu, mx, o);
+            int oa = __shfl_xor_sync(0xffffffffu, arg, o);
+            if (om > mx || (om == mx && oa < arg)) { mx = om; arg = oa; }
+        }
+        float s = 0.f, sl = 0.f;
+        for (int j = lane; j < classes; j += 32) {
+            s += expf(row[j] - mx);
+            sl += row[j];
+        }
+        s = warp_sum(s);
+        sl = warp_sum(sl);
+        float lse = mx + logf(s);
+        unsigned y = labels[r];
+        if (lane == 0) {
+            loss[r] = (1.f - eps) * (lse - row[y]) + eps * (lse - sl / classes);
+            correct[r] = arg == (int)y;
+        }
+        for (int j = lane; j < classes; j += 32) {
+            float target = eps / classes + ((unsigned)j == y ? 1.f - eps : 0.f);
+            dlogits[r * classes + j] = (expf(row[j] - lse) - target) * dscale;
+        }
+    }
+}
