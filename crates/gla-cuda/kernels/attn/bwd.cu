@@ -70,7 +70,10 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
 
     att_tile<BN, DP, NT>(sK, LQ, k + (bs + k0) * ldk + (idx_t)g * D, ldk, LK, D, tid);
     att_tile<BN, DVP, NT>(sV, LV, v + (bs + k0) * ldv + (idx_t)g * DV, ldv, LK, DV, tid);
-    // issues the loads of iteration `it` (head g * grp + it / nq, query tile q0 + it % nq) into buffer b
+    // issues the loads of iteration `it` (head g * grp + it / nq, query tile q0 + it % nq) into buffer
+    // b: Q and dO by cp.async, lse and delta of row tid (tid < BQ) into registers (nl, nd), which
+    // put() stores after the iteration's products, so their latency hides behind them
+    float nl = ATT_POS_INF, nd = 0.f;
     auto issue = [&](int it, int b) {
         const int j = g * grp + it / nq, i0 = (q0 + it % nq) * BQ;
         const int LQr = min(BQ, len - i0);
@@ -79,11 +82,20 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
         if (tid < BQ) {
             const bool ok = tid < LQr;
             const idx_t r = (bs + i0 + tid) * H + j;
-            sL[b * BQ + tid] = ok ? lse[r] * ATT_L2E : ATT_POS_INF;
-            sD[b * BQ + tid] = ok ? delta[r] : 0.f;
+            nl = ok ? lse[r] : ATT_POS_INF;
+            nd = ok ? delta[r] : 0.f;
         }
     };
-    if (nit > 0) issue(0, 0);
+    auto put = [&](int b) {
+        if (tid < BQ) {
+            sL[b * BQ + tid] = nl * ATT_L2E;
+            sD[b * BQ + tid] = nd;
+        }
+    };
+    if (nit > 0) {
+        issue(0, 0);
+        put(0);
+    }
     cp_commit();
 
     const int kr = 16 * w;       // the warp's first key row in the tile
@@ -174,6 +186,8 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
                 }
             }
         }
+        // buffer b ^ 1 was last read in iteration it - 1, before this iteration's barrier
+        if (it + 1 < nit) put(b ^ 1);
     }
     cp_wait0();
     __syncthreads();  // every warp is done with the tiles

@@ -23,10 +23,25 @@ __device__ __forceinline__ bool att_key_ok(int i, int s, int len, int causal, in
 
 // R rows x CP columns (CP % 8 == 0) of bf16 into dst (row stride ld) by cp.async: row t from
 // src + t * ldg, rows < L and columns < C read (C % 8 == 0, 16-byte aligned rows), the rest zero.
-// The caller commits and waits.
+// The caller commits and waits. A full tile (L >= R, C == CP) takes a path without per-copy
+// bounds or index arithmetic: each thread copies the same 16-byte column of every (NT / (CP / 8))-th
+// row, one address increment per copy (the loop runs once per key tile, so its cost is counted in
+// issue slots against the tile's products).
 template <int R, int CP, int NT>
 __device__ __forceinline__ void att_tile(bf16_t* dst, int ld, const bf16_t* src, idx_t ldg, int L, int C, int tid) {
     constexpr int CPR = CP / 8;
+    if constexpr (NT % CPR == 0 && (R * CPR) % NT == 0) {
+        if (L >= R && C == CP) {
+            constexpr int RS = NT / CPR;  // rows per step
+            const int t = tid / CPR, c = (tid % CPR) * 8;
+            const bf16_t* s = src + (idx_t)t * ldg + c;
+            bf16_t* d = dst + t * ld + c;
+            const idx_t step = (idx_t)RS * ldg;
+            #pragma unroll
+            for (int i = 0; i < R * CPR / NT; ++i) cp16(d + i * RS * ld, s + i * step, true);
+            return;
+        }
+    }
     #pragma unroll
     for (int x = tid; x < R * CPR; x += NT) {
         const int t = x / CPR, c = (x % CPR) * 8;

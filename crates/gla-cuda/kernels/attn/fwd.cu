@@ -25,13 +25,13 @@
 //
 // Entry points: attn_fwd_d64_dv32 attn_fwd_d64_dv64 attn_fwd_d128_dv128 attn_fwd_m2_d128_dv128
 
-template <int DP, int DVP, int NW, int MT>
+template <int DP, int DVP, int NW, int MT, int BN = 64, bool QREG = MT == 1>
 __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
                                          bf16_t* __restrict__ o, float* __restrict__ lse, const idx_t* __restrict__ bounds,
                                          const int* __restrict__ tile_seq, const int* __restrict__ tile_q0, int H, int HKV, int D,
                                          int DV, int causal, int window, float sl2) {
-    constexpr int BM = 16 * NW * MT, BN = 64, LQ = DP + 8, LV = DVP + 8, NT = 32 * NW;
-    constexpr bool QREG = MT == 1;  // one m-tile per warp: Q fragments live in registers
+    constexpr int BM = 16 * NW * MT, LQ = DP + 8, LV = DVP + 8, NT = 32 * NW;
+    static_assert(!QREG || MT == 1, "Q fragments live in registers only with one m-tile per warp");
     static_assert(DVP <= DP, "the output staging reuses the Q tile");
     DELTA_SMEM(smem);
     bf16_t* sQ = (bf16_t*)smem;     // [BM][LQ]; the output staging [BM][LV] at the end
@@ -224,14 +224,14 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
     att_store<BM, DVP, NT>(o + (bs + i0) * ldo + (idx_t)j * DV, ldo, sO, LV, L, DV, tid);
 }
 
-#define ATTN_FWD_ENTRY(NAME, DP, DVP, NW, MT)                                                                            \
-extern "C" __global__ void __launch_bounds__(32 * NW) NAME(                                                                \
+#define ATTN_FWD_ENTRY(NAME, DP, DVP, NW, MT, BN, QREG, MINB)                                                            \
+extern "C" __global__ void __launch_bounds__(32 * NW, MINB) NAME(                                                          \
     const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o, float* lse, const idx_t* bounds, const int* tile_seq,   \
     const int* tile_q0, int H, int HKV, int D, int DV, int causal, int window, float sl2) {                              \
-    attn_fwd<DP, DVP, NW, MT>(q, k, v, o, lse, bounds, tile_seq, tile_q0, H, HKV, D, DV, causal, window, sl2);          \
+    attn_fwd<DP, DVP, NW, MT, BN, QREG>(q, k, v, o, lse, bounds, tile_seq, tile_q0, H, HKV, D, DV, causal, window, sl2);  \
 }
 
-ATTN_FWD_ENTRY(attn_fwd_d64_dv32, 64, 32, 8, 1)
-ATTN_FWD_ENTRY(attn_fwd_d64_dv64, 64, 64, 8, 1)
-ATTN_FWD_ENTRY(attn_fwd_d128_dv128, 128, 128, 8, 1)
-ATTN_FWD_ENTRY(attn_fwd_m2_d128_dv128, 128, 128, 4, 2)
+ATTN_FWD_ENTRY(attn_fwd_d64_dv32, 64, 32, 8, 1, 64, true, 1)
+ATTN_FWD_ENTRY(attn_fwd_d64_dv64, 64, 64, 8, 1, 64, true, 1)
+ATTN_FWD_ENTRY(attn_fwd_d128_dv128, 128, 128, 8, 1, 64, true, 1)
+ATTN_FWD_ENTRY(attn_fwd_m2_d128_dv128, 128, 128, 4, 2, 64, false, 1)
