@@ -77,6 +77,27 @@ pub fn dq_smem((dp, dvp): (usize, usize)) -> usize {
     2 * (ATTN_BM * (dp + 8) + ATTN_BM * (dvp + 8) + 2 * ATTN_BN * (dp + 8) + 2 * ATTN_BN * (dvp + 8))
 }
 
+/// Dynamic shared memory of the fused backward: dK / dV's, then dS^T [BN][BQ+8] bf16.
+pub fn fused_smem(dims: (usize, usize)) -> usize {
+    dkv_smem(dims) + 2 * ATTN_BN * (DKV_BQ + 8)
+}
+
+/// How the backward gets dQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BwdPath {
+    /// `attn_bwd_fused_*`: the dK / dV kernel also multiplies dS by K and adds each key tile's dQ
+    /// part in key order (five products; the flash-attention-2 count).
+    Fused,
+    /// `attn_bwd_dkv_*`, then `attn_bwd_dq_*` over the query tiles (seven products: S and dP
+    /// recomputed).
+    Split,
+}
+
+/// The backward's path for `dims`: fused everywhere (one launch and two products fewer).
+pub fn bwd_path(_dims: (usize, usize)) -> BwdPath {
+    BwdPath::Fused
+}
+
 /// Work of a tile of `rows` starting at position `i0` of a sequence of `len`: the keys its rows
 /// can see (causal: up to its last row; a window caps it), the sort key of the tile tables.
 fn tile_work(p: &AttnProblem, i0: usize, rows: usize, len: usize, keys: bool) -> usize {
