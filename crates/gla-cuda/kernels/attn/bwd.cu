@@ -13,8 +13,8 @@
 // Q / dO tiles (and their lse, delta) double-buffered with cp.async, one barrier per query tile.
 //
 // attn_bwd_fused_d{DP}_dv{DVP}: attn_bwd_dkv and dQ in one pass (five products, as
-// flash-attention-2): per query tile, dS^T goes to shared memory and the 4 warps (16 query rows
-// each) multiply dQ_part = dS K_t; the key tiles that see a query tile add their parts in key order
+// flash-attention-2): per query tile, dS^T goes to shared memory and the 4 warps (2 x 2 over
+// query rows x columns) multiply dQ_part = dS K_t; the key tiles that see a query tile add their parts in key order
 // (a turn flag per (query tile, head) in turn [rows, H], zeroed before the launch: the block waits
 // for its turn, adds its part to the f32 sum in dq_acc [rows, H, D] or stores it when first, passes
 // the turn after the next barrier), and the last one writes dq = scale * sum (=, bf16). The sum's
@@ -67,26 +67,37 @@ __device__ __forceinline__ void att_bwd_dq_pass(int* turn, idx_t bs, int j, int 
     att_pass_turn(turn + (bs + i0) * H + j, k0 / BT - att_dq_first<BT>(i0, window) + 1);
 }
 
-// dQ part of key tile k0 for the query tile at i0, head j: warp w's 16 query rows, dS (sS holds
-// dS^T [BN keys][LS]) times K (sK [BN][LQ]); then the ordered add above.
+// dQ part of key tile k0 for the query tile at i0, head j: dS (sS holds dS^T [BN keys][LS]) times K
+// (sK [BN][LQ]), warp w taking half the query rows and half the columns (each K fragment feeds two
+// products, each dS fragment DP / 16: 24 ldmatrix per 64 products at DP = 128 instead of 36 with 16
+// rows per warp); then the ordered add above.
 template <int DP, int LQ, int LS, int BN, int BQ>
 __device__ __forceinline__ void att_bwd_dq_part(const bf16_t* sS, const bf16_t* sK, bf16_t* __restrict__ dq, float* __restrict__ dq_acc,
                                                 int* turn, idx_t bs, int len, int j, int i0, int k0, int H, int D, int causal,
                                                 int window, float scale, int tid, int lane, int w, int fg, int ft) {
     static_assert(BN == BQ, "turns count key tiles of the query tile's size");
-    float acc[DP / 8][4];
+    constexpr int CW = DP / 2, MW = BQ / 32;  // columns, m-tiles per warp (2 x 2 warps)
+    static_assert(CW % 16 == 0, "whole ldmatrix column pairs per warp");
+    const int c0 = CW * (w >> 1), m0 = MW * (w & 1);
+    float acc[MW][CW / 8][4];
     #pragma unroll
-    for (int nt = 0; nt < DP / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+    for (int mt = 0; mt < MW; ++mt)
+        #pragma unroll
+        for (int nt = 0; nt < CW / 8; ++nt) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.f;
     #pragma unroll
     for (int kk = 0; kk < BN / 16; ++kk) {
-        unsigned a[4];
-        ldsm4t(a, fat(sS, LS, 16 * kk, 16 * w, lane));
+        unsigned bk[CW / 16][4];
         #pragma unroll
-        for (int np = 0; np < DP / 16; ++np) {
-            unsigned r[4];
-            ldsm4t(r, fbt(sK, LQ, 16 * kk, 16 * np, lane));
-            mma16816(acc[2 * np], a, r[0], r[1]);
-            mma16816(acc[2 * np + 1], a, r[2], r[3]);
+        for (int np = 0; np < CW / 16; ++np) ldsm4t(bk[np], fbt(sK, LQ, 16 * kk, c0 + 16 * np, lane));
+        #pragma unroll
+        for (int mt = 0; mt < MW; ++mt) {
+            unsigned a[4];
+            ldsm4t(a, fat(sS, LS, 16 * kk, 16 * (m0 + mt), lane));
+            #pragma unroll
+            for (int np = 0; np < CW / 16; ++np) {
+                mma16816(acc[mt][2 * np], a, bk[np][0], bk[np][1]);
+                mma16816(acc[mt][2 * np + 1], a, bk[np][2], bk[np][3]);
+            }
         }
     }
     const int first = att_dq_first<BQ>(i0, window);
@@ -96,25 +107,28 @@ __device__ __forceinline__ void att_bwd_dq_part(const bf16_t* sS, const bf16_t* 
     if (tid == 0) att_wait_turn(turn + (bs + i0) * H + j, ord);
     __syncthreads();  // the earlier parts are in dq_acc (acquired by thread 0)
     #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int row = i0 + 16 * w + fg + 8 * r;
-        if (row >= len) continue;
-        const idx_t base = ((bs + row) * H + j) * (idx_t)D;
+    for (int mt = 0; mt < MW; ++mt) {
         #pragma unroll
-        for (int nt = 0; nt < DP / 8; ++nt) {
-            const int c = 8 * nt + 2 * ft;
-            if (c >= D) continue;
-            float x0 = acc[nt][2 * r], x1 = acc[nt][2 * r + 1];
-            if (ord > 0) {
-                float y0, y1;
-                att_ld2_cg(dq_acc + base + c, y0, y1);
-                x0 += y0;
-                x1 += y1;
-            }
-            if (fin) {
-                *(unsigned*)(dq + base + c) = pack2(x0 * scale, x1 * scale);
-            } else {
-                att_st2_cg(dq_acc + base + c, x0, x1);
+        for (int r = 0; r < 2; ++r) {
+            const int row = i0 + 16 * (m0 + mt) + fg + 8 * r;
+            if (row >= len) continue;
+            const idx_t base = ((bs + row) * H + j) * (idx_t)D;
+            #pragma unroll
+            for (int nt = 0; nt < CW / 8; ++nt) {
+                const int c = c0 + 8 * nt + 2 * ft;
+                if (c >= D) continue;
+                float x0 = acc[mt][nt][2 * r], x1 = acc[mt][nt][2 * r + 1];
+                if (ord > 0) {
+                    float y0, y1;
+                    att_ld2_cg(dq_acc + base + c, y0, y1);
+                    x0 += y0;
+                    x1 += y1;
+                }
+                if (fin) {
+                    *(unsigned*)(dq + base + c) = pack2(x0 * scale, x1 * scale);
+                } else {
+                    att_st2_cg(dq_acc + base + c, x0, x1);
+                }
             }
         }
     }
