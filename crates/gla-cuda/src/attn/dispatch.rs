@@ -60,9 +60,11 @@ pub fn kernel(pass: &str, (dp, dvp): (usize, usize)) -> String {
     format!("attn_{pass}_d{dp}_dv{dvp}")
 }
 
-/// Dynamic shared memory of the forward: Q [BM][DP+8], K 2 x [BN][DP+8], V 2 x [BN][DVP+8] bf16.
-pub fn fwd_smem((dp, dvp): (usize, usize)) -> usize {
-    2 * (ATTN_BM * (dp + 8) + 2 * ATTN_BN * (dp + 8) + 2 * ATTN_BN * (dvp + 8))
+/// Dynamic shared memory of the forward on `tile`: Q [BM][DP+8], K 2 x [BN][DP+8], V 2 x
+/// [BN][DVP+8] bf16, BN = [`FwdTile::keys`].
+pub fn fwd_smem((dp, dvp): (usize, usize), tile: FwdTile) -> usize {
+    let bn = tile.keys();
+    2 * (ATTN_BM * (dp + 8) + 2 * bn * (dp + 8) + 2 * bn * (dvp + 8))
 }
 
 /// Dynamic shared memory of dK / dV: K [BN][DP+8], V [BN][DVP+8], Q 2 x [BQ][DP+8], dO 2 x
@@ -146,6 +148,8 @@ pub enum FwdTile {
     /// 4 warps x 32 rows, each K / V fragment feeding two m-tiles (`attn_fwd_m2_d*`): D = DV =
     /// 128 only.
     W4x32,
+    /// [`FwdTile::W4x32`] over key tiles of 32 (`attn_fwd_m2n32_d*`, under study): D = DV = 128.
+    W4x32N32,
 }
 
 impl FwdTile {
@@ -154,15 +158,25 @@ impl FwdTile {
         match self {
             FwdTile::W8x16 => "flash",
             FwdTile::W4x32 => "flash-4x32",
+            FwdTile::W4x32N32 => "flash-4x32-n32",
         }
     }
     /// Threads per block.
     pub fn threads(self) -> u32 {
         match self {
             FwdTile::W8x16 => FWD_THREADS,
-            FwdTile::W4x32 => FWD_THREADS / 2,
+            FwdTile::W4x32 | FwdTile::W4x32N32 => FWD_THREADS / 2,
         }
     }
+    /// Keys per key tile (`BN`).
+    pub fn keys(self) -> usize {
+        match self {
+            FwdTile::W4x32N32 => ATTN_BN / 2,
+            _ => ATTN_BN,
+        }
+    }
+    /// Every split, the dispatch policy's first (the benchmark times them all).
+    pub const ALL: [FwdTile; 3] = [FwdTile::W8x16, FwdTile::W4x32, FwdTile::W4x32N32];
 }
 
 /// The forward's tile for `dims`: the 4 x 32 split where it has a kernel (D = DV = 128: 11 - 14 %
@@ -181,7 +195,8 @@ pub fn fwd_kernel(dims: (usize, usize), tile: FwdTile) -> Option<String> {
     match (tile, dims) {
         (FwdTile::W8x16, _) => Some(kernel("fwd", dims)),
         (FwdTile::W4x32, (128, 128)) => Some("attn_fwd_m2_d128_dv128".to_string()),
-        (FwdTile::W4x32, _) => None,
+        (FwdTile::W4x32N32, (128, 128)) => Some("attn_fwd_m2n32_d128_dv128".to_string()),
+        (FwdTile::W4x32 | FwdTile::W4x32N32, _) => None,
     }
 }
 
