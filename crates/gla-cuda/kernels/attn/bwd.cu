@@ -252,17 +252,24 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
             }
             const bool edge = klo + 16 > len || i0 + BQ > len || (causal && i0 < klo + 15) || (window > 0 && i0 + BQ - 1 - klo >= window);
             #pragma unroll
-            for (int nt = 0; nt < BQ / 8; ++nt) {
+            for (int nt = 0; nt < BQ / 8; ++nt)
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int c = 8 * nt + 2 * ft + (e & 1);  // query column in the tile
-                    const int key = klo + fg + (e >= 2 ? 8 : 0);
-                    float p = ex2f(s[nt][e] * sl2 - Lb[c]);
-                    if (edge && !att_key_ok(i0 + c, key, len, causal, window)) p = 0.f;
-                    s[nt][e] = p;
-                    dp[nt][e] = p * (dp[nt][e] - Db[c]);
+                for (int e = 0; e < 4; ++e) s[nt][e] = ex2f(s[nt][e] * sl2 - Lb[8 * nt + 2 * ft + (e & 1)]);
+            if (edge) {  // warp-uniform
+                #pragma unroll
+                for (int nt = 0; nt < BQ / 8; ++nt) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int c = 8 * nt + 2 * ft + (e & 1);  // query column in the tile
+                        const bool ok = att_key_ok(i0 + c, klo + fg + (e >= 2 ? 8 : 0), len, causal, window);
+                        s[nt][e] = ok ? s[nt][e] : 0.f;
+                    }
                 }
             }
+            #pragma unroll
+            for (int nt = 0; nt < BQ / 8; ++nt)
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) dp[nt][e] = s[nt][e] * (dp[nt][e] - Db[8 * nt + 2 * ft + (e & 1)]);
             if (FUSED) {  // dS^T rows of the warp's keys, for dQ below
                 #pragma unroll
                 for (int nt = 0; nt < BQ / 8; ++nt) {
@@ -415,15 +422,23 @@ __device__ __forceinline__ void attn_bwd_dq(const bf16_t* __restrict__ q, const 
             }
             const bool edge = kt + BN > len || (causal && kt + BN - 1 > qlo) || (window > 0 && kt <= qlo + 15 - window);
             #pragma unroll
-            for (int nt = 0; nt < BN / 8; ++nt) {
+            for (int nt = 0; nt < BN / 8; ++nt)
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int r = e >> 1;
-                    float p = ex2f(s[nt][e] * sl2 - lr[r]);
-                    if (edge && !att_key_ok(qlo + fg + 8 * r, kt + 8 * nt + 2 * ft + (e & 1), len, causal, window)) p = 0.f;
-                    dp[nt][e] = p * (dp[nt][e] - dr[r]);
+                for (int e = 0; e < 4; ++e) s[nt][e] = ex2f(s[nt][e] * sl2 - lr[e >> 1]);
+            if (edge) {  // warp-uniform
+                #pragma unroll
+                for (int nt = 0; nt < BN / 8; ++nt) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const bool ok = att_key_ok(qlo + fg + 8 * (e >> 1), kt + 8 * nt + 2 * ft + (e & 1), len, causal, window);
+                        s[nt][e] = ok ? s[nt][e] : 0.f;
+                    }
                 }
             }
+            #pragma unroll
+            for (int nt = 0; nt < BN / 8; ++nt)
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) dp[nt][e] = s[nt][e] * (dp[nt][e] - dr[e >> 1]);
             #pragma unroll
             for (int kk = 0; kk < BN / 16; ++kk) {
                 const unsigned da[4] = {pack2(dp[2 * kk][0], dp[2 * kk][1]), pack2(dp[2 * kk][2], dp[2 * kk][3]),

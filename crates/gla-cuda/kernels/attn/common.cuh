@@ -16,9 +16,10 @@
 #define ATT_L2E 1.4426950408889634f
 
 // Key position s allowed for query position i (gla_core::AttnProblem::keys): s inside the
-// sequence, s <= i when causal, i - window < s when window > 0.
+// sequence, s <= i when causal, i - window < s when window > 0. Bitwise, so a masked tile's
+// elements become selects rather than branches.
 __device__ __forceinline__ bool att_key_ok(int i, int s, int len, int causal, int window) {
-    return s < len && (!causal || s <= i) && (window <= 0 || s > i - window);
+    return (s < len) & (!causal | (s <= i)) & ((window <= 0) | (s > i - window));
 }
 
 // R rows x CP columns (CP % 8 == 0) of bf16 into dst (row stride ld) by cp.async: row t from

@@ -145,12 +145,14 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
             for (int mt = 0; mt < MT; ++mt) {
                 const int ql = qlo + 16 * mt;
                 const bool edge = kt + BN > len || (causal && kt + BN - 1 > ql) || (window > 0 && kt <= ql + 15 - window);
-                #pragma unroll
-                for (int nt = 0; nt < BN / 8; ++nt) {
+                if (edge) {  // warp-uniform
                     #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        if (edge && !att_key_ok(ql + fg + (e >= 2 ? 8 : 0), kt + 8 * nt + 2 * ft + (e & 1), len, causal, window))
-                            s[mt][nt][e] = ATT_NEG_INF;
+                    for (int nt = 0; nt < BN / 8; ++nt) {
+                        #pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            const bool ok = att_key_ok(ql + fg + (e >= 2 ? 8 : 0), kt + 8 * nt + 2 * ft + (e & 1), len, causal, window);
+                            s[mt][nt][e] = ok ? s[mt][nt][e] : ATT_NEG_INF;
+                        }
                     }
                 }
                 #pragma unroll
