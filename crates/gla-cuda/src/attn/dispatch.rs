@@ -287,6 +287,27 @@ mod tests {
     }
 
     #[test]
+    fn key_tiles_of_a_sequence_come_in_increasing_order() {
+        // the fused backward's dQ turns: a key tile waits only on the earlier tiles of its
+        // sequence, which must come before it in the table (launched before it)
+        for (causal, window) in [(true, None), (false, None), (true, Some(100)), (true, Some(1))] {
+            let spec = AttnSpec { cu_seqlens: Some(vec![0, 300, 300, 700, 1000]), causal, window, ..AttnSpec::new(1, 1000, 2, 64) };
+            let p = AttnProblem::new(spec).unwrap();
+            let (seq, k0) = key_tiles(&p);
+            for n in 0..p.n() as i32 {
+                let mine: Vec<i32> = seq.iter().zip(&k0).filter(|x| *x.0 == n).map(|x| *x.1).collect();
+                assert!(mine.windows(2).all(|w| w[0] < w[1]), "{causal} {window:?} {n}: {mine:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn fused_backward_keeps_two_blocks_per_sm() {
+        // 228 KiB of shared memory per H100 / H200 SM, 1 KiB reserved per block
+        assert!(2 * (fused_smem((128, 128)) + 1024) <= 228 * 1024);
+    }
+
+    #[test]
     fn decode_splits_fill_the_gpu_and_cover_the_cache() {
         for (n, hk, s) in [(1, 16, 32768), (16, 16, 2048), (1, 1, 7), (64, 8, 100)] {
             let (splits, chunk) = decode_split(n, hk, s, 132);
