@@ -476,24 +476,22 @@ pub fn bench_attn(
             attn_bwd_ws(cuda, &dp, &x, &o, &lse, &d_o, &mut delta, &mut g)
         })?;
         rows.push(BenchRow { shape, pass: "fwd+bwd", kernel: "flash", ms, bytes: fwd_bytes + bwd_bytes, flops: 3.5 * ffl });
-        // the backward path the policy does not take, beside it
-        let other = match bwd_path((d, dv)) {
-            BwdPath::Fused => BwdPath::Split,
-            BwdPath::Split => BwdPath::Fused,
-        };
-        let ms = time_ms(cuda, reps, &mut || {
-            attn_fwd(cuda, &dp, &x, &mut o, &mut lse)?;
-            attn_bwd_parts(cuda, &dp, &x, &o, &lse, &d_o, &mut delta, &mut g, BwdParts::all(other))
-        })?;
-        let label = if other == BwdPath::Split { "flash-split-bwd" } else { "flash-fused-bwd" };
-        rows.push(BenchRow { shape, pass: "fwd+bwd", kernel: label, ms, bytes: fwd_bytes + bwd_bytes, flops: 3.5 * ffl });
-        // the backward's launches one by one (delta left by the runs above): the fused kernel does
+        // the backward paths the policy does not take, beside it
+        for other in BwdPath::ALL.into_iter().filter(|&b| b != bwd_path((d, dv))) {
+            let ms = time_ms(cuda, reps, &mut || {
+                attn_fwd(cuda, &dp, &x, &mut o, &mut lse)?;
+                attn_bwd_parts(cuda, &dp, &x, &o, &lse, &d_o, &mut delta, &mut g, BwdParts::all(other))
+            })?;
+            rows.push(BenchRow { shape, pass: "fwd+bwd", kernel: other.label(), ms, bytes: fwd_bytes + bwd_bytes, flops: 3.5 * ffl });
+        }
+        // the backward's launches one by one (delta left by the runs above): the fused kernels do
         // 5 products (2.5 forwards of FLOPs); dK / dV alone recompute S and dP (4 products: 2), dQ
         // recomputes them again (3 products: 1.5)
-        let none = BwdParts { pre: false, fused: false, dkv: false, dq: false };
+        let none = BwdParts { pre: false, fused: false, fused8: false, dkv: false, dq: false };
         for (kernel, parts, flops) in [
             ("bwd-pre", BwdParts { pre: true, ..none }, 0.0),
             ("bwd-fused", BwdParts { fused: true, ..none }, 2.5 * ffl),
+            ("bwd-fused8", BwdParts { fused8: true, ..none }, 2.5 * ffl),
             ("bwd-dkv", BwdParts { dkv: true, ..none }, 2.0 * ffl),
             ("bwd-dq", BwdParts { dq: true, ..none }, 1.5 * ffl),
         ] {

@@ -20,6 +20,9 @@
 // the turn after the next barrier), and the last one writes dq = scale * sum (=, bf16). The sum's
 // order is fixed, so dq is deterministic without atomics. Key tiles of a sequence appear in the
 // tile table in increasing order, so a block waits only on blocks launched before it.
+// attn_bwd_fused8_d{DP}_dv{DVP}: the same with 8 warps x 16 keys (128 keys per block, 256
+// threads, the 128-key tile table): half the dQ parts to add, each Q / dO tile serving twice the
+// keys; dQ's product on 2 x 4 warps (under study beside the 4-warp kernel).
 //
 // attn_bwd_dq_d{DP}_dv{DVP}: one block per (query head j, query tile of 128 rows), 256 threads,
 // the forward's grid and tile table; over the key tiles the forward visits:
@@ -29,11 +32,12 @@
 // Masking as the forward: only tiles crossing the diagonal, the window's edge or a sequence end
 // are masked. Rows past a sequence end are neither read (zero) nor written.
 // Layouts: the forward's; do [rows, H, DV]; dq [rows, H, D], dk [rows, H_KV, D], dv [rows, H_KV,
-// DV] bf16. Dynamic smem: src/attn/dispatch.rs (dkv_smem, fused_smem, dq_smem) matches the carve-ups
-// below.
+// DV] bf16. Dynamic smem: src/attn/dispatch.rs (dkv_smem, fused_smem, fused8_smem, dq_smem) matches
+// the carve-ups below.
 //
 // Entry points: attn_bwd_pre attn_bwd_dkv_d64_dv32 attn_bwd_dkv_d64_dv64 attn_bwd_dkv_d128_dv128
 //   attn_bwd_fused_d64_dv32 attn_bwd_fused_d64_dv64 attn_bwd_fused_d128_dv128
+//   attn_bwd_fused8_d64_dv32 attn_bwd_fused8_d64_dv64 attn_bwd_fused8_d128_dv128
 //   attn_bwd_dq_d64_dv32 attn_bwd_dq_d64_dv64 attn_bwd_dq_d128_dv128
 
 extern "C" __global__ void __launch_bounds__(256) attn_bwd_pre(const bf16_t* __restrict__ o, const bf16_t* __restrict__ d_o,
@@ -56,27 +60,27 @@ extern "C" __global__ void __launch_bounds__(256) attn_bwd_pre(const bf16_t* __r
 // dq_acc, the last one writes dq = scale * sum in bf16 instead. The key tiles of a sequence come
 // in increasing order in the tile table (key_tiles: stable, most queries first), so a block only
 // waits on blocks launched before it.
-template <int BT>
+template <int BN>
 __device__ __forceinline__ int att_dq_first(int i0, int window) {
-    // the first key tile whose query range (attn_bwd_dkv's q1 > i0 / BT) holds the tile
-    const int x = i0 - (BT - 1) - window;
-    return window > 0 && x >= 0 ? x / BT + 1 : 0;
+    // the first key tile (BN keys) whose query range (attn_bwd_dkv's q1 > i0 / BQ) holds the tile
+    const int x = i0 - (BN - 1) - window;
+    return window > 0 && x >= 0 ? x / BN + 1 : 0;
 }
-template <int BT>
+template <int BN>
 __device__ __forceinline__ void att_bwd_dq_pass(int* turn, idx_t bs, int j, int i0, int k0, int H, int window) {
-    att_pass_turn(turn + (bs + i0) * H + j, k0 / BT - att_dq_first<BT>(i0, window) + 1);
+    att_pass_turn(turn + (bs + i0) * H + j, k0 / BN - att_dq_first<BN>(i0, window) + 1);
 }
 
 // dQ part of key tile k0 for the query tile at i0, head j: dS (sS holds dS^T [BN keys][LS]) times K
 // (sK [BN][LQ]), warp w taking half the query rows and half the columns (each K fragment feeds two
 // products, each dS fragment DP / 16: 24 ldmatrix per 64 products at DP = 128 instead of 36 with 16
 // rows per warp); then the ordered add above.
-template <int DP, int LQ, int LS, int BN, int BQ>
+template <int DP, int LQ, int LS, int BN, int BQ, int NW>
 __device__ __forceinline__ void att_bwd_dq_part(const bf16_t* sS, const bf16_t* sK, bf16_t* __restrict__ dq, float* __restrict__ dq_acc,
                                                 int* turn, idx_t bs, int len, int j, int i0, int k0, int H, int D, int causal,
                                                 int window, float scale, int tid, int lane, int w, int fg, int ft) {
-    static_assert(BN == BQ, "turns count key tiles of the query tile's size");
-    constexpr int CW = DP / 2, MW = BQ / 32;  // columns, m-tiles per warp (2 x 2 warps)
+    static_assert(BN % BQ == 0, "a query tile's first row lies in one key tile");
+    constexpr int CW = DP / (NW / 2), MW = BQ / 32;  // columns, m-tiles per warp (2 x NW / 2 warps)
     static_assert(CW % 16 == 0, "whole ldmatrix column pairs per warp");
     const int c0 = CW * (w >> 1), m0 = MW * (w & 1);
     float acc[MW][CW / 8][4];
@@ -100,8 +104,8 @@ __device__ __forceinline__ void att_bwd_dq_part(const bf16_t* sS, const bf16_t* 
             }
         }
     }
-    const int first = att_dq_first<BQ>(i0, window);
-    const int last = causal ? i0 / BQ : (len + BN - 1) / BN - 1;
+    const int first = att_dq_first<BN>(i0, window);
+    const int last = causal ? i0 / BN : (len + BN - 1) / BN - 1;
     const int ord = k0 / BN - first;
     const bool fin = ord == last - first;
     if (tid == 0) att_wait_turn(turn + (bs + i0) * H + j, ord);
@@ -134,7 +138,7 @@ __device__ __forceinline__ void att_bwd_dq_part(const bf16_t* sS, const bf16_t* 
     }
 }
 
-template <int DP, int DVP, bool FUSED>
+template <int DP, int DVP, bool FUSED, int NW = 4>
 __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
                                              const bf16_t* __restrict__ d_o, const float* __restrict__ lse,
                                              const float* __restrict__ delta, bf16_t* __restrict__ dk, bf16_t* __restrict__ dv,
@@ -142,7 +146,7 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
                                              const idx_t* __restrict__ bounds, const int* __restrict__ kt_seq,
                                              const int* __restrict__ kt_k0, int H, int HKV, int D, int DV, int causal, int window,
                                              float sl2, float scale) {
-    constexpr int BN = 64, BQ = 64, LQ = DP + 8, LV = DVP + 8, LS = BQ + 8, NT = 128;
+    constexpr int BN = 16 * NW, BQ = 64, LQ = DP + 8, LV = DVP + 8, LS = BQ + 8, NT = 32 * NW;
     DELTA_SMEM(smem);
     bf16_t* sK = (bf16_t*)smem;      // [BN][LQ]; dk staging at the end
     bf16_t* sV = sK + BN * LQ;       // [BN][LV]; dv staging at the end
@@ -209,7 +213,7 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
         const int b = it & 1;
         cp_wait0();
         __syncthreads();  // fused: every thread's dQ adds of iteration it - 1 are done
-        if (FUSED && tid == 0 && it > 0) att_bwd_dq_pass<BQ>(turn, bs, g * grp + (it - 1) / nq, (q0 + (it - 1) % nq) * BQ, k0, H, window);
+        if (FUSED && tid == 0 && it > 0) att_bwd_dq_pass<BN>(turn, bs, g * grp + (it - 1) / nq, (q0 + (it - 1) % nq) * BQ, k0, H, window);
         if (it + 1 < nit) {
             issue(it + 1, b ^ 1);
             cp_commit();
@@ -307,13 +311,13 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
                 for (int x = lane; x < 16 * BQ / 2; x += 32) *(unsigned*)(sS + (kr + x / (BQ / 2)) * LS + 2 * (x % (BQ / 2))) = 0u;
             }
             __syncthreads();  // dS^T of every warp in sS
-            att_bwd_dq_part<DP, LQ, LS, BN, BQ>(sS, sK, dq, dq_acc, turn, bs, len, g * grp + it / nq, i0, k0, H, D, causal, window,
+            att_bwd_dq_part<DP, LQ, LS, BN, BQ, NW>(sS, sK, dq, dq_acc, turn, bs, len, g * grp + it / nq, i0, k0, H, D, causal, window,
                                                 scale, tid, lane, w, fg, ft);  // its turn passes after the next barrier
         }
     }
     cp_wait0();
     __syncthreads();  // every warp is done with the tiles
-    if (FUSED && tid == 0 && nit > 0) att_bwd_dq_pass<BQ>(turn, bs, g * grp + (nit - 1) / nq, (q0 + (nit - 1) % nq) * BQ, k0, H, window);
+    if (FUSED && tid == 0 && nit > 0) att_bwd_dq_pass<BN>(turn, bs, g * grp + (nit - 1) / nq, (q0 + (nit - 1) % nq) * BQ, k0, H, window);
 
     // epilogue: each warp stages its own 16 rows of dk in sK and of dv in sV (it alone read them)
     #pragma unroll
@@ -481,6 +485,13 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_fused_d##DP##_dv##DVP
     int HKV, int D, int DV, int causal, int window, float sl2, float scale) {                                                \
     attn_bwd_dkv<DP, DVP, true>(q, k, v, d_o, lse, delta, dk, dv, dq, dq_acc, turn, bounds, kt_seq, kt_k0, H, HKV, D, DV,     \
                                 causal, window, sl2, scale);                                                                 \
+}                                                                                                                            \
+extern "C" __global__ void __launch_bounds__(256) attn_bwd_fused8_d##DP##_dv##DVP(                                             \
+    const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* d_o, const float* lse, const float* delta, bf16_t* dk,   \
+    bf16_t* dv, bf16_t* dq, float* dq_acc, int* turn, const idx_t* bounds, const int* kt_seq, const int* kt_k0, int H,       \
+    int HKV, int D, int DV, int causal, int window, float sl2, float scale) {                                                \
+    attn_bwd_dkv<DP, DVP, true, 8>(q, k, v, d_o, lse, delta, dk, dv, dq, dq_acc, turn, bounds, kt_seq, kt_k0, H, HKV, D, DV,  \
+                                   causal, window, sl2, scale);                                                              \
 }                                                                                                                            \
 extern "C" __global__ void __launch_bounds__(256) attn_bwd_dq_d##DP##_dv##DVP(                                                 \
     const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* d_o, const float* lse, const float* delta, bf16_t* dq,   \

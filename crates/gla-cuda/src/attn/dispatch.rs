@@ -84,15 +84,47 @@ pub fn fused_smem(dims: (usize, usize)) -> usize {
     dkv_smem(dims) + 2 * ATTN_BN * (DKV_BQ + 8)
 }
 
+/// Keys per block of the 8-warp fused backward (`attn_bwd_fused8_*`: 8 warps x 16 keys).
+pub const FUSED8_BN: usize = 128;
+
+/// Dynamic shared memory of the 8-warp fused backward: K [128][DP+8], V [128][DVP+8], Q 2 x
+/// [BQ][DP+8], dO 2 x [BQ][DVP+8] bf16, lse and delta 2 x [BQ] f32, dS^T [128][BQ+8] bf16.
+pub fn fused8_smem((dp, dvp): (usize, usize)) -> usize {
+    2 * (FUSED8_BN * (dp + 8) + FUSED8_BN * (dvp + 8) + 2 * DKV_BQ * (dp + 8) + 2 * DKV_BQ * (dvp + 8))
+        + 4 * 4 * DKV_BQ
+        + 2 * FUSED8_BN * (DKV_BQ + 8)
+}
+
+/// The 8-warp fused backward's launch: grid (H_KV, 128-key tiles), 256 threads.
+pub fn fused8_cfg(h_kv: usize, tiles: usize, smem: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (h_kv as u32, tiles as u32, 1), block_dim: (2 * DKV_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
+}
+
 /// How the backward gets dQ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BwdPath {
     /// `attn_bwd_fused_*`: the dK / dV kernel also multiplies dS by K and adds each key tile's dQ
     /// part in key order (five products; the flash-attention-2 count).
     Fused,
+    /// `attn_bwd_fused8_*`: the same with 8 warps x 16 keys per block (half the dQ parts to add;
+    /// one block per SM; under study).
+    Fused8,
     /// `attn_bwd_dkv_*`, then `attn_bwd_dq_*` over the query tiles (seven products: S and dP
     /// recomputed).
     Split,
+}
+
+impl BwdPath {
+    /// Every path, the benchmark's rows.
+    pub const ALL: [BwdPath; 3] = [BwdPath::Fused, BwdPath::Fused8, BwdPath::Split];
+    /// The label of benchmark rows.
+    pub fn label(self) -> &'static str {
+        match self {
+            BwdPath::Fused => "flash",
+            BwdPath::Fused8 => "flash-fused8",
+            BwdPath::Split => "flash-split",
+        }
+    }
 }
 
 /// The backward's path for `dims`: fused everywhere (one launch and two products fewer).
@@ -138,6 +170,11 @@ pub fn query_tiles(p: &AttnProblem) -> (Vec<i32>, Vec<i32>) {
 /// dK / dV's key tiles: (sequence, first key) of every [`ATTN_BN`]-key tile, most queries first.
 pub fn key_tiles(p: &AttnProblem) -> (Vec<i32>, Vec<i32>) {
     tiles(p, ATTN_BN, true)
+}
+
+/// The 8-warp fused backward's key tiles ([`FUSED8_BN`] keys), ordered as [`key_tiles`].
+pub fn key_tiles_fused8(p: &AttnProblem) -> (Vec<i32>, Vec<i32>) {
+    tiles(p, FUSED8_BN, true)
 }
 
 /// How the forward splits its [`ATTN_BM`]-row tile over warps (the tile tables are the same).
@@ -293,10 +330,11 @@ mod tests {
         for (causal, window) in [(true, None), (false, None), (true, Some(100)), (true, Some(1))] {
             let spec = AttnSpec { cu_seqlens: Some(vec![0, 300, 300, 700, 1000]), causal, window, ..AttnSpec::new(1, 1000, 2, 64) };
             let p = AttnProblem::new(spec).unwrap();
-            let (seq, k0) = key_tiles(&p);
-            for n in 0..p.n() as i32 {
-                let mine: Vec<i32> = seq.iter().zip(&k0).filter(|x| *x.0 == n).map(|x| *x.1).collect();
-                assert!(mine.windows(2).all(|w| w[0] < w[1]), "{causal} {window:?} {n}: {mine:?}");
+            for (seq, k0) in [key_tiles(&p), key_tiles_fused8(&p)] {
+                for n in 0..p.n() as i32 {
+                    let mine: Vec<i32> = seq.iter().zip(&k0).filter(|x| *x.0 == n).map(|x| *x.1).collect();
+                    assert!(mine.windows(2).all(|w| w[0] < w[1]), "{causal} {window:?} {n}: {mine:?}");
+                }
             }
         }
     }
@@ -305,6 +343,7 @@ mod tests {
     fn fused_backward_keeps_two_blocks_per_sm() {
         // 228 KiB of shared memory per H100 / H200 SM, 1 KiB reserved per block
         assert!(2 * (fused_smem((128, 128)) + 1024) <= 228 * 1024);
+        assert!(fused8_smem((128, 128)) <= 227 * 1024);
     }
 
     #[test]

@@ -36,8 +36,11 @@ pub struct DevAttnProblem {
     tile_q0: CudaSlice<i32>,
     key_seq: CudaSlice<i32>,
     key_k0: CudaSlice<i32>,
+    key8_seq: CudaSlice<i32>,
+    key8_k0: CudaSlice<i32>,
     n_tiles: usize,
     n_key_tiles: usize,
+    n_key8_tiles: usize,
     dims: (usize, usize),
     /// The host problem.
     pub problem: AttnProblem,
@@ -55,6 +58,7 @@ impl DevAttnProblem {
         let b: Vec<i64> = std::iter::once(first).chain((0..p.n()).map(|n| p.seq(n).end)).map(|r| r as i64).collect();
         let (ts, tq) = da::query_tiles(p);
         let (ks, kk) = da::key_tiles(p);
+        let (ks8, kk8) = da::key_tiles_fused8(p);
         if ts.len().max(ks.len()) > da::MAX_GRID_YZ {
             return Err(unsupported(format!("attention: {} tiles exceed the grid's y limit", ts.len().max(ks.len()))));
         }
@@ -63,10 +67,13 @@ impl DevAttnProblem {
             bounds: cuda.upload(&b, "attn sequence bounds")?,
             n_tiles: ts.len(),
             n_key_tiles: ks.len(),
+            n_key8_tiles: ks8.len(),
             tile_seq: up(ts, "attn query tiles")?,
             tile_q0: up(tq, "attn query tile starts")?,
             key_seq: up(ks, "attn key tiles")?,
             key_k0: up(kk, "attn key tile starts")?,
+            key8_seq: up(ks8, "attn 128-key tiles")?,
+            key8_k0: up(kk8, "attn 128-key tile starts")?,
             dims,
             problem: p.clone(),
         })
@@ -203,6 +210,8 @@ pub struct BwdParts {
     pub pre: bool,
     /// `attn_bwd_fused_*` (dq, dk, dv; reads delta).
     pub fused: bool,
+    /// `attn_bwd_fused8_*` (dq, dk, dv; reads delta).
+    pub fused8: bool,
     /// `attn_bwd_dkv_*` (reads delta).
     pub dkv: bool,
     /// `attn_bwd_dq_*` (reads delta).
@@ -212,8 +221,8 @@ pub struct BwdParts {
 impl BwdParts {
     /// The whole backward on `path`.
     pub fn all(path: da::BwdPath) -> Self {
-        let fused = path == da::BwdPath::Fused;
-        Self { pre: true, fused, dkv: !fused, dq: !fused }
+        let split = path == da::BwdPath::Split;
+        Self { pre: true, fused: path == da::BwdPath::Fused, fused8: path == da::BwdPath::Fused8, dkv: split, dq: split }
     }
 }
 
@@ -258,34 +267,21 @@ pub fn attn_bwd_parts(
         if parts.pre {
             cuda.launch("attn_bwd_pre", da::pre_cfg(p.lse_len()), &[o, d_o, &*delta, &nrh, &dv])?;
         }
-        if parts.fused {
+        if parts.fused || parts.fused8 {
             cuda.stream().memset_zeros(&mut g.turn).map_err(Error::driver("zero attn dq turns"))?;
+            let (name, cfg, seq, k0) = if parts.fused8 {
+                let cfg = da::fused8_cfg(p.h_kv(), dp.n_key8_tiles, da::fused8_smem(dp.dims));
+                (da::kernel("bwd_fused8", dp.dims), cfg, &dp.key8_seq, &dp.key8_k0)
+            } else {
+                let cfg = da::dkv_cfg(p.h_kv(), dp.n_key_tiles, da::fused_smem(dp.dims));
+                (da::kernel("bwd_fused", dp.dims), cfg, &dp.key_seq, &dp.key_k0)
+            };
             cuda.launch(
-                &da::kernel("bwd_fused", dp.dims),
-                da::dkv_cfg(p.h_kv(), dp.n_key_tiles, da::fused_smem(dp.dims)),
+                &name,
+                cfg,
                 &[
-                    x.q,
-                    x.k,
-                    x.v,
-                    d_o,
-                    lse,
-                    &*delta,
-                    &g.dk,
-                    &g.dv,
-                    &g.dq,
-                    &g.dq_acc,
-                    &g.turn,
-                    &dp.bounds,
-                    &dp.key_seq,
-                    &dp.key_k0,
-                    &h,
-                    &hk,
-                    &d,
-                    &dv,
-                    &causal,
-                    &w,
-                    &sl2,
-                    &scale,
+                    x.q, x.k, x.v, d_o, lse, &*delta, &g.dk, &g.dv, &g.dq, &g.dq_acc, &g.turn, &dp.bounds, seq, k0, &h, &hk, &d, &dv,
+                    &causal, &w, &sl2, &scale,
                 ],
             )?;
         }
