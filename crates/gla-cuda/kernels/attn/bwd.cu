@@ -18,7 +18,8 @@
 // (a turn flag per (query tile, head) in turn [rows, H], zeroed before the launch: the block waits
 // for its turn, adds its part to the f32 sum in dq_acc [rows, H, D] or stores it when first, passes
 // the turn after the next barrier), and the last one writes dq = scale * sum (=, bf16). The sum's
-// order is fixed, so dq is deterministic without atomics. Key tiles of a sequence appear in the
+// order is fixed, so dq is deterministic without atomics. The fused kernels need D == DP (the
+// host runs them only so). Key tiles of a sequence appear in the
 // tile table in increasing order, so a block waits only on blocks launched before it.
 // attn_bwd_fused8_d{DP}_dv{DVP}: the same with 8 warps x 16 keys (128 keys per block, 256
 // threads, the 128-key tile table): half the dQ parts to add, each Q / dO tile serving twice the
@@ -110,29 +111,32 @@ __device__ __forceinline__ void att_bwd_dq_part(const bf16_t* sS, const bf16_t* 
     const bool fin = ord == last - first;
     if (tid == 0) att_wait_turn(turn + (bs + i0) * H + j, ord);
     __syncthreads();  // the earlier parts are in dq_acc (acquired by thread 0)
+    // the first part stores, the middle ones add, the last adds and writes dq (block-uniform cases;
+    // D == DP: every column is the head's)
     #pragma unroll
     for (int mt = 0; mt < MW; ++mt) {
         #pragma unroll
         for (int r = 0; r < 2; ++r) {
             const int row = i0 + 16 * (m0 + mt) + fg + 8 * r;
             if (row >= len) continue;
-            const idx_t base = ((bs + row) * H + j) * (idx_t)D;
-            #pragma unroll
-            for (int nt = 0; nt < CW / 8; ++nt) {
-                const int c = c0 + 8 * nt + 2 * ft;
-                if (c >= D) continue;
-                float x0 = acc[mt][nt][2 * r], x1 = acc[mt][nt][2 * r + 1];
-                if (ord > 0) {
+            const idx_t base = ((bs + row) * H + j) * (idx_t)D + c0 + 2 * ft;
+            float* pa = dq_acc + base;
+            if (ord > 0) {
+                #pragma unroll
+                for (int nt = 0; nt < CW / 8; ++nt) {
                     float y0, y1;
-                    att_ld2_cg(dq_acc + base + c, y0, y1);
-                    x0 += y0;
-                    x1 += y1;
+                    att_ld2_cg(pa + 8 * nt, y0, y1);
+                    acc[mt][nt][2 * r] += y0;
+                    acc[mt][nt][2 * r + 1] += y1;
                 }
-                if (fin) {
-                    *(unsigned*)(dq + base + c) = pack2(x0 * scale, x1 * scale);
-                } else {
-                    att_st2_cg(dq_acc + base + c, x0, x1);
-                }
+            }
+            if (fin) {
+                bf16_t* pq = dq + base;
+                #pragma unroll
+                for (int nt = 0; nt < CW / 8; ++nt) *(unsigned*)(pq + 8 * nt) = pack2(acc[mt][nt][2 * r] * scale, acc[mt][nt][2 * r + 1] * scale);
+            } else {
+                #pragma unroll
+                for (int nt = 0; nt < CW / 8; ++nt) att_st2_cg(pa + 8 * nt, acc[mt][nt][2 * r], acc[mt][nt][2 * r + 1]);
             }
         }
     }
@@ -172,12 +176,12 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
 
     att_tile<BN, DP, NT>(sK, LQ, k + (bs + k0) * ldk + (idx_t)g * D, ldk, LK, D, tid);
     att_tile<BN, DVP, NT>(sV, LV, v + (bs + k0) * ldv + (idx_t)g * DV, ldv, LK, DV, tid);
-    // issues the loads of iteration `it` (head g * grp + it / nq, query tile q0 + it % nq) into buffer
-    // b: Q and dO by cp.async, lse and delta of row tid (tid < BQ) into registers (nl, nd), which
-    // put() stores after the iteration's products, so their latency hides behind them
+    // issues the loads of the iteration on head j, query tile at i0 into buffer b: Q and dO by
+    // cp.async, lse and delta of row tid (tid < BQ) into registers (nl, nd), which put() stores
+    // after the iteration's products, so their latency hides behind them. Iterations walk the
+    // group's heads in order, each over query tiles q0 .. q1 - 1.
     float nl = ATT_POS_INF, nd = 0.f;
-    auto issue = [&](int it, int b) {
-        const int j = g * grp + it / nq, i0 = (q0 + it % nq) * BQ;
+    auto issue = [&](int j, int i0, int b) {
         const int LQr = min(BQ, len - i0);
         att_tile<BQ, DP, NT>(sQ + b * BQ * LQ, LQ, q + (bs + i0) * ldq + (idx_t)j * D, ldq, LQr, D, tid);
         att_tile<BQ, DVP, NT>(sO + b * BQ * LV, LV, d_o + (bs + i0) * ldo + (idx_t)j * DV, ldo, LQr, DV, tid);
@@ -195,7 +199,7 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
         }
     };
     if (nit > 0) {
-        issue(0, 0);
+        issue(g * grp, q0 * BQ, 0);
         put(0);
     }
     cp_commit();
@@ -209,16 +213,19 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
     for (int nt = 0; nt < DVP / 8; ++nt) dV[nt][0] = dV[nt][1] = dV[nt][2] = dV[nt][3] = 0.f;
 
     // one barrier per iteration (as the forward's key tiles): the loads of it + 1 start after it
+    int cj = g * grp, cq = q0;  // iteration it's head and query tile
+    int pj = cj, pq = cq;       // iteration it - 1's
     for (int it = 0; it < nit; ++it) {
         const int b = it & 1;
         cp_wait0();
         __syncthreads();  // fused: every thread's dQ adds of iteration it - 1 are done
-        if (FUSED && tid == 0 && it > 0) att_bwd_dq_pass<BN>(turn, bs, g * grp + (it - 1) / nq, (q0 + (it - 1) % nq) * BQ, k0, H, window);
+        if (FUSED && tid == 0 && it > 0) att_bwd_dq_pass<BN>(turn, bs, pj, pq * BQ, k0, H, window);
+        const int nj = cq + 1 == q1 ? cj + 1 : cj, nx = cq + 1 == q1 ? q0 : cq + 1;  // iteration it + 1's
         if (it + 1 < nit) {
-            issue(it + 1, b ^ 1);
+            issue(nj, nx * BQ, b ^ 1);
             cp_commit();
         }
-        const int i0 = (q0 + it % nq) * BQ;
+        const int i0 = cq * BQ;
         const bool idle = klo >= len || (causal && i0 + BQ - 1 < klo) || (window > 0 && klo + 15 <= i0 - window);
         if (!idle) {
             const bf16_t* Qb = sQ + b * BQ * LQ;
@@ -311,13 +318,14 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
                 for (int x = lane; x < 16 * BQ / 2; x += 32) *(unsigned*)(sS + (kr + x / (BQ / 2)) * LS + 2 * (x % (BQ / 2))) = 0u;
             }
             __syncthreads();  // dS^T of every warp in sS
-            att_bwd_dq_part<DP, LQ, LS, BN, BQ, NW>(sS, sK, dq, dq_acc, turn, bs, len, g * grp + it / nq, i0, k0, H, D, causal, window,
+            att_bwd_dq_part<DP, LQ, LS, BN, BQ, NW>(sS, sK, dq, dq_acc, turn, bs, len, cj, i0, k0, H, D, causal, window,
                                                 scale, tid, lane, w, fg, ft);  // its turn passes after the next barrier
         }
+        pj = cj, pq = cq, cj = nj, cq = nx;
     }
     cp_wait0();
     __syncthreads();  // every warp is done with the tiles
-    if (FUSED && tid == 0 && nit > 0) att_bwd_dq_pass<BN>(turn, bs, g * grp + (nit - 1) / nq, (q0 + (nit - 1) % nq) * BQ, k0, H, window);
+    if (FUSED && tid == 0 && nit > 0) att_bwd_dq_pass<BN>(turn, bs, pj, pq * BQ, k0, H, window);
 
     // epilogue: each warp stages its own 16 rows of dk in sK and of dv in sV (it alone read them)
     #pragma unroll

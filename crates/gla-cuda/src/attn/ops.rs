@@ -268,6 +268,9 @@ pub fn attn_bwd_parts(
             cuda.launch("attn_bwd_pre", da::pre_cfg(p.lse_len()), &[o, d_o, &*delta, &nrh, &dv])?;
         }
         if parts.fused || parts.fused8 {
+            if p.d() != dp.dims.0 {
+                return Err(unsupported(format!("{op}: the fused kernels take D = DP; D = {}, DP = {}", p.d(), dp.dims.0)));
+            }
             cuda.stream().memset_zeros(&mut g.turn).map_err(Error::driver("zero attn dq turns"))?;
             let (name, cfg, seq, k0) = if parts.fused8 {
                 let cfg = da::fused8_cfg(p.h_kv(), dp.n_key8_tiles, da::fused8_smem(dp.dims));
