@@ -176,12 +176,12 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
 
     att_tile<BN, DP, NT>(sK, LQ, k + (bs + k0) * ldk + (idx_t)g * D, ldk, LK, D, tid);
     att_tile<BN, DVP, NT>(sV, LV, v + (bs + k0) * ldv + (idx_t)g * DV, ldv, LK, DV, tid);
-    // issues the loads of the iteration on head j, query tile at i0 into buffer b: Q and dO by
-    // cp.async, lse and delta of row tid (tid < BQ) into registers (nl, nd), which put() stores
-    // after the iteration's products, so their latency hides behind them. Iterations walk the
-    // group's heads in order, each over query tiles q0 .. q1 - 1.
+    // issues the loads of iteration `it` (head g * grp + it / nq, query tile q0 + it % nq) into buffer
+    // b: Q and dO by cp.async, lse and delta of row tid (tid < BQ) into registers (nl, nd), which
+    // put() stores after the iteration's products, so their latency hides behind them
     float nl = ATT_POS_INF, nd = 0.f;
-    auto issue = [&](int j, int i0, int b) {
+    auto issue = [&](int it, int b) {
+        const int j = g * grp + it / nq, i0 = (q0 + it % nq) * BQ;
         const int LQr = min(BQ, len - i0);
         att_tile<BQ, DP, NT>(sQ + b * BQ * LQ, LQ, q + (bs + i0) * ldq + (idx_t)j * D, ldq, LQr, D, tid);
         att_tile<BQ, DVP, NT>(sO + b * BQ * LV, LV, d_o + (bs + i0) * ldo + (idx_t)j * DV, ldo, LQr, DV, tid);
@@ -199,7 +199,7 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
         }
     };
     if (nit > 0) {
-        issue(g * grp, q0 * BQ, 0);
+        issue(0, 0);
         put(0);
     }
     cp_commit();
@@ -213,19 +213,16 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
     for (int nt = 0; nt < DVP / 8; ++nt) dV[nt][0] = dV[nt][1] = dV[nt][2] = dV[nt][3] = 0.f;
 
     // one barrier per iteration (as the forward's key tiles): the loads of it + 1 start after it
-    int cj = g * grp, cq = q0;  // iteration it's head and query tile
-    int pj = cj, pq = cq;       // iteration it - 1's
     for (int it = 0; it < nit; ++it) {
         const int b = it & 1;
         cp_wait0();
         __syncthreads();  // fused: every thread's dQ adds of iteration it - 1 are done
-        if (FUSED && tid == 0 && it > 0) att_bwd_dq_pass<BN>(turn, bs, pj, pq * BQ, k0, H, window);
-        const int nj = cq + 1 == q1 ? cj + 1 : cj, nx = cq + 1 == q1 ? q0 : cq + 1;  // iteration it + 1's
+        if (FUSED && tid == 0 && it > 0) att_bwd_dq_pass<BN>(turn, bs, g * grp + (it - 1) / nq, (q0 + (it - 1) % nq) * BQ, k0, H, window);
         if (it + 1 < nit) {
-            issue(nj, nx * BQ, b ^ 1);
+            issue(it + 1, b ^ 1);
             cp_commit();
         }
-        const int i0 = cq * BQ;
+        const int i0 = (q0 + it % nq) * BQ;
         const bool idle = klo >= len || (causal && i0 + BQ - 1 < klo) || (window > 0 && klo + 15 <= i0 - window);
         if (!idle) {
             const bf16_t* Qb = sQ + b * BQ * LQ;
@@ -318,14 +315,13 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
                 for (int x = lane; x < 16 * BQ / 2; x += 32) *(unsigned*)(sS + (kr + x / (BQ / 2)) * LS + 2 * (x % (BQ / 2))) = 0u;
             }
             __syncthreads();  // dS^T of every warp in sS
-            att_bwd_dq_part<DP, LQ, LS, BN, BQ, NW>(sS, sK, dq, dq_acc, turn, bs, len, cj, i0, k0, H, D, causal, window,
+            att_bwd_dq_part<DP, LQ, LS, BN, BQ, NW>(sS, sK, dq, dq_acc, turn, bs, len, g * grp + it / nq, i0, k0, H, D, causal, window,
                                                 scale, tid, lane, w, fg, ft);  // its turn passes after the next barrier
         }
-        pj = cj, pq = cq, cj = nj, cq = nx;
     }
     cp_wait0();
     __syncthreads();  // every warp is done with the tiles
-    if (FUSED && tid == 0 && nit > 0) att_bwd_dq_pass<BN>(turn, bs, pj, pq * BQ, k0, H, window);
+    if (FUSED && tid == 0 && nit > 0) att_bwd_dq_pass<BN>(turn, bs, g * grp + (nit - 1) / nq, (q0 + (nit - 1) % nq) * BQ, k0, H, window);
 
     // epilogue: each warp stages its own 16 rows of dk in sK and of dv in sV (it alone read them)
     #pragma unroll

@@ -60,11 +60,9 @@ pub fn kernel(pass: &str, (dp, dvp): (usize, usize)) -> String {
     format!("attn_{pass}_d{dp}_dv{dvp}")
 }
 
-/// Dynamic shared memory of the forward on `tile`: Q [BM][DP+8], K 2 x [BN][DP+8], V 2 x
-/// [BN][DVP+8] bf16, BN = [`FwdTile::keys`].
-pub fn fwd_smem((dp, dvp): (usize, usize), tile: FwdTile) -> usize {
-    let bn = tile.keys();
-    2 * (ATTN_BM * (dp + 8) + 2 * bn * (dp + 8) + 2 * bn * (dvp + 8))
+/// Dynamic shared memory of the forward: Q [BM][DP+8], K 2 x [BN][DP+8], V 2 x [BN][DVP+8] bf16.
+pub fn fwd_smem((dp, dvp): (usize, usize)) -> usize {
+    2 * (ATTN_BM * (dp + 8) + 2 * ATTN_BN * (dp + 8) + 2 * ATTN_BN * (dvp + 8))
 }
 
 /// Dynamic shared memory of dK / dV: K [BN][DP+8], V [BN][DVP+8], Q 2 x [BQ][DP+8], dO 2 x
@@ -103,11 +101,11 @@ pub fn fused8_cfg(h_kv: usize, tiles: usize, smem: usize) -> LaunchConfig {
 /// How the backward gets dQ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BwdPath {
-    /// `attn_bwd_fused_*`: the dK / dV kernel also multiplies dS by K and adds each key tile's dQ
-    /// part in key order (five products; the flash-attention-2 count).
+    /// `attn_bwd_fused_*` (under study): the dK / dV kernel also multiplies dS by K and adds each
+    /// key tile's dQ part in key order (five products; the flash-attention-2 count).
     Fused,
-    /// `attn_bwd_fused8_*`: the same with 8 warps x 16 keys per block (half the dQ parts to add;
-    /// one block per SM; under study).
+    /// `attn_bwd_fused8_*` (under study): the same with 8 warps x 16 keys per block (half the dQ
+    /// parts to add; one block per SM).
     Fused8,
     /// `attn_bwd_dkv_*`, then `attn_bwd_dq_*` over the query tiles (seven products: S and dP
     /// recomputed).
@@ -120,16 +118,20 @@ impl BwdPath {
     /// The label of benchmark rows.
     pub fn label(self) -> &'static str {
         match self {
-            BwdPath::Fused => "flash",
+            BwdPath::Fused => "flash-fused",
             BwdPath::Fused8 => "flash-fused8",
             BwdPath::Split => "flash-split",
         }
     }
 }
 
-/// The backward's path for `dims`: fused everywhere (one launch and two products fewer).
+/// The backward's path for `dims`: split everywhere. On the H200 (T = 2048 .. 32768, causal,
+/// H = 16, D = 128) the split backward with the forward ran 11.0 / 41.1 / 151.7 ms and the
+/// 4-warp fused one 22.9 / 88.8 / 323.7 ms: its ordered dQ add is a read-modify-write of an f32
+/// tile through L2 / HBM between two barriers, once per (key tile, query tile), with nothing to
+/// overlap its latency.
 pub fn bwd_path(_dims: (usize, usize)) -> BwdPath {
-    BwdPath::Fused
+    BwdPath::Split
 }
 
 /// Work of a tile of `rows` starting at position `i0` of a sequence of `len`: the keys its rows
@@ -185,8 +187,6 @@ pub enum FwdTile {
     /// 4 warps x 32 rows, each K / V fragment feeding two m-tiles (`attn_fwd_m2_d*`): D = DV =
     /// 128 only.
     W4x32,
-    /// [`FwdTile::W4x32`] over key tiles of 32 (`attn_fwd_m2n32_d*`, under study): D = DV = 128.
-    W4x32N32,
 }
 
 impl FwdTile {
@@ -195,25 +195,17 @@ impl FwdTile {
         match self {
             FwdTile::W8x16 => "flash",
             FwdTile::W4x32 => "flash-4x32",
-            FwdTile::W4x32N32 => "flash-4x32-n32",
         }
     }
     /// Threads per block.
     pub fn threads(self) -> u32 {
         match self {
             FwdTile::W8x16 => FWD_THREADS,
-            FwdTile::W4x32 | FwdTile::W4x32N32 => FWD_THREADS / 2,
+            FwdTile::W4x32 => FWD_THREADS / 2,
         }
     }
-    /// Keys per key tile (`BN`).
-    pub fn keys(self) -> usize {
-        match self {
-            FwdTile::W4x32N32 => ATTN_BN / 2,
-            _ => ATTN_BN,
-        }
-    }
-    /// Every split, the dispatch policy's first (the benchmark times them all).
-    pub const ALL: [FwdTile; 3] = [FwdTile::W8x16, FwdTile::W4x32, FwdTile::W4x32N32];
+    /// Every split (the benchmark times them all).
+    pub const ALL: [FwdTile; 2] = [FwdTile::W8x16, FwdTile::W4x32];
 }
 
 /// The forward's tile for `dims`: the 4 x 32 split where it has a kernel (D = DV = 128: 11 - 14 %
@@ -232,8 +224,7 @@ pub fn fwd_kernel(dims: (usize, usize), tile: FwdTile) -> Option<String> {
     match (tile, dims) {
         (FwdTile::W8x16, _) => Some(kernel("fwd", dims)),
         (FwdTile::W4x32, (128, 128)) => Some("attn_fwd_m2_d128_dv128".to_string()),
-        (FwdTile::W4x32N32, (128, 128)) => Some("attn_fwd_m2n32_d128_dv128".to_string()),
-        (FwdTile::W4x32 | FwdTile::W4x32N32, _) => None,
+        (FwdTile::W4x32, _) => None,
     }
 }
 

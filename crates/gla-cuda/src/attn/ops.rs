@@ -136,7 +136,7 @@ pub fn attn_fwd_tile(
         return Ok(());
     }
     let (h, hk, d, dv, causal, w, sl2, _) = scalars(p);
-    let cfg = da::fwd_cfg(p.h(), dp.n_tiles, da::fwd_smem(dp.dims, tile), tile);
+    let cfg = da::fwd_cfg(p.h(), dp.n_tiles, da::fwd_smem(dp.dims), tile);
     // SAFETY: the arguments match attn_fwd_*'s signature; every length was checked against the
     // problem, the tile tables hold n_tiles entries of the problem's sequences
     unsafe { cuda.launch(&name, cfg, &[x.q, x.k, x.v, o, lse, &dp.bounds, &dp.tile_seq, &dp.tile_q0, &h, &hk, &d, &dv, &causal, &w, &sl2]) }
