@@ -443,7 +443,7 @@ pub fn bench_attn(
         attn_bwd_parts, attn_bwd_ws, attn_fwd, attn_fwd_tile, has_fwd_tile, AttnDevGrads, AttnDevInputs, AttnKvCache, BwdParts,
         DevAttnProblem,
     };
-    use crate::dispatch::attn::{fwd_tile, FwdTile};
+    use crate::dispatch::attn::{bwd_path, fwd_tile, BwdPath, FwdTile};
     use gla_core::{AttnCacheLayout, AttnProblem, AttnSpec};
     let mut rows = Vec::new();
     for &[b, t, h, d, dv] in shapes {
@@ -465,7 +465,7 @@ pub fn bench_attn(
         let shape = [b, t, h, d, dv];
         // the dispatch policy's tile first, then every other warp split with a kernel here
         let default = fwd_tile((d, dv));
-        for tile in std::iter::once(default).chain([FwdTile::W8x16, FwdTile::W4x32].into_iter().filter(|&t| t != default)) {
+        for tile in std::iter::once(default).chain(FwdTile::ALL.into_iter().filter(|&t| t != default)) {
             if has_fwd_tile(&dp, tile) {
                 let ms = time_ms(cuda, reps, &mut || attn_fwd_tile(cuda, &dp, &x, &mut o, &mut lse, tile))?;
                 rows.push(BenchRow { shape, pass: "fwd", kernel: tile.label(), ms, bytes: fwd_bytes, flops: ffl });
@@ -476,12 +476,24 @@ pub fn bench_attn(
             attn_bwd_ws(cuda, &dp, &x, &o, &lse, &d_o, &mut delta, &mut g)
         })?;
         rows.push(BenchRow { shape, pass: "fwd+bwd", kernel: "flash", ms, bytes: fwd_bytes + bwd_bytes, flops: 3.5 * ffl });
-        // the backward's launches one by one (delta left by the run above): dK / dV recompute S
-        // and dP (4 products: 2 forwards of FLOPs), dQ recomputes them again (3 products: 1.5)
+        // the backward paths the policy does not take, beside it
+        for other in BwdPath::ALL.into_iter().filter(|&b| b != bwd_path((d, dv))) {
+            let ms = time_ms(cuda, reps, &mut || {
+                attn_fwd(cuda, &dp, &x, &mut o, &mut lse)?;
+                attn_bwd_parts(cuda, &dp, &x, &o, &lse, &d_o, &mut delta, &mut g, BwdParts::all(other))
+            })?;
+            rows.push(BenchRow { shape, pass: "fwd+bwd", kernel: other.label(), ms, bytes: fwd_bytes + bwd_bytes, flops: 3.5 * ffl });
+        }
+        // the backward's launches one by one (delta left by the runs above): the fused kernels do
+        // 5 products (2.5 forwards of FLOPs); dK / dV alone recompute S and dP (4 products: 2), dQ
+        // recomputes them again (3 products: 1.5)
+        let none = BwdParts { pre: false, fused: false, fused8: false, dkv: false, dq: false };
         for (kernel, parts, flops) in [
-            ("bwd-pre", BwdParts { pre: true, dkv: false, dq: false }, 0.0),
-            ("bwd-dkv", BwdParts { pre: false, dkv: true, dq: false }, 2.0 * ffl),
-            ("bwd-dq", BwdParts { pre: false, dkv: false, dq: true }, 1.5 * ffl),
+            ("bwd-pre", BwdParts { pre: true, ..none }, 0.0),
+            ("bwd-fused", BwdParts { fused: true, ..none }, 2.5 * ffl),
+            ("bwd-fused8", BwdParts { fused8: true, ..none }, 2.5 * ffl),
+            ("bwd-dkv", BwdParts { dkv: true, ..none }, 2.0 * ffl),
+            ("bwd-dq", BwdParts { dq: true, ..none }, 1.5 * ffl),
         ] {
             let ms = time_ms(cuda, reps, &mut || attn_bwd_parts(cuda, &dp, &x, &o, &lse, &d_o, &mut delta, &mut g, parts))?;
             rows.push(BenchRow { shape, pass: "bwd", kernel, ms, bytes: bwd_bytes, flops });

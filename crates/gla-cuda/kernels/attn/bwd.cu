@@ -12,6 +12,19 @@
 // then dk = scale * dK, dv = dV (=, bf16): the group's sum in a fixed order (deterministic).
 // Q / dO tiles (and their lse, delta) double-buffered with cp.async, one barrier per query tile.
 //
+// attn_bwd_fused_d{DP}_dv{DVP}: attn_bwd_dkv and dQ in one pass (five products, as
+// flash-attention-2): per query tile, dS^T goes to shared memory and the 4 warps (2 x 2 over
+// query rows x columns) multiply dQ_part = dS K_t; the key tiles that see a query tile add their parts in key order
+// (a turn flag per (query tile, head) in turn [rows, H], zeroed before the launch: the block waits
+// for its turn, adds its part to the f32 sum in dq_acc [rows, H, D] or stores it when first, passes
+// the turn after the next barrier), and the last one writes dq = scale * sum (=, bf16). The sum's
+// order is fixed, so dq is deterministic without atomics. The fused kernels need D == DP (the
+// host runs them only so). Key tiles of a sequence appear in the
+// tile table in increasing order, so a block waits only on blocks launched before it.
+// attn_bwd_fused8_d{DP}_dv{DVP}: the same with 8 warps x 16 keys (128 keys per block, 256
+// threads, the 128-key tile table): half the dQ parts to add, each Q / dO tile serving twice the
+// keys; dQ's product on 2 x 4 warps (under study beside the 4-warp kernel).
+//
 // attn_bwd_dq_d{DP}_dv{DVP}: one block per (query head j, query tile of 128 rows), 256 threads,
 // the forward's grid and tile table; over the key tiles the forward visits:
 //     dP = dO V^T,  dS = P * (dP - delta),  dQ += dS K
@@ -20,9 +33,12 @@
 // Masking as the forward: only tiles crossing the diagonal, the window's edge or a sequence end
 // are masked. Rows past a sequence end are neither read (zero) nor written.
 // Layouts: the forward's; do [rows, H, DV]; dq [rows, H, D], dk [rows, H_KV, D], dv [rows, H_KV,
-// DV] bf16. Dynamic smem: src/attn/dispatch.rs (dkv_smem, dq_smem) matches the carve-ups below.
+// DV] bf16. Dynamic smem: src/attn/dispatch.rs (dkv_smem, fused_smem, fused8_smem, dq_smem) matches
+// the carve-ups below.
 //
 // Entry points: attn_bwd_pre attn_bwd_dkv_d64_dv32 attn_bwd_dkv_d64_dv64 attn_bwd_dkv_d128_dv128
+//   attn_bwd_fused_d64_dv32 attn_bwd_fused_d64_dv64 attn_bwd_fused_d128_dv128
+//   attn_bwd_fused8_d64_dv32 attn_bwd_fused8_d64_dv64 attn_bwd_fused8_d128_dv128
 //   attn_bwd_dq_d64_dv32 attn_bwd_dq_d64_dv64 attn_bwd_dq_d128_dv128
 
 extern "C" __global__ void __launch_bounds__(256) attn_bwd_pre(const bf16_t* __restrict__ o, const bf16_t* __restrict__ d_o,
@@ -38,14 +54,103 @@ extern "C" __global__ void __launch_bounds__(256) attn_bwd_pre(const bf16_t* __r
     if (lane == 0) delta[x] = s;
 }
 
-template <int DP, int DVP>
+// The fused backward's ordered dQ sum. The key tiles that see the query tile at i0 (64 rows)
+// add their dQ parts in key order: tile k0 / 64 - att_dq_first(i0) is the tile's turn, a flag per
+// (query tile, head) (turn [rows, H] int, row = the tile's first row, zeroed before the launch)
+// counts the parts added so far. The first part is stored, the others added to the f32 sum in
+// dq_acc, the last one writes dq = scale * sum in bf16 instead. The key tiles of a sequence come
+// in increasing order in the tile table (key_tiles: stable, most queries first), so a block only
+// waits on blocks launched before it.
+template <int BN>
+__device__ __forceinline__ int att_dq_first(int i0, int window) {
+    // the first key tile (BN keys) whose query range (attn_bwd_dkv's q1 > i0 / BQ) holds the tile
+    const int x = i0 - (BN - 1) - window;
+    return window > 0 && x >= 0 ? x / BN + 1 : 0;
+}
+template <int BN>
+__device__ __forceinline__ void att_bwd_dq_pass(int* turn, idx_t bs, int j, int i0, int k0, int H, int window) {
+    att_pass_turn(turn + (bs + i0) * H + j, k0 / BN - att_dq_first<BN>(i0, window) + 1);
+}
+
+// dQ part of key tile k0 for the query tile at i0, head j: dS (sS holds dS^T [BN keys][LS]) times K
+// (sK [BN][LQ]), warp w taking half the query rows and half the columns (each K fragment feeds two
+// products, each dS fragment DP / 16: 24 ldmatrix per 64 products at DP = 128 instead of 36 with 16
+// rows per warp); then the ordered add above.
+template <int DP, int LQ, int LS, int BN, int BQ, int NW>
+__device__ __forceinline__ void att_bwd_dq_part(const bf16_t* sS, const bf16_t* sK, bf16_t* __restrict__ dq, float* __restrict__ dq_acc,
+                                                int* turn, idx_t bs, int len, int j, int i0, int k0, int H, int D, int causal,
+                                                int window, float scale, int tid, int lane, int w, int fg, int ft) {
+    static_assert(BN % BQ == 0, "a query tile's first row lies in one key tile");
+    constexpr int CW = DP / (NW / 2), MW = BQ / 32;  // columns, m-tiles per warp (2 x NW / 2 warps)
+    static_assert(CW % 16 == 0, "whole ldmatrix column pairs per warp");
+    const int c0 = CW * (w >> 1), m0 = MW * (w & 1);
+    float acc[MW][CW / 8][4];
+    #pragma unroll
+    for (int mt = 0; mt < MW; ++mt)
+        #pragma unroll
+        for (int nt = 0; nt < CW / 8; ++nt) acc[mt][nt][0] = acc[mt][nt][1] = acc[mt][nt][2] = acc[mt][nt][3] = 0.f;
+    #pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+        unsigned bk[CW / 16][4];
+        #pragma unroll
+        for (int np = 0; np < CW / 16; ++np) ldsm4t(bk[np], fbt(sK, LQ, 16 * kk, c0 + 16 * np, lane));
+        #pragma unroll
+        for (int mt = 0; mt < MW; ++mt) {
+            unsigned a[4];
+            ldsm4t(a, fat(sS, LS, 16 * kk, 16 * (m0 + mt), lane));
+            #pragma unroll
+            for (int np = 0; np < CW / 16; ++np) {
+                mma16816(acc[mt][2 * np], a, bk[np][0], bk[np][1]);
+                mma16816(acc[mt][2 * np + 1], a, bk[np][2], bk[np][3]);
+            }
+        }
+    }
+    const int first = att_dq_first<BN>(i0, window);
+    const int last = causal ? i0 / BN : (len + BN - 1) / BN - 1;
+    const int ord = k0 / BN - first;
+    const bool fin = ord == last - first;
+    if (tid == 0) att_wait_turn(turn + (bs + i0) * H + j, ord);
+    __syncthreads();  // the earlier parts are in dq_acc (acquired by thread 0)
+    // the first part stores, the middle ones add, the last adds and writes dq (block-uniform cases;
+    // D == DP: every column is the head's)
+    #pragma unroll
+    for (int mt = 0; mt < MW; ++mt) {
+        #pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const int row = i0 + 16 * (m0 + mt) + fg + 8 * r;
+            if (row >= len) continue;
+            const idx_t base = ((bs + row) * H + j) * (idx_t)D + c0 + 2 * ft;
+            float* pa = dq_acc + base;
+            if (ord > 0) {
+                #pragma unroll
+                for (int nt = 0; nt < CW / 8; ++nt) {
+                    float y0, y1;
+                    att_ld2_cg(pa + 8 * nt, y0, y1);
+                    acc[mt][nt][2 * r] += y0;
+                    acc[mt][nt][2 * r + 1] += y1;
+                }
+            }
+            if (fin) {
+                bf16_t* pq = dq + base;
+                #pragma unroll
+                for (int nt = 0; nt < CW / 8; ++nt) *(unsigned*)(pq + 8 * nt) = pack2(acc[mt][nt][2 * r] * scale, acc[mt][nt][2 * r + 1] * scale);
+            } else {
+                #pragma unroll
+                for (int nt = 0; nt < CW / 8; ++nt) att_st2_cg(pa + 8 * nt, acc[mt][nt][2 * r], acc[mt][nt][2 * r + 1]);
+            }
+        }
+    }
+}
+
+template <int DP, int DVP, bool FUSED, int NW = 4>
 __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
                                              const bf16_t* __restrict__ d_o, const float* __restrict__ lse,
                                              const float* __restrict__ delta, bf16_t* __restrict__ dk, bf16_t* __restrict__ dv,
+                                             bf16_t* __restrict__ dq, float* __restrict__ dq_acc, int* __restrict__ turn,
                                              const idx_t* __restrict__ bounds, const int* __restrict__ kt_seq,
                                              const int* __restrict__ kt_k0, int H, int HKV, int D, int DV, int causal, int window,
                                              float sl2, float scale) {
-    constexpr int BN = 64, BQ = 64, LQ = DP + 8, LV = DVP + 8, NT = 128;
+    constexpr int BN = 16 * NW, BQ = 64, LQ = DP + 8, LV = DVP + 8, LS = BQ + 8, NT = 32 * NW;
     DELTA_SMEM(smem);
     bf16_t* sK = (bf16_t*)smem;      // [BN][LQ]; dk staging at the end
     bf16_t* sV = sK + BN * LQ;       // [BN][LV]; dv staging at the end
@@ -53,7 +158,8 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
     bf16_t* sO = sQ + 2 * BQ * LQ;   // [2][BQ][LV] (dO)
     float* sL = (float*)(sO + 2 * BQ * LV);  // [2][BQ] lse * log2(e) (+inf past the end)
     float* sD = sL + 2 * BQ;                  // [2][BQ] delta
-    DELTA_SMEM_END(smem, sD + 2 * BQ);
+    bf16_t* sS = (bf16_t*)(sD + 2 * BQ);      // fused: [BN][LS] dS^T of the current query tile
+    DELTA_SMEM_END(smem, FUSED ? (void*)(sS + BN * LS) : (void*)(sD + 2 * BQ));
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const int g = blockIdx.x, tile = blockIdx.y;
     const int n = kt_seq[tile], k0 = kt_k0[tile];
@@ -70,7 +176,10 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
 
     att_tile<BN, DP, NT>(sK, LQ, k + (bs + k0) * ldk + (idx_t)g * D, ldk, LK, D, tid);
     att_tile<BN, DVP, NT>(sV, LV, v + (bs + k0) * ldv + (idx_t)g * DV, ldv, LK, DV, tid);
-    // issues the loads of iteration `it` (head g * grp + it / nq, query tile q0 + it % nq) into buffer b
+    // issues the loads of iteration `it` (head g * grp + it / nq, query tile q0 + it % nq) into buffer
+    // b: Q and dO by cp.async, lse and delta of row tid (tid < BQ) into registers (nl, nd), which
+    // put() stores after the iteration's products, so their latency hides behind them
+    float nl = ATT_POS_INF, nd = 0.f;
     auto issue = [&](int it, int b) {
         const int j = g * grp + it / nq, i0 = (q0 + it % nq) * BQ;
         const int LQr = min(BQ, len - i0);
@@ -79,11 +188,20 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
         if (tid < BQ) {
             const bool ok = tid < LQr;
             const idx_t r = (bs + i0 + tid) * H + j;
-            sL[b * BQ + tid] = ok ? lse[r] * ATT_L2E : ATT_POS_INF;
-            sD[b * BQ + tid] = ok ? delta[r] : 0.f;
+            nl = ok ? lse[r] : ATT_POS_INF;
+            nd = ok ? delta[r] : 0.f;
         }
     };
-    if (nit > 0) issue(0, 0);
+    auto put = [&](int b) {
+        if (tid < BQ) {
+            sL[b * BQ + tid] = nl * ATT_L2E;
+            sD[b * BQ + tid] = nd;
+        }
+    };
+    if (nit > 0) {
+        issue(0, 0);
+        put(0);
+    }
     cp_commit();
 
     const int kr = 16 * w;       // the warp's first key row in the tile
@@ -98,7 +216,8 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
     for (int it = 0; it < nit; ++it) {
         const int b = it & 1;
         cp_wait0();
-        __syncthreads();
+        __syncthreads();  // fused: every thread's dQ adds of iteration it - 1 are done
+        if (FUSED && tid == 0 && it > 0) att_bwd_dq_pass<BN>(turn, bs, g * grp + (it - 1) / nq, (q0 + (it - 1) % nq) * BQ, k0, H, window);
         if (it + 1 < nit) {
             issue(it + 1, b ^ 1);
             cp_commit();
@@ -141,15 +260,29 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
             }
             const bool edge = klo + 16 > len || i0 + BQ > len || (causal && i0 < klo + 15) || (window > 0 && i0 + BQ - 1 - klo >= window);
             #pragma unroll
-            for (int nt = 0; nt < BQ / 8; ++nt) {
+            for (int nt = 0; nt < BQ / 8; ++nt)
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int c = 8 * nt + 2 * ft + (e & 1);  // query column in the tile
-                    const int key = klo + fg + (e >= 2 ? 8 : 0);
-                    float p = ex2f(s[nt][e] * sl2 - Lb[c]);
-                    if (edge && !att_key_ok(i0 + c, key, len, causal, window)) p = 0.f;
-                    s[nt][e] = p;
-                    dp[nt][e] = p * (dp[nt][e] - Db[c]);
+                for (int e = 0; e < 4; ++e) s[nt][e] = ex2f(s[nt][e] * sl2 - Lb[8 * nt + 2 * ft + (e & 1)]);
+            if (edge) {  // warp-uniform
+                #pragma unroll
+                for (int nt = 0; nt < BQ / 8; ++nt) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const int c = 8 * nt + 2 * ft + (e & 1);  // query column in the tile
+                        const bool ok = att_key_ok(i0 + c, klo + fg + (e >= 2 ? 8 : 0), len, causal, window);
+                        s[nt][e] = ok ? s[nt][e] : 0.f;
+                    }
+                }
+            }
+            #pragma unroll
+            for (int nt = 0; nt < BQ / 8; ++nt)
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) dp[nt][e] = s[nt][e] * (dp[nt][e] - Db[8 * nt + 2 * ft + (e & 1)]);
+            if (FUSED) {  // dS^T rows of the warp's keys, for dQ below
+                #pragma unroll
+                for (int nt = 0; nt < BQ / 8; ++nt) {
+                    *(unsigned*)(sS + (kr + fg) * LS + 8 * nt + 2 * ft) = pack2(dp[nt][0], dp[nt][1]);
+                    *(unsigned*)(sS + (kr + fg + 8) * LS + 8 * nt + 2 * ft) = pack2(dp[nt][2], dp[nt][3]);
                 }
             }
             #pragma unroll
@@ -174,9 +307,21 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
                 }
             }
         }
+        // buffer b ^ 1 was last read in iteration it - 1, before this iteration's barrier
+        if (it + 1 < nit) put(b ^ 1);
+        if (FUSED) {
+            if (idle) {  // its keys see none of these queries: dS^T = 0
+                #pragma unroll
+                for (int x = lane; x < 16 * BQ / 2; x += 32) *(unsigned*)(sS + (kr + x / (BQ / 2)) * LS + 2 * (x % (BQ / 2))) = 0u;
+            }
+            __syncthreads();  // dS^T of every warp in sS
+            att_bwd_dq_part<DP, LQ, LS, BN, BQ, NW>(sS, sK, dq, dq_acc, turn, bs, len, g * grp + it / nq, i0, k0, H, D, causal, window,
+                                                scale, tid, lane, w, fg, ft);  // its turn passes after the next barrier
+        }
     }
     cp_wait0();
     __syncthreads();  // every warp is done with the tiles
+    if (FUSED && tid == 0 && nit > 0) att_bwd_dq_pass<BN>(turn, bs, g * grp + (nit - 1) / nq, (q0 + (nit - 1) % nq) * BQ, k0, H, window);
 
     // epilogue: each warp stages its own 16 rows of dk in sK and of dv in sV (it alone read them)
     #pragma unroll
@@ -285,15 +430,23 @@ __device__ __forceinline__ void attn_bwd_dq(const bf16_t* __restrict__ q, const 
             }
             const bool edge = kt + BN > len || (causal && kt + BN - 1 > qlo) || (window > 0 && kt <= qlo + 15 - window);
             #pragma unroll
-            for (int nt = 0; nt < BN / 8; ++nt) {
+            for (int nt = 0; nt < BN / 8; ++nt)
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int r = e >> 1;
-                    float p = ex2f(s[nt][e] * sl2 - lr[r]);
-                    if (edge && !att_key_ok(qlo + fg + 8 * r, kt + 8 * nt + 2 * ft + (e & 1), len, causal, window)) p = 0.f;
-                    dp[nt][e] = p * (dp[nt][e] - dr[r]);
+                for (int e = 0; e < 4; ++e) s[nt][e] = ex2f(s[nt][e] * sl2 - lr[e >> 1]);
+            if (edge) {  // warp-uniform
+                #pragma unroll
+                for (int nt = 0; nt < BN / 8; ++nt) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) {
+                        const bool ok = att_key_ok(qlo + fg + 8 * (e >> 1), kt + 8 * nt + 2 * ft + (e & 1), len, causal, window);
+                        s[nt][e] = ok ? s[nt][e] : 0.f;
+                    }
                 }
             }
+            #pragma unroll
+            for (int nt = 0; nt < BN / 8; ++nt)
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) dp[nt][e] = s[nt][e] * (dp[nt][e] - dr[e >> 1]);
             #pragma unroll
             for (int kk = 0; kk < BN / 16; ++kk) {
                 const unsigned da[4] = {pack2(dp[2 * kk][0], dp[2 * kk][1]), pack2(dp[2 * kk][2], dp[2 * kk][3]),
@@ -327,7 +480,22 @@ extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkv_d##DP##_dv##DVP( 
     const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* d_o, const float* lse, const float* delta, bf16_t* dk,   \
     bf16_t* dv, const idx_t* bounds, const int* kt_seq, const int* kt_k0, int H, int HKV, int D, int DV, int causal,         \
     int window, float sl2, float scale) {                                                                                    \
-    attn_bwd_dkv<DP, DVP>(q, k, v, d_o, lse, delta, dk, dv, bounds, kt_seq, kt_k0, H, HKV, D, DV, causal, window, sl2, scale); \
+    attn_bwd_dkv<DP, DVP, false>(q, k, v, d_o, lse, delta, dk, dv, nullptr, nullptr, nullptr, bounds, kt_seq, kt_k0, H, HKV, D, \
+                                 DV, causal, window, sl2, scale);                                                            \
+}                                                                                                                            \
+extern "C" __global__ void __launch_bounds__(128) attn_bwd_fused_d##DP##_dv##DVP(                                              \
+    const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* d_o, const float* lse, const float* delta, bf16_t* dk,   \
+    bf16_t* dv, bf16_t* dq, float* dq_acc, int* turn, const idx_t* bounds, const int* kt_seq, const int* kt_k0, int H,       \
+    int HKV, int D, int DV, int causal, int window, float sl2, float scale) {                                                \
+    attn_bwd_dkv<DP, DVP, true>(q, k, v, d_o, lse, delta, dk, dv, dq, dq_acc, turn, bounds, kt_seq, kt_k0, H, HKV, D, DV,     \
+                                causal, window, sl2, scale);                                                                 \
+}                                                                                                                            \
+extern "C" __global__ void __launch_bounds__(256) attn_bwd_fused8_d##DP##_dv##DVP(                                             \
+    const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* d_o, const float* lse, const float* delta, bf16_t* dk,   \
+    bf16_t* dv, bf16_t* dq, float* dq_acc, int* turn, const idx_t* bounds, const int* kt_seq, const int* kt_k0, int H,       \
+    int HKV, int D, int DV, int causal, int window, float sl2, float scale) {                                                \
+    attn_bwd_dkv<DP, DVP, true, 8>(q, k, v, d_o, lse, delta, dk, dv, dq, dq_acc, turn, bounds, kt_seq, kt_k0, H, HKV, D, DV,  \
+                                   causal, window, sl2, scale);                                                              \
 }                                                                                                                            \
 extern "C" __global__ void __launch_bounds__(256) attn_bwd_dq_d##DP##_dv##DVP(                                                 \
     const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* d_o, const float* lse, const float* delta, bf16_t* dq,   \

@@ -16,17 +16,33 @@
 #define ATT_L2E 1.4426950408889634f
 
 // Key position s allowed for query position i (gla_core::AttnProblem::keys): s inside the
-// sequence, s <= i when causal, i - window < s when window > 0.
+// sequence, s <= i when causal, i - window < s when window > 0. Bitwise, so a masked tile's
+// elements become selects rather than branches.
 __device__ __forceinline__ bool att_key_ok(int i, int s, int len, int causal, int window) {
-    return s < len && (!causal || s <= i) && (window <= 0 || s > i - window);
+    return (s < len) & (!causal | (s <= i)) & ((window <= 0) | (s > i - window));
 }
 
 // R rows x CP columns (CP % 8 == 0) of bf16 into dst (row stride ld) by cp.async: row t from
 // src + t * ldg, rows < L and columns < C read (C % 8 == 0, 16-byte aligned rows), the rest zero.
-// The caller commits and waits.
+// The caller commits and waits. A full tile (L >= R, C == CP) takes a path without per-copy
+// bounds or index arithmetic: each thread copies the same 16-byte column of every (NT / (CP / 8))-th
+// row, one address increment per copy (the loop runs once per key tile, so its cost is counted in
+// issue slots against the tile's products).
 template <int R, int CP, int NT>
 __device__ __forceinline__ void att_tile(bf16_t* dst, int ld, const bf16_t* src, idx_t ldg, int L, int C, int tid) {
     constexpr int CPR = CP / 8;
+    if constexpr (NT % CPR == 0 && (R * CPR) % NT == 0) {
+        if (L >= R && C == CP) {
+            constexpr int RS = NT / CPR;  // rows per step
+            const int t = tid / CPR, c = (tid % CPR) * 8;
+            const bf16_t* s = src + (idx_t)t * ldg + c;
+            bf16_t* d = dst + t * ld + c;
+            const idx_t step = (idx_t)RS * ldg;
+            #pragma unroll
+            for (int i = 0; i < R * CPR / NT; ++i) cp16(d + i * RS * ld, s + i * step, true);
+            return;
+        }
+    }
     #pragma unroll
     for (int x = tid; x < R * CPR; x += NT) {
         const int t = x / CPR, c = (x % CPR) * 8;
@@ -58,4 +74,23 @@ __device__ __forceinline__ float att_row_max(float x) {
 __device__ __forceinline__ float att_row_sum(float x) {
     x += __shfl_xor_sync(0xffffffffu, x, 1);
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+// The fused backward's turn flags (attn/bwd.cu): wait until *flag == turn (acquire, GPU scope:
+// what the previous holder wrote before passing is visible after it), pass it on (release).
+__device__ __forceinline__ void att_wait_turn(const int* flag, int turn) {
+    int v;
+    do {
+        asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
+    } while (v != turn);
+}
+__device__ __forceinline__ void att_pass_turn(int* flag, int next) {
+    asm volatile("st.release.gpu.global.s32 [%0], %1;" ::"l"(flag), "r"(next) : "memory");
+}
+// Two f32 through L2 (another block wrote them; L1 is not coherent across blocks).
+__device__ __forceinline__ void att_ld2_cg(const float* p, float& a, float& b) {
+    asm volatile("ld.global.cg.v2.f32 {%0, %1}, [%2];" : "=f"(a), "=f"(b) : "l"(p) : "memory");
+}
+__device__ __forceinline__ void att_st2_cg(float* p, float a, float b) {
+    asm volatile("st.global.cg.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
 }

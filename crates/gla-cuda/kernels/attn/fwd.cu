@@ -3,15 +3,15 @@
 // attn_fwd_d{DP}_dv{DVP}: one block per (query head j, query tile), 256 threads (8 warps x 16
 // query rows, BM = 128 rows per tile, Q fragments held in registers), grid (H, tiles);
 // attn_fwd_m2_d128_dv128: the same tile with 4 warps x 32 rows (two m-tiles per warp share each
-// K / V fragment: half the shared-memory reads per product; Q reloaded from shared memory). Tile `tile` covers the query positions
-// tile_q0[tile] .. +127 of sequence tile_seq[tile] (the host orders tiles longest first for
-// causal attention). For kv head g = j / (H / H_KV):
+// K / V fragment: half the shared-memory reads per product; Q reloaded from shared memory). Tile
+// `tile` covers the query positions tile_q0[tile] .. +127 of sequence tile_seq[tile] (the host
+// orders tiles longest first for causal attention). For kv head g = j / (H / H_KV):
 //     S  = Q K_t^T * scale * log2(e)           (mma.sync m16n8k16, f32 accumulate; the scale
 //                                               is applied inside the exponent's FFMA)
 //     m  = running row max, l = running row sum of ex2(S - m), O = sum ex2(S - m) V   (online)
 //     o  = O / l                                -> o [rows, H, DV] bf16 (=)
 //     lse = ln 2 * (m + log2 l)                -> lse [rows, H] f32 (=)
-// over the key tiles K_t (64 keys) the mask can leave a key in: key tiles from the window's first
+// over the key tiles K_t (BN = 64 keys) the mask can leave a key in: key tiles from the window's first
 // key (window > 0) to the last query of the tile (causal) or the sequence end. Only tiles that
 // cross the diagonal, the window's lower edge or the sequence end are masked (per warp), and a
 // warp skips a tile that none of its rows sees. K / V tiles are double-buffered with cp.async
@@ -25,13 +25,13 @@
 //
 // Entry points: attn_fwd_d64_dv32 attn_fwd_d64_dv64 attn_fwd_d128_dv128 attn_fwd_m2_d128_dv128
 
-template <int DP, int DVP, int NW, int MT>
+template <int DP, int DVP, int NW, int MT, int BN = 64, bool QREG = MT == 1>
 __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
                                          bf16_t* __restrict__ o, float* __restrict__ lse, const idx_t* __restrict__ bounds,
                                          const int* __restrict__ tile_seq, const int* __restrict__ tile_q0, int H, int HKV, int D,
                                          int DV, int causal, int window, float sl2) {
-    constexpr int BM = 16 * NW * MT, BN = 64, LQ = DP + 8, LV = DVP + 8, NT = 32 * NW;
-    constexpr bool QREG = MT == 1;  // one m-tile per warp: Q fragments live in registers
+    constexpr int BM = 16 * NW * MT, LQ = DP + 8, LV = DVP + 8, NT = 32 * NW;
+    static_assert(!QREG || MT == 1, "Q fragments live in registers only with one m-tile per warp");
     static_assert(DVP <= DP, "the output staging reuses the Q tile");
     DELTA_SMEM(smem);
     bf16_t* sQ = (bf16_t*)smem;     // [BM][LQ]; the output staging [BM][LV] at the end
@@ -142,12 +142,14 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
             for (int mt = 0; mt < MT; ++mt) {
                 const int ql = qlo + 16 * mt;
                 const bool edge = kt + BN > len || (causal && kt + BN - 1 > ql) || (window > 0 && kt <= ql + 15 - window);
-                #pragma unroll
-                for (int nt = 0; nt < BN / 8; ++nt) {
+                if (edge) {  // warp-uniform
                     #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        if (edge && !att_key_ok(ql + fg + (e >= 2 ? 8 : 0), kt + 8 * nt + 2 * ft + (e & 1), len, causal, window))
-                            s[mt][nt][e] = ATT_NEG_INF;
+                    for (int nt = 0; nt < BN / 8; ++nt) {
+                        #pragma unroll
+                        for (int e = 0; e < 4; ++e) {
+                            const bool ok = att_key_ok(ql + fg + (e >= 2 ? 8 : 0), kt + 8 * nt + 2 * ft + (e & 1), len, causal, window);
+                            s[mt][nt][e] = ok ? s[mt][nt][e] : ATT_NEG_INF;
+                        }
                     }
                 }
                 #pragma unroll
@@ -224,14 +226,14 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
     att_store<BM, DVP, NT>(o + (bs + i0) * ldo + (idx_t)j * DV, ldo, sO, LV, L, DV, tid);
 }
 
-#define ATTN_FWD_ENTRY(NAME, DP, DVP, NW, MT)                                                                            \
-extern "C" __global__ void __launch_bounds__(32 * NW) NAME(                                                                \
+#define ATTN_FWD_ENTRY(NAME, DP, DVP, NW, MT, BN, QREG, MINB)                                                            \
+extern "C" __global__ void __launch_bounds__(32 * NW, MINB) NAME(                                                          \
     const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o, float* lse, const idx_t* bounds, const int* tile_seq,   \
     const int* tile_q0, int H, int HKV, int D, int DV, int causal, int window, float sl2) {                              \
-    attn_fwd<DP, DVP, NW, MT>(q, k, v, o, lse, bounds, tile_seq, tile_q0, H, HKV, D, DV, causal, window, sl2);          \
+    attn_fwd<DP, DVP, NW, MT, BN, QREG>(q, k, v, o, lse, bounds, tile_seq, tile_q0, H, HKV, D, DV, causal, window, sl2);  \
 }
 
-ATTN_FWD_ENTRY(attn_fwd_d64_dv32, 64, 32, 8, 1)
-ATTN_FWD_ENTRY(attn_fwd_d64_dv64, 64, 64, 8, 1)
-ATTN_FWD_ENTRY(attn_fwd_d128_dv128, 128, 128, 8, 1)
-ATTN_FWD_ENTRY(attn_fwd_m2_d128_dv128, 128, 128, 4, 2)
+ATTN_FWD_ENTRY(attn_fwd_d64_dv32, 64, 32, 8, 1, 64, true, 1)
+ATTN_FWD_ENTRY(attn_fwd_d64_dv64, 64, 64, 8, 1, 64, true, 1)
+ATTN_FWD_ENTRY(attn_fwd_d128_dv128, 128, 128, 8, 1, 64, true, 1)
+ATTN_FWD_ENTRY(attn_fwd_m2_d128_dv128, 128, 128, 4, 2, 64, false, 1)

@@ -77,6 +77,63 @@ pub fn dq_smem((dp, dvp): (usize, usize)) -> usize {
     2 * (ATTN_BM * (dp + 8) + ATTN_BM * (dvp + 8) + 2 * ATTN_BN * (dp + 8) + 2 * ATTN_BN * (dvp + 8))
 }
 
+/// Dynamic shared memory of the fused backward: dK / dV's, then dS^T [BN][BQ+8] bf16.
+pub fn fused_smem(dims: (usize, usize)) -> usize {
+    dkv_smem(dims) + 2 * ATTN_BN * (DKV_BQ + 8)
+}
+
+/// Keys per block of the 8-warp fused backward (`attn_bwd_fused8_*`: 8 warps x 16 keys).
+pub const FUSED8_BN: usize = 128;
+
+/// Dynamic shared memory of the 8-warp fused backward: K [128][DP+8], V [128][DVP+8], Q 2 x
+/// [BQ][DP+8], dO 2 x [BQ][DVP+8] bf16, lse and delta 2 x [BQ] f32, dS^T [128][BQ+8] bf16.
+pub fn fused8_smem((dp, dvp): (usize, usize)) -> usize {
+    2 * (FUSED8_BN * (dp + 8) + FUSED8_BN * (dvp + 8) + 2 * DKV_BQ * (dp + 8) + 2 * DKV_BQ * (dvp + 8))
+        + 4 * 4 * DKV_BQ
+        + 2 * FUSED8_BN * (DKV_BQ + 8)
+}
+
+/// The 8-warp fused backward's launch: grid (H_KV, 128-key tiles), 256 threads.
+pub fn fused8_cfg(h_kv: usize, tiles: usize, smem: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (h_kv as u32, tiles as u32, 1), block_dim: (2 * DKV_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
+}
+
+/// How the backward gets dQ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BwdPath {
+    /// `attn_bwd_fused_*` (under study): the dK / dV kernel also multiplies dS by K and adds each
+    /// key tile's dQ part in key order (five products; the flash-attention-2 count).
+    Fused,
+    /// `attn_bwd_fused8_*` (under study): the same with 8 warps x 16 keys per block (half the dQ
+    /// parts to add; one block per SM).
+    Fused8,
+    /// `attn_bwd_dkv_*`, then `attn_bwd_dq_*` over the query tiles (seven products: S and dP
+    /// recomputed).
+    Split,
+}
+
+impl BwdPath {
+    /// Every path, the benchmark's rows.
+    pub const ALL: [BwdPath; 3] = [BwdPath::Fused, BwdPath::Fused8, BwdPath::Split];
+    /// The label of benchmark rows.
+    pub fn label(self) -> &'static str {
+        match self {
+            BwdPath::Fused => "flash-fused",
+            BwdPath::Fused8 => "flash-fused8",
+            BwdPath::Split => "flash-split",
+        }
+    }
+}
+
+/// The backward's path for `dims`: split everywhere. On the H200 (T = 2048 .. 32768, causal,
+/// H = 16, D = 128) the split backward with the forward ran 11.0 / 41.1 / 151.7 ms and the
+/// 4-warp fused one 22.9 / 88.8 / 323.7 ms: its ordered dQ add is a read-modify-write of an f32
+/// tile through L2 / HBM between two barriers, once per (key tile, query tile), with nothing to
+/// overlap its latency.
+pub fn bwd_path(_dims: (usize, usize)) -> BwdPath {
+    BwdPath::Split
+}
+
 /// Work of a tile of `rows` starting at position `i0` of a sequence of `len`: the keys its rows
 /// can see (causal: up to its last row; a window caps it), the sort key of the tile tables.
 fn tile_work(p: &AttnProblem, i0: usize, rows: usize, len: usize, keys: bool) -> usize {
@@ -117,6 +174,11 @@ pub fn key_tiles(p: &AttnProblem) -> (Vec<i32>, Vec<i32>) {
     tiles(p, ATTN_BN, true)
 }
 
+/// The 8-warp fused backward's key tiles ([`FUSED8_BN`] keys), ordered as [`key_tiles`].
+pub fn key_tiles_fused8(p: &AttnProblem) -> (Vec<i32>, Vec<i32>) {
+    tiles(p, FUSED8_BN, true)
+}
+
 /// How the forward splits its [`ATTN_BM`]-row tile over warps (the tile tables are the same).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FwdTile {
@@ -142,6 +204,8 @@ impl FwdTile {
             FwdTile::W4x32 => FWD_THREADS / 2,
         }
     }
+    /// Every split (the benchmark times them all).
+    pub const ALL: [FwdTile; 2] = [FwdTile::W8x16, FwdTile::W4x32];
 }
 
 /// The forward's tile for `dims`: the 4 x 32 split where it has a kernel (D = DV = 128: 11 - 14 %
@@ -248,6 +312,29 @@ mod tests {
         assert_eq!(q0, vec![256, 128, 0, 0]);
         let (seq, k0) = key_tiles(&p);
         assert_eq!((seq.len(), seq[0], k0[0]), (5 + 2, 0, 0));
+    }
+
+    #[test]
+    fn key_tiles_of_a_sequence_come_in_increasing_order() {
+        // the fused backward's dQ turns: a key tile waits only on the earlier tiles of its
+        // sequence, which must come before it in the table (launched before it)
+        for (causal, window) in [(true, None), (false, None), (true, Some(100)), (true, Some(1))] {
+            let spec = AttnSpec { cu_seqlens: Some(vec![0, 300, 300, 700, 1000]), causal, window, ..AttnSpec::new(1, 1000, 2, 64) };
+            let p = AttnProblem::new(spec).unwrap();
+            for (seq, k0) in [key_tiles(&p), key_tiles_fused8(&p)] {
+                for n in 0..p.n() as i32 {
+                    let mine: Vec<i32> = seq.iter().zip(&k0).filter(|x| *x.0 == n).map(|x| *x.1).collect();
+                    assert!(mine.windows(2).all(|w| w[0] < w[1]), "{causal} {window:?} {n}: {mine:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fused_backward_keeps_two_blocks_per_sm() {
+        // 228 KiB of shared memory per H100 / H200 SM, 1 KiB reserved per block
+        assert!(2 * (fused_smem((128, 128)) + 1024) <= 228 * 1024);
+        assert!(fused8_smem((128, 128)) <= 227 * 1024);
     }
 
     #[test]

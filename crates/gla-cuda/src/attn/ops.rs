@@ -36,8 +36,11 @@ pub struct DevAttnProblem {
     tile_q0: CudaSlice<i32>,
     key_seq: CudaSlice<i32>,
     key_k0: CudaSlice<i32>,
+    key8_seq: CudaSlice<i32>,
+    key8_k0: CudaSlice<i32>,
     n_tiles: usize,
     n_key_tiles: usize,
+    n_key8_tiles: usize,
     dims: (usize, usize),
     /// The host problem.
     pub problem: AttnProblem,
@@ -55,6 +58,7 @@ impl DevAttnProblem {
         let b: Vec<i64> = std::iter::once(first).chain((0..p.n()).map(|n| p.seq(n).end)).map(|r| r as i64).collect();
         let (ts, tq) = da::query_tiles(p);
         let (ks, kk) = da::key_tiles(p);
+        let (ks8, kk8) = da::key_tiles_fused8(p);
         if ts.len().max(ks.len()) > da::MAX_GRID_YZ {
             return Err(unsupported(format!("attention: {} tiles exceed the grid's y limit", ts.len().max(ks.len()))));
         }
@@ -63,10 +67,13 @@ impl DevAttnProblem {
             bounds: cuda.upload(&b, "attn sequence bounds")?,
             n_tiles: ts.len(),
             n_key_tiles: ks.len(),
+            n_key8_tiles: ks8.len(),
             tile_seq: up(ts, "attn query tiles")?,
             tile_q0: up(tq, "attn query tile starts")?,
             key_seq: up(ks, "attn key tiles")?,
             key_k0: up(kk, "attn key tile starts")?,
+            key8_seq: up(ks8, "attn 128-key tiles")?,
+            key8_k0: up(kk8, "attn 128-key tile starts")?,
             dims,
             problem: p.clone(),
         })
@@ -140,7 +147,8 @@ pub fn has_fwd_tile(dp: &DevAttnProblem, tile: da::FwdTile) -> bool {
     da::fwd_kernel(dp.dims, tile).is_some()
 }
 
-/// Gradients of an attention backward, bf16 on the device.
+/// Gradients of an attention backward, bf16 on the device, with the fused backward's dQ
+/// workspace.
 #[derive(Debug)]
 pub struct AttnDevGrads {
     /// `[B,T,H,D]`
@@ -149,10 +157,14 @@ pub struct AttnDevGrads {
     pub dk: CudaSlice<u16>,
     /// `[B,T,H_KV,DV]`, summed over each group's query heads.
     pub dv: CudaSlice<u16>,
+    /// `[B,T,H,D]` f32: the fused backward's running dQ sums (any contents; written before read).
+    pub dq_acc: CudaSlice<f32>,
+    /// `[B,T,H]` i32: the fused backward's turn flags (any contents; zeroed by each backward).
+    pub turn: CudaSlice<i32>,
 }
 
 impl AttnDevGrads {
-    /// Zeroed gradient buffers for `p` (rows past the last sequence stay 0).
+    /// Zeroed gradient buffers for `p` (rows past the last sequence stay 0) and the workspace.
     ///
     /// # Errors
     /// Driver errors.
@@ -161,13 +173,18 @@ impl AttnDevGrads {
             dq: cuda.alloc_zeros(p.q_len().max(1), "attn dq")?,
             dk: cuda.alloc_zeros(p.k_len().max(1), "attn dk")?,
             dv: cuda.alloc_zeros(p.v_len().max(1), "attn dv")?,
+            dq_acc: cuda.alloc_zeros(p.q_len().max(1), "attn dq sums")?,
+            turn: cuda.alloc_zeros(p.lse_len().max(1), "attn dq turns")?,
         })
     }
 }
 
 /// The backward over caller-held buffers: `attn_bwd_pre` (`delta [B,T,H]` f32 = rowsum(dO * O),
-/// the workspace), `attn_bwd_dkv_*` (dk, dv: per key tile, over the group's heads in order, no
-/// atomics), `attn_bwd_dq_*` (dq). `o` and `lse` are the forward's. Deterministic.
+/// the workspace), then on the dispatch policy's path ([`da::bwd_path`]) either
+/// `attn_bwd_fused_*` (dk, dv per key tile over the group's heads in order, and dq: each key
+/// tile's part added in key order through `g.dq_acc`, `g.turn` zeroed first) or
+/// `attn_bwd_dkv_*` then `attn_bwd_dq_*`. `o` and `lse` are the forward's. Deterministic (no
+/// atomics; the same bits on every run).
 ///
 /// # Errors
 /// [`Error::Op`] for wrong lengths (the gradients must hold at least the problem's elements);
@@ -183,7 +200,7 @@ pub fn attn_bwd_ws(
     delta: &mut CudaSlice<f32>,
     g: &mut AttnDevGrads,
 ) -> Result<()> {
-    attn_bwd_parts(cuda, dp, x, o, lse, d_o, delta, g, BwdParts::ALL)
+    attn_bwd_parts(cuda, dp, x, o, lse, d_o, delta, g, BwdParts::all(da::bwd_path(dp.dims)))
 }
 
 /// Which launches of the backward [`attn_bwd_parts`] runs (the benchmark times them one by one).
@@ -191,6 +208,10 @@ pub fn attn_bwd_ws(
 pub struct BwdParts {
     /// `attn_bwd_pre` (delta).
     pub pre: bool,
+    /// `attn_bwd_fused_*` (dq, dk, dv; reads delta).
+    pub fused: bool,
+    /// `attn_bwd_fused8_*` (dq, dk, dv; reads delta).
+    pub fused8: bool,
     /// `attn_bwd_dkv_*` (reads delta).
     pub dkv: bool,
     /// `attn_bwd_dq_*` (reads delta).
@@ -198,8 +219,11 @@ pub struct BwdParts {
 }
 
 impl BwdParts {
-    /// The whole backward.
-    pub const ALL: Self = Self { pre: true, dkv: true, dq: true };
+    /// The whole backward on `path`.
+    pub fn all(path: da::BwdPath) -> Self {
+        let split = path == da::BwdPath::Split;
+        Self { pre: true, fused: path == da::BwdPath::Fused, fused8: path == da::BwdPath::Fused8, dkv: split, dq: split }
+    }
 }
 
 /// The launches of [`attn_bwd_ws`] that `parts` selects, in its order. A part that reads delta
@@ -229,16 +253,40 @@ pub fn attn_bwd_parts(
     check_len(op, "dq", p.q_len().max(1), g.dq.len())?;
     check_len(op, "dk", p.k_len().max(1), g.dk.len())?;
     check_len(op, "dv", p.v_len().max(1), g.dv.len())?;
+    check_len(op, "dq_acc", p.q_len().max(1), g.dq_acc.len())?;
+    check_len(op, "turn", p.lse_len().max(1), g.turn.len())?;
     if dp.n_tiles == 0 {
         return Ok(());
     }
     let (h, hk, d, dv, causal, w, sl2, scale) = scalars(p);
     let nrh = p.lse_len() as i64;
     // SAFETY: each launch's arguments match its kernel's signature; every length was checked
-    // against the problem; delta is written by attn_bwd_pre before the two readers (one stream)
+    // against the problem; delta is written by attn_bwd_pre before its readers, the turn flags
+    // zeroed before the fused kernel (one stream)
     unsafe {
         if parts.pre {
             cuda.launch("attn_bwd_pre", da::pre_cfg(p.lse_len()), &[o, d_o, &*delta, &nrh, &dv])?;
+        }
+        if parts.fused || parts.fused8 {
+            if p.d() != dp.dims.0 {
+                return Err(unsupported(format!("{op}: the fused kernels take D = DP; D = {}, DP = {}", p.d(), dp.dims.0)));
+            }
+            cuda.stream().memset_zeros(&mut g.turn).map_err(Error::driver("zero attn dq turns"))?;
+            let (name, cfg, seq, k0) = if parts.fused8 {
+                let cfg = da::fused8_cfg(p.h_kv(), dp.n_key8_tiles, da::fused8_smem(dp.dims));
+                (da::kernel("bwd_fused8", dp.dims), cfg, &dp.key8_seq, &dp.key8_k0)
+            } else {
+                let cfg = da::dkv_cfg(p.h_kv(), dp.n_key_tiles, da::fused_smem(dp.dims));
+                (da::kernel("bwd_fused", dp.dims), cfg, &dp.key_seq, &dp.key_k0)
+            };
+            cuda.launch(
+                &name,
+                cfg,
+                &[
+                    x.q, x.k, x.v, d_o, lse, &*delta, &g.dk, &g.dv, &g.dq, &g.dq_acc, &g.turn, &dp.bounds, seq, k0, &h, &hk, &d, &dv,
+                    &causal, &w, &sl2, &scale,
+                ],
+            )?;
         }
         if parts.dkv {
             cuda.launch(

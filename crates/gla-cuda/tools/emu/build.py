@@ -37,7 +37,9 @@ if len(sys.argv) > 1 and sys.argv[1] == "--attn":
     parts = ['#include "emu.h"\n']
     for h in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh"]:
         parts.append(f'#line 1 "{h}"\n' + strip_asm(open(os.path.join(kern, h)).read()))
-    for f in ["attn/common.cuh", "attn/fwd.cu", "attn/bwd.cu", "attn/decode.cu"]:
+    # attn/common.cuh's PTX helpers (the fused backward's turn flags) are emu.h's too
+    parts.append('#line 1 "attn/common.cuh"\n' + strip_asm(open(os.path.join(kern, "attn/common.cuh")).read()))
+    for f in ["attn/fwd.cu", "attn/bwd.cu", "attn/decode.cu"]:
         parts.append(f'#line 1 "{f}"\n' + open(os.path.join(kern, f)).read())
     parts.append('#line 1 "attn_harness.cpp"\n#include "attn_harness.cpp"\n')
     out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/attn-emu"
