@@ -28,6 +28,7 @@
 //   delta_h_bwd_k64_f32 delta_h_bwd_k128_f32 delta_h_bwd_k64_bf16 delta_h_bwd_k128_bf16 delta_h_bwd_k192_bf16 delta_h_bwd_k256_bf16
 //   delta_h_v32_k64_bf16 delta_h_v32_k128_bf16 delta_h_v32_k192_bf16 delta_h_v32_k256_bf16
 //   delta_h_bwd_v32_k64_bf16 delta_h_bwd_v32_k128_bf16 delta_h_bwd_v32_k192_bf16 delta_h_bwd_v32_k256_bf16
+//   delta_h_b2_k64_bf16 delta_h_b2_k128_bf16 delta_h_v32b2_k64_bf16 delta_h_v32b2_k128_bf16
 
 // The state tile's warp layout (S or dS, KP x BV in mma fragments): warp (wm, wn) of WM x WN
 // holds m-tiles wm + WM ms (ms < MS) and the NSN n8-tiles from 8 NSN wn.
@@ -280,8 +281,10 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
     h_fini<KP, BV>(dS, dh0, o_state, K, V, j0, wm, sn0, fg, ft);
 }
 
-#define H_ENTRY(PFX, KP, NS, BV, NAME, E)                                                                \
-extern "C" __global__ void __launch_bounds__(DNT) PFX##_k##KP##_##NAME(                                  \
+#define H_ENTRY(PFX, KP, NS, BV, NAME, E) H_ENTRY_LB(PFX, KP, NS, BV, (DNT), NAME, E)
+// LB: the launch bounds, (DNT) or (DNT, blocks per SM)
+#define H_ENTRY_LB(PFX, KP, NS, BV, LB, NAME, E)                                                         \
+extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_##NAME(                                    \
     const E* w, const float* u, const E* k, const float* rk, const float* g2, const float* h0, E* hs,    \
     E* vn, float* ht, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, int V, int VP,  \
     idx_t nch) {                                                                                         \
@@ -298,7 +301,9 @@ extern "C" __global__ void __launch_bounds__(DNT) PFX##_k##KP##_##NAME(         
 
 // NS: the forward state pass's cp.async stages, 2 where they fit in shared memory (bf16, KP <= 128),
 // else 1; BV: 64 value columns per block, or 32 (bf16, the `_v32` entries) where 64 leaves
-// fewer than two blocks per SM (src/delta/dispatch.rs picks, and sizes the launches to match)
+// fewer than two blocks per SM; `_b2` / `_v32b2` (bf16, KP <= 128): one stage, built for two
+// blocks per SM (<= 128 registers). src/delta/dispatch.rs picks (h_plan), and sizes the launches
+// to match.
 H_ENTRY(delta_h, 64, 1, 64, f32, float)
 H_ENTRY(delta_h, 128, 1, 64, f32, float)
 H_ENTRY(delta_h, 64, 2, 64, bf16, bf16_t)
@@ -309,6 +314,10 @@ H_ENTRY(delta_h_v32, 64, 2, 32, bf16, bf16_t)
 H_ENTRY(delta_h_v32, 128, 2, 32, bf16, bf16_t)
 H_ENTRY(delta_h_v32, 192, 1, 32, bf16, bf16_t)
 H_ENTRY(delta_h_v32, 256, 1, 32, bf16, bf16_t)
+H_ENTRY_LB(delta_h_b2, 64, 1, 64, (DNT, 2), bf16, bf16_t)
+H_ENTRY_LB(delta_h_b2, 128, 1, 64, (DNT, 2), bf16, bf16_t)
+H_ENTRY_LB(delta_h_v32b2, 64, 1, 32, (DNT, 2), bf16, bf16_t)
+H_ENTRY_LB(delta_h_v32b2, 128, 1, 32, (DNT, 2), bf16, bf16_t)
 HB_ENTRY(delta_h_bwd, 64, 64, f32, float)
 HB_ENTRY(delta_h_bwd, 128, 64, f32, float)
 HB_ENTRY(delta_h_bwd, 64, 64, bf16, bf16_t)
