@@ -69,7 +69,7 @@ for p in plans:
         for ps in ("fwd", "fwd+bwd"):
             ms = {r["shape"][1]: r["ms"] for r in rs if r["op"] == op and r["pass"] == ps}
             print(f"{p:<18}{op:<6}{ps:<9}" + "".join(f"{ms.get(t, float('nan')):>10.3f}" for t in (2048, 8192, 32768)))
-print("\nper launch, delta 32x2048x16x128x128, one forward+backward (ms)")
+print("\nper launch, delta 32x2048x16x128x128, one forward+backward (ms; a kernel launched more than once: the sum)")
 tabs = {}
 for p in plans:
     f = os.path.join(out, f"bench_{tag(p)}.txt")

@@ -142,6 +142,19 @@ __device__ __forceinline__ void tile_ld(E* dst, int lds, const E* src, idx_t ldg
     }
 }
 
+// Rows [0, R) x columns [0, C) of the smem tile src (row stride lds) to dst (row stride ldg) in
+// 16-byte pieces, consecutive threads on consecutive pieces of a row (coalesced): C, lds and ldg
+// multiples of 16 / sizeof(E), src and dst 16-byte aligned.
+template <typename E>
+__device__ __forceinline__ void tile_st(E* dst, idx_t ldg, const E* src, int lds, int R, int C, int tid, int nthr) {
+    constexpr int P = 16 / (int)sizeof(E);
+    const int cpr = C / P;
+    for (int x = tid; x < R * cpr; x += nthr) {
+        const int r = x / cpr, c = (x - r * cpr) * P;
+        *(uint4*)(dst + (idx_t)r * ldg + c) = *(const uint4*)(src + r * lds + c);
+    }
+}
+
 // Whether rows of `cols` elements at a row stride of `ldg` elements load as 16-byte pieces.
 template <typename E>
 __device__ __forceinline__ bool vec_ok(idx_t ldg, int cols) {
