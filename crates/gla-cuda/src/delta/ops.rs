@@ -487,7 +487,8 @@ fn gate_prep<T: Elem>(
 }
 
 /// The UT/WY prep and the state pass of the chunked path on the kernels' problem `p` (forward,
-/// and the backward's recomputation): w, u, T, G, hs, v_new; ht when given.
+/// and the backward's recomputation): w, u, G, hs, v_new; T where the workspace holds it (a
+/// backward's); ht when given.
 fn chunk_wy_h<T: Elem>(
     cuda: &Cuda,
     p: &DeltaProblem,
