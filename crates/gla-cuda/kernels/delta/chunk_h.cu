@@ -21,7 +21,8 @@
 // Warps tile S as WM x WN (8 x 1 for KP = 128, 256; 4 x 2 for KP = 64, 192). The forward has NS
 // pipeline stages of cp.async loads (2 where they fit in shared memory, else 1): the next
 // chunk's loads are in flight while one is computed. hs and dhs leave from their smem operand
-// copy in 16-byte pieces; v_new and dU are stored in column pairs. Row factors rq, rk: see delta/chunk.cuh.
+// copies in 16-byte pieces, dU from its negated operand copy; v_new in column pairs. Row
+// factors rq, rk: see delta/chunk.cuh.
 //
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_h_k64_f32 delta_h_k128_f32 delta_h_k64_bf16 delta_h_k128_bf16 delta_h_k192_bf16 delta_h_k256_bf16
@@ -270,7 +271,6 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
                     const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
                     const float f = sRk[t] * ex2f(glast - sG[t]);
                     const float d0 = sDv[t * BV + jj] + f * acc[nt][e], d1 = sDv[t * BV + jj + 1] + f * acc[nt][e + 1];
-                    stg2_pair(du, vplane, oc * 64 * (idx_t)VP + (idx_t)t * VP + j0 + jj, d0, d1);
                     st2(sDu, sDul, t * LDS + jj, -d0);
                     st2(sDu, sDul, t * LDS + jj + 1, -d1);
                 }
@@ -281,6 +281,10 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
             sDo[t * LDS + jj] = cvt<E>(to_f32(sDo[t * LDS + jj]) * scale * sRq[t] * ex2f(sG[t]));
         }
         __syncthreads();
+        // dU (split) leaves as the negation of -dU's planes (rounding is odd: the planes of -x
+        // are those of x negated), coalesced
+        tile_st_neg<E>(du + oc * 64 * (idx_t)VP + j0, VP, sDu, LDS, 64, BV, tid, DNT);
+        if (SP == 2) tile_st_neg<E>(du + vplane + oc * 64 * (idx_t)VP + j0, VP, sDul, LDS, 64, BV, tid, DNT);
         const float dec = ex2f(glast);
         #pragma unroll
         for (int ms = 0; ms < MS; ++ms) {

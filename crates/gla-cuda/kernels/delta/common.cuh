@@ -155,6 +155,19 @@ __device__ __forceinline__ void tile_st(E* dst, idx_t ldg, const E* src, int lds
     }
 }
 
+// tile_st of the tile's negation (the sign bit of every element flipped: exact)
+template <typename E>
+__device__ __forceinline__ void tile_st_neg(E* dst, idx_t ldg, const E* src, int lds, int R, int C, int tid, int nthr) {
+    constexpr int P = 16 / (int)sizeof(E);
+    constexpr unsigned SGN = sizeof(E) == 2 ? 0x80008000u : 0x80000000u;
+    const int cpr = C / P;
+    for (int x = tid; x < R * cpr; x += nthr) {
+        const int r = x / cpr, c = (x - r * cpr) * P;
+        const uint4 v = *(const uint4*)(src + r * lds + c);
+        *(uint4*)(dst + (idx_t)r * ldg + c) = make_uint4(v.x ^ SGN, v.y ^ SGN, v.z ^ SGN, v.w ^ SGN);
+    }
+}
+
 // Whether rows of `cols` elements at a row stride of `ldg` elements load as 16-byte pieces.
 template <typename E>
 __device__ __forceinline__ bool vec_ok(idx_t ldg, int cols) {
