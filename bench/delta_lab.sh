@@ -2,8 +2,9 @@
 # The delta rule's chunked kernels under each state-pass plan of the lab override
 # (GLA_DELTA_LAB, src/delta/dispatch.rs `h_lab`), side by side in one device call: first
 # `gla bench delta --stages` at the shapes of record (bf16, B*T = 65536, H = 16, K = V = 128) for
-# each plan, then `gla check --device cuda --filter delta` on the default plan and on the
-# forward's two-blocks-per-SM plans, then fla 0.6.0's delta ops while time is left.
+# each plan, then `gla check --device cuda --filter delta` on the default plan, on the
+# forward's two-blocks-per-SM plan everywhere (h=b2) and on the one-block plan everywhere
+# (h=one), then fla 0.6.0's delta ops while time is left.
 # Prints a table last: forward and forward+backward ms per plan and shape, and the per-launch
 # times of one forward+backward at T = 2048.
 # Usage, from the repo root on the GPU machine: OUT=/tmp/out bench/delta_lab.sh [path/to/gla]
@@ -14,7 +15,7 @@ export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRAR
 G="${1:-target/release/gla}"
 OUT="${OUT:-bench/out}"
 BUDGET="${BUDGET:-460}"
-PLANS="${PLANS:-base h=v32b2 h=b2 hb=v32}"
+PLANS="${PLANS:-base h=one h=b2 h=v32b2 hb=v32}"
 mkdir -p "$OUT"
 S=$(date +%s)
 t() { echo "[$(( $(date +%s) - S ))s] $*"; }
@@ -36,7 +37,7 @@ t "check delta (default plan)" | tee -a "$SUM"
 timeout "$(cap 240)" "$G" check --device cuda --filter delta > "$OUT/check.txt" 2>&1
 echo "check rc=$? $(tail -1 "$OUT/check.txt")" >> "$SUM"
 grep -E "FAIL|fail" "$OUT/check.txt" | head -20 >> "$SUM"
-for lab in "h=v32b2" "h=b2"; do
+for lab in "h=b2" "h=one"; do
   [ "$(left)" -lt 40 ] && { echo "check $lab: no time left" >> "$SUM"; continue; }
   t "check delta, GLA_DELTA_LAB=$lab" | tee -a "$SUM"
   GLA_DELTA_LAB="$lab" timeout "$(cap 150)" "$G" check --device cuda --filter delta > "$OUT/check_${lab//[=,]/_}.txt" 2>&1

@@ -149,6 +149,7 @@ template <typename E>
 __device__ __forceinline__ void tile_st(E* dst, idx_t ldg, const E* src, int lds, int R, int C, int tid, int nthr) {
     constexpr int P = 16 / (int)sizeof(E);
     const int cpr = C / P;
+    #pragma unroll 1
     for (int x = tid; x < R * cpr; x += nthr) {
         const int r = x / cpr, c = (x - r * cpr) * P;
         *(uint4*)(dst + (idx_t)r * ldg + c) = *(const uint4*)(src + r * lds + c);

@@ -242,29 +242,52 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 }
 
 /// The lab override of the sequential passes' plans, for side-by-side timing:
-/// `GLA_DELTA_LAB="h=<v>,hb=<v>"`, `<v>` one of `base` (the default policy), `v32` (32 columns,
-/// one block per SM), `b2` (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per
-/// SM); `b2` and `v32b2` apply to the forward (`h`) where [`h_two_ok`], `v32` to both where
-/// bf16. Anything else, or unset: the default.
+/// `GLA_DELTA_LAB="h=<v>,hb=<v>"`, `<v>` one of `base` (the default policy), `one` (the
+/// one-block-per-SM plan the policy falls back to), `v32` (32 columns, one block per SM), `b2`
+/// (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM); `b2` and `v32b2`
+/// apply to the forward (`h`) where [`h_two_ok`], `v32` to both where bf16. Anything else, or
+/// unset: the default.
 fn h_lab(bwd: bool) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
     let key = if bwd { "hb=" } else { "h=" };
     v.split(',').find_map(|kv| kv.trim().strip_prefix(key).map(str::to_string))
 }
 
-/// The plan of the forward state pass (`bwd` false) or of the state-gradient pass: 64 value
-/// columns per block, or 32 (bf16) when 64-column tiles give fewer than two blocks per SM
-/// (long sequences: each block walks its sequence's chunks in order, so blocks are the only
-/// parallelism); the forward's stages per [`h_stages`]; [`h_lab`] overrides.
+/// The plan of the forward state pass (`bwd` false) or of the state-gradient pass, without the
+/// lab override ([`h_plan`] applies it). One block per SM: 64 value columns per block, or 32
+/// (bf16) when 64-column tiles give fewer than two blocks per SM (long sequences: each block
+/// walks its sequence's chunks in order, so blocks are the only parallelism), the forward's
+/// stages per [`h_stages`]. The forward takes `delta_h_b2` (64 columns, two blocks per SM)
+/// where its entries exist ([`h_two_ok`]) and 64-column blocks fill every SM at least once:
+/// measured on the H200 (bf16, K = V = 128, B*T = 65536, `bench/delta_lab.sh`) the state pass
+/// runs 1.37 -> 1.22 ms at T = 2048 and the forward 3.56 -> 3.01 ms at T = 8192 (256 blocks), while
+/// at T = 32768 (64 blocks) one stage of loads costs more than the occupancy gains (3.56 ->
+/// 4.55 ms), so the one-block plan stays. The backward keeps one block per SM (32 columns at
+/// two blocks per SM measured no faster).
+fn h_policy(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> HPlan {
+    let tiles = (vp / 64) * nhv;
+    if !bwd && h_two_ok(bf16, kp) && tiles >= sm_count {
+        return HPlan { bv: 64, ns: 1, two: true };
+    }
+    h_one(bf16, kp, tiles, sm_count)
+}
+
+/// The one-block-per-SM plan for `tiles` 64-column tiles (see [`h_policy`]).
+fn h_one(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> HPlan {
+    let bv = if bf16 && tiles < 2 * sm_count { 32 } else { 64 };
+    HPlan { bv, ns: h_stages(bf16, kp), two: false }
+}
+
+/// The plan of a sequential pass ([`h_policy`]), or the lab override's ([`h_lab`]).
 pub(crate) fn h_plan(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> HPlan {
-    let bv = if bf16 && (vp / 64) * nhv < 2 * sm_count { 32 } else { 64 };
-    let base = HPlan { bv, ns: h_stages(bf16, kp), two: false };
+    let one = h_one(bf16, kp, (vp / 64) * nhv, sm_count);
     let two = |bv| HPlan { bv, ns: 1, two: true };
     match h_lab(bwd).as_deref() {
-        Some("v32") if bf16 => HPlan { bv: 32, ..base },
+        Some("one") => one,
+        Some("v32") if bf16 => HPlan { bv: 32, ..one },
         Some("b2") if !bwd && h_two_ok(bf16, kp) => two(64),
         Some("v32b2") if !bwd && h_two_ok(bf16, kp) => two(32),
-        _ => base,
+        _ => h_policy(bwd, bf16, kp, vp, nhv, sm_count),
     }
 }
 
@@ -587,10 +610,18 @@ mod tests {
                 }
             }
         }
-        let plan = |bf16, nhv| h_plan(false, bf16, 128, 128, nhv, 132);
-        assert_eq!(plan(true, 512).bv, 64);
-        assert_eq!(plan(true, 32).bv, 32);
-        assert_eq!(plan(false, 32).bv, 64);
+        let plan = |bwd, bf16, nhv| h_policy(bwd, bf16, 128, 128, nhv, 132);
+        let (one, two) = (|bv| HPlan { bv, ns: 2, two: false }, HPlan { bv: 64, ns: 1, two: true });
+        // the forward: two blocks per SM where 64-column blocks fill the SMs, else one
+        assert_eq!(plan(false, true, 512), two);
+        assert_eq!(plan(false, true, 66), two);
+        assert_eq!(plan(false, true, 65), one(32));
+        assert_eq!(plan(false, true, 32), one(32));
+        assert_eq!(plan(false, false, 32), HPlan { bv: 64, ns: 1, two: false });
+        assert_eq!(h_policy(false, true, 192, 128, 512, 132), HPlan { bv: 64, ns: 1, two: false });
+        // the backward: one block per SM
+        assert_eq!(plan(true, true, 512), one(64));
+        assert_eq!(plan(true, true, 32), one(32));
         assert_eq!(h_name(true, HPlan { bv: 32, ns: 1, two: false }, 128, "bf16"), "delta_h_bwd_v32_k128_bf16");
         assert_eq!(h_name(false, HPlan { bv: 32, ns: 1, two: true }, 64, "bf16"), "delta_h_v32b2_k64_bf16");
         // the two-blocks-per-SM entries: shared memory for two blocks (228 KB per SM, 1 KB each reserved)

@@ -663,10 +663,12 @@ struct Run {
             });
         typedef void (*HFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
                             const long long*, const long long*, int, int, int, int, int, long long);
-        // DELTA_HVAR=b2 / v32b2: the forward state pass's two-blocks-per-SM entries (one stage)
+        // the forward state pass's two-blocks-per-SM entries (one stage): DELTA_HVAR=b2 / v32b2,
+        // else dispatch::delta::h_policy's rule at 132 SMs (b2 where 64-column blocks fill them)
         const char* hv = getenv("DELTA_HVAR");
-        const bool two = hv && f.h2 && (!std::strcmp(hv, "b2") || !std::strcmp(hv, "v32b2"));
-        const int bv = two ? (std::strcmp(hv, "b2") ? 32 : 64) : h_bv<E>(VP, d.N * HV);
+        const bool lab = hv && f.h2 && (!std::strcmp(hv, "b2") || !std::strcmp(hv, "v32b2"));
+        const bool two = lab || (!getenv("DELTA_BV") && f.h2 && (VP / 64) * d.N * HV >= 132);
+        const int bv = two ? (lab && std::strcmp(hv, "b2") ? 32 : 64) : h_bv<E>(VP, d.N * HV);
         void* hf = two ? (bv == 32 ? f.h32b2 : f.h2) : (bv == 32 ? f.h32 : f.h);
         emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_h<E>(KP, bv, two ? 1 : h_stages<E>(KP)), [&] {
             ((HFn)hf)(w.data(), u.data(), k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(), ht.data(), p.bounds.data(),
