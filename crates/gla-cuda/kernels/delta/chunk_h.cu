@@ -187,8 +187,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
                     const float u0 = sUc[t * BV + jj] - acc[nt][e], u1 = sUc[t * BV + jj + 1] - acc[nt][e + 1];
                     stg2_pair(vn, vplane, oc * 64 * (idx_t)VP + (idx_t)t * VP + j0 + jj, u0, u1);
                     const float f = sRk[t] * ex2f(glast - sGc[t]);
-                    st2(sUd, sUdl, t * LDS + jj, u0 * f);
-                    st2(sUd, sUdl, t * LDS + jj + 1, u1 * f);
+                    st2_pair(sUd, sUdl, t * LDS + jj, u0 * f, u1 * f);
                 }
             }
         }
@@ -271,8 +270,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
                     const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
                     const float f = sRk[t] * ex2f(glast - sG[t]);
                     const float d0 = sDv[t * BV + jj] + f * acc[nt][e], d1 = sDv[t * BV + jj + 1] + f * acc[nt][e + 1];
-                    st2(sDu, sDul, t * LDS + jj, -d0);
-                    st2(sDu, sDul, t * LDS + jj + 1, -d1);
+                    st2_pair(sDu, sDul, t * LDS + jj, -d0, -d1);
                 }
             }
         }
