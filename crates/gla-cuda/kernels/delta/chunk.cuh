@@ -72,9 +72,11 @@ __device__ __forceinline__ void chunk_p(E* sP, E* sPl, const E* sQ, const E* sK,
     #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
+        for (int e = 0; e < 4; e += 2) {
             const int t = 16 * mt + FRAG_ROW(e), s = n0 + FRAG_COL(nt, e);
-            st2(sP, sPl, t * LDT + s, s <= t ? scale * sRq[t] * sRk[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f);
+            const float p0 = s <= t ? scale * sRq[t] * sRk[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f;
+            const float p1 = s + 1 <= t ? scale * sRq[t] * sRk[s + 1] * acc[nt][e + 1] * ex2f(sG[t] - sG[s + 1]) : 0.f;
+            st2_pair(sP, sPl, t * LDT + s, p0, p1);
         }
     }
 }

@@ -6,7 +6,8 @@
 // rk its L2 row factors), v, bt (beta, f32) and gl (log decay, f32, or null):
 //     G  = chunk-local cumsum of g (log2 units)                      -> g2 [chunks, HV, 64] f32 (=)
 //     A  = strictly-lower(diag(beta) (Kn Kn^T) * exp(G_t - G_s))         (f32, smem)
-//     T  = (I + A)^-1, by 16 x 16 blocks (solve_t, T^T over A's upper half) -> tm [SP][chunks, HV, 64, 64] (=)
+//     T  = (I + A)^-1, by 16 x 16 blocks (solve_t, T^T over A's upper half) -> tm [SP][chunks, HV, 64, 64] (=;
+//          null: not stored, a forward no backward reads)
 //     w  = T (beta exp(G) Kn)                                        -> w [SP][chunks, HV, 64, KP] (=)
 //     u  = T (beta V)                                                -> u [chunks, HV, 64, VP] f32 (=)
 // The row factors of the scaled K and V ride on T's columns: w = (T diag(beta rk exp(G))) K and
@@ -58,7 +59,9 @@ __device__ __forceinline__ void solve_t(float* sA, int tid) {
             // k = j: T_jj[q][c] = 0 for q < c
             const float* a = sA + (16 * i + t) * 65 + 16 * j;
             const float* tc = sA + (16 * j + c) * 65 + 16 * j;  // T_jj[q][c] at tc[q]
-            for (int q = c; q < 16; ++q) s += a[q] * tc[q];
+            #pragma unroll
+            for (int q = 0; q < 16; ++q)
+                if (q >= c) s += a[q] * tc[q];
             for (int k = j + 1; k < i; ++k) {
                 const float* ak = sA + (16 * i + t) * 65 + 16 * k;
                 const float* tk = sA + (16 * j + c) * 65 + 16 * k;  // T_kj[q][c] at tk[q]
@@ -71,7 +74,9 @@ __device__ __forceinline__ void solve_t(float* sA, int tid) {
         for (int x = tid; x < nb * 256; x += 256) {
             const int bi = x >> 8, i = bi + d, j = i - d, t = (x >> 4) & 15, c = x & 15;
             float s = 0.f;
-            for (int q = 0; q <= t; ++q) s += sA[(16 * i + q) * 65 + 16 * i + t] * sM[bi * 256 + q * 16 + c];  // T_ii[t][q]
+            #pragma unroll
+            for (int q = 0; q < 16; ++q)
+                if (q <= t) s += sA[(16 * i + q) * 65 + 16 * i + t] * sM[bi * 256 + q * 16 + c];  // T_ii[t][q]
             sA[(16 * j + c) * 65 + 16 * i + t] = -s;
         }
         __syncthreads();
@@ -132,12 +137,14 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
     // is split. Without decay and L2 norm both factors are beta (one pass over T).
     const bool same = gl == nullptr && rk == nullptr;
     {
+        // column pairs (s, s + 1): one 4-byte store per plane
         const idx_t tplane = nch * HV * 4096;
-        for (int x = tid; x < 4096; x += DNT) {
-            const int t = x >> 6, s = x & 63;
-            const float tv = t >= s ? sA[s * 65 + t] : 0.f;
-            st2(sT, sTl, t * LDT + s, tv * sB[s] * (same ? 1.f : sR[s] * ex2f(sG[s])));
-            stg2(tm, tplane, (c.oc * 64 + t) * 64 + s, tv);
+        for (int x = tid; x < 2048; x += DNT) {
+            const int t = x >> 5, s = 2 * (x & 31);
+            const float t0 = t >= s ? sA[s * 65 + t] : 0.f, t1 = t >= s + 1 ? sA[(s + 1) * 65 + t] : 0.f;
+            const float d0 = sB[s] * (same ? 1.f : sR[s] * ex2f(sG[s])), d1 = sB[s + 1] * (same ? 1.f : sR[s + 1] * ex2f(sG[s + 1]));
+            st2_pair(sT, sTl, t * LDT + s, t0 * d0, t1 * d1);
+            if (tm != nullptr) stg2_pair(tm, tplane, (c.oc * 64 + t) * 64 + s, t0, t1);
         }
     }
     __syncthreads();
@@ -150,9 +157,9 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
         if (n0 == nend) {
             // T diag(beta) for u
             __syncthreads();
-            for (int x = tid; x < 4096; x += DNT) {
-                const int t = x >> 6, s = x & 63;
-                st2(sT, sTl, t * LDT + s, t >= s ? sA[s * 65 + t] * sB[s] : 0.f);
+            for (int x = tid; x < 2048; x += DNT) {
+                const int t = x >> 5, s = 2 * (x & 31);
+                st2_pair(sT, sTl, t * LDT + s, t >= s ? sA[s * 65 + t] * sB[s] : 0.f, t >= s + 1 ? sA[(s + 1) * 65 + t] * sB[s + 1] : 0.f);
             }
             __syncthreads();
         }

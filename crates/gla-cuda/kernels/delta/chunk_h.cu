@@ -20,14 +20,16 @@
 // S's operand copy (the B operand of w S and K dS) is rounded to the storage dtype, as fla does.
 // Warps tile S as WM x WN (8 x 1 for KP = 128, 256; 4 x 2 for KP = 64, 192). The forward has NS
 // pipeline stages of cp.async loads (2 where they fit in shared memory, else 1): the next
-// chunk's loads are in flight while one is computed. hs, dhs, v_new and dU are stored in column
-// pairs. Row factors rq, rk: see delta/chunk.cuh.
+// chunk's loads are in flight while one is computed. hs and dhs leave from their smem operand
+// copies in 16-byte pieces, dU from its negated operand copy; v_new in column pairs. Row
+// factors rq, rk: see delta/chunk.cuh.
 //
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_h_k64_f32 delta_h_k128_f32 delta_h_k64_bf16 delta_h_k128_bf16 delta_h_k192_bf16 delta_h_k256_bf16
 //   delta_h_bwd_k64_f32 delta_h_bwd_k128_f32 delta_h_bwd_k64_bf16 delta_h_bwd_k128_bf16 delta_h_bwd_k192_bf16 delta_h_bwd_k256_bf16
 //   delta_h_v32_k64_bf16 delta_h_v32_k128_bf16 delta_h_v32_k192_bf16 delta_h_v32_k256_bf16
 //   delta_h_bwd_v32_k64_bf16 delta_h_bwd_v32_k128_bf16 delta_h_bwd_v32_k192_bf16 delta_h_bwd_v32_k256_bf16
+//   delta_h_b2_k64_bf16 delta_h_b2_k128_bf16 delta_h_v32b2_k64_bf16 delta_h_v32b2_k128_bf16
 
 // The state tile's warp layout (S or dS, KP x BV in mma fragments): warp (wm, wn) of WM x WN
 // holds m-tiles wm + WM ms (ms < MS) and the NSN n8-tiles from 8 NSN wn.
@@ -74,11 +76,11 @@ __device__ __forceinline__ void h_fini(const float (&S)[HTile<KP, BV>::MS][HTile
     }
 }
 
-// S (or dS) rounded into the smem operand sS [KP][LDS] and the chunk's slot of hs (or dhs), row
-// stride VP, in column pairs
+// S (or dS) rounded into the smem operand sS [KP][LDS], in column pairs; h_copy then moves it to
+// the chunk's slot of hs (or dhs) in whole 16-byte pieces
 template <typename E, int KP, int BV>
-__device__ __forceinline__ void h_store(const float (&S)[HTile<KP, BV>::MS][HTile<KP, BV>::NSN][4], E* sS, E* __restrict__ hp, int VP,
-                                        int wm, int sn0, int fg, int ft) {
+__device__ __forceinline__ void h_store(const float (&S)[HTile<KP, BV>::MS][HTile<KP, BV>::NSN][4], E* sS, int wm, int sn0, int fg,
+                                        int ft) {
     constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
     #pragma unroll
     for (int ms = 0; ms < MS; ++ms) {
@@ -88,10 +90,16 @@ __device__ __forceinline__ void h_store(const float (&S)[HTile<KP, BV>::MS][HTil
             for (int e = 0; e < 4; e += 2) {
                 const int i = 16 * (wm + WM * ms) + FRAG_ROW(e), jj = sn0 + FRAG_COL(qq, e);
                 st_pair(sS + i * LDS + jj, S[ms][qq][e], S[ms][qq][e + 1]);
-                st_pair(hp + (idx_t)i * VP + jj, S[ms][qq][e], S[ms][qq][e + 1]);
             }
         }
     }
+}
+
+// sS (complete: after a barrier that follows h_store) to the chunk's slot hp of hs (or dhs), row
+// stride VP; it must finish before the next h_store (a barrier between them)
+template <typename E, int KP, int BV>
+__device__ __forceinline__ void h_copy(E* __restrict__ hp, const E* sS, int VP, int tid) {
+    tile_st<E>(hp, VP, sS, HTile<KP, BV>::LDS, KP, BV, tid, DNT);
 }
 
 template <typename E, int KP, int NS, int BV>
@@ -132,22 +140,31 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
         ld_rf(f + 64 * BV + 64, rk, r0, L, h, H, tid);
     };
     #pragma unroll
+    static_assert(NS == 1 || NS == 2, "one or two cp.async stages");
     for (int p = 0; p < NS - 1; ++p) {
         if (p < nc) load(p, p);
         cp_commit();
     }
+    // Two stages: chunk it + 1's loads are issued once every warp has passed this chunk's first
+    // barrier (so has finished chunk it - 1, the last reader of their stage) and land while
+    // chunk it is computed; the barriers left order sS (written before the first, read before
+    // the second) and sUd (written between them, read after). One stage: the loads of chunk it
+    // at its top, behind the last barrier of chunk it - 1.
     for (int it = 0; it < nc; ++it) {
         const int st = it % NS;
-        if (NS > 1) {
-            if (it + NS - 1 < nc) load(it + NS - 1, (it + NS - 1) % NS);
-        } else {
+        if (NS == 1) {
             load(it, 0);
+            cp_commit();
         }
-        cp_commit();
         const idx_t oc = (cbase + it) * HV + hv;
-        h_store<E, KP, BV>(S, sS, hs + oc * (idx_t)KP * VP + j0, VP, wm, sn0, fg, ft);
-        cp_wait<NS - 1>();
+        h_store<E, KP, BV>(S, sS, wm, sn0, fg, ft);
+        cp_wait0();
         __syncthreads();
+        if (NS > 1 && it + 1 < nc) {
+            load(it + 1, (it + 1) % NS);
+            cp_commit();
+        }
+        h_copy<E, KP, BV>(hs + oc * (idx_t)KP * VP + j0, sS, VP, tid);
         const E* sW = sStage + st * STAGE;
         const E* sWl = sW + (SP - 1) * 64 * LK;
         const E* sKc = sW + SP * 64 * LK;
@@ -170,8 +187,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
                     const float u0 = sUc[t * BV + jj] - acc[nt][e], u1 = sUc[t * BV + jj + 1] - acc[nt][e + 1];
                     stg2_pair(vn, vplane, oc * 64 * (idx_t)VP + (idx_t)t * VP + j0 + jj, u0, u1);
                     const float f = sRk[t] * ex2f(glast - sGc[t]);
-                    st2(sUd, sUdl, t * LDS + jj, u0 * f);
-                    st2(sUd, sUdl, t * LDS + jj + 1, u1 * f);
+                    st2_pair(sUd, sUdl, t * LDS + jj, u0 * f, u1 * f);
                 }
             }
         }
@@ -186,7 +202,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             }
             wgemm2<true, false, NSN>(S[ms], sKc, sKc, LK, 16 * (wm + WM * ms), sUd, sUdl, LDS, sn0, 64, lane, false, true);
         }
-        __syncthreads();
+        if (NS == 1) __syncthreads();
     }
     h_fini<KP, BV>(S, ht, o_state, K, V, j0, wm, sn0, fg, ft);
 }
@@ -235,9 +251,10 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
         cp_commit();
         ld_rf(sRq, rq, r0, L, h, H, tid);
         ld_rf(sRk, rk, r0, L, h, H, tid);
-        h_store<E, KP, BV>(dS, sS, dhs + oc * (idx_t)KP * VP + j0, VP, wm, sn0, fg, ft);
+        h_store<E, KP, BV>(dS, sS, wm, sn0, fg, ft);
         cp_wait0();
         __syncthreads();
+        h_copy<E, KP, BV>(dhs + oc * (idx_t)KP * VP + j0, sS, VP, tid);
         const float glast = sG[63];
         {
             // dU = dvl + exp(G_last - G) rk (K dS): each warp 16 rows x BV / 2 columns
@@ -253,9 +270,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
                     const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
                     const float f = sRk[t] * ex2f(glast - sG[t]);
                     const float d0 = sDv[t * BV + jj] + f * acc[nt][e], d1 = sDv[t * BV + jj + 1] + f * acc[nt][e + 1];
-                    stg2_pair(du, vplane, oc * 64 * (idx_t)VP + (idx_t)t * VP + j0 + jj, d0, d1);
-                    st2(sDu, sDul, t * LDS + jj, -d0);
-                    st2(sDu, sDul, t * LDS + jj + 1, -d1);
+                    st2_pair(sDu, sDul, t * LDS + jj, -d0, -d1);
                 }
             }
         }
@@ -264,6 +279,10 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
             sDo[t * LDS + jj] = cvt<E>(to_f32(sDo[t * LDS + jj]) * scale * sRq[t] * ex2f(sG[t]));
         }
         __syncthreads();
+        // dU (split) leaves as the negation of -dU's planes (rounding is odd: the planes of -x
+        // are those of x negated), coalesced
+        tile_st_neg<E>(du + oc * 64 * (idx_t)VP + j0, VP, sDu, LDS, 64, BV, tid, DNT);
+        if (SP == 2) tile_st_neg<E>(du + vplane + oc * 64 * (idx_t)VP + j0, VP, sDul, LDS, 64, BV, tid, DNT);
         const float dec = ex2f(glast);
         #pragma unroll
         for (int ms = 0; ms < MS; ++ms) {
@@ -280,8 +299,10 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
     h_fini<KP, BV>(dS, dh0, o_state, K, V, j0, wm, sn0, fg, ft);
 }
 
-#define H_ENTRY(PFX, KP, NS, BV, NAME, E)                                                                \
-extern "C" __global__ void __launch_bounds__(DNT) PFX##_k##KP##_##NAME(                                  \
+#define H_ENTRY(PFX, KP, NS, BV, NAME, E) H_ENTRY_LB(PFX, KP, NS, BV, (DNT), NAME, E)
+// LB: the launch bounds, (DNT) or (DNT, blocks per SM)
+#define H_ENTRY_LB(PFX, KP, NS, BV, LB, NAME, E)                                                         \
+extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_##NAME(                                    \
     const E* w, const float* u, const E* k, const float* rk, const float* g2, const float* h0, E* hs,    \
     E* vn, float* ht, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, int V, int VP,  \
     idx_t nch) {                                                                                         \
@@ -298,7 +319,9 @@ extern "C" __global__ void __launch_bounds__(DNT) PFX##_k##KP##_##NAME(         
 
 // NS: the forward state pass's cp.async stages, 2 where they fit in shared memory (bf16, KP <= 128),
 // else 1; BV: 64 value columns per block, or 32 (bf16, the `_v32` entries) where 64 leaves
-// fewer than two blocks per SM (src/delta/dispatch.rs picks, and sizes the launches to match)
+// fewer than two blocks per SM; `_b2` / `_v32b2` (bf16, KP <= 128): one stage, built for two
+// blocks per SM (<= 128 registers). src/delta/dispatch.rs picks (h_plan), and sizes the launches
+// to match.
 H_ENTRY(delta_h, 64, 1, 64, f32, float)
 H_ENTRY(delta_h, 128, 1, 64, f32, float)
 H_ENTRY(delta_h, 64, 2, 64, bf16, bf16_t)
@@ -309,6 +332,10 @@ H_ENTRY(delta_h_v32, 64, 2, 32, bf16, bf16_t)
 H_ENTRY(delta_h_v32, 128, 2, 32, bf16, bf16_t)
 H_ENTRY(delta_h_v32, 192, 1, 32, bf16, bf16_t)
 H_ENTRY(delta_h_v32, 256, 1, 32, bf16, bf16_t)
+H_ENTRY_LB(delta_h_b2, 64, 1, 64, (DNT, 2), bf16, bf16_t)
+H_ENTRY_LB(delta_h_b2, 128, 1, 64, (DNT, 2), bf16, bf16_t)
+H_ENTRY_LB(delta_h_v32b2, 64, 1, 32, (DNT, 2), bf16, bf16_t)
+H_ENTRY_LB(delta_h_v32b2, 128, 1, 32, (DNT, 2), bf16, bf16_t)
 HB_ENTRY(delta_h_bwd, 64, 64, f32, float)
 HB_ENTRY(delta_h_bwd, 128, 64, f32, float)
 HB_ENTRY(delta_h_bwd, 64, 64, bf16, bf16_t)

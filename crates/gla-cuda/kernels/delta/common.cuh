@@ -70,6 +70,17 @@ __device__ __forceinline__ void st_pair(E* p, float a, float b) {
         *(float2*)p = make_float2(a, b);
     }
 }
+// a pair into the split smem tiles hi, lo at index i (even; f32: hi only)
+template <typename E>
+__device__ __forceinline__ void st2_pair(E* hi, E* lo, int i, float a, float b) {
+    if constexpr (sizeof(E) == 2) {
+        const unsigned h = pack2(a, b);
+        *(unsigned*)(hi + i) = h;
+        *(unsigned*)(lo + i) = pack2(a - bf_lo(h), b - bf_hi(h));
+    } else {
+        *(float2*)(hi + i) = make_float2(a, b);
+    }
+}
 // a pair into a split global tensor (hi at base + i, lo at base + plane + i)
 template <typename E>
 __device__ __forceinline__ void stg2_pair(E* base, idx_t plane, idx_t i, float a, float b) {
@@ -131,6 +142,33 @@ __device__ __forceinline__ void tile_ld(E* dst, int lds, const E* src, idx_t ldg
     }
 }
 
+// Rows [0, R) x columns [0, C) of the smem tile src (row stride lds) to dst (row stride ldg) in
+// 16-byte pieces, consecutive threads on consecutive pieces of a row (coalesced): C, lds and ldg
+// multiples of 16 / sizeof(E), src and dst 16-byte aligned.
+template <typename E>
+__device__ __forceinline__ void tile_st(E* dst, idx_t ldg, const E* src, int lds, int R, int C, int tid, int nthr) {
+    constexpr int P = 16 / (int)sizeof(E);
+    const int cpr = C / P;
+    #pragma unroll 1
+    for (int x = tid; x < R * cpr; x += nthr) {
+        const int r = x / cpr, c = (x - r * cpr) * P;
+        *(uint4*)(dst + (idx_t)r * ldg + c) = *(const uint4*)(src + r * lds + c);
+    }
+}
+
+// tile_st of the tile's negation (the sign bit of every element flipped: exact)
+template <typename E>
+__device__ __forceinline__ void tile_st_neg(E* dst, idx_t ldg, const E* src, int lds, int R, int C, int tid, int nthr) {
+    constexpr int P = 16 / (int)sizeof(E);
+    constexpr unsigned SGN = sizeof(E) == 2 ? 0x80008000u : 0x80000000u;
+    const int cpr = C / P;
+    for (int x = tid; x < R * cpr; x += nthr) {
+        const int r = x / cpr, c = (x - r * cpr) * P;
+        const uint4 v = *(const uint4*)(src + r * lds + c);
+        *(uint4*)(dst + (idx_t)r * ldg + c) = make_uint4(v.x ^ SGN, v.y ^ SGN, v.z ^ SGN, v.w ^ SGN);
+    }
+}
+
 // Whether rows of `cols` elements at a row stride of `ldg` elements load as 16-byte pieces.
 template <typename E>
 __device__ __forceinline__ bool vec_ok(idx_t ldg, int cols) {
@@ -187,20 +225,52 @@ __device__ __forceinline__ void wgemm(float (&acc)[NT][4], const float* A, int l
     }
 }
 
-// acc += op(A + Al) op(B + Bl) without the lo * lo term: A * B, then Al * B (al) and A * Bl
-// (bl) for bf16; f32 storage runs A * B alone (exact enough: FMA on f32 operands).
+// acc += op(A + Al) op(B + Bl) without the lo * lo term: per 16-deep step A * B, then Al * B (al)
+// and A * Bl (bl) for bf16, each fragment of A, Al, B, Bl loaded from shared memory once and fed
+// to every term that reads it; f32 storage runs A * B alone (exact enough: FMA on f32 operands).
 template <bool AT, bool BT, int NT, typename E>
 __device__ __forceinline__ void wgemm2(float (&acc)[NT][4], const E* A, const E* Al, int lda, int m0, const E* B, const E* Bl, int ldb,
-                                       int n0, int kc, int lane, bool al, bool bl) {
-    wgemm<AT, BT, NT>(acc, A, lda, m0, B, ldb, n0, kc, lane);
+                                        int n0, int kc, int lane, bool al, bool bl) {
     if constexpr (sizeof(E) == 2) {
-        if (al) wgemm<AT, BT, NT>(acc, Al, lda, m0, B, ldb, n0, kc, lane);
-        if (bl) wgemm<AT, BT, NT>(acc, A, lda, m0, Bl, ldb, n0, kc, lane);
+        static_assert(NT % 2 == 0, "bf16 warp products take n-tiles in pairs");
+        for (int k0 = 0; k0 < kc; k0 += 16) {
+            unsigned a[4], a2[4];
+            if (AT) {
+                ldsm4t(a, fat(A, lda, k0, m0, lane));
+                if (al) ldsm4t(a2, fat(Al, lda, k0, m0, lane));
+            } else {
+                ldsm4(a, fa(A, lda, m0, k0, lane));
+                if (al) ldsm4(a2, fa(Al, lda, m0, k0, lane));
+            }
+            #pragma unroll
+            for (int np = 0; np < NT / 2; ++np) {
+                unsigned b[4], b2[4];
+                if (BT) {
+                    ldsm4(b, fbn(B, ldb, k0, n0 + 16 * np, lane));
+                    if (bl) ldsm4(b2, fbn(Bl, ldb, k0, n0 + 16 * np, lane));
+                } else {
+                    ldsm4t(b, fbt(B, ldb, k0, n0 + 16 * np, lane));
+                    if (bl) ldsm4t(b2, fbt(Bl, ldb, k0, n0 + 16 * np, lane));
+                }
+                mma16816(acc[2 * np], a, b[0], b[1]);
+                mma16816(acc[2 * np + 1], a, b[2], b[3]);
+                if (al) {
+                    mma16816(acc[2 * np], a2, b[0], b[1]);
+                    mma16816(acc[2 * np + 1], a2, b[2], b[3]);
+                }
+                if (bl) {
+                    mma16816(acc[2 * np], a, b2[0], b2[1]);
+                    mma16816(acc[2 * np + 1], a, b2[2], b2[3]);
+                }
+            }
+        }
+    } else {
+        wgemm<AT, BT, NT>(acc, A, lda, m0, B, ldb, n0, kc, lane);
     }
 }
 
-// wgemm2 with its terms one after another (a loop the compiler keeps rolled): fewer live
-// fragments, for kernels held to a register budget; the same sums in the same order.
+// wgemm2 with its terms one after another over the whole depth (a loop the compiler keeps
+// rolled): fewer live fragments, for kernels held to a register budget.
 template <bool AT, bool BT, int NT, typename E>
 __device__ __forceinline__ void wgemm2_seq(float (&acc)[NT][4], const E* A, const E* Al, int lda, int m0, const E* B, const E* Bl,
                                            int ldb, int n0, int kc, int lane, bool al, bool bl) {

@@ -214,14 +214,94 @@ pub fn planes(bf16: bool) -> usize {
     }
 }
 
-/// cp.async stages of the forward state pass (`NS` of `delta_h_*`): 2 where they fit (bf16,
-/// KP <= 128), else 1. Must match `H_ENTRY` in `delta/chunk_h.cu`.
+/// cp.async stages of the forward state pass's one-block-per-SM entries (`NS` of `delta_h_*` and
+/// `delta_h_v32_*`): 2 where they fit (bf16, KP <= 128), else 1. Must match `H_ENTRY` in
+/// `delta/chunk_h.cu`.
 pub(crate) fn h_stages(bf16: bool, kp: usize) -> usize {
     if bf16 && kp <= 128 {
         2
     } else {
         1
     }
+}
+
+/// How a sequential pass launches: value columns per block (`BV`), the forward's cp.async
+/// stages (`NS`) and whether it is an entry built for two blocks per SM (`_b2`: one stage, at
+/// most 128 registers, shared memory for two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HPlan {
+    pub(crate) bv: usize,
+    pub(crate) ns: usize,
+    pub(crate) two: bool,
+}
+
+/// The two-blocks-per-SM entries exist for bf16 with KP <= 128 (`H_ENTRY_LB` in
+/// `delta/chunk_h.cu`).
+fn h_two_ok(bf16: bool, kp: usize) -> bool {
+    bf16 && kp <= 128
+}
+
+/// The lab override of the sequential passes' plans, for side-by-side timing:
+/// `GLA_DELTA_LAB="h=<v>,hb=<v>"`, `<v>` one of `base` (the default policy), `one` (the
+/// one-block-per-SM plan the policy falls back to), `v32` (32 columns, one block per SM), `b2`
+/// (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM); `b2` and `v32b2`
+/// apply to the forward (`h`) where [`h_two_ok`], `v32` to both where bf16. Anything else, or
+/// unset: the default.
+fn h_lab(bwd: bool) -> Option<String> {
+    let v = std::env::var("GLA_DELTA_LAB").ok()?;
+    let key = if bwd { "hb=" } else { "h=" };
+    v.split(',').find_map(|kv| kv.trim().strip_prefix(key).map(str::to_string))
+}
+
+/// The plan of the forward state pass (`bwd` false) or of the state-gradient pass, without the
+/// lab override ([`h_plan`] applies it). One block per SM: 64 value columns per block, or 32
+/// (bf16) when 64-column tiles give fewer than two blocks per SM (long sequences: each block
+/// walks its sequence's chunks in order, so blocks are the only parallelism), the forward's
+/// stages per [`h_stages`]. The forward takes `delta_h_b2` (64 columns, two blocks per SM)
+/// where its entries exist ([`h_two_ok`]) and 64-column blocks fill every SM at least once:
+/// measured on the H200 (bf16, K = V = 128, B*T = 65536, `bench/delta_lab.sh`) the state pass
+/// runs 1.37 -> 1.22 ms at T = 2048 and the forward 3.56 -> 3.01 ms at T = 8192 (256 blocks), while
+/// at T = 32768 (64 blocks) one stage of loads costs more than the occupancy gains (3.56 ->
+/// 4.55 ms), so the one-block plan stays. The backward keeps one block per SM (32 columns at
+/// two blocks per SM measured no faster).
+fn h_policy(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> HPlan {
+    let tiles = (vp / 64) * nhv;
+    if !bwd && h_two_ok(bf16, kp) && tiles >= sm_count {
+        return HPlan { bv: 64, ns: 1, two: true };
+    }
+    h_one(bf16, kp, tiles, sm_count)
+}
+
+/// The one-block-per-SM plan for `tiles` 64-column tiles (see [`h_policy`]).
+fn h_one(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> HPlan {
+    let bv = if bf16 && tiles < 2 * sm_count { 32 } else { 64 };
+    HPlan { bv, ns: h_stages(bf16, kp), two: false }
+}
+
+/// The plan of a sequential pass ([`h_policy`]), or the lab override's ([`h_lab`]).
+pub(crate) fn h_plan(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> HPlan {
+    let one = h_one(bf16, kp, (vp / 64) * nhv, sm_count);
+    let two = |bv| HPlan { bv, ns: 1, two: true };
+    match h_lab(bwd).as_deref() {
+        Some("one") => one,
+        Some("v32") if bf16 => HPlan { bv: 32, ..one },
+        Some("b2") if !bwd && h_two_ok(bf16, kp) => two(64),
+        Some("v32b2") if !bwd && h_two_ok(bf16, kp) => two(32),
+        _ => h_policy(bwd, bf16, kp, vp, nhv, sm_count),
+    }
+}
+
+/// The entry point of a sequential pass: `delta_h` (forward) or `delta_h_bwd`, with `_v32` for
+/// 32-column tiles and `_b2` / `_v32b2` for the two-blocks-per-SM entries.
+pub(crate) fn h_name(bwd: bool, plan: HPlan, kp: usize, sfx: &str) -> String {
+    let base = if bwd { "delta_h_bwd" } else { "delta_h" };
+    let v = match (plan.bv, plan.two) {
+        (32, false) => "_v32",
+        (32, true) => "_v32b2",
+        (_, true) => "_b2",
+        _ => "",
+    };
+    format!("{base}{v}_k{kp}_{sfx}")
 }
 
 /// Columns per block of `delta_dqkw_*` (`KW`): all of KP for bf16 up to 128, else halves (f32:
@@ -239,25 +319,6 @@ pub(crate) fn dqkw_kw(bf16: bool, kp: usize) -> usize {
 /// The K tiles (grid z) of `delta_dqkw_*`.
 pub(crate) fn dqkw_kz(bf16: bool, kp: usize) -> usize {
     kp / dqkw_kw(bf16, kp)
-}
-
-/// Value columns per block of the sequential passes (`BV` of `delta_h*`): 64, or 32 (bf16, the
-/// `_v32` entries) when 64-column tiles give fewer than two blocks per SM (long sequences: each
-/// block walks its sequence's chunks in order, so blocks are the only parallelism).
-pub(crate) fn h_bv(bf16: bool, vp: usize, nhv: usize, sm_count: usize) -> usize {
-    if bf16 && (vp / 64) * nhv < 2 * sm_count {
-        32
-    } else {
-        64
-    }
-}
-
-/// The entry point of a sequential pass: `delta_h` (forward) or `delta_h_bwd`, with `_v32` for
-/// 32-column tiles.
-pub(crate) fn h_name(bwd: bool, bv: usize, kp: usize, sfx: &str) -> String {
-    let base = if bwd { "delta_h_bwd" } else { "delta_h" };
-    let v = if bv == 32 { "_v32" } else { "" };
-    format!("{base}{v}_k{kp}_{sfx}")
 }
 
 /// Dynamic shared memory of each chunk kernel (the carve-ups at the top of each kernel; the
@@ -284,9 +345,9 @@ impl DeltaSmem {
         let (e, sp) = (self.e, self.sp);
         (64 * self.lk() + 64 * (self.vp + PAD) + sp * 64 * LDT) * e + (64 * 65 + 64 * 3) * 4
     }
-    pub(crate) fn h(&self, bv: usize) -> usize {
-        let (e, sp, lds) = (self.e, self.sp, bv + PAD);
-        let ns = h_stages(e == 2, self.kp);
+    pub(crate) fn h(&self, plan: HPlan) -> usize {
+        let (e, sp, bv, ns) = (self.e, self.sp, plan.bv, plan.ns);
+        let lds = bv + PAD;
         (ns * (sp + 1) * 64 * self.lk() + self.kp * lds + sp * 64 * lds) * e + ns * (64 * bv + 128) * 4
     }
     pub(crate) fn o(&self) -> usize {
@@ -315,7 +376,9 @@ impl DeltaSmem {
     /// The largest of them: what the device must allow per block.
     #[cfg(test)]
     pub(crate) fn max(&self) -> usize {
-        [self.wy(), self.h(64), self.h(32), self.o(), self.dvl(), self.h_bwd(64), self.h_bwd(32), self.dqkw(), self.wy_bwd()]
+        let ns = h_stages(self.e == 2, self.kp);
+        let h = |bv| self.h(HPlan { bv, ns, two: false });
+        [self.wy(), h(64), h(32), self.o(), self.dvl(), self.h_bwd(64), self.h_bwd(32), self.dqkw(), self.wy_bwd()]
             .into_iter()
             .max()
             .unwrap_or(0)
@@ -365,7 +428,8 @@ pub struct DeltaWorkspaceLens {
     pub w: usize,
     /// f32 chunks x HV x 64 x VP: u.
     pub u: usize,
-    /// `s`, planes x chunks x HV x 64 x 64: T = (I + A)^-1.
+    /// `s`, planes x chunks x HV x 64 x 64: T = (I + A)^-1 (backward; a forward on a workspace
+    /// without it does not store it).
     pub tm: usize,
     /// f32 chunks x HV x 64: the chunk-local cumsum G.
     pub g2: usize,
@@ -442,7 +506,6 @@ impl DeltaWorkspaceLens {
             gl: if p.gate() == DeltaGate::None { 0 } else { p.beta_len().max(1) },
             w: (sp * nc * hv * 64 * kp).max(1),
             u: (nc * hv * 64 * vp).max(1),
-            tm: (sp * nc * hv * 4096).max(1),
             g2: (nc * hv * 64).max(1),
             hs: (nc * hv * kp * vp).max(1),
             vn: (sp * nc * hv * 64 * vp).max(1),
@@ -459,6 +522,7 @@ impl DeltaWorkspaceLens {
             DeltaPath::Chunk { kp } => {
                 let vp = vpad(p.v());
                 Self {
+                    tm: (sp * nc * hv * 4096).max(1),
                     dvl: (nc * hv * 64 * vp).max(1),
                     dhs: (nc * hv * kp * vp).max(1),
                     du: (sp * nc * hv * 64 * vp).max(1),
@@ -546,10 +610,27 @@ mod tests {
                 }
             }
         }
-        assert_eq!(h_bv(true, 128, 512, 132), 64);
-        assert_eq!(h_bv(true, 128, 32, 132), 32);
-        assert_eq!(h_bv(false, 128, 32, 132), 64);
-        assert_eq!(h_name(true, 32, 128, "bf16"), "delta_h_bwd_v32_k128_bf16");
+        let plan = |bwd, bf16, nhv| h_policy(bwd, bf16, 128, 128, nhv, 132);
+        let (one, two) = (|bv| HPlan { bv, ns: 2, two: false }, HPlan { bv: 64, ns: 1, two: true });
+        // the forward: two blocks per SM where 64-column blocks fill the SMs, else one
+        assert_eq!(plan(false, true, 512), two);
+        assert_eq!(plan(false, true, 66), two);
+        assert_eq!(plan(false, true, 65), one(32));
+        assert_eq!(plan(false, true, 32), one(32));
+        assert_eq!(plan(false, false, 32), HPlan { bv: 64, ns: 1, two: false });
+        assert_eq!(h_policy(false, true, 192, 128, 512, 132), HPlan { bv: 64, ns: 1, two: false });
+        // the backward: one block per SM
+        assert_eq!(plan(true, true, 512), one(64));
+        assert_eq!(plan(true, true, 32), one(32));
+        assert_eq!(h_name(true, HPlan { bv: 32, ns: 1, two: false }, 128, "bf16"), "delta_h_bwd_v32_k128_bf16");
+        assert_eq!(h_name(false, HPlan { bv: 32, ns: 1, two: true }, 64, "bf16"), "delta_h_v32b2_k64_bf16");
+        // the two-blocks-per-SM entries: shared memory for two blocks (228 KB per SM, 1 KB each reserved)
+        for kp in [64, 128] {
+            for bv in [32, 64] {
+                let s = DeltaSmem::new(true, kp, 128).h(HPlan { bv, ns: 1, two: true });
+                assert!(2 * (s + 1024) <= 228 * 1024, "KP {kp}, BV {bv}: {s} B");
+            }
+        }
         // the tiles of the widest dq/dk launch are columns of K
         assert_eq!((dqkw_kw(true, 256), dqkw_kz(true, 256)), (128, 2));
         assert_eq!((dqkw_kw(false, 128), dqkw_kz(false, 128)), (64, 2));

@@ -487,7 +487,8 @@ fn gate_prep<T: Elem>(
 }
 
 /// The UT/WY prep and the state pass of the chunked path on the kernels' problem `p` (forward,
-/// and the backward's recomputation): w, u, T, G, hs, v_new; ht when given.
+/// and the backward's recomputation): w, u, G, hs, v_new; T where the workspace holds it (a
+/// backward's); ht when given.
 fn chunk_wy_h<T: Elem>(
     cuda: &Cuda,
     p: &DeltaProblem,
@@ -503,7 +504,11 @@ fn chunk_wy_h<T: Elem>(
     let (vp, nch) = (dd::vpad(p.v()), dp.n_chunks as i64);
     let vp32 = vp as i32;
     let smem = DeltaSmem::new(bf16, kp, vp);
-    let (w, u, tm, g2) = (req(&ws.w, "w")?, req(&ws.u, "u")?, req(&ws.tm, "T")?, req(&ws.g2, "G")?);
+    // T only where the workspace holds it for this problem (a backward's): a forward-only
+    // workspace does not store it
+    let tm_len = dd::planes(bf16) * dp.n_chunks * p.hv() * 4096;
+    let tm = ws.tm.as_ref().filter(|t| t.len() >= tm_len);
+    let (w, u, g2) = (req(&ws.w, "w")?, req(&ws.u, "u")?, req(&ws.g2, "G")?);
     let (hs, vn, bt) = (req(&ws.hs, "hs")?, req(&ws.vn, "v_new")?, req(&ws.bt, "beta")?);
     if dp.n_chunks > 0 {
         let name = format!("delta_wy_k{kp}_{}", T::SUFFIX);
@@ -515,13 +520,13 @@ fn chunk_wy_h<T: Elem>(
                 cuda,
                 &name,
                 cfg,
-                &[x.k, &ws.rk, x.v, bt, &ws.gl, w, u, tm, g2, &dp.bounds, &dp.chunk_off, &dp.chunk_seq, &h, &hv, &k, &v, &vp32, &nch],
+                &[x.k, &ws.rk, x.v, bt, &ws.gl, w, u, &tm, g2, &dp.bounds, &dp.chunk_off, &dp.chunk_seq, &h, &hv, &k, &v, &vp32, &nch],
             )?;
         }
     }
-    let bv = dd::h_bv(bf16, vp, p.n() * p.hv(), cuda.sm_count());
-    let name = dd::h_name(false, bv, kp, T::SUFFIX);
-    let cfg = dd::state_cfg(vp, bv, grid_nhv(op, p)?, smem.h(bv));
+    let plan = dd::h_plan(false, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
+    let name = dd::h_name(false, plan, kp, T::SUFFIX);
+    let cfg = dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, smem.h(plan));
     // SAFETY: arguments match delta_h_*'s signature; one block per (V tile, sequence x value
     // head) walking its chunks; every workspace is sized for the problem
     unsafe {
@@ -845,14 +850,14 @@ fn chunk_bwd<T: Elem>(
             )?;
         }
     }
-    let bv = dd::h_bv(bf16, vp, p.n() * p.hv(), cuda.sm_count());
+    let plan = dd::h_plan(true, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
     // SAFETY: arguments match delta_h_bwd_*'s signature; one block per (V tile, sequence x value
     // head) walking its chunks in reverse; dhs, du sized for the problem
     unsafe {
         launch(
             cuda,
-            &dd::h_name(true, bv, kp, sfx),
-            dd::state_cfg(vp, bv, grid_nhv(op, p)?, smem.h_bwd(bv)),
+            &dd::h_name(true, plan, kp, sfx),
+            dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, smem.h_bwd(plan.bv)),
             &[x.q, x.k, &ws.rq, &ws.rk, w, d_o, dvl, g2, &dht, dhs, du, &dh0, bounds, off, &h, &hv, &k, &v, &vp32, &scale, &nch],
         )?;
     }

@@ -385,18 +385,20 @@ struct K_;
 KSET(float, f32)
 KSET(unsigned short, bf16)
 
-#define CHUNK_FNS(KP, SFX, H32, HB32)                                                                           \
+#define CHUNK_FNS(KP, SFX, H32, HB32, HB2, H32B2)                                                               \
     {KP, {(void*)delta_wy_k##KP##_##SFX, (void*)delta_h_k##KP##_##SFX, (void*)delta_o_k##KP##_##SFX,            \
           (void*)delta_dvl_k##KP##_##SFX, (void*)delta_h_bwd_k##KP##_##SFX, (void*)delta_dqkw_k##KP##_##SFX,    \
-          (void*)delta_wy_bwd_k##KP##_##SFX, (void*)H32, (void*)HB32}}
+          (void*)delta_wy_bwd_k##KP##_##SFX, (void*)H32, (void*)HB32, (void*)HB2, (void*)H32B2}}
 struct ChunkFns {
-    void *wy, *h, *o, *dvl, *hb, *dqkw, *wyb, *h32, *hb32;
+    void *wy, *h, *o, *dvl, *hb, *dqkw, *wyb, *h32, *hb32, *h2, *h32b2;  // h2, h32b2: the _b2 / _v32b2 entries
 };
-static std::map<int, ChunkFns> g_cf32 = {CHUNK_FNS(64, f32, nullptr, nullptr), CHUNK_FNS(128, f32, nullptr, nullptr)};
-static std::map<int, ChunkFns> g_cbf = {CHUNK_FNS(64, bf16, delta_h_v32_k64_bf16, delta_h_bwd_v32_k64_bf16),
-                                        CHUNK_FNS(128, bf16, delta_h_v32_k128_bf16, delta_h_bwd_v32_k128_bf16),
-                                        CHUNK_FNS(192, bf16, delta_h_v32_k192_bf16, delta_h_bwd_v32_k192_bf16),
-                                        CHUNK_FNS(256, bf16, delta_h_v32_k256_bf16, delta_h_bwd_v32_k256_bf16)};
+static std::map<int, ChunkFns> g_cf32 = {CHUNK_FNS(64, f32, nullptr, nullptr, nullptr, nullptr),
+                                         CHUNK_FNS(128, f32, nullptr, nullptr, nullptr, nullptr)};
+static std::map<int, ChunkFns> g_cbf = {
+    CHUNK_FNS(64, bf16, delta_h_v32_k64_bf16, delta_h_bwd_v32_k64_bf16, delta_h_b2_k64_bf16, delta_h_v32b2_k64_bf16),
+    CHUNK_FNS(128, bf16, delta_h_v32_k128_bf16, delta_h_bwd_v32_k128_bf16, delta_h_b2_k128_bf16, delta_h_v32b2_k128_bf16),
+    CHUNK_FNS(192, bf16, delta_h_v32_k192_bf16, delta_h_bwd_v32_k192_bf16, nullptr, nullptr),
+    CHUNK_FNS(256, bf16, delta_h_v32_k256_bf16, delta_h_bwd_v32_k256_bf16, nullptr, nullptr)};
 
 // smem sizes (as src/delta/dispatch.rs)
 template <class E>
@@ -411,8 +413,8 @@ static int h_stages(int KP) {
     return (sizeof(E) == 2 && KP <= 128) ? 2 : 1;
 }
 template <class E>
-static size_t sm_h(int KP, int BV) {
-    const int ns = h_stages<E>(KP), SP = SPn<E>, L = BV + 8;
+static size_t sm_h(int KP, int BV, int ns) {
+    const int SP = SPn<E>, L = BV + 8;
     return (ns * (SP + 1) * 64 * (KP + 8) + KP * L + SP * 64 * L) * sizeof(E) + ns * (64 * BV + 128) * 4;
 }
 template <class E>
@@ -661,9 +663,15 @@ struct Run {
             });
         typedef void (*HFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
                             const long long*, const long long*, int, int, int, int, int, long long);
-        const int bv = h_bv<E>(VP, d.N * HV);
-        emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_h<E>(KP, bv), [&] {
-            ((HFn)(bv == 32 ? f.h32 : f.h))(w.data(), u.data(), k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(), ht.data(), p.bounds.data(),
+        // the forward state pass's two-blocks-per-SM entries (one stage): DELTA_HVAR=b2 / v32b2,
+        // else dispatch::delta::h_policy's rule at 132 SMs (b2 where 64-column blocks fill them)
+        const char* hv = getenv("DELTA_HVAR");
+        const bool lab = hv && f.h2 && (!std::strcmp(hv, "b2") || !std::strcmp(hv, "v32b2"));
+        const bool two = lab || (!getenv("DELTA_BV") && f.h2 && (VP / 64) * d.N * HV >= 132);
+        const int bv = two ? (lab && std::strcmp(hv, "b2") ? 32 : 64) : h_bv<E>(VP, d.N * HV);
+        void* hf = two ? (bv == 32 ? f.h32b2 : f.h2) : (bv == 32 ? f.h32 : f.h);
+        emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_h<E>(KP, bv, two ? 1 : h_stages<E>(KP)), [&] {
+            ((HFn)hf)(w.data(), u.data(), k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(), ht.data(), p.bounds.data(),
                        p.off.data(), H, HV, K, V, VP, nch);
         });
         out.ht = back(split(ht, 1));
