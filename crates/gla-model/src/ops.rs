@@ -822,6 +822,19 @@ pub fn copy_cols(dst: &mut [f32], src: &[f32], c: &gla_core::backend::Cols) {
     }
 }
 
+/// Stochastic depth's per-image scale of a residual branch: `dst = (res +) scales[b] * src` over
+/// the `l` rows `[l, c]` of each image `b`.
+pub fn scale_rows(dst: &mut [f32], res: Option<&[f32]>, src: &[f32], scales: &[f32], l: usize, c: usize) {
+    let img = l * c;
+    dst[..scales.len() * img].par_chunks_mut(img).with_min_len(min_items(img)).enumerate().for_each(|(b, d)| {
+        let (sc, sr) = (scales[b], &src[b * img..(b + 1) * img]);
+        match res {
+            Some(res) => d.iter_mut().zip(sr).zip(&res[b * img..(b + 1) * img]).for_each(|((o, &x), &r)| *o = r + sc * x),
+            None => d.iter_mut().zip(sr).for_each(|(o, &x)| *o = sc * x),
+        }
+    });
+}
+
 /// ViG's 2D locality gate: `G = sigmoid(gpre)`, `z = G gn + (1 - G) ln`, `y = swish(z)` or `z`.
 pub fn locality_gate_fwd(y: &mut [f32], gn: &[f32], ln: &[f32], gpre: &[f32], out_act: bool) {
     for (i, o) in y.iter_mut().enumerate() {
