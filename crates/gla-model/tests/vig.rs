@@ -427,7 +427,7 @@ fn drop_path_masks_are_per_image() {
         }
     }
     assert_eq!(masks, drop_masks(0.5, 4, 64, 1, 7), "seeded");
-    assert!(masks[3].as_ref().unwrap()[0].iter().any(|&v| v == 0.0));
+    assert!(masks[3].as_ref().unwrap()[0].contains(&0.0));
     let mut a = m.acts(2, 16, 16, false).unwrap();
     assert!(a.set_drop_path(vec![None, Some([vec![1.0; 2], vec![1.0; 2]])]).is_err(), "eval activations refuse a mask");
 }
