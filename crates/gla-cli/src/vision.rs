@@ -23,6 +23,9 @@ use crate::train::{fmt_secs, plot, truncate_metrics, RunLock};
 /// Where Debian's `dataset-fashion-mnist` installs the data.
 pub const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
 
+/// `--steps` of a new run.
+const DEFAULT_STEPS: u64 = 3000;
+
 /// Fashion-MNIST's classes, in label order.
 const FASHION_CLASSES: [&str; 10] =
     ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
@@ -101,9 +104,9 @@ pub struct TrainArgs {
     /// each residual branch with this probability, earlier ones linearly less).
     #[arg(long, default_value_t = 0.0)]
     drop_path: f64,
-    /// Optimizer steps.
-    #[arg(long, default_value_t = 3000)]
-    steps: u64,
+    /// Optimizer steps [default: 3000]; with --resume, a new (higher) total, else the run's own.
+    #[arg(long)]
+    steps: Option<u64>,
     /// Images per step.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
@@ -263,7 +266,7 @@ fn new_trainer(a: &TrainArgs, data: &ImageSet, names: &[&str]) -> Result<VigTrai
     annotate(&mut config, names, data.norm);
     let model = VigModel::new(config, a.seed)?;
     let mut cfg = VigTrainConfig {
-        steps: a.steps,
+        steps: a.steps.unwrap_or(DEFAULT_STEPS),
         batch_size: a.batch_size,
         lr: a.lr,
         min_lr: a.min_lr,
@@ -289,9 +292,8 @@ fn train(a: &TrainArgs) -> Result<()> {
     let has_ckpt = a.out.join(gla_model::checkpoint::LATEST_FILE).is_file();
     let mut tr = match (a.resume, has_ckpt) {
         (true, true) => {
-            let steps = a.steps;
-            let tr =
-                VigTrainer::resume(&a.out, |c| c.steps = c.steps.max(steps)).with_context(|| format!("resuming {}", a.out.display()))?;
+            let tr = VigTrainer::resume(&a.out, |c| c.steps = a.steps.map_or(c.steps, |s| c.steps.max(s)))
+                .with_context(|| format!("resuming {}", a.out.display()))?;
             eprintln!("resuming {} at step {} of {}", a.out.display(), tr.step_count(), tr.cfg.steps);
             tr
         }
@@ -396,7 +398,8 @@ fn train(a: &TrainArgs) -> Result<()> {
     let wall = start.elapsed().as_secs_f64();
     // the final evaluation: the whole test set
     let (acc, loss) = evaluate(&tr.model, &test_set, test_set.n, 256)?;
-    if last_eval.is_none_or(|e| e.step != tr.step_count() || saved_at.is_none()) {
+    // a run resumed at its end has nothing new to record
+    if trained > 0 || last_eval.is_none_or(|e| e.step != tr.step_count()) {
         tr.record_eval(acc, loss);
         log_json(
             &mut metrics,
