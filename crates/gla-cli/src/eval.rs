@@ -512,6 +512,14 @@ pub fn run(a: &Args) -> Result<bool> {
         crate::vision::eval(&a.model, &data, a.max_windows, a.json)?;
         return Ok(true);
     }
+    if a.input.is_none() && a.data.is_none() {
+        // a usage error, as clap reports a missing required flag (status 2)
+        clap::Error::raw(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "a language model is evaluated on --input FILE --output FILE, or on --data PATH\n",
+        )
+        .exit();
+    }
     let (model, dir) = crate::model_dir::load(&a.model)?;
     match (&a.input, &a.output, &a.data) {
         (Some(i), Some(o), _) => run_input(a, &model, i, o),

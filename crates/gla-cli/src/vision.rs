@@ -97,6 +97,10 @@ pub struct TrainArgs {
     /// Heads of the default config.
     #[arg(long, default_value_t = 2)]
     heads: usize,
+    /// MLP width of the default config, in multiples of its model dim (GLAMLP's
+    /// intermediate_size; its gate and up projections are each this wide).
+    #[arg(long, default_value_t = 4)]
+    mlp_ratio: usize,
     /// Patch size of the default config (28x28 with patch 4: 7x7 tokens).
     #[arg(long, default_value_t = 4)]
     patch_size: usize,
@@ -226,7 +230,7 @@ fn default_config(a: &TrainArgs, data: &ImageSet) -> VigConfig {
         embed_dim: a.embed_dim,
         channels: data.channels,
         num_classes: data.classes,
-        intermediate_size: Some(2 * a.embed_dim),
+        intermediate_size: Some(a.mlp_ratio * a.embed_dim),
         drop_path_rate: a.drop_path,
         ..VigConfig::vig_t()
     }
