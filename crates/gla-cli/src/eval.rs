@@ -22,11 +22,13 @@ pub const INPUT_IDS: &str = "input_ids";
 
 /// `gla eval`'s flags: a model and either `--input`/`--output` or `--data`.
 #[derive(clap::Args)]
-#[command(group(clap::ArgGroup::new("source").required(true).args(["input", "data"])))]
+#[command(group(clap::ArgGroup::new("source").args(["input", "data"])))]
 pub struct Args {
     /// Model directory (config.json + model.safetensors, or model.safetensors.index.json and its
     /// shards; tokenizer.json for --data when present), or a `gla train` run directory, which
-    /// stands for its newest checkpoint.
+    /// stands for its newest checkpoint. A vision model (`model_type` vig, `gla vision train`)
+    /// is evaluated on its test set: test accuracy and loss (--data: the idx folder [default:
+    /// Fashion-MNIST's]).
     #[arg(long)]
     model: PathBuf,
     /// Where the model runs: cpu (f32), or cuda (bf16 GEMM operands, f32 master weights,
@@ -69,7 +71,8 @@ pub struct Args {
     /// batch x seq-len x vocab x 4 bytes).
     #[arg(long, default_value_t = 4)]
     batch_size: usize,
-    /// Evaluate only the first N windows of --data (0: all).
+    /// Evaluate only the first N windows of --data (0: all); of a vision model, the first N test
+    /// images.
     #[arg(long, default_value_t = 0)]
     max_windows: usize,
     /// Print the --data results as one JSON object on stdout (the human summary goes to stderr).
@@ -501,6 +504,22 @@ fn run_data(a: &Args, model: &GlaModel, dir: &Path, src: &Path) -> Result<bool> 
 /// errors, an unwritable output.
 pub fn run(a: &Args) -> Result<bool> {
     a.device.ensure_built()?;
+    if crate::vision::is_vision_dir(&a.model) {
+        if a.input.is_some() || a.device != crate::Device::Cpu {
+            bail!("a vision model is evaluated on its test set on the CPU: give --model DIR [--data IDX_DIR]");
+        }
+        let data = a.data.clone().unwrap_or_else(|| PathBuf::from(crate::vision::FASHION_MNIST));
+        crate::vision::eval(&a.model, &data, a.max_windows, a.json)?;
+        return Ok(true);
+    }
+    if a.input.is_none() && a.data.is_none() {
+        // a usage error, as clap reports a missing required flag (status 2)
+        clap::Error::raw(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "a language model is evaluated on --input FILE --output FILE, or on --data PATH\n",
+        )
+        .exit();
+    }
     let (model, dir) = crate::model_dir::load(&a.model)?;
     match (&a.input, &a.output, &a.data) {
         (Some(i), Some(o), _) => run_input(a, &model, i, o),

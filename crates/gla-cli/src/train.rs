@@ -414,7 +414,7 @@ fn world_of(job: Option<&crate::launch::Job>) -> usize {
     job.map_or(1, |j| j.world)
 }
 
-fn fmt_secs(s: f64) -> String {
+pub(crate) fn fmt_secs(s: f64) -> String {
     let s = s.max(0.0) as u64;
     if s >= 3600 {
         format!("{}h{:02}m", s / 3600, s % 3600 / 60)
@@ -593,7 +593,7 @@ fn resume(a: &Args, out: &Path) -> Result<Trainer> {
 /// Keeps the lines of `metrics.jsonl` up to `step` (those a resumed run will not write again)
 /// and drops the rest: lines of steps after the checkpoint, torn lines of a kill. Without a
 /// checkpoint (`step` 0) the file starts empty.
-fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
+pub(crate) fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
     let text = match gla_model::limits::read_text(path) {
         Ok(t) => t,
         Err(gla_model::Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -613,12 +613,12 @@ fn truncate_metrics(path: &Path, step: u64) -> Result<()> {
 
 /// An exclusive lock on a run directory, held while the run lives (released by the kernel when
 /// the process ends, however it ends).
-struct RunLock {
+pub(crate) struct RunLock {
     _file: std::fs::File,
 }
 
 impl RunLock {
-    fn take(out: &Path) -> Result<Self> {
+    pub(crate) fn take(out: &Path) -> Result<Self> {
         std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
         let path = out.join(".lock");
         let file = std::fs::OpenOptions::new()
@@ -864,7 +864,7 @@ pub fn run(a: &Args) -> Result<bool> {
 
 /// The loss-curve PNG: plotters draws the chart into an RGB buffer, with its text in the DejaVu
 /// Sans subset embedded below (no system fonts needed), and the png crate encodes it.
-mod plot {
+pub(crate) mod plot {
     use std::path::Path;
 
     use anyhow::{anyhow, Context, Result};

@@ -152,7 +152,7 @@ fn eval_refuses_bad_input_files_with_one_line() {
         assert!(!err.contains("panicked"), "{err}");
         assert!(!output.exists(), "no output after an error");
     }
-    // --input needs --output; one of --input / --data is required
+    // --input needs --output; one of --input / --data is required of a language model
     let (code, _, err) = gla(&["eval", "--model", model_dir.to_str().unwrap(), "--input", input.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
     let (code, _, err) = gla(&["eval", "--model", model_dir.to_str().unwrap()]);

@@ -1226,6 +1226,20 @@ impl<'m> VisionOps for Cpu<'m> {
         }
         Ok(())
     }
+    fn scale_rows(&self, dst: &mut Vec<f32>, res: Option<&Vec<f32>>, src: &Vec<f32>, scales: &[f32], l: usize, c: usize) -> Result<()> {
+        let len = scales.len() * l * c;
+        if dst.len() < len || src.len() < len || res.is_some_and(|r| r.len() < len) {
+            return Err(Error::Shape {
+                op: "scale_rows",
+                tensor: "rows",
+                shape: format!("[{}, {l}, {c}]", scales.len()),
+                expected: len,
+                got: src.len().min(dst.len()),
+            });
+        }
+        scale_rows(dst, res.map(Vec::as_slice), src, scales, l, c);
+        Ok(())
+    }
     fn smoothed_cross_entropy(
         &self,
         dlogits: &mut Vec<f32>,

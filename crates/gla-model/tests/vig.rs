@@ -2,7 +2,8 @@
 //! parameter counts of ViG-T/S/B, finite-difference gradients of every tensor, parity with
 //! hustvl's own code (fixtures made by tools/vig_fixtures.py: logits, loss and every gradient,
 //! the weights read through the `.pth` reader), the `.pth` reader's typed errors, safetensors
-//! both ways.
+//! both ways; stochastic depth (finite differences under a fixed mask, per-image independence);
+//! training's exact resume.
 
 use std::path::{Path, PathBuf};
 
@@ -101,8 +102,12 @@ fn images(r: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| r.normal() as f32).collect()
 }
 
-fn loss(m: &VigModel, x: &[f32], y: &[u32], (b, h, w): (usize, usize, usize)) -> f64 {
-    let mut acts = m.acts(b, h, w, false).unwrap();
+/// Per block, the drop-path scales of its two branches (none: the eval forward).
+type Drop = Vec<Option<[Vec<f32>; 2]>>;
+
+fn loss(m: &VigModel, x: &[f32], y: &[u32], (b, h, w): (usize, usize, usize), drop: &Drop) -> f64 {
+    let mut acts = m.acts(b, h, w, !drop.is_empty()).unwrap();
+    acts.set_drop_path(drop.clone()).unwrap();
     m.forward(&mut acts, x, Some(y), 0.1).unwrap().unwrap().loss
 }
 
@@ -110,7 +115,12 @@ fn loss(m: &VigModel, x: &[f32], y: &[u32], (b, h, w): (usize, usize, usize)) ->
 /// weights are redrawn larger than hustvl's init (N(0, 0.3); norms 1 + N(0, 0.3), biases
 /// N(0, 0.3)) so that every path, the gates' through `logsigmoid / 16` included, moves the loss
 /// well above f32 noise within a step.
-fn grad_check(c: VigConfig, (b, h, w): (usize, usize, usize)) {
+fn grad_check(c: VigConfig, shape: (usize, usize, usize)) {
+    grad_check_with(c, shape, &Vec::new());
+}
+
+/// [`grad_check`] under fixed drop-path scales `drop`.
+fn grad_check_with(c: VigConfig, (b, h, w): (usize, usize, usize), drop: &Drop) {
     let mut m = VigModel::new(c, 5).unwrap();
     let mut r = Rng::new(7);
     for s in m.layout.specs.clone() {
@@ -123,6 +133,7 @@ fn grad_check(c: VigConfig, (b, h, w): (usize, usize, usize)) {
     let x = images(&mut r, b * 3 * h * w);
     let y: Vec<u32> = (0..b).map(|_| r.below(m.dims.classes) as u32).collect();
     let mut acts = m.acts(b, h, w, true).unwrap();
+    acts.set_drop_path(drop.clone()).unwrap();
     m.forward(&mut acts, &x, Some(&y), 0.1).unwrap();
     let mut g = vec![0.0f32; m.num_params()];
     m.backward(&mut acts, &mut g).unwrap();
@@ -135,9 +146,9 @@ fn grad_check(c: VigConfig, (b, h, w): (usize, usize, usize)) {
         for i in picks {
             let x0 = m.params[i];
             m.params[i] = x0 + step;
-            let lp = loss(&m, &x, &y, (b, h, w));
+            let lp = loss(&m, &x, &y, (b, h, w), drop);
             m.params[i] = x0 - step;
-            let lm = loss(&m, &x, &y, (b, h, w));
+            let lm = loss(&m, &x, &y, (b, h, w), drop);
             m.params[i] = x0;
             let fd = (lp - lm) / (2.0 * step as f64);
             tn += (fd - g[i] as f64).powi(2);
@@ -370,4 +381,92 @@ fn vig_t_at_its_size_and_another() {
         let pe = &m.layout.specs[m.layout.pos_embed.unwrap()];
         assert!(g[pe.range()].iter().any(|&v| v != 0.0), "{side}: no position-embedding gradient");
     }
+}
+
+/// Stochastic depth: finite differences of the loss under fixed scales (one image's MLP branch
+/// dropped in block 0, the other's attention branch in block 1, the rest scaled by 1 / keep).
+#[test]
+fn gradients_under_drop_path() {
+    let drop: Drop = vec![Some([vec![1.25, 1.25], vec![0.0, 1.25]]), Some([vec![2.0, 0.0], vec![2.0, 2.0]])];
+    grad_check_with(tiny(true, true), (2, 16, 16), &drop);
+}
+
+/// Stochastic depth scales each image alone: scales of 1 are the eval forward bit for bit, and
+/// one image's logits do not depend on another image's mask; the trainer's masks follow hustvl's
+/// rule (block 0 never drops) and are 0 or 1 / keep.
+#[test]
+fn drop_path_masks_are_per_image() {
+    use gla_model::vig::train::{drop_masks, drop_rates};
+    let m = VigModel::new(tiny(true, true), 3).unwrap();
+    let mut r = Rng::new(9);
+    let x = images(&mut r, 3 * 3 * 16 * 16);
+    let logits = |drop: Drop| {
+        let mut a = m.acts(3, 16, 16, true).unwrap();
+        a.set_drop_path(drop).unwrap();
+        m.forward(&mut a, &x, None, 0.0).unwrap();
+        a.logits().clone()
+    };
+    let plain = logits(Vec::new());
+    assert_eq!(plain, logits(vec![Some([vec![1.0; 3], vec![1.0; 3]]); 2]));
+    let a = logits(vec![None, Some([vec![0.0, 2.0, 1.0], vec![2.0, 0.0, 1.0]])]);
+    let b = logits(vec![None, Some([vec![2.0, 2.0, 1.0], vec![0.0, 0.0, 1.0]])]);
+    let k = m.dims.classes;
+    assert_eq!(a[k..2 * k], b[k..2 * k], "image 1 has the same mask in both");
+    assert_eq!(a[2 * k..], plain[2 * k..], "image 2 keeps every branch at scale 1");
+    assert_ne!(a[..k], b[..k], "image 0's masks differ");
+    // torch.linspace(0, 0.3, 4)
+    for (r, want) in drop_rates(0.3, 4).into_iter().zip([0.0, 0.1, 0.2, 0.3]) {
+        assert!((r - want).abs() < 1e-12, "{r} vs {want}");
+    }
+    let masks = drop_masks(0.5, 4, 64, 1, 7);
+    assert!(masks[0].is_none());
+    for (l, blk) in masks.iter().enumerate().skip(1) {
+        let keep = 1.0 - drop_rates(0.5, 4)[l];
+        for mask in blk.as_ref().unwrap() {
+            assert!(mask.iter().all(|&v| v == 0.0 || (v as f64 - 1.0 / keep).abs() < 1e-6));
+        }
+    }
+    assert_eq!(masks, drop_masks(0.5, 4, 64, 1, 7), "seeded");
+    assert!(masks[3].as_ref().unwrap()[0].contains(&0.0));
+    let mut a = m.acts(2, 16, 16, false).unwrap();
+    assert!(a.set_drop_path(vec![None, Some([vec![1.0; 2], vec![1.0; 2]])]).is_err(), "eval activations refuse a mask");
+}
+
+/// N steps equal N/2 steps, a checkpoint, a resume and N/2 more, bit for bit (with
+/// augmentation and stochastic depth, whose draws depend on the step and the stream only).
+#[test]
+fn resume_is_exact() {
+    use gla_model::vig::data::{Augment, ImageSet};
+    use gla_model::vig::train::{VigTrainConfig, VigTrainer};
+    let c = VigConfig { channels: 1, num_classes: 4, drop_path_rate: 0.3, ..tiny(true, true) };
+    let train = ImageSet::synthetic(40, 16, 1);
+    let cfg = VigTrainConfig {
+        steps: 6,
+        batch_size: 16,
+        warmup: 2,
+        augment: Augment { pad: 2, flip: true },
+        seed: 4,
+        ..VigTrainConfig::default()
+    };
+    let mut full = VigTrainer::new(VigModel::new(c.clone(), 1).unwrap(), cfg).unwrap();
+    for _ in 0..6 {
+        full.step(&train).unwrap();
+    }
+    let dir = std::env::temp_dir().join(format!("gla-vig-resume-{}", std::process::id()));
+    let mut half = VigTrainer::new(VigModel::new(c, 1).unwrap(), cfg).unwrap();
+    for _ in 0..3 {
+        half.step(&train).unwrap();
+    }
+    half.record_eval(0.5, 1.0);
+    half.save(&dir, 1).unwrap();
+    drop(half);
+    let mut resumed = VigTrainer::resume(&dir, |_| {}).unwrap();
+    assert_eq!((resumed.step_count(), resumed.losses.len(), resumed.evals.len()), (3, 3, 1));
+    for _ in 0..3 {
+        resumed.step(&train).unwrap();
+    }
+    assert_eq!(resumed.step_count(), 6);
+    assert!(resumed.model.params == full.model.params, "the resumed weights differ");
+    assert_eq!(resumed.losses, full.losses);
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -225,6 +225,25 @@ pub trait VisionOps: Primitives {
         t: usize,
     ) -> Result<(), Self::Error>;
 
+    /// Stochastic depth on a residual branch: over the `l` rows `[l, C]` of each image `b`,
+    /// `dst = res + scales[b] * src`, or without `res` `dst = scales[b] * src` (the branch's
+    /// gradient). `scales [B]` is timm's `DropPath` mask: 0 (dropped) or `1 / keep`.
+    ///
+    /// The default refuses ([`crate::Error::Unsupported`]): a backend without this op trains
+    /// without stochastic depth only.
+    fn scale_rows(
+        &self,
+        dst: &mut F32<Self>,
+        res: Option<&F32<Self>>,
+        src: &F32<Self>,
+        scales: &[f32],
+        l: usize,
+        c: usize,
+    ) -> Result<(), Self::Error> {
+        let _ = (dst, res, src, scales, l, c);
+        Err(crate::Error::Unsupported { backend: "this backend", what: "stochastic depth (VisionOps::scale_rows)".into() }.into())
+    }
+
     /// Mean cross-entropy with PyTorch's `label_smoothing` (`eps`; 0 is the plain loss) of
     /// `logits [M, classes]` against `labels`: returns the summed loss and the correct argmax
     /// count, and writes `dscale * d(sum loss)/d logits` into `dlogits [M, classes]`.

@@ -64,8 +64,8 @@ pub struct VigConfig {
     pub use_act_in_conv: bool,
     /// "none" (rotary modes refused).
     pub rope_mode: String,
-    /// Stochastic depth: applies in training only; this crate's forward is the eval one, so
-    /// training refuses a rate > 0 (ViG-T 0, S 0.2, B 0.5 for loading and inference).
+    /// Stochastic depth: in training only, block `l` of `L` drops each residual branch per image
+    /// with probability `rate * l / (L - 1)` (hustvl's rule; ViG-T 0, S 0.2, B 0.5).
     pub drop_path_rate: f64,
     /// key_dim = int(D * expand_k). 0.5.
     pub expand_k: f64,

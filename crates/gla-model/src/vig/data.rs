@@ -1,6 +1,10 @@
 //! Image classification data for the ViG: MNIST-format idx files (Fashion-MNIST, as Debian's
 //! `dataset-fashion-mnist` installs it, after gunzip) and a synthetic set of small pattern
-//! images for tests. Images are kept as bytes and normalised per batch.
+//! images for tests. Images are kept as bytes and normalised per batch; training batches can be
+//! augmented ([`Augment`]: random crop with zero padding, horizontal flip), each image's draw
+//! seeded by its position in the data stream so that a resumed run repeats it.
+
+use serde::{Deserialize, Serialize};
 
 use crate::rng::Rng;
 use crate::{Error, Result};
@@ -109,4 +113,81 @@ impl ImageSet {
         let x = idx.iter().flat_map(|&i| self.pixels[i * sz..(i + 1) * sz].iter().map(move |&p| (p as f32 / 255.0 - m) / s)).collect();
         (x, idx.iter().map(|&i| self.labels[i]).collect())
     }
+
+    /// [`ImageSet::batch`] with each image augmented by `aug` under its own draw `draws[i]`.
+    pub fn batch_augmented(&self, idx: &[usize], aug: &Augment, draws: &[Draw]) -> (Vec<f32>, Vec<u32>) {
+        let (c, h, w) = (self.channels, self.h, self.w);
+        let sz = c * h * w;
+        let (m, s) = self.norm;
+        let mut x = Vec::with_capacity(idx.len() * sz);
+        for (&i, d) in idx.iter().zip(draws) {
+            let img = &self.pixels[i * sz..(i + 1) * sz];
+            for plane in img.chunks_exact(h * w) {
+                for y in 0..h {
+                    for xx in 0..w {
+                        // output (y, x) reads the padded image at (y + dy, x + dx), flipped first
+                        let sx = if d.flip && aug.flip { w - 1 - xx } else { xx };
+                        let (py, px) = ((y + d.dy).checked_sub(aug.pad), (sx + d.dx).checked_sub(aug.pad));
+                        let p = match (py, px) {
+                            (Some(py), Some(px)) if py < h && px < w => plane[py * w + px],
+                            _ => 0,
+                        };
+                        x.push((p as f32 / 255.0 - m) / s);
+                    }
+                }
+            }
+        }
+        (x, idx.iter().map(|&i| self.labels[i]).collect())
+    }
+}
+
+/// Training augmentation (torchvision's `RandomCrop(size, padding=pad)` with zero fill, then
+/// `RandomHorizontalFlip`): each image is shifted by up to `pad` pixels on each axis, the
+/// uncovered border zero (black), and mirrored left-right with probability 1/2 when `flip`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Augment {
+    /// Zero padding of the random crop (0: no crop).
+    pub pad: usize,
+    /// Random horizontal flip.
+    pub flip: bool,
+}
+
+/// One image's augmentation draw: crop offsets in the padded image `[0, 2 pad]` and the flip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Draw {
+    /// Row offset.
+    pub dy: usize,
+    /// Column offset.
+    pub dx: usize,
+    /// Mirror left-right.
+    pub flip: bool,
+}
+
+impl Augment {
+    /// Whether the augmentation changes anything.
+    pub fn is_on(&self) -> bool {
+        self.pad > 0 || self.flip
+    }
+
+    /// The draw of the image at position `pos` of the training stream of `seed` (independent of
+    /// what was drawn before it, so a resumed run draws the same).
+    pub fn draw(&self, seed: u64, pos: u64) -> Draw {
+        let mut r = Rng::for_item(seed ^ AUGMENT_STREAM, pos);
+        let span = 2 * self.pad + 1;
+        Draw { dy: r.below(span), dx: r.below(span), flip: self.flip && r.below(2) == 1 }
+    }
+}
+
+/// Stream tag of the augmentation draws (apart from the data order's).
+const AUGMENT_STREAM: u64 = 0x5EED_A06E;
+
+/// The order of the `n` images in epoch `epoch` of the training stream of `seed`: a
+/// Fisher-Yates shuffle drawn from that epoch's own generator.
+pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
+    let mut r = Rng::for_item(seed, epoch);
+    let mut order: Vec<usize> = (0..n).collect();
+    for i in (1..n).rev() {
+        order.swap(i, r.below(i + 1));
+    }
+    order
 }

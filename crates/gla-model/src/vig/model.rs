@@ -17,13 +17,16 @@
 //!         x  = x + W_down (silu(a) * u),  [a | u] = rmsnorm(x) W_gate^T
 //! head:   logits = avgpool(rmsnorm(x)) W_head^T + b_head;  loss = mean CE (label smoothing)
 //! ```
+//!
+//! Training with stochastic depth ([`VigActs::set_drop_path`]) scales each block's two residual
+//! branches per image (`x + m_b * branch`, timm's `DropPath`: `m_b` 0 or `1 / keep`).
 
 use gla_core::Error as CoreError;
 
 use super::config::{VigDims, LAYERNORM_EPS};
 use super::layout::VigLayout;
 use super::scan;
-use crate::backend::{Backend, Cols, Conv2d, ModelStorage, VisionOps};
+use crate::backend::{Act, Backend, Cols, Conv2d, ModelStorage, VisionOps, F32};
 use crate::config::{FeatureMap, GlaDims};
 
 /// The scan's dims as the GLA op family reads them (one direction: key_dim-wide gates).
@@ -170,6 +173,9 @@ struct Scratch<S: ModelStorage> {
     da1: S::F32,
     dc1: S::F32,
     dc1_16: S::Act,
+    // stochastic depth: a residual branch's gradient scaled per image
+    dbranch: S::F32,
+    dbranch16: S::Act,
 }
 
 /// Every tensor a forward leaves for the backward, for one batch [`Shape`].
@@ -197,6 +203,11 @@ pub struct VigActs<S: ModelStorage> {
     logits: S::F32,
     dlogits: S::F32,
     s: Option<Scratch<S>>,
+    /// Stochastic depth's scales per block: `[attention branch, MLP branch]`, `[B]` each; `None`
+    /// for a block run as is (eval, or rate 0).
+    drop: Vec<Option<[Vec<f32>; 2]>>,
+    /// A residual branch's output before its scale `[N, D]` (with the backward's buffers).
+    branch: Option<S::F32>,
 }
 
 impl<S: ModelStorage> std::fmt::Debug for VigActs<S> {
@@ -275,6 +286,8 @@ impl<S: ModelStorage> VigActs<S> {
                 da1: f(n1 * half)?,
                 dc1: f(n1 * half)?,
                 dc1_16: be.alloc_cast(n1 * half)?,
+                dbranch: f(n * dm)?,
+                dbranch16: be.alloc_cast(n * dm)?,
             })
         } else {
             None
@@ -301,13 +314,38 @@ impl<S: ModelStorage> VigActs<S> {
             pooled: a(shape.b * dm)?,
             logits: f(shape.b * d.classes)?,
             dlogits: f(shape.b * d.classes)?,
+            branch: if backward { Some(f(n * dm)?) } else { None },
             s,
+            drop: vec![None; d.depth],
         })
     }
 
     /// The batch geometry these buffers are sized for.
     pub fn shape(&self) -> &Shape {
         &self.shape
+    }
+
+    /// Sets stochastic depth for the next forward and backward: per block, the scales `[B]` of
+    /// its attention and MLP branches (timm's `DropPath` mask: 0 or `1 / keep`), `None` for a
+    /// block run as is; an empty `drop` turns it off (evaluation).
+    ///
+    /// # Errors
+    /// [`CoreError::BadArg`] for more blocks than the model has, a mask that is not `[B]`, or
+    /// activations without the backward's buffers.
+    pub fn set_drop_path(&mut self, drop: Vec<Option<[Vec<f32>; 2]>>) -> gla_core::Result<()> {
+        let bad = |reason: String| CoreError::BadArg { key: "drop_path", reason };
+        if drop.len() > self.dims.depth {
+            return Err(bad(format!("{} blocks of masks for {} blocks", drop.len(), self.dims.depth)));
+        }
+        if drop.iter().flatten().flatten().any(|m| m.len() != self.shape.b) {
+            return Err(bad(format!("every mask must have one scale per image ({})", self.shape.b)));
+        }
+        if drop.iter().any(Option::is_some) && self.branch.is_none() {
+            return Err(bad("stochastic depth trains: these activations have no backward buffers".into()));
+        }
+        self.drop = drop;
+        self.drop.resize(self.dims.depth, None);
+        Ok(())
     }
 
     /// The logits of the last forward, `[B, classes]`.
@@ -432,7 +470,14 @@ pub fn forward_resident<B: Backend + VisionOps>(
         be.linear_fwd_f32(&mut a.gpre, xs, ids.g_proj, n, dm, vd)?;
         be.bias_fwd_f32(&mut a.gpre, ids.g_proj_bias, n, vd)?;
         be.locality_gate_fwd(&mut a.y, &a.gn, &a.ln, &a.gpre, d.out_act, n * vd)?;
-        be.linear_residual_fwd(&mut a.x_mid, x, &a.y, ids.o_proj, n, vd, dm)?;
+        let drop = acts.drop[li].as_ref().zip(acts.branch.as_mut());
+        match drop {
+            Some(([m, _], br)) => {
+                be.linear_fwd_f32(br, &a.y, ids.o_proj, n, vd, dm)?;
+                be.scale_rows(&mut a.x_mid, Some(x), br, m, l, dm)?;
+            }
+            None => be.linear_residual_fwd(&mut a.x_mid, x, &a.y, ids.o_proj, n, vd, dm)?,
+        }
         // SwiGLU MLP, its gate and up projections one weight [2I, D]
         be.rmsnorm_fwd(&mut a.xn2, &mut a.rstd2, &a.x_mid, ids.mlp_norm, n)?;
         be.linear_fwd(&mut a.ab, &a.xn2, ids.gate_proj, n, dm, 2 * inter)?;
@@ -440,7 +485,14 @@ pub fn forward_resident<B: Backend + VisionOps>(
             be.cols(dst, &a.ab, &Cols::copy(1, n, inter, (2 * inter, j * inter), (inter, 0)))?;
         }
         be.swiglu_fwd(&mut a.hm, &a.a_u[0], &a.a_u[1], n * inter)?;
-        be.linear_residual_fwd(out, &a.x_mid, &a.hm, ids.down_proj, n, inter, dm)?;
+        let drop = acts.drop[li].as_ref().zip(acts.branch.as_mut());
+        match drop {
+            Some(([_, m], br)) => {
+                be.linear_fwd_f32(br, &a.hm, ids.down_proj, n, inter, dm)?;
+                be.scale_rows(out, Some(&a.x_mid), br, m, l, dm)?;
+            }
+            None => be.linear_residual_fwd(out, &a.x_mid, &a.hm, ids.down_proj, n, inter, dm)?,
+        }
     }
     // head
     be.rmsnorm_fwd(&mut acts.xf, &mut acts.rstdf, &acts.xs[d.depth], lay.norm, n)?;
@@ -453,6 +505,29 @@ pub fn forward_resident<B: Backend + VisionOps>(
     }
     let (sum, correct) = be.smoothed_cross_entropy(&mut acts.dlogits, &acts.logits, labels, d.classes, smoothing, 1.0 / b as f32)?;
     Ok(Some(VigLoss { loss: sum / b as f64, correct }))
+}
+
+/// The gradient of a residual branch's output as a GEMM operand: the residual stream's `dres`, or
+/// under stochastic depth `scales[b] * dres` over each image's `l` rows (into `dbranch`).
+#[allow(clippy::type_complexity)]
+fn branch_grad<'s, B: Backend + VisionOps>(
+    be: &B,
+    (dbranch, dbranch16, dres16): (&'s mut F32<B>, &'s mut Act<B>, &'s mut Act<B>),
+    dres: &'s F32<B>,
+    scales: Option<&[f32]>,
+    (l, dm): (usize, usize),
+) -> Result<&'s Act<B>, B::Error> {
+    match scales {
+        Some(m) => {
+            be.scale_rows(dbranch, None, dres, m, l, dm)?;
+            be.cast(dbranch16, dbranch)?;
+            Ok(be.operand(dbranch16, dbranch))
+        }
+        None => {
+            be.cast(dres16, dres)?;
+            Ok(be.operand(dres16, dres))
+        }
+    }
 }
 
 /// Backward of [`forward`] (which must have had labels): accumulates the gradient of the mean
@@ -471,7 +546,7 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
     let (b, l) = (sh.b, sh.l());
     let (md, gd) = (scan_dims(&d), gate_dims(&d));
     let (gh, gw) = sh.grid;
-    let VigActs { plan, s, blocks, xs, .. } = acts;
+    let VigActs { plan, s, blocks, xs, drop, .. } = acts;
     let Some(s) = s.as_mut() else {
         return Err(shape_err("activations", "made for training".into(), 1, 0).into());
     };
@@ -486,9 +561,9 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
     be.grads_ready(grads, 0)?;
     for (li, ids) in lay.blocks.iter().enumerate().rev() {
         let a = &blocks[li];
-        // MLP
-        be.cast(&mut s.dres16, &s.dres)?;
-        let dout = be.operand(&s.dres16, &s.dres);
+        // MLP (its branch's gradient scaled per image under stochastic depth)
+        let bufs = (&mut s.dbranch, &mut s.dbranch16, &mut s.dres16);
+        let dout = branch_grad(be, bufs, &s.dres, drop[li].as_ref().map(|m| &m[1][..]), (l, dm))?;
         be.linear_bwd_x(&mut s.dh, dout, ids.down_proj, n, inter, dm, false)?;
         be.linear_bwd_w(grads, ids.down_proj, dout, &a.hm, n, inter, dm)?;
         let [da, du] = &mut s.d_au;
@@ -500,8 +575,8 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
         be.linear_bwd_w(grads, ids.gate_proj, &s.dab, &a.xn2, n, dm, 2 * inter)?;
         be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxn, &a.x_mid, &a.rstd2, ids.mlp_norm, n, true)?;
         // BiGLA layer
-        be.cast(&mut s.dres16, &s.dres)?;
-        let dout = be.operand(&s.dres16, &s.dres);
+        let bufs = (&mut s.dbranch, &mut s.dbranch16, &mut s.dres16);
+        let dout = branch_grad(be, bufs, &s.dres, drop[li].as_ref().map(|m| &m[0][..]), (l, dm))?;
         be.linear_bwd_x(&mut s.dy, dout, ids.o_proj, n, vd, dm, false)?;
         be.linear_bwd_w(grads, ids.o_proj, dout, &a.y, n, vd, dm)?;
         be.locality_gate_bwd(&mut s.d_gn, &mut s.d_ln, &mut s.d_gpre, &s.dy, &a.gn, &a.ln, &a.gpre, d.out_act, n * vd)?;
