@@ -698,7 +698,12 @@ fn train_on_gpu(a: &TrainArgs) -> Result<()> {
             if tty {
                 eprint!("\r\x1b[2K");
             }
-            eprintln!("step {:>5}/{total}  test loss {loss:.4}  test accuracy {:.2}% ({n} images)  ({})", s.step, 100.0 * acc, fmt_secs(el));
+            eprintln!(
+                "step {:>5}/{total}  test loss {loss:.4}  test accuracy {:.2}% ({n} images)  ({})",
+                s.step,
+                100.0 * acc,
+                fmt_secs(el)
+            );
             let m = tr.model()?;
             gla_core::io::write_atomic(&a.out.join("config.json"), m.config.to_json().as_bytes()).context("writing config.json")?;
             gla_model::vig::pth::save_safetensors(&m, &a.out.join("model.safetensors"))?;
