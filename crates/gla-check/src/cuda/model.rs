@@ -116,17 +116,56 @@ fn gla_configs() -> Vec<(&'static str, GlaConfig, usize, usize)> {
     ]
 }
 
-fn rel_rmse(a: &[f32], b: &[f32]) -> f64 {
+/// Relative RMSE of `a` against the reference `b`.
+pub(crate) fn rel_rmse(a: &[f32], b: &[f32]) -> f64 {
     let b64: Vec<f64> = b.iter().map(|&x| f64::from(x)).collect();
     cases::rel_rmse(a, &b64)
 }
 
-fn row(case: &str, tensor: &'static str, err: f64, tol: f64, note: String) -> Row {
+/// A model row (bf16 GPU against its reference).
+pub(crate) fn row(case: &str, tensor: &'static str, err: f64, tol: f64, note: String) -> Row {
     Row::new(case, "model", "bf16", tensor, err, tol).with_note(note)
 }
 
-fn cpu_err(e: gla_model::Error) -> Error {
+/// A CPU model's error as this check's error type.
+pub(crate) fn cpu_err(e: impl std::fmt::Display) -> Error {
     Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() })
+}
+
+/// The `grad-max` and `grad-all` rows of case `name`: the GPU's gradients `got` against
+/// `reference`, each parameter (`specs`) judged by its own bf16 floor, the relative RMSE of the
+/// CPU model's bf16-rounded gradients `floor` against its f32 ones `cpu` ([`floor_tol`]).
+/// `vs` prefixes the notes (the reference's name, or empty).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn grad_rows(
+    out: &mut Vec<Row>,
+    name: &str,
+    specs: &[gla_core::params::ParamSpec],
+    got: &[f32],
+    reference: &[f32],
+    floor: &[f32],
+    cpu: &[f32],
+    vs: &str,
+) {
+    // worst parameter by error / tolerance
+    let mut worst = (f64::NEG_INFINITY, 0.0, 0.0, String::new());
+    for spec in specs {
+        let e = rel_rmse(&got[spec.range()], &reference[spec.range()]);
+        let tol = floor_tol(rel_rmse(&floor[spec.range()], &cpu[spec.range()]), tol::GRAD);
+        let ratio = if e.is_finite() { e / tol } else { f64::INFINITY };
+        if ratio > worst.0 {
+            worst = (ratio, e, tol, spec.name.clone());
+        }
+    }
+    out.push(row(name, "grad-max", worst.1, worst.2, format!("{vs}worst (error / tolerance) {}", worst.3)));
+    let floor_all = rel_rmse(floor, cpu);
+    out.push(row(
+        name,
+        "grad-all",
+        rel_rmse(got, reference),
+        floor_tol(floor_all, tol::GRAD),
+        format!("{vs}{} parameters; bf16 floor {floor_all:.2e}", got.len()),
+    ));
 }
 
 /// The conditioning floor's model: the same CPU model with its GEMM matrices rounded to bf16
@@ -261,25 +300,7 @@ fn compare(
         tol::ARGMAX,
         format!("{differ} of {rows_n} rows pick another token than {ref_what}, {decided} of them by a margin above {margin:.2e}"),
     ));
-    // worst parameter by error / tolerance
-    let mut worst = (f64::NEG_INFINITY, 0.0, 0.0, String::new());
-    for spec in &cpu.layout.specs {
-        let e = rel_rmse(&g_gpu[spec.range()], &ref_grads[spec.range()]);
-        let tol = floor_tol(rel_rmse(&g_floor[spec.range()], &g_cpu[spec.range()]), tol::GRAD);
-        let ratio = if e.is_finite() { e / tol } else { f64::INFINITY };
-        if ratio > worst.0 {
-            worst = (ratio, e, tol, spec.name.clone());
-        }
-    }
-    out.push(row(name, "grad-max", worst.1, worst.2, format!("vs {ref_what}; worst (error / tolerance) {}", worst.3)));
-    let floor_all = rel_rmse(&g_floor, &g_cpu);
-    out.push(row(
-        name,
-        "grad-all",
-        rel_rmse(&g_gpu, ref_grads),
-        floor_tol(floor_all, tol::GRAD),
-        format!("vs {ref_what}; {} parameters; bf16 floor {floor_all:.2e}", cpu.num_params()),
-    ));
+    grad_rows(out, name, &cpu.layout.specs, &g_gpu, ref_grads, &g_floor, &g_cpu, &format!("vs {ref_what}; "));
     Ok((gpu, g_gpu))
 }
 

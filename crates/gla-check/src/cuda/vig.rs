@@ -10,13 +10,13 @@
 use std::sync::Arc;
 
 use gla_cuda::ops::{bf16_to_f32, f32_to_bf16};
-use gla_cuda::{Cuda, Error, Result};
+use gla_cuda::{Cuda, Result};
 use gla_model::optim::{clip_grad_norm, AdamW, AdamWConfig};
 use gla_model::vig::gpu::GpuVigModel;
 use gla_model::vig::{self, Shape, VigActs, VigConfig, VigModel};
 use gla_model::Rng;
 
-use crate::cases;
+use super::model::{cpu_err, grad_rows, rel_rmse, row};
 use crate::row::Row;
 use crate::tol::{self, floor_tol};
 
@@ -41,19 +41,6 @@ fn configs() -> Vec<(&'static str, VigConfig, usize, usize, usize)> {
     // an 8 x 8 grid (64 x 64 images) run at 80 x 72 (10 x 9 tokens)
     let s = VigConfig { img_size: 64, num_heads: 1, use_out_act: false, use_act_in_conv: false, drop_path_rate: 0.0, ..t.clone() };
     vec![("vig-t-tiny", t, 3, 80, 80), ("vig-s-resize", s, 2, 80, 72)]
-}
-
-fn rel_rmse(a: &[f32], b: &[f32]) -> f64 {
-    let b64: Vec<f64> = b.iter().map(|&x| f64::from(x)).collect();
-    cases::rel_rmse(a, &b64)
-}
-
-fn row(case: &str, tensor: &'static str, err: f64, tol: f64, note: String) -> Row {
-    Row::new(case, "model", "bf16", tensor, err, tol).with_note(note)
-}
-
-fn cpu_err(e: impl std::fmt::Display) -> Error {
-    Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() })
 }
 
 /// The CPU model's bf16 floor: logits and gradients of `m` with its GEMM matrices and every
@@ -144,24 +131,7 @@ fn vig_case(cuda: &Arc<Cuda>, seed: u64, name: &str, cfg: VigConfig, (b, h, w): 
         floor_tol(fl, tol::LOGITS),
         format!("{b} images {h}x{w}, {} classes; bf16 floor {fl:.2e}; correct cpu {} gpu {}", d.classes, want.correct, got.correct),
     ));
-    let mut worst = (f64::NEG_INFINITY, 0.0, 0.0, String::new());
-    for spec in &cpu.layout.specs {
-        let e = rel_rmse(&g_gpu[spec.range()], &g_cpu[spec.range()]);
-        let t = floor_tol(rel_rmse(&g_floor[spec.range()], &g_cpu[spec.range()]), tol::GRAD);
-        let ratio = if e.is_finite() { e / t } else { f64::INFINITY };
-        if ratio > worst.0 {
-            worst = (ratio, e, t, spec.name.clone());
-        }
-    }
-    out.push(row(name, "grad-max", worst.1, worst.2, format!("worst (error / tolerance) {}", worst.3)));
-    let floor_all = rel_rmse(&g_floor, &g_cpu);
-    out.push(row(
-        name,
-        "grad-all",
-        rel_rmse(&g_gpu, &g_cpu),
-        floor_tol(floor_all, tol::GRAD),
-        format!("{} parameters; bf16 floor {floor_all:.2e}", cpu.num_params()),
-    ));
+    grad_rows(out, name, &cpu.layout.specs, &g_gpu, &g_cpu, &g_floor, &g_cpu, "");
 
     // one AdamW step with clipping from the GPU's own gradients against the CPU optimizer (the
     // ViG recipe's: decay on tensors of 2+ dims)
