@@ -211,7 +211,7 @@ def main():
     for size in args.models.split(","):
         for hw in map(int, args.sizes.split(",")):
             for train in (False, True):
-                batch = BATCH[hw][1 if train else 0]
+                batch = BATCH.get(hw, (8, 8))[1 if train else 0]
                 for impl in which:
                     torch.manual_seed(0)
                     t0 = time.time()

@@ -17,7 +17,10 @@ GLA="${1:?path to gla}"
 VIG="${2:?path to a hustvl/ViG checkout}"
 MODELS="${MODELS:-t,s,b}"
 SIZES="${SIZES:-224,512,1024}"
-"$GLA" bench vig --device cuda --models "$(echo "$MODELS" | sed "s/\([tsb]\)/vig-\1/g")" --sizes "$SIZES" --json "$OUT/vig_gla.json" 2>&1 | tee "$OUT/vig_gla.txt"
+# the batch per size, as bench/vig_vs_deit.py's BATCH (224: 128, 512: 32, other sizes: 8)
+BATCHES=$(echo "$SIZES" | tr ',' '\n' | while read -r s; do case "$s" in 224) echo 128;; 512) echo 32;; *) echo 8;; esac; done | paste -sd, -)
+"$GLA" bench vig --device cuda --models "$(echo "$MODELS" | sed "s/\([tsb]\)/vig-\1/g")" --sizes "$SIZES" \
+    --batch "$BATCHES" --train-batch "$BATCHES" --json "$OUT/vig_gla.json" 2>&1 | tee "$OUT/vig_gla.txt"
 timeout "${PY_TIMEOUT:-540}" python3 bench/vig_vs_deit.py --vig "$VIG" --models "$MODELS" --sizes "$SIZES" \
     --json "$OUT/vig_torch.json" 2>&1 | tee "$OUT/vig_torch.txt"
 python3 bench/vig_vs_deit.py --table "$OUT/vig_gla.json" "$OUT/vig_torch.json" | tee "$OUT/vig_vs_deit.txt"

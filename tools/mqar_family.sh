@@ -52,7 +52,11 @@ for line in open(os.path.join(out, "jobs.txt")):
     run = os.path.join(out, f"{a}-s{s}-d{d}")
     ev, el = {}, None
     try:
-        for r in map(json.loads, open(os.path.join(run, "metrics.jsonl"))):
+        for line in open(os.path.join(run, "metrics.jsonl")):
+            try:
+                r = json.loads(line)
+            except ValueError:  # a line torn by RUN_LIMIT's kill
+                continue
             if r.get("kind") == "eval":
                 ev[r["step"]] = r["acc"]
                 el = r.get("elapsed_s")

@@ -54,7 +54,7 @@ const IMAGE_STD_KEY: &str = "image_std";
 /// The vision commands.
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// Train a ViG classifier on the CPU: Fashion-MNIST (default) or synthetic images.
+    /// Train a ViG classifier on the CPU or a GPU (--device cuda): Fashion-MNIST (default) or synthetic images.
     #[command(after_help = "Examples:\n  \
         gla vision train --out runs/vig-fmnist                  (the default recipe: 89.9% test accuracy, ~10 min on 2 cores)\n  \
         gla vision train --out runs/vig-fmnist --resume         (continue an interrupted run exactly)\n  \
@@ -78,8 +78,9 @@ pub struct TrainArgs {
     /// trainer_state.json), latest, metrics.jsonl, loss_curve.png.
     #[arg(long, default_value = "runs/vig")]
     out: PathBuf,
-    /// Continue the run in --out from its newest checkpoint with its saved settings (--steps may
-    /// raise the total); the steps taken are those of the uninterrupted run, bit for bit.
+    /// Continue the run in --out from its newest checkpoint with its saved settings: the steps
+    /// taken are those of the uninterrupted run, bit for bit (--steps may raise the total, which
+    /// stretches the cosine from the checkpoint on). CPU runs only.
     #[arg(long)]
     resume: bool,
     /// Folder of the idx files ({train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]).
@@ -140,8 +141,9 @@ pub struct TrainArgs {
     /// Gradient clip (hustvl: 5).
     #[arg(long, default_value_t = 5.0)]
     clip: f32,
-    /// Augmentation: random crop with this much zero padding (0: none).
-    #[arg(long, default_value_t = 0)]
+    /// Augmentation: random crop with this much zero padding (0: none; with --device cuda,
+    /// random shifts of up to this many pixels, 2 by default).
+    #[arg(long, default_value_t = 0, default_value_if("device", "cuda", gpu::SHIFT))]
     crop_pad: usize,
     /// Augmentation: no random horizontal flip (on by default).
     #[arg(long)]
@@ -195,7 +197,7 @@ pub struct ClassifyArgs {
     /// Folder of the idx test files (without images or --input).
     #[arg(long, default_value = FASHION_MNIST)]
     data: PathBuf,
-    /// Test images to classify (without images or --input).
+    /// Test images to classify (without images or --input; 0: all).
     #[arg(long, default_value_t = 10000)]
     limit: usize,
 }
@@ -316,6 +318,10 @@ fn train(a: &TrainArgs) -> Result<()> {
             tr
         }
         (true, false) => bail!("--resume: {} holds no checkpoint to continue", a.out.display()),
+        // a --device cuda run leaves its model at the top of the directory
+        (false, false) if a.out.join("model.safetensors").is_file() => {
+            bail!("{} already holds a model (a --device cuda run): choose another --out", a.out.display())
+        }
         (false, true) => bail!("{} already holds a run: continue it with --resume, or choose another --out", a.out.display()),
         (false, false) => new_trainer(a, &train_set, names)?,
     };
@@ -599,8 +605,8 @@ fn classify(a: &ClassifyArgs) -> Result<()> {
     let Some(input) = &a.input else {
         let test = idx_set(&a.data, "t10k")?;
         let t0 = Instant::now();
-        let (acc, loss) = evaluate_on(a.device, &m, &test, a.limit, 256)?;
-        let n = a.limit.min(test.n);
+        let n = if a.limit == 0 { test.n } else { a.limit.min(test.n) };
+        let (acc, loss) = evaluate_on(a.device, &m, &test, n, 256)?;
         println!("accuracy {acc:.4} on {n} test images (loss {loss:.4}, {:.0} images/s)", n as f64 / t0.elapsed().as_secs_f64());
         return Ok(());
     };
@@ -657,6 +663,9 @@ fn train_on_gpu(a: &TrainArgs) -> Result<()> {
         None => gpu::STEPS.parse().context("the GPU recipe's step count")?,
     };
     let total = cfg.steps;
+    if total == 0 {
+        bail!("--steps 0: nothing to train");
+    }
     let grid = gla_model::vig::Shape::new(&model.dims, 1, train_set.h, train_set.w)?.grid;
     eprintln!(
         "ViG: {} parameters, D {}, {} blocks, {} heads, {}x{} images -> {}x{} tokens; {} training images; {} steps of {}",

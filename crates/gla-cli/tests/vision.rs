@@ -254,3 +254,18 @@ fn classify_hustvl_pth() {
     assert!(err.contains("not a readable .pth"), "{err}");
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// A directory that holds a `--device cuda` run's model (no checkpoints) is not trained over by
+/// a CPU run: the run refuses before it touches the metrics.
+#[test]
+fn cpu_run_refuses_a_gpu_runs_directory() {
+    let dir = tmp("gpu-dir");
+    std::fs::write(dir.join("model.safetensors"), b"not really").unwrap();
+    std::fs::write(dir.join("metrics.jsonl"), b"{\"kind\":\"eval\"}\n").unwrap();
+    let out = dir.to_str().unwrap();
+    let (code, _, err) = gla(&train_args(out, "2"));
+    assert_ne!(code, 0, "a CPU run over a GPU run's directory must fail: {err}");
+    assert!(err.contains("already holds a model"), "{err}");
+    assert_eq!(std::fs::read(dir.join("metrics.jsonl")).unwrap(), b"{\"kind\":\"eval\"}\n", "metrics untouched");
+    let _ = std::fs::remove_dir_all(&dir);
+}

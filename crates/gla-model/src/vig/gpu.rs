@@ -3,7 +3,8 @@
 //! [`super::model`]'s forward and backward on its backend ([`gla_cuda::Gpu`], whose `VisionOps`
 //! are the kernels of `kernels/nn/vision.cu`); [`GpuVigTrainer`] is [`super::train::VigTrainer`]
 //! on it (the same recipe: AdamW with decay on tensors of 2+ dims, warm-up then cosine, clipping,
-//! label smoothing, the same batch draws), plus optional host-side augmentation ([`Augment`]).
+//! label smoothing), drawing its batches from its own seeded stream (with replacement, not the
+//! CPU trainer's epoch order), plus optional host-side augmentation ([`Augment`]).
 
 use std::sync::Arc;
 
@@ -254,9 +255,9 @@ pub fn evaluate(model: &GpuVigModel, acts: &mut Option<GpuVigActs>, data: &Image
     Ok((correct as f64 / n.max(1) as f64, loss / n.max(1) as f64))
 }
 
-/// [`super::train::VigTrainer`] on the GPU: the same hyper-parameters, batch draws and
-/// schedule, the optimizer on the device; with [`GpuVigTrainer::augment`] the batches are
-/// augmented first.
+/// [`super::train::VigTrainer`] on the GPU: the same hyper-parameters and schedule, the
+/// optimizer on the device, batches drawn with replacement from its own seeded stream; with
+/// [`GpuVigTrainer::augment`] the batches are augmented first.
 #[derive(Debug)]
 pub struct GpuVigTrainer {
     /// The model being trained.
