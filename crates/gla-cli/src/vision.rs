@@ -591,13 +591,19 @@ fn classify(a: &ClassifyArgs) -> Result<()> {
     let m = load_model(a)?;
     if !a.images.is_empty() {
         let names = class_names(&m);
-        let s = m.config.img_size;
-        for path in &a.images {
-            let x = load_image(path, &m)?;
-            let logits = logits_on(a.device, &m, &x, 1, s, s)?;
-            println!("{}:", path.display());
-            for (i, p) in top_k(&logits, a.top_k.max(1)) {
-                println!("  {:>6.2}%  {} ({i})", 100.0 * p, names[i]);
+        let (s, classes) = (m.config.img_size, m.dims.classes);
+        // images in batches of up to 64: one model set-up (on the GPU: one upload) per batch
+        for paths in a.images.chunks(64) {
+            let mut x = Vec::new();
+            for path in paths {
+                x.extend(load_image(path, &m)?);
+            }
+            let logits = logits_on(a.device, &m, &x, paths.len(), s, s)?;
+            for (path, row) in paths.iter().zip(logits.chunks_exact(classes)) {
+                println!("{}:", path.display());
+                for (i, p) in top_k(row, a.top_k.max(1)) {
+                    println!("  {:>6.2}%  {} ({i})", 100.0 * p, names[i]);
+                }
             }
         }
         return Ok(());

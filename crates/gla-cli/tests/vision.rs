@@ -93,6 +93,10 @@ fn train_then_classify_synthetic() {
     assert!(rows.iter().all(|r| r.contains('%') && names.iter().any(|n| r.contains(n))), "{stdout}");
     let probs: Vec<f64> = rows.iter().map(|r| r.trim().split('%').next().unwrap().parse().unwrap()).collect();
     assert!(probs[0] >= probs[1] && probs[1] >= probs[2] && probs[..3].iter().sum::<f64>() <= 100.01, "{stdout}");
+    // the images go through the model as one batch: each image's rows equal its own call's
+    let (code, alone, err) = gla(&["vision", "classify", "--model", out.to_str().unwrap(), "--top-k", "3", jpg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(stdout.ends_with(&alone), "batched:\n{stdout}\nalone:\n{alone}");
     // not an image: an error, status 1
     let (code, _, err) = gla(&["vision", "classify", "--model", out.to_str().unwrap(), d.join("x.safetensors").to_str().unwrap()]);
     assert_eq!(code, 1, "{err}");
