@@ -4,19 +4,13 @@
 //! whole-model gradients by finite differences, training, prefill-then-decode against the full
 //! forward, and checkpoints both ways.
 
-use std::path::PathBuf;
-
 use gla_model::checkpoint::{load_model, save_model, WEIGHTS_FILE};
 use gla_model::config::{DeltaNetConfig, GateAct, GatedDeltaNetConfig, ModelConfig, QkNorm};
 use gla_model::optim::{AdamW, AdamWConfig};
 use gla_model::{shift_labels, Activations, Error, FeatureMap, GlaModel, Layout, Mqar, Rng, TrainConfig, Trainer, IGNORE_INDEX};
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gla-model-delta-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::{learns_mqar, loss, rel, tmpdir, tokens};
 
 // ---- configs --------------------------------------------------------------------------------------
 
@@ -293,11 +287,6 @@ fn init_is_flas_and_a_log_dt_bias_get_no_weight_decay() {
 
 // ---- gradients ------------------------------------------------------------------------------------
 
-fn loss(m: &GlaModel, b: usize, t: usize, ids: &[u32], tg: &[i64]) -> f64 {
-    let mut acts = Activations::new(&m.dims, b, t);
-    m.forward(&mut acts, ids, tg).unwrap().loss
-}
-
 /// Smoother test conditions: a larger init (gradients well above f32 noise) and a larger norm
 /// eps (the per-head output norm of a head output near zero has a genuine kink within a
 /// finite-difference step; see tests/model.rs).
@@ -406,25 +395,6 @@ fn gated_deltanet_gradients_sigmoid_gate_no_conv_long() {
 
 // ---- training -------------------------------------------------------------------------------------
 
-fn learns_mqar(model: ModelConfig) {
-    let task = Mqar { vocab: 32, seq_len: 16, num_kv_pairs: 2, ..Mqar::default() };
-    let tc =
-        TrainConfig { steps: 150, batch_size: 16, grad_accum: 1, warmup: 2, lr: 1e-2, eval_examples: 64, task, ..TrainConfig::default() };
-    let name = model.model_type().to_string();
-    let mut tr = Trainer::new(model, tc).unwrap();
-    let first = tr.evaluate().unwrap();
-    let mut losses = Vec::new();
-    for _ in 0..150 {
-        losses.push(tr.step().unwrap().loss);
-    }
-    let last = tr.evaluate().unwrap();
-    eprintln!("{name}: {first:?} -> {last:?}");
-    let head: f64 = losses[..10].iter().sum::<f64>() / 10.0;
-    let tail: f64 = losses[140..].iter().sum::<f64>() / 10.0;
-    assert!(tail < head * 0.7, "{name}: training loss {head} -> {tail}");
-    assert!(last.loss < first.loss * 0.7, "{name}: {first:?} -> {last:?}");
-}
-
 #[test]
 fn a_tiny_delta_net_learns_mqar() {
     learns_mqar(DeltaNetConfig { intermediate_size: Some(32), ..DeltaNetConfig::tiny(32, 2, 2, 32) }.into());
@@ -458,18 +428,6 @@ fn delta_training_resumes_exactly() {
 }
 
 // ---- inference ------------------------------------------------------------------------------------
-
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den).sqrt()
-}
-
-fn tokens(n: usize, seed: u64, vocab: usize) -> Vec<u32> {
-    let mut r = Rng::new(seed);
-    (0..n).map(|_| r.below(vocab) as u32).collect()
-}
 
 /// Prefill `pieces`, then decode the rest one by one; the worst relative error of every logits
 /// vector against the full forward.

@@ -6,19 +6,13 @@
 //! windowed attention, the window shorter than the prompt), the KV cache's memory, training,
 //! and checkpoints.
 
-use std::path::PathBuf;
-
 use gla_model::checkpoint::{load_model, save_model};
 use gla_model::config::{AttnDims, DeltaNetConfig, GatedDeltaNetConfig, GlaConfig, MixerDims, ModelConfig};
-use gla_model::{Activations, Error, GlaModel, Layout, Mqar, Rng, TrainConfig, Trainer, IGNORE_INDEX};
+use gla_model::{Activations, Error, GlaModel, Layout, Rng, IGNORE_INDEX};
 use serde_json::json;
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("gla-model-hybrid-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::{learns_mqar, loss, rel, tmpdir, tokens};
 
 fn attn_layers(d: &gla_model::config::Dims) -> Vec<(usize, AttnDims)> {
     d.mixers.iter().enumerate().filter_map(|(l, m)| if let MixerDims::Attn(a) = m { Some((l, *a)) } else { None }).collect()
@@ -179,11 +173,6 @@ fn attention_layers_use_flas_names_shapes_order_and_init() {
 
 // ---- gradients ------------------------------------------------------------------------------------
 
-fn loss(m: &GlaModel, b: usize, t: usize, ids: &[u32], tg: &[i64]) -> f64 {
-    let mut acts = Activations::new(&m.dims, b, t);
-    m.forward(&mut acts, ids, tg).unwrap().loss
-}
-
 /// Backward vs central differences of the mean loss on up to 12 entries of every tensor (all
 /// of the small ones: the biases). A large init keeps the gradients above f32 noise and the
 /// attention far from uniform; a large norm eps keeps the gated norms smooth (tests/delta.rs).
@@ -272,18 +261,6 @@ fn hybrid_gated_deltanet_gradients() {
 }
 
 // ---- batches and decode ---------------------------------------------------------------------------
-
-fn rel(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den).sqrt()
-}
-
-fn tokens(n: usize, seed: u64, vocab: usize) -> Vec<u32> {
-    let mut r = Rng::new(seed);
-    (0..n).map(|_| r.below(vocab) as u32).collect()
-}
 
 /// A hybrid GLA (attention at layer 1 of 3) and a hybrid Gated DeltaNet (attention at 0 and 2 of
 /// 3), with `window` on the attention layers; a larger init so that attention is far from
@@ -381,25 +358,6 @@ fn prefill_then_decode_equals_full_forward() {
 }
 
 // ---- training and checkpoints ---------------------------------------------------------------------
-
-fn learns_mqar(model: ModelConfig) {
-    let task = Mqar { vocab: 32, seq_len: 16, num_kv_pairs: 2, ..Mqar::default() };
-    let tc =
-        TrainConfig { steps: 150, batch_size: 16, grad_accum: 1, warmup: 2, lr: 1e-2, eval_examples: 64, task, ..TrainConfig::default() };
-    let name = model.model_type().to_string();
-    let mut tr = Trainer::new(model, tc).unwrap();
-    let first = tr.evaluate().unwrap();
-    let mut losses = Vec::new();
-    for _ in 0..150 {
-        losses.push(tr.step().unwrap().loss);
-    }
-    let last = tr.evaluate().unwrap();
-    eprintln!("hybrid {name}: {first:?} -> {last:?}");
-    let head: f64 = losses[..10].iter().sum::<f64>() / 10.0;
-    let tail: f64 = losses[140..].iter().sum::<f64>() / 10.0;
-    assert!(tail < head * 0.7, "{name}: training loss {head} -> {tail}");
-    assert!(last.loss < first.loss * 0.7, "{name}: {first:?} -> {last:?}");
-}
 
 #[test]
 fn a_hybrid_gla_learns_mqar() {
