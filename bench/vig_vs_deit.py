@@ -5,7 +5,7 @@ images/s and peak GPU memory of inference and training at several resolutions, b
 Usage (on the GPU machine):
 
     python3 bench/vig_vs_deit.py --vig PATH_TO_HUSTVL_VIG --json $OUT/vig_torch.json \
-        [--models t,s,b] [--sizes 224,512,1024] [--which vig,deit]
+        [--models t,s,b] [--sizes 224,512,1024] [--which vig,deit,deit-math]
     python3 bench/vig_vs_deit.py --table $OUT/vig_gla.json $OUT/vig_torch.json
 
 The companion of `gla bench vig` (our ViG), run by bench/vig_vs_deit.sh in the same call.
@@ -22,6 +22,10 @@ What runs:
     shims (timm's helpers, the vendored fla API names) come from tools/vig_fixtures.py.
   * DeiT: timm's `deit_{tiny,small,base}_patch16_224` built at the resolution (img_size=...),
     attention through `F.scaled_dot_product_attention` (timm's fused_attn).
+  * DeiT-math (`--which deit-math`): the same models with timm's fused_attn turned off, so the
+    attention is written out (q k^T, softmax, times v) and its T x T matrix is materialised, as in
+    the DeiT the ViG paper measured against; it shows the paper's comparison, where `deit` shows
+    the one a user of PyTorch's flash kernels gets today.
   * bf16 autocast for both (weights f32, as hustvl and timm train); training is forward, cross
     entropy, backward and an AdamW step (fused=True) per iteration.
   * Timing: CUDA events over --iters iterations after --warmup; peak memory is
@@ -162,15 +166,17 @@ def table(gla_json, torch_json):
     cell = lambda r: ("      -        -" if r is None else
                       f"{'error':>7} {'':>8}" if "error" in r else f"{r['img_s']:7.0f} {r['peak_mib']:8.0f}")
     print(f"{'ViG/DeiT':<9}{'res':>5} {'mode':<6}{'batch':>6} | {'ours img/s':>7} {'MiB':>8} | "
-          f"{'ViG-pt':>7} {'MiB':>8} | {'DeiT':>7} {'MiB':>8} | {'x ViG':>6} {'x DeiT':>6} {'mem/DeiT':>8}")
+          f"{'ViG-pt':>7} {'MiB':>8} | {'DeiT':>7} {'MiB':>8} | {'x ViG':>6} {'x DeiT':>6} {'mem/DeiT':>8} | "
+          f"{'DeiT-m':>7} {'MiB':>8} | {'x DeiT-m':>8} {'mem/D-m':>8}")
     for m, res, mode in keys:
-        g, v, d = (got.get((i, m, res, mode)) for i in ("gla", "vig", "deit"))
+        g, v, d, dm = (got.get((i, m, res, mode)) for i in ("gla", "vig", "deit", "deit-math"))
         ok = lambda r: r is not None and "error" not in r
         x = lambda a, b: f"{a['img_s'] / b['img_s']:6.2f}" if ok(a) and ok(b) else f"{'-':>6}"
         mem = f"{g['peak_mib'] / d['peak_mib']:8.2f}" if ok(g) and ok(d) else f"{'-':>8}"
-        batch = next((r["batch"] for r in (g, v, d) if r is not None), "?")
+        batch = next((r["batch"] for r in (g, v, d, dm) if r is not None), "?")
+        mem_m = f"{g['peak_mib'] / dm['peak_mib']:8.2f}" if ok(g) and ok(dm) else f"{'-':>8}"
         print(f"{m.upper():<9}{res:>5} {mode:<6}{batch:>6} | {cell(g)} | {cell(v)} | {cell(d)} | "
-              f"{x(g, v)} {x(g, d)} {mem}")
+              f"{x(g, v)} {x(g, d)} {mem} | {cell(dm)} | {x(g, dm):>8} {mem_m}")
     for k, r in sorted(got.items()):
         if "error" in r:
             print(f"{k}: {r['error']}")
@@ -184,7 +190,8 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--models", default="t,s,b")
     ap.add_argument("--sizes", default="224,512,1024")
-    ap.add_argument("--which", default="vig,deit")
+    ap.add_argument("--which", default="vig,deit,deit-math",
+                    help="implementations: vig, deit, deit-math (comma-separated)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
     args = ap.parse_args()
@@ -220,6 +227,10 @@ def main():
                             model = build_vig(vig_mod, size, hw)
                         else:
                             model = timm.create_model(DEIT[size], pretrained=False, img_size=hw)
+                            if impl == "deit-math":
+                                for m in model.modules():
+                                    if hasattr(m, "fused_attn"):
+                                        m.fused_attn = False
                         ms, peak = bench_one(torch, model, hw, batch, train, args.warmup, args.iters)
                         row = dict(impl=impl, model=size, res=hw, mode="train" if train else "infer",
                                    batch=batch, ms=ms, img_s=batch * 1e3 / ms, peak_mib=peak,
