@@ -6,7 +6,7 @@ Usage (on the GPU machine):
 
     python3 bench/vig_vs_deit.py --vig PATH_TO_HUSTVL_VIG --json $OUT/vig_torch.json \
         [--models t,s,b] [--sizes 224,512,1024] [--which vig,deit,deit-math]
-    python3 bench/vig_vs_deit.py --table $OUT/vig_gla.json $OUT/vig_torch.json
+    python3 bench/vig_vs_deit.py --table $OUT/vig_gla.json $OUT/vig_torch.json [more.json ...]
 
 The companion of `gla bench vig` (our ViG), run by bench/vig_vs_deit.sh in the same call.
 
@@ -139,8 +139,9 @@ def bench_one(torch, model, hw, batch, train, warmup, iters):
     return ms, peak
 
 
-def table(gla_json, torch_json):
-    """One row per (model, resolution, mode): images/s and peak MiB of ours, ViG-PyTorch, DeiT."""
+def table(gla_json, *torch_jsons):
+    """One row per (model, resolution, mode): images/s and peak MiB of ours, ViG-PyTorch, DeiT
+    (the PyTorch rows from one or more reports, e.g. DeiT and ViG run as separate processes)."""
 
     def rows(path):
         try:
@@ -160,8 +161,9 @@ def table(gla_json, torch_json):
         else:
             row.update(img_s=r["images_per_s"], peak_mib=r["peak_gib"] * 1024)
         got[("gla", row["model"], int(row["res"]), row["mode"])] = row
-    for r in rows(torch_json):
-        got[(r["impl"], r["model"], int(r["res"]), r["mode"])] = r
+    for torch_json in torch_jsons:
+        for r in rows(torch_json):
+            got[(r["impl"], r["model"], int(r["res"]), r["mode"])] = r
     keys = sorted({k[1:] for k in got}, key=lambda k: ("tsb".index(k[0]), k[2], k[1]))
     cell = lambda r: ("      -        -" if r is None else
                       f"{'error':>7} {'':>8}" if "error" in r else f"{r['img_s']:7.0f} {r['peak_mib']:8.0f}")
@@ -184,8 +186,8 @@ def table(gla_json, torch_json):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--table", nargs=2, metavar=("GLA_JSON", "TORCH_JSON"),
-                    help="print the side-by-side table of two reports and exit")
+    ap.add_argument("--table", nargs="+", metavar="JSON",
+                    help="GLA_JSON TORCH_JSON [TORCH_JSON ...]: print the side-by-side table and exit")
     ap.add_argument("--vig", help="checkout of hustvl/ViG")
     ap.add_argument("--json")
     ap.add_argument("--models", default="t,s,b")
@@ -196,6 +198,8 @@ def main():
     ap.add_argument("--iters", type=int, default=10)
     args = ap.parse_args()
     if args.table:
+        if len(args.table) < 2:
+            ap.error("--table takes gla bench vig's JSON and one or more of this script's")
         table(*args.table)
         return
     if not args.json or ("vig" in args.which and not args.vig):
