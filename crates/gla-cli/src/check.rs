@@ -25,6 +25,10 @@ pub struct Args {
     /// fixtures), not the op table.
     #[arg(long)]
     model_only: bool,
+    /// GPU: leave out the two slowest rows kinds, T = 65536 and the tensor of more than 2^31
+    /// elements (most of a full GPU check's time), e.g. to check a kernel change quickly.
+    #[arg(long)]
+    quick: bool,
     /// GPU: fla's own fixtures (`tools/fla_fixtures.py`), one directory per model; the GPU
     /// model's loss, logits and gradients are checked against fla's. Default: the repository's
     /// `crates/gla-model/tests/fixtures/fla` when run from its root (skipped with a note
@@ -84,6 +88,7 @@ fn run_cuda(a: &Args) -> Result<(String, Vec<Row>)> {
     } else {
         CheckOptions::default()
     };
+    let opts = if a.quick { CheckOptions { long: false, huge: false, ..opts } } else { opts };
     let cuda = gla_cuda::Cuda::new()?;
     let device = format!("{} ({})", cuda.name(), cuda.arch());
     let filter = a.filter.as_deref();

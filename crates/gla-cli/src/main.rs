@@ -92,7 +92,7 @@ enum Cmd {
     Bench(BenchCmd),
     /// Run the shared case table against the f64 oracle and print a pass/fail table.
     /// Exits with status 1 if any tensor of any case is outside its tolerance.
-    #[command(after_help = "Example:\n  gla check --device cpu --json check.json")]
+    #[command(after_help = "Examples:\n  gla check --device cpu --json check.json\n  gla check --device cuda --quick --filter delta")]
     Check(check::Args),
     /// Evaluate a model: its logits, loss (and gradients) on token ids from a safetensors file,
     /// or its loss, perplexity and bits per token / byte over a text file or folder.
