@@ -425,7 +425,8 @@ pub fn attn_fwd_flops(p: &gla_core::AttnProblem) -> f64 {
 /// `[batch, context]` in `decode` with the first shape's H, H_KV and D (the cache zeroed: the
 /// kernels' time does not depend on the values). Rows: `pass` is `fwd` (one row per warp split of
 /// the forward's tile, the dispatch policy's first, `kernel` naming it), `fwd+bwd`, `bwd` (each
-/// backward launch alone: `bwd-pre`, `bwd-dkv`, `bwd-dq`; bytes are the whole backward's) or
+/// backward launch alone: `bwd-pre`, `bwd-1pass` (with its dQ sum), `bwd-dkv`, `bwd-dq`; bytes
+/// are the whole backward's) or
 /// `decode`
 /// (shape `[batch, context, H, D, DV]`, bytes = the cache read).
 ///
@@ -484,14 +485,13 @@ pub fn bench_attn(
             })?;
             rows.push(BenchRow { shape, pass: "fwd+bwd", kernel: other.label(), ms, bytes: fwd_bytes + bwd_bytes, flops: 3.5 * ffl });
         }
-        // the backward's launches one by one (delta left by the runs above): the fused kernels do
-        // 5 products (2.5 forwards of FLOPs); dK / dV alone recompute S and dP (4 products: 2), dQ
-        // recomputes them again (3 products: 1.5)
-        let none = BwdParts { pre: false, fused: false, fused8: false, dkv: false, dq: false };
+        // the backward's launches one by one (delta left by the runs above): the one-pass kernel
+        // and its dQ sum do 5 products (2.5 forwards of FLOPs); dK / dV alone recompute S and dP
+        // (4 products: 2), dQ recomputes them again (3 products: 1.5)
+        let none = BwdParts { pre: false, kvq: false, dkv: false, dq: false };
         for (kernel, parts, flops) in [
             ("bwd-pre", BwdParts { pre: true, ..none }, 0.0),
-            ("bwd-fused", BwdParts { fused: true, ..none }, 2.5 * ffl),
-            ("bwd-fused8", BwdParts { fused8: true, ..none }, 2.5 * ffl),
+            ("bwd-1pass", BwdParts { kvq: true, ..none }, 2.5 * ffl),
             ("bwd-dkv", BwdParts { dkv: true, ..none }, 2.0 * ffl),
             ("bwd-dq", BwdParts { dq: true, ..none }, 1.5 * ffl),
         ] {

@@ -76,21 +76,9 @@ __device__ __forceinline__ float att_row_sum(float x) {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-// The fused backward's turn flags (attn/bwd.cu): wait until *flag == turn (acquire, GPU scope:
-// what the previous holder wrote before passing is visible after it), pass it on (release).
-__device__ __forceinline__ void att_wait_turn(const int* flag, int turn) {
-    int v;
-    do {
-        asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
-    } while (v != turn);
-}
-__device__ __forceinline__ void att_pass_turn(int* flag, int next) {
-    asm volatile("st.release.gpu.global.s32 [%0], %1;" ::"l"(flag), "r"(next) : "memory");
-}
-// Two f32 through L2 (another block wrote them; L1 is not coherent across blocks).
-__device__ __forceinline__ void att_ld2_cg(const float* p, float& a, float& b) {
-    asm volatile("ld.global.cg.v2.f32 {%0, %1}, [%2];" : "=f"(a), "=f"(b) : "l"(p) : "memory");
-}
-__device__ __forceinline__ void att_st2_cg(float* p, float a, float b) {
-    asm volatile("st.global.cg.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
+// Adds two f32 to p[0], p[1] in L2 (red: no value comes back, so nothing waits on it). The
+// backward's dQ sums have one adding thread per element, so the order of the adds is its program
+// order: deterministic.
+__device__ __forceinline__ void att_red2(float* p, float a, float b) {
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
 }

@@ -16,7 +16,8 @@
 //!
 //! Tiles: the forward and dQ take 128 query rows per block (`BM`; the forward's warps split it
 //! as [`FwdTile`] says), keys in tiles of 64 (`BN`); dK / dV take 64 keys per block (4 warps x
-//! 16 keys) and query tiles of 64.
+//! 16 keys) and query tiles of 64; the one-pass backward ([`BwdPath`]) 128 keys per tile
+//! ([`KVQ_BN`]) and query tiles of 64.
 
 use cudarc::driver::LaunchConfig;
 use gla_core::AttnProblem;
@@ -77,36 +78,56 @@ pub fn dq_smem((dp, dvp): (usize, usize)) -> usize {
     2 * (ATTN_BM * (dp + 8) + ATTN_BM * (dvp + 8) + 2 * ATTN_BN * (dp + 8) + 2 * ATTN_BN * (dvp + 8))
 }
 
-/// Dynamic shared memory of the fused backward: dK / dV's, then dS^T [BN][BQ+8] bf16.
-pub fn fused_smem(dims: (usize, usize)) -> usize {
-    dkv_smem(dims) + 2 * ATTN_BN * (DKV_BQ + 8)
-}
+/// Keys per tile of the one-pass backward (`attn_bwd_kvq_*`: 8 warps, 4 x 2 over keys x columns
+/// for dK / dV).
+pub const KVQ_BN: usize = 128;
+/// Threads of the one-pass backward's blocks.
+const KVQ_THREADS: u32 = 256;
+/// Most splits of the one-pass backward's key tiles (each holds a dQ sum of the problem's size).
+const KVQ_MAX_SPLITS: usize = 8;
 
-/// Keys per block of the 8-warp fused backward (`attn_bwd_fused8_*`: 8 warps x 16 keys).
-pub const FUSED8_BN: usize = 128;
-
-/// Dynamic shared memory of the 8-warp fused backward: K [128][DP+8], V [128][DVP+8], Q 2 x
-/// [BQ][DP+8], dO 2 x [BQ][DVP+8] bf16, lse and delta 2 x [BQ] f32, dS^T [128][BQ+8] bf16.
-pub fn fused8_smem((dp, dvp): (usize, usize)) -> usize {
-    2 * (FUSED8_BN * (dp + 8) + FUSED8_BN * (dvp + 8) + 2 * DKV_BQ * (dp + 8) + 2 * DKV_BQ * (dvp + 8))
+/// Dynamic shared memory of the one-pass backward: K [128][DP+8], V [128][DVP+8], Q 2 x
+/// [BQ][DP+8], dO 2 x [BQ][DVP+8], P and dS [BQ][128+8] bf16, lse and delta 2 x [BQ] f32.
+pub fn kvq_smem((dp, dvp): (usize, usize)) -> usize {
+    2 * (KVQ_BN * (dp + 8) + KVQ_BN * (dvp + 8) + 2 * DKV_BQ * (dp + 8) + 2 * DKV_BQ * (dvp + 8) + 2 * DKV_BQ * (KVQ_BN + 8))
         + 4 * 4 * DKV_BQ
-        + 2 * FUSED8_BN * (DKV_BQ + 8)
 }
 
-/// The 8-warp fused backward's launch: grid (H_KV, 128-key tiles), 256 threads.
-pub fn fused8_cfg(h_kv: usize, tiles: usize, smem: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (h_kv as u32, tiles as u32, 1), block_dim: (2 * DKV_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
+/// How many splits the one-pass backward cuts each sequence's key tiles into (split s takes the
+/// tiles s, s + splits, ...; each split adds its dQ into a sum of its own, so every element has
+/// one adding thread: deterministic): enough that N * H_KV * splits blocks fill `sms` SMs once
+/// (one block per SM), at least 1, at most [`KVQ_MAX_SPLITS`] and the longest sequence's tiles.
+pub fn kvq_splits(p: &AttnProblem, sms: usize) -> usize {
+    let seqs = (0..p.n()).filter(|&n| !p.seq(n).is_empty()).count();
+    let tiles = (0..p.n()).map(|n| p.seq(n).len().div_ceil(KVQ_BN)).max().unwrap_or(0);
+    (sms / (seqs * p.h_kv()).max(1)).clamp(1, KVQ_MAX_SPLITS).min(tiles.max(1))
 }
 
-/// How the backward gets dQ.
+/// The one-pass backward's work units: (sequence, split) of every non-empty sequence and split,
+/// the longest sequences first.
+pub fn kvq_units(p: &AttnProblem, splits: usize) -> (Vec<i32>, Vec<i32>) {
+    let mut seqs: Vec<usize> = (0..p.n()).filter(|&n| !p.seq(n).is_empty()).collect();
+    seqs.sort_by_key(|&n| std::cmp::Reverse(p.seq(n).len()));
+    seqs.iter().flat_map(|&n| (0..splits).map(move |s| (n as i32, s as i32))).unzip()
+}
+
+/// The one-pass backward's launch: grid (H_KV, units), 256 threads.
+pub fn kvq_cfg(h_kv: usize, units: usize, smem: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (h_kv as u32, units as u32, 1), block_dim: (KVQ_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
+}
+
+/// The dQ sum's launch (`attn_bwd_dq_sum`): 4 elements per thread, 256 threads per block.
+pub fn dq_sum_cfg(elems: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (elems.div_ceil(1024).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// How the backward gets dK, dV and dQ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BwdPath {
-    /// `attn_bwd_fused_*` (under study): the dK / dV kernel also multiplies dS by K and adds each
-    /// key tile's dQ part in key order (five products; the flash-attention-2 count).
-    Fused,
-    /// `attn_bwd_fused8_*` (under study): the same with 8 warps x 16 keys per block (half the dQ
-    /// parts to add; one block per SM).
-    Fused8,
+    /// `attn_bwd_kvq_*` then `attn_bwd_dq_sum` (five products, the flash-attention-2 count): per
+    /// key tile of 128, over the query tiles, P and dS through shared memory, dQ parts added into
+    /// a per-split f32 sum ([`kvq_splits`]).
+    OnePass,
     /// `attn_bwd_dkv_*`, then `attn_bwd_dq_*` over the query tiles (seven products: S and dP
     /// recomputed).
     Split,
@@ -114,24 +135,25 @@ pub enum BwdPath {
 
 impl BwdPath {
     /// Every path, the benchmark's rows.
-    pub const ALL: [BwdPath; 3] = [BwdPath::Fused, BwdPath::Fused8, BwdPath::Split];
+    pub const ALL: [BwdPath; 2] = [BwdPath::OnePass, BwdPath::Split];
     /// The label of benchmark rows.
     pub fn label(self) -> &'static str {
         match self {
-            BwdPath::Fused => "flash-fused",
-            BwdPath::Fused8 => "flash-fused8",
+            BwdPath::OnePass => "flash-1pass",
             BwdPath::Split => "flash-split",
         }
     }
 }
 
-/// The backward's path for `dims`: split everywhere. On the H200 (T = 2048 .. 32768, causal,
-/// H = 16, D = 128) the split backward with the forward ran 11.0 / 41.1 / 151.7 ms and the
-/// 4-warp fused one 22.9 / 88.8 / 323.7 ms: its ordered dQ add is a read-modify-write of an f32
-/// tile through L2 / HBM between two barriers, once per (key tile, query tile), with nothing to
-/// overlap its latency.
+/// The backward's path for `dims`: `GLA_ATTN_BWD=split` or `1pass` picks one (for timing both
+/// builds of a comparison), else split everywhere. On the H200 (T = 2048 .. 32768, causal, H =
+/// 16, D = 128) the split backward with the forward ran 11.0 / 41.1 / 151.7 ms; the one-pass path
+/// has not been timed yet.
 pub fn bwd_path(_dims: (usize, usize)) -> BwdPath {
-    BwdPath::Split
+    match std::env::var("GLA_ATTN_BWD").as_deref() {
+        Ok("1pass") => BwdPath::OnePass,
+        _ => BwdPath::Split,
+    }
 }
 
 /// Work of a tile of `rows` starting at position `i0` of a sequence of `len`: the keys its rows
@@ -172,11 +194,6 @@ pub fn query_tiles(p: &AttnProblem) -> (Vec<i32>, Vec<i32>) {
 /// dK / dV's key tiles: (sequence, first key) of every [`ATTN_BN`]-key tile, most queries first.
 pub fn key_tiles(p: &AttnProblem) -> (Vec<i32>, Vec<i32>) {
     tiles(p, ATTN_BN, true)
-}
-
-/// The 8-warp fused backward's key tiles ([`FUSED8_BN`] keys), ordered as [`key_tiles`].
-pub fn key_tiles_fused8(p: &AttnProblem) -> (Vec<i32>, Vec<i32>) {
-    tiles(p, FUSED8_BN, true)
 }
 
 /// How the forward splits its [`ATTN_BM`]-row tile over warps (the tile tables are the same).
@@ -315,26 +332,20 @@ mod tests {
     }
 
     #[test]
-    fn key_tiles_of_a_sequence_come_in_increasing_order() {
-        // the fused backward's dQ turns: a key tile waits only on the earlier tiles of its
-        // sequence, which must come before it in the table (launched before it)
-        for (causal, window) in [(true, None), (false, None), (true, Some(100)), (true, Some(1))] {
-            let spec = AttnSpec { cu_seqlens: Some(vec![0, 300, 300, 700, 1000]), causal, window, ..AttnSpec::new(1, 1000, 2, 64) };
-            let p = AttnProblem::new(spec).unwrap();
-            for (seq, k0) in [key_tiles(&p), key_tiles_fused8(&p)] {
-                for n in 0..p.n() as i32 {
-                    let mine: Vec<i32> = seq.iter().zip(&k0).filter(|x| *x.0 == n).map(|x| *x.1).collect();
-                    assert!(mine.windows(2).all(|w| w[0] < w[1]), "{causal} {window:?} {n}: {mine:?}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn fused_backward_keeps_two_blocks_per_sm() {
+    fn kvq_units_cover_every_split_of_every_sequence() {
+        let spec = AttnSpec { cu_seqlens: Some(vec![0, 300, 300, 1000]), ..AttnSpec::new(1, 1000, 2, 64) };
+        let p = AttnProblem::new(spec).unwrap();
+        let (seq, split) = kvq_units(&p, 3);
+        assert_eq!(seq, vec![2, 2, 2, 0, 0, 0]);
+        assert_eq!(split, vec![0, 1, 2, 0, 1, 2]);
+        // the shapes of record: one wave of blocks, or whole waves
+        let rec = |b, t| AttnProblem::new(AttnSpec::new(b, t, 16, 128)).unwrap();
+        assert_eq!(kvq_splits(&rec(32, 2048), 132), 1);
+        assert_eq!(kvq_splits(&rec(8, 8192), 132), 1);
+        assert_eq!(kvq_splits(&rec(2, 32768), 132), 4);
+        assert_eq!(kvq_splits(&rec(1, 100), 132), 1);
         // 228 KiB of shared memory per H100 / H200 SM, 1 KiB reserved per block
-        assert!(2 * (fused_smem((128, 128)) + 1024) <= 228 * 1024);
-        assert!(fused8_smem((128, 128)) <= 227 * 1024);
+        assert!(kvq_smem((128, 128)) + 1024 <= 228 * 1024);
     }
 
     #[test]

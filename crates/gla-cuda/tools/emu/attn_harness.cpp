@@ -218,8 +218,8 @@ static void run(const Case& c, uint64_t seed) {
     const size_t ksm = (64 * (DP + 8) + 64 * (DVP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8)) * 2 + 4 * 64 * 4;
     if (!ks.empty()) {
         emu::launch(dim3{(unsigned)HK, (unsigned)ks.size(), 1}, dim3{128, 1, 1}, ksm, [&] {
-            attn_bwd_dkv<DP, DVP, false>(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), dk.data(), dv.data(),
-                                         nullptr, nullptr, nullptr, p.b.data(), ks.data(), kq.data(), H, HK, D, DV, causal, win, sl2, sc);
+            attn_bwd_dkv<DP, DVP>(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), dk.data(), dv.data(), p.b.data(),
+                                  ks.data(), kq.data(), H, HK, D, DV, causal, win, sl2, sc);
         });
     }
     const size_t qsm = (128 * (DP + 8) + 128 * (DVP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8)) * 2;
@@ -232,40 +232,31 @@ static void run(const Case& c, uint64_t seed) {
     report("dq", rel(fromb(dq), rg.dq));
     report("dk", rel(fromb(dk), rg.dk));
     report("dv", rel(fromb(dv), rg.dv));
-    // the fused backward (attn_bwd_fused_*, what ops.rs runs): dK, dV as above (bitwise) and dQ
-    // summed over the key tiles in their turn order; the f32 sum and the turn flags as ops.rs
-    // leaves them before the launch (sum unwritten: NaN, flags zeroed)
-    {
+    // the one-pass backward (attn_bwd_kvq_*, then attn_bwd_dq_sum) on 1, 2 and 3 splits of the key
+    // tiles: dK, dV per 128-key tile, dQ added into each split's f32 sum (left NaN before the
+    // launch: the kernel zeroes its part), summed and scaled by attn_bwd_dq_sum
+    for (int S = 1; S <= 3; ++S) {
+        std::vector<int> us, usp;
+        for (int n = 0; n < p.N; ++n)
+            if (p.b[n + 1] > p.b[n])
+                for (int s = 0; s < S; ++s) us.push_back(n), usp.push_back(s);
+        const long long stride = p.rows * H * D;
+        std::vector<float> acc((size_t)S * stride, NAN);
         std::vector<bf16_t> fq(dq.size(), 0x7fc0), fk(dk.size(), 0x7fc0), fv(dv.size(), 0x7fc0);
-        std::vector<float> acc(p.rows * H * D, NAN);
-        std::vector<int> turn(p.rows * H, 0);
-        const size_t fsm2 = ksm + 64 * (64 + 8) * 2;
-        if (!ks.empty()) {
-            emu::launch(dim3{(unsigned)HK, (unsigned)ks.size(), 1}, dim3{128, 1, 1}, fsm2, [&] {
-                attn_bwd_dkv<DP, DVP, true>(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), fk.data(), fv.data(),
-                                            fq.data(), acc.data(), turn.data(), p.b.data(), ks.data(), kq.data(), H, HK, D, DV, causal,
-                                            win, sl2, sc);
+        const size_t usm = (128 * (DP + 8) + 128 * (DVP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8) + 2 * 64 * (128 + 8)) * 2 + 4 * 64 * 4;
+        if (!us.empty()) {
+            emu::launch(dim3{(unsigned)HK, (unsigned)us.size(), 1}, dim3{256, 1, 1}, usm, [&] {
+                attn_bwd_kvq<DP, DVP>(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), fk.data(), fv.data(), acc.data(),
+                                      stride, p.b.data(), us.data(), usp.data(), S, H, HK, D, DV, causal, win, sl2, sc);
             });
+            const long long e0 = p.b[0] * H * D, e1 = p.b[p.N] * H * D;
+            emu::launch(dim3{(unsigned)((e1 - e0 + 1023) / 1024), 1, 1}, dim3{256, 1, 1}, 0,
+                        [&] { attn_bwd_dq_sum(acc.data(), fq.data(), e0, e1, stride, S, sc); });
         }
-        report("dq (fused)", rel(fromb(fq), rg.dq));
-        if (fk != dk || fv != dv) ++g_fail, std::printf("  fused dk / dv differ from the split kernel's\n");
-        // 8 warps x 16 keys (attn_bwd_fused8_*) over key tiles of 128
-        std::vector<int> ks8, kq8;
-        tiles(p, 128, true, ks8, kq8);
-        std::vector<bf16_t> gq(dq.size(), 0x7fc0), gk(dk.size(), 0x7fc0), gv(dv.size(), 0x7fc0);
-        std::fill(acc.begin(), acc.end(), NAN);
-        std::fill(turn.begin(), turn.end(), 0);
-        const size_t fsm8 = (128 * (DP + 8) + 128 * (DVP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8)) * 2 + 4 * 64 * 4 + 128 * (64 + 8) * 2;
-        if (!ks8.empty()) {
-            emu::launch(dim3{(unsigned)HK, (unsigned)ks8.size(), 1}, dim3{256, 1, 1}, fsm8, [&] {
-                attn_bwd_dkv<DP, DVP, true, 8>(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), gk.data(), gv.data(),
-                                               gq.data(), acc.data(), turn.data(), p.b.data(), ks8.data(), kq8.data(), H, HK, D, DV, causal,
-                                               win, sl2, sc);
-            });
-        }
-        report("dq (fused, 8 warps)", rel(fromb(gq), rg.dq));
-        report("dk (fused, 8 warps)", rel(fromb(gk), rg.dk));
-        report("dv (fused, 8 warps)", rel(fromb(gv), rg.dv));
+        const std::string tag = " (1-pass, " + std::to_string(S) + " split" + (S > 1 ? "s)" : ")");
+        report("dq" + tag, rel(fromb(fq), rg.dq));
+        report("dk" + tag, rel(fromb(fk), rg.dk));
+        report("dv" + tag, rel(fromb(fv), rg.dv));
     }
     if (!causal) return;
     // decode: every sequence stepped token by token (idle once it ended), S = window or the

@@ -415,23 +415,14 @@ inline void cp16(void* s, const void* g, bool ok) {
     }
     emu::cur->open.push_back(p);
 }
-// attn/common.cuh's turn flags: blocks run one at a time in launch order, so a block's turn must
-// have come when it asks (else the kernel would wait on a block launched after it)
-inline void att_wait_turn(const int* flag, int turn) {
-    if (*flag != turn) {
-        std::fprintf(stderr, "emu: block (%u,%u,%u) waits for turn %d, the flag says %d\n", emu::g_block.x, emu::g_block.y,
-                     emu::g_block.z, turn, *flag);
+// attn/common.cuh's reduction add (fibers run one at a time: a plain add is atomic)
+inline void att_red2(float* p, float a, float b) {
+    if ((uintptr_t)p & 7) {
+        std::fprintf(stderr, "emu: misaligned red.v2.f32 %p\n", (void*)p);
         std::abort();
     }
-}
-inline void att_pass_turn(int* flag, int next) { *flag = next; }
-inline void att_ld2_cg(const float* p, float& a, float& b) {
-    a = p[0];
-    b = p[1];
-}
-inline void att_st2_cg(float* p, float a, float b) {
-    p[0] = a;
-    p[1] = b;
+    p[0] += a;
+    p[1] += b;
 }
 inline void cp_commit() {
     emu::cur->groups.push_back(std::move(emu::cur->open));
