@@ -421,6 +421,14 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
     // columns cd .. cd + DP / 4 - 1 for dQ); dV, dK on keys kr .. kr + 31 x half the columns
     const int qr = 32 * (w & 1), kc = 32 * (w >> 1), cd = (DP / 4) * (w >> 1);
     const int kr = 32 * (w >> 1), cv = (DVP / 2) * (w & 1), cq = (DP / 2) * (w & 1);
+    // the warp's ldmatrix addresses (shared-memory bytes) at tile offset (0, 0); Q and dO add
+    // the buffer's offset
+    const unsigned uQ = att_smem(sQ), uO = att_smem(sO);
+    const unsigned aS_Q = att_lane_a(LQ, lane) + 2 * qr * LQ, aS_K = att_smem(sK) + att_lane_b(LQ, lane) + 2 * kc * LQ;
+    const unsigned aP_O = att_lane_a(LV, lane) + 2 * qr * LV, aP_V = att_smem(sV) + att_lane_b(LV, lane) + 2 * kc * LV;
+    const unsigned aV_P = att_smem(sP) + att_lane_b(LP, lane) + 2 * kr, aV_O = att_lane_a(LV, lane) + 2 * cv;
+    const unsigned aK_S = att_smem(sS) + att_lane_b(LP, lane) + 2 * kr, aK_Q = att_lane_a(LQ, lane) + 2 * cq;
+    const unsigned aQ_S = att_smem(sS) + att_lane_a(LP, lane) + 2 * qr * LP, aQ_K = att_smem(sK) + att_lane_a(LQ, lane) + 2 * cd;
     const int nkt = (len + BN - 1) / BN;
     for (int kt = sp; kt < nkt; kt += splits) {
         const int k0 = kt * BN, LK = min(BN, len - k0);
@@ -475,8 +483,7 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                 cp_commit();
             }
             const int j = g * grp + it / nq, i0 = (q0 + it % nq) * BQ;
-            const bf16_t* Qb = sQ + b * BQ * LQ;
-            const bf16_t* Ob = sO + b * BQ * LV;
+            const unsigned uQb = uQ + 2 * b * BQ * LQ, uOb = uO + 2 * b * BQ * LV;
             const int qlo = i0 + qr, klo = k0 + kc;
 
             // S = Q K^T, dP = dO V^T on the warp's 32 x 32 block; P = ex2(S * sl2 - lse * log2(e))
@@ -494,9 +501,9 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                 for (int kk = 0; kk < DP / 16; ++kk) {
                     unsigned a[2][4], r[2][4];
                     #pragma unroll
-                    for (int mt = 0; mt < 2; ++mt) ldsm4(a[mt], fa(Qb, LQ, qr + 16 * mt, 16 * kk, lane));
+                    for (int mt = 0; mt < 2; ++mt) att_ldsm4(a[mt], uQb + aS_Q + 2 * (16 * mt * LQ + 16 * kk));
                     #pragma unroll
-                    for (int np = 0; np < 2; ++np) ldsm4(r[np], fbn(sK, LQ, 16 * kk, kc + 16 * np, lane));
+                    for (int np = 0; np < 2; ++np) att_ldsm4(r[np], aS_K + 2 * (16 * np * LQ + 16 * kk));
                     #pragma unroll
                     for (int mt = 0; mt < 2; ++mt)
                         #pragma unroll
@@ -509,9 +516,9 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                 for (int kk = 0; kk < DVP / 16; ++kk) {
                     unsigned a[2][4], r[2][4];
                     #pragma unroll
-                    for (int mt = 0; mt < 2; ++mt) ldsm4(a[mt], fa(Ob, LV, qr + 16 * mt, 16 * kk, lane));
+                    for (int mt = 0; mt < 2; ++mt) att_ldsm4(a[mt], uOb + aP_O + 2 * (16 * mt * LV + 16 * kk));
                     #pragma unroll
-                    for (int np = 0; np < 2; ++np) ldsm4(r[np], fbn(sV, LV, 16 * kk, kc + 16 * np, lane));
+                    for (int np = 0; np < 2; ++np) att_ldsm4(r[np], aP_V + 2 * (16 * np * LV + 16 * kk));
                     #pragma unroll
                     for (int mt = 0; mt < 2; ++mt)
                         #pragma unroll
@@ -568,13 +575,13 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                     unsigned pa[2][4], da[2][4];
                     #pragma unroll
                     for (int mt = 0; mt < 2; ++mt) {
-                        ldsm4t(pa[mt], fat(sP, LP, 16 * kk, kr + 16 * mt, lane));
-                        ldsm4t(da[mt], fat(sS, LP, 16 * kk, kr + 16 * mt, lane));
+                        att_ldsm4t(pa[mt], aV_P + 2 * (16 * kk * LP + 16 * mt));
+                        att_ldsm4t(da[mt], aK_S + 2 * (16 * kk * LP + 16 * mt));
                     }
                     #pragma unroll
                     for (int np = 0; np < DVP / 32; ++np) {
                         unsigned r[4];
-                        ldsm4t(r, fbt(Ob, LV, 16 * kk, cv + 16 * np, lane));
+                        att_ldsm4t(r, uOb + aV_O + 2 * (16 * kk * LV + 16 * np));
                         #pragma unroll
                         for (int mt = 0; mt < 2; ++mt) {
                             mma16816(dV[mt][2 * np], pa[mt], r[0], r[1]);
@@ -584,7 +591,7 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                     #pragma unroll
                     for (int np = 0; np < DP / 32; ++np) {
                         unsigned r[4];
-                        ldsm4t(r, fbt(Qb, LQ, 16 * kk, cq + 16 * np, lane));
+                        att_ldsm4t(r, uQb + aK_Q + 2 * (16 * kk * LQ + 16 * np));
                         #pragma unroll
                         for (int mt = 0; mt < 2; ++mt) {
                             mma16816(dK[mt][2 * np], da[mt], r[0], r[1]);
@@ -607,11 +614,11 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                     if (causal && k0 + 16 * kk > qlo + 31) break;  // dS = 0 from here on (warp-uniform)
                     unsigned a[2][4];
                     #pragma unroll
-                    for (int mt = 0; mt < 2; ++mt) ldsm4(a[mt], fa(sS, LP, qr + 16 * mt, 16 * kk, lane));
+                    for (int mt = 0; mt < 2; ++mt) att_ldsm4(a[mt], aQ_S + 2 * (16 * mt * LP + 16 * kk));
                     #pragma unroll
                     for (int np = 0; np < DP / 64; ++np) {
                         unsigned r[4];
-                        ldsm4t(r, fbt(sK, LQ, 16 * kk, cd + 16 * np, lane));
+                        att_ldsm4t(r, aQ_K + 2 * (16 * kk * LQ + 16 * np));
                         #pragma unroll
                         for (int mt = 0; mt < 2; ++mt) {
                             mma16816(a2[mt][2 * np], a[mt], r[0], r[1]);

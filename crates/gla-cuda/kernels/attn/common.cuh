@@ -82,3 +82,26 @@ __device__ __forceinline__ float att_row_sum(float x) {
 __device__ __forceinline__ void att_red2(float* p, float a, float b) {
     asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
 }
+
+// ldmatrix on 32-bit shared-memory byte addresses: a fragment's address is a per-lane offset
+// computed once plus a compile-time tile offset (an immediate), instead of 64-bit generic pointer
+// arithmetic per load. att_smem: the shared address of a pointer into shared memory.
+__device__ __forceinline__ unsigned att_smem(const void* p) {
+    unsigned long long a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (unsigned)a;
+}
+__device__ __forceinline__ void att_ldsm4(unsigned r[4], unsigned a) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a) : "memory");
+}
+__device__ __forceinline__ void att_ldsm4t(unsigned r[4], unsigned a) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a) : "memory");
+}
+// Lane l's byte offset in a 16 x 16 tile at (0, 0) of a row-major bf16 matrix with row stride ld
+// (the tile at (r0, c0) adds 2 (r0 ld + c0)): att_lane_a for an A operand stored [m][k] (ldmatrix)
+// and a B operand stored [k][n] (ldmatrix.trans) (common/mma.cuh's fa, fbt); att_lane_b for a B
+// operand stored [n][k] (ldmatrix) and an A operand stored [k][m] (ldmatrix.trans) (fbn, fat).
+__device__ __forceinline__ unsigned att_lane_a(int ld, int l) { return 2u * (unsigned)(((l & 7) + 8 * ((l >> 3) & 1)) * ld + 8 * (l >> 4)); }
+__device__ __forceinline__ unsigned att_lane_b(int ld, int l) { return 2u * (unsigned)(((l & 7) + 8 * (l >> 4)) * ld + 8 * ((l >> 3) & 1)); }

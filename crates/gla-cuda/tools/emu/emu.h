@@ -424,6 +424,10 @@ inline void att_red2(float* p, float a, float b) {
     p[0] += a;
     p[1] += b;
 }
+// attn/common.cuh's 32-bit shared addresses: byte offsets into the dynamic shared memory
+inline unsigned att_smem(const void* p) { return (unsigned)((const unsigned char*)p - emu::g_dyn); }
+inline void att_ldsm4(unsigned r[4], unsigned a) { ldsm4(r, (const unsigned short*)(emu::g_dyn + a)); }
+inline void att_ldsm4t(unsigned r[4], unsigned a) { ldsm4t(r, (const unsigned short*)(emu::g_dyn + a)); }
 inline void cp_commit() {
     emu::cur->groups.push_back(std::move(emu::cur->open));
     emu::cur->open.clear();
