@@ -59,6 +59,10 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
 
     const int qr = 16 * MT * w;  // the warp's first row in the tile (m-tile mt: qr + 16 mt)
     const int qlo = i0 + qr;     // its first query position
+    // the warp's ldmatrix addresses (shared-memory bytes) at tile offset (0, 0); K and V add the
+    // buffer's offset
+    const unsigned aQ = att_smem(sQ) + att_lane_a(LQ, lane) + 2 * qr * LQ;
+    const unsigned aK = att_smem(sK) + att_lane_b(LQ, lane), aV = att_smem(sV) + att_lane_a(LV, lane);
     unsigned qf[QREG ? DP / 16 : 1][4];
     float acc[MT][DVP / 8][4];
     float m[MT][2], l[MT][2];
@@ -100,7 +104,7 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
         }
         if (QREG && t == t0) {
             #pragma unroll
-            for (int kk = 0; kk < DP / 16; ++kk) ldsm4(qf[QREG ? kk : 0], fa(sQ, LQ, qr, 16 * kk, lane));
+            for (int kk = 0; kk < DP / 16; ++kk) att_ldsm4(qf[QREG ? kk : 0], aQ + 2 * 16 * kk);
         }
         const int kt = t * BN;
         // the warp's rows see no key of this tile: past the sequence end, before the tile
@@ -108,8 +112,7 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
         const int qhi = qlo + 16 * MT - 1;
         const bool idle = qlo >= len || (causal && kt > qhi) || (window > 0 && kt + BN - 1 <= qlo - window);
         if (!idle) {
-            const bf16_t* Kb = sK + buf * BN * LQ;
-            const bf16_t* Vb = sV + buf * BN * LV;
+            const unsigned uK = aK + 2 * buf * BN * LQ, uV = aV + 2 * buf * BN * LV;
             float s[MT][BN / 8][4];
             #pragma unroll
             for (int mt = 0; mt < MT; ++mt)
@@ -124,13 +127,13 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
                         a[mt][0] = qf[QREG ? kk : 0][0], a[mt][1] = qf[QREG ? kk : 0][1];
                         a[mt][2] = qf[QREG ? kk : 0][2], a[mt][3] = qf[QREG ? kk : 0][3];
                     } else {
-                        ldsm4(a[mt], fa(sQ, LQ, qr + 16 * mt, 16 * kk, lane));
+                        att_ldsm4(a[mt], aQ + 2 * (16 * mt * LQ + 16 * kk));
                     }
                 }
                 #pragma unroll
                 for (int np = 0; np < BN / 16; ++np) {
                     unsigned r[4];
-                    ldsm4(r, fbn(Kb, LQ, 16 * kk, 16 * np, lane));
+                    att_ldsm4(r, uK + 2 * (16 * np * LQ + 16 * kk));
                     #pragma unroll
                     for (int mt = 0; mt < MT; ++mt) {
                         mma16816(s[mt][2 * np], a[mt], r[0], r[1]);
@@ -194,7 +197,7 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
                 #pragma unroll
                 for (int np = 0; np < DVP / 16; ++np) {
                     unsigned r[4];
-                    ldsm4t(r, fbt(Vb, LV, 16 * kk, 16 * np, lane));
+                    att_ldsm4t(r, uV + 2 * (16 * kk * LV + 16 * np));
                     #pragma unroll
                     for (int mt = 0; mt < MT; ++mt) {
                         mma16816(acc[mt][2 * np], pa[mt], r[0], r[1]);

@@ -134,8 +134,8 @@ static void oracle(const Prob& p, const VD& q, const VD& k, const VD& v, const V
     }
 }
 
-// the host plan of src/attn/dispatch.rs: query tiles of 128 (longest first when causal), key
-// tiles of 64 (most query tiles first when causal)
+// the host plan of src/attn/dispatch.rs (TileOrder::Sequence): query tiles of 128, key tiles of
+// 64, sequence by sequence (the longest first), each one's tiles most work first
 static void tiles(const Prob& p, int bm, bool keys, std::vector<int>& seq, std::vector<int>& pos) {
     std::vector<std::pair<long long, std::pair<int, int>>> t;
     for (int n = 0; n < p.N; ++n) {
@@ -147,7 +147,12 @@ static void tiles(const Prob& p, int bm, bool keys, std::vector<int>& seq, std::
             t.push_back({work, {n, i0}});
         }
     }
-    std::stable_sort(t.begin(), t.end(), [](auto& a, auto& b) { return a.first > b.first; });
+    auto len = [&](int n) { return p.b[n + 1] - p.b[n]; };
+    std::stable_sort(t.begin(), t.end(), [&](auto& a, auto& b) {
+        const int na = a.second.first, nb = b.second.first;
+        if (na != nb) return len(na) != len(nb) ? len(na) > len(nb) : na < nb;
+        return a.first > b.first;
+    });
     seq.clear();
     pos.clear();
     for (auto& x : t) {
