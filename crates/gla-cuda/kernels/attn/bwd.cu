@@ -120,6 +120,10 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
 
     const int kr = 16 * w;       // the warp's first key row in the tile
     const int klo = k0 + kr;     // its first key position
+    // ldmatrix addresses (shared-memory bytes) at tile offset (0, 0); Q and dO add the buffer's
+    const unsigned aK = att_smem(sK) + att_lane_a(LQ, lane) + 2 * kr * LQ, aV = att_smem(sV) + att_lane_a(LV, lane) + 2 * kr * LV;
+    const unsigned uQ = att_smem(sQ), uO = att_smem(sO);
+    const unsigned bQn = att_lane_b(LQ, lane), bOn = att_lane_b(LV, lane), bQt = att_lane_a(LQ, lane), bOt = att_lane_a(LV, lane);
     float dK[DP / 8][4], dV[DVP / 8][4];
     #pragma unroll
     for (int nt = 0; nt < DP / 8; ++nt) dK[nt][0] = dK[nt][1] = dK[nt][2] = dK[nt][3] = 0.f;
@@ -138,8 +142,7 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
         const int i0 = (q0 + it % nq) * BQ;
         const bool idle = klo >= len || (causal && i0 + BQ - 1 < klo) || (window > 0 && klo + 15 <= i0 - window);
         if (!idle) {
-            const bf16_t* Qb = sQ + b * BQ * LQ;
-            const bf16_t* Ob = sO + b * BQ * LV;
+            const unsigned uQb = uQ + 2 * b * BQ * LQ, uOb = uO + 2 * b * BQ * LV;
             const float* Lb = sL + b * BQ;
             const float* Db = sD + b * BQ;
             float s[BQ / 8][4], dp[BQ / 8][4];
@@ -150,11 +153,11 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
             #pragma unroll
             for (int kk = 0; kk < DP / 16; ++kk) {
                 unsigned a[4];
-                ldsm4(a, fa(sK, LQ, kr, 16 * kk, lane));
+                att_ldsm4(a, aK + 2 * 16 * kk);
                 #pragma unroll
                 for (int np = 0; np < BQ / 16; ++np) {
                     unsigned r[4];
-                    ldsm4(r, fbn(Qb, LQ, 16 * kk, 16 * np, lane));
+                    att_ldsm4(r, uQb + bQn + 2 * (16 * np * LQ + 16 * kk));
                     mma16816(s[2 * np], a, r[0], r[1]);
                     mma16816(s[2 * np + 1], a, r[2], r[3]);
                 }
@@ -162,11 +165,11 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
             #pragma unroll
             for (int kk = 0; kk < DVP / 16; ++kk) {
                 unsigned a[4];
-                ldsm4(a, fa(sV, LV, kr, 16 * kk, lane));
+                att_ldsm4(a, aV + 2 * 16 * kk);
                 #pragma unroll
                 for (int np = 0; np < BQ / 16; ++np) {
                     unsigned r[4];
-                    ldsm4(r, fbn(Ob, LV, 16 * kk, 16 * np, lane));
+                    att_ldsm4(r, uOb + bOn + 2 * (16 * np * LV + 16 * kk));
                     mma16816(dp[2 * np], a, r[0], r[1]);
                     mma16816(dp[2 * np + 1], a, r[2], r[3]);
                 }
@@ -200,14 +203,14 @@ __device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const
                 #pragma unroll
                 for (int np = 0; np < DVP / 16; ++np) {
                     unsigned r[4];
-                    ldsm4t(r, fbt(Ob, LV, 16 * kk, 16 * np, lane));
+                    att_ldsm4t(r, uOb + bOt + 2 * (16 * kk * LV + 16 * np));
                     mma16816(dV[2 * np], pa, r[0], r[1]);
                     mma16816(dV[2 * np + 1], pa, r[2], r[3]);
                 }
                 #pragma unroll
                 for (int np = 0; np < DP / 16; ++np) {
                     unsigned r[4];
-                    ldsm4t(r, fbt(Qb, LQ, 16 * kk, 16 * np, lane));
+                    att_ldsm4t(r, uQb + bQt + 2 * (16 * kk * LQ + 16 * np));
                     mma16816(dK[2 * np], da, r[0], r[1]);
                     mma16816(dK[2 * np + 1], da, r[2], r[3]);
                 }
@@ -268,6 +271,10 @@ __device__ __forceinline__ void attn_bwd_dq(const bf16_t* __restrict__ q, const 
     cp_commit();
 
     const int qr = 16 * w, qlo = i0 + qr;
+    // ldmatrix addresses (shared-memory bytes) at tile offset (0, 0); K and V add the buffer's
+    const unsigned aQ = att_smem(sQ) + att_lane_a(LQ, lane) + 2 * qr * LQ, aO = att_smem(sO) + att_lane_a(LV, lane) + 2 * qr * LV;
+    const unsigned uK = att_smem(sK), uV = att_smem(sV);
+    const unsigned bKn = att_lane_b(LQ, lane), bVn = att_lane_b(LV, lane), bKt = att_lane_a(LQ, lane);
     float lr[2], dr[2];  // lse * log2(e) and delta of the lane's two rows (+inf, 0 past the end)
     #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -293,8 +300,7 @@ __device__ __forceinline__ void attn_bwd_dq(const bf16_t* __restrict__ q, const 
         const int kt = t * BN;
         const bool idle = qlo >= len || (causal && kt > qlo + 15) || (window > 0 && kt + BN - 1 <= qlo - window);
         if (!idle) {
-            const bf16_t* Kb = sK + buf * BN * LQ;
-            const bf16_t* Vb = sV + buf * BN * LV;
+            const unsigned uKb = uK + 2 * buf * BN * LQ, uVb = uV + 2 * buf * BN * LV;
             float s[BN / 8][4], dp[BN / 8][4];
             #pragma unroll
             for (int nt = 0; nt < BN / 8; ++nt)
@@ -303,11 +309,11 @@ __device__ __forceinline__ void attn_bwd_dq(const bf16_t* __restrict__ q, const 
             #pragma unroll
             for (int kk = 0; kk < DP / 16; ++kk) {
                 unsigned a[4];
-                ldsm4(a, fa(sQ, LQ, qr, 16 * kk, lane));
+                att_ldsm4(a, aQ + 2 * 16 * kk);
                 #pragma unroll
                 for (int np = 0; np < BN / 16; ++np) {
                     unsigned r[4];
-                    ldsm4(r, fbn(Kb, LQ, 16 * kk, 16 * np, lane));
+                    att_ldsm4(r, uKb + bKn + 2 * (16 * np * LQ + 16 * kk));
                     mma16816(s[2 * np], a, r[0], r[1]);
                     mma16816(s[2 * np + 1], a, r[2], r[3]);
                 }
@@ -315,11 +321,11 @@ __device__ __forceinline__ void attn_bwd_dq(const bf16_t* __restrict__ q, const 
             #pragma unroll
             for (int kk = 0; kk < DVP / 16; ++kk) {
                 unsigned a[4];
-                ldsm4(a, fa(sO, LV, qr, 16 * kk, lane));
+                att_ldsm4(a, aO + 2 * 16 * kk);
                 #pragma unroll
                 for (int np = 0; np < BN / 16; ++np) {
                     unsigned r[4];
-                    ldsm4(r, fbn(Vb, LV, 16 * kk, 16 * np, lane));
+                    att_ldsm4(r, uVb + bVn + 2 * (16 * np * LV + 16 * kk));
                     mma16816(dp[2 * np], a, r[0], r[1]);
                     mma16816(dp[2 * np + 1], a, r[2], r[3]);
                 }
@@ -350,7 +356,7 @@ __device__ __forceinline__ void attn_bwd_dq(const bf16_t* __restrict__ q, const 
                 #pragma unroll
                 for (int np = 0; np < DP / 16; ++np) {
                     unsigned r[4];
-                    ldsm4t(r, fbt(Kb, LQ, 16 * kk, 16 * np, lane));
+                    att_ldsm4t(r, uKb + bKt + 2 * (16 * kk * LQ + 16 * np));
                     mma16816(acc[2 * np], da, r[0], r[1]);
                     mma16816(acc[2 * np + 1], da, r[2], r[3]);
                 }
