@@ -79,7 +79,16 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
     // the warp's Q rows in shared memory (exact in bf16; S negates exactly), a zero scale zeroes
     // them (S = 0, as 0 * q . k) and takes sa = 1.
     const float sa = sl2 == 0.f ? 1.f : fabsf(sl2);
-    const unsigned qflip = sl2 < 0.f ? 0x80008000u : 0u, qkeep = sl2 == 0.f ? 0u : 0xffffffffu;
+    if (sl2 <= 0.f) {  // block-uniform; the warp's own rows: only it reads them (ldmatrix below)
+        const unsigned qflip = sl2 < 0.f ? 0x80008000u : 0u, qkeep = sl2 == 0.f ? 0u : 0xffffffffu;
+        cp_wait0();
+        __syncthreads();  // the Q tile landed (every thread copied some of its rows)
+        for (int x = lane; x < 16 * MT * (DP / 2); x += 32) {
+            unsigned* e = (unsigned*)(sQ + (qr + x / (DP / 2)) * LQ) + x % (DP / 2);
+            *e = (*e ^ qflip) & qkeep;
+        }
+        __syncwarp();
+    }
 
     // One barrier per key tile: after it, tile t has landed for every thread and every warp has
     // finished tile t - 1, so the copy of tile t + 1 into that buffer can start; it lands at the
@@ -93,14 +102,6 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
             att_tile<BN, DP, NT>(sK + nb * BN * LQ, LQ, kb + (idx_t)kt * ldk, ldk, len - kt, D, tid);
             att_tile<BN, DVP, NT>(sV + nb * BN * LV, LV, vb + (idx_t)kt * ldv, ldv, len - kt, DV, tid);
             cp_commit();
-        }
-        if (t == t0 && sl2 <= 0.f) {  // the warp's own rows: only it reads them (ldmatrix below)
-            #pragma unroll
-            for (int x = lane; x < 16 * MT * (DP / 2); x += 32) {
-                unsigned* e = (unsigned*)(sQ + (qr + x / (DP / 2)) * LQ) + x % (DP / 2);
-                *e = (*e ^ qflip) & qkeep;
-            }
-            __syncwarp();
         }
         if (QREG && t == t0) {
             #pragma unroll
