@@ -283,8 +283,11 @@ pub const DELTA_CHUNK_BWD: KernelSource = source!(
 );
 
 /// Softmax attention's forward (flash-attention-2 style), per (D, DV) tile width.
-pub const ATTN_FWD: KernelSource =
-    source!("attn/fwd.cu", ATTN_HEADERS, ["attn_fwd_d64_dv32", "attn_fwd_d64_dv64", "attn_fwd_d128_dv128", "attn_fwd_m2_d128_dv128"]);
+pub const ATTN_FWD: KernelSource = source!(
+    "attn/fwd.cu",
+    ATTN_HEADERS,
+    ["attn_fwd_d64_dv32", "attn_fwd_d64_dv64", "attn_fwd_d128_dv128", "attn_fwd_m2_d128_dv128", "attn_fwd_m2w8_d128_dv128"]
+);
 /// Softmax attention's backward: the row dot of dO and O, dK / dV per key tile, dQ per query tile.
 pub const ATTN_BWD: KernelSource = source!(
     "attn/bwd.cu",

@@ -3,9 +3,11 @@
 // attn_fwd_d{DP}_dv{DVP}: one block per (query head j, query tile), 256 threads (8 warps x 16
 // query rows, BM = 128 rows per tile, Q fragments held in registers), grid (H, tiles);
 // attn_fwd_m2_d128_dv128: the same tile with 4 warps x 32 rows (two m-tiles per warp share each
-// K / V fragment: half the shared-memory reads per product; Q reloaded from shared memory). Tile
-// `tile` covers the query positions tile_q0[tile] .. +127 of sequence tile_seq[tile] (the host
-// orders tiles longest first for causal attention). For kv head g = j / (H / H_KV):
+// K / V fragment: half the shared-memory reads per product; Q reloaded from shared memory);
+// attn_fwd_m2w8_d128_dv128: 8 warps x 32 rows, BM = 256 (each K / V tile serves twice the rows:
+// half the L2 traffic per product; one block per SM). Tile `tile` covers the query positions
+// tile_q0[tile] .. + BM - 1 of sequence tile_seq[tile] (the host's tables, src/attn/dispatch.rs).
+// For kv head g = j / (H / H_KV):
 //     S  = Q K_t^T * scale * log2(e)           (mma.sync m16n8k16, f32 accumulate; the scale
 //                                               is applied inside the exponent's FFMA)
 //     m  = running row max, l = running row sum of ex2(S - m), O = sum ex2(S - m) V   (online)
@@ -20,10 +22,11 @@
 //
 // Layouts: q [rows, H, D], k [rows, H_KV, D], v [rows, H_KV, DV], o [rows, H, DV], lse [rows, H];
 // bounds [N + 1] i64 sequence row offsets. D <= DP, DV <= DVP, D and DV multiples of 8 (16-byte
-// copies). Dynamic smem: (128 * (DP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8)) * 2 bytes
+// copies). Dynamic smem: (BM * (DP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8)) * 2 bytes
 // (src/attn/dispatch.rs, fwd_smem).
 //
 // Entry points: attn_fwd_d64_dv32 attn_fwd_d64_dv64 attn_fwd_d128_dv128 attn_fwd_m2_d128_dv128
+//   attn_fwd_m2w8_d128_dv128
 
 template <int DP, int DVP, int NW, int MT, int BN = 64, bool QREG = MT == 1>
 __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
@@ -241,3 +244,4 @@ ATTN_FWD_ENTRY(attn_fwd_d64_dv32, 64, 32, 8, 1, 64, true, 1)
 ATTN_FWD_ENTRY(attn_fwd_d64_dv64, 64, 64, 8, 1, 64, true, 1)
 ATTN_FWD_ENTRY(attn_fwd_d128_dv128, 128, 128, 8, 1, 64, true, 1)
 ATTN_FWD_ENTRY(attn_fwd_m2_d128_dv128, 128, 128, 4, 2, 64, false, 1)
+ATTN_FWD_ENTRY(attn_fwd_m2w8_d128_dv128, 128, 128, 8, 2, 64, false, 1)

@@ -61,9 +61,10 @@ pub fn kernel(pass: &str, (dp, dvp): (usize, usize)) -> String {
     format!("attn_{pass}_d{dp}_dv{dvp}")
 }
 
-/// Dynamic shared memory of the forward: Q [BM][DP+8], K 2 x [BN][DP+8], V 2 x [BN][DVP+8] bf16.
-pub fn fwd_smem((dp, dvp): (usize, usize)) -> usize {
-    2 * (ATTN_BM * (dp + 8) + 2 * ATTN_BN * (dp + 8) + 2 * ATTN_BN * (dvp + 8))
+/// Dynamic shared memory of the forward on `tile`: Q [BM][DP+8], K 2 x [BN][DP+8], V 2 x
+/// [BN][DVP+8] bf16 (BM = [`FwdTile::rows`]).
+pub fn fwd_smem((dp, dvp): (usize, usize), tile: FwdTile) -> usize {
+    2 * (tile.rows() * (dp + 8) + 2 * ATTN_BN * (dp + 8) + 2 * ATTN_BN * (dvp + 8))
 }
 
 /// Dynamic shared memory of dK / dV: K [BN][DP+8], V [BN][DVP+8], Q 2 x [BQ][DP+8], dO 2 x
@@ -210,10 +211,11 @@ fn tiles(p: &AttnProblem, rows: usize, keys: bool) -> (Vec<i32>, Vec<i32>) {
     t.into_iter().map(|x| (x.1, x.2)).unzip()
 }
 
-/// The forward's and dQ's query tiles: (sequence, first position) of every [`ATTN_BM`]-row tile
-/// of every non-empty sequence in [`tile_order`], most keys first (causal: the last tiles).
-pub fn query_tiles(p: &AttnProblem) -> (Vec<i32>, Vec<i32>) {
-    tiles(p, ATTN_BM, false)
+/// The forward's and dQ's query tiles: (sequence, first position) of every `rows`-row tile
+/// ([`ATTN_BM`], or [`FwdTile::rows`]) of every non-empty sequence in [`tile_order`], most keys
+/// first (causal: the last tiles).
+pub fn query_tiles(p: &AttnProblem, rows: usize) -> (Vec<i32>, Vec<i32>) {
+    tiles(p, rows, false)
 }
 
 /// dK / dV's key tiles: (sequence, first key) of every [`ATTN_BN`]-key tile in [`tile_order`],
@@ -222,14 +224,18 @@ pub fn key_tiles(p: &AttnProblem) -> (Vec<i32>, Vec<i32>) {
     tiles(p, ATTN_BN, true)
 }
 
-/// How the forward splits its [`ATTN_BM`]-row tile over warps (the tile tables are the same).
+/// The forward's query tile and how its warps split it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FwdTile {
-    /// 8 warps x 16 rows, Q fragments in registers (`attn_fwd_d*`): every (D, DV).
+    /// [`ATTN_BM`] rows, 8 warps x 16 rows, Q fragments in registers (`attn_fwd_d*`): every (D,
+    /// DV).
     W8x16,
-    /// 4 warps x 32 rows, each K / V fragment feeding two m-tiles (`attn_fwd_m2_d*`): D = DV =
-    /// 128 only.
+    /// [`ATTN_BM`] rows, 4 warps x 32 rows, each K / V fragment feeding two m-tiles
+    /// (`attn_fwd_m2_d*`): D = DV = 128 only.
     W4x32,
+    /// 256 rows, 8 warps x 32 rows (`attn_fwd_m2w8_d*`): each K / V tile read from L2 serves
+    /// twice the rows of the other two; one block per SM. D = DV = 128 only.
+    W8x32,
 }
 
 impl FwdTile {
@@ -238,17 +244,25 @@ impl FwdTile {
         match self {
             FwdTile::W8x16 => "flash",
             FwdTile::W4x32 => "flash-4x32",
+            FwdTile::W8x32 => "flash-8x32",
         }
     }
     /// Threads per block.
     pub fn threads(self) -> u32 {
         match self {
-            FwdTile::W8x16 => FWD_THREADS,
+            FwdTile::W8x16 | FwdTile::W8x32 => FWD_THREADS,
             FwdTile::W4x32 => FWD_THREADS / 2,
         }
     }
+    /// Query rows per block (`BM`).
+    pub fn rows(self) -> usize {
+        match self {
+            FwdTile::W8x16 | FwdTile::W4x32 => ATTN_BM,
+            FwdTile::W8x32 => 2 * ATTN_BM,
+        }
+    }
     /// Every split (the benchmark times them all).
-    pub const ALL: [FwdTile; 2] = [FwdTile::W8x16, FwdTile::W4x32];
+    pub const ALL: [FwdTile; 3] = [FwdTile::W8x16, FwdTile::W4x32, FwdTile::W8x32];
 }
 
 /// The forward's tile for `dims`: the 4 x 32 split where it has a kernel (D = DV = 128: 11 - 14 %
@@ -267,7 +281,8 @@ pub fn fwd_kernel(dims: (usize, usize), tile: FwdTile) -> Option<String> {
     match (tile, dims) {
         (FwdTile::W8x16, _) => Some(kernel("fwd", dims)),
         (FwdTile::W4x32, (128, 128)) => Some("attn_fwd_m2_d128_dv128".to_string()),
-        (FwdTile::W4x32, _) => None,
+        (FwdTile::W8x32, (128, 128)) => Some("attn_fwd_m2w8_d128_dv128".to_string()),
+        (FwdTile::W4x32 | FwdTile::W8x32, _) => None,
     }
 }
 
@@ -340,6 +355,8 @@ mod tests {
         assert!(attn_dims(96, 96).unwrap_err().contains("(128, 128)"));
         assert_eq!(kernel("fwd", (64, 32)), "attn_fwd_d64_dv32");
         assert_eq!(fwd_kernel((64, 64), FwdTile::W4x32), None);
+        assert_eq!(fwd_kernel((64, 64), FwdTile::W8x32), None);
+        assert!(fwd_smem((128, 128), FwdTile::W8x32) + 1024 <= 228 * 1024);
         assert_eq!(decode_kernel((64, 32), 1), "attn_decode_g1_d64_dv32");
         assert_eq!(decode_kernel((128, 128), 4), "attn_decode_d128_dv128");
         assert_eq!(fwd_kernel((128, 128), fwd_tile((128, 128))).as_deref(), Some("attn_fwd_m2_d128_dv128"));
@@ -350,14 +367,14 @@ mod tests {
     fn causal_tiles_come_longest_first_and_skip_empty_sequences() {
         let spec = AttnSpec { cu_seqlens: Some(vec![0, 300, 300, 400]), ..AttnSpec::new(1, 400, 2, 64) };
         let p = AttnProblem::new(spec).unwrap();
-        let (seq, q0) = query_tiles(&p);
+        let (seq, q0) = query_tiles(&p, ATTN_BM);
         assert_eq!(seq, vec![0, 0, 0, 2]);
         assert_eq!(q0, vec![256, 128, 0, 0]);
         let (seq, k0) = key_tiles(&p);
         assert_eq!((seq.len(), seq[0], k0[0]), (5 + 2, 0, 0));
         // sequence by sequence: the tiles in flight share their sequence's K / V
         let p2 = AttnProblem::new(AttnSpec::new(2, 256, 2, 64)).unwrap();
-        assert_eq!(query_tiles(&p2), (vec![0, 0, 1, 1], vec![128, 0, 128, 0]));
+        assert_eq!(query_tiles(&p2, ATTN_BM), (vec![0, 0, 1, 1], vec![128, 0, 128, 0]));
     }
 
     #[test]

@@ -36,11 +36,14 @@ pub struct DevAttnProblem {
     pub bounds: CudaSlice<i64>,
     tile_seq: CudaSlice<i32>,
     tile_q0: CudaSlice<i32>,
+    tile2_seq: CudaSlice<i32>,
+    tile2_q0: CudaSlice<i32>,
     key_seq: CudaSlice<i32>,
     key_k0: CudaSlice<i32>,
     unit_seq: CudaSlice<i32>,
     unit_split: CudaSlice<i32>,
     n_tiles: usize,
+    n_tiles2: usize,
     n_key_tiles: usize,
     n_units: usize,
     splits: usize,
@@ -59,7 +62,8 @@ impl DevAttnProblem {
         let dims = da::attn_dims(p.d(), p.dv()).map_err(unsupported)?;
         let first = if p.n() > 0 { p.seq(0).start } else { 0 };
         let b: Vec<i64> = std::iter::once(first).chain((0..p.n()).map(|n| p.seq(n).end)).map(|r| r as i64).collect();
-        let (ts, tq) = da::query_tiles(p);
+        let (ts, tq) = da::query_tiles(p, da::ATTN_BM);
+        let (ts2, tq2) = da::query_tiles(p, da::FwdTile::W8x32.rows());
         let (ks, kk) = da::key_tiles(p);
         let splits = da::kvq_splits(p, cuda.sm_count());
         let (us, usp) = da::kvq_units(p, splits);
@@ -71,11 +75,14 @@ impl DevAttnProblem {
         Ok(Self {
             bounds: cuda.upload(&b, "attn sequence bounds")?,
             n_tiles: ts.len(),
+            n_tiles2: ts2.len(),
             n_key_tiles: ks.len(),
             n_units: us.len(),
             splits,
             tile_seq: up(ts, "attn query tiles")?,
             tile_q0: up(tq, "attn query tile starts")?,
+            tile2_seq: up(ts2, "attn 256-row query tiles")?,
+            tile2_q0: up(tq2, "attn 256-row query tile starts")?,
             key_seq: up(ks, "attn key tiles")?,
             key_k0: up(kk, "attn key tile starts")?,
             unit_seq: up(us, "attn backward units")?,
@@ -142,10 +149,14 @@ pub fn attn_fwd_tile(
         return Ok(());
     }
     let (h, hk, d, dv, causal, w, sl2, _) = scalars(p);
-    let cfg = da::fwd_cfg(p.h(), dp.n_tiles, da::fwd_smem(dp.dims), tile);
+    // the tile table of the tile's row count
+    let (n, seq, q0) =
+        if tile.rows() == da::ATTN_BM { (dp.n_tiles, &dp.tile_seq, &dp.tile_q0) } else { (dp.n_tiles2, &dp.tile2_seq, &dp.tile2_q0) };
+    let cfg = da::fwd_cfg(p.h(), n, da::fwd_smem(dp.dims, tile), tile);
     // SAFETY: the arguments match attn_fwd_*'s signature; every length was checked against the
-    // problem, the tile tables hold n_tiles entries of the problem's sequences
-    unsafe { cuda.launch(&name, cfg, &[x.q, x.k, x.v, o, lse, &dp.bounds, &dp.tile_seq, &dp.tile_q0, &h, &hk, &d, &dv, &causal, &w, &sl2]) }
+    // problem, the tile table holds n entries of the problem's sequences in tiles of the
+    // kernel's rows
+    unsafe { cuda.launch(&name, cfg, &[x.q, x.k, x.v, o, lse, &dp.bounds, seq, q0, &h, &hk, &d, &dv, &causal, &w, &sl2]) }
 }
 
 /// Whether [`DevAttnProblem`]'s head dims have a kernel for `tile`.

@@ -213,6 +213,18 @@ static void run(const Case& c, uint64_t seed) {
         });
         report("o (4x32 tile)", rel(fromb(o2), rf.o));
         report("lse (4x32 tile)", rel(l2, rf.lse));
+        // 8 warps x 32 rows (attn_fwd_m2w8_*) on the 256-row tile table
+        std::vector<int> ts2, tq2;
+        tiles(p, 256, false, ts2, tq2);
+        const size_t fsm2 = (256 * (DP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8)) * 2;
+        std::fill(o2.begin(), o2.end(), (bf16_t)0x7fc0);
+        std::fill(l2.begin(), l2.end(), NAN);
+        emu::launch(dim3{(unsigned)H, (unsigned)ts2.size(), 1}, dim3{256, 1, 1}, fsm2, [&] {
+            attn_fwd<DP, DVP, 8, 2>(qb.data(), kb.data(), vb.data(), o2.data(), l2.data(), p.b.data(), ts2.data(), tq2.data(), H, HK, D,
+                                    DV, causal, win, sl2);
+        });
+        report("o (8x32 tile)", rel(fromb(o2), rf.o));
+        report("lse (8x32 tile)", rel(l2, rf.lse));
     }
     // backward on the kernel's own o and lse
     std::vector<float> delta(p.rows * H, NAN);
