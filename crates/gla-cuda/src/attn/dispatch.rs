@@ -265,14 +265,21 @@ impl FwdTile {
     pub const ALL: [FwdTile; 3] = [FwdTile::W8x16, FwdTile::W4x32, FwdTile::W8x32];
 }
 
-/// The forward's tile for `dims`: the 4 x 32 split where it has a kernel (D = DV = 128: 11 - 14 %
-/// faster than 8 x 16 on the H200 at T = 2048 .. 32768, causal, H = 16), else 8 x 16 (the bench
-/// times the other one beside it).
+/// The forward's tile for `dims`: `GLA_ATTN_FWD=8x16|4x32|8x32` picks one where it has a kernel
+/// (for checking and timing a tile through the whole stack), else the 4 x 32 split where it has a
+/// kernel (D = DV = 128: 11 - 14 % faster than 8 x 16 on the H200 at T = 2048 .. 32768, causal,
+/// H = 16), else 8 x 16 (the bench times the others beside it).
 pub fn fwd_tile(dims: (usize, usize)) -> FwdTile {
-    if dims == (128, 128) {
-        FwdTile::W4x32
-    } else {
-        FwdTile::W8x16
+    let forced = match std::env::var("GLA_ATTN_FWD").as_deref() {
+        Ok("8x16") => Some(FwdTile::W8x16),
+        Ok("4x32") => Some(FwdTile::W4x32),
+        Ok("8x32") => Some(FwdTile::W8x32),
+        _ => None,
+    };
+    match forced {
+        Some(t) if fwd_kernel(dims, t).is_some() => t,
+        _ if dims == (128, 128) => FwdTile::W4x32,
+        _ => FwdTile::W8x16,
     }
 }
 
