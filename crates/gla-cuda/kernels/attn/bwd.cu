@@ -419,8 +419,15 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
         const int per = grp * D / 4;  // float4 per row
         float4 z;
         z.x = z.y = z.z = z.w = 0.f;
-        for (idx_t x = tid; x < (idx_t)len * per; x += NT)
-            *(float4*)(acc + (bs + x / per) * ldq + (idx_t)g * grp * D + 4 * (x % per)) = z;
+        float* a0 = acc + bs * ldq + (idx_t)g * grp * D;
+        if (per <= NT) {  // NT / per rows at a time
+            const int rs = NT / per, r = tid / per, c = tid % per;
+            if (r < rs)
+                for (int i = r; i < len; i += rs) *(float4*)(a0 + i * ldq + 4 * c) = z;
+        } else {
+            for (int i = 0; i < len; ++i)
+                for (int c = tid; c < per; c += NT) *(float4*)(a0 + i * ldq + 4 * c) = z;
+        }
     }
 
     // warp w: S, dP and dQ on query rows qr .. qr + 31 (x keys kc .. kc + 31 for S and dP, x
