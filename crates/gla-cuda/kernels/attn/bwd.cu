@@ -547,18 +547,35 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                 for (int mt = 0; mt < 2; ++mt) {
                     #pragma unroll
                     for (int r = 0; r < 2; ++r) {
-                        const int row = qr + 16 * mt + fg + 8 * r;
-                        const float lr = Lb[row], dr = Db[row];
+                        const float lr = Lb[qr + 16 * mt + fg + 8 * r];
                         #pragma unroll
-                        for (int nt = 0; nt < 4; ++nt) {
+                        for (int nt = 0; nt < 4; ++nt)
                             #pragma unroll
-                            for (int c = 0; c < 2; ++c) {
-                                float pv = ex2f(s[mt][nt][2 * r + c] * sl2 - lr);
-                                if (edge) pv = att_key_ok(i0 + row, klo + 8 * nt + 2 * ft + c, len, causal, window) ? pv : 0.f;
-                                s[mt][nt][2 * r + c] = pv;
-                                dp[mt][nt][2 * r + c] = pv * (dp[mt][nt][2 * r + c] - dr);
-                            }
-                        }
+                            for (int c = 0; c < 2; ++c) s[mt][nt][2 * r + c] = ex2f(s[mt][nt][2 * r + c] * sl2 - lr);
+                    }
+                }
+                if (edge) {  // warp-uniform; a separate pass, so the common case carries no mask code
+                    #pragma unroll
+                    for (int mt = 0; mt < 2; ++mt)
+                        #pragma unroll
+                        for (int r = 0; r < 2; ++r)
+                            #pragma unroll
+                            for (int nt = 0; nt < 4; ++nt)
+                                #pragma unroll
+                                for (int c = 0; c < 2; ++c) {
+                                    const bool ok = att_key_ok(qlo + 16 * mt + fg + 8 * r, klo + 8 * nt + 2 * ft + c, len, causal, window);
+                                    s[mt][nt][2 * r + c] = ok ? s[mt][nt][2 * r + c] : 0.f;
+                                }
+                }
+                #pragma unroll
+                for (int mt = 0; mt < 2; ++mt) {
+                    #pragma unroll
+                    for (int r = 0; r < 2; ++r) {
+                        const float dr = Db[qr + 16 * mt + fg + 8 * r];
+                        #pragma unroll
+                        for (int nt = 0; nt < 4; ++nt)
+                            #pragma unroll
+                            for (int c = 0; c < 2; ++c) dp[mt][nt][2 * r + c] = s[mt][nt][2 * r + c] * (dp[mt][nt][2 * r + c] - dr);
                     }
                 }
             }
