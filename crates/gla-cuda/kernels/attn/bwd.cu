@@ -414,7 +414,9 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
     float* acc = dq_acc + sp * acc_stride;
 
     // zero the block's part of its split's dQ sum (rows of sequence n, heads of group g: only this
-    // block adds there); the first barrier below orders these stores before the adds
+    // block adds there); a GPU-scope fence before the first adds' barrier orders these stores
+    // (through L1) before the adds (in L2) of the other threads
+    bool fresh = true;
     {
         const int per = grp * D / 4;  // float4 per row
         float4 z;
@@ -594,7 +596,11 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
             }
             // buffer b ^ 1's lse and delta were last read in iteration it - 1, before this one's barrier
             if (it + 1 < nit) put(b ^ 1);
-            __syncthreads();  // P and dS of every warp in sP, sS
+            if (fresh) {  // block-uniform: the block's first query tile
+                __threadfence();
+                fresh = false;
+            }
+            __syncthreads();  // P and dS of every warp in sP, sS (and the zeroed sum)
 
             // dV += P^T dO, dK += dS^T Q on the warp's 32 keys x half the columns (A from the
             // transposed P and dS tiles), unless none of its keys sees a row of the tile

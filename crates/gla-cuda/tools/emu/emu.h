@@ -424,6 +424,8 @@ inline void att_red2(float* p, float a, float b) {
     p[0] += a;
     p[1] += b;
 }
+// fibers run one at a time in one address space: a fence orders nothing more
+inline void __threadfence() {}
 // attn/common.cuh's 32-bit shared addresses: byte offsets into the dynamic shared memory
 inline unsigned att_smem(const void* p) { return (unsigned)((const unsigned char*)p - emu::g_dyn); }
 inline void att_ldsm4(unsigned r[4], unsigned a) { ldsm4(r, (const unsigned short*)(emu::g_dyn + a)); }
