@@ -286,7 +286,15 @@ pub const DELTA_CHUNK_BWD: KernelSource = source!(
 pub const ATTN_FWD: KernelSource = source!(
     "attn/fwd.cu",
     ATTN_HEADERS,
-    ["attn_fwd_d64_dv32", "attn_fwd_d64_dv64", "attn_fwd_d128_dv128", "attn_fwd_m2_d128_dv128", "attn_fwd_m2w8_d128_dv128"]
+    [
+        "attn_fwd_d64_dv32",
+        "attn_fwd_d64_dv64",
+        "attn_fwd_d128_dv128",
+        "attn_fwd_m2_d128_dv128",
+        "attn_fwd_m2w8_d128_dv128",
+        "attn_fwd_m2p_d128_dv128",
+        "attn_fwd_m2w8p_d128_dv128"
+    ]
 );
 /// Softmax attention's backward: the row dot of dO and O, dK / dV per key tile, dQ per query tile.
 pub const ATTN_BWD: KernelSource = source!(

@@ -62,9 +62,9 @@ pub fn kernel(pass: &str, (dp, dvp): (usize, usize)) -> String {
 }
 
 /// Dynamic shared memory of the forward on `tile`: Q [BM][DP+8], K 2 x [BN][DP+8], V 2 x
-/// [BN][DVP+8] bf16 (BM = [`FwdTile::rows`]).
+/// [BN][DVP+8] bf16 (BM = [`FwdTile::rows`], BN = [`FwdTile::keys`]).
 pub fn fwd_smem((dp, dvp): (usize, usize), tile: FwdTile) -> usize {
-    2 * (tile.rows() * (dp + 8) + 2 * ATTN_BN * (dp + 8) + 2 * ATTN_BN * (dvp + 8))
+    2 * (tile.rows() * (dp + 8) + 2 * tile.keys() * (dp + 8) + 2 * tile.keys() * (dvp + 8))
 }
 
 /// Dynamic shared memory of dK / dV: K [BN][DP+8], V [BN][DVP+8], Q 2 x [BQ][DP+8], dO 2 x
@@ -236,6 +236,12 @@ pub enum FwdTile {
     /// 256 rows, 8 warps x 32 rows (`attn_fwd_m2w8_d*`): each K / V tile read from L2 serves
     /// twice the rows of the other two; one block per SM. D = DV = 128 only.
     W8x32,
+    /// [`FwdTile::W4x32`] on 32-key tiles, software pipelined (`attn_fwd_m2p_d*`): the scores of
+    /// the next key tile are computed while the softmax of this one runs (the registers of the
+    /// second score tile are those the halved key tile frees). D = DV = 128 only.
+    W4x32P,
+    /// [`FwdTile::W8x32`] pipelined the same way (`attn_fwd_m2w8p_d*`). D = DV = 128 only.
+    W8x32P,
 }
 
 impl FwdTile {
@@ -245,27 +251,36 @@ impl FwdTile {
             FwdTile::W8x16 => "flash",
             FwdTile::W4x32 => "flash-4x32",
             FwdTile::W8x32 => "flash-8x32",
+            FwdTile::W4x32P => "flash-4x32p",
+            FwdTile::W8x32P => "flash-8x32p",
         }
     }
     /// Threads per block.
     pub fn threads(self) -> u32 {
         match self {
-            FwdTile::W8x16 | FwdTile::W8x32 => FWD_THREADS,
-            FwdTile::W4x32 => FWD_THREADS / 2,
+            FwdTile::W8x16 | FwdTile::W8x32 | FwdTile::W8x32P => FWD_THREADS,
+            FwdTile::W4x32 | FwdTile::W4x32P => FWD_THREADS / 2,
         }
     }
     /// Query rows per block (`BM`).
     pub fn rows(self) -> usize {
         match self {
-            FwdTile::W8x16 | FwdTile::W4x32 => ATTN_BM,
-            FwdTile::W8x32 => 2 * ATTN_BM,
+            FwdTile::W8x16 | FwdTile::W4x32 | FwdTile::W4x32P => ATTN_BM,
+            FwdTile::W8x32 | FwdTile::W8x32P => 2 * ATTN_BM,
+        }
+    }
+    /// Keys per tile (`BN`).
+    pub fn keys(self) -> usize {
+        match self {
+            FwdTile::W8x16 | FwdTile::W4x32 | FwdTile::W8x32 => ATTN_BN,
+            FwdTile::W4x32P | FwdTile::W8x32P => ATTN_BN / 2,
         }
     }
     /// Every split (the benchmark times them all).
-    pub const ALL: [FwdTile; 3] = [FwdTile::W8x16, FwdTile::W4x32, FwdTile::W8x32];
+    pub const ALL: [FwdTile; 5] = [FwdTile::W8x16, FwdTile::W4x32, FwdTile::W8x32, FwdTile::W4x32P, FwdTile::W8x32P];
 }
 
-/// The forward's tile for `dims`: `GLA_ATTN_FWD=8x16|4x32|8x32` picks one where it has a kernel
+/// The forward's tile for `dims`: `GLA_ATTN_FWD=8x16|4x32|8x32|4x32p|8x32p` picks one where it has a kernel
 /// (for checking and timing a tile through the whole stack), else the 4 x 32 split where it has a
 /// kernel (D = DV = 128: 11 - 14 % faster than 8 x 16 on the H200 at T = 2048 .. 32768, causal,
 /// H = 16), else 8 x 16 (the bench times the others beside it).
@@ -274,6 +289,8 @@ pub fn fwd_tile(dims: (usize, usize)) -> FwdTile {
         Ok("8x16") => Some(FwdTile::W8x16),
         Ok("4x32") => Some(FwdTile::W4x32),
         Ok("8x32") => Some(FwdTile::W8x32),
+        Ok("4x32p") => Some(FwdTile::W4x32P),
+        Ok("8x32p") => Some(FwdTile::W8x32P),
         _ => None,
     };
     match forced {
@@ -289,7 +306,9 @@ pub fn fwd_kernel(dims: (usize, usize), tile: FwdTile) -> Option<String> {
         (FwdTile::W8x16, _) => Some(kernel("fwd", dims)),
         (FwdTile::W4x32, (128, 128)) => Some("attn_fwd_m2_d128_dv128".to_string()),
         (FwdTile::W8x32, (128, 128)) => Some("attn_fwd_m2w8_d128_dv128".to_string()),
-        (FwdTile::W4x32 | FwdTile::W8x32, _) => None,
+        (FwdTile::W4x32P, (128, 128)) => Some("attn_fwd_m2p_d128_dv128".to_string()),
+        (FwdTile::W8x32P, (128, 128)) => Some("attn_fwd_m2w8p_d128_dv128".to_string()),
+        (FwdTile::W4x32 | FwdTile::W8x32 | FwdTile::W4x32P | FwdTile::W8x32P, _) => None,
     }
 }
 
@@ -364,6 +383,9 @@ mod tests {
         assert_eq!(fwd_kernel((64, 64), FwdTile::W4x32), None);
         assert_eq!(fwd_kernel((64, 64), FwdTile::W8x32), None);
         assert!(fwd_smem((128, 128), FwdTile::W8x32) + 1024 <= 228 * 1024);
+        assert_eq!(fwd_kernel((64, 64), FwdTile::W4x32P), None);
+        // two blocks of the pipelined 4 x 32 tile per SM
+        assert!(2 * (fwd_smem((128, 128), FwdTile::W4x32P) + 1024) <= 228 * 1024);
         assert_eq!(decode_kernel((64, 32), 1), "attn_decode_g1_d64_dv32");
         assert_eq!(decode_kernel((128, 128), 4), "attn_decode_d128_dv128");
         assert_eq!(fwd_kernel((128, 128), fwd_tile((128, 128))).as_deref(), Some("attn_fwd_m2_d128_dv128"));

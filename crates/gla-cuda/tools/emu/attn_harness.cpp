@@ -225,6 +225,25 @@ static void run(const Case& c, uint64_t seed) {
         });
         report("o (8x32 tile)", rel(fromb(o2), rf.o));
         report("lse (8x32 tile)", rel(l2, rf.lse));
+        // both pipelined on 32-key tiles (attn_fwd_m2p_*, attn_fwd_m2w8p_*)
+        const size_t psm = (128 * (DP + 8) + 2 * 32 * (DP + 8) + 2 * 32 * (DVP + 8)) * 2;
+        std::fill(o2.begin(), o2.end(), (bf16_t)0x7fc0);
+        std::fill(l2.begin(), l2.end(), NAN);
+        emu::launch(dim3{(unsigned)H, (unsigned)ts.size(), 1}, dim3{128, 1, 1}, psm, [&] {
+            attn_fwd<DP, DVP, 4, 2, 32, false, true>(qb.data(), kb.data(), vb.data(), o2.data(), l2.data(), p.b.data(), ts.data(),
+                                                     tq.data(), H, HK, D, DV, causal, win, sl2);
+        });
+        report("o (4x32p tile)", rel(fromb(o2), rf.o));
+        report("lse (4x32p tile)", rel(l2, rf.lse));
+        const size_t psm2 = psm + 128 * (DP + 8) * 2;
+        std::fill(o2.begin(), o2.end(), (bf16_t)0x7fc0);
+        std::fill(l2.begin(), l2.end(), NAN);
+        emu::launch(dim3{(unsigned)H, (unsigned)ts2.size(), 1}, dim3{256, 1, 1}, psm2, [&] {
+            attn_fwd<DP, DVP, 8, 2, 32, false, true>(qb.data(), kb.data(), vb.data(), o2.data(), l2.data(), p.b.data(), ts2.data(),
+                                                     tq2.data(), H, HK, D, DV, causal, win, sl2);
+        });
+        report("o (8x32p tile)", rel(fromb(o2), rf.o));
+        report("lse (8x32p tile)", rel(l2, rf.lse));
     }
     // backward on the kernel's own o and lse
     std::vector<float> delta(p.rows * H, NAN);
