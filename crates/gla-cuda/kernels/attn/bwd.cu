@@ -4,13 +4,11 @@
 //
 // attn_bwd_pre: one warp per (row, head): delta [rows, H] f32 (=) = rowsum(dO * O), over DV.
 //
-// Two paths follow (src/attn/dispatch.rs, BwdPath).
-//
-// One pass (five products, the flash-attention-2 count):
 // attn_bwd_kvq_d{DP}_dv{DVP}: one block per (kv head g, unit = (sequence n, split s)), 256 threads
 // (8 warps), grid (H_KV, units) (u_seq / u_split). The block takes the key tiles s, s + splits, ...
 // (128 keys each) of sequence n; per key tile K_t, for every query head j of the group, in order,
-// and every query tile (64 rows) that can see a key of it:
+// and every query tile (64 rows) that can see a key of it (five products, the
+// flash-attention-2 count):
 //     S = Q K_t^T, dP = dO V_t^T                   (warps 2 x 4 over rows x keys: 32 x 32 each)
 //     P = ex2(S sl2 - lse log2 e), dS = P * (dP - delta)       -> shared memory (bf16)
 //     dV += P^T dO,  dK += dS^T Q                  (warps 4 x 2 over keys x columns, f32 registers)
@@ -22,28 +20,13 @@
 // attn_bwd_dq_sum: dq (=, bf16) = scale * the sum of the splits' sums, over the sequences' rows.
 // The one-pass kernel needs D == DP (the host runs it only so).
 //
-// Split (seven products: S and dP twice):
-// attn_bwd_dkv_d{DP}_dv{DVP}: one block per (kv head g, key tile of 64 keys), 128 threads (4
-// warps x 16 keys), grid (H_KV, key tiles) (tile kt_seq / kt_k0 like the forward's). For every
-// query head j of the group, in order, and every query tile (64 rows) that can see the key tile:
-//     dP^T = V dO^T,  dS^T = P^T * (dP^T - delta)
-//     dV  += P^T dO,  dK += dS^T Q                 (f32 in registers)
-// then dk = scale * dK, dv = dV (=, bf16): the group's sum in a fixed order (deterministic).
-// Q / dO tiles (and their lse, delta) double-buffered with cp.async, one barrier per query tile.
-// attn_bwd_dq_d{DP}_dv{DVP}: one block per (query head j, query tile of 128 rows), 256 threads,
-// the forward's grid and tile table; over the key tiles the forward visits:
-//     dP = dO V^T,  dS = P * (dP - delta),  dQ += dS K
-// then dq = scale * dQ (=, bf16). K / V double-buffered with cp.async, one barrier per key tile.
-//
 // Masking as the forward: only blocks crossing the diagonal, the window's edge or a sequence end
 // are masked. Rows past a sequence end are neither read (zero) nor written.
 // Layouts: the forward's; do [rows, H, DV]; dq [rows, H, D], dk [rows, H_KV, D], dv [rows, H_KV,
-// DV] bf16. Dynamic smem: src/attn/dispatch.rs (kvq_smem, dkv_smem, dq_smem) matches the
-// carve-ups below.
+// DV] bf16. Dynamic smem: src/attn/dispatch.rs (kvq_smem) matches the carve-up below.
 //
 // Entry points: attn_bwd_pre attn_bwd_kvq_d64_dv32 attn_bwd_kvq_d64_dv64 attn_bwd_kvq_d128_dv128
-//   attn_bwd_dq_sum attn_bwd_dkv_d64_dv32 attn_bwd_dkv_d64_dv64 attn_bwd_dkv_d128_dv128
-//   attn_bwd_dq_d64_dv32 attn_bwd_dq_d64_dv64 attn_bwd_dq_d128_dv128
+//   attn_bwd_dq_sum
 
 extern "C" __global__ void __launch_bounds__(256) attn_bwd_pre(const bf16_t* __restrict__ o, const bf16_t* __restrict__ d_o,
                                                                float* __restrict__ delta, idx_t nrh, int DV) {
@@ -56,325 +39,6 @@ extern "C" __global__ void __launch_bounds__(256) attn_bwd_pre(const bf16_t* __r
     for (int c = lane; c < DV; c += 32) s += to_f32(op[c]) * to_f32(dp[c]);
     s = warp_sum(s);
     if (lane == 0) delta[x] = s;
-}
-
-template <int DP, int DVP>
-__device__ __forceinline__ void attn_bwd_dkv(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
-                                             const bf16_t* __restrict__ d_o, const float* __restrict__ lse,
-                                             const float* __restrict__ delta, bf16_t* __restrict__ dk, bf16_t* __restrict__ dv,
-                                             const idx_t* __restrict__ bounds, const int* __restrict__ kt_seq,
-                                             const int* __restrict__ kt_k0, int H, int HKV, int D, int DV, int causal, int window,
-                                             float sl2, float scale) {
-    constexpr int BN = 64, BQ = 64, LQ = DP + 8, LV = DVP + 8, NT = 128;
-    DELTA_SMEM(smem);
-    bf16_t* sK = (bf16_t*)smem;      // [BN][LQ]; dk staging at the end
-    bf16_t* sV = sK + BN * LQ;       // [BN][LV]; dv staging at the end
-    bf16_t* sQ = sV + BN * LV;       // [2][BQ][LQ]
-    bf16_t* sO = sQ + 2 * BQ * LQ;   // [2][BQ][LV] (dO)
-    float* sL = (float*)(sO + 2 * BQ * LV);  // [2][BQ] lse * log2(e) (+inf past the end)
-    float* sD = sL + 2 * BQ;                  // [2][BQ] delta
-    DELTA_SMEM_END(smem, sD + 2 * BQ);
-    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
-    const int g = blockIdx.x, tile = blockIdx.y;
-    const int n = kt_seq[tile], k0 = kt_k0[tile];
-    const idx_t bs = bounds[n];
-    const int len = (int)(bounds[n + 1] - bs);
-    const int grp = H / HKV;
-    const idx_t ldq = (idx_t)H * D, ldk = (idx_t)HKV * D, ldv = (idx_t)HKV * DV, ldo = (idx_t)H * DV;
-    const int LK = min(BN, len - k0);
-    // the query tiles that can see a key of this tile
-    const int qbeg = causal ? k0 : 0;
-    const int qend = window > 0 ? min(len, k0 + BN - 1 + window) : len;
-    const int q0 = qbeg / BQ, q1 = (qend + BQ - 1) / BQ;
-    const int nq = max(0, q1 - q0), nit = grp * nq;
-
-    att_tile<BN, DP, NT>(sK, LQ, k + (bs + k0) * ldk + (idx_t)g * D, ldk, LK, D, tid);
-    att_tile<BN, DVP, NT>(sV, LV, v + (bs + k0) * ldv + (idx_t)g * DV, ldv, LK, DV, tid);
-    // issues the loads of iteration `it` (head g * grp + it / nq, query tile q0 + it % nq) into buffer
-    // b: Q and dO by cp.async, lse and delta of row tid (tid < BQ) into registers (nl, nd), which
-    // put() stores after the iteration's products, so their latency hides behind them
-    float nl = ATT_POS_INF, nd = 0.f;
-    auto issue = [&](int it, int b) {
-        const int j = g * grp + it / nq, i0 = (q0 + it % nq) * BQ;
-        const int LQr = min(BQ, len - i0);
-        att_tile<BQ, DP, NT>(sQ + b * BQ * LQ, LQ, q + (bs + i0) * ldq + (idx_t)j * D, ldq, LQr, D, tid);
-        att_tile<BQ, DVP, NT>(sO + b * BQ * LV, LV, d_o + (bs + i0) * ldo + (idx_t)j * DV, ldo, LQr, DV, tid);
-        if (tid < BQ) {
-            const bool ok = tid < LQr;
-            const idx_t r = (bs + i0 + tid) * H + j;
-            nl = ok ? lse[r] : ATT_POS_INF;
-            nd = ok ? delta[r] : 0.f;
-        }
-    };
-    auto put = [&](int b) {
-        if (tid < BQ) {
-            sL[b * BQ + tid] = nl * ATT_L2E;
-            sD[b * BQ + tid] = nd;
-        }
-    };
-    if (nit > 0) {
-        issue(0, 0);
-        put(0);
-    }
-    cp_commit();
-
-    const int kr = 16 * w;       // the warp's first key row in the tile
-    const int klo = k0 + kr;     // its first key position
-    // ldmatrix addresses (shared-memory bytes) at tile offset (0, 0); Q and dO add the buffer's
-    const unsigned aK = att_smem(sK) + att_lane_a(LQ, lane) + 2 * kr * LQ, aV = att_smem(sV) + att_lane_a(LV, lane) + 2 * kr * LV;
-    const unsigned uQ = att_smem(sQ), uO = att_smem(sO);
-    const unsigned bQn = att_lane_b(LQ, lane), bOn = att_lane_b(LV, lane), bQt = att_lane_a(LQ, lane), bOt = att_lane_a(LV, lane);
-    float dK[DP / 8][4], dV[DVP / 8][4];
-    #pragma unroll
-    for (int nt = 0; nt < DP / 8; ++nt) dK[nt][0] = dK[nt][1] = dK[nt][2] = dK[nt][3] = 0.f;
-    #pragma unroll
-    for (int nt = 0; nt < DVP / 8; ++nt) dV[nt][0] = dV[nt][1] = dV[nt][2] = dV[nt][3] = 0.f;
-
-    // one barrier per iteration (as the forward's key tiles): the loads of it + 1 start after it
-    for (int it = 0; it < nit; ++it) {
-        const int b = it & 1;
-        cp_wait0();
-        __syncthreads();
-        if (it + 1 < nit) {
-            issue(it + 1, b ^ 1);
-            cp_commit();
-        }
-        const int i0 = (q0 + it % nq) * BQ;
-        const bool idle = klo >= len || (causal && i0 + BQ - 1 < klo) || (window > 0 && klo + 15 <= i0 - window);
-        if (!idle) {
-            const unsigned uQb = uQ + 2 * b * BQ * LQ, uOb = uO + 2 * b * BQ * LV;
-            const float* Lb = sL + b * BQ;
-            const float* Db = sD + b * BQ;
-            float s[BQ / 8][4], dp[BQ / 8][4];
-            #pragma unroll
-            for (int nt = 0; nt < BQ / 8; ++nt)
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
-            #pragma unroll
-            for (int kk = 0; kk < DP / 16; ++kk) {
-                unsigned a[4];
-                att_ldsm4(a, aK + 2 * 16 * kk);
-                #pragma unroll
-                for (int np = 0; np < BQ / 16; ++np) {
-                    unsigned r[4];
-                    att_ldsm4(r, uQb + bQn + 2 * (16 * np * LQ + 16 * kk));
-                    mma16816(s[2 * np], a, r[0], r[1]);
-                    mma16816(s[2 * np + 1], a, r[2], r[3]);
-                }
-            }
-            #pragma unroll
-            for (int kk = 0; kk < DVP / 16; ++kk) {
-                unsigned a[4];
-                att_ldsm4(a, aV + 2 * 16 * kk);
-                #pragma unroll
-                for (int np = 0; np < BQ / 16; ++np) {
-                    unsigned r[4];
-                    att_ldsm4(r, uOb + bOn + 2 * (16 * np * LV + 16 * kk));
-                    mma16816(dp[2 * np], a, r[0], r[1]);
-                    mma16816(dp[2 * np + 1], a, r[2], r[3]);
-                }
-            }
-            const bool edge = klo + 16 > len || i0 + BQ > len || (causal && i0 < klo + 15) || (window > 0 && i0 + BQ - 1 - klo >= window);
-            #pragma unroll
-            for (int nt = 0; nt < BQ / 8; ++nt)
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) s[nt][e] = ex2f(s[nt][e] * sl2 - Lb[8 * nt + 2 * ft + (e & 1)]);
-            if (edge) {  // warp-uniform
-                #pragma unroll
-                for (int nt = 0; nt < BQ / 8; ++nt) {
-                    #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const int c = 8 * nt + 2 * ft + (e & 1);  // query column in the tile
-                        const bool ok = att_key_ok(i0 + c, klo + fg + (e >= 2 ? 8 : 0), len, causal, window);
-                        s[nt][e] = ok ? s[nt][e] : 0.f;
-                    }
-                }
-            }
-            #pragma unroll
-            for (int nt = 0; nt < BQ / 8; ++nt)
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) dp[nt][e] = s[nt][e] * (dp[nt][e] - Db[8 * nt + 2 * ft + (e & 1)]);
-            #pragma unroll
-            for (int kk = 0; kk < BQ / 16; ++kk) {
-                const unsigned pa[4] = {pack2(s[2 * kk][0], s[2 * kk][1]), pack2(s[2 * kk][2], s[2 * kk][3]),
-                                        pack2(s[2 * kk + 1][0], s[2 * kk + 1][1]), pack2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-                const unsigned da[4] = {pack2(dp[2 * kk][0], dp[2 * kk][1]), pack2(dp[2 * kk][2], dp[2 * kk][3]),
-                                        pack2(dp[2 * kk + 1][0], dp[2 * kk + 1][1]), pack2(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
-                #pragma unroll
-                for (int np = 0; np < DVP / 16; ++np) {
-                    unsigned r[4];
-                    att_ldsm4t(r, uOb + bOt + 2 * (16 * kk * LV + 16 * np));
-                    mma16816(dV[2 * np], pa, r[0], r[1]);
-                    mma16816(dV[2 * np + 1], pa, r[2], r[3]);
-                }
-                #pragma unroll
-                for (int np = 0; np < DP / 16; ++np) {
-                    unsigned r[4];
-                    att_ldsm4t(r, uQb + bQt + 2 * (16 * kk * LQ + 16 * np));
-                    mma16816(dK[2 * np], da, r[0], r[1]);
-                    mma16816(dK[2 * np + 1], da, r[2], r[3]);
-                }
-            }
-        }
-        // buffer b ^ 1 was last read in iteration it - 1, before this iteration's barrier
-        if (it + 1 < nit) put(b ^ 1);
-    }
-    cp_wait0();
-    __syncthreads();  // every warp is done with the tiles
-
-    // epilogue: each warp stages its own 16 rows of dk in sK and of dv in sV (it alone read them)
-    #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int row = kr + fg + 8 * r;
-        #pragma unroll
-        for (int nt = 0; nt < DP / 8; ++nt)
-            *(unsigned*)(sK + row * LQ + 8 * nt + 2 * ft) = pack2(dK[nt][2 * r] * scale, dK[nt][2 * r + 1] * scale);
-        #pragma unroll
-        for (int nt = 0; nt < DVP / 8; ++nt) *(unsigned*)(sV + row * LV + 8 * nt + 2 * ft) = pack2(dV[nt][2 * r], dV[nt][2 * r + 1]);
-    }
-    __syncthreads();
-    att_store<BN, DP, NT>(dk + (bs + k0) * ldk + (idx_t)g * D, ldk, sK, LQ, LK, D, tid);
-    att_store<BN, DVP, NT>(dv + (bs + k0) * ldv + (idx_t)g * DV, ldv, sV, LV, LK, DV, tid);
-}
-
-template <int DP, int DVP>
-__device__ __forceinline__ void attn_bwd_dq(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
-                                            const bf16_t* __restrict__ d_o, const float* __restrict__ lse,
-                                            const float* __restrict__ delta, bf16_t* __restrict__ dq, const idx_t* __restrict__ bounds,
-                                            const int* __restrict__ tile_seq, const int* __restrict__ tile_q0, int H, int HKV, int D,
-                                            int DV, int causal, int window, float sl2, float scale) {
-    constexpr int BM = 128, BN = 64, LQ = DP + 8, LV = DVP + 8, NT = 256;
-    DELTA_SMEM(smem);
-    bf16_t* sQ = (bf16_t*)smem;     // [BM][LQ]; dq staging at the end
-    bf16_t* sO = sQ + BM * LQ;      // [BM][LV] (dO)
-    bf16_t* sK = sO + BM * LV;      // [2][BN][LQ]
-    bf16_t* sV = sK + 2 * BN * LQ;  // [2][BN][LV]
-    DELTA_SMEM_END(smem, sV + 2 * BN * LV);
-    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
-    const int j = blockIdx.x, tile = blockIdx.y;
-    const int n = tile_seq[tile], i0 = tile_q0[tile];
-    const idx_t bs = bounds[n];
-    const int len = (int)(bounds[n + 1] - bs);
-    const int g = j / (H / HKV);
-    const idx_t ldq = (idx_t)H * D, ldk = (idx_t)HKV * D, ldv = (idx_t)HKV * DV, ldo = (idx_t)H * DV;
-    const int L = min(BM, len - i0);
-    const int kend = causal ? min(len, i0 + BM) : len;
-    const int kbeg = window > 0 ? max(0, i0 - window + 1) : 0;
-    const int t0 = kbeg / BN, t1 = (kend + BN - 1) / BN;
-    const bf16_t* kb = k + bs * ldk + (idx_t)g * D;
-    const bf16_t* vb = v + bs * ldv + (idx_t)g * DV;
-
-    att_tile<BM, DP, NT>(sQ, LQ, q + (bs + i0) * ldq + (idx_t)j * D, ldq, L, D, tid);
-    att_tile<BM, DVP, NT>(sO, LV, d_o + (bs + i0) * ldo + (idx_t)j * DV, ldo, L, DV, tid);
-    att_tile<BN, DP, NT>(sK, LQ, kb + (idx_t)t0 * BN * ldk, ldk, len - t0 * BN, D, tid);
-    att_tile<BN, DVP, NT>(sV, LV, vb + (idx_t)t0 * BN * ldv, ldv, len - t0 * BN, DV, tid);
-    cp_commit();
-
-    const int qr = 16 * w, qlo = i0 + qr;
-    // ldmatrix addresses (shared-memory bytes) at tile offset (0, 0); K and V add the buffer's
-    const unsigned aQ = att_smem(sQ) + att_lane_a(LQ, lane) + 2 * qr * LQ, aO = att_smem(sO) + att_lane_a(LV, lane) + 2 * qr * LV;
-    const unsigned uK = att_smem(sK), uV = att_smem(sV);
-    const unsigned bKn = att_lane_b(LQ, lane), bVn = att_lane_b(LV, lane), bKt = att_lane_a(LQ, lane);
-    float lr[2], dr[2];  // lse * log2(e) and delta of the lane's two rows (+inf, 0 past the end)
-    #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int i = qlo + fg + 8 * r;
-        lr[r] = i < len ? lse[(bs + i) * H + j] * ATT_L2E : ATT_POS_INF;
-        dr[r] = i < len ? delta[(bs + i) * H + j] : 0.f;
-    }
-    float acc[DP / 8][4];
-    #pragma unroll
-    for (int nt = 0; nt < DP / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
-
-    // one barrier per key tile (as the forward's): the copy of tile t + 1 starts after it
-    for (int t = t0; t < t1; ++t) {
-        const int buf = (t - t0) & 1;
-        cp_wait0();
-        __syncthreads();
-        if (t + 1 < t1) {
-            const int nb = buf ^ 1, kt = (t + 1) * BN;
-            att_tile<BN, DP, NT>(sK + nb * BN * LQ, LQ, kb + (idx_t)kt * ldk, ldk, len - kt, D, tid);
-            att_tile<BN, DVP, NT>(sV + nb * BN * LV, LV, vb + (idx_t)kt * ldv, ldv, len - kt, DV, tid);
-            cp_commit();
-        }
-        const int kt = t * BN;
-        const bool idle = qlo >= len || (causal && kt > qlo + 15) || (window > 0 && kt + BN - 1 <= qlo - window);
-        if (!idle) {
-            const unsigned uKb = uK + 2 * buf * BN * LQ, uVb = uV + 2 * buf * BN * LV;
-            float s[BN / 8][4], dp[BN / 8][4];
-            #pragma unroll
-            for (int nt = 0; nt < BN / 8; ++nt)
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) s[nt][e] = dp[nt][e] = 0.f;
-            #pragma unroll
-            for (int kk = 0; kk < DP / 16; ++kk) {
-                unsigned a[4];
-                att_ldsm4(a, aQ + 2 * 16 * kk);
-                #pragma unroll
-                for (int np = 0; np < BN / 16; ++np) {
-                    unsigned r[4];
-                    att_ldsm4(r, uKb + bKn + 2 * (16 * np * LQ + 16 * kk));
-                    mma16816(s[2 * np], a, r[0], r[1]);
-                    mma16816(s[2 * np + 1], a, r[2], r[3]);
-                }
-            }
-            #pragma unroll
-            for (int kk = 0; kk < DVP / 16; ++kk) {
-                unsigned a[4];
-                att_ldsm4(a, aO + 2 * 16 * kk);
-                #pragma unroll
-                for (int np = 0; np < BN / 16; ++np) {
-                    unsigned r[4];
-                    att_ldsm4(r, uVb + bVn + 2 * (16 * np * LV + 16 * kk));
-                    mma16816(dp[2 * np], a, r[0], r[1]);
-                    mma16816(dp[2 * np + 1], a, r[2], r[3]);
-                }
-            }
-            const bool edge = kt + BN > len || (causal && kt + BN - 1 > qlo) || (window > 0 && kt <= qlo + 15 - window);
-            #pragma unroll
-            for (int nt = 0; nt < BN / 8; ++nt)
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) s[nt][e] = ex2f(s[nt][e] * sl2 - lr[e >> 1]);
-            if (edge) {  // warp-uniform
-                #pragma unroll
-                for (int nt = 0; nt < BN / 8; ++nt) {
-                    #pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-                        const bool ok = att_key_ok(qlo + fg + 8 * (e >> 1), kt + 8 * nt + 2 * ft + (e & 1), len, causal, window);
-                        s[nt][e] = ok ? s[nt][e] : 0.f;
-                    }
-                }
-            }
-            #pragma unroll
-            for (int nt = 0; nt < BN / 8; ++nt)
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) dp[nt][e] = s[nt][e] * (dp[nt][e] - dr[e >> 1]);
-            #pragma unroll
-            for (int kk = 0; kk < BN / 16; ++kk) {
-                const unsigned da[4] = {pack2(dp[2 * kk][0], dp[2 * kk][1]), pack2(dp[2 * kk][2], dp[2 * kk][3]),
-                                        pack2(dp[2 * kk + 1][0], dp[2 * kk + 1][1]), pack2(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
-                #pragma unroll
-                for (int np = 0; np < DP / 16; ++np) {
-                    unsigned r[4];
-                    att_ldsm4t(r, uKb + bKt + 2 * (16 * kk * LQ + 16 * np));
-                    mma16816(acc[2 * np], da, r[0], r[1]);
-                    mma16816(acc[2 * np + 1], da, r[2], r[3]);
-                }
-            }
-        }
-    }
-    cp_wait0();
-    __syncthreads();  // every warp is done with the tiles
-
-    #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int row = qr + fg + 8 * r;
-        #pragma unroll
-        for (int nt = 0; nt < DP / 8; ++nt)
-            *(unsigned*)(sQ + row * LQ + 8 * nt + 2 * ft) = pack2(acc[nt][2 * r] * scale, acc[nt][2 * r + 1] * scale);
-    }
-    __syncthreads();
-    att_store<BM, DP, NT>(dq + (bs + i0) * ldq + (idx_t)j * D, ldq, sQ, LQ, L, D, tid);
 }
 
 // The query tiles (BQ rows) that can see a key of the BN-key tile at k0: [q0, q1).
@@ -719,24 +383,12 @@ extern "C" __global__ void __launch_bounds__(256) attn_bwd_dq_sum(const float* _
 }
 
 #define ATTN_BWD_ENTRY(DP, DVP)                                                                                              \
-extern "C" __global__ void __launch_bounds__(128) attn_bwd_dkv_d##DP##_dv##DVP(                                                \
-    const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* d_o, const float* lse, const float* delta, bf16_t* dk,   \
-    bf16_t* dv, const idx_t* bounds, const int* kt_seq, const int* kt_k0, int H, int HKV, int D, int DV, int causal,         \
-    int window, float sl2, float scale) {                                                                                    \
-    attn_bwd_dkv<DP, DVP>(q, k, v, d_o, lse, delta, dk, dv, bounds, kt_seq, kt_k0, H, HKV, D, DV, causal, window, sl2, scale); \
-}                                                                                                                            \
 extern "C" __global__ void __launch_bounds__(256, 1) attn_bwd_kvq_d##DP##_dv##DVP(                                             \
     const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* d_o, const float* lse, const float* delta, bf16_t* dk,   \
     bf16_t* dv, float* dq_acc, idx_t acc_stride, const idx_t* bounds, const int* u_seq, const int* u_split, int splits,      \
     int H, int HKV, int D, int DV, int causal, int window, float sl2, float scale) {                                        \
     attn_bwd_kvq<DP, DVP>(q, k, v, d_o, lse, delta, dk, dv, dq_acc, acc_stride, bounds, u_seq, u_split, splits, H, HKV, D, DV, \
                           causal, window, sl2, scale);                                                                       \
-}                                                                                                                            \
-extern "C" __global__ void __launch_bounds__(256) attn_bwd_dq_d##DP##_dv##DVP(                                                 \
-    const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* d_o, const float* lse, const float* delta, bf16_t* dq,   \
-    const idx_t* bounds, const int* tile_seq, const int* tile_q0, int H, int HKV, int D, int DV, int causal, int window,     \
-    float sl2, float scale) {                                                                                                \
-    attn_bwd_dq<DP, DVP>(q, k, v, d_o, lse, delta, dq, bounds, tile_seq, tile_q0, H, HKV, D, DV, causal, window, sl2, scale); \
 }
 
 ATTN_BWD_ENTRY(64, 32)

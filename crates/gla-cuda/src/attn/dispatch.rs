@@ -1,37 +1,33 @@
 //! The dispatch policy of softmax attention on the GPU (`crate::dispatch::attn`): which kernels
-//! run for a head dim pair ([`attn_dims`]), the tile tables and their order ([`query_tiles`],
-//! [`key_tiles`]), the launch shapes, the shared-memory sizes, and the decode step's split of the
-//! cache ([`decode_split`]). `attn/ops.rs` only checks lengths and launches what this module
-//! picks; docs/kernels.md describes the kernels.
+//! run for a head dim pair ([`attn_dims`]), the forward's tile ([`fwd_tile`]), the tile tables
+//! ([`query_tiles`], [`kvq_units`]), the launch shapes, the shared-memory sizes, and the decode
+//! step's split of the cache ([`decode_split`]). `attn/ops.rs` only checks lengths and launches
+//! what this module picks; docs/kernels.md describes the kernels.
 //!
-//! | D, DV      | kernels (bf16 storage)                                             |
-//! |------------|--------------------------------------------------------------------|
-//! | 64, 32     | `attn_{fwd,bwd_dkv,bwd_dq,decode,decode_g1}_d64_dv32`              |
-//! | 64, 64     | `attn_{fwd,bwd_dkv,bwd_dq,decode,decode_g1}_d64_dv64`              |
-//! | 128, 128   | the same `_d128_dv128`, and `attn_fwd_m2_d128_dv128` ([`FwdTile`]) |
-//! | otherwise  | nothing runs: [`attn_dims`] names the supported pairs              |
+//! | D, DV      | kernels (bf16 storage)                                                  |
+//! |------------|-------------------------------------------------------------------------|
+//! | 64, 32     | `attn_{fwd,bwd_kvq,decode,decode_g1}_d64_dv32`                          |
+//! | 64, 64     | `attn_{fwd,bwd_kvq,decode,decode_g1}_d64_dv64`                          |
+//! | 128, 128   | the same `_d128_dv128`, and the forward's other tiles ([`FwdTile`])     |
+//! | otherwise  | nothing runs: [`attn_dims`] names the supported pairs                   |
 //!
-//! The decode step runs `attn_decode_g1_*` without grouping, `attn_decode_*` for 2 .. 8 query
-//! heads per kv head ([`decode_kernel`]).
+//! The backward runs `attn_bwd_pre`, `attn_bwd_kvq_*` and `attn_bwd_dq_sum` for every pair. The
+//! decode step runs `attn_decode_g1_*` without grouping, `attn_decode_*` for 2 .. 8 query heads
+//! per kv head ([`decode_kernel`]).
 //!
-//! Tiles: the forward and dQ take 128 query rows per block (`BM`; the forward's warps split it
-//! as [`FwdTile`] says), keys in tiles of 64 (`BN`); dK / dV take 64 keys per block (4 warps x
-//! 16 keys) and query tiles of 64; the one-pass backward ([`BwdPath`]) 128 keys per tile
-//! ([`KVQ_BN`]) and query tiles of 64.
+//! Tiles: the forward takes 128 query rows per block (`BM`; 256 for the 8 x 32 tiles; the warps
+//! split it as [`FwdTile`] says), keys in tiles of 64 (`BN`; 32 for the pipelined tiles); the
+//! backward 128 keys per tile ([`KVQ_BN`]) and query tiles of 64 ([`KVQ_BQ`]).
 
 use cudarc::driver::LaunchConfig;
 use gla_core::AttnProblem;
 
-/// Query rows per block of the forward and dQ kernels (`BM`).
+/// Query rows per block of the forward (`BM`).
 pub const ATTN_BM: usize = 128;
-/// Keys per tile (`BN`), and keys per block of the dK / dV kernel.
+/// Keys per tile of the forward (`BN`).
 pub const ATTN_BN: usize = 64;
-/// Query rows per tile of the dK / dV kernel (`BQ`).
-const DKV_BQ: usize = 64;
-/// Threads of the forward and dQ blocks.
+/// Threads of the forward's 8-warp blocks.
 const FWD_THREADS: u32 = 256;
-/// Threads of the dK / dV blocks.
-const DKV_THREADS: u32 = 128;
 /// Threads of the decode blocks.
 const DECODE_THREADS: u32 = 128;
 /// Largest group of query heads per kv head the decode kernel holds (`DEC_MAXG`).
@@ -67,34 +63,24 @@ pub fn fwd_smem((dp, dvp): (usize, usize), tile: FwdTile) -> usize {
     2 * (tile.rows() * (dp + 8) + 2 * tile.keys() * (dp + 8) + 2 * tile.keys() * (dvp + 8))
 }
 
-/// Dynamic shared memory of dK / dV: K [BN][DP+8], V [BN][DVP+8], Q 2 x [BQ][DP+8], dO 2 x
-/// [BQ][DVP+8] bf16, then lse and delta 2 x [BQ] f32 each.
-pub fn dkv_smem((dp, dvp): (usize, usize)) -> usize {
-    2 * (ATTN_BN * (dp + 8) + ATTN_BN * (dvp + 8) + 2 * DKV_BQ * (dp + 8) + 2 * DKV_BQ * (dvp + 8)) + 4 * 4 * DKV_BQ
-}
-
-/// Dynamic shared memory of dQ: Q [BM][DP+8], dO [BM][DVP+8], K 2 x [BN][DP+8], V 2 x
-/// [BN][DVP+8] bf16.
-pub fn dq_smem((dp, dvp): (usize, usize)) -> usize {
-    2 * (ATTN_BM * (dp + 8) + ATTN_BM * (dvp + 8) + 2 * ATTN_BN * (dp + 8) + 2 * ATTN_BN * (dvp + 8))
-}
-
-/// Keys per tile of the one-pass backward (`attn_bwd_kvq_*`: 8 warps, 4 x 2 over keys x columns
-/// for dK / dV).
+/// Keys per tile of the backward (`attn_bwd_kvq_*`: 8 warps, 4 x 2 over keys x columns for dK /
+/// dV).
 pub const KVQ_BN: usize = 128;
-/// Threads of the one-pass backward's blocks.
+/// Query rows per tile of the backward (`BQ`).
+pub const KVQ_BQ: usize = 64;
+/// Threads of the backward's blocks.
 const KVQ_THREADS: u32 = 256;
-/// Most splits of the one-pass backward's key tiles (each holds a dQ sum of the problem's size).
+/// Most splits of the backward's key tiles (each holds a dQ sum of the problem's size).
 const KVQ_MAX_SPLITS: usize = 8;
 
-/// Dynamic shared memory of the one-pass backward: K [128][DP+8], V [128][DVP+8], Q 2 x
-/// [BQ][DP+8], dO 2 x [BQ][DVP+8], P and dS [BQ][128+8] bf16, lse and delta 2 x [BQ] f32.
+/// Dynamic shared memory of the backward: K [128][DP+8], V [128][DVP+8], Q 2 x [BQ][DP+8], dO 2 x
+/// [BQ][DVP+8], P and dS [BQ][128+8] bf16, lse and delta 2 x [BQ] f32.
 pub fn kvq_smem((dp, dvp): (usize, usize)) -> usize {
-    2 * (KVQ_BN * (dp + 8) + KVQ_BN * (dvp + 8) + 2 * DKV_BQ * (dp + 8) + 2 * DKV_BQ * (dvp + 8) + 2 * DKV_BQ * (KVQ_BN + 8))
-        + 4 * 4 * DKV_BQ
+    2 * (KVQ_BN * (dp + 8) + KVQ_BN * (dvp + 8) + 2 * KVQ_BQ * (dp + 8) + 2 * KVQ_BQ * (dvp + 8) + 2 * KVQ_BQ * (KVQ_BN + 8))
+        + 4 * 4 * KVQ_BQ
 }
 
-/// How many splits the one-pass backward cuts each sequence's key tiles into (split s takes the
+/// How many splits the backward cuts each sequence's key tiles into (split s takes the
 /// tiles s, s + splits, ...; each split adds its dQ into a sum of its own, so every element has
 /// one adding thread: deterministic): enough that N * H_KV * splits blocks fill `sms` SMs once
 /// (one block per SM), at least 1, at most [`KVQ_MAX_SPLITS`] and the longest sequence's tiles.
@@ -104,7 +90,7 @@ pub fn kvq_splits(p: &AttnProblem, sms: usize) -> usize {
     (sms / (seqs * p.h_kv()).max(1)).clamp(1, KVQ_MAX_SPLITS).min(tiles.max(1))
 }
 
-/// The one-pass backward's work units: (sequence, split) of every non-empty sequence and split,
+/// The backward's work units: (sequence, split) of every non-empty sequence and split,
 /// the longest sequences first.
 pub fn kvq_units(p: &AttnProblem, splits: usize) -> (Vec<i32>, Vec<i32>) {
     let mut seqs: Vec<usize> = (0..p.n()).filter(|&n| !p.seq(n).is_empty()).collect();
@@ -112,7 +98,7 @@ pub fn kvq_units(p: &AttnProblem, splits: usize) -> (Vec<i32>, Vec<i32>) {
     seqs.iter().flat_map(|&n| (0..splits).map(move |s| (n as i32, s as i32))).unzip()
 }
 
-/// The one-pass backward's launch: grid (H_KV, units), 256 threads.
+/// The backward's launch: grid (H_KV, units), 256 threads.
 pub fn kvq_cfg(h_kv: usize, units: usize, smem: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (h_kv as u32, units as u32, 1), block_dim: (KVQ_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
 }
@@ -122,106 +108,31 @@ pub fn dq_sum_cfg(elems: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (elems.div_ceil(1024).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// How the backward gets dK, dV and dQ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BwdPath {
-    /// `attn_bwd_kvq_*` then `attn_bwd_dq_sum` (five products, the flash-attention-2 count): per
-    /// key tile of 128, over the query tiles, P and dS through shared memory, dQ parts added into
-    /// a per-split f32 sum ([`kvq_splits`]).
-    OnePass,
-    /// `attn_bwd_dkv_*`, then `attn_bwd_dq_*` over the query tiles (seven products: S and dP
-    /// recomputed).
-    Split,
-}
-
-impl BwdPath {
-    /// Every path, the benchmark's rows.
-    pub const ALL: [BwdPath; 2] = [BwdPath::OnePass, BwdPath::Split];
-    /// The label of benchmark rows.
-    pub fn label(self) -> &'static str {
-        match self {
-            BwdPath::OnePass => "flash-1pass",
-            BwdPath::Split => "flash-split",
-        }
-    }
-}
-
-/// The backward's path for `dims`: `GLA_ATTN_BWD=split` or `1pass` picks one (for timing both
-/// builds of a comparison), else split everywhere. On the H200 (T = 2048 .. 32768, causal, H =
-/// 16, D = 128) the split backward with the forward ran 11.0 / 41.1 / 151.7 ms; the one-pass path
-/// has not been timed yet.
-pub fn bwd_path(_dims: (usize, usize)) -> BwdPath {
-    match std::env::var("GLA_ATTN_BWD").as_deref() {
-        Ok("1pass") => BwdPath::OnePass,
-        _ => BwdPath::Split,
-    }
-}
-
-/// Work of a tile of `rows` starting at position `i0` of a sequence of `len`: the keys its rows
-/// can see (causal: up to its last row; a window caps it), the sort key of the tile tables.
-fn tile_work(p: &AttnProblem, i0: usize, rows: usize, len: usize, keys: bool) -> usize {
-    let mut work = if !p.causal() {
-        len
-    } else if keys {
-        len - i0
-    } else {
-        len.min(i0 + rows)
-    };
+/// Keys a causal (or windowed) query tile of `rows` at position `i0` of a sequence of `len` can
+/// see: the sort key of the tile table.
+fn tile_work(p: &AttnProblem, i0: usize, rows: usize, len: usize) -> usize {
+    let mut work = if p.causal() { len.min(i0 + rows) } else { len };
     if let Some(w) = p.window() {
         work = work.min(w + rows);
     }
     work
 }
 
-/// The order of the tile tables (grid y; the heads of a tile are grid x, adjacent).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TileOrder {
-    /// Sequence by sequence (the longest first), each one's tiles most work first: the blocks in
-    /// flight are the neighbouring tiles of one sequence over all heads, which read the same
-    /// K / V (forward, dQ) or Q / dO (dK / dV) rows, so those stay in L2.
-    Sequence,
-    /// Most work first over all sequences (`GLA_ATTN_ORDER=work`, for timing): the best tail, but
-    /// at B = 32, T = 2048 the blocks in flight span every sequence and the H200 ncu showed the
-    /// forward re-reading K / V from DRAM (2.25 TB/s, L2 hit rate 42 %).
-    Work,
-}
-
-/// The tile tables' order: [`TileOrder::Sequence`] unless `GLA_ATTN_ORDER=work`.
-pub fn tile_order() -> TileOrder {
-    match std::env::var("GLA_ATTN_ORDER").as_deref() {
-        Ok("work") => TileOrder::Work,
-        _ => TileOrder::Sequence,
-    }
-}
-
-fn tiles(p: &AttnProblem, rows: usize, keys: bool) -> (Vec<i32>, Vec<i32>) {
+/// The forward's query tiles: (sequence, first position) of every `rows`-row tile ([`ATTN_BM`],
+/// or [`FwdTile::rows`]) of every non-empty sequence, sequence by sequence (the longest first),
+/// each one's tiles most keys first (causal: the last tiles). The blocks in flight are then the
+/// neighbouring tiles of one sequence over all heads (grid x), which read the same K / V rows, so
+/// those stay in L2; within a sequence the long tiles start while the short ones fill the tail.
+pub fn query_tiles(p: &AttnProblem, rows: usize) -> (Vec<i32>, Vec<i32>) {
     let mut t: Vec<(usize, i32, i32)> = Vec::new();
     for n in 0..p.n() {
         let len = p.seq(n).len();
         for i0 in (0..len).step_by(rows) {
-            t.push((tile_work(p, i0, rows, len, keys), n as i32, i0 as i32));
+            t.push((tile_work(p, i0, rows, len), n as i32, i0 as i32));
         }
     }
-    // most work first (within a sequence, or over all): the long tiles start while the short
-    // ones fill the tail
-    match tile_order() {
-        TileOrder::Sequence => t.sort_by_key(|x| (std::cmp::Reverse(p.seq(x.1 as usize).len()), x.1, std::cmp::Reverse(x.0))),
-        TileOrder::Work => t.sort_by_key(|x| std::cmp::Reverse(x.0)),
-    }
+    t.sort_by_key(|x| (std::cmp::Reverse(p.seq(x.1 as usize).len()), x.1, std::cmp::Reverse(x.0)));
     t.into_iter().map(|x| (x.1, x.2)).unzip()
-}
-
-/// The forward's and dQ's query tiles: (sequence, first position) of every `rows`-row tile
-/// ([`ATTN_BM`], or [`FwdTile::rows`]) of every non-empty sequence in [`tile_order`], most keys
-/// first (causal: the last tiles).
-pub fn query_tiles(p: &AttnProblem, rows: usize) -> (Vec<i32>, Vec<i32>) {
-    tiles(p, rows, false)
-}
-
-/// dK / dV's key tiles: (sequence, first key) of every [`ATTN_BN`]-key tile in [`tile_order`],
-/// most queries first.
-pub fn key_tiles(p: &AttnProblem) -> (Vec<i32>, Vec<i32>) {
-    tiles(p, ATTN_BN, true)
 }
 
 /// The forward's query tile and how its warps split it.
@@ -317,16 +228,6 @@ pub fn fwd_cfg(h: usize, tiles: usize, smem: usize, tile: FwdTile) -> LaunchConf
     LaunchConfig { grid_dim: (h as u32, tiles as u32, 1), block_dim: (tile.threads(), 1, 1), shared_mem_bytes: smem as u32 }
 }
 
-/// The dQ launch: grid (H, tiles), 256 threads (the forward's tile table).
-pub fn dq_cfg(h: usize, tiles: usize, smem: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (h as u32, tiles as u32, 1), block_dim: (FWD_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
-}
-
-/// The dK / dV launch: grid (H_KV, key tiles), 128 threads.
-pub fn dkv_cfg(h_kv: usize, tiles: usize, smem: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (h_kv as u32, tiles as u32, 1), block_dim: (DKV_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
-}
-
 /// The backward's preprocess: one warp per (row, head), 8 per block.
 pub fn pre_cfg(rows_heads: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (rows_heads.div_ceil(8).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
@@ -399,8 +300,6 @@ mod tests {
         let (seq, q0) = query_tiles(&p, ATTN_BM);
         assert_eq!(seq, vec![0, 0, 0, 2]);
         assert_eq!(q0, vec![256, 128, 0, 0]);
-        let (seq, k0) = key_tiles(&p);
-        assert_eq!((seq.len(), seq[0], k0[0]), (5 + 2, 0, 0));
         // sequence by sequence: the tiles in flight share their sequence's K / V
         let p2 = AttnProblem::new(AttnSpec::new(2, 256, 2, 64)).unwrap();
         assert_eq!(query_tiles(&p2, ATTN_BM), (vec![0, 0, 1, 1], vec![128, 0, 128, 0]));

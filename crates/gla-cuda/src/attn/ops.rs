@@ -27,8 +27,7 @@ fn check_len(op: &'static str, tensor: &'static str, expected: usize, got: usize
 }
 
 /// The device-side description of an [`AttnProblem`]: the sequence bounds and the tile tables
-/// ([`da::query_tiles`], [`da::key_tiles`], [`da::kvq_units`]) on the device, the one-pass
-/// backward's split count ([`da::kvq_splits`] for the device's SMs), the kernels' head dims, the
+/// ([`da::query_tiles`], [`da::kvq_units`]) on the device, the backward's split count ([`da::kvq_splits`] for the device's SMs), the kernels' head dims, the
 /// problem.
 #[derive(Debug)]
 pub struct DevAttnProblem {
@@ -38,13 +37,10 @@ pub struct DevAttnProblem {
     tile_q0: CudaSlice<i32>,
     tile2_seq: CudaSlice<i32>,
     tile2_q0: CudaSlice<i32>,
-    key_seq: CudaSlice<i32>,
-    key_k0: CudaSlice<i32>,
     unit_seq: CudaSlice<i32>,
     unit_split: CudaSlice<i32>,
     n_tiles: usize,
     n_tiles2: usize,
-    n_key_tiles: usize,
     n_units: usize,
     splits: usize,
     dims: (usize, usize),
@@ -64,10 +60,9 @@ impl DevAttnProblem {
         let b: Vec<i64> = std::iter::once(first).chain((0..p.n()).map(|n| p.seq(n).end)).map(|r| r as i64).collect();
         let (ts, tq) = da::query_tiles(p, da::ATTN_BM);
         let (ts2, tq2) = da::query_tiles(p, da::FwdTile::W8x32.rows());
-        let (ks, kk) = da::key_tiles(p);
         let splits = da::kvq_splits(p, cuda.sm_count());
         let (us, usp) = da::kvq_units(p, splits);
-        let most = ts.len().max(ks.len()).max(us.len());
+        let most = ts.len().max(us.len());
         if most > da::MAX_GRID_YZ {
             return Err(unsupported(format!("attention: {most} tiles exceed the grid's y limit")));
         }
@@ -76,15 +71,12 @@ impl DevAttnProblem {
             bounds: cuda.upload(&b, "attn sequence bounds")?,
             n_tiles: ts.len(),
             n_tiles2: ts2.len(),
-            n_key_tiles: ks.len(),
             n_units: us.len(),
             splits,
             tile_seq: up(ts, "attn query tiles")?,
             tile_q0: up(tq, "attn query tile starts")?,
             tile2_seq: up(ts2, "attn 256-row query tiles")?,
             tile2_q0: up(tq2, "attn 256-row query tile starts")?,
-            key_seq: up(ks, "attn key tiles")?,
-            key_k0: up(kk, "attn key tile starts")?,
             unit_seq: up(us, "attn backward units")?,
             unit_split: up(usp, "attn backward unit splits")?,
             dims,
@@ -164,8 +156,7 @@ pub fn has_fwd_tile(dp: &DevAttnProblem, tile: da::FwdTile) -> bool {
     da::fwd_kernel(dp.dims, tile).is_some()
 }
 
-/// Gradients of an attention backward, bf16 on the device, with the one-pass backward's dQ
-/// workspace.
+/// Gradients of an attention backward, bf16 on the device, with the backward's dQ workspace.
 #[derive(Debug)]
 pub struct AttnDevGrads {
     /// `[B,T,H,D]`
@@ -174,7 +165,7 @@ pub struct AttnDevGrads {
     pub dk: CudaSlice<u16>,
     /// `[B,T,H_KV,DV]`, summed over each group's query heads.
     pub dv: CudaSlice<u16>,
-    /// `[splits][B,T,H,D]` f32 ([`AttnDevGrads::acc_len`]): the one-pass backward's dQ sums
+    /// `[splits][B,T,H,D]` f32 ([`AttnDevGrads::acc_len`]): the backward's dQ sums
     /// (any contents; each backward zeroes what it adds to).
     pub dq_acc: CudaSlice<f32>,
 }
@@ -193,17 +184,16 @@ impl AttnDevGrads {
         })
     }
     /// Elements of [`AttnDevGrads::dq_acc`] for `p` on `cuda`: one `[B,T,H,D]` sum per split of
-    /// the one-pass backward ([`da::kvq_splits`]).
+    /// the backward ([`da::kvq_splits`]).
     pub fn acc_len(cuda: &Cuda, p: &AttnProblem) -> usize {
         da::kvq_splits(p, cuda.sm_count()) * p.q_len().max(1)
     }
 }
 
 /// The backward over caller-held buffers: `attn_bwd_pre` (`delta [B,T,H]` f32 = rowsum(dO * O),
-/// the workspace), then on the dispatch policy's path ([`da::bwd_path`]) either
-/// `attn_bwd_kvq_*` (dk, dv per key tile over the group's heads in order, dQ parts added into
-/// the key tile's split's sum in `g.dq_acc`) and `attn_bwd_dq_sum` (dq = scale * the sum of the
-/// splits' sums), or `attn_bwd_dkv_*` then `attn_bwd_dq_*`. `o` and `lse` are the forward's.
+/// the workspace), `attn_bwd_kvq_*` (dk, dv per key tile over the group's heads in order, dQ
+/// parts added into the key tile's split's sum in `g.dq_acc`) and `attn_bwd_dq_sum` (dq = scale *
+/// the sum of the splits' sums). `o` and `lse` are the forward's.
 /// Deterministic (every dQ sum element has one adding thread: the same bits on every run).
 ///
 /// # Errors
@@ -220,7 +210,7 @@ pub fn attn_bwd_ws(
     delta: &mut CudaSlice<f32>,
     g: &mut AttnDevGrads,
 ) -> Result<()> {
-    attn_bwd_parts(cuda, dp, x, o, lse, d_o, delta, g, BwdParts::all(da::bwd_path(dp.dims)))
+    attn_bwd_parts(cuda, dp, x, o, lse, d_o, delta, g, BwdParts::ALL)
 }
 
 /// Which launches of the backward [`attn_bwd_parts`] runs (the benchmark times them one by one).
@@ -230,18 +220,11 @@ pub struct BwdParts {
     pub pre: bool,
     /// `attn_bwd_kvq_*` and `attn_bwd_dq_sum` (dq, dk, dv; reads delta).
     pub kvq: bool,
-    /// `attn_bwd_dkv_*` (reads delta).
-    pub dkv: bool,
-    /// `attn_bwd_dq_*` (reads delta).
-    pub dq: bool,
 }
 
 impl BwdParts {
-    /// The whole backward on `path`.
-    pub fn all(path: da::BwdPath) -> Self {
-        let split = path == da::BwdPath::Split;
-        Self { pre: true, kvq: !split, dkv: split, dq: split }
-    }
+    /// The whole backward.
+    pub const ALL: BwdParts = BwdParts { pre: true, kvq: true };
 }
 
 /// The launches of [`attn_bwd_ws`] that `parts` selects, in its order. A part that reads delta
@@ -287,7 +270,7 @@ pub fn attn_bwd_parts(
         }
         if parts.kvq {
             if p.d() != dp.dims.0 {
-                return Err(unsupported(format!("{op}: the one-pass kernel takes D = DP; D = {}, DP = {}", p.d(), dp.dims.0)));
+                return Err(unsupported(format!("{op}: the backward kernel takes D = DP; D = {}, DP = {}", p.d(), dp.dims.0)));
             }
             let (stride, splits) = (p.q_len() as i64, dp.splits as i32);
             cuda.launch(
@@ -324,42 +307,8 @@ pub fn attn_bwd_parts(
             let (e0, e1) = ((r0 * hd) as i64, (r1 * hd) as i64);
             cuda.launch("attn_bwd_dq_sum", da::dq_sum_cfg((r1 - r0) * hd), &[&g.dq_acc, &g.dq, &e0, &e1, &stride, &splits, &scale])?;
         }
-        if parts.dkv {
-            cuda.launch(
-                &da::kernel("bwd_dkv", dp.dims),
-                da::dkv_cfg(p.h_kv(), dp.n_key_tiles, da::dkv_smem(dp.dims)),
-                &[
-                    x.q,
-                    x.k,
-                    x.v,
-                    d_o,
-                    lse,
-                    &*delta,
-                    &g.dk,
-                    &g.dv,
-                    &dp.bounds,
-                    &dp.key_seq,
-                    &dp.key_k0,
-                    &h,
-                    &hk,
-                    &d,
-                    &dv,
-                    &causal,
-                    &w,
-                    &sl2,
-                    &scale,
-                ],
-            )?;
-        }
-        if !parts.dq {
-            return Ok(());
-        }
-        cuda.launch(
-            &da::kernel("bwd_dq", dp.dims),
-            da::dq_cfg(p.h(), dp.n_tiles, da::dq_smem(dp.dims)),
-            &[x.q, x.k, x.v, d_o, lse, &*delta, &g.dq, &dp.bounds, &dp.tile_seq, &dp.tile_q0, &h, &hk, &d, &dv, &causal, &w, &sl2, &scale],
-        )
     }
+    Ok(())
 }
 
 /// [`attn_bwd_ws`] with its workspace and gradients allocated.

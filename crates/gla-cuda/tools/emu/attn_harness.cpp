@@ -1,6 +1,7 @@
 // The softmax attention kernels (kernels/attn/) on the CPU emulator (README.md; built by
-// `build.py --attn`): the launch sequences of src/attn/ops.rs (forward; backward = pre, dK/dV,
-// dQ; decode = append, split attention, combine, stepped token by token with idle sequences)
+// `build.py --attn`): the launch sequences of src/attn/ops.rs (forward; backward = pre, dK/dV/dQ
+// per key tile, dQ sum; decode = append, split attention, combine, stepped token by token with
+// idle sequences)
 // on the shapes of gla-check's attention table, against an f64 oracle (a port of gla-cpu's
 // attn/naive.rs) on the bf16-rounded inputs. Prints each output's relative RMSE; exits non-zero
 // when one is above 5e-3 (tol::GPU_BF16). Usage: attn-emu [case-filter]
@@ -134,15 +135,15 @@ static void oracle(const Prob& p, const VD& q, const VD& k, const VD& v, const V
     }
 }
 
-// the host plan of src/attn/dispatch.rs (TileOrder::Sequence): query tiles of 128, key tiles of
-// 64, sequence by sequence (the longest first), each one's tiles most work first
-static void tiles(const Prob& p, int bm, bool keys, std::vector<int>& seq, std::vector<int>& pos) {
+// the host plan of src/attn/dispatch.rs (query_tiles): query tiles of bm rows, sequence by
+// sequence (the longest first), each one's tiles most work first
+static void tiles(const Prob& p, int bm, std::vector<int>& seq, std::vector<int>& pos) {
     std::vector<std::pair<long long, std::pair<int, int>>> t;
     for (int n = 0; n < p.N; ++n) {
         const int len = (int)(p.b[n + 1] - p.b[n]);
         for (int i0 = 0; i0 < len; i0 += bm) {
             long long work = len;
-            if (p.c.causal) work = keys ? len - i0 : std::min(len, i0 + bm);
+            if (p.c.causal) work = std::min(len, i0 + bm);
             if (p.c.window > 0) work = std::min<long long>(work, p.c.window + bm);
             t.push_back({work, {n, i0}});
         }
@@ -189,9 +190,8 @@ static void run(const Case& c, uint64_t seed) {
     const int causal = c.causal, win = c.window;
     std::printf("%s\n", c.name.c_str());
     // rows inside a sequence (varlen: cu_seqlens end at T, so all of them)
-    std::vector<int> ts, tq, ks, kq;
-    tiles(p, 128, false, ts, tq);
-    tiles(p, 64, true, ks, kq);
+    std::vector<int> ts, tq;
+    tiles(p, 128, ts, tq);
     const size_t fsm = (128 * (DP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8)) * 2;
     std::vector<bf16_t> o(p.rows * H * DV, 0x7fc0);
     std::vector<float> lse(p.rows * H, NAN);
@@ -215,7 +215,7 @@ static void run(const Case& c, uint64_t seed) {
         report("lse (4x32 tile)", rel(l2, rf.lse));
         // 8 warps x 32 rows (attn_fwd_m2w8_*) on the 256-row tile table
         std::vector<int> ts2, tq2;
-        tiles(p, 256, false, ts2, tq2);
+        tiles(p, 256, ts2, tq2);
         const size_t fsm2 = (256 * (DP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8)) * 2;
         std::fill(o2.begin(), o2.end(), (bf16_t)0x7fc0);
         std::fill(l2.begin(), l2.end(), NAN);
@@ -250,25 +250,7 @@ static void run(const Case& c, uint64_t seed) {
     const long long nrh = p.rows * H;
     emu::launch(dim3{(unsigned)((nrh + 7) / 8), 1, 1}, dim3{256, 1, 1}, 0,
                 [&] { attn_bwd_pre(o.data(), dob.data(), delta.data(), nrh, DV); });
-    std::vector<bf16_t> dq(p.rows * H * D, 0x7fc0), dk(p.rows * HK * D, 0x7fc0), dv(p.rows * HK * DV, 0x7fc0);
-    const size_t ksm = (64 * (DP + 8) + 64 * (DVP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8)) * 2 + 4 * 64 * 4;
-    if (!ks.empty()) {
-        emu::launch(dim3{(unsigned)HK, (unsigned)ks.size(), 1}, dim3{128, 1, 1}, ksm, [&] {
-            attn_bwd_dkv<DP, DVP>(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), dk.data(), dv.data(), p.b.data(),
-                                  ks.data(), kq.data(), H, HK, D, DV, causal, win, sl2, sc);
-        });
-    }
-    const size_t qsm = (128 * (DP + 8) + 128 * (DVP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8)) * 2;
-    if (!ts.empty()) {
-        emu::launch(dim3{(unsigned)H, (unsigned)ts.size(), 1}, dim3{256, 1, 1}, qsm, [&] {
-            attn_bwd_dq<DP, DVP>(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), dq.data(), p.b.data(), ts.data(),
-                                 tq.data(), H, HK, D, DV, causal, win, sl2, sc);
-        });
-    }
-    report("dq", rel(fromb(dq), rg.dq));
-    report("dk", rel(fromb(dk), rg.dk));
-    report("dv", rel(fromb(dv), rg.dv));
-    // the one-pass backward (attn_bwd_kvq_*, then attn_bwd_dq_sum) on 1, 2 and 3 splits of the key
+    // the backward (attn_bwd_kvq_*, then attn_bwd_dq_sum) on 1, 2 and 3 splits of the key
     // tiles: dK, dV per 128-key tile, dQ added into each split's f32 sum (left NaN before the
     // launch: the kernel zeroes its part), summed and scaled by attn_bwd_dq_sum
     for (int S = 1; S <= 3; ++S) {
@@ -278,7 +260,7 @@ static void run(const Case& c, uint64_t seed) {
                 for (int s = 0; s < S; ++s) us.push_back(n), usp.push_back(s);
         const long long stride = p.rows * H * D;
         std::vector<float> acc((size_t)S * stride, NAN);
-        std::vector<bf16_t> fq(dq.size(), 0x7fc0), fk(dk.size(), 0x7fc0), fv(dv.size(), 0x7fc0);
+        std::vector<bf16_t> fq(p.rows * H * D, 0x7fc0), fk(p.rows * HK * D, 0x7fc0), fv(p.rows * HK * DV, 0x7fc0);
         const size_t usm = (128 * (DP + 8) + 128 * (DVP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8) + 2 * 64 * (128 + 8)) * 2 + 4 * 64 * 4;
         if (!us.empty()) {
             emu::launch(dim3{(unsigned)HK, (unsigned)us.size(), 1}, dim3{256, 1, 1}, usm, [&] {
@@ -289,7 +271,7 @@ static void run(const Case& c, uint64_t seed) {
             emu::launch(dim3{(unsigned)((e1 - e0 + 1023) / 1024), 1, 1}, dim3{256, 1, 1}, 0,
                         [&] { attn_bwd_dq_sum(acc.data(), fq.data(), e0, e1, stride, S, sc); });
         }
-        const std::string tag = " (1-pass, " + std::to_string(S) + " split" + (S > 1 ? "s)" : ")");
+        const std::string tag = " (" + std::to_string(S) + " split" + (S > 1 ? "s)" : ")");
         report("dq" + tag, rel(fromb(fq), rg.dq));
         report("dk" + tag, rel(fromb(fk), rg.dk));
         report("dv" + tag, rel(fromb(fv), rg.dv));
