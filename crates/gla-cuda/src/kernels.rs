@@ -289,7 +289,6 @@ pub const ATTN_FWD: KernelSource = source!(
     [
         "attn_fwd_d64_dv32",
         "attn_fwd_d64_dv64",
-        "attn_fwd_d128_dv128",
         "attn_fwd_m2_d128_dv128",
         "attn_fwd_m2w8_d128_dv128",
         "attn_fwd_m2p_d128_dv128",

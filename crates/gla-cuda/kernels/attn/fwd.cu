@@ -1,6 +1,6 @@
 // attn/fwd.cu: the softmax attention forward (flash-attention-2 style), bf16 storage, f32 math.
 //
-// attn_fwd_d{DP}_dv{DVP}: one block per (query head j, query tile), 256 threads (8 warps x 16
+// attn_fwd_d64_dv{DVP}: one block per (query head j, query tile), 256 threads (8 warps x 16
 // query rows, BM = 128 rows per tile, Q fragments held in registers), grid (H, tiles);
 // attn_fwd_m2_d128_dv128: the same tile with 4 warps x 32 rows (two m-tiles per warp share each
 // K / V fragment: half the shared-memory reads per product; Q reloaded from shared memory);
@@ -28,8 +28,8 @@
 // copies). Dynamic smem: (BM * (DP + 8) + 2 * BN * (DP + 8) + 2 * BN * (DVP + 8)) * 2 bytes
 // (src/attn/dispatch.rs, fwd_smem).
 //
-// Entry points: attn_fwd_d64_dv32 attn_fwd_d64_dv64 attn_fwd_d128_dv128 attn_fwd_m2_d128_dv128
-//   attn_fwd_m2w8_d128_dv128 attn_fwd_m2p_d128_dv128 attn_fwd_m2w8p_d128_dv128
+// Entry points: attn_fwd_d64_dv32 attn_fwd_d64_dv64 attn_fwd_m2_d128_dv128 attn_fwd_m2w8_d128_dv128
+//   attn_fwd_m2p_d128_dv128 attn_fwd_m2w8p_d128_dv128
 
 // S = Q K_t^T of the warp's MT m-tiles against the BN keys of the K tile at shared address uK
 // (its ldmatrix lane address): Q from the registers qf (QREG) or the Q tile at aQ.
@@ -440,7 +440,6 @@ extern "C" __global__ void __launch_bounds__(32 * NW, MINB) NAME(               
 
 ATTN_FWD_ENTRY(attn_fwd_d64_dv32, 64, 32, 8, 1, 64, true, false, 1)
 ATTN_FWD_ENTRY(attn_fwd_d64_dv64, 64, 64, 8, 1, 64, true, false, 1)
-ATTN_FWD_ENTRY(attn_fwd_d128_dv128, 128, 128, 8, 1, 64, true, false, 1)
 ATTN_FWD_ENTRY(attn_fwd_m2_d128_dv128, 128, 128, 4, 2, 64, false, false, 1)
 ATTN_FWD_ENTRY(attn_fwd_m2w8_d128_dv128, 128, 128, 8, 2, 64, false, false, 1)
 ATTN_FWD_ENTRY(attn_fwd_m2p_d128_dv128, 128, 128, 4, 2, 32, false, true, 1)

@@ -8,7 +8,8 @@
 //! |------------|-------------------------------------------------------------------------|
 //! | 64, 32     | `attn_{fwd,bwd_kvq,decode,decode_g1}_d64_dv32`                          |
 //! | 64, 64     | `attn_{fwd,bwd_kvq,decode,decode_g1}_d64_dv64`                          |
-//! | 128, 128   | the same `_d128_dv128`, and the forward's other tiles ([`FwdTile`])     |
+//! | 128, 128   | `attn_{bwd_kvq,decode,decode_g1}_d128_dv128`, the forward's [`FwdTile`] |
+//! |            | kernels `attn_fwd_m2*_d128_dv128`                                       |
 //! | otherwise  | nothing runs: [`attn_dims`] names the supported pairs                   |
 //!
 //! The backward runs `attn_bwd_pre`, `attn_bwd_kvq_*` and `attn_bwd_dq_sum` for every pair. The
@@ -138,8 +139,7 @@ pub fn query_tiles(p: &AttnProblem, rows: usize) -> (Vec<i32>, Vec<i32>) {
 /// The forward's query tile and how its warps split it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FwdTile {
-    /// [`ATTN_BM`] rows, 8 warps x 16 rows, Q fragments in registers (`attn_fwd_d*`): every (D,
-    /// DV).
+    /// [`ATTN_BM`] rows, 8 warps x 16 rows, Q fragments in registers (`attn_fwd_d64_*`): D = 64.
     W8x16,
     /// [`ATTN_BM`] rows, 4 warps x 32 rows, each K / V fragment feeding two m-tiles
     /// (`attn_fwd_m2_d*`): D = DV = 128 only.
@@ -191,10 +191,10 @@ impl FwdTile {
     pub const ALL: [FwdTile; 5] = [FwdTile::W8x16, FwdTile::W4x32, FwdTile::W8x32, FwdTile::W4x32P, FwdTile::W8x32P];
 }
 
-/// The forward's tile for `dims`: `GLA_ATTN_FWD=8x16|4x32|8x32|4x32p|8x32p` picks one where it has a kernel
-/// (for checking and timing a tile through the whole stack), else the 4 x 32 split where it has a
-/// kernel (D = DV = 128: 11 - 14 % faster than 8 x 16 on the H200 at T = 2048 .. 32768, causal,
-/// H = 16), else 8 x 16 (the bench times the others beside it).
+/// The forward's tile for `dims`: `GLA_ATTN_FWD=8x16|4x32|8x32|4x32p|8x32p` picks one where it has
+/// a kernel (for checking and timing a tile through the whole stack), else 4 x 32 for D = DV =
+/// 128 (the fastest of the timed tiles there, docs/kernels.md), else 8 x 16 (the bench times the
+/// others beside it).
 pub fn fwd_tile(dims: (usize, usize)) -> FwdTile {
     let forced = match std::env::var("GLA_ATTN_FWD").as_deref() {
         Ok("8x16") => Some(FwdTile::W8x16),
@@ -214,7 +214,8 @@ pub fn fwd_tile(dims: (usize, usize)) -> FwdTile {
 /// The forward's entry point for `dims` and `tile`; `None` where that tile has no instantiation.
 pub fn fwd_kernel(dims: (usize, usize), tile: FwdTile) -> Option<String> {
     match (tile, dims) {
-        (FwdTile::W8x16, _) => Some(kernel("fwd", dims)),
+        (FwdTile::W8x16, (64, _)) => Some(kernel("fwd", dims)),
+        (FwdTile::W8x16, _) => None,
         (FwdTile::W4x32, (128, 128)) => Some("attn_fwd_m2_d128_dv128".to_string()),
         (FwdTile::W8x32, (128, 128)) => Some("attn_fwd_m2w8_d128_dv128".to_string()),
         (FwdTile::W4x32P, (128, 128)) => Some("attn_fwd_m2p_d128_dv128".to_string()),
@@ -285,6 +286,7 @@ mod tests {
         assert_eq!(fwd_kernel((64, 64), FwdTile::W8x32), None);
         assert!(fwd_smem((128, 128), FwdTile::W8x32) + 1024 <= 228 * 1024);
         assert_eq!(fwd_kernel((64, 64), FwdTile::W4x32P), None);
+        assert_eq!(fwd_kernel((128, 128), FwdTile::W8x16), None);
         // two blocks of the pipelined 4 x 32 tile per SM
         assert!(2 * (fwd_smem((128, 128), FwdTile::W4x32P) + 1024) <= 228 * 1024);
         assert_eq!(decode_kernel((64, 32), 1), "attn_decode_g1_d64_dv32");
