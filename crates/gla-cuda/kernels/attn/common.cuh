@@ -22,6 +22,19 @@ __device__ __forceinline__ bool att_key_ok(int i, int s, int len, int causal, in
     return (s < len) & (!causal | (s <= i)) & ((window <= 0) | (s > i - window));
 }
 
+// The shared-memory byte address of a pointer into shared memory.
+__device__ __forceinline__ unsigned att_smem(const void* p) {
+    unsigned long long a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (unsigned)a;
+}
+
+// A 16-byte cp.async to the shared-memory byte address s (32-bit: the tile loop's destinations
+// are a base plus immediates, no 64-bit generic address per copy).
+__device__ __forceinline__ void att_cp16(unsigned s, const void* g) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(g) : "memory");
+}
+
 // R rows x CP columns (CP % 8 == 0) of bf16 into dst (row stride ld) by cp.async: row t from
 // src + t * ldg, rows < L and columns < C read (C % 8 == 0, 16-byte aligned rows), the rest zero.
 // The caller commits and waits. A full tile (L >= R, C == CP) takes a path without per-copy
@@ -36,10 +49,10 @@ __device__ __forceinline__ void att_tile(bf16_t* dst, int ld, const bf16_t* src,
             constexpr int RS = NT / CPR;  // rows per step
             const int t = tid / CPR, c = (tid % CPR) * 8;
             const bf16_t* s = src + (idx_t)t * ldg + c;
-            bf16_t* d = dst + t * ld + c;
+            const unsigned d = att_smem(dst) + 2u * (unsigned)(t * ld + c);
             const idx_t step = (idx_t)RS * ldg;
             #pragma unroll
-            for (int i = 0; i < R * CPR / NT; ++i) cp16(d + i * RS * ld, s + i * step, true);
+            for (int i = 0; i < R * CPR / NT; ++i, s += step) att_cp16(d + 2u * (unsigned)(i * RS * ld), s);
             return;
         }
     }
@@ -85,12 +98,7 @@ __device__ __forceinline__ void att_red2(float* p, float a, float b) {
 
 // ldmatrix on 32-bit shared-memory byte addresses: a fragment's address is a per-lane offset
 // computed once plus a compile-time tile offset (an immediate), instead of 64-bit generic pointer
-// arithmetic per load. att_smem: the shared address of a pointer into shared memory.
-__device__ __forceinline__ unsigned att_smem(const void* p) {
-    unsigned long long a;
-    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
-    return (unsigned)a;
-}
+// arithmetic per load (att_smem gives a pointer's).
 __device__ __forceinline__ void att_ldsm4(unsigned r[4], unsigned a) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a) : "memory");

@@ -430,6 +430,7 @@ inline void __threadfence() {}
 inline unsigned att_smem(const void* p) { return (unsigned)((const unsigned char*)p - emu::g_dyn); }
 inline void att_ldsm4(unsigned r[4], unsigned a) { ldsm4(r, (const unsigned short*)(emu::g_dyn + a)); }
 inline void att_ldsm4t(unsigned r[4], unsigned a) { ldsm4t(r, (const unsigned short*)(emu::g_dyn + a)); }
+inline void att_cp16(unsigned a, const void* g) { cp16(emu::g_dyn + a, g, true); }
 inline void cp_commit() {
     emu::cur->groups.push_back(std::move(emu::cur->open));
     emu::cur->open.clear();
