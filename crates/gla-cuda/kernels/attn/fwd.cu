@@ -5,9 +5,7 @@
 // attn_fwd_m2_d128_dv128: the same tile with 4 warps x 32 rows (two m-tiles per warp share each
 // K / V fragment: half the shared-memory reads per product; Q reloaded from shared memory);
 // attn_fwd_m2w8_d128_dv128: 8 warps x 32 rows, BM = 256 (each K / V tile serves twice the rows:
-// half the L2 traffic per product; one block per SM); attn_fwd_m2p_d128_dv128 and
-// attn_fwd_m2w8p_d128_dv128: those two on 32-key tiles, software pipelined (S of key tile t + 1
-// while the softmax of tile t runs). Tile `tile` covers the query positions
+// half the L2 traffic per product; one block per SM). Tile `tile` covers the query positions
 // tile_q0[tile] .. + BM - 1 of sequence tile_seq[tile] (the host's tables, src/attn/dispatch.rs).
 // For kv head g = j / (H / H_KV):
 //     S  = Q K_t^T * scale * log2(e)           (mma.sync m16n8k16, f32 accumulate; the scale
@@ -15,11 +13,10 @@
 //     m  = running row max, l = running row sum of ex2(S - m), O = sum ex2(S - m) V   (online)
 //     o  = O / l                                -> o [rows, H, DV] bf16 (=)
 //     lse = ln 2 * (m + log2 l)                -> lse [rows, H] f32 (=)
-// over the key tiles K_t (BN = 64 keys, 32 pipelined) the mask can leave a key in: key tiles
-// from the window's first key (window > 0) to the last query of the tile (causal) or the sequence
-// end. Only tiles that
-// cross the diagonal, the window's lower edge or the sequence end are masked (per warp), and a
-// warp skips a tile that none of its rows sees. K / V tiles are double-buffered with cp.async
+// over the key tiles K_t (BN = 64 keys) the mask can leave a key in: key tiles from the window's
+// first key (window > 0) to the last query of the tile (causal) or the sequence end. Only tiles
+// that cross the diagonal, the window's lower edge or the sequence end are masked (per warp), and
+// a warp skips a tile that none of its rows sees. K / V tiles are double-buffered with cp.async
 // (one barrier per key tile: the copy of tile t + 1 starts after the barrier that lands tile t).
 // Rows past the sequence end are neither read (zero) nor written.
 //
@@ -29,7 +26,6 @@
 // (src/attn/dispatch.rs, fwd_smem).
 //
 // Entry points: attn_fwd_d64_dv32 attn_fwd_d64_dv64 attn_fwd_m2_d128_dv128 attn_fwd_m2w8_d128_dv128
-//   attn_fwd_m2p_d128_dv128 attn_fwd_m2w8p_d128_dv128
 
 // S = Q K_t^T of the warp's MT m-tiles against the BN keys of the K tile at shared address uK
 // (its ldmatrix lane address): Q from the registers qf (QREG) or the Q tile at aQ.
@@ -150,95 +146,6 @@ __device__ __forceinline__ void att_fwd_softmax(float (&s)[MT][BN / 8][4], float
     }
 }
 
-// Row r of m-tile mt of the scores s to probabilities ex2(s sa - base), their sum into l.
-template <int MT, int BN>
-__device__ __forceinline__ void att_fwd_exp_row(float (&s)[MT][BN / 8][4], float (&l)[MT][2], int mt, int r, const float (&base)[MT][2],
-                                                const float (&alpha)[MT][2], float sa) {
-    float sum = 0.f;
-    #pragma unroll
-    for (int nt = 0; nt < BN / 8; ++nt) {
-        s[mt][nt][2 * r] = ex2f(fmaf(s[mt][nt][2 * r], sa, -base[mt][r]));
-        s[mt][nt][2 * r + 1] = ex2f(fmaf(s[mt][nt][2 * r + 1], sa, -base[mt][r]));
-        sum += s[mt][nt][2 * r] + s[mt][nt][2 * r + 1];
-    }
-    l[mt][r] = l[mt][r] * alpha[mt][r] + sum;
-}
-
-// att_fwd_qk of the next tile (into sn, Q from shared memory) and att_fwd_softmax of this one
-// (s) interleaved in program order: each k-step of the products is followed by a stage of the
-// softmax (row maxima, the two shuffles, then the exponentials row by row), so the warp issues
-// softmax work between its products instead of after them.
-template <int DP, int MT, int BN, int DVP>
-__device__ __forceinline__ void att_fwd_qk_softmax(float (&sn)[MT][BN / 8][4], unsigned aQ, unsigned uK, float (&s)[MT][BN / 8][4],
-                                                   float (&m)[MT][2], float (&l)[MT][2], float (&acc)[MT][DVP / 8][4], float sa) {
-    constexpr int LQ = DP + 8, KS = DP / 16;
-    static_assert(KS >= 3, "the maxima and the shuffles take the first three k-steps");
-    float mx[MT][2], alpha[MT][2], base[MT][2];
-    bool grew = false;
-    #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-        #pragma unroll
-        for (int nt = 0; nt < BN / 8; ++nt) sn[mt][nt][0] = sn[mt][nt][1] = sn[mt][nt][2] = sn[mt][nt][3] = 0.f;
-    #pragma unroll
-    for (int kk = 0; kk < KS; ++kk) {
-        unsigned a[MT][4];
-        #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) att_ldsm4(a[mt], aQ + 2 * (16 * mt * LQ + 16 * kk));
-        #pragma unroll
-        for (int np = 0; np < BN / 16; ++np) {
-            unsigned r[4];
-            att_ldsm4(r, uK + 2 * (16 * np * LQ + 16 * kk));
-            #pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                mma16816(sn[mt][2 * np], a[mt], r[0], r[1]);
-                mma16816(sn[mt][2 * np + 1], a[mt], r[2], r[3]);
-            }
-        }
-        if (kk == 0) {
-            #pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-                #pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    float x = fmaxf(s[mt][0][2 * r], s[mt][0][2 * r + 1]);
-                    #pragma unroll
-                    for (int nt = 1; nt < BN / 8; ++nt) x = fmaxf(x, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
-                    mx[mt][r] = x;
-                }
-        } else if (kk == 1) {
-            #pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-                #pragma unroll
-                for (int r = 0; r < 2; ++r) mx[mt][r] = fmaxf(mx[mt][r], __shfl_xor_sync(0xffffffffu, mx[mt][r], 1));
-        } else if (kk == 2) {
-            #pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-                #pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    const float mn = fmaxf(m[mt][r], fmaxf(mx[mt][r], __shfl_xor_sync(0xffffffffu, mx[mt][r], 2)) * sa);
-                    base[mt][r] = att_base(mn);
-                    alpha[mt][r] = ex2f(m[mt][r] - base[mt][r]);
-                    grew |= mn != m[mt][r];
-                    m[mt][r] = mn;
-                }
-        } else if (kk < 3 + 2 * MT) {
-            att_fwd_exp_row<MT, BN>(s, l, (kk - 3) / 2, (kk - 3) % 2, base, alpha, sa);
-        }
-    }
-    #pragma unroll
-    for (int x = KS - 3; x < 2 * MT; ++x) att_fwd_exp_row<MT, BN>(s, l, x / 2, x % 2, base, alpha, sa);
-    if (__any_sync(0xffffffffu, grew)) {
-        #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-            #pragma unroll
-            for (int nt = 0; nt < DVP / 8; ++nt) {
-                acc[mt][nt][0] *= alpha[mt][0];
-                acc[mt][nt][1] *= alpha[mt][0];
-                acc[mt][nt][2] *= alpha[mt][1];
-                acc[mt][nt][3] *= alpha[mt][1];
-            }
-    }
-}
-
 // O += P V_t: the probabilities p (bf16) against the V tile at shared address uV (its ldmatrix
 // lane address).
 template <int MT, int BN, int DVP>
@@ -267,14 +174,13 @@ __device__ __forceinline__ void att_fwd_pv(float (&acc)[MT][DVP / 8][4], const f
     }
 }
 
-template <int DP, int DVP, int NW, int MT, int BN = 64, bool QREG = MT == 1, bool PIPE = false>
+template <int DP, int DVP, int NW, int MT, int BN = 64, bool QREG = MT == 1>
 __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
                                          bf16_t* __restrict__ o, float* __restrict__ lse, const idx_t* __restrict__ bounds,
                                          const int* __restrict__ tile_seq, const int* __restrict__ tile_q0, int H, int HKV, int D,
                                          int DV, int causal, int window, float sl2) {
     constexpr int BM = 16 * NW * MT, LQ = DP + 8, LV = DVP + 8, NT = 32 * NW;
     static_assert(!QREG || MT == 1, "Q fragments live in registers only with one m-tile per warp");
-    static_assert(!(QREG && PIPE), "the pipelined loop reads Q from shared memory");
     static_assert(DVP <= DP, "the output staging reuses the Q tile");
     DELTA_SMEM(smem);
     bf16_t* sQ = (bf16_t*)smem;     // [BM][LQ]; the output staging [BM][LV] at the end
@@ -306,10 +212,6 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
     load_k(t0, 0);
     load_v(t0, 0);
     cp_commit();
-    if (PIPE) {  // K of the second tile: the pipelined loop computes S one tile ahead
-        if (t0 + 1 < t1) load_k(t0 + 1, 1);
-        cp_commit();
-    }
 
     const int qr = 16 * MT * w;  // the warp's first row in the tile (m-tile mt: qr + 16 mt)
     const int qlo = i0 + qr;     // its first query position
@@ -350,64 +252,28 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
         return qlo >= len || (causal && kt > qlo + 16 * MT - 1) || (window > 0 && kt + BN - 1 <= qlo - window);
     };
 
-    if constexpr (!PIPE) {
-        // One barrier per key tile: after it, tile t has landed for every thread and every warp
-        // has finished tile t - 1, so the copy of tile t + 1 into that buffer can start; it lands
-        // at the next iteration's wait.
-        for (int t = t0; t < t1; ++t) {
-            const int buf = (t - t0) & 1;
-            cp_wait0();
-            __syncthreads();
-            if (t + 1 < t1) {
-                load_k(t + 1, buf ^ 1);
-                load_v(t + 1, buf ^ 1);
-                cp_commit();
-            }
-            if (QREG && t == t0) {
-                #pragma unroll
-                for (int kk = 0; kk < DP / 16; ++kk) att_ldsm4(qf[QREG ? kk : 0], aQ + 2 * 16 * kk);
-            }
-            if (!idle(t)) {
-                float s[MT][BN / 8][4];
-                att_fwd_qk<DP, MT, BN, QREG>(s, qf, aQ, aK + 2 * buf * BN * LQ);
-                att_fwd_mask<MT, BN>(s, qlo, t * BN, len, causal, window, fg, ft);
-                att_fwd_softmax<MT, BN, DVP>(s, m, l, acc, sa);
-                att_fwd_pv<MT, BN, DVP>(acc, s, aV + 2 * buf * BN * LV);
-            }
-        }
-    } else {
-        // Software pipelined: iteration t computes S of tile t + 1 while it runs the softmax and
-        // P V of tile t, so the tensor cores have the next tile's products while the warp waits
-        // on its exponentials and row reductions (flash-attention-3's intra-warp overlap). K runs
-        // one tile ahead of V: iteration t reads K(t + 1) and V(t), and after its barrier (every
-        // warp done with K(t) and V(t - 1)) loads K(t + 2) and V(t + 1) into those buffers.
-        // Tile t's buffers are (t - t0) & 1. At the row's last tile (or where the next tile is idle
-        // for the warp) the product of the next tile is still issued (on a buffer's stale
-        // contents; its result is never read): a branch there would split the block that lets
-        // the products and the softmax interleave.
-        float sA[MT][BN / 8][4], sB[MT][BN / 8][4];
-        cp_wait<1>();
-        __syncthreads();  // Q, K(t0), V(t0) landed
-        if (!idle(t0)) att_fwd_qk<DP, MT, BN, false>(sA, qf, aQ, aK);
-        auto step = [&](int t, float (&sc)[MT][BN / 8][4], float (&sn)[MT][BN / 8][4]) {
-            const int buf = (t - t0) & 1;
-            cp_wait0();
-            __syncthreads();
-            if (t + 1 < t1) load_v(t + 1, buf ^ 1);
-            if (t + 2 < t1) load_k(t + 2, buf);
+    // One barrier per key tile: after it, tile t has landed for every thread and every warp has
+    // finished tile t - 1, so the copy of tile t + 1 into that buffer can start; it lands at the
+    // next iteration's wait.
+    for (int t = t0; t < t1; ++t) {
+        const int buf = (t - t0) & 1;
+        cp_wait0();
+        __syncthreads();
+        if (t + 1 < t1) {
+            load_k(t + 1, buf ^ 1);
+            load_v(t + 1, buf ^ 1);
             cp_commit();
-            const unsigned uKn = aK + 2 * (buf ^ 1) * BN * LQ;
-            if (idle(t)) {
-                if (t + 1 < t1 && !idle(t + 1)) att_fwd_qk<DP, MT, BN, false>(sn, qf, aQ, uKn);
-            } else {
-                att_fwd_mask<MT, BN>(sc, qlo, t * BN, len, causal, window, fg, ft);
-                att_fwd_qk_softmax<DP, MT, BN, DVP>(sn, aQ, uKn, sc, m, l, acc, sa);
-                att_fwd_pv<MT, BN, DVP>(acc, sc, aV + 2 * buf * BN * LV);
-            }
-        };
-        for (int t = t0; t < t1; t += 2) {
-            step(t, sA, sB);
-            if (t + 1 < t1) step(t + 1, sB, sA);
+        }
+        if (QREG && t == t0) {
+            #pragma unroll
+            for (int kk = 0; kk < DP / 16; ++kk) att_ldsm4(qf[QREG ? kk : 0], aQ + 2 * 16 * kk);
+        }
+        if (!idle(t)) {
+            float s[MT][BN / 8][4];
+            att_fwd_qk<DP, MT, BN, QREG>(s, qf, aQ, aK + 2 * buf * BN * LQ);
+            att_fwd_mask<MT, BN>(s, qlo, t * BN, len, causal, window, fg, ft);
+            att_fwd_softmax<MT, BN, DVP>(s, m, l, acc, sa);
+            att_fwd_pv<MT, BN, DVP>(acc, s, aV + 2 * buf * BN * LV);
         }
     }
     cp_wait0();
@@ -431,16 +297,14 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
     att_store<BM, DVP, NT>(o + (bs + i0) * ldo + (idx_t)j * DV, ldo, sO, LV, L, DV, tid);
 }
 
-#define ATTN_FWD_ENTRY(NAME, DP, DVP, NW, MT, BN, QREG, PIPE, MINB)                                                            \
-extern "C" __global__ void __launch_bounds__(32 * NW, MINB) NAME(                                                                \
-    const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o, float* lse, const idx_t* bounds, const int* tile_seq,         \
-    const int* tile_q0, int H, int HKV, int D, int DV, int causal, int window, float sl2) {                                    \
-    attn_fwd<DP, DVP, NW, MT, BN, QREG, PIPE>(q, k, v, o, lse, bounds, tile_seq, tile_q0, H, HKV, D, DV, causal, window, sl2);  \
+#define ATTN_FWD_ENTRY(NAME, DP, DVP, NW, MT, BN, QREG, MINB)                                                            \
+extern "C" __global__ void __launch_bounds__(32 * NW, MINB) NAME(                                                          \
+    const bf16_t* q, const bf16_t* k, const bf16_t* v, bf16_t* o, float* lse, const idx_t* bounds, const int* tile_seq,   \
+    const int* tile_q0, int H, int HKV, int D, int DV, int causal, int window, float sl2) {                              \
+    attn_fwd<DP, DVP, NW, MT, BN, QREG>(q, k, v, o, lse, bounds, tile_seq, tile_q0, H, HKV, D, DV, causal, window, sl2);  \
 }
 
-ATTN_FWD_ENTRY(attn_fwd_d64_dv32, 64, 32, 8, 1, 64, true, false, 1)
-ATTN_FWD_ENTRY(attn_fwd_d64_dv64, 64, 64, 8, 1, 64, true, false, 1)
-ATTN_FWD_ENTRY(attn_fwd_m2_d128_dv128, 128, 128, 4, 2, 64, false, false, 1)
-ATTN_FWD_ENTRY(attn_fwd_m2w8_d128_dv128, 128, 128, 8, 2, 64, false, false, 1)
-ATTN_FWD_ENTRY(attn_fwd_m2p_d128_dv128, 128, 128, 4, 2, 32, false, true, 1)
-ATTN_FWD_ENTRY(attn_fwd_m2w8p_d128_dv128, 128, 128, 8, 2, 32, false, true, 1)
+ATTN_FWD_ENTRY(attn_fwd_d64_dv32, 64, 32, 8, 1, 64, true, 1)
+ATTN_FWD_ENTRY(attn_fwd_d64_dv64, 64, 64, 8, 1, 64, true, 1)
+ATTN_FWD_ENTRY(attn_fwd_m2_d128_dv128, 128, 128, 4, 2, 64, false, 1)
+ATTN_FWD_ENTRY(attn_fwd_m2w8_d128_dv128, 128, 128, 8, 2, 64, false, 1)

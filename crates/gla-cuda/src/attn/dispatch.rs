@@ -16,9 +16,9 @@
 //! decode step runs `attn_decode_g1_*` without grouping, `attn_decode_*` for 2 .. 8 query heads
 //! per kv head ([`decode_kernel`]).
 //!
-//! Tiles: the forward takes 128 query rows per block (`BM`; 256 for the 8 x 32 tiles; the warps
-//! split it as [`FwdTile`] says), keys in tiles of 64 (`BN`; 32 for the pipelined tiles); the
-//! backward 128 keys per tile ([`KVQ_BN`]) and query tiles of 64 ([`KVQ_BQ`]).
+//! Tiles: the forward takes 128 query rows per block (`BM`; 256 for the 8 x 32 tile; the warps
+//! split it as [`FwdTile`] says), keys in tiles of 64 (`BN`); the backward 128 keys per tile
+//! ([`KVQ_BN`]) and query tiles of 64 ([`KVQ_BQ`]).
 
 use cudarc::driver::LaunchConfig;
 use gla_core::AttnProblem;
@@ -59,9 +59,9 @@ pub fn kernel(pass: &str, (dp, dvp): (usize, usize)) -> String {
 }
 
 /// Dynamic shared memory of the forward on `tile`: Q [BM][DP+8], K 2 x [BN][DP+8], V 2 x
-/// [BN][DVP+8] bf16 (BM = [`FwdTile::rows`], BN = [`FwdTile::keys`]).
+/// [BN][DVP+8] bf16 (BM = [`FwdTile::rows`]).
 pub fn fwd_smem((dp, dvp): (usize, usize), tile: FwdTile) -> usize {
-    2 * (tile.rows() * (dp + 8) + 2 * tile.keys() * (dp + 8) + 2 * tile.keys() * (dvp + 8))
+    2 * (tile.rows() * (dp + 8) + 2 * ATTN_BN * (dp + 8) + 2 * ATTN_BN * (dvp + 8))
 }
 
 /// Keys per tile of the backward (`attn_bwd_kvq_*`: 8 warps, 4 x 2 over keys x columns for dK /
@@ -147,12 +147,6 @@ pub enum FwdTile {
     /// 256 rows, 8 warps x 32 rows (`attn_fwd_m2w8_d*`): each K / V tile read from L2 serves
     /// twice the rows of the other two; one block per SM. D = DV = 128 only.
     W8x32,
-    /// [`FwdTile::W4x32`] on 32-key tiles, software pipelined (`attn_fwd_m2p_d*`): the scores of
-    /// the next key tile are computed while the softmax of this one runs (the registers of the
-    /// second score tile are those the halved key tile frees). D = DV = 128 only.
-    W4x32P,
-    /// [`FwdTile::W8x32`] pipelined the same way (`attn_fwd_m2w8p_d*`). D = DV = 128 only.
-    W8x32P,
 }
 
 impl FwdTile {
@@ -162,50 +156,47 @@ impl FwdTile {
             FwdTile::W8x16 => "flash",
             FwdTile::W4x32 => "flash-4x32",
             FwdTile::W8x32 => "flash-8x32",
-            FwdTile::W4x32P => "flash-4x32p",
-            FwdTile::W8x32P => "flash-8x32p",
         }
     }
     /// Threads per block.
     pub fn threads(self) -> u32 {
         match self {
-            FwdTile::W8x16 | FwdTile::W8x32 | FwdTile::W8x32P => FWD_THREADS,
-            FwdTile::W4x32 | FwdTile::W4x32P => FWD_THREADS / 2,
+            FwdTile::W8x16 | FwdTile::W8x32 => FWD_THREADS,
+            FwdTile::W4x32 => FWD_THREADS / 2,
         }
     }
     /// Query rows per block (`BM`).
     pub fn rows(self) -> usize {
         match self {
-            FwdTile::W8x16 | FwdTile::W4x32 | FwdTile::W4x32P => ATTN_BM,
-            FwdTile::W8x32 | FwdTile::W8x32P => 2 * ATTN_BM,
-        }
-    }
-    /// Keys per tile (`BN`).
-    pub fn keys(self) -> usize {
-        match self {
-            FwdTile::W8x16 | FwdTile::W4x32 | FwdTile::W8x32 => ATTN_BN,
-            FwdTile::W4x32P | FwdTile::W8x32P => ATTN_BN / 2,
+            FwdTile::W8x16 | FwdTile::W4x32 => ATTN_BM,
+            FwdTile::W8x32 => 2 * ATTN_BM,
         }
     }
     /// Every split (the benchmark times them all).
-    pub const ALL: [FwdTile; 5] = [FwdTile::W8x16, FwdTile::W4x32, FwdTile::W8x32, FwdTile::W4x32P, FwdTile::W8x32P];
+    pub const ALL: [FwdTile; 3] = [FwdTile::W8x16, FwdTile::W4x32, FwdTile::W8x32];
 }
 
-/// The forward's tile for `dims`: `GLA_ATTN_FWD=8x16|4x32|8x32|4x32p|8x32p` picks one where it has
-/// a kernel (for checking and timing a tile through the whole stack), else 4 x 32 for D = DV =
-/// 128 (the fastest of the timed tiles there, docs/kernels.md), else 8 x 16 (the bench times the
-/// others beside it).
-pub fn fwd_tile(dims: (usize, usize)) -> FwdTile {
+/// Sequence length from which the forward of D = DV = 128 takes 256-row tiles ([`FwdTile::W8x32`]):
+/// on the H200 (causal, H = 16) 8 x 32 is the faster tile at T = 32768 and 4 x 32 at T = 2048 and
+/// 8192 (docs/kernels.md).
+const FWD_W8X32_FROM: usize = 32768;
+
+/// The forward's tile for `p`: `GLA_ATTN_FWD=8x16|4x32|8x32` picks one where it has a kernel (for
+/// checking and timing a tile through the whole stack); else, for D = DV = 128, 8 x 32 when the
+/// longest sequence has at least [`FWD_W8X32_FROM`] tokens and 4 x 32 below; else 8 x 16 (the
+/// bench times the others beside it).
+pub fn fwd_tile(p: &AttnProblem) -> FwdTile {
+    let dims = (p.d(), p.dv());
     let forced = match std::env::var("GLA_ATTN_FWD").as_deref() {
         Ok("8x16") => Some(FwdTile::W8x16),
         Ok("4x32") => Some(FwdTile::W4x32),
         Ok("8x32") => Some(FwdTile::W8x32),
-        Ok("4x32p") => Some(FwdTile::W4x32P),
-        Ok("8x32p") => Some(FwdTile::W8x32P),
         _ => None,
     };
+    let longest = (0..p.n()).map(|n| p.seq(n).len()).max().unwrap_or(0);
     match forced {
         Some(t) if fwd_kernel(dims, t).is_some() => t,
+        _ if dims == (128, 128) && longest >= FWD_W8X32_FROM => FwdTile::W8x32,
         _ if dims == (128, 128) => FwdTile::W4x32,
         _ => FwdTile::W8x16,
     }
@@ -215,12 +206,9 @@ pub fn fwd_tile(dims: (usize, usize)) -> FwdTile {
 pub fn fwd_kernel(dims: (usize, usize), tile: FwdTile) -> Option<String> {
     match (tile, dims) {
         (FwdTile::W8x16, (64, _)) => Some(kernel("fwd", dims)),
-        (FwdTile::W8x16, _) => None,
         (FwdTile::W4x32, (128, 128)) => Some("attn_fwd_m2_d128_dv128".to_string()),
         (FwdTile::W8x32, (128, 128)) => Some("attn_fwd_m2w8_d128_dv128".to_string()),
-        (FwdTile::W4x32P, (128, 128)) => Some("attn_fwd_m2p_d128_dv128".to_string()),
-        (FwdTile::W8x32P, (128, 128)) => Some("attn_fwd_m2w8p_d128_dv128".to_string()),
-        (FwdTile::W4x32 | FwdTile::W8x32 | FwdTile::W4x32P | FwdTile::W8x32P, _) => None,
+        _ => None,
     }
 }
 
@@ -285,14 +273,19 @@ mod tests {
         assert_eq!(fwd_kernel((64, 64), FwdTile::W4x32), None);
         assert_eq!(fwd_kernel((64, 64), FwdTile::W8x32), None);
         assert!(fwd_smem((128, 128), FwdTile::W8x32) + 1024 <= 228 * 1024);
-        assert_eq!(fwd_kernel((64, 64), FwdTile::W4x32P), None);
         assert_eq!(fwd_kernel((128, 128), FwdTile::W8x16), None);
-        // two blocks of the pipelined 4 x 32 tile per SM
-        assert!(2 * (fwd_smem((128, 128), FwdTile::W4x32P) + 1024) <= 228 * 1024);
         assert_eq!(decode_kernel((64, 32), 1), "attn_decode_g1_d64_dv32");
         assert_eq!(decode_kernel((128, 128), 4), "attn_decode_d128_dv128");
-        assert_eq!(fwd_kernel((128, 128), fwd_tile((128, 128))).as_deref(), Some("attn_fwd_m2_d128_dv128"));
-        assert_eq!(fwd_kernel((64, 64), fwd_tile((64, 64))).as_deref(), Some("attn_fwd_d64_dv64"));
+        // the policy: 4 x 32 for D = 128, 8 x 32 from 32768 tokens, 8 x 16 for D = 64
+        let tile = |b, t, d, dv| fwd_tile(&AttnProblem::new(AttnSpec { dv, ..AttnSpec::new(b, t, 16, d) }).unwrap());
+        if std::env::var("GLA_ATTN_FWD").is_err() {
+            assert_eq!(tile(32, 2048, 128, 128), FwdTile::W4x32);
+            assert_eq!(tile(8, 8192, 128, 128), FwdTile::W4x32);
+            assert_eq!(tile(2, 32768, 128, 128), FwdTile::W8x32);
+            assert_eq!(tile(1, 40000, 64, 64), FwdTile::W8x16);
+        }
+        assert_eq!(fwd_kernel((128, 128), FwdTile::W4x32).as_deref(), Some("attn_fwd_m2_d128_dv128"));
+        assert_eq!(fwd_kernel((64, 64), FwdTile::W8x16).as_deref(), Some("attn_fwd_d64_dv64"));
     }
 
     #[test]
