@@ -10,7 +10,7 @@ Layout: q, k, v, do ~ randn bf16 in our [B, T, H, D] layout, handed to SDPA as t
 H_KV < H through enable_gqa. Decode rows: one query token per sequence against a [N, ctx, H_KV, D]
 cache, no mask (the token sees the whole cache). FLOPs and bytes are counted as in gla's JSON:
 causal forward 4 B H T^2 D / 2, forward+backward 3.5x the forward; decode bytes = the cache read.
-gla times its forward on each warp split of its tile (kernel flash, flash-4x32): the table
+gla times its forward on each tile it has (flash-4x32, flash-8x32, ...): the table
 compares the fastest (its kernel is named).
 Timing: CUDA events, median of 20 runs after 5 warm-up runs. A backend that refuses a shape is
 recorded as the row's error, not skipped silently.

@@ -425,9 +425,8 @@ pub fn attn_fwd_flops(p: &gla_core::AttnProblem) -> f64 {
 /// `[batch, context]` in `decode` with the first shape's H, H_KV and D (the cache zeroed: the
 /// kernels' time does not depend on the values). Rows: `pass` is `fwd` (one row per warp split of
 /// the forward's tile, the dispatch policy's first, `kernel` naming it), `fwd+bwd`, `bwd` (each
-/// backward launch alone: `bwd-pre`, `bwd-dkv`, `bwd-dq`; bytes are the whole backward's) or
-/// `decode`
-/// (shape `[batch, context, H, D, DV]`, bytes = the cache read).
+/// backward launch alone: `bwd-pre`, `bwd-kvq` (with its dQ sum); bytes are the whole backward's)
+/// or `decode` (shape `[batch, context, H, D, DV]`, bytes = the cache read).
 ///
 /// # Errors
 /// Invalid shapes; driver, compile or launch errors.
@@ -443,7 +442,7 @@ pub fn bench_attn(
         attn_bwd_parts, attn_bwd_ws, attn_fwd, attn_fwd_tile, has_fwd_tile, AttnDevGrads, AttnDevInputs, AttnKvCache, BwdParts,
         DevAttnProblem,
     };
-    use crate::dispatch::attn::{bwd_path, fwd_tile, BwdPath, FwdTile};
+    use crate::dispatch::attn::{fwd_tile, FwdTile};
     use gla_core::{AttnCacheLayout, AttnProblem, AttnSpec};
     let mut rows = Vec::new();
     for &[b, t, h, d, dv] in shapes {
@@ -464,7 +463,7 @@ pub fn bench_attn(
         let bwd_bytes = (2 * (2 * (nq + nk + nv) + 2 * no) + 4 * nl) as f64;
         let shape = [b, t, h, d, dv];
         // the dispatch policy's tile first, then every other warp split with a kernel here
-        let default = fwd_tile((d, dv));
+        let default = fwd_tile(&p);
         for tile in std::iter::once(default).chain(FwdTile::ALL.into_iter().filter(|&t| t != default)) {
             if has_fwd_tile(&dp, tile) {
                 let ms = time_ms(cuda, reps, &mut || attn_fwd_tile(cuda, &dp, &x, &mut o, &mut lse, tile))?;
@@ -476,25 +475,11 @@ pub fn bench_attn(
             attn_bwd_ws(cuda, &dp, &x, &o, &lse, &d_o, &mut delta, &mut g)
         })?;
         rows.push(BenchRow { shape, pass: "fwd+bwd", kernel: "flash", ms, bytes: fwd_bytes + bwd_bytes, flops: 3.5 * ffl });
-        // the backward paths the policy does not take, beside it
-        for other in BwdPath::ALL.into_iter().filter(|&b| b != bwd_path((d, dv))) {
-            let ms = time_ms(cuda, reps, &mut || {
-                attn_fwd(cuda, &dp, &x, &mut o, &mut lse)?;
-                attn_bwd_parts(cuda, &dp, &x, &o, &lse, &d_o, &mut delta, &mut g, BwdParts::all(other))
-            })?;
-            rows.push(BenchRow { shape, pass: "fwd+bwd", kernel: other.label(), ms, bytes: fwd_bytes + bwd_bytes, flops: 3.5 * ffl });
-        }
-        // the backward's launches one by one (delta left by the runs above): the fused kernels do
-        // 5 products (2.5 forwards of FLOPs); dK / dV alone recompute S and dP (4 products: 2), dQ
-        // recomputes them again (3 products: 1.5)
-        let none = BwdParts { pre: false, fused: false, fused8: false, dkv: false, dq: false };
-        for (kernel, parts, flops) in [
-            ("bwd-pre", BwdParts { pre: true, ..none }, 0.0),
-            ("bwd-fused", BwdParts { fused: true, ..none }, 2.5 * ffl),
-            ("bwd-fused8", BwdParts { fused8: true, ..none }, 2.5 * ffl),
-            ("bwd-dkv", BwdParts { dkv: true, ..none }, 2.0 * ffl),
-            ("bwd-dq", BwdParts { dq: true, ..none }, 1.5 * ffl),
-        ] {
+        // the backward's launches one by one (delta left by the run above): the kvq kernel and
+        // its dQ sum do 5 products (2.5 forwards of FLOPs)
+        for (kernel, parts, flops) in
+            [("bwd-pre", BwdParts { pre: true, kvq: false }, 0.0), ("bwd-kvq", BwdParts { pre: false, kvq: true }, 2.5 * ffl)]
+        {
             let ms = time_ms(cuda, reps, &mut || attn_bwd_parts(cuda, &dp, &x, &o, &lse, &d_o, &mut delta, &mut g, parts))?;
             rows.push(BenchRow { shape, pass: "bwd", kernel, ms, bytes: bwd_bytes, flops });
         }

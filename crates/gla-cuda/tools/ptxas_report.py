@@ -2,7 +2,8 @@
 """Compiles a kernel file with NVRTC for sm_90a and prints ptxas's resource report (registers,
 spills, shared memory) per entry point. No GPU needed. The program is the one src/kernels.rs
 builds: common/base.cuh, common/mma.cuh, common/chunk.cuh for gla/chunk_*.cu (base.cuh alone for
-the other gla/ files), common/base.cuh and nn/common.cuh for nn/*.cu.
+the other gla/ files), common/base.cuh and nn/common.cuh for nn/*.cu, those three and
+attn/common.cuh for attn/*.cu.
 Usage: eval "$(bash .ci/nvrtc-setup.sh)"; python3 crates/gla-cuda/tools/ptxas_report.py crates/gla-cuda/kernels/gla/chunk_bwd.cu"""
 import ctypes, os, sys
 
@@ -14,6 +15,8 @@ def headers(path):
     rel = os.path.relpath(os.path.abspath(path), kernels)
     if rel.startswith("nn/"):
         return ["common/base.cuh", "nn/common.cuh"]
+    if rel.startswith("attn/"):
+        return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "attn/common.cuh"]
     if rel.startswith("gla/chunk_") and rel != "gla/chunk_fwd_f32.cu":
         return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh"]
     return ["common/base.cuh"]

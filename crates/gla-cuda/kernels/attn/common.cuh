@@ -22,6 +22,19 @@ __device__ __forceinline__ bool att_key_ok(int i, int s, int len, int causal, in
     return (s < len) & (!causal | (s <= i)) & ((window <= 0) | (s > i - window));
 }
 
+// The shared-memory byte address of a pointer into shared memory.
+__device__ __forceinline__ unsigned att_smem(const void* p) {
+    unsigned long long a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (unsigned)a;
+}
+
+// A 16-byte cp.async to the shared-memory byte address s (32-bit: the tile loop's destinations
+// are a base plus immediates, no 64-bit generic address per copy).
+__device__ __forceinline__ void att_cp16(unsigned s, const void* g) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(g) : "memory");
+}
+
 // R rows x CP columns (CP % 8 == 0) of bf16 into dst (row stride ld) by cp.async: row t from
 // src + t * ldg, rows < L and columns < C read (C % 8 == 0, 16-byte aligned rows), the rest zero.
 // The caller commits and waits. A full tile (L >= R, C == CP) takes a path without per-copy
@@ -36,10 +49,10 @@ __device__ __forceinline__ void att_tile(bf16_t* dst, int ld, const bf16_t* src,
             constexpr int RS = NT / CPR;  // rows per step
             const int t = tid / CPR, c = (tid % CPR) * 8;
             const bf16_t* s = src + (idx_t)t * ldg + c;
-            bf16_t* d = dst + t * ld + c;
+            const unsigned d = att_smem(dst) + 2u * (unsigned)(t * ld + c);
             const idx_t step = (idx_t)RS * ldg;
             #pragma unroll
-            for (int i = 0; i < R * CPR / NT; ++i) cp16(d + i * RS * ld, s + i * step, true);
+            for (int i = 0; i < R * CPR / NT; ++i, s += step) att_cp16(d + 2u * (unsigned)(i * RS * ld), s);
             return;
         }
     }
@@ -76,21 +89,27 @@ __device__ __forceinline__ float att_row_sum(float x) {
     return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
-// The fused backward's turn flags (attn/bwd.cu): wait until *flag == turn (acquire, GPU scope:
-// what the previous holder wrote before passing is visible after it), pass it on (release).
-__device__ __forceinline__ void att_wait_turn(const int* flag, int turn) {
-    int v;
-    do {
-        asm volatile("ld.acquire.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(flag) : "memory");
-    } while (v != turn);
+// Adds two f32 to p[0], p[1] in L2 (red: no value comes back, so nothing waits on it). The
+// backward's dQ sums have one adding thread per element, so the order of the adds is its program
+// order: deterministic.
+__device__ __forceinline__ void att_red2(float* p, float a, float b) {
+    asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
 }
-__device__ __forceinline__ void att_pass_turn(int* flag, int next) {
-    asm volatile("st.release.gpu.global.s32 [%0], %1;" ::"l"(flag), "r"(next) : "memory");
+
+// ldmatrix on 32-bit shared-memory byte addresses: a fragment's address is a per-lane offset
+// computed once plus a compile-time tile offset (an immediate), instead of 64-bit generic pointer
+// arithmetic per load (att_smem gives a pointer's).
+__device__ __forceinline__ void att_ldsm4(unsigned r[4], unsigned a) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a) : "memory");
 }
-// Two f32 through L2 (another block wrote them; L1 is not coherent across blocks).
-__device__ __forceinline__ void att_ld2_cg(const float* p, float& a, float& b) {
-    asm volatile("ld.global.cg.v2.f32 {%0, %1}, [%2];" : "=f"(a), "=f"(b) : "l"(p) : "memory");
+__device__ __forceinline__ void att_ldsm4t(unsigned r[4], unsigned a) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a) : "memory");
 }
-__device__ __forceinline__ void att_st2_cg(float* p, float a, float b) {
-    asm volatile("st.global.cg.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
-}
+// Lane l's byte offset in a 16 x 16 tile at (0, 0) of a row-major bf16 matrix with row stride ld
+// (the tile at (r0, c0) adds 2 (r0 ld + c0)): att_lane_a for an A operand stored [m][k] (ldmatrix)
+// and a B operand stored [k][n] (ldmatrix.trans) (common/mma.cuh's fa, fbt); att_lane_b for a B
+// operand stored [n][k] (ldmatrix) and an A operand stored [k][m] (ldmatrix.trans) (fbn, fat).
+__device__ __forceinline__ unsigned att_lane_a(int ld, int l) { return 2u * (unsigned)(((l & 7) + 8 * ((l >> 3) & 1)) * ld + 8 * (l >> 4)); }
+__device__ __forceinline__ unsigned att_lane_b(int ld, int l) { return 2u * (unsigned)(((l & 7) + 8 * (l >> 4)) * ld + 8 * ((l >> 3) & 1)); }

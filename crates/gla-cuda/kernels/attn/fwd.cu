@@ -1,29 +1,178 @@
 // attn/fwd.cu: the softmax attention forward (flash-attention-2 style), bf16 storage, f32 math.
 //
-// attn_fwd_d{DP}_dv{DVP}: one block per (query head j, query tile), 256 threads (8 warps x 16
+// attn_fwd_d64_dv{DVP}: one block per (query head j, query tile), 256 threads (8 warps x 16
 // query rows, BM = 128 rows per tile, Q fragments held in registers), grid (H, tiles);
 // attn_fwd_m2_d128_dv128: the same tile with 4 warps x 32 rows (two m-tiles per warp share each
-// K / V fragment: half the shared-memory reads per product; Q reloaded from shared memory). Tile
-// `tile` covers the query positions tile_q0[tile] .. +127 of sequence tile_seq[tile] (the host
-// orders tiles longest first for causal attention). For kv head g = j / (H / H_KV):
+// K / V fragment: half the shared-memory reads per product; Q reloaded from shared memory);
+// attn_fwd_m2w8_d128_dv128: 8 warps x 32 rows, BM = 256 (each K / V tile serves twice the rows:
+// half the L2 traffic per product; one block per SM). Tile `tile` covers the query positions
+// tile_q0[tile] .. + BM - 1 of sequence tile_seq[tile] (the host's tables, src/attn/dispatch.rs).
+// For kv head g = j / (H / H_KV):
 //     S  = Q K_t^T * scale * log2(e)           (mma.sync m16n8k16, f32 accumulate; the scale
 //                                               is applied inside the exponent's FFMA)
 //     m  = running row max, l = running row sum of ex2(S - m), O = sum ex2(S - m) V   (online)
 //     o  = O / l                                -> o [rows, H, DV] bf16 (=)
 //     lse = ln 2 * (m + log2 l)                -> lse [rows, H] f32 (=)
-// over the key tiles K_t (BN = 64 keys) the mask can leave a key in: key tiles from the window's first
-// key (window > 0) to the last query of the tile (causal) or the sequence end. Only tiles that
-// cross the diagonal, the window's lower edge or the sequence end are masked (per warp), and a
-// warp skips a tile that none of its rows sees. K / V tiles are double-buffered with cp.async
+// over the key tiles K_t (BN = 64 keys) the mask can leave a key in: key tiles from the window's
+// first key (window > 0) to the last query of the tile (causal) or the sequence end. Only tiles
+// that cross the diagonal, the window's lower edge or the sequence end are masked (per warp), and
+// a warp skips a tile that none of its rows sees. K / V tiles are double-buffered with cp.async
 // (one barrier per key tile: the copy of tile t + 1 starts after the barrier that lands tile t).
 // Rows past the sequence end are neither read (zero) nor written.
 //
 // Layouts: q [rows, H, D], k [rows, H_KV, D], v [rows, H_KV, DV], o [rows, H, DV], lse [rows, H];
 // bounds [N + 1] i64 sequence row offsets. D <= DP, DV <= DVP, D and DV multiples of 8 (16-byte
-// copies). Dynamic smem: (128 * (DP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8)) * 2 bytes
+// copies). Dynamic smem: (BM * (DP + 8) + 2 * BN * (DP + 8) + 2 * BN * (DVP + 8)) * 2 bytes
 // (src/attn/dispatch.rs, fwd_smem).
 //
-// Entry points: attn_fwd_d64_dv32 attn_fwd_d64_dv64 attn_fwd_d128_dv128 attn_fwd_m2_d128_dv128
+// Entry points: attn_fwd_d64_dv32 attn_fwd_d64_dv64 attn_fwd_m2_d128_dv128 attn_fwd_m2w8_d128_dv128
+
+// S = Q K_t^T of the warp's MT m-tiles against the BN keys of the K tile at shared address uK
+// (its ldmatrix lane address): Q from the registers qf (QREG) or the Q tile at aQ.
+template <int DP, int MT, int BN, bool QREG>
+__device__ __forceinline__ void att_fwd_qk(float (&s)[MT][BN / 8][4], const unsigned (&qf)[QREG ? DP / 16 : 1][4], unsigned aQ,
+                                           unsigned uK) {
+    constexpr int LQ = DP + 8;
+    #pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+        #pragma unroll
+        for (int nt = 0; nt < BN / 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
+    #pragma unroll
+    for (int kk = 0; kk < DP / 16; ++kk) {
+        unsigned a[MT][4];
+        #pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            if constexpr (QREG) {
+                a[mt][0] = qf[kk][0], a[mt][1] = qf[kk][1], a[mt][2] = qf[kk][2], a[mt][3] = qf[kk][3];
+            } else {
+                att_ldsm4(a[mt], aQ + 2 * (16 * mt * LQ + 16 * kk));
+            }
+        }
+        #pragma unroll
+        for (int np = 0; np < BN / 16; ++np) {
+            unsigned r[4];
+            att_ldsm4(r, uK + 2 * (16 * np * LQ + 16 * kk));
+            #pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                mma16816(s[mt][2 * np], a[mt], r[0], r[1]);
+                mma16816(s[mt][2 * np + 1], a[mt], r[2], r[3]);
+            }
+        }
+    }
+}
+
+// Scores of masked (query, key) pairs to -inf (att_key_ok), for the m-tiles (first query
+// position qlo + 16 mt) that cross the tile's edges (at kt): the sequence end, the diagonal
+// (causal), the window's lower edge. Per row, the allowed keys are a range of the tile's
+// columns, so each score costs two compares against row constants.
+template <int MT, int BN>
+__device__ __forceinline__ void att_fwd_mask(float (&s)[MT][BN / 8][4], int qlo, int kt, int len, int causal, int window, int fg,
+                                             int ft) {
+    #pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        const int ql = qlo + 16 * mt;
+        const bool edge = kt + BN > len || (causal && kt + BN - 1 > ql) || (window > 0 && kt <= ql + 15 - window);
+        if (edge) {  // warp-uniform
+            #pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                // column c = 8 nt + e of this lane (key kt + 2 ft + c) is kept for lo <= c <= hi
+                const int i = ql + fg + 8 * r, c0 = kt + 2 * ft;
+                const int hi = (causal ? min(i, len - 1) : len - 1) - c0;
+                const int lo = window > 0 ? i - window + 1 - c0 : 0;
+                #pragma unroll
+                for (int nt = 0; nt < BN / 8; ++nt)
+                    #pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int c = 8 * nt + e;
+                        s[mt][nt][2 * r + e] = c <= hi && c >= lo ? s[mt][nt][2 * r + e] : ATT_NEG_INF;
+                    }
+            }
+        }
+    }
+}
+
+// The online softmax step of a tile's scores s (raw Q K^T; the scale sa > 0 folds into the
+// exponent's FFMA: ex2(s * sa - m)): the row maxima m and sums l move on, s becomes the
+// probabilities, O rescales. All the warp's rows at once: their reductions are independent chains
+// that interleave (no branch between them), and one vote per tile decides whether O needs
+// rescaling (only where a row's max grew, else alpha = ex2(0) = 1: past the first key tiles the
+// warp mostly skips it).
+template <int MT, int BN, int DVP>
+__device__ __forceinline__ void att_fwd_softmax(float (&s)[MT][BN / 8][4], float (&m)[MT][2], float (&l)[MT][2],
+                                                float (&acc)[MT][DVP / 8][4], float sa) {
+    float mx[MT][2], alpha[MT][2];
+    bool grew = false;
+    #pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+        #pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float x = fmaxf(s[mt][0][2 * r], s[mt][0][2 * r + 1]);
+            #pragma unroll
+            for (int nt = 1; nt < BN / 8; ++nt) x = fmaxf(x, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
+            mx[mt][r] = x;
+        }
+    #pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+        #pragma unroll
+        for (int r = 0; r < 2; ++r) mx[mt][r] = fmaxf(mx[mt][r], __shfl_xor_sync(0xffffffffu, mx[mt][r], 1));
+    #pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+        #pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const float mn = fmaxf(m[mt][r], fmaxf(mx[mt][r], __shfl_xor_sync(0xffffffffu, mx[mt][r], 2)) * sa);
+            const float base = att_base(mn);
+            alpha[mt][r] = ex2f(m[mt][r] - base);
+            grew |= mn != m[mt][r];
+            m[mt][r] = mn;
+            float sum = 0.f;
+            #pragma unroll
+            for (int nt = 0; nt < BN / 8; ++nt) {
+                s[mt][nt][2 * r] = ex2f(fmaf(s[mt][nt][2 * r], sa, -base));
+                s[mt][nt][2 * r + 1] = ex2f(fmaf(s[mt][nt][2 * r + 1], sa, -base));
+                sum += s[mt][nt][2 * r] + s[mt][nt][2 * r + 1];
+            }
+            l[mt][r] = l[mt][r] * alpha[mt][r] + sum;
+        }
+    if (__any_sync(0xffffffffu, grew)) {
+        #pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+            #pragma unroll
+            for (int nt = 0; nt < DVP / 8; ++nt) {
+                acc[mt][nt][0] *= alpha[mt][0];
+                acc[mt][nt][1] *= alpha[mt][0];
+                acc[mt][nt][2] *= alpha[mt][1];
+                acc[mt][nt][3] *= alpha[mt][1];
+            }
+    }
+}
+
+// O += P V_t: the probabilities p (bf16) against the V tile at shared address uV (its ldmatrix
+// lane address).
+template <int MT, int BN, int DVP>
+__device__ __forceinline__ void att_fwd_pv(float (&acc)[MT][DVP / 8][4], const float (&p)[MT][BN / 8][4], unsigned uV) {
+    constexpr int LV = DVP + 8;
+    #pragma unroll
+    for (int kk = 0; kk < BN / 16; ++kk) {
+        unsigned pa[MT][4];
+        #pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            pa[mt][0] = pack2(p[mt][2 * kk][0], p[mt][2 * kk][1]);
+            pa[mt][1] = pack2(p[mt][2 * kk][2], p[mt][2 * kk][3]);
+            pa[mt][2] = pack2(p[mt][2 * kk + 1][0], p[mt][2 * kk + 1][1]);
+            pa[mt][3] = pack2(p[mt][2 * kk + 1][2], p[mt][2 * kk + 1][3]);
+        }
+        #pragma unroll
+        for (int np = 0; np < DVP / 16; ++np) {
+            unsigned r[4];
+            att_ldsm4t(r, uV + 2 * (16 * kk * LV + 16 * np));
+            #pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                mma16816(acc[mt][2 * np], pa[mt], r[0], r[1]);
+                mma16816(acc[mt][2 * np + 1], pa[mt], r[2], r[3]);
+            }
+        }
+    }
+}
 
 template <int DP, int DVP, int NW, int MT, int BN = 64, bool QREG = MT == 1>
 __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
@@ -51,14 +200,25 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
     const int t0 = kbeg / BN, t1 = (kend + BN - 1) / BN;
     const bf16_t* kb = k + bs * ldk + (idx_t)g * D;
     const bf16_t* vb = v + bs * ldv + (idx_t)g * DV;
+    // the K / V tile t into buffer b (not committed)
+    auto load_k = [&](int t, int b) {
+        att_tile<BN, DP, NT>(sK + b * BN * LQ, LQ, kb + (idx_t)t * BN * ldk, ldk, len - t * BN, D, tid);
+    };
+    auto load_v = [&](int t, int b) {
+        att_tile<BN, DVP, NT>(sV + b * BN * LV, LV, vb + (idx_t)t * BN * ldv, ldv, len - t * BN, DV, tid);
+    };
 
     att_tile<BM, DP, NT>(sQ, LQ, q + (bs + i0) * ldq + (idx_t)j * D, ldq, L, D, tid);
-    att_tile<BN, DP, NT>(sK, LQ, kb + (idx_t)t0 * BN * ldk, ldk, len - t0 * BN, D, tid);
-    att_tile<BN, DVP, NT>(sV, LV, vb + (idx_t)t0 * BN * ldv, ldv, len - t0 * BN, DV, tid);
+    load_k(t0, 0);
+    load_v(t0, 0);
     cp_commit();
 
     const int qr = 16 * MT * w;  // the warp's first row in the tile (m-tile mt: qr + 16 mt)
     const int qlo = i0 + qr;     // its first query position
+    // the warp's ldmatrix addresses (shared-memory bytes) at tile offset (0, 0); K and V add the
+    // buffer's offset
+    const unsigned aQ = att_smem(sQ) + att_lane_a(LQ, lane) + 2 * qr * LQ;
+    const unsigned aK = att_smem(sK) + att_lane_b(LQ, lane), aV = att_smem(sV) + att_lane_a(LV, lane);
     unsigned qf[QREG ? DP / 16 : 1][4];
     float acc[MT][DVP / 8][4];
     float m[MT][2], l[MT][2];
@@ -75,7 +235,22 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
     // the warp's Q rows in shared memory (exact in bf16; S negates exactly), a zero scale zeroes
     // them (S = 0, as 0 * q . k) and takes sa = 1.
     const float sa = sl2 == 0.f ? 1.f : fabsf(sl2);
-    const unsigned qflip = sl2 < 0.f ? 0x80008000u : 0u, qkeep = sl2 == 0.f ? 0u : 0xffffffffu;
+    if (sl2 <= 0.f) {  // block-uniform; the warp's own rows: only it reads them (ldmatrix below)
+        const unsigned qflip = sl2 < 0.f ? 0x80008000u : 0u, qkeep = sl2 == 0.f ? 0u : 0xffffffffu;
+        cp_wait0();
+        __syncthreads();  // the Q tile landed (every thread copied some of its rows)
+        for (int x = lane; x < 16 * MT * (DP / 2); x += 32) {
+            unsigned* e = (unsigned*)(sQ + (qr + x / (DP / 2)) * LQ) + x % (DP / 2);
+            *e = (*e ^ qflip) & qkeep;
+        }
+        __syncwarp();
+    }
+    // the warp's rows see no key of tile t: past the sequence end, before the tile (causal), or
+    // the whole tile below their window
+    auto idle = [&](int t) {
+        const int kt = t * BN;
+        return qlo >= len || (causal && kt > qlo + 16 * MT - 1) || (window > 0 && kt + BN - 1 <= qlo - window);
+    };
 
     // One barrier per key tile: after it, tile t has landed for every thread and every warp has
     // finished tile t - 1, so the copy of tile t + 1 into that buffer can start; it lands at the
@@ -85,128 +260,24 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
         cp_wait0();
         __syncthreads();
         if (t + 1 < t1) {
-            const int nb = buf ^ 1, kt = (t + 1) * BN;
-            att_tile<BN, DP, NT>(sK + nb * BN * LQ, LQ, kb + (idx_t)kt * ldk, ldk, len - kt, D, tid);
-            att_tile<BN, DVP, NT>(sV + nb * BN * LV, LV, vb + (idx_t)kt * ldv, ldv, len - kt, DV, tid);
+            load_k(t + 1, buf ^ 1);
+            load_v(t + 1, buf ^ 1);
             cp_commit();
-        }
-        if (t == t0 && sl2 <= 0.f) {  // the warp's own rows: only it reads them (ldmatrix below)
-            #pragma unroll
-            for (int x = lane; x < 16 * MT * (DP / 2); x += 32) {
-                unsigned* e = (unsigned*)(sQ + (qr + x / (DP / 2)) * LQ) + x % (DP / 2);
-                *e = (*e ^ qflip) & qkeep;
-            }
-            __syncwarp();
         }
         if (QREG && t == t0) {
             #pragma unroll
-            for (int kk = 0; kk < DP / 16; ++kk) ldsm4(qf[QREG ? kk : 0], fa(sQ, LQ, qr, 16 * kk, lane));
+            for (int kk = 0; kk < DP / 16; ++kk) att_ldsm4(qf[QREG ? kk : 0], aQ + 2 * 16 * kk);
         }
-        const int kt = t * BN;
-        // the warp's rows see no key of this tile: past the sequence end, before the tile
-        // (causal), or the whole tile below their window
-        const int qhi = qlo + 16 * MT - 1;
-        const bool idle = qlo >= len || (causal && kt > qhi) || (window > 0 && kt + BN - 1 <= qlo - window);
-        if (!idle) {
-            const bf16_t* Kb = sK + buf * BN * LQ;
-            const bf16_t* Vb = sV + buf * BN * LV;
+        if (!idle(t)) {
             float s[MT][BN / 8][4];
-            #pragma unroll
-            for (int mt = 0; mt < MT; ++mt)
-                #pragma unroll
-                for (int nt = 0; nt < BN / 8; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.f;
-            #pragma unroll
-            for (int kk = 0; kk < DP / 16; ++kk) {
-                unsigned a[MT][4];
-                #pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    if (QREG) {
-                        a[mt][0] = qf[QREG ? kk : 0][0], a[mt][1] = qf[QREG ? kk : 0][1];
-                        a[mt][2] = qf[QREG ? kk : 0][2], a[mt][3] = qf[QREG ? kk : 0][3];
-                    } else {
-                        ldsm4(a[mt], fa(sQ, LQ, qr + 16 * mt, 16 * kk, lane));
-                    }
-                }
-                #pragma unroll
-                for (int np = 0; np < BN / 16; ++np) {
-                    unsigned r[4];
-                    ldsm4(r, fbn(Kb, LQ, 16 * kk, 16 * np, lane));
-                    #pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) {
-                        mma16816(s[mt][2 * np], a[mt], r[0], r[1]);
-                        mma16816(s[mt][2 * np + 1], a[mt], r[2], r[3]);
-                    }
-                }
-            }
-            #pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                const int ql = qlo + 16 * mt;
-                const bool edge = kt + BN > len || (causal && kt + BN - 1 > ql) || (window > 0 && kt <= ql + 15 - window);
-                if (edge) {  // warp-uniform
-                    #pragma unroll
-                    for (int nt = 0; nt < BN / 8; ++nt) {
-                        #pragma unroll
-                        for (int e = 0; e < 4; ++e) {
-                            const bool ok = att_key_ok(ql + fg + (e >= 2 ? 8 : 0), kt + 8 * nt + 2 * ft + (e & 1), len, causal, window);
-                            s[mt][nt][e] = ok ? s[mt][nt][e] : ATT_NEG_INF;
-                        }
-                    }
-                }
-                #pragma unroll
-                for (int r = 0; r < 2; ++r) {
-                    float mx = ATT_NEG_INF;
-                    #pragma unroll
-                    for (int nt = 0; nt < BN / 8; ++nt) mx = fmaxf(mx, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
-                    mx = fmaxf(m[mt][r], att_row_max(mx) * sa);
-                    const float base = att_base(mx);
-                    const float alpha = ex2f(m[mt][r] - base);
-                    // O needs rescaling only where a row's max grew (else alpha = ex2(0) = 1):
-                    // warp-uniform, so past the first key tiles the warp mostly skips it
-                    const bool grew = __any_sync(0xffffffffu, mx != m[mt][r]);
-                    m[mt][r] = mx;
-                    float sum = 0.f;
-                    #pragma unroll
-                    for (int nt = 0; nt < BN / 8; ++nt) {
-                        s[mt][nt][2 * r] = ex2f(fmaf(s[mt][nt][2 * r], sa, -base));
-                        s[mt][nt][2 * r + 1] = ex2f(fmaf(s[mt][nt][2 * r + 1], sa, -base));
-                        sum += s[mt][nt][2 * r] + s[mt][nt][2 * r + 1];
-                    }
-                    l[mt][r] = l[mt][r] * alpha + sum;
-                    if (grew) {
-                        #pragma unroll
-                        for (int nt = 0; nt < DVP / 8; ++nt) {
-                            acc[mt][nt][2 * r] *= alpha;
-                            acc[mt][nt][2 * r + 1] *= alpha;
-                        }
-                    }
-                }
-            }
-            #pragma unroll
-            for (int kk = 0; kk < BN / 16; ++kk) {
-                unsigned pa[MT][4];
-                #pragma unroll
-                for (int mt = 0; mt < MT; ++mt) {
-                    pa[mt][0] = pack2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-                    pa[mt][1] = pack2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-                    pa[mt][2] = pack2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-                    pa[mt][3] = pack2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-                }
-                #pragma unroll
-                for (int np = 0; np < DVP / 16; ++np) {
-                    unsigned r[4];
-                    ldsm4t(r, fbt(Vb, LV, 16 * kk, 16 * np, lane));
-                    #pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) {
-                        mma16816(acc[mt][2 * np], pa[mt], r[0], r[1]);
-                        mma16816(acc[mt][2 * np + 1], pa[mt], r[2], r[3]);
-                    }
-                }
-            }
+            att_fwd_qk<DP, MT, BN, QREG>(s, qf, aQ, aK + 2 * buf * BN * LQ);
+            att_fwd_mask<MT, BN>(s, qlo, t * BN, len, causal, window, fg, ft);
+            att_fwd_softmax<MT, BN, DVP>(s, m, l, acc, sa);
+            att_fwd_pv<MT, BN, DVP>(acc, s, aV + 2 * buf * BN * LV);
         }
     }
     cp_wait0();
     __syncthreads();  // every warp is done with the Q and K / V tiles
-
     // epilogue: o = O / l through the Q tile
     bf16_t* sO = sQ;
     #pragma unroll
@@ -235,5 +306,5 @@ extern "C" __global__ void __launch_bounds__(32 * NW, MINB) NAME(               
 
 ATTN_FWD_ENTRY(attn_fwd_d64_dv32, 64, 32, 8, 1, 64, true, 1)
 ATTN_FWD_ENTRY(attn_fwd_d64_dv64, 64, 64, 8, 1, 64, true, 1)
-ATTN_FWD_ENTRY(attn_fwd_d128_dv128, 128, 128, 8, 1, 64, true, 1)
 ATTN_FWD_ENTRY(attn_fwd_m2_d128_dv128, 128, 128, 4, 2, 64, false, 1)
+ATTN_FWD_ENTRY(attn_fwd_m2w8_d128_dv128, 128, 128, 8, 2, 64, false, 1)

@@ -1,36 +1,34 @@
 //! The dispatch policy of softmax attention on the GPU (`crate::dispatch::attn`): which kernels
-//! run for a head dim pair ([`attn_dims`]), the tile tables and their order ([`query_tiles`],
-//! [`key_tiles`]), the launch shapes, the shared-memory sizes, and the decode step's split of the
-//! cache ([`decode_split`]). `attn/ops.rs` only checks lengths and launches what this module
-//! picks; docs/kernels.md describes the kernels.
+//! run for a head dim pair ([`attn_dims`]), the forward's tile ([`fwd_tile`]), the tile tables
+//! ([`query_tiles`], [`kvq_units`]), the launch shapes, the shared-memory sizes, and the decode
+//! step's split of the cache ([`decode_split`]). `attn/ops.rs` only checks lengths and launches
+//! what this module picks; docs/kernels.md describes the kernels.
 //!
-//! | D, DV      | kernels (bf16 storage)                                             |
-//! |------------|--------------------------------------------------------------------|
-//! | 64, 32     | `attn_{fwd,bwd_dkv,bwd_dq,decode,decode_g1}_d64_dv32`              |
-//! | 64, 64     | `attn_{fwd,bwd_dkv,bwd_dq,decode,decode_g1}_d64_dv64`              |
-//! | 128, 128   | the same `_d128_dv128`, and `attn_fwd_m2_d128_dv128` ([`FwdTile`]) |
-//! | otherwise  | nothing runs: [`attn_dims`] names the supported pairs              |
+//! | D, DV      | kernels (bf16 storage)                                                  |
+//! |------------|-------------------------------------------------------------------------|
+//! | 64, 32     | `attn_{fwd,bwd_kvq,decode,decode_g1}_d64_dv32`                          |
+//! | 64, 64     | `attn_{fwd,bwd_kvq,decode,decode_g1}_d64_dv64`                          |
+//! | 128, 128   | `attn_{bwd_kvq,decode,decode_g1}_d128_dv128`, the forward's [`FwdTile`] |
+//! |            | kernels `attn_fwd_m2*_d128_dv128`                                       |
+//! | otherwise  | nothing runs: [`attn_dims`] names the supported pairs                   |
 //!
-//! The decode step runs `attn_decode_g1_*` without grouping, `attn_decode_*` for 2 .. 8 query
-//! heads per kv head ([`decode_kernel`]).
+//! The backward runs `attn_bwd_pre`, `attn_bwd_kvq_*` and `attn_bwd_dq_sum` for every pair. The
+//! decode step runs `attn_decode_g1_*` without grouping, `attn_decode_*` for 2 .. 8 query heads
+//! per kv head ([`decode_kernel`]).
 //!
-//! Tiles: the forward and dQ take 128 query rows per block (`BM`; the forward's warps split it
-//! as [`FwdTile`] says), keys in tiles of 64 (`BN`); dK / dV take 64 keys per block (4 warps x
-//! 16 keys) and query tiles of 64.
+//! Tiles: the forward takes 128 query rows per block (`BM`; 256 for the 8 x 32 tile; the warps
+//! split it as [`FwdTile`] says), keys in tiles of 64 (`BN`); the backward 128 keys per tile
+//! ([`KVQ_BN`]) and query tiles of 64 ([`KVQ_BQ`]).
 
 use cudarc::driver::LaunchConfig;
 use gla_core::AttnProblem;
 
-/// Query rows per block of the forward and dQ kernels (`BM`).
+/// Query rows per block of the forward (`BM`).
 pub const ATTN_BM: usize = 128;
-/// Keys per tile (`BN`), and keys per block of the dK / dV kernel.
+/// Keys per tile of the forward (`BN`).
 pub const ATTN_BN: usize = 64;
-/// Query rows per tile of the dK / dV kernel (`BQ`).
-const DKV_BQ: usize = 64;
-/// Threads of the forward and dQ blocks.
+/// Threads of the forward's 8-warp blocks.
 const FWD_THREADS: u32 = 256;
-/// Threads of the dK / dV blocks.
-const DKV_THREADS: u32 = 128;
 /// Threads of the decode blocks.
 const DECODE_THREADS: u32 = 128;
 /// Largest group of query heads per kv head the decode kernel holds (`DEC_MAXG`).
@@ -60,133 +58,99 @@ pub fn kernel(pass: &str, (dp, dvp): (usize, usize)) -> String {
     format!("attn_{pass}_d{dp}_dv{dvp}")
 }
 
-/// Dynamic shared memory of the forward: Q [BM][DP+8], K 2 x [BN][DP+8], V 2 x [BN][DVP+8] bf16.
-pub fn fwd_smem((dp, dvp): (usize, usize)) -> usize {
-    2 * (ATTN_BM * (dp + 8) + 2 * ATTN_BN * (dp + 8) + 2 * ATTN_BN * (dvp + 8))
+/// Dynamic shared memory of the forward on `tile`: Q [BM][DP+8], K 2 x [BN][DP+8], V 2 x
+/// [BN][DVP+8] bf16 (BM = [`FwdTile::rows`]).
+pub fn fwd_smem((dp, dvp): (usize, usize), tile: FwdTile) -> usize {
+    2 * (tile.rows() * (dp + 8) + 2 * ATTN_BN * (dp + 8) + 2 * ATTN_BN * (dvp + 8))
 }
 
-/// Dynamic shared memory of dK / dV: K [BN][DP+8], V [BN][DVP+8], Q 2 x [BQ][DP+8], dO 2 x
-/// [BQ][DVP+8] bf16, then lse and delta 2 x [BQ] f32 each.
-pub fn dkv_smem((dp, dvp): (usize, usize)) -> usize {
-    2 * (ATTN_BN * (dp + 8) + ATTN_BN * (dvp + 8) + 2 * DKV_BQ * (dp + 8) + 2 * DKV_BQ * (dvp + 8)) + 4 * 4 * DKV_BQ
+/// Keys per tile of the backward (`attn_bwd_kvq_*`: 8 warps, 4 x 2 over keys x columns for dK /
+/// dV).
+pub const KVQ_BN: usize = 128;
+/// Query rows per tile of the backward (`BQ`).
+pub const KVQ_BQ: usize = 64;
+/// Threads of the backward's blocks.
+const KVQ_THREADS: u32 = 256;
+/// Most splits of the backward's key tiles (each holds a dQ sum of the problem's size).
+const KVQ_MAX_SPLITS: usize = 8;
+
+/// Dynamic shared memory of the backward: K [128][DP+8], V [128][DVP+8], Q 2 x [BQ][DP+8], dO 2 x
+/// [BQ][DVP+8], P and dS [BQ][128+8] bf16, lse and delta 2 x [BQ] f32.
+pub fn kvq_smem((dp, dvp): (usize, usize)) -> usize {
+    2 * (KVQ_BN * (dp + 8) + KVQ_BN * (dvp + 8) + 2 * KVQ_BQ * (dp + 8) + 2 * KVQ_BQ * (dvp + 8) + 2 * KVQ_BQ * (KVQ_BN + 8))
+        + 4 * 4 * KVQ_BQ
 }
 
-/// Dynamic shared memory of dQ: Q [BM][DP+8], dO [BM][DVP+8], K 2 x [BN][DP+8], V 2 x
-/// [BN][DVP+8] bf16.
-pub fn dq_smem((dp, dvp): (usize, usize)) -> usize {
-    2 * (ATTN_BM * (dp + 8) + ATTN_BM * (dvp + 8) + 2 * ATTN_BN * (dp + 8) + 2 * ATTN_BN * (dvp + 8))
+/// How many splits the backward cuts each sequence's key tiles into (split s takes the
+/// tiles s, s + splits, ...; each split adds its dQ into a sum of its own, so every element has
+/// one adding thread: deterministic): enough that N * H_KV * splits blocks fill `sms` SMs once
+/// (one block per SM), at least 1, at most [`KVQ_MAX_SPLITS`] and the longest sequence's tiles.
+/// `GLA_ATTN_SPLITS=n` asks for n instead (same bounds; for timing: more splits put fewer
+/// (sequence, head) pairs in flight, so their Q, dO rows stay in L2, at the cost of a dQ sum each).
+pub fn kvq_splits(p: &AttnProblem, sms: usize) -> usize {
+    let seqs = (0..p.n()).filter(|&n| !p.seq(n).is_empty()).count();
+    let tiles = (0..p.n()).map(|n| p.seq(n).len().div_ceil(KVQ_BN)).max().unwrap_or(0);
+    let fill = sms / (seqs * p.h_kv()).max(1);
+    let want = std::env::var("GLA_ATTN_SPLITS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(fill);
+    want.clamp(1, KVQ_MAX_SPLITS).min(tiles.max(1))
 }
 
-/// Dynamic shared memory of the fused backward: dK / dV's, then dS^T [BN][BQ+8] bf16.
-pub fn fused_smem(dims: (usize, usize)) -> usize {
-    dkv_smem(dims) + 2 * ATTN_BN * (DKV_BQ + 8)
+/// The backward's work units: (sequence, split) of every non-empty sequence and split,
+/// the longest sequences first.
+pub fn kvq_units(p: &AttnProblem, splits: usize) -> (Vec<i32>, Vec<i32>) {
+    let mut seqs: Vec<usize> = (0..p.n()).filter(|&n| !p.seq(n).is_empty()).collect();
+    seqs.sort_by_key(|&n| std::cmp::Reverse(p.seq(n).len()));
+    seqs.iter().flat_map(|&n| (0..splits).map(move |s| (n as i32, s as i32))).unzip()
 }
 
-/// Keys per block of the 8-warp fused backward (`attn_bwd_fused8_*`: 8 warps x 16 keys).
-pub const FUSED8_BN: usize = 128;
-
-/// Dynamic shared memory of the 8-warp fused backward: K [128][DP+8], V [128][DVP+8], Q 2 x
-/// [BQ][DP+8], dO 2 x [BQ][DVP+8] bf16, lse and delta 2 x [BQ] f32, dS^T [128][BQ+8] bf16.
-pub fn fused8_smem((dp, dvp): (usize, usize)) -> usize {
-    2 * (FUSED8_BN * (dp + 8) + FUSED8_BN * (dvp + 8) + 2 * DKV_BQ * (dp + 8) + 2 * DKV_BQ * (dvp + 8))
-        + 4 * 4 * DKV_BQ
-        + 2 * FUSED8_BN * (DKV_BQ + 8)
+/// The backward's launch: grid (H_KV, units), 256 threads.
+pub fn kvq_cfg(h_kv: usize, units: usize, smem: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (h_kv as u32, units as u32, 1), block_dim: (KVQ_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
 }
 
-/// The 8-warp fused backward's launch: grid (H_KV, 128-key tiles), 256 threads.
-pub fn fused8_cfg(h_kv: usize, tiles: usize, smem: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (h_kv as u32, tiles as u32, 1), block_dim: (2 * DKV_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
+/// The dQ sum's launch (`attn_bwd_dq_sum`): 4 elements per thread, 256 threads per block.
+pub fn dq_sum_cfg(elems: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (elems.div_ceil(1024).max(1) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// How the backward gets dQ.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BwdPath {
-    /// `attn_bwd_fused_*` (under study): the dK / dV kernel also multiplies dS by K and adds each
-    /// key tile's dQ part in key order (five products; the flash-attention-2 count).
-    Fused,
-    /// `attn_bwd_fused8_*` (under study): the same with 8 warps x 16 keys per block (half the dQ
-    /// parts to add; one block per SM).
-    Fused8,
-    /// `attn_bwd_dkv_*`, then `attn_bwd_dq_*` over the query tiles (seven products: S and dP
-    /// recomputed).
-    Split,
-}
-
-impl BwdPath {
-    /// Every path, the benchmark's rows.
-    pub const ALL: [BwdPath; 3] = [BwdPath::Fused, BwdPath::Fused8, BwdPath::Split];
-    /// The label of benchmark rows.
-    pub fn label(self) -> &'static str {
-        match self {
-            BwdPath::Fused => "flash-fused",
-            BwdPath::Fused8 => "flash-fused8",
-            BwdPath::Split => "flash-split",
-        }
-    }
-}
-
-/// The backward's path for `dims`: split everywhere. On the H200 (T = 2048 .. 32768, causal,
-/// H = 16, D = 128) the split backward with the forward ran 11.0 / 41.1 / 151.7 ms and the
-/// 4-warp fused one 22.9 / 88.8 / 323.7 ms: its ordered dQ add is a read-modify-write of an f32
-/// tile through L2 / HBM between two barriers, once per (key tile, query tile), with nothing to
-/// overlap its latency.
-pub fn bwd_path(_dims: (usize, usize)) -> BwdPath {
-    BwdPath::Split
-}
-
-/// Work of a tile of `rows` starting at position `i0` of a sequence of `len`: the keys its rows
-/// can see (causal: up to its last row; a window caps it), the sort key of the tile tables.
-fn tile_work(p: &AttnProblem, i0: usize, rows: usize, len: usize, keys: bool) -> usize {
-    let mut work = if !p.causal() {
-        len
-    } else if keys {
-        len - i0
-    } else {
-        len.min(i0 + rows)
-    };
+/// Keys a causal (or windowed) query tile of `rows` at position `i0` of a sequence of `len` can
+/// see: the sort key of the tile table.
+fn tile_work(p: &AttnProblem, i0: usize, rows: usize, len: usize) -> usize {
+    let mut work = if p.causal() { len.min(i0 + rows) } else { len };
     if let Some(w) = p.window() {
         work = work.min(w + rows);
     }
     work
 }
 
-fn tiles(p: &AttnProblem, rows: usize, keys: bool) -> (Vec<i32>, Vec<i32>) {
+/// The forward's query tiles: (sequence, first position) of every `rows`-row tile ([`ATTN_BM`],
+/// or [`FwdTile::rows`]) of every non-empty sequence, sequence by sequence (the longest first),
+/// each one's tiles most keys first (causal: the last tiles). The blocks in flight are then the
+/// neighbouring tiles of one sequence over all heads (grid x), which read the same K / V rows, so
+/// those stay in L2; within a sequence the long tiles start while the short ones fill the tail.
+pub fn query_tiles(p: &AttnProblem, rows: usize) -> (Vec<i32>, Vec<i32>) {
     let mut t: Vec<(usize, i32, i32)> = Vec::new();
     for n in 0..p.n() {
         let len = p.seq(n).len();
         for i0 in (0..len).step_by(rows) {
-            t.push((tile_work(p, i0, rows, len, keys), n as i32, i0 as i32));
+            t.push((tile_work(p, i0, rows, len), n as i32, i0 as i32));
         }
     }
-    // most work first: the longest tiles start while the short ones fill the tail
-    t.sort_by_key(|x| std::cmp::Reverse(x.0));
+    t.sort_by_key(|x| (std::cmp::Reverse(p.seq(x.1 as usize).len()), x.1, std::cmp::Reverse(x.0)));
     t.into_iter().map(|x| (x.1, x.2)).unzip()
 }
 
-/// The forward's and dQ's query tiles: (sequence, first position) of every [`ATTN_BM`]-row tile
-/// of every non-empty sequence, most keys first (causal: the last tiles of the longest sequences).
-pub fn query_tiles(p: &AttnProblem) -> (Vec<i32>, Vec<i32>) {
-    tiles(p, ATTN_BM, false)
-}
-
-/// dK / dV's key tiles: (sequence, first key) of every [`ATTN_BN`]-key tile, most queries first.
-pub fn key_tiles(p: &AttnProblem) -> (Vec<i32>, Vec<i32>) {
-    tiles(p, ATTN_BN, true)
-}
-
-/// The 8-warp fused backward's key tiles ([`FUSED8_BN`] keys), ordered as [`key_tiles`].
-pub fn key_tiles_fused8(p: &AttnProblem) -> (Vec<i32>, Vec<i32>) {
-    tiles(p, FUSED8_BN, true)
-}
-
-/// How the forward splits its [`ATTN_BM`]-row tile over warps (the tile tables are the same).
+/// The forward's query tile and how its warps split it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FwdTile {
-    /// 8 warps x 16 rows, Q fragments in registers (`attn_fwd_d*`): every (D, DV).
+    /// [`ATTN_BM`] rows, 8 warps x 16 rows, Q fragments in registers (`attn_fwd_d64_*`): D = 64.
     W8x16,
-    /// 4 warps x 32 rows, each K / V fragment feeding two m-tiles (`attn_fwd_m2_d*`): D = DV =
-    /// 128 only.
+    /// [`ATTN_BM`] rows, 4 warps x 32 rows, each K / V fragment feeding two m-tiles
+    /// (`attn_fwd_m2_d*`): D = DV = 128 only.
     W4x32,
+    /// 256 rows, 8 warps x 32 rows (`attn_fwd_m2w8_d*`): each K / V tile read from L2 serves
+    /// twice the rows of the other two; one block per SM. D = DV = 128 only.
+    W8x32,
 }
 
 impl FwdTile {
@@ -195,52 +159,66 @@ impl FwdTile {
         match self {
             FwdTile::W8x16 => "flash",
             FwdTile::W4x32 => "flash-4x32",
+            FwdTile::W8x32 => "flash-8x32",
         }
     }
     /// Threads per block.
     pub fn threads(self) -> u32 {
         match self {
-            FwdTile::W8x16 => FWD_THREADS,
+            FwdTile::W8x16 | FwdTile::W8x32 => FWD_THREADS,
             FwdTile::W4x32 => FWD_THREADS / 2,
         }
     }
+    /// Query rows per block (`BM`).
+    pub fn rows(self) -> usize {
+        match self {
+            FwdTile::W8x16 | FwdTile::W4x32 => ATTN_BM,
+            FwdTile::W8x32 => 2 * ATTN_BM,
+        }
+    }
     /// Every split (the benchmark times them all).
-    pub const ALL: [FwdTile; 2] = [FwdTile::W8x16, FwdTile::W4x32];
+    pub const ALL: [FwdTile; 3] = [FwdTile::W8x16, FwdTile::W4x32, FwdTile::W8x32];
 }
 
-/// The forward's tile for `dims`: the 4 x 32 split where it has a kernel (D = DV = 128: 11 - 14 %
-/// faster than 8 x 16 on the H200 at T = 2048 .. 32768, causal, H = 16), else 8 x 16 (the bench
-/// times the other one beside it).
-pub fn fwd_tile(dims: (usize, usize)) -> FwdTile {
-    if dims == (128, 128) {
-        FwdTile::W4x32
-    } else {
-        FwdTile::W8x16
+/// Sequence length from which the forward of D = DV = 128 takes 256-row tiles ([`FwdTile::W8x32`]):
+/// on the H200 (causal, H = 16) 8 x 32 is the faster tile at T = 32768 and 4 x 32 at T = 2048 and
+/// 8192 (docs/kernels.md).
+const FWD_W8X32_FROM: usize = 32768;
+
+/// The forward's tile for `p`: `GLA_ATTN_FWD=8x16|4x32|8x32` picks one where it has a kernel (for
+/// checking and timing a tile through the whole stack); else, for D = DV = 128, 8 x 32 when the
+/// longest sequence has at least [`FWD_W8X32_FROM`] tokens and 4 x 32 below; else 8 x 16 (the
+/// bench times the others beside it).
+pub fn fwd_tile(p: &AttnProblem) -> FwdTile {
+    let dims = (p.d(), p.dv());
+    let forced = match std::env::var("GLA_ATTN_FWD").as_deref() {
+        Ok("8x16") => Some(FwdTile::W8x16),
+        Ok("4x32") => Some(FwdTile::W4x32),
+        Ok("8x32") => Some(FwdTile::W8x32),
+        _ => None,
+    };
+    let longest = (0..p.n()).map(|n| p.seq(n).len()).max().unwrap_or(0);
+    match forced {
+        Some(t) if fwd_kernel(dims, t).is_some() => t,
+        _ if dims == (128, 128) && longest >= FWD_W8X32_FROM => FwdTile::W8x32,
+        _ if dims == (128, 128) => FwdTile::W4x32,
+        _ => FwdTile::W8x16,
     }
 }
 
 /// The forward's entry point for `dims` and `tile`; `None` where that tile has no instantiation.
 pub fn fwd_kernel(dims: (usize, usize), tile: FwdTile) -> Option<String> {
     match (tile, dims) {
-        (FwdTile::W8x16, _) => Some(kernel("fwd", dims)),
+        (FwdTile::W8x16, (64, _)) => Some(kernel("fwd", dims)),
         (FwdTile::W4x32, (128, 128)) => Some("attn_fwd_m2_d128_dv128".to_string()),
-        (FwdTile::W4x32, _) => None,
+        (FwdTile::W8x32, (128, 128)) => Some("attn_fwd_m2w8_d128_dv128".to_string()),
+        _ => None,
     }
 }
 
 /// The forward's launch: grid (H, tiles), [`FwdTile::threads`] threads.
 pub fn fwd_cfg(h: usize, tiles: usize, smem: usize, tile: FwdTile) -> LaunchConfig {
     LaunchConfig { grid_dim: (h as u32, tiles as u32, 1), block_dim: (tile.threads(), 1, 1), shared_mem_bytes: smem as u32 }
-}
-
-/// The dQ launch: grid (H, tiles), 256 threads (the forward's tile table).
-pub fn dq_cfg(h: usize, tiles: usize, smem: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (h as u32, tiles as u32, 1), block_dim: (FWD_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
-}
-
-/// The dK / dV launch: grid (H_KV, key tiles), 128 threads.
-pub fn dkv_cfg(h_kv: usize, tiles: usize, smem: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (h_kv as u32, tiles as u32, 1), block_dim: (DKV_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
 }
 
 /// The backward's preprocess: one warp per (row, head), 8 per block.
@@ -297,44 +275,52 @@ mod tests {
         assert!(attn_dims(96, 96).unwrap_err().contains("(128, 128)"));
         assert_eq!(kernel("fwd", (64, 32)), "attn_fwd_d64_dv32");
         assert_eq!(fwd_kernel((64, 64), FwdTile::W4x32), None);
+        assert_eq!(fwd_kernel((64, 64), FwdTile::W8x32), None);
+        assert!(fwd_smem((128, 128), FwdTile::W8x32) + 1024 <= 228 * 1024);
+        assert_eq!(fwd_kernel((128, 128), FwdTile::W8x16), None);
         assert_eq!(decode_kernel((64, 32), 1), "attn_decode_g1_d64_dv32");
         assert_eq!(decode_kernel((128, 128), 4), "attn_decode_d128_dv128");
-        assert_eq!(fwd_kernel((128, 128), fwd_tile((128, 128))).as_deref(), Some("attn_fwd_m2_d128_dv128"));
-        assert_eq!(fwd_kernel((64, 64), fwd_tile((64, 64))).as_deref(), Some("attn_fwd_d64_dv64"));
+        // the policy: 4 x 32 for D = 128, 8 x 32 from 32768 tokens, 8 x 16 for D = 64
+        let tile = |b, t, d, dv| fwd_tile(&AttnProblem::new(AttnSpec { dv, ..AttnSpec::new(b, t, 16, d) }).unwrap());
+        if std::env::var("GLA_ATTN_FWD").is_err() {
+            assert_eq!(tile(32, 2048, 128, 128), FwdTile::W4x32);
+            assert_eq!(tile(8, 8192, 128, 128), FwdTile::W4x32);
+            assert_eq!(tile(2, 32768, 128, 128), FwdTile::W8x32);
+            assert_eq!(tile(1, 40000, 64, 64), FwdTile::W8x16);
+        }
+        assert_eq!(fwd_kernel((128, 128), FwdTile::W4x32).as_deref(), Some("attn_fwd_m2_d128_dv128"));
+        assert_eq!(fwd_kernel((64, 64), FwdTile::W8x16).as_deref(), Some("attn_fwd_d64_dv64"));
     }
 
     #[test]
     fn causal_tiles_come_longest_first_and_skip_empty_sequences() {
         let spec = AttnSpec { cu_seqlens: Some(vec![0, 300, 300, 400]), ..AttnSpec::new(1, 400, 2, 64) };
         let p = AttnProblem::new(spec).unwrap();
-        let (seq, q0) = query_tiles(&p);
+        let (seq, q0) = query_tiles(&p, ATTN_BM);
         assert_eq!(seq, vec![0, 0, 0, 2]);
         assert_eq!(q0, vec![256, 128, 0, 0]);
-        let (seq, k0) = key_tiles(&p);
-        assert_eq!((seq.len(), seq[0], k0[0]), (5 + 2, 0, 0));
+        // sequence by sequence: the tiles in flight share their sequence's K / V
+        let p2 = AttnProblem::new(AttnSpec::new(2, 256, 2, 64)).unwrap();
+        assert_eq!(query_tiles(&p2, ATTN_BM), (vec![0, 0, 1, 1], vec![128, 0, 128, 0]));
     }
 
     #[test]
-    fn key_tiles_of_a_sequence_come_in_increasing_order() {
-        // the fused backward's dQ turns: a key tile waits only on the earlier tiles of its
-        // sequence, which must come before it in the table (launched before it)
-        for (causal, window) in [(true, None), (false, None), (true, Some(100)), (true, Some(1))] {
-            let spec = AttnSpec { cu_seqlens: Some(vec![0, 300, 300, 700, 1000]), causal, window, ..AttnSpec::new(1, 1000, 2, 64) };
-            let p = AttnProblem::new(spec).unwrap();
-            for (seq, k0) in [key_tiles(&p), key_tiles_fused8(&p)] {
-                for n in 0..p.n() as i32 {
-                    let mine: Vec<i32> = seq.iter().zip(&k0).filter(|x| *x.0 == n).map(|x| *x.1).collect();
-                    assert!(mine.windows(2).all(|w| w[0] < w[1]), "{causal} {window:?} {n}: {mine:?}");
-                }
-            }
+    fn kvq_units_cover_every_split_of_every_sequence() {
+        let spec = AttnSpec { cu_seqlens: Some(vec![0, 300, 300, 1000]), ..AttnSpec::new(1, 1000, 2, 64) };
+        let p = AttnProblem::new(spec).unwrap();
+        let (seq, split) = kvq_units(&p, 3);
+        assert_eq!(seq, vec![2, 2, 2, 0, 0, 0]);
+        assert_eq!(split, vec![0, 1, 2, 0, 1, 2]);
+        // the shapes of record: one wave of blocks, or whole waves
+        let rec = |b, t| AttnProblem::new(AttnSpec::new(b, t, 16, 128)).unwrap();
+        if std::env::var("GLA_ATTN_SPLITS").is_err() {
+            assert_eq!(kvq_splits(&rec(32, 2048), 132), 1);
+            assert_eq!(kvq_splits(&rec(8, 8192), 132), 1);
+            assert_eq!(kvq_splits(&rec(2, 32768), 132), 4);
+            assert_eq!(kvq_splits(&rec(1, 100), 132), 1);
         }
-    }
-
-    #[test]
-    fn fused_backward_keeps_two_blocks_per_sm() {
         // 228 KiB of shared memory per H100 / H200 SM, 1 KiB reserved per block
-        assert!(2 * (fused_smem((128, 128)) + 1024) <= 228 * 1024);
-        assert!(fused8_smem((128, 128)) <= 227 * 1024);
+        assert!(kvq_smem((128, 128)) + 1024 <= 228 * 1024);
     }
 
     #[test]

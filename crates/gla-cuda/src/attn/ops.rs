@@ -27,20 +27,22 @@ fn check_len(op: &'static str, tensor: &'static str, expected: usize, got: usize
 }
 
 /// The device-side description of an [`AttnProblem`]: the sequence bounds and the tile tables
-/// ([`da::query_tiles`], [`da::key_tiles`]) on the device, the kernels' head dims, the problem.
+/// ([`da::query_tiles`], [`da::kvq_units`]) on the device, the backward's split count ([`da::kvq_splits`] for the device's SMs), the kernels' head dims, the
+/// problem.
 #[derive(Debug)]
 pub struct DevAttnProblem {
     /// Sequence row offsets `[N+1]` (i64).
     pub bounds: CudaSlice<i64>,
     tile_seq: CudaSlice<i32>,
     tile_q0: CudaSlice<i32>,
-    key_seq: CudaSlice<i32>,
-    key_k0: CudaSlice<i32>,
-    key8_seq: CudaSlice<i32>,
-    key8_k0: CudaSlice<i32>,
+    tile2_seq: CudaSlice<i32>,
+    tile2_q0: CudaSlice<i32>,
+    unit_seq: CudaSlice<i32>,
+    unit_split: CudaSlice<i32>,
     n_tiles: usize,
-    n_key_tiles: usize,
-    n_key8_tiles: usize,
+    n_tiles2: usize,
+    n_units: usize,
+    splits: usize,
     dims: (usize, usize),
     /// The host problem.
     pub problem: AttnProblem,
@@ -56,24 +58,27 @@ impl DevAttnProblem {
         let dims = da::attn_dims(p.d(), p.dv()).map_err(unsupported)?;
         let first = if p.n() > 0 { p.seq(0).start } else { 0 };
         let b: Vec<i64> = std::iter::once(first).chain((0..p.n()).map(|n| p.seq(n).end)).map(|r| r as i64).collect();
-        let (ts, tq) = da::query_tiles(p);
-        let (ks, kk) = da::key_tiles(p);
-        let (ks8, kk8) = da::key_tiles_fused8(p);
-        if ts.len().max(ks.len()) > da::MAX_GRID_YZ {
-            return Err(unsupported(format!("attention: {} tiles exceed the grid's y limit", ts.len().max(ks.len()))));
+        let (ts, tq) = da::query_tiles(p, da::ATTN_BM);
+        let (ts2, tq2) = da::query_tiles(p, da::FwdTile::W8x32.rows());
+        let splits = da::kvq_splits(p, cuda.sm_count());
+        let (us, usp) = da::kvq_units(p, splits);
+        let most = ts.len().max(us.len());
+        if most > da::MAX_GRID_YZ {
+            return Err(unsupported(format!("attention: {most} tiles exceed the grid's y limit")));
         }
         let up = |x: Vec<i32>, what: &str| -> Result<CudaSlice<i32>> { cuda.upload(if x.is_empty() { &[0] } else { &x[..] }, what) };
         Ok(Self {
             bounds: cuda.upload(&b, "attn sequence bounds")?,
             n_tiles: ts.len(),
-            n_key_tiles: ks.len(),
-            n_key8_tiles: ks8.len(),
+            n_tiles2: ts2.len(),
+            n_units: us.len(),
+            splits,
             tile_seq: up(ts, "attn query tiles")?,
             tile_q0: up(tq, "attn query tile starts")?,
-            key_seq: up(ks, "attn key tiles")?,
-            key_k0: up(kk, "attn key tile starts")?,
-            key8_seq: up(ks8, "attn 128-key tiles")?,
-            key8_k0: up(kk8, "attn 128-key tile starts")?,
+            tile2_seq: up(ts2, "attn 256-row query tiles")?,
+            tile2_q0: up(tq2, "attn 256-row query tile starts")?,
+            unit_seq: up(us, "attn backward units")?,
+            unit_split: up(usp, "attn backward unit splits")?,
             dims,
             problem: p.clone(),
         })
@@ -111,7 +116,7 @@ fn scalars(p: &AttnProblem) -> (i32, i32, i32, i32, i32, i32, f32, f32) {
 /// # Errors
 /// [`Error::Op`] for wrong lengths; launch or compile errors.
 pub fn attn_fwd(cuda: &Cuda, dp: &DevAttnProblem, x: &AttnDevInputs<'_>, o: &mut CudaSlice<u16>, lse: &mut CudaSlice<f32>) -> Result<()> {
-    attn_fwd_tile(cuda, dp, x, o, lse, da::fwd_tile(dp.dims))
+    attn_fwd_tile(cuda, dp, x, o, lse, da::fwd_tile(&dp.problem))
 }
 
 /// [`attn_fwd`] on a given warp split of the tile (the benchmark times both).
@@ -136,10 +141,14 @@ pub fn attn_fwd_tile(
         return Ok(());
     }
     let (h, hk, d, dv, causal, w, sl2, _) = scalars(p);
-    let cfg = da::fwd_cfg(p.h(), dp.n_tiles, da::fwd_smem(dp.dims), tile);
+    // the tile table of the tile's row count
+    let (n, seq, q0) =
+        if tile.rows() == da::ATTN_BM { (dp.n_tiles, &dp.tile_seq, &dp.tile_q0) } else { (dp.n_tiles2, &dp.tile2_seq, &dp.tile2_q0) };
+    let cfg = da::fwd_cfg(p.h(), n, da::fwd_smem(dp.dims, tile), tile);
     // SAFETY: the arguments match attn_fwd_*'s signature; every length was checked against the
-    // problem, the tile tables hold n_tiles entries of the problem's sequences
-    unsafe { cuda.launch(&name, cfg, &[x.q, x.k, x.v, o, lse, &dp.bounds, &dp.tile_seq, &dp.tile_q0, &h, &hk, &d, &dv, &causal, &w, &sl2]) }
+    // problem, the tile table holds n entries of the problem's sequences in tiles of the
+    // kernel's rows
+    unsafe { cuda.launch(&name, cfg, &[x.q, x.k, x.v, o, lse, &dp.bounds, seq, q0, &h, &hk, &d, &dv, &causal, &w, &sl2]) }
 }
 
 /// Whether [`DevAttnProblem`]'s head dims have a kernel for `tile`.
@@ -147,8 +156,7 @@ pub fn has_fwd_tile(dp: &DevAttnProblem, tile: da::FwdTile) -> bool {
     da::fwd_kernel(dp.dims, tile).is_some()
 }
 
-/// Gradients of an attention backward, bf16 on the device, with the fused backward's dQ
-/// workspace.
+/// Gradients of an attention backward, bf16 on the device, with the backward's dQ workspace.
 #[derive(Debug)]
 pub struct AttnDevGrads {
     /// `[B,T,H,D]`
@@ -157,10 +165,9 @@ pub struct AttnDevGrads {
     pub dk: CudaSlice<u16>,
     /// `[B,T,H_KV,DV]`, summed over each group's query heads.
     pub dv: CudaSlice<u16>,
-    /// `[B,T,H,D]` f32: the fused backward's running dQ sums (any contents; written before read).
+    /// `[splits][B,T,H,D]` f32 ([`AttnDevGrads::acc_len`]): the backward's dQ sums
+    /// (any contents; each backward zeroes what it adds to).
     pub dq_acc: CudaSlice<f32>,
-    /// `[B,T,H]` i32: the fused backward's turn flags (any contents; zeroed by each backward).
-    pub turn: CudaSlice<i32>,
 }
 
 impl AttnDevGrads {
@@ -173,18 +180,21 @@ impl AttnDevGrads {
             dq: cuda.alloc_zeros(p.q_len().max(1), "attn dq")?,
             dk: cuda.alloc_zeros(p.k_len().max(1), "attn dk")?,
             dv: cuda.alloc_zeros(p.v_len().max(1), "attn dv")?,
-            dq_acc: cuda.alloc_zeros(p.q_len().max(1), "attn dq sums")?,
-            turn: cuda.alloc_zeros(p.lse_len().max(1), "attn dq turns")?,
+            dq_acc: cuda.alloc_zeros(Self::acc_len(cuda, p), "attn dq sums")?,
         })
+    }
+    /// Elements of [`AttnDevGrads::dq_acc`] for `p` on `cuda`: one `[B,T,H,D]` sum per split of
+    /// the backward ([`da::kvq_splits`]).
+    pub fn acc_len(cuda: &Cuda, p: &AttnProblem) -> usize {
+        da::kvq_splits(p, cuda.sm_count()) * p.q_len().max(1)
     }
 }
 
 /// The backward over caller-held buffers: `attn_bwd_pre` (`delta [B,T,H]` f32 = rowsum(dO * O),
-/// the workspace), then on the dispatch policy's path ([`da::bwd_path`]) either
-/// `attn_bwd_fused_*` (dk, dv per key tile over the group's heads in order, and dq: each key
-/// tile's part added in key order through `g.dq_acc`, `g.turn` zeroed first) or
-/// `attn_bwd_dkv_*` then `attn_bwd_dq_*`. `o` and `lse` are the forward's. Deterministic (no
-/// atomics; the same bits on every run).
+/// the workspace), `attn_bwd_kvq_*` (dk, dv per key tile over the group's heads in order, dQ
+/// parts added into the key tile's split's sum in `g.dq_acc`) and `attn_bwd_dq_sum` (dq = scale *
+/// the sum of the splits' sums). `o` and `lse` are the forward's.
+/// Deterministic (every dQ sum element has one adding thread: the same bits on every run).
 ///
 /// # Errors
 /// [`Error::Op`] for wrong lengths (the gradients must hold at least the problem's elements);
@@ -200,7 +210,7 @@ pub fn attn_bwd_ws(
     delta: &mut CudaSlice<f32>,
     g: &mut AttnDevGrads,
 ) -> Result<()> {
-    attn_bwd_parts(cuda, dp, x, o, lse, d_o, delta, g, BwdParts::all(da::bwd_path(dp.dims)))
+    attn_bwd_parts(cuda, dp, x, o, lse, d_o, delta, g, BwdParts::ALL)
 }
 
 /// Which launches of the backward [`attn_bwd_parts`] runs (the benchmark times them one by one).
@@ -208,22 +218,13 @@ pub fn attn_bwd_ws(
 pub struct BwdParts {
     /// `attn_bwd_pre` (delta).
     pub pre: bool,
-    /// `attn_bwd_fused_*` (dq, dk, dv; reads delta).
-    pub fused: bool,
-    /// `attn_bwd_fused8_*` (dq, dk, dv; reads delta).
-    pub fused8: bool,
-    /// `attn_bwd_dkv_*` (reads delta).
-    pub dkv: bool,
-    /// `attn_bwd_dq_*` (reads delta).
-    pub dq: bool,
+    /// `attn_bwd_kvq_*` and `attn_bwd_dq_sum` (dq, dk, dv; reads delta).
+    pub kvq: bool,
 }
 
 impl BwdParts {
-    /// The whole backward on `path`.
-    pub fn all(path: da::BwdPath) -> Self {
-        let split = path == da::BwdPath::Split;
-        Self { pre: true, fused: path == da::BwdPath::Fused, fused8: path == da::BwdPath::Fused8, dkv: split, dq: split }
-    }
+    /// The whole backward.
+    pub const ALL: BwdParts = BwdParts { pre: true, kvq: true };
 }
 
 /// The launches of [`attn_bwd_ws`] that `parts` selects, in its order. A part that reads delta
@@ -253,45 +254,28 @@ pub fn attn_bwd_parts(
     check_len(op, "dq", p.q_len().max(1), g.dq.len())?;
     check_len(op, "dk", p.k_len().max(1), g.dk.len())?;
     check_len(op, "dv", p.v_len().max(1), g.dv.len())?;
-    check_len(op, "dq_acc", p.q_len().max(1), g.dq_acc.len())?;
-    check_len(op, "turn", p.lse_len().max(1), g.turn.len())?;
+    check_len(op, "dq_acc", dp.splits * p.q_len().max(1), g.dq_acc.len())?;
     if dp.n_tiles == 0 {
         return Ok(());
     }
     let (h, hk, d, dv, causal, w, sl2, scale) = scalars(p);
     let nrh = p.lse_len() as i64;
     // SAFETY: each launch's arguments match its kernel's signature; every length was checked
-    // against the problem; delta is written by attn_bwd_pre before its readers, the turn flags
-    // zeroed before the fused kernel (one stream)
+    // against the problem (dq_acc against the splits the units were cut for); delta is written
+    // by attn_bwd_pre before its readers, the dQ sums by attn_bwd_kvq before attn_bwd_dq_sum
+    // (one stream)
     unsafe {
         if parts.pre {
             cuda.launch("attn_bwd_pre", da::pre_cfg(p.lse_len()), &[o, d_o, &*delta, &nrh, &dv])?;
         }
-        if parts.fused || parts.fused8 {
+        if parts.kvq {
             if p.d() != dp.dims.0 {
-                return Err(unsupported(format!("{op}: the fused kernels take D = DP; D = {}, DP = {}", p.d(), dp.dims.0)));
+                return Err(unsupported(format!("{op}: the backward kernel takes D = DP; D = {}, DP = {}", p.d(), dp.dims.0)));
             }
-            cuda.stream().memset_zeros(&mut g.turn).map_err(Error::driver("zero attn dq turns"))?;
-            let (name, cfg, seq, k0) = if parts.fused8 {
-                let cfg = da::fused8_cfg(p.h_kv(), dp.n_key8_tiles, da::fused8_smem(dp.dims));
-                (da::kernel("bwd_fused8", dp.dims), cfg, &dp.key8_seq, &dp.key8_k0)
-            } else {
-                let cfg = da::dkv_cfg(p.h_kv(), dp.n_key_tiles, da::fused_smem(dp.dims));
-                (da::kernel("bwd_fused", dp.dims), cfg, &dp.key_seq, &dp.key_k0)
-            };
+            let (stride, splits) = (p.q_len() as i64, dp.splits as i32);
             cuda.launch(
-                &name,
-                cfg,
-                &[
-                    x.q, x.k, x.v, d_o, lse, &*delta, &g.dk, &g.dv, &g.dq, &g.dq_acc, &g.turn, &dp.bounds, seq, k0, &h, &hk, &d, &dv,
-                    &causal, &w, &sl2, &scale,
-                ],
-            )?;
-        }
-        if parts.dkv {
-            cuda.launch(
-                &da::kernel("bwd_dkv", dp.dims),
-                da::dkv_cfg(p.h_kv(), dp.n_key_tiles, da::dkv_smem(dp.dims)),
+                &da::kernel("bwd_kvq", dp.dims),
+                da::kvq_cfg(p.h_kv(), dp.n_units, da::kvq_smem(dp.dims)),
                 &[
                     x.q,
                     x.k,
@@ -301,9 +285,12 @@ pub fn attn_bwd_parts(
                     &*delta,
                     &g.dk,
                     &g.dv,
+                    &g.dq_acc,
+                    &stride,
                     &dp.bounds,
-                    &dp.key_seq,
-                    &dp.key_k0,
+                    &dp.unit_seq,
+                    &dp.unit_split,
+                    &splits,
                     &h,
                     &hk,
                     &d,
@@ -314,16 +301,14 @@ pub fn attn_bwd_parts(
                     &scale,
                 ],
             )?;
+            // the sequences' rows: bounds[0] .. bounds[N]
+            let hd = p.h() * p.d();
+            let (r0, r1) = (p.seq(0).start, p.seq(p.n() - 1).end);
+            let (e0, e1) = ((r0 * hd) as i64, (r1 * hd) as i64);
+            cuda.launch("attn_bwd_dq_sum", da::dq_sum_cfg((r1 - r0) * hd), &[&g.dq_acc, &g.dq, &e0, &e1, &stride, &splits, &scale])?;
         }
-        if !parts.dq {
-            return Ok(());
-        }
-        cuda.launch(
-            &da::kernel("bwd_dq", dp.dims),
-            da::dq_cfg(p.h(), dp.n_tiles, da::dq_smem(dp.dims)),
-            &[x.q, x.k, x.v, d_o, lse, &*delta, &g.dq, &dp.bounds, &dp.tile_seq, &dp.tile_q0, &h, &hk, &d, &dv, &causal, &w, &sl2, &scale],
-        )
     }
+    Ok(())
 }
 
 /// [`attn_bwd_ws`] with its workspace and gradients allocated.

@@ -1,6 +1,7 @@
 // The softmax attention kernels (kernels/attn/) on the CPU emulator (README.md; built by
-// `build.py --attn`): the launch sequences of src/attn/ops.rs (forward; backward = pre, dK/dV,
-// dQ; decode = append, split attention, combine, stepped token by token with idle sequences)
+// `build.py --attn`): the launch sequences of src/attn/ops.rs (forward; backward = pre, dK/dV/dQ
+// per key tile, dQ sum; decode = append, split attention, combine, stepped token by token with
+// idle sequences)
 // on the shapes of gla-check's attention table, against an f64 oracle (a port of gla-cpu's
 // attn/naive.rs) on the bf16-rounded inputs. Prints each output's relative RMSE; exits non-zero
 // when one is above 5e-3 (tol::GPU_BF16). Usage: attn-emu [case-filter]
@@ -134,20 +135,25 @@ static void oracle(const Prob& p, const VD& q, const VD& k, const VD& v, const V
     }
 }
 
-// the host plan of src/attn/dispatch.rs: query tiles of 128 (longest first when causal), key
-// tiles of 64 (most query tiles first when causal)
-static void tiles(const Prob& p, int bm, bool keys, std::vector<int>& seq, std::vector<int>& pos) {
+// the host plan of src/attn/dispatch.rs (query_tiles): query tiles of bm rows, sequence by
+// sequence (the longest first), each one's tiles most work first
+static void tiles(const Prob& p, int bm, std::vector<int>& seq, std::vector<int>& pos) {
     std::vector<std::pair<long long, std::pair<int, int>>> t;
     for (int n = 0; n < p.N; ++n) {
         const int len = (int)(p.b[n + 1] - p.b[n]);
         for (int i0 = 0; i0 < len; i0 += bm) {
             long long work = len;
-            if (p.c.causal) work = keys ? len - i0 : std::min(len, i0 + bm);
+            if (p.c.causal) work = std::min(len, i0 + bm);
             if (p.c.window > 0) work = std::min<long long>(work, p.c.window + bm);
             t.push_back({work, {n, i0}});
         }
     }
-    std::stable_sort(t.begin(), t.end(), [](auto& a, auto& b) { return a.first > b.first; });
+    auto len = [&](int n) { return p.b[n + 1] - p.b[n]; };
+    std::stable_sort(t.begin(), t.end(), [&](auto& a, auto& b) {
+        const int na = a.second.first, nb = b.second.first;
+        if (na != nb) return len(na) != len(nb) ? len(na) > len(nb) : na < nb;
+        return a.first > b.first;
+    });
     seq.clear();
     pos.clear();
     for (auto& x : t) {
@@ -184,88 +190,74 @@ static void run(const Case& c, uint64_t seed) {
     const int causal = c.causal, win = c.window;
     std::printf("%s\n", c.name.c_str());
     // rows inside a sequence (varlen: cu_seqlens end at T, so all of them)
-    std::vector<int> ts, tq, ks, kq;
-    tiles(p, 128, false, ts, tq);
-    tiles(p, 64, true, ks, kq);
+    std::vector<int> ts, tq;
+    tiles(p, 128, ts, tq);
     const size_t fsm = (128 * (DP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8)) * 2;
     std::vector<bf16_t> o(p.rows * H * DV, 0x7fc0);
     std::vector<float> lse(p.rows * H, NAN);
+    // the dispatch policy's tile at these lengths: 8 warps x 16 rows (attn_fwd_d64_*), 4 warps x
+    // 32 rows for D = 128 (attn_fwd_m2_*)
     if (!ts.empty()) {
-        emu::launch(dim3{(unsigned)H, (unsigned)ts.size(), 1}, dim3{256, 1, 1}, fsm, [&] {
-            attn_fwd<DP, DVP, 8, 1>(qb.data(), kb.data(), vb.data(), o.data(), lse.data(), p.b.data(), ts.data(), tq.data(), H, HK, D, DV,
-                                    causal, win, sl2);
-        });
+        if constexpr (DP == 128) {
+            emu::launch(dim3{(unsigned)H, (unsigned)ts.size(), 1}, dim3{128, 1, 1}, fsm, [&] {
+                attn_fwd<DP, DVP, 4, 2>(qb.data(), kb.data(), vb.data(), o.data(), lse.data(), p.b.data(), ts.data(), tq.data(), H, HK, D,
+                                        DV, causal, win, sl2);
+            });
+        } else {
+            emu::launch(dim3{(unsigned)H, (unsigned)ts.size(), 1}, dim3{256, 1, 1}, fsm, [&] {
+                attn_fwd<DP, DVP, 8, 1>(qb.data(), kb.data(), vb.data(), o.data(), lse.data(), p.b.data(), ts.data(), tq.data(), H, HK, D,
+                                        DV, causal, win, sl2);
+            });
+        }
     }
     report("o", rel(fromb(o), rf.o));
     report("lse", rel(lse, rf.lse));
     if (DP == 128 && !ts.empty()) {
-        // the 4-warp x 32-row tile (attn_fwd_m2_*) on the same tile table
         std::vector<bf16_t> o2(o.size(), 0x7fc0);
         std::vector<float> l2(lse.size(), NAN);
-        emu::launch(dim3{(unsigned)H, (unsigned)ts.size(), 1}, dim3{128, 1, 1}, fsm, [&] {
-            attn_fwd<DP, DVP, 4, 2>(qb.data(), kb.data(), vb.data(), o2.data(), l2.data(), p.b.data(), ts.data(), tq.data(), H, HK, D, DV,
-                                    causal, win, sl2);
+        // 8 warps x 32 rows (attn_fwd_m2w8_*) on the 256-row tile table
+        std::vector<int> ts2, tq2;
+        tiles(p, 256, ts2, tq2);
+        const size_t fsm2 = (256 * (DP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8)) * 2;
+        std::fill(o2.begin(), o2.end(), (bf16_t)0x7fc0);
+        std::fill(l2.begin(), l2.end(), NAN);
+        emu::launch(dim3{(unsigned)H, (unsigned)ts2.size(), 1}, dim3{256, 1, 1}, fsm2, [&] {
+            attn_fwd<DP, DVP, 8, 2>(qb.data(), kb.data(), vb.data(), o2.data(), l2.data(), p.b.data(), ts2.data(), tq2.data(), H, HK, D,
+                                    DV, causal, win, sl2);
         });
-        report("o (4x32 tile)", rel(fromb(o2), rf.o));
-        report("lse (4x32 tile)", rel(l2, rf.lse));
+        report("o (8x32 tile)", rel(fromb(o2), rf.o));
+        report("lse (8x32 tile)", rel(l2, rf.lse));
     }
     // backward on the kernel's own o and lse
     std::vector<float> delta(p.rows * H, NAN);
     const long long nrh = p.rows * H;
     emu::launch(dim3{(unsigned)((nrh + 7) / 8), 1, 1}, dim3{256, 1, 1}, 0,
                 [&] { attn_bwd_pre(o.data(), dob.data(), delta.data(), nrh, DV); });
-    std::vector<bf16_t> dq(p.rows * H * D, 0x7fc0), dk(p.rows * HK * D, 0x7fc0), dv(p.rows * HK * DV, 0x7fc0);
-    const size_t ksm = (64 * (DP + 8) + 64 * (DVP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8)) * 2 + 4 * 64 * 4;
-    if (!ks.empty()) {
-        emu::launch(dim3{(unsigned)HK, (unsigned)ks.size(), 1}, dim3{128, 1, 1}, ksm, [&] {
-            attn_bwd_dkv<DP, DVP, false>(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), dk.data(), dv.data(),
-                                         nullptr, nullptr, nullptr, p.b.data(), ks.data(), kq.data(), H, HK, D, DV, causal, win, sl2, sc);
-        });
-    }
-    const size_t qsm = (128 * (DP + 8) + 128 * (DVP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8)) * 2;
-    if (!ts.empty()) {
-        emu::launch(dim3{(unsigned)H, (unsigned)ts.size(), 1}, dim3{256, 1, 1}, qsm, [&] {
-            attn_bwd_dq<DP, DVP>(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), dq.data(), p.b.data(), ts.data(),
-                                 tq.data(), H, HK, D, DV, causal, win, sl2, sc);
-        });
-    }
-    report("dq", rel(fromb(dq), rg.dq));
-    report("dk", rel(fromb(dk), rg.dk));
-    report("dv", rel(fromb(dv), rg.dv));
-    // the fused backward (attn_bwd_fused_*, what ops.rs runs): dK, dV as above (bitwise) and dQ
-    // summed over the key tiles in their turn order; the f32 sum and the turn flags as ops.rs
-    // leaves them before the launch (sum unwritten: NaN, flags zeroed)
-    {
-        std::vector<bf16_t> fq(dq.size(), 0x7fc0), fk(dk.size(), 0x7fc0), fv(dv.size(), 0x7fc0);
-        std::vector<float> acc(p.rows * H * D, NAN);
-        std::vector<int> turn(p.rows * H, 0);
-        const size_t fsm2 = ksm + 64 * (64 + 8) * 2;
-        if (!ks.empty()) {
-            emu::launch(dim3{(unsigned)HK, (unsigned)ks.size(), 1}, dim3{128, 1, 1}, fsm2, [&] {
-                attn_bwd_dkv<DP, DVP, true>(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), fk.data(), fv.data(),
-                                            fq.data(), acc.data(), turn.data(), p.b.data(), ks.data(), kq.data(), H, HK, D, DV, causal,
-                                            win, sl2, sc);
+    // the backward (attn_bwd_kvq_*, then attn_bwd_dq_sum) on 1, 2 and 3 splits of the key
+    // tiles: dK, dV per 128-key tile, dQ added into each split's f32 sum (left NaN before the
+    // launch: the kernel zeroes its part), summed and scaled by attn_bwd_dq_sum
+    for (int S = 1; S <= 3; ++S) {
+        std::vector<int> us, usp;
+        for (int n = 0; n < p.N; ++n)
+            if (p.b[n + 1] > p.b[n])
+                for (int s = 0; s < S; ++s) us.push_back(n), usp.push_back(s);
+        const long long stride = p.rows * H * D;
+        std::vector<float> acc((size_t)S * stride, NAN);
+        std::vector<bf16_t> fq(p.rows * H * D, 0x7fc0), fk(p.rows * HK * D, 0x7fc0), fv(p.rows * HK * DV, 0x7fc0);
+        const size_t usm = (128 * (DP + 8) + 128 * (DVP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8) + 2 * 64 * (128 + 8)) * 2 + 4 * 64 * 4;
+        if (!us.empty()) {
+            emu::launch(dim3{(unsigned)HK, (unsigned)us.size(), 1}, dim3{256, 1, 1}, usm, [&] {
+                attn_bwd_kvq<DP, DVP>(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), fk.data(), fv.data(), acc.data(),
+                                      stride, p.b.data(), us.data(), usp.data(), S, H, HK, D, DV, causal, win, sl2, sc);
             });
+            const long long e0 = p.b[0] * H * D, e1 = p.b[p.N] * H * D;
+            emu::launch(dim3{(unsigned)((e1 - e0 + 1023) / 1024), 1, 1}, dim3{256, 1, 1}, 0,
+                        [&] { attn_bwd_dq_sum(acc.data(), fq.data(), e0, e1, stride, S, sc); });
         }
-        report("dq (fused)", rel(fromb(fq), rg.dq));
-        if (fk != dk || fv != dv) ++g_fail, std::printf("  fused dk / dv differ from the split kernel's\n");
-        // 8 warps x 16 keys (attn_bwd_fused8_*) over key tiles of 128
-        std::vector<int> ks8, kq8;
-        tiles(p, 128, true, ks8, kq8);
-        std::vector<bf16_t> gq(dq.size(), 0x7fc0), gk(dk.size(), 0x7fc0), gv(dv.size(), 0x7fc0);
-        std::fill(acc.begin(), acc.end(), NAN);
-        std::fill(turn.begin(), turn.end(), 0);
-        const size_t fsm8 = (128 * (DP + 8) + 128 * (DVP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8)) * 2 + 4 * 64 * 4 + 128 * (64 + 8) * 2;
-        if (!ks8.empty()) {
-            emu::launch(dim3{(unsigned)HK, (unsigned)ks8.size(), 1}, dim3{256, 1, 1}, fsm8, [&] {
-                attn_bwd_dkv<DP, DVP, true, 8>(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), gk.data(), gv.data(),
-                                               gq.data(), acc.data(), turn.data(), p.b.data(), ks8.data(), kq8.data(), H, HK, D, DV, causal,
-                                               win, sl2, sc);
-            });
-        }
-        report("dq (fused, 8 warps)", rel(fromb(gq), rg.dq));
-        report("dk (fused, 8 warps)", rel(fromb(gk), rg.dk));
-        report("dv (fused, 8 warps)", rel(fromb(gv), rg.dv));
+        const std::string tag = " (" + std::to_string(S) + " split" + (S > 1 ? "s)" : ")");
+        report("dq" + tag, rel(fromb(fq), rg.dq));
+        report("dk" + tag, rel(fromb(fk), rg.dk));
+        report("dv" + tag, rel(fromb(fv), rg.dv));
     }
     if (!causal) return;
     // decode: every sequence stepped token by token (idle once it ended), S = window or the

@@ -37,7 +37,7 @@ if len(sys.argv) > 1 and sys.argv[1] == "--attn":
     parts = ['#include "emu.h"\n']
     for h in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh"]:
         parts.append(f'#line 1 "{h}"\n' + strip_asm(open(os.path.join(kern, h)).read()))
-    # attn/common.cuh's PTX helpers (the fused backward's turn flags) are emu.h's too
+    # attn/common.cuh's PTX helpers (the backward's reduction add) are emu.h's too
     parts.append('#line 1 "attn/common.cuh"\n' + strip_asm(open(os.path.join(kern, "attn/common.cuh")).read()))
     for f in ["attn/fwd.cu", "attn/bwd.cu", "attn/decode.cu"]:
         parts.append(f'#line 1 "{f}"\n' + open(os.path.join(kern, f)).read())

@@ -415,24 +415,22 @@ inline void cp16(void* s, const void* g, bool ok) {
     }
     emu::cur->open.push_back(p);
 }
-// attn/common.cuh's turn flags: blocks run one at a time in launch order, so a block's turn must
-// have come when it asks (else the kernel would wait on a block launched after it)
-inline void att_wait_turn(const int* flag, int turn) {
-    if (*flag != turn) {
-        std::fprintf(stderr, "emu: block (%u,%u,%u) waits for turn %d, the flag says %d\n", emu::g_block.x, emu::g_block.y,
-                     emu::g_block.z, turn, *flag);
+// attn/common.cuh's reduction add (fibers run one at a time: a plain add is atomic)
+inline void att_red2(float* p, float a, float b) {
+    if ((uintptr_t)p & 7) {
+        std::fprintf(stderr, "emu: misaligned red.v2.f32 %p\n", (void*)p);
         std::abort();
     }
+    p[0] += a;
+    p[1] += b;
 }
-inline void att_pass_turn(int* flag, int next) { *flag = next; }
-inline void att_ld2_cg(const float* p, float& a, float& b) {
-    a = p[0];
-    b = p[1];
-}
-inline void att_st2_cg(float* p, float a, float b) {
-    p[0] = a;
-    p[1] = b;
-}
+// fibers run one at a time in one address space: a fence orders nothing more
+inline void __threadfence() {}
+// attn/common.cuh's 32-bit shared addresses: byte offsets into the dynamic shared memory
+inline unsigned att_smem(const void* p) { return (unsigned)((const unsigned char*)p - emu::g_dyn); }
+inline void att_ldsm4(unsigned r[4], unsigned a) { ldsm4(r, (const unsigned short*)(emu::g_dyn + a)); }
+inline void att_ldsm4t(unsigned r[4], unsigned a) { ldsm4t(r, (const unsigned short*)(emu::g_dyn + a)); }
+inline void att_cp16(unsigned a, const void* g) { cp16(emu::g_dyn + a, g, true); }
 inline void cp_commit() {
     emu::cur->groups.push_back(std::move(emu::cur->open));
     emu::cur->open.clear();
