@@ -226,13 +226,16 @@ pub(crate) fn h_stages(bf16: bool, kp: usize) -> usize {
 }
 
 /// How a sequential pass launches: value columns per block (`BV`), the forward's cp.async
-/// stages (`NS`) and whether it is an entry built for two blocks per SM (`_b2`: one stage, at
-/// most 128 registers, shared memory for two).
+/// stages (`NS`), whether it is an entry built for two blocks per SM (`_b2`: one stage, at
+/// most 128 registers, shared memory for two) and whether the forward's output pass runs fused
+/// in it (`delta_ho*`: the output from the state pass's smem copies of S and v_new, no
+/// `delta_o` launch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct HPlan {
     pub(crate) bv: usize,
     pub(crate) ns: usize,
     pub(crate) two: bool,
+    pub(crate) out: bool,
 }
 
 /// The two-blocks-per-SM entries exist for bf16 with KP <= 128 (`H_ENTRY_LB` in
@@ -244,9 +247,12 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// The lab override of the sequential passes' plans, for side-by-side timing:
 /// `GLA_DELTA_LAB="h=<v>,hb=<v>"`, `<v>` one of `base` (the default policy), `one` (the
 /// one-block-per-SM plan the policy falls back to), `v32` (32 columns, one block per SM), `b2`
-/// (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM); `b2` and `v32b2`
-/// apply to the forward (`h`) where [`h_two_ok`], `v32` to both where bf16. Anything else, or
-/// unset: the default.
+/// (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM), `o` (the output
+/// fused in: 64 columns, two stages, one block per SM), `ov32b2` (the output fused in: 32
+/// columns, two blocks per SM); `b2`, `v32b2` apply to the forward (`h`) where [`h_two_ok`],
+/// `o`, `ov32b2` to the forward's state pass that its output follows (not the backward's
+/// recomputation) where [`h_two_ok`], `v32` to both where bf16. Anything else, or unset: the
+/// default.
 fn h_lab(bwd: bool) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
     let key = if bwd { "hb=" } else { "h=" };
@@ -267,7 +273,7 @@ fn h_lab(bwd: bool) -> Option<String> {
 fn h_policy(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> HPlan {
     let tiles = (vp / 64) * nhv;
     if !bwd && h_two_ok(bf16, kp) && tiles >= sm_count {
-        return HPlan { bv: 64, ns: 1, two: true };
+        return HPlan { bv: 64, ns: 1, two: true, out: false };
     }
     h_one(bf16, kp, tiles, sm_count)
 }
@@ -275,26 +281,37 @@ fn h_policy(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: u
 /// The one-block-per-SM plan for `tiles` 64-column tiles (see [`h_policy`]).
 fn h_one(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> HPlan {
     let bv = if bf16 && tiles < 2 * sm_count { 32 } else { 64 };
-    HPlan { bv, ns: h_stages(bf16, kp), two: false }
+    HPlan { bv, ns: h_stages(bf16, kp), two: false, out: false }
 }
 
-/// The plan of a sequential pass ([`h_policy`]), or the lab override's ([`h_lab`]).
-pub(crate) fn h_plan(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> HPlan {
+/// The plan of a sequential pass ([`h_policy`]), or the lab override's ([`h_lab`]); `out`: the
+/// forward's output pass follows this state pass and may run fused in it (`plan.out`).
+pub(crate) fn h_plan(bwd: bool, out: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> HPlan {
     let one = h_one(bf16, kp, (vp / 64) * nhv, sm_count);
-    let two = |bv| HPlan { bv, ns: 1, two: true };
+    let two = |bv| HPlan { bv, ns: 1, two: true, out: false };
+    let fused = !bwd && out && h_two_ok(bf16, kp);
     match h_lab(bwd).as_deref() {
         Some("one") => one,
         Some("v32") if bf16 => HPlan { bv: 32, ..one },
         Some("b2") if !bwd && h_two_ok(bf16, kp) => two(64),
         Some("v32b2") if !bwd && h_two_ok(bf16, kp) => two(32),
+        Some("o") if fused => HPlan { bv: 64, ns: 2, two: false, out: true },
+        Some("ov32b2") if fused => HPlan { out: true, ..two(32) },
         _ => h_policy(bwd, bf16, kp, vp, nhv, sm_count),
     }
 }
 
-/// The entry point of a sequential pass: `delta_h` (forward) or `delta_h_bwd`, with `_v32` for
-/// 32-column tiles and `_b2` / `_v32b2` for the two-blocks-per-SM entries.
+/// The entry point of a sequential pass: `delta_h` (forward), `delta_ho` (forward, the output
+/// fused in) or `delta_h_bwd`, with `_v32` for 32-column tiles and `_b2` / `_v32b2` for the
+/// two-blocks-per-SM entries.
 pub(crate) fn h_name(bwd: bool, plan: HPlan, kp: usize, sfx: &str) -> String {
-    let base = if bwd { "delta_h_bwd" } else { "delta_h" };
+    let base = if bwd {
+        "delta_h_bwd"
+    } else if plan.out {
+        "delta_ho"
+    } else {
+        "delta_h"
+    };
     let v = match (plan.bv, plan.two) {
         (32, false) => "_v32",
         (32, true) => "_v32b2",
@@ -346,9 +363,11 @@ impl DeltaSmem {
         (64 * self.lk() + 64 * (self.vp + PAD) + sp * 64 * LDT) * e + (64 * 65 + 64 * 3) * 4
     }
     pub(crate) fn h(&self, plan: HPlan) -> usize {
-        let (e, sp, bv, ns) = (self.e, self.sp, plan.bv, plan.ns);
+        let (e, sp, bv, ns, fo) = (self.e, self.sp, plan.bv, plan.ns, usize::from(plan.out));
         let lds = bv + PAD;
-        (ns * (sp + 1) * 64 * self.lk() + self.kp * lds + sp * 64 * lds) * e + ns * (64 * bv + 128) * 4
+        // stages of w (sp planes), k (and q); S; the scaled U (and U) in sp planes; stages of
+        // u, G, rk (and rq)
+        (ns * (sp + 1 + fo) * 64 * self.lk() + self.kp * lds + (1 + fo) * sp * 64 * lds) * e + ns * (64 * bv + 128 + 64 * fo) * 4
     }
     pub(crate) fn o(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -377,7 +396,7 @@ impl DeltaSmem {
     #[cfg(test)]
     pub(crate) fn max(&self) -> usize {
         let ns = h_stages(self.e == 2, self.kp);
-        let h = |bv| self.h(HPlan { bv, ns, two: false });
+        let h = |bv| self.h(HPlan { bv, ns, two: false, out: false });
         [self.wy(), h(64), h(32), self.o(), self.dvl(), self.h_bwd(64), self.h_bwd(32), self.dqkw(), self.wy_bwd()]
             .into_iter()
             .max()
@@ -611,25 +630,32 @@ mod tests {
             }
         }
         let plan = |bwd, bf16, nhv| h_policy(bwd, bf16, 128, 128, nhv, 132);
-        let (one, two) = (|bv| HPlan { bv, ns: 2, two: false }, HPlan { bv: 64, ns: 1, two: true });
+        let (one, two) = (|bv| HPlan { bv, ns: 2, two: false, out: false }, HPlan { bv: 64, ns: 1, two: true, out: false });
         // the forward: two blocks per SM where 64-column blocks fill the SMs, else one
         assert_eq!(plan(false, true, 512), two);
         assert_eq!(plan(false, true, 66), two);
         assert_eq!(plan(false, true, 65), one(32));
         assert_eq!(plan(false, true, 32), one(32));
-        assert_eq!(plan(false, false, 32), HPlan { bv: 64, ns: 1, two: false });
-        assert_eq!(h_policy(false, true, 192, 128, 512, 132), HPlan { bv: 64, ns: 1, two: false });
+        assert_eq!(plan(false, false, 32), HPlan { bv: 64, ns: 1, two: false, out: false });
+        assert_eq!(h_policy(false, true, 192, 128, 512, 132), HPlan { bv: 64, ns: 1, two: false, out: false });
         // the backward: one block per SM
         assert_eq!(plan(true, true, 512), one(64));
         assert_eq!(plan(true, true, 32), one(32));
-        assert_eq!(h_name(true, HPlan { bv: 32, ns: 1, two: false }, 128, "bf16"), "delta_h_bwd_v32_k128_bf16");
-        assert_eq!(h_name(false, HPlan { bv: 32, ns: 1, two: true }, 64, "bf16"), "delta_h_v32b2_k64_bf16");
+        assert_eq!(h_name(true, HPlan { bv: 32, ns: 1, two: false, out: false }, 128, "bf16"), "delta_h_bwd_v32_k128_bf16");
+        assert_eq!(h_name(false, HPlan { bv: 32, ns: 1, two: true, out: false }, 64, "bf16"), "delta_h_v32b2_k64_bf16");
+        assert_eq!(h_name(false, HPlan { bv: 32, ns: 1, two: true, out: true }, 64, "bf16"), "delta_ho_v32b2_k64_bf16");
+        assert_eq!(h_name(false, HPlan { bv: 64, ns: 2, two: false, out: true }, 128, "bf16"), "delta_ho_k128_bf16");
         // the two-blocks-per-SM entries: shared memory for two blocks (228 KB per SM, 1 KB each reserved)
         for kp in [64, 128] {
             for bv in [32, 64] {
-                let s = DeltaSmem::new(true, kp, 128).h(HPlan { bv, ns: 1, two: true });
+                let s = DeltaSmem::new(true, kp, 128).h(HPlan { bv, ns: 1, two: true, out: false });
                 assert!(2 * (s + 1024) <= 228 * 1024, "KP {kp}, BV {bv}: {s} B");
             }
+            // the fused output entries: two blocks per SM at 32 columns, one (two stages) at 64
+            let s = DeltaSmem::new(true, kp, 128);
+            let fo2 = s.h(HPlan { bv: 32, ns: 1, two: true, out: true });
+            assert!(2 * (fo2 + 1024) <= 228 * 1024, "KP {kp}: {fo2} B");
+            assert!(s.h(HPlan { bv: 64, ns: 2, two: false, out: true }) <= 227 * 1024, "KP {kp}");
         }
         // the tiles of the widest dq/dk launch are columns of K
         assert_eq!((dqkw_kw(true, 256), dqkw_kz(true, 256)), (128, 2));

@@ -423,8 +423,7 @@ fn chunk_fwd<T: Elem>(
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
     let scale = p.scale() as f32;
     chunk_prep(cuda, p, vs, x, ws)?;
-    chunk_wy_h(cuda, p, dp, x, ws, kp, ht)?;
-    if dp.n_chunks == 0 {
+    if chunk_wy_h(cuda, p, dp, x, ws, kp, ht, Some(&mut *o))? || dp.n_chunks == 0 {
         return Ok(());
     }
     let (vp, nch) = (dd::vpad(p.v()) as i32, dp.n_chunks as i64);
@@ -488,7 +487,10 @@ fn gate_prep<T: Elem>(
 
 /// The UT/WY prep and the state pass of the chunked path on the kernels' problem `p` (forward,
 /// and the backward's recomputation): w, u, G, hs, v_new; T where the workspace holds it (a
-/// backward's); ht when given.
+/// backward's); ht when given. With `o` (the forward), the state pass may run the output pass
+/// fused in (`HPlan::out`): then it writes `o` and returns true, and stores hs and v_new only
+/// where the workspace is a backward's (T stored: a backward may read them).
+#[allow(clippy::too_many_arguments)]
 fn chunk_wy_h<T: Elem>(
     cuda: &Cuda,
     p: &DeltaProblem,
@@ -497,7 +499,8 @@ fn chunk_wy_h<T: Elem>(
     ws: &DeltaWorkspace<T>,
     kp: usize,
     ht: Option<&mut CudaSlice<f32>>,
-) -> Result<()> {
+    o: Option<&mut CudaSlice<T>>,
+) -> Result<bool> {
     let op = "delta chunked forward";
     let bf16 = is_bf16::<T>();
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
@@ -524,13 +527,39 @@ fn chunk_wy_h<T: Elem>(
             )?;
         }
     }
-    let plan = dd::h_plan(false, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
+    let plan = dd::h_plan(false, o.is_some(), bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
     let name = dd::h_name(false, plan, kp, T::SUFFIX);
     let cfg = dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, smem.h(plan));
-    // SAFETY: arguments match delta_h_*'s signature; one block per (V tile, sequence x value
-    // head) walking its chunks; every workspace is sized for the problem
-    unsafe {
-        launch(cuda, &name, cfg, &[w, u, x.k, &ws.rk, g2, &x.h0, hs, vn, &ht, &dp.bounds, &dp.chunk_off, &h, &hv, &k, &v, &vp32, &nch])
+    match o {
+        Some(o) if plan.out => {
+            let keep = tm.is_some();
+            let (hs, vn) = (Some(hs).filter(|_| keep), Some(vn).filter(|_| keep));
+            let scale = p.scale() as f32;
+            // SAFETY: arguments match delta_ho_*'s signature (delta_h_*'s, then q, rq, o, scale;
+            // hs and vn null where not stored); one block per (V tile, sequence x value head)
+            // walking its chunks; every workspace is sized for the problem, o and q checked by
+            // the caller
+            unsafe {
+                launch(
+                    cuda,
+                    &name,
+                    cfg,
+                    &[
+                        w, u, x.k, &ws.rk, g2, &x.h0, &hs, &vn, &ht, &dp.bounds, &dp.chunk_off, &h, &hv, &k, &v, &vp32, &nch, x.q, &ws.rq,
+                        o, &scale,
+                    ],
+                )?;
+            }
+            Ok(true)
+        }
+        _ => {
+            // SAFETY: arguments match delta_h_*'s signature; one block per (V tile, sequence x
+            // value head) walking its chunks; every workspace is sized for the problem
+            unsafe {
+                launch(cuda, &name, cfg, &[w, u, x.k, &ws.rk, g2, &x.h0, hs, vn, &ht, &dp.bounds, &dp.chunk_off, &h, &hv, &k, &v, &vp32, &nch])?;
+            }
+            Ok(false)
+        }
     }
 }
 
@@ -825,7 +854,7 @@ fn chunk_bwd<T: Elem>(
     let bf16 = is_bf16::<T>();
     if !fwd_in_ws {
         chunk_prep(cuda, p, r.vs, x, ws)?;
-        chunk_wy_h(cuda, p, dp, x, ws, kp, None)?;
+        chunk_wy_h(cuda, p, dp, x, ws, kp, None, None)?;
     }
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
     let scale = p.scale() as f32;
@@ -850,7 +879,7 @@ fn chunk_bwd<T: Elem>(
             )?;
         }
     }
-    let plan = dd::h_plan(true, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
+    let plan = dd::h_plan(true, false, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
     // SAFETY: arguments match delta_h_bwd_*'s signature; one block per (V tile, sequence x value
     // head) walking its chunks in reverse; dhs, du sized for the problem
     unsafe {

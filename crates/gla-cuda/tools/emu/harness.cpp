@@ -385,20 +385,23 @@ struct K_;
 KSET(float, f32)
 KSET(unsigned short, bf16)
 
-#define CHUNK_FNS(KP, SFX, H32, HB32, HB2, H32B2)                                                               \
+#define CHUNK_FNS(KP, SFX, H32, HB32, HB2, H32B2, HO, HO32B2)                                                   \
     {KP, {(void*)delta_wy_k##KP##_##SFX, (void*)delta_h_k##KP##_##SFX, (void*)delta_o_k##KP##_##SFX,            \
           (void*)delta_dvl_k##KP##_##SFX, (void*)delta_h_bwd_k##KP##_##SFX, (void*)delta_dqkw_k##KP##_##SFX,    \
-          (void*)delta_wy_bwd_k##KP##_##SFX, (void*)H32, (void*)HB32, (void*)HB2, (void*)H32B2}}
+          (void*)delta_wy_bwd_k##KP##_##SFX, (void*)H32, (void*)HB32, (void*)HB2, (void*)H32B2, (void*)HO, (void*)HO32B2}}
 struct ChunkFns {
     void *wy, *h, *o, *dvl, *hb, *dqkw, *wyb, *h32, *hb32, *h2, *h32b2;  // h2, h32b2: the _b2 / _v32b2 entries
+    void *ho, *ho32b2;  // the state pass with the output fused in: delta_ho, delta_ho_v32b2
 };
-static std::map<int, ChunkFns> g_cf32 = {CHUNK_FNS(64, f32, nullptr, nullptr, nullptr, nullptr),
-                                         CHUNK_FNS(128, f32, nullptr, nullptr, nullptr, nullptr)};
+static std::map<int, ChunkFns> g_cf32 = {CHUNK_FNS(64, f32, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr),
+                                         CHUNK_FNS(128, f32, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr)};
 static std::map<int, ChunkFns> g_cbf = {
-    CHUNK_FNS(64, bf16, delta_h_v32_k64_bf16, delta_h_bwd_v32_k64_bf16, delta_h_b2_k64_bf16, delta_h_v32b2_k64_bf16),
-    CHUNK_FNS(128, bf16, delta_h_v32_k128_bf16, delta_h_bwd_v32_k128_bf16, delta_h_b2_k128_bf16, delta_h_v32b2_k128_bf16),
-    CHUNK_FNS(192, bf16, delta_h_v32_k192_bf16, delta_h_bwd_v32_k192_bf16, nullptr, nullptr),
-    CHUNK_FNS(256, bf16, delta_h_v32_k256_bf16, delta_h_bwd_v32_k256_bf16, nullptr, nullptr)};
+    CHUNK_FNS(64, bf16, delta_h_v32_k64_bf16, delta_h_bwd_v32_k64_bf16, delta_h_b2_k64_bf16, delta_h_v32b2_k64_bf16, delta_ho_k64_bf16,
+              delta_ho_v32b2_k64_bf16),
+    CHUNK_FNS(128, bf16, delta_h_v32_k128_bf16, delta_h_bwd_v32_k128_bf16, delta_h_b2_k128_bf16, delta_h_v32b2_k128_bf16,
+              delta_ho_k128_bf16, delta_ho_v32b2_k128_bf16),
+    CHUNK_FNS(192, bf16, delta_h_v32_k192_bf16, delta_h_bwd_v32_k192_bf16, nullptr, nullptr, nullptr, nullptr),
+    CHUNK_FNS(256, bf16, delta_h_v32_k256_bf16, delta_h_bwd_v32_k256_bf16, nullptr, nullptr, nullptr, nullptr)};
 
 // smem sizes (as src/delta/dispatch.rs)
 template <class E>
@@ -413,9 +416,9 @@ static int h_stages(int KP) {
     return (sizeof(E) == 2 && KP <= 128) ? 2 : 1;
 }
 template <class E>
-static size_t sm_h(int KP, int BV, int ns) {
+static size_t sm_h(int KP, int BV, int ns, bool fo = false) {
     const int SP = SPn<E>, L = BV + 8;
-    return (ns * (SP + 1) * 64 * (KP + 8) + KP * L + SP * 64 * L) * sizeof(E) + ns * (64 * BV + 128) * 4;
+    return (ns * (SP + 1 + fo) * 64 * (KP + 8) + KP * L + SP * 64 * L * (1 + fo)) * sizeof(E) + ns * (64 * BV + 128 + 64 * fo) * 4;
 }
 template <class E>
 static size_t sm_o(int KP) {
@@ -666,6 +669,24 @@ struct Run {
         // the forward state pass's two-blocks-per-SM entries (one stage): DELTA_HVAR=b2 / v32b2,
         // else dispatch::delta::h_policy's rule at 132 SMs (b2 where 64-column blocks fill them)
         const char* hv = getenv("DELTA_HVAR");
+        // the fused output entries: DELTA_HVAR=o / ov32b2 (DELTA_HSTORE=0: hs and v_new not stored,
+        // as a forward no backward reads)
+        if (want_o && hv && f.ho && (!std::strcmp(hv, "o") || !std::strcmp(hv, "ov32b2"))) {
+            const bool v32 = !std::strcmp(hv, "ov32b2");
+            const bool st = !getenv("DELTA_HSTORE") || std::strcmp(getenv("DELTA_HSTORE"), "0");
+            const int bvo = v32 ? 32 : 64;
+            auto o = poison<E>(rows * HV * V);
+            typedef void (*HoFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
+                                 const long long*, const long long*, int, int, int, int, int, long long, const E*, const float*, E*, float);
+            emu::launch(dim3{(unsigned)(VP / bvo), (unsigned)(d.N * HV), 1}, b256, sm_h<E>(KP, bvo, v32 ? 1 : 2, true), [&] {
+                ((HoFn)(v32 ? f.ho32b2 : f.ho))(w.data(), u.data(), k.data(), ptr(rk), g2.data(), ptr(h0), st ? hs.data() : nullptr,
+                                                st ? vn.data() : nullptr, ht.data(), p.bounds.data(), p.off.data(), H, HV, K, V, VP, nch,
+                                                q.data(), ptr(rq), o.data(), scale);
+            });
+            out.ht = back(split(ht, 1));
+            out.o = back(o);
+            return;
+        }
         const bool lab = hv && f.h2 && (!std::strcmp(hv, "b2") || !std::strcmp(hv, "v32b2"));
         const bool two = lab || (!getenv("DELTA_BV") && f.h2 && (VP / 64) * d.N * HV >= 132);
         const int bv = two ? (lab && std::strcmp(hv, "b2") ? 32 : 64) : h_bv<E>(VP, d.N * HV);
