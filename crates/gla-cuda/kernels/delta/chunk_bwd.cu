@@ -109,7 +109,9 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     float* sRk = sRq + 64;                 // [64]
     float* sRow = sRk + 64;                // [2][64]
     float* sRed = sRow + 128;              // [16]
-    DELTA_SMEM_END(smem, sRed + 16);
+    float* sFr = sRed + 16;                // [2][64]: row sums of dM * M (per column half)
+    float* sFc = sFr + 128;                // [4][64]: column sums of dM * M (per row quarter)
+    DELTA_SMEM_END(smem, sFc + 256);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
     const int z = blockIdx.z, k0 = z * KW;
@@ -167,15 +169,37 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         }
         __syncthreads();
     }
-    // dM * M (in place in sM); the dq operand dMG rk_s (dMG = dM * scale * exp(G_t - G_s), causal)
-    #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
+    // F = dM * M: the warp's row sums (over its 32 columns) and column sums (over its 16 rows);
+    // the dq operand dMG rk_s (dMG = dM * scale * exp(G_t - G_s), causal)
+    {
+        float fr[2] = {0.f, 0.f}, fc[4][2] = {};
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
-            sM[t * 65 + s] *= dM[nt][e];
-            dM[nt][e] = s <= t ? dM[nt][e] * scale * ex2f(sG[t] - sG[s]) : 0.f;
-            st2(sDMG, sDMGl, t * LDT + s, dM[nt][e] * sRk[s]);
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
+                const float f = sM[t * 65 + s] * dM[nt][e];
+                fr[e >> 1] += f;
+                fc[nt][e & 1] += f;
+                dM[nt][e] = s <= t ? dM[nt][e] * scale * ex2f(sG[t] - sG[s]) : 0.f;
+                st2(sDMG, sDMGl, t * LDT + s, dM[nt][e] * sRk[s]);
+            }
+        }
+        #pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            fr[hh] = quad_sum(fr[hh]);
+            if (ft == 0) sFr[(wp >> 2) * 64 + 16 * mt + fg + 8 * hh] = fr[hh];
+        }
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                float x = fc[nt][j];
+                x += __shfl_xor_sync(0xffffffffu, x, 4);
+                x += __shfl_xor_sync(0xffffffffu, x, 8);
+                x += __shfl_xor_sync(0xffffffffu, x, 16);
+                if (fg == 0) sFc[mt * 64 + n1 + 8 * nt + 2 * ft + j] = x;
+            }
         }
     }
     __syncthreads();
@@ -251,9 +275,7 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     if (tid < 64) {
         const int t = tid;
         float g = sRow[t] + sRow[64 + t];
-        if (z == 0) {
-            for (int s = 0; s < 64; ++s) g += sM[t * 65 + s] - sM[s * 65 + t];
-        }
+        if (z == 0) g += (sFr[t] + sFr[64 + t]) - ((sFc[t] + sFc[64 + t]) + (sFc[128 + t] + sFc[192 + t]));
         if (t == c.L - 1) {
             float a = 0.f, b = 0.f;
             for (int x = 0; x < 8; ++x) {

@@ -385,7 +385,7 @@ impl DeltaSmem {
     pub(crate) fn dqkw(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
         let kw = dqkw_kw(e == 2, self.kp);
-        (2 * 64 * self.lk() + 64 * LDT + 3 * sp * 64 * LDT + 2 * kw * LDT) * e + (64 * 65 + 3 * 64 + 128 + 16) * 4
+        (2 * 64 * self.lk() + 64 * LDT + 3 * sp * 64 * LDT + 2 * kw * LDT) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4
     }
     pub(crate) fn wy_bwd(&self) -> usize {
         let (e, sp) = (self.e, self.sp);

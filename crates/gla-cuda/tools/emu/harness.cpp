@@ -448,7 +448,7 @@ static int kw(int KP) {
 template <class E>
 static size_t sm_dqkw(int KP) {
     const int KW = kw<E>(KP), SP = SPn<E>;
-    return (2 * 64 * (KP + 8) + 64 * 72 + 3 * SP * 64 * 72 + 2 * KW * 72) * sizeof(E) + (64 * 65 + 3 * 64 + 128 + 16) * 4;
+    return (2 * 64 * (KP + 8) + 64 * 72 + 3 * SP * 64 * 72 + 2 * KW * 72) * sizeof(E) + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4;
 }
 template <class E>
 static size_t sm_wyb(int KP, int VP) {
