@@ -20,7 +20,8 @@
 //     dhs[c] = dS                                    (=, the gradient of the state leaving chunk c)
 //     dU     = dvl + exp(G_last - G) (Kn dS)         (=, du [SP][chunks, HV, 64, VP], split)
 //     dS     = exp(G_last) dS + Qn^T (scale exp(G) do) - w^T dU   (w, dU split)
-// dS leaves to dh0 (=, f32, or null).
+// dS leaves to dh0 (=, f32, or null). delta_h_bwd_dv[_v32]_k{KP}_bf16: dvl = P^T do computed in the
+// pass (delta_dvl's arithmetic, P from the q, k rows it loads) instead of read.
 //
 // S's operand copy (the B operand of w S and K dS) is rounded to the storage dtype, as fla does.
 // Warps tile S as WM x WN (8 x 1 for KP = 128, 256; 4 x 2 for KP = 64, 192). The forward has NS
@@ -36,6 +37,7 @@
 //   delta_h_bwd_v32_k64_bf16 delta_h_bwd_v32_k128_bf16 delta_h_bwd_v32_k192_bf16 delta_h_bwd_v32_k256_bf16
 //   delta_h_b2_k64_bf16 delta_h_b2_k128_bf16 delta_h_v32b2_k64_bf16 delta_h_v32b2_k128_bf16
 //   delta_ho_k64_bf16 delta_ho_k128_bf16 delta_ho_v32b2_k64_bf16 delta_ho_v32b2_k128_bf16
+//   delta_h_bwd_dv_k64_bf16 delta_h_bwd_dv_k128_bf16 delta_h_bwd_dv_v32_k64_bf16 delta_h_bwd_dv_v32_k128_bf16
 
 // The state tile's warp layout (S or dS, KP x BV in mma fragments): warp (wm, wn) of WM x WN
 // holds m-tiles wm + WM ms (ms < MS) and the NSN n8-tiles from 8 NSN wn.
@@ -263,7 +265,10 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
     h_fini<KP, BV>(S, ht, o_state, K, V, j0, wm, sn0, fg, ft);
 }
 
-template <typename E, int KP, int BV>
+// FD: dvl = P^T do (delta_dvl, delta/chunk_bwd.cu) fused in (the `_dv` entries; dvl unread, may
+// be null): P (split) from the q and k rows the pass loads anyway, scale exp(G) do into a copy
+// of its own so that P^T do reads do unscaled.
+template <typename E, int KP, int BV, bool FD>
 __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                       const float* __restrict__ rk, const E* __restrict__ w, const E* __restrict__ d_o,
                                       const float* __restrict__ dvl, const float* __restrict__ g2, const float* __restrict__ dht,
@@ -280,8 +285,11 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
     E* sS = sDo + 64 * LDS;                    // [KP][LDS]
     E* sDu = sS + KP * LDS;                    // [64][LDS]: -dU
     E* sDul = sDu + (SP - 1) * 64 * LDS;
-    float* sDv = (float*)(sDul + 64 * LDS);    // [64][BV]
-    float* sG = sDv + 64 * BV;                 // [64]
+    E* sP = sDul + 64 * LDS;                   // FD: [SP][64][LDT], P
+    E* sPl = sP + FD * (SP - 1) * 64 * LDT;
+    E* sDoS = sPl + FD * 64 * LDT;             // FD: [64][LDS], scale exp(G) do
+    float* sDv = (float*)(sDoS + FD * 64 * LDS);  // [64][BV] (FD: none)
+    float* sG = sDv + (1 - FD) * 64 * BV;      // [64]
     float* sRq = sG + 64;                      // [64]
     float* sRk = sRq + 64;                     // [64]
     DELTA_SMEM_END(smem, sRk + 64);
@@ -302,7 +310,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
         tile_ld<E>(sW, LK, w + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
         if (SP == 2) tile_ld<E>(sWl, LK, w + wplane + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
         ld_v<E>(sDo, LDS, d_o, r0, L, hv, HV, V, j0, BV, tid);
-        tile_ld<float>(sDv, BV, dvl + oc * 64 * (idx_t)VP + j0, VP, 64, BV, 64, BV, true, tid, DNT);
+        if (!FD) tile_ld<float>(sDv, BV, dvl + oc * 64 * (idx_t)VP + j0, VP, 64, BV, 64, BV, true, tid, DNT);
         ld_g64(sG, g2 + oc * 64, tid);
         cp_commit();
         ld_rf(sRq, rq, r0, L, h, H, tid);
@@ -312,27 +320,43 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
         __syncthreads();
         h_copy<E, KP, BV>(dhs + oc * (idx_t)KP * VP + j0, sS, VP, tid);
         const float glast = sG[63];
+        E* sDoX = FD ? sDoS : sDo;  // the dS update's operand scale exp(G) do
+        if constexpr (FD) {
+            chunk_p<E, KP>(sP, sPl, sQ, sK, sG, sRq, sRk, scale, wp, lane);
+            for (int x = tid; x < 64 * BV; x += DNT) {
+                const int t = x / BV, jj = x - t * BV;
+                sDoS[t * LDS + jj] = cvt<E>(to_f32(sDo[t * LDS + jj]) * scale * sRq[t] * ex2f(sG[t]));
+            }
+            __syncthreads();
+        }
         {
             // dU = dvl + exp(G_last - G) rk (K dS): each warp 16 rows x BV / 2 columns
             constexpr int NT = BV / 16;
             const int mt = wp & 3, n1 = (wp >> 2) * (BV / 2);
-            float acc[NT][4];
+            float acc[NT][4], dv[NT][4];
             frag_zero(acc);
             wgemm<false, false, NT>(acc, sK, LK, 16 * mt, sS, LDS, n1, KP, lane);
+            if constexpr (FD) {
+                frag_zero(dv);
+                wgemm2<true, false, NT>(dv, sP, sPl, LDT, 16 * mt, sDo, sDo, LDS, n1, 64, lane, true, false);
+            }
             #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
                 #pragma unroll
                 for (int e = 0; e < 4; e += 2) {
                     const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
                     const float f = sRk[t] * ex2f(glast - sG[t]);
-                    const float d0 = sDv[t * BV + jj] + f * acc[nt][e], d1 = sDv[t * BV + jj + 1] + f * acc[nt][e + 1];
+                    const float v0 = FD ? dv[nt][e] : sDv[t * BV + jj], v1 = FD ? dv[nt][e + 1] : sDv[t * BV + jj + 1];
+                    const float d0 = v0 + f * acc[nt][e], d1 = v1 + f * acc[nt][e + 1];
                     st2_pair(sDu, sDul, t * LDS + jj, -d0, -d1);
                 }
             }
         }
-        for (int x = tid; x < 64 * BV; x += DNT) {
-            const int t = x / BV, jj = x - t * BV;
-            sDo[t * LDS + jj] = cvt<E>(to_f32(sDo[t * LDS + jj]) * scale * sRq[t] * ex2f(sG[t]));
+        if (!FD) {
+            for (int x = tid; x < 64 * BV; x += DNT) {
+                const int t = x / BV, jj = x - t * BV;
+                sDo[t * LDS + jj] = cvt<E>(to_f32(sDo[t * LDS + jj]) * scale * sRq[t] * ex2f(sG[t]));
+            }
         }
         __syncthreads();
         // dU (split) leaves as the negation of -dU's planes (rounding is odd: the planes of -x
@@ -347,7 +371,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) dS[ms][qq][e] *= dec;
             }
-            wgemm<true, false, NSN>(dS[ms], sQ, LK, 16 * (wm + WM * ms), sDo, LDS, sn0, 64, lane);
+            wgemm<true, false, NSN>(dS[ms], sQ, LK, 16 * (wm + WM * ms), sDoX, LDS, sn0, 64, lane);
             wgemm2<true, false, NSN>(dS[ms], sW, sWl, LK, 16 * (wm + WM * ms), sDu, sDul, LDS, sn0, 64, lane, true, true);
         }
         __syncthreads();
@@ -374,13 +398,15 @@ extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_##NAME(           
     h_fwd<E, KP, NS, BV, true>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K, V, VP, nch, \
                                q, rq, o, scale);                                                         \
 }
-#define HB_ENTRY(PFX, KP, BV, NAME, E)                                                                   \
+#define HB_ENTRY(PFX, KP, BV, NAME, E) HB_ENTRY_FD(PFX, KP, BV, false, NAME, E)
+// FD: dvl fused in (the `_dv` entries; their dvl argument is unread)
+#define HB_ENTRY_FD(PFX, KP, BV, FD, NAME, E)                                                            \
 extern "C" __global__ void __launch_bounds__(DNT) PFX##_k##KP##_##NAME(                                  \
     const E* q, const E* k, const float* rq, const float* rk, const E* w, const E* d_o, const float* dvl,\
     const float* g2, const float* dht, E* dhs, E* du, float* dh0, const idx_t* bounds,                   \
     const idx_t* chunk_off, int H, int HV, int K, int V, int VP, float scale, idx_t nch) {               \
-    h_bwd<E, KP, BV>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0, bounds, chunk_off, H, HV, K, V,   \
-                     VP, scale, nch);                                                                    \
+    h_bwd<E, KP, BV, FD>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0, bounds, chunk_off, H, HV, K,  \
+                         V, VP, scale, nch);                                                             \
 }
 
 // NS: the forward state pass's cp.async stages, 2 where they fit in shared memory (bf16, KP <= 128),
@@ -416,3 +442,7 @@ HB_ENTRY(delta_h_bwd_v32, 64, 32, bf16, bf16_t)
 HB_ENTRY(delta_h_bwd_v32, 128, 32, bf16, bf16_t)
 HB_ENTRY(delta_h_bwd_v32, 192, 32, bf16, bf16_t)
 HB_ENTRY(delta_h_bwd_v32, 256, 32, bf16, bf16_t)
+HB_ENTRY_FD(delta_h_bwd_dv, 64, 64, true, bf16, bf16_t)
+HB_ENTRY_FD(delta_h_bwd_dv, 128, 64, true, bf16, bf16_t)
+HB_ENTRY_FD(delta_h_bwd_dv_v32, 64, 32, true, bf16, bf16_t)
+HB_ENTRY_FD(delta_h_bwd_dv_v32, 128, 32, true, bf16, bf16_t)

@@ -227,9 +227,10 @@ pub(crate) fn h_stages(bf16: bool, kp: usize) -> usize {
 
 /// How a sequential pass launches: value columns per block (`BV`), the forward's cp.async
 /// stages (`NS`), whether it is an entry built for two blocks per SM (`_b2`: one stage, at
-/// most 128 registers, shared memory for two) and whether the forward's output pass runs fused
-/// in it (`delta_ho*`: the output from the state pass's smem copies of S and v_new, no
-/// `delta_o` launch).
+/// most 128 registers, shared memory for two) and whether a chunk-parallel pass runs fused in
+/// it (`out`): the forward's output pass (`delta_ho*`: o from the state pass's smem copies of S
+/// and v_new, no `delta_o` launch) or the backward's dvl (`delta_h_bwd_dv*`: P^T do from the q,
+/// k, do rows the pass loads, no `delta_dvl` launch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct HPlan {
     pub(crate) bv: usize,
@@ -251,8 +252,9 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// fused in: 64 columns, two stages, one block per SM), `ov32b2` (the output fused in: 32
 /// columns, two blocks per SM); `b2`, `v32b2` apply to the forward (`h`) where [`h_two_ok`],
 /// `o`, `ov32b2` to the forward's state pass that its output follows (not the backward's
-/// recomputation) where [`h_two_ok`], `v32` to both where bf16. Anything else, or unset: the
-/// default.
+/// recomputation) where [`h_two_ok`], `v32` to both where bf16; `dv` (dvl fused in, 64 columns)
+/// and `dvv32` (32 columns) to the backward (`hb`) where [`h_two_ok`]. Anything else, or unset:
+/// the default.
 fn h_lab(bwd: bool) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
     let key = if bwd { "hb=" } else { "h=" };
@@ -285,11 +287,13 @@ fn h_one(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> HPlan {
 }
 
 /// The plan of a sequential pass ([`h_policy`]), or the lab override's ([`h_lab`]); `out`: the
-/// forward's output pass follows this state pass and may run fused in it (`plan.out`).
+/// forward's output pass follows this state pass (or, `bwd`, dvl precedes this state-gradient
+/// pass) and may run fused in it (`plan.out`).
 pub(crate) fn h_plan(bwd: bool, out: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> HPlan {
     let one = h_one(bf16, kp, (vp / 64) * nhv, sm_count);
     let two = |bv| HPlan { bv, ns: 1, two: true, out: false };
     let fused = !bwd && out && h_two_ok(bf16, kp);
+    let fused_bwd = bwd && out && h_two_ok(bf16, kp);
     match h_lab(bwd).as_deref() {
         Some("one") => one,
         Some("v32") if bf16 => HPlan { bv: 32, ..one },
@@ -297,6 +301,8 @@ pub(crate) fn h_plan(bwd: bool, out: bool, bf16: bool, kp: usize, vp: usize, nhv
         Some("v32b2") if !bwd && h_two_ok(bf16, kp) => two(32),
         Some("o") if fused => HPlan { bv: 64, ns: 2, two: false, out: true },
         Some("ov32b2") if fused => HPlan { out: true, ..two(32) },
+        Some("dv") if fused_bwd => HPlan { bv: 64, out: true, ..one },
+        Some("dvv32") if fused_bwd => HPlan { bv: 32, out: true, ..one },
         _ => h_policy(bwd, bf16, kp, vp, nhv, sm_count),
     }
 }
@@ -305,7 +311,9 @@ pub(crate) fn h_plan(bwd: bool, out: bool, bf16: bool, kp: usize, vp: usize, nhv
 /// fused in) or `delta_h_bwd`, with `_v32` for 32-column tiles and `_b2` / `_v32b2` for the
 /// two-blocks-per-SM entries.
 pub(crate) fn h_name(bwd: bool, plan: HPlan, kp: usize, sfx: &str) -> String {
-    let base = if bwd {
+    let base = if bwd && plan.out {
+        "delta_h_bwd_dv"
+    } else if bwd {
         "delta_h_bwd"
     } else if plan.out {
         "delta_ho"
@@ -378,9 +386,13 @@ impl DeltaSmem {
         let (e, sp) = (self.e, self.sp);
         (2 * 64 * self.lk() + sp * 64 * LDT + 64 * LDT) * e + 3 * 64 * 4
     }
-    pub(crate) fn h_bwd(&self, bv: usize) -> usize {
-        let (e, sp, lds) = (self.e, self.sp, bv + PAD);
-        ((2 + sp) * 64 * self.lk() + 64 * lds + self.kp * lds + sp * 64 * lds) * e + (64 * bv + 3 * 64) * 4
+    pub(crate) fn h_bwd(&self, plan: HPlan) -> usize {
+        let (e, sp, bv, fd) = (self.e, self.sp, plan.bv, usize::from(plan.out));
+        let lds = bv + PAD;
+        // q, k, w (sp planes); do (and its scaled copy); dS; -dU (sp planes); (P, sp planes);
+        // (dvl's tile, f32, unless fused), G, rq, rk
+        ((2 + sp) * 64 * self.lk() + (1 + fd) * 64 * lds + self.kp * lds + sp * 64 * lds + fd * sp * 64 * LDT) * e
+            + ((1 - fd) * 64 * bv + 3 * 64) * 4
     }
     pub(crate) fn dqkw(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -397,7 +409,8 @@ impl DeltaSmem {
     pub(crate) fn max(&self) -> usize {
         let ns = h_stages(self.e == 2, self.kp);
         let h = |bv| self.h(HPlan { bv, ns, two: false, out: false });
-        [self.wy(), h(64), h(32), self.o(), self.dvl(), self.h_bwd(64), self.h_bwd(32), self.dqkw(), self.wy_bwd()]
+        let hb = |bv| self.h_bwd(HPlan { bv, ns, two: false, out: false });
+        [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), self.dqkw(), self.wy_bwd()]
             .into_iter()
             .max()
             .unwrap_or(0)
@@ -645,6 +658,7 @@ mod tests {
         assert_eq!(h_name(false, HPlan { bv: 32, ns: 1, two: true, out: false }, 64, "bf16"), "delta_h_v32b2_k64_bf16");
         assert_eq!(h_name(false, HPlan { bv: 32, ns: 1, two: true, out: true }, 64, "bf16"), "delta_ho_v32b2_k64_bf16");
         assert_eq!(h_name(false, HPlan { bv: 64, ns: 2, two: false, out: true }, 128, "bf16"), "delta_ho_k128_bf16");
+        assert_eq!(h_name(true, HPlan { bv: 32, ns: 2, two: false, out: true }, 128, "bf16"), "delta_h_bwd_dv_v32_k128_bf16");
         // the two-blocks-per-SM entries: shared memory for two blocks (228 KB per SM, 1 KB each reserved)
         for kp in [64, 128] {
             for bv in [32, 64] {
@@ -656,6 +670,10 @@ mod tests {
             let fo2 = s.h(HPlan { bv: 32, ns: 1, two: true, out: true });
             assert!(2 * (fo2 + 1024) <= 228 * 1024, "KP {kp}: {fo2} B");
             assert!(s.h(HPlan { bv: 64, ns: 2, two: false, out: true }) <= 227 * 1024, "KP {kp}");
+            // the state-gradient pass with dvl fused in: one block per SM
+            for bv in [32, 64] {
+                assert!(s.h_bwd(HPlan { bv, ns: 1, two: false, out: true }) <= 227 * 1024, "KP {kp}, BV {bv}");
+            }
         }
         // the tiles of the widest dq/dk launch are columns of K
         assert_eq!((dqkw_kw(true, 256), dqkw_kz(true, 256)), (128, 2));

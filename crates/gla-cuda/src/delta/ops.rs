@@ -868,7 +868,9 @@ fn chunk_bwd<T: Elem>(
     let (dq, dk) = if dd::direct_qk(p) { (&*g.dq, &*g.dk) } else { (req(&ws.dq, "dq")?, req(&ws.dk, "dk")?) };
     let gx = grid_chunks(op, dp.n_chunks)?;
     let sfx = T::SUFFIX;
-    if dp.n_chunks > 0 {
+    // `plan.out`: the state-gradient pass computes dvl itself (no delta_dvl launch)
+    let plan = dd::h_plan(true, true, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
+    if dp.n_chunks > 0 && !plan.out {
         // SAFETY: arguments match delta_dvl_*'s signature; dvl holds chunks x HV x 64 x VP f32
         unsafe {
             launch(
@@ -879,14 +881,14 @@ fn chunk_bwd<T: Elem>(
             )?;
         }
     }
-    let plan = dd::h_plan(true, false, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
-    // SAFETY: arguments match delta_h_bwd_*'s signature; one block per (V tile, sequence x value
-    // head) walking its chunks in reverse; dhs, du sized for the problem
+    // SAFETY: arguments match delta_h_bwd_*'s signature (the `_dv` entries do not read dvl); one
+    // block per (V tile, sequence x value head) walking its chunks in reverse; dhs, du sized for
+    // the problem
     unsafe {
         launch(
             cuda,
             &dd::h_name(true, plan, kp, sfx),
-            dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, smem.h_bwd(plan.bv)),
+            dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, smem.h_bwd(plan)),
             &[x.q, x.k, &ws.rq, &ws.rk, w, d_o, dvl, g2, &dht, dhs, du, &dh0, bounds, off, &h, &hv, &k, &v, &vp32, &scale, &nch],
         )?;
     }
