@@ -252,9 +252,9 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// fused in: 64 columns, two stages, one block per SM), `ov32b2` (the output fused in: 32
 /// columns, two blocks per SM); `b2`, `v32b2` apply to the forward (`h`) where [`h_two_ok`],
 /// `o`, `ov32b2` to the forward's state pass that its output follows (not the backward's
-/// recomputation) where [`h_two_ok`], `v32` to both where bf16; `dv` (dvl fused in, 64 columns)
-/// and `dvv32` (32 columns) to the backward (`hb`) where [`h_two_ok`]. Anything else, or unset:
-/// the default.
+/// recomputation) where [`h_two_ok`], `v32` to both where bf16; `dv` (dvl fused in, 64 columns),
+/// `dvv32` (32 columns) and `dv2` (64 columns, two cp.async stages) to the backward (`hb`) where
+/// [`h_two_ok`]. Anything else, or unset: the default.
 fn h_lab(bwd: bool) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
     let key = if bwd { "hb=" } else { "h=" };
@@ -277,20 +277,21 @@ fn h_policy(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: u
     if !bwd && h_two_ok(bf16, kp) && tiles >= sm_count {
         return HPlan { bv: 64, ns: 1, two: true, out: false };
     }
-    h_one(bf16, kp, tiles, sm_count)
+    h_one(bwd, bf16, kp, tiles, sm_count)
 }
 
-/// The one-block-per-SM plan for `tiles` 64-column tiles (see [`h_policy`]).
-fn h_one(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> HPlan {
+/// The one-block-per-SM plan for `tiles` 64-column tiles (see [`h_policy`]): the forward's
+/// stages per [`h_stages`], the backward's one.
+fn h_one(bwd: bool, bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> HPlan {
     let bv = if bf16 && tiles < 2 * sm_count { 32 } else { 64 };
-    HPlan { bv, ns: h_stages(bf16, kp), two: false, out: false }
+    HPlan { bv, ns: if bwd { 1 } else { h_stages(bf16, kp) }, two: false, out: false }
 }
 
 /// The plan of a sequential pass ([`h_policy`]), or the lab override's ([`h_lab`]); `out`: the
 /// forward's output pass follows this state pass (or, `bwd`, dvl precedes this state-gradient
 /// pass) and may run fused in it (`plan.out`).
 pub(crate) fn h_plan(bwd: bool, out: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> HPlan {
-    let one = h_one(bf16, kp, (vp / 64) * nhv, sm_count);
+    let one = h_one(bwd, bf16, kp, (vp / 64) * nhv, sm_count);
     let two = |bv| HPlan { bv, ns: 1, two: true, out: false };
     let fused = !bwd && out && h_two_ok(bf16, kp);
     let fused_bwd = bwd && out && h_two_ok(bf16, kp);
@@ -301,8 +302,9 @@ pub(crate) fn h_plan(bwd: bool, out: bool, bf16: bool, kp: usize, vp: usize, nhv
         Some("v32b2") if !bwd && h_two_ok(bf16, kp) => two(32),
         Some("o") if fused => HPlan { bv: 64, ns: 2, two: false, out: true },
         Some("ov32b2") if fused => HPlan { out: true, ..two(32) },
-        Some("dv") if fused_bwd => HPlan { bv: 64, out: true, ..one },
-        Some("dvv32") if fused_bwd => HPlan { bv: 32, out: true, ..one },
+        Some("dv") if fused_bwd => HPlan { bv: 64, ns: 1, two: false, out: true },
+        Some("dvv32") if fused_bwd => HPlan { bv: 32, ns: 1, two: false, out: true },
+        Some("dv2") if fused_bwd => HPlan { bv: 64, ns: 2, two: false, out: true },
         _ => h_policy(bwd, bf16, kp, vp, nhv, sm_count),
     }
 }
@@ -311,7 +313,9 @@ pub(crate) fn h_plan(bwd: bool, out: bool, bf16: bool, kp: usize, vp: usize, nhv
 /// fused in) or `delta_h_bwd`, with `_v32` for 32-column tiles and `_b2` / `_v32b2` for the
 /// two-blocks-per-SM entries.
 pub(crate) fn h_name(bwd: bool, plan: HPlan, kp: usize, sfx: &str) -> String {
-    let base = if bwd && plan.out {
+    let base = if bwd && plan.out && plan.ns == 2 {
+        "delta_h_bwd_dv2"
+    } else if bwd && plan.out {
         "delta_h_bwd_dv"
     } else if bwd {
         "delta_h_bwd"
@@ -387,12 +391,12 @@ impl DeltaSmem {
         (2 * 64 * self.lk() + sp * 64 * LDT + 64 * LDT) * e + 3 * 64 * 4
     }
     pub(crate) fn h_bwd(&self, plan: HPlan) -> usize {
-        let (e, sp, bv, fd) = (self.e, self.sp, plan.bv, usize::from(plan.out));
+        let (e, sp, bv, fd, ns) = (self.e, self.sp, plan.bv, usize::from(plan.out), plan.ns);
         let lds = bv + PAD;
-        // q, k, w (sp planes); do (and its scaled copy); dS; -dU (sp planes); (P, sp planes);
-        // (dvl's tile, f32, unless fused), G, rq, rk
-        ((2 + sp) * 64 * self.lk() + (1 + fd) * 64 * lds + self.kp * lds + sp * 64 * lds + fd * sp * 64 * LDT) * e
-            + ((1 - fd) * 64 * bv + 3 * 64) * 4
+        // stages of q, k, w (sp planes), do; dS; -dU (sp planes); (P, sp planes; scale exp(G)
+        // do); stages of dvl's tile (f32, unless fused), G, rq, rk
+        (ns * ((2 + sp) * 64 * self.lk() + 64 * lds) + self.kp * lds + sp * 64 * lds + fd * (sp * 64 * LDT + 64 * lds)) * e
+            + ns * ((1 - fd) * 64 * bv + 3 * 64) * 4
     }
     pub(crate) fn dqkw(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -409,7 +413,7 @@ impl DeltaSmem {
     pub(crate) fn max(&self) -> usize {
         let ns = h_stages(self.e == 2, self.kp);
         let h = |bv| self.h(HPlan { bv, ns, two: false, out: false });
-        let hb = |bv| self.h_bwd(HPlan { bv, ns, two: false, out: false });
+        let hb = |bv| self.h_bwd(HPlan { bv, ns: 1, two: false, out: false });
         [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), self.dqkw(), self.wy_bwd()]
             .into_iter()
             .max()
@@ -644,6 +648,7 @@ mod tests {
         }
         let plan = |bwd, bf16, nhv| h_policy(bwd, bf16, 128, 128, nhv, 132);
         let (one, two) = (|bv| HPlan { bv, ns: 2, two: false, out: false }, HPlan { bv: 64, ns: 1, two: true, out: false });
+        let one_bwd = |bv| HPlan { bv, ns: 1, two: false, out: false };
         // the forward: two blocks per SM where 64-column blocks fill the SMs, else one
         assert_eq!(plan(false, true, 512), two);
         assert_eq!(plan(false, true, 66), two);
@@ -652,13 +657,14 @@ mod tests {
         assert_eq!(plan(false, false, 32), HPlan { bv: 64, ns: 1, two: false, out: false });
         assert_eq!(h_policy(false, true, 192, 128, 512, 132), HPlan { bv: 64, ns: 1, two: false, out: false });
         // the backward: one block per SM
-        assert_eq!(plan(true, true, 512), one(64));
-        assert_eq!(plan(true, true, 32), one(32));
+        assert_eq!(plan(true, true, 512), one_bwd(64));
+        assert_eq!(plan(true, true, 32), one_bwd(32));
         assert_eq!(h_name(true, HPlan { bv: 32, ns: 1, two: false, out: false }, 128, "bf16"), "delta_h_bwd_v32_k128_bf16");
         assert_eq!(h_name(false, HPlan { bv: 32, ns: 1, two: true, out: false }, 64, "bf16"), "delta_h_v32b2_k64_bf16");
         assert_eq!(h_name(false, HPlan { bv: 32, ns: 1, two: true, out: true }, 64, "bf16"), "delta_ho_v32b2_k64_bf16");
         assert_eq!(h_name(false, HPlan { bv: 64, ns: 2, two: false, out: true }, 128, "bf16"), "delta_ho_k128_bf16");
-        assert_eq!(h_name(true, HPlan { bv: 32, ns: 2, two: false, out: true }, 128, "bf16"), "delta_h_bwd_dv_v32_k128_bf16");
+        assert_eq!(h_name(true, HPlan { bv: 32, ns: 1, two: false, out: true }, 128, "bf16"), "delta_h_bwd_dv_v32_k128_bf16");
+        assert_eq!(h_name(true, HPlan { bv: 64, ns: 2, two: false, out: true }, 128, "bf16"), "delta_h_bwd_dv2_k128_bf16");
         // the two-blocks-per-SM entries: shared memory for two blocks (228 KB per SM, 1 KB each reserved)
         for kp in [64, 128] {
             for bv in [32, 64] {
@@ -671,8 +677,8 @@ mod tests {
             assert!(2 * (fo2 + 1024) <= 228 * 1024, "KP {kp}: {fo2} B");
             assert!(s.h(HPlan { bv: 64, ns: 2, two: false, out: true }) <= 227 * 1024, "KP {kp}");
             // the state-gradient pass with dvl fused in: one block per SM
-            for bv in [32, 64] {
-                assert!(s.h_bwd(HPlan { bv, ns: 1, two: false, out: true }) <= 227 * 1024, "KP {kp}, BV {bv}");
+            for (bv, ns) in [(32, 1), (64, 1), (64, 2)] {
+                assert!(s.h_bwd(HPlan { bv, ns, two: false, out: true }) <= 227 * 1024, "KP {kp}, BV {bv}, NS {ns}");
             }
         }
         // the tiles of the widest dq/dk launch are columns of K

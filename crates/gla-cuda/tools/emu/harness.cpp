@@ -385,25 +385,27 @@ struct K_;
 KSET(float, f32)
 KSET(unsigned short, bf16)
 
-#define CHUNK_FNS(KP, SFX, H32, HB32, HB2, H32B2, HO, HO32B2, HBD, HBD32)                                      \
+#define CHUNK_FNS(KP, SFX, H32, HB32, HB2, H32B2, HO, HO32B2, HBD, HBD32, HBD2)                                \
     {KP, {(void*)delta_wy_k##KP##_##SFX, (void*)delta_h_k##KP##_##SFX, (void*)delta_o_k##KP##_##SFX,            \
           (void*)delta_dvl_k##KP##_##SFX, (void*)delta_h_bwd_k##KP##_##SFX, (void*)delta_dqkw_k##KP##_##SFX,    \
           (void*)delta_wy_bwd_k##KP##_##SFX, (void*)H32, (void*)HB32, (void*)HB2, (void*)H32B2, (void*)HO, (void*)HO32B2, \
-          (void*)HBD, (void*)HBD32}}
+          (void*)HBD, (void*)HBD32, (void*)HBD2}}
 struct ChunkFns {
     void *wy, *h, *o, *dvl, *hb, *dqkw, *wyb, *h32, *hb32, *h2, *h32b2;  // h2, h32b2: the _b2 / _v32b2 entries
     void *ho, *ho32b2;  // the state pass with the output fused in: delta_ho, delta_ho_v32b2
-    void *hbd, *hbd32;  // the state-gradient pass with dvl fused in: delta_h_bwd_dv[_v32]
+    void *hbd, *hbd32, *hbd2;  // the state-gradient pass with dvl fused in: delta_h_bwd_dv[_v32], _dv2
 };
-static std::map<int, ChunkFns> g_cf32 = {CHUNK_FNS(64, f32, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr),
-                                         CHUNK_FNS(128, f32, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr)};
+static std::map<int, ChunkFns> g_cf32 = {CHUNK_FNS(64, f32, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr),
+                                         CHUNK_FNS(128, f32, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr)};
 static std::map<int, ChunkFns> g_cbf = {
     CHUNK_FNS(64, bf16, delta_h_v32_k64_bf16, delta_h_bwd_v32_k64_bf16, delta_h_b2_k64_bf16, delta_h_v32b2_k64_bf16, delta_ho_k64_bf16,
-              delta_ho_v32b2_k64_bf16, delta_h_bwd_dv_k64_bf16, delta_h_bwd_dv_v32_k64_bf16),
+              delta_ho_v32b2_k64_bf16, delta_h_bwd_dv_k64_bf16, delta_h_bwd_dv_v32_k64_bf16,
+              delta_h_bwd_dv2_k64_bf16),
     CHUNK_FNS(128, bf16, delta_h_v32_k128_bf16, delta_h_bwd_v32_k128_bf16, delta_h_b2_k128_bf16, delta_h_v32b2_k128_bf16,
-              delta_ho_k128_bf16, delta_ho_v32b2_k128_bf16, delta_h_bwd_dv_k128_bf16, delta_h_bwd_dv_v32_k128_bf16),
-    CHUNK_FNS(192, bf16, delta_h_v32_k192_bf16, delta_h_bwd_v32_k192_bf16, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr),
-    CHUNK_FNS(256, bf16, delta_h_v32_k256_bf16, delta_h_bwd_v32_k256_bf16, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr)};
+              delta_ho_k128_bf16, delta_ho_v32b2_k128_bf16, delta_h_bwd_dv_k128_bf16, delta_h_bwd_dv_v32_k128_bf16,
+              delta_h_bwd_dv2_k128_bf16),
+    CHUNK_FNS(192, bf16, delta_h_v32_k192_bf16, delta_h_bwd_v32_k192_bf16, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr),
+    CHUNK_FNS(256, bf16, delta_h_v32_k256_bf16, delta_h_bwd_v32_k256_bf16, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr)};
 
 // smem sizes (as src/delta/dispatch.rs)
 template <class E>
@@ -433,10 +435,10 @@ static size_t sm_dvl(int KP) {
     return (2 * 64 * (KP + 8) + SP * 64 * 72 + 64 * 72) * sizeof(E) + 3 * 64 * 4;
 }
 template <class E>
-static size_t sm_hb(int KP, int BV, bool fd = false) {
+static size_t sm_hb(int KP, int BV, bool fd = false, int ns = 1) {
     const int SP = SPn<E>, L = BV + 8;
-    return ((2 + SP) * 64 * (KP + 8) + 64 * L * (1 + fd) + KP * L + SP * 64 * L + fd * SP * 64 * 72) * sizeof(E) +
-           (64 * BV * !fd + 3 * 64) * 4;
+    return (ns * ((2 + SP) * 64 * (KP + 8) + 64 * L) + KP * L + SP * 64 * L + fd * (SP * 64 * 72 + 64 * L)) * sizeof(E) +
+           ns * (64 * BV * !fd + 3 * 64) * 4;
 }
 // BV of the sequential passes: DELTA_BV, else src/delta/dispatch.rs's rule at 132 SMs
 template <class E>
@@ -726,7 +728,10 @@ struct Run {
                               const long long*, const int*, int, int, int, int, int, float);
         // the state-gradient pass with dvl fused in: DELTA_HBVAR=dv (no delta_dvl launch; its
         // output stays poisoned and is passed as null)
-        const bool fd = f.hbd && getenv("DELTA_HBVAR") && !std::strcmp(getenv("DELTA_HBVAR"), "dv");
+        // (DELTA_HBVAR=dv2: the same on two cp.async stages, 64 columns)
+        const char* hbv = getenv("DELTA_HBVAR");
+        const bool fd2 = f.hbd2 && hbv && !std::strcmp(hbv, "dv2");
+        const bool fd = fd2 || (f.hbd && hbv && !std::strcmp(hbv, "dv"));
         if (nc > 0 && !fd)
             emu::launch(cgrid, b256, sm_dvl<E>(KP), [&] {
                 ((DvlFn)f.dvl)(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), g2.data(), dvl.data(), p.bounds.data(), p.off.data(),
@@ -736,9 +741,9 @@ struct Run {
         auto dh0 = poison<float>(h0.empty() ? 0 : h0.size());
         typedef void (*HbFn)(const E*, const E*, const float*, const float*, const E*, const E*, const float*, const float*, const float*,
                              E*, E*, float*, const long long*, const long long*, int, int, int, int, int, float, long long);
-        const int bv = h_bv<E>(VP, d.N * HV);
-        void* hbf = fd ? (bv == 32 ? f.hbd32 : f.hbd) : (bv == 32 ? f.hb32 : f.hb);
-        emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hb<E>(KP, bv, fd), [&] {
+        const int bv = fd2 ? 64 : h_bv<E>(VP, d.N * HV);
+        void* hbf = fd2 ? f.hbd2 : fd ? (bv == 32 ? f.hbd32 : f.hbd) : (bv == 32 ? f.hb32 : f.hb);
+        emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hb<E>(KP, bv, fd, fd2 ? 2 : 1), [&] {
             ((HbFn)hbf)(q.data(), k.data(), ptr(rq), ptr(rk), w.data(), d_o.data(), fd ? nullptr : dvl.data(), g2.data(), dht.data(), dhs.data(),
                          du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H, HV, K, V, VP, scale, nch);
         });
