@@ -252,6 +252,8 @@ pub const DELTA_CHUNK_H: KernelSource = source!(
         "delta_h_v32b2_k128_bf16",
         "delta_ho_k64_bf16",
         "delta_ho_k128_bf16",
+        "delta_ho_v32_k64_bf16",
+        "delta_ho_v32_k128_bf16",
         "delta_ho_v32b2_k64_bf16",
         "delta_ho_v32b2_k128_bf16",
         "delta_h_bwd_v32_k64_bf16",
@@ -264,6 +266,8 @@ pub const DELTA_CHUNK_H: KernelSource = source!(
         "delta_h_bwd_dv_v32_k128_bf16",
         "delta_h_bwd_dv2_k64_bf16",
         "delta_h_bwd_dv2_k128_bf16",
+        "delta_h_bwd_dv2_v32_k64_bf16",
+        "delta_h_bwd_dv2_v32_k128_bf16",
     ]
 );
 /// The delta rule's chunked backward, chunk-parallel launches: dvl, dq/dk/dw, the WY backward.

@@ -12,8 +12,9 @@
 //
 // delta_ho[_v32b2]_k{KP}_bf16: delta_h with the output pass (delta_o, delta/chunk_fwd.cu) fused in:
 // per chunk also o = scale [(Qn exp(G)) S + P U] (=) from the smem copies of S and U it holds, q
-// and rq loaded with the chunk; hs and vn may be null (a forward no backward reads). `_o`: 64
-// columns, two stages, one block per SM; `_v32b2`: 32 columns, one stage, two blocks per SM.
+// and rq loaded with the chunk; hs and vn may be null (a forward no backward reads). No suffix:
+// 64 columns, two stages, one block per SM; `_v32`: 32 columns, two stages, one block per SM;
+// `_v32b2`: 32 columns, one stage, two blocks per SM.
 //
 // delta_h_bwd[_v32]_k{KP}_{dtype}: the same grid and tile, the chunks in reverse, dS from dht. Per chunk
 // (dvl = P^T do from delta_dvl_*, w and g2 from delta_wy_*, q, k, do the inputs):
@@ -22,7 +23,7 @@
 //     dS     = exp(G_last) dS + Qn^T (scale exp(G) do) - w^T dU   (w, dU split)
 // dS leaves to dh0 (=, f32, or null). delta_h_bwd_dv[_v32]_k{KP}_bf16: dvl = P^T do computed in the
 // pass (delta_dvl's arithmetic, P from the q, k rows it loads) instead of read; `_dv2`: the same
-// with two cp.async stages (64 columns, one block per SM).
+// with two cp.async stages (64 columns, or 32 for `_dv2_v32`; one block per SM).
 //
 // S's operand copy (the B operand of w S and K dS) is rounded to the storage dtype, as fla does.
 // Warps tile S as WM x WN (8 x 1 for KP = 128, 256; 4 x 2 for KP = 64, 192). The forward has NS
@@ -37,9 +38,10 @@
 //   delta_h_v32_k64_bf16 delta_h_v32_k128_bf16 delta_h_v32_k192_bf16 delta_h_v32_k256_bf16
 //   delta_h_bwd_v32_k64_bf16 delta_h_bwd_v32_k128_bf16 delta_h_bwd_v32_k192_bf16 delta_h_bwd_v32_k256_bf16
 //   delta_h_b2_k64_bf16 delta_h_b2_k128_bf16 delta_h_v32b2_k64_bf16 delta_h_v32b2_k128_bf16
-//   delta_ho_k64_bf16 delta_ho_k128_bf16 delta_ho_v32b2_k64_bf16 delta_ho_v32b2_k128_bf16
+//   delta_ho_k64_bf16 delta_ho_k128_bf16 delta_ho_v32_k64_bf16 delta_ho_v32_k128_bf16
+//   delta_ho_v32b2_k64_bf16 delta_ho_v32b2_k128_bf16
 //   delta_h_bwd_dv_k64_bf16 delta_h_bwd_dv_k128_bf16 delta_h_bwd_dv_v32_k64_bf16 delta_h_bwd_dv_v32_k128_bf16
-//   delta_h_bwd_dv2_k64_bf16 delta_h_bwd_dv2_k128_bf16
+//   delta_h_bwd_dv2_k64_bf16 delta_h_bwd_dv2_k128_bf16 delta_h_bwd_dv2_v32_k64_bf16 delta_h_bwd_dv2_v32_k128_bf16
 
 // The state tile's warp layout (S or dS, KP x BV in mma fragments): warp (wm, wn) of WM x WN
 // holds m-tiles wm + WM ms (ms < MS) and the NSN n8-tiles from 8 NSN wn.
@@ -112,7 +114,7 @@ __device__ __forceinline__ void h_copy(E* __restrict__ hp, const E* sS, int VP, 
     tile_st<E>(hp, VP, sS, HTile<KP, BV>::LDS, KP, BV, tid, DNT);
 }
 
-// FO: the output pass fused in (the `_o` entries): per chunk, with q (raw), rq and scale,
+// FO: the output pass fused in (the `delta_ho` entries): per chunk, with q (raw), rq and scale,
 //     o = scale [(Qn exp(G)) S + P U],  P = (Qn Kn^T) exp(G_t - G_s) masked to s <= t
 // from the smem copies of S (as hs) and U (split, as vn) the pass already holds: delta_o's
 // arithmetic without its reloads of q, k, hs and v_new; hs and vn may then be null (not stored:
@@ -460,6 +462,8 @@ H_ENTRY_LB(delta_h_v32b2, 64, 1, 32, (DNT, 2), bf16, bf16_t)
 H_ENTRY_LB(delta_h_v32b2, 128, 1, 32, (DNT, 2), bf16, bf16_t)
 HO_ENTRY_LB(delta_ho, 64, 2, 64, (DNT), bf16, bf16_t)
 HO_ENTRY_LB(delta_ho, 128, 2, 64, (DNT), bf16, bf16_t)
+HO_ENTRY_LB(delta_ho_v32, 64, 2, 32, (DNT), bf16, bf16_t)
+HO_ENTRY_LB(delta_ho_v32, 128, 2, 32, (DNT), bf16, bf16_t)
 HO_ENTRY_LB(delta_ho_v32b2, 64, 1, 32, (DNT, 2), bf16, bf16_t)
 HO_ENTRY_LB(delta_ho_v32b2, 128, 1, 32, (DNT, 2), bf16, bf16_t)
 HB_ENTRY(delta_h_bwd, 64, 64, f32, float)
@@ -478,3 +482,5 @@ HB_ENTRY_FD(delta_h_bwd_dv_v32, 64, 32, true, 1, bf16, bf16_t)
 HB_ENTRY_FD(delta_h_bwd_dv_v32, 128, 32, true, 1, bf16, bf16_t)
 HB_ENTRY_FD(delta_h_bwd_dv2, 64, 64, true, 2, bf16, bf16_t)
 HB_ENTRY_FD(delta_h_bwd_dv2, 128, 64, true, 2, bf16, bf16_t)
+HB_ENTRY_FD(delta_h_bwd_dv2_v32, 64, 32, true, 2, bf16, bf16_t)
+HB_ENTRY_FD(delta_h_bwd_dv2_v32, 128, 32, true, 2, bf16, bf16_t)

@@ -249,12 +249,12 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// `GLA_DELTA_LAB="h=<v>,hb=<v>"`, `<v>` one of `base` (the default policy), `one` (the
 /// one-block-per-SM plan the policy falls back to), `v32` (32 columns, one block per SM), `b2`
 /// (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM), `o` (the output
-/// fused in: 64 columns, two stages, one block per SM), `ov32b2` (the output fused in: 32
-/// columns, two blocks per SM); `b2`, `v32b2` apply to the forward (`h`) where [`h_two_ok`],
+/// fused in: 64 columns, two stages, one block per SM), `ov32` (the same at 32 columns),
+/// `ov32b2` (the output fused in: 32 columns, two blocks per SM); `b2`, `v32b2` apply to the forward (`h`) where [`h_two_ok`],
 /// `o`, `ov32b2` to the forward's state pass that its output follows (not the backward's
 /// recomputation) where [`h_two_ok`], `v32` to both where bf16; `dv` (dvl fused in, 64 columns),
-/// `dvv32` (32 columns) and `dv2` (64 columns, two cp.async stages) to the backward (`hb`) where
-/// [`h_two_ok`]. Anything else, or unset: the default.
+/// `dvv32` (32 columns), `dv2` (64 columns, two cp.async stages) and `dv2v32` (32 columns, two
+/// stages) to the backward (`hb`) where [`h_two_ok`]. Anything else, or unset: the default.
 fn h_lab(bwd: bool) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
     let key = if bwd { "hb=" } else { "h=" };
@@ -302,9 +302,11 @@ pub(crate) fn h_plan(bwd: bool, out: bool, bf16: bool, kp: usize, vp: usize, nhv
         Some("v32b2") if !bwd && h_two_ok(bf16, kp) => two(32),
         Some("o") if fused => HPlan { bv: 64, ns: 2, two: false, out: true },
         Some("ov32b2") if fused => HPlan { out: true, ..two(32) },
+        Some("ov32") if fused => HPlan { bv: 32, ns: 2, two: false, out: true },
         Some("dv") if fused_bwd => HPlan { bv: 64, ns: 1, two: false, out: true },
         Some("dvv32") if fused_bwd => HPlan { bv: 32, ns: 1, two: false, out: true },
         Some("dv2") if fused_bwd => HPlan { bv: 64, ns: 2, two: false, out: true },
+        Some("dv2v32") if fused_bwd => HPlan { bv: 32, ns: 2, two: false, out: true },
         _ => h_policy(bwd, bf16, kp, vp, nhv, sm_count),
     }
 }
@@ -414,10 +416,7 @@ impl DeltaSmem {
         let ns = h_stages(self.e == 2, self.kp);
         let h = |bv| self.h(HPlan { bv, ns, two: false, out: false });
         let hb = |bv| self.h_bwd(HPlan { bv, ns: 1, two: false, out: false });
-        [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), self.dqkw(), self.wy_bwd()]
-            .into_iter()
-            .max()
-            .unwrap_or(0)
+        [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), self.dqkw(), self.wy_bwd()].into_iter().max().unwrap_or(0)
     }
 }
 
@@ -665,6 +664,8 @@ mod tests {
         assert_eq!(h_name(false, HPlan { bv: 64, ns: 2, two: false, out: true }, 128, "bf16"), "delta_ho_k128_bf16");
         assert_eq!(h_name(true, HPlan { bv: 32, ns: 1, two: false, out: true }, 128, "bf16"), "delta_h_bwd_dv_v32_k128_bf16");
         assert_eq!(h_name(true, HPlan { bv: 64, ns: 2, two: false, out: true }, 128, "bf16"), "delta_h_bwd_dv2_k128_bf16");
+        assert_eq!(h_name(true, HPlan { bv: 32, ns: 2, two: false, out: true }, 64, "bf16"), "delta_h_bwd_dv2_v32_k64_bf16");
+        assert_eq!(h_name(false, HPlan { bv: 32, ns: 2, two: false, out: true }, 64, "bf16"), "delta_ho_v32_k64_bf16");
         // the two-blocks-per-SM entries: shared memory for two blocks (228 KB per SM, 1 KB each reserved)
         for kp in [64, 128] {
             for bv in [32, 64] {
@@ -677,7 +678,8 @@ mod tests {
             assert!(2 * (fo2 + 1024) <= 228 * 1024, "KP {kp}: {fo2} B");
             assert!(s.h(HPlan { bv: 64, ns: 2, two: false, out: true }) <= 227 * 1024, "KP {kp}");
             // the state-gradient pass with dvl fused in: one block per SM
-            for (bv, ns) in [(32, 1), (64, 1), (64, 2)] {
+            assert!(s.h(HPlan { bv: 32, ns: 2, two: false, out: true }) <= 227 * 1024, "KP {kp}");
+            for (bv, ns) in [(32, 1), (64, 1), (64, 2), (32, 2)] {
                 assert!(s.h_bwd(HPlan { bv, ns, two: false, out: true }) <= 227 * 1024, "KP {kp}, BV {bv}, NS {ns}");
             }
         }

@@ -545,8 +545,27 @@ fn chunk_wy_h<T: Elem>(
                     &name,
                     cfg,
                     &[
-                        w, u, x.k, &ws.rk, g2, &x.h0, &hs, &vn, &ht, &dp.bounds, &dp.chunk_off, &h, &hv, &k, &v, &vp32, &nch, x.q, &ws.rq,
-                        o, &scale,
+                        w,
+                        u,
+                        x.k,
+                        &ws.rk,
+                        g2,
+                        &x.h0,
+                        &hs,
+                        &vn,
+                        &ht,
+                        &dp.bounds,
+                        &dp.chunk_off,
+                        &h,
+                        &hv,
+                        &k,
+                        &v,
+                        &vp32,
+                        &nch,
+                        x.q,
+                        &ws.rq,
+                        o,
+                        &scale,
                     ],
                 )?;
             }
@@ -556,7 +575,12 @@ fn chunk_wy_h<T: Elem>(
             // SAFETY: arguments match delta_h_*'s signature; one block per (V tile, sequence x
             // value head) walking its chunks; every workspace is sized for the problem
             unsafe {
-                launch(cuda, &name, cfg, &[w, u, x.k, &ws.rk, g2, &x.h0, hs, vn, &ht, &dp.bounds, &dp.chunk_off, &h, &hv, &k, &v, &vp32, &nch])?;
+                launch(
+                    cuda,
+                    &name,
+                    cfg,
+                    &[w, u, x.k, &ws.rk, g2, &x.h0, hs, vn, &ht, &dp.bounds, &dp.chunk_off, &h, &hv, &k, &v, &vp32, &nch],
+                )?;
             }
             Ok(false)
         }
