@@ -15,8 +15,8 @@ export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRAR
 G="${1:-target/release/gla}"
 OUT="${OUT:-bench/out}"
 BUDGET="${BUDGET:-460}"
-PLANS="${PLANS:-base h=o,hb=dv2 h=ov32,hb=dv2v32 h=ov32b2,hb=dvv32}"
-CHECKS="${CHECKS:-h=o,hb=dv2 h=ov32,hb=dv2v32}"
+PLANS="${PLANS:-base h=o,hb=dv2,wy=4 h=ov32,hb=dv2v32,wy=4 h=ov32b2,hb=dvv32}"
+CHECKS="${CHECKS:-h=o,hb=dv2,wy=4 h=ov32,hb=dv2v32,wy=4}"
 mkdir -p "$OUT"
 S=$(date +%s)
 t() { echo "[$(( $(date +%s) - S ))s] $*"; }
@@ -62,16 +62,16 @@ import json, os, re, sys
 out, plans = sys.argv[1], sys.argv[2].split()
 def tag(p): return re.sub(r"[=,]", "_", p)
 print("\nms (median), bf16, H=16, K=V=128, B*T=65536")
-print(f"{'plan':<18}{'op':<6}{'pass':<9}" + "".join(f"{'T='+str(t):>10}" for t in (2048, 8192, 32768)))
+print(f"{'plan':<24}{'op':<6}{'pass':<9}" + "".join(f"{'T='+str(t):>10}" for t in (2048, 8192, 32768)))
 for p in plans:
     f = os.path.join(out, f"bench_{tag(p)}.json")
     if not os.path.exists(f):
-        print(f"{p:<18}(no result)"); continue
+        print(f"{p:<24}(no result)"); continue
     rs = json.load(open(f))["results"]
     for op in ("delta", "gdn"):
         for ps in ("fwd", "fwd+bwd"):
             ms = {r["shape"][1]: r["ms"] for r in rs if r["op"] == op and r["pass"] == ps}
-            print(f"{p:<18}{op:<6}{ps:<9}" + "".join(f"{ms.get(t, float('nan')):>10.3f}" for t in (2048, 8192, 32768)))
+            print(f"{p:<24}{op:<6}{ps:<9}" + "".join(f"{ms.get(t, float('nan')):>10.3f}" for t in (2048, 8192, 32768)))
 # a launch's plan variants in one row (delta_ho*: the state pass with the output in, its own row)
 def base_name(n): return re.sub(r"_(b2|v32b2|v32|dv2|dv_v32|dv)_", "_", n)
 for shape in ("32x2048x16x128x128", "8x8192x16x128x128", "2x32768x16x128x128"):

@@ -223,6 +223,8 @@ pub const DELTA_CHUNK_FWD: KernelSource = source!(
         "delta_o_k128_bf16",
         "delta_o_k192_bf16",
         "delta_o_k256_bf16",
+        "delta_wy4_k64_bf16",
+        "delta_wy4_k128_bf16",
     ]
 );
 /// The delta rule's sequential passes: the state pass and the state-gradient pass.

@@ -245,20 +245,40 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
     bf16 && kp <= 128
 }
 
-/// The lab override of the sequential passes' plans, for side-by-side timing:
-/// `GLA_DELTA_LAB="h=<v>,hb=<v>"`, `<v>` one of `base` (the default policy), `one` (the
-/// one-block-per-SM plan the policy falls back to), `v32` (32 columns, one block per SM), `b2`
-/// (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM), `o` (the output
-/// fused in: 64 columns, two stages, one block per SM), `ov32` (the same at 32 columns),
-/// `ov32b2` (the output fused in: 32 columns, two blocks per SM); `b2`, `v32b2` apply to the forward (`h`) where [`h_two_ok`],
-/// `o`, `ov32b2` to the forward's state pass that its output follows (not the backward's
-/// recomputation) where [`h_two_ok`], `v32` to both where bf16; `dv` (dvl fused in, 64 columns),
-/// `dvv32` (32 columns), `dv2` (64 columns, two cp.async stages) and `dv2v32` (32 columns, two
-/// stages) to the backward (`hb`) where [`h_two_ok`]. Anything else, or unset: the default.
-fn h_lab(bwd: bool) -> Option<String> {
+/// The lab override of the chunked passes' plans, for side-by-side timing:
+/// `GLA_DELTA_LAB="h=<v>,hb=<v>,wy=<v>"`. The forward state pass (`h`): `base` (the default
+/// policy), `one` (the one-block-per-SM plan the policy falls back to), `v32` (32 columns, one
+/// block per SM), `b2` (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM),
+/// and with the output pass fused in (where the forward's output follows, not in the backward's
+/// recomputation): `o` (64 columns, two stages, one block per SM), `ov32` (the same at 32
+/// columns), `ov32b2` (32 columns, one stage, two blocks per SM). The state-gradient pass
+/// (`hb`): `one`, `v32`, and with dvl fused in `dv` (64 columns), `dvv32` (32 columns), `dv2`
+/// (64 columns, two cp.async stages), `dv2v32` (32 columns, two stages). The UT/WY prep (`wy`):
+/// `4` (`delta_wy4`, the solve's reads as float4). The two-blocks-per-SM and fused entries
+/// exist where [`h_two_ok`], `v32` where bf16. Anything else, or unset: the default.
+fn lab(key: &str) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
-    let key = if bwd { "hb=" } else { "h=" };
-    v.split(',').find_map(|kv| kv.trim().strip_prefix(key).map(str::to_string))
+    v.split(',').find_map(|kv| kv.trim().strip_prefix(key).and_then(|r| r.strip_prefix('=')).map(str::to_string))
+}
+
+/// [`lab`] of the forward state pass (`h`) or of the state-gradient pass (`hb`).
+fn h_lab(bwd: bool) -> Option<String> {
+    lab(if bwd { "hb" } else { "h" })
+}
+
+/// The UT/WY prep's row stride of A in floats: 68 for `delta_wy4` (the solve's reads as float4;
+/// bf16, KP <= 128) under the lab override `wy=4` ([`lab`]), else 65 (`delta_wy`).
+pub(crate) fn wy_la(bf16: bool, kp: usize) -> usize {
+    if h_two_ok(bf16, kp) && lab("wy").as_deref() == Some("4") {
+        68
+    } else {
+        65
+    }
+}
+
+/// The UT/WY prep's entry point for A's row stride `la` ([`wy_la`]).
+pub(crate) fn wy_name(la: usize, kp: usize, sfx: &str) -> String {
+    format!("delta_wy{}_k{kp}_{sfx}", if la == 68 { "4" } else { "" })
 }
 
 /// The plan of the forward state pass (`bwd` false) or of the state-gradient pass, without the
@@ -372,9 +392,10 @@ impl DeltaSmem {
     fn lk(&self) -> usize {
         self.kp + PAD
     }
-    pub(crate) fn wy(&self) -> usize {
+    /// `delta_wy` (`la` = 65) or `delta_wy4` (68): A's row stride in floats.
+    pub(crate) fn wy(&self, la: usize) -> usize {
         let (e, sp) = (self.e, self.sp);
-        (64 * self.lk() + 64 * (self.vp + PAD) + sp * 64 * LDT) * e + (64 * 65 + 64 * 3) * 4
+        (64 * self.lk() + 64 * (self.vp + PAD) + sp * 64 * LDT) * e + (64 * la + 64 * 3) * 4
     }
     pub(crate) fn h(&self, plan: HPlan) -> usize {
         let (e, sp, bv, ns, fo) = (self.e, self.sp, plan.bv, plan.ns, usize::from(plan.out));
@@ -416,7 +437,7 @@ impl DeltaSmem {
         let ns = h_stages(self.e == 2, self.kp);
         let h = |bv| self.h(HPlan { bv, ns, two: false, out: false });
         let hb = |bv| self.h_bwd(HPlan { bv, ns: 1, two: false, out: false });
-        [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), self.dqkw(), self.wy_bwd()].into_iter().max().unwrap_or(0)
+        [self.wy(68), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), self.dqkw(), self.wy_bwd()].into_iter().max().unwrap_or(0)
     }
 }
 

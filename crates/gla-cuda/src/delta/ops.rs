@@ -514,8 +514,9 @@ fn chunk_wy_h<T: Elem>(
     let (w, u, g2) = (req(&ws.w, "w")?, req(&ws.u, "u")?, req(&ws.g2, "G")?);
     let (hs, vn, bt) = (req(&ws.hs, "hs")?, req(&ws.vn, "v_new")?, req(&ws.bt, "beta")?);
     if dp.n_chunks > 0 {
-        let name = format!("delta_wy_k{kp}_{}", T::SUFFIX);
-        let cfg = dd::chunk_cfg(grid_chunks(op, dp.n_chunks)?, p.hv(), 1, smem.wy());
+        let la = dd::wy_la(bf16, kp);
+        let name = dd::wy_name(la, kp, T::SUFFIX);
+        let cfg = dd::chunk_cfg(grid_chunks(op, dp.n_chunks)?, p.hv(), 1, smem.wy(la));
         // SAFETY: arguments match delta_wy_*'s signature; w, u, T, G hold the problem's chunked
         // workspaces (checked by the caller); one block per (chunk, value head)
         unsafe {

@@ -412,10 +412,12 @@ static std::map<int, ChunkFns> g_cbf = {
 template <class E>
 static constexpr int SPn = sizeof(E) == 2 ? 2 : 1;
 template <class E>
-static size_t sm_wy(int KP, int VP) {
+static size_t sm_wy(int KP, int VP, int LA = 65) {
     const int SP = SPn<E>;
-    return (64 * (KP + 8) + 64 * (VP + 8) + SP * 64 * 72) * sizeof(E) + (64 * 65 + 64 * 3) * 4;
+    return (64 * (KP + 8) + 64 * (VP + 8) + SP * 64 * 72) * sizeof(E) + (64 * LA + 64 * 3) * 4;
 }
+// delta_wy4 (A's rows at a stride of 68 floats, float4 reads in the solve): DELTA_WYVAR=4
+static std::map<int, void*> g_wy4 = {{64, (void*)delta_wy4_k64_bf16}, {128, (void*)delta_wy4_k128_bf16}};
 template <class E>
 static int h_stages(int KP) {
     return (sizeof(E) == 2 && KP <= 128) ? 2 : 1;
@@ -665,9 +667,10 @@ struct Run {
         dim3 cgrid{(unsigned)nc, (unsigned)HV, 1}, b256{256, 1, 1};
         typedef void (*WyFn)(const E*, const float*, const E*, const float*, const float*, E*, float*, E*, float*, const long long*,
                              const long long*, const int*, int, int, int, int, int, long long);
+        const bool wy4 = sizeof(E) == 2 && g_wy4.count(KP) && getenv("DELTA_WYVAR") && !std::strcmp(getenv("DELTA_WYVAR"), "4");
         if (nc > 0)
-            emu::launch(cgrid, b256, sm_wy<E>(KP, VP), [&] {
-                ((WyFn)f.wy)(k.data(), ptr(rk), v.data(), bt.data(), ptr(gl), w.data(), u.data(), tm.data(), g2.data(), p.bounds.data(),
+            emu::launch(cgrid, b256, sm_wy<E>(KP, VP, wy4 ? 68 : 65), [&] {
+                ((WyFn)(wy4 ? g_wy4.at(KP) : f.wy))(k.data(), ptr(rk), v.data(), bt.data(), ptr(gl), w.data(), u.data(), tm.data(), g2.data(), p.bounds.data(),
                              p.off.data(), p.seq.data(), H, HV, K, V, VP, nch);
             });
         typedef void (*HFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
