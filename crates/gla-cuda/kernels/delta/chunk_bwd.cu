@@ -116,13 +116,30 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
     const int z = blockIdx.z, k0 = z * KW;
     const idx_t vplane = nch * HV * 64 * VP, wplane = nch * HV * 64 * KP;
+    // the V tile at v0 of do, U, dU (split) and the K tile's rows of S, dS
+    auto ld_tiles = [&](int v0) {
+        ld_v<E>(sDo, LDT, d_o, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
+        const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
+        tile_ld<E>(sU, LDT, vn + vo, VP, 64, 64, 64, 64, true, tid, DNT);
+        tile_ld<E>(sDu, LDT, du + vo, VP, 64, 64, 64, 64, true, tid, DNT);
+        if (SP == 2) {
+            tile_ld<E>(sUl, LDT, vn + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
+            tile_ld<E>(sDul, LDT, du + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
+        }
+        const idx_t so = c.oc * (idx_t)KP * VP + (idx_t)k0 * VP + v0;
+        tile_ld<E>(sS, LDT, hs + so, VP, KW, 64, KW, 64, true, tid, DNT);
+        tile_ld<E>(sDS, LDT, dhs + so, VP, KW, 64, KW, 64, true, tid, DNT);
+        cp_commit();
+    };
     ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
     ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
     ld_g64(sG, g2 + c.oc * 64, tid);
     cp_commit();
+    // the first V tile's loads land while M is formed
+    ld_tiles(0);
     ld_rf(sRq, rq, c.r0, c.L, c.h, H, tid);
     ld_rf(sRk, rk, c.r0, c.L, c.h, H, tid);
-    cp_wait0();
+    cp_wait<1>();
     __syncthreads();
     const int mt = wp & 3, n1 = (wp >> 2) * 32, nk = (wp >> 2) * (KW / 2);
     {
@@ -145,18 +162,7 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     frag_zero(dM);
     float sd = 0.f;
     for (int v0 = 0; v0 < VP; v0 += 64) {
-        ld_v<E>(sDo, LDT, d_o, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
-        const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
-        tile_ld<E>(sU, LDT, vn + vo, VP, 64, 64, 64, 64, true, tid, DNT);
-        tile_ld<E>(sDu, LDT, du + vo, VP, 64, 64, 64, 64, true, tid, DNT);
-        if (SP == 2) {
-            tile_ld<E>(sUl, LDT, vn + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
-            tile_ld<E>(sDul, LDT, du + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
-        }
-        const idx_t so = c.oc * (idx_t)KP * VP + (idx_t)k0 * VP + v0;
-        tile_ld<E>(sS, LDT, hs + so, VP, KW, 64, KW, 64, true, tid, DNT);
-        tile_ld<E>(sDS, LDT, dhs + so, VP, KW, 64, KW, 64, true, tid, DNT);
-        cp_commit();
+        if (v0 > 0) ld_tiles(v0);
         cp_wait0();
         __syncthreads();
         wgemm<false, true, NT>(dqi, sDo, LDT, 16 * mt, sS, LDT, nk, 64, lane);
