@@ -164,8 +164,8 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             ld_rf(f + 64 * BV + 128, rq, r0, L, h, H, tid);
         }
     };
-    #pragma unroll
     static_assert(NS == 1 || NS == 2, "one or two cp.async stages");
+    #pragma unroll
     for (int p = 0; p < NS - 1; ++p) {
         if (p < nc) load(p, p);
         cp_commit();
