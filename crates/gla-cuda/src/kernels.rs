@@ -289,6 +289,8 @@ pub const DELTA_CHUNK_BWD: KernelSource = source!(
         "delta_dqkw_k128_bf16",
         "delta_dqkw_k192_bf16",
         "delta_dqkw_k256_bf16",
+        "delta_dqkw_w16_k64_bf16",
+        "delta_dqkw_w16_k128_bf16",
         "delta_wy_bwd_k64_f32",
         "delta_wy_bwd_k128_f32",
         "delta_wy_bwd_k64_bf16",

@@ -12,6 +12,7 @@
 //     dG  += qn . dq_inter + rowsum(dM * M) - colsum(dM * M) - kn . dk_Kd, and at the last row
 //            exp(Gm) <S, dS'> + sum kn . dk_Kd             (=, dgp [KZ][chunks, HV, 64] f32)
 //   dq, dk (=, f32 [rows, HV, K]: per value head; delta_qk_bwd_* sums the group).
+//   delta_dqkw_w16_k{KP}_bf16: the same on 16 warps (512 threads, one block per SM; KW = KP).
 // delta_wy_bwd_k{KP}: back through w = T (beta exp(G) Kn), u = T (beta V), T = (I + A)^-1:
 //     dT = dU (beta V)^T + dw (beta exp(G) Kn)^T;  dA = -T^T dT T^T (strictly lower)
 //     dv = beta T^T dU (=);  dk += beta exp(G) T^T dw + dAb Kn + dAb^T Kn (dAb = dA beta exp(G_t - G_s))
@@ -27,6 +28,7 @@
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_dvl_k64_f32 delta_dvl_k128_f32 delta_dvl_k64_bf16 delta_dvl_k128_bf16 delta_dvl_k192_bf16 delta_dvl_k256_bf16
 //   delta_dqkw_k64_f32 delta_dqkw_k128_f32 delta_dqkw_k64_bf16 delta_dqkw_k128_bf16 delta_dqkw_k192_bf16 delta_dqkw_k256_bf16
+//   delta_dqkw_w16_k64_bf16 delta_dqkw_w16_k128_bf16
 //   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
 
 template <typename E, int KP>
@@ -83,14 +85,20 @@ struct DqkwTile {
     static constexpr int KW = (sizeof(E) == 2 && KP <= 128) ? KP : (KP == 64 ? 64 : KP / 2);
 };
 
-template <typename E, int KP>
+// NW: warps of the block, 8 (DNT threads) or 16 (the `_w16` entries: each warp a quarter of
+// the columns, at most 128 registers a thread). The loads are issued by the first DNT threads.
+template <typename E, int KP, int NW>
 __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                        const float* __restrict__ rk, const E* __restrict__ d_o, const E* __restrict__ vn,
                                        const E* __restrict__ du, const E* __restrict__ hs, const E* __restrict__ dhs,
                                        const float* __restrict__ g2, float* __restrict__ dq, float* __restrict__ dk, E* __restrict__ dw,
                                        float* __restrict__ dgp, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
                                        const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, float scale, idx_t nch) {
-    constexpr int LK = KP + DPAD, SP = Sp<E>::SP, KW = DqkwTile<E, KP>::KW, NT = KW / 16;
+    // CS column splits of the warps (4 row tiles each): a warp's 16 x 64 / CS tile of M and dM
+    // (NM n8-tiles), 16 x KW / CS of dq, dk, dw (NT n8-tiles)
+    constexpr int CS = NW / 4, NM = 8 / CS;
+    constexpr int LK = KP + DPAD, SP = Sp<E>::SP, KW = DqkwTile<E, KP>::KW, NT = KW / (8 * CS);
+    static_assert(NW == 8 || NW == 16, "8 or 16 warps");
     DELTA_SMEM(smem);
     E* sQ = (E*)smem;                      // [64][LK]
     E* sK = sQ + 64 * LK;                  // [64][LK]
@@ -107,17 +115,22 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     float* sG = sM + 64 * 65;              // [64]
     float* sRq = sG + 64;                  // [64]
     float* sRk = sRq + 64;                 // [64]
-    float* sRow = sRk + 64;                // [2][64]
-    float* sRed = sRow + 128;              // [16]
-    float* sFr = sRed + 16;                // [2][64]: row sums of dM * M (per column half)
-    float* sFc = sFr + 128;                // [4][64]: column sums of dM * M (per row quarter)
+    float* sRow = sRk + 64;                // [CS][64]
+    float* sRed = sRow + CS * 64;          // [2][NW]
+    float* sFr = sRed + 2 * NW;            // [CS][64]: row sums of dM * M (per column split)
+    float* sFc = sFr + CS * 64;            // [4][64]: column sums of dM * M (per row quarter)
     DELTA_SMEM_END(smem, sFc + 256);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const bool ldr = NW == 8 || tid < DNT;  // a loading thread
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
     const int z = blockIdx.z, k0 = z * KW;
     const idx_t vplane = nch * HV * 64 * VP, wplane = nch * HV * 64 * KP;
     // the V tile at v0 of do, U, dU (split) and the K tile's rows of S, dS
     auto ld_tiles = [&](int v0) {
+        if (!ldr) {
+            cp_commit();
+            return;
+        }
         ld_v<E>(sDo, LDT, d_o, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
         const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
         tile_ld<E>(sU, LDT, vn + vo, VP, 64, 64, 64, 64, true, tid, DNT);
@@ -131,9 +144,11 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         tile_ld<E>(sDS, LDT, dhs + so, VP, KW, 64, KW, 64, true, tid, DNT);
         cp_commit();
     };
-    ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
-    ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
-    ld_g64(sG, g2 + c.oc * 64, tid);
+    if (ldr) {
+        ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
+        ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
+        ld_g64(sG, g2 + c.oc * 64, tid);
+    }
     cp_commit();
     // the first V tile's loads land while M is formed
     ld_tiles(0);
@@ -141,13 +156,13 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     ld_rf(sRk, rk, c.r0, c.L, c.h, H, tid);
     cp_wait<1>();
     __syncthreads();
-    const int mt = wp & 3, n1 = (wp >> 2) * 32, nk = (wp >> 2) * (KW / 2);
+    const int mt = wp & 3, cs = wp >> 2, n1 = cs * (64 / CS), nk = cs * (KW / CS);
     {
-        float acc[4][4];
+        float acc[NM][4];
         frag_zero(acc);
-        wgemm<false, true, 4>(acc, sQ, LK, 16 * mt, sK, LK, n1, KP, lane);
+        wgemm<false, true, NM>(acc, sQ, LK, 16 * mt, sK, LK, n1, KP, lane);
         #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
+        for (int nt = 0; nt < NM; ++nt) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
@@ -155,7 +170,7 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
             }
         }
     }
-    float dqi[NT][4], dwa[NT][4], dkd[NT][4], dM[4][4];
+    float dqi[NT][4], dwa[NT][4], dkd[NT][4], dM[NM][4];
     frag_zero(dqi);
     frag_zero(dwa);
     frag_zero(dkd);
@@ -168,19 +183,19 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         wgemm<false, true, NT>(dqi, sDo, LDT, 16 * mt, sS, LDT, nk, 64, lane);
         wgemm2<false, true, NT>(dwa, sDu, sDul, LDT, 16 * mt, sS, sS, LDT, nk, 64, lane, true, false);
         wgemm2<false, true, NT>(dkd, sU, sUl, LDT, 16 * mt, sDS, sDS, LDT, nk, 64, lane, true, false);
-        wgemm2<false, true, 4>(dM, sDo, sDo, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, false, true);
-        for (int x = tid; x < KW * 64; x += DNT) {
+        wgemm2<false, true, NM>(dM, sDo, sDo, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, false, true);
+        for (int x = tid; x < KW * 64; x += 32 * NW) {
             const int r = x >> 6, cc = x & 63;
             sd += to_f32(sS[r * LDT + cc]) * to_f32(sDS[r * LDT + cc]);
         }
         __syncthreads();
     }
-    // F = dM * M: the warp's row sums (over its 32 columns) and column sums (over its 16 rows);
-    // the dq operand dMG rk_s (dMG = dM * scale * exp(G_t - G_s), causal)
+    // F = dM * M: the warp's row sums (over its 64 / CS columns) and column sums (over its 16
+    // rows); the dq operand dMG rk_s (dMG = dM * scale * exp(G_t - G_s), causal)
     {
-        float fr[2] = {0.f, 0.f}, fc[4][2] = {};
+        float fr[2] = {0.f, 0.f}, fc[NM][2] = {};
         #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
+        for (int nt = 0; nt < NM; ++nt) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
@@ -194,10 +209,10 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         #pragma unroll
         for (int hh = 0; hh < 2; ++hh) {
             fr[hh] = quad_sum(fr[hh]);
-            if (ft == 0) sFr[(wp >> 2) * 64 + 16 * mt + fg + 8 * hh] = fr[hh];
+            if (ft == 0) sFr[cs * 64 + 16 * mt + fg + 8 * hh] = fr[hh];
         }
         #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
+        for (int nt = 0; nt < NM; ++nt) {
             #pragma unroll
             for (int j = 0; j < 2; ++j) {
                 float x = fc[nt][j];
@@ -234,7 +249,7 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     __syncthreads();
     // the dk operand rq_t dMG
     #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
+    for (int nt = 0; nt < NM; ++nt) {
         #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
@@ -268,25 +283,30 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     rp[0] = quad_sum(rp[0]);
     rp[1] = quad_sum(rp[1]);
     if (ft == 0) {
-        sRow[(wp >> 2) * 64 + 16 * mt + fg] = rp[0];
-        sRow[(wp >> 2) * 64 + 16 * mt + fg + 8] = rp[1];
+        sRow[cs * 64 + 16 * mt + fg] = rp[0];
+        sRow[cs * 64 + 16 * mt + fg + 8] = rp[1];
     }
     lastp = warp_sum(lastp);
     sd = warp_sum(sd);
     if (lane == 0) {
         sRed[wp] = lastp;
-        sRed[8 + wp] = sd;
+        sRed[NW + wp] = sd;
     }
     __syncthreads();
     if (tid < 64) {
         const int t = tid;
-        float g = sRow[t] + sRow[64 + t];
-        if (z == 0) g += (sFr[t] + sFr[64 + t]) - ((sFc[t] + sFc[64 + t]) + (sFc[128 + t] + sFc[192 + t]));
+        float g = 0.f, fr = 0.f;
+        #pragma unroll
+        for (int x = 0; x < CS; ++x) {
+            g += sRow[x * 64 + t];
+            fr += sFr[x * 64 + t];
+        }
+        if (z == 0) g += fr - ((sFc[t] + sFc[64 + t]) + (sFc[128 + t] + sFc[192 + t]));
         if (t == c.L - 1) {
             float a = 0.f, b = 0.f;
-            for (int x = 0; x < 8; ++x) {
+            for (int x = 0; x < NW; ++x) {
                 a += sRed[x];
-                b += sRed[8 + x];
+                b += sRed[NW + x];
             }
             g += a + ex2f(glast) * b;
         }
@@ -525,8 +545,8 @@ extern "C" __global__ void __launch_bounds__(DNT) delta_dqkw_k##KP##_##NAME(    
     const E* hs, const E* dhs, const float* g2, float* dq, float* dk, E* dw, float* dgp,                 \
     const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
     int VP, float scale, idx_t nch) {                                                                    \
-    dqkw_k<E, KP>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off, chunk_seq, \
-                  H, HV, K, V, VP, scale, nch);                                                          \
+    dqkw_k<E, KP, 8>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off,         \
+                     chunk_seq, H, HV, K, V, VP, scale, nch);                                            \
 }                                                                                                        \
 extern "C" __global__ void __launch_bounds__(DNT, KP <= 128 ? 2 : 1) delta_wy_bwd_k##KP##_##NAME(                           \
     const E* k, const float* rk, const E* v, const float* bt, const E* tm, const E* dw, const E* du,     \
@@ -543,3 +563,16 @@ BWD_ENTRY(64, bf16, bf16_t)
 BWD_ENTRY(128, bf16, bf16_t)
 BWD_ENTRY(192, bf16, bf16_t)
 BWD_ENTRY(256, bf16, bf16_t)
+
+// dq/dk/dw on 16 warps (KW = KP: bf16 up to 128)
+#define DQKW16_ENTRY(KP)                                                                                 \
+extern "C" __global__ void __launch_bounds__(2 * DNT, 1) delta_dqkw_w16_k##KP##_bf16(                    \
+    const bf16_t* q, const bf16_t* k, const float* rq, const float* rk, const bf16_t* d_o,               \
+    const bf16_t* vn, const bf16_t* du, const bf16_t* hs, const bf16_t* dhs, const float* g2, float* dq, \
+    float* dk, bf16_t* dw, float* dgp, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq,\
+    int H, int HV, int K, int V, int VP, float scale, idx_t nch) {                                       \
+    dqkw_k<bf16_t, KP, 16>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off,   \
+                           chunk_seq, H, HV, K, V, VP, scale, nch);                                      \
+}
+DQKW16_ENTRY(64)
+DQKW16_ENTRY(128)

@@ -254,8 +254,9 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// columns), `ov32b2` (32 columns, one stage, two blocks per SM). The state-gradient pass
 /// (`hb`): `one`, `v32`, and with dvl fused in `dv` (64 columns), `dvv32` (32 columns), `dv2`
 /// (64 columns, two cp.async stages), `dv2v32` (32 columns, two stages). The UT/WY prep (`wy`):
-/// `4` (`delta_wy4`, the solve's reads as float4). The two-blocks-per-SM and fused entries
-/// exist where [`h_two_ok`], `v32` where bf16. Anything else, or unset: the default.
+/// `4` (`delta_wy4`, the solve's reads as float4). The dq/dk/dw pass (`dq`): `w16`
+/// (`delta_dqkw_w16`, 16 warps). The two-blocks-per-SM, fused and 16-warp entries exist where
+/// [`h_two_ok`], `v32` where bf16. Anything else, or unset: the default.
 fn lab(key: &str) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
     v.split(',').find_map(|kv| kv.trim().strip_prefix(key).and_then(|r| r.strip_prefix('=')).map(str::to_string))
@@ -367,6 +368,21 @@ pub(crate) fn dqkw_kw(bf16: bool, kp: usize) -> usize {
     }
 }
 
+/// Warps of a `delta_dqkw_*` block: 16 (`delta_dqkw_w16_*`, a quarter of the columns per warp)
+/// under the lab override `dq=w16` ([`lab`]; bf16, KP <= 128), else 8.
+pub(crate) fn dqkw_warps(bf16: bool, kp: usize) -> usize {
+    if h_two_ok(bf16, kp) && lab("dq").as_deref() == Some("w16") {
+        16
+    } else {
+        8
+    }
+}
+
+/// The entry point of `delta_dqkw_*` on `nw` warps ([`dqkw_warps`]).
+pub(crate) fn dqkw_name(nw: usize, kp: usize, sfx: &str) -> String {
+    format!("delta_dqkw{}_k{kp}_{sfx}", if nw == 16 { "_w16" } else { "" })
+}
+
 /// The K tiles (grid z) of `delta_dqkw_*`.
 pub(crate) fn dqkw_kz(bf16: bool, kp: usize) -> usize {
     kp / dqkw_kw(bf16, kp)
@@ -421,10 +437,13 @@ impl DeltaSmem {
         (ns * ((2 + sp) * 64 * self.lk() + 64 * lds) + self.kp * lds + sp * 64 * lds + fd * (sp * 64 * LDT + 64 * lds)) * e
             + ns * ((1 - fd) * 64 * bv + 3 * 64) * 4
     }
-    pub(crate) fn dqkw(&self) -> usize {
+    /// `delta_dqkw_*` on `nw` warps: its row sums per column split (`nw / 4` of them) and
+    /// per-warp reductions grow with the warps.
+    pub(crate) fn dqkw(&self, nw: usize) -> usize {
         let (e, sp) = (self.e, self.sp);
         let kw = dqkw_kw(e == 2, self.kp);
-        (2 * 64 * self.lk() + 64 * LDT + 3 * sp * 64 * LDT + 2 * kw * LDT) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4
+        let cs = nw / 4;
+        (2 * 64 * self.lk() + 64 * LDT + 3 * sp * 64 * LDT + 2 * kw * LDT) * e + (64 * 65 + 3 * 64 + 2 * cs * 64 + 2 * nw + 256) * 4
     }
     pub(crate) fn wy_bwd(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -437,13 +456,18 @@ impl DeltaSmem {
         let ns = h_stages(self.e == 2, self.kp);
         let h = |bv| self.h(HPlan { bv, ns, two: false, out: false });
         let hb = |bv| self.h_bwd(HPlan { bv, ns: 1, two: false, out: false });
-        [self.wy(68), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), self.dqkw(), self.wy_bwd()].into_iter().max().unwrap_or(0)
+        [self.wy(68), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), self.dqkw(16), self.wy_bwd()].into_iter().max().unwrap_or(0)
     }
 }
 
 /// A chunk-parallel launch: grid (chunks, HV, `gz`), 256 threads, `smem` bytes.
 pub(crate) fn chunk_cfg(nc: u32, hv: usize, gz: usize, smem: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (nc, hv as u32, gz as u32), block_dim: (CHUNK_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
+}
+
+/// [`chunk_cfg`] for a kernel on `nw` warps.
+pub(crate) fn chunk_cfg_warps(nc: u32, hv: usize, gz: usize, smem: usize, nw: usize) -> LaunchConfig {
+    LaunchConfig { block_dim: (32 * nw as u32, 1, 1), ..chunk_cfg(nc, hv, gz, smem) }
 }
 
 /// A sequential pass: grid (VP / BV, N * HV), 256 threads, `smem` bytes.
@@ -708,6 +732,12 @@ mod tests {
         assert_eq!((dqkw_kw(true, 256), dqkw_kz(true, 256)), (128, 2));
         assert_eq!((dqkw_kw(false, 128), dqkw_kz(false, 128)), (64, 2));
         assert_eq!((dqkw_kw(true, 128), dqkw_kz(true, 128)), (128, 1));
+        // the 16-warp dq/dk/dw entries: one block per SM
+        assert_eq!(dqkw_name(16, 128, "bf16"), "delta_dqkw_w16_k128_bf16");
+        assert_eq!(dqkw_name(8, 256, "bf16"), "delta_dqkw_k256_bf16");
+        for kp in [64, 128] {
+            assert!(DeltaSmem::new(true, kp, 128).dqkw(16) <= 227 * 1024, "KP {kp}");
+        }
     }
 
     #[test]
