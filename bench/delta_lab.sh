@@ -15,8 +15,8 @@ export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRAR
 G="${1:-target/release/gla}"
 OUT="${OUT:-bench/out}"
 BUDGET="${BUDGET:-460}"
-PLANS="${PLANS:-base h=o,hb=dv2,wy=4,dq=w16 h=ov32,hb=dv2v32,wy=4,dq=w16 h=ov32b2,hb=dvv32}"
-CHECKS="${CHECKS:-h=o,hb=dv2,wy=4,dq=w16 h=ov32,hb=dv2v32,wy=4,dq=w16}"
+PLANS="${PLANS:-base h=o,hb=dv2,wy=4,dq=w16s2 h=ov32,hb=dv2v32,wy=4,dq=w16 h=ov32b2,hb=dvv32,dq=s2}"
+CHECKS="${CHECKS:-h=o,hb=dv2,wy=4,dq=w16s2 h=ov32,hb=dv2v32,wy=4,dq=w16}"
 mkdir -p "$OUT"
 S=$(date +%s)
 t() { echo "[$(( $(date +%s) - S ))s] $*"; }

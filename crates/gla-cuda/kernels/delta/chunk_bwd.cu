@@ -12,7 +12,8 @@
 //     dG  += qn . dq_inter + rowsum(dM * M) - colsum(dM * M) - kn . dk_Kd, and at the last row
 //            exp(Gm) <S, dS'> + sum kn . dk_Kd             (=, dgp [KZ][chunks, HV, 64] f32)
 //   dq, dk (=, f32 [rows, HV, K]: per value head; delta_qk_bwd_* sums the group).
-//   delta_dqkw_w16_k{KP}_bf16: the same on 16 warps (512 threads, one block per SM; KW = KP).
+//   delta_dqkw_{w16,s2,w16s2}_k{KP}_bf16: the same on 16 warps (`w16`: 512 threads, one block per
+//   SM; KW = KP) and / or with the V tiles in two buffers (`s2`: tile v + 1 loads during tile v).
 // delta_wy_bwd_k{KP}: back through w = T (beta exp(G) Kn), u = T (beta V), T = (I + A)^-1:
 //     dT = dU (beta V)^T + dw (beta exp(G) Kn)^T;  dA = -T^T dT T^T (strictly lower)
 //     dv = beta T^T dU (=);  dk += beta exp(G) T^T dw + dAb Kn + dAb^T Kn (dAb = dA beta exp(G_t - G_s))
@@ -28,7 +29,8 @@
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_dvl_k64_f32 delta_dvl_k128_f32 delta_dvl_k64_bf16 delta_dvl_k128_bf16 delta_dvl_k192_bf16 delta_dvl_k256_bf16
 //   delta_dqkw_k64_f32 delta_dqkw_k128_f32 delta_dqkw_k64_bf16 delta_dqkw_k128_bf16 delta_dqkw_k192_bf16 delta_dqkw_k256_bf16
-//   delta_dqkw_w16_k64_bf16 delta_dqkw_w16_k128_bf16
+//   delta_dqkw_w16_k64_bf16 delta_dqkw_w16_k128_bf16 delta_dqkw_s2_k64_bf16 delta_dqkw_s2_k128_bf16
+//   delta_dqkw_w16s2_k64_bf16 delta_dqkw_w16s2_k128_bf16
 //   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
 
 template <typename E, int KP>
@@ -87,7 +89,9 @@ struct DqkwTile {
 
 // NW: warps of the block, 8 (DNT threads) or 16 (the `_w16` entries: each warp a quarter of
 // the columns, at most 128 registers a thread). The loads are issued by the first DNT threads.
-template <typename E, int KP, int NW>
+// NB: buffers of the V tiles (do, U, dU, S, dS); with two (the `s2` entries) tile v + 1 loads
+// while tile v is computed, and dMG takes the second buffer once the tiles are done.
+template <typename E, int KP, int NW, int NB>
 __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                        const float* __restrict__ rk, const E* __restrict__ d_o, const E* __restrict__ vn,
                                        const E* __restrict__ du, const E* __restrict__ hs, const E* __restrict__ dhs,
@@ -99,19 +103,15 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     constexpr int CS = NW / 4, NM = 8 / CS;
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP, KW = DqkwTile<E, KP>::KW, NT = KW / (8 * CS);
     static_assert(NW == 8 || NW == 16, "8 or 16 warps");
+    static_assert(NB == 1 || NB == 2, "one or two V-tile buffers");
+    constexpr int VBUF = (1 + 2 * SP) * 64 * LDT + 2 * KW * LDT;  // do, U, dU (split), S, dS
     DELTA_SMEM(smem);
     E* sQ = (E*)smem;                      // [64][LK]
     E* sK = sQ + 64 * LK;                  // [64][LK]
-    E* sDo = sK + 64 * LK;                 // [64][LDT]
-    E* sU = sDo + 64 * LDT;                // [64][LDT]
-    E* sUl = sU + (SP - 1) * 64 * LDT;
-    E* sDu = sUl + 64 * LDT;               // [64][LDT]
-    E* sDul = sDu + (SP - 1) * 64 * LDT;
-    E* sDMG = sDul + 64 * LDT;             // [64][LDT]
+    E* sVb = sK + 64 * LK;                 // [NB][VBUF]: do, U, dU [64][LDT]; S, dS [KW][LDT]
+    E* sDMG = sVb + VBUF;                  // [SP][64][LDT]: after one buffer, or the second
     E* sDMGl = sDMG + (SP - 1) * 64 * LDT;
-    E* sS = sDMGl + 64 * LDT;              // [KW][LDT]
-    E* sDS = sS + KW * LDT;                // [KW][LDT]
-    float* sM = (float*)(sDS + KW * LDT);  // [64][65]
+    float* sM = (float*)(sVb + NB * VBUF + (2 - NB) * SP * 64 * LDT);  // [64][65]
     float* sG = sM + 64 * 65;              // [64]
     float* sRq = sG + 64;                  // [64]
     float* sRk = sRq + 64;                 // [64]
@@ -125,12 +125,19 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
     const int z = blockIdx.z, k0 = z * KW;
     const idx_t vplane = nch * HV * 64 * VP, wplane = nch * HV * 64 * KP;
-    // the V tile at v0 of do, U, dU (split) and the K tile's rows of S, dS
-    auto ld_tiles = [&](int v0) {
+    // the V tile at v0 of do, U, dU (split) and the K tile's rows of S, dS into buffer b
+    auto ld_tiles = [&](int v0, int b) {
         if (!ldr) {
             cp_commit();
             return;
         }
+        E* sDo = sVb + b * VBUF;
+        E* sU = sDo + 64 * LDT;
+        E* sUl = sU + (SP - 1) * 64 * LDT;
+        E* sDu = sUl + 64 * LDT;
+        E* sDul = sDu + (SP - 1) * 64 * LDT;
+        E* sS = sDul + 64 * LDT;
+        E* sDS = sS + KW * LDT;
         ld_v<E>(sDo, LDT, d_o, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
         const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
         tile_ld<E>(sU, LDT, vn + vo, VP, 64, 64, 64, 64, true, tid, DNT);
@@ -151,7 +158,7 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     }
     cp_commit();
     // the first V tile's loads land while M is formed
-    ld_tiles(0);
+    ld_tiles(0, 0);
     ld_rf(sRq, rq, c.r0, c.L, c.h, H, tid);
     ld_rf(sRk, rk, c.r0, c.L, c.h, H, tid);
     cp_wait<1>();
@@ -177,9 +184,27 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     frag_zero(dM);
     float sd = 0.f;
     for (int v0 = 0; v0 < VP; v0 += 64) {
-        if (v0 > 0) ld_tiles(v0);
-        cp_wait0();
+        // two buffers: tile v0 + 64 into the buffer tile v0 - 64 left (every warp is past it:
+        // the barrier that ended its iteration)
+        if (NB == 1) {
+            if (v0 > 0) ld_tiles(v0, 0);
+            cp_wait0();
+        } else {
+            if (v0 + 64 < VP) {
+                ld_tiles(v0 + 64, ((v0 >> 6) + 1) & 1);
+            } else {
+                cp_commit();
+            }
+            cp_wait<1>();
+        }
         __syncthreads();
+        const E* sDo = sVb + (NB == 1 ? 0 : (v0 >> 6) & 1) * VBUF;
+        const E* sU = sDo + 64 * LDT;
+        const E* sUl = sU + (SP - 1) * 64 * LDT;
+        const E* sDu = sUl + 64 * LDT;
+        const E* sDul = sDu + (SP - 1) * 64 * LDT;
+        const E* sS = sDul + 64 * LDT;
+        const E* sDS = sS + KW * LDT;
         wgemm<false, true, NT>(dqi, sDo, LDT, 16 * mt, sS, LDT, nk, 64, lane);
         wgemm2<false, true, NT>(dwa, sDu, sDul, LDT, 16 * mt, sS, sS, LDT, nk, 64, lane, true, false);
         wgemm2<false, true, NT>(dkd, sU, sUl, LDT, 16 * mt, sDS, sDS, LDT, nk, 64, lane, true, false);
@@ -545,7 +570,7 @@ extern "C" __global__ void __launch_bounds__(DNT) delta_dqkw_k##KP##_##NAME(    
     const E* hs, const E* dhs, const float* g2, float* dq, float* dk, E* dw, float* dgp,                 \
     const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
     int VP, float scale, idx_t nch) {                                                                    \
-    dqkw_k<E, KP, 8>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off,         \
+    dqkw_k<E, KP, 8, 1>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off,         \
                      chunk_seq, H, HV, K, V, VP, scale, nch);                                            \
 }                                                                                                        \
 extern "C" __global__ void __launch_bounds__(DNT, KP <= 128 ? 2 : 1) delta_wy_bwd_k##KP##_##NAME(                           \
@@ -564,15 +589,19 @@ BWD_ENTRY(128, bf16, bf16_t)
 BWD_ENTRY(192, bf16, bf16_t)
 BWD_ENTRY(256, bf16, bf16_t)
 
-// dq/dk/dw on 16 warps (KW = KP: bf16 up to 128)
-#define DQKW16_ENTRY(KP)                                                                                 \
-extern "C" __global__ void __launch_bounds__(2 * DNT, 1) delta_dqkw_w16_k##KP##_bf16(                    \
+// dq/dk/dw on NW warps, NB V-tile buffers (KW = KP: bf16 up to 128)
+#define DQKW_ENTRY(PFX, KP, NW, NB)                                                                      \
+extern "C" __global__ void __launch_bounds__(32 * NW, 1) PFX##_k##KP##_bf16(                             \
     const bf16_t* q, const bf16_t* k, const float* rq, const float* rk, const bf16_t* d_o,               \
     const bf16_t* vn, const bf16_t* du, const bf16_t* hs, const bf16_t* dhs, const float* g2, float* dq, \
     float* dk, bf16_t* dw, float* dgp, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq,\
     int H, int HV, int K, int V, int VP, float scale, idx_t nch) {                                       \
-    dqkw_k<bf16_t, KP, 16>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off,   \
-                           chunk_seq, H, HV, K, V, VP, scale, nch);                                      \
+    dqkw_k<bf16_t, KP, NW, NB>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds,         \
+                               chunk_off, chunk_seq, H, HV, K, V, VP, scale, nch);                       \
 }
-DQKW16_ENTRY(64)
-DQKW16_ENTRY(128)
+DQKW_ENTRY(delta_dqkw_w16, 64, 16, 1)
+DQKW_ENTRY(delta_dqkw_w16, 128, 16, 1)
+DQKW_ENTRY(delta_dqkw_s2, 64, 8, 2)
+DQKW_ENTRY(delta_dqkw_s2, 128, 8, 2)
+DQKW_ENTRY(delta_dqkw_w16s2, 64, 16, 2)
+DQKW_ENTRY(delta_dqkw_w16s2, 128, 16, 2)

@@ -255,7 +255,8 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// (`hb`): `one`, `v32`, and with dvl fused in `dv` (64 columns), `dvv32` (32 columns), `dv2`
 /// (64 columns, two cp.async stages), `dv2v32` (32 columns, two stages). The UT/WY prep (`wy`):
 /// `4` (`delta_wy4`, the solve's reads as float4). The dq/dk/dw pass (`dq`): `w16`
-/// (`delta_dqkw_w16`, 16 warps). The two-blocks-per-SM, fused and 16-warp entries exist where
+/// (`delta_dqkw_w16`, 16 warps), `s2` (`delta_dqkw_s2`, the V tiles in two buffers), `w16s2`
+/// (both). The two-blocks-per-SM, fused and 16-warp entries exist where
 /// [`h_two_ok`], `v32` where bf16. Anything else, or unset: the default.
 fn lab(key: &str) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
@@ -368,19 +369,35 @@ pub(crate) fn dqkw_kw(bf16: bool, kp: usize) -> usize {
     }
 }
 
-/// Warps of a `delta_dqkw_*` block: 16 (`delta_dqkw_w16_*`, a quarter of the columns per warp)
-/// under the lab override `dq=w16` ([`lab`]; bf16, KP <= 128), else 8.
-pub(crate) fn dqkw_warps(bf16: bool, kp: usize) -> usize {
-    if h_two_ok(bf16, kp) && lab("dq").as_deref() == Some("w16") {
-        16
-    } else {
-        8
+/// How `delta_dqkw_*` launches: warps of a block (`nw`: 8, or 16 with a quarter of the columns
+/// per warp) and buffers of its V tiles (`nb`: 1, or 2 with tile v + 1 loading during tile v).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DqPlan {
+    pub(crate) nw: usize,
+    pub(crate) nb: usize,
+}
+
+/// The plan of `delta_dqkw_*`: 8 warps, one buffer, unless the lab override ([`lab`] `dq`)
+/// picks another (bf16, KP <= 128).
+pub(crate) fn dqkw_plan(bf16: bool, kp: usize) -> DqPlan {
+    let lab = if h_two_ok(bf16, kp) { lab("dq") } else { None };
+    match lab.as_deref() {
+        Some("w16") => DqPlan { nw: 16, nb: 1 },
+        Some("s2") => DqPlan { nw: 8, nb: 2 },
+        Some("w16s2") => DqPlan { nw: 16, nb: 2 },
+        _ => DqPlan { nw: 8, nb: 1 },
     }
 }
 
-/// The entry point of `delta_dqkw_*` on `nw` warps ([`dqkw_warps`]).
-pub(crate) fn dqkw_name(nw: usize, kp: usize, sfx: &str) -> String {
-    format!("delta_dqkw{}_k{kp}_{sfx}", if nw == 16 { "_w16" } else { "" })
+/// The entry point of `delta_dqkw_*` for `plan` ([`dqkw_plan`]).
+pub(crate) fn dqkw_name(plan: DqPlan, kp: usize, sfx: &str) -> String {
+    let v = match (plan.nw, plan.nb) {
+        (16, 1) => "_w16",
+        (8, 2) => "_s2",
+        (16, _) => "_w16s2",
+        _ => "",
+    };
+    format!("delta_dqkw{v}_k{kp}_{sfx}")
 }
 
 /// The K tiles (grid z) of `delta_dqkw_*`.
@@ -437,13 +454,14 @@ impl DeltaSmem {
         (ns * ((2 + sp) * 64 * self.lk() + 64 * lds) + self.kp * lds + sp * 64 * lds + fd * (sp * 64 * LDT + 64 * lds)) * e
             + ns * ((1 - fd) * 64 * bv + 3 * 64) * 4
     }
-    /// `delta_dqkw_*` on `nw` warps: its row sums per column split (`nw / 4` of them) and
-    /// per-warp reductions grow with the warps.
-    pub(crate) fn dqkw(&self, nw: usize) -> usize {
-        let (e, sp) = (self.e, self.sp);
+    /// `delta_dqkw_*` on `plan`: its row sums per column split (`nw / 4` of them) and per-warp
+    /// reductions grow with the warps; dMG has a region of its own with one V-tile buffer, the
+    /// second buffer with two.
+    pub(crate) fn dqkw(&self, plan: DqPlan) -> usize {
+        let (e, sp, nw, nb) = (self.e, self.sp, plan.nw, plan.nb);
         let kw = dqkw_kw(e == 2, self.kp);
-        let cs = nw / 4;
-        (2 * 64 * self.lk() + 64 * LDT + 3 * sp * 64 * LDT + 2 * kw * LDT) * e + (64 * 65 + 3 * 64 + 2 * cs * 64 + 2 * nw + 256) * 4
+        let (cs, vbuf) = (nw / 4, (1 + 2 * sp) * 64 * LDT + 2 * kw * LDT);
+        (2 * 64 * self.lk() + nb * vbuf + (2 - nb) * sp * 64 * LDT) * e + (64 * 65 + 3 * 64 + 2 * cs * 64 + 2 * nw + 256) * 4
     }
     pub(crate) fn wy_bwd(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -456,7 +474,9 @@ impl DeltaSmem {
         let ns = h_stages(self.e == 2, self.kp);
         let h = |bv| self.h(HPlan { bv, ns, two: false, out: false });
         let hb = |bv| self.h_bwd(HPlan { bv, ns: 1, two: false, out: false });
-        [self.wy(68), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), self.dqkw(16), self.wy_bwd()].into_iter().max().unwrap_or(0)
+        // the lab's dq/dk/dw entries exist where the two-blocks-per-SM ones do
+        let dq = if h_two_ok(self.e == 2, self.kp) { DqPlan { nw: 16, nb: 2 } } else { DqPlan { nw: 8, nb: 1 } };
+        [self.wy(68), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), self.dqkw(dq), self.wy_bwd()].into_iter().max().unwrap_or(0)
     }
 }
 
@@ -733,10 +753,16 @@ mod tests {
         assert_eq!((dqkw_kw(false, 128), dqkw_kz(false, 128)), (64, 2));
         assert_eq!((dqkw_kw(true, 128), dqkw_kz(true, 128)), (128, 1));
         // the 16-warp dq/dk/dw entries: one block per SM
-        assert_eq!(dqkw_name(16, 128, "bf16"), "delta_dqkw_w16_k128_bf16");
-        assert_eq!(dqkw_name(8, 256, "bf16"), "delta_dqkw_k256_bf16");
+        let dq = |nw, nb| DqPlan { nw, nb };
+        assert_eq!(dqkw_name(dq(16, 1), 128, "bf16"), "delta_dqkw_w16_k128_bf16");
+        assert_eq!(dqkw_name(dq(8, 2), 64, "bf16"), "delta_dqkw_s2_k64_bf16");
+        assert_eq!(dqkw_name(dq(16, 2), 128, "bf16"), "delta_dqkw_w16s2_k128_bf16");
+        assert_eq!(dqkw_name(dq(8, 1), 256, "bf16"), "delta_dqkw_k256_bf16");
+        assert_eq!(dqkw_plan(true, 256), dq(8, 1));
         for kp in [64, 128] {
-            assert!(DeltaSmem::new(true, kp, 128).dqkw(16) <= 227 * 1024, "KP {kp}");
+            for (nw, nb) in [(16, 1), (8, 2), (16, 2)] {
+                assert!(DeltaSmem::new(true, kp, 128).dqkw(dq(nw, nb)) <= 227 * 1024, "KP {kp}, {nw} warps, {nb} buffers");
+            }
         }
     }
 

@@ -454,12 +454,16 @@ static int kw(int KP) {
     return (sizeof(E) == 2 && KP <= 128) ? KP : (KP == 64 ? 64 : KP / 2);
 }
 template <class E>
-static size_t sm_dqkw(int KP, int NW = 8) {
-    const int KW = kw<E>(KP), SP = SPn<E>, CS = NW / 4;
-    return (2 * 64 * (KP + 8) + 64 * 72 + 3 * SP * 64 * 72 + 2 * KW * 72) * sizeof(E) + (64 * 65 + 3 * 64 + 2 * CS * 64 + 2 * NW + 256) * 4;
+static size_t sm_dqkw(int KP, int NW = 8, int NB = 1) {
+    const int KW = kw<E>(KP), SP = SPn<E>, CS = NW / 4, VBUF = (1 + 2 * SP) * 64 * 72 + 2 * KW * 72;
+    return (2 * 64 * (KP + 8) + NB * VBUF + (2 - NB) * SP * 64 * 72) * sizeof(E) + (64 * 65 + 3 * 64 + 2 * CS * 64 + 2 * NW + 256) * 4;
 }
-// delta_dqkw_w16 (16 warps, 512 threads): DELTA_DQVAR=w16
-static std::map<int, void*> g_dq16 = {{64, (void*)delta_dqkw_w16_k64_bf16}, {128, (void*)delta_dqkw_w16_k128_bf16}};
+// delta_dqkw's lab entries (bf16, KP <= 128): DELTA_DQVAR=w16 (16 warps, 512 threads), s2 (the V
+// tiles in two buffers), w16s2 (both)
+static std::map<std::string, std::map<int, void*>> g_dqv = {
+    {"w16", {{64, (void*)delta_dqkw_w16_k64_bf16}, {128, (void*)delta_dqkw_w16_k128_bf16}}},
+    {"s2", {{64, (void*)delta_dqkw_s2_k64_bf16}, {128, (void*)delta_dqkw_s2_k128_bf16}}},
+    {"w16s2", {{64, (void*)delta_dqkw_w16s2_k64_bf16}, {128, (void*)delta_dqkw_w16s2_k128_bf16}}}};
 template <class E>
 static size_t sm_wyb(int KP, int VP) {
     const int SP = SPn<E>;
@@ -761,10 +765,12 @@ struct Run {
         typedef void (*DqkwFn)(const E*, const E*, const float*, const float*, const E*, const E*, const E*, const E*, const E*,
                                const float*, float*, float*, E*, float*, const long long*, const long long*, const int*, int, int, int,
                                int, int, float, long long);
-        const bool dq16 = sizeof(E) == 2 && g_dq16.count(KP) && getenv("DELTA_DQVAR") && !std::strcmp(getenv("DELTA_DQVAR"), "w16");
+        const char* dqv = getenv("DELTA_DQVAR");
+        void* dqf = sizeof(E) == 2 && dqv && g_dqv.count(dqv) && g_dqv.at(dqv).count(KP) ? g_dqv.at(dqv).at(KP) : nullptr;
+        const int dnw = dqf && std::strstr(dqv, "w16") ? 16 : 8, dnb = dqf && std::strstr(dqv, "s2") ? 2 : 1;
         if (nc > 0)
-            emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, dim3{dq16 ? 512u : 256u, 1, 1}, sm_dqkw<E>(KP, dq16 ? 16 : 8), [&] {
-                ((DqkwFn)(dq16 ? g_dq16.at(KP) : f.dqkw))(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), du.data(), hs.data(), dhs.data(), g2.data(),
+            emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, dim3{32u * dnw, 1, 1}, sm_dqkw<E>(KP, dnw, dnb), [&] {
+                ((DqkwFn)(dqf ? dqf : f.dqkw))(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), du.data(), hs.data(), dhs.data(), g2.data(),
                                  dqp.data(), dkp.data(), dw.data(), dgp.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V,
                                  VP, scale, nch);
             });
@@ -822,6 +828,8 @@ int main(int argc, char** argv) {
         {"gdn-T1000-gs0.1", 1, 1000, 2, 2, 60, 100, 1, false, false, false, true, {}, 0.1},
         {"delta-layer-V320", 2, 130, 2, 4, 60, 320, 0, true, true, false, true, {}, 1},
         {"gdn-computed-V512-varlen", 1, 365, 2, 4, 60, 512, 2, true, true, false, true, {0, 15, 15, 100, 300, 365}, 1},
+        // one V tile (VP = 64) at KP <= 128 (last: the cases above keep their seeds)
+        {"gdn-K100-V48-T130", 1, 130, 2, 2, 100, 48, 1, true, false, false, true, {}, 1},
     };
     int i = 0;
     for (auto& c : cases) {
