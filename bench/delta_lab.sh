@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The delta rule's chunked kernels under each state-pass plan of the lab override
-# (GLA_DELTA_LAB, src/delta/dispatch.rs `h_lab`), side by side in one device call: first
+# (GLA_DELTA_LAB, src/delta/dispatch.rs `lab`), side by side in one device call: first
 # `gla bench delta --stages` at the shapes of record (bf16, B*T = 65536, H = 16, K = V = 128) for
 # each plan, then `gla check --device cuda --filter delta` on each plan of CHECKS (default: the
-# fused plans; `base`: the default policy), then fla 0.6.0's delta ops while time is left.
+# fused state-gradient pass everywhere with the dq/dk/dw lab entry; `base`: the default policy),
+# then fla 0.6.0's delta ops while time is left.
 # Prints a table last: forward and forward+backward ms per plan and shape, and the per-launch
 # times of one DeltaNet forward+backward per shape.
 # Usage, from the repo root on the GPU machine: OUT=/tmp/out bench/delta_lab.sh [path/to/gla]
@@ -15,8 +16,8 @@ export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRAR
 G="${1:-target/release/gla}"
 OUT="${OUT:-bench/out}"
 BUDGET="${BUDGET:-460}"
-PLANS="${PLANS:-base h=o,hb=dv2,wy=4,dq=w16s2 h=ov32,hb=dv2v32,wy=4,dq=w16 h=ov32b2,hb=dvv32,dq=s2}"
-CHECKS="${CHECKS:-h=o,hb=dv2,wy=4,dq=w16s2 h=ov32,hb=dv2v32,wy=4,dq=w16}"
+PLANS="${PLANS:-base dq=w16 dq=s2 dq=w16s2}"
+CHECKS="${CHECKS:-hb=dv2,dq=w16s2}"
 mkdir -p "$OUT"
 S=$(date +%s)
 t() { echo "[$(( $(date +%s) - S ))s] $*"; }
@@ -72,8 +73,8 @@ for p in plans:
         for ps in ("fwd", "fwd+bwd"):
             ms = {r["shape"][1]: r["ms"] for r in rs if r["op"] == op and r["pass"] == ps}
             print(f"{p:<24}{op:<6}{ps:<9}" + "".join(f"{ms.get(t, float('nan')):>10.3f}" for t in (2048, 8192, 32768)))
-# a launch's plan variants in one row (delta_ho*: the state pass with the output in, its own row)
-def base_name(n): return re.sub(r"_(b2|v32b2|v32|dv2|dv_v32|dv)_", "_", n)
+# a launch's plan variants in one row
+def base_name(n): return re.sub(r"_(v32b2|b2|v32|dv2|w16s2|w16|s2)_", "_", n)
 for shape in ("32x2048x16x128x128", "8x8192x16x128x128", "2x32768x16x128x128"):
     print(f"\nper launch, delta {shape}, one forward+backward (ms; a kernel launched more than once: the sum)")
     tabs = {}

@@ -223,8 +223,6 @@ pub const DELTA_CHUNK_FWD: KernelSource = source!(
         "delta_o_k128_bf16",
         "delta_o_k192_bf16",
         "delta_o_k256_bf16",
-        "delta_wy4_k64_bf16",
-        "delta_wy4_k128_bf16",
     ]
 );
 /// The delta rule's sequential passes: the state pass and the state-gradient pass.
@@ -252,24 +250,12 @@ pub const DELTA_CHUNK_H: KernelSource = source!(
         "delta_h_b2_k128_bf16",
         "delta_h_v32b2_k64_bf16",
         "delta_h_v32b2_k128_bf16",
-        "delta_ho_k64_bf16",
-        "delta_ho_k128_bf16",
-        "delta_ho_v32_k64_bf16",
-        "delta_ho_v32_k128_bf16",
-        "delta_ho_v32b2_k64_bf16",
-        "delta_ho_v32b2_k128_bf16",
         "delta_h_bwd_v32_k64_bf16",
         "delta_h_bwd_v32_k128_bf16",
         "delta_h_bwd_v32_k192_bf16",
         "delta_h_bwd_v32_k256_bf16",
-        "delta_h_bwd_dv_k64_bf16",
-        "delta_h_bwd_dv_k128_bf16",
-        "delta_h_bwd_dv_v32_k64_bf16",
-        "delta_h_bwd_dv_v32_k128_bf16",
         "delta_h_bwd_dv2_k64_bf16",
         "delta_h_bwd_dv2_k128_bf16",
-        "delta_h_bwd_dv2_v32_k64_bf16",
-        "delta_h_bwd_dv2_v32_k128_bf16",
     ]
 );
 /// The delta rule's chunked backward, chunk-parallel launches: dvl, dq/dk/dw, the WY backward.

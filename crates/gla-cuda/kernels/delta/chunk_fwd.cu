@@ -15,8 +15,6 @@
 // so w and u carry the near-f32 accuracy the state pass's cancellation u - w S needs in two
 // mma terms. Rows past the sequence end are zero (beta = 0 there, so T is the identity on them
 // and w, u vanish). Three blocks per SM (registers <= 80, KP = VP = 128: 72 KB of smem).
-// delta_wy4_k{KP}_bf16 (KP <= 128): the same with A's rows at a stride of 68 floats, so the
-// solve reads row segments as float4 (a quarter of the shared-memory reads, the same sums).
 //
 // delta_o_k{KP}_{dtype}: one block per (chunk, value head), 256 threads. With hs (the state
 // entering each chunk) and vn (v_new = u - w S, split) from the state pass:
@@ -29,26 +27,13 @@
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_wy_k64_f32 delta_wy_k128_f32 delta_wy_k64_bf16 delta_wy_k128_bf16 delta_wy_k192_bf16 delta_wy_k256_bf16
 //   delta_o_k64_f32 delta_o_k128_f32 delta_o_k64_bf16 delta_o_k128_bf16 delta_o_k192_bf16 delta_o_k256_bf16
-//   delta_wy4_k64_bf16 delta_wy4_k128_bf16
 
-// four floats from shared memory (16-byte aligned), and element l of them
-__device__ __forceinline__ float4 ld4(const float* p) {
-    return *(const float4*)p;
-}
-__device__ __forceinline__ float f4at(const float4& v, int l) {
-    return l == 0 ? v.x : l == 1 ? v.y : l == 2 ? v.z : v.w;
-}
-
-// T = (I + A)^-1 (A strictly lower in sA [64][LA] f32, left intact), stored transposed in sA's
+// T = (I + A)^-1 (A strictly lower in sA [64][65] f32, left intact), stored transposed in sA's
 // upper triangle and diagonal (T_tc at sA[c][t], t >= c), so T needs no memory of its own: the
 // four diagonal 16 x 16 blocks by forward substitution (one thread per column), then the
 // off-diagonal blocks level by level (d = i - j = 1, 2, 3), T_ij = -T_ii sum_{j <= k < i}
 // A_ik T_kj in f32 FMA (T_kj of earlier levels). Every thread calls it; it holds barriers.
-// LA = 65: scalar smem reads; LA a multiple of 4: the row segments of A and T^T are read as
-// float4 (16 floats in four reads), the sums in the same order.
-template <int LA>
 __device__ __forceinline__ void solve_t(float* sA, int tid) {
-    constexpr bool V4 = LA % 4 == 0;
     __shared__ float sM[3 * 256];  // the level's sums M_ij (at most three 16 x 16 blocks)
     if (tid < 64) {
         const int b = tid >> 4, c = tid & 15, r0 = 16 * b;
@@ -56,24 +41,14 @@ __device__ __forceinline__ void solve_t(float* sA, int tid) {
         #pragma unroll
         for (int t = 0; t < 16; ++t) {
             float s = 0.f;
-            if constexpr (V4) {
-                #pragma unroll
-                for (int q4 = 0; q4 < (t + 3) / 4; ++q4) {
-                    const float4 a4 = ld4(sA + (r0 + t) * LA + r0 + 4 * q4);
-                    #pragma unroll
-                    for (int l = 0; l < 4; ++l)
-                        if (4 * q4 + l < t) s += f4at(a4, l) * x[4 * q4 + l];
-                }
-            } else {
-                #pragma unroll
-                for (int q = 0; q < t; ++q) s += sA[(r0 + t) * LA + r0 + q] * x[q];
-            }
+            #pragma unroll
+            for (int q = 0; q < t; ++q) s += sA[(r0 + t) * 65 + r0 + q] * x[q];
             x[t] = t == c ? 1.f : -s;
         }
         // T^T goes to the upper half and the diagonal, which no thread reads A from
         #pragma unroll
         for (int t = 0; t < 16; ++t)
-            if (t >= c) sA[(r0 + c) * LA + r0 + t] = x[t];
+            if (t >= c) sA[(r0 + c) * 65 + r0 + t] = x[t];
     }
     __syncthreads();
     for (int d = 1; d < 4; ++d) {
@@ -82,35 +57,16 @@ __device__ __forceinline__ void solve_t(float* sA, int tid) {
             const int i = (x >> 8) + d, j = i - d, t = (x >> 4) & 15, c = x & 15;
             float s = 0.f;
             // k = j: T_jj[q][c] = 0 for q < c
-            const float* a = sA + (16 * i + t) * LA + 16 * j;
-            const float* tc = sA + (16 * j + c) * LA + 16 * j;  // T_jj[q][c] at tc[q]
-            if constexpr (V4) {
-                #pragma unroll
-                for (int q4 = 0; q4 < 4; ++q4) {
-                    const float4 a4 = ld4(a + 4 * q4), t4 = ld4(tc + 4 * q4);
-                    #pragma unroll
-                    for (int l = 0; l < 4; ++l)
-                        if (4 * q4 + l >= c) s += f4at(a4, l) * f4at(t4, l);
-                }
-            } else {
-                #pragma unroll
-                for (int q = 0; q < 16; ++q)
-                    if (q >= c) s += a[q] * tc[q];
-            }
+            const float* a = sA + (16 * i + t) * 65 + 16 * j;
+            const float* tc = sA + (16 * j + c) * 65 + 16 * j;  // T_jj[q][c] at tc[q]
+            #pragma unroll
+            for (int q = 0; q < 16; ++q)
+                if (q >= c) s += a[q] * tc[q];
             for (int k = j + 1; k < i; ++k) {
-                const float* ak = sA + (16 * i + t) * LA + 16 * k;
-                const float* tk = sA + (16 * j + c) * LA + 16 * k;  // T_kj[q][c] at tk[q]
-                if constexpr (V4) {
-                    #pragma unroll
-                    for (int q4 = 0; q4 < 4; ++q4) {
-                        const float4 a4 = ld4(ak + 4 * q4), t4 = ld4(tk + 4 * q4);
-                        #pragma unroll
-                        for (int l = 0; l < 4; ++l) s += f4at(a4, l) * f4at(t4, l);
-                    }
-                } else {
-                    #pragma unroll
-                    for (int q = 0; q < 16; ++q) s += ak[q] * tk[q];
-                }
+                const float* ak = sA + (16 * i + t) * 65 + 16 * k;
+                const float* tk = sA + (16 * j + c) * 65 + 16 * k;  // T_kj[q][c] at tk[q]
+                #pragma unroll
+                for (int q = 0; q < 16; ++q) s += ak[q] * tk[q];
             }
             sM[x] = s;
         }
@@ -120,29 +76,14 @@ __device__ __forceinline__ void solve_t(float* sA, int tid) {
             float s = 0.f;
             #pragma unroll
             for (int q = 0; q < 16; ++q)
-                if (q <= t) s += sA[(16 * i + q) * LA + 16 * i + t] * sM[bi * 256 + q * 16 + c];  // T_ii[t][q]
-            sA[(16 * j + c) * LA + 16 * i + t] = -s;
+                if (q <= t) s += sA[(16 * i + q) * 65 + 16 * i + t] * sM[bi * 256 + q * 16 + c];  // T_ii[t][q]
+            sA[(16 * j + c) * 65 + 16 * i + t] = -s;
         }
         __syncthreads();
     }
 }
 
-// The x-th of the 2048 column pairs (t, s), s even, of a 64 x 64 tile read from sA [64][LA] at
-// sA[s * LA + t]: LA = 65, a warp on one row t (conflict-free); LA a multiple of 4, a warp on 8
-// rows x 4 pairs (s * LA + t then hits 32 banks)
-template <int LA>
-__device__ __forceinline__ void t_pair(int x, int& t, int& s) {
-    if constexpr (LA % 4 == 0) {
-        const int y = x >> 5, l = x & 31;
-        t = 8 * (y & 7) + (l & 7);
-        s = 8 * (y >> 3) + 2 * (l >> 3);
-    } else {
-        t = x >> 5;
-        s = 2 * (x & 31);
-    }
-}
-
-template <typename E, int KP, int LA>
+template <typename E, int KP>
 __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __restrict__ rk, const E* __restrict__ v,
                                        const float* __restrict__ bt, const float* __restrict__ gl, E* __restrict__ w,
                                        float* __restrict__ u, E* __restrict__ tm, float* __restrict__ g2, const idx_t* __restrict__ bounds,
@@ -155,8 +96,8 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
     E* sV = sK + 64 * LK;                  // [64][LV]: V (raw)
     E* sT = sV + 64 * LV;                  // [64][LDT]: T diag(d), split (hi)
     E* sTl = sT + (SP - 1) * 64 * LDT;     // its lo plane
-    float* sA = (float*)(sTl + 64 * LDT);  // [64][LA]
-    float* sG = sA + 64 * LA;              // [64]
+    float* sA = (float*)(sTl + 64 * LDT);  // [64][65]
+    float* sG = sA + 64 * 65;              // [64]
     float* sB = sG + 64;                   // [64]
     float* sR = sB + 64;                   // [64]
     DELTA_SMEM_END(smem, sR + 64);
@@ -185,12 +126,12 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int t = 16 * mt + FRAG_ROW(e), s = n0 + FRAG_COL(nt, e);
-                sA[t * LA + s] = s < t ? sB[t] * sR[t] * sR[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f;
+                sA[t * 65 + s] = s < t ? sB[t] * sR[t] * sR[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f;
             }
         }
     }
     __syncthreads();
-    solve_t<LA>(sA, tid);
+    solve_t(sA, tid);
     // w = T diag(beta rk exp(G)) K and u = T diag(beta) V: the row factors of the scaled K and V
     // ride on T's columns, so K and V enter the products raw (exact in bf16) and only T diag(d)
     // is split. Without decay and L2 norm both factors are beta (one pass over T).
@@ -199,9 +140,8 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
         // column pairs (s, s + 1): one 4-byte store per plane
         const idx_t tplane = nch * HV * 4096;
         for (int x = tid; x < 2048; x += DNT) {
-            int t, s;
-            t_pair<LA>(x, t, s);
-            const float t0 = t >= s ? sA[s * LA + t] : 0.f, t1 = t >= s + 1 ? sA[(s + 1) * LA + t] : 0.f;
+            const int t = x >> 5, s = 2 * (x & 31);
+            const float t0 = t >= s ? sA[s * 65 + t] : 0.f, t1 = t >= s + 1 ? sA[(s + 1) * 65 + t] : 0.f;
             const float d0 = sB[s] * (same ? 1.f : sR[s] * ex2f(sG[s])), d1 = sB[s + 1] * (same ? 1.f : sR[s + 1] * ex2f(sG[s + 1]));
             st2_pair(sT, sTl, t * LDT + s, t0 * d0, t1 * d1);
             if (tm != nullptr) stg2_pair(tm, tplane, (c.oc * 64 + t) * 64 + s, t0, t1);
@@ -218,9 +158,8 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
             // T diag(beta) for u
             __syncthreads();
             for (int x = tid; x < 2048; x += DNT) {
-                int t, s;
-                t_pair<LA>(x, t, s);
-                st2_pair(sT, sTl, t * LDT + s, t >= s ? sA[s * LA + t] * sB[s] : 0.f, t >= s + 1 ? sA[(s + 1) * LA + t] * sB[s + 1] : 0.f);
+                const int t = x >> 5, s = 2 * (x & 31);
+                st2_pair(sT, sTl, t * LDT + s, t >= s ? sA[s * 65 + t] * sB[s] : 0.f, t >= s + 1 ? sA[(s + 1) * 65 + t] * sB[s + 1] : 0.f);
             }
             __syncthreads();
         }
@@ -318,7 +257,7 @@ extern "C" __global__ void __launch_bounds__(DNT, 3) delta_wy_k##KP##_##NAME(   
     const E* k, const float* rk, const E* v, const float* bt, const float* gl, E* w, float* u, E* tm,    \
     float* g2, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K,  \
     int V, int VP, idx_t nch) {                                                                          \
-    wy_fwd<E, KP, 65>(k, rk, v, bt, gl, w, u, tm, g2, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, nch); \
+    wy_fwd<E, KP>(k, rk, v, bt, gl, w, u, tm, g2, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, nch);   \
 }                                                                                                        \
 extern "C" __global__ void __launch_bounds__(DNT, 3) delta_o_k##KP##_##NAME(                                \
     const E* q, const E* k, const float* rq, const float* rk, const E* hs, const E* vn, const float* g2, \
@@ -327,20 +266,9 @@ extern "C" __global__ void __launch_bounds__(DNT, 3) delta_o_k##KP##_##NAME(    
     o_fwd<E, KP>(q, k, rq, rk, hs, vn, g2, o, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, scale, nch); \
 }
 
-// delta_wy4: sA's rows at a stride of 68 floats, the solve's row reads as float4 (solve_t)
-#define WY4_ENTRY(KP, NAME, E)                                                                           \
-extern "C" __global__ void __launch_bounds__(DNT, 3) delta_wy4_k##KP##_##NAME(                              \
-    const E* k, const float* rk, const E* v, const float* bt, const float* gl, E* w, float* u, E* tm,    \
-    float* g2, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K,  \
-    int V, int VP, idx_t nch) {                                                                          \
-    wy_fwd<E, KP, 68>(k, rk, v, bt, gl, w, u, tm, g2, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, nch); \
-}
-
 FWD_ENTRY(64, f32, float)
 FWD_ENTRY(128, f32, float)
 FWD_ENTRY(64, bf16, bf16_t)
 FWD_ENTRY(128, bf16, bf16_t)
 FWD_ENTRY(192, bf16, bf16_t)
 FWD_ENTRY(256, bf16, bf16_t)
-WY4_ENTRY(64, bf16, bf16_t)
-WY4_ENTRY(128, bf16, bf16_t)

@@ -10,20 +10,14 @@
 //     S     = exp(G_last) S + Kn^T (U * exp(G_last - G))   (that operand split)
 // S enters from h0 (f32 [N, HV, K, V], or zero) and leaves to ht (=, f32, or null).
 //
-// delta_ho[_v32b2]_k{KP}_bf16: delta_h with the output pass (delta_o, delta/chunk_fwd.cu) fused in:
-// per chunk also o = scale [(Qn exp(G)) S + P U] (=) from the smem copies of S and U it holds, q
-// and rq loaded with the chunk; hs and vn may be null (a forward no backward reads). No suffix:
-// 64 columns, two stages, one block per SM; `_v32`: 32 columns, two stages, one block per SM;
-// `_v32b2`: 32 columns, one stage, two blocks per SM.
-//
 // delta_h_bwd[_v32]_k{KP}_{dtype}: the same grid and tile, the chunks in reverse, dS from dht. Per chunk
 // (dvl = P^T do from delta_dvl_*, w and g2 from delta_wy_*, q, k, do the inputs):
 //     dhs[c] = dS                                    (=, the gradient of the state leaving chunk c)
 //     dU     = dvl + exp(G_last - G) (Kn dS)         (=, du [SP][chunks, HV, 64, VP], split)
 //     dS     = exp(G_last) dS + Qn^T (scale exp(G) do) - w^T dU   (w, dU split)
-// dS leaves to dh0 (=, f32, or null). delta_h_bwd_dv[_v32]_k{KP}_bf16: dvl = P^T do computed in the
-// pass (delta_dvl's arithmetic, P from the q, k rows it loads) instead of read; `_dv2`: the same
-// with two cp.async stages (64 columns, or 32 for `_dv2_v32`; one block per SM).
+// dS leaves to dh0 (=, f32, or null). delta_h_bwd_dv2_k{KP}_bf16: dvl = P^T do computed in the pass
+// (delta_dvl's arithmetic, P from the q, k rows it loads) instead of read, the per-chunk loads on
+// two cp.async stages (64 columns, one block per SM).
 //
 // S's operand copy (the B operand of w S and K dS) is rounded to the storage dtype, as fla does.
 // Warps tile S as WM x WN (8 x 1 for KP = 128, 256; 4 x 2 for KP = 64, 192). The forward has NS
@@ -38,10 +32,7 @@
 //   delta_h_v32_k64_bf16 delta_h_v32_k128_bf16 delta_h_v32_k192_bf16 delta_h_v32_k256_bf16
 //   delta_h_bwd_v32_k64_bf16 delta_h_bwd_v32_k128_bf16 delta_h_bwd_v32_k192_bf16 delta_h_bwd_v32_k256_bf16
 //   delta_h_b2_k64_bf16 delta_h_b2_k128_bf16 delta_h_v32b2_k64_bf16 delta_h_v32b2_k128_bf16
-//   delta_ho_k64_bf16 delta_ho_k128_bf16 delta_ho_v32_k64_bf16 delta_ho_v32_k128_bf16
-//   delta_ho_v32b2_k64_bf16 delta_ho_v32b2_k128_bf16
-//   delta_h_bwd_dv_k64_bf16 delta_h_bwd_dv_k128_bf16 delta_h_bwd_dv_v32_k64_bf16 delta_h_bwd_dv_v32_k128_bf16
-//   delta_h_bwd_dv2_k64_bf16 delta_h_bwd_dv2_k128_bf16 delta_h_bwd_dv2_v32_k64_bf16 delta_h_bwd_dv2_v32_k128_bf16
+//   delta_h_bwd_dv2_k64_bf16 delta_h_bwd_dv2_k128_bf16
 
 // The state tile's warp layout (S or dS, KP x BV in mma fragments): warp (wm, wn) of WM x WN
 // holds m-tiles wm + WM ms (ms < MS) and the NSN n8-tiles from 8 NSN wn.
@@ -114,30 +105,21 @@ __device__ __forceinline__ void h_copy(E* __restrict__ hp, const E* sS, int VP, 
     tile_st<E>(hp, VP, sS, HTile<KP, BV>::LDS, KP, BV, tid, DNT);
 }
 
-// FO: the output pass fused in (the `delta_ho` entries): per chunk, with q (raw), rq and scale,
-//     o = scale [(Qn exp(G)) S + P U],  P = (Qn Kn^T) exp(G_t - G_s) masked to s <= t
-// from the smem copies of S (as hs) and U (split, as vn) the pass already holds: delta_o's
-// arithmetic without its reloads of q, k, hs and v_new; hs and vn may then be null (not stored:
-// a forward no backward reads). P takes the stage's w planes once U = u - w S is done.
-template <typename E, int KP, int NS, int BV, bool FO>
+template <typename E, int KP, int NS, int BV>
 __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __restrict__ u, const E* __restrict__ k,
                                       const float* __restrict__ rk, const float* __restrict__ g2, const float* __restrict__ h0,
                                       E* __restrict__ hs, E* __restrict__ vn, float* __restrict__ ht, const idx_t* __restrict__ bounds,
-                                      const idx_t* __restrict__ chunk_off, int H, int HV, int K, int V, int VP, idx_t nch,
-                                      const E* __restrict__ q, const float* __restrict__ rq, E* __restrict__ o, float scale) {
+                                      const idx_t* __restrict__ chunk_off, int H, int HV, int K, int V, int VP, idx_t nch) {
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
     constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
-    constexpr int STAGE = (SP + 1 + FO) * 64 * LK;  // w (hi, lo), k (, q)
-    constexpr int FSTAGE = 64 * BV + 128 + 64 * FO; // u (f32), G, rk (, rq)
-    static_assert(!FO || 2 * 64 * LDT <= SP * 64 * LK, "P fits in the stage's w planes");
+    constexpr int STAGE = (SP + 1) * 64 * LK;  // w (hi, lo), k
+    constexpr int FSTAGE = 64 * BV + 128;      // u (f32), G, rk
     DELTA_SMEM(smem);
     E* sStage = (E*)smem;                      // [NS][STAGE]
     E* sS = sStage + NS * STAGE;               // [KP][LDS]
     E* sUd = sS + KP * LDS;                    // [64][LDS]
     E* sUdl = sUd + (SP - 1) * 64 * LDS;
-    E* sU = sUdl + 64 * LDS;                   // FO: [SP][64][LDS], U unscaled
-    E* sUl = sU + (SP - 1) * 64 * LDS;
-    float* sF = (float*)(sU + FO * SP * 64 * LDS);  // [NS][FSTAGE]
+    float* sF = (float*)(sUdl + 64 * LDS);     // [NS][FSTAGE]
     DELTA_SMEM_END(smem, sF + NS * FSTAGE);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const int j0 = blockIdx.x * BV, nh = blockIdx.y, n = nh / HV, hv = nh % HV, h = hv / (HV / H);
@@ -159,10 +141,6 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
         tile_ld<float>(f, BV, u + oc * 64 * (idx_t)VP + j0, VP, 64, BV, 64, BV, true, tid, DNT);
         ld_g64(f + 64 * BV, g2 + oc * 64, tid);
         ld_rf(f + 64 * BV + 64, rk, r0, L, h, H, tid);
-        if (FO) {
-            ld_qk<E, KP>(b + (SP + 1) * 64 * LK, q, r0, L, h, H, K, tid);
-            ld_rf(f + 64 * BV + 128, rq, r0, L, h, H, tid);
-        }
     };
     static_assert(NS == 1 || NS == 2, "one or two cp.async stages");
     #pragma unroll
@@ -189,11 +167,10 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             load(it + 1, (it + 1) % NS);
             cp_commit();
         }
-        if (!FO || hs != nullptr) h_copy<E, KP, BV>(hs + oc * (idx_t)KP * VP + j0, sS, VP, tid);
-        E* sW = sStage + st * STAGE;
+        h_copy<E, KP, BV>(hs + oc * (idx_t)KP * VP + j0, sS, VP, tid);
+        const E* sW = sStage + st * STAGE;
         const E* sWl = sW + (SP - 1) * 64 * LK;
         const E* sKc = sW + SP * 64 * LK;
-        const E* sQc = sKc + 64 * LK;  // FO
         const float* sUc = sF + st * FSTAGE;
         const float* sGc = sUc + 64 * BV;
         const float* sRk = sGc + 64;
@@ -211,8 +188,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
                 for (int e = 0; e < 4; e += 2) {
                     const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
                     const float u0 = sUc[t * BV + jj] - acc[nt][e], u1 = sUc[t * BV + jj + 1] - acc[nt][e + 1];
-                    if (!FO || vn != nullptr) stg2_pair(vn, vplane, oc * 64 * (idx_t)VP + (idx_t)t * VP + j0 + jj, u0, u1);
-                    if (FO) st2_pair(sU, sUl, t * LDS + jj, u0, u1);
+                    stg2_pair(vn, vplane, oc * 64 * (idx_t)VP + (idx_t)t * VP + j0 + jj, u0, u1);
                     const float f = sRk[t] * ex2f(glast - sGc[t]);
                     st2_pair(sUd, sUdl, t * LDS + jj, u0 * f, u1 * f);
                 }
@@ -229,47 +205,12 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             }
             wgemm2<true, false, NSN>(S[ms], sKc, sKc, LK, 16 * (wm + WM * ms), sUd, sUdl, LDS, sn0, 64, lane, false, true);
         }
-        if constexpr (FO) {
-            // P (split) into the w planes (every warp's w S is done: the barrier above)
-            E* sP = sW;
-            E* sPl = sP + (SP - 1) * 64 * LDT;
-            chunk_p<E, KP>(sP, sPl, sQc, sKc, sGc, sGc + 128, sRk, scale, wp, lane);
-            // the inter part on raw Q and sS (the state entering the chunk), its row factor
-            // scale rq exp(G) on the f32 result; then + P U: each warp 16 rows x BV / 2 columns
-            constexpr int NT = BV / 16;
-            const int mt = wp & 3, n1 = (wp >> 2) * (BV / 2);
-            float acc[NT][4];
-            frag_zero(acc);
-            #pragma unroll 1
-            for (int k0 = 0; k0 < KP; k0 += 32) wgemm<false, false, NT>(acc, sQc + k0, LK, 16 * mt, sS + k0 * LDS, LDS, n1, 32, lane);
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int t = 16 * mt + FRAG_ROW(e);
-                const float f = scale * sGc[128 + t] * ex2f(sGc[t]);
-                #pragma unroll
-                for (int nt = 0; nt < NT; ++nt) acc[nt][e] *= f;
-            }
-            __syncthreads();
-            wgemm2_seq<false, false, NT>(acc, sP, sPl, LDT, 16 * mt, sU, sUl, LDS, n1, 64, lane, true, true);
-            const idx_t r0 = bos + (idx_t)it * 64;
-            const int L = (int)min((idx_t)64, eos - r0);
-            #pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                #pragma unroll
-                for (int e = 0; e < 4; e += 2) {
-                    const int t = 16 * mt + FRAG_ROW(e), j = j0 + n1 + FRAG_COL(nt, e);
-                    st_row_pair(o + (r0 + t) * HV * (idx_t)V + (idx_t)hv * V, j, V, t < L, acc[nt][e], acc[nt][e + 1]);
-                }
-            }
-        }
-        // one stage: the next chunk's loads overwrite this one's; fused output: the next
-        // h_store overwrites sS, which Q S read
-        if (NS == 1 || FO) __syncthreads();
+        if (NS == 1) __syncthreads();
     }
     h_fini<KP, BV>(S, ht, o_state, K, V, j0, wm, sn0, fg, ft);
 }
 
-// FD: dvl = P^T do (delta_dvl, delta/chunk_bwd.cu) fused in (the `_dv` entries; dvl unread, may
+// FD: dvl = P^T do (delta_dvl, delta/chunk_bwd.cu) fused in (the `_dv2` entries; dvl unread, may
 // be null): P (split) from the q and k rows the pass loads anyway, scale exp(G) do into a copy
 // of its own so that P^T do reads do unscaled. NS: cp.async stages of the per-chunk loads (q, k,
 // w, do, dvl, G, rq, rk), as delta_h's: with two, chunk c - 1's loads land while chunk c is
@@ -418,17 +359,7 @@ extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_##NAME(           
     const E* w, const float* u, const E* k, const float* rk, const float* g2, const float* h0, E* hs,    \
     E* vn, float* ht, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, int V, int VP,  \
     idx_t nch) {                                                                                         \
-    h_fwd<E, KP, NS, BV, false>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K, V, VP, nch, \
-                                nullptr, nullptr, nullptr, 0.f);                                         \
-}
-// the fused output entries (FO): the state pass's arguments, then q, rq, o, scale
-#define HO_ENTRY_LB(PFX, KP, NS, BV, LB, NAME, E)                                                        \
-extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_##NAME(                                    \
-    const E* w, const float* u, const E* k, const float* rk, const float* g2, const float* h0, E* hs,    \
-    E* vn, float* ht, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, int V, int VP,  \
-    idx_t nch, const E* q, const float* rq, E* o, float scale) {                                         \
-    h_fwd<E, KP, NS, BV, true>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K, V, VP, nch, \
-                               q, rq, o, scale);                                                         \
+    h_fwd<E, KP, NS, BV>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K, V, VP, nch);      \
 }
 #define HB_ENTRY(PFX, KP, BV, NAME, E) HB_ENTRY_FD(PFX, KP, BV, false, 1, NAME, E)
 // FD: dvl fused in (the `_dv` entries; their dvl argument is unread); NS: cp.async stages
@@ -460,12 +391,6 @@ H_ENTRY_LB(delta_h_b2, 64, 1, 64, (DNT, 2), bf16, bf16_t)
 H_ENTRY_LB(delta_h_b2, 128, 1, 64, (DNT, 2), bf16, bf16_t)
 H_ENTRY_LB(delta_h_v32b2, 64, 1, 32, (DNT, 2), bf16, bf16_t)
 H_ENTRY_LB(delta_h_v32b2, 128, 1, 32, (DNT, 2), bf16, bf16_t)
-HO_ENTRY_LB(delta_ho, 64, 2, 64, (DNT), bf16, bf16_t)
-HO_ENTRY_LB(delta_ho, 128, 2, 64, (DNT), bf16, bf16_t)
-HO_ENTRY_LB(delta_ho_v32, 64, 2, 32, (DNT), bf16, bf16_t)
-HO_ENTRY_LB(delta_ho_v32, 128, 2, 32, (DNT), bf16, bf16_t)
-HO_ENTRY_LB(delta_ho_v32b2, 64, 1, 32, (DNT, 2), bf16, bf16_t)
-HO_ENTRY_LB(delta_ho_v32b2, 128, 1, 32, (DNT, 2), bf16, bf16_t)
 HB_ENTRY(delta_h_bwd, 64, 64, f32, float)
 HB_ENTRY(delta_h_bwd, 128, 64, f32, float)
 HB_ENTRY(delta_h_bwd, 64, 64, bf16, bf16_t)
@@ -476,11 +401,5 @@ HB_ENTRY(delta_h_bwd_v32, 64, 32, bf16, bf16_t)
 HB_ENTRY(delta_h_bwd_v32, 128, 32, bf16, bf16_t)
 HB_ENTRY(delta_h_bwd_v32, 192, 32, bf16, bf16_t)
 HB_ENTRY(delta_h_bwd_v32, 256, 32, bf16, bf16_t)
-HB_ENTRY_FD(delta_h_bwd_dv, 64, 64, true, 1, bf16, bf16_t)
-HB_ENTRY_FD(delta_h_bwd_dv, 128, 64, true, 1, bf16, bf16_t)
-HB_ENTRY_FD(delta_h_bwd_dv_v32, 64, 32, true, 1, bf16, bf16_t)
-HB_ENTRY_FD(delta_h_bwd_dv_v32, 128, 32, true, 1, bf16, bf16_t)
 HB_ENTRY_FD(delta_h_bwd_dv2, 64, 64, true, 2, bf16, bf16_t)
 HB_ENTRY_FD(delta_h_bwd_dv2, 128, 64, true, 2, bf16, bf16_t)
-HB_ENTRY_FD(delta_h_bwd_dv2_v32, 64, 32, true, 2, bf16, bf16_t)
-HB_ENTRY_FD(delta_h_bwd_dv2_v32, 128, 32, true, 2, bf16, bf16_t)

@@ -225,12 +225,11 @@ pub(crate) fn h_stages(bf16: bool, kp: usize) -> usize {
     }
 }
 
-/// How a sequential pass launches: value columns per block (`BV`), the forward's cp.async
-/// stages (`NS`), whether it is an entry built for two blocks per SM (`_b2`: one stage, at
-/// most 128 registers, shared memory for two) and whether a chunk-parallel pass runs fused in
-/// it (`out`): the forward's output pass (`delta_ho*`: o from the state pass's smem copies of S
-/// and v_new, no `delta_o` launch) or the backward's dvl (`delta_h_bwd_dv*`: P^T do from the q,
-/// k, do rows the pass loads, no `delta_dvl` launch).
+/// How a sequential pass launches: value columns per block (`BV`), cp.async stages (`NS`),
+/// whether it is an entry built for two blocks per SM (`_b2`: one stage, at most 128 registers,
+/// shared memory for two) and, for the state-gradient pass, whether it computes dvl itself
+/// (`out`, `delta_h_bwd_dv2_*`: P^T do from the q, k, do rows the pass loads, no `delta_dvl`
+/// launch; 64 columns, two stages).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct HPlan {
     pub(crate) bv: usize,
@@ -239,25 +238,21 @@ pub(crate) struct HPlan {
     pub(crate) out: bool,
 }
 
-/// The two-blocks-per-SM entries exist for bf16 with KP <= 128 (`H_ENTRY_LB` in
-/// `delta/chunk_h.cu`).
+/// The two-blocks-per-SM entries, the fused state-gradient entries and the lab's dq/dk/dw
+/// entries exist for bf16 with KP <= 128 (`delta/chunk_h.cu`, `delta/chunk_bwd.cu`).
 fn h_two_ok(bf16: bool, kp: usize) -> bool {
     bf16 && kp <= 128
 }
 
 /// The lab override of the chunked passes' plans, for side-by-side timing:
-/// `GLA_DELTA_LAB="h=<v>,hb=<v>,wy=<v>"`. The forward state pass (`h`): `base` (the default
+/// `GLA_DELTA_LAB="h=<v>,hb=<v>,dq=<v>"`. The forward state pass (`h`): `base` (the default
 /// policy), `one` (the one-block-per-SM plan the policy falls back to), `v32` (32 columns, one
-/// block per SM), `b2` (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM),
-/// and with the output pass fused in (where the forward's output follows, not in the backward's
-/// recomputation): `o` (64 columns, two stages, one block per SM), `ov32` (the same at 32
-/// columns), `ov32b2` (32 columns, one stage, two blocks per SM). The state-gradient pass
-/// (`hb`): `one`, `v32`, and with dvl fused in `dv` (64 columns), `dvv32` (32 columns), `dv2`
-/// (64 columns, two cp.async stages), `dv2v32` (32 columns, two stages). The UT/WY prep (`wy`):
-/// `4` (`delta_wy4`, the solve's reads as float4). The dq/dk/dw pass (`dq`): `w16`
+/// block per SM), `b2` (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM).
+/// The state-gradient pass (`hb`): `one` (dvl its own launch), `v32` (the same at 32 columns),
+/// `dv2` (dvl fused in, 64 columns, whatever the tiles). The dq/dk/dw pass (`dq`): `w16`
 /// (`delta_dqkw_w16`, 16 warps), `s2` (`delta_dqkw_s2`, the V tiles in two buffers), `w16s2`
-/// (both). The two-blocks-per-SM, fused and 16-warp entries exist where
-/// [`h_two_ok`], `v32` where bf16. Anything else, or unset: the default.
+/// (both). The two-blocks-per-SM, fused and dq/dk/dw entries exist where [`h_two_ok`], `v32`
+/// where bf16. Anything else, or unset: the default.
 fn lab(key: &str) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
     v.split(',').find_map(|kv| kv.trim().strip_prefix(key).and_then(|r| r.strip_prefix('=')).map(str::to_string))
@@ -266,21 +261,6 @@ fn lab(key: &str) -> Option<String> {
 /// [`lab`] of the forward state pass (`h`) or of the state-gradient pass (`hb`).
 fn h_lab(bwd: bool) -> Option<String> {
     lab(if bwd { "hb" } else { "h" })
-}
-
-/// The UT/WY prep's row stride of A in floats: 68 for `delta_wy4` (the solve's reads as float4;
-/// bf16, KP <= 128) under the lab override `wy=4` ([`lab`]), else 65 (`delta_wy`).
-pub(crate) fn wy_la(bf16: bool, kp: usize) -> usize {
-    if h_two_ok(bf16, kp) && lab("wy").as_deref() == Some("4") {
-        68
-    } else {
-        65
-    }
-}
-
-/// The UT/WY prep's entry point for A's row stride `la` ([`wy_la`]).
-pub(crate) fn wy_name(la: usize, kp: usize, sfx: &str) -> String {
-    format!("delta_wy{}_k{kp}_{sfx}", if la == 68 { "4" } else { "" })
 }
 
 /// The plan of the forward state pass (`bwd` false) or of the state-gradient pass, without the
@@ -292,61 +272,51 @@ pub(crate) fn wy_name(la: usize, kp: usize, sfx: &str) -> String {
 /// measured on the H200 (bf16, K = V = 128, B*T = 65536, `bench/delta_lab.sh`) the state pass
 /// runs 1.37 -> 1.22 ms at T = 2048 and the forward 3.56 -> 3.01 ms at T = 8192 (256 blocks), while
 /// at T = 32768 (64 blocks) one stage of loads costs more than the occupancy gains (3.56 ->
-/// 4.55 ms), so the one-block plan stays. The backward keeps one block per SM (32 columns at
-/// two blocks per SM measured no faster).
+/// 4.55 ms), so the one-block plan stays. The backward keeps one block per SM; where it runs
+/// 64 columns and the fused entries exist it computes dvl itself on two stages
+/// (`delta_h_bwd_dv2`, faster on the H200 than `delta_dvl` + `delta_h_bwd` there, slower at 32
+/// columns: `bench/delta_lab.sh`).
 fn h_policy(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> HPlan {
     let tiles = (vp / 64) * nhv;
     if !bwd && h_two_ok(bf16, kp) && tiles >= sm_count {
         return HPlan { bv: 64, ns: 1, two: true, out: false };
     }
-    h_one(bwd, bf16, kp, tiles, sm_count)
+    let one = h_one(bwd, bf16, kp, tiles, sm_count);
+    if bwd && one.bv == 64 && h_two_ok(bf16, kp) {
+        return HPlan { bv: 64, ns: 2, two: false, out: true };
+    }
+    one
 }
 
 /// The one-block-per-SM plan for `tiles` 64-column tiles (see [`h_policy`]): the forward's
-/// stages per [`h_stages`], the backward's one.
+/// stages per [`h_stages`], the backward's one, dvl its own launch.
 fn h_one(bwd: bool, bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> HPlan {
     let bv = if bf16 && tiles < 2 * sm_count { 32 } else { 64 };
     HPlan { bv, ns: if bwd { 1 } else { h_stages(bf16, kp) }, two: false, out: false }
 }
 
-/// The plan of a sequential pass ([`h_policy`]), or the lab override's ([`h_lab`]); `out`: the
-/// forward's output pass follows this state pass (or, `bwd`, dvl precedes this state-gradient
-/// pass) and may run fused in it (`plan.out`).
-pub(crate) fn h_plan(bwd: bool, out: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> HPlan {
+/// The plan of a sequential pass ([`h_policy`]), or the lab override's ([`h_lab`]).
+pub(crate) fn h_plan(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> HPlan {
     let one = h_one(bwd, bf16, kp, (vp / 64) * nhv, sm_count);
     let two = |bv| HPlan { bv, ns: 1, two: true, out: false };
-    let fused = !bwd && out && h_two_ok(bf16, kp);
-    let fused_bwd = bwd && out && h_two_ok(bf16, kp);
     match h_lab(bwd).as_deref() {
         Some("one") => one,
         Some("v32") if bf16 => HPlan { bv: 32, ..one },
         Some("b2") if !bwd && h_two_ok(bf16, kp) => two(64),
         Some("v32b2") if !bwd && h_two_ok(bf16, kp) => two(32),
-        Some("o") if fused => HPlan { bv: 64, ns: 2, two: false, out: true },
-        Some("ov32b2") if fused => HPlan { out: true, ..two(32) },
-        Some("ov32") if fused => HPlan { bv: 32, ns: 2, two: false, out: true },
-        Some("dv") if fused_bwd => HPlan { bv: 64, ns: 1, two: false, out: true },
-        Some("dvv32") if fused_bwd => HPlan { bv: 32, ns: 1, two: false, out: true },
-        Some("dv2") if fused_bwd => HPlan { bv: 64, ns: 2, two: false, out: true },
-        Some("dv2v32") if fused_bwd => HPlan { bv: 32, ns: 2, two: false, out: true },
+        Some("dv2") if bwd && h_two_ok(bf16, kp) => HPlan { bv: 64, ns: 2, two: false, out: true },
         _ => h_policy(bwd, bf16, kp, vp, nhv, sm_count),
     }
 }
 
-/// The entry point of a sequential pass: `delta_h` (forward), `delta_ho` (forward, the output
-/// fused in) or `delta_h_bwd`, with `_v32` for 32-column tiles and `_b2` / `_v32b2` for the
-/// two-blocks-per-SM entries.
+/// The entry point of a sequential pass: `delta_h` (forward), `delta_h_bwd` or
+/// `delta_h_bwd_dv2` (dvl fused in), with `_v32` for 32-column tiles and `_b2` / `_v32b2` for
+/// the two-blocks-per-SM entries.
 pub(crate) fn h_name(bwd: bool, plan: HPlan, kp: usize, sfx: &str) -> String {
-    let base = if bwd && plan.out && plan.ns == 2 {
-        "delta_h_bwd_dv2"
-    } else if bwd && plan.out {
-        "delta_h_bwd_dv"
-    } else if bwd {
-        "delta_h_bwd"
-    } else if plan.out {
-        "delta_ho"
-    } else {
-        "delta_h"
+    let base = match (bwd, plan.out) {
+        (true, true) => "delta_h_bwd_dv2",
+        (true, false) => "delta_h_bwd",
+        _ => "delta_h",
     };
     let v = match (plan.bv, plan.two) {
         (32, false) => "_v32",
@@ -425,17 +395,14 @@ impl DeltaSmem {
     fn lk(&self) -> usize {
         self.kp + PAD
     }
-    /// `delta_wy` (`la` = 65) or `delta_wy4` (68): A's row stride in floats.
-    pub(crate) fn wy(&self, la: usize) -> usize {
+    pub(crate) fn wy(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
-        (64 * self.lk() + 64 * (self.vp + PAD) + sp * 64 * LDT) * e + (64 * la + 64 * 3) * 4
+        (64 * self.lk() + 64 * (self.vp + PAD) + sp * 64 * LDT) * e + (64 * 65 + 64 * 3) * 4
     }
     pub(crate) fn h(&self, plan: HPlan) -> usize {
-        let (e, sp, bv, ns, fo) = (self.e, self.sp, plan.bv, plan.ns, usize::from(plan.out));
+        let (e, sp, bv, ns) = (self.e, self.sp, plan.bv, plan.ns);
         let lds = bv + PAD;
-        // stages of w (sp planes), k (and q); S; the scaled U (and U) in sp planes; stages of
-        // u, G, rk (and rq)
-        (ns * (sp + 1 + fo) * 64 * self.lk() + self.kp * lds + (1 + fo) * sp * 64 * lds) * e + ns * (64 * bv + 128 + 64 * fo) * 4
+        (ns * (sp + 1) * 64 * self.lk() + self.kp * lds + sp * 64 * lds) * e + ns * (64 * bv + 128) * 4
     }
     pub(crate) fn o(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -474,9 +441,11 @@ impl DeltaSmem {
         let ns = h_stages(self.e == 2, self.kp);
         let h = |bv| self.h(HPlan { bv, ns, two: false, out: false });
         let hb = |bv| self.h_bwd(HPlan { bv, ns: 1, two: false, out: false });
+        let fused = h_two_ok(self.e == 2, self.kp);
+        let hb2 = if fused { self.h_bwd(HPlan { bv: 64, ns: 2, two: false, out: true }) } else { 0 };
         // the lab's dq/dk/dw entries exist where the two-blocks-per-SM ones do
-        let dq = if h_two_ok(self.e == 2, self.kp) { DqPlan { nw: 16, nb: 2 } } else { DqPlan { nw: 8, nb: 1 } };
-        [self.wy(68), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), self.dqkw(dq), self.wy_bwd()].into_iter().max().unwrap_or(0)
+        let dq = if fused { DqPlan { nw: 16, nb: 2 } } else { DqPlan { nw: 8, nb: 1 } };
+        [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), hb2, self.dqkw(dq), self.wy_bwd()].into_iter().max().unwrap_or(0)
     }
 }
 
@@ -720,32 +689,19 @@ mod tests {
         assert_eq!(plan(false, true, 32), one(32));
         assert_eq!(plan(false, false, 32), HPlan { bv: 64, ns: 1, two: false, out: false });
         assert_eq!(h_policy(false, true, 192, 128, 512, 132), HPlan { bv: 64, ns: 1, two: false, out: false });
-        // the backward: one block per SM
-        assert_eq!(plan(true, true, 512), one_bwd(64));
+        // the backward: one block per SM; dvl fused in at 64 columns where the entries exist
+        assert_eq!(plan(true, true, 512), HPlan { bv: 64, ns: 2, two: false, out: true });
         assert_eq!(plan(true, true, 32), one_bwd(32));
+        assert_eq!(plan(true, false, 32), one_bwd(64));
+        assert_eq!(h_policy(true, true, 192, 128, 512, 132), one_bwd(64));
         assert_eq!(h_name(true, HPlan { bv: 32, ns: 1, two: false, out: false }, 128, "bf16"), "delta_h_bwd_v32_k128_bf16");
         assert_eq!(h_name(false, HPlan { bv: 32, ns: 1, two: true, out: false }, 64, "bf16"), "delta_h_v32b2_k64_bf16");
-        assert_eq!(h_name(false, HPlan { bv: 32, ns: 1, two: true, out: true }, 64, "bf16"), "delta_ho_v32b2_k64_bf16");
-        assert_eq!(h_name(false, HPlan { bv: 64, ns: 2, two: false, out: true }, 128, "bf16"), "delta_ho_k128_bf16");
-        assert_eq!(h_name(true, HPlan { bv: 32, ns: 1, two: false, out: true }, 128, "bf16"), "delta_h_bwd_dv_v32_k128_bf16");
         assert_eq!(h_name(true, HPlan { bv: 64, ns: 2, two: false, out: true }, 128, "bf16"), "delta_h_bwd_dv2_k128_bf16");
-        assert_eq!(h_name(true, HPlan { bv: 32, ns: 2, two: false, out: true }, 64, "bf16"), "delta_h_bwd_dv2_v32_k64_bf16");
-        assert_eq!(h_name(false, HPlan { bv: 32, ns: 2, two: false, out: true }, 64, "bf16"), "delta_ho_v32_k64_bf16");
         // the two-blocks-per-SM entries: shared memory for two blocks (228 KB per SM, 1 KB each reserved)
         for kp in [64, 128] {
             for bv in [32, 64] {
                 let s = DeltaSmem::new(true, kp, 128).h(HPlan { bv, ns: 1, two: true, out: false });
                 assert!(2 * (s + 1024) <= 228 * 1024, "KP {kp}, BV {bv}: {s} B");
-            }
-            // the fused output entries: two blocks per SM at 32 columns, one (two stages) at 64
-            let s = DeltaSmem::new(true, kp, 128);
-            let fo2 = s.h(HPlan { bv: 32, ns: 1, two: true, out: true });
-            assert!(2 * (fo2 + 1024) <= 228 * 1024, "KP {kp}: {fo2} B");
-            assert!(s.h(HPlan { bv: 64, ns: 2, two: false, out: true }) <= 227 * 1024, "KP {kp}");
-            // the state-gradient pass with dvl fused in: one block per SM
-            assert!(s.h(HPlan { bv: 32, ns: 2, two: false, out: true }) <= 227 * 1024, "KP {kp}");
-            for (bv, ns) in [(32, 1), (64, 1), (64, 2), (32, 2)] {
-                assert!(s.h_bwd(HPlan { bv, ns, two: false, out: true }) <= 227 * 1024, "KP {kp}, BV {bv}, NS {ns}");
             }
         }
         // the tiles of the widest dq/dk launch are columns of K

@@ -423,7 +423,8 @@ fn chunk_fwd<T: Elem>(
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
     let scale = p.scale() as f32;
     chunk_prep(cuda, p, vs, x, ws)?;
-    if chunk_wy_h(cuda, p, dp, x, ws, kp, ht, Some(&mut *o))? || dp.n_chunks == 0 {
+    chunk_wy_h(cuda, p, dp, x, ws, kp, ht)?;
+    if dp.n_chunks == 0 {
         return Ok(());
     }
     let (vp, nch) = (dd::vpad(p.v()) as i32, dp.n_chunks as i64);
@@ -487,10 +488,7 @@ fn gate_prep<T: Elem>(
 
 /// The UT/WY prep and the state pass of the chunked path on the kernels' problem `p` (forward,
 /// and the backward's recomputation): w, u, G, hs, v_new; T where the workspace holds it (a
-/// backward's); ht when given. With `o` (the forward), the state pass may run the output pass
-/// fused in (`HPlan::out`): then it writes `o` and returns true, and stores hs and v_new only
-/// where the workspace is a backward's (T stored: a backward may read them).
-#[allow(clippy::too_many_arguments)]
+/// backward's); ht when given.
 fn chunk_wy_h<T: Elem>(
     cuda: &Cuda,
     p: &DeltaProblem,
@@ -499,8 +497,7 @@ fn chunk_wy_h<T: Elem>(
     ws: &DeltaWorkspace<T>,
     kp: usize,
     ht: Option<&mut CudaSlice<f32>>,
-    o: Option<&mut CudaSlice<T>>,
-) -> Result<bool> {
+) -> Result<()> {
     let op = "delta chunked forward";
     let bf16 = is_bf16::<T>();
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
@@ -514,9 +511,8 @@ fn chunk_wy_h<T: Elem>(
     let (w, u, g2) = (req(&ws.w, "w")?, req(&ws.u, "u")?, req(&ws.g2, "G")?);
     let (hs, vn, bt) = (req(&ws.hs, "hs")?, req(&ws.vn, "v_new")?, req(&ws.bt, "beta")?);
     if dp.n_chunks > 0 {
-        let la = dd::wy_la(bf16, kp);
-        let name = dd::wy_name(la, kp, T::SUFFIX);
-        let cfg = dd::chunk_cfg(grid_chunks(op, dp.n_chunks)?, p.hv(), 1, smem.wy(la));
+        let name = format!("delta_wy_k{kp}_{}", T::SUFFIX);
+        let cfg = dd::chunk_cfg(grid_chunks(op, dp.n_chunks)?, p.hv(), 1, smem.wy());
         // SAFETY: arguments match delta_wy_*'s signature; w, u, T, G hold the problem's chunked
         // workspaces (checked by the caller); one block per (chunk, value head)
         unsafe {
@@ -528,63 +524,13 @@ fn chunk_wy_h<T: Elem>(
             )?;
         }
     }
-    let plan = dd::h_plan(false, o.is_some(), bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
+    let plan = dd::h_plan(false, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
     let name = dd::h_name(false, plan, kp, T::SUFFIX);
     let cfg = dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, smem.h(plan));
-    match o {
-        Some(o) if plan.out => {
-            let keep = tm.is_some();
-            let (hs, vn) = (Some(hs).filter(|_| keep), Some(vn).filter(|_| keep));
-            let scale = p.scale() as f32;
-            // SAFETY: arguments match delta_ho_*'s signature (delta_h_*'s, then q, rq, o, scale;
-            // hs and vn null where not stored); one block per (V tile, sequence x value head)
-            // walking its chunks; every workspace is sized for the problem, o and q checked by
-            // the caller
-            unsafe {
-                launch(
-                    cuda,
-                    &name,
-                    cfg,
-                    &[
-                        w,
-                        u,
-                        x.k,
-                        &ws.rk,
-                        g2,
-                        &x.h0,
-                        &hs,
-                        &vn,
-                        &ht,
-                        &dp.bounds,
-                        &dp.chunk_off,
-                        &h,
-                        &hv,
-                        &k,
-                        &v,
-                        &vp32,
-                        &nch,
-                        x.q,
-                        &ws.rq,
-                        o,
-                        &scale,
-                    ],
-                )?;
-            }
-            Ok(true)
-        }
-        _ => {
-            // SAFETY: arguments match delta_h_*'s signature; one block per (V tile, sequence x
-            // value head) walking its chunks; every workspace is sized for the problem
-            unsafe {
-                launch(
-                    cuda,
-                    &name,
-                    cfg,
-                    &[w, u, x.k, &ws.rk, g2, &x.h0, hs, vn, &ht, &dp.bounds, &dp.chunk_off, &h, &hv, &k, &v, &vp32, &nch],
-                )?;
-            }
-            Ok(false)
-        }
+    // SAFETY: arguments match delta_h_*'s signature; one block per (V tile, sequence x value
+    // head) walking its chunks; every workspace is sized for the problem
+    unsafe {
+        launch(cuda, &name, cfg, &[w, u, x.k, &ws.rk, g2, &x.h0, hs, vn, &ht, &dp.bounds, &dp.chunk_off, &h, &hv, &k, &v, &vp32, &nch])
     }
 }
 
@@ -879,7 +825,7 @@ fn chunk_bwd<T: Elem>(
     let bf16 = is_bf16::<T>();
     if !fwd_in_ws {
         chunk_prep(cuda, p, r.vs, x, ws)?;
-        chunk_wy_h(cuda, p, dp, x, ws, kp, None, None)?;
+        chunk_wy_h(cuda, p, dp, x, ws, kp, None)?;
     }
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
     let scale = p.scale() as f32;
@@ -894,7 +840,7 @@ fn chunk_bwd<T: Elem>(
     let gx = grid_chunks(op, dp.n_chunks)?;
     let sfx = T::SUFFIX;
     // `plan.out`: the state-gradient pass computes dvl itself (no delta_dvl launch)
-    let plan = dd::h_plan(true, true, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
+    let plan = dd::h_plan(true, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
     if dp.n_chunks > 0 && !plan.out {
         // SAFETY: arguments match delta_dvl_*'s signature; dvl holds chunks x HV x 64 x VP f32
         unsafe {
@@ -906,7 +852,7 @@ fn chunk_bwd<T: Elem>(
             )?;
         }
     }
-    // SAFETY: arguments match delta_h_bwd_*'s signature (the `_dv` entries do not read dvl); one
+    // SAFETY: arguments match delta_h_bwd_*'s signature (the `_dv2` entries do not read dvl); one
     // block per (V tile, sequence x value head) walking its chunks in reverse; dhs, du sized for
     // the problem
     unsafe {

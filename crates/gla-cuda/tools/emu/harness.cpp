@@ -385,47 +385,40 @@ struct K_;
 KSET(float, f32)
 KSET(unsigned short, bf16)
 
-#define CHUNK_FNS(KP, SFX, H32, HB32, HB2, H32B2, HO, HO32B2, HBD, HBD32, HBD2, HO32, HBD232)                  \
+#define CHUNK_FNS(KP, SFX, H32, HB32, HB2, H32B2, HBD2)                                                         \
     {KP, {(void*)delta_wy_k##KP##_##SFX, (void*)delta_h_k##KP##_##SFX, (void*)delta_o_k##KP##_##SFX,            \
           (void*)delta_dvl_k##KP##_##SFX, (void*)delta_h_bwd_k##KP##_##SFX, (void*)delta_dqkw_k##KP##_##SFX,    \
-          (void*)delta_wy_bwd_k##KP##_##SFX, (void*)H32, (void*)HB32, (void*)HB2, (void*)H32B2, (void*)HO, (void*)HO32B2, \
-          (void*)HBD, (void*)HBD32, (void*)HBD2, (void*)HO32, (void*)HBD232}}
+          (void*)delta_wy_bwd_k##KP##_##SFX, (void*)H32, (void*)HB32, (void*)HB2, (void*)H32B2, (void*)HBD2}}
 struct ChunkFns {
     void *wy, *h, *o, *dvl, *hb, *dqkw, *wyb, *h32, *hb32, *h2, *h32b2;  // h2, h32b2: the _b2 / _v32b2 entries
-    void *ho, *ho32b2;  // the state pass with the output fused in: delta_ho, delta_ho_v32b2
-    void *hbd, *hbd32, *hbd2;  // the state-gradient pass with dvl fused in: delta_h_bwd_dv[_v32], _dv2
-    void *ho32, *hbd232;       // delta_ho_v32, delta_h_bwd_dv2_v32
+    void* hbd2;  // delta_h_bwd_dv2: the state-gradient pass with dvl fused in (64 columns, two stages)
 };
-static std::map<int, ChunkFns> g_cf32 = {CHUNK_FNS(64, f32, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr),
-                                         CHUNK_FNS(128, f32, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr)};
+static std::map<int, ChunkFns> g_cf32 = {CHUNK_FNS(64, f32, nullptr, nullptr, nullptr, nullptr, nullptr),
+                                         CHUNK_FNS(128, f32, nullptr, nullptr, nullptr, nullptr, nullptr)};
 static std::map<int, ChunkFns> g_cbf = {
-    CHUNK_FNS(64, bf16, delta_h_v32_k64_bf16, delta_h_bwd_v32_k64_bf16, delta_h_b2_k64_bf16, delta_h_v32b2_k64_bf16, delta_ho_k64_bf16,
-              delta_ho_v32b2_k64_bf16, delta_h_bwd_dv_k64_bf16, delta_h_bwd_dv_v32_k64_bf16,
-              delta_h_bwd_dv2_k64_bf16, delta_ho_v32_k64_bf16, delta_h_bwd_dv2_v32_k64_bf16),
+    CHUNK_FNS(64, bf16, delta_h_v32_k64_bf16, delta_h_bwd_v32_k64_bf16, delta_h_b2_k64_bf16, delta_h_v32b2_k64_bf16,
+              delta_h_bwd_dv2_k64_bf16),
     CHUNK_FNS(128, bf16, delta_h_v32_k128_bf16, delta_h_bwd_v32_k128_bf16, delta_h_b2_k128_bf16, delta_h_v32b2_k128_bf16,
-              delta_ho_k128_bf16, delta_ho_v32b2_k128_bf16, delta_h_bwd_dv_k128_bf16, delta_h_bwd_dv_v32_k128_bf16,
-              delta_h_bwd_dv2_k128_bf16, delta_ho_v32_k128_bf16, delta_h_bwd_dv2_v32_k128_bf16),
-    CHUNK_FNS(192, bf16, delta_h_v32_k192_bf16, delta_h_bwd_v32_k192_bf16, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr),
-    CHUNK_FNS(256, bf16, delta_h_v32_k256_bf16, delta_h_bwd_v32_k256_bf16, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr)};
+              delta_h_bwd_dv2_k128_bf16),
+    CHUNK_FNS(192, bf16, delta_h_v32_k192_bf16, delta_h_bwd_v32_k192_bf16, nullptr, nullptr, nullptr),
+    CHUNK_FNS(256, bf16, delta_h_v32_k256_bf16, delta_h_bwd_v32_k256_bf16, nullptr, nullptr, nullptr)};
 
 // smem sizes (as src/delta/dispatch.rs)
 template <class E>
 static constexpr int SPn = sizeof(E) == 2 ? 2 : 1;
 template <class E>
-static size_t sm_wy(int KP, int VP, int LA = 65) {
+static size_t sm_wy(int KP, int VP) {
     const int SP = SPn<E>;
-    return (64 * (KP + 8) + 64 * (VP + 8) + SP * 64 * 72) * sizeof(E) + (64 * LA + 64 * 3) * 4;
+    return (64 * (KP + 8) + 64 * (VP + 8) + SP * 64 * 72) * sizeof(E) + (64 * 65 + 64 * 3) * 4;
 }
-// delta_wy4 (A's rows at a stride of 68 floats, float4 reads in the solve): DELTA_WYVAR=4
-static std::map<int, void*> g_wy4 = {{64, (void*)delta_wy4_k64_bf16}, {128, (void*)delta_wy4_k128_bf16}};
 template <class E>
 static int h_stages(int KP) {
     return (sizeof(E) == 2 && KP <= 128) ? 2 : 1;
 }
 template <class E>
-static size_t sm_h(int KP, int BV, int ns, bool fo = false) {
+static size_t sm_h(int KP, int BV, int ns) {
     const int SP = SPn<E>, L = BV + 8;
-    return (ns * (SP + 1 + fo) * 64 * (KP + 8) + KP * L + SP * 64 * L * (1 + fo)) * sizeof(E) + ns * (64 * BV + 128 + 64 * fo) * 4;
+    return (ns * (SP + 1) * 64 * (KP + 8) + KP * L + SP * 64 * L) * sizeof(E) + ns * (64 * BV + 128) * 4;
 }
 template <class E>
 static size_t sm_o(int KP) {
@@ -673,10 +666,9 @@ struct Run {
         dim3 cgrid{(unsigned)nc, (unsigned)HV, 1}, b256{256, 1, 1};
         typedef void (*WyFn)(const E*, const float*, const E*, const float*, const float*, E*, float*, E*, float*, const long long*,
                              const long long*, const int*, int, int, int, int, int, long long);
-        const bool wy4 = sizeof(E) == 2 && g_wy4.count(KP) && getenv("DELTA_WYVAR") && !std::strcmp(getenv("DELTA_WYVAR"), "4");
         if (nc > 0)
-            emu::launch(cgrid, b256, sm_wy<E>(KP, VP, wy4 ? 68 : 65), [&] {
-                ((WyFn)(wy4 ? g_wy4.at(KP) : f.wy))(k.data(), ptr(rk), v.data(), bt.data(), ptr(gl), w.data(), u.data(), tm.data(), g2.data(), p.bounds.data(),
+            emu::launch(cgrid, b256, sm_wy<E>(KP, VP), [&] {
+                ((WyFn)f.wy)(k.data(), ptr(rk), v.data(), bt.data(), ptr(gl), w.data(), u.data(), tm.data(), g2.data(), p.bounds.data(),
                              p.off.data(), p.seq.data(), H, HV, K, V, VP, nch);
             });
         typedef void (*HFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
@@ -684,24 +676,6 @@ struct Run {
         // the forward state pass's two-blocks-per-SM entries (one stage): DELTA_HVAR=b2 / v32b2,
         // else dispatch::delta::h_policy's rule at 132 SMs (b2 where 64-column blocks fill them)
         const char* hv = getenv("DELTA_HVAR");
-        // the fused output entries: DELTA_HVAR=o / ov32 / ov32b2 (DELTA_HSTORE=0: hs and v_new not
-        // stored, as a forward no backward reads)
-        if (want_o && hv && f.ho && (!std::strcmp(hv, "o") || !std::strcmp(hv, "ov32") || !std::strcmp(hv, "ov32b2"))) {
-            const bool v32 = std::strcmp(hv, "o") != 0, b2 = !std::strcmp(hv, "ov32b2");
-            const bool st = !getenv("DELTA_HSTORE") || std::strcmp(getenv("DELTA_HSTORE"), "0");
-            const int bvo = v32 ? 32 : 64;
-            auto o = poison<E>(rows * HV * V);
-            typedef void (*HoFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
-                                 const long long*, const long long*, int, int, int, int, int, long long, const E*, const float*, E*, float);
-            emu::launch(dim3{(unsigned)(VP / bvo), (unsigned)(d.N * HV), 1}, b256, sm_h<E>(KP, bvo, b2 ? 1 : 2, true), [&] {
-                ((HoFn)(b2 ? f.ho32b2 : v32 ? f.ho32 : f.ho))(w.data(), u.data(), k.data(), ptr(rk), g2.data(), ptr(h0), st ? hs.data() : nullptr,
-                                                st ? vn.data() : nullptr, ht.data(), p.bounds.data(), p.off.data(), H, HV, K, V, VP, nch,
-                                                q.data(), ptr(rq), o.data(), scale);
-            });
-            out.ht = back(split(ht, 1));
-            out.o = back(o);
-            return;
-        }
         const bool lab = hv && f.h2 && (!std::strcmp(hv, "b2") || !std::strcmp(hv, "v32b2"));
         const bool two = lab || (!getenv("DELTA_BV") && f.h2 && (VP / 64) * d.N * HV >= 132);
         const int bv = two ? (lab && std::strcmp(hv, "b2") ? 32 : 64) : h_bv<E>(VP, d.N * HV);
@@ -736,13 +710,13 @@ struct Run {
         auto dvl = poison<float>(nc * HV * 64 * VP);
         typedef void (*DvlFn)(const E*, const E*, const float*, const float*, const E*, const float*, float*, const long long*,
                               const long long*, const int*, int, int, int, int, int, float);
-        // the state-gradient pass with dvl fused in: DELTA_HBVAR=dv (no delta_dvl launch; its
-        // output stays poisoned and is passed as null)
-        // (DELTA_HBVAR=dv2 / dv2v32: the same on two cp.async stages, 64 / 32 columns)
+        // the state-gradient pass: dispatch::delta::h_policy's rule at 132 SMs (dvl fused in,
+        // delta_h_bwd_dv2, where it runs 64 columns and the entry exists; no delta_dvl launch,
+        // its output stays poisoned and is passed as null); DELTA_HBVAR=dv2 fused at 64 columns
+        // whatever the tiles, DELTA_HBVAR=one never
         const char* hbv = getenv("DELTA_HBVAR");
-        const bool fd232 = f.hbd232 && hbv && !std::strcmp(hbv, "dv2v32");
-        const bool fd2 = fd232 || (f.hbd2 && hbv && !std::strcmp(hbv, "dv2"));
-        const bool fd = fd2 || (f.hbd && hbv && !std::strcmp(hbv, "dv"));
+        const int bv0 = h_bv<E>(VP, d.N * HV);
+        const bool fd = f.hbd2 && !(hbv && !std::strcmp(hbv, "one")) && ((hbv && !std::strcmp(hbv, "dv2")) || bv0 == 64);
         if (nc > 0 && !fd)
             emu::launch(cgrid, b256, sm_dvl<E>(KP), [&] {
                 ((DvlFn)f.dvl)(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), g2.data(), dvl.data(), p.bounds.data(), p.off.data(),
@@ -752,9 +726,9 @@ struct Run {
         auto dh0 = poison<float>(h0.empty() ? 0 : h0.size());
         typedef void (*HbFn)(const E*, const E*, const float*, const float*, const E*, const E*, const float*, const float*, const float*,
                              E*, E*, float*, const long long*, const long long*, int, int, int, int, int, float, long long);
-        const int bv = fd232 ? 32 : fd2 ? 64 : h_bv<E>(VP, d.N * HV);
-        void* hbf = fd232 ? f.hbd232 : fd2 ? f.hbd2 : fd ? (bv == 32 ? f.hbd32 : f.hbd) : (bv == 32 ? f.hb32 : f.hb);
-        emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hb<E>(KP, bv, fd, fd2 ? 2 : 1), [&] {
+        const int bv = fd ? 64 : bv0;
+        void* hbf = fd ? f.hbd2 : (bv == 32 ? f.hb32 : f.hb);
+        emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hb<E>(KP, bv, fd, fd ? 2 : 1), [&] {
             ((HbFn)hbf)(q.data(), k.data(), ptr(rq), ptr(rk), w.data(), d_o.data(), fd ? nullptr : dvl.data(), g2.data(), dht.data(), dhs.data(),
                          du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H, HV, K, V, VP, scale, nch);
         });
