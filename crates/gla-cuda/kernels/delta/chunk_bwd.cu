@@ -12,8 +12,8 @@
 //     dG  += qn . dq_inter + rowsum(dM * M) - colsum(dM * M) - kn . dk_Kd, and at the last row
 //            exp(Gm) <S, dS'> + sum kn . dk_Kd             (=, dgp [KZ][chunks, HV, 64] f32)
 //   dq, dk (=, f32 [rows, HV, K]: per value head; delta_qk_bwd_* sums the group).
-//   delta_dqkw_{w16,s2,w16s2}_k{KP}_bf16: the same on 16 warps (`w16`: 512 threads, one block per
-//   SM; KW = KP) and / or with the V tiles in two buffers (`s2`: tile v + 1 loads during tile v).
+//   delta_dqkw_s2_k{KP}_bf16: the same with the V tiles in two buffers (tile v + 1 loads during
+//   tile v; KW = KP).
 // delta_wy_bwd_k{KP}: back through w = T (beta exp(G) Kn), u = T (beta V), T = (I + A)^-1:
 //     dT = dU (beta V)^T + dw (beta exp(G) Kn)^T;  dA = -T^T dT T^T (strictly lower)
 //     dv = beta T^T dU (=);  dk += beta exp(G) T^T dw + dAb Kn + dAb^T Kn (dAb = dA beta exp(G_t - G_s))
@@ -29,8 +29,7 @@
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_dvl_k64_f32 delta_dvl_k128_f32 delta_dvl_k64_bf16 delta_dvl_k128_bf16 delta_dvl_k192_bf16 delta_dvl_k256_bf16
 //   delta_dqkw_k64_f32 delta_dqkw_k128_f32 delta_dqkw_k64_bf16 delta_dqkw_k128_bf16 delta_dqkw_k192_bf16 delta_dqkw_k256_bf16
-//   delta_dqkw_w16_k64_bf16 delta_dqkw_w16_k128_bf16 delta_dqkw_s2_k64_bf16 delta_dqkw_s2_k128_bf16
-//   delta_dqkw_w16s2_k64_bf16 delta_dqkw_w16s2_k128_bf16
+//   delta_dqkw_s2_k64_bf16 delta_dqkw_s2_k128_bf16
 //   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
 
 template <typename E, int KP>
@@ -87,22 +86,19 @@ struct DqkwTile {
     static constexpr int KW = (sizeof(E) == 2 && KP <= 128) ? KP : (KP == 64 ? 64 : KP / 2);
 };
 
-// NW: warps of the block, 8 (DNT threads) or 16 (the `_w16` entries: each warp a quarter of
-// the columns, at most 128 registers a thread). The loads are issued by the first DNT threads.
-// NB: buffers of the V tiles (do, U, dU, S, dS); with two (the `s2` entries) tile v + 1 loads
+// NB: buffers of the V tiles (do, U, dU, S, dS); with two (the `_s2` entries) tile v + 1 loads
 // while tile v is computed, and dMG takes the second buffer once the tiles are done.
-template <typename E, int KP, int NW, int NB>
+template <typename E, int KP, int NB>
 __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                        const float* __restrict__ rk, const E* __restrict__ d_o, const E* __restrict__ vn,
                                        const E* __restrict__ du, const E* __restrict__ hs, const E* __restrict__ dhs,
                                        const float* __restrict__ g2, float* __restrict__ dq, float* __restrict__ dk, E* __restrict__ dw,
                                        float* __restrict__ dgp, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
                                        const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, float scale, idx_t nch) {
-    // CS column splits of the warps (4 row tiles each): a warp's 16 x 64 / CS tile of M and dM
+    // NW warps in CS column splits (4 row tiles each): a warp's 16 x 64 / CS tile of M and dM
     // (NM n8-tiles), 16 x KW / CS of dq, dk, dw (NT n8-tiles)
-    constexpr int CS = NW / 4, NM = 8 / CS;
+    constexpr int NW = DNT / 32, CS = NW / 4, NM = 8 / CS;
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP, KW = DqkwTile<E, KP>::KW, NT = KW / (8 * CS);
-    static_assert(NW == 8 || NW == 16, "8 or 16 warps");
     static_assert(NB == 1 || NB == 2, "one or two V-tile buffers");
     constexpr int VBUF = (1 + 2 * SP) * 64 * LDT + 2 * KW * LDT;  // do, U, dU (split), S, dS
     DELTA_SMEM(smem);
@@ -121,16 +117,11 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     float* sFc = sFr + CS * 64;            // [4][64]: column sums of dM * M (per row quarter)
     DELTA_SMEM_END(smem, sFc + 256);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
-    const bool ldr = NW == 8 || tid < DNT;  // a loading thread
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
     const int z = blockIdx.z, k0 = z * KW;
     const idx_t vplane = nch * HV * 64 * VP, wplane = nch * HV * 64 * KP;
     // the V tile at v0 of do, U, dU (split) and the K tile's rows of S, dS into buffer b
     auto ld_tiles = [&](int v0, int b) {
-        if (!ldr) {
-            cp_commit();
-            return;
-        }
         E* sDo = sVb + b * VBUF;
         E* sU = sDo + 64 * LDT;
         E* sUl = sU + (SP - 1) * 64 * LDT;
@@ -151,11 +142,9 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         tile_ld<E>(sDS, LDT, dhs + so, VP, KW, 64, KW, 64, true, tid, DNT);
         cp_commit();
     };
-    if (ldr) {
-        ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
-        ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
-        ld_g64(sG, g2 + c.oc * 64, tid);
-    }
+    ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
+    ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
+    ld_g64(sG, g2 + c.oc * 64, tid);
     cp_commit();
     // the first V tile's loads land while M is formed
     ld_tiles(0, 0);
@@ -209,7 +198,7 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         wgemm2<false, true, NT>(dwa, sDu, sDul, LDT, 16 * mt, sS, sS, LDT, nk, 64, lane, true, false);
         wgemm2<false, true, NT>(dkd, sU, sUl, LDT, 16 * mt, sDS, sDS, LDT, nk, 64, lane, true, false);
         wgemm2<false, true, NM>(dM, sDo, sDo, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, false, true);
-        for (int x = tid; x < KW * 64; x += 32 * NW) {
+        for (int x = tid; x < KW * 64; x += DNT) {
             const int r = x >> 6, cc = x & 63;
             sd += to_f32(sS[r * LDT + cc]) * to_f32(sDS[r * LDT + cc]);
         }
@@ -570,7 +559,7 @@ extern "C" __global__ void __launch_bounds__(DNT) delta_dqkw_k##KP##_##NAME(    
     const E* hs, const E* dhs, const float* g2, float* dq, float* dk, E* dw, float* dgp,                 \
     const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
     int VP, float scale, idx_t nch) {                                                                    \
-    dqkw_k<E, KP, 8, 1>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off,         \
+    dqkw_k<E, KP, 1>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off,         \
                      chunk_seq, H, HV, K, V, VP, scale, nch);                                            \
 }                                                                                                        \
 extern "C" __global__ void __launch_bounds__(DNT, KP <= 128 ? 2 : 1) delta_wy_bwd_k##KP##_##NAME(                           \
@@ -589,19 +578,15 @@ BWD_ENTRY(128, bf16, bf16_t)
 BWD_ENTRY(192, bf16, bf16_t)
 BWD_ENTRY(256, bf16, bf16_t)
 
-// dq/dk/dw on NW warps, NB V-tile buffers (KW = KP: bf16 up to 128)
-#define DQKW_ENTRY(PFX, KP, NW, NB)                                                                      \
-extern "C" __global__ void __launch_bounds__(32 * NW, 1) PFX##_k##KP##_bf16(                             \
+// dq/dk/dw with the V tiles in two buffers (KW = KP: bf16 up to 128)
+#define DQKW_S2_ENTRY(KP)                                                                                \
+extern "C" __global__ void __launch_bounds__(DNT) delta_dqkw_s2_k##KP##_bf16(                            \
     const bf16_t* q, const bf16_t* k, const float* rq, const float* rk, const bf16_t* d_o,               \
     const bf16_t* vn, const bf16_t* du, const bf16_t* hs, const bf16_t* dhs, const float* g2, float* dq, \
     float* dk, bf16_t* dw, float* dgp, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq,\
     int H, int HV, int K, int V, int VP, float scale, idx_t nch) {                                       \
-    dqkw_k<bf16_t, KP, NW, NB>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds,         \
-                               chunk_off, chunk_seq, H, HV, K, V, VP, scale, nch);                       \
+    dqkw_k<bf16_t, KP, 2>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off,    \
+                          chunk_seq, H, HV, K, V, VP, scale, nch);                                       \
 }
-DQKW_ENTRY(delta_dqkw_w16, 64, 16, 1)
-DQKW_ENTRY(delta_dqkw_w16, 128, 16, 1)
-DQKW_ENTRY(delta_dqkw_s2, 64, 8, 2)
-DQKW_ENTRY(delta_dqkw_s2, 128, 8, 2)
-DQKW_ENTRY(delta_dqkw_w16s2, 64, 16, 2)
-DQKW_ENTRY(delta_dqkw_w16s2, 128, 16, 2)
+DQKW_S2_ENTRY(64)
+DQKW_S2_ENTRY(128)

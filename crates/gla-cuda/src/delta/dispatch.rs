@@ -249,10 +249,9 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// policy), `one` (the one-block-per-SM plan the policy falls back to), `v32` (32 columns, one
 /// block per SM), `b2` (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM).
 /// The state-gradient pass (`hb`): `one` (dvl its own launch), `v32` (the same at 32 columns),
-/// `dv2` (dvl fused in, 64 columns, whatever the tiles). The dq/dk/dw pass (`dq`): `w16`
-/// (`delta_dqkw_w16`, 16 warps), `s2` (`delta_dqkw_s2`, the V tiles in two buffers), `w16s2`
-/// (both). The two-blocks-per-SM, fused and dq/dk/dw entries exist where [`h_two_ok`], `v32`
-/// where bf16. Anything else, or unset: the default.
+/// `dv2` (dvl fused in, 64 columns, whatever the tiles). The dq/dk/dw pass (`dq`): `s2`
+/// (`delta_dqkw_s2`, the V tiles in two buffers). The two-blocks-per-SM, fused and `s2` entries
+/// exist where [`h_two_ok`], `v32` where bf16. Anything else, or unset: the default.
 fn lab(key: &str) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
     v.split(',').find_map(|kv| kv.trim().strip_prefix(key).and_then(|r| r.strip_prefix('=')).map(str::to_string))
@@ -339,35 +338,19 @@ pub(crate) fn dqkw_kw(bf16: bool, kp: usize) -> usize {
     }
 }
 
-/// How `delta_dqkw_*` launches: warps of a block (`nw`: 8, or 16 with a quarter of the columns
-/// per warp) and buffers of its V tiles (`nb`: 1, or 2 with tile v + 1 loading during tile v).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct DqPlan {
-    pub(crate) nw: usize,
-    pub(crate) nb: usize,
-}
-
-/// The plan of `delta_dqkw_*`: 8 warps, one buffer, unless the lab override ([`lab`] `dq`)
-/// picks another (bf16, KP <= 128).
-pub(crate) fn dqkw_plan(bf16: bool, kp: usize) -> DqPlan {
-    let lab = if h_two_ok(bf16, kp) { lab("dq") } else { None };
-    match lab.as_deref() {
-        Some("w16") => DqPlan { nw: 16, nb: 1 },
-        Some("s2") => DqPlan { nw: 8, nb: 2 },
-        Some("w16s2") => DqPlan { nw: 16, nb: 2 },
-        _ => DqPlan { nw: 8, nb: 1 },
+/// Buffers of `delta_dqkw_*`'s V tiles: 2 (`delta_dqkw_s2_*`, tile v + 1 loading during tile
+/// v) under the lab override `dq=s2` ([`lab`]; bf16, KP <= 128), else 1.
+pub(crate) fn dqkw_bufs(bf16: bool, kp: usize) -> usize {
+    if h_two_ok(bf16, kp) && lab("dq").as_deref() == Some("s2") {
+        2
+    } else {
+        1
     }
 }
 
-/// The entry point of `delta_dqkw_*` for `plan` ([`dqkw_plan`]).
-pub(crate) fn dqkw_name(plan: DqPlan, kp: usize, sfx: &str) -> String {
-    let v = match (plan.nw, plan.nb) {
-        (16, 1) => "_w16",
-        (8, 2) => "_s2",
-        (16, _) => "_w16s2",
-        _ => "",
-    };
-    format!("delta_dqkw{v}_k{kp}_{sfx}")
+/// The entry point of `delta_dqkw_*` with `nb` V-tile buffers ([`dqkw_bufs`]).
+pub(crate) fn dqkw_name(nb: usize, kp: usize, sfx: &str) -> String {
+    format!("delta_dqkw{}_k{kp}_{sfx}", if nb == 2 { "_s2" } else { "" })
 }
 
 /// The K tiles (grid z) of `delta_dqkw_*`.
@@ -421,14 +404,13 @@ impl DeltaSmem {
         (ns * ((2 + sp) * 64 * self.lk() + 64 * lds) + self.kp * lds + sp * 64 * lds + fd * (sp * 64 * LDT + 64 * lds)) * e
             + ns * ((1 - fd) * 64 * bv + 3 * 64) * 4
     }
-    /// `delta_dqkw_*` on `plan`: its row sums per column split (`nw / 4` of them) and per-warp
-    /// reductions grow with the warps; dMG has a region of its own with one V-tile buffer, the
+    /// `delta_dqkw_*` with `nb` V-tile buffers: dMG has a region of its own with one, the
     /// second buffer with two.
-    pub(crate) fn dqkw(&self, plan: DqPlan) -> usize {
-        let (e, sp, nw, nb) = (self.e, self.sp, plan.nw, plan.nb);
+    pub(crate) fn dqkw(&self, nb: usize) -> usize {
+        let (e, sp) = (self.e, self.sp);
         let kw = dqkw_kw(e == 2, self.kp);
-        let (cs, vbuf) = (nw / 4, (1 + 2 * sp) * 64 * LDT + 2 * kw * LDT);
-        (2 * 64 * self.lk() + nb * vbuf + (2 - nb) * sp * 64 * LDT) * e + (64 * 65 + 3 * 64 + 2 * cs * 64 + 2 * nw + 256) * 4
+        let vbuf = (1 + 2 * sp) * 64 * LDT + 2 * kw * LDT;
+        (2 * 64 * self.lk() + nb * vbuf + (2 - nb) * sp * 64 * LDT) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4
     }
     pub(crate) fn wy_bwd(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -444,7 +426,7 @@ impl DeltaSmem {
         let fused = h_two_ok(self.e == 2, self.kp);
         let hb2 = if fused { self.h_bwd(HPlan { bv: 64, ns: 2, two: false, out: true }) } else { 0 };
         // the lab's dq/dk/dw entries exist where the two-blocks-per-SM ones do
-        let dq = if fused { DqPlan { nw: 16, nb: 2 } } else { DqPlan { nw: 8, nb: 1 } };
+        let dq = if fused { 2 } else { 1 };
         [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), hb2, self.dqkw(dq), self.wy_bwd()].into_iter().max().unwrap_or(0)
     }
 }
@@ -452,11 +434,6 @@ impl DeltaSmem {
 /// A chunk-parallel launch: grid (chunks, HV, `gz`), 256 threads, `smem` bytes.
 pub(crate) fn chunk_cfg(nc: u32, hv: usize, gz: usize, smem: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (nc, hv as u32, gz as u32), block_dim: (CHUNK_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
-}
-
-/// [`chunk_cfg`] for a kernel on `nw` warps.
-pub(crate) fn chunk_cfg_warps(nc: u32, hv: usize, gz: usize, smem: usize, nw: usize) -> LaunchConfig {
-    LaunchConfig { block_dim: (32 * nw as u32, 1, 1), ..chunk_cfg(nc, hv, gz, smem) }
 }
 
 /// A sequential pass: grid (VP / BV, N * HV), 256 threads, `smem` bytes.
@@ -708,17 +685,12 @@ mod tests {
         assert_eq!((dqkw_kw(true, 256), dqkw_kz(true, 256)), (128, 2));
         assert_eq!((dqkw_kw(false, 128), dqkw_kz(false, 128)), (64, 2));
         assert_eq!((dqkw_kw(true, 128), dqkw_kz(true, 128)), (128, 1));
-        // the 16-warp dq/dk/dw entries: one block per SM
-        let dq = |nw, nb| DqPlan { nw, nb };
-        assert_eq!(dqkw_name(dq(16, 1), 128, "bf16"), "delta_dqkw_w16_k128_bf16");
-        assert_eq!(dqkw_name(dq(8, 2), 64, "bf16"), "delta_dqkw_s2_k64_bf16");
-        assert_eq!(dqkw_name(dq(16, 2), 128, "bf16"), "delta_dqkw_w16s2_k128_bf16");
-        assert_eq!(dqkw_name(dq(8, 1), 256, "bf16"), "delta_dqkw_k256_bf16");
-        assert_eq!(dqkw_plan(true, 256), dq(8, 1));
+        // the dq/dk/dw lab entries (two V-tile buffers): one block per SM
+        assert_eq!(dqkw_name(2, 128, "bf16"), "delta_dqkw_s2_k128_bf16");
+        assert_eq!(dqkw_name(1, 256, "bf16"), "delta_dqkw_k256_bf16");
+        assert_eq!(dqkw_bufs(true, 256), 1);
         for kp in [64, 128] {
-            for (nw, nb) in [(16, 1), (8, 2), (16, 2)] {
-                assert!(DeltaSmem::new(true, kp, 128).dqkw(dq(nw, nb)) <= 227 * 1024, "KP {kp}, {nw} warps, {nb} buffers");
-            }
+            assert!(DeltaSmem::new(true, kp, 128).dqkw(2) <= 227 * 1024, "KP {kp}");
         }
     }
 

@@ -866,15 +866,15 @@ fn chunk_bwd<T: Elem>(
     if dp.n_chunks == 0 {
         return Ok(());
     }
-    let (kz, dq_plan) = (dd::dqkw_kz(bf16, kp), dd::dqkw_plan(bf16, kp));
-    // SAFETY: arguments match delta_dqkw_*'s signature (every plan's entry has the same); grid z
+    let (kz, nb) = (dd::dqkw_kz(bf16, kp), dd::dqkw_bufs(bf16, kp));
+    // SAFETY: arguments match delta_dqkw_*'s signature (the `_s2` entries': the same); grid z
     // covers KP in tiles of KW; dq, dk hold [rows, HV, K] f32, dw planes x chunks x HV x 64 x
     // KP, dG KZ x chunks x HV x 64
     unsafe {
         launch(
             cuda,
-            &dd::dqkw_name(dq_plan, kp, sfx),
-            dd::chunk_cfg_warps(gx, p.hv(), kz, smem.dqkw(dq_plan), dq_plan.nw),
+            &dd::dqkw_name(nb, kp, sfx),
+            dd::chunk_cfg(gx, p.hv(), kz, smem.dqkw(nb)),
             &[x.q, x.k, &ws.rq, &ws.rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgk, bounds, off, seq, &h, &hv, &k, &v, &vp32, &scale, &nch],
         )?;
     }

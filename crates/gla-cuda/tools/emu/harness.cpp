@@ -447,16 +447,12 @@ static int kw(int KP) {
     return (sizeof(E) == 2 && KP <= 128) ? KP : (KP == 64 ? 64 : KP / 2);
 }
 template <class E>
-static size_t sm_dqkw(int KP, int NW = 8, int NB = 1) {
-    const int KW = kw<E>(KP), SP = SPn<E>, CS = NW / 4, VBUF = (1 + 2 * SP) * 64 * 72 + 2 * KW * 72;
-    return (2 * 64 * (KP + 8) + NB * VBUF + (2 - NB) * SP * 64 * 72) * sizeof(E) + (64 * 65 + 3 * 64 + 2 * CS * 64 + 2 * NW + 256) * 4;
+static size_t sm_dqkw(int KP, int NB = 1) {
+    const int KW = kw<E>(KP), SP = SPn<E>, VBUF = (1 + 2 * SP) * 64 * 72 + 2 * KW * 72;
+    return (2 * 64 * (KP + 8) + NB * VBUF + (2 - NB) * SP * 64 * 72) * sizeof(E) + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4;
 }
-// delta_dqkw's lab entries (bf16, KP <= 128): DELTA_DQVAR=w16 (16 warps, 512 threads), s2 (the V
-// tiles in two buffers), w16s2 (both)
-static std::map<std::string, std::map<int, void*>> g_dqv = {
-    {"w16", {{64, (void*)delta_dqkw_w16_k64_bf16}, {128, (void*)delta_dqkw_w16_k128_bf16}}},
-    {"s2", {{64, (void*)delta_dqkw_s2_k64_bf16}, {128, (void*)delta_dqkw_s2_k128_bf16}}},
-    {"w16s2", {{64, (void*)delta_dqkw_w16s2_k64_bf16}, {128, (void*)delta_dqkw_w16s2_k128_bf16}}}};
+// delta_dqkw_s2 (the V tiles in two buffers; bf16, KP <= 128): DELTA_DQVAR=s2
+static std::map<int, void*> g_dqs2 = {{64, (void*)delta_dqkw_s2_k64_bf16}, {128, (void*)delta_dqkw_s2_k128_bf16}};
 template <class E>
 static size_t sm_wyb(int KP, int VP) {
     const int SP = SPn<E>;
@@ -739,12 +735,10 @@ struct Run {
         typedef void (*DqkwFn)(const E*, const E*, const float*, const float*, const E*, const E*, const E*, const E*, const E*,
                                const float*, float*, float*, E*, float*, const long long*, const long long*, const int*, int, int, int,
                                int, int, float, long long);
-        const char* dqv = getenv("DELTA_DQVAR");
-        void* dqf = sizeof(E) == 2 && dqv && g_dqv.count(dqv) && g_dqv.at(dqv).count(KP) ? g_dqv.at(dqv).at(KP) : nullptr;
-        const int dnw = dqf && std::strstr(dqv, "w16") ? 16 : 8, dnb = dqf && std::strstr(dqv, "s2") ? 2 : 1;
+        const bool s2 = sizeof(E) == 2 && g_dqs2.count(KP) && getenv("DELTA_DQVAR") && !std::strcmp(getenv("DELTA_DQVAR"), "s2");
         if (nc > 0)
-            emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, dim3{32u * dnw, 1, 1}, sm_dqkw<E>(KP, dnw, dnb), [&] {
-                ((DqkwFn)(dqf ? dqf : f.dqkw))(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), du.data(), hs.data(), dhs.data(), g2.data(),
+            emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, b256, sm_dqkw<E>(KP, s2 ? 2 : 1), [&] {
+                ((DqkwFn)(s2 ? g_dqs2.at(KP) : f.dqkw))(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), du.data(), hs.data(), dhs.data(), g2.data(),
                                  dqp.data(), dkp.data(), dw.data(), dgp.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V,
                                  VP, scale, nch);
             });
