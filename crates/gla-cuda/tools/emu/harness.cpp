@@ -453,6 +453,8 @@ static size_t sm_dqkw(int KP, int NB = 1) {
 }
 // delta_dqkw_s2 (the V tiles in two buffers; bf16, KP <= 128): DELTA_DQVAR=s2
 static std::map<int, void*> g_dqs2 = {{64, (void*)delta_dqkw_s2_k64_bf16}, {128, (void*)delta_dqkw_s2_k128_bf16}};
+// delta_wy_bwd_pre (V tile 0 loading while dw Kn^T is formed; bf16, KP <= 128): DELTA_WYBVAR=pre
+static std::map<int, void*> g_wybpre = {{64, (void*)delta_wy_bwd_pre_k64_bf16}, {128, (void*)delta_wy_bwd_pre_k128_bf16}};
 template <class E>
 static size_t sm_wyb(int KP, int VP) {
     const int SP = SPn<E>;
@@ -743,12 +745,13 @@ struct Run {
                                  VP, scale, nch);
             });
         auto dv = poison<float>(rows * HV * V), dbp = poison<float>(rows * HV), dgl = poison<float>(rows * HV);
+        const bool wybpre = sizeof(E) == 2 && g_wybpre.count(KP) && getenv("DELTA_WYBVAR") && !std::strcmp(getenv("DELTA_WYBVAR"), "pre");
         typedef void (*WybFn)(const E*, const float*, const E*, const float*, const E*, const E*, const E*, const float*, const float*,
                               float*, float*, float*, float*, const long long*, const long long*, const int*, int, int, int, int, int, int,
                               long long);
         if (nc > 0)
             emu::launch(cgrid, b256, sm_wyb<E>(KP, VP), [&] {
-                ((WybFn)f.wyb)(k.data(), ptr(rk), v.data(), bt.data(), tm.data(), dw.data(), du.data(), g2.data(), dgp.data(), dkp.data(),
+                ((WybFn)(wybpre ? g_wybpre.at(KP) : f.wyb))(k.data(), ptr(rk), v.data(), bt.data(), tm.data(), dw.data(), du.data(), g2.data(), dgp.data(), dkp.data(),
                                dv.data(), dbp.data(), dgl.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V, VP, KZ, nch);
             });
         out.dv = back(dv);
