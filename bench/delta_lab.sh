@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
 # The delta rule's chunked kernels under each state-pass plan of the lab override
-# (GLA_DELTA_LAB, src/delta/dispatch.rs `h_lab`), side by side in one device call: first
+# (GLA_DELTA_LAB, src/delta/dispatch.rs `lab`), side by side in one device call: first
 # `gla bench delta --stages` at the shapes of record (bf16, B*T = 65536, H = 16, K = V = 128) for
-# each plan, then `gla check --device cuda --filter delta` on the default plan, on the
-# forward's two-blocks-per-SM plan everywhere (h=b2) and on the one-block plan everywhere
-# (h=one), then fla 0.6.0's delta ops while time is left.
+# each plan, then `gla check --device cuda --filter delta` on each plan of CHECKS (default: the
+# fused state-gradient pass everywhere with the dq/dk/dw lab entry; `base`: the default policy),
+# then fla 0.6.0's delta ops while time is left.
 # Prints a table last: forward and forward+backward ms per plan and shape, and the per-launch
-# times of one forward+backward at T = 2048.
+# times of one DeltaNet forward+backward per shape.
 # Usage, from the repo root on the GPU machine: OUT=/tmp/out bench/delta_lab.sh [path/to/gla]
 #   GLA_CACHE_DIR: cubins compiled beforehand; fla's wheels in .whl/ (bench/fla_env.sh).
-#   PLANS: the plans to time (default below); BUDGET: seconds in all (default 460).
+#   PLANS: the plans to time (default below); CHECKS: the plans to check (`base`: the default);
+#   BUDGET: seconds in all (default 460).
 set -u
 export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 G="${1:-target/release/gla}"
 OUT="${OUT:-bench/out}"
 BUDGET="${BUDGET:-460}"
-PLANS="${PLANS:-base h=one h=b2 h=v32b2 hb=v32}"
+PLANS="${PLANS:-base dq=s2,wyb=pre}"
+CHECKS="${CHECKS:-hb=dv2,dq=s2,wyb=pre}"
 mkdir -p "$OUT"
 S=$(date +%s)
 t() { echo "[$(( $(date +%s) - S ))s] $*"; }
@@ -30,19 +32,20 @@ for plan in $PLANS; do
   GLA_DELTA_LAB="$lab" timeout 75 "$G" bench delta --device cuda $SHAPES --stages --json "$OUT/bench_$tag.json" > "$OUT/bench_$tag.txt" 2>&1
   echo "bench $plan rc=$?" >> "$SUM"
 done
-# the checks take what the benchmarks left, the default plan first (at most 240 s)
+# the checks take what the benchmarks left, in CHECKS order (the first at most 240 s, each later
+# one only with 40 s left)
 left() { echo $(( BUDGET - ($(date +%s) - S) )); }
 cap() { local l; l=$(left); [ "$l" -gt "$1" ] && l=$1; echo $(( l > 5 ? l : 5 )); }
-t "check delta (default plan)" | tee -a "$SUM"
-timeout "$(cap 240)" "$G" check --device cuda --filter delta > "$OUT/check.txt" 2>&1
-echo "check rc=$? $(tail -1 "$OUT/check.txt")" >> "$SUM"
-grep -E "FAIL|fail" "$OUT/check.txt" | head -20 >> "$SUM"
-for lab in "h=b2" "h=one"; do
-  [ "$(left)" -lt 40 ] && { echo "check $lab: no time left" >> "$SUM"; continue; }
-  t "check delta, GLA_DELTA_LAB=$lab" | tee -a "$SUM"
-  GLA_DELTA_LAB="$lab" timeout "$(cap 150)" "$G" check --device cuda --filter delta > "$OUT/check_${lab//[=,]/_}.txt" 2>&1
-  echo "check $lab rc=$? $(tail -1 "$OUT/check_${lab//[=,]/_}.txt")" >> "$SUM"
-  grep -E "FAIL|fail" "$OUT/check_${lab//[=,]/_}.txt" | head -10 >> "$SUM"
+first=1
+for plan in $CHECKS; do
+  tag=${plan//[=,]/_}
+  lab=$plan; [ "$plan" = base ] && lab=""
+  if [ $first = 0 ] && [ "$(left)" -lt 40 ]; then echo "check $plan: no time left" >> "$SUM"; continue; fi
+  t "check delta, plan $plan" | tee -a "$SUM"
+  GLA_DELTA_LAB="$lab" timeout "$(cap $([ $first = 1 ] && echo 240 || echo 150))" "$G" check --device cuda --filter delta > "$OUT/check_$tag.txt" 2>&1
+  echo "check $plan rc=$? $(tail -1 "$OUT/check_$tag.txt")" >> "$SUM"
+  grep -E "FAIL|fail" "$OUT/check_$tag.txt" | head -20 >> "$SUM"
+  first=0
 done
 left=$(left)
 if [ -d .whl ] && [ "$left" -gt 60 ] && [ -f "$OUT/bench_base.json" ]; then
@@ -60,42 +63,44 @@ import json, os, re, sys
 out, plans = sys.argv[1], sys.argv[2].split()
 def tag(p): return re.sub(r"[=,]", "_", p)
 print("\nms (median), bf16, H=16, K=V=128, B*T=65536")
-print(f"{'plan':<18}{'op':<6}{'pass':<9}" + "".join(f"{'T='+str(t):>10}" for t in (2048, 8192, 32768)))
+print(f"{'plan':<24}{'op':<6}{'pass':<9}" + "".join(f"{'T='+str(t):>10}" for t in (2048, 8192, 32768)))
 for p in plans:
     f = os.path.join(out, f"bench_{tag(p)}.json")
     if not os.path.exists(f):
-        print(f"{p:<18}(no result)"); continue
+        print(f"{p:<24}(no result)"); continue
     rs = json.load(open(f))["results"]
     for op in ("delta", "gdn"):
         for ps in ("fwd", "fwd+bwd"):
             ms = {r["shape"][1]: r["ms"] for r in rs if r["op"] == op and r["pass"] == ps}
-            print(f"{p:<18}{op:<6}{ps:<9}" + "".join(f"{ms.get(t, float('nan')):>10.3f}" for t in (2048, 8192, 32768)))
-print("\nper launch, delta 32x2048x16x128x128, one forward+backward (ms; a kernel launched more than once: the sum)")
-tabs = {}
-for p in plans:
-    f = os.path.join(out, f"bench_{tag(p)}.txt")
-    if not os.path.exists(f): continue
-    txt = open(f).read().split("\n")
-    on, d = False, {}
-    for line in txt:
-        if line.startswith("delta 32x2048x16x128x128"): on = True; continue
-        if on and not line.startswith("  "): break
-        if on:
-            m = re.match(r"\s+(\S+)\s+([\d.]+) ms", line)
-            if m: d.setdefault(m.group(1), []).append(float(m.group(2)))
-    tabs[p] = d
-names = []
-for d in tabs.values():
-    for n in d:
-        base = re.sub(r"_(b2|v32b2|v32)_", "_", n)
-        if base not in names: names.append(base)
-print(f"{'launch':<28}" + "".join(f"{p[:14]:>15}" for p in tabs))
-for n in names:
-    row = []
-    for p, d in tabs.items():
-        v = [sum(x) for k, x in d.items() if re.sub(r"_(b2|v32b2|v32)_", "_", k) == n]
-        row.append(f"{v[0]:>15.3f}" if v else f"{'-':>15}")
-    print(f"{n:<28}" + "".join(row))
+            print(f"{p:<24}{op:<6}{ps:<9}" + "".join(f"{ms.get(t, float('nan')):>10.3f}" for t in (2048, 8192, 32768)))
+# a launch's plan variants in one row
+def base_name(n): return re.sub(r"_(v32b2|b2|v32|dv2|s2|pre)_", "_", n)
+for shape in ("32x2048x16x128x128", "8x8192x16x128x128", "2x32768x16x128x128"):
+    print(f"\nper launch, delta {shape}, one forward+backward (ms; a kernel launched more than once: the sum)")
+    tabs = {}
+    for p in plans:
+        f = os.path.join(out, f"bench_{tag(p)}.txt")
+        if not os.path.exists(f): continue
+        txt = open(f).read().split("\n")
+        on, d = False, {}
+        for line in txt:
+            if line.startswith(f"delta {shape}"): on = True; continue
+            if on and not line.startswith("  "): break
+            if on:
+                m = re.match(r"\s+(\S+)\s+([\d.]+) ms", line)
+                if m: d.setdefault(m.group(1), []).append(float(m.group(2)))
+        tabs[p] = d
+    names = []
+    for d in tabs.values():
+        for n in d:
+            if base_name(n) not in names: names.append(base_name(n))
+    print(f"{'launch':<28}" + "".join(f"{p[:16]:>17}" for p in tabs))
+    for n in names:
+        row = []
+        for p, d in tabs.items():
+            v = [sum(x) for k, x in d.items() if base_name(k) == n]
+            row.append(f"{v[0]:>17.3f}" if v else f"{'-':>17}")
+        print(f"{n:<28}" + "".join(row))
 f = os.path.join(out, "delta_vs_fla.txt")
 if os.path.exists(f):
     print("\nfla side by side (bench/delta_vs_fla.py, default plan):")

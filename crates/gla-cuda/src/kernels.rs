@@ -254,6 +254,8 @@ pub const DELTA_CHUNK_H: KernelSource = source!(
         "delta_h_bwd_v32_k128_bf16",
         "delta_h_bwd_v32_k192_bf16",
         "delta_h_bwd_v32_k256_bf16",
+        "delta_h_bwd_dv2_k64_bf16",
+        "delta_h_bwd_dv2_k128_bf16",
     ]
 );
 /// The delta rule's chunked backward, chunk-parallel launches: dvl, dq/dk/dw, the WY backward.
@@ -273,12 +275,16 @@ pub const DELTA_CHUNK_BWD: KernelSource = source!(
         "delta_dqkw_k128_bf16",
         "delta_dqkw_k192_bf16",
         "delta_dqkw_k256_bf16",
+        "delta_dqkw_s2_k64_bf16",
+        "delta_dqkw_s2_k128_bf16",
         "delta_wy_bwd_k64_f32",
         "delta_wy_bwd_k128_f32",
         "delta_wy_bwd_k64_bf16",
         "delta_wy_bwd_k128_bf16",
         "delta_wy_bwd_k192_bf16",
         "delta_wy_bwd_k256_bf16",
+        "delta_wy_bwd_pre_k64_bf16",
+        "delta_wy_bwd_pre_k128_bf16",
     ]
 );
 

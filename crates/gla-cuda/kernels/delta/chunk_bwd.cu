@@ -12,6 +12,8 @@
 //     dG  += qn . dq_inter + rowsum(dM * M) - colsum(dM * M) - kn . dk_Kd, and at the last row
 //            exp(Gm) <S, dS'> + sum kn . dk_Kd             (=, dgp [KZ][chunks, HV, 64] f32)
 //   dq, dk (=, f32 [rows, HV, K]: per value head; delta_qk_bwd_* sums the group).
+//   delta_dqkw_s2_k{KP}_bf16: the same with the V tiles in two buffers (tile v + 1 loads during
+//   tile v; KW = KP).
 // delta_wy_bwd_k{KP}: back through w = T (beta exp(G) Kn), u = T (beta V), T = (I + A)^-1:
 //     dT = dU (beta V)^T + dw (beta exp(G) Kn)^T;  dA = -T^T dT T^T (strictly lower)
 //     dv = beta T^T dU (=);  dk += beta exp(G) T^T dw + dAb Kn + dAb^T Kn (dAb = dA beta exp(G_t - G_s))
@@ -23,10 +25,13 @@
 // three (registers <= 80), delta_wy_bwd two (registers <= 128; its V and dU tiles share one
 // region with M1, M2, and the row and column sums of dA * A come from the fragments). The
 // derivation: the chain rule through the chunk form of docs/kernels.md's delta-rule section.
+// delta_wy_bwd_pre_k{KP}_bf16 (KP <= 128): delta_wy_bwd with V tile 0 loading while dw Kn^T is
+// formed.
 //
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_dvl_k64_f32 delta_dvl_k128_f32 delta_dvl_k64_bf16 delta_dvl_k128_bf16 delta_dvl_k192_bf16 delta_dvl_k256_bf16
 //   delta_dqkw_k64_f32 delta_dqkw_k128_f32 delta_dqkw_k64_bf16 delta_dqkw_k128_bf16 delta_dqkw_k192_bf16 delta_dqkw_k256_bf16
+//   delta_dqkw_s2_k64_bf16 delta_dqkw_s2_k128_bf16 delta_wy_bwd_pre_k64_bf16 delta_wy_bwd_pre_k128_bf16
 //   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
 
 template <typename E, int KP>
@@ -83,66 +88,49 @@ struct DqkwTile {
     static constexpr int KW = (sizeof(E) == 2 && KP <= 128) ? KP : (KP == 64 ? 64 : KP / 2);
 };
 
-template <typename E, int KP>
+// NB: buffers of the V tiles (do, U, dU, S, dS); with two (the `_s2` entries) tile v + 1 loads
+// while tile v is computed, and dMG takes the second buffer once the tiles are done.
+template <typename E, int KP, int NB>
 __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                        const float* __restrict__ rk, const E* __restrict__ d_o, const E* __restrict__ vn,
                                        const E* __restrict__ du, const E* __restrict__ hs, const E* __restrict__ dhs,
                                        const float* __restrict__ g2, float* __restrict__ dq, float* __restrict__ dk, E* __restrict__ dw,
                                        float* __restrict__ dgp, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
                                        const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, float scale, idx_t nch) {
-    constexpr int LK = KP + DPAD, SP = Sp<E>::SP, KW = DqkwTile<E, KP>::KW, NT = KW / 16;
+    // NW warps in CS column splits (4 row tiles each): a warp's 16 x 64 / CS tile of M and dM
+    // (NM n8-tiles), 16 x KW / CS of dq, dk, dw (NT n8-tiles)
+    constexpr int NW = DNT / 32, CS = NW / 4, NM = 8 / CS;
+    constexpr int LK = KP + DPAD, SP = Sp<E>::SP, KW = DqkwTile<E, KP>::KW, NT = KW / (8 * CS);
+    static_assert(NB == 1 || NB == 2, "one or two V-tile buffers");
+    constexpr int VBUF = (1 + 2 * SP) * 64 * LDT + 2 * KW * LDT;  // do, U, dU (split), S, dS
     DELTA_SMEM(smem);
     E* sQ = (E*)smem;                      // [64][LK]
     E* sK = sQ + 64 * LK;                  // [64][LK]
-    E* sDo = sK + 64 * LK;                 // [64][LDT]
-    E* sU = sDo + 64 * LDT;                // [64][LDT]
-    E* sUl = sU + (SP - 1) * 64 * LDT;
-    E* sDu = sUl + 64 * LDT;               // [64][LDT]
-    E* sDul = sDu + (SP - 1) * 64 * LDT;
-    E* sDMG = sDul + 64 * LDT;             // [64][LDT]
+    E* sVb = sK + 64 * LK;                 // [NB][VBUF]: do, U, dU [64][LDT]; S, dS [KW][LDT]
+    E* sDMG = sVb + VBUF;                  // [SP][64][LDT]: after one buffer, or the second
     E* sDMGl = sDMG + (SP - 1) * 64 * LDT;
-    E* sS = sDMGl + 64 * LDT;              // [KW][LDT]
-    E* sDS = sS + KW * LDT;                // [KW][LDT]
-    float* sM = (float*)(sDS + KW * LDT);  // [64][65]
+    float* sM = (float*)(sVb + NB * VBUF + (2 - NB) * SP * 64 * LDT);  // [64][65]
     float* sG = sM + 64 * 65;              // [64]
     float* sRq = sG + 64;                  // [64]
     float* sRk = sRq + 64;                 // [64]
-    float* sRow = sRk + 64;                // [2][64]
-    float* sRed = sRow + 128;              // [16]
-    DELTA_SMEM_END(smem, sRed + 16);
+    float* sRow = sRk + 64;                // [CS][64]
+    float* sRed = sRow + CS * 64;          // [2][NW]
+    float* sFr = sRed + 2 * NW;            // [CS][64]: row sums of dM * M (per column split)
+    float* sFc = sFr + CS * 64;            // [4][64]: column sums of dM * M (per row quarter)
+    DELTA_SMEM_END(smem, sFc + 256);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
     const int z = blockIdx.z, k0 = z * KW;
     const idx_t vplane = nch * HV * 64 * VP, wplane = nch * HV * 64 * KP;
-    ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
-    ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
-    ld_g64(sG, g2 + c.oc * 64, tid);
-    cp_commit();
-    ld_rf(sRq, rq, c.r0, c.L, c.h, H, tid);
-    ld_rf(sRk, rk, c.r0, c.L, c.h, H, tid);
-    cp_wait0();
-    __syncthreads();
-    const int mt = wp & 3, n1 = (wp >> 2) * 32, nk = (wp >> 2) * (KW / 2);
-    {
-        float acc[4][4];
-        frag_zero(acc);
-        wgemm<false, true, 4>(acc, sQ, LK, 16 * mt, sK, LK, n1, KP, lane);
-        #pragma unroll
-        for (int nt = 0; nt < 4; ++nt) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
-                sM[t * 65 + s] = s <= t ? scale * sRq[t] * sRk[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f;
-            }
-        }
-    }
-    float dqi[NT][4], dwa[NT][4], dkd[NT][4], dM[4][4];
-    frag_zero(dqi);
-    frag_zero(dwa);
-    frag_zero(dkd);
-    frag_zero(dM);
-    float sd = 0.f;
-    for (int v0 = 0; v0 < VP; v0 += 64) {
+    // the V tile at v0 of do, U, dU (split) and the K tile's rows of S, dS into buffer b
+    auto ld_tiles = [&](int v0, int b) {
+        E* sDo = sVb + b * VBUF;
+        E* sU = sDo + 64 * LDT;
+        E* sUl = sU + (SP - 1) * 64 * LDT;
+        E* sDu = sUl + 64 * LDT;
+        E* sDul = sDu + (SP - 1) * 64 * LDT;
+        E* sS = sDul + 64 * LDT;
+        E* sDS = sS + KW * LDT;
         ld_v<E>(sDo, LDT, d_o, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
         const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
         tile_ld<E>(sU, LDT, vn + vo, VP, 64, 64, 64, 64, true, tid, DNT);
@@ -155,27 +143,100 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         tile_ld<E>(sS, LDT, hs + so, VP, KW, 64, KW, 64, true, tid, DNT);
         tile_ld<E>(sDS, LDT, dhs + so, VP, KW, 64, KW, 64, true, tid, DNT);
         cp_commit();
-        cp_wait0();
+    };
+    ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
+    ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
+    ld_g64(sG, g2 + c.oc * 64, tid);
+    cp_commit();
+    // the first V tile's loads land while M is formed
+    ld_tiles(0, 0);
+    ld_rf(sRq, rq, c.r0, c.L, c.h, H, tid);
+    ld_rf(sRk, rk, c.r0, c.L, c.h, H, tid);
+    cp_wait<1>();
+    __syncthreads();
+    const int mt = wp & 3, cs = wp >> 2, n1 = cs * (64 / CS), nk = cs * (KW / CS);
+    {
+        float acc[NM][4];
+        frag_zero(acc);
+        wgemm<false, true, NM>(acc, sQ, LK, 16 * mt, sK, LK, n1, KP, lane);
+        #pragma unroll
+        for (int nt = 0; nt < NM; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
+                sM[t * 65 + s] = s <= t ? scale * sRq[t] * sRk[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f;
+            }
+        }
+    }
+    float dqi[NT][4], dwa[NT][4], dkd[NT][4], dM[NM][4];
+    frag_zero(dqi);
+    frag_zero(dwa);
+    frag_zero(dkd);
+    frag_zero(dM);
+    float sd = 0.f;
+    for (int v0 = 0; v0 < VP; v0 += 64) {
+        // two buffers: tile v0 + 64 into the buffer tile v0 - 64 left (every warp is past it:
+        // the barrier that ended its iteration)
+        if (NB == 1) {
+            if (v0 > 0) ld_tiles(v0, 0);
+            cp_wait0();
+        } else {
+            if (v0 + 64 < VP) {
+                ld_tiles(v0 + 64, ((v0 >> 6) + 1) & 1);
+            } else {
+                cp_commit();
+            }
+            cp_wait<1>();
+        }
         __syncthreads();
+        const E* sDo = sVb + (NB == 1 ? 0 : (v0 >> 6) & 1) * VBUF;
+        const E* sU = sDo + 64 * LDT;
+        const E* sUl = sU + (SP - 1) * 64 * LDT;
+        const E* sDu = sUl + 64 * LDT;
+        const E* sDul = sDu + (SP - 1) * 64 * LDT;
+        const E* sS = sDul + 64 * LDT;
+        const E* sDS = sS + KW * LDT;
         wgemm<false, true, NT>(dqi, sDo, LDT, 16 * mt, sS, LDT, nk, 64, lane);
         wgemm2<false, true, NT>(dwa, sDu, sDul, LDT, 16 * mt, sS, sS, LDT, nk, 64, lane, true, false);
         wgemm2<false, true, NT>(dkd, sU, sUl, LDT, 16 * mt, sDS, sDS, LDT, nk, 64, lane, true, false);
-        wgemm2<false, true, 4>(dM, sDo, sDo, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, false, true);
+        wgemm2<false, true, NM>(dM, sDo, sDo, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, false, true);
         for (int x = tid; x < KW * 64; x += DNT) {
             const int r = x >> 6, cc = x & 63;
             sd += to_f32(sS[r * LDT + cc]) * to_f32(sDS[r * LDT + cc]);
         }
         __syncthreads();
     }
-    // dM * M (in place in sM); the dq operand dMG rk_s (dMG = dM * scale * exp(G_t - G_s), causal)
-    #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
+    // F = dM * M: the warp's row sums (over its 64 / CS columns) and column sums (over its 16
+    // rows); the dq operand dMG rk_s (dMG = dM * scale * exp(G_t - G_s), causal)
+    {
+        float fr[2] = {0.f, 0.f}, fc[NM][2] = {};
         #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-            const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
-            sM[t * 65 + s] *= dM[nt][e];
-            dM[nt][e] = s <= t ? dM[nt][e] * scale * ex2f(sG[t] - sG[s]) : 0.f;
-            st2(sDMG, sDMGl, t * LDT + s, dM[nt][e] * sRk[s]);
+        for (int nt = 0; nt < NM; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
+                const float f = sM[t * 65 + s] * dM[nt][e];
+                fr[e >> 1] += f;
+                fc[nt][e & 1] += f;
+                dM[nt][e] = s <= t ? dM[nt][e] * scale * ex2f(sG[t] - sG[s]) : 0.f;
+                st2(sDMG, sDMGl, t * LDT + s, dM[nt][e] * sRk[s]);
+            }
+        }
+        #pragma unroll
+        for (int hh = 0; hh < 2; ++hh) {
+            fr[hh] = quad_sum(fr[hh]);
+            if (ft == 0) sFr[cs * 64 + 16 * mt + fg + 8 * hh] = fr[hh];
+        }
+        #pragma unroll
+        for (int nt = 0; nt < NM; ++nt) {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                float x = fc[nt][j];
+                x += __shfl_xor_sync(0xffffffffu, x, 4);
+                x += __shfl_xor_sync(0xffffffffu, x, 8);
+                x += __shfl_xor_sync(0xffffffffu, x, 16);
+                if (fg == 0) sFc[mt * 64 + n1 + 8 * nt + 2 * ft + j] = x;
+            }
         }
     }
     __syncthreads();
@@ -204,7 +265,7 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     __syncthreads();
     // the dk operand rq_t dMG
     #pragma unroll
-    for (int nt = 0; nt < 4; ++nt) {
+    for (int nt = 0; nt < NM; ++nt) {
         #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
@@ -238,27 +299,30 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     rp[0] = quad_sum(rp[0]);
     rp[1] = quad_sum(rp[1]);
     if (ft == 0) {
-        sRow[(wp >> 2) * 64 + 16 * mt + fg] = rp[0];
-        sRow[(wp >> 2) * 64 + 16 * mt + fg + 8] = rp[1];
+        sRow[cs * 64 + 16 * mt + fg] = rp[0];
+        sRow[cs * 64 + 16 * mt + fg + 8] = rp[1];
     }
     lastp = warp_sum(lastp);
     sd = warp_sum(sd);
     if (lane == 0) {
         sRed[wp] = lastp;
-        sRed[8 + wp] = sd;
+        sRed[NW + wp] = sd;
     }
     __syncthreads();
     if (tid < 64) {
         const int t = tid;
-        float g = sRow[t] + sRow[64 + t];
-        if (z == 0) {
-            for (int s = 0; s < 64; ++s) g += sM[t * 65 + s] - sM[s * 65 + t];
+        float g = 0.f, fr = 0.f;
+        #pragma unroll
+        for (int x = 0; x < CS; ++x) {
+            g += sRow[x * 64 + t];
+            fr += sFr[x * 64 + t];
         }
+        if (z == 0) g += fr - ((sFc[t] + sFc[64 + t]) + (sFc[128 + t] + sFc[192 + t]));
         if (t == c.L - 1) {
             float a = 0.f, b = 0.f;
-            for (int x = 0; x < 8; ++x) {
+            for (int x = 0; x < NW; ++x) {
                 a += sRed[x];
-                b += sRed[8 + x];
+                b += sRed[NW + x];
             }
             g += a + ex2f(glast) * b;
         }
@@ -266,7 +330,8 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     }
 }
 
-template <typename E, int KP>
+// PRE (the `_pre` entries): V tile 0 loads while dw Kn^T is formed, instead of after it.
+template <typename E, int KP, bool PRE>
 __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __restrict__ rk, const E* __restrict__ v,
                                        const float* __restrict__ bt, const E* __restrict__ tm, const E* __restrict__ dw,
                                        const E* __restrict__ du, const float* __restrict__ g2, const float* __restrict__ dgp,
@@ -326,12 +391,20 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         float a1[4][4], a2[4][4];
         frag_zero(a1);
         frag_zero(a2);
+        if constexpr (PRE) {
+            ld_vt(0);
+            cp_wait<1>();
+            __syncthreads();
+            #pragma unroll 1
+            for (int k0 = 0; k0 < KP; k0 += 32)
+                wgemm2<false, true, 4>(a2, sDw + k0, sDwl + k0, LK, 16 * mt, sK + k0, sK + k0, LK, n1, 32, lane, true, false);
+        }
         for (int v0 = 0; v0 < VP; v0 += 64) {
-            ld_vt(v0);
+            if (!PRE || v0 > 0) ld_vt(v0);
             cp_wait0();
             __syncthreads();
             wgemm2<false, true, 4>(a1, sDu, sDul, LDT, 16 * mt, sV, sV, LDT, n1, 64, lane, true, false);
-            if (v0 == 0) {
+            if (!PRE && v0 == 0) {
                 // 32 deep at a time (register pressure at two blocks per SM)
                 #pragma unroll 1
                 for (int k0 = 0; k0 < KP; k0 += 32)
@@ -497,16 +570,16 @@ extern "C" __global__ void __launch_bounds__(DNT) delta_dqkw_k##KP##_##NAME(    
     const E* hs, const E* dhs, const float* g2, float* dq, float* dk, E* dw, float* dgp,                 \
     const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
     int VP, float scale, idx_t nch) {                                                                    \
-    dqkw_k<E, KP>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off, chunk_seq, \
-                  H, HV, K, V, VP, scale, nch);                                                          \
+    dqkw_k<E, KP, 1>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off,         \
+                     chunk_seq, H, HV, K, V, VP, scale, nch);                                            \
 }                                                                                                        \
 extern "C" __global__ void __launch_bounds__(DNT, KP <= 128 ? 2 : 1) delta_wy_bwd_k##KP##_##NAME(                           \
     const E* k, const float* rk, const E* v, const float* bt, const E* tm, const E* dw, const E* du,     \
     const float* g2, const float* dgp, float* dk, float* dv, float* dbeta, float* dg,                    \
     const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
     int VP, int KZ, idx_t nch) {                                                                         \
-    wy_bwd<E, KP>(k, rk, v, bt, tm, dw, du, g2, dgp, dk, dv, dbeta, dg, bounds, chunk_off, chunk_seq, H, \
-                  HV, K, V, VP, KZ, nch);                                                                \
+    wy_bwd<E, KP, false>(k, rk, v, bt, tm, dw, du, g2, dgp, dk, dv, dbeta, dg, bounds, chunk_off,        \
+                         chunk_seq, H, HV, K, V, VP, KZ, nch);                                           \
 }
 
 BWD_ENTRY(64, f32, float)
@@ -515,3 +588,29 @@ BWD_ENTRY(64, bf16, bf16_t)
 BWD_ENTRY(128, bf16, bf16_t)
 BWD_ENTRY(192, bf16, bf16_t)
 BWD_ENTRY(256, bf16, bf16_t)
+
+// dq/dk/dw with the V tiles in two buffers (KW = KP: bf16 up to 128)
+#define DQKW_S2_ENTRY(KP)                                                                                \
+extern "C" __global__ void __launch_bounds__(DNT) delta_dqkw_s2_k##KP##_bf16(                            \
+    const bf16_t* q, const bf16_t* k, const float* rq, const float* rk, const bf16_t* d_o,               \
+    const bf16_t* vn, const bf16_t* du, const bf16_t* hs, const bf16_t* dhs, const float* g2, float* dq, \
+    float* dk, bf16_t* dw, float* dgp, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq,\
+    int H, int HV, int K, int V, int VP, float scale, idx_t nch) {                                       \
+    dqkw_k<bf16_t, KP, 2>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off,    \
+                          chunk_seq, H, HV, K, V, VP, scale, nch);                                       \
+}
+DQKW_S2_ENTRY(64)
+DQKW_S2_ENTRY(128)
+
+// the WY backward with V tile 0 loading while dw Kn^T is formed (KP <= 128: two blocks per SM)
+#define WYB_PRE_ENTRY(KP)                                                                                \
+extern "C" __global__ void __launch_bounds__(DNT, 2) delta_wy_bwd_pre_k##KP##_bf16(                      \
+    const bf16_t* k, const float* rk, const bf16_t* v, const float* bt, const bf16_t* tm,                \
+    const bf16_t* dw, const bf16_t* du, const float* g2, const float* dgp, float* dk, float* dv,         \
+    float* dbeta, float* dg, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H,   \
+    int HV, int K, int V, int VP, int KZ, idx_t nch) {                                                   \
+    wy_bwd<bf16_t, KP, true>(k, rk, v, bt, tm, dw, du, g2, dgp, dk, dv, dbeta, dg, bounds, chunk_off,    \
+                             chunk_seq, H, HV, K, V, VP, KZ, nch);                                       \
+}
+WYB_PRE_ENTRY(64)
+WYB_PRE_ENTRY(128)

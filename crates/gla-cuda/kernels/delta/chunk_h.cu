@@ -15,7 +15,9 @@
 //     dhs[c] = dS                                    (=, the gradient of the state leaving chunk c)
 //     dU     = dvl + exp(G_last - G) (Kn dS)         (=, du [SP][chunks, HV, 64, VP], split)
 //     dS     = exp(G_last) dS + Qn^T (scale exp(G) do) - w^T dU   (w, dU split)
-// dS leaves to dh0 (=, f32, or null).
+// dS leaves to dh0 (=, f32, or null). delta_h_bwd_dv2_k{KP}_bf16: dvl = P^T do computed in the pass
+// (delta_dvl's arithmetic, P from the q, k rows it loads) instead of read, the per-chunk loads on
+// two cp.async stages (64 columns, one block per SM).
 //
 // S's operand copy (the B operand of w S and K dS) is rounded to the storage dtype, as fla does.
 // Warps tile S as WM x WN (8 x 1 for KP = 128, 256; 4 x 2 for KP = 64, 192). The forward has NS
@@ -30,6 +32,7 @@
 //   delta_h_v32_k64_bf16 delta_h_v32_k128_bf16 delta_h_v32_k192_bf16 delta_h_v32_k256_bf16
 //   delta_h_bwd_v32_k64_bf16 delta_h_bwd_v32_k128_bf16 delta_h_bwd_v32_k192_bf16 delta_h_bwd_v32_k256_bf16
 //   delta_h_b2_k64_bf16 delta_h_b2_k128_bf16 delta_h_v32b2_k64_bf16 delta_h_v32b2_k128_bf16
+//   delta_h_bwd_dv2_k64_bf16 delta_h_bwd_dv2_k128_bf16
 
 // The state tile's warp layout (S or dS, KP x BV in mma fragments): warp (wm, wn) of WM x WN
 // holds m-tiles wm + WM ms (ms < MS) and the NSN n8-tiles from 8 NSN wn.
@@ -139,8 +142,8 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
         ld_g64(f + 64 * BV, g2 + oc * 64, tid);
         ld_rf(f + 64 * BV + 64, rk, r0, L, h, H, tid);
     };
-    #pragma unroll
     static_assert(NS == 1 || NS == 2, "one or two cp.async stages");
+    #pragma unroll
     for (int p = 0; p < NS - 1; ++p) {
         if (p < nc) load(p, p);
         cp_commit();
@@ -207,7 +210,12 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
     h_fini<KP, BV>(S, ht, o_state, K, V, j0, wm, sn0, fg, ft);
 }
 
-template <typename E, int KP, int BV>
+// FD: dvl = P^T do (delta_dvl, delta/chunk_bwd.cu) fused in (the `_dv2` entries; dvl unread, may
+// be null): P (split) from the q and k rows the pass loads anyway, scale exp(G) do into a copy
+// of its own so that P^T do reads do unscaled. NS: cp.async stages of the per-chunk loads (q, k,
+// w, do, dvl, G, rq, rk), as delta_h's: with two, chunk c - 1's loads land while chunk c is
+// computed.
+template <typename E, int KP, int BV, bool FD, int NS>
 __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                       const float* __restrict__ rk, const E* __restrict__ w, const E* __restrict__ d_o,
                                       const float* __restrict__ dvl, const float* __restrict__ g2, const float* __restrict__ dht,
@@ -215,20 +223,19 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
                                       const idx_t* __restrict__ chunk_off, int H, int HV, int K, int V, int VP, float scale, idx_t nch) {
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
     constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
+    constexpr int STAGE = (2 + SP) * 64 * LK + 64 * LDS;  // q, k, w (hi, lo) [64][LK]; do [64][LDS]
+    constexpr int FSTAGE = (1 - FD) * 64 * BV + 192;      // dvl [64][BV] (FD: none); G, rq, rk [64]
+    static_assert(NS == 1 || NS == 2, "one or two cp.async stages");
     DELTA_SMEM(smem);
-    E* sQ = (E*)smem;                          // [64][LK]
-    E* sK = sQ + 64 * LK;                      // [64][LK]
-    E* sW = sK + 64 * LK;                      // [64][LK]
-    E* sWl = sW + (SP - 1) * 64 * LK;
-    E* sDo = sWl + 64 * LK;                    // [64][LDS]
-    E* sS = sDo + 64 * LDS;                    // [KP][LDS]
+    E* sStage = (E*)smem;                      // [NS][STAGE]
+    E* sS = sStage + NS * STAGE;               // [KP][LDS]
     E* sDu = sS + KP * LDS;                    // [64][LDS]: -dU
     E* sDul = sDu + (SP - 1) * 64 * LDS;
-    float* sDv = (float*)(sDul + 64 * LDS);    // [64][BV]
-    float* sG = sDv + 64 * BV;                 // [64]
-    float* sRq = sG + 64;                      // [64]
-    float* sRk = sRq + 64;                     // [64]
-    DELTA_SMEM_END(smem, sRk + 64);
+    E* sP = sDul + 64 * LDS;                   // FD: [SP][64][LDT], P
+    E* sPl = sP + FD * (SP - 1) * 64 * LDT;
+    E* sDoS = sPl + FD * 64 * LDT;             // FD: [64][LDS], scale exp(G) do
+    float* sF = (float*)(sDoS + FD * 64 * LDS);  // [NS][FSTAGE]
+    DELTA_SMEM_END(smem, sF + NS * FSTAGE);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const int j0 = blockIdx.x * BV, nh = blockIdx.y, n = nh / HV, hv = nh % HV, h = hv / (HV / H);
     const idx_t bos = bounds[n], eos = bounds[n + 1];
@@ -238,45 +245,91 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
     const idx_t o_state = (idx_t)nh * K * V, wplane = nch * HV * 64 * KP, vplane = nch * HV * 64 * VP;
     float dS[MS][NSN][4];
     h_init<KP, BV>(dS, dht, o_state, K, V, j0, wm, sn0, fg, ft);
-    for (int c = nc - 1; c >= 0; --c) {
+    // chunk c's loads into stage st (the cp.async ones committed by the caller)
+    auto load = [&](int c, int st) {
+        E* b = sStage + st * STAGE;
+        float* f = sF + st * FSTAGE;
         const idx_t oc = (cbase + c) * HV + hv, r0 = bos + (idx_t)c * 64;
         const int L = (int)min((idx_t)64, eos - r0);
-        ld_qk<E, KP>(sQ, q, r0, L, h, H, K, tid);
-        ld_qk<E, KP>(sK, k, r0, L, h, H, K, tid);
-        tile_ld<E>(sW, LK, w + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
-        if (SP == 2) tile_ld<E>(sWl, LK, w + wplane + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
-        ld_v<E>(sDo, LDS, d_o, r0, L, hv, HV, V, j0, BV, tid);
-        tile_ld<float>(sDv, BV, dvl + oc * 64 * (idx_t)VP + j0, VP, 64, BV, 64, BV, true, tid, DNT);
-        ld_g64(sG, g2 + oc * 64, tid);
+        ld_qk<E, KP>(b, q, r0, L, h, H, K, tid);
+        ld_qk<E, KP>(b + 64 * LK, k, r0, L, h, H, K, tid);
+        tile_ld<E>(b + 2 * 64 * LK, LK, w + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
+        if (SP == 2) tile_ld<E>(b + 3 * 64 * LK, LK, w + wplane + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
+        ld_v<E>(b + (2 + SP) * 64 * LK, LDS, d_o, r0, L, hv, HV, V, j0, BV, tid);
+        if (!FD) tile_ld<float>(f, BV, dvl + oc * 64 * (idx_t)VP + j0, VP, 64, BV, 64, BV, true, tid, DNT);
+        float* fg2 = f + (1 - FD) * 64 * BV;
+        ld_g64(fg2, g2 + oc * 64, tid);
+        ld_rf(fg2 + 64, rq, r0, L, h, H, tid);
+        ld_rf(fg2 + 128, rk, r0, L, h, H, tid);
+    };
+    // two stages: chunk c - 1's loads are issued once every warp has passed chunk c's first
+    // barrier (so has finished chunk c + 1, the last reader of their stage)
+    if (NS > 1 && nc > 0) {
+        load(nc - 1, 0);
         cp_commit();
-        ld_rf(sRq, rq, r0, L, h, H, tid);
-        ld_rf(sRk, rk, r0, L, h, H, tid);
+    }
+    for (int c = nc - 1; c >= 0; --c) {
+        const int st = (nc - 1 - c) % NS;
+        const idx_t oc = (cbase + c) * HV + hv;
+        if (NS == 1) {
+            load(c, 0);
+            cp_commit();
+        }
+        E* sQ = sStage + st * STAGE;
+        E* sK = sQ + 64 * LK;
+        E* sW = sK + 64 * LK;
+        E* sWl = sW + (SP - 1) * 64 * LK;
+        E* sDo = sW + SP * 64 * LK;
+        const float* sDv = sF + st * FSTAGE;
+        const float* sG = sDv + (1 - FD) * 64 * BV;
+        const float* sRq = sG + 64;
+        const float* sRk = sG + 128;
         h_store<E, KP, BV>(dS, sS, wm, sn0, fg, ft);
         cp_wait0();
         __syncthreads();
+        if (NS > 1 && c > 0) {
+            load(c - 1, (nc - c) % NS);
+            cp_commit();
+        }
         h_copy<E, KP, BV>(dhs + oc * (idx_t)KP * VP + j0, sS, VP, tid);
         const float glast = sG[63];
+        E* sDoX = FD ? sDoS : sDo;  // the dS update's operand scale exp(G) do
+        if constexpr (FD) {
+            chunk_p<E, KP>(sP, sPl, sQ, sK, sG, sRq, sRk, scale, wp, lane);
+            for (int x = tid; x < 64 * BV; x += DNT) {
+                const int t = x / BV, jj = x - t * BV;
+                sDoS[t * LDS + jj] = cvt<E>(to_f32(sDo[t * LDS + jj]) * scale * sRq[t] * ex2f(sG[t]));
+            }
+            __syncthreads();
+        }
         {
             // dU = dvl + exp(G_last - G) rk (K dS): each warp 16 rows x BV / 2 columns
             constexpr int NT = BV / 16;
             const int mt = wp & 3, n1 = (wp >> 2) * (BV / 2);
-            float acc[NT][4];
+            float acc[NT][4], dv[NT][4];
             frag_zero(acc);
             wgemm<false, false, NT>(acc, sK, LK, 16 * mt, sS, LDS, n1, KP, lane);
+            if constexpr (FD) {
+                frag_zero(dv);
+                wgemm2<true, false, NT>(dv, sP, sPl, LDT, 16 * mt, sDo, sDo, LDS, n1, 64, lane, true, false);
+            }
             #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
                 #pragma unroll
                 for (int e = 0; e < 4; e += 2) {
                     const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
                     const float f = sRk[t] * ex2f(glast - sG[t]);
-                    const float d0 = sDv[t * BV + jj] + f * acc[nt][e], d1 = sDv[t * BV + jj + 1] + f * acc[nt][e + 1];
+                    const float v0 = FD ? dv[nt][e] : sDv[t * BV + jj], v1 = FD ? dv[nt][e + 1] : sDv[t * BV + jj + 1];
+                    const float d0 = v0 + f * acc[nt][e], d1 = v1 + f * acc[nt][e + 1];
                     st2_pair(sDu, sDul, t * LDS + jj, -d0, -d1);
                 }
             }
         }
-        for (int x = tid; x < 64 * BV; x += DNT) {
-            const int t = x / BV, jj = x - t * BV;
-            sDo[t * LDS + jj] = cvt<E>(to_f32(sDo[t * LDS + jj]) * scale * sRq[t] * ex2f(sG[t]));
+        if (!FD) {
+            for (int x = tid; x < 64 * BV; x += DNT) {
+                const int t = x / BV, jj = x - t * BV;
+                sDo[t * LDS + jj] = cvt<E>(to_f32(sDo[t * LDS + jj]) * scale * sRq[t] * ex2f(sG[t]));
+            }
         }
         __syncthreads();
         // dU (split) leaves as the negation of -dU's planes (rounding is odd: the planes of -x
@@ -291,7 +344,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) dS[ms][qq][e] *= dec;
             }
-            wgemm<true, false, NSN>(dS[ms], sQ, LK, 16 * (wm + WM * ms), sDo, LDS, sn0, 64, lane);
+            wgemm<true, false, NSN>(dS[ms], sQ, LK, 16 * (wm + WM * ms), sDoX, LDS, sn0, 64, lane);
             wgemm2<true, false, NSN>(dS[ms], sW, sWl, LK, 16 * (wm + WM * ms), sDu, sDul, LDS, sn0, 64, lane, true, true);
         }
         __syncthreads();
@@ -308,13 +361,15 @@ extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_##NAME(           
     idx_t nch) {                                                                                         \
     h_fwd<E, KP, NS, BV>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K, V, VP, nch);      \
 }
-#define HB_ENTRY(PFX, KP, BV, NAME, E)                                                                   \
+#define HB_ENTRY(PFX, KP, BV, NAME, E) HB_ENTRY_FD(PFX, KP, BV, false, 1, NAME, E)
+// FD: dvl fused in (the `_dv` entries; their dvl argument is unread); NS: cp.async stages
+#define HB_ENTRY_FD(PFX, KP, BV, FD, NS, NAME, E)                                                        \
 extern "C" __global__ void __launch_bounds__(DNT) PFX##_k##KP##_##NAME(                                  \
     const E* q, const E* k, const float* rq, const float* rk, const E* w, const E* d_o, const float* dvl,\
     const float* g2, const float* dht, E* dhs, E* du, float* dh0, const idx_t* bounds,                   \
     const idx_t* chunk_off, int H, int HV, int K, int V, int VP, float scale, idx_t nch) {               \
-    h_bwd<E, KP, BV>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0, bounds, chunk_off, H, HV, K, V,   \
-                     VP, scale, nch);                                                                    \
+    h_bwd<E, KP, BV, FD, NS>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0, bounds, chunk_off, H, HV, \
+                             K, V, VP, scale, nch);                                                      \
 }
 
 // NS: the forward state pass's cp.async stages, 2 where they fit in shared memory (bf16, KP <= 128),
@@ -346,3 +401,5 @@ HB_ENTRY(delta_h_bwd_v32, 64, 32, bf16, bf16_t)
 HB_ENTRY(delta_h_bwd_v32, 128, 32, bf16, bf16_t)
 HB_ENTRY(delta_h_bwd_v32, 192, 32, bf16, bf16_t)
 HB_ENTRY(delta_h_bwd_v32, 256, 32, bf16, bf16_t)
+HB_ENTRY_FD(delta_h_bwd_dv2, 64, 64, true, 2, bf16, bf16_t)
+HB_ENTRY_FD(delta_h_bwd_dv2, 128, 64, true, 2, bf16, bf16_t)

@@ -225,32 +225,43 @@ pub(crate) fn h_stages(bf16: bool, kp: usize) -> usize {
     }
 }
 
-/// How a sequential pass launches: value columns per block (`BV`), the forward's cp.async
-/// stages (`NS`) and whether it is an entry built for two blocks per SM (`_b2`: one stage, at
-/// most 128 registers, shared memory for two).
+/// How a sequential pass launches: value columns per block (`BV`), cp.async stages (`NS`),
+/// whether it is an entry built for two blocks per SM (`_b2`: one stage, at most 128 registers,
+/// shared memory for two) and, for the state-gradient pass, whether it computes dvl itself
+/// (`out`, `delta_h_bwd_dv2_*`: P^T do from the q, k, do rows the pass loads, no `delta_dvl`
+/// launch; 64 columns, two stages).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct HPlan {
     pub(crate) bv: usize,
     pub(crate) ns: usize,
     pub(crate) two: bool,
+    pub(crate) out: bool,
 }
 
-/// The two-blocks-per-SM entries exist for bf16 with KP <= 128 (`H_ENTRY_LB` in
-/// `delta/chunk_h.cu`).
+/// The two-blocks-per-SM entries, the fused state-gradient entries and the lab's dq/dk/dw
+/// entries exist for bf16 with KP <= 128 (`delta/chunk_h.cu`, `delta/chunk_bwd.cu`).
 fn h_two_ok(bf16: bool, kp: usize) -> bool {
     bf16 && kp <= 128
 }
 
-/// The lab override of the sequential passes' plans, for side-by-side timing:
-/// `GLA_DELTA_LAB="h=<v>,hb=<v>"`, `<v>` one of `base` (the default policy), `one` (the
-/// one-block-per-SM plan the policy falls back to), `v32` (32 columns, one block per SM), `b2`
-/// (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM); `b2` and `v32b2`
-/// apply to the forward (`h`) where [`h_two_ok`], `v32` to both where bf16. Anything else, or
-/// unset: the default.
-fn h_lab(bwd: bool) -> Option<String> {
+/// The lab override of the chunked passes' plans, for side-by-side timing:
+/// `GLA_DELTA_LAB="h=<v>,hb=<v>,dq=<v>"`. The forward state pass (`h`): `base` (the default
+/// policy), `one` (the one-block-per-SM plan the policy falls back to), `v32` (32 columns, one
+/// block per SM), `b2` (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM).
+/// The state-gradient pass (`hb`): `one` (dvl its own launch), `v32` (the same at 32 columns),
+/// `dv2` (dvl fused in, 64 columns, whatever the tiles). The dq/dk/dw pass (`dq`): `s2`
+/// (`delta_dqkw_s2`, the V tiles in two buffers). The WY backward (`wyb`): `pre`
+/// (`delta_wy_bwd_pre`, V tile 0 loading while dw Kn^T is formed). The two-blocks-per-SM, fused,
+/// `s2` and `pre` entries exist where [`h_two_ok`], `v32` where bf16. Anything else, or unset:
+/// the default.
+fn lab(key: &str) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
-    let key = if bwd { "hb=" } else { "h=" };
-    v.split(',').find_map(|kv| kv.trim().strip_prefix(key).map(str::to_string))
+    v.split(',').find_map(|kv| kv.trim().strip_prefix(key).and_then(|r| r.strip_prefix('=')).map(str::to_string))
+}
+
+/// [`lab`] of the forward state pass (`h`) or of the state-gradient pass (`hb`).
+fn h_lab(bwd: bool) -> Option<String> {
+    lab(if bwd { "hb" } else { "h" })
 }
 
 /// The plan of the forward state pass (`bwd` false) or of the state-gradient pass, without the
@@ -262,39 +273,52 @@ fn h_lab(bwd: bool) -> Option<String> {
 /// measured on the H200 (bf16, K = V = 128, B*T = 65536, `bench/delta_lab.sh`) the state pass
 /// runs 1.37 -> 1.22 ms at T = 2048 and the forward 3.56 -> 3.01 ms at T = 8192 (256 blocks), while
 /// at T = 32768 (64 blocks) one stage of loads costs more than the occupancy gains (3.56 ->
-/// 4.55 ms), so the one-block plan stays. The backward keeps one block per SM (32 columns at
-/// two blocks per SM measured no faster).
+/// 4.55 ms), so the one-block plan stays. The backward keeps one block per SM; where it runs
+/// 64 columns and the fused entries exist it computes dvl itself on two stages
+/// (`delta_h_bwd_dv2`, faster on the H200 than `delta_dvl` + `delta_h_bwd` there, slower at 32
+/// columns: `bench/delta_lab.sh`).
 fn h_policy(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> HPlan {
     let tiles = (vp / 64) * nhv;
     if !bwd && h_two_ok(bf16, kp) && tiles >= sm_count {
-        return HPlan { bv: 64, ns: 1, two: true };
+        return HPlan { bv: 64, ns: 1, two: true, out: false };
     }
-    h_one(bf16, kp, tiles, sm_count)
+    let one = h_one(bwd, bf16, kp, tiles, sm_count);
+    if bwd && one.bv == 64 && h_two_ok(bf16, kp) {
+        return HPlan { bv: 64, ns: 2, two: false, out: true };
+    }
+    one
 }
 
-/// The one-block-per-SM plan for `tiles` 64-column tiles (see [`h_policy`]).
-fn h_one(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> HPlan {
+/// The one-block-per-SM plan for `tiles` 64-column tiles (see [`h_policy`]): the forward's
+/// stages per [`h_stages`], the backward's one, dvl its own launch.
+fn h_one(bwd: bool, bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> HPlan {
     let bv = if bf16 && tiles < 2 * sm_count { 32 } else { 64 };
-    HPlan { bv, ns: h_stages(bf16, kp), two: false }
+    HPlan { bv, ns: if bwd { 1 } else { h_stages(bf16, kp) }, two: false, out: false }
 }
 
 /// The plan of a sequential pass ([`h_policy`]), or the lab override's ([`h_lab`]).
 pub(crate) fn h_plan(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> HPlan {
-    let one = h_one(bf16, kp, (vp / 64) * nhv, sm_count);
-    let two = |bv| HPlan { bv, ns: 1, two: true };
+    let one = h_one(bwd, bf16, kp, (vp / 64) * nhv, sm_count);
+    let two = |bv| HPlan { bv, ns: 1, two: true, out: false };
     match h_lab(bwd).as_deref() {
         Some("one") => one,
         Some("v32") if bf16 => HPlan { bv: 32, ..one },
         Some("b2") if !bwd && h_two_ok(bf16, kp) => two(64),
         Some("v32b2") if !bwd && h_two_ok(bf16, kp) => two(32),
+        Some("dv2") if bwd && h_two_ok(bf16, kp) => HPlan { bv: 64, ns: 2, two: false, out: true },
         _ => h_policy(bwd, bf16, kp, vp, nhv, sm_count),
     }
 }
 
-/// The entry point of a sequential pass: `delta_h` (forward) or `delta_h_bwd`, with `_v32` for
-/// 32-column tiles and `_b2` / `_v32b2` for the two-blocks-per-SM entries.
+/// The entry point of a sequential pass: `delta_h` (forward), `delta_h_bwd` or
+/// `delta_h_bwd_dv2` (dvl fused in), with `_v32` for 32-column tiles and `_b2` / `_v32b2` for
+/// the two-blocks-per-SM entries.
 pub(crate) fn h_name(bwd: bool, plan: HPlan, kp: usize, sfx: &str) -> String {
-    let base = if bwd { "delta_h_bwd" } else { "delta_h" };
+    let base = match (bwd, plan.out) {
+        (true, true) => "delta_h_bwd_dv2",
+        (true, false) => "delta_h_bwd",
+        _ => "delta_h",
+    };
     let v = match (plan.bv, plan.two) {
         (32, false) => "_v32",
         (32, true) => "_v32b2",
@@ -314,6 +338,28 @@ pub(crate) fn dqkw_kw(bf16: bool, kp: usize) -> usize {
     } else {
         kp / 2
     }
+}
+
+/// Buffers of `delta_dqkw_*`'s V tiles: 2 (`delta_dqkw_s2_*`, tile v + 1 loading during tile
+/// v) under the lab override `dq=s2` ([`lab`]; bf16, KP <= 128), else 1.
+pub(crate) fn dqkw_bufs(bf16: bool, kp: usize) -> usize {
+    if h_two_ok(bf16, kp) && lab("dq").as_deref() == Some("s2") {
+        2
+    } else {
+        1
+    }
+}
+
+/// The entry point of `delta_dqkw_*` with `nb` V-tile buffers ([`dqkw_bufs`]).
+pub(crate) fn dqkw_name(nb: usize, kp: usize, sfx: &str) -> String {
+    format!("delta_dqkw{}_k{kp}_{sfx}", if nb == 2 { "_s2" } else { "" })
+}
+
+/// The entry point of the WY backward: `delta_wy_bwd_pre_*` under the lab override `wyb=pre`
+/// ([`lab`]; bf16, KP <= 128), else `delta_wy_bwd_*`.
+pub(crate) fn wy_bwd_name(bf16: bool, kp: usize, sfx: &str) -> String {
+    let pre = h_two_ok(bf16, kp) && lab("wyb").as_deref() == Some("pre");
+    format!("delta_wy_bwd{}_k{kp}_{sfx}", if pre { "_pre" } else { "" })
 }
 
 /// The K tiles (grid z) of `delta_dqkw_*`.
@@ -359,14 +405,21 @@ impl DeltaSmem {
         let (e, sp) = (self.e, self.sp);
         (2 * 64 * self.lk() + sp * 64 * LDT + 64 * LDT) * e + 3 * 64 * 4
     }
-    pub(crate) fn h_bwd(&self, bv: usize) -> usize {
-        let (e, sp, lds) = (self.e, self.sp, bv + PAD);
-        ((2 + sp) * 64 * self.lk() + 64 * lds + self.kp * lds + sp * 64 * lds) * e + (64 * bv + 3 * 64) * 4
+    pub(crate) fn h_bwd(&self, plan: HPlan) -> usize {
+        let (e, sp, bv, fd, ns) = (self.e, self.sp, plan.bv, usize::from(plan.out), plan.ns);
+        let lds = bv + PAD;
+        // stages of q, k, w (sp planes), do; dS; -dU (sp planes); (P, sp planes; scale exp(G)
+        // do); stages of dvl's tile (f32, unless fused), G, rq, rk
+        (ns * ((2 + sp) * 64 * self.lk() + 64 * lds) + self.kp * lds + sp * 64 * lds + fd * (sp * 64 * LDT + 64 * lds)) * e
+            + ns * ((1 - fd) * 64 * bv + 3 * 64) * 4
     }
-    pub(crate) fn dqkw(&self) -> usize {
+    /// `delta_dqkw_*` with `nb` V-tile buffers: dMG has a region of its own with one, the
+    /// second buffer with two.
+    pub(crate) fn dqkw(&self, nb: usize) -> usize {
         let (e, sp) = (self.e, self.sp);
         let kw = dqkw_kw(e == 2, self.kp);
-        (2 * 64 * self.lk() + 64 * LDT + 3 * sp * 64 * LDT + 2 * kw * LDT) * e + (64 * 65 + 3 * 64 + 128 + 16) * 4
+        let vbuf = (1 + 2 * sp) * 64 * LDT + 2 * kw * LDT;
+        (2 * 64 * self.lk() + nb * vbuf + (2 - nb) * sp * 64 * LDT) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4
     }
     pub(crate) fn wy_bwd(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -377,11 +430,13 @@ impl DeltaSmem {
     #[cfg(test)]
     pub(crate) fn max(&self) -> usize {
         let ns = h_stages(self.e == 2, self.kp);
-        let h = |bv| self.h(HPlan { bv, ns, two: false });
-        [self.wy(), h(64), h(32), self.o(), self.dvl(), self.h_bwd(64), self.h_bwd(32), self.dqkw(), self.wy_bwd()]
-            .into_iter()
-            .max()
-            .unwrap_or(0)
+        let h = |bv| self.h(HPlan { bv, ns, two: false, out: false });
+        let hb = |bv| self.h_bwd(HPlan { bv, ns: 1, two: false, out: false });
+        let fused = h_two_ok(self.e == 2, self.kp);
+        let hb2 = if fused { self.h_bwd(HPlan { bv: 64, ns: 2, two: false, out: true }) } else { 0 };
+        // the lab's dq/dk/dw entries exist where the two-blocks-per-SM ones do
+        let dq = if fused { 2 } else { 1 };
+        [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), hb2, self.dqkw(dq), self.wy_bwd()].into_iter().max().unwrap_or(0)
     }
 }
 
@@ -611,23 +666,27 @@ mod tests {
             }
         }
         let plan = |bwd, bf16, nhv| h_policy(bwd, bf16, 128, 128, nhv, 132);
-        let (one, two) = (|bv| HPlan { bv, ns: 2, two: false }, HPlan { bv: 64, ns: 1, two: true });
+        let (one, two) = (|bv| HPlan { bv, ns: 2, two: false, out: false }, HPlan { bv: 64, ns: 1, two: true, out: false });
+        let one_bwd = |bv| HPlan { bv, ns: 1, two: false, out: false };
         // the forward: two blocks per SM where 64-column blocks fill the SMs, else one
         assert_eq!(plan(false, true, 512), two);
         assert_eq!(plan(false, true, 66), two);
         assert_eq!(plan(false, true, 65), one(32));
         assert_eq!(plan(false, true, 32), one(32));
-        assert_eq!(plan(false, false, 32), HPlan { bv: 64, ns: 1, two: false });
-        assert_eq!(h_policy(false, true, 192, 128, 512, 132), HPlan { bv: 64, ns: 1, two: false });
-        // the backward: one block per SM
-        assert_eq!(plan(true, true, 512), one(64));
-        assert_eq!(plan(true, true, 32), one(32));
-        assert_eq!(h_name(true, HPlan { bv: 32, ns: 1, two: false }, 128, "bf16"), "delta_h_bwd_v32_k128_bf16");
-        assert_eq!(h_name(false, HPlan { bv: 32, ns: 1, two: true }, 64, "bf16"), "delta_h_v32b2_k64_bf16");
+        assert_eq!(plan(false, false, 32), HPlan { bv: 64, ns: 1, two: false, out: false });
+        assert_eq!(h_policy(false, true, 192, 128, 512, 132), HPlan { bv: 64, ns: 1, two: false, out: false });
+        // the backward: one block per SM; dvl fused in at 64 columns where the entries exist
+        assert_eq!(plan(true, true, 512), HPlan { bv: 64, ns: 2, two: false, out: true });
+        assert_eq!(plan(true, true, 32), one_bwd(32));
+        assert_eq!(plan(true, false, 32), one_bwd(64));
+        assert_eq!(h_policy(true, true, 192, 128, 512, 132), one_bwd(64));
+        assert_eq!(h_name(true, HPlan { bv: 32, ns: 1, two: false, out: false }, 128, "bf16"), "delta_h_bwd_v32_k128_bf16");
+        assert_eq!(h_name(false, HPlan { bv: 32, ns: 1, two: true, out: false }, 64, "bf16"), "delta_h_v32b2_k64_bf16");
+        assert_eq!(h_name(true, HPlan { bv: 64, ns: 2, two: false, out: true }, 128, "bf16"), "delta_h_bwd_dv2_k128_bf16");
         // the two-blocks-per-SM entries: shared memory for two blocks (228 KB per SM, 1 KB each reserved)
         for kp in [64, 128] {
             for bv in [32, 64] {
-                let s = DeltaSmem::new(true, kp, 128).h(HPlan { bv, ns: 1, two: true });
+                let s = DeltaSmem::new(true, kp, 128).h(HPlan { bv, ns: 1, two: true, out: false });
                 assert!(2 * (s + 1024) <= 228 * 1024, "KP {kp}, BV {bv}: {s} B");
             }
         }
@@ -635,6 +694,14 @@ mod tests {
         assert_eq!((dqkw_kw(true, 256), dqkw_kz(true, 256)), (128, 2));
         assert_eq!((dqkw_kw(false, 128), dqkw_kz(false, 128)), (64, 2));
         assert_eq!((dqkw_kw(true, 128), dqkw_kz(true, 128)), (128, 1));
+        // the dq/dk/dw lab entries (two V-tile buffers): one block per SM
+        assert_eq!(dqkw_name(2, 128, "bf16"), "delta_dqkw_s2_k128_bf16");
+        assert_eq!(dqkw_name(1, 256, "bf16"), "delta_dqkw_k256_bf16");
+        assert_eq!(dqkw_bufs(true, 256), 1);
+        assert_eq!(wy_bwd_name(true, 256, "bf16"), "delta_wy_bwd_k256_bf16");
+        for kp in [64, 128] {
+            assert!(DeltaSmem::new(true, kp, 128).dqkw(2) <= 227 * 1024, "KP {kp}");
+        }
     }
 
     #[test]

@@ -839,7 +839,9 @@ fn chunk_bwd<T: Elem>(
     let (dq, dk) = if dd::direct_qk(p) { (&*g.dq, &*g.dk) } else { (req(&ws.dq, "dq")?, req(&ws.dk, "dk")?) };
     let gx = grid_chunks(op, dp.n_chunks)?;
     let sfx = T::SUFFIX;
-    if dp.n_chunks > 0 {
+    // `plan.out`: the state-gradient pass computes dvl itself (no delta_dvl launch)
+    let plan = dd::h_plan(true, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
+    if dp.n_chunks > 0 && !plan.out {
         // SAFETY: arguments match delta_dvl_*'s signature; dvl holds chunks x HV x 64 x VP f32
         unsafe {
             launch(
@@ -850,38 +852,40 @@ fn chunk_bwd<T: Elem>(
             )?;
         }
     }
-    let plan = dd::h_plan(true, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
-    // SAFETY: arguments match delta_h_bwd_*'s signature; one block per (V tile, sequence x value
-    // head) walking its chunks in reverse; dhs, du sized for the problem
+    // SAFETY: arguments match delta_h_bwd_*'s signature (the `_dv2` entries do not read dvl); one
+    // block per (V tile, sequence x value head) walking its chunks in reverse; dhs, du sized for
+    // the problem
     unsafe {
         launch(
             cuda,
             &dd::h_name(true, plan, kp, sfx),
-            dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, smem.h_bwd(plan.bv)),
+            dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, smem.h_bwd(plan)),
             &[x.q, x.k, &ws.rq, &ws.rk, w, d_o, dvl, g2, &dht, dhs, du, &dh0, bounds, off, &h, &hv, &k, &v, &vp32, &scale, &nch],
         )?;
     }
     if dp.n_chunks == 0 {
         return Ok(());
     }
-    let kz = dd::dqkw_kz(bf16, kp);
-    // SAFETY: arguments match delta_dqkw_*'s signature; grid z covers KP in tiles of KW; dq, dk
-    // hold [rows, HV, K] f32, dw planes x chunks x HV x 64 x KP, dG KZ x chunks x HV x 64
+    let (kz, nb) = (dd::dqkw_kz(bf16, kp), dd::dqkw_bufs(bf16, kp));
+    // SAFETY: arguments match delta_dqkw_*'s signature (the `_s2` entries': the same); grid z
+    // covers KP in tiles of KW; dq, dk hold [rows, HV, K] f32, dw planes x chunks x HV x 64 x
+    // KP, dG KZ x chunks x HV x 64
     unsafe {
         launch(
             cuda,
-            &format!("delta_dqkw_k{kp}_{sfx}"),
-            dd::chunk_cfg(gx, p.hv(), kz, smem.dqkw()),
+            &dd::dqkw_name(nb, kp, sfx),
+            dd::chunk_cfg(gx, p.hv(), kz, smem.dqkw(nb)),
             &[x.q, x.k, &ws.rq, &ws.rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgk, bounds, off, seq, &h, &hv, &k, &v, &vp32, &scale, &nch],
         )?;
     }
     let kz32 = kz as i32;
-    // SAFETY: arguments match delta_wy_bwd_*'s signature; dk holds delta_dqkw's values (added
-    // to); dv, dbeta and dg partials are written for every row of every chunk
+    // SAFETY: arguments match delta_wy_bwd_*'s signature (the `_pre` entries': the same); dk
+    // holds delta_dqkw's values (added to); dv, dbeta and dg partials are written for every row
+    // of every chunk
     unsafe {
         launch(
             cuda,
-            &format!("delta_wy_bwd_k{kp}_{sfx}"),
+            &dd::wy_bwd_name(bf16, kp, sfx),
             dd::chunk_cfg(gx, p.hv(), 1, smem.wy_bwd()),
             &[x.k, &ws.rk, x.v, bt, tm, dw, du, g2, dgk, dk, &*g.dv, db, dg, bounds, off, seq, &h, &hv, &k, &v, &vp32, &kz32, &nch],
         )
