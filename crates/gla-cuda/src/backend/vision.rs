@@ -14,19 +14,18 @@ use gla_core::bidir::{BidirProblem, BidirSpec};
 use gla_core::dims::GlaDims;
 
 use super::{col_gy, cols, flat, launch, rows_warp, unsupported, Gpu, GpuPlan};
-use crate::bidir::ops::{bidir_bwd_ws, bidir_fwd_ws, BidirDevGrads, BidirDevInputs, BidirDevProblem, BidirWorkspace};
+use crate::bidir::ops::{bidir_bwd_ws, bidir_fwd_ws, BidirDevGradsMut, BidirDevInputs, BidirDevProblem, BidirWorkspace};
 use crate::bidir::BidirAlgo;
 use crate::error::{Error, Result};
 use crate::ops::f32_to_bf16;
 
-/// The bidirectional scan of one batch shape: its problem (`(B, T, H, K, V)` = `key`), the op's
-/// workspace, and the backward's gradients (allocated at the first backward), before they are
-/// copied to the caller's buffers.
+/// The bidirectional scan of one batch shape: its problem (`(B, T, H, K, V)` = `key`) and the
+/// op's workspace: the forward's buffers at the first forward, the backward's added at the first
+/// backward (a forward-only plan never holds them).
 pub(crate) struct BidirPlan {
     key: (usize, usize, usize, usize, usize),
     prob: BidirDevProblem,
     ws: BidirWorkspace<u16>,
-    grads: Option<BidirDevGrads>,
 }
 
 /// Device buffers the vision ops reuse across calls (see the module doc), each grown on demand.
@@ -107,8 +106,8 @@ impl Gpu {
         if g.as_ref().is_none_or(|p| p.key != key) {
             let spec = BidirSpec { scale: Some((md.head_k as f64).powf(-0.5)), ..BidirSpec::new(b, t, md.heads, md.head_k, md.head_v) };
             let prob = BidirDevProblem::new(&self.cuda, &BidirProblem::new(spec)?)?;
-            let ws = BidirWorkspace::new(&self.cuda, &prob)?;
-            *g = Some(Box::new(BidirPlan { key, prob, ws, grads: None }));
+            let ws = BidirWorkspace::for_passes(&self.cuda, &prob, BidirAlgo::Fused, false)?;
+            *g = Some(Box::new(BidirPlan { key, prob, ws }));
         }
         Ok(g)
     }
@@ -420,25 +419,12 @@ impl VisionOps for Gpu {
     ) -> Result<()> {
         let mut g = self.bidir_plan(plan, md, b, t)?;
         let Some(bp) = g.as_mut() else { return Err(unsupported("bidirectional plan".into())) };
-        let p = &bp.prob.problem;
-        let (qk, vl) = (p.qk_len(), p.v_len());
-        for (i, buf) in out.iter().enumerate() {
-            need("bidir gradient", buf, if i == 2 { vl } else { qk })?;
-        }
-        if bp.grads.is_none() {
-            bp.grads = Some(BidirDevGrads::alloc(&self.cuda, p)?);
-        }
-        let BidirPlan { prob, ws, grads: Some(gr), .. } = &mut **bp else { return Err(unsupported("bidirectional gradients".into())) };
+        let BidirPlan { prob, ws, .. } = &mut **bp;
+        ws.ensure(&self.cuda, prob, BidirAlgo::Fused, true)?;
         let x = BidirDevInputs { q, k, v, gf, gb };
-        bidir_bwd_ws(&self.cuda, BidirAlgo::Fused, prob, &x, d_o, ws, gr)?;
-        let st = self.cuda.stream();
+        // the op checks the outputs' lengths (exactly the problem's)
         let [dq, dk, dv, dgf, dgb] = out;
-        for (dst, src, n) in [(dq, &gr.dq, qk), (dk, &gr.dk, qk), (dv, &gr.dv, vl), (dgf, &gr.dgf, qk), (dgb, &gr.dgb, qk)] {
-            if n > 0 {
-                st.memcpy_dtod(&src.slice(0..n), &mut dst.slice_mut(0..n)).map_err(Error::driver("copy bidirectional gradients"))?;
-            }
-        }
-        Ok(())
+        bidir_bwd_ws(&self.cuda, BidirAlgo::Fused, prob, &x, d_o, ws, BidirDevGradsMut { dq, dk, dv, dgf, dgb })
     }
 
     fn smoothed_cross_entropy(

@@ -105,17 +105,16 @@ impl Shape {
     }
 }
 
-/// One block's saved tensors.
+/// One block's tensors that the backward reads (the forward's other intermediates live in
+/// [`FwdTmp`], shared by the blocks).
 struct BlockActs<S: ModelStorage> {
     rstd1: S::F32,          // [N]
     xn1: S::Act,            // [N, D]
     loc: S::Act,            // [N, D] dwconv output
     xs_act: Option<S::Act>, // [N, D] silu(loc) with use_act_in_conv
-    qkv: S::Act,            // [N, 2Dk + Dv]
     qkv_split: [S::Act; 3], // q, k [N, Dk], v [N, Dv]
     gk_lr: S::Act,          // [N, 16]
     gk_raw: S::F32,         // [N, 2Dk] with the bias
-    gk: S::Act,             // [N, 2Dk] log-gates
     g_dir: [S::Act; 2],     // forward, backward log-gates [N, Dk]
     o: S::Act,              // [N, Dv] scan output
     gn: S::Act,             // [N, Dv] g_norm(o)
@@ -127,9 +126,16 @@ struct BlockActs<S: ModelStorage> {
     x_mid: S::F32,          // [N, D]
     rstd2: S::F32,          // [N]
     xn2: S::Act,            // [N, D]
-    ab: S::Act,             // [N, 2I]
     a_u: [S::Act; 2],       // [N, I] gate, up
     hm: S::Act,             // [N, I]
+}
+
+/// A block's forward intermediates that no backward reads (GEMM outputs before their columns
+/// are split), one set shared by the blocks.
+struct FwdTmp<S: ModelStorage> {
+    qkv: S::Act, // [N, 2Dk + Dv]
+    gk: S::Act,  // [N, 2Dk] log-gates of both directions
+    ab: S::Act,  // [N, 2I]
 }
 
 impl<S: ModelStorage> BlockActs<S> {
@@ -178,7 +184,11 @@ struct Scratch<S: ModelStorage> {
     dbranch16: S::Act,
 }
 
-/// Every tensor a forward leaves for the backward, for one batch [`Shape`].
+/// The buffers of one batch [`Shape`]. Made for training ([`VigActs::alloc`] with `backward`),
+/// they hold every tensor the forward leaves for the backward: each block's [`BlockActs`] and
+/// every residual stream. Made for the forward only, one block's buffers and two residual
+/// streams serve every block in turn (memory ~ the stem's and one block's activations), with
+/// the same launches in the same order: the logits equal the training forward's bitwise.
 pub struct VigActs<S: ModelStorage> {
     dims: VigDims,
     shape: Shape,
@@ -194,9 +204,12 @@ pub struct VigActs<S: ModelStorage> {
     st2: S::F32,
     ln2: S::Act,
     a2: Option<S::Act>,
-    /// residual streams [N, D]: the input of block l, and the final output
+    /// residual streams [N, D]: training, the input of block l and the final output (depth + 1
+    /// of them); forward only, two used in turn ([`VigActs::stream`])
     xs: Vec<S::F32>,
+    /// training: one per block; forward only: one, reused ([`VigActs::block`])
     blocks: Vec<BlockActs<S>>,
+    tmp: FwdTmp<S>,
     rstdf: S::F32,
     xf: S::Act,
     pooled: S::Act,
@@ -226,18 +239,17 @@ impl<S: ModelStorage> VigActs<S> {
         let (kd, vd, i, h) = (d.key_dim, d.value_dim, d.inter, d.heads);
         let f = |len: usize| be.alloc_f32(len);
         let a = |len: usize| be.alloc_act(len);
-        let mut blocks = Vec::with_capacity(d.depth);
-        for _ in 0..d.depth {
+        let kept = if backward { d.depth } else { 1 };
+        let mut blocks = Vec::with_capacity(kept);
+        for _ in 0..kept {
             blocks.push(BlockActs {
                 rstd1: f(n)?,
                 xn1: a(n * dm)?,
                 loc: a(n * dm)?,
                 xs_act: if d.act_in_conv { Some(a(n * dm)?) } else { None },
-                qkv: a(n * (2 * kd + vd))?,
                 qkv_split: [a(n * kd)?, a(n * kd)?, a(n * vd)?],
                 gk_lr: a(n * d.gate_rank)?,
                 gk_raw: f(n * 2 * kd)?,
-                gk: a(n * 2 * kd)?,
                 g_dir: [a(n * kd)?, a(n * kd)?],
                 o: a(n * vd)?,
                 gn: a(n * vd)?,
@@ -249,7 +261,6 @@ impl<S: ModelStorage> VigActs<S> {
                 x_mid: f(n * dm)?,
                 rstd2: f(n)?,
                 xn2: a(n * dm)?,
-                ab: a(n * 2 * i)?,
                 a_u: [a(n * i)?, a(n * i)?],
                 hm: a(n * i)?,
             });
@@ -307,8 +318,9 @@ impl<S: ModelStorage> VigActs<S> {
             st2: f(2 * n)?,
             ln2: a(n * dm)?,
             a2: if d.act_in_patch { Some(a(n * dm)?) } else { None },
-            xs: (0..=d.depth).map(|_| f(n * dm)).collect::<Result<_, _>>()?,
+            xs: (0..if backward { d.depth + 1 } else { 2 }).map(|_| f(n * dm)).collect::<Result<_, _>>()?,
             blocks,
+            tmp: FwdTmp { qkv: a(n * (2 * kd + vd))?, gk: a(n * 2 * kd)?, ab: a(n * 2 * i)? },
             rstdf: f(n)?,
             xf: a(n * dm)?,
             pooled: a(shape.b * dm)?,
@@ -323,6 +335,22 @@ impl<S: ModelStorage> VigActs<S> {
     /// The batch geometry these buffers are sized for.
     pub fn shape(&self) -> &Shape {
         &self.shape
+    }
+
+    /// Whether these buffers keep what the backward reads ([`VigActs::alloc`] with `backward`).
+    pub fn trains(&self) -> bool {
+        self.s.is_some()
+    }
+
+    /// The index in `xs` of residual stream `i` (the input of block `i`; `i = depth`: the
+    /// blocks' output).
+    fn stream(&self, i: usize) -> usize {
+        i % self.xs.len()
+    }
+
+    /// The index in `blocks` of block `li`'s buffers.
+    fn block(&self, li: usize) -> usize {
+        li % self.blocks.len()
     }
 
     /// Sets stochastic depth for the next forward and backward: per block, the scales `[B]` of
@@ -441,9 +469,10 @@ pub fn forward_resident<B: Backend + VisionOps>(
     let (md, gd) = (scan_dims(&d), gate_dims(&d));
     let (gh, gw) = sh.grid;
     for (li, ids) in lay.blocks.iter().enumerate() {
-        let a = &mut acts.blocks[li];
-        let (xs_in, xs_out) = acts.xs.split_at_mut(li + 1);
-        let (x, out) = (&xs_in[li], &mut xs_out[0]);
+        let (bi, si, so) = (acts.block(li), acts.stream(li), acts.stream(li + 1));
+        let a = &mut acts.blocks[bi];
+        let t = &mut acts.tmp;
+        let (x, out) = stream_pair(&mut acts.xs, si, so);
         be.rmsnorm_fwd(&mut a.xn1, &mut a.rstd1, x, ids.attn_norm, n)?;
         be.dwconv_fwd(&mut a.loc, &a.xn1, ids.dwconv, b, gh, gw, dm)?;
         if let Some(xa) = &mut a.xs_act {
@@ -451,15 +480,15 @@ pub fn forward_resident<B: Backend + VisionOps>(
         }
         let xs = a.xs_act.as_ref().unwrap_or(&a.loc);
         let w3 = 2 * kd + vd;
-        be.linear_fwd(&mut a.qkv, xs, ids.qkv, n, dm, w3)?;
+        be.linear_fwd(&mut t.qkv, xs, ids.qkv, n, dm, w3)?;
         for (dst, (off, w)) in a.qkv_split.iter_mut().zip([(0, kd), (kd, kd), (2 * kd, vd)]) {
-            be.cols(dst, &a.qkv, &Cols::copy(1, n, w, (w3, off), (w, 0)))?;
+            be.cols(dst, &t.qkv, &Cols::copy(1, n, w, (w3, off), (w, 0)))?;
         }
         be.linear_fwd(&mut a.gk_lr, xs, ids.gk0, n, dm, d.gate_rank)?;
         be.linear_fwd_f32(&mut a.gk_raw, &a.gk_lr, ids.gk1, n, d.gate_rank, 2 * kd)?;
-        be.gate_fwd(&gd, &mut a.gk, &mut a.gk_raw, ids.gk1_bias, n)?;
+        be.gate_fwd(&gd, &mut t.gk, &mut a.gk_raw, ids.gk1_bias, n)?;
         for (j, dst) in a.g_dir.iter_mut().enumerate() {
-            be.cols(dst, &a.gk, &Cols::copy(1, n, kd, (2 * kd, j * kd), (kd, 0)))?;
+            be.cols(dst, &t.gk, &Cols::copy(1, n, kd, (2 * kd, j * kd), (kd, 0)))?;
         }
         let [q, k, v] = &a.qkv_split;
         let [gf, gb] = &a.g_dir;
@@ -480,9 +509,9 @@ pub fn forward_resident<B: Backend + VisionOps>(
         }
         // SwiGLU MLP, its gate and up projections one weight [2I, D]
         be.rmsnorm_fwd(&mut a.xn2, &mut a.rstd2, &a.x_mid, ids.mlp_norm, n)?;
-        be.linear_fwd(&mut a.ab, &a.xn2, ids.gate_proj, n, dm, 2 * inter)?;
+        be.linear_fwd(&mut t.ab, &a.xn2, ids.gate_proj, n, dm, 2 * inter)?;
         for (j, dst) in a.a_u.iter_mut().enumerate() {
-            be.cols(dst, &a.ab, &Cols::copy(1, n, inter, (2 * inter, j * inter), (inter, 0)))?;
+            be.cols(dst, &t.ab, &Cols::copy(1, n, inter, (2 * inter, j * inter), (inter, 0)))?;
         }
         be.swiglu_fwd(&mut a.hm, &a.a_u[0], &a.a_u[1], n * inter)?;
         let drop = acts.drop[li].as_ref().zip(acts.branch.as_mut());
@@ -495,7 +524,8 @@ pub fn forward_resident<B: Backend + VisionOps>(
         }
     }
     // head
-    be.rmsnorm_fwd(&mut acts.xf, &mut acts.rstdf, &acts.xs[d.depth], lay.norm, n)?;
+    let last = acts.stream(d.depth);
+    be.rmsnorm_fwd(&mut acts.xf, &mut acts.rstdf, &acts.xs[last], lay.norm, n)?;
     be.avgpool_fwd(&mut acts.pooled, &acts.xf, b, l, dm)?;
     be.linear_fwd_f32(&mut acts.logits, &acts.pooled, lay.head.0, b, dm, d.classes)?;
     be.bias_fwd_f32(&mut acts.logits, lay.head.1, b, d.classes)?;
@@ -505,6 +535,18 @@ pub fn forward_resident<B: Backend + VisionOps>(
     }
     let (sum, correct) = be.smoothed_cross_entropy(&mut acts.dlogits, &acts.logits, labels, d.classes, smoothing, 1.0 / b as f32)?;
     Ok(Some(VigLoss { loss: sum / b as f64, correct }))
+}
+
+/// Residual streams `src` (read) and `dst` (written) of `xs`, two distinct entries.
+fn stream_pair<T>(xs: &mut [T], src: usize, dst: usize) -> (&T, &mut T) {
+    debug_assert_ne!(src, dst);
+    if src < dst {
+        let (lo, hi) = xs.split_at_mut(dst);
+        (&lo[src], &mut hi[0])
+    } else {
+        let (lo, hi) = xs.split_at_mut(src);
+        (&hi[0], &mut lo[dst])
+    }
 }
 
 /// The gradient of a residual branch's output as a GEMM operand: the residual stream's `dres`, or
@@ -646,4 +688,43 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
     }
     be.linear_bwd_w(grads, lay.conv1.0, dc1, &acts.cols1, n1, sh.g1.cols(), half)?;
     be.grads_ready(grads, d.depth + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::vig::{VigConfig, VigModel};
+
+    /// Forward-only buffers (one block's, two residual streams in turn) give the training
+    /// buffers' logits and loss bitwise: the same ops in the same order on the same values.
+    #[test]
+    fn forward_only_buffers_give_the_training_forwards_logits() {
+        let cfg = VigConfig {
+            img_size: 32,
+            patch_size: 8,
+            stride: 8,
+            depth: 3,
+            num_heads: 2,
+            embed_dim: 32,
+            num_classes: 5,
+            ..VigConfig::vig_t()
+        };
+        let m = VigModel::new(cfg, 3).unwrap();
+        let (b, h, w) = (2, 32, 32);
+        let images: Vec<f32> = (0..b * 3 * h * w).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+        let labels = [1u32, 4];
+        let mut train = m.acts(b, h, w, true).unwrap();
+        let mut infer = m.acts(b, h, w, false).unwrap();
+        assert!(train.trains() && !infer.trains());
+        assert_eq!((train.blocks.len(), train.xs.len()), (3, 4));
+        assert_eq!((infer.blocks.len(), infer.xs.len()), (1, 2));
+        let lt = m.forward(&mut train, &images, Some(&labels), 0.1).unwrap().unwrap();
+        let li = m.forward(&mut infer, &images, Some(&labels), 0.1).unwrap().unwrap();
+        assert_eq!(lt.loss.to_bits(), li.loss.to_bits());
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(train.logits()), bits(infer.logits()));
+        assert!(train.logits().iter().any(|&v| v != 0.0));
+        // a forward-only set refuses the backward
+        let mut grads = vec![0.0f32; m.num_params()];
+        assert!(m.backward(&mut infer, &mut grads).is_err());
+    }
 }
