@@ -24,7 +24,7 @@
 use gla_core::Error as CoreError;
 
 use super::config::{VigDims, LAYERNORM_EPS};
-use super::layout::VigLayout;
+use super::layout::{BlockIds, VigLayout};
 use super::scan;
 use crate::backend::{Act, Backend, Cols, Conv2d, ModelStorage, VisionOps, F32};
 use crate::config::{FeatureMap, GlaDims};
@@ -105,43 +105,46 @@ impl Shape {
     }
 }
 
-/// One block's tensors that the backward reads (the forward's other intermediates live in
-/// [`FwdTmp`], shared by the blocks).
+/// One block's tensors that the backward reads: GEMM and scan outputs and the norms' statistics.
+/// The element-wise results computed from them live in [`FwdTmp`] and the backward recomputes
+/// them there ([`recompute`]).
 struct BlockActs<S: ModelStorage> {
     rstd1: S::F32,          // [N]
-    xn1: S::Act,            // [N, D]
     loc: S::Act,            // [N, D] dwconv output
-    xs_act: Option<S::Act>, // [N, D] silu(loc) with use_act_in_conv
     qkv_split: [S::Act; 3], // q, k [N, Dk], v [N, Dv]
     gk_lr: S::Act,          // [N, 16]
     gk_raw: S::F32,         // [N, 2Dk] with the bias
     g_dir: [S::Act; 2],     // forward, backward log-gates [N, Dk]
     o: S::Act,              // [N, Dv] scan output
-    gn: S::Act,             // [N, Dv] g_norm(o)
     rstd_g: S::F32,         // [N*H]
-    ln: S::Act,             // [N, D] l_norm(xs)
     rstd_l: S::F32,         // [N*H]
     gpre: S::F32,           // [N, Dv] g_proj(xs) + bias
-    y: S::Act,              // [N, Dv] gated output
     x_mid: S::F32,          // [N, D]
     rstd2: S::F32,          // [N]
-    xn2: S::Act,            // [N, D]
     a_u: [S::Act; 2],       // [N, I] gate, up
-    hm: S::Act,             // [N, I]
 }
 
-/// A block's forward intermediates that no backward reads (GEMM outputs before their columns
-/// are split), one set shared by the blocks.
+/// A block's forward intermediates, one set shared by the blocks: GEMM outputs before their
+/// columns are split (no backward reads them) and the element-wise results the backward
+/// recomputes from the block's [`BlockActs`] (norms, activations, the locality gate).
 struct FwdTmp<S: ModelStorage> {
-    qkv: S::Act, // [N, 2Dk + Dv]
-    gk: S::Act,  // [N, 2Dk] log-gates of both directions
-    ab: S::Act,  // [N, 2I]
+    qkv: S::Act,            // [N, 2Dk + Dv]
+    gk: S::Act,             // [N, 2Dk] log-gates of both directions
+    ab: S::Act,             // [N, 2I]
+    xn1: S::Act,            // [N, D] rmsnorm(x)
+    xs_act: Option<S::Act>, // [N, D] silu(loc) with use_act_in_conv
+    gn: S::Act,             // [N, Dv] g_norm(o)
+    ln: S::Act,             // [N, Dv] l_norm(xs)
+    y: S::Act,              // [N, Dv] gated output
+    xn2: S::Act,            // [N, D] rmsnorm(x_mid)
+    hm: S::Act,             // [N, I] silu(gate) * up
 }
 
-impl<S: ModelStorage> BlockActs<S> {
-    /// The conv branch's output `xs` (after the SiLU when the layer has it).
-    fn xs(&self) -> &S::Act {
-        self.xs_act.as_ref().unwrap_or(&self.loc)
+impl<S: ModelStorage> FwdTmp<S> {
+    /// The conv branch's output `xs` of the block whose `loc` is given (after the SiLU when the
+    /// layer has it, which lives here).
+    fn xs<'a>(&'a self, loc: &'a S::Act) -> &'a S::Act {
+        self.xs_act.as_ref().unwrap_or(loc)
     }
 }
 
@@ -244,25 +247,18 @@ impl<S: ModelStorage> VigActs<S> {
         for _ in 0..kept {
             blocks.push(BlockActs {
                 rstd1: f(n)?,
-                xn1: a(n * dm)?,
                 loc: a(n * dm)?,
-                xs_act: if d.act_in_conv { Some(a(n * dm)?) } else { None },
                 qkv_split: [a(n * kd)?, a(n * kd)?, a(n * vd)?],
                 gk_lr: a(n * d.gate_rank)?,
                 gk_raw: f(n * 2 * kd)?,
                 g_dir: [a(n * kd)?, a(n * kd)?],
                 o: a(n * vd)?,
-                gn: a(n * vd)?,
                 rstd_g: f(n * h)?,
-                ln: a(n * dm)?,
                 rstd_l: f(n * h)?,
                 gpre: f(n * vd)?,
-                y: a(n * vd)?,
                 x_mid: f(n * dm)?,
                 rstd2: f(n)?,
-                xn2: a(n * dm)?,
                 a_u: [a(n * i)?, a(n * i)?],
-                hm: a(n * i)?,
             });
         }
         let s = if backward {
@@ -320,7 +316,18 @@ impl<S: ModelStorage> VigActs<S> {
             a2: if d.act_in_patch { Some(a(n * dm)?) } else { None },
             xs: (0..if backward { d.depth + 1 } else { 2 }).map(|_| f(n * dm)).collect::<Result<_, _>>()?,
             blocks,
-            tmp: FwdTmp { qkv: a(n * (2 * kd + vd))?, gk: a(n * 2 * kd)?, ab: a(n * 2 * i)? },
+            tmp: FwdTmp {
+                qkv: a(n * (2 * kd + vd))?,
+                gk: a(n * 2 * kd)?,
+                ab: a(n * 2 * i)?,
+                xn1: a(n * dm)?,
+                xs_act: if d.act_in_conv { Some(a(n * dm)?) } else { None },
+                gn: a(n * vd)?,
+                ln: a(n * vd.max(dm))?,
+                y: a(n * vd)?,
+                xn2: a(n * dm)?,
+                hm: a(n * i)?,
+            },
             rstdf: f(n)?,
             xf: a(n * dm)?,
             pooled: a(shape.b * dm)?,
@@ -473,12 +480,12 @@ pub fn forward_resident<B: Backend + VisionOps>(
         let a = &mut acts.blocks[bi];
         let t = &mut acts.tmp;
         let (x, out) = stream_pair(&mut acts.xs, si, so);
-        be.rmsnorm_fwd(&mut a.xn1, &mut a.rstd1, x, ids.attn_norm, n)?;
-        be.dwconv_fwd(&mut a.loc, &a.xn1, ids.dwconv, b, gh, gw, dm)?;
-        if let Some(xa) = &mut a.xs_act {
+        be.rmsnorm_fwd(&mut t.xn1, &mut a.rstd1, x, ids.attn_norm, n)?;
+        be.dwconv_fwd(&mut a.loc, &t.xn1, ids.dwconv, b, gh, gw, dm)?;
+        if let Some(xa) = &mut t.xs_act {
             be.feature_map_fwd(xa, &a.loc, n * dm, FeatureMap::Silu)?;
         }
-        let xs = a.xs_act.as_ref().unwrap_or(&a.loc);
+        let xs = t.xs_act.as_ref().unwrap_or(&a.loc);
         let w3 = 2 * kd + vd;
         be.linear_fwd(&mut t.qkv, xs, ids.qkv, n, dm, w3)?;
         for (dst, (off, w)) in a.qkv_split.iter_mut().zip([(0, kd), (kd, kd), (2 * kd, vd)]) {
@@ -493,34 +500,32 @@ pub fn forward_resident<B: Backend + VisionOps>(
         let [q, k, v] = &a.qkv_split;
         let [gf, gb] = &a.g_dir;
         scan::forward(be, &md, &acts.plan, &mut a.o, [q, k, v], [gf, gb], (b, l))?;
-        be.gated_norm_fwd(&mut a.gn, &mut a.rstd_g, &a.o, None, crate::config::GateAct::Swish, ids.g_norm, n * d.heads)?;
-        let xs = a.xs_act.as_ref().unwrap_or(&a.loc);
-        be.gated_norm_fwd(&mut a.ln, &mut a.rstd_l, xs, None, crate::config::GateAct::Swish, ids.l_norm, n * d.heads)?;
+        let xs = t.xs_act.as_ref().unwrap_or(&a.loc);
         be.linear_fwd_f32(&mut a.gpre, xs, ids.g_proj, n, dm, vd)?;
         be.bias_fwd_f32(&mut a.gpre, ids.g_proj_bias, n, vd)?;
-        be.locality_gate_fwd(&mut a.y, &a.gn, &a.ln, &a.gpre, d.out_act, n * vd)?;
+        locality_fwd(be, &d, ids, a, t, n)?;
         let drop = acts.drop[li].as_ref().zip(acts.branch.as_mut());
         match drop {
             Some(([m, _], br)) => {
-                be.linear_fwd_f32(br, &a.y, ids.o_proj, n, vd, dm)?;
+                be.linear_fwd_f32(br, &t.y, ids.o_proj, n, vd, dm)?;
                 be.scale_rows(&mut a.x_mid, Some(x), br, m, l, dm)?;
             }
-            None => be.linear_residual_fwd(&mut a.x_mid, x, &a.y, ids.o_proj, n, vd, dm)?,
+            None => be.linear_residual_fwd(&mut a.x_mid, x, &t.y, ids.o_proj, n, vd, dm)?,
         }
         // SwiGLU MLP, its gate and up projections one weight [2I, D]
-        be.rmsnorm_fwd(&mut a.xn2, &mut a.rstd2, &a.x_mid, ids.mlp_norm, n)?;
-        be.linear_fwd(&mut t.ab, &a.xn2, ids.gate_proj, n, dm, 2 * inter)?;
+        be.rmsnorm_fwd(&mut t.xn2, &mut a.rstd2, &a.x_mid, ids.mlp_norm, n)?;
+        be.linear_fwd(&mut t.ab, &t.xn2, ids.gate_proj, n, dm, 2 * inter)?;
         for (j, dst) in a.a_u.iter_mut().enumerate() {
             be.cols(dst, &t.ab, &Cols::copy(1, n, inter, (2 * inter, j * inter), (inter, 0)))?;
         }
-        be.swiglu_fwd(&mut a.hm, &a.a_u[0], &a.a_u[1], n * inter)?;
+        be.swiglu_fwd(&mut t.hm, &a.a_u[0], &a.a_u[1], n * inter)?;
         let drop = acts.drop[li].as_ref().zip(acts.branch.as_mut());
         match drop {
             Some(([_, m], br)) => {
-                be.linear_fwd_f32(br, &a.hm, ids.down_proj, n, inter, dm)?;
+                be.linear_fwd_f32(br, &t.hm, ids.down_proj, n, inter, dm)?;
                 be.scale_rows(out, Some(&a.x_mid), br, m, l, dm)?;
             }
-            None => be.linear_residual_fwd(out, &a.x_mid, &a.hm, ids.down_proj, n, inter, dm)?,
+            None => be.linear_residual_fwd(out, &a.x_mid, &t.hm, ids.down_proj, n, inter, dm)?,
         }
     }
     // head
@@ -535,6 +540,24 @@ pub fn forward_resident<B: Backend + VisionOps>(
     }
     let (sum, correct) = be.smoothed_cross_entropy(&mut acts.dlogits, &acts.logits, labels, d.classes, smoothing, 1.0 / b as f32)?;
     Ok(Some(VigLoss { loss: sum / b as f64, correct }))
+}
+
+/// The locality branch's element-wise part: `gn = g_norm(o)`, `ln = l_norm(xs)` (their rstd
+/// into the block's) and `y`, the locality gate of them by `sigmoid(gpre)`. The forward runs it,
+/// and the backward again to recompute them: the same launches on the same inputs.
+fn locality_fwd<B: Backend + VisionOps>(
+    be: &B,
+    d: &VigDims,
+    ids: &BlockIds,
+    a: &mut BlockActs<B::Buf>,
+    t: &mut FwdTmp<B::Buf>,
+    n: usize,
+) -> Result<(), B::Error> {
+    let act = crate::config::GateAct::Swish;
+    be.gated_norm_fwd(&mut t.gn, &mut a.rstd_g, &a.o, None, act, ids.g_norm, n * d.heads)?;
+    let xs = t.xs_act.as_ref().unwrap_or(&a.loc);
+    be.gated_norm_fwd(&mut t.ln, &mut a.rstd_l, xs, None, act, ids.l_norm, n * d.heads)?;
+    be.locality_gate_fwd(&mut t.y, &t.gn, &t.ln, &a.gpre, d.out_act, n * d.value_dim)
 }
 
 /// Residual streams `src` (read) and `dst` (written) of `xs`, two distinct entries.
@@ -588,7 +611,7 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
     let (b, l) = (sh.b, sh.l());
     let (md, gd) = (scan_dims(&d), gate_dims(&d));
     let (gh, gw) = sh.grid;
-    let VigActs { plan, s, blocks, xs, drop, .. } = acts;
+    let VigActs { plan, s, blocks, xs, drop, tmp, .. } = acts;
     let Some(s) = s.as_mut() else {
         return Err(shape_err("activations", "made for training".into(), 1, 0).into());
     };
@@ -602,29 +625,37 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
     be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxf, &xs[d.depth], &acts.rstdf, lay.norm, n, false)?;
     be.grads_ready(grads, 0)?;
     for (li, ids) in lay.blocks.iter().enumerate().rev() {
-        let a = &blocks[li];
-        // MLP (its branch's gradient scaled per image under stochastic depth)
+        let a = &mut blocks[li];
+        let t = &mut *tmp;
+        // MLP (its branch's gradient scaled per image under stochastic depth); xn2 and hm
+        // recomputed (the forward's launches: the same values)
+        be.rmsnorm_fwd(&mut t.xn2, &mut a.rstd2, &a.x_mid, ids.mlp_norm, n)?;
+        be.swiglu_fwd(&mut t.hm, &a.a_u[0], &a.a_u[1], n * inter)?;
         let bufs = (&mut s.dbranch, &mut s.dbranch16, &mut s.dres16);
         let dout = branch_grad(be, bufs, &s.dres, drop[li].as_ref().map(|m| &m[1][..]), (l, dm))?;
         be.linear_bwd_x(&mut s.dh, dout, ids.down_proj, n, inter, dm, false)?;
-        be.linear_bwd_w(grads, ids.down_proj, dout, &a.hm, n, inter, dm)?;
+        be.linear_bwd_w(grads, ids.down_proj, dout, &t.hm, n, inter, dm)?;
         let [da, du] = &mut s.d_au;
         be.swiglu_bwd(da, du, &s.dh, &a.a_u[0], &a.a_u[1], n * inter)?;
         for (j, src) in s.d_au.iter().enumerate() {
             be.cols(&mut s.dab, src, &Cols::copy(1, n, inter, (inter, 0), (2 * inter, j * inter)))?;
         }
         be.linear_bwd_x(&mut s.dxn, &s.dab, ids.gate_proj, n, dm, 2 * inter, false)?;
-        be.linear_bwd_w(grads, ids.gate_proj, &s.dab, &a.xn2, n, dm, 2 * inter)?;
+        be.linear_bwd_w(grads, ids.gate_proj, &s.dab, &t.xn2, n, dm, 2 * inter)?;
         be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxn, &a.x_mid, &a.rstd2, ids.mlp_norm, n, true)?;
-        // BiGLA layer
+        // BiGLA layer; xs, gn, ln and y recomputed
+        if let Some(xa) = &mut t.xs_act {
+            be.feature_map_fwd(xa, &a.loc, n * dm, FeatureMap::Silu)?;
+        }
+        locality_fwd(be, &d, ids, a, t, n)?;
         let bufs = (&mut s.dbranch, &mut s.dbranch16, &mut s.dres16);
         let dout = branch_grad(be, bufs, &s.dres, drop[li].as_ref().map(|m| &m[0][..]), (l, dm))?;
         be.linear_bwd_x(&mut s.dy, dout, ids.o_proj, n, vd, dm, false)?;
-        be.linear_bwd_w(grads, ids.o_proj, dout, &a.y, n, vd, dm)?;
-        be.locality_gate_bwd(&mut s.d_gn, &mut s.d_ln, &mut s.d_gpre, &s.dy, &a.gn, &a.ln, &a.gpre, d.out_act, n * vd)?;
+        be.linear_bwd_w(grads, ids.o_proj, dout, &t.y, n, vd, dm)?;
+        be.locality_gate_bwd(&mut s.d_gn, &mut s.d_ln, &mut s.d_gpre, &s.dy, &t.gn, &t.ln, &a.gpre, d.out_act, n * vd)?;
         let act = crate::config::GateAct::Swish;
         be.gated_norm_bwd(plan, &mut s.d_o, None, grads, ids.g_norm, &s.d_gn, &a.o, None, act, &a.rstd_g, n * d.heads)?;
-        let xs_l = a.xs();
+        let xs_l = t.xs(&a.loc);
         be.gated_norm_bwd(plan, &mut s.d_lnin, None, grads, ids.l_norm, &s.d_ln, xs_l, None, act, &a.rstd_l, n * d.heads)?;
         // locality gate projection
         be.cast(&mut s.d_gpre16, &s.d_gpre)?;
@@ -656,10 +687,11 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
         be.linear_bwd_w(grads, ids.qkv, dqkv, xs_l, n, dm, w3)?;
         be.linear_bwd_x(&mut s.dxs, dqkv, ids.qkv, n, dm, w3, true)?;
         be.cols_to_f32(&mut s.dxs, &s.d_lnin, &Cols { acc: true, ..Cols::copy(1, n, dm, (dm, 0), (dm, 0)) })?;
-        if a.xs_act.is_some() {
+        if t.xs_act.is_some() {
             be.feature_map_bwd(&mut s.dxs, &a.loc, n * dm, FeatureMap::Silu)?;
         }
-        be.dwconv_bwd(&mut s.dxn, grads, &s.dxs, &a.xn1, ids.dwconv, b, gh, gw, dm)?;
+        be.rmsnorm_fwd(&mut t.xn1, &mut a.rstd1, &xs[li], ids.attn_norm, n)?;
+        be.dwconv_bwd(&mut s.dxn, grads, &s.dxs, &t.xn1, ids.dwconv, b, gh, gw, dm)?;
         be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxn, &xs[li], &a.rstd1, ids.attn_norm, n, true)?;
         be.grads_ready(grads, d.depth - li)?;
     }
