@@ -142,10 +142,76 @@ extern "C" __global__ void layernorm_bwd_dw(float* __restrict__ part, const floa
     }
 }
 
+// ---- 8-element (16- or 32-byte) loads and stores as f32, for the vectorised paths below
+
+__device__ __forceinline__ void ld8(const bf16_t* p, float* v) {
+    const uint4 u = *(const uint4*)p;
+    const unsigned w[4] = {u.x, u.y, u.z, u.w};
+    #pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        v[2 * k] = bf_lo(w[k]);
+        v[2 * k + 1] = bf_hi(w[k]);
+    }
+}
+__device__ __forceinline__ void ld8(const float* p, float* v) {
+    const float4 a = ((const float4*)p)[0], b = ((const float4*)p)[1];
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+__device__ __forceinline__ void st8(bf16_t* p, const float* v) {
+    uint4 u;
+    u.x = pack2(v[0], v[1]);
+    u.y = pack2(v[2], v[3]);
+    u.z = pack2(v[4], v[5]);
+    u.w = pack2(v[6], v[7]);
+    *(uint4*)p = u;
+}
+__device__ __forceinline__ void st8(float* p, const float* v) {
+    ((float4*)p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    ((float4*)p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
 // ---- 3x3 depthwise conv, zero padding 1, weight [C, 1, 3, 3] f32 (tap t = ky*3 + kx)
+
+// The 8-channel groups of the two element-wise depthwise kernels: with C % 8 == 0 and 16-byte
+// aligned buffers (a uniform test) one thread per (pixel, 8 channels), 16-byte loads and stores,
+// the taps summed in the same order as the one-channel path (bitwise the same results).
+template <typename X, typename Y>
+__device__ __forceinline__ void dwconv3_v8(Y* __restrict__ y, const X* __restrict__ x, const float* __restrict__ wt, int b, int h, int w, int c, bool transpose) {
+    const int cg = c >> 3;
+    const idx_t total = (idx_t)b * h * w * cg;
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+        const int c0 = 8 * (int)(i % cg);
+        const idx_t p = i / cg;
+        const int px = (int)(p % w), py = (int)((p / w) % h);
+        const idx_t bi = p / ((idx_t)w * h);
+        float s[8];
+        #pragma unroll
+        for (int k = 0; k < 8; ++k) s[k] = 0.f;
+        for (int ky = 0; ky < 3; ++ky) {
+            const int sy = transpose ? py - ky + 1 : py + ky - 1;
+            if (sy < 0 || sy >= h) continue;
+            for (int kx = 0; kx < 3; ++kx) {
+                const int sx = transpose ? px - kx + 1 : px + kx - 1;
+                if (sx < 0 || sx >= w) continue;
+                float v[8];
+                ld8(x + ((bi * h + sy) * w + sx) * c + c0, v);
+                #pragma unroll
+                for (int k = 0; k < 8; ++k) s[k] += wt[(c0 + k) * 9 + ky * 3 + kx] * v[k];
+            }
+        }
+        st8(y + p * c + c0, s);
+    }
+}
+__device__ __forceinline__ bool dw_vec(int c, const void* a, const void* b) {
+    return (c & 7) == 0 && (((unsigned long long)a | (unsigned long long)b) & 15) == 0;
+}
 
 // y[b, py, px, ci] = sum_t w[ci, t] x[b, py + ky - 1, px + kx - 1, ci] (bf16 in and out)
 extern "C" __global__ void dwconv3_fwd(bf16_t* __restrict__ y, const bf16_t* __restrict__ x, const float* __restrict__ wt, int b, int h, int w, int c) {
+    if (dw_vec(c, x, y)) {
+        dwconv3_v8(y, x, wt, b, h, w, c, false);
+        return;
+    }
     idx_t total = (idx_t)b * h * w * c;
     for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
         int ci = (int)(i % c);
@@ -168,6 +234,10 @@ extern "C" __global__ void dwconv3_fwd(bf16_t* __restrict__ y, const bf16_t* __r
 
 // dx[b, sy, sx, ci] = sum_t w[ci, t] dy[b, sy - ky + 1, sx - kx + 1, ci] (f32, overwrites)
 extern "C" __global__ void dwconv3_bwd_dx(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ wt, int b, int h, int w, int c) {
+    if (dw_vec(c, dx, dy)) {
+        dwconv3_v8(dx, dy, wt, b, h, w, c, true);
+        return;
+    }
     idx_t total = (idx_t)b * h * w * c;
     for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
         int ci = (int)(i % c);
@@ -340,10 +410,36 @@ extern "C" __global__ void avgpool_bwd(float* __restrict__ dx, const float* __re
 }
 
 // ---- column copies (gla-core's Cols): dst[r, doff + j] (+)= scale * src[r', soff + j], r' = r or
-// the row at the same position counted from the end of its sequence of t rows (flip)
+// the row at the same position counted from the end of its sequence of t rows (flip). When every
+// width and offset is a multiple of 8 elements and both buffers are 16-byte aligned (a uniform
+// test), each thread moves groups of 8 elements with 16-byte loads and stores (one index
+// division per group); else one element per thread.
 
 template <typename D, typename S>
 __device__ __forceinline__ void cols_copy(D* __restrict__ dst, const S* __restrict__ src, idx_t nb, idx_t t, int width, int sw, int soff, int dw, int doff, int flip, int acc, float scale) {
+    const bool vec = ((width | sw | soff | dw | doff) & 7) == 0 && (((unsigned long long)src | (unsigned long long)dst) & 15) == 0;
+    if (vec) {
+        const int wg = width >> 3;
+        const idx_t total = nb * t * wg;
+        for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+            const int j = 8 * (int)(i % wg);
+            const idx_t r = i / wg;
+            idx_t rs = r;
+            if (flip) {
+                const idx_t pos = r % t;
+                rs = r - pos + (t - 1 - pos);
+            }
+            float v[8];
+            ld8(src + rs * sw + soff + j, v);
+            D* o = dst + r * dw + doff + j;
+            float old[8];
+            if (acc) ld8(o, old);
+            #pragma unroll
+            for (int k = 0; k < 8; ++k) v[k] = acc ? old[k] + scale * v[k] : scale * v[k];
+            st8(o, v);
+        }
+        return;
+    }
     idx_t total = nb * t * width;
     for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
         int j = (int)(i % width);

@@ -107,8 +107,9 @@ int main() {
       report("layernorm_bwd_dw", rel(dw, wdw), 1e-5);
       report("layernorm_bwd_db", rel(db, wdb), 1e-5);
     }
-    // ---- 3x3 depthwise conv
-    { int b = 3, h = 9, w = 14, c = 40; long n = (long)b * h * w;
+    // ---- 3x3 depthwise conv: C % 8 == 0 (8-channel groups) and not (one channel per thread)
+    for (int c : {40, 12}) { int b = 3, h = 9, w = 14; long n = (long)b * h * w;
+      const std::string cs = " c" + std::to_string(c);
       auto x = bf(rnd(n * c)); auto xf = fl(x); auto wt = rnd(c * 9), dy = rnd(n * c);
       std::vector<bf16_t> y(n * c); std::vector<float> wy(n * c, 0.f), wdx(n * c, 0.f), wdw(c * 9, 0.f);
       for (int bi = 0; bi < b; ++bi) for (int py = 0; py < h; ++py) for (int px = 0; px < w; ++px) for (int ky = 0; ky < 3; ++ky) for (int kx = 0; kx < 3; ++kx) {
@@ -117,14 +118,14 @@ int main() {
           for (int ci = 0; ci < c; ++ci) { wy[o + ci] += wt[ci * 9 + ky * 3 + kx] * xf[s + ci]; wdx[s + ci] += dy[o + ci] * wt[ci * 9 + ky * 3 + kx]; wdw[ci * 9 + ky * 3 + kx] += dy[o + ci] * xf[s + ci]; }
       }
       emu::launch(flat(n * c), B256, 0, [&] { dwconv3_fwd(y.data(), x.data(), wt.data(), b, h, w, c); });
-      report("dwconv3_fwd", rel(fl(y), wy), 5e-3);
+      report("dwconv3_fwd" + cs, rel(fl(y), wy), 5e-3);
       std::vector<float> dx(n * c, NAN);
       emu::launch(flat(n * c), B256, 0, [&] { dwconv3_bwd_dx(dx.data(), dy.data(), wt.data(), b, h, w, c); });
-      report("dwconv3_bwd_dx", rel(dx, wdx), 1e-5);
+      report("dwconv3_bwd_dx" + cs, rel(dx, wdx), 1e-5);
       int gy = col_gy(n); std::vector<float> part((size_t)gy * c * 9), dw(c * 9, 0.f);
       emu::launch(colcfg(n, c), B32x8, 0, [&] { dwconv3_bwd_dw(part.data(), dy.data(), x.data(), b, h, w, c); });
       emu::launch(flat(c * 9), B256, 0, [&] { col_finalize(dw.data(), part.data(), gy, c * 9); });
-      report("dwconv3_bwd_dw", rel(dw, wdw), 1e-5);
+      report("dwconv3_bwd_dw" + cs, rel(dw, wdw), 1e-5);
     }
     // ---- position embedding: identity, upsampling, downsampling, mixed
     for (auto [hs, ws, h, w] : std::vector<std::array<int, 4>>{{4, 5, 4, 5}, {3, 4, 7, 9}, {7, 6, 3, 2}, {2, 6, 5, 4}, {1, 3, 2, 3}}) {
@@ -165,16 +166,18 @@ int main() {
       report("avgpool_bwd", rel(dx, wdx), 1e-6);
     }
     // ---- column copies: plain, flipped, scaled, accumulated, between widths
-    for (int mode = 0; mode < 4; ++mode) {
-      long nb = 3, t = 11; int width = 7, sw = 20, so = 5, dw = 9, doff = 2;
-      int flip = mode & 1, acc = (mode >> 1) & 1; float scale = mode ? 0.5f : 1.f;
+    // (modes 4..7: widths and offsets multiples of 8, the 8-element path)
+    for (int mode = 0; mode < 8; ++mode) {
+      const bool v8 = mode >= 4;
+      long nb = 3, t = 11; int width = v8 ? 16 : 7, sw = v8 ? 40 : 20, so = v8 ? 8 : 5, dw = v8 ? 24 : 9, doff = v8 ? 8 : 2;
+      int flip = mode & 1, acc = (mode >> 1) & 1; float scale = (mode & 3) ? 0.5f : 1.f;
       auto src = rnd(nb * t * sw), dst0 = rnd(nb * t * dw);
       auto want = dst0;
       for (long s = 0; s < nb; ++s) for (long i = 0; i < t; ++i) {
           long r = s * t + i, rs = flip ? s * t + t - 1 - i : r;
           for (int j = 0; j < width; ++j) { float v = scale * src[rs * sw + so + j]; want[r * dw + doff + j] = acc ? want[r * dw + doff + j] + v : v; }
       }
-      std::string tag = std::string(flip ? " flip" : "") + (acc ? " acc" : "") + (mode ? " scale" : "");
+      std::string tag = std::string(v8 ? " v8" : "") + (flip ? " flip" : "") + (acc ? " acc" : "") + ((mode & 3) ? " scale" : "");
       auto d32 = dst0;
       emu::launch(flat(nb * t * width), B256, 0, [&] { cols_f32(d32.data(), src.data(), nb, t, width, sw, so, dw, doff, flip, acc, scale); });
       report("cols_f32" + tag, rel(d32, want), 1e-7);
