@@ -18,47 +18,63 @@
 
 // ---- patch convolutions
 
-// cols[r, (ci*k + ky)*k + kx] = x[b, oy*s + ky - pad, ox*s + kx - pad, ci] (0 outside); bf16
-extern "C" __global__ void im2col_bf16(bf16_t* __restrict__ cols, const bf16_t* __restrict__ x, int b, int h, int w, int c, int k, int stride, int pad, int ho, int wo) {
-    int nc = c * k * k;
-    idx_t total = (idx_t)b * ho * wo * nc;
-    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
-        int col = (int)(i % nc);
-        idx_t r = i / nc;
-        int ox = (int)(r % wo), oy = (int)((r / wo) % ho);
-        idx_t bi = r / ((idx_t)wo * ho);
-        int kx = col % k, ky = (col / k) % k, ci = col / (k * k);
-        int y = oy * stride + ky - pad, xx = ox * stride + kx - pad;
+// The patch convolutions' index arithmetic in I (int when every index fits, the common case:
+// 64-bit divisions per element made these launches compute-bound; else idx_t).
+template <typename I>
+__device__ __forceinline__ void im2col_body(bf16_t* __restrict__ cols, const bf16_t* __restrict__ x, int b, int h, int w, int c, int k, int stride, int pad, int ho, int wo) {
+    const int nc = c * k * k;
+    const I total = (I)b * ho * wo * nc;
+    for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) {
+        const int col = (int)(i % nc);
+        const I r = i / nc;
+        const int ox = (int)(r % wo), oy = (int)((r / wo) % ho);
+        const I bi = r / ((I)wo * ho);
+        const int kx = col % k, ky = (col / k) % k, ci = col / (k * k);
+        const int y = oy * stride + ky - pad, xx = ox * stride + kx - pad;
         bf16_t v = 0;
         if (y >= 0 && y < h && xx >= 0 && xx < w) v = x[((bi * h + y) * w + xx) * c + ci];
         cols[i] = v;
     }
 }
 
-// dx[b, y, x, ci] = sum over the (oy, ky), (ox, kx) with o*s + k - pad = the pixel of
-// dcols[(b, oy, ox), (ci, ky, kx)]; f32, overwrites
-extern "C" __global__ void col2im_f32(float* __restrict__ dx, const float* __restrict__ dcols, int b, int h, int w, int c, int k, int stride, int pad, int ho, int wo) {
-    int nc = c * k * k;
-    idx_t total = (idx_t)b * h * w * c;
-    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
-        int ci = (int)(i % c);
-        idx_t p = i / c;
-        int xx = (int)(p % w), y = (int)((p / w) % h);
-        idx_t bi = p / ((idx_t)w * h);
+// cols[r, (ci*k + ky)*k + kx] = x[b, oy*s + ky - pad, ox*s + kx - pad, ci] (0 outside); bf16
+extern "C" __global__ void im2col_bf16(bf16_t* __restrict__ cols, const bf16_t* __restrict__ x, int b, int h, int w, int c, int k, int stride, int pad, int ho, int wo) {
+    const idx_t n_out = (idx_t)b * ho * wo * c * k * k, n_in = (idx_t)b * h * w * c;
+    if (n_out < 0x7fffffffLL - (idx_t)gridDim.x * blockDim.x && n_in < 0x7fffffffLL) im2col_body<int>(cols, x, b, h, w, c, k, stride, pad, ho, wo);
+    else im2col_body<idx_t>(cols, x, b, h, w, c, k, stride, pad, ho, wo);
+}
+
+template <typename I>
+__device__ __forceinline__ void col2im_body(float* __restrict__ dx, const float* __restrict__ dcols, int b, int h, int w, int c, int k, int stride, int pad, int ho, int wo) {
+    const int nc = c * k * k;
+    const I total = (I)b * h * w * c;
+    for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) {
+        const int ci = (int)(i % c);
+        const I p = i / c;
+        const int xx = (int)(p % w), y = (int)((p / w) % h);
+        const I bi = p / ((I)w * h);
         float s = 0.f;
         for (int ky = 0; ky < k; ++ky) {
-            int ty = y + pad - ky;
+            const int ty = y + pad - ky;
             if (ty < 0 || ty % stride != 0 || ty / stride >= ho) continue;
-            int oy = ty / stride;
+            const int oy = ty / stride;
             for (int kx = 0; kx < k; ++kx) {
-                int tx = xx + pad - kx;
+                const int tx = xx + pad - kx;
                 if (tx < 0 || tx % stride != 0 || tx / stride >= wo) continue;
-                int ox = tx / stride;
+                const int ox = tx / stride;
                 s += dcols[((bi * ho + oy) * wo + ox) * nc + (ci * k + ky) * k + kx];
             }
         }
         dx[i] = s;
     }
+}
+
+// dx[b, y, x, ci] = sum over the (oy, ky), (ox, kx) with o*s + k - pad = the pixel of
+// dcols[(b, oy, ox), (ci, ky, kx)]; f32, overwrites
+extern "C" __global__ void col2im_f32(float* __restrict__ dx, const float* __restrict__ dcols, int b, int h, int w, int c, int k, int stride, int pad, int ho, int wo) {
+    const idx_t n_cols = (idx_t)b * ho * wo * c * k * k, n_out = (idx_t)b * h * w * c;
+    if (n_cols < 0x7fffffffLL && n_out < 0x7fffffffLL - (idx_t)gridDim.x * blockDim.x) col2im_body<int>(dx, dcols, b, h, w, c, k, stride, pad, ho, wo);
+    else col2im_body<idx_t>(dx, dcols, b, h, w, c, k, stride, pad, ho, wo);
 }
 
 // ---- bias

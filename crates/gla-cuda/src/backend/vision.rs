@@ -37,6 +37,16 @@ pub(crate) struct VisionScratch {
     correct: Option<CudaSlice<i32>>,
 }
 
+/// Pixels per row block of the depthwise conv's weight gradient (`dwconv3_bwd_dw`: 9 sums per
+/// channel over every pixel, 8 row lanes per block): a quarter of the column reductions' (`col_gy`)
+/// rows, since each pixel costs 9 taps and the launch has only C / 32 column blocks.
+const DWCONV_DW_ROWS: usize = 128;
+
+/// Row blocks of `dwconv3_bwd_dw` over `n` pixels (each writes one row of partial sums).
+fn dwconv_dw_gy(n: usize) -> usize {
+    n.div_ceil(DWCONV_DW_ROWS).clamp(1, 1024)
+}
+
 /// `slot`, reallocated (zeroed) when shorter than `len`.
 fn grown<'a, T: DeviceRepr + ValidAsZeroBits>(gpu: &Gpu, slot: &'a mut Option<CudaSlice<T>>, len: usize) -> Result<&'a mut CudaSlice<T>> {
     if slot.as_ref().is_none_or(|s| s.len() < len) {
@@ -276,9 +286,13 @@ impl VisionOps for Gpu {
         let (bi, hi, wi, ci) = (b as i32, h as i32, w as i32, c as i32);
         launch!(self, "dwconv3_bwd_dx", flat(total), dxp, dyp, wp, bi, hi, wi, ci);
         let n = b * h * w;
-        self.with_part(col_gy(n) * c * 9, |part| {
-            launch!(self, "dwconv3_bwd_dw", cols(n, c), part, dyp, xp, bi, hi, wi, ci);
-            self.finalize_cols(self.gp(g, weight), part, n, c * 9)
+        let gy = dwconv_dw_gy(n);
+        let cfg = LaunchConfig { grid_dim: (c.div_ceil(32) as u32, gy as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
+        self.with_part(gy * c * 9, |part| {
+            launch!(self, "dwconv3_bwd_dw", cfg, part, dyp, xp, bi, hi, wi, ci);
+            let (dwp, gyi, c9) = (self.gp(g, weight), gy as i32, (c * 9) as i32);
+            launch!(self, "col_finalize", flat(c * 9), dwp, part, gyi, c9);
+            Ok(())
         })
     }
 

@@ -184,7 +184,7 @@ static void run(const Case& c, uint64_t seed) {
     std::vector<float> dlf(dl, NAN), dlb(dl, NAN);
     const float scale = (float)(0.5 / std::sqrt((double)K));
     if (nc > 0) {
-        emu::launch(dim3{(unsigned)nc, (unsigned)H, (unsigned)((K + 127) / 128)}, dim3{128, 1, 1}, 0, [&] {
+        emu::launch(dim3{(unsigned)nc, (unsigned)((H * K + 127) / 128), 1}, dim3{128, 1, 1}, 0, [&] {
             bidir_chunk_prep_bf16(bq.data(), bk.data(), bgf.data(), bgb.data(), kdf.data(), kdb.data(), dlf.data(), dlb.data(), nullptr,
                                   nullptr, bounds.data(), off.data(), seq.data(), H, K, scale);
         });
@@ -227,7 +227,7 @@ static void run(const Case& c, uint64_t seed) {
         std::vector<float> da((size_t)nc * H * 4096, NAN), sd(dl, NAN), dvf(vl, NAN), dqf(qk, NAN), dkf(qk, NAN);
         std::vector<float> dq(qk, NAN), dk(qk, NAN), dv(vl, NAN), dgf(qk, NAN), dgb(qk, NAN);
         const int kp = kpad(K);
-        emu::launch(dim3{(unsigned)nc, (unsigned)H, (unsigned)((K + 127) / 128)}, dim3{128, 1, 1}, 0, [&] {
+        emu::launch(dim3{(unsigned)nc, (unsigned)((H * K + 127) / 128), 1}, dim3{128, 1, 1}, 0, [&] {
             bidir_chunk_prep_bf16(bq.data(), bk.data(), bgf.data(), bgb.data(), kdf.data(), kdb.data(), dlf.data(), dlb.data(), qef.data(),
                                   qeb.data(), bounds.data(), off.data(), seq.data(), H, K, scale);
         });

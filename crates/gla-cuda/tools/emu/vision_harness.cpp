@@ -122,8 +122,9 @@ int main() {
       std::vector<float> dx(n * c, NAN);
       emu::launch(flat(n * c), B256, 0, [&] { dwconv3_bwd_dx(dx.data(), dy.data(), wt.data(), b, h, w, c); });
       report("dwconv3_bwd_dx" + cs, rel(dx, wdx), 1e-5);
-      int gy = col_gy(n); std::vector<float> part((size_t)gy * c * 9), dw(c * 9, 0.f);
-      emu::launch(colcfg(n, c), B32x8, 0, [&] { dwconv3_bwd_dw(part.data(), dy.data(), x.data(), b, h, w, c); });
+      // src/backend/vision.rs dwconv_dw_gy: one row block per 128 pixels
+      int gy = (int)std::min<long>(std::max<long>((n + 127) / 128, 1), 1024); std::vector<float> part((size_t)gy * c * 9), dw(c * 9, 0.f);
+      emu::launch(dim3{(unsigned)((c + 31) / 32), (unsigned)gy, 1}, B32x8, 0, [&] { dwconv3_bwd_dw(part.data(), dy.data(), x.data(), b, h, w, c); });
       emu::launch(flat(c * 9), B256, 0, [&] { col_finalize(dw.data(), part.data(), gy, c * 9); });
       report("dwconv3_bwd_dw" + cs, rel(dw, wdw), 1e-5);
     }
