@@ -477,6 +477,45 @@ extern "C" __global__ void cols_bf16_f32(float* dst, const bf16_t* src, idx_t nb
     cols_copy(dst, src, nb, t, width, sw, soff, dw, doff, flip, acc, scale);
 }
 
+// ---- SwiGLU on the MLP's fused gate / up output ab [n, 2I] (gate columns first):
+// h = silu(a) * u (nn/elementwise.cu's swiglu_fwd values); a, u [n, I] copied out when non-null.
+// 8-element groups when I % 8 == 0 and the buffers are 16-byte aligned, else one element each.
+extern "C" __global__ void swiglu_split_fwd(bf16_t* __restrict__ h, bf16_t* __restrict__ a, bf16_t* __restrict__ u, const bf16_t* __restrict__ ab, idx_t n, int inter) {
+    const bool vec = (inter & 7) == 0 && (((unsigned long long)h | (unsigned long long)ab | (unsigned long long)a | (unsigned long long)u) & 15) == 0;
+    if (vec) {
+        const int ig = inter >> 3;
+        const idx_t total = n * ig;
+        for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+            const int j = 8 * (int)(i % ig);
+            const idx_t r = i / ig;
+            const bf16_t* src = ab + r * 2 * inter + j;
+            const uint4 ra = *(const uint4*)src, ru = *(const uint4*)(src + inter);
+            if (a != nullptr) {
+                *(uint4*)(a + r * inter + j) = ra;
+                *(uint4*)(u + r * inter + j) = ru;
+            }
+            float va[8], vu[8], vh[8];
+            ld8((const bf16_t*)&ra, va);
+            ld8((const bf16_t*)&ru, vu);
+            #pragma unroll
+            for (int k = 0; k < 8; ++k) vh[k] = swishf_(va[k]) * vu[k];
+            st8(h + r * inter + j, vh);
+        }
+        return;
+    }
+    const idx_t total = n * inter;
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+        const int j = (int)(i % inter);
+        const idx_t r = i / inter;
+        const bf16_t av = ab[r * 2 * inter + j], uv = ab[r * 2 * inter + inter + j];
+        if (a != nullptr) {
+            a[i] = av;
+            u[i] = uv;
+        }
+        h[i] = from_f32<bf16_t>(swishf_(to_f32(av)) * to_f32(uv));
+    }
+}
+
 // ---- ViG's locality gate: G = sigmoid(gpre), z = G gn + (1 - G) ln, y = swish(z) or z
 
 extern "C" __global__ void locality_gate_fwd(bf16_t* __restrict__ y, const bf16_t* __restrict__ gn, const bf16_t* __restrict__ ln, const float* __restrict__ gpre, idx_t n, int out_act) {
@@ -484,6 +523,40 @@ extern "C" __global__ void locality_gate_fwd(bf16_t* __restrict__ y, const bf16_
         float g = sigmoidf_(gpre[i]);
         float z = g * to_f32(gn[i]) + (1.f - g) * to_f32(ln[i]);
         y[i] = from_f32<bf16_t>(out_act ? swishf_(z) : z);
+    }
+}
+
+// The branch in one launch, one warp per (token, head) row of v values (rows = N*H; o, xs, y,
+// gpre [rows, v]): gn = o rstd_g wg, ln = xs rstd_l wl (nn/norm.cu's gated_norm_fwd without a
+// gate: the same sums in the same order, rounded to bf16 as stored), y = locality_gate_fwd of
+// them. gn, ln written only when non-null (the backward's recompute); bitwise the three launches'.
+extern "C" __global__ void locality_fused_fwd(bf16_t* __restrict__ y, bf16_t* __restrict__ gn, bf16_t* __restrict__ ln, float* __restrict__ rstd_g, float* __restrict__ rstd_l, const bf16_t* __restrict__ o, const bf16_t* __restrict__ xs, const float* __restrict__ gpre, const float* __restrict__ wg, const float* __restrict__ wl, idx_t rows, int v, float eps, int out_act) {
+    int lane = threadIdx.x & 31;
+    for (idx_t r = (blockIdx.x * (idx_t)blockDim.x + threadIdx.x) >> 5; r < rows; r += ((idx_t)gridDim.x * blockDim.x) >> 5) {
+        float so = 0.f, sx = 0.f;
+        for (int j = lane; j < v; j += 32) {
+            const float a = to_f32(o[r * v + j]), b = to_f32(xs[r * v + j]);
+            so += a * a;
+            sx += b * b;
+        }
+        so = warp_sum(so);
+        sx = warp_sum(sx);
+        const float ro = rsqrtf(so / v + eps), rx = rsqrtf(sx / v + eps);
+        if (lane == 0) {
+            rstd_g[r] = ro;
+            rstd_l[r] = rx;
+        }
+        for (int j = lane; j < v; j += 32) {
+            const idx_t e = r * v + j;
+            const bf16_t a16 = from_f32<bf16_t>(to_f32(o[e]) * ro * wg[j] * 1.f), l16 = from_f32<bf16_t>(to_f32(xs[e]) * rx * wl[j] * 1.f);
+            if (gn != nullptr) {
+                gn[e] = a16;
+                ln[e] = l16;
+            }
+            const float g = sigmoidf_(gpre[e]);
+            const float z = g * to_f32(a16) + (1.f - g) * to_f32(l16);
+            y[e] = from_f32<bf16_t>(out_act ? swishf_(z) : z);
+        }
     }
 }
 

@@ -218,6 +218,51 @@ int main() {
       report("locality_gate_bwd d_ln" + tag, rel(b, wb), 1e-5);
       report("locality_gate_bwd d_gpre" + tag, rel(c, wc), 1e-5);
     }
+    // ---- SwiGLU on the fused gate / up output, I % 8 == 0 (8-element groups) and not, with and
+    // without the copies out: h bitwise nn/elementwise.cu's formula, a / u bitwise the halves
+    for (int inter : {24, 10}) for (int keep = 0; keep < 2; ++keep) {
+      const long n = 13;
+      auto ab = bf(rnd(n * 2 * inter, 3.f));
+      std::vector<bf16_t> h(n * inter), a(n * inter, 0), u(n * inter, 0);
+      std::vector<float> wh(n * inter), wa(n * inter), wu(n * inter);
+      for (long r = 0; r < n; ++r) for (int j = 0; j < inter; ++j) {
+          bf16_t av = ab[r * 2 * inter + j], uv = ab[r * 2 * inter + inter + j];
+          wh[r * inter + j] = to_f32(from_f32<bf16_t>(swishf_(to_f32(av)) * to_f32(uv)));
+          wa[r * inter + j] = keep ? to_f32(av) : 0.f; wu[r * inter + j] = keep ? to_f32(uv) : 0.f;
+      }
+      emu::launch(flat(n * inter), B256, 0, [&] { swiglu_split_fwd(h.data(), keep ? a.data() : nullptr, keep ? u.data() : nullptr, ab.data(), n, inter); });
+      std::string tag = " I" + std::to_string(inter) + (keep ? " keep" : "");
+      report("swiglu_split_fwd h" + tag, rel(fl(h), wh), 0);
+      report("swiglu_split_fwd a, u" + tag, rel(fl(a), wa) + rel(fl(u), wu), 0);
+    }
+    // ---- the fused locality branch (two per-head RMSNorms + the gate, one warp per row), with
+    // and without keeping gn / ln: against a host reference, and y bitwise equal to
+    // locality_gate_fwd on the fused kernel's own gn / ln and across keep
+    for (int act = 0; act < 2; ++act) {
+      const long rows = 37; const int v = 40; const long n = rows * v; const float eps = 1e-5f;
+      auto o = bf(rnd(n)), xs = bf(rnd(n, 2.f)); auto of = fl(o), xf = fl(xs); auto gp = rnd(n, 3.f), wg = rnd(v), wl = rnd(v);
+      auto sg = [](float x) { return 1.f / (1.f + std::exp(-x)); };
+      std::vector<float> wgn(n), wln(n), wy(n), wrg(rows), wrl(rows);
+      for (long r = 0; r < rows; ++r) {
+          double so = 0, sx = 0; for (int j = 0; j < v; ++j) { so += (double)of[r * v + j] * of[r * v + j]; sx += (double)xf[r * v + j] * xf[r * v + j]; }
+          wrg[r] = (float)(1.0 / std::sqrt(so / v + eps)); wrl[r] = (float)(1.0 / std::sqrt(sx / v + eps));
+          for (int j = 0; j < v; ++j) {
+              long e = r * v + j; wgn[e] = to_f32(from_f32<bf16_t>(of[e] * wrg[r] * wg[j])); wln[e] = to_f32(from_f32<bf16_t>(xf[e] * wrl[r] * wl[j]));
+              float g = sg(gp[e]), z = g * wgn[e] + (1 - g) * wln[e]; wy[e] = act ? z * sg(z) : z;
+          }
+      }
+      std::vector<bf16_t> y(n), y2(n), y3(n), gn(n), ln(n); std::vector<float> rg(rows, NAN), rl(rows, NAN), rg2(rows), rl2(rows);
+      emu::launch(flat(rows * 32), B256, 0, [&] { locality_fused_fwd(y.data(), gn.data(), ln.data(), rg.data(), rl.data(), o.data(), xs.data(), gp.data(), wg.data(), wl.data(), rows, v, eps, act); });
+      emu::launch(flat(rows * 32), B256, 0, [&] { locality_fused_fwd(y2.data(), nullptr, nullptr, rg2.data(), rl2.data(), o.data(), xs.data(), gp.data(), wg.data(), wl.data(), rows, v, eps, act); });
+      emu::launch(flat(n), B256, 0, [&] { locality_gate_fwd(y3.data(), gn.data(), ln.data(), gp.data(), n, act); });
+      std::string tag = act ? " swish" : "";
+      report("locality_fused_fwd y" + tag, rel(fl(y), wy), 5e-3);
+      report("locality_fused_fwd gn" + tag, rel(fl(gn), wgn), 5e-3);
+      report("locality_fused_fwd ln" + tag, rel(fl(ln), wln), 5e-3);
+      report("locality_fused_fwd rstd" + tag, std::max(rel(rg, wrg), rel(rl, wrl)), 1e-6);
+      report("locality_fused_fwd keep=no y" + tag, rel(fl(y2), fl(y)) + rel(rg2, rg) + rel(rl2, rl), 0);
+      report("locality_fused_fwd y == gate(gn, ln)" + tag, rel(fl(y3), fl(y)), 0);
+    }
     // ---- label-smoothed cross-entropy (eps 0 and 0.1), a tie for the argmax
     for (float eps : {0.f, 0.1f}) {
       long m = 9; int classes = 70; float dscale = 1.f / m;

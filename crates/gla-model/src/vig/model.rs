@@ -475,6 +475,7 @@ pub fn forward_resident<B: Backend + VisionOps>(
     // blocks
     let (md, gd) = (scan_dims(&d), gate_dims(&d));
     let (gh, gw) = sh.grid;
+    let trains = acts.trains();
     for (li, ids) in lay.blocks.iter().enumerate() {
         let (bi, si, so) = (acts.block(li), acts.stream(li), acts.stream(li + 1));
         let a = &mut acts.blocks[bi];
@@ -503,7 +504,7 @@ pub fn forward_resident<B: Backend + VisionOps>(
         let xs = t.xs_act.as_ref().unwrap_or(&a.loc);
         be.linear_fwd_f32(&mut a.gpre, xs, ids.g_proj, n, dm, vd)?;
         be.bias_fwd_f32(&mut a.gpre, ids.g_proj_bias, n, vd)?;
-        locality_fwd(be, &d, ids, a, t, n)?;
+        locality_fwd(be, &d, ids, a, t, n, false)?;
         let drop = acts.drop[li].as_ref().zip(acts.branch.as_mut());
         match drop {
             Some(([m, _], br)) => {
@@ -515,10 +516,8 @@ pub fn forward_resident<B: Backend + VisionOps>(
         // SwiGLU MLP, its gate and up projections one weight [2I, D]
         be.rmsnorm_fwd(&mut t.xn2, &mut a.rstd2, &a.x_mid, ids.mlp_norm, n)?;
         be.linear_fwd(&mut t.ab, &t.xn2, ids.gate_proj, n, dm, 2 * inter)?;
-        for (j, dst) in a.a_u.iter_mut().enumerate() {
-            be.cols(dst, &t.ab, &Cols::copy(1, n, inter, (2 * inter, j * inter), (inter, 0)))?;
-        }
-        be.swiglu_fwd(&mut t.hm, &a.a_u[0], &a.a_u[1], n * inter)?;
+        let [ga, up] = &mut a.a_u;
+        be.swiglu_split_fwd(&mut t.hm, (ga, up), &t.ab, (n, inter), trains)?;
         let drop = acts.drop[li].as_ref().zip(acts.branch.as_mut());
         match drop {
             Some(([_, m], br)) => {
@@ -542,9 +541,10 @@ pub fn forward_resident<B: Backend + VisionOps>(
     Ok(Some(VigLoss { loss: sum / b as f64, correct }))
 }
 
-/// The locality branch's element-wise part: `gn = g_norm(o)`, `ln = l_norm(xs)` (their rstd
-/// into the block's) and `y`, the locality gate of them by `sigmoid(gpre)`. The forward runs it,
-/// and the backward again to recompute them: the same launches on the same inputs.
+/// The locality branch's element-wise part ([`VisionOps::locality_fwd`]): `gn = g_norm(o)`,
+/// `ln = l_norm(xs)` (their rstd into the block's) and `y`, the locality gate of them by
+/// `sigmoid(gpre)`. The forward runs it (`keep` false: only `y` is read), and the backward again
+/// to recompute them (`keep` true): the same values.
 fn locality_fwd<B: Backend + VisionOps>(
     be: &B,
     d: &VigDims,
@@ -552,12 +552,19 @@ fn locality_fwd<B: Backend + VisionOps>(
     a: &mut BlockActs<B::Buf>,
     t: &mut FwdTmp<B::Buf>,
     n: usize,
+    keep: bool,
 ) -> Result<(), B::Error> {
-    let act = crate::config::GateAct::Swish;
-    be.gated_norm_fwd(&mut t.gn, &mut a.rstd_g, &a.o, None, act, ids.g_norm, n * d.heads)?;
     let xs = t.xs_act.as_ref().unwrap_or(&a.loc);
-    be.gated_norm_fwd(&mut t.ln, &mut a.rstd_l, xs, None, act, ids.l_norm, n * d.heads)?;
-    be.locality_gate_fwd(&mut t.y, &t.gn, &t.ln, &a.gpre, d.out_act, n * d.value_dim)
+    be.locality_fwd(
+        &mut t.y,
+        (&mut t.gn, &mut t.ln),
+        (&mut a.rstd_g, &mut a.rstd_l),
+        (&a.o, xs, &a.gpre),
+        (ids.g_norm, ids.l_norm),
+        (n * d.heads, d.head_v),
+        d.out_act,
+        keep,
+    )
 }
 
 /// Residual streams `src` (read) and `dst` (written) of `xs`, two distinct entries.
@@ -647,7 +654,7 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
         if let Some(xa) = &mut t.xs_act {
             be.feature_map_fwd(xa, &a.loc, n * dm, FeatureMap::Silu)?;
         }
-        locality_fwd(be, &d, ids, a, t, n)?;
+        locality_fwd(be, &d, ids, a, t, n, true)?;
         let bufs = (&mut s.dbranch, &mut s.dbranch16, &mut s.dres16);
         let dout = branch_grad(be, bufs, &s.dres, drop[li].as_ref().map(|m| &m[0][..]), (l, dm))?;
         be.linear_bwd_x(&mut s.dy, dout, ids.o_proj, n, vd, dm, false)?;
