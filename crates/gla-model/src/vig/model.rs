@@ -105,9 +105,10 @@ impl Shape {
     }
 }
 
-/// One block's tensors that the backward reads: GEMM and scan outputs and the norms' statistics.
-/// The element-wise results computed from them live in [`FwdTmp`] and the backward recomputes
-/// them there ([`recompute`]).
+/// One block's tensors that the backward reads: the conv branch, the scan's inputs and output,
+/// the residual stream between the two branches and the norms' statistics. What is computed
+/// from them and the weights by one cheap launch (element-wise ops, the locality gate's and the
+/// MLP's input projections) lives in [`FwdTmp`] and the backward recomputes it there.
 struct BlockActs<S: ModelStorage> {
     rstd1: S::F32,          // [N]
     loc: S::Act,            // [N, D] dwconv output
@@ -118,16 +119,17 @@ struct BlockActs<S: ModelStorage> {
     o: S::Act,              // [N, Dv] scan output
     rstd_g: S::F32,         // [N*H]
     rstd_l: S::F32,         // [N*H]
-    gpre: S::F32,           // [N, Dv] g_proj(xs) + bias
     x_mid: S::F32,          // [N, D]
     rstd2: S::F32,          // [N]
-    a_u: [S::Act; 2],       // [N, I] gate, up
 }
 
 /// A block's forward intermediates, one set shared by the blocks: GEMM outputs before their
-/// columns are split (no backward reads them) and the element-wise results the backward
-/// recomputes from the block's [`BlockActs`] (norms, activations, the locality gate).
+/// columns are split (no backward reads them) and what the backward recomputes from the block's
+/// [`BlockActs`] (norms, activations, the locality gate and its projection, the MLP's gate and
+/// up projections).
 struct FwdTmp<S: ModelStorage> {
+    gpre: S::F32,           // [N, Dv] g_proj(xs) + bias
+    a_u: [S::Act; 2],       // [N, I] gate, up
     qkv: S::Act,            // [N, 2Dk + Dv]
     gk: S::Act,             // [N, 2Dk] log-gates of both directions
     ab: S::Act,             // [N, 2I]
@@ -255,10 +257,8 @@ impl<S: ModelStorage> VigActs<S> {
                 o: a(n * vd)?,
                 rstd_g: f(n * h)?,
                 rstd_l: f(n * h)?,
-                gpre: f(n * vd)?,
                 x_mid: f(n * dm)?,
                 rstd2: f(n)?,
-                a_u: [a(n * i)?, a(n * i)?],
             });
         }
         let s = if backward {
@@ -317,6 +317,8 @@ impl<S: ModelStorage> VigActs<S> {
             xs: (0..if backward { d.depth + 1 } else { 2 }).map(|_| f(n * dm)).collect::<Result<_, _>>()?,
             blocks,
             tmp: FwdTmp {
+                gpre: f(n * vd)?,
+                a_u: [a(n * i)?, a(n * i)?],
                 qkv: a(n * (2 * kd + vd))?,
                 gk: a(n * 2 * kd)?,
                 ab: a(n * 2 * i)?,
@@ -475,7 +477,6 @@ pub fn forward_resident<B: Backend + VisionOps>(
     // blocks
     let (md, gd) = (scan_dims(&d), gate_dims(&d));
     let (gh, gw) = sh.grid;
-    let trains = acts.trains();
     for (li, ids) in lay.blocks.iter().enumerate() {
         let (bi, si, so) = (acts.block(li), acts.stream(li), acts.stream(li + 1));
         let a = &mut acts.blocks[bi];
@@ -502,8 +503,8 @@ pub fn forward_resident<B: Backend + VisionOps>(
         let [gf, gb] = &a.g_dir;
         scan::forward(be, &md, &acts.plan, &mut a.o, [q, k, v], [gf, gb], (b, l))?;
         let xs = t.xs_act.as_ref().unwrap_or(&a.loc);
-        be.linear_fwd_f32(&mut a.gpre, xs, ids.g_proj, n, dm, vd)?;
-        be.bias_fwd_f32(&mut a.gpre, ids.g_proj_bias, n, vd)?;
+        be.linear_fwd_f32(&mut t.gpre, xs, ids.g_proj, n, dm, vd)?;
+        be.bias_fwd_f32(&mut t.gpre, ids.g_proj_bias, n, vd)?;
         locality_fwd(be, &d, ids, a, t, n, false)?;
         let drop = acts.drop[li].as_ref().zip(acts.branch.as_mut());
         match drop {
@@ -516,8 +517,8 @@ pub fn forward_resident<B: Backend + VisionOps>(
         // SwiGLU MLP, its gate and up projections one weight [2I, D]
         be.rmsnorm_fwd(&mut t.xn2, &mut a.rstd2, &a.x_mid, ids.mlp_norm, n)?;
         be.linear_fwd(&mut t.ab, &t.xn2, ids.gate_proj, n, dm, 2 * inter)?;
-        let [ga, up] = &mut a.a_u;
-        be.swiglu_split_fwd(&mut t.hm, (ga, up), &t.ab, (n, inter), trains)?;
+        let [ga, up] = &mut t.a_u;
+        be.swiglu_split_fwd(&mut t.hm, (ga, up), &t.ab, (n, inter), false)?;
         let drop = acts.drop[li].as_ref().zip(acts.branch.as_mut());
         match drop {
             Some(([_, m], br)) => {
@@ -559,7 +560,7 @@ fn locality_fwd<B: Backend + VisionOps>(
         &mut t.y,
         (&mut t.gn, &mut t.ln),
         (&mut a.rstd_g, &mut a.rstd_l),
-        (&a.o, xs, &a.gpre),
+        (&a.o, xs, &t.gpre),
         (ids.g_norm, ids.l_norm),
         (n * d.heads, d.head_v),
         d.out_act,
@@ -634,32 +635,37 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
     for (li, ids) in lay.blocks.iter().enumerate().rev() {
         let a = &mut blocks[li];
         let t = &mut *tmp;
-        // MLP (its branch's gradient scaled per image under stochastic depth); xn2 and hm
-        // recomputed (the forward's launches: the same values)
+        // MLP (its branch's gradient scaled per image under stochastic depth); xn2, the gate and
+        // up projections and hm recomputed (the forward's launches: the same values)
         be.rmsnorm_fwd(&mut t.xn2, &mut a.rstd2, &a.x_mid, ids.mlp_norm, n)?;
-        be.swiglu_fwd(&mut t.hm, &a.a_u[0], &a.a_u[1], n * inter)?;
+        be.linear_fwd(&mut t.ab, &t.xn2, ids.gate_proj, n, dm, 2 * inter)?;
+        let [ga, up] = &mut t.a_u;
+        be.swiglu_split_fwd(&mut t.hm, (ga, up), &t.ab, (n, inter), true)?;
         let bufs = (&mut s.dbranch, &mut s.dbranch16, &mut s.dres16);
         let dout = branch_grad(be, bufs, &s.dres, drop[li].as_ref().map(|m| &m[1][..]), (l, dm))?;
         be.linear_bwd_x(&mut s.dh, dout, ids.down_proj, n, inter, dm, false)?;
         be.linear_bwd_w(grads, ids.down_proj, dout, &t.hm, n, inter, dm)?;
         let [da, du] = &mut s.d_au;
-        be.swiglu_bwd(da, du, &s.dh, &a.a_u[0], &a.a_u[1], n * inter)?;
+        be.swiglu_bwd(da, du, &s.dh, &t.a_u[0], &t.a_u[1], n * inter)?;
         for (j, src) in s.d_au.iter().enumerate() {
             be.cols(&mut s.dab, src, &Cols::copy(1, n, inter, (inter, 0), (2 * inter, j * inter)))?;
         }
         be.linear_bwd_x(&mut s.dxn, &s.dab, ids.gate_proj, n, dm, 2 * inter, false)?;
         be.linear_bwd_w(grads, ids.gate_proj, &s.dab, &t.xn2, n, dm, 2 * inter)?;
         be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxn, &a.x_mid, &a.rstd2, ids.mlp_norm, n, true)?;
-        // BiGLA layer; xs, gn, ln and y recomputed
+        // BiGLA layer; xs, gpre, gn, ln and y recomputed
         if let Some(xa) = &mut t.xs_act {
             be.feature_map_fwd(xa, &a.loc, n * dm, FeatureMap::Silu)?;
         }
+        let xs_l = t.xs_act.as_ref().unwrap_or(&a.loc);
+        be.linear_fwd_f32(&mut t.gpre, xs_l, ids.g_proj, n, dm, vd)?;
+        be.bias_fwd_f32(&mut t.gpre, ids.g_proj_bias, n, vd)?;
         locality_fwd(be, &d, ids, a, t, n, true)?;
         let bufs = (&mut s.dbranch, &mut s.dbranch16, &mut s.dres16);
         let dout = branch_grad(be, bufs, &s.dres, drop[li].as_ref().map(|m| &m[0][..]), (l, dm))?;
         be.linear_bwd_x(&mut s.dy, dout, ids.o_proj, n, vd, dm, false)?;
         be.linear_bwd_w(grads, ids.o_proj, dout, &t.y, n, vd, dm)?;
-        be.locality_gate_bwd(&mut s.d_gn, &mut s.d_ln, &mut s.d_gpre, &s.dy, &t.gn, &t.ln, &a.gpre, d.out_act, n * vd)?;
+        be.locality_gate_bwd(&mut s.d_gn, &mut s.d_ln, &mut s.d_gpre, &s.dy, &t.gn, &t.ln, &t.gpre, d.out_act, n * vd)?;
         let act = crate::config::GateAct::Swish;
         be.gated_norm_bwd(plan, &mut s.d_o, None, grads, ids.g_norm, &s.d_gn, &a.o, None, act, &a.rstd_g, n * d.heads)?;
         let xs_l = t.xs(&a.loc);
