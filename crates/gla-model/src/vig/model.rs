@@ -199,13 +199,16 @@ pub struct VigActs<S: ModelStorage> {
     shape: Shape,
     plan: S::Plan,
     img: S::Act,
-    cols1: S::Act,
-    c1: S::F32,
+    /// The stem's intermediates the backward reads: training only. Forward-only buffers run the
+    /// stem in the blocks' buffers, free until the first block (cols1, cols2 in `tmp.ab`; c1 in
+    /// the second residual stream; ln1, a1 in `tmp.a_u`; c2 in `tmp.gpre`), sized for both.
+    cols1: Option<S::Act>,
+    c1: Option<S::F32>,
     st1: S::F32,
-    ln1: S::Act,
-    a1: S::Act,
-    cols2: S::Act,
-    c2: S::F32,
+    ln1: Option<S::Act>,
+    a1: Option<S::Act>,
+    cols2: Option<S::Act>,
+    c2: Option<S::F32>,
     st2: S::F32,
     ln2: S::Act,
     a2: Option<S::Act>,
@@ -245,6 +248,7 @@ impl<S: ModelStorage> VigActs<S> {
         let f = |len: usize| be.alloc_f32(len);
         let a = |len: usize| be.alloc_act(len);
         let kept = if backward { d.depth } else { 1 };
+        let stem_in_tmp = !backward;
         let mut blocks = Vec::with_capacity(kept);
         for _ in 0..kept {
             blocks.push(BlockActs {
@@ -304,24 +308,29 @@ impl<S: ModelStorage> VigActs<S> {
             shape,
             plan: be.plan(shape.b, shape.l(), backward)?,
             img: a(shape.b * shape.img.0 * shape.img.1 * d.channels)?,
-            cols1: a(n1 * shape.g1.cols())?,
-            c1: f(n1 * half)?,
+            cols1: if backward { Some(a(n1 * shape.g1.cols())?) } else { None },
+            c1: if backward { Some(f(n1 * half)?) } else { None },
             st1: f(2 * n1)?,
-            ln1: a(n1 * half)?,
-            a1: a(n1 * half)?,
-            cols2: a(n * shape.g2.cols())?,
-            c2: f(n * dm)?,
+            ln1: if backward { Some(a(n1 * half)?) } else { None },
+            a1: if backward { Some(a(n1 * half)?) } else { None },
+            cols2: if backward { Some(a(n * shape.g2.cols())?) } else { None },
+            c2: if backward { Some(f(n * dm)?) } else { None },
             st2: f(2 * n)?,
             ln2: a(n * dm)?,
             a2: if d.act_in_patch { Some(a(n * dm)?) } else { None },
-            xs: (0..if backward { d.depth + 1 } else { 2 }).map(|_| f(n * dm)).collect::<Result<_, _>>()?,
+            xs: (0..if backward { d.depth + 1 } else { 2 })
+                .map(|j| f(if stem_in_tmp && j == 1 { (n * dm).max(n1 * half) } else { n * dm }))
+                .collect::<Result<_, _>>()?,
             blocks,
             tmp: FwdTmp {
-                gpre: f(n * vd)?,
-                a_u: [a(n * i)?, a(n * i)?],
+                gpre: f(if stem_in_tmp { (n * vd).max(n * dm) } else { n * vd })?,
+                a_u: [
+                    a(if stem_in_tmp { (n * i).max(n1 * half) } else { n * i })?,
+                    a(if stem_in_tmp { (n * i).max(n1 * half) } else { n * i })?,
+                ],
                 qkv: a(n * (2 * kd + vd))?,
                 gk: a(n * 2 * kd)?,
-                ab: a(n * 2 * i)?,
+                ab: a(if stem_in_tmp { (n * 2 * i).max(n1 * shape.g1.cols()).max(n * shape.g2.cols()) } else { n * 2 * i })?,
                 xn1: a(n * dm)?,
                 xs_act: if d.act_in_conv { Some(a(n * dm)?) } else { None },
                 gn: a(n * vd)?,
@@ -452,25 +461,37 @@ pub fn forward_resident<B: Backend + VisionOps>(
     if lay.blocks.len() != d.depth {
         return Err(shape_err("layout", "the dims' depth".into(), d.depth, lay.blocks.len()).into());
     }
-    // stem
-    be.im2col(&mut acts.cols1, &acts.img, &sh.g1)?;
-    be.linear_fwd_f32(&mut acts.c1, &acts.cols1, lay.conv1.0, n1, sh.g1.cols(), half)?;
-    if let Some(bias) = lay.conv1.1 {
-        be.bias_fwd_f32(&mut acts.c1, bias, n1, half)?;
+    // stem (forward-only buffers: in the blocks' buffers, see VigActs)
+    {
+        let VigActs { img, cols1, c1, st1, ln1, a1, cols2, c2, st2, ln2, a2, xs, tmp, .. } = &mut *acts;
+        let (x0, x1) = xs.split_at_mut(1);
+        let FwdTmp { ab, a_u: [ua, ub], gpre, .. } = tmp;
+        let c1 = c1.as_mut().unwrap_or(&mut x1[0]);
+        {
+            let cols1 = cols1.as_mut().unwrap_or(&mut *ab);
+            be.im2col(cols1, img, &sh.g1)?;
+            be.linear_fwd_f32(c1, cols1, lay.conv1.0, n1, sh.g1.cols(), half)?;
+        }
+        if let Some(bias) = lay.conv1.1 {
+            be.bias_fwd_f32(c1, bias, n1, half)?;
+        }
+        let (ln1, a1) = (ln1.as_mut().unwrap_or(ua), a1.as_mut().unwrap_or(ub));
+        be.layernorm_fwd(ln1, st1, c1, lay.ln1.0, lay.ln1.1, n1, LAYERNORM_EPS)?;
+        be.feature_map_fwd(a1, ln1, n1 * half, FeatureMap::Silu)?;
+        let cols2 = cols2.as_mut().unwrap_or(ab);
+        be.im2col(cols2, a1, &sh.g2)?;
+        let c2 = c2.as_mut().unwrap_or(gpre);
+        be.linear_fwd_f32(c2, cols2, lay.conv2.0, n, sh.g2.cols(), dm)?;
+        if let Some(bias) = lay.conv2.1 {
+            be.bias_fwd_f32(c2, bias, n, dm)?;
+        }
+        be.layernorm_fwd(ln2, st2, c2, lay.ln2.0, lay.ln2.1, n, LAYERNORM_EPS)?;
+        if let Some(a2) = a2.as_mut() {
+            be.feature_map_fwd(a2, ln2, n * dm, FeatureMap::Silu)?;
+        }
+        let post = a2.as_ref().unwrap_or(ln2);
+        be.cols_to_f32(&mut x0[0], post, &Cols::copy(1, n, dm, (dm, 0), (dm, 0)))?;
     }
-    be.layernorm_fwd(&mut acts.ln1, &mut acts.st1, &acts.c1, lay.ln1.0, lay.ln1.1, n1, LAYERNORM_EPS)?;
-    be.feature_map_fwd(&mut acts.a1, &acts.ln1, n1 * half, FeatureMap::Silu)?;
-    be.im2col(&mut acts.cols2, &acts.a1, &sh.g2)?;
-    be.linear_fwd_f32(&mut acts.c2, &acts.cols2, lay.conv2.0, n, sh.g2.cols(), dm)?;
-    if let Some(bias) = lay.conv2.1 {
-        be.bias_fwd_f32(&mut acts.c2, bias, n, dm)?;
-    }
-    be.layernorm_fwd(&mut acts.ln2, &mut acts.st2, &acts.c2, lay.ln2.0, lay.ln2.1, n, LAYERNORM_EPS)?;
-    if let Some(a2) = &mut acts.a2 {
-        be.feature_map_fwd(a2, &acts.ln2, n * dm, FeatureMap::Silu)?;
-    }
-    let post = acts.a2.as_ref().unwrap_or(&acts.ln2);
-    be.cols_to_f32(&mut acts.xs[0], post, &Cols::copy(1, n, dm, (dm, 0), (dm, 0)))?;
     if let Some(pe) = lay.pos_embed {
         be.pos_embed_fwd(&mut acts.xs[0], pe, d.grid, sh.grid, b)?;
     }
@@ -623,6 +644,9 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
     let Some(s) = s.as_mut() else {
         return Err(shape_err("activations", "made for training".into(), 1, 0).into());
     };
+    let (Some(cols1), Some(c1), Some(ln1), Some(cols2), Some(c2)) = (&acts.cols1, &acts.c1, &acts.ln1, &acts.cols2, &acts.c2) else {
+        return Err(shape_err("stem activations", "made for training".into(), 1, 0).into());
+    };
     // head: dlogits holds d(mean loss)/d logits
     be.cast(&mut s.dlogits16, &acts.dlogits)?;
     let dl = be.operand(&s.dlogits16, &acts.dlogits);
@@ -715,23 +739,23 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
     if d.act_in_patch {
         be.feature_map_bwd(&mut s.dres, &acts.ln2, n * dm, FeatureMap::Silu)?;
     }
-    be.layernorm_bwd(&mut s.dc2, grads, &s.dres, &acts.c2, &acts.st2, lay.ln2.0, lay.ln2.1, n)?;
+    be.layernorm_bwd(&mut s.dc2, grads, &s.dres, c2, &acts.st2, lay.ln2.0, lay.ln2.1, n)?;
     be.cast(&mut s.dc2_16, &s.dc2)?;
     let dc2 = be.operand(&s.dc2_16, &s.dc2);
     if let Some(bias) = lay.conv2.1 {
         be.bias_bwd_act(grads, bias, dc2, n, dm)?;
     }
-    be.linear_bwd_w(grads, lay.conv2.0, dc2, &acts.cols2, n, sh.g2.cols(), dm)?;
+    be.linear_bwd_w(grads, lay.conv2.0, dc2, cols2, n, sh.g2.cols(), dm)?;
     be.linear_bwd_x(&mut s.dcols2, dc2, lay.conv2.0, n, sh.g2.cols(), dm, false)?;
     be.col2im(&mut s.da1, &s.dcols2, &sh.g2)?;
-    be.feature_map_bwd(&mut s.da1, &acts.ln1, n1 * half, FeatureMap::Silu)?;
-    be.layernorm_bwd(&mut s.dc1, grads, &s.da1, &acts.c1, &acts.st1, lay.ln1.0, lay.ln1.1, n1)?;
+    be.feature_map_bwd(&mut s.da1, ln1, n1 * half, FeatureMap::Silu)?;
+    be.layernorm_bwd(&mut s.dc1, grads, &s.da1, c1, &acts.st1, lay.ln1.0, lay.ln1.1, n1)?;
     be.cast(&mut s.dc1_16, &s.dc1)?;
     let dc1 = be.operand(&s.dc1_16, &s.dc1);
     if let Some(bias) = lay.conv1.1 {
         be.bias_bwd_act(grads, bias, dc1, n1, half)?;
     }
-    be.linear_bwd_w(grads, lay.conv1.0, dc1, &acts.cols1, n1, sh.g1.cols(), half)?;
+    be.linear_bwd_w(grads, lay.conv1.0, dc1, cols1, n1, sh.g1.cols(), half)?;
     be.grads_ready(grads, d.depth + 1)
 }
 
