@@ -105,17 +105,14 @@ impl Shape {
     }
 }
 
-/// One block's tensors that the backward reads: the conv branch, the scan's inputs and output,
-/// the residual stream between the two branches and the norms' statistics. What is computed
-/// from them and the weights by one cheap launch (element-wise ops, the locality gate's and the
-/// MLP's input projections) lives in [`FwdTmp`] and the backward recomputes it there.
+/// One block's tensors that the backward reads: the conv branch, the scan's output, the
+/// residual stream between the two branches and the norms' statistics. What is computed from
+/// them and the weights by a few launches (element-wise ops, the scan's inputs, the locality
+/// gate's and the MLP's input projections) lives in [`FwdTmp`] and the backward recomputes it
+/// there.
 struct BlockActs<S: ModelStorage> {
     rstd1: S::F32,          // [N]
     loc: S::Act,            // [N, D] dwconv output
-    qkv_split: [S::Act; 3], // q, k [N, Dk], v [N, Dv]
-    gk_lr: S::Act,          // [N, 16]
-    gk_raw: S::F32,         // [N, 2Dk] with the bias
-    g_dir: [S::Act; 2],     // forward, backward log-gates [N, Dk]
     o: S::Act,              // [N, Dv] scan output
     rstd_g: S::F32,         // [N*H]
     rstd_l: S::F32,         // [N*H]
@@ -125,9 +122,13 @@ struct BlockActs<S: ModelStorage> {
 
 /// A block's forward intermediates, one set shared by the blocks: GEMM outputs before their
 /// columns are split (no backward reads them) and what the backward recomputes from the block's
-/// [`BlockActs`] (norms, activations, the locality gate and its projection, the MLP's gate and
-/// up projections).
+/// [`BlockActs`] (norms, activations, the scan's inputs, the locality gate and its projection,
+/// the MLP's gate and up projections).
 struct FwdTmp<S: ModelStorage> {
+    qkv_split: [S::Act; 3], // q, k [N, Dk], v [N, Dv]
+    gk_lr: S::Act,          // [N, 16]
+    gk_raw: S::F32,         // [N, 2Dk] with the bias
+    g_dir: [S::Act; 2],     // forward, backward log-gates [N, Dk]
     gpre: S::F32,           // [N, Dv] g_proj(xs) + bias
     a_u: [S::Act; 2],       // [N, I] gate, up
     qkv: S::Act,            // [N, 2Dk + Dv]
@@ -254,10 +255,6 @@ impl<S: ModelStorage> VigActs<S> {
             blocks.push(BlockActs {
                 rstd1: f(n)?,
                 loc: a(n * dm)?,
-                qkv_split: [a(n * kd)?, a(n * kd)?, a(n * vd)?],
-                gk_lr: a(n * d.gate_rank)?,
-                gk_raw: f(n * 2 * kd)?,
-                g_dir: [a(n * kd)?, a(n * kd)?],
                 o: a(n * vd)?,
                 rstd_g: f(n * h)?,
                 rstd_l: f(n * h)?,
@@ -323,6 +320,10 @@ impl<S: ModelStorage> VigActs<S> {
                 .collect::<Result<_, _>>()?,
             blocks,
             tmp: FwdTmp {
+                qkv_split: [a(n * kd)?, a(n * kd)?, a(n * vd)?],
+                gk_lr: a(n * d.gate_rank)?,
+                gk_raw: f(n * 2 * kd)?,
+                g_dir: [a(n * kd)?, a(n * kd)?],
                 gpre: f(if stem_in_tmp { (n * vd).max(n * dm) } else { n * vd })?,
                 a_u: [
                     a(if stem_in_tmp { (n * i).max(n1 * half) } else { n * i })?,
@@ -456,7 +457,7 @@ pub fn forward_resident<B: Backend + VisionOps>(
     let d = acts.dims;
     let sh = acts.shape;
     let (n, n1, dm, half) = (sh.n(), sh.n1(), d.d, d.d / 2);
-    let (kd, vd, inter) = (d.key_dim, d.value_dim, d.inter);
+    let (vd, inter) = (d.value_dim, d.inter);
     let (b, l) = (sh.b, sh.l());
     if lay.blocks.len() != d.depth {
         return Err(shape_err("layout", "the dims' depth".into(), d.depth, lay.blocks.len()).into());
@@ -496,7 +497,7 @@ pub fn forward_resident<B: Backend + VisionOps>(
         be.pos_embed_fwd(&mut acts.xs[0], pe, d.grid, sh.grid, b)?;
     }
     // blocks
-    let (md, gd) = (scan_dims(&d), gate_dims(&d));
+    let md = scan_dims(&d);
     let (gh, gw) = sh.grid;
     for (li, ids) in lay.blocks.iter().enumerate() {
         let (bi, si, so) = (acts.block(li), acts.stream(li), acts.stream(li + 1));
@@ -508,20 +509,9 @@ pub fn forward_resident<B: Backend + VisionOps>(
         if let Some(xa) = &mut t.xs_act {
             be.feature_map_fwd(xa, &a.loc, n * dm, FeatureMap::Silu)?;
         }
-        let xs = t.xs_act.as_ref().unwrap_or(&a.loc);
-        let w3 = 2 * kd + vd;
-        be.linear_fwd(&mut t.qkv, xs, ids.qkv, n, dm, w3)?;
-        for (dst, (off, w)) in a.qkv_split.iter_mut().zip([(0, kd), (kd, kd), (2 * kd, vd)]) {
-            be.cols(dst, &t.qkv, &Cols::copy(1, n, w, (w3, off), (w, 0)))?;
-        }
-        be.linear_fwd(&mut a.gk_lr, xs, ids.gk0, n, dm, d.gate_rank)?;
-        be.linear_fwd_f32(&mut a.gk_raw, &a.gk_lr, ids.gk1, n, d.gate_rank, 2 * kd)?;
-        be.gate_fwd(&gd, &mut t.gk, &mut a.gk_raw, ids.gk1_bias, n)?;
-        for (j, dst) in a.g_dir.iter_mut().enumerate() {
-            be.cols(dst, &t.gk, &Cols::copy(1, n, kd, (2 * kd, j * kd), (kd, 0)))?;
-        }
-        let [q, k, v] = &a.qkv_split;
-        let [gf, gb] = &a.g_dir;
+        scan_inputs_fwd(be, &d, ids, &a.loc, t, n)?;
+        let [q, k, v] = &t.qkv_split;
+        let [gf, gb] = &t.g_dir;
         scan::forward(be, &md, &acts.plan, &mut a.o, [q, k, v], [gf, gb], (b, l))?;
         let xs = t.xs_act.as_ref().unwrap_or(&a.loc);
         be.linear_fwd_f32(&mut t.gpre, xs, ids.g_proj, n, dm, vd)?;
@@ -561,6 +551,35 @@ pub fn forward_resident<B: Backend + VisionOps>(
     }
     let (sum, correct) = be.smoothed_cross_entropy(&mut acts.dlogits, &acts.logits, labels, d.classes, smoothing, 1.0 / b as f32)?;
     Ok(Some(VigLoss { loss: sum / b as f64, correct }))
+}
+
+/// The scan's inputs from the conv branch (`loc`, or its SiLU in `t`): q, k, v (one GEMM, its
+/// columns split) and both directions' log-gates (the low-rank projection with its bias,
+/// logsigmoid / 16, split) into `t`. The forward runs it, and the backward again before the
+/// scan's backward (the same launches: the same values) instead of keeping them per block.
+fn scan_inputs_fwd<B: Backend + VisionOps>(
+    be: &B,
+    d: &VigDims,
+    ids: &BlockIds,
+    loc: &Act<B>,
+    t: &mut FwdTmp<B::Buf>,
+    n: usize,
+) -> Result<(), B::Error> {
+    let (kd, vd, dm) = (d.key_dim, d.value_dim, d.d);
+    let FwdTmp { xs_act, qkv, qkv_split, gk_lr, gk_raw, gk, g_dir, .. } = t;
+    let xs = xs_act.as_ref().unwrap_or(loc);
+    let w3 = 2 * kd + vd;
+    be.linear_fwd(qkv, xs, ids.qkv, n, dm, w3)?;
+    for (dst, (off, w)) in qkv_split.iter_mut().zip([(0, kd), (kd, kd), (2 * kd, vd)]) {
+        be.cols(dst, qkv, &Cols::copy(1, n, w, (w3, off), (w, 0)))?;
+    }
+    be.linear_fwd(gk_lr, xs, ids.gk0, n, dm, d.gate_rank)?;
+    be.linear_fwd_f32(gk_raw, gk_lr, ids.gk1, n, d.gate_rank, 2 * kd)?;
+    be.gate_fwd(&gate_dims(d), gk, gk_raw, ids.gk1_bias, n)?;
+    for (j, dst) in g_dir.iter_mut().enumerate() {
+        be.cols(dst, gk, &Cols::copy(1, n, kd, (2 * kd, j * kd), (kd, 0)))?;
+    }
+    Ok(())
 }
 
 /// The locality branch's element-wise part ([`VisionOps::locality_fwd`]): `gn = g_norm(o)`,
@@ -700,10 +719,12 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
         be.bias_bwd_act(grads, ids.g_proj_bias, dg, n, vd)?;
         be.linear_bwd_w(grads, ids.g_proj, dg, xs_l, n, dm, vd)?;
         be.linear_bwd_x(&mut s.dxs, dg, ids.g_proj, n, dm, vd, false)?;
-        // the two scans
-        let [q, k, v] = &a.qkv_split;
+        // the two scans, their inputs recomputed
+        scan_inputs_fwd(be, &d, ids, &a.loc, t, n)?;
+        let xs_l = t.xs(&a.loc);
+        let [q, k, v] = &t.qkv_split;
         let [dq, dk, dv, dgf, dgb] = &mut s.dqkv_dir;
-        let [gf, gb] = &a.g_dir;
+        let [gf, gb] = &t.g_dir;
         scan::backward(be, &md, plan, [q, k, v], [gf, gb], &s.d_o, [dq, dk, dv, dgf, dgb], (b, l))?;
         let w3 = 2 * kd + vd;
         for (src, (off, w)) in s.dqkv_dir[..3].iter().zip([(0, kd), (kd, kd), (2 * kd, vd)]) {
@@ -713,9 +734,9 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
             be.cols_f32(&mut s.dgk, src, &Cols::copy(1, n, kd, (kd, 0), (2 * kd, j * kd)))?;
         }
         // gate: gk_raw = gk_lr W1^T + b1, gk = logsigmoid(gk_raw) / 16
-        be.gate_bwd(&gd, plan, &mut s.dgk_raw, &mut s.dgk_raw16, grads, ids.gk1_bias, &s.dgk, &a.gk_raw, n)?;
+        be.gate_bwd(&gd, plan, &mut s.dgk_raw, &mut s.dgk_raw16, grads, ids.gk1_bias, &s.dgk, &t.gk_raw, n)?;
         let dgr = be.operand(&s.dgk_raw16, &s.dgk_raw);
-        be.linear_bwd_w(grads, ids.gk1, dgr, &a.gk_lr, n, d.gate_rank, 2 * kd)?;
+        be.linear_bwd_w(grads, ids.gk1, dgr, &t.gk_lr, n, d.gate_rank, 2 * kd)?;
         be.linear_bwd_x_act(&mut s.dgk_lr, dgr, ids.gk1, n, d.gate_rank, 2 * kd)?;
         be.linear_bwd_w(grads, ids.gk0, &s.dgk_lr, xs_l, n, dm, d.gate_rank)?;
         be.linear_bwd_x(&mut s.dxs, &s.dgk_lr, ids.gk0, n, dm, d.gate_rank, true)?;
