@@ -105,26 +105,26 @@ impl Shape {
     }
 }
 
-/// One block's tensors that the backward reads: the conv branch, the scan's output, the
-/// residual stream between the two branches and the norms' statistics. What is computed from
-/// them and the weights by a few launches (element-wise ops, the scan's inputs, the locality
-/// gate's and the MLP's input projections) lives in [`FwdTmp`] and the backward recomputes it
-/// there.
+/// One block's tensors that the backward reads: the conv branch, the scan's output and the
+/// norms' statistics. What is computed from them, the block's input stream and the weights by a
+/// few launches (element-wise ops, the scan's inputs, the locality gate and its projection, the
+/// residual stream between the two branches, the MLP's input projections) lives in [`FwdTmp`]
+/// and the backward recomputes it there.
 struct BlockActs<S: ModelStorage> {
     rstd1: S::F32,          // [N]
     loc: S::Act,            // [N, D] dwconv output
     o: S::Act,              // [N, Dv] scan output
     rstd_g: S::F32,         // [N*H]
     rstd_l: S::F32,         // [N*H]
-    x_mid: S::F32,          // [N, D]
     rstd2: S::F32,          // [N]
 }
 
 /// A block's forward intermediates, one set shared by the blocks: GEMM outputs before their
 /// columns are split (no backward reads them) and what the backward recomputes from the block's
 /// [`BlockActs`] (norms, activations, the scan's inputs, the locality gate and its projection,
-/// the MLP's gate and up projections).
+/// the residual stream after the attention branch, the MLP's gate and up projections).
 struct FwdTmp<S: ModelStorage> {
+    x_mid: S::F32,          // [N, D] x + the attention branch
     qkv_split: [S::Act; 3], // q, k [N, Dk], v [N, Dv]
     gk_lr: S::Act,          // [N, 16]
     gk_raw: S::F32,         // [N, 2Dk] with the bias
@@ -258,7 +258,6 @@ impl<S: ModelStorage> VigActs<S> {
                 o: a(n * vd)?,
                 rstd_g: f(n * h)?,
                 rstd_l: f(n * h)?,
-                x_mid: f(n * dm)?,
                 rstd2: f(n)?,
             });
         }
@@ -320,6 +319,7 @@ impl<S: ModelStorage> VigActs<S> {
                 .collect::<Result<_, _>>()?,
             blocks,
             tmp: FwdTmp {
+                x_mid: f(n * dm)?,
                 qkv_split: [a(n * kd)?, a(n * kd)?, a(n * vd)?],
                 gk_lr: a(n * d.gate_rank)?,
                 gk_raw: f(n * 2 * kd)?,
@@ -517,16 +517,10 @@ pub fn forward_resident<B: Backend + VisionOps>(
         be.linear_fwd_f32(&mut t.gpre, xs, ids.g_proj, n, dm, vd)?;
         be.bias_fwd_f32(&mut t.gpre, ids.g_proj_bias, n, vd)?;
         locality_fwd(be, &d, ids, a, t, n, false)?;
-        let drop = acts.drop[li].as_ref().zip(acts.branch.as_mut());
-        match drop {
-            Some(([m, _], br)) => {
-                be.linear_fwd_f32(br, &t.y, ids.o_proj, n, vd, dm)?;
-                be.scale_rows(&mut a.x_mid, Some(x), br, m, l, dm)?;
-            }
-            None => be.linear_residual_fwd(&mut a.x_mid, x, &t.y, ids.o_proj, n, vd, dm)?,
-        }
+        let drop = acts.drop[li].as_ref().zip(acts.branch.as_mut()).map(|([m, _], br)| (&m[..], br));
+        attn_residual_fwd(be, &d, ids, x, t, drop, (n, l))?;
         // SwiGLU MLP, its gate and up projections one weight [2I, D]
-        be.rmsnorm_fwd(&mut t.xn2, &mut a.rstd2, &a.x_mid, ids.mlp_norm, n)?;
+        be.rmsnorm_fwd(&mut t.xn2, &mut a.rstd2, &t.x_mid, ids.mlp_norm, n)?;
         be.linear_fwd(&mut t.ab, &t.xn2, ids.gate_proj, n, dm, 2 * inter)?;
         let [ga, up] = &mut t.a_u;
         be.swiglu_split_fwd(&mut t.hm, (ga, up), &t.ab, (n, inter), false)?;
@@ -534,9 +528,9 @@ pub fn forward_resident<B: Backend + VisionOps>(
         match drop {
             Some(([_, m], br)) => {
                 be.linear_fwd_f32(br, &t.hm, ids.down_proj, n, inter, dm)?;
-                be.scale_rows(out, Some(&a.x_mid), br, m, l, dm)?;
+                be.scale_rows(out, Some(&t.x_mid), br, m, l, dm)?;
             }
-            None => be.linear_residual_fwd(out, &a.x_mid, &t.hm, ids.down_proj, n, inter, dm)?,
+            None => be.linear_residual_fwd(out, &t.x_mid, &t.hm, ids.down_proj, n, inter, dm)?,
         }
     }
     // head
@@ -580,6 +574,28 @@ fn scan_inputs_fwd<B: Backend + VisionOps>(
         be.cols(dst, gk, &Cols::copy(1, n, kd, (2 * kd, j * kd), (kd, 0)))?;
     }
     Ok(())
+}
+
+/// The residual stream after block input `x`'s attention branch, `x_mid = x + y W_o^T` (the
+/// branch scaled per image by `drop`'s scales, through its buffer, under stochastic depth), into
+/// `t`. The forward runs it, and the backward again (the same launches: the same values).
+fn attn_residual_fwd<B: Backend + VisionOps>(
+    be: &B,
+    d: &VigDims,
+    ids: &BlockIds,
+    x: &F32<B>,
+    t: &mut FwdTmp<B::Buf>,
+    drop: Option<(&[f32], &mut F32<B>)>,
+    (n, l): (usize, usize),
+) -> Result<(), B::Error> {
+    let (vd, dm) = (d.value_dim, d.d);
+    match drop {
+        Some((m, br)) => {
+            be.linear_fwd_f32(br, &t.y, ids.o_proj, n, vd, dm)?;
+            be.scale_rows(&mut t.x_mid, Some(x), br, m, l, dm)
+        }
+        None => be.linear_residual_fwd(&mut t.x_mid, x, &t.y, ids.o_proj, n, vd, dm),
+    }
 }
 
 /// The locality branch's element-wise part ([`VisionOps::locality_fwd`]): `gn = g_norm(o)`,
@@ -659,7 +675,7 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
     let (b, l) = (sh.b, sh.l());
     let (md, gd) = (scan_dims(&d), gate_dims(&d));
     let (gh, gw) = sh.grid;
-    let VigActs { plan, s, blocks, xs, drop, tmp, .. } = acts;
+    let VigActs { plan, s, blocks, xs, drop, tmp, branch, .. } = acts;
     let Some(s) = s.as_mut() else {
         return Err(shape_err("activations", "made for training".into(), 1, 0).into());
     };
@@ -678,9 +694,19 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
     for (li, ids) in lay.blocks.iter().enumerate().rev() {
         let a = &mut blocks[li];
         let t = &mut *tmp;
+        // recomputed (the forward's launches: the same values): xs, gpre, gn, ln, y and x_mid
+        if let Some(xa) = &mut t.xs_act {
+            be.feature_map_fwd(xa, &a.loc, n * dm, FeatureMap::Silu)?;
+        }
+        let xs_l = t.xs_act.as_ref().unwrap_or(&a.loc);
+        be.linear_fwd_f32(&mut t.gpre, xs_l, ids.g_proj, n, dm, vd)?;
+        be.bias_fwd_f32(&mut t.gpre, ids.g_proj_bias, n, vd)?;
+        locality_fwd(be, &d, ids, a, t, n, true)?;
+        let dr = drop[li].as_ref().zip(branch.as_mut()).map(|([m, _], br)| (&m[..], br));
+        attn_residual_fwd(be, &d, ids, &xs[li], t, dr, (n, l))?;
         // MLP (its branch's gradient scaled per image under stochastic depth); xn2, the gate and
-        // up projections and hm recomputed (the forward's launches: the same values)
-        be.rmsnorm_fwd(&mut t.xn2, &mut a.rstd2, &a.x_mid, ids.mlp_norm, n)?;
+        // up projections and hm recomputed
+        be.rmsnorm_fwd(&mut t.xn2, &mut a.rstd2, &t.x_mid, ids.mlp_norm, n)?;
         be.linear_fwd(&mut t.ab, &t.xn2, ids.gate_proj, n, dm, 2 * inter)?;
         let [ga, up] = &mut t.a_u;
         be.swiglu_split_fwd(&mut t.hm, (ga, up), &t.ab, (n, inter), true)?;
@@ -695,15 +721,8 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
         }
         be.linear_bwd_x(&mut s.dxn, &s.dab, ids.gate_proj, n, dm, 2 * inter, false)?;
         be.linear_bwd_w(grads, ids.gate_proj, &s.dab, &t.xn2, n, dm, 2 * inter)?;
-        be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxn, &a.x_mid, &a.rstd2, ids.mlp_norm, n, true)?;
-        // BiGLA layer; xs, gpre, gn, ln and y recomputed
-        if let Some(xa) = &mut t.xs_act {
-            be.feature_map_fwd(xa, &a.loc, n * dm, FeatureMap::Silu)?;
-        }
-        let xs_l = t.xs_act.as_ref().unwrap_or(&a.loc);
-        be.linear_fwd_f32(&mut t.gpre, xs_l, ids.g_proj, n, dm, vd)?;
-        be.bias_fwd_f32(&mut t.gpre, ids.g_proj_bias, n, vd)?;
-        locality_fwd(be, &d, ids, a, t, n, true)?;
+        be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxn, &t.x_mid, &a.rstd2, ids.mlp_norm, n, true)?;
+        // BiGLA layer
         let bufs = (&mut s.dbranch, &mut s.dbranch16, &mut s.dres16);
         let dout = branch_grad(be, bufs, &s.dres, drop[li].as_ref().map(|m| &m[0][..]), (l, dm))?;
         be.linear_bwd_x(&mut s.dy, dout, ids.o_proj, n, vd, dm, false)?;
