@@ -70,7 +70,7 @@ fn short<T>(what: &str, have: usize, need: usize) -> Result<T> {
     Err(unsupported(format!("vision op: {what} holds {have} elements, the call needs {need}")))
 }
 
-fn need<T>(what: &str, buf: &CudaSlice<T>, len: usize) -> Result<()> {
+pub(super) fn need<T>(what: &str, buf: &CudaSlice<T>, len: usize) -> Result<()> {
     if buf.len() < len {
         return short(what, buf.len(), len);
     }
