@@ -151,7 +151,10 @@ impl<S: ModelStorage> FwdTmp<S> {
     }
 }
 
-/// Backward buffers, shared by the blocks.
+/// Backward buffers, shared by the blocks. The head's and the stem's gradients use the blocks'
+/// buffers that are free then (`dxn` for the head's and for dc2, `dres16` for dc2's bf16 copy,
+/// `dh` for dcols2, `dgk` for da1, `dqkv` for dc1 and `dqkv16` for its bf16 copy; those are
+/// sized for both).
 struct Scratch<S: ModelStorage> {
     dres: S::F32,
     dres16: S::Act,
@@ -177,14 +180,6 @@ struct Scratch<S: ModelStorage> {
     // head
     dlogits16: S::Act,
     dpooled: S::F32,
-    dxf: S::F32,
-    // stem
-    dc2: S::F32,
-    dc2_16: S::Act,
-    dcols2: S::F32,
-    da1: S::F32,
-    dc1: S::F32,
-    dc1_16: S::Act,
     // stochastic depth: a residual branch's gradient scaled per image
     dbranch: S::F32,
     dbranch16: S::Act,
@@ -266,7 +261,7 @@ impl<S: ModelStorage> VigActs<S> {
                 dres: f(n * dm)?,
                 dres16: be.alloc_cast(n * dm)?,
                 dxn: f(n * dm)?,
-                dh: f(n * i)?,
+                dh: f((n * i).max(n * shape.g2.cols()))?,
                 d_au: [a(n * i)?, a(n * i)?],
                 dab: a(n * 2 * i)?,
                 dy: f(n * vd)?,
@@ -277,22 +272,15 @@ impl<S: ModelStorage> VigActs<S> {
                 d_o: a(n * vd)?,
                 d_lnin: a(n * dm)?,
                 dqkv_dir: [f(n * kd)?, f(n * kd)?, f(n * vd)?, f(n * kd)?, f(n * kd)?],
-                dqkv: f(n * (2 * kd + vd))?,
-                dqkv16: be.alloc_cast(n * (2 * kd + vd))?,
-                dgk: f(n * 2 * kd)?,
+                dqkv: f((n * (2 * kd + vd)).max(n1 * half))?,
+                dqkv16: be.alloc_cast((n * (2 * kd + vd)).max(n1 * half))?,
+                dgk: f((n * 2 * kd).max(n1 * half))?,
                 dgk_raw: f(n * 2 * kd)?,
                 dgk_raw16: be.alloc_cast(n * 2 * kd)?,
                 dgk_lr: a(n * d.gate_rank)?,
                 dxs: f(n * dm)?,
                 dlogits16: be.alloc_cast(shape.b * d.classes)?,
                 dpooled: f(shape.b * dm)?,
-                dxf: f(n * dm)?,
-                dc2: f(n * dm)?,
-                dc2_16: be.alloc_cast(n * dm)?,
-                dcols2: f(n * shape.g2.cols())?,
-                da1: f(n1 * half)?,
-                dc1: f(n1 * half)?,
-                dc1_16: be.alloc_cast(n1 * half)?,
                 dbranch: f(n * dm)?,
                 dbranch16: be.alloc_cast(n * dm)?,
             })
@@ -688,8 +676,8 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
     be.linear_bwd_x(&mut s.dpooled, dl, lay.head.0, b, dm, d.classes, false)?;
     be.linear_bwd_w(grads, lay.head.0, dl, &acts.pooled, b, dm, d.classes)?;
     be.bias_bwd_act(grads, lay.head.1, dl, b, d.classes)?;
-    be.avgpool_bwd(&mut s.dxf, &s.dpooled, b, l, dm)?;
-    be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxf, &xs[d.depth], &acts.rstdf, lay.norm, n, false)?;
+    be.avgpool_bwd(&mut s.dxn, &s.dpooled, b, l, dm)?;
+    be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxn, &xs[d.depth], &acts.rstdf, lay.norm, n, false)?;
     be.grads_ready(grads, 0)?;
     for (li, ids) in lay.blocks.iter().enumerate().rev() {
         let a = &mut blocks[li];
@@ -779,19 +767,20 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
     if d.act_in_patch {
         be.feature_map_bwd(&mut s.dres, &acts.ln2, n * dm, FeatureMap::Silu)?;
     }
-    be.layernorm_bwd(&mut s.dc2, grads, &s.dres, c2, &acts.st2, lay.ln2.0, lay.ln2.1, n)?;
-    be.cast(&mut s.dc2_16, &s.dc2)?;
-    let dc2 = be.operand(&s.dc2_16, &s.dc2);
+    let Scratch { dxn: dc2, dres16: dc2_16, dh: dcols2, dgk: da1, dqkv: dc1, dqkv16: dc1_16, .. } = s;
+    be.layernorm_bwd(dc2, grads, &s.dres, c2, &acts.st2, lay.ln2.0, lay.ln2.1, n)?;
+    be.cast(dc2_16, dc2)?;
+    let dc2 = be.operand(dc2_16, dc2);
     if let Some(bias) = lay.conv2.1 {
         be.bias_bwd_act(grads, bias, dc2, n, dm)?;
     }
     be.linear_bwd_w(grads, lay.conv2.0, dc2, cols2, n, sh.g2.cols(), dm)?;
-    be.linear_bwd_x(&mut s.dcols2, dc2, lay.conv2.0, n, sh.g2.cols(), dm, false)?;
-    be.col2im(&mut s.da1, &s.dcols2, &sh.g2)?;
-    be.feature_map_bwd(&mut s.da1, ln1, n1 * half, FeatureMap::Silu)?;
-    be.layernorm_bwd(&mut s.dc1, grads, &s.da1, c1, &acts.st1, lay.ln1.0, lay.ln1.1, n1)?;
-    be.cast(&mut s.dc1_16, &s.dc1)?;
-    let dc1 = be.operand(&s.dc1_16, &s.dc1);
+    be.linear_bwd_x(dcols2, dc2, lay.conv2.0, n, sh.g2.cols(), dm, false)?;
+    be.col2im(da1, dcols2, &sh.g2)?;
+    be.feature_map_bwd(da1, ln1, n1 * half, FeatureMap::Silu)?;
+    be.layernorm_bwd(dc1, grads, da1, c1, &acts.st1, lay.ln1.0, lay.ln1.1, n1)?;
+    be.cast(dc1_16, dc1)?;
+    let dc1 = be.operand(dc1_16, dc1);
     if let Some(bias) = lay.conv1.1 {
         be.bias_bwd_act(grads, bias, dc1, n1, half)?;
     }
