@@ -429,7 +429,28 @@ extern "C" __global__ void avgpool_bwd(float* __restrict__ dx, const float* __re
 // the row at the same position counted from the end of its sequence of t rows (flip). When every
 // width and offset is a multiple of 8 elements and both buffers are 16-byte aligned (a uniform
 // test), each thread moves groups of 8 elements with 16-byte loads and stores (one index
-// division per group); else one element per thread.
+// division per group, in 32 bits when the group count allows); else one element per thread.
+
+template <typename I, typename D, typename S>
+__device__ __forceinline__ void cols_v8(D* __restrict__ dst, const S* __restrict__ src, I total, I t, int wg, int sw, int soff, int dw, int doff, int flip, int acc, float scale) {
+    for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) {
+        const I r = i / wg;
+        const int j = 8 * (int)(i - r * wg);
+        I rs = r;
+        if (flip) {
+            const I pos = r % t;
+            rs = r - pos + (t - 1 - pos);
+        }
+        float v[8];
+        ld8(src + (idx_t)rs * sw + soff + j, v);
+        D* o = dst + (idx_t)r * dw + doff + j;
+        float old[8];
+        if (acc) ld8(o, old);
+        #pragma unroll
+        for (int k = 0; k < 8; ++k) v[k] = acc ? old[k] + scale * v[k] : scale * v[k];
+        st8(o, v);
+    }
+}
 
 template <typename D, typename S>
 __device__ __forceinline__ void cols_copy(D* __restrict__ dst, const S* __restrict__ src, idx_t nb, idx_t t, int width, int sw, int soff, int dw, int doff, int flip, int acc, float scale) {
@@ -437,23 +458,8 @@ __device__ __forceinline__ void cols_copy(D* __restrict__ dst, const S* __restri
     if (vec) {
         const int wg = width >> 3;
         const idx_t total = nb * t * wg;
-        for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
-            const int j = 8 * (int)(i % wg);
-            const idx_t r = i / wg;
-            idx_t rs = r;
-            if (flip) {
-                const idx_t pos = r % t;
-                rs = r - pos + (t - 1 - pos);
-            }
-            float v[8];
-            ld8(src + rs * sw + soff + j, v);
-            D* o = dst + r * dw + doff + j;
-            float old[8];
-            if (acc) ld8(o, old);
-            #pragma unroll
-            for (int k = 0; k < 8; ++k) v[k] = acc ? old[k] + scale * v[k] : scale * v[k];
-            st8(o, v);
-        }
+        if (total < 0x7fffffffLL - (idx_t)gridDim.x * blockDim.x) cols_v8<int>(dst, src, (int)total, (int)t, wg, sw, soff, dw, doff, flip, acc, scale);
+        else cols_v8<idx_t>(dst, src, total, t, wg, sw, soff, dw, doff, flip, acc, scale);
         return;
     }
     idx_t total = nb * t * width;
