@@ -111,12 +111,12 @@ impl Shape {
 /// residual stream between the two branches, the MLP's input projections) lives in [`FwdTmp`]
 /// and the backward recomputes it there.
 struct BlockActs<S: ModelStorage> {
-    rstd1: S::F32,          // [N]
-    loc: S::Act,            // [N, D] dwconv output
-    o: S::Act,              // [N, Dv] scan output
-    rstd_g: S::F32,         // [N*H]
-    rstd_l: S::F32,         // [N*H]
-    rstd2: S::F32,          // [N]
+    rstd1: S::F32,  // [N]
+    loc: S::Act,    // [N, D] dwconv output
+    o: S::Act,      // [N, Dv] scan output
+    rstd_g: S::F32, // [N*H]
+    rstd_l: S::F32, // [N*H]
+    rstd2: S::F32,  // [N]
 }
 
 /// A block's forward intermediates, one set shared by the blocks: GEMM outputs before their
@@ -247,14 +247,7 @@ impl<S: ModelStorage> VigActs<S> {
         let stem_in_tmp = !backward;
         let mut blocks = Vec::with_capacity(kept);
         for _ in 0..kept {
-            blocks.push(BlockActs {
-                rstd1: f(n)?,
-                loc: a(n * dm)?,
-                o: a(n * vd)?,
-                rstd_g: f(n * h)?,
-                rstd_l: f(n * h)?,
-                rstd2: f(n)?,
-            });
+            blocks.push(BlockActs { rstd1: f(n)?, loc: a(n * dm)?, o: a(n * vd)?, rstd_g: f(n * h)?, rstd_l: f(n * h)?, rstd2: f(n)? });
         }
         let s = if backward {
             Some(Scratch {
