@@ -1120,8 +1120,12 @@ impl Primitives for Gpu {
         d_in: usize,
         d_out: usize,
     ) -> Result<()> {
-        // y = res, then the GEMM accumulates into it (beta = 1)
-        self.cuda.stream().memcpy_dtod(res, y).map_err(Error::driver("copy residual"))?;
+        // y = res, then the GEMM accumulates into it (beta = 1); the buffers may be longer than
+        // the n rows (ViG's forward-only streams are sized for the stem too)
+        let m = n * d_out;
+        vision::need("linear residual res", res, m)?;
+        vision::need("linear residual y", y, m)?;
+        self.cuda.stream().memcpy_dtod(&res.slice(0..m), &mut y.slice_mut(0..m)).map_err(Error::driver("copy residual"))?;
         self.gemm.fwd(self.p(y), Ty::F32, self.p(x), self.wp(w), n, d_in, d_out, 1.0)
     }
     fn linear_bwd_x(

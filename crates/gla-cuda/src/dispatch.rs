@@ -396,9 +396,10 @@ pub fn chunk_bwd1v_smem_bytes(kp: usize) -> usize {
     (2 * 64 * 72 + 64 * (kp + 8) + kp * 72) * 2
 }
 
-/// Dynamic shared memory of `gla_chunk_bwd1_bf16` for K padded to `kp`.
+/// Dynamic shared memory of `gla_chunk_bwd1_bf16` for K padded to `kp`: its state tiles hold
+/// max(`kp`, 64) rows (the raw dq / dk products read 64 key rows).
 pub fn chunk_bwd1_smem_bytes(kp: usize) -> usize {
-    (2 * 64 + 2 * kp) * 136 * 2 + 64 * 72 * 2 + 64 * (kp + 8) * 2
+    (2 * 64 + 2 * kp.max(64)) * 136 * 2 + 64 * 72 * 2 + 64 * (kp + 8) * 2
 }
 
 /// Dynamic shared memory of `gla_chunk_bwd2k_bf16` for a K tile of `kp` columns.

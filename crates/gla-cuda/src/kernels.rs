@@ -174,6 +174,8 @@ pub const NN_VISION: KernelSource = source!(
         "cols_f32",
         "cols_bf16_f32",
         "locality_gate_fwd",
+        "locality_fused_fwd",
+        "swiglu_split_fwd",
         "locality_gate_bwd",
         "smoothed_xent"
     ]

@@ -343,7 +343,8 @@ impl<'m> Primitives for Cpu<'m> {
         d_out: usize,
     ) -> Result<()> {
         self.lin_f32(y, x, w, n, d_in, d_out);
-        y.iter_mut().zip(res.iter()).for_each(|(y, r)| *y += r);
+        let m = n * d_out;
+        y[..m].iter_mut().zip(&res[..m]).for_each(|(y, r)| *y += r);
         Ok(())
     }
     fn linear_bwd_x(&self, dx: &mut Vec<f32>, dy: &Vec<f32>, w: ParamId, n: usize, d_in: usize, d_out: usize, acc: bool) -> Result<()> {

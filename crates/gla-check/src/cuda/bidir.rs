@@ -1,7 +1,7 @@
 //! The bidirectional scan's GPU rows (`gla check --device cuda`, `--filter bidir`): the bidir
 //! case table ([`crate::bidir::cases`]) on [`CudaBidir`] (`bidir-fused`: bf16, the fused
-//! kernels where the dispatch takes the shape (forward K <= 128; backward 48 < K <= 128,
-//! V <= 128: ViG's K = 32 case runs the composed backward), the composed path elsewhere;
+//! kernels where the dispatch takes the shape (forward K <= 128; backward K <= 128, V <= 128,
+//! ViG's K = 32 case included), the composed path elsewhere;
 //! `bidir-composed`: the GLA op on each direction, bf16 and f32) against the f64 oracle on the inputs rounded as each path stores them, the typed-error
 //! rows of the contract on the GPU op, and a repeat-run check (the largest bitwise difference of
 //! three runs must be 0). Row case names are `bidir/...`.

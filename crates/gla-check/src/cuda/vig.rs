@@ -2,7 +2,8 @@
 //! (`gla_model::vig::VigModel`, f32, itself checked by finite differences and against hustvl's
 //! fixtures) on the same weights and images: the loss, the logits, every parameter's gradient,
 //! a repeat run (bitwise), one AdamW step against the CPU optimizer applied to the GPU's own
-//! gradients, and the inference-only weights' logits against the training weights'. Tolerances
+//! gradients, and the inference path's logits (inference-only weights, forward-only buffers)
+//! against the training forward's (bitwise). Tolerances
 //! as the language model's ([`super::model`], [`crate::tol`]): the gradients' and logits' raised
 //! to the CPU model's own bf16 floor (its GEMM matrices and every activation rounded to bf16,
 //! the arithmetic in f32), measured here.
@@ -22,7 +23,7 @@ use crate::tol::{self, floor_tol};
 
 /// The configs checked: (name, config, B, image height, width). Images of 80 x 80 at patch 8
 /// give 10 x 10 = 100 tokens (the scans cross a 64-row chunk); the first has ViG-T's head shapes
-/// (K 32, V 64: the fused forward, the composed backward), the second ViG-S/B's (K 64: fused both
+/// (K 32, V 64: the fused forward and backward), the second ViG-S/B's (K 64: fused both
 /// ways, here V 128) and runs at another size than its position embedding's grid (the bicubic
 /// resize, forward and backward).
 fn configs() -> Vec<(&'static str, VigConfig, usize, usize, usize)> {
@@ -96,15 +97,27 @@ fn vig_case(cuda: &Arc<Cuda>, seed: u64, name: &str, cfg: VigConfig, (b, h, w): 
     gpu.zero_grads()?;
     gpu.backward(&mut gacts)?;
     let g_gpu = gpu.grads_to_host()?;
-    // the inference-only weights (`gla vision classify --device cuda`: bf16 copy rounded on the
-    // host, f32 only for what the kernels read in f32) give the same logits
-    let infer = GpuVigModel::new_inference(cuda.clone(), &cpu)?.logits(&images, b, h, w)?;
+    // the inference path (`gla vision classify --device cuda`, `gla bench vig --modes infer`):
+    // inference-only weights (bf16 copy rounded on the host, f32 only for what the kernels read
+    // in f32) and forward-only activations (one block's buffers and two residual streams reused
+    // by every block, the scan's forward workspace only) run the training forward's launches in
+    // the same order on the same values: the logits must be bitwise equal
+    let infer_model = GpuVigModel::new_inference(cuda.clone(), &cpu)?;
+    let mut iacts = infer_model.acts(b, h, w, false)?;
+    let infer_loss = infer_model.forward(&mut iacts, &images, Some(&labels), smoothing)?.ok_or_else(|| cpu_err("no loss"))?;
+    let infer = infer_model.logits_to_host(&iacts)?;
     out.push(row(
         name,
         "infer-logits",
         rel_rmse(&infer, &logits),
-        tol::GPU_F32,
-        "inference-only weights vs the training weights' forward".into(),
+        tol::BITWISE,
+        format!(
+            "inference path (one block's buffers, {} of {} residual streams) vs the training forward; loss {:.6} vs {:.6}",
+            2.min(d.depth + 1),
+            d.depth + 1,
+            infer_loss.loss,
+            got.loss
+        ),
     ));
     // the same batch again: every gradient bitwise equal (no atomics in the reductions)
     gpu.forward(&mut gacts, &images, Some(&labels), smoothing)?;

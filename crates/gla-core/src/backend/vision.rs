@@ -9,7 +9,7 @@
 //! map is its rows in raster order (hustvl's `flatten(2).transpose(1, 2)`).
 
 use super::{Act, ParamId, Plan, Primitives, F32};
-use crate::dims::GlaDims;
+use crate::dims::{GateAct, GlaDims};
 
 /// One 2-D convolution over channels-last images `[B, H, W, C_in]` -> `[B, Ho, Wo, C_out]` with a
 /// square kernel `k`, `stride` and zero `pad` (PyTorch's `Conv2d`, weight `[C_out, C_in, k, k]`).
@@ -182,6 +182,46 @@ pub trait VisionOps: Primitives {
         out_act: bool,
         len: usize,
     ) -> Result<(), Self::Error>;
+    /// ViG's locality branch after its projections, in one call where the backend fuses it:
+    /// `gn = g_norm(o)`, `ln = l_norm(xs)` ([`Primitives::gated_norm_fwd`] without a gate over
+    /// `rows = N*H` rows of the norms' width, their `rstd_g`, `rstd_l` saved), then
+    /// `y = locality_gate(gn, ln, gpre)` ([`VisionOps::locality_gate_fwd`] over all `rows * V`
+    /// elements). `keep`: `gn` and `ln` must hold their values afterwards (the backward reads
+    /// them); else their contents are unspecified. `y` and the rstd are the same values as the
+    /// three calls'. The default makes the three calls.
+    fn locality_fwd(
+        &self,
+        y: &mut Act<Self>,
+        (gn, ln): (&mut Act<Self>, &mut Act<Self>),
+        (rstd_g, rstd_l): (&mut F32<Self>, &mut F32<Self>),
+        (o, xs, gpre): (&Act<Self>, &Act<Self>, &F32<Self>),
+        (g_norm, l_norm): (ParamId, ParamId),
+        (rows, v): (usize, usize),
+        out_act: bool,
+        keep: bool,
+    ) -> Result<(), Self::Error> {
+        let _ = keep;
+        self.gated_norm_fwd(gn, rstd_g, o, None, GateAct::Swish, g_norm, rows)?;
+        self.gated_norm_fwd(ln, rstd_l, xs, None, GateAct::Swish, l_norm, rows)?;
+        self.locality_gate_fwd(y, gn, ln, gpre, out_act, rows * v)
+    }
+    /// SwiGLU on the MLP's fused gate / up GEMM output `ab [N, 2I]` (gate columns first):
+    /// `h [N, I] = silu(a) * u` ([`Primitives::swiglu_fwd`]'s values) and, with `keep`, `a` and
+    /// `u` copied out (`[N, I]` each: the backward reads them; else their contents are
+    /// unspecified). The default makes the two column copies and the SwiGLU.
+    fn swiglu_split_fwd(
+        &self,
+        h: &mut Act<Self>,
+        (a, u): (&mut Act<Self>, &mut Act<Self>),
+        ab: &Act<Self>,
+        (n, i): (usize, usize),
+        keep: bool,
+    ) -> Result<(), Self::Error> {
+        let _ = keep;
+        self.cols(a, ab, &Cols::copy(1, n, i, (2 * i, 0), (i, 0)))?;
+        self.cols(u, ab, &Cols::copy(1, n, i, (2 * i, i), (i, 0)))?;
+        self.swiglu_fwd(h, a, u, n * i)
+    }
     /// Backward of [`VisionOps::locality_gate_fwd`]: writes `d_gn`, `d_ln`, `d_gpre`.
     fn locality_gate_bwd(
         &self,

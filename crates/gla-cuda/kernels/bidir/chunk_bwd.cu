@@ -5,7 +5,7 @@
 // `rev` (each chunk's rows read and written in reverse, the chunks walked right to left).
 //
 // Contract: as bidir/chunk_fwd.cu, plus do [rows, H, V] bf16; dq, dk, dgf, dgb [rows, H, K] and
-// dv [rows, H, V] f32, all written (=). 48 < K <= 128, V <= 128 (gla_chunk_bwd1_bf16's). Launch
+// dv [rows, H, V] f32, all written (=). K <= 128, V <= 128 (gla_chunk_bwd1_bf16's). Launch
 // order on one stream (src/bidir/ops.rs), scale = the op's scale / 2:
 //   bidir_chunk_prep_bf16 with qef, qeb (bidir/chunk_fwd.cu)
 //   bidir_chunk_walks{64,32}_bf16: the four state walks in one grid (z over 4 N H): hsf (left to

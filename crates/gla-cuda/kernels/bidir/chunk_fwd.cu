@@ -8,7 +8,8 @@
 // and o_pass_a (A of one chunk, with `rev` reading the chunk's rows in reverse).
 //
 // Three launches, each covering both directions:
-//   bidir_chunk_prep_bf16: grid (chunks, H, ceil(K/128)), 128 threads, one per key channel:
+//   bidir_chunk_prep_bf16: grid (chunks, ceil(H K / 128)), 128 threads, one per (head, key
+//     channel) column j = h K + ch of the rows (so narrow heads share a block):
 //     kdf = k exp(Gf_last - Gf), dlf = exp(Gf_last)        (forward: inclusive cumsum Gf)
 //     kdb = k exp(sum_{u<t} gb_u), dlb = exp(sum gb)       (backward: exclusive prefix of gb)
 //     kdf, kdb shaped like k; dlf, dlb [chunks, H, K] f32; with qef (backward pass, else null):
@@ -30,18 +31,20 @@ extern "C" __global__ void __launch_bounds__(128) bidir_chunk_prep_bf16(
     bf16_t* __restrict__ qeb, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq,
     int H, int K, float scale) {
     const idx_t cg = blockIdx.x;
-    const int h = blockIdx.y, ch = 128 * blockIdx.z + threadIdx.x;
+    const int j = 128 * blockIdx.y + threadIdx.x, hk = H * K;  // column j = h K + ch of a row
     const auto [r0, L] = chunk_rows(cg, bounds, chunk_off, chunk_seq);
-    if (ch >= K) return;
+    if (j >= hk) return;
     float tf = 0.f, tb = 0.f;
+    #pragma unroll 8
     for (int t = 0; t < L; ++t) {
-        const idx_t off = ((r0 + t) * H + h) * (idx_t)K + ch;
+        const idx_t off = (r0 + t) * (idx_t)hk + j;
         tf += to_f32(gf[off]);
         tb += to_f32(gb[off]);
     }
     float rf = 0.f, rb = 0.f;  // inclusive cumsum of gf; exclusive prefix of gb
+    #pragma unroll 4
     for (int t = 0; t < L; ++t) {
-        const idx_t off = ((r0 + t) * H + h) * (idx_t)K + ch;
+        const idx_t off = (r0 + t) * (idx_t)hk + j;
         rf += to_f32(gf[off]);
         const float kk = to_f32(k[off]);
         kdf[off] = f2bf(kk * ex2f((tf - rf) * L2E));
@@ -54,7 +57,7 @@ extern "C" __global__ void __launch_bounds__(128) bidir_chunk_prep_bf16(
         }
         rb += to_f32(gb[off]);
     }
-    const idx_t d = (cg * H + h) * (idx_t)K + ch;
+    const idx_t d = cg * (idx_t)hk + j;
     dlf[d] = ex2f(tf * L2E);
     dlb[d] = ex2f(tb * L2E);
 }

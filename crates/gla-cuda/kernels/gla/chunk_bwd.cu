@@ -35,7 +35,9 @@ __device__ __forceinline__ void st2(float* p, idx_t off, int j, int n, float a, 
     }
 }
 
-// bwd1: grid (chunks, H), 256 threads, smem (2*64 + 2*Kp) * OV * 2 + 64 * LDH * 2 + 64 * LDK * 2.
+// bwd1: grid (chunks, H), 256 threads, smem (2*64 + 2*KS) * OV * 2 + 64 * LDH * 2 + 64 * LDK * 2
+// with KS = max(Kp, 64): the raw dq / dk products read 64 key rows of the state tiles S_c, D_c,
+// so tiles of fewer rows are zero-filled to 64 (their extra output columns are never stored).
 // rev (bidir/, the backward scan of ViG): the chunk's rows in reverse order (local row t is
 // global row r0 + L - 1 - t: v, do, kd read and dv, dq, dk stored there); addv (or null): dv
 // written as the sum with addv's element (the other direction's dv, same layout).
@@ -49,9 +51,10 @@ __device__ __forceinline__ void chunk_bwd1(
     const int LDK = Kp + 8;
     bf16_t* SV = (bf16_t*)smem_b1;
     bf16_t* SDO = SV + 64 * OV;
+    const int KS = Kp > 64 ? Kp : 64;  // state tile rows (see above)
     bf16_t* SS = SDO + 64 * OV;
-    bf16_t* SD = SS + Kp * OV;
-    bf16_t* SA = SD + Kp * OV;
+    bf16_t* SD = SS + KS * OV;
+    bf16_t* SA = SD + KS * OV;
     bf16_t* SKD = SA + 64 * LDH;
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const idx_t cg = blockIdx.x;
@@ -64,8 +67,8 @@ __device__ __forceinline__ void chunk_bwd1(
     tile_load(SV, OV, v + (rb * H + h) * (idx_t)V, sg * H * V, L, V, 128, vv, true, tid, 256);
     tile_load(SDO, OV, d_o + (rb * H + h) * (idx_t)V, sg * H * V, L, V, 128, vv, true, tid, 256);
     tile_load(SKD, LDK, kd + (rb * H + h) * (idx_t)K, sg * H * K, L, K, Kp, vk, true, tid, 256);
-    state_tile_load<128>(SS, hs + st_off, K, V, V, Kp, vv, tid);
-    state_tile_load<128>(SD, dhs + st_off, K, V, V, Kp, vv, tid);
+    state_tile_load<128>(SS, hs + st_off, K, V, V, KS, vv, tid);
+    state_tile_load<128>(SD, dhs + st_off, K, V, V, KS, vv, tid);
     {
         const bf16_t* ap = A + (cg * H + h) * (idx_t)4096;
         for (int x = tid; x < 512; x += 256) {

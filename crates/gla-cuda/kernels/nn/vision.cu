@@ -18,47 +18,63 @@
 
 // ---- patch convolutions
 
-// cols[r, (ci*k + ky)*k + kx] = x[b, oy*s + ky - pad, ox*s + kx - pad, ci] (0 outside); bf16
-extern "C" __global__ void im2col_bf16(bf16_t* __restrict__ cols, const bf16_t* __restrict__ x, int b, int h, int w, int c, int k, int stride, int pad, int ho, int wo) {
-    int nc = c * k * k;
-    idx_t total = (idx_t)b * ho * wo * nc;
-    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
-        int col = (int)(i % nc);
-        idx_t r = i / nc;
-        int ox = (int)(r % wo), oy = (int)((r / wo) % ho);
-        idx_t bi = r / ((idx_t)wo * ho);
-        int kx = col % k, ky = (col / k) % k, ci = col / (k * k);
-        int y = oy * stride + ky - pad, xx = ox * stride + kx - pad;
+// The patch convolutions' index arithmetic in I (int when every index fits, the common case:
+// 64-bit divisions per element made these launches compute-bound; else idx_t).
+template <typename I>
+__device__ __forceinline__ void im2col_body(bf16_t* __restrict__ cols, const bf16_t* __restrict__ x, int b, int h, int w, int c, int k, int stride, int pad, int ho, int wo) {
+    const int nc = c * k * k;
+    const I total = (I)b * ho * wo * nc;
+    for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) {
+        const int col = (int)(i % nc);
+        const I r = i / nc;
+        const int ox = (int)(r % wo), oy = (int)((r / wo) % ho);
+        const I bi = r / ((I)wo * ho);
+        const int kx = col % k, ky = (col / k) % k, ci = col / (k * k);
+        const int y = oy * stride + ky - pad, xx = ox * stride + kx - pad;
         bf16_t v = 0;
         if (y >= 0 && y < h && xx >= 0 && xx < w) v = x[((bi * h + y) * w + xx) * c + ci];
         cols[i] = v;
     }
 }
 
-// dx[b, y, x, ci] = sum over the (oy, ky), (ox, kx) with o*s + k - pad = the pixel of
-// dcols[(b, oy, ox), (ci, ky, kx)]; f32, overwrites
-extern "C" __global__ void col2im_f32(float* __restrict__ dx, const float* __restrict__ dcols, int b, int h, int w, int c, int k, int stride, int pad, int ho, int wo) {
-    int nc = c * k * k;
-    idx_t total = (idx_t)b * h * w * c;
-    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
-        int ci = (int)(i % c);
-        idx_t p = i / c;
-        int xx = (int)(p % w), y = (int)((p / w) % h);
-        idx_t bi = p / ((idx_t)w * h);
+// cols[r, (ci*k + ky)*k + kx] = x[b, oy*s + ky - pad, ox*s + kx - pad, ci] (0 outside); bf16
+extern "C" __global__ void im2col_bf16(bf16_t* __restrict__ cols, const bf16_t* __restrict__ x, int b, int h, int w, int c, int k, int stride, int pad, int ho, int wo) {
+    const idx_t n_out = (idx_t)b * ho * wo * c * k * k, n_in = (idx_t)b * h * w * c;
+    if (n_out < 0x7fffffffLL - (idx_t)gridDim.x * blockDim.x && n_in < 0x7fffffffLL) im2col_body<int>(cols, x, b, h, w, c, k, stride, pad, ho, wo);
+    else im2col_body<idx_t>(cols, x, b, h, w, c, k, stride, pad, ho, wo);
+}
+
+template <typename I>
+__device__ __forceinline__ void col2im_body(float* __restrict__ dx, const float* __restrict__ dcols, int b, int h, int w, int c, int k, int stride, int pad, int ho, int wo) {
+    const int nc = c * k * k;
+    const I total = (I)b * h * w * c;
+    for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) {
+        const int ci = (int)(i % c);
+        const I p = i / c;
+        const int xx = (int)(p % w), y = (int)((p / w) % h);
+        const I bi = p / ((I)w * h);
         float s = 0.f;
         for (int ky = 0; ky < k; ++ky) {
-            int ty = y + pad - ky;
+            const int ty = y + pad - ky;
             if (ty < 0 || ty % stride != 0 || ty / stride >= ho) continue;
-            int oy = ty / stride;
+            const int oy = ty / stride;
             for (int kx = 0; kx < k; ++kx) {
-                int tx = xx + pad - kx;
+                const int tx = xx + pad - kx;
                 if (tx < 0 || tx % stride != 0 || tx / stride >= wo) continue;
-                int ox = tx / stride;
+                const int ox = tx / stride;
                 s += dcols[((bi * ho + oy) * wo + ox) * nc + (ci * k + ky) * k + kx];
             }
         }
         dx[i] = s;
     }
+}
+
+// dx[b, y, x, ci] = sum over the (oy, ky), (ox, kx) with o*s + k - pad = the pixel of
+// dcols[(b, oy, ox), (ci, ky, kx)]; f32, overwrites
+extern "C" __global__ void col2im_f32(float* __restrict__ dx, const float* __restrict__ dcols, int b, int h, int w, int c, int k, int stride, int pad, int ho, int wo) {
+    const idx_t n_cols = (idx_t)b * ho * wo * c * k * k, n_out = (idx_t)b * h * w * c;
+    if (n_cols < 0x7fffffffLL && n_out < 0x7fffffffLL - (idx_t)gridDim.x * blockDim.x) col2im_body<int>(dx, dcols, b, h, w, c, k, stride, pad, ho, wo);
+    else col2im_body<idx_t>(dx, dcols, b, h, w, c, k, stride, pad, ho, wo);
 }
 
 // ---- bias
@@ -142,10 +158,76 @@ extern "C" __global__ void layernorm_bwd_dw(float* __restrict__ part, const floa
     }
 }
 
+// ---- 8-element (16- or 32-byte) loads and stores as f32, for the vectorised paths below
+
+__device__ __forceinline__ void ld8(const bf16_t* p, float* v) {
+    const uint4 u = *(const uint4*)p;
+    const unsigned w[4] = {u.x, u.y, u.z, u.w};
+    #pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        v[2 * k] = bf_lo(w[k]);
+        v[2 * k + 1] = bf_hi(w[k]);
+    }
+}
+__device__ __forceinline__ void ld8(const float* p, float* v) {
+    const float4 a = ((const float4*)p)[0], b = ((const float4*)p)[1];
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+__device__ __forceinline__ void st8(bf16_t* p, const float* v) {
+    uint4 u;
+    u.x = pack2(v[0], v[1]);
+    u.y = pack2(v[2], v[3]);
+    u.z = pack2(v[4], v[5]);
+    u.w = pack2(v[6], v[7]);
+    *(uint4*)p = u;
+}
+__device__ __forceinline__ void st8(float* p, const float* v) {
+    ((float4*)p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    ((float4*)p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
 // ---- 3x3 depthwise conv, zero padding 1, weight [C, 1, 3, 3] f32 (tap t = ky*3 + kx)
+
+// The 8-channel groups of the two element-wise depthwise kernels: with C % 8 == 0 and 16-byte
+// aligned buffers (a uniform test) one thread per (pixel, 8 channels), 16-byte loads and stores,
+// the taps summed in the same order as the one-channel path (bitwise the same results).
+template <typename X, typename Y>
+__device__ __forceinline__ void dwconv3_v8(Y* __restrict__ y, const X* __restrict__ x, const float* __restrict__ wt, int b, int h, int w, int c, bool transpose) {
+    const int cg = c >> 3;
+    const idx_t total = (idx_t)b * h * w * cg;
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+        const int c0 = 8 * (int)(i % cg);
+        const idx_t p = i / cg;
+        const int px = (int)(p % w), py = (int)((p / w) % h);
+        const idx_t bi = p / ((idx_t)w * h);
+        float s[8];
+        #pragma unroll
+        for (int k = 0; k < 8; ++k) s[k] = 0.f;
+        for (int ky = 0; ky < 3; ++ky) {
+            const int sy = transpose ? py - ky + 1 : py + ky - 1;
+            if (sy < 0 || sy >= h) continue;
+            for (int kx = 0; kx < 3; ++kx) {
+                const int sx = transpose ? px - kx + 1 : px + kx - 1;
+                if (sx < 0 || sx >= w) continue;
+                float v[8];
+                ld8(x + ((bi * h + sy) * w + sx) * c + c0, v);
+                #pragma unroll
+                for (int k = 0; k < 8; ++k) s[k] += wt[(c0 + k) * 9 + ky * 3 + kx] * v[k];
+            }
+        }
+        st8(y + p * c + c0, s);
+    }
+}
+__device__ __forceinline__ bool dw_vec(int c, const void* a, const void* b) {
+    return (c & 7) == 0 && (((unsigned long long)a | (unsigned long long)b) & 15) == 0;
+}
 
 // y[b, py, px, ci] = sum_t w[ci, t] x[b, py + ky - 1, px + kx - 1, ci] (bf16 in and out)
 extern "C" __global__ void dwconv3_fwd(bf16_t* __restrict__ y, const bf16_t* __restrict__ x, const float* __restrict__ wt, int b, int h, int w, int c) {
+    if (dw_vec(c, x, y)) {
+        dwconv3_v8(y, x, wt, b, h, w, c, false);
+        return;
+    }
     idx_t total = (idx_t)b * h * w * c;
     for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
         int ci = (int)(i % c);
@@ -168,6 +250,10 @@ extern "C" __global__ void dwconv3_fwd(bf16_t* __restrict__ y, const bf16_t* __r
 
 // dx[b, sy, sx, ci] = sum_t w[ci, t] dy[b, sy - ky + 1, sx - kx + 1, ci] (f32, overwrites)
 extern "C" __global__ void dwconv3_bwd_dx(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ wt, int b, int h, int w, int c) {
+    if (dw_vec(c, dx, dy)) {
+        dwconv3_v8(dx, dy, wt, b, h, w, c, true);
+        return;
+    }
     idx_t total = (idx_t)b * h * w * c;
     for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
         int ci = (int)(i % c);
@@ -340,10 +426,42 @@ extern "C" __global__ void avgpool_bwd(float* __restrict__ dx, const float* __re
 }
 
 // ---- column copies (gla-core's Cols): dst[r, doff + j] (+)= scale * src[r', soff + j], r' = r or
-// the row at the same position counted from the end of its sequence of t rows (flip)
+// the row at the same position counted from the end of its sequence of t rows (flip). When every
+// width and offset is a multiple of 8 elements and both buffers are 16-byte aligned (a uniform
+// test), each thread moves groups of 8 elements with 16-byte loads and stores (one index
+// division per group, in 32 bits when the group count allows); else one element per thread.
+
+template <typename I, typename D, typename S>
+__device__ __forceinline__ void cols_v8(D* __restrict__ dst, const S* __restrict__ src, I total, I t, int wg, int sw, int soff, int dw, int doff, int flip, int acc, float scale) {
+    for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) {
+        const I r = i / wg;
+        const int j = 8 * (int)(i - r * wg);
+        I rs = r;
+        if (flip) {
+            const I pos = r % t;
+            rs = r - pos + (t - 1 - pos);
+        }
+        float v[8];
+        ld8(src + (idx_t)rs * sw + soff + j, v);
+        D* o = dst + (idx_t)r * dw + doff + j;
+        float old[8];
+        if (acc) ld8(o, old);
+        #pragma unroll
+        for (int k = 0; k < 8; ++k) v[k] = acc ? old[k] + scale * v[k] : scale * v[k];
+        st8(o, v);
+    }
+}
 
 template <typename D, typename S>
 __device__ __forceinline__ void cols_copy(D* __restrict__ dst, const S* __restrict__ src, idx_t nb, idx_t t, int width, int sw, int soff, int dw, int doff, int flip, int acc, float scale) {
+    const bool vec = ((width | sw | soff | dw | doff) & 7) == 0 && (((unsigned long long)src | (unsigned long long)dst) & 15) == 0;
+    if (vec) {
+        const int wg = width >> 3;
+        const idx_t total = nb * t * wg;
+        if (total < 0x7fffffffLL - (idx_t)gridDim.x * blockDim.x) cols_v8<int>(dst, src, (int)total, (int)t, wg, sw, soff, dw, doff, flip, acc, scale);
+        else cols_v8<idx_t>(dst, src, total, t, wg, sw, soff, dw, doff, flip, acc, scale);
+        return;
+    }
     idx_t total = nb * t * width;
     for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
         int j = (int)(i % width);
@@ -365,6 +483,45 @@ extern "C" __global__ void cols_bf16_f32(float* dst, const bf16_t* src, idx_t nb
     cols_copy(dst, src, nb, t, width, sw, soff, dw, doff, flip, acc, scale);
 }
 
+// ---- SwiGLU on the MLP's fused gate / up output ab [n, 2I] (gate columns first):
+// h = silu(a) * u (nn/elementwise.cu's swiglu_fwd values); a, u [n, I] copied out when non-null.
+// 8-element groups when I % 8 == 0 and the buffers are 16-byte aligned, else one element each.
+extern "C" __global__ void swiglu_split_fwd(bf16_t* __restrict__ h, bf16_t* __restrict__ a, bf16_t* __restrict__ u, const bf16_t* __restrict__ ab, idx_t n, int inter) {
+    const bool vec = (inter & 7) == 0 && (((unsigned long long)h | (unsigned long long)ab | (unsigned long long)a | (unsigned long long)u) & 15) == 0;
+    if (vec) {
+        const int ig = inter >> 3;
+        const idx_t total = n * ig;
+        for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+            const int j = 8 * (int)(i % ig);
+            const idx_t r = i / ig;
+            const bf16_t* src = ab + r * 2 * inter + j;
+            const uint4 ra = *(const uint4*)src, ru = *(const uint4*)(src + inter);
+            if (a != nullptr) {
+                *(uint4*)(a + r * inter + j) = ra;
+                *(uint4*)(u + r * inter + j) = ru;
+            }
+            float va[8], vu[8], vh[8];
+            ld8((const bf16_t*)&ra, va);
+            ld8((const bf16_t*)&ru, vu);
+            #pragma unroll
+            for (int k = 0; k < 8; ++k) vh[k] = swishf_(va[k]) * vu[k];
+            st8(h + r * inter + j, vh);
+        }
+        return;
+    }
+    const idx_t total = n * inter;
+    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+        const int j = (int)(i % inter);
+        const idx_t r = i / inter;
+        const bf16_t av = ab[r * 2 * inter + j], uv = ab[r * 2 * inter + inter + j];
+        if (a != nullptr) {
+            a[i] = av;
+            u[i] = uv;
+        }
+        h[i] = from_f32<bf16_t>(swishf_(to_f32(av)) * to_f32(uv));
+    }
+}
+
 // ---- ViG's locality gate: G = sigmoid(gpre), z = G gn + (1 - G) ln, y = swish(z) or z
 
 extern "C" __global__ void locality_gate_fwd(bf16_t* __restrict__ y, const bf16_t* __restrict__ gn, const bf16_t* __restrict__ ln, const float* __restrict__ gpre, idx_t n, int out_act) {
@@ -372,6 +529,40 @@ extern "C" __global__ void locality_gate_fwd(bf16_t* __restrict__ y, const bf16_
         float g = sigmoidf_(gpre[i]);
         float z = g * to_f32(gn[i]) + (1.f - g) * to_f32(ln[i]);
         y[i] = from_f32<bf16_t>(out_act ? swishf_(z) : z);
+    }
+}
+
+// The branch in one launch, one warp per (token, head) row of v values (rows = N*H; o, xs, y,
+// gpre [rows, v]): gn = o rstd_g wg, ln = xs rstd_l wl (nn/norm.cu's gated_norm_fwd without a
+// gate: the same sums in the same order, rounded to bf16 as stored), y = locality_gate_fwd of
+// them. gn, ln written only when non-null (the backward's recompute); bitwise the three launches'.
+extern "C" __global__ void locality_fused_fwd(bf16_t* __restrict__ y, bf16_t* __restrict__ gn, bf16_t* __restrict__ ln, float* __restrict__ rstd_g, float* __restrict__ rstd_l, const bf16_t* __restrict__ o, const bf16_t* __restrict__ xs, const float* __restrict__ gpre, const float* __restrict__ wg, const float* __restrict__ wl, idx_t rows, int v, float eps, int out_act) {
+    int lane = threadIdx.x & 31;
+    for (idx_t r = (blockIdx.x * (idx_t)blockDim.x + threadIdx.x) >> 5; r < rows; r += ((idx_t)gridDim.x * blockDim.x) >> 5) {
+        float so = 0.f, sx = 0.f;
+        for (int j = lane; j < v; j += 32) {
+            const float a = to_f32(o[r * v + j]), b = to_f32(xs[r * v + j]);
+            so += a * a;
+            sx += b * b;
+        }
+        so = warp_sum(so);
+        sx = warp_sum(sx);
+        const float ro = rsqrtf(so / v + eps), rx = rsqrtf(sx / v + eps);
+        if (lane == 0) {
+            rstd_g[r] = ro;
+            rstd_l[r] = rx;
+        }
+        for (int j = lane; j < v; j += 32) {
+            const idx_t e = r * v + j;
+            const bf16_t a16 = from_f32<bf16_t>(to_f32(o[e]) * ro * wg[j] * 1.f), l16 = from_f32<bf16_t>(to_f32(xs[e]) * rx * wl[j] * 1.f);
+            if (gn != nullptr) {
+                gn[e] = a16;
+                ln[e] = l16;
+            }
+            const float g = sigmoidf_(gpre[e]);
+            const float z = g * to_f32(a16) + (1.f - g) * to_f32(l16);
+            y[e] = from_f32<bf16_t>(out_act ? swishf_(z) : z);
+        }
     }
 }
 

@@ -14,19 +14,18 @@ use gla_core::bidir::{BidirProblem, BidirSpec};
 use gla_core::dims::GlaDims;
 
 use super::{col_gy, cols, flat, launch, rows_warp, unsupported, Gpu, GpuPlan};
-use crate::bidir::ops::{bidir_bwd_ws, bidir_fwd_ws, BidirDevGrads, BidirDevInputs, BidirDevProblem, BidirWorkspace};
+use crate::bidir::ops::{bidir_bwd_ws, bidir_fwd_ws, BidirDevGradsMut, BidirDevInputs, BidirDevProblem, BidirWorkspace};
 use crate::bidir::BidirAlgo;
 use crate::error::{Error, Result};
 use crate::ops::f32_to_bf16;
 
-/// The bidirectional scan of one batch shape: its problem (`(B, T, H, K, V)` = `key`), the op's
-/// workspace, and the backward's gradients (allocated at the first backward), before they are
-/// copied to the caller's buffers.
+/// The bidirectional scan of one batch shape: its problem (`(B, T, H, K, V)` = `key`) and the
+/// op's workspace: the forward's buffers at the first forward, the backward's added at the first
+/// backward (a forward-only plan never holds them).
 pub(crate) struct BidirPlan {
     key: (usize, usize, usize, usize, usize),
     prob: BidirDevProblem,
     ws: BidirWorkspace<u16>,
-    grads: Option<BidirDevGrads>,
 }
 
 /// Device buffers the vision ops reuse across calls (see the module doc), each grown on demand.
@@ -36,6 +35,16 @@ pub(crate) struct VisionScratch {
     labels: Option<CudaSlice<u32>>,
     loss: Option<CudaSlice<f32>>,
     correct: Option<CudaSlice<i32>>,
+}
+
+/// Pixels per row block of the depthwise conv's weight gradient (`dwconv3_bwd_dw`: 9 sums per
+/// channel over every pixel, 8 row lanes per block): a quarter of the column reductions' (`col_gy`)
+/// rows, since each pixel costs 9 taps and the launch has only C / 32 column blocks.
+const DWCONV_DW_ROWS: usize = 128;
+
+/// Row blocks of `dwconv3_bwd_dw` over `n` pixels (each writes one row of partial sums).
+fn dwconv_dw_gy(n: usize) -> usize {
+    n.div_ceil(DWCONV_DW_ROWS).clamp(1, 1024)
 }
 
 /// `slot`, reallocated (zeroed) when shorter than `len`.
@@ -61,7 +70,7 @@ fn short<T>(what: &str, have: usize, need: usize) -> Result<T> {
     Err(unsupported(format!("vision op: {what} holds {have} elements, the call needs {need}")))
 }
 
-fn need<T>(what: &str, buf: &CudaSlice<T>, len: usize) -> Result<()> {
+pub(super) fn need<T>(what: &str, buf: &CudaSlice<T>, len: usize) -> Result<()> {
     if buf.len() < len {
         return short(what, buf.len(), len);
     }
@@ -107,8 +116,8 @@ impl Gpu {
         if g.as_ref().is_none_or(|p| p.key != key) {
             let spec = BidirSpec { scale: Some((md.head_k as f64).powf(-0.5)), ..BidirSpec::new(b, t, md.heads, md.head_k, md.head_v) };
             let prob = BidirDevProblem::new(&self.cuda, &BidirProblem::new(spec)?)?;
-            let ws = BidirWorkspace::new(&self.cuda, &prob)?;
-            *g = Some(Box::new(BidirPlan { key, prob, ws, grads: None }));
+            let ws = BidirWorkspace::for_passes(&self.cuda, &prob, BidirAlgo::Fused, false)?;
+            *g = Some(Box::new(BidirPlan { key, prob, ws }));
         }
         Ok(g)
     }
@@ -277,9 +286,13 @@ impl VisionOps for Gpu {
         let (bi, hi, wi, ci) = (b as i32, h as i32, w as i32, c as i32);
         launch!(self, "dwconv3_bwd_dx", flat(total), dxp, dyp, wp, bi, hi, wi, ci);
         let n = b * h * w;
-        self.with_part(col_gy(n) * c * 9, |part| {
-            launch!(self, "dwconv3_bwd_dw", cols(n, c), part, dyp, xp, bi, hi, wi, ci);
-            self.finalize_cols(self.gp(g, weight), part, n, c * 9)
+        let gy = dwconv_dw_gy(n);
+        let cfg = LaunchConfig { grid_dim: (c.div_ceil(32) as u32, gy as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
+        self.with_part(gy * c * 9, |part| {
+            launch!(self, "dwconv3_bwd_dw", cfg, part, dyp, xp, bi, hi, wi, ci);
+            let (dwp, gyi, c9) = (self.gp(g, weight), gy as i32, (c * 9) as i32);
+            launch!(self, "col_finalize", flat(c * 9), dwp, part, gyi, c9);
+            Ok(())
         })
     }
 
@@ -368,6 +381,56 @@ impl VisionOps for Gpu {
         launch!(self, "locality_gate_fwd", flat(len), yp, gp, lp, pp, n, act);
         Ok(())
     }
+    fn locality_fwd(
+        &self,
+        y: &mut CudaSlice<u16>,
+        (gn, ln): (&mut CudaSlice<u16>, &mut CudaSlice<u16>),
+        (rstd_g, rstd_l): (&mut CudaSlice<f32>, &mut CudaSlice<f32>),
+        (o, xs, gpre): (&CudaSlice<u16>, &CudaSlice<u16>, &CudaSlice<f32>),
+        (g_norm, l_norm): (ParamId, ParamId),
+        (rows, v): (usize, usize),
+        out_act: bool,
+        keep: bool,
+    ) -> Result<()> {
+        if self.width(g_norm) != v || self.width(l_norm) != v {
+            return short("locality norm weights", self.width(g_norm).min(self.width(l_norm)), v);
+        }
+        let len = rows * v;
+        for (what, buf) in [("locality y", &*y), ("locality o", o), ("locality xs", xs)] {
+            need(what, buf, len)?;
+        }
+        if keep {
+            need("locality gn", gn, len)?;
+            need("locality ln", ln, len)?;
+        }
+        need("locality gpre", gpre, len)?;
+        need("locality rstd_g", rstd_g, rows)?;
+        need("locality rstd_l", rstd_l, rows)?;
+        let (gnp, lnp) = if keep { (self.p(gn), self.p(ln)) } else { (0u64, 0u64) };
+        let (yp, rg, rl, op, xp, pp) = (self.p(y), self.p(rstd_g), self.p(rstd_l), self.p(o), self.p(xs), self.p(gpre));
+        let (wg, wl, ri, vi, eps, act) = (self.mp(g_norm), self.mp(l_norm), rows as i64, v as i32, self.dims.eps, i32::from(out_act));
+        launch!(self, "locality_fused_fwd", rows_warp(rows), yp, gnp, lnp, rg, rl, op, xp, pp, wg, wl, ri, vi, eps, act);
+        Ok(())
+    }
+    fn swiglu_split_fwd(
+        &self,
+        h: &mut CudaSlice<u16>,
+        (a, u): (&mut CudaSlice<u16>, &mut CudaSlice<u16>),
+        ab: &CudaSlice<u16>,
+        (n, i): (usize, usize),
+        keep: bool,
+    ) -> Result<()> {
+        need("swiglu h", h, n * i)?;
+        need("swiglu ab", ab, 2 * n * i)?;
+        if keep {
+            need("swiglu a", a, n * i)?;
+            need("swiglu u", u, n * i)?;
+        }
+        let (ap, up) = if keep { (self.p(a), self.p(u)) } else { (0u64, 0u64) };
+        let (hp, abp, ni, ii) = (self.p(h), self.p(ab), n as i64, i as i32);
+        launch!(self, "swiglu_split_fwd", flat(n * i), hp, ap, up, abp, ni, ii);
+        Ok(())
+    }
     fn locality_gate_bwd(
         &self,
         d_gn: &mut CudaSlice<f32>,
@@ -420,25 +483,12 @@ impl VisionOps for Gpu {
     ) -> Result<()> {
         let mut g = self.bidir_plan(plan, md, b, t)?;
         let Some(bp) = g.as_mut() else { return Err(unsupported("bidirectional plan".into())) };
-        let p = &bp.prob.problem;
-        let (qk, vl) = (p.qk_len(), p.v_len());
-        for (i, buf) in out.iter().enumerate() {
-            need("bidir gradient", buf, if i == 2 { vl } else { qk })?;
-        }
-        if bp.grads.is_none() {
-            bp.grads = Some(BidirDevGrads::alloc(&self.cuda, p)?);
-        }
-        let BidirPlan { prob, ws, grads: Some(gr), .. } = &mut **bp else { return Err(unsupported("bidirectional gradients".into())) };
+        let BidirPlan { prob, ws, .. } = &mut **bp;
+        ws.ensure(&self.cuda, prob, BidirAlgo::Fused, true)?;
         let x = BidirDevInputs { q, k, v, gf, gb };
-        bidir_bwd_ws(&self.cuda, BidirAlgo::Fused, prob, &x, d_o, ws, gr)?;
-        let st = self.cuda.stream();
+        // the op checks the outputs' lengths (exactly the problem's)
         let [dq, dk, dv, dgf, dgb] = out;
-        for (dst, src, n) in [(dq, &gr.dq, qk), (dk, &gr.dk, qk), (dv, &gr.dv, vl), (dgf, &gr.dgf, qk), (dgb, &gr.dgb, qk)] {
-            if n > 0 {
-                st.memcpy_dtod(&src.slice(0..n), &mut dst.slice_mut(0..n)).map_err(Error::driver("copy bidirectional gradients"))?;
-            }
-        }
-        Ok(())
+        bidir_bwd_ws(&self.cuda, BidirAlgo::Fused, prob, &x, d_o, ws, BidirDevGradsMut { dq, dk, dv, dgf, dgb })
     }
 
     fn smoothed_cross_entropy(

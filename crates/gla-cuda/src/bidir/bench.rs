@@ -74,7 +74,7 @@ pub fn bench_bidir(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize) -> Resu
             let fwd = time_ms(cuda, reps, &mut || bidir_fwd_ws(cuda, algo, &dp, &x, &mut ws, &mut o))?;
             let both = time_ms(cuda, reps, &mut || {
                 bidir_fwd_ws(cuda, algo, &dp, &x, &mut ws, &mut o)?;
-                bidir_bwd_ws(cuda, algo, &dp, &x, &d_o, &mut ws, &mut g)
+                bidir_bwd_ws(cuda, algo, &dp, &x, &d_o, &mut ws, g.as_out())
             })?;
             times.push((kernel, fwd, both));
         }

@@ -74,48 +74,125 @@ fn flip<T: Elem>(cuda: &Cuda, dp: &BidirDevProblem, x: &CudaSlice<T>, y: &mut Cu
     unsafe { cuda.launch(&name, cfg, &[x, y, &d.bounds, &d.chunk_off, &d.chunk_seq, &w32]) }
 }
 
-/// The workspaces of both passes and both forwards for one problem, allocated once
-/// ([`BidirWorkspace::new`]); contents uninitialised: every launch writes what a later one reads.
+/// The fused paths' buffers shared by the forward and the backward: kd of each direction (like
+/// k), exp of each direction's chunk gate sum (`[chunks, H, K]` f32), each direction's state
+/// entering every chunk (`[chunks, H, K, V]`).
 #[derive(Debug)]
-pub struct BidirWorkspace<T> {
-    /// Fused forward: kd of each direction (like k).
+struct FusedBufs<T> {
     kd: [CudaSlice<T>; 2],
-    /// Fused forward: exp of each direction's chunk gate sum, `[chunks, H, K]` f32.
     dl: [CudaSlice<f32>; 2],
-    /// Fused forward: each direction's state entering every chunk, `[chunks, H, K, V]`.
     hs: [CudaSlice<T>; 2],
-    /// Composed paths: q, k, v, gb, do with every sequence reversed.
-    flip: [CudaSlice<T>; 5],
-    /// Composed forward: the backward direction's output (reversed rows).
-    ob: CudaSlice<T>,
-    /// The GLA op's workspace (one direction, forward and backward).
-    gla: GlaWorkspace<T>,
-    /// Composed backward: the backward direction's gradients (reversed rows).
-    grads: DevGrads,
-    /// Fused backward: q scale exp(G) of each direction (like q).
+}
+
+/// The fused backward's own buffers.
+#[derive(Debug)]
+struct FusedBwdBufs<T> {
+    /// q scale exp(G) of each direction (like q).
     qe: [CudaSlice<T>; 2],
-    /// Fused backward: the gradient of each direction's state leaving every chunk.
+    /// The gradient of each direction's state leaving every chunk.
     dhs: [CudaSlice<T>; 2],
-    /// Fused backward: A of each direction, `[chunks, H, 64, 64]`.
+    /// A of each direction, `[chunks, H, 64, 64]`.
     a: [CudaSlice<T>; 2],
-    /// Fused backward: dA and sd of the direction being differentiated (f32).
+    /// dA and sd of the direction being differentiated (f32).
     da: CudaSlice<f32>,
     sd: CudaSlice<f32>,
-    /// Fused backward: the forward scan's dv, dq, dk (f32), added into the backward scan's.
+    /// The forward scan's dv, dq, dk (f32), added into the backward scan's.
     dvf: CudaSlice<f32>,
     dqf: CudaSlice<f32>,
     dkf: CudaSlice<f32>,
+}
+
+/// The composed paths' buffers.
+#[derive(Debug)]
+struct ComposedBufs<T> {
+    /// q, k, v, gb, do with every sequence reversed.
+    flip: [CudaSlice<T>; 5],
+    /// The backward direction's output (reversed rows).
+    ob: CudaSlice<T>,
+    /// The GLA op's workspace (one direction; the backward's too when `backward`).
+    gla: GlaWorkspace<T>,
+    /// The backward direction's gradients (reversed rows), when `backward`.
+    grads: Option<DevGrads>,
+}
+
+/// The buffers of the passes one problem runs ([`BidirWorkspace::new`]: every path, both
+/// passes; [`BidirWorkspace::for_passes`]: what one algorithm's forward, and optionally its
+/// backward, launch on this problem), allocated once; contents uninitialised: every launch
+/// writes what a later one reads. A pass whose buffers are missing is refused (typed error).
+#[derive(Debug)]
+pub struct BidirWorkspace<T> {
+    fused: Option<FusedBufs<T>>,
+    fused_bwd: Option<FusedBwdBufs<T>>,
+    composed: Option<ComposedBufs<T>>,
     /// The problem the buffers are sized for (rows, chunks, H, K, V).
     sized: (usize, usize, usize, usize, usize),
 }
 
 impl<T: Elem> BidirWorkspace<T> {
-    /// Allocates the buffers of `dp`'s problem.
+    /// Allocates the buffers of every path of `dp`'s problem, forward and backward.
     ///
     /// # Errors
     /// [`crate::Error::Driver`] (out of memory names the buffer); [`crate::Error::Op`] for a
     /// problem the GLA op refuses.
     pub fn new(cuda: &Cuda, dp: &BidirDevProblem) -> Result<Self> {
+        let mut ws = Self { fused: None, fused_bwd: None, composed: None, sized: Self::key(dp) };
+        ws.fused = Some(Self::alloc_fused(cuda, dp)?);
+        ws.fused_bwd = Some(Self::alloc_fused_bwd(cuda, dp)?);
+        ws.composed = Some(Self::alloc_composed(cuda, dp, true)?);
+        Ok(ws)
+    }
+
+    /// Allocates what `algo`'s forward (and with `backward` its backward) runs on `dp`'s problem
+    /// ([`crate::dispatch::bidir`]): the fused paths' buffers, or the composed ones.
+    ///
+    /// # Errors
+    /// As [`BidirWorkspace::new`].
+    pub fn for_passes(cuda: &Cuda, dp: &BidirDevProblem, algo: BidirAlgo, backward: bool) -> Result<Self> {
+        let mut ws = Self { fused: None, fused_bwd: None, composed: None, sized: Self::key(dp) };
+        ws.ensure(cuda, dp, algo, backward)?;
+        Ok(ws)
+    }
+
+    /// Adds the buffers `algo`'s forward (and with `backward` its backward) needs that this
+    /// workspace lacks (a plan made by a forward, then run backwards).
+    ///
+    /// # Errors
+    /// As [`BidirWorkspace::new`]; a workspace of another problem.
+    pub fn ensure(&mut self, cuda: &Cuda, dp: &BidirDevProblem, algo: BidirAlgo, backward: bool) -> Result<()> {
+        self.check(dp)?;
+        let p = &dp.problem;
+        let bf16 = T::SUFFIX == "bf16";
+        let fwd_fused = algo == BidirAlgo::Fused && plan::fused_fwd(p, bf16);
+        let bwd_fused = backward && algo == BidirAlgo::Fused && plan::fused_bwd(p, bf16);
+        if (fwd_fused || bwd_fused) && self.fused.is_none() {
+            self.fused = Some(Self::alloc_fused(cuda, dp)?);
+        }
+        if bwd_fused && self.fused_bwd.is_none() {
+            self.fused_bwd = Some(Self::alloc_fused_bwd(cuda, dp)?);
+        }
+        let bwd_composed = backward && !bwd_fused;
+        if (!fwd_fused || bwd_composed) && self.composed.as_ref().is_none_or(|c| bwd_composed && c.grads.is_none()) {
+            self.composed = Some(Self::alloc_composed(cuda, dp, bwd_composed)?);
+        }
+        Ok(())
+    }
+
+    fn alloc_fused(cuda: &Cuda, dp: &BidirDevProblem) -> Result<FusedBufs<T>> {
+        let p = &dp.problem;
+        let nc = dp.half.n_chunks.max(1);
+        let (qk, st, dl) = (p.qk_len().max(1), nc * p.h() * p.k() * p.v(), nc * p.h() * p.k());
+        // SAFETY: the BidirWorkspace contract: written by an earlier launch before any read
+        let buf = |n: usize, what: &str| unsafe { cuda.alloc_uninit::<T>(n, what) };
+        // SAFETY: as buf
+        let fbuf = |n: usize, what: &str| unsafe { cuda.alloc_uninit::<f32>(n, what) };
+        Ok(FusedBufs {
+            kd: [buf(qk, "bidir kdf")?, buf(qk, "bidir kdb")?],
+            dl: [fbuf(dl, "bidir dlf")?, fbuf(dl, "bidir dlb")?],
+            hs: [buf(st, "bidir hsf")?, buf(st, "bidir hsb")?],
+        })
+    }
+
+    fn alloc_fused_bwd(cuda: &Cuda, dp: &BidirDevProblem) -> Result<FusedBwdBufs<T>> {
         let p = &dp.problem;
         let nc = dp.half.n_chunks.max(1);
         let (qk, vl, st, dl) = (p.qk_len().max(1), p.v_len().max(1), nc * p.h() * p.k() * p.v(), nc * p.h() * p.k());
@@ -123,14 +200,7 @@ impl<T: Elem> BidirWorkspace<T> {
         let buf = |n: usize, what: &str| unsafe { cuda.alloc_uninit::<T>(n, what) };
         // SAFETY: as buf
         let fbuf = |n: usize, what: &str| unsafe { cuda.alloc_uninit::<f32>(n, what) };
-        Ok(Self {
-            kd: [buf(qk, "bidir kdf")?, buf(qk, "bidir kdb")?],
-            dl: [fbuf(dl, "bidir dlf")?, fbuf(dl, "bidir dlb")?],
-            hs: [buf(st, "bidir hsf")?, buf(st, "bidir hsb")?],
-            flip: [buf(qk, "q flipped")?, buf(qk, "k flipped")?, buf(vl, "v flipped")?, buf(qk, "gb flipped")?, buf(vl, "do flipped")?],
-            ob: buf(vl, "o backward")?,
-            gla: GlaWorkspace::for_problem(cuda, &dp.half, Some(FwdKernel::Chunk), true)?,
-            grads: DevGrads::alloc(cuda, p.half(), false)?,
+        Ok(FusedBwdBufs {
             qe: [buf(qk, "bidir qef")?, buf(qk, "bidir qeb")?],
             dhs: [buf(st, "bidir dhsf")?, buf(st, "bidir dhsb")?],
             a: [buf(nc * p.h() * 4096, "bidir Af")?, buf(nc * p.h() * 4096, "bidir Ab")?],
@@ -139,9 +209,22 @@ impl<T: Elem> BidirWorkspace<T> {
             dvf: fbuf(vl, "bidir dv forward")?,
             dqf: fbuf(qk, "bidir dq forward")?,
             dkf: fbuf(qk, "bidir dk forward")?,
-            sized: Self::key(dp),
         })
     }
+
+    fn alloc_composed(cuda: &Cuda, dp: &BidirDevProblem, backward: bool) -> Result<ComposedBufs<T>> {
+        let p = &dp.problem;
+        let (qk, vl) = (p.qk_len().max(1), p.v_len().max(1));
+        // SAFETY: the BidirWorkspace contract: written by an earlier launch before any read
+        let buf = |n: usize, what: &str| unsafe { cuda.alloc_uninit::<T>(n, what) };
+        Ok(ComposedBufs {
+            flip: [buf(qk, "q flipped")?, buf(qk, "k flipped")?, buf(vl, "v flipped")?, buf(qk, "gb flipped")?, buf(vl, "do flipped")?],
+            ob: buf(vl, "o backward")?,
+            gla: GlaWorkspace::for_problem(cuda, &dp.half, Some(FwdKernel::Chunk), backward)?,
+            grads: if backward { Some(DevGrads::alloc(cuda, p.half(), false)?) } else { None },
+        })
+    }
+
     fn key(dp: &BidirDevProblem) -> (usize, usize, usize, usize, usize) {
         let p = &dp.problem;
         (p.rows(), dp.half.n_chunks, p.h(), p.k(), p.v())
@@ -155,6 +238,11 @@ impl<T: Elem> BidirWorkspace<T> {
     }
 }
 
+/// A pass's buffers, or the typed refusal of a workspace made without them.
+fn have<'a, B>(b: Option<&'a B>, what: &str) -> Result<&'a B> {
+    b.ok_or_else(|| ops::unsupported(format!("{OP}: a workspace made without the {what} buffers")))
+}
+
 /// Forward with its own workspace ([`bidir_fwd_ws`]).
 ///
 /// # Errors
@@ -166,7 +254,7 @@ pub fn bidir_fwd<T: Elem>(
     x: &BidirDevInputs<'_, T>,
     o: &mut CudaSlice<T>,
 ) -> Result<()> {
-    let mut ws = BidirWorkspace::new(cuda, dp)?;
+    let mut ws = BidirWorkspace::for_passes(cuda, dp, algo, false)?;
     bidir_fwd_ws(cuda, algo, dp, x, &mut ws, o)
 }
 
@@ -214,7 +302,8 @@ fn fused_fwd<T: Elem>(
     }
     let (h, k, v) = dims(p);
     let gx = chunk_grid(OP, nc)?;
-    let ([kdf, kdb], [dlf, dlb], [hsf, hsb]) = (&ws.kd, &ws.dl, &ws.hs);
+    let fb = have(ws.fused.as_ref(), "fused")?;
+    let ([kdf, kdb], [dlf, dlb], [hsf, hsb]) = (&fb.kd, &fb.dl, &fb.hs);
     let (b, off, seq) = (&d.bounds, &d.chunk_off, &d.chunk_seq);
     // SAFETY: arguments match bidir_chunk_prep_bf16 (q, k, gf, gb shaped [rows, H, K]; kdf, kdb
     // like k; dlf, dlb chunks x H x K; qef, qeb null: not written); one block per (chunk, head,
@@ -257,13 +346,14 @@ fn composed_fwd<T: Elem>(
 ) -> Result<()> {
     let vw = dp.problem.h() * dp.problem.v();
     let d = &dp.half;
+    let cb = ws.composed.as_mut().ok_or_else(|| ops::unsupported(format!("{OP}: a workspace made without the composed buffers")))?;
     let xf = DevInputs { q: x.q, k: x.k, v: x.v, g: Some(x.gf), h0: None };
-    ops::gla_fwd_ws(cuda, FwdKernel::Chunk, d, &xf, &mut ws.gla, o, None)?;
-    flip_inputs(cuda, dp, x, None, ws)?;
-    let [q, k, v, g, _] = &ws.flip;
+    ops::gla_fwd_ws(cuda, FwdKernel::Chunk, d, &xf, &mut cb.gla, o, None)?;
+    flip_inputs(cuda, dp, x, None, &mut cb.flip)?;
+    let [q, k, v, g, _] = &cb.flip;
     let xb = DevInputs { q, k, v, g: Some(g), h0: None };
-    ops::gla_fwd_ws(cuda, FwdKernel::Chunk, d, &xb, &mut ws.gla, &mut ws.ob, None)?;
-    flip(cuda, dp, &ws.ob, o, vw, true)
+    ops::gla_fwd_ws(cuda, FwdKernel::Chunk, d, &xb, &mut cb.gla, &mut cb.ob, None)?;
+    flip(cuda, dp, &cb.ob, o, vw, true)
 }
 
 /// q, k, v, gb (and do) reversed into the workspace.
@@ -272,11 +362,11 @@ fn flip_inputs<T: Elem>(
     dp: &BidirDevProblem,
     x: &BidirDevInputs<'_, T>,
     d_o: Option<&CudaSlice<T>>,
-    ws: &mut BidirWorkspace<T>,
+    fl: &mut [CudaSlice<T>; 5],
 ) -> Result<()> {
     let p = &dp.problem;
     let (kw, vw) = (p.h() * p.k(), p.h() * p.v());
-    let [q, k, v, g, dob] = &mut ws.flip;
+    let [q, k, v, g, dob] = fl;
     flip(cuda, dp, x.q, q, kw, false)?;
     flip(cuda, dp, x.k, k, kw, false)?;
     flip(cuda, dp, x.v, v, vw, false)?;
@@ -319,7 +409,27 @@ fn gla_bwd_one<T: Elem>(
     }
 }
 
+/// The backward's outputs in the caller's buffers (f32, lengths as [`BidirDevGrads`]).
+#[derive(Debug)]
+pub struct BidirDevGradsMut<'a> {
+    /// `[B,T,H,K]`
+    pub dq: &'a mut CudaSlice<f32>,
+    /// `[B,T,H,K]`
+    pub dk: &'a mut CudaSlice<f32>,
+    /// `[B,T,H,V]`
+    pub dv: &'a mut CudaSlice<f32>,
+    /// `[B,T,H,K]`
+    pub dgf: &'a mut CudaSlice<f32>,
+    /// `[B,T,H,K]`
+    pub dgb: &'a mut CudaSlice<f32>,
+}
+
 impl BidirDevGrads {
+    /// The buffers as the backward's outputs.
+    pub fn as_out(&mut self) -> BidirDevGradsMut<'_> {
+        BidirDevGradsMut { dq: &mut self.dq, dk: &mut self.dk, dv: &mut self.dv, dgf: &mut self.dgf, dgb: &mut self.dgb }
+    }
+
     /// Gradient buffers for `p`, not initialised (the backward writes every element).
     ///
     /// # Errors
@@ -348,9 +458,9 @@ pub fn bidir_bwd<T: Elem>(
     x: &BidirDevInputs<'_, T>,
     d_o: &CudaSlice<T>,
 ) -> Result<BidirDevGrads> {
-    let mut ws = BidirWorkspace::new(cuda, dp)?;
+    let mut ws = BidirWorkspace::for_passes(cuda, dp, algo, true)?;
     let mut g = BidirDevGrads::alloc(cuda, &dp.problem)?;
-    bidir_bwd_ws(cuda, algo, dp, x, d_o, &mut ws, &mut g)?;
+    bidir_bwd_ws(cuda, algo, dp, x, d_o, &mut ws, g.as_out())?;
     Ok(g)
 }
 
@@ -369,18 +479,18 @@ pub fn bidir_bwd_ws<T: Elem>(
     x: &BidirDevInputs<'_, T>,
     d_o: &CudaSlice<T>,
     ws: &mut BidirWorkspace<T>,
-    g: &mut BidirDevGrads,
+    g: BidirDevGradsMut<'_>,
 ) -> Result<()> {
     check_inputs(dp, x)?;
     ws.check(dp)?;
     let p = &dp.problem;
     check_len(OP, "do", p.v_len(), d_o.len())?;
     for (t, b, n) in [
-        ("dq", &g.dq, p.qk_len()),
-        ("dk", &g.dk, p.qk_len()),
-        ("dv", &g.dv, p.v_len()),
-        ("dgf", &g.dgf, p.qk_len()),
-        ("dgb", &g.dgb, p.qk_len()),
+        ("dq", &*g.dq, p.qk_len()),
+        ("dk", &*g.dk, p.qk_len()),
+        ("dv", &*g.dv, p.v_len()),
+        ("dgf", &*g.dgf, p.qk_len()),
+        ("dgb", &*g.dgb, p.qk_len()),
     ] {
         check_len(OP, t, n.max(1), b.len())?;
     }
@@ -392,17 +502,20 @@ pub fn bidir_bwd_ws<T: Elem>(
     }
     let d = &dp.half;
     let (kw, vw) = (p.h() * p.k(), p.h() * p.v());
+    let missing = || ops::unsupported(format!("{OP}: a workspace made without the composed backward's buffers"));
+    let ComposedBufs { flip: fl, gla, grads, .. } = ws.composed.as_mut().ok_or_else(missing)?;
+    let wgrads = grads.as_mut().ok_or_else(missing)?;
     let xf = DevInputs { q: x.q, k: x.k, v: x.v, g: Some(x.gf), h0: None };
-    let gf = ops::DevGradsMut { dq: &mut g.dq, dk: &mut g.dk, dv: &mut g.dv, dg: &mut g.dgf, dh0: None };
-    gla_bwd_one(cuda, d, &xf, d_o, &mut ws.gla, gf)?;
-    flip_inputs(cuda, dp, x, Some(d_o), ws)?;
-    let [q, k, v, gb, dob] = &ws.flip;
+    let gf = ops::DevGradsMut { dq: &mut *g.dq, dk: &mut *g.dk, dv: &mut *g.dv, dg: &mut *g.dgf, dh0: None };
+    gla_bwd_one(cuda, d, &xf, d_o, gla, gf)?;
+    flip_inputs(cuda, dp, x, Some(d_o), fl)?;
+    let [q, k, v, gb, dob] = &*fl;
     let xb = DevInputs { q, k, v, g: Some(gb), h0: None };
-    gla_bwd_one(cuda, d, &xb, dob, &mut ws.gla, ws.grads.as_out(false))?;
-    flip(cuda, dp, &ws.grads.dq, &mut g.dq, kw, true)?;
-    flip(cuda, dp, &ws.grads.dk, &mut g.dk, kw, true)?;
-    flip(cuda, dp, &ws.grads.dv, &mut g.dv, vw, true)?;
-    flip(cuda, dp, &ws.grads.dg, &mut g.dgb, kw, false)
+    gla_bwd_one(cuda, d, &xb, dob, gla, wgrads.as_out(false))?;
+    flip(cuda, dp, &wgrads.dq, g.dq, kw, true)?;
+    flip(cuda, dp, &wgrads.dk, g.dk, kw, true)?;
+    flip(cuda, dp, &wgrads.dv, g.dv, vw, true)?;
+    flip(cuda, dp, &wgrads.dg, g.dgb, kw, false)
 }
 
 /// The fused backward (`bidir/chunk_bwd.cu`): prep with qe, the four state walks in one launch,
@@ -414,7 +527,7 @@ fn fused_bwd<T: Elem>(
     x: &BidirDevInputs<'_, T>,
     d_o: &CudaSlice<T>,
     ws: &mut BidirWorkspace<T>,
-    g: &mut BidirDevGrads,
+    g: BidirDevGradsMut<'_>,
 ) -> Result<()> {
     let p = &dp.problem;
     let d = &dp.half;
@@ -427,8 +540,9 @@ fn fused_bwd<T: Elem>(
     let scale = p.half().scale() as f32;
     let kp32 = plan::kp(p) as i32;
     let (b, off, seq) = (&d.bounds, &d.chunk_off, &d.chunk_seq);
-    let ws = &*ws;
-    let ([kdf, kdb], [dlf, dlb], [hsf, hsb]) = (&ws.kd, &ws.dl, &ws.hs);
+    let fb = have(ws.fused.as_ref(), "fused")?;
+    let ws = have(ws.fused_bwd.as_ref(), "fused backward's")?;
+    let ([kdf, kdb], [dlf, dlb], [hsf, hsb]) = (&fb.kd, &fb.dl, &fb.hs);
     let ([qef, qeb], [dhsf, dhsb], [af, ab]) = (&ws.qe, &ws.dhs, &ws.a);
     // SAFETY: arguments match bidir_chunk_prep_bf16; qef, qeb shaped like q
     unsafe {
@@ -450,7 +564,7 @@ fn fused_bwd<T: Elem>(
         let (kd, a, hs, dhs, gate) = if rev == 0 { (kdf, af, hsf, dhsf, x.gf) } else { (kdb, ab, hsb, dhsb, x.gb) };
         // the forward scan writes its dv, dq, dk to the workspace; the backward scan's stores add
         // them and write the outputs
-        let (dv, dq, dk, dg) = if rev == 0 { (&ws.dvf, &ws.dqf, &ws.dkf, &g.dgf) } else { (&g.dv, &g.dq, &g.dk, &g.dgb) };
+        let (dv, dq, dk, dg) = if rev == 0 { (&ws.dvf, &ws.dqf, &ws.dkf, &*g.dgf) } else { (&*g.dv, &*g.dq, &*g.dk, &*g.dgb) };
         let (addv, addq, addk) = if rev == 0 { (None, None, None) } else { (Some(&ws.dvf), Some(&ws.dqf), Some(&ws.dkf)) };
         // SAFETY: arguments match bidir_chunk_bwd1_bf16 (gla_chunk_bwd1_bf16's, plus rev and
         // addv: null or shaped like dv); dA chunks x H x 4096, sd chunks x H x K

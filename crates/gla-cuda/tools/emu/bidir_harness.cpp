@@ -129,7 +129,7 @@ static Grads oracle_bwd(const Case& c, const std::vector<long long>& bounds, con
     return g;
 }
 
-static size_t bwd1_smem(int kp) { return (size_t)(2 * 64 + 2 * kp) * 136 * 2 + 64 * 72 * 2 + 64 * (kp + 8) * 2; }
+static size_t bwd1_smem(int kp) { return (size_t)(2 * 64 + 2 * std::max(kp, 64)) * 136 * 2 + 64 * 72 * 2 + 64 * (kp + 8) * 2; }
 static size_t bwd2_d2_smem(int kp) {
     const size_t ldk = kp + 8;
     return (2 * 64 * ldk + 64 * 72 + 2 * 96 * ldk) * 2 + (64 * (size_t)kp + 4096 + 2 * 64 * (size_t)kp + 256 + 128) * 4 - 3072 * 4;
@@ -184,7 +184,7 @@ static void run(const Case& c, uint64_t seed) {
     std::vector<float> dlf(dl, NAN), dlb(dl, NAN);
     const float scale = (float)(0.5 / std::sqrt((double)K));
     if (nc > 0) {
-        emu::launch(dim3{(unsigned)nc, (unsigned)H, (unsigned)((K + 127) / 128)}, dim3{128, 1, 1}, 0, [&] {
+        emu::launch(dim3{(unsigned)nc, (unsigned)((H * K + 127) / 128), 1}, dim3{128, 1, 1}, 0, [&] {
             bidir_chunk_prep_bf16(bq.data(), bk.data(), bgf.data(), bgb.data(), kdf.data(), kdb.data(), dlf.data(), dlb.data(), nullptr,
                                   nullptr, bounds.data(), off.data(), seq.data(), H, K, scale);
         });
@@ -216,8 +216,8 @@ static void run(const Case& c, uint64_t seed) {
             std::printf("%-28s fused-fwd h%-2d o   rel_rmse %.3e  %s\n", c.name.c_str(), bvh, e, ok ? "ok" : "FAIL");
         }
     }
-    // the backward (48 < K <= 128, V <= 128: src/dispatch/bidir.rs fused_bwd), both walk tilings
-    if (nc > 0 && K > 48 && K <= 128 && V <= 128) {
+    // the backward (K <= 128, V <= 128: src/bidir/dispatch.rs fused_bwd), both walk tilings
+    if (nc > 0 && K <= 128 && V <= 128) {
         VD dov(vl);
         for (auto& e : dov) e = bfr(2 * r.uni() - 1);
         const Grads ref = oracle_bwd(c, bounds, q, k, v, gf, gb, dov);
@@ -227,7 +227,7 @@ static void run(const Case& c, uint64_t seed) {
         std::vector<float> da((size_t)nc * H * 4096, NAN), sd(dl, NAN), dvf(vl, NAN), dqf(qk, NAN), dkf(qk, NAN);
         std::vector<float> dq(qk, NAN), dk(qk, NAN), dv(vl, NAN), dgf(qk, NAN), dgb(qk, NAN);
         const int kp = kpad(K);
-        emu::launch(dim3{(unsigned)nc, (unsigned)H, (unsigned)((K + 127) / 128)}, dim3{128, 1, 1}, 0, [&] {
+        emu::launch(dim3{(unsigned)nc, (unsigned)((H * K + 127) / 128), 1}, dim3{128, 1, 1}, 0, [&] {
             bidir_chunk_prep_bf16(bq.data(), bk.data(), bgf.data(), bgb.data(), kdf.data(), kdb.data(), dlf.data(), dlb.data(), qef.data(),
                                   qeb.data(), bounds.data(), off.data(), seq.data(), H, K, scale);
         });
@@ -313,6 +313,8 @@ int main(int argc, char** argv) {
         {"T300-K60-V100", 1, 300, 2, 60, 100, 1, 1, {}},
         {"varlen-empty-one", 1, 365, 2, 60, 100, 1, 0.1, {0, 15, 15, 100, 101, 300, 365}},
         {"vig-T196-K32-V64", 2, 196, 3, 32, 64, 16, 16, {}},
+        {"T100-K16-V40", 2, 100, 2, 16, 40, 1, 1, {}},
+        {"T77-K40-V128", 1, 77, 2, 40, 128, 1, 1, {}},
         {"T130-K128-V128", 2, 130, 2, 128, 128, 1, 16, {}},
         {"T70-K64-V200", 1, 70, 2, 64, 200, 1, 1, {}},
     };

@@ -107,8 +107,9 @@ int main() {
       report("layernorm_bwd_dw", rel(dw, wdw), 1e-5);
       report("layernorm_bwd_db", rel(db, wdb), 1e-5);
     }
-    // ---- 3x3 depthwise conv
-    { int b = 3, h = 9, w = 14, c = 40; long n = (long)b * h * w;
+    // ---- 3x3 depthwise conv: C % 8 == 0 (8-channel groups) and not (one channel per thread)
+    for (int c : {40, 12}) { int b = 3, h = 9, w = 14; long n = (long)b * h * w;
+      const std::string cs = " c" + std::to_string(c);
       auto x = bf(rnd(n * c)); auto xf = fl(x); auto wt = rnd(c * 9), dy = rnd(n * c);
       std::vector<bf16_t> y(n * c); std::vector<float> wy(n * c, 0.f), wdx(n * c, 0.f), wdw(c * 9, 0.f);
       for (int bi = 0; bi < b; ++bi) for (int py = 0; py < h; ++py) for (int px = 0; px < w; ++px) for (int ky = 0; ky < 3; ++ky) for (int kx = 0; kx < 3; ++kx) {
@@ -117,14 +118,15 @@ int main() {
           for (int ci = 0; ci < c; ++ci) { wy[o + ci] += wt[ci * 9 + ky * 3 + kx] * xf[s + ci]; wdx[s + ci] += dy[o + ci] * wt[ci * 9 + ky * 3 + kx]; wdw[ci * 9 + ky * 3 + kx] += dy[o + ci] * xf[s + ci]; }
       }
       emu::launch(flat(n * c), B256, 0, [&] { dwconv3_fwd(y.data(), x.data(), wt.data(), b, h, w, c); });
-      report("dwconv3_fwd", rel(fl(y), wy), 5e-3);
+      report("dwconv3_fwd" + cs, rel(fl(y), wy), 5e-3);
       std::vector<float> dx(n * c, NAN);
       emu::launch(flat(n * c), B256, 0, [&] { dwconv3_bwd_dx(dx.data(), dy.data(), wt.data(), b, h, w, c); });
-      report("dwconv3_bwd_dx", rel(dx, wdx), 1e-5);
-      int gy = col_gy(n); std::vector<float> part((size_t)gy * c * 9), dw(c * 9, 0.f);
-      emu::launch(colcfg(n, c), B32x8, 0, [&] { dwconv3_bwd_dw(part.data(), dy.data(), x.data(), b, h, w, c); });
+      report("dwconv3_bwd_dx" + cs, rel(dx, wdx), 1e-5);
+      // src/backend/vision.rs dwconv_dw_gy: one row block per 128 pixels
+      int gy = (int)std::min<long>(std::max<long>((n + 127) / 128, 1), 1024); std::vector<float> part((size_t)gy * c * 9), dw(c * 9, 0.f);
+      emu::launch(dim3{(unsigned)((c + 31) / 32), (unsigned)gy, 1}, B32x8, 0, [&] { dwconv3_bwd_dw(part.data(), dy.data(), x.data(), b, h, w, c); });
       emu::launch(flat(c * 9), B256, 0, [&] { col_finalize(dw.data(), part.data(), gy, c * 9); });
-      report("dwconv3_bwd_dw", rel(dw, wdw), 1e-5);
+      report("dwconv3_bwd_dw" + cs, rel(dw, wdw), 1e-5);
     }
     // ---- position embedding: identity, upsampling, downsampling, mixed
     for (auto [hs, ws, h, w] : std::vector<std::array<int, 4>>{{4, 5, 4, 5}, {3, 4, 7, 9}, {7, 6, 3, 2}, {2, 6, 5, 4}, {1, 3, 2, 3}}) {
@@ -165,16 +167,18 @@ int main() {
       report("avgpool_bwd", rel(dx, wdx), 1e-6);
     }
     // ---- column copies: plain, flipped, scaled, accumulated, between widths
-    for (int mode = 0; mode < 4; ++mode) {
-      long nb = 3, t = 11; int width = 7, sw = 20, so = 5, dw = 9, doff = 2;
-      int flip = mode & 1, acc = (mode >> 1) & 1; float scale = mode ? 0.5f : 1.f;
+    // (modes 4..7: widths and offsets multiples of 8, the 8-element path)
+    for (int mode = 0; mode < 8; ++mode) {
+      const bool v8 = mode >= 4;
+      long nb = 3, t = 11; int width = v8 ? 16 : 7, sw = v8 ? 40 : 20, so = v8 ? 8 : 5, dw = v8 ? 24 : 9, doff = v8 ? 8 : 2;
+      int flip = mode & 1, acc = (mode >> 1) & 1; float scale = (mode & 3) ? 0.5f : 1.f;
       auto src = rnd(nb * t * sw), dst0 = rnd(nb * t * dw);
       auto want = dst0;
       for (long s = 0; s < nb; ++s) for (long i = 0; i < t; ++i) {
           long r = s * t + i, rs = flip ? s * t + t - 1 - i : r;
           for (int j = 0; j < width; ++j) { float v = scale * src[rs * sw + so + j]; want[r * dw + doff + j] = acc ? want[r * dw + doff + j] + v : v; }
       }
-      std::string tag = std::string(flip ? " flip" : "") + (acc ? " acc" : "") + (mode ? " scale" : "");
+      std::string tag = std::string(v8 ? " v8" : "") + (flip ? " flip" : "") + (acc ? " acc" : "") + ((mode & 3) ? " scale" : "");
       auto d32 = dst0;
       emu::launch(flat(nb * t * width), B256, 0, [&] { cols_f32(d32.data(), src.data(), nb, t, width, sw, so, dw, doff, flip, acc, scale); });
       report("cols_f32" + tag, rel(d32, want), 1e-7);
@@ -213,6 +217,51 @@ int main() {
       report("locality_gate_bwd d_gn" + tag, rel(a, wa), 1e-5);
       report("locality_gate_bwd d_ln" + tag, rel(b, wb), 1e-5);
       report("locality_gate_bwd d_gpre" + tag, rel(c, wc), 1e-5);
+    }
+    // ---- SwiGLU on the fused gate / up output, I % 8 == 0 (8-element groups) and not, with and
+    // without the copies out: h bitwise nn/elementwise.cu's formula, a / u bitwise the halves
+    for (int inter : {24, 10}) for (int keep = 0; keep < 2; ++keep) {
+      const long n = 13;
+      auto ab = bf(rnd(n * 2 * inter, 3.f));
+      std::vector<bf16_t> h(n * inter), a(n * inter, 0), u(n * inter, 0);
+      std::vector<float> wh(n * inter), wa(n * inter), wu(n * inter);
+      for (long r = 0; r < n; ++r) for (int j = 0; j < inter; ++j) {
+          bf16_t av = ab[r * 2 * inter + j], uv = ab[r * 2 * inter + inter + j];
+          wh[r * inter + j] = to_f32(from_f32<bf16_t>(swishf_(to_f32(av)) * to_f32(uv)));
+          wa[r * inter + j] = keep ? to_f32(av) : 0.f; wu[r * inter + j] = keep ? to_f32(uv) : 0.f;
+      }
+      emu::launch(flat(n * inter), B256, 0, [&] { swiglu_split_fwd(h.data(), keep ? a.data() : nullptr, keep ? u.data() : nullptr, ab.data(), n, inter); });
+      std::string tag = " I" + std::to_string(inter) + (keep ? " keep" : "");
+      report("swiglu_split_fwd h" + tag, rel(fl(h), wh), 0);
+      report("swiglu_split_fwd a, u" + tag, rel(fl(a), wa) + rel(fl(u), wu), 0);
+    }
+    // ---- the fused locality branch (two per-head RMSNorms + the gate, one warp per row), with
+    // and without keeping gn / ln: against a host reference, and y bitwise equal to
+    // locality_gate_fwd on the fused kernel's own gn / ln and across keep
+    for (int act = 0; act < 2; ++act) {
+      const long rows = 37; const int v = 40; const long n = rows * v; const float eps = 1e-5f;
+      auto o = bf(rnd(n)), xs = bf(rnd(n, 2.f)); auto of = fl(o), xf = fl(xs); auto gp = rnd(n, 3.f), wg = rnd(v), wl = rnd(v);
+      auto sg = [](float x) { return 1.f / (1.f + std::exp(-x)); };
+      std::vector<float> wgn(n), wln(n), wy(n), wrg(rows), wrl(rows);
+      for (long r = 0; r < rows; ++r) {
+          double so = 0, sx = 0; for (int j = 0; j < v; ++j) { so += (double)of[r * v + j] * of[r * v + j]; sx += (double)xf[r * v + j] * xf[r * v + j]; }
+          wrg[r] = (float)(1.0 / std::sqrt(so / v + eps)); wrl[r] = (float)(1.0 / std::sqrt(sx / v + eps));
+          for (int j = 0; j < v; ++j) {
+              long e = r * v + j; wgn[e] = to_f32(from_f32<bf16_t>(of[e] * wrg[r] * wg[j])); wln[e] = to_f32(from_f32<bf16_t>(xf[e] * wrl[r] * wl[j]));
+              float g = sg(gp[e]), z = g * wgn[e] + (1 - g) * wln[e]; wy[e] = act ? z * sg(z) : z;
+          }
+      }
+      std::vector<bf16_t> y(n), y2(n), y3(n), gn(n), ln(n); std::vector<float> rg(rows, NAN), rl(rows, NAN), rg2(rows), rl2(rows);
+      emu::launch(flat(rows * 32), B256, 0, [&] { locality_fused_fwd(y.data(), gn.data(), ln.data(), rg.data(), rl.data(), o.data(), xs.data(), gp.data(), wg.data(), wl.data(), rows, v, eps, act); });
+      emu::launch(flat(rows * 32), B256, 0, [&] { locality_fused_fwd(y2.data(), nullptr, nullptr, rg2.data(), rl2.data(), o.data(), xs.data(), gp.data(), wg.data(), wl.data(), rows, v, eps, act); });
+      emu::launch(flat(n), B256, 0, [&] { locality_gate_fwd(y3.data(), gn.data(), ln.data(), gp.data(), n, act); });
+      std::string tag = act ? " swish" : "";
+      report("locality_fused_fwd y" + tag, rel(fl(y), wy), 5e-3);
+      report("locality_fused_fwd gn" + tag, rel(fl(gn), wgn), 5e-3);
+      report("locality_fused_fwd ln" + tag, rel(fl(ln), wln), 5e-3);
+      report("locality_fused_fwd rstd" + tag, std::max(rel(rg, wrg), rel(rl, wrl)), 1e-6);
+      report("locality_fused_fwd keep=no y" + tag, rel(fl(y2), fl(y)) + rel(rg2, rg) + rel(rl2, rl), 0);
+      report("locality_fused_fwd y == gate(gn, ln)" + tag, rel(fl(y3), fl(y)), 0);
     }
     // ---- label-smoothed cross-entropy (eps 0 and 0.1), a tie for the argmax
     for (float eps : {0.f, 0.1f}) {

@@ -24,7 +24,7 @@
 use gla_core::Error as CoreError;
 
 use super::config::{VigDims, LAYERNORM_EPS};
-use super::layout::VigLayout;
+use super::layout::{BlockIds, VigLayout};
 use super::scan;
 use crate::backend::{Act, Backend, Cols, Conv2d, ModelStorage, VisionOps, F32};
 use crate::config::{FeatureMap, GlaDims};
@@ -105,41 +105,56 @@ impl Shape {
     }
 }
 
-/// One block's saved tensors.
+/// One block's tensors that the backward reads: the conv branch, the scan's output and the
+/// norms' statistics. What is computed from them, the block's input stream and the weights by a
+/// few launches (element-wise ops, the scan's inputs, the locality gate and its projection, the
+/// residual stream between the two branches, the MLP's input projections) lives in [`FwdTmp`]
+/// and the backward recomputes it there.
 struct BlockActs<S: ModelStorage> {
-    rstd1: S::F32,          // [N]
-    xn1: S::Act,            // [N, D]
-    loc: S::Act,            // [N, D] dwconv output
-    xs_act: Option<S::Act>, // [N, D] silu(loc) with use_act_in_conv
-    qkv: S::Act,            // [N, 2Dk + Dv]
+    rstd1: S::F32,  // [N]
+    loc: S::Act,    // [N, D] dwconv output
+    o: S::Act,      // [N, Dv] scan output
+    rstd_g: S::F32, // [N*H]
+    rstd_l: S::F32, // [N*H]
+    rstd2: S::F32,  // [N]
+}
+
+/// A block's forward intermediates, one set shared by the blocks: GEMM outputs before their
+/// columns are split (no backward reads them) and what the backward recomputes from the block's
+/// [`BlockActs`] (norms, activations, the scan's inputs, the locality gate and its projection,
+/// the residual stream after the attention branch, the MLP's gate and up projections).
+struct FwdTmp<S: ModelStorage> {
+    x_mid: S::F32,          // [N, D] x + the attention branch
     qkv_split: [S::Act; 3], // q, k [N, Dk], v [N, Dv]
     gk_lr: S::Act,          // [N, 16]
     gk_raw: S::F32,         // [N, 2Dk] with the bias
-    gk: S::Act,             // [N, 2Dk] log-gates
     g_dir: [S::Act; 2],     // forward, backward log-gates [N, Dk]
-    o: S::Act,              // [N, Dv] scan output
-    gn: S::Act,             // [N, Dv] g_norm(o)
-    rstd_g: S::F32,         // [N*H]
-    ln: S::Act,             // [N, D] l_norm(xs)
-    rstd_l: S::F32,         // [N*H]
     gpre: S::F32,           // [N, Dv] g_proj(xs) + bias
-    y: S::Act,              // [N, Dv] gated output
-    x_mid: S::F32,          // [N, D]
-    rstd2: S::F32,          // [N]
-    xn2: S::Act,            // [N, D]
-    ab: S::Act,             // [N, 2I]
     a_u: [S::Act; 2],       // [N, I] gate, up
-    hm: S::Act,             // [N, I]
+    qkv: S::Act,            // [N, 2Dk + Dv]
+    gk: S::Act,             // [N, 2Dk] log-gates of both directions
+    ab: S::Act,             // [N, 2I]
+    xn1: S::Act,            // [N, D] rmsnorm(x)
+    xs_act: Option<S::Act>, // [N, D] silu(loc) with use_act_in_conv
+    gn: S::Act,             // [N, Dv] g_norm(o)
+    ln: S::Act,             // [N, Dv] l_norm(xs)
+    y: S::Act,              // [N, Dv] gated output
+    xn2: S::Act,            // [N, D] rmsnorm(x_mid)
+    hm: S::Act,             // [N, I] silu(gate) * up
 }
 
-impl<S: ModelStorage> BlockActs<S> {
-    /// The conv branch's output `xs` (after the SiLU when the layer has it).
-    fn xs(&self) -> &S::Act {
-        self.xs_act.as_ref().unwrap_or(&self.loc)
+impl<S: ModelStorage> FwdTmp<S> {
+    /// The conv branch's output `xs` of the block whose `loc` is given (after the SiLU when the
+    /// layer has it, which lives here).
+    fn xs<'a>(&'a self, loc: &'a S::Act) -> &'a S::Act {
+        self.xs_act.as_ref().unwrap_or(loc)
     }
 }
 
-/// Backward buffers, shared by the blocks.
+/// Backward buffers, shared by the blocks. The head's and the stem's gradients use the blocks'
+/// buffers that are free then (`dxn` for the head's and for dc2, `dres16` for dc2's bf16 copy,
+/// `dh` for dcols2, `dgk` for da1, `dqkv` for dc1 and `dqkv16` for its bf16 copy; those are
+/// sized for both).
 struct Scratch<S: ModelStorage> {
     dres: S::F32,
     dres16: S::Act,
@@ -165,38 +180,40 @@ struct Scratch<S: ModelStorage> {
     // head
     dlogits16: S::Act,
     dpooled: S::F32,
-    dxf: S::F32,
-    // stem
-    dc2: S::F32,
-    dc2_16: S::Act,
-    dcols2: S::F32,
-    da1: S::F32,
-    dc1: S::F32,
-    dc1_16: S::Act,
     // stochastic depth: a residual branch's gradient scaled per image
     dbranch: S::F32,
     dbranch16: S::Act,
 }
 
-/// Every tensor a forward leaves for the backward, for one batch [`Shape`].
+/// The buffers of one batch [`Shape`]. Made for training ([`VigActs::alloc`] with `backward`),
+/// they hold every tensor the forward leaves for the backward: each block's [`BlockActs`] and
+/// every residual stream. Made for the forward only, one block's buffers and two residual
+/// streams serve every block in turn (memory ~ the stem's and one block's activations), with
+/// the same launches in the same order: the logits equal the training forward's bitwise.
 pub struct VigActs<S: ModelStorage> {
     dims: VigDims,
     shape: Shape,
     plan: S::Plan,
     img: S::Act,
-    cols1: S::Act,
-    c1: S::F32,
+    /// The stem's intermediates the backward reads: training only. Forward-only buffers run the
+    /// stem in the blocks' buffers, free until the first block (cols1, cols2 in `tmp.ab`; c1 in
+    /// the second residual stream; ln1, a1 in `tmp.a_u`; c2 in `tmp.gpre`), sized for both.
+    cols1: Option<S::Act>,
+    c1: Option<S::F32>,
     st1: S::F32,
-    ln1: S::Act,
-    a1: S::Act,
-    cols2: S::Act,
-    c2: S::F32,
+    ln1: Option<S::Act>,
+    a1: Option<S::Act>,
+    cols2: Option<S::Act>,
+    c2: Option<S::F32>,
     st2: S::F32,
     ln2: S::Act,
     a2: Option<S::Act>,
-    /// residual streams [N, D]: the input of block l, and the final output
+    /// residual streams [N, D]: training, the input of block l and the final output (depth + 1
+    /// of them); forward only, two used in turn ([`VigActs::stream`])
     xs: Vec<S::F32>,
+    /// training: one per block; forward only: one, reused ([`VigActs::block`])
     blocks: Vec<BlockActs<S>>,
+    tmp: FwdTmp<S>,
     rstdf: S::F32,
     xf: S::Act,
     pooled: S::Act,
@@ -226,40 +243,18 @@ impl<S: ModelStorage> VigActs<S> {
         let (kd, vd, i, h) = (d.key_dim, d.value_dim, d.inter, d.heads);
         let f = |len: usize| be.alloc_f32(len);
         let a = |len: usize| be.alloc_act(len);
-        let mut blocks = Vec::with_capacity(d.depth);
-        for _ in 0..d.depth {
-            blocks.push(BlockActs {
-                rstd1: f(n)?,
-                xn1: a(n * dm)?,
-                loc: a(n * dm)?,
-                xs_act: if d.act_in_conv { Some(a(n * dm)?) } else { None },
-                qkv: a(n * (2 * kd + vd))?,
-                qkv_split: [a(n * kd)?, a(n * kd)?, a(n * vd)?],
-                gk_lr: a(n * d.gate_rank)?,
-                gk_raw: f(n * 2 * kd)?,
-                gk: a(n * 2 * kd)?,
-                g_dir: [a(n * kd)?, a(n * kd)?],
-                o: a(n * vd)?,
-                gn: a(n * vd)?,
-                rstd_g: f(n * h)?,
-                ln: a(n * dm)?,
-                rstd_l: f(n * h)?,
-                gpre: f(n * vd)?,
-                y: a(n * vd)?,
-                x_mid: f(n * dm)?,
-                rstd2: f(n)?,
-                xn2: a(n * dm)?,
-                ab: a(n * 2 * i)?,
-                a_u: [a(n * i)?, a(n * i)?],
-                hm: a(n * i)?,
-            });
+        let kept = if backward { d.depth } else { 1 };
+        let stem_in_tmp = !backward;
+        let mut blocks = Vec::with_capacity(kept);
+        for _ in 0..kept {
+            blocks.push(BlockActs { rstd1: f(n)?, loc: a(n * dm)?, o: a(n * vd)?, rstd_g: f(n * h)?, rstd_l: f(n * h)?, rstd2: f(n)? });
         }
         let s = if backward {
             Some(Scratch {
                 dres: f(n * dm)?,
                 dres16: be.alloc_cast(n * dm)?,
                 dxn: f(n * dm)?,
-                dh: f(n * i)?,
+                dh: f((n * i).max(n * shape.g2.cols()))?,
                 d_au: [a(n * i)?, a(n * i)?],
                 dab: a(n * 2 * i)?,
                 dy: f(n * vd)?,
@@ -270,22 +265,15 @@ impl<S: ModelStorage> VigActs<S> {
                 d_o: a(n * vd)?,
                 d_lnin: a(n * dm)?,
                 dqkv_dir: [f(n * kd)?, f(n * kd)?, f(n * vd)?, f(n * kd)?, f(n * kd)?],
-                dqkv: f(n * (2 * kd + vd))?,
-                dqkv16: be.alloc_cast(n * (2 * kd + vd))?,
-                dgk: f(n * 2 * kd)?,
+                dqkv: f((n * (2 * kd + vd)).max(n1 * half))?,
+                dqkv16: be.alloc_cast((n * (2 * kd + vd)).max(n1 * half))?,
+                dgk: f((n * 2 * kd).max(n1 * half))?,
                 dgk_raw: f(n * 2 * kd)?,
                 dgk_raw16: be.alloc_cast(n * 2 * kd)?,
                 dgk_lr: a(n * d.gate_rank)?,
                 dxs: f(n * dm)?,
                 dlogits16: be.alloc_cast(shape.b * d.classes)?,
                 dpooled: f(shape.b * dm)?,
-                dxf: f(n * dm)?,
-                dc2: f(n * dm)?,
-                dc2_16: be.alloc_cast(n * dm)?,
-                dcols2: f(n * shape.g2.cols())?,
-                da1: f(n1 * half)?,
-                dc1: f(n1 * half)?,
-                dc1_16: be.alloc_cast(n1 * half)?,
                 dbranch: f(n * dm)?,
                 dbranch16: be.alloc_cast(n * dm)?,
             })
@@ -297,18 +285,42 @@ impl<S: ModelStorage> VigActs<S> {
             shape,
             plan: be.plan(shape.b, shape.l(), backward)?,
             img: a(shape.b * shape.img.0 * shape.img.1 * d.channels)?,
-            cols1: a(n1 * shape.g1.cols())?,
-            c1: f(n1 * half)?,
+            cols1: if backward { Some(a(n1 * shape.g1.cols())?) } else { None },
+            c1: if backward { Some(f(n1 * half)?) } else { None },
             st1: f(2 * n1)?,
-            ln1: a(n1 * half)?,
-            a1: a(n1 * half)?,
-            cols2: a(n * shape.g2.cols())?,
-            c2: f(n * dm)?,
+            ln1: if backward { Some(a(n1 * half)?) } else { None },
+            a1: if backward { Some(a(n1 * half)?) } else { None },
+            cols2: if backward { Some(a(n * shape.g2.cols())?) } else { None },
+            c2: if backward { Some(f(n * dm)?) } else { None },
             st2: f(2 * n)?,
             ln2: a(n * dm)?,
             a2: if d.act_in_patch { Some(a(n * dm)?) } else { None },
-            xs: (0..=d.depth).map(|_| f(n * dm)).collect::<Result<_, _>>()?,
+            xs: (0..if backward { d.depth + 1 } else { 2 })
+                .map(|j| f(if stem_in_tmp && j == 1 { (n * dm).max(n1 * half) } else { n * dm }))
+                .collect::<Result<_, _>>()?,
             blocks,
+            tmp: FwdTmp {
+                x_mid: f(n * dm)?,
+                qkv_split: [a(n * kd)?, a(n * kd)?, a(n * vd)?],
+                gk_lr: a(n * d.gate_rank)?,
+                gk_raw: f(n * 2 * kd)?,
+                g_dir: [a(n * kd)?, a(n * kd)?],
+                gpre: f(if stem_in_tmp { (n * vd).max(n * dm) } else { n * vd })?,
+                a_u: [
+                    a(if stem_in_tmp { (n * i).max(n1 * half) } else { n * i })?,
+                    a(if stem_in_tmp { (n * i).max(n1 * half) } else { n * i })?,
+                ],
+                qkv: a(n * (2 * kd + vd))?,
+                gk: a(n * 2 * kd)?,
+                ab: a(if stem_in_tmp { (n * 2 * i).max(n1 * shape.g1.cols()).max(n * shape.g2.cols()) } else { n * 2 * i })?,
+                xn1: a(n * dm)?,
+                xs_act: if d.act_in_conv { Some(a(n * dm)?) } else { None },
+                gn: a(n * vd)?,
+                ln: a(n * vd.max(dm))?,
+                y: a(n * vd)?,
+                xn2: a(n * dm)?,
+                hm: a(n * i)?,
+            },
             rstdf: f(n)?,
             xf: a(n * dm)?,
             pooled: a(shape.b * dm)?,
@@ -323,6 +335,22 @@ impl<S: ModelStorage> VigActs<S> {
     /// The batch geometry these buffers are sized for.
     pub fn shape(&self) -> &Shape {
         &self.shape
+    }
+
+    /// Whether these buffers keep what the backward reads ([`VigActs::alloc`] with `backward`).
+    pub fn trains(&self) -> bool {
+        self.s.is_some()
+    }
+
+    /// The index in `xs` of residual stream `i` (the input of block `i`; `i = depth`: the
+    /// blocks' output).
+    fn stream(&self, i: usize) -> usize {
+        i % self.xs.len()
+    }
+
+    /// The index in `blocks` of block `li`'s buffers.
+    fn block(&self, li: usize) -> usize {
+        li % self.blocks.len()
     }
 
     /// Sets stochastic depth for the next forward and backward: per block, the scales `[B]` of
@@ -410,92 +438,85 @@ pub fn forward_resident<B: Backend + VisionOps>(
     let d = acts.dims;
     let sh = acts.shape;
     let (n, n1, dm, half) = (sh.n(), sh.n1(), d.d, d.d / 2);
-    let (kd, vd, inter) = (d.key_dim, d.value_dim, d.inter);
+    let (vd, inter) = (d.value_dim, d.inter);
     let (b, l) = (sh.b, sh.l());
     if lay.blocks.len() != d.depth {
         return Err(shape_err("layout", "the dims' depth".into(), d.depth, lay.blocks.len()).into());
     }
-    // stem
-    be.im2col(&mut acts.cols1, &acts.img, &sh.g1)?;
-    be.linear_fwd_f32(&mut acts.c1, &acts.cols1, lay.conv1.0, n1, sh.g1.cols(), half)?;
-    if let Some(bias) = lay.conv1.1 {
-        be.bias_fwd_f32(&mut acts.c1, bias, n1, half)?;
+    // stem (forward-only buffers: in the blocks' buffers, see VigActs)
+    {
+        let VigActs { img, cols1, c1, st1, ln1, a1, cols2, c2, st2, ln2, a2, xs, tmp, .. } = &mut *acts;
+        let (x0, x1) = xs.split_at_mut(1);
+        let FwdTmp { ab, a_u: [ua, ub], gpre, .. } = tmp;
+        let c1 = c1.as_mut().unwrap_or(&mut x1[0]);
+        {
+            let cols1 = cols1.as_mut().unwrap_or(&mut *ab);
+            be.im2col(cols1, img, &sh.g1)?;
+            be.linear_fwd_f32(c1, cols1, lay.conv1.0, n1, sh.g1.cols(), half)?;
+        }
+        if let Some(bias) = lay.conv1.1 {
+            be.bias_fwd_f32(c1, bias, n1, half)?;
+        }
+        let (ln1, a1) = (ln1.as_mut().unwrap_or(ua), a1.as_mut().unwrap_or(ub));
+        be.layernorm_fwd(ln1, st1, c1, lay.ln1.0, lay.ln1.1, n1, LAYERNORM_EPS)?;
+        be.feature_map_fwd(a1, ln1, n1 * half, FeatureMap::Silu)?;
+        let cols2 = cols2.as_mut().unwrap_or(ab);
+        be.im2col(cols2, a1, &sh.g2)?;
+        let c2 = c2.as_mut().unwrap_or(gpre);
+        be.linear_fwd_f32(c2, cols2, lay.conv2.0, n, sh.g2.cols(), dm)?;
+        if let Some(bias) = lay.conv2.1 {
+            be.bias_fwd_f32(c2, bias, n, dm)?;
+        }
+        be.layernorm_fwd(ln2, st2, c2, lay.ln2.0, lay.ln2.1, n, LAYERNORM_EPS)?;
+        if let Some(a2) = a2.as_mut() {
+            be.feature_map_fwd(a2, ln2, n * dm, FeatureMap::Silu)?;
+        }
+        let post = a2.as_ref().unwrap_or(ln2);
+        be.cols_to_f32(&mut x0[0], post, &Cols::copy(1, n, dm, (dm, 0), (dm, 0)))?;
     }
-    be.layernorm_fwd(&mut acts.ln1, &mut acts.st1, &acts.c1, lay.ln1.0, lay.ln1.1, n1, LAYERNORM_EPS)?;
-    be.feature_map_fwd(&mut acts.a1, &acts.ln1, n1 * half, FeatureMap::Silu)?;
-    be.im2col(&mut acts.cols2, &acts.a1, &sh.g2)?;
-    be.linear_fwd_f32(&mut acts.c2, &acts.cols2, lay.conv2.0, n, sh.g2.cols(), dm)?;
-    if let Some(bias) = lay.conv2.1 {
-        be.bias_fwd_f32(&mut acts.c2, bias, n, dm)?;
-    }
-    be.layernorm_fwd(&mut acts.ln2, &mut acts.st2, &acts.c2, lay.ln2.0, lay.ln2.1, n, LAYERNORM_EPS)?;
-    if let Some(a2) = &mut acts.a2 {
-        be.feature_map_fwd(a2, &acts.ln2, n * dm, FeatureMap::Silu)?;
-    }
-    let post = acts.a2.as_ref().unwrap_or(&acts.ln2);
-    be.cols_to_f32(&mut acts.xs[0], post, &Cols::copy(1, n, dm, (dm, 0), (dm, 0)))?;
     if let Some(pe) = lay.pos_embed {
         be.pos_embed_fwd(&mut acts.xs[0], pe, d.grid, sh.grid, b)?;
     }
     // blocks
-    let (md, gd) = (scan_dims(&d), gate_dims(&d));
+    let md = scan_dims(&d);
     let (gh, gw) = sh.grid;
     for (li, ids) in lay.blocks.iter().enumerate() {
-        let a = &mut acts.blocks[li];
-        let (xs_in, xs_out) = acts.xs.split_at_mut(li + 1);
-        let (x, out) = (&xs_in[li], &mut xs_out[0]);
-        be.rmsnorm_fwd(&mut a.xn1, &mut a.rstd1, x, ids.attn_norm, n)?;
-        be.dwconv_fwd(&mut a.loc, &a.xn1, ids.dwconv, b, gh, gw, dm)?;
-        if let Some(xa) = &mut a.xs_act {
+        let (bi, si, so) = (acts.block(li), acts.stream(li), acts.stream(li + 1));
+        let a = &mut acts.blocks[bi];
+        let t = &mut acts.tmp;
+        let (x, out) = stream_pair(&mut acts.xs, si, so);
+        be.rmsnorm_fwd(&mut t.xn1, &mut a.rstd1, x, ids.attn_norm, n)?;
+        be.dwconv_fwd(&mut a.loc, &t.xn1, ids.dwconv, b, gh, gw, dm)?;
+        if let Some(xa) = &mut t.xs_act {
             be.feature_map_fwd(xa, &a.loc, n * dm, FeatureMap::Silu)?;
         }
-        let xs = a.xs_act.as_ref().unwrap_or(&a.loc);
-        let w3 = 2 * kd + vd;
-        be.linear_fwd(&mut a.qkv, xs, ids.qkv, n, dm, w3)?;
-        for (dst, (off, w)) in a.qkv_split.iter_mut().zip([(0, kd), (kd, kd), (2 * kd, vd)]) {
-            be.cols(dst, &a.qkv, &Cols::copy(1, n, w, (w3, off), (w, 0)))?;
-        }
-        be.linear_fwd(&mut a.gk_lr, xs, ids.gk0, n, dm, d.gate_rank)?;
-        be.linear_fwd_f32(&mut a.gk_raw, &a.gk_lr, ids.gk1, n, d.gate_rank, 2 * kd)?;
-        be.gate_fwd(&gd, &mut a.gk, &mut a.gk_raw, ids.gk1_bias, n)?;
-        for (j, dst) in a.g_dir.iter_mut().enumerate() {
-            be.cols(dst, &a.gk, &Cols::copy(1, n, kd, (2 * kd, j * kd), (kd, 0)))?;
-        }
-        let [q, k, v] = &a.qkv_split;
-        let [gf, gb] = &a.g_dir;
+        scan_inputs_fwd(be, &d, ids, &a.loc, t, n)?;
+        let [q, k, v] = &t.qkv_split;
+        let [gf, gb] = &t.g_dir;
         scan::forward(be, &md, &acts.plan, &mut a.o, [q, k, v], [gf, gb], (b, l))?;
-        be.gated_norm_fwd(&mut a.gn, &mut a.rstd_g, &a.o, None, crate::config::GateAct::Swish, ids.g_norm, n * d.heads)?;
-        let xs = a.xs_act.as_ref().unwrap_or(&a.loc);
-        be.gated_norm_fwd(&mut a.ln, &mut a.rstd_l, xs, None, crate::config::GateAct::Swish, ids.l_norm, n * d.heads)?;
-        be.linear_fwd_f32(&mut a.gpre, xs, ids.g_proj, n, dm, vd)?;
-        be.bias_fwd_f32(&mut a.gpre, ids.g_proj_bias, n, vd)?;
-        be.locality_gate_fwd(&mut a.y, &a.gn, &a.ln, &a.gpre, d.out_act, n * vd)?;
-        let drop = acts.drop[li].as_ref().zip(acts.branch.as_mut());
-        match drop {
-            Some(([m, _], br)) => {
-                be.linear_fwd_f32(br, &a.y, ids.o_proj, n, vd, dm)?;
-                be.scale_rows(&mut a.x_mid, Some(x), br, m, l, dm)?;
-            }
-            None => be.linear_residual_fwd(&mut a.x_mid, x, &a.y, ids.o_proj, n, vd, dm)?,
-        }
+        let xs = t.xs_act.as_ref().unwrap_or(&a.loc);
+        be.linear_fwd_f32(&mut t.gpre, xs, ids.g_proj, n, dm, vd)?;
+        be.bias_fwd_f32(&mut t.gpre, ids.g_proj_bias, n, vd)?;
+        locality_fwd(be, &d, ids, a, t, n, false)?;
+        let drop = acts.drop[li].as_ref().zip(acts.branch.as_mut()).map(|([m, _], br)| (&m[..], br));
+        attn_residual_fwd(be, &d, ids, x, t, drop, (n, l))?;
         // SwiGLU MLP, its gate and up projections one weight [2I, D]
-        be.rmsnorm_fwd(&mut a.xn2, &mut a.rstd2, &a.x_mid, ids.mlp_norm, n)?;
-        be.linear_fwd(&mut a.ab, &a.xn2, ids.gate_proj, n, dm, 2 * inter)?;
-        for (j, dst) in a.a_u.iter_mut().enumerate() {
-            be.cols(dst, &a.ab, &Cols::copy(1, n, inter, (2 * inter, j * inter), (inter, 0)))?;
-        }
-        be.swiglu_fwd(&mut a.hm, &a.a_u[0], &a.a_u[1], n * inter)?;
+        be.rmsnorm_fwd(&mut t.xn2, &mut a.rstd2, &t.x_mid, ids.mlp_norm, n)?;
+        be.linear_fwd(&mut t.ab, &t.xn2, ids.gate_proj, n, dm, 2 * inter)?;
+        let [ga, up] = &mut t.a_u;
+        be.swiglu_split_fwd(&mut t.hm, (ga, up), &t.ab, (n, inter), false)?;
         let drop = acts.drop[li].as_ref().zip(acts.branch.as_mut());
         match drop {
             Some(([_, m], br)) => {
-                be.linear_fwd_f32(br, &a.hm, ids.down_proj, n, inter, dm)?;
-                be.scale_rows(out, Some(&a.x_mid), br, m, l, dm)?;
+                be.linear_fwd_f32(br, &t.hm, ids.down_proj, n, inter, dm)?;
+                be.scale_rows(out, Some(&t.x_mid), br, m, l, dm)?;
             }
-            None => be.linear_residual_fwd(out, &a.x_mid, &a.hm, ids.down_proj, n, inter, dm)?,
+            None => be.linear_residual_fwd(out, &t.x_mid, &t.hm, ids.down_proj, n, inter, dm)?,
         }
     }
     // head
-    be.rmsnorm_fwd(&mut acts.xf, &mut acts.rstdf, &acts.xs[d.depth], lay.norm, n)?;
+    let last = acts.stream(d.depth);
+    be.rmsnorm_fwd(&mut acts.xf, &mut acts.rstdf, &acts.xs[last], lay.norm, n)?;
     be.avgpool_fwd(&mut acts.pooled, &acts.xf, b, l, dm)?;
     be.linear_fwd_f32(&mut acts.logits, &acts.pooled, lay.head.0, b, dm, d.classes)?;
     be.bias_fwd_f32(&mut acts.logits, lay.head.1, b, d.classes)?;
@@ -505,6 +526,95 @@ pub fn forward_resident<B: Backend + VisionOps>(
     }
     let (sum, correct) = be.smoothed_cross_entropy(&mut acts.dlogits, &acts.logits, labels, d.classes, smoothing, 1.0 / b as f32)?;
     Ok(Some(VigLoss { loss: sum / b as f64, correct }))
+}
+
+/// The scan's inputs from the conv branch (`loc`, or its SiLU in `t`): q, k, v (one GEMM, its
+/// columns split) and both directions' log-gates (the low-rank projection with its bias,
+/// logsigmoid / 16, split) into `t`. The forward runs it, and the backward again before the
+/// scan's backward (the same launches: the same values) instead of keeping them per block.
+fn scan_inputs_fwd<B: Backend + VisionOps>(
+    be: &B,
+    d: &VigDims,
+    ids: &BlockIds,
+    loc: &Act<B>,
+    t: &mut FwdTmp<B::Buf>,
+    n: usize,
+) -> Result<(), B::Error> {
+    let (kd, vd, dm) = (d.key_dim, d.value_dim, d.d);
+    let FwdTmp { xs_act, qkv, qkv_split, gk_lr, gk_raw, gk, g_dir, .. } = t;
+    let xs = xs_act.as_ref().unwrap_or(loc);
+    let w3 = 2 * kd + vd;
+    be.linear_fwd(qkv, xs, ids.qkv, n, dm, w3)?;
+    for (dst, (off, w)) in qkv_split.iter_mut().zip([(0, kd), (kd, kd), (2 * kd, vd)]) {
+        be.cols(dst, qkv, &Cols::copy(1, n, w, (w3, off), (w, 0)))?;
+    }
+    be.linear_fwd(gk_lr, xs, ids.gk0, n, dm, d.gate_rank)?;
+    be.linear_fwd_f32(gk_raw, gk_lr, ids.gk1, n, d.gate_rank, 2 * kd)?;
+    be.gate_fwd(&gate_dims(d), gk, gk_raw, ids.gk1_bias, n)?;
+    for (j, dst) in g_dir.iter_mut().enumerate() {
+        be.cols(dst, gk, &Cols::copy(1, n, kd, (2 * kd, j * kd), (kd, 0)))?;
+    }
+    Ok(())
+}
+
+/// The residual stream after block input `x`'s attention branch, `x_mid = x + y W_o^T` (the
+/// branch scaled per image by `drop`'s scales, through its buffer, under stochastic depth), into
+/// `t`. The forward runs it, and the backward again (the same launches: the same values).
+fn attn_residual_fwd<B: Backend + VisionOps>(
+    be: &B,
+    d: &VigDims,
+    ids: &BlockIds,
+    x: &F32<B>,
+    t: &mut FwdTmp<B::Buf>,
+    drop: Option<(&[f32], &mut F32<B>)>,
+    (n, l): (usize, usize),
+) -> Result<(), B::Error> {
+    let (vd, dm) = (d.value_dim, d.d);
+    match drop {
+        Some((m, br)) => {
+            be.linear_fwd_f32(br, &t.y, ids.o_proj, n, vd, dm)?;
+            be.scale_rows(&mut t.x_mid, Some(x), br, m, l, dm)
+        }
+        None => be.linear_residual_fwd(&mut t.x_mid, x, &t.y, ids.o_proj, n, vd, dm),
+    }
+}
+
+/// The locality branch's element-wise part ([`VisionOps::locality_fwd`]): `gn = g_norm(o)`,
+/// `ln = l_norm(xs)` (their rstd into the block's) and `y`, the locality gate of them by
+/// `sigmoid(gpre)`. The forward runs it (`keep` false: only `y` is read), and the backward again
+/// to recompute them (`keep` true): the same values.
+fn locality_fwd<B: Backend + VisionOps>(
+    be: &B,
+    d: &VigDims,
+    ids: &BlockIds,
+    a: &mut BlockActs<B::Buf>,
+    t: &mut FwdTmp<B::Buf>,
+    n: usize,
+    keep: bool,
+) -> Result<(), B::Error> {
+    let xs = t.xs_act.as_ref().unwrap_or(&a.loc);
+    be.locality_fwd(
+        &mut t.y,
+        (&mut t.gn, &mut t.ln),
+        (&mut a.rstd_g, &mut a.rstd_l),
+        (&a.o, xs, &t.gpre),
+        (ids.g_norm, ids.l_norm),
+        (n * d.heads, d.head_v),
+        d.out_act,
+        keep,
+    )
+}
+
+/// Residual streams `src` (read) and `dst` (written) of `xs`, two distinct entries.
+fn stream_pair<T>(xs: &mut [T], src: usize, dst: usize) -> (&T, &mut T) {
+    debug_assert_ne!(src, dst);
+    if src < dst {
+        let (lo, hi) = xs.split_at_mut(dst);
+        (&lo[src], &mut hi[0])
+    } else {
+        let (lo, hi) = xs.split_at_mut(src);
+        (&hi[0], &mut lo[dst])
+    }
 }
 
 /// The gradient of a residual branch's output as a GEMM operand: the residual stream's `dres`, or
@@ -546,9 +656,12 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
     let (b, l) = (sh.b, sh.l());
     let (md, gd) = (scan_dims(&d), gate_dims(&d));
     let (gh, gw) = sh.grid;
-    let VigActs { plan, s, blocks, xs, drop, .. } = acts;
+    let VigActs { plan, s, blocks, xs, drop, tmp, branch, .. } = acts;
     let Some(s) = s.as_mut() else {
         return Err(shape_err("activations", "made for training".into(), 1, 0).into());
+    };
+    let (Some(cols1), Some(c1), Some(ln1), Some(cols2), Some(c2)) = (&acts.cols1, &acts.c1, &acts.ln1, &acts.cols2, &acts.c2) else {
+        return Err(shape_err("stem activations", "made for training".into(), 1, 0).into());
     };
     // head: dlogits holds d(mean loss)/d logits
     be.cast(&mut s.dlogits16, &acts.dlogits)?;
@@ -556,33 +669,49 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
     be.linear_bwd_x(&mut s.dpooled, dl, lay.head.0, b, dm, d.classes, false)?;
     be.linear_bwd_w(grads, lay.head.0, dl, &acts.pooled, b, dm, d.classes)?;
     be.bias_bwd_act(grads, lay.head.1, dl, b, d.classes)?;
-    be.avgpool_bwd(&mut s.dxf, &s.dpooled, b, l, dm)?;
-    be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxf, &xs[d.depth], &acts.rstdf, lay.norm, n, false)?;
+    be.avgpool_bwd(&mut s.dxn, &s.dpooled, b, l, dm)?;
+    be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxn, &xs[d.depth], &acts.rstdf, lay.norm, n, false)?;
     be.grads_ready(grads, 0)?;
     for (li, ids) in lay.blocks.iter().enumerate().rev() {
-        let a = &blocks[li];
-        // MLP (its branch's gradient scaled per image under stochastic depth)
+        let a = &mut blocks[li];
+        let t = &mut *tmp;
+        // recomputed (the forward's launches: the same values): xs, gpre, gn, ln, y and x_mid
+        if let Some(xa) = &mut t.xs_act {
+            be.feature_map_fwd(xa, &a.loc, n * dm, FeatureMap::Silu)?;
+        }
+        let xs_l = t.xs_act.as_ref().unwrap_or(&a.loc);
+        be.linear_fwd_f32(&mut t.gpre, xs_l, ids.g_proj, n, dm, vd)?;
+        be.bias_fwd_f32(&mut t.gpre, ids.g_proj_bias, n, vd)?;
+        locality_fwd(be, &d, ids, a, t, n, true)?;
+        let dr = drop[li].as_ref().zip(branch.as_mut()).map(|([m, _], br)| (&m[..], br));
+        attn_residual_fwd(be, &d, ids, &xs[li], t, dr, (n, l))?;
+        // MLP (its branch's gradient scaled per image under stochastic depth); xn2, the gate and
+        // up projections and hm recomputed
+        be.rmsnorm_fwd(&mut t.xn2, &mut a.rstd2, &t.x_mid, ids.mlp_norm, n)?;
+        be.linear_fwd(&mut t.ab, &t.xn2, ids.gate_proj, n, dm, 2 * inter)?;
+        let [ga, up] = &mut t.a_u;
+        be.swiglu_split_fwd(&mut t.hm, (ga, up), &t.ab, (n, inter), true)?;
         let bufs = (&mut s.dbranch, &mut s.dbranch16, &mut s.dres16);
         let dout = branch_grad(be, bufs, &s.dres, drop[li].as_ref().map(|m| &m[1][..]), (l, dm))?;
         be.linear_bwd_x(&mut s.dh, dout, ids.down_proj, n, inter, dm, false)?;
-        be.linear_bwd_w(grads, ids.down_proj, dout, &a.hm, n, inter, dm)?;
+        be.linear_bwd_w(grads, ids.down_proj, dout, &t.hm, n, inter, dm)?;
         let [da, du] = &mut s.d_au;
-        be.swiglu_bwd(da, du, &s.dh, &a.a_u[0], &a.a_u[1], n * inter)?;
+        be.swiglu_bwd(da, du, &s.dh, &t.a_u[0], &t.a_u[1], n * inter)?;
         for (j, src) in s.d_au.iter().enumerate() {
             be.cols(&mut s.dab, src, &Cols::copy(1, n, inter, (inter, 0), (2 * inter, j * inter)))?;
         }
         be.linear_bwd_x(&mut s.dxn, &s.dab, ids.gate_proj, n, dm, 2 * inter, false)?;
-        be.linear_bwd_w(grads, ids.gate_proj, &s.dab, &a.xn2, n, dm, 2 * inter)?;
-        be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxn, &a.x_mid, &a.rstd2, ids.mlp_norm, n, true)?;
+        be.linear_bwd_w(grads, ids.gate_proj, &s.dab, &t.xn2, n, dm, 2 * inter)?;
+        be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxn, &t.x_mid, &a.rstd2, ids.mlp_norm, n, true)?;
         // BiGLA layer
         let bufs = (&mut s.dbranch, &mut s.dbranch16, &mut s.dres16);
         let dout = branch_grad(be, bufs, &s.dres, drop[li].as_ref().map(|m| &m[0][..]), (l, dm))?;
         be.linear_bwd_x(&mut s.dy, dout, ids.o_proj, n, vd, dm, false)?;
-        be.linear_bwd_w(grads, ids.o_proj, dout, &a.y, n, vd, dm)?;
-        be.locality_gate_bwd(&mut s.d_gn, &mut s.d_ln, &mut s.d_gpre, &s.dy, &a.gn, &a.ln, &a.gpre, d.out_act, n * vd)?;
+        be.linear_bwd_w(grads, ids.o_proj, dout, &t.y, n, vd, dm)?;
+        be.locality_gate_bwd(&mut s.d_gn, &mut s.d_ln, &mut s.d_gpre, &s.dy, &t.gn, &t.ln, &t.gpre, d.out_act, n * vd)?;
         let act = crate::config::GateAct::Swish;
         be.gated_norm_bwd(plan, &mut s.d_o, None, grads, ids.g_norm, &s.d_gn, &a.o, None, act, &a.rstd_g, n * d.heads)?;
-        let xs_l = a.xs();
+        let xs_l = t.xs(&a.loc);
         be.gated_norm_bwd(plan, &mut s.d_lnin, None, grads, ids.l_norm, &s.d_ln, xs_l, None, act, &a.rstd_l, n * d.heads)?;
         // locality gate projection
         be.cast(&mut s.d_gpre16, &s.d_gpre)?;
@@ -590,10 +719,12 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
         be.bias_bwd_act(grads, ids.g_proj_bias, dg, n, vd)?;
         be.linear_bwd_w(grads, ids.g_proj, dg, xs_l, n, dm, vd)?;
         be.linear_bwd_x(&mut s.dxs, dg, ids.g_proj, n, dm, vd, false)?;
-        // the two scans
-        let [q, k, v] = &a.qkv_split;
+        // the two scans, their inputs recomputed
+        scan_inputs_fwd(be, &d, ids, &a.loc, t, n)?;
+        let xs_l = t.xs(&a.loc);
+        let [q, k, v] = &t.qkv_split;
         let [dq, dk, dv, dgf, dgb] = &mut s.dqkv_dir;
-        let [gf, gb] = &a.g_dir;
+        let [gf, gb] = &t.g_dir;
         scan::backward(be, &md, plan, [q, k, v], [gf, gb], &s.d_o, [dq, dk, dv, dgf, dgb], (b, l))?;
         let w3 = 2 * kd + vd;
         for (src, (off, w)) in s.dqkv_dir[..3].iter().zip([(0, kd), (kd, kd), (2 * kd, vd)]) {
@@ -603,9 +734,9 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
             be.cols_f32(&mut s.dgk, src, &Cols::copy(1, n, kd, (kd, 0), (2 * kd, j * kd)))?;
         }
         // gate: gk_raw = gk_lr W1^T + b1, gk = logsigmoid(gk_raw) / 16
-        be.gate_bwd(&gd, plan, &mut s.dgk_raw, &mut s.dgk_raw16, grads, ids.gk1_bias, &s.dgk, &a.gk_raw, n)?;
+        be.gate_bwd(&gd, plan, &mut s.dgk_raw, &mut s.dgk_raw16, grads, ids.gk1_bias, &s.dgk, &t.gk_raw, n)?;
         let dgr = be.operand(&s.dgk_raw16, &s.dgk_raw);
-        be.linear_bwd_w(grads, ids.gk1, dgr, &a.gk_lr, n, d.gate_rank, 2 * kd)?;
+        be.linear_bwd_w(grads, ids.gk1, dgr, &t.gk_lr, n, d.gate_rank, 2 * kd)?;
         be.linear_bwd_x_act(&mut s.dgk_lr, dgr, ids.gk1, n, d.gate_rank, 2 * kd)?;
         be.linear_bwd_w(grads, ids.gk0, &s.dgk_lr, xs_l, n, dm, d.gate_rank)?;
         be.linear_bwd_x(&mut s.dxs, &s.dgk_lr, ids.gk0, n, dm, d.gate_rank, true)?;
@@ -614,10 +745,11 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
         be.linear_bwd_w(grads, ids.qkv, dqkv, xs_l, n, dm, w3)?;
         be.linear_bwd_x(&mut s.dxs, dqkv, ids.qkv, n, dm, w3, true)?;
         be.cols_to_f32(&mut s.dxs, &s.d_lnin, &Cols { acc: true, ..Cols::copy(1, n, dm, (dm, 0), (dm, 0)) })?;
-        if a.xs_act.is_some() {
+        if t.xs_act.is_some() {
             be.feature_map_bwd(&mut s.dxs, &a.loc, n * dm, FeatureMap::Silu)?;
         }
-        be.dwconv_bwd(&mut s.dxn, grads, &s.dxs, &a.xn1, ids.dwconv, b, gh, gw, dm)?;
+        be.rmsnorm_fwd(&mut t.xn1, &mut a.rstd1, &xs[li], ids.attn_norm, n)?;
+        be.dwconv_bwd(&mut s.dxn, grads, &s.dxs, &t.xn1, ids.dwconv, b, gh, gw, dm)?;
         be.rmsnorm_bwd(plan, &mut s.dres, grads, &s.dxn, &xs[li], &a.rstd1, ids.attn_norm, n, true)?;
         be.grads_ready(grads, d.depth - li)?;
     }
@@ -628,22 +760,62 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
     if d.act_in_patch {
         be.feature_map_bwd(&mut s.dres, &acts.ln2, n * dm, FeatureMap::Silu)?;
     }
-    be.layernorm_bwd(&mut s.dc2, grads, &s.dres, &acts.c2, &acts.st2, lay.ln2.0, lay.ln2.1, n)?;
-    be.cast(&mut s.dc2_16, &s.dc2)?;
-    let dc2 = be.operand(&s.dc2_16, &s.dc2);
+    let Scratch { dxn: dc2, dres16: dc2_16, dh: dcols2, dgk: da1, dqkv: dc1, dqkv16: dc1_16, .. } = s;
+    be.layernorm_bwd(dc2, grads, &s.dres, c2, &acts.st2, lay.ln2.0, lay.ln2.1, n)?;
+    be.cast(dc2_16, dc2)?;
+    let dc2 = be.operand(dc2_16, dc2);
     if let Some(bias) = lay.conv2.1 {
         be.bias_bwd_act(grads, bias, dc2, n, dm)?;
     }
-    be.linear_bwd_w(grads, lay.conv2.0, dc2, &acts.cols2, n, sh.g2.cols(), dm)?;
-    be.linear_bwd_x(&mut s.dcols2, dc2, lay.conv2.0, n, sh.g2.cols(), dm, false)?;
-    be.col2im(&mut s.da1, &s.dcols2, &sh.g2)?;
-    be.feature_map_bwd(&mut s.da1, &acts.ln1, n1 * half, FeatureMap::Silu)?;
-    be.layernorm_bwd(&mut s.dc1, grads, &s.da1, &acts.c1, &acts.st1, lay.ln1.0, lay.ln1.1, n1)?;
-    be.cast(&mut s.dc1_16, &s.dc1)?;
-    let dc1 = be.operand(&s.dc1_16, &s.dc1);
+    be.linear_bwd_w(grads, lay.conv2.0, dc2, cols2, n, sh.g2.cols(), dm)?;
+    be.linear_bwd_x(dcols2, dc2, lay.conv2.0, n, sh.g2.cols(), dm, false)?;
+    be.col2im(da1, dcols2, &sh.g2)?;
+    be.feature_map_bwd(da1, ln1, n1 * half, FeatureMap::Silu)?;
+    be.layernorm_bwd(dc1, grads, da1, c1, &acts.st1, lay.ln1.0, lay.ln1.1, n1)?;
+    be.cast(dc1_16, dc1)?;
+    let dc1 = be.operand(dc1_16, dc1);
     if let Some(bias) = lay.conv1.1 {
         be.bias_bwd_act(grads, bias, dc1, n1, half)?;
     }
-    be.linear_bwd_w(grads, lay.conv1.0, dc1, &acts.cols1, n1, sh.g1.cols(), half)?;
+    be.linear_bwd_w(grads, lay.conv1.0, dc1, cols1, n1, sh.g1.cols(), half)?;
     be.grads_ready(grads, d.depth + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::vig::{VigConfig, VigModel};
+
+    /// Forward-only buffers (one block's, two residual streams in turn) give the training
+    /// buffers' logits and loss bitwise: the same ops in the same order on the same values.
+    #[test]
+    fn forward_only_buffers_give_the_training_forwards_logits() {
+        let cfg = VigConfig {
+            img_size: 32,
+            patch_size: 8,
+            stride: 8,
+            depth: 3,
+            num_heads: 2,
+            embed_dim: 32,
+            num_classes: 5,
+            ..VigConfig::vig_t()
+        };
+        let m = VigModel::new(cfg, 3).unwrap();
+        let (b, h, w) = (2, 32, 32);
+        let images: Vec<f32> = (0..b * 3 * h * w).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+        let labels = [1u32, 4];
+        let mut train = m.acts(b, h, w, true).unwrap();
+        let mut infer = m.acts(b, h, w, false).unwrap();
+        assert!(train.trains() && !infer.trains());
+        assert_eq!((train.blocks.len(), train.xs.len()), (3, 4));
+        assert_eq!((infer.blocks.len(), infer.xs.len()), (1, 2));
+        let lt = m.forward(&mut train, &images, Some(&labels), 0.1).unwrap().unwrap();
+        let li = m.forward(&mut infer, &images, Some(&labels), 0.1).unwrap().unwrap();
+        assert_eq!(lt.loss.to_bits(), li.loss.to_bits());
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(train.logits()), bits(infer.logits()));
+        assert!(train.logits().iter().any(|&v| v != 0.0));
+        // a forward-only set refuses the backward
+        let mut grads = vec![0.0f32; m.num_params()];
+        assert!(m.backward(&mut infer, &mut grads).is_err());
+    }
 }
