@@ -27,7 +27,7 @@ use crate::Device;
 pub const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
 
 /// `--steps` of a new run.
-const DEFAULT_STEPS: u64 = 7000;
+const DEFAULT_STEPS: u64 = 13000;
 
 /// `--ema` of a new CPU run.
 const DEFAULT_EMA: f64 = 0.0;
@@ -123,7 +123,7 @@ pub struct TrainArgs {
     /// each residual branch with this probability, earlier ones linearly less).
     #[arg(long, default_value_t = 0.0)]
     drop_path: f64,
-    /// Optimizer steps [default: 7000; 14000 with --device cuda]; with --resume, a new (higher) total, else the run's own.
+    /// Optimizer steps [default: 13000; 14000 with --device cuda]; with --resume, a new (higher) total, else the run's own.
     #[arg(long)]
     steps: Option<u64>,
     /// Images per step.
