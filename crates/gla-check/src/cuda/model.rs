@@ -127,6 +127,19 @@ pub(crate) fn row(case: &str, tensor: &'static str, err: f64, tol: f64, note: St
     Row::new(case, "model", "bf16", tensor, err, tol).with_note(note)
 }
 
+/// The `repeat` row of case `name`: the share of gradients of a second, identical step (`again`)
+/// that differ bitwise from the first step's (`first`); the reductions use no atomics, so none may.
+pub(crate) fn repeat_row(name: &str, first: &[f32], again: &[f32]) -> Row {
+    let differ = again.iter().zip(first).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+    row(
+        name,
+        "repeat",
+        differ as f64 / first.len().max(1) as f64,
+        tol::BITWISE,
+        format!("{differ} of {} gradients differ bitwise between two identical steps", first.len()),
+    )
+}
+
 /// A CPU model's error as this check's error type.
 pub(crate) fn cpu_err(e: impl std::fmt::Display) -> Error {
     Error::Op(gla_core::Error::Unsupported { backend: "cpu", what: e.to_string() })
@@ -247,14 +260,7 @@ fn compare(
     gpu.zero_grads()?;
     gpu.backward(&mut gacts, scale)?;
     let again = gpu.grads_to_host()?;
-    let differ = again.iter().zip(&g_gpu).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-    out.push(row(
-        name,
-        "repeat",
-        differ as f64 / g_gpu.len().max(1) as f64,
-        tol::BITWISE,
-        format!("{differ} of {} gradients differ bitwise between two identical steps", g_gpu.len()),
-    ));
+    out.push(repeat_row(name, &g_gpu, &again));
 
     let (floor_logits_all, g_floor) = bf16_floor(cpu, ids, targets, b, t, scale)?;
 

@@ -17,7 +17,7 @@ use gla_model::vig::gpu::GpuVigModel;
 use gla_model::vig::{self, Shape, VigActs, VigConfig, VigModel};
 use gla_model::Rng;
 
-use super::model::{cpu_err, grad_rows, rel_rmse, row};
+use super::model::{cpu_err, grad_rows, rel_rmse, repeat_row, row};
 use crate::row::Row;
 use crate::tol::{self, floor_tol};
 
@@ -124,14 +124,7 @@ fn vig_case(cuda: &Arc<Cuda>, seed: u64, name: &str, cfg: VigConfig, (b, h, w): 
     gpu.zero_grads()?;
     gpu.backward(&mut gacts)?;
     let again = gpu.grads_to_host()?;
-    let differ = again.iter().zip(&g_gpu).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
-    out.push(row(
-        name,
-        "repeat",
-        differ as f64 / g_gpu.len().max(1) as f64,
-        tol::BITWISE,
-        format!("{differ} of {} gradients differ bitwise between two identical steps", g_gpu.len()),
-    ));
+    out.push(repeat_row(name, &g_gpu, &again));
 
     let (floor_logits, g_floor) = bf16_floor(&cpu, &images, &labels, (b, h, w))?;
     let lerr = (got.loss - want.loss).abs() / want.loss.abs().max(1e-12);
