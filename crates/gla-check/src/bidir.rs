@@ -31,8 +31,9 @@ pub struct BidirCase {
 
 /// The bidir case table: odd T (1, 15, 63, 64, 65, 1000) with K = 60 != V = 100 and gates of
 /// equal and of very different strengths per direction; packed varlen input with an empty
-/// sequence and one of a single token; ViG's heads (K = 32, V = 64 at T = 196, 14 x 14 patches)
-/// and K = V = 64 and 128 at B > 1.
+/// sequence and one of a single token, and one whose sequences all fit one chunk; ViG's heads
+/// (K = 32, V = 64 at T = 196, 14 x 14 patches; K = V = 32 at T = 49, the CPU Fashion-MNIST
+/// model) and K = V = 64 and 128 at B > 1.
 pub fn cases() -> Vec<BidirCase> {
     let mut out = Vec::new();
     let spec = |b, t, h, k, v, cu: Option<Vec<usize>>| BidirSpec { cu_seqlens: cu, ..BidirSpec::new(b, t, h, k, v) };
@@ -45,8 +46,12 @@ pub fn cases() -> Vec<BidirCase> {
     }
     push("varlen-gf1-gb0.1".into(), spec(1, 365, 2, 60, 100, Some(vec![0, 15, 15, 100, 101, 300, 365])), (1.0, 0.1));
     push("varlen-empty-first".into(), spec(1, 80, 3, 60, 100, Some(vec![0, 0, 80])), (10.0, 1.0));
+    // every sequence within one chunk (the fused CPU path's domain), one empty, strong gf
+    push("varlen-short-gf0.1-gb1".into(), spec(1, 120, 2, 60, 100, Some(vec![0, 0, 49, 50, 114, 120])), (0.1, 1.0));
     // ViG's gates: logsigmoid(x) / 16 (gate_logit_normalizer), per direction
     push("vig-T196-K32-V64".into(), spec(2, 196, 3, 32, 64, None), (16.0, 16.0));
+    // the CPU Fashion-MNIST model's shape: 7x7 tokens, 2 heads of 32
+    push("vig-T49-K32-V32".into(), spec(8, 49, 2, 32, 32, None), (16.0, 16.0));
     push("T196-K64-V64".into(), spec(2, 196, 2, 64, 64, None), (16.0, 1.0));
     push("T130-K128-V128".into(), spec(2, 130, 2, 128, 128, None), (1.0, 16.0));
     out

@@ -1,9 +1,10 @@
 //! The bidirectional scan's CPU rows: its case table ([`crate::bidir::cases`]) on the f32 oracle
-//! and the chunked path (both schedules) against the f64 oracle, and the typed-error rows.
+//! and the chunked (both schedules) and fused paths against the f64 oracle, and the typed-error
+//! rows.
 
 use gla_core::bidir::{BidirInputs, BidirOp, BidirProblem, BidirSpec};
 use gla_core::{Error, Result};
-use gla_cpu::{BidirChunked, BidirNaive, Chunked, Schedule};
+use gla_cpu::{BidirChunked, BidirFused, BidirNaive, Chunked, Schedule};
 
 use crate::bidir::{cases, run_table, BidirPath, BIDIR_SEED};
 use crate::delta_cpu::{error_row, Expect};
@@ -13,6 +14,7 @@ use crate::tol;
 
 const SEQ: BidirChunked = BidirChunked { gla: Chunked { schedule: Schedule::PerSequence } };
 const PAR: BidirChunked = BidirChunked { gla: Chunked { schedule: Schedule::PerChunk } };
+const FUSED: BidirFused = BidirFused { long: SEQ };
 
 /// The table (cases whose name contains `filter`) on the CPU's f32 paths, then the error rows.
 ///
@@ -20,11 +22,16 @@ const PAR: BidirChunked = BidirChunked { gla: Chunked { schedule: Schedule::PerC
 /// An invalid case spec, or the f64 oracle failing.
 pub fn rows(filter: Option<&str>) -> Result<Vec<Row>> {
     let path = |label, op: &'static dyn BidirOp<f32>| BidirPath { label, storage: Storage::F32, op, tol: tol::CPU_F32 };
-    let paths = [path("cpu-bidir-naive", &BidirNaive), path("cpu-bidir-chunk-seq", &SEQ), path("cpu-bidir-chunk-par", &PAR)];
+    let paths = [
+        path("cpu-bidir-naive", &BidirNaive),
+        path("cpu-bidir-chunk-seq", &SEQ),
+        path("cpu-bidir-chunk-par", &PAR),
+        path("cpu-bidir-fused", &FUSED),
+    ];
     let mut out = Vec::new();
     run_table(&cases(), BIDIR_SEED, filter, &paths, &mut out)?;
     let mut errs = Vec::new();
-    error_rows(&[("cpu-bidir-naive", &BidirNaive), ("cpu-bidir-chunk", &SEQ)], &mut errs);
+    error_rows(&[("cpu-bidir-naive", &BidirNaive), ("cpu-bidir-chunk", &SEQ), ("cpu-bidir-fused", &FUSED)], &mut errs);
     out.extend(errs.into_iter().filter(|r| filter.is_none_or(|f| r.case.contains(f))));
     Ok(out)
 }

@@ -12,8 +12,8 @@
 //! The delta-rule family (DeltaNet, Gated DeltaNet) has the same three paths and a decode step in
 //! [`delta`] ([`DeltaNaive`], [`DeltaRecurrent`], [`DeltaChunked`], [`delta_step`]).
 //!
-//! The bidirectional scan of ViG has its oracle and chunked path in [`bidir`] ([`BidirNaive`],
-//! [`BidirChunked`]).
+//! The bidirectional scan of ViG has its oracle and fast paths in [`bidir`] ([`BidirNaive`],
+//! [`BidirChunked`], [`BidirFused`]).
 //!
 //! ```
 //! use gla_core::{op::GlaOp, GateKind, Inputs, Problem, ProblemSpec};
@@ -40,7 +40,7 @@ mod naive;
 mod recurrent;
 
 pub use attn::{AttnCache, AttnNaive, AttnTiled};
-pub use bidir::{BidirChunked, BidirNaive};
+pub use bidir::{BidirChunked, BidirFused, BidirNaive};
 pub use chunk::{Chunked, Schedule};
 pub use delta::{delta_step, DeltaChunked, DeltaNaive, DeltaRecurrent};
 pub use naive::Naive;

@@ -9,7 +9,7 @@ use gla_check::tol;
 use gla_core::bidir::{flip_rows, BidirInputs, BidirOp, BidirSpec};
 use gla_core::op::GlaOp;
 use gla_core::Inputs;
-use gla_cpu::{BidirChunked, BidirNaive, Chunked, Naive, Schedule};
+use gla_cpu::{BidirChunked, BidirFused, BidirNaive, Chunked, Naive, Schedule};
 
 fn inputs(x: &[Vec<f64>; 6]) -> BidirInputs<'_, f64> {
     BidirInputs { q: &x[0], k: &x[1], v: &x[2], gf: &x[3], gb: &x[4] }
@@ -93,6 +93,12 @@ fn chunked_matches_oracle_per_sequence() {
 fn chunked_matches_oracle_per_chunk() {
     const OP: BidirChunked = BidirChunked { gla: Chunked { schedule: Schedule::PerChunk } };
     table("cpu-bidir-chunk-par", &OP, None);
+}
+
+#[test]
+fn fused_matches_oracle() {
+    const OP: BidirFused = BidirFused { long: BidirChunked { gla: Chunked { schedule: Schedule::PerSequence } } };
+    table("cpu-bidir-fused", &OP, None);
 }
 
 #[test]

@@ -11,7 +11,7 @@
 use gla_core::bidir::{BidirInputs, BidirOp, BidirProblem, BidirSpec};
 use gla_core::op::GlaOp;
 use gla_core::{AttnForward, AttnInputs, AttnOp, AttnProblem, Backward, DeltaInputs, DeltaOp, Inputs};
-use gla_cpu::bidir::BidirChunked;
+use gla_cpu::bidir::{BidirChunked, BidirFused};
 use gla_cpu::delta::{delta_step, DeltaChunked, DeltaRecurrent};
 use gla_cpu::mat::{matmul_with, MatRef, Threads};
 use gla_cpu::{AttnCache, AttnTiled, Chunked, FusedRecurrent, Schedule};
@@ -1012,8 +1012,9 @@ impl CpuIo<'_> {
     }
 }
 
-/// The bidirectional scan the CPU runs (the GLA chunked path on both directions).
-static BIDIR: BidirChunked = BidirChunked { gla: Chunked { schedule: Schedule::Auto } };
+/// The bidirectional scan the CPU runs: both directions fused per one-chunk sequence (ViG on
+/// small images), the GLA chunked path on each direction for longer ones.
+static BIDIR: BidirFused = BidirFused { long: BidirChunked { gla: Chunked { schedule: Schedule::Auto } } };
 
 /// The bidirectional problem of `b` sequences of `t` tokens at the heads of `md` (the per-head
 /// scale `K^-1/2`, as the GLA op's).
