@@ -42,6 +42,11 @@ pub struct Args {
     /// Also write the results as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// After timing, run one more iteration with every kernel launch and GEMM bracketed by CUDA
+    /// events and print where its time goes, summed per kernel (the top 20; all of them in the
+    /// JSON). The events add a little time between launches.
+    #[arg(long)]
+    profile: bool,
 }
 
 /// One measurement.
@@ -59,6 +64,10 @@ struct Entry {
     peak_gib: f64,
     /// Why the measurement did not run (out of memory, ...), or empty.
     error: String,
+    /// With --profile: (kernel or `gemm MxNxK`, launches, total ms) of one iteration, largest
+    /// first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    profile: Vec<(String, usize, f64)>,
 }
 
 /// `gla bench vig`.
@@ -86,11 +95,12 @@ pub fn run(a: &Args) -> Result<bool> {
                     m => anyhow::bail!("unknown mode {m} (infer, train)"),
                 };
                 let batch = if train { a.train_batch[i] } else { a.batch[i] };
-                let e = measure(&cuda, name, &config, size, batch, train, a.warmup, a.reps);
+                let e = measure(&cuda, name, &config, size, batch, train, (a.warmup, a.reps, a.profile));
                 println!(
                     "{:<6} {:<5} {:>5}px {:>5} tok  batch {:>4}  {:>9.2} ms  {:>9.1} img/s  peak {:>6.2} GiB {}",
                     e.model, e.mode, e.image, e.tokens, e.batch, e.ms_per_iter, e.images_per_s, e.peak_gib, e.error
                 );
+                print!("{}", format_profile(&e.profile, e.ms_per_iter));
                 rows.push(e);
             }
         }
@@ -116,8 +126,7 @@ fn measure(
     size: usize,
     batch: usize,
     train: bool,
-    warmup: usize,
-    reps: usize,
+    (warmup, reps, profile): (usize, usize, bool),
 ) -> Entry {
     use gla_model::vig::gpu::GpuVigModel;
     use gla_model::vig::{Shape, VigConfig, VigModel};
@@ -133,6 +142,7 @@ fn measure(
         images_per_s: f64::NAN,
         peak_gib: f64::NAN,
         error: String::new(),
+        profile: Vec::new(),
     };
     let body = |e: &mut Entry| -> Result<()> {
         let host = VigModel::new(config, 0)?;
@@ -173,12 +183,31 @@ fn measure(
         e.ms_per_iter = 1e3 * s / reps.max(1) as f64;
         e.images_per_s = (batch * reps.max(1)) as f64 / s;
         e.peak_gib = gla_cuda::weights::peak_pool_bytes(cuda) as f64 / (1u64 << 30) as f64;
+        if profile {
+            let ((), recs) = gla_cuda::runtime::profile(cuda, || iter(&mut model))?;
+            e.profile = gla_cuda::runtime::profile_totals(&recs);
+        }
         Ok(())
     };
     if let Err(err) = body(&mut e) {
         e.error = format!("{err:#}");
     }
     e
+}
+
+/// The top of a profile (`--profile`) as indented lines, with the timed iteration's `ms` for
+/// scale; empty without one.
+#[cfg(feature = "cuda")]
+fn format_profile(p: &[(String, usize, f64)], ms: f64) -> String {
+    if p.is_empty() {
+        return String::new();
+    }
+    let total: f64 = p.iter().map(|x| x.2).sum();
+    let mut s = format!("    profile: {total:.2} ms in {} launches (timed iteration {ms:.2} ms)\n", p.iter().map(|x| x.1).sum::<usize>());
+    for (name, n, t) in p.iter().take(20) {
+        s += &format!("    {name:<44} {n:>5}x {t:>9.3} ms {:>5.1}%\n", 100.0 * t / total);
+    }
+    s
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -162,7 +162,7 @@ enum BenchCmd {
     /// Time ViG-T/S/B on CUDA (bf16, 1000 classes): images/s and peak device memory of inference
     /// and training (forward, backward, AdamW) at 224, 512 and 1024 pixels.
     #[command(
-        after_help = "Examples:\n  gla bench vig\n  gla bench vig --models vig-t --sizes 224 --batch 256 --train-batch 128 --json vig.json"
+        after_help = "Examples:\n  gla bench vig\n  gla bench vig --models vig-t --sizes 224 --batch 256 --train-batch 128 --json vig.json\n  gla bench vig --models vig-t --sizes 1024 --batch 8 --train-batch 8 --reps 3 --profile"
     )]
     Vig(bench_vig::Args),
     /// Time generation (time to first token, decode tokens/s) of a random model of a given config

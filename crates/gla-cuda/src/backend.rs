@@ -180,30 +180,34 @@ impl Gemm {
         // ld*) (the callers size them from the same dims); alpha/beta are host f32 (the default
         // pointer mode); operand types bf16 x bf16 -> bf16/f32 with f32 compute are a supported
         // cublasGemmEx combination
-        unsafe {
-            cudarc::cublas::result::gemm_ex(
-                *self.blas.handle(),
-                op(ta),
-                op(tb),
-                dim(m)?,
-                dim(n)?,
-                dim(k)?,
-                (&raw const alpha).cast(),
-                a as *const _,
-                Ty::Bf16.cuda(),
-                dim(lda)?,
-                b as *const _,
-                Ty::Bf16.cuda(),
-                dim(ldb)?,
-                (&raw const beta).cast(),
-                c as *mut _,
-                cty.cuda(),
-                dim(ldc)?,
-                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
-            )
-        }
-        .map_err(blas_err("cublasGemmEx"))?;
+        crate::runtime::profiled(
+            &self.stream,
+            || format!("gemm {m}x{n}x{k}"),
+            || unsafe {
+                cudarc::cublas::result::gemm_ex(
+                    *self.blas.handle(),
+                    op(ta),
+                    op(tb),
+                    dim(m)?,
+                    dim(n)?,
+                    dim(k)?,
+                    (&raw const alpha).cast(),
+                    a as *const _,
+                    Ty::Bf16.cuda(),
+                    dim(lda)?,
+                    b as *const _,
+                    Ty::Bf16.cuda(),
+                    dim(ldb)?,
+                    (&raw const beta).cast(),
+                    c as *mut _,
+                    cty.cuda(),
+                    dim(ldc)?,
+                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DFALT,
+                )
+                .map_err(blas_err("cublasGemmEx"))
+            },
+        )?;
         if self.sync {
             self.blas_sync()?;
         }

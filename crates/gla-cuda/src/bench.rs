@@ -369,7 +369,7 @@ pub fn delta_stages(cuda: &Arc<Cuda>, shape: [usize; 5], op: &str) -> Result<Str
     let mut b = DeltaBenchOp::new(cuda, &inp, shape, op)?;
     b.fwd_bwd(cuda)?;
     cuda.sync()?;
-    let ((), times) = crate::delta::ops::profile(cuda, || b.fwd_bwd(cuda))?;
+    let ((), times) = crate::runtime::profile(cuda, || b.fwd_bwd(cuda))?;
     let [bb, t, h, k, v] = shape;
     let total: f64 = times.iter().map(|x| x.1).sum();
     let mut s = format!("{op} {bb}x{t}x{h}x{k}x{v}: one forward+backward, launch by launch (total {total:.3} ms)\n");

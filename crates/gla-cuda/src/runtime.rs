@@ -12,10 +12,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags, CUfunction_attribute};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchArgs, LaunchConfig, PushKernelArg,
-    ValidAsZeroBits,
+    CudaContext, CudaEvent, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchArgs, LaunchConfig,
+    PushKernelArg, ValidAsZeroBits,
 };
 use cudarc::nvrtc::{result as nvrtc_result, sys as nvrtc_sys, Ptx};
 
@@ -196,6 +196,66 @@ impl Options {
         let sync_debug = on("GLA_SYNC_DEBUG");
         Self { sync_debug, graphs: !on("GLA_NO_GRAPH") && !sync_debug }
     }
+}
+
+thread_local! {
+    /// The launches recorded by [`profile`] on this thread: (kernel, start, end events).
+    static PROFILE: std::cell::RefCell<Option<Vec<(String, CudaEvent, CudaEvent)>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `work` (one kernel launch or one library call on `stream`), bracketed by CUDA events
+/// named `name()` while [`profile`] records on this thread; plain `work()` otherwise.
+///
+/// # Errors
+/// What `work` returns; driver errors of the events.
+pub(crate) fn profiled<R>(stream: &Arc<CudaStream>, name: impl FnOnce() -> String, work: impl FnOnce() -> Result<R>) -> Result<R> {
+    if !PROFILE.with(|p| p.borrow().is_some()) {
+        return work();
+    }
+    let ev = || stream.context().new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).map_err(Error::driver("create event"));
+    let (a, z) = (ev()?, ev()?);
+    a.record(stream).map_err(Error::driver("record event"))?;
+    let r = work()?;
+    z.record(stream).map_err(Error::driver("record event"))?;
+    PROFILE.with(|p| p.borrow_mut().as_mut().map(|v| v.push((name(), a, z))));
+    Ok(r)
+}
+
+/// Runs `f` with every kernel launch ([`Cuda::launch`]) and GEMM of this thread timed by CUDA
+/// events: returns its result and each launch's (kernel or `gemm MxNxK`, ms) in launch order.
+/// The events add a little time between launches; copies and memsets are not recorded. For the
+/// benchmarks' breakdowns (`gla bench delta --stages`, `gla bench vig --profile`), in place of a
+/// system profiler.
+///
+/// # Errors
+/// What `f` returns; driver errors of the events.
+pub fn profile<R, E: From<Error>>(
+    cuda: &Cuda,
+    f: impl FnOnce() -> std::result::Result<R, E>,
+) -> std::result::Result<(R, Vec<(String, f64)>), E> {
+    PROFILE.with(|p| *p.borrow_mut() = Some(Vec::new()));
+    let r = f();
+    let recs = PROFILE.with(|p| p.borrow_mut().take()).unwrap_or_default();
+    let r = r?;
+    cuda.sync()?;
+    let mut out = Vec::with_capacity(recs.len());
+    for (name, a, z) in recs {
+        out.push((name, f64::from(a.elapsed_ms(&z).map_err(Error::driver("event elapsed"))?)));
+    }
+    Ok((r, out))
+}
+
+/// [`profile`]'s records summed per name, largest total first: (name, launches, total ms).
+pub fn profile_totals(recs: &[(String, f64)]) -> Vec<(String, usize, f64)> {
+    let mut by: HashMap<&str, (usize, f64)> = HashMap::new();
+    for (name, ms) in recs {
+        let e = by.entry(name.as_str()).or_default();
+        e.0 += 1;
+        e.1 += ms;
+    }
+    let mut out: Vec<(String, usize, f64)> = by.into_iter().map(|(n, (c, t))| (n.to_string(), c, t)).collect();
+    out.sort_by(|a, b| b.2.total_cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+    out
 }
 
 /// One argument of a kernel launch ([`Cuda::launch`]): a device buffer (its address), an
@@ -502,7 +562,7 @@ impl Cuda {
             a.push(&mut b);
         }
         // SAFETY: the caller's contract (above)
-        unsafe { b.launch(cfg) }.map_err(err)?;
+        profiled(&self.stream, || name.to_string(), || unsafe { b.launch(cfg) }.map(drop).map_err(err))?;
         if self.options.sync_debug {
             self.stream.synchronize().map_err(err)?;
         }

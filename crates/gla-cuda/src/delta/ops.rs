@@ -19,52 +19,6 @@ use crate::error::{Error, Result};
 use crate::ops::{poison, Elem};
 use crate::runtime::Cuda;
 
-thread_local! {
-    /// The launches recorded by [`profile`] on this thread: (kernel, start, end events).
-    static PROFILE: std::cell::RefCell<Option<Vec<(String, cudarc::driver::CudaEvent, cudarc::driver::CudaEvent)>>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// The one launch path of the delta launchers: [`Cuda::launch`], bracketed by events while
-/// [`profile`] records.
-///
-/// # Safety
-/// As [`Cuda::launch`].
-unsafe fn launch(cuda: &Cuda, name: &str, cfg: cudarc::driver::LaunchConfig, args: &[&dyn crate::runtime::KernelArg]) -> Result<()> {
-    let on = PROFILE.with(|p| p.borrow().is_some());
-    if !on {
-        // SAFETY: the caller's contract
-        return unsafe { cuda.launch(name, cfg, args) };
-    }
-    let ev = || cuda.context().new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).map_err(Error::driver("create event"));
-    let (a, z) = (ev()?, ev()?);
-    a.record(cuda.stream()).map_err(Error::driver("record event"))?;
-    // SAFETY: the caller's contract
-    unsafe { cuda.launch(name, cfg, args)? };
-    z.record(cuda.stream()).map_err(Error::driver("record event"))?;
-    PROFILE.with(|p| p.borrow_mut().as_mut().map(|v| v.push((name.to_string(), a, z))));
-    Ok(())
-}
-
-/// Runs `f` with every delta launch of this thread timed by CUDA events: returns its result and
-/// each launch's (kernel, ms) in launch order (for the benchmark's stage breakdown; the events
-/// add a little time between launches).
-///
-/// # Errors
-/// What `f` returns; driver errors of the events.
-pub fn profile<R>(cuda: &Cuda, f: impl FnOnce() -> Result<R>) -> Result<(R, Vec<(String, f64)>)> {
-    PROFILE.with(|p| *p.borrow_mut() = Some(Vec::new()));
-    let r = f();
-    let recs = PROFILE.with(|p| p.borrow_mut().take()).unwrap_or_default();
-    let r = r?;
-    cuda.sync()?;
-    let mut out = Vec::with_capacity(recs.len());
-    for (name, a, z) in recs {
-        out.push((name, f64::from(a.elapsed_ms(&z).map_err(Error::driver("event elapsed"))?)));
-    }
-    Ok((r, out))
-}
-
 fn unsupported(what: String) -> Error {
     Error::Op(gla_core::Error::Unsupported { backend: "cuda", what })
 }
@@ -347,8 +301,7 @@ pub fn delta_fwd_ws<T: Elem>(
             // checked against the problem (null where the kernel tests for null); the grid
             // covers V in tiles of 32 and N*HV in y.
             unsafe {
-                launch(
-                    cuda,
+                cuda.launch(
                     &name,
                     dd::rec_cfg(p.v(), nhv),
                     &[
@@ -401,7 +354,7 @@ fn state_split(cuda: &Cuda, src: &CudaSlice<f32>, dst: &CudaSlice<f32>, p: &Delt
     let (n64, k, vs32, vw, dir) = (n as i64, p.k() as i32, vs as i32, p.v() as i32, i32::from(!to_sub));
     // SAFETY: one thread per element of N*HV*K*V f32 states; src and dst hold at least that many
     // (src checked, dst a workspace buffer of the state's length or the caller's checked state)
-    unsafe { launch(cuda, "delta_state_split", dd::flat_cfg(n, 256), &[src, dst, &n64, &k, &vs32, &vw, &dir]) }
+    unsafe { cuda.launch("delta_state_split", dd::flat_cfg(n, 256), &[src, dst, &n64, &k, &vs32, &vw, &dir]) }
 }
 
 /// The chunked forward on the kernels' problem `p` (`vs` value sub-heads per value head of the
@@ -435,8 +388,7 @@ fn chunk_fwd<T: Elem>(
     // SAFETY: arguments match delta_o_*'s signature; hs, vn, g2 were written by the launches
     // above (workspace lengths checked against the problem); one block per (chunk, value head).
     unsafe {
-        launch(
-            cuda,
+        cuda.launch(
             &name,
             cfg,
             &[x.q, x.k, &ws.rq, &ws.rk, hs, vn, g2, o, &dp.bounds, &dp.chunk_off, &dp.chunk_seq, &h, &hv, &k, &v, &vp, &scale, &nch],
@@ -454,7 +406,7 @@ fn chunk_prep<T: Elem>(cuda: &Cuda, p: &DeltaProblem, vs: usize, x: &DeltaDevInp
         let (nr64, k) = (nr as i64, p.k() as i32);
         for (src, dst) in [(x.q, req(&ws.rq, "rq")?), (x.k, req(&ws.rk, "rk")?)] {
             // SAFETY: one warp per row of [rows*H, K]; dst holds rows*H f32
-            unsafe { launch(cuda, &name, dd::flat_cfg(nr, 8), &[src, dst, &nr64, &k])? };
+            unsafe { cuda.launch(&name, dd::flat_cfg(nr, 8), &[src, dst, &nr64, &k])? };
         }
     }
     gate_prep(cuda, p, vs, x, req(&ws.bt, "beta")?, ws.gl.as_ref())
@@ -483,7 +435,7 @@ fn gate_prep<T: Elem>(
     let name = format!("delta_gate_fwd_{}", T::SUFFIX);
     // SAFETY: one thread per (row, value head) of [rows, HV']; bt (and gl with a gate) hold
     // rows*HV' f32; the inputs ([rows, HV'/vs]) were checked against the caller's problem
-    unsafe { launch(cuda, &name, dd::flat_cfg(n, 256), &[x.beta, &x.g, &x.a_log, &x.dt_bias, bt, &gl, &n64, &hv, &vs32, &bscale, &gmode]) }
+    unsafe { cuda.launch(&name, dd::flat_cfg(n, 256), &[x.beta, &x.g, &x.a_log, &x.dt_bias, bt, &gl, &n64, &hv, &vs32, &bscale, &gmode]) }
 }
 
 /// The UT/WY prep and the state pass of the chunked path on the kernels' problem `p` (forward,
@@ -516,8 +468,7 @@ fn chunk_wy_h<T: Elem>(
         // SAFETY: arguments match delta_wy_*'s signature; w, u, T, G hold the problem's chunked
         // workspaces (checked by the caller); one block per (chunk, value head)
         unsafe {
-            launch(
-                cuda,
+            cuda.launch(
                 &name,
                 cfg,
                 &[x.k, &ws.rk, x.v, bt, &ws.gl, w, u, &tm, g2, &dp.bounds, &dp.chunk_off, &dp.chunk_seq, &h, &hv, &k, &v, &vp32, &nch],
@@ -530,7 +481,7 @@ fn chunk_wy_h<T: Elem>(
     // SAFETY: arguments match delta_h_*'s signature; one block per (V tile, sequence x value
     // head) walking its chunks; every workspace is sized for the problem
     unsafe {
-        launch(cuda, &name, cfg, &[w, u, x.k, &ws.rk, g2, &x.h0, hs, vn, &ht, &dp.bounds, &dp.chunk_off, &h, &hv, &k, &v, &vp32, &nch])
+        cuda.launch(&name, cfg, &[w, u, x.k, &ws.rk, g2, &x.h0, hs, vn, &ht, &dp.bounds, &dp.chunk_off, &h, &hv, &k, &v, &vp32, &nch])
     }
 }
 
@@ -569,8 +520,7 @@ pub unsafe fn delta_decode<T: Elem>(
     // SAFETY: the arguments match delta_rec_decode's signature; input and output lengths were
     // checked against the problem; the state table's contract is the caller's (above)
     unsafe {
-        launch(
-            cuda,
+        cuda.launch(
             &name,
             dd::rec_cfg(p.v(), grid_nhv(op, p)?),
             &[x.q, x.k, x.v, x.beta, &x.g, &x.a_log, &x.dt_bias, &states, o, &dp.bounds, &h, &hv, &k, &v, &scale, &l2, &bscale, &gmode],
@@ -760,8 +710,7 @@ pub fn delta_bwd_ws<T: Elem>(
             // HV, K] (dq, dk) and NV x [rows, HV] (dbeta, dg), the checkpoints and scratch as
             // DeltaWorkspaceLens::backward sizes them for the grid (checked above)
             unsafe {
-                launch(
-                    cuda,
+                cuda.launch(
                     &name,
                     dd::rec_cfg(p.v(), nhv),
                     &[
@@ -844,8 +793,7 @@ fn chunk_bwd<T: Elem>(
     if dp.n_chunks > 0 && !plan.out {
         // SAFETY: arguments match delta_dvl_*'s signature; dvl holds chunks x HV x 64 x VP f32
         unsafe {
-            launch(
-                cuda,
+            cuda.launch(
                 &format!("delta_dvl_k{kp}_{sfx}"),
                 dd::chunk_cfg(gx, p.hv(), 1, smem.dvl()),
                 &[x.q, x.k, &ws.rq, &ws.rk, d_o, g2, dvl, bounds, off, seq, &h, &hv, &k, &v, &vp32, &scale],
@@ -856,8 +804,7 @@ fn chunk_bwd<T: Elem>(
     // block per (V tile, sequence x value head) walking its chunks in reverse; dhs, du sized for
     // the problem
     unsafe {
-        launch(
-            cuda,
+        cuda.launch(
             &dd::h_name(true, plan, kp, sfx),
             dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, smem.h_bwd(plan)),
             &[x.q, x.k, &ws.rq, &ws.rk, w, d_o, dvl, g2, &dht, dhs, du, &dh0, bounds, off, &h, &hv, &k, &v, &vp32, &scale, &nch],
@@ -871,8 +818,7 @@ fn chunk_bwd<T: Elem>(
     // covers KP in tiles of KW; dq, dk hold [rows, HV, K] f32, dw planes x chunks x HV x 64 x
     // KP, dG KZ x chunks x HV x 64
     unsafe {
-        launch(
-            cuda,
+        cuda.launch(
             &dd::dqkw_name(nb, kp, sfx),
             dd::chunk_cfg(gx, p.hv(), kz, smem.dqkw(nb)),
             &[x.q, x.k, &ws.rq, &ws.rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgk, bounds, off, seq, &h, &hv, &k, &v, &vp32, &scale, &nch],
@@ -883,8 +829,7 @@ fn chunk_bwd<T: Elem>(
     // holds delta_dqkw's values (added to); dv, dbeta and dg partials are written for every row
     // of every chunk
     unsafe {
-        launch(
-            cuda,
+        cuda.launch(
             &dd::wy_bwd_name(bf16, kp, sfx),
             dd::chunk_cfg(gx, p.hv(), 1, smem.wy_bwd()),
             &[x.k, &ws.rk, x.v, bt, tm, dw, du, g2, dgk, dk, &*g.dv, db, dg, bounds, off, seq, &h, &hv, &k, &v, &vp32, &kz32, &nch],
@@ -918,8 +863,7 @@ fn finalize<T: Elem>(
         let (dq, dk) = (req(&ws.dq, "dq")?, req(&ws.dk, "dk")?);
         // SAFETY: one warp per (row, head) of [rows, H, K]; the partials hold np x [rows, HV', K]
         unsafe {
-            launch(
-                cuda,
+            cuda.launch(
                 &format!("delta_qk_bwd_{sfx}"),
                 dd::flat_cfg(p.rows() * p.h(), 8),
                 &[x.q, x.k, dq, dk, &*g.dq, &*g.dk, &rows, &h, &hv_k, &k, &np32, &l2],
@@ -931,8 +875,7 @@ fn finalize<T: Elem>(
         let dgo = (gmode > 0).then_some(&*g.dg);
         // SAFETY: one thread per (row, value head); the partials hold np x [rows, HV * vs]
         unsafe {
-            launch(
-                cuda,
+            cuda.launch(
                 &format!("delta_gate_bwd_{sfx}"),
                 dd::flat_cfg(p.beta_len(), 256),
                 &[x.beta, &x.g, &x.a_log, &x.dt_bias, db, dg, &*g.dbeta, &dgo, &n, &hv, &vs, &np32, &bscale, &gmode],
@@ -949,8 +892,7 @@ fn finalize<T: Elem>(
             // SAFETY: one block per value head summing every row (and sub-head) of dg's np
             // partials
             unsafe {
-                launch(
-                    cuda,
+                cuda.launch(
                     &format!("delta_gate_param_bwd_{sfx}"),
                     cfg,
                     &[&x.g, &x.a_log, &x.dt_bias, dg, &*g.da_log, &*g.ddt_bias, &rows, &hv, &vs, &np32],
