@@ -171,9 +171,10 @@ pub struct TrainArgs {
     #[arg(long)]
     ema: Option<f64>,
     /// Equal parts each batch is split into and run side by side on the cores (the gradient is
-    /// their weighted sum: part of the numerics, kept by --resume; the thread count is not).
-    #[arg(long, default_value_t = DEFAULT_SHARDS)]
-    shards: usize,
+    /// their weighted sum: part of the numerics, kept by --resume; the thread count is not)
+    /// [default: 2, at most --batch-size]. CPU runs only.
+    #[arg(long)]
+    shards: Option<usize>,
 }
 
 /// `gla vision classify`.
@@ -306,7 +307,7 @@ fn new_trainer(a: &TrainArgs, data: &ImageSet, names: &[&str]) -> Result<VigTrai
         label_smoothing: a.label_smoothing,
         augment: Augment { pad: a.crop_pad, flip: !a.no_flip },
         seed: a.seed,
-        shards: a.shards,
+        shards: a.shards.unwrap_or(DEFAULT_SHARDS.min(a.batch_size.max(1))),
         ema: a.ema.unwrap_or(DEFAULT_EMA),
         ..VigTrainConfig::default()
     };
@@ -328,6 +329,9 @@ fn train(a: &TrainArgs) -> Result<()> {
     let has_ckpt = a.out.join(gla_model::checkpoint::LATEST_FILE).is_file();
     let mut tr = match (a.resume, has_ckpt) {
         (true, true) => {
+            if a.shards.is_some() {
+                eprintln!("note: --shards is ignored by --resume (the run keeps its own: it is part of the numerics)");
+            }
             let tr = VigTrainer::resume(&a.out, |c| c.steps = a.steps.map_or(c.steps, |s| c.steps.max(s)))
                 .with_context(|| format!("resuming {}", a.out.display()))?;
             eprintln!("resuming {} at step {} of {}", a.out.display(), tr.step_count(), tr.cfg.steps);
@@ -677,6 +681,9 @@ fn train_on_gpu(a: &TrainArgs) -> Result<()> {
     }
     if a.ema.is_some() {
         bail!("--ema is CPU-only: the GPU trainer keeps no moving average");
+    }
+    if a.shards.is_some() {
+        bail!("--shards is CPU-only: the GPU trainer runs each batch whole");
     }
     let (train_set, test_set, names) = datasets(a)?;
     if a.out.join("model.safetensors").is_file() || a.out.join(gla_model::checkpoint::LATEST_FILE).is_file() {

@@ -125,11 +125,13 @@ fn resume_gives_the_same_weights() {
     let (code, _, err) = gla(&train_args(b, "6"));
     assert_eq!(code, 1, "an existing run needs --resume: {err}");
     assert!(err.contains("--resume"), "{err}");
+    // --shards is part of the numerics: the resumed run keeps its own (2) and says so
     let mut args = train_args(b, "6");
-    args.push("--resume");
+    args.extend(["--resume", "--shards", "1"]);
     let (code, _, err) = gla(&args);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("resuming"), "{err}");
+    assert!(err.contains("--shards is ignored by --resume"), "{err}");
     for f in ["model.safetensors", "exp_avg.safetensors", "exp_avg_sq.safetensors"] {
         let (x, y) = (std::fs::read(d.join("a/checkpoint-6").join(f)).unwrap(), std::fs::read(d.join("b/checkpoint-6").join(f)).unwrap());
         assert!(x == y, "{f} differs after the resume");
@@ -143,6 +145,20 @@ fn resume_gives_the_same_weights() {
     };
     assert_eq!(steps(b), (1..=6).collect::<Vec<_>>(), "metrics.jsonl holds each step once");
     assert_eq!(steps(a), steps(b));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A batch of one trains with the default shard count (two shards, at most one per image).
+#[test]
+fn batch_of_one_trains() {
+    let d = tmp("batch1");
+    let out = d.join("r");
+    let mut args = train_args(out.to_str().unwrap(), "2");
+    let at = args.iter().position(|&a| a == "--batch-size").unwrap();
+    args[at + 1] = "1";
+    let (code, _, err) = gla(&args);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("in 1 shards"), "{err}");
     std::fs::remove_dir_all(&d).unwrap();
 }
 

@@ -851,12 +851,8 @@ impl Gpu {
         let c = &self.cuda;
         let prob = DevAttnProblem::new(c, &AttnProblem::new(dm.op_spec(b, t, None))?)?;
         let inv_freq = c.upload(&dm.rope_inv_freq(), "rope frequencies")?;
-        let bufs = if backward {
-            let p = &prob.problem;
-            Some(AttnBufs { grads: AttnDevGrads::alloc(c, p)?, delta: self.z(p.lse_len())? })
-        } else {
-            None
-        };
+        let bufs =
+            if backward { Some(AttnBufs { grads: AttnDevGrads::alloc(c, &prob)?, delta: self.z(prob.problem.lse_len())? }) } else { None };
         // a sequence's split count is bounded by the grid the SMs want for one sequence
         let max_splits = if t == 1 { attn_disp::decode_split(1, dm.kv_heads, 1 << 40, c.sm_count()).0 } else { 0 };
         let (po, pl) = (self.z(b * dm.heads * max_splits * dm.head_dim)?, self.z(b * dm.heads * max_splits)?);

@@ -91,9 +91,15 @@ __device__ __forceinline__ float att_row_sum(float x) {
 
 // Adds two f32 to p[0], p[1] in L2 (red: no value comes back, so nothing waits on it). The
 // backward's dQ sums have one adding thread per element, so the order of the adds is its program
-// order: deterministic.
+// order: deterministic. The vector form needs sm_90; earlier GPUs take two scalar adds (the same
+// single adding thread, the same order).
 __device__ __forceinline__ void att_red2(float* p, float a, float b) {
+#if __CUDA_ARCH__ >= 900
     asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(a), "f"(b) : "memory");
+#else
+    asm volatile("red.global.add.f32 [%0], %1;" ::"l"(p), "f"(a) : "memory");
+    asm volatile("red.global.add.f32 [%0], %1;" ::"l"(p + 1), "f"(b) : "memory");
+#endif
 }
 
 // ldmatrix on 32-bit shared-memory byte addresses: a fragment's address is a per-lane offset

@@ -73,6 +73,9 @@ pub const KVQ_BQ: usize = 64;
 const KVQ_THREADS: u32 = 256;
 /// Most splits of the backward's key tiles (each holds a dQ sum of the problem's size).
 const KVQ_MAX_SPLITS: usize = 8;
+/// Most bytes of dQ sums beyond the first: a split past one adds a `[B,T,H,D]` f32 sum, so long
+/// inputs (one sequence of 2^18 tokens at 32 x 128 is 4 GiB per sum) stay at fewer splits.
+const KVQ_SPLIT_BYTES: usize = 4 << 30;
 
 /// Dynamic shared memory of the backward: K [128][DP+8], V [128][DVP+8], Q 2 x [BQ][DP+8], dO 2 x
 /// [BQ][DVP+8], P and dS [BQ][128+8] bf16, lse and delta 2 x [BQ] f32.
@@ -84,15 +87,18 @@ pub fn kvq_smem((dp, dvp): (usize, usize)) -> usize {
 /// How many splits the backward cuts each sequence's key tiles into (split s takes the
 /// tiles s, s + splits, ...; each split adds its dQ into a sum of its own, so every element has
 /// one adding thread: deterministic): enough that N * H_KV * splits blocks fill `sms` SMs once
-/// (one block per SM), at least 1, at most [`KVQ_MAX_SPLITS`] and the longest sequence's tiles.
-/// `GLA_ATTN_SPLITS=n` asks for n instead (same bounds; for timing: more splits put fewer
-/// (sequence, head) pairs in flight, so their Q, dO rows stay in L2, at the cost of a dQ sum each).
+/// (one block per SM), at least 1, at most [`KVQ_MAX_SPLITS`], the longest sequence's tiles, and
+/// as many as keep the sums past the first within 4 GiB. `GLA_ATTN_SPLITS=n` asks for n instead
+/// (same bounds; for timing: more splits put fewer (sequence, head) pairs in flight, so their Q,
+/// dO rows stay in L2, at the cost of a dQ sum each). [`crate::attn::ops::DevAttnProblem`] calls
+/// it once and every buffer size follows that count.
 pub fn kvq_splits(p: &AttnProblem, sms: usize) -> usize {
     let seqs = (0..p.n()).filter(|&n| !p.seq(n).is_empty()).count();
     let tiles = (0..p.n()).map(|n| p.seq(n).len().div_ceil(KVQ_BN)).max().unwrap_or(0);
     let fill = sms / (seqs * p.h_kv()).max(1);
     let want = std::env::var("GLA_ATTN_SPLITS").ok().and_then(|v| v.parse::<usize>().ok()).unwrap_or(fill);
-    want.clamp(1, KVQ_MAX_SPLITS).min(tiles.max(1))
+    let by_memory = 1 + KVQ_SPLIT_BYTES / (4 * p.q_len()).max(1);
+    want.clamp(1, KVQ_MAX_SPLITS).min(tiles.max(1)).min(by_memory)
 }
 
 /// The backward's work units: (sequence, split) of every non-empty sequence and split,
@@ -318,6 +324,11 @@ mod tests {
             assert_eq!(kvq_splits(&rec(8, 8192), 132), 1);
             assert_eq!(kvq_splits(&rec(2, 32768), 132), 4);
             assert_eq!(kvq_splits(&rec(1, 100), 132), 1);
+            // one long sequence: the extra sums stay within 4 GiB (2 GiB each here: 3 splits)
+            let long = AttnProblem::new(AttnSpec::new(1, 1 << 17, 32, 128)).unwrap();
+            assert_eq!(kvq_splits(&long, 132), 3);
+            let longer = AttnProblem::new(AttnSpec::new(1, 1 << 19, 32, 128)).unwrap();
+            assert_eq!(kvq_splits(&longer, 132), 1);
         }
         // 228 KiB of shared memory per H100 / H200 SM, 1 KiB reserved per block
         assert!(kvq_smem((128, 128)) + 1024 <= 228 * 1024);

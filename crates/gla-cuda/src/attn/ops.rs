@@ -175,18 +175,19 @@ impl AttnDevGrads {
     ///
     /// # Errors
     /// Driver errors.
-    pub fn alloc(cuda: &Cuda, p: &AttnProblem) -> Result<Self> {
+    pub fn alloc(cuda: &Cuda, dp: &DevAttnProblem) -> Result<Self> {
+        let p = &dp.problem;
         Ok(Self {
             dq: cuda.alloc_zeros(p.q_len().max(1), "attn dq")?,
             dk: cuda.alloc_zeros(p.k_len().max(1), "attn dk")?,
             dv: cuda.alloc_zeros(p.v_len().max(1), "attn dv")?,
-            dq_acc: cuda.alloc_zeros(Self::acc_len(cuda, p), "attn dq sums")?,
+            dq_acc: cuda.alloc_zeros(Self::acc_len(dp), "attn dq sums")?,
         })
     }
-    /// Elements of [`AttnDevGrads::dq_acc`] for `p` on `cuda`: one `[B,T,H,D]` sum per split of
-    /// the backward ([`da::kvq_splits`]).
-    pub fn acc_len(cuda: &Cuda, p: &AttnProblem) -> usize {
-        da::kvq_splits(p, cuda.sm_count()) * p.q_len().max(1)
+    /// Elements of [`AttnDevGrads::dq_acc`] for `dp`: one `[B,T,H,D]` sum per split of the
+    /// backward (the count [`DevAttnProblem::new`] chose, [`da::kvq_splits`]).
+    pub fn acc_len(dp: &DevAttnProblem) -> usize {
+        dp.splits * dp.problem.q_len().max(1)
     }
 }
 
@@ -324,7 +325,7 @@ pub fn attn_bwd(
     d_o: &CudaSlice<u16>,
 ) -> Result<AttnDevGrads> {
     let p = &dp.problem;
-    let mut g = AttnDevGrads::alloc(cuda, p)?;
+    let mut g = AttnDevGrads::alloc(cuda, dp)?;
     let mut delta = cuda.alloc_zeros::<f32>(p.lse_len(), "attn delta")?;
     attn_bwd_ws(cuda, dp, x, o, lse, d_o, &mut delta, &mut g)?;
     Ok(g)
