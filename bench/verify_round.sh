@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# One device call that checks a head no GPU has run yet and times what the open speed issues
+# track, gla only (no PyTorch, no fla autotuning; about 5 minutes on an H200):
+#   1. gla check --device cuda --quick (every family's table without the T = 65536 and > 2^31
+#      rows), and the attention rows again on the 8x32 forward tile (GLA_ATTN_FWD=8x32);
+#   2. gla bench attn (forward, forward+backward, decode), gla bench delta --stages (each launch
+#      of one forward+backward), gla bench bidir;
+#   3. gla bench vig (ViG-T/S/B at 224 / 512 / 1024, inference and training) and ViG-T at 224 and
+#      1024 again with --profile (the kernels of one iteration, summed per kernel).
+# The side-by-side calls against PyTorch come after it: bench/attn_vs_sdpa.sh, bench/delta_vs_fla.sh,
+# bench/vig_vs_deit.sh. Prints a summary last.
+# Usage, from the repo root on the GPU machine: OUT=/tmp/out bench/verify_round.sh [path/to/gla]
+#   GLA_CACHE_DIR: cubins compiled here beforehand (NVRTC runs without a GPU) save the first compile.
+# Writes $OUT/summary.txt and $OUT/logs.tar.xz (each step's full output).
+set -u
+export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+G="${1:-target/release/gla}"
+OUT="${OUT:-bench/out}"
+L="$OUT/logs"
+mkdir -p "$L"
+S=$(date +%s)
+SUM="$OUT/summary.txt"
+: > "$SUM"
+# step NAME TIMEOUT CMD...: runs CMD into $L/NAME.txt, adds its status and last lines to the summary
+step() {
+    local name=$1 limit=$2
+    shift 2
+    echo "[$(( $(date +%s) - S ))s] $name" | tee -a "$SUM"
+    timeout "$limit" "$@" > "$L/$name.txt" 2>&1
+    local rc=$?
+    echo "  rc=$rc" >> "$SUM"
+    return $rc
+}
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader > "$L/gpu.txt" 2>&1
+step check 240 "$G" check --device cuda --quick --json "$L/check.json"
+tail -1 "$L/check.txt" >> "$SUM"
+grep -E " (FAIL|fail)" "$L/check.txt" | head -20 >> "$SUM"
+GLA_ATTN_FWD=8x32 step check_attn_8x32 120 "$G" check --device cuda --quick --filter attn
+tail -1 "$L/check_attn_8x32.txt" >> "$SUM"
+step bench_attn 150 "$G" bench attn --device cuda --json "$L/attn.json"
+tail -14 "$L/bench_attn.txt" >> "$SUM"
+step bench_delta 150 "$G" bench delta --device cuda --stages --json "$L/delta.json"
+grep -vE "^ " "$L/bench_delta.txt" | tail -14 >> "$SUM"
+step bench_bidir 90 "$G" bench bidir --device cuda
+tail -8 "$L/bench_bidir.txt" >> "$SUM"
+step bench_vig 240 "$G" bench vig --device cuda --reps 6 --json "$L/vig.json"
+grep -E "^vig-" "$L/bench_vig.txt" >> "$SUM"
+step profile_vig 120 "$G" bench vig --device cuda --models vig-t --sizes 224,1024 --batch 128,8 --train-batch 128,8 \
+    --reps 3 --profile --json "$L/vig_profile.json"
+grep -E "^vig-|profile:" "$L/profile_vig.txt" >> "$SUM"
+echo "[$(( $(date +%s) - S ))s] done" | tee -a "$SUM"
+tar -C "$OUT" -cJf "$OUT/logs.tar.xz" logs && rm -rf "$L"
+cat "$SUM"
