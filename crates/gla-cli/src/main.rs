@@ -29,6 +29,7 @@ mod bench_vig;
 mod check;
 mod eval;
 mod generate;
+mod kernels;
 mod launch;
 mod model_dir;
 mod out;
@@ -130,6 +131,14 @@ enum Cmd {
     /// images, classify with a run directory or hustvl's .pth.
     #[command(subcommand)]
     Vision(vision::Cmd),
+    /// The CUDA kernels of this binary: list them, or compile them all into the on-disk cache
+    /// ahead of time (NVRTC only, no GPU), so the first GPU run starts warm.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  gla kernels list\n  gla kernels compile                          (sm_90a, into GLA_CACHE_DIR or ~/.cache/gla)\n  \
+        gla kernels compile --arch sm_80 --cache /opt/gla-cache   (then run with GLA_CACHE_DIR=/opt/gla-cache)"
+    )]
+    Kernels(kernels::Cmd),
 }
 
 #[derive(Subcommand)]
@@ -223,6 +232,7 @@ fn main() {
         Cmd::Bench(BenchCmd::Vig(a)) => bench_vig::run(&a),
         Cmd::Check(a) => check::run(&a),
         Cmd::Vision(c) => vision::run(&c).map(|()| true),
+        Cmd::Kernels(c) => kernels::run(&c),
         Cmd::Eval(a) => eval::run(&a),
         Cmd::Generate(a) => generate::run(&a),
         Cmd::Bench(BenchCmd::Generate(a)) => generate::bench(&a),

@@ -1,0 +1,83 @@
+//! `gla kernels`: the CUDA kernel sources of this binary, and their ahead-of-time compile into
+//! the on-disk cache. The runtime compiles a source with NVRTC the first time one of its entry
+//! points runs and keeps the cubin under the cache directory (`GLA_CACHE_DIR`, else
+//! `~/.cache/gla`); `gla kernels compile` does all of it at once, without a GPU (NVRTC is a
+//! library), so a container image or a machine without the toolkit's compiler starts warm.
+
+use anyhow::Result;
+use clap::{Args as ClapArgs, Subcommand};
+
+/// `gla kernels`.
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// List every kernel source and its entry points.
+    List,
+    /// Compile every kernel source for one GPU architecture into the cache (no GPU needed, only
+    /// libnvrtc); sources already cached for this NVRTC and arch are read back, not recompiled.
+    Compile(CompileArgs),
+}
+
+/// `gla kernels compile`.
+#[derive(ClapArgs)]
+pub struct CompileArgs {
+    /// Target architecture, as the runtime names it: sm_90a on Hopper (H100 / H200), else
+    /// sm_<major><minor> of the device (sm_80 on A100, sm_89 on L40).
+    #[arg(long, default_value = "sm_90a")]
+    arch: String,
+    /// Cache directory to fill (sets GLA_CACHE_DIR for this run; default: GLA_CACHE_DIR, else
+    /// $XDG_CACHE_HOME/gla, else ~/.cache/gla). Point the GPU runs at the same directory.
+    #[arg(long)]
+    cache: Option<std::path::PathBuf>,
+}
+
+/// `gla kernels ...`.
+#[cfg(feature = "cuda")]
+pub fn run(c: &Cmd) -> Result<bool> {
+    use anyhow::Context;
+    use gla_cuda::kernels::ALL;
+    match c {
+        Cmd::List => {
+            for src in ALL {
+                println!("{}  ({} entry points)", src.name, src.entries.len());
+                for e in src.entries {
+                    println!("    {e}");
+                }
+            }
+            Ok(true)
+        }
+        Cmd::Compile(a) => {
+            if !a.arch.starts_with("sm_") {
+                anyhow::bail!("--arch {}: expected sm_<major><minor>[a], e.g. sm_90a or sm_80", a.arch);
+            }
+            if let Some(dir) = &a.cache {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+                // the runtime reads it at each compile; no other thread runs yet
+                std::env::set_var("GLA_CACHE_DIR", dir);
+            }
+            let dir = gla_cuda::runtime::cache_dir().context("no cache directory: set --cache, GLA_CACHE_DIR or HOME")?;
+            let (major, minor) = gla_cuda::runtime::nvrtc_version().context("libnvrtc is needed (pip install nvidia-cuda-nvrtc)")?;
+            println!("NVRTC {major}.{minor}, {}, cache {}", a.arch, dir.display());
+            let t0 = std::time::Instant::now();
+            let mut failed = 0;
+            for src in ALL {
+                let t = std::time::Instant::now();
+                match gla_cuda::runtime::compile_cubin(src, &a.arch) {
+                    Ok(cubin) => println!("  {:<28} {:>9} bytes  {:>6.1} s", src.name, cubin.len(), t.elapsed().as_secs_f64()),
+                    Err(e) => {
+                        failed += 1;
+                        println!("  {:<28} FAILED: {}", src.name, e.to_string().lines().next().unwrap_or_default());
+                        eprintln!("{e}");
+                    }
+                }
+            }
+            println!("{} sources, {failed} failed, {:.1} s", ALL.len(), t0.elapsed().as_secs_f64());
+            Ok(failed == 0)
+        }
+    }
+}
+
+/// `gla kernels ...` in a binary without the `cuda` feature.
+#[cfg(not(feature = "cuda"))]
+pub fn run(_: &Cmd) -> Result<bool> {
+    anyhow::bail!("this gla binary was built without GPU support; rebuild with `cargo build --release -p gla-cli --features cuda`")
+}
