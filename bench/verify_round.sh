@@ -3,14 +3,15 @@
 # track, gla only (no PyTorch, no fla autotuning; about 5 minutes on an H200):
 #   1. gla check --device cuda --quick (every family's table without the T = 65536 and > 2^31
 #      rows), and the attention rows again on the 8x32 forward tile (GLA_ATTN_FWD=8x32);
-#   2. gla bench attn (forward, forward+backward, decode), gla bench delta --stages (each launch
-#      of one forward+backward), gla bench bidir;
+#   2. gla bench attn (forward, forward+backward, decode), gla bench delta --stages and gla bench
+#      bidir --stages (and each launch of one forward+backward);
 #   3. gla bench vig (ViG-T/S/B at 224 / 512 / 1024, inference and training) and ViG-T at 224 and
 #      1024 again with --profile (the kernels of one iteration, summed per kernel).
 # The side-by-side calls against PyTorch come after it: bench/attn_vs_sdpa.sh, bench/delta_vs_fla.sh,
 # bench/vig_vs_deit.sh. Prints a summary last.
 # Usage, from the repo root on the GPU machine: OUT=/tmp/out bench/verify_round.sh [path/to/gla]
-#   GLA_CACHE_DIR: cubins compiled here beforehand (NVRTC runs without a GPU) save the first compile.
+#   GLA_CACHE_DIR: cubins compiled beforehand (`gla kernels compile --cache DIR`, no GPU needed)
+#   save the first compile.
 # Writes $OUT/summary.txt and $OUT/logs.tar.xz (each step's full output).
 set -u
 export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
@@ -41,8 +42,8 @@ step bench_attn 150 "$G" bench attn --device cuda --json "$L/attn.json"
 tail -14 "$L/bench_attn.txt" >> "$SUM"
 step bench_delta 150 "$G" bench delta --device cuda --stages --json "$L/delta.json"
 grep -vE "^ " "$L/bench_delta.txt" | tail -14 >> "$SUM"
-step bench_bidir 90 "$G" bench bidir --device cuda
-tail -8 "$L/bench_bidir.txt" >> "$SUM"
+step bench_bidir 120 "$G" bench bidir --device cuda --stages --json "$L/bidir.json"
+grep -E "^[0-9]+x" "$L/bench_bidir.txt" | head -22 >> "$SUM"
 step bench_vig 240 "$G" bench vig --device cuda --reps 6 --json "$L/vig.json"
 grep -E "^vig-" "$L/bench_vig.txt" >> "$SUM"
 step profile_vig 120 "$G" bench vig --device cuda --models vig-t --sizes 224,1024 --batch 128,8 --train-batch 128,8 \

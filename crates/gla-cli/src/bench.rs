@@ -456,13 +456,17 @@ pub struct BidirArgs {
     /// Also write the results as JSON to this file (read by bench/bidir_vs_fla.py).
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Also time each launch of one fused forward+backward per shape (CUDA events around each
+    /// launch): where the time goes.
+    #[arg(long)]
+    stages: bool,
 }
 
 /// `gla bench bidir`: the bidirectional scan on CUDA (`gla_cuda::bidir::bench`).
 #[cfg(feature = "cuda")]
 pub fn bidir(a: &BidirArgs) -> Result<bool> {
     use gla_cuda::bench::HBM_BYTES_PER_S;
-    use gla_cuda::bidir::bench::{bench_bidir, default_bidir_shapes, format_bidir_rows};
+    use gla_cuda::bidir::bench::{bench_bidir, bidir_stages, default_bidir_shapes, format_bidir_rows};
     if a.device != Device::Cuda {
         anyhow::bail!("gla bench bidir runs on CUDA only (--device cuda)");
     }
@@ -472,6 +476,11 @@ pub fn bidir(a: &BidirArgs) -> Result<bool> {
     println!("device: {} ({}); HBM floor at {:.2} TB/s; median of {} reps", cuda.name(), cuda.arch(), HBM_BYTES_PER_S / 1e12, a.reps);
     let rows = bench_bidir(&cuda, &shapes, a.reps).context("timing the bidirectional scan")?;
     print!("{}", format_bidir_rows(&rows));
+    if a.stages {
+        for &shape in &shapes {
+            print!("{}", bidir_stages(&cuda, shape).context("timing the bidirectional scan's launches")?);
+        }
+    }
     if let Some(path) = &a.json {
         let unix_time = unix_time();
         let results: Vec<serde_json::Value> = rows

@@ -371,12 +371,18 @@ pub fn delta_stages(cuda: &Arc<Cuda>, shape: [usize; 5], op: &str) -> Result<Str
     cuda.sync()?;
     let ((), times) = crate::runtime::profile(cuda, || b.fwd_bwd(cuda))?;
     let [bb, t, h, k, v] = shape;
+    Ok(stages_table(&format!("{op} {bb}x{t}x{h}x{k}x{v}: one forward+backward"), &times))
+}
+
+/// A [`crate::runtime::profile`] record as a plain-text table, one line per launch in launch
+/// order with its share of the total, under `title`.
+pub fn stages_table(title: &str, times: &[(String, f64)]) -> String {
     let total: f64 = times.iter().map(|x| x.1).sum();
-    let mut s = format!("{op} {bb}x{t}x{h}x{k}x{v}: one forward+backward, launch by launch (total {total:.3} ms)\n");
+    let mut s = format!("{title}, launch by launch (total {total:.3} ms)\n");
     for (name, ms) in times {
         s += &format!("  {name:<28} {ms:>9.3} ms {:>5.1}%\n", 100.0 * ms / total);
     }
-    Ok(s)
+    s
 }
 
 /// A plain-text table of delta rows.

@@ -11,7 +11,7 @@ use cudarc::driver::CudaSlice;
 use gla_core::bidir::{BidirProblem, BidirSpec};
 
 use super::ops::{bidir_bwd_ws, bidir_fwd_ws, BidirDevGrads, BidirDevInputs, BidirDevProblem, BidirWorkspace};
-use crate::bench::{draw_bf16, format_rows, time_ms, BenchRow};
+use crate::bench::{draw_bf16, format_rows, stages_table, time_ms, BenchRow};
 use crate::dispatch::bidir::BidirAlgo;
 use crate::error::Result;
 use crate::runtime::Cuda;
@@ -44,6 +44,52 @@ fn logsigmoid16(x: f32) -> f32 {
     (x.min(0.0) - (-x.abs()).exp().ln_1p()) / 16.0
 }
 
+/// One shape's inputs, workspace and outputs on the device, allocated before any timed run.
+struct Case {
+    dp: BidirDevProblem,
+    q: CudaSlice<u16>,
+    k: CudaSlice<u16>,
+    v: CudaSlice<u16>,
+    gf: CudaSlice<u16>,
+    gb: CudaSlice<u16>,
+    d_o: CudaSlice<u16>,
+    ws: BidirWorkspace<u16>,
+    g: BidirDevGrads,
+    o: CudaSlice<u16>,
+}
+
+impl Case {
+    fn new(cuda: &Arc<Cuda>, p: &BidirProblem) -> Result<Self> {
+        let up = |x: Vec<u16>, what: &'static str| -> Result<CudaSlice<u16>> { cuda.upload(&x, what) };
+        let (nqk, nv) = (p.qk_len(), p.v_len());
+        let dp = BidirDevProblem::new(cuda, p)?;
+        let ws = BidirWorkspace::new(cuda, &dp)?;
+        Ok(Self {
+            q: up(draw_bf16(nqk, 21, |z| z), "q")?,
+            k: up(draw_bf16(nqk, 22, |z| z), "k")?,
+            v: up(draw_bf16(nv, 23, |z| z), "v")?,
+            gf: up(draw_bf16(nqk, 24, logsigmoid16), "gf")?,
+            gb: up(draw_bf16(nqk, 25, logsigmoid16), "gb")?,
+            d_o: up(draw_bf16(nv, 26, |z| z), "do")?,
+            g: BidirDevGrads::alloc(cuda, p)?,
+            // SAFETY: written by every forward before it is read
+            o: unsafe { cuda.alloc_uninit::<u16>(nv, "o") }?,
+            dp,
+            ws,
+        })
+    }
+
+    /// One forward of `algo`, and its backward with `bwd`.
+    fn run(&mut self, cuda: &Cuda, algo: BidirAlgo, bwd: bool) -> Result<()> {
+        let x = BidirDevInputs { q: &self.q, k: &self.k, v: &self.v, gf: &self.gf, gb: &self.gb };
+        bidir_fwd_ws(cuda, algo, &self.dp, &x, &mut self.ws, &mut self.o)?;
+        if bwd {
+            bidir_bwd_ws(cuda, algo, &self.dp, &x, &self.d_o, &mut self.ws, self.g.as_out())?;
+        }
+        Ok(())
+    }
+}
+
 /// Times both paths on every shape, forward and forward+backward.
 ///
 /// # Errors
@@ -53,17 +99,8 @@ pub fn bench_bidir(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize) -> Resu
     for &shape in shapes {
         let [b, t, h, k, v] = shape;
         let p = BidirProblem::new(BidirSpec::new(b, t, h, k, v))?;
-        let up = |x: Vec<u16>, what: &'static str| -> Result<CudaSlice<u16>> { cuda.upload(&x, what) };
         let (nqk, nv) = (p.qk_len(), p.v_len());
-        let (q, kk, vv) = (up(draw_bf16(nqk, 21, |z| z), "q")?, up(draw_bf16(nqk, 22, |z| z), "k")?, up(draw_bf16(nv, 23, |z| z), "v")?);
-        let (gf, gb) = (up(draw_bf16(nqk, 24, logsigmoid16), "gf")?, up(draw_bf16(nqk, 25, logsigmoid16), "gb")?);
-        let d_o = up(draw_bf16(nv, 26, |z| z), "do")?;
-        let dp = BidirDevProblem::new(cuda, &p)?;
-        let x = BidirDevInputs { q: &q, k: &kk, v: &vv, gf: &gf, gb: &gb };
-        let mut ws = BidirWorkspace::new(cuda, &dp)?;
-        let mut g = BidirDevGrads::alloc(cuda, &p)?;
-        // SAFETY: written by every forward before it is read
-        let mut o = unsafe { cuda.alloc_uninit::<u16>(nv, "o") }?;
+        let mut c = Case::new(cuda, &p)?;
         let (ffl, bfl) = p.chunk_flops();
         // the forward reads q, k, v, gf, gb and writes o (bf16); the backward reads them and do
         // and writes dq, dk, dv, dgf, dgb (f32)
@@ -71,11 +108,8 @@ pub fn bench_bidir(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize) -> Resu
         let bwd_bytes = (2 * (4 * nqk + 2 * nv) + 4 * (4 * nqk + nv)) as f64;
         let mut times = Vec::new();
         for (algo, kernel) in [(BidirAlgo::Fused, "bidir-fused"), (BidirAlgo::Composed, "gla-x2")] {
-            let fwd = time_ms(cuda, reps, &mut || bidir_fwd_ws(cuda, algo, &dp, &x, &mut ws, &mut o))?;
-            let both = time_ms(cuda, reps, &mut || {
-                bidir_fwd_ws(cuda, algo, &dp, &x, &mut ws, &mut o)?;
-                bidir_bwd_ws(cuda, algo, &dp, &x, &d_o, &mut ws, g.as_out())
-            })?;
+            let fwd = time_ms(cuda, reps, &mut || c.run(cuda, algo, false))?;
+            let both = time_ms(cuda, reps, &mut || c.run(cuda, algo, true))?;
             times.push((kernel, fwd, both));
         }
         let (_, cf, cb) = times[1];
@@ -88,6 +122,20 @@ pub fn bench_bidir(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize) -> Resu
         }
     }
     Ok(out)
+}
+
+/// The time of each launch of one fused forward+backward on `shape` (CUDA events around each
+/// launch, after a warm-up run): a plain-text table ([`stages_table`]).
+///
+/// # Errors
+/// As [`bench_bidir`].
+pub fn bidir_stages(cuda: &Arc<Cuda>, shape: [usize; 5]) -> Result<String> {
+    let [b, t, h, k, v] = shape;
+    let mut c = Case::new(cuda, &BidirProblem::new(BidirSpec::new(b, t, h, k, v))?)?;
+    c.run(cuda, BidirAlgo::Fused, true)?;
+    cuda.sync()?;
+    let ((), times) = crate::runtime::profile(cuda, || c.run(cuda, BidirAlgo::Fused, true))?;
+    Ok(stages_table(&format!("bidir-fused {b}x{t}x{h}x{k}x{v}: one forward+backward"), &times))
 }
 
 /// The rows as a plain-text table ([`format_rows`]) with the speed-up column appended.
