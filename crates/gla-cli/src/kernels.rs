@@ -3,6 +3,7 @@
 //! points runs and keeps the cubin under the cache directory (`GLA_CACHE_DIR`, else
 //! `~/.cache/gla`); `gla kernels compile` does all of it at once, without a GPU (NVRTC is a
 //! library), so a container image or a machine without the toolkit's compiler starts warm.
+//! `gla kernels resources` prints what ptxas allotted each entry point (registers, spills).
 
 use anyhow::Result;
 use clap::{Args as ClapArgs, Subcommand};
@@ -15,6 +16,20 @@ pub enum Cmd {
     /// Compile every kernel source for one GPU architecture into the cache (no GPU needed, only
     /// libnvrtc); sources already cached for this NVRTC and arch are read back, not recompiled.
     Compile(CompileArgs),
+    /// Registers, barriers, stack, spills and static shared memory of every entry point, from
+    /// ptxas (no GPU needed; not cached: a full compile). Spilling entries are marked.
+    Resources(ResourcesArgs),
+}
+
+/// `gla kernels resources`.
+#[derive(ClapArgs)]
+pub struct ResourcesArgs {
+    /// Target architecture (as for `gla kernels compile`).
+    #[arg(long, default_value = "sm_90a")]
+    arch: String,
+    /// Only the sources whose path contains this (e.g. attn/, bidir/chunk_fwd).
+    #[arg(long)]
+    filter: Option<String>,
 }
 
 /// `gla kernels compile`.
@@ -45,10 +60,27 @@ pub fn run(c: &Cmd) -> Result<bool> {
             }
             Ok(true)
         }
-        Cmd::Compile(a) => {
-            if !a.arch.starts_with("sm_") {
-                anyhow::bail!("--arch {}: expected sm_<major><minor>[a], e.g. sm_90a or sm_80", a.arch);
+        Cmd::Resources(a) => {
+            check_arch(&a.arch)?;
+            gla_cuda::runtime::nvrtc_version().context("libnvrtc is needed (pip install nvidia-cuda-nvrtc)")?;
+            println!("{:<36} {:>4} {:>4} {:>6} {:>7} {:>6} {:>6}", "entry", "regs", "bars", "stack", "spill-s", "spill-l", "smem");
+            let mut spilling = 0;
+            for src in ALL.iter().filter(|s| a.filter.as_deref().is_none_or(|f| s.name.contains(f))) {
+                println!("{}", src.name);
+                for k in gla_cuda::runtime::kernel_resources(src, &a.arch).with_context(|| format!("compiling {}", src.name))? {
+                    let mark = if k.spill_stores > 0 { "  spills" } else { "" };
+                    spilling += usize::from(k.spill_stores > 0);
+                    println!(
+                        "  {:<34} {:>4} {:>4} {:>6} {:>7} {:>6} {:>6}{mark}",
+                        k.entry, k.registers, k.barriers, k.stack, k.spill_stores, k.spill_loads, k.smem
+                    );
+                }
             }
+            println!("{spilling} entry points spill");
+            Ok(true)
+        }
+        Cmd::Compile(a) => {
+            check_arch(&a.arch)?;
             if let Some(dir) = &a.cache {
                 std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
                 // the runtime reads it at each compile; no other thread runs yet
@@ -74,6 +106,15 @@ pub fn run(c: &Cmd) -> Result<bool> {
             Ok(failed == 0)
         }
     }
+}
+
+/// An `--arch` the runtime's names allow.
+#[cfg(feature = "cuda")]
+fn check_arch(arch: &str) -> Result<()> {
+    if !arch.starts_with("sm_") || !arch[3..].trim_end_matches('a').chars().all(|c| c.is_ascii_digit()) || arch.len() < 5 {
+        anyhow::bail!("--arch {arch}: expected sm_<major><minor>[a], e.g. sm_90a or sm_80");
+    }
+    Ok(())
 }
 
 /// `gla kernels ...` in a binary without the `cuda` feature.

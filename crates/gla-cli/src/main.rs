@@ -136,7 +136,8 @@ enum Cmd {
     #[command(
         subcommand,
         after_help = "Examples:\n  gla kernels list\n  gla kernels compile                          (sm_90a, into GLA_CACHE_DIR or ~/.cache/gla)\n  \
-        gla kernels compile --arch sm_80 --cache /opt/gla-cache   (then run with GLA_CACHE_DIR=/opt/gla-cache)"
+        gla kernels compile --arch sm_80 --cache /opt/gla-cache   (then run with GLA_CACHE_DIR=/opt/gla-cache)\n  \
+        gla kernels resources --filter attn/       (registers, spills per entry point, from ptxas)"
     )]
     Kernels(kernels::Cmd),
 }

@@ -124,6 +124,71 @@ pub fn compile_cubin(src: &KernelSource, arch: &str) -> Result<Vec<u8>> {
 }
 
 fn compile_uncached(name: &str, code: &str, arch: &str, options: &[String]) -> Result<Vec<u8>> {
+    compile_with_log(name, code, arch, options).map(|(cubin, _)| cubin)
+}
+
+/// What ptxas reports for one entry point ([`kernel_resources`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelResources {
+    /// The entry point.
+    pub entry: String,
+    /// Registers per thread.
+    pub registers: u32,
+    /// Named barriers used.
+    pub barriers: u32,
+    /// Bytes of per-thread stack frame.
+    pub stack: u32,
+    /// Bytes of registers spilled to local memory (stores; 0 for a kernel that fits).
+    pub spill_stores: u32,
+    /// Bytes read back from spills.
+    pub spill_loads: u32,
+    /// Bytes of static shared memory (the dynamic part is the host's launch choice).
+    pub smem: u32,
+}
+
+/// Compiles `src` for `arch` with `ptxas -v` (not through the cache) and returns each entry
+/// point's registers, barriers, stack, spills and static shared memory, in ptxas's order. No GPU
+/// needed (`gla kernels resources`).
+///
+/// # Errors
+/// As [`compile_cubin`].
+pub fn kernel_resources(src: &KernelSource, arch: &str) -> Result<Vec<KernelResources>> {
+    let mut options = compile_options(arch);
+    options.push("--ptxas-options=-v".into());
+    let (_, log) = compile_with_log(src.name, &src.code(), arch, &options)?;
+    Ok(parse_ptxas_log(&log))
+}
+
+/// The per-entry lines of a `ptxas -v` log ([`kernel_resources`]).
+pub fn parse_ptxas_log(log: &str) -> Vec<KernelResources> {
+    // the number before `unit` in `line` ("84 bytes spill stores", "Used 255 registers")
+    fn num_before(line: &str, unit: &str) -> Option<u32> {
+        let at = line.find(unit)?;
+        line[..at].split(|c: char| !c.is_ascii_digit()).rfind(|w| !w.is_empty())?.parse().ok()
+    }
+    let mut out: Vec<KernelResources> = Vec::new();
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            let entry = rest.split('\'').next().unwrap_or_default().to_string();
+            out.push(KernelResources { entry, ..KernelResources::default() });
+            continue;
+        }
+        let Some(k) = out.last_mut() else { continue };
+        if line.contains("stack frame") {
+            k.stack = num_before(line, " bytes stack frame").unwrap_or(0);
+            k.spill_stores = num_before(line, " bytes spill stores").unwrap_or(0);
+            k.spill_loads = num_before(line, " bytes spill loads").unwrap_or(0);
+        } else if line.contains("Used ") && line.contains("registers") {
+            k.registers = num_before(line, " registers").unwrap_or(0);
+            k.barriers = num_before(line, " barriers").unwrap_or(0);
+            k.smem = num_before(line, " bytes smem").unwrap_or(0);
+        }
+    }
+    out
+}
+
+/// Compiles with NVRTC and returns the cubin and the program log.
+fn compile_with_log(name: &str, code: &str, arch: &str, options: &[String]) -> Result<(Vec<u8>, String)> {
     let nv_err =
         |status: String, log: String| Error::Nvrtc { kernel: name.into(), arch: arch.into(), status, options: options.to_vec(), log };
     let c_src = CString::new(code).map_err(|_| nv_err("source holds a NUL byte".into(), String::new()))?;
@@ -146,7 +211,7 @@ fn compile_uncached(name: &str, code: &str, arch: &str, options: &[String]) -> R
                     let mut buf = vec![0u8; size];
                     let st = nvrtc_sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr().cast::<c_char>());
                     if st == nvrtc_sys::nvrtcResult::NVRTC_SUCCESS {
-                        Ok(buf)
+                        Ok((buf, log))
                     } else {
                         Err(nv_err(format!("nvrtcGetCUBIN: {st:?}"), log))
                     }
@@ -567,5 +632,39 @@ impl Cuda {
             self.stream.synchronize().map_err(err)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ptxas_log_gives_each_entrys_resources() {
+        let log = "ptxas info    : 0 bytes gmem\n\
+            ptxas info    : Compiling entry function 'attn_fwd_m2_d128_dv128' for 'sm_90a'\n\
+            ptxas info    : Function properties for attn_fwd_m2_d128_dv128\n\
+            ptxas         .     56 bytes stack frame, 84 bytes spill stores, 84 bytes spill loads\n\
+            ptxas info    : Used 255 registers, used 1 barriers, 56 bytes cumulative stack size, 1024 bytes smem, 448 bytes cmem[0]\n\
+            ptxas info    : Compile time = 10.4 ms\n\
+            ptxas info    : Compiling entry function 'bidir_flip_add_bf16' for 'sm_90a'\n\
+            ptxas info    : Function properties for bidir_flip_add_bf16\n\
+            ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n\
+            ptxas info    : Used 26 registers, used 0 barriers\n";
+        let r = parse_ptxas_log(log);
+        assert_eq!(r.len(), 2);
+        assert_eq!(
+            r[0],
+            KernelResources {
+                entry: "attn_fwd_m2_d128_dv128".into(),
+                registers: 255,
+                barriers: 1,
+                stack: 56,
+                spill_stores: 84,
+                spill_loads: 84,
+                smem: 1024
+            }
+        );
+        assert_eq!((r[1].entry.as_str(), r[1].registers, r[1].spill_stores, r[1].smem), ("bidir_flip_add_bf16", 26, 0, 0));
     }
 }
