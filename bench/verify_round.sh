@@ -3,7 +3,8 @@
 # track, gla only (no PyTorch, no fla autotuning; about 5 minutes on an H200):
 #   1. gla check --device cuda --quick (every family's table without the T = 65536 and > 2^31
 #      rows), and the attention rows again on the 8x32 forward tile (GLA_ATTN_FWD=8x32);
-#   2. gla bench attn (forward, forward+backward, decode), gla bench delta --stages and gla bench
+#   2. gla bench attn (forward, forward+backward, decode; again with GLA_ATTN_SPLITS=2 and 4, the
+#      backward's L2 working-set question), gla bench delta --stages and gla bench
 #      bidir --stages (and each launch of one forward+backward);
 #   3. gla bench vig (ViG-T/S/B at 224 / 512 / 1024, inference and training) and ViG-T at 224 and
 #      1024 again with --profile (the kernels of one iteration, summed per kernel).
@@ -36,10 +37,15 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader >
 step check 240 "$G" check --device cuda --quick --json "$L/check.json"
 tail -1 "$L/check.txt" >> "$SUM"
 grep -E " (FAIL|fail)" "$L/check.txt" | head -20 >> "$SUM"
-GLA_ATTN_FWD=8x32 step check_attn_8x32 120 "$G" check --device cuda --quick --filter attn
+step check_attn_8x32 120 env GLA_ATTN_FWD=8x32 "$G" check --device cuda --quick --filter attn
 tail -1 "$L/check_attn_8x32.txt" >> "$SUM"
 step bench_attn 150 "$G" bench attn --device cuda --json "$L/attn.json"
 tail -14 "$L/bench_attn.txt" >> "$SUM"
+# the backward's L2 working set: more splits put fewer (sequence, head) pairs in flight
+for n in 2 4; do
+    step "bench_attn_splits$n" 120 env GLA_ATTN_SPLITS=$n "$G" bench attn --device cuda --decode-batch none
+    tail -6 "$L/bench_attn_splits$n.txt" | sed "s/^/  splits $n: /" >> "$SUM"
+done
 step bench_delta 150 "$G" bench delta --device cuda --stages --json "$L/delta.json"
 grep -vE "^ " "$L/bench_delta.txt" | tail -14 >> "$SUM"
 step bench_bidir 120 "$G" bench bidir --device cuda --stages --json "$L/bidir.json"

@@ -447,7 +447,8 @@ pub struct BidirArgs {
     #[arg(long, value_enum, default_value_t = Device::Cuda)]
     device: Device,
     /// Problem shape `B,T,H,K,V` (repeatable). Default: ViG's (64 images of 196, 1024, 4096
-    /// patches, 3 / 6 / 12 heads of 64) and the record shape 32,2048,16,128,128.
+    /// patches, 3 / 6 / 12 heads of 32 keys and 64 values; ViG-T's batches 128,196,3,32,64 and
+    /// 8,4096,3,32,64) and the record shape 32,2048,16,128,128.
     #[arg(long, value_parser = parse_shape)]
     shape: Vec<[usize; 5]>,
     /// Timed repetitions per measurement (the median is reported).

@@ -16,17 +16,19 @@ use crate::dispatch::bidir::BidirAlgo;
 use crate::error::Result;
 use crate::runtime::Cuda;
 
-/// ViG's shapes (`[B, T, H, K, V]`, heads of 64): a batch of 64 images of 224^2, 512^2 and
-/// 1024^2 pixels (T = 14 x 14, 32 x 32, 64 x 64 patches) with the 3, 6, 12 heads of ViG-T/S/B;
-/// then the project's record shape (bf16, B*T = 65536, H = 16, K = V = 128, T = 2048).
+/// ViG's shapes (`[B, T, H, K, V]`: every ViG has heads of K = 32 keys (expand_k 0.5) and V = 64
+/// values): a batch of 64 images of 224^2, 512^2 and 1024^2 pixels (T = 14 x 14, 32 x 32, 64 x 64
+/// patches) with the 3, 6, 12 heads of ViG-T/S/B; ViG-T's own batches of `gla bench vig` (128
+/// images at 224^2, 8 at 1024^2); then the project's record shape (bf16, B*T = 65536, H = 16,
+/// K = V = 128, T = 2048).
 pub fn default_bidir_shapes() -> Vec<[usize; 5]> {
     let mut out = Vec::new();
     for t in [196usize, 1024, 4096] {
         for h in [3usize, 6, 12] {
-            out.push([64, t, h, 64, 64]);
+            out.push([64, t, h, 32, 64]);
         }
     }
-    out.push([32, 2048, 16, 128, 128]);
+    out.extend([[128, 196, 3, 32, 64], [8, 4096, 3, 32, 64], [32, 2048, 16, 128, 128]]);
     out
 }
 
