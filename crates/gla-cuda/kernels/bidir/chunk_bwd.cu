@@ -37,7 +37,7 @@ BIDIR_WENTRY(bidir_chunk_walks32_bf16, 32)
 
 // A (scaled, causal in the direction's own order, bf16 [chunks, H, 64, 64]) of direction z:
 // grid (chunks, H, 2), 256 threads, smem chunk_o_smem_bytes(Kp)
-extern "C" __global__ void __launch_bounds__(256, 2) bidir_chunk_a_bf16(
+extern "C" __global__ void __launch_bounds__(256, 3) bidir_chunk_a_bf16(
     const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ gf, const bf16_t* __restrict__ gb,
     bf16_t* __restrict__ af, bf16_t* __restrict__ ab, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
     const int* __restrict__ chunk_seq, int H, int K, float scale, int Kp) {

@@ -161,16 +161,29 @@ extern "C" __global__ void __launch_bounds__(64) gla_chunk_prep8_bf16(
 //   RF [7][Kp]   f32    exp(G[16a]) (a = 0..3), exp(G[32]-G[16]), exp(G[48]-G[16]), exp(G[48]-G[32])
 
 
-// one step of a warp reduce-scatter of 32 slots: lanes with bit OFF set keep the upper half
-template <int OFF>
+// one step of a reduce-scatter of slots part[0 .. 2 S) over lane pairs (l, l ^ X): lanes with
+// bit X set keep the upper half, so part[0 .. S) holds the pair's sums of their half
+template <int X, int S>
 __device__ __forceinline__ void rs_step(float (&part)[32], int lane) {
-    const bool up = (lane & OFF) != 0;
+    const bool up = (lane & X) != 0;
     #pragma unroll
-    for (int e = 0; e < OFF; ++e) {
-        const float lo = part[e], hi = part[e + OFF];
+    for (int e = 0; e < S; ++e) {
+        const float lo = part[e], hi = part[e + S];
         const float send = up ? lo : hi, keep = up ? hi : lo;
-        part[e] = keep + __shfl_xor_sync(0xffffffffu, send, OFF);
+        part[e] = keep + __shfl_xor_sync(0xffffffffu, send, X);
     }
+}
+// The reduce-scatter of 32 slots over each group of G lanes (G = 8, 16, 32; aligned groups):
+// afterwards lane l holds in part[0 .. 32 / G) the group's totals of slots (32 / G) (l % G) + e.
+// With G = 32 the order of the adds is the whole warp's tree; a smaller group adds in the same
+// order over its lanes, so lanes outside it that held zeros change nothing.
+template <int G>
+__device__ __forceinline__ void rs_group(float (&part)[32], int lane) {
+    if constexpr (G == 32) rs_step<16, 16>(part, lane);
+    if constexpr (G >= 16) rs_step<8, G == 32 ? 8 : 16>(part, lane);
+    rs_step<4, G == 8 ? 16 : G == 16 ? 8 : 4>(part, lane);
+    rs_step<2, G == 8 ? 8 : G == 16 ? 4 : 2>(part, lane);
+    rs_step<1, G == 8 ? 4 : G == 16 ? 2 : 1>(part, lane);
 }
 
 
@@ -179,27 +192,33 @@ __device__ __forceinline__ void rs_step(float (&part)[32], int lane) {
 // by the two rows of a pair where it can be), and the lower-left 8x8 block factored through its
 // corner m = 16a + 7 as (q exp(G - G_m)) . (k exp(G_m - G)) (tasks (a, 4 + hq): rows 8 + 4hq ..
 // 11 + 4hq; every exponent <= 0 since s <= m < t): 84 exps per channel and block instead of 108
-// for the rows paired over the whole block (the pass is bound by its exps). Task x
-// = 6a + j of O_DIAG_TASKS; a lane owns 4 channels of a K tile (Kp <= 128); the 32 partial sums
-// are reduce-scattered, and the lane's total (unscaled) is returned: A[t][s] of o_diag_slot.
+// for the rows paired over the whole block (the pass is bound by its exps). Task x = 4j + a of
+// O_DIAG_TASKS (tasks of one j run the same code, so the groups of one warp do not diverge). A
+// task runs on a group of G lanes (o_diag_lanes: 32 for Kp > 64, fewer for narrow heads, so a
+// warp runs 32 / G tasks side by side instead of idling lanes), each lane owning 4 channels of a
+// K tile (Kp <= 128); the 32 partial sums of slots are reduce-scattered over the group
+// (rs_group), leaving lane l the totals (unscaled) of slots (32 / G) (l % G) + e: A[t][s] of
+// o_diag_slot.
 #define O_DIAG_TASKS 24
-__device__ __forceinline__ void o_diag_slot(int x, int lane, int& t, int& s) {
-    const int a = x / 6, j = x % 6;
+__device__ __forceinline__ int o_diag_lanes(int Kp) { return Kp <= 32 ? 8 : Kp <= 64 ? 16 : 32; }
+__device__ __forceinline__ void o_diag_slot(int x, int slot, int& t, int& s) {
+    const int a = x & 3, j = x >> 2;
     if (j < 4) {
-        const int base = 16 * a + 8 * (lane >> 4), r = lane & 15;
+        const int base = 16 * a + 8 * (slot >> 4), r = slot & 15;
         t = base + (r < 8 ? j : 7 - j);
         s = base + (r & 7);
     } else {
-        t = 16 * a + 8 + 4 * (j - 4) + (lane >> 3);
-        s = 16 * a + (lane & 7);
+        t = 16 * a + 8 + 4 * (j - 4) + (slot >> 3);
+        s = 16 * a + (slot & 7);
     }
 }
-__device__ __forceinline__ float o_diag_task(const bf16_t* R0, const bf16_t* R1, const float* R2, int LDK, int Kp, int x, int lane) {
-    const int a = x / 6, task = x % 6;
-    float part[32];
+template <int G>
+__device__ __forceinline__ void o_diag_task(const bf16_t* R0, const bf16_t* R1, const float* R2, int LDK, int Kp, int x, int lane,
+                                            float (&part)[32]) {
+    const int a = x & 3, task = x >> 2;
     #pragma unroll
     for (int e = 0; e < 32; ++e) part[e] = 0.f;
-    const int c = 4 * lane;
+    const int c = 4 * (lane & (G - 1));
     if (c < Kp && task < 4) {
         const int tp = task;
         #pragma unroll
@@ -253,13 +272,26 @@ __device__ __forceinline__ float o_diag_task(const bf16_t* R0, const bf16_t* R1,
             for (int i = 0; i < 4; ++i) part[8 * i + j] += qf[i][0] * k0 + qf[i][1] * k1 + qf[i][2] * k2 + qf[i][3] * k3;
         }
     }
-    // reduce-scatter: lane l ends with the warp total of slot l
-    rs_step<16>(part, lane);
-    rs_step<8>(part, lane);
-    rs_step<4>(part, lane);
-    rs_step<2>(part, lane);
-    rs_step<1>(part, lane);
-    return part[0];
+    rs_group<G>(part, lane);
+}
+// P2 of o_pass_a without accumulation: every task of O_DIAG_TASKS on groups of G lanes, 32 / G
+// tasks per warp and pass (24 is a multiple of 32 / G, so every group has a task), the slots
+// scaled into RA as bf16.
+template <int G>
+__device__ __forceinline__ void o_diag_store(const bf16_t* R0, const bf16_t* R1, const float* R2, bf16_t* RA, int LDK, int Kp, float scale,
+                                             int w, int lane) {
+    constexpr int P = 32 / G;
+    for (int x0 = P * w; x0 < O_DIAG_TASKS; x0 += 8 * P) {
+        const int x = x0 + lane / G;
+        float part[32];
+        o_diag_task<G>(R0, R1, R2, LDK, Kp, x, lane, part);
+        #pragma unroll
+        for (int e = 0; e < P; ++e) {
+            int t, s;
+            o_diag_slot(x, P * (lane & (G - 1)) + e, t, s);
+            RA[t * LDH + s] = f2bf(part[e] * scale);
+        }
+    }
 }
 // A's zeros: above the diagonal blocks, and the upper-right 8x8 block of each diagonal block
 // (the diagonal tasks write the other three)
@@ -313,18 +345,20 @@ __device__ __forceinline__ void o_pass_a(const bf16_t* __restrict__ q, const bf1
         else e = R2[48 * Kp + c] - R2[32 * Kp + c];
         RF[x] = ex2f(e);
     }
-    // P2: the diagonal 16x16 blocks of A in f32 (o_diag_task), 3 tasks per warp
+    // P2: the diagonal 16x16 blocks of A in f32 (o_diag_task), 24 tasks over the 8 warps
     if (ACC) {
-        // unrolled: dacc stays in registers
+        // Kp = 128 tiles, 3 tasks per warp, unrolled: dacc stays in registers
         #pragma unroll
-        for (int i = 0; i < 3; ++i) dacc[i] += o_diag_task(R0, R1, R2, LDK, Kp, w + 8 * i, lane);
-    } else {
-        for (int x = w; x < O_DIAG_TASKS; x += 8) {
-            const float v = o_diag_task(R0, R1, R2, LDK, Kp, x, lane);
-            int t, s;
-            o_diag_slot(x, lane, t, s);
-            RA[t * LDH + s] = f2bf(v * scale);
+        for (int i = 0; i < 3; ++i) {
+            float part[32];
+            o_diag_task<32>(R0, R1, R2, LDK, Kp, w + 8 * i, lane, part);
+            dacc[i] += part[0];
         }
+    } else {
+        const int G = o_diag_lanes(Kp);
+        if (G == 8) o_diag_store<8>(R0, R1, R2, RA, LDK, Kp, scale, w, lane);
+        else if (G == 16) o_diag_store<16>(R0, R1, R2, RA, LDK, Kp, scale, w, lane);
+        else o_diag_store<32>(R0, R1, R2, RA, LDK, Kp, scale, w, lane);
     }
     __syncthreads();
     // P3: per pair of channels, in place: qg, qe = qg exp(G[16a]), kg (one exp for the next
