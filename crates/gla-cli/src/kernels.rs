@@ -111,7 +111,8 @@ pub fn run(c: &Cmd) -> Result<bool> {
 /// An `--arch` the runtime's names allow.
 #[cfg(feature = "cuda")]
 fn check_arch(arch: &str) -> Result<()> {
-    if !arch.starts_with("sm_") || !arch[3..].trim_end_matches('a').chars().all(|c| c.is_ascii_digit()) || arch.len() < 5 {
+    let digits = arch.strip_prefix("sm_").map(|d| d.strip_suffix('a').unwrap_or(d));
+    if !digits.is_some_and(|d| d.len() >= 2 && d.chars().all(|c| c.is_ascii_digit())) {
         anyhow::bail!("--arch {arch}: expected sm_<major><minor>[a], e.g. sm_90a or sm_80");
     }
     Ok(())

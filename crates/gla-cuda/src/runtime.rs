@@ -167,14 +167,21 @@ pub fn parse_ptxas_log(log: &str) -> Vec<KernelResources> {
         line[..at].split(|c: char| !c.is_ascii_digit()).rfind(|w| !w.is_empty())?.parse().ok()
     }
     let mut out: Vec<KernelResources> = Vec::new();
+    // the function the next "stack frame" line is about: ptxas also prints blocks for device
+    // functions it did not inline, which are not the entry's own numbers
+    let mut props_for = String::new();
     for line in log.lines() {
         if let Some(rest) = line.split("Compiling entry function '").nth(1) {
             let entry = rest.split('\'').next().unwrap_or_default().to_string();
             out.push(KernelResources { entry, ..KernelResources::default() });
             continue;
         }
+        if let Some(rest) = line.split("Function properties for ").nth(1) {
+            props_for = rest.trim().to_string();
+            continue;
+        }
         let Some(k) = out.last_mut() else { continue };
-        if line.contains("stack frame") {
+        if line.contains("stack frame") && props_for == k.entry {
             k.stack = num_before(line, " bytes stack frame").unwrap_or(0);
             k.spill_stores = num_before(line, " bytes spill stores").unwrap_or(0);
             k.spill_loads = num_before(line, " bytes spill loads").unwrap_or(0);
@@ -298,9 +305,22 @@ pub fn profile<R, E: From<Error>>(
     cuda: &Cuda,
     f: impl FnOnce() -> std::result::Result<R, E>,
 ) -> std::result::Result<(R, Vec<(String, f64)>), E> {
-    PROFILE.with(|p| *p.borrow_mut() = Some(Vec::new()));
+    type Records = Option<Vec<(String, CudaEvent, CudaEvent)>>;
+    /// Puts back the records of an enclosing profile (or none) when this one ends, also when
+    /// `f` panics, so recording never stays on by accident and a nested profile takes only its
+    /// own launches.
+    struct Restore(Option<Records>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(prev) = self.0.take() {
+                PROFILE.with(|p| *p.borrow_mut() = prev);
+            }
+        }
+    }
+    let restore = Restore(Some(PROFILE.with(|p| p.borrow_mut().replace(Vec::new()))));
     let r = f();
     let recs = PROFILE.with(|p| p.borrow_mut().take()).unwrap_or_default();
+    drop(restore);
     let r = r?;
     cuda.sync()?;
     let mut out = Vec::with_capacity(recs.len());
@@ -650,6 +670,8 @@ mod tests {
             ptxas info    : Compiling entry function 'bidir_flip_add_bf16' for 'sm_90a'\n\
             ptxas info    : Function properties for bidir_flip_add_bf16\n\
             ptxas         .     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n\
+            ptxas info    : Function properties for _Z6helperv\n\
+            ptxas         .     8 bytes stack frame, 8 bytes spill stores, 8 bytes spill loads\n\
             ptxas info    : Used 26 registers, used 0 barriers\n";
         let r = parse_ptxas_log(log);
         assert_eq!(r.len(), 2);
