@@ -7,7 +7,8 @@
 #      backward's L2 working-set question), gla bench delta --stages and gla bench
 #      bidir --stages (and each launch of one forward+backward);
 #   3. gla bench vig (ViG-T/S/B at 224 / 512 / 1024, inference and training) and ViG-T at 224 and
-#      1024 again with --profile (the kernels of one iteration, summed per kernel).
+#      1024 again with --profile (the kernels of one iteration, summed per kernel); the 340M GLA
+#      training step with --profile.
 # The side-by-side calls against PyTorch come after it: bench/attn_vs_sdpa.sh, bench/delta_vs_fla.sh,
 # bench/vig_vs_deit.sh. Prints a summary last.
 # Usage, from the repo root on the GPU machine: OUT=/tmp/out bench/verify_round.sh [path/to/gla]
@@ -55,6 +56,8 @@ grep -E "^vig-" "$L/bench_vig.txt" >> "$SUM"
 step profile_vig 120 "$G" bench vig --device cuda --models vig-t --sizes 224,1024 --batch 128,8 --train-batch 128,8 \
     --reps 3 --profile --json "$L/vig_profile.json"
 grep -E "^vig-|profile:" "$L/profile_vig.txt" >> "$SUM"
+step profile_train 150 "$G" bench train --device cuda --steps 5 --profile --json "$L/train_profile.json"
+grep -E "profile:|tokens" "$L/profile_train.txt" | head -4 >> "$SUM"
 echo "[$(( $(date +%s) - S ))s] done" | tee -a "$SUM"
 tar -C "$OUT" -cJf "$OUT/logs.tar.xz" logs && rm -rf "$L"
 cat "$SUM"

@@ -18,6 +18,22 @@ pub(crate) fn unix_time() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// The top of a kernel profile (`--profile` of `gla bench vig` and `gla bench train`:
+/// `gla_cuda::runtime::profile_totals`) as indented lines, with the timed iteration's `ms` for
+/// scale; empty without one.
+#[cfg(feature = "cuda")]
+pub(crate) fn format_profile(p: &[(String, usize, f64)], ms: f64) -> String {
+    if p.is_empty() {
+        return String::new();
+    }
+    let total: f64 = p.iter().map(|x| x.2).sum();
+    let mut s = format!("    profile: {total:.2} ms in {} launches (timed iteration {ms:.2} ms)\n", p.iter().map(|x| x.1).sum::<usize>());
+    for (name, n, t) in p.iter().take(20) {
+        s += &format!("    {name:<44} {n:>5}x {t:>9.3} ms {:>5.1}%\n", 100.0 * t / total);
+    }
+    s
+}
+
 /// Writes a benchmark's JSON report atomically and says where.
 pub(crate) fn write_report(path: &std::path::Path, report: &impl serde::Serialize) -> Result<()> {
     gla_core::io::write_atomic(path, serde_json::to_string_pretty(report)?.as_bytes())

@@ -48,6 +48,11 @@ pub struct Args {
     /// Also write the result as JSON to this file.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// After timing (one GPU), run one more step with every kernel launch and GEMM bracketed by
+    /// CUDA events and print where its time goes, summed per kernel (the top 20; all of them in
+    /// the JSON).
+    #[arg(long)]
+    profile: bool,
 }
 
 /// What one run measured.
@@ -73,6 +78,9 @@ pub struct Report {
     peak_mem_gib: f64,
     first_loss: f64,
     last_loss: f64,
+    /// With --profile: (kernel or `gemm MxNxK`, launches, total ms) of one step, largest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    profile: Vec<(String, usize, f64)>,
 }
 
 fn one() -> usize {
@@ -146,6 +154,9 @@ pub fn run(a: &Args) -> Result<bool> {
     let model = GlaModel::new(config, 0)?;
     if a.batch == 0 || a.seq_len < 2 || a.steps == 0 {
         bail!("--batch, --steps must be > 0 and --seq-len >= 2");
+    }
+    if a.profile && (a.device != Device::Cuda || job.is_some()) {
+        bail!("--profile times the kernels of one GPU: use --device cuda without --gpus or torchrun");
     }
     let fpt = flops_per_token(&model, a.seq_len)?;
     let r = match (&job, a.device) {
@@ -314,6 +325,7 @@ impl Report {
             peak_mem_gib: peak.map_or(f64::NAN, |(_, gib)| gib),
             first_loss: first,
             last_loss: last,
+            profile: Vec::new(),
         }
     }
 }
@@ -349,21 +361,23 @@ fn cuda(a: &Args, model: &GlaModel, fpt: f64) -> Result<Report> {
     let mut gpu = gla_model::gpu::GpuModel::new(cuda.clone(), model)?;
     let mut acts = gpu.activations(a.batch, a.seq_len)?;
     let cfg = AdamWConfig { weight_decay: 0.1, ..AdamWConfig::default() };
-    let run = timed_steps(
-        a,
-        model.dims.vocab,
-        1,
-        || Ok(cuda.sync()?),
-        |ids, targets| {
-            gpu.zero_grads()?;
-            let out = gpu.forward(&mut acts, ids, targets)?;
-            gpu.backward(&mut acts, 1.0)?;
-            gpu.adamw_step(&cfg, 3e-4, 1.0)?;
-            Ok(out.loss)
-        },
-    )?;
+    let mut step = |ids: &[u32], targets: &[i64]| -> Result<f64> {
+        gpu.zero_grads()?;
+        let out = gpu.forward(&mut acts, ids, targets)?;
+        gpu.backward(&mut acts, 1.0)?;
+        gpu.adamw_step(&cfg, 3e-4, 1.0)?;
+        Ok(out.loss)
+    };
+    let run = timed_steps(a, model.dims.vocab, 1, || Ok(cuda.sync()?), &mut step)?;
     let peak_gib = gla_cuda::weights::peak_pool_bytes(&cuda) as f64 / (1u64 << 30) as f64;
-    Ok(Report::new(a, cuda.name(), model.num_params(), fpt, 1, run, Some((a.peak_tflops, peak_gib))))
+    let mut r = Report::new(a, cuda.name(), model.num_params(), fpt, 1, run, Some((a.peak_tflops, peak_gib)));
+    if a.profile {
+        let (ids, targets) = batch(&mut gla_model::Rng::new(2), a.batch, a.seq_len, model.dims.vocab);
+        let (_, recs) = gla_cuda::runtime::profile(&cuda, || step(&ids, &targets))?;
+        r.profile = gla_cuda::runtime::profile_totals(&recs);
+        print!("{}", crate::bench::format_profile(&r.profile, r.ms_per_step));
+    }
+    Ok(r)
 }
 
 /// One rank of a data-parallel run: the training engine's step (forward with the loss summed

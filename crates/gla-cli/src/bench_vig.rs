@@ -100,7 +100,7 @@ pub fn run(a: &Args) -> Result<bool> {
                     "{:<6} {:<5} {:>5}px {:>5} tok  batch {:>4}  {:>9.2} ms  {:>9.1} img/s  peak {:>6.2} GiB {}",
                     e.model, e.mode, e.image, e.tokens, e.batch, e.ms_per_iter, e.images_per_s, e.peak_gib, e.error
                 );
-                print!("{}", format_profile(&e.profile, e.ms_per_iter));
+                print!("{}", crate::bench::format_profile(&e.profile, e.ms_per_iter));
                 rows.push(e);
             }
         }
@@ -193,21 +193,6 @@ fn measure(
         e.error = format!("{err:#}");
     }
     e
-}
-
-/// The top of a profile (`--profile`) as indented lines, with the timed iteration's `ms` for
-/// scale; empty without one.
-#[cfg(feature = "cuda")]
-fn format_profile(p: &[(String, usize, f64)], ms: f64) -> String {
-    if p.is_empty() {
-        return String::new();
-    }
-    let total: f64 = p.iter().map(|x| x.2).sum();
-    let mut s = format!("    profile: {total:.2} ms in {} launches (timed iteration {ms:.2} ms)\n", p.iter().map(|x| x.1).sum::<usize>());
-    for (name, n, t) in p.iter().take(20) {
-        s += &format!("    {name:<44} {n:>5}x {t:>9.3} ms {:>5.1}%\n", 100.0 * t / total);
-    }
-    s
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -184,7 +184,7 @@ enum BenchCmd {
     /// Time training steps (forward, backward, AdamW) of a random model (default fla's gla_340M,
     /// batch 8 x 2048 tokens): ms/step, tokens/s, MFU, peak device memory.
     #[command(
-        after_help = "Examples:\n  gla bench train --device cuda\n  gla bench train --device cuda --batch 4 --seq-len 4096 --json train.json\n  gla bench train --device cpu --config '{\"hidden_size\": 128, \"num_hidden_layers\": 2}' --batch 2 --seq-len 256"
+        after_help = "Examples:\n  gla bench train --device cuda\n  gla bench train --device cuda --batch 4 --seq-len 4096 --json train.json\n  gla bench train --device cuda --steps 5 --profile          (then one step's kernels, summed per kernel)\n  gla bench train --device cpu --config '{\"hidden_size\": 128, \"num_hidden_layers\": 2}' --batch 2 --seq-len 256"
     )]
     Train(bench_train::Args),
 }
