@@ -176,9 +176,16 @@ impl DeltaRoute {
         self.with_states(DeltaWorkspaceLens::forward(&self.kernel, nc, bf16, self.path))
     }
 
-    /// The backward's workspaces (as [`DeltaRoute::forward_lens`]).
-    pub fn backward_lens(&self, nc: usize, bf16: bool) -> DeltaWorkspaceLens {
-        self.with_states(DeltaWorkspaceLens::backward(&self.kernel, nc, bf16, self.path))
+    /// The backward's workspaces (as [`DeltaRoute::forward_lens`]) on a device of `sm_count` SMs:
+    /// no `dvl` buffer where the state-gradient pass computes it itself ([`h_plan`]'s `out`).
+    pub fn backward_lens(&self, nc: usize, bf16: bool, sm_count: usize) -> DeltaWorkspaceLens {
+        let mut l = DeltaWorkspaceLens::backward(&self.kernel, nc, bf16, self.path);
+        if let DeltaPath::Chunk { kp } = self.path {
+            if h_plan(true, bf16, kp, vpad(self.kernel.v()), self.kernel.n() * self.kernel.hv(), sm_count).out {
+                l.dvl = 0;
+            }
+        }
+        self.with_states(l)
     }
 
     fn with_states(&self, l: DeltaWorkspaceLens) -> DeltaWorkspaceLens {
@@ -714,5 +721,17 @@ mod tests {
         assert_eq!(DeltaWorkspaceLens::forward(&p, 2, true, DeltaPath::Recurrent), DeltaWorkspaceLens::default());
         let r = DeltaWorkspaceLens::backward(&p, 2, false, DeltaPath::Recurrent);
         assert!(r.ckpt > 0 && r.seg > 0 && r.w == 0 && r.dqk == 4 * 100 * 60);
+        // no dvl buffer where the state-gradient pass computes dvl itself (64-column tiles on
+        // enough SMs' worth of tiles), a full one where delta_dvl writes it
+        if std::env::var("GLA_DELTA_LAB").is_err() {
+            let route = |b| {
+                route(&DeltaProblem::new(DeltaSpec::new(b, 2048, 16, 128, 128, DeltaGate::None)).unwrap(), true, DeltaAlgo::Chunked)
+                    .unwrap()
+            };
+            let (big, small) = (route(32), route(1));
+            assert_eq!(big.backward_lens(1024, true, 132).dvl, 0);
+            assert_eq!(small.backward_lens(32, true, 132).dvl, 32 * 16 * 64 * 128);
+            assert!(big.backward_lens(1024, true, 132).covers(&big.forward_lens(1024, true)));
+        }
     }
 }

@@ -227,7 +227,7 @@ impl<T: Elem> DeltaWorkspace<T> {
         let (p, nc, bf16) = (&dp.problem, dp.n_chunks, is_bf16::<T>());
         let r = dd::route(p, bf16, algo).map_err(unsupported)?;
         let f = if fwd { r.forward_lens(nc, bf16) } else { DeltaWorkspaceLens::default() };
-        let b = if bwd { r.backward_lens(nc, bf16) } else { DeltaWorkspaceLens::default() };
+        let b = if bwd { r.backward_lens(nc, bf16, cuda.sm_count()) } else { DeltaWorkspaceLens::default() };
         Self::new(cuda, f.max(b))
     }
 
@@ -688,7 +688,7 @@ pub fn delta_bwd_ws<T: Elem>(
     g.check(op, p, x)?;
     let bf16 = is_bf16::<T>();
     let r = dd::route(p, bf16, algo).map_err(unsupported)?;
-    ws.check(op, &r.backward_lens(dp.n_chunks, bf16))?;
+    ws.check(op, &r.backward_lens(dp.n_chunks, bf16, cuda.sm_count()))?;
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
     let scale = p.scale() as f32;
     let (l2, _bscale, gmode) = options(p);
@@ -783,14 +783,16 @@ fn chunk_bwd<T: Elem>(
     let smem = DeltaSmem::new(bf16, kp, vp);
     let (bounds, off, seq) = (&dp.bounds, &dp.chunk_off, &dp.chunk_seq);
     let (w, tm, g2, hs, vn) = (req(&ws.w, "w")?, req(&ws.tm, "T")?, req(&ws.g2, "G")?, req(&ws.hs, "hs")?, req(&ws.vn, "v_new")?);
-    let (dvl, dhs, du, dw, dgk) = (req(&ws.dvl, "dvl")?, req(&ws.dhs, "dhs")?, req(&ws.du, "dU")?, req(&ws.dw, "dw")?, req(&ws.dgk, "dG")?);
+    let (dhs, du, dw, dgk) = (req(&ws.dhs, "dhs")?, req(&ws.du, "dU")?, req(&ws.dw, "dw")?, req(&ws.dgk, "dG")?);
     let (db, dg, bt) = (req(&ws.db, "dbeta")?, req(&ws.dg, "dg")?, req(&ws.bt, "beta")?);
     let (dq, dk) = if dd::direct_qk(p) { (&*g.dq, &*g.dk) } else { (req(&ws.dq, "dq")?, req(&ws.dk, "dk")?) };
     let gx = grid_chunks(op, dp.n_chunks)?;
     let sfx = T::SUFFIX;
-    // `plan.out`: the state-gradient pass computes dvl itself (no delta_dvl launch)
+    // `plan.out`: the state-gradient pass computes dvl itself (no delta_dvl launch, no dvl
+    // buffer: DeltaRoute::backward_lens leaves it out, and the `_dv2` entries take null)
     let plan = dd::h_plan(true, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
-    if dp.n_chunks > 0 && !plan.out {
+    let dvl = if plan.out { None } else { Some(req(&ws.dvl, "dvl")?) };
+    if let (true, Some(dvl)) = (dp.n_chunks > 0, dvl) {
         // SAFETY: arguments match delta_dvl_*'s signature; dvl holds chunks x HV x 64 x VP f32
         unsafe {
             cuda.launch(
@@ -800,14 +802,15 @@ fn chunk_bwd<T: Elem>(
             )?;
         }
     }
-    // SAFETY: arguments match delta_h_bwd_*'s signature (the `_dv2` entries do not read dvl); one
+    // SAFETY: arguments match delta_h_bwd_*'s signature (the `_dv2` entries do not read dvl, so
+    // it is null only for them); one
     // block per (V tile, sequence x value head) walking its chunks in reverse; dhs, du sized for
     // the problem
     unsafe {
         cuda.launch(
             &dd::h_name(true, plan, kp, sfx),
             dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, smem.h_bwd(plan)),
-            &[x.q, x.k, &ws.rq, &ws.rk, w, d_o, dvl, g2, &dht, dhs, du, &dh0, bounds, off, &h, &hv, &k, &v, &vp32, &scale, &nch],
+            &[x.q, x.k, &ws.rq, &ws.rk, w, d_o, &dvl, g2, &dht, dhs, du, &dh0, bounds, off, &h, &hv, &k, &v, &vp32, &scale, &nch],
         )?;
     }
     if dp.n_chunks == 0 {
