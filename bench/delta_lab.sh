@@ -3,7 +3,7 @@
 # (GLA_DELTA_LAB, src/delta/dispatch.rs `lab`), side by side in one device call: first
 # `gla bench delta --stages` at the shapes of record (bf16, B*T = 65536, H = 16, K = V = 128) for
 # each plan, then `gla check --device cuda --filter delta` on each plan of CHECKS (default: the
-# fused state-gradient pass everywhere with the dq/dk/dw lab entry; `base`: the default policy),
+# fused state-gradient pass everywhere with each dq/dk/dw lab entry; `base`: the default policy),
 # then fla 0.6.0's delta ops while time is left.
 # Prints a table last: forward and forward+backward ms per plan and shape, and the per-launch
 # times of one DeltaNet forward+backward per shape.
@@ -16,8 +16,8 @@ export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRAR
 G="${1:-target/release/gla}"
 OUT="${OUT:-bench/out}"
 BUDGET="${BUDGET:-460}"
-PLANS="${PLANS:-base dq=s2,wyb=pre}"
-CHECKS="${CHECKS:-hb=dv2,dq=s2,wyb=pre}"
+PLANS="${PLANS:-base dq=fu dq=s2,wyb=pre}"
+CHECKS="${CHECKS:-hb=dv2,dq=fu hb=dv2,dq=s2,wyb=pre}"
 mkdir -p "$OUT"
 S=$(date +%s)
 t() { echo "[$(( $(date +%s) - S ))s] $*"; }
