@@ -329,7 +329,14 @@ pub const BIDIR_CHUNK_FWD: KernelSource = source!(
 pub const BIDIR_CHUNK_BWD: KernelSource = source!(
     "bidir/chunk_bwd.cu",
     BIDIR_BWD_HEADERS,
-    ["bidir_chunk_walks64_bf16", "bidir_chunk_walks32_bf16", "bidir_chunk_a_bf16", "bidir_chunk_bwd1_bf16", "bidir_chunk_bwd2_bf16"]
+    [
+        "bidir_chunk_walks64_bf16",
+        "bidir_chunk_walks32_bf16",
+        "bidir_chunk_a_bf16",
+        "bidir_chunk_bwd1_bf16",
+        "bidir_chunk_bwd1n_bf16",
+        "bidir_chunk_bwd2_bf16"
+    ]
 );
 /// Rows reversed within each sequence (copy, or add).
 pub const BIDIR_FLIP: KernelSource =

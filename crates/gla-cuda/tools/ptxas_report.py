@@ -3,7 +3,8 @@
 spills, shared memory) per entry point. No GPU needed. The program is the one src/kernels.rs
 builds: common/base.cuh, common/mma.cuh, common/chunk.cuh for gla/chunk_*.cu (base.cuh alone for
 the other gla/ files), common/base.cuh and nn/common.cuh for nn/*.cu, those three and
-attn/common.cuh for attn/*.cu, and delta/common.cuh, delta/chunk.cuh for delta/chunk_*.cu.
+attn/common.cuh for attn/*.cu, delta/common.cuh, delta/chunk.cuh for delta/chunk_*.cu, and the
+GLA chunk files whose building blocks they run for bidir/chunk_*.cu.
 Usage: eval "$(bash .ci/nvrtc-setup.sh)"; python3 crates/gla-cuda/tools/ptxas_report.py crates/gla-cuda/kernels/gla/chunk_bwd.cu"""
 import ctypes, os, sys
 
@@ -17,6 +18,9 @@ def headers(path):
         return ["common/base.cuh", "nn/common.cuh"]
     if rel.startswith("attn/"):
         return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "attn/common.cuh"]
+    if rel.startswith("bidir/chunk_"):
+        gla = ["gla/chunk_fwd.cu", "gla/chunk_h.cu"] + (["gla/chunk_bwd.cu"] if rel == "bidir/chunk_bwd.cu" else [])
+        return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh"] + gla
     if rel.startswith("delta/chunk_"):
         return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "delta/common.cuh", "delta/chunk.cuh"]
     if rel.startswith("gla/chunk_") and rel != "gla/chunk_fwd_f32.cu":

@@ -18,6 +18,8 @@
 //   bidir_chunk_bwd1_bf16 (rev 1, addv = the forward's dv) -> dv; bidir_chunk_bwd2_bf16 (rev 1,
 //     add = the forward's dq, dk) -> dq, dk, dgb. The sums of the two scans are formed in the
 //     second direction's stores: no atomics, deterministic.
+//   bwd1 is bidir_chunk_bwd1n_bf16 where V <= 64: its products run over 64 value columns, not
+//   128 (src/bidir/dispatch.rs bwd1_name).
 
 // z = 0: h forward, 1: h backward (right to left), 2: dh of the forward scan (right to left),
 // 3: dh of the backward scan (left to right); sequence-head z' = blockIdx.z % NH
@@ -61,15 +63,21 @@ extern "C" __global__ void __launch_bounds__(256, 3) bidir_chunk_a_bf16(
     }
 }
 
-// gla_chunk_bwd1_bf16 with the direction's row order and the other direction's dv added
-extern "C" __global__ void __launch_bounds__(256, 1) bidir_chunk_bwd1_bf16(
-    const bf16_t* __restrict__ v, const bf16_t* __restrict__ d_o, const bf16_t* __restrict__ kd,
-    const bf16_t* __restrict__ A, const bf16_t* __restrict__ hs, const bf16_t* __restrict__ dhs,
-    float* __restrict__ dv, float* __restrict__ dA, float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ sd,
-    const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq,
-    int H, int K, int V, int Kp, int rev, const float* __restrict__ addv) {
-    chunk_bwd1(v, d_o, kd, A, hs, dhs, dv, dA, dq, dk, sd, bounds, chunk_off, chunk_seq, H, K, V, Kp, rev != 0, addv);
+// gla_chunk_bwd1_bf16 with the direction's row order and the other direction's dv added; the
+// `n` entry for V <= 64 (chunk_bwd1's narrow products; <= 128 registers, and at Kp <= 64 its
+// 82 KB of shared memory: two blocks per SM)
+#define BIDIR_BWD1_ENTRY(NAME, VW, MINB)                                                                       \
+extern "C" __global__ void __launch_bounds__(256, MINB) NAME(                                                 \
+    const bf16_t* __restrict__ v, const bf16_t* __restrict__ d_o, const bf16_t* __restrict__ kd,              \
+    const bf16_t* __restrict__ A, const bf16_t* __restrict__ hs, const bf16_t* __restrict__ dhs,              \
+    float* __restrict__ dv, float* __restrict__ dA, float* __restrict__ dq, float* __restrict__ dk,           \
+    float* __restrict__ sd, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,            \
+    const int* __restrict__ chunk_seq, int H, int K, int V, int Kp, int rev, const float* __restrict__ addv) { \
+    chunk_bwd1<VW>(v, d_o, kd, A, hs, dhs, dv, dA, dq, dk, sd, bounds, chunk_off, chunk_seq, H, K, V, Kp,     \
+                   rev != 0, addv);                                                                           \
 }
+BIDIR_BWD1_ENTRY(bidir_chunk_bwd1_bf16, 128, 1)
+BIDIR_BWD1_ENTRY(bidir_chunk_bwd1n_bf16, 64, 2)
 
 // gla_chunk_bwd2k64_bf16 (per-key gate, K tiles of <= 64 on grid z) with the direction's row
 // order and the other direction's final dq, dk added

@@ -96,7 +96,9 @@ extern "C" __global__ void __launch_bounds__(256, 2) bidir_chunk_o_bf16(
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const idx_t cg = blockIdx.x;
     const int h = blockIdx.y, v0 = 128 * blockIdx.z, Vc = min(128, V - v0);
-    const auto [r0, L] = chunk_rows(cg, bounds, chunk_off, chunk_seq);
+    const ChunkRows cr = chunk_rows(cg, bounds, chunk_off, chunk_seq);  // named: the lambda below captures them
+    const idx_t r0 = cr.r0;
+    const int L = cr.L;
     const bool vv = (V & 7) == 0;
     const int mt = w & 3, nh = w >> 2;
     for (int dir = 0; dir < 2; ++dir) {
@@ -115,53 +117,60 @@ extern "C" __global__ void __launch_bounds__(256, 2) bidir_chunk_o_bf16(
         cp_commit();
         cp_wait0();
         __syncthreads();
-        if (64 * nh >= Vc) continue;  // the same warps skip in both directions
-        float acc[8][4];
-        #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
-        for (int kt = 0; kt < Kp; kt += 16) {
-            unsigned a4[4];
-            ldsm4(a4, fa(R0, LDK, 16 * mt, kt, lane));
+        // warp (mt, nh): rows 16 mt, CW columns from CW nh, CW = 64, or 32 where the tile holds
+        // at most 64 (ViG's V = 64: all 8 warps share the products instead of 4)
+        auto prod = [&](auto npc) {
+            constexpr int NP = decltype(npc)::value, CW = 16 * NP;
+            if (CW * nh >= Vc) return;  // the same warps skip in both directions
+            float acc[2 * NP][4];
             #pragma unroll
-            for (int np = 0; np < 4; ++np) {
-                unsigned b4[4];
-                ldsm4t(b4, fbt(RS, OV, kt, 64 * nh + 16 * np, lane));
-                mma16816(acc[2 * np], a4, b4[0], b4[1]);
-                mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
+            for (int nt = 0; nt < 2 * NP; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+            for (int kt = 0; kt < Kp; kt += 16) {
+                unsigned a4[4];
+                ldsm4(a4, fa(R0, LDK, 16 * mt, kt, lane));
+                #pragma unroll
+                for (int np = 0; np < NP; ++np) {
+                    unsigned b4[4];
+                    ldsm4t(b4, fbt(RS, OV, kt, CW * nh + 16 * np, lane));
+                    mma16816(acc[2 * np], a4, b4[0], b4[1]);
+                    mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
+                }
             }
-        }
-        for (int kt = 0; kt <= mt; ++kt) {
-            unsigned a4[4];
-            ldsm4(a4, fa(RA, LDH, 16 * mt, 16 * kt, lane));
-            #pragma unroll
-            for (int np = 0; np < 4; ++np) {
-                unsigned b4[4];
-                ldsm4t(b4, fbt(R1, OV, 16 * kt, 64 * nh + 16 * np, lane));
-                mma16816(acc[2 * np], a4, b4[0], b4[1]);
-                mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
+            for (int kt = 0; kt <= mt; ++kt) {
+                unsigned a4[4];
+                ldsm4(a4, fa(RA, LDH, 16 * mt, 16 * kt, lane));
+                #pragma unroll
+                for (int np = 0; np < NP; ++np) {
+                    unsigned b4[4];
+                    ldsm4t(b4, fbt(R1, OV, 16 * kt, CW * nh + 16 * np, lane));
+                    mma16816(acc[2 * np], a4, b4[0], b4[1]);
+                    mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
+                }
             }
-        }
-        #pragma unroll
-        for (int nt = 0; nt < 8; ++nt) {
             #pragma unroll
-            for (int hr = 0; hr < 2; ++hr) {
-                const int t = 16 * mt + fg + 8 * hr, jl = 64 * nh + 8 * nt + 2 * ft;
-                if (!rev) {
-                    *(float2*)(OS + t * BIDIR_OS + jl) = make_float2(acc[nt][2 * hr], acc[nt][2 * hr + 1]);
-                } else if (t < L) {
-                    // local row t of the reversed chunk is row L - 1 - t of the forward's tile
-                    const int tn = L - 1 - t, j = v0 + jl;
-                    const float2 f = *(const float2*)(OS + tn * BIDIR_OS + jl);
-                    const float a = f.x + acc[nt][2 * hr], b = f.y + acc[nt][2 * hr + 1];
-                    const idx_t off = ((r0 + tn) * H + h) * (idx_t)V + j;
-                    if (j + 1 < V && (V & 1) == 0) {
-                        *(unsigned*)(o + off) = pack2(a, b);
-                    } else {
-                        if (j < V) o[off] = f2bf(a);
-                        if (j + 1 < V) o[off + 1] = f2bf(b);
+            for (int nt = 0; nt < 2 * NP; ++nt) {
+                #pragma unroll
+                for (int hr = 0; hr < 2; ++hr) {
+                    const int t = 16 * mt + fg + 8 * hr, jl = CW * nh + 8 * nt + 2 * ft;
+                    if (!rev) {
+                        *(float2*)(OS + t * BIDIR_OS + jl) = make_float2(acc[nt][2 * hr], acc[nt][2 * hr + 1]);
+                    } else if (t < L) {
+                        // local row t of the reversed chunk is row L - 1 - t of the forward's tile
+                        const int tn = L - 1 - t, j = v0 + jl;
+                        const float2 f = *(const float2*)(OS + tn * BIDIR_OS + jl);
+                        const float a = f.x + acc[nt][2 * hr], b = f.y + acc[nt][2 * hr + 1];
+                        const idx_t off = ((r0 + tn) * H + h) * (idx_t)V + j;
+                        if (j + 1 < V && (V & 1) == 0) {
+                            *(unsigned*)(o + off) = pack2(a, b);
+                        } else {
+                            if (j < V) o[off] = f2bf(a);
+                            if (j + 1 < V) o[off + 1] = f2bf(b);
+                        }
                     }
                 }
             }
-        }
+        };
+        if (Vc <= 64) prod(IntC<2>{});
+        else prod(IntC<4>{});
     }
 }

@@ -17,6 +17,13 @@ __device__ __forceinline__ float ex2f(float x) {
 }
 #define OV 136  // bf16 row stride of 128-wide tiles (272 B: ldmatrix rows land in distinct banks)
 
+// A compile-time int as a value: the tag a generic lambda instantiates on (a tile width picked
+// at run time from two compiled forms)
+template <int N>
+struct IntC {
+    static constexpr int value = N;
+};
+
 // The rows of global chunk cg: r0 (its first row) and L (its row count, 64 except for a
 // sequence's last chunk).
 struct ChunkRows {

@@ -40,13 +40,18 @@ __device__ __forceinline__ void st2(float* p, idx_t off, int j, int n, float a, 
 // so tiles of fewer rows are zero-filled to 64 (their extra output columns are never stored).
 // rev (bidir/, the backward scan of ViG): the chunk's rows in reverse order (local row t is
 // global row r0 + L - 1 - t: v, do, kd read and dv, dq, dk stored there); addv (or null): dv
-// written as the sum with addv's element (the other direction's dv, same layout).
+// written as the sum with addv's element (the other direction's dv, same layout). VW: the value
+// columns dA, the raw dq / dk and sd run over (V <= VW; the tiles are zero past V, so the sums
+// are the same): 128, or 64 for a narrow head (bidir_chunk_bwd1n_bf16, ViG's V = 64), which
+// also stops the raw dq / dk n-tiles at Kp (past it they read the state tiles' zero rows).
+template <int VW = 128>
 __device__ __forceinline__ void chunk_bwd1(
     const bf16_t* __restrict__ v, const bf16_t* __restrict__ d_o, const bf16_t* __restrict__ kd,
     const bf16_t* __restrict__ A, const bf16_t* __restrict__ hs, const bf16_t* __restrict__ dhs,
     float* __restrict__ dv, float* __restrict__ dA, float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ sd,
     const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq,
     int H, int K, int V, int Kp, bool rev, const float* __restrict__ addv) {
+    static_assert(VW == 64 || VW == 128, "the value columns of bwd1's products: 64 or 128");
     extern __shared__ __align__(16) unsigned char smem_b1[];
     const int LDK = Kp + 8;
     bf16_t* SV = (bf16_t*)smem_b1;
@@ -130,7 +135,7 @@ __device__ __forceinline__ void chunk_bwd1(
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
         if (32 * nh <= 16 * mt + 15) {
-            for (int kt = 0; kt < 128; kt += 16) {
+            for (int kt = 0; kt < VW; kt += 16) {
                 unsigned a4[4];
                 ldsm4(a4, fa(SDO, OV, 16 * mt, kt, lane));
                 #pragma unroll
@@ -162,11 +167,12 @@ __device__ __forceinline__ void chunk_bwd1(
             float acc[8][4];
             #pragma unroll
             for (int nt = 0; nt < 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
-            for (int kt = 0; kt < 128; kt += 16) {
+            for (int kt = 0; kt < VW; kt += 16) {
                 unsigned a4[4];
                 ldsm4(a4, fa(Am, OV, 16 * mt, kt, lane));
                 #pragma unroll
                 for (int np = 0; np < 4; ++np) {
+                    if (VW < 128 && 64 * nh + 16 * np >= Kp) break;
                     unsigned b4[4];
                     ldsm4(b4, fbn(Bm, OV, kt, 64 * nh + 16 * np, lane));
                     mma16816(acc[2 * np], a4, b4[0], b4[1]);
@@ -186,7 +192,7 @@ __device__ __forceinline__ void chunk_bwd1(
     // sd = rowsum(S * D)
     for (int i = tid; i < K; i += 256) {
         float a = 0.f;
-        for (int j = 0; j < 128; j += 2) {
+        for (int j = 0; j < VW; j += 2) {
             const unsigned s2 = *(const unsigned*)(SS + i * OV + j), d2 = *(const unsigned*)(SD + i * OV + j);
             a += bf_lo(s2) * bf_lo(d2) + bf_hi(s2) * bf_hi(d2);
         }

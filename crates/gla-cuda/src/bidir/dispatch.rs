@@ -58,6 +58,16 @@ pub(crate) fn a_cfg(p: &BidirProblem, gx: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: (gx, p.h() as u32, 2), block_dim: (256, 1, 1), shared_mem_bytes: chunk_o_smem_bytes(kp(p)) as u32 }
 }
 
+/// The entry of the backward's bwd1: `bidir_chunk_bwd1n_bf16` for V <= 64 (its products over 64
+/// value columns instead of the tiles' 128, the rest zero padding), else `bidir_chunk_bwd1_bf16`.
+pub(crate) fn bwd1_name(p: &BidirProblem) -> &'static str {
+    if p.v() <= 64 {
+        "bidir_chunk_bwd1n_bf16"
+    } else {
+        "bidir_chunk_bwd1_bf16"
+    }
+}
+
 /// `bidir_chunk_bwd1_bf16`: one block per (chunk, head), `gla_chunk_bwd1_bf16`'s smem.
 pub(crate) fn bwd1_cfg(p: &BidirProblem, gx: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: (gx, p.h() as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: chunk_bwd1_smem_bytes(kp(p)) as u32 }

@@ -566,11 +566,11 @@ fn fused_bwd<T: Elem>(
         // them and write the outputs
         let (dv, dq, dk, dg) = if rev == 0 { (&ws.dvf, &ws.dqf, &ws.dkf, &*g.dgf) } else { (&*g.dv, &*g.dq, &*g.dk, &*g.dgb) };
         let (addv, addq, addk) = if rev == 0 { (None, None, None) } else { (Some(&ws.dvf), Some(&ws.dqf), Some(&ws.dkf)) };
-        // SAFETY: arguments match bidir_chunk_bwd1_bf16 (gla_chunk_bwd1_bf16's, plus rev and
+        // SAFETY: arguments match bidir_chunk_bwd1{,n}_bf16 (gla_chunk_bwd1_bf16's, plus rev and
         // addv: null or shaped like dv); dA chunks x H x 4096, sd chunks x H x K
         unsafe {
             cuda.launch(
-                "bidir_chunk_bwd1_bf16",
+                plan::bwd1_name(p),
                 plan::bwd1_cfg(p, gx),
                 &[x.v, d_o, kd, a, hs, dhs, dv, &ws.da, dq, dk, &ws.sd, b, off, seq, &h, &k, &v, &kp32, &rev, &addv],
             )?

@@ -247,7 +247,8 @@ static void run(const Case& c, uint64_t seed) {
             for (int dir = 0; dir < 2; ++dir) {
                 const bool rv = dir == 1;
                 emu::launch(dim3{(unsigned)nc, (unsigned)H, 1}, dim3{256, 1, 1}, bwd1_smem(kp), [&] {
-                    bidir_chunk_bwd1_bf16(bv.data(), bdo.data(), rv ? kdb.data() : kdf.data(), rv ? ab.data() : af.data(),
+                    // src/bidir/dispatch.rs bwd1_name: the narrow entry for V <= 64
+                    (V <= 64 ? bidir_chunk_bwd1n_bf16 : bidir_chunk_bwd1_bf16)(bv.data(), bdo.data(), rv ? kdb.data() : kdf.data(), rv ? ab.data() : af.data(),
                                           rv ? hsb.data() : hsf.data(), rv ? dhsb.data() : dhsf.data(), rv ? dv.data() : dvf.data(), da.data(),
                                           rv ? dq.data() : dqf.data(), rv ? dk.data() : dkf.data(), sd.data(), bounds.data(), off.data(),
                                           seq.data(), H, K, V, kp, dir, rv ? dvf.data() : nullptr);
