@@ -4,8 +4,8 @@
 #   1. gla check --device cuda --quick (every family's table without the T = 65536 and > 2^31
 #      rows), and the attention rows again on the 8x32 forward tile (GLA_ATTN_FWD=8x32);
 #   2. gla bench attn (forward, forward+backward, decode; again with GLA_ATTN_SPLITS=2 and 4, the
-#      backward's L2 working-set question), gla bench delta --stages (and the lab's fused
-#      dq/dk/dw + WY backward, GLA_DELTA_LAB=dq=fu, checked and timed) and gla bench
+#      backward's L2 working-set question), gla bench delta --stages (and the lab's residual
+#      forward and fused dq/dk/dw + WY backward, GLA_DELTA_LAB, checked and timed) and gla bench
 #      bidir --stages (and each launch of one forward+backward);
 #   3. gla bench vig (ViG-T/S/B at 224 / 512 / 1024, inference and training) and ViG-T at 224 and
 #      1024 again with --profile (the kernels of one iteration, summed per kernel); the 340M GLA
@@ -50,13 +50,16 @@ for n in 2 4; do
 done
 step bench_delta 150 "$G" bench delta --device cuda --stages --json "$L/delta.json"
 grep -vE "^ " "$L/bench_delta.txt" | tail -14 >> "$SUM"
-# the lab's fused dq/dk/dw + WY backward (delta_dqkwy, GLA_DELTA_LAB=dq=fu): checked, then timed at
-# T = 2048 beside the default (delta_dqkw + delta_wy_bwd in the line above)
-step check_delta_fu 150 env GLA_DELTA_LAB=dq=fu "$G" check --device cuda --quick --filter delta
-tail -1 "$L/check_delta_fu.txt" >> "$SUM"
-grep -E " (FAIL|fail)" "$L/check_delta_fu.txt" | head -10 >> "$SUM"
-step bench_delta_fu 90 env GLA_DELTA_LAB=dq=fu "$G" bench delta --device cuda --shape 32,2048,16,128,128 --stages
-grep -E "^[0-9]+x|dqkw|wy_bwd" "$L/bench_delta_fu.txt" | head -12 >> "$SUM"
+# the lab's delta variants (GLA_DELTA_LAB): the residual forward (delta_wyt + delta_hr, h=res /
+# h=resb2) and the fused dq/dk/dw + WY backward (delta_dqkwy, dq=fu): checked together, then each
+# timed at T = 2048 beside the default (the line above)
+step check_delta_lab 150 env GLA_DELTA_LAB=h=resb2,dq=fu "$G" check --device cuda --quick --filter delta
+tail -1 "$L/check_delta_lab.txt" >> "$SUM"
+grep -E " (FAIL|fail)" "$L/check_delta_lab.txt" | head -10 >> "$SUM"
+for lab in dq=fu h=res h=resb2; do
+    step "bench_delta_${lab/=/_}" 90 env GLA_DELTA_LAB=$lab "$G" bench delta --device cuda --shape 32,2048,16,128,128 --stages
+    grep -E "^[0-9]+x|dqkw|wy|delta_h" "$L/bench_delta_${lab/=/_}.txt" | head -12 | sed "s/^/  $lab: /" >> "$SUM"
+done
 step bench_bidir 120 "$G" bench bidir --device cuda --stages --json "$L/bidir.json"
 grep -E "^[0-9]+x" "$L/bench_bidir.txt" | head -22 >> "$SUM"
 step bench_vig 240 "$G" bench vig --device cuda --reps 6 --json "$L/vig.json"

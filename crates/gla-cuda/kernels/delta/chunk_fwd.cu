@@ -24,7 +24,11 @@
 // space once P is formed: three blocks per SM (KP = 128: 72 KB of smem).
 // Dynamic smem: the host's layouts (src/delta/dispatch.rs) match the carve-ups below.
 //
+// delta_wyt_k{KP}_bf16 (KP <= 128): delta_wy writing G and T only, for the lab's residual state
+// pass (delta/chunk_h.cu delta_hr), which forms v_new from T, k and v itself.
+//
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
+//   delta_wyt_k64_bf16 delta_wyt_k128_bf16
 //   delta_wy_k64_f32 delta_wy_k128_f32 delta_wy_k64_bf16 delta_wy_k128_bf16 delta_wy_k192_bf16 delta_wy_k256_bf16
 //   delta_o_k64_f32 delta_o_k128_f32 delta_o_k64_bf16 delta_o_k128_bf16 delta_o_k192_bf16 delta_o_k256_bf16
 
@@ -83,7 +87,9 @@ __device__ __forceinline__ void solve_t(float* sA, int tid) {
     }
 }
 
-template <typename E, int KP>
+// TONLY (the `delta_wyt` entries, the lab's residual forward, delta/chunk_h.cu `delta_hr`): G
+// and T only (tm must not be null), no w, u.
+template <typename E, int KP, bool TONLY = false>
 __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __restrict__ rk, const E* __restrict__ v,
                                        const float* __restrict__ bt, const float* __restrict__ gl, E* __restrict__ w,
                                        float* __restrict__ u, E* __restrict__ tm, float* __restrict__ g2, const idx_t* __restrict__ bounds,
@@ -104,7 +110,7 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
     ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
-    ld_v<E>(sV, LV, v, c.r0, c.L, c.hv, HV, V, 0, VP, tid);
+    if (!TONLY) ld_v<E>(sV, LV, v, c.r0, c.L, c.hv, HV, V, 0, VP, tid);
     cp_commit();
     if (wp == 0) {
         chunk_gscan(sG, gl, c.r0, c.L, HV, c.hv, lane);
@@ -132,6 +138,14 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
     }
     __syncthreads();
     solve_t(sA, tid);
+    if constexpr (TONLY) {
+        const idx_t tplane = nch * HV * 4096;
+        for (int x = tid; x < 2048; x += DNT) {
+            const int t = x >> 5, s = 2 * (x & 31);
+            stg2_pair(tm, tplane, (c.oc * 64 + t) * 64 + s, t >= s ? sA[s * 65 + t] : 0.f, t >= s + 1 ? sA[(s + 1) * 65 + t] : 0.f);
+        }
+        return;
+    }
     // w = T diag(beta rk exp(G)) K and u = T diag(beta) V: the row factors of the scaled K and V
     // ride on T's columns, so K and V enter the products raw (exact in bf16) and only T diag(d)
     // is split. Without decay and L2 norm both factors are beta (one pass over T).
@@ -272,3 +286,16 @@ FWD_ENTRY(64, bf16, bf16_t)
 FWD_ENTRY(128, bf16, bf16_t)
 FWD_ENTRY(192, bf16, bf16_t)
 FWD_ENTRY(256, bf16, bf16_t)
+
+// G and T only (bf16, KP <= 128): the lab's residual forward (GLA_DELTA_LAB=h=res); delta_wy's
+// arguments, w and u unread (may be null), tm required
+#define WYT_ENTRY(KP)                                                                                    \
+extern "C" __global__ void __launch_bounds__(DNT, 3) delta_wyt_k##KP##_bf16(                               \
+    const bf16_t* k, const float* rk, const bf16_t* v, const float* bt, const float* gl, bf16_t* w,      \
+    float* u, bf16_t* tm, float* g2, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq,  \
+    int H, int HV, int K, int V, int VP, idx_t nch) {                                                    \
+    wy_fwd<bf16_t, KP, true>(k, rk, v, bt, gl, w, u, tm, g2, bounds, chunk_off, chunk_seq, H, HV, K, V,  \
+                             VP, nch);                                                                   \
+}
+WYT_ENTRY(64)
+WYT_ENTRY(128)

@@ -19,6 +19,11 @@
 // (delta_dvl's arithmetic, P from the q, k rows it loads) instead of read, the per-chunk loads on
 // two cp.async stages (64 columns, one block per SM).
 //
+// delta_hr[_b2]_k{KP}_bf16 (KP <= 128, the lab's residual forward): delta_h with U formed as
+// T (beta (V - rk exp(G) (K S))) from delta_wyt's T, k and v, so no w or u is read (or
+// written by the WY pass): the same U, a third fewer bytes per chunk, one more product and
+// barrier in the chain.
+//
 // S's operand copy (the B operand of w S and K dS) is rounded to the storage dtype, as fla does.
 // Warps tile S as WM x WN (8 x 1 for KP = 128, 256; 4 x 2 for KP = 64, 192). The forward has NS
 // pipeline stages of cp.async loads (2 where they fit in shared memory, else 1): the next
@@ -33,6 +38,7 @@
 //   delta_h_bwd_v32_k64_bf16 delta_h_bwd_v32_k128_bf16 delta_h_bwd_v32_k192_bf16 delta_h_bwd_v32_k256_bf16
 //   delta_h_b2_k64_bf16 delta_h_b2_k128_bf16 delta_h_v32b2_k64_bf16 delta_h_v32b2_k128_bf16
 //   delta_h_bwd_dv2_k64_bf16 delta_h_bwd_dv2_k128_bf16
+//   delta_hr_k64_bf16 delta_hr_k128_bf16 delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16
 
 // The state tile's warp layout (S or dS, KP x BV in mma fragments): warp (wm, wn) of WM x WN
 // holds m-tiles wm + WM ms (ms < MS) and the NSN n8-tiles from 8 NSN wn.
@@ -105,21 +111,32 @@ __device__ __forceinline__ void h_copy(E* __restrict__ hp, const E* sS, int VP, 
     tile_st<E>(hp, VP, sS, HTile<KP, BV>::LDS, KP, BV, tid, DNT);
 }
 
-template <typename E, int KP, int NS, int BV>
+// RES (the `delta_hr` entries, bf16, the lab's residual forward): v_new from T (delta_wyt), k
+// and v instead of w and u, U = T (beta (V - rk exp(G) (K S))) = u - w S (w = T diag(beta rk
+// exp(G)) K, u = T diag(beta) V): K S on raw K, the residual in f32, then both T and
+// beta (V - ..) split; w and u are never formed, and the stages carry T, k, v (tm, v, bt; w, u
+// unread).
+template <typename E, int KP, int NS, int BV, bool RES = false>
 __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __restrict__ u, const E* __restrict__ k,
                                       const float* __restrict__ rk, const float* __restrict__ g2, const float* __restrict__ h0,
                                       E* __restrict__ hs, E* __restrict__ vn, float* __restrict__ ht, const idx_t* __restrict__ bounds,
-                                      const idx_t* __restrict__ chunk_off, int H, int HV, int K, int V, int VP, idx_t nch) {
+                                      const idx_t* __restrict__ chunk_off, int H, int HV, int K, int V, int VP, idx_t nch,
+                                      const E* __restrict__ tm = nullptr, const E* __restrict__ v = nullptr,
+                                      const float* __restrict__ bt = nullptr) {
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
     constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
-    constexpr int STAGE = (SP + 1) * 64 * LK;  // w (hi, lo), k
-    constexpr int FSTAGE = 64 * BV + 128;      // u (f32), G, rk
+    static_assert(!RES || SP == 2, "the residual state pass: bf16");
+    // w (hi, lo), k; RES: T (hi, lo) [64][LDT], k, the V tile [64][LDS]
+    constexpr int STAGE = RES ? SP * 64 * LDT + 64 * LK + 64 * LDS : (SP + 1) * 64 * LK;
+    constexpr int FSTAGE = RES ? 192 : 64 * BV + 128;  // u (f32; RES: none), G, rk (RES: and beta)
     DELTA_SMEM(smem);
     E* sStage = (E*)smem;                      // [NS][STAGE]
     E* sS = sStage + NS * STAGE;               // [KP][LDS]
     E* sUd = sS + KP * LDS;                    // [64][LDS]
     E* sUdl = sUd + (SP - 1) * 64 * LDS;
-    float* sF = (float*)(sUdl + 64 * LDS);     // [NS][FSTAGE]
+    E* sY = sUdl + 64 * LDS;                   // RES: [SP][64][LDS], beta (V - rk exp(G) K S)
+    E* sYl = sY + (SP - 1) * 64 * LDS;
+    float* sF = (float*)(RES ? sYl + 64 * LDS : sY);  // [NS][FSTAGE]
     DELTA_SMEM_END(smem, sF + NS * FSTAGE);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const int j0 = blockIdx.x * BV, nh = blockIdx.y, n = nh / HV, hv = nh % HV, h = hv / (HV / H);
@@ -135,12 +152,23 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
         float* f = sF + st * FSTAGE;
         const idx_t oc = (cbase + ci) * HV + hv, r0 = bos + (idx_t)ci * 64;
         const int L = (int)min((idx_t)64, eos - r0);
-        tile_ld<E>(b, LK, w + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
-        if (SP == 2) tile_ld<E>(b + 64 * LK, LK, w + wplane + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
-        ld_qk<E, KP>(b + SP * 64 * LK, k, r0, L, h, H, K, tid);
-        tile_ld<float>(f, BV, u + oc * 64 * (idx_t)VP + j0, VP, 64, BV, 64, BV, true, tid, DNT);
-        ld_g64(f + 64 * BV, g2 + oc * 64, tid);
-        ld_rf(f + 64 * BV + 64, rk, r0, L, h, H, tid);
+        if constexpr (RES) {
+            const idx_t tplane = nch * HV * 4096;
+            tile_ld<E>(b, LDT, tm + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+            tile_ld<E>(b + 64 * LDT, LDT, tm + tplane + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+            ld_qk<E, KP>(b + SP * 64 * LDT, k, r0, L, h, H, K, tid);
+            ld_v<E>(b + SP * 64 * LDT + 64 * LK, LDS, v, r0, L, hv, HV, V, j0, BV, tid);
+            ld_g64(f, g2 + oc * 64, tid);
+            ld_rf(f + 64, rk, r0, L, h, H, tid);
+            if (tid < 64) f[128 + tid] = tid < L ? bt[(r0 + tid) * HV + hv] : 0.f;
+        } else {
+            tile_ld<E>(b, LK, w + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
+            if (SP == 2) tile_ld<E>(b + 64 * LK, LK, w + wplane + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
+            ld_qk<E, KP>(b + SP * 64 * LK, k, r0, L, h, H, K, tid);
+            tile_ld<float>(f, BV, u + oc * 64 * (idx_t)VP + j0, VP, 64, BV, 64, BV, true, tid, DNT);
+            ld_g64(f + 64 * BV, g2 + oc * 64, tid);
+            ld_rf(f + 64 * BV + 64, rk, r0, L, h, H, tid);
+        }
     };
     static_assert(NS == 1 || NS == 2, "one or two cp.async stages");
     #pragma unroll
@@ -170,12 +198,54 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
         h_copy<E, KP, BV>(hs + oc * (idx_t)KP * VP + j0, sS, VP, tid);
         const E* sW = sStage + st * STAGE;
         const E* sWl = sW + (SP - 1) * 64 * LK;
-        const E* sKc = sW + SP * 64 * LK;
+        const E* sKc = sW + SP * 64 * (RES ? LDT : LK);
         const float* sUc = sF + st * FSTAGE;
-        const float* sGc = sUc + 64 * BV;
+        const float* sGc = sUc + (RES ? 0 : 64 * BV);
         const float* sRk = sGc + 64;
         const float glast = sGc[63];
-        {
+        if constexpr (RES) {
+            // each warp 16 rows x BV / 2 columns: X = K S (raw K: exact), sY = beta (V - rk exp(G)
+            // X) split; then U = T sY, both split
+            constexpr int NT = BV / 16;
+            const int mt = wp & 3, n1 = (wp >> 2) * (BV / 2);
+            const E* sT = sW;
+            const E* sTl = sT + 64 * LDT;
+            const E* sVc = sKc + 64 * LK;
+            const float* sBt = sRk + 64;
+            float acc[NT][4];
+            frag_zero(acc);
+            wgemm<false, false, NT>(acc, sKc, LK, 16 * mt, sS, LDS, n1, KP, lane);
+            #pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                #pragma unroll
+                for (int e = 0; e < 4; e += 2) {
+                    const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
+                    const float f = sRk[t] * ex2f(sGc[t]);
+                    const float y0 = sBt[t] * (to_f32(sVc[t * LDS + jj]) - f * acc[nt][e]);
+                    const float y1 = sBt[t] * (to_f32(sVc[t * LDS + jj + 1]) - f * acc[nt][e + 1]);
+                    st2_pair(sY, sYl, t * LDS + jj, y0, y1);
+                }
+            }
+            __syncthreads();
+            frag_zero(acc);
+            // one stage (two blocks per SM, <= 128 registers): the terms one after another
+            if constexpr (NS == 1) {
+                wgemm2_seq<false, false, NT>(acc, sT, sTl, LDT, 16 * mt, sY, sYl, LDS, n1, 64, lane, true, true);
+            } else {
+                wgemm2<false, false, NT>(acc, sT, sTl, LDT, 16 * mt, sY, sYl, LDS, n1, 64, lane, true, true);
+            }
+            #pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                #pragma unroll
+                for (int e = 0; e < 4; e += 2) {
+                    const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
+                    const float u0 = acc[nt][e], u1 = acc[nt][e + 1];
+                    stg2_pair(vn, vplane, oc * 64 * (idx_t)VP + (idx_t)t * VP + j0 + jj, u0, u1);
+                    const float f = sRk[t] * ex2f(glast - sGc[t]);
+                    st2_pair(sUd, sUdl, t * LDS + jj, u0 * f, u1 * f);
+                }
+            }
+        } else {
             // U = u - w S: each warp 16 rows x BV / 2 columns
             constexpr int NT = BV / 16;
             const int mt = wp & 3, n1 = (wp >> 2) * (BV / 2);
@@ -361,6 +431,16 @@ extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_##NAME(           
     idx_t nch) {                                                                                         \
     h_fwd<E, KP, NS, BV>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K, V, VP, nch);      \
 }
+// the residual forward (bf16; h_fwd's RES): delta_h's arguments, w and u unread (may be null),
+// then T (delta_wyt's), v and beta
+#define HR_ENTRY(PFX, KP, NS, LB)                                                                         \
+extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_bf16(                                       \
+    const bf16_t* w, const float* u, const bf16_t* k, const float* rk, const float* g2, const float* h0, \
+    bf16_t* hs, bf16_t* vn, float* ht, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, \
+    int V, int VP, idx_t nch, const bf16_t* tm, const bf16_t* v, const float* bt) {                      \
+    h_fwd<bf16_t, KP, NS, 64, true>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K, V, VP, \
+                                    nch, tm, v, bt);                                                      \
+}
 #define HB_ENTRY(PFX, KP, BV, NAME, E) HB_ENTRY_FD(PFX, KP, BV, false, 1, NAME, E)
 // FD: dvl fused in (the `_dv` entries; their dvl argument is unread); NS: cp.async stages
 #define HB_ENTRY_FD(PFX, KP, BV, FD, NS, NAME, E)                                                        \
@@ -391,6 +471,12 @@ H_ENTRY_LB(delta_h_b2, 64, 1, 64, (DNT, 2), bf16, bf16_t)
 H_ENTRY_LB(delta_h_b2, 128, 1, 64, (DNT, 2), bf16, bf16_t)
 H_ENTRY_LB(delta_h_v32b2, 64, 1, 32, (DNT, 2), bf16, bf16_t)
 H_ENTRY_LB(delta_h_v32b2, 128, 1, 32, (DNT, 2), bf16, bf16_t)
+// the lab's residual forward (GLA_DELTA_LAB=h=res / h=resb2): two stages at one block per SM, or
+// one stage built for two blocks per SM
+HR_ENTRY(delta_hr, 64, 2, (DNT))
+HR_ENTRY(delta_hr, 128, 2, (DNT))
+HR_ENTRY(delta_hr_b2, 64, 1, (DNT, 2))
+HR_ENTRY(delta_hr_b2, 128, 1, (DNT, 2))
 HB_ENTRY(delta_h_bwd, 64, 64, f32, float)
 HB_ENTRY(delta_h_bwd, 128, 64, f32, float)
 HB_ENTRY(delta_h_bwd, 64, 64, bf16, bf16_t)

@@ -359,6 +359,21 @@ pub(crate) fn dqkw_bufs(bf16: bool, kp: usize) -> usize {
     }
 }
 
+/// The lab's residual forward (`h=res`: two stages at one block per SM, `h=resb2`: one stage
+/// built for two; bf16, KP <= 128): `delta_wyt` writes T alone and `delta_hr[_b2]` forms v_new
+/// as T (beta (V - rk exp(G) (K S))), so w and u are never formed (a backward on the forward's
+/// workspace runs `delta_wy` for w). `Some(two blocks per SM)` under the override, else `None`.
+pub(crate) fn h_res(bf16: bool, kp: usize) -> Option<bool> {
+    if !h_two_ok(bf16, kp) {
+        return None;
+    }
+    match h_lab(false).as_deref() {
+        Some("res") => Some(false),
+        Some("resb2") => Some(true),
+        _ => None,
+    }
+}
+
 /// Whether dq/dk/dw and the WY backward run as one launch (`delta_dqkwy_*`): under the lab
 /// override `dq=fu` ([`lab`]; bf16, KP <= 128, where one block covers all of K).
 pub(crate) fn dqkwy(bf16: bool, kp: usize) -> bool {
@@ -410,6 +425,13 @@ impl DeltaSmem {
         let (e, sp, bv, ns) = (self.e, self.sp, plan.bv, plan.ns);
         let lds = bv + PAD;
         (ns * (sp + 1) * 64 * self.lk() + self.kp * lds + sp * 64 * lds) * e + ns * (64 * bv + 128) * 4
+    }
+    /// `delta_hr[_b2]` with `ns` stages: per stage T (split), k, a 64-column V tile; the state
+    /// operand; U's and Y's split tiles; per stage G, rk, beta.
+    pub(crate) fn hr(&self, ns: usize) -> usize {
+        let (e, sp, lds) = (self.e, self.sp, 64 + PAD);
+        let stage = sp * 64 * LDT + 64 * self.lk() + 64 * lds;
+        (ns * stage + self.kp * lds + 2 * sp * 64 * lds) * e + ns * 192 * 4
     }
     pub(crate) fn o(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -587,6 +609,8 @@ impl DeltaWorkspaceLens {
             gl: if p.gate() == DeltaGate::None { 0 } else { p.beta_len().max(1) },
             w: (sp * nc * hv * 64 * kp).max(1),
             u: (nc * hv * 64 * vp).max(1),
+            // the lab's residual forward keeps T in the forward's workspace too
+            tm: if h_res(bf16, kp).is_some() { (sp * nc * hv * 4096).max(1) } else { 0 },
             g2: (nc * hv * 64).max(1),
             hs: (nc * hv * kp * vp).max(1),
             vn: (sp * nc * hv * 64 * vp).max(1),
@@ -730,6 +754,8 @@ mod tests {
             // the fused dq/dk/dw + WY backward: the WY part's dw (split) and dk (f32) fit in the
             // V-tile buffer, and the whole block in the per-block limit
             let sm = DeltaSmem::new(true, kp, 128);
+            // the residual state pass: two stages at one block per SM, one stage at two
+            assert!(sm.hr(2) <= 227 * 1024 && 2 * (sm.hr(1) + 1024) <= 228 * 1024, "KP {kp}: {} / {} B", sm.hr(2), sm.hr(1));
             let vbuf = (5 * 64 * LDT + 2 * kp * LDT) * 2;
             assert!(2 * 64 * (kp + PAD) * 2 + 64 * (kp + 4) * 4 <= vbuf, "KP {kp}");
             assert!(sm.dqkwy() <= 227 * 1024, "KP {kp}: {} B", sm.dqkwy());

@@ -17,7 +17,7 @@ use gla_core::{DeltaGate, DeltaProblem};
 use crate::dispatch::delta::{self as dd, DeltaAlgo, DeltaPath, DeltaSmem, DeltaWorkspaceLens, DELTA_BT, REC_BV};
 use crate::error::{Error, Result};
 use crate::ops::{poison, Elem};
-use crate::runtime::Cuda;
+use crate::runtime::{Cuda, NULL};
 
 fn unsupported(what: String) -> Error {
     Error::Op(gla_core::Error::Unsupported { backend: "cuda", what })
@@ -376,7 +376,7 @@ fn chunk_fwd<T: Elem>(
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
     let scale = p.scale() as f32;
     chunk_prep(cuda, p, vs, x, ws)?;
-    chunk_wy_h(cuda, p, dp, x, ws, kp, ht)?;
+    chunk_wy_h(cuda, p, dp, x, ws, kp, ht, true)?;
     if dp.n_chunks == 0 {
         return Ok(());
     }
@@ -440,7 +440,9 @@ fn gate_prep<T: Elem>(
 
 /// The UT/WY prep and the state pass of the chunked path on the kernels' problem `p` (forward,
 /// and the backward's recomputation): w, u, G, hs, v_new; T where the workspace holds it (a
-/// backward's); ht when given.
+/// backward's); ht when given. `res_ok`: the lab's residual forward may run ([`dd::h_res`]: G,
+/// T, hs, v_new, no w or u), which the backward's recomputation does not take (it needs w).
+#[allow(clippy::too_many_arguments)]
 fn chunk_wy_h<T: Elem>(
     cuda: &Cuda,
     p: &DeltaProblem,
@@ -449,6 +451,7 @@ fn chunk_wy_h<T: Elem>(
     ws: &DeltaWorkspace<T>,
     kp: usize,
     ht: Option<&mut CudaSlice<f32>>,
+    res_ok: bool,
 ) -> Result<()> {
     let op = "delta chunked forward";
     let bf16 = is_bf16::<T>();
@@ -462,6 +465,51 @@ fn chunk_wy_h<T: Elem>(
     let tm = ws.tm.as_ref().filter(|t| t.len() >= tm_len);
     let (w, u, g2) = (req(&ws.w, "w")?, req(&ws.u, "u")?, req(&ws.g2, "G")?);
     let (hs, vn, bt) = (req(&ws.hs, "hs")?, req(&ws.vn, "v_new")?, req(&ws.bt, "beta")?);
+    if let (true, Some(two), Some(tm)) = (res_ok, dd::h_res(bf16, kp), tm) {
+        // the lab's residual forward: T alone, then v_new from T, k and v
+        if dp.n_chunks > 0 {
+            // SAFETY: arguments match delta_wyt_*'s (delta_wy's; w and u unread), T and G sized
+            // for the problem
+            unsafe {
+                cuda.launch(
+                    &format!("delta_wyt_k{kp}_{}", T::SUFFIX),
+                    dd::chunk_cfg(grid_chunks(op, dp.n_chunks)?, p.hv(), 1, smem.wy()),
+                    &[
+                        x.k,
+                        &ws.rk,
+                        x.v,
+                        bt,
+                        &ws.gl,
+                        &NULL,
+                        &NULL,
+                        tm,
+                        g2,
+                        &dp.bounds,
+                        &dp.chunk_off,
+                        &dp.chunk_seq,
+                        &h,
+                        &hv,
+                        &k,
+                        &v,
+                        &vp32,
+                        &nch,
+                    ],
+                )?;
+            }
+        }
+        let plan = dd::HPlan { bv: 64, ns: if two { 1 } else { 2 }, two, out: false };
+        let name = format!("delta_hr{}_k{kp}_{}", if two { "_b2" } else { "" }, T::SUFFIX);
+        let cfg = dd::state_cfg(vp, 64, grid_nhv(op, p)?, smem.hr(plan.ns));
+        // SAFETY: arguments match delta_hr*'s (delta_h's, w and u unread, then T, v, beta); one
+        // block per (64-column V tile, sequence x value head)
+        return unsafe {
+            cuda.launch(
+                &name,
+                cfg,
+                &[&NULL, &NULL, x.k, &ws.rk, g2, &x.h0, hs, vn, &ht, &dp.bounds, &dp.chunk_off, &h, &hv, &k, &v, &vp32, &nch, tm, x.v, bt],
+            )
+        };
+    }
     if dp.n_chunks > 0 {
         let name = format!("delta_wy_k{kp}_{}", T::SUFFIX);
         let cfg = dd::chunk_cfg(grid_chunks(op, dp.n_chunks)?, p.hv(), 1, smem.wy());
@@ -774,7 +822,21 @@ fn chunk_bwd<T: Elem>(
     let bf16 = is_bf16::<T>();
     if !fwd_in_ws {
         chunk_prep(cuda, p, r.vs, x, ws)?;
-        chunk_wy_h(cuda, p, dp, x, ws, kp, None)?;
+        chunk_wy_h(cuda, p, dp, x, ws, kp, None, false)?;
+    } else if dd::h_res(bf16, kp).is_some() && dp.n_chunks > 0 {
+        // the lab's residual forward formed no w: the WY pass for it
+        let (vp32, nch) = (dd::vpad(p.v()) as i32, dp.n_chunks as i64);
+        let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
+        let smem = DeltaSmem::new(bf16, kp, dd::vpad(p.v()));
+        let (w, u, tm, g2, bt) = (req(&ws.w, "w")?, req(&ws.u, "u")?, req(&ws.tm, "T")?, req(&ws.g2, "G")?, req(&ws.bt, "beta")?);
+        // SAFETY: arguments match delta_wy_*'s signature; the workspaces are the backward's
+        unsafe {
+            cuda.launch(
+                &format!("delta_wy_k{kp}_{}", T::SUFFIX),
+                dd::chunk_cfg(grid_chunks(op, dp.n_chunks)?, p.hv(), 1, smem.wy()),
+                &[x.k, &ws.rk, x.v, bt, &ws.gl, w, u, tm, g2, &dp.bounds, &dp.chunk_off, &dp.chunk_seq, &h, &hv, &k, &v, &vp32, &nch],
+            )?;
+        }
     }
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
     let scale = p.scale() as f32;

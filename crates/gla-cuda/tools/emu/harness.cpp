@@ -99,6 +99,8 @@ static Data make(const Case& c, uint64_t seed) {
 
 struct Out {
     VD o, ht, dq, dk, dv, db, dg, dal, ddt, dh0;
+    // the oracle's condition numbers of the per-head sums dA_log, ddt (gla_check::tol::sum_tol)
+    double cal = 1, cdt = 1;
 };
 
 // the f64 oracle (gla-cpu delta/naive.rs + prep.rs)
@@ -236,13 +238,24 @@ static Out oracle(const Data& d) {
         o.dg.resize(dg.size());
         o.dal.assign(HV, 0);
         o.ddt.assign(HV, 0);
+        VD aal(HV, 0), adt(HV, 0);
         for (size_t x = 0; x < dg.size(); ++x) {
             const int j = x % HV;
             const double e = std::exp(d.alog[j]), z = d.g[x] + d.dtb[j];
-            o.dal[j] += dg[x] * -e * softplus(z);
+            const double t = dg[x] * -e * softplus(z);
+            o.dal[j] += t;
+            aal[j] += std::fabs(t);
             o.dg[x] = dg[x] * -e * dsoftplus(z);
             o.ddt[j] += o.dg[x];
+            adt[j] += std::fabs(o.dg[x]);
         }
+        auto norm = [](const VD& a) {
+            double n = 0;
+            for (double x : a) n += x * x;
+            return std::sqrt(n);
+        };
+        o.cal = norm(aal) / norm(o.dal);
+        o.cdt = norm(adt) / norm(o.ddt);
     }
     if (!c.h0) o.dh0.clear();
     return o;
@@ -339,7 +352,12 @@ static void report(const std::string& cs, const char* path, const char* dt, cons
     bool ok = true;
     for (auto& x : r) {
         std::printf(" %s=%.2e", x.first, x.second);
-        ok = ok && x.second <= tol;
+        // a per-head sum over every row (dA_log, ddt) loses relative accuracy by its condition
+        // number: its tolerance is tol times that, capped at 0.1 (gla_check::tol::sum_tol)
+        const bool sum = !std::strcmp(x.first, "dA_log") || !std::strcmp(x.first, "ddt");
+        const double c = !std::strcmp(x.first, "dA_log") ? ref.cal : ref.cdt;
+        const double t = sum ? (std::isfinite(c) ? std::min(tol * std::max(c, 1.0), std::max(0.1, tol)) : std::max(0.1, tol)) : tol;
+        ok = ok && x.second <= t;
     }
     std::printf("  %s\n", ok ? "ok" : "FAIL");
     std::fflush(stdout);
@@ -453,6 +471,19 @@ static size_t sm_dqkw(int KP, int NB = 1) {
 }
 // delta_dqkw_s2 (the V tiles in two buffers; bf16, KP <= 128): DELTA_DQVAR=s2
 static std::map<int, void*> g_dqs2 = {{64, (void*)delta_dqkw_s2_k64_bf16}, {128, (void*)delta_dqkw_s2_k128_bf16}};
+// the residual forward (delta_wyt + delta_hr / delta_hr_b2; bf16, KP <= 128): DELTA_HVAR=res /
+// resb2; the backward then runs delta_wy for w (as src/delta/ops.rs does)
+static std::map<int, void*> g_wyt = {{64, (void*)delta_wyt_k64_bf16}, {128, (void*)delta_wyt_k128_bf16}};
+static std::map<int, void*> g_hr = {{64, (void*)delta_hr_k64_bf16}, {128, (void*)delta_hr_k128_bf16}};
+static std::map<int, void*> g_hrb2 = {{64, (void*)delta_hr_b2_k64_bf16}, {128, (void*)delta_hr_b2_k128_bf16}};
+static size_t sm_hr(int KP, int NS) {
+    const size_t stage = 2 * 64 * 72 + 64 * (KP + 8) + 64 * 72;
+    return (NS * stage + (size_t)KP * 72 + 4 * 64 * 72) * 2 + NS * 192 * 4;
+}
+static const char* h_res_var() {
+    const char* hv = getenv("DELTA_HVAR");
+    return hv && (!std::strcmp(hv, "res") || !std::strcmp(hv, "resb2")) ? hv : nullptr;
+}
 // delta_dqkwy (dq/dk/dw and the WY backward in one launch; bf16, KP <= 128): DELTA_DQVAR=fu
 static std::map<int, void*> g_dqkwy = {{64, (void*)delta_dqkwy_k64_bf16}, {128, (void*)delta_dqkwy_k128_bf16}};
 // delta_wy_bwd_pre (V tile 0 loading while dw Kn^T is formed; bf16, KP <= 128): DELTA_WYBVAR=pre
@@ -637,6 +668,7 @@ struct Run {
     std::vector<E> w, tm, hs, vn;
     std::vector<float> rq, rk, u, bt, gl, g2;
     long long nch = 0;
+    bool res_fwd = false;  // the last chunk_fwd_core ran the residual forward (no w, u)
     int SP = SPn<E>;
     void chunk_prep() {
         rq.clear();
@@ -666,13 +698,31 @@ struct Run {
         dim3 cgrid{(unsigned)nc, (unsigned)HV, 1}, b256{256, 1, 1};
         typedef void (*WyFn)(const E*, const float*, const E*, const float*, const float*, E*, float*, E*, float*, const long long*,
                              const long long*, const int*, int, int, int, int, int, long long);
-        if (nc > 0)
+        typedef void (*HFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
+                            const long long*, const long long*, int, int, int, int, int, long long);
+        const char* res = sizeof(E) == 2 && g_hr.count(KP) ? h_res_var() : nullptr;
+        res_fwd = res != nullptr;
+        if (res) {
+            // T only (w, u stay poisoned), then v_new from T, k, v
+            if (nc > 0)
+                emu::launch(cgrid, b256, sm_wy<E>(KP, VP), [&] {
+                    ((WyFn)g_wyt.at(KP))(k.data(), ptr(rk), v.data(), bt.data(), ptr(gl), nullptr, nullptr, tm.data(), g2.data(),
+                                         p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V, VP, nch);
+                });
+            typedef void (*HrFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
+                                 const long long*, const long long*, int, int, int, int, int, long long, const E*, const E*, const float*);
+            const bool b2 = !std::strcmp(res, "resb2");
+            emu::launch(dim3{(unsigned)(VP / 64), (unsigned)(d.N * HV), 1}, b256, sm_hr(KP, b2 ? 1 : 2), [&] {
+                ((HrFn)(b2 ? g_hrb2.at(KP) : g_hr.at(KP)))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(),
+                                                        ht.data(), p.bounds.data(), p.off.data(), H, HV, K, V, VP, nch, tm.data(),
+                                                        v.data(), bt.data());
+            });
+        }
+        if (nc > 0 && !res)
             emu::launch(cgrid, b256, sm_wy<E>(KP, VP), [&] {
                 ((WyFn)f.wy)(k.data(), ptr(rk), v.data(), bt.data(), ptr(gl), w.data(), u.data(), tm.data(), g2.data(), p.bounds.data(),
                              p.off.data(), p.seq.data(), H, HV, K, V, VP, nch);
             });
-        typedef void (*HFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
-                            const long long*, const long long*, int, int, int, int, int, long long);
         // the forward state pass's two-blocks-per-SM entries (one stage): DELTA_HVAR=b2 / v32b2,
         // else dispatch::delta::h_policy's rule at 132 SMs (b2 where 64-column blocks fill them)
         const char* hv = getenv("DELTA_HVAR");
@@ -680,7 +730,8 @@ struct Run {
         const bool two = lab || (!getenv("DELTA_BV") && f.h2 && (VP / 64) * d.N * HV >= 132);
         const int bv = two ? (lab && std::strcmp(hv, "b2") ? 32 : 64) : h_bv<E>(VP, d.N * HV);
         void* hf = two ? (bv == 32 ? f.h32b2 : f.h2) : (bv == 32 ? f.h32 : f.h);
-        emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_h<E>(KP, bv, two ? 1 : h_stages<E>(KP)), [&] {
+        if (!res)
+            emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_h<E>(KP, bv, two ? 1 : h_stages<E>(KP)), [&] {
             ((HFn)hf)(w.data(), u.data(), k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(), ht.data(), p.bounds.data(),
                        p.off.data(), H, HV, K, V, VP, nch);
         });
@@ -707,6 +758,15 @@ struct Run {
         const long long nc = p.nc;
         const ChunkFns& f = fns();
         dim3 cgrid{(unsigned)nc, (unsigned)HV, 1}, b256{256, 1, 1};
+        if (res_fwd && nc > 0) {
+            // the residual forward left w unformed: the WY pass for it (T, u again)
+            typedef void (*WyFn)(const E*, const float*, const E*, const float*, const float*, E*, float*, E*, float*, const long long*,
+                                 const long long*, const int*, int, int, int, int, int, long long);
+            emu::launch(cgrid, b256, sm_wy<E>(KP, VP), [&] {
+                ((WyFn)f.wy)(k.data(), ptr(rk), v.data(), bt.data(), ptr(gl), w.data(), u.data(), tm.data(), g2.data(), p.bounds.data(),
+                             p.off.data(), p.seq.data(), H, HV, K, V, VP, nch);
+            });
+        }
         auto dvl = poison<float>(nc * HV * 64 * VP);
         typedef void (*DvlFn)(const E*, const E*, const float*, const float*, const E*, const float*, float*, const long long*,
                               const long long*, const int*, int, int, int, int, int, float);
