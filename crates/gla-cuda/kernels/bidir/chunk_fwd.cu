@@ -75,9 +75,11 @@ BIDIR_HENTRY(bidir_chunk_h64_bf16, 64)
 BIDIR_HENTRY(bidir_chunk_h32_bf16, 32)
 
 #define BIDIR_OS 132  // f32 row stride of the forward direction's output tile
+#define BIDIR_OSN 68   // the same for V <= 64
 
 // dynamic smem: chunk_o_smem_bytes(Kp) (o_pass_a's layout, gla/chunk_fwd.cu), then at byte
-// offset os_off the forward's output tile OS [64][BIDIR_OS] f32 (src/bidir/dispatch.rs)
+// offset os_off the forward's output tile OS [64][BIDIR_OS] f32; for V <= 64 OS [64][BIDIR_OSN]
+// and the v and state tiles VB [64][LDH], SB [Kp][LDH] bf16 (src/bidir/dispatch.rs o_smem)
 extern "C" __global__ void __launch_bounds__(256, 2) bidir_chunk_o_bf16(
     const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v, const bf16_t* __restrict__ gf,
     const bf16_t* __restrict__ gb, const bf16_t* __restrict__ hsf, const bf16_t* __restrict__ hsb, bf16_t* __restrict__ o,
@@ -96,6 +98,12 @@ extern "C" __global__ void __launch_bounds__(256, 2) bidir_chunk_o_bf16(
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const idx_t cg = blockIdx.x;
     const int h = blockIdx.y, v0 = 128 * blockIdx.z, Vc = min(128, V - v0);
+    // V <= 64 (narrow, ViG's heads): OS is [64][BIDIR_OSN], then the direction's v tile VB
+    // [64][LDH] and state tile SB [Kp][LDH] in buffers of their own, so their loads are issued
+    // before o_pass_a and land with its q, k, g instead of after it
+    const bool narrow = Vc <= 64;
+    auto vbuf = [&]() { return (bf16_t*)(smem_raw + os_off + 64 * BIDIR_OSN * 4); };
+    auto sbuf = [&]() { return vbuf() + 64 * LDH; };
     const ChunkRows cr = chunk_rows(cg, bounds, chunk_off, chunk_seq);  // named: the lambda below captures them
     const idx_t r0 = cr.r0;
     const int L = cr.L;
@@ -103,24 +111,40 @@ extern "C" __global__ void __launch_bounds__(256, 2) bidir_chunk_o_bf16(
     const int mt = w & 3, nh = w >> 2;
     for (int dir = 0; dir < 2; ++dir) {
         const bool rev = dir == 1;
-        // the forward's P5/P6 read R0, R1, RS until here
+        // the forward's P5/P6 read R0, R1, RS (narrow: VB, SB) until here
         if (rev) __syncthreads();
+        // the direction's v rows (reversed for the backward scan) and state tile (formed where
+        // used, not held across o_pass_a)
+        auto vsrc = [&]() { return v + ((rev ? r0 + L - 1 : r0) * H + h) * (idx_t)V + v0; };
+        auto vld = [&]() { return rev ? -(idx_t)H * V : (idx_t)H * V; };
+        auto ssrc = [&]() { return (rev ? hsb : hsf) + (cg * H + h) * (idx_t)K * V + v0; };
+        if (narrow) {
+            // o_pass_a's first wait covers this group too
+            tile_load(vbuf(), LDH, vsrc(), vld(), L, Vc, 64, vv, true, tid, 256);
+            state_tile_load<64>(sbuf(), ssrc(), K, V, Vc, Kp, vv, tid);
+            cp_commit();
+        }
         {
             float dacc[3], c2[2][4];
             o_pass_a<false>(q, k, rev ? gb : gf, smem_raw, r0, L, H, h, K, K, scale, Kp, 0, K, dacc, c2, rev);
         }
         // P4 reads R1, R3, R4 until here
         __syncthreads();
-        const idx_t rb = rev ? r0 + L - 1 : r0, ld = rev ? -(idx_t)H * V : (idx_t)H * V;
-        tile_load(R1, OV, v + (rb * H + h) * (idx_t)V + v0, ld, L, Vc, 128, vv, true, tid, 256);
-        state_tile_load<128>(RS, (rev ? hsb : hsf) + (cg * H + h) * (idx_t)K * V + v0, K, V, Vc, Kp, vv, tid);
-        cp_commit();
-        cp_wait0();
-        __syncthreads();
+        if (!narrow) {
+            tile_load(R1, OV, vsrc(), vld(), L, Vc, 128, vv, true, tid, 256);
+            state_tile_load<128>(RS, ssrc(), K, V, Vc, Kp, vv, tid);
+            cp_commit();
+            cp_wait0();
+            __syncthreads();
+        }
         // warp (mt, nh): rows 16 mt, CW columns from CW nh, CW = 64, or 32 where the tile holds
         // at most 64 (ViG's V = 64: all 8 warps share the products instead of 4)
         auto prod = [&](auto npc) {
             constexpr int NP = decltype(npc)::value, CW = 16 * NP;
+            // the narrow form (NP = 2) reads its own tiles and the narrow OS
+            constexpr int LB = NP == 2 ? LDH : OV, LO = NP == 2 ? BIDIR_OSN : BIDIR_OS;
+            const bf16_t* Sm = NP == 2 ? sbuf() : RS;
+            const bf16_t* Vm = NP == 2 ? vbuf() : R1;
             if (CW * nh >= Vc) return;  // the same warps skip in both directions
             float acc[2 * NP][4];
             #pragma unroll
@@ -131,7 +155,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) bidir_chunk_o_bf16(
                 #pragma unroll
                 for (int np = 0; np < NP; ++np) {
                     unsigned b4[4];
-                    ldsm4t(b4, fbt(RS, OV, kt, CW * nh + 16 * np, lane));
+                    ldsm4t(b4, fbt(Sm, LB, kt, CW * nh + 16 * np, lane));
                     mma16816(acc[2 * np], a4, b4[0], b4[1]);
                     mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
                 }
@@ -142,7 +166,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) bidir_chunk_o_bf16(
                 #pragma unroll
                 for (int np = 0; np < NP; ++np) {
                     unsigned b4[4];
-                    ldsm4t(b4, fbt(R1, OV, 16 * kt, CW * nh + 16 * np, lane));
+                    ldsm4t(b4, fbt(Vm, LB, 16 * kt, CW * nh + 16 * np, lane));
                     mma16816(acc[2 * np], a4, b4[0], b4[1]);
                     mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
                 }
@@ -153,11 +177,11 @@ extern "C" __global__ void __launch_bounds__(256, 2) bidir_chunk_o_bf16(
                 for (int hr = 0; hr < 2; ++hr) {
                     const int t = 16 * mt + fg + 8 * hr, jl = CW * nh + 8 * nt + 2 * ft;
                     if (!rev) {
-                        *(float2*)(OS + t * BIDIR_OS + jl) = make_float2(acc[nt][2 * hr], acc[nt][2 * hr + 1]);
+                        *(float2*)(OS + t * LO + jl) = make_float2(acc[nt][2 * hr], acc[nt][2 * hr + 1]);
                     } else if (t < L) {
                         // local row t of the reversed chunk is row L - 1 - t of the forward's tile
                         const int tn = L - 1 - t, j = v0 + jl;
-                        const float2 f = *(const float2*)(OS + tn * BIDIR_OS + jl);
+                        const float2 f = *(const float2*)(OS + tn * LO + jl);
                         const float a = f.x + acc[nt][2 * hr], b = f.y + acc[nt][2 * hr + 1];
                         const idx_t off = ((r0 + tn) * H + h) * (idx_t)V + j;
                         if (j + 1 < V && (V & 1) == 0) {
@@ -170,7 +194,7 @@ extern "C" __global__ void __launch_bounds__(256, 2) bidir_chunk_o_bf16(
                 }
             }
         };
-        if (Vc <= 64) prod(IntC<2>{});
+        if (narrow) prod(IntC<2>{});
         else prod(IntC<4>{});
     }
 }

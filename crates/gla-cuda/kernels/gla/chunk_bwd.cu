@@ -121,7 +121,9 @@ __device__ __forceinline__ void chunk_bwd1(
                     const idx_t off = ((rb + sg * s) * H + h) * (idx_t)V + j;
                     float a = acc[nt][2 * hr], b = acc[nt][2 * hr + 1];
                     if (addv != nullptr) {
-                        a += addv[off];
+                        // only columns inside V: past it the read would leave the row (the last
+                        // row's, the buffer)
+                        if (j < V) a += addv[off];
                         if (j + 1 < V) b += addv[off + 1];
                     }
                     st2(dv, off, j, V, a, b);

@@ -80,14 +80,22 @@ pub(crate) fn bwd2_cfg(p: &BidirProblem, gx: u32) -> (LaunchConfig, usize) {
     (LaunchConfig { grid_dim: (gx, p.h() as u32, tiles as u32), block_dim: (256, 1, 1), shared_mem_bytes: smem as u32 }, w)
 }
 
-/// f32 row stride of the forward direction's output tile in `bidir_chunk_o_bf16` (`BIDIR_OS`).
+/// f32 row stride of the forward direction's output tile in `bidir_chunk_o_bf16` (`BIDIR_OS`;
+/// `BIDIR_OSN` for V <= 64).
 const OS_STRIDE: usize = 132;
+const OS_STRIDE_NARROW: usize = 68;
 
-/// `bidir_chunk_o_bf16`'s dynamic shared memory for K padded to `kp`: the GLA output pass's
-/// layout, then the forward's f32 output tile at the returned offset. `(bytes, offset)`.
-pub fn o_smem(kp: usize) -> (usize, usize) {
+/// `bidir_chunk_o_bf16`'s dynamic shared memory for K padded to `kp` and V = `v`: the GLA output
+/// pass's layout, then at the returned offset the forward's f32 output tile; for V <= 64 a
+/// narrower one and the v and state tiles the kernel loads before A (`[64][72]`, `[kp][72]`
+/// bf16). `(bytes, offset)`.
+pub fn o_smem(kp: usize, v: usize) -> (usize, usize) {
     let off = chunk_o_smem_bytes(kp);
-    (off + 64 * OS_STRIDE * 4, off)
+    if v <= 64 {
+        (off + 64 * OS_STRIDE_NARROW * 4 + (64 + kp) * 72 * 2, off)
+    } else {
+        (off + 64 * OS_STRIDE * 4, off)
+    }
 }
 
 /// K padded to 16 (the output pass's tile width).
@@ -112,7 +120,7 @@ pub(crate) fn h_cfg(p: &BidirProblem, sm_count: usize) -> (&'static str, LaunchC
 
 /// `bidir_chunk_o_bf16`: one block per (chunk, head, 128-wide V tile), 256 threads.
 pub(crate) fn o_cfg(p: &BidirProblem, gx: u32) -> LaunchConfig {
-    let (bytes, _) = o_smem(kp(p));
+    let (bytes, _) = o_smem(kp(p), p.v());
     LaunchConfig { grid_dim: (gx, p.h() as u32, p.v().div_ceil(128) as u32), block_dim: (256, 1, 1), shared_mem_bytes: bytes as u32 }
 }
 
@@ -144,9 +152,15 @@ mod tests {
     #[test]
     fn output_pass_fits_in_shared_memory() {
         // Hopper's opt-in limit is 227 KB per block; the f32 tile sits after the GLA layout
-        let (bytes, off) = o_smem(128);
+        let (bytes, off) = o_smem(128, 128);
         assert!(bytes <= 227 * 1024, "{bytes}");
         assert_eq!(off % 16, 0);
-        assert_eq!(o_smem(64).1 % 16, 0);
+        assert_eq!(o_smem(64, 128).1 % 16, 0);
+        // ViG's heads (K <= 64, V <= 64), with their own v and state tiles: still two blocks
+        // per SM (228 KB, 1 KB reserved per block), as the kernel's launch bounds ask
+        for kp in [16, 32, 48, 64] {
+            let narrow = o_smem(kp, 64).0;
+            assert!(2 * (narrow + 1024) <= 228 * 1024, "Kp {kp}: {narrow} B");
+        }
     }
 }

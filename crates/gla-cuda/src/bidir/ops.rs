@@ -322,7 +322,7 @@ fn fused_fwd<T: Elem>(
     // grid covers V and K in the plan's tiles and both walks of every (sequence, head) in z
     unsafe { cuda.launch(name, cfg, &[kdf, kdb, x.v, dlf, dlb, hsf, hsb, b, &d.chunk_off, &h, &k, &v, &nh])? };
     let kp = plan::kp(p);
-    let (_, os_off) = plan::o_smem(kp);
+    let (_, os_off) = plan::o_smem(kp, p.v());
     let (kp32, os32) = (kp as i32, os_off as i32);
     // SAFETY: arguments match bidir_chunk_o_bf16; one block per (chunk, head, 128-wide V tile),
     // smem as the kernel's layout (o_smem); hsf, hsb written by the walks above

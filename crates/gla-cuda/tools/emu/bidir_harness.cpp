@@ -202,7 +202,8 @@ static void run(const Case& c, uint64_t seed) {
                                          off.data(), H, K, V, N * H);
             });
             const int kp = kpad(K);
-            const size_t os_off = chunk_o_smem_bytes(kp), smo = os_off + 64 * 132 * 4;
+            // src/bidir/dispatch.rs o_smem: V <= 64 has a narrower OS and its own v, state tiles
+            const size_t os_off = chunk_o_smem_bytes(kp), smo = os_off + (V <= 64 ? 64 * 68 * 4 + (64 + kp) * 72 * 2 : 64 * 132 * 4);
             std::fill(o.begin(), o.end(), 0xffff);
             emu::launch(dim3{(unsigned)nc, (unsigned)H, (unsigned)((V + 127) / 128)}, dim3{256, 1, 1}, smo, [&] {
                 bidir_chunk_o_bf16(bq.data(), bk.data(), bv.data(), bgf.data(), bgb.data(), hsf.data(), hsb.data(), o.data(), bounds.data(),
