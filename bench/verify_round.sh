@@ -9,7 +9,8 @@
 #      bidir --stages (and each launch of one forward+backward);
 #   3. gla bench vig (ViG-T/S/B at 224 / 512 / 1024, inference and training) and ViG-T at 224 and
 #      1024 again with --profile (the kernels of one iteration, summed per kernel); the 340M GLA
-#      training step with --profile.
+#      training step with --profile;
+#   4. the delta lab variants, last (what the budget cuts first).
 # The side-by-side calls against PyTorch come after it: bench/attn_vs_sdpa.sh, bench/delta_vs_fla.sh,
 # bench/vig_vs_deit.sh. Prints a summary last.
 # Usage, from the repo root on the GPU machine: OUT=/tmp/out bench/verify_round.sh [path/to/gla]
@@ -25,10 +26,20 @@ mkdir -p "$L"
 S=$(date +%s)
 SUM="$OUT/summary.txt"
 : > "$SUM"
+# BUDGET: seconds for the whole script (default 540, under the device's 600 s per call, so that
+# the archive is always written); a step gets at most what is left less 25 s, none under 30 s
+BUDGET="${BUDGET:-540}"
 # step NAME TIMEOUT CMD...: runs CMD into $L/NAME.txt, adds its status and last lines to the summary
 step() {
     local name=$1 limit=$2
     shift 2
+    local left=$(( BUDGET - ($(date +%s) - S) - 25 ))
+    if [ "$left" -lt 30 ]; then
+        echo "[$(( $(date +%s) - S ))s] $name: skipped, the budget is spent" | tee -a "$SUM"
+        : > "$L/$name.txt"
+        return 124
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
     echo "[$(( $(date +%s) - S ))s] $name" | tee -a "$SUM"
     timeout "$limit" "$@" > "$L/$name.txt" 2>&1
     local rc=$?
@@ -50,16 +61,6 @@ for n in 2 4; do
 done
 step bench_delta 150 "$G" bench delta --device cuda --stages --json "$L/delta.json"
 grep -vE "^ " "$L/bench_delta.txt" | tail -14 >> "$SUM"
-# the lab's delta variants (GLA_DELTA_LAB): the residual forward (delta_wyt + delta_hr, h=res /
-# h=resb2) and the fused dq/dk/dw + WY backward (delta_dqkwy, dq=fu): checked together, then each
-# timed at T = 2048 beside the default (the line above)
-step check_delta_lab 150 env GLA_DELTA_LAB=h=resb2,dq=fu "$G" check --device cuda --quick --filter delta
-tail -1 "$L/check_delta_lab.txt" >> "$SUM"
-grep -E " (FAIL|fail)" "$L/check_delta_lab.txt" | head -10 >> "$SUM"
-for lab in dq=fu h=res h=resb2; do
-    step "bench_delta_${lab/=/_}" 90 env GLA_DELTA_LAB=$lab "$G" bench delta --device cuda --shape 32,2048,16,128,128 --stages
-    grep -E "^[0-9]+x|dqkw|wy|delta_h" "$L/bench_delta_${lab/=/_}.txt" | head -12 | sed "s/^/  $lab: /" >> "$SUM"
-done
 step bench_bidir 120 "$G" bench bidir --device cuda --stages --json "$L/bidir.json"
 grep -E "^[0-9]+x" "$L/bench_bidir.txt" | head -22 >> "$SUM"
 step bench_vig 240 "$G" bench vig --device cuda --reps 6 --json "$L/vig.json"
@@ -69,6 +70,16 @@ step profile_vig 120 "$G" bench vig --device cuda --models vig-t --sizes 224,102
 grep -E "^vig-|profile:" "$L/profile_vig.txt" >> "$SUM"
 step profile_train 150 "$G" bench train --device cuda --steps 5 --profile --json "$L/train_profile.json"
 grep -E "profile:|tokens" "$L/profile_train.txt" | head -4 >> "$SUM"
+# the lab's delta variants (GLA_DELTA_LAB): the residual forward (delta_wyt + delta_hr, h=res /
+# h=resb2) and the fused dq/dk/dw + WY backward (delta_dqkwy, dq=fu): checked together, then each
+# timed at T = 2048 beside the default (bench_delta above)
+step check_delta_lab 150 env GLA_DELTA_LAB=h=resb2,dq=fu "$G" check --device cuda --quick --filter delta
+tail -1 "$L/check_delta_lab.txt" >> "$SUM"
+grep -E " (FAIL|fail)" "$L/check_delta_lab.txt" | head -10 >> "$SUM"
+for lab in dq=fu h=res h=resb2; do
+    step "bench_delta_${lab/=/_}" 90 env GLA_DELTA_LAB=$lab "$G" bench delta --device cuda --shape 32,2048,16,128,128 --stages
+    grep -E "^[0-9]+x|dqkw|wy|delta_h" "$L/bench_delta_${lab/=/_}.txt" | head -12 | sed "s/^/  $lab: /" >> "$SUM"
+done
 echo "[$(( $(date +%s) - S ))s] done" | tee -a "$SUM"
 tar -C "$OUT" -cJf "$OUT/logs.tar.xz" logs && rm -rf "$L"
 cat "$SUM"

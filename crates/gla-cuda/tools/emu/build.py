@@ -12,6 +12,15 @@ here = os.path.dirname(os.path.abspath(__file__))
 kern = os.path.normpath(os.path.join(here, "..", "..", "kernels"))
 
 
+def gxx(src, out):
+    """The compile command; EMU_ASAN=1 builds with AddressSanitizer (-O1), which turns a kernel's
+    read or write past a buffer (device memory is host memory here) or past the launch's
+    dynamic shared memory into a report (run with ASAN_OPTIONS=detect_leaks=0)."""
+    asan = os.environ.get("EMU_ASAN") == "1"
+    opt = ["-O1", "-fsanitize=address"] if asan else ["-O2"]
+    return ["g++", "-std=c++17"] + opt + ["-g", "-fno-strict-aliasing", "-I", here, src, "-o", out]
+
+
 def strip_asm(text):
     out, i = [], 0
     pat = re.compile(r"(template <int N>\s*\n)?__device__ __forceinline__[^{;]*\{")
@@ -44,7 +53,7 @@ if len(sys.argv) > 1 and sys.argv[1] == "--attn":
     parts.append('#line 1 "attn_harness.cpp"\n#include "attn_harness.cpp"\n')
     out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/attn-emu"
     open(out + ".cpp", "w").write("\n".join(parts))
-    cmd = ["g++", "-std=c++17", "-O2", "-g", "-fno-strict-aliasing", "-I", here, out + ".cpp", "-o", out]
+    cmd = gxx(out + ".cpp", out)
     print(" ".join(cmd), file=sys.stderr)
     sys.exit(subprocess.call(cmd))
 
@@ -61,7 +70,7 @@ if nn:
     parts.append(f'#line 1 "{harness}"\n#include "{harness}"\n')
     out = sys.argv[1] if len(sys.argv) > 1 else ("/tmp/vision-emu" if vision else "/tmp/nn-emu")
     open(out + ".cpp", "w").write("\n".join(parts))
-    cmd = ["g++", "-std=c++17", "-O2", "-g", "-fno-strict-aliasing", "-I", here, out + ".cpp", "-o", out]
+    cmd = gxx(out + ".cpp", out)
     print(" ".join(cmd), file=sys.stderr)
     sys.exit(subprocess.call(cmd))
 
@@ -80,7 +89,7 @@ if bidir:
     parts.append('#line 1 "bidir_harness.cpp"\n#include "bidir_harness.cpp"\n')
     out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/bidir-emu"
     open(out + ".cpp", "w").write("\n".join(parts))
-    cmd = ["g++", "-std=c++17", "-O2", "-g", "-fno-strict-aliasing", "-I", here, out + ".cpp", "-o", out]
+    cmd = gxx(out + ".cpp", out)
     print(" ".join(cmd), file=sys.stderr)
     sys.exit(subprocess.call(cmd))
 
@@ -124,6 +133,6 @@ parts.append('#line 1 "harness.cpp"\n#include "harness.cpp"\n')
 out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/delta-emu"
 gen = out + ".cpp"
 open(gen, "w").write("\n".join(parts))
-cmd = ["g++", "-std=c++17", "-O2", "-g", "-fno-strict-aliasing", "-I", here, gen, "-o", out]
+cmd = gxx(gen, out)
 print(" ".join(cmd), file=sys.stderr)
 sys.exit(subprocess.call(cmd))

@@ -233,7 +233,9 @@ void launch(dim3 grid, dim3 block, size_t smem, F body) {
         std::abort();
     }
     g_smem = smem;
-    g_dynbuf.assign(smem + 64, 0xff);
+    // at most 15 bytes past the aligned region (its alignment), so that under AddressSanitizer
+    // (build.py, EMU_ASAN=1) a kernel's access past the launch's dynamic shared memory reports
+    g_dynbuf.assign(smem + 15, 0xff);
     g_dyn = g_dynbuf.data() + (16 - ((uintptr_t)g_dynbuf.data() & 15)) % 16;
     for (unsigned bz = 0; bz < grid.z; ++bz)
         for (unsigned by = 0; by < grid.y; ++by)
