@@ -101,7 +101,9 @@ extern "C" __global__ void __launch_bounds__(256, 2) bidir_chunk_o_bf16(
     // V <= 64 (narrow, ViG's heads): OS is [64][BIDIR_OSN], then the direction's v tile VB
     // [64][LDH] and state tile SB [Kp][LDH] in buffers of their own, so their loads are issued
     // before o_pass_a and land with its q, k, g instead of after it
-    const bool narrow = Vc <= 64;
+    // the head's V, not the tile's Vc: the host sizes the narrow layout by V (a wide head's last
+    // tile may hold <= 64 columns in the wide layout)
+    const bool narrow = V <= 64;
     auto vbuf = [&]() { return (bf16_t*)(smem_raw + os_off + 64 * BIDIR_OSN * 4); };
     auto sbuf = [&]() { return vbuf() + 64 * LDH; };
     const ChunkRows cr = chunk_rows(cg, bounds, chunk_off, chunk_seq);  // named: the lambda below captures them
