@@ -170,6 +170,9 @@ pub struct DeltaWorkspace<T> {
     seg: Option<CudaSlice<f32>>,
     sa: Option<CudaSlice<f32>>,
     sb: Option<CudaSlice<f32>>,
+    /// The last forward on this workspace ran the lab's residual form (no w): a backward that
+    /// reuses it forms w first. What the forward did, not the environment at backward time.
+    res_fwd: std::sync::atomic::AtomicBool,
 }
 
 fn ws_buf<U: DeviceRepr>(cuda: &Cuda, len: usize, what: &str) -> Result<Option<CudaSlice<U>>> {
@@ -216,6 +219,7 @@ impl<T: Elem> DeltaWorkspace<T> {
             sa: ws_buf(cuda, l.sa, "delta sub-head h0")?,
             sb: ws_buf(cuda, l.sb, "delta sub-head ht")?,
             lens,
+            res_fwd: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -465,7 +469,9 @@ fn chunk_wy_h<T: Elem>(
     let tm = ws.tm.as_ref().filter(|t| t.len() >= tm_len);
     let (w, u, g2) = (req(&ws.w, "w")?, req(&ws.u, "u")?, req(&ws.g2, "G")?);
     let (hs, vn, bt) = (req(&ws.hs, "hs")?, req(&ws.vn, "v_new")?, req(&ws.bt, "beta")?);
-    if let (true, Some(two), Some(tm)) = (res_ok, dd::h_res(bf16, kp), tm) {
+    let res = if res_ok { dd::h_res(bf16, kp).zip(tm) } else { None };
+    ws.res_fwd.store(res.is_some(), std::sync::atomic::Ordering::Relaxed);
+    if let Some((two, tm)) = res {
         // the lab's residual forward: T alone, then v_new from T, k and v
         if dp.n_chunks > 0 {
             // SAFETY: arguments match delta_wyt_*'s (delta_wy's; w and u unread), T and G sized
@@ -823,8 +829,9 @@ fn chunk_bwd<T: Elem>(
     if !fwd_in_ws {
         chunk_prep(cuda, p, r.vs, x, ws)?;
         chunk_wy_h(cuda, p, dp, x, ws, kp, None, false)?;
-    } else if dd::h_res(bf16, kp).is_some() && dp.n_chunks > 0 {
-        // the lab's residual forward formed no w: the WY pass for it
+    } else if ws.res_fwd.load(std::sync::atomic::Ordering::Relaxed) && dp.n_chunks > 0 {
+        // the forward on this workspace ran the lab's residual form, which forms no w: the WY
+        // pass for it
         let (vp32, nch) = (dd::vpad(p.v()) as i32, dp.n_chunks as i64);
         let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
         let smem = DeltaSmem::new(bf16, kp, dd::vpad(p.v()));
