@@ -322,6 +322,10 @@ int main(int argc, char** argv) {
         // a wide head whose last 128-wide V tile holds 32 columns (the output pass's narrow
         // layout is for V <= 64 heads only; last: the cases above keep their seeds)
         {"T70-K64-V160", 1, 70, 2, 64, 160, 1, 1, {}},
+        // narrow heads off the 8-column grid (element-wise loads, odd pair stores) and tiny ones
+        {"T67-K24-V20-narrow", 2, 67, 3, 24, 20, 1, 4, {}},
+        {"T4-K8-V36", 3, 4, 1, 8, 36, 4, 1, {}},
+        {"varlen-K32-V64-empty", 1, 200, 3, 32, 64, 16, 16, {0, 0, 129, 129, 200}},
     };
     for (size_t i = 0; i < cases.size(); ++i)
         if (!filter || cases[i].name.find(filter) != std::string::npos) run(cases[i], 4000 + i);
