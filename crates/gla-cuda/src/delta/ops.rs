@@ -442,6 +442,43 @@ fn gate_prep<T: Elem>(
     unsafe { cuda.launch(&name, dd::flat_cfg(n, 256), &[x.beta, &x.g, &x.a_log, &x.dt_bias, bt, &gl, &n64, &hv, &vs32, &bscale, &gmode]) }
 }
 
+/// The UT/WY pass on the kernels' problem `p`: `delta_wy` (w, u, G, and T into `tm` where given)
+/// or, `tonly`, `delta_wyt` (G and T into `tm`, which it needs; no w or u). Nothing without
+/// chunks.
+#[allow(clippy::too_many_arguments)]
+fn wy_launch<T: Elem>(
+    cuda: &Cuda,
+    op: &str,
+    p: &DeltaProblem,
+    dp: &DevDeltaProblem,
+    x: &DeltaDevInputs<'_, T>,
+    ws: &DeltaWorkspace<T>,
+    kp: usize,
+    tm: Option<&CudaSlice<T>>,
+    tonly: bool,
+) -> Result<()> {
+    if dp.n_chunks == 0 {
+        return Ok(());
+    }
+    let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
+    let vp = dd::vpad(p.v());
+    let (vp32, nch) = (vp as i32, dp.n_chunks as i64);
+    let smem = DeltaSmem::new(is_bf16::<T>(), kp, vp);
+    let (w, u) = if tonly { (None, None) } else { (Some(req(&ws.w, "w")?), Some(req(&ws.u, "u")?)) };
+    let (g2, bt) = (req(&ws.g2, "G")?, req(&ws.bt, "beta")?);
+    let name = format!("delta_wy{}_k{kp}_{}", if tonly { "t" } else { "" }, T::SUFFIX);
+    // SAFETY: arguments match delta_wy_*'s signature (delta_wyt's: the same, w and u unread and
+    // null, T required); w, u, T, G hold the problem's chunked workspaces (checked by the
+    // caller); one block per (chunk, value head)
+    unsafe {
+        cuda.launch(
+            &name,
+            dd::chunk_cfg(grid_chunks(op, dp.n_chunks)?, p.hv(), 1, smem.wy()),
+            &[x.k, &ws.rk, x.v, bt, &ws.gl, &w, &u, &tm, g2, &dp.bounds, &dp.chunk_off, &dp.chunk_seq, &h, &hv, &k, &v, &vp32, &nch],
+        )
+    }
+}
+
 /// The UT/WY prep and the state pass of the chunked path on the kernels' problem `p` (forward,
 /// and the backward's recomputation): w, u, G, hs, v_new; T where the workspace holds it (a
 /// backward's); ht when given. `res_ok`: the lab's residual forward may run ([`dd::h_res`]: G,
@@ -473,39 +510,10 @@ fn chunk_wy_h<T: Elem>(
     ws.res_fwd.store(res.is_some(), std::sync::atomic::Ordering::Relaxed);
     if let Some((two, tm)) = res {
         // the lab's residual forward: T alone, then v_new from T, k and v
-        if dp.n_chunks > 0 {
-            // SAFETY: arguments match delta_wyt_*'s (delta_wy's; w and u unread), T and G sized
-            // for the problem
-            unsafe {
-                cuda.launch(
-                    &format!("delta_wyt_k{kp}_{}", T::SUFFIX),
-                    dd::chunk_cfg(grid_chunks(op, dp.n_chunks)?, p.hv(), 1, smem.wy()),
-                    &[
-                        x.k,
-                        &ws.rk,
-                        x.v,
-                        bt,
-                        &ws.gl,
-                        &NULL,
-                        &NULL,
-                        tm,
-                        g2,
-                        &dp.bounds,
-                        &dp.chunk_off,
-                        &dp.chunk_seq,
-                        &h,
-                        &hv,
-                        &k,
-                        &v,
-                        &vp32,
-                        &nch,
-                    ],
-                )?;
-            }
-        }
-        let plan = dd::HPlan { bv: 64, ns: if two { 1 } else { 2 }, two, out: false };
+        wy_launch(cuda, op, p, dp, x, ws, kp, Some(tm), true)?;
+        // two blocks per SM: one stage of loads, else two
         let name = format!("delta_hr{}_k{kp}_{}", if two { "_b2" } else { "" }, T::SUFFIX);
-        let cfg = dd::state_cfg(vp, 64, grid_nhv(op, p)?, smem.hr(plan.ns));
+        let cfg = dd::state_cfg(vp, 64, grid_nhv(op, p)?, smem.hr(if two { 1 } else { 2 }));
         // SAFETY: arguments match delta_hr*'s (delta_h's, w and u unread, then T, v, beta); one
         // block per (64-column V tile, sequence x value head)
         return unsafe {
@@ -516,19 +524,7 @@ fn chunk_wy_h<T: Elem>(
             )
         };
     }
-    if dp.n_chunks > 0 {
-        let name = format!("delta_wy_k{kp}_{}", T::SUFFIX);
-        let cfg = dd::chunk_cfg(grid_chunks(op, dp.n_chunks)?, p.hv(), 1, smem.wy());
-        // SAFETY: arguments match delta_wy_*'s signature; w, u, T, G hold the problem's chunked
-        // workspaces (checked by the caller); one block per (chunk, value head)
-        unsafe {
-            cuda.launch(
-                &name,
-                cfg,
-                &[x.k, &ws.rk, x.v, bt, &ws.gl, w, u, &tm, g2, &dp.bounds, &dp.chunk_off, &dp.chunk_seq, &h, &hv, &k, &v, &vp32, &nch],
-            )?;
-        }
-    }
+    wy_launch(cuda, op, p, dp, x, ws, kp, tm, false)?;
     let plan = dd::h_plan(false, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
     let name = dd::h_name(false, plan, kp, T::SUFFIX);
     let cfg = dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, smem.h(plan));
@@ -829,21 +825,10 @@ fn chunk_bwd<T: Elem>(
     if !fwd_in_ws {
         chunk_prep(cuda, p, r.vs, x, ws)?;
         chunk_wy_h(cuda, p, dp, x, ws, kp, None, false)?;
-    } else if ws.res_fwd.load(std::sync::atomic::Ordering::Relaxed) && dp.n_chunks > 0 {
+    } else if ws.res_fwd.load(std::sync::atomic::Ordering::Relaxed) {
         // the forward on this workspace ran the lab's residual form, which forms no w: the WY
         // pass for it
-        let (vp32, nch) = (dd::vpad(p.v()) as i32, dp.n_chunks as i64);
-        let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
-        let smem = DeltaSmem::new(bf16, kp, dd::vpad(p.v()));
-        let (w, u, tm, g2, bt) = (req(&ws.w, "w")?, req(&ws.u, "u")?, req(&ws.tm, "T")?, req(&ws.g2, "G")?, req(&ws.bt, "beta")?);
-        // SAFETY: arguments match delta_wy_*'s signature; the workspaces are the backward's
-        unsafe {
-            cuda.launch(
-                &format!("delta_wy_k{kp}_{}", T::SUFFIX),
-                dd::chunk_cfg(grid_chunks(op, dp.n_chunks)?, p.hv(), 1, smem.wy()),
-                &[x.k, &ws.rk, x.v, bt, &ws.gl, w, u, tm, g2, &dp.bounds, &dp.chunk_off, &dp.chunk_seq, &h, &hv, &k, &v, &vp32, &nch],
-            )?;
-        }
+        wy_launch(cuda, op, p, dp, x, ws, kp, Some(req(&ws.tm, "T")?), false)?;
     }
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
     let scale = p.scale() as f32;
