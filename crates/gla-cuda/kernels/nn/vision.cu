@@ -37,10 +37,49 @@ __device__ __forceinline__ void im2col_body(bf16_t* __restrict__ cols, const bf1
     }
 }
 
+// Columns of one im2col row that the tabulated path holds (its shared table is 16 KB).
+#define IM2COL_TAB 4096
+
+// im2col by rows: one warp per output pixel (row r of cols), its lanes over the row's nc
+// columns, each column's (ci, ky, kx) read from a table the block builds once (packed
+// ci << 16 | ky << 8 | kx; needs nc <= IM2COL_TAB, k < 256, c < 65536). Per element a table
+// read, four compares and the copy, where im2col_body divides the flat index eight times (the
+// divisions made it compute-bound); the same values.
+template <typename I>
+__device__ __forceinline__ void im2col_rows(bf16_t* __restrict__ cols, const bf16_t* __restrict__ x, const unsigned* tab, int b, int h, int w, int c, int k, int stride, int pad, int ho, int wo) {
+    const int nc = c * k * k, lane = threadIdx.x & 31;
+    const I rows = (I)b * ho * wo;
+    for (I r = (blockIdx.x * (I)blockDim.x + threadIdx.x) >> 5; r < rows; r += ((I)gridDim.x * blockDim.x) >> 5) {
+        const int ox = (int)(r % wo), oy = (int)((r / wo) % ho);
+        const I bi = r / ((I)wo * ho);
+        const int y0 = oy * stride - pad, x0 = ox * stride - pad;
+        const bf16_t* __restrict__ xb = x + bi * h * w * c;
+        bf16_t* __restrict__ row = cols + r * nc;
+        for (int col = lane; col < nc; col += 32) {
+            const unsigned e = tab[col];
+            const int ci = (int)(e >> 16), y = y0 + (int)((e >> 8) & 255u), xx = x0 + (int)(e & 255u);
+            bf16_t v = 0;
+            if (y >= 0 && y < h && xx >= 0 && xx < w) v = xb[((I)y * w + xx) * c + ci];
+            row[col] = v;
+        }
+    }
+}
+
 // cols[r, (ci*k + ky)*k + kx] = x[b, oy*s + ky - pad, ox*s + kx - pad, ci] (0 outside); bf16
 extern "C" __global__ void im2col_bf16(bf16_t* __restrict__ cols, const bf16_t* __restrict__ x, int b, int h, int w, int c, int k, int stride, int pad, int ho, int wo) {
-    const idx_t n_out = (idx_t)b * ho * wo * c * k * k, n_in = (idx_t)b * h * w * c;
-    if (n_out < 0x7fffffffLL - (idx_t)gridDim.x * blockDim.x && n_in < 0x7fffffffLL) im2col_body<int>(cols, x, b, h, w, c, k, stride, pad, ho, wo);
+    __shared__ unsigned tab[IM2COL_TAB];
+    const int nc = c * k * k;
+    const idx_t n_out = (idx_t)b * ho * wo * nc, n_in = (idx_t)b * h * w * c;
+    const bool fits = n_out < 0x7fffffffLL - (idx_t)gridDim.x * blockDim.x && n_in < 0x7fffffffLL;
+    if (nc <= IM2COL_TAB && k < 256 && c < 65536) {
+        for (int col = threadIdx.x; col < nc; col += blockDim.x)
+            tab[col] = ((unsigned)(col / (k * k)) << 16) | ((unsigned)((col / k) % k) << 8) | (unsigned)(col % k);
+        __syncthreads();
+        if (fits) im2col_rows<int>(cols, x, tab, b, h, w, c, k, stride, pad, ho, wo);
+        else im2col_rows<idx_t>(cols, x, tab, b, h, w, c, k, stride, pad, ho, wo);
+        return;
+    }
+    if (fits) im2col_body<int>(cols, x, b, h, w, c, k, stride, pad, ho, wo);
     else im2col_body<idx_t>(cols, x, b, h, w, c, k, stride, pad, ho, wo);
 }
 
@@ -188,18 +227,25 @@ __device__ __forceinline__ void st8(float* p, const float* v) {
 
 // ---- 3x3 depthwise conv, zero padding 1, weight [C, 1, 3, 3] f32 (tap t = ky*3 + kx)
 
+// Channels whose taps the vectorised kernels stage in shared memory (27 KB, static).
+#define DW_SMEM_C 768
+
 // The 8-channel groups of the two element-wise depthwise kernels: with C % 8 == 0 and 16-byte
 // aligned buffers (a uniform test) one thread per (pixel, 8 channels), 16-byte loads and stores,
-// the taps summed in the same order as the one-channel path (bitwise the same results).
-template <typename X, typename Y>
-__device__ __forceinline__ void dwconv3_v8(Y* __restrict__ y, const X* __restrict__ x, const float* __restrict__ wt, int b, int h, int w, int c, bool transpose) {
+// the taps summed in the same order as the one-channel path (bitwise the same results). The taps
+// come from `wsh` ([9][C], the block's copy) where C <= DW_SMEM_C: there the lanes of a warp read
+// consecutive channels of one tap, where from `wt` ([C][9]) each lane's 72 reads hit a sector of
+// their own (16 times the L1 traffic of the pixels; it bounded the kernel). Index arithmetic in I
+// as im2col's.
+template <typename I, typename X, typename Y>
+__device__ __forceinline__ void dwconv3_v8(Y* __restrict__ y, const X* __restrict__ x, const float* __restrict__ wt, const float* wsh, int b, int h, int w, int c, bool transpose) {
     const int cg = c >> 3;
-    const idx_t total = (idx_t)b * h * w * cg;
-    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
+    const I total = (I)b * h * w * cg;
+    for (I i = blockIdx.x * (I)blockDim.x + threadIdx.x; i < total; i += (I)gridDim.x * blockDim.x) {
         const int c0 = 8 * (int)(i % cg);
-        const idx_t p = i / cg;
+        const I p = i / cg;
         const int px = (int)(p % w), py = (int)((p / w) % h);
-        const idx_t bi = p / ((idx_t)w * h);
+        const I bi = p / ((I)w * h);
         float s[8];
         #pragma unroll
         for (int k = 0; k < 8; ++k) s[k] = 0.f;
@@ -209,10 +255,16 @@ __device__ __forceinline__ void dwconv3_v8(Y* __restrict__ y, const X* __restric
             for (int kx = 0; kx < 3; ++kx) {
                 const int sx = transpose ? px - kx + 1 : px + kx - 1;
                 if (sx < 0 || sx >= w) continue;
-                float v[8];
+                float v[8], wk[8];
                 ld8(x + ((bi * h + sy) * w + sx) * c + c0, v);
+                if (wsh != nullptr) {
+                    ld8(wsh + (ky * 3 + kx) * c + c0, wk);
+                } else {
+                    #pragma unroll
+                    for (int k = 0; k < 8; ++k) wk[k] = wt[(c0 + k) * 9 + ky * 3 + kx];
+                }
                 #pragma unroll
-                for (int k = 0; k < 8; ++k) s[k] += wt[(c0 + k) * 9 + ky * 3 + kx] * v[k];
+                for (int k = 0; k < 8; ++k) s[k] += wk[k] * v[k];
             }
         }
         st8(y + p * c + c0, s);
@@ -221,11 +273,25 @@ __device__ __forceinline__ void dwconv3_v8(Y* __restrict__ y, const X* __restric
 __device__ __forceinline__ bool dw_vec(int c, const void* a, const void* b) {
     return (c & 7) == 0 && (((unsigned long long)a | (unsigned long long)b) & 15) == 0;
 }
+// The vectorised path of dwconv3_fwd / dwconv3_bwd_dx: the block's copy of the taps when C fits,
+// int indices when every index does.
+template <typename X, typename Y>
+__device__ __forceinline__ void dwconv3_vec(Y* __restrict__ y, const X* __restrict__ x, const float* __restrict__ wt, float* wsh, int b, int h, int w, int c, bool transpose) {
+    const float* taps = nullptr;
+    if (c <= DW_SMEM_C) {
+        for (int e = threadIdx.x; e < 9 * c; e += blockDim.x) wsh[e] = wt[(e % c) * 9 + e / c];
+        __syncthreads();
+        taps = wsh;
+    }
+    if ((idx_t)b * h * w * c < 0x7fffffffLL - 8 * (idx_t)gridDim.x * blockDim.x) dwconv3_v8<int>(y, x, wt, taps, b, h, w, c, transpose);
+    else dwconv3_v8<idx_t>(y, x, wt, taps, b, h, w, c, transpose);
+}
 
 // y[b, py, px, ci] = sum_t w[ci, t] x[b, py + ky - 1, px + kx - 1, ci] (bf16 in and out)
 extern "C" __global__ void dwconv3_fwd(bf16_t* __restrict__ y, const bf16_t* __restrict__ x, const float* __restrict__ wt, int b, int h, int w, int c) {
+    __align__(16) __shared__ float wsh[9 * DW_SMEM_C];
     if (dw_vec(c, x, y)) {
-        dwconv3_v8(y, x, wt, b, h, w, c, false);
+        dwconv3_vec(y, x, wt, wsh, b, h, w, c, false);
         return;
     }
     idx_t total = (idx_t)b * h * w * c;
@@ -250,8 +316,9 @@ extern "C" __global__ void dwconv3_fwd(bf16_t* __restrict__ y, const bf16_t* __r
 
 // dx[b, sy, sx, ci] = sum_t w[ci, t] dy[b, sy - ky + 1, sx - kx + 1, ci] (f32, overwrites)
 extern "C" __global__ void dwconv3_bwd_dx(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ wt, int b, int h, int w, int c) {
+    __align__(16) __shared__ float wsh[9 * DW_SMEM_C];
     if (dw_vec(c, dx, dy)) {
-        dwconv3_v8(dx, dy, wt, b, h, w, c, true);
+        dwconv3_vec(dx, dy, wt, wsh, b, h, w, c, true);
         return;
     }
     idx_t total = (idx_t)b * h * w * c;
@@ -274,6 +341,23 @@ extern "C" __global__ void dwconv3_bwd_dx(float* __restrict__ dx, const float* _
     }
 }
 
+// The pixel loop of dwconv3_bwd_dw, index arithmetic in I (as im2col's): thread (x, y) of
+// block (bx, by) sums channel ci's 9 taps over pixels by*8 + y, stepping gridDim.y * 8.
+template <typename I>
+__device__ __forceinline__ void dwconv3_dw_sums(float* s, const float* __restrict__ dy, const bf16_t* __restrict__ x, int ci, int b, int h, int w, int c) {
+    const I n = (I)b * h * w;
+    for (I p = blockIdx.y * 8 + threadIdx.y; p < n; p += (I)gridDim.y * 8) {
+        const int px = (int)(p % w), py = (int)((p / w) % h);
+        const I bi = p / ((I)w * h);
+        const float d = dy[p * c + ci];
+        #pragma unroll
+        for (int t = 0; t < 9; ++t) {
+            const int sy = py + t / 3 - 1, sx = px + t % 3 - 1;
+            if (sy >= 0 && sy < h && sx >= 0 && sx < w) s[t] += d * to_f32(x[((bi * h + sy) * w + sx) * c + ci]);
+        }
+    }
+}
+
 // partials of dw[ci, t] += sum over pixels of dy[p, ci] x[p + tap offset, ci]: block y writes
 // part[(y*C + ci)*9 + t]; col_finalize over C*9 columns adds them
 extern "C" __global__ void dwconv3_bwd_dw(float* __restrict__ part, const float* __restrict__ dy, const bf16_t* __restrict__ x, int b, int h, int w, int c) {
@@ -282,18 +366,10 @@ extern "C" __global__ void dwconv3_bwd_dw(float* __restrict__ part, const float*
     float s[9];
     #pragma unroll
     for (int t = 0; t < 9; ++t) s[t] = 0.f;
-    idx_t n = (idx_t)b * h * w;
-    if (ci < c)
-        for (idx_t p = blockIdx.y * 8 + threadIdx.y; p < n; p += (idx_t)gridDim.y * 8) {
-            int px = (int)(p % w), py = (int)((p / w) % h);
-            idx_t bi = p / ((idx_t)w * h);
-            float d = dy[p * c + ci];
-            #pragma unroll
-            for (int t = 0; t < 9; ++t) {
-                int sy = py + t / 3 - 1, sx = px + t % 3 - 1;
-                if (sy >= 0 && sy < h && sx >= 0 && sx < w) s[t] += d * to_f32(x[((bi * h + sy) * w + sx) * c + ci]);
-            }
-        }
+    if (ci < c) {
+        if ((idx_t)b * h * w * c < 0x7fffffffLL - 8 * (idx_t)gridDim.y * c) dwconv3_dw_sums<int>(s, dy, x, ci, b, h, w, c);
+        else dwconv3_dw_sums<idx_t>(s, dy, x, ci, b, h, w, c);
+    }
     #pragma unroll
     for (int t = 0; t < 9; ++t) lanes[t][threadIdx.y][threadIdx.x] = s[t];
     __syncthreads();
@@ -536,8 +612,58 @@ extern "C" __global__ void locality_gate_fwd(bf16_t* __restrict__ y, const bf16_
 // gpre [rows, v]): gn = o rstd_g wg, ln = xs rstd_l wl (nn/norm.cu's gated_norm_fwd without a
 // gate: the same sums in the same order, rounded to bf16 as stored), y = locality_gate_fwd of
 // them. gn, ln written only when non-null (the backward's recompute); bitwise the three launches'.
+// Rows of v <= 64 (every ViG head) keep their values in registers: every load of a row is issued
+// before its two reductions, one round trip to memory per row instead of two.
 extern "C" __global__ void locality_fused_fwd(bf16_t* __restrict__ y, bf16_t* __restrict__ gn, bf16_t* __restrict__ ln, float* __restrict__ rstd_g, float* __restrict__ rstd_l, const bf16_t* __restrict__ o, const bf16_t* __restrict__ xs, const float* __restrict__ gpre, const float* __restrict__ wg, const float* __restrict__ wl, idx_t rows, int v, float eps, int out_act) {
     int lane = threadIdx.x & 31;
+    if (v <= 64) {
+        for (idx_t r = (blockIdx.x * (idx_t)blockDim.x + threadIdx.x) >> 5; r < rows; r += ((idx_t)gridDim.x * blockDim.x) >> 5) {
+            float a[2], b[2], g[2], wa[2], wb[2];
+            float so = 0.f, sx = 0.f;
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+                const int j = lane + 32 * q;
+                a[q] = b[q] = g[q] = wa[q] = wb[q] = 0.f;
+                if (j < v) {
+                    const idx_t e = r * v + j;
+                    a[q] = to_f32(o[e]);
+                    b[q] = to_f32(xs[e]);
+                    g[q] = gpre[e];
+                    wa[q] = wg[j];
+                    wb[q] = wl[j];
+                }
+            }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+                if (lane + 32 * q < v) {
+                    so += a[q] * a[q];
+                    sx += b[q] * b[q];
+                }
+            }
+            so = warp_sum(so);
+            sx = warp_sum(sx);
+            const float ro = rsqrtf(so / v + eps), rx = rsqrtf(sx / v + eps);
+            if (lane == 0) {
+                rstd_g[r] = ro;
+                rstd_l[r] = rx;
+            }
+            #pragma unroll
+            for (int q = 0; q < 2; ++q) {
+                const int j = lane + 32 * q;
+                if (j >= v) continue;
+                const idx_t e = r * v + j;
+                const bf16_t a16 = from_f32<bf16_t>(a[q] * ro * wa[q] * 1.f), l16 = from_f32<bf16_t>(b[q] * rx * wb[q] * 1.f);
+                if (gn != nullptr) {
+                    gn[e] = a16;
+                    ln[e] = l16;
+                }
+                const float gs = sigmoidf_(g[q]);
+                const float z = gs * to_f32(a16) + (1.f - gs) * to_f32(l16);
+                y[e] = from_f32<bf16_t>(out_act ? swishf_(z) : z);
+            }
+        }
+        return;
+    }
     for (idx_t r = (blockIdx.x * (idx_t)blockDim.x + threadIdx.x) >> 5; r < rows; r += ((idx_t)gridDim.x * blockDim.x) >> 5) {
         float so = 0.f, sx = 0.f;
         for (int j = lane; j < v; j += 32) {

@@ -40,8 +40,10 @@ static std::vector<std::array<std::pair<int, float>, 4>> taps(int src, int dst) 
 
 int main() {
     // ---- im2col / col2im, the stem's two shapes (k = p/2 + 1, s = p/2, pad 1; k 3, s 2, pad 1)
-    for (auto [k, s] : std::vector<std::pair<int, int>>{{3, 2}, {5, 4}, {9, 8}}) {
-        int b = 2, h = 13, w = 11, c = 3, pad = 1;
+    // (k, s, c): the stem's shapes on 3 channels, and 52 channels of k = 9, whose 4212 columns are
+    // past the tabulated path's 4096 (the per-element path)
+    for (auto [k, s, c] : std::vector<std::array<int, 3>>{{3, 2, 3}, {5, 4, 3}, {9, 8, 3}, {3, 2, 20}, {9, 8, 52}}) {
+        int b = 2, h = 13, w = 11, pad = 1;
         int ho = (h + 2 * pad - k) / s + 1, wo = (w + 2 * pad - k) / s + 1, nc = c * k * k;
         auto x = bf(rnd((size_t)b * h * w * c)); auto xf = fl(x);
         std::vector<bf16_t> cols((size_t)b * ho * wo * nc, 0x7fc0);
@@ -53,7 +55,7 @@ int main() {
                 long r = ((long)bi * ho + oy) * wo + ox;
                 want[r * nc + (ci * k + ky) * k + kx] = (y >= 0 && y < h && xx >= 0 && xx < w) ? xf[(((long)bi * h + y) * w + xx) * c + ci] : 0.f;
             }
-        report("im2col k" + std::to_string(k) + " s" + std::to_string(s), rel(fl(cols), want), 0);
+        report("im2col k" + std::to_string(k) + " s" + std::to_string(s) + " c" + std::to_string(c), rel(fl(cols), want), 0);
         auto dcols = rnd(cols.size());
         std::vector<float> dx((size_t)b * h * w * c, NAN), wdx(dx.size(), 0.f);
         for (int bi = 0; bi < b; ++bi) for (int oy = 0; oy < ho; ++oy) for (int ox = 0; ox < wo; ++ox) for (int ci = 0; ci < c; ++ci)
@@ -107,8 +109,9 @@ int main() {
       report("layernorm_bwd_dw", rel(dw, wdw), 1e-5);
       report("layernorm_bwd_db", rel(db, wdb), 1e-5);
     }
-    // ---- 3x3 depthwise conv: C % 8 == 0 (8-channel groups) and not (one channel per thread)
-    for (int c : {40, 12}) { int b = 3, h = 9, w = 14; long n = (long)b * h * w;
+    // ---- 3x3 depthwise conv: C % 8 == 0 (8-channel groups; taps staged in shared memory up to
+    // 768 channels, read from the weight beyond) and not (one channel per thread)
+    for (int c : {40, 12, 776}) { int b = c > 100 ? 1 : 3, h = c > 100 ? 4 : 9, w = c > 100 ? 5 : 14; long n = (long)b * h * w;
       const std::string cs = " c" + std::to_string(c);
       auto x = bf(rnd(n * c)); auto xf = fl(x); auto wt = rnd(c * 9), dy = rnd(n * c);
       std::vector<bf16_t> y(n * c); std::vector<float> wy(n * c, 0.f), wdx(n * c, 0.f), wdw(c * 9, 0.f);
@@ -239,7 +242,8 @@ int main() {
     // and without keeping gn / ln: against a host reference, and y bitwise equal to
     // locality_gate_fwd on the fused kernel's own gn / ln and across keep
     for (int act = 0; act < 2; ++act) {
-      const long rows = 37; const int v = 40; const long n = rows * v; const float eps = 1e-5f;
+      for (int v : {40, 64, 96}) {
+      const long rows = 37; const long n = rows * v; const float eps = 1e-5f;
       auto o = bf(rnd(n)), xs = bf(rnd(n, 2.f)); auto of = fl(o), xf = fl(xs); auto gp = rnd(n, 3.f), wg = rnd(v), wl = rnd(v);
       auto sg = [](float x) { return 1.f / (1.f + std::exp(-x)); };
       std::vector<float> wgn(n), wln(n), wy(n), wrg(rows), wrl(rows);
@@ -255,13 +259,14 @@ int main() {
       emu::launch(flat(rows * 32), B256, 0, [&] { locality_fused_fwd(y.data(), gn.data(), ln.data(), rg.data(), rl.data(), o.data(), xs.data(), gp.data(), wg.data(), wl.data(), rows, v, eps, act); });
       emu::launch(flat(rows * 32), B256, 0, [&] { locality_fused_fwd(y2.data(), nullptr, nullptr, rg2.data(), rl2.data(), o.data(), xs.data(), gp.data(), wg.data(), wl.data(), rows, v, eps, act); });
       emu::launch(flat(n), B256, 0, [&] { locality_gate_fwd(y3.data(), gn.data(), ln.data(), gp.data(), n, act); });
-      std::string tag = act ? " swish" : "";
+      std::string tag = (act ? " swish" : "") + std::string(" v") + std::to_string(v);
       report("locality_fused_fwd y" + tag, rel(fl(y), wy), 5e-3);
       report("locality_fused_fwd gn" + tag, rel(fl(gn), wgn), 5e-3);
       report("locality_fused_fwd ln" + tag, rel(fl(ln), wln), 5e-3);
       report("locality_fused_fwd rstd" + tag, std::max(rel(rg, wrg), rel(rl, wrl)), 1e-6);
       report("locality_fused_fwd keep=no y" + tag, rel(fl(y2), fl(y)) + rel(rg2, rg) + rel(rl2, rl), 0);
       report("locality_fused_fwd y == gate(gn, ln)" + tag, rel(fl(y3), fl(y)), 0);
+      }
     }
     // ---- label-smoothed cross-entropy (eps 0 and 0.1), a tie for the argmax
     for (float eps : {0.f, 0.1f}) {
