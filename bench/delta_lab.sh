@@ -16,8 +16,8 @@ export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRAR
 G="${1:-target/release/gla}"
 OUT="${OUT:-bench/out}"
 BUDGET="${BUDGET:-540}"
-PLANS="${PLANS:-base dq=fu h=res h=resb2}"
-CHECKS="${CHECKS:-h=res,hb=dv2,dq=fu h=resb2,hb=dv2,dq=s2,wyb=pre}"
+PLANS="${PLANS:-base h=resb2 dq=s2 wyb=pre}"
+CHECKS="${CHECKS:-h=resb2,hb=dv2,dq=s2,wyb=pre}"
 mkdir -p "$OUT"
 S=$(date +%s)
 t() { echo "[$(( $(date +%s) - S ))s] $*"; }

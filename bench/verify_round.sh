@@ -4,8 +4,8 @@
 #   1. gla check --device cuda --quick (every family's table without the T = 65536 and > 2^31
 #      rows), and the attention rows again on the 8x32 forward tile (GLA_ATTN_FWD=8x32);
 #   2. gla bench attn (forward, forward+backward, decode; again with GLA_ATTN_SPLITS=2 and 4, the
-#      backward's L2 working-set question), gla bench delta --stages (and the lab's residual
-#      forward and fused dq/dk/dw + WY backward, GLA_DELTA_LAB, checked and timed) and gla bench
+#      backward's L2 working-set question), gla bench delta --stages (and the lab's plans,
+#      GLA_DELTA_LAB, checked and timed) and gla bench
 #      bidir --stages (and each launch of one forward+backward);
 #   3. gla bench vig (ViG-T/S/B at 224 / 512 / 1024, inference and training) and ViG-T at 224 and
 #      1024 again with --profile (the kernels of one iteration, summed per kernel); the 340M GLA
@@ -70,13 +70,14 @@ step profile_vig 120 "$G" bench vig --device cuda --models vig-t --sizes 224,102
 grep -E "^vig-|profile:" "$L/profile_vig.txt" >> "$SUM"
 step profile_train 150 "$G" bench train --device cuda --steps 5 --profile --json "$L/train_profile.json"
 grep -E "profile:|tokens" "$L/profile_train.txt" | head -4 >> "$SUM"
-# the lab's delta variants (GLA_DELTA_LAB): the residual forward (delta_wyt + delta_hr, h=res /
-# h=resb2) and the fused dq/dk/dw + WY backward (delta_dqkwy, dq=fu): checked together, then each
+# the lab's delta variants (GLA_DELTA_LAB): the residual forward forced on training workspaces
+# (h=resb2), the V tiles of dq/dk/dw in two buffers (dq=s2) and the WY backward's early tile
+# load (wyb=pre): checked together, then each
 # timed at T = 2048 beside the default (bench_delta above)
-step check_delta_lab 150 env GLA_DELTA_LAB=h=resb2,dq=fu "$G" check --device cuda --quick --filter delta
+step check_delta_lab 150 env GLA_DELTA_LAB=h=resb2,dq=s2,wyb=pre "$G" check --device cuda --quick --filter delta
 tail -1 "$L/check_delta_lab.txt" >> "$SUM"
 grep -E " (FAIL|fail)" "$L/check_delta_lab.txt" | head -10 >> "$SUM"
-for lab in dq=fu h=res h=resb2; do
+for lab in h=resb2 dq=s2 wyb=pre; do
     step "bench_delta_${lab/=/_}" 90 env GLA_DELTA_LAB=$lab "$G" bench delta --device cuda --shape 32,2048,16,128,128 --stages
     grep -E "^[0-9]+x|dqkw|wy|delta_h" "$L/bench_delta_${lab/=/_}.txt" | head -12 | sed "s/^/  $lab: /" >> "$SUM"
 done

@@ -24,8 +24,8 @@
 // space once P is formed: three blocks per SM (KP = 128: 72 KB of smem).
 // Dynamic smem: the host's layouts (src/delta/dispatch.rs) match the carve-ups below.
 //
-// delta_wyt_k{KP}_bf16 (KP <= 128): delta_wy writing G and T only, for the lab's residual state
-// pass (delta/chunk_h.cu delta_hr), which forms v_new from T, k and v itself.
+// delta_wyt_k{KP}_bf16 (KP <= 128): delta_wy writing G and T only, for the residual state
+// pass (delta/chunk_h.cu delta_hr_b2), which forms v_new from T, k and v itself.
 //
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_wyt_k64_bf16 delta_wyt_k128_bf16
@@ -87,7 +87,7 @@ __device__ __forceinline__ void solve_t(float* sA, int tid) {
     }
 }
 
-// TONLY (the `delta_wyt` entries, the lab's residual forward, delta/chunk_h.cu `delta_hr`): G
+// TONLY (the `delta_wyt` entries, the residual forward, delta/chunk_h.cu `delta_hr_b2`): G
 // and T only (tm must not be null), no w, u.
 template <typename E, int KP, bool TONLY = false>
 __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __restrict__ rk, const E* __restrict__ v,
@@ -287,7 +287,7 @@ FWD_ENTRY(128, bf16, bf16_t)
 FWD_ENTRY(192, bf16, bf16_t)
 FWD_ENTRY(256, bf16, bf16_t)
 
-// G and T only (bf16, KP <= 128): the lab's residual forward (GLA_DELTA_LAB=h=res); delta_wy's
+// G and T only (bf16, KP <= 128): the residual forward (src/delta/dispatch.rs h_res); delta_wy's
 // arguments, w and u unread (may be null), tm required
 #define WYT_ENTRY(KP)                                                                                    \
 extern "C" __global__ void __launch_bounds__(DNT, 3) delta_wyt_k##KP##_bf16(                               \

@@ -19,7 +19,7 @@
 // (delta_dvl's arithmetic, P from the q, k rows it loads) instead of read, the per-chunk loads on
 // two cp.async stages (64 columns, one block per SM).
 //
-// delta_hr[_b2]_k{KP}_bf16 (KP <= 128, the lab's residual forward): delta_h with U formed as
+// delta_hr_b2_k{KP}_bf16 (KP <= 128, the residual forward): delta_h with U formed as
 // T (beta (V - rk exp(G) (K S))) from delta_wyt's T, k and v, so no w or u is read (or
 // written by the WY pass): the same U, a third fewer bytes per chunk, one more product and
 // barrier in the chain.
@@ -38,7 +38,7 @@
 //   delta_h_bwd_v32_k64_bf16 delta_h_bwd_v32_k128_bf16 delta_h_bwd_v32_k192_bf16 delta_h_bwd_v32_k256_bf16
 //   delta_h_b2_k64_bf16 delta_h_b2_k128_bf16 delta_h_v32b2_k64_bf16 delta_h_v32b2_k128_bf16
 //   delta_h_bwd_dv2_k64_bf16 delta_h_bwd_dv2_k128_bf16
-//   delta_hr_k64_bf16 delta_hr_k128_bf16 delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16
+//   delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16
 
 // The state tile's warp layout (S or dS, KP x BV in mma fragments): warp (wm, wn) of WM x WN
 // holds m-tiles wm + WM ms (ms < MS) and the NSN n8-tiles from 8 NSN wn.
@@ -111,7 +111,7 @@ __device__ __forceinline__ void h_copy(E* __restrict__ hp, const E* sS, int VP, 
     tile_st<E>(hp, VP, sS, HTile<KP, BV>::LDS, KP, BV, tid, DNT);
 }
 
-// RES (the `delta_hr` entries, bf16, the lab's residual forward): v_new from T (delta_wyt), k
+// RES (the `delta_hr_b2` entries, bf16, the residual forward): v_new from T (delta_wyt), k
 // and v instead of w and u, U = T (beta (V - rk exp(G) (K S))) = u - w S (w = T diag(beta rk
 // exp(G)) K, u = T diag(beta) V): K S on raw K, the residual in f32, then both T and
 // beta (V - ..) split; w and u are never formed, and the stages carry T, k, v (tm, v, bt; w, u
@@ -471,10 +471,7 @@ H_ENTRY_LB(delta_h_b2, 64, 1, 64, (DNT, 2), bf16, bf16_t)
 H_ENTRY_LB(delta_h_b2, 128, 1, 64, (DNT, 2), bf16, bf16_t)
 H_ENTRY_LB(delta_h_v32b2, 64, 1, 32, (DNT, 2), bf16, bf16_t)
 H_ENTRY_LB(delta_h_v32b2, 128, 1, 32, (DNT, 2), bf16, bf16_t)
-// the lab's residual forward (GLA_DELTA_LAB=h=res / h=resb2): two stages at one block per SM, or
-// one stage built for two blocks per SM
-HR_ENTRY(delta_hr, 64, 2, (DNT))
-HR_ENTRY(delta_hr, 128, 2, (DNT))
+// the residual forward (src/delta/dispatch.rs h_res): one stage built for two blocks per SM
 HR_ENTRY(delta_hr_b2, 64, 1, (DNT, 2))
 HR_ENTRY(delta_hr_b2, 128, 1, (DNT, 2))
 HB_ENTRY(delta_h_bwd, 64, 64, f32, float)

@@ -170,7 +170,7 @@ pub struct DeltaWorkspace<T> {
     seg: Option<CudaSlice<f32>>,
     sa: Option<CudaSlice<f32>>,
     sb: Option<CudaSlice<f32>>,
-    /// The last forward on this workspace ran the lab's residual form (no w): a backward that
+    /// The last forward on this workspace ran the residual form (no w): a backward that
     /// reuses it forms w first. What the forward did, not the environment at backward time.
     res_fwd: std::sync::atomic::AtomicBool,
 }
@@ -481,7 +481,7 @@ fn wy_launch<T: Elem>(
 
 /// The UT/WY prep and the state pass of the chunked path on the kernels' problem `p` (forward,
 /// and the backward's recomputation): w, u, G, hs, v_new; T where the workspace holds it (a
-/// backward's); ht when given. `res_ok`: the lab's residual forward may run ([`dd::h_res`]: G,
+/// backward's); ht when given. `res_ok`: the residual forward may run ([`dd::h_res`]: G,
 /// T, hs, v_new, no w or u), which the backward's recomputation does not take (it needs w).
 #[allow(clippy::too_many_arguments)]
 fn chunk_wy_h<T: Elem>(
@@ -506,16 +506,18 @@ fn chunk_wy_h<T: Elem>(
     let tm = ws.tm.as_ref().filter(|t| t.len() >= tm_len);
     let (w, u, g2) = (req(&ws.w, "w")?, req(&ws.u, "u")?, req(&ws.g2, "G")?);
     let (hs, vn, bt) = (req(&ws.hs, "hs")?, req(&ws.vn, "v_new")?, req(&ws.bt, "beta")?);
-    let res = if res_ok { dd::h_res(bf16, kp).zip(tm) } else { None };
+    // a workspace without the backward's buffers serves a forward only
+    let fwd_only = ws.dw.is_none();
+    let tiles = (vp / 64) * p.n() * p.hv();
+    let res = if res_ok && dd::h_res(bf16, kp, fwd_only, tiles, cuda.sm_count()) { tm } else { None };
     ws.res_fwd.store(res.is_some(), std::sync::atomic::Ordering::Relaxed);
-    if let Some((two, tm)) = res {
-        // the lab's residual forward: T alone, then v_new from T, k and v
+    if let Some(tm) = res {
+        // the residual forward: T alone, then v_new from T, k and v
         wy_launch(cuda, op, p, dp, x, ws, kp, Some(tm), true)?;
-        // two blocks per SM: one stage of loads, else two
-        let name = format!("delta_hr{}_k{kp}_{}", if two { "_b2" } else { "" }, T::SUFFIX);
-        let cfg = dd::state_cfg(vp, 64, grid_nhv(op, p)?, smem.hr(if two { 1 } else { 2 }));
-        // SAFETY: arguments match delta_hr*'s (delta_h's, w and u unread, then T, v, beta); one
-        // block per (64-column V tile, sequence x value head)
+        let name = format!("delta_hr_b2_k{kp}_{}", T::SUFFIX);
+        let cfg = dd::state_cfg(vp, 64, grid_nhv(op, p)?, smem.hr(1));
+        // SAFETY: arguments match delta_hr_b2's (delta_h's, w and u unread, then T, v, beta);
+        // one block per (64-column V tile, sequence x value head)
         return unsafe {
             cuda.launch(
                 &name,
@@ -524,7 +526,8 @@ fn chunk_wy_h<T: Elem>(
             )
         };
     }
-    wy_launch(cuda, op, p, dp, x, ws, kp, tm, false)?;
+    // T only for a backward to come (a forward-only workspace holds it for the residual form)
+    wy_launch(cuda, op, p, dp, x, ws, kp, tm.filter(|_| !fwd_only), false)?;
     let plan = dd::h_plan(false, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
     let name = dd::h_name(false, plan, kp, T::SUFFIX);
     let cfg = dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, smem.h(plan));
@@ -826,7 +829,7 @@ fn chunk_bwd<T: Elem>(
         chunk_prep(cuda, p, r.vs, x, ws)?;
         chunk_wy_h(cuda, p, dp, x, ws, kp, None, false)?;
     } else if ws.res_fwd.load(std::sync::atomic::Ordering::Relaxed) {
-        // the forward on this workspace ran the lab's residual form, which forms no w: the WY
+        // the forward on this workspace ran the residual form, which forms no w: the WY
         // pass for it
         wy_launch(cuda, op, p, dp, x, ws, kp, Some(req(&ws.tm, "T")?), false)?;
     }

@@ -471,10 +471,9 @@ static size_t sm_dqkw(int KP, int NB = 1) {
 }
 // delta_dqkw_s2 (the V tiles in two buffers; bf16, KP <= 128): DELTA_DQVAR=s2
 static std::map<int, void*> g_dqs2 = {{64, (void*)delta_dqkw_s2_k64_bf16}, {128, (void*)delta_dqkw_s2_k128_bf16}};
-// the residual forward (delta_wyt + delta_hr / delta_hr_b2; bf16, KP <= 128): DELTA_HVAR=res /
-// resb2; the backward then runs delta_wy for w (as src/delta/ops.rs does)
+// the residual forward (delta_wyt + delta_hr_b2; bf16, KP <= 128): DELTA_HVAR=resb2; the
+// backward then runs delta_wy for w (as src/delta/ops.rs does)
 static std::map<int, void*> g_wyt = {{64, (void*)delta_wyt_k64_bf16}, {128, (void*)delta_wyt_k128_bf16}};
-static std::map<int, void*> g_hr = {{64, (void*)delta_hr_k64_bf16}, {128, (void*)delta_hr_k128_bf16}};
 static std::map<int, void*> g_hrb2 = {{64, (void*)delta_hr_b2_k64_bf16}, {128, (void*)delta_hr_b2_k128_bf16}};
 static size_t sm_hr(int KP, int NS) {
     const size_t stage = 2 * 64 * 72 + 64 * (KP + 8) + 64 * 72;
@@ -482,7 +481,7 @@ static size_t sm_hr(int KP, int NS) {
 }
 static const char* h_res_var() {
     const char* hv = getenv("DELTA_HVAR");
-    return hv && (!std::strcmp(hv, "res") || !std::strcmp(hv, "resb2")) ? hv : nullptr;
+    return hv && !std::strcmp(hv, "resb2") ? hv : nullptr;
 }
 // delta_dqkwy (dq/dk/dw and the WY backward in one launch; bf16, KP <= 128): DELTA_DQVAR=fu
 static std::map<int, void*> g_dqkwy = {{64, (void*)delta_dqkwy_k64_bf16}, {128, (void*)delta_dqkwy_k128_bf16}};
@@ -700,7 +699,7 @@ struct Run {
                              const long long*, const int*, int, int, int, int, int, long long);
         typedef void (*HFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
                             const long long*, const long long*, int, int, int, int, int, long long);
-        const char* res = sizeof(E) == 2 && g_hr.count(KP) ? h_res_var() : nullptr;
+        const char* res = sizeof(E) == 2 && g_hrb2.count(KP) ? h_res_var() : nullptr;
         res_fwd = res != nullptr;
         if (res) {
             // T only (w, u stay poisoned), then v_new from T, k, v
@@ -711,9 +710,8 @@ struct Run {
                 });
             typedef void (*HrFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
                                  const long long*, const long long*, int, int, int, int, int, long long, const E*, const E*, const float*);
-            const bool b2 = !std::strcmp(res, "resb2");
-            emu::launch(dim3{(unsigned)(VP / 64), (unsigned)(d.N * HV), 1}, b256, sm_hr(KP, b2 ? 1 : 2), [&] {
-                ((HrFn)(b2 ? g_hrb2.at(KP) : g_hr.at(KP)))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(),
+            emu::launch(dim3{(unsigned)(VP / 64), (unsigned)(d.N * HV), 1}, b256, sm_hr(KP, 1), [&] {
+                ((HrFn)g_hrb2.at(KP))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(),
                                                         ht.data(), p.bounds.data(), p.off.data(), H, HV, K, V, VP, nch, tm.data(),
                                                         v.data(), bt.data());
             });
