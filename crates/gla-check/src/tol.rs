@@ -29,8 +29,14 @@
 //! storage is emulated, all math in f32). So each gradient and logits tolerance is the larger of
 //! its base ([`GRAD`], [`LOGITS`]) and [`FLOOR_FACTOR`] times that model's bf16 floor, measured on
 //! the CPU in the same check (the CPU model storing data as the GPU does, its GEMM matrices and
-//! every activation rounded to bf16, the arithmetic in f32), capped at [`CAP`]. Rounding error
-//! stays within it, a wrong gradient (a bug gives errors of order 1) does not.
+//! every activation rounded to bf16, the arithmetic in f32), capped at [`FLOOR_CAP`]. Rounding
+//! error stays within it, a wrong gradient (a bug gives errors of order 1) does not.
+//!
+//! Why that cap is above the op rows' [`CAP`]: the floor of a model with a relu feature map and
+//! the sum norm reaches 11% (fla's `delta_net_gate` fixture: bf16 storage alone moves its layer-1
+//! q_proj gradient by 11.2% while the CPU f32 model matches fla to 1e-6; the GPU's error there is
+//! 11.2%, the floor itself), so a 10% cap failed a correct GPU model on rounding alone, and the
+//! relu rows sat just under it. A quarter still fails every bug of order 1.
 //!
 //! Why the floor rounds activations too: a floor from rounded weights alone misses most of the
 //! GPU's error where a nonlinearity steps: with fla's relu feature map, relu' steps at 0, so each
@@ -52,8 +58,11 @@ pub const LOSS: f64 = 5e-3;
 pub const GRAD: f64 = 2e-2;
 /// Gradient and logits tolerance relative to the model's bf16 floor (module doc).
 pub const FLOOR_FACTOR: f64 = 2.0;
-/// No floor raises a tolerance above this: a gradient 10% off is wrong whatever the model.
+/// No condition number raises an op row's tolerance above this ([`sum_tol`]): an op's output
+/// 10% off is wrong whatever its inputs.
 pub const CAP: f64 = 0.1;
+/// No bf16 floor raises a model row's tolerance above this ([`floor_tol`], module doc).
+pub const FLOOR_CAP: f64 = 0.25;
 /// Logits of the labelled rows (and of generation): relative RMSE, at least (raised like the
 /// gradients'). The loss alone is a weak check: a near-uniform model's loss is ln V whatever its
 /// logits.
@@ -65,9 +74,9 @@ pub const ADAMW: f64 = 1e-5;
 pub const ARGMAX: f64 = 0.02;
 
 /// The tolerance of a comparison whose CPU-measured bf16 floor is `floor`: at least `base`,
-/// [`FLOOR_FACTOR`] times the floor, at most [`CAP`].
+/// [`FLOOR_FACTOR`] times the floor, at most [`FLOOR_CAP`].
 pub fn floor_tol(floor: f64, base: f64) -> f64 {
-    base.max(FLOOR_FACTOR * floor).min(CAP)
+    base.max(FLOOR_FACTOR * floor).min(FLOOR_CAP)
 }
 
 /// The tolerance of per-head sums over rows (module doc): `base` times the condition number
@@ -110,5 +119,14 @@ mod tests {
         assert_eq!(sum_tol(1e-3, &[1.0, 2.0], 1), 1e-3);
         assert_eq!(sum_tol(1e-3, &[1.0, -1.0], 1), CAP);
         assert_eq!(sum_tol(1e-3, &[], 0), 1e-3);
+    }
+
+    #[test]
+    fn floor_tolerance_follows_the_floor_up_to_its_cap() {
+        assert_eq!(floor_tol(1e-3, GRAD), GRAD);
+        assert_eq!(floor_tol(0.1117, GRAD), FLOOR_FACTOR * 0.1117);
+        assert_eq!(floor_tol(0.2, GRAD), FLOOR_CAP);
+        // an error of order 1 fails whatever the floor
+        assert!(!passes(0.5, floor_tol(10.0, GRAD)));
     }
 }
