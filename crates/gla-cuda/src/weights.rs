@@ -27,6 +27,32 @@ struct Moments {
     m: CudaSlice<f32>,
     v: CudaSlice<f32>,
     step: u64,
+    /// The parameters as `adamw`'s segments: element starts (one more than the parameters, the
+    /// last the arena length) and whether each takes the weight decay.
+    starts: CudaSlice<i64>,
+    decay: CudaSlice<i32>,
+}
+
+/// `adamw`'s segment table of `specs` (kernels/nn/adamw.cu): each parameter's first element in
+/// offset order and the arena's end, and whether it takes the weight decay (matrices only, as
+/// gla-model's host `optim::AdamW`); a typed error if the parameters do not tile `[0, numel)`.
+fn adamw_segments(specs: &[ParamSpec], numel: usize) -> Result<(Vec<i64>, Vec<i32>)> {
+    let mut order: Vec<&ParamSpec> = specs.iter().collect();
+    order.sort_by_key(|sp| sp.offset);
+    let (mut starts, mut decay, mut end) = (Vec::with_capacity(order.len() + 1), Vec::with_capacity(order.len()), 0usize);
+    for sp in order {
+        if sp.offset != end {
+            return Err(unsupported(format!("parameter {} starts at element {}, the one before ends at {end}", sp.name, sp.offset)));
+        }
+        starts.push(sp.offset as i64);
+        decay.push(i32::from(sp.shape.len() >= 2));
+        end += sp.numel();
+    }
+    if end != numel || starts.is_empty() {
+        return Err(unsupported(format!("the parameters hold {end} elements of an arena of {numel}")));
+    }
+    starts.push(end as i64);
+    Ok((starts, decay))
 }
 
 /// The device weights a [`GpuWeights`] is assembled from (fields as in [`GpuWeights`]).
@@ -369,23 +395,22 @@ impl GpuWeights {
         if self.moments.is_none() {
             let c = &self.gpu.cuda;
             let (m, v) = (c.alloc_zeros::<f32>(self.numel, "AdamW m")?, c.alloc_zeros::<f32>(self.numel, "AdamW v")?);
-            self.moments = Some(Moments { m, v, step: 0 });
+            let (starts, decay) = self.adamw_tables()?;
+            self.moments = Some(Moments { m, v, step: 0, starts, decay });
         }
         let Some(mo) = self.moments.as_mut() else { unreachable!("set above") };
         mo.step += 1;
         let step = mo.step as i32;
         let gpu = &self.gpu;
-        let (mp, vp) = (ptr(&gpu.cuda, &mo.m), ptr(&gpu.cuda, &mo.v));
+        let c = &gpu.cuda;
         let (bc1, bc2) = (1.0 - cfg.beta1.powi(step), 1.0 - cfg.beta2.powi(step));
-        for spec in &gpu.specs {
-            let off = spec.offset as u64;
-            let (p, p16, g) =
-                (ptr(&gpu.cuda, &gpu.master) + 4 * off, ptr(&gpu.cuda, &gpu.w16) + 2 * off, ptr(&gpu.cuda, &self.grads) + 4 * off);
-            let (m, v, n) = (mp + 4 * off, vp + 4 * off, spec.numel() as i64);
-            let wd = if spec.shape.len() >= 2 { cfg.weight_decay } else { 0.0 };
-            let (b1, b2, eps) = (cfg.beta1, cfg.beta2, cfg.eps);
-            launch!(gpu, "adamw", flat(spec.numel()), p, p16, g, m, v, n, lr, b1, b2, eps, wd, bc1, bc2, gscale);
-        }
+        // one launch over the arena: one per parameter cost ViG-T 180 launches a step, mostly
+        // of a few hundred elements
+        let (p, p16, g) = (ptr(c, &gpu.master), ptr(c, &gpu.w16), ptr(c, &self.grads));
+        let (m, v, starts, decay) = (ptr(c, &mo.m), ptr(c, &mo.v), ptr(c, &mo.starts), ptr(c, &mo.decay));
+        let nseg = (mo.decay.len()) as i32;
+        let (b1, b2, eps, wd) = (cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay);
+        launch!(gpu, "adamw", flat(self.numel), p, p16, g, m, v, starts, decay, nseg, lr, b1, b2, eps, wd, bc1, bc2, gscale);
         Ok(norm)
     }
 
@@ -413,7 +438,39 @@ impl GpuWeights {
         }
         let c = &self.gpu.cuda;
         let (m, v) = (c.upload(m, "AdamW m")?, c.upload(v, "AdamW v")?);
-        self.moments = Some(Moments { m, v, step });
+        let (starts, decay) = self.adamw_tables()?;
+        self.moments = Some(Moments { m, v, step, starts, decay });
         Ok(())
+    }
+
+    /// `adamw`'s segment table of this parameter table, on the device.
+    fn adamw_tables(&self) -> Result<(CudaSlice<i64>, CudaSlice<i32>)> {
+        let (starts, decay) = adamw_segments(&self.gpu.specs, self.numel)?;
+        let c = &self.gpu.cuda;
+        Ok((c.upload(&starts, "AdamW segment starts")?, c.upload(&decay, "AdamW decay flags")?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gla_core::params::Init;
+
+    fn spec(name: &str, shape: &[usize], offset: usize) -> ParamSpec {
+        ParamSpec { name: name.into(), shape: shape.to_vec(), init: Init::Zeros, offset, gemm: false }
+    }
+
+    #[test]
+    fn adamw_segments_tile_the_arena_in_offset_order() {
+        // listed out of offset order; matrices decay, vectors do not
+        let specs = [spec("w", &[3, 4], 5), spec("n", &[5], 0), spec("b", &[2], 17)];
+        let (starts, decay) = adamw_segments(&specs, 19).expect("tiles");
+        assert_eq!(starts, vec![0, 5, 17, 19]);
+        assert_eq!(decay, vec![0, 1, 0]);
+        // a gap, an overlap, a short arena, no parameters: typed errors
+        assert!(adamw_segments(&[spec("n", &[5], 0), spec("w", &[3, 4], 6)], 18).is_err());
+        assert!(adamw_segments(&[spec("n", &[5], 0), spec("w", &[3, 4], 4)], 16).is_err());
+        assert!(adamw_segments(&[spec("n", &[5], 0)], 6).is_err());
+        assert!(adamw_segments(&[], 0).is_err());
     }
 }

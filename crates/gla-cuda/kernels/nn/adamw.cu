@@ -27,12 +27,20 @@ extern "C" __global__ void sum_f64(double* __restrict__ out, const double* __res
     }
 }
 
-// AdamW (PyTorch's), gradient pre-scaled by gscale (clipping); writes the f32 master and its
-// bf16 copy used by the GEMMs
-extern "C" __global__ void adamw(float* __restrict__ p, bf16_t* __restrict__ p16, const float* __restrict__ g, float* __restrict__ m, float* __restrict__ v, idx_t n, float lr, float b1, float b2, float eps, float wd, float bc1, float bc2, float gscale) {
+// AdamW (PyTorch's) over the whole parameter arena in one launch, gradient pre-scaled by gscale
+// (clipping); writes the f32 master and its bf16 copy used by the GEMMs. The arena is nseg
+// parameters: parameter s holds elements [starts[s], starts[s+1]) and takes the weight decay wd
+// when decay[s] != 0, else none (every element's arithmetic is the same expression either way,
+// so the step is bitwise that of one launch per parameter). A thread's elements rise with the
+// grid stride, so its parameter index only moves forward.
+extern "C" __global__ void adamw(float* __restrict__ p, bf16_t* __restrict__ p16, const float* __restrict__ g, float* __restrict__ m, float* __restrict__ v, const long long* __restrict__ starts, const int* __restrict__ decay, int nseg, float lr, float b1, float b2, float eps, float wd, float bc1, float bc2, float gscale) {
+    const idx_t n = starts[nseg];
+    int s = 0;
     for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < n; i += (idx_t)gridDim.x * blockDim.x) {
+        while (s + 1 < nseg && i >= starts[s + 1]) ++s;
+        const float wdi = decay[s] ? wd : 0.f;
         float gi = g[i] * gscale, pi = p[i];
-        pi -= lr * wd * pi;
+        pi -= lr * wdi * pi;
         float mi = b1 * m[i] + (1.f - b1) * gi;
         float vi = b2 * v[i] + (1.f - b2) * gi * gi;
         pi -= lr * (mi / bc1) / (sqrtf(vi / bc2) + eps);

@@ -63,7 +63,7 @@ if nn:
     vision = sys.argv[1] == "--vision"
     del sys.argv[1]
     parts = ['#include "emu.h"\n', '#line 1 "common/base.cuh"\n' + strip_asm(open(os.path.join(kern, "common/base.cuh")).read())]
-    files = ["nn/common.cuh", "nn/vision.cu", "nn/reduce.cu"] if vision else ["nn/common.cuh", "nn/elementwise.cu", "nn/norm.cu", "nn/conv.cu", "nn/reduce.cu"]
+    files = ["nn/common.cuh", "nn/vision.cu", "nn/reduce.cu"] if vision else ["nn/common.cuh", "nn/elementwise.cu", "nn/norm.cu", "nn/conv.cu", "nn/reduce.cu", "nn/adamw.cu"]
     for f in files:
         parts.append(f'#line 1 "{f}"\n' + open(os.path.join(kern, f)).read())
     harness = "vision_harness.cpp" if vision else "nn_harness.cpp"

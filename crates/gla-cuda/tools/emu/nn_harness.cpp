@@ -1,7 +1,8 @@
 // The language model's nn kernels on the CPU emulator (README.md; built by `build.py --nn`)
 // against host references ported from gla-model's ops.rs: DeltaNet's sum norm, the elu + 1
 // feature map, the gated norm with the swish and the sigmoid gate, the short conv with and
-// without SiLU (forward, backward, and the decode step against the forward with a cache).
+// without SiLU (forward, backward, and the decode step against the forward with a cache), and
+// the optimizer's one-launch AdamW over a segmented arena against a host step per parameter.
 // Prints each output's relative RMSE; exits non-zero when one is above its bound (bf16 outputs
 // 5e-3, f32 ones 1e-5; the decode step bitwise).
 #include <random>
@@ -106,6 +107,37 @@ int main() {
       std::vector<unsigned long long> tab(nb); for (int s = 0; s < nb; ++s) tab[s] = (unsigned long long)(c2.data() + (long)s * c * W);
       emu::launch(flat(nb * c), B256, 0, [&] { conv_decode(y2.data(), p2.data(), x1.data(), w.data(), tab.data(), nb, c, W, silu); });
       report(silu ? "conv_decode == conv_fwd silu" : "conv_decode == conv_fwd no silu", rel(fl(y2), fl(y1)), 0);
+    }
+    // ---- AdamW over the arena in one launch (segments: parameters, each with or without the
+    // weight decay), bitwise the host's step per parameter; two steps, moments carried
+    { std::vector<long long> starts = {0, 7, 7 + 300, 7 + 300 + 1, 7 + 300 + 1 + 1000};
+      std::vector<int> decay = {0, 1, 0, 1};
+      const int nseg = 4; const long n = starts[nseg];
+      std::vector<float> p(n), g(n), m(n, 0.f), v(n, 0.f);
+      for (auto& x : p) x = urand();
+      std::vector<float> hp = p, hm = m, hv = v;
+      std::vector<bf16_t> p16(n);
+      const float lr = 1e-2f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, gscale = 0.7f;
+      for (int step = 1; step <= 2; ++step) {
+          for (auto& x : g) x = urand();
+          const float bc1 = 1.f - std::pow(b1, (float)step), bc2 = 1.f - std::pow(b2, (float)step);
+          // three blocks of 256 threads: each thread's elements cross parameter boundaries
+          emu::launch(dim3{3, 1, 1}, B256, 0, [&] { adamw(p.data(), p16.data(), g.data(), m.data(), v.data(), starts.data(), decay.data(), nseg, lr, b1, b2, eps, wd, bc1, bc2, gscale); });
+          for (int s = 0; s < nseg; ++s) {
+              const float wds = decay[s] ? wd : 0.f;
+              for (long i = starts[s]; i < starts[s + 1]; ++i) {
+                  float gi = g[i] * gscale, pi = hp[i];
+                  pi -= lr * wds * pi;
+                  float mi = b1 * hm[i] + (1.f - b1) * gi;
+                  float vi = b2 * hv[i] + (1.f - b2) * gi * gi;
+                  pi -= lr * (mi / bc1) / (std::sqrt(vi / bc2) + eps);
+                  hm[i] = mi; hv[i] = vi; hp[i] = pi;
+              }
+          }
+      }
+      std::vector<float> p16f = fl(p16), hp16 = fl(bf(hp));
+      report("adamw p, m, v (segmented)", rel(p, hp) + rel(m, hm) + rel(v, hv), 0);
+      report("adamw bf16 copy", rel(p16f, hp16), 0);
     }
     std::printf("%d failed\n", fails);
     return fails != 0;
