@@ -26,15 +26,12 @@
 // region with M1, M2, and the row and column sums of dA * A come from the fragments). The
 // derivation: the chain rule through the chunk form of docs/kernels.md's delta-rule section.
 // delta_wy_bwd_pre_k{KP}_bf16 (KP <= 128): delta_wy_bwd with V tile 0 loading while dw Kn^T is
-// formed. delta_dqkwy_k{KP}_bf16 (KP <= 128): delta_dqkw then delta_wy_bwd in one block, dw, dk
-// and the dG partials handed over in shared memory (no dw, dk or dG round trip through device
-// memory; dk written once); arguments: dqkw's inputs, then v, beta, T, then dq, dk, dv, dbeta, dg.
+// formed.
 //
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_dvl_k64_f32 delta_dvl_k128_f32 delta_dvl_k64_bf16 delta_dvl_k128_bf16 delta_dvl_k192_bf16 delta_dvl_k256_bf16
 //   delta_dqkw_k64_f32 delta_dqkw_k128_f32 delta_dqkw_k64_bf16 delta_dqkw_k128_bf16 delta_dqkw_k192_bf16 delta_dqkw_k256_bf16
 //   delta_dqkw_s2_k64_bf16 delta_dqkw_s2_k128_bf16 delta_wy_bwd_pre_k64_bf16 delta_wy_bwd_pre_k128_bf16
-//   delta_dqkwy_k64_bf16 delta_dqkwy_k128_bf16
 //   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
 
 template <typename E, int KP>
@@ -91,38 +88,20 @@ struct DqkwTile {
     static constexpr int KW = (sizeof(E) == 2 && KP <= 128) ? KP : (KP == 64 ? 64 : KP / 2);
 };
 
-// What the dq/dk/dw part of the fused launch (`delta_dqkwy_*`) leaves in shared memory for its WY
-// part, which then reads no dw, dk or dG partials from device memory: sDw, sDwl -dw split
-// [64][KP + DPAD] and sDk the dq/dk/dw part's dk f32 [64][KP + 4], both in the V-tile buffer
-// (free once the V loop is done); sXA its dG row partials [64]; sT, sTl T split [64][LDT]
-// (loaded with the first tiles); sK, sG, sR (= rk) the dq/dk/dw part's; `scratch` where the WY
-// part lays out its V / dU tiles and its sums.
-template <typename E>
-struct WyFused {
-    E *sK, *sDw, *sDwl, *sT, *sTl;
-    float *sG, *sR, *sDk, *sXA;
-    unsigned char* scratch;
-};
-#define DK_LDS(KP) ((KP) + 4)
-
 // NB: buffers of the V tiles (do, U, dU, S, dS); with two (the `_s2` entries) tile v + 1 loads
-// while tile v is computed, and dMG takes the second buffer once the tiles are done. FU (the
-// fused entries, bf16, one K tile, one buffer): dk, dw and the dG partials go to shared memory
-// (`fz`, with T loaded from `tm`) instead of to dk, dw, dgp.
-template <typename E, int KP, int NB, bool FU = false>
+// while tile v is computed, and dMG takes the second buffer once the tiles are done.
+template <typename E, int KP, int NB>
 __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                        const float* __restrict__ rk, const E* __restrict__ d_o, const E* __restrict__ vn,
                                        const E* __restrict__ du, const E* __restrict__ hs, const E* __restrict__ dhs,
                                        const float* __restrict__ g2, float* __restrict__ dq, float* __restrict__ dk, E* __restrict__ dw,
                                        float* __restrict__ dgp, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
-                                       const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, float scale, idx_t nch,
-                                       const E* __restrict__ tm = nullptr, WyFused<E>* fz = nullptr) {
+                                       const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, float scale, idx_t nch) {
     // NW warps in CS column splits (4 row tiles each): a warp's 16 x 64 / CS tile of M and dM
     // (NM n8-tiles), 16 x KW / CS of dq, dk, dw (NT n8-tiles)
     constexpr int NW = DNT / 32, CS = NW / 4, NM = 8 / CS;
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP, KW = DqkwTile<E, KP>::KW, NT = KW / (8 * CS);
     static_assert(NB == 1 || NB == 2, "one or two V-tile buffers");
-    static_assert(!FU || (SP == 2 && NB == 1 && KW == KP), "the fused entries: bf16, one K tile, one buffer");
     constexpr int VBUF = (1 + 2 * SP) * 64 * LDT + 2 * KW * LDT;  // do, U, dU (split), S, dS
     DELTA_SMEM(smem);
     E* sQ = (E*)smem;                      // [64][LK]
@@ -138,10 +117,7 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     float* sRed = sRow + CS * 64;          // [2][NW]
     float* sFr = sRed + 2 * NW;            // [CS][64]: row sums of dM * M (per column split)
     float* sFc = sFr + CS * 64;            // [4][64]: column sums of dM * M (per row quarter)
-    // FU: T split, the dG row partials, then the WY part's scratch (its own DELTA_SMEM_END)
-    E* sT = (E*)(sFc + 256);               // [SP][64][LDT]
-    float* sXA = (float*)(sT + SP * 64 * LDT);
-    if constexpr (!FU) DELTA_SMEM_END(smem, sFc + 256);
+    DELTA_SMEM_END(smem, sFc + 256);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
     const int z = blockIdx.z, k0 = z * KW;
@@ -171,11 +147,6 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
     ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
     ld_g64(sG, g2 + c.oc * 64, tid);
-    if constexpr (FU) {
-        const idx_t tplane = nch * HV * 4096;
-        tile_ld<E>(sT, LDT, tm + c.oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
-        tile_ld<E>(sT + 64 * LDT, LDT, tm + tplane + c.oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
-    }
     cp_commit();
     // the first V tile's loads land while M is formed
     ld_tiles(0, 0);
@@ -315,21 +286,13 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         }
     }
     wgemm2<true, false, NT>(dkd, sDMG, sDMGl, LDT, 16 * mt, sQ, sQ, LK, k0 + nk, 64, lane, true, false);
-    // FU: dw (split) and dk into the V-tile buffer, free since the V loop's last barrier
-    E* sDw = sVb;
-    float* sDk = (float*)(sVb + SP * 64 * LK);
     #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
         #pragma unroll
         for (int e = 0; e < 4; e += 2) {
             const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
-            if constexpr (FU) {
-                *(float2*)(sDk + t * DK_LDS(KP) + i) = make_float2(dkd[nt][e], dkd[nt][e + 1]);
-                st2_pair(sDw, sDw + 64 * LK, t * LK + i, -dwa[nt][e], -dwa[nt][e + 1]);
-            } else {
-                st_row_pair(dk + o_k + (idx_t)t * HV * K, i, K, t < c.L, dkd[nt][e], dkd[nt][e + 1]);
-                stg2_pair(dw, wplane, (c.oc * 64 + t) * KP + i, -dwa[nt][e], -dwa[nt][e + 1]);
-            }
+            st_row_pair(dk + o_k + (idx_t)t * HV * K, i, K, t < c.L, dkd[nt][e], dkd[nt][e + 1]);
+            stg2_pair(dw, wplane, (c.oc * 64 + t) * KP + i, -dwa[nt][e], -dwa[nt][e + 1]);
         }
     }
     // the row sums of the dG terms
@@ -363,43 +326,27 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
             }
             g += a + ex2f(glast) * b;
         }
-        if constexpr (FU) {
-            sXA[t] = g;
-        } else {
-            dgp[((idx_t)z * nch * HV + c.oc) * 64 + t] = g;
-        }
+        dgp[((idx_t)z * nch * HV + c.oc) * 64 + t] = g;
     }
-    if constexpr (FU) *fz = WyFused<E>{sK, sDw, sDw + 64 * LK, sT, sT + 64 * LDT, sG, sRk, sDk, sXA, (unsigned char*)(sXA + 64)};
 }
 
-// PRE (the `_pre` entries): V tile 0 loads while dw Kn^T is formed, instead of after it. FU (the
-// fused entries): K, dw, T, G, rk, the dG partials and dk so far come from the dq/dk/dw part's
-// shared memory (`fz`), and dk is stored, not added to.
-template <typename E, int KP, bool PRE, bool FU = false>
+// PRE (the `_pre` entries): V tile 0 loads while dw Kn^T is formed, instead of after it.
+template <typename E, int KP, bool PRE>
 __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __restrict__ rk, const E* __restrict__ v,
                                        const float* __restrict__ bt, const E* __restrict__ tm, const E* __restrict__ dw,
                                        const E* __restrict__ du, const float* __restrict__ g2, const float* __restrict__ dgp,
                                        float* __restrict__ dk, float* __restrict__ dv, float* __restrict__ dbeta, float* __restrict__ dg,
                                        const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
-                                       const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, int KZ, idx_t nch,
-                                       const WyFused<E>* fz = nullptr) {
+                                       const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, int KZ, idx_t nch) {
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
-    static_assert(!FU || !PRE, "the fused entries load no tiles up front");
     DELTA_SMEM(smem);
     E* sK = (E*)smem;                      // [64][LK]
     E* sDw = sK + 64 * LK;                 // [64][LK]
     E* sDwl = sDw + (SP - 1) * 64 * LK;
     E* sT = sDwl + 64 * LK;                // [64][LDT]
     E* sTl = sT + (SP - 1) * 64 * LDT;
-    if constexpr (FU) {
-        sK = fz->sK;
-        sDw = fz->sDw;
-        sDwl = fz->sDwl;
-        sT = fz->sT;
-        sTl = fz->sTl;
-    }
     // one region, [2 SP][64][LDT]: the V-tile loop's sV, sDu, then (once it is done) sM1, sM2
-    E* sV = FU ? (E*)fz->scratch : sTl + 64 * LDT;  // [64][LDT]: a 64-column tile of V
+    E* sV = sTl + 64 * LDT;                // [64][LDT]: a 64-column tile of V
     E* sDu = sV + 64 * LDT;                // [64][LDT]: the same tile of dU
     E* sDul = sDu + (SP - 1) * 64 * LDT;
     E* sM1 = sV;                           // [64][LDT]: dT, then X = T^T dT, then dAb rk_s
@@ -415,26 +362,20 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     float* sFr = sX + 64;                  // [2][64]: row sums of dA * A (per column half)
     float* sFc = sFr + 128;                // [4][64]: column sums of dA * A (per row quarter)
     DELTA_SMEM_END(smem, sFc + 256);
-    if constexpr (FU) {
-        sG = fz->sG;
-        sR = fz->sR;
-    }
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
     const idx_t wplane = nch * HV * 64 * KP, vplane = nch * HV * 64 * VP, tplane = nch * HV * 4096;
-    if constexpr (!FU) {
-        ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
-        tile_ld<E>(sDw, LK, dw + c.oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
-        tile_ld<E>(sT, LDT, tm + c.oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
-        if (SP == 2) {
-            tile_ld<E>(sDwl, LK, dw + wplane + c.oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
-            tile_ld<E>(sTl, LDT, tm + tplane + c.oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
-        }
-        ld_g64(sG, g2 + c.oc * 64, tid);
-        cp_commit();
-        ld_rf(sR, rk, c.r0, c.L, c.h, H, tid);
+    ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
+    tile_ld<E>(sDw, LK, dw + c.oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
+    tile_ld<E>(sT, LDT, tm + c.oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+    if (SP == 2) {
+        tile_ld<E>(sDwl, LK, dw + wplane + c.oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
+        tile_ld<E>(sTl, LDT, tm + tplane + c.oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
     }
+    ld_g64(sG, g2 + c.oc * 64, tid);
+    cp_commit();
     if (tid < 64) sB[tid] = tid < c.L ? bt[(c.r0 + tid) * HV + c.hv] : 0.f;
+    ld_rf(sR, rk, c.r0, c.L, c.h, H, tid);
     const int mt = wp & 3, n1 = (wp >> 2) * 32;
     auto ld_vt = [&](int v0) {
         ld_v<E>(sV, LDT, v, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
@@ -554,11 +495,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     __syncthreads();
     if (tid < 64) {
         float x = sFr[tid] + sFr[64 + tid] - ((sFc[tid] + sFc[64 + tid]) + (sFc[128 + tid] + sFc[192 + tid]));
-        if constexpr (FU) {
-            x += fz->sXA[tid];
-        } else {
-            for (int zz = 0; zz < KZ; ++zz) x += dgp[((idx_t)zz * nch * HV + c.oc) * 64 + tid];
-        }
+        for (int zz = 0; zz < KZ; ++zz) x += dgp[((idx_t)zz * nch * HV + c.oc) * 64 + tid];
         sX[tid] = x;
     }
     // dk += beta exp(G) T^T dw + dAb Kn + dAb^T Kn; dbeta, dG += (exp(G), beta exp(G)) kn . T^T dw
@@ -582,11 +519,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
                 const float d0 = sB[t] * ge * acc[nt][e] + dkk[nt][e], d1 = sB[t] * ge * acc[nt][e + 1] + dkk[nt][e + 1];
                 if (t < c.L && i < K) {
                     float* p = dk + o_k + (idx_t)t * HV * K + i;
-                    if constexpr (FU) {
-                        // dk so far from shared memory (its pair is 8-byte aligned: KP + 4 and i even)
-                        const float2 y = *(const float2*)(fz->sDk + t * DK_LDS(KP) + i);
-                        st_row_pair(p - i, i, K, true, y.x + d0, y.y + d1);
-                    } else if (i + 1 < K && (K & 1) == 0) {
+                    if (i + 1 < K && (K & 1) == 0) {
                         float2 y = *(float2*)p;
                         y.x += d0;
                         y.y += d1;
@@ -681,22 +614,3 @@ extern "C" __global__ void __launch_bounds__(DNT, 2) delta_wy_bwd_pre_k##KP##_bf
 }
 WYB_PRE_ENTRY(64)
 WYB_PRE_ENTRY(128)
-
-// dq/dk/dw and the WY backward in one launch (KP <= 128: one K tile, one block per SM): dw, dk
-// and the dG partials stay in shared memory between the two parts (WyFused)
-#define DQKWY_ENTRY(KP)                                                                                  \
-extern "C" __global__ void __launch_bounds__(DNT, 1) delta_dqkwy_k##KP##_bf16(                           \
-    const bf16_t* q, const bf16_t* k, const float* rq, const float* rk, const bf16_t* d_o,               \
-    const bf16_t* vn, const bf16_t* du, const bf16_t* hs, const bf16_t* dhs, const float* g2,            \
-    const bf16_t* v, const float* bt, const bf16_t* tm, float* dq, float* dk, float* dv, float* dbeta,   \
-    float* dg, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K,  \
-    int V, int VP, float scale, idx_t nch) {                                                             \
-    WyFused<bf16_t> fz;                                                                                  \
-    dqkw_k<bf16_t, KP, 1, true>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, nullptr, nullptr, nullptr,   \
-                                bounds, chunk_off, chunk_seq, H, HV, K, V, VP, scale, nch, tm, &fz);     \
-    __syncthreads();                                                                                     \
-    wy_bwd<bf16_t, KP, false, true>(k, rk, v, bt, tm, nullptr, du, g2, nullptr, dk, dv, dbeta, dg,       \
-                                    bounds, chunk_off, chunk_seq, H, HV, K, V, VP, 1, nch, &fz);         \
-}
-DQKWY_ENTRY(64)
-DQKWY_ENTRY(128)

@@ -257,12 +257,10 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// block per SM), `b2` (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM).
 /// The state-gradient pass (`hb`): `one` (dvl its own launch), `v32` (the same at 32 columns),
 /// `dv2` (dvl fused in, 64 columns, whatever the tiles). The dq/dk/dw pass (`dq`): `s2`
-/// (`delta_dqkw_s2`, the V tiles in two buffers), `fu` (`delta_dqkwy`: dq/dk/dw and the WY
-/// backward in one launch, dw, dk and the dG partials kept in shared memory between them; one
-/// block per SM). The WY backward (`wyb`): `pre`
-/// (`delta_wy_bwd_pre`, V tile 0 loading while dw Kn^T is formed). The two-blocks-per-SM, fused,
-/// `s2`, `fu` and `pre` entries exist where [`h_two_ok`], `v32` where bf16. Anything else, or
-/// unset: the default.
+/// (`delta_dqkw_s2`, the V tiles in two buffers). The WY backward (`wyb`): `pre`
+/// (`delta_wy_bwd_pre`, V tile 0 loading while dw Kn^T is formed). The residual forward:
+/// `h=resb2` ([`h_res`]). The two-blocks-per-SM, fused, `s2`, `pre` and residual entries exist
+/// where [`h_two_ok`], `v32` where bf16. Anything else, or unset: the default.
 fn lab(key: &str) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
     v.split(',').find_map(|kv| kv.trim().strip_prefix(key).and_then(|r| r.strip_prefix('=')).map(str::to_string))
@@ -380,12 +378,6 @@ pub(crate) fn h_res(bf16: bool, kp: usize, fwd_only: bool, tiles: usize, sm_coun
     }
 }
 
-/// Whether dq/dk/dw and the WY backward run as one launch (`delta_dqkwy_*`): under the lab
-/// override `dq=fu` ([`lab`]; bf16, KP <= 128, where one block covers all of K).
-pub(crate) fn dqkwy(bf16: bool, kp: usize) -> bool {
-    h_two_ok(bf16, kp) && lab("dq").as_deref() == Some("fu")
-}
-
 /// The entry point of `delta_dqkw_*` with `nb` V-tile buffers ([`dqkw_bufs`]).
 pub(crate) fn dqkw_name(nb: usize, kp: usize, sfx: &str) -> String {
     format!("delta_dqkw{}_k{kp}_{sfx}", if nb == 2 { "_s2" } else { "" })
@@ -464,13 +456,6 @@ impl DeltaSmem {
         let vbuf = (1 + 2 * sp) * 64 * LDT + 2 * kw * LDT;
         (2 * 64 * self.lk() + nb * vbuf + (2 - nb) * sp * 64 * LDT) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4
     }
-    /// `delta_dqkwy_*`: `delta_dqkw_*`'s (one buffer), then T (split) and the dG row partials,
-    /// then the WY part's V / dU region and sums (its dw and dk live in the V-tile buffer).
-    pub(crate) fn dqkwy(&self) -> usize {
-        let (e, sp) = (self.e, self.sp);
-        // T: sp tiles; the dG partials: 64 f32; the WY part: as wy_bwd's region and sums
-        self.dqkw(1) + sp * 64 * LDT * e + 64 * 4 + 2 * sp * 64 * LDT * e + (3 * 64 + 256 + 64 + 128 + 256) * 4
-    }
     pub(crate) fn wy_bwd(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
         // V and dU tiles share one region with M1, M2 (2 SP tiles); F's row and column sums
@@ -486,8 +471,8 @@ impl DeltaSmem {
         let hb2 = if fused { self.h_bwd(HPlan { bv: 64, ns: 2, two: false, out: true }) } else { 0 };
         // the lab's dq/dk/dw entries exist where the two-blocks-per-SM ones do
         let dq = if fused { 2 } else { 1 };
-        let fu = if fused { self.dqkwy() } else { 0 };
-        [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), hb2, self.dqkw(dq), self.wy_bwd(), fu]
+        let hr = if fused { self.hr(1) } else { 0 };
+        [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), hb2, self.dqkw(dq), self.wy_bwd(), hr]
             .into_iter()
             .max()
             .unwrap_or(0)
@@ -757,14 +742,9 @@ mod tests {
         assert_eq!(wy_bwd_name(true, 256, "bf16"), "delta_wy_bwd_k256_bf16");
         for kp in [64, 128] {
             assert!(DeltaSmem::new(true, kp, 128).dqkw(2) <= 227 * 1024, "KP {kp}");
-            // the fused dq/dk/dw + WY backward: the WY part's dw (split) and dk (f32) fit in the
-            // V-tile buffer, and the whole block in the per-block limit
+            // the residual state pass: one stage at two blocks per SM
             let sm = DeltaSmem::new(true, kp, 128);
-            // the residual state pass: two stages at one block per SM, one stage at two
             assert!(2 * (sm.hr(1) + 1024) <= 228 * 1024, "KP {kp}: {} B", sm.hr(1));
-            let vbuf = (5 * 64 * LDT + 2 * kp * LDT) * 2;
-            assert!(2 * 64 * (kp + PAD) * 2 + 64 * (kp + 4) * 4 <= vbuf, "KP {kp}");
-            assert!(sm.dqkwy() <= 227 * 1024, "KP {kp}: {} B", sm.dqkwy());
         }
     }
 

@@ -873,21 +873,6 @@ fn chunk_bwd<T: Elem>(
     if dp.n_chunks == 0 {
         return Ok(());
     }
-    if dd::dqkwy(bf16, kp) {
-        // SAFETY: arguments match delta_dqkwy_*'s signature (delta_dqkw's inputs, then v, beta, T,
-        // then dq, dk, dv, dbeta, dg); one K tile (KP <= 128); dq, dk, dv, dbeta and the dg
-        // partials are written for every row of every chunk
-        return unsafe {
-            cuda.launch(
-                &format!("delta_dqkwy_k{kp}_{sfx}"),
-                dd::chunk_cfg(gx, p.hv(), 1, smem.dqkwy()),
-                &[
-                    x.q, x.k, &ws.rq, &ws.rk, d_o, vn, du, hs, dhs, g2, x.v, bt, tm, dq, dk, &*g.dv, db, dg, bounds, off, seq, &h, &hv, &k,
-                    &v, &vp32, &scale, &nch,
-                ],
-            )
-        };
-    }
     let (kz, nb) = (dd::dqkw_kz(bf16, kp), dd::dqkw_bufs(bf16, kp));
     // SAFETY: arguments match delta_dqkw_*'s signature (the `_s2` entries': the same); grid z
     // covers KP in tiles of KW; dq, dk hold [rows, HV, K] f32, dw planes x chunks x HV x 64 x

@@ -483,8 +483,6 @@ static const char* h_res_var() {
     const char* hv = getenv("DELTA_HVAR");
     return hv && !std::strcmp(hv, "resb2") ? hv : nullptr;
 }
-// delta_dqkwy (dq/dk/dw and the WY backward in one launch; bf16, KP <= 128): DELTA_DQVAR=fu
-static std::map<int, void*> g_dqkwy = {{64, (void*)delta_dqkwy_k64_bf16}, {128, (void*)delta_dqkwy_k128_bf16}};
 // delta_wy_bwd_pre (V tile 0 loading while dw Kn^T is formed; bf16, KP <= 128): DELTA_WYBVAR=pre
 static std::map<int, void*> g_wybpre = {{64, (void*)delta_wy_bwd_pre_k64_bf16}, {128, (void*)delta_wy_bwd_pre_k128_bf16}};
 template <class E>
@@ -798,24 +796,6 @@ struct Run {
                                const float*, float*, float*, E*, float*, const long long*, const long long*, const int*, int, int, int,
                                int, int, float, long long);
         const bool s2 = sizeof(E) == 2 && g_dqs2.count(KP) && getenv("DELTA_DQVAR") && !std::strcmp(getenv("DELTA_DQVAR"), "s2");
-        const bool fu = sizeof(E) == 2 && g_dqkwy.count(KP) && getenv("DELTA_DQVAR") && !std::strcmp(getenv("DELTA_DQVAR"), "fu");
-        if (fu) {
-            // one launch: dk written whole (the partials start poisoned), dw and dG never in memory
-            auto dv = poison<float>(rows * HV * V), dbp = poison<float>(rows * HV), dgl = poison<float>(rows * HV);
-            typedef void (*FuFn)(const E*, const E*, const float*, const float*, const E*, const E*, const E*, const E*, const E*,
-                                 const float*, const E*, const float*, const E*, float*, float*, float*, float*, float*,
-                                 const long long*, const long long*, const int*, int, int, int, int, int, float, long long);
-            const size_t sm = sm_dqkw<E>(KP) + 3 * SPn<E> * 64 * 72 * sizeof(E) + (64 + 896) * 4;
-            if (nc > 0)
-                emu::launch(cgrid, b256, sm, [&] {
-                    ((FuFn)g_dqkwy.at(KP))(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), du.data(), hs.data(), dhs.data(),
-                                           g2.data(), v.data(), bt.data(), tm.data(), dqp.data(), dkp.data(), dv.data(), dbp.data(),
-                                           dgl.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V, VP, scale, nch);
-                });
-            out.dv = back(dv);
-            finalize(out, dqp, dkp, dbp, dgl, 1, dh0, HV == H && !l2);
-            return out;
-        }
         if (nc > 0)
             emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, b256, sm_dqkw<E>(KP, s2 ? 2 : 1), [&] {
                 ((DqkwFn)(s2 ? g_dqs2.at(KP) : f.dqkw))(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), du.data(), hs.data(), dhs.data(), g2.data(),
