@@ -82,6 +82,9 @@ struct FusedBufs<T> {
     kd: [CudaSlice<T>; 2],
     dl: [CudaSlice<f32>; 2],
     hs: [CudaSlice<T>; 2],
+    /// Each chunk's own term of each walk, f32 like hs: the lab's two-phase state pass only
+    /// ([`plan::h_scan`] when the buffers were made).
+    u: Option<[CudaSlice<f32>; 2]>,
 }
 
 /// The fused backward's own buffers.
@@ -189,6 +192,7 @@ impl<T: Elem> BidirWorkspace<T> {
             kd: [buf(qk, "bidir kdf")?, buf(qk, "bidir kdb")?],
             dl: [fbuf(dl, "bidir dlf")?, fbuf(dl, "bidir dlb")?],
             hs: [buf(st, "bidir hsf")?, buf(st, "bidir hsb")?],
+            u: if plan::h_scan(p) { Some([fbuf(st, "bidir uf")?, fbuf(st, "bidir ub")?]) } else { None },
         })
     }
 
@@ -316,11 +320,25 @@ fn fused_fwd<T: Elem>(
             &[x.q, x.k, x.gf, x.gb, kdf, kdb, dlf, dlb, &NULL, &NULL, b, off, seq, &h, &k, &scale],
         )?
     };
-    let (name, cfg) = plan::h_cfg(p, cuda.sm_count());
-    let nh = (p.n() * p.h()) as i32;
-    // SAFETY: arguments match bidir_chunk_h{64,32}_bf16; hsf, hsb hold chunks x H x K x V; the
-    // grid covers V and K in the plan's tiles and both walks of every (sequence, head) in z
-    unsafe { cuda.launch(name, cfg, &[kdf, kdb, x.v, dlf, dlb, hsf, hsb, b, &d.chunk_off, &h, &k, &v, &nh])? };
+    match fb.u.as_ref().filter(|_| plan::h_scan(p)) {
+        Some([uf, ub]) => {
+            // SAFETY: arguments match bidir_chunk_u_bf16 (kdf, kdb like k; v [rows, H, V]; uf, ub
+            // chunks x H x K x V f32, every element written); one block per (chunk, head,
+            // direction x 64-column V tile)
+            unsafe { cuda.launch("bidir_chunk_u_bf16", plan::u_cfg(p, gx), &[kdf, kdb, x.v, uf, ub, b, off, seq, &h, &k, &v])? };
+            // SAFETY: arguments match bidir_chunk_scan_bf16; hsf, hsb (chunks x H x K x V) get
+            // every element of every sequence's chunks; grid x covers K V, y the N H walks
+            unsafe { cuda.launch("bidir_chunk_scan_bf16", plan::scan_cfg(p), &[uf, ub, dlf, dlb, hsf, hsb, b, off, &h, &k, &v])? };
+        }
+        None => {
+            let (name, cfg) = plan::h_cfg(p, cuda.sm_count());
+            let nh = (p.n() * p.h()) as i32;
+            // SAFETY: arguments match bidir_chunk_h{64,32}_bf16; hsf, hsb hold chunks x H x K x
+            // V; the grid covers V and K in the plan's tiles and both walks of every (sequence,
+            // head) in z
+            unsafe { cuda.launch(name, cfg, &[kdf, kdb, x.v, dlf, dlb, hsf, hsb, b, &d.chunk_off, &h, &k, &v, &nh])? };
+        }
+    }
     let kp = plan::kp(p);
     let (_, os_off) = plan::o_smem(kp, p.v());
     let (kp32, os32) = (kp as i32, os_off as i32);
