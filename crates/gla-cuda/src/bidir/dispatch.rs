@@ -45,11 +45,12 @@ pub fn fused_bwd(p: &BidirProblem, bf16: bool) -> bool {
     bf16 && p.k() <= CHUNK_NARROW_MAX && p.v() <= 128 && 4 * p.n() * p.h() <= GRID_Z_MAX
 }
 
-/// The lab's two-phase state pass of the fused forward (`GLA_BIDIR_LAB=h=scan`): each chunk's
-/// own term of both walks in parallel (`bidir_chunk_u_bf16`), then every state element's walk
-/// over the chunks in parallel (`bidir_chunk_scan_bf16`), in place of [`h_cfg`]'s walks, whose
-/// blocks carry one chunk's loads and products per step (kernels/bidir/chunk_fwd.cu); where its
-/// grid's y (N H) fits. Not yet timed on a GPU.
+/// The lab's two-phase state pass of the fused forward and backward (`GLA_BIDIR_LAB=h=scan`):
+/// each chunk's own term of two walks in parallel (`bidir_chunk_u_bf16`), then every state
+/// element's walk over the chunks in parallel (`bidir_chunk_scan_bf16`), in place of
+/// [`h_cfg`]'s and [`walks_cfg`]'s walks, whose blocks carry one chunk's loads and products per
+/// step (kernels/bidir/chunk_fwd.cu; the backward runs two rounds); where its grid's y (N H)
+/// fits. Not yet timed on a GPU.
 pub(crate) fn h_scan(p: &BidirProblem) -> bool {
     std::env::var("GLA_BIDIR_LAB").is_ok_and(|v| v.split(',').any(|kv| kv.trim() == "h=scan")) && p.n() * p.h() <= GRID_Z_MAX
 }

@@ -328,7 +328,7 @@ fn fused_fwd<T: Elem>(
             unsafe { cuda.launch("bidir_chunk_u_bf16", plan::u_cfg(p, gx), &[kdf, kdb, x.v, uf, ub, b, off, seq, &h, &k, &v])? };
             // SAFETY: arguments match bidir_chunk_scan_bf16; hsf, hsb (chunks x H x K x V) get
             // every element of every sequence's chunks; grid x covers K V, y the N H walks
-            unsafe { cuda.launch("bidir_chunk_scan_bf16", plan::scan_cfg(p), &[uf, ub, dlf, dlb, hsf, hsb, b, off, &h, &k, &v])? };
+            unsafe { cuda.launch("bidir_chunk_scan_bf16", plan::scan_cfg(p), &[uf, ub, dlf, dlb, hsf, hsb, b, off, &h, &k, &v, &0i32])? };
         }
         None => {
             let (name, cfg) = plan::h_cfg(p, cuda.sm_count());
@@ -570,10 +570,30 @@ fn fused_bwd<T: Elem>(
             &[x.q, x.k, x.gf, x.gb, kdf, kdb, dlf, dlb, qef, qeb, b, off, seq, &h, &k, &scale],
         )?
     };
-    let (name, cfg) = plan::walks_cfg(p, cuda.sm_count());
-    let nh = (p.n() * p.h()) as i32;
-    // SAFETY: arguments match bidir_chunk_walks{64,32}_bf16; hs*, dhs* hold chunks x H x K x V
-    unsafe { cuda.launch(name, cfg, &[kdf, kdb, qef, qeb, x.v, d_o, dlf, dlb, hsf, hsb, dhsf, dhsb, b, off, &h, &k, &v, &nh])? };
+    match fb.u.as_ref().filter(|_| plan::h_scan(p)) {
+        Some([u0, u1]) => {
+            // the lab's two-phase pass, two rounds on the forward's U buffers (stream-ordered):
+            // the states (kdf, v left to right; kdb, v right to left), then their gradients
+            // (qef, do right to left; qeb, do left to right)
+            for (a0, a1, xv, h0, h1, rev0) in [(kdf, kdb, x.v, hsf, hsb, 0i32), (qef, qeb, d_o, dhsf, dhsb, 1)] {
+                // SAFETY: arguments match bidir_chunk_u_bf16 (a0, a1 like k; xv [rows, H, V];
+                // u0, u1 chunks x H x K x V f32, every element written)
+                unsafe { cuda.launch("bidir_chunk_u_bf16", plan::u_cfg(p, gx), &[a0, a1, xv, u0, u1, b, off, seq, &h, &k, &v])? };
+                // SAFETY: arguments match bidir_chunk_scan_bf16; h0, h1 (chunks x H x K x V) get
+                // every element of every sequence's chunks
+                unsafe {
+                    cuda.launch("bidir_chunk_scan_bf16", plan::scan_cfg(p), &[u0, u1, dlf, dlb, h0, h1, b, off, &h, &k, &v, &rev0])?
+                };
+            }
+        }
+        None => {
+            let (name, cfg) = plan::walks_cfg(p, cuda.sm_count());
+            let nh = (p.n() * p.h()) as i32;
+            // SAFETY: arguments match bidir_chunk_walks{64,32}_bf16; hs*, dhs* hold chunks x H x
+            // K x V
+            unsafe { cuda.launch(name, cfg, &[kdf, kdb, qef, qeb, x.v, d_o, dlf, dlb, hsf, hsb, dhsf, dhsb, b, off, &h, &k, &v, &nh])? };
+        }
+    }
     // SAFETY: arguments match bidir_chunk_a_bf16; af, ab hold chunks x H x 4096
     unsafe { cuda.launch("bidir_chunk_a_bf16", plan::a_cfg(p, gx), &[x.q, x.k, x.gf, x.gb, af, ab, b, off, seq, &h, &k, &scale, &kp32])? };
     let (cfg2, w) = plan::bwd2_cfg(p, gx);
