@@ -581,9 +581,7 @@ fn fused_bwd<T: Elem>(
                 unsafe { cuda.launch("bidir_chunk_u_bf16", plan::u_cfg(p, gx), &[a0, a1, xv, u0, u1, b, off, seq, &h, &k, &v])? };
                 // SAFETY: arguments match bidir_chunk_scan_bf16; h0, h1 (chunks x H x K x V) get
                 // every element of every sequence's chunks
-                unsafe {
-                    cuda.launch("bidir_chunk_scan_bf16", plan::scan_cfg(p), &[u0, u1, dlf, dlb, h0, h1, b, off, &h, &k, &v, &rev0])?
-                };
+                unsafe { cuda.launch("bidir_chunk_scan_bf16", plan::scan_cfg(p), &[u0, u1, dlf, dlb, h0, h1, b, off, &h, &k, &v, &rev0])? };
             }
         }
         None => {
