@@ -68,23 +68,6 @@ __device__ __forceinline__ void att_bwd_abt(float (&acc)[2][4][4], unsigned ua, 
     }
 }
 
-// acc[mt][2 np], acc[mt][2 np + 1] += a[mt] B for np < NP (dQ = dS K, dV = P^T dO, dK = dS^T Q, one
-// 16-deep step): B's 16 rows from 16 kk and 16 np-th 16 columns at shared byte address ub, row
-// stride L bf16, by transposed ldmatrix
-template <int NP, int L, int NT>
-__device__ __forceinline__ void att_bwd_ab(float (&acc)[2][NT][4], const unsigned (&a)[2][4], unsigned ub, int kk) {
-    #pragma unroll
-    for (int np = 0; np < NP; ++np) {
-        unsigned r[4];
-        att_ldsm4t(r, ub + 2 * (16 * kk * L + 16 * np));
-        #pragma unroll
-        for (int mt = 0; mt < 2; ++mt) {
-            mma16816(acc[mt][2 * np], a[mt], r[0], r[1]);
-            mma16816(acc[mt][2 * np + 1], a[mt], r[2], r[3]);
-        }
-    }
-}
-
 // The query tiles (BQ rows) that can see a key of the BN-key tile at k0: [q0, q1).
 template <int BN, int BQ>
 __device__ __forceinline__ void att_kv_qtiles(int k0, int len, int causal, int window, int& q0, int& q1) {
@@ -308,7 +291,16 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                     unsigned a[2][4];
                     #pragma unroll
                     for (int mt = 0; mt < 2; ++mt) att_ldsm4(a[mt], aQ_S + 2 * (16 * mt * LP + 16 * kk));
-                    att_bwd_ab<DP / 64, LQ>(a2, a, aQ_K, kk);
+                    #pragma unroll
+                    for (int np = 0; np < DP / 64; ++np) {
+                        unsigned r[4];
+                        att_ldsm4t(r, aQ_K + 2 * (16 * kk * LQ + 16 * np));
+                        #pragma unroll
+                        for (int mt = 0; mt < 2; ++mt) {
+                            mma16816(a2[mt][2 * np], a[mt], r[0], r[1]);
+                            mma16816(a2[mt][2 * np + 1], a[mt], r[2], r[3]);
+                        }
+                    }
                 }
                 const int qt = i0 / BQ;
                 const bool first = !direct || !(pq0 <= qt && qt < pq1), last = direct && !(nq0 <= qt && qt < nq1);
@@ -350,8 +342,26 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                         att_ldsm4t(pa[mt], aV_P + 2 * (16 * kk * LP + 16 * mt));
                         att_ldsm4t(da[mt], aK_S + 2 * (16 * kk * LP + 16 * mt));
                     }
-                    att_bwd_ab<DVP / 32, LV>(dV, pa, uOb + aV_O, kk);
-                    att_bwd_ab<DP / 32, LQ>(dK, da, uQb + aK_Q, kk);
+                    #pragma unroll
+                    for (int np = 0; np < DVP / 32; ++np) {
+                        unsigned r[4];
+                        att_ldsm4t(r, uOb + aV_O + 2 * (16 * kk * LV + 16 * np));
+                        #pragma unroll
+                        for (int mt = 0; mt < 2; ++mt) {
+                            mma16816(dV[mt][2 * np], pa[mt], r[0], r[1]);
+                            mma16816(dV[mt][2 * np + 1], pa[mt], r[2], r[3]);
+                        }
+                    }
+                    #pragma unroll
+                    for (int np = 0; np < DP / 32; ++np) {
+                        unsigned r[4];
+                        att_ldsm4t(r, uQb + aK_Q + 2 * (16 * kk * LQ + 16 * np));
+                        #pragma unroll
+                        for (int mt = 0; mt < 2; ++mt) {
+                            mma16816(dK[mt][2 * np], da[mt], r[0], r[1]);
+                            mma16816(dK[mt][2 * np + 1], da[mt], r[2], r[3]);
+                        }
+                    }
                 }
             }
         }
