@@ -47,27 +47,6 @@ extern "C" __global__ void __launch_bounds__(256) attn_bwd_pre(const bf16_t* __r
     if (lane == 0) delta[x] = s;
 }
 
-// acc += A B^T on a warp's 32 x 32 block over a depth of W (S = Q K^T, dP = dO V^T): A's 32 rows
-// at shared byte address ua, B's 32 rows at ub, both with a row stride of L bf16, by ldmatrix
-template <int W, int L>
-__device__ __forceinline__ void att_bwd_abt(float (&acc)[2][4][4], unsigned ua, unsigned ub) {
-    #pragma unroll
-    for (int kk = 0; kk < W / 16; ++kk) {
-        unsigned a[2][4], r[2][4];
-        #pragma unroll
-        for (int mt = 0; mt < 2; ++mt) att_ldsm4(a[mt], ua + 2 * (16 * mt * L + 16 * kk));
-        #pragma unroll
-        for (int np = 0; np < 2; ++np) att_ldsm4(r[np], ub + 2 * (16 * np * L + 16 * kk));
-        #pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
-            #pragma unroll
-            for (int np = 0; np < 2; ++np) {
-                mma16816(acc[mt][2 * np], a[mt], r[np][0], r[np][1]);
-                mma16816(acc[mt][2 * np + 1], a[mt], r[np][2], r[np][3]);
-            }
-    }
-}
-
 // The query tiles (BQ rows) that can see a key of the BN-key tile at k0: [q0, q1).
 template <int BN, int BQ>
 __device__ __forceinline__ void att_kv_qtiles(int k0, int len, int causal, int window, int& q0, int& q1) {
@@ -206,7 +185,21 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                     for (int e = 0; e < 4; ++e) s[mt][nt][e] = dp[mt][nt][e] = 0.f;
             const bool idle = qlo >= len || klo >= len || (causal && klo > qlo + 31) || (window > 0 && klo + 31 <= qlo - window);
             if (!idle) {  // warp-uniform
-                att_bwd_abt<DP, LQ>(s, uQb + aS_Q, aS_K);
+                #pragma unroll
+                for (int kk = 0; kk < DP / 16; ++kk) {
+                    unsigned a[2][4], r[2][4];
+                    #pragma unroll
+                    for (int mt = 0; mt < 2; ++mt) att_ldsm4(a[mt], uQb + aS_Q + 2 * (16 * mt * LQ + 16 * kk));
+                    #pragma unroll
+                    for (int np = 0; np < 2; ++np) att_ldsm4(r[np], aS_K + 2 * (16 * np * LQ + 16 * kk));
+                    #pragma unroll
+                    for (int mt = 0; mt < 2; ++mt)
+                        #pragma unroll
+                        for (int np = 0; np < 2; ++np) {
+                            mma16816(s[mt][2 * np], a[mt], r[np][0], r[np][1]);
+                            mma16816(s[mt][2 * np + 1], a[mt], r[np][2], r[np][3]);
+                        }
+                }
             }
             // the next iteration's loads into buffer b ^ 1 (free since the barrier above), issued
             // once the tensor pipe has the S products
@@ -215,7 +208,21 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                 cp_commit();
             }
             if (!idle) {  // warp-uniform
-                att_bwd_abt<DVP, LV>(dp, uOb + aP_O, aP_V);
+                #pragma unroll
+                for (int kk = 0; kk < DVP / 16; ++kk) {
+                    unsigned a[2][4], r[2][4];
+                    #pragma unroll
+                    for (int mt = 0; mt < 2; ++mt) att_ldsm4(a[mt], uOb + aP_O + 2 * (16 * mt * LV + 16 * kk));
+                    #pragma unroll
+                    for (int np = 0; np < 2; ++np) att_ldsm4(r[np], aP_V + 2 * (16 * np * LV + 16 * kk));
+                    #pragma unroll
+                    for (int mt = 0; mt < 2; ++mt)
+                        #pragma unroll
+                        for (int np = 0; np < 2; ++np) {
+                            mma16816(dp[mt][2 * np], a[mt], r[np][0], r[np][1]);
+                            mma16816(dp[mt][2 * np + 1], a[mt], r[np][2], r[np][3]);
+                        }
+                }
                 const float* Lb = sL + b * BQ;
                 const float* Db = sD + b * BQ;
                 const bool edge = klo + 32 > len || (causal && klo + 31 > qlo) || (window > 0 && qlo + 31 - klo >= window);
