@@ -170,6 +170,10 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
             const int b = it & 1;
             cp_wait0();
             __syncthreads();  // iteration it's loads landed; every warp is done with it - 1's tiles
+            if (it + 1 < nit) {
+                issue(it + 1, b ^ 1);
+                cp_commit();
+            }
             const int j = g * grp + it / nq, i0 = (q0 + it % nq) * BQ;
             const unsigned uQb = uQ + 2 * b * BQ * LQ, uOb = uO + 2 * b * BQ * LV;
             const int qlo = i0 + qr, klo = k0 + kc;
@@ -200,14 +204,6 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                             mma16816(s[mt][2 * np + 1], a[mt], r[np][2], r[np][3]);
                         }
                 }
-            }
-            // the next iteration's loads into buffer b ^ 1 (free since the barrier above), issued
-            // once the tensor pipe has the S products
-            if (it + 1 < nit) {
-                issue(it + 1, b ^ 1);
-                cp_commit();
-            }
-            if (!idle) {  // warp-uniform
                 #pragma unroll
                 for (int kk = 0; kk < DVP / 16; ++kk) {
                     unsigned a[2][4], r[2][4];
@@ -283,9 +279,43 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
             }
             __syncthreads();  // P and dS of every warp in sP, sS (and the zeroed sum)
 
+            // dV += P^T dO, dK += dS^T Q on the warp's 32 keys x half the columns (A from the
+            // transposed P and dS tiles), unless none of its keys sees a row of the tile
+            const int kw = k0 + kr;
+            if (!(kw >= len || (causal && kw > i0 + BQ - 1) || (window > 0 && kw + 31 <= i0 - window))) {
+                #pragma unroll
+                for (int kk = 0; kk < BQ / 16; ++kk) {
+                    unsigned pa[2][4], da[2][4];
+                    #pragma unroll
+                    for (int mt = 0; mt < 2; ++mt) {
+                        att_ldsm4t(pa[mt], aV_P + 2 * (16 * kk * LP + 16 * mt));
+                        att_ldsm4t(da[mt], aK_S + 2 * (16 * kk * LP + 16 * mt));
+                    }
+                    #pragma unroll
+                    for (int np = 0; np < DVP / 32; ++np) {
+                        unsigned r[4];
+                        att_ldsm4t(r, uOb + aV_O + 2 * (16 * kk * LV + 16 * np));
+                        #pragma unroll
+                        for (int mt = 0; mt < 2; ++mt) {
+                            mma16816(dV[mt][2 * np], pa[mt], r[0], r[1]);
+                            mma16816(dV[mt][2 * np + 1], pa[mt], r[2], r[3]);
+                        }
+                    }
+                    #pragma unroll
+                    for (int np = 0; np < DP / 32; ++np) {
+                        unsigned r[4];
+                        att_ldsm4t(r, uQb + aK_Q + 2 * (16 * kk * LQ + 16 * np));
+                        #pragma unroll
+                        for (int mt = 0; mt < 2; ++mt) {
+                            mma16816(dK[mt][2 * np], da[mt], r[0], r[1]);
+                            mma16816(dK[mt][2 * np + 1], da[mt], r[2], r[3]);
+                        }
+                    }
+                }
+            }
+
             // dQ part = dS K on the warp's 32 rows x DP / 4 columns, added to the split's sum: each
-            // element has one adding thread, in key-tile order (deterministic). First in the phase
-            // (flash-attention 2's order): its adds to L2 drain under the dV, dK products below
+            // element has one adding thread, in key-tile order (deterministic)
             if (qlo < len && !(causal && k0 > qlo + 31)) {
                 float a2[2][DP / 32][4];
                 #pragma unroll
@@ -332,41 +362,6 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                                 t.y = att_add_ftz(t.y, y);
                                 *(unsigned*)(dq + e + 8 * nt) = pack2(t.x * scale, t.y * scale);
                             }
-                        }
-                    }
-                }
-            }
-
-            // dV += P^T dO, dK += dS^T Q on the warp's 32 keys x half the columns (A from the
-            // transposed P and dS tiles), unless none of its keys sees a row of the tile
-            const int kw = k0 + kr;
-            if (!(kw >= len || (causal && kw > i0 + BQ - 1) || (window > 0 && kw + 31 <= i0 - window))) {
-                #pragma unroll
-                for (int kk = 0; kk < BQ / 16; ++kk) {
-                    unsigned pa[2][4], da[2][4];
-                    #pragma unroll
-                    for (int mt = 0; mt < 2; ++mt) {
-                        att_ldsm4t(pa[mt], aV_P + 2 * (16 * kk * LP + 16 * mt));
-                        att_ldsm4t(da[mt], aK_S + 2 * (16 * kk * LP + 16 * mt));
-                    }
-                    #pragma unroll
-                    for (int np = 0; np < DVP / 32; ++np) {
-                        unsigned r[4];
-                        att_ldsm4t(r, uOb + aV_O + 2 * (16 * kk * LV + 16 * np));
-                        #pragma unroll
-                        for (int mt = 0; mt < 2; ++mt) {
-                            mma16816(dV[mt][2 * np], pa[mt], r[0], r[1]);
-                            mma16816(dV[mt][2 * np + 1], pa[mt], r[2], r[3]);
-                        }
-                    }
-                    #pragma unroll
-                    for (int np = 0; np < DP / 32; ++np) {
-                        unsigned r[4];
-                        att_ldsm4t(r, uQb + aK_Q + 2 * (16 * kk * LQ + 16 * np));
-                        #pragma unroll
-                        for (int mt = 0; mt < 2; ++mt) {
-                            mma16816(dK[mt][2 * np], da[mt], r[0], r[1]);
-                            mma16816(dK[mt][2 * np + 1], da[mt], r[2], r[3]);
                         }
                     }
                 }
