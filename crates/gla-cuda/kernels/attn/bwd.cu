@@ -15,15 +15,9 @@
 //     dQ_part = dS K_t                              (warps 2 x 4 over rows x columns)
 // dQ_part is added (red.add, f32) into split s's dQ sum dq_acc[s] [rows, H, D] (stride acc_stride),
 // whose rows of sequence n and heads of group g the block zeroes first: each element has one
-// adding thread, in key-tile order, so the sum is deterministic. With one split (splits == 1)
-// the block walks every key tile of its sequence in order, so a query tile's parts come from it
-// alone: the first key tile that sees the tile stores its part (no zeroing), the middle ones add,
-// and the last loads the sum, adds its part and writes dq (=, bf16) = scale * sum itself (no
-// attn_bwd_dq_sum; a tile seen by one key tile never touches the sum). The adds flush subnormals
-// as red does, so dq has the bits of the zero-then-add path. After the tile, dk = scale * dK,
+// adding thread, in key-tile order, so the sum is deterministic. After the tile, dk = scale * dK,
 // dv = dV (=, bf16). Q / dO tiles (and their lse, delta) double-buffered with cp.async.
-// attn_bwd_dq_sum (splits > 1): dq (=, bf16) = scale * the sum of the splits' sums, over the
-// sequences' rows.
+// attn_bwd_dq_sum: dq (=, bf16) = scale * the sum of the splits' sums, over the sequences' rows.
 // The one-pass kernel needs D == DP (the host runs it only so).
 //
 // Masking as the forward: only blocks crossing the diagonal, the window's edge or a sequence end
@@ -60,7 +54,7 @@ template <int DP, int DVP>
 __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
                                              const bf16_t* __restrict__ d_o, const float* __restrict__ lse,
                                              const float* __restrict__ delta, bf16_t* __restrict__ dk, bf16_t* __restrict__ dv,
-                                             float* __restrict__ dq_acc, bf16_t* __restrict__ dq, idx_t acc_stride, const idx_t* __restrict__ bounds,
+                                             float* __restrict__ dq_acc, idx_t acc_stride, const idx_t* __restrict__ bounds,
                                              const int* __restrict__ u_seq, const int* __restrict__ u_split, int splits, int H,
                                              int HKV, int D, int DV, int causal, int window, float sl2, float scale) {
     constexpr int BN = 128, BQ = 64, LQ = DP + 8, LV = DVP + 8, LP = BN + 8, NT = 256;
@@ -83,12 +77,11 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
     const idx_t ldq = (idx_t)H * D, ldk = (idx_t)HKV * D, ldv = (idx_t)HKV * DV, ldo = (idx_t)H * DV;
     float* acc = dq_acc + sp * acc_stride;
 
-    // with several splits, zero the block's part of its split's dQ sum (rows of sequence n, heads
-    // of group g: only this block adds there); a GPU-scope fence before the first adds' barrier
-    // orders these stores (through L1) before the adds (in L2) of the other threads
-    const bool direct = splits == 1;
-    bool fresh = !direct;
-    if (!direct) {
+    // zero the block's part of its split's dQ sum (rows of sequence n, heads of group g: only this
+    // block adds there); a GPU-scope fence before the first adds' barrier orders these stores
+    // (through L1) before the adds (in L2) of the other threads
+    bool fresh = true;
+    {
         const int per = grp * D / 4;  // float4 per row
         float4 z;
         z.x = z.y = z.z = z.w = 0.f;
@@ -121,12 +114,6 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
         int q0, q1;
         att_kv_qtiles<BN, BQ>(k0, len, causal, window, q0, q1);
         const int nq = max(0, q1 - q0), nit = grp * nq;
-        // direct: the query tiles the previous and the next key tile see (the tiles a key tile
-        // sees are an interval whose ends only grow with the key tile, so a query tile is seen
-        // first by the key tile whose predecessor misses it, last by the one whose successor does)
-        int pq0 = 0, pq1 = 0, nq0 = 0, nq1 = 0;
-        if (direct && kt > 0) att_kv_qtiles<BN, BQ>(k0 - BN, len, causal, window, pq0, pq1);
-        if (direct && kt + 1 < nkt) att_kv_qtiles<BN, BQ>(k0 + BN, len, causal, window, nq0, nq1);
         att_tile<BN, DP, NT>(sK, LQ, k + (bs + k0) * ldk + (idx_t)g * D, ldk, LK, D, tid);
         att_tile<BN, DVP, NT>(sV, LV, v + (bs + k0) * ldv + (idx_t)g * DV, ldv, LK, DV, tid);
         // the loads of iteration `it` (head g * grp + it / nq, query tile q0 + it % nq) into buffer
@@ -339,30 +326,15 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                         }
                     }
                 }
-                const int qt = i0 / BQ;
-                const bool first = !direct || !(pq0 <= qt && qt < pq1), last = direct && !(nq0 <= qt && qt < nq1);
                 #pragma unroll
                 for (int mt = 0; mt < 2; ++mt) {
                     #pragma unroll
                     for (int r = 0; r < 2; ++r) {
                         const int i = qlo + 16 * mt + fg + 8 * r;
                         if (i >= len) continue;
-                        const idx_t e = (bs + i) * ldq + (idx_t)j * D + cd + 2 * ft;
-                        float* pa = acc + e;
+                        float* pa = acc + (bs + i) * ldq + (idx_t)j * D + cd + 2 * ft;
                         #pragma unroll
-                        for (int nt = 0; nt < DP / 32; ++nt) {
-                            const float x = a2[mt][nt][2 * r], y = a2[mt][nt][2 * r + 1];
-                            if (!direct || (!first && !last)) {  // block-uniform branches
-                                att_red2(pa + 8 * nt, x, y);
-                            } else if (!last) {  // the tile's first part: the sum starts here
-                                *(float2*)(pa + 8 * nt) = make_float2(att_add_ftz(0.f, x), att_add_ftz(0.f, y));
-                            } else {  // the last part: dq = scale * (sum + part)
-                                float2 t = first ? make_float2(0.f, 0.f) : att_ldcg2(pa + 8 * nt);
-                                t.x = att_add_ftz(t.x, x);
-                                t.y = att_add_ftz(t.y, y);
-                                *(unsigned*)(dq + e + 8 * nt) = pack2(t.x * scale, t.y * scale);
-                            }
-                        }
+                        for (int nt = 0; nt < DP / 32; ++nt) att_red2(pa + 8 * nt, a2[mt][nt][2 * r], a2[mt][nt][2 * r + 1]);
                     }
                 }
             }
@@ -413,10 +385,10 @@ extern "C" __global__ void __launch_bounds__(256) attn_bwd_dq_sum(const float* _
 #define ATTN_BWD_ENTRY(DP, DVP)                                                                                              \
 extern "C" __global__ void __launch_bounds__(256, 1) attn_bwd_kvq_d##DP##_dv##DVP(                                             \
     const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* d_o, const float* lse, const float* delta, bf16_t* dk,   \
-    bf16_t* dv, float* dq_acc, bf16_t* dq, idx_t acc_stride, const idx_t* bounds, const int* u_seq, const int* u_split,      \
-    int splits, int H, int HKV, int D, int DV, int causal, int window, float sl2, float scale) {                             \
-    attn_bwd_kvq<DP, DVP>(q, k, v, d_o, lse, delta, dk, dv, dq_acc, dq, acc_stride, bounds, u_seq, u_split, splits, H, HKV, D, \
-                          DV, causal, window, sl2, scale);                                                                   \
+    bf16_t* dv, float* dq_acc, idx_t acc_stride, const idx_t* bounds, const int* u_seq, const int* u_split, int splits,      \
+    int H, int HKV, int D, int DV, int causal, int window, float sl2, float scale) {                                        \
+    attn_bwd_kvq<DP, DVP>(q, k, v, d_o, lse, delta, dk, dv, dq_acc, acc_stride, bounds, u_seq, u_split, splits, H, HKV, D, DV, \
+                          causal, window, sl2, scale);                                                                       \
 }
 
 ATTN_BWD_ENTRY(64, 32)

@@ -102,20 +102,6 @@ __device__ __forceinline__ void att_red2(float* p, float a, float b) {
 #endif
 }
 
-// a + b with subnormal inputs and result flushed to zero, as red.global.add.f32 adds (so a sum
-// finished here has the bits of one finished by reds)
-__device__ __forceinline__ float att_add_ftz(float a, float b) {
-    float r;
-    asm("add.rn.ftz.f32 %0, %1, %2;" : "=f"(r) : "f"(a), "f"(b));
-    return r;
-}
-// Two f32 from global memory through L2 (not L1: the line was last changed by reds in L2)
-__device__ __forceinline__ float2 att_ldcg2(const float* p) {
-    float2 r;
-    asm volatile("ld.global.cg.v2.f32 {%0, %1}, [%2];" : "=f"(r.x), "=f"(r.y) : "l"(p) : "memory");
-    return r;
-}
-
 // ldmatrix on 32-bit shared-memory byte addresses: a fragment's address is a per-lane offset
 // computed once plus a compile-time tile offset (an immediate), instead of 64-bit generic pointer
 // arithmetic per load (att_smem gives a pointer's).

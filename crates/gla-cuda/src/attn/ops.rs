@@ -193,9 +193,8 @@ impl AttnDevGrads {
 
 /// The backward over caller-held buffers: `attn_bwd_pre` (`delta [B,T,H]` f32 = rowsum(dO * O),
 /// the workspace), `attn_bwd_kvq_*` (dk, dv per key tile over the group's heads in order, dQ
-/// parts added into the key tile's split's sum in `g.dq_acc`; with one split it writes dq
-/// itself) and, with several splits, `attn_bwd_dq_sum` (dq = scale * the sum of the splits'
-/// sums). `o` and `lse` are the forward's.
+/// parts added into the key tile's split's sum in `g.dq_acc`) and `attn_bwd_dq_sum` (dq = scale *
+/// the sum of the splits' sums). `o` and `lse` are the forward's.
 /// Deterministic (every dQ sum element has one adding thread: the same bits on every run).
 ///
 /// # Errors
@@ -288,7 +287,6 @@ pub fn attn_bwd_parts(
                     &g.dk,
                     &g.dv,
                     &g.dq_acc,
-                    &g.dq,
                     &stride,
                     &dp.bounds,
                     &dp.unit_seq,
@@ -304,14 +302,11 @@ pub fn attn_bwd_parts(
                     &scale,
                 ],
             )?;
-            // with one split the kernel writes dq itself; else the sum over the sequences' rows
-            // (bounds[0] .. bounds[N])
-            if dp.splits > 1 {
-                let hd = p.h() * p.d();
-                let (r0, r1) = (p.seq(0).start, p.seq(p.n() - 1).end);
-                let (e0, e1) = ((r0 * hd) as i64, (r1 * hd) as i64);
-                cuda.launch("attn_bwd_dq_sum", da::dq_sum_cfg((r1 - r0) * hd), &[&g.dq_acc, &g.dq, &e0, &e1, &stride, &splits, &scale])?;
-            }
+            // the sequences' rows: bounds[0] .. bounds[N]
+            let hd = p.h() * p.d();
+            let (r0, r1) = (p.seq(0).start, p.seq(p.n() - 1).end);
+            let (e0, e1) = ((r0 * hd) as i64, (r1 * hd) as i64);
+            cuda.launch("attn_bwd_dq_sum", da::dq_sum_cfg((r1 - r0) * hd), &[&g.dq_acc, &g.dq, &e0, &e1, &stride, &splits, &scale])?;
         }
     }
     Ok(())

@@ -235,8 +235,7 @@ static void run(const Case& c, uint64_t seed) {
                 [&] { attn_bwd_pre(o.data(), dob.data(), delta.data(), nrh, DV); });
     // the backward (attn_bwd_kvq_*, then attn_bwd_dq_sum) on 1, 2 and 3 splits of the key
     // tiles: dK, dV per 128-key tile, dQ added into each split's f32 sum (left NaN before the
-    // launch: the kernel zeroes its part, or with one split starts each query tile's sum with a
-    // store), summed and scaled by attn_bwd_dq_sum; with one split the kernel writes dq itself
+    // launch: the kernel zeroes its part), summed and scaled by attn_bwd_dq_sum
     for (int S = 1; S <= 3; ++S) {
         std::vector<int> us, usp;
         for (int n = 0; n < p.N; ++n)
@@ -249,12 +248,11 @@ static void run(const Case& c, uint64_t seed) {
         if (!us.empty()) {
             emu::launch(dim3{(unsigned)HK, (unsigned)us.size(), 1}, dim3{256, 1, 1}, usm, [&] {
                 attn_bwd_kvq<DP, DVP>(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), fk.data(), fv.data(), acc.data(),
-                                      fq.data(), stride, p.b.data(), us.data(), usp.data(), S, H, HK, D, DV, causal, win, sl2, sc);
+                                      stride, p.b.data(), us.data(), usp.data(), S, H, HK, D, DV, causal, win, sl2, sc);
             });
             const long long e0 = p.b[0] * H * D, e1 = p.b[p.N] * H * D;
-            if (S > 1)
-                emu::launch(dim3{(unsigned)((e1 - e0 + 1023) / 1024), 1, 1}, dim3{256, 1, 1}, 0,
-                            [&] { attn_bwd_dq_sum(acc.data(), fq.data(), e0, e1, stride, S, sc); });
+            emu::launch(dim3{(unsigned)((e1 - e0 + 1023) / 1024), 1, 1}, dim3{256, 1, 1}, 0,
+                        [&] { attn_bwd_dq_sum(acc.data(), fq.data(), e0, e1, stride, S, sc); });
         }
         const std::string tag = " (" + std::to_string(S) + " split" + (S > 1 ? "s)" : ")");
         report("dq" + tag, rel(fromb(fq), rg.dq));

@@ -417,18 +417,6 @@ inline void cp16(void* s, const void* g, bool ok) {
     }
     emu::cur->open.push_back(p);
 }
-// attn/common.cuh's flushing add and L2 load (the emulator has one memory: a plain read)
-inline float att_add_ftz(float a, float b) {
-    auto ftz = [](float x) { return std::fpclassify(x) == FP_SUBNORMAL ? std::copysign(0.f, x) : x; };
-    return ftz(ftz(a) + ftz(b));
-}
-inline float2 att_ldcg2(const float* p) {
-    if ((uintptr_t)p & 7) {
-        std::fprintf(stderr, "emu: misaligned ld.v2.f32 %p\n", (void*)p);
-        std::abort();
-    }
-    return make_float2(p[0], p[1]);
-}
 // attn/common.cuh's reduction add (fibers run one at a time: a plain add is atomic)
 inline void att_red2(float* p, float a, float b) {
     if ((uintptr_t)p & 7) {
