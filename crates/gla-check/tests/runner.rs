@@ -47,6 +47,6 @@ fn nan_and_inf_never_pass() {
     assert!(!tol::passes(f64::NAN, 1.0));
     assert!(!tol::passes(f64::INFINITY, f64::INFINITY));
     assert!(tol::passes(0.0, tol::BITWISE));
-    assert_eq!(tol::floor_tol(1.0, tol::GRAD), tol::CAP);
+    assert_eq!(tol::floor_tol(1.0, tol::GRAD), tol::FLOOR_CAP);
     assert_eq!(tol::floor_tol(0.0, tol::GRAD), tol::GRAD);
 }

@@ -608,6 +608,32 @@ extern "C" __global__ void locality_gate_fwd(bf16_t* __restrict__ y, const bf16_
     }
 }
 
+// One element e of locality_fused_fwd's output from its row's inputs a (o), b (xs), the rows'
+// rstd ro, rx, the norms' weights and the gate's pre-activation: gn, ln rounded to bf16 as stored
+// (written when gn is non-null), y the gate of them.
+__device__ __forceinline__ void locality_elem(bf16_t* __restrict__ y, bf16_t* __restrict__ gn, bf16_t* __restrict__ ln, idx_t e, float a, float b, float ro, float rx, float wg, float wl, float gp, int out_act) {
+    const bf16_t a16 = from_f32<bf16_t>(a * ro * wg * 1.f), l16 = from_f32<bf16_t>(b * rx * wl * 1.f);
+    if (gn != nullptr) {
+        gn[e] = a16;
+        ln[e] = l16;
+    }
+    const float g = sigmoidf_(gp);
+    const float z = g * to_f32(a16) + (1.f - g) * to_f32(l16);
+    y[e] = from_f32<bf16_t>(out_act ? swishf_(z) : z);
+}
+
+// A row's two rstd from its lanes' sums of squares (every lane gets them; lane 0 stores them).
+__device__ __forceinline__ float2 locality_rstd(float so, float sx, int v, float eps, int lane, float* __restrict__ rstd_g, float* __restrict__ rstd_l, idx_t r) {
+    so = warp_sum(so);
+    sx = warp_sum(sx);
+    const float ro = rsqrtf(so / v + eps), rx = rsqrtf(sx / v + eps);
+    if (lane == 0) {
+        rstd_g[r] = ro;
+        rstd_l[r] = rx;
+    }
+    return make_float2(ro, rx);
+}
+
 // The branch in one launch, one warp per (token, head) row of v values (rows = N*H; o, xs, y,
 // gpre [rows, v]): gn = o rstd_g wg, ln = xs rstd_l wl (nn/norm.cu's gated_norm_fwd without a
 // gate: the same sums in the same order, rounded to bf16 as stored), y = locality_gate_fwd of
@@ -640,26 +666,11 @@ extern "C" __global__ void locality_fused_fwd(bf16_t* __restrict__ y, bf16_t* __
                     sx += b[q] * b[q];
                 }
             }
-            so = warp_sum(so);
-            sx = warp_sum(sx);
-            const float ro = rsqrtf(so / v + eps), rx = rsqrtf(sx / v + eps);
-            if (lane == 0) {
-                rstd_g[r] = ro;
-                rstd_l[r] = rx;
-            }
+            const auto [ro, rx] = locality_rstd(so, sx, v, eps, lane, rstd_g, rstd_l, r);
             #pragma unroll
             for (int q = 0; q < 2; ++q) {
                 const int j = lane + 32 * q;
-                if (j >= v) continue;
-                const idx_t e = r * v + j;
-                const bf16_t a16 = from_f32<bf16_t>(a[q] * ro * wa[q] * 1.f), l16 = from_f32<bf16_t>(b[q] * rx * wb[q] * 1.f);
-                if (gn != nullptr) {
-                    gn[e] = a16;
-                    ln[e] = l16;
-                }
-                const float gs = sigmoidf_(g[q]);
-                const float z = gs * to_f32(a16) + (1.f - gs) * to_f32(l16);
-                y[e] = from_f32<bf16_t>(out_act ? swishf_(z) : z);
+                if (j < v) locality_elem(y, gn, ln, r * v + j, a[q], b[q], ro, rx, wa[q], wb[q], g[q], out_act);
             }
         }
         return;
@@ -671,23 +682,10 @@ extern "C" __global__ void locality_fused_fwd(bf16_t* __restrict__ y, bf16_t* __
             so += a * a;
             sx += b * b;
         }
-        so = warp_sum(so);
-        sx = warp_sum(sx);
-        const float ro = rsqrtf(so / v + eps), rx = rsqrtf(sx / v + eps);
-        if (lane == 0) {
-            rstd_g[r] = ro;
-            rstd_l[r] = rx;
-        }
+        const auto [ro, rx] = locality_rstd(so, sx, v, eps, lane, rstd_g, rstd_l, r);
         for (int j = lane; j < v; j += 32) {
             const idx_t e = r * v + j;
-            const bf16_t a16 = from_f32<bf16_t>(to_f32(o[e]) * ro * wg[j] * 1.f), l16 = from_f32<bf16_t>(to_f32(xs[e]) * rx * wl[j] * 1.f);
-            if (gn != nullptr) {
-                gn[e] = a16;
-                ln[e] = l16;
-            }
-            const float g = sigmoidf_(gpre[e]);
-            const float z = g * to_f32(a16) + (1.f - g) * to_f32(l16);
-            y[e] = from_f32<bf16_t>(out_act ? swishf_(z) : z);
+            locality_elem(y, gn, ln, e, to_f32(o[e]), to_f32(xs[e]), ro, rx, wg[j], wl[j], gpre[e], out_act);
         }
     }
 }
