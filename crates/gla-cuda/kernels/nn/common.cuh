@@ -32,6 +32,18 @@ __device__ __forceinline__ float dgate_actf_(int act, float x) {
     return dswishf_(x);
 }
 
+// The column i % c of a grid-stride loop's element i over a row-major [*, c] array: one 64-bit
+// remainder per thread, then the stride's remainder added each step (a 64-bit remainder per
+// element made the bias launches issue-bound).
+struct ColStep {
+    int col, step, c;
+    __device__ ColStep(idx_t i0, idx_t stride, int c_) : col((int)(i0 % c_)), step((int)(stride % c_)), c(c_) {}
+    __device__ __forceinline__ void next() {
+        col += step;
+        if (col >= c) col -= c;
+    }
+};
+
 // column reductions for parameter gradients: dw[j] += sum_r f(r, j), one thread per column of a
 // 32-wide tile, 8 row lanes per block, blocks strided over rows; block y writes its partial sums
 // to part[y, :] and col_finalize (nn/reduce.cu) adds part[0..gy, j] to dw[j] in order

@@ -74,9 +74,10 @@ __device__ __forceinline__ float logsigmoidf_(float x) { return fminf(x, 0.f) - 
 
 // raw[r, j] += bias[j] (f32, kept for the backward); gk = max(logsigmoid(raw) / norm, clamp) (bf16)
 extern "C" __global__ void gate_fwd(bf16_t* __restrict__ gk, float* __restrict__ raw, const float* __restrict__ bias, idx_t n, int c, float norm, int has_clamp, float clamp_min) {
-    idx_t total = n * c;
-    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
-        float x = raw[i] + bias[i % c];
+    const idx_t total = n * c, i0 = blockIdx.x * (idx_t)blockDim.x + threadIdx.x, stride = (idx_t)gridDim.x * blockDim.x;
+    ColStep col(i0, stride, c);
+    for (idx_t i = i0; i < total; i += stride, col.next()) {
+        float x = raw[i] + bias[col.col];
         raw[i] = x;
         float v = logsigmoidf_(x) / norm;
         gk[i] = from_f32<bf16_t>(has_clamp ? fmaxf(v, clamp_min) : v);

@@ -120,8 +120,9 @@ extern "C" __global__ void col2im_f32(float* __restrict__ dx, const float* __res
 
 // y[r, j] += bias[j] (f32)
 extern "C" __global__ void bias_fwd_f32(float* __restrict__ y, const float* __restrict__ bias, idx_t n, int c) {
-    idx_t total = n * c;
-    for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) y[i] += bias[i % c];
+    const idx_t total = n * c, i0 = blockIdx.x * (idx_t)blockDim.x + threadIdx.x, stride = (idx_t)gridDim.x * blockDim.x;
+    ColStep col(i0, stride, c);
+    for (idx_t i = i0; i < total; i += stride, col.next()) y[i] += bias[col.col];
 }
 
 struct ColSumBf16 {

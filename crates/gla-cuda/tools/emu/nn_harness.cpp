@@ -108,6 +108,19 @@ int main() {
       emu::launch(flat(nb * c), B256, 0, [&] { conv_decode(y2.data(), p2.data(), x1.data(), w.data(), tab.data(), nb, c, W, silu); });
       report(silu ? "conv_decode == conv_fwd silu" : "conv_decode == conv_fwd no silu", rel(fl(y2), fl(y1)), 0);
     }
+    // ---- the GLA gate: raw += bias (per column), gk = logsigmoid(raw) / norm (clamped or not),
+    // over more elements than one grid stride (the column steps past the stride)
+    for (int clamp = 0; clamp < 2; ++clamp) {
+      const long n = 700; const int c = 45; const float norm = 16.f, cmin = -0.05f;
+      std::vector<float> raw(n * c), bias(c); for (auto& x : raw) x = 4.f * urand(); for (auto& x : bias) x = urand();
+      std::vector<float> wraw(raw), wg(n * c);
+      for (long i = 0; i < n * c; ++i) { float x = raw[i] + bias[i % c]; wraw[i] = x; float ls = std::min(x, 0.f) - std::log1p(std::exp(-std::fabs(x)));
+          float v = ls / norm; wg[i] = clamp ? std::max(v, cmin) : v; }
+      std::vector<bf16_t> gk(n * c);
+      emu::launch(flat(n * c), B256, 0, [&] { gate_fwd(gk.data(), raw.data(), bias.data(), n, c, norm, clamp, cmin); });
+      report(clamp ? "gate_fwd raw clamp" : "gate_fwd raw", rel(raw, wraw), 0);
+      report(clamp ? "gate_fwd gk clamp" : "gate_fwd gk", rel(fl(gk), wg), 5e-3);
+    }
     // ---- AdamW over the arena in one launch (segments: parameters, each with or without the
     // weight decay), bitwise the host's step per parameter; two steps, moments carried
     { std::vector<long long> starts = {0, 7, 7 + 300, 7 + 300 + 1, 7 + 300 + 1 + 1000};
