@@ -34,10 +34,11 @@ __device__ __forceinline__ float dgate_actf_(int act, float x) {
 
 // The column i % c of a grid-stride loop's element i over a row-major [*, c] array: one 64-bit
 // remainder per thread, then the stride's remainder added each step (a 64-bit remainder per
-// element made the bias launches issue-bound).
+// element made the bias launches issue-bound). c = 0 (no elements: the loop never runs) divides
+// by nothing.
 struct ColStep {
     int col, step, c;
-    __device__ ColStep(idx_t i0, idx_t stride, int c_) : col((int)(i0 % c_)), step((int)(stride % c_)), c(c_) {}
+    __device__ ColStep(idx_t i0, idx_t stride, int c_) : col(c_ > 0 ? (int)(i0 % c_) : 0), step(c_ > 0 ? (int)(stride % c_) : 0), c(c_) {}
     __device__ __forceinline__ void next() {
         col += step;
         if (col >= c) col -= c;
