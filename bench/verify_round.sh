@@ -87,7 +87,7 @@ done
 step check_bidir_lab 90 env GLA_BIDIR_LAB=h=scan "$G" check --device cuda --quick --filter bidir
 tail -1 "$L/check_bidir_lab.txt" >> "$SUM"
 step bench_bidir_lab 90 env GLA_BIDIR_LAB=h=scan "$G" bench bidir --device cuda --stages
-grep -E "^[0-9]+x.*fwd .*bidir" "$L/bench_bidir_lab.txt" | head -8 | sed "s/^/  h=scan: /" >> "$SUM"
+grep -E "^[0-9]+x.*bidir-fused" "$L/bench_bidir_lab.txt" | head -16 | sed "s/^/  h=scan: /" >> "$SUM"
 step vig_bidir_lab 90 env GLA_BIDIR_LAB=h=scan "$G" bench vig --device cuda --models vig-t --sizes 1024 --batch 8 --train-batch 8 --reps 5
 grep -E "^vig-" "$L/vig_bidir_lab.txt" | sed "s/^/  h=scan: /" >> "$SUM"
 echo "[$(( $(date +%s) - S ))s] done" | tee -a "$SUM"
