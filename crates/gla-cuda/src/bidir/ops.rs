@@ -82,8 +82,8 @@ struct FusedBufs<T> {
     kd: [CudaSlice<T>; 2],
     dl: [CudaSlice<f32>; 2],
     hs: [CudaSlice<T>; 2],
-    /// Each chunk's own term of each walk, f32 like hs: the lab's two-phase state pass only
-    /// ([`plan::h_scan`] when the buffers were made).
+    /// Each chunk's own term of each walk, f32 like hs: held only for the lab's two-phase state
+    /// pass ([`plan::h_scan`] when the buffers were made), which runs wherever they are.
     u: Option<[CudaSlice<f32>; 2]>,
 }
 
@@ -320,7 +320,7 @@ fn fused_fwd<T: Elem>(
             &[x.q, x.k, x.gf, x.gb, kdf, kdb, dlf, dlb, &NULL, &NULL, b, off, seq, &h, &k, &scale],
         )?
     };
-    match fb.u.as_ref().filter(|_| plan::h_scan(p)) {
+    match fb.u.as_ref() {
         Some([uf, ub]) => {
             // SAFETY: arguments match bidir_chunk_u_bf16 (kdf, kdb like k; v [rows, H, V]; uf, ub
             // chunks x H x K x V f32, every element written); one block per (chunk, head,
@@ -570,7 +570,7 @@ fn fused_bwd<T: Elem>(
             &[x.q, x.k, x.gf, x.gb, kdf, kdb, dlf, dlb, qef, qeb, b, off, seq, &h, &k, &scale],
         )?
     };
-    match fb.u.as_ref().filter(|_| plan::h_scan(p)) {
+    match fb.u.as_ref() {
         Some([u0, u1]) => {
             // the lab's two-phase pass, two rounds on the forward's U buffers (stream-ordered):
             // the states (kdf, v left to right; kdb, v right to left), then their gradients

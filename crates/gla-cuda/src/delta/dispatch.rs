@@ -424,12 +424,12 @@ impl DeltaSmem {
         let lds = bv + PAD;
         (ns * (sp + 1) * 64 * self.lk() + self.kp * lds + sp * 64 * lds) * e + ns * (64 * bv + 128) * 4
     }
-    /// `delta_hr_b2` with `ns` stages (1): per stage T (split), k, a 64-column V tile; the state
-    /// operand; U's and Y's split tiles; per stage G, rk, beta.
-    pub(crate) fn hr(&self, ns: usize) -> usize {
+    /// `delta_hr_b2` (one stage of loads): T (split), k, a 64-column V tile; the state operand;
+    /// U's and Y's split tiles; G, rk, beta.
+    pub(crate) fn hr(&self) -> usize {
         let (e, sp, lds) = (self.e, self.sp, 64 + PAD);
         let stage = sp * 64 * LDT + 64 * self.lk() + 64 * lds;
-        (ns * stage + self.kp * lds + 2 * sp * 64 * lds) * e + ns * 192 * 4
+        (stage + self.kp * lds + 2 * sp * 64 * lds) * e + 192 * 4
     }
     pub(crate) fn o(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -471,7 +471,7 @@ impl DeltaSmem {
         let hb2 = if fused { self.h_bwd(HPlan { bv: 64, ns: 2, two: false, out: true }) } else { 0 };
         // the lab's dq/dk/dw entries exist where the two-blocks-per-SM ones do
         let dq = if fused { 2 } else { 1 };
-        let hr = if fused { self.hr(1) } else { 0 };
+        let hr = if fused { self.hr() } else { 0 };
         [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), hb2, self.dqkw(dq), self.wy_bwd(), hr]
             .into_iter()
             .max()
@@ -744,7 +744,7 @@ mod tests {
             assert!(DeltaSmem::new(true, kp, 128).dqkw(2) <= 227 * 1024, "KP {kp}");
             // the residual state pass: one stage at two blocks per SM
             let sm = DeltaSmem::new(true, kp, 128);
-            assert!(2 * (sm.hr(1) + 1024) <= 228 * 1024, "KP {kp}: {} B", sm.hr(1));
+            assert!(2 * (sm.hr() + 1024) <= 228 * 1024, "KP {kp}: {} B", sm.hr());
         }
     }
 

@@ -515,7 +515,7 @@ fn chunk_wy_h<T: Elem>(
         // the residual forward: T alone, then v_new from T, k and v
         wy_launch(cuda, op, p, dp, x, ws, kp, Some(tm), true)?;
         let name = format!("delta_hr_b2_k{kp}_{}", T::SUFFIX);
-        let cfg = dd::state_cfg(vp, 64, grid_nhv(op, p)?, smem.hr(1));
+        let cfg = dd::state_cfg(vp, 64, grid_nhv(op, p)?, smem.hr());
         // SAFETY: arguments match delta_hr_b2's (delta_h's, w and u unread, then T, v, beta);
         // one block per (64-column V tile, sequence x value head)
         return unsafe {

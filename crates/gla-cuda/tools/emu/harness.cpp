@@ -475,9 +475,9 @@ static std::map<int, void*> g_dqs2 = {{64, (void*)delta_dqkw_s2_k64_bf16}, {128,
 // backward then runs delta_wy for w (as src/delta/ops.rs does)
 static std::map<int, void*> g_wyt = {{64, (void*)delta_wyt_k64_bf16}, {128, (void*)delta_wyt_k128_bf16}};
 static std::map<int, void*> g_hrb2 = {{64, (void*)delta_hr_b2_k64_bf16}, {128, (void*)delta_hr_b2_k128_bf16}};
-static size_t sm_hr(int KP, int NS) {
+static size_t sm_hr(int KP) {
     const size_t stage = 2 * 64 * 72 + 64 * (KP + 8) + 64 * 72;
-    return (NS * stage + (size_t)KP * 72 + 4 * 64 * 72) * 2 + NS * 192 * 4;
+    return (stage + (size_t)KP * 72 + 4 * 64 * 72) * 2 + 192 * 4;
 }
 static const char* h_res_var() {
     const char* hv = getenv("DELTA_HVAR");
@@ -708,7 +708,7 @@ struct Run {
                 });
             typedef void (*HrFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
                                  const long long*, const long long*, int, int, int, int, int, long long, const E*, const E*, const float*);
-            emu::launch(dim3{(unsigned)(VP / 64), (unsigned)(d.N * HV), 1}, b256, sm_hr(KP, 1), [&] {
+            emu::launch(dim3{(unsigned)(VP / 64), (unsigned)(d.N * HV), 1}, b256, sm_hr(KP), [&] {
                 ((HrFn)g_hrb2.at(KP))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(),
                                                         ht.data(), p.bounds.data(), p.off.data(), H, HV, K, V, VP, nch, tm.data(),
                                                         v.data(), bt.data());
