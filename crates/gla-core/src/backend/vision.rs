@@ -186,38 +186,52 @@ pub trait VisionOps: Primitives {
     /// `gn = g_norm(o)`, `ln = l_norm(xs)` ([`Primitives::gated_norm_fwd`] without a gate over
     /// `rows = N*H` rows of the norms' width, their `rstd_g`, `rstd_l` saved), then
     /// `y = locality_gate(gn, ln, gpre)` ([`VisionOps::locality_gate_fwd`] over all `rows * V`
-    /// elements). `keep`: `gn` and `ln` must hold their values afterwards (the backward reads
-    /// them); else their contents are unspecified. `y` and the rstd are the same values as the
-    /// three calls'. The default makes the three calls.
+    /// elements). `keep`: buffers that hold `gn` and `ln` afterwards (the backward reads them);
+    /// `None` where only `y` is wanted (a fusing backend keeps them in registers, the default
+    /// makes two temporaries). `y` and the rstd are the same values either way. The default
+    /// makes the three calls.
     fn locality_fwd(
         &self,
         y: &mut Act<Self>,
-        (gn, ln): (&mut Act<Self>, &mut Act<Self>),
+        keep: Option<(&mut Act<Self>, &mut Act<Self>)>,
         (rstd_g, rstd_l): (&mut F32<Self>, &mut F32<Self>),
         (o, xs, gpre): (&Act<Self>, &Act<Self>, &F32<Self>),
         (g_norm, l_norm): (ParamId, ParamId),
         (rows, v): (usize, usize),
         out_act: bool,
-        keep: bool,
     ) -> Result<(), Self::Error> {
-        let _ = keep;
+        let mut tmp = None;
+        let (gn, ln) = match keep {
+            Some(k) => k,
+            None => {
+                let t = tmp.insert((self.alloc_act(rows * v)?, self.alloc_act(rows * v)?));
+                (&mut t.0, &mut t.1)
+            }
+        };
         self.gated_norm_fwd(gn, rstd_g, o, None, GateAct::Swish, g_norm, rows)?;
         self.gated_norm_fwd(ln, rstd_l, xs, None, GateAct::Swish, l_norm, rows)?;
         self.locality_gate_fwd(y, gn, ln, gpre, out_act, rows * v)
     }
     /// SwiGLU on the MLP's fused gate / up GEMM output `ab [N, 2I]` (gate columns first):
     /// `h [N, I] = silu(a) * u` ([`Primitives::swiglu_fwd`]'s values) and, with `keep`, `a` and
-    /// `u` copied out (`[N, I]` each: the backward reads them; else their contents are
-    /// unspecified). The default makes the two column copies and the SwiGLU.
+    /// `u` copied out into its buffers (`[N, I]` each: the backward reads them); `None` where
+    /// only `h` is wanted (a fusing backend reads `ab` in place, the default makes two
+    /// temporaries). The default makes the two column copies and the SwiGLU.
     fn swiglu_split_fwd(
         &self,
         h: &mut Act<Self>,
-        (a, u): (&mut Act<Self>, &mut Act<Self>),
+        keep: Option<(&mut Act<Self>, &mut Act<Self>)>,
         ab: &Act<Self>,
         (n, i): (usize, usize),
-        keep: bool,
     ) -> Result<(), Self::Error> {
-        let _ = keep;
+        let mut tmp = None;
+        let (a, u) = match keep {
+            Some(k) => k,
+            None => {
+                let t = tmp.insert((self.alloc_act(n * i)?, self.alloc_act(n * i)?));
+                (&mut t.0, &mut t.1)
+            }
+        };
         self.cols(a, ab, &Cols::copy(1, n, i, (2 * i, 0), (i, 0)))?;
         self.cols(u, ab, &Cols::copy(1, n, i, (2 * i, i), (i, 0)))?;
         self.swiglu_fwd(h, a, u, n * i)

@@ -384,13 +384,12 @@ impl VisionOps for Gpu {
     fn locality_fwd(
         &self,
         y: &mut CudaSlice<u16>,
-        (gn, ln): (&mut CudaSlice<u16>, &mut CudaSlice<u16>),
+        keep: Option<(&mut CudaSlice<u16>, &mut CudaSlice<u16>)>,
         (rstd_g, rstd_l): (&mut CudaSlice<f32>, &mut CudaSlice<f32>),
         (o, xs, gpre): (&CudaSlice<u16>, &CudaSlice<u16>, &CudaSlice<f32>),
         (g_norm, l_norm): (ParamId, ParamId),
         (rows, v): (usize, usize),
         out_act: bool,
-        keep: bool,
     ) -> Result<()> {
         if self.width(g_norm) != v || self.width(l_norm) != v {
             return short("locality norm weights", self.width(g_norm).min(self.width(l_norm)), v);
@@ -399,14 +398,18 @@ impl VisionOps for Gpu {
         for (what, buf) in [("locality y", &*y), ("locality o", o), ("locality xs", xs)] {
             need(what, buf, len)?;
         }
-        if keep {
-            need("locality gn", gn, len)?;
-            need("locality ln", ln, len)?;
-        }
+        // gn, ln: null pointers when not kept (the kernel then writes only y and the rstd)
+        let (gnp, lnp) = match &keep {
+            Some((gn, ln)) => {
+                need("locality gn", gn, len)?;
+                need("locality ln", ln, len)?;
+                (self.p(gn), self.p(ln))
+            }
+            None => (0u64, 0u64),
+        };
         need("locality gpre", gpre, len)?;
         need("locality rstd_g", rstd_g, rows)?;
         need("locality rstd_l", rstd_l, rows)?;
-        let (gnp, lnp) = if keep { (self.p(gn), self.p(ln)) } else { (0u64, 0u64) };
         let (yp, rg, rl, op, xp, pp) = (self.p(y), self.p(rstd_g), self.p(rstd_l), self.p(o), self.p(xs), self.p(gpre));
         let (wg, wl, ri, vi, eps, act) = (self.mp(g_norm), self.mp(l_norm), rows as i64, v as i32, self.dims.eps, i32::from(out_act));
         launch!(self, "locality_fused_fwd", rows_warp(rows), yp, gnp, lnp, rg, rl, op, xp, pp, wg, wl, ri, vi, eps, act);
@@ -415,18 +418,21 @@ impl VisionOps for Gpu {
     fn swiglu_split_fwd(
         &self,
         h: &mut CudaSlice<u16>,
-        (a, u): (&mut CudaSlice<u16>, &mut CudaSlice<u16>),
+        keep: Option<(&mut CudaSlice<u16>, &mut CudaSlice<u16>)>,
         ab: &CudaSlice<u16>,
         (n, i): (usize, usize),
-        keep: bool,
     ) -> Result<()> {
         need("swiglu h", h, n * i)?;
         need("swiglu ab", ab, 2 * n * i)?;
-        if keep {
-            need("swiglu a", a, n * i)?;
-            need("swiglu u", u, n * i)?;
-        }
-        let (ap, up) = if keep { (self.p(a), self.p(u)) } else { (0u64, 0u64) };
+        // a, u: null pointers when not kept (the kernel then writes only h)
+        let (ap, up) = match &keep {
+            Some((a, u)) => {
+                need("swiglu a", a, n * i)?;
+                need("swiglu u", u, n * i)?;
+                (self.p(a), self.p(u))
+            }
+            None => (0u64, 0u64),
+        };
         let (hp, abp, ni, ii) = (self.p(h), self.p(ab), n as i64, i as i32);
         launch!(self, "swiglu_split_fwd", flat(n * i), hp, ap, up, abp, ni, ii);
         Ok(())
