@@ -99,7 +99,7 @@ fn vig_case(cuda: &Arc<Cuda>, seed: u64, name: &str, cfg: VigConfig, (b, h, w): 
     let g_gpu = gpu.grads_to_host()?;
     // the inference path (`gla vision classify --device cuda`, `gla bench vig --modes infer`):
     // inference-only weights (bf16 copy rounded on the host, f32 only for what the kernels read
-    // in f32) and forward-only activations (one block's buffers and two residual streams reused
+    // in f32) and forward-only activations (one block's buffers and one residual stream reused
     // by every block, the scan's forward workspace only) run the training forward's launches in
     // the same order on the same values: the logits must be bitwise equal
     let infer_model = GpuVigModel::new_inference(cuda.clone(), &cpu)?;

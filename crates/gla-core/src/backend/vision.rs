@@ -201,13 +201,7 @@ pub trait VisionOps: Primitives {
         out_act: bool,
     ) -> Result<(), Self::Error> {
         let mut tmp = None;
-        let (gn, ln) = match keep {
-            Some(k) => k,
-            None => {
-                let t = tmp.insert((self.alloc_act(rows * v)?, self.alloc_act(rows * v)?));
-                (&mut t.0, &mut t.1)
-            }
-        };
+        let (gn, ln) = kept_or_temps(self, keep, &mut tmp, rows * v)?;
         self.gated_norm_fwd(gn, rstd_g, o, None, GateAct::Swish, g_norm, rows)?;
         self.gated_norm_fwd(ln, rstd_l, xs, None, GateAct::Swish, l_norm, rows)?;
         self.locality_gate_fwd(y, gn, ln, gpre, out_act, rows * v)
@@ -225,13 +219,7 @@ pub trait VisionOps: Primitives {
         (n, i): (usize, usize),
     ) -> Result<(), Self::Error> {
         let mut tmp = None;
-        let (a, u) = match keep {
-            Some(k) => k,
-            None => {
-                let t = tmp.insert((self.alloc_act(n * i)?, self.alloc_act(n * i)?));
-                (&mut t.0, &mut t.1)
-            }
-        };
+        let (a, u) = kept_or_temps(self, keep, &mut tmp, n * i)?;
         self.cols(a, ab, &Cols::copy(1, n, i, (2 * i, 0), (i, 0)))?;
         self.cols(u, ab, &Cols::copy(1, n, i, (2 * i, i), (i, 0)))?;
         self.swiglu_fwd(h, a, u, n * i)
@@ -310,4 +298,22 @@ pub trait VisionOps: Primitives {
         eps: f32,
         dscale: f32,
     ) -> Result<(f64, usize), Self::Error>;
+}
+
+/// A default method's pair of outputs: the caller's buffers where it keeps them, else two
+/// temporaries of `len` made in `tmp`.
+#[allow(clippy::type_complexity)]
+fn kept_or_temps<'a, B: Primitives + ?Sized>(
+    be: &B,
+    keep: Option<(&'a mut Act<B>, &'a mut Act<B>)>,
+    tmp: &'a mut Option<(Act<B>, Act<B>)>,
+    len: usize,
+) -> Result<(&'a mut Act<B>, &'a mut Act<B>), B::Error> {
+    Ok(match keep {
+        Some(k) => k,
+        None => {
+            let t = tmp.insert((be.alloc_act(len)?, be.alloc_act(len)?));
+            (&mut t.0, &mut t.1)
+        }
+    })
 }
