@@ -10,8 +10,7 @@
 #   3. gla bench vig (ViG-T/S/B at 224 / 512 / 1024, inference and training) and ViG-T at 224 and
 #      1024 again with --profile (the kernels of one iteration, summed per kernel); the 340M GLA
 #      training step with --profile;
-#   4. the delta lab variants and the bidirectional scan's two-phase state pass (GLA_BIDIR_LAB),
-#      last (what the budget cuts first).
+#   4. the delta lab variants, last (what the budget cuts first).
 # The side-by-side calls against PyTorch come after it: bench/attn_vs_sdpa.sh, bench/delta_vs_fla.sh,
 # bench/vig_vs_deit.sh. Prints a summary last.
 # Usage, from the repo root on the GPU machine: OUT=/tmp/out bench/verify_round.sh [path/to/gla]
@@ -82,14 +81,6 @@ for lab in h=resb2 dq=s2 wyb=pre; do
     step "bench_delta_${lab/=/_}" 90 env GLA_DELTA_LAB=$lab "$G" bench delta --device cuda --shape 32,2048,16,128,128 --stages
     grep -E "^[0-9]+x|dqkw|wy|delta_h" "$L/bench_delta_${lab/=/_}.txt" | head -12 | sed "s/^/  $lab: /" >> "$SUM"
 done
-# the lab's two-phase state pass of the bidirectional forward (GLA_BIDIR_LAB=h=scan): checked,
-# then the scan and ViG-T at 1024 px timed beside the default runs above
-step check_bidir_lab 90 env GLA_BIDIR_LAB=h=scan "$G" check --device cuda --quick --filter bidir
-tail -1 "$L/check_bidir_lab.txt" >> "$SUM"
-step bench_bidir_lab 90 env GLA_BIDIR_LAB=h=scan "$G" bench bidir --device cuda --stages
-grep -E "^[0-9]+x.*bidir-fused" "$L/bench_bidir_lab.txt" | head -16 | sed "s/^/  h=scan: /" >> "$SUM"
-step vig_bidir_lab 90 env GLA_BIDIR_LAB=h=scan "$G" bench vig --device cuda --models vig-t --sizes 1024 --batch 8 --train-batch 8 --reps 5
-grep -E "^vig-" "$L/vig_bidir_lab.txt" | sed "s/^/  h=scan: /" >> "$SUM"
 echo "[$(( $(date +%s) - S ))s] done" | tee -a "$SUM"
 tar -C "$OUT" -cJf "$OUT/logs.tar.xz" logs && rm -rf "$L"
 cat "$SUM"

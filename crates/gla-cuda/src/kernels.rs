@@ -324,14 +324,7 @@ pub const ATTN_DECODE: KernelSource = source!(
 pub const BIDIR_CHUNK_FWD: KernelSource = source!(
     "bidir/chunk_fwd.cu",
     BIDIR_HEADERS,
-    [
-        "bidir_chunk_prep_bf16",
-        "bidir_chunk_h64_bf16",
-        "bidir_chunk_h32_bf16",
-        "bidir_chunk_u_bf16",
-        "bidir_chunk_scan_bf16",
-        "bidir_chunk_o_bf16"
-    ]
+    ["bidir_chunk_prep_bf16", "bidir_chunk_h64_bf16", "bidir_chunk_h32_bf16", "bidir_chunk_o_bf16"]
 );
 /// The bidirectional scan's chunked backward: the four state walks in one launch, A of both
 /// directions, the GLA gradient launches per direction (the backward one on reversed rows).

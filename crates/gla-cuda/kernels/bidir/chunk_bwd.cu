@@ -11,8 +11,7 @@
 //   bidir_chunk_walks{64,32}_bf16: the four state walks in one grid (z over 4 N H): hsf (left to
 //     right over kdf, v), hsb (right to left over kdb, v), dhsf (the gradient of the forward
 //     state leaving each chunk: right to left over qef, do), dhsb (the backward state's: left to
-//     right over qeb, do); the lab's two-phase pass (GLA_BIDIR_LAB=h=scan) runs the same walks
-//     as two rounds of bidir_chunk_u_bf16 + bidir_chunk_scan_bf16 (bidir/chunk_fwd.cu)
+//     right over qeb, do)
 //   bidir_chunk_a_bf16: grid (chunks, H, 2): A of each direction (z = 1: the chunk reversed)
 //   bidir_chunk_bwd1_bf16 (rev 0, addv null), bidir_chunk_bwd2_bf16 (rev 0, add null): the
 //     forward scan's dv, dq, dk into workspaces, dgf

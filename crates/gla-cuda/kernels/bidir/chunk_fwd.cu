@@ -19,8 +19,6 @@
 //     right to left over kdb, dlb (hsb = the backward state entering each chunk from the right).
 //     The state update is a sum over the chunk's rows, so the reversed walk reads rows in
 //     their stored order. hsf, hsb [chunks, H, K, V] bf16.
-//   (lab, GLA_BIDIR_LAB=h=scan: bidir_chunk_u_bf16 + bidir_chunk_scan_bf16 in place of the walks,
-//   the two-phase state pass described at their definitions)
 //   bidir_chunk_o_bf16: grid (chunks, H, ceil(V/128)), 256 threads: per direction o_pass_a (A
 //     and q scale exp(G) of the chunk; the backward one on the chunk's rows reversed, whose
 //     causal form is the anti-causal scan), then o_dir = qe S_dir + A v for the block's
@@ -75,92 +73,6 @@ extern "C" __global__ void __launch_bounds__(128) NAME(                         
 }
 BIDIR_HENTRY(bidir_chunk_h64_bf16, 64)
 BIDIR_HENTRY(bidir_chunk_h32_bf16, 32)
-
-// The lab's two-phase state pass (GLA_BIDIR_LAB=h=scan, src/bidir/dispatch.rs h_scan), the same
-// states as bidir_chunk_h / bidir_chunk_walks (chunk_h) without their chain of one chunk's loads
-// and products per step, two walks per pair of launches: phase one, bidir_chunk_u_bf16, each
-// chunk's own term of both walks, U_w[c] = kd_w,c^T v_c (f32 [chunks, H, K, V] per walk), every
-// chunk in parallel; phase two, bidir_chunk_scan_bf16, per (sequence, head, walk) and state
-// element in parallel, hs[c] = S (bf16); S = dl_c S + U[c] over the sequence's chunks (left to
-// right, or right to left for a reversed walk), one multiply-add a step. The forward's walks are
-// (kdf, v, dlf) left to right and (kdb, v, dlb) right to left; the backward's dh walks (qef, do,
-// dlf) right to left and (qeb, do, dlb) left to right. K <= 128, any V.
-
-// grid (chunks, H, 2 ceil(V/64)), 256 threads: z even walk 0 (kd0), odd walk 1 (kd1), the
-// 64-column V tile z / 2; each thread sums 4 x 4 tiles of U over the chunk's rows (rows past the
-// chunk's end are zeros in shared memory)
-extern "C" __global__ void __launch_bounds__(256) bidir_chunk_u_bf16(
-    const bf16_t* __restrict__ kd0, const bf16_t* __restrict__ kd1, const bf16_t* __restrict__ v, float* __restrict__ u0,
-    float* __restrict__ u1, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq,
-    int H, int K, int V) {
-    __shared__ bf16_t sk[64][128 + 8];
-    __shared__ bf16_t sv[64][64 + 8];
-    const idx_t cg = blockIdx.x;
-    const int h = blockIdx.y, w = blockIdx.z & 1, v0 = 64 * (blockIdx.z >> 1), tid = threadIdx.x;
-    const auto [r0, L] = chunk_rows(cg, bounds, chunk_off, chunk_seq);
-    const bf16_t* kd = w ? kd1 : kd0;
-    float* u = w ? u1 : u0;
-    const int K4 = (K + 3) & ~3;
-    for (int e = tid; e < 64 * K4; e += 256) {
-        const int t = e / K4, i = e % K4;
-        sk[t][i] = (t < L && i < K) ? kd[((r0 + t) * H + h) * (idx_t)K + i] : (bf16_t)0;
-    }
-    for (int e = tid; e < 64 * 64; e += 256) {
-        const int t = e >> 6, j = e & 63;
-        sv[t][j] = (t < L && v0 + j < V) ? v[((r0 + t) * H + h) * (idx_t)V + v0 + j] : (bf16_t)0;
-    }
-    __syncthreads();
-    for (int tile = tid; tile < (K4 / 4) * 16; tile += 256) {
-        const int i0 = 4 * (tile >> 4), j0 = 4 * (tile & 15);
-        float acc[4][4] = {};
-        for (int t = 0; t < 64; ++t) {
-            float a[4], b[4];
-            #pragma unroll
-            for (int x = 0; x < 4; ++x) {
-                a[x] = to_f32(sk[t][i0 + x]);
-                b[x] = to_f32(sv[t][j0 + x]);
-            }
-            #pragma unroll
-            for (int x = 0; x < 4; ++x) {
-                #pragma unroll
-                for (int y = 0; y < 4; ++y) acc[x][y] += a[x] * b[y];
-            }
-        }
-        #pragma unroll
-        for (int x = 0; x < 4; ++x) {
-            #pragma unroll
-            for (int y = 0; y < 4; ++y) {
-                const int i = i0 + x, j = v0 + j0 + y;
-                if (i < K && j < V) u[((cg * H + h) * K + i) * (idx_t)V + j] = acc[x][y];
-            }
-        }
-    }
-}
-
-// grid (ceil(K V / 256), N H, 2), 256 threads: z = 0 walk 0 (u0, dl0 into hs0; right to left
-// when rev0), z = 1 walk 1 (u1, dl1 into hs1; the other way)
-extern "C" __global__ void __launch_bounds__(256) bidir_chunk_scan_bf16(
-    const float* __restrict__ u0, const float* __restrict__ u1, const float* __restrict__ dl0, const float* __restrict__ dl1,
-    bf16_t* __restrict__ hs0, bf16_t* __restrict__ hs1, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off, int H,
-    int K, int V, int rev0) {
-    const int e = blockIdx.x * 256 + threadIdx.x;
-    if (e >= K * V) return;
-    const int nh = blockIdx.y, n = nh / H, h = nh % H, i = e / V, w = blockIdx.z;
-    const bool rev = (w == 1) != (rev0 != 0);
-    const float* __restrict__ u = w ? u1 : u0;
-    const float* __restrict__ dl = w ? dl1 : dl0;
-    bf16_t* __restrict__ hs = w ? hs1 : hs0;
-    const idx_t bos = bounds[n], eos = bounds[n + 1], cbase = chunk_off[n];
-    const int nc = (int)((eos - bos + 63) / 64);
-    float s = 0.f;
-    #pragma unroll 4
-    for (int it = 0; it < nc; ++it) {
-        const idx_t c = cbase + (rev ? nc - 1 - it : it);
-        const idx_t o = (c * H + h) * (idx_t)K * V + e;
-        hs[o] = f2bf(s);
-        s = dl[(c * H + h) * (idx_t)K + i] * s + u[o];
-    }
-}
 
 #define BIDIR_OS 132  // f32 row stride of the forward direction's output tile
 #define BIDIR_OSN 68   // the same for V <= 64

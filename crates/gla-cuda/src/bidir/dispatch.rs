@@ -45,27 +45,6 @@ pub fn fused_bwd(p: &BidirProblem, bf16: bool) -> bool {
     bf16 && p.k() <= CHUNK_NARROW_MAX && p.v() <= 128 && 4 * p.n() * p.h() <= GRID_Z_MAX
 }
 
-/// The lab's two-phase state pass of the fused forward and backward (`GLA_BIDIR_LAB=h=scan`):
-/// each chunk's own term of two walks in parallel (`bidir_chunk_u_bf16`), then every state
-/// element's walk over the chunks in parallel (`bidir_chunk_scan_bf16`), in place of
-/// [`h_cfg`]'s and [`walks_cfg`]'s walks, whose blocks carry one chunk's loads and products per
-/// step (kernels/bidir/chunk_fwd.cu; the backward runs two rounds); where its grid's y (N H)
-/// fits. Not yet timed on a GPU.
-pub(crate) fn h_scan(p: &BidirProblem) -> bool {
-    std::env::var("GLA_BIDIR_LAB").is_ok_and(|v| v.split(',').any(|kv| kv.trim() == "h=scan")) && p.n() * p.h() <= GRID_Z_MAX
-}
-
-/// `bidir_chunk_u_bf16`: one block of 256 per (chunk, head, direction x 64-column V tile).
-pub(crate) fn u_cfg(p: &BidirProblem, gx: u32) -> LaunchConfig {
-    LaunchConfig { grid_dim: (gx, p.h() as u32, 2 * p.v().div_ceil(64) as u32), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
-}
-
-/// `bidir_chunk_scan_bf16`: 256 state elements per block, grid y = N H, z = the direction.
-pub(crate) fn scan_cfg(p: &BidirProblem) -> LaunchConfig {
-    let (nh, kv) = (p.n() * p.h(), p.k() * p.v());
-    LaunchConfig { grid_dim: (kv.div_ceil(256) as u32, nh as u32, 2), block_dim: (256, 1, 1), shared_mem_bytes: 0 }
-}
-
 /// The four state walks of the backward in one grid (z = 4 N H), tiled like [`h_cfg`].
 pub(crate) fn walks_cfg(p: &BidirProblem, sm_count: usize) -> (&'static str, LaunchConfig) {
     let walks = 4 * p.n() * p.h();

@@ -82,9 +82,6 @@ struct FusedBufs<T> {
     kd: [CudaSlice<T>; 2],
     dl: [CudaSlice<f32>; 2],
     hs: [CudaSlice<T>; 2],
-    /// Each chunk's own term of each walk, f32 like hs: held only for the lab's two-phase state
-    /// pass ([`plan::h_scan`] when the buffers were made), which runs wherever they are.
-    u: Option<[CudaSlice<f32>; 2]>,
 }
 
 /// The fused backward's own buffers.
@@ -192,7 +189,6 @@ impl<T: Elem> BidirWorkspace<T> {
             kd: [buf(qk, "bidir kdf")?, buf(qk, "bidir kdb")?],
             dl: [fbuf(dl, "bidir dlf")?, fbuf(dl, "bidir dlb")?],
             hs: [buf(st, "bidir hsf")?, buf(st, "bidir hsb")?],
-            u: if plan::h_scan(p) { Some([fbuf(st, "bidir uf")?, fbuf(st, "bidir ub")?]) } else { None },
         })
     }
 
@@ -320,25 +316,11 @@ fn fused_fwd<T: Elem>(
             &[x.q, x.k, x.gf, x.gb, kdf, kdb, dlf, dlb, &NULL, &NULL, b, off, seq, &h, &k, &scale],
         )?
     };
-    match fb.u.as_ref() {
-        Some([uf, ub]) => {
-            // SAFETY: arguments match bidir_chunk_u_bf16 (kdf, kdb like k; v [rows, H, V]; uf, ub
-            // chunks x H x K x V f32, every element written); one block per (chunk, head,
-            // direction x 64-column V tile)
-            unsafe { cuda.launch("bidir_chunk_u_bf16", plan::u_cfg(p, gx), &[kdf, kdb, x.v, uf, ub, b, off, seq, &h, &k, &v])? };
-            // SAFETY: arguments match bidir_chunk_scan_bf16; hsf, hsb (chunks x H x K x V) get
-            // every element of every sequence's chunks; grid x covers K V, y the N H walks
-            unsafe { cuda.launch("bidir_chunk_scan_bf16", plan::scan_cfg(p), &[uf, ub, dlf, dlb, hsf, hsb, b, off, &h, &k, &v, &0i32])? };
-        }
-        None => {
-            let (name, cfg) = plan::h_cfg(p, cuda.sm_count());
-            let nh = (p.n() * p.h()) as i32;
-            // SAFETY: arguments match bidir_chunk_h{64,32}_bf16; hsf, hsb hold chunks x H x K x
-            // V; the grid covers V and K in the plan's tiles and both walks of every (sequence,
-            // head) in z
-            unsafe { cuda.launch(name, cfg, &[kdf, kdb, x.v, dlf, dlb, hsf, hsb, b, &d.chunk_off, &h, &k, &v, &nh])? };
-        }
-    }
+    let (name, cfg) = plan::h_cfg(p, cuda.sm_count());
+    let nh = (p.n() * p.h()) as i32;
+    // SAFETY: arguments match bidir_chunk_h{64,32}_bf16; hsf, hsb hold chunks x H x K x V; the
+    // grid covers V and K in the plan's tiles and both walks of every (sequence, head) in z
+    unsafe { cuda.launch(name, cfg, &[kdf, kdb, x.v, dlf, dlb, hsf, hsb, b, &d.chunk_off, &h, &k, &v, &nh])? };
     let kp = plan::kp(p);
     let (_, os_off) = plan::o_smem(kp, p.v());
     let (kp32, os32) = (kp as i32, os_off as i32);
@@ -570,28 +552,10 @@ fn fused_bwd<T: Elem>(
             &[x.q, x.k, x.gf, x.gb, kdf, kdb, dlf, dlb, qef, qeb, b, off, seq, &h, &k, &scale],
         )?
     };
-    match fb.u.as_ref() {
-        Some([u0, u1]) => {
-            // the lab's two-phase pass, two rounds on the forward's U buffers (stream-ordered):
-            // the states (kdf, v left to right; kdb, v right to left), then their gradients
-            // (qef, do right to left; qeb, do left to right)
-            for (a0, a1, xv, h0, h1, rev0) in [(kdf, kdb, x.v, hsf, hsb, 0i32), (qef, qeb, d_o, dhsf, dhsb, 1)] {
-                // SAFETY: arguments match bidir_chunk_u_bf16 (a0, a1 like k; xv [rows, H, V];
-                // u0, u1 chunks x H x K x V f32, every element written)
-                unsafe { cuda.launch("bidir_chunk_u_bf16", plan::u_cfg(p, gx), &[a0, a1, xv, u0, u1, b, off, seq, &h, &k, &v])? };
-                // SAFETY: arguments match bidir_chunk_scan_bf16; h0, h1 (chunks x H x K x V) get
-                // every element of every sequence's chunks
-                unsafe { cuda.launch("bidir_chunk_scan_bf16", plan::scan_cfg(p), &[u0, u1, dlf, dlb, h0, h1, b, off, &h, &k, &v, &rev0])? };
-            }
-        }
-        None => {
-            let (name, cfg) = plan::walks_cfg(p, cuda.sm_count());
-            let nh = (p.n() * p.h()) as i32;
-            // SAFETY: arguments match bidir_chunk_walks{64,32}_bf16; hs*, dhs* hold chunks x H x
-            // K x V
-            unsafe { cuda.launch(name, cfg, &[kdf, kdb, qef, qeb, x.v, d_o, dlf, dlb, hsf, hsb, dhsf, dhsb, b, off, &h, &k, &v, &nh])? };
-        }
-    }
+    let (name, cfg) = plan::walks_cfg(p, cuda.sm_count());
+    let nh = (p.n() * p.h()) as i32;
+    // SAFETY: arguments match bidir_chunk_walks{64,32}_bf16; hs*, dhs* hold chunks x H x K x V
+    unsafe { cuda.launch(name, cfg, &[kdf, kdb, qef, qeb, x.v, d_o, dlf, dlb, hsf, hsb, dhsf, dhsb, b, off, &h, &k, &v, &nh])? };
     // SAFETY: arguments match bidir_chunk_a_bf16; af, ab hold chunks x H x 4096
     unsafe { cuda.launch("bidir_chunk_a_bf16", plan::a_cfg(p, gx), &[x.q, x.k, x.gf, x.gb, af, ab, b, off, seq, &h, &k, &scale, &kp32])? };
     let (cfg2, w) = plan::bwd2_cfg(p, gx);

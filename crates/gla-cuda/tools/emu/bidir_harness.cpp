@@ -1,6 +1,5 @@
 // The emulator's test program for the bidirectional scan (kernels/bidir/): the fused chunked
-// forward's three launches (bidir_chunk_prep_bf16, bidir_chunk_h{64,32}_bf16 or the lab's
-// bidir_chunk_u_bf16 + bidir_chunk_scan_bf16, bidir_chunk_o_bf16)
+// forward's three launches (bidir_chunk_prep_bf16, bidir_chunk_h{64,32}_bf16, bidir_chunk_o_bf16)
 // and the fused backward's seven (prep with qe, the four walks, A, bwd1 and bwd2 per direction),
 // as src/bidir/ops.rs runs them with src/dispatch.rs's shared-memory sizes, on emulated blocks
 // against an f64 oracle of the two scans and their backward (docs/math/bidir.md) on the
@@ -189,21 +188,11 @@ static void run(const Case& c, uint64_t seed) {
             bidir_chunk_prep_bf16(bq.data(), bk.data(), bgf.data(), bgb.data(), kdf.data(), kdb.data(), dlf.data(), dlb.data(), nullptr,
                                   nullptr, bounds.data(), off.data(), seq.data(), H, K, scale);
         });
-        // both tilings of the state walks (the host picks by occupancy): 64 then 32 columns; 0:
-        // the lab's two-phase state pass (GLA_BIDIR_LAB=h=scan: bidir_chunk_u + bidir_chunk_scan)
-        for (int bvh : {64, 32, 0}) {
+        // both tilings of the state walks (the host picks by occupancy): 64 then 32 columns
+        for (int bvh : {64, 32}) {
             std::fill(hsf.begin(), hsf.end(), 0xffff);
             std::fill(hsb.begin(), hsb.end(), 0xffff);
             const size_t smem = 4 * ((64 * 72 + 64 * (bvh + 8)) * 2 + 64 * 4);
-            if (bvh == 0) {
-                std::vector<float> uf(st, NAN), ub(st, NAN);
-                emu::launch(dim3{(unsigned)nc, (unsigned)H, (unsigned)(2 * ((V + 63) / 64))}, dim3{256, 1, 1}, 0, [&] {
-                    bidir_chunk_u_bf16(kdf.data(), kdb.data(), bv.data(), uf.data(), ub.data(), bounds.data(), off.data(), seq.data(), H, K, V);
-                });
-                emu::launch(dim3{(unsigned)((K * V + 255) / 256), (unsigned)(N * H), 2}, dim3{256, 1, 1}, 0, [&] {
-                    bidir_chunk_scan_bf16(uf.data(), ub.data(), dlf.data(), dlb.data(), hsf.data(), hsb.data(), bounds.data(), off.data(), H, K, V, 0);
-                });
-            } else
             emu::launch(dim3{(unsigned)((V + bvh - 1) / bvh), (unsigned)((K + 63) / 64), (unsigned)(2 * N * H)}, dim3{128, 1, 1}, smem, [&] {
                 if (bvh == 64)
                     bidir_chunk_h64_bf16(kdf.data(), kdb.data(), bv.data(), dlf.data(), dlb.data(), hsf.data(), hsb.data(), bounds.data(),
@@ -243,30 +232,8 @@ static void run(const Case& c, uint64_t seed) {
             bidir_chunk_prep_bf16(bq.data(), bk.data(), bgf.data(), bgb.data(), kdf.data(), kdb.data(), dlf.data(), dlb.data(), qef.data(),
                                   qeb.data(), bounds.data(), off.data(), seq.data(), H, K, scale);
         });
-        // the walks on 64 and 32 columns; 0: the lab's two-phase pass in two rounds (the states,
-        // then their gradients), as src/bidir/ops.rs runs it under GLA_BIDIR_LAB=h=scan
-        for (int bvh : {64, 32, 0}) {
+        for (int bvh : {64, 32}) {
             const size_t smem = 4 * ((64 * 72 + 64 * (bvh + 8)) * 2 + 64 * 4);
-            if (bvh == 0) {
-                std::fill(hsf.begin(), hsf.end(), 0xffff);
-                std::fill(hsb.begin(), hsb.end(), 0xffff);
-                std::fill(dhsf.begin(), dhsf.end(), 0xffff);
-                std::fill(dhsb.begin(), dhsb.end(), 0xffff);
-                std::vector<float> u0(st, NAN), u1(st, NAN);
-                for (int round = 0; round < 2; ++round) {
-                    const auto& a0 = round ? qef : kdf;
-                    const auto& a1 = round ? qeb : kdb;
-                    const auto& xv = round ? bdo : bv;
-                    auto& h0 = round ? dhsf : hsf;
-                    auto& h1 = round ? dhsb : hsb;
-                    emu::launch(dim3{(unsigned)nc, (unsigned)H, (unsigned)(2 * ((V + 63) / 64))}, dim3{256, 1, 1}, 0, [&] {
-                        bidir_chunk_u_bf16(a0.data(), a1.data(), xv.data(), u0.data(), u1.data(), bounds.data(), off.data(), seq.data(), H, K, V);
-                    });
-                    emu::launch(dim3{(unsigned)((K * V + 255) / 256), (unsigned)(N * H), 2}, dim3{256, 1, 1}, 0, [&] {
-                        bidir_chunk_scan_bf16(u0.data(), u1.data(), dlf.data(), dlb.data(), h0.data(), h1.data(), bounds.data(), off.data(), H, K, V, round);
-                    });
-                }
-            } else
             emu::launch(dim3{(unsigned)((V + bvh - 1) / bvh), (unsigned)((K + 63) / 64), (unsigned)(4 * N * H)}, dim3{128, 1, 1}, smem, [&] {
                 auto f = bvh == 64 ? bidir_chunk_walks64_bf16 : bidir_chunk_walks32_bf16;
                 f(kdf.data(), kdb.data(), qef.data(), qeb.data(), bv.data(), bdo.data(), dlf.data(), dlb.data(), hsf.data(), hsb.data(),
