@@ -289,8 +289,6 @@ pub const DELTA_CHUNK_BWD: KernelSource = source!(
         "delta_wy_bwd_k128_bf16",
         "delta_wy_bwd_k192_bf16",
         "delta_wy_bwd_k256_bf16",
-        "delta_wy_bwd_pre_k64_bf16",
-        "delta_wy_bwd_pre_k128_bf16",
     ]
 );
 

@@ -25,13 +25,11 @@
 // three (registers <= 80), delta_wy_bwd two (registers <= 128; its V and dU tiles share one
 // region with M1, M2, and the row and column sums of dA * A come from the fragments). The
 // derivation: the chain rule through the chunk form of docs/kernels.md's delta-rule section.
-// delta_wy_bwd_pre_k{KP}_bf16 (KP <= 128): delta_wy_bwd with V tile 0 loading while dw Kn^T is
-// formed.
 //
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_dvl_k64_f32 delta_dvl_k128_f32 delta_dvl_k64_bf16 delta_dvl_k128_bf16 delta_dvl_k192_bf16 delta_dvl_k256_bf16
 //   delta_dqkw_k64_f32 delta_dqkw_k128_f32 delta_dqkw_k64_bf16 delta_dqkw_k128_bf16 delta_dqkw_k192_bf16 delta_dqkw_k256_bf16
-//   delta_dqkw_s2_k64_bf16 delta_dqkw_s2_k128_bf16 delta_wy_bwd_pre_k64_bf16 delta_wy_bwd_pre_k128_bf16
+//   delta_dqkw_s2_k64_bf16 delta_dqkw_s2_k128_bf16
 //   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
 
 template <typename E, int KP>
@@ -330,8 +328,7 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     }
 }
 
-// PRE (the `_pre` entries): V tile 0 loads while dw Kn^T is formed, instead of after it.
-template <typename E, int KP, bool PRE>
+template <typename E, int KP>
 __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __restrict__ rk, const E* __restrict__ v,
                                        const float* __restrict__ bt, const E* __restrict__ tm, const E* __restrict__ dw,
                                        const E* __restrict__ du, const float* __restrict__ g2, const float* __restrict__ dgp,
@@ -391,20 +388,12 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         float a1[4][4], a2[4][4];
         frag_zero(a1);
         frag_zero(a2);
-        if constexpr (PRE) {
-            ld_vt(0);
-            cp_wait<1>();
-            __syncthreads();
-            #pragma unroll 1
-            for (int k0 = 0; k0 < KP; k0 += 32)
-                wgemm2<false, true, 4>(a2, sDw + k0, sDwl + k0, LK, 16 * mt, sK + k0, sK + k0, LK, n1, 32, lane, true, false);
-        }
         for (int v0 = 0; v0 < VP; v0 += 64) {
-            if (!PRE || v0 > 0) ld_vt(v0);
+            ld_vt(v0);
             cp_wait0();
             __syncthreads();
             wgemm2<false, true, 4>(a1, sDu, sDul, LDT, 16 * mt, sV, sV, LDT, n1, 64, lane, true, false);
-            if (!PRE && v0 == 0) {
+            if (v0 == 0) {
                 // 32 deep at a time (register pressure at two blocks per SM)
                 #pragma unroll 1
                 for (int k0 = 0; k0 < KP; k0 += 32)
@@ -578,8 +567,8 @@ extern "C" __global__ void __launch_bounds__(DNT, KP <= 128 ? 2 : 1) delta_wy_bw
     const float* g2, const float* dgp, float* dk, float* dv, float* dbeta, float* dg,                    \
     const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
     int VP, int KZ, idx_t nch) {                                                                         \
-    wy_bwd<E, KP, false>(k, rk, v, bt, tm, dw, du, g2, dgp, dk, dv, dbeta, dg, bounds, chunk_off,        \
-                         chunk_seq, H, HV, K, V, VP, KZ, nch);                                           \
+    wy_bwd<E, KP>(k, rk, v, bt, tm, dw, du, g2, dgp, dk, dv, dbeta, dg, bounds, chunk_off, chunk_seq, H, \
+                  HV, K, V, VP, KZ, nch);                                                                \
 }
 
 BWD_ENTRY(64, f32, float)
@@ -601,16 +590,3 @@ extern "C" __global__ void __launch_bounds__(DNT) delta_dqkw_s2_k##KP##_bf16(   
 }
 DQKW_S2_ENTRY(64)
 DQKW_S2_ENTRY(128)
-
-// the WY backward with V tile 0 loading while dw Kn^T is formed (KP <= 128: two blocks per SM)
-#define WYB_PRE_ENTRY(KP)                                                                                \
-extern "C" __global__ void __launch_bounds__(DNT, 2) delta_wy_bwd_pre_k##KP##_bf16(                      \
-    const bf16_t* k, const float* rk, const bf16_t* v, const float* bt, const bf16_t* tm,                \
-    const bf16_t* dw, const bf16_t* du, const float* g2, const float* dgp, float* dk, float* dv,         \
-    float* dbeta, float* dg, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H,   \
-    int HV, int K, int V, int VP, int KZ, idx_t nch) {                                                   \
-    wy_bwd<bf16_t, KP, true>(k, rk, v, bt, tm, dw, du, g2, dgp, dk, dv, dbeta, dg, bounds, chunk_off,    \
-                             chunk_seq, H, HV, K, V, VP, KZ, nch);                                       \
-}
-WYB_PRE_ENTRY(64)
-WYB_PRE_ENTRY(128)

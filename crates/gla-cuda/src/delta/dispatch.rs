@@ -257,10 +257,9 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// block per SM), `b2` (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM).
 /// The state-gradient pass (`hb`): `one` (dvl its own launch), `v32` (the same at 32 columns),
 /// `dv2` (dvl fused in, 64 columns, whatever the tiles). The dq/dk/dw pass (`dq`): `s2`
-/// (`delta_dqkw_s2`, the V tiles in two buffers). The WY backward (`wyb`): `pre`
-/// (`delta_wy_bwd_pre`, V tile 0 loading while dw Kn^T is formed). The residual forward:
-/// `h=resb2` ([`h_res`]). The two-blocks-per-SM, fused, `s2`, `pre` and residual entries exist
-/// where [`h_two_ok`], `v32` where bf16. Anything else, or unset: the default.
+/// (`delta_dqkw_s2`, the V tiles in two buffers). The residual forward: `h=resb2`
+/// ([`h_res`]). The two-blocks-per-SM, fused, `s2` and residual entries exist where
+/// [`h_two_ok`], `v32` where bf16. Anything else, or unset: the default.
 fn lab(key: &str) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
     v.split(',').find_map(|kv| kv.trim().strip_prefix(key).and_then(|r| r.strip_prefix('=')).map(str::to_string))
@@ -381,13 +380,6 @@ pub(crate) fn h_res(bf16: bool, kp: usize, fwd_only: bool, tiles: usize, sm_coun
 /// The entry point of `delta_dqkw_*` with `nb` V-tile buffers ([`dqkw_bufs`]).
 pub(crate) fn dqkw_name(nb: usize, kp: usize, sfx: &str) -> String {
     format!("delta_dqkw{}_k{kp}_{sfx}", if nb == 2 { "_s2" } else { "" })
-}
-
-/// The entry point of the WY backward: `delta_wy_bwd_pre_*` under the lab override `wyb=pre`
-/// ([`lab`]; bf16, KP <= 128), else `delta_wy_bwd_*`.
-pub(crate) fn wy_bwd_name(bf16: bool, kp: usize, sfx: &str) -> String {
-    let pre = h_two_ok(bf16, kp) && lab("wyb").as_deref() == Some("pre");
-    format!("delta_wy_bwd{}_k{kp}_{sfx}", if pre { "_pre" } else { "" })
 }
 
 /// The K tiles (grid z) of `delta_dqkw_*`.
@@ -739,7 +731,6 @@ mod tests {
         assert_eq!(dqkw_name(2, 128, "bf16"), "delta_dqkw_s2_k128_bf16");
         assert_eq!(dqkw_name(1, 256, "bf16"), "delta_dqkw_k256_bf16");
         assert_eq!(dqkw_bufs(true, 256), 1);
-        assert_eq!(wy_bwd_name(true, 256, "bf16"), "delta_wy_bwd_k256_bf16");
         for kp in [64, 128] {
             assert!(DeltaSmem::new(true, kp, 128).dqkw(2) <= 227 * 1024, "KP {kp}");
             // the residual state pass: one stage at two blocks per SM

@@ -885,12 +885,11 @@ fn chunk_bwd<T: Elem>(
         )?;
     }
     let kz32 = kz as i32;
-    // SAFETY: arguments match delta_wy_bwd_*'s signature (the `_pre` entries': the same); dk
-    // holds delta_dqkw's values (added to); dv, dbeta and dg partials are written for every row
-    // of every chunk
+    // SAFETY: arguments match delta_wy_bwd_*'s signature; dk holds delta_dqkw's values (added
+    // to); dv, dbeta and dg partials are written for every row of every chunk
     unsafe {
         cuda.launch(
-            &dd::wy_bwd_name(bf16, kp, sfx),
+            &format!("delta_wy_bwd_k{kp}_{sfx}"),
             dd::chunk_cfg(gx, p.hv(), 1, smem.wy_bwd()),
             &[x.k, &ws.rk, x.v, bt, tm, dw, du, g2, dgk, dk, &*g.dv, db, dg, bounds, off, seq, &h, &hv, &k, &v, &vp32, &kz32, &nch],
         )

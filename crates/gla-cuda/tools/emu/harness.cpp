@@ -483,8 +483,6 @@ static const char* h_res_var() {
     const char* hv = getenv("DELTA_HVAR");
     return hv && !std::strcmp(hv, "resb2") ? hv : nullptr;
 }
-// delta_wy_bwd_pre (V tile 0 loading while dw Kn^T is formed; bf16, KP <= 128): DELTA_WYBVAR=pre
-static std::map<int, void*> g_wybpre = {{64, (void*)delta_wy_bwd_pre_k64_bf16}, {128, (void*)delta_wy_bwd_pre_k128_bf16}};
 template <class E>
 static size_t sm_wyb(int KP, int VP) {
     const int SP = SPn<E>;
@@ -803,13 +801,12 @@ struct Run {
                                  VP, scale, nch);
             });
         auto dv = poison<float>(rows * HV * V), dbp = poison<float>(rows * HV), dgl = poison<float>(rows * HV);
-        const bool wybpre = sizeof(E) == 2 && g_wybpre.count(KP) && getenv("DELTA_WYBVAR") && !std::strcmp(getenv("DELTA_WYBVAR"), "pre");
         typedef void (*WybFn)(const E*, const float*, const E*, const float*, const E*, const E*, const E*, const float*, const float*,
                               float*, float*, float*, float*, const long long*, const long long*, const int*, int, int, int, int, int, int,
                               long long);
         if (nc > 0)
             emu::launch(cgrid, b256, sm_wyb<E>(KP, VP), [&] {
-                ((WybFn)(wybpre ? g_wybpre.at(KP) : f.wyb))(k.data(), ptr(rk), v.data(), bt.data(), tm.data(), dw.data(), du.data(), g2.data(), dgp.data(), dkp.data(),
+                ((WybFn)f.wyb)(k.data(), ptr(rk), v.data(), bt.data(), tm.data(), dw.data(), du.data(), g2.data(), dgp.data(), dkp.data(),
                                dv.data(), dbp.data(), dgl.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V, VP, KZ, nch);
             });
         out.dv = back(dv);
