@@ -3,7 +3,7 @@
 # (GLA_DELTA_LAB, src/delta/dispatch.rs `lab`), side by side in one device call: first
 # `gla bench delta --stages` at the shapes of record (bf16, B*T = 65536, H = 16, K = V = 128) for
 # each plan, then `gla check --device cuda --filter delta` on each plan of CHECKS (default: the
-# fused state-gradient pass everywhere with each dq/dk/dw lab entry; `base`: the default policy),
+# residual forward and the fused state-gradient pass everywhere; `base`: the default policy),
 # then fla 0.6.0's delta ops while time is left.
 # Prints a table last: forward and forward+backward ms per plan and shape, and the per-launch
 # times of one DeltaNet forward+backward per shape.
@@ -16,8 +16,8 @@ export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRAR
 G="${1:-target/release/gla}"
 OUT="${OUT:-bench/out}"
 BUDGET="${BUDGET:-540}"
-PLANS="${PLANS:-base h=resb2 dq=s2}"
-CHECKS="${CHECKS:-h=resb2,hb=dv2,dq=s2}"
+PLANS="${PLANS:-base h=resb2}"
+CHECKS="${CHECKS:-h=resb2,hb=dv2}"
 mkdir -p "$OUT"
 S=$(date +%s)
 t() { echo "[$(( $(date +%s) - S ))s] $*"; }
@@ -74,7 +74,7 @@ for p in plans:
             ms = {r["shape"][1]: r["ms"] for r in rs if r["op"] == op and r["pass"] == ps}
             print(f"{p:<24}{op:<6}{ps:<9}" + "".join(f"{ms.get(t, float('nan')):>10.3f}" for t in (2048, 8192, 32768)))
 # a launch's plan variants in one row
-def base_name(n): return re.sub(r"_(v32b2|b2|v32|dv2|s2)_", "_", n)
+def base_name(n): return re.sub(r"_(v32b2|b2|v32|dv2)_", "_", n)
 for shape in ("32x2048x16x128x128", "8x8192x16x128x128", "2x32768x16x128x128"):
     print(f"\nper launch, delta {shape}, one forward+backward (ms; a kernel launched more than once: the sum)")
     tabs = {}

@@ -70,13 +70,12 @@ step profile_vig 120 "$G" bench vig --device cuda --models vig-t --sizes 224,102
 grep -E "^vig-|profile:" "$L/profile_vig.txt" >> "$SUM"
 step profile_train 150 "$G" bench train --device cuda --steps 5 --profile --json "$L/train_profile.json"
 grep -E "profile:|tokens" "$L/profile_train.txt" | head -4 >> "$SUM"
-# the lab's delta variants (GLA_DELTA_LAB): the residual forward forced on training workspaces
-# (h=resb2) and the V tiles of dq/dk/dw in two buffers (dq=s2): checked together, then each
-# timed at T = 2048 beside the default (bench_delta above)
-step check_delta_lab 150 env GLA_DELTA_LAB=h=resb2,dq=s2 "$G" check --device cuda --quick --filter delta
+# the lab's delta variant (GLA_DELTA_LAB): the residual forward forced on training workspaces
+# (h=resb2): checked, then timed at T = 2048 beside the default (bench_delta above)
+step check_delta_lab 150 env GLA_DELTA_LAB=h=resb2 "$G" check --device cuda --quick --filter delta
 tail -1 "$L/check_delta_lab.txt" >> "$SUM"
 grep -E " (FAIL|fail)" "$L/check_delta_lab.txt" | head -10 >> "$SUM"
-for lab in h=resb2 dq=s2; do
+for lab in h=resb2; do
     step "bench_delta_${lab/=/_}" 90 env GLA_DELTA_LAB=$lab "$G" bench delta --device cuda --shape 32,2048,16,128,128 --stages
     grep -E "^[0-9]+x|dqkw|wy|delta_h" "$L/bench_delta_${lab/=/_}.txt" | head -12 | sed "s/^/  $lab: /" >> "$SUM"
 done

@@ -12,8 +12,8 @@
 //     dG  += qn . dq_inter + rowsum(dM * M) - colsum(dM * M) - kn . dk_Kd, and at the last row
 //            exp(Gm) <S, dS'> + sum kn . dk_Kd             (=, dgp [KZ][chunks, HV, 64] f32)
 //   dq, dk (=, f32 [rows, HV, K]: per value head; delta_qk_bwd_* sums the group).
-//   delta_dqkw_s2_k{KP}_bf16: the same with the V tiles in two buffers (tile v + 1 loads during
-//   tile v; KW = KP).
+//   bf16 with KP <= 128 (KW = KP) runs it as delta_dqkw_s2_k{KP}_bf16, the V tiles in two
+//   buffers (tile v + 1 loads during tile v); the other entries keep one buffer.
 // delta_wy_bwd_k{KP}: back through w = T (beta exp(G) Kn), u = T (beta V), T = (I + A)^-1:
 //     dT = dU (beta V)^T + dw (beta exp(G) Kn)^T;  dA = -T^T dT T^T (strictly lower)
 //     dv = beta T^T dU (=);  dk += beta exp(G) T^T dw + dAb Kn + dAb^T Kn (dAb = dA beta exp(G_t - G_s))
@@ -28,8 +28,7 @@
 //
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_dvl_k64_f32 delta_dvl_k128_f32 delta_dvl_k64_bf16 delta_dvl_k128_bf16 delta_dvl_k192_bf16 delta_dvl_k256_bf16
-//   delta_dqkw_k64_f32 delta_dqkw_k128_f32 delta_dqkw_k64_bf16 delta_dqkw_k128_bf16 delta_dqkw_k192_bf16 delta_dqkw_k256_bf16
-//   delta_dqkw_s2_k64_bf16 delta_dqkw_s2_k128_bf16
+//   delta_dqkw_k64_f32 delta_dqkw_k128_f32 delta_dqkw_s2_k64_bf16 delta_dqkw_s2_k128_bf16 delta_dqkw_k192_bf16 delta_dqkw_k256_bf16
 //   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
 
 template <typename E, int KP>
@@ -554,14 +553,6 @@ extern "C" __global__ void __launch_bounds__(DNT, 3) delta_dvl_k##KP##_##NAME(  
     int VP, float scale) {                                                                               \
     dvl_k<E, KP>(q, k, rq, rk, d_o, g2, dvl, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, scale);      \
 }                                                                                                        \
-extern "C" __global__ void __launch_bounds__(DNT) delta_dqkw_k##KP##_##NAME(                             \
-    const E* q, const E* k, const float* rq, const float* rk, const E* d_o, const E* vn, const E* du,    \
-    const E* hs, const E* dhs, const float* g2, float* dq, float* dk, E* dw, float* dgp,                 \
-    const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
-    int VP, float scale, idx_t nch) {                                                                    \
-    dqkw_k<E, KP, 1>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off,         \
-                     chunk_seq, H, HV, K, V, VP, scale, nch);                                            \
-}                                                                                                        \
 extern "C" __global__ void __launch_bounds__(DNT, KP <= 128 ? 2 : 1) delta_wy_bwd_k##KP##_##NAME(                           \
     const E* k, const float* rk, const E* v, const float* bt, const E* tm, const E* dw, const E* du,     \
     const float* g2, const float* dgp, float* dk, float* dv, float* dbeta, float* dg,                    \
@@ -578,15 +569,20 @@ BWD_ENTRY(128, bf16, bf16_t)
 BWD_ENTRY(192, bf16, bf16_t)
 BWD_ENTRY(256, bf16, bf16_t)
 
-// dq/dk/dw with the V tiles in two buffers (KW = KP: bf16 up to 128)
-#define DQKW_S2_ENTRY(KP)                                                                                \
-extern "C" __global__ void __launch_bounds__(DNT) delta_dqkw_s2_k##KP##_bf16(                            \
-    const bf16_t* q, const bf16_t* k, const float* rq, const float* rk, const bf16_t* d_o,               \
-    const bf16_t* vn, const bf16_t* du, const bf16_t* hs, const bf16_t* dhs, const float* g2, float* dq, \
-    float* dk, bf16_t* dw, float* dgp, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq,\
-    int H, int HV, int K, int V, int VP, float scale, idx_t nch) {                                       \
-    dqkw_k<bf16_t, KP, 2>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off,    \
-                          chunk_seq, H, HV, K, V, VP, scale, nch);                                       \
+// dq/dk/dw as the entry point ENTRY with NB V-tile buffers: two (the `_s2` entries) where
+// KW = KP (bf16 up to 128), one elsewhere (src/delta/dispatch.rs dqkw_bufs)
+#define DQKW_ENTRY(ENTRY, KP, E, NB)                                                                     \
+extern "C" __global__ void __launch_bounds__(DNT) ENTRY(                                                 \
+    const E* q, const E* k, const float* rq, const float* rk, const E* d_o, const E* vn, const E* du,    \
+    const E* hs, const E* dhs, const float* g2, float* dq, float* dk, E* dw, float* dgp,                 \
+    const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
+    int VP, float scale, idx_t nch) {                                                                    \
+    dqkw_k<E, KP, NB>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off,        \
+                      chunk_seq, H, HV, K, V, VP, scale, nch);                                           \
 }
-DQKW_S2_ENTRY(64)
-DQKW_S2_ENTRY(128)
+DQKW_ENTRY(delta_dqkw_k64_f32, 64, float, 1)
+DQKW_ENTRY(delta_dqkw_k128_f32, 128, float, 1)
+DQKW_ENTRY(delta_dqkw_s2_k64_bf16, 64, bf16_t, 2)
+DQKW_ENTRY(delta_dqkw_s2_k128_bf16, 128, bf16_t, 2)
+DQKW_ENTRY(delta_dqkw_k192_bf16, 192, bf16_t, 1)
+DQKW_ENTRY(delta_dqkw_k256_bf16, 256, bf16_t, 1)

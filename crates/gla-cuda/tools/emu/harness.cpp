@@ -403,23 +403,25 @@ struct K_;
 KSET(float, f32)
 KSET(unsigned short, bf16)
 
-#define CHUNK_FNS(KP, SFX, H32, HB32, HB2, H32B2, HBD2)                                                         \
+// DQKW: the dq/dk/dw entry src/delta/dispatch.rs runs (delta_dqkw_s2_* for bf16 up to KP = 128,
+// the V tiles in two buffers: dq_bufs)
+#define CHUNK_FNS(KP, SFX, DQKW, H32, HB32, HB2, H32B2, HBD2)                                                   \
     {KP, {(void*)delta_wy_k##KP##_##SFX, (void*)delta_h_k##KP##_##SFX, (void*)delta_o_k##KP##_##SFX,            \
-          (void*)delta_dvl_k##KP##_##SFX, (void*)delta_h_bwd_k##KP##_##SFX, (void*)delta_dqkw_k##KP##_##SFX,    \
+          (void*)delta_dvl_k##KP##_##SFX, (void*)delta_h_bwd_k##KP##_##SFX, (void*)DQKW,                        \
           (void*)delta_wy_bwd_k##KP##_##SFX, (void*)H32, (void*)HB32, (void*)HB2, (void*)H32B2, (void*)HBD2}}
 struct ChunkFns {
     void *wy, *h, *o, *dvl, *hb, *dqkw, *wyb, *h32, *hb32, *h2, *h32b2;  // h2, h32b2: the _b2 / _v32b2 entries
     void* hbd2;  // delta_h_bwd_dv2: the state-gradient pass with dvl fused in (64 columns, two stages)
 };
-static std::map<int, ChunkFns> g_cf32 = {CHUNK_FNS(64, f32, nullptr, nullptr, nullptr, nullptr, nullptr),
-                                         CHUNK_FNS(128, f32, nullptr, nullptr, nullptr, nullptr, nullptr)};
+static std::map<int, ChunkFns> g_cf32 = {CHUNK_FNS(64, f32, delta_dqkw_k64_f32, nullptr, nullptr, nullptr, nullptr, nullptr),
+                                         CHUNK_FNS(128, f32, delta_dqkw_k128_f32, nullptr, nullptr, nullptr, nullptr, nullptr)};
 static std::map<int, ChunkFns> g_cbf = {
-    CHUNK_FNS(64, bf16, delta_h_v32_k64_bf16, delta_h_bwd_v32_k64_bf16, delta_h_b2_k64_bf16, delta_h_v32b2_k64_bf16,
-              delta_h_bwd_dv2_k64_bf16),
-    CHUNK_FNS(128, bf16, delta_h_v32_k128_bf16, delta_h_bwd_v32_k128_bf16, delta_h_b2_k128_bf16, delta_h_v32b2_k128_bf16,
-              delta_h_bwd_dv2_k128_bf16),
-    CHUNK_FNS(192, bf16, delta_h_v32_k192_bf16, delta_h_bwd_v32_k192_bf16, nullptr, nullptr, nullptr),
-    CHUNK_FNS(256, bf16, delta_h_v32_k256_bf16, delta_h_bwd_v32_k256_bf16, nullptr, nullptr, nullptr)};
+    CHUNK_FNS(64, bf16, delta_dqkw_s2_k64_bf16, delta_h_v32_k64_bf16, delta_h_bwd_v32_k64_bf16, delta_h_b2_k64_bf16,
+              delta_h_v32b2_k64_bf16, delta_h_bwd_dv2_k64_bf16),
+    CHUNK_FNS(128, bf16, delta_dqkw_s2_k128_bf16, delta_h_v32_k128_bf16, delta_h_bwd_v32_k128_bf16, delta_h_b2_k128_bf16,
+              delta_h_v32b2_k128_bf16, delta_h_bwd_dv2_k128_bf16),
+    CHUNK_FNS(192, bf16, delta_dqkw_k192_bf16, delta_h_v32_k192_bf16, delta_h_bwd_v32_k192_bf16, nullptr, nullptr, nullptr),
+    CHUNK_FNS(256, bf16, delta_dqkw_k256_bf16, delta_h_v32_k256_bf16, delta_h_bwd_v32_k256_bf16, nullptr, nullptr, nullptr)};
 
 // smem sizes (as src/delta/dispatch.rs)
 template <class E>
@@ -465,12 +467,15 @@ static int kw(int KP) {
     return (sizeof(E) == 2 && KP <= 128) ? KP : (KP == 64 ? 64 : KP / 2);
 }
 template <class E>
-static size_t sm_dqkw(int KP, int NB = 1) {
+static size_t sm_dqkw(int KP, int NB) {
     const int KW = kw<E>(KP), SP = SPn<E>, VBUF = (1 + 2 * SP) * 64 * 72 + 2 * KW * 72;
     return (2 * 64 * (KP + 8) + NB * VBUF + (2 - NB) * SP * 64 * 72) * sizeof(E) + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4;
 }
-// delta_dqkw_s2 (the V tiles in two buffers; bf16, KP <= 128): DELTA_DQVAR=s2
-static std::map<int, void*> g_dqs2 = {{64, (void*)delta_dqkw_s2_k64_bf16}, {128, (void*)delta_dqkw_s2_k128_bf16}};
+// V-tile buffers of the dq/dk/dw entry in ChunkFns (src/delta/dispatch.rs dqkw_bufs)
+template <class E>
+static int dq_bufs(int KP) {
+    return (sizeof(E) == 2 && KP <= 128) ? 2 : 1;
+}
 // the residual forward (delta_wyt + delta_hr_b2; bf16, KP <= 128): DELTA_HVAR=resb2; the
 // backward then runs delta_wy for w (as src/delta/ops.rs does)
 static std::map<int, void*> g_wyt = {{64, (void*)delta_wyt_k64_bf16}, {128, (void*)delta_wyt_k128_bf16}};
@@ -793,10 +798,9 @@ struct Run {
         typedef void (*DqkwFn)(const E*, const E*, const float*, const float*, const E*, const E*, const E*, const E*, const E*,
                                const float*, float*, float*, E*, float*, const long long*, const long long*, const int*, int, int, int,
                                int, int, float, long long);
-        const bool s2 = sizeof(E) == 2 && g_dqs2.count(KP) && getenv("DELTA_DQVAR") && !std::strcmp(getenv("DELTA_DQVAR"), "s2");
         if (nc > 0)
-            emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, b256, sm_dqkw<E>(KP, s2 ? 2 : 1), [&] {
-                ((DqkwFn)(s2 ? g_dqs2.at(KP) : f.dqkw))(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), du.data(), hs.data(), dhs.data(), g2.data(),
+            emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, b256, sm_dqkw<E>(KP, dq_bufs<E>(KP)), [&] {
+                ((DqkwFn)f.dqkw)(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), du.data(), hs.data(), dhs.data(), g2.data(),
                                  dqp.data(), dkp.data(), dw.data(), dgp.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V,
                                  VP, scale, nch);
             });
