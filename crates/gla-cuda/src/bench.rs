@@ -282,19 +282,24 @@ impl DeltaBenchInputs {
     }
 }
 
-/// One delta op on one shape, ready to time: problem, inputs, workspace and gradients allocated
+/// One delta op on one shape, ready to time: problem, inputs, workspaces and gradients allocated
 /// once (nothing is allocated in a timed call).
 struct DeltaBenchOp<'a> {
     dp: crate::delta::ops::DevDeltaProblem,
     x: crate::delta::ops::DeltaDevInputs<'a, u16>,
     d_o: &'a CudaSlice<u16>,
+    /// A training workspace (the forward's and the backward's buffers): [`Self::fwd_bwd`]'s.
     ws: crate::delta::ops::DeltaWorkspace<u16>,
+    /// A forward-only workspace (no backward buffers, as inference and prefill hold it, so the
+    /// dispatch may pick the residual forward): [`Self::fwd`]'s; made where `new` is asked to.
+    ws_fwd: Option<crate::delta::ops::DeltaWorkspace<u16>>,
     grads: crate::delta::ops::DeltaDevGrads,
     o: CudaSlice<u16>,
 }
 
 impl<'a> DeltaBenchOp<'a> {
-    fn new(cuda: &Cuda, inp: &'a DeltaBenchInputs, [b, t, h, kd, vd]: [usize; 5], op: &str) -> Result<Self> {
+    /// The op on one shape; `fwd_only_ws`: also a forward-only workspace, for [`Self::fwd`].
+    fn new(cuda: &Cuda, inp: &'a DeltaBenchInputs, [b, t, h, kd, vd]: [usize; 5], op: &str, fwd_only_ws: bool) -> Result<Self> {
         use crate::delta::ops::{DeltaDevGrads, DeltaDevInputs, DeltaWorkspace, DevDeltaProblem};
         use gla_core::{DeltaGate, DeltaProblem, DeltaSpec};
         let gate = if op == "gdn" { DeltaGate::LogDecay } else { DeltaGate::None };
@@ -302,22 +307,22 @@ impl<'a> DeltaBenchOp<'a> {
         let dp = DevDeltaProblem::new(cuda, &p)?;
         let g = (gate != DeltaGate::None).then_some(&inp.g);
         let x = DeltaDevInputs { q: &inp.q, k: &inp.k, v: &inp.v, beta: &inp.beta, g, a_log: None, dt_bias: None, h0: None };
-        let ws = DeltaWorkspace::<u16>::for_problem(cuda, &dp, crate::dispatch::delta::DeltaAlgo::Chunked, true, true)?;
+        let algo = crate::dispatch::delta::DeltaAlgo::Chunked;
+        let ws = DeltaWorkspace::<u16>::for_problem(cuda, &dp, algo, true, true)?;
+        let ws_fwd = if fwd_only_ws { Some(DeltaWorkspace::<u16>::for_problem(cuda, &dp, algo, true, false)?) } else { None };
         let grads = DeltaDevGrads::alloc(cuda, &p, false)?;
         let o = cuda.alloc_zeros::<u16>(p.v_len(), "o")?;
-        Ok(Self { dp, x, d_o: &inp.d_o, ws, grads, o })
+        Ok(Self { dp, x, d_o: &inp.d_o, ws, ws_fwd, grads, o })
     }
+    /// The forward on the forward-only workspace.
     fn fwd(&mut self, cuda: &Cuda) -> Result<()> {
-        crate::delta::ops::delta_fwd_ws(
-            cuda,
-            crate::dispatch::delta::DeltaAlgo::Chunked,
-            &self.dp,
-            &self.x,
-            &mut self.ws,
-            &mut self.o,
-            None,
-        )
+        let ws = self.ws_fwd.as_mut().ok_or_else(|| {
+            Error::Op(gla_core::Error::Unsupported { backend: "cuda", what: "delta bench: no forward-only workspace".into() })
+        })?;
+        crate::delta::ops::delta_fwd_ws(cuda, crate::dispatch::delta::DeltaAlgo::Chunked, &self.dp, &self.x, ws, &mut self.o, None)
     }
+    /// The forward and the backward on the training workspace (the backward reuses the
+    /// forward's T, w, u, states and v_new).
     fn fwd_bwd(&mut self, cuda: &Cuda) -> Result<()> {
         let algo = crate::dispatch::delta::DeltaAlgo::Chunked;
         crate::delta::ops::delta_fwd_ws(cuda, algo, &self.dp, &self.x, &mut self.ws, &mut self.o, None)?;
@@ -328,8 +333,12 @@ impl<'a> DeltaBenchOp<'a> {
 /// Times the delta rule's forward and forward+backward (bf16, the dispatch policy's chunked
 /// kernels) on each shape, for each op of `ops` (`delta`: DeltaNet; `gdn`: Gated DeltaNet with
 /// the log decay given), with the op's plain options (no L2 norm, sigmoid or gate inside the op),
-/// no initial or final state, inputs as [`DeltaBenchInputs`]. The backward recomputes the
-/// forward's workspace (T, w, u, the chunk states; fla keeps T and recomputes the rest).
+/// no initial or final state, inputs as [`DeltaBenchInputs`]. The `fwd` row times the forward
+/// on a forward-only workspace (what inference and prefill hold: the dispatch picks the residual
+/// forward there where it applies), the `fwd+bwd` row the forward and backward on a training
+/// workspace (the forward's and the backward's buffers: the WY forward, whose T, w, u, chunk
+/// states and v_new the backward reuses; fla keeps T and recomputes the rest); both workspaces
+/// are allocated before either is timed.
 ///
 /// # Errors
 /// Invalid shapes; driver, compile or launch errors.
@@ -339,7 +348,7 @@ pub fn bench_delta(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, ops: &[
     for &shape in shapes {
         let inp = DeltaBenchInputs::new(cuda, shape)?;
         for &op in ops {
-            let mut b = DeltaBenchOp::new(cuda, &inp, shape, op)?;
+            let mut b = DeltaBenchOp::new(cuda, &inp, shape, op, true)?;
             let p = b.dp.problem.clone();
             let kernel = route(&p, true, DeltaAlgo::Chunked)
                 .map_err(|e| Error::Op(gla_core::Error::Unsupported { backend: "cuda", what: e }))?
@@ -360,13 +369,14 @@ pub fn bench_delta(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, ops: &[
 }
 
 /// The time of each launch of one forward+backward of `op` on `shape` (CUDA events around each
-/// launch, after a warm-up run): a plain-text table, one line per launch.
+/// launch, after a warm-up run) on a training workspace, as [`bench_delta`]'s `fwd+bwd` row: a
+/// plain-text table, one line per launch.
 ///
 /// # Errors
 /// As [`bench_delta`].
 pub fn delta_stages(cuda: &Arc<Cuda>, shape: [usize; 5], op: &str) -> Result<String> {
     let inp = DeltaBenchInputs::new(cuda, shape)?;
-    let mut b = DeltaBenchOp::new(cuda, &inp, shape, op)?;
+    let mut b = DeltaBenchOp::new(cuda, &inp, shape, op, false)?;
     b.fwd_bwd(cuda)?;
     cuda.sync()?;
     let ((), times) = crate::runtime::profile(cuda, || b.fwd_bwd(cuda))?;
