@@ -186,40 +186,50 @@ pub trait VisionOps: Primitives {
     /// `gn = g_norm(o)`, `ln = l_norm(xs)` ([`Primitives::gated_norm_fwd`] without a gate over
     /// `rows = N*H` rows of the norms' width, their `rstd_g`, `rstd_l` saved), then
     /// `y = locality_gate(gn, ln, gpre)` ([`VisionOps::locality_gate_fwd`] over all `rows * V`
-    /// elements). `keep`: buffers that hold `gn` and `ln` afterwards (the backward reads them);
-    /// `None` where only `y` is wanted (a fusing backend keeps them in registers, the default
-    /// makes two temporaries). `y` and the rstd are the same values either way. The default
-    /// makes the three calls.
+    /// elements). `norms`: buffers for `gn` and `ln`; with `keep` they hold them afterwards
+    /// (the backward reads them), else their contents are unspecified (scratch for a backend
+    /// that needs it; a fusing one keeps the norms in registers, and the default makes two
+    /// temporaries where there are none). `y` and the rstd are the same values either way. The
+    /// default makes the three calls.
+    ///
+    /// # Errors
+    /// [`crate::Error::BadArg`] for `keep` without `norms`; the backend's errors.
     fn locality_fwd(
         &self,
         y: &mut Act<Self>,
-        keep: Option<(&mut Act<Self>, &mut Act<Self>)>,
+        norms: Option<(&mut Act<Self>, &mut Act<Self>)>,
         (rstd_g, rstd_l): (&mut F32<Self>, &mut F32<Self>),
         (o, xs, gpre): (&Act<Self>, &Act<Self>, &F32<Self>),
         (g_norm, l_norm): (ParamId, ParamId),
         (rows, v): (usize, usize),
         out_act: bool,
+        keep: bool,
     ) -> Result<(), Self::Error> {
         let mut tmp = None;
-        let (gn, ln) = kept_or_temps(self, keep, &mut tmp, rows * v)?;
+        let (gn, ln) = outputs_or_temps(self, "locality_fwd norms", norms, keep, &mut tmp, rows * v)?;
         self.gated_norm_fwd(gn, rstd_g, o, None, GateAct::Swish, g_norm, rows)?;
         self.gated_norm_fwd(ln, rstd_l, xs, None, GateAct::Swish, l_norm, rows)?;
         self.locality_gate_fwd(y, gn, ln, gpre, out_act, rows * v)
     }
     /// SwiGLU on the MLP's fused gate / up GEMM output `ab [N, 2I]` (gate columns first):
-    /// `h [N, I] = silu(a) * u` ([`Primitives::swiglu_fwd`]'s values) and, with `keep`, `a` and
-    /// `u` copied out into its buffers (`[N, I]` each: the backward reads them); `None` where
-    /// only `h` is wanted (a fusing backend reads `ab` in place, the default makes two
-    /// temporaries). The default makes the two column copies and the SwiGLU.
+    /// `h [N, I] = silu(a) * u` ([`Primitives::swiglu_fwd`]'s values). `au`: buffers for `a`
+    /// and `u` (`[N, I]` each); with `keep` they hold them afterwards (the backward reads them),
+    /// else their contents are unspecified (scratch for a backend that needs it; a fusing one
+    /// reads `ab` in place, and the default makes two temporaries where there are none). The
+    /// default makes the two column copies and the SwiGLU.
+    ///
+    /// # Errors
+    /// [`crate::Error::BadArg`] for `keep` without `au`; the backend's errors.
     fn swiglu_split_fwd(
         &self,
         h: &mut Act<Self>,
-        keep: Option<(&mut Act<Self>, &mut Act<Self>)>,
+        au: Option<(&mut Act<Self>, &mut Act<Self>)>,
         ab: &Act<Self>,
         (n, i): (usize, usize),
+        keep: bool,
     ) -> Result<(), Self::Error> {
         let mut tmp = None;
-        let (a, u) = kept_or_temps(self, keep, &mut tmp, n * i)?;
+        let (a, u) = outputs_or_temps(self, "swiglu_split_fwd a, u", au, keep, &mut tmp, n * i)?;
         self.cols(a, ab, &Cols::copy(1, n, i, (2 * i, 0), (i, 0)))?;
         self.cols(u, ab, &Cols::copy(1, n, i, (2 * i, i), (i, 0)))?;
         self.swiglu_fwd(h, a, u, n * i)
@@ -300,17 +310,20 @@ pub trait VisionOps: Primitives {
     ) -> Result<(f64, usize), Self::Error>;
 }
 
-/// A default method's pair of outputs: the caller's buffers where it keeps them, else two
-/// temporaries of `len` made in `tmp`.
+/// A default method's pair of outputs: the caller's buffers where it has them, else (unless
+/// they must be kept) two temporaries of `len` made in `tmp`.
 #[allow(clippy::type_complexity)]
-fn kept_or_temps<'a, B: Primitives + ?Sized>(
+fn outputs_or_temps<'a, B: Primitives + ?Sized>(
     be: &B,
-    keep: Option<(&'a mut Act<B>, &'a mut Act<B>)>,
+    what: &'static str,
+    bufs: Option<(&'a mut Act<B>, &'a mut Act<B>)>,
+    keep: bool,
     tmp: &'a mut Option<(Act<B>, Act<B>)>,
     len: usize,
 ) -> Result<(&'a mut Act<B>, &'a mut Act<B>), B::Error> {
-    Ok(match keep {
+    Ok(match bufs {
         Some(k) => k,
+        None if keep => return Err(crate::Error::BadArg { key: what, reason: "kept outputs need their buffers".into() }.into()),
         None => {
             let t = tmp.insert((be.alloc_act(len)?, be.alloc_act(len)?));
             (&mut t.0, &mut t.1)

@@ -384,12 +384,13 @@ impl VisionOps for Gpu {
     fn locality_fwd(
         &self,
         y: &mut CudaSlice<u16>,
-        keep: Option<(&mut CudaSlice<u16>, &mut CudaSlice<u16>)>,
+        norms: Option<(&mut CudaSlice<u16>, &mut CudaSlice<u16>)>,
         (rstd_g, rstd_l): (&mut CudaSlice<f32>, &mut CudaSlice<f32>),
         (o, xs, gpre): (&CudaSlice<u16>, &CudaSlice<u16>, &CudaSlice<f32>),
         (g_norm, l_norm): (ParamId, ParamId),
         (rows, v): (usize, usize),
         out_act: bool,
+        keep: bool,
     ) -> Result<()> {
         if self.width(g_norm) != v || self.width(l_norm) != v {
             return short("locality norm weights", self.width(g_norm).min(self.width(l_norm)), v);
@@ -399,13 +400,14 @@ impl VisionOps for Gpu {
             need(what, buf, len)?;
         }
         // gn, ln: null pointers when not kept (the kernel then writes only y and the rstd)
-        let (gnp, lnp) = match &keep {
-            Some((gn, ln)) => {
+        let (gnp, lnp) = match (keep, &norms) {
+            (false, _) => (0u64, 0u64),
+            (true, Some((gn, ln))) => {
                 need("locality gn", gn, len)?;
                 need("locality ln", ln, len)?;
                 (self.p(gn), self.p(ln))
             }
-            None => (0u64, 0u64),
+            (true, None) => return Err(unsupported("locality_fwd: kept norms need their buffers".into())),
         };
         need("locality gpre", gpre, len)?;
         need("locality rstd_g", rstd_g, rows)?;
@@ -418,20 +420,22 @@ impl VisionOps for Gpu {
     fn swiglu_split_fwd(
         &self,
         h: &mut CudaSlice<u16>,
-        keep: Option<(&mut CudaSlice<u16>, &mut CudaSlice<u16>)>,
+        au: Option<(&mut CudaSlice<u16>, &mut CudaSlice<u16>)>,
         ab: &CudaSlice<u16>,
         (n, i): (usize, usize),
+        keep: bool,
     ) -> Result<()> {
         need("swiglu h", h, n * i)?;
         need("swiglu ab", ab, 2 * n * i)?;
         // a, u: null pointers when not kept (the kernel then writes only h)
-        let (ap, up) = match &keep {
-            Some((a, u)) => {
+        let (ap, up) = match (keep, &au) {
+            (false, _) => (0u64, 0u64),
+            (true, Some((a, u))) => {
                 need("swiglu a", a, n * i)?;
                 need("swiglu u", u, n * i)?;
                 (self.p(a), self.p(u))
             }
-            None => (0u64, 0u64),
+            (true, None) => return Err(unsupported("swiglu_split_fwd: kept a, u need their buffers".into())),
         };
         let (hp, abp, ni, ii) = (self.p(h), self.p(ab), n as i64, i as i32);
         launch!(self, "swiglu_split_fwd", flat(n * i), hp, ap, up, abp, ni, ii);

@@ -143,7 +143,7 @@ struct FwdTmp<S: ModelStorage> {
     y: S::Act,              // [N, Dv] gated output
     hm: S::Act,             // [N, I] silu(gate) * up
     /// `[N, I]` gate, up and `[N, Dv]` g_norm(o), l_norm(xs): the backward's recomputation
-    /// keeps them for its gradients (training buffers only; the forward needs neither).
+    /// keeps them for its gradients (training buffers only; the forward reads neither).
     a_u: Option<[S::Act; 2]>,
     gn_ln: Option<[S::Act; 2]>,
 }
@@ -498,7 +498,9 @@ pub fn forward_resident<B: Backend + VisionOps>(
         // SwiGLU MLP, its gate and up projections one weight [2I, D]
         be.rmsnorm_fwd(&mut t.xn, &mut a.rstd2, &t.x_mid, ids.mlp_norm, n)?;
         be.linear_fwd(&mut t.ab, &t.xn, ids.gate_proj, n, dm, 2 * inter)?;
-        be.swiglu_split_fwd(&mut t.hm, None, &t.ab, (n, inter))?;
+        // a, u: scratch where the training buffers have them (the backward recomputes them)
+        let au = t.a_u.as_mut().map(|[a, u]| (a, u));
+        be.swiglu_split_fwd(&mut t.hm, au, &t.ab, (n, inter), false)?;
         let out = &mut xs[so];
         match drop[li].as_ref().zip(branch.as_mut()) {
             Some(([_, m], br)) => {
@@ -593,8 +595,9 @@ fn attn_residual_fwd<B: Backend + VisionOps>(
 
 /// The locality branch's element-wise part ([`VisionOps::locality_fwd`]): `gn = g_norm(o)`,
 /// `ln = l_norm(xs)` (their rstd into the block's) and `y`, the locality gate of them by
-/// `sigmoid(gpre)`. The forward runs it (`keep` false: only `y` is read), and the backward again
-/// to recompute them into `t.gn_ln` (`keep` true): the same values.
+/// `sigmoid(gpre)`. The forward runs it (`keep` false: only `y` is read; `t.gn_ln`, where the
+/// training buffers have it, as scratch), and the backward again to recompute them into
+/// `t.gn_ln` (`keep` true): the same values.
 fn locality_fwd<B: Backend + VisionOps>(
     be: &B,
     d: &VigDims,
@@ -605,19 +608,15 @@ fn locality_fwd<B: Backend + VisionOps>(
     keep: bool,
 ) -> Result<(), B::Error> {
     let xs = t.xs_act.as_ref().unwrap_or(&a.loc);
-    let kept = match (keep, t.gn_ln.as_mut()) {
-        (false, _) => None,
-        (true, Some([gn, ln])) => Some((gn, ln)),
-        (true, None) => return Err(shape_err("locality norms", "training buffers".into(), 1, 0).into()),
-    };
     be.locality_fwd(
         &mut t.y,
-        kept,
+        t.gn_ln.as_mut().map(|[gn, ln]| (gn, ln)),
         (&mut a.rstd_g, &mut a.rstd_l),
         (&a.o, xs, &t.gk_gpre),
         (ids.g_norm, ids.l_norm),
         (n * d.heads, d.head_v),
         d.out_act,
+        keep,
     )
 }
 
@@ -697,7 +696,7 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
             return Err(shape_err("block activations", "made for training".into(), 1, 0).into());
         };
         let [ga, up] = a_u;
-        be.swiglu_split_fwd(&mut t.hm, Some((ga, up)), &t.ab, (n, inter))?;
+        be.swiglu_split_fwd(&mut t.hm, Some((ga, up)), &t.ab, (n, inter), true)?;
         let bufs = (&mut s.dbranch, &mut s.dbranch16, &mut s.dres16);
         let dout = branch_grad(be, bufs, &s.dres, drop[li].as_ref().map(|m| &m[1][..]), (l, dm))?;
         be.linear_bwd_x(&mut s.dh, dout, ids.down_proj, n, inter, dm, false)?;
