@@ -346,9 +346,8 @@ pub(crate) fn dqkw_kw(bf16: bool, kp: usize) -> usize {
 }
 
 /// Buffers of `delta_dqkw_*`'s V tiles: 2 (`delta_dqkw_s2_*`, tile v + 1 loading during tile
-/// v) where those entries exist (bf16, KP <= 128: [`h_two_ok`]), else 1. Measured on the H100
-/// (DeltaNet, bf16, K = V = 128, 32 x 2048, 3800181) the pass runs 2.492 -> 2.374 ms and the
-/// forward + backward 9.567 -> 9.437 ms.
+/// v) where those entries exist (bf16, KP <= 128: [`h_two_ok`]; faster than one buffer at
+/// K = V = 128, `bench/results/2026-12-05_h100_3800181_verify_vigb.txt`), else 1.
 pub(crate) fn dqkw_bufs(bf16: bool, kp: usize) -> usize {
     if h_two_ok(bf16, kp) {
         2
