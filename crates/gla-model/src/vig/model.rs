@@ -688,8 +688,8 @@ pub fn backward<B: Backend + VisionOps>(be: &B, lay: &VigLayout, acts: &mut VigA
         locality_fwd(be, &d, ids, a, t, n, true)?;
         let dr = drop[li].as_ref().zip(branch.as_mut()).map(|([m, _], br)| (&m[..], br));
         attn_residual_fwd(be, &d, ids, &xs[li], t, dr, (n, l))?;
-        // MLP (its branch's gradient scaled per image under stochastic depth); xn2, the gate and
-        // up projections and hm recomputed
+        // MLP (its branch's gradient scaled per image under stochastic depth); its norm, the gate
+        // and up projections and hm recomputed
         be.rmsnorm_fwd(&mut t.xn, &mut a.rstd2, &t.x_mid, ids.mlp_norm, n)?;
         be.linear_fwd(&mut t.ab, &t.xn, ids.gate_proj, n, dm, 2 * inter)?;
         let (Some(a_u), Some([gn, ln])) = (t.a_u.as_mut(), t.gn_ln.as_ref()) else {
