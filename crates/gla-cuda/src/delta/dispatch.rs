@@ -360,12 +360,13 @@ pub(crate) fn dqkw_bufs(bf16: bool, kp: usize) -> usize {
 /// alone and `delta_hr_b2` (64 columns, two blocks per SM) forms v_new as
 /// T (beta (V - rk exp(G) (K S))), so w and u are never formed. The default on a forward-only
 /// workspace (`fwd_only`: no backward buffers, inference and prefill) where 64-column tiles fill
-/// every SM at least once (`tiles`, [`h_policy`]'s condition for two blocks per SM): measured on
-/// the H200 (DeltaNet, bf16, K = V = 128, 32 x 2048) the forward runs 2.83 -> 2.44 ms (delta_wyt
-/// 0.57 + delta_hr_b2 1.15 against delta_wy 1.07 + delta_h_b2 1.04). A backward on the forward's
-/// workspace has to form w again (`delta_wy`): forward + backward 9.24 -> 9.96 ms, so a workspace
-/// that holds the backward's buffers keeps the WY form. The lab override `h=resb2` forces the
-/// residual form (any workspace), any other `h=` value (a WY plan under study) turns it off.
+/// every SM at least once (`tiles`, [`h_policy`]'s condition for two blocks per SM), where it is
+/// the faster forward. A backward on the forward's workspace would have to form w again
+/// (`delta_wy`), which costs more than the residual form saves, so a workspace that holds the
+/// backward's buffers keeps the WY form (both measured: `bench/results/README.md`, the delta
+/// rows of 2026-12-05). The lab override `h=resb2` forces the residual form (any workspace; the
+/// delta checks run it over the whole case table), any other `h=` value (a WY plan under study)
+/// turns it off.
 pub(crate) fn h_res(bf16: bool, kp: usize, fwd_only: bool, tiles: usize, sm_count: usize) -> bool {
     if !h_two_ok(bf16, kp) {
         return false;
