@@ -95,6 +95,25 @@ if bidir:
 
 exp = os.environ.get("DELTA_EMU_EXP") == "1"
 site = [0]
+lsite = [0]
+SPLIT_STORES = ("st2(", "stg2(", "st2_pair(", "stg2_pair(")
+
+
+def lo_sites(text):
+    """experiment mode: every split store of the chunk kernels numbered (its lo plane dropped
+    under LOMASK), and the f32 stores of u (delta_wy) numbered likewise (rounded to bf16)"""
+    if not exp:
+        return text
+    text = text.replace("st_pair(u + ", "st_pair_u_dbg(u + ")
+    pat = re.compile(r"(?<![\w])(st2|stg2|st2_pair|stg2_pair|st_pair_u_dbg)\(")
+    out, i = [], 0
+    for m in pat.finditer(text):
+        out.append(text[i:m.start()] + f"{m.group(1)}_lo({lsite[0]}, ")
+        print(f"lo site {lsite[0]}: {m.group(1)} at {text.count(chr(10), 0, m.start()) + 1}", file=sys.stderr)
+        lsite[0] += 1
+        i = m.end()
+    out.append(text[i:])
+    return "".join(out)
 
 
 def sites(text, l2=False):
@@ -123,9 +142,24 @@ template <typename E> inline E cvt_dbg(int id, float x) {
     if (sizeof(E) == 4 && ((g_round_mask >> id) & 1)) return (E)emu::bf2f(f2bf(x));
     return cvt<E>(x);
 }
+// LOMASK: the split stores whose lo plane is dropped (x stored as bf16(x) alone), as a kernel
+// with one bf16 plane there would store it; site ids from build.py's lo_sites
+static unsigned long long g_lo_mask = getenv("LOMASK") ? strtoull(getenv("LOMASK"), 0, 0) : 0ull;
+static inline float lo_cut(int id, float x) {
+    return ((g_lo_mask >> id) & 1) ? emu::bf2f(f2bf(x)) : x;
+}
+template <typename E> inline void st2_lo(int id, E* hi, E* lo, int i, float x) { st2(hi, lo, i, lo_cut(id, x)); }
+template <typename E> inline void stg2_lo(int id, E* base, idx_t plane, idx_t i, float x) { stg2(base, plane, i, lo_cut(id, x)); }
+template <typename E> inline void st2_pair_lo(int id, E* hi, E* lo, int i, float a, float b) {
+    st2_pair(hi, lo, i, lo_cut(id, a), lo_cut(id, b));
+}
+template <typename E> inline void stg2_pair_lo(int id, E* base, idx_t plane, idx_t i, float a, float b) {
+    stg2_pair(base, plane, i, lo_cut(id, a), lo_cut(id, b));
+}
+inline void st_pair_u_dbg_lo(int id, float* p, float a, float b) { st_pair<float>(p, lo_cut(id, a), lo_cut(id, b)); }
 """
     if f in ("delta/chunk.cuh", "delta/chunk_fwd.cu", "delta/chunk_h.cu", "delta/chunk_bwd.cu"):
-        text = sites(text)
+        text = lo_sites(sites(text))
     if f == "delta/prep.cu":
         text = sites(text, True)
     parts.append(f'#line 1 "{f}"\n' + text)

@@ -67,7 +67,10 @@ static Data make(const Case& c, uint64_t seed) {
     };
     const size_t qk = d.rows * c.H * c.K, vv = d.rows * c.HV * c.V, bb = d.rows * c.HV, st = (size_t)d.N * c.HV * c.K * c.V;
     d.q = fill(qk, [&] { return r.uni(); });
-    d.k = fill(qk, [&] { return r.uni(); });
+    // DELTA_KEYS=normal: keys of both signs (fla's tests: randn, L2-normalised), which keep T's
+    // entries small; the table's positive keys (as SiLU'd keys are) correlate
+    static const bool knormal = getenv("DELTA_KEYS") && !std::strcmp(getenv("DELTA_KEYS"), "normal");
+    d.k = fill(qk, [&] { return knormal ? r.normal() : r.uni(); });
     if (!c.l2) {
         for (size_t x = 0; x < qk; x += c.K) {
             double n = 0;
