@@ -5,7 +5,10 @@ builds: common/base.cuh, common/mma.cuh, common/chunk.cuh for gla/chunk_*.cu (ba
 the other gla/ files), common/base.cuh and nn/common.cuh for nn/*.cu, those three and
 attn/common.cuh for attn/*.cu, delta/common.cuh, delta/chunk.cuh for delta/chunk_*.cu, and the
 GLA chunk files whose building blocks they run for bidir/chunk_*.cu.
-Usage: eval "$(bash .ci/nvrtc-setup.sh)"; python3 crates/gla-cuda/tools/ptxas_report.py crates/gla-cuda/kernels/gla/chunk_bwd.cu"""
+Usage: eval "$(bash .ci/nvrtc-setup.sh)"; python3 crates/gla-cuda/tools/ptxas_report.py [--cubin DIR] crates/gla-cuda/kernels/gla/chunk_bwd.cu
+--cubin DIR also writes each file's cubin to DIR/<name>.cubin, whose SASS `cuobjdump -sass` prints
+without a GPU (PyPI: nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm, 13.2 or later; PATH to their
+nvidia/cu13/bin): how ptxas scheduled a kernel's loads and products, before any device time."""
 import ctypes, os, sys
 
 here = os.path.dirname(os.path.abspath(__file__))
@@ -37,7 +40,12 @@ for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") + [""]:
         pass
 if lib is None:
     sys.exit("libnvrtc.so.13 not found (run .ci/nvrtc-setup.sh)")
-for path in sys.argv[1:]:
+args = sys.argv[1:]
+cubin_dir = None
+if len(args) >= 2 and args[0] == "--cubin":
+    cubin_dir, args = args[1], args[2:]
+    os.makedirs(cubin_dir, exist_ok=True)
+for path in args:
     parts = [(h, open(os.path.join(kernels, h)).read()) for h in headers(path)] + [(os.path.relpath(os.path.abspath(path), kernels), open(path).read())]
     src = "".join(f'#line 1 "{name}"\n{text}\n' for name, text in parts).encode()
     prog = ctypes.c_void_p()
@@ -51,3 +59,10 @@ for path in sys.argv[1:]:
     lib.nvrtcGetProgramLog(prog, buf)
     print(f"== {path} (rc {rc})")
     print("\n".join(l for l in buf.value.decode().splitlines() if "Compiling entry" in l or "Used" in l or "spill" in l or "error" in l or "warning" in l))
+    if cubin_dir is not None and rc == 0:
+        lib.nvrtcGetCUBINSize(prog, ctypes.byref(n))
+        cub = ctypes.create_string_buffer(n.value)
+        assert lib.nvrtcGetCUBIN(prog, cub) == 0
+        out = os.path.join(cubin_dir, os.path.splitext(os.path.basename(path))[0] + ".cubin")
+        open(out, "wb").write(cub.raw)
+        print(f"wrote {out}")
