@@ -107,12 +107,12 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
     const int kr = 32 * (w >> 1), cv = (DVP / 2) * (w & 1), cq = (DP / 2) * (w & 1);
     // the warp's ldmatrix addresses (shared-memory bytes) at tile offset (0, 0); Q and dO add
     // the buffer's offset
-    const unsigned uQ = att_smem(sQ), uO = att_smem(sO);
-    const unsigned aS_Q = att_lane_a(LQ, lane) + 2 * qr * LQ, aS_K = att_smem(sK) + att_lane_b(LQ, lane) + 2 * kc * LQ;
-    const unsigned aP_O = att_lane_a(LV, lane) + 2 * qr * LV, aP_V = att_smem(sV) + att_lane_b(LV, lane) + 2 * kc * LV;
-    const unsigned aV_P = att_smem(sP) + att_lane_b(LP, lane) + 2 * kr, aV_O = att_lane_a(LV, lane) + 2 * cv;
-    const unsigned aK_S = att_smem(sS) + att_lane_b(LP, lane) + 2 * kr, aK_Q = att_lane_a(LQ, lane) + 2 * cq;
-    const unsigned aQ_S = att_smem(sS) + att_lane_a(LP, lane) + 2 * qr * LP, aQ_K = att_smem(sK) + att_lane_a(LQ, lane) + 2 * cd;
+    const unsigned uQ = smem_addr(sQ), uO = smem_addr(sO);
+    const unsigned aS_Q = att_lane_a(LQ, lane) + 2 * qr * LQ, aS_K = smem_addr(sK) + att_lane_b(LQ, lane) + 2 * kc * LQ;
+    const unsigned aP_O = att_lane_a(LV, lane) + 2 * qr * LV, aP_V = smem_addr(sV) + att_lane_b(LV, lane) + 2 * kc * LV;
+    const unsigned aV_P = smem_addr(sP) + att_lane_b(LP, lane) + 2 * kr, aV_O = att_lane_a(LV, lane) + 2 * cv;
+    const unsigned aK_S = smem_addr(sS) + att_lane_b(LP, lane) + 2 * kr, aK_Q = att_lane_a(LQ, lane) + 2 * cq;
+    const unsigned aQ_S = smem_addr(sS) + att_lane_a(LP, lane) + 2 * qr * LP, aQ_K = smem_addr(sK) + att_lane_a(LQ, lane) + 2 * cd;
     const int nkt = (len + BN - 1) / BN;
     for (int kt = sp; kt < nkt; kt += splits) {
         const int k0 = kt * BN, LK = min(BN, len - k0);
@@ -185,9 +185,9 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                 for (int kk = 0; kk < DP / 16; ++kk) {
                     unsigned a[2][4], r[2][4];
                     #pragma unroll
-                    for (int mt = 0; mt < 2; ++mt) att_ldsm4(a[mt], uQb + aS_Q + 2 * (16 * mt * LQ + 16 * kk));
+                    for (int mt = 0; mt < 2; ++mt) ldsm4a(a[mt], uQb + aS_Q + 2 * (16 * mt * LQ + 16 * kk));
                     #pragma unroll
-                    for (int np = 0; np < 2; ++np) att_ldsm4(r[np], aS_K + 2 * (16 * np * LQ + 16 * kk));
+                    for (int np = 0; np < 2; ++np) ldsm4a(r[np], aS_K + 2 * (16 * np * LQ + 16 * kk));
                     #pragma unroll
                     for (int mt = 0; mt < 2; ++mt)
                         #pragma unroll
@@ -200,9 +200,9 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                 for (int kk = 0; kk < DVP / 16; ++kk) {
                     unsigned a[2][4], r[2][4];
                     #pragma unroll
-                    for (int mt = 0; mt < 2; ++mt) att_ldsm4(a[mt], uOb + aP_O + 2 * (16 * mt * LV + 16 * kk));
+                    for (int mt = 0; mt < 2; ++mt) ldsm4a(a[mt], uOb + aP_O + 2 * (16 * mt * LV + 16 * kk));
                     #pragma unroll
-                    for (int np = 0; np < 2; ++np) att_ldsm4(r[np], aP_V + 2 * (16 * np * LV + 16 * kk));
+                    for (int np = 0; np < 2; ++np) ldsm4a(r[np], aP_V + 2 * (16 * np * LV + 16 * kk));
                     #pragma unroll
                     for (int mt = 0; mt < 2; ++mt)
                         #pragma unroll
@@ -280,13 +280,13 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                     unsigned pa[2][4], da[2][4];
                     #pragma unroll
                     for (int mt = 0; mt < 2; ++mt) {
-                        att_ldsm4t(pa[mt], aV_P + 2 * (16 * kk * LP + 16 * mt));
-                        att_ldsm4t(da[mt], aK_S + 2 * (16 * kk * LP + 16 * mt));
+                        ldsm4ta(pa[mt], aV_P + 2 * (16 * kk * LP + 16 * mt));
+                        ldsm4ta(da[mt], aK_S + 2 * (16 * kk * LP + 16 * mt));
                     }
                     #pragma unroll
                     for (int np = 0; np < DVP / 32; ++np) {
                         unsigned r[4];
-                        att_ldsm4t(r, uOb + aV_O + 2 * (16 * kk * LV + 16 * np));
+                        ldsm4ta(r, uOb + aV_O + 2 * (16 * kk * LV + 16 * np));
                         #pragma unroll
                         for (int mt = 0; mt < 2; ++mt) {
                             mma16816(dV[mt][2 * np], pa[mt], r[0], r[1]);
@@ -296,7 +296,7 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                     #pragma unroll
                     for (int np = 0; np < DP / 32; ++np) {
                         unsigned r[4];
-                        att_ldsm4t(r, uQb + aK_Q + 2 * (16 * kk * LQ + 16 * np));
+                        ldsm4ta(r, uQb + aK_Q + 2 * (16 * kk * LQ + 16 * np));
                         #pragma unroll
                         for (int mt = 0; mt < 2; ++mt) {
                             mma16816(dK[mt][2 * np], da[mt], r[0], r[1]);
@@ -318,11 +318,11 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                 auto dq_step = [&](int kk) {
                     unsigned a[2][4];
                     #pragma unroll
-                    for (int mt = 0; mt < 2; ++mt) att_ldsm4(a[mt], aQ_S + 2 * (16 * mt * LP + 16 * kk));
+                    for (int mt = 0; mt < 2; ++mt) ldsm4a(a[mt], aQ_S + 2 * (16 * mt * LP + 16 * kk));
                     #pragma unroll
                     for (int np = 0; np < DP / 64; ++np) {
                         unsigned r[4];
-                        att_ldsm4t(r, aQ_K + 2 * (16 * kk * LQ + 16 * np));
+                        ldsm4ta(r, aQ_K + 2 * (16 * kk * LQ + 16 * np));
                         #pragma unroll
                         for (int mt = 0; mt < 2; ++mt) {
                             mma16816(a2[mt][2 * np], a[mt], r[0], r[1]);

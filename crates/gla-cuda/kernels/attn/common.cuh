@@ -22,13 +22,6 @@ __device__ __forceinline__ bool att_key_ok(int i, int s, int len, int causal, in
     return (s < len) & (!causal | (s <= i)) & ((window <= 0) | (s > i - window));
 }
 
-// The shared-memory byte address of a pointer into shared memory.
-__device__ __forceinline__ unsigned att_smem(const void* p) {
-    unsigned long long a;
-    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
-    return (unsigned)a;
-}
-
 // A 16-byte cp.async to the shared-memory byte address s (32-bit: the tile loop's destinations
 // are a base plus immediates, no 64-bit generic address per copy).
 __device__ __forceinline__ void att_cp16(unsigned s, const void* g) {
@@ -49,7 +42,7 @@ __device__ __forceinline__ void att_tile(bf16_t* dst, int ld, const bf16_t* src,
             constexpr int RS = NT / CPR;  // rows per step
             const int t = tid / CPR, c = (tid % CPR) * 8;
             const bf16_t* s = src + (idx_t)t * ldg + c;
-            const unsigned d = att_smem(dst) + 2u * (unsigned)(t * ld + c);
+            const unsigned d = smem_addr(dst) + 2u * (unsigned)(t * ld + c);
             const idx_t step = (idx_t)RS * ldg;
             #pragma unroll
             for (int i = 0; i < R * CPR / NT; ++i, s += step) att_cp16(d + 2u * (unsigned)(i * RS * ld), s);
@@ -102,17 +95,6 @@ __device__ __forceinline__ void att_red2(float* p, float a, float b) {
 #endif
 }
 
-// ldmatrix on 32-bit shared-memory byte addresses: a fragment's address is a per-lane offset
-// computed once plus a compile-time tile offset (an immediate), instead of 64-bit generic pointer
-// arithmetic per load (att_smem gives a pointer's).
-__device__ __forceinline__ void att_ldsm4(unsigned r[4], unsigned a) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a) : "memory");
-}
-__device__ __forceinline__ void att_ldsm4t(unsigned r[4], unsigned a) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a) : "memory");
-}
 // Lane l's byte offset in a 16 x 16 tile at (0, 0) of a row-major bf16 matrix with row stride ld
 // (the tile at (r0, c0) adds 2 (r0 ld + c0)): att_lane_a for an A operand stored [m][k] (ldmatrix)
 // and a B operand stored [k][n] (ldmatrix.trans) (common/mma.cuh's fa, fbt); att_lane_b for a B

@@ -45,13 +45,13 @@ __device__ __forceinline__ void att_fwd_qk(float (&s)[MT][BN / 8][4], const unsi
             if constexpr (QREG) {
                 a[mt][0] = qf[kk][0], a[mt][1] = qf[kk][1], a[mt][2] = qf[kk][2], a[mt][3] = qf[kk][3];
             } else {
-                att_ldsm4(a[mt], aQ + 2 * (16 * mt * LQ + 16 * kk));
+                ldsm4a(a[mt], aQ + 2 * (16 * mt * LQ + 16 * kk));
             }
         }
         #pragma unroll
         for (int np = 0; np < BN / 16; ++np) {
             unsigned r[4];
-            att_ldsm4(r, uK + 2 * (16 * np * LQ + 16 * kk));
+            ldsm4a(r, uK + 2 * (16 * np * LQ + 16 * kk));
             #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
                 mma16816(s[mt][2 * np], a[mt], r[0], r[1]);
@@ -164,7 +164,7 @@ __device__ __forceinline__ void att_fwd_pv(float (&acc)[MT][DVP / 8][4], const f
         #pragma unroll
         for (int np = 0; np < DVP / 16; ++np) {
             unsigned r[4];
-            att_ldsm4t(r, uV + 2 * (16 * kk * LV + 16 * np));
+            ldsm4ta(r, uV + 2 * (16 * kk * LV + 16 * np));
             #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
                 mma16816(acc[mt][2 * np], pa[mt], r[0], r[1]);
@@ -217,8 +217,8 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
     const int qlo = i0 + qr;     // its first query position
     // the warp's ldmatrix addresses (shared-memory bytes) at tile offset (0, 0); K and V add the
     // buffer's offset
-    const unsigned aQ = att_smem(sQ) + att_lane_a(LQ, lane) + 2 * qr * LQ;
-    const unsigned aK = att_smem(sK) + att_lane_b(LQ, lane), aV = att_smem(sV) + att_lane_a(LV, lane);
+    const unsigned aQ = smem_addr(sQ) + att_lane_a(LQ, lane) + 2 * qr * LQ;
+    const unsigned aK = smem_addr(sK) + att_lane_b(LQ, lane), aV = smem_addr(sV) + att_lane_a(LV, lane);
     unsigned qf[QREG ? DP / 16 : 1][4];
     float acc[MT][DVP / 8][4];
     float m[MT][2], l[MT][2];
@@ -266,7 +266,7 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
         }
         if (QREG && t == t0) {
             #pragma unroll
-            for (int kk = 0; kk < DP / 16; ++kk) att_ldsm4(qf[QREG ? kk : 0], aQ + 2 * 16 * kk);
+            for (int kk = 0; kk < DP / 16; ++kk) ldsm4a(qf[QREG ? kk : 0], aQ + 2 * 16 * kk);
         }
         if (!idle(t)) {
             float s[MT][BN / 8][4];

@@ -179,25 +179,52 @@ __device__ __forceinline__ bool vec_ok(idx_t ldg, int cols) {
 // acc[16 x 8 NT] += op(A)[m0 .. m0 + 16, 0 .. kc) * op(B)[0 .. kc, n0 .. n0 + 8 NT) from shared
 // memory: A stored [m][k] (AT false) or [k][m] (AT true), B stored [k][n] (BT false) or [n][k]
 // (BT true); kc a multiple of 16. bf16: ldmatrix + mma.sync (NT even).
+// The warp products address shared memory by 32-bit byte addresses (common/mma.cuh ldsm4a):
+// WAddr holds an operand's per-lane address at the first 16-deep step (one conversion per
+// product), the bytes each step adds, and, for B, the bytes between n-tile pairs; with the
+// strides compile-time constants after inlining, a load is a base register plus an immediate.
+template <bool TRANS>
+struct WAddrA {
+    unsigned a, step;
+    __device__ __forceinline__ WAddrA(const bf16_t* A, int lda, int m0, int lane)
+        : a(smem_addr(TRANS ? fat(A, lda, 0, m0, lane) : fa(A, lda, m0, 0, lane))), step(TRANS ? 32u * lda : 32u) {}
+    __device__ __forceinline__ void load(unsigned r[4], int k) const {
+        if (TRANS) {
+            ldsm4ta(r, a + k * step);
+        } else {
+            ldsm4a(r, a + k * step);
+        }
+    }
+};
+template <bool TRANS>
+struct WAddrB {
+    unsigned b, step, pair;
+    __device__ __forceinline__ WAddrB(const bf16_t* B, int ldb, int n0, int lane)
+        : b(smem_addr(TRANS ? fbn(B, ldb, 0, n0, lane) : fbt(B, ldb, 0, n0, lane))), step(TRANS ? 32u : 32u * ldb),
+          pair(TRANS ? 32u * ldb : 32u) {}
+    // the n-tile pair np at step k: B stored [n][k] (TRANS) loads without .trans
+    __device__ __forceinline__ void load(unsigned r[4], int k, int np) const {
+        if (TRANS) {
+            ldsm4a(r, b + k * step + np * pair);
+        } else {
+            ldsm4ta(r, b + k * step + np * pair);
+        }
+    }
+};
+
 template <bool AT, bool BT, int NT>
 __device__ __forceinline__ void wgemm(float (&acc)[NT][4], const bf16_t* A, int lda, int m0, const bf16_t* B, int ldb, int n0, int kc,
                                       int lane) {
     static_assert(NT % 2 == 0, "bf16 warp products take n-tiles in pairs");
-    for (int k0 = 0; k0 < kc; k0 += 16) {
+    const WAddrA<AT> wa(A, lda, m0, lane);
+    const WAddrB<BT> wb(B, ldb, n0, lane);
+    for (int k = 0; k < kc / 16; ++k) {
         unsigned a[4];
-        if (AT) {
-            ldsm4t(a, fat(A, lda, k0, m0, lane));
-        } else {
-            ldsm4(a, fa(A, lda, m0, k0, lane));
-        }
+        wa.load(a, k);
         #pragma unroll
         for (int np = 0; np < NT / 2; ++np) {
             unsigned b[4];
-            if (BT) {
-                ldsm4(b, fbn(B, ldb, k0, n0 + 16 * np, lane));
-            } else {
-                ldsm4t(b, fbt(B, ldb, k0, n0 + 16 * np, lane));
-            }
+            wb.load(b, k, np);
             mma16816(acc[2 * np], a, b[0], b[1]);
             mma16816(acc[2 * np + 1], a, b[2], b[3]);
         }
@@ -233,25 +260,17 @@ __device__ __forceinline__ void wgemm2(float (&acc)[NT][4], const E* A, const E*
                                         int n0, int kc, int lane, bool al, bool bl) {
     if constexpr (sizeof(E) == 2) {
         static_assert(NT % 2 == 0, "bf16 warp products take n-tiles in pairs");
-        for (int k0 = 0; k0 < kc; k0 += 16) {
+        const WAddrA<AT> wa(A, lda, m0, lane), wal(Al, lda, m0, lane);
+        const WAddrB<BT> wb(B, ldb, n0, lane), wbl(Bl, ldb, n0, lane);
+        for (int k = 0; k < kc / 16; ++k) {
             unsigned a[4], a2[4];
-            if (AT) {
-                ldsm4t(a, fat(A, lda, k0, m0, lane));
-                if (al) ldsm4t(a2, fat(Al, lda, k0, m0, lane));
-            } else {
-                ldsm4(a, fa(A, lda, m0, k0, lane));
-                if (al) ldsm4(a2, fa(Al, lda, m0, k0, lane));
-            }
+            wa.load(a, k);
+            if (al) wal.load(a2, k);
             #pragma unroll
             for (int np = 0; np < NT / 2; ++np) {
                 unsigned b[4], b2[4];
-                if (BT) {
-                    ldsm4(b, fbn(B, ldb, k0, n0 + 16 * np, lane));
-                    if (bl) ldsm4(b2, fbn(Bl, ldb, k0, n0 + 16 * np, lane));
-                } else {
-                    ldsm4t(b, fbt(B, ldb, k0, n0 + 16 * np, lane));
-                    if (bl) ldsm4t(b2, fbt(Bl, ldb, k0, n0 + 16 * np, lane));
-                }
+                wb.load(b, k, np);
+                if (bl) wbl.load(b2, k, np);
                 mma16816(acc[2 * np], a, b[0], b[1]);
                 mma16816(acc[2 * np + 1], a, b[2], b[3]);
                 if (al) {

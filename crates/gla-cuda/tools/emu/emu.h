@@ -428,10 +428,10 @@ inline void att_red2(float* p, float a, float b) {
 }
 // fibers run one at a time in one address space: a fence orders nothing more
 inline void __threadfence() {}
-// attn/common.cuh's 32-bit shared addresses: byte offsets into the dynamic shared memory
-inline unsigned att_smem(const void* p) { return (unsigned)((const unsigned char*)p - emu::g_dyn); }
-inline void att_ldsm4(unsigned r[4], unsigned a) { ldsm4(r, (const unsigned short*)(emu::g_dyn + a)); }
-inline void att_ldsm4t(unsigned r[4], unsigned a) { ldsm4t(r, (const unsigned short*)(emu::g_dyn + a)); }
+// common/mma.cuh's 32-bit shared addresses: byte offsets into the dynamic shared memory
+inline unsigned smem_addr(const void* p) { return (unsigned)((const unsigned char*)p - emu::g_dyn); }
+inline void ldsm4a(unsigned r[4], unsigned a) { ldsm4(r, (const unsigned short*)(emu::g_dyn + a)); }
+inline void ldsm4ta(unsigned r[4], unsigned a) { ldsm4t(r, (const unsigned short*)(emu::g_dyn + a)); }
 inline void att_cp16(unsigned a, const void* g) { cp16(emu::g_dyn + a, g, true); }
 inline void cp_commit() {
     emu::cur->groups.push_back(std::move(emu::cur->open));
