@@ -59,6 +59,11 @@ __device__ __forceinline__ const bf16_t* fbn(const bf16_t* base, int ld, int k0,
 __device__ __forceinline__ void cp16(void* s, const void* g, bool ok) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(s)), "l"(g), "r"(ok ? 16 : 0) : "memory");
 }
+// cp16 to a 32-bit shared-memory byte address (smem_addr): a tile loop keeps one destination
+// register and adds a constant per copy
+__device__ __forceinline__ void cp16a(unsigned s, const void* g, bool ok) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(g), "r"(ok ? 16 : 0) : "memory");
+}
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_wait0() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 template <int N>

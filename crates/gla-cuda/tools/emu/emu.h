@@ -433,6 +433,7 @@ inline unsigned smem_addr(const void* p) { return (unsigned)((const unsigned cha
 inline void ldsm4a(unsigned r[4], unsigned a) { ldsm4(r, (const unsigned short*)(emu::g_dyn + a)); }
 inline void ldsm4ta(unsigned r[4], unsigned a) { ldsm4t(r, (const unsigned short*)(emu::g_dyn + a)); }
 inline void att_cp16(unsigned a, const void* g) { cp16(emu::g_dyn + a, g, true); }
+inline void cp16a(unsigned a, const void* g, bool ok) { cp16(emu::g_dyn + a, g, ok); }
 inline void cp_commit() {
     emu::cur->groups.push_back(std::move(emu::cur->open));
     emu::cur->open.clear();
