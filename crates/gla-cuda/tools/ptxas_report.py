@@ -3,8 +3,8 @@
 spills, shared memory) per entry point. No GPU needed. The program is the one src/kernels.rs
 builds: common/base.cuh, common/mma.cuh, common/chunk.cuh for gla/chunk_*.cu (base.cuh alone for
 the other gla/ files), common/base.cuh and nn/common.cuh for nn/*.cu, those three and
-attn/common.cuh for attn/*.cu, delta/common.cuh, delta/chunk.cuh for delta/chunk_*.cu, and the
-GLA chunk files whose building blocks they run for bidir/chunk_*.cu.
+attn/common.cuh for attn/*.cu, delta/common.cuh for delta/*.cu (delta/chunk.cuh too for
+delta/chunk_*.cu), and the GLA chunk files whose building blocks they run for bidir/chunk_*.cu.
 Usage: eval "$(bash .ci/nvrtc-setup.sh)"; python3 crates/gla-cuda/tools/ptxas_report.py [--cubin DIR] crates/gla-cuda/kernels/gla/chunk_bwd.cu
 --cubin DIR also writes each file's cubin to DIR/<name>.cubin, whose SASS `cuobjdump -sass` prints
 without a GPU (PyPI: nvidia-cuda-cuobjdump and nvidia-cuda-nvdisasm, 13.2 or later; PATH to their
@@ -26,6 +26,8 @@ def headers(path):
         return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh"] + gla
     if rel.startswith("delta/chunk_"):
         return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "delta/common.cuh", "delta/chunk.cuh"]
+    if rel.startswith("delta/"):
+        return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "delta/common.cuh"]
     if rel.startswith("gla/chunk_") and rel != "gla/chunk_fwd_f32.cu":
         return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh"]
     return ["common/base.cuh"]
