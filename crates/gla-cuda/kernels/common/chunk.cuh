@@ -76,11 +76,7 @@ __device__ __forceinline__ void state_tile_load(bf16_t* dst, const bf16_t* src, 
     static_assert(W == 64 || W == 128, "state tiles are 64 or 128 columns wide");
     constexpr int LD = W + 8, SH = W == 64 ? 3 : 4;  // 16-byte pieces per row: W / 8 = 1 << SH
     if (vec) {
-        for (int x = tid; x < Kp * (W / 8); x += 256) {
-            const int i = x >> SH, c = (x & (W / 8 - 1)) * 8;
-            const bool ok = i < K && c < Vc;
-            cp16(dst + i * LD + c, ok ? src + (idx_t)i * V + c : src, ok);
-        }
+        cp16_rows(dst, LD, src, V, Kp, W / 8, K, Vc, tid, 256);
     } else {
         for (int x = tid; x < Kp * W; x += 256) {
             const int i = x >> (SH + 3), c = x & (W - 1);
@@ -90,8 +86,5 @@ __device__ __forceinline__ void state_tile_load(bf16_t* dst, const bf16_t* src, 
 }
 // A [64][64] bf16 of one chunk and head into dst [64][LDH] (cp.async; the caller commits)
 __device__ __forceinline__ void a_tile_load(bf16_t* dst, const bf16_t* ap, int tid) {
-    for (int x = tid; x < 512; x += 256) {
-        const int t = x >> 3, c = (x & 7) * 8;
-        cp16(dst + t * LDH + c, ap + t * 64 + c, true);
-    }
+    cp16_rows(dst, LDH, ap, 64, 64, 8, 64, 64, tid, 256);
 }

@@ -64,6 +64,26 @@ __device__ __forceinline__ void cp16(void* s, const void* g, bool ok) {
 __device__ __forceinline__ void cp16a(unsigned s, const void* g, bool ok) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(g), "r"(ok ? 16 : 0) : "memory");
 }
+// Rows [0, R) of cpr 16-byte pieces (P = 16 / sizeof(T) elements each) into dst (row stride lds
+// elements) by cp.async: piece (r, c) from src + r ldg + c P where r < rv and c P < cv, else
+// zero-filled. Needs nthr % cpr == 0: each thread keeps one column and steps rows by
+// nthr / cpr, on one 32-bit destination and one source pointer that add a constant per copy
+// (no division, 64-bit address or conversion per copy); the copies of the plain loop over
+// x = tid, tid + nthr, ... (r = x / cpr) in its order. The caller commits and waits.
+template <typename T>
+__device__ __forceinline__ void cp16_rows(T* dst, int lds, const T* src, idx_t ldg, int R, int cpr, int rv, int cv, int tid,
+                                          int nthr) {
+    constexpr int P = 16 / (int)sizeof(T);
+    const int rs = nthr / cpr, c = (tid % cpr) * P;
+    const bool cok = c < cv;
+    int r = tid / cpr;
+    unsigned d = smem_addr(dst + r * lds + c);
+    const T* s = src + (idx_t)r * ldg + c;
+    for (; r < R; r += rs, d += (unsigned)(rs * lds * (int)sizeof(T)), s += (idx_t)rs * ldg) {
+        const bool ok = cok && r < rv;
+        cp16a(d, ok ? s : src, ok);
+    }
+}
 __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
 __device__ __forceinline__ void cp_wait0() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 template <int N>
@@ -77,6 +97,10 @@ __device__ __forceinline__ void tile_load(bf16_t* dst, int lds, const bf16_t* sr
                                           bool vec, bool async, int tid, int nthr) {
     if (vec) {
         const int cpr = Cp >> 3;
+        if (async && nthr % cpr == 0) {
+            cp16_rows(dst, lds, src, ldg, 64, cpr, L, C, tid, nthr);
+            return;
+        }
         for (int x = tid; x < 64 * cpr; x += nthr) {
             const int t = x / cpr, c = (x % cpr) * 8;
             const bool ok = t < L && c < C;

@@ -130,18 +130,7 @@ __device__ __forceinline__ void tile_ld(E* dst, int lds, const E* src, idx_t ldg
         constexpr int P = 16 / (int)sizeof(E);
         const int cpr = C / P;
         if (nthr % cpr == 0) {
-            // every thread keeps its column and steps rows by nthr / cpr: the copies of the loop
-            // below in the same order, on one 32-bit destination and one source pointer that
-            // each add a constant per copy
-            const int rs = nthr / cpr, c = (tid % cpr) * P;
-            const bool cok = c < cv;
-            int r = tid / cpr;
-            unsigned d = smem_addr(dst + r * lds + c);
-            const E* s = src + (idx_t)r * ldg + c;
-            for (; r < R; r += rs, d += (unsigned)(rs * lds * (int)sizeof(E)), s += (idx_t)rs * ldg) {
-                const bool ok = cok && r < rv;
-                cp16a(d, ok ? s : src, ok);
-            }
+            cp16_rows(dst, lds, src, ldg, R, cpr, rv, cv, tid, nthr);
             return;
         }
         for (int x = tid; x < R * cpr; x += nthr) {
