@@ -47,6 +47,29 @@ __device__ __forceinline__ void ld_v(E* dst, int lds, const E* __restrict__ x, i
     tile_ld<E>(dst, lds, x + (r0 * HV + hv) * (idx_t)V + c0, (idx_t)HV * V, 64, C, L, V - c0, vec_ok<E>((idx_t)HV * V, V), tid, DNT);
 }
 
+// dst[t][j] = scale rq_t exp2(G_t) src[t][j] (the state-gradient pass's scaled do) over the
+// chunk's 64 rows and C columns (C a multiple of 16 / sizeof(E)), both at row stride lds (dst may
+// be src): 16 bytes per step, the row's factors loaded once per step; each element computed as
+// the one-element form ((x scale) rq) exp2(G), so the bits are that form's.
+template <typename E>
+__device__ __forceinline__ void rows_scale_qe(E* dst, const E* src, int lds, int C, float scale, const float* sRq, const float* sG,
+                                              int tid) {
+    constexpr int P = 16 / (int)sizeof(E);
+    const int cpr = C / P;
+    for (int x = tid; x < 64 * cpr; x += DNT) {
+        const int t = x / cpr, j = (x - t * cpr) * P;
+        const float rq = sRq[t], e = ex2f(sG[t]);
+        union {
+            uint4 u;
+            E v[P];
+        } a, b;
+        a.u = *(const uint4*)(src + t * lds + j);
+        #pragma unroll
+        for (int i = 0; i < P; ++i) b.v[i] = cvt<E>(to_f32(a.v[i]) * scale * rq * e);
+        *(uint4*)(dst + t * lds + j) = b.u;
+    }
+}
+
 // 64 floats of a chunk-major [.., 64] f32 workspace into smem (cp.async; the caller commits)
 __device__ __forceinline__ void ld_g64(float* dst, const float* __restrict__ src, int tid) {
     if (tid < 16) cp16(dst + 4 * tid, src + 4 * tid, true);

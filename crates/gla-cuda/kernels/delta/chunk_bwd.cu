@@ -197,9 +197,18 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         wgemm2<false, true, NT>(dwa, sDu, sDul, LDT, 16 * mt, sS, sS, LDT, nk, 64, lane, true, false);
         wgemm2<false, true, NT>(dkd, sU, sUl, LDT, 16 * mt, sDS, sDS, LDT, nk, 64, lane, true, false);
         wgemm2<false, true, NM>(dM, sDo, sDo, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, false, true);
-        for (int x = tid; x < KW * 64; x += DNT) {
-            const int r = x >> 6, cc = x & 63;
-            sd += to_f32(sS[r * LDT + cc]) * to_f32(sDS[r * LDT + cc]);
+        // <S, dS'> of the tile, 16 bytes of each per step (the block's sum is fixed in order)
+        constexpr int P = 16 / (int)sizeof(E);
+        for (int x = tid; x < KW * (64 / P); x += DNT) {
+            const int r = x / (64 / P), cc = (x % (64 / P)) * P;
+            union {
+                uint4 u;
+                E v[P];
+            } a, b;
+            a.u = *(const uint4*)(sS + r * LDT + cc);
+            b.u = *(const uint4*)(sDS + r * LDT + cc);
+            #pragma unroll
+            for (int i = 0; i < P; ++i) sd += to_f32(a.v[i]) * to_f32(b.v[i]);
         }
         __syncthreads();
     }

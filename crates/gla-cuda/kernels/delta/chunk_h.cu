@@ -366,10 +366,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
         E* sDoX = FD ? sDoS : sDo;  // the dS update's operand scale exp(G) do
         if constexpr (FD) {
             chunk_p<E, KP>(sP, sPl, sQ, sK, sG, sRq, sRk, scale, wp, lane);
-            for (int x = tid; x < 64 * BV; x += DNT) {
-                const int t = x / BV, jj = x - t * BV;
-                sDoS[t * LDS + jj] = cvt<E>(to_f32(sDo[t * LDS + jj]) * scale * sRq[t] * ex2f(sG[t]));
-            }
+            rows_scale_qe<E>(sDoS, sDo, LDS, BV, scale, sRq, sG, tid);
             __syncthreads();
         }
         {
@@ -395,12 +392,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
                 }
             }
         }
-        if (!FD) {
-            for (int x = tid; x < 64 * BV; x += DNT) {
-                const int t = x / BV, jj = x - t * BV;
-                sDo[t * LDS + jj] = cvt<E>(to_f32(sDo[t * LDS + jj]) * scale * sRq[t] * ex2f(sG[t]));
-            }
-        }
+        if (!FD) rows_scale_qe<E>(sDo, sDo, LDS, BV, scale, sRq, sG, tid);
         __syncthreads();
         // dU (split) leaves as the negation of -dU's planes (rounding is odd: the planes of -x
         // are those of x negated), coalesced

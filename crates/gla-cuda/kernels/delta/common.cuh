@@ -149,28 +149,40 @@ __device__ __forceinline__ void tile_ld(E* dst, int lds, const E* src, idx_t ldg
 // Rows [0, R) x columns [0, C) of the smem tile src (row stride lds) to dst (row stride ldg) in
 // 16-byte pieces, consecutive threads on consecutive pieces of a row (coalesced): C, lds and ldg
 // multiples of 16 / sizeof(E), src and dst 16-byte aligned.
-template <typename E>
-__device__ __forceinline__ void tile_st(E* dst, idx_t ldg, const E* src, int lds, int R, int C, int tid, int nthr) {
+// The body of tile_st and tile_st_neg: piece x = v (a uint4) read at src, written at dst as f(v).
+// Where the threads divide a row's pieces evenly, each thread keeps its column and steps rows by
+// nthr / cpr on two pointers (the same pieces in the same order as the loop over x, without a
+// division and a 64-bit address per piece).
+template <typename E, typename F>
+__device__ __forceinline__ void tile_st_with(E* dst, idx_t ldg, const E* src, int lds, int R, int C, int tid, int nthr, F f) {
     constexpr int P = 16 / (int)sizeof(E);
     const int cpr = C / P;
+    if (nthr % cpr == 0) {
+        const int rs = nthr / cpr, c = (tid % cpr) * P;
+        int r = tid / cpr;
+        const E* s = src + r * lds + c;
+        E* d = dst + (idx_t)r * ldg + c;
+        #pragma unroll 1
+        for (; r < R; r += rs, s += rs * lds, d += (idx_t)rs * ldg) *(uint4*)d = f(*(const uint4*)s);
+        return;
+    }
     #pragma unroll 1
     for (int x = tid; x < R * cpr; x += nthr) {
         const int r = x / cpr, c = (x - r * cpr) * P;
-        *(uint4*)(dst + (idx_t)r * ldg + c) = *(const uint4*)(src + r * lds + c);
+        *(uint4*)(dst + (idx_t)r * ldg + c) = f(*(const uint4*)(src + r * lds + c));
     }
+}
+
+template <typename E>
+__device__ __forceinline__ void tile_st(E* dst, idx_t ldg, const E* src, int lds, int R, int C, int tid, int nthr) {
+    tile_st_with(dst, ldg, src, lds, R, C, tid, nthr, [](uint4 v) { return v; });
 }
 
 // tile_st of the tile's negation (the sign bit of every element flipped: exact)
 template <typename E>
 __device__ __forceinline__ void tile_st_neg(E* dst, idx_t ldg, const E* src, int lds, int R, int C, int tid, int nthr) {
-    constexpr int P = 16 / (int)sizeof(E);
     constexpr unsigned SGN = sizeof(E) == 2 ? 0x80008000u : 0x80000000u;
-    const int cpr = C / P;
-    for (int x = tid; x < R * cpr; x += nthr) {
-        const int r = x / cpr, c = (x - r * cpr) * P;
-        const uint4 v = *(const uint4*)(src + r * lds + c);
-        *(uint4*)(dst + (idx_t)r * ldg + c) = make_uint4(v.x ^ SGN, v.y ^ SGN, v.z ^ SGN, v.w ^ SGN);
-    }
+    tile_st_with(dst, ldg, src, lds, R, C, tid, nthr, [](uint4 v) { return make_uint4(v.x ^ SGN, v.y ^ SGN, v.z ^ SGN, v.w ^ SGN); });
 }
 
 // Whether rows of `cols` elements at a row stride of `ldg` elements load as 16-byte pieces.
