@@ -153,22 +153,22 @@ extern "C" __global__ void __launch_bounds__(256, 2) bidir_chunk_o_bf16(
             for (int nt = 0; nt < 2 * NP; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
             for (int kt = 0; kt < Kp; kt += 16) {
                 unsigned a4[4];
-                ldsm4(a4, fa(R0, LDK, 16 * mt, kt, lane));
+                ldsm4a(a4, sfa(R0, LDK, 16 * mt, kt, lane));
                 #pragma unroll
                 for (int np = 0; np < NP; ++np) {
                     unsigned b4[4];
-                    ldsm4t(b4, fbt(Sm, LB, kt, CW * nh + 16 * np, lane));
+                    ldsm4ta(b4, sfbt(Sm, LB, kt, CW * nh + 16 * np, lane));
                     mma16816(acc[2 * np], a4, b4[0], b4[1]);
                     mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
                 }
             }
             for (int kt = 0; kt <= mt; ++kt) {
                 unsigned a4[4];
-                ldsm4(a4, fa(RA, LDH, 16 * mt, 16 * kt, lane));
+                ldsm4a(a4, sfa(RA, LDH, 16 * mt, 16 * kt, lane));
                 #pragma unroll
                 for (int np = 0; np < NP; ++np) {
                     unsigned b4[4];
-                    ldsm4t(b4, fbt(Vm, LB, 16 * kt, CW * nh + 16 * np, lane));
+                    ldsm4ta(b4, sfbt(Vm, LB, 16 * kt, CW * nh + 16 * np, lane));
                     mma16816(acc[2 * np], a4, b4[0], b4[1]);
                     mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
                 }

@@ -5,19 +5,6 @@
 // Fragment layout (mma.sync m16n8k16): lane l = 4 fg + ft holds rows fg and fg + 8, columns
 // 2 ft and 2 ft + 1 of each 16x8 accumulator tile (c[0..1] row fg, c[2..3] row fg + 8).
 
-__device__ __forceinline__ unsigned smem_u32(const void* p) {
-    unsigned long long a;
-    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
-    return (unsigned)a;
-}
-__device__ __forceinline__ void ldsm4(unsigned r[4], const bf16_t* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)) : "memory");
-}
-__device__ __forceinline__ void ldsm4t(unsigned r[4], const bf16_t* p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(p)) : "memory");
-}
 // ldmatrix on 32-bit shared-memory byte addresses (smem_addr): a warp product computes each
 // operand's per-lane address once and adds compile-time offsets per tile (immediates), instead of
 // a 64-bit generic address and its conversion per load.
@@ -39,25 +26,58 @@ __device__ __forceinline__ void mma16816(float c[4], const unsigned a[4], unsign
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
-// fragment addresses (lane l) for a 16x16 tile at (row0, col0) of a row-major bf16 smem matrix:
-// A operand stored [m][k]
-__device__ __forceinline__ const bf16_t* fa(const bf16_t* base, int ld, int r0, int c0, int l) {
-    return base + (r0 + (l & 7) + 8 * ((l >> 3) & 1)) * ld + c0 + 8 * (l >> 4);
-}
-// A operand stored transposed [k][m] (use with ldsm4t); r0 indexes k, c0 indexes m
-__device__ __forceinline__ const bf16_t* fat(const bf16_t* base, int ld, int r0, int c0, int l) {
-    return base + (r0 + (l & 7) + 8 * (l >> 4)) * ld + c0 + 8 * ((l >> 3) & 1);
-}
-// B operand (two n-tiles of 8) stored [k][n] (use with ldsm4t): r[0], r[1] tile n0, r[2], r[3] tile n0+8
-__device__ __forceinline__ const bf16_t* fbt(const bf16_t* base, int ld, int k0, int n0, int l) {
-    return base + (k0 + (l & 7) + 8 * ((l >> 3) & 1)) * ld + n0 + 8 * (l >> 4);
-}
-// B operand (two n-tiles) stored [n][k] (use with ldsm4): r[0], r[1] tile n0, r[2], r[3] tile n0+8
-__device__ __forceinline__ const bf16_t* fbn(const bf16_t* base, int ld, int k0, int n0, int l) {
-    return base + (n0 + (l & 7) + 8 * (l >> 4)) * ld + k0 + 8 * ((l >> 3) & 1);
-}
+// fragment addresses (lane l) for a 16x16 tile at (row0, col0) of a row-major bf16 smem matrix,
+// as element offsets: A operand stored [m][k]
+__device__ __forceinline__ int oa(int ld, int r0, int c0, int l) { return (r0 + (l & 7) + 8 * ((l >> 3) & 1)) * ld + c0 + 8 * (l >> 4); }
+// A operand stored transposed [k][m] (use with ldsm4ta); r0 indexes k, c0 indexes m
+__device__ __forceinline__ int oat(int ld, int r0, int c0, int l) { return (r0 + (l & 7) + 8 * (l >> 4)) * ld + c0 + 8 * ((l >> 3) & 1); }
+// B operand (two n-tiles of 8) stored [k][n] (use with ldsm4ta): r[0], r[1] tile n0, r[2], r[3] tile n0+8
+__device__ __forceinline__ int obt(int ld, int k0, int n0, int l) { return (k0 + (l & 7) + 8 * ((l >> 3) & 1)) * ld + n0 + 8 * (l >> 4); }
+// B operand (two n-tiles) stored [n][k] (use with ldsm4a): r[0], r[1] tile n0, r[2], r[3] tile n0+8
+__device__ __forceinline__ int obn(int ld, int k0, int n0, int l) { return (n0 + (l & 7) + 8 * (l >> 4)) * ld + k0 + 8 * ((l >> 3) & 1); }
+// The fragment's 32-bit shared byte address (for ldsm4a / ldsm4ta): the base's conversion is a
+// pure function the compiler hoists out of a loop and the offset is 32-bit arithmetic, so a load
+// costs no 64-bit address and no conversion of its own.
+__device__ __forceinline__ unsigned sfa(const bf16_t* base, int ld, int r0, int c0, int l) { return smem_addr(base) + 2u * oa(ld, r0, c0, l); }
+__device__ __forceinline__ unsigned sfat(const bf16_t* base, int ld, int r0, int c0, int l) { return smem_addr(base) + 2u * oat(ld, r0, c0, l); }
+__device__ __forceinline__ unsigned sfbt(const bf16_t* base, int ld, int k0, int n0, int l) { return smem_addr(base) + 2u * obt(ld, k0, n0, l); }
+__device__ __forceinline__ unsigned sfbn(const bf16_t* base, int ld, int k0, int n0, int l) { return smem_addr(base) + 2u * obn(ld, k0, n0, l); }
+// A warp product's operands by 32-bit byte addresses (ldsm4a): WAddrA holds an A operand's
+// per-lane address at the first 16-deep step (sfa, or sfat when stored transposed), converted
+// once per product, and the bytes each step adds; WAddrB a B operand's (sfbt, or sfbn when
+// stored [n][k]) with the bytes between n-tile pairs. With compile-time strides a load is a base
+// register plus an immediate; with run-time ones, one add per step.
+template <bool TRANS>
+struct WAddrA {
+    unsigned a, step;
+    __device__ __forceinline__ WAddrA(const bf16_t* A, int lda, int m0, int lane)
+        : a(TRANS ? sfat(A, lda, 0, m0, lane) : sfa(A, lda, m0, 0, lane)), step(TRANS ? 32u * lda : 32u) {}
+    __device__ __forceinline__ void load(unsigned r[4], int k) const {
+        if (TRANS) {
+            ldsm4ta(r, a + k * step);
+        } else {
+            ldsm4a(r, a + k * step);
+        }
+    }
+};
+template <bool TRANS>
+struct WAddrB {
+    unsigned b, step, pair;
+    __device__ __forceinline__ WAddrB(const bf16_t* B, int ldb, int n0, int lane)
+        : b(TRANS ? sfbn(B, ldb, 0, n0, lane) : sfbt(B, ldb, 0, n0, lane)), step(TRANS ? 32u : 32u * ldb),
+          pair(TRANS ? 32u * ldb : 32u) {}
+    // the n-tile pair np at step k: B stored [n][k] (TRANS) loads without .trans
+    __device__ __forceinline__ void load(unsigned r[4], int k, int np) const {
+        if (TRANS) {
+            ldsm4a(r, b + k * step + np * pair);
+        } else {
+            ldsm4ta(r, b + k * step + np * pair);
+        }
+    }
+};
+
 __device__ __forceinline__ void cp16(void* s, const void* g, bool ok) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(s)), "l"(g), "r"(ok ? 16 : 0) : "memory");
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(s)), "l"(g), "r"(ok ? 16 : 0) : "memory");
 }
 // cp16 to a 32-bit shared-memory byte address (smem_addr): a tile loop keeps one destination
 // register and adds a constant per copy

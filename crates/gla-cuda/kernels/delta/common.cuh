@@ -195,39 +195,6 @@ __device__ __forceinline__ bool vec_ok(idx_t ldg, int cols) {
 // acc[16 x 8 NT] += op(A)[m0 .. m0 + 16, 0 .. kc) * op(B)[0 .. kc, n0 .. n0 + 8 NT) from shared
 // memory: A stored [m][k] (AT false) or [k][m] (AT true), B stored [k][n] (BT false) or [n][k]
 // (BT true); kc a multiple of 16. bf16: ldmatrix + mma.sync (NT even).
-// The warp products address shared memory by 32-bit byte addresses (common/mma.cuh ldsm4a):
-// WAddr holds an operand's per-lane address at the first 16-deep step (one conversion per
-// product), the bytes each step adds, and, for B, the bytes between n-tile pairs; with the
-// strides compile-time constants after inlining, a load is a base register plus an immediate.
-template <bool TRANS>
-struct WAddrA {
-    unsigned a, step;
-    __device__ __forceinline__ WAddrA(const bf16_t* A, int lda, int m0, int lane)
-        : a(smem_addr(TRANS ? fat(A, lda, 0, m0, lane) : fa(A, lda, m0, 0, lane))), step(TRANS ? 32u * lda : 32u) {}
-    __device__ __forceinline__ void load(unsigned r[4], int k) const {
-        if (TRANS) {
-            ldsm4ta(r, a + k * step);
-        } else {
-            ldsm4a(r, a + k * step);
-        }
-    }
-};
-template <bool TRANS>
-struct WAddrB {
-    unsigned b, step, pair;
-    __device__ __forceinline__ WAddrB(const bf16_t* B, int ldb, int n0, int lane)
-        : b(smem_addr(TRANS ? fbn(B, ldb, 0, n0, lane) : fbt(B, ldb, 0, n0, lane))), step(TRANS ? 32u : 32u * ldb),
-          pair(TRANS ? 32u * ldb : 32u) {}
-    // the n-tile pair np at step k: B stored [n][k] (TRANS) loads without .trans
-    __device__ __forceinline__ void load(unsigned r[4], int k, int np) const {
-        if (TRANS) {
-            ldsm4a(r, b + k * step + np * pair);
-        } else {
-            ldsm4ta(r, b + k * step + np * pair);
-        }
-    }
-};
-
 template <bool AT, bool BT, int NT>
 __device__ __forceinline__ void wgemm(float (&acc)[NT][4], const bf16_t* A, int lda, int m0, const bf16_t* B, int ldb, int n0, int kc,
                                       int lane) {

@@ -92,22 +92,22 @@ __device__ __forceinline__ void chunk_bwd1(
         for (int nt = 0; nt < 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
         for (int kt = mt; kt < 4; ++kt) {
             unsigned a4[4];
-            ldsm4t(a4, fat(SA, LDH, 16 * kt, 16 * mt, lane));
+            ldsm4ta(a4, sfat(SA, LDH, 16 * kt, 16 * mt, lane));
             #pragma unroll
             for (int np = 0; np < 4; ++np) {
                 unsigned b4[4];
-                ldsm4t(b4, fbt(SDO, OV, 16 * kt, 64 * nh + 16 * np, lane));
+                ldsm4ta(b4, sfbt(SDO, OV, 16 * kt, 64 * nh + 16 * np, lane));
                 mma16816(acc[2 * np], a4, b4[0], b4[1]);
                 mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
             }
         }
         for (int kt = 0; kt < Kp; kt += 16) {
             unsigned a4[4];
-            ldsm4(a4, fa(SKD, LDK, 16 * mt, kt, lane));
+            ldsm4a(a4, sfa(SKD, LDK, 16 * mt, kt, lane));
             #pragma unroll
             for (int np = 0; np < 4; ++np) {
                 unsigned b4[4];
-                ldsm4t(b4, fbt(SD, OV, kt, 64 * nh + 16 * np, lane));
+                ldsm4ta(b4, sfbt(SD, OV, kt, 64 * nh + 16 * np, lane));
                 mma16816(acc[2 * np], a4, b4[0], b4[1]);
                 mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
             }
@@ -139,11 +139,11 @@ __device__ __forceinline__ void chunk_bwd1(
         if (32 * nh <= 16 * mt + 15) {
             for (int kt = 0; kt < VW; kt += 16) {
                 unsigned a4[4];
-                ldsm4(a4, fa(SDO, OV, 16 * mt, kt, lane));
+                ldsm4a(a4, sfa(SDO, OV, 16 * mt, kt, lane));
                 #pragma unroll
                 for (int np = 0; np < 2; ++np) {
                     unsigned b4[4];
-                    ldsm4(b4, fbn(SV, OV, kt, 32 * nh + 16 * np, lane));
+                    ldsm4a(b4, sfbn(SV, OV, kt, 32 * nh + 16 * np, lane));
                     mma16816(acc[2 * np], a4, b4[0], b4[1]);
                     mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
                 }
@@ -171,12 +171,12 @@ __device__ __forceinline__ void chunk_bwd1(
             for (int nt = 0; nt < 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
             for (int kt = 0; kt < VW; kt += 16) {
                 unsigned a4[4];
-                ldsm4(a4, fa(Am, OV, 16 * mt, kt, lane));
+                ldsm4a(a4, sfa(Am, OV, 16 * mt, kt, lane));
                 #pragma unroll
                 for (int np = 0; np < 4; ++np) {
                     if (VW < 128 && 64 * nh + 16 * np >= Kp) break;
                     unsigned b4[4];
-                    ldsm4(b4, fbn(Bm, OV, kt, 64 * nh + 16 * np, lane));
+                    ldsm4a(b4, sfbn(Bm, OV, kt, 64 * nh + 16 * np, lane));
                     mma16816(acc[2 * np], a4, b4[0], b4[1]);
                     mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
                 }
@@ -255,19 +255,19 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_bwd1k_bf16(
         // columns >= Vc are zero-filled up to the next multiple of 16
         for (int kt = 0; kt < Vc; kt += 16) {
             unsigned a_do[4], a_v[4];
-            ldsm4(a_do, fa(SDO, OV, 16 * mt, kt, lane));
-            ldsm4(a_v, fa(SV, OV, 16 * mt, kt, lane));
+            ldsm4a(a_do, sfa(SDO, OV, 16 * mt, kt, lane));
+            ldsm4a(a_v, sfa(SV, OV, 16 * mt, kt, lane));
             #pragma unroll
             for (int np = 0; np < 2; ++np) {
                 unsigned b4[4];
-                ldsm4(b4, fbn(SS, OV, kt, 32 * nh + 16 * np, lane));
+                ldsm4a(b4, sfbn(SS, OV, kt, 32 * nh + 16 * np, lane));
                 mma16816(aq[2 * np], a_do, b4[0], b4[1]);
                 mma16816(aq[2 * np + 1], a_do, b4[2], b4[3]);
-                ldsm4(b4, fbn(SD, OV, kt, 32 * nh + 16 * np, lane));
+                ldsm4a(b4, sfbn(SD, OV, kt, 32 * nh + 16 * np, lane));
                 mma16816(ak[2 * np], a_v, b4[0], b4[1]);
                 mma16816(ak[2 * np + 1], a_v, b4[2], b4[3]);
                 if (da_blk) {
-                    ldsm4(b4, fbn(SV, OV, kt, 32 * nh + 16 * np, lane));
+                    ldsm4a(b4, sfbn(SV, OV, kt, 32 * nh + 16 * np, lane));
                     mma16816(aa[2 * np], a_do, b4[0], b4[1]);
                     mma16816(aa[2 * np + 1], a_do, b4[2], b4[3]);
                 }
@@ -345,22 +345,22 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_bwd1v_bf16(
     for (int nt = 0; nt < 4; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
     for (int kt = mt; kt < 4; ++kt) {
         unsigned a4[4];
-        ldsm4t(a4, fat(SA, LDH, 16 * kt, 16 * mt, lane));
+        ldsm4ta(a4, sfat(SA, LDH, 16 * kt, 16 * mt, lane));
         #pragma unroll
         for (int np = 0; np < 2; ++np) {
             unsigned b4[4];
-            ldsm4t(b4, fbt(SDO, LDH, 16 * kt, 32 * nq + 16 * np, lane));
+            ldsm4ta(b4, sfbt(SDO, LDH, 16 * kt, 32 * nq + 16 * np, lane));
             mma16816(acc[2 * np], a4, b4[0], b4[1]);
             mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
         }
     }
     for (int kt = 0; kt < Kp; kt += 16) {
         unsigned a4[4];
-        ldsm4(a4, fa(SKD, LDK, 16 * mt, kt, lane));
+        ldsm4a(a4, sfa(SKD, LDK, 16 * mt, kt, lane));
         #pragma unroll
         for (int np = 0; np < 2; ++np) {
             unsigned b4[4];
-            ldsm4t(b4, fbt(SD, LDH, kt, 32 * nq + 16 * np, lane));
+            ldsm4ta(b4, sfbt(SD, LDH, kt, 32 * nq + 16 * np, lane));
             mma16816(acc[2 * np], a4, b4[0], b4[1]);
             mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
         }
@@ -469,11 +469,11 @@ __device__ __forceinline__ void chunk_bwd2(
             const int a = blk;
             for (int b = 0; b < a; ++b) {
                 unsigned a4[4];
-                ldsm4(a4, fa(DAB, LDH, 16 * a, 16 * b, lane));
+                ldsm4a(a4, sfa(DAB, LDH, 16 * a, 16 * b, lane));
                 #pragma unroll
                 for (int np = 0; np < 2; ++np) {
                     unsigned b4[4];
-                    ldsm4t(b4, fbt(KG, LDK, 8 * (a - 1) * a + 16 * b, 32 * cq + 16 * np, lane));
+                    ldsm4ta(b4, sfbt(KG, LDK, 8 * (a - 1) * a + 16 * b, 32 * cq + 16 * np, lane));
                     mma16816(acc[2 * np], a4, b4[0], b4[1]);
                     mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
                 }
@@ -482,11 +482,11 @@ __device__ __forceinline__ void chunk_bwd2(
             const int b = blk, base = b == 0 ? 0 : (b == 1 ? 48 : 80);
             for (int a = b + 1; a < 4; ++a) {
                 unsigned a4[4];
-                ldsm4t(a4, fat(DAB, LDH, 16 * a, 16 * b, lane));
+                ldsm4ta(a4, sfat(DAB, LDH, 16 * a, 16 * b, lane));
                 #pragma unroll
                 for (int np = 0; np < 2; ++np) {
                     unsigned b4[4];
-                    ldsm4t(b4, fbt(QN, LDK, base + 16 * (a - b - 1), 32 * cq + 16 * np, lane));
+                    ldsm4ta(b4, sfbt(QN, LDK, base + 16 * (a - b - 1), 32 * cq + 16 * np, lane));
                     mma16816(acc[2 * np], a4, b4[0], b4[1]);
                     mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
                 }

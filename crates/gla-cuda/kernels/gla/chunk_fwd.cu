@@ -404,8 +404,8 @@ __device__ __forceinline__ void o_pass_a(const bf16_t* __restrict__ q, const bf1
         }
         for (int kt = 0; kt < Kp; kt += 16) {
             unsigned fa4[4], fb4[4];
-            ldsm4(fa4, fa(R3, LDK, 16 * a, kt, lane));
-            ldsm4(fb4, fbn(kb, ldb, kt, 0, lane));
+            ldsm4a(fa4, sfa(R3, LDK, 16 * a, kt, lane));
+            ldsm4a(fb4, sfbn(kb, ldb, kt, 0, lane));
             mma16816(c2[0], fa4, fb4[0], fb4[1]);
             mma16816(c2[1], fa4, fb4[2], fb4[3]);
         }
@@ -482,22 +482,22 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_o_bf16(
         if (64 * nh < Vc) {
             for (int kt = 0; kt < Kp; kt += 16) {
                 unsigned a4[4];
-                ldsm4(a4, fa(R0, LDK, 16 * mt, kt, lane));
+                ldsm4a(a4, sfa(R0, LDK, 16 * mt, kt, lane));
                 #pragma unroll
                 for (int np = 0; np < 4; ++np) {
                     unsigned b4[4];
-                    ldsm4t(b4, fbt(RS, OV, kt, 64 * nh + 16 * np, lane));
+                    ldsm4ta(b4, sfbt(RS, OV, kt, 64 * nh + 16 * np, lane));
                     mma16816(acc[2 * np], a4, b4[0], b4[1]);
                     mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
                 }
             }
             for (int kt = 0; kt <= mt; ++kt) {
                 unsigned a4[4];
-                ldsm4(a4, fa(RA, LDH, 16 * mt, 16 * kt, lane));
+                ldsm4a(a4, sfa(RA, LDH, 16 * mt, 16 * kt, lane));
                 #pragma unroll
                 for (int np = 0; np < 4; ++np) {
                     unsigned b4[4];
-                    ldsm4t(b4, fbt(R1, OV, 16 * kt, 64 * nh + 16 * np, lane));
+                    ldsm4ta(b4, sfbt(R1, OV, 16 * kt, 64 * nh + 16 * np, lane));
                     mma16816(acc[2 * np], a4, b4[0], b4[1]);
                     mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
                 }
@@ -610,22 +610,22 @@ extern "C" __global__ void __launch_bounds__(256, 2) gla_chunk_ow_bf16(
     for (int nt = 0; nt < 4; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
     for (int kt = 0; kt < Kp; kt += 16) {
         unsigned a4[4];
-        ldsm4(a4, fa(SQ, LDQ, 16 * mt, kt, lane));
+        ldsm4a(a4, sfa(SQ, LDQ, 16 * mt, kt, lane));
         #pragma unroll
         for (int np = 0; np < 2; ++np) {
             unsigned b4[4];
-            ldsm4t(b4, fbt(SS, LDH, kt, 32 * nq + 16 * np, lane));
+            ldsm4ta(b4, sfbt(SS, LDH, kt, 32 * nq + 16 * np, lane));
             mma16816(acc[2 * np], a4, b4[0], b4[1]);
             mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
         }
     }
     for (int kt = 0; kt <= mt; ++kt) {
         unsigned a4[4];
-        ldsm4(a4, fa(SA, LDH, 16 * mt, 16 * kt, lane));
+        ldsm4a(a4, sfa(SA, LDH, 16 * mt, 16 * kt, lane));
         #pragma unroll
         for (int np = 0; np < 2; ++np) {
             unsigned b4[4];
-            ldsm4t(b4, fbt(SV, LDH, 16 * kt, 32 * nq + 16 * np, lane));
+            ldsm4ta(b4, sfbt(SV, LDH, 16 * kt, 32 * nq + 16 * np, lane));
             mma16816(acc[2 * np], a4, b4[0], b4[1]);
             mma16816(acc[2 * np + 1], a4, b4[2], b4[3]);
         }

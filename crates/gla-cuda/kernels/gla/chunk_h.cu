@@ -132,11 +132,11 @@ __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf1
         #pragma unroll
         for (int kt = 0; kt < 4; ++kt) {
             unsigned a[4];
-            ldsm4t(a, fat(tk, LDH, 16 * kt, 16 * w, lane));
+            ldsm4ta(a, sfat(tk, LDH, 16 * kt, 16 * w, lane));
             #pragma unroll
             for (int np = 0; np < NT / 2; ++np) {
                 unsigned b[4];
-                ldsm4t(b, fbt(tv, LDV, 16 * kt, 16 * np, lane));
+                ldsm4ta(b, sfbt(tv, LDV, 16 * kt, 16 * np, lane));
                 mma16816(acc[2 * np], a, b[0], b[1]);
                 mma16816(acc[2 * np + 1], a, b[2], b[3]);
             }
@@ -157,8 +157,11 @@ __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf1
 
 // forward: (kd, v, h0) -> hs (state entering each chunk), ht. Backward (dh entries): (qe, do,
 // dht) -> dhs (gradient of the state leaving each chunk), dh0, walking the chunks in reverse.
+// Three blocks per SM (<= 170 registers), as many as their shared memory allows (HPlan::cfg in
+// src/dispatch.rs: CHUNK_H_STAGES stages, 73 KB): the pass is latency-bound and its blocks are
+// its only parallelism; without the bound ptxas may take more registers and drop a block.
 #define HENTRY(NAME, BVH, REV)                                                                           \
-extern "C" __global__ void __launch_bounds__(128) NAME(                                                  \
+extern "C" __global__ void __launch_bounds__(128, 3) NAME(                                               \
     const bf16_t* kd, const bf16_t* v, const float* dl, const float* h0, bf16_t* hs, float* ht,          \
     const idx_t* bounds, const idx_t* chunk_off, int H, int K, int V) {                                  \
     chunk_h<BVH, REV>(kd, v, dl, h0, hs, ht, bounds, chunk_off, H, K, V, blockIdx.z);                    \
