@@ -367,8 +367,6 @@ inline void ldsm_gen(unsigned r[4], const unsigned short* p, bool trans) {
     }
     emu::syncwarp();
 }
-inline void ldsm4(unsigned r[4], const unsigned short* p) { ldsm_gen(r, p, false); }
-inline void ldsm4t(unsigned r[4], const unsigned short* p) { ldsm_gen(r, p, true); }
 inline void mma16816(float c[4], const unsigned a[4], unsigned b0, unsigned b1) {
     const int w = emu::warp_id(), l = emu::lane_id();
     for (int x = 0; x < 4; ++x) emu::g_wbuf[w][l].a[x] = a[x];
@@ -430,8 +428,8 @@ inline void att_red2(float* p, float a, float b) {
 inline void __threadfence() {}
 // common/mma.cuh's 32-bit shared addresses: byte offsets into the dynamic shared memory
 inline unsigned smem_addr(const void* p) { return (unsigned)((const unsigned char*)p - emu::g_dyn); }
-inline void ldsm4a(unsigned r[4], unsigned a) { ldsm4(r, (const unsigned short*)(emu::g_dyn + a)); }
-inline void ldsm4ta(unsigned r[4], unsigned a) { ldsm4t(r, (const unsigned short*)(emu::g_dyn + a)); }
+inline void ldsm4a(unsigned r[4], unsigned a) { ldsm_gen(r, (const unsigned short*)(emu::g_dyn + a), false); }
+inline void ldsm4ta(unsigned r[4], unsigned a) { ldsm_gen(r, (const unsigned short*)(emu::g_dyn + a), true); }
 inline void att_cp16(unsigned a, const void* g) { cp16(emu::g_dyn + a, g, true); }
 inline void cp16a(unsigned a, const void* g, bool ok) { cp16(emu::g_dyn + a, g, ok); }
 inline void cp_commit() {
