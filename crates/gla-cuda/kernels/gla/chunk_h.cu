@@ -158,8 +158,8 @@ __device__ __forceinline__ void chunk_h(const bf16_t* __restrict__ kd, const bf1
 // forward: (kd, v, h0) -> hs (state entering each chunk), ht. Backward (dh entries): (qe, do,
 // dht) -> dhs (gradient of the state leaving each chunk), dh0, walking the chunks in reverse.
 // Three blocks per SM (<= 170 registers), as many as their shared memory allows (HPlan::cfg in
-// src/dispatch.rs: CHUNK_H_STAGES stages, 73 KB): the pass is latency-bound and its blocks are
-// its only parallelism; without the bound ptxas may take more registers and drop a block.
+// src/dispatch.rs: CHUNK_H_STAGES stages, 57 or 73 KB): the pass is latency-bound and its
+// blocks are its only parallelism; without the bound ptxas may take more registers and drop one.
 #define HENTRY(NAME, BVH, REV)                                                                           \
 extern "C" __global__ void __launch_bounds__(128, 3) NAME(                                               \
     const bf16_t* kd, const bf16_t* v, const float* dl, const float* h0, bf16_t* hs, float* ht,          \
