@@ -48,8 +48,7 @@ tar czf "$OUT/abk.tar.gz" -C "$OUT" abk
         case "$n" in
             card) ;;
             delta_*) grep -E "^[0-9]+x|^  delta_" "$f" | sed "s/^/$n  /" ;;
-            attn_* | ops_*) grep -E "^[0-9]+x" "$f" | sed "s/^/$n  /" ;;
-            bidir_*) grep -E "^[0-9]+x" "$f" | sed "s/^/$n  /" ;;
+            attn_* | ops_* | bidir_*) grep -E "^[0-9]+x" "$f" | sed "s/^/$n  /" ;;
             vig_*) grep -E "^vig-" "$f" | sed "s/^/$n  /" ;;
             check*) echo "$n  $(tail -1 "$f")"; grep -E " (FAIL|fail)" "$f" | head -10 ;;
         esac

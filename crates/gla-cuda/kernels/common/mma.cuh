@@ -76,14 +76,14 @@ struct WAddrB {
     }
 };
 
-__device__ __forceinline__ void cp16(void* s, const void* g, bool ok) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(s)), "l"(g), "r"(ok ? 16 : 0) : "memory");
-}
-// cp16 to a 32-bit shared-memory byte address (smem_addr): a tile loop keeps one destination
-// register and adds a constant per copy
+// 16 bytes from global g to the 32-bit shared-memory byte address s (smem_addr) by cp.async,
+// zero-filled when !ok (g is then not read): a tile loop keeps one destination register and adds
+// a constant per copy
 __device__ __forceinline__ void cp16a(unsigned s, const void* g, bool ok) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(g), "r"(ok ? 16 : 0) : "memory");
 }
+// cp16a to a shared-memory pointer
+__device__ __forceinline__ void cp16(void* s, const void* g, bool ok) { cp16a(smem_addr(s), g, ok); }
 // Rows [0, R) of cpr 16-byte pieces (P = 16 / sizeof(T) elements each) into dst (row stride lds
 // elements) by cp.async: piece (r, c) from src + r ldg + c P where r < rv and c P < cv, else
 // zero-filled. Needs nthr % cpr == 0: each thread keeps one column and steps rows by

@@ -401,7 +401,8 @@ inline void mma16816(float c[4], const unsigned a[4], unsigned b0, unsigned b1) 
         c[e] = s;
     }
 }
-inline void cp16(void* s, const void* g, bool ok) {
+// cp.async of 16 bytes into shared memory at s (common/mma.cuh's cp16a / cp16, attn's att_cp16)
+inline void cp_async16(void* s, const void* g, bool ok) {
     if (((uintptr_t)s & 15) || (ok && ((uintptr_t)g & 15))) {
         std::fprintf(stderr, "emu: misaligned cp.async %p <- %p\n", s, g);
         std::abort();
@@ -430,8 +431,8 @@ inline void __threadfence() {}
 inline unsigned smem_addr(const void* p) { return (unsigned)((const unsigned char*)p - emu::g_dyn); }
 inline void ldsm4a(unsigned r[4], unsigned a) { ldsm_gen(r, (const unsigned short*)(emu::g_dyn + a), false); }
 inline void ldsm4ta(unsigned r[4], unsigned a) { ldsm_gen(r, (const unsigned short*)(emu::g_dyn + a), true); }
-inline void att_cp16(unsigned a, const void* g) { cp16(emu::g_dyn + a, g, true); }
-inline void cp16a(unsigned a, const void* g, bool ok) { cp16(emu::g_dyn + a, g, ok); }
+inline void att_cp16(unsigned a, const void* g) { cp_async16(emu::g_dyn + a, g, true); }
+inline void cp16a(unsigned a, const void* g, bool ok) { cp_async16(emu::g_dyn + a, g, ok); }
 inline void cp_commit() {
     emu::cur->groups.push_back(std::move(emu::cur->open));
     emu::cur->open.clear();
