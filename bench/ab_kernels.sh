@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Two gla binaries' kernels side by side in one device call, for changes verified without a GPU
 # (bit-identical in tools/emu, fewer instructions in the SASS) that still need their time: the
-# delta rule (DeltaNet and Gated DeltaNet, per launch), softmax attention (and its backward lab
-# GLA_ATTN_BWD=hoist on NEW), the GLA op, ViG's bidirectional scan and ViG-T, each at one shape
-# of record, in the order A B A B so that a drift of the card shows. Then NEW's
+# delta rule (DeltaNet and Gated DeltaNet, per launch), softmax attention, the GLA op, ViG's
+# bidirectional scan and ViG-T, each at one shape of record, in the order A B A B so that a
+# drift of the card shows. Then NEW's
 # `gla check --device cuda --quick` unless CHECK=0. Prints a summary last; logs in $OUT/abk.tar.gz.
 # Usage, from the repo root on the GPU machine:  OUT=/tmp/out bench/ab_kernels.sh OLD_GLA NEW_GLA
 #   GLA_CACHE_DIR: cubins compiled beforehand for both (`gla kernels compile --cache DIR`)
@@ -34,11 +34,9 @@ for r in $(seq 1 "$ROUNDS"); do
         run "bidir_$tag$r" 60 "$G" bench bidir --device cuda --shape 64,1024,3,32,64 --shape 64,196,3,32,64
         run "vig_$tag$r" 90 "$G" bench vig --device cuda --models vig-t --sizes 224,1024 --batch 128,8 --train-batch 128,8 --reps 6
     done
-    run "attn_hoist$r" 60 env GLA_ATTN_BWD=hoist "$B" bench attn --device cuda --shape "$SHAPE" --decode-batch none
 done
 if [ "$CHECK" = 1 ]; then
     run check 240 "$B" check --device cuda --quick
-    run check_hoist 90 env GLA_ATTN_BWD=hoist "$B" check --device cuda --quick --filter attn
 fi
 tar czf "$OUT/abk.tar.gz" -C "$OUT" abk
 {

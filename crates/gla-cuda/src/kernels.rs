@@ -298,16 +298,7 @@ pub const ATTN_FWD: KernelSource =
 pub const ATTN_BWD: KernelSource = source!(
     "attn/bwd.cu",
     ATTN_HEADERS,
-    [
-        "attn_bwd_pre",
-        "attn_bwd_kvq_d64_dv32",
-        "attn_bwd_kvq_d64_dv64",
-        "attn_bwd_kvq_d128_dv128",
-        "attn_bwd_kvqh_d64_dv32",
-        "attn_bwd_kvqh_d64_dv64",
-        "attn_bwd_kvqh_d128_dv128",
-        "attn_bwd_dq_sum"
-    ]
+    ["attn_bwd_pre", "attn_bwd_kvq_d64_dv32", "attn_bwd_kvq_d64_dv64", "attn_bwd_kvq_d128_dv128", "attn_bwd_dq_sum"]
 );
 /// Softmax attention's decode step over a KV cache: append, split-K attention, combine.
 pub const ATTN_DECODE: KernelSource = source!(

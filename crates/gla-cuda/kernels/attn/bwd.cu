@@ -25,13 +25,8 @@
 // Layouts: the forward's; do [rows, H, DV]; dq [rows, H, D], dk [rows, H_KV, D], dv [rows, H_KV,
 // DV] bf16. Dynamic smem: src/attn/dispatch.rs (kvq_smem) matches the carve-up below.
 //
-// attn_bwd_kvqh_d{DP}_dv{DVP}: the lab's form of attn_bwd_kvq (HOIST; GLA_ATTN_BWD=hoist): the same
-// products in the same order (the same bits), the dQ steps unrolled without an exit where none
-// of the warp's keys lies past its rows, so that ptxas issues a step's ldmatrix loads during the
-// step before (SASS: the default waits for each step's loads behind a branch).
-//
 // Entry points: attn_bwd_pre attn_bwd_kvq_d64_dv32 attn_bwd_kvq_d64_dv64 attn_bwd_kvq_d128_dv128
-//   attn_bwd_kvqh_d64_dv32 attn_bwd_kvqh_d64_dv64 attn_bwd_kvqh_d128_dv128 attn_bwd_dq_sum
+//   attn_bwd_dq_sum
 
 extern "C" __global__ void __launch_bounds__(256) attn_bwd_pre(const bf16_t* __restrict__ o, const bf16_t* __restrict__ d_o,
                                                                float* __restrict__ delta, idx_t nrh, int DV) {
@@ -55,7 +50,7 @@ __device__ __forceinline__ void att_kv_qtiles(int k0, int len, int causal, int w
     q1 = (qend + BQ - 1) / BQ;
 }
 
-template <int DP, int DVP, bool HOIST>
+template <int DP, int DVP>
 __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
                                              const bf16_t* __restrict__ d_o, const float* __restrict__ lse,
                                              const float* __restrict__ delta, bf16_t* __restrict__ dk, bf16_t* __restrict__ dv,
@@ -314,8 +309,9 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                 for (int mt = 0; mt < 2; ++mt)
                     #pragma unroll
                     for (int nt = 0; nt < DP / 32; ++nt) a2[mt][nt][0] = a2[mt][nt][1] = a2[mt][nt][2] = a2[mt][nt][3] = 0.f;
-                // one 16-key step of dS K
-                auto dq_step = [&](int kk) {
+                #pragma unroll
+                for (int kk = 0; kk < BN / 16; ++kk) {
+                    if (causal && k0 + 16 * kk > qlo + 31) break;  // dS = 0 from here on (warp-uniform)
                     unsigned a[2][4];
                     #pragma unroll
                     for (int mt = 0; mt < 2; ++mt) ldsm4a(a[mt], aQ_S + 2 * (16 * mt * LP + 16 * kk));
@@ -328,20 +324,6 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                             mma16816(a2[mt][2 * np], a[mt], r[0], r[1]);
                             mma16816(a2[mt][2 * np + 1], a[mt], r[2], r[3]);
                         }
-                    }
-                };
-                // HOIST: off the diagonal (every step's dS nonzero) the steps run as one
-                // unrolled block with no exit, so ptxas can issue step kk + 1's ldmatrix loads
-                // before step kk's products (with an exit per step each step waits for its own
-                // loads); the diagonal keeps the exit
-                if (HOIST && !(causal && k0 + BN - 16 > qlo + 31)) {
-                    #pragma unroll
-                    for (int kk = 0; kk < BN / 16; ++kk) dq_step(kk);
-                } else {
-                    #pragma unroll
-                    for (int kk = 0; kk < BN / 16; ++kk) {
-                        if (causal && k0 + 16 * kk > qlo + 31) break;  // dS = 0 from here on (warp-uniform)
-                        dq_step(kk);
                     }
                 }
                 #pragma unroll
@@ -400,19 +382,15 @@ extern "C" __global__ void __launch_bounds__(256) attn_bwd_dq_sum(const float* _
     *(uint2*)(dq + e) = o;
 }
 
-#define ATTN_BWD_ENTRY(NAME, DP, DVP, HOIST)                                                                                 \
-extern "C" __global__ void __launch_bounds__(256, 1) NAME##_d##DP##_dv##DVP(                                                    \
+#define ATTN_BWD_ENTRY(DP, DVP)                                                                                              \
+extern "C" __global__ void __launch_bounds__(256, 1) attn_bwd_kvq_d##DP##_dv##DVP(                                             \
     const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* d_o, const float* lse, const float* delta, bf16_t* dk,   \
     bf16_t* dv, float* dq_acc, idx_t acc_stride, const idx_t* bounds, const int* u_seq, const int* u_split, int splits,      \
     int H, int HKV, int D, int DV, int causal, int window, float sl2, float scale) {                                        \
-    attn_bwd_kvq<DP, DVP, HOIST>(q, k, v, d_o, lse, delta, dk, dv, dq_acc, acc_stride, bounds, u_seq, u_split, splits, H, HKV, \
-                                 D, DV, causal, window, sl2, scale);                                                         \
+    attn_bwd_kvq<DP, DVP>(q, k, v, d_o, lse, delta, dk, dv, dq_acc, acc_stride, bounds, u_seq, u_split, splits, H, HKV, D, DV, \
+                          causal, window, sl2, scale);                                                                       \
 }
 
-ATTN_BWD_ENTRY(attn_bwd_kvq, 64, 32, false)
-ATTN_BWD_ENTRY(attn_bwd_kvq, 64, 64, false)
-ATTN_BWD_ENTRY(attn_bwd_kvq, 128, 128, false)
-// the lab's (GLA_ATTN_BWD=hoist, src/attn/dispatch.rs): the dQ steps unrolled off the diagonal
-ATTN_BWD_ENTRY(attn_bwd_kvqh, 64, 32, true)
-ATTN_BWD_ENTRY(attn_bwd_kvqh, 64, 64, true)
-ATTN_BWD_ENTRY(attn_bwd_kvqh, 128, 128, true)
+ATTN_BWD_ENTRY(64, 32)
+ATTN_BWD_ENTRY(64, 64)
+ATTN_BWD_ENTRY(128, 128)

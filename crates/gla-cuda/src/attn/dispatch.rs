@@ -109,18 +109,6 @@ pub fn kvq_units(p: &AttnProblem, splits: usize) -> (Vec<i32>, Vec<i32>) {
     seqs.iter().flat_map(|&n| (0..splits).map(move |s| (n as i32, s as i32))).unzip()
 }
 
-/// The backward's key-tile entry point for `dims`: `attn_bwd_kvq_*`, or with
-/// `GLA_ATTN_BWD=hoist` the lab's `attn_bwd_kvqh_*` (the same products in the same order, the dQ
-/// steps unrolled without an exit off the diagonal so that ptxas can issue their loads early:
-/// the same bits, checked by gla-check's attention rows and tools/emu; to be timed against the
-/// default before it replaces it).
-pub fn kvq_kernel(dims: (usize, usize)) -> String {
-    match std::env::var("GLA_ATTN_BWD").as_deref() {
-        Ok("hoist") => kernel("bwd_kvqh", dims),
-        _ => kernel("bwd_kvq", dims),
-    }
-}
-
 /// The backward's launch: grid (H_KV, units), 256 threads.
 pub fn kvq_cfg(h_kv: usize, units: usize, smem: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (h_kv as u32, units as u32, 1), block_dim: (KVQ_THREADS, 1, 1), shared_mem_bytes: smem as u32 }

@@ -275,7 +275,7 @@ pub fn attn_bwd_parts(
             }
             let (stride, splits) = (p.q_len() as i64, dp.splits as i32);
             cuda.launch(
-                &da::kvq_kernel(dp.dims),
+                &da::kernel("bwd_kvq", dp.dims),
                 da::kvq_cfg(p.h_kv(), dp.n_units, da::kvq_smem(dp.dims)),
                 &[
                     x.q,
