@@ -43,6 +43,7 @@ pub struct DevAttnProblem {
     n_tiles2: usize,
     n_units: usize,
     splits: usize,
+    ordered: bool,
     dims: (usize, usize),
     /// The host problem.
     pub problem: AttnProblem,
@@ -60,9 +61,14 @@ impl DevAttnProblem {
         let b: Vec<i64> = std::iter::once(first).chain((0..p.n()).map(|n| p.seq(n).end)).map(|r| r as i64).collect();
         let (ts, tq) = da::query_tiles(p, da::ATTN_BM);
         let (ts2, tq2) = da::query_tiles(p, da::FwdTile::W8x32.rows());
-        let splits = da::kvq_splits(p, cuda.sm_count());
-        let (us, usp) = da::kvq_units(p, splits);
-        let most = ts.len().max(us.len());
+        // the ordered backward: one dQ sum, units (sequence, key tile) on the grid's x
+        let ordered = da::kvq_ordered(p);
+        let splits = if ordered { 1 } else { da::kvq_splits(p, cuda.sm_count()) };
+        let (us, usp) = if ordered { da::kvq_ordered_units(p) } else { da::kvq_units(p, splits) };
+        let most = ts.len().max(if ordered { 0 } else { us.len() });
+        if us.len() > i32::MAX as usize {
+            return Err(unsupported(format!("attention: {} backward units exceed the grid's x limit", us.len())));
+        }
         if most > da::MAX_GRID_YZ {
             return Err(unsupported(format!("attention: {most} tiles exceed the grid's y limit")));
         }
@@ -73,6 +79,7 @@ impl DevAttnProblem {
             n_tiles2: ts2.len(),
             n_units: us.len(),
             splits,
+            ordered,
             tile_seq: up(ts, "attn query tiles")?,
             tile_q0: up(tq, "attn query tile starts")?,
             tile2_seq: up(ts2, "attn 256-row query tiles")?,
@@ -168,6 +175,9 @@ pub struct AttnDevGrads {
     /// `[splits][B,T,H,D]` f32 ([`AttnDevGrads::acc_len`]): the backward's dQ sums
     /// (any contents; each backward zeroes what it adds to).
     pub dq_acc: CudaSlice<f32>,
+    /// The ordered backward's turn counters ([`AttnDevGrads::turns_len`]; any contents: each
+    /// backward zeroes them).
+    pub turns: CudaSlice<i32>,
 }
 
 impl AttnDevGrads {
@@ -182,7 +192,17 @@ impl AttnDevGrads {
             dk: cuda.alloc_zeros(p.k_len().max(1), "attn dk")?,
             dv: cuda.alloc_zeros(p.v_len().max(1), "attn dv")?,
             dq_acc: cuda.alloc_zeros(Self::acc_len(dp), "attn dq sums")?,
+            turns: cuda.alloc_zeros(Self::turns_len(dp), "attn dq turns")?,
         })
+    }
+    /// Elements of [`AttnDevGrads::turns`] for `dp`: [`da::kvq_turns_len`] for the ordered
+    /// backward, else 1.
+    pub fn turns_len(dp: &DevAttnProblem) -> usize {
+        if dp.ordered {
+            da::kvq_turns_len(&dp.problem)
+        } else {
+            1
+        }
     }
     /// Elements of [`AttnDevGrads::dq_acc`] for `dp`: one `[B,T,H,D]` sum per split of the
     /// backward (the count [`DevAttnProblem::new`] chose, [`da::kvq_splits`]).
@@ -256,6 +276,7 @@ pub fn attn_bwd_parts(
     check_len(op, "dk", p.k_len().max(1), g.dk.len())?;
     check_len(op, "dv", p.v_len().max(1), g.dv.len())?;
     check_len(op, "dq_acc", dp.splits * p.q_len().max(1), g.dq_acc.len())?;
+    check_len(op, "turns", AttnDevGrads::turns_len(dp), g.turns.len())?;
     if dp.n_tiles == 0 {
         return Ok(());
     }
@@ -274,9 +295,16 @@ pub fn attn_bwd_parts(
                 return Err(unsupported(format!("{op}: the backward kernel takes D = DP; D = {}, DP = {}", p.d(), dp.dims.0)));
             }
             let (stride, splits) = (p.q_len() as i64, dp.splits as i32);
+            let smem = da::kvq_smem(dp.dims);
+            let (name, cfg, acc_stride) = if dp.ordered {
+                cuda.stream().memset_zeros(&mut g.turns).map_err(Error::driver("zero the attention backward's turns"))?;
+                (da::kernel("bwd_kvqo", dp.dims), da::kvqo_cfg(p.h_kv(), dp.n_units, smem), 0i64)
+            } else {
+                (da::kernel("bwd_kvq", dp.dims), da::kvq_cfg(p.h_kv(), dp.n_units, smem), stride)
+            };
             cuda.launch(
-                &da::kernel("bwd_kvq", dp.dims),
-                da::kvq_cfg(p.h_kv(), dp.n_units, da::kvq_smem(dp.dims)),
+                &name,
+                cfg,
                 &[
                     x.q,
                     x.k,
@@ -287,7 +315,8 @@ pub fn attn_bwd_parts(
                     &g.dk,
                     &g.dv,
                     &g.dq_acc,
-                    &stride,
+                    &acc_stride,
+                    &g.turns,
                     &dp.bounds,
                     &dp.unit_seq,
                     &dp.unit_split,

@@ -425,6 +425,16 @@ inline void att_red2(float* p, float a, float b) {
     p[0] += a;
     p[1] += b;
 }
+// attn/common.cuh's ordered dQ sum: blocks run one at a time in launch order, so the turn a
+// block waits for must already be set (the kernel waits only on blocks launched before it: with
+// in-order dispatch on the GPU that is what rules out a deadlock); anything else is an error
+inline void att_wait_turn(const int* p, int turn) {
+    if (*p != turn) {
+        std::fprintf(stderr, "emu: att_wait_turn waits for turn %d, the counter holds %d\n", turn, *p);
+        std::abort();
+    }
+}
+inline void att_pass_turn(int* p, int next) { *p = next; }
 // fibers run one at a time in one address space: a fence orders nothing more
 inline void __threadfence() {}
 // common/mma.cuh's 32-bit shared addresses: byte offsets into the dynamic shared memory
