@@ -64,13 +64,10 @@ __device__ __forceinline__ void att_kv_qtiles(int k0, int len, int causal, int w
     q1 = (qend + BQ - 1) / BQ;
 }
 
-// The ordered backward's turn counter of (query tile qi of the sequence at row bs, n-th, head j)
-// and key tile kt's turn there: the key tiles that see query tile qi add in descending order,
+// The ordered backward's turn counter of (query tile qi of the sequence whose counters start at
+// row tb = bounds[n] / BQ + n, head j) and key tile kt's turn there: the key tiles that see query tile qi add in descending order,
 // from the last one whose first query tile is at most qi (att_kv_qtiles' q0 = k0 / BQ if causal).
-template <int BN, int BQ>
-__device__ __forceinline__ int* att_turn_at(int* turns, idx_t bs, int n, int qi, int H, int j) {
-    return turns + ((bs / BQ + n + qi) * H + j);
-}
+__device__ __forceinline__ int* att_turn_at(int* turns, idx_t tb, int qi, int H, int j) { return turns + ((tb + qi) * H + j); }
 template <int BN, int BQ>
 __device__ __forceinline__ int att_turn_of(int qi, int kt, int nkt, int causal) {
     return (causal ? min(nkt - 1, qi * BQ / BN) : nkt - 1) - kt;
@@ -135,6 +132,7 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
     const unsigned aK_S = smem_addr(sS) + att_lane_b(LP, lane) + 2 * kr, aK_Q = att_lane_a(LQ, lane) + 2 * cq;
     const unsigned aQ_S = smem_addr(sS) + att_lane_a(LP, lane) + 2 * qr * LP, aQ_K = smem_addr(sK) + att_lane_a(LQ, lane) + 2 * cd;
     const int nkt = (len + BN - 1) / BN;
+    const idx_t tb = bs / BQ + n;  // ORD: the sequence's first turn counter row (times H)
     for (int kt = sp; kt < nkt; kt += ORD ? nkt : splits) {
         const int k0 = kt * BN, LK = min(BN, len - k0);
         int q0, q1;
@@ -186,7 +184,7 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
             __syncthreads();  // iteration it's loads landed; every warp is done with it - 1's tiles
             if (ORD && tid == 0 && it > 0) {
                 const int qi = q0 + (it - 1) / grp;
-                att_pass_turn(att_turn_at<BN, BQ>(turns, bs, n, qi, H, g * grp + (it - 1) % grp), att_turn_of<BN, BQ>(qi, kt, nkt, causal) + 1);
+                att_pass_turn(att_turn_at(turns, tb, qi, H, g * grp + (it - 1) % grp), att_turn_of<BN, BQ>(qi, kt, nkt, causal) + 1);
             }
             if (it + 1 < nit) {
                 issue(it + 1, b ^ 1);
@@ -362,7 +360,7 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                 int turn = 1;
                 if (ORD) {
                     turn = att_turn_of<BN, BQ>(i0 / BQ, kt, nkt, causal);
-                    att_wait_turn(att_turn_at<BN, BQ>(turns, bs, n, i0 / BQ, H, j), turn);
+                    att_wait_turn(att_turn_at(turns, tb, i0 / BQ, H, j), turn);
                 }
                 #pragma unroll
                 for (int mt = 0; mt < 2; ++mt) {
@@ -386,7 +384,7 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
         __syncthreads();  // every warp is done with the key tile's K, V and the query tiles
         if (ORD && tid == 0 && nit > 0) {
             const int qi = q0 + (nit - 1) / grp;
-            att_pass_turn(att_turn_at<BN, BQ>(turns, bs, n, qi, H, g * grp + (nit - 1) % grp), att_turn_of<BN, BQ>(qi, kt, nkt, causal) + 1);
+            att_pass_turn(att_turn_at(turns, tb, qi, H, g * grp + (nit - 1) % grp), att_turn_of<BN, BQ>(qi, kt, nkt, causal) + 1);
         }
 
         // dk = scale * dK, dv = dV through the K and V tiles
