@@ -10,14 +10,14 @@
 //! | bf16    | fwd      | K <= 128, any V                        | chunked, narrow (`gla/chunk_{fwd,h}.cu`)  |
 //! | bf16    | fwd      | 128 < K <= 256, any V                  | chunked, wide (A over K tiles, o per V tile) |
 //! | f32     | fwd      | K <= 128                               | `gla/chunk_fwd_f32.cu`                    |
-//! | bf16    | bwd      | 48 < K <= 128, V <= 128                | chunked, narrow (`gla/chunk_bwd.cu`)      |
+//! | bf16    | bwd      | K <= 128, V <= 128                     | chunked, narrow (`gla/chunk_bwd.cu`)      |
 //! | bf16    | bwd      | K, V <= 256, K or V > 128              | chunked, wide (bwd1k + bwd1v)             |
 //! | any     | bwd      | otherwise, K <= 256                    | `gla/recurrent.cu`                        |
 //!
 //! The chunked forward is refused above K = 256 (bf16) or 128 (f32); the recurrent kernels above
-//! K = 256. K <= 48 with V <= 128 takes the recurrent backward: `gla_chunk_bwd1_bf16` reads 64
-//! key rows of its shared state tiles, which hold only the padded K rows (the wide path's `bwd1k`
-//! zero-fills its 64-row tiles, so V > 128 takes any K). The language model runs its decode step
+//! K = 256. K below 64 runs the narrow backward too: `gla_chunk_bwd1_bf16` reads 64 key rows of
+//! its shared state tiles, which hold max(Kp, 64) rows with the rows past K zero (the wide path's
+//! `bwd1k` zero-fills its 64-row tiles the same way). The language model runs its decode step
 //! (one token per sequence) on the recurrent kernels and everything else chunked
 //! (`backend.rs`), as fla does.
 //!
@@ -125,12 +125,12 @@ pub fn chunk_fwd_path(p: &Problem) -> Option<ChunkPath> {
     }
 }
 
-/// The bf16 chunked backward's launches: [`ChunkPath::Narrow`] for 48 < K <= 128 and V <= 128,
+/// The bf16 chunked backward's launches: [`ChunkPath::Narrow`] for K <= 128 and V <= 128,
 /// [`ChunkPath::Wide`] when K or V is above 128 (both at most 256), else `None` (the recurrent
-/// backward; module doc for K <= 48).
+/// backward).
 pub fn chunk_bwd_path(p: &Problem) -> Option<ChunkPath> {
     let (k, v) = (p.k(), p.v());
-    if k > 48 && k <= CHUNK_NARROW_MAX && v <= 128 {
+    if k <= CHUNK_NARROW_MAX && v <= 128 {
         Some(ChunkPath::Narrow)
     } else if k <= CHUNK_WIDE_MAX && v <= CHUNK_WIDE_MAX && (k > CHUNK_NARROW_MAX || v > 128) {
         Some(ChunkPath::Wide)
@@ -496,7 +496,8 @@ mod tests {
         assert_eq!(chunk_fwd_path(&prob(256, 256)), Some(ChunkPath::Wide));
         assert_eq!(chunk_fwd_path(&prob(257, 64)), None);
         assert_eq!(chunk_bwd_path(&prob(60, 100)), Some(ChunkPath::Narrow));
-        assert_eq!(chunk_bwd_path(&prob(48, 100)), None);
+        assert_eq!(chunk_bwd_path(&prob(48, 100)), Some(ChunkPath::Narrow));
+        assert_eq!(chunk_bwd_path(&prob(16, 64)), Some(ChunkPath::Narrow));
         assert_eq!(chunk_bwd_path(&prob(32, 160)), Some(ChunkPath::Wide));
         assert_eq!(chunk_bwd_path(&prob(256, 256)), Some(ChunkPath::Wide));
         assert_eq!(chunk_bwd_path(&prob(128, 257)), None);

@@ -16,8 +16,8 @@ use crate::runtime::Cuda;
 pub enum Algo {
     /// Fused recurrent forward and backward (`gla/recurrent.cu`).
     Recurrent,
-    /// Chunked forward; backward chunked for bf16 where `ops::chunk_bwd_supported` (48 < K <= 128
-    /// with V <= 128, or K, V <= 256; `gla/chunk_*.cu`), else the recurrent kernels (same
+    /// Chunked forward; backward chunked for bf16 where `ops::chunk_bwd_supported` (K <= 128 with
+    /// V <= 128, or K, V <= 256; `gla/chunk_*.cu`), else the recurrent kernels (same
     /// result, different speed).
     Chunked,
 }

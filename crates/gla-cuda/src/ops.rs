@@ -652,7 +652,7 @@ fn chunk_bwd<T: Elem>(
     }
     let Some(path) = dispatch::bwd_path(p, T::SUFFIX == "bf16") else {
         return Err(unsupported(format!(
-            "chunked backward: bf16 with 48 < K <= {CHUNK_NARROW_MAX} and V <= 128, or K, V <= {CHUNK_WIDE_MAX} (got {}, K = {}, V = {})",
+            "chunked backward: bf16 with K <= {CHUNK_NARROW_MAX} and V <= 128, or K, V <= {CHUNK_WIDE_MAX} (got {}, K = {}, V = {})",
             T::SUFFIX,
             p.k(),
             p.v()

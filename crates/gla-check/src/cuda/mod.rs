@@ -89,7 +89,8 @@ pub fn gpu_ops(cuda: &Arc<Cuda>) -> [CudaGla; 4] {
 
 /// The cases of [`wide_check`]: K above 128 (up to 256), or V above 128 in the backward; strong
 /// (0.1) and weak (10) gates, initial states, varlen with an empty sequence, the per-head gate
-/// (its dg is summed over two K tiles), no gate, K not a multiple of 8 (scalar loads).
+/// (its dg is summed over two K tiles), no gate, K not a multiple of 8 (scalar loads); and K below
+/// 64 and odd K on the K <= 128 launches.
 pub fn wide_cases() -> Vec<Case> {
     let spec = |b, t, h, k, v, gate, cu: Option<Vec<usize>>| ProblemSpec { b, t, h, k, v, gate, scale: None, cu_seqlens: cu };
     let varlen = vec![0usize, 15, 15, 100, 300, 365];
@@ -101,7 +102,7 @@ pub fn wide_cases() -> Vec<Case> {
         case("wide-K256-V64-T300-gs1", spec(2, 300, 2, 256, 64, GateKind::PerKey, None), 1.0, false),
         case("wide-K130-V100-T130-gs1-h0", spec(2, 130, 2, 130, 100, GateKind::PerKey, None), 1.0, true),
         case("wide-K200-V136-head-T130-h0", spec(2, 130, 2, 200, 136, GateKind::PerHead, None), 1.0, true),
-        case("wide-K160-V96-nogate-varlen", spec(1, 365, 2, 160, 96, GateKind::None, Some(varlen)), 1.0, false),
+        case("wide-K160-V96-nogate-varlen", spec(1, 365, 2, 160, 96, GateKind::None, Some(varlen.clone())), 1.0, false),
         case("wide-K64-V256-T200-gs1-h0", spec(1, 200, 2, 64, 256, GateKind::PerKey, None), 1.0, true),
         case("wide-K32-V160-T65-gs1", spec(2, 65, 2, 32, 160, GateKind::PerKey, None), 1.0, false),
         // K tiles padded to 80 and 112 columns (not multiples of 32) on the K <= 128 launches:
@@ -109,6 +110,11 @@ pub fn wide_cases() -> Vec<Case> {
         // above cover the same on the split launches)
         case("odd-K72-V100-T200-gs1-h0", spec(1, 200, 2, 72, 100, GateKind::PerKey, None), 1.0, true),
         case("odd-K100-V64-T130-head", spec(2, 130, 2, 100, 64, GateKind::PerHead, None), 1.0, false),
+        // K below 64 on the K <= 128 launches: bwd1's raw dq / dk products read 64 key rows of
+        // the state tiles, zero past K (ViG-T's K = 32, V = 64 heads; K = 16 and 40)
+        case("small-K32-V64-T300-gs1-h0", spec(2, 300, 2, 32, 64, GateKind::PerKey, None), 1.0, true),
+        case("small-K16-V40-varlen-gs0.1", spec(1, 365, 2, 16, 40, GateKind::PerKey, Some(varlen)), 0.1, false),
+        case("small-K40-V128-T130-head-h0", spec(2, 130, 2, 40, 128, GateKind::PerHead, None), 1.0, true),
     ]
 }
 
@@ -133,8 +139,8 @@ pub fn wide_check(cuda: &Arc<Cuda>, filter: Option<&str>, out: &mut Vec<Row>) ->
         let x = r.inputs();
         let (fwd_path, bwd_path) = (ops::chunk_fwd_path(p), ops::chunk_bwd_path(p));
         let label = |path: Option<ops::ChunkPath>| path.map_or("none", ops::ChunkPath::label);
-        // the forward is wide for K > 128, the backward when K or V > 128; the odd-K cases
-        // must take the K <= 128 launches
+        // the forward is wide for K > 128, the backward when K or V > 128; the odd-K and
+        // small-K cases must take the K <= 128 launches
         let wide_fwd = p.k() > gla_cuda::dispatch::CHUNK_NARROW_MAX;
         let want_bwd =
             if p.k() > gla_cuda::dispatch::CHUNK_NARROW_MAX || p.v() > 128 { ops::ChunkPath::Wide } else { ops::ChunkPath::Narrow };
