@@ -4,6 +4,8 @@
 // as src/bidir/ops.rs runs them with src/dispatch.rs's shared-memory sizes, on emulated blocks
 // against an f64 oracle of the two scans and their backward (docs/math/bidir.md) on the
 // bf16-rounded inputs, and
+// the GLA op's own chunked backward (src/ops.rs's narrow launches, K <= 128 and V <= 128, K below
+// 64 included) on the forward scan alone against that scan's f64 backward, and
 // the flip kernels (copy and add, f32 and bf16) against a host flip, on cases shaped like
 // gla-check's bidir table (odd lengths, K != V, V > 128, varlen with empty and one-token
 // sequences, ViG's K = 32 heads). Prints the relative RMSE of o per case; exit status 1 when
@@ -73,20 +75,21 @@ static VD oracle(const Case& c, const std::vector<long long>& bounds, const VD& 
     return o;
 }
 
-// dq, dk, dv, dgf, dgb of L = <do, o>: each scan's direct backward (gla-cpu's bidir naive.rs)
+// dq, dk, dv, dgf, dgb of L = <do, o>: each scan's direct backward (gla-cpu's bidir naive.rs),
+// o the scans' sum weighted w (the bidirectional scan: both, 1/2 K^-1/2; the GLA op: the forward
+// one alone, ndir = 1, K^-1/2)
 struct Grads {
     VD dq, dk, dv, dgf, dgb;
 };
 static Grads oracle_bwd(const Case& c, const std::vector<long long>& bounds, const VD& q, const VD& k, const VD& v, const VD& gf,
-                        const VD& gb, const VD& d_o) {
+                        const VD& gb, const VD& d_o, double w, int ndir) {
     const int H = c.H, K = c.K, V = c.V;
-    const double w = 0.5 / std::sqrt((double)K);
     Grads g{VD(q.size(), 0.0), VD(q.size(), 0.0), VD(v.size(), 0.0), VD(q.size(), 0.0), VD(q.size(), 0.0)};
     const size_t kv = (size_t)K * V;
     for (size_t n = 0; n + 1 < bounds.size(); ++n) {
         const long long a = bounds[n], b = bounds[n + 1], len = b - a;
         for (int h = 0; h < H; ++h) {
-            for (int dir = 0; dir < 2; ++dir) {
+            for (int dir = 0; dir < ndir; ++dir) {
                 const VD& gg = dir ? gb : gf;
                 VD& dg = dir ? g.dgb : g.dgf;
                 auto row = [&](long long i) { return dir ? b - 1 - i : a + i; };
@@ -221,7 +224,7 @@ static void run(const Case& c, uint64_t seed) {
     if (nc > 0 && K <= 128 && V <= 128) {
         VD dov(vl);
         for (auto& e : dov) e = bfr(2 * r.uni() - 1);
-        const Grads ref = oracle_bwd(c, bounds, q, k, v, gf, gb, dov);
+        const Grads ref = oracle_bwd(c, bounds, q, k, v, gf, gb, dov, 0.5 / std::sqrt((double)K), 2);
         auto bdo = tobf(dov);
         std::vector<unsigned short> qef(qk, 0xffff), qeb(qk, 0xffff), dhsf(st, 0xffff), dhsb(st, 0xffff);
         std::vector<unsigned short> af((size_t)nc * H * 4096, 0xffff), ab((size_t)nc * H * 4096, 0xffff);
@@ -268,6 +271,66 @@ static void run(const Case& c, uint64_t seed) {
                 const bool ok = e <= 5e-3;
                 g_fail += !ok;
                 std::printf("%-28s fused-bwd h%-2d %-3s rel_rmse %.3e  %s\n", c.name.c_str(), bvh, t, e, ok ? "ok" : "FAIL");
+            }
+        }
+    }
+    // the GLA op's chunked backward on the forward scan alone (K <= 128, V <= 128: src/dispatch.rs
+    // chunk_bwd_path's narrow launches, in src/ops.rs's order: prep with qe, the state pass, the
+    // state-gradient pass, A, bwd1, bwd2), per-key gate gf, scale K^-1/2, against the forward
+    // scan's f64 backward; both state-pass tilings (HPlan)
+    if (nc > 0 && K <= 128 && V <= 128) {
+        VD dov(vl);
+        for (auto& e : dov) e = bfr(2 * r.uni() - 1);
+        const double sc = 1.0 / std::sqrt((double)K);
+        const Grads ref = oracle_bwd(c, bounds, q, k, v, gf, gb, dov, sc, 1);
+        auto bdo = tobf(dov);
+        const int kp = kpad(K);
+        std::vector<unsigned short> kd(qk, 0xffff), qe(qk, 0xffff), hs(st, 0xffff), dhs(st, 0xffff), a((size_t)nc * H * 4096, 0xffff);
+        std::vector<float> dlg(dl, NAN), da((size_t)nc * H * 4096, NAN), sd(dl, NAN), dv(vl, NAN), dq(qk, NAN), dk(qk, NAN),
+            dg(qk, NAN);
+        // src/dispatch.rs prep_cfg: the 16-byte prep for a per-key gate with K % 8 == 0
+        emu::launch(dim3{(unsigned)nc, (unsigned)H, (unsigned)((K + 127) / 128)}, dim3{K % 8 == 0 ? 64u : 128u, 1, 1}, 0, [&] {
+            if (K % 8 == 0)
+                gla_chunk_prep8_bf16(bk.data(), bgf.data(), bq.data(), kd.data(), dlg.data(), qe.data(), bounds.data(), off.data(), seq.data(), H,
+                                     K, (float)sc);
+            else
+                gla_chunk_prep_bf16(bk.data(), bgf.data(), bq.data(), kd.data(), dlg.data(), qe.data(), bounds.data(), off.data(), seq.data(), H,
+                                    K, K, (float)sc);
+        });
+        for (int bvh : {64, 32}) {
+            const size_t hsm = 4 * ((64 * 72 + 64 * (bvh + 8)) * 2 + 64 * 4);
+            const dim3 hg{(unsigned)((V + bvh - 1) / bvh), (unsigned)((K + 63) / 64), (unsigned)(N * H)};
+            emu::launch(hg, dim3{128, 1, 1}, hsm, [&] {
+                (bvh == 64 ? gla_chunk_h64_bf16 : gla_chunk_h32_bf16)(kd.data(), bv.data(), dlg.data(), nullptr, hs.data(), nullptr, bounds.data(),
+                                                                      off.data(), H, K, V);
+            });
+            emu::launch(hg, dim3{128, 1, 1}, hsm, [&] {
+                (bvh == 64 ? gla_chunk_dh64_bf16 : gla_chunk_dh32_bf16)(qe.data(), bdo.data(), dlg.data(), nullptr, dhs.data(), nullptr,
+                                                                        bounds.data(), off.data(), H, K, V);
+            });
+            emu::launch(dim3{(unsigned)nc, (unsigned)H, 1}, dim3{256, 1, 1}, chunk_o_smem_bytes(kp), [&] {
+                gla_chunk_o_bf16(bq.data(), bk.data(), bv.data(), bgf.data(), nullptr, nullptr, a.data(), bounds.data(), off.data(), seq.data(), H, K,
+                                 V, K, (float)sc, kp);
+            });
+            emu::launch(dim3{(unsigned)nc, (unsigned)H, 1}, dim3{256, 1, 1}, bwd1_smem(kp), [&] {
+                gla_chunk_bwd1_bf16(bv.data(), bdo.data(), kd.data(), a.data(), hs.data(), dhs.data(), dv.data(), da.data(), dq.data(), dk.data(),
+                                    sd.data(), bounds.data(), off.data(), seq.data(), H, K, V, kp);
+            });
+            // src/dispatch.rs bwd2_plan for a per-key gate: K tiles of <= 64
+            const int nt = (kp + 63) / 64, w2 = ((kp + nt - 1) / nt + 15) / 16 * 16, tiles = (K + w2 - 1) / w2;
+            emu::launch(dim3{(unsigned)nc, (unsigned)H, (unsigned)tiles}, dim3{256, 1, 1}, bwd2_d2_smem(w2), [&] {
+                gla_chunk_bwd2k64_bf16(bq.data(), bk.data(), bgf.data(), da.data(), sd.data(), dq.data(), dk.data(), dg.data(), bounds.data(),
+                                       off.data(), seq.data(), H, K, K, (float)sc, w2);
+            });
+            auto wide = [](const std::vector<float>& x) { return VD(x.begin(), x.end()); };
+            const std::pair<const char*, double> errs[] = {{"dq", rel(wide(dq), ref.dq)},
+                                                           {"dk", rel(wide(dk), ref.dk)},
+                                                           {"dv", rel(wide(dv), ref.dv)},
+                                                           {"dg", rel(wide(dg), ref.dgf)}};
+            for (auto& [t, e] : errs) {
+                const bool ok = e <= 5e-3;
+                g_fail += !ok;
+                std::printf("%-28s gla-bwd   h%-2d %-3s rel_rmse %.3e  %s\n", c.name.c_str(), bvh, t, e, ok ? "ok" : "FAIL");
             }
         }
     }
