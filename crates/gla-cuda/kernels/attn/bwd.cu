@@ -29,10 +29,11 @@
 // / BQ + n + i) * H + j], zero before the launch) holds its turn t_last(i) - t, the first turn
 // storing; the block hands the turn on after its barrier (attn/common.cuh att_wait_turn /
 // att_pass_turn). A block waits only on the block of key tile t + 1, launched before it, so
-// in-order dispatch rules out a deadlock; in the causal case the block of t + 1 reaches each
-// query tile two tiles of work earlier, so in steady state nothing waits. Deterministic (a fixed
-// order per element). Query tiles run in ascending order, the group's heads inner (the split
-// kernel: heads outer).
+// in-order dispatch rules out a deadlock. Each block walks the group's heads in order and each
+// head's query tiles upward from the key tile's first, as the split kernel does; causal, the
+// block of t + 1 starts two tiles further along with two tiles fewer per head, so it reaches
+// every (head, query tile) first and in steady state nothing waits. Deterministic (a fixed order
+// per element).
 //
 // Masking as the forward: only blocks crossing the diagonal, the window's edge or a sequence end
 // are masked. Rows past a sequence end are neither read (zero) nor written.
@@ -64,10 +65,11 @@ __device__ __forceinline__ void att_kv_qtiles(int k0, int len, int causal, int w
     q1 = (qend + BQ - 1) / BQ;
 }
 
-// The ordered backward's turn counter of (query tile qi of the sequence whose counters start at
-// row tb = bounds[n] / BQ + n, head j) and key tile kt's turn there: the key tiles that see query tile qi add in descending order,
-// from the last one whose first query tile is at most qi (att_kv_qtiles' q0 = k0 / BQ if causal).
-__device__ __forceinline__ int* att_turn_at(int* turns, idx_t tb, int qi, int H, int j) { return turns + ((tb + qi) * H + j); }
+// The ordered backward's turn counter of (query tile qi, head j) of a sequence whose counters
+// start at turns (already offset by (bounds[n] / BQ + n) * H), and key tile kt's turn there:
+// the key tiles that see query tile qi add in descending order, from the last one whose first
+// query tile is at most qi (att_kv_qtiles' q0 = k0 / BQ when causal).
+__device__ __forceinline__ int* att_turn_at(int* turns, int qi, int H, int j) { return turns + ((idx_t)qi * H + j); }
 template <int BN, int BQ>
 __device__ __forceinline__ int att_turn_of(int qi, int kt, int nkt, int causal) {
     return (causal ? min(nkt - 1, qi * BQ / BN) : nkt - 1) - kt;
@@ -132,7 +134,7 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
     const unsigned aK_S = smem_addr(sS) + att_lane_b(LP, lane) + 2 * kr, aK_Q = att_lane_a(LQ, lane) + 2 * cq;
     const unsigned aQ_S = smem_addr(sS) + att_lane_a(LP, lane) + 2 * qr * LP, aQ_K = smem_addr(sK) + att_lane_a(LQ, lane) + 2 * cd;
     const int nkt = (len + BN - 1) / BN;
-    const idx_t tb = bs / BQ + n;  // ORD: the sequence's first turn counter row (times H)
+    if (ORD) turns += (bs / BQ + n) * H;  // the sequence's turn counters
     for (int kt = sp; kt < nkt; kt += ORD ? nkt : splits) {
         const int k0 = kt * BN, LK = min(BN, len - k0);
         int q0, q1;
@@ -140,13 +142,12 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
         const int nq = max(0, q1 - q0), nit = grp * nq;
         att_tile<BN, DP, NT>(sK, LQ, k + (bs + k0) * ldk + (idx_t)g * D, ldk, LK, D, tid);
         att_tile<BN, DVP, NT>(sV, LV, v + (bs + k0) * ldv + (idx_t)g * DV, ldv, LK, DV, tid);
-        // the loads of iteration `it` (head g * grp + it / nq, query tile q0 + it % nq; ORD: query
-        // tile q0 + it / grp, head g * grp + it % grp, so a turn passes after each query tile) into buffer
+        // the loads of iteration `it` (head g * grp + it / nq, query tile q0 + it % nq) into buffer
         // b: Q and dO by cp.async, lse and delta of row tid (tid < BQ) into registers, stored by
         // put() after the iteration's first products
         float nl = ATT_POS_INF, nd = 0.f;
         auto issue = [&](int it, int b) {
-            const int j = ORD ? g * grp + it % grp : g * grp + it / nq, i0 = (ORD ? q0 + it / grp : q0 + it % nq) * BQ;
+            const int j = g * grp + it / nq, i0 = (q0 + it % nq) * BQ;
             const int LQr = min(BQ, len - i0);
             att_tile<BQ, DP, NT>(sQ + b * BQ * LQ, LQ, q + (bs + i0) * ldq + (idx_t)j * D, ldq, LQr, D, tid);
             att_tile<BQ, DVP, NT>(sO + b * BQ * LV, LV, d_o + (bs + i0) * ldo + (idx_t)j * DV, ldo, LQr, DV, tid);
@@ -183,14 +184,14 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
             cp_wait0();
             __syncthreads();  // iteration it's loads landed; every warp is done with it - 1's tiles
             if (ORD && tid == 0 && it > 0) {
-                const int qi = q0 + (it - 1) / grp;
-                att_pass_turn(att_turn_at(turns, tb, qi, H, g * grp + (it - 1) % grp), att_turn_of<BN, BQ>(qi, kt, nkt, causal) + 1);
+                const int qi = q0 + (it - 1) % nq;
+                att_pass_turn(att_turn_at(turns, qi, H, g * grp + (it - 1) / nq), att_turn_of<BN, BQ>(qi, kt, nkt, causal) + 1);
             }
             if (it + 1 < nit) {
                 issue(it + 1, b ^ 1);
                 cp_commit();
             }
-            const int j = ORD ? g * grp + it % grp : g * grp + it / nq, i0 = (ORD ? q0 + it / grp : q0 + it % nq) * BQ;
+            const int j = g * grp + it / nq, i0 = (q0 + it % nq) * BQ;
             const unsigned uQb = uQ + 2 * b * BQ * LQ, uOb = uO + 2 * b * BQ * LV;
             const int qlo = i0 + qr, klo = k0 + kc;
 
@@ -360,7 +361,7 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                 int turn = 1;
                 if (ORD) {
                     turn = att_turn_of<BN, BQ>(i0 / BQ, kt, nkt, causal);
-                    att_wait_turn(att_turn_at(turns, tb, i0 / BQ, H, j), turn);
+                    att_wait_turn(att_turn_at(turns, i0 / BQ, H, j), turn);
                 }
                 #pragma unroll
                 for (int mt = 0; mt < 2; ++mt) {
@@ -383,8 +384,8 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
         }
         __syncthreads();  // every warp is done with the key tile's K, V and the query tiles
         if (ORD && tid == 0 && nit > 0) {
-            const int qi = q0 + (nit - 1) / grp;
-            att_pass_turn(att_turn_at(turns, tb, qi, H, g * grp + (nit - 1) % grp), att_turn_of<BN, BQ>(qi, kt, nkt, causal) + 1);
+            const int qi = q0 + (nit - 1) % nq;
+            att_pass_turn(att_turn_at(turns, qi, H, g * grp + (nit - 1) / nq), att_turn_of<BN, BQ>(qi, kt, nkt, causal) + 1);
         }
 
         // dk = scale * dK, dv = dV through the K and V tiles
