@@ -31,9 +31,9 @@
 // att_pass_turn). A block waits only on the block of key tile t + 1, launched before it, so
 // in-order dispatch rules out a deadlock. Each block walks the group's heads in order and each
 // head's query tiles upward from the key tile's first, as the split kernel does; causal, the
-// block of t + 1 starts two tiles further along with two tiles fewer per head, so it reaches
-// every (head, query tile) first and in steady state nothing waits. Deterministic (a fixed order
-// per element).
+// block of t + 1 starts two tiles further along with no more tiles per head (two fewer without
+// a window), so it reaches every (head, query tile) first and in steady state nothing waits.
+// Deterministic (a fixed order per element); not bit-equal to the split kernel (the other order).
 //
 // Masking as the forward: only blocks crossing the diagonal, the window's edge or a sequence end
 // are masked. Rows past a sequence end are neither read (zero) nor written.

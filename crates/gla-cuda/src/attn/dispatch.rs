@@ -341,6 +341,26 @@ mod tests {
     }
 
     #[test]
+    fn ordered_units_run_each_sequence_s_key_tiles_descending_and_turns_never_collide() {
+        // sequences of 300, 0 (empty), 700 and 65 rows: 3, 0, 6 and 1 key tiles of 128
+        let spec = AttnSpec { cu_seqlens: Some(vec![0, 300, 300, 1000, 1065]), ..AttnSpec::new(1, 1065, 2, 64) };
+        let p = AttnProblem::new(spec).unwrap();
+        let (seq, t) = kvq_ordered_units(&p);
+        assert_eq!(seq, vec![2, 2, 2, 2, 2, 2, 0, 0, 0, 3]);
+        assert_eq!(t, vec![5, 4, 3, 2, 1, 0, 2, 1, 0, 0]);
+        // the counters of sequence n start at row bounds[n] / 64 + n, one per query tile of 64
+        // rows, times H: no two sequences share a row and every row is inside the buffer
+        let rows: Vec<usize> = (0..p.n())
+            .flat_map(|n| {
+                let s = p.seq(n);
+                (0..s.len().div_ceil(KVQ_BQ)).map(move |i| s.start / KVQ_BQ + n + i)
+            })
+            .collect();
+        assert!(rows.windows(2).all(|w| w[0] < w[1]));
+        assert!((rows.last().unwrap() + 1) * p.h() <= kvq_turns_len(&p));
+    }
+
+    #[test]
     fn kvq_units_cover_every_split_of_every_sequence() {
         let spec = AttnSpec { cu_seqlens: Some(vec![0, 300, 300, 1000]), ..AttnSpec::new(1, 1000, 2, 64) };
         let p = AttnProblem::new(spec).unwrap();

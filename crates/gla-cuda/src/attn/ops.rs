@@ -65,12 +65,13 @@ impl DevAttnProblem {
         let ordered = da::kvq_ordered(p);
         let splits = if ordered { 1 } else { da::kvq_splits(p, cuda.sm_count()) };
         let (us, usp) = if ordered { da::kvq_ordered_units(p) } else { da::kvq_units(p, splits) };
-        let most = ts.len().max(if ordered { 0 } else { us.len() });
+        // the ordered backward's grid y is H_KV
+        let most = ts.len().max(if ordered { p.h_kv() } else { us.len() });
         if us.len() > i32::MAX as usize {
             return Err(unsupported(format!("attention: {} backward units exceed the grid's x limit", us.len())));
         }
         if most > da::MAX_GRID_YZ {
-            return Err(unsupported(format!("attention: {most} tiles exceed the grid's y limit")));
+            return Err(unsupported(format!("attention: {most} tiles or kv heads exceed the grid's y limit")));
         }
         let up = |x: Vec<i32>, what: &str| -> Result<CudaSlice<i32>> { cuda.upload(if x.is_empty() { &[0] } else { &x[..] }, what) };
         Ok(Self {
@@ -110,9 +111,11 @@ fn check_inputs(op: &'static str, p: &AttnProblem, x: &AttnDevInputs<'_>) -> Res
 }
 
 /// The scalar arguments every launch shares: (H, H_KV, D, DV, causal, window (0: none), scale *
-/// log2(e), scale).
+/// log2(e), scale). A window is passed as at most the longest sequence's length (the same mask:
+/// a row sees every key before it either way), so the kernels' key + window sums stay in i32.
 fn scalars(p: &AttnProblem) -> (i32, i32, i32, i32, i32, i32, f32, f32) {
-    let w = p.window().map_or(0, |w| w.min(i32::MAX as usize) as i32);
+    let longest = (0..p.n()).map(|n| p.seq(n).len()).max().unwrap_or(0).max(1);
+    let w = p.window().map_or(0, |w| w.min(longest).min(i32::MAX as usize) as i32);
     (p.h() as i32, p.h_kv() as i32, p.d() as i32, p.dv() as i32, i32::from(p.causal()), w, (p.scale() * L2E) as f32, p.scale() as f32)
 }
 
