@@ -28,7 +28,9 @@
 // add to it in descending order of t, each when the turn counter of (i, head j) (turns [(bounds[n]
 // / BQ + n + i) * H + j], zero before the launch) holds its turn t_last(i) - t, the first turn
 // storing; the block hands the turn on after its barrier (attn/common.cuh att_wait_turn /
-// att_pass_turn). A block waits only on the block of key tile t + 1, launched before it, so
+// att_pass_turn). The last turn (the lowest key tile that sees query tile i) reads the sum of
+// the earlier turns, adds its part and writes dq = scale * sum (=, bf16) itself: no
+// attn_bwd_dq_sum, the same sum in the same order. A block waits only on the block of key tile t + 1, launched before it, so
 // in-order dispatch rules out a deadlock. Each block walks the group's heads in order and each
 // head's query tiles upward from the key tile's first, as the split kernel does; causal, the
 // block of t + 1 starts two tiles further along with no more tiles per head (two fewer without
@@ -74,12 +76,19 @@ template <int BN, int BQ>
 __device__ __forceinline__ int att_turn_of(int qi, int kt, int nkt, int causal) {
     return (causal ? min(nkt - 1, qi * BQ / BN) : nkt - 1) - kt;
 }
+// The lowest key tile that sees query tile qi (att_kv_qtiles: q1 > qi, i.e. k0 + BN - 1 + window
+// > qi BQ with a window; every key tile from 0 without one): the ordered sum's last turn.
+template <int BN, int BQ>
+__device__ __forceinline__ int att_kt_first(int qi, int window) {
+    const int x = qi * BQ - BN + 2 - window;
+    return window > 0 && x > 0 ? (x + BN - 1) / BN : 0;
+}
 
 template <int DP, int DVP, bool ORD>
 __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
                                              const bf16_t* __restrict__ d_o, const float* __restrict__ lse,
-                                             const float* __restrict__ delta, bf16_t* __restrict__ dk, bf16_t* __restrict__ dv,
-                                             float* __restrict__ dq_acc, idx_t acc_stride, int* __restrict__ turns, const idx_t* __restrict__ bounds,
+                                             const float* __restrict__ delta, bf16_t* __restrict__ dq, bf16_t* __restrict__ dk,
+                                             bf16_t* __restrict__ dv, float* __restrict__ dq_acc, idx_t acc_stride, int* __restrict__ turns, const idx_t* __restrict__ bounds,
                                              const int* __restrict__ u_seq, const int* __restrict__ u_split, int splits, int H,
                                              int HKV, int D, int DV, int causal, int window, float sl2, float scale) {
     constexpr int BN = 128, BQ = 64, LQ = DP + 8, LV = DVP + 8, LP = BN + 8, NT = 256;
@@ -359,8 +368,10 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                     }
                 }
                 int turn = 1;
+                bool last = false;
                 if (ORD) {
                     turn = att_turn_of<BN, BQ>(i0 / BQ, kt, nkt, causal);
+                    last = turn == att_turn_of<BN, BQ>(i0 / BQ, att_kt_first<BN, BQ>(i0 / BQ, window), nkt, causal);
                     att_wait_turn(att_turn_at(turns, i0 / BQ, H, j), turn);
                 }
                 #pragma unroll
@@ -369,10 +380,19 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                     for (int r = 0; r < 2; ++r) {
                         const int i = qlo + 16 * mt + fg + 8 * r;
                         if (i >= len) continue;
-                        float* pa = acc + (bs + i) * ldq + (idx_t)j * D + cd + 2 * ft;
+                        const idx_t e = (bs + i) * ldq + (idx_t)j * D + cd + 2 * ft;
+                        float* pa = acc + e;
                         #pragma unroll
                         for (int nt = 0; nt < DP / 32; ++nt) {
-                            if (ORD && turn == 0) {
+                            if (ORD && last) {
+                                float x0 = a2[mt][nt][2 * r], x1 = a2[mt][nt][2 * r + 1];
+                                if (turn > 0) {
+                                    const float2 f = att_ld2(pa + 8 * nt);
+                                    x0 = f.x + x0;
+                                    x1 = f.y + x1;
+                                }
+                                *(unsigned*)(dq + e + 8 * nt) = pack2(x0 * scale, x1 * scale);
+                            } else if (ORD && turn == 0) {
                                 att_st2(pa + 8 * nt, a2[mt][nt][2 * r], a2[mt][nt][2 * r + 1]);
                             } else {
                                 att_red2(pa + 8 * nt, a2[mt][nt][2 * r], a2[mt][nt][2 * r + 1]);
@@ -431,10 +451,10 @@ extern "C" __global__ void __launch_bounds__(256) attn_bwd_dq_sum(const float* _
 
 #define ATTN_BWD_ENTRY(NAME, DP, DVP, ORD)                                                                                    \
 extern "C" __global__ void __launch_bounds__(256, 1) NAME##_d##DP##_dv##DVP(                                                    \
-    const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* d_o, const float* lse, const float* delta, bf16_t* dk,   \
-    bf16_t* dv, float* dq_acc, idx_t acc_stride, int* turns, const idx_t* bounds, const int* u_seq, const int* u_split,       \
+    const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* d_o, const float* lse, const float* delta, bf16_t* dq,   \
+    bf16_t* dk, bf16_t* dv, float* dq_acc, idx_t acc_stride, int* turns, const idx_t* bounds, const int* u_seq, const int* u_split,       \
     int splits, int H, int HKV, int D, int DV, int causal, int window, float sl2, float scale) {                            \
-    attn_bwd_kvq<DP, DVP, ORD>(q, k, v, d_o, lse, delta, dk, dv, dq_acc, acc_stride, turns, bounds, u_seq, u_split, splits, H, \
+    attn_bwd_kvq<DP, DVP, ORD>(q, k, v, d_o, lse, delta, dq, dk, dv, dq_acc, acc_stride, turns, bounds, u_seq, u_split, splits, H, \
                                HKV, D, DV, causal, window, sl2, scale);                                                      \
 }
 

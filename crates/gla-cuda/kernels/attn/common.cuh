@@ -112,6 +112,13 @@ __device__ __forceinline__ void att_pass_turn(int* p, int next) {
     __threadfence();
     asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(next) : "memory");
 }
+// Loads two f32 at p[0], p[1] (8-byte aligned) at GPU scope (from L2, never a stale L1 line):
+// the ordered dQ sum's last turn reads the earlier turns' sum (their adds are in L2).
+__device__ __forceinline__ float2 att_ld2(const float* p) {
+    float2 f;
+    asm volatile("ld.relaxed.gpu.global.v2.f32 {%0, %1}, [%2];" : "=f"(f.x), "=f"(f.y) : "l"(p) : "memory");
+    return f;
+}
 // Stores two f32 at p[0], p[1] (8-byte aligned): the first part of an ordered dQ sum.
 __device__ __forceinline__ void att_st2(float* p, float a, float b) {
     float2 f;

@@ -12,8 +12,8 @@
 //! |            | kernels `attn_fwd_m2*_d128_dv128`                                       |
 //! | otherwise  | nothing runs: [`attn_dims`] names the supported pairs                   |
 //!
-//! The backward runs `attn_bwd_pre`, `attn_bwd_kvq_*` (or the ordered `attn_bwd_kvqo_*`,
-//! [`kvq_ordered`]) and `attn_bwd_dq_sum` for every pair. The
+//! The backward runs `attn_bwd_pre`, `attn_bwd_kvq_*` and `attn_bwd_dq_sum` for every pair
+//! (the ordered `attn_bwd_kvqo_*`, [`kvq_ordered`], writes dq itself: no dq sum launch). The
 //! decode step runs `attn_decode_g1_*` without grouping, `attn_decode_*` for 2 .. 8 query heads
 //! per kv head ([`decode_kernel`]).
 //!

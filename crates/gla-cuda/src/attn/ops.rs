@@ -288,7 +288,7 @@ pub fn attn_bwd_parts(
     // SAFETY: each launch's arguments match its kernel's signature; every length was checked
     // against the problem (dq_acc against the splits the units were cut for); delta is written
     // by attn_bwd_pre before its readers, the dQ sums by attn_bwd_kvq before attn_bwd_dq_sum
-    // (one stream)
+    // (one stream); the ordered kernel writes dq itself
     unsafe {
         if parts.pre {
             cuda.launch("attn_bwd_pre", da::pre_cfg(p.lse_len()), &[o, d_o, &*delta, &nrh, &dv])?;
@@ -315,6 +315,7 @@ pub fn attn_bwd_parts(
                     d_o,
                     lse,
                     &*delta,
+                    &g.dq,
                     &g.dk,
                     &g.dv,
                     &g.dq_acc,
@@ -334,7 +335,11 @@ pub fn attn_bwd_parts(
                     &scale,
                 ],
             )?;
-            // the sequences' rows: bounds[0] .. bounds[N]
+            // the ordered kernel's last turns wrote dq; the split sums are added here, over the
+            // sequences' rows: bounds[0] .. bounds[N]
+            if dp.ordered {
+                return Ok(());
+            }
             let hd = p.h() * p.d();
             let (r0, r1) = (p.seq(0).start, p.seq(p.n() - 1).end);
             let (e0, e1) = ((r0 * hd) as i64, (r1 * hd) as i64);

@@ -247,7 +247,7 @@ static void run(const Case& c, uint64_t seed) {
         const size_t usm = (128 * (DP + 8) + 128 * (DVP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8) + 2 * 64 * (128 + 8)) * 2 + 4 * 64 * 4;
         if (!us.empty()) {
             emu::launch(dim3{(unsigned)HK, (unsigned)us.size(), 1}, dim3{256, 1, 1}, usm, [&] {
-                attn_bwd_kvq<DP, DVP, false>(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), fk.data(), fv.data(),
+                attn_bwd_kvq<DP, DVP, false>(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), nullptr, fk.data(), fv.data(),
                                              acc.data(), stride, nullptr, p.b.data(), us.data(), usp.data(), S, H, HK, D, DV, causal, win,
                                              sl2, sc);
             });
@@ -261,8 +261,9 @@ static void run(const Case& c, uint64_t seed) {
         report("dv" + tag, rel(fromb(fv), rg.dv));
     }
     // the ordered backward (attn_bwd_kvqo_*: one block per key tile, the units of a sequence with
-    // the key tile descending, one dQ sum left NaN before the launch: the first turn stores),
-    // then attn_bwd_dq_sum over that one sum; att_wait_turn aborts on a turn not yet passed
+    // the key tile descending, one dQ sum left NaN before the launch: the first turn stores, the
+    // last writes dq, left NaN too: no attn_bwd_dq_sum); att_wait_turn aborts on a turn not yet
+    // passed
     {
         std::vector<int> us, ut;
         for (int n = 0; n < p.N; ++n)
@@ -274,13 +275,10 @@ static void run(const Case& c, uint64_t seed) {
         const size_t usm = (128 * (DP + 8) + 128 * (DVP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8) + 2 * 64 * (128 + 8)) * 2 + 4 * 64 * 4;
         if (!us.empty()) {
             emu::launch(dim3{(unsigned)us.size(), (unsigned)HK, 1}, dim3{256, 1, 1}, usm, [&] {
-                attn_bwd_kvq<DP, DVP, true>(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), fk.data(), fv.data(),
-                                            acc.data(), 0, turns.data(), p.b.data(), us.data(), ut.data(), 1, H, HK, D, DV, causal, win,
-                                            sl2, sc);
+                attn_bwd_kvq<DP, DVP, true>(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), fq.data(), fk.data(),
+                                            fv.data(), acc.data(), 0, turns.data(), p.b.data(), us.data(), ut.data(), 1, H, HK, D, DV,
+                                            causal, win, sl2, sc);
             });
-            const long long e0 = p.b[0] * H * D, e1 = p.b[p.N] * H * D;
-            emu::launch(dim3{(unsigned)((e1 - e0 + 1023) / 1024), 1, 1}, dim3{256, 1, 1}, 0,
-                        [&] { attn_bwd_dq_sum(acc.data(), fq.data(), e0, e1, stride, 1, sc); });
         }
         report("dq (ordered)", rel(fromb(fq), rg.dq));
         report("dk (ordered)", rel(fromb(fk), rg.dk));

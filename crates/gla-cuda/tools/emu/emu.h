@@ -435,6 +435,17 @@ inline void att_wait_turn(const int* p, int turn) {
     }
 }
 inline void att_pass_turn(int* p, int next) { *p = next; }
+// attn/common.cuh's GPU-scope load of two f32 (the ordered dQ sum's last turn)
+inline float2 att_ld2(const float* p) {
+    if ((uintptr_t)p & 7) {
+        std::fprintf(stderr, "emu: misaligned ld.v2.f32 %p\n", (const void*)p);
+        std::abort();
+    }
+    float2 f;
+    f.x = p[0];
+    f.y = p[1];
+    return f;
+}
 // fibers run one at a time in one address space: a fence orders nothing more
 inline void __threadfence() {}
 // common/mma.cuh's 32-bit shared addresses: byte offsets into the dynamic shared memory
