@@ -294,20 +294,11 @@ pub const DELTA_CHUNK_BWD: KernelSource = source!(
 pub const ATTN_FWD: KernelSource =
     source!("attn/fwd.cu", ATTN_HEADERS, ["attn_fwd_d64_dv32", "attn_fwd_d64_dv64", "attn_fwd_m2_d128_dv128", "attn_fwd_m2w8_d128_dv128"]);
 /// Softmax attention's backward: the row dot of dO and O, then dK / dV per key tile with dQ parts
-/// added into per-split sums (or, ordered, into one sum in a fixed order), and the sum of the splits.
+/// added into per-split sums, and the sum of the splits.
 pub const ATTN_BWD: KernelSource = source!(
     "attn/bwd.cu",
     ATTN_HEADERS,
-    [
-        "attn_bwd_pre",
-        "attn_bwd_kvq_d64_dv32",
-        "attn_bwd_kvq_d64_dv64",
-        "attn_bwd_kvq_d128_dv128",
-        "attn_bwd_kvqo_d64_dv32",
-        "attn_bwd_kvqo_d64_dv64",
-        "attn_bwd_kvqo_d128_dv128",
-        "attn_bwd_dq_sum"
-    ]
+    ["attn_bwd_pre", "attn_bwd_kvq_d64_dv32", "attn_bwd_kvq_d64_dv64", "attn_bwd_kvq_d128_dv128", "attn_bwd_dq_sum"]
 );
 /// Softmax attention's decode step over a KV cache: append, split-K attention, combine.
 pub const ATTN_DECODE: KernelSource = source!(

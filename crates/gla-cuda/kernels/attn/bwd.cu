@@ -20,30 +20,13 @@
 // attn_bwd_dq_sum: dq (=, bf16) = scale * the sum of the splits' sums, over the sequences' rows.
 // The one-pass kernel needs D == DP (the host runs it only so).
 //
-// attn_bwd_kvqo_d{DP}_dv{DVP} (ORD): the same products, one block per (key tile t, sequence n)
-// and kv head g, grid (units, H_KV), the units of a sequence consecutive with t descending, so
-// that the blocks in flight share their sequence's Q, dO and dQ rows in L2 (the split kernel's
-// blocks each walk a whole sequence: its Q / dO reads and dQ adds miss L2 once many sequences
-// are in flight). One dQ sum (acc_stride 0) and no zeroing: the key tiles that see query tile i
-// add to it in descending order of t, each when the turn counter of (i, head j) (turns [(bounds[n]
-// / BQ + n + i) * H + j], zero before the launch) holds its turn t_last(i) - t, the first turn
-// storing; the block hands the turn on after its barrier (attn/common.cuh att_wait_turn /
-// att_pass_turn). The last turn (the lowest key tile that sees query tile i) reads the sum of
-// the earlier turns, adds its part and writes dq = scale * sum (=, bf16) itself: no
-// attn_bwd_dq_sum, the same sum in the same order. A block waits only on the block of key tile t + 1, launched before it, so
-// in-order dispatch rules out a deadlock. Each block walks the group's heads in order and each
-// head's query tiles upward from the key tile's first, as the split kernel does; causal, the
-// block of t + 1 starts two tiles further along with no more tiles per head (two fewer without
-// a window), so it reaches every (head, query tile) first and in steady state nothing waits.
-// Deterministic (a fixed order per element); not bit-equal to the split kernel (the other order).
-//
 // Masking as the forward: only blocks crossing the diagonal, the window's edge or a sequence end
 // are masked. Rows past a sequence end are neither read (zero) nor written.
 // Layouts: the forward's; do [rows, H, DV]; dq [rows, H, D], dk [rows, H_KV, D], dv [rows, H_KV,
 // DV] bf16. Dynamic smem: src/attn/dispatch.rs (kvq_smem) matches the carve-up below.
 //
 // Entry points: attn_bwd_pre attn_bwd_kvq_d64_dv32 attn_bwd_kvq_d64_dv64 attn_bwd_kvq_d128_dv128
-//   attn_bwd_kvqo_d64_dv32 attn_bwd_kvqo_d64_dv64 attn_bwd_kvqo_d128_dv128 attn_bwd_dq_sum
+//   attn_bwd_dq_sum
 
 extern "C" __global__ void __launch_bounds__(256) attn_bwd_pre(const bf16_t* __restrict__ o, const bf16_t* __restrict__ d_o,
                                                                float* __restrict__ delta, idx_t nrh, int DV) {
@@ -67,28 +50,11 @@ __device__ __forceinline__ void att_kv_qtiles(int k0, int len, int causal, int w
     q1 = (qend + BQ - 1) / BQ;
 }
 
-// The ordered backward's turn counter of (query tile qi, head j) of a sequence whose counters
-// start at turns (already offset by (bounds[n] / BQ + n) * H), and key tile kt's turn there:
-// the key tiles that see query tile qi add in descending order, from the last one whose first
-// query tile is at most qi (att_kv_qtiles' q0 = k0 / BQ when causal).
-__device__ __forceinline__ int* att_turn_at(int* turns, int qi, int H, int j) { return turns + ((idx_t)qi * H + j); }
-template <int BN, int BQ>
-__device__ __forceinline__ int att_turn_of(int qi, int kt, int nkt, int causal) {
-    return (causal ? min(nkt - 1, qi * BQ / BN) : nkt - 1) - kt;
-}
-// The lowest key tile that sees query tile qi (att_kv_qtiles: q1 > qi, i.e. k0 + BN - 1 + window
-// > qi BQ with a window; every key tile from 0 without one): the ordered sum's last turn.
-template <int BN, int BQ>
-__device__ __forceinline__ int att_kt_first(int qi, int window) {
-    const int x = qi * BQ - BN + 2 - window;
-    return window > 0 && x > 0 ? (x + BN - 1) / BN : 0;
-}
-
-template <int DP, int DVP, bool ORD>
+template <int DP, int DVP>
 __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
                                              const bf16_t* __restrict__ d_o, const float* __restrict__ lse,
-                                             const float* __restrict__ delta, bf16_t* __restrict__ dq, bf16_t* __restrict__ dk,
-                                             bf16_t* __restrict__ dv, float* __restrict__ dq_acc, idx_t acc_stride, int* __restrict__ turns, const idx_t* __restrict__ bounds,
+                                             const float* __restrict__ delta, bf16_t* __restrict__ dk, bf16_t* __restrict__ dv,
+                                             float* __restrict__ dq_acc, idx_t acc_stride, const idx_t* __restrict__ bounds,
                                              const int* __restrict__ u_seq, const int* __restrict__ u_split, int splits, int H,
                                              int HKV, int D, int DV, int causal, int window, float sl2, float scale) {
     constexpr int BN = 128, BQ = 64, LQ = DP + 8, LV = DVP + 8, LP = BN + 8, NT = 256;
@@ -103,19 +69,19 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
     float* sD = sL + 2 * BQ;             // [2][BQ] delta
     DELTA_SMEM_END(smem, sD + 2 * BQ);
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
-    const int g = ORD ? blockIdx.y : blockIdx.x, u = ORD ? blockIdx.x : blockIdx.y;
+    const int g = blockIdx.x, u = blockIdx.y;
     const int n = u_seq[u], sp = u_split[u];
     const idx_t bs = bounds[n];
     const int len = (int)(bounds[n + 1] - bs);
     const int grp = H / HKV;
     const idx_t ldq = (idx_t)H * D, ldk = (idx_t)HKV * D, ldv = (idx_t)HKV * DV, ldo = (idx_t)H * DV;
-    float* acc = dq_acc + sp * acc_stride;  // ORD: acc_stride 0, one sum
+    float* acc = dq_acc + sp * acc_stride;
 
     // zero the block's part of its split's dQ sum (rows of sequence n, heads of group g: only this
     // block adds there); a GPU-scope fence before the first adds' barrier orders these stores
-    // (through L1) before the adds (in L2) of the other threads. ORD: the first turn stores.
-    bool fresh = !ORD;
-    if (!ORD) {
+    // (through L1) before the adds (in L2) of the other threads
+    bool fresh = true;
+    {
         const int per = grp * D / 4;  // float4 per row
         float4 z;
         z.x = z.y = z.z = z.w = 0.f;
@@ -143,8 +109,7 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
     const unsigned aK_S = smem_addr(sS) + att_lane_b(LP, lane) + 2 * kr, aK_Q = att_lane_a(LQ, lane) + 2 * cq;
     const unsigned aQ_S = smem_addr(sS) + att_lane_a(LP, lane) + 2 * qr * LP, aQ_K = smem_addr(sK) + att_lane_a(LQ, lane) + 2 * cd;
     const int nkt = (len + BN - 1) / BN;
-    if (ORD) turns += (bs / BQ + n) * H;  // the sequence's turn counters
-    for (int kt = sp; kt < nkt; kt += ORD ? nkt : splits) {
+    for (int kt = sp; kt < nkt; kt += splits) {
         const int k0 = kt * BN, LK = min(BN, len - k0);
         int q0, q1;
         att_kv_qtiles<BN, BQ>(k0, len, causal, window, q0, q1);
@@ -192,10 +157,6 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
             const int b = it & 1;
             cp_wait0();
             __syncthreads();  // iteration it's loads landed; every warp is done with it - 1's tiles
-            if (ORD && tid == 0 && it > 0) {
-                const int qi = q0 + (it - 1) % nq;
-                att_pass_turn(att_turn_at(turns, qi, H, g * grp + (it - 1) / nq), att_turn_of<BN, BQ>(qi, kt, nkt, causal) + 1);
-            }
             if (it + 1 < nit) {
                 issue(it + 1, b ^ 1);
                 cp_commit();
@@ -341,9 +302,7 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
             }
 
             // dQ part = dS K on the warp's 32 rows x DP / 4 columns, added to the split's sum: each
-            // element has one adding thread, in key-tile order (deterministic). ORD: added once
-            // the (query tile, head) is this key tile's turn, stored at the first turn (whose key
-            // tile is never causally idle for the tile's rows: k0 <= i0)
+            // element has one adding thread, in key-tile order (deterministic)
             if (qlo < len && !(causal && k0 > qlo + 31)) {
                 float a2[2][DP / 32][4];
                 #pragma unroll
@@ -367,46 +326,20 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
                         }
                     }
                 }
-                int turn = 1;
-                bool last = false;
-                if (ORD) {
-                    turn = att_turn_of<BN, BQ>(i0 / BQ, kt, nkt, causal);
-                    last = turn == att_turn_of<BN, BQ>(i0 / BQ, att_kt_first<BN, BQ>(i0 / BQ, window), nkt, causal);
-                    att_wait_turn(att_turn_at(turns, i0 / BQ, H, j), turn);
-                }
                 #pragma unroll
                 for (int mt = 0; mt < 2; ++mt) {
                     #pragma unroll
                     for (int r = 0; r < 2; ++r) {
                         const int i = qlo + 16 * mt + fg + 8 * r;
                         if (i >= len) continue;
-                        const idx_t e = (bs + i) * ldq + (idx_t)j * D + cd + 2 * ft;
-                        float* pa = acc + e;
+                        float* pa = acc + (bs + i) * ldq + (idx_t)j * D + cd + 2 * ft;
                         #pragma unroll
-                        for (int nt = 0; nt < DP / 32; ++nt) {
-                            if (ORD && last) {
-                                float x0 = a2[mt][nt][2 * r], x1 = a2[mt][nt][2 * r + 1];
-                                if (turn > 0) {
-                                    const float2 f = att_ld2(pa + 8 * nt);
-                                    x0 = f.x + x0;
-                                    x1 = f.y + x1;
-                                }
-                                *(unsigned*)(dq + e + 8 * nt) = pack2(x0 * scale, x1 * scale);
-                            } else if (ORD && turn == 0) {
-                                att_st2(pa + 8 * nt, a2[mt][nt][2 * r], a2[mt][nt][2 * r + 1]);
-                            } else {
-                                att_red2(pa + 8 * nt, a2[mt][nt][2 * r], a2[mt][nt][2 * r + 1]);
-                            }
-                        }
+                        for (int nt = 0; nt < DP / 32; ++nt) att_red2(pa + 8 * nt, a2[mt][nt][2 * r], a2[mt][nt][2 * r + 1]);
                     }
                 }
             }
         }
         __syncthreads();  // every warp is done with the key tile's K, V and the query tiles
-        if (ORD && tid == 0 && nit > 0) {
-            const int qi = q0 + (nit - 1) % nq;
-            att_pass_turn(att_turn_at(turns, qi, H, g * grp + (nit - 1) / nq), att_turn_of<BN, BQ>(qi, kt, nkt, causal) + 1);
-        }
 
         // dk = scale * dK, dv = dV through the K and V tiles
         #pragma unroll
@@ -449,18 +382,15 @@ extern "C" __global__ void __launch_bounds__(256) attn_bwd_dq_sum(const float* _
     *(uint2*)(dq + e) = o;
 }
 
-#define ATTN_BWD_ENTRY(NAME, DP, DVP, ORD)                                                                                    \
-extern "C" __global__ void __launch_bounds__(256, 1) NAME##_d##DP##_dv##DVP(                                                    \
-    const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* d_o, const float* lse, const float* delta, bf16_t* dq,   \
-    bf16_t* dk, bf16_t* dv, float* dq_acc, idx_t acc_stride, int* turns, const idx_t* bounds, const int* u_seq, const int* u_split,       \
-    int splits, int H, int HKV, int D, int DV, int causal, int window, float sl2, float scale) {                            \
-    attn_bwd_kvq<DP, DVP, ORD>(q, k, v, d_o, lse, delta, dq, dk, dv, dq_acc, acc_stride, turns, bounds, u_seq, u_split, splits, H, \
-                               HKV, D, DV, causal, window, sl2, scale);                                                      \
+#define ATTN_BWD_ENTRY(DP, DVP)                                                                                              \
+extern "C" __global__ void __launch_bounds__(256, 1) attn_bwd_kvq_d##DP##_dv##DVP(                                             \
+    const bf16_t* q, const bf16_t* k, const bf16_t* v, const bf16_t* d_o, const float* lse, const float* delta, bf16_t* dk,   \
+    bf16_t* dv, float* dq_acc, idx_t acc_stride, const idx_t* bounds, const int* u_seq, const int* u_split, int splits,      \
+    int H, int HKV, int D, int DV, int causal, int window, float sl2, float scale) {                                        \
+    attn_bwd_kvq<DP, DVP>(q, k, v, d_o, lse, delta, dk, dv, dq_acc, acc_stride, bounds, u_seq, u_split, splits, H, HKV, D, DV, \
+                          causal, window, sl2, scale);                                                                       \
 }
 
-ATTN_BWD_ENTRY(attn_bwd_kvq, 64, 32, false)
-ATTN_BWD_ENTRY(attn_bwd_kvq, 64, 64, false)
-ATTN_BWD_ENTRY(attn_bwd_kvq, 128, 128, false)
-ATTN_BWD_ENTRY(attn_bwd_kvqo, 64, 32, true)
-ATTN_BWD_ENTRY(attn_bwd_kvqo, 64, 64, true)
-ATTN_BWD_ENTRY(attn_bwd_kvqo, 128, 128, true)
+ATTN_BWD_ENTRY(64, 32)
+ATTN_BWD_ENTRY(64, 64)
+ATTN_BWD_ENTRY(128, 128)

@@ -95,38 +95,6 @@ __device__ __forceinline__ void att_red2(float* p, float a, float b) {
 #endif
 }
 
-// The ordered backward's dQ sum (attn/bwd.cu, attn_bwd_kvqo): the block of a key tile writes a
-// query tile's dQ part only once the counter of that (query tile, head) holds its turn, and hands
-// the turn on after the block's writes (a barrier, then this GPU-scope release), so the sum's
-// order is fixed though the key tiles run in parallel. Every lane polls (an acquire load each),
-// so each lane's writes are ordered after the acquire without a warp-level fence.
-__device__ __forceinline__ void att_wait_turn(const int* p, int turn) {
-    int x;
-    for (;;) {
-        asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(x) : "l"(p) : "memory");
-        if (x == turn) break;
-        __nanosleep(32);
-    }
-}
-__device__ __forceinline__ void att_pass_turn(int* p, int next) {
-    __threadfence();
-    asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(next) : "memory");
-}
-// Loads two f32 at p[0], p[1] (8-byte aligned) at GPU scope (from L2, never a stale L1 line):
-// the ordered dQ sum's last turn reads the earlier turns' sum (their adds are in L2).
-__device__ __forceinline__ float2 att_ld2(const float* p) {
-    float2 f;
-    asm volatile("ld.relaxed.gpu.global.v2.f32 {%0, %1}, [%2];" : "=f"(f.x), "=f"(f.y) : "l"(p) : "memory");
-    return f;
-}
-// Stores two f32 at p[0], p[1] (8-byte aligned): the first part of an ordered dQ sum.
-__device__ __forceinline__ void att_st2(float* p, float a, float b) {
-    float2 f;
-    f.x = a;
-    f.y = b;
-    *(float2*)p = f;
-}
-
 // Lane l's byte offset in a 16 x 16 tile at (0, 0) of a row-major bf16 matrix with row stride ld
 // (the tile at (r0, c0) adds 2 (r0 ld + c0)): att_lane_a for an A operand stored [m][k] (ldmatrix)
 // and a B operand stored [k][n] (ldmatrix.trans) (common/mma.cuh's fa, fbt); att_lane_b for a B

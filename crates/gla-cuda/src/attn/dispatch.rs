@@ -12,8 +12,7 @@
 //! |            | kernels `attn_fwd_m2*_d128_dv128`                                       |
 //! | otherwise  | nothing runs: [`attn_dims`] names the supported pairs                   |
 //!
-//! The backward runs `attn_bwd_pre`, `attn_bwd_kvq_*` and `attn_bwd_dq_sum` for every pair
-//! (the ordered `attn_bwd_kvqo_*`, [`kvq_ordered`], writes dq itself: no dq sum launch). The
+//! The backward runs `attn_bwd_pre`, `attn_bwd_kvq_*` and `attn_bwd_dq_sum` for every pair. The
 //! decode step runs `attn_decode_g1_*` without grouping, `attn_decode_*` for 2 .. 8 query heads
 //! per kv head ([`decode_kernel`]).
 //!
@@ -113,35 +112,6 @@ pub fn kvq_units(p: &AttnProblem, splits: usize) -> (Vec<i32>, Vec<i32>) {
 /// The backward's launch: grid (H_KV, units), 256 threads.
 pub fn kvq_cfg(h_kv: usize, units: usize, smem: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (h_kv as u32, units as u32, 1), block_dim: (KVQ_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
-}
-
-/// Whether the backward runs the ordered kernel `attn_bwd_kvqo_*` (one block per key tile, its
-/// sequence's key tiles in flight together, one dQ sum added in a fixed order through turn
-/// counters: attn/bwd.cu) instead of the split one. Lab for now: `GLA_ATTN_BWD=ord` asks for it
-/// (any mask; the kernel's order keeps blocks from waiting only when causal).
-pub fn kvq_ordered(_p: &AttnProblem) -> bool {
-    std::env::var("GLA_ATTN_BWD").is_ok_and(|v| v == "ord")
-}
-
-/// The ordered backward's work units: (sequence, key tile) of every non-empty sequence, the
-/// longest sequences first, each sequence's key tiles consecutive and descending (a block waits
-/// only on the block of the next key tile: attn/bwd.cu).
-pub fn kvq_ordered_units(p: &AttnProblem) -> (Vec<i32>, Vec<i32>) {
-    let mut seqs: Vec<usize> = (0..p.n()).filter(|&n| !p.seq(n).is_empty()).collect();
-    seqs.sort_by_key(|&n| std::cmp::Reverse(p.seq(n).len()));
-    seqs.iter().flat_map(|&n| (0..p.seq(n).len().div_ceil(KVQ_BN)).rev().map(move |t| (n as i32, t as i32))).unzip()
-}
-
-/// Turn counters of the ordered backward: one per (query tile, head) at (bounds[n] / BQ + n + i)
-/// * H + j (i the sequence's query tile), so every sequence's tiles get their own; at least 1.
-pub fn kvq_turns_len(p: &AttnProblem) -> usize {
-    let rows = if p.n() > 0 { p.seq(p.n() - 1).end } else { 0 };
-    (rows / KVQ_BQ + p.n() + 2) * p.h()
-}
-
-/// The ordered backward's launch: grid (units, H_KV), 256 threads.
-pub fn kvqo_cfg(h_kv: usize, units: usize, smem: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (units as u32, h_kv as u32, 1), block_dim: (KVQ_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
 }
 
 /// The dQ sum's launch (`attn_bwd_dq_sum`): 4 elements per thread, 256 threads per block.
@@ -338,26 +308,6 @@ mod tests {
         // sequence by sequence: the tiles in flight share their sequence's K / V
         let p2 = AttnProblem::new(AttnSpec::new(2, 256, 2, 64)).unwrap();
         assert_eq!(query_tiles(&p2, ATTN_BM), (vec![0, 0, 1, 1], vec![128, 0, 128, 0]));
-    }
-
-    #[test]
-    fn ordered_units_run_each_sequence_s_key_tiles_descending_and_turns_never_collide() {
-        // sequences of 300, 0 (empty), 700 and 65 rows: 3, 0, 6 and 1 key tiles of 128
-        let spec = AttnSpec { cu_seqlens: Some(vec![0, 300, 300, 1000, 1065]), ..AttnSpec::new(1, 1065, 2, 64) };
-        let p = AttnProblem::new(spec).unwrap();
-        let (seq, t) = kvq_ordered_units(&p);
-        assert_eq!(seq, vec![2, 2, 2, 2, 2, 2, 0, 0, 0, 3]);
-        assert_eq!(t, vec![5, 4, 3, 2, 1, 0, 2, 1, 0, 0]);
-        // the counters of sequence n start at row bounds[n] / 64 + n, one per query tile of 64
-        // rows, times H: no two sequences share a row and every row is inside the buffer
-        let rows: Vec<usize> = (0..p.n())
-            .flat_map(|n| {
-                let s = p.seq(n);
-                (0..s.len().div_ceil(KVQ_BQ)).map(move |i| s.start / KVQ_BQ + n + i)
-            })
-            .collect();
-        assert!(rows.windows(2).all(|w| w[0] < w[1]));
-        assert!((rows.last().unwrap() + 1) * p.h() <= kvq_turns_len(&p));
     }
 
     #[test]

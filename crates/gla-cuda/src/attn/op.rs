@@ -116,7 +116,6 @@ impl CudaAttn {
             dk: self.poisoned(p.k_len(), "dk")?,
             dv: self.poisoned(p.v_len(), "dv")?,
             dq_acc: self.poisoned(ops::AttnDevGrads::acc_len(&dp), "dq sums")?,
-            turns: self.poisoned(ops::AttnDevGrads::turns_len(&dp), "dq turns")?,
         };
         let mut delta = self.poisoned::<f32>(p.lse_len(), "delta")?;
         ops::attn_bwd_ws(&self.cuda, &dp, &AttnDevInputs { q: &q, k: &k, v: &v }, &o, &lse, &dob, &mut delta, &mut g)?;

@@ -43,7 +43,6 @@ pub struct DevAttnProblem {
     n_tiles2: usize,
     n_units: usize,
     splits: usize,
-    ordered: bool,
     dims: (usize, usize),
     /// The host problem.
     pub problem: AttnProblem,
@@ -61,17 +60,11 @@ impl DevAttnProblem {
         let b: Vec<i64> = std::iter::once(first).chain((0..p.n()).map(|n| p.seq(n).end)).map(|r| r as i64).collect();
         let (ts, tq) = da::query_tiles(p, da::ATTN_BM);
         let (ts2, tq2) = da::query_tiles(p, da::FwdTile::W8x32.rows());
-        // the ordered backward: one dQ sum, units (sequence, key tile) on the grid's x
-        let ordered = da::kvq_ordered(p);
-        let splits = if ordered { 1 } else { da::kvq_splits(p, cuda.sm_count()) };
-        let (us, usp) = if ordered { da::kvq_ordered_units(p) } else { da::kvq_units(p, splits) };
-        // the ordered backward's grid y is H_KV
-        let most = ts.len().max(if ordered { p.h_kv() } else { us.len() });
-        if us.len() > i32::MAX as usize {
-            return Err(unsupported(format!("attention: {} backward units exceed the grid's x limit", us.len())));
-        }
+        let splits = da::kvq_splits(p, cuda.sm_count());
+        let (us, usp) = da::kvq_units(p, splits);
+        let most = ts.len().max(us.len());
         if most > da::MAX_GRID_YZ {
-            return Err(unsupported(format!("attention: {most} tiles or kv heads exceed the grid's y limit")));
+            return Err(unsupported(format!("attention: {most} tiles exceed the grid's y limit")));
         }
         let up = |x: Vec<i32>, what: &str| -> Result<CudaSlice<i32>> { cuda.upload(if x.is_empty() { &[0] } else { &x[..] }, what) };
         Ok(Self {
@@ -80,7 +73,6 @@ impl DevAttnProblem {
             n_tiles2: ts2.len(),
             n_units: us.len(),
             splits,
-            ordered,
             tile_seq: up(ts, "attn query tiles")?,
             tile_q0: up(tq, "attn query tile starts")?,
             tile2_seq: up(ts2, "attn 256-row query tiles")?,
@@ -178,9 +170,6 @@ pub struct AttnDevGrads {
     /// `[splits][B,T,H,D]` f32 ([`AttnDevGrads::acc_len`]): the backward's dQ sums
     /// (any contents; each backward zeroes what it adds to).
     pub dq_acc: CudaSlice<f32>,
-    /// The ordered backward's turn counters ([`AttnDevGrads::turns_len`]; any contents: each
-    /// backward zeroes them).
-    pub turns: CudaSlice<i32>,
 }
 
 impl AttnDevGrads {
@@ -195,17 +184,7 @@ impl AttnDevGrads {
             dk: cuda.alloc_zeros(p.k_len().max(1), "attn dk")?,
             dv: cuda.alloc_zeros(p.v_len().max(1), "attn dv")?,
             dq_acc: cuda.alloc_zeros(Self::acc_len(dp), "attn dq sums")?,
-            turns: cuda.alloc_zeros(Self::turns_len(dp), "attn dq turns")?,
         })
-    }
-    /// Elements of [`AttnDevGrads::turns`] for `dp`: [`da::kvq_turns_len`] for the ordered
-    /// backward, else 1.
-    pub fn turns_len(dp: &DevAttnProblem) -> usize {
-        if dp.ordered {
-            da::kvq_turns_len(&dp.problem)
-        } else {
-            1
-        }
     }
     /// Elements of [`AttnDevGrads::dq_acc`] for `dp`: one `[B,T,H,D]` sum per split of the
     /// backward (the count [`DevAttnProblem::new`] chose, [`da::kvq_splits`]).
@@ -279,7 +258,6 @@ pub fn attn_bwd_parts(
     check_len(op, "dk", p.k_len().max(1), g.dk.len())?;
     check_len(op, "dv", p.v_len().max(1), g.dv.len())?;
     check_len(op, "dq_acc", dp.splits * p.q_len().max(1), g.dq_acc.len())?;
-    check_len(op, "turns", AttnDevGrads::turns_len(dp), g.turns.len())?;
     if dp.n_tiles == 0 {
         return Ok(());
     }
@@ -288,7 +266,7 @@ pub fn attn_bwd_parts(
     // SAFETY: each launch's arguments match its kernel's signature; every length was checked
     // against the problem (dq_acc against the splits the units were cut for); delta is written
     // by attn_bwd_pre before its readers, the dQ sums by attn_bwd_kvq before attn_bwd_dq_sum
-    // (one stream); the ordered kernel writes dq itself
+    // (one stream)
     unsafe {
         if parts.pre {
             cuda.launch("attn_bwd_pre", da::pre_cfg(p.lse_len()), &[o, d_o, &*delta, &nrh, &dv])?;
@@ -298,16 +276,9 @@ pub fn attn_bwd_parts(
                 return Err(unsupported(format!("{op}: the backward kernel takes D = DP; D = {}, DP = {}", p.d(), dp.dims.0)));
             }
             let (stride, splits) = (p.q_len() as i64, dp.splits as i32);
-            let smem = da::kvq_smem(dp.dims);
-            let (name, cfg, acc_stride) = if dp.ordered {
-                cuda.stream().memset_zeros(&mut g.turns).map_err(Error::driver("zero the attention backward's turns"))?;
-                (da::kernel("bwd_kvqo", dp.dims), da::kvqo_cfg(p.h_kv(), dp.n_units, smem), 0i64)
-            } else {
-                (da::kernel("bwd_kvq", dp.dims), da::kvq_cfg(p.h_kv(), dp.n_units, smem), stride)
-            };
             cuda.launch(
-                &name,
-                cfg,
+                &da::kernel("bwd_kvq", dp.dims),
+                da::kvq_cfg(p.h_kv(), dp.n_units, da::kvq_smem(dp.dims)),
                 &[
                     x.q,
                     x.k,
@@ -315,12 +286,10 @@ pub fn attn_bwd_parts(
                     d_o,
                     lse,
                     &*delta,
-                    &g.dq,
                     &g.dk,
                     &g.dv,
                     &g.dq_acc,
-                    &acc_stride,
-                    &g.turns,
+                    &stride,
                     &dp.bounds,
                     &dp.unit_seq,
                     &dp.unit_split,
@@ -335,11 +304,7 @@ pub fn attn_bwd_parts(
                     &scale,
                 ],
             )?;
-            // the ordered kernel's last turns wrote dq; the split sums are added here, over the
-            // sequences' rows: bounds[0] .. bounds[N]
-            if dp.ordered {
-                return Ok(());
-            }
+            // the sequences' rows: bounds[0] .. bounds[N]
             let hd = p.h() * p.d();
             let (r0, r1) = (p.seq(0).start, p.seq(p.n() - 1).end);
             let (e0, e1) = ((r0 * hd) as i64, (r1 * hd) as i64);
@@ -505,5 +470,22 @@ impl AttnKvCache {
     ) -> Result<()> {
         self.append(cuda, lens, k_new, v_new)?;
         self.attend(cuda, lens, q, o, lse)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gla_core::AttnSpec;
+
+    #[test]
+    fn a_window_beyond_every_sequence_is_passed_as_the_longest_one() {
+        // k0 + BN - 1 + window must stay in i32 (att_kv_qtiles): a window near usize::MAX once
+        // made the backward skip every query tile
+        let spec = AttnSpec { window: Some(usize::MAX), cu_seqlens: Some(vec![0, 300, 300, 1000]), ..AttnSpec::new(1, 1000, 2, 64) };
+        assert_eq!(scalars(&AttnProblem::new(spec).unwrap()).5, 700);
+        let spec = AttnSpec { window: Some(40), ..AttnSpec::new(2, 100, 2, 64) };
+        assert_eq!(scalars(&AttnProblem::new(spec).unwrap()).5, 40);
+        assert_eq!(scalars(&AttnProblem::new(AttnSpec::new(2, 100, 2, 64)).unwrap()).5, 0);
     }
 }

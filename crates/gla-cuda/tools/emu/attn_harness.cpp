@@ -247,9 +247,8 @@ static void run(const Case& c, uint64_t seed) {
         const size_t usm = (128 * (DP + 8) + 128 * (DVP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8) + 2 * 64 * (128 + 8)) * 2 + 4 * 64 * 4;
         if (!us.empty()) {
             emu::launch(dim3{(unsigned)HK, (unsigned)us.size(), 1}, dim3{256, 1, 1}, usm, [&] {
-                attn_bwd_kvq<DP, DVP, false>(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), nullptr, fk.data(), fv.data(),
-                                             acc.data(), stride, nullptr, p.b.data(), us.data(), usp.data(), S, H, HK, D, DV, causal, win,
-                                             sl2, sc);
+                attn_bwd_kvq<DP, DVP>(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), fk.data(), fv.data(), acc.data(),
+                                      stride, p.b.data(), us.data(), usp.data(), S, H, HK, D, DV, causal, win, sl2, sc);
             });
             const long long e0 = p.b[0] * H * D, e1 = p.b[p.N] * H * D;
             emu::launch(dim3{(unsigned)((e1 - e0 + 1023) / 1024), 1, 1}, dim3{256, 1, 1}, 0,
@@ -259,30 +258,6 @@ static void run(const Case& c, uint64_t seed) {
         report("dq" + tag, rel(fromb(fq), rg.dq));
         report("dk" + tag, rel(fromb(fk), rg.dk));
         report("dv" + tag, rel(fromb(fv), rg.dv));
-    }
-    // the ordered backward (attn_bwd_kvqo_*: one block per key tile, the units of a sequence with
-    // the key tile descending, one dQ sum left NaN before the launch: the first turn stores, the
-    // last writes dq, left NaN too: no attn_bwd_dq_sum); att_wait_turn aborts on a turn not yet
-    // passed
-    {
-        std::vector<int> us, ut;
-        for (int n = 0; n < p.N; ++n)
-            for (int t = (int)((p.b[n + 1] - p.b[n] + 127) / 128) - 1; t >= 0; --t) us.push_back(n), ut.push_back(t);
-        const long long stride = p.rows * H * D;
-        std::vector<float> acc((size_t)stride, NAN);
-        std::vector<int> turns((size_t)(p.b[p.N] / 64 + p.N + 2) * H, 0);
-        std::vector<bf16_t> fq(p.rows * H * D, 0x7fc0), fk(p.rows * HK * D, 0x7fc0), fv(p.rows * HK * DV, 0x7fc0);
-        const size_t usm = (128 * (DP + 8) + 128 * (DVP + 8) + 2 * 64 * (DP + 8) + 2 * 64 * (DVP + 8) + 2 * 64 * (128 + 8)) * 2 + 4 * 64 * 4;
-        if (!us.empty()) {
-            emu::launch(dim3{(unsigned)us.size(), (unsigned)HK, 1}, dim3{256, 1, 1}, usm, [&] {
-                attn_bwd_kvq<DP, DVP, true>(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), fq.data(), fk.data(),
-                                            fv.data(), acc.data(), 0, turns.data(), p.b.data(), us.data(), ut.data(), 1, H, HK, D, DV,
-                                            causal, win, sl2, sc);
-            });
-        }
-        report("dq (ordered)", rel(fromb(fq), rg.dq));
-        report("dk (ordered)", rel(fromb(fk), rg.dk));
-        report("dv (ordered)", rel(fromb(fv), rg.dv));
     }
     if (!causal) return;
     // decode: every sequence stepped token by token (idle once it ended), S = window or the

@@ -425,27 +425,6 @@ inline void att_red2(float* p, float a, float b) {
     p[0] += a;
     p[1] += b;
 }
-// attn/common.cuh's ordered dQ sum: blocks run one at a time in launch order, so the turn a
-// block waits for must already be set (the kernel waits only on blocks launched before it: with
-// in-order dispatch on the GPU that is what rules out a deadlock); anything else is an error
-inline void att_wait_turn(const int* p, int turn) {
-    if (*p != turn) {
-        std::fprintf(stderr, "emu: att_wait_turn waits for turn %d, the counter holds %d\n", turn, *p);
-        std::abort();
-    }
-}
-inline void att_pass_turn(int* p, int next) { *p = next; }
-// attn/common.cuh's GPU-scope load of two f32 (the ordered dQ sum's last turn)
-inline float2 att_ld2(const float* p) {
-    if ((uintptr_t)p & 7) {
-        std::fprintf(stderr, "emu: misaligned ld.v2.f32 %p\n", (const void*)p);
-        std::abort();
-    }
-    float2 f;
-    f.x = p[0];
-    f.y = p[1];
-    return f;
-}
 // fibers run one at a time in one address space: a fence orders nothing more
 inline void __threadfence() {}
 // common/mma.cuh's 32-bit shared addresses: byte offsets into the dynamic shared memory
