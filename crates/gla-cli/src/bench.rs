@@ -230,17 +230,26 @@ struct CudaReport {
     results: Vec<CudaEntry>,
 }
 
+/// Measures the card's HBM rate (`gla_cuda::bench::hbm_rate`, the ceiling of the floor columns)
+/// and prints the table's device line; returns the rate, bytes per second.
+#[cfg(feature = "cuda")]
+fn device_line(cuda: &gla_cuda::Cuda, reps: usize) -> Result<f64> {
+    let hbm = gla_cuda::bench::hbm_rate(cuda).context("measuring the card's HBM rate (a 1 GiB device copy)")?;
+    println!("device: {} ({}); HBM floor at {:.2} TB/s (device copy); median of {reps} reps", cuda.name(), cuda.arch(), hbm / 1e12);
+    Ok(hbm)
+}
+
 /// `gla bench ops --device cuda`: bf16, CUDA events, median of `reps` after a warm-up; the
 /// shapes of record (B*T = 65536, H = 16, K = V = 128, T in {2048, 8192, 32768}) and fla's
 /// README shape (8 x 2048 x 32, K = V = 256) by default (`gla_cuda::bench::default_shapes`).
 #[cfg(feature = "cuda")]
 fn ops_cuda(a: &OpsArgs) -> Result<bool> {
-    use gla_cuda::bench::{bench_ops, default_shapes, format_rows, HBM_BYTES_PER_S};
+    use gla_cuda::bench::{bench_ops, default_shapes, format_rows};
     let cuda = gla_cuda::Cuda::new().context("opening the CUDA device")?;
     let shapes = if a.shape.is_empty() { default_shapes() } else { a.shape.clone() };
-    println!("device: {} ({}); HBM floor at {:.2} TB/s; median of {} reps", cuda.name(), cuda.arch(), HBM_BYTES_PER_S / 1e12, a.reps);
+    let hbm = device_line(&cuda, a.reps)?;
     let rows = bench_ops(&cuda, &shapes, a.reps, false, true).context("timing the CUDA ops")?;
-    print!("{}", format_rows(&rows));
+    print!("{}", format_rows(&rows, hbm));
     if let Some(path) = &a.json {
         let unix_time = unix_time();
         let results = rows
@@ -252,18 +261,12 @@ fn ops_cuda(a: &OpsArgs) -> Result<bool> {
                 ms: r.ms,
                 gbs: r.gbs(),
                 tflops: r.tflops(),
-                floor_ms: r.floor_ms(),
-                x_floor: r.x_floor(),
+                floor_ms: r.floor_ms(hbm),
+                x_floor: r.x_floor(hbm),
             })
             .collect();
-        let report = CudaReport {
-            unix_time,
-            device: cuda.name(),
-            arch: cuda.arch().to_string(),
-            hbm_bytes_per_s: HBM_BYTES_PER_S,
-            reps: a.reps,
-            results,
-        };
+        let report =
+            CudaReport { unix_time, device: cuda.name(), arch: cuda.arch().to_string(), hbm_bytes_per_s: hbm, reps: a.reps, results };
         write_report(path, &report)?;
     }
     Ok(true)
@@ -315,7 +318,7 @@ struct DeltaEntry {
 /// `gla bench delta`: the delta-rule ops on CUDA (`gla_cuda::bench::bench_delta`).
 #[cfg(feature = "cuda")]
 pub fn delta(a: &DeltaArgs) -> Result<bool> {
-    use gla_cuda::bench::{bench_delta, default_delta_shapes, delta_stages, format_delta_rows, HBM_BYTES_PER_S};
+    use gla_cuda::bench::{bench_delta, default_delta_shapes, delta_stages, format_delta_rows};
     if a.device != Device::Cuda {
         anyhow::bail!("gla bench delta runs on CUDA only (--device cuda)");
     }
@@ -330,9 +333,9 @@ pub fn delta(a: &DeltaArgs) -> Result<bool> {
     }
     let cuda = gla_cuda::Cuda::new().context("opening the CUDA device")?;
     let shapes = if a.shape.is_empty() { default_delta_shapes() } else { a.shape.clone() };
-    println!("device: {} ({}); HBM floor at {:.2} TB/s; median of {} reps", cuda.name(), cuda.arch(), HBM_BYTES_PER_S / 1e12, a.reps);
+    let hbm = device_line(&cuda, a.reps)?;
     let rows = bench_delta(&cuda, &shapes, a.reps, &ops).context("timing the delta ops")?;
-    print!("{}", format_delta_rows(&rows));
+    print!("{}", format_delta_rows(&rows, hbm));
     if a.stages {
         for &shape in &shapes {
             for op in &ops {
@@ -352,15 +355,15 @@ pub fn delta(a: &DeltaArgs) -> Result<bool> {
                 ms: r.row.ms,
                 gbs: r.row.gbs(),
                 tflops: r.row.tflops(),
-                floor_ms: r.row.floor_ms(),
-                x_floor: r.row.x_floor(),
+                floor_ms: r.row.floor_ms(hbm),
+                x_floor: r.row.x_floor(hbm),
             })
             .collect();
         let report = serde_json::json!({
             "unix_time": unix_time,
             "device": cuda.name(),
             "arch": cuda.arch(),
-            "hbm_bytes_per_s": HBM_BYTES_PER_S,
+            "hbm_bytes_per_s": hbm,
             "reps": a.reps,
             "results": results,
         });
@@ -408,7 +411,7 @@ pub struct AttnArgs {
 /// `gla bench attn`: softmax attention on CUDA (`gla_cuda::bench::bench_attn`).
 #[cfg(feature = "cuda")]
 pub fn attn(a: &AttnArgs) -> Result<bool> {
-    use gla_cuda::bench::{bench_attn, default_attn_shapes, format_rows, HBM_BYTES_PER_S};
+    use gla_cuda::bench::{bench_attn, default_attn_shapes, format_rows};
     if a.device != Device::Cuda {
         anyhow::bail!("gla bench attn runs on CUDA only (--device cuda)");
     }
@@ -423,9 +426,9 @@ pub fn attn(a: &AttnArgs) -> Result<bool> {
     let decode: Vec<[usize; 2]> = batches.iter().flat_map(|&n| ctxs.iter().map(move |&c| [n, c])).collect();
     let cuda = gla_cuda::Cuda::new().context("opening the CUDA device")?;
     let shapes = if a.shape.is_empty() { default_attn_shapes() } else { a.shape.clone() };
-    println!("device: {} ({}); HBM floor at {:.2} TB/s; median of {} reps", cuda.name(), cuda.arch(), HBM_BYTES_PER_S / 1e12, a.reps);
+    let hbm = device_line(&cuda, a.reps)?;
     let rows = bench_attn(&cuda, &shapes, a.h_kv, !a.non_causal, &decode, a.reps).context("timing attention")?;
-    print!("{}", format_rows(&rows));
+    print!("{}", format_rows(&rows, hbm));
     if let Some(path) = &a.json {
         let unix_time = unix_time();
         let results: Vec<serde_json::Value> = rows
@@ -433,7 +436,7 @@ pub fn attn(a: &AttnArgs) -> Result<bool> {
             .map(|r| {
                 serde_json::json!({
                     "shape": r.shape, "pass": r.pass, "kernel": r.kernel, "ms": r.ms,
-                    "gbs": r.gbs(), "tflops": r.tflops(), "floor_ms": r.floor_ms(),
+                    "gbs": r.gbs(), "tflops": r.tflops(), "floor_ms": r.floor_ms(hbm),
                 })
             })
             .collect();
@@ -441,6 +444,7 @@ pub fn attn(a: &AttnArgs) -> Result<bool> {
             "unix_time": unix_time,
             "device": cuda.name(),
             "arch": cuda.arch(),
+            "hbm_bytes_per_s": hbm,
             "causal": !a.non_causal,
             "h_kv": a.h_kv,
             "reps": a.reps,
@@ -482,7 +486,6 @@ pub struct BidirArgs {
 /// `gla bench bidir`: the bidirectional scan on CUDA (`gla_cuda::bidir::bench`).
 #[cfg(feature = "cuda")]
 pub fn bidir(a: &BidirArgs) -> Result<bool> {
-    use gla_cuda::bench::HBM_BYTES_PER_S;
     use gla_cuda::bidir::bench::{bench_bidir, bidir_stages, default_bidir_shapes, format_bidir_rows};
     if a.device != Device::Cuda {
         anyhow::bail!("gla bench bidir runs on CUDA only (--device cuda)");
@@ -490,9 +493,9 @@ pub fn bidir(a: &BidirArgs) -> Result<bool> {
     a.device.ensure_built()?;
     let cuda = gla_cuda::Cuda::new().context("opening the CUDA device")?;
     let shapes = if a.shape.is_empty() { default_bidir_shapes() } else { a.shape.clone() };
-    println!("device: {} ({}); HBM floor at {:.2} TB/s; median of {} reps", cuda.name(), cuda.arch(), HBM_BYTES_PER_S / 1e12, a.reps);
+    let hbm = device_line(&cuda, a.reps)?;
     let rows = bench_bidir(&cuda, &shapes, a.reps).context("timing the bidirectional scan")?;
-    print!("{}", format_bidir_rows(&rows));
+    print!("{}", format_bidir_rows(&rows, hbm));
     if a.stages {
         for &shape in &shapes {
             print!("{}", bidir_stages(&cuda, shape).context("timing the bidirectional scan's launches")?);
@@ -510,7 +513,8 @@ pub fn bidir(a: &BidirArgs) -> Result<bool> {
             })
             .collect();
         let report = serde_json::json!({
-            "unix_time": unix_time, "device": cuda.name(), "arch": cuda.arch(), "reps": a.reps, "results": results,
+            "unix_time": unix_time, "device": cuda.name(), "arch": cuda.arch(), "hbm_bytes_per_s": hbm, "reps": a.reps,
+            "results": results,
         });
         write_report(path, &report)?;
     }

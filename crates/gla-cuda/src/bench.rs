@@ -15,9 +15,27 @@ use crate::error::{Error, Result};
 use crate::ops::{self, f32_to_bf16, DevInputs, DevProblem, FwdKernel};
 use crate::runtime::Cuda;
 
-/// The H200's device-to-device copy rate (bytes read + written per second; bench/results/): the
-/// HBM ceiling the floors below use.
-pub const HBM_BYTES_PER_S: f64 = 4.24e12;
+/// The card's HBM rate, the ceiling the floors below use: bytes read + written per second by a
+/// device-to-device copy of 1 GiB (256 MiB where that does not fit), the median of 5 event-timed
+/// copies after a warm-up (the H200 gives about 4.24e12, an H100 80GB HBM3 less: each card's
+/// floors are its own).
+///
+/// # Errors
+/// Allocation or driver errors.
+pub fn hbm_rate(cuda: &Cuda) -> Result<f64> {
+    let mut last = None;
+    for n in [1usize << 28, 1 << 26] {
+        let bufs = cuda.alloc_zeros::<f32>(n, "HBM probe").and_then(|a| Ok((a, cuda.alloc_zeros::<f32>(n, "HBM probe")?)));
+        match bufs {
+            Ok((src, mut dst)) => {
+                let ms = time_ms(cuda, 5, &mut || cuda.stream().memcpy_dtod(&src, &mut dst).map_err(Error::driver("HBM probe copy")))?;
+                return Ok(2.0 * 4.0 * n as f64 / (ms * 1e-3));
+            }
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("at least one probe size"))
+}
 
 /// fla's README benchmark shape with wide heads, `[B, T, H, K, V]` = 8 x 2048 x 32 x 256 x 256
 /// (the same element count as the shapes of record; the chunked path's split launches).
@@ -57,13 +75,13 @@ impl BenchRow {
     pub fn tflops(&self) -> f64 {
         self.flops / self.ms / 1e9
     }
-    /// The HBM floor: least bytes at [`HBM_BYTES_PER_S`], ms.
-    pub fn floor_ms(&self) -> f64 {
-        self.bytes / HBM_BYTES_PER_S * 1e3
+    /// The HBM floor: least bytes at `hbm` bytes per second ([`hbm_rate`]), ms.
+    pub fn floor_ms(&self, hbm: f64) -> f64 {
+        self.bytes / hbm * 1e3
     }
-    /// Measured time over the floor.
-    pub fn x_floor(&self) -> f64 {
-        self.ms / self.floor_ms()
+    /// Measured time over the floor at `hbm` bytes per second.
+    pub fn x_floor(&self, hbm: f64) -> f64 {
+        self.ms / self.floor_ms(hbm)
     }
 }
 
@@ -210,8 +228,8 @@ pub fn bench_ops(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, stages: b
     Ok(rows)
 }
 
-/// A plain-text table of the rows.
-pub fn format_rows(rows: &[BenchRow]) -> String {
+/// A plain-text table of the rows, floors at `hbm` bytes per second ([`hbm_rate`]).
+pub fn format_rows(rows: &[BenchRow], hbm: f64) -> String {
     let mut s = format!(
         "{:<22} {:<8} {:<20} {:>9} {:>9} {:>9} {:>10} {:>8}\n",
         "shape BxTxHxKxV", "pass", "kernel", "ms", "GB/s", "TFLOP/s", "floor ms", "x floor"
@@ -226,8 +244,8 @@ pub fn format_rows(rows: &[BenchRow]) -> String {
             r.ms,
             r.gbs(),
             r.tflops(),
-            r.floor_ms(),
-            r.x_floor()
+            r.floor_ms(hbm),
+            r.x_floor(hbm)
         );
     }
     s
@@ -395,8 +413,8 @@ pub fn stages_table(title: &str, times: &[(String, f64)]) -> String {
     s
 }
 
-/// A plain-text table of delta rows.
-pub fn format_delta_rows(rows: &[DeltaBenchRow]) -> String {
+/// A plain-text table of delta rows, floors at `hbm` bytes per second.
+pub fn format_delta_rows(rows: &[DeltaBenchRow], hbm: f64) -> String {
     let label = |r: &DeltaBenchRow| match (r.op == "gdn", r.row.kernel == "chunk") {
         (true, true) => "gdn-chunk",
         (true, false) => "gdn-recurrent",
@@ -404,7 +422,7 @@ pub fn format_delta_rows(rows: &[DeltaBenchRow]) -> String {
         (false, false) => "delta-recurrent",
     };
     let plain: Vec<BenchRow> = rows.iter().map(|r| BenchRow { kernel: label(r), ..r.row.clone() }).collect();
-    format_rows(&plain)
+    format_rows(&plain, hbm)
 }
 
 /// Softmax attention's shapes of record: bf16, causal, H = 16, D = DV = 128, B*T = 65536, T in

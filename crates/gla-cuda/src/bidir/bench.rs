@@ -140,10 +140,11 @@ pub fn bidir_stages(cuda: &Arc<Cuda>, shape: [usize; 5]) -> Result<String> {
     Ok(stages_table(&format!("bidir-fused {b}x{t}x{h}x{k}x{v}: one forward+backward"), &times))
 }
 
-/// The rows as a plain-text table ([`format_rows`]) with the speed-up column appended.
-pub fn format_bidir_rows(rows: &[BidirBenchRow]) -> String {
+/// The rows as a plain-text table ([`format_rows`], floors at `hbm` bytes per second) with the
+/// speed-up column appended.
+pub fn format_bidir_rows(rows: &[BidirBenchRow], hbm: f64) -> String {
     let plain: Vec<BenchRow> = rows.iter().map(|r| r.row.clone()).collect();
-    let table = format_rows(&plain);
+    let table = format_rows(&plain, hbm);
     let mut lines = table.lines();
     let mut s = format!("{}  {:>8}\n", lines.next().unwrap_or(""), "speedup");
     for (line, r) in lines.zip(rows) {
