@@ -26,6 +26,7 @@
 //!   dispatch policy is [`dispatch::attn`].
 //! - [`bidir`]: the bidirectional scan of ViG (fused chunked forward, composed backward),
 //!   [`CudaBidir`] (a [`gla_core::BidirOp<f32>`]).
+//! - [`lab`]: kernels under study and their checks (no op runs them).
 //! - [`bench`]: event-timed medians of the ops with their HBM floors and FLOPs.
 //! - [`dist`]: data-parallel training over NCCL (torchrun-style environment, rendezvous,
 //!   communicator with timeouts, gradient buckets overlapped with the backward).
@@ -55,6 +56,7 @@ pub mod dispatch;
 pub mod dist;
 mod error;
 pub mod kernels;
+pub mod lab;
 mod op;
 pub mod ops;
 pub mod runtime;

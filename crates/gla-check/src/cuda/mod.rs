@@ -16,12 +16,14 @@
 //! softmax attention's ([`attn`]: case names `attn/...`) and the bidirectional scan's ([`bidir`],
 //! `bidir/...`) run beside them; a filter starting with `delta`, `attn` or `bidir` runs only that
 //! family's. The ViG model's rows ([`vig`], `vig-*`) run with the model rows, or alone with a
-//! filter starting with `vig`.
+//! filter starting with `vig`. The lab kernels' rows ([`lab`], `lab-*`) run only under a filter
+//! starting with `lab`.
 
 pub mod alloc;
 pub mod attn;
 pub mod bidir;
 pub mod delta;
+pub mod lab;
 pub mod model;
 pub mod vig;
 
@@ -311,7 +313,7 @@ fn huge_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
 pub fn check(cuda: &Arc<Cuda>, opts: CheckOptions, filter: Option<&str>) -> Result<Vec<Row>> {
     let mut out = Vec::new();
     // a filter naming a family runs only its rows (no GLA or model row is named after one)
-    const FAMILIES: [&str; 4] = ["delta", "attn", "bidir", "vig"];
+    const FAMILIES: [&str; 5] = ["delta", "attn", "bidir", "vig", "lab"];
     let named = |f: &str| FAMILIES.iter().copied().find(|p| f.starts_with(p));
     let runs = |fam: &str| filter.and_then(named).is_none_or(|p| p == fam);
     let gla = filter.and_then(named).is_none();
@@ -364,6 +366,10 @@ pub fn check(cuda: &Arc<Cuda>, opts: CheckOptions, filter: Option<&str>) -> Resu
     }
     if runs("vig") && (opts.model || filter.is_some_and(|f| f.starts_with("vig"))) {
         vig::vig_check(cuda, &mut out)?;
+    }
+    // the lab's rows only when asked for by name: kernels under study, in no op's dispatch
+    if filter.is_some_and(|f| f.starts_with("lab")) {
+        lab::lab_check(cuda, &mut out)?;
     }
     if let Some(f) = filter {
         out.retain(|r| r.case.contains(f));

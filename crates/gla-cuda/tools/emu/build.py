@@ -23,7 +23,7 @@ def gxx(src, out):
 
 def strip_asm(text):
     out, i = [], 0
-    pat = re.compile(r"(template <int N>\s*\n)?__device__ __forceinline__[^{;]*\{")
+    pat = re.compile(r"(template <[^>]*>\s*\n)?__device__ __forceinline__[^{;]*\{")
     while True:
         m = pat.search(text, i)
         if not m:
@@ -40,6 +40,19 @@ def strip_asm(text):
         i = j
     return "".join(out)
 
+
+if len(sys.argv) > 1 and sys.argv[1] == "--lab":
+    del sys.argv[1]
+    parts = ['#include "emu.h"\n']
+    for h in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "attn/common.cuh", "lab/wgmma.cuh"]:
+        parts.append(f'#line 1 "{h}"\n' + strip_asm(open(os.path.join(kern, h)).read()))
+    parts.append('#line 1 "lab/wgmma_gemm.cu"\n' + open(os.path.join(kern, "lab/wgmma_gemm.cu")).read())
+    parts.append('#line 1 "lab_harness.cpp"\n#include "lab_harness.cpp"\n')
+    out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/lab-emu"
+    open(out + ".cpp", "w").write("\n".join(parts))
+    cmd = gxx(out + ".cpp", out)
+    print(" ".join(cmd), file=sys.stderr)
+    sys.exit(subprocess.call(cmd))
 
 if len(sys.argv) > 1 and sys.argv[1] == "--attn":
     del sys.argv[1]

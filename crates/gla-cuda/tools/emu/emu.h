@@ -425,6 +425,44 @@ inline void att_red2(float* p, float a, float b) {
     p[0] += a;
     p[1] += b;
 }
+// lab/wgmma.cuh's warpgroup products: a thread's accumulators computed at issue from the
+// operands in shared memory (fibers run one at a time, so the tiles every thread stored before
+// the barrier are in place); the fences, commit and wait order nothing more. Only the
+// 128-byte-swizzled layouts the descriptor can name are read (anything else aborts).
+inline unsigned short wg_ld(unsigned long long desc, int row, int k, bool mn) {
+    const unsigned start = (unsigned)(desc & 0x3fff) << 4, lbo = (unsigned)((desc >> 16) & 0x3fff) << 4,
+                   sbo = (unsigned)((desc >> 32) & 0x3fff) << 4;
+    if ((desc >> 62) != 1 || ((desc >> 49) & 7) != 0) {
+        std::fprintf(stderr, "emu: wgmma descriptor %llx: only the 128-byte swizzle is emulated\n", desc);
+        std::abort();
+    }
+    // K-major: row = the M or N index, 8-row groups sbo apart; MN-major: row = the N index, 64-N
+    // blocks lbo apart, 8-K groups sbo apart, a K row 128 bytes
+    unsigned off = mn ? start + (unsigned)(row / 64) * lbo + (unsigned)(k / 8) * sbo + (unsigned)(k % 8) * 128 + 2u * (unsigned)(row % 64)
+                      : start + (unsigned)(row / 8) * sbo + (unsigned)(row % 8) * 128 + 2u * (unsigned)k;
+    off ^= ((off >> 7) & 7u) << 4;
+    if (off + 2 > emu::g_smem) {
+        std::fprintf(stderr, "emu: wgmma reads shared byte %u of %zu\n", off, emu::g_smem);
+        std::abort();
+    }
+    unsigned short v;
+    std::memcpy(&v, emu::g_dyn + off, 2);
+    return v;
+}
+template <int TB>
+inline void wg_m64n128k16(float (&d)[64], unsigned long long da, unsigned long long db) {
+    const int t = threadIdx.x % 128, w = t / 32, l = t % 32;
+    for (int i = 0; i < 64; ++i) {
+        const int row = 16 * w + l / 4 + 8 * ((i % 4) / 2), col = 8 * (i / 4) + 2 * (l % 4) + i % 2;
+        float s = d[i];
+        for (int k = 0; k < 16; ++k) s += emu::bf2f(wg_ld(da, row, k, false)) * emu::bf2f(wg_ld(db, col, k, TB != 0));
+        d[i] = s;
+    }
+}
+inline void wg_fence_proxy() {}
+inline void wg_fence() {}
+inline void wg_commit() {}
+inline void wg_wait0() {}
 // fibers run one at a time in one address space: a fence orders nothing more
 inline void __threadfence() {}
 // common/mma.cuh's 32-bit shared addresses: byte offsets into the dynamic shared memory

@@ -1,0 +1,64 @@
+//! The lab kernels' rows (case names `lab-*`, run only under `--filter lab`): `kernels/lab/` under
+//! study against the host. `lab-wgmma-gemm-*`: C = A B^T on the Hopper warpgroup products
+//! ([`gla_cuda::lab::wgmma_gemm`]) with B K-major and MN-major, against the f64 product of the same
+//! bf16 values (f32 sums of exact products: [`tol::GPU_F32`]). The MN-major descriptor's byte
+//! offsets are the layout `lab/wgmma.cuh` documents (LBO between 64-column blocks of N, SBO
+//! between 8-row groups of K); when that row fails, its note gives the error with the two
+//! offsets swapped.
+
+use std::sync::Arc;
+
+use gla_cuda::lab::{wgmma_gemm, LabB};
+use gla_cuda::ops::{bf16_to_f32, f32_to_bf16};
+use gla_cuda::{Cuda, Result};
+use gla_model::Rng;
+
+use crate::row::Row;
+use crate::tol;
+
+/// The `lab-*` rows.
+///
+/// # Errors
+/// None of its own: a failed launch becomes a failing row.
+pub fn lab_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
+    for (m, n, k) in [(64, 128, 64), (192, 256, 320)] {
+        let case = format!("lab-wgmma-gemm-{m}x{n}x{k}");
+        let mut rng = Rng::new(0x1ab + (m * n * k) as u64);
+        let a: Vec<u16> = (0..m * k).map(|_| f32_to_bf16(rng.normal() as f32)).collect();
+        let b: Vec<u16> = (0..n * k).map(|_| f32_to_bf16(rng.normal() as f32)).collect();
+        let mut bt = vec![0u16; n * k];
+        for (j, row) in b.chunks(k).enumerate() {
+            for (kk, &x) in row.iter().enumerate() {
+                bt[kk * n + j] = x;
+            }
+        }
+        let mut want = vec![0.0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                want[i * n + j] = (0..k).map(|kk| f64::from(bf16_to_f32(a[i * k + kk])) * f64::from(bf16_to_f32(b[j * k + kk]))).sum();
+            }
+        }
+        let err = |c: &[f32]| crate::cases::rel_rmse(c, &want);
+        let tol = tol::GPU_F32;
+        match wgmma_gemm(cuda, &a, &b, (m, n, k), LabB::KMajor) {
+            Ok(c) => out.push(Row::new(&case, "lab-wgmma", "bf16", "c-kmajor", err(&c), tol)),
+            Err(e) => out.push(Row::failed(&case, "lab-wgmma", "bf16", tol, e)),
+        }
+        let (lbo, sbo) = (8192, 1024);
+        match wgmma_gemm(cuda, &a, &bt, (m, n, k), LabB::MnMajor { lbo, sbo }) {
+            Ok(c) => {
+                let mut r = Row::new(&case, "lab-wgmma", "bf16", "c-mnmajor", err(&c), tol);
+                if !r.pass {
+                    let swapped = wgmma_gemm(cuda, &a, &bt, (m, n, k), LabB::MnMajor { lbo: sbo, sbo: lbo });
+                    r = r.with_note(match swapped {
+                        Ok(c2) => format!("with LBO {sbo} and SBO {lbo} instead: {:.3e}", err(&c2)),
+                        Err(e) => format!("with LBO {sbo} and SBO {lbo} instead: {e}"),
+                    });
+                }
+                out.push(r);
+            }
+            Err(e) => out.push(Row::failed(&case, "lab-wgmma", "bf16", tol, e)),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+// lab/wgmma_gemm.cu: the check of lab/wgmma.cuh's building blocks (no op runs on them yet):
+// C = A B^T on wgmma, against the host's product (gla check --device cuda --filter lab).
+//
+// lab_wgmma_gemm_bf16: C [M, N] f32 (=) = A B^T with A bf16 [M, K] row-major and B bf16 [N, K]
+// row-major (tb = 0: a K-major operand) or B^T bf16 [K, N] row-major (tb = 1: MN-major,
+// imm-trans-b), M % 64 == 0, N % 128 == 0, K % 64 == 0 (the host checks). One warpgroup (128
+// threads) per 64 x 128 tile of C, grid (N / 128, M / 64). Per 64-deep step the A tile (64 rows
+// of 64) and the B tile (K-major: 128 rows of 64; MN-major: two 64-column blocks of 64 K rows,
+// 8 KB apart) are stored swizzled (wg_swz) by 16-byte loads and stores, fenced to the async
+// proxy, then four m64n128k16 products (start addresses 32 bytes, or 16 K rows of 128 bytes,
+// apart). lbo, sbo: the MN-major B's descriptor offsets in bytes (the K-major operands take 16
+// and 1024). Dynamic smem: 1024 (alignment) + 8192 (A) + 16384 (B) bytes.
+//
+// Entry points: lab_wgmma_gemm_bf16
+
+extern "C" __global__ void __launch_bounds__(128) lab_wgmma_gemm_bf16(const bf16_t* __restrict__ a, const bf16_t* __restrict__ b,
+                                                                     float* __restrict__ c, int M, int N, int K, int tb, int lbo, int sbo) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    __trap();
+#else
+    DELTA_SMEM(smem);
+    const int tid = threadIdx.x, w = tid >> 5, l = tid & 31;
+    const int n0 = blockIdx.x * 128, m0 = blockIdx.y * 64;
+    const unsigned pad = (1024u - (smem_addr(smem) & 1023u)) & 1023u;
+    unsigned char* sA = smem + pad;  // [64 rows][128 B]
+    unsigned char* sB = sA + 8192;   // K-major: [128 rows][128 B]; MN-major: [2][64 K rows][128 B]
+    DELTA_SMEM_END(smem, sB + 16384);
+    const unsigned uA = smem_addr(sA), uB = smem_addr(sB);
+    float d[64];
+    #pragma unroll
+    for (int i = 0; i < 64; ++i) d[i] = 0.f;
+    for (int k0 = 0; k0 < K; k0 += 64) {
+        for (int x = tid; x < 64 * 8; x += 128) {
+            const int r = x >> 3, ch = x & 7;
+            *(uint4*)(sA + wg_swz(r, ch)) = *(const uint4*)(a + (idx_t)(m0 + r) * K + k0 + 8 * ch);
+        }
+        for (int x = tid; x < 128 * 8; x += 128) {
+            const int r = x >> 3, ch = x & 7;
+            if (tb) {  // r = 64 (N block) + K row; the chunk holds 8 N
+                const int nb = r >> 6, kr = r & 63;
+                *(uint4*)(sB + nb * 8192 + wg_swz(kr, ch)) = *(const uint4*)(b + (idx_t)(k0 + kr) * N + n0 + 64 * nb + 8 * ch);
+            } else {
+                *(uint4*)(sB + wg_swz(r, ch)) = *(const uint4*)(b + (idx_t)(n0 + r) * K + k0 + 8 * ch);
+            }
+        }
+        wg_fence_proxy();
+        __syncthreads();
+        wg_fence();
+        #pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            const unsigned long long da = wg_desc(uA + 32u * kk, 16, 1024);
+            if (tb) {
+                wg_m64n128k16<1>(d, da, wg_desc(uB + 2048u * kk, (unsigned)lbo, (unsigned)sbo));
+            } else {
+                wg_m64n128k16<0>(d, da, wg_desc(uB + 32u * kk, 16, 1024));
+            }
+        }
+        wg_commit();
+        wg_wait0();
+        __syncthreads();  // every warpgroup's products have read the tiles before the next stores
+    }
+    #pragma unroll
+    for (int i = 0; i < 64; i += 2) {
+        const int row = m0 + 16 * w + (l >> 2) + 8 * ((i & 3) >> 1), col = n0 + 8 * (i >> 2) + 2 * (l & 3);
+        float2 f;
+        f.x = d[i];
+        f.y = d[i + 1];
+        *(float2*)(c + (idx_t)row * N + col) = f;
+    }
+#endif
+}

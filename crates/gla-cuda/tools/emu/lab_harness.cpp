@@ -1,0 +1,55 @@
+// The lab kernels (kernels/lab/) on the CPU emulator (README.md; built by `build.py --lab`):
+// lab_wgmma_gemm_bf16 (C = A B^T on lab/wgmma.cuh's warpgroup products) with B K-major and
+// MN-major, against the f64 product of the same bf16 values. Prints each relative RMSE; exits
+// non-zero when one is above 1e-5 (f32 sums of exact bf16 products).
+#include <cmath>
+
+static int lab_fail = 0;
+
+static void lab_report(const char* what, double e) {
+    const bool ok = e <= 1e-5;
+    std::printf("  %-34s %.3e %s\n", what, e, ok ? "ok" : "FAIL");
+    lab_fail += !ok;
+}
+
+static void lab_gemm(int M, int N, int K, uint64_t seed) {
+    uint64_t s = seed;
+    auto rnd = [&]() {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        return (float)((s >> 40) & 0xffff) / 32768.f - 1.f;
+    };
+    std::vector<bf16_t> a((size_t)M * K), b((size_t)N * K), bt((size_t)K * N);
+    for (auto& x : a) x = f2bf(rnd());
+    for (auto& x : b) x = f2bf(rnd());
+    for (int n = 0; n < N; ++n)
+        for (int k = 0; k < K; ++k) bt[(size_t)k * N + n] = b[(size_t)n * K + k];
+    std::vector<double> ref((size_t)M * N);
+    for (int m = 0; m < M; ++m)
+        for (int n = 0; n < N; ++n) {
+            double acc = 0;
+            for (int k = 0; k < K; ++k) acc += (double)emu::bf2f(a[(size_t)m * K + k]) * emu::bf2f(b[(size_t)n * K + k]);
+            ref[(size_t)m * N + n] = acc;
+        }
+    for (int tb = 0; tb < 2; ++tb) {
+        std::vector<float> c((size_t)M * N, NAN);
+        emu::launch(dim3{(unsigned)(N / 128), (unsigned)(M / 64), 1}, dim3{128, 1, 1}, 1024 + 8192 + 16384, [&] {
+            lab_wgmma_gemm_bf16(a.data(), tb ? bt.data() : b.data(), c.data(), M, N, K, tb, 8192, 1024);
+        });
+        double num = 0, den = 0;
+        for (size_t i = 0; i < c.size(); ++i) {
+            const double d = (double)c[i] - ref[i];
+            num += d * d;
+            den += ref[i] * ref[i];
+        }
+        char what[96];
+        std::snprintf(what, sizeof what, "gemm %dx%dx%d B %s", M, N, K, tb ? "MN-major" : "K-major");
+        lab_report(what, std::isnan(num) ? INFINITY : std::sqrt(num / std::max(den, 1e-300)));
+    }
+}
+
+int main() {
+    lab_gemm(64, 128, 64, 1);
+    lab_gemm(128, 256, 192, 2);
+    std::printf("%d failed\n", lab_fail);
+    return lab_fail ? 1 : 0;
+}
