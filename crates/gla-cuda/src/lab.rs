@@ -28,13 +28,14 @@ pub enum LabB {
 }
 
 /// C `[M, N]` f32 = A B^T for bf16 A `[M, K]` (row-major) and B as `layout` says, on
-/// `lab_wgmma_gemm_bf16` (one warpgroup per 64 x 128 tile of C).
+/// `lab_wgmma_gemm_bf16` (one warpgroup per 64 x 128 tile of C); `a_in_regs`: A moved into
+/// registers (the mma.sync A fragment, by ldmatrix) and multiplied by the A-from-registers form.
 ///
 /// # Errors
 /// [`Error::Op`] unless the device is sm_90a (the lab's instructions are Hopper's own), M % 64,
 /// N % 128 and K % 64 are zero (and none is zero), and the slices hold M K and N K elements;
 /// driver and compile errors.
-pub fn wgmma_gemm(cuda: &Cuda, a: &[u16], b: &[u16], (m, n, k): (usize, usize, usize), layout: LabB) -> Result<Vec<f32>> {
+pub fn wgmma_gemm(cuda: &Cuda, a: &[u16], b: &[u16], (m, n, k): (usize, usize, usize), layout: LabB, a_in_regs: bool) -> Result<Vec<f32>> {
     let bad = |what: String| Error::Op(gla_core::Error::Unsupported { backend: "cuda", what });
     if cuda.arch() != ARCH_HOPPER {
         return Err(bad(format!("lab_wgmma_gemm_bf16 runs on {ARCH_HOPPER} only; this device is {}", cuda.arch())));
@@ -51,6 +52,7 @@ pub fn wgmma_gemm(cuda: &Cuda, a: &[u16], b: &[u16], (m, n, k): (usize, usize, u
         LabB::KMajor => (0i32, 16i32, 1024i32),
         LabB::MnMajor { lbo, sbo } => (1, lbo as i32, sbo as i32),
     };
+    let ra = i32::from(a_in_regs);
     let da = cuda.upload(a, "lab A")?;
     let db = cuda.upload(b, "lab B")?;
     let dc = cuda.alloc_zeros::<f32>(m * n, "lab C")?;
@@ -58,7 +60,7 @@ pub fn wgmma_gemm(cuda: &Cuda, a: &[u16], b: &[u16], (m, n, k): (usize, usize, u
         LaunchConfig { grid_dim: ((n / 128) as u32, (m / 64) as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 1024 + 8192 + 16384 };
     // SAFETY: the arguments match lab_wgmma_gemm_bf16's parameters; A, B and C hold the M K, N K
     // and M N elements the grid reads and writes (checked above)
-    unsafe { cuda.launch("lab_wgmma_gemm_bf16", cfg, &[&da, &db, &dc, &mi, &ni, &ki, &tb, &lbo, &sbo])? };
+    unsafe { cuda.launch("lab_wgmma_gemm_bf16", cfg, &[&da, &db, &dc, &mi, &ni, &ki, &tb, &ra, &lbo, &sbo])? };
     cuda.sync()?;
     cuda.stream().clone_dtoh(&dc).map_err(Error::driver("download lab C"))
 }

@@ -1,6 +1,7 @@
 //! The lab kernels' rows (case names `lab-*`, run only under `--filter lab`): `kernels/lab/` under
 //! study against the host. `lab-wgmma-gemm-*`: C = A B^T on the Hopper warpgroup products
-//! ([`gla_cuda::lab::wgmma_gemm`]) with B K-major and MN-major, against the f64 product of the same
+//! ([`gla_cuda::lab::wgmma_gemm`]) with B K-major and MN-major, A from shared memory and from
+//! registers, against the f64 product of the same
 //! bf16 values (f32 sums of exact products: [`tol::GPU_F32`]). The MN-major descriptor's byte
 //! offsets are the layout `lab/wgmma.cuh` documents (LBO between 64-column blocks of N, SBO
 //! between 8-row groups of K); when that row fails, its note gives the error with the two
@@ -40,24 +41,25 @@ pub fn lab_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
         }
         let err = |c: &[f32]| crate::cases::rel_rmse(c, &want);
         let tol = tol::GPU_F32;
-        match wgmma_gemm(cuda, &a, &b, (m, n, k), LabB::KMajor) {
-            Ok(c) => out.push(Row::new(&case, "lab-wgmma", "bf16", "c-kmajor", err(&c), tol)),
-            Err(e) => out.push(Row::failed(&case, "lab-wgmma", "bf16", tol, e)),
-        }
         let (lbo, sbo) = (8192, 1024);
-        match wgmma_gemm(cuda, &a, &bt, (m, n, k), LabB::MnMajor { lbo, sbo }) {
-            Ok(c) => {
-                let mut r = Row::new(&case, "lab-wgmma", "bf16", "c-mnmajor", err(&c), tol);
-                if !r.pass {
-                    let swapped = wgmma_gemm(cuda, &a, &bt, (m, n, k), LabB::MnMajor { lbo: sbo, sbo: lbo });
-                    r = r.with_note(match swapped {
-                        Ok(c2) => format!("with LBO {sbo} and SBO {lbo} instead: {:.3e}", err(&c2)),
-                        Err(e) => format!("with LBO {sbo} and SBO {lbo} instead: {e}"),
-                    });
+        for (tensor, mn, regs) in
+            [("c-kmajor", false, false), ("c-mnmajor", true, false), ("c-kmajor-a-regs", false, true), ("c-mnmajor-a-regs", true, true)]
+        {
+            let run = |layout| wgmma_gemm(cuda, &a, if mn { &bt } else { &b }, (m, n, k), layout, regs);
+            let layout = if mn { LabB::MnMajor { lbo, sbo } } else { LabB::KMajor };
+            match run(layout) {
+                Ok(c) => {
+                    let mut r = Row::new(&case, "lab-wgmma", "bf16", tensor, err(&c), tol);
+                    if !r.pass && mn {
+                        r = r.with_note(match run(LabB::MnMajor { lbo: sbo, sbo: lbo }) {
+                            Ok(c2) => format!("with LBO {sbo} and SBO {lbo} instead: {:.3e}", err(&c2)),
+                            Err(e) => format!("with LBO {sbo} and SBO {lbo} instead: {e}"),
+                        });
+                    }
+                    out.push(r);
                 }
-                out.push(r);
+                Err(e) => out.push(Row::failed(&case, "lab-wgmma", "bf16", tol, e)),
             }
-            Err(e) => out.push(Row::failed(&case, "lab-wgmma", "bf16", tol, e)),
         }
     }
     Ok(())

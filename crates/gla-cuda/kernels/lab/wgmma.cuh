@@ -1,7 +1,7 @@
 // lab/wgmma.cuh: Hopper warpgroup matrix products (wgmma, sm_90a) for kernels under study: the
 // shared-memory matrix descriptor of a 128-byte-swizzled bf16 tile, the async-proxy fence for
 // tiles written by ordinary stores, and m64n128k16 (bf16 x bf16 -> f32, both operands from shared
-// memory) with its fence / commit / wait. Only sm_90a builds the instructions; other targets
+// memory, or A from registers: _rs) with its fence / commit / wait. Only sm_90a builds the instructions; other targets
 // compile the entry points to a trap (the kernels' hosts run them on sm_90a only).
 //
 // Tile layout (128-byte swizzle, what the descriptor below describes): rows of 64 bf16 (128
@@ -45,6 +45,30 @@ __device__ __forceinline__ void wg_commit() {
 __device__ __forceinline__ void wg_wait0() {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+#endif
+}
+
+// d += A B^T for a 64 x 16 A in registers (the mma.sync m16n8k16 A fragment of warp w's rows
+// 16 w .. 16 w + 15: a[0] row l / 4, k 2 (l % 4) and + 1; a[1] row + 8; a[2], a[3] k + 8) and a
+// 128 x 16 B (descriptor db); TB: B MN-major.
+template <int TB>
+__device__ __forceinline__ void wg_m64n128k16_rs(float (&d)[64], const unsigned (&a)[4], unsigned long long db) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %70, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+        "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63},"
+        " {%64, %65, %66, %67}, %68, p, 1, 1, %69;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]),
+          "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]),
+          "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),
+          "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]),
+          "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]),
+          "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]),
+          "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TB), "r"(1)
+        : "memory");
 #endif
 }
 

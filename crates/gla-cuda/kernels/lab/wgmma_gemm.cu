@@ -3,7 +3,8 @@
 //
 // lab_wgmma_gemm_bf16: C [M, N] f32 (=) = A B^T with A bf16 [M, K] row-major and B bf16 [N, K]
 // row-major (tb = 0: a K-major operand) or B^T bf16 [K, N] row-major (tb = 1: MN-major,
-// imm-trans-b), M % 64 == 0, N % 128 == 0, K % 64 == 0 (the host checks). One warpgroup (128
+// imm-trans-b), ra = 1: A moved from its swizzled tile into registers by ldmatrix (the mma.sync
+// A fragment) and multiplied by the _rs product; M % 64 == 0, N % 128 == 0, K % 64 == 0 (the host checks). One warpgroup (128
 // threads) per 64 x 128 tile of C, grid (N / 128, M / 64). Per 64-deep step the A tile (64 rows
 // of 64) and the B tile (K-major: 128 rows of 64; MN-major: two 64-column blocks of 64 K rows,
 // 8 KB apart) are stored swizzled (wg_swz) by 16-byte loads and stores, fenced to the async
@@ -14,7 +15,7 @@
 // Entry points: lab_wgmma_gemm_bf16
 
 extern "C" __global__ void __launch_bounds__(128) lab_wgmma_gemm_bf16(const bf16_t* __restrict__ a, const bf16_t* __restrict__ b,
-                                                                     float* __restrict__ c, int M, int N, int K, int tb, int lbo, int sbo) {
+                                                                     float* __restrict__ c, int M, int N, int K, int tb, int ra, int lbo, int sbo) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     __trap();
 #else
@@ -49,10 +50,21 @@ extern "C" __global__ void __launch_bounds__(128) lab_wgmma_gemm_bf16(const bf16
         #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
             const unsigned long long da = wg_desc(uA + 32u * kk, 16, 1024);
-            if (tb) {
-                wg_m64n128k16<1>(d, da, wg_desc(uB + 2048u * kk, (unsigned)lbo, (unsigned)sbo));
+            const unsigned long long db = tb ? wg_desc(uB + 2048u * kk, (unsigned)lbo, (unsigned)sbo) : wg_desc(uB + 32u * kk, 16, 1024);
+            if (ra) {
+                // lane l's row of the x4 load (matrices: rows 0-7 / 8-15 x k 0-7 / 8-15) and its chunk
+                unsigned ar[4];
+                ldsm4a(ar, uA + wg_swz(16 * w + (l & 7) + 8 * ((l >> 3) & 1), 2 * kk + (l >> 4)));
+                wg_fence();  // the fragment's registers are written before the product reads them
+                if (tb) {
+                    wg_m64n128k16_rs<1>(d, ar, db);
+                } else {
+                    wg_m64n128k16_rs<0>(d, ar, db);
+                }
+            } else if (tb) {
+                wg_m64n128k16<1>(d, da, db);
             } else {
-                wg_m64n128k16<0>(d, da, wg_desc(uB + 32u * kk, 16, 1024));
+                wg_m64n128k16<0>(d, da, db);
             }
         }
         wg_commit();

@@ -459,6 +459,28 @@ inline void wg_m64n128k16(float (&d)[64], unsigned long long da, unsigned long l
         d[i] = s;
     }
 }
+// the A-from-registers product: each thread's fragment goes to a per-block table, then (every
+// thread of the block at the same call: the lab kernels' warpgroups all run the same products)
+// each computes its accumulators from its warp's fragments
+inline unsigned g_wga[1024][4];
+template <int TB>
+inline void wg_m64n128k16_rs(float (&d)[64], const unsigned (&a)[4], unsigned long long db) {
+    const int t = threadIdx.x, l = t % 32, w0 = t - l;
+    for (int j = 0; j < 4; ++j) g_wga[t][j] = a[j];
+    emu::syncthreads();
+    // A(r, k) of the warp's 16 rows: lane 4 (r % 8) + (k % 8) / 2, register r / 8 + 2 (k / 8), half k % 2
+    auto av = [&](int r, int k) {
+        const unsigned u = g_wga[w0 + 4 * (r % 8) + (k % 8) / 2][r / 8 + 2 * (k / 8)];
+        return emu::bf2f((unsigned short)(k % 2 ? u >> 16 : u & 0xffff));
+    };
+    for (int i = 0; i < 64; ++i) {
+        const int r = l / 4 + 8 * ((i % 4) / 2), col = 8 * (i / 4) + 2 * (l % 4) + i % 2;
+        float s = d[i];
+        for (int k = 0; k < 16; ++k) s += av(r, k) * emu::bf2f(wg_ld(db, col, k, TB != 0));
+        d[i] = s;
+    }
+    emu::syncthreads();
+}
 inline void wg_fence_proxy() {}
 inline void wg_fence() {}
 inline void wg_commit() {}

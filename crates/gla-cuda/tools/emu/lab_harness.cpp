@@ -1,6 +1,6 @@
 // The lab kernels (kernels/lab/) on the CPU emulator (README.md; built by `build.py --lab`):
 // lab_wgmma_gemm_bf16 (C = A B^T on lab/wgmma.cuh's warpgroup products) with B K-major and
-// MN-major, against the f64 product of the same bf16 values. Prints each relative RMSE; exits
+// MN-major, A from shared memory and from registers, against the f64 product of the same bf16 values. Prints each relative RMSE; exits
 // non-zero when one is above 1e-5 (f32 sums of exact bf16 products).
 #include <cmath>
 
@@ -30,10 +30,11 @@ static void lab_gemm(int M, int N, int K, uint64_t seed) {
             for (int k = 0; k < K; ++k) acc += (double)emu::bf2f(a[(size_t)m * K + k]) * emu::bf2f(b[(size_t)n * K + k]);
             ref[(size_t)m * N + n] = acc;
         }
-    for (int tb = 0; tb < 2; ++tb) {
+    for (int v = 0; v < 4; ++v) {
+        const int tb = v & 1, ra = v >> 1;
         std::vector<float> c((size_t)M * N, NAN);
         emu::launch(dim3{(unsigned)(N / 128), (unsigned)(M / 64), 1}, dim3{128, 1, 1}, 1024 + 8192 + 16384, [&] {
-            lab_wgmma_gemm_bf16(a.data(), tb ? bt.data() : b.data(), c.data(), M, N, K, tb, 8192, 1024);
+            lab_wgmma_gemm_bf16(a.data(), tb ? bt.data() : b.data(), c.data(), M, N, K, tb, ra, 8192, 1024);
         });
         double num = 0, den = 0;
         for (size_t i = 0; i < c.size(); ++i) {
@@ -42,7 +43,7 @@ static void lab_gemm(int M, int N, int K, uint64_t seed) {
             den += ref[i] * ref[i];
         }
         char what[96];
-        std::snprintf(what, sizeof what, "gemm %dx%dx%d B %s", M, N, K, tb ? "MN-major" : "K-major");
+        std::snprintf(what, sizeof what, "gemm %dx%dx%d B %s, A %s", M, N, K, tb ? "MN-major" : "K-major", ra ? "regs" : "smem");
         lab_report(what, std::isnan(num) ? INFINITY : std::sqrt(num / std::max(den, 1e-300)));
     }
 }
