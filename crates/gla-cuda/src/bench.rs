@@ -499,7 +499,7 @@ pub fn bench_attn(
         // the dispatch policy's tile first, then every other warp split with a kernel here
         let default = fwd_tile(&p);
         for tile in std::iter::once(default).chain(FwdTile::ALL.into_iter().filter(|&t| t != default)) {
-            if has_fwd_tile(&dp, tile) {
+            if has_fwd_tile(cuda, &dp, tile) {
                 let ms = time_ms(cuda, reps, &mut || attn_fwd_tile(cuda, &dp, &x, &mut o, &mut lse, tile))?;
                 rows.push(BenchRow { shape, pass: "fwd", kernel: tile.label(), ms, bytes: fwd_bytes, flops: ffl });
             }

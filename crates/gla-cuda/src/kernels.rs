@@ -345,6 +345,10 @@ pub const BIDIR_FLIP: KernelSource =
 /// Lab: the check of `lab/wgmma.cuh` (C = A B^T on wgmma; `gla check --device cuda --filter lab`).
 pub const LAB_WGMMA: KernelSource = source!("lab/wgmma_gemm.cu", &[BASE, MMA, CHUNK, ATTN, LAB_WGMMA_H], ["lab_wgmma_gemm_bf16"]);
 
+/// Lab: the softmax attention forward on Hopper's warpgroup products (`GLA_ATTN_FWD=wg`).
+pub const LAB_ATTN_FWD: KernelSource =
+    source!("lab/attn_fwd_wg.cu", &[BASE, MMA, CHUNK, ATTN, LAB_WGMMA_H], ["lab_attn_fwd_wg_d128_dv128"]);
+
 /// Every kernel source of the crate (the CI compile check walks this list).
 pub const ALL: &[KernelSource] = &[
     GLA_RECURRENT,
@@ -374,6 +378,7 @@ pub const ALL: &[KernelSource] = &[
     BIDIR_CHUNK_BWD,
     BIDIR_FLIP,
     LAB_WGMMA,
+    LAB_ATTN_FWD,
 ];
 
 /// The source that defines entry point `entry`, if any.

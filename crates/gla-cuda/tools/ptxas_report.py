@@ -19,7 +19,7 @@ def headers(path):
     rel = os.path.relpath(os.path.abspath(path), kernels)
     if rel.startswith("nn/"):
         return ["common/base.cuh", "nn/common.cuh"]
-    if rel.startswith("lab/wgmma"):
+    if rel.startswith("lab/"):
         return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "attn/common.cuh", "lab/wgmma.cuh"]
     if rel.startswith("attn/"):
         return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "attn/common.cuh"]

@@ -101,3 +101,91 @@ __device__ __forceinline__ void att_red2(float* p, float a, float b) {
 // operand stored [n][k] (ldmatrix) and an A operand stored [k][m] (ldmatrix.trans) (fbn, fat).
 __device__ __forceinline__ unsigned att_lane_a(int ld, int l) { return 2u * (unsigned)(((l & 7) + 8 * ((l >> 3) & 1)) * ld + 8 * (l >> 4)); }
 __device__ __forceinline__ unsigned att_lane_b(int ld, int l) { return 2u * (unsigned)(((l & 7) + 8 * (l >> 4)) * ld + 8 * ((l >> 3) & 1)); }
+
+// The forward's masking and online softmax on a warp's score fragments (MT m-tiles of 16 rows x
+// BN keys, the mma.sync m16n8 layout, which is also a warpgroup product's accumulator layout per
+// warp): attn/fwd.cu and lab/attn_fwd_wg.cu.
+// Scores of masked (query, key) pairs to -inf (att_key_ok), for the m-tiles (first query
+// position qlo + 16 mt) that cross the tile's edges (at kt): the sequence end, the diagonal
+// (causal), the window's lower edge. Per row, the allowed keys are a range of the tile's
+// columns, so each score costs two compares against row constants.
+template <int MT, int BN>
+__device__ __forceinline__ void att_fwd_mask(float (&s)[MT][BN / 8][4], int qlo, int kt, int len, int causal, int window, int fg,
+                                             int ft) {
+    #pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        const int ql = qlo + 16 * mt;
+        const bool edge = kt + BN > len || (causal && kt + BN - 1 > ql) || (window > 0 && kt <= ql + 15 - window);
+        if (edge) {  // warp-uniform
+            #pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                // column c = 8 nt + e of this lane (key kt + 2 ft + c) is kept for lo <= c <= hi
+                const int i = ql + fg + 8 * r, c0 = kt + 2 * ft;
+                const int hi = (causal ? min(i, len - 1) : len - 1) - c0;
+                const int lo = window > 0 ? i - window + 1 - c0 : 0;
+                #pragma unroll
+                for (int nt = 0; nt < BN / 8; ++nt)
+                    #pragma unroll
+                    for (int e = 0; e < 2; ++e) {
+                        const int c = 8 * nt + e;
+                        s[mt][nt][2 * r + e] = c <= hi && c >= lo ? s[mt][nt][2 * r + e] : ATT_NEG_INF;
+                    }
+            }
+        }
+    }
+}
+
+// The online softmax step of a tile's scores s (raw Q K^T; the scale sa > 0 folds into the
+// exponent's FFMA: ex2(s * sa - m)): the row maxima m and sums l move on, s becomes the
+// probabilities, O rescales. All the warp's rows at once: their reductions are independent chains
+// that interleave (no branch between them), and one vote per tile decides whether O needs
+// rescaling (only where a row's max grew, else alpha = ex2(0) = 1: past the first key tiles the
+// warp mostly skips it).
+template <int MT, int BN, int DVP>
+__device__ __forceinline__ void att_fwd_softmax(float (&s)[MT][BN / 8][4], float (&m)[MT][2], float (&l)[MT][2],
+                                                float (&acc)[MT][DVP / 8][4], float sa) {
+    float mx[MT][2], alpha[MT][2];
+    bool grew = false;
+    #pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+        #pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float x = fmaxf(s[mt][0][2 * r], s[mt][0][2 * r + 1]);
+            #pragma unroll
+            for (int nt = 1; nt < BN / 8; ++nt) x = fmaxf(x, fmaxf(s[mt][nt][2 * r], s[mt][nt][2 * r + 1]));
+            mx[mt][r] = x;
+        }
+    #pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+        #pragma unroll
+        for (int r = 0; r < 2; ++r) mx[mt][r] = fmaxf(mx[mt][r], __shfl_xor_sync(0xffffffffu, mx[mt][r], 1));
+    #pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+        #pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const float mn = fmaxf(m[mt][r], fmaxf(mx[mt][r], __shfl_xor_sync(0xffffffffu, mx[mt][r], 2)) * sa);
+            const float base = att_base(mn);
+            alpha[mt][r] = ex2f(m[mt][r] - base);
+            grew |= mn != m[mt][r];
+            m[mt][r] = mn;
+            float sum = 0.f;
+            #pragma unroll
+            for (int nt = 0; nt < BN / 8; ++nt) {
+                s[mt][nt][2 * r] = ex2f(fmaf(s[mt][nt][2 * r], sa, -base));
+                s[mt][nt][2 * r + 1] = ex2f(fmaf(s[mt][nt][2 * r + 1], sa, -base));
+                sum += s[mt][nt][2 * r] + s[mt][nt][2 * r + 1];
+            }
+            l[mt][r] = l[mt][r] * alpha[mt][r] + sum;
+        }
+    if (__any_sync(0xffffffffu, grew)) {
+        #pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+            #pragma unroll
+            for (int nt = 0; nt < DVP / 8; ++nt) {
+                acc[mt][nt][0] *= alpha[mt][0];
+                acc[mt][nt][1] *= alpha[mt][0];
+                acc[mt][nt][2] *= alpha[mt][1];
+                acc[mt][nt][3] *= alpha[mt][1];
+            }
+    }
+}

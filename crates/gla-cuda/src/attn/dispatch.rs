@@ -60,8 +60,13 @@ pub fn kernel(pass: &str, (dp, dvp): (usize, usize)) -> String {
 
 /// Dynamic shared memory of the forward on `tile`: Q [BM][DP+8], K 2 x [BN][DP+8], V 2 x
 /// [BN][DVP+8] bf16 (BM = [`FwdTile::rows`]).
+/// The wgmma lab tile ([`FwdTile::Wg2`]) takes 1024 bytes of alignment and 128-byte-swizzled
+/// tiles without padding: Q [128][128], K and V 2 x [128][128] bf16 (lab/attn_fwd_wg.cu).
 pub fn fwd_smem((dp, dvp): (usize, usize), tile: FwdTile) -> usize {
-    2 * (tile.rows() * (dp + 8) + 2 * ATTN_BN * (dp + 8) + 2 * ATTN_BN * (dvp + 8))
+    match tile {
+        FwdTile::Wg2 => 1024 + 5 * 128 * 128 * 2,
+        _ => 2 * (tile.rows() * (dp + 8) + 2 * ATTN_BN * (dp + 8) + 2 * ATTN_BN * (dvp + 8)),
+    }
 }
 
 /// Keys per tile of the backward (`attn_bwd_kvq_*`: 8 warps, 4 x 2 over keys x columns for dK /
@@ -157,6 +162,10 @@ pub enum FwdTile {
     /// 256 rows, 8 warps x 32 rows (`attn_fwd_m2w8_d*`): each K / V tile read from L2 serves
     /// twice the rows of the other two; one block per SM. D = DV = 128 only.
     W8x32,
+    /// Lab: [`ATTN_BM`] rows on two warpgroups of 64, Hopper's warpgroup products, keys in tiles
+    /// of 128 (`lab_attn_fwd_wg_d128_dv128`): D = DV = 128 on sm_90a only (`GLA_ATTN_FWD=wg`
+    /// asks for it; the benchmark times it where it runs).
+    Wg2,
 }
 
 impl FwdTile {
@@ -166,24 +175,25 @@ impl FwdTile {
             FwdTile::W8x16 => "flash",
             FwdTile::W4x32 => "flash-4x32",
             FwdTile::W8x32 => "flash-8x32",
+            FwdTile::Wg2 => "flash-wg",
         }
     }
     /// Threads per block.
     pub fn threads(self) -> u32 {
         match self {
-            FwdTile::W8x16 | FwdTile::W8x32 => FWD_THREADS,
+            FwdTile::W8x16 | FwdTile::W8x32 | FwdTile::Wg2 => FWD_THREADS,
             FwdTile::W4x32 => FWD_THREADS / 2,
         }
     }
     /// Query rows per block (`BM`).
     pub fn rows(self) -> usize {
         match self {
-            FwdTile::W8x16 | FwdTile::W4x32 => ATTN_BM,
+            FwdTile::W8x16 | FwdTile::W4x32 | FwdTile::Wg2 => ATTN_BM,
             FwdTile::W8x32 => 2 * ATTN_BM,
         }
     }
     /// Every split (the benchmark times them all).
-    pub const ALL: [FwdTile; 3] = [FwdTile::W8x16, FwdTile::W4x32, FwdTile::W8x32];
+    pub const ALL: [FwdTile; 4] = [FwdTile::W8x16, FwdTile::W4x32, FwdTile::W8x32, FwdTile::Wg2];
 }
 
 /// Sequence length from which the forward of D = DV = 128 takes 256-row tiles ([`FwdTile::W8x32`]):
@@ -191,7 +201,7 @@ impl FwdTile {
 /// 8192 (docs/kernels.md).
 const FWD_W8X32_FROM: usize = 32768;
 
-/// The forward's tile for `p`: `GLA_ATTN_FWD=8x16|4x32|8x32` picks one where it has a kernel (for
+/// The forward's tile for `p`: `GLA_ATTN_FWD=8x16|4x32|8x32|wg` picks one where it has a kernel (for
 /// checking and timing a tile through the whole stack); else, for D = DV = 128, 8 x 32 when the
 /// longest sequence has at least [`FWD_W8X32_FROM`] tokens and 4 x 32 below; else 8 x 16 (the
 /// bench times the others beside it).
@@ -201,6 +211,7 @@ pub fn fwd_tile(p: &AttnProblem) -> FwdTile {
         Ok("8x16") => Some(FwdTile::W8x16),
         Ok("4x32") => Some(FwdTile::W4x32),
         Ok("8x32") => Some(FwdTile::W8x32),
+        Ok("wg") => Some(FwdTile::Wg2),
         _ => None,
     };
     let longest = (0..p.n()).map(|n| p.seq(n).len()).max().unwrap_or(0);
@@ -218,6 +229,7 @@ pub fn fwd_kernel(dims: (usize, usize), tile: FwdTile) -> Option<String> {
         (FwdTile::W8x16, (64, _)) => Some(kernel("fwd", dims)),
         (FwdTile::W4x32, (128, 128)) => Some("attn_fwd_m2_d128_dv128".to_string()),
         (FwdTile::W8x32, (128, 128)) => Some("attn_fwd_m2w8_d128_dv128".to_string()),
+        (FwdTile::Wg2, (128, 128)) => Some("lab_attn_fwd_wg_d128_dv128".to_string()),
         _ => None,
     }
 }

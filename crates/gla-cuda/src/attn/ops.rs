@@ -139,6 +139,13 @@ pub fn attn_fwd_tile(
     check_len(op, "o", p.o_len(), o.len())?;
     check_len(op, "lse", p.lse_len(), lse.len())?;
     let name = da::fwd_kernel(dp.dims, tile).ok_or_else(|| unsupported(format!("{op}: no {tile:?} kernel for (D, DV) = {:?}", dp.dims)))?;
+    if tile == da::FwdTile::Wg2 && cuda.arch() != crate::runtime::ARCH_HOPPER {
+        return Err(unsupported(format!(
+            "{op}: the wgmma tile runs on {} only; this device is {}",
+            crate::runtime::ARCH_HOPPER,
+            cuda.arch()
+        )));
+    }
     if dp.n_tiles == 0 {
         return Ok(());
     }
@@ -153,9 +160,10 @@ pub fn attn_fwd_tile(
     unsafe { cuda.launch(&name, cfg, &[x.q, x.k, x.v, o, lse, &dp.bounds, seq, q0, &h, &hk, &d, &dv, &causal, &w, &sl2]) }
 }
 
-/// Whether [`DevAttnProblem`]'s head dims have a kernel for `tile`.
-pub fn has_fwd_tile(dp: &DevAttnProblem, tile: da::FwdTile) -> bool {
-    da::fwd_kernel(dp.dims, tile).is_some()
+/// Whether [`DevAttnProblem`]'s head dims have a kernel for `tile` on `cuda`'s architecture
+/// (the wgmma tile: sm_90a only).
+pub fn has_fwd_tile(cuda: &Cuda, dp: &DevAttnProblem, tile: da::FwdTile) -> bool {
+    da::fwd_kernel(dp.dims, tile).is_some() && (tile != da::FwdTile::Wg2 || cuda.arch() == crate::runtime::ARCH_HOPPER)
 }
 
 /// Gradients of an attention backward, bf16 on the device, with the backward's dQ workspace.

@@ -61,7 +61,8 @@ if len(sys.argv) > 1 and sys.argv[1] == "--attn":
         parts.append(f'#line 1 "{h}"\n' + strip_asm(open(os.path.join(kern, h)).read()))
     # attn/common.cuh's PTX helpers (the backward's reduction add) are emu.h's too
     parts.append('#line 1 "attn/common.cuh"\n' + strip_asm(open(os.path.join(kern, "attn/common.cuh")).read()))
-    for f in ["attn/fwd.cu", "attn/bwd.cu", "attn/decode.cu"]:
+    parts.append('#line 1 "lab/wgmma.cuh"\n' + strip_asm(open(os.path.join(kern, "lab/wgmma.cuh")).read()))
+    for f in ["attn/fwd.cu", "attn/bwd.cu", "attn/decode.cu", "lab/attn_fwd_wg.cu"]:
         parts.append(f'#line 1 "{f}"\n' + open(os.path.join(kern, f)).read())
     parts.append('#line 1 "attn_harness.cpp"\n#include "attn_harness.cpp"\n')
     out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/attn-emu"

@@ -98,6 +98,9 @@ inline int g_bar_arr = 0;
 inline unsigned g_wgen[32];
 inline int g_warr[32];
 inline int g_live, g_wlive[32];
+// warpgroup barriers (the warpgroup products' emulation): per group of 4 warps
+inline unsigned g_ggen[8];
+inline int g_garr[8], g_glive[8];
 inline void (*g_body)() = nullptr;
 inline long long g_switches = 0;
 
@@ -136,6 +139,14 @@ inline void syncwarp() {
     ++g_warr[w];
     yield();
 }
+// a barrier of the thread's warpgroup (threads 128 x .. 128 x + 127)
+inline void syncgroup() {
+    const int x = cur->tid >> 7;
+    cur->wait = 3;
+    cur->gen = g_ggen[x];
+    ++g_garr[x];
+    yield();
+}
 
 // runs one block: nthr fibers of g_body
 inline void run_block(int nthr) {
@@ -145,6 +156,10 @@ inline void run_block(int nthr) {
     for (int w = 0; w < 32; ++w) {
         g_warr[w] = 0;
         g_wlive[w] = 0;
+    }
+    for (int x = 0; x < 8; ++x) {
+        g_garr[x] = 0;
+        g_glive[x] = 0;
     }
     for (int t = 0; t < nthr; ++t) {
         Fiber& f = g_f[t];
@@ -164,6 +179,7 @@ inline void run_block(int nthr) {
         for (int r = 0; r < 6; ++r) *--sp = nullptr;
         f.sp = sp;
         ++g_wlive[t >> 5];
+        ++g_glive[t >> 7];
     }
     while (g_live > 0) {
         bool progress = false;
@@ -172,6 +188,7 @@ inline void run_block(int nthr) {
             if (f.done) continue;
             if (f.wait == 1 && f.gen == g_bar_gen) continue;
             if (f.wait == 2 && f.gen == g_wgen[t >> 5]) continue;
+            if (f.wait == 3 && f.gen == g_ggen[t >> 7]) continue;
             f.wait = 0;
             cur = &f;
             emu_switch(&g_sched_sp, f.sp);
@@ -179,6 +196,7 @@ inline void run_block(int nthr) {
             if (f.done) {
                 --g_live;
                 --g_wlive[t >> 5];
+                --g_glive[t >> 7];
                 if (!f.open.empty() || !f.groups.empty()) {
                     // copies never waited for still land (the kernel exits; nothing reads them)
                     f.open.clear();
@@ -193,6 +211,12 @@ inline void run_block(int nthr) {
                 if (g_warr[w] > 0 && g_warr[w] == g_wlive[w]) {
                     g_warr[w] = 0;
                     ++g_wgen[w];
+                }
+            }
+            for (int x = 0; x < 8; ++x) {
+                if (g_garr[x] > 0 && g_garr[x] == g_glive[x]) {
+                    g_garr[x] = 0;
+                    ++g_ggen[x];
                 }
             }
         }
@@ -459,15 +483,15 @@ inline void wg_m64n128k16(float (&d)[64], unsigned long long da, unsigned long l
         d[i] = s;
     }
 }
-// the A-from-registers product: each thread's fragment goes to a per-block table, then (every
-// thread of the block at the same call: the lab kernels' warpgroups all run the same products)
-// each computes its accumulators from its warp's fragments
+// the A-from-registers product: each thread's fragment goes to a per-block table, then (a
+// warpgroup barrier: its 128 threads issue the product together) each computes its accumulators
+// from its warp's fragments
 inline unsigned g_wga[1024][4];
 template <int TB>
 inline void wg_m64n128k16_rs(float (&d)[64], const unsigned (&a)[4], unsigned long long db) {
     const int t = threadIdx.x, l = t % 32, w0 = t - l;
     for (int j = 0; j < 4; ++j) g_wga[t][j] = a[j];
-    emu::syncthreads();
+    emu::syncgroup();
     // A(r, k) of the warp's 16 rows: lane 4 (r % 8) + (k % 8) / 2, register r / 8 + 2 (k / 8), half k % 2
     auto av = [&](int r, int k) {
         const unsigned u = g_wga[w0 + 4 * (r % 8) + (k % 8) / 2][r / 8 + 2 * (k / 8)];
@@ -479,7 +503,7 @@ inline void wg_m64n128k16_rs(float (&d)[64], const unsigned (&a)[4], unsigned lo
         for (int k = 0; k < 16; ++k) s += av(r, k) * emu::bf2f(wg_ld(db, col, k, TB != 0));
         d[i] = s;
     }
-    emu::syncthreads();
+    emu::syncgroup();
 }
 inline void wg_fence_proxy() {}
 inline void wg_fence() {}
