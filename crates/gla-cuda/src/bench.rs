@@ -497,7 +497,7 @@ pub fn bench_attn(
         let bwd_bytes = (2 * (2 * (nq + nk + nv) + 2 * no) + 4 * nl) as f64;
         let shape = [b, t, h, d, dv];
         // the dispatch policy's tile first, then every other warp split with a kernel here
-        let default = fwd_tile(&p);
+        let default = fwd_tile(&p, cuda.arch());
         for tile in std::iter::once(default).chain(FwdTile::ALL.into_iter().filter(|&t| t != default)) {
             if has_fwd_tile(cuda, &dp, tile) {
                 let ms = time_ms(cuda, reps, &mut || attn_fwd_tile(cuda, &dp, &x, &mut o, &mut lse, tile))?;

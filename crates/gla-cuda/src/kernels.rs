@@ -73,8 +73,8 @@ const DELTA_CHUNK_HEADERS: &[Header] = &[BASE, MMA, CHUNK, DELTA, DELTA_CHUNK];
 /// Softmax attention's shared parts: the mask, the tile loads and stores, the row reductions.
 pub const ATTN: Header = header!("attn/common.cuh");
 const ATTN_HEADERS: &[Header] = &[BASE, MMA, CHUNK, ATTN];
-/// Hopper warpgroup products (wgmma, sm_90a) under study: descriptors, swizzle, fences.
-pub const LAB_WGMMA_H: Header = header!("lab/wgmma.cuh");
+/// Hopper warpgroup products (wgmma, sm_90a): descriptors, swizzle, fences.
+pub const WGMMA: Header = header!("common/wgmma.cuh");
 
 macro_rules! source {
     ($path:literal, $headers:expr, [$($entry:literal),* $(,)?]) => {
@@ -342,12 +342,11 @@ pub const BIDIR_CHUNK_BWD: KernelSource = source!(
 pub const BIDIR_FLIP: KernelSource =
     source!("bidir/flip.cu", CHUNK_HEADERS, ["bidir_flip_f32", "bidir_flip_bf16", "bidir_flip_add_f32", "bidir_flip_add_bf16"]);
 
-/// Lab: the check of `lab/wgmma.cuh` (C = A B^T on wgmma; `gla check --device cuda --filter lab`).
-pub const LAB_WGMMA: KernelSource = source!("lab/wgmma_gemm.cu", &[BASE, MMA, CHUNK, ATTN, LAB_WGMMA_H], ["lab_wgmma_gemm_bf16"]);
+/// Lab: the check of `common/wgmma.cuh` (C = A B^T on wgmma; `gla check --device cuda --filter lab`).
+pub const LAB_WGMMA: KernelSource = source!("lab/wgmma_gemm.cu", &[BASE, MMA, CHUNK, ATTN, WGMMA], ["lab_wgmma_gemm_bf16"]);
 
-/// Lab: the softmax attention forward on Hopper's warpgroup products (`GLA_ATTN_FWD=wg`).
-pub const LAB_ATTN_FWD: KernelSource =
-    source!("lab/attn_fwd_wg.cu", &[BASE, MMA, CHUNK, ATTN, LAB_WGMMA_H], ["lab_attn_fwd_wg_d128_dv128"]);
+/// Softmax attention's forward on Hopper's warpgroup products (sm_90a, D = DV = 128).
+pub const ATTN_FWD_WG: KernelSource = source!("attn/fwd_wg.cu", &[BASE, MMA, CHUNK, ATTN, WGMMA], ["attn_fwd_wg_d128_dv128"]);
 
 /// Every kernel source of the crate (the CI compile check walks this list).
 pub const ALL: &[KernelSource] = &[
@@ -377,8 +376,8 @@ pub const ALL: &[KernelSource] = &[
     BIDIR_CHUNK_FWD,
     BIDIR_CHUNK_BWD,
     BIDIR_FLIP,
+    ATTN_FWD_WG,
     LAB_WGMMA,
-    LAB_ATTN_FWD,
 ];
 
 /// The source that defines entry point `entry`, if any.

@@ -2,7 +2,7 @@
 //! A lab kernel earns a place in an op's dispatch once it is checked and timed faster
 //! (`docs/kernels.md`).
 //!
-//! - [`wgmma_gemm`]: C = A B^T on `lab/wgmma.cuh`'s Hopper warpgroup products (sm_90a), the
+//! - [`wgmma_gemm`]: C = A B^T on `common/wgmma.cuh`'s Hopper warpgroup products (sm_90a), the
 //!   check of their descriptors, swizzled layouts and accumulator layout against the host's
 //!   product (`gla check --device cuda --filter lab`).
 
@@ -18,7 +18,7 @@ pub enum LabB {
     KMajor,
     /// `[K, N]` row-major (N contiguous: MN-major, the transposed operand), with the
     /// descriptor's leading and stride byte offsets (LBO between 64-column blocks of N, SBO
-    /// between 8-row groups of K in the layout `lab/wgmma.cuh` documents).
+    /// between 8-row groups of K in the layout `common/wgmma.cuh` documents).
     MnMajor {
         /// Leading dimension byte offset.
         lbo: u32,

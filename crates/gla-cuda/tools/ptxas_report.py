@@ -19,8 +19,8 @@ def headers(path):
     rel = os.path.relpath(os.path.abspath(path), kernels)
     if rel.startswith("nn/"):
         return ["common/base.cuh", "nn/common.cuh"]
-    if rel.startswith("lab/"):
-        return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "attn/common.cuh", "lab/wgmma.cuh"]
+    if rel.startswith("lab/") or rel == "attn/fwd_wg.cu":
+        return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "attn/common.cuh", "common/wgmma.cuh"]
     if rel.startswith("attn/"):
         return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "attn/common.cuh"]
     if rel.startswith("bidir/chunk_"):

@@ -3,7 +3,7 @@
 //! ([`gla_cuda::lab::wgmma_gemm`]) with B K-major and MN-major, A from shared memory and from
 //! registers, against the f64 product of the same
 //! bf16 values (f32 sums of exact products: [`tol::GPU_F32`]). The MN-major descriptor's byte
-//! offsets are the layout `lab/wgmma.cuh` documents (LBO between 64-column blocks of N, SBO
+//! offsets are the layout `common/wgmma.cuh` documents (LBO between 64-column blocks of N, SBO
 //! between 8-row groups of K); when that row fails, its note gives the error with the two
 //! offsets swapped.
 

@@ -104,7 +104,7 @@ __device__ __forceinline__ unsigned att_lane_b(int ld, int l) { return 2u * (uns
 
 // The forward's masking and online softmax on a warp's score fragments (MT m-tiles of 16 rows x
 // BN keys, the mma.sync m16n8 layout, which is also a warpgroup product's accumulator layout per
-// warp): attn/fwd.cu and lab/attn_fwd_wg.cu.
+// warp): attn/fwd.cu and attn/fwd_wg.cu.
 // Scores of masked (query, key) pairs to -inf (att_key_ok), for the m-tiles (first query
 // position qlo + 16 mt) that cross the tile's edges (at kt): the sequence end, the diagonal
 // (causal), the window's lower edge. Per row, the allowed keys are a range of the tile's

@@ -1,4 +1,4 @@
-// lab/wgmma_gemm.cu: the check of lab/wgmma.cuh's building blocks (no op runs on them yet):
+// lab/wgmma_gemm.cu: the check of common/wgmma.cuh's building blocks, each combination alone:
 // C = A B^T on wgmma, against the host's product (gla check --device cuda --filter lab).
 //
 // lab_wgmma_gemm_bf16: C [M, N] f32 (=) = A B^T with A bf16 [M, K] row-major and B bf16 [N, K]

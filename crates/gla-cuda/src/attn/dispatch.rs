@@ -9,7 +9,7 @@
 //! | 64, 32     | `attn_{fwd,bwd_kvq,decode,decode_g1}_d64_dv32`                          |
 //! | 64, 64     | `attn_{fwd,bwd_kvq,decode,decode_g1}_d64_dv64`                          |
 //! | 128, 128   | `attn_{bwd_kvq,decode,decode_g1}_d128_dv128`, the forward's [`FwdTile`] |
-//! |            | kernels `attn_fwd_m2*_d128_dv128`                                       |
+//! |            | kernels `attn_fwd_wg_d128_dv128` (sm_90a), `attn_fwd_m2*_d128_dv128`    |
 //! | otherwise  | nothing runs: [`attn_dims`] names the supported pairs                   |
 //!
 //! The backward runs `attn_bwd_pre`, `attn_bwd_kvq_*` and `attn_bwd_dq_sum` for every pair. The
@@ -17,7 +17,7 @@
 //! per kv head ([`decode_kernel`]).
 //!
 //! Tiles: the forward takes 128 query rows per block (`BM`; 256 for the 8 x 32 tile; the warps
-//! split it as [`FwdTile`] says), keys in tiles of 64 (`BN`); the backward 128 keys per tile
+//! split it as [`FwdTile`] says), keys in tiles of 64 (`BN`; 128 on the warpgroup tile); the backward 128 keys per tile
 //! ([`KVQ_BN`]) and query tiles of 64 ([`KVQ_BQ`]).
 
 use cudarc::driver::LaunchConfig;
@@ -61,7 +61,7 @@ pub fn kernel(pass: &str, (dp, dvp): (usize, usize)) -> String {
 /// Dynamic shared memory of the forward on `tile`: Q [BM][DP+8], K 2 x [BN][DP+8], V 2 x
 /// [BN][DVP+8] bf16 (BM = [`FwdTile::rows`]).
 /// The wgmma lab tile ([`FwdTile::Wg2`]) takes 1024 bytes of alignment and 128-byte-swizzled
-/// tiles without padding: Q [128][128], K and V 2 x [128][128] bf16 (lab/attn_fwd_wg.cu).
+/// tiles without padding: Q [128][128], K and V 2 x [128][128] bf16 (attn/fwd_wg.cu).
 pub fn fwd_smem((dp, dvp): (usize, usize), tile: FwdTile) -> usize {
     match tile {
         FwdTile::Wg2 => 1024 + 5 * 128 * 128 * 2,
@@ -162,9 +162,8 @@ pub enum FwdTile {
     /// 256 rows, 8 warps x 32 rows (`attn_fwd_m2w8_d*`): each K / V tile read from L2 serves
     /// twice the rows of the other two; one block per SM. D = DV = 128 only.
     W8x32,
-    /// Lab: [`ATTN_BM`] rows on two warpgroups of 64, Hopper's warpgroup products, keys in tiles
-    /// of 128 (`lab_attn_fwd_wg_d128_dv128`): D = DV = 128 on sm_90a only (`GLA_ATTN_FWD=wg`
-    /// asks for it; the benchmark times it where it runs).
+    /// [`ATTN_BM`] rows on two warpgroups of 64, Hopper's warpgroup products, keys in tiles of
+    /// 128 (`attn_fwd_wg_d128_dv128`): D = DV = 128 on sm_90a only.
     Wg2,
 }
 
@@ -201,11 +200,14 @@ impl FwdTile {
 /// 8192 (docs/kernels.md).
 const FWD_W8X32_FROM: usize = 32768;
 
-/// The forward's tile for `p`: `GLA_ATTN_FWD=8x16|4x32|8x32|wg` picks one where it has a kernel (for
-/// checking and timing a tile through the whole stack); else, for D = DV = 128, 8 x 32 when the
-/// longest sequence has at least [`FWD_W8X32_FROM`] tokens and 4 x 32 below; else 8 x 16 (the
-/// bench times the others beside it).
-pub fn fwd_tile(p: &AttnProblem) -> FwdTile {
+/// The forward's tile for `p` on a device of architecture `arch` (`sm_90a`, ...):
+/// `GLA_ATTN_FWD=8x16|4x32|8x32|wg` picks one where it has a kernel (for checking and timing a
+/// tile through the whole stack; wg on sm_90a only); else, for D = DV = 128, the warpgroup tile
+/// on sm_90a (faster than 4 x 32 and 8 x 32 at T = 2048, 8192 and 32768 on an H100:
+/// `bench/results/2026-12-05_h100_8577c76_attn_fwd_wgmma.txt`), elsewhere 8 x 32 when the longest
+/// sequence has at least [`FWD_W8X32_FROM`] tokens and 4 x 32 below; else 8 x 16 (the bench
+/// times the others beside it).
+pub fn fwd_tile(p: &AttnProblem, arch: &str) -> FwdTile {
     let dims = (p.d(), p.dv());
     let forced = match std::env::var("GLA_ATTN_FWD").as_deref() {
         Ok("8x16") => Some(FwdTile::W8x16),
@@ -215,8 +217,10 @@ pub fn fwd_tile(p: &AttnProblem) -> FwdTile {
         _ => None,
     };
     let longest = (0..p.n()).map(|n| p.seq(n).len()).max().unwrap_or(0);
+    let hopper = arch == crate::runtime::ARCH_HOPPER;
     match forced {
-        Some(t) if fwd_kernel(dims, t).is_some() => t,
+        Some(t) if fwd_kernel(dims, t).is_some() && (t != FwdTile::Wg2 || hopper) => t,
+        _ if dims == (128, 128) && hopper => FwdTile::Wg2,
         _ if dims == (128, 128) && longest >= FWD_W8X32_FROM => FwdTile::W8x32,
         _ if dims == (128, 128) => FwdTile::W4x32,
         _ => FwdTile::W8x16,
@@ -229,7 +233,7 @@ pub fn fwd_kernel(dims: (usize, usize), tile: FwdTile) -> Option<String> {
         (FwdTile::W8x16, (64, _)) => Some(kernel("fwd", dims)),
         (FwdTile::W4x32, (128, 128)) => Some("attn_fwd_m2_d128_dv128".to_string()),
         (FwdTile::W8x32, (128, 128)) => Some("attn_fwd_m2w8_d128_dv128".to_string()),
-        (FwdTile::Wg2, (128, 128)) => Some("lab_attn_fwd_wg_d128_dv128".to_string()),
+        (FwdTile::Wg2, (128, 128)) => Some("attn_fwd_wg_d128_dv128".to_string()),
         _ => None,
     }
 }
@@ -298,14 +302,20 @@ mod tests {
         assert_eq!(fwd_kernel((128, 128), FwdTile::W8x16), None);
         assert_eq!(decode_kernel((64, 32), 1), "attn_decode_g1_d64_dv32");
         assert_eq!(decode_kernel((128, 128), 4), "attn_decode_d128_dv128");
-        // the policy: 4 x 32 for D = 128, 8 x 32 from 32768 tokens, 8 x 16 for D = 64
-        let tile = |b, t, d, dv| fwd_tile(&AttnProblem::new(AttnSpec { dv, ..AttnSpec::new(b, t, 16, d) }).unwrap());
+        // the policy: the warpgroup tile for D = 128 on sm_90a; elsewhere 4 x 32, 8 x 32 from 32768
+        // tokens; 8 x 16 for D = 64
+        let tile = |b, t, d, dv, arch| fwd_tile(&AttnProblem::new(AttnSpec { dv, ..AttnSpec::new(b, t, 16, d) }).unwrap(), arch);
         if std::env::var("GLA_ATTN_FWD").is_err() {
-            assert_eq!(tile(32, 2048, 128, 128), FwdTile::W4x32);
-            assert_eq!(tile(8, 8192, 128, 128), FwdTile::W4x32);
-            assert_eq!(tile(2, 32768, 128, 128), FwdTile::W8x32);
-            assert_eq!(tile(1, 40000, 64, 64), FwdTile::W8x16);
+            for t in [2048, 8192, 32768] {
+                assert_eq!(tile(65536 / t, t, 128, 128, "sm_90a"), FwdTile::Wg2);
+            }
+            assert_eq!(tile(32, 2048, 128, 128, "sm_80"), FwdTile::W4x32);
+            assert_eq!(tile(8, 8192, 128, 128, "sm_80"), FwdTile::W4x32);
+            assert_eq!(tile(2, 32768, 128, 128, "sm_80"), FwdTile::W8x32);
+            assert_eq!(tile(1, 40000, 64, 64, "sm_90a"), FwdTile::W8x16);
         }
+        assert!(fwd_smem((128, 128), FwdTile::Wg2) <= 227 * 1024);
+        assert_eq!(fwd_kernel((64, 64), FwdTile::Wg2), None);
         assert_eq!(fwd_kernel((128, 128), FwdTile::W4x32).as_deref(), Some("attn_fwd_m2_d128_dv128"));
         assert_eq!(fwd_kernel((64, 64), FwdTile::W8x16).as_deref(), Some("attn_fwd_d64_dv64"));
     }

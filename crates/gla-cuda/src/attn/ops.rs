@@ -118,7 +118,7 @@ fn scalars(p: &AttnProblem) -> (i32, i32, i32, i32, i32, i32, f32, f32) {
 /// # Errors
 /// [`Error::Op`] for wrong lengths; launch or compile errors.
 pub fn attn_fwd(cuda: &Cuda, dp: &DevAttnProblem, x: &AttnDevInputs<'_>, o: &mut CudaSlice<u16>, lse: &mut CudaSlice<f32>) -> Result<()> {
-    attn_fwd_tile(cuda, dp, x, o, lse, da::fwd_tile(&dp.problem))
+    attn_fwd_tile(cuda, dp, x, o, lse, da::fwd_tile(&dp.problem, cuda.arch()))
 }
 
 /// [`attn_fwd`] on a given warp split of the tile (the benchmark times both).

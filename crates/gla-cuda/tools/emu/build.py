@@ -44,7 +44,7 @@ def strip_asm(text):
 if len(sys.argv) > 1 and sys.argv[1] == "--lab":
     del sys.argv[1]
     parts = ['#include "emu.h"\n']
-    for h in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "attn/common.cuh", "lab/wgmma.cuh"]:
+    for h in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "attn/common.cuh", "common/wgmma.cuh"]:
         parts.append(f'#line 1 "{h}"\n' + strip_asm(open(os.path.join(kern, h)).read()))
     parts.append('#line 1 "lab/wgmma_gemm.cu"\n' + open(os.path.join(kern, "lab/wgmma_gemm.cu")).read())
     parts.append('#line 1 "lab_harness.cpp"\n#include "lab_harness.cpp"\n')
@@ -61,8 +61,8 @@ if len(sys.argv) > 1 and sys.argv[1] == "--attn":
         parts.append(f'#line 1 "{h}"\n' + strip_asm(open(os.path.join(kern, h)).read()))
     # attn/common.cuh's PTX helpers (the backward's reduction add) are emu.h's too
     parts.append('#line 1 "attn/common.cuh"\n' + strip_asm(open(os.path.join(kern, "attn/common.cuh")).read()))
-    parts.append('#line 1 "lab/wgmma.cuh"\n' + strip_asm(open(os.path.join(kern, "lab/wgmma.cuh")).read()))
-    for f in ["attn/fwd.cu", "attn/bwd.cu", "attn/decode.cu", "lab/attn_fwd_wg.cu"]:
+    parts.append('#line 1 "common/wgmma.cuh"\n' + strip_asm(open(os.path.join(kern, "common/wgmma.cuh")).read()))
+    for f in ["attn/fwd.cu", "attn/bwd.cu", "attn/decode.cu", "attn/fwd_wg.cu"]:
         parts.append(f'#line 1 "{f}"\n' + open(os.path.join(kern, f)).read())
     parts.append('#line 1 "attn_harness.cpp"\n#include "attn_harness.cpp"\n')
     out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/attn-emu"

@@ -449,7 +449,7 @@ inline void att_red2(float* p, float a, float b) {
     p[0] += a;
     p[1] += b;
 }
-// lab/wgmma.cuh's warpgroup products: a thread's accumulators computed at issue from the
+// common/wgmma.cuh's warpgroup products: a thread's accumulators computed at issue from the
 // operands in shared memory (fibers run one at a time, so the tiles every thread stored before
 // the barrier are in place); the fences, commit and wait order nothing more. Only the
 // 128-byte-swizzled layouts the descriptor can name are read (anything else aborts).

@@ -1,5 +1,5 @@
 // The lab kernels (kernels/lab/) on the CPU emulator (README.md; built by `build.py --lab`):
-// lab_wgmma_gemm_bf16 (C = A B^T on lab/wgmma.cuh's warpgroup products) with B K-major and
+// lab_wgmma_gemm_bf16 (C = A B^T on common/wgmma.cuh's warpgroup products) with B K-major and
 // MN-major, A from shared memory and from registers, against the f64 product of the same bf16 values. Prints each relative RMSE; exits
 // non-zero when one is above 1e-5 (f32 sums of exact bf16 products).
 #include <cmath>

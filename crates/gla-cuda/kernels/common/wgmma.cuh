@@ -1,15 +1,15 @@
-// lab/wgmma.cuh: Hopper warpgroup matrix products (wgmma, sm_90a) for kernels under study: the
+// common/wgmma.cuh: Hopper warpgroup matrix products (wgmma, sm_90a): the
 // shared-memory matrix descriptor of a 128-byte-swizzled bf16 tile, the async-proxy fence for
 // tiles written by ordinary stores, and m64n128k16 (bf16 x bf16 -> f32, both operands from shared
 // memory, or A from registers: _rs) with its fence / commit / wait. Only sm_90a builds the instructions; other targets
-// compile the entry points to a trap (the kernels' hosts run them on sm_90a only).
+// compile the entry points that use them to a trap (their hosts run them on sm_90a only).
 //
 // Tile layout (128-byte swizzle, what the descriptor below describes): rows of 64 bf16 (128
 // bytes), 8 rows a 1024-byte atom (1024-byte aligned), the 16-byte chunk c of row r stored at
 // chunk c ^ (r % 8) (wg_swz). K-major operand (A [M][K] or B [N][K], K contiguous): row = the M or
 // N index, the 8-row groups 1024 bytes apart (SBO), each k16 step 32 bytes further on the start
 // address. MN-major B (B^T [K][N], N contiguous, imm-trans-b): row = the K index, 64 N a row;
-// the 8-K groups SBO apart, the 64-N blocks LBO apart (lab: the host passes both, to be confirmed).
+// the 8-K groups SBO apart, the 64-N blocks LBO apart (checked on an H100: lab/wgmma_gemm.cu).
 //
 // Accumulators (m64nNk16, f32): thread t of the warpgroup (warp w = t / 32, lane l) holds d[i],
 // i < N / 2, at row 16 w + l / 4 + 8 ((i % 4) / 2), column 8 (i / 4) + 2 (l % 4) + i % 2: the

@@ -1,12 +1,12 @@
-// lab/attn_fwd_wg.cu: the softmax attention forward on Hopper's warpgroup products
-// (lab/wgmma.cuh), under study beside attn/fwd.cu's attn_fwd_m2_d128_dv128: the same contract
-// (inputs, tile table of BM = 128 query rows, o and lse, masking, a negative or zero scale),
-// D = DV = 128 only, sm_90a only (other targets: a trap).
+// attn/fwd_wg.cu: the softmax attention forward on Hopper's warpgroup products
+// (common/wgmma.cuh), the forward for D = DV = 128 on sm_90a (src/attn/dispatch.rs, fwd_tile):
+// attn/fwd.cu's contract (inputs, tile table of BM = 128 query rows, o and lse, masking, a
+// negative or zero scale); other targets compile it to a trap.
 //
-// lab_attn_fwd_wg_d128_dv128: one block per (query head j, 128-row tile), 256 threads = two
+// attn_fwd_wg_d128_dv128: one block per (query head j, 128-row tile), 256 threads = two
 // warpgroups of 64 rows (warp w of warpgroup wg: rows 64 wg + 16 w ..), grid (H, tiles). Per key
 // tile of BN = 128 keys that the block's rows can see (K / V double-buffered by cp.async into
-// 128-byte-swizzled tiles, lab/wgmma.cuh; Q once):
+// 128-byte-swizzled tiles, common/wgmma.cuh; Q once):
 //     S = Q K^T       8 x m64n128k16, Q and K from shared memory (K-major, D in two 64-wide blocks)
 //     mask, online softmax on the accumulators (att_fwd_mask / att_fwd_softmax: a warp's part of
 //                     the m64n128 accumulator is the mma.sync fragment of one m-tile of 128 keys)
@@ -17,7 +17,7 @@
 // Dynamic smem: 1024 (alignment) + Q 32 KB + K 2 x 32 KB + V 2 x 32 KB = 164864 bytes
 // (src/attn/dispatch.rs, fwd_smem).
 //
-// Entry points: lab_attn_fwd_wg_d128_dv128
+// Entry points: attn_fwd_wg_d128_dv128
 
 // R rows (< L read, the rest zero) x 128 bf16 columns of src (row stride ldg) by cp.async into the
 // swizzled tile at shared address dst: two 64-column blocks of R rows, R x 128 bytes apart.
@@ -31,7 +31,7 @@ __device__ __forceinline__ void wg_tile_cp(unsigned dst, const bf16_t* src, idx_
 }
 
 extern "C" __global__ void __launch_bounds__(256, 1)
-    lab_attn_fwd_wg_d128_dv128(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v, bf16_t* __restrict__ o,
+    attn_fwd_wg_d128_dv128(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v, bf16_t* __restrict__ o,
                                float* __restrict__ lse, const idx_t* __restrict__ bounds, const int* __restrict__ tile_seq,
                                const int* __restrict__ tile_q0, int H, int HKV, int D, int DV, int causal, int window, float sl2) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
