@@ -436,7 +436,7 @@ pub fn attn(a: &AttnArgs) -> Result<bool> {
             .map(|r| {
                 serde_json::json!({
                     "shape": r.shape, "pass": r.pass, "kernel": r.kernel, "ms": r.ms,
-                    "gbs": r.gbs(), "tflops": r.tflops(), "floor_ms": r.floor_ms(hbm),
+                    "gbs": r.gbs(), "tflops": r.tflops(), "floor_ms": r.floor_ms(hbm), "x_floor": r.x_floor(hbm),
                 })
             })
             .collect();
@@ -508,7 +508,8 @@ pub fn bidir(a: &BidirArgs) -> Result<bool> {
             .map(|r| {
                 serde_json::json!({
                     "shape": r.row.shape, "pass": r.row.pass, "kernel": r.row.kernel, "ms": r.row.ms,
-                    "gbs": r.row.gbs(), "tflops": r.row.tflops(), "speedup": r.speedup,
+                    "gbs": r.row.gbs(), "tflops": r.row.tflops(), "floor_ms": r.row.floor_ms(hbm),
+                    "x_floor": r.row.x_floor(hbm), "speedup": r.speedup,
                 })
             })
             .collect();

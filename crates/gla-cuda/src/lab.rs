@@ -32,22 +32,45 @@ pub enum LabB {
 /// registers (the mma.sync A fragment, by ldmatrix) and multiplied by the A-from-registers form.
 ///
 /// # Errors
-/// [`Error::Op`] unless the device is sm_90a (the lab's instructions are Hopper's own), M % 64,
-/// N % 128 and K % 64 are zero (and none is zero), and the slices hold M K and N K elements;
-/// driver and compile errors.
+/// [`Error::Op`]: `Unsupported` off sm_90a (the instructions are Hopper's own), for M, N, K that
+/// are not multiples of 64, 128, 64, too many row tiles for the grid, or MN-major offsets the
+/// descriptor cannot hold; `ZeroDim`, `Overflow`, `ShapeMismatch` (A must hold M K elements, B
+/// N K); driver and compile errors.
 pub fn wgmma_gemm(cuda: &Cuda, a: &[u16], b: &[u16], (m, n, k): (usize, usize, usize), layout: LabB, a_in_regs: bool) -> Result<Vec<f32>> {
-    let bad = |what: String| Error::Op(gla_core::Error::Unsupported { backend: "cuda", what });
+    const OP: &str = "lab_wgmma_gemm_bf16";
+    let core = Error::Op;
+    let bad = |what: String| core(gla_core::Error::Unsupported { backend: "cuda", what });
     if cuda.arch() != ARCH_HOPPER {
-        return Err(bad(format!("lab_wgmma_gemm_bf16 runs on {ARCH_HOPPER} only; this device is {}", cuda.arch())));
+        return Err(bad(format!("{OP} runs on {ARCH_HOPPER} only; this device is {}", cuda.arch())));
     }
-    if m == 0 || n == 0 || k == 0 || m % 64 != 0 || n % 128 != 0 || k % 64 != 0 {
-        return Err(bad(format!("lab_wgmma_gemm_bf16 takes M % 64 == N % 128 == K % 64 == 0 (none zero); asked for {m} x {n} x {k}")));
+    for (dim, x) in [("M", m), ("N", n), ("K", k)] {
+        if x == 0 {
+            return Err(core(gla_core::Error::ZeroDim { op: OP, dim }));
+        }
     }
-    if a.len() != m * k || b.len() != n * k {
-        return Err(bad(format!("lab_wgmma_gemm_bf16: A holds {} elements, B {}; M K = {}, N K = {}", a.len(), b.len(), m * k, n * k)));
+    if m % 64 != 0 || n % 128 != 0 || k % 64 != 0 {
+        return Err(bad(format!("{OP} takes M % 64 == N % 128 == K % 64 == 0; asked for {m} x {n} x {k}")));
     }
-    let too_big = |x: usize| i32::try_from(x).map_err(|_| bad(format!("lab_wgmma_gemm_bf16: {x} exceeds i32")));
-    let (mi, ni, ki) = (too_big(m)?, too_big(n)?, too_big(k)?);
+    if m / 64 > crate::dispatch::attn::MAX_GRID_YZ {
+        return Err(bad(format!("{OP}: M / 64 = {} exceeds the grid's y limit", m / 64)));
+    }
+    let (mk, nk, mn) = match (m.checked_mul(k), n.checked_mul(k), m.checked_mul(n)) {
+        (Some(x), Some(y), Some(z)) if i32::try_from(m.max(n).max(k)).is_ok() => (x, y, z),
+        _ => return Err(core(gla_core::Error::Overflow { op: OP })),
+    };
+    for (tensor, want, got) in [("a", mk, a.len()), ("b", nk, b.len())] {
+        if got != want {
+            let expected = if tensor == "a" { format!("[M, K] = [{m}, {k}]") } else { format!("[N, K] = [{n}, {k}]") };
+            return Err(core(gla_core::Error::ShapeMismatch { op: OP, tensor, expected, numel: want, got }));
+        }
+    }
+    if let LabB::MnMajor { lbo, sbo } = layout {
+        // the descriptor holds byte offsets / 16 in 14 bits
+        if lbo % 16 != 0 || sbo % 16 != 0 || lbo >= 1 << 18 || sbo >= 1 << 18 {
+            return Err(bad(format!("{OP}: LBO {lbo} and SBO {sbo} must be multiples of 16 below 2^18")));
+        }
+    }
+    let (mi, ni, ki) = (m as i32, n as i32, k as i32);
     let (tb, lbo, sbo) = match layout {
         LabB::KMajor => (0i32, 16i32, 1024i32),
         LabB::MnMajor { lbo, sbo } => (1, lbo as i32, sbo as i32),
@@ -55,7 +78,7 @@ pub fn wgmma_gemm(cuda: &Cuda, a: &[u16], b: &[u16], (m, n, k): (usize, usize, u
     let ra = i32::from(a_in_regs);
     let da = cuda.upload(a, "lab A")?;
     let db = cuda.upload(b, "lab B")?;
-    let dc = cuda.alloc_zeros::<f32>(m * n, "lab C")?;
+    let dc = cuda.alloc_zeros::<f32>(mn, "lab C")?;
     let cfg =
         LaunchConfig { grid_dim: ((n / 128) as u32, (m / 64) as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 1024 + 8192 + 16384 };
     // SAFETY: the arguments match lab_wgmma_gemm_bf16's parameters; A, B and C hold the M K, N K

@@ -62,7 +62,7 @@ for path in args:
     buf = ctypes.create_string_buffer(n.value)
     lib.nvrtcGetProgramLog(prog, buf)
     print(f"== {path} (rc {rc})")
-    print("\n".join(l for l in buf.value.decode().splitlines() if "Compiling entry" in l or "Used" in l or "spill" in l or "error" in l or "warning" in l))
+    print("\n".join(l for l in buf.value.decode().splitlines() if "Compiling entry" in l or "Used" in l or "spill" in l or "error" in l or "warning" in l or "(C75" in l))
     if cubin_dir is not None and rc == 0:
         lib.nvrtcGetCUBINSize(prog, ctypes.byref(n))
         cub = ctypes.create_string_buffer(n.value)

@@ -30,7 +30,9 @@ use crate::tol;
 use super::delta::max_abs_diff;
 
 /// GPU-only cases: longer sequences than the CPU table runs (several key tiles per block, the
-/// window skipping whole tiles), D = 128 causal and non-causal.
+/// window skipping whole tiles), D = 128 causal and non-causal, with windows inside one key tile
+/// of 128 (a warpgroup of the sm_90a forward skipping tiles its rows do not see), a zero and a
+/// negative scale.
 pub fn gpu_cases() -> Vec<AttnCase> {
     let s = |b, t, h, h_kv, d| AttnSpec { h_kv, dv: d, ..AttnSpec::new(b, t, h, d) };
     vec![
@@ -41,6 +43,13 @@ pub fn gpu_cases() -> Vec<AttnCase> {
             name: "attn/gpu-varlen-d128".into(),
             spec: AttnSpec { cu_seqlens: Some(vec![0, 0, 700, 701, 1300, 1300]), ..s(1, 1300, 2, 1, 128) },
         },
+        AttnCase { name: "attn/gpu-t900-d128-window50-gqa2".into(), spec: AttnSpec { window: Some(50), ..s(1, 900, 4, 2, 128) } },
+        AttnCase {
+            name: "attn/gpu-varlen-d128-window100".into(),
+            spec: AttnSpec { window: Some(100), cu_seqlens: Some(vec![0, 300, 301, 301, 800]), ..s(1, 800, 2, 2, 128) },
+        },
+        AttnCase { name: "attn/gpu-t300-d128-scale0".into(), spec: AttnSpec { scale: Some(0.0), ..s(1, 300, 2, 2, 128) } },
+        AttnCase { name: "attn/gpu-t300-d128-negscale".into(), spec: AttnSpec { scale: Some(-0.1), ..s(2, 300, 2, 1, 128) } },
     ]
 }
 

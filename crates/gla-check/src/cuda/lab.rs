@@ -20,8 +20,15 @@ use crate::tol;
 /// The `lab-*` rows.
 ///
 /// # Errors
-/// None of its own: a failed launch becomes a failing row.
+/// `Unsupported` off sm_90a (the lab's instructions are Hopper's own: nothing to check there);
+/// a failed launch on sm_90a becomes a failing row.
 pub fn lab_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
+    if cuda.arch() != gla_cuda::runtime::ARCH_HOPPER {
+        return Err(gla_cuda::Error::Op(gla_core::Error::Unsupported {
+            backend: "cuda",
+            what: format!("the lab's wgmma rows run on {} only; this device is {}", gla_cuda::runtime::ARCH_HOPPER, cuda.arch()),
+        }));
+    }
     for (m, n, k) in [(64, 128, 64), (192, 256, 320)] {
         let case = format!("lab-wgmma-gemm-{m}x{n}x{k}");
         let mut rng = Rng::new(0x1ab + (m * n * k) as u64);

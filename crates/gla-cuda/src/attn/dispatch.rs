@@ -60,7 +60,7 @@ pub fn kernel(pass: &str, (dp, dvp): (usize, usize)) -> String {
 
 /// Dynamic shared memory of the forward on `tile`: Q [BM][DP+8], K 2 x [BN][DP+8], V 2 x
 /// [BN][DVP+8] bf16 (BM = [`FwdTile::rows`]).
-/// The wgmma lab tile ([`FwdTile::Wg2`]) takes 1024 bytes of alignment and 128-byte-swizzled
+/// The warpgroup tile ([`FwdTile::Wg2`]) takes 1024 bytes of alignment and 128-byte-swizzled
 /// tiles without padding: Q [128][128], K and V 2 x [128][128] bf16 (attn/fwd_wg.cu).
 pub fn fwd_smem((dp, dvp): (usize, usize), tile: FwdTile) -> usize {
     match tile {
@@ -314,7 +314,6 @@ mod tests {
             assert_eq!(tile(2, 32768, 128, 128, "sm_80"), FwdTile::W8x32);
             assert_eq!(tile(1, 40000, 64, 64, "sm_90a"), FwdTile::W8x16);
         }
-        assert!(fwd_smem((128, 128), FwdTile::Wg2) <= 227 * 1024);
         assert_eq!(fwd_kernel((64, 64), FwdTile::Wg2), None);
         assert_eq!(fwd_kernel((128, 128), FwdTile::W4x32).as_deref(), Some("attn_fwd_m2_d128_dv128"));
         assert_eq!(fwd_kernel((64, 64), FwdTile::W8x16).as_deref(), Some("attn_fwd_d64_dv64"));

@@ -350,6 +350,12 @@ int main(int argc, char** argv) {
         {"t200-d128-negscale", 1, 200, 2, 1, 128, 128, true, 0, {}, -0.125},
         {"t150-zeroscale-b2", 2, 150, 2, 2, 64, 64, true, 0, {}, kscale_zero},
         {"t130-bigscale", 1, 130, 2, 2, 64, 64, true, 0, {}, 0.5},
+        // D = 128 (the sm_90a warpgroup forward): windows inside one key tile of 128, a zero
+        // scale, varlen with empty and one-row sequences
+        {"t400-d128-window50-gqa2", 1, 400, 4, 2, 128, 128, true, 50, {}},
+        {"t300-d128-window1", 1, 300, 2, 2, 128, 128, true, 1, {}},
+        {"t150-d128-zeroscale", 1, 150, 2, 2, 128, 128, true, 0, {}, kscale_zero},
+        {"varlen-d128-window64", 1, 331, 2, 1, 128, 128, true, 64, {0, 0, 1, 200, 200, 331}},
     };
     int i = 0;
     for (auto& c : cases) {
