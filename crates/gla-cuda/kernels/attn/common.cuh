@@ -102,6 +102,30 @@ __device__ __forceinline__ void att_red2(float* p, float a, float b) {
 __device__ __forceinline__ unsigned att_lane_a(int ld, int l) { return 2u * (unsigned)(((l & 7) + 8 * ((l >> 3) & 1)) * ld + 8 * (l >> 4)); }
 __device__ __forceinline__ unsigned att_lane_b(int ld, int l) { return 2u * (unsigned)(((l & 7) + 8 * (l >> 4)) * ld + 8 * ((l >> 3) & 1)); }
 
+// The forward block's query tile and keys (attn/fwd.cu, attn/fwd_wg.cu): entry `tile` of the
+// host's table covers query rows i0 .. i0 + L - 1 (L <= BM) of the sequence at rows bs .. bs + len
+// - 1; the keys those rows can see lie in the BN-key tiles t0 .. t1 - 1 (causal: up to the tile's
+// last row; a window: from the first row's first key).
+struct AttFwdTile {
+    idx_t bs;
+    int len, i0, L, t0, t1;
+};
+template <int BM, int BN>
+__device__ __forceinline__ AttFwdTile att_fwd_tile(const idx_t* __restrict__ bounds, const int* __restrict__ tile_seq,
+                                                   const int* __restrict__ tile_q0, int tile, int causal, int window) {
+    AttFwdTile r;
+    const int n = tile_seq[tile];
+    r.i0 = tile_q0[tile];
+    r.bs = bounds[n];
+    r.len = (int)(bounds[n + 1] - r.bs);
+    r.L = min(BM, r.len - r.i0);
+    const int kend = causal ? min(r.len, r.i0 + BM) : r.len;
+    const int kbeg = window > 0 ? max(0, r.i0 - window + 1) : 0;
+    r.t0 = kbeg / BN;
+    r.t1 = (kend + BN - 1) / BN;
+    return r;
+}
+
 // The forward's masking and online softmax on a warp's score fragments (MT m-tiles of 16 rows x
 // BN keys, the mma.sync m16n8 layout, which is also a warpgroup product's accumulator layout per
 // warp): attn/fwd.cu and attn/fwd_wg.cu.

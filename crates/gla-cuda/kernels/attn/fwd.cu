@@ -104,15 +104,11 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
     DELTA_SMEM_END(smem, sV + 2 * BN * LV);
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const int j = blockIdx.x, tile = blockIdx.y;
-    const int n = tile_seq[tile], i0 = tile_q0[tile];
-    const idx_t bs = bounds[n];
-    const int len = (int)(bounds[n + 1] - bs);
+    const AttFwdTile qt = att_fwd_tile<BM, BN>(bounds, tile_seq, tile_q0, tile, causal, window);
+    const idx_t bs = qt.bs;
+    const int len = qt.len, i0 = qt.i0, L = qt.L, t0 = qt.t0, t1 = qt.t1;
     const int g = j / (H / HKV);
     const idx_t ldq = (idx_t)H * D, ldk = (idx_t)HKV * D, ldv = (idx_t)HKV * DV, ldo = (idx_t)H * DV;
-    const int L = min(BM, len - i0);
-    const int kend = causal ? min(len, i0 + BM) : len;
-    const int kbeg = window > 0 ? max(0, i0 - window + 1) : 0;
-    const int t0 = kbeg / BN, t1 = (kend + BN - 1) / BN;
     const bf16_t* kb = k + bs * ldk + (idx_t)g * D;
     const bf16_t* vb = v + bs * ldv + (idx_t)g * DV;
     // the K / V tile t into buffer b (not committed)
