@@ -343,7 +343,8 @@ pub const BIDIR_FLIP: KernelSource =
     source!("bidir/flip.cu", CHUNK_HEADERS, ["bidir_flip_f32", "bidir_flip_bf16", "bidir_flip_add_f32", "bidir_flip_add_bf16"]);
 
 /// Lab: the check of `common/wgmma.cuh` (C = A B^T on wgmma; `gla check --device cuda --filter lab`).
-pub const LAB_WGMMA: KernelSource = source!("lab/wgmma_gemm.cu", &[BASE, MMA, CHUNK, ATTN, WGMMA], ["lab_wgmma_gemm_bf16"]);
+pub const LAB_WGMMA: KernelSource =
+    source!("lab/wgmma_gemm.cu", &[BASE, MMA, CHUNK, ATTN, WGMMA], ["lab_wgmma_gemm_bf16", "lab_wgmma_gemm64_bf16"]);
 
 /// Softmax attention's forward on Hopper's warpgroup products (sm_90a, D = DV = 128).
 pub const ATTN_FWD_WG: KernelSource = source!("attn/fwd_wg.cu", &[BASE, MMA, CHUNK, ATTN, WGMMA], ["attn_fwd_wg_d128_dv128"]);

@@ -1,7 +1,8 @@
 //! The lab kernels' rows (case names `lab-*`, run only under `--filter lab`): `kernels/lab/` under
 //! study against the host. `lab-wgmma-gemm-*`: C = A B^T on the Hopper warpgroup products
 //! ([`gla_cuda::lab::wgmma_gemm`]) with B K-major and MN-major, A from shared memory and from
-//! registers, against the f64 product of the same
+//! registers, and on m64n64k16 ([`gla_cuda::lab::wgmma_gemm64`]) with A and B each K-major or
+//! MN-major, against the f64 product of the same
 //! bf16 values (f32 sums of exact products: [`tol::GPU_F32`]). The MN-major descriptor's byte
 //! offsets are the layout `common/wgmma.cuh` documents (LBO between 64-column blocks of N, SBO
 //! between 8-row groups of K); when that row fails, its note gives the error with the two
@@ -9,7 +10,7 @@
 
 use std::sync::Arc;
 
-use gla_cuda::lab::{wgmma_gemm, LabB};
+use gla_cuda::lab::{wgmma_gemm, wgmma_gemm64, LabB};
 use gla_cuda::ops::{bf16_to_f32, f32_to_bf16};
 use gla_cuda::{Cuda, Result};
 use gla_model::Rng;
@@ -67,6 +68,22 @@ pub fn lab_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
                 }
                 Err(e) => out.push(Row::failed(&case, "lab-wgmma", "bf16", tol, e)),
             }
+        }
+        // m64n64k16 with A and B each K-major or MN-major (A^T given as [K, M])
+        let mut at = vec![0u16; m * k];
+        for (i, row) in a.chunks(k).enumerate() {
+            for (kk, &x) in row.iter().enumerate() {
+                at[kk * m + i] = x;
+            }
+        }
+        for (tensor, a_t, b_t) in
+            [("c64-ak-bk", false, false), ("c64-amn-bk", true, false), ("c64-ak-bmn", false, true), ("c64-amn-bmn", true, true)]
+        {
+            let r = wgmma_gemm64(cuda, if a_t { &at } else { &a }, if b_t { &bt } else { &b }, (m, n, k), a_t, b_t);
+            out.push(match r {
+                Ok(c) => Row::new(&case, "lab-wgmma", "bf16", tensor, err(&c), tol),
+                Err(e) => Row::failed(&case, "lab-wgmma", "bf16", tol, e),
+            });
         }
     }
     Ok(())

@@ -61,6 +61,30 @@ __device__ __forceinline__ void wg_wait0() {
         "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]),         \
         "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
 
+// The 32 accumulators of an m64n64 product as asm operands %0 .. %31 (read and written).
+#define WG_D32_REGS "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31},"
+#define WG_D32                                                                                                                        \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]),          \
+        "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]),         \
+        "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]),         \
+        "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+
+// d += A B^T for a 64 x 16 A and a 64 x 16 B (m64n64k16, both from shared memory); TA: A
+// MN-major (A^T [K][M] stored, imm-trans-a), TB: B MN-major. Lab-checked (lab/wgmma_gemm.cu).
+template <int TA, int TB>
+__device__ __forceinline__ void wg_m64n64k16(float (&d)[32], unsigned long long da, unsigned long long db) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %36, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        WG_D32_REGS
+        " %32, %33, p, 1, 1, %34, %35;\n}\n"
+        : WG_D32
+        : "l"(da), "l"(db), "n"(TA), "n"(TB), "r"(1)
+        : "memory");
+#endif
+}
+
 // d += A B^T for a 64 x 16 A in registers (the mma.sync m16n8k16 A fragment of warp w's rows
 // 16 w .. 16 w + 15: a[0] row l / 4, k 2 (l % 4) and + 1; a[1] row + 8; a[2], a[3] k + 8) and a
 // 128 x 16 B (descriptor db); TB: B MN-major.

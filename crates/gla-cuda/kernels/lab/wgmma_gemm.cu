@@ -12,7 +12,14 @@
 // apart). lbo, sbo: the MN-major B's descriptor offsets in bytes (the K-major operands take 16
 // and 1024). Dynamic smem: 1024 (alignment) + 8192 (A) + 16384 (B) bytes.
 //
-// Entry points: lab_wgmma_gemm_bf16
+//
+// lab_wgmma_gemm64_bf16: the same C = A B^T on m64n64k16 (one warpgroup per 64 x 64 tile of C,
+// grid (N / 64, M / 64), N % 64 == 0), A given as [M, K] (ta = 0) or as A^T [K, M] (ta = 1:
+// MN-major, imm-trans-a), B as [N, K] (tb = 0) or B^T [K, N] (tb = 1); an MN-major operand's
+// tile is 64 K rows of 64 (M or N), its k16 steps 2048 bytes apart, SBO 1024 (LBO unused: one
+// 64-wide block). Dynamic smem: 1024 + 8192 (A) + 8192 (B) bytes.
+//
+// Entry points: lab_wgmma_gemm_bf16 lab_wgmma_gemm64_bf16
 
 extern "C" __global__ void __launch_bounds__(128) lab_wgmma_gemm_bf16(const bf16_t* __restrict__ a, const bf16_t* __restrict__ b,
                                                                      float* __restrict__ c, int M, int N, int K, int tb, int ra, int lbo, int sbo) {
@@ -73,6 +80,64 @@ extern "C" __global__ void __launch_bounds__(128) lab_wgmma_gemm_bf16(const bf16
     }
     #pragma unroll
     for (int i = 0; i < 64; i += 2) {
+        const int row = m0 + 16 * w + (l >> 2) + 8 * ((i & 3) >> 1), col = n0 + 8 * (i >> 2) + 2 * (l & 3);
+        float2 f;
+        f.x = d[i];
+        f.y = d[i + 1];
+        *(float2*)(c + (idx_t)row * N + col) = f;
+    }
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(128) lab_wgmma_gemm64_bf16(const bf16_t* __restrict__ a, const bf16_t* __restrict__ b,
+                                                                       float* __restrict__ c, int M, int N, int K, int ta, int tb) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    __trap();
+#else
+    DELTA_SMEM(smem);
+    const int tid = threadIdx.x, w = tid >> 5, l = tid & 31;
+    const int n0 = blockIdx.x * 64, m0 = blockIdx.y * 64;
+    const unsigned pad = (1024u - (smem_addr(smem) & 1023u)) & 1023u;
+    unsigned char* sA = smem + pad;  // K-major: [64 M rows][128 B]; MN-major: [64 K rows][128 B]
+    unsigned char* sB = sA + 8192;   // the same for B
+    DELTA_SMEM_END(smem, sB + 8192);
+    const unsigned uA = smem_addr(sA), uB = smem_addr(sB);
+    float d[32];
+    #pragma unroll
+    for (int i = 0; i < 32; ++i) d[i] = 0.f;
+    // a 64 x 64 tile of a row-major matrix (row stride ld) into the swizzled tile at s
+    auto ld_tile = [&](unsigned char* s, const bf16_t* src, idx_t ld) {
+        for (int x = tid; x < 64 * 8; x += 128) {
+            const int r = x >> 3, ch = x & 7;
+            *(uint4*)(s + wg_swz(r, ch)) = *(const uint4*)(src + (idx_t)r * ld + 8 * ch);
+        }
+    };
+    for (int k0 = 0; k0 < K; k0 += 64) {
+        ld_tile(sA, ta ? a + (idx_t)k0 * M + m0 : a + (idx_t)m0 * K + k0, ta ? M : K);
+        ld_tile(sB, tb ? b + (idx_t)k0 * N + n0 : b + (idx_t)n0 * K + k0, tb ? N : K);
+        wg_fence_proxy();
+        __syncthreads();
+        wg_fence();
+        #pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+            const unsigned long long da = ta ? wg_desc(uA + 2048u * kk, 8192, 1024) : wg_desc(uA + 32u * kk, 16, 1024);
+            const unsigned long long db = tb ? wg_desc(uB + 2048u * kk, 8192, 1024) : wg_desc(uB + 32u * kk, 16, 1024);
+            if (ta && tb) {
+                wg_m64n64k16<1, 1>(d, da, db);
+            } else if (ta) {
+                wg_m64n64k16<1, 0>(d, da, db);
+            } else if (tb) {
+                wg_m64n64k16<0, 1>(d, da, db);
+            } else {
+                wg_m64n64k16<0, 0>(d, da, db);
+            }
+        }
+        wg_commit();
+        wg_wait0();
+        __syncthreads();
+    }
+    #pragma unroll
+    for (int i = 0; i < 32; i += 2) {
         const int row = m0 + 16 * w + (l >> 2) + 8 * ((i & 3) >> 1), col = n0 + 8 * (i >> 2) + 2 * (l & 3);
         float2 f;
         f.x = d[i];

@@ -483,6 +483,16 @@ inline void wg_m64n128k16(float (&d)[64], unsigned long long da, unsigned long l
         d[i] = s;
     }
 }
+template <int TA, int TB>
+inline void wg_m64n64k16(float (&d)[32], unsigned long long da, unsigned long long db) {
+    const int t = threadIdx.x % 128, w = t / 32, l = t % 32;
+    for (int i = 0; i < 32; ++i) {
+        const int row = 16 * w + l / 4 + 8 * ((i % 4) / 2), col = 8 * (i / 4) + 2 * (l % 4) + i % 2;
+        float s = d[i];
+        for (int k = 0; k < 16; ++k) s += emu::bf2f(wg_ld(da, row, k, TA != 0)) * emu::bf2f(wg_ld(db, col, k, TB != 0));
+        d[i] = s;
+    }
+}
 // the A-from-registers product: each thread's fragment goes to a per-block table, then (a
 // warpgroup barrier: its 128 threads issue the product together) each computes its accumulators
 // from its warp's fragments

@@ -48,7 +48,48 @@ static void lab_gemm(int M, int N, int K, uint64_t seed) {
     }
 }
 
+// lab_wgmma_gemm64_bf16: m64n64k16 with A and B each K-major or MN-major
+static void lab_gemm64(int M, int N, int K, uint64_t seed) {
+    uint64_t s = seed;
+    auto rnd = [&]() {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        return (float)((s >> 40) & 0xffff) / 32768.f - 1.f;
+    };
+    std::vector<bf16_t> a((size_t)M * K), at((size_t)K * M), b((size_t)N * K), bt((size_t)K * N);
+    for (auto& x : a) x = f2bf(rnd());
+    for (auto& x : b) x = f2bf(rnd());
+    for (int m = 0; m < M; ++m)
+        for (int k = 0; k < K; ++k) at[(size_t)k * M + m] = a[(size_t)m * K + k];
+    for (int n = 0; n < N; ++n)
+        for (int k = 0; k < K; ++k) bt[(size_t)k * N + n] = b[(size_t)n * K + k];
+    std::vector<double> ref((size_t)M * N);
+    for (int m = 0; m < M; ++m)
+        for (int n = 0; n < N; ++n) {
+            double acc = 0;
+            for (int k = 0; k < K; ++k) acc += (double)emu::bf2f(a[(size_t)m * K + k]) * emu::bf2f(b[(size_t)n * K + k]);
+            ref[(size_t)m * N + n] = acc;
+        }
+    for (int v = 0; v < 4; ++v) {
+        const int ta = v & 1, tb = v >> 1;
+        std::vector<float> c((size_t)M * N, NAN);
+        emu::launch(dim3{(unsigned)(N / 64), (unsigned)(M / 64), 1}, dim3{128, 1, 1}, 1024 + 8192 + 8192, [&] {
+            lab_wgmma_gemm64_bf16(ta ? at.data() : a.data(), tb ? bt.data() : b.data(), c.data(), M, N, K, ta, tb);
+        });
+        double num = 0, den = 0;
+        for (size_t i = 0; i < c.size(); ++i) {
+            const double d = (double)c[i] - ref[i];
+            num += d * d;
+            den += ref[i] * ref[i];
+        }
+        char what[96];
+        std::snprintf(what, sizeof what, "gemm64 %dx%dx%d A %s, B %s", M, N, K, ta ? "MN" : "K", tb ? "MN" : "K");
+        lab_report(what, std::isnan(num) ? INFINITY : std::sqrt(num / std::max(den, 1e-300)));
+    }
+}
+
 int main() {
+    lab_gemm64(64, 64, 64, 3);
+    lab_gemm64(128, 192, 128, 4);
     lab_gemm(64, 128, 64, 1);
     lab_gemm(128, 256, 192, 2);
     std::printf("%d failed\n", lab_fail);
