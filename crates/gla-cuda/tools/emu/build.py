@@ -41,71 +41,63 @@ def strip_asm(text):
     return "".join(out)
 
 
-if len(sys.argv) > 1 and sys.argv[1] == "--lab":
-    del sys.argv[1]
-    parts = ['#include "emu.h"\n']
-    for h in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "attn/common.cuh", "common/wgmma.cuh"]:
-        parts.append(f'#line 1 "{h}"\n' + strip_asm(open(os.path.join(kern, h)).read()))
-    parts.append('#line 1 "lab/wgmma_gemm.cu"\n' + open(os.path.join(kern, "lab/wgmma_gemm.cu")).read())
-    parts.append('#line 1 "lab_harness.cpp"\n#include "lab_harness.cpp"\n')
-    out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/lab-emu"
+def header(h):
+    """a kernel header with its asm helpers stripped (emu.h defines them), behind its #line"""
+    return f'#line 1 "{h}"\n' + strip_asm(open(os.path.join(kern, h)).read())
+
+
+def source(f, text=None):
+    """a kernel file (or its edited text) behind its #line"""
+    return f'#line 1 "{f}"\n' + (open(os.path.join(kern, f)).read() if text is None else text)
+
+
+def build(parts, harness, default_out):
+    """the program parts + the harness written to OUT.cpp (argv[1] or default_out), compiled to
+    OUT; exits with g++'s status"""
+    parts.append(f'#line 1 "{harness}"\n#include "{harness}"\n')
+    out = sys.argv[1] if len(sys.argv) > 1 else default_out
     open(out + ".cpp", "w").write("\n".join(parts))
     cmd = gxx(out + ".cpp", out)
     print(" ".join(cmd), file=sys.stderr)
     sys.exit(subprocess.call(cmd))
 
-if len(sys.argv) > 1 and sys.argv[1] == "--attn":
+
+if len(sys.argv) > 1 and sys.argv[1] == "--lab":
     del sys.argv[1]
     parts = ['#include "emu.h"\n']
-    for h in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh"]:
-        parts.append(f'#line 1 "{h}"\n' + strip_asm(open(os.path.join(kern, h)).read()))
+    parts += [header(h) for h in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "attn/common.cuh", "common/wgmma.cuh"]]
+    parts.append(source("lab/wgmma_gemm.cu"))
+    build(parts, "lab_harness.cpp", "/tmp/lab-emu")
+
+if len(sys.argv) > 1 and sys.argv[1] == "--attn":
+    del sys.argv[1]
     # attn/common.cuh's PTX helpers (the backward's reduction add) are emu.h's too
-    parts.append('#line 1 "attn/common.cuh"\n' + strip_asm(open(os.path.join(kern, "attn/common.cuh")).read()))
-    parts.append('#line 1 "common/wgmma.cuh"\n' + strip_asm(open(os.path.join(kern, "common/wgmma.cuh")).read()))
-    for f in ["attn/fwd.cu", "attn/bwd.cu", "attn/decode.cu", "attn/fwd_wg.cu"]:
-        parts.append(f'#line 1 "{f}"\n' + open(os.path.join(kern, f)).read())
-    parts.append('#line 1 "attn_harness.cpp"\n#include "attn_harness.cpp"\n')
-    out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/attn-emu"
-    open(out + ".cpp", "w").write("\n".join(parts))
-    cmd = gxx(out + ".cpp", out)
-    print(" ".join(cmd), file=sys.stderr)
-    sys.exit(subprocess.call(cmd))
+    parts = ['#include "emu.h"\n']
+    parts += [header(h) for h in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "attn/common.cuh", "common/wgmma.cuh"]]
+    parts += [source(f) for f in ["attn/fwd.cu", "attn/bwd.cu", "attn/decode.cu", "attn/fwd_wg.cu"]]
+    build(parts, "attn_harness.cpp", "/tmp/attn-emu")
 
 nn = len(sys.argv) > 1 and sys.argv[1] in ("--nn", "--vision")
 if nn:
     # --vision: ViG's vision kernels (nn/vision.cu) with the reductions' last step
     vision = sys.argv[1] == "--vision"
     del sys.argv[1]
-    parts = ['#include "emu.h"\n', '#line 1 "common/base.cuh"\n' + strip_asm(open(os.path.join(kern, "common/base.cuh")).read())]
+    parts = ['#include "emu.h"\n', header("common/base.cuh")]
     files = ["nn/common.cuh", "nn/vision.cu", "nn/reduce.cu"] if vision else ["nn/common.cuh", "nn/elementwise.cu", "nn/norm.cu", "nn/conv.cu", "nn/reduce.cu", "nn/adamw.cu"]
-    for f in files:
-        parts.append(f'#line 1 "{f}"\n' + open(os.path.join(kern, f)).read())
-    harness = "vision_harness.cpp" if vision else "nn_harness.cpp"
-    parts.append(f'#line 1 "{harness}"\n#include "{harness}"\n')
-    out = sys.argv[1] if len(sys.argv) > 1 else ("/tmp/vision-emu" if vision else "/tmp/nn-emu")
-    open(out + ".cpp", "w").write("\n".join(parts))
-    cmd = gxx(out + ".cpp", out)
-    print(" ".join(cmd), file=sys.stderr)
-    sys.exit(subprocess.call(cmd))
+    parts += [source(f) for f in files]
+    build(parts, "vision_harness.cpp" if vision else "nn_harness.cpp", "/tmp/vision-emu" if vision else "/tmp/nn-emu")
 
 bidir = len(sys.argv) > 1 and sys.argv[1] == "--bidir"
 if bidir:
     # the bidirectional scan's kernels (kernels/bidir/) with the GLA chunk kernels they build on;
     # their `extern __shared__` arrays become the emulator's dynamic shared memory
     del sys.argv[1]
-    parts = ['#include "emu.h"\n']
-    for h in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh"]:
-        parts.append(f'#line 1 "{h}"\n' + strip_asm(open(os.path.join(kern, h)).read()))
+    parts = ['#include "emu.h"\n'] + [header(h) for h in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh"]]
     for f in ["gla/chunk_fwd.cu", "gla/chunk_h.cu", "gla/chunk_bwd.cu", "bidir/chunk_fwd.cu", "bidir/chunk_bwd.cu", "bidir/flip.cu"]:
         text = re.sub(r"extern __shared__ __align__\(16\) unsigned char (\w+)\[\];", r"unsigned char* \1 = emu::g_dyn;",
                       open(os.path.join(kern, f)).read())
-        parts.append(f'#line 1 "{f}"\n' + text)
-    parts.append('#line 1 "bidir_harness.cpp"\n#include "bidir_harness.cpp"\n')
-    out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/bidir-emu"
-    open(out + ".cpp", "w").write("\n".join(parts))
-    cmd = gxx(out + ".cpp", out)
-    print(" ".join(cmd), file=sys.stderr)
-    sys.exit(subprocess.call(cmd))
+        parts.append(source(f, text))
+    build(parts, "bidir_harness.cpp", "/tmp/bidir-emu")
 
 exp = os.environ.get("DELTA_EMU_EXP") == "1"
 site = [0]
@@ -143,9 +135,7 @@ def sites(text, l2=False):
     return "".join(out) + text.split("cvt<E>(")[-1]
 
 
-parts = ['#include "emu.h"\n']
-for h in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh"]:
-    parts.append(f'#line 1 "{h}"\n' + strip_asm(open(os.path.join(kern, h)).read()))
+parts = ['#include "emu.h"\n'] + [header(h) for h in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh"]]
 for f in ["delta/common.cuh", "delta/chunk.cuh", "delta/prep.cu", "delta/recurrent.cu", "delta/chunk_fwd.cu", "delta/chunk_h.cu",
           "delta/chunk_bwd.cu"]:
     text = open(os.path.join(kern, f)).read()
@@ -176,11 +166,5 @@ inline void st_pair_u_dbg_lo(int id, float* p, float a, float b) { st_pair<float
         text = lo_sites(sites(text))
     if f == "delta/prep.cu":
         text = sites(text, True)
-    parts.append(f'#line 1 "{f}"\n' + text)
-parts.append('#line 1 "harness.cpp"\n#include "harness.cpp"\n')
-out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/delta-emu"
-gen = out + ".cpp"
-open(gen, "w").write("\n".join(parts))
-cmd = gxx(gen, out)
-print(" ".join(cmd), file=sys.stderr)
-sys.exit(subprocess.call(cmd))
+    parts.append(source(f, text))
+build(parts, "harness.cpp", "/tmp/delta-emu")
