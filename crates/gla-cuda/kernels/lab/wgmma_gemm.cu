@@ -21,6 +21,29 @@
 //
 // Entry points: lab_wgmma_gemm_bf16 lab_wgmma_gemm64_bf16
 
+// R rows of 64 bf16 of a row-major matrix at src (row stride ld) into the swizzled tile at s, by
+// the block's 128 threads in 16-byte pieces.
+template <int R>
+__device__ __forceinline__ void lab_tile(unsigned char* s, const bf16_t* src, idx_t ld, int tid) {
+    for (int x = tid; x < R * 8; x += 128) {
+        const int r = x >> 3, ch = x & 7;
+        *(uint4*)(s + wg_swz(r, ch)) = *(const uint4*)(src + (idx_t)r * ld + 8 * ch);
+    }
+}
+
+// Warp w's part of a 64 x 2 NA accumulator (NA per thread) into C [.., N] f32 at (m0, n0).
+template <int NA>
+__device__ __forceinline__ void lab_store(float* c, int N, int m0, int n0, const float (&d)[NA], int w, int l) {
+    #pragma unroll
+    for (int i = 0; i < NA; i += 2) {
+        const int row = m0 + 16 * w + (l >> 2) + 8 * ((i & 3) >> 1), col = n0 + 8 * (i >> 2) + 2 * (l & 3);
+        float2 f;
+        f.x = d[i];
+        f.y = d[i + 1];
+        *(float2*)(c + (idx_t)row * N + col) = f;
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(128) lab_wgmma_gemm_bf16(const bf16_t* __restrict__ a, const bf16_t* __restrict__ b,
                                                                      float* __restrict__ c, int M, int N, int K, int tb, int ra, int lbo, int sbo) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -38,18 +61,12 @@ extern "C" __global__ void __launch_bounds__(128) lab_wgmma_gemm_bf16(const bf16
     #pragma unroll
     for (int i = 0; i < 64; ++i) d[i] = 0.f;
     for (int k0 = 0; k0 < K; k0 += 64) {
-        for (int x = tid; x < 64 * 8; x += 128) {
-            const int r = x >> 3, ch = x & 7;
-            *(uint4*)(sA + wg_swz(r, ch)) = *(const uint4*)(a + (idx_t)(m0 + r) * K + k0 + 8 * ch);
-        }
-        for (int x = tid; x < 128 * 8; x += 128) {
-            const int r = x >> 3, ch = x & 7;
-            if (tb) {  // r = 64 (N block) + K row; the chunk holds 8 N
-                const int nb = r >> 6, kr = r & 63;
-                *(uint4*)(sB + nb * 8192 + wg_swz(kr, ch)) = *(const uint4*)(b + (idx_t)(k0 + kr) * N + n0 + 64 * nb + 8 * ch);
-            } else {
-                *(uint4*)(sB + wg_swz(r, ch)) = *(const uint4*)(b + (idx_t)(n0 + r) * K + k0 + 8 * ch);
-            }
+        lab_tile<64>(sA, a + (idx_t)m0 * K + k0, K, tid);
+        if (tb) {  // two 64-column blocks of N, 64 K rows each
+            lab_tile<64>(sB, b + (idx_t)k0 * N + n0, N, tid);
+            lab_tile<64>(sB + 8192, b + (idx_t)k0 * N + n0 + 64, N, tid);
+        } else {
+            lab_tile<128>(sB, b + (idx_t)n0 * K + k0, K, tid);
         }
         wg_fence_proxy();
         __syncthreads();
@@ -78,14 +95,7 @@ extern "C" __global__ void __launch_bounds__(128) lab_wgmma_gemm_bf16(const bf16
         wg_wait0();
         __syncthreads();  // every warpgroup's products have read the tiles before the next stores
     }
-    #pragma unroll
-    for (int i = 0; i < 64; i += 2) {
-        const int row = m0 + 16 * w + (l >> 2) + 8 * ((i & 3) >> 1), col = n0 + 8 * (i >> 2) + 2 * (l & 3);
-        float2 f;
-        f.x = d[i];
-        f.y = d[i + 1];
-        *(float2*)(c + (idx_t)row * N + col) = f;
-    }
+    lab_store(c, N, m0, n0, d, w, l);
 #endif
 }
 
@@ -105,16 +115,9 @@ extern "C" __global__ void __launch_bounds__(128) lab_wgmma_gemm64_bf16(const bf
     float d[32];
     #pragma unroll
     for (int i = 0; i < 32; ++i) d[i] = 0.f;
-    // a 64 x 64 tile of a row-major matrix (row stride ld) into the swizzled tile at s
-    auto ld_tile = [&](unsigned char* s, const bf16_t* src, idx_t ld) {
-        for (int x = tid; x < 64 * 8; x += 128) {
-            const int r = x >> 3, ch = x & 7;
-            *(uint4*)(s + wg_swz(r, ch)) = *(const uint4*)(src + (idx_t)r * ld + 8 * ch);
-        }
-    };
     for (int k0 = 0; k0 < K; k0 += 64) {
-        ld_tile(sA, ta ? a + (idx_t)k0 * M + m0 : a + (idx_t)m0 * K + k0, ta ? M : K);
-        ld_tile(sB, tb ? b + (idx_t)k0 * N + n0 : b + (idx_t)n0 * K + k0, tb ? N : K);
+        lab_tile<64>(sA, ta ? a + (idx_t)k0 * M + m0 : a + (idx_t)m0 * K + k0, ta ? M : K, tid);
+        lab_tile<64>(sB, tb ? b + (idx_t)k0 * N + n0 : b + (idx_t)n0 * K + k0, tb ? N : K, tid);
         wg_fence_proxy();
         __syncthreads();
         wg_fence();
@@ -136,13 +139,6 @@ extern "C" __global__ void __launch_bounds__(128) lab_wgmma_gemm64_bf16(const bf
         wg_wait0();
         __syncthreads();
     }
-    #pragma unroll
-    for (int i = 0; i < 32; i += 2) {
-        const int row = m0 + 16 * w + (l >> 2) + 8 * ((i & 3) >> 1), col = n0 + 8 * (i >> 2) + 2 * (l & 3);
-        float2 f;
-        f.x = d[i];
-        f.y = d[i + 1];
-        *(float2*)(c + (idx_t)row * N + col) = f;
-    }
+    lab_store(c, N, m0, n0, d, w, l);
 #endif
 }
