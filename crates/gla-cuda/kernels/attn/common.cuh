@@ -213,3 +213,25 @@ __device__ __forceinline__ void att_fwd_softmax(float (&s)[MT][BN / 8][4], float
             }
     }
 }
+
+// The forward's epilogue for a warp's MT m-tiles (first row qr of the block's tile): o = O / l
+// into the row-major staging tile sO (row stride LV) and lse = ln 2 (m + log2 l) for the rows
+// < L (lse_t: the tile's first row of lse, row stride H); a row with no allowed key (l = 0) gets
+// o = 0 and lse = -inf. The block stores sO after a barrier (att_store).
+template <int MT, int DVP>
+__device__ __forceinline__ void att_fwd_out(const float (&acc)[MT][DVP / 8][4], const float (&m)[MT][2], const float (&l)[MT][2],
+                                            bf16_t* sO, int LV, int qr, int L, float* lse_t, int H, int fg, int ft) {
+    #pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        #pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            const float lt = att_row_sum(l[mt][r]);
+            const float inv = lt > 0.f ? 1.f / lt : 0.f;
+            const int row = qr + 16 * mt + fg + 8 * r;
+            #pragma unroll
+            for (int nt = 0; nt < DVP / 8; ++nt)
+                *(unsigned*)(sO + row * LV + 8 * nt + 2 * ft) = pack2(acc[mt][nt][2 * r] * inv, acc[mt][nt][2 * r + 1] * inv);
+            if (ft == 0 && row < L) lse_t[(idx_t)row * H] = lt > 0.f ? ATT_LN2 * (m[mt][r] + log2f(lt)) : ATT_NEG_INF;
+        }
+    }
+}

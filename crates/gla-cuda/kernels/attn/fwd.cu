@@ -191,19 +191,7 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
     __syncthreads();  // every warp is done with the Q and K / V tiles
     // epilogue: o = O / l through the Q tile
     bf16_t* sO = sQ;
-    #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-        #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            const float lt = att_row_sum(l[mt][r]);
-            const float inv = lt > 0.f ? 1.f / lt : 0.f;
-            const int row = qr + 16 * mt + fg + 8 * r;
-            #pragma unroll
-            for (int nt = 0; nt < DVP / 8; ++nt)
-                *(unsigned*)(sO + row * LV + 8 * nt + 2 * ft) = pack2(acc[mt][nt][2 * r] * inv, acc[mt][nt][2 * r + 1] * inv);
-            if (ft == 0 && row < L) lse[(bs + i0 + row) * H + j] = lt > 0.f ? ATT_LN2 * (m[mt][r] + log2f(lt)) : ATT_NEG_INF;
-        }
-    }
+    att_fwd_out<MT, DVP>(acc, m, l, sO, LV, qr, L, lse + (bs + i0) * H + j, H, fg, ft);
     __syncthreads();
     att_store<BM, DVP, NT>(o + (bs + i0) * ldo + (idx_t)j * DV, ldo, sO, LV, L, DV, tid);
 }

@@ -132,15 +132,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
     __syncthreads();  // every warpgroup is done with the tiles
     // epilogue: o = O / l through the K buffers (row-major [BM][LV])
     bf16_t* sO = (bf16_t*)(base + TB);
-    #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const float lt = att_row_sum(l[0][r]);
-        const float inv = lt > 0.f ? 1.f / lt : 0.f;
-        const int row = qr + fg + 8 * r;
-        #pragma unroll
-        for (int nt = 0; nt < DVP / 8; ++nt) *(unsigned*)(sO + row * LV + 8 * nt + 2 * ft) = pack2(acc[0][nt][2 * r] * inv, acc[0][nt][2 * r + 1] * inv);
-        if (ft == 0 && row < L) lse[(bs + i0 + row) * H + j] = lt > 0.f ? ATT_LN2 * (m[0][r] + log2f(lt)) : ATT_NEG_INF;
-    }
+    att_fwd_out<1, DVP>(acc, m, l, sO, LV, qr, L, lse + (bs + i0) * H + j, H, fg, ft);
     __syncthreads();
     att_store<BM, DVP, NT>(o + (bs + i0) * ldo + (idx_t)j * DV, ldo, sO, LV, L, DV, tid);
 #endif
