@@ -217,23 +217,23 @@ pub fn fwd_tile(p: &AttnProblem, arch: &str) -> FwdTile {
         _ => None,
     };
     let longest = (0..p.n()).map(|n| p.seq(n).len()).max().unwrap_or(0);
-    let hopper = arch == crate::runtime::ARCH_HOPPER;
     match forced {
-        Some(t) if fwd_kernel(dims, t).is_some() && (t != FwdTile::Wg2 || hopper) => t,
-        _ if dims == (128, 128) && hopper => FwdTile::Wg2,
+        Some(t) if fwd_kernel(dims, t, arch).is_some() => t,
+        _ if fwd_kernel(dims, FwdTile::Wg2, arch).is_some() => FwdTile::Wg2,
         _ if dims == (128, 128) && longest >= FWD_W8X32_FROM => FwdTile::W8x32,
         _ if dims == (128, 128) => FwdTile::W4x32,
         _ => FwdTile::W8x16,
     }
 }
 
-/// The forward's entry point for `dims` and `tile`; `None` where that tile has no instantiation.
-pub fn fwd_kernel(dims: (usize, usize), tile: FwdTile) -> Option<String> {
+/// The forward's entry point for `dims` and `tile` on a device of architecture `arch`; `None`
+/// where that tile has no instantiation (the warpgroup tile: sm_90a only).
+pub fn fwd_kernel(dims: (usize, usize), tile: FwdTile, arch: &str) -> Option<String> {
     match (tile, dims) {
         (FwdTile::W8x16, (64, _)) => Some(kernel("fwd", dims)),
         (FwdTile::W4x32, (128, 128)) => Some("attn_fwd_m2_d128_dv128".to_string()),
         (FwdTile::W8x32, (128, 128)) => Some("attn_fwd_m2w8_d128_dv128".to_string()),
-        (FwdTile::Wg2, (128, 128)) => Some("attn_fwd_wg_d128_dv128".to_string()),
+        (FwdTile::Wg2, (128, 128)) if arch == crate::runtime::ARCH_HOPPER => Some("attn_fwd_wg_d128_dv128".to_string()),
         _ => None,
     }
 }
@@ -296,10 +296,10 @@ mod tests {
         assert_eq!(attn_dims(128, 128), Ok((128, 128)));
         assert!(attn_dims(96, 96).unwrap_err().contains("(128, 128)"));
         assert_eq!(kernel("fwd", (64, 32)), "attn_fwd_d64_dv32");
-        assert_eq!(fwd_kernel((64, 64), FwdTile::W4x32), None);
-        assert_eq!(fwd_kernel((64, 64), FwdTile::W8x32), None);
+        assert_eq!(fwd_kernel((64, 64), FwdTile::W4x32, "sm_90a"), None);
+        assert_eq!(fwd_kernel((64, 64), FwdTile::W8x32, "sm_90a"), None);
         assert!(fwd_smem((128, 128), FwdTile::W8x32) + 1024 <= 228 * 1024);
-        assert_eq!(fwd_kernel((128, 128), FwdTile::W8x16), None);
+        assert_eq!(fwd_kernel((128, 128), FwdTile::W8x16, "sm_90a"), None);
         assert_eq!(decode_kernel((64, 32), 1), "attn_decode_g1_d64_dv32");
         assert_eq!(decode_kernel((128, 128), 4), "attn_decode_d128_dv128");
         // the policy: the warpgroup tile for D = 128 on sm_90a; elsewhere 4 x 32, 8 x 32 from 32768
@@ -314,9 +314,11 @@ mod tests {
             assert_eq!(tile(2, 32768, 128, 128, "sm_80"), FwdTile::W8x32);
             assert_eq!(tile(1, 40000, 64, 64, "sm_90a"), FwdTile::W8x16);
         }
-        assert_eq!(fwd_kernel((64, 64), FwdTile::Wg2), None);
-        assert_eq!(fwd_kernel((128, 128), FwdTile::W4x32).as_deref(), Some("attn_fwd_m2_d128_dv128"));
-        assert_eq!(fwd_kernel((64, 64), FwdTile::W8x16).as_deref(), Some("attn_fwd_d64_dv64"));
+        assert_eq!(fwd_kernel((64, 64), FwdTile::Wg2, "sm_90a"), None);
+        assert_eq!(fwd_kernel((128, 128), FwdTile::Wg2, "sm_80"), None);
+        assert_eq!(fwd_kernel((128, 128), FwdTile::Wg2, "sm_90a").as_deref(), Some("attn_fwd_wg_d128_dv128"));
+        assert_eq!(fwd_kernel((128, 128), FwdTile::W4x32, "sm_80").as_deref(), Some("attn_fwd_m2_d128_dv128"));
+        assert_eq!(fwd_kernel((64, 64), FwdTile::W8x16, "sm_80").as_deref(), Some("attn_fwd_d64_dv64"));
     }
 
     #[test]

@@ -138,14 +138,8 @@ pub fn attn_fwd_tile(
     check_inputs(op, p, x)?;
     check_len(op, "o", p.o_len(), o.len())?;
     check_len(op, "lse", p.lse_len(), lse.len())?;
-    let name = da::fwd_kernel(dp.dims, tile).ok_or_else(|| unsupported(format!("{op}: no {tile:?} kernel for (D, DV) = {:?}", dp.dims)))?;
-    if tile == da::FwdTile::Wg2 && cuda.arch() != crate::runtime::ARCH_HOPPER {
-        return Err(unsupported(format!(
-            "{op}: the wgmma tile runs on {} only; this device is {}",
-            crate::runtime::ARCH_HOPPER,
-            cuda.arch()
-        )));
-    }
+    let name = da::fwd_kernel(dp.dims, tile, cuda.arch())
+        .ok_or_else(|| unsupported(format!("{op}: no {tile:?} kernel for (D, DV) = {:?} on {}", dp.dims, cuda.arch())))?;
     if dp.n_tiles == 0 {
         return Ok(());
     }
@@ -161,9 +155,9 @@ pub fn attn_fwd_tile(
 }
 
 /// Whether [`DevAttnProblem`]'s head dims have a kernel for `tile` on `cuda`'s architecture
-/// (the wgmma tile: sm_90a only).
+/// ([`da::fwd_kernel`]).
 pub fn has_fwd_tile(cuda: &Cuda, dp: &DevAttnProblem, tile: da::FwdTile) -> bool {
-    da::fwd_kernel(dp.dims, tile).is_some() && (tile != da::FwdTile::Wg2 || cuda.arch() == crate::runtime::ARCH_HOPPER)
+    da::fwd_kernel(dp.dims, tile, cuda.arch()).is_some()
 }
 
 /// Gradients of an attention backward, bf16 on the device, with the backward's dQ workspace.
