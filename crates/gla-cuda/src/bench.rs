@@ -459,7 +459,8 @@ pub fn attn_fwd_flops(p: &gla_core::AttnProblem) -> f64 {
 /// `[batch, context]` in `decode` with the first shape's H, H_KV and D (the cache zeroed: the
 /// kernels' time does not depend on the values). Rows: `pass` is `fwd` (one row per warp split of
 /// the forward's tile, the dispatch policy's first, `kernel` naming it), `fwd+bwd`, `bwd` (each
-/// backward launch alone: `bwd-pre`, `bwd-kvq` (with its dQ sum); bytes are the whole backward's)
+/// backward launch alone: `bwd-pre`, then `bwd-kvq-*` (with its dQ sum) per dK / dV / dQ kernel,
+/// the dispatch policy's first; bytes are the whole backward's)
 /// or `decode` (shape `[batch, context, H, D, DV]`, bytes = the cache read).
 ///
 /// # Errors
@@ -473,10 +474,10 @@ pub fn bench_attn(
     reps: usize,
 ) -> Result<Vec<BenchRow>> {
     use crate::attn::ops::{
-        attn_bwd_parts, attn_bwd_ws, attn_fwd, attn_fwd_tile, has_fwd_tile, AttnDevGrads, AttnDevInputs, AttnKvCache, BwdParts,
-        DevAttnProblem,
+        attn_bwd_parts, attn_bwd_tile, attn_bwd_ws, attn_fwd, attn_fwd_tile, has_bwd_tile, has_fwd_tile, AttnDevGrads, AttnDevInputs,
+        AttnKvCache, BwdParts, DevAttnProblem,
     };
-    use crate::dispatch::attn::{fwd_tile, FwdTile};
+    use crate::dispatch::attn::{bwd_tile, fwd_tile, BwdTile, FwdTile};
     use gla_core::{AttnCacheLayout, AttnProblem, AttnSpec};
     let mut rows = Vec::new();
     for &[b, t, h, d, dv] in shapes {
@@ -511,11 +512,17 @@ pub fn bench_attn(
         rows.push(BenchRow { shape, pass: "fwd+bwd", kernel: "flash", ms, bytes: fwd_bytes + bwd_bytes, flops: 3.5 * ffl });
         // the backward's launches one by one (delta left by the run above): the kvq kernel and
         // its dQ sum do 5 products (2.5 forwards of FLOPs)
-        for (kernel, parts, flops) in
-            [("bwd-pre", BwdParts { pre: true, kvq: false }, 0.0), ("bwd-kvq", BwdParts { pre: false, kvq: true }, 2.5 * ffl)]
-        {
-            let ms = time_ms(cuda, reps, &mut || attn_bwd_parts(cuda, &dp, &x, &o, &lse, &d_o, &mut delta, &mut g, parts))?;
-            rows.push(BenchRow { shape, pass: "bwd", kernel, ms, bytes: bwd_bytes, flops });
+        let pre = BwdParts { pre: true, kvq: false };
+        let ms = time_ms(cuda, reps, &mut || attn_bwd_parts(cuda, &dp, &x, &o, &lse, &d_o, &mut delta, &mut g, pre))?;
+        rows.push(BenchRow { shape, pass: "bwd", kernel: "bwd-pre", ms, bytes: bwd_bytes, flops: 0.0 });
+        // the dispatch policy's kernel first, then every other one with a kernel here
+        let kvq = BwdParts { pre: false, kvq: true };
+        let default = bwd_tile(&p, cuda.arch());
+        for tile in std::iter::once(default).chain(BwdTile::ALL.into_iter().filter(|&t| t != default)) {
+            if has_bwd_tile(cuda, &dp, tile) {
+                let ms = time_ms(cuda, reps, &mut || attn_bwd_tile(cuda, &dp, &x, &o, &lse, &d_o, &mut delta, &mut g, kvq, tile))?;
+                rows.push(BenchRow { shape, pass: "bwd", kernel: tile.label(), ms, bytes: bwd_bytes, flops: 2.5 * ffl });
+            }
         }
     }
     let Some(&[_, _, h, d, dv]) = shapes.first() else { return Ok(rows) };

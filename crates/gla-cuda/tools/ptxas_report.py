@@ -19,7 +19,7 @@ def headers(path):
     rel = os.path.relpath(os.path.abspath(path), kernels)
     if rel.startswith("nn/"):
         return ["common/base.cuh", "nn/common.cuh"]
-    if rel.startswith("lab/") or rel == "attn/fwd_wg.cu":
+    if rel.startswith("lab/") or rel in ("attn/fwd_wg.cu", "attn/bwd_wg.cu"):
         return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "attn/common.cuh", "common/wgmma.cuh"]
     if rel.startswith("attn/"):
         return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "attn/common.cuh"]

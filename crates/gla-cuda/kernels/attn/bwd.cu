@@ -41,15 +41,6 @@ extern "C" __global__ void __launch_bounds__(256) attn_bwd_pre(const bf16_t* __r
     if (lane == 0) delta[x] = s;
 }
 
-// The query tiles (BQ rows) that can see a key of the BN-key tile at k0: [q0, q1).
-template <int BN, int BQ>
-__device__ __forceinline__ void att_kv_qtiles(int k0, int len, int causal, int window, int& q0, int& q1) {
-    const int qbeg = causal ? k0 : 0;
-    const int qend = window > 0 ? min(len, k0 + BN - 1 + window) : len;
-    q0 = qbeg / BQ;
-    q1 = (qend + BQ - 1) / BQ;
-}
-
 template <int DP, int DVP>
 __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
                                              const bf16_t* __restrict__ d_o, const float* __restrict__ lse,
@@ -77,24 +68,10 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
     const idx_t ldq = (idx_t)H * D, ldk = (idx_t)HKV * D, ldv = (idx_t)HKV * DV, ldo = (idx_t)H * DV;
     float* acc = dq_acc + sp * acc_stride;
 
-    // zero the block's part of its split's dQ sum (rows of sequence n, heads of group g: only this
-    // block adds there); a GPU-scope fence before the first adds' barrier orders these stores
-    // (through L1) before the adds (in L2) of the other threads
+    // zero the block's part of its split's dQ sum (only this block adds there); a GPU-scope
+    // fence before the first adds' barrier orders these stores before the adds
+    att_dq_zero<NT>(acc + bs * ldq + (idx_t)g * grp * D, len, ldq, grp * D, tid);
     bool fresh = true;
-    {
-        const int per = grp * D / 4;  // float4 per row
-        float4 z;
-        z.x = z.y = z.z = z.w = 0.f;
-        float* a0 = acc + bs * ldq + (idx_t)g * grp * D;
-        if (per <= NT) {  // NT / per rows at a time
-            const int rs = NT / per, r = tid / per, c = tid % per;
-            if (r < rs)
-                for (int i = r; i < len; i += rs) *(float4*)(a0 + i * ldq + 4 * c) = z;
-        } else {
-            for (int i = 0; i < len; ++i)
-                for (int c = tid; c < per; c += NT) *(float4*)(a0 + i * ldq + 4 * c) = z;
-        }
-    }
 
     // warp w: S, dP and dQ on query rows qr .. qr + 31 (x keys kc .. kc + 31 for S and dP, x
     // columns cd .. cd + DP / 4 - 1 for dQ); dV, dK on keys kr .. kr + 31 x half the columns

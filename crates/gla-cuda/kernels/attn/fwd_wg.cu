@@ -19,17 +19,6 @@
 //
 // Entry points: attn_fwd_wg_d128_dv128
 
-// R rows (< L read, the rest zero) x 128 bf16 columns of src (row stride ldg) by cp.async into the
-// swizzled tile at shared address dst: two 64-column blocks of R rows, R x 128 bytes apart.
-template <int R, int NT>
-__device__ __forceinline__ void wg_tile_cp(unsigned dst, const bf16_t* src, idx_t ldg, int L, int tid) {
-    for (int x = tid; x < R * 16; x += NT) {
-        const int r = x >> 4, c = x & 15;
-        const bool ok = r < L;
-        cp16a(dst + (unsigned)((c >> 3) * R * 128) + wg_swz(r, c & 7), ok ? src + (idx_t)r * ldg + 8 * c : src, ok);
-    }
-}
-
 extern "C" __global__ void __launch_bounds__(256, 1)
     attn_fwd_wg_d128_dv128(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v, bf16_t* __restrict__ o,
                                float* __restrict__ lse, const idx_t* __restrict__ bounds, const int* __restrict__ tile_seq,

@@ -116,3 +116,14 @@ __device__ __forceinline__ void wg_m64n128k16(float (&d)[64], unsigned long long
         : "memory");
 #endif
 }
+
+// R rows (< L read, the rest zero) x 128 bf16 columns of src (row stride ldg) by cp.async into the
+// swizzled tile at shared address dst: two 64-column blocks of R rows, R x 128 bytes apart.
+template <int R, int NT>
+__device__ __forceinline__ void wg_tile_cp(unsigned dst, const bf16_t* src, idx_t ldg, int L, int tid) {
+    for (int x = tid; x < R * 16; x += NT) {
+        const int r = x >> 4, c = x & 15;
+        const bool ok = r < L;
+        cp16a(dst + (unsigned)((c >> 3) * R * 128) + wg_swz(r, c & 7), ok ? src + (idx_t)r * ldg + 8 * c : src, ok);
+    }
+}

@@ -9,10 +9,12 @@
 //! | 64, 32     | `attn_{fwd,bwd_kvq,decode,decode_g1}_d64_dv32`                          |
 //! | 64, 64     | `attn_{fwd,bwd_kvq,decode,decode_g1}_d64_dv64`                          |
 //! | 128, 128   | `attn_{bwd_kvq,decode,decode_g1}_d128_dv128`, the forward's [`FwdTile`] |
-//! |            | kernels `attn_fwd_wg_d128_dv128` (sm_90a), `attn_fwd_m2*_d128_dv128`    |
+//! |            | kernels `attn_fwd_wg_d128_dv128` (sm_90a), `attn_fwd_m2*_d128_dv128`,   |
+//! |            | the backward's [`BwdTile`] `attn_bwd_kvq_wg_d128_dv128` (sm_90a)        |
 //! | otherwise  | nothing runs: [`attn_dims`] names the supported pairs                   |
 //!
-//! The backward runs `attn_bwd_pre`, `attn_bwd_kvq_*` and `attn_bwd_dq_sum` for every pair. The
+//! The backward runs `attn_bwd_pre`, `attn_bwd_kvq_*` ([`bwd_tile`]) and `attn_bwd_dq_sum` for
+//! every pair. The
 //! decode step runs `attn_decode_g1_*` without grouping, `attn_decode_*` for 2 .. 8 query heads
 //! per kv head ([`decode_kernel`]).
 //!
@@ -82,11 +84,70 @@ const KVQ_MAX_SPLITS: usize = 8;
 /// inputs (one sequence of 2^18 tokens at 32 x 128 is 4 GiB per sum) stay at fewer splits.
 const KVQ_SPLIT_BYTES: usize = 4 << 30;
 
-/// Dynamic shared memory of the backward: K [128][DP+8], V [128][DVP+8], Q 2 x [BQ][DP+8], dO 2 x
-/// [BQ][DVP+8], P and dS [BQ][128+8] bf16, lse and delta 2 x [BQ] f32.
-pub fn kvq_smem((dp, dvp): (usize, usize)) -> usize {
-    2 * (KVQ_BN * (dp + 8) + KVQ_BN * (dvp + 8) + 2 * KVQ_BQ * (dp + 8) + 2 * KVQ_BQ * (dvp + 8) + 2 * KVQ_BQ * (KVQ_BN + 8))
-        + 4 * 4 * KVQ_BQ
+/// Dynamic shared memory of the backward on `tile`: K [128][DP+8], V [128][DVP+8], Q 2 x
+/// [BQ][DP+8], dO 2 x [BQ][DVP+8], P and dS [BQ][128+8] bf16, lse and delta 2 x [BQ] f32.
+/// The warpgroup kernel ([`BwdTile::Wg2`]) takes 1024 bytes of alignment and 128-byte-swizzled
+/// tiles without padding: K, V [128][128], Q, dO 2 x [BQ][128], dS^T [128][BQ] bf16, lse and
+/// delta 2 x [BQ] f32, the dQ staging 2 x [BQ][72] f32 (attn/bwd_wg.cu).
+pub fn kvq_smem((dp, dvp): (usize, usize), tile: BwdTile) -> usize {
+    match tile {
+        BwdTile::Wg2 => 1024 + 2 * (2 * KVQ_BN * 128 + 4 * KVQ_BQ * 128 + KVQ_BN * KVQ_BQ) + 4 * 4 * KVQ_BQ + 4 * 2 * KVQ_BQ * 72,
+        BwdTile::W8 => {
+            2 * (KVQ_BN * (dp + 8) + KVQ_BN * (dvp + 8) + 2 * KVQ_BQ * (dp + 8) + 2 * KVQ_BQ * (dvp + 8) + 2 * KVQ_BQ * (KVQ_BN + 8))
+                + 4 * 4 * KVQ_BQ
+        }
+    }
+}
+
+/// The backward's dK / dV / dQ kernel (`attn_bwd_kvq_*`; both keep its contract: units, splits,
+/// the deterministic dQ sums).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BwdTile {
+    /// 8 warps of mma.sync products (`attn_bwd_kvq_d{DP}_dv{DVP}`): every head dim pair.
+    W8,
+    /// Two warpgroups of 64 keys on Hopper's warpgroup products (`attn_bwd_kvq_wg_d128_dv128`):
+    /// D = DV = 128 on sm_90a only.
+    Wg2,
+}
+
+impl BwdTile {
+    /// The label of benchmark rows.
+    pub fn label(self) -> &'static str {
+        match self {
+            BwdTile::W8 => "bwd-kvq-8w",
+            BwdTile::Wg2 => "bwd-kvq-wg",
+        }
+    }
+    /// Every kernel (the benchmark times them all).
+    pub const ALL: [BwdTile; 2] = [BwdTile::W8, BwdTile::Wg2];
+}
+
+/// The backward's kernel for `p` on a device of architecture `arch`: `GLA_ATTN_BWD=8w|wg` picks
+/// one where it has a kernel (for checking and timing through the whole stack); else the
+/// warpgroup kernel where it runs (D = DV = 128 on sm_90a), the 8-warp one elsewhere.
+pub fn bwd_tile(p: &AttnProblem, arch: &str) -> BwdTile {
+    let dims = (p.d(), p.dv());
+    let forced = match std::env::var("GLA_ATTN_BWD").as_deref() {
+        Ok("8w") => Some(BwdTile::W8),
+        Ok("wg") => Some(BwdTile::Wg2),
+        _ => None,
+    };
+    match forced {
+        Some(t) if bwd_kernel(dims, t, arch).is_some() => t,
+        _ if bwd_kernel(dims, BwdTile::Wg2, arch).is_some() => BwdTile::Wg2,
+        _ => BwdTile::W8,
+    }
+}
+
+/// The backward's dK / dV / dQ entry point for `dims` and `tile` on a device of architecture
+/// `arch`; `None` where that kernel has no instantiation (the warpgroup kernel: D = DV = 128 on
+/// sm_90a only).
+pub fn bwd_kernel(dims: (usize, usize), tile: BwdTile, arch: &str) -> Option<String> {
+    match (tile, dims) {
+        (BwdTile::W8, _) => Some(kernel("bwd_kvq", dims)),
+        (BwdTile::Wg2, (128, 128)) if arch == crate::runtime::ARCH_HOPPER => Some("attn_bwd_kvq_wg_d128_dv128".to_string()),
+        _ => None,
+    }
 }
 
 /// How many splits the backward cuts each sequence's key tiles into (split s takes the
@@ -354,7 +415,12 @@ mod tests {
             assert_eq!(kvq_splits(&longer, 132), 1);
         }
         // 228 KiB of shared memory per H100 / H200 SM, 1 KiB reserved per block
-        assert!(kvq_smem((128, 128)) + 1024 <= 228 * 1024);
+        assert!(kvq_smem((128, 128), BwdTile::W8) + 1024 <= 228 * 1024);
+        assert_eq!(kvq_smem((128, 128), BwdTile::Wg2), 186_368);
+        assert_eq!(bwd_kernel((64, 64), BwdTile::Wg2, "sm_90a"), None);
+        assert_eq!(bwd_kernel((128, 128), BwdTile::Wg2, "sm_80"), None);
+        assert_eq!(bwd_kernel((128, 128), BwdTile::Wg2, "sm_90a").as_deref(), Some("attn_bwd_kvq_wg_d128_dv128"));
+        assert_eq!(bwd_kernel((64, 32), BwdTile::W8, "sm_90a").as_deref(), Some("attn_bwd_kvq_d64_dv32"));
     }
 
     #[test]

@@ -160,6 +160,12 @@ pub fn has_fwd_tile(cuda: &Cuda, dp: &DevAttnProblem, tile: da::FwdTile) -> bool
     da::fwd_kernel(dp.dims, tile, cuda.arch()).is_some()
 }
 
+/// Whether [`DevAttnProblem`]'s head dims have a backward kernel for `tile` on `cuda`'s
+/// architecture ([`da::bwd_kernel`]).
+pub fn has_bwd_tile(cuda: &Cuda, dp: &DevAttnProblem, tile: da::BwdTile) -> bool {
+    da::bwd_kernel(dp.dims, tile, cuda.arch()).is_some()
+}
+
 /// Gradients of an attention backward, bf16 on the device, with the backward's dQ workspace.
 #[derive(Debug)]
 pub struct AttnDevGrads {
@@ -249,6 +255,27 @@ pub fn attn_bwd_parts(
     g: &mut AttnDevGrads,
     parts: BwdParts,
 ) -> Result<()> {
+    attn_bwd_tile(cuda, dp, x, o, lse, d_o, delta, g, parts, da::bwd_tile(&dp.problem, cuda.arch()))
+}
+
+/// [`attn_bwd_parts`] on a given dK / dV / dQ kernel (the benchmark times each).
+///
+/// # Errors
+/// As [`attn_bwd_ws`]; [`Error::Op`] (`Unsupported`) where `tile` has no kernel for the head dims
+/// on this device.
+#[allow(clippy::too_many_arguments)]
+pub fn attn_bwd_tile(
+    cuda: &Cuda,
+    dp: &DevAttnProblem,
+    x: &AttnDevInputs<'_>,
+    o: &CudaSlice<u16>,
+    lse: &CudaSlice<f32>,
+    d_o: &CudaSlice<u16>,
+    delta: &mut CudaSlice<f32>,
+    g: &mut AttnDevGrads,
+    parts: BwdParts,
+    tile: da::BwdTile,
+) -> Result<()> {
     let op = "attn_bwd";
     let p = &dp.problem;
     check_inputs(op, p, x)?;
@@ -277,10 +304,12 @@ pub fn attn_bwd_parts(
             if p.d() != dp.dims.0 {
                 return Err(unsupported(format!("{op}: the backward kernel takes D = DP; D = {}, DP = {}", p.d(), dp.dims.0)));
             }
+            let name = da::bwd_kernel(dp.dims, tile, cuda.arch())
+                .ok_or_else(|| unsupported(format!("{op}: no {tile:?} kernel for (D, DV) = {:?} on {}", dp.dims, cuda.arch())))?;
             let (stride, splits) = (p.q_len() as i64, dp.splits as i32);
             cuda.launch(
-                &da::kernel("bwd_kvq", dp.dims),
-                da::kvq_cfg(p.h_kv(), dp.n_units, da::kvq_smem(dp.dims)),
+                &name,
+                da::kvq_cfg(p.h_kv(), dp.n_units, da::kvq_smem(dp.dims, tile)),
                 &[
                     x.q,
                     x.k,

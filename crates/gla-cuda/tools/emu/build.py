@@ -74,7 +74,7 @@ if len(sys.argv) > 1 and sys.argv[1] == "--attn":
     # attn/common.cuh's PTX helpers (the backward's reduction add) are emu.h's too
     parts = ['#include "emu.h"\n']
     parts += [header(h) for h in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "attn/common.cuh", "common/wgmma.cuh"]]
-    parts += [source(f) for f in ["attn/fwd.cu", "attn/bwd.cu", "attn/decode.cu", "attn/fwd_wg.cu"]]
+    parts += [source(f) for f in ["attn/fwd.cu", "attn/bwd.cu", "attn/decode.cu", "attn/fwd_wg.cu", "attn/bwd_wg.cu"]]
     build(parts, "attn_harness.cpp", "/tmp/attn-emu")
 
 nn = len(sys.argv) > 1 and sys.argv[1] in ("--nn", "--vision")
