@@ -489,7 +489,7 @@ pub fn bench_attn(
         let mut o = cuda.alloc_zeros::<u16>(p.o_len(), "o")?;
         let mut lse = cuda.alloc_zeros::<f32>(p.lse_len(), "lse")?;
         let mut delta = cuda.alloc_zeros::<f32>(p.lse_len(), "delta")?;
-        let mut g = AttnDevGrads::alloc(cuda, &dp)?;
+        let mut g = AttnDevGrads::alloc_for(cuda, &dp, BwdTile::W8)?; // the largest workspace: every kernel runs on it
         let ffl = attn_fwd_flops(&p);
         // least bytes: fwd reads q, k, v and writes o (bf16) and lse (f32); bwd reads q, k, v, o,
         // do (bf16), lse and writes dq, dk, dv (bf16)

@@ -349,8 +349,9 @@ pub const LAB_WGMMA: KernelSource =
 /// Softmax attention's forward on Hopper's warpgroup products (sm_90a, D = DV = 128).
 pub const ATTN_FWD_WG: KernelSource = source!("attn/fwd_wg.cu", &[BASE, MMA, CHUNK, ATTN, WGMMA], ["attn_fwd_wg_d128_dv128"]);
 
-/// Softmax attention's backward (dK, dV, the dQ sums) on Hopper's warpgroup products (sm_90a, D = DV = 128).
-pub const ATTN_BWD_WG: KernelSource = source!("attn/bwd_wg.cu", &[BASE, MMA, CHUNK, ATTN, WGMMA], ["attn_bwd_kvq_wg_d128_dv128"]);
+/// Softmax attention's backward (dK / dV, and dq) on Hopper's warpgroup products (sm_90a, D = DV = 128).
+pub const ATTN_BWD_WG: KernelSource =
+    source!("attn/bwd_wg.cu", &[BASE, MMA, CHUNK, ATTN, WGMMA], ["attn_bwd_kv_wg_d128_dv128", "attn_bwd_dq_wg_d128_dv128"]);
 
 /// Every kernel source of the crate (the CI compile check walks this list).
 pub const ALL: &[KernelSource] = &[

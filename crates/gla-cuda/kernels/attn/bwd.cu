@@ -41,6 +41,26 @@ extern "C" __global__ void __launch_bounds__(256) attn_bwd_pre(const bf16_t* __r
     if (lane == 0) delta[x] = s;
 }
 
+// Zeroes len rows (row stride ld) of C floats (C % 4 == 0) at a0, by the block's NT threads:
+// the block's part of its split's dQ sum (the rows of its sequence, the heads of its
+// group), before its first adds. The caller runs a GPU-scope fence (__threadfence) before the
+// barrier that precedes those adds, which orders these stores (through L1) before the adds (in
+// L2) of the other threads.
+template <int NT>
+__device__ __forceinline__ void att_dq_zero(float* a0, int len, idx_t ld, int C, int tid) {
+    const int per = C / 4;  // float4 per row
+    float4 z;
+    z.x = z.y = z.z = z.w = 0.f;
+    if (per <= NT) {  // NT / per rows at a time
+        const int rs = NT / per, r = tid / per, c = tid % per;
+        if (r < rs)
+            for (int i = r; i < len; i += rs) *(float4*)(a0 + i * ld + 4 * c) = z;
+    } else {
+        for (int i = 0; i < len; ++i)
+            for (int c = tid; c < per; c += NT) *(float4*)(a0 + i * ld + 4 * c) = z;
+    }
+}
+
 template <int DP, int DVP>
 __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
                                              const bf16_t* __restrict__ d_o, const float* __restrict__ lse,

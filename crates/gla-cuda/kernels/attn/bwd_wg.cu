@@ -1,10 +1,13 @@
-// attn/bwd_wg.cu: the softmax attention backward's dK / dV / dQ pass on Hopper's warpgroup
-// products (common/wgmma.cuh), for D = DV = 128 on sm_90a (src/attn/dispatch.rs, bwd_kernel):
-// attn/bwd.cu's attn_bwd_kvq contract (arguments, units, splits, the deterministic dQ sums, the
-// masking, a negative or zero scale); attn_bwd_pre and attn_bwd_dq_sum run around it as there.
-// Other targets compile it to a trap.
+// attn/bwd_wg.cu: the softmax attention backward on Hopper's warpgroup products
+// (common/wgmma.cuh), for D = DV = 128 on sm_90a (src/attn/dispatch.rs, BwdTile::Wg2): dK, dV
+// per key tile and dq per query tile, each in one kernel, with no dQ sums (attn/bwd.cu's
+// attn_bwd_kvq adds dQ parts into sums, which on the warpgroup products cost more than the two
+// products dq recomputes: docs/kernels.md). attn_bwd_pre (delta) runs before both. The masking,
+// a negative or zero scale and the layouts are attn/bwd.cu's. Other targets compile both kernels
+// to a trap.
 //
-// attn_bwd_kvq_wg_d128_dv128: one block per (kv head g, unit = (sequence n, split s)), 256 threads
+// attn_bwd_kv_wg_d128_dv128: dk = scale * dK, dv = dV (=, bf16), one block per (kv head g, unit =
+// (sequence n, split s)) as attn_bwd_kvq (the split's key tiles s, s + splits, ...), 256 threads
 // = two warpgroups, grid (H_KV, units). Per key tile of BN = 128 keys (K, V by cp.async into
 // 128-byte-swizzled tiles, D in two 64-wide blocks) warpgroup wg owns keys 64 wg .. 64 wg + 63
 // (warp w: 16 of them), and for every query head j of the group, in order, and every query tile
@@ -16,23 +19,13 @@
 //     dV += P^T dO, dK += dS^T Q     4 + 4 x m64n128k16, P^T / dS^T (bf16) from registers (the
 //                                    forward's P repacking), dO / Q MN-major (64 rows; the two
 //                                    64-column blocks 8 KB apart, LBO)
-//     dS^T -> shared memory (bf16, swizzled, [128 keys][64 queries]), one barrier, then
-//     dQ_part = dS K                 8 x m64n64k16 (dS = 0 on masked pairs), A = dS^T
-//                                    read transposed (MN-major), B = the K tile MN-major;
-//                                    warpgroup wg takes dQ's columns 64 wg .. 64 wg + 63
-// dQ_part (f32) is staged in shared memory and added into split s's dQ sum by one bulk
-// reduce-add per row and warpgroup (256 bytes, cp.reduce.async.bulk: one L2 request per row
-// instead of 32 red.v2 per row). Each element has one adding thread, and the block waits for its
-// adds to complete before the next key tile's (the only other adds to the same elements), so the
-// sums add in key-tile order (deterministic). After the key tile, dk = scale * dK, dv = dV (=,
-// bf16) through row-major staging tiles. Pairs no row sees are masked (P = dS = 0), so the
+// then dK, dV through row-major staging tiles. Pairs no row sees are masked (P = dS = 0), so the
 // products run unconditionally (no warpgroup-divergent branch around them: ptxas would
 // serialize the products).
-// Dynamic smem: 1024 (alignment) + K, V 2 x 32 KB + Q, dO 2 x 2 x 16 KB + dS^T 16 KB + lse, delta
-// 2 x 2 x 64 f32 + the dQ staging 2 x 64 x 72 f32 = 186368 bytes (src/attn/dispatch.rs,
-// kvq_smem).
+// Dynamic smem: 1024 (alignment) + K, V 2 x 32 KB + Q, dO 2 x 2 x 16 KB + lse, delta 2 x 2 x 64
+// f32 = 133120 bytes (src/attn/dispatch.rs, kvq_smem).
 //
-// Entry points: attn_bwd_kvq_wg_d128_dv128
+// Entry points: attn_bwd_kv_wg_d128_dv128 attn_bwd_dq_wg_d128_dv128
 
 // An m64n64 accumulator (rows x 64 columns) packed to bf16 as four k16 A fragments of an rs product
 // over its columns (a[kk]: columns 16 kk .. 16 kk + 15; the mma.sync m16n8k16 A layout).
@@ -47,25 +40,24 @@ __device__ __forceinline__ void att_wg_pack(unsigned (&a)[4][4], const float (&x
 }
 
 extern "C" __global__ void __launch_bounds__(256, 1)
-    attn_bwd_kvq_wg_d128_dv128(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
-                                   const bf16_t* __restrict__ d_o, const float* __restrict__ lse, const float* __restrict__ delta,
-                                   bf16_t* __restrict__ dk, bf16_t* __restrict__ dv, float* __restrict__ dq_acc, idx_t acc_stride,
-                                   const idx_t* __restrict__ bounds, const int* __restrict__ u_seq, const int* __restrict__ u_split,
-                                   int splits, int H, int HKV, int D, int DV, int causal, int window, float sl2, float scale) {
+    attn_bwd_kv_wg_d128_dv128(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
+                              const bf16_t* __restrict__ d_o, const float* __restrict__ lse, const float* __restrict__ delta,
+                              bf16_t* __restrict__ dk, bf16_t* __restrict__ dv, const idx_t* __restrict__ bounds,
+                              const int* __restrict__ u_seq, const int* __restrict__ u_split, int splits, int H, int HKV, int D, int DV,
+                              int causal, int window, float sl2, float scale) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     __trap();
 #else
     constexpr int BN = 128, BQ = 64, NT = 256, DP = 128, LS = DP + 8;
     constexpr int TK = BN * DP * 2, TQ = BQ * DP * 2;  // a key tile's and a query tile's bytes
-    constexpr int LQF = 72;  // the dQ staging's row stride (f32): 256 bytes + 32 of padding
     DELTA_SMEM(smem);
     const unsigned pad = (1024u - (smem_addr(smem) & 1023u)) & 1023u;
     unsigned char* base = smem + pad;
-    float* sL = (float*)(base + 4 * TK + TQ);  // [2][BQ] lse * log2(e) (+inf past the end)
-    float* sD = sL + 2 * BQ;                   // [2][BQ] delta
-    DELTA_SMEM_END(smem, sD + 2 * BQ + 2 * BQ * LQF);  // then the dQ staging, 2 x [BQ][LQF] f32
-    // K, V; Q, dO (buffer b at + b TQ); dS^T
-    const unsigned uK = smem_addr(base), uV = uK + TK, uQ = uK + 2 * TK, uO = uK + 3 * TK, uS = uK + 4 * TK;
+    float* sL = (float*)(base + 4 * TK);  // [2][BQ] lse * log2(e) (+inf past the end)
+    float* sD = sL + 2 * BQ;              // [2][BQ] delta
+    DELTA_SMEM_END(smem, sD + 2 * BQ);
+    // K, V; Q, dO (buffer b at + b TQ)
+    const unsigned uK = smem_addr(base), uV = uK + TK, uQ = uK + 2 * TK, uO = uK + 3 * TK;
     const int tid = threadIdx.x, wg = tid >> 7, w = (tid >> 5) & 3, lane = tid & 31, fg = lane >> 2, ft = lane & 3;
     const int g = blockIdx.x, u = blockIdx.y;
     const int n = u_seq[u], sp = u_split[u];
@@ -73,10 +65,6 @@ extern "C" __global__ void __launch_bounds__(256, 1)
     const int len = (int)(bounds[n + 1] - bs);
     const int grp = H / HKV;
     const idx_t ldq = (idx_t)H * D, ldk = (idx_t)HKV * D, ldv = (idx_t)HKV * DV, ldo = (idx_t)H * DV;
-    float* acc = dq_acc + sp * acc_stride;
-    att_dq_zero<NT>(acc + bs * ldq + (idx_t)g * grp * D, len, ldq, grp * D, tid);
-    att_fence_proxy_global();  // the zeros (generic stores) before the bulk adds (async proxy)
-    bool fresh = true;
 
     const int nkt = (len + BN - 1) / BN;
     for (int kt = sp; kt < nkt; kt += splits) {
@@ -121,10 +109,8 @@ extern "C" __global__ void __launch_bounds__(256, 1)
 
         // the previous key tile's adds are complete before this one's start (the same elements of
         // the sums: one order)
-        att_bulk_wait0();
         for (int it = 0; it < nit; ++it) {
             const int b = it & 1;
-            att_bulk_wait_read0();  // the staged dQ rows were read before the barrier (they are rewritten after it)
             cp_wait0();
             wg_fence_proxy();  // the cp.async tiles (generic proxy) before the products read them
             __syncthreads();   // iteration it's loads landed; every warpgroup is done with it - 1's tiles
@@ -132,7 +118,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
                 issue(it + 1, b ^ 1);
                 cp_commit();
             }
-            const int j = g * grp + it / nq, i0 = (q0 + it % nq) * BQ;
+            const int i0 = (q0 + it % nq) * BQ;
             const unsigned uQb = uQ + b * TQ, uOb = uO + b * TQ;
             // S^T = K Q^T, then P^T from it (f32, and packed to bf16 as the rs products' A fragments,
             // k16 step kk = queries 16 kk ..), then dP^T = V dO^T and dS^T = P^T (dP^T - delta).
@@ -193,60 +179,13 @@ extern "C" __global__ void __launch_bounds__(256, 1)
             att_wg_pack(da, dp);
             // buffer b ^ 1's lse and delta were last read in iteration it - 1, before this one's barrier
             if (it + 1 < nit) put(b ^ 1);
-            // dS^T to shared memory: key row 64 wg + 16 w + fg (+ 8), query columns 16 kk + 2 ft (+ 8)
-            #pragma unroll
-            for (int kk = 0; kk < 4; ++kk)
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int row = 64 * wg + 16 * w + fg + 8 * (e & 1), ch = 2 * kk + (e >> 1);
-                    *(unsigned*)(base + 4 * TK + wg_swz(row, ch) + 4 * ft) = da[kk][e];
-                }
-            wg_fence_proxy();  // dS^T (generic stores) before the dQ products read it
             wg_fence();  // P^T, dS^T are in registers before the products read them
             #pragma unroll
             for (int kk = 0; kk < 4; ++kk) wg_m64n128k16_rs<1>(dV, pa[kk], wg_desc(uOb + 2048 * kk, TQ / 2, 1024));
             #pragma unroll
             for (int kk = 0; kk < 4; ++kk) wg_m64n128k16_rs<1>(dK, da[kk], wg_desc(uQb + 2048 * kk, TQ / 2, 1024));
             wg_commit();
-            if (fresh) {  // block-uniform: the block's first query tile
-                __threadfence();
-                fresh = false;
-            }
-            __syncthreads();  // both warpgroups' dS^T in shared memory (and the zeroed sum)
-
-            // dQ part = dS K on the tile's 64 rows x the warpgroup's 64 columns (all 128 keys: dS = 0
-            // on the pairs no row sees)
-            float a2[8][4];
-            #pragma unroll
-            for (int nt = 0; nt < 8; ++nt) a2[nt][0] = a2[nt][1] = a2[nt][2] = a2[nt][3] = 0.f;
-            wg_fence();
-            #pragma unroll
-            for (int kk = 0; kk < 8; ++kk)
-                wg_m64n64k16<1, 1>(reinterpret_cast<float(&)[32]>(a2), wg_desc(uS + 2048 * kk, 8192, 1024),
-                                   wg_desc(uK + wg * (TK / 2) + 2048 * kk, TK / 2, 1024));
-            wg_commit();
-            wg_wait0();  // dV, dK and dQ's products are done (the next iteration overwrites dS^T, Q, dO)
-            // the dQ part (f32) staged in shared memory, then added into the split's dQ sum by one
-            // bulk reduce-add per row (256 bytes) from the warpgroup's first 64 threads
-            {
-                float* sq = (float*)(base + 4 * TK + TQ + 1024) + wg * BQ * LQF;
-                #pragma unroll
-                for (int r = 0; r < 2; ++r)
-                    #pragma unroll
-                    for (int nt = 0; nt < 8; ++nt) {
-                        float2 f;
-                        f.x = a2[nt][2 * r];
-                        f.y = a2[nt][2 * r + 1];
-                        *(float2*)(sq + (16 * w + fg + 8 * r) * LQF + 8 * nt + 2 * ft) = f;
-                    }
-                wg_fence_proxy();  // the staged rows (generic stores) before the bulk copy reads them
-                att_bar_wg(wg);
-                const int row = tid & 127;
-                if (row < BQ && i0 + row < len) {
-                    att_bulk_red_f32(acc + (bs + i0 + row) * ldq + (idx_t)j * D + 64 * wg, smem_addr(sq + row * LQF), 256);
-                    att_bulk_commit();
-                }
-            }
+            wg_wait0();  // dV, dK's products are done (the next iteration overwrites Q, dO)
         }
         cp_wait0();
         __syncthreads();  // every warpgroup is done with the key tile's K, V and the query tiles
@@ -269,6 +208,153 @@ extern "C" __global__ void __launch_bounds__(256, 1)
         att_store<BN, DP, NT>(dv + (bs + k0) * ldv + (idx_t)g * DV, ldv, sv, LS, LK, DV, tid);
         __syncthreads();  // the staging is read before the next key tile's loads land there
     }
-    att_bulk_wait0();  // the adds are complete before the block exits
+#endif
+}
+
+// attn_bwd_dq_wg_d128_dv128: dq [rows, H, D] (=, bf16) = scale * sum over the allowed keys of
+// dS K, with no dQ sums: one block per (query head j, entry of the forward's 128-row tile table),
+// 256 threads = two warpgroups of 64 rows, grid (H, tiles). Q, dO (swizzled), lse, delta of the
+// tile once; per key tile of BN = 128 keys the rows can see (K, V double-buffered by cp.async):
+//     S = Q K^T, dP = dO V^T     8 + 8 x m64n128k16, K-major operands (the forward's S)
+//     P = ex2(S sl2 - lse log2 e) on allowed pairs (0 elsewhere: att_fwd_mask), dS = P (dP - delta)
+//     dQ += dS K                 8 x m64n128k16, dS (bf16) from registers, K MN-major (the
+//                                forward's P V with K for V)
+// then dq = scale * dQ through a row-major staging tile. A warpgroup skips a key tile none of its
+// rows sees. The S products finish before the dP products start (both accumulators in flight
+// beside dQ's do not fit in 255 registers).
+// Dynamic smem: 1024 (alignment) + Q, dO 2 x 32 KB + K, V 2 x 2 x 32 KB + lse, delta 2 x 128 f32
+// = 198656 bytes (src/attn/dispatch.rs, dq_smem).
+extern "C" __global__ void __launch_bounds__(256, 1)
+    attn_bwd_dq_wg_d128_dv128(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
+                              const bf16_t* __restrict__ d_o, const float* __restrict__ lse, const float* __restrict__ delta,
+                              bf16_t* __restrict__ dq, const idx_t* __restrict__ bounds, const int* __restrict__ tile_seq,
+                              const int* __restrict__ tile_q0, int H, int HKV, int D, int DV, int causal, int window, float sl2,
+                              float scale) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    __trap();
+#else
+    constexpr int BM = 128, BN = 128, NT = 256, DP = 128, LS = DP + 8, TB = 32768;  // TB: one 128 x 128 tile's bytes
+    DELTA_SMEM(dsmem);  // named apart from attn_bwd_kv_wg's (one extern array per name)
+    const unsigned pad = (1024u - (smem_addr(dsmem) & 1023u)) & 1023u;
+    unsigned char* base = dsmem + pad;
+    float* sL = (float*)(base + 6 * TB);  // [BM] lse * log2(e) (+inf past the end)
+    float* sD = sL + BM;                  // [BM] delta
+    DELTA_SMEM_END(dsmem, sD + BM);
+    const unsigned uQ = smem_addr(base), uO = uQ + TB, uK = uQ + 2 * TB, uV = uQ + 4 * TB;  // K, V: buffer b at + b TB
+    const int tid = threadIdx.x, wg = tid >> 7, w = (tid >> 5) & 3, lane = tid & 31, fg = lane >> 2, ft = lane & 3;
+    const int j = blockIdx.x, tile = blockIdx.y;
+    const AttFwdTile qt = att_fwd_tile<BM, BN>(bounds, tile_seq, tile_q0, tile, causal, window);
+    const idx_t bs = qt.bs;
+    const int len = qt.len, i0 = qt.i0, L = qt.L, t0 = qt.t0, t1 = qt.t1;
+    const int g = j / (H / HKV);
+    const idx_t ldq = (idx_t)H * D, ldk = (idx_t)HKV * D, ldv = (idx_t)HKV * DV, ldo = (idx_t)H * DV;
+    const bf16_t* kb = k + bs * ldk + (idx_t)g * D;
+    const bf16_t* vb = v + bs * ldv + (idx_t)g * DV;
+    auto load_kv = [&](int t, int b) {
+        wg_tile_cp<BN, NT>(uK + b * TB, kb + (idx_t)t * BN * ldk, ldk, len - t * BN, tid);
+        wg_tile_cp<BN, NT>(uV + b * TB, vb + (idx_t)t * BN * ldv, ldv, len - t * BN, tid);
+    };
+    wg_tile_cp<BM, NT>(uQ, q + (bs + i0) * ldq + (idx_t)j * D, ldq, L, tid);
+    wg_tile_cp<BM, NT>(uO, d_o + (bs + i0) * ldo + (idx_t)j * DV, ldo, L, tid);
+    load_kv(t0, 0);
+    cp_commit();
+    if (tid < BM) {
+        const bool ok = tid < L;
+        const idx_t r = (bs + i0 + tid) * H + j;
+        sL[tid] = ok ? lse[r] * ATT_L2E : ATT_POS_INF;
+        sD[tid] = ok ? delta[r] : 0.f;
+    }
+
+    const int qr = 64 * wg + 16 * w;  // the warp's first row in the tile
+    const int qlo = i0 + qr, glo = i0 + 64 * wg;  // its first query position, its warpgroup's
+    float acc[64];  // dQ, the m64n128 accumulator: rows = the warpgroup's queries, columns = D
+    #pragma unroll
+    for (int i = 0; i < 64; ++i) acc[i] = 0.f;
+    // the warpgroup's rows see no key of tile t
+    auto idle = [&](int t) {
+        const int kt = t * BN;
+        return glo >= len || (causal && kt > glo + 63) || (window > 0 && kt + BN - 1 <= glo - window);
+    };
+    float lr[2], dr[2];  // the thread's two rows' lse * log2(e) and delta (read after the first barrier)
+
+    for (int t = t0; t < t1; ++t) {
+        const int buf = (t - t0) & 1;
+        cp_wait0();
+        wg_fence_proxy();  // the cp.async tiles (generic proxy) before the products read them
+        __syncthreads();
+        if (t == t0) {
+            #pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                lr[r] = sL[qr + fg + 8 * r];
+                dr[r] = sD[qr + fg + 8 * r];
+            }
+        }
+        if (t + 1 < t1) {
+            load_kv(t + 1, buf ^ 1);
+            cp_commit();
+        }
+        if (!idle(t)) {  // warpgroup-uniform
+            float s[1][BN / 8][4];
+            #pragma unroll
+            for (int nt = 0; nt < BN / 8; ++nt) s[0][nt][0] = s[0][nt][1] = s[0][nt][2] = s[0][nt][3] = 0.f;
+            wg_fence();
+            #pragma unroll
+            for (int kk = 0; kk < 8; ++kk) {
+                const unsigned ko = (unsigned)((kk >> 2) * 16384 + 32 * (kk & 3));
+                wg_m64n128k16<0>(reinterpret_cast<float(&)[64]>(s), wg_desc(uQ + ko + wg * 8192, 16, 1024),
+                                 wg_desc(uK + buf * TB + ko, 16, 1024));
+            }
+            wg_commit();
+            wg_wait0();
+            #pragma unroll
+            for (int nt = 0; nt < BN / 8; ++nt)
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) s[0][nt][e] = ex2f(s[0][nt][e] * sl2 - lr[e >> 1]);
+            att_fwd_mask<1, BN>(s, qlo, t * BN, len, causal, window, fg, ft, 0.f);
+            float dp[BN / 8][4];
+            #pragma unroll
+            for (int nt = 0; nt < BN / 8; ++nt) dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.f;
+            wg_fence();
+            #pragma unroll
+            for (int kk = 0; kk < 8; ++kk) {
+                const unsigned ko = (unsigned)((kk >> 2) * 16384 + 32 * (kk & 3));
+                wg_m64n128k16<0>(reinterpret_cast<float(&)[64]>(dp), wg_desc(uO + ko + wg * 8192, 16, 1024),
+                                 wg_desc(uV + buf * TB + ko, 16, 1024));
+            }
+            wg_commit();
+            wg_wait0();
+            unsigned da[8][4];  // dS (bf16) as the rs product's A fragments: k16 step kk = keys 16 kk ..
+            #pragma unroll
+            for (int kk = 0; kk < 8; ++kk) {
+                float x[2][4];
+                #pragma unroll
+                for (int h = 0; h < 2; ++h)
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) x[h][e] = s[0][2 * kk + h][e] * (dp[2 * kk + h][e] - dr[e >> 1]);
+                da[kk][0] = pack2(x[0][0], x[0][1]);
+                da[kk][1] = pack2(x[0][2], x[0][3]);
+                da[kk][2] = pack2(x[1][0], x[1][1]);
+                da[kk][3] = pack2(x[1][2], x[1][3]);
+            }
+            wg_fence();  // dS is in registers before the products read it
+            #pragma unroll
+            for (int kk = 0; kk < 8; ++kk) wg_m64n128k16_rs<1>(acc, da[kk], wg_desc(uK + buf * TB + 2048 * kk, 16384, 1024));
+            wg_commit();
+            wg_wait0();
+        }
+    }
+    cp_wait0();
+    __syncthreads();  // every warpgroup is done with the tiles
+    // dq = scale * dQ through the K buffers (row-major [BM][LS])
+    bf16_t* sq = (bf16_t*)(base + 2 * TB);
+    #pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int row = qr + fg + 8 * r;
+        #pragma unroll
+        for (int nt = 0; nt < 16; ++nt)
+            *(unsigned*)(sq + row * LS + 8 * nt + 2 * ft) = pack2(acc[4 * nt + 2 * r] * scale, acc[4 * nt + 2 * r + 1] * scale);
+    }
+    __syncthreads();
+    att_store<BM, DP, NT>(dq + (bs + i0) * ldq + (idx_t)j * D, ldq, sq, LS, L, D, tid);
 #endif
 }

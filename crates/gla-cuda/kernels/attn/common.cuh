@@ -129,13 +129,14 @@ __device__ __forceinline__ AttFwdTile att_fwd_tile(const idx_t* __restrict__ bou
 // The forward's masking and online softmax on a warp's score fragments (MT m-tiles of 16 rows x
 // BN keys, the mma.sync m16n8 layout, which is also a warpgroup product's accumulator layout per
 // warp): attn/fwd.cu and attn/fwd_wg.cu.
-// Scores of masked (query, key) pairs to -inf (att_key_ok), for the m-tiles (first query
+// Scores of masked (query, key) pairs to -inf (att_key_ok; the backward's probabilities: to fill =
+// 0), for the m-tiles (first query
 // position qlo + 16 mt) that cross the tile's edges (at kt): the sequence end, the diagonal
 // (causal), the window's lower edge. Per row, the allowed keys are a range of the tile's
 // columns, so each score costs two compares against row constants.
 template <int MT, int BN>
 __device__ __forceinline__ void att_fwd_mask(float (&s)[MT][BN / 8][4], int qlo, int kt, int len, int causal, int window, int fg,
-                                             int ft) {
+                                             int ft, float fill = ATT_NEG_INF) {
     #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
         const int ql = qlo + 16 * mt;
@@ -152,7 +153,7 @@ __device__ __forceinline__ void att_fwd_mask(float (&s)[MT][BN / 8][4], int qlo,
                     #pragma unroll
                     for (int e = 0; e < 2; ++e) {
                         const int c = 8 * nt + e;
-                        s[mt][nt][2 * r + e] = c <= hi && c >= lo ? s[mt][nt][2 * r + e] : ATT_NEG_INF;
+                        s[mt][nt][2 * r + e] = c <= hi && c >= lo ? s[mt][nt][2 * r + e] : fill;
                     }
             }
         }
@@ -236,8 +237,8 @@ __device__ __forceinline__ void att_fwd_out(const float (&acc)[MT][DVP / 8][4], 
     }
 }
 
-// The backward's shared pieces (attn/bwd.cu, attn/bwd_wg.cu).
-// The query tiles (BQ rows) that can see a key of the BN-key tile at k0: [q0, q1).
+// The backward's query tiles (attn/bwd.cu, attn/bwd_wg.cu): the query tiles (BQ rows) that can
+// see a key of the BN-key tile at k0, [q0, q1).
 template <int BN, int BQ>
 __device__ __forceinline__ void att_kv_qtiles(int k0, int len, int causal, int window, int& q0, int& q1) {
     const int qbeg = causal ? k0 : 0;
@@ -245,57 +246,3 @@ __device__ __forceinline__ void att_kv_qtiles(int k0, int len, int causal, int w
     q0 = qbeg / BQ;
     q1 = (qend + BQ - 1) / BQ;
 }
-
-// Zeroes len rows (row stride ld) of C floats (C % 4 == 0) at a0, by the block's NT threads:
-// a backward block's part of its split's dQ sum (the rows of its sequence, the heads of its
-// group), before its first adds. The caller runs a GPU-scope fence (__threadfence) before the
-// barrier that precedes those adds, which orders these stores (through L1) before the adds (in
-// L2) of the other threads.
-template <int NT>
-__device__ __forceinline__ void att_dq_zero(float* a0, int len, idx_t ld, int C, int tid) {
-    const int per = C / 4;  // float4 per row
-    float4 z;
-    z.x = z.y = z.z = z.w = 0.f;
-    if (per <= NT) {  // NT / per rows at a time
-        const int rs = NT / per, r = tid / per, c = tid % per;
-        if (r < rs)
-            for (int i = r; i < len; i += rs) *(float4*)(a0 + i * ld + 4 * c) = z;
-    } else {
-        for (int i = 0; i < len; ++i)
-            for (int c = tid; c < per; c += NT) *(float4*)(a0 + i * ld + 4 * c) = z;
-    }
-}
-
-// Hopper's bulk reduce-add (sm_90; the warpgroup backward's dQ adds): `bytes` (a multiple of 16)
-// of f32 at shared address s added into global g (both 16-byte aligned) by the async proxy, one
-// bulk group per commit. The issuing thread waits on its groups: _read0 until their sources have
-// been read (the staging may be rewritten after a barrier), _0 until the adds are performed (the
-// next adds to the same elements then come after them: one order). The writer of global data a
-// bulk add later updates runs att_fence_proxy_global after its stores (generic proxy -> async).
-__device__ __forceinline__ void att_bulk_red_f32(float* g, unsigned s, unsigned bytes) {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(g), "r"(s), "r"(bytes) : "memory");
-#endif
-}
-__device__ __forceinline__ void att_bulk_commit() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.commit_group;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void att_bulk_wait_read0() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void att_bulk_wait0() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void att_fence_proxy_global() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("fence.proxy.async.global;\n" ::: "memory");
-#endif
-}
-// The barrier of warpgroup wg's 128 threads alone (named barrier 1 + wg; 0 is __syncthreads).
-__device__ __forceinline__ void att_bar_wg(int wg) { asm volatile("bar.sync %0, 128;\n" ::"r"(1 + wg) : "memory"); }

@@ -10,11 +10,11 @@
 //! | 64, 64     | `attn_{fwd,bwd_kvq,decode,decode_g1}_d64_dv64`                          |
 //! | 128, 128   | `attn_{bwd_kvq,decode,decode_g1}_d128_dv128`, the forward's [`FwdTile`] |
 //! |            | kernels `attn_fwd_wg_d128_dv128` (sm_90a), `attn_fwd_m2*_d128_dv128`,   |
-//! |            | the backward's [`BwdTile`] `attn_bwd_kvq_wg_d128_dv128` (sm_90a)        |
+//! |            | the backward's [`BwdTile`] `attn_bwd_{kv,dq}_wg_d128_dv128` (sm_90a)   |
 //! | otherwise  | nothing runs: [`attn_dims`] names the supported pairs                   |
 //!
-//! The backward runs `attn_bwd_pre`, `attn_bwd_kvq_*` ([`bwd_tile`]) and `attn_bwd_dq_sum` for
-//! every pair. The
+//! The backward runs `attn_bwd_pre`, then ([`bwd_tile`]) `attn_bwd_kvq_*` and `attn_bwd_dq_sum`
+//! for every pair, or on sm_90a for (128, 128) `attn_bwd_kv_wg_*` and `attn_bwd_dq_wg_*`. The
 //! decode step runs `attn_decode_g1_*` without grouping, `attn_decode_*` for 2 .. 8 query heads
 //! per kv head ([`decode_kernel`]).
 //!
@@ -84,14 +84,14 @@ const KVQ_MAX_SPLITS: usize = 8;
 /// inputs (one sequence of 2^18 tokens at 32 x 128 is 4 GiB per sum) stay at fewer splits.
 const KVQ_SPLIT_BYTES: usize = 4 << 30;
 
-/// Dynamic shared memory of the backward on `tile`: K [128][DP+8], V [128][DVP+8], Q 2 x
-/// [BQ][DP+8], dO 2 x [BQ][DVP+8], P and dS [BQ][128+8] bf16, lse and delta 2 x [BQ] f32.
-/// The warpgroup kernel ([`BwdTile::Wg2`]) takes 1024 bytes of alignment and 128-byte-swizzled
-/// tiles without padding: K, V [128][128], Q, dO 2 x [BQ][128], dS^T [128][BQ] bf16, lse and
-/// delta 2 x [BQ] f32, the dQ staging 2 x [BQ][72] f32 (attn/bwd_wg.cu).
+/// Dynamic shared memory of the backward's dK / dV kernel on `tile`: K [128][DP+8], V
+/// [128][DVP+8], Q 2 x [BQ][DP+8], dO 2 x [BQ][DVP+8], P and dS [BQ][128+8] bf16, lse and delta 2
+/// x [BQ] f32. The warpgroup kernel ([`BwdTile::Wg2`], `attn_bwd_kv_wg_d128_dv128`) takes 1024
+/// bytes of alignment and 128-byte-swizzled tiles without padding: K, V [128][128], Q, dO 2 x
+/// [BQ][128] bf16, lse and delta 2 x [BQ] f32 (attn/bwd_wg.cu).
 pub fn kvq_smem((dp, dvp): (usize, usize), tile: BwdTile) -> usize {
     match tile {
-        BwdTile::Wg2 => 1024 + 2 * (2 * KVQ_BN * 128 + 4 * KVQ_BQ * 128 + KVQ_BN * KVQ_BQ) + 4 * 4 * KVQ_BQ + 4 * 2 * KVQ_BQ * 72,
+        BwdTile::Wg2 => 1024 + 2 * (2 * KVQ_BN * 128 + 4 * KVQ_BQ * 128) + 4 * 4 * KVQ_BQ,
         BwdTile::W8 => {
             2 * (KVQ_BN * (dp + 8) + KVQ_BN * (dvp + 8) + 2 * KVQ_BQ * (dp + 8) + 2 * KVQ_BQ * (dvp + 8) + 2 * KVQ_BQ * (KVQ_BN + 8))
                 + 4 * 4 * KVQ_BQ
@@ -99,14 +99,16 @@ pub fn kvq_smem((dp, dvp): (usize, usize), tile: BwdTile) -> usize {
     }
 }
 
-/// The backward's dK / dV / dQ kernel (`attn_bwd_kvq_*`; both keep its contract: units, splits,
-/// the deterministic dQ sums).
+/// The backward's kernels after `attn_bwd_pre`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BwdTile {
-    /// 8 warps of mma.sync products (`attn_bwd_kvq_d{DP}_dv{DVP}`): every head dim pair.
+    /// 8 warps of mma.sync products (`attn_bwd_kvq_d{DP}_dv{DVP}`: dK, dV and dQ parts added into
+    /// the splits' f32 sums, then `attn_bwd_dq_sum`): every head dim pair.
     W8,
-    /// Two warpgroups of 64 keys on Hopper's warpgroup products (`attn_bwd_kvq_wg_d128_dv128`):
-    /// D = DV = 128 on sm_90a only.
+    /// Hopper's warpgroup products, dK / dV and dq apart: `attn_bwd_kv_wg_d128_dv128` (two
+    /// warpgroups of 64 keys per 128-key tile) and `attn_bwd_dq_wg_d128_dv128` (per 128-row query
+    /// tile of the forward's table, S and dP recomputed), no dQ sums: D = DV = 128 on sm_90a
+    /// only.
     Wg2,
 }
 
@@ -115,16 +117,18 @@ impl BwdTile {
     pub fn label(self) -> &'static str {
         match self {
             BwdTile::W8 => "bwd-kvq-8w",
-            BwdTile::Wg2 => "bwd-kvq-wg",
+            BwdTile::Wg2 => "bwd-kv+dq-wg",
         }
     }
     /// Every kernel (the benchmark times them all).
     pub const ALL: [BwdTile; 2] = [BwdTile::W8, BwdTile::Wg2];
 }
 
-/// The backward's kernel for `p` on a device of architecture `arch`: `GLA_ATTN_BWD=8w|wg` picks
+/// The backward's kernels for `p` on a device of architecture `arch`: `GLA_ATTN_BWD=8w|wg` picks
 /// one where it has a kernel (for checking and timing through the whole stack); else the
-/// warpgroup kernel where it runs (D = DV = 128 on sm_90a), the 8-warp one elsewhere.
+/// warpgroup kernels where they run (D = DV = 128 on sm_90a: faster than the 8-warp kernel at
+/// T = 2048, 8192 and 32768 on an H100, `bench/results/2026-12-05_h100_*_attn_bwd_wg.txt`), the
+/// 8-warp one elsewhere.
 pub fn bwd_tile(p: &AttnProblem, arch: &str) -> BwdTile {
     let dims = (p.d(), p.dv());
     let forced = match std::env::var("GLA_ATTN_BWD").as_deref() {
@@ -139,13 +143,14 @@ pub fn bwd_tile(p: &AttnProblem, arch: &str) -> BwdTile {
     }
 }
 
-/// The backward's dK / dV / dQ entry point for `dims` and `tile` on a device of architecture
-/// `arch`; `None` where that kernel has no instantiation (the warpgroup kernel: D = DV = 128 on
-/// sm_90a only).
+/// The backward's first entry point after `attn_bwd_pre` for `dims` and `tile` on a device of
+/// architecture `arch` (the dK / dV kernel; [`BwdTile::Wg2`] then runs
+/// `attn_bwd_dq_wg_d128_dv128`); `None` where that kernel has no instantiation (the warpgroup
+/// kernels: D = DV = 128 on sm_90a only).
 pub fn bwd_kernel(dims: (usize, usize), tile: BwdTile, arch: &str) -> Option<String> {
     match (tile, dims) {
         (BwdTile::W8, _) => Some(kernel("bwd_kvq", dims)),
-        (BwdTile::Wg2, (128, 128)) if arch == crate::runtime::ARCH_HOPPER => Some("attn_bwd_kvq_wg_d128_dv128".to_string()),
+        (BwdTile::Wg2, (128, 128)) if arch == crate::runtime::ARCH_HOPPER => Some("attn_bwd_kv_wg_d128_dv128".to_string()),
         _ => None,
     }
 }
@@ -174,6 +179,10 @@ pub fn kvq_units(p: &AttnProblem, splits: usize) -> (Vec<i32>, Vec<i32>) {
     seqs.sort_by_key(|&n| std::cmp::Reverse(p.seq(n).len()));
     seqs.iter().flat_map(|&n| (0..splits).map(move |s| (n as i32, s as i32))).unzip()
 }
+
+/// Dynamic shared memory of `attn_bwd_dq_wg_d128_dv128`: 1024 bytes of alignment, Q and dO
+/// [128][128], K and V 2 x [128][128] bf16 (swizzled), lse and delta [128] f32.
+pub const DQ_WG_SMEM: usize = 1024 + 6 * 128 * 128 * 2 + 2 * 4 * ATTN_BM;
 
 /// The backward's launch: grid (H_KV, units), 256 threads.
 pub fn kvq_cfg(h_kv: usize, units: usize, smem: usize) -> LaunchConfig {
@@ -416,11 +425,26 @@ mod tests {
         }
         // 228 KiB of shared memory per H100 / H200 SM, 1 KiB reserved per block
         assert!(kvq_smem((128, 128), BwdTile::W8) + 1024 <= 228 * 1024);
-        assert_eq!(kvq_smem((128, 128), BwdTile::Wg2), 186_368);
+        assert_eq!(kvq_smem((128, 128), BwdTile::Wg2), 133_120);
+        assert_eq!(DQ_WG_SMEM, 198_656);
         assert_eq!(bwd_kernel((64, 64), BwdTile::Wg2, "sm_90a"), None);
         assert_eq!(bwd_kernel((128, 128), BwdTile::Wg2, "sm_80"), None);
-        assert_eq!(bwd_kernel((128, 128), BwdTile::Wg2, "sm_90a").as_deref(), Some("attn_bwd_kvq_wg_d128_dv128"));
+        assert_eq!(bwd_kernel((128, 128), BwdTile::Wg2, "sm_90a").as_deref(), Some("attn_bwd_kv_wg_d128_dv128"));
         assert_eq!(bwd_kernel((64, 32), BwdTile::W8, "sm_90a").as_deref(), Some("attn_bwd_kvq_d64_dv32"));
+        // every entry the policy can name has a kernel source
+        for dims in [(64, 32), (64, 64), (128, 128)] {
+            for t in BwdTile::ALL {
+                if let Some(name) = bwd_kernel(dims, t, "sm_90a") {
+                    assert!(crate::kernels::source_of(&name).is_some(), "{name}");
+                }
+            }
+            for t in FwdTile::ALL {
+                if let Some(name) = fwd_kernel(dims, t, "sm_90a") {
+                    assert!(crate::kernels::source_of(&name).is_some(), "{name}");
+                }
+            }
+        }
+        assert!(crate::kernels::source_of("attn_bwd_dq_wg_d128_dv128").is_some());
     }
 
     #[test]

@@ -115,7 +115,7 @@ impl CudaAttn {
             dq: self.poisoned(p.q_len(), "dq")?,
             dk: self.poisoned(p.k_len(), "dk")?,
             dv: self.poisoned(p.v_len(), "dv")?,
-            dq_acc: self.poisoned(ops::AttnDevGrads::acc_len(&dp), "dq sums")?,
+            dq_acc: self.poisoned(ops::AttnDevGrads::acc_len(&dp, crate::dispatch::attn::bwd_tile(p, self.cuda.arch())), "dq sums")?,
         };
         let mut delta = self.poisoned::<f32>(p.lse_len(), "delta")?;
         ops::attn_bwd_ws(&self.cuda, &dp, &AttnDevInputs { q: &q, k: &k, v: &v }, &o, &lse, &dob, &mut delta, &mut g)?;

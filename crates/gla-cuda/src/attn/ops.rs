@@ -175,37 +175,52 @@ pub struct AttnDevGrads {
     pub dk: CudaSlice<u16>,
     /// `[B,T,H_KV,DV]`, summed over each group's query heads.
     pub dv: CudaSlice<u16>,
-    /// `[splits][B,T,H,D]` f32 ([`AttnDevGrads::acc_len`]): the backward's dQ sums
-    /// (any contents; each backward zeroes what it adds to).
+    /// `[splits][B,T,H,D]` f32 ([`AttnDevGrads::acc_len`]): the 8-warp backward's dQ sums
+    /// (any contents; each backward zeroes what it adds to); one element where the backward
+    /// runs the warpgroup kernels, which keep none.
     pub dq_acc: CudaSlice<f32>,
 }
 
 impl AttnDevGrads {
-    /// Zeroed gradient buffers for `p` (rows past the last sequence stay 0) and the workspace.
+    /// Zeroed gradient buffers for `p` (rows past the last sequence stay 0) and the workspace of
+    /// the backward the dispatch policy picks on `cuda` ([`da::bwd_tile`]).
     ///
     /// # Errors
     /// Driver errors.
     pub fn alloc(cuda: &Cuda, dp: &DevAttnProblem) -> Result<Self> {
+        Self::alloc_for(cuda, dp, da::bwd_tile(&dp.problem, cuda.arch()))
+    }
+    /// [`AttnDevGrads::alloc`] with the workspace of the backward on `tile`.
+    ///
+    /// # Errors
+    /// Driver errors.
+    pub fn alloc_for(cuda: &Cuda, dp: &DevAttnProblem, tile: da::BwdTile) -> Result<Self> {
         let p = &dp.problem;
         Ok(Self {
             dq: cuda.alloc_zeros(p.q_len().max(1), "attn dq")?,
             dk: cuda.alloc_zeros(p.k_len().max(1), "attn dk")?,
             dv: cuda.alloc_zeros(p.v_len().max(1), "attn dv")?,
-            dq_acc: cuda.alloc_zeros(Self::acc_len(dp), "attn dq sums")?,
+            dq_acc: cuda.alloc_zeros(Self::acc_len(dp, tile), "attn dq sums")?,
         })
     }
-    /// Elements of [`AttnDevGrads::dq_acc`] for `dp`: one `[B,T,H,D]` sum per split of the
-    /// backward (the count [`DevAttnProblem::new`] chose, [`da::kvq_splits`]).
-    pub fn acc_len(dp: &DevAttnProblem) -> usize {
-        dp.splits * dp.problem.q_len().max(1)
+    /// Elements of [`AttnDevGrads::dq_acc`] for `dp` on `tile`: one `[B,T,H,D]` sum per split of
+    /// the 8-warp backward (the count [`DevAttnProblem::new`] chose, [`da::kvq_splits`]); 1 for
+    /// the warpgroup kernels.
+    pub fn acc_len(dp: &DevAttnProblem, tile: da::BwdTile) -> usize {
+        match tile {
+            da::BwdTile::W8 => dp.splits * dp.problem.q_len().max(1),
+            da::BwdTile::Wg2 => 1,
+        }
     }
 }
 
 /// The backward over caller-held buffers: `attn_bwd_pre` (`delta [B,T,H]` f32 = rowsum(dO * O),
-/// the workspace), `attn_bwd_kvq_*` (dk, dv per key tile over the group's heads in order, dQ
-/// parts added into the key tile's split's sum in `g.dq_acc`) and `attn_bwd_dq_sum` (dq = scale *
-/// the sum of the splits' sums). `o` and `lse` are the forward's.
-/// Deterministic (every dQ sum element has one adding thread: the same bits on every run).
+/// the workspace), then on the dispatch policy's kernels ([`da::bwd_tile`]) either
+/// `attn_bwd_kvq_*` (dk, dv per key tile over the group's heads in order, dQ parts added into the
+/// key tile's split's sum in `g.dq_acc`) and `attn_bwd_dq_sum` (dq = scale * the sum of the
+/// splits' sums), or `attn_bwd_kv_wg_*` (dk, dv) and `attn_bwd_dq_wg_*` (dq per query tile).
+/// `o` and `lse` are the forward's. Deterministic (every dQ sum element has one adding thread;
+/// the warpgroup kernels add nothing across blocks: the same bits on every run).
 ///
 /// # Errors
 /// [`Error::Op`] for wrong lengths (the gradients must hold at least the problem's elements);
@@ -286,16 +301,16 @@ pub fn attn_bwd_tile(
     check_len(op, "dq", p.q_len().max(1), g.dq.len())?;
     check_len(op, "dk", p.k_len().max(1), g.dk.len())?;
     check_len(op, "dv", p.v_len().max(1), g.dv.len())?;
-    check_len(op, "dq_acc", dp.splits * p.q_len().max(1), g.dq_acc.len())?;
+    check_len(op, "dq_acc", AttnDevGrads::acc_len(dp, tile), g.dq_acc.len())?;
     if dp.n_tiles == 0 {
         return Ok(());
     }
     let (h, hk, d, dv, causal, w, sl2, scale) = scalars(p);
     let nrh = p.lse_len() as i64;
     // SAFETY: each launch's arguments match its kernel's signature; every length was checked
-    // against the problem (dq_acc against the splits the units were cut for); delta is written
-    // by attn_bwd_pre before its readers, the dQ sums by attn_bwd_kvq before attn_bwd_dq_sum
-    // (one stream)
+    // against the problem (dq_acc against the splits the units were cut for, where the kernels
+    // use it); delta is written by attn_bwd_pre before its readers, the dQ sums by attn_bwd_kvq
+    // before attn_bwd_dq_sum (one stream)
     unsafe {
         if parts.pre {
             cuda.launch("attn_bwd_pre", da::pre_cfg(p.lse_len()), &[o, d_o, &*delta, &nrh, &dv])?;
@@ -307,32 +322,33 @@ pub fn attn_bwd_tile(
             let name = da::bwd_kernel(dp.dims, tile, cuda.arch())
                 .ok_or_else(|| unsupported(format!("{op}: no {tile:?} kernel for (D, DV) = {:?} on {}", dp.dims, cuda.arch())))?;
             let (stride, splits) = (p.q_len() as i64, dp.splits as i32);
+            let cfg = da::kvq_cfg(p.h_kv(), dp.n_units, da::kvq_smem(dp.dims, tile));
+            let units = (&dp.bounds, &dp.unit_seq, &dp.unit_split, &splits);
+            if tile == da::BwdTile::Wg2 {
+                // dk, dv per key tile, then dq per query tile of the forward's 128-row table: no
+                // dQ sums
+                cuda.launch(
+                    &name,
+                    cfg,
+                    &[
+                        x.q, x.k, x.v, d_o, lse, &*delta, &g.dk, &g.dv, units.0, units.1, units.2, units.3, &h, &hk, &d, &dv, &causal, &w,
+                        &sl2, &scale,
+                    ],
+                )?;
+                let cfg = da::fwd_cfg(p.h(), dp.n_tiles, da::DQ_WG_SMEM, da::FwdTile::Wg2);
+                let (seq, q0) = (&dp.tile_seq, &dp.tile_q0);
+                return cuda.launch(
+                    "attn_bwd_dq_wg_d128_dv128",
+                    cfg,
+                    &[x.q, x.k, x.v, d_o, lse, &*delta, &g.dq, &dp.bounds, seq, q0, &h, &hk, &d, &dv, &causal, &w, &sl2, &scale],
+                );
+            }
             cuda.launch(
                 &name,
-                da::kvq_cfg(p.h_kv(), dp.n_units, da::kvq_smem(dp.dims, tile)),
+                cfg,
                 &[
-                    x.q,
-                    x.k,
-                    x.v,
-                    d_o,
-                    lse,
-                    &*delta,
-                    &g.dk,
-                    &g.dv,
-                    &g.dq_acc,
-                    &stride,
-                    &dp.bounds,
-                    &dp.unit_seq,
-                    &dp.unit_split,
-                    &splits,
-                    &h,
-                    &hk,
-                    &d,
-                    &dv,
-                    &causal,
-                    &w,
-                    &sl2,
-                    &scale,
+                    x.q, x.k, x.v, d_o, lse, &*delta, &g.dk, &g.dv, &g.dq_acc, &stride, units.0, units.1, units.2, units.3, &h, &hk, &d,
+                    &dv, &causal, &w, &sl2, &scale,
                 ],
             )?;
             // the sequences' rows: bounds[0] .. bounds[N]

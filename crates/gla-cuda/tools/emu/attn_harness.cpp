@@ -271,19 +271,19 @@ static void run(const Case& c, uint64_t seed) {
         report("dk" + tag, rel(fromb(fk), rg.dk));
         report("dv" + tag, rel(fromb(fv), rg.dv));
         if (DP == 128 && !us.empty()) {
-            // the wgmma backward (attn/bwd_wg.cu, the sm_90a default for D = 128) on the same
-            // units and splits
-            std::fill(acc.begin(), acc.end(), NAN);
+            // the wgmma backward (attn/bwd_wg.cu, the sm_90a default for D = 128): dK, dV on the
+            // same units (attn_bwd_kv_wg), dq on the forward's 128-row tiles (attn_bwd_dq_wg)
             std::fill(fq.begin(), fq.end(), (bf16_t)0x7fc0);
             std::fill(fk.begin(), fk.end(), (bf16_t)0x7fc0);
             std::fill(fv.begin(), fv.end(), (bf16_t)0x7fc0);
-            emu::launch(dim3{(unsigned)HK, (unsigned)us.size(), 1}, dim3{256, 1, 1}, 1024 + 4 * 32768 + 16384 + 1024 + 2 * 64 * 72 * 4, [&] {
-                attn_bwd_kvq_wg_d128_dv128(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), fk.data(), fv.data(),
-                                           acc.data(), stride, p.b.data(), us.data(), usp.data(), S, H, HK, D, DV, causal, win, sl2, sc);
+            emu::launch(dim3{(unsigned)HK, (unsigned)us.size(), 1}, dim3{256, 1, 1}, 1024 + 4 * 32768 + 1024, [&] {
+                attn_bwd_kv_wg_d128_dv128(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), fk.data(), fv.data(),
+                                          p.b.data(), us.data(), usp.data(), S, H, HK, D, DV, causal, win, sl2, sc);
             });
-            const long long e0 = p.b[0] * H * D, e1 = p.b[p.N] * H * D;
-            emu::launch(dim3{(unsigned)((e1 - e0 + 1023) / 1024), 1, 1}, dim3{256, 1, 1}, 0,
-                        [&] { attn_bwd_dq_sum(acc.data(), fq.data(), e0, e1, stride, S, sc); });
+            emu::launch(dim3{(unsigned)H, (unsigned)ts.size(), 1}, dim3{256, 1, 1}, 1024 + 6 * 32768 + 1024, [&] {
+                attn_bwd_dq_wg_d128_dv128(qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), fq.data(), p.b.data(),
+                                          ts.data(), tq.data(), H, HK, D, DV, causal, win, sl2, sc);
+            });
             report("dq (wgmma)" + tag, rel(fromb(fq), rg.dq));
             report("dk (wgmma)" + tag, rel(fromb(fk), rg.dk));
             report("dv (wgmma)" + tag, rel(fromb(fv), rg.dv));

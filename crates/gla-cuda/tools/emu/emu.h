@@ -449,22 +449,6 @@ inline void att_red2(float* p, float a, float b) {
     p[0] += a;
     p[1] += b;
 }
-// attn/common.cuh's bulk reduce-add, performed at issue (fibers run one at a time); its commit,
-// waits and proxy fence order nothing more
-inline void att_bulk_red_f32(float* g, unsigned s, unsigned bytes) {
-    if (((uintptr_t)g & 15) || (s & 15) || (bytes & 15)) {
-        std::fprintf(stderr, "emu: misaligned bulk reduce %p <- %u (%u bytes)\n", (void*)g, s, bytes);
-        std::abort();
-    }
-    const float* src = (const float*)(emu::g_dyn + s);
-    for (unsigned i = 0; i < bytes / 4; ++i) g[i] += src[i];
-}
-inline void att_bulk_commit() {}
-inline void att_bulk_wait_read0() {}
-inline void att_bulk_wait0() {}
-inline void att_fence_proxy_global() {}
-// attn/common.cuh's warpgroup barrier (the caller's own warpgroup: wg = threadIdx.x / 128)
-inline void att_bar_wg(int) { emu::syncgroup(); }
 // common/wgmma.cuh's warpgroup products: a thread's accumulators computed at issue from the
 // operands in shared memory (fibers run one at a time, so the tiles every thread stored before
 // the barrier are in place); the fences, commit and wait order nothing more. Only the
