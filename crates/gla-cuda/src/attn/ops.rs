@@ -26,6 +26,15 @@ fn check_len(op: &'static str, tensor: &'static str, expected: usize, got: usize
     }
 }
 
+/// A workspace holds at least `least` elements (one sized for another kernel may be larger).
+fn check_at_least(op: &'static str, tensor: &'static str, least: usize, got: usize) -> Result<()> {
+    if got >= least {
+        Ok(())
+    } else {
+        Err(Error::Op(gla_core::Error::ShapeMismatch { op, tensor, expected: format!("at least {least} elements"), numel: least, got }))
+    }
+}
+
 /// The device-side description of an [`AttnProblem`]: the sequence bounds and the tile tables
 /// ([`da::query_tiles`], [`da::kvq_units`]) on the device, the backward's split count ([`da::kvq_splits`] for the device's SMs), the kernels' head dims, the
 /// problem.
@@ -301,7 +310,7 @@ pub fn attn_bwd_tile(
     check_len(op, "dq", p.q_len().max(1), g.dq.len())?;
     check_len(op, "dk", p.k_len().max(1), g.dk.len())?;
     check_len(op, "dv", p.v_len().max(1), g.dv.len())?;
-    check_len(op, "dq_acc", AttnDevGrads::acc_len(dp, tile), g.dq_acc.len())?;
+    check_at_least(op, "dq_acc", AttnDevGrads::acc_len(dp, tile), g.dq_acc.len())?;
     if dp.n_tiles == 0 {
         return Ok(());
     }
