@@ -122,18 +122,10 @@ __device__ __forceinline__ void attn_bwd_kvq(const bf16_t* __restrict__ q, const
             const int LQr = min(BQ, len - i0);
             att_tile<BQ, DP, NT>(sQ + b * BQ * LQ, LQ, q + (bs + i0) * ldq + (idx_t)j * D, ldq, LQr, D, tid);
             att_tile<BQ, DVP, NT>(sO + b * BQ * LV, LV, d_o + (bs + i0) * ldo + (idx_t)j * DV, ldo, LQr, DV, tid);
-            if (tid < BQ) {
-                const bool ok = tid < LQr;
-                const idx_t r = (bs + i0 + tid) * H + j;
-                nl = ok ? lse[r] : ATT_POS_INF;
-                nd = ok ? delta[r] : 0.f;
-            }
+            if (tid < BQ) att_bwd_stats(lse, delta, (bs + i0) * H + j, H, tid, LQr, nl, nd);
         };
         auto put = [&](int b) {
-            if (tid < BQ) {
-                sL[b * BQ + tid] = nl * ATT_L2E;
-                sD[b * BQ + tid] = nd;
-            }
+            if (tid < BQ) att_bwd_stats_put(sL + b * BQ, sD + b * BQ, tid, nl, nd);
         };
         if (nit > 0) {
             issue(0, 0);

@@ -27,18 +27,6 @@
 //
 // Entry points: attn_bwd_kv_wg_d128_dv128 attn_bwd_dq_wg_d128_dv128
 
-// An m64n64 accumulator (rows x 64 columns) packed to bf16 as four k16 A fragments of an rs product
-// over its columns (a[kk]: columns 16 kk .. 16 kk + 15; the mma.sync m16n8k16 A layout).
-__device__ __forceinline__ void att_wg_pack(unsigned (&a)[4][4], const float (&x)[8][4]) {
-    #pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-        a[kk][0] = pack2(x[2 * kk][0], x[2 * kk][1]);
-        a[kk][1] = pack2(x[2 * kk][2], x[2 * kk][3]);
-        a[kk][2] = pack2(x[2 * kk + 1][0], x[2 * kk + 1][1]);
-        a[kk][3] = pack2(x[2 * kk + 1][2], x[2 * kk + 1][3]);
-    }
-}
-
 extern "C" __global__ void __launch_bounds__(256, 1)
     attn_bwd_kv_wg_d128_dv128(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
                               const bf16_t* __restrict__ d_o, const float* __restrict__ lse, const float* __restrict__ delta,
@@ -83,18 +71,10 @@ extern "C" __global__ void __launch_bounds__(256, 1)
             const int LQr = min(BQ, len - i0);
             wg_tile_cp<BQ, NT>(uQ + b * TQ, q + (bs + i0) * ldq + (idx_t)j * D, ldq, LQr, tid);
             wg_tile_cp<BQ, NT>(uO + b * TQ, d_o + (bs + i0) * ldo + (idx_t)j * DV, ldo, LQr, tid);
-            if (tid < BQ) {
-                const bool ok = tid < LQr;
-                const idx_t r = (bs + i0 + tid) * H + j;
-                nl = ok ? lse[r] : ATT_POS_INF;
-                nd = ok ? delta[r] : 0.f;
-            }
+            if (tid < BQ) att_bwd_stats(lse, delta, (bs + i0) * H + j, H, tid, LQr, nl, nd);
         };
         auto put = [&](int b) {
-            if (tid < BQ) {
-                sL[b * BQ + tid] = nl * ATT_L2E;
-                sD[b * BQ + tid] = nd;
-            }
+            if (tid < BQ) att_bwd_stats_put(sL + b * BQ, sD + b * BQ, tid, nl, nd);
         };
         if (nit > 0) {
             issue(0, 0);
@@ -107,8 +87,6 @@ extern "C" __global__ void __launch_bounds__(256, 1)
         for (int i = 0; i < 64; ++i) dK[i] = dV[i] = 0.f;
         const int klo = k0 + 64 * wg + 16 * w;  // the warp's first key
 
-        // the previous key tile's adds are complete before this one's start (the same elements of
-        // the sums: one order)
         for (int it = 0; it < nit; ++it) {
             const int b = it & 1;
             cp_wait0();
@@ -130,14 +108,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
             float s[8][4];  // m64n64 accumulator: rows = keys, columns = queries
             #pragma unroll
             for (int nt = 0; nt < 8; ++nt) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-            wg_fence();
-            #pragma unroll
-            for (int kk = 0; kk < 8; ++kk) {  // D in two 64-wide blocks: 128 key rows (K) or 64 query rows (Q) each
-                const unsigned ck = (unsigned)((kk >> 2) * (TK / 2) + 32 * (kk & 3)) + wg * 8192, cq = (unsigned)((kk >> 2) * (TQ / 2) + 32 * (kk & 3));
-                wg_m64n64k16<0, 0>(reinterpret_cast<float(&)[32]>(s), wg_desc(uK + ck, 16, 1024), wg_desc(uQb + cq, 16, 1024));
-            }
-            wg_commit();
-            wg_wait0();
+            wg_mma_k128<BQ, BN, BQ>(reinterpret_cast<float(&)[32]>(s), uK + wg * 8192, uQb);
             #pragma unroll
             for (int nt = 0; nt < 8; ++nt)
                 #pragma unroll
@@ -156,18 +127,11 @@ extern "C" __global__ void __launch_bounds__(256, 1)
                         s[nt][e] = ok ? s[nt][e] : 0.f;
                     }
             }
-            att_wg_pack(pa, s);
+            wg_pack_a<4>(pa, s);
             float dp[8][4];
             #pragma unroll
             for (int nt = 0; nt < 8; ++nt) dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.f;
-            wg_fence();
-            #pragma unroll
-            for (int kk = 0; kk < 8; ++kk) {
-                const unsigned ck = (unsigned)((kk >> 2) * (TK / 2) + 32 * (kk & 3)) + wg * 8192, cq = (unsigned)((kk >> 2) * (TQ / 2) + 32 * (kk & 3));
-                wg_m64n64k16<0, 0>(reinterpret_cast<float(&)[32]>(dp), wg_desc(uV + ck, 16, 1024), wg_desc(uOb + cq, 16, 1024));
-            }
-            wg_commit();
-            wg_wait0();
+            wg_mma_k128<BQ, BN, BQ>(reinterpret_cast<float(&)[32]>(dp), uV + wg * 8192, uOb);
             #pragma unroll
             for (int nt = 0; nt < 8; ++nt)
                 #pragma unroll
@@ -176,7 +140,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
                     dp[nt][c] = s[nt][c] * (dp[nt][c] - dc);
                     dp[nt][2 + c] = s[nt][2 + c] * (dp[nt][2 + c] - dc);
                 }
-            att_wg_pack(da, dp);
+            wg_pack_a<4>(da, dp);
             // buffer b ^ 1's lse and delta were last read in iteration it - 1, before this one's barrier
             if (it + 1 < nit) put(b ^ 1);
             wg_fence();  // P^T, dS^T are in registers before the products read them
@@ -259,10 +223,9 @@ extern "C" __global__ void __launch_bounds__(256, 1)
     load_kv(t0, 0);
     cp_commit();
     if (tid < BM) {
-        const bool ok = tid < L;
-        const idx_t r = (bs + i0 + tid) * H + j;
-        sL[tid] = ok ? lse[r] * ATT_L2E : ATT_POS_INF;
-        sD[tid] = ok ? delta[r] : 0.f;
+        float nl, nd;
+        att_bwd_stats(lse, delta, (bs + i0) * H + j, H, tid, L, nl, nd);
+        att_bwd_stats_put(sL, sD, tid, nl, nd);
     }
 
     const int qr = 64 * wg + 16 * w;  // the warp's first row in the tile
@@ -297,15 +260,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
             float s[1][BN / 8][4];
             #pragma unroll
             for (int nt = 0; nt < BN / 8; ++nt) s[0][nt][0] = s[0][nt][1] = s[0][nt][2] = s[0][nt][3] = 0.f;
-            wg_fence();
-            #pragma unroll
-            for (int kk = 0; kk < 8; ++kk) {
-                const unsigned ko = (unsigned)((kk >> 2) * 16384 + 32 * (kk & 3));
-                wg_m64n128k16<0>(reinterpret_cast<float(&)[64]>(s), wg_desc(uQ + ko + wg * 8192, 16, 1024),
-                                 wg_desc(uK + buf * TB + ko, 16, 1024));
-            }
-            wg_commit();
-            wg_wait0();
+            wg_mma_k128<BN, BM, BN>(reinterpret_cast<float(&)[64]>(s), uQ + wg * 8192, uK + buf * TB);
             #pragma unroll
             for (int nt = 0; nt < BN / 8; ++nt)
                 #pragma unroll
@@ -314,28 +269,13 @@ extern "C" __global__ void __launch_bounds__(256, 1)
             float dp[BN / 8][4];
             #pragma unroll
             for (int nt = 0; nt < BN / 8; ++nt) dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.f;
-            wg_fence();
+            wg_mma_k128<BN, BM, BN>(reinterpret_cast<float(&)[64]>(dp), uO + wg * 8192, uV + buf * TB);
             #pragma unroll
-            for (int kk = 0; kk < 8; ++kk) {
-                const unsigned ko = (unsigned)((kk >> 2) * 16384 + 32 * (kk & 3));
-                wg_m64n128k16<0>(reinterpret_cast<float(&)[64]>(dp), wg_desc(uO + ko + wg * 8192, 16, 1024),
-                                 wg_desc(uV + buf * TB + ko, 16, 1024));
-            }
-            wg_commit();
-            wg_wait0();
-            unsigned da[8][4];  // dS (bf16) as the rs product's A fragments: k16 step kk = keys 16 kk ..
-            #pragma unroll
-            for (int kk = 0; kk < 8; ++kk) {
-                float x[2][4];
+            for (int nt = 0; nt < BN / 8; ++nt)
                 #pragma unroll
-                for (int h = 0; h < 2; ++h)
-                    #pragma unroll
-                    for (int e = 0; e < 4; ++e) x[h][e] = s[0][2 * kk + h][e] * (dp[2 * kk + h][e] - dr[e >> 1]);
-                da[kk][0] = pack2(x[0][0], x[0][1]);
-                da[kk][1] = pack2(x[0][2], x[0][3]);
-                da[kk][2] = pack2(x[1][0], x[1][1]);
-                da[kk][3] = pack2(x[1][2], x[1][3]);
-            }
+                for (int e = 0; e < 4; ++e) dp[nt][e] = s[0][nt][e] * (dp[nt][e] - dr[e >> 1]);
+            unsigned da[8][4];  // dS (bf16) as the rs product's A fragments: k16 step kk = keys 16 kk ..
+            wg_pack_a<8>(da, dp);
             wg_fence();  // dS is in registers before the products read it
             #pragma unroll
             for (int kk = 0; kk < 8; ++kk) wg_m64n128k16_rs<1>(acc, da[kk], wg_desc(uK + buf * TB + 2048 * kk, 16384, 1024));

@@ -246,3 +246,19 @@ __device__ __forceinline__ void att_kv_qtiles(int k0, int len, int causal, int w
     q0 = qbeg / BQ;
     q1 = (qend + BQ - 1) / BQ;
 }
+
+// The backward's lse and delta of query row `r` of a tile (its rows at lse / delta + r H; rows
+// r >= L past the sequence's end get lse = +inf and delta = 0, so their P and dS are 0): read
+// into registers while the tile's operands load (att_bwd_stats), stored beside them after the
+// barrier that frees the buffer (att_bwd_stats_put: lse in log2 units).
+__device__ __forceinline__ void att_bwd_stats(const float* __restrict__ lse, const float* __restrict__ delta, idx_t r0, int H, int r,
+                                              int L, float& nl, float& nd) {
+    const bool ok = r < L;
+    const idx_t x = r0 + (idx_t)r * H;
+    nl = ok ? lse[x] : ATT_POS_INF;
+    nd = ok ? delta[x] : 0.f;
+}
+__device__ __forceinline__ void att_bwd_stats_put(float* sL, float* sD, int r, float nl, float nd) {
+    sL[r] = nl * ATT_L2E;
+    sD[r] = nd;
+}

@@ -90,25 +90,11 @@ extern "C" __global__ void __launch_bounds__(256, 1)
             float s[1][BN / 8][4];
             #pragma unroll
             for (int nt = 0; nt < BN / 8; ++nt) s[0][nt][0] = s[0][nt][1] = s[0][nt][2] = s[0][nt][3] = 0.f;
-            wg_fence();
-            #pragma unroll
-            for (int kk = 0; kk < 8; ++kk) {
-                const unsigned ko = (unsigned)((kk >> 2) * 16384 + 32 * (kk & 3));
-                wg_m64n128k16<0>(reinterpret_cast<float(&)[64]>(s), wg_desc(uQ + ko + wg * 8192, 16, 1024),
-                                 wg_desc(uK + buf * TB + ko, 16, 1024));
-            }
-            wg_commit();
-            wg_wait0();
+            wg_mma_k128<BN, BM, BN>(reinterpret_cast<float(&)[64]>(s), uQ + wg * 8192, uK + buf * TB);
             att_fwd_mask<1, BN>(s, qlo, t * BN, len, causal, window, fg, ft);
             att_fwd_softmax<1, BN, DVP>(s, m, l, acc, sa);
             unsigned pa[8][4];
-            #pragma unroll
-            for (int kk = 0; kk < 8; ++kk) {
-                pa[kk][0] = pack2(s[0][2 * kk][0], s[0][2 * kk][1]);
-                pa[kk][1] = pack2(s[0][2 * kk][2], s[0][2 * kk][3]);
-                pa[kk][2] = pack2(s[0][2 * kk + 1][0], s[0][2 * kk + 1][1]);
-                pa[kk][3] = pack2(s[0][2 * kk + 1][2], s[0][2 * kk + 1][3]);
-            }
+            wg_pack_a<8>(pa, s[0]);
             wg_fence();  // P and the rescaled O are in registers before the products read them
             #pragma unroll
             for (int kk = 0; kk < 8; ++kk)

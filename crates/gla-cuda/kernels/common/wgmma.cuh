@@ -127,3 +127,37 @@ __device__ __forceinline__ void wg_tile_cp(unsigned dst, const bf16_t* src, idx_
         cp16a(dst + (unsigned)((c >> 3) * R * 128) + wg_swz(r, c & 7), ok ? src + (idx_t)r * ldg + 8 * c : src, ok);
     }
 }
+
+// d = A B^T over a depth of 128 (fenced, committed and waited for; d's prior contents are added
+// to): A the 64 rows at shared address a, B the N (64 or 128) rows at b, both K-major in
+// swizzled tiles whose two 64-column blocks are RA x 128 and RB x 128 bytes apart (tiles of RA and
+// RB rows, as wg_tile_cp stores them). The attention kernels' S = Q K^T and dP = dO V^T.
+template <int N, int RA, int RB>
+__device__ __forceinline__ void wg_mma_k128(float (&d)[N / 2], unsigned a, unsigned b) {
+    wg_fence();
+    #pragma unroll
+    for (int kk = 0; kk < 8; ++kk) {
+        const unsigned oa = (unsigned)((kk >> 2) * RA * 128 + 32 * (kk & 3)), ob = (unsigned)((kk >> 2) * RB * 128 + 32 * (kk & 3));
+        if constexpr (N == 128) {
+            wg_m64n128k16<0>(d, wg_desc(a + oa, 16, 1024), wg_desc(b + ob, 16, 1024));
+        } else {
+            wg_m64n64k16<0, 0>(d, wg_desc(a + oa, 16, 1024), wg_desc(b + ob, 16, 1024));
+        }
+    }
+    wg_commit();
+    wg_wait0();
+}
+
+// A 64 x 16 KS accumulator (the m64nN layout, N = 16 KS: x[nt][e], n8 tile nt) packed to bf16 as
+// the A fragments of KS k16 steps of an rs product over its columns (a[kk]: columns 16 kk ..
+// 16 kk + 15, the mma.sync m16n8k16 A layout): an attention P for P V, P^T for P^T dO.
+template <int KS>
+__device__ __forceinline__ void wg_pack_a(unsigned (&a)[KS][4], const float (&x)[2 * KS][4]) {
+    #pragma unroll
+    for (int kk = 0; kk < KS; ++kk) {
+        a[kk][0] = pack2(x[2 * kk][0], x[2 * kk][1]);
+        a[kk][1] = pack2(x[2 * kk][2], x[2 * kk][3]);
+        a[kk][2] = pack2(x[2 * kk + 1][0], x[2 * kk + 1][1]);
+        a[kk][3] = pack2(x[2 * kk + 1][2], x[2 * kk + 1][3]);
+    }
+}

@@ -184,6 +184,12 @@ pub fn kvq_units(p: &AttnProblem, splits: usize) -> (Vec<i32>, Vec<i32>) {
 /// [128][128], K and V 2 x [128][128] bf16 (swizzled), lse and delta [128] f32.
 pub const DQ_WG_SMEM: usize = 1024 + 6 * 128 * 128 * 2 + 2 * 4 * ATTN_BM;
 
+/// The launch of `attn_bwd_dq_wg_d128_dv128`: grid (H, the forward's [`ATTN_BM`]-row tiles), two
+/// warpgroups.
+pub fn dq_wg_cfg(h: usize, tiles: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (h as u32, tiles as u32, 1), block_dim: (KVQ_THREADS, 1, 1), shared_mem_bytes: DQ_WG_SMEM as u32 }
+}
+
 /// The backward's launch: grid (H_KV, units), 256 threads.
 pub fn kvq_cfg(h_kv: usize, units: usize, smem: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (h_kv as u32, units as u32, 1), block_dim: (KVQ_THREADS, 1, 1), shared_mem_bytes: smem as u32 }

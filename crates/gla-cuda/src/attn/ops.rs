@@ -344,11 +344,10 @@ pub fn attn_bwd_tile(
                         &sl2, &scale,
                     ],
                 )?;
-                let cfg = da::fwd_cfg(p.h(), dp.n_tiles, da::DQ_WG_SMEM, da::FwdTile::Wg2);
                 let (seq, q0) = (&dp.tile_seq, &dp.tile_q0);
                 return cuda.launch(
                     "attn_bwd_dq_wg_d128_dv128",
-                    cfg,
+                    da::dq_wg_cfg(p.h(), dp.n_tiles),
                     &[x.q, x.k, x.v, d_o, lse, &*delta, &g.dq, &dp.bounds, seq, q0, &h, &hk, &d, &dv, &causal, &w, &sl2, &scale],
                 );
             }
