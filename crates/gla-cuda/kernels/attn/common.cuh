@@ -102,17 +102,22 @@ __device__ __forceinline__ void att_red2(float* p, float a, float b) {
 __device__ __forceinline__ unsigned att_lane_a(int ld, int l) { return 2u * (unsigned)(((l & 7) + 8 * ((l >> 3) & 1)) * ld + 8 * (l >> 4)); }
 __device__ __forceinline__ unsigned att_lane_b(int ld, int l) { return 2u * (unsigned)(((l & 7) + 8 * (l >> 4)) * ld + 8 * ((l >> 3) & 1)); }
 
-// The forward block's query tile and keys (attn/fwd.cu, attn/fwd_wg.cu): entry `tile` of the
-// host's table covers query rows i0 .. i0 + L - 1 (L <= BM) of the sequence at rows bs .. bs + len
-// - 1; the keys those rows can see lie in the BN-key tiles t0 .. t1 - 1 (causal: up to the tile's
-// last row; a window: from the first row's first key).
+// The query tile of a block that walks key tiles (the forwards, attn/fwd.cu and attn/fwd_wg.cu,
+// and the warpgroup backward's dq, attn/bwd_wg.cu): entry `tile` of the host's table covers query
+// rows i0 .. i0 + L - 1 (L <= BM) of the sequence at rows bs .. bs + len - 1; the keys those rows
+// can see lie in the BN-key tiles t0 .. t1 - 1 (causal: up to the tile's last row; a window: from
+// the first row's first key). Query head j reads kv head g = j / (H / HKV): kb, vb are its K, V
+// at the sequence's first row; ldq, ldk, ldv, ldo the row strides of q, k, v and o (or do).
 struct AttFwdTile {
-    idx_t bs;
+    idx_t bs, ldq, ldk, ldv, ldo;
     int len, i0, L, t0, t1;
+    const bf16_t* kb;
+    const bf16_t* vb;
 };
 template <int BM, int BN>
 __device__ __forceinline__ AttFwdTile att_fwd_tile(const idx_t* __restrict__ bounds, const int* __restrict__ tile_seq,
-                                                   const int* __restrict__ tile_q0, int tile, int causal, int window) {
+                                                   const int* __restrict__ tile_q0, int tile, int causal, int window, const bf16_t* k,
+                                                   const bf16_t* v, int j, int H, int HKV, int D, int DV) {
     AttFwdTile r;
     const int n = tile_seq[tile];
     r.i0 = tile_q0[tile];
@@ -123,6 +128,13 @@ __device__ __forceinline__ AttFwdTile att_fwd_tile(const idx_t* __restrict__ bou
     const int kbeg = window > 0 ? max(0, r.i0 - window + 1) : 0;
     r.t0 = kbeg / BN;
     r.t1 = (kend + BN - 1) / BN;
+    const int g = j / (H / HKV);
+    r.ldq = (idx_t)H * D;
+    r.ldk = (idx_t)HKV * D;
+    r.ldv = (idx_t)HKV * DV;
+    r.ldo = (idx_t)H * DV;
+    r.kb = k + r.bs * r.ldk + (idx_t)g * D;
+    r.vb = v + r.bs * r.ldv + (idx_t)g * DV;
     return r;
 }
 

@@ -104,13 +104,11 @@ __device__ __forceinline__ void attn_fwd(const bf16_t* __restrict__ q, const bf1
     DELTA_SMEM_END(smem, sV + 2 * BN * LV);
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const int j = blockIdx.x, tile = blockIdx.y;
-    const AttFwdTile qt = att_fwd_tile<BM, BN>(bounds, tile_seq, tile_q0, tile, causal, window);
-    const idx_t bs = qt.bs;
+    const AttFwdTile qt = att_fwd_tile<BM, BN>(bounds, tile_seq, tile_q0, tile, causal, window, k, v, j, H, HKV, D, DV);
+    const idx_t bs = qt.bs, ldq = qt.ldq, ldk = qt.ldk, ldv = qt.ldv, ldo = qt.ldo;
     const int len = qt.len, i0 = qt.i0, L = qt.L, t0 = qt.t0, t1 = qt.t1;
-    const int g = j / (H / HKV);
-    const idx_t ldq = (idx_t)H * D, ldk = (idx_t)HKV * D, ldv = (idx_t)HKV * DV, ldo = (idx_t)H * DV;
-    const bf16_t* kb = k + bs * ldk + (idx_t)g * D;
-    const bf16_t* vb = v + bs * ldv + (idx_t)g * DV;
+    const bf16_t* kb = qt.kb;
+    const bf16_t* vb = qt.vb;
     // the K / V tile t into buffer b (not committed)
     auto load_k = [&](int t, int b) {
         att_tile<BN, DP, NT>(sK + b * BN * LQ, LQ, kb + (idx_t)t * BN * ldk, ldk, len - t * BN, D, tid);

@@ -34,13 +34,11 @@ extern "C" __global__ void __launch_bounds__(256, 1)
     const unsigned uQ = smem_addr(base), uK = uQ + TB, uV = uK + 2 * TB;  // K, V: buffer b at + b TB
     const int tid = threadIdx.x, wg = tid >> 7, w = (tid >> 5) & 3, lane = tid & 31, fg = lane >> 2, ft = lane & 3;
     const int j = blockIdx.x, tile = blockIdx.y;
-    const AttFwdTile qt = att_fwd_tile<BM, BN>(bounds, tile_seq, tile_q0, tile, causal, window);
-    const idx_t bs = qt.bs;
+    const AttFwdTile qt = att_fwd_tile<BM, BN>(bounds, tile_seq, tile_q0, tile, causal, window, k, v, j, H, HKV, D, DV);
+    const idx_t bs = qt.bs, ldq = qt.ldq, ldk = qt.ldk, ldv = qt.ldv, ldo = qt.ldo;
     const int len = qt.len, i0 = qt.i0, L = qt.L, t0 = qt.t0, t1 = qt.t1;
-    const int g = j / (H / HKV);
-    const idx_t ldq = (idx_t)H * D, ldk = (idx_t)HKV * D, ldv = (idx_t)HKV * DV, ldo = (idx_t)H * DV;
-    const bf16_t* kb = k + bs * ldk + (idx_t)g * D;
-    const bf16_t* vb = v + bs * ldv + (idx_t)g * DV;
+    const bf16_t* kb = qt.kb;
+    const bf16_t* vb = qt.vb;
     auto load_kv = [&](int t, int b) {
         wg_tile_cp<BN, NT>(uK + b * TB, kb + (idx_t)t * BN * ldk, ldk, len - t * BN, tid);
         wg_tile_cp<BN, NT>(uV + b * TB, vb + (idx_t)t * BN * ldv, ldv, len - t * BN, tid);
