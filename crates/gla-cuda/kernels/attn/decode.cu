@@ -48,6 +48,20 @@ extern "C" __global__ void __launch_bounds__(256) attn_append(const bf16_t* __re
     }
 }
 
+// W 32-bit words from p (4 W-byte aligned) in one load.
+template <int W>
+__device__ __forceinline__ void att_ld_vec(unsigned (&x)[W], const bf16_t* p) {
+    if constexpr (W == 4) {
+        const uint4 u = *(const uint4*)p;
+        x[0] = u.x, x[1] = u.y, x[2] = u.z, x[3] = u.w;
+    } else if constexpr (W == 2) {
+        const uint2 u = *(const uint2*)p;
+        x[0] = u.x, x[1] = u.y;
+    } else {
+        x[0] = *(const unsigned*)p;
+    }
+}
+
 template <int DP, int DVP, int MG>
 __device__ __forceinline__ void attn_decode(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k_cache,
                                             const bf16_t* __restrict__ v_cache, const int* __restrict__ lens, float* __restrict__ po,
@@ -107,12 +121,13 @@ __device__ __forceinline__ void attn_decode(const bf16_t* __restrict__ q, const 
             for (int c = 0; c < VPL; ++c) vv[u][c] = 0.f;
             if (ok[u]) {
                 ku[u] = *(const uint4*)(kb + (idx_t)s * ldk);
-                const bf16_t* vp = vb + (idx_t)s * ldv;
+                // the lane's VPL values in one 2 VPL-byte load (VPL * kl is a multiple of VPL)
+                unsigned x[VPL / 2];
+                att_ld_vec<VPL / 2>(x, vb + (idx_t)s * ldv);
                 #pragma unroll
                 for (int c = 0; c < VPL / 2; ++c) {
-                    const unsigned x = *(const unsigned*)(vp + 2 * c);
-                    vv[u][2 * c] = bf_lo(x);
-                    vv[u][2 * c + 1] = bf_hi(x);
+                    vv[u][2 * c] = bf_lo(x[c]);
+                    vv[u][2 * c + 1] = bf_hi(x[c]);
                 }
             }
         }
