@@ -52,6 +52,9 @@ tail -1 "$L/check.txt" >> "$SUM"
 grep -E " (FAIL|fail)" "$L/check.txt" | head -20 >> "$SUM"
 step check_attn_8x32 120 env GLA_ATTN_FWD=8x32 "$G" check --device cuda --quick --filter attn
 tail -1 "$L/check_attn_8x32.txt" >> "$SUM"
+# the 8-warp backward, which the warpgroup kernels replace on sm_90a for D = 128
+step check_attn_bwd8w 120 env GLA_ATTN_BWD=8w "$G" check --device cuda --quick --filter attn
+tail -1 "$L/check_attn_bwd8w.txt" >> "$SUM"
 step bench_attn 150 "$G" bench attn --device cuda --json "$L/attn.json"
 tail -14 "$L/bench_attn.txt" >> "$SUM"
 # the backward's L2 working set: more splits put fewer (sequence, head) pairs in flight

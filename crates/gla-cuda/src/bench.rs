@@ -459,8 +459,9 @@ pub fn attn_fwd_flops(p: &gla_core::AttnProblem) -> f64 {
 /// `[batch, context]` in `decode` with the first shape's H, H_KV and D (the cache zeroed: the
 /// kernels' time does not depend on the values). Rows: `pass` is `fwd` (one row per warp split of
 /// the forward's tile, the dispatch policy's first, `kernel` naming it), `fwd+bwd`, `bwd` (each
-/// backward launch alone: `bwd-pre`, then `bwd-kvq-*` (with its dQ sum) per dK / dV / dQ kernel,
-/// the dispatch policy's first; bytes are the whole backward's)
+/// backward launch alone: `bwd-pre`, then the gradient launches of each [`BwdTile`] (its
+/// label: `bwd-kvq-8w` with its dQ sum, `bwd-kv+dq-wg`), the dispatch policy's first; bytes are
+/// the whole backward's)
 /// or `decode` (shape `[batch, context, H, D, DV]`, bytes = the cache read).
 ///
 /// # Errors
@@ -510,8 +511,9 @@ pub fn bench_attn(
             attn_bwd_ws(cuda, &dp, &x, &o, &lse, &d_o, &mut delta, &mut g)
         })?;
         rows.push(BenchRow { shape, pass: "fwd+bwd", kernel: "flash", ms, bytes: fwd_bytes + bwd_bytes, flops: 3.5 * ffl });
-        // the backward's launches one by one (delta left by the run above): the kvq kernel and
-        // its dQ sum do 5 products (2.5 forwards of FLOPs)
+        // the backward's launches one by one (delta left by the run above), credited with the
+        // 5 products of the backward (2.5 forwards of FLOPs: the useful work; the warpgroup
+        // kernels run 7, recomputing S and dP for dq)
         let pre = BwdParts { pre: true, kvq: false };
         let ms = time_ms(cuda, reps, &mut || attn_bwd_parts(cuda, &dp, &x, &o, &lse, &d_o, &mut delta, &mut g, pre))?;
         rows.push(BenchRow { shape, pass: "bwd", kernel: "bwd-pre", ms, bytes: bwd_bytes, flops: 0.0 });

@@ -187,7 +187,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
 // rows sees. The S products finish before the dP products start (both accumulators in flight
 // beside dQ's do not fit in 255 registers).
 // Dynamic smem: 1024 (alignment) + Q, dO 2 x 32 KB + K, V 2 x 2 x 32 KB + lse, delta 2 x 128 f32
-// = 198656 bytes (src/attn/dispatch.rs, dq_smem).
+// = 198656 bytes (src/attn/dispatch.rs, DQ_WG_SMEM).
 extern "C" __global__ void __launch_bounds__(256, 1)
     attn_bwd_dq_wg_d128_dv128(const bf16_t* __restrict__ q, const bf16_t* __restrict__ k, const bf16_t* __restrict__ v,
                               const bf16_t* __restrict__ d_o, const float* __restrict__ lse, const float* __restrict__ delta,

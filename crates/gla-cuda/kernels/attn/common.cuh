@@ -140,9 +140,9 @@ __device__ __forceinline__ AttFwdTile att_fwd_tile(const idx_t* __restrict__ bou
 
 // The forward's masking and online softmax on a warp's score fragments (MT m-tiles of 16 rows x
 // BN keys, the mma.sync m16n8 layout, which is also a warpgroup product's accumulator layout per
-// warp): attn/fwd.cu and attn/fwd_wg.cu.
-// Scores of masked (query, key) pairs to -inf (att_key_ok; the backward's probabilities: to fill =
-// 0), for the m-tiles (first query
+// warp): attn/fwd.cu, attn/fwd_wg.cu (and att_fwd_mask in attn/bwd_wg.cu's dq kernel).
+// Scores of masked (query, key) pairs to fill (-inf; the warpgroup dq kernel's probabilities: 0)
+// as att_key_ok masks them, for the m-tiles (first query
 // position qlo + 16 mt) that cross the tile's edges (at kt): the sequence end, the diagonal
 // (causal), the window's lower edge. Per row, the allowed keys are a range of the tile's
 // columns, so each score costs two compares against row constants.

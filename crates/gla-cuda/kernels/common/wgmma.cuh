@@ -1,8 +1,10 @@
-// common/wgmma.cuh: Hopper warpgroup matrix products (wgmma, sm_90a): the
-// shared-memory matrix descriptor of a 128-byte-swizzled bf16 tile, the async-proxy fence for
-// tiles written by ordinary stores, and m64n128k16 (bf16 x bf16 -> f32, both operands from shared
-// memory, or A from registers: _rs) with its fence / commit / wait. Only sm_90a builds the instructions; other targets
-// compile the entry points that use them to a trap (their hosts run them on sm_90a only).
+// common/wgmma.cuh: Hopper warpgroup matrix products (wgmma, sm_90a): the shared-memory matrix
+// descriptor of a 128-byte-swizzled bf16 tile, the async-proxy fence for tiles written by
+// ordinary stores or cp.async, m64n128k16 (bf16 x bf16 -> f32, both operands from shared memory,
+// or A from registers: _rs) and m64n64k16 (either operand MN-major) with their fence / commit /
+// wait; the swizzled-tile cp.async loader (wg_tile_cp), the 128-deep product (wg_mma_k128) and
+// the accumulator-to-A-fragment packing (wg_pack_a). Only sm_90a builds the instructions; other
+// targets compile the entry points that use them to a trap (their hosts run them on sm_90a only).
 //
 // Tile layout (128-byte swizzle, what the descriptor below describes): rows of 64 bf16 (128
 // bytes), 8 rows a 1024-byte atom (1024-byte aligned), the 16-byte chunk c of row r stored at
@@ -19,7 +21,8 @@
 __device__ __forceinline__ unsigned wg_swz(int r, int c) { return (unsigned)(r * 128 + ((c ^ (r & 7)) << 4)); }
 
 // The descriptor of a 128-byte-swizzled tile at shared byte address a (its atom 1024-byte
-// aligned; a k16 step adds 32 to a): lbo, sbo in bytes.
+// aligned; a k16 step adds 32 to a K-major operand's a, 16 rows (2048) to an MN-major one's):
+// lbo, sbo in bytes.
 __device__ __forceinline__ unsigned long long wg_desc(unsigned a, unsigned lbo, unsigned sbo) {
     return (unsigned long long)((a & 0x3ffffu) >> 4) | ((unsigned long long)((lbo >> 4) & 0x3fffu) << 16) |
            ((unsigned long long)((sbo >> 4) & 0x3fffu) << 32) | (1ull << 62);

@@ -10,7 +10,7 @@
 //! | 64, 64     | `attn_{fwd,bwd_kvq,decode,decode_g1}_d64_dv64`                          |
 //! | 128, 128   | `attn_{bwd_kvq,decode,decode_g1}_d128_dv128`, the forward's [`FwdTile`] |
 //! |            | kernels `attn_fwd_wg_d128_dv128` (sm_90a), `attn_fwd_m2*_d128_dv128`,   |
-//! |            | the backward's [`BwdTile`] `attn_bwd_{kv,dq}_wg_d128_dv128` (sm_90a)   |
+//! |            | the backward's [`BwdTile`] `attn_bwd_{kv,dq}_wg_d128_dv128` (sm_90a)    |
 //! | otherwise  | nothing runs: [`attn_dims`] names the supported pairs                   |
 //!
 //! The backward runs `attn_bwd_pre`, then ([`bwd_tile`]) `attn_bwd_kvq_*` and `attn_bwd_dq_sum`
@@ -19,8 +19,9 @@
 //! per kv head ([`decode_kernel`]).
 //!
 //! Tiles: the forward takes 128 query rows per block (`BM`; 256 for the 8 x 32 tile; the warps
-//! split it as [`FwdTile`] says), keys in tiles of 64 (`BN`; 128 on the warpgroup tile); the backward 128 keys per tile
-//! ([`KVQ_BN`]) and query tiles of 64 ([`KVQ_BQ`]).
+//! split it as [`FwdTile`] says), keys in tiles of 64 (`BN`; 128 on the warpgroup tile); the
+//! backward's dK / dV kernels 128 keys per tile ([`KVQ_BN`]) and query tiles of 64 ([`KVQ_BQ`]);
+//! the warpgroup dq kernel the forward's 128-row query tiles and 128-key tiles.
 
 use cudarc::driver::LaunchConfig;
 use gla_core::AttnProblem;
@@ -162,7 +163,9 @@ pub fn bwd_kernel(dims: (usize, usize), tile: BwdTile, arch: &str) -> Option<Str
 /// as many as keep the sums past the first within 4 GiB. `GLA_ATTN_SPLITS=n` asks for n instead
 /// (same bounds; for timing: more splits put fewer (sequence, head) pairs in flight, so their Q,
 /// dO rows stay in L2, at the cost of a dQ sum each). [`crate::attn::ops::DevAttnProblem`] calls
-/// it once and every buffer size follows that count.
+/// it once and every buffer size follows that count. The warpgroup dK / dV kernel
+/// ([`BwdTile::Wg2`]) runs the same units but keeps no sums, so the caps that bound the sums'
+/// memory bound its parallelism too (few blocks for a small N * H_KV with long sequences).
 pub fn kvq_splits(p: &AttnProblem, sms: usize) -> usize {
     let seqs = (0..p.n()).filter(|&n| !p.seq(n).is_empty()).count();
     let tiles = (0..p.n()).map(|n| p.seq(n).len().div_ceil(KVQ_BN)).max().unwrap_or(0);

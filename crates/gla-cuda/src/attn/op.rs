@@ -15,7 +15,8 @@ use crate::runtime::Cuda;
 /// Which GPU algorithm a [`CudaAttn`] runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AttnOpAlgo {
-    /// The flash forward and backward (`attn/fwd.cu`, `attn/bwd.cu`).
+    /// The flash forward and backward (`attn/fwd.cu`, `attn/bwd.cu`; on sm_90a for D = 128
+    /// `attn/fwd_wg.cu`, `attn/bwd_wg.cu`).
     Flash,
     /// The forward as decode steps over a device KV cache (`attn/decode.cu`): every sequence fed
     /// one token per step (append, split attention, combine), a sequence that has ended idle

@@ -253,7 +253,8 @@ pub fn attn_bwd_ws(
 pub struct BwdParts {
     /// `attn_bwd_pre` (delta).
     pub pre: bool,
-    /// `attn_bwd_kvq_*` and `attn_bwd_dq_sum` (dq, dk, dv; reads delta).
+    /// The gradients (dq, dk, dv; reads delta): `attn_bwd_kvq_*` and `attn_bwd_dq_sum`, or
+    /// `attn_bwd_kv_wg_*` and `attn_bwd_dq_wg_*` ([`da::BwdTile`]).
     pub kvq: bool,
 }
 
@@ -311,6 +312,12 @@ pub fn attn_bwd_tile(
     check_len(op, "dk", p.k_len().max(1), g.dk.len())?;
     check_len(op, "dv", p.v_len().max(1), g.dv.len())?;
     check_at_least(op, "dq_acc", AttnDevGrads::acc_len(dp, tile), g.dq_acc.len())?;
+    // the kernel is looked up before anything runs (an unsupported tile leaves delta untouched)
+    let name = da::bwd_kernel(dp.dims, tile, cuda.arch())
+        .ok_or_else(|| unsupported(format!("{op}: no {tile:?} kernel for (D, DV) = {:?} on {}", dp.dims, cuda.arch())))?;
+    if p.d() != dp.dims.0 {
+        return Err(unsupported(format!("{op}: the backward kernel takes D = DP; D = {}, DP = {}", p.d(), dp.dims.0)));
+    }
     if dp.n_tiles == 0 {
         return Ok(());
     }
@@ -325,11 +332,6 @@ pub fn attn_bwd_tile(
             cuda.launch("attn_bwd_pre", da::pre_cfg(p.lse_len()), &[o, d_o, &*delta, &nrh, &dv])?;
         }
         if parts.kvq {
-            if p.d() != dp.dims.0 {
-                return Err(unsupported(format!("{op}: the backward kernel takes D = DP; D = {}, DP = {}", p.d(), dp.dims.0)));
-            }
-            let name = da::bwd_kernel(dp.dims, tile, cuda.arch())
-                .ok_or_else(|| unsupported(format!("{op}: no {tile:?} kernel for (D, DV) = {:?} on {}", dp.dims, cuda.arch())))?;
             let (stride, splits) = (p.q_len() as i64, dp.splits as i32);
             let cfg = da::kvq_cfg(p.h_kv(), dp.n_units, da::kvq_smem(dp.dims, tile));
             let units = (&dp.bounds, &dp.unit_seq, &dp.unit_split, &splits);
