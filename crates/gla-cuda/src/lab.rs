@@ -5,7 +5,8 @@
 //! - [`wgmma_gemm`]: C = A B^T on `common/wgmma.cuh`'s Hopper warpgroup products (sm_90a), the
 //!   check of their descriptors, swizzled layouts and accumulator layout against the host's
 //!   product (`gla check --device cuda --filter lab`); [`wgmma_gemm64`] the same on m64n64k16
-//!   with A and B each K-major or MN-major (the transposed A the attention backward's dQ needs).
+//!   with A and B each K-major or MN-major (the transposed A a fused attention backward's dQ
+//!   needed), or on m64n32k16 halves (the 32-column tiles the delta kernels' plan needs).
 
 use cudarc::driver::LaunchConfig;
 
@@ -101,13 +102,23 @@ pub fn wgmma_gemm(cuda: &Cuda, a: &[u16], b: &[u16], (m, n, k): (usize, usize, u
 
 /// C `[M, N]` f32 = A B^T on `lab_wgmma_gemm64_bf16` (m64n64k16, one warpgroup per 64 x 64 tile
 /// of C): A bf16 given as `[M, K]` row-major, or as A^T `[K, M]` with `a_t` (an MN-major A,
-/// imm-trans-a); B as `[N, K]`, or as B^T `[K, N]` with `b_t`.
+/// imm-trans-a); B as `[N, K]`, or as B^T `[K, N]` with `b_t`. With `n32` each 64 x 64 tile is
+/// two m64n32k16 products, B's second half 32 rows (K-major) or 64 bytes of each swizzled row
+/// (MN-major) into its tile.
 ///
 /// # Errors
 /// As [`wgmma_gemm`], with N a multiple of 64.
-pub fn wgmma_gemm64(cuda: &Cuda, a: &[u16], b: &[u16], (m, n, k): (usize, usize, usize), a_t: bool, b_t: bool) -> Result<Vec<f32>> {
+pub fn wgmma_gemm64(
+    cuda: &Cuda,
+    a: &[u16],
+    b: &[u16],
+    (m, n, k): (usize, usize, usize),
+    a_t: bool,
+    b_t: bool,
+    n32: bool,
+) -> Result<Vec<f32>> {
     let mn = gemm_checks("lab_wgmma_gemm64_bf16", cuda, a, b, (m, n, k), 64)?;
-    let (mi, ni, ki, ta, tb) = (m as i32, n as i32, k as i32, i32::from(a_t), i32::from(b_t));
+    let (mi, ni, ki, ta, tb, h) = (m as i32, n as i32, k as i32, i32::from(a_t), i32::from(b_t), i32::from(n32));
     let da = cuda.upload(a, "lab A")?;
     let db = cuda.upload(b, "lab B")?;
     let dc = cuda.alloc_zeros::<f32>(mn, "lab C")?;
@@ -115,7 +126,7 @@ pub fn wgmma_gemm64(cuda: &Cuda, a: &[u16], b: &[u16], (m, n, k): (usize, usize,
         LaunchConfig { grid_dim: ((n / 64) as u32, (m / 64) as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 1024 + 8192 + 8192 };
     // SAFETY: the arguments match lab_wgmma_gemm64_bf16's parameters; A, B and C hold the M K,
     // N K and M N elements the grid reads and writes (checked above)
-    unsafe { cuda.launch("lab_wgmma_gemm64_bf16", cfg, &[&da, &db, &dc, &mi, &ni, &ki, &ta, &tb])? };
+    unsafe { cuda.launch("lab_wgmma_gemm64_bf16", cfg, &[&da, &db, &dc, &mi, &ni, &ki, &ta, &tb, &h])? };
     cuda.sync()?;
     cuda.stream().clone_dtoh(&dc).map_err(Error::driver("download lab C"))
 }

@@ -1,8 +1,8 @@
 //! The lab kernels' rows (case names `lab-*`, run only under `--filter lab`): `kernels/lab/` under
 //! study against the host. `lab-wgmma-gemm-*`: C = A B^T on the Hopper warpgroup products
 //! ([`gla_cuda::lab::wgmma_gemm`]) with B K-major and MN-major, A from shared memory and from
-//! registers, and on m64n64k16 ([`gla_cuda::lab::wgmma_gemm64`]) with A and B each K-major or
-//! MN-major, against the f64 product of the same
+//! registers, and on m64n64k16 ([`gla_cuda::lab::wgmma_gemm64`], rows `c64-*`) with A and B
+//! each K-major or MN-major, and on m64n32k16 halves (`c32-*`), against the f64 product of the same
 //! bf16 values (f32 sums of exact products: [`tol::GPU_F32`]). The MN-major descriptor's byte
 //! offsets are the layout `common/wgmma.cuh` documents (LBO between 64-column blocks of N, SBO
 //! between 8-row groups of K); when that row fails, its note gives the error with the two
@@ -76,10 +76,18 @@ pub fn lab_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
                 at[kk * m + i] = x;
             }
         }
-        for (tensor, a_t, b_t) in
-            [("c64-ak-bk", false, false), ("c64-amn-bk", true, false), ("c64-ak-bmn", false, true), ("c64-amn-bmn", true, true)]
-        {
-            let r = wgmma_gemm64(cuda, if a_t { &at } else { &a }, if b_t { &bt } else { &b }, (m, n, k), a_t, b_t);
+        // and the same as m64n32k16 halves (B's second half 32 rows or 64 bytes into its tile)
+        for (tensor, a_t, b_t, n32) in [
+            ("c64-ak-bk", false, false, false),
+            ("c64-amn-bk", true, false, false),
+            ("c64-ak-bmn", false, true, false),
+            ("c64-amn-bmn", true, true, false),
+            ("c32-ak-bk", false, false, true),
+            ("c32-amn-bk", true, false, true),
+            ("c32-ak-bmn", false, true, true),
+            ("c32-amn-bmn", true, true, true),
+        ] {
+            let r = wgmma_gemm64(cuda, if a_t { &at } else { &a }, if b_t { &bt } else { &b }, (m, n, k), a_t, b_t, n32);
             out.push(match r {
                 Ok(c) => Row::new(&case, "lab-wgmma", "bf16", tensor, err(&c), tol),
                 Err(e) => Row::failed(&case, "lab-wgmma", "bf16", tol, e),

@@ -88,6 +88,29 @@ __device__ __forceinline__ void wg_m64n64k16(float (&d)[32], unsigned long long 
 #endif
 }
 
+// The 16 accumulators of an m64n32 product as asm operands %0 .. %15 (read and written).
+#define WG_D16_REGS "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15},"
+#define WG_D16                                                                                                                        \
+    "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]),          \
+        "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+
+// d += A B^T for a 64 x 16 A and a 32 x 16 B (m64n32k16, both from shared memory); TA, TB as
+// wg_m64n64k16. Lab-checked for B at a 32-row (K-major) or 64-byte (MN-major: columns 32 .. 63
+// of a 64-wide swizzled row) offset into a tile (lab/wgmma_gemm.cu, n32).
+template <int TA, int TB>
+__device__ __forceinline__ void wg_m64n32k16(float (&d)[16], unsigned long long da, unsigned long long db) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %20, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        WG_D16_REGS
+        " %16, %17, p, 1, 1, %18, %19;\n}\n"
+        : WG_D16
+        : "l"(da), "l"(db), "n"(TA), "n"(TB), "r"(1)
+        : "memory");
+#endif
+}
+
 // d += A B^T for a 64 x 16 A in registers (the mma.sync m16n8k16 A fragment of warp w's rows
 // 16 w .. 16 w + 15: a[0] row l / 4, k 2 (l % 4) and + 1; a[1] row + 8; a[2], a[3] k + 8) and a
 // 128 x 16 B (descriptor db); TB: B MN-major.

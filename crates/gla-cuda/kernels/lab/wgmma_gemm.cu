@@ -17,7 +17,9 @@
 // grid (N / 64, M / 64), N % 64 == 0), A given as [M, K] (ta = 0) or as A^T [K, M] (ta = 1:
 // MN-major, imm-trans-a), B as [N, K] (tb = 0) or B^T [K, N] (tb = 1); an MN-major operand's
 // tile is 64 K rows of 64 (M or N), its k16 steps 2048 bytes apart, SBO 1024 (LBO unused: one
-// 64-wide block). Dynamic smem: 1024 + 8192 (A) + 8192 (B) bytes.
+// 64-wide block). n32 = 1: the 64 columns of C as two m64n32k16 products, B's second half 32
+// rows further (K-major) or 64 bytes into each swizzled row (MN-major: the layout a 32-column
+// half of a 64-wide tile needs). Dynamic smem: 1024 + 8192 (A) + 8192 (B) bytes.
 //
 // Entry points: lab_wgmma_gemm_bf16 lab_wgmma_gemm64_bf16
 
@@ -100,7 +102,8 @@ extern "C" __global__ void __launch_bounds__(128) lab_wgmma_gemm_bf16(const bf16
 }
 
 extern "C" __global__ void __launch_bounds__(128) lab_wgmma_gemm64_bf16(const bf16_t* __restrict__ a, const bf16_t* __restrict__ b,
-                                                                       float* __restrict__ c, int M, int N, int K, int ta, int tb) {
+                                                                       float* __restrict__ c, int M, int N, int K, int ta, int tb,
+                                                                       int n32) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     __trap();
 #else
@@ -112,9 +115,11 @@ extern "C" __global__ void __launch_bounds__(128) lab_wgmma_gemm64_bf16(const bf
     unsigned char* sB = sA + 8192;   // the same for B
     DELTA_SMEM_END(smem, sB + 8192);
     const unsigned uA = smem_addr(sA), uB = smem_addr(sB);
-    float d[32];
+    float d[32], h0[16], h1[16];  // the m64n64 accumulator; with n32, columns 0 .. 31 and 32 .. 63
     #pragma unroll
     for (int i = 0; i < 32; ++i) d[i] = 0.f;
+    #pragma unroll
+    for (int i = 0; i < 16; ++i) h0[i] = h1[i] = 0.f;
     for (int k0 = 0; k0 < K; k0 += 64) {
         lab_tile<64>(sA, ta ? a + (idx_t)k0 * M + m0 : a + (idx_t)m0 * K + k0, ta ? M : K, tid);
         lab_tile<64>(sB, tb ? b + (idx_t)k0 * N + n0 : b + (idx_t)n0 * K + k0, tb ? N : K, tid);
@@ -125,7 +130,23 @@ extern "C" __global__ void __launch_bounds__(128) lab_wgmma_gemm64_bf16(const bf
         for (int kk = 0; kk < 4; ++kk) {
             const unsigned long long da = ta ? wg_desc(uA + 2048u * kk, 8192, 1024) : wg_desc(uA + 32u * kk, 16, 1024);
             const unsigned long long db = tb ? wg_desc(uB + 2048u * kk, 8192, 1024) : wg_desc(uB + 32u * kk, 16, 1024);
-            if (ta && tb) {
+            if (n32) {
+                // the second half of B: 32 rows further (K-major) or 64 bytes into each row (MN-major)
+                const unsigned long long db1 = tb ? wg_desc(uB + 2048u * kk + 64u, 8192, 1024) : wg_desc(uB + 4096u + 32u * kk, 16, 1024);
+                if (ta && tb) {
+                    wg_m64n32k16<1, 1>(h0, da, db);
+                    wg_m64n32k16<1, 1>(h1, da, db1);
+                } else if (ta) {
+                    wg_m64n32k16<1, 0>(h0, da, db);
+                    wg_m64n32k16<1, 0>(h1, da, db1);
+                } else if (tb) {
+                    wg_m64n32k16<0, 1>(h0, da, db);
+                    wg_m64n32k16<0, 1>(h1, da, db1);
+                } else {
+                    wg_m64n32k16<0, 0>(h0, da, db);
+                    wg_m64n32k16<0, 0>(h1, da, db1);
+                }
+            } else if (ta && tb) {
                 wg_m64n64k16<1, 1>(d, da, db);
             } else if (ta) {
                 wg_m64n64k16<1, 0>(d, da, db);
@@ -139,6 +160,11 @@ extern "C" __global__ void __launch_bounds__(128) lab_wgmma_gemm64_bf16(const bf
         wg_wait0();
         __syncthreads();
     }
-    lab_store(c, N, m0, n0, d, w, l);
+    if (n32) {
+        lab_store(c, N, m0, n0, h0, w, l);
+        lab_store(c, N, m0, n0 + 32, h1, w, l);
+    } else {
+        lab_store(c, N, m0, n0, d, w, l);
+    }
 #endif
 }

@@ -473,25 +473,28 @@ inline unsigned short wg_ld(unsigned long long desc, int row, int k, bool mn) {
     std::memcpy(&v, emu::g_dyn + off, 2);
     return v;
 }
-template <int TB>
-inline void wg_m64n128k16(float (&d)[64], unsigned long long da, unsigned long long db) {
+// d (64 x N, N / 2 per thread) += A B^T from shared memory (the m64nNk16 products)
+template <int N, int TA, int TB>
+inline void wg_m64nk16(float* d, unsigned long long da, unsigned long long db) {
     const int t = threadIdx.x % 128, w = t / 32, l = t % 32;
-    for (int i = 0; i < 64; ++i) {
-        const int row = 16 * w + l / 4 + 8 * ((i % 4) / 2), col = 8 * (i / 4) + 2 * (l % 4) + i % 2;
-        float s = d[i];
-        for (int k = 0; k < 16; ++k) s += emu::bf2f(wg_ld(da, row, k, false)) * emu::bf2f(wg_ld(db, col, k, TB != 0));
-        d[i] = s;
-    }
-}
-template <int TA, int TB>
-inline void wg_m64n64k16(float (&d)[32], unsigned long long da, unsigned long long db) {
-    const int t = threadIdx.x % 128, w = t / 32, l = t % 32;
-    for (int i = 0; i < 32; ++i) {
+    for (int i = 0; i < N / 2; ++i) {
         const int row = 16 * w + l / 4 + 8 * ((i % 4) / 2), col = 8 * (i / 4) + 2 * (l % 4) + i % 2;
         float s = d[i];
         for (int k = 0; k < 16; ++k) s += emu::bf2f(wg_ld(da, row, k, TA != 0)) * emu::bf2f(wg_ld(db, col, k, TB != 0));
         d[i] = s;
     }
+}
+template <int TB>
+inline void wg_m64n128k16(float (&d)[64], unsigned long long da, unsigned long long db) {
+    wg_m64nk16<128, 0, TB>(d, da, db);
+}
+template <int TA, int TB>
+inline void wg_m64n64k16(float (&d)[32], unsigned long long da, unsigned long long db) {
+    wg_m64nk16<64, TA, TB>(d, da, db);
+}
+template <int TA, int TB>
+inline void wg_m64n32k16(float (&d)[16], unsigned long long da, unsigned long long db) {
+    wg_m64nk16<32, TA, TB>(d, da, db);
 }
 // the A-from-registers product: each thread's fragment goes to a per-block table, then (a
 // warpgroup barrier: its 128 threads issue the product together) each computes its accumulators

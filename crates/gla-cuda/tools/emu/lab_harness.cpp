@@ -69,16 +69,17 @@ static void lab_gemm(int M, int N, int K, uint64_t seed) {
 }
 
 // lab_wgmma_gemm64_bf16: m64n64k16 with A and B each K-major or MN-major
+// (n32: the same as two m64n32k16 halves, B's second half 32 rows or 64 bytes into its tile)
 static void lab_gemm64(int M, int N, int K, uint64_t seed) {
     const LabGemm g(M, N, K, seed);
-    for (int v = 0; v < 4; ++v) {
-        const int ta = v & 1, tb = v >> 1;
+    for (int v = 0; v < 8; ++v) {
+        const int ta = v & 1, tb = (v >> 1) & 1, n32 = v >> 2;
         std::vector<float> c((size_t)M * N, NAN);
         emu::launch(dim3{(unsigned)(N / 64), (unsigned)(M / 64), 1}, dim3{128, 1, 1}, 1024 + 8192 + 8192, [&] {
-            lab_wgmma_gemm64_bf16(ta ? g.at.data() : g.a.data(), tb ? g.bt.data() : g.b.data(), c.data(), M, N, K, ta, tb);
+            lab_wgmma_gemm64_bf16(ta ? g.at.data() : g.a.data(), tb ? g.bt.data() : g.b.data(), c.data(), M, N, K, ta, tb, n32);
         });
         char what[96];
-        std::snprintf(what, sizeof what, "gemm64 %dx%dx%d A %s, B %s", M, N, K, ta ? "MN" : "K", tb ? "MN" : "K");
+        std::snprintf(what, sizeof what, "gemm%s %dx%dx%d A %s, B %s", n32 ? "32" : "64", M, N, K, ta ? "MN" : "K", tb ? "MN" : "K");
         g.check(c, what);
     }
 }
