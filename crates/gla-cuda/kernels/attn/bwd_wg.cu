@@ -39,8 +39,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
     constexpr int BN = 128, BQ = 64, NT = 256, DP = 128, LS = DP + 8;
     constexpr int TK = BN * DP * 2, TQ = BQ * DP * 2;  // a key tile's and a query tile's bytes
     DELTA_SMEM(smem);
-    const unsigned pad = (1024u - (smem_addr(smem) & 1023u)) & 1023u;
-    unsigned char* base = smem + pad;
+    unsigned char* base = wg_align1024(smem);
     float* sL = (float*)(base + 4 * TK);  // [2][BQ] lse * log2(e) (+inf past the end)
     float* sD = sL + 2 * BQ;              // [2][BQ] delta
     DELTA_SMEM_END(smem, sD + 2 * BQ);
@@ -199,8 +198,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
 #else
     constexpr int BM = 128, BN = 128, NT = 256, DP = 128, LS = DP + 8, TB = 32768;  // TB: one 128 x 128 tile's bytes
     DELTA_SMEM(dsmem);  // named apart from attn_bwd_kv_wg's (one extern array per name)
-    const unsigned pad = (1024u - (smem_addr(dsmem) & 1023u)) & 1023u;
-    unsigned char* base = dsmem + pad;
+    unsigned char* base = wg_align1024(dsmem);
     float* sL = (float*)(base + 6 * TB);  // [BM] lse * log2(e) (+inf past the end)
     float* sD = sL + BM;                  // [BM] delta
     DELTA_SMEM_END(dsmem, sD + BM);

@@ -28,8 +28,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
 #else
     constexpr int BM = 128, BN = 128, NT = 256, DVP = 128, LV = DVP + 8, TB = 32768;  // TB: one 128 x 128 tile's bytes
     DELTA_SMEM(smem);
-    const unsigned pad = (1024u - (smem_addr(smem) & 1023u)) & 1023u;
-    unsigned char* base = smem + pad;
+    unsigned char* base = wg_align1024(smem);
     DELTA_SMEM_END(smem, base + 5 * TB);
     const unsigned uQ = smem_addr(base), uK = uQ + TB, uV = uK + 2 * TB;  // K, V: buffer b at + b TB
     const int tid = threadIdx.x, wg = tid >> 7, w = (tid >> 5) & 3, lane = tid & 31, fg = lane >> 2, ft = lane & 3;

@@ -20,6 +20,10 @@
 // The byte offset of 16-byte chunk c of row r in a 128-byte-swizzled tile.
 __device__ __forceinline__ unsigned wg_swz(int r, int c) { return (unsigned)(r * 128 + ((c ^ (r & 7)) << 4)); }
 
+// The first 1024-byte-aligned byte at or after the dynamic shared memory p (a swizzled tile's
+// 8-row atoms are 1024-byte aligned; the kernels' shared-memory sizes reserve the 1024 bytes).
+__device__ __forceinline__ unsigned char* wg_align1024(unsigned char* p) { return p + ((1024u - (smem_addr(p) & 1023u)) & 1023u); }
+
 // The descriptor of a 128-byte-swizzled tile at shared byte address a (its atom 1024-byte
 // aligned; a k16 step adds 32 to a K-major operand's a, 16 rows (2048) to an MN-major one's):
 // lbo, sbo in bytes.

@@ -54,8 +54,7 @@ extern "C" __global__ void __launch_bounds__(128) lab_wgmma_gemm_bf16(const bf16
     DELTA_SMEM(smem);
     const int tid = threadIdx.x, w = tid >> 5, l = tid & 31;
     const int n0 = blockIdx.x * 128, m0 = blockIdx.y * 64;
-    const unsigned pad = (1024u - (smem_addr(smem) & 1023u)) & 1023u;
-    unsigned char* sA = smem + pad;  // [64 rows][128 B]
+    unsigned char* sA = wg_align1024(smem);  // [64 rows][128 B]
     unsigned char* sB = sA + 8192;   // K-major: [128 rows][128 B]; MN-major: [2][64 K rows][128 B]
     DELTA_SMEM_END(smem, sB + 16384);
     const unsigned uA = smem_addr(sA), uB = smem_addr(sB);
@@ -110,8 +109,7 @@ extern "C" __global__ void __launch_bounds__(128) lab_wgmma_gemm64_bf16(const bf
     DELTA_SMEM(smem);
     const int tid = threadIdx.x, w = tid >> 5, l = tid & 31;
     const int n0 = blockIdx.x * 64, m0 = blockIdx.y * 64;
-    const unsigned pad = (1024u - (smem_addr(smem) & 1023u)) & 1023u;
-    unsigned char* sA = smem + pad;  // K-major: [64 M rows][128 B]; MN-major: [64 K rows][128 B]
+    unsigned char* sA = wg_align1024(smem);  // K-major: [64 M rows][128 B]; MN-major: [64 K rows][128 B]
     unsigned char* sB = sA + 8192;   // the same for B
     DELTA_SMEM_END(smem, sB + 8192);
     const unsigned uA = smem_addr(sA), uB = smem_addr(sB);
