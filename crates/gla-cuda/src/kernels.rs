@@ -69,7 +69,7 @@ const BIDIR_BWD_HEADERS: &[Header] =
     &[BASE, MMA, CHUNK, header!("gla/chunk_fwd.cu"), header!("gla/chunk_h.cu"), header!("gla/chunk_bwd.cu")];
 const NN_HEADERS: &[Header] = &[BASE, NN];
 const DELTA_HEADERS: &[Header] = &[BASE, MMA, CHUNK, DELTA];
-const DELTA_CHUNK_HEADERS: &[Header] = &[BASE, MMA, CHUNK, DELTA, DELTA_CHUNK];
+const DELTA_CHUNK_HEADERS: &[Header] = &[BASE, MMA, CHUNK, WGMMA, DELTA, DELTA_CHUNK];
 /// Softmax attention's shared parts: the mask, the tile loads and stores, the row reductions.
 pub const ATTN: Header = header!("attn/common.cuh");
 const ATTN_HEADERS: &[Header] = &[BASE, MMA, CHUNK, ATTN];
@@ -283,6 +283,8 @@ pub const DELTA_CHUNK_BWD: KernelSource = source!(
         "delta_dqkw_s2_k128_bf16",
         "delta_dqkw_k192_bf16",
         "delta_dqkw_k256_bf16",
+        "delta_dqkw_wg_k64_bf16",
+        "delta_dqkw_wg_k128_bf16",
         "delta_wy_bwd_k64_f32",
         "delta_wy_bwd_k128_f32",
         "delta_wy_bwd_k64_bf16",

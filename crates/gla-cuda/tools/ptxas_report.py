@@ -27,7 +27,7 @@ def headers(path):
         gla = ["gla/chunk_fwd.cu", "gla/chunk_h.cu"] + (["gla/chunk_bwd.cu"] if rel == "bidir/chunk_bwd.cu" else [])
         return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh"] + gla
     if rel.startswith("delta/chunk_"):
-        return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "delta/common.cuh", "delta/chunk.cuh"]
+        return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "common/wgmma.cuh", "delta/common.cuh", "delta/chunk.cuh"]
     if rel.startswith("delta/"):
         return ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "delta/common.cuh"]
     if rel.startswith("gla/chunk_") and rel != "gla/chunk_fwd_f32.cu":

@@ -191,3 +191,46 @@ __device__ __forceinline__ void wg_pack_a(unsigned (&a)[KS][4], const float (&x)
         a[kk][3] = pack2(x[2 * kk + 1][2], x[2 * kk + 1][3]);
     }
 }
+
+// The element index (bf16 units) of (r, c) in a swizzled tile of R rows whose 64-column blocks
+// lie R x 128 bytes apart (wg_tile_cp's layout; a 64-column tile is one block).
+template <int R>
+__device__ __forceinline__ int wg_el(int r, int c) {
+    return (c >> 6) * R * 64 + (int)(wg_swz(r, (c >> 3) & 7) >> 1) + (c & 7);
+}
+
+// Rows [0, R) x columns [0, C) (C a multiple of 64) of src (row stride ldg) into the swizzled
+// tile dst (wg_el<R>'s layout, 1024-byte aligned): element (r, c) is src[r ldg + c] where r < rv
+// and c < cv, else 0. vec: 16-byte cp.async pieces (cv a multiple of 8 or >= C, src rows 16-byte
+// aligned; the caller commits and waits), else plain loads and stores.
+template <int R, int C>
+__device__ __forceinline__ void wg_tile_ld(bf16_t* dst, const bf16_t* src, idx_t ldg, int rv, int cv, bool vec, int tid, int nthr) {
+    static_assert(C % 64 == 0, "whole 64-column blocks");
+    if (vec) {
+        const unsigned d = smem_addr(dst);
+        for (int x = tid; x < R * (C / 8); x += nthr) {
+            const int r = x / (C / 8), c = (x % (C / 8)) * 8;
+            const bool ok = r < rv && c < cv;
+            cp16a(d + 2u * (unsigned)wg_el<R>(r, c), ok ? src + (idx_t)r * ldg + c : src, ok);
+        }
+    } else {
+        for (int x = tid; x < R * C; x += nthr) {
+            const int r = x / C, c = x % C;
+            dst[wg_el<R>(r, c)] = (r < rv && c < cv) ? src[(idx_t)r * ldg + c] : (bf16_t)0;
+        }
+    }
+}
+
+// acc += A B^T, one k16 step on the warpgroup's m64nN product (N = 8 NT: 32 or 64), with the
+// accumulator held as the mma.sync fragments acc[NT][4] of its warps (the same registers in the
+// same order: d[4 nt + e] = acc[nt][e]); TA, TB as wg_m64n64k16.
+template <int NT, int TA, int TB>
+__device__ __forceinline__ void wg_mma_frag(float (&acc)[NT][4], unsigned long long da, unsigned long long db) {
+    static_assert(NT == 4 || NT == 8, "m64n32 or m64n64");
+    float(&d)[4 * NT] = *reinterpret_cast<float(*)[4 * NT]>(&acc);
+    if constexpr (NT == 8) {
+        wg_m64n64k16<TA, TB>(d, da, db);
+    } else {
+        wg_m64n32k16<TA, TB>(d, da, db);
+    }
+}

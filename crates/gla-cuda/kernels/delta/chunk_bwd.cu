@@ -13,7 +13,8 @@
 //            exp(Gm) <S, dS'> + sum kn . dk_Kd             (=, dgp [KZ][chunks, HV, 64] f32)
 //   dq, dk (=, f32 [rows, HV, K]: per value head; delta_qk_bwd_* sums the group).
 //   bf16 with KP <= 128 (KW = KP) runs it as delta_dqkw_s2_k{KP}_bf16, the V tiles in two
-//   buffers (tile v + 1 loads during tile v); the other entries keep one buffer.
+//   buffers (tile v + 1 loads during tile v), or on sm_90a as delta_dqkw_wg_k{KP}_bf16, the same
+//   on Hopper's warpgroup products; the other entries keep one buffer.
 // delta_wy_bwd_k{KP}: back through w = T (beta exp(G) Kn), u = T (beta V), T = (I + A)^-1:
 //     dT = dU (beta V)^T + dw (beta exp(G) Kn)^T;  dA = -T^T dT T^T (strictly lower)
 //     dv = beta T^T dU (=);  dk += beta exp(G) T^T dw + dAb Kn + dAb^T Kn (dAb = dA beta exp(G_t - G_s))
@@ -29,6 +30,7 @@
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_dvl_k64_f32 delta_dvl_k128_f32 delta_dvl_k64_bf16 delta_dvl_k128_bf16 delta_dvl_k192_bf16 delta_dvl_k256_bf16
 //   delta_dqkw_k64_f32 delta_dqkw_k128_f32 delta_dqkw_s2_k64_bf16 delta_dqkw_s2_k128_bf16 delta_dqkw_k192_bf16 delta_dqkw_k256_bf16
+//   delta_dqkw_wg_k64_bf16 delta_dqkw_wg_k128_bf16 (sm_90a; other targets compile them to a trap)
 //   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
 
 template <typename E, int KP>
@@ -85,9 +87,34 @@ struct DqkwTile {
     static constexpr int KW = (sizeof(E) == 2 && KP <= 128) ? KP : (KP == 64 ? 64 : KP / 2);
 };
 
+// acc += (A + Al) B over a depth of 64: dqkw_k's dq and dk products on warpgroups. A, Al: the
+// split 64 x 64 dMG tiles at shared addresses a, al (swizzled; TA: MN-major, the tile's rows
+// are the product's K), B MN-major at b (16 of its rows a k16 step); per step A B, then Al B
+// (wgemm2's order). Fenced, committed and waited for.
+template <int NT, int TA>
+__device__ __forceinline__ void wg_dmg_mma(float (&acc)[NT][4], unsigned a, unsigned al, unsigned b) {
+    wg_fence();
+    #pragma unroll
+    for (int kk = 0; kk < 4; ++kk) {
+        const unsigned oa = TA ? 2048u * kk : 32u * kk, lbo = TA ? 8192u : 16u;
+        const unsigned long long db = wg_desc(b + 2048u * kk, 8192, 1024);
+        wg_mma_frag<NT, TA, 1>(acc, wg_desc(a + oa, lbo, 1024), db);
+        wg_mma_frag<NT, TA, 1>(acc, wg_desc(al + oa, lbo, 1024), db);
+    }
+    wg_commit();
+    wg_wait0();
+}
+
 // NB: buffers of the V tiles (do, U, dU, S, dS); with two (the `_s2` entries) tile v + 1 loads
 // while tile v is computed, and dMG takes the second buffer once the tiles are done.
-template <typename E, int KP, int NB>
+// WG (bf16, KW = KP <= 128, two buffers: the `_wg` entries, sm_90a): the products on Hopper's
+// warpgroup products instead of mma.sync. The warp grid wp = 4 cs + mt is already the wgmma
+// layout (warpgroup cs, its warp mt on rows 16 mt ..), so each warpgroup's accumulators are the
+// same fragments; the tiles are 128-byte swizzled and unpadded (wg_el), every split product's
+// terms run per k16 step in wgemm2's order (A B, then Al B or A Bl), so the sums are the same
+// adds in the same order. The V tile's products are issued at once and <S, dS'> is summed while
+// they run.
+template <typename E, int KP, int NB, bool WG>
 __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                        const float* __restrict__ rk, const E* __restrict__ d_o, const E* __restrict__ vn,
                                        const E* __restrict__ du, const E* __restrict__ hs, const E* __restrict__ dhs,
@@ -97,16 +124,20 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     // NW warps in CS column splits (4 row tiles each): a warp's 16 x 64 / CS tile of M and dM
     // (NM n8-tiles), 16 x KW / CS of dq, dk, dw (NT n8-tiles)
     constexpr int NW = DNT / 32, CS = NW / 4, NM = 8 / CS;
-    constexpr int LK = KP + DPAD, SP = Sp<E>::SP, KW = DqkwTile<E, KP>::KW, NT = KW / (8 * CS);
+    constexpr int SP = Sp<E>::SP, KW = DqkwTile<E, KP>::KW, NT = KW / (8 * CS);
     static_assert(NB == 1 || NB == 2, "one or two V-tile buffers");
-    constexpr int VBUF = (1 + 2 * SP) * 64 * LDT + 2 * KW * LDT;  // do, U, dU (split), S, dS
-    DELTA_SMEM(smem);
+    static_assert(!WG || (sizeof(E) == 2 && KW == KP && NB == 2), "the warpgroup entries: bf16, one K tile, two buffers");
+    // row strides: padded (mma.sync), or the swizzled tiles' (wg_el: 64-column blocks)
+    constexpr int LK = WG ? KP : KP + DPAD, LV = WG ? 64 : LDT;
+    constexpr int VBUF = (1 + 2 * SP) * 64 * LV + 2 * KW * LV;  // do, U, dU (split), S, dS
+    DELTA_SMEM(smem0);
+    unsigned char* smem = WG ? wg_align1024(smem0) : smem0;
     E* sQ = (E*)smem;                      // [64][LK]
     E* sK = sQ + 64 * LK;                  // [64][LK]
-    E* sVb = sK + 64 * LK;                 // [NB][VBUF]: do, U, dU [64][LDT]; S, dS [KW][LDT]
-    E* sDMG = sVb + VBUF;                  // [SP][64][LDT]: after one buffer, or the second
-    E* sDMGl = sDMG + (SP - 1) * 64 * LDT;
-    float* sM = (float*)(sVb + NB * VBUF + (2 - NB) * SP * 64 * LDT);  // [64][65]
+    E* sVb = sK + 64 * LK;                 // [NB][VBUF]: do, U, dU [64][LV]; S, dS [KW][LV]
+    E* sDMG = sVb + VBUF;                  // [SP][64][LV]: after one buffer, or the second
+    E* sDMGl = sDMG + (SP - 1) * 64 * LV;
+    float* sM = (float*)(sVb + NB * VBUF + (2 - NB) * SP * 64 * LV);  // [64][65]
     float* sG = sM + 64 * 65;              // [64]
     float* sRq = sG + 64;                  // [64]
     float* sRk = sRq + 64;                 // [64]
@@ -114,7 +145,18 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     float* sRed = sRow + CS * 64;          // [2][NW]
     float* sFr = sRed + 2 * NW;            // [CS][64]: row sums of dM * M (per column split)
     float* sFc = sFr + CS * 64;            // [4][64]: column sums of dM * M (per row quarter)
-    DELTA_SMEM_END(smem, sFc + 256);
+    DELTA_SMEM_END(smem0, sFc + 256);
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    if (WG) __trap();
+#endif
+    // element (r, c) of a tile of row stride ld (the swizzled layout's: its 64-column blocks)
+    auto ix = [](int r, int c, int ld) {
+        if constexpr (WG) {
+            return wg_el<64>(r, c);
+        } else {
+            return r * ld + c;
+        }
+    };
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
     const int z = blockIdx.z, k0 = z * KW;
@@ -122,27 +164,45 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     // the V tile at v0 of do, U, dU (split) and the K tile's rows of S, dS into buffer b
     auto ld_tiles = [&](int v0, int b) {
         E* sDo = sVb + b * VBUF;
-        E* sU = sDo + 64 * LDT;
-        E* sUl = sU + (SP - 1) * 64 * LDT;
-        E* sDu = sUl + 64 * LDT;
-        E* sDul = sDu + (SP - 1) * 64 * LDT;
-        E* sS = sDul + 64 * LDT;
-        E* sDS = sS + KW * LDT;
-        ld_v<E>(sDo, LDT, d_o, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
+        E* sU = sDo + 64 * LV;
+        E* sUl = sU + (SP - 1) * 64 * LV;
+        E* sDu = sUl + 64 * LV;
+        E* sDul = sDu + (SP - 1) * 64 * LV;
+        E* sS = sDul + 64 * LV;
+        E* sDS = sS + KW * LV;
         const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
-        tile_ld<E>(sU, LDT, vn + vo, VP, 64, 64, 64, 64, true, tid, DNT);
-        tile_ld<E>(sDu, LDT, du + vo, VP, 64, 64, 64, 64, true, tid, DNT);
-        if (SP == 2) {
-            tile_ld<E>(sUl, LDT, vn + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
-            tile_ld<E>(sDul, LDT, du + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
-        }
         const idx_t so = c.oc * (idx_t)KP * VP + (idx_t)k0 * VP + v0;
-        tile_ld<E>(sS, LDT, hs + so, VP, KW, 64, KW, 64, true, tid, DNT);
-        tile_ld<E>(sDS, LDT, dhs + so, VP, KW, 64, KW, 64, true, tid, DNT);
+        if constexpr (WG) {
+            wg_tile_ld<64, 64>(sDo, d_o + (c.r0 * HV + c.hv) * (idx_t)V + v0, (idx_t)HV * V, c.L, V - v0, vec_ok<E>((idx_t)HV * V, V),
+                               tid, DNT);
+            wg_tile_ld<64, 64>(sU, vn + vo, VP, 64, 64, true, tid, DNT);
+            wg_tile_ld<64, 64>(sDu, du + vo, VP, 64, 64, true, tid, DNT);
+            wg_tile_ld<64, 64>(sUl, vn + vplane + vo, VP, 64, 64, true, tid, DNT);
+            wg_tile_ld<64, 64>(sDul, du + vplane + vo, VP, 64, 64, true, tid, DNT);
+            wg_tile_ld<KW, 64>(sS, hs + so, VP, KW, 64, true, tid, DNT);
+            wg_tile_ld<KW, 64>(sDS, dhs + so, VP, KW, 64, true, tid, DNT);
+        } else {
+            ld_v<E>(sDo, LDT, d_o, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
+            tile_ld<E>(sU, LDT, vn + vo, VP, 64, 64, 64, 64, true, tid, DNT);
+            tile_ld<E>(sDu, LDT, du + vo, VP, 64, 64, 64, 64, true, tid, DNT);
+            if (SP == 2) {
+                tile_ld<E>(sUl, LDT, vn + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
+                tile_ld<E>(sDul, LDT, du + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
+            }
+            tile_ld<E>(sS, LDT, hs + so, VP, KW, 64, KW, 64, true, tid, DNT);
+            tile_ld<E>(sDS, LDT, dhs + so, VP, KW, 64, KW, 64, true, tid, DNT);
+        }
         cp_commit();
     };
-    ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
-    ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
+    if constexpr (WG) {
+        const idx_t qo = (c.r0 * H + c.h) * (idx_t)K;
+        const bool vq = vec_ok<E>((idx_t)H * K, K);
+        wg_tile_ld<64, KP>(sQ, q + qo, (idx_t)H * K, c.L, K, vq, tid, DNT);
+        wg_tile_ld<64, KP>(sK, k + qo, (idx_t)H * K, c.L, K, vq, tid, DNT);
+    } else {
+        ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
+        ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
+    }
     ld_g64(sG, g2 + c.oc * 64, tid);
     cp_commit();
     // the first V tile's loads land while M is formed
@@ -150,12 +210,26 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     ld_rf(sRq, rq, c.r0, c.L, c.h, H, tid);
     ld_rf(sRk, rk, c.r0, c.L, c.h, H, tid);
     cp_wait<1>();
+    if constexpr (WG) wg_fence_proxy();
     __syncthreads();
     const int mt = wp & 3, cs = wp >> 2, n1 = cs * (64 / CS), nk = cs * (KW / CS);
     {
         float acc[NM][4];
         frag_zero(acc);
-        wgemm<false, true, NM>(acc, sQ, LK, 16 * mt, sK, LK, n1, KP, lane);
+        if constexpr (WG) {
+            // Q K^T over KP: k16 step kk in 64-column block kk / 4; the warpgroup's keys n1 ..
+            const unsigned uq = smem_addr(sQ), uk = smem_addr(sK) + 128u * n1;
+            wg_fence();
+            #pragma unroll
+            for (int kk = 0; kk < KP / 16; ++kk) {
+                const unsigned o = (unsigned)((kk >> 2) * 64 * 128 + 32 * (kk & 3));
+                wg_mma_frag<NM, 0, 0>(acc, wg_desc(uq + o, 16, 1024), wg_desc(uk + o, 16, 1024));
+            }
+            wg_commit();
+            wg_wait0();
+        } else {
+            wgemm<false, true, NM>(acc, sQ, LK, 16 * mt, sK, LK, n1, KP, lane);
+        }
         #pragma unroll
         for (int nt = 0; nt < NM; ++nt) {
             #pragma unroll
@@ -185,18 +259,39 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
             }
             cp_wait<1>();
         }
+        if constexpr (WG) wg_fence_proxy();
         __syncthreads();
         const E* sDo = sVb + (NB == 1 ? 0 : (v0 >> 6) & 1) * VBUF;
-        const E* sU = sDo + 64 * LDT;
-        const E* sUl = sU + (SP - 1) * 64 * LDT;
-        const E* sDu = sUl + 64 * LDT;
-        const E* sDul = sDu + (SP - 1) * 64 * LDT;
-        const E* sS = sDul + 64 * LDT;
-        const E* sDS = sS + KW * LDT;
-        wgemm<false, true, NT>(dqi, sDo, LDT, 16 * mt, sS, LDT, nk, 64, lane);
-        wgemm2<false, true, NT>(dwa, sDu, sDul, LDT, 16 * mt, sS, sS, LDT, nk, 64, lane, true, false);
-        wgemm2<false, true, NT>(dkd, sU, sUl, LDT, 16 * mt, sDS, sDS, LDT, nk, 64, lane, true, false);
-        wgemm2<false, true, NM>(dM, sDo, sDo, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, false, true);
+        const E* sU = sDo + 64 * LV;
+        const E* sUl = sU + (SP - 1) * 64 * LV;
+        const E* sDu = sUl + 64 * LV;
+        const E* sDul = sDu + (SP - 1) * 64 * LV;
+        const E* sS = sDul + 64 * LV;
+        const E* sDS = sS + KW * LV;
+        if constexpr (WG) {
+            // every product of the tile issued at once, per k16 step the split terms in
+            // wgemm2's order; waited for after <S, dS'> below
+            const unsigned uDo = smem_addr(sDo), uU = smem_addr(sU), uUl = smem_addr(sUl), uDu = smem_addr(sDu),
+                           uDul = smem_addr(sDul), uS = smem_addr(sS) + 128u * nk, uDS = smem_addr(sDS) + 128u * nk;
+            wg_fence();
+            #pragma unroll
+            for (int kk = 0; kk < 4; ++kk) {
+                auto dsc = [&](unsigned a) { return wg_desc(a + 32u * kk, 16, 1024); };
+                wg_mma_frag<NT, 0, 0>(dqi, dsc(uDo), dsc(uS));
+                wg_mma_frag<NT, 0, 0>(dwa, dsc(uDu), dsc(uS));
+                wg_mma_frag<NT, 0, 0>(dwa, dsc(uDul), dsc(uS));
+                wg_mma_frag<NT, 0, 0>(dkd, dsc(uU), dsc(uDS));
+                wg_mma_frag<NT, 0, 0>(dkd, dsc(uUl), dsc(uDS));
+                wg_mma_frag<NM, 0, 0>(dM, dsc(uDo), dsc(uU + 128u * n1));
+                wg_mma_frag<NM, 0, 0>(dM, dsc(uDo), dsc(uUl + 128u * n1));
+            }
+            wg_commit();
+        } else {
+            wgemm<false, true, NT>(dqi, sDo, LDT, 16 * mt, sS, LDT, nk, 64, lane);
+            wgemm2<false, true, NT>(dwa, sDu, sDul, LDT, 16 * mt, sS, sS, LDT, nk, 64, lane, true, false);
+            wgemm2<false, true, NT>(dkd, sU, sUl, LDT, 16 * mt, sDS, sDS, LDT, nk, 64, lane, true, false);
+            wgemm2<false, true, NM>(dM, sDo, sDo, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, false, true);
+        }
         // <S, dS'> of the tile, 16 bytes of each per step (the block's sum is fixed in order)
         constexpr int P = 16 / (int)sizeof(E);
         for (int x = tid; x < KW * (64 / P); x += DNT) {
@@ -205,11 +300,12 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
                 uint4 u;
                 E v[P];
             } a, b;
-            a.u = *(const uint4*)(sS + r * LDT + cc);
-            b.u = *(const uint4*)(sDS + r * LDT + cc);
+            a.u = *(const uint4*)(sS + ix(r, cc, LDT));
+            b.u = *(const uint4*)(sDS + ix(r, cc, LDT));
             #pragma unroll
             for (int i = 0; i < P; ++i) sd += to_f32(a.v[i]) * to_f32(b.v[i]);
         }
+        if constexpr (WG) wg_wait0();
         __syncthreads();
     }
     // F = dM * M: the warp's row sums (over its 64 / CS columns) and column sums (over its 16
@@ -225,7 +321,7 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
                 fr[e >> 1] += f;
                 fc[nt][e & 1] += f;
                 dM[nt][e] = s <= t ? dM[nt][e] * scale * ex2f(sG[t] - sG[s]) : 0.f;
-                st2(sDMG, sDMGl, t * LDT + s, dM[nt][e] * sRk[s]);
+                st2(sDMG, sDMGl, ix(t, s, LDT), dM[nt][e] * sRk[s]);
             }
         }
         #pragma unroll
@@ -245,6 +341,7 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
             }
         }
     }
+    if constexpr (WG) wg_fence_proxy();
     __syncthreads();
     const float glast = sG[63];
     float rp[2] = {0.f, 0.f}, lastp = 0.f;
@@ -256,10 +353,16 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         for (int e = 0; e < 4; ++e) {
             const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
             dqi[nt][e] *= scale * ex2f(sG[t]);
-            rp[e >> 1] += sRq[t] * to_f32(sQ[t * LK + i]) * dqi[nt][e];
+            rp[e >> 1] += sRq[t] * to_f32(sQ[ix(t, i, LK)]) * dqi[nt][e];
         }
     }
-    wgemm2<false, false, NT>(dqi, sDMG, sDMGl, LDT, 16 * mt, sK, sK, LK, k0 + nk, 64, lane, true, false);
+    if constexpr (WG) {
+        // dMG (K-major) times K (MN-major: the warpgroup's columns k0 + nk .., a 64-column block
+        // or the half of one at a 64-byte offset), 16 rows of K a k16 step
+        wg_dmg_mma<NT, 0>(dqi, smem_addr(sDMG), smem_addr(sDMGl), smem_addr(sK) + 128u * 64 * ((k0 + nk) >> 6) + 2u * ((k0 + nk) & 63));
+    } else {
+        wgemm2<false, false, NT>(dqi, sDMG, sDMGl, LDT, 16 * mt, sK, sK, LK, k0 + nk, 64, lane, true, false);
+    }
     #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
         #pragma unroll
@@ -275,9 +378,10 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
-            st2(sDMG, sDMGl, t * LDT + s, dM[nt][e] * sRq[t]);
+            st2(sDMG, sDMGl, ix(t, s, LDT), dM[nt][e] * sRq[t]);
         }
     }
+    if constexpr (WG) wg_fence_proxy();
     __syncthreads();
     // dk
     #pragma unroll
@@ -286,12 +390,17 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         for (int e = 0; e < 4; ++e) {
             const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
             dkd[nt][e] *= ex2f(glast - sG[t]);
-            const float x = sRk[t] * to_f32(sK[t * LK + i]) * dkd[nt][e];
+            const float x = sRk[t] * to_f32(sK[ix(t, i, LK)]) * dkd[nt][e];
             rp[e >> 1] -= x;
             lastp += x;
         }
     }
-    wgemm2<true, false, NT>(dkd, sDMG, sDMGl, LDT, 16 * mt, sQ, sQ, LK, k0 + nk, 64, lane, true, false);
+    if constexpr (WG) {
+        // (rq dMG)^T (MN-major: dMG's rows are the product's K) times Q, as dq's
+        wg_dmg_mma<NT, 1>(dkd, smem_addr(sDMG), smem_addr(sDMGl), smem_addr(sQ) + 128u * 64 * ((k0 + nk) >> 6) + 2u * ((k0 + nk) & 63));
+    } else {
+        wgemm2<true, false, NT>(dkd, sDMG, sDMGl, LDT, 16 * mt, sQ, sQ, LK, k0 + nk, 64, lane, true, false);
+    }
     #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
         #pragma unroll
@@ -579,19 +688,22 @@ BWD_ENTRY(192, bf16, bf16_t)
 BWD_ENTRY(256, bf16, bf16_t)
 
 // dq/dk/dw as the entry point ENTRY with NB V-tile buffers: two (the `_s2` entries) where
-// KW = KP (bf16 up to 128), one elsewhere (src/delta/dispatch.rs dqkw_bufs)
-#define DQKW_ENTRY(ENTRY, KP, E, NB)                                                                     \
+// KW = KP (bf16 up to 128), one elsewhere (src/delta/dispatch.rs dqkw_bufs); WG: the products on
+// warpgroups (the `_wg` entries, sm_90a)
+#define DQKW_ENTRY(ENTRY, KP, E, NB, WG)                                                                 \
 extern "C" __global__ void __launch_bounds__(DNT) ENTRY(                                                 \
     const E* q, const E* k, const float* rq, const float* rk, const E* d_o, const E* vn, const E* du,    \
     const E* hs, const E* dhs, const float* g2, float* dq, float* dk, E* dw, float* dgp,                 \
     const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
     int VP, float scale, idx_t nch) {                                                                    \
-    dqkw_k<E, KP, NB>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off,        \
-                      chunk_seq, H, HV, K, V, VP, scale, nch);                                           \
+    dqkw_k<E, KP, NB, WG>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off,    \
+                          chunk_seq, H, HV, K, V, VP, scale, nch);                                       \
 }
-DQKW_ENTRY(delta_dqkw_k64_f32, 64, float, 1)
-DQKW_ENTRY(delta_dqkw_k128_f32, 128, float, 1)
-DQKW_ENTRY(delta_dqkw_s2_k64_bf16, 64, bf16_t, 2)
-DQKW_ENTRY(delta_dqkw_s2_k128_bf16, 128, bf16_t, 2)
-DQKW_ENTRY(delta_dqkw_k192_bf16, 192, bf16_t, 1)
-DQKW_ENTRY(delta_dqkw_k256_bf16, 256, bf16_t, 1)
+DQKW_ENTRY(delta_dqkw_k64_f32, 64, float, 1, false)
+DQKW_ENTRY(delta_dqkw_k128_f32, 128, float, 1, false)
+DQKW_ENTRY(delta_dqkw_s2_k64_bf16, 64, bf16_t, 2, false)
+DQKW_ENTRY(delta_dqkw_s2_k128_bf16, 128, bf16_t, 2, false)
+DQKW_ENTRY(delta_dqkw_k192_bf16, 192, bf16_t, 1, false)
+DQKW_ENTRY(delta_dqkw_k256_bf16, 256, bf16_t, 1, false)
+DQKW_ENTRY(delta_dqkw_wg_k64_bf16, 64, bf16_t, 2, true)
+DQKW_ENTRY(delta_dqkw_wg_k128_bf16, 128, bf16_t, 2, true)

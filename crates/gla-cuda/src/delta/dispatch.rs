@@ -258,7 +258,8 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// The state-gradient pass (`hb`): `one` (dvl its own launch), `v32` (the same at 32 columns),
 /// `dv2` (dvl fused in, 64 columns, whatever the tiles). The residual forward: `h=resb2`
 /// ([`h_res`]). The two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`],
-/// `v32` where bf16. Anything else, or unset: the default.
+/// `v32` where bf16. dq/dk/dw (`dq`): `s2` runs the two-buffer mma.sync entry where the
+/// warpgroup one would run ([`dqkw_wg`]). Anything else, or unset: the default.
 fn lab(key: &str) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
     v.split(',').find_map(|kv| kv.trim().strip_prefix(key).and_then(|r| r.strip_prefix('=')).map(str::to_string))
@@ -383,6 +384,24 @@ pub(crate) fn dqkw_name(nb: usize, kp: usize, sfx: &str) -> String {
     format!("delta_dqkw{}_k{kp}_{sfx}", if nb == 2 { "_s2" } else { "" })
 }
 
+/// Whether dq/dk/dw runs on Hopper's warpgroup products (`delta_dqkw_wg_k{KP}_bf16`: the two-buffer
+/// entry's products on wgmma, the same adds in the same order): where those entries exist
+/// (bf16, KP <= 128, sm_90a), unless the lab override `dq=s2` asks for the mma.sync entry.
+pub(crate) fn dqkw_wg(bf16: bool, kp: usize, arch: &str) -> bool {
+    h_two_ok(bf16, kp) && arch == crate::runtime::ARCH_HOPPER && lab("dq").as_deref() != Some("s2")
+}
+
+/// The dq/dk/dw launch for KP = `kp` on a device of architecture `arch`: its entry point and
+/// dynamic shared memory ([`dqkw_wg`], else [`dqkw_name`] with [`dqkw_bufs`]).
+pub(crate) fn dqkw_kernel(bf16: bool, kp: usize, sfx: &str, arch: &str, smem: &DeltaSmem) -> (String, usize) {
+    if dqkw_wg(bf16, kp, arch) {
+        (format!("delta_dqkw_wg_k{kp}_{sfx}"), smem.dqkw_wg())
+    } else {
+        let nb = dqkw_bufs(bf16, kp);
+        (dqkw_name(nb, kp, sfx), smem.dqkw(nb))
+    }
+}
+
 /// The K tiles (grid z) of `delta_dqkw_*`.
 pub(crate) fn dqkw_kz(bf16: bool, kp: usize) -> usize {
     kp / dqkw_kw(bf16, kp)
@@ -449,6 +468,13 @@ impl DeltaSmem {
         let vbuf = (1 + 2 * sp) * 64 * LDT + 2 * kw * LDT;
         (2 * 64 * self.lk() + nb * vbuf + (2 - nb) * sp * 64 * LDT) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4
     }
+    /// `delta_dqkw_wg_*` (bf16, KP <= 128): `dqkw(2)`'s tiles swizzled and unpadded (64-column
+    /// rows), and 1024 bytes to align them.
+    pub(crate) fn dqkw_wg(&self) -> usize {
+        let (e, sp, kp) = (self.e, self.sp, self.kp);
+        let vbuf = (1 + 2 * sp) * 64 * 64 + 2 * kp * 64;
+        (2 * 64 * kp + 2 * vbuf) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024
+    }
     pub(crate) fn wy_bwd(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
         // V and dU tiles share one region with M1, M2 (2 SP tiles); F's row and column sums
@@ -464,7 +490,8 @@ impl DeltaSmem {
         let hb2 = if fused { self.h_bwd(HPlan { bv: 64, ns: 2, two: false, out: true }) } else { 0 };
         let dq = dqkw_bufs(self.e == 2, self.kp);
         let hr = if fused { self.hr() } else { 0 };
-        [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), hb2, self.dqkw(dq), self.wy_bwd(), hr]
+        let dqwg = if fused { self.dqkw_wg() } else { 0 };
+        [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), hb2, self.dqkw(dq), dqwg, self.wy_bwd(), hr]
             .into_iter()
             .max()
             .unwrap_or(0)
@@ -739,8 +766,19 @@ mod tests {
                 assert!(crate::kernels::source_of(&name).is_some(), "{name}");
             }
         }
+        // the warpgroup entries where they run (bf16, KP <= 128, sm_90a), built
+        for kp in [64, 128] {
+            for (bf16, arch, wg) in [(true, "sm_90a", true), (true, "sm_80", false), (false, "sm_90a", false)] {
+                let sfx = if bf16 { "bf16" } else { "f32" };
+                let (name, _) = dqkw_kernel(bf16, kp, sfx, arch, &DeltaSmem::new(bf16, kp, 128));
+                assert_eq!(name.contains("_wg_"), wg, "{name}");
+                assert!(crate::kernels::source_of(&name).is_some(), "{name}");
+            }
+        }
+        assert!(!dqkw_wg(true, 256, "sm_90a"));
         for kp in [64, 128] {
             assert!(DeltaSmem::new(true, kp, 128).dqkw(2) <= 227 * 1024, "KP {kp}");
+            assert!(DeltaSmem::new(true, kp, 128).dqkw_wg() <= 227 * 1024, "KP {kp}");
             // the residual state pass: one stage at two blocks per SM
             let sm = DeltaSmem::new(true, kp, 128);
             assert!(2 * (sm.hr() + 1024) <= 228 * 1024, "KP {kp}: {} B", sm.hr());

@@ -873,14 +873,15 @@ fn chunk_bwd<T: Elem>(
     if dp.n_chunks == 0 {
         return Ok(());
     }
-    let (kz, nb) = (dd::dqkw_kz(bf16, kp), dd::dqkw_bufs(bf16, kp));
-    // SAFETY: arguments match delta_dqkw_*'s signature (the `_s2` entries': the same); grid z
-    // covers KP in tiles of KW; dq, dk hold [rows, HV, K] f32, dw planes x chunks x HV x 64 x
-    // KP, dG KZ x chunks x HV x 64
+    let kz = dd::dqkw_kz(bf16, kp);
+    let (dqkw, dqkw_smem) = dd::dqkw_kernel(bf16, kp, sfx, cuda.arch(), &smem);
+    // SAFETY: arguments match delta_dqkw_*'s signature (the `_s2` and `_wg` entries': the same);
+    // grid z covers KP in tiles of KW; dq, dk hold [rows, HV, K] f32, dw planes x chunks x HV x
+    // 64 x KP, dG KZ x chunks x HV x 64
     unsafe {
         cuda.launch(
-            &dd::dqkw_name(nb, kp, sfx),
-            dd::chunk_cfg(gx, p.hv(), kz, smem.dqkw(nb)),
+            &dqkw,
+            dd::chunk_cfg(gx, p.hv(), kz, dqkw_smem),
             &[x.q, x.k, &ws.rq, &ws.rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgk, bounds, off, seq, &h, &hv, &k, &v, &vp32, &scale, &nch],
         )?;
     }

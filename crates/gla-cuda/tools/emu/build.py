@@ -135,7 +135,7 @@ def sites(text, l2=False):
     return "".join(out) + text.split("cvt<E>(")[-1]
 
 
-parts = ['#include "emu.h"\n'] + [header(h) for h in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh"]]
+parts = ['#include "emu.h"\n'] + [header(h) for h in ["common/base.cuh", "common/mma.cuh", "common/chunk.cuh", "common/wgmma.cuh"]]
 for f in ["delta/common.cuh", "delta/chunk.cuh", "delta/prep.cu", "delta/recurrent.cu", "delta/chunk_fwd.cu", "delta/chunk_h.cu",
           "delta/chunk_bwd.cu"]:
     text = open(os.path.join(kern, f)).read()
