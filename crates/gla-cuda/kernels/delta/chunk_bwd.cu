@@ -108,16 +108,12 @@ __device__ __forceinline__ void wg_dmg_mma(float (&acc)[NT][4], unsigned a, unsi
 // NB: buffers of the V tiles (do, U, dU, S, dS); with two (the `_s2` entries) tile v + 1 loads
 // while tile v is computed, and dMG takes the second buffer once the tiles are done.
 // WG (bf16, KW = KP <= 128, two buffers: the `_wg` entries, sm_90a): the products on Hopper's
-// warpgroup products instead of mma.sync, and a persistent block. The warp grid wp = 4 cs + mt
-// is already the wgmma layout (warpgroup cs, its warp mt on rows 16 mt ..), so each warpgroup's
-// accumulators are the same fragments; the tiles are 128-byte swizzled and unpadded (wg_el);
-// every split product's terms run per k16 step in wgemm2's order (A B, then Al B or A Bl), so
-// the sums are the same adds in the same order. The V tile's products are issued at once and
-// <S, dS'> is summed while they run. The block walks the items (chunk, value head) blockIdx.x,
-// + gridDim.x, .. (chunk fastest, the grid's order), q, k, G and the row factors in two slots:
-// the next item's and its first V tile load while this one's last tile and dq, dk run, so no
-// item waits for its first loads. M = Q K^T is recomputed after the V loop in dM's fragments
-// instead of kept in shared memory (the room for the second slot).
+// warpgroup products instead of mma.sync. The warp grid wp = 4 cs + mt is already the wgmma
+// layout (warpgroup cs, its warp mt on rows 16 mt ..), so each warpgroup's accumulators are the
+// same fragments; the tiles are 128-byte swizzled and unpadded (wg_el), every split product's
+// terms run per k16 step in wgemm2's order (A B, then Al B or A Bl), so the sums are the same
+// adds in the same order. The V tile's products are issued at once and <S, dS'> is summed while
+// they run.
 template <typename E, int KP, int NB, bool WG>
 __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                        const float* __restrict__ rk, const E* __restrict__ d_o, const E* __restrict__ vn,
@@ -131,18 +127,21 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     constexpr int SP = Sp<E>::SP, KW = DqkwTile<E, KP>::KW, NT = KW / (8 * CS);
     static_assert(NB == 1 || NB == 2, "one or two V-tile buffers");
     static_assert(!WG || (sizeof(E) == 2 && KW == KP && NB == 2), "the warpgroup entries: bf16, one K tile, two buffers");
-    // row strides: padded (mma.sync), or the swizzled tiles' (wg_el: 64-column blocks); slots of
-    // an item's q, k, G, rq, rk: two for the persistent block (WG)
-    constexpr int LK = WG ? KP : KP + DPAD, LV = WG ? 64 : LDT, NS = WG ? 2 : 1;
+    // row strides: padded (mma.sync), or the swizzled tiles' (wg_el: 64-column blocks)
+    constexpr int LK = WG ? KP : KP + DPAD, LV = WG ? 64 : LDT;
     constexpr int VBUF = (1 + 2 * SP) * 64 * LV + 2 * KW * LV;  // do, U, dU (split), S, dS
     DELTA_SMEM(smem0);
     unsigned char* smem = WG ? wg_align1024(smem0) : smem0;
-    E* sQK = (E*)smem;                     // [NS][2][64][LK]: slot sl's q, then k
-    E* sVb = sQK + NS * 2 * 64 * LK;       // [NB][VBUF]: do, U, dU [64][LV]; S, dS [KW][LV]
-    // one buffer: dMG's region of its own after it; WG: no sM
+    E* sQ = (E*)smem;                      // [64][LK]
+    E* sK = sQ + 64 * LK;                  // [64][LK]
+    E* sVb = sK + 64 * LK;                 // [NB][VBUF]: do, U, dU [64][LV]; S, dS [KW][LV]
+    E* sDMG = sVb + VBUF;                  // [SP][64][LV]: after one buffer, or the second
+    E* sDMGl = sDMG + (SP - 1) * 64 * LV;
     float* sM = (float*)(sVb + NB * VBUF + (2 - NB) * SP * 64 * LV);  // [64][65]
-    float* sGb = sM + (WG ? 0 : 64 * 65);  // [NS][3][64]: slot sl's G, rq, rk
-    float* sRow = sGb + NS * 192;          // [CS][64]
+    float* sG = sM + 64 * 65;              // [64]
+    float* sRq = sG + 64;                  // [64]
+    float* sRk = sRq + 64;                 // [64]
+    float* sRow = sRk + 64;                // [CS][64]
     float* sRed = sRow + CS * 64;          // [2][NW]
     float* sFr = sRed + 2 * NW;            // [CS][64]: row sums of dM * M (per column split)
     float* sFc = sFr + CS * 64;            // [4][64]: column sums of dM * M (per row quarter)
@@ -159,39 +158,11 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         }
     };
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
-    const int mt = wp & 3, cs = wp >> 2, n1 = cs * (64 / CS), nk = cs * (KW / CS);
+    const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
     const int z = blockIdx.z, k0 = z * KW;
     const idx_t vplane = nch * HV * 64 * VP, wplane = nch * HV * 64 * KP;
-    // the block's items: its grid cell (mma.sync), or blockIdx.x + j gridDim.x of nch x HV (WG)
-    const idx_t nitem = WG ? nch * HV : 1;
-    idx_t it = WG ? (idx_t)blockIdx.x : 0;
-    if (it >= nitem) return;
-    auto head = [&](idx_t i) {
-        return WG ? chunk_head_at(i % nch, (int)(i / nch), bounds, chunk_off, chunk_seq, H, HV)
-                  : chunk_head(bounds, chunk_off, chunk_seq, H, HV);
-    };
-    ChunkHead c = head(it);
-    // item ch's q, k and G into slot sl (cp.async: the caller commits), its row factors (plain)
-    auto ld_item = [&](const ChunkHead& ch, int sl) {
-        E* sQ = sQK + sl * 2 * 64 * LK;
-        E* sK = sQ + 64 * LK;
-        if constexpr (WG) {
-            const idx_t qo = (ch.r0 * H + ch.h) * (idx_t)K;
-            const bool vq = vec_ok<E>((idx_t)H * K, K);
-            wg_tile_ld<64, KP>(sQ, q + qo, (idx_t)H * K, ch.L, K, vq, tid, DNT);
-            wg_tile_ld<64, KP>(sK, k + qo, (idx_t)H * K, ch.L, K, vq, tid, DNT);
-        } else {
-            ld_qk<E, KP>(sQ, q, ch.r0, ch.L, ch.h, H, K, tid);
-            ld_qk<E, KP>(sK, k, ch.r0, ch.L, ch.h, H, K, tid);
-        }
-        ld_g64(sGb + 192 * sl, g2 + ch.oc * 64, tid);
-    };
-    auto ld_rows = [&](const ChunkHead& ch, int sl) {
-        ld_rf(sGb + 192 * sl + 64, rq, ch.r0, ch.L, ch.h, H, tid);
-        ld_rf(sGb + 192 * sl + 128, rk, ch.r0, ch.L, ch.h, H, tid);
-    };
-    // item ch's V tile at v0 of do, U, dU (split) and the K tile's rows of S, dS into buffer b
-    auto ld_tiles = [&](const ChunkHead& ch, int v0, int b) {
+    // the V tile at v0 of do, U, dU (split) and the K tile's rows of S, dS into buffer b
+    auto ld_tiles = [&](int v0, int b) {
         E* sDo = sVb + b * VBUF;
         E* sU = sDo + 64 * LV;
         E* sUl = sU + (SP - 1) * 64 * LV;
@@ -199,10 +170,10 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         E* sDul = sDu + (SP - 1) * 64 * LV;
         E* sS = sDul + 64 * LV;
         E* sDS = sS + KW * LV;
-        const idx_t vo = ch.oc * 64 * (idx_t)VP + v0;
-        const idx_t so = ch.oc * (idx_t)KP * VP + (idx_t)k0 * VP + v0;
+        const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
+        const idx_t so = c.oc * (idx_t)KP * VP + (idx_t)k0 * VP + v0;
         if constexpr (WG) {
-            wg_tile_ld<64, 64>(sDo, d_o + (ch.r0 * HV + ch.hv) * (idx_t)V + v0, (idx_t)HV * V, ch.L, V - v0, vec_ok<E>((idx_t)HV * V, V),
+            wg_tile_ld<64, 64>(sDo, d_o + (c.r0 * HV + c.hv) * (idx_t)V + v0, (idx_t)HV * V, c.L, V - v0, vec_ok<E>((idx_t)HV * V, V),
                                tid, DNT);
             wg_tile_ld<64, 64>(sU, vn + vo, VP, 64, 64, true, tid, DNT);
             wg_tile_ld<64, 64>(sDu, du + vo, VP, 64, 64, true, tid, DNT);
@@ -211,7 +182,7 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
             wg_tile_ld<KW, 64>(sS, hs + so, VP, KW, 64, true, tid, DNT);
             wg_tile_ld<KW, 64>(sDS, dhs + so, VP, KW, 64, true, tid, DNT);
         } else {
-            ld_v<E>(sDo, LDT, d_o, ch.r0, ch.L, ch.hv, HV, V, v0, 64, tid);
+            ld_v<E>(sDo, LDT, d_o, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
             tile_ld<E>(sU, LDT, vn + vo, VP, 64, 64, 64, 64, true, tid, DNT);
             tile_ld<E>(sDu, LDT, du + vo, VP, 64, 64, 64, 64, true, tid, DNT);
             if (SP == 2) {
@@ -223,10 +194,30 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         }
         cp_commit();
     };
-    // acc = Q K^T over KP for the warp's 16 rows x NM n8-tiles (the warpgroup's keys n1 ..)
-    auto qk_mma = [&](float (&acc)[NM][4], const E* sQ, const E* sK) {
+    if constexpr (WG) {
+        const idx_t qo = (c.r0 * H + c.h) * (idx_t)K;
+        const bool vq = vec_ok<E>((idx_t)H * K, K);
+        wg_tile_ld<64, KP>(sQ, q + qo, (idx_t)H * K, c.L, K, vq, tid, DNT);
+        wg_tile_ld<64, KP>(sK, k + qo, (idx_t)H * K, c.L, K, vq, tid, DNT);
+    } else {
+        ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
+        ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
+    }
+    ld_g64(sG, g2 + c.oc * 64, tid);
+    cp_commit();
+    // the first V tile's loads land while M is formed
+    ld_tiles(0, 0);
+    ld_rf(sRq, rq, c.r0, c.L, c.h, H, tid);
+    ld_rf(sRk, rk, c.r0, c.L, c.h, H, tid);
+    cp_wait<1>();
+    if constexpr (WG) wg_fence_proxy();
+    __syncthreads();
+    const int mt = wp & 3, cs = wp >> 2, n1 = cs * (64 / CS), nk = cs * (KW / CS);
+    {
+        float acc[NM][4];
+        frag_zero(acc);
         if constexpr (WG) {
-            // k16 step kk in 64-column block kk / 4
+            // Q K^T over KP: k16 step kk in 64-column block kk / 4; the warpgroup's keys n1 ..
             const unsigned uq = smem_addr(sQ), uk = smem_addr(sK) + 128u * n1;
             wg_fence();
             #pragma unroll
@@ -239,278 +230,218 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         } else {
             wgemm<false, true, NM>(acc, sQ, LK, 16 * mt, sK, LK, n1, KP, lane);
         }
-    };
-    // M = scale (Q K^T) rq_t rk_s exp(G_t - G_s), causal, in place
-    auto m_scale = [&](float (&acc)[NM][4], const float* sG, const float* sRq, const float* sRk) {
         #pragma unroll
         for (int nt = 0; nt < NM; ++nt) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
-                acc[nt][e] = s <= t ? scale * sRq[t] * sRk[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f;
+                sM[t * 65 + s] = s <= t ? scale * sRq[t] * sRk[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f;
             }
         }
-    };
-    // the first item's q, k, G; its first V tile's loads land while M is formed (mma.sync)
-    ld_item(c, 0);
-    cp_commit();
-    ld_tiles(c, 0, 0);
-    ld_rows(c, 0);
-    int sl = 0, b0 = 0;  // the item's slot and the buffer of its first V tile
-    for (;;) {
-        const E* sQ = sQK + sl * 2 * 64 * LK;
-        const E* sK = sQ + 64 * LK;
-        const float* sG = sGb + 192 * sl;
-        const float* sRq = sG + 64;
-        const float* sRk = sG + 128;
-        const idx_t itn = it + gridDim.x;
-        const bool more = WG && itn < nitem;
-        const ChunkHead cn = more ? head(itn) : c;
-        if constexpr (!WG) {
+    }
+    float dqi[NT][4], dwa[NT][4], dkd[NT][4], dM[NM][4];
+    frag_zero(dqi);
+    frag_zero(dwa);
+    frag_zero(dkd);
+    frag_zero(dM);
+    float sd = 0.f;
+    for (int v0 = 0; v0 < VP; v0 += 64) {
+        // two buffers: tile v0 + 64 into the buffer tile v0 - 64 left (every warp is past it:
+        // the barrier that ended its iteration)
+        if (NB == 1) {
+            if (v0 > 0) ld_tiles(v0, 0);
+            cp_wait0();
+        } else {
+            if (v0 + 64 < VP) {
+                ld_tiles(v0 + 64, ((v0 >> 6) + 1) & 1);
+            } else {
+                cp_commit();
+            }
             cp_wait<1>();
-            __syncthreads();
-            float acc[NM][4];
-            frag_zero(acc);
-            qk_mma(acc, sQ, sK);
-            m_scale(acc, sG, sRq, sRk);
-            #pragma unroll
-            for (int nt = 0; nt < NM; ++nt) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) sM[(16 * mt + FRAG_ROW(e)) * 65 + n1 + FRAG_COL(nt, e)] = acc[nt][e];
-            }
-        }
-        float dqi[NT][4], dwa[NT][4], dkd[NT][4], dM[NM][4];
-        frag_zero(dqi);
-        frag_zero(dwa);
-        frag_zero(dkd);
-        frag_zero(dM);
-        float sd = 0.f;
-        int last = 0;  // the buffer of the item's last V tile
-        for (int v0 = 0; v0 < VP; v0 += 64) {
-            // two buffers: tile v0 + 64 into the buffer tile v0 - 64 left (every warp is past it:
-            // the barrier that ended its iteration); after the last tile the next item's q, k, G
-            // and first tile (WG), which land while this item's dq, dk run
-            const int cur = NB == 1 ? 0 : (b0 + (v0 >> 6)) & 1;
-            if (NB == 1) {
-                if (v0 > 0) ld_tiles(c, v0, 0);
-                cp_wait0();
-            } else {
-                if (v0 + 64 < VP) {
-                    ld_tiles(c, v0 + 64, cur ^ 1);
-                } else if (more) {
-                    ld_item(cn, sl ^ 1);
-                    ld_tiles(cn, 0, cur ^ 1);
-                    ld_rows(cn, sl ^ 1);
-                } else {
-                    cp_commit();
-                }
-                cp_wait<1>();
-            }
-            if constexpr (WG) wg_fence_proxy();
-            __syncthreads();
-            const E* sDo = sVb + cur * VBUF;
-            const E* sU = sDo + 64 * LV;
-            const E* sUl = sU + (SP - 1) * 64 * LV;
-            const E* sDu = sUl + 64 * LV;
-            const E* sDul = sDu + (SP - 1) * 64 * LV;
-            const E* sS = sDul + 64 * LV;
-            const E* sDS = sS + KW * LV;
-            if constexpr (WG) {
-                // every product of the tile issued at once, per k16 step the split terms in
-                // wgemm2's order; waited for after <S, dS'> below
-                const unsigned uDo = smem_addr(sDo), uU = smem_addr(sU), uUl = smem_addr(sUl), uDu = smem_addr(sDu),
-                               uDul = smem_addr(sDul), uS = smem_addr(sS) + 128u * nk, uDS = smem_addr(sDS) + 128u * nk;
-                wg_fence();
-                #pragma unroll
-                for (int kk = 0; kk < 4; ++kk) {
-                    auto dsc = [&](unsigned a) { return wg_desc(a + 32u * kk, 16, 1024); };
-                    wg_mma_frag<NT, 0, 0>(dqi, dsc(uDo), dsc(uS));
-                    wg_mma_frag<NT, 0, 0>(dwa, dsc(uDu), dsc(uS));
-                    wg_mma_frag<NT, 0, 0>(dwa, dsc(uDul), dsc(uS));
-                    wg_mma_frag<NT, 0, 0>(dkd, dsc(uU), dsc(uDS));
-                    wg_mma_frag<NT, 0, 0>(dkd, dsc(uUl), dsc(uDS));
-                    wg_mma_frag<NM, 0, 0>(dM, dsc(uDo), dsc(uU + 128u * n1));
-                    wg_mma_frag<NM, 0, 0>(dM, dsc(uDo), dsc(uUl + 128u * n1));
-                }
-                wg_commit();
-            } else {
-                wgemm<false, true, NT>(dqi, sDo, LDT, 16 * mt, sS, LDT, nk, 64, lane);
-                wgemm2<false, true, NT>(dwa, sDu, sDul, LDT, 16 * mt, sS, sS, LDT, nk, 64, lane, true, false);
-                wgemm2<false, true, NT>(dkd, sU, sUl, LDT, 16 * mt, sDS, sDS, LDT, nk, 64, lane, true, false);
-                wgemm2<false, true, NM>(dM, sDo, sDo, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, false, true);
-            }
-            // <S, dS'> of the tile, 16 bytes of each per step (the block's sum is fixed in order)
-            constexpr int P = 16 / (int)sizeof(E);
-            for (int x = tid; x < KW * (64 / P); x += DNT) {
-                const int r = x / (64 / P), cc = (x % (64 / P)) * P;
-                union {
-                    uint4 u;
-                    E v[P];
-                } a, b;
-                a.u = *(const uint4*)(sS + ix(r, cc, LDT));
-                b.u = *(const uint4*)(sDS + ix(r, cc, LDT));
-                #pragma unroll
-                for (int i = 0; i < P; ++i) sd += to_f32(a.v[i]) * to_f32(b.v[i]);
-            }
-            if constexpr (WG) wg_wait0();
-            __syncthreads();
-            last = cur;
-        }
-        // dMG's tiles: the buffer after the first (mma.sync), or the one the last V tile left (WG)
-        E* sDMG = sVb + (WG ? last : 1) * VBUF;  // [SP][64][LV]
-        E* sDMGl = sDMG + (SP - 1) * 64 * LV;
-        // WG: M recomputed here in dM's fragments (the same products and factors as sM's)
-        float Mv[NM][4];
-        if constexpr (WG) {
-            frag_zero(Mv);
-            qk_mma(Mv, sQ, sK);
-            m_scale(Mv, sG, sRq, sRk);
-        }
-        // F = dM * M: the warp's row sums (over its 64 / CS columns) and column sums (over its 16
-        // rows); the dq operand dMG rk_s (dMG = dM * scale * exp(G_t - G_s), causal)
-        {
-            float fr[2] = {0.f, 0.f}, fc[NM][2] = {};
-            #pragma unroll
-            for (int nt = 0; nt < NM; ++nt) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
-                    const float f = (WG ? Mv[nt][e] : sM[t * 65 + s]) * dM[nt][e];
-                    fr[e >> 1] += f;
-                    fc[nt][e & 1] += f;
-                    dM[nt][e] = s <= t ? dM[nt][e] * scale * ex2f(sG[t] - sG[s]) : 0.f;
-                    st2(sDMG, sDMGl, ix(t, s, LDT), dM[nt][e] * sRk[s]);
-                }
-            }
-            #pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-                fr[hh] = quad_sum(fr[hh]);
-                if (ft == 0) sFr[cs * 64 + 16 * mt + fg + 8 * hh] = fr[hh];
-            }
-            #pragma unroll
-            for (int nt = 0; nt < NM; ++nt) {
-                #pragma unroll
-                for (int j = 0; j < 2; ++j) {
-                    float x = fc[nt][j];
-                    x += __shfl_xor_sync(0xffffffffu, x, 4);
-                    x += __shfl_xor_sync(0xffffffffu, x, 8);
-                    x += __shfl_xor_sync(0xffffffffu, x, 16);
-                    if (fg == 0) sFc[mt * 64 + n1 + 8 * nt + 2 * ft + j] = x;
-                }
-            }
         }
         if constexpr (WG) wg_fence_proxy();
         __syncthreads();
-        const float glast = sG[63];
-        float rp[2] = {0.f, 0.f}, lastp = 0.f;
-        const idx_t o_k = (c.r0 * HV + c.hv) * (idx_t)K;  // row t of dq, dk at o_k + t * HV * K
-        // dq
-        #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
-                dqi[nt][e] *= scale * ex2f(sG[t]);
-                rp[e >> 1] += sRq[t] * to_f32(sQ[ix(t, i, LK)]) * dqi[nt][e];
-            }
-        }
+        const E* sDo = sVb + (NB == 1 ? 0 : (v0 >> 6) & 1) * VBUF;
+        const E* sU = sDo + 64 * LV;
+        const E* sUl = sU + (SP - 1) * 64 * LV;
+        const E* sDu = sUl + 64 * LV;
+        const E* sDul = sDu + (SP - 1) * 64 * LV;
+        const E* sS = sDul + 64 * LV;
+        const E* sDS = sS + KW * LV;
         if constexpr (WG) {
-            // dMG (K-major) times K (MN-major: the warpgroup's columns k0 + nk .., a 64-column block
-            // or the half of one at a 64-byte offset), 16 rows of K a k16 step
-            wg_dmg_mma<NT, 0>(dqi, smem_addr(sDMG), smem_addr(sDMGl), smem_addr(sK) + 128u * 64 * ((k0 + nk) >> 6) + 2u * ((k0 + nk) & 63));
-        } else {
-            wgemm2<false, false, NT>(dqi, sDMG, sDMGl, LDT, 16 * mt, sK, sK, LK, k0 + nk, 64, lane, true, false);
-        }
-        #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
+            // every product of the tile issued at once, per k16 step the split terms in
+            // wgemm2's order; waited for after <S, dS'> below
+            const unsigned uDo = smem_addr(sDo), uU = smem_addr(sU), uUl = smem_addr(sUl), uDu = smem_addr(sDu),
+                           uDul = smem_addr(sDul), uS = smem_addr(sS) + 128u * nk, uDS = smem_addr(sDS) + 128u * nk;
+            wg_fence();
             #pragma unroll
-            for (int e = 0; e < 4; e += 2) {
-                const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
-                st_row_pair(dq + o_k + (idx_t)t * HV * K, i, K, t < c.L, dqi[nt][e], dqi[nt][e + 1]);
+            for (int kk = 0; kk < 4; ++kk) {
+                auto dsc = [&](unsigned a) { return wg_desc(a + 32u * kk, 16, 1024); };
+                wg_mma_frag<NT, 0, 0>(dqi, dsc(uDo), dsc(uS));
+                wg_mma_frag<NT, 0, 0>(dwa, dsc(uDu), dsc(uS));
+                wg_mma_frag<NT, 0, 0>(dwa, dsc(uDul), dsc(uS));
+                wg_mma_frag<NT, 0, 0>(dkd, dsc(uU), dsc(uDS));
+                wg_mma_frag<NT, 0, 0>(dkd, dsc(uUl), dsc(uDS));
+                wg_mma_frag<NM, 0, 0>(dM, dsc(uDo), dsc(uU + 128u * n1));
+                wg_mma_frag<NM, 0, 0>(dM, dsc(uDo), dsc(uUl + 128u * n1));
             }
+            wg_commit();
+        } else {
+            wgemm<false, true, NT>(dqi, sDo, LDT, 16 * mt, sS, LDT, nk, 64, lane);
+            wgemm2<false, true, NT>(dwa, sDu, sDul, LDT, 16 * mt, sS, sS, LDT, nk, 64, lane, true, false);
+            wgemm2<false, true, NT>(dkd, sU, sUl, LDT, 16 * mt, sDS, sDS, LDT, nk, 64, lane, true, false);
+            wgemm2<false, true, NM>(dM, sDo, sDo, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, false, true);
         }
+        // <S, dS'> of the tile, 16 bytes of each per step (the block's sum is fixed in order)
+        constexpr int P = 16 / (int)sizeof(E);
+        for (int x = tid; x < KW * (64 / P); x += DNT) {
+            const int r = x / (64 / P), cc = (x % (64 / P)) * P;
+            union {
+                uint4 u;
+                E v[P];
+            } a, b;
+            a.u = *(const uint4*)(sS + ix(r, cc, LDT));
+            b.u = *(const uint4*)(sDS + ix(r, cc, LDT));
+            #pragma unroll
+            for (int i = 0; i < P; ++i) sd += to_f32(a.v[i]) * to_f32(b.v[i]);
+        }
+        if constexpr (WG) wg_wait0();
         __syncthreads();
-        // the dk operand rq_t dMG
+    }
+    // F = dM * M: the warp's row sums (over its 64 / CS columns) and column sums (over its 16
+    // rows); the dq operand dMG rk_s (dMG = dM * scale * exp(G_t - G_s), causal)
+    {
+        float fr[2] = {0.f, 0.f}, fc[NM][2] = {};
         #pragma unroll
         for (int nt = 0; nt < NM; ++nt) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
-                st2(sDMG, sDMGl, ix(t, s, LDT), dM[nt][e] * sRq[t]);
+                const float f = sM[t * 65 + s] * dM[nt][e];
+                fr[e >> 1] += f;
+                fc[nt][e & 1] += f;
+                dM[nt][e] = s <= t ? dM[nt][e] * scale * ex2f(sG[t] - sG[s]) : 0.f;
+                st2(sDMG, sDMGl, ix(t, s, LDT), dM[nt][e] * sRk[s]);
             }
-        }
-        if constexpr (WG) wg_fence_proxy();
-        __syncthreads();
-        // dk
-        #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
-                dkd[nt][e] *= ex2f(glast - sG[t]);
-                const float x = sRk[t] * to_f32(sK[ix(t, i, LK)]) * dkd[nt][e];
-                rp[e >> 1] -= x;
-                lastp += x;
-            }
-        }
-        if constexpr (WG) {
-            // (rq dMG)^T (MN-major: dMG's rows are the product's K) times Q, as dq's
-            wg_dmg_mma<NT, 1>(dkd, smem_addr(sDMG), smem_addr(sDMGl), smem_addr(sQ) + 128u * 64 * ((k0 + nk) >> 6) + 2u * ((k0 + nk) & 63));
-        } else {
-            wgemm2<true, false, NT>(dkd, sDMG, sDMGl, LDT, 16 * mt, sQ, sQ, LK, k0 + nk, 64, lane, true, false);
         }
         #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
+        for (int hh = 0; hh < 2; ++hh) {
+            fr[hh] = quad_sum(fr[hh]);
+            if (ft == 0) sFr[cs * 64 + 16 * mt + fg + 8 * hh] = fr[hh];
+        }
+        #pragma unroll
+        for (int nt = 0; nt < NM; ++nt) {
             #pragma unroll
-            for (int e = 0; e < 4; e += 2) {
-                const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
-                st_row_pair(dk + o_k + (idx_t)t * HV * K, i, K, t < c.L, dkd[nt][e], dkd[nt][e + 1]);
-                stg2_pair(dw, wplane, (c.oc * 64 + t) * KP + i, -dwa[nt][e], -dwa[nt][e + 1]);
+            for (int j = 0; j < 2; ++j) {
+                float x = fc[nt][j];
+                x += __shfl_xor_sync(0xffffffffu, x, 4);
+                x += __shfl_xor_sync(0xffffffffu, x, 8);
+                x += __shfl_xor_sync(0xffffffffu, x, 16);
+                if (fg == 0) sFc[mt * 64 + n1 + 8 * nt + 2 * ft + j] = x;
             }
         }
-        // the row sums of the dG terms
-        rp[0] = quad_sum(rp[0]);
-        rp[1] = quad_sum(rp[1]);
-        if (ft == 0) {
-            sRow[cs * 64 + 16 * mt + fg] = rp[0];
-            sRow[cs * 64 + 16 * mt + fg + 8] = rp[1];
+    }
+    if constexpr (WG) wg_fence_proxy();
+    __syncthreads();
+    const float glast = sG[63];
+    float rp[2] = {0.f, 0.f}, lastp = 0.f;
+    const idx_t o_k = (c.r0 * HV + c.hv) * (idx_t)K;  // row t of dq, dk at o_k + t * HV * K
+    // dq
+    #pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
+            dqi[nt][e] *= scale * ex2f(sG[t]);
+            rp[e >> 1] += sRq[t] * to_f32(sQ[ix(t, i, LK)]) * dqi[nt][e];
         }
-        lastp = warp_sum(lastp);
-        sd = warp_sum(sd);
-        if (lane == 0) {
-            sRed[wp] = lastp;
-            sRed[NW + wp] = sd;
+    }
+    if constexpr (WG) {
+        // dMG (K-major) times K (MN-major: the warpgroup's columns k0 + nk .., a 64-column block
+        // or the half of one at a 64-byte offset), 16 rows of K a k16 step
+        wg_dmg_mma<NT, 0>(dqi, smem_addr(sDMG), smem_addr(sDMGl), smem_addr(sK) + 128u * 64 * ((k0 + nk) >> 6) + 2u * ((k0 + nk) & 63));
+    } else {
+        wgemm2<false, false, NT>(dqi, sDMG, sDMGl, LDT, 16 * mt, sK, sK, LK, k0 + nk, 64, lane, true, false);
+    }
+    #pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        #pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+            const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
+            st_row_pair(dq + o_k + (idx_t)t * HV * K, i, K, t < c.L, dqi[nt][e], dqi[nt][e + 1]);
         }
-        __syncthreads();
-        if (tid < 64) {
-            const int t = tid;
-            float g = 0.f, fr = 0.f;
-            #pragma unroll
-            for (int x = 0; x < CS; ++x) {
-                g += sRow[x * 64 + t];
-                fr += sFr[x * 64 + t];
+    }
+    __syncthreads();
+    // the dk operand rq_t dMG
+    #pragma unroll
+    for (int nt = 0; nt < NM; ++nt) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
+            st2(sDMG, sDMGl, ix(t, s, LDT), dM[nt][e] * sRq[t]);
+        }
+    }
+    if constexpr (WG) wg_fence_proxy();
+    __syncthreads();
+    // dk
+    #pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
+            dkd[nt][e] *= ex2f(glast - sG[t]);
+            const float x = sRk[t] * to_f32(sK[ix(t, i, LK)]) * dkd[nt][e];
+            rp[e >> 1] -= x;
+            lastp += x;
+        }
+    }
+    if constexpr (WG) {
+        // (rq dMG)^T (MN-major: dMG's rows are the product's K) times Q, as dq's
+        wg_dmg_mma<NT, 1>(dkd, smem_addr(sDMG), smem_addr(sDMGl), smem_addr(sQ) + 128u * 64 * ((k0 + nk) >> 6) + 2u * ((k0 + nk) & 63));
+    } else {
+        wgemm2<true, false, NT>(dkd, sDMG, sDMGl, LDT, 16 * mt, sQ, sQ, LK, k0 + nk, 64, lane, true, false);
+    }
+    #pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        #pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+            const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
+            st_row_pair(dk + o_k + (idx_t)t * HV * K, i, K, t < c.L, dkd[nt][e], dkd[nt][e + 1]);
+            stg2_pair(dw, wplane, (c.oc * 64 + t) * KP + i, -dwa[nt][e], -dwa[nt][e + 1]);
+        }
+    }
+    // the row sums of the dG terms
+    rp[0] = quad_sum(rp[0]);
+    rp[1] = quad_sum(rp[1]);
+    if (ft == 0) {
+        sRow[cs * 64 + 16 * mt + fg] = rp[0];
+        sRow[cs * 64 + 16 * mt + fg + 8] = rp[1];
+    }
+    lastp = warp_sum(lastp);
+    sd = warp_sum(sd);
+    if (lane == 0) {
+        sRed[wp] = lastp;
+        sRed[NW + wp] = sd;
+    }
+    __syncthreads();
+    if (tid < 64) {
+        const int t = tid;
+        float g = 0.f, fr = 0.f;
+        #pragma unroll
+        for (int x = 0; x < CS; ++x) {
+            g += sRow[x * 64 + t];
+            fr += sFr[x * 64 + t];
+        }
+        if (z == 0) g += fr - ((sFc[t] + sFc[64 + t]) + (sFc[128 + t] + sFc[192 + t]));
+        if (t == c.L - 1) {
+            float a = 0.f, b = 0.f;
+            for (int x = 0; x < NW; ++x) {
+                a += sRed[x];
+                b += sRed[NW + x];
             }
-            if (z == 0) g += fr - ((sFc[t] + sFc[64 + t]) + (sFc[128 + t] + sFc[192 + t]));
-            if (t == c.L - 1) {
-                float a = 0.f, b = 0.f;
-                for (int x = 0; x < NW; ++x) {
-                    a += sRed[x];
-                    b += sRed[NW + x];
-                }
-                g += a + ex2f(glast) * b;
-            }
-            dgp[((idx_t)z * nch * HV + c.oc) * 64 + t] = g;
+            g += a + ex2f(glast) * b;
         }
-        if constexpr (!WG) {
-            break;
-        } else {
-            if (!more) break;
-            it = itn;
-            c = cn;
-            sl ^= 1;
-            b0 = last ^ 1;
-        }
-
+        dgp[((idx_t)z * nch * HV + c.oc) * 64 + t] = g;
     }
 }
 

@@ -385,36 +385,20 @@ pub(crate) fn dqkw_name(nb: usize, kp: usize, sfx: &str) -> String {
 }
 
 /// Whether dq/dk/dw runs on Hopper's warpgroup products (`delta_dqkw_wg_k{KP}_bf16`: the two-buffer
-/// entry's products on wgmma, the same adds in the same order, in a persistent block that loads
-/// the next item while it finishes one): where those entries exist (bf16, KP <= 128, sm_90a),
-/// unless the lab override `dq=s2` asks for the mma.sync entry.
+/// entry's products on wgmma, the same adds in the same order): where those entries exist
+/// (bf16, KP <= 128, sm_90a), unless the lab override `dq=s2` asks for the mma.sync entry.
 pub(crate) fn dqkw_wg(bf16: bool, kp: usize, arch: &str) -> bool {
     h_two_ok(bf16, kp) && arch == crate::runtime::ARCH_HOPPER && lab("dq").as_deref() != Some("s2")
 }
 
-/// The dq/dk/dw launch for KP = `kp` on a device of architecture `arch` with `sm_count` SMs,
-/// over `nc` chunks x `hv` value heads (`bf16`: bf16 storage, else f32): its entry point and
-/// launch shape. The warpgroup entry
-/// ([`dqkw_wg`]) is persistent: one block per SM (its shared memory allows no more), each
-/// walking the (chunk, value head) items blockIdx.x, + gridDim.x, ..; else [`dqkw_name`] with
-/// [`dqkw_bufs`] on one block per (chunk, value head, K tile).
-pub(crate) fn dqkw_launch(
-    bf16: bool,
-    kp: usize,
-    arch: &str,
-    sm_count: usize,
-    nc: u32,
-    hv: usize,
-    smem: &DeltaSmem,
-) -> (String, LaunchConfig) {
+/// The dq/dk/dw launch for KP = `kp` on a device of architecture `arch`: its entry point and
+/// dynamic shared memory ([`dqkw_wg`], else [`dqkw_name`] with [`dqkw_bufs`]).
+pub(crate) fn dqkw_kernel(bf16: bool, kp: usize, sfx: &str, arch: &str, smem: &DeltaSmem) -> (String, usize) {
     if dqkw_wg(bf16, kp, arch) {
-        let items = (nc as usize * hv).max(1);
-        let blocks = items.min(sm_count.max(1)) as u32;
-        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (CHUNK_THREADS, 1, 1), shared_mem_bytes: smem.dqkw_wg() as u32 };
-        (format!("delta_dqkw_wg_k{kp}_bf16"), cfg)
+        (format!("delta_dqkw_wg_k{kp}_{sfx}"), smem.dqkw_wg())
     } else {
         let nb = dqkw_bufs(bf16, kp);
-        (dqkw_name(nb, kp, if bf16 { "bf16" } else { "f32" }), chunk_cfg(nc, hv, dqkw_kz(bf16, kp), smem.dqkw(nb)))
+        (dqkw_name(nb, kp, sfx), smem.dqkw(nb))
     }
 }
 
@@ -485,11 +469,11 @@ impl DeltaSmem {
         (2 * 64 * self.lk() + nb * vbuf + (2 - nb) * sp * 64 * LDT) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4
     }
     /// `delta_dqkw_wg_*` (bf16, KP <= 128): `dqkw(2)`'s tiles swizzled and unpadded (64-column
-    /// rows) with two slots of q, k, G and the row factors and no M, and 1024 bytes to align them.
+    /// rows), and 1024 bytes to align them.
     pub(crate) fn dqkw_wg(&self) -> usize {
         let (e, sp, kp) = (self.e, self.sp, self.kp);
         let vbuf = (1 + 2 * sp) * 64 * 64 + 2 * kp * 64;
-        (2 * 2 * 64 * kp + 2 * vbuf) * e + (2 * 192 + 128 + 16 + 128 + 256) * 4 + 1024
+        (2 * 64 * kp + 2 * vbuf) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024
     }
     pub(crate) fn wy_bwd(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -785,9 +769,9 @@ mod tests {
         // the warpgroup entries where they run (bf16, KP <= 128, sm_90a), built
         for kp in [64, 128] {
             for (bf16, arch, wg) in [(true, "sm_90a", true), (true, "sm_80", false), (false, "sm_90a", false)] {
-                let (name, cfg) = dqkw_launch(bf16, kp, arch, 132, 1024, 16, &DeltaSmem::new(bf16, kp, 128));
+                let sfx = if bf16 { "bf16" } else { "f32" };
+                let (name, _) = dqkw_kernel(bf16, kp, sfx, arch, &DeltaSmem::new(bf16, kp, 128));
                 assert_eq!(name.contains("_wg_"), wg, "{name}");
-                assert_eq!(cfg.grid_dim, if wg { (132, 1, 1) } else { (1024, 16, dqkw_kz(bf16, kp) as u32) }, "{name}");
                 assert!(crate::kernels::source_of(&name).is_some(), "{name}");
             }
         }

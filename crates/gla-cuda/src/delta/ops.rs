@@ -874,15 +874,14 @@ fn chunk_bwd<T: Elem>(
         return Ok(());
     }
     let kz = dd::dqkw_kz(bf16, kp);
-    let (dqkw, dqkw_cfg) = dd::dqkw_launch(bf16, kp, cuda.arch(), cuda.sm_count(), gx, p.hv(), &smem);
+    let (dqkw, dqkw_smem) = dd::dqkw_kernel(bf16, kp, sfx, cuda.arch(), &smem);
     // SAFETY: arguments match delta_dqkw_*'s signature (the `_s2` and `_wg` entries': the same);
-    // the grid covers every (chunk, value head) item (grid z KP in tiles of KW; the persistent
-    // entry walks the items); dq, dk hold [rows, HV, K] f32, dw planes x chunks x HV x 64 x KP,
-    // dG KZ x chunks x HV x 64
+    // grid z covers KP in tiles of KW; dq, dk hold [rows, HV, K] f32, dw planes x chunks x HV x
+    // 64 x KP, dG KZ x chunks x HV x 64
     unsafe {
         cuda.launch(
             &dqkw,
-            dqkw_cfg,
+            dd::chunk_cfg(gx, p.hv(), kz, dqkw_smem),
             &[x.q, x.k, &ws.rq, &ws.rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgk, bounds, off, seq, &h, &hv, &k, &v, &vp32, &scale, &nch],
         )?;
     }

@@ -488,17 +488,11 @@ static size_t sm_dqkw(int KP, int NB) {
     return (2 * 64 * (KP + 8) + NB * VBUF + (2 - NB) * SP * 64 * 72) * sizeof(E) + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4;
 }
 // the dq/dk/dw entry on warpgroups (bf16, KP <= 128): DELTA_DQVAR=wg; its swizzled, unpadded
-// tiles (two slots of q, k), G and the row factors in two slots, and the 1024 bytes of their
-// alignment (src/delta/dispatch.rs DeltaSmem::dqkw_wg). A persistent block: the launch takes
-// DELTA_DQGRID blocks (default 3), so that blocks walk several items.
+// tiles and the 1024 bytes of their alignment (src/delta/dispatch.rs DeltaSmem::dqkw_wg)
 static std::map<int, void*> g_dqwg = {{64, (void*)delta_dqkw_wg_k64_bf16}, {128, (void*)delta_dqkw_wg_k128_bf16}};
 static size_t sm_dqkw_wg(int KP) {
     const int VBUF = 5 * 64 * 64 + 2 * KP * 64;
-    return (2 * 2 * 64 * KP + 2 * VBUF) * 2 + (2 * 192 + 128 + 16 + 128 + 256) * 4 + 1024;
-}
-static unsigned dq_grid(long long items) {
-    const long long g = getenv("DELTA_DQGRID") ? atoll(getenv("DELTA_DQGRID")) : 3;
-    return (unsigned)std::max(1LL, std::min(items, g));
+    return (2 * 64 * KP + 2 * VBUF) * 2 + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024;
 }
 template <class E>
 static bool dq_wg(int KP) {
@@ -833,8 +827,7 @@ struct Run {
                                const float*, float*, float*, E*, float*, const long long*, const long long*, const int*, int, int, int,
                                int, int, float, long long);
         if (nc > 0)
-            emu::launch(dq_wg<E>(KP) ? dim3{dq_grid(nc * HV), 1, 1} : dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, b256,
-                        dq_wg<E>(KP) ? sm_dqkw_wg(KP) : sm_dqkw<E>(KP, dq_bufs<E>(KP)), [&] {
+            emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, b256, dq_wg<E>(KP) ? sm_dqkw_wg(KP) : sm_dqkw<E>(KP, dq_bufs<E>(KP)), [&] {
                 ((DqkwFn)(dq_wg<E>(KP) ? g_dqwg[KP] : f.dqkw))(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), du.data(), hs.data(), dhs.data(), g2.data(),
                                  dqp.data(), dkp.data(), dw.data(), dgp.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V,
                                  VP, scale, nch);
