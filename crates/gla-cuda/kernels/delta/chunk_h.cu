@@ -19,8 +19,7 @@
 // (delta_dvl's arithmetic, P from the q, k rows it loads) instead of read, the per-chunk loads on
 // two cp.async stages (64 columns, one block per SM).
 //
-// delta_hr_b2_k{KP}_bf16, delta_hr_v32b2_k{KP}_bf16 (KP <= 128, the residual forward; 64 or
-// 32 value columns a block): delta_h with U formed as
+// delta_hr_b2_k{KP}_bf16 (KP <= 128, the residual forward): delta_h with U formed as
 // T (beta (V - rk exp(G) (K S))) from delta_wyt's T, k and v, so no w or u is read (or
 // written by the WY pass): the same U, a third fewer bytes per chunk, one more product and
 // barrier in the chain.
@@ -39,7 +38,7 @@
 //   delta_h_bwd_v32_k64_bf16 delta_h_bwd_v32_k128_bf16 delta_h_bwd_v32_k192_bf16 delta_h_bwd_v32_k256_bf16
 //   delta_h_b2_k64_bf16 delta_h_b2_k128_bf16 delta_h_v32b2_k64_bf16 delta_h_v32b2_k128_bf16
 //   delta_h_bwd_dv2_k64_bf16 delta_h_bwd_dv2_k128_bf16
-//   delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16 delta_hr_v32b2_k64_bf16 delta_hr_v32b2_k128_bf16
+//   delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16
 
 // The state tile's warp layout (S or dS, KP x BV in mma fragments): warp (wm, wn) of WM x WN
 // holds m-tiles wm + WM ms (ms < MS) and the NSN n8-tiles from 8 NSN wn.
@@ -426,12 +425,12 @@ extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_##NAME(           
 }
 // the residual forward (bf16; h_fwd's RES): delta_h's arguments, w and u unread (may be null),
 // then T (delta_wyt's), v and beta
-#define HR_ENTRY(PFX, KP, NS, BV, LB)                                                                     \
+#define HR_ENTRY(PFX, KP, NS, LB)                                                                         \
 extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_bf16(                                       \
     const bf16_t* w, const float* u, const bf16_t* k, const float* rk, const float* g2, const float* h0, \
     bf16_t* hs, bf16_t* vn, float* ht, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, \
     int V, int VP, idx_t nch, const bf16_t* tm, const bf16_t* v, const float* bt) {                      \
-    h_fwd<bf16_t, KP, NS, BV, true>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K, V, VP, \
+    h_fwd<bf16_t, KP, NS, 64, true>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K, V, VP, \
                                     nch, tm, v, bt);                                                      \
 }
 #define HB_ENTRY(PFX, KP, BV, NAME, E) HB_ENTRY_FD(PFX, KP, BV, false, 1, NAME, E)
@@ -464,12 +463,9 @@ H_ENTRY_LB(delta_h_b2, 64, 1, 64, (DNT, 2), bf16, bf16_t)
 H_ENTRY_LB(delta_h_b2, 128, 1, 64, (DNT, 2), bf16, bf16_t)
 H_ENTRY_LB(delta_h_v32b2, 64, 1, 32, (DNT, 2), bf16, bf16_t)
 H_ENTRY_LB(delta_h_v32b2, 128, 1, 32, (DNT, 2), bf16, bf16_t)
-// the residual forward (src/delta/dispatch.rs h_res): one stage built for two blocks per SM, 64
-// or 32 (`_v32b2`) value columns per block
-HR_ENTRY(delta_hr_b2, 64, 1, 64, (DNT, 2))
-HR_ENTRY(delta_hr_b2, 128, 1, 64, (DNT, 2))
-HR_ENTRY(delta_hr_v32b2, 64, 1, 32, (DNT, 2))
-HR_ENTRY(delta_hr_v32b2, 128, 1, 32, (DNT, 2))
+// the residual forward (src/delta/dispatch.rs h_res): one stage built for two blocks per SM
+HR_ENTRY(delta_hr_b2, 64, 1, (DNT, 2))
+HR_ENTRY(delta_hr_b2, 128, 1, (DNT, 2))
 HB_ENTRY(delta_h_bwd, 64, 64, f32, float)
 HB_ENTRY(delta_h_bwd, 128, 64, f32, float)
 HB_ENTRY(delta_h_bwd, 64, 64, bf16, bf16_t)

@@ -357,35 +357,26 @@ pub(crate) fn dqkw_bufs(bf16: bool, kp: usize) -> usize {
     }
 }
 
-/// Whether the chunked forward runs the residual form (bf16, KP <= 128), and on how many value
-/// columns a block: `delta_wyt` writes T alone and `delta_hr_b2` (64 columns) or
-/// `delta_hr_v32b2` (32; both one stage, built for two blocks per SM) forms v_new as
+/// Whether the chunked forward runs the residual form (bf16, KP <= 128): `delta_wyt` writes T
+/// alone and `delta_hr_b2` (64 columns, two blocks per SM) forms v_new as
 /// T (beta (V - rk exp(G) (K S))), so w and u are never formed. The default on a forward-only
-/// workspace (`fwd_only`: no backward buffers, inference and prefill): 64 columns where
-/// 64-column tiles (`tiles`) fill every SM at least once ([`h_policy`]'s condition for two
-/// blocks per SM), 32 below that (long sequences: twice the blocks walking the chunks). A
-/// backward on the forward's workspace would have to form w again (`delta_wy`), which costs
-/// more than the residual form saves, so a workspace that holds the backward's buffers keeps the
-/// WY form (both measured: `bench/results/README.md`, the delta rows of 2026-12-05). The lab
-/// override `h=resb2` / `h=resv32` forces the residual form at 64 / 32 columns (any workspace;
-/// the delta checks run it over the whole case table), any other `h=` value (a WY plan under
-/// study) turns it off.
-pub(crate) fn h_res(bf16: bool, kp: usize, fwd_only: bool, tiles: usize, sm_count: usize) -> Option<usize> {
+/// workspace (`fwd_only`: no backward buffers, inference and prefill) where 64-column tiles fill
+/// every SM at least once (`tiles`, [`h_policy`]'s condition for two blocks per SM), where it is
+/// the faster forward. A backward on the forward's workspace would have to form w again
+/// (`delta_wy`), which costs more than the residual form saves, so a workspace that holds the
+/// backward's buffers keeps the WY form (both measured: `bench/results/README.md`, the delta
+/// rows of 2026-12-05). The lab override `h=resb2` forces the residual form (any workspace; the
+/// delta checks run it over the whole case table), any other `h=` value (a WY plan under study)
+/// turns it off.
+pub(crate) fn h_res(bf16: bool, kp: usize, fwd_only: bool, tiles: usize, sm_count: usize) -> bool {
     if !h_two_ok(bf16, kp) {
-        return None;
+        return false;
     }
     match h_lab(false).as_deref() {
-        Some("resb2") => Some(64),
-        Some("resv32") => Some(32),
-        Some(_) => None,
-        None if fwd_only => Some(if tiles >= sm_count { 64 } else { 32 }),
-        None => None,
+        Some("resb2") => true,
+        Some(_) => false,
+        None => fwd_only && tiles >= sm_count,
     }
-}
-
-/// The entry point of the residual state pass on `bv` value columns a block ([`h_res`]).
-pub(crate) fn hr_name(bv: usize, kp: usize) -> String {
-    format!("delta_hr_{}_k{kp}_bf16", if bv == 32 { "v32b2" } else { "b2" })
 }
 
 /// The entry point of `delta_dqkw_*` with `nb` V-tile buffers ([`dqkw_bufs`]).
@@ -445,10 +436,10 @@ impl DeltaSmem {
         let lds = bv + PAD;
         (ns * (sp + 1) * 64 * self.lk() + self.kp * lds + sp * 64 * lds) * e + ns * (64 * bv + 128) * 4
     }
-    /// `delta_hr_b2` / `delta_hr_v32b2` on `bv` columns (one stage of loads): T (split), k, a
-    /// V tile; the state operand; U's and Y's split tiles; G, rk, beta.
-    pub(crate) fn hr(&self, bv: usize) -> usize {
-        let (e, sp, lds) = (self.e, self.sp, bv + PAD);
+    /// `delta_hr_b2` (one stage of loads): T (split), k, a 64-column V tile; the state operand;
+    /// U's and Y's split tiles; G, rk, beta.
+    pub(crate) fn hr(&self) -> usize {
+        let (e, sp, lds) = (self.e, self.sp, 64 + PAD);
         let stage = sp * 64 * LDT + 64 * self.lk() + 64 * lds;
         (stage + self.kp * lds + 2 * sp * 64 * lds) * e + 192 * 4
     }
@@ -498,7 +489,7 @@ impl DeltaSmem {
         let fused = h_two_ok(self.e == 2, self.kp);
         let hb2 = if fused { self.h_bwd(HPlan { bv: 64, ns: 2, two: false, out: true }) } else { 0 };
         let dq = dqkw_bufs(self.e == 2, self.kp);
-        let hr = if fused { self.hr(64).max(self.hr(32)) } else { 0 };
+        let hr = if fused { self.hr() } else { 0 };
         let dqwg = if fused { self.dqkw_wg() } else { 0 };
         [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), hb2, self.dqkw(dq), dqwg, self.wy_bwd(), hr]
             .into_iter()
@@ -790,9 +781,7 @@ mod tests {
             assert!(DeltaSmem::new(true, kp, 128).dqkw_wg() <= 227 * 1024, "KP {kp}");
             // the residual state pass: one stage at two blocks per SM
             let sm = DeltaSmem::new(true, kp, 128);
-            for bv in [32, 64] {
-                assert!(2 * (sm.hr(bv) + 1024) <= 228 * 1024, "KP {kp}, BV {bv}: {} B", sm.hr(bv));
-            }
+            assert!(2 * (sm.hr() + 1024) <= 228 * 1024, "KP {kp}: {} B", sm.hr());
         }
     }
 
@@ -830,14 +819,11 @@ mod tests {
         if std::env::var("GLA_DELTA_LAB").is_err() {
             // forward-only workspaces whose 64-column tiles fill the SMs; never a training one,
             // f32 storage or KP > 128
-            assert_eq!(h_res(true, 128, true, 132, 132), Some(64));
-            assert_eq!(h_res(true, 128, true, 131, 132), Some(32));
-            assert_eq!(h_res(true, 128, false, 1024, 132), None);
-            assert_eq!(h_res(false, 128, true, 1024, 132), None);
-            assert_eq!(h_res(true, 192, true, 1024, 132), None);
-            for bv in [32, 64] {
-                assert!(crate::kernels::source_of(&hr_name(bv, 128)).is_some(), "BV {bv}");
-            }
+            assert!(h_res(true, 128, true, 132, 132));
+            assert!(!h_res(true, 128, true, 131, 132));
+            assert!(!h_res(true, 128, false, 1024, 132));
+            assert!(!h_res(false, 128, true, 1024, 132));
+            assert!(!h_res(true, 192, true, 1024, 132));
         }
     }
 }

@@ -509,16 +509,15 @@ fn chunk_wy_h<T: Elem>(
     // a workspace without the backward's buffers serves a forward only
     let fwd_only = ws.dw.is_none();
     let tiles = (vp / 64) * p.n() * p.hv();
-    let res_bv = if res_ok { dd::h_res(bf16, kp, fwd_only, tiles, cuda.sm_count()) } else { None };
-    let res = res_bv.and(tm);
+    let res = if res_ok && dd::h_res(bf16, kp, fwd_only, tiles, cuda.sm_count()) { tm } else { None };
     ws.res_fwd.store(res.is_some(), std::sync::atomic::Ordering::Relaxed);
-    if let (Some(tm), Some(bv)) = (res, res_bv) {
+    if let Some(tm) = res {
         // the residual forward: T alone, then v_new from T, k and v
         wy_launch(cuda, op, p, dp, x, ws, kp, Some(tm), true)?;
-        let name = dd::hr_name(bv, kp);
-        let cfg = dd::state_cfg(vp, bv, grid_nhv(op, p)?, smem.hr(bv));
-        // SAFETY: arguments match delta_hr_*'s (delta_h's, w and u unread, then T, v, beta);
-        // one block per (bv-column V tile, sequence x value head)
+        let name = format!("delta_hr_b2_k{kp}_{}", T::SUFFIX);
+        let cfg = dd::state_cfg(vp, 64, grid_nhv(op, p)?, smem.hr());
+        // SAFETY: arguments match delta_hr_b2's (delta_h's, w and u unread, then T, v, beta);
+        // one block per (64-column V tile, sequence x value head)
         return unsafe {
             cuda.launch(
                 &name,

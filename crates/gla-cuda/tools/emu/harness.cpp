@@ -504,19 +504,17 @@ template <class E>
 static int dq_bufs(int KP) {
     return (sizeof(E) == 2 && KP <= 128) ? 2 : 1;
 }
-// the residual forward (delta_wyt + delta_hr_b2 / delta_hr_v32b2; bf16, KP <= 128):
-// DELTA_HVAR=resb2 / resv32 (64 / 32 value columns a block); the backward then runs delta_wy for
-// w (as src/delta/ops.rs does)
+// the residual forward (delta_wyt + delta_hr_b2; bf16, KP <= 128): DELTA_HVAR=resb2; the
+// backward then runs delta_wy for w (as src/delta/ops.rs does)
 static std::map<int, void*> g_wyt = {{64, (void*)delta_wyt_k64_bf16}, {128, (void*)delta_wyt_k128_bf16}};
 static std::map<int, void*> g_hrb2 = {{64, (void*)delta_hr_b2_k64_bf16}, {128, (void*)delta_hr_b2_k128_bf16}};
-static std::map<int, void*> g_hrv32 = {{64, (void*)delta_hr_v32b2_k64_bf16}, {128, (void*)delta_hr_v32b2_k128_bf16}};
-static size_t sm_hr(int KP, int BV) {
-    const size_t L = BV + 8, stage = 2 * 64 * 72 + 64 * (KP + 8) + 64 * L;
-    return (stage + (size_t)KP * L + 4 * 64 * L) * 2 + 192 * 4;
+static size_t sm_hr(int KP) {
+    const size_t stage = 2 * 64 * 72 + 64 * (KP + 8) + 64 * 72;
+    return (stage + (size_t)KP * 72 + 4 * 64 * 72) * 2 + 192 * 4;
 }
 static const char* h_res_var() {
     const char* hv = getenv("DELTA_HVAR");
-    return hv && (!std::strcmp(hv, "resb2") || !std::strcmp(hv, "resv32")) ? hv : nullptr;
+    return hv && !std::strcmp(hv, "resb2") ? hv : nullptr;
 }
 template <class E>
 static size_t sm_wyb(int KP, int VP) {
@@ -741,9 +739,8 @@ struct Run {
                 });
             typedef void (*HrFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
                                  const long long*, const long long*, int, int, int, int, int, long long, const E*, const E*, const float*);
-            const int rbv = std::strcmp(res, "resv32") ? 64 : 32;
-            emu::launch(dim3{(unsigned)(VP / rbv), (unsigned)(d.N * HV), 1}, b256, sm_hr(KP, rbv), [&] {
-                ((HrFn)(rbv == 32 ? g_hrv32 : g_hrb2).at(KP))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(),
+            emu::launch(dim3{(unsigned)(VP / 64), (unsigned)(d.N * HV), 1}, b256, sm_hr(KP), [&] {
+                ((HrFn)g_hrb2.at(KP))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(),
                                                         ht.data(), p.bounds.data(), p.off.data(), H, HV, K, V, VP, nch, tm.data(),
                                                         v.data(), bt.data());
             });
