@@ -84,7 +84,7 @@ for shape in ("32x2048x16x128x128", "8x8192x16x128x128", "2x32768x16x128x128"):
         txt = open(f).read().split("\n")
         on, d = False, {}
         for line in txt:
-            if line.startswith(f"delta {shape}"): on = True; continue
+            if line.startswith(f"delta {shape}: one forward+backward"): on = True; continue
             if on and not line.startswith("  "): break
             if on:
                 m = re.match(r"\s+(\S+)\s+([\d.]+) ms", line)

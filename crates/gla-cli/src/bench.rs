@@ -296,7 +296,7 @@ pub struct DeltaArgs {
     /// Also write the results as JSON to this file (read by bench/delta_vs_fla.py).
     #[arg(long)]
     json: Option<std::path::PathBuf>,
-    /// Also print each launch's time in one forward+backward (CUDA events per launch).
+    /// Also print each launch's time in one forward+backward and in one forward (CUDA events per launch).
     #[arg(long)]
     stages: bool,
 }

@@ -387,19 +387,24 @@ pub fn bench_delta(cuda: &Arc<Cuda>, shapes: &[[usize; 5]], reps: usize, ops: &[
 }
 
 /// The time of each launch of one forward+backward of `op` on `shape` (CUDA events around each
-/// launch, after a warm-up run) on a training workspace, as [`bench_delta`]'s `fwd+bwd` row: a
-/// plain-text table, one line per launch.
+/// launch, after a warm-up run) on a training workspace, as [`bench_delta`]'s `fwd+bwd` row,
+/// then of one forward on a forward-only workspace, as its `fwd` row: plain-text tables, one
+/// line per launch.
 ///
 /// # Errors
 /// As [`bench_delta`].
 pub fn delta_stages(cuda: &Arc<Cuda>, shape: [usize; 5], op: &str) -> Result<String> {
     let inp = DeltaBenchInputs::new(cuda, shape)?;
-    let mut b = DeltaBenchOp::new(cuda, &inp, shape, op, false)?;
+    let mut b = DeltaBenchOp::new(cuda, &inp, shape, op, true)?;
     b.fwd_bwd(cuda)?;
+    b.fwd(cuda)?;
     cuda.sync()?;
     let ((), times) = crate::runtime::profile(cuda, || b.fwd_bwd(cuda))?;
+    let ((), fwd_times) = crate::runtime::profile(cuda, || b.fwd(cuda))?;
     let [bb, t, h, k, v] = shape;
-    Ok(stages_table(&format!("{op} {bb}x{t}x{h}x{k}x{v}: one forward+backward"), &times))
+    let mut s = stages_table(&format!("{op} {bb}x{t}x{h}x{k}x{v}: one forward+backward"), &times);
+    s += &stages_table(&format!("{op} {bb}x{t}x{h}x{k}x{v}: one forward (forward-only workspace)"), &fwd_times);
+    Ok(s)
 }
 
 /// A [`crate::runtime::profile`] record as a plain-text table, one line per launch in launch
