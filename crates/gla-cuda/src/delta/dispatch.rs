@@ -279,20 +279,23 @@ fn h_lab(bwd: bool) -> Option<String> {
 /// measured on the H200 (bf16, K = V = 128, B*T = 65536, `bench/delta_lab.sh`) the state pass
 /// runs 1.37 -> 1.22 ms at T = 2048 and the forward 3.56 -> 3.01 ms at T = 8192 (256 blocks), while
 /// at T = 32768 (64 blocks) one stage of loads costs more than the occupancy gains (3.56 ->
-/// 4.55 ms), so the one-block plan stays. The backward keeps one block per SM; where it runs
-/// 64 columns and the fused entries exist it computes dvl itself on two stages
-/// (`delta_h_bwd_dv2`, faster on the H200 than `delta_dvl` + `delta_h_bwd` there, slower at 32
-/// columns: `bench/delta_lab.sh`).
+/// 4.55 ms), so the one-block plan stays. The backward keeps one block per SM; where the fused
+/// entries exist it computes dvl itself on 64 columns and two stages (`delta_h_bwd_dv2`, no
+/// `delta_dvl` launch) unless 32-column tiles would all run in one wave (2 `tiles` <= SMs),
+/// where the 64-column pass would leave half the SMs idle for as long. On an H100 (bf16, K = V
+/// = 128, B*T = 65536, 1f9ac1b) the fused pass ran forward+backward 8.63 / 8.78 ms against
+/// 9.16 / 9.55 for `delta_h_bwd_v32` + `delta_dvl` at T = 8192 / 16384 (256 / 128 tiles: one
+/// wave at 64 columns, two at 32), its launch 1.61 ms at every T up to 16384; at T = 32768 (64
+/// tiles) it would take twice that against 2.24 + 0.51 ms (`bench/results/README.md`).
 fn h_policy(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> HPlan {
     let tiles = (vp / 64) * nhv;
     if !bwd && h_two_ok(bf16, kp) && tiles >= sm_count {
         return HPlan { bv: 64, ns: 1, two: true, out: false };
     }
-    let one = h_one(bwd, bf16, kp, tiles, sm_count);
-    if bwd && one.bv == 64 && h_two_ok(bf16, kp) {
+    if bwd && h_two_ok(bf16, kp) && 2 * tiles > sm_count {
         return HPlan { bv: 64, ns: 2, two: false, out: true };
     }
-    one
+    h_one(bwd, bf16, kp, tiles, sm_count)
 }
 
 /// The one-block-per-SM plan for `tiles` 64-column tiles (see [`h_policy`]): the forward's
@@ -358,11 +361,14 @@ pub(crate) fn dqkw_bufs(bf16: bool, kp: usize) -> usize {
 }
 
 /// Whether the chunked forward runs the residual form (bf16, KP <= 128): `delta_wyt` writes T
-/// alone and `delta_hr_b2` (64 columns, two blocks per SM) forms v_new as
+/// alone and `delta_hr_b2` (64 columns, built for two blocks per SM) forms v_new as
 /// T (beta (V - rk exp(G) (K S))), so w and u are never formed. The default on a forward-only
-/// workspace (`fwd_only`: no backward buffers, inference and prefill) where 64-column tiles fill
-/// every SM at least once (`tiles`, [`h_policy`]'s condition for two blocks per SM), where it is
-/// the faster forward. A backward on the forward's workspace would have to form w again
+/// workspace (`fwd_only`: no backward buffers, inference and prefill) unless the WY form's
+/// 32-column state pass ([`h_policy`]) would run in one wave (2 `tiles` <= SMs, `tiles` the
+/// 64-column ones): there the residual pass's 64-column blocks, one per SM, take twice as long
+/// per chunk as that pass's. On an H100 (bf16, K = V = 128, B*T = 65536) the residual forward
+/// ran 2.83 against 3.15 ms for the WY form at T = 16384 (128 tiles) and 4.23 against 3.13 at
+/// T = 32768 (64 tiles). A backward on the forward's workspace would have to form w again
 /// (`delta_wy`), which costs more than the residual form saves, so a workspace that holds the
 /// backward's buffers keeps the WY form (both measured: `bench/results/README.md`, the delta
 /// rows of 2026-12-05). The lab override `h=resb2` forces the residual form (any workspace; the
@@ -375,7 +381,7 @@ pub(crate) fn h_res(bf16: bool, kp: usize, fwd_only: bool, tiles: usize, sm_coun
     match h_lab(false).as_deref() {
         Some("resb2") => true,
         Some(_) => false,
-        None => fwd_only && tiles >= sm_count,
+        None => fwd_only && 2 * tiles > sm_count,
     }
 }
 
@@ -735,8 +741,14 @@ mod tests {
         assert_eq!(plan(false, true, 32), one(32));
         assert_eq!(plan(false, false, 32), HPlan { bv: 64, ns: 1, two: false, out: false });
         assert_eq!(h_policy(false, true, 192, 128, 512, 132), HPlan { bv: 64, ns: 1, two: false, out: false });
-        // the backward: one block per SM; dvl fused in at 64 columns where the entries exist
-        assert_eq!(plan(true, true, 512), HPlan { bv: 64, ns: 2, two: false, out: true });
+        // the backward: one block per SM; dvl fused in at 64 columns where the entries exist,
+        // unless 32-column tiles run in one wave
+        let fused = HPlan { bv: 64, ns: 2, two: false, out: true };
+        assert_eq!(plan(true, true, 512), fused);
+        assert_eq!(plan(true, true, 128), fused);
+        assert_eq!(plan(true, true, 64), fused);
+        assert_eq!(plan(true, true, 34), fused);
+        assert_eq!(plan(true, true, 33), one_bwd(32));
         assert_eq!(plan(true, true, 32), one_bwd(32));
         assert_eq!(plan(true, false, 32), one_bwd(64));
         assert_eq!(h_policy(true, true, 192, 128, 512, 132), one_bwd(64));
@@ -817,10 +829,11 @@ mod tests {
         assert_eq!(DeltaWorkspaceLens::forward(&p, 2, true, path).tm, 2 * 2 * 4096);
         assert_eq!(DeltaWorkspaceLens::forward(&p, 2, false, delta_path(&p, false, DeltaAlgo::Chunked).unwrap()).tm, 0);
         if std::env::var("GLA_DELTA_LAB").is_err() {
-            // forward-only workspaces whose 64-column tiles fill the SMs; never a training one,
-            // f32 storage or KP > 128
+            // forward-only workspaces whose 32-column tiles would not run in one wave; never a
+            // training one, f32 storage or KP > 128
             assert!(h_res(true, 128, true, 132, 132));
-            assert!(!h_res(true, 128, true, 131, 132));
+            assert!(h_res(true, 128, true, 67, 132));
+            assert!(!h_res(true, 128, true, 66, 132));
             assert!(!h_res(true, 128, false, 1024, 132));
             assert!(!h_res(false, 128, true, 1024, 132));
             assert!(!h_res(true, 192, true, 1024, 132));

@@ -798,12 +798,12 @@ struct Run {
         typedef void (*DvlFn)(const E*, const E*, const float*, const float*, const E*, const float*, float*, const long long*,
                               const long long*, const int*, int, int, int, int, int, float);
         // the state-gradient pass: dispatch::delta::h_policy's rule at 132 SMs (dvl fused in,
-        // delta_h_bwd_dv2, where it runs 64 columns and the entry exists; no delta_dvl launch,
-        // its output stays poisoned and is passed as null); DELTA_HBVAR=dv2 fused at 64 columns
-        // whatever the tiles, DELTA_HBVAR=one never
+        // delta_h_bwd_dv2, where the entry exists and 32-column tiles would not fit in one wave;
+        // no delta_dvl launch, its output stays poisoned and is passed as null); DELTA_HBVAR=dv2
+        // fused at 64 columns whatever the tiles, DELTA_HBVAR=one never
         const char* hbv = getenv("DELTA_HBVAR");
         const int bv0 = h_bv<E>(VP, d.N * HV);
-        const bool fd = f.hbd2 && !(hbv && !std::strcmp(hbv, "one")) && ((hbv && !std::strcmp(hbv, "dv2")) || bv0 == 64);
+        const bool fd = f.hbd2 && !(hbv && !std::strcmp(hbv, "one")) && ((hbv && !std::strcmp(hbv, "dv2")) || 2 * (VP / 64) * d.N * HV > 132);
         if (nc > 0 && !fd)
             emu::launch(cgrid, b256, sm_dvl<E>(KP), [&] {
                 ((DvlFn)f.dvl)(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), g2.data(), dvl.data(), p.bounds.data(), p.off.data(),
