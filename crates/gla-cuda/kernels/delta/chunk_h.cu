@@ -37,7 +37,7 @@
 //   delta_h_v32_k64_bf16 delta_h_v32_k128_bf16 delta_h_v32_k192_bf16 delta_h_v32_k256_bf16
 //   delta_h_bwd_v32_k64_bf16 delta_h_bwd_v32_k128_bf16 delta_h_bwd_v32_k192_bf16 delta_h_bwd_v32_k256_bf16
 //   delta_h_b2_k64_bf16 delta_h_b2_k128_bf16 delta_h_v32b2_k64_bf16 delta_h_v32b2_k128_bf16
-//   delta_h_bwd_dv2_k64_bf16 delta_h_bwd_dv2_k128_bf16
+//   delta_h_bwd_dv2_k64_bf16 delta_h_bwd_dv2_k128_bf16 delta_h_bwd_rdv2_k64_bf16 delta_h_bwd_rdv2_k128_bf16
 //   delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16
 
 // The state tile's warp layout (S or dS, KP x BV in mma fragments): warp (wm, wn) of WM x WN
@@ -284,17 +284,24 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
 // be null): P (split) from the q and k rows the pass loads anyway, scale exp(G) do into a copy
 // of its own so that P^T do reads do unscaled. NS: cp.async stages of the per-chunk loads (q, k,
 // w, do, dvl, G, rq, rk), as delta_h's: with two, chunk c - 1's loads land while chunk c is
-// computed.
-template <typename E, int KP, int BV, bool FD, int NS>
+// computed. RES (FD, bf16: the `_rdv2` entries, after the residual forward, which forms no w):
+// w^T (-dU) as Kn^T diag(beta exp(G)) T^T (-dU) from T (delta_wyt's), k and beta, w unread (may
+// be null): Y = T^T (-dU) (both split), Y diag(beta rk exp(G)) split into P's tile (free once
+// dU is formed), then K^T Y with K raw (exact); one more product and barrier per chunk, T's 16
+// KB per chunk read instead of w's 32.
+template <typename E, int KP, int BV, bool FD, int NS, bool RES = false>
 __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                       const float* __restrict__ rk, const E* __restrict__ w, const E* __restrict__ d_o,
                                       const float* __restrict__ dvl, const float* __restrict__ g2, const float* __restrict__ dht,
                                       E* __restrict__ dhs, E* __restrict__ du, float* __restrict__ dh0, const idx_t* __restrict__ bounds,
-                                      const idx_t* __restrict__ chunk_off, int H, int HV, int K, int V, int VP, float scale, idx_t nch) {
+                                      const idx_t* __restrict__ chunk_off, int H, int HV, int K, int V, int VP, float scale, idx_t nch,
+                                      const E* __restrict__ tm = nullptr, const float* __restrict__ bt = nullptr) {
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
     constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
-    constexpr int STAGE = (2 + SP) * 64 * LK + 64 * LDS;  // q, k, w (hi, lo) [64][LK]; do [64][LDS]
-    constexpr int FSTAGE = (1 - FD) * 64 * BV + 192;      // dvl [64][BV] (FD: none); G, rq, rk [64]
+    static_assert(!RES || (FD && SP == 2 && LDS <= LDT), "the residual state-gradient pass: fused dvl, bf16, Y in P's tile");
+    // q, k [64][LK]; w (hi, lo) [64][LK] or (RES) T (hi, lo) [64][LDT]; do [64][LDS]
+    constexpr int STAGE = 2 * 64 * LK + SP * 64 * (RES ? LDT : LK) + 64 * LDS;
+    constexpr int FSTAGE = (1 - FD) * 64 * BV + (RES ? 256 : 192);  // dvl [64][BV] (FD: none); G, rq, rk (RES: beta) [64]
     static_assert(NS == 1 || NS == 2, "one or two cp.async stages");
     DELTA_SMEM(smem);
     E* sStage = (E*)smem;                      // [NS][STAGE]
@@ -323,14 +330,21 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
         const int L = (int)min((idx_t)64, eos - r0);
         ld_qk<E, KP>(b, q, r0, L, h, H, K, tid);
         ld_qk<E, KP>(b + 64 * LK, k, r0, L, h, H, K, tid);
-        tile_ld<E>(b + 2 * 64 * LK, LK, w + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
-        if (SP == 2) tile_ld<E>(b + 3 * 64 * LK, LK, w + wplane + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
-        ld_v<E>(b + (2 + SP) * 64 * LK, LDS, d_o, r0, L, hv, HV, V, j0, BV, tid);
+        if constexpr (RES) {
+            const idx_t tplane = nch * HV * 4096;
+            tile_ld<E>(b + 2 * 64 * LK, LDT, tm + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+            tile_ld<E>(b + 2 * 64 * LK + 64 * LDT, LDT, tm + tplane + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+        } else {
+            tile_ld<E>(b + 2 * 64 * LK, LK, w + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
+            if (SP == 2) tile_ld<E>(b + 3 * 64 * LK, LK, w + wplane + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
+        }
+        ld_v<E>(b + 2 * 64 * LK + SP * 64 * (RES ? LDT : LK), LDS, d_o, r0, L, hv, HV, V, j0, BV, tid);
         if (!FD) tile_ld<float>(f, BV, dvl + oc * 64 * (idx_t)VP + j0, VP, 64, BV, 64, BV, true, tid, DNT);
         float* fg2 = f + (1 - FD) * 64 * BV;
         ld_g64(fg2, g2 + oc * 64, tid);
         ld_rf(fg2 + 64, rq, r0, L, h, H, tid);
         ld_rf(fg2 + 128, rk, r0, L, h, H, tid);
+        if (RES && tid < 64) fg2[192 + tid] = tid < L ? bt[(r0 + tid) * HV + hv] : 0.f;
     };
     // two stages: chunk c - 1's loads are issued once every warp has passed chunk c's first
     // barrier (so has finished chunk c + 1, the last reader of their stage)
@@ -347,9 +361,9 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
         }
         E* sQ = sStage + st * STAGE;
         E* sK = sQ + 64 * LK;
-        E* sW = sK + 64 * LK;
-        E* sWl = sW + (SP - 1) * 64 * LK;
-        E* sDo = sW + SP * 64 * LK;
+        E* sW = sK + 64 * LK;  // w (hi, lo), or T (RES)
+        E* sWl = sW + (SP - 1) * 64 * (RES ? LDT : LK);
+        E* sDo = sW + SP * 64 * (RES ? LDT : LK);
         const float* sDv = sF + st * FSTAGE;
         const float* sG = sDv + (1 - FD) * 64 * BV;
         const float* sRq = sG + 64;
@@ -398,6 +412,26 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
         // are those of x negated), coalesced
         tile_st_neg<E>(du + oc * 64 * (idx_t)VP + j0, VP, sDu, LDS, 64, BV, tid, DNT);
         if (SP == 2) tile_st_neg<E>(du + vplane + oc * 64 * (idx_t)VP + j0, VP, sDul, LDS, 64, BV, tid, DNT);
+        if constexpr (RES) {
+            // Y = T^T (-dU), each warp 16 rows x BV / 2 columns, then Y diag(beta rk exp(G))
+            // (split) into P's tile, which the dU step above was the last to read
+            constexpr int NT = BV / 16;
+            const int mt = wp & 3, n1 = (wp >> 2) * (BV / 2);
+            const float* sBt = sG + 192;
+            float acc[NT][4];
+            frag_zero(acc);
+            wgemm2<true, false, NT>(acc, sW, sWl, LDT, 16 * mt, sDu, sDul, LDS, n1, 64, lane, true, true);
+            #pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                #pragma unroll
+                for (int e = 0; e < 4; e += 2) {
+                    const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
+                    const float f = sBt[t] * sRk[t] * ex2f(sG[t]);
+                    st2_pair(sP, sPl, t * LDS + jj, f * acc[nt][e], f * acc[nt][e + 1]);
+                }
+            }
+            __syncthreads();
+        }
         const float dec = ex2f(glast);
         #pragma unroll
         for (int ms = 0; ms < MS; ++ms) {
@@ -407,7 +441,11 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
                 for (int e = 0; e < 4; ++e) dS[ms][qq][e] *= dec;
             }
             wgemm<true, false, NSN>(dS[ms], sQ, LK, 16 * (wm + WM * ms), sDoX, LDS, sn0, 64, lane);
-            wgemm2<true, false, NSN>(dS[ms], sW, sWl, LK, 16 * (wm + WM * ms), sDu, sDul, LDS, sn0, 64, lane, true, true);
+            if constexpr (RES) {
+                wgemm2<true, false, NSN>(dS[ms], sK, sK, LK, 16 * (wm + WM * ms), sP, sPl, LDS, sn0, 64, lane, false, true);
+            } else {
+                wgemm2<true, false, NSN>(dS[ms], sW, sWl, LK, 16 * (wm + WM * ms), sDu, sDul, LDS, sn0, 64, lane, true, true);
+            }
         }
         __syncthreads();
     }
@@ -478,3 +516,16 @@ HB_ENTRY(delta_h_bwd_v32, 192, 32, bf16, bf16_t)
 HB_ENTRY(delta_h_bwd_v32, 256, 32, bf16, bf16_t)
 HB_ENTRY_FD(delta_h_bwd_dv2, 64, 64, true, 2, bf16, bf16_t)
 HB_ENTRY_FD(delta_h_bwd_dv2, 128, 64, true, 2, bf16, bf16_t)
+// the residual state-gradient pass (RES, after the residual forward): delta_h_bwd_dv2's
+// arguments, w unread (may be null), then T (delta_wyt's) and beta
+#define HBR_ENTRY(PFX, KP)                                                                                \
+extern "C" __global__ void __launch_bounds__(DNT) PFX##_k##KP##_bf16(                                     \
+    const bf16_t* q, const bf16_t* k, const float* rq, const float* rk, const bf16_t* w,                  \
+    const bf16_t* d_o, const float* dvl, const float* g2, const float* dht, bf16_t* dhs, bf16_t* du,      \
+    float* dh0, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, int V, int VP,         \
+    float scale, idx_t nch, const bf16_t* tm, const float* bt) {                                          \
+    h_bwd<bf16_t, KP, 64, true, 2, true>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0, bounds,        \
+                                         chunk_off, H, HV, K, V, VP, scale, nch, tm, bt);                 \
+}
+HBR_ENTRY(delta_h_bwd_rdv2, 64)
+HBR_ENTRY(delta_h_bwd_rdv2, 128)

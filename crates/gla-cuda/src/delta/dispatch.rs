@@ -362,27 +362,34 @@ pub(crate) fn dqkw_bufs(bf16: bool, kp: usize) -> usize {
 
 /// Whether the chunked forward runs the residual form (bf16, KP <= 128): `delta_wyt` writes T
 /// alone and `delta_hr_b2` (64 columns, built for two blocks per SM) forms v_new as
-/// T (beta (V - rk exp(G) (K S))), so w and u are never formed. The default on a forward-only
-/// workspace (`fwd_only`: no backward buffers, inference and prefill) unless the WY form's
-/// 32-column state pass ([`h_policy`]) would run in one wave (2 `tiles` <= SMs, `tiles` the
-/// 64-column ones): there the residual pass's 64-column blocks, one per SM, take twice as long
-/// per chunk as that pass's. On an H100 (bf16, K = V = 128, B*T = 65536) the residual forward
-/// ran 2.83 against 3.15 ms for the WY form at T = 16384 (128 tiles) and 4.23 against 3.13 at
-/// T = 32768 (64 tiles). A backward on the forward's workspace would have to form w again
-/// (`delta_wy`), which costs more than the residual form saves, so a workspace that holds the
-/// backward's buffers keeps the WY form (both measured: `bench/results/README.md`, the delta
-/// rows of 2026-12-05). The lab override `h=resb2` forces the residual form (any workspace; the
-/// delta checks run it over the whole case table), any other `h=` value (a WY plan under study)
-/// turns it off.
-pub(crate) fn h_res(bf16: bool, kp: usize, fwd_only: bool, tiles: usize, sm_count: usize) -> bool {
+/// T (beta (V - rk exp(G) (K S))), so w and u are never formed. The default unless the WY
+/// form's 32-column state pass ([`h_policy`]) would run in one wave (2 `tiles` <= SMs, `tiles`
+/// the 64-column ones): there the residual pass's 64-column blocks, one per SM, take twice as
+/// long per chunk as that pass's. On an H100 (bf16, K = V = 128, B*T = 65536) the residual
+/// forward ran 2.83 against 3.15 ms for the WY form at T = 16384 (128 tiles) and 4.23 against
+/// 3.13 at T = 32768 (64 tiles). Under the same condition the backward's state-gradient pass
+/// is the fused one ([`h_policy`]), whose residual form ([`h_bwd_res`]) needs no w, so a
+/// training workspace takes the residual forward too; a backward that runs another plan forms
+/// w first (`delta_wy`). The lab override `h=resb2` forces the residual form (the delta checks
+/// run it over the whole case table), any other `h=` value (a WY plan under study) turns it
+/// off.
+pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> bool {
     if !h_two_ok(bf16, kp) {
         return false;
     }
     match h_lab(false).as_deref() {
         Some("resb2") => true,
         Some(_) => false,
-        None => fwd_only && 2 * tiles > sm_count,
+        None => 2 * tiles > sm_count,
     }
+}
+
+/// Whether the state-gradient pass on `plan` runs its residual form after a residual forward
+/// (`delta_h_bwd_rdv2_k{KP}_bf16`: w^T dU as Kn^T diag(beta exp(G)) T^T dU from T, k and beta,
+/// so w is never formed): the fused plan (`plan.out`) where those entries exist (bf16, KP <=
+/// 128). Otherwise a backward after the residual forward forms w first (`delta_wy`).
+pub(crate) fn h_bwd_res(bf16: bool, kp: usize, plan: HPlan) -> bool {
+    plan.out && h_two_ok(bf16, kp)
 }
 
 /// The entry point of `delta_dqkw_*` with `nb` V-tile buffers ([`dqkw_bufs`]).
@@ -458,6 +465,13 @@ impl DeltaSmem {
         let (e, sp) = (self.e, self.sp);
         (2 * 64 * self.lk() + sp * 64 * LDT + 64 * LDT) * e + 3 * 64 * 4
     }
+    /// `delta_h_bwd_rdv2` ([`h_bwd_res`]): the fused pass's with T (sp planes of [64][LDT]) in
+    /// each stage instead of w, and beta beside G, rq, rk.
+    pub(crate) fn h_bwd_res(&self) -> usize {
+        let (e, sp, lds) = (self.e, self.sp, 64 + PAD);
+        let stage = 2 * 64 * self.lk() + sp * 64 * LDT + 64 * lds;
+        (2 * stage + self.kp * lds + sp * 64 * lds + sp * 64 * LDT + 64 * lds) * e + 2 * 4 * 64 * 4
+    }
     pub(crate) fn h_bwd(&self, plan: HPlan) -> usize {
         let (e, sp, bv, fd, ns) = (self.e, self.sp, plan.bv, usize::from(plan.out), plan.ns);
         let lds = bv + PAD;
@@ -493,7 +507,7 @@ impl DeltaSmem {
         let h = |bv| self.h(HPlan { bv, ns, two: false, out: false });
         let hb = |bv| self.h_bwd(HPlan { bv, ns: 1, two: false, out: false });
         let fused = h_two_ok(self.e == 2, self.kp);
-        let hb2 = if fused { self.h_bwd(HPlan { bv: 64, ns: 2, two: false, out: true }) } else { 0 };
+        let hb2 = if fused { self.h_bwd(HPlan { bv: 64, ns: 2, two: false, out: true }).max(self.h_bwd_res()) } else { 0 };
         let dq = dqkw_bufs(self.e == 2, self.kp);
         let hr = if fused { self.hr() } else { 0 };
         let dqwg = if fused { self.dqkw_wg() } else { 0 };
@@ -831,12 +845,21 @@ mod tests {
         if std::env::var("GLA_DELTA_LAB").is_err() {
             // forward-only workspaces whose 32-column tiles would not run in one wave; never a
             // training one, f32 storage or KP > 128
-            assert!(h_res(true, 128, true, 132, 132));
-            assert!(h_res(true, 128, true, 67, 132));
-            assert!(!h_res(true, 128, true, 66, 132));
-            assert!(!h_res(true, 128, false, 1024, 132));
-            assert!(!h_res(false, 128, true, 1024, 132));
-            assert!(!h_res(true, 192, true, 1024, 132));
+            assert!(h_res(true, 128, 132, 132));
+            assert!(h_res(true, 128, 67, 132));
+            assert!(!h_res(true, 128, 66, 132));
+            assert!(!h_res(false, 128, 1024, 132));
+            assert!(!h_res(true, 192, 1024, 132));
+            // the residual forward runs where the backward's fused pass has a residual form
+            for kp in [64, 128] {
+                for nhv in [33, 34, 512] {
+                    let plan = h_plan(true, true, kp, 128, nhv, 132);
+                    assert_eq!(h_res(true, kp, 2 * nhv, 132), h_bwd_res(true, kp, plan), "KP {kp}, NHV {nhv}");
+                }
+                let sm = DeltaSmem::new(true, kp, 128);
+                assert!(sm.h_bwd_res() <= 227 * 1024, "KP {kp}: {} B", sm.h_bwd_res());
+                assert!(crate::kernels::source_of(&format!("delta_h_bwd_rdv2_k{kp}_bf16")).is_some());
+            }
         }
     }
 }

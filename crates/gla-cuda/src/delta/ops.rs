@@ -171,7 +171,8 @@ pub struct DeltaWorkspace<T> {
     sa: Option<CudaSlice<f32>>,
     sb: Option<CudaSlice<f32>>,
     /// The last forward on this workspace ran the residual form (no w): a backward that
-    /// reuses it forms w first. What the forward did, not the environment at backward time.
+    /// reuses it runs the residual state-gradient pass or forms w first. What the forward did,
+    /// not the environment at backward time.
     res_fwd: std::sync::atomic::AtomicBool,
 }
 
@@ -482,7 +483,8 @@ fn wy_launch<T: Elem>(
 /// The UT/WY prep and the state pass of the chunked path on the kernels' problem `p` (forward,
 /// and the backward's recomputation): w, u, G, hs, v_new; T where the workspace holds it (a
 /// backward's); ht when given. `res_ok`: the residual forward may run ([`dd::h_res`]: G,
-/// T, hs, v_new, no w or u), which the backward's recomputation does not take (it needs w).
+/// T, hs, v_new, no w or u; the backward's recomputation takes it where its state-gradient pass
+/// has a residual form, [`dd::h_bwd_res`]).
 #[allow(clippy::too_many_arguments)]
 fn chunk_wy_h<T: Elem>(
     cuda: &Cuda,
@@ -509,7 +511,7 @@ fn chunk_wy_h<T: Elem>(
     // a workspace without the backward's buffers serves a forward only
     let fwd_only = ws.dw.is_none();
     let tiles = (vp / 64) * p.n() * p.hv();
-    let res = if res_ok && dd::h_res(bf16, kp, fwd_only, tiles, cuda.sm_count()) { tm } else { None };
+    let res = if res_ok && dd::h_res(bf16, kp, tiles, cuda.sm_count()) { tm } else { None };
     ws.res_fwd.store(res.is_some(), std::sync::atomic::Ordering::Relaxed);
     if let Some(tm) = res {
         // the residual forward: T alone, then v_new from T, k and v
@@ -825,17 +827,23 @@ fn chunk_bwd<T: Elem>(
     let op = "delta chunked backward";
     let p = &r.kernel;
     let bf16 = is_bf16::<T>();
+    let (vp, nch) = (dd::vpad(p.v()), dp.n_chunks as i64);
+    // `plan.out`: the state-gradient pass computes dvl itself (no delta_dvl launch, no dvl
+    // buffer: DeltaRoute::backward_lens leaves it out, and the `_dv2` entries take null)
+    let plan = dd::h_plan(true, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
+    let res_ok = dd::h_bwd_res(bf16, kp, plan);
     if !fwd_in_ws {
         chunk_prep(cuda, p, r.vs, x, ws)?;
-        chunk_wy_h(cuda, p, dp, x, ws, kp, None, false)?;
-    } else if ws.res_fwd.load(std::sync::atomic::Ordering::Relaxed) {
-        // the forward on this workspace ran the residual form, which forms no w: the WY
-        // pass for it
+        chunk_wy_h(cuda, p, dp, x, ws, kp, None, res_ok)?;
+    }
+    // after the residual forward (no w): the state-gradient pass's residual form, or else the
+    // WY pass for w
+    let res = ws.res_fwd.load(std::sync::atomic::Ordering::Relaxed);
+    if res && !res_ok {
         wy_launch(cuda, op, p, dp, x, ws, kp, Some(req(&ws.tm, "T")?), false)?;
     }
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
     let scale = p.scale() as f32;
-    let (vp, nch) = (dd::vpad(p.v()), dp.n_chunks as i64);
     let vp32 = vp as i32;
     let smem = DeltaSmem::new(bf16, kp, vp);
     let (bounds, off, seq) = (&dp.bounds, &dp.chunk_off, &dp.chunk_seq);
@@ -845,9 +853,6 @@ fn chunk_bwd<T: Elem>(
     let (dq, dk) = if dd::direct_qk(p) { (&*g.dq, &*g.dk) } else { (req(&ws.dq, "dq")?, req(&ws.dk, "dk")?) };
     let gx = grid_chunks(op, dp.n_chunks)?;
     let sfx = T::SUFFIX;
-    // `plan.out`: the state-gradient pass computes dvl itself (no delta_dvl launch, no dvl
-    // buffer: DeltaRoute::backward_lens leaves it out, and the `_dv2` entries take null)
-    let plan = dd::h_plan(true, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
     let dvl = if plan.out { None } else { Some(req(&ws.dvl, "dvl")?) };
     if let (true, Some(dvl)) = (dp.n_chunks > 0, dvl) {
         // SAFETY: arguments match delta_dvl_*'s signature; dvl holds chunks x HV x 64 x VP f32
@@ -859,16 +864,31 @@ fn chunk_bwd<T: Elem>(
             )?;
         }
     }
-    // SAFETY: arguments match delta_h_bwd_*'s signature (the `_dv2` entries do not read dvl, so
-    // it is null only for them); one
-    // block per (V tile, sequence x value head) walking its chunks in reverse; dhs, du sized for
-    // the problem
-    unsafe {
-        cuda.launch(
-            &dd::h_name(true, plan, kp, sfx),
-            dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, smem.h_bwd(plan)),
-            &[x.q, x.k, &ws.rq, &ws.rk, w, d_o, &dvl, g2, &dht, dhs, du, &dh0, bounds, off, &h, &hv, &k, &v, &vp32, &scale, &nch],
-        )?;
+    if res && res_ok {
+        // SAFETY: arguments match delta_h_bwd_rdv2's (delta_h_bwd_dv2's, w and dvl unread, then
+        // T and beta); one block per (64-column V tile, sequence x value head) walking its
+        // chunks in reverse; dhs, du sized for the problem
+        unsafe {
+            cuda.launch(
+                &format!("delta_h_bwd_rdv2_k{kp}_{sfx}"),
+                dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, smem.h_bwd_res()),
+                &[
+                    x.q, x.k, &ws.rq, &ws.rk, &NULL, d_o, &NULL, g2, &dht, dhs, du, &dh0, bounds, off, &h, &hv, &k, &v, &vp32, &scale,
+                    &nch, tm, bt,
+                ],
+            )?;
+        }
+    } else {
+        // SAFETY: arguments match delta_h_bwd_*'s signature (the `_dv2` entries do not read
+        // dvl, so it is null only for them); one block per (V tile, sequence x value head)
+        // walking its chunks in reverse; dhs, du sized for the problem
+        unsafe {
+            cuda.launch(
+                &dd::h_name(true, plan, kp, sfx),
+                dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, smem.h_bwd(plan)),
+                &[x.q, x.k, &ws.rq, &ws.rk, w, d_o, &dvl, g2, &dht, dhs, du, &dh0, bounds, off, &h, &hv, &k, &v, &vp32, &scale, &nch],
+            )?;
+        }
     }
     if dp.n_chunks == 0 {
         return Ok(());

@@ -512,6 +512,13 @@ static size_t sm_hr(int KP) {
     const size_t stage = 2 * 64 * 72 + 64 * (KP + 8) + 64 * 72;
     return (stage + (size_t)KP * 72 + 4 * 64 * 72) * 2 + 192 * 4;
 }
+// the residual state-gradient pass (delta_h_bwd_rdv2; bf16, KP <= 128, 64 columns, two stages):
+// per stage q, k, T (hi, lo), do, and G, rq, rk, beta (src/delta/dispatch.rs DeltaSmem::h_bwd_res)
+static std::map<int, void*> g_hbr = {{64, (void*)delta_h_bwd_rdv2_k64_bf16}, {128, (void*)delta_h_bwd_rdv2_k128_bf16}};
+static size_t sm_hbr(int KP) {
+    const size_t L = 72, stage = 2 * 64 * (KP + 8) + 2 * 64 * 72 + 64 * L;
+    return (2 * stage + (size_t)KP * L + 2 * 64 * L + (2 * 64 * 72 + 64 * L)) * 2 + 2 * 256 * 4;
+}
 static const char* h_res_var() {
     const char* hv = getenv("DELTA_HVAR");
     return hv && !std::strcmp(hv, "resb2") ? hv : nullptr;
@@ -785,7 +792,18 @@ struct Run {
         const long long nc = p.nc;
         const ChunkFns& f = fns();
         dim3 cgrid{(unsigned)nc, (unsigned)HV, 1}, b256{256, 1, 1};
-        if (res_fwd && nc > 0) {
+        // the state-gradient pass: dispatch::delta::h_policy's rule at 132 SMs (dvl fused in,
+        // delta_h_bwd_dv2, where the entry exists and 32-column tiles would not fit in one wave;
+        // no delta_dvl launch, its output stays poisoned and is passed as null); DELTA_HBVAR=dv2
+        // fused at 64 columns whatever the tiles, DELTA_HBVAR=one never. After the residual
+        // forward the fused pass runs its residual form (delta_h_bwd_rdv2: T, k and beta for w,
+        // which stays poisoned), as src/delta/ops.rs does; DELTA_HBRES=0 runs the WY pass for w
+        // and delta_h_bwd_dv2 instead.
+        const char* hbv = getenv("DELTA_HBVAR");
+        const int bv0 = h_bv<E>(VP, d.N * HV);
+        const bool fd = f.hbd2 && !(hbv && !std::strcmp(hbv, "one")) && ((hbv && !std::strcmp(hbv, "dv2")) || 2 * (VP / 64) * d.N * HV > 132);
+        const bool hres = res_fwd && fd && g_hbr.count(KP) && !(getenv("DELTA_HBRES") && !std::strcmp(getenv("DELTA_HBRES"), "0"));
+        if (res_fwd && !hres && nc > 0) {
             // the residual forward left w unformed: the WY pass for it (T, u again)
             typedef void (*WyFn)(const E*, const float*, const E*, const float*, const float*, E*, float*, E*, float*, const long long*,
                                  const long long*, const int*, int, int, int, int, int, long long);
@@ -797,13 +815,6 @@ struct Run {
         auto dvl = poison<float>(nc * HV * 64 * VP);
         typedef void (*DvlFn)(const E*, const E*, const float*, const float*, const E*, const float*, float*, const long long*,
                               const long long*, const int*, int, int, int, int, int, float);
-        // the state-gradient pass: dispatch::delta::h_policy's rule at 132 SMs (dvl fused in,
-        // delta_h_bwd_dv2, where the entry exists and 32-column tiles would not fit in one wave;
-        // no delta_dvl launch, its output stays poisoned and is passed as null); DELTA_HBVAR=dv2
-        // fused at 64 columns whatever the tiles, DELTA_HBVAR=one never
-        const char* hbv = getenv("DELTA_HBVAR");
-        const int bv0 = h_bv<E>(VP, d.N * HV);
-        const bool fd = f.hbd2 && !(hbv && !std::strcmp(hbv, "one")) && ((hbv && !std::strcmp(hbv, "dv2")) || 2 * (VP / 64) * d.N * HV > 132);
         if (nc > 0 && !fd)
             emu::launch(cgrid, b256, sm_dvl<E>(KP), [&] {
                 ((DvlFn)f.dvl)(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), g2.data(), dvl.data(), p.bounds.data(), p.off.data(),
@@ -815,10 +826,20 @@ struct Run {
                              E*, E*, float*, const long long*, const long long*, int, int, int, int, int, float, long long);
         const int bv = fd ? 64 : bv0;
         void* hbf = fd ? f.hbd2 : (bv == 32 ? f.hb32 : f.hb);
-        emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hb<E>(KP, bv, fd, fd ? 2 : 1), [&] {
-            ((HbFn)hbf)(q.data(), k.data(), ptr(rq), ptr(rk), w.data(), d_o.data(), fd ? nullptr : dvl.data(), g2.data(), dht.data(), dhs.data(),
-                         du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H, HV, K, V, VP, scale, nch);
-        });
+        typedef void (*HbrFn)(const E*, const E*, const float*, const float*, const E*, const E*, const float*, const float*,
+                              const float*, E*, E*, float*, const long long*, const long long*, int, int, int, int, int, float, long long,
+                              const E*, const float*);
+        if (hres) {
+            emu::launch(dim3{(unsigned)(VP / 64), (unsigned)(d.N * HV), 1}, b256, sm_hbr(KP), [&] {
+                ((HbrFn)g_hbr.at(KP))(q.data(), k.data(), ptr(rq), ptr(rk), nullptr, d_o.data(), nullptr, g2.data(), dht.data(), dhs.data(),
+                                      du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H, HV, K, V, VP, scale, nch, tm.data(), bt.data());
+            });
+        } else {
+            emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hb<E>(KP, bv, fd, fd ? 2 : 1), [&] {
+                ((HbFn)hbf)(q.data(), k.data(), ptr(rq), ptr(rk), w.data(), d_o.data(), fd ? nullptr : dvl.data(), g2.data(), dht.data(),
+                            dhs.data(), du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H, HV, K, V, VP, scale, nch);
+            });
+        }
         const int KZ = KP / kw<E>(KP);
         auto dqp = poison<float>(rows * HV * K), dkp = poison<float>(rows * HV * K);
         auto dw = poison<E>(SP * nc * HV * 64 * KP);
