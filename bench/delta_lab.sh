@@ -74,7 +74,7 @@ for p in plans:
             ms = {r["shape"][1]: r["ms"] for r in rs if r["op"] == op and r["pass"] == ps}
             print(f"{p:<24}{op:<6}{ps:<9}" + "".join(f"{ms.get(t, float('nan')):>10.3f}" for t in (2048, 8192, 32768)))
 # a launch's plan variants in one row
-def base_name(n): return re.sub(r"_(v32b2|b2|v32|dv2|s2|wg)_", "_", n)
+def base_name(n): return re.sub(r"_(v32b2|b2|v32|rdv2|dv2|s2|wg)_", "_", n)
 for shape in ("32x2048x16x128x128", "8x8192x16x128x128", "2x32768x16x128x128"):
     print(f"\nper launch, delta {shape}, one forward+backward (ms; a kernel launched more than once: the sum)")
     tabs = {}

@@ -49,8 +49,8 @@ pub struct DeltaCase {
 /// DeltaNet with strong and weak gates, with and without an initial state; betas near 0, near 1
 /// and near 2 (negative eigenvalues); the in-op L2 norm, sigmoid and computed gate (the options
 /// fla's layers use); grouped value heads HV = 2H; packed varlen input with an empty sequence;
-/// value heads wider than 256 (V = 320, 512); a batch of 35 sequences (the GPU's plans for many
-/// sequences).
+/// value heads wider than 256 (V = 320, 512); K = V = 128 over 35 sequences (the GPU's plans for
+/// many sequences).
 pub fn cases() -> Vec<DeltaCase> {
     let mut out = Vec::new();
     let spec = |b, t, gate, hv, cu: Option<Vec<usize>>| {
@@ -114,12 +114,13 @@ pub fn cases() -> Vec<DeltaCase> {
         let name = format!("{fam}-layer-V{v}{}", if cu.is_some() { "-varlen" } else { "" });
         out.push(DeltaCase { name, spec: s, gate_scale: 1.0, beta: Beta::Logits { shift: 0.0 }, h0: true });
     }
-    // enough (sequence, value head) pairs that the GPU's default plans (bf16) are the fused
-    // state-gradient pass and the residual forward with its residual backward: 35 x 2 pairs x 2
-    // value tiles of 64 = 140 tiles, and those plans run where 2 x tiles > SMs
+    // K = V = 128 and enough (sequence, value head) pairs that the GPU's default plans (bf16) are
+    // the fused state-gradient pass and the residual forward with its residual backward: 35 x 2
+    // pairs x 2 value tiles of 64 = 140 tiles, and those plans run where 2 x tiles > SMs
     // (gla-cuda's dispatch::delta::h_res)
-    let name = "gdn-35seqs-T65-h0".to_string();
-    out.push(DeltaCase { name, spec: spec(35, 65, DeltaGate::LogDecay, 2, None), gate_scale: 1.0, beta: Beta::Uniform, h0: true });
+    let mut s = DeltaSpec::new(35, 65, 2, 128, 128, DeltaGate::LogDecay);
+    s.hv = 2;
+    out.push(DeltaCase { name: "gdn-K128-35seqs-T65-h0".into(), spec: s, gate_scale: 1.0, beta: Beta::Uniform, h0: true });
     out
 }
 

@@ -308,8 +308,8 @@ struct DeltaBenchOp<'a> {
     d_o: &'a CudaSlice<u16>,
     /// A training workspace (the forward's and the backward's buffers): [`Self::fwd_bwd`]'s.
     ws: crate::delta::ops::DeltaWorkspace<u16>,
-    /// A forward-only workspace (no backward buffers, as inference and prefill hold it, so the
-    /// dispatch may pick the residual forward): [`Self::fwd`]'s; made where `new` is asked to.
+    /// A forward-only workspace (no backward buffers, as inference and prefill hold it):
+    /// [`Self::fwd`]'s; made where `new` is asked to.
     ws_fwd: Option<crate::delta::ops::DeltaWorkspace<u16>>,
     grads: crate::delta::ops::DeltaDevGrads,
     o: CudaSlice<u16>,
@@ -340,7 +340,7 @@ impl<'a> DeltaBenchOp<'a> {
         crate::delta::ops::delta_fwd_ws(cuda, crate::dispatch::delta::DeltaAlgo::Chunked, &self.dp, &self.x, ws, &mut self.o, None)
     }
     /// The forward and the backward on the training workspace (the backward reuses the
-    /// forward's T, w, u, states and v_new).
+    /// forward's intermediates: T, G, the chunk states and v_new, and w, u after the WY form).
     fn fwd_bwd(&mut self, cuda: &Cuda) -> Result<()> {
         let algo = crate::dispatch::delta::DeltaAlgo::Chunked;
         crate::delta::ops::delta_fwd_ws(cuda, algo, &self.dp, &self.x, &mut self.ws, &mut self.o, None)?;
@@ -352,11 +352,11 @@ impl<'a> DeltaBenchOp<'a> {
 /// kernels) on each shape, for each op of `ops` (`delta`: DeltaNet; `gdn`: Gated DeltaNet with
 /// the log decay given), with the op's plain options (no L2 norm, sigmoid or gate inside the op),
 /// no initial or final state, inputs as [`DeltaBenchInputs`]. The `fwd` row times the forward
-/// on a forward-only workspace (what inference and prefill hold: the dispatch picks the residual
-/// forward there where it applies), the `fwd+bwd` row the forward and backward on a training
-/// workspace (the forward's and the backward's buffers: the WY forward, whose T, w, u, chunk
-/// states and v_new the backward reuses; fla keeps T and recomputes the rest); both workspaces
-/// are allocated before either is timed.
+/// on a forward-only workspace (what inference and prefill hold), the `fwd+bwd` row the forward
+/// and backward on a training workspace (the forward's and the backward's buffers, whose
+/// intermediates the backward reuses; fla keeps T and recomputes the rest); both workspaces are
+/// allocated before either is timed. The dispatch picks the residual or the WY forward on both
+/// alike (`dispatch::delta::h_res`).
 ///
 /// # Errors
 /// Invalid shapes; driver, compile or launch errors.

@@ -125,9 +125,16 @@ fn run_case(cuda: &Arc<Cuda>, name: &str, case: &DeltaCase, seed: u64, decode: b
         let r = Rounded::new(&d, storage);
         let (rf, rb) = r.reference(p)?;
         let (x, dtype, bf16) = (r.inputs(), storage.name(), storage == Storage::Bf16);
-        for (algo, bwd) in ALGOS.into_iter().filter(|a| decode || a.0 != DeltaOpAlgo::Decode) {
+        // bf16 chunked twice: the backward after a forward on its workspace, then the backward
+        // that recomputes the forward (the language model's flow)
+        let flows = ALGOS.into_iter().filter(|a| decode || a.0 != DeltaOpAlgo::Decode).flat_map(|(algo, bwd)| {
+            let again = bf16 && algo == DeltaOpAlgo::Chunked;
+            [(algo, bwd, false), (algo, bwd, true)].into_iter().take(if again { 2 } else { 1 })
+        });
+        for (algo, bwd, recompute) in flows {
             let op = CudaDelta::new(cuda.clone(), algo, bf16);
-            let path = label(p, algo, bf16);
+            let op = if recompute { op.recomputing() } else { op };
+            let path = if recompute { "chunk-recompute" } else { label(p, algo, bf16) };
             let f = match op.forward(p, &x, true) {
                 Ok(f) => f,
                 Err(e) => {

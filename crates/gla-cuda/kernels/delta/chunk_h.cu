@@ -288,7 +288,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
 // w^T (-dU) as Kn^T diag(beta exp(G)) T^T (-dU) from T (delta_wyt's), k and beta, w unread (may
 // be null): Y = T^T (-dU) (both split), Y diag(beta rk exp(G)) split into P's tile (free once
 // dU is formed), then K^T Y with K raw (exact); one more product and barrier per chunk, T's 16
-// KB per chunk read instead of w's 32.
+// KB per chunk read instead of w's 32 (at KP = 128; 16 at KP = 64).
 template <typename E, int KP, int BV, bool FD, int NS, bool RES = false>
 __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                       const float* __restrict__ rk, const E* __restrict__ w, const E* __restrict__ d_o,

@@ -836,15 +836,14 @@ mod tests {
     }
 
     #[test]
-    fn residual_forward_serves_forward_only_workspaces() {
+    fn residual_forward_where_the_fused_backward_runs() {
         // T in the forward's workspace where the residual entries exist (bf16, KP <= 128)
         let p = prob(60, 100);
         let path = delta_path(&p, true, DeltaAlgo::Chunked).expect("K <= 256");
         assert_eq!(DeltaWorkspaceLens::forward(&p, 2, true, path).tm, 2 * 2 * 4096);
         assert_eq!(DeltaWorkspaceLens::forward(&p, 2, false, delta_path(&p, false, DeltaAlgo::Chunked).unwrap()).tm, 0);
         if std::env::var("GLA_DELTA_LAB").is_err() {
-            // forward-only workspaces whose 32-column tiles would not run in one wave; never a
-            // training one, f32 storage or KP > 128
+            // where 32-column tiles would not run in one wave; never f32 storage or KP > 128
             assert!(h_res(true, 128, 132, 132));
             assert!(h_res(true, 128, 67, 132));
             assert!(!h_res(true, 128, 66, 132));

@@ -34,6 +34,9 @@ pub struct CudaDelta {
     cuda: Arc<Cuda>,
     algo: DeltaOpAlgo,
     bf16: bool,
+    /// bf16 chunked: the backward recomputes the forward's intermediates (the language model's
+    /// flow) instead of reusing a forward's workspace.
+    recompute: bool,
 }
 
 struct Up<T> {
@@ -65,7 +68,13 @@ impl<T> Up<T> {
 impl CudaDelta {
     /// An op on `cuda` running `algo`, with bf16 or f32 storage.
     pub fn new(cuda: Arc<Cuda>, algo: DeltaOpAlgo, bf16: bool) -> Self {
-        Self { cuda, algo, bf16 }
+        Self { cuda, algo, bf16, recompute: false }
+    }
+    /// The same op whose bf16 chunked backward recomputes the forward's intermediates (as the
+    /// language model's backward does) instead of running the forward on its workspace first;
+    /// the other algorithms and storages always recompute.
+    pub fn recomputing(self) -> Self {
+        Self { recompute: true, ..self }
     }
     /// The device handle.
     pub fn cuda(&self) -> &Arc<Cuda> {
@@ -180,9 +189,9 @@ impl CudaDelta {
         let d_o = self.up::<T>(d.d_o, "do")?;
         let dht = d.dht.map(|h| self.cuda.upload(h, "dht")).transpose()?;
         // bf16 chunked: the forward then the backward on one workspace (the training pattern: the
-        // backward reuses the forward's intermediates); else the standalone backward (which
-        // recomputes them): the table checks both control flows
-        let g = if self.bf16 && self.algo == DeltaOpAlgo::Chunked {
+        // backward reuses the forward's intermediates) unless `recompute`; else the standalone
+        // backward (which recomputes them, as the language model's does)
+        let g = if self.bf16 && self.algo == DeltaOpAlgo::Chunked && !self.recompute {
             let mut ws = ops::DeltaWorkspace::<T>::for_problem(&self.cuda, &dp, self.algo(), true, true)?;
             let mut o = self.poisoned::<T>(p.v_len(), "o")?;
             ops::delta_fwd_ws(&self.cuda, self.algo(), &dp, &u.dev(), &mut ws, &mut o, None)?;
@@ -213,6 +222,7 @@ impl DeltaOp<f32> for CudaDelta {
             (DeltaOpAlgo::Recurrent, false) => "cuda-delta-recurrent-f32",
             (DeltaOpAlgo::Recurrent, true) => "cuda-delta-recurrent-bf16",
             (DeltaOpAlgo::Chunked, false) => "cuda-delta-chunk-f32",
+            (DeltaOpAlgo::Chunked, true) if self.recompute => "cuda-delta-chunk-bf16-recompute",
             (DeltaOpAlgo::Chunked, true) => "cuda-delta-chunk-bf16",
             (DeltaOpAlgo::Decode, false) => "cuda-delta-decode-f32",
             (DeltaOpAlgo::Decode, true) => "cuda-delta-decode-bf16",

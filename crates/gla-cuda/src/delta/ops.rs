@@ -715,8 +715,8 @@ pub fn delta_bwd<T: Elem>(
 /// `fwd_in_ws`: [`delta_fwd_ws`] ran on these inputs with this workspace, and nothing else has
 /// used it since (a forward then its backward on one workspace, as gla-check's op rows run it;
 /// the language model shares one workspace across layers and passes `false`): the chunked
-/// backward then reuses the forward's T, w, u, G, chunk states and v_new instead of recomputing
-/// them (the recurrent backward ignores it). A wrong `true` gives wrong gradients, never an out-of-bounds access.
+/// backward then reuses the forward's T, G, chunk states and v_new (and w, u after the WY form)
+/// instead of recomputing them (the recurrent backward ignores it). A wrong `true` gives wrong gradients, never an out-of-bounds access.
 ///
 /// # Errors
 /// As [`delta_bwd`]; [`Error::Op`] for gradients of the wrong lengths or a workspace that is too
