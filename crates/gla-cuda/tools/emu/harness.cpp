@@ -487,8 +487,9 @@ static size_t sm_dqkw(int KP, int NB) {
     const int KW = kw<E>(KP), SP = SPn<E>, VBUF = (1 + 2 * SP) * 64 * 72 + 2 * KW * 72;
     return (2 * 64 * (KP + 8) + NB * VBUF + (2 - NB) * SP * 64 * 72) * sizeof(E) + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4;
 }
-// the dq/dk/dw entry on warpgroups (bf16, KP <= 128): DELTA_DQVAR=wg; its swizzled, unpadded
-// tiles and the 1024 bytes of their alignment (src/delta/dispatch.rs DeltaSmem::dqkw_wg)
+// the dq/dk/dw entry on warpgroups (bf16, KP <= 128): the default, as on sm_90a
+// (src/delta/dispatch.rs dqkw_wg; DELTA_DQVAR=s2 runs the mma.sync entry); its swizzled,
+// unpadded tiles and the 1024 bytes of their alignment (DeltaSmem::dqkw_wg)
 static std::map<int, void*> g_dqwg = {{64, (void*)delta_dqkw_wg_k64_bf16}, {128, (void*)delta_dqkw_wg_k128_bf16}};
 static size_t sm_dqkw_wg(int KP) {
     const int VBUF = 5 * 64 * 64 + 2 * KP * 64;
@@ -497,7 +498,7 @@ static size_t sm_dqkw_wg(int KP) {
 template <class E>
 static bool dq_wg(int KP) {
     const char* v = getenv("DELTA_DQVAR");
-    return sizeof(E) == 2 && KP <= 128 && v && !std::strcmp(v, "wg");
+    return sizeof(E) == 2 && KP <= 128 && !(v && !std::strcmp(v, "s2"));
 }
 // V-tile buffers of the dq/dk/dw entry in ChunkFns (src/delta/dispatch.rs dqkw_bufs)
 template <class E>
@@ -519,9 +520,12 @@ static size_t sm_hbr(int KP) {
     const size_t L = 72, stage = 2 * 64 * (KP + 8) + 2 * 64 * 72 + 64 * L;
     return (2 * stage + (size_t)KP * L + 2 * 64 * L + (2 * 64 * 72 + 64 * L)) * 2 + 2 * 256 * 4;
 }
-static const char* h_res_var() {
+// the residual forward: DELTA_HVAR=resb2 forces it, any other DELTA_HVAR turns it off, else
+// src/delta/dispatch.rs h_res's rule at 132 SMs (2 x 64-column tiles > SMs)
+static const char* h_res_var(int tiles) {
     const char* hv = getenv("DELTA_HVAR");
-    return hv && !std::strcmp(hv, "resb2") ? hv : nullptr;
+    if (hv) return !std::strcmp(hv, "resb2") ? hv : nullptr;
+    return 2 * tiles > 132 ? "resb2" : nullptr;
 }
 template <class E>
 static size_t sm_wyb(int KP, int VP) {
@@ -735,7 +739,7 @@ struct Run {
                              const long long*, const int*, int, int, int, int, int, long long);
         typedef void (*HFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
                             const long long*, const long long*, int, int, int, int, int, long long);
-        const char* res = sizeof(E) == 2 && g_hrb2.count(KP) ? h_res_var() : nullptr;
+        const char* res = sizeof(E) == 2 && g_hrb2.count(KP) ? h_res_var((VP / 64) * d.N * HV) : nullptr;
         res_fwd = res != nullptr;
         if (res) {
             // T only (w, u stay poisoned), then v_new from T, k, v
