@@ -483,8 +483,7 @@ fn wy_launch<T: Elem>(
 /// The UT/WY prep and the state pass of the chunked path on the kernels' problem `p` (forward,
 /// and the backward's recomputation): w, u, G, hs, v_new; T where the workspace holds it (a
 /// backward's); ht when given. `res_ok`: the residual forward may run ([`dd::h_res`]: G,
-/// T, hs, v_new, no w or u; the backward's recomputation takes it where its state-gradient pass
-/// has a residual form, [`dd::h_bwd_res`]).
+/// T, hs, v_new, no w or u), which the backward's recomputation does not take yet.
 #[allow(clippy::too_many_arguments)]
 fn chunk_wy_h<T: Elem>(
     cuda: &Cuda,
@@ -833,8 +832,10 @@ fn chunk_bwd<T: Elem>(
     let plan = dd::h_plan(true, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
     let res_ok = dd::h_bwd_res(bf16, kp, plan);
     if !fwd_in_ws {
+        // the recomputation keeps the WY form: the residual one here (the language model's
+        // flow) has not yet run gla-check's `chunk-recompute` rows on a GPU
         chunk_prep(cuda, p, r.vs, x, ws)?;
-        chunk_wy_h(cuda, p, dp, x, ws, kp, None, res_ok)?;
+        chunk_wy_h(cuda, p, dp, x, ws, kp, None, false)?;
     }
     // after the residual forward (no w): the state-gradient pass's residual form, or else the
     // WY pass for w
