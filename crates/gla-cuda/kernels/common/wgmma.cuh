@@ -1,9 +1,11 @@
 // common/wgmma.cuh: Hopper warpgroup matrix products (wgmma, sm_90a): the shared-memory matrix
 // descriptor of a 128-byte-swizzled bf16 tile, the async-proxy fence for tiles written by
 // ordinary stores or cp.async, m64n128k16 (bf16 x bf16 -> f32, both operands from shared memory,
-// or A from registers: _rs) and m64n64k16 (either operand MN-major) with their fence / commit /
-// wait; the swizzled-tile cp.async loader (wg_tile_cp), the 128-deep product (wg_mma_k128) and
-// the accumulator-to-A-fragment packing (wg_pack_a). Only sm_90a builds the instructions; other
+// or A from registers: _rs), m64n64k16 and m64n32k16 (either operand MN-major) with their fence /
+// commit / wait; a swizzled tile's element index (wg_el) and loaders (wg_tile_cp by cp.async,
+// wg_tile_ld by plain stores where 16-byte pieces cannot read), the 128-deep product
+// (wg_mma_k128), a product into mma.sync-layout fragments (wg_mma_frag) and the
+// accumulator-to-A-fragment packing (wg_pack_a). Only sm_90a builds the instructions; other
 // targets compile the entry points that use them to a trap (their hosts run them on sm_90a only).
 //
 // Tile layout (128-byte swizzle, what the descriptor below describes): rows of 64 bf16 (128
@@ -19,6 +21,13 @@
 
 // The byte offset of 16-byte chunk c of row r in a 128-byte-swizzled tile.
 __device__ __forceinline__ unsigned wg_swz(int r, int c) { return (unsigned)(r * 128 + ((c ^ (r & 7)) << 4)); }
+
+// The element index (bf16 units) of (r, c) in a swizzled tile of R rows whose 64-column blocks
+// lie R x 128 bytes apart (wg_tile_cp's layout; a 64-column tile is one block).
+template <int R>
+__device__ __forceinline__ int wg_el(int r, int c) {
+    return (c >> 6) * R * 64 + (int)(wg_swz(r, (c >> 3) & 7) >> 1) + (c & 7);
+}
 
 // The first 1024-byte-aligned byte at or after the dynamic shared memory p (a swizzled tile's
 // 8-row atoms are 1024-byte aligned; the kernels' shared-memory sizes reserve the 1024 bytes).
@@ -147,14 +156,32 @@ __device__ __forceinline__ void wg_m64n128k16(float (&d)[64], unsigned long long
 #endif
 }
 
-// R rows (< L read, the rest zero) x 128 bf16 columns of src (row stride ldg) by cp.async into the
-// swizzled tile at shared address dst: two 64-column blocks of R rows, R x 128 bytes apart.
-template <int R, int NT>
-__device__ __forceinline__ void wg_tile_cp(unsigned dst, const bf16_t* src, idx_t ldg, int L, int tid) {
-    for (int x = tid; x < R * 16; x += NT) {
-        const int r = x >> 4, c = x & 15;
-        const bool ok = r < L;
+// R rows x C bf16 columns (C = 64 or 128, the default) of src (row stride ldg) by cp.async
+// into the swizzled tile at shared address dst (wg_el<R>'s layout: C / 64 blocks of R rows, R x
+// 128 bytes apart), element (r, c) read where r < L and c < cv, else zero (cv a multiple of 8 or
+// >= C, src rows 16-byte aligned; the caller commits and waits).
+template <int R, int NT, int C = 128>
+__device__ __forceinline__ void wg_tile_cp(unsigned dst, const bf16_t* src, idx_t ldg, int L, int tid, int cv = C) {
+    constexpr int P = C / 8, LP = P == 8 ? 3 : 4;  // 16-byte pieces a row: piece c of row r at wg_el<R>(r, 8 c)
+    static_assert(C == 64 || C == 128, "one or two 64-column blocks");
+    for (int x = tid; x < R * P; x += NT) {
+        const int r = x >> LP, c = x & (P - 1);
+        const bool ok = r < L && 8 * c < cv;
         cp16a(dst + (unsigned)((c >> 3) * R * 128) + wg_swz(r, c & 7), ok ? src + (idx_t)r * ldg + 8 * c : src, ok);
+    }
+}
+
+// wg_tile_cp's tile at the shared pointer dst, by cp.async where vec (its conditions hold),
+// else by plain loads and stores (rows or columns that 16-byte pieces cannot read).
+template <int R, int C, int NT>
+__device__ __forceinline__ void wg_tile_ld(bf16_t* dst, const bf16_t* src, idx_t ldg, int rv, int cv, bool vec, int tid) {
+    if (vec) {
+        wg_tile_cp<R, NT, C>(smem_addr(dst), src, ldg, rv, tid, cv);
+    } else {
+        for (int x = tid; x < R * C; x += NT) {
+            const int r = x / C, c = x % C;
+            dst[wg_el<R>(r, c)] = (r < rv && c < cv) ? src[(idx_t)r * ldg + c] : (bf16_t)0;
+        }
     }
 }
 
@@ -189,35 +216,6 @@ __device__ __forceinline__ void wg_pack_a(unsigned (&a)[KS][4], const float (&x)
         a[kk][1] = pack2(x[2 * kk][2], x[2 * kk][3]);
         a[kk][2] = pack2(x[2 * kk + 1][0], x[2 * kk + 1][1]);
         a[kk][3] = pack2(x[2 * kk + 1][2], x[2 * kk + 1][3]);
-    }
-}
-
-// The element index (bf16 units) of (r, c) in a swizzled tile of R rows whose 64-column blocks
-// lie R x 128 bytes apart (wg_tile_cp's layout; a 64-column tile is one block).
-template <int R>
-__device__ __forceinline__ int wg_el(int r, int c) {
-    return (c >> 6) * R * 64 + (int)(wg_swz(r, (c >> 3) & 7) >> 1) + (c & 7);
-}
-
-// Rows [0, R) x columns [0, C) (C a multiple of 64) of src (row stride ldg) into the swizzled
-// tile dst (wg_el<R>'s layout, 1024-byte aligned): element (r, c) is src[r ldg + c] where r < rv
-// and c < cv, else 0. vec: 16-byte cp.async pieces (cv a multiple of 8 or >= C, src rows 16-byte
-// aligned; the caller commits and waits), else plain loads and stores.
-template <int R, int C>
-__device__ __forceinline__ void wg_tile_ld(bf16_t* dst, const bf16_t* src, idx_t ldg, int rv, int cv, bool vec, int tid, int nthr) {
-    static_assert(C % 64 == 0, "whole 64-column blocks");
-    if (vec) {
-        const unsigned d = smem_addr(dst);
-        for (int x = tid; x < R * (C / 8); x += nthr) {
-            const int r = x / (C / 8), c = (x % (C / 8)) * 8;
-            const bool ok = r < rv && c < cv;
-            cp16a(d + 2u * (unsigned)wg_el<R>(r, c), ok ? src + (idx_t)r * ldg + c : src, ok);
-        }
-    } else {
-        for (int x = tid; x < R * C; x += nthr) {
-            const int r = x / C, c = x % C;
-            dst[wg_el<R>(r, c)] = (r < rv && c < cv) ? src[(idx_t)r * ldg + c] : (bf16_t)0;
-        }
     }
 }
 

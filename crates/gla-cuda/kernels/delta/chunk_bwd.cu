@@ -173,14 +173,14 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
         const idx_t so = c.oc * (idx_t)KP * VP + (idx_t)k0 * VP + v0;
         if constexpr (WG) {
-            wg_tile_ld<64, 64>(sDo, d_o + (c.r0 * HV + c.hv) * (idx_t)V + v0, (idx_t)HV * V, c.L, V - v0, vec_ok<E>((idx_t)HV * V, V),
-                               tid, DNT);
-            wg_tile_ld<64, 64>(sU, vn + vo, VP, 64, 64, true, tid, DNT);
-            wg_tile_ld<64, 64>(sDu, du + vo, VP, 64, 64, true, tid, DNT);
-            wg_tile_ld<64, 64>(sUl, vn + vplane + vo, VP, 64, 64, true, tid, DNT);
-            wg_tile_ld<64, 64>(sDul, du + vplane + vo, VP, 64, 64, true, tid, DNT);
-            wg_tile_ld<KW, 64>(sS, hs + so, VP, KW, 64, true, tid, DNT);
-            wg_tile_ld<KW, 64>(sDS, dhs + so, VP, KW, 64, true, tid, DNT);
+            wg_tile_ld<64, 64, DNT>(sDo, d_o + (c.r0 * HV + c.hv) * (idx_t)V + v0, (idx_t)HV * V, c.L, V - v0, vec_ok<E>((idx_t)HV * V, V),
+                               tid);
+            wg_tile_ld<64, 64, DNT>(sU, vn + vo, VP, 64, 64, true, tid);
+            wg_tile_ld<64, 64, DNT>(sDu, du + vo, VP, 64, 64, true, tid);
+            wg_tile_ld<64, 64, DNT>(sUl, vn + vplane + vo, VP, 64, 64, true, tid);
+            wg_tile_ld<64, 64, DNT>(sDul, du + vplane + vo, VP, 64, 64, true, tid);
+            wg_tile_ld<KW, 64, DNT>(sS, hs + so, VP, KW, 64, true, tid);
+            wg_tile_ld<KW, 64, DNT>(sDS, dhs + so, VP, KW, 64, true, tid);
         } else {
             ld_v<E>(sDo, LDT, d_o, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
             tile_ld<E>(sU, LDT, vn + vo, VP, 64, 64, 64, 64, true, tid, DNT);
@@ -197,8 +197,8 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     if constexpr (WG) {
         const idx_t qo = (c.r0 * H + c.h) * (idx_t)K;
         const bool vq = vec_ok<E>((idx_t)H * K, K);
-        wg_tile_ld<64, KP>(sQ, q + qo, (idx_t)H * K, c.L, K, vq, tid, DNT);
-        wg_tile_ld<64, KP>(sK, k + qo, (idx_t)H * K, c.L, K, vq, tid, DNT);
+        wg_tile_ld<64, KP, DNT>(sQ, q + qo, (idx_t)H * K, c.L, K, vq, tid);
+        wg_tile_ld<64, KP, DNT>(sK, k + qo, (idx_t)H * K, c.L, K, vq, tid);
     } else {
         ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
         ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
