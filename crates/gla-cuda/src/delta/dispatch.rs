@@ -369,10 +369,11 @@ pub(crate) fn dqkw_bufs(bf16: bool, kp: usize) -> usize {
 /// forward ran 2.83 against 3.15 ms for the WY form at T = 16384 (128 tiles) and 4.23 against
 /// 3.13 at T = 32768 (64 tiles). Under the same condition the backward's state-gradient pass
 /// is the fused one ([`h_policy`]), whose residual form ([`h_bwd_res`]) needs no w, so a
-/// training workspace takes the residual forward too (a backward that runs another plan forms
-/// w first, `delta_wy`; one that recomputes the forward recomputes it in the WY form). The lab override `h=resb2` forces the residual form (the delta checks
-/// run it over the whole case table), any other `h=` value (a WY plan under study) turns it
-/// off.
+/// training workspace takes the residual forward too, as does a backward that recomputes the
+/// forward where its state-gradient pass has the residual form (a backward that runs another
+/// plan after a residual forward forms w first, `delta_wy`). The lab override `h=resb2` forces
+/// the residual form (the delta checks run it over the whole case table), any other `h=` value
+/// (a WY plan under study) turns it off.
 pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> bool {
     if !h_two_ok(bf16, kp) {
         return false;

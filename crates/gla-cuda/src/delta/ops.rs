@@ -483,7 +483,8 @@ fn wy_launch<T: Elem>(
 /// The UT/WY prep and the state pass of the chunked path on the kernels' problem `p` (forward,
 /// and the backward's recomputation): w, u, G, hs, v_new; T where the workspace holds it (a
 /// backward's); ht when given. `res_ok`: the residual forward may run ([`dd::h_res`]: G,
-/// T, hs, v_new, no w or u), which the backward's recomputation does not take yet.
+/// T, hs, v_new, no w or u); a backward's recomputation passes whether its state-gradient pass
+/// has the residual form.
 #[allow(clippy::too_many_arguments)]
 fn chunk_wy_h<T: Elem>(
     cuda: &Cuda,
@@ -832,10 +833,10 @@ fn chunk_bwd<T: Elem>(
     let plan = dd::h_plan(true, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
     let res_ok = dd::h_bwd_res(bf16, kp, plan);
     if !fwd_in_ws {
-        // the recomputation keeps the WY form: the residual one here (the language model's
-        // flow) has not yet run gla-check's `chunk-recompute` rows on a GPU
+        // the recomputation takes the residual form where the state-gradient pass has one (the
+        // language model's flow: gla-check's `chunk-recompute` rows)
         chunk_prep(cuda, p, r.vs, x, ws)?;
-        chunk_wy_h(cuda, p, dp, x, ws, kp, None, false)?;
+        chunk_wy_h(cuda, p, dp, x, ws, kp, None, res_ok)?;
     }
     // after the residual forward (no w): the state-gradient pass's residual form, or else the
     // WY pass for w
