@@ -7,7 +7,7 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use gla_core::dims::MixerDims;
 use gla_model::{GlaConfig, GlaModel, ModelConfig};
 use serde::{Deserialize, Serialize};
@@ -19,9 +19,10 @@ pub struct Args {
     /// Device to time on.
     #[arg(long, value_enum, default_value_t = Device::Cuda)]
     device: Device,
-    /// Config of the random model as JSON (fla's config keys; `model_type` picks the family:
-    /// gla, delta_net, gated_deltanet); default: fla's gla_340M (hidden 1024, 24 layers, 4
-    /// heads, tied embeddings, vocab 32000).
+    /// Config of the random model: JSON text or the path of a config.json (fla's config keys;
+    /// `model_type` picks the family: gla, delta_net, gated_deltanet; `bench/configs/` holds
+    /// fla's 340M DeltaNet and Gated DeltaNet configs); default: fla's gla_340M (hidden 1024, 24
+    /// layers, 4 heads, tied embeddings, vocab 32000).
     #[arg(long)]
     config: Option<String>,
     /// Sequences per step (per GPU with --gpus).
@@ -142,13 +143,22 @@ fn flops_per_token(model: &GlaModel, t: usize) -> Result<f64> {
     Ok(6.0 * matmul_params as f64 + mixer / t as f64)
 }
 
+/// A `--config` argument: JSON text (it starts with `{`) or the path of a JSON file.
+pub(crate) fn config_arg(arg: &str) -> Result<ModelConfig> {
+    if arg.trim_start().starts_with('{') {
+        return Ok(ModelConfig::from_json(arg)?);
+    }
+    let text = std::fs::read_to_string(arg).with_context(|| format!("--config {arg}: neither JSON text nor a readable file"))?;
+    ModelConfig::from_json(&text).with_context(|| format!("--config {arg}"))
+}
+
 pub fn run(a: &Args) -> Result<bool> {
     let job = if a.device == Device::Cuda || !a.gpus.is_empty() { crate::launch::job()? } else { None };
     if job.is_none() && !a.gpus.is_empty() {
         return scaling(a);
     }
     let config = match &a.config {
-        Some(json) => ModelConfig::from_json(json)?,
+        Some(arg) => config_arg(arg)?,
         None => default_config().into(),
     };
     let model = GlaModel::new(config, 0)?;

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use gla_model::generate::{generate_ids, Decoder, GenerateOptions, Generation};
 use gla_model::sample::{Sampler, SamplingParams};
 use gla_model::tokenizer::Tokenizer;
-use gla_model::{GlaConfig, GlaModel, ModelConfig, Rng};
+use gla_model::{GlaConfig, GlaModel, Rng};
 use serde::Serialize;
 
 use crate::Device;
@@ -339,8 +339,8 @@ pub struct BenchArgs {
     /// A model directory to time; without it, a random model of the config below.
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Config of the random model as JSON (fla's config keys; `model_type` picks the family);
-    /// default: fla's gla_340M (hidden 1024, 24 layers, 4 heads, tied embeddings, vocab 32000).
+    /// Config of the random model: JSON text or the path of a config.json (fla's config keys;
+    /// `model_type` picks the family); default: fla's gla_340M (hidden 1024, 24 layers, 4 heads, tied embeddings, vocab 32000).
     #[arg(long)]
     config: Option<String>,
     /// Prompt tokens per sequence.
@@ -434,7 +434,7 @@ pub fn bench(a: &BenchArgs) -> Result<bool> {
         (Some(dir), _) => crate::model_dir::load(dir)?.0,
         (None, c) => {
             let config = match c {
-                Some(json) => ModelConfig::from_json(json)?,
+                Some(arg) => crate::bench_train::config_arg(arg)?,
                 None => {
                     GlaConfig { hidden_size: 1024, num_hidden_layers: 24, num_heads: 4, tie_word_embeddings: true, ..GlaConfig::default() }
                         .into()

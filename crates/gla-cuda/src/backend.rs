@@ -301,7 +301,7 @@ pub(crate) fn part_len(d: &Dims, mixers: &[GpuMixer], n: usize) -> usize {
             // the projections' bias gradients
             GpuMixer::Attn(dm) => (dm.q_dim().max(dm.kv_dim()), 0, 0, 0),
         };
-        (col_gy(n) * d.d.max(widest).max(conv * mixer.conv())).max(col_gy(head_rows) * head_v)
+        (col_gy(n) * d.d.max(widest)).max(crate::conv::part_rows(n) * conv * mixer.conv()).max(col_gy(head_rows) * head_v)
     };
     mixers.iter().map(one).max().unwrap_or(col_gy(n) * d.d)
 }
@@ -382,7 +382,7 @@ pub(crate) fn gpu_mixers(d: &Dims) -> Result<(Vec<GpuMixer>, Vec<usize>)> {
             }
         };
         if mixer.conv() > MAX_CONV {
-            // conv_bwd_dw and conv_cache_update keep at most MAX_CONV taps per thread
+            // the conv kernels keep at most MAX_CONV taps per thread
             return Err(unsupported(format!("short conv of width {} on the GPU (at most {MAX_CONV})", mixer.conv())));
         }
         of_layer.push(mixers.len());
@@ -1176,9 +1176,8 @@ impl Primitives for Gpu {
         silu: bool,
         io: Option<(&mut InferIo<'_>, usize, ConvIdx)>,
     ) -> Result<()> {
-        let n = b * t;
         let (yp, prep, xp, wp) = (self.p(y), self.p(pre), self.p(x), self.mp(w));
-        let (ni, ti, ci, wi, nb, si) = (n as i64, t as i32, c as i32, self.width(w) as i32, b as i64, i32::from(silu));
+        let (ti, ci, wi, nb, si) = (t as i32, c as i32, self.width(w) as i32, b as i64, i32::from(silu));
         let cache = match io {
             Some((InferIo::Table { addr, b, .. }, l, i)) => {
                 // each sequence's own cache, through the state table (decode)
@@ -1189,7 +1188,8 @@ impl Primitives for Gpu {
             Some((InferIo::Batch(ctx), l, i)) => ctx.conv[l].as_ref().map_or(0u64, |cc| self.p(&cc[i])),
             None => 0,
         };
-        launch!(self, "conv_fwd", flat(n * c), yp, prep, xp, wp, cache, ni, ti, ci, wi, si);
+        let shape = crate::conv::ConvShape { b, t, c, width: self.width(w) };
+        crate::conv::fwd(&self.cuda, yp, prep, xp, wp, cache, shape, silu, crate::conv::ConvPath::Auto)?;
         if cache != 0 {
             launch!(self, "conv_cache_update", flat(b * c), cache, xp, nb, ti, ci, wi);
         }
@@ -1209,14 +1209,9 @@ impl Primitives for Gpu {
         c: usize,
         silu: bool,
     ) -> Result<()> {
-        let n = b * t;
         let (out, dyp, prep, xp, wp) = (self.p(dx), self.p(dy), self.p(pre), self.p(x), self.mp(w));
-        let width = self.width(w);
-        let (ni, ti, ci, wi, si) = (n as i64, t as i32, c as i32, width as i32, i32::from(silu));
-        launch!(self, "conv_bwd_dx", flat(n * c), out, dyp, prep, wp, ni, ti, ci, wi, si);
-        let part = self.p(&plan.part);
-        launch!(self, "conv_bwd_dw", cols(n, c), part, dyp, prep, xp, ni, ti, ci, wi, si);
-        self.finalize_cols(self.gp(g, w), part, n, c * width)
+        let shape = crate::conv::ConvShape { b, t, c, width: self.width(w) };
+        crate::conv::bwd(&self.cuda, out, self.p(&plan.part), self.gp(g, w), dyp, prep, xp, wp, shape, silu, crate::conv::ConvPath::Auto)
     }
 
     fn gated_norm_fwd(

@@ -147,8 +147,33 @@ pub const NN_ELEMENTWISE: KernelSource = source!(
     ["swiglu_fwd", "swiglu_bwd", "feature_map_fwd", "feature_map_bwd", "gate_fwd", "gate_bwd", "sum_norm_fwd", "sum_norm_bwd"]
 );
 /// The causal short convolution.
-pub const NN_CONV: KernelSource =
-    source!("nn/conv.cu", NN_HEADERS, ["conv_fwd", "conv_cache_update", "conv_decode", "conv_bwd_dx", "conv_bwd_dw"]);
+pub const NN_CONV: KernelSource = source!(
+    "nn/conv.cu",
+    NN_HEADERS,
+    [
+        "conv_fwd",
+        "conv_cache_update",
+        "conv_decode",
+        "conv_bwd_dx",
+        "conv_bwd_dw",
+        "conv_fwd_w1",
+        "conv_fwd_w2",
+        "conv_fwd_w3",
+        "conv_fwd_w4",
+        "conv_fwd_w5",
+        "conv_fwd_w6",
+        "conv_fwd_w7",
+        "conv_fwd_w8",
+        "conv_bwd_w1",
+        "conv_bwd_w2",
+        "conv_bwd_w3",
+        "conv_bwd_w4",
+        "conv_bwd_w5",
+        "conv_bwd_w6",
+        "conv_bwd_w7",
+        "conv_bwd_w8"
+    ]
+);
 /// Cross-entropy over labelled rows.
 pub const NN_XENT: KernelSource = source!("nn/xent.cu", NN_HEADERS, ["cross_entropy"]);
 /// The vision ops of ViG (gla-core's `VisionOps`): patch im2col / col2im, bias, LayerNorm, the

@@ -50,6 +50,7 @@ pub mod attn;
 pub mod backend;
 pub mod bench;
 pub mod bidir;
+pub mod conv;
 pub mod decode;
 pub mod delta;
 pub mod dispatch;

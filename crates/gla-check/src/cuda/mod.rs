@@ -15,7 +15,8 @@
 //! The delta-rule family's rows ([`delta`]: the same checks on its table, case names `delta/...`)
 //! softmax attention's ([`attn`]: case names `attn/...`) and the bidirectional scan's ([`bidir`],
 //! `bidir/...`) run beside them; a filter starting with `delta`, `attn` or `bidir` runs only that
-//! family's. The ViG model's rows ([`vig`], `vig-*`) run with the model rows, or alone with a
+//! family's. The language model's short convolution ([`nn`], `nn/conv-*`) runs with the op rows,
+//! or alone with a filter starting with `nn`. The ViG model's rows ([`vig`], `vig-*`) run with the model rows, or alone with a
 //! filter starting with `vig`. The lab kernels' rows ([`lab`], `lab-*`) run only under a filter
 //! starting with `lab`.
 
@@ -25,6 +26,7 @@ pub mod bidir;
 pub mod delta;
 pub mod lab;
 pub mod model;
+pub mod nn;
 pub mod vig;
 
 use std::sync::Arc;
@@ -313,7 +315,7 @@ fn huge_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
 pub fn check(cuda: &Arc<Cuda>, opts: CheckOptions, filter: Option<&str>) -> Result<Vec<Row>> {
     let mut out = Vec::new();
     // a filter naming a family runs only its rows (no GLA or model row is named after one)
-    const FAMILIES: [&str; 5] = ["delta", "attn", "bidir", "vig", "lab"];
+    const FAMILIES: [&str; 6] = ["delta", "attn", "bidir", "vig", "lab", "nn"];
     let named = |f: &str| FAMILIES.iter().copied().find(|p| f.starts_with(p));
     let runs = |fam: &str| filter.and_then(named).is_none_or(|p| p == fam);
     let gla = filter.and_then(named).is_none();
@@ -331,6 +333,9 @@ pub fn check(cuda: &Arc<Cuda>, opts: CheckOptions, filter: Option<&str>) -> Resu
     }
     if opts.ops && attn {
         attn::table_check(cuda, filter, &mut out)?;
+    }
+    if opts.ops && runs("nn") {
+        nn::check(cuda, filter, &mut out)?;
     }
     if opts.repeat {
         if gla {

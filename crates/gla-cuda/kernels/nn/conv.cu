@@ -3,6 +3,21 @@
 //     pre[s, ch] = sum_j w[ch, j] x[s - (W-1) + j, ch],   y = silu(pre);   w [C, W] f32, W <= 8
 // `silu = 0` drops the activation (fla's ShortConvolution(activation=None): DeltaNet's q and k
 // with a qk_activation other than silu): y = pre, and the backward passes dy through.
+//
+// conv_fwd_w{W} / conv_bwd_w{W} (W = 1 .. 8, the launcher picks by width): the same contracts,
+// run where c % 4 == 0 and every buffer is 16-byte aligned (src/backend/conv.rs checks; else the
+// per-element kernels below, which are also the fast ones' reference in gla-check's `nn-conv`
+// rows). A lane holds 4 channels (8-byte bf16 and 16-byte f32 accesses), a warp 128 channels of
+// CONV_RS consecutive rows with the last W inputs (and in the backward the next W dpre) in
+// registers, so each element is loaded about once instead of W times and no index is divided per
+// element. Grid: x over 128-channel tiles, y over tiles of CONV_WARPS x CONV_RS rows (strided when
+// the grid is smaller); block 256 threads. The backward computes dpre once for dx and dw, and writes
+// one partial row of dw per block y (part[y, ch * W + j], its warps summed in order), for
+// col_finalize.
+//
+// Entry points: conv_fwd conv_cache_update conv_decode conv_bwd_dx conv_bwd_dw
+//   conv_fwd_w1 conv_fwd_w2 conv_fwd_w3 conv_fwd_w4 conv_fwd_w5 conv_fwd_w6 conv_fwd_w7 conv_fwd_w8
+//   conv_bwd_w1 conv_bwd_w2 conv_bwd_w3 conv_bwd_w4 conv_bwd_w5 conv_bwd_w6 conv_bwd_w7 conv_bwd_w8
 
 // cache: null (zeros before each sequence) or the last W inputs before it, `[B, C, W]` f32 with
 // the newest last (fla's conv_state; inference): position p < 0 of sequence b reads
@@ -119,3 +134,191 @@ extern "C" __global__ void conv_bwd_dw(float* __restrict__ part, const float* __
         }
     }
 }
+
+constexpr int CONV_RS = 16;    // rows a warp walks per tile
+constexpr int CONV_WARPS = 8;  // warps a block (one row tile each)
+constexpr int CONV_CPL = 4;    // channels a lane (8 would double the registers: one block per SM)
+
+// CONV_CPL bf16 (8 bytes) to f32 and back; CONV_CPL f32 (16 bytes)
+__device__ __forceinline__ void ld_bfv(float (&o)[CONV_CPL], const bf16_t* __restrict__ p) {
+    const uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
+    o[0] = __uint_as_float(u.x << 16), o[1] = __uint_as_float(u.x & 0xffff0000u);
+    o[2] = __uint_as_float(u.y << 16), o[3] = __uint_as_float(u.y & 0xffff0000u);
+}
+__device__ __forceinline__ void st_bfv(bf16_t* __restrict__ p, const float (&a)[CONV_CPL]) {
+    unsigned int wd[2];
+    #pragma unroll
+    for (int i = 0; i < 2; ++i) wd[i] = (unsigned int)from_f32<bf16_t>(a[2 * i]) | ((unsigned int)from_f32<bf16_t>(a[2 * i + 1]) << 16);
+    *reinterpret_cast<uint2*>(p) = make_uint2(wd[0], wd[1]);
+}
+__device__ __forceinline__ void ld_fv(float (&o)[CONV_CPL], const float* __restrict__ p) {
+    const float4 a = __ldg(reinterpret_cast<const float4*>(p));
+    o[0] = a.x, o[1] = a.y, o[2] = a.z, o[3] = a.w;
+}
+template <int W>
+__device__ __forceinline__ void conv_wts(float (&wr)[W][CONV_CPL], const float* __restrict__ w, int ch) {
+    #pragma unroll
+    for (int i = 0; i < CONV_CPL; ++i) {
+        #pragma unroll
+        for (int j = 0; j < W; ++j) wr[j][i] = w[(ch + i) * W + j];
+    }
+}
+// xw[j] = x[r0 - (W-1) + j] for j < W - 1 (zero before row 0; the position masks drop rows of an
+// earlier sequence)
+template <int W>
+__device__ __forceinline__ void conv_halo(float (&xw)[W][CONV_CPL], const bf16_t* __restrict__ x, idx_t r0, int c, int ch) {
+    #pragma unroll
+    for (int j = 0; j + 1 < W; ++j) {
+        const idx_t rr = r0 - (W - 1) + j;
+        if (rr >= 0) ld_bfv(xw[j], x + rr * c + ch);
+        else {
+            #pragma unroll
+            for (int i = 0; i < CONV_CPL; ++i) xw[j][i] = 0.f;
+        }
+    }
+}
+template <int N>
+__device__ __forceinline__ void conv_shift(float (&a)[N][CONV_CPL]) {
+    #pragma unroll
+    for (int j = 0; j + 1 < N; ++j) {
+        #pragma unroll
+        for (int i = 0; i < CONV_CPL; ++i) a[j][i] = a[j + 1][i];
+    }
+}
+
+template <int W>
+__device__ __forceinline__ void conv_fwd_t(bf16_t* __restrict__ y, bf16_t* __restrict__ pre, const bf16_t* __restrict__ x, const float* __restrict__ w,
+                                           const float* __restrict__ cache, idx_t n, int t, int c, int silu) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int ch = (blockIdx.x * 32 + lane) * CONV_CPL;
+    if (ch >= c) return;
+    float wr[W][CONV_CPL];
+    conv_wts<W>(wr, w, ch);
+    for (idx_t r0 = ((idx_t)blockIdx.y * CONV_WARPS + warp) * CONV_RS; r0 < n; r0 += (idx_t)gridDim.y * CONV_WARPS * CONV_RS) {
+        float xw[W][CONV_CPL];  // xw[j] = x[r - (W-1) + j]
+        conv_halo<W>(xw, x, r0, c, ch);
+        const idx_t r1 = r0 + CONV_RS < n ? r0 + CONV_RS : n;
+        int p = (int)(r0 % t);  // r's position in its sequence
+        #pragma unroll 2
+        for (idx_t r = r0; r < r1; ++r) {
+            ld_bfv(xw[W - 1], x + r * c + ch);
+            float a[CONV_CPL] = {};
+            #pragma unroll
+            for (int j = 0; j < W; ++j) {
+                if (j >= W - 1 - p) {
+                    #pragma unroll
+                    for (int i = 0; i < CONV_CPL; ++i) a[i] += wr[j][i] * xw[j][i];
+                } else if (cache) {
+                    const float* cr = cache + ((r / t) * c + ch) * W + p + 1 + j;
+                    #pragma unroll
+                    for (int i = 0; i < CONV_CPL; ++i) a[i] += wr[j][i] * cr[i * W];
+                }
+            }
+            st_bfv(pre + r * c + ch, a);
+            #pragma unroll
+            for (int i = 0; i < CONV_CPL; ++i) a[i] = silu ? swishf_(a[i]) : a[i];
+            st_bfv(y + r * c + ch, a);
+            conv_shift(xw);
+            if (++p == t) p = 0;
+        }
+    }
+}
+
+template <int W>
+__device__ __forceinline__ void conv_bwd_t(bf16_t* __restrict__ dx, float* __restrict__ part, const float* __restrict__ dy, const bf16_t* __restrict__ pre,
+                                           const bf16_t* __restrict__ x, const float* __restrict__ w, idx_t n, int t, int c, int silu) {
+    __shared__ float red[CONV_WARPS][32 * CONV_CPL];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int ch = (blockIdx.x * 32 + lane) * CONV_CPL;
+    float sw[W][CONV_CPL];  // this lane's dw partial sums
+    #pragma unroll
+    for (int j = 0; j < W; ++j) {
+        #pragma unroll
+        for (int i = 0; i < CONV_CPL; ++i) sw[j][i] = 0.f;
+    }
+    if (ch < c) {
+        float wr[W][CONV_CPL];
+        conv_wts<W>(wr, w, ch);
+        for (idx_t r0 = ((idx_t)blockIdx.y * CONV_WARPS + warp) * CONV_RS; r0 < n; r0 += (idx_t)gridDim.y * CONV_WARPS * CONV_RS) {
+            float xw[W][CONV_CPL];  // xw[j] = x[s - (W-1) + j]
+            conv_halo<W>(xw, x, r0, c, ch);
+            float dw[W][CONV_CPL] = {};  // dw[j] = dpre[s - (W-1) + j] (rows before r0 are never read)
+            const idx_t r1 = r0 + CONV_RS < n ? r0 + CONV_RS : n;
+            int ps = (int)(r0 % t), pe = ps;  // positions of s and of the next dx row, s - (W-1)
+            // s walks the tile and the W - 1 rows after it (dx reads dpre up to W - 1 rows ahead)
+            #pragma unroll 2
+            for (idx_t s = r0; s < r1 + (W - 1); ++s) {
+                float d[CONV_CPL] = {};
+                if (s < n) {
+                    float g[CONV_CPL], pv[CONV_CPL];
+                    ld_fv(g, dy + s * c + ch);
+                    ld_bfv(pv, pre + s * c + ch);
+                    #pragma unroll
+                    for (int i = 0; i < CONV_CPL; ++i) d[i] = dsilu(g[i], pv[i], silu);
+                }
+                conv_shift(dw);
+                #pragma unroll
+                for (int i = 0; i < CONV_CPL; ++i) dw[W - 1][i] = d[i];
+                if (s < r1) {
+                    ld_bfv(xw[W - 1], x + s * c + ch);
+                    #pragma unroll
+                    for (int j = 0; j < W; ++j) {
+                        if (j >= W - 1 - ps) {
+                            #pragma unroll
+                            for (int i = 0; i < CONV_CPL; ++i) sw[j][i] += d[i] * xw[j][i];
+                        }
+                    }
+                    conv_shift(xw);
+                }
+                if (s >= r0 + (W - 1)) {
+                    // dx[s - (W-1)] = sum_j w[j] dpre[s - j], rows of the same sequence only
+                    float a[CONV_CPL] = {};
+                    #pragma unroll
+                    for (int j = 0; j < W; ++j) {
+                        if (W - 1 - j < t - pe) {
+                            #pragma unroll
+                            for (int i = 0; i < CONV_CPL; ++i) a[i] += wr[j][i] * dw[W - 1 - j][i];
+                        }
+                    }
+                    st_bfv(dx + (s - (W - 1)) * c + ch, a);
+                    if (++pe == t) pe = 0;
+                }
+                if (++ps == t) ps = 0;
+            }
+        }
+    }
+    // the block's partial row: per tap, the warps' sums in warp order
+    const int cc = blockIdx.x * 32 * CONV_CPL + threadIdx.x;
+    #pragma unroll
+    for (int j = 0; j < W; ++j) {
+        #pragma unroll
+        for (int i = 0; i < CONV_CPL; ++i) red[warp][lane * CONV_CPL + i] = sw[j][i];
+        __syncthreads();
+        if (threadIdx.x < 32 * CONV_CPL && cc < c) {
+            float a = 0.f;
+            #pragma unroll
+            for (int v = 0; v < CONV_WARPS; ++v) a += red[v][threadIdx.x];
+            part[((idx_t)blockIdx.y * c + cc) * W + j] = a;
+        }
+        __syncthreads();
+    }
+}
+
+#define CONV_ENTRIES(W)                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(256) conv_fwd_w##W(bf16_t* __restrict__ y, bf16_t* __restrict__ pre, const bf16_t* __restrict__ x, \
+                                                                    const float* __restrict__ w, const float* __restrict__ cache, idx_t n, int t, int c, int silu) { \
+        conv_fwd_t<W>(y, pre, x, w, cache, n, t, c, silu);                                                                       \
+    }                                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(256) conv_bwd_w##W(bf16_t* __restrict__ dx, float* __restrict__ part, const float* __restrict__ dy, \
+                                                                    const bf16_t* __restrict__ pre, const bf16_t* __restrict__ x, const float* __restrict__ w, \
+                                                                    idx_t n, int t, int c, int silu) {                           \
+        conv_bwd_t<W>(dx, part, dy, pre, x, w, n, t, c, silu);                                                                   \
+    }
+CONV_ENTRIES(1)
+CONV_ENTRIES(2)
+CONV_ENTRIES(3)
+CONV_ENTRIES(4)
+CONV_ENTRIES(5)
+CONV_ENTRIES(6)
+CONV_ENTRIES(7)
+CONV_ENTRIES(8)
