@@ -46,6 +46,7 @@ use gla_core::{AttnProblem, DeltaProblem};
 use gla_core::{GateKind, Problem, ProblemSpec};
 
 use crate::attn::ops::{self as attn_ops, AttnDevGrads, AttnDevInputs, DevAttnProblem};
+use crate::conv::NnPath;
 use crate::delta::ops::{self as delta_ops, DeltaDevGradsMut, DeltaDevInputs, DeltaWorkspace, DevDeltaProblem};
 use crate::delta::DeltaAlgo;
 use crate::dispatch::attn as attn_disp;
@@ -301,9 +302,12 @@ pub(crate) fn part_len(d: &Dims, mixers: &[GpuMixer], n: usize) -> usize {
             // the projections' bias gradients
             GpuMixer::Attn(dm) => (dm.q_dim().max(dm.kv_dim()), 0, 0, 0),
         };
-        (col_gy(n) * d.d.max(widest)).max(crate::conv::part_rows(n) * conv * mixer.conv()).max(col_gy(head_rows) * head_v)
+        (col_gy(n) * widest)
+            .max(crate::norm::part_rows(n) * d.d)
+            .max(crate::conv::part_rows(n) * conv * mixer.conv())
+            .max(crate::norm::part_rows(head_rows) * head_v)
     };
-    mixers.iter().map(one).max().unwrap_or(col_gy(n) * d.d)
+    mixers.iter().map(one).max().unwrap_or(crate::norm::part_rows(n) * d.d)
 }
 
 /// One distinct token mixer of a model the GPU runs (a mixer kind with one set of dims), with
@@ -425,15 +429,6 @@ pub(crate) fn head_plan(dm: &GlaDims) -> Result<HeadPlan> {
         return Err(unsupported(format!("head value dim {} is not a multiple of {split} (split into heads of <= {MAX_HEAD})", dm.head_v)));
     }
     Ok(HeadPlan { split, rq: split, rk: dm.groups() * split, rv: dm.groups() })
-}
-
-/// The output gate's activation as the gated norm kernels take it (`gate_actf_` in
-/// kernels/nn/common.cuh).
-fn gate_code(act: GateAct) -> i32 {
-    match act {
-        GateAct::Swish => 0,
-        GateAct::Sigmoid => 1,
-    }
 }
 
 pub(crate) fn unsupported(what: String) -> Error {
@@ -1095,13 +1090,8 @@ impl Primitives for Gpu {
         n: usize,
         acc: bool,
     ) -> Result<()> {
-        let d = self.dims.d;
         let (dxp, dyp, xp, rp, wp) = (self.p(dx), self.p(dy), self.p(x), self.p(rstd), self.mp(w));
-        let (ni, di, ai) = (n as i64, d as i32, i32::from(acc));
-        launch!(self, "rmsnorm_bwd_dx", rows_warp(n), dxp, dyp, xp, rp, wp, ni, di, ai);
-        let part = self.p(&plan.part);
-        launch!(self, "rmsnorm_bwd_dw", cols(n, d), part, dyp, xp, rp, ni, di);
-        self.finalize_cols(self.gp(g, w), part, n, d)
+        crate::norm::rms_bwd(&self.cuda, dxp, self.p(&plan.part), self.gp(g, w), dyp, xp, rp, wp, n, self.dims.d, acc, NnPath::Auto)
     }
 
     fn linear_fwd(&self, y: &mut CudaSlice<u16>, x: &CudaSlice<u16>, w: ParamId, n: usize, d_in: usize, d_out: usize) -> Result<()> {
@@ -1189,7 +1179,7 @@ impl Primitives for Gpu {
             None => 0,
         };
         let shape = crate::conv::ConvShape { b, t, c, width: self.width(w) };
-        crate::conv::fwd(&self.cuda, yp, prep, xp, wp, cache, shape, silu, crate::conv::ConvPath::Auto)?;
+        crate::conv::fwd(&self.cuda, yp, prep, xp, wp, cache, shape, silu, NnPath::Auto)?;
         if cache != 0 {
             launch!(self, "conv_cache_update", flat(b * c), cache, xp, nb, ti, ci, wi);
         }
@@ -1211,7 +1201,7 @@ impl Primitives for Gpu {
     ) -> Result<()> {
         let (out, dyp, prep, xp, wp) = (self.p(dx), self.p(dy), self.p(pre), self.p(x), self.mp(w));
         let shape = crate::conv::ConvShape { b, t, c, width: self.width(w) };
-        crate::conv::bwd(&self.cuda, out, self.p(&plan.part), self.gp(g, w), dyp, prep, xp, wp, shape, silu, crate::conv::ConvPath::Auto)
+        crate::conv::bwd(&self.cuda, out, self.p(&plan.part), self.gp(g, w), dyp, prep, xp, wp, shape, silu, NnPath::Auto)
     }
 
     fn gated_norm_fwd(
@@ -1226,9 +1216,7 @@ impl Primitives for Gpu {
     ) -> Result<()> {
         let (on, ro, op) = (self.p(y), self.p(rstd), self.p(o));
         let gpre = g.map_or(0u64, |g| self.p(g));
-        let (wp, rws, v, eps, ac) = (self.mp(w), rows as i64, self.width(w) as i32, self.dims.eps, gate_code(act));
-        launch!(self, "gated_norm_fwd", rows_warp(rows), on, ro, op, gpre, wp, rws, v, eps, ac);
-        Ok(())
+        crate::norm::gated_fwd(&self.cuda, on, ro, op, gpre, self.mp(w), rows, self.width(w), self.dims.eps, act, NnPath::Auto)
     }
     fn gated_norm_bwd(
         &self,
@@ -1247,12 +1235,8 @@ impl Primitives for Gpu {
         let (dop, d_on, op, ro, wp) = (self.p(d_o), self.p(dy), self.p(o), self.p(rstd), self.mp(w));
         let dgp = dg.map_or(0u64, |x| self.p(x));
         let gpre = g.map_or(0u64, |x| self.p(x));
-        let width = self.width(w);
-        let (rws, v, ac) = (rows as i64, width as i32, gate_code(act));
-        launch!(self, "gated_norm_bwd_dx", rows_warp(rows), dop, dgp, d_on, op, gpre, ro, wp, rws, v, ac);
-        let part = self.p(&plan.part);
-        launch!(self, "gated_norm_bwd_dw", cols(rows, width), part, d_on, op, gpre, ro, rws, v, ac);
-        self.finalize_cols(self.gp(grads, w), part, rows, width)
+        let (part, gw) = (self.p(&plan.part), self.gp(grads, w));
+        crate::norm::gated_bwd(&self.cuda, dop, dgp, part, gw, d_on, op, gpre, ro, wp, rows, self.width(w), act, NnPath::Auto)
     }
 
     fn swiglu_fwd(&self, h: &mut CudaSlice<u16>, a: &CudaSlice<u16>, b: &CudaSlice<u16>, len: usize) -> Result<()> {

@@ -16,14 +16,14 @@ const BLOCK_CHANNELS: usize = 128;
 /// Most partial rows of the vectorized backward's dw: beyond it the blocks stride over the rows.
 const MAX_PART_ROWS: usize = 256;
 
-/// Which kernels run a convolution.
+/// Which kernels run a short convolution or a norm ([`crate::norm`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ConvPath {
-    /// The vectorized kernels where `C % 4 == 0` and every buffer is 16-byte aligned, else the
-    /// per-element ones (the model's launches).
+pub enum NnPath {
+    /// The lane-vectorized kernels where the width and the buffers' alignment allow them, else
+    /// the per-element ones (the model's launches).
     Auto,
     /// The per-element kernels: the reference the vectorized ones are checked against.
-    Elementwise,
+    Reference,
 }
 
 /// One convolution's shape: `b` sequences of `t` rows, `c` channels, `width` taps.
@@ -48,8 +48,8 @@ fn vec_part_rows(n: usize) -> usize {
     n.div_ceil(BLOCK_ROWS).clamp(1, MAX_PART_ROWS)
 }
 
-fn vectorized(path: ConvPath, c: usize, ptrs: &[u64]) -> bool {
-    path == ConvPath::Auto && c.is_multiple_of(4) && ptrs.iter().all(|p| p.is_multiple_of(16))
+fn vectorized(path: NnPath, c: usize, ptrs: &[u64]) -> bool {
+    path == NnPath::Auto && c.is_multiple_of(4) && ptrs.iter().all(|p| p.is_multiple_of(16))
 }
 
 fn vec_cfg(c: usize, gy: usize) -> LaunchConfig {
@@ -64,7 +64,7 @@ fn vec_cfg(c: usize, gy: usize) -> LaunchConfig {
 /// `[c, width]` taps; `cache` 0 or fla's conv state `[b, c, width]` f32 (positions before each
 /// sequence). Device addresses.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn fwd(cuda: &Cuda, y: u64, pre: u64, x: u64, w: u64, cache: u64, s: ConvShape, silu: bool, path: ConvPath) -> Result<()> {
+pub(crate) fn fwd(cuda: &Cuda, y: u64, pre: u64, x: u64, w: u64, cache: u64, s: ConvShape, silu: bool, path: NnPath) -> Result<()> {
     let n = s.b * s.t;
     let (ni, ti, ci, wi, si) = (n as i64, s.t as i32, s.c as i32, s.width as i32, i32::from(silu));
     if vectorized(path, s.c, &[y, pre, x]) {
@@ -92,7 +92,7 @@ pub(crate) fn bwd(
     w: u64,
     s: ConvShape,
     silu: bool,
-    path: ConvPath,
+    path: NnPath,
 ) -> Result<()> {
     let n = s.b * s.t;
     let (ni, ti, ci, wi, si) = (n as i64, s.t as i32, s.c as i32, s.width as i32, i32::from(silu));
@@ -145,7 +145,7 @@ pub fn short_conv(
     dy: &[f32],
     s: ConvShape,
     silu: bool,
-    path: ConvPath,
+    path: NnPath,
 ) -> Result<ConvRun> {
     const OP: &str = "short conv";
     if s.width == 0 || s.width > MAX_CONV {

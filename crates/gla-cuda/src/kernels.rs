@@ -138,7 +138,26 @@ pub const NN_REDUCE: KernelSource = source!("nn/reduce.cu", NN_HEADERS, ["col_fi
 pub const NN_NORM: KernelSource = source!(
     "nn/norm.cu",
     NN_HEADERS,
-    ["rmsnorm_fwd", "rmsnorm_bwd_dx", "rmsnorm_bwd_dw", "gated_norm_fwd", "gated_norm_bwd_dx", "gated_norm_bwd_dw"]
+    [
+        "rmsnorm_fwd",
+        "rmsnorm_bwd_dx",
+        "rmsnorm_bwd_dw",
+        "gated_norm_fwd",
+        "gated_norm_bwd_dx",
+        "gated_norm_bwd_dw",
+        "gated_norm_fwd_v1",
+        "gated_norm_fwd_v2",
+        "gated_norm_fwd_v4",
+        "gated_norm_fwd_v8",
+        "gated_norm_bwd_v1",
+        "gated_norm_bwd_v2",
+        "gated_norm_bwd_v4",
+        "gated_norm_bwd_v8",
+        "rmsnorm_bwd_v1",
+        "rmsnorm_bwd_v2",
+        "rmsnorm_bwd_v4",
+        "rmsnorm_bwd_v8"
+    ]
 );
 /// SwiGLU, feature maps, the log-sigmoid gate, DeltaNet's sum norm.
 pub const NN_ELEMENTWISE: KernelSource = source!(

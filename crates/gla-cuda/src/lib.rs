@@ -58,6 +58,7 @@ pub mod dist;
 mod error;
 pub mod kernels;
 pub mod lab;
+pub mod norm;
 mod op;
 pub mod ops;
 pub mod runtime;

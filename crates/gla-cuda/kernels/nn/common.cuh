@@ -65,3 +65,23 @@ __device__ __forceinline__ void col_reduce(float* __restrict__ part, idx_t n, in
         part[(idx_t)blockIdx.y * cols + j] = t;
     }
 }
+
+// 4 consecutive elements a lane (the vectorized kernels: 8-byte bf16 and 16-byte f32 accesses,
+// the addresses 8- and 16-byte aligned): bf16 to f32 and back, f32 in and out
+__device__ __forceinline__ void ld_bf4(float (&o)[4], const bf16_t* __restrict__ p) {
+    const uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
+    o[0] = __uint_as_float(u.x << 16), o[1] = __uint_as_float(u.x & 0xffff0000u);
+    o[2] = __uint_as_float(u.y << 16), o[3] = __uint_as_float(u.y & 0xffff0000u);
+}
+__device__ __forceinline__ void st_bf4(bf16_t* __restrict__ p, const float (&a)[4]) {
+    const unsigned int lo = (unsigned int)from_f32<bf16_t>(a[0]) | ((unsigned int)from_f32<bf16_t>(a[1]) << 16);
+    const unsigned int hi = (unsigned int)from_f32<bf16_t>(a[2]) | ((unsigned int)from_f32<bf16_t>(a[3]) << 16);
+    *reinterpret_cast<uint2*>(p) = make_uint2(lo, hi);
+}
+__device__ __forceinline__ void ld_f4(float (&o)[4], const float* __restrict__ p) {
+    const float4 a = __ldg(reinterpret_cast<const float4*>(p));
+    o[0] = a.x, o[1] = a.y, o[2] = a.z, o[3] = a.w;
+}
+__device__ __forceinline__ void st_f4(float* __restrict__ p, const float (&a)[4]) {
+    *reinterpret_cast<float4*>(p) = make_float4(a[0], a[1], a[2], a[3]);
+}

@@ -139,22 +139,7 @@ constexpr int CONV_RS = 16;    // rows a warp walks per tile
 constexpr int CONV_WARPS = 8;  // warps a block (one row tile each)
 constexpr int CONV_CPL = 4;    // channels a lane (8 would double the registers: one block per SM)
 
-// CONV_CPL bf16 (8 bytes) to f32 and back; CONV_CPL f32 (16 bytes)
-__device__ __forceinline__ void ld_bfv(float (&o)[CONV_CPL], const bf16_t* __restrict__ p) {
-    const uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
-    o[0] = __uint_as_float(u.x << 16), o[1] = __uint_as_float(u.x & 0xffff0000u);
-    o[2] = __uint_as_float(u.y << 16), o[3] = __uint_as_float(u.y & 0xffff0000u);
-}
-__device__ __forceinline__ void st_bfv(bf16_t* __restrict__ p, const float (&a)[CONV_CPL]) {
-    unsigned int wd[2];
-    #pragma unroll
-    for (int i = 0; i < 2; ++i) wd[i] = (unsigned int)from_f32<bf16_t>(a[2 * i]) | ((unsigned int)from_f32<bf16_t>(a[2 * i + 1]) << 16);
-    *reinterpret_cast<uint2*>(p) = make_uint2(wd[0], wd[1]);
-}
-__device__ __forceinline__ void ld_fv(float (&o)[CONV_CPL], const float* __restrict__ p) {
-    const float4 a = __ldg(reinterpret_cast<const float4*>(p));
-    o[0] = a.x, o[1] = a.y, o[2] = a.z, o[3] = a.w;
-}
+static_assert(CONV_CPL == 4, "the lanes' accesses are nn/common.cuh's 4-wide ones");
 template <int W>
 __device__ __forceinline__ void conv_wts(float (&wr)[W][CONV_CPL], const float* __restrict__ w, int ch) {
     #pragma unroll
@@ -170,7 +155,7 @@ __device__ __forceinline__ void conv_halo(float (&xw)[W][CONV_CPL], const bf16_t
     #pragma unroll
     for (int j = 0; j + 1 < W; ++j) {
         const idx_t rr = r0 - (W - 1) + j;
-        if (rr >= 0) ld_bfv(xw[j], x + rr * c + ch);
+        if (rr >= 0) ld_bf4(xw[j], x + rr * c + ch);
         else {
             #pragma unroll
             for (int i = 0; i < CONV_CPL; ++i) xw[j][i] = 0.f;
@@ -201,7 +186,7 @@ __device__ __forceinline__ void conv_fwd_t(bf16_t* __restrict__ y, bf16_t* __res
         int p = (int)(r0 % t);  // r's position in its sequence
         #pragma unroll 2
         for (idx_t r = r0; r < r1; ++r) {
-            ld_bfv(xw[W - 1], x + r * c + ch);
+            ld_bf4(xw[W - 1], x + r * c + ch);
             float a[CONV_CPL] = {};
             #pragma unroll
             for (int j = 0; j < W; ++j) {
@@ -214,10 +199,10 @@ __device__ __forceinline__ void conv_fwd_t(bf16_t* __restrict__ y, bf16_t* __res
                     for (int i = 0; i < CONV_CPL; ++i) a[i] += wr[j][i] * cr[i * W];
                 }
             }
-            st_bfv(pre + r * c + ch, a);
+            st_bf4(pre + r * c + ch, a);
             #pragma unroll
             for (int i = 0; i < CONV_CPL; ++i) a[i] = silu ? swishf_(a[i]) : a[i];
-            st_bfv(y + r * c + ch, a);
+            st_bf4(y + r * c + ch, a);
             conv_shift(xw);
             if (++p == t) p = 0;
         }
@@ -251,8 +236,8 @@ __device__ __forceinline__ void conv_bwd_t(bf16_t* __restrict__ dx, float* __res
                 float d[CONV_CPL] = {};
                 if (s < n) {
                     float g[CONV_CPL], pv[CONV_CPL];
-                    ld_fv(g, dy + s * c + ch);
-                    ld_bfv(pv, pre + s * c + ch);
+                    ld_f4(g, dy + s * c + ch);
+                    ld_bf4(pv, pre + s * c + ch);
                     #pragma unroll
                     for (int i = 0; i < CONV_CPL; ++i) d[i] = dsilu(g[i], pv[i], silu);
                 }
@@ -260,7 +245,7 @@ __device__ __forceinline__ void conv_bwd_t(bf16_t* __restrict__ dx, float* __res
                 #pragma unroll
                 for (int i = 0; i < CONV_CPL; ++i) dw[W - 1][i] = d[i];
                 if (s < r1) {
-                    ld_bfv(xw[W - 1], x + s * c + ch);
+                    ld_bf4(xw[W - 1], x + s * c + ch);
                     #pragma unroll
                     for (int j = 0; j < W; ++j) {
                         if (j >= W - 1 - ps) {
@@ -280,7 +265,7 @@ __device__ __forceinline__ void conv_bwd_t(bf16_t* __restrict__ dx, float* __res
                             for (int i = 0; i < CONV_CPL; ++i) a[i] += wr[j][i] * dw[W - 1 - j][i];
                         }
                     }
-                    st_bfv(dx + (s - (W - 1)) * c + ch, a);
+                    st_bf4(dx + (s - (W - 1)) * c + ch, a);
                     if (++pe == t) pe = 0;
                 }
                 if (++ps == t) ps = 0;

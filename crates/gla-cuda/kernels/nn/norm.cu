@@ -1,6 +1,21 @@
 // nn/norm.cu: RMSNorm of the residual stream and the gated per-head norm of the GLA output,
 // forward and backward; one warp per row; weight gradients as column-reduction partials
 // (contract: nn/common.cuh).
+//
+// The vectorized forms (`gated_norm_fwd_v{NG}`, `gated_norm_bwd_v{NG}`, `rmsnorm_bwd_v{NG}`,
+// NG = 1, 2, 4, 8): the same contracts where the row width is a multiple of 128 up to NG x 128
+// and the buffers are 16-byte aligned (src/norm.rs picks them, else the per-column kernels, which
+// are also their reference in gla-check's `nn/norm-*` rows). A lane holds NG groups of 4
+// consecutive columns (4 (32 i + lane) + e), the row in registers, so each row is read once
+// with 8- and 16-byte accesses. The backward forms also form dw: each warp adds its rows' terms
+// to its own row of shared memory, and each block writes the sum over its warps (in warp order)
+// as one partial row, part[block, :], for col_finalize: no second pass over the rows. Grid:
+// blocks of NORM_WARPS warps strided over the rows, a warp a row at a time.
+//
+// Entry points: rmsnorm_fwd rmsnorm_bwd_dx rmsnorm_bwd_dw gated_norm_fwd gated_norm_bwd_dx
+//   gated_norm_bwd_dw gated_norm_fwd_v1 gated_norm_fwd_v2 gated_norm_fwd_v4 gated_norm_fwd_v8
+//   gated_norm_bwd_v1 gated_norm_bwd_v2 gated_norm_bwd_v4 gated_norm_bwd_v8 rmsnorm_bwd_v1
+//   rmsnorm_bwd_v2 rmsnorm_bwd_v4 rmsnorm_bwd_v8
 
 // y = x * rstd * w (bf16 out), rstd = 1/sqrt(mean(x^2) + eps); x is the f32 residual stream
 extern "C" __global__ void rmsnorm_fwd(bf16_t* __restrict__ y, float* __restrict__ rstd, const float* __restrict__ x, const float* __restrict__ w, idx_t n, int d, float eps) {
@@ -100,3 +115,193 @@ struct GnDw {
 extern "C" __global__ void gated_norm_bwd_dw(float* part, const float* dy, const bf16_t* o, const bf16_t* g, const float* rstd, idx_t rows, int v, int act) {
     col_reduce(part, rows, v, GnDw{dy, o, g, rstd, v, act});
 }
+
+constexpr int NORM_WARPS = 8;
+
+// act(x) and d act / dx from one exponential (gate_actf_ and dgate_actf_)
+__device__ __forceinline__ void gate_act2(int act, float x, float& a, float& da) {
+    const float s = sigmoidf_(x);
+    if (act == 1) {
+        a = s;
+        da = s * (1.f - s);
+    } else {
+        a = x * s;
+        da = s * (1.f + x * (1.f - s));
+    }
+}
+
+// the backward's prologue: the warps' rows of shared memory zeroed (after the row loop they are
+// summed in warp order into the block's partial row), the lane's columns of w in registers
+template <int NG>
+__device__ __forceinline__ void norm_bwd_init(float (&sdw)[NORM_WARPS][NG * 128], float (&wv)[NG][4], const float* __restrict__ w, int width) {
+    for (int j = threadIdx.x; j < NORM_WARPS * NG * 128; j += blockDim.x) (&sdw[0][0])[j] = 0.f;
+    #pragma unroll
+    for (int i = 0; i < NG; ++i) {
+        const int j = 4 * (32 * i + (threadIdx.x & 31));
+        if (j < width) ld_f4(wv[i], w + j);
+    }
+    __syncthreads();
+}
+template <int NG>
+__device__ __forceinline__ void norm_dw_part(float* __restrict__ part, const float (&sdw)[NORM_WARPS][NG * 128], int cols) {
+    __syncthreads();
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+        float a = 0.f;
+        #pragma unroll
+        for (int v = 0; v < NORM_WARPS; ++v) a += sdw[v][j];
+        part[(idx_t)blockIdx.x * cols + j] = a;
+    }
+}
+
+template <int NG>
+__device__ __forceinline__ void gated_norm_fwd_t(bf16_t* __restrict__ y, float* __restrict__ rstd, const bf16_t* __restrict__ o, const bf16_t* __restrict__ g,
+                                                 const float* __restrict__ w, idx_t rows, int v, float eps, int act) {
+    const int lane = threadIdx.x & 31;
+    for (idx_t r = (blockIdx.x * (idx_t)blockDim.x + threadIdx.x) >> 5; r < rows; r += ((idx_t)gridDim.x * blockDim.x) >> 5) {
+        float ov[NG][4], s = 0.f;
+        #pragma unroll
+        for (int i = 0; i < NG; ++i) {
+            const int j = 4 * (32 * i + lane);
+            if (j < v) {
+                ld_bf4(ov[i], o + r * v + j);
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) s += ov[i][e] * ov[i][e];
+            }
+        }
+        s = warp_sum(s);
+        const float rs = rsqrtf(s / v + eps);
+        if (lane == 0) rstd[r] = rs;
+        #pragma unroll
+        for (int i = 0; i < NG; ++i) {
+            const int j = 4 * (32 * i + lane);
+            if (j < v) {
+                float wv[4], gv[4] = {1.f, 1.f, 1.f, 1.f}, a[4];
+                ld_f4(wv, w + j);
+                if (g) {
+                    ld_bf4(gv, g + r * v + j);
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) gv[e] = gate_actf_(act, gv[e]);
+                }
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) a[e] = ov[i][e] * rs * wv[e] * gv[e];
+                st_bf4(y + r * v + j, a);
+            }
+        }
+    }
+}
+
+template <int NG>
+__device__ __forceinline__ void gated_norm_bwd_t(bf16_t* __restrict__ d_o, bf16_t* __restrict__ dg, float* __restrict__ part, const float* __restrict__ dy,
+                                                 const bf16_t* __restrict__ o, const bf16_t* __restrict__ g, const float* __restrict__ rstd,
+                                                 const float* __restrict__ w, idx_t rows, int v, int act) {
+    __shared__ float sdw[NORM_WARPS][NG * 128];
+    float wv[NG][4];
+    norm_bwd_init<NG>(sdw, wv, w, v);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (idx_t r = (idx_t)blockIdx.x * NORM_WARPS + warp; r < rows; r += (idx_t)gridDim.x * NORM_WARPS) {
+        const float rs = rstd[r];
+        float dyv[NG][4], ov[NG][4], ga[NG][4], gd[NG][4], dot = 0.f;
+        #pragma unroll
+        for (int i = 0; i < NG; ++i) {
+            const int j = 4 * (32 * i + lane);
+            if (j < v) {
+                ld_f4(dyv[i], dy + r * v + j);
+                ld_bf4(ov[i], o + r * v + j);
+                if (g) {
+                    float gv[4];
+                    ld_bf4(gv, g + r * v + j);
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) gate_act2(act, gv[e], ga[i][e], gd[i][e]);
+                } else {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) ga[i][e] = 1.f, gd[i][e] = 0.f;
+                }
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) dot += dyv[i][e] * wv[i][e] * ga[i][e] * ov[i][e];
+            }
+        }
+        dot = warp_sum(dot);
+        const float c = rs * rs * rs * dot / v;
+        #pragma unroll
+        for (int i = 0; i < NG; ++i) {
+            const int j = 4 * (32 * i + lane);
+            if (j < v) {
+                float a[4];
+                if (g) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) a[e] = dyv[i][e] * ov[i][e] * rs * wv[i][e] * gd[i][e];
+                    st_bf4(dg + r * v + j, a);
+                }
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    a[e] = rs * dyv[i][e] * wv[i][e] * ga[i][e] - c * ov[i][e];
+                    sdw[warp][j + e] += dyv[i][e] * ov[i][e] * rs * ga[i][e];
+                }
+                st_bf4(d_o + r * v + j, a);
+            }
+        }
+    }
+    norm_dw_part<NG>(part, sdw, v);
+}
+
+template <int NG>
+__device__ __forceinline__ void rmsnorm_bwd_t(float* __restrict__ dx, float* __restrict__ part, const float* __restrict__ dy, const float* __restrict__ x,
+                                              const float* __restrict__ rstd, const float* __restrict__ w, idx_t n, int d, int acc) {
+    __shared__ float sdw[NORM_WARPS][NG * 128];
+    float wv[NG][4];
+    norm_bwd_init<NG>(sdw, wv, w, d);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (idx_t r = (idx_t)blockIdx.x * NORM_WARPS + warp; r < n; r += (idx_t)gridDim.x * NORM_WARPS) {
+        const float rs = rstd[r];
+        float dyv[NG][4], xv[NG][4], dot = 0.f;
+        #pragma unroll
+        for (int i = 0; i < NG; ++i) {
+            const int j = 4 * (32 * i + lane);
+            if (j < d) {
+                ld_f4(dyv[i], dy + r * d + j);
+                ld_f4(xv[i], x + r * d + j);
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) dot += dyv[i][e] * wv[i][e] * xv[i][e];
+            }
+        }
+        dot = warp_sum(dot) / d;
+        const float c = rs * rs * rs * dot;
+        #pragma unroll
+        for (int i = 0; i < NG; ++i) {
+            const int j = 4 * (32 * i + lane);
+            if (j < d) {
+                float a[4], prev[4] = {0.f, 0.f, 0.f, 0.f};
+                if (acc) ld_f4(prev, dx + r * d + j);
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    a[e] = prev[e] + (rs * dyv[i][e] * wv[i][e] - c * xv[i][e]);
+                    sdw[warp][j + e] += dyv[i][e] * xv[i][e] * rs;
+                }
+                st_f4(dx + r * d + j, a);
+            }
+        }
+    }
+    norm_dw_part<NG>(part, sdw, d);
+}
+
+#define NORM_ENTRIES(NG)                                                                                                         \
+    extern "C" __global__ void __launch_bounds__(256) gated_norm_fwd_v##NG(bf16_t* __restrict__ y, float* __restrict__ rstd, const bf16_t* __restrict__ o, \
+                                                                           const bf16_t* __restrict__ g, const float* __restrict__ w, idx_t rows, int v, \
+                                                                           float eps, int act) {                                 \
+        gated_norm_fwd_t<NG>(y, rstd, o, g, w, rows, v, eps, act);                                                               \
+    }                                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(256) gated_norm_bwd_v##NG(bf16_t* __restrict__ d_o, bf16_t* __restrict__ dg, float* __restrict__ part, \
+                                                                           const float* __restrict__ dy, const bf16_t* __restrict__ o, \
+                                                                           const bf16_t* __restrict__ g, const float* __restrict__ rstd, \
+                                                                           const float* __restrict__ w, idx_t rows, int v, int act) { \
+        gated_norm_bwd_t<NG>(d_o, dg, part, dy, o, g, rstd, w, rows, v, act);                                                    \
+    }                                                                                                                            \
+    extern "C" __global__ void __launch_bounds__(256) rmsnorm_bwd_v##NG(float* __restrict__ dx, float* __restrict__ part, const float* __restrict__ dy, \
+                                                                        const float* __restrict__ x, const float* __restrict__ rstd, \
+                                                                        const float* __restrict__ w, idx_t n, int d, int acc) {  \
+        rmsnorm_bwd_t<NG>(dx, part, dy, x, rstd, w, n, d, acc);                                                                  \
+    }
+NORM_ENTRIES(1)
+NORM_ENTRIES(2)
+NORM_ENTRIES(4)
+NORM_ENTRIES(8)
