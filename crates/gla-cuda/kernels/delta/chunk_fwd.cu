@@ -36,7 +36,8 @@
 // upper triangle and diagonal (T_tc at sA[c][t], t >= c), so T needs no memory of its own: the
 // four diagonal 16 x 16 blocks by forward substitution (one thread per column), then the
 // off-diagonal blocks level by level (d = i - j = 1, 2, 3), T_ij = -T_ii sum_{j <= k < i}
-// A_ik T_kj in f32 FMA (T_kj of earlier levels). Every thread calls it; it holds barriers.
+// A_ik T_kj in f32 FMA (T_kj of earlier levels), a thread per 2 x 2 micro-tile. Every thread
+// calls it; it holds barriers.
 __device__ __forceinline__ void solve_t(float* sA, int tid) {
     __shared__ float sM[3 * 256];  // the level's sums M_ij (at most three 16 x 16 blocks)
     if (tid < 64) {
@@ -55,33 +56,63 @@ __device__ __forceinline__ void solve_t(float* sA, int tid) {
             if (t >= c) sA[(r0 + c) * 65 + r0 + t] = x[t];
     }
     __syncthreads();
+    // each level's products by 2 x 2 micro-tiles (rows t0, t0 + 1; columns c0, c0 + 1): every
+    // shared-memory operand feeds two FMAs, half the loads of one output a thread (the solve's
+    // cost is shared-memory traffic); each output's terms keep their order (q, then k, ascending)
     for (int d = 1; d < 4; ++d) {
         const int nb = 4 - d;  // blocks (i, j = i - d), i = d .. 3
-        for (int x = tid; x < nb * 256; x += 256) {
-            const int i = (x >> 8) + d, j = i - d, t = (x >> 4) & 15, c = x & 15;
-            float s = 0.f;
-            // k = j: T_jj[q][c] = 0 for q < c
-            const float* a = sA + (16 * i + t) * 65 + 16 * j;
-            const float* tc = sA + (16 * j + c) * 65 + 16 * j;  // T_jj[q][c] at tc[q]
-            #pragma unroll
-            for (int q = 0; q < 16; ++q)
-                if (q >= c) s += a[q] * tc[q];
-            for (int k = j + 1; k < i; ++k) {
-                const float* ak = sA + (16 * i + t) * 65 + 16 * k;
-                const float* tk = sA + (16 * j + c) * 65 + 16 * k;  // T_kj[q][c] at tk[q]
+        const int x = tid, bi = x >> 6, i = bi + d, j = i - d, t0 = 2 * ((x >> 3) & 7), c0 = 2 * (x & 7);
+        if (x < nb * 64) {
+            float s00 = 0.f, s01 = 0.f, s10 = 0.f, s11 = 0.f;
+            {
+                // k = j: T_jj[q][c] = 0 for q < c (those entries hold A)
+                const float* a0 = sA + (16 * i + t0) * 65 + 16 * j;
+                const float* b0 = sA + (16 * j + c0) * 65 + 16 * j;  // T_jj[q][c0] at b0[q]
                 #pragma unroll
-                for (int q = 0; q < 16; ++q) s += ak[q] * tk[q];
+                for (int q = 0; q < 16; ++q) {
+                    if (q >= c0) {
+                        s00 += a0[q] * b0[q];
+                        s10 += a0[65 + q] * b0[q];
+                    }
+                    if (q >= c0 + 1) {
+                        s01 += a0[q] * b0[65 + q];
+                        s11 += a0[65 + q] * b0[65 + q];
+                    }
+                }
             }
-            sM[x] = s;
+            for (int k = j + 1; k < i; ++k) {
+                const float* a0 = sA + (16 * i + t0) * 65 + 16 * k;
+                const float* b0 = sA + (16 * j + c0) * 65 + 16 * k;  // T_kj[q][c0] at b0[q]
+                #pragma unroll
+                for (int q = 0; q < 16; ++q) {
+                    s00 += a0[q] * b0[q];
+                    s10 += a0[65 + q] * b0[q];
+                    s01 += a0[q] * b0[65 + q];
+                    s11 += a0[65 + q] * b0[65 + q];
+                }
+            }
+            float* m = sM + bi * 256 + t0 * 16 + c0;
+            m[0] = s00, m[1] = s01, m[16] = s10, m[17] = s11;
         }
         __syncthreads();
-        for (int x = tid; x < nb * 256; x += 256) {
-            const int bi = x >> 8, i = bi + d, j = i - d, t = (x >> 4) & 15, c = x & 15;
-            float s = 0.f;
+        if (x < nb * 64) {
+            // T_ij[t][c] = -sum_{q <= t} T_ii[t][q] M_ij[q][c]
+            float s00 = 0.f, s01 = 0.f, s10 = 0.f, s11 = 0.f;
             #pragma unroll
-            for (int q = 0; q < 16; ++q)
-                if (q <= t) s += sA[(16 * i + q) * 65 + 16 * i + t] * sM[bi * 256 + q * 16 + c];  // T_ii[t][q]
-            sA[(16 * j + c) * 65 + 16 * i + t] = -s;
+            for (int q = 0; q < 16; ++q) {
+                const float* ti = sA + (16 * i + q) * 65 + 16 * i + t0;  // T_ii[t0][q], T_ii[t0 + 1][q]
+                const float* mq = sM + bi * 256 + q * 16 + c0;
+                if (q <= t0) {
+                    s00 += ti[0] * mq[0];
+                    s01 += ti[0] * mq[1];
+                }
+                if (q <= t0 + 1) {
+                    s10 += ti[1] * mq[0];
+                    s11 += ti[1] * mq[1];
+                }
+            }
+            float* o = sA + (16 * j + c0) * 65 + 16 * i + t0;
+            o[0] = -s00, o[1] = -s10, o[65] = -s01, o[66] = -s11;
         }
         __syncthreads();
     }
