@@ -1157,7 +1157,6 @@ impl Primitives for Gpu {
     fn conv_fwd(
         &self,
         y: &mut CudaSlice<u16>,
-        pre: &mut CudaSlice<u16>,
         x: &CudaSlice<u16>,
         w: ParamId,
         b: usize,
@@ -1166,20 +1165,20 @@ impl Primitives for Gpu {
         silu: bool,
         io: Option<(&mut InferIo<'_>, usize, ConvIdx)>,
     ) -> Result<()> {
-        let (yp, prep, xp, wp) = (self.p(y), self.p(pre), self.p(x), self.mp(w));
+        let (yp, xp, wp) = (self.p(y), self.p(x), self.mp(w));
         let (ti, ci, wi, nb, si) = (t as i32, c as i32, self.width(w) as i32, b as i64, i32::from(silu));
         let cache = match io {
             Some((InferIo::Table { addr, b, .. }, l, i)) => {
                 // each sequence's own cache, through the state table (decode)
                 let (tab, nb) = (*addr + 8 * ((l * 4 + 1 + i) * *b) as u64, *b as i64);
-                launch!(self, "conv_decode", flat(*b * c), yp, prep, xp, wp, tab, nb, ci, wi, si);
+                launch!(self, "conv_decode", flat(*b * c), yp, xp, wp, tab, nb, ci, wi, si);
                 return Ok(());
             }
             Some((InferIo::Batch(ctx), l, i)) => ctx.conv[l].as_ref().map_or(0u64, |cc| self.p(&cc[i])),
             None => 0,
         };
         let shape = crate::conv::ConvShape { b, t, c, width: self.width(w) };
-        crate::conv::fwd(&self.cuda, yp, prep, xp, wp, cache, shape, silu, NnPath::Auto)?;
+        crate::conv::fwd(&self.cuda, yp, xp, wp, cache, shape, silu, NnPath::Auto)?;
         if cache != 0 {
             launch!(self, "conv_cache_update", flat(b * c), cache, xp, nb, ti, ci, wi);
         }
@@ -1192,16 +1191,15 @@ impl Primitives for Gpu {
         g: &mut CudaSlice<f32>,
         w: ParamId,
         dy: &CudaSlice<f32>,
-        pre: &CudaSlice<u16>,
         x: &CudaSlice<u16>,
         b: usize,
         t: usize,
         c: usize,
         silu: bool,
     ) -> Result<()> {
-        let (out, dyp, prep, xp, wp) = (self.p(dx), self.p(dy), self.p(pre), self.p(x), self.mp(w));
+        let (out, dyp, xp, wp) = (self.p(dx), self.p(dy), self.p(x), self.mp(w));
         let shape = crate::conv::ConvShape { b, t, c, width: self.width(w) };
-        crate::conv::bwd(&self.cuda, out, self.p(&plan.part), self.gp(g, w), dyp, prep, xp, wp, shape, silu, NnPath::Auto)
+        crate::conv::bwd(&self.cuda, out, self.p(&plan.part), self.gp(g, w), dyp, xp, wp, shape, silu, NnPath::Auto)
     }
 
     fn gated_norm_fwd(

@@ -60,55 +60,44 @@ fn vec_cfg(c: usize, gy: usize) -> LaunchConfig {
     }
 }
 
-/// `pre = conv(x)`, `y = silu(pre)` (or `pre` without SiLU) over `[b * t, c]` bf16; `w` the f32
-/// `[c, width]` taps; `cache` 0 or fla's conv state `[b, c, width]` f32 (positions before each
+/// `y = silu(conv(x))` (or `conv(x)` without SiLU) over `[b * t, c]` bf16; `w` the f32 `[c,
+/// width]` taps; `cache` 0 or fla's conv state `[b, c, width]` f32 (positions before each
 /// sequence). Device addresses.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn fwd(cuda: &Cuda, y: u64, pre: u64, x: u64, w: u64, cache: u64, s: ConvShape, silu: bool, path: NnPath) -> Result<()> {
+pub(crate) fn fwd(cuda: &Cuda, y: u64, x: u64, w: u64, cache: u64, s: ConvShape, silu: bool, path: NnPath) -> Result<()> {
     let n = s.b * s.t;
     let (ni, ti, ci, wi, si) = (n as i64, s.t as i32, s.c as i32, s.width as i32, i32::from(silu));
-    if vectorized(path, s.c, &[y, pre, x]) {
+    if vectorized(path, s.c, &[y, x]) {
         let name = format!("conv_fwd_w{}", s.width);
-        // SAFETY: the arguments match conv_fwd_w{W}'s; y, pre, x hold n x c bf16, 16-byte aligned
-        // with c % 4 == 0 (checked), w c x width f32, cache (when set) b x c x width f32
-        unsafe { cuda.launch(&name, vec_cfg(s.c, n.div_ceil(BLOCK_ROWS)), &[&y, &pre, &x, &w, &cache, &ni, &ti, &ci, &si]) }
+        // SAFETY: the arguments match conv_fwd_w{W}'s; y, x hold n x c bf16, 16-byte aligned with
+        // c % 4 == 0 (checked), w c x width f32, cache (when set) b x c x width f32
+        unsafe { cuda.launch(&name, vec_cfg(s.c, n.div_ceil(BLOCK_ROWS)), &[&y, &x, &w, &cache, &ni, &ti, &ci, &si]) }
     } else {
         // SAFETY: the arguments match conv_fwd's; sizes as above; a grid-stride kernel
-        unsafe { cuda.launch("conv_fwd", flat(n * s.c).config(cuda), &[&y, &pre, &x, &w, &cache, &ni, &ti, &ci, &wi, &si]) }
+        unsafe { cuda.launch("conv_fwd", flat(n * s.c).config(cuda), &[&y, &x, &w, &cache, &ni, &ti, &ci, &wi, &si]) }
     }
 }
 
-/// The backward of [`fwd`] from `dy` (f32): `dx` (bf16, written) and `gw += dw` (f32 `[c,
-/// width]`), through `part` (at least [`part_rows`]`(n) * c * width` f32). Device addresses.
+/// The backward of [`fwd`] (no cache) from `dy` (f32): `dx` (bf16, written) and `gw += dw` (f32
+/// `[c, width]`), through `part` (at least [`part_rows`]`(n) * c * width` f32); the
+/// pre-activation recomputed from `x`. Device addresses.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn bwd(
-    cuda: &Cuda,
-    dx: u64,
-    part: u64,
-    gw: u64,
-    dy: u64,
-    pre: u64,
-    x: u64,
-    w: u64,
-    s: ConvShape,
-    silu: bool,
-    path: NnPath,
-) -> Result<()> {
+pub(crate) fn bwd(cuda: &Cuda, dx: u64, part: u64, gw: u64, dy: u64, x: u64, w: u64, s: ConvShape, silu: bool, path: NnPath) -> Result<()> {
     let n = s.b * s.t;
     let (ni, ti, ci, wi, si) = (n as i64, s.t as i32, s.c as i32, s.width as i32, i32::from(silu));
-    let gy = if vectorized(path, s.c, &[dx, dy, pre, x]) {
+    let gy = if vectorized(path, s.c, &[dx, dy, x]) {
         let gy = vec_part_rows(n);
         let name = format!("conv_bwd_w{}", s.width);
-        // SAFETY: the arguments match conv_bwd_w{W}'s; dx, pre, x hold n x c bf16 and dy n x c
-        // f32, 16-byte aligned with c % 4 == 0 (checked); part holds gy x c x width f32 (the
-        // caller's buffer, sized by part_rows), one row per block y
-        unsafe { cuda.launch(&name, vec_cfg(s.c, gy), &[&dx, &part, &dy, &pre, &x, &w, &ni, &ti, &ci, &si])? };
+        // SAFETY: the arguments match conv_bwd_w{W}'s; dx, x hold n x c bf16 and dy n x c f32,
+        // 16-byte aligned with c % 4 == 0 (checked); part holds gy x c x width f32 (the caller's
+        // buffer, sized by part_rows), one row per block y
+        unsafe { cuda.launch(&name, vec_cfg(s.c, gy), &[&dx, &part, &dy, &x, &w, &ni, &ti, &ci, &si])? };
         gy
     } else {
         // SAFETY: the arguments match conv_bwd_dx's and conv_bwd_dw's; part holds col_gy(n) rows
         unsafe {
-            cuda.launch("conv_bwd_dx", flat(n * s.c).config(cuda), &[&dx, &dy, &pre, &w, &ni, &ti, &ci, &wi, &si])?;
-            cuda.launch("conv_bwd_dw", crate::backend::cols(n, s.c), &[&part, &dy, &pre, &x, &ni, &ti, &ci, &wi, &si])?;
+            cuda.launch("conv_bwd_dx", flat(n * s.c).config(cuda), &[&dx, &dy, &x, &w, &ni, &ti, &ci, &wi, &si])?;
+            cuda.launch("conv_bwd_dw", crate::backend::cols(n, s.c), &[&part, &dy, &x, &w, &ni, &ti, &ci, &wi, &si])?;
         }
         col_gy(n)
     };
@@ -117,14 +106,12 @@ pub(crate) fn bwd(
     unsafe { cuda.launch("col_finalize", flat(s.c * s.width).config(cuda), &[&gw, &part, &gyi, &cols]) }
 }
 
-/// What [`short_conv`] returns: the forward's `y` and `pre` (bf16 bits, `[b * t, c]`), the
-/// backward's `dx` (bf16 bits) and `dw` (f32 `[c, width]`).
+/// What [`short_conv`] returns: the forward's `y` (bf16 bits, `[b * t, c]`), the backward's
+/// `dx` (bf16 bits) and `dw` (f32 `[c, width]`).
 #[derive(Clone, Debug)]
 pub struct ConvRun {
-    /// silu(pre), or pre.
+    /// silu(pre), or pre (the convolution).
     pub y: Vec<u16>,
-    /// The convolution before the activation.
-    pub pre: Vec<u16>,
     /// The input's gradient.
     pub dx: Vec<u16>,
     /// The taps' gradient.
@@ -168,36 +155,18 @@ pub fn short_conv(
     if let Some(cache) = cache {
         len("cache", cache.len(), s.b * s.c * s.width, format!("[B, C, W] = [{}, {}, {}]", s.b, s.c, s.width))?;
     }
-    let (dxh, dwh, dcache) =
-        (cuda.upload(x, "conv x")?, cuda.upload(w, "conv w")?, cache.map(|c| cuda.upload(c, "conv cache")).transpose()?);
-    let ddy = cuda.upload(dy, "conv dy")?;
-    let (y, pre, dx) = (
-        cuda.alloc_zeros::<u16>(n * s.c, "conv y")?,
-        cuda.alloc_zeros::<u16>(n * s.c, "conv pre")?,
-        cuda.alloc_zeros::<u16>(n * s.c, "conv dx")?,
-    );
+    let (xd, wd, ddy) = (cuda.upload(x, "conv x")?, cuda.upload(w, "conv w")?, cuda.upload(dy, "conv dy")?);
+    let cache_d = cache.map(|c| cuda.upload(c, "conv cache")).transpose()?;
+    let (y, dx) = (cuda.alloc_zeros::<u16>(n * s.c, "conv y")?, cuda.alloc_zeros::<u16>(n * s.c, "conv dx")?);
     let gw = cuda.alloc_zeros::<f32>(s.c * s.width, "conv dw")?;
     let part = cuda.alloc_zeros::<f32>(part_rows(n) * s.c * s.width, "conv partial sums")?;
-    let cache_ptr = dcache.as_ref().map_or(0, |c| ptr(cuda, c));
-    fwd(cuda, ptr(cuda, &y), ptr(cuda, &pre), ptr(cuda, &dxh), ptr(cuda, &dwh), cache_ptr, s, silu, path)?;
-    bwd(
-        cuda,
-        ptr(cuda, &dx),
-        ptr(cuda, &part),
-        ptr(cuda, &gw),
-        ptr(cuda, &ddy),
-        ptr(cuda, &pre),
-        ptr(cuda, &dxh),
-        ptr(cuda, &dwh),
-        s,
-        silu,
-        path,
-    )?;
+    let (xp, wp) = (ptr(cuda, &xd), ptr(cuda, &wd));
+    fwd(cuda, ptr(cuda, &y), xp, wp, cache_d.as_ref().map_or(0, |c| ptr(cuda, c)), s, silu, path)?;
+    bwd(cuda, ptr(cuda, &dx), ptr(cuda, &part), ptr(cuda, &gw), ptr(cuda, &ddy), xp, wp, s, silu, path)?;
     cuda.sync()?;
     let down = |b: &cudarc::driver::CudaSlice<u16>, what: &'static str| cuda.stream().clone_dtoh(b).map_err(Error::driver(what));
     Ok(ConvRun {
         y: down(&y, "download conv y")?,
-        pre: down(&pre, "download conv pre")?,
         dx: down(&dx, "download conv dx")?,
         dw: cuda.stream().clone_dtoh(&gw).map_err(Error::driver("download conv dw"))?,
     })

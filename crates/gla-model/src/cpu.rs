@@ -364,7 +364,6 @@ impl<'m> Primitives for Cpu<'m> {
     fn conv_fwd(
         &self,
         y: &mut Vec<f32>,
-        pre: &mut Vec<f32>,
         x: &Vec<f32>,
         w: ParamId,
         _b: usize,
@@ -375,8 +374,8 @@ impl<'m> Primitives for Cpu<'m> {
     ) -> Result<()> {
         let width = self.width(w);
         match io {
-            None => conv_fwd(y, pre, x, self.p(w), t, c, width, silu),
-            // each sequence continues from its cache (the inference forward needs no `pre`)
+            None => conv_fwd(y, x, self.p(w), t, c, width, silu),
+            // each sequence continues from its cache
             Some((io, l, which)) => {
                 for (s, caches) in io.convs.iter_mut().enumerate() {
                     let r = io.bounds[s] * c..io.bounds[s + 1] * c;
@@ -385,7 +384,6 @@ impl<'m> Primitives for Cpu<'m> {
             }
         }
         self.act(y);
-        self.act(pre);
         Ok(())
     }
     fn conv_bwd(
@@ -395,14 +393,13 @@ impl<'m> Primitives for Cpu<'m> {
         g: &mut [f32],
         w: ParamId,
         dy: &Vec<f32>,
-        pre: &Vec<f32>,
         x: &Vec<f32>,
         _b: usize,
         t: usize,
         c: usize,
         silu: bool,
     ) -> Result<()> {
-        conv_bwd(dx, grad(g, self.specs, w), dy, pre, x, self.p(w), t, c, self.width(w), silu);
+        conv_bwd(dx, grad(g, self.specs, w), dy, x, self.p(w), t, c, self.width(w), silu);
         self.act(dx);
         Ok(())
     }

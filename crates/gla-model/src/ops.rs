@@ -299,55 +299,52 @@ pub fn gate_bwd(dx: &mut [f32], dg: &[f32], x: &[f32], norm: f32, clamp_min: Opt
 /// Causal depthwise short convolution (fla's `ShortConvolution`, no bias) per sequence of `t`
 /// rows: `pre[t, c] = sum_j w[c, j] * x[t - (W-1) + j, c]` (zero before the sequence start),
 /// `y = silu(pre)` (`silu`: the conv's activation `'silu'`) or `y = pre` (activation `None`).
-/// `x`, `pre`, `y`: `[B*T, C]`; `w`: `[C, 1, W]`.
+/// `x`, `y`: `[B*T, C]`; `w`: `[C, 1, W]`.
 #[allow(clippy::too_many_arguments)]
-pub fn conv_fwd(y: &mut [f32], pre: &mut [f32], x: &[f32], w: &[f32], t: usize, c: usize, width: usize, silu: bool) {
-    y.par_chunks_mut(t * c).zip(pre.par_chunks_mut(t * c)).zip(x.par_chunks(t * c)).with_min_len(min_items(t * c)).for_each(
-        |((y, pre), x)| {
+pub fn conv_fwd(y: &mut [f32], x: &[f32], w: &[f32], t: usize, c: usize, width: usize, silu: bool) {
+    y.par_chunks_mut(t * c).zip(x.par_chunks(t * c)).with_min_len(min_items(t * c)).for_each(|(y, x)| {
+        for s in 0..t {
+            for ch in 0..c {
+                let acc = conv_pre(x, w, s, c, ch, width);
+                y[s * c + ch] = if silu { acc * sigmoid(acc) } else { acc };
+            }
+        }
+    });
+}
+
+/// `pre` of [`conv_fwd`] at row `s` of one sequence's `x`, channel `ch`.
+fn conv_pre(x: &[f32], w: &[f32], s: usize, c: usize, ch: usize, width: usize) -> f32 {
+    let mut acc = 0.0f32;
+    for j in 0..width {
+        if let Some(src) = (s + j).checked_sub(width - 1) {
+            acc += w[ch * width + j] * x[src * c + ch];
+        }
+    }
+    acc
+}
+
+/// Backward of [`conv_fwd`]: writes `dx`, accumulates `dw`; `pre` is recomputed from `x`.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_bwd(dx: &mut [f32], dw: &mut [f32], dy: &[f32], x: &[f32], w: &[f32], t: usize, c: usize, width: usize, silu: bool) {
+    let rows = x.len() / c;
+    // dpre = dy * silu'(pre) (dy itself without the activation)
+    let mut dpre = vec![0.0f32; rows * c];
+    dpre.par_chunks_mut(t * c).zip(dy.par_chunks(t * c)).zip(x.par_chunks(t * c)).with_min_len(min_items(t * c)).for_each(
+        |((dp, dy), x)| {
             for s in 0..t {
                 for ch in 0..c {
-                    let mut acc = 0.0f32;
-                    for j in 0..width {
-                        if let Some(src) = (s + j).checked_sub(width - 1) {
-                            acc += w[ch * width + j] * x[src * c + ch];
-                        }
-                    }
-                    pre[s * c + ch] = acc;
-                    y[s * c + ch] = if silu { acc * sigmoid(acc) } else { acc };
+                    let d = dy[s * c + ch];
+                    dp[s * c + ch] = if silu {
+                        let p = conv_pre(x, w, s, c, ch, width);
+                        let sg = sigmoid(p);
+                        d * sg * (1.0 + p * (1.0 - sg))
+                    } else {
+                        d
+                    };
                 }
             }
         },
     );
-}
-
-/// Backward of [`conv_fwd`]: writes `dx`, accumulates `dw`.
-#[allow(clippy::too_many_arguments)]
-pub fn conv_bwd(
-    dx: &mut [f32],
-    dw: &mut [f32],
-    dy: &[f32],
-    pre: &[f32],
-    x: &[f32],
-    w: &[f32],
-    t: usize,
-    c: usize,
-    width: usize,
-    silu: bool,
-) {
-    let rows = x.len() / c;
-    // dpre = dy * silu'(pre) (dy itself without the activation)
-    let dpre: Vec<f32> = dy
-        .par_iter()
-        .zip(pre.par_iter())
-        .with_min_len(MIN_TASK_ELEMS)
-        .map(|(&d, &p)| {
-            if !silu {
-                return d;
-            }
-            let s = sigmoid(p);
-            d * s * (1.0 + p * (1.0 - s))
-        })
-        .collect();
     dx.par_chunks_mut(t * c).enumerate().with_min_len(min_items(t * c)).for_each(|(b, dx)| {
         let dp = &dpre[b * t * c..(b + 1) * t * c];
         for src in 0..t {

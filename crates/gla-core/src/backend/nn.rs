@@ -129,13 +129,12 @@ pub trait Primitives {
     ) -> Result<(), Self::Error>;
 
     /// Causal depthwise conv over sequences of `t` rows, its width `W` that of the weight
-    /// `w [C, 1, W]`: `pre`, and `y = silu(pre)` (`silu`, fla's `activation='silu'`) or
-    /// `y = pre` (no activation), `[B*T, C]`. With `io`, each sequence continues from its cache
-    /// `(layer, which)` and advances it.
+    /// `w [C, 1, W]`: `y = silu(pre)` (`silu`, fla's `activation='silu'`) or `y = pre` (no
+    /// activation), `[B*T, C]`, `pre` the convolution. With `io`, each sequence continues from
+    /// its cache `(layer, which)` and advances it.
     fn conv_fwd(
         &self,
         y: &mut Act<Self>,
-        pre: &mut Act<Self>,
         x: &Act<Self>,
         w: ParamId,
         b: usize,
@@ -144,7 +143,8 @@ pub trait Primitives {
         silu: bool,
         io: Option<(&mut Self::Io<'_>, usize, ConvIdx)>,
     ) -> Result<(), Self::Error>;
-    /// Backward of [`Primitives::conv_fwd`] (no cache): writes `dx`, accumulates `dw`.
+    /// Backward of [`Primitives::conv_fwd`] (no cache): writes `dx`, accumulates `dw`; `pre` is
+    /// recomputed from `x` (nothing but `x` is kept for it, as causal_conv1d's backward does).
     fn conv_bwd(
         &self,
         plan: &Plan<Self>,
@@ -152,7 +152,6 @@ pub trait Primitives {
         g: &mut Self::Grads,
         w: ParamId,
         dy: &F32<Self>,
-        pre: &Act<Self>,
         x: &Act<Self>,
         b: usize,
         t: usize,

@@ -2,7 +2,8 @@
 // ShortConvolution, no bias), forward, decode and backward (contract: nn/common.cuh):
 //     pre[s, ch] = sum_j w[ch, j] x[s - (W-1) + j, ch],   y = silu(pre);   w [C, W] f32, W <= 8
 // `silu = 0` drops the activation (fla's ShortConvolution(activation=None): DeltaNet's q and k
-// with a qk_activation other than silu): y = pre, and the backward passes dy through.
+// with a qk_activation other than silu): y = pre, and the backward passes dy through. pre is
+// not stored: the backward recomputes it (in f32) from x, which it reads anyway for dw.
 //
 // conv_fwd_w{W} / conv_bwd_w{W} (W = 1 .. 8, the launcher picks by width): the same contracts,
 // run where c % 4 == 0 and every buffer is 16-byte aligned (src/backend/conv.rs checks; else the
@@ -13,7 +14,7 @@
 // element. Grid: x over 128-channel tiles, y over tiles of CONV_WARPS x CONV_RS rows (strided when
 // the grid is smaller); block 256 threads. The backward computes dpre once for dx and dw, and writes
 // one partial row of dw per block y (part[y, ch * W + j], its warps summed in order), for
-// col_finalize.
+// col_finalize; pre comes from the same registers of x as dw's terms.
 //
 // Entry points: conv_fwd conv_cache_update conv_decode conv_bwd_dx conv_bwd_dw
 //   conv_fwd_w1 conv_fwd_w2 conv_fwd_w3 conv_fwd_w4 conv_fwd_w5 conv_fwd_w6 conv_fwd_w7 conv_fwd_w8
@@ -22,7 +23,7 @@
 // cache: null (zeros before each sequence) or the last W inputs before it, `[B, C, W]` f32 with
 // the newest last (fla's conv_state; inference): position p < 0 of sequence b reads
 // cache[(b*C + ch)*W + W + p]
-extern "C" __global__ void conv_fwd(bf16_t* __restrict__ y, bf16_t* __restrict__ pre, const bf16_t* __restrict__ x, const float* __restrict__ w, const float* __restrict__ cache, idx_t n, int t, int c, int width, int silu) {
+extern "C" __global__ void conv_fwd(bf16_t* __restrict__ y, const bf16_t* __restrict__ x, const float* __restrict__ w, const float* __restrict__ cache, idx_t n, int t, int c, int width, int silu) {
     idx_t total = n * c;
     for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
         int ch = (int)(i % c);
@@ -35,7 +36,6 @@ extern "C" __global__ void conv_fwd(bf16_t* __restrict__ y, bf16_t* __restrict__
             if (src >= 0) acc += w[ch * width + j] * to_f32(x[(r - s + src) * c + ch]);
             else if (cache) acc += w[ch * width + j] * cache[(seq * c + ch) * width + width + src];
         }
-        pre[i] = from_f32<bf16_t>(acc);
         y[i] = from_f32<bf16_t>(silu ? swishf_(acc) : acc);
     }
 }
@@ -62,7 +62,7 @@ extern "C" __global__ void conv_cache_update(float* __restrict__ cache, const bf
 // decode (one token per sequence): conv_fwd with t = 1 and conv_cache_update in one pass, each
 // sequence's cache [C, W] f32 in its own buffer at caches[seq]; one thread per (sequence,
 // channel) reads its W-1 newest inputs, then shifts them and appends x in place
-extern "C" __global__ void conv_decode(bf16_t* __restrict__ y, bf16_t* __restrict__ pre, const bf16_t* __restrict__ x, const float* __restrict__ w, const unsigned long long* __restrict__ caches, idx_t nseq, int c, int width, int silu) {
+extern "C" __global__ void conv_decode(bf16_t* __restrict__ y, const bf16_t* __restrict__ x, const float* __restrict__ w, const unsigned long long* __restrict__ caches, idx_t nseq, int c, int width, int silu) {
     idx_t total = nseq * c;
     for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
         int ch = (int)(i % c);
@@ -76,7 +76,6 @@ extern "C" __global__ void conv_decode(bf16_t* __restrict__ y, bf16_t* __restric
             cache[j] = old;
         }
         cache[width - 1] = xv;
-        pre[i] = from_f32<bf16_t>(acc);
         y[i] = from_f32<bf16_t>(silu ? swishf_(acc) : acc);
     }
 }
@@ -84,8 +83,18 @@ extern "C" __global__ void conv_decode(bf16_t* __restrict__ y, bf16_t* __restric
 // dpre = dy * silu'(pre), or dy without the activation
 __device__ __forceinline__ float dsilu(float d, float p, int silu) { return silu ? d * dswishf_(p) : d; }
 
+// pre at row r (position s of its sequence), channel ch: conv_fwd's sum without a cache
+__device__ __forceinline__ float conv_pre_at(const bf16_t* __restrict__ x, const float* __restrict__ w, idx_t r, int s, int c, int ch, int width) {
+    float acc = 0.f;
+    for (int j = 0; j < width; ++j) {
+        const int src = s + j - (width - 1);
+        if (src >= 0) acc += w[ch * width + j] * to_f32(x[(r - s + src) * c + ch]);
+    }
+    return acc;
+}
+
 // dx[src, ch] = sum_j w[ch, j] dpre[src + W-1-j, ch], dpre = dy * silu'(pre); dx bf16 (GEMM operand)
-extern "C" __global__ void conv_bwd_dx(bf16_t* __restrict__ dx, const float* __restrict__ dy, const bf16_t* __restrict__ pre, const float* __restrict__ w, idx_t n, int t, int c, int width, int silu) {
+extern "C" __global__ void conv_bwd_dx(bf16_t* __restrict__ dx, const float* __restrict__ dy, const bf16_t* __restrict__ x, const float* __restrict__ w, idx_t n, int t, int c, int width, int silu) {
     idx_t total = n * c;
     for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < total; i += (idx_t)gridDim.x * blockDim.x) {
         int ch = (int)(i % c);
@@ -95,8 +104,8 @@ extern "C" __global__ void conv_bwd_dx(bf16_t* __restrict__ dx, const float* __r
         for (int j = 0; j < width; ++j) {
             int s = src + width - 1 - j;
             if (s < t) {
-                idx_t k = (r - src + s) * c + ch;
-                acc += w[ch * width + j] * dsilu(dy[k], to_f32(pre[k]), silu);
+                const idx_t rs = r - src + s;
+                acc += w[ch * width + j] * dsilu(dy[rs * c + ch], silu ? conv_pre_at(x, w, rs, s, c, ch, width) : 0.f, silu);
             }
         }
         dx[i] = from_f32<bf16_t>(acc);
@@ -105,7 +114,7 @@ extern "C" __global__ void conv_bwd_dx(bf16_t* __restrict__ dx, const float* __r
 
 // dw[ch, j] += sum_r dpre[r, ch] x[r - (W-1) + j, ch] within each sequence; W <= 8. Partials:
 // block y writes part[y, ch * W + j]; col_finalize over C * W columns adds them to dw
-extern "C" __global__ void conv_bwd_dw(float* __restrict__ part, const float* __restrict__ dy, const bf16_t* __restrict__ pre, const bf16_t* __restrict__ x, idx_t n, int t, int c, int width, int silu) {
+extern "C" __global__ void conv_bwd_dw(float* __restrict__ part, const float* __restrict__ dy, const bf16_t* __restrict__ x, const float* __restrict__ w, idx_t n, int t, int c, int width, int silu) {
     __shared__ float lanes[8][8][33];
     int ch = blockIdx.x * 32 + threadIdx.x;
     float s[8];
@@ -114,7 +123,7 @@ extern "C" __global__ void conv_bwd_dw(float* __restrict__ part, const float* __
     if (ch < c) {
         for (idx_t r = blockIdx.y * 8 + threadIdx.y; r < n; r += (idx_t)gridDim.y * 8) {
             int pos = (int)(r % t);
-            float dp = dsilu(dy[r * c + ch], to_f32(pre[r * c + ch]), silu);
+            float dp = dsilu(dy[r * c + ch], silu ? conv_pre_at(x, w, r, pos, c, ch, width) : 0.f, silu);
             #pragma unroll
             for (int j = 0; j < 8; ++j) {
                 int src = pos + j - (width - 1);
@@ -172,7 +181,7 @@ __device__ __forceinline__ void conv_shift(float (&a)[N][CONV_CPL]) {
 }
 
 template <int W>
-__device__ __forceinline__ void conv_fwd_t(bf16_t* __restrict__ y, bf16_t* __restrict__ pre, const bf16_t* __restrict__ x, const float* __restrict__ w,
+__device__ __forceinline__ void conv_fwd_t(bf16_t* __restrict__ y, const bf16_t* __restrict__ x, const float* __restrict__ w,
                                            const float* __restrict__ cache, idx_t n, int t, int c, int silu) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int ch = (blockIdx.x * 32 + lane) * CONV_CPL;
@@ -199,7 +208,6 @@ __device__ __forceinline__ void conv_fwd_t(bf16_t* __restrict__ y, bf16_t* __res
                     for (int i = 0; i < CONV_CPL; ++i) a[i] += wr[j][i] * cr[i * W];
                 }
             }
-            st_bf4(pre + r * c + ch, a);
             #pragma unroll
             for (int i = 0; i < CONV_CPL; ++i) a[i] = silu ? swishf_(a[i]) : a[i];
             st_bf4(y + r * c + ch, a);
@@ -210,8 +218,8 @@ __device__ __forceinline__ void conv_fwd_t(bf16_t* __restrict__ y, bf16_t* __res
 }
 
 template <int W>
-__device__ __forceinline__ void conv_bwd_t(bf16_t* __restrict__ dx, float* __restrict__ part, const float* __restrict__ dy, const bf16_t* __restrict__ pre,
-                                           const bf16_t* __restrict__ x, const float* __restrict__ w, idx_t n, int t, int c, int silu) {
+__device__ __forceinline__ void conv_bwd_t(bf16_t* __restrict__ dx, float* __restrict__ part, const float* __restrict__ dy, const bf16_t* __restrict__ x,
+                                           const float* __restrict__ w, idx_t n, int t, int c, int silu) {
     __shared__ float red[CONV_WARPS][32 * CONV_CPL];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int ch = (blockIdx.x * 32 + lane) * CONV_CPL;
@@ -230,31 +238,39 @@ __device__ __forceinline__ void conv_bwd_t(bf16_t* __restrict__ dx, float* __res
             float dw[W][CONV_CPL] = {};  // dw[j] = dpre[s - (W-1) + j] (rows before r0 are never read)
             const idx_t r1 = r0 + CONV_RS < n ? r0 + CONV_RS : n;
             int ps = (int)(r0 % t), pe = ps;  // positions of s and of the next dx row, s - (W-1)
-            // s walks the tile and the W - 1 rows after it (dx reads dpre up to W - 1 rows ahead)
+            // s walks the tile and the W - 1 rows after it (dx reads dpre up to W - 1 rows ahead,
+            // so x's window runs on through them too)
             #pragma unroll 2
             for (idx_t s = r0; s < r1 + (W - 1); ++s) {
                 float d[CONV_CPL] = {};
                 if (s < n) {
-                    float g[CONV_CPL], pv[CONV_CPL];
-                    ld_f4(g, dy + s * c + ch);
-                    ld_bf4(pv, pre + s * c + ch);
-                    #pragma unroll
-                    for (int i = 0; i < CONV_CPL; ++i) d[i] = dsilu(g[i], pv[i], silu);
-                }
-                conv_shift(dw);
-                #pragma unroll
-                for (int i = 0; i < CONV_CPL; ++i) dw[W - 1][i] = d[i];
-                if (s < r1) {
+                    // x[s] into the window; pre[s] from it (conv_fwd's sum), then dpre
+                    float g[CONV_CPL], pv[CONV_CPL] = {};
                     ld_bf4(xw[W - 1], x + s * c + ch);
+                    ld_f4(g, dy + s * c + ch);
                     #pragma unroll
                     for (int j = 0; j < W; ++j) {
                         if (j >= W - 1 - ps) {
                             #pragma unroll
-                            for (int i = 0; i < CONV_CPL; ++i) sw[j][i] += d[i] * xw[j][i];
+                            for (int i = 0; i < CONV_CPL; ++i) pv[i] += wr[j][i] * xw[j][i];
+                        }
+                    }
+                    #pragma unroll
+                    for (int i = 0; i < CONV_CPL; ++i) d[i] = dsilu(g[i], pv[i], silu);
+                    if (s < r1) {
+                        #pragma unroll
+                        for (int j = 0; j < W; ++j) {
+                            if (j >= W - 1 - ps) {
+                                #pragma unroll
+                                for (int i = 0; i < CONV_CPL; ++i) sw[j][i] += d[i] * xw[j][i];
+                            }
                         }
                     }
                     conv_shift(xw);
                 }
+                conv_shift(dw);
+                #pragma unroll
+                for (int i = 0; i < CONV_CPL; ++i) dw[W - 1][i] = d[i];
                 if (s >= r0 + (W - 1)) {
                     // dx[s - (W-1)] = sum_j w[j] dpre[s - j], rows of the same sequence only
                     float a[CONV_CPL] = {};
@@ -290,14 +306,14 @@ __device__ __forceinline__ void conv_bwd_t(bf16_t* __restrict__ dx, float* __res
 }
 
 #define CONV_ENTRIES(W)                                                                                                          \
-    extern "C" __global__ void __launch_bounds__(256) conv_fwd_w##W(bf16_t* __restrict__ y, bf16_t* __restrict__ pre, const bf16_t* __restrict__ x, \
+    extern "C" __global__ void __launch_bounds__(256) conv_fwd_w##W(bf16_t* __restrict__ y, const bf16_t* __restrict__ x, \
                                                                     const float* __restrict__ w, const float* __restrict__ cache, idx_t n, int t, int c, int silu) { \
-        conv_fwd_t<W>(y, pre, x, w, cache, n, t, c, silu);                                                                       \
+        conv_fwd_t<W>(y, x, w, cache, n, t, c, silu);                                                                       \
     }                                                                                                                            \
     extern "C" __global__ void __launch_bounds__(256) conv_bwd_w##W(bf16_t* __restrict__ dx, float* __restrict__ part, const float* __restrict__ dy, \
-                                                                    const bf16_t* __restrict__ pre, const bf16_t* __restrict__ x, const float* __restrict__ w, \
-                                                                    idx_t n, int t, int c, int silu) {                           \
-        conv_bwd_t<W>(dx, part, dy, pre, x, w, n, t, c, silu);                                                                   \
+                                                                    const bf16_t* __restrict__ x, const float* __restrict__ w, idx_t n, int t, int c, \
+                                                                    int silu) {                                                  \
+        conv_bwd_t<W>(dx, part, dy, x, w, n, t, c, silu);                                                                        \
     }
 CONV_ENTRIES(1)
 CONV_ENTRIES(2)

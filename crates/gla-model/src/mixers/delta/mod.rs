@@ -118,9 +118,9 @@ fn act(dm: &DeltaDims, i: usize) -> Option<FeatureMap> {
     (!in_conv && f != FeatureMap::Identity).then_some(f)
 }
 
-/// The short convolutions' tensors: pre-activations and outputs of q, k, v.
+/// The short convolutions' outputs for q, k, v (the backward recomputes their pre-activations
+/// from the inputs).
 struct ConvActs<S: DeltaStorage> {
-    pre: [S::Act; 3],
     out: [S::Act; 3],
 }
 
@@ -160,7 +160,7 @@ impl<S: DeltaStorage> DeltaActs<S> {
         let fm = |i: usize| act(dm, i).map(|_| be.alloc_act(n * ch[i])).transpose();
         Ok(Self {
             lin: three()?,
-            conv: if dm.conv > 0 { Some(ConvActs { pre: three()?, out: three()? }) } else { None },
+            conv: if dm.conv > 0 { Some(ConvActs { out: three()? }) } else { None },
             act: [fm(0)?, fm(1)?, fm(2)?],
             norm: if dm.qk_norm == QkNorm::Sum { Some([be.alloc_act(n * dm.key_dim)?, be.alloc_act(n * dm.key_dim)?]) } else { None },
             beta: if dm.use_beta { Some(be.alloc_f32(n * dm.v_heads)?) } else { None },
@@ -233,8 +233,8 @@ pub(crate) fn forward<B: Backend>(
         be.linear_fwd(&mut a.lin[i], xn, w, n, d, ch[i])?;
     }
     if let (Some(cv), Some(w)) = (&mut a.conv, ids.convs()) {
-        for (i, (y, pre)) in cv.out.iter_mut().zip(cv.pre.iter_mut()).enumerate() {
-            be.conv_fwd(y, pre, &a.lin[i], w[i], b, t, ch[i], conv_silu(dm, i), io.as_deref_mut().map(|io| (io, layer, i)))?;
+        for (i, y) in cv.out.iter_mut().enumerate() {
+            be.conv_fwd(y, &a.lin[i], w[i], b, t, ch[i], conv_silu(dm, i), io.as_deref_mut().map(|io| (io, layer, i)))?;
         }
     }
     let conv_out = a.conv.as_ref().map(|c| &c.out);
@@ -306,9 +306,7 @@ pub(crate) fn backward<B: Backend>(
     // short conv (or the GEMM operands of dq, dk, dv)
     for i in 0..3 {
         match (ids.convs(), &a.conv) {
-            (Some(w), Some(cv)) => {
-                be.conv_bwd(plan, &mut s.dqkv16[i], grads, w[i], &s.d5[i], &cv.pre[i], &a.lin[i], b, t, ch[i], conv_silu(dm, i))?
-            }
+            (Some(w), Some(_)) => be.conv_bwd(plan, &mut s.dqkv16[i], grads, w[i], &s.d5[i], &a.lin[i], b, t, ch[i], conv_silu(dm, i))?,
             _ => be.cast(&mut s.dqkv16[i], &s.d5[i])?,
         }
     }

@@ -80,9 +80,9 @@ impl GlaIds {
     }
 }
 
-/// The short convolutions' tensors: pre-activations and outputs of q, k, v.
+/// The short convolutions' outputs for q, k, v (the backward recomputes their pre-activations
+/// from the inputs).
 struct ConvActs<S: GlaStorage> {
-    pre: [S::Act; 3],
     out: [S::Act; 3],
 }
 
@@ -125,7 +125,7 @@ impl<S: GlaStorage> GlaActs<S> {
             q_lin: be.alloc_act(n * kd)?,
             k_lin: be.alloc_act(n * kdkv)?,
             v_lin: be.alloc_act(n * vdkv)?,
-            conv: if dm.conv > 0 { Some(ConvActs { pre: three()?, out: three()? }) } else { None },
+            conv: if dm.conv > 0 { Some(ConvActs { out: three()? }) } else { None },
             fm: if dm.feature_map.is_some() { Some([be.alloc_act(n * kd)?, be.alloc_act(n * kdkv)?]) } else { None },
             g_pre: if dm.output_gate { Some(be.alloc_act(n * vd)?) } else { None },
             gk_lr: be.alloc_act(n * dm.gate_rank)?,
@@ -195,8 +195,8 @@ pub(crate) fn forward<B: Backend>(
     be.linear_fwd(&mut a.v_lin, xn, ids.v_proj, n, d, dm.value_dim_kv)?;
     if let (Some(cv), Some(w)) = (&mut a.conv, ids.convs()) {
         let ins = [(&a.q_lin, dm.key_dim), (&a.k_lin, dm.key_dim_kv), (&a.v_lin, dm.value_dim_kv)];
-        for (i, ((src, c), (y, pre))) in ins.into_iter().zip(cv.out.iter_mut().zip(cv.pre.iter_mut())).enumerate() {
-            be.conv_fwd(y, pre, src, w[i], b, t, c, true, io.as_deref_mut().map(|io| (io, layer, i)))?;
+        for (i, ((src, c), y)) in ins.into_iter().zip(cv.out.iter_mut()).enumerate() {
+            be.conv_fwd(y, src, w[i], b, t, c, true, io.as_deref_mut().map(|io| (io, layer, i)))?;
         }
     }
     if let (Some(gw), Some(gp)) = (ids.g_proj, &mut a.g_pre) {
@@ -268,9 +268,7 @@ pub(crate) fn backward<B: Backend>(
     let lins = [&a.q_lin, &a.k_lin, &a.v_lin];
     for i in 0..3 {
         match (ids.convs(), &a.conv) {
-            (Some(w), Some(cv)) => {
-                be.conv_bwd(plan, &mut s.dqkv16[i], grads, w[i], &s.dqkvg[i], &cv.pre[i], lins[i], b, t, chans[i], true)?
-            }
+            (Some(w), Some(_)) => be.conv_bwd(plan, &mut s.dqkv16[i], grads, w[i], &s.dqkvg[i], lins[i], b, t, chans[i], true)?,
             _ => be.cast(&mut s.dqkv16[i], &s.dqkvg[i])?,
         }
     }
