@@ -36,6 +36,10 @@ inline uint4 make_uint4(unsigned a, unsigned b, unsigned c, unsigned d) { return
 struct alignas(8) uint2 {
     unsigned x, y;
 };
+inline uint2 make_uint2(unsigned a, unsigned b) { return {a, b}; }
+// the read-only cache load: a plain load here
+template <typename T>
+inline T __ldg(const T* p) { return *p; }
 struct alignas(8) float2 {
     float x, y;
 };

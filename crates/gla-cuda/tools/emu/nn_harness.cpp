@@ -1,8 +1,10 @@
 // The language model's nn kernels on the CPU emulator (README.md; built by `build.py --nn`)
 // against host references ported from gla-model's ops.rs: DeltaNet's sum norm, the elu + 1
-// feature map, the gated norm with the swish and the sigmoid gate, the short conv with and
-// without SiLU (forward, backward, and the decode step against the forward with a cache), and
-// the optimizer's one-launch AdamW over a segmented arena against a host step per parameter.
+// feature map, the gated norm with the swish and the sigmoid gate (the per-column kernels and
+// the lane-vectorized `_v{NG}` ones), RMSNorm's backward (both forms), the short conv with and
+// without SiLU (forward, backward, and the decode step against the forward with a cache; the
+// per-element kernels and the lane-vectorized `conv_*_w{W}` ones, with a cache, at every width),
+// and the optimizer's one-launch AdamW over a segmented arena against a host step per parameter.
 // Prints each output's relative RMSE; exits non-zero when one is above its bound (bf16 outputs
 // 5e-3, f32 ones 1e-5; the decode step bitwise).
 #include <random>
@@ -81,32 +83,118 @@ int main() {
       std::vector<float> x(n * c), w(c * W), dy(n * c), cache(nb * c * W);
       for (auto& v : x) v = urand(); for (auto& v : w) v = urand(); for (auto& v : dy) v = urand(); for (auto& v : cache) v = urand();
       auto xb = bf(x); auto xf = fl(xb);
-      std::vector<bf16_t> y(n * c), pre(n * c), dx(n * c);
-      emu::launch(flat(n * c), B256, 0, [&] { conv_fwd(y.data(), pre.data(), xb.data(), w.data(), nullptr, n, t, c, W, silu); });
+      std::vector<bf16_t> y(n * c), dx(n * c);
+      emu::launch(flat(n * c), B256, 0, [&] { conv_fwd(y.data(), xb.data(), w.data(), nullptr, n, t, c, W, silu); });
       std::vector<float> wy(n * c), wpre(n * c), wdx(n * c, 0.f), wdw(c * W, 0.f);
       auto sw = [](float a) { return a / (1 + std::exp(-a)); };
       for (int s = 0; s < nb; ++s) for (int p = 0; p < t; ++p) for (int ch = 0; ch < c; ++ch) {
           float acc = 0; for (int j = 0; j < W; ++j) { int src = p + j - (W - 1); if (src >= 0) acc += w[ch*W+j] * xf[((long)s*t+src)*c+ch]; }
           wpre[((long)s*t+p)*c+ch] = acc; wy[((long)s*t+p)*c+ch] = silu ? sw(acc) : acc; }
       report(silu ? "conv_fwd silu" : "conv_fwd no silu", rel(fl(y), wy), 5e-3);
-      auto pref = fl(pre);
       for (int s = 0; s < nb; ++s) for (int p = 0; p < t; ++p) for (int ch = 0; ch < c; ++ch) {
-          long i = ((long)s*t+p)*c+ch; float a = pref[i], sg = 1 / (1 + std::exp(-a));
+          long i = ((long)s*t+p)*c+ch; float a = wpre[i], sg = 1 / (1 + std::exp(-a));
           float dp = silu ? dy[i] * sg * (1 + a * (1 - sg)) : dy[i];
           for (int j = 0; j < W; ++j) { int src = p + j - (W - 1); if (src >= 0) { wdx[((long)s*t+src)*c+ch] += w[ch*W+j] * dp; wdw[ch*W+j] += dp * xf[((long)s*t+src)*c+ch]; } } }
-      emu::launch(flat(n * c), B256, 0, [&] { conv_bwd_dx(dx.data(), dy.data(), pre.data(), w.data(), n, t, c, W, silu); });
+      emu::launch(flat(n * c), B256, 0, [&] { conv_bwd_dx(dx.data(), dy.data(), xb.data(), w.data(), n, t, c, W, silu); });
       report(silu ? "conv_bwd_dx silu" : "conv_bwd_dx no silu", rel(fl(dx), wdx), 5e-3);
       int gy = col_gy(n); std::vector<float> part(gy * c * W), dwv(c * W, 0.f);
-      emu::launch(dim3{(unsigned)((c + 31) / 32), (unsigned)gy, 1}, dim3{32, 8, 1}, 0, [&] { conv_bwd_dw(part.data(), dy.data(), pre.data(), xb.data(), n, t, c, W, silu); });
+      emu::launch(dim3{(unsigned)((c + 31) / 32), (unsigned)gy, 1}, dim3{32, 8, 1}, 0, [&] { conv_bwd_dw(part.data(), dy.data(), xb.data(), w.data(), n, t, c, W, silu); });
       emu::launch(flat(c * W), B256, 0, [&] { col_finalize(dwv.data(), part.data(), gy, c * W); });
       report(silu ? "conv_bwd_dw silu" : "conv_bwd_dw no silu", rel(dwv, wdw), 1e-5);
       // decode one token from each sequence's cache == conv_fwd with the batch cache, t = 1
-      std::vector<float> c1 = cache, c2 = cache; std::vector<bf16_t> y1(nb * c), p1(nb * c), y2(nb * c), p2(nb * c);
+      std::vector<float> c1 = cache, c2 = cache; std::vector<bf16_t> y1(nb * c), y2(nb * c);
       std::vector<bf16_t> x1(xb.begin(), xb.begin() + nb * c);
-      emu::launch(flat(nb * c), B256, 0, [&] { conv_fwd(y1.data(), p1.data(), x1.data(), w.data(), c1.data(), nb, 1, c, W, silu); });
+      emu::launch(flat(nb * c), B256, 0, [&] { conv_fwd(y1.data(), x1.data(), w.data(), c1.data(), nb, 1, c, W, silu); });
       std::vector<unsigned long long> tab(nb); for (int s = 0; s < nb; ++s) tab[s] = (unsigned long long)(c2.data() + (long)s * c * W);
-      emu::launch(flat(nb * c), B256, 0, [&] { conv_decode(y2.data(), p2.data(), x1.data(), w.data(), tab.data(), nb, c, W, silu); });
+      emu::launch(flat(nb * c), B256, 0, [&] { conv_decode(y2.data(), x1.data(), w.data(), tab.data(), nb, c, W, silu); });
       report(silu ? "conv_decode == conv_fwd silu" : "conv_decode == conv_fwd no silu", rel(fl(y2), fl(y1)), 0);
+    }
+    // ---- the lane-vectorized conv (conv_fwd_w{W}, conv_bwd_w{W}) against the per-element kernels:
+    // every width, a cache before each sequence, no SiLU, sequences shorter than the width and
+    // than a warp's 16-row tile, channels off the 128-channel block, more row tiles than the grid
+    struct VC { int nb, t, c, W, silu, cache, gy; };
+    for (VC k : {VC{2, 37, 44, 4, 1, 0, 0}, VC{3, 3, 16, 8, 0, 1, 0}, VC{2, 40, 12, 2, 1, 1, 0}, VC{4, 9, 8, 7, 1, 0, 0},
+                 VC{1, 300, 8, 1, 1, 0, 1}, VC{5, 16, 136, 6, 1, 0, 0}, VC{2, 21, 8, 3, 0, 0, 0}, VC{1, 70, 8, 5, 1, 1, 1}}) {
+      const long n = (long)k.nb * k.t; const int c = k.c, W = k.W, t = k.t, silu = k.silu;
+      std::vector<float> x(n * c), w(c * W), dy(n * c), cache(k.nb * c * W);
+      for (auto& v : x) v = urand(); for (auto& v : w) v = urand(); for (auto& v : dy) v = urand(); for (auto& v : cache) v = urand();
+      auto xb = bf(x);
+      const float* cp = k.cache ? cache.data() : nullptr;
+      std::vector<bf16_t> y0(n * c), y1(n * c), dx0(n * c), dx1(n * c);
+      emu::launch(flat(n * c), B256, 0, [&] { conv_fwd(y0.data(), xb.data(), w.data(), cp, n, t, c, W, silu); });
+      // gy 1: one block row walks every row tile (the grid-stride path)
+      const int gyv = k.gy ? 1 : (int)std::min<long>((n + 127) / 128, 256);
+      const dim3 grid{(unsigned)((c + 127) / 128), (unsigned)gyv, 1};
+      auto fwd_w = [&] { switch (W) { case 1: conv_fwd_w1(y1.data(), xb.data(), w.data(), cp, n, t, c, silu); break; case 2: conv_fwd_w2(y1.data(), xb.data(), w.data(), cp, n, t, c, silu); break;
+          case 3: conv_fwd_w3(y1.data(), xb.data(), w.data(), cp, n, t, c, silu); break; case 4: conv_fwd_w4(y1.data(), xb.data(), w.data(), cp, n, t, c, silu); break;
+          case 5: conv_fwd_w5(y1.data(), xb.data(), w.data(), cp, n, t, c, silu); break; case 6: conv_fwd_w6(y1.data(), xb.data(), w.data(), cp, n, t, c, silu); break;
+          case 7: conv_fwd_w7(y1.data(), xb.data(), w.data(), cp, n, t, c, silu); break; default: conv_fwd_w8(y1.data(), xb.data(), w.data(), cp, n, t, c, silu); } };
+      emu::launch(grid, B256, 0, fwd_w);
+      char what[96];
+      std::snprintf(what, sizeof what, "conv_fwd_w%d == conv_fwd (t %d, c %d%s)", W, t, c, k.cache ? ", cache" : "");
+      report(what, rel(fl(y1), fl(y0)), 1e-2 / 256);
+      int gy = col_gy(n); std::vector<float> part0(gy * c * W), dw0(c * W, 0.f), part1(gyv * c * W), dw1(c * W, 0.f);
+      emu::launch(flat(n * c), B256, 0, [&] { conv_bwd_dx(dx0.data(), dy.data(), xb.data(), w.data(), n, t, c, W, silu); });
+      emu::launch(dim3{(unsigned)((c + 31) / 32), (unsigned)gy, 1}, dim3{32, 8, 1}, 0, [&] { conv_bwd_dw(part0.data(), dy.data(), xb.data(), w.data(), n, t, c, W, silu); });
+      emu::launch(flat(c * W), B256, 0, [&] { col_finalize(dw0.data(), part0.data(), gy, c * W); });
+      auto bwd_w = [&] { switch (W) { case 1: conv_bwd_w1(dx1.data(), part1.data(), dy.data(), xb.data(), w.data(), n, t, c, silu); break; case 2: conv_bwd_w2(dx1.data(), part1.data(), dy.data(), xb.data(), w.data(), n, t, c, silu); break;
+          case 3: conv_bwd_w3(dx1.data(), part1.data(), dy.data(), xb.data(), w.data(), n, t, c, silu); break; case 4: conv_bwd_w4(dx1.data(), part1.data(), dy.data(), xb.data(), w.data(), n, t, c, silu); break;
+          case 5: conv_bwd_w5(dx1.data(), part1.data(), dy.data(), xb.data(), w.data(), n, t, c, silu); break; case 6: conv_bwd_w6(dx1.data(), part1.data(), dy.data(), xb.data(), w.data(), n, t, c, silu); break;
+          case 7: conv_bwd_w7(dx1.data(), part1.data(), dy.data(), xb.data(), w.data(), n, t, c, silu); break; default: conv_bwd_w8(dx1.data(), part1.data(), dy.data(), xb.data(), w.data(), n, t, c, silu); } };
+      emu::launch(grid, B256, 0, bwd_w);
+      emu::launch(flat(c * W), B256, 0, [&] { col_finalize(dw1.data(), part1.data(), gyv, c * W); });
+      std::snprintf(what, sizeof what, "conv_bwd_w%d dx == conv_bwd_dx (t %d, c %d)", W, t, c);
+      report(what, rel(fl(dx1), fl(dx0)), 1e-2 / 256);
+      std::snprintf(what, sizeof what, "conv_bwd_w%d dw == conv_bwd_dw (t %d, c %d)", W, t, c);
+      report(what, rel(dw1, dw0), 1e-6);
+    }
+    // ---- the lane-vectorized norms against the per-column kernels: widths that fill NG's groups
+    // and widths that leave some out, a gate of each kind and none, a grid that strides
+    for (int v : {128, 384, 512, 640}) for (int gate = 0; gate < 3; ++gate) {
+      const long rows = v == 128 ? 700 : 45; const float eps = 1e-6f; const int act = gate == 2 ? 1 : 0;
+      std::vector<float> o(rows * v), g(rows * v), w(v), dy(rows * v);
+      for (auto& x : o) x = urand(); for (auto& x : g) x = 2 * urand(); for (auto& x : w) x = 1 + 0.3f * urand(); for (auto& x : dy) x = urand();
+      auto ob = bf(o), gb = bf(g); const bf16_t* gp = gate ? gb.data() : nullptr;
+      const int ng = v <= 128 ? 1 : v <= 256 ? 2 : v <= 512 ? 4 : 8;
+      std::vector<bf16_t> y0(rows * v), y1(rows * v), do0(rows * v), do1(rows * v), dg0(rows * v), dg1(rows * v);
+      std::vector<float> r0(rows), r1(rows);
+      emu::launch(flat(rows * 32), B256, 0, [&] { gated_norm_fwd(y0.data(), r0.data(), ob.data(), gp, w.data(), rows, v, eps, act); });
+      emu::launch(flat(rows * 32), B256, 0, [&] { switch (ng) { case 1: gated_norm_fwd_v1(y1.data(), r1.data(), ob.data(), gp, w.data(), rows, v, eps, act); break;
+          case 2: gated_norm_fwd_v2(y1.data(), r1.data(), ob.data(), gp, w.data(), rows, v, eps, act); break; case 4: gated_norm_fwd_v4(y1.data(), r1.data(), ob.data(), gp, w.data(), rows, v, eps, act); break;
+          default: gated_norm_fwd_v8(y1.data(), r1.data(), ob.data(), gp, w.data(), rows, v, eps, act); } });
+      char what[96];
+      std::snprintf(what, sizeof what, "gated_norm_fwd_v%d (v %d, gate %d)", ng, v, gate);
+      report(what, rel(fl(y1), fl(y0)) + rel(r1, r0), 1e-2 / 256);
+      const int gyv = v == 128 ? 3 : (int)std::min<long>((rows + 63) / 64, 256);
+      int gy = col_gy(rows); std::vector<float> p0(gy * v), dw0(v, 0.f), p1(gyv * v), dw1(v, 0.f);
+      emu::launch(flat(rows * 32), B256, 0, [&] { gated_norm_bwd_dx(do0.data(), gate ? dg0.data() : nullptr, dy.data(), ob.data(), gp, r0.data(), w.data(), rows, v, act); });
+      emu::launch(dim3{(unsigned)((v + 31) / 32), (unsigned)gy, 1}, dim3{32, 8, 1}, 0, [&] { gated_norm_bwd_dw(p0.data(), dy.data(), ob.data(), gp, r0.data(), rows, v, act); });
+      emu::launch(flat(v), B256, 0, [&] { col_finalize(dw0.data(), p0.data(), gy, v); });
+      bf16_t* dgp = gate ? dg1.data() : nullptr;
+      emu::launch(dim3{(unsigned)gyv, 1, 1}, B256, 0, [&] { switch (ng) { case 1: gated_norm_bwd_v1(do1.data(), dgp, p1.data(), dy.data(), ob.data(), gp, r0.data(), w.data(), rows, v, act); break;
+          case 2: gated_norm_bwd_v2(do1.data(), dgp, p1.data(), dy.data(), ob.data(), gp, r0.data(), w.data(), rows, v, act); break;
+          case 4: gated_norm_bwd_v4(do1.data(), dgp, p1.data(), dy.data(), ob.data(), gp, r0.data(), w.data(), rows, v, act); break;
+          default: gated_norm_bwd_v8(do1.data(), dgp, p1.data(), dy.data(), ob.data(), gp, r0.data(), w.data(), rows, v, act); } });
+      emu::launch(flat(v), B256, 0, [&] { col_finalize(dw1.data(), p1.data(), gyv, v); });
+      std::snprintf(what, sizeof what, "gated_norm_bwd_v%d do, dg (v %d, gate %d)", ng, v, gate);
+      report(what, rel(fl(do1), fl(do0)) + (gate ? rel(fl(dg1), fl(dg0)) : 0.0), 1e-2 / 256);
+      std::snprintf(what, sizeof what, "gated_norm_bwd_v%d dw (v %d, gate %d)", ng, v, gate);
+      report(what, rel(dw1, dw0), 1e-6);
+      if (gate) continue;
+      // RMSNorm's backward on the same rows (f32 x = o, dx accumulated onto a start value)
+      std::vector<float> xf = fl(ob), dxa(rows * v), dxb, rs(rows), q0(gy * v), e0(v, 0.f), q1(gyv * v), e1(v, 0.f);
+      for (auto& d : dxa) d = urand(); dxb = dxa;
+      for (long r = 0; r < rows; ++r) { float s = 0; for (int j = 0; j < v; ++j) s += xf[r*v+j] * xf[r*v+j]; rs[r] = 1 / std::sqrt(s / v + eps); }
+      emu::launch(flat(rows * 32), B256, 0, [&] { rmsnorm_bwd_dx(dxa.data(), dy.data(), xf.data(), rs.data(), w.data(), rows, v, 1); });
+      emu::launch(dim3{(unsigned)((v + 31) / 32), (unsigned)gy, 1}, dim3{32, 8, 1}, 0, [&] { rmsnorm_bwd_dw(q0.data(), dy.data(), xf.data(), rs.data(), rows, v); });
+      emu::launch(flat(v), B256, 0, [&] { col_finalize(e0.data(), q0.data(), gy, v); });
+      emu::launch(dim3{(unsigned)gyv, 1, 1}, B256, 0, [&] { switch (ng) { case 1: rmsnorm_bwd_v1(dxb.data(), q1.data(), dy.data(), xf.data(), rs.data(), w.data(), rows, v, 1); break;
+          case 2: rmsnorm_bwd_v2(dxb.data(), q1.data(), dy.data(), xf.data(), rs.data(), w.data(), rows, v, 1); break;
+          case 4: rmsnorm_bwd_v4(dxb.data(), q1.data(), dy.data(), xf.data(), rs.data(), w.data(), rows, v, 1); break;
+          default: rmsnorm_bwd_v8(dxb.data(), q1.data(), dy.data(), xf.data(), rs.data(), w.data(), rows, v, 1); } });
+      emu::launch(flat(v), B256, 0, [&] { col_finalize(e1.data(), q1.data(), gyv, v); });
+      std::snprintf(what, sizeof what, "rmsnorm_bwd_v%d dx, dw (d %d)", ng, v);
+      report(what, rel(dxb, dxa) + rel(e1, e0), 1e-6);
     }
     // ---- the GLA gate: raw += bias (per column), gk = logsigmoid(raw) / norm (clamped or not),
     // over more elements than one grid stride (the column steps past the stride)
