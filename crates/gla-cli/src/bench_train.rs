@@ -200,15 +200,15 @@ fn print_table(rows: &[Report], scaling: bool) {
         );
         for r in rows {
             println!(
-                "{:<28} {:>9.1}M {:>6} {:>6} {:>10.1} {:>12.0} {:>6.1}% {:>9.2} {:>4.2}->{:.2}",
+                "{:<28} {:>9.1}M {:>6} {:>6} {:>10.1} {:>12.0} {:>7} {:>9} {:>4.2}->{:.2}",
                 r.device,
                 r.params as f64 / 1e6,
                 r.batch,
                 r.seq_len,
                 r.ms_per_step,
                 r.tokens_per_s,
-                100.0 * r.mfu,
-                r.peak_mem_gib,
+                pct(r.mfu),
+                gib(r.peak_mem_gib),
                 r.first_loss,
                 r.last_loss
             );
@@ -233,7 +233,7 @@ fn print_table(rows: &[Report], scaling: bool) {
     let base = rows.first().map_or(f64::NAN, |r| r.tokens_per_s_per_gpu);
     for r in rows {
         println!(
-            "{:<28} {:>9.1}M {:>4} {:>6} {:>6} {:>10.1} {:>12.0} {:>12.0} {:>6.1}% {:>9.2} {:>5.2}->{:<5.2}{}",
+            "{:<28} {:>9.1}M {:>4} {:>6} {:>6} {:>10.1} {:>12.0} {:>12.0} {:>7} {:>9} {:>5.2}->{:<5.2}{}",
             r.device,
             r.params as f64 / 1e6,
             r.gpus,
@@ -242,12 +242,30 @@ fn print_table(rows: &[Report], scaling: bool) {
             r.ms_per_step,
             r.tokens_per_s,
             r.tokens_per_s_per_gpu,
-            100.0 * r.mfu,
-            r.peak_mem_gib,
+            pct(r.mfu),
+            gib(r.peak_mem_gib),
             r.first_loss,
             r.last_loss,
             if scaling { format!("  {:>9.1}%", 100.0 * r.tokens_per_s_per_gpu / base) } else { String::new() }
         );
+    }
+}
+
+/// The MFU column: a percentage, or `-` where the device's peak is unknown (the CPU).
+fn pct(x: f64) -> String {
+    if x.is_finite() {
+        format!("{:.1}%", 100.0 * x)
+    } else {
+        "-".into()
+    }
+}
+
+/// The peak-memory column: GiB, or `-` where it is not measured (the CPU).
+fn gib(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.2}")
+    } else {
+        "-".into()
     }
 }
 
