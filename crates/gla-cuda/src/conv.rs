@@ -119,7 +119,9 @@ pub struct ConvRun {
 }
 
 /// One forward and backward of the short convolution on host data, on `path`: `x` bf16 bits and
-/// `dy` f32 `[b * t, c]`, `w` f32 `[c, width]`, `cache` fla's conv state `[b, c, width]` f32.
+/// `dy` f32 `[b * t, c]`, `w` f32 `[c, width]`, `cache` fla's conv state `[b, c, width]` f32,
+/// which only the forward reads (the backward is that of the forward without a state, as the
+/// model trains).
 ///
 /// # Errors
 /// [`Error::Op`] for a width outside 1 ..= 8 or a buffer of the wrong length; device errors.

@@ -44,10 +44,12 @@ const CASES: [ConvCase; 8] = [
     ConvCase { b: 5, t: 16, c: 128, width: 6, silu: true, cache: false },
     ConvCase { b: 4, t: 9, c: 36, width: 7, silu: false, cache: true },
 ];
-/// Width 1 rides on the last case's shape.
+/// Width 1, on a channel count of one lane's 4 a group.
 const W1: ConvCase = ConvCase { b: 2, t: 50, c: 8, width: 1, silu: true, cache: false };
 
-/// The f64 reference: (y, pre, dx, dw).
+/// The f64 reference: (y, pre, dx, dw). y (and pre) read the conv state before each sequence;
+/// the backward is that of the forward without one (the contract of `conv_bwd`: the model trains
+/// without a state), so dpre takes pre without the state's terms.
 #[allow(clippy::many_single_char_names)]
 fn reference(x: &[u16], w: &[f32], cache: Option<&[f32]>, dy: &[f32], cc: &ConvCase) -> [Vec<f64>; 4] {
     let (t, c, wd) = (cc.t, cc.c, cc.width);
@@ -65,10 +67,13 @@ fn reference(x: &[u16], w: &[f32], cache: Option<&[f32]>, dy: &[f32], cc: &ConvC
     for r in 0..n {
         let (seq, pos) = (r / t, (r % t) as isize);
         for ch in 0..c {
-            let a: f64 = (0..wd).map(|j| f64::from(w[ch * wd + j]) * xv(seq, pos + j as isize - (wd as isize - 1), ch).0).sum();
+            let tap = |j: usize| xv(seq, pos + j as isize - (wd as isize - 1), ch);
+            let a: f64 = (0..wd).map(|j| f64::from(w[ch * wd + j]) * tap(j).0).sum();
             pre[r * c + ch] = a;
             y[r * c + ch] = if cc.silu { a * sig(a) } else { a };
-            let (p, s) = (a, sig(a));
+            // the backward's pre: the inputs of the sequence only
+            let p: f64 = (0..wd).filter(|&j| tap(j).1).map(|j| f64::from(w[ch * wd + j]) * tap(j).0).sum();
+            let s = sig(p);
             dp[r * c + ch] = f64::from(dy[r * c + ch]) * if cc.silu { s * (1.0 + p * (1.0 - s)) } else { 1.0 };
         }
     }

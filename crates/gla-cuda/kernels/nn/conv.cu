@@ -6,7 +6,7 @@
 // not stored: the backward recomputes it (in f32) from x, which it reads anyway for dw.
 //
 // conv_fwd_w{W} / conv_bwd_w{W} (W = 1 .. 8, the launcher picks by width): the same contracts,
-// run where c % 4 == 0 and every buffer is 16-byte aligned (src/backend/conv.rs checks; else the
+// run where c % 4 == 0 and every buffer is 16-byte aligned (src/conv.rs checks; else the
 // per-element kernels below, which are also the fast ones' reference in gla-check's `nn-conv`
 // rows). A lane holds 4 channels (8-byte bf16 and 16-byte f32 accesses), a warp 128 channels of
 // CONV_RS consecutive rows with the last W inputs (and in the backward the next W dpre) in

@@ -271,7 +271,11 @@ __device__ __forceinline__ void rmsnorm_bwd_t(float* __restrict__ dx, float* __r
             const int j = 4 * (32 * i + lane);
             if (j < d) {
                 float a[4], prev[4] = {0.f, 0.f, 0.f, 0.f};
-                if (acc) ld_f4(prev, dx + r * d + j);
+                if (acc) {
+                    // a plain load: dx is written below (not the read-only path of ld_f4)
+                    const float4 p4 = *reinterpret_cast<const float4*>(dx + r * d + j);
+                    prev[0] = p4.x, prev[1] = p4.y, prev[2] = p4.z, prev[3] = p4.w;
+                }
                 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
                     a[e] = prev[e] + (rs * dyv[i][e] * wv[i][e] - c * xv[i][e]);
