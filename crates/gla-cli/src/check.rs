@@ -82,7 +82,7 @@ fn run_cuda(a: &Args) -> Result<(String, Vec<Row>)> {
     use gla_check::cuda::{check, model::fla_fixture_check, CheckOptions};
     let opts = if a.model_only {
         CheckOptions { long: false, huge: false, repeat: false, ops: false, model: true }
-    } else if a.filter.as_deref().is_some_and(|f| ["delta", "attn", "bidir", "vig"].iter().any(|p| f.starts_with(p))) {
+    } else if a.filter.as_deref().is_some_and(|f| ["delta", "attn", "bidir", "vig", "nn"].iter().any(|p| f.starts_with(p))) {
         // one op family's rows only: no model or fla-fixture row is named after a family
         CheckOptions { model: false, ..CheckOptions::default() }
     } else {
