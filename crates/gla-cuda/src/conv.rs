@@ -106,6 +106,17 @@ pub(crate) fn bwd(cuda: &Cuda, dx: u64, part: u64, gw: u64, dy: u64, x: u64, w: 
     unsafe { cuda.launch("col_finalize", flat(s.c * s.width).config(cuda), &[&gw, &part, &gyi, &cols]) }
 }
 
+/// Host buffers' lengths for the check-facing entry points: `(tensor, got, expected numel)`
+/// each, `shape` the shape they belong to as the error names it.
+pub(crate) fn check_lens(op: &'static str, checks: &[(&'static str, usize, usize)], shape: &str) -> Result<()> {
+    for &(tensor, got, numel) in checks {
+        if got != numel {
+            return Err(Error::Op(gla_core::Error::ShapeMismatch { op, tensor, expected: shape.to_string(), numel, got }));
+        }
+    }
+    Ok(())
+}
+
 /// What [`short_conv`] returns: the forward's `y` (bf16 bits, `[b * t, c]`), the backward's
 /// `dx` (bf16 bits) and `dw` (f32 `[c, width]`).
 #[derive(Clone, Debug)]
@@ -144,19 +155,13 @@ pub fn short_conv(
         }));
     }
     let n = s.b * s.t;
-    let len = |tensor: &'static str, got: usize, numel: usize, expected: String| {
-        if got == numel {
-            Ok(())
-        } else {
-            Err(Error::Op(gla_core::Error::ShapeMismatch { op: OP, tensor, expected, numel, got }))
-        }
-    };
-    len("x", x.len(), n * s.c, format!("[B*T, C] = [{n}, {}]", s.c))?;
-    len("dy", dy.len(), n * s.c, format!("[B*T, C] = [{n}, {}]", s.c))?;
-    len("w", w.len(), s.c * s.width, format!("[C, W] = [{}, {}]", s.c, s.width))?;
-    if let Some(cache) = cache {
-        len("cache", cache.len(), s.b * s.c * s.width, format!("[B, C, W] = [{}, {}, {}]", s.b, s.c, s.width))?;
-    }
+    let shape = format!("[B*T, C] = [{n}, {}], W = {}, B = {}", s.c, s.width, s.b);
+    let cl = cache.map_or(s.b * s.c * s.width, <[f32]>::len);
+    check_lens(
+        OP,
+        &[("x", x.len(), n * s.c), ("dy", dy.len(), n * s.c), ("w", w.len(), s.c * s.width), ("cache", cl, s.b * s.c * s.width)],
+        &shape,
+    )?;
     let (xd, wd, ddy) = (cuda.upload(x, "conv x")?, cuda.upload(w, "conv w")?, cuda.upload(dy, "conv dy")?);
     let cache_d = cache.map(|c| cuda.upload(c, "conv cache")).transpose()?;
     let (y, dx) = (cuda.alloc_zeros::<u16>(n * s.c, "conv y")?, cuda.alloc_zeros::<u16>(n * s.c, "conv dx")?);

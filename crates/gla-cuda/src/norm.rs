@@ -8,7 +8,7 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 use gla_core::dims::GateAct;
 
 use crate::backend::{col_gy, cols, flat, ptr, rows_warp, THREADS};
-use crate::conv::NnPath as Path;
+use crate::conv::{check_lens, NnPath as Path};
 use crate::error::{Error, Result};
 use crate::runtime::Cuda;
 
@@ -173,15 +173,6 @@ pub struct GatedRun {
     pub dw: Vec<f32>,
 }
 
-fn lens(op: &'static str, checks: &[(&'static str, usize, usize)], shape: &str) -> Result<()> {
-    for &(tensor, got, numel) in checks {
-        if got != numel {
-            return Err(Error::Op(gla_core::Error::ShapeMismatch { op, tensor, expected: shape.to_string(), numel, got }));
-        }
-    }
-    Ok(())
-}
-
 fn down<T: cudarc::driver::DeviceRepr + Default + Clone>(cuda: &Cuda, b: &CudaSlice<T>, what: &'static str) -> Result<Vec<T>> {
     cuda.stream().clone_dtoh(b).map_err(Error::driver(what))
 }
@@ -194,7 +185,7 @@ fn down<T: cudarc::driver::DeviceRepr + Default + Clone>(cuda: &Cuda, b: &CudaSl
 #[allow(clippy::too_many_arguments)]
 pub fn rms_norm(cuda: &Cuda, x: &[f32], w: &[f32], dy: &[f32], dx0: &[f32], n: usize, d: usize, eps: f32, path: Path) -> Result<RmsRun> {
     let shape = format!("[N, D] = [{n}, {d}]");
-    lens("rms norm", &[("x", x.len(), n * d), ("dy", dy.len(), n * d), ("dx", dx0.len(), n * d), ("w", w.len(), d)], &shape)?;
+    check_lens("rms norm", &[("x", x.len(), n * d), ("dy", dy.len(), n * d), ("dx", dx0.len(), n * d), ("w", w.len(), d)], &shape)?;
     let (dx_, dw_, ddy, dx) =
         (cuda.upload(x, "norm x")?, cuda.upload(w, "norm w")?, cuda.upload(dy, "norm dy")?, cuda.upload(dx0, "norm dx")?);
     let y = cuda.alloc_zeros::<u16>(n * d, "norm y")?;
@@ -230,7 +221,7 @@ pub fn gated_norm(
 ) -> Result<GatedRun> {
     let shape = format!("[rows, V] = [{rows}, {v}]");
     let gl = g.map_or(rows * v, <[u16]>::len);
-    lens("gated norm", &[("o", o.len(), rows * v), ("g", gl, rows * v), ("dy", dy.len(), rows * v), ("w", w.len(), v)], &shape)?;
+    check_lens("gated norm", &[("o", o.len(), rows * v), ("g", gl, rows * v), ("dy", dy.len(), rows * v), ("w", w.len(), v)], &shape)?;
     let (d_o_in, dwv, ddy) = (cuda.upload(o, "norm o")?, cuda.upload(w, "norm w")?, cuda.upload(dy, "norm dy")?);
     let dgate = g.map(|g| cuda.upload(g, "norm g")).transpose()?;
     let (y, d_o, dg) = (
