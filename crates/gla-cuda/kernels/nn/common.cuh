@@ -70,13 +70,10 @@ __device__ __forceinline__ void col_reduce(float* __restrict__ part, idx_t n, in
 // the addresses 8- and 16-byte aligned): bf16 to f32 and back, f32 in and out
 __device__ __forceinline__ void ld_bf4(float (&o)[4], const bf16_t* __restrict__ p) {
     const uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
-    o[0] = __uint_as_float(u.x << 16), o[1] = __uint_as_float(u.x & 0xffff0000u);
-    o[2] = __uint_as_float(u.y << 16), o[3] = __uint_as_float(u.y & 0xffff0000u);
+    o[0] = bf_lo(u.x), o[1] = bf_hi(u.x), o[2] = bf_lo(u.y), o[3] = bf_hi(u.y);
 }
 __device__ __forceinline__ void st_bf4(bf16_t* __restrict__ p, const float (&a)[4]) {
-    const unsigned int lo = (unsigned int)from_f32<bf16_t>(a[0]) | ((unsigned int)from_f32<bf16_t>(a[1]) << 16);
-    const unsigned int hi = (unsigned int)from_f32<bf16_t>(a[2]) | ((unsigned int)from_f32<bf16_t>(a[3]) << 16);
-    *reinterpret_cast<uint2*>(p) = make_uint2(lo, hi);
+    *reinterpret_cast<uint2*>(p) = make_uint2(pack2(a[0], a[1]), pack2(a[2], a[3]));
 }
 __device__ __forceinline__ void ld_f4(float (&o)[4], const float* __restrict__ p) {
     const float4 a = __ldg(reinterpret_cast<const float4*>(p));
@@ -84,4 +81,39 @@ __device__ __forceinline__ void ld_f4(float (&o)[4], const float* __restrict__ p
 }
 __device__ __forceinline__ void st_f4(float* __restrict__ p, const float (&a)[4]) {
     *reinterpret_cast<float4*>(p) = make_float4(a[0], a[1], a[2], a[3]);
+}
+
+// 8 consecutive elements (16- or 32-byte accesses, 16-byte aligned) as f32, for the
+// vectorised element-wise kernels
+
+__device__ __forceinline__ void ld8(const bf16_t* p, float* v) {
+    const uint4 u = *(const uint4*)p;
+    const unsigned w[4] = {u.x, u.y, u.z, u.w};
+    #pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        v[2 * k] = bf_lo(w[k]);
+        v[2 * k + 1] = bf_hi(w[k]);
+    }
+}
+__device__ __forceinline__ void ld8(const float* p, float* v) {
+    const float4 a = ((const float4*)p)[0], b = ((const float4*)p)[1];
+    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+__device__ __forceinline__ void st8(bf16_t* p, const float* v) {
+    uint4 u;
+    u.x = pack2(v[0], v[1]);
+    u.y = pack2(v[2], v[3]);
+    u.z = pack2(v[4], v[5]);
+    u.w = pack2(v[6], v[7]);
+    *(uint4*)p = u;
+}
+__device__ __forceinline__ void st8(float* p, const float* v) {
+    ((float4*)p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    ((float4*)p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+// Whether a grid-stride element-wise kernel over n elements may move groups of 8: n a multiple
+// of 8 and every buffer 16-byte aligned (a uniform test: all threads take the same path)
+__device__ __forceinline__ bool vec8_ok(idx_t n, const void* a, const void* b, const void* c = nullptr, const void* d = nullptr) {
+    return (n & 7) == 0 && (((unsigned long long)a | (unsigned long long)b | (unsigned long long)c | (unsigned long long)d) & 15) == 0;
 }

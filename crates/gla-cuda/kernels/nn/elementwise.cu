@@ -1,10 +1,22 @@
 // nn/elementwise.cu: SwiGLU, fla's feature maps on q / k, the log-sigmoid gate, and DeltaNet's
-// sum norm, forward and backward (contract: nn/common.cuh). One thread per element, grid-stride;
+// sum norm, forward and backward (contract: nn/common.cuh). One thread per element, grid-stride
+// (SwiGLU: per group of 8 with 16-byte accesses where vec8_ok, the same values bit for bit);
 // the sum norm takes one warp per row of `k` values (a per-head row of q or k):
 //     sum_norm:  y = x / max(sum |x|, 1e-6)   (fla's `sum_norm`, gla-model's ops::sum_norm_fwd)
 
 // h = silu(a) * b
 extern "C" __global__ void swiglu_fwd(bf16_t* __restrict__ h, const bf16_t* __restrict__ a, const bf16_t* __restrict__ b, idx_t n) {
+    if (vec8_ok(n, h, a, b)) {
+        for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < n / 8; i += (idx_t)gridDim.x * blockDim.x) {
+            float va[8], vb[8], vh[8];
+            ld8(a + 8 * i, va);
+            ld8(b + 8 * i, vb);
+            #pragma unroll
+            for (int k = 0; k < 8; ++k) vh[k] = swishf_(va[k]) * vb[k];
+            st8(h + 8 * i, vh);
+        }
+        return;
+    }
     for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < n; i += (idx_t)gridDim.x * blockDim.x) {
         h[i] = from_f32<bf16_t>(swishf_(to_f32(a[i])) * to_f32(b[i]));
     }
@@ -63,6 +75,22 @@ extern "C" __global__ void feature_map_bwd(float* __restrict__ d, const bf16_t* 
 
 // da = dh * b * silu'(a), db = dh * silu(a)
 extern "C" __global__ void swiglu_bwd(bf16_t* __restrict__ da, bf16_t* __restrict__ db, const float* __restrict__ dh, const bf16_t* __restrict__ a, const bf16_t* __restrict__ b, idx_t n) {
+    if (vec8_ok(n, da, db, dh) && vec8_ok(n, a, b)) {
+        for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < n / 8; i += (idx_t)gridDim.x * blockDim.x) {
+            float va[8], vb[8], vd[8], oa[8], ob[8];
+            ld8(a + 8 * i, va);
+            ld8(b + 8 * i, vb);
+            ld8(dh + 8 * i, vd);
+            #pragma unroll
+            for (int k = 0; k < 8; ++k) {
+                ob[k] = vd[k] * swishf_(va[k]);
+                oa[k] = vd[k] * vb[k] * dswishf_(va[k]);
+            }
+            st8(db + 8 * i, ob);
+            st8(da + 8 * i, oa);
+        }
+        return;
+    }
     for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < n; i += (idx_t)gridDim.x * blockDim.x) {
         float x = to_f32(a[i]), d = dh[i];
         db[i] = from_f32<bf16_t>(d * swishf_(x));

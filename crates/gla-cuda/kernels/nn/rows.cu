@@ -1,6 +1,15 @@
-// nn/rows.cu: casts, row gather / scatter and the GQA head repeat (contract: nn/common.cuh).
+// nn/rows.cu: casts, row gather / scatter and the GQA head repeat (contract: nn/common.cuh). The
+// f32 -> bf16 cast moves groups of 8 where vec8_ok.
 
 extern "C" __global__ void cast_f32_bf16(bf16_t* __restrict__ y, const float* __restrict__ x, idx_t n) {
+    if (vec8_ok(n, y, x)) {
+        for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < n / 8; i += (idx_t)gridDim.x * blockDim.x) {
+            float v[8];
+            ld8(x + 8 * i, v);
+            st8(y + 8 * i, v);
+        }
+        return;
+    }
     for (idx_t i = blockIdx.x * (idx_t)blockDim.x + threadIdx.x; i < n; i += (idx_t)gridDim.x * blockDim.x)
         y[i] = from_f32<bf16_t>(x[i]);
 }

@@ -198,34 +198,6 @@ extern "C" __global__ void layernorm_bwd_dw(float* __restrict__ part, const floa
     }
 }
 
-// ---- 8-element (16- or 32-byte) loads and stores as f32, for the vectorised paths below
-
-__device__ __forceinline__ void ld8(const bf16_t* p, float* v) {
-    const uint4 u = *(const uint4*)p;
-    const unsigned w[4] = {u.x, u.y, u.z, u.w};
-    #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-        v[2 * k] = bf_lo(w[k]);
-        v[2 * k + 1] = bf_hi(w[k]);
-    }
-}
-__device__ __forceinline__ void ld8(const float* p, float* v) {
-    const float4 a = ((const float4*)p)[0], b = ((const float4*)p)[1];
-    v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
-}
-__device__ __forceinline__ void st8(bf16_t* p, const float* v) {
-    uint4 u;
-    u.x = pack2(v[0], v[1]);
-    u.y = pack2(v[2], v[3]);
-    u.z = pack2(v[4], v[5]);
-    u.w = pack2(v[6], v[7]);
-    *(uint4*)p = u;
-}
-__device__ __forceinline__ void st8(float* p, const float* v) {
-    ((float4*)p)[0] = make_float4(v[0], v[1], v[2], v[3]);
-    ((float4*)p)[1] = make_float4(v[4], v[5], v[6], v[7]);
-}
-
 // ---- 3x3 depthwise conv, zero padding 1, weight [C, 1, 3, 3] f32 (tap t = ky*3 + kx)
 
 // Channels whose taps the vectorised kernels stage in shared memory (27 KB, static).

@@ -83,7 +83,7 @@ if nn:
     vision = sys.argv[1] == "--vision"
     del sys.argv[1]
     parts = ['#include "emu.h"\n', header("common/base.cuh")]
-    files = ["nn/common.cuh", "nn/vision.cu", "nn/reduce.cu"] if vision else ["nn/common.cuh", "nn/elementwise.cu", "nn/norm.cu", "nn/conv.cu", "nn/reduce.cu", "nn/adamw.cu"]
+    files = ["nn/common.cuh", "nn/vision.cu", "nn/reduce.cu"] if vision else ["nn/common.cuh", "nn/elementwise.cu", "nn/norm.cu", "nn/conv.cu", "nn/reduce.cu", "nn/adamw.cu", "nn/rows.cu"]
     parts += [source(f) for f in files]
     build(parts, "vision_harness.cpp" if vision else "nn_harness.cpp", "/tmp/vision-emu" if vision else "/tmp/nn-emu")
 

@@ -4,7 +4,8 @@
 // the lane-vectorized `_v{NG}` ones), RMSNorm's backward (both forms), the short conv with and
 // without SiLU (forward, backward, and the decode step against the forward with a cache; the
 // per-element kernels and the lane-vectorized `conv_*_w{W}` ones, with a cache, at every width),
-// and the optimizer's one-launch AdamW over a segmented arena against a host step per parameter.
+// SwiGLU and the f32 -> bf16 cast (their 8-element paths and the per-element ones), and the
+// optimizer's one-launch AdamW over a segmented arena against a host step per parameter.
 // Prints each output's relative RMSE; exits non-zero when one is above its bound (bf16 outputs
 // 5e-3, f32 ones 1e-5; the decode step bitwise).
 #include <random>
@@ -195,6 +196,27 @@ int main() {
       emu::launch(flat(v), B256, 0, [&] { col_finalize(e1.data(), q1.data(), gyv, v); });
       std::snprintf(what, sizeof what, "rmsnorm_bwd_v%d dx, dw (d %d)", ng, v);
       report(what, rel(dxb, dxa) + rel(e1, e0), 1e-6);
+    }
+    // ---- SwiGLU and the f32 -> bf16 cast: the 8-element path (n % 8 == 0) and the per-element one
+    for (long n : {4096L, 4093L}) {
+      std::vector<float> a(n), b(n), dh(n), x(n);
+      for (auto& v : a) v = 3 * urand(); for (auto& v : b) v = urand(); for (auto& v : dh) v = urand(); for (auto& v : x) v = 100 * urand();
+      auto ab = bf(a), bb = bf(b); auto af = fl(ab), bfv = fl(bb);
+      std::vector<bf16_t> h(n), da(n), db(n), y(n);
+      std::vector<float> wh(n), wda(n), wdb(n), wy(n);
+      for (long i = 0; i < n; ++i) {
+          float s = 1 / (1 + std::exp(-af[i]));
+          wh[i] = af[i] * s * bfv[i]; wdb[i] = dh[i] * af[i] * s; wda[i] = dh[i] * bfv[i] * s * (1 + af[i] * (1 - s));
+          wy[i] = to_f32(from_f32<bf16_t>(x[i]));
+      }
+      emu::launch(flat(n), B256, 0, [&] { swiglu_fwd(h.data(), ab.data(), bb.data(), n); });
+      emu::launch(flat(n), B256, 0, [&] { swiglu_bwd(da.data(), db.data(), dh.data(), ab.data(), bb.data(), n); });
+      emu::launch(flat(n), B256, 0, [&] { cast_f32_bf16(y.data(), x.data(), n); });
+      const char* path = n % 8 == 0 ? "8-wide" : "scalar";
+      char what[96];
+      std::snprintf(what, sizeof what, "swiglu_fwd (%s)", path); report(what, rel(fl(h), wh), 5e-3);
+      std::snprintf(what, sizeof what, "swiglu_bwd da, db (%s)", path); report(what, rel(fl(da), wda) + rel(fl(db), wdb), 1e-2);
+      std::snprintf(what, sizeof what, "cast_f32_bf16 (%s)", path); report(what, rel(fl(y), wy), 0);
     }
     // ---- the GLA gate: raw += bias (per column), gk = logsigmoid(raw) / norm (clamped or not),
     // over more elements than one grid stride (the column steps past the stride)
