@@ -287,6 +287,13 @@ pub(crate) fn rows_block(rows: usize) -> LaunchConfig {
 pub(crate) fn col_gy(rows: usize) -> usize {
     rows.div_ceil(8 * 64).clamp(1, 1024)
 }
+/// Adds `gy` rows of partial sums (`part`, `[gy, cols]` f32) to `dw` (`[cols]` f32), in row
+/// order (`col_finalize`). Device addresses.
+pub(crate) fn col_finalize(cuda: &Cuda, dw: u64, part: u64, gy: usize, cols: usize) -> Result<()> {
+    let (gyi, ci) = (gy as i32, cols as i32);
+    // SAFETY: col_finalize's arguments; dw holds `cols` f32, part gy rows of them
+    unsafe { cuda.launch("col_finalize", flat(cols).config(cuda), &[&dw, &part, &gyi, &ci]) }
+}
 /// Column reductions: 32 columns x 8 row lanes per block, [`col_gy`] blocks over the rows.
 pub(crate) fn cols(rows: usize, cols: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (cols.div_ceil(32).max(1) as u32, col_gy(rows) as u32, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 }
@@ -779,9 +786,7 @@ impl Gpu {
     /// Adds the partial sums of a column reduction over `rows` rows (`part`, `[col_gy(rows),
     /// cols]`) to the gradient at `dw`, in block order.
     fn finalize_cols(&self, dw: u64, part: u64, rows: usize, cols: usize) -> Result<()> {
-        let (gy, ci) = (col_gy(rows) as i32, cols as i32);
-        launch!(self, "col_finalize", flat(cols), dw, part, gy, ci);
-        Ok(())
+        col_finalize(&self.cuda, dw, part, col_gy(rows), cols)
     }
 
     /// The GLA inputs at the op's heads: the repeats of `saved` where there are.

@@ -5,7 +5,7 @@
 
 use cudarc::driver::LaunchConfig;
 
-use crate::backend::{col_gy, flat, ptr, MAX_CONV, THREADS};
+use crate::backend::{col_finalize, col_gy, flat, ptr, MAX_CONV, THREADS};
 use crate::error::{Error, Result};
 use crate::runtime::Cuda;
 
@@ -101,9 +101,7 @@ pub(crate) fn bwd(cuda: &Cuda, dx: u64, part: u64, gw: u64, dy: u64, x: u64, w: 
         }
         col_gy(n)
     };
-    let (gyi, cols) = (gy as i32, (s.c * s.width) as i32);
-    // SAFETY: col_finalize's arguments; gw holds c x width f32, part gy rows of them
-    unsafe { cuda.launch("col_finalize", flat(s.c * s.width).config(cuda), &[&gw, &part, &gyi, &cols]) }
+    col_finalize(cuda, gw, part, gy, s.c * s.width)
 }
 
 /// Host buffers' lengths for the check-facing entry points: `(tensor, got, expected numel)`
@@ -171,10 +169,9 @@ pub fn short_conv(
     fwd(cuda, ptr(cuda, &y), xp, wp, cache_d.as_ref().map_or(0, |c| ptr(cuda, c)), s, silu, path)?;
     bwd(cuda, ptr(cuda, &dx), ptr(cuda, &part), ptr(cuda, &gw), ptr(cuda, &ddy), xp, wp, s, silu, path)?;
     cuda.sync()?;
-    let down = |b: &cudarc::driver::CudaSlice<u16>, what: &'static str| cuda.stream().clone_dtoh(b).map_err(Error::driver(what));
     Ok(ConvRun {
-        y: down(&y, "download conv y")?,
-        dx: down(&dx, "download conv dx")?,
-        dw: cuda.stream().clone_dtoh(&gw).map_err(Error::driver("download conv dw"))?,
+        y: cuda.download(&y, "download conv y")?,
+        dx: cuda.download(&dx, "download conv dx")?,
+        dw: cuda.download(&gw, "download conv dw")?,
     })
 }

@@ -7,9 +7,9 @@
 use cudarc::driver::{CudaSlice, LaunchConfig};
 use gla_core::dims::GateAct;
 
-use crate::backend::{col_gy, cols, flat, ptr, rows_warp, THREADS};
+use crate::backend::{col_finalize, col_gy, cols, ptr, rows_warp, THREADS};
 use crate::conv::{check_lens, NnPath as Path};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::runtime::Cuda;
 
 /// Rows one block of the vectorized backward covers before the grid strides (8 warps x 8).
@@ -37,12 +37,6 @@ fn groups(path: Path, width: usize, ptrs: &[u64]) -> Option<usize> {
 
 fn part_cfg(rows: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (vec_part_rows(rows) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
-}
-
-fn finalize(cuda: &Cuda, gw: u64, part: u64, gy: usize, width: usize) -> Result<()> {
-    let (gyi, ci) = (gy as i32, width as i32);
-    // SAFETY: col_finalize's arguments; gw holds `width` f32, part gy rows of them
-    unsafe { cuda.launch("col_finalize", flat(width).config(cuda), &[&gw, &part, &gyi, &ci]) }
 }
 
 /// The output gate's activation as the kernels take it (`gate_actf_` in kernels/nn/common.cuh:
@@ -77,14 +71,14 @@ pub(crate) fn rms_bwd(
         // 16-byte aligned with d a multiple of 128 up to NG x 128 (checked); part one row of d per
         // block
         unsafe { cuda.launch(&format!("rmsnorm_bwd_v{ng}"), part_cfg(n), &[&dx, &part, &dy, &x, &rstd, &w, &ni, &di, &ai])? };
-        return finalize(cuda, gw, part, vec_part_rows(n), d);
+        return col_finalize(cuda, gw, part, vec_part_rows(n), d);
     }
     // SAFETY: the arguments match rmsnorm_bwd_dx's and rmsnorm_bwd_dw's; part holds col_gy(n) rows
     unsafe {
         cuda.launch("rmsnorm_bwd_dx", rows_warp(n).config(cuda), &[&dx, &dy, &x, &rstd, &w, &ni, &di, &ai])?;
         cuda.launch("rmsnorm_bwd_dw", cols(n, d), &[&part, &dy, &x, &rstd, &ni, &di])?;
     }
-    finalize(cuda, gw, part, col_gy(n), d)
+    col_finalize(cuda, gw, part, col_gy(n), d)
 }
 
 /// The gated norm's forward over `rows` rows of `v`: `y = o rstd w act(g)` (bf16; `g` 0: no
@@ -138,7 +132,7 @@ pub(crate) fn gated_bwd(
         unsafe {
             cuda.launch(&format!("gated_norm_bwd_v{ng}"), part_cfg(rows), &[&d_o, &dg, &part, &dy, &o, &g, &rstd, &w, &ri, &vi, &ac])?
         };
-        return finalize(cuda, gw, part, vec_part_rows(rows), v);
+        return col_finalize(cuda, gw, part, vec_part_rows(rows), v);
     }
     // SAFETY: the arguments match gated_norm_bwd_dx's and gated_norm_bwd_dw's; part holds
     // col_gy(rows) rows
@@ -146,7 +140,7 @@ pub(crate) fn gated_bwd(
         cuda.launch("gated_norm_bwd_dx", rows_warp(rows).config(cuda), &[&d_o, &dg, &dy, &o, &g, &rstd, &w, &ri, &vi, &ac])?;
         cuda.launch("gated_norm_bwd_dw", cols(rows, v), &[&part, &dy, &o, &g, &rstd, &ri, &vi, &ac])?;
     }
-    finalize(cuda, gw, part, col_gy(rows), v)
+    col_finalize(cuda, gw, part, col_gy(rows), v)
 }
 
 /// What [`rms_norm`] returns.
@@ -173,20 +167,16 @@ pub struct GatedRun {
     pub dw: Vec<f32>,
 }
 
-fn down<T: cudarc::driver::DeviceRepr + Default + Clone>(cuda: &Cuda, b: &CudaSlice<T>, what: &'static str) -> Result<Vec<T>> {
-    cuda.stream().clone_dtoh(b).map_err(Error::driver(what))
-}
-
 /// RMSNorm forward and backward on host data, the backward on `path`: `x`, `dy`, `dx0` f32
 /// `[n, d]` (the backward adds to `dx0`), `w` f32 `[d]`.
 ///
 /// # Errors
-/// [`Error::Op`] for a buffer of the wrong length; device errors.
+/// [`crate::Error::Op`] for a buffer of the wrong length; device errors.
 #[allow(clippy::too_many_arguments)]
 pub fn rms_norm(cuda: &Cuda, x: &[f32], w: &[f32], dy: &[f32], dx0: &[f32], n: usize, d: usize, eps: f32, path: Path) -> Result<RmsRun> {
     let shape = format!("[N, D] = [{n}, {d}]");
     check_lens("rms norm", &[("x", x.len(), n * d), ("dy", dy.len(), n * d), ("dx", dx0.len(), n * d), ("w", w.len(), d)], &shape)?;
-    let (dx_, dw_, ddy, dx) =
+    let (xd, wd, ddy, dx) =
         (cuda.upload(x, "norm x")?, cuda.upload(w, "norm w")?, cuda.upload(dy, "norm dy")?, cuda.upload(dx0, "norm dx")?);
     let y = cuda.alloc_zeros::<u16>(n * d, "norm y")?;
     let rstd = cuda.alloc_zeros::<f32>(n, "norm rstd")?;
@@ -194,19 +184,23 @@ pub fn rms_norm(cuda: &Cuda, x: &[f32], w: &[f32], dy: &[f32], dx0: &[f32], n: u
     let part = cuda.alloc_zeros::<f32>(part_rows(n) * d, "norm partial sums")?;
     let p = |b: &CudaSlice<f32>| ptr(cuda, b);
     let (ni, di) = (n as i64, d as i32);
-    let (yp, rp, xp, wp) = (ptr(cuda, &y), p(&rstd), p(&dx_), p(&dw_));
+    let (yp, rp, xp, wp) = (ptr(cuda, &y), p(&rstd), p(&xd), p(&wd));
     // SAFETY: rmsnorm_fwd's arguments; y, x hold n x d, rstd n, w d
     unsafe { cuda.launch("rmsnorm_fwd", rows_warp(n).config(cuda), &[&yp, &rp, &xp, &wp, &ni, &di, &eps])? };
     rms_bwd(cuda, p(&dx), p(&part), p(&gw), p(&ddy), xp, rp, wp, n, d, true, path)?;
     cuda.sync()?;
-    Ok(RmsRun { y: down(cuda, &y, "download norm y")?, dx: down(cuda, &dx, "download norm dx")?, dw: down(cuda, &gw, "download norm dw")? })
+    Ok(RmsRun {
+        y: cuda.download(&y, "download norm y")?,
+        dx: cuda.download(&dx, "download norm dx")?,
+        dw: cuda.download(&gw, "download norm dw")?,
+    })
 }
 
 /// The gated norm's forward and backward on host data, both on `path`: `o`, `g` (optional) bf16
 /// bits and `dy` f32 `[rows, v]`, `w` f32 `[v]`.
 ///
 /// # Errors
-/// [`Error::Op`] for a buffer of the wrong length; device errors.
+/// [`crate::Error::Op`] for a buffer of the wrong length; device errors.
 #[allow(clippy::too_many_arguments)]
 pub fn gated_norm(
     cuda: &Cuda,
@@ -239,9 +233,9 @@ pub fn gated_norm(
     gated_bwd(cuda, ptr(cuda, &d_o), dgp, ptr(cuda, &part), ptr(cuda, &gw), ptr(cuda, &ddy), op, gp, rp, wp, rows, v, act, path)?;
     cuda.sync()?;
     Ok(GatedRun {
-        y: down(cuda, &y, "download norm y")?,
-        d_o: down(cuda, &d_o, "download norm do")?,
-        dg: down(cuda, &dg, "download norm dg")?,
-        dw: down(cuda, &gw, "download norm dw")?,
+        y: cuda.download(&y, "download norm y")?,
+        d_o: cuda.download(&d_o, "download norm do")?,
+        dg: cuda.download(&dg, "download norm dg")?,
+        dw: cuda.download(&gw, "download norm dw")?,
     })
 }

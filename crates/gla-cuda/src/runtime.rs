@@ -564,6 +564,14 @@ impl Cuda {
         self.counted(host.len(), self.stream.clone_htod(host), || format!("upload {what} ({} elements)", host.len()))
     }
 
+    /// A host copy of the device buffer `src` (waits for the work queued before it).
+    ///
+    /// # Errors
+    /// [`Error::Driver`].
+    pub fn download<T: DeviceRepr + Default + Clone>(&self, src: &CudaSlice<T>, what: &'static str) -> Result<Vec<T>> {
+        self.stream.clone_dtoh(src).map_err(Error::driver(what))
+    }
+
     /// A new device buffer holding a copy of the device buffer or view `src` (stream-ordered),
     /// counted in [`Cuda::alloc_stats`].
     ///
