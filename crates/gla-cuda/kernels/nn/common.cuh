@@ -31,6 +31,17 @@ __device__ __forceinline__ float dgate_actf_(int act, float x) {
     }
     return dswishf_(x);
 }
+// both of them from one exponential (the vectorized gated norm's backward)
+__device__ __forceinline__ void gate_act2(int act, float x, float& a, float& da) {
+    const float s = sigmoidf_(x);
+    if (act == 1) {
+        a = s;
+        da = s * (1.f - s);
+    } else {
+        a = x * s;
+        da = s * (1.f + x * (1.f - s));
+    }
+}
 
 // The column i % c of a grid-stride loop's element i over a row-major [*, c] array: one 64-bit
 // remainder per thread, then the stride's remainder added each step (a 64-bit remainder per

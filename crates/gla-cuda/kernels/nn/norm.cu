@@ -118,18 +118,6 @@ extern "C" __global__ void gated_norm_bwd_dw(float* part, const float* dy, const
 
 constexpr int NORM_WARPS = 8;
 
-// act(x) and d act / dx from one exponential (gate_actf_ and dgate_actf_)
-__device__ __forceinline__ void gate_act2(int act, float x, float& a, float& da) {
-    const float s = sigmoidf_(x);
-    if (act == 1) {
-        a = s;
-        da = s * (1.f - s);
-    } else {
-        a = x * s;
-        da = s * (1.f + x * (1.f - s));
-    }
-}
-
 // the backward's prologue: the warps' rows of shared memory zeroed (after the row loop they are
 // summed in warp order into the block's partial row), the lane's columns of w in registers
 template <int NG>
