@@ -99,7 +99,7 @@ __device__ __forceinline__ void wg_dmg_mma(float (&acc)[NT][4], unsigned a, unsi
         const unsigned oa = TA ? 2048u * kk : 32u * kk, lbo = TA ? 8192u : 16u;
         const unsigned long long db = wg_desc(b + 2048u * kk, 8192, 1024);
         wg_mma_frag<NT, TA, 1>(acc, wg_desc(a + oa, lbo, 1024), db);
-        wg_mma_frag<NT, TA, 1>(acc, wg_desc(al + oa, lbo, 1024), db);
+        if (DELTA_PLANES == 2) wg_mma_frag<NT, TA, 1>(acc, wg_desc(al + oa, lbo, 1024), db);
     }
     wg_commit();
     wg_wait0();
@@ -177,8 +177,10 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
                                tid);
             wg_tile_ld<64, 64, DNT>(sU, vn + vo, VP, 64, 64, true, tid);
             wg_tile_ld<64, 64, DNT>(sDu, du + vo, VP, 64, 64, true, tid);
-            wg_tile_ld<64, 64, DNT>(sUl, vn + vplane + vo, VP, 64, 64, true, tid);
-            wg_tile_ld<64, 64, DNT>(sDul, du + vplane + vo, VP, 64, 64, true, tid);
+            if (SP == 2) {
+                wg_tile_ld<64, 64, DNT>(sUl, vn + vplane + vo, VP, 64, 64, true, tid);
+                wg_tile_ld<64, 64, DNT>(sDul, du + vplane + vo, VP, 64, 64, true, tid);
+            }
             wg_tile_ld<KW, 64, DNT>(sS, hs + so, VP, KW, 64, true, tid);
             wg_tile_ld<KW, 64, DNT>(sDS, dhs + so, VP, KW, 64, true, tid);
         } else {
@@ -279,11 +281,11 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
                 auto dsc = [&](unsigned a) { return wg_desc(a + 32u * kk, 16, 1024); };
                 wg_mma_frag<NT, 0, 0>(dqi, dsc(uDo), dsc(uS));
                 wg_mma_frag<NT, 0, 0>(dwa, dsc(uDu), dsc(uS));
-                wg_mma_frag<NT, 0, 0>(dwa, dsc(uDul), dsc(uS));
+                if (SP == 2) wg_mma_frag<NT, 0, 0>(dwa, dsc(uDul), dsc(uS));
                 wg_mma_frag<NT, 0, 0>(dkd, dsc(uU), dsc(uDS));
-                wg_mma_frag<NT, 0, 0>(dkd, dsc(uUl), dsc(uDS));
+                if (SP == 2) wg_mma_frag<NT, 0, 0>(dkd, dsc(uUl), dsc(uDS));
                 wg_mma_frag<NM, 0, 0>(dM, dsc(uDo), dsc(uU + 128u * n1));
-                wg_mma_frag<NM, 0, 0>(dM, dsc(uDo), dsc(uUl + 128u * n1));
+                if (SP == 2) wg_mma_frag<NM, 0, 0>(dM, dsc(uDo), dsc(uUl + 128u * n1));
             }
             wg_commit();
         } else {

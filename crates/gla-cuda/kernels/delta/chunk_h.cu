@@ -125,7 +125,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
                                       const float* __restrict__ bt = nullptr) {
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
     constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
-    static_assert(!RES || SP == 2, "the residual state pass: bf16");
+    static_assert(!RES || sizeof(E) == 2, "the residual state pass: bf16");
     // w (hi, lo), k; RES: T (hi, lo) [64][LDT], k, the V tile [64][LDS]
     constexpr int STAGE = RES ? SP * 64 * LDT + 64 * LK + 64 * LDS : (SP + 1) * 64 * LK;
     constexpr int FSTAGE = RES ? 192 : 64 * BV + 128;  // u (f32; RES: none), G, rk (RES: and beta)
@@ -155,7 +155,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
         if constexpr (RES) {
             const idx_t tplane = nch * HV * 4096;
             tile_ld<E>(b, LDT, tm + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
-            tile_ld<E>(b + 64 * LDT, LDT, tm + tplane + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+            if (SP == 2) tile_ld<E>(b + 64 * LDT, LDT, tm + tplane + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
             ld_qk<E, KP>(b + SP * 64 * LDT, k, r0, L, h, H, K, tid);
             ld_v<E>(b + SP * 64 * LDT + 64 * LK, LDS, v, r0, L, hv, HV, V, j0, BV, tid);
             ld_g64(f, g2 + oc * 64, tid);
@@ -298,7 +298,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
                                       const E* __restrict__ tm = nullptr, const float* __restrict__ bt = nullptr) {
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
     constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
-    static_assert(!RES || (FD && SP == 2 && LDS <= LDT), "the residual state-gradient pass: fused dvl, bf16, Y in P's tile");
+    static_assert(!RES || (FD && sizeof(E) == 2 && LDS <= LDT), "the residual state-gradient pass: fused dvl, bf16, Y in P's tile");
     // q, k [64][LK]; w (hi, lo) [64][LK] or (RES) T (hi, lo) [64][LDT]; do [64][LDS]
     constexpr int STAGE = 2 * 64 * LK + SP * 64 * (RES ? LDT : LK) + 64 * LDS;
     constexpr int FSTAGE = (1 - FD) * 64 * BV + (RES ? 256 : 192);  // dvl [64][BV] (FD: none); G, rq, rk (RES: beta) [64]
@@ -333,7 +333,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
         if constexpr (RES) {
             const idx_t tplane = nch * HV * 4096;
             tile_ld<E>(b + 2 * 64 * LK, LDT, tm + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
-            tile_ld<E>(b + 2 * 64 * LK + 64 * LDT, LDT, tm + tplane + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+            if (SP == 2) tile_ld<E>(b + 2 * 64 * LK + 64 * LDT, LDT, tm + tplane + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
         } else {
             tile_ld<E>(b + 2 * 64 * LK, LK, w + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
             if (SP == 2) tile_ld<E>(b + 3 * 64 * LK, LK, w + wplane + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);

@@ -14,6 +14,13 @@
 
 #define DPAD 8
 #define DEPS 1e-6f  // the L2-norm epsilon (gla_core::delta::L2_EPS)
+// DELTA_PLANES: the planes of a bf16 split operand (below). 2, the shipped build. 1 builds every
+// split product on its hi plane alone, the storage precision of fla's kernels: a lab build that
+// times what the lo planes cost (their loads, stores and mma terms). It fails the case table's
+// tolerances (docs/kernels.md, "Precision of the bf16 path"); no launcher selects it.
+#ifndef DELTA_PLANES
+#define DELTA_PLANES 2
+#endif
 
 #ifndef DELTA_EMU
 #define DELTA_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
@@ -27,7 +34,7 @@
 // its hi plane.
 template <typename E>
 struct Sp {
-    static constexpr int SP = sizeof(E) == 2 ? 2 : 1;
+    static constexpr int SP = sizeof(E) == 2 ? DELTA_PLANES : 1;
 };
 
 #define FRAG_ROW(e) (fg + ((e) >= 2 ? 8 : 0))
@@ -40,7 +47,9 @@ template <> __device__ __forceinline__ bf16_t cvt<bf16_t>(float x) { return f2bf
 // x into hi (and, bf16, lo = x - hi) at index i of two smem tiles (f32: hi only)
 template <typename E>
 __device__ __forceinline__ void st2(E* hi, E* lo, int i, float x) {
-    if constexpr (sizeof(E) == 2) {
+    if constexpr (Sp<E>::SP == 1) {
+        hi[i] = cvt<E>(x);
+    } else if constexpr (sizeof(E) == 2) {
         const bf16_t h = f2bf(x);
         hi[i] = h;
         lo[i] = f2bf(x - to_f32(h));
@@ -51,7 +60,9 @@ __device__ __forceinline__ void st2(E* hi, E* lo, int i, float x) {
 // x into a split global tensor: base[i] (hi) and base[plane + i] (lo, bf16 only)
 template <typename E>
 __device__ __forceinline__ void stg2(E* base, idx_t plane, idx_t i, float x) {
-    if constexpr (sizeof(E) == 2) {
+    if constexpr (Sp<E>::SP == 1) {
+        base[i] = cvt<E>(x);
+    } else if constexpr (sizeof(E) == 2) {
         const bf16_t h = f2bf(x);
         base[i] = h;
         base[plane + i] = f2bf(x - to_f32(h));
@@ -73,7 +84,9 @@ __device__ __forceinline__ void st_pair(E* p, float a, float b) {
 // a pair into the split smem tiles hi, lo at index i (even; f32: hi only)
 template <typename E>
 __device__ __forceinline__ void st2_pair(E* hi, E* lo, int i, float a, float b) {
-    if constexpr (sizeof(E) == 2) {
+    if constexpr (Sp<E>::SP == 1) {
+        st_pair(hi + i, a, b);
+    } else if constexpr (sizeof(E) == 2) {
         const unsigned h = pack2(a, b);
         *(unsigned*)(hi + i) = h;
         *(unsigned*)(lo + i) = pack2(a - bf_lo(h), b - bf_hi(h));
@@ -84,7 +97,9 @@ __device__ __forceinline__ void st2_pair(E* hi, E* lo, int i, float a, float b) 
 // a pair into a split global tensor (hi at base + i, lo at base + plane + i)
 template <typename E>
 __device__ __forceinline__ void stg2_pair(E* base, idx_t plane, idx_t i, float a, float b) {
-    if constexpr (sizeof(E) == 2) {
+    if constexpr (Sp<E>::SP == 1) {
+        st_pair(base + i, a, b);
+    } else if constexpr (sizeof(E) == 2) {
         const unsigned h = pack2(a, b);
         *(unsigned*)(base + i) = h;
         *(unsigned*)(base + plane + i) = pack2(a - bf_lo(h), b - bf_hi(h));
@@ -241,6 +256,8 @@ __device__ __forceinline__ void wgemm(float (&acc)[NT][4], const float* A, int l
 template <bool AT, bool BT, int NT, typename E>
 __device__ __forceinline__ void wgemm2(float (&acc)[NT][4], const E* A, const E* Al, int lda, int m0, const E* B, const E* Bl, int ldb,
                                         int n0, int kc, int lane, bool al, bool bl) {
+    al = al && Sp<E>::SP == 2;
+    bl = bl && Sp<E>::SP == 2;
     if constexpr (sizeof(E) == 2) {
         static_assert(NT % 2 == 0, "bf16 warp products take n-tiles in pairs");
         const WAddrA<AT> wa(A, lda, m0, lane), wal(Al, lda, m0, lane);
@@ -276,7 +293,7 @@ __device__ __forceinline__ void wgemm2(float (&acc)[NT][4], const E* A, const E*
 template <bool AT, bool BT, int NT, typename E>
 __device__ __forceinline__ void wgemm2_seq(float (&acc)[NT][4], const E* A, const E* Al, int lda, int m0, const E* B, const E* Bl,
                                            int ldb, int n0, int kc, int lane, bool al, bool bl) {
-    const int nterm = sizeof(E) == 2 ? 3 : 1;
+    const int nterm = Sp<E>::SP == 2 ? 3 : 1;
     #pragma unroll 1
     for (int term = 0; term < nterm; ++term) {
         if ((term == 1 && !al) || (term == 2 && !bl)) continue;
