@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long, value_name = "FILE.safetensors", requires = "output", conflicts_with = "data")]
     input: Option<PathBuf>,
     /// Where --input's results go (written atomically): `logits` f32 [B, T, vocab], `loss` f32
-    /// [1] (mean cross-entropy with fla's label shift: position t predicts token t+1, the last
+    /// `[1]` (mean cross-entropy with fla's label shift: position t predicts token t+1, the last
     /// position of each row has no target), and with --grads the gradients.
     #[arg(long, value_name = "FILE.safetensors", requires = "input")]
     output: Option<PathBuf>,

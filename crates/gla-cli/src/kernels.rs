@@ -36,7 +36,7 @@ pub struct ResourcesArgs {
 #[derive(ClapArgs)]
 pub struct CompileArgs {
     /// Target architecture, as the runtime names it: sm_90a on Hopper (H100 / H200), else
-    /// sm_<major><minor> of the device (sm_80 on A100, sm_89 on L40).
+    /// `sm_<major><minor>` of the device (sm_80 on A100, sm_89 on L40).
     #[arg(long, default_value = "sm_90a")]
     arch: String,
     /// Cache directory to fill (sets GLA_CACHE_DIR for this run; default: GLA_CACHE_DIR, else

@@ -74,7 +74,7 @@ pub struct Args {
     /// default: byte-level, vocabulary 256.
     #[arg(long, requires = "data")]
     tokenizer: Option<PathBuf>,
-    /// Folder of the --data token file (default: <out>/data).
+    /// Folder of the --data token file (default: `<out>/data`).
     #[arg(long, requires = "data")]
     data_cache: Option<PathBuf>,
     /// Share of the --data tokens held out at the end for evaluation (at least one window).

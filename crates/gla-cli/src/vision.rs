@@ -80,7 +80,7 @@ pub enum Cmd {
 /// `gla vision train`.
 #[derive(ClapArgs)]
 pub struct TrainArgs {
-    /// Run directory: checkpoint-<step>/ (config.json, model.safetensors, optimizer moments,
+    /// Run directory: `checkpoint-<step>/` (config.json, model.safetensors, optimizer moments,
     /// trainer_state.json), latest, metrics.jsonl, loss_curve.png.
     #[arg(long, default_value = "runs/vig")]
     out: PathBuf,

@@ -1,6 +1,6 @@
 //! The GPU backend ([`Gpu`]: gla-core's backend contract, `Primitives`, `GlaOps` and `DeltaOps`;
 //! a model's layers may have different mixers (a hybrid stack), each with dims the kernels take,
-//! which [`crate::GpuWeights::new`] checks: [`gpu_mixers`]): each op as the kernel launches
+//! which [`crate::GpuWeights::new`] checks: `gpu_mixers`): each op as the kernel launches
 //! of `kernels/nn/*.cu` / `kernels/gla/*.cu` / `kernels/delta/*.cu` and cuBLAS GEMMs. The forward and
 //! backward that call them are gla-model's (`gla_model::model` and its mixers; read those first).
 //! Parameters are found by their index in the parameter table the weights came with
@@ -1500,7 +1500,7 @@ impl GlaOps for Gpu {
 /// (gla-model's `cpu.rs`) is the reference.
 #[allow(clippy::too_many_arguments)]
 /// The GPU's softmax-attention layer is not wired yet: every method is a typed
-/// [`gla_core::Error::Unsupported`] (and [`gpu_mixer`] refuses a model with attention layers
+/// [`gla_core::Error::Unsupported`] (and `gpu_mixers` refuses a model with attention layers
 /// before any of them is reached).
 impl AttnOps for Gpu {
     fn alloc_attn_grads(&self, md: &AttnDims, n: usize) -> Result<[CudaSlice<f32>; 3]> {

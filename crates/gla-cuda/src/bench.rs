@@ -351,7 +351,7 @@ impl<'a> DeltaBenchOp<'a> {
 /// Times the delta rule's forward and forward+backward (bf16, the dispatch policy's chunked
 /// kernels) on each shape, for each op of `ops` (`delta`: DeltaNet; `gdn`: Gated DeltaNet with
 /// the log decay given), with the op's plain options (no L2 norm, sigmoid or gate inside the op),
-/// no initial or final state, inputs as [`DeltaBenchInputs`]. The `fwd` row times the forward
+/// no initial or final state, inputs as `DeltaBenchInputs`. The `fwd` row times the forward
 /// on a forward-only workspace (what inference and prefill hold), the `fwd+bwd` row the forward
 /// and backward on a training workspace (the forward's and the backward's buffers, whose
 /// intermediates the backward reuses; fla keeps T and recomputes the rest); both workspaces are
@@ -464,8 +464,8 @@ pub fn attn_fwd_flops(p: &gla_core::AttnProblem) -> f64 {
 /// `[batch, context]` in `decode` with the first shape's H, H_KV and D (the cache zeroed: the
 /// kernels' time does not depend on the values). Rows: `pass` is `fwd` (one row per warp split of
 /// the forward's tile, the dispatch policy's first, `kernel` naming it), `fwd+bwd`, `bwd` (each
-/// backward launch alone: `bwd-pre`, then the gradient launches of each [`BwdTile`] (its
-/// label: `bwd-kvq-8w` with its dQ sum, `bwd-kv+dq-wg`), the dispatch policy's first; bytes are
+/// backward launch alone: `bwd-pre`, then the gradient launches of each [`BwdTile`](crate::dispatch::attn::BwdTile)
+/// (its label: `bwd-kvq-8w` with its dQ sum, `bwd-kv+dq-wg`), the dispatch policy's first; bytes are
 /// the whole backward's)
 /// or `decode` (shape `[batch, context, H, D, DV]`, bytes = the cache read).
 ///

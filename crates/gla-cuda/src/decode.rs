@@ -20,7 +20,7 @@ use crate::weights::GpuWeights;
 /// One sequence's generation state on the GPU (what gla-model's `state::State` is on the CPU):
 /// per layer the recurrent state f32 (GLA's `[Hop, K, Vop]`, the delta rule's `[HV, K, V]`) and
 /// the q, k, v conv caches `[C, W]` f32, whose size depends only on the config; an attention
-/// layer's KV cache instead ([`KvCache`]: the window's slots, fixed, for a sliding window; the
+/// layer's KV cache instead (`KvCache`: the window's slots, fixed, for a sliding window; the
 /// tokens seen, growing, otherwise).
 pub struct GpuState {
     rec: Vec<CudaSlice<f32>>,
@@ -225,7 +225,7 @@ impl<A> GpuDecoding<A> {
 
     /// Bytes of a new [`GpuState`]: the recurrent states and conv caches (f32) and the
     /// attention layers' KV caches (bf16: a window's ring buffer, or a growing cache's first
-    /// [`KV_MIN_SLOTS`] slots, which then grows by `4 H_KV Dh` bytes a token; [`GpuState::bytes`]
+    /// `KV_MIN_SLOTS` slots, which then grows by `4 H_KV Dh` bytes a token; [`GpuState::bytes`]
     /// is a state's size now).
     pub fn state_bytes(&self) -> usize {
         let gpu = self.weights.backend();

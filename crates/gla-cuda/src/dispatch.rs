@@ -22,8 +22,8 @@
 //! (`backend.rs`), as fla does.
 //!
 //! Gate-dependent choices: the 16-byte gate prep for a per-key gate with K % 8 == 0
-//! ([`prep8`]); the backward's last launch in K tiles of <= 64 unless a per-head gate would sum
-//! more than two tiles ([`bwd2_plan`]).
+//! (`prep8`); the backward's last launch in K tiles of <= 64 unless a per-head gate would sum
+//! more than two tiles (`bwd2_plan`).
 
 use cudarc::driver::LaunchConfig;
 use gla_core::{GateKind, Problem};

@@ -27,7 +27,7 @@
 //! - [`bidir`]: the bidirectional scan of ViG (fused chunked forward, composed backward),
 //!   [`CudaBidir`] (a [`gla_core::BidirOp<f32>`]).
 //! - [`lab`]: kernels under study and their checks (no op runs them).
-//! - [`bench`]: event-timed medians of the ops with their HBM floors and FLOPs.
+//! - [`mod@bench`]: event-timed medians of the ops with their HBM floors and FLOPs.
 //! - [`dist`]: data-parallel training over NCCL (torchrun-style environment, rendezvous,
 //!   communicator with timeouts, gradient buckets overlapped with the backward).
 //!

@@ -119,7 +119,7 @@ impl<'a> Cpu<'a> {
     }
 
     /// The backend for inference forwards: GEMMs of at most 128 rows (decode) go through a
-    /// faster weight-major product ([`lin`]). Training keeps [`linear_fwd`] everywhere.
+    /// faster weight-major product (`lin`). Training keeps [`linear_fwd`] everywhere.
     pub fn for_inference(self) -> Self {
         Self { small_rows: true, ..self }
     }

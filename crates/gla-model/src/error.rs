@@ -119,7 +119,7 @@ pub enum Error {
     /// damaged, or made by another tokenizer.
     #[error(transparent)]
     Text(#[from] TextError),
-    /// The device running the math (a training [`crate::train::Engine`], the GPU) failed; the
+    /// The device running the math (a training [`crate::engine::Engine`], the GPU) failed; the
     /// message is the device's full error (kernel, grid, driver or cuBLAS status).
     #[error("device: {0}")]
     Device(String),

@@ -421,8 +421,8 @@ pub fn head_logits<B: Backend>(be: &B, lay: &Layout, acts: &mut Acts<B::Buf>, ta
 
 /// Backward of the last [`forward`] on `acts`: accumulates `scale * d(mean loss)` into `grads`
 /// (laid out like the parameters; zero it between optimizer steps). `scale` is `1 / accumulation
-/// steps` when gradients of several micro-batches are summed. Calls [`Backend::grads_ready`] as
-/// each range of gradients is final.
+/// steps` when gradients of several micro-batches are summed. Calls
+/// [`Backend::grads_ready`](crate::backend::Primitives::grads_ready) as each range of gradients is final.
 ///
 /// # Errors
 /// [`Error::Shape`] on inference activations; the backend's errors.

@@ -4,7 +4,7 @@
 //! step against the CPU optimizer applied to the GPU's own gradients; [`GpuDecoder`]'s generation
 //! against the CPU's; the GPU model against fla's own fixtures. Tolerances: [`crate::tol`] (the
 //! model tolerances and the bf16-floor rule, with their reasons); the floor itself is measured
-//! here ([`bf16_floor`]).
+//! here (`bf16_floor`).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -485,7 +485,7 @@ fn unsupported_model(what: String) -> Error {
 /// were checked (0 when `root` holds none; the caller says so) and, with the reason, the fixtures
 /// whose model the GPU's kernels do not take (the hybrid fixtures' attention heads of 8: the GPU
 /// attention kernels take head dims 64 and 128; such a model is checked on the CPU against fla
-/// by gla-model's fla_parity test, and its layers on the GPU by the hybrid rows of [`configs`]).
+/// by gla-model's fla_parity test, and its layers on the GPU by the hybrid rows of `configs`).
 ///
 /// # Errors
 /// A fixture that does not load (named), set-up failures.

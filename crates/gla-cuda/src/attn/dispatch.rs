@@ -22,6 +22,18 @@
 //! split it as [`FwdTile`] says), keys in tiles of 64 (`BN`; 128 on the warpgroup tile); the
 //! backward's dK / dV kernels 128 keys per tile ([`KVQ_BN`]) and query tiles of 64 ([`KVQ_BQ`]);
 //! the warpgroup dq kernel the forward's 128-row query tiles and 128-key tiles.
+//!
+//! [`attn_dims`]: crate::dispatch::attn::attn_dims
+//! [`fwd_tile`]: crate::dispatch::attn::fwd_tile
+//! [`query_tiles`]: crate::dispatch::attn::query_tiles
+//! [`kvq_units`]: crate::dispatch::attn::kvq_units
+//! [`decode_split`]: crate::dispatch::attn::decode_split
+//! [`FwdTile`]: crate::dispatch::attn::FwdTile
+//! [`BwdTile`]: crate::dispatch::attn::BwdTile
+//! [`bwd_tile`]: crate::dispatch::attn::bwd_tile
+//! [`decode_kernel`]: crate::dispatch::attn::decode_kernel
+//! [`KVQ_BN`]: crate::dispatch::attn::KVQ_BN
+//! [`KVQ_BQ`]: crate::dispatch::attn::KVQ_BQ
 
 use cudarc::driver::LaunchConfig;
 use gla_core::AttnProblem;
@@ -61,10 +73,10 @@ pub fn kernel(pass: &str, (dp, dvp): (usize, usize)) -> String {
     format!("attn_{pass}_d{dp}_dv{dvp}")
 }
 
-/// Dynamic shared memory of the forward on `tile`: Q [BM][DP+8], K 2 x [BN][DP+8], V 2 x
-/// [BN][DVP+8] bf16 (BM = [`FwdTile::rows`]).
+/// Dynamic shared memory of the forward on `tile`: Q `[BM][DP+8]`, K 2 x `[BN][DP+8]`, V 2 x
+/// `[BN][DVP+8]` bf16 (BM = [`FwdTile::rows`]).
 /// The warpgroup tile ([`FwdTile::Wg2`]) takes 1024 bytes of alignment and 128-byte-swizzled
-/// tiles without padding: Q [128][128], K and V 2 x [128][128] bf16 (attn/fwd_wg.cu).
+/// tiles without padding: Q `[128][128]`, K and V 2 x `[128][128]` bf16 (attn/fwd_wg.cu).
 pub fn fwd_smem((dp, dvp): (usize, usize), tile: FwdTile) -> usize {
     match tile {
         FwdTile::Wg2 => 1024 + 5 * 128 * 128 * 2,
@@ -85,11 +97,11 @@ const KVQ_MAX_SPLITS: usize = 8;
 /// inputs (one sequence of 2^18 tokens at 32 x 128 is 4 GiB per sum) stay at fewer splits.
 const KVQ_SPLIT_BYTES: usize = 4 << 30;
 
-/// Dynamic shared memory of the backward's dK / dV kernel on `tile`: K [128][DP+8], V
-/// [128][DVP+8], Q 2 x [BQ][DP+8], dO 2 x [BQ][DVP+8], P and dS [BQ][128+8] bf16, lse and delta 2
-/// x [BQ] f32. The warpgroup kernel ([`BwdTile::Wg2`], `attn_bwd_kv_wg_d128_dv128`) takes 1024
-/// bytes of alignment and 128-byte-swizzled tiles without padding: K, V [128][128], Q, dO 2 x
-/// [BQ][128] bf16, lse and delta 2 x [BQ] f32 (attn/bwd_wg.cu).
+/// Dynamic shared memory of the backward's dK / dV kernel on `tile`: K `[128][DP+8]`, V
+/// `[128][DVP+8]`, Q 2 x `[BQ][DP+8]`, dO 2 x `[BQ][DVP+8]`, P and dS `[BQ][128+8]` bf16, lse and delta 2
+/// x `[BQ]` f32. The warpgroup kernel ([`BwdTile::Wg2`], `attn_bwd_kv_wg_d128_dv128`) takes 1024
+/// bytes of alignment and 128-byte-swizzled tiles without padding: K, V `[128][128]`, Q, dO 2 x
+/// `[BQ][128]` bf16, lse and delta 2 x `[BQ]` f32 (attn/bwd_wg.cu).
 pub fn kvq_smem((dp, dvp): (usize, usize), tile: BwdTile) -> usize {
     match tile {
         BwdTile::Wg2 => 1024 + 2 * (2 * KVQ_BN * 128 + 4 * KVQ_BQ * 128) + 4 * 4 * KVQ_BQ,
@@ -159,7 +171,7 @@ pub fn bwd_kernel(dims: (usize, usize), tile: BwdTile, arch: &str) -> Option<Str
 /// How many splits the backward cuts each sequence's key tiles into (split s takes the
 /// tiles s, s + splits, ...; each split adds its dQ into a sum of its own, so every element has
 /// one adding thread: deterministic): enough that N * H_KV * splits blocks fill `sms` SMs once
-/// (one block per SM), at least 1, at most [`KVQ_MAX_SPLITS`], the longest sequence's tiles, and
+/// (one block per SM), at least 1, at most `KVQ_MAX_SPLITS`, the longest sequence's tiles, and
 /// as many as keep the sums past the first within 4 GiB. `GLA_ATTN_SPLITS=n` asks for n instead
 /// (same bounds; for timing: more splits put fewer (sequence, head) pairs in flight, so their Q,
 /// dO rows stay in L2, at the cost of a dQ sum each). [`crate::attn::ops::DevAttnProblem`] calls
@@ -184,7 +196,7 @@ pub fn kvq_units(p: &AttnProblem, splits: usize) -> (Vec<i32>, Vec<i32>) {
 }
 
 /// Dynamic shared memory of `attn_bwd_dq_wg_d128_dv128`: 1024 bytes of alignment, Q and dO
-/// [128][128], K and V 2 x [128][128] bf16 (swizzled), lse and delta [128] f32.
+/// `[128][128]`, K and V 2 x `[128][128]` bf16 (swizzled), lse and delta `[128]` f32.
 pub const DQ_WG_SMEM: usize = 1024 + 6 * 128 * 128 * 2 + 2 * 4 * ATTN_BM;
 
 /// The launch of `attn_bwd_dq_wg_d128_dv128`: grid (H, the forward's [`ATTN_BM`]-row tiles), two
@@ -284,7 +296,7 @@ const FWD_W8X32_FROM: usize = 32768;
 /// tile through the whole stack; wg on sm_90a only); else, for D = DV = 128, the warpgroup tile
 /// on sm_90a (faster than 4 x 32 and 8 x 32 at T = 2048, 8192 and 32768 on an H100:
 /// `bench/results/2026-12-05_h100_8577c76_attn_fwd_wgmma.txt`), elsewhere 8 x 32 when the longest
-/// sequence has at least [`FWD_W8X32_FROM`] tokens and 4 x 32 below; else 8 x 16 (the bench
+/// sequence has at least `FWD_W8X32_FROM` tokens and 4 x 32 below; else 8 x 16 (the bench
 /// times the others beside it).
 pub fn fwd_tile(p: &AttnProblem, arch: &str) -> FwdTile {
     let dims = (p.d(), p.dv());

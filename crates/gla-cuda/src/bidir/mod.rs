@@ -6,7 +6,7 @@
 //! GLA gradient launches once per direction, the backward one on reversed rows, the two scans'
 //! gradients summed in the second one's stores); the composed path (the GLA op on x and on
 //! flip(x), `kernels/bidir/flip.cu`) where the fused kernels do not apply. Their launchers
-//! ([`ops`]), their benchmark ([`bench`]) and [`CudaBidir`], a [`gla_core::BidirOp<f32>`] over
+//! ([`ops`]), their benchmark ([`mod@bench`]) and [`CudaBidir`], a [`gla_core::BidirOp<f32>`] over
 //! host slices for the checks. The dispatch policy is [`crate::dispatch::bidir`].
 
 pub mod bench;

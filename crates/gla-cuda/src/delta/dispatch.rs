@@ -16,6 +16,11 @@
 //! Above K = 256 nothing runs (an error). Every chunked pass takes its elementwise maps from
 //! `delta/prep.cu` (the L2 norm as f32 row factors, beta and the log decay as f32); the recurrent
 //! forward and decode apply them inline, so one launch serves a decode step.
+//!
+//! [`route`]: crate::dispatch::delta::route
+//! [`delta_path`]: crate::dispatch::delta::delta_path
+//! [`DeltaWorkspaceLens`]: crate::dispatch::delta::DeltaWorkspaceLens
+//! [`value_split`]: crate::dispatch::delta::value_split
 
 use cudarc::driver::LaunchConfig;
 use gla_core::{DeltaGate, DeltaProblem};
@@ -177,7 +182,7 @@ impl DeltaRoute {
     }
 
     /// The backward's workspaces (as [`DeltaRoute::forward_lens`]) on a device of `sm_count` SMs:
-    /// no `dvl` buffer where the state-gradient pass computes it itself ([`h_plan`]'s `out`).
+    /// no `dvl` buffer where the state-gradient pass computes it itself (`h_plan`'s `out`).
     pub fn backward_lens(&self, nc: usize, bf16: bool, sm_count: usize) -> DeltaWorkspaceLens {
         let mut l = DeltaWorkspaceLens::backward(&self.kernel, nc, bf16, self.path);
         if let DeltaPath::Chunk { kp } = self.path {

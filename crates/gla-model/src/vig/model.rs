@@ -191,7 +191,7 @@ struct Scratch<S: ModelStorage> {
 }
 
 /// The buffers of one batch [`Shape`]. Made for training ([`VigActs::alloc`] with `backward`),
-/// they hold every tensor the forward leaves for the backward: each block's [`BlockActs`] and
+/// they hold every tensor the forward leaves for the backward: each block's `BlockActs` and
 /// every residual stream. Made for the forward only, one block's buffers and one residual
 /// stream (each block's output written over its input) serve every block in turn (memory ~ the
 /// stem's and one block's activations), with the same launches in the same order: the logits

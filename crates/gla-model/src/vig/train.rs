@@ -10,7 +10,7 @@
 //! uninterrupted one would have.
 //!
 //! A step can split its batch into [`VigTrainConfig::shards`] equal parts run side by side, each
-//! on its own single-thread pool ([`Lanes`]): at this model's sizes the per-op fork-join of two
+//! on its own single-thread pool (`Lanes`): at this model's sizes the per-op fork-join of two
 //! threads costs about what it saves, while whole shards scale with the cores. The shard count is
 //! part of the numerics (the gradient is the shards' weighted sum), the thread count is not.
 //! With [`VigTrainConfig::ema`] the trainer keeps an exponential moving average of the weights
