@@ -5,6 +5,9 @@ table with ratios and writes everything as JSON.
 
 Usage (from bench/delta_vs_fla.sh): python3 bench/delta_vs_fla.py --gla-json GLA.json --out OUT.json
        python3 bench/delta_vs_fla.py --fla-only --out OUT.json   (fla alone on the shapes below)
+       python3 bench/delta_vs_fla.py --profile B,T,H,K,V --ops delta --out OUT.json   (fla's kernels
+       one by one: torch.profiler over 5 forward+backward calls, each kernel's mean CUDA time per
+       call, to set beside `gla bench delta --stages`)
 Timing: triton.testing.do_bench (CUDA events), median, warmup 25 ms, rep 100 ms, after 3 untimed
 calls per op and shape (fla autotunes in those). Inputs as fla's delta-rule docs and tests draw
 them: q, v, do ~ randn bf16, k = L2-normalised randn, beta = sigmoid(rand), g = logsigmoid(randn)
@@ -30,7 +33,9 @@ def bench(fn):
     return float(do_bench(fn, warmup=25, rep=100, quantiles=[0.5]))
 
 
-def fla_times(op, B, T, H, K, V):
+def fla_inputs(op, B, T, H, K, V):
+    """the op's inputs as fla's docs and tests draw them (module docstring), and its two passes:
+    call (forward) and fwdbwd (forward, then backward of do)"""
     from fla.ops.delta_rule import chunk_delta_rule
     from fla.ops.gated_delta_rule import chunk_gated_delta_rule
     dev, bf = "cuda", torch.bfloat16
@@ -49,6 +54,11 @@ def fla_times(op, B, T, H, K, V):
         call().backward(do)
         q.grad = k.grad = v.grad = beta.grad = g.grad = None
 
+    return call, fwdbwd
+
+
+def fla_times(op, B, T, H, K, V):
+    call, fwdbwd = fla_inputs(op, B, T, H, K, V)
     with torch.no_grad():
         for _ in range(3):
             call()
@@ -64,13 +74,47 @@ def fla_times(op, B, T, H, K, V):
     return f, fb, err
 
 
+def fla_profile(op, shape, out):
+    """fla's kernels of one forward+backward, by mean CUDA time per call (torch.profiler over 5
+    calls after 3 untimed ones), largest first; written to out as JSON and printed"""
+    from torch.profiler import ProfilerActivity, profile
+    B, T, H, K, V = shape
+    _, fwdbwd = fla_inputs(op, B, T, H, K, V)
+    for _ in range(3):
+        fwdbwd()
+    torch.cuda.synchronize()
+    n = 5
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            fwdbwd()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        t = getattr(e, "device_time_total", None)
+        if t is None:
+            t = e.cuda_time_total
+        if t > 0:
+            rows.append({"kernel": e.key, "calls_per_iter": e.count / n, "ms_per_iter": t / n / 1000.0})
+    rows.sort(key=lambda r: -r["ms_per_iter"])
+    total = sum(r["ms_per_iter"] for r in rows)
+    print(f"fla {op} {'x'.join(map(str, shape))}: {total:.3f} ms of kernels per forward+backward")
+    for r in rows[:25]:
+        print(f"  {r['kernel'][:60]:<60} {r['calls_per_iter']:5.1f} {r['ms_per_iter']:8.3f} ms {100 * r['ms_per_iter'] / total:5.1f}%")
+    json.dump({"device": torch.cuda.get_device_name(), "op": op, "shape": shape, "total_ms": total, "kernels": rows},
+              open(out, "w"), indent=1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gla-json", help="gla bench delta --json output (its shapes and ops are the ones timed)")
     ap.add_argument("--fla-only", action="store_true", help="fla alone on the shapes of record and README shapes")
     ap.add_argument("--ops", default="delta,gdn")
+    ap.add_argument("--profile", help="B,T,H,K,V: fla's kernels one by one at this shape (first op of --ops)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
+    if a.profile:
+        fla_profile(a.ops.split(",")[0], [int(x) for x in a.profile.split(",")], a.out)
+        return
     ours = {}
     todo = []
     if a.gla_json:
