@@ -334,6 +334,9 @@ pub fn delta(a: &DeltaArgs) -> Result<bool> {
     let cuda = gla_cuda::Cuda::new().context("opening the CUDA device")?;
     let shapes = if a.shape.is_empty() { default_delta_shapes() } else { a.shape.clone() };
     let hbm = device_line(&cuda, a.reps)?;
+    if gla_cuda::runtime::delta_precision()? == gla_cuda::runtime::DeltaPrecision::Bf16 {
+        println!("delta chunk kernels on one bf16 plane (GLA_DELTA_PRECISION=bf16: fla's storage precision)");
+    }
     let rows = bench_delta(&cuda, &shapes, a.reps, &ops).context("timing the delta ops")?;
     print!("{}", format_delta_rows(&rows, hbm));
     if a.stages {

@@ -90,7 +90,10 @@ fn run_cuda(a: &Args) -> Result<(String, Vec<Row>)> {
     };
     let opts = if a.quick { CheckOptions { long: false, huge: false, ..opts } } else { opts };
     let cuda = gla_cuda::Cuda::new()?;
-    let device = format!("{} ({})", cuda.name(), cuda.arch());
+    let mut device = format!("{} ({})", cuda.name(), cuda.arch());
+    if gla_cuda::runtime::delta_precision()? == gla_cuda::runtime::DeltaPrecision::Bf16 {
+        device += "; delta chunk kernels on one bf16 plane (GLA_DELTA_PRECISION=bf16)";
+    }
     let filter = a.filter.as_deref();
     let mut rows = check(&cuda, opts, filter)?;
     let default_dir = std::path::PathBuf::from("crates/gla-model/tests/fixtures/fla");

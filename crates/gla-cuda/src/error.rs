@@ -72,6 +72,15 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A setting read from the environment (`GLA_DELTA_PRECISION`) has a value the crate does not
+    /// take.
+    #[error("{var}: {reason}")]
+    Setting {
+        /// The variable.
+        var: &'static str,
+        /// What is wrong with it, and the values it takes.
+        reason: String,
+    },
     /// The exchange of NCCL's unique id between the ranks failed or timed out.
     #[error("rendezvous of rank {rank} with {master} failed: {reason}")]
     Rendezvous {

@@ -93,6 +93,59 @@ pub fn cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache").join("gla"))
 }
 
+/// The environment variable that picks the delta rule's bf16 chunk precision
+/// ([`delta_precision`]).
+pub const DELTA_PRECISION_VAR: &str = "GLA_DELTA_PRECISION";
+
+/// How the delta rule's bf16 chunk kernels hold the operands whose chunk form cancels (T =
+/// (I + A)^-1, w, u, v_new, P, dU, ...; docs/kernels.md, "Precision of the bf16 path"). One
+/// choice per process: the kernels are compiled for it ([`program_text`]). On the command line:
+/// `GLA_DELTA_PRECISION=bf16 gla train ...` ([`DELTA_PRECISION_VAR`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeltaPrecision {
+    /// `split`, the default: hi + lo bf16 planes (about 16 bits of mantissa); the case table's
+    /// bf16 tolerance holds on every case.
+    Split,
+    /// `bf16`: one bf16 plane, the storage precision of fla's kernels. About a fifth faster
+    /// (fewer bytes and products); up to 7e-2 off the oracle on the table's ill-conditioned
+    /// cases (negative eigenvalues, betas near 1), where the split form is within 5e-3.
+    Bf16,
+}
+
+/// The process's [`DeltaPrecision`], from [`DELTA_PRECISION_VAR`] (`split` or `bf16`; unset or
+/// empty: `split`), read once.
+///
+/// # Errors
+/// [`Error::Setting`] for any other value.
+pub fn delta_precision() -> Result<DeltaPrecision> {
+    static MODE: std::sync::OnceLock<std::result::Result<DeltaPrecision, String>> = std::sync::OnceLock::new();
+    let mode = MODE.get_or_init(|| {
+        let v = std::env::var(DELTA_PRECISION_VAR).unwrap_or_default();
+        match v.trim() {
+            "" | "split" => Ok(DeltaPrecision::Split),
+            "bf16" => Ok(DeltaPrecision::Bf16),
+            other => Err(format!(
+                "is {other:?}; it takes split (the default: split operands, the case table's precision) or bf16 (one bf16 \
+                 plane, the storage precision of fla's kernels)"
+            )),
+        }
+    });
+    mode.clone().map_err(|reason| Error::Setting { var: DELTA_PRECISION_VAR, reason })
+}
+
+/// The program NVRTC compiles for `src` under precision `p`: [`KernelSource::code`], opened by
+/// `#define DELTA_PLANES 1` for the delta rule's programs under [`DeltaPrecision::Bf16`] (their
+/// split products on one plane, delta/common.cuh). The on-disk cache keys on this text.
+pub fn program_text(src: &KernelSource, p: DeltaPrecision) -> String {
+    let delta = src.headers.iter().any(|h| h.name == crate::kernels::DELTA.name);
+    let code = src.code();
+    if delta && p == DeltaPrecision::Bf16 {
+        format!("#define DELTA_PLANES 1\n{code}")
+    } else {
+        code
+    }
+}
+
 /// Compiles one kernel source with NVRTC to a CUBIN for `arch` (no GPU needed).
 ///
 /// The result is cached on disk under [`cache_dir`], keyed by a hash of the source, the options,
@@ -103,8 +156,16 @@ pub fn cache_dir() -> Option<PathBuf> {
 /// [`Error::NoNvrtc`] when libnvrtc is missing; [`Error::Nvrtc`] with the full log when the source
 /// does not compile.
 pub fn compile_cubin(src: &KernelSource, arch: &str) -> Result<Vec<u8>> {
+    compile_cubin_as(src, arch, delta_precision()?)
+}
+
+/// [`compile_cubin`] under the delta precision `p` rather than the process's.
+///
+/// # Errors
+/// As [`compile_cubin`].
+pub fn compile_cubin_as(src: &KernelSource, arch: &str, p: DeltaPrecision) -> Result<Vec<u8>> {
     let (major, minor) = nvrtc_version()?;
-    let code = src.code();
+    let code = program_text(src, p);
     let options = compile_options(arch);
     let key = fnv1a(&[code.as_bytes(), options.join(" ").as_bytes(), arch.as_bytes(), format!("{major}.{minor}").as_bytes()]);
     let stem = src.name.trim_end_matches(".cu").replace('/', "-");
@@ -155,7 +216,7 @@ pub struct KernelResources {
 pub fn kernel_resources(src: &KernelSource, arch: &str) -> Result<Vec<KernelResources>> {
     let mut options = compile_options(arch);
     options.push("--ptxas-options=-v".into());
-    let (_, log) = compile_with_log(src.name, &src.code(), arch, &options)?;
+    let (_, log) = compile_with_log(src.name, &program_text(src, delta_precision()?), arch, &options)?;
     Ok(parse_ptxas_log(&log))
 }
 
@@ -666,6 +727,18 @@ impl Cuda {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_plane_precision_defines_delta_planes_in_the_delta_programs_only() {
+        for src in kernels::ALL {
+            let delta = src.headers.iter().any(|h| h.name == kernels::DELTA.name);
+            assert_eq!(program_text(src, DeltaPrecision::Split), src.code(), "{}", src.name);
+            let one = program_text(src, DeltaPrecision::Bf16);
+            assert_eq!(one.starts_with("#define DELTA_PLANES 1\n"), delta, "{}", src.name);
+            assert!(one.ends_with(&src.code()), "{}", src.name);
+        }
+        assert!(kernels::ALL.iter().any(|s| s.name == "delta/chunk_bwd.cu" && program_text(s, DeltaPrecision::Bf16) != s.code()));
+    }
 
     #[test]
     fn ptxas_log_gives_each_entrys_resources() {

@@ -4,7 +4,8 @@
 //! `.ci/nvrtc-setup.sh`).
 
 use gla_cuda::kernels::ALL;
-use gla_cuda::runtime::{compile_cubin, nvrtc_available, nvrtc_version, ARCH_HOPPER};
+use gla_cuda::kernels::DELTA;
+use gla_cuda::runtime::{compile_cubin, compile_cubin_as, nvrtc_available, nvrtc_version, DeltaPrecision, ARCH_HOPPER};
 
 /// Whether the compile checks run: false (with a notice) when libnvrtc cannot be loaded, a failure
 /// under `GLA_REQUIRE_NVRTC=1`.
@@ -61,6 +62,13 @@ fn every_kernel_compiles_for_sm90a_and_sm80() {
         }
     }
     assert!(failures.is_empty(), "{} kernel(s) failed to compile:\n{}", failures.len(), failures.join("\n\n"));
+    // the delta programs again on one bf16 plane (GLA_DELTA_PRECISION=bf16), every entry present
+    for src in ALL.iter().filter(|s| s.headers.iter().any(|h| h.name == DELTA.name)) {
+        let cubin = compile_cubin_as(src, ARCH_HOPPER, DeltaPrecision::Bf16).unwrap_or_else(|e| panic!("{} on one plane: {e}", src.name));
+        for e in src.entries {
+            assert!(cubin.windows(e.len()).any(|w| w == e.as_bytes()), "{} on one plane: entry point {e} missing", src.name);
+        }
+    }
     let failures = compile_all("sm_80", &dir);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{} kernel(s) failed to compile for sm_80:\n{}", failures.len(), failures.join("\n\n"));

@@ -18,6 +18,7 @@ use gla_cuda::delta::ops::{self as dops, DeltaDevInputs, DevDeltaProblem};
 use gla_cuda::delta::DeltaAlgo;
 use gla_cuda::dispatch::delta::route;
 use gla_cuda::ops::{bf16_to_f32, f32_to_bf16};
+use gla_cuda::runtime::{delta_precision, DeltaPrecision};
 use gla_cuda::{Cuda, CudaDelta, DeltaOpAlgo, Error, Result};
 
 use crate::cases::{logsigmoid, rel_rmse, Rng};
@@ -106,6 +107,14 @@ fn gate_param_tols(p: &DeltaProblem, r: &Rounded, rb: &DeltaGrads<f64>, tol: f64
     (tol::sum_tol(tol, &ta, hv), tol::sum_tol(tol, da, hv))
 }
 
+/// The tolerance of a row of `algo` on `storage`'s base `tol`: [`tol::GPU_BF16_ONE_PLANE`] for
+/// the bf16 chunked path when the process runs its one-plane precision
+/// (`GLA_DELTA_PRECISION=bf16`), else `tol`.
+fn path_tol(algo: DeltaAlgo, bf16: bool, tol: f64) -> Result<f64> {
+    let one_plane = bf16 && algo == DeltaAlgo::Chunked && delta_precision()? == DeltaPrecision::Bf16;
+    Ok(if one_plane { tol::GPU_BF16_ONE_PLANE } else { tol })
+}
+
 fn opt<T>(x: &[T]) -> Option<&[T]> {
     (!x.is_empty()).then_some(x)
 }
@@ -121,7 +130,7 @@ fn push(out: &mut Vec<Row>, case: &str, path: &'static str, dtype: &'static str,
 fn run_case(cuda: &Arc<Cuda>, name: &str, case: &DeltaCase, seed: u64, decode: bool, out: &mut Vec<Row>) -> Result<()> {
     let d = DeltaCaseData::generate(case, seed)?;
     let p = &d.problem;
-    for (storage, tol) in STORAGES {
+    for (storage, base_tol) in STORAGES {
         let r = Rounded::new(&d, storage);
         let (rf, rb) = r.reference(p)?;
         let (x, dtype, bf16) = (r.inputs(), storage.name(), storage == Storage::Bf16);
@@ -135,6 +144,7 @@ fn run_case(cuda: &Arc<Cuda>, name: &str, case: &DeltaCase, seed: u64, decode: b
             let op = CudaDelta::new(cuda.clone(), algo, bf16);
             let op = if recompute { op.recomputing() } else { op };
             let path = if recompute { "chunk-recompute" } else { label(p, algo, bf16) };
+            let tol = path_tol(if algo == DeltaOpAlgo::Chunked { DeltaAlgo::Chunked } else { DeltaAlgo::Recurrent }, bf16, base_tol)?;
             let f = match op.forward(p, &x, true) {
                 Ok(f) => f,
                 Err(e) => {
@@ -304,6 +314,7 @@ pub fn huge_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
     let s = cuda.stream();
     for algo in [DeltaAlgo::Chunked, DeltaAlgo::Recurrent] {
         let path = route(&p, true, algo).map_or("none", |r| r.label());
+        let tol = path_tol(algo, true, tol::GPU_BF16)?;
         // SAFETY: poisoned before the launch writes it
         let mut o = unsafe { cuda.alloc_uninit::<u16>(p.v_len(), "o") }?;
         gla_cuda::ops::poison(cuda, &mut o)?;
@@ -311,7 +322,7 @@ pub fn huge_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
         let mut ht = unsafe { cuda.alloc_uninit::<f32>(p.state_len(), "ht") }?;
         gla_cuda::ops::poison(cuda, &mut ht)?;
         if let Err(e) = dops::delta_fwd(cuda, algo, &dp, &x, &mut o, Some(&mut ht)).and_then(|()| cuda.sync()) {
-            out.push(Row::failed(&name, path, "bf16", tol::GPU_BF16, e));
+            out.push(Row::failed(&name, path, "bf16", tol, e));
             continue;
         }
         let ho = s.clone_dtoh(&o).map_err(Error::driver("download o"))?;
@@ -324,10 +335,10 @@ pub fn huge_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
             let base = seq % nbase;
             let go: Vec<f32> = ho[seq * per_v..(seq + 1) * per_v].iter().map(|&u| bf16_to_f32(u)).collect();
             let case = format!("{name}-seq{seq}");
-            out.push(Row::new(&case, path, "bf16", "o", rel_rmse(&go, &rf.o[base * per_v..(base + 1) * per_v]), tol::GPU_BF16));
+            out.push(Row::new(&case, path, "bf16", "o", rel_rmse(&go, &rf.o[base * per_v..(base + 1) * per_v]), tol));
             let rht = rf.ht.as_deref().unwrap_or(&[]);
             let e = rel_rmse(&hht[seq * so..(seq + 1) * so], rht.get(base * so..(base + 1) * so).unwrap_or(&[]));
-            out.push(Row::new(&case, path, "bf16", "ht", e, tol::GPU_BF16));
+            out.push(Row::new(&case, path, "bf16", "ht", e, tol));
         }
     }
     Ok(())

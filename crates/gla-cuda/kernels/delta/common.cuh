@@ -14,10 +14,11 @@
 
 #define DPAD 8
 #define DEPS 1e-6f  // the L2-norm epsilon (gla_core::delta::L2_EPS)
-// DELTA_PLANES: the planes of a bf16 split operand (below). 2, the shipped build. 1 builds every
-// split product on its hi plane alone, the storage precision of fla's kernels: a lab build that
-// times what the lo planes cost (their loads, stores and mma terms). It fails the case table's
-// tolerances (docs/kernels.md, "Precision of the bf16 path"); no launcher selects it.
+// DELTA_PLANES: the planes of a bf16 split operand (below). 2, the default. 1 builds every split
+// product on its hi plane alone, the storage precision of fla's kernels (about a fifth faster, up
+// to 7e-2 off the oracle where the chunk form cancels; docs/kernels.md, "Precision of the bf16
+// path"): the runtime defines it for the process's GLA_DELTA_PRECISION=bf16
+// (gla_cuda::runtime::program_text). Entry names are the same in both builds.
 #ifndef DELTA_PLANES
 #define DELTA_PLANES 2
 #endif
