@@ -10,6 +10,8 @@
 //!   multiply-adds, 10x the CPU's;
 //! - [`GPU_BF16`]: bf16 storage of q, k, v, g and do (relative rounding 2^-9 = 2e-3 per element),
 //!   fla's own rule;
+//! - [`GPU_BF16_ONE_PLANE`]: the delta rule's bf16 chunk kernels at fla's storage precision
+//!   (`GLA_DELTA_PRECISION=bf16`), where one bf16 plane meets the chunk form's cancellation;
 //! - [`BITWISE`]: repeat runs must give bitwise equal results (no atomics in the reductions).
 //!
 //! A gradient that is a sum over every row of per-row terms of both signs (the delta rule's
@@ -50,7 +52,7 @@ pub const GPU_F32: f64 = 1e-4;
 /// bf16 GPU storage vs the f64 oracle on the bf16-rounded inputs.
 pub const GPU_BF16: f64 = 5e-3;
 /// bf16 chunked delta-rule rows when the process runs `GLA_DELTA_PRECISION=bf16`
-/// (`gla_cuda::runtime::DeltaPrecision::Bf16`: T, w, u, v_new, P and dU held in one bf16 plane,
+/// (`gla_cuda::runtime::DeltaPrecision::Bf16`: T, w, v_new, P, dU and dw held in one bf16 plane,
 /// the storage precision of fla's kernels). Each of those is rounded once to bf16 (2^-9) where
 /// the chunk form cancels, so the error is that rounding times the cancellation: up to 7.0e-2
 /// on the table (o with negative eigenvalues; 3.3e-2 dbeta at beta ~ 1), where the split form

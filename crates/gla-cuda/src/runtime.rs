@@ -98,7 +98,9 @@ pub fn cache_dir() -> Option<PathBuf> {
 pub const DELTA_PRECISION_VAR: &str = "GLA_DELTA_PRECISION";
 
 /// How the delta rule's bf16 chunk kernels hold the operands whose chunk form cancels (T =
-/// (I + A)^-1, w, u, v_new, P, dU, ...; docs/kernels.md, "Precision of the bf16 path"). One
+/// (I + A)^-1 and its scaled copies, w, v_new, P, dU, dw, ...; u stays f32; docs/kernels.md,
+/// "Precision of the bf16 path"). The host sizes shared memory and workspaces for two planes
+/// in both modes (one plane uses less of each). One
 /// choice per process: the kernels are compiled for it ([`program_text`]). On the command line:
 /// `GLA_DELTA_PRECISION=bf16 gla train ...` ([`DELTA_PRECISION_VAR`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +108,7 @@ pub enum DeltaPrecision {
     /// `split`, the default: hi + lo bf16 planes (about 16 bits of mantissa); the case table's
     /// bf16 tolerance holds on every case.
     Split,
-    /// `bf16`: one bf16 plane, the storage precision of fla's kernels. About a fifth faster
+    /// `bf16`: one bf16 plane, the storage precision of fla's kernels. About a fifth less time
     /// (fewer bytes and products); up to 7e-2 off the oracle on the table's ill-conditioned
     /// cases (negative eigenvalues, betas near 1), where the split form is within 5e-3.
     Bf16,
@@ -120,7 +122,8 @@ pub enum DeltaPrecision {
 pub fn delta_precision() -> Result<DeltaPrecision> {
     static MODE: std::sync::OnceLock<std::result::Result<DeltaPrecision, String>> = std::sync::OnceLock::new();
     let mode = MODE.get_or_init(|| {
-        let v = std::env::var(DELTA_PRECISION_VAR).unwrap_or_default();
+        let v = std::env::var_os(DELTA_PRECISION_VAR).unwrap_or_default();
+        let Some(v) = v.to_str() else { return Err(format!("is not UTF-8 ({v:?}); it takes split or bf16")) };
         match v.trim() {
             "" | "split" => Ok(DeltaPrecision::Split),
             "bf16" => Ok(DeltaPrecision::Bf16),

@@ -5,7 +5,7 @@
 
 use gla_cuda::kernels::ALL;
 use gla_cuda::kernels::DELTA;
-use gla_cuda::runtime::{compile_cubin, compile_cubin_as, nvrtc_available, nvrtc_version, DeltaPrecision, ARCH_HOPPER};
+use gla_cuda::runtime::{compile_cubin_as, nvrtc_available, nvrtc_version, DeltaPrecision, ARCH_HOPPER};
 
 /// Whether the compile checks run: false (with a notice) when libnvrtc cannot be loaded, a failure
 /// under `GLA_REQUIRE_NVRTC=1`.
@@ -23,14 +23,16 @@ fn nvrtc_here() -> bool {
     true
 }
 
-/// Compiles every source for `arch` into a fresh cache directory `dir` (not one a previous build
-/// left behind), checking each cubin's entry points; returns the compile errors.
-fn compile_all(arch: &str, dir: &std::path::Path) -> Vec<String> {
+/// Compiles every source for `arch` under delta precision `p` (every source for the split
+/// default; the delta programs only for one plane) into a fresh cache directory `dir` (not one a
+/// previous build left behind), checking each cubin's entry points; returns the compile errors.
+fn compile_all(arch: &str, p: DeltaPrecision, dir: &std::path::Path) -> Vec<String> {
     std::env::set_var("GLA_CACHE_DIR", dir);
     let (major, minor) = nvrtc_version().expect("nvrtc version");
     let mut failures = Vec::new();
-    for src in ALL {
-        match compile_cubin(src, arch) {
+    let delta = |s: &&gla_cuda::kernels::KernelSource| s.headers.iter().any(|h| h.name == DELTA.name);
+    for src in ALL.iter().filter(|s| p == DeltaPrecision::Split || delta(s)) {
+        match compile_cubin_as(src, arch, p) {
             Ok(cubin) => {
                 assert!(cubin.starts_with(b"\x7fELF"), "{}: NVRTC output is not a cubin (ELF)", src.name);
                 for e in src.entries {
@@ -54,22 +56,21 @@ fn every_kernel_compiles_for_sm90a_and_sm80() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("gla-nvrtc-test-{}", std::process::id()));
-    let failures = compile_all(ARCH_HOPPER, &dir);
+    let failures = compile_all(ARCH_HOPPER, DeltaPrecision::Split, &dir);
     // a second compile must come from the on-disk cache and be identical
     for src in ALL {
-        if let (Ok(a), Ok(b)) = (compile_cubin(src, ARCH_HOPPER), compile_cubin(src, ARCH_HOPPER)) {
+        let again = || compile_cubin_as(src, ARCH_HOPPER, DeltaPrecision::Split);
+        if let (Ok(a), Ok(b)) = (again(), again()) {
             assert_eq!(a, b, "{}: cached cubin differs", src.name);
         }
     }
     assert!(failures.is_empty(), "{} kernel(s) failed to compile:\n{}", failures.len(), failures.join("\n\n"));
-    // the delta programs again on one bf16 plane (GLA_DELTA_PRECISION=bf16), every entry present
-    for src in ALL.iter().filter(|s| s.headers.iter().any(|h| h.name == DELTA.name)) {
-        let cubin = compile_cubin_as(src, ARCH_HOPPER, DeltaPrecision::Bf16).unwrap_or_else(|e| panic!("{} on one plane: {e}", src.name));
-        for e in src.entries {
-            assert!(cubin.windows(e.len()).any(|w| w == e.as_bytes()), "{} on one plane: entry point {e} missing", src.name);
-        }
+    // the delta programs again on one bf16 plane (GLA_DELTA_PRECISION=bf16), for both archs
+    for arch in [ARCH_HOPPER, "sm_80"] {
+        let failures = compile_all(arch, DeltaPrecision::Bf16, &dir);
+        assert!(failures.is_empty(), "{} kernel(s) failed on one plane for {arch}:\n{}", failures.len(), failures.join("\n\n"));
     }
-    let failures = compile_all("sm_80", &dir);
+    let failures = compile_all("sm_80", DeltaPrecision::Split, &dir);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(failures.is_empty(), "{} kernel(s) failed to compile for sm_80:\n{}", failures.len(), failures.join("\n\n"));
 }

@@ -17,6 +17,7 @@ use gla_cpu::delta::DeltaNaive;
 use gla_cuda::delta::ops::{self as dops, DeltaDevInputs, DevDeltaProblem};
 use gla_cuda::delta::DeltaAlgo;
 use gla_cuda::dispatch::delta::route;
+use gla_cuda::dispatch::delta::DeltaPath;
 use gla_cuda::ops::{bf16_to_f32, f32_to_bf16};
 use gla_cuda::runtime::{delta_precision, DeltaPrecision};
 use gla_cuda::{Cuda, CudaDelta, DeltaOpAlgo, Error, Result};
@@ -107,12 +108,13 @@ fn gate_param_tols(p: &DeltaProblem, r: &Rounded, rb: &DeltaGrads<f64>, tol: f64
     (tol::sum_tol(tol, &ta, hv), tol::sum_tol(tol, da, hv))
 }
 
-/// The tolerance of a row of `algo` on `storage`'s base `tol`: [`tol::GPU_BF16_ONE_PLANE`] for
-/// the bf16 chunked path when the process runs its one-plane precision
-/// (`GLA_DELTA_PRECISION=bf16`), else `tol`.
-fn path_tol(algo: DeltaAlgo, bf16: bool, tol: f64) -> Result<f64> {
-    let one_plane = bf16 && algo == DeltaAlgo::Chunked && delta_precision()? == DeltaPrecision::Bf16;
-    Ok(if one_plane { tol::GPU_BF16_ONE_PLANE } else { tol })
+/// The tolerance of a row of `algo` on `storage`'s base `tol`: [`tol::GPU_BF16_ONE_PLANE`] where
+/// the route `algo` takes for `p` in bf16 runs the chunk kernels and the process runs their
+/// one-plane precision (`GLA_DELTA_PRECISION=bf16`), else `tol` (a chunked request that falls
+/// back to the recurrent kernel keeps it).
+fn path_tol(p: &DeltaProblem, algo: DeltaAlgo, bf16: bool, tol: f64) -> Result<f64> {
+    let chunk = bf16 && route(p, true, algo).is_ok_and(|r| matches!(r.path, DeltaPath::Chunk { .. }));
+    Ok(if chunk && delta_precision()? == DeltaPrecision::Bf16 { tol::GPU_BF16_ONE_PLANE } else { tol })
 }
 
 fn opt<T>(x: &[T]) -> Option<&[T]> {
@@ -144,7 +146,7 @@ fn run_case(cuda: &Arc<Cuda>, name: &str, case: &DeltaCase, seed: u64, decode: b
             let op = CudaDelta::new(cuda.clone(), algo, bf16);
             let op = if recompute { op.recomputing() } else { op };
             let path = if recompute { "chunk-recompute" } else { label(p, algo, bf16) };
-            let tol = path_tol(if algo == DeltaOpAlgo::Chunked { DeltaAlgo::Chunked } else { DeltaAlgo::Recurrent }, bf16, base_tol)?;
+            let tol = path_tol(p, if algo == DeltaOpAlgo::Chunked { DeltaAlgo::Chunked } else { DeltaAlgo::Recurrent }, bf16, base_tol)?;
             let f = match op.forward(p, &x, true) {
                 Ok(f) => f,
                 Err(e) => {
@@ -314,7 +316,7 @@ pub fn huge_check(cuda: &Arc<Cuda>, out: &mut Vec<Row>) -> Result<()> {
     let s = cuda.stream();
     for algo in [DeltaAlgo::Chunked, DeltaAlgo::Recurrent] {
         let path = route(&p, true, algo).map_or("none", |r| r.label());
-        let tol = path_tol(algo, true, tol::GPU_BF16)?;
+        let tol = path_tol(&p, algo, true, tol::GPU_BF16)?;
         // SAFETY: poisoned before the launch writes it
         let mut o = unsafe { cuda.alloc_uninit::<u16>(p.v_len(), "o") }?;
         gla_cuda::ops::poison(cuda, &mut o)?;

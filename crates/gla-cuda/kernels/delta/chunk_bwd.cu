@@ -99,7 +99,7 @@ __device__ __forceinline__ void wg_dmg_mma(float (&acc)[NT][4], unsigned a, unsi
         const unsigned oa = TA ? 2048u * kk : 32u * kk, lbo = TA ? 8192u : 16u;
         const unsigned long long db = wg_desc(b + 2048u * kk, 8192, 1024);
         wg_mma_frag<NT, TA, 1>(acc, wg_desc(a + oa, lbo, 1024), db);
-        if (DELTA_PLANES == 2) wg_mma_frag<NT, TA, 1>(acc, wg_desc(al + oa, lbo, 1024), db);
+        if (Sp<bf16_t>::SP == 2) wg_mma_frag<NT, TA, 1>(acc, wg_desc(al + oa, lbo, 1024), db);
     }
     wg_commit();
     wg_wait0();

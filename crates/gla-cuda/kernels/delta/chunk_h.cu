@@ -209,7 +209,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             constexpr int NT = BV / 16;
             const int mt = wp & 3, n1 = (wp >> 2) * (BV / 2);
             const E* sT = sW;
-            const E* sTl = sT + 64 * LDT;
+            const E* sTl = sT + (SP - 1) * 64 * LDT;
             const E* sVc = sKc + 64 * LK;
             const float* sBt = sRk + 64;
             float acc[NT][4];

@@ -15,12 +15,15 @@
 #define DPAD 8
 #define DEPS 1e-6f  // the L2-norm epsilon (gla_core::delta::L2_EPS)
 // DELTA_PLANES: the planes of a bf16 split operand (below). 2, the default. 1 builds every split
-// product on its hi plane alone, the storage precision of fla's kernels (about a fifth faster, up
+// product on its hi plane alone, the storage precision of fla's kernels (a fifth less time, up
 // to 7e-2 off the oracle where the chunk form cancels; docs/kernels.md, "Precision of the bf16
 // path"): the runtime defines it for the process's GLA_DELTA_PRECISION=bf16
 // (gla_cuda::runtime::program_text). Entry names are the same in both builds.
 #ifndef DELTA_PLANES
 #define DELTA_PLANES 2
+#endif
+#if DELTA_PLANES != 1 && DELTA_PLANES != 2
+#error "DELTA_PLANES is 1 or 2"
 #endif
 
 #ifndef DELTA_EMU
@@ -30,9 +33,9 @@
 
 // Split operands: a bf16 product whose operands carry cancellation (T = (I + A)^-1, w, v_new,
 // dU, P, ...) runs on hi + lo planes (x = hi + lo, both bf16: ~16 bits of mantissa), as
-// hi * hi + lo * hi + hi * lo (wgemm2). SP: planes of a split tensor (2 for bf16, 1 for f32,
-// whose products are exact FMA); a split global tensor holds its lo plane `plane` elements after
-// its hi plane.
+// hi * hi + lo * hi + hi * lo (wgemm2). SP: planes of a split tensor (DELTA_PLANES for bf16, 1
+// for f32, whose products are exact FMA); a split global tensor holds its lo plane `plane`
+// elements after its hi plane (with one plane the lo pointers alias hi and nothing reads them).
 template <typename E>
 struct Sp {
     static constexpr int SP = sizeof(E) == 2 ? DELTA_PLANES : 1;
@@ -45,7 +48,7 @@ template <typename E> __device__ __forceinline__ E cvt(float x);
 template <> __device__ __forceinline__ float cvt<float>(float x) { return x; }
 template <> __device__ __forceinline__ bf16_t cvt<bf16_t>(float x) { return f2bf(x); }
 
-// x into hi (and, bf16, lo = x - hi) at index i of two smem tiles (f32: hi only)
+// x into hi (and, bf16 on two planes, lo = x - hi) at index i of two smem tiles (else hi only)
 template <typename E>
 __device__ __forceinline__ void st2(E* hi, E* lo, int i, float x) {
     if constexpr (Sp<E>::SP == 1) {
@@ -253,7 +256,8 @@ __device__ __forceinline__ void wgemm(float (&acc)[NT][4], const float* A, int l
 
 // acc += op(A + Al) op(B + Bl) without the lo * lo term: per 16-deep step A * B, then Al * B (al)
 // and A * Bl (bl) for bf16, each fragment of A, Al, B, Bl loaded from shared memory once and fed
-// to every term that reads it; f32 storage runs A * B alone (exact enough: FMA on f32 operands).
+// to every term that reads it; f32 storage runs A * B alone (exact enough: FMA on f32 operands),
+// and so does bf16 on one plane (DELTA_PLANES 1: al, bl off).
 template <bool AT, bool BT, int NT, typename E>
 __device__ __forceinline__ void wgemm2(float (&acc)[NT][4], const E* A, const E* Al, int lda, int m0, const E* B, const E* Bl, int ldb,
                                         int n0, int kc, int lane, bool al, bool bl) {
