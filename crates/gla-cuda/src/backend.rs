@@ -1287,13 +1287,12 @@ impl Primitives for Gpu {
         m: usize,
         dscale: f32,
     ) -> Result<(f64, usize)> {
-        let st = self.cuda.stream();
         let (dl, lp, cp, lg, tp) = (self.p(dlogits), self.p(&rows.loss), self.p(&rows.correct), self.p(logits), self.p(&rows.targets));
         let (mi, vi) = (m as i64, self.dims.vocab as i32);
         launch!(self, "cross_entropy", rows_block(m), dl, lp, cp, lg, tp, mi, vi, dscale);
         // the one synchronisation of a training forward: the loss is read on the host
-        let loss = st.clone_dtoh(&rows.loss.slice(0..m)).map_err(Error::driver("download loss"))?;
-        let correct = st.clone_dtoh(&rows.correct.slice(0..m)).map_err(Error::driver("download accuracy"))?;
+        let loss = self.cuda.download(&rows.loss.slice(0..m), "loss")?;
+        let correct = self.cuda.download(&rows.correct.slice(0..m), "accuracy")?;
         Ok((loss.iter().map(|&x| f64::from(x)).sum(), correct.iter().filter(|&&x| x != 0).count()))
     }
     fn lm_head_bwd(

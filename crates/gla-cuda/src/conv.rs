@@ -169,9 +169,5 @@ pub fn short_conv(
     fwd(cuda, ptr(cuda, &y), xp, wp, cache_d.as_ref().map_or(0, |c| ptr(cuda, c)), s, silu, path)?;
     bwd(cuda, ptr(cuda, &dx), ptr(cuda, &part), ptr(cuda, &gw), ptr(cuda, &ddy), xp, wp, s, silu, path)?;
     cuda.sync()?;
-    Ok(ConvRun {
-        y: cuda.download(&y, "download conv y")?,
-        dx: cuda.download(&dx, "download conv dx")?,
-        dw: cuda.download(&gw, "download conv dw")?,
-    })
+    Ok(ConvRun { y: cuda.download(&y, "conv y")?, dx: cuda.download(&dx, "conv dx")?, dw: cuda.download(&gw, "conv dw")? })
 }

@@ -97,7 +97,7 @@ pub fn wgmma_gemm(cuda: &Cuda, a: &[u16], b: &[u16], (m, n, k): (usize, usize, u
     // and M N elements the grid reads and writes (checked above)
     unsafe { cuda.launch("lab_wgmma_gemm_bf16", cfg, &[&da, &db, &dc, &mi, &ni, &ki, &tb, &ra, &lbo, &sbo])? };
     cuda.sync()?;
-    cuda.stream().clone_dtoh(&dc).map_err(Error::driver("download lab C"))
+    cuda.download(&dc, "lab C")
 }
 
 /// C `[M, N]` f32 = A B^T on `lab_wgmma_gemm64_bf16` (m64n64k16, one warpgroup per 64 x 64 tile
@@ -128,5 +128,5 @@ pub fn wgmma_gemm64(
     // N K and M N elements the grid reads and writes (checked above)
     unsafe { cuda.launch("lab_wgmma_gemm64_bf16", cfg, &[&da, &db, &dc, &mi, &ni, &ki, &ta, &tb, &h])? };
     cuda.sync()?;
-    cuda.stream().clone_dtoh(&dc).map_err(Error::driver("download lab C"))
+    cuda.download(&dc, "lab C")
 }

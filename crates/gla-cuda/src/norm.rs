@@ -189,11 +189,7 @@ pub fn rms_norm(cuda: &Cuda, x: &[f32], w: &[f32], dy: &[f32], dx0: &[f32], n: u
     unsafe { cuda.launch("rmsnorm_fwd", rows_warp(n).config(cuda), &[&yp, &rp, &xp, &wp, &ni, &di, &eps])? };
     rms_bwd(cuda, p(&dx), p(&part), p(&gw), p(&ddy), xp, rp, wp, n, d, true, path)?;
     cuda.sync()?;
-    Ok(RmsRun {
-        y: cuda.download(&y, "download norm y")?,
-        dx: cuda.download(&dx, "download norm dx")?,
-        dw: cuda.download(&gw, "download norm dw")?,
-    })
+    Ok(RmsRun { y: cuda.download(&y, "norm y")?, dx: cuda.download(&dx, "norm dx")?, dw: cuda.download(&gw, "norm dw")? })
 }
 
 /// The gated norm's forward and backward on host data, both on `path`: `o`, `g` (optional) bf16
@@ -233,9 +229,9 @@ pub fn gated_norm(
     gated_bwd(cuda, ptr(cuda, &d_o), dgp, ptr(cuda, &part), ptr(cuda, &gw), ptr(cuda, &ddy), op, gp, rp, wp, rows, v, act, path)?;
     cuda.sync()?;
     Ok(GatedRun {
-        y: cuda.download(&y, "download norm y")?,
-        d_o: cuda.download(&d_o, "download norm do")?,
-        dg: cuda.download(&dg, "download norm dg")?,
-        dw: cuda.download(&gw, "download norm dw")?,
+        y: cuda.download(&y, "norm y")?,
+        d_o: cuda.download(&d_o, "norm do")?,
+        dg: cuda.download(&dg, "norm dg")?,
+        dw: cuda.download(&gw, "norm dw")?,
     })
 }

@@ -7,7 +7,7 @@ use cudarc::driver::CudaSlice;
 use gla_core::op::GlaOp;
 use gla_core::{Backward, Forward, GateKind, Grads, Inputs, Problem};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ops::{self, DevInputs, DevProblem, Elem, FwdKernel};
 use crate::runtime::Cuda;
 
@@ -47,7 +47,7 @@ impl CudaGla {
         self.cuda.upload(&h, what)
     }
     fn down<T: Elem>(&self, x: &CudaSlice<T>, what: &'static str) -> Result<Vec<f32>> {
-        let h = self.cuda.stream().clone_dtoh(x).map_err(Error::driver(format!("download {what}")))?;
+        let h = self.cuda.download(x, what)?;
         Ok(h.into_iter().map(Elem::to_f32).collect())
     }
     fn poisoned<T: Elem>(&self, len: usize, what: &'static str) -> Result<CudaSlice<T>> {

@@ -628,12 +628,13 @@ impl Cuda {
         self.counted(host.len(), self.stream.clone_htod(host), || format!("upload {what} ({} elements)", host.len()))
     }
 
-    /// A host copy of the device buffer `src` (waits for the work queued before it).
+    /// A host copy of the device buffer or view `src` (waits for the work queued before it);
+    /// `what` names it in the error, as `download <what>`.
     ///
     /// # Errors
     /// [`Error::Driver`].
-    pub fn download<T: DeviceRepr + Default + Clone>(&self, src: &CudaSlice<T>, what: &'static str) -> Result<Vec<T>> {
-        self.stream.clone_dtoh(src).map_err(Error::driver(what))
+    pub fn download<T: DeviceRepr, S: DevicePtr<T>>(&self, src: &S, what: impl std::fmt::Display) -> Result<Vec<T>> {
+        self.stream.clone_dtoh(src).map_err(Error::driver(format!("download {what}")))
     }
 
     /// A new device buffer holding a copy of the device buffer or view `src` (stream-ordered),

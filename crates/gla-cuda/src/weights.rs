@@ -253,7 +253,7 @@ impl GpuWeights {
         st.wait(&s.done).map_err(Error::driver("order the model stream"))?;
         s.ready.record(st).map_err(Error::driver("record event"))?;
         s.comm.wait_event(&s.ready, "all-reduce of the loss")?;
-        let out = st.clone_dtoh(&stats.slice(0..v.len())).map_err(Error::driver("download statistics"))?;
+        let out = self.gpu.cuda.download(&stats.slice(0..v.len()), "statistics")?;
         v.copy_from_slice(&out);
         Ok(())
     }
@@ -294,7 +294,7 @@ impl GpuWeights {
     /// [`Error::Driver`].
     pub fn params_to_host(&self) -> Result<Vec<f32>> {
         self.trainable("downloading the f32 weights")?;
-        self.gpu.cuda.stream().clone_dtoh(&self.gpu.master).map_err(Error::driver("download weights"))
+        self.gpu.cuda.download(&self.gpu.master, "weights")
     }
 
     /// Downloads the first `n` elements of a device buffer (logits of a forward).
@@ -302,7 +302,7 @@ impl GpuWeights {
     /// # Errors
     /// [`Error::Driver`].
     pub fn download_f32(&self, buf: &CudaSlice<f32>, n: usize, what: &str) -> Result<Vec<f32>> {
-        self.gpu.cuda.stream().clone_dtoh(&buf.slice(0..n)).map_err(|source| Error::Driver { what: format!("download {what}"), source })
+        self.gpu.cuda.download(&buf.slice(0..n), what)
     }
 
     /// Downloads the accumulated gradients (parameter table order).
@@ -312,7 +312,7 @@ impl GpuWeights {
     pub fn grads_to_host(&self) -> Result<Vec<f32>> {
         self.trainable("downloading gradients")?;
         self.wait_reduced("waiting for the gradient all-reduce")?;
-        self.gpu.cuda.stream().clone_dtoh(&self.grads).map_err(Error::driver("download gradients"))
+        self.gpu.cuda.download(&self.grads, "gradients")
     }
 
     /// Zeroes the gradient arena (between optimizer steps).
@@ -365,7 +365,6 @@ impl GpuWeights {
     pub fn grad_norm(&mut self) -> Result<f64> {
         self.trainable("gradient norm")?;
         let g = &self.gpu;
-        let st = g.cuda.stream().clone();
         // per-block partial sums after the result slot, added in block order (bitwise repeatable)
         let cfg = flat(self.grads.len()).config(&g.cuda);
         let blocks = cfg.grid_dim.0 as i32;
@@ -375,7 +374,7 @@ impl GpuWeights {
         launch!(g, "sum_f64", LaunchConfig { grid_dim: (1, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: 0 }, o, part, blocks);
         // after a reducing backward this read waits for the sums: with the timeout, not forever
         self.wait_reduced("waiting for the gradient all-reduce")?;
-        let v = st.clone_dtoh(&self.norm_buf.slice(0..1)).map_err(Error::driver("download norm"))?;
+        let v = self.gpu.cuda.download(&self.norm_buf.slice(0..1), "norm")?;
         Ok(v[0].sqrt())
     }
 
@@ -421,9 +420,8 @@ impl GpuWeights {
     /// [`Error::Driver`].
     pub fn moments_to_host(&self) -> Result<Option<HostMoments>> {
         let Some(mo) = &self.moments else { return Ok(None) };
-        let st = self.gpu.cuda.stream();
-        let m = st.clone_dtoh(&mo.m).map_err(Error::driver("download AdamW m"))?;
-        let v = st.clone_dtoh(&mo.v).map_err(Error::driver("download AdamW v"))?;
+        let m = self.gpu.cuda.download(&mo.m, "AdamW m")?;
+        let v = self.gpu.cuda.download(&mo.v, "AdamW v")?;
         Ok(Some((m, v, mo.step)))
     }
 

@@ -8,7 +8,7 @@ use cudarc::driver::CudaSlice;
 use gla_core::{AttnCacheLayout, AttnForward, AttnGrads, AttnInputs, AttnOp, AttnProblem};
 
 use super::ops::{self, AttnDevInputs, AttnKvCache, DevAttnProblem};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ops::{bf16_to_f32, f32_to_bf16, poison};
 use crate::runtime::Cuda;
 
@@ -52,11 +52,11 @@ impl CudaAttn {
         self.cuda.upload(&bf(x), what)
     }
     fn down_bf(&self, x: &CudaSlice<u16>, n: usize, what: &'static str) -> Result<Vec<f32>> {
-        let h = self.cuda.stream().clone_dtoh(x).map_err(Error::driver(format!("download {what}")))?;
+        let h = self.cuda.download(x, what)?;
         Ok(h.into_iter().take(n).map(bf16_to_f32).collect())
     }
     fn down_f32(&self, x: &CudaSlice<f32>, n: usize, what: &'static str) -> Result<Vec<f32>> {
-        let mut h = self.cuda.stream().clone_dtoh(x).map_err(Error::driver(format!("download {what}")))?;
+        let mut h = self.cuda.download(x, what)?;
         h.truncate(n);
         Ok(h)
     }

@@ -529,8 +529,8 @@ impl VisionOps for Gpu {
         let (dp, lp, mi, ci) = (self.p(dlogits), self.p(logits), m as i64, classes as i32);
         launch!(self, "smoothed_xent", rows_warp(m), dp, loss, correct, lp, lab, mi, ci, eps, dscale);
         let (Some(lv), Some(cv)) = (&s.loss, &s.correct) else { return Err(unsupported("vision scratch".into())) };
-        let lv = st.clone_dtoh(&lv.slice(0..m)).map_err(Error::driver("download losses"))?;
-        let cv = st.clone_dtoh(&cv.slice(0..m)).map_err(Error::driver("download correct"))?;
+        let lv = self.cuda.download(&lv.slice(0..m), "losses")?;
+        let cv = self.cuda.download(&cv.slice(0..m), "correct")?;
         Ok((lv.iter().map(|&x| f64::from(x)).sum(), cv.iter().filter(|&&c| c != 0).count()))
     }
 }

@@ -9,7 +9,7 @@ use gla_core::op::first_bad;
 
 use super::ops::{bidir_bwd, bidir_fwd, BidirDevInputs, BidirDevProblem};
 use crate::dispatch::bidir::BidirAlgo;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ops::{self, Elem};
 use crate::runtime::Cuda;
 
@@ -34,7 +34,7 @@ impl CudaBidir {
         self.cuda.upload(&h, what)
     }
     fn down<T: Elem>(&self, x: &CudaSlice<T>, n: usize, what: &'static str) -> Result<Vec<f32>> {
-        let h = self.cuda.stream().clone_dtoh(x).map_err(Error::driver(format!("download {what}")))?;
+        let h = self.cuda.download(x, what)?;
         Ok(h.into_iter().take(n).map(Elem::to_f32).collect())
     }
     fn inputs<T: Elem>(&self, x: &BidirInputs<'_, f32>) -> Result<[CudaSlice<T>; 5]> {

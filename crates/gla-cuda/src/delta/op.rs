@@ -9,7 +9,7 @@ use gla_core::{Backward, DeltaGate, DeltaGrads, DeltaInputs, DeltaProblem, Delta
 
 use super::ops::{self, DeltaDevInputs, DevDeltaProblem};
 use crate::dispatch::delta::DeltaAlgo;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::ops::{poison, Elem};
 use crate::runtime::Cuda;
 
@@ -86,7 +86,7 @@ impl CudaDelta {
         self.cuda.upload(&h, what)
     }
     fn down<T: Elem>(&self, x: &CudaSlice<T>, n: usize, what: &'static str) -> Result<Vec<f32>> {
-        let h = self.cuda.stream().clone_dtoh(x).map_err(Error::driver(format!("download {what}")))?;
+        let h = self.cuda.download(x, what)?;
         Ok(h.into_iter().take(n).map(Elem::to_f32).collect())
     }
     fn poisoned<T: Elem>(&self, len: usize, what: &'static str) -> Result<CudaSlice<T>> {
