@@ -99,10 +99,10 @@ pub const DELTA_PRECISION_VAR: &str = "GLA_DELTA_PRECISION";
 
 /// How the delta rule's bf16 chunk kernels hold the operands whose chunk form cancels (T =
 /// (I + A)^-1 and its scaled copies, w, v_new, P, dU, dw, ...; u stays f32; docs/kernels.md,
-/// "Precision of the bf16 path"). The host sizes shared memory and workspaces for two planes
-/// in both modes (one plane uses less of each). One
-/// choice per process: the kernels are compiled for it ([`program_text`]). On the command line:
-/// `GLA_DELTA_PRECISION=bf16 gla train ...` ([`DELTA_PRECISION_VAR`]).
+/// "Precision of the bf16 path"). One choice per process: the kernels are compiled for it
+/// ([`program_text`]). On the command line: `GLA_DELTA_PRECISION=bf16 gla train ...`
+/// ([`DELTA_PRECISION_VAR`]). The host sizes shared memory and workspaces for two planes in
+/// both modes (one plane uses less of each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeltaPrecision {
     /// `split`, the default: hi + lo bf16 planes (about 16 bits of mantissa); the case table's
