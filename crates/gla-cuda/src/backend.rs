@@ -53,6 +53,8 @@ use crate::dispatch::attn as attn_disp;
 use crate::dispatch::delta::DELTA_MAX_K;
 use crate::dist::Comm;
 use crate::error::{Error, Result};
+/// The typed "not on the GPU" error, for this module's callers too.
+pub(crate) use crate::ops::unsupported;
 use crate::ops::{self, DevGradsMut, DevInputs, DevProblem, FwdKernel, GlaWorkspace};
 use crate::runtime::Cuda;
 
@@ -436,10 +438,6 @@ pub(crate) fn head_plan(dm: &GlaDims) -> Result<HeadPlan> {
         return Err(unsupported(format!("head value dim {} is not a multiple of {split} (split into heads of <= {MAX_HEAD})", dm.head_v)));
     }
     Ok(HeadPlan { split, rq: split, rk: dm.groups() * split, rv: dm.groups() })
-}
-
-pub(crate) fn unsupported(what: String) -> Error {
-    Error::Op(gla_core::Error::Unsupported { backend: "cuda", what })
 }
 
 /// The gradient all-reduce of data-parallel [`crate::GpuWeights`]: the backward finishes the gradient

@@ -10,21 +10,10 @@ use gla_core::{AttnCacheLayout, AttnProblem};
 
 use crate::dispatch::attn as da;
 use crate::error::{Error, Result};
+use crate::ops::{check_len, unsupported};
 use crate::runtime::Cuda;
 
 const L2E: f64 = std::f64::consts::LOG2_E;
-
-fn unsupported(what: String) -> Error {
-    Error::Op(gla_core::Error::Unsupported { backend: "cuda", what })
-}
-
-fn check_len(op: &'static str, tensor: &'static str, expected: usize, got: usize) -> Result<()> {
-    if expected == got {
-        Ok(())
-    } else {
-        Err(Error::Op(gla_core::Error::ShapeMismatch { op, tensor, expected: format!("{expected} elements"), numel: expected, got }))
-    }
-}
 
 /// A workspace holds at least `least` elements (one sized for another kernel may be larger).
 fn check_at_least(op: &'static str, tensor: &'static str, least: usize, got: usize) -> Result<()> {

@@ -16,20 +16,8 @@ use gla_core::{DeltaGate, DeltaProblem};
 
 use crate::dispatch::delta::{self as dd, DeltaAlgo, DeltaPath, DeltaSmem, DeltaWorkspaceLens, DELTA_BT, REC_BV};
 use crate::error::{Error, Result};
-use crate::ops::{poison, Elem};
+use crate::ops::{check_len, poison, unsupported, Elem};
 use crate::runtime::{Cuda, NULL};
-
-fn unsupported(what: String) -> Error {
-    Error::Op(gla_core::Error::Unsupported { backend: "cuda", what })
-}
-
-fn check_len(op: &'static str, tensor: &'static str, expected: usize, got: usize) -> Result<()> {
-    if expected == got {
-        Ok(())
-    } else {
-        Err(Error::Op(gla_core::Error::ShapeMismatch { op, tensor, expected: format!("{expected} elements"), numel: expected, got }))
-    }
-}
 
 fn is_bf16<T: Elem>() -> bool {
     T::SUFFIX == "bf16"
