@@ -7,6 +7,7 @@ use cudarc::driver::LaunchConfig;
 
 use crate::backend::{col_finalize, col_gy, flat, ptr, MAX_CONV, THREADS};
 use crate::error::{Error, Result};
+use crate::ops::check_lens;
 use crate::runtime::Cuda;
 
 /// Rows one block of the vectorized kernels covers: `CONV_WARPS x CONV_RS` in conv.cu.
@@ -102,17 +103,6 @@ pub(crate) fn bwd(cuda: &Cuda, dx: u64, part: u64, gw: u64, dy: u64, x: u64, w: 
         col_gy(n)
     };
     col_finalize(cuda, gw, part, gy, s.c * s.width)
-}
-
-/// Host buffers' lengths for the check-facing entry points: `(tensor, got, expected numel)`
-/// each, `shape` the shape they belong to as the error names it.
-pub(crate) fn check_lens(op: &'static str, checks: &[(&'static str, usize, usize)], shape: &str) -> Result<()> {
-    for &(tensor, got, numel) in checks {
-        if got != numel {
-            return Err(Error::Op(gla_core::Error::ShapeMismatch { op, tensor, expected: shape.to_string(), numel, got }));
-        }
-    }
-    Ok(())
 }
 
 /// What [`short_conv`] returns: the forward's `y` (bf16 bits, `[b * t, c]`), the backward's

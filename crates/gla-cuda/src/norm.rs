@@ -8,8 +8,9 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 use gla_core::dims::GateAct;
 
 use crate::backend::{col_finalize, col_gy, cols, ptr, rows_warp, THREADS};
-use crate::conv::{check_lens, NnPath as Path};
+use crate::conv::NnPath as Path;
 use crate::error::Result;
+use crate::ops::check_lens;
 use crate::runtime::Cuda;
 
 /// Rows one block of the vectorized backward covers before the grid strides (8 warps x 8).

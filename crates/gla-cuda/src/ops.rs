@@ -121,6 +121,17 @@ pub(crate) fn check_len(op: &'static str, tensor: &'static str, expected: usize,
     }
 }
 
+/// Host buffers' lengths for the check-facing entry points: `(tensor, got, expected numel)`
+/// each, `shape` the shape they belong to as the error names it.
+pub(crate) fn check_lens(op: &'static str, checks: &[(&'static str, usize, usize)], shape: &str) -> Result<()> {
+    for &(tensor, got, numel) in checks {
+        if got != numel {
+            return Err(Error::Op(gla_core::Error::ShapeMismatch { op, tensor, expected: shape.to_string(), numel, got }));
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn unsupported(what: String) -> Error {
     Error::Op(gla_core::Error::Unsupported { backend: "cuda", what })
 }
