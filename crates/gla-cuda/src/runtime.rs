@@ -101,8 +101,8 @@ pub const DELTA_PRECISION_VAR: &str = "GLA_DELTA_PRECISION";
 /// (I + A)^-1 and its scaled copies, w, v_new, P, dU, dw, ...; u stays f32; docs/kernels.md,
 /// "Precision of the bf16 path"). One choice per process: the kernels are compiled for it
 /// ([`program_text`]). On the command line: `GLA_DELTA_PRECISION=bf16 gla train ...`
-/// ([`DELTA_PRECISION_VAR`]). The host sizes shared memory and workspaces for two planes in
-/// both modes (one plane uses less of each).
+/// ([`DELTA_PRECISION_VAR`]). Shared memory and workspaces follow the planes of the mode
+/// ([`crate::dispatch::delta::planes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeltaPrecision {
     /// `split`, the default: hi + lo bf16 planes (about 16 bits of mantissa); the case table's

@@ -481,18 +481,6 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
     const idx_t wplane = nch * HV * 64 * KP, vplane = nch * HV * 64 * VP, tplane = nch * HV * 4096;
-    ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
-    tile_ld<E>(sDw, LK, dw + c.oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
-    tile_ld<E>(sT, LDT, tm + c.oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
-    if (SP == 2) {
-        tile_ld<E>(sDwl, LK, dw + wplane + c.oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
-        tile_ld<E>(sTl, LDT, tm + tplane + c.oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
-    }
-    ld_g64(sG, g2 + c.oc * 64, tid);
-    cp_commit();
-    if (tid < 64) sB[tid] = tid < c.L ? bt[(c.r0 + tid) * HV + c.hv] : 0.f;
-    ld_rf(sR, rk, c.r0, c.L, c.h, H, tid);
-    const int mt = wp & 3, n1 = (wp >> 2) * 32;
     auto ld_vt = [&](int v0) {
         ld_v<E>(sV, LDT, v, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
         const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
@@ -500,24 +488,35 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         if (SP == 2) tile_ld<E>(sDul, LDT, du + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
         cp_commit();
     };
+    // Three groups of loads, so that products start before the last bytes land: T with the
+    // first V tile (what its products read), then K, dw and G (read after that tile's products),
+    // then each later V tile, issued once the tile before it is consumed.
+    tile_ld<E>(sT, LDT, tm + c.oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+    if (SP == 2) tile_ld<E>(sTl, LDT, tm + tplane + c.oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+    ld_vt(0);
+    ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
+    tile_ld<E>(sDw, LK, dw + c.oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
+    if (SP == 2) tile_ld<E>(sDwl, LK, dw + wplane + c.oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
+    ld_g64(sG, g2 + c.oc * 64, tid);
+    cp_commit();
+    if (tid < 64) sB[tid] = tid < c.L ? bt[(c.r0 + tid) * HV + c.hv] : 0.f;
+    ld_rf(sR, rk, c.r0, c.L, c.h, H, tid);
+    const int mt = wp & 3, n1 = (wp >> 2) * 32;
     float rb[2] = {0.f, 0.f}, rg[2] = {0.f, 0.f};
     {
-        // per V tile: dT += (dU V^T) beta_s; dv = beta T^T dU, dbeta += rowsum(V * T^T dU); then
-        // dT += (dw Kn^T) beta_s exp(G_s)
+        // per V tile: dT += (dU V^T) beta_s; dv = beta T^T dU, dbeta += rowsum(V * T^T dU); after
+        // the first tile, while the second loads: dT += (dw Kn^T) beta_s exp(G_s)
         float a1[4][4], a2[4][4];
         frag_zero(a1);
         frag_zero(a2);
         for (int v0 = 0; v0 < VP; v0 += 64) {
-            ld_vt(v0);
-            cp_wait0();
+            if (v0 == 0) {
+                cp_wait<1>();
+            } else {
+                cp_wait0();
+            }
             __syncthreads();
             wgemm2<false, true, 4>(a1, sDu, sDul, LDT, 16 * mt, sV, sV, LDT, n1, 64, lane, true, false);
-            if (v0 == 0) {
-                // 32 deep at a time (register pressure at two blocks per SM)
-                #pragma unroll 1
-                for (int k0 = 0; k0 < KP; k0 += 32)
-                    wgemm2<false, true, 4>(a2, sDw + k0, sDwl + k0, LK, 16 * mt, sK + k0, sK + k0, LK, n1, 32, lane, true, false);
-            }
             float acc[4][4];
             frag_zero(acc);
             wgemm2<true, false, 4>(acc, sT, sTl, LDT, 16 * mt, sDu, sDul, LDT, n1, 64, lane, true, true);
@@ -531,7 +530,15 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
                                 sB[t] * acc[nt][e + 1]);
                 }
             }
-            __syncthreads();
+            if (v0 == 0) cp_wait0();  // K, dw, G (no later tile is in flight yet)
+            __syncthreads();          // the tile is consumed: the next may land on it
+            if (v0 + 64 < VP) ld_vt(v0 + 64);
+            if (v0 == 0) {
+                // 32 deep at a time (register pressure at two blocks per SM)
+                #pragma unroll 1
+                for (int k0 = 0; k0 < KP; k0 += 32)
+                    wgemm2<false, true, 4>(a2, sDw + k0, sDwl + k0, LK, 16 * mt, sK + k0, sK + k0, LK, n1, 32, lane, true, false);
+            }
         }
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
@@ -608,7 +615,19 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     }
     // dk += beta exp(G) T^T dw + dAb Kn + dAb^T Kn; dbeta, dG += (exp(G), beta exp(G)) kn . T^T dw
     const idx_t o_k = (c.r0 * HV + c.hv) * (idx_t)K;
+    // dk's pairs (f32, from delta_dqkw) are read before the products, so that the reads' latency
+    // runs under them; the odd-K and tail cases read in place below
+    const bool pairs = (K & 1) == 0;
     for (int i0 = 0; i0 < KP; i0 += 64) {
+        float2 old[4][2];
+        #pragma unroll
+        for (int nt = 0; nt < 4; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int t = 16 * mt + FRAG_ROW(e), i = i0 + n1 + FRAG_COL(nt, e);
+                old[nt][e >> 1] = pairs && t < c.L && i + 1 < K ? *(const float2*)(dk + o_k + (idx_t)t * HV * K + i) : float2{0.f, 0.f};
+            }
+        }
         float acc[4][4], dkk[4][4];
         frag_zero(acc);
         frag_zero(dkk);
@@ -627,8 +646,8 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
                 const float d0 = sB[t] * ge * acc[nt][e] + dkk[nt][e], d1 = sB[t] * ge * acc[nt][e + 1] + dkk[nt][e + 1];
                 if (t < c.L && i < K) {
                     float* p = dk + o_k + (idx_t)t * HV * K + i;
-                    if (i + 1 < K && (K & 1) == 0) {
-                        float2 y = *(float2*)p;
+                    if (i + 1 < K && pairs) {
+                        float2 y = old[nt][e >> 1];
                         y.x += d0;
                         y.y += d1;
                         *(float2*)p = y;

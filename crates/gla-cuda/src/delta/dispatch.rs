@@ -25,6 +25,8 @@
 use cudarc::driver::LaunchConfig;
 use gla_core::{DeltaGate, DeltaProblem};
 
+use crate::runtime::{delta_precision, DeltaPrecision};
+
 /// Rows per chunk (`BT`).
 pub const DELTA_BT: usize = 64;
 /// Largest K of every delta kernel (the recurrent ones hold 8 warps x 32 rows of S in registers).
@@ -217,12 +219,14 @@ pub fn route(p: &DeltaProblem, bf16: bool, algo: DeltaAlgo) -> Result<DeltaRoute
     Ok(DeltaRoute { path: delta_path(p, bf16, algo)?, kernel: p.clone(), vs: 1 })
 }
 
-/// Split planes of the chunked path's split tensors (2 for bf16: hi and lo; 1 for f32).
+/// Split planes of the chunked path's split tensors: 2 for bf16 (hi and lo), 1 for bf16 under
+/// [`DeltaPrecision::Bf16`] (the kernels' `DELTA_PLANES`, [`crate::runtime::program_text`]) and
+/// for f32. Shared memory and workspaces are sized by it. An invalid setting counts as the
+/// default here: the same setting fails the program's load before any launch.
 pub fn planes(bf16: bool) -> usize {
-    if bf16 {
-        2
-    } else {
-        1
+    match (bf16, delta_precision()) {
+        (true, Ok(DeltaPrecision::Bf16)) | (false, _) => 1,
+        (true, _) => 2,
     }
 }
 

@@ -441,7 +441,7 @@ static std::map<int, ChunkFns> g_cbf = {
 
 // smem sizes (as src/delta/dispatch.rs)
 template <class E>
-static constexpr int SPn = sizeof(E) == 2 ? 2 : 1;
+static constexpr int SPn = Sp<E>::SP;  // the kernels' planes (DELTA_PLANES for bf16)
 template <class E>
 static size_t sm_wy(int KP, int VP) {
     const int SP = SPn<E>;
