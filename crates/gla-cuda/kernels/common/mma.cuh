@@ -84,6 +84,11 @@ __device__ __forceinline__ void cp16a(unsigned s, const void* g, bool ok) {
 }
 // cp16a to a shared-memory pointer
 __device__ __forceinline__ void cp16(void* s, const void* g, bool ok) { cp16a(smem_addr(s), g, ok); }
+// 4 bytes from global g to the 32-bit shared-memory byte address s by cp.async (both 4-byte
+// aligned): a scalar that lands with its group instead of stalling the thread on a plain load
+__device__ __forceinline__ void cp4a(unsigned s, const void* g) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(g) : "memory");
+}
 // Rows [0, R) of cpr 16-byte pieces (P = 16 / sizeof(T) elements each) into dst (row stride lds
 // elements) by cp.async: piece (r, c) from src + r ldg + c P where r < rv and c P < cv, else
 // zero-filled. Needs nthr % cpr == 0: each thread keeps one column and steps rows by

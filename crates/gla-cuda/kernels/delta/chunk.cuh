@@ -81,6 +81,30 @@ __device__ __forceinline__ void ld_rf(float* dst, const float* __restrict__ r, i
     if (tid < 64) dst[tid] = (r != nullptr && tid < L) ? r[(r0 + tid) * H + h] : 1.f;
 }
 
+// ld_rf by cp.async (the caller commits and waits): the sequential passes load the next
+// chunk's factors while this chunk computes, where a plain load would stall its warp at once
+__device__ __forceinline__ void ld_rf_cp(float* dst, const float* __restrict__ r, idx_t r0, int L, int h, int H, int tid) {
+    if (tid < 64) {
+        if (r != nullptr && tid < L) {
+            cp4a(smem_addr(dst + tid), r + (r0 + tid) * H + h);
+        } else {
+            dst[tid] = 1.f;
+        }
+    }
+}
+
+// The chunk's beta (bt [rows, HV] f32, value head hv) into dst[64] by cp.async, rows past the
+// chunk 0 (the caller commits and waits)
+__device__ __forceinline__ void ld_bt_cp(float* dst, const float* __restrict__ bt, idx_t r0, int L, int hv, int HV, int tid) {
+    if (tid < 64) {
+        if (tid < L) {
+            cp4a(smem_addr(dst + tid), bt + (r0 + tid) * HV + hv);
+        } else {
+            dst[tid] = 0.f;
+        }
+    }
+}
+
 // P = scale (Q K^T) * rq_t rk_s * exp(G_t - G_s) masked to s <= t, split into sP, sPl [64][LDT],
 // from raw sQ, sK [64][KP + DPAD], sG and the row factors sRq, sRk [64]: 8 warps, each a 16 x 32
 // tile.

@@ -488,19 +488,21 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         if (SP == 2) tile_ld<E>(sDul, LDT, du + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
         cp_commit();
     };
-    // Three groups of loads, so that products start before the last bytes land: T with the
-    // first V tile (what its products read), then K, dw and G (read after that tile's products),
+    // Three groups of loads, so that products start before the last bytes land: T, beta, rk and
+    // the first V tile (what its products read), then K, dw and G (read after that tile's products),
     // then each later V tile, issued once the tile before it is consumed.
     tile_ld<E>(sT, LDT, tm + c.oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
     if (SP == 2) tile_ld<E>(sTl, LDT, tm + tplane + c.oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+    ld_bt_cp(sB, bt, c.r0, c.L, c.hv, HV, tid);
+    ld_rf_cp(sR, rk, c.r0, c.L, c.h, H, tid);
     ld_vt(0);
     ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
     tile_ld<E>(sDw, LK, dw + c.oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
     if (SP == 2) tile_ld<E>(sDwl, LK, dw + wplane + c.oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
     ld_g64(sG, g2 + c.oc * 64, tid);
     cp_commit();
-    if (tid < 64) sB[tid] = tid < c.L ? bt[(c.r0 + tid) * HV + c.hv] : 0.f;
-    ld_rf(sR, rk, c.r0, c.L, c.h, H, tid);
+    // the first dG partial (delta_dqkw's), read now and first used after the products
+    const float dg0 = tid < 64 ? dgp[c.oc * 64 + tid] : 0.f;
     const int mt = wp & 3, n1 = (wp >> 2) * 32;
     float rb[2] = {0.f, 0.f}, rg[2] = {0.f, 0.f};
     {
@@ -610,7 +612,8 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     __syncthreads();
     if (tid < 64) {
         float x = sFr[tid] + sFr[64 + tid] - ((sFc[tid] + sFc[64 + tid]) + (sFc[128 + tid] + sFc[192 + tid]));
-        for (int zz = 0; zz < KZ; ++zz) x += dgp[((idx_t)zz * nch * HV + c.oc) * 64 + tid];
+        x += dg0;
+        for (int zz = 1; zz < KZ; ++zz) x += dgp[((idx_t)zz * nch * HV + c.oc) * 64 + tid];
         sX[tid] = x;
     }
     // dk += beta exp(G) T^T dw + dAb Kn + dAb^T Kn; dbeta, dG += (exp(G), beta exp(G)) kn . T^T dw

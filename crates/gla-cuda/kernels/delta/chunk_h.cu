@@ -159,15 +159,15 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             ld_qk<E, KP>(b + SP * 64 * LDT, k, r0, L, h, H, K, tid);
             ld_v<E>(b + SP * 64 * LDT + 64 * LK, LDS, v, r0, L, hv, HV, V, j0, BV, tid);
             ld_g64(f, g2 + oc * 64, tid);
-            ld_rf(f + 64, rk, r0, L, h, H, tid);
-            if (tid < 64) f[128 + tid] = tid < L ? bt[(r0 + tid) * HV + hv] : 0.f;
+            ld_rf_cp(f + 64, rk, r0, L, h, H, tid);
+            ld_bt_cp(f + 128, bt, r0, L, hv, HV, tid);
         } else {
             tile_ld<E>(b, LK, w + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
             if (SP == 2) tile_ld<E>(b + 64 * LK, LK, w + wplane + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
             ld_qk<E, KP>(b + SP * 64 * LK, k, r0, L, h, H, K, tid);
             tile_ld<float>(f, BV, u + oc * 64 * (idx_t)VP + j0, VP, 64, BV, 64, BV, true, tid, DNT);
             ld_g64(f + 64 * BV, g2 + oc * 64, tid);
-            ld_rf(f + 64 * BV + 64, rk, r0, L, h, H, tid);
+            ld_rf_cp(f + 64 * BV + 64, rk, r0, L, h, H, tid);
         }
     };
     static_assert(NS == 1 || NS == 2, "one or two cp.async stages");
@@ -288,7 +288,8 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
 // w^T (-dU) as Kn^T diag(beta exp(G)) T^T (-dU) from T (delta_wyt's), k and beta, w unread (may
 // be null): Y = T^T (-dU) (both split), Y diag(beta rk exp(G)) split into P's tile (free once
 // dU is formed), then K^T Y with K raw (exact); one more product and barrier per chunk, T's 16
-// KB per chunk read instead of w's 32 (at KP = 128; 16 at KP = 64).
+// KB per chunk read instead of w's 32 (at KP = 128; 16 at KP = 64). It forms each chunk's P a
+// chunk ahead, beside the state update (PIPE below), which saves the barrier between P and dU.
 template <typename E, int KP, int BV, bool FD, int NS, bool RES = false>
 __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                       const float* __restrict__ rk, const E* __restrict__ w, const E* __restrict__ d_o,
@@ -308,9 +309,16 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
     E* sS = sStage + NS * STAGE;               // [KP][LDS]
     E* sDu = sS + KP * LDS;                    // [64][LDS]: -dU
     E* sDul = sDu + (SP - 1) * 64 * LDS;
-    E* sP = sDul + 64 * LDS;                   // FD: [SP][64][LDT], P
-    E* sPl = sP + FD * (SP - 1) * 64 * LDT;
-    E* sDoS = sPl + FD * 64 * LDT;             // FD: [64][LDS], scale exp(G) do
+    // PIPE (the residual entries): P in two buffers [2][SP][64][LDT], one per stage: chunk c's P
+    // is formed during chunk c + 1's state update (chunk c's loads landed by then), so chunk
+    // c's first products read it at once, without a barrier of their own; Y goes into chunk c's
+    // buffer once its P is read. Otherwise (FD) one buffer, P formed in the chunk's own step
+    // (the w entries' stages leave no room for a second at KP = 128).
+    constexpr bool PIPE = RES;
+    static_assert(!PIPE || NS == 2, "P formed a chunk ahead needs two stages");
+    constexpr int PB = PIPE ? 2 : FD ? 1 : 0;
+    E* sPb = sDul + 64 * LDS;
+    E* sDoS = sPb + PB * SP * 64 * LDT;        // FD: [64][LDS], scale exp(G) do
     float* sF = (float*)(sDoS + FD * 64 * LDS);  // [NS][FSTAGE]
     DELTA_SMEM_END(smem, sF + NS * FSTAGE);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
@@ -342,15 +350,32 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
         if (!FD) tile_ld<float>(f, BV, dvl + oc * 64 * (idx_t)VP + j0, VP, 64, BV, 64, BV, true, tid, DNT);
         float* fg2 = f + (1 - FD) * 64 * BV;
         ld_g64(fg2, g2 + oc * 64, tid);
-        ld_rf(fg2 + 64, rq, r0, L, h, H, tid);
-        ld_rf(fg2 + 128, rk, r0, L, h, H, tid);
-        if (RES && tid < 64) fg2[192 + tid] = tid < L ? bt[(r0 + tid) * HV + hv] : 0.f;
+        ld_rf_cp(fg2 + 64, rq, r0, L, h, H, tid);
+        ld_rf_cp(fg2 + 128, rk, r0, L, h, H, tid);
+        if (RES) ld_bt_cp(fg2 + 192, bt, r0, L, hv, HV, tid);
     };
-    // two stages: chunk c - 1's loads are issued once every warp has passed chunk c's first
-    // barrier (so has finished chunk c + 1, the last reader of their stage)
+    // stage st's tiles and factors
+    auto stage_q = [&](int st) { return sStage + st * STAGE; };
+    auto stage_f = [&](int st) { return (const float*)(sF + st * FSTAGE) + (1 - FD) * 64 * BV; };  // G, rq, rk (, beta)
+    // P of the chunk in stage st into P buffer pb (PIPE)
+    auto form_p = [&](int st, int pb) {
+        const E* q0 = stage_q(st);
+        const float* g0 = stage_f(st);
+        E* p0 = sPb + pb * SP * 64 * LDT;
+        chunk_p<E, KP>(p0, p0 + (SP - 1) * 64 * LDT, q0, q0 + 64 * LK, g0, g0 + 64, g0 + 128, scale, wp, lane);
+    };
+    // two stages: chunk c - 1's loads are issued at the top of chunk c, once every warp has
+    // passed chunk c + 1's last barrier (so has finished reading their stage, chunk c + 1's);
+    // they land while chunk c is computed (PIPE: chunk c - 1's P is formed beside chunk c's
+    // state update, after a wait for them)
     if (NS > 1 && nc > 0) {
         load(nc - 1, 0);
         cp_commit();
+        if constexpr (PIPE) {
+            cp_wait0();
+            __syncthreads();
+            form_p(0, 0);
+        }
     }
     for (int c = nc - 1; c >= 0; --c) {
         const int st = (nc - 1 - c) % NS;
@@ -359,29 +384,44 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
             load(c, 0);
             cp_commit();
         }
-        E* sQ = sStage + st * STAGE;
+        E* sQ = stage_q(st);
         E* sK = sQ + 64 * LK;
         E* sW = sK + 64 * LK;  // w (hi, lo), or T (RES)
         E* sWl = sW + (SP - 1) * 64 * (RES ? LDT : LK);
         E* sDo = sW + SP * 64 * (RES ? LDT : LK);
         const float* sDv = sF + st * FSTAGE;
-        const float* sG = sDv + (1 - FD) * 64 * BV;
+        const float* sG = stage_f(st);
         const float* sRq = sG + 64;
         const float* sRk = sG + 128;
+        // chunk c's P (FD; PIPE: formed during chunk c + 1, or before the loop)
+        E* sP = sPb + (PIPE ? st : 0) * SP * 64 * LDT;
+        E* sPl = sP + (SP - 1) * 64 * LDT;
         h_store<E, KP, BV>(dS, sS, wm, sn0, fg, ft);
-        cp_wait0();
-        __syncthreads();
         if (NS > 1 && c > 0) {
             load(c - 1, (nc - c) % NS);
             cp_commit();
         }
+        if constexpr (!PIPE) {
+            // (PIPE waited for chunk c's loads during chunk c + 1)
+            if (NS > 1 && c > 0) {
+                cp_wait<1>();
+            } else {
+                cp_wait0();
+            }
+        }
+        __syncthreads();
         h_copy<E, KP, BV>(dhs + oc * (idx_t)KP * VP + j0, sS, VP, tid);
         const float glast = sG[63];
         E* sDoX = FD ? sDoS : sDo;  // the dS update's operand scale exp(G) do
         if constexpr (FD) {
-            chunk_p<E, KP>(sP, sPl, sQ, sK, sG, sRq, sRk, scale, wp, lane);
-            rows_scale_qe<E>(sDoS, sDo, LDS, BV, scale, sRq, sG, tid);
-            __syncthreads();
+            if constexpr (!PIPE) {
+                chunk_p<E, KP>(sP, sPl, sQ, sK, sG, sRq, sRk, scale, wp, lane);
+                rows_scale_qe<E>(sDoS, sDo, LDS, BV, scale, sRq, sG, tid);
+                __syncthreads();
+            } else {
+                // read after the barrier that ends the dU step
+                rows_scale_qe<E>(sDoS, sDo, LDS, BV, scale, sRq, sG, tid);
+            }
         }
         {
             // dU = dvl + exp(G_last - G) rk (K dS): each warp 16 rows x BV / 2 columns
@@ -408,6 +448,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
         }
         if (!FD) rows_scale_qe<E>(sDo, sDo, LDS, BV, scale, sRq, sG, tid);
         __syncthreads();
+        // dU above was the last reader of chunk c's P
         // dU (split) leaves as the negation of -dU's planes (rounding is odd: the planes of -x
         // are those of x negated), coalesced
         tile_st_neg<E>(du + oc * 64 * (idx_t)VP + j0, VP, sDu, LDS, 64, BV, tid, DNT);
@@ -430,6 +471,9 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
                     st2_pair(sP, sPl, t * LDS + jj, f * acc[nt][e], f * acc[nt][e + 1]);
                 }
             }
+        }
+        if constexpr (RES) {
+            cp_wait0();  // chunk c - 1's loads (PIPE), for its P formed below
             __syncthreads();
         }
         const float dec = ex2f(glast);
@@ -446,6 +490,9 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
             } else {
                 wgemm2<true, false, NSN>(dS[ms], sW, sWl, LK, 16 * (wm + WM * ms), sDu, sDul, LDS, sn0, 64, lane, true, true);
             }
+        }
+        if constexpr (PIPE) {
+            if (c > 0) form_p((nc - c) % NS, (nc - c) % NS);
         }
         __syncthreads();
     }

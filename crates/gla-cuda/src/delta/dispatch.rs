@@ -476,11 +476,11 @@ impl DeltaSmem {
         (2 * 64 * self.lk() + sp * 64 * LDT + 64 * LDT) * e + 3 * 64 * 4
     }
     /// `delta_h_bwd_rdv2` ([`h_bwd_res`]): the fused pass's with T (sp planes of [64][LDT]) in
-    /// each stage instead of w, and beta beside G, rq, rk.
+    /// each stage instead of w, and beta beside G, rq, rk; P in two buffers.
     pub(crate) fn h_bwd_res(&self) -> usize {
         let (e, sp, lds) = (self.e, self.sp, 64 + PAD);
         let stage = 2 * 64 * self.lk() + sp * 64 * LDT + 64 * lds;
-        (2 * stage + self.kp * lds + sp * 64 * lds + sp * 64 * LDT + 64 * lds) * e + 2 * 4 * 64 * 4
+        (2 * stage + self.kp * lds + sp * 64 * lds + 2 * sp * 64 * LDT + 64 * lds) * e + 2 * 4 * 64 * 4
     }
     pub(crate) fn h_bwd(&self, plan: HPlan) -> usize {
         let (e, sp, bv, fd, ns) = (self.e, self.sp, plan.bv, usize::from(plan.out), plan.ns);

@@ -77,6 +77,7 @@ emu_switch:
 struct Pend {
     void* dst;
     unsigned char data[16];
+    int n = 16;  // bytes
 };
 
 struct Fiber {
@@ -444,6 +445,18 @@ inline void cp_async16(void* s, const void* g, bool ok) {
     }
     emu::cur->open.push_back(p);
 }
+// cp.async of 4 bytes (common/mma.cuh's cp4a)
+inline void cp_async4(void* s, const void* g) {
+    if (((uintptr_t)s & 3) || ((uintptr_t)g & 3)) {
+        std::fprintf(stderr, "emu: misaligned cp.async %p <- %p\n", s, g);
+        std::abort();
+    }
+    emu::Pend p;
+    p.dst = s;
+    p.n = 4;
+    std::memcpy(p.data, g, 4);
+    emu::cur->open.push_back(p);
+}
 // attn/common.cuh's reduction add (fibers run one at a time: a plain add is atomic)
 inline void att_red2(float* p, float a, float b) {
     if ((uintptr_t)p & 7) {
@@ -534,6 +547,7 @@ inline void ldsm4a(unsigned r[4], unsigned a) { ldsm_gen(r, (const unsigned shor
 inline void ldsm4ta(unsigned r[4], unsigned a) { ldsm_gen(r, (const unsigned short*)(emu::g_dyn + a), true); }
 inline void att_cp16(unsigned a, const void* g) { cp_async16(emu::g_dyn + a, g, true); }
 inline void cp16a(unsigned a, const void* g, bool ok) { cp_async16(emu::g_dyn + a, g, ok); }
+inline void cp4a(unsigned a, const void* g) { cp_async4(emu::g_dyn + a, g); }
 inline void cp_commit() {
     emu::cur->groups.push_back(std::move(emu::cur->open));
     emu::cur->open.clear();
@@ -541,7 +555,7 @@ inline void cp_commit() {
 inline void cp_wait_n(int n) {
     auto& gs = emu::cur->groups;
     while ((int)gs.size() > n) {
-        for (auto& p : gs.front()) std::memcpy(p.dst, p.data, 16);
+        for (auto& p : gs.front()) std::memcpy(p.dst, p.data, p.n);
         gs.erase(gs.begin());
     }
 }

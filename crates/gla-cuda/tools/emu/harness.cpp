@@ -517,8 +517,8 @@ static size_t sm_hr(int KP) {
 // per stage q, k, T (hi, lo), do, and G, rq, rk, beta (src/delta/dispatch.rs DeltaSmem::h_bwd_res)
 static std::map<int, void*> g_hbr = {{64, (void*)delta_h_bwd_rdv2_k64_bf16}, {128, (void*)delta_h_bwd_rdv2_k128_bf16}};
 static size_t sm_hbr(int KP) {
-    const size_t L = 72, stage = 2 * 64 * (KP + 8) + 2 * 64 * 72 + 64 * L;
-    return (2 * stage + (size_t)KP * L + 2 * 64 * L + (2 * 64 * 72 + 64 * L)) * 2 + 2 * 256 * 4;
+    const size_t SP = SPn<bf16_t>, L = 72, stage = 2 * 64 * (KP + 8) + SP * 64 * 72 + 64 * L;
+    return (2 * stage + (size_t)KP * L + SP * 64 * L + (2 * SP * 64 * 72 + 64 * L)) * 2 + 2 * 256 * 4;
 }
 // the residual forward: DELTA_HVAR=resb2 forces it, any other DELTA_HVAR turns it off, else
 // src/delta/dispatch.rs h_res's rule at 132 SMs (2 x 64-column tiles > SMs)
