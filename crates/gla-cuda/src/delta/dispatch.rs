@@ -304,19 +304,20 @@ fn h_policy(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: u
     if bwd && h_two_ok(bf16, kp) && 2 * tiles > sm_count {
         return HPlan { bv: 64, ns: 2, two: false, out: true };
     }
-    h_one(bwd, bf16, kp, tiles, sm_count)
+    h_one(bf16, kp, tiles, sm_count)
 }
 
-/// The one-block-per-SM plan for `tiles` 64-column tiles (see [`h_policy`]): the forward's
-/// stages per [`h_stages`], the backward's one, dvl its own launch.
-fn h_one(bwd: bool, bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> HPlan {
+/// The one-block-per-SM plan for `tiles` 64-column tiles (see [`h_policy`]): stages per
+/// [`h_stages`] (each chunk's loads land while the one before it is computed: with one block
+/// per SM nothing else hides them), dvl its own launch in the backward.
+fn h_one(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> HPlan {
     let bv = if bf16 && tiles < 2 * sm_count { 32 } else { 64 };
-    HPlan { bv, ns: if bwd { 1 } else { h_stages(bf16, kp) }, two: false, out: false }
+    HPlan { bv, ns: h_stages(bf16, kp), two: false, out: false }
 }
 
 /// The plan of a sequential pass ([`h_policy`]), or the lab override's ([`h_lab`]).
 pub(crate) fn h_plan(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> HPlan {
-    let one = h_one(bwd, bf16, kp, (vp / 64) * nhv, sm_count);
+    let one = h_one(bf16, kp, (vp / 64) * nhv, sm_count);
     let two = |bv| HPlan { bv, ns: 1, two: true, out: false };
     match h_lab(bwd).as_deref() {
         Some("one") => one,
@@ -515,7 +516,7 @@ impl DeltaSmem {
     pub(crate) fn max(&self) -> usize {
         let ns = h_stages(self.e == 2, self.kp);
         let h = |bv| self.h(HPlan { bv, ns, two: false, out: false });
-        let hb = |bv| self.h_bwd(HPlan { bv, ns: 1, two: false, out: false });
+        let hb = |bv| self.h_bwd(HPlan { bv, ns, two: false, out: false });
         let fused = h_two_ok(self.e == 2, self.kp);
         let hb2 = if fused { self.h_bwd(HPlan { bv: 64, ns: 2, two: false, out: true }).max(self.h_bwd_res()) } else { 0 };
         let dq = dqkw_bufs(self.e == 2, self.kp);
@@ -757,7 +758,6 @@ mod tests {
         }
         let plan = |bwd, bf16, nhv| h_policy(bwd, bf16, 128, 128, nhv, 132);
         let (one, two) = (|bv| HPlan { bv, ns: 2, two: false, out: false }, HPlan { bv: 64, ns: 1, two: true, out: false });
-        let one_bwd = |bv| HPlan { bv, ns: 1, two: false, out: false };
         // the forward: two blocks per SM where 64-column blocks fill the SMs, else one
         assert_eq!(plan(false, true, 512), two);
         assert_eq!(plan(false, true, 66), two);
@@ -772,10 +772,11 @@ mod tests {
         assert_eq!(plan(true, true, 128), fused);
         assert_eq!(plan(true, true, 64), fused);
         assert_eq!(plan(true, true, 34), fused);
-        assert_eq!(plan(true, true, 33), one_bwd(32));
-        assert_eq!(plan(true, true, 32), one_bwd(32));
-        assert_eq!(plan(true, false, 32), one_bwd(64));
-        assert_eq!(h_policy(true, true, 192, 128, 512, 132), one_bwd(64));
+        // (otherwise the forward's stages: two for bf16 up to KP = 128)
+        assert_eq!(plan(true, true, 33), one(32));
+        assert_eq!(plan(true, true, 32), one(32));
+        assert_eq!(plan(true, false, 32), HPlan { bv: 64, ns: 1, two: false, out: false });
+        assert_eq!(h_policy(true, true, 192, 128, 512, 132), HPlan { bv: 64, ns: 1, two: false, out: false });
         assert_eq!(h_name(true, HPlan { bv: 32, ns: 1, two: false, out: false }, 128, "bf16"), "delta_h_bwd_v32_k128_bf16");
         assert_eq!(h_name(false, HPlan { bv: 32, ns: 1, two: true, out: false }, 64, "bf16"), "delta_h_v32b2_k64_bf16");
         assert_eq!(h_name(true, HPlan { bv: 64, ns: 2, two: false, out: true }, 128, "bf16"), "delta_h_bwd_dv2_k128_bf16");

@@ -839,7 +839,7 @@ struct Run {
                                       du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H, HV, K, V, VP, scale, nch, tm.data(), bt.data());
             });
         } else {
-            emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hb<E>(KP, bv, fd, fd ? 2 : 1), [&] {
+            emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hb<E>(KP, bv, fd, h_stages<E>(KP)), [&] {
                 ((HbFn)hbf)(q.data(), k.data(), ptr(rq), ptr(rk), w.data(), d_o.data(), fd ? nullptr : dvl.data(), g2.data(), dht.data(),
                             dhs.data(), du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H, HV, K, V, VP, scale, nch);
             });
