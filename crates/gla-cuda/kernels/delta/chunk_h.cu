@@ -111,9 +111,6 @@ __device__ __forceinline__ void h_copy(E* __restrict__ hp, const E* sS, int VP, 
     tile_st<E>(hp, VP, sS, HTile<KP, BV>::LDS, KP, BV, tid, DNT);
 }
 
-// The parts of the residual state pass's per-chunk loads: k; the V tile; T with G, rk, beta.
-enum HPart { H_K = 1, H_V = 2, H_TF = 4, H_ALL = 7 };
-
 // RES (the `delta_hr_b2` entries, bf16, the residual forward): v_new from T (delta_wyt), k
 // and v instead of w and u, U = T (beta (V - rk exp(G) (K S))) = u - w S (w = T diag(beta rk
 // exp(G)) K, u = T diag(beta) V): K S on raw K, the residual in f32, then both T and
@@ -150,23 +147,20 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
     const idx_t o_state = (idx_t)nh * K * V, wplane = nch * HV * 64 * KP, vplane = nch * HV * 64 * VP;
     float S[MS][NSN][4];
     h_init<KP, BV>(S, h0, o_state, K, V, j0, wm, sn0, fg, ft);
-    // parts (HPart, RES): which of chunk ci's loads to issue (EARLY below)
-    auto load = [&](int ci, int st, int parts = H_ALL) {
+    auto load = [&](int ci, int st) {
         E* b = sStage + st * STAGE;
         float* f = sF + st * FSTAGE;
         const idx_t oc = (cbase + ci) * HV + hv, r0 = bos + (idx_t)ci * 64;
         const int L = (int)min((idx_t)64, eos - r0);
         if constexpr (RES) {
-            if (parts & H_TF) {
-                const idx_t tplane = nch * HV * 4096;
-                tile_ld<E>(b, LDT, tm + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
-                if (SP == 2) tile_ld<E>(b + 64 * LDT, LDT, tm + tplane + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
-                ld_g64(f, g2 + oc * 64, tid);
-                ld_rf_cp(f + 64, rk, r0, L, h, H, tid);
-                ld_bt_cp(f + 128, bt, r0, L, hv, HV, tid);
-            }
-            if (parts & H_K) ld_qk<E, KP>(b + SP * 64 * LDT, k, r0, L, h, H, K, tid);
-            if (parts & H_V) ld_v<E>(b + SP * 64 * LDT + 64 * LK, LDS, v, r0, L, hv, HV, V, j0, BV, tid);
+            const idx_t tplane = nch * HV * 4096;
+            tile_ld<E>(b, LDT, tm + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+            if (SP == 2) tile_ld<E>(b + 64 * LDT, LDT, tm + tplane + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+            ld_qk<E, KP>(b + SP * 64 * LDT, k, r0, L, h, H, K, tid);
+            ld_v<E>(b + SP * 64 * LDT + 64 * LK, LDS, v, r0, L, hv, HV, V, j0, BV, tid);
+            ld_g64(f, g2 + oc * 64, tid);
+            ld_rf_cp(f + 64, rk, r0, L, h, H, tid);
+            ld_bt_cp(f + 128, bt, r0, L, hv, HV, tid);
         } else {
             tile_ld<E>(b, LK, w + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
             if (SP == 2) tile_ld<E>(b + 64 * LK, LK, w + wplane + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
@@ -186,14 +180,11 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
     // barrier (so has finished chunk it - 1, the last reader of their stage) and land while
     // chunk it is computed; the barriers left order sS (written before the first, read before
     // the second) and sUd (written between them, read after). One stage: the loads of chunk it
-    // at its top, behind the last barrier of chunk it - 1; EARLY (RES, one stage): only its k
-    // there, its V tile once chunk it - 1's Y is formed (the V tile's last reader) and its T, G,
-    // rk, beta once chunk it - 1's U is (theirs), so those land under chunk it - 1's products.
-    constexpr bool EARLY = RES && NS == 1;
+    // at its top, behind the last barrier of chunk it - 1.
     for (int it = 0; it < nc; ++it) {
         const int st = it % NS;
         if (NS == 1) {
-            load(it, 0, EARLY && it > 0 ? H_K : H_ALL);
+            load(it, 0);
             cp_commit();
         }
         const idx_t oc = (cbase + it) * HV + hv;
@@ -236,10 +227,6 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
                 }
             }
             __syncthreads();
-            if (EARLY && it + 1 < nc) {
-                load(it + 1, 0, H_V);
-                cp_commit();
-            }
             frag_zero(acc);
             // one stage (two blocks per SM, <= 128 registers): the terms one after another
             if constexpr (NS == 1) {
@@ -278,10 +265,6 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             }
         }
         __syncthreads();
-        if (EARLY && it + 1 < nc) {
-            load(it + 1, 0, H_TF);
-            cp_commit();
-        }
         const float dec = ex2f(glast);
         #pragma unroll
         for (int ms = 0; ms < MS; ++ms) {
