@@ -25,9 +25,10 @@
 // barrier in the chain.
 //
 // S's operand copy (the B operand of w S and K dS) is rounded to the storage dtype, as fla does.
-// Warps tile S as WM x WN (8 x 1 for KP = 128, 256; 4 x 2 for KP = 64, 192). The forward has NS
-// pipeline stages of cp.async loads (2 where they fit in shared memory, else 1): the next
-// chunk's loads are in flight while one is computed. hs and dhs leave from their smem operand
+// Warps tile S as WM x WN (8 x 1 for KP = 128, 256; 4 x 2 for KP = 64, 192). Both passes have NS
+// pipeline stages of cp.async loads (2 where they fit in shared memory, else 1; the `_b2`
+// forward entries one, built for two blocks per SM): the next chunk's loads are in flight
+// while one is computed. hs and dhs leave from their smem operand
 // copies in 16-byte pieces, dU from its negated operand copy; v_new in column pairs. Row
 // factors rq, rk: see delta/chunk.cuh.
 //
@@ -448,7 +449,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
         }
         if (!FD) rows_scale_qe<E>(sDo, sDo, LDS, BV, scale, sRq, sG, tid);
         __syncthreads();
-        // dU above was the last reader of chunk c's P
+        // (the dU step above was the last reader of chunk c's P: RES puts Y there below)
         // dU (split) leaves as the negation of -dU's planes (rounding is odd: the planes of -x
         // are those of x negated), coalesced
         tile_st_neg<E>(du + oc * 64 * (idx_t)VP + j0, VP, sDu, LDS, 64, BV, tid, DNT);
