@@ -80,7 +80,7 @@ tail -1 "$L/check_delta_lab.txt" >> "$SUM"
 grep -E " (FAIL|fail)" "$L/check_delta_lab.txt" | head -10 >> "$SUM"
 for lab in h=resb2; do
     step "bench_delta_${lab/=/_}" 90 env GLA_DELTA_LAB=$lab "$G" bench delta --device cuda --shape 32,2048,16,128,128 --stages
-    grep -E "^[0-9]+x|dqkw|wy|delta_h" "$L/bench_delta_${lab/=/_}.txt" | head -12 | sed "s/^/  $lab: /" >> "$SUM"
+    grep -E "^[0-9]+x|dqk|wy|delta_h" "$L/bench_delta_${lab/=/_}.txt" | head -12 | sed "s/^/  $lab: /" >> "$SUM"
 done
 echo "[$(( $(date +%s) - S ))s] done" | tee -a "$SUM"
 tar -C "$OUT" -cJf "$OUT/logs.tar.xz" logs && rm -rf "$L"

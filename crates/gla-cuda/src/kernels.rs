@@ -312,7 +312,7 @@ pub const DELTA_CHUNK_H: KernelSource = source!(
         "delta_h_bwd_rdv2_k128_bf16",
     ]
 );
-/// The delta rule's chunked backward, chunk-parallel launches: dvl, dq/dk/dw, the WY backward.
+/// The delta rule's chunked backward, chunk-parallel launches: dvl, dq/dk, the WY backward.
 pub const DELTA_CHUNK_BWD: KernelSource = source!(
     "delta/chunk_bwd.cu",
     DELTA_CHUNK_HEADERS,
@@ -323,14 +323,14 @@ pub const DELTA_CHUNK_BWD: KernelSource = source!(
         "delta_dvl_k128_bf16",
         "delta_dvl_k192_bf16",
         "delta_dvl_k256_bf16",
-        "delta_dqkw_k64_f32",
-        "delta_dqkw_k128_f32",
-        "delta_dqkw_s2_k64_bf16",
-        "delta_dqkw_s2_k128_bf16",
-        "delta_dqkw_k192_bf16",
-        "delta_dqkw_k256_bf16",
-        "delta_dqkw_wg_k64_bf16",
-        "delta_dqkw_wg_k128_bf16",
+        "delta_dqk_k64_f32",
+        "delta_dqk_k128_f32",
+        "delta_dqk_s2_k64_bf16",
+        "delta_dqk_s2_k128_bf16",
+        "delta_dqk_k192_bf16",
+        "delta_dqk_k256_bf16",
+        "delta_dqk_wg_k64_bf16",
+        "delta_dqk_wg_k128_bf16",
         "delta_wy_bwd_k64_f32",
         "delta_wy_bwd_k128_f32",
         "delta_wy_bwd_k64_bf16",

@@ -12,7 +12,7 @@ Usage:
   cuobjdump -sass /tmp/cub/chunk_bwd.cubin > /tmp/after.sass     # PyPI nvidia-cuda-cuobjdump, -nvdisasm
   python3 crates/gla-cuda/tools/sass_stats.py /tmp/after.sass [REGEX]
   python3 crates/gla-cuda/tools/sass_stats.py /tmp/before.sass /tmp/after.sass [REGEX]
-  python3 crates/gla-cuda/tools/sass_stats.py --loops /tmp/after.sass delta_dqkw_s2_k128_bf16"""
+  python3 crates/gla-cuda/tools/sass_stats.py --loops /tmp/after.sass delta_dqk_s2_k128_bf16"""
 import collections
 import os
 import re

@@ -5,17 +5,17 @@
 // and k (row factors rq, rk, delta/chunk.cuh); dq and dk are the gradients at Qn and Kn:
 //
 // delta_dvl_k{KP}: dvl = P^T do                            (=, f32 [chunks, HV, 64, VP])
-// delta_dqkw_k{KP}: grid z over K tiles of KW columns:
+// delta_dqk_k{KP}: grid z over K tiles of KW columns:
 //     dq   = scale exp(G) (do S^T) + (dM * M / m) Kn         dM = do U^T masked, M/m the decay
 //     dk   = (dM * M / m)^T Qn + exp(Gm - G) (U dS'^T)
-//     dw   = -dU S^T                                       (=, split [SP][chunks, HV, 64, KP])
 //     dG  += qn . dq_inter + rowsum(dM * M) - colsum(dM * M) - kn . dk_Kd, and at the last row
 //            exp(Gm) <S, dS'> + sum kn . dk_Kd             (=, dgp [KZ][chunks, HV, 64] f32)
 //   dq, dk (=, f32 [rows, HV, K]: per value head; delta_qk_bwd_* sums the group).
-//   bf16 with KP <= 128 (KW = KP) runs it as delta_dqkw_s2_k{KP}_bf16, the V tiles in two
-//   buffers (tile v + 1 loads during tile v), or on sm_90a as delta_dqkw_wg_k{KP}_bf16, the same
+//   bf16 with KP <= 128 (KW = KP) runs it as delta_dqk_s2_k{KP}_bf16, the V tiles in two
+//   buffers (tile v + 1 loads during tile v), or on sm_90a as delta_dqk_wg_k{KP}_bf16, the same
 //   on Hopper's warpgroup products; the other entries keep one buffer.
 // delta_wy_bwd_k{KP}: back through w = T (beta exp(G) Kn), u = T (beta V), T = (I + A)^-1:
+//     dw = -dU S^T (split, in shared memory: w's gradient, since U = u - w S)
 //     dT = dU (beta V)^T + dw (beta exp(G) Kn)^T;  dA = -T^T dT T^T (strictly lower)
 //     dv = beta T^T dU (=);  dk += beta exp(G) T^T dw + dAb Kn + dAb^T Kn (dAb = dA beta exp(G_t - G_s))
 //     dbeta = rowsum(V * T^T dU) + exp(G) kn . T^T dw + rowsum(dA exp(G_t - G_s) Kn Kn^T)   (=)
@@ -29,8 +29,8 @@
 //
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_dvl_k64_f32 delta_dvl_k128_f32 delta_dvl_k64_bf16 delta_dvl_k128_bf16 delta_dvl_k192_bf16 delta_dvl_k256_bf16
-//   delta_dqkw_k64_f32 delta_dqkw_k128_f32 delta_dqkw_s2_k64_bf16 delta_dqkw_s2_k128_bf16 delta_dqkw_k192_bf16 delta_dqkw_k256_bf16
-//   delta_dqkw_wg_k64_bf16 delta_dqkw_wg_k128_bf16 (sm_90a; other targets compile them to a trap)
+//   delta_dqk_k64_f32 delta_dqk_k128_f32 delta_dqk_s2_k64_bf16 delta_dqk_s2_k128_bf16 delta_dqk_k192_bf16 delta_dqk_k256_bf16
+//   delta_dqk_wg_k64_bf16 delta_dqk_wg_k128_bf16 (sm_90a; other targets compile them to a trap)
 //   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
 
 template <typename E, int KP>
@@ -81,13 +81,13 @@ __device__ __forceinline__ void dvl_k(const E* __restrict__ q, const E* __restri
     }
 }
 
-// K tile of delta_dqkw_*: the whole K for bf16 up to 128, else halves (f32: 64)
+// K tile of delta_dqk_*: the whole K for bf16 up to 128, else halves (f32: 64)
 template <typename E, int KP>
-struct DqkwTile {
+struct DqkTile {
     static constexpr int KW = (sizeof(E) == 2 && KP <= 128) ? KP : (KP == 64 ? 64 : KP / 2);
 };
 
-// acc += (A + Al) B over a depth of 64: dqkw_k's dq and dk products on warpgroups. A, Al: the
+// acc += (A + Al) B over a depth of 64: dqk_k's dq and dk products on warpgroups. A, Al: the
 // split 64 x 64 dMG tiles at shared addresses a, al (swizzled; TA: MN-major, the tile's rows
 // are the product's K), B MN-major at b (16 of its rows a k16 step); per step A B, then Al B
 // (wgemm2's order). Fenced, committed and waited for.
@@ -115,26 +115,26 @@ __device__ __forceinline__ void wg_dmg_mma(float (&acc)[NT][4], unsigned a, unsi
 // adds in the same order. The V tile's products are issued at once and <S, dS'> is summed while
 // they run.
 template <typename E, int KP, int NB, bool WG>
-__device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
-                                       const float* __restrict__ rk, const E* __restrict__ d_o, const E* __restrict__ vn,
-                                       const E* __restrict__ du, const E* __restrict__ hs, const E* __restrict__ dhs,
-                                       const float* __restrict__ g2, float* __restrict__ dq, float* __restrict__ dk, E* __restrict__ dw,
-                                       float* __restrict__ dgp, const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
-                                       const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, float scale, idx_t nch) {
+__device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
+                                      const float* __restrict__ rk, const E* __restrict__ d_o, const E* __restrict__ vn,
+                                      const E* __restrict__ hs, const E* __restrict__ dhs, const float* __restrict__ g2,
+                                      float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dgp,
+                                      const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
+                                      const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, float scale, idx_t nch) {
     // NW warps in CS column splits (4 row tiles each): a warp's 16 x 64 / CS tile of M and dM
-    // (NM n8-tiles), 16 x KW / CS of dq, dk, dw (NT n8-tiles)
+    // (NM n8-tiles), 16 x KW / CS of dq, dk (NT n8-tiles)
     constexpr int NW = DNT / 32, CS = NW / 4, NM = 8 / CS;
-    constexpr int SP = Sp<E>::SP, KW = DqkwTile<E, KP>::KW, NT = KW / (8 * CS);
+    constexpr int SP = Sp<E>::SP, KW = DqkTile<E, KP>::KW, NT = KW / (8 * CS);
     static_assert(NB == 1 || NB == 2, "one or two V-tile buffers");
     static_assert(!WG || (sizeof(E) == 2 && KW == KP && NB == 2), "the warpgroup entries: bf16, one K tile, two buffers");
     // row strides: padded (mma.sync), or the swizzled tiles' (wg_el: 64-column blocks)
     constexpr int LK = WG ? KP : KP + DPAD, LV = WG ? 64 : LDT;
-    constexpr int VBUF = (1 + 2 * SP) * 64 * LV + 2 * KW * LV;  // do, U, dU (split), S, dS
+    constexpr int VBUF = (1 + SP) * 64 * LV + 2 * KW * LV;  // do, U (split), S, dS
     DELTA_SMEM(smem0);
     unsigned char* smem = WG ? wg_align1024(smem0) : smem0;
     E* sQ = (E*)smem;                      // [64][LK]
     E* sK = sQ + 64 * LK;                  // [64][LK]
-    E* sVb = sK + 64 * LK;                 // [NB][VBUF]: do, U, dU [64][LV]; S, dS [KW][LV]
+    E* sVb = sK + 64 * LK;                 // [NB][VBUF]: do, U [64][LV]; S, dS [KW][LV]
     E* sDMG = sVb + VBUF;                  // [SP][64][LV]: after one buffer, or the second
     E* sDMGl = sDMG + (SP - 1) * 64 * LV;
     float* sM = (float*)(sVb + NB * VBUF + (2 - NB) * SP * 64 * LV);  // [64][65]
@@ -160,15 +160,13 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
     const int z = blockIdx.z, k0 = z * KW;
-    const idx_t vplane = nch * HV * 64 * VP, wplane = nch * HV * 64 * KP;
-    // the V tile at v0 of do, U, dU (split) and the K tile's rows of S, dS into buffer b
+    const idx_t vplane = nch * HV * 64 * VP;
+    // the V tile at v0 of do, U (split) and the K tile's rows of S, dS into buffer b
     auto ld_tiles = [&](int v0, int b) {
         E* sDo = sVb + b * VBUF;
         E* sU = sDo + 64 * LV;
         E* sUl = sU + (SP - 1) * 64 * LV;
-        E* sDu = sUl + 64 * LV;
-        E* sDul = sDu + (SP - 1) * 64 * LV;
-        E* sS = sDul + 64 * LV;
+        E* sS = sUl + 64 * LV;
         E* sDS = sS + KW * LV;
         const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
         const idx_t so = c.oc * (idx_t)KP * VP + (idx_t)k0 * VP + v0;
@@ -176,21 +174,13 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
             wg_tile_ld<64, 64, DNT>(sDo, d_o + (c.r0 * HV + c.hv) * (idx_t)V + v0, (idx_t)HV * V, c.L, V - v0, vec_ok<E>((idx_t)HV * V, V),
                                tid);
             wg_tile_ld<64, 64, DNT>(sU, vn + vo, VP, 64, 64, true, tid);
-            wg_tile_ld<64, 64, DNT>(sDu, du + vo, VP, 64, 64, true, tid);
-            if (SP == 2) {
-                wg_tile_ld<64, 64, DNT>(sUl, vn + vplane + vo, VP, 64, 64, true, tid);
-                wg_tile_ld<64, 64, DNT>(sDul, du + vplane + vo, VP, 64, 64, true, tid);
-            }
+            if (SP == 2) wg_tile_ld<64, 64, DNT>(sUl, vn + vplane + vo, VP, 64, 64, true, tid);
             wg_tile_ld<KW, 64, DNT>(sS, hs + so, VP, KW, 64, true, tid);
             wg_tile_ld<KW, 64, DNT>(sDS, dhs + so, VP, KW, 64, true, tid);
         } else {
             ld_v<E>(sDo, LDT, d_o, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
             tile_ld<E>(sU, LDT, vn + vo, VP, 64, 64, 64, 64, true, tid, DNT);
-            tile_ld<E>(sDu, LDT, du + vo, VP, 64, 64, 64, 64, true, tid, DNT);
-            if (SP == 2) {
-                tile_ld<E>(sUl, LDT, vn + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
-                tile_ld<E>(sDul, LDT, du + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
-            }
+            if (SP == 2) tile_ld<E>(sUl, LDT, vn + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
             tile_ld<E>(sS, LDT, hs + so, VP, KW, 64, KW, 64, true, tid, DNT);
             tile_ld<E>(sDS, LDT, dhs + so, VP, KW, 64, KW, 64, true, tid, DNT);
         }
@@ -241,9 +231,8 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
             }
         }
     }
-    float dqi[NT][4], dwa[NT][4], dkd[NT][4], dM[NM][4];
+    float dqi[NT][4], dkd[NT][4], dM[NM][4];
     frag_zero(dqi);
-    frag_zero(dwa);
     frag_zero(dkd);
     frag_zero(dM);
     float sd = 0.f;
@@ -266,22 +255,18 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         const E* sDo = sVb + (NB == 1 ? 0 : (v0 >> 6) & 1) * VBUF;
         const E* sU = sDo + 64 * LV;
         const E* sUl = sU + (SP - 1) * 64 * LV;
-        const E* sDu = sUl + 64 * LV;
-        const E* sDul = sDu + (SP - 1) * 64 * LV;
-        const E* sS = sDul + 64 * LV;
+        const E* sS = sUl + 64 * LV;
         const E* sDS = sS + KW * LV;
         if constexpr (WG) {
             // every product of the tile issued at once, per k16 step the split terms in
             // wgemm2's order; waited for after <S, dS'> below
-            const unsigned uDo = smem_addr(sDo), uU = smem_addr(sU), uUl = smem_addr(sUl), uDu = smem_addr(sDu),
-                           uDul = smem_addr(sDul), uS = smem_addr(sS) + 128u * nk, uDS = smem_addr(sDS) + 128u * nk;
+            const unsigned uDo = smem_addr(sDo), uU = smem_addr(sU), uUl = smem_addr(sUl), uS = smem_addr(sS) + 128u * nk,
+                           uDS = smem_addr(sDS) + 128u * nk;
             wg_fence();
             #pragma unroll
             for (int kk = 0; kk < 4; ++kk) {
                 auto dsc = [&](unsigned a) { return wg_desc(a + 32u * kk, 16, 1024); };
                 wg_mma_frag<NT, 0, 0>(dqi, dsc(uDo), dsc(uS));
-                wg_mma_frag<NT, 0, 0>(dwa, dsc(uDu), dsc(uS));
-                if (SP == 2) wg_mma_frag<NT, 0, 0>(dwa, dsc(uDul), dsc(uS));
                 wg_mma_frag<NT, 0, 0>(dkd, dsc(uU), dsc(uDS));
                 if (SP == 2) wg_mma_frag<NT, 0, 0>(dkd, dsc(uUl), dsc(uDS));
                 wg_mma_frag<NM, 0, 0>(dM, dsc(uDo), dsc(uU + 128u * n1));
@@ -290,7 +275,6 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
             wg_commit();
         } else {
             wgemm<false, true, NT>(dqi, sDo, LDT, 16 * mt, sS, LDT, nk, 64, lane);
-            wgemm2<false, true, NT>(dwa, sDu, sDul, LDT, 16 * mt, sS, sS, LDT, nk, 64, lane, true, false);
             wgemm2<false, true, NT>(dkd, sU, sUl, LDT, 16 * mt, sDS, sDS, LDT, nk, 64, lane, true, false);
             wgemm2<false, true, NM>(dM, sDo, sDo, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, false, true);
         }
@@ -409,7 +393,6 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
         for (int e = 0; e < 4; e += 2) {
             const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
             st_row_pair(dk + o_k + (idx_t)t * HV * K, i, K, t < c.L, dkd[nt][e], dkd[nt][e + 1]);
-            stg2_pair(dw, wplane, (c.oc * 64 + t) * KP + i, -dwa[nt][e], -dwa[nt][e + 1]);
         }
     }
     // the row sums of the dG terms
@@ -449,19 +432,23 @@ __device__ __forceinline__ void dqkw_k(const E* __restrict__ q, const E* __restr
 
 template <typename E, int KP>
 __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __restrict__ rk, const E* __restrict__ v,
-                                       const float* __restrict__ bt, const E* __restrict__ tm, const E* __restrict__ dw,
+                                       const float* __restrict__ bt, const E* __restrict__ tm, const E* __restrict__ hs,
                                        const E* __restrict__ du, const float* __restrict__ g2, const float* __restrict__ dgp,
                                        float* __restrict__ dk, float* __restrict__ dv, float* __restrict__ dbeta, float* __restrict__ dg,
                                        const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
                                        const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, int KZ, idx_t nch) {
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
+    // rows of the region below: M1, M2 (split), or dw's tile (dU split, S's KP rows)
+    constexpr int RA = 2 * SP * 64 > KP + SP * 64 ? 2 * SP * 64 : KP + SP * 64;
+    static_assert((1 + SP) * 64 * LK >= (KP + SP * 64) * LDT, "dw's second tile buffer fits over sK and sDw");
     DELTA_SMEM(smem);
     E* sK = (E*)smem;                      // [64][LK]
     E* sDw = sK + 64 * LK;                 // [64][LK]
     E* sDwl = sDw + (SP - 1) * 64 * LK;
     E* sT = sDwl + 64 * LK;                // [64][LDT]
     E* sTl = sT + (SP - 1) * 64 * LDT;
-    // one region, [2 SP][64][LDT]: the V-tile loop's sV, sDu, then (once it is done) sM1, sM2
+    // one region, [RA][LDT]: dw's tiles (buffer A), the V-tile loop's sV, sDu, then (once it is
+    // done) sM1, sM2
     E* sV = sTl + 64 * LDT;                // [64][LDT]: a 64-column tile of V
     E* sDu = sV + 64 * LDT;                // [64][LDT]: the same tile of dU
     E* sDul = sDu + (SP - 1) * 64 * LDT;
@@ -469,7 +456,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     E* sM1l = sM1 + (SP - 1) * 64 * LDT;
     E* sM2 = sM1l + 64 * LDT;              // [64][LDT]: rk_t dAb
     E* sM2l = sM2 + (SP - 1) * 64 * LDT;
-    float* sG = (float*)(sV + 2 * SP * 64 * LDT);  // [64]
+    float* sG = (float*)(sV + RA * LDT);  // [64]
     float* sB = sG + 64;                   // [64]
     float* sR = sB + 64;                   // [64]
     float* sRb = sR + 64;                  // [2][64]
@@ -480,7 +467,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     DELTA_SMEM_END(smem, sFc + 256);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
-    const idx_t wplane = nch * HV * 64 * KP, vplane = nch * HV * 64 * VP, tplane = nch * HV * 4096;
+    const idx_t vplane = nch * HV * 64 * VP, tplane = nch * HV * 4096;
     auto ld_vt = [&](int v0) {
         ld_v<E>(sV, LDT, v, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
         const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
@@ -488,22 +475,69 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         if (SP == 2) tile_ld<E>(sDul, LDT, du + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
         cp_commit();
     };
-    // Three groups of loads, so that products start before the last bytes land: T, beta, rk and
-    // the first V tile (what its products read), then K, dw and G (read after that tile's products),
-    // then each later V tile, issued once the tile before it is consumed.
+    // dw's tile at v0 into buffer b: dU's columns v0 .. v0 + 64 (split) [SP][64][LDT], then
+    // S's (hs[c], the state entering the chunk) [KP][LDT]
+    auto ld_dws = [&](int v0, E* b) {
+        const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
+        tile_ld<E>(b, LDT, du + vo, VP, 64, 64, 64, 64, true, tid, DNT);
+        if (SP == 2) tile_ld<E>(b + 64 * LDT, LDT, du + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
+        tile_ld<E>(b + SP * 64 * LDT, LDT, hs + c.oc * (idx_t)KP * VP + v0, VP, KP, 64, KP, 64, true, tid, DNT);
+        cp_commit();
+    };
+    // The loads, in groups so that products start before the last bytes land: T, beta, rk, G
+    // and dw's first tile; each later dw tile, into the buffer the tile two before it left
+    // (A: the region, B: over sK and sDw, loaded only once dw is done); the first V tile, into
+    // A once dw's last tile there is consumed; then K, read after that V tile's products.
+    E* const bufA = sV;
+    E* const bufB = sK;
     tile_ld<E>(sT, LDT, tm + c.oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
     if (SP == 2) tile_ld<E>(sTl, LDT, tm + tplane + c.oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
     ld_bt_cp(sB, bt, c.r0, c.L, c.hv, HV, tid);
     ld_rf_cp(sR, rk, c.r0, c.L, c.h, H, tid);
-    ld_vt(0);
-    ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
-    tile_ld<E>(sDw, LK, dw + c.oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
-    if (SP == 2) tile_ld<E>(sDwl, LK, dw + wplane + c.oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
     ld_g64(sG, g2 + c.oc * 64, tid);
-    cp_commit();
-    // the first dG partial (delta_dqkw's), read now and first used after the products
+    ld_dws(0, bufA);
+    if (VP > 64) ld_dws(64, bufB);
+    // the first dG partial (delta_dqk's), read now and first used after the products
     const float dg0 = tid < 64 ? dgp[c.oc * 64 + tid] : 0.f;
     const int mt = wp & 3, n1 = (wp >> 2) * 32;
+    {
+        // dw = -dU S^T: each warp 16 rows x KP / 2 columns, summed over the V tiles in order
+        constexpr int NTW = KP / 16;
+        const int nk = (wp >> 2) * (KP / 2), ntl = VP / 64;
+        float acc[NTW][4];
+        frag_zero(acc);
+        for (int i = 0; i < ntl; ++i) {
+            // in flight behind tile i: tile i + 1, or (the last tile, after an even count) V's
+            if (i + 1 < ntl || ntl % 2 == 0) {
+                cp_wait<1>();
+            } else {
+                cp_wait0();
+            }
+            __syncthreads();
+            const E* b = (i & 1) ? bufB : bufA;
+            wgemm2<false, true, NTW>(acc, b, b + (SP - 1) * 64 * LDT, LDT, 16 * mt, b + SP * 64 * LDT, b + SP * 64 * LDT, LDT, nk, 64,
+                                     lane, true, false);
+            if (i + 2 < ntl || !(i & 1)) {
+                __syncthreads();  // the buffer is consumed
+                if (i + 2 < ntl) {
+                    ld_dws(64 * (i + 2), (i & 1) ? bufB : bufA);
+                } else {
+                    ld_vt(0);
+                }
+            }
+        }
+        __syncthreads();  // buffer B (sK, sDw) is consumed
+        #pragma unroll
+        for (int nt = 0; nt < NTW; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int t = 16 * mt + FRAG_ROW(e), i = nk + FRAG_COL(nt, e);
+                st2_pair(sDw, sDwl, t * LK + i, -acc[nt][e], -acc[nt][e + 1]);
+            }
+        }
+    }
+    ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
+    cp_commit();
     float rb[2] = {0.f, 0.f}, rg[2] = {0.f, 0.f};
     {
         // per V tile: dT += (dU V^T) beta_s; dv = beta T^T dU, dbeta += rowsum(V * T^T dU); after
@@ -532,7 +566,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
                                 sB[t] * acc[nt][e + 1]);
                 }
             }
-            if (v0 == 0) cp_wait0();  // K, dw, G (no later tile is in flight yet)
+            if (v0 == 0) cp_wait0();  // K (no later tile is in flight yet)
             __syncthreads();          // the tile is consumed: the next may land on it
             if (v0 + 64 < VP) ld_vt(v0 + 64);
             if (v0 == 0) {
@@ -618,7 +652,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     }
     // dk += beta exp(G) T^T dw + dAb Kn + dAb^T Kn; dbeta, dG += (exp(G), beta exp(G)) kn . T^T dw
     const idx_t o_k = (c.r0 * HV + c.hv) * (idx_t)K;
-    // dk's pairs (f32, from delta_dqkw) are read before the products, so that the reads' latency
+    // dk's pairs (f32, from delta_dqk) are read before the products, so that the reads' latency
     // runs under them; the odd-K and tail cases read in place below
     const bool pairs = (K & 1) == 0;
     for (int i0 = 0; i0 < KP; i0 += 64) {
@@ -696,11 +730,11 @@ extern "C" __global__ void __launch_bounds__(DNT, 3) delta_dvl_k##KP##_##NAME(  
     dvl_k<E, KP>(q, k, rq, rk, d_o, g2, dvl, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, scale);      \
 }                                                                                                        \
 extern "C" __global__ void __launch_bounds__(DNT, KP <= 128 ? 2 : 1) delta_wy_bwd_k##KP##_##NAME(                           \
-    const E* k, const float* rk, const E* v, const float* bt, const E* tm, const E* dw, const E* du,     \
+    const E* k, const float* rk, const E* v, const float* bt, const E* tm, const E* hs, const E* du,     \
     const float* g2, const float* dgp, float* dk, float* dv, float* dbeta, float* dg,                    \
     const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
     int VP, int KZ, idx_t nch) {                                                                         \
-    wy_bwd<E, KP>(k, rk, v, bt, tm, dw, du, g2, dgp, dk, dv, dbeta, dg, bounds, chunk_off, chunk_seq, H, \
+    wy_bwd<E, KP>(k, rk, v, bt, tm, hs, du, g2, dgp, dk, dv, dbeta, dg, bounds, chunk_off, chunk_seq, H, \
                   HV, K, V, VP, KZ, nch);                                                                \
 }
 
@@ -711,23 +745,23 @@ BWD_ENTRY(128, bf16, bf16_t)
 BWD_ENTRY(192, bf16, bf16_t)
 BWD_ENTRY(256, bf16, bf16_t)
 
-// dq/dk/dw as the entry point ENTRY with NB V-tile buffers: two (the `_s2` entries) where
-// KW = KP (bf16 up to 128), one elsewhere (src/delta/dispatch.rs dqkw_bufs); WG: the products on
+// dq/dk as the entry point ENTRY with NB V-tile buffers: two (the `_s2` entries) where
+// KW = KP (bf16 up to 128), one elsewhere (src/delta/dispatch.rs dqk_bufs); WG: the products on
 // warpgroups (the `_wg` entries, sm_90a)
-#define DQKW_ENTRY(ENTRY, KP, E, NB, WG)                                                                 \
+#define DQK_ENTRY(ENTRY, KP, E, NB, WG)                                                                 \
 extern "C" __global__ void __launch_bounds__(DNT) ENTRY(                                                 \
-    const E* q, const E* k, const float* rq, const float* rk, const E* d_o, const E* vn, const E* du,    \
-    const E* hs, const E* dhs, const float* g2, float* dq, float* dk, E* dw, float* dgp,                 \
-    const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
-    int VP, float scale, idx_t nch) {                                                                    \
-    dqkw_k<E, KP, NB, WG>(q, k, rq, rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgp, bounds, chunk_off,    \
-                          chunk_seq, H, HV, K, V, VP, scale, nch);                                       \
+    const E* q, const E* k, const float* rq, const float* rk, const E* d_o, const E* vn, const E* hs,    \
+    const E* dhs, const float* g2, float* dq, float* dk, float* dgp, const idx_t* bounds,                \
+    const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V, int VP, float scale,      \
+    idx_t nch) {                                                                                         \
+    dqk_k<E, KP, NB, WG>(q, k, rq, rk, d_o, vn, hs, dhs, g2, dq, dk, dgp, bounds, chunk_off, chunk_seq, \
+                          H, HV, K, V, VP, scale, nch);                                                  \
 }
-DQKW_ENTRY(delta_dqkw_k64_f32, 64, float, 1, false)
-DQKW_ENTRY(delta_dqkw_k128_f32, 128, float, 1, false)
-DQKW_ENTRY(delta_dqkw_s2_k64_bf16, 64, bf16_t, 2, false)
-DQKW_ENTRY(delta_dqkw_s2_k128_bf16, 128, bf16_t, 2, false)
-DQKW_ENTRY(delta_dqkw_k192_bf16, 192, bf16_t, 1, false)
-DQKW_ENTRY(delta_dqkw_k256_bf16, 256, bf16_t, 1, false)
-DQKW_ENTRY(delta_dqkw_wg_k64_bf16, 64, bf16_t, 2, true)
-DQKW_ENTRY(delta_dqkw_wg_k128_bf16, 128, bf16_t, 2, true)
+DQK_ENTRY(delta_dqk_k64_f32, 64, float, 1, false)
+DQK_ENTRY(delta_dqk_k128_f32, 128, float, 1, false)
+DQK_ENTRY(delta_dqk_s2_k64_bf16, 64, bf16_t, 2, false)
+DQK_ENTRY(delta_dqk_s2_k128_bf16, 128, bf16_t, 2, false)
+DQK_ENTRY(delta_dqk_k192_bf16, 192, bf16_t, 1, false)
+DQK_ENTRY(delta_dqk_k256_bf16, 256, bf16_t, 1, false)
+DQK_ENTRY(delta_dqk_wg_k64_bf16, 64, bf16_t, 2, true)
+DQK_ENTRY(delta_dqk_wg_k128_bf16, 128, bf16_t, 2, true)

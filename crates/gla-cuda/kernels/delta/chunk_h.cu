@@ -289,8 +289,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
 // w^T (-dU) as Kn^T diag(beta exp(G)) T^T (-dU) from T (delta_wyt's), k and beta, w unread (may
 // be null): Y = T^T (-dU) (both split), Y diag(beta rk exp(G)) split into P's tile (free once
 // dU is formed), then K^T Y with K raw (exact); one more product and barrier per chunk, T's 16
-// KB per chunk read instead of w's 32 (at KP = 128; 16 at KP = 64). It forms each chunk's P a
-// chunk ahead, beside the state update (PIPE below), which saves the barrier between P and dU.
+// KB per chunk read instead of w's 32 (at KP = 128; 16 at KP = 64).
 template <typename E, int KP, int BV, bool FD, int NS, bool RES = false>
 __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                       const float* __restrict__ rk, const E* __restrict__ w, const E* __restrict__ d_o,
@@ -310,16 +309,9 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
     E* sS = sStage + NS * STAGE;               // [KP][LDS]
     E* sDu = sS + KP * LDS;                    // [64][LDS]: -dU
     E* sDul = sDu + (SP - 1) * 64 * LDS;
-    // PIPE (the residual entries): P in two buffers [2][SP][64][LDT], one per stage: chunk c's P
-    // is formed during chunk c + 1's state update (chunk c's loads landed by then), so chunk
-    // c's first products read it at once, without a barrier of their own; Y goes into chunk c's
-    // buffer once its P is read. Otherwise (FD) one buffer, P formed in the chunk's own step
-    // (the w entries' stages leave no room for a second at KP = 128).
-    constexpr bool PIPE = RES;
-    static_assert(!PIPE || NS == 2, "P formed a chunk ahead needs two stages");
-    constexpr int PB = PIPE ? 2 : FD ? 1 : 0;
-    E* sPb = sDul + 64 * LDS;
-    E* sDoS = sPb + PB * SP * 64 * LDT;        // FD: [64][LDS], scale exp(G) do
+    E* sP = sDul + 64 * LDS;                   // FD: [SP][64][LDT], P (RES: then Y)
+    E* sPl = sP + (SP - 1) * 64 * LDT;
+    E* sDoS = sP + FD * SP * 64 * LDT;         // FD: [64][LDS], scale exp(G) do
     float* sF = (float*)(sDoS + FD * 64 * LDS);  // [NS][FSTAGE]
     DELTA_SMEM_END(smem, sF + NS * FSTAGE);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
@@ -355,28 +347,12 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
         ld_rf_cp(fg2 + 128, rk, r0, L, h, H, tid);
         if (RES) ld_bt_cp(fg2 + 192, bt, r0, L, hv, HV, tid);
     };
-    // stage st's tiles and factors
-    auto stage_q = [&](int st) { return sStage + st * STAGE; };
-    auto stage_f = [&](int st) { return (const float*)(sF + st * FSTAGE) + (1 - FD) * 64 * BV; };  // G, rq, rk (, beta)
-    // P of the chunk in stage st into P buffer pb (PIPE)
-    auto form_p = [&](int st, int pb) {
-        const E* q0 = stage_q(st);
-        const float* g0 = stage_f(st);
-        E* p0 = sPb + pb * SP * 64 * LDT;
-        chunk_p<E, KP>(p0, p0 + (SP - 1) * 64 * LDT, q0, q0 + 64 * LK, g0, g0 + 64, g0 + 128, scale, wp, lane);
-    };
     // two stages: chunk c - 1's loads are issued at the top of chunk c, once every warp has
     // passed chunk c + 1's last barrier (so has finished reading their stage, chunk c + 1's);
-    // they land while chunk c is computed (PIPE: chunk c - 1's P is formed beside chunk c's
-    // state update, after a wait for them)
+    // they land while chunk c is computed
     if (NS > 1 && nc > 0) {
         load(nc - 1, 0);
         cp_commit();
-        if constexpr (PIPE) {
-            cp_wait0();
-            __syncthreads();
-            form_p(0, 0);
-        }
     }
     for (int c = nc - 1; c >= 0; --c) {
         const int st = (nc - 1 - c) % NS;
@@ -385,44 +361,33 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
             load(c, 0);
             cp_commit();
         }
-        E* sQ = stage_q(st);
+        E* sQ = sStage + st * STAGE;
         E* sK = sQ + 64 * LK;
         E* sW = sK + 64 * LK;  // w (hi, lo), or T (RES)
         E* sWl = sW + (SP - 1) * 64 * (RES ? LDT : LK);
         E* sDo = sW + SP * 64 * (RES ? LDT : LK);
         const float* sDv = sF + st * FSTAGE;
-        const float* sG = stage_f(st);
+        const float* sG = sDv + (1 - FD) * 64 * BV;  // G, rq, rk (RES: beta)
         const float* sRq = sG + 64;
         const float* sRk = sG + 128;
-        // chunk c's P (FD; PIPE: formed during chunk c + 1, or before the loop)
-        E* sP = sPb + (PIPE ? st : 0) * SP * 64 * LDT;
-        E* sPl = sP + (SP - 1) * 64 * LDT;
         h_store<E, KP, BV>(dS, sS, wm, sn0, fg, ft);
         if (NS > 1 && c > 0) {
             load(c - 1, (nc - c) % NS);
             cp_commit();
         }
-        if constexpr (!PIPE) {
-            // (PIPE waited for chunk c's loads during chunk c + 1)
-            if (NS > 1 && c > 0) {
-                cp_wait<1>();
-            } else {
-                cp_wait0();
-            }
+        if (NS > 1 && c > 0) {
+            cp_wait<1>();
+        } else {
+            cp_wait0();
         }
         __syncthreads();
         h_copy<E, KP, BV>(dhs + oc * (idx_t)KP * VP + j0, sS, VP, tid);
         const float glast = sG[63];
         E* sDoX = FD ? sDoS : sDo;  // the dS update's operand scale exp(G) do
         if constexpr (FD) {
-            if constexpr (!PIPE) {
-                chunk_p<E, KP>(sP, sPl, sQ, sK, sG, sRq, sRk, scale, wp, lane);
-                rows_scale_qe<E>(sDoS, sDo, LDS, BV, scale, sRq, sG, tid);
-                __syncthreads();
-            } else {
-                // read after the barrier that ends the dU step
-                rows_scale_qe<E>(sDoS, sDo, LDS, BV, scale, sRq, sG, tid);
-            }
+            chunk_p<E, KP>(sP, sPl, sQ, sK, sG, sRq, sRk, scale, wp, lane);
+            rows_scale_qe<E>(sDoS, sDo, LDS, BV, scale, sRq, sG, tid);
+            __syncthreads();
         }
         {
             // dU = dvl + exp(G_last - G) rk (K dS): each warp 16 rows x BV / 2 columns
@@ -473,10 +438,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
                 }
             }
         }
-        if constexpr (RES) {
-            cp_wait0();  // chunk c - 1's loads (PIPE), for its P formed below
-            __syncthreads();
-        }
+        if (RES) __syncthreads();
         const float dec = ex2f(glast);
         #pragma unroll
         for (int ms = 0; ms < MS; ++ms) {
@@ -491,9 +453,6 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
             } else {
                 wgemm2<true, false, NSN>(dS[ms], sW, sWl, LK, 16 * (wm + WM * ms), sDu, sDul, LDS, sn0, 64, lane, true, true);
             }
-        }
-        if constexpr (PIPE) {
-            if (c > 0) form_p((nc - c) % NS, (nc - c) % NS);
         }
         __syncthreads();
     }

@@ -254,7 +254,7 @@ pub(crate) struct HPlan {
     pub(crate) out: bool,
 }
 
-/// The two-blocks-per-SM entries, the fused state-gradient entries and the two-buffer dq/dk/dw
+/// The two-blocks-per-SM entries, the fused state-gradient entries and the two-buffer dq/dk
 /// entries exist for bf16 with KP <= 128 (`delta/chunk_h.cu`, `delta/chunk_bwd.cu`).
 fn h_two_ok(bf16: bool, kp: usize) -> bool {
     bf16 && kp <= 128
@@ -267,8 +267,8 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// The state-gradient pass (`hb`): `one` (dvl its own launch), `v32` (the same at 32 columns),
 /// `dv2` (dvl fused in, 64 columns, whatever the tiles). The residual forward: `h=resb2`
 /// ([`h_res`]). The two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`],
-/// `v32` where bf16. dq/dk/dw (`dq`): `s2` runs the two-buffer mma.sync entry where the
-/// warpgroup one would run ([`dqkw_wg`]). Anything else, or unset: the default.
+/// `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync entry where the
+/// warpgroup one would run ([`dqk_wg`]). Anything else, or unset: the default.
 fn lab(key: &str) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
     v.split(',').find_map(|kv| kv.trim().strip_prefix(key).and_then(|r| r.strip_prefix('=')).map(str::to_string))
@@ -347,9 +347,9 @@ pub(crate) fn h_name(bwd: bool, plan: HPlan, kp: usize, sfx: &str) -> String {
     format!("{base}{v}_k{kp}_{sfx}")
 }
 
-/// Columns per block of `delta_dqkw_*` (`KW`): all of KP for bf16 up to 128, else halves (f32:
-/// 64). Must match `DqkwTile` in `delta/chunk_bwd.cu`.
-pub(crate) fn dqkw_kw(bf16: bool, kp: usize) -> usize {
+/// Columns per block of `delta_dqk_*` (`KW`): all of KP for bf16 up to 128, else halves (f32:
+/// 64). Must match `DqkTile` in `delta/chunk_bwd.cu`.
+pub(crate) fn dqk_kw(bf16: bool, kp: usize) -> usize {
     if bf16 && kp <= 128 {
         kp
     } else if kp == 64 {
@@ -359,10 +359,10 @@ pub(crate) fn dqkw_kw(bf16: bool, kp: usize) -> usize {
     }
 }
 
-/// Buffers of `delta_dqkw_*`'s V tiles: 2 (`delta_dqkw_s2_*`, tile v + 1 loading during tile
+/// Buffers of `delta_dqk_*`'s V tiles: 2 (`delta_dqk_s2_*`, tile v + 1 loading during tile
 /// v) where those entries exist (bf16, KP <= 128: [`h_two_ok`]; faster than one buffer at
 /// K = V = 128, `bench/results/2026-12-05_h100_3800181_verify_vigb.txt`), else 1.
-pub(crate) fn dqkw_bufs(bf16: bool, kp: usize) -> usize {
+pub(crate) fn dqk_bufs(bf16: bool, kp: usize) -> usize {
     if h_two_ok(bf16, kp) {
         2
     } else {
@@ -403,32 +403,32 @@ pub(crate) fn h_bwd_res(bf16: bool, kp: usize, plan: HPlan) -> bool {
     plan.out && h_two_ok(bf16, kp)
 }
 
-/// The entry point of `delta_dqkw_*` with `nb` V-tile buffers ([`dqkw_bufs`]).
-pub(crate) fn dqkw_name(nb: usize, kp: usize, sfx: &str) -> String {
-    format!("delta_dqkw{}_k{kp}_{sfx}", if nb == 2 { "_s2" } else { "" })
+/// The entry point of `delta_dqk_*` with `nb` V-tile buffers ([`dqk_bufs`]).
+pub(crate) fn dqk_name(nb: usize, kp: usize, sfx: &str) -> String {
+    format!("delta_dqk{}_k{kp}_{sfx}", if nb == 2 { "_s2" } else { "" })
 }
 
-/// Whether dq/dk/dw runs on Hopper's warpgroup products (`delta_dqkw_wg_k{KP}_bf16`: the two-buffer
+/// Whether dq/dk runs on Hopper's warpgroup products (`delta_dqk_wg_k{KP}_bf16`: the two-buffer
 /// entry's products on wgmma, the same adds in the same order): where those entries exist
 /// (bf16, KP <= 128, sm_90a), unless the lab override `dq=s2` asks for the mma.sync entry.
-pub(crate) fn dqkw_wg(bf16: bool, kp: usize, arch: &str) -> bool {
+pub(crate) fn dqk_wg(bf16: bool, kp: usize, arch: &str) -> bool {
     h_two_ok(bf16, kp) && arch == crate::runtime::ARCH_HOPPER && lab("dq").as_deref() != Some("s2")
 }
 
-/// The dq/dk/dw launch for KP = `kp` on a device of architecture `arch`: its entry point and
-/// dynamic shared memory ([`dqkw_wg`], else [`dqkw_name`] with [`dqkw_bufs`]).
-pub(crate) fn dqkw_kernel(bf16: bool, kp: usize, sfx: &str, arch: &str, smem: &DeltaSmem) -> (String, usize) {
-    if dqkw_wg(bf16, kp, arch) {
-        (format!("delta_dqkw_wg_k{kp}_{sfx}"), smem.dqkw_wg())
+/// The dq/dk launch for KP = `kp` on a device of architecture `arch`: its entry point and
+/// dynamic shared memory ([`dqk_wg`], else [`dqk_name`] with [`dqk_bufs`]).
+pub(crate) fn dqk_kernel(bf16: bool, kp: usize, sfx: &str, arch: &str, smem: &DeltaSmem) -> (String, usize) {
+    if dqk_wg(bf16, kp, arch) {
+        (format!("delta_dqk_wg_k{kp}_{sfx}"), smem.dqk_wg())
     } else {
-        let nb = dqkw_bufs(bf16, kp);
-        (dqkw_name(nb, kp, sfx), smem.dqkw(nb))
+        let nb = dqk_bufs(bf16, kp);
+        (dqk_name(nb, kp, sfx), smem.dqk(nb))
     }
 }
 
-/// The K tiles (grid z) of `delta_dqkw_*`.
-pub(crate) fn dqkw_kz(bf16: bool, kp: usize) -> usize {
-    kp / dqkw_kw(bf16, kp)
+/// The K tiles (grid z) of `delta_dqk_*`.
+pub(crate) fn dqk_kz(bf16: bool, kp: usize) -> usize {
+    kp / dqk_kw(bf16, kp)
 }
 
 /// Dynamic shared memory of each chunk kernel (the carve-ups at the top of each kernel; the
@@ -477,11 +477,11 @@ impl DeltaSmem {
         (2 * 64 * self.lk() + sp * 64 * LDT + 64 * LDT) * e + 3 * 64 * 4
     }
     /// `delta_h_bwd_rdv2` ([`h_bwd_res`]): the fused pass's with T (sp planes of [64][LDT]) in
-    /// each stage instead of w, and beta beside G, rq, rk; P in two buffers.
+    /// each stage instead of w, and beta beside G, rq, rk.
     pub(crate) fn h_bwd_res(&self) -> usize {
         let (e, sp, lds) = (self.e, self.sp, 64 + PAD);
         let stage = 2 * 64 * self.lk() + sp * 64 * LDT + 64 * lds;
-        (2 * stage + self.kp * lds + sp * 64 * lds + 2 * sp * 64 * LDT + 64 * lds) * e + 2 * 4 * 64 * 4
+        (2 * stage + self.kp * lds + sp * 64 * lds + sp * 64 * LDT + 64 * lds) * e + 2 * 4 * 64 * 4
     }
     pub(crate) fn h_bwd(&self, plan: HPlan) -> usize {
         let (e, sp, bv, fd, ns) = (self.e, self.sp, plan.bv, usize::from(plan.out), plan.ns);
@@ -491,25 +491,27 @@ impl DeltaSmem {
         (ns * ((2 + sp) * 64 * self.lk() + 64 * lds) + self.kp * lds + sp * 64 * lds + fd * (sp * 64 * LDT + 64 * lds)) * e
             + ns * ((1 - fd) * 64 * bv + 3 * 64) * 4
     }
-    /// `delta_dqkw_*` with `nb` V-tile buffers: dMG has a region of its own with one, the
+    /// `delta_dqk_*` with `nb` V-tile buffers: dMG has a region of its own with one, the
     /// second buffer with two.
-    pub(crate) fn dqkw(&self, nb: usize) -> usize {
+    pub(crate) fn dqk(&self, nb: usize) -> usize {
         let (e, sp) = (self.e, self.sp);
-        let kw = dqkw_kw(e == 2, self.kp);
-        let vbuf = (1 + 2 * sp) * 64 * LDT + 2 * kw * LDT;
+        let kw = dqk_kw(e == 2, self.kp);
+        let vbuf = (1 + sp) * 64 * LDT + 2 * kw * LDT;
         (2 * 64 * self.lk() + nb * vbuf + (2 - nb) * sp * 64 * LDT) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4
     }
-    /// `delta_dqkw_wg_*` (bf16, KP <= 128): `dqkw(2)`'s tiles swizzled and unpadded (64-column
+    /// `delta_dqk_wg_*` (bf16, KP <= 128): `dqk(2)`'s tiles swizzled and unpadded (64-column
     /// rows), and 1024 bytes to align them.
-    pub(crate) fn dqkw_wg(&self) -> usize {
+    pub(crate) fn dqk_wg(&self) -> usize {
         let (e, sp, kp) = (self.e, self.sp, self.kp);
-        let vbuf = (1 + 2 * sp) * 64 * 64 + 2 * kp * 64;
+        let vbuf = (1 + sp) * 64 * 64 + 2 * kp * 64;
         (2 * 64 * kp + 2 * vbuf) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024
     }
     pub(crate) fn wy_bwd(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
-        // V and dU tiles share one region with M1, M2 (2 SP tiles); F's row and column sums
-        ((1 + sp) * 64 * self.lk() + 3 * sp * 64 * LDT) * e + (3 * 64 + 256 + 64 + 128 + 256) * 4
+        // K, dw (sp planes); T (sp planes); one region for dw's tiles (dU's sp planes and KP
+        // rows of S), V and dU tiles, and M1, M2 (2 sp tiles); G, beta, rk, F's row and column sums
+        let region = (2 * sp * 64).max(self.kp + sp * 64);
+        ((1 + sp) * 64 * self.lk() + (sp * 64 + region) * LDT) * e + (3 * 64 + 256 + 64 + 128 + 256) * 4
     }
     /// The largest of them: what the device must allow per block.
     #[cfg(test)]
@@ -519,10 +521,10 @@ impl DeltaSmem {
         let hb = |bv| self.h_bwd(HPlan { bv, ns, two: false, out: false });
         let fused = h_two_ok(self.e == 2, self.kp);
         let hb2 = if fused { self.h_bwd(HPlan { bv: 64, ns: 2, two: false, out: true }).max(self.h_bwd_res()) } else { 0 };
-        let dq = dqkw_bufs(self.e == 2, self.kp);
+        let dq = dqk_bufs(self.e == 2, self.kp);
         let hr = if fused { self.hr() } else { 0 };
-        let dqwg = if fused { self.dqkw_wg() } else { 0 };
-        [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), hb2, self.dqkw(dq), dqwg, self.wy_bwd(), hr]
+        let dqwg = if fused { self.dqk_wg() } else { 0 };
+        [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), hb2, self.dqk(dq), dqwg, self.wy_bwd(), hr]
             .into_iter()
             .max()
             .unwrap_or(0)
@@ -587,9 +589,7 @@ pub struct DeltaWorkspaceLens {
     pub dhs: usize,
     /// `s`, planes x chunks x HV x 64 x VP: dU (backward).
     pub du: usize,
-    /// `s`, planes x chunks x HV x 64 x KP: dw (backward).
-    pub dw: usize,
-    /// f32 KZ x chunks x HV x 64: the dG partials of `delta_dqkw_*` (backward).
+    /// f32 KZ x chunks x HV x 64: the dG partials of `delta_dqk_*` (backward).
     pub dgk: usize,
     /// f32 NP x `[rows, HV, K]` each: dq and dk per value head (backward).
     pub dqk: usize,
@@ -622,7 +622,6 @@ impl DeltaWorkspaceLens {
             dvl: self.dvl.max(o.dvl),
             dhs: self.dhs.max(o.dhs),
             du: self.du.max(o.du),
-            dw: self.dw.max(o.dw),
             dgk: self.dgk.max(o.dgk),
             dqk: self.dqk.max(o.dqk),
             dbg: self.dbg.max(o.dbg),
@@ -672,8 +671,7 @@ impl DeltaWorkspaceLens {
                     dvl: (nc * hv * 64 * vp).max(1),
                     dhs: (nc * hv * kp * vp).max(1),
                     du: (sp * nc * hv * 64 * vp).max(1),
-                    dw: (sp * nc * hv * 64 * kp).max(1),
-                    dgk: (dqkw_kz(bf16, kp) * nc * hv * 64).max(1),
+                    dgk: (dqk_kz(bf16, kp) * nc * hv * 64).max(1),
                     dqk: if direct_qk(p) { 0 } else { (p.rows() * hv * p.k()).max(1) },
                     dbg: p.beta_len().max(1),
                     ..Self::forward(p, nc, bf16, path)
@@ -788,18 +786,18 @@ mod tests {
             }
         }
         // the tiles of the widest dq/dk launch are columns of K
-        assert_eq!((dqkw_kw(true, 256), dqkw_kz(true, 256)), (128, 2));
-        assert_eq!((dqkw_kw(false, 128), dqkw_kz(false, 128)), (64, 2));
-        assert_eq!((dqkw_kw(true, 128), dqkw_kz(true, 128)), (128, 1));
-        // dq/dk/dw: two V-tile buffers for bf16 up to KP = 128 (one block per SM), one elsewhere;
+        assert_eq!((dqk_kw(true, 256), dqk_kz(true, 256)), (128, 2));
+        assert_eq!((dqk_kw(false, 128), dqk_kz(false, 128)), (64, 2));
+        assert_eq!((dqk_kw(true, 128), dqk_kz(true, 128)), (128, 1));
+        // dq/dk: two V-tile buffers for bf16 up to KP = 128 (one block per SM), one elsewhere;
         // every entry the dispatch names is built
-        assert_eq!(dqkw_name(dqkw_bufs(true, 128), 128, "bf16"), "delta_dqkw_s2_k128_bf16");
-        assert_eq!(dqkw_name(dqkw_bufs(true, 64), 64, "bf16"), "delta_dqkw_s2_k64_bf16");
-        assert_eq!(dqkw_name(dqkw_bufs(true, 256), 256, "bf16"), "delta_dqkw_k256_bf16");
-        assert_eq!(dqkw_name(dqkw_bufs(false, 128), 128, "f32"), "delta_dqkw_k128_f32");
+        assert_eq!(dqk_name(dqk_bufs(true, 128), 128, "bf16"), "delta_dqk_s2_k128_bf16");
+        assert_eq!(dqk_name(dqk_bufs(true, 64), 64, "bf16"), "delta_dqk_s2_k64_bf16");
+        assert_eq!(dqk_name(dqk_bufs(true, 256), 256, "bf16"), "delta_dqk_k256_bf16");
+        assert_eq!(dqk_name(dqk_bufs(false, 128), 128, "f32"), "delta_dqk_k128_f32");
         for (bf16, sfx, max) in [(true, "bf16", DELTA_CHUNK_MAX), (false, "f32", DELTA_CHUNK_F32_MAX)] {
             for kp in (64..=max).step_by(64) {
-                let name = dqkw_name(dqkw_bufs(bf16, kp), kp, sfx);
+                let name = dqk_name(dqk_bufs(bf16, kp), kp, sfx);
                 assert!(crate::kernels::source_of(&name).is_some(), "{name}");
             }
         }
@@ -807,18 +805,20 @@ mod tests {
         for kp in [64, 128] {
             for (bf16, arch, wg) in [(true, "sm_90a", true), (true, "sm_80", false), (false, "sm_90a", false)] {
                 let sfx = if bf16 { "bf16" } else { "f32" };
-                let (name, _) = dqkw_kernel(bf16, kp, sfx, arch, &DeltaSmem::new(bf16, kp, 128));
+                let (name, _) = dqk_kernel(bf16, kp, sfx, arch, &DeltaSmem::new(bf16, kp, 128));
                 assert_eq!(name.contains("_wg_"), wg, "{name}");
                 assert!(crate::kernels::source_of(&name).is_some(), "{name}");
             }
         }
-        assert!(!dqkw_wg(true, 256, "sm_90a"));
+        assert!(!dqk_wg(true, 256, "sm_90a"));
         for kp in [64, 128] {
-            assert!(DeltaSmem::new(true, kp, 128).dqkw(2) <= 227 * 1024, "KP {kp}");
-            assert!(DeltaSmem::new(true, kp, 128).dqkw_wg() <= 227 * 1024, "KP {kp}");
+            assert!(DeltaSmem::new(true, kp, 128).dqk(2) <= 227 * 1024, "KP {kp}");
+            assert!(DeltaSmem::new(true, kp, 128).dqk_wg() <= 227 * 1024, "KP {kp}");
             // the residual state pass: one stage at two blocks per SM
             let sm = DeltaSmem::new(true, kp, 128);
             assert!(2 * (sm.hr() + 1024) <= 228 * 1024, "KP {kp}: {} B", sm.hr());
+            // the WY backward (built for two blocks per SM at KP <= 128), dw's tiles included
+            assert!(2 * (sm.wy_bwd() + 1024) <= 228 * 1024, "KP {kp}: {} B", sm.wy_bwd());
         }
     }
 

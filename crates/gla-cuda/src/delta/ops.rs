@@ -148,7 +148,6 @@ pub struct DeltaWorkspace<T> {
     dvl: Option<CudaSlice<f32>>,
     dhs: Option<CudaSlice<T>>,
     du: Option<CudaSlice<T>>,
-    dw: Option<CudaSlice<T>>,
     dgk: Option<CudaSlice<f32>>,
     dq: Option<CudaSlice<f32>>,
     dk: Option<CudaSlice<f32>>,
@@ -197,7 +196,6 @@ impl<T: Elem> DeltaWorkspace<T> {
             dvl: ws_buf(cuda, l.dvl, "delta dvl")?,
             dhs: ws_buf(cuda, l.dhs, "delta chunk state gradients")?,
             du: ws_buf(cuda, l.du, "delta dU")?,
-            dw: ws_buf(cuda, l.dw, "delta dw")?,
             dgk: ws_buf(cuda, l.dgk, "delta dG partials")?,
             dq: ws_buf(cuda, l.dqk, "delta dq partials")?,
             dk: ws_buf(cuda, l.dqk, "delta dk partials")?,
@@ -497,7 +495,7 @@ fn chunk_wy_h<T: Elem>(
     let (w, u, g2) = (req(&ws.w, "w")?, req(&ws.u, "u")?, req(&ws.g2, "G")?);
     let (hs, vn, bt) = (req(&ws.hs, "hs")?, req(&ws.vn, "v_new")?, req(&ws.bt, "beta")?);
     // a workspace without the backward's buffers serves a forward only
-    let fwd_only = ws.dw.is_none();
+    let fwd_only = ws.dhs.is_none();
     let tiles = (vp / 64) * p.n() * p.hv();
     let res = if res_ok && dd::h_res(bf16, kp, tiles, cuda.sm_count()) { tm } else { None };
     ws.res_fwd.store(res.is_some(), std::sync::atomic::Ordering::Relaxed);
@@ -795,7 +793,7 @@ pub fn delta_bwd_ws<T: Elem>(
 }
 
 /// The chunked backward's launches up to the WY backward on the route's problem: prep, WY and
-/// state pass (recomputed unless `fwd_in_ws`), dvl, state-gradient pass, dq/dk/dw, WY backward.
+/// state pass (recomputed unless `fwd_in_ws`), dvl, state-gradient pass, dq/dk, WY backward.
 /// dq and dk go straight to the gradients where [`dd::direct_qk`], else to the workspace's
 /// partials; `x.h0`, `dht` and `dh0` are in the kernels' layout.
 #[allow(clippy::too_many_arguments)]
@@ -838,7 +836,7 @@ fn chunk_bwd<T: Elem>(
     let smem = DeltaSmem::new(bf16, kp, vp);
     let (bounds, off, seq) = (&dp.bounds, &dp.chunk_off, &dp.chunk_seq);
     let (w, tm, g2, hs, vn) = (req(&ws.w, "w")?, req(&ws.tm, "T")?, req(&ws.g2, "G")?, req(&ws.hs, "hs")?, req(&ws.vn, "v_new")?);
-    let (dhs, du, dw, dgk) = (req(&ws.dhs, "dhs")?, req(&ws.du, "dU")?, req(&ws.dw, "dw")?, req(&ws.dgk, "dG")?);
+    let (dhs, du, dgk) = (req(&ws.dhs, "dhs")?, req(&ws.du, "dU")?, req(&ws.dgk, "dG")?);
     let (db, dg, bt) = (req(&ws.db, "dbeta")?, req(&ws.dg, "dg")?, req(&ws.bt, "beta")?);
     let (dq, dk) = if dd::direct_qk(p) { (&*g.dq, &*g.dk) } else { (req(&ws.dq, "dq")?, req(&ws.dk, "dk")?) };
     let gx = grid_chunks(op, dp.n_chunks)?;
@@ -883,26 +881,26 @@ fn chunk_bwd<T: Elem>(
     if dp.n_chunks == 0 {
         return Ok(());
     }
-    let kz = dd::dqkw_kz(bf16, kp);
-    let (dqkw, dqkw_smem) = dd::dqkw_kernel(bf16, kp, sfx, cuda.arch(), &smem);
-    // SAFETY: arguments match delta_dqkw_*'s signature (the `_s2` and `_wg` entries': the same);
-    // grid z covers KP in tiles of KW; dq, dk hold [rows, HV, K] f32, dw planes x chunks x HV x
-    // 64 x KP, dG KZ x chunks x HV x 64
+    let kz = dd::dqk_kz(bf16, kp);
+    let (dqk, dqk_smem) = dd::dqk_kernel(bf16, kp, sfx, cuda.arch(), &smem);
+    // SAFETY: arguments match delta_dqk_*'s signature (the `_s2` and `_wg` entries': the same);
+    // grid z covers KP in tiles of KW; dq, dk hold [rows, HV, K] f32, dG KZ x chunks x HV x 64
     unsafe {
         cuda.launch(
-            &dqkw,
-            dd::chunk_cfg(gx, p.hv(), kz, dqkw_smem),
-            &[x.q, x.k, &ws.rq, &ws.rk, d_o, vn, du, hs, dhs, g2, dq, dk, dw, dgk, bounds, off, seq, &h, &hv, &k, &v, &vp32, &scale, &nch],
+            &dqk,
+            dd::chunk_cfg(gx, p.hv(), kz, dqk_smem),
+            &[x.q, x.k, &ws.rq, &ws.rk, d_o, vn, hs, dhs, g2, dq, dk, dgk, bounds, off, seq, &h, &hv, &k, &v, &vp32, &scale, &nch],
         )?;
     }
     let kz32 = kz as i32;
-    // SAFETY: arguments match delta_wy_bwd_*'s signature; dk holds delta_dqkw's values (added
-    // to); dv, dbeta and dg partials are written for every row of every chunk
+    // SAFETY: arguments match delta_wy_bwd_*'s signature (dw formed in the launch from dU and
+    // the chunk states hs); dk holds delta_dqk's values (added to); dv, dbeta and dg partials
+    // are written for every row of every chunk
     unsafe {
         cuda.launch(
             &format!("delta_wy_bwd_k{kp}_{sfx}"),
             dd::chunk_cfg(gx, p.hv(), 1, smem.wy_bwd()),
-            &[x.k, &ws.rk, x.v, bt, tm, dw, du, g2, dgk, dk, &*g.dv, db, dg, bounds, off, seq, &h, &hv, &k, &v, &vp32, &kz32, &nch],
+            &[x.k, &ws.rk, x.v, bt, tm, hs, du, g2, dgk, dk, &*g.dv, db, dg, bounds, off, seq, &h, &hv, &k, &v, &vp32, &kz32, &nch],
         )
     }
 }

@@ -419,25 +419,25 @@ struct K_;
 KSET(float, f32)
 KSET(unsigned short, bf16)
 
-// DQKW: the dq/dk/dw entry src/delta/dispatch.rs runs (delta_dqkw_s2_* for bf16 up to KP = 128,
+// DQK: the dq/dk entry src/delta/dispatch.rs runs (delta_dqk_s2_* for bf16 up to KP = 128,
 // the V tiles in two buffers: dq_bufs)
-#define CHUNK_FNS(KP, SFX, DQKW, H32, HB32, HB2, H32B2, HBD2)                                                   \
+#define CHUNK_FNS(KP, SFX, DQK, H32, HB32, HB2, H32B2, HBD2)                                                   \
     {KP, {(void*)delta_wy_k##KP##_##SFX, (void*)delta_h_k##KP##_##SFX, (void*)delta_o_k##KP##_##SFX,            \
-          (void*)delta_dvl_k##KP##_##SFX, (void*)delta_h_bwd_k##KP##_##SFX, (void*)DQKW,                        \
+          (void*)delta_dvl_k##KP##_##SFX, (void*)delta_h_bwd_k##KP##_##SFX, (void*)DQK,                        \
           (void*)delta_wy_bwd_k##KP##_##SFX, (void*)H32, (void*)HB32, (void*)HB2, (void*)H32B2, (void*)HBD2}}
 struct ChunkFns {
-    void *wy, *h, *o, *dvl, *hb, *dqkw, *wyb, *h32, *hb32, *h2, *h32b2;  // h2, h32b2: the _b2 / _v32b2 entries
+    void *wy, *h, *o, *dvl, *hb, *dqk, *wyb, *h32, *hb32, *h2, *h32b2;  // h2, h32b2: the _b2 / _v32b2 entries
     void* hbd2;  // delta_h_bwd_dv2: the state-gradient pass with dvl fused in (64 columns, two stages)
 };
-static std::map<int, ChunkFns> g_cf32 = {CHUNK_FNS(64, f32, delta_dqkw_k64_f32, nullptr, nullptr, nullptr, nullptr, nullptr),
-                                         CHUNK_FNS(128, f32, delta_dqkw_k128_f32, nullptr, nullptr, nullptr, nullptr, nullptr)};
+static std::map<int, ChunkFns> g_cf32 = {CHUNK_FNS(64, f32, delta_dqk_k64_f32, nullptr, nullptr, nullptr, nullptr, nullptr),
+                                         CHUNK_FNS(128, f32, delta_dqk_k128_f32, nullptr, nullptr, nullptr, nullptr, nullptr)};
 static std::map<int, ChunkFns> g_cbf = {
-    CHUNK_FNS(64, bf16, delta_dqkw_s2_k64_bf16, delta_h_v32_k64_bf16, delta_h_bwd_v32_k64_bf16, delta_h_b2_k64_bf16,
+    CHUNK_FNS(64, bf16, delta_dqk_s2_k64_bf16, delta_h_v32_k64_bf16, delta_h_bwd_v32_k64_bf16, delta_h_b2_k64_bf16,
               delta_h_v32b2_k64_bf16, delta_h_bwd_dv2_k64_bf16),
-    CHUNK_FNS(128, bf16, delta_dqkw_s2_k128_bf16, delta_h_v32_k128_bf16, delta_h_bwd_v32_k128_bf16, delta_h_b2_k128_bf16,
+    CHUNK_FNS(128, bf16, delta_dqk_s2_k128_bf16, delta_h_v32_k128_bf16, delta_h_bwd_v32_k128_bf16, delta_h_b2_k128_bf16,
               delta_h_v32b2_k128_bf16, delta_h_bwd_dv2_k128_bf16),
-    CHUNK_FNS(192, bf16, delta_dqkw_k192_bf16, delta_h_v32_k192_bf16, delta_h_bwd_v32_k192_bf16, nullptr, nullptr, nullptr),
-    CHUNK_FNS(256, bf16, delta_dqkw_k256_bf16, delta_h_v32_k256_bf16, delta_h_bwd_v32_k256_bf16, nullptr, nullptr, nullptr)};
+    CHUNK_FNS(192, bf16, delta_dqk_k192_bf16, delta_h_v32_k192_bf16, delta_h_bwd_v32_k192_bf16, nullptr, nullptr, nullptr),
+    CHUNK_FNS(256, bf16, delta_dqk_k256_bf16, delta_h_v32_k256_bf16, delta_h_bwd_v32_k256_bf16, nullptr, nullptr, nullptr)};
 
 // smem sizes (as src/delta/dispatch.rs)
 template <class E>
@@ -483,16 +483,16 @@ static int kw(int KP) {
     return (sizeof(E) == 2 && KP <= 128) ? KP : (KP == 64 ? 64 : KP / 2);
 }
 template <class E>
-static size_t sm_dqkw(int KP, int NB) {
-    const int KW = kw<E>(KP), SP = SPn<E>, VBUF = (1 + 2 * SP) * 64 * 72 + 2 * KW * 72;
+static size_t sm_dqk(int KP, int NB) {
+    const int KW = kw<E>(KP), SP = SPn<E>, VBUF = (1 + SP) * 64 * 72 + 2 * KW * 72;
     return (2 * 64 * (KP + 8) + NB * VBUF + (2 - NB) * SP * 64 * 72) * sizeof(E) + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4;
 }
-// the dq/dk/dw entry on warpgroups (bf16, KP <= 128): the default, as on sm_90a
-// (src/delta/dispatch.rs dqkw_wg; DELTA_DQVAR=s2 runs the mma.sync entry); its swizzled,
-// unpadded tiles and the 1024 bytes of their alignment (DeltaSmem::dqkw_wg)
-static std::map<int, void*> g_dqwg = {{64, (void*)delta_dqkw_wg_k64_bf16}, {128, (void*)delta_dqkw_wg_k128_bf16}};
-static size_t sm_dqkw_wg(int KP) {
-    const int VBUF = 5 * 64 * 64 + 2 * KP * 64;
+// the dq/dk entry on warpgroups (bf16, KP <= 128): the default, as on sm_90a
+// (src/delta/dispatch.rs dqk_wg; DELTA_DQVAR=s2 runs the mma.sync entry); its swizzled,
+// unpadded tiles and the 1024 bytes of their alignment (DeltaSmem::dqk_wg)
+static std::map<int, void*> g_dqwg = {{64, (void*)delta_dqk_wg_k64_bf16}, {128, (void*)delta_dqk_wg_k128_bf16}};
+static size_t sm_dqk_wg(int KP) {
+    const int VBUF = (1 + SPn<bf16_t>) * 64 * 64 + 2 * KP * 64;
     return (2 * 64 * KP + 2 * VBUF) * 2 + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024;
 }
 template <class E>
@@ -500,7 +500,7 @@ static bool dq_wg(int KP) {
     const char* v = getenv("DELTA_DQVAR");
     return sizeof(E) == 2 && KP <= 128 && !(v && !std::strcmp(v, "s2"));
 }
-// V-tile buffers of the dq/dk/dw entry in ChunkFns (src/delta/dispatch.rs dqkw_bufs)
+// V-tile buffers of the dq/dk entry in ChunkFns (src/delta/dispatch.rs dqk_bufs)
 template <class E>
 static int dq_bufs(int KP) {
     return (sizeof(E) == 2 && KP <= 128) ? 2 : 1;
@@ -518,7 +518,7 @@ static size_t sm_hr(int KP) {
 static std::map<int, void*> g_hbr = {{64, (void*)delta_h_bwd_rdv2_k64_bf16}, {128, (void*)delta_h_bwd_rdv2_k128_bf16}};
 static size_t sm_hbr(int KP) {
     const size_t SP = SPn<bf16_t>, L = 72, stage = 2 * 64 * (KP + 8) + SP * 64 * 72 + 64 * L;
-    return (2 * stage + (size_t)KP * L + SP * 64 * L + (2 * SP * 64 * 72 + 64 * L)) * 2 + 2 * 256 * 4;
+    return (2 * stage + (size_t)KP * L + SP * 64 * L + (SP * 64 * 72 + 64 * L)) * 2 + 2 * 256 * 4;
 }
 // the residual forward: DELTA_HVAR=resb2 forces it, any other DELTA_HVAR turns it off, else
 // src/delta/dispatch.rs h_res's rule at 132 SMs (2 x 64-column tiles > SMs)
@@ -529,8 +529,8 @@ static const char* h_res_var(int tiles) {
 }
 template <class E>
 static size_t sm_wyb(int KP, int VP) {
-    const int SP = SPn<E>;
-    return ((1 + SP) * 64 * (KP + 8) + 3 * SP * 64 * 72) * sizeof(E) + (3 * 64 + 256 + 64 + 128 + 256) * 4;
+    const int SP = SPn<E>, RA = std::max(2 * SP * 64, KP + SP * 64);
+    return ((1 + SP) * 64 * (KP + 8) + (SP * 64 + RA) * 72) * sizeof(E) + (3 * 64 + 256 + 64 + 128 + 256) * 4;
 }
 
 template <class E>
@@ -846,15 +846,14 @@ struct Run {
         }
         const int KZ = KP / kw<E>(KP);
         auto dqp = poison<float>(rows * HV * K), dkp = poison<float>(rows * HV * K);
-        auto dw = poison<E>(SP * nc * HV * 64 * KP);
         auto dgp = poison<float>(KZ * nc * HV * 64);
-        typedef void (*DqkwFn)(const E*, const E*, const float*, const float*, const E*, const E*, const E*, const E*, const E*,
-                               const float*, float*, float*, E*, float*, const long long*, const long long*, const int*, int, int, int,
-                               int, int, float, long long);
+        typedef void (*DqkFn)(const E*, const E*, const float*, const float*, const E*, const E*, const E*, const E*, const float*,
+                               float*, float*, float*, const long long*, const long long*, const int*, int, int, int, int, int, float,
+                               long long);
         if (nc > 0)
-            emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, b256, dq_wg<E>(KP) ? sm_dqkw_wg(KP) : sm_dqkw<E>(KP, dq_bufs<E>(KP)), [&] {
-                ((DqkwFn)(dq_wg<E>(KP) ? g_dqwg[KP] : f.dqkw))(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), du.data(), hs.data(), dhs.data(), g2.data(),
-                                 dqp.data(), dkp.data(), dw.data(), dgp.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V,
+            emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, b256, dq_wg<E>(KP) ? sm_dqk_wg(KP) : sm_dqk<E>(KP, dq_bufs<E>(KP)), [&] {
+                ((DqkFn)(dq_wg<E>(KP) ? g_dqwg[KP] : f.dqk))(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), hs.data(), dhs.data(), g2.data(),
+                                 dqp.data(), dkp.data(), dgp.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V,
                                  VP, scale, nch);
             });
         auto dv = poison<float>(rows * HV * V), dbp = poison<float>(rows * HV), dgl = poison<float>(rows * HV);
@@ -863,7 +862,7 @@ struct Run {
                               long long);
         if (nc > 0)
             emu::launch(cgrid, b256, sm_wyb<E>(KP, VP), [&] {
-                ((WybFn)f.wyb)(k.data(), ptr(rk), v.data(), bt.data(), tm.data(), dw.data(), du.data(), g2.data(), dgp.data(), dkp.data(),
+                ((WybFn)f.wyb)(k.data(), ptr(rk), v.data(), bt.data(), tm.data(), hs.data(), du.data(), g2.data(), dgp.data(), dkp.data(),
                                dv.data(), dbp.data(), dgl.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V, VP, KZ, nch);
             });
         out.dv = back(dv);
