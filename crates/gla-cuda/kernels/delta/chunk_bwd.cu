@@ -23,8 +23,9 @@
 //     of dG over the chunk (=, the log decay's gradient [rows, HV] f32)
 // The operands with cancellation (P, U, dU, dw, T, dT, T^T dT, dAb) are split (delta/common.cuh).
 // Every sum is in a fixed order (no atomics). Blocks per SM at KP = VP = 128 (bf16): delta_dvl
-// three (registers <= 80), delta_wy_bwd two (registers <= 128; its V and dU tiles share one
-// region with M1, M2, and the row and column sums of dA * A come from the fragments). The
+// three (registers <= 80), delta_wy_bwd two (registers <= 128; dw's tiles (dU, S) and then the
+// V and dU tiles share one region with M1, M2, dw's second tile buffer lies over K and dw before
+// they are loaded, and the row and column sums of dA * A come from the fragments). The
 // derivation: the chain rule through the chunk form of docs/kernels.md's delta-rule section.
 //
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
