@@ -115,9 +115,10 @@ pub fn cases() -> Vec<DeltaCase> {
         out.push(DeltaCase { name, spec: s, gate_scale: 1.0, beta: Beta::Logits { shift: 0.0 }, h0: true });
     }
     // K = V = 128 and enough (sequence, value head) pairs that the GPU's default plans (bf16) are
-    // the fused state-gradient pass and the residual forward with its residual backward: 35 x 2
-    // pairs x 2 value tiles of 64 = 140 tiles, and those plans run where 2 x tiles > SMs
-    // (gla-cuda's dispatch::delta::h_res)
+    // the fused state-gradient pass and the residual forward (64 columns) with its residual
+    // backward: 35 x 2 pairs x 2 value tiles of 64 = 140 tiles, and those plans run where
+    // 2 x tiles > SMs and tiles >= SMs (gla-cuda's dispatch::delta::h_res, res_ok); smaller
+    // cases run the residual forward on 32 columns where the workspace is a forward's only
     let mut s = DeltaSpec::new(35, 65, 2, 128, 128, DeltaGate::LogDecay);
     s.hv = 2;
     out.push(DeltaCase { name: "gdn-K128-35seqs-T65-h0".into(), spec: s, gate_scale: 1.0, beta: Beta::Uniform, h0: true });

@@ -355,8 +355,9 @@ impl<'a> DeltaBenchOp<'a> {
 /// on a forward-only workspace (what inference and prefill hold), the `fwd+bwd` row the forward
 /// and backward on a training workspace (the forward's and the backward's buffers, whose
 /// intermediates the backward reuses; fla keeps T and recomputes the rest); both workspaces are
-/// allocated before either is timed. The dispatch picks the residual or the WY forward on both
-/// alike (`dispatch::delta::h_res`).
+/// allocated before either is timed. The dispatch picks the residual or the WY forward for each
+/// (`dispatch::delta::h_res`, `res_ok`: the training workspace takes the residual form only
+/// where its backward has one).
 ///
 /// # Errors
 /// Invalid shapes; driver, compile or launch errors.

@@ -302,6 +302,8 @@ pub const DELTA_CHUNK_H: KernelSource = source!(
         "delta_h_v32b2_k128_bf16",
         "delta_hr_b2_k64_bf16",
         "delta_hr_b2_k128_bf16",
+        "delta_hr_v32_k64_bf16",
+        "delta_hr_v32_k128_bf16",
         "delta_h_bwd_v32_k64_bf16",
         "delta_h_bwd_v32_k128_bf16",
         "delta_h_bwd_v32_k192_bf16",

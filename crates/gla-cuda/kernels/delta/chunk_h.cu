@@ -19,10 +19,11 @@
 // (delta_dvl's arithmetic, P from the q, k rows it loads) instead of read, the per-chunk loads on
 // two cp.async stages (64 columns, one block per SM).
 //
-// delta_hr_b2_k{KP}_bf16 (KP <= 128, the residual forward): delta_h with U formed as
-// T (beta (V - rk exp(G) (K S))) from delta_wyt's T, k and v, so no w or u is read (or
-// written by the WY pass): the same U, a third fewer bytes per chunk, one more product and
-// barrier in the chain.
+// delta_hr_b2_k{KP}_bf16, delta_hr_v32_k{KP}_bf16 (KP <= 128, the residual forward): delta_h with
+// U formed as T (beta (V - rk exp(G) (K S))) from delta_wyt's T, k and v, so no w or u is read
+// (or written by the WY pass): the same U, a third fewer bytes per chunk, one more product and
+// barrier in the chain. `_b2`: 64 columns, one stage, two blocks per SM; `_v32`: 32 columns, two
+// stages, one block per SM (long sequences: twice the blocks walking in step).
 //
 // S's operand copy (the B operand of w S and K dS) is rounded to the storage dtype, as fla does.
 // Warps tile S as WM x WN (8 x 1 for KP = 128, 256; 4 x 2 for KP = 64, 192). Both passes have NS
@@ -39,7 +40,7 @@
 //   delta_h_bwd_v32_k64_bf16 delta_h_bwd_v32_k128_bf16 delta_h_bwd_v32_k192_bf16 delta_h_bwd_v32_k256_bf16
 //   delta_h_b2_k64_bf16 delta_h_b2_k128_bf16 delta_h_v32b2_k64_bf16 delta_h_v32b2_k128_bf16
 //   delta_h_bwd_dv2_k64_bf16 delta_h_bwd_dv2_k128_bf16 delta_h_bwd_rdv2_k64_bf16 delta_h_bwd_rdv2_k128_bf16
-//   delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16
+//   delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16 delta_hr_v32_k64_bf16 delta_hr_v32_k128_bf16
 
 // The state tile's warp layout (S or dS, KP x BV in mma fragments): warp (wm, wn) of WM x WN
 // holds m-tiles wm + WM ms (ms < MS) and the NSN n8-tiles from 8 NSN wn.
@@ -470,12 +471,12 @@ extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_##NAME(           
 }
 // the residual forward (bf16; h_fwd's RES): delta_h's arguments, w and u unread (may be null),
 // then T (delta_wyt's), v and beta
-#define HR_ENTRY(PFX, KP, NS, LB)                                                                         \
+#define HR_ENTRY(PFX, KP, NS, BV, LB)                                                                     \
 extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_bf16(                                       \
     const bf16_t* w, const float* u, const bf16_t* k, const float* rk, const float* g2, const float* h0, \
     bf16_t* hs, bf16_t* vn, float* ht, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, \
     int V, int VP, idx_t nch, const bf16_t* tm, const bf16_t* v, const float* bt) {                      \
-    h_fwd<bf16_t, KP, NS, 64, true>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K, V, VP, \
+    h_fwd<bf16_t, KP, NS, BV, true>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K, V, VP, \
                                     nch, tm, v, bt);                                                      \
 }
 #define HB_ENTRY(PFX, KP, BV, NAME, E) HB_ENTRY_FD(PFX, KP, BV, false, 1, NAME, E)
@@ -508,9 +509,12 @@ H_ENTRY_LB(delta_h_b2, 64, 1, 64, (DNT, 2), bf16, bf16_t)
 H_ENTRY_LB(delta_h_b2, 128, 1, 64, (DNT, 2), bf16, bf16_t)
 H_ENTRY_LB(delta_h_v32b2, 64, 1, 32, (DNT, 2), bf16, bf16_t)
 H_ENTRY_LB(delta_h_v32b2, 128, 1, 32, (DNT, 2), bf16, bf16_t)
-// the residual forward (src/delta/dispatch.rs h_res): one stage built for two blocks per SM
-HR_ENTRY(delta_hr_b2, 64, 1, (DNT, 2))
-HR_ENTRY(delta_hr_b2, 128, 1, (DNT, 2))
+// the residual forward (src/delta/dispatch.rs h_res): `_b2` 64 columns, one stage built for two
+// blocks per SM; `_v32` 32 columns, two stages, one block per SM
+HR_ENTRY(delta_hr_b2, 64, 1, 64, (DNT, 2))
+HR_ENTRY(delta_hr_b2, 128, 1, 64, (DNT, 2))
+HR_ENTRY(delta_hr_v32, 64, 2, 32, (DNT))
+HR_ENTRY(delta_hr_v32, 128, 2, 32, (DNT))
 HB_ENTRY(delta_h_bwd, 64, 64, f32, float)
 HB_ENTRY(delta_h_bwd, 128, 64, f32, float)
 // the state-gradient pass's stages as the forward's (NS above; src/delta/dispatch.rs h_stages)

@@ -370,29 +370,48 @@ pub(crate) fn dqk_bufs(bf16: bool, kp: usize) -> usize {
     }
 }
 
-/// Whether the chunked forward runs the residual form (bf16, KP <= 128): `delta_wyt` writes T
-/// alone and `delta_hr_b2` (64 columns, built for two blocks per SM) forms v_new as
-/// T (beta (V - rk exp(G) (K S))), so w and u are never formed. The default unless the WY
-/// form's 32-column state pass ([`h_policy`]) would run in one wave (2 `tiles` <= SMs, `tiles`
-/// the 64-column ones): there the residual pass's 64-column blocks, one per SM, take twice as
-/// long per chunk as that pass's. On an H100 (bf16, K = V = 128, B*T = 65536) the residual
-/// forward ran 2.83 against 3.15 ms for the WY form at T = 16384 (128 tiles) and 4.23 against
-/// 3.13 at T = 32768 (64 tiles). Under the same condition the backward's state-gradient pass
-/// is the fused one ([`h_policy`]), whose residual form ([`h_bwd_res`]) needs no w, so a
-/// training workspace takes the residual forward too, as does a backward that recomputes the
-/// forward where its state-gradient pass has the residual form (a backward that runs another
-/// plan after a residual forward forms w first, `delta_wy`). The lab override `h=resb2` forces
-/// the residual form (the delta checks run it over the whole case table), any other `h=` value
-/// (a WY plan under study) turns it off.
-pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> bool {
+/// The residual forward's plan, or `None` for the WY form (bf16, KP <= 128 only): `delta_wyt`
+/// writes T alone and `delta_hr_*` forms v_new as T (beta (V - rk exp(G) (K S))), so w and u
+/// are never formed. `delta_hr_b2` (64 columns, one stage, two blocks per SM) where 64-column
+/// blocks fill every SM at least once (`tiles`, the 64-column ones, >= SMs), else
+/// `delta_hr_v32` (32 columns, two stages, one block per SM: long sequences, where blocks walking
+/// their chunks in order are the only parallelism). On an H100 (bf16, K = V = 128, B*T = 65536,
+/// `bench/results/2026-12-06_h100_aa8f1d7_delta_hr_v32.txt`) the forward ran 2.24 (`_b2`) against
+/// 2.39 ms (`_v32`) at T = 8192 (256 tiles), 2.66 against 2.40 at T = 16384 (128 tiles), and at
+/// T = 32768 (64 tiles) 2.76 against 3.00 for the WY form (`delta_wy` + `delta_h_v32`, whose
+/// UT pass writes w and u). Where it runs is [`res_ok`]'s. The lab override `h=resb2` /
+/// `h=resv32` forces one entry (the delta checks run each over the whole case table), any other
+/// `h=` value (a WY plan under study) turns the residual form off.
+pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> Option<HPlan> {
     if !h_two_ok(bf16, kp) {
-        return false;
+        return None;
     }
+    let b2 = HPlan { bv: 64, ns: 1, two: true, out: false };
+    let v32 = HPlan { bv: 32, ns: 2, two: false, out: false };
     match h_lab(false).as_deref() {
-        Some("resb2") => true,
-        Some(_) => false,
-        None => 2 * tiles > sm_count,
+        Some("resb2") => Some(b2),
+        Some("resv32") => Some(v32),
+        Some(_) => None,
+        None => Some(if tiles >= sm_count { b2 } else { v32 }),
     }
+}
+
+/// Whether a forward may take the residual form ([`h_res`]): a forward-only workspace always;
+/// a training workspace (the forward whose backward follows, or the backward's recomputation)
+/// only where the state-gradient pass has the residual form ([`h_bwd_res`] on its plan for
+/// `nhv` sequence x value heads), since any other backward forms w after all (`delta_wy`): on
+/// an H100 at T = 32768 (bf16, K = V = 128, B = 2) that took the forward+backward from 8.5 to
+/// 9.2 ms. The lab overrides `h=resb2` / `h=resv32` force it on every workspace, so the checks
+/// also run a backward that forms w after the residual forward.
+pub(crate) fn res_ok(bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize, fwd_only: bool) -> bool {
+    fwd_only
+        || matches!(h_lab(false).as_deref(), Some("resb2" | "resv32"))
+        || h_bwd_res(bf16, kp, h_plan(true, bf16, kp, vp, nhv, sm_count))
+}
+
+/// The residual forward's entry point on `plan` ([`h_res`]).
+pub(crate) fn hr_name(plan: HPlan, kp: usize) -> String {
+    format!("delta_hr_{}_k{kp}_bf16", if plan.bv == 32 { "v32" } else { "b2" })
 }
 
 /// Whether the state-gradient pass on `plan` runs its residual form after a residual forward
@@ -460,12 +479,12 @@ impl DeltaSmem {
         let lds = bv + PAD;
         (ns * (sp + 1) * 64 * self.lk() + self.kp * lds + sp * 64 * lds) * e + ns * (64 * bv + 128) * 4
     }
-    /// `delta_hr_b2` (one stage of loads): T (split), k, a 64-column V tile; the state operand;
-    /// U's and Y's split tiles; G, rk, beta.
-    pub(crate) fn hr(&self) -> usize {
-        let (e, sp, lds) = (self.e, self.sp, 64 + PAD);
+    /// `delta_hr_*` on `plan` ([`h_res`]): per stage T (split), k, a BV-column V tile, and G, rk,
+    /// beta; the state operand; U's and Y's split tiles.
+    pub(crate) fn hr(&self, plan: HPlan) -> usize {
+        let (e, sp, lds) = (self.e, self.sp, plan.bv + PAD);
         let stage = sp * 64 * LDT + 64 * self.lk() + 64 * lds;
-        (stage + self.kp * lds + 2 * sp * 64 * lds) * e + 192 * 4
+        (plan.ns * stage + self.kp * lds + 2 * sp * 64 * lds) * e + plan.ns * 192 * 4
     }
     pub(crate) fn o(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -522,7 +541,11 @@ impl DeltaSmem {
         let fused = h_two_ok(self.e == 2, self.kp);
         let hb2 = if fused { self.h_bwd(HPlan { bv: 64, ns: 2, two: false, out: true }).max(self.h_bwd_res()) } else { 0 };
         let dq = dqk_bufs(self.e == 2, self.kp);
-        let hr = if fused { self.hr() } else { 0 };
+        let hr = if fused {
+            self.hr(HPlan { bv: 32, ns: 2, two: false, out: false }).max(self.hr(HPlan { bv: 64, ns: 1, two: true, out: false }))
+        } else {
+            0
+        };
         let dqwg = if fused { self.dqk_wg() } else { 0 };
         [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), hb2, self.dqk(dq), dqwg, self.wy_bwd(), hr]
             .into_iter()
@@ -814,9 +837,15 @@ mod tests {
         for kp in [64, 128] {
             assert!(DeltaSmem::new(true, kp, 128).dqk(2) <= 227 * 1024, "KP {kp}");
             assert!(DeltaSmem::new(true, kp, 128).dqk_wg() <= 227 * 1024, "KP {kp}");
-            // the residual state pass: one stage at two blocks per SM
+            // the residual state pass: one stage at two blocks per SM, or two stages at one
             let sm = DeltaSmem::new(true, kp, 128);
-            assert!(2 * (sm.hr() + 1024) <= 228 * 1024, "KP {kp}: {} B", sm.hr());
+            let hr = sm.hr(HPlan { bv: 64, ns: 1, two: true, out: false });
+            assert!(2 * (hr + 1024) <= 228 * 1024, "KP {kp}: {hr} B");
+            assert!(sm.hr(HPlan { bv: 32, ns: 2, two: false, out: false }) <= 227 * 1024, "KP {kp}");
+            for bv in [32, 64] {
+                let plan = HPlan { bv, ns: 1, two: bv == 64, out: false };
+                assert!(crate::kernels::source_of(&hr_name(plan, kp)).is_some(), "{}", hr_name(plan, kp));
+            }
             // the WY backward (built for two blocks per SM at KP <= 128), dw's tiles included
             assert!(2 * (sm.wy_bwd() + 1024) <= 228 * 1024, "KP {kp}: {} B", sm.wy_bwd());
         }
@@ -854,17 +883,22 @@ mod tests {
         assert_eq!(DeltaWorkspaceLens::forward(&p, 2, true, path).tm, 2 * 2 * 4096);
         assert_eq!(DeltaWorkspaceLens::forward(&p, 2, false, delta_path(&p, false, DeltaAlgo::Chunked).unwrap()).tm, 0);
         if std::env::var("GLA_DELTA_LAB").is_err() {
-            // where 32-column tiles would not run in one wave; never f32 storage or KP > 128
-            assert!(h_res(true, 128, 132, 132));
-            assert!(h_res(true, 128, 67, 132));
-            assert!(!h_res(true, 128, 66, 132));
-            assert!(!h_res(false, 128, 1024, 132));
-            assert!(!h_res(true, 192, 1024, 132));
-            // the residual forward runs where the backward's fused pass has a residual form
+            // b2 where 64-column blocks fill the SMs, else v32; never f32 storage or KP > 128
+            let res = |tiles| h_res(true, 128, tiles, 132).map(|p| (p.bv, p.ns, p.two));
+            assert_eq!(res(132), Some((64, 1, true)));
+            assert_eq!(res(131), Some((32, 2, false)));
+            assert_eq!(res(1), Some((32, 2, false)));
+            assert!(h_res(false, 128, 1024, 132).is_none());
+            assert!(h_res(true, 192, 1024, 132).is_none());
+            assert_eq!(hr_name(HPlan { bv: 32, ns: 2, two: false, out: false }, 64), "delta_hr_v32_k64_bf16");
+            // a forward-only workspace takes it everywhere; a training one where the backward's
+            // fused pass has a residual form (2 x 64-column tiles > SMs)
             for kp in [64, 128] {
                 for nhv in [33, 34, 512] {
                     let plan = h_plan(true, true, kp, 128, nhv, 132);
-                    assert_eq!(h_res(true, kp, 2 * nhv, 132), h_bwd_res(true, kp, plan), "KP {kp}, NHV {nhv}");
+                    assert!(res_ok(true, kp, 128, nhv, 132, true));
+                    assert_eq!(res_ok(true, kp, 128, nhv, 132, false), h_bwd_res(true, kp, plan), "KP {kp}, NHV {nhv}");
+                    assert_eq!(h_bwd_res(true, kp, plan), 4 * nhv > 132, "KP {kp}, NHV {nhv}");
                 }
                 let sm = DeltaSmem::new(true, kp, 128);
                 assert!(sm.h_bwd_res() <= 227 * 1024, "KP {kp}: {} B", sm.h_bwd_res());

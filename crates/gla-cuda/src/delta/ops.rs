@@ -367,7 +367,9 @@ fn chunk_fwd<T: Elem>(
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
     let scale = p.scale() as f32;
     chunk_prep(cuda, p, vs, x, ws)?;
-    chunk_wy_h(cuda, p, dp, x, ws, kp, ht, true)?;
+    // a workspace without the backward's buffers serves a forward only
+    let res_ok = dd::res_ok(bf16, kp, dd::vpad(p.v()), p.n() * p.hv(), cuda.sm_count(), ws.dhs.is_none());
+    chunk_wy_h(cuda, p, dp, x, ws, kp, ht, res_ok)?;
     if dp.n_chunks == 0 {
         return Ok(());
     }
@@ -469,8 +471,7 @@ fn wy_launch<T: Elem>(
 /// The UT/WY prep and the state pass of the chunked path on the kernels' problem `p` (forward,
 /// and the backward's recomputation): w, u, G, hs, v_new; T where the workspace holds it (a
 /// backward's); ht when given. `res_ok`: the residual forward may run ([`dd::h_res`]: G,
-/// T, hs, v_new, no w or u); a backward's recomputation passes whether its state-gradient pass
-/// has the residual form.
+/// T, hs, v_new, no w or u), as [`dd::res_ok`] says.
 #[allow(clippy::too_many_arguments)]
 fn chunk_wy_h<T: Elem>(
     cuda: &Cuda,
@@ -497,15 +498,15 @@ fn chunk_wy_h<T: Elem>(
     // a workspace without the backward's buffers serves a forward only
     let fwd_only = ws.dhs.is_none();
     let tiles = (vp / 64) * p.n() * p.hv();
-    let res = if res_ok && dd::h_res(bf16, kp, tiles, cuda.sm_count()) { tm } else { None };
+    let res = if res_ok { dd::h_res(bf16, kp, tiles, cuda.sm_count()).zip(tm) } else { None };
     ws.res_fwd.store(res.is_some(), std::sync::atomic::Ordering::Relaxed);
-    if let Some(tm) = res {
+    if let Some((plan, tm)) = res {
         // the residual forward: T alone, then v_new from T, k and v
         wy_launch(cuda, op, p, dp, x, ws, kp, Some(tm), true)?;
-        let name = format!("delta_hr_b2_k{kp}_{}", T::SUFFIX);
-        let cfg = dd::state_cfg(vp, 64, grid_nhv(op, p)?, smem.hr());
-        // SAFETY: arguments match delta_hr_b2's (delta_h's, w and u unread, then T, v, beta);
-        // one block per (64-column V tile, sequence x value head)
+        let name = dd::hr_name(plan, kp);
+        let cfg = dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, smem.hr(plan));
+        // SAFETY: arguments match delta_hr_*'s (delta_h's, w and u unread, then T, v, beta);
+        // one block per (V tile, sequence x value head)
         return unsafe {
             cuda.launch(
                 &name,
@@ -817,7 +818,7 @@ fn chunk_bwd<T: Elem>(
     // `plan.out`: the state-gradient pass computes dvl itself (no delta_dvl launch, no dvl
     // buffer: DeltaRoute::backward_lens leaves it out, and the `_dv2` entries take null)
     let plan = dd::h_plan(true, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
-    let res_ok = dd::h_bwd_res(bf16, kp, plan);
+    let res_ok = dd::res_ok(bf16, kp, vp, p.n() * p.hv(), cuda.sm_count(), false);
     if !fwd_in_ws {
         // the recomputation takes the residual form where the state-gradient pass has one (the
         // language model's flow: gla-check's `chunk-recompute` rows)

@@ -509,9 +509,12 @@ static int dq_bufs(int KP) {
 // backward then runs delta_wy for w (as src/delta/ops.rs does)
 static std::map<int, void*> g_wyt = {{64, (void*)delta_wyt_k64_bf16}, {128, (void*)delta_wyt_k128_bf16}};
 static std::map<int, void*> g_hrb2 = {{64, (void*)delta_hr_b2_k64_bf16}, {128, (void*)delta_hr_b2_k128_bf16}};
-static size_t sm_hr(int KP) {
-    const size_t stage = 2 * 64 * 72 + 64 * (KP + 8) + 64 * 72;
-    return (stage + (size_t)KP * 72 + 4 * 64 * 72) * 2 + 192 * 4;
+static std::map<int, void*> g_hrv32 = {{64, (void*)delta_hr_v32_k64_bf16}, {128, (void*)delta_hr_v32_k128_bf16}};
+// src/delta/dispatch.rs DeltaSmem::hr: NS stages of T (hi, lo), k, the BV-column V tile and G, rk,
+// beta; the state operand; U's and Y's split tiles
+static size_t sm_hr(int KP, int BV, int NS) {
+    const size_t L = BV + 8, stage = 2 * 64 * 72 + 64 * (KP + 8) + 64 * L;
+    return (NS * stage + (size_t)KP * L + 4 * 64 * L) * 2 + NS * 192 * 4;
 }
 // the residual state-gradient pass (delta_h_bwd_rdv2; bf16, KP <= 128, 64 columns, two stages):
 // per stage q, k, T (hi, lo), do, and G, rq, rk, beta (src/delta/dispatch.rs DeltaSmem::h_bwd_res)
@@ -520,12 +523,13 @@ static size_t sm_hbr(int KP) {
     const size_t SP = SPn<bf16_t>, L = 72, stage = 2 * 64 * (KP + 8) + SP * 64 * 72 + 64 * L;
     return (2 * stage + (size_t)KP * L + SP * 64 * L + (SP * 64 * 72 + 64 * L)) * 2 + 2 * 256 * 4;
 }
-// the residual forward: DELTA_HVAR=resb2 forces it, any other DELTA_HVAR turns it off, else
-// src/delta/dispatch.rs h_res's rule at 132 SMs (2 x 64-column tiles > SMs)
+// the residual forward: DELTA_HVAR=resb2 / resv32 forces it, any other DELTA_HVAR turns it off,
+// else src/delta/dispatch.rs's rule for a training workspace at 132 SMs (res_ok: where the
+// backward is the fused pass, 2 x 64-column tiles > SMs; h_res: `_b2` where tiles >= SMs)
 static const char* h_res_var(int tiles) {
     const char* hv = getenv("DELTA_HVAR");
-    if (hv) return !std::strcmp(hv, "resb2") ? hv : nullptr;
-    return 2 * tiles > 132 ? "resb2" : nullptr;
+    if (hv) return !std::strcmp(hv, "resb2") || !std::strcmp(hv, "resv32") ? hv : nullptr;
+    return 2 * tiles > 132 ? (tiles >= 132 ? "resb2" : "resv32") : nullptr;
 }
 template <class E>
 static size_t sm_wyb(int KP, int VP) {
@@ -750,8 +754,10 @@ struct Run {
                 });
             typedef void (*HrFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
                                  const long long*, const long long*, int, int, int, int, int, long long, const E*, const E*, const float*);
-            emu::launch(dim3{(unsigned)(VP / 64), (unsigned)(d.N * HV), 1}, b256, sm_hr(KP), [&] {
-                ((HrFn)g_hrb2.at(KP))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(),
+            const bool v32 = !std::strcmp(res, "resv32");
+            const int rbv = v32 ? 32 : 64;
+            emu::launch(dim3{(unsigned)(VP / rbv), (unsigned)(d.N * HV), 1}, b256, sm_hr(KP, rbv, v32 ? 2 : 1), [&] {
+                ((HrFn)(v32 ? g_hrv32 : g_hrb2).at(KP))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(),
                                                         ht.data(), p.bounds.data(), p.off.data(), H, HV, K, V, VP, nch, tm.data(),
                                                         v.data(), bt.data());
             });
