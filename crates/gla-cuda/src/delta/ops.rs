@@ -818,17 +818,17 @@ fn chunk_bwd<T: Elem>(
     // `plan.out`: the state-gradient pass computes dvl itself (no delta_dvl launch, no dvl
     // buffer: DeltaRoute::backward_lens leaves it out, and the `_dv2` entries take null)
     let plan = dd::h_plan(true, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
-    let res_ok = dd::res_ok(bf16, kp, vp, p.n() * p.hv(), cuda.sm_count(), false);
+    let bwd_res = dd::h_bwd_res(bf16, kp, plan);
     if !fwd_in_ws {
         // the recomputation takes the residual form where the state-gradient pass has one (the
-        // language model's flow: gla-check's `chunk-recompute` rows)
+        // language model's flow: gla-check's `chunk-recompute` rows), or where the lab forces it
         chunk_prep(cuda, p, r.vs, x, ws)?;
-        chunk_wy_h(cuda, p, dp, x, ws, kp, None, res_ok)?;
+        chunk_wy_h(cuda, p, dp, x, ws, kp, None, dd::res_ok(bf16, kp, vp, p.n() * p.hv(), cuda.sm_count(), false))?;
     }
     // after the residual forward (no w): the state-gradient pass's residual form, or else the
     // WY pass for w
     let res = ws.res_fwd.load(std::sync::atomic::Ordering::Relaxed);
-    if res && !res_ok {
+    if res && !bwd_res {
         wy_launch(cuda, op, p, dp, x, ws, kp, Some(req(&ws.tm, "T")?), false)?;
     }
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
@@ -853,7 +853,7 @@ fn chunk_bwd<T: Elem>(
             )?;
         }
     }
-    if res && res_ok {
+    if res && bwd_res {
         // SAFETY: arguments match delta_h_bwd_rdv2's (delta_h_bwd_dv2's, w and dvl unread, then
         // T and beta); one block per (64-column V tile, sequence x value head) walking its
         // chunks in reverse; dhs, du sized for the problem
