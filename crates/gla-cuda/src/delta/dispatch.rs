@@ -376,7 +376,7 @@ pub(crate) fn dqk_bufs(bf16: bool, kp: usize) -> usize {
 /// blocks fill every SM at least once (`tiles`, the 64-column ones, >= SMs), else
 /// `delta_hr_v32` (32 columns, two stages, one block per SM: long sequences, where blocks walking
 /// their chunks in order are the only parallelism). On an H100 (bf16, K = V = 128, B*T = 65536,
-/// `bench/results/2026-12-06_h100_aa8f1d7_delta_hr_v32.txt`) the forward ran 2.24 (`_b2`) against
+/// `bench/results/2026-12-06_h100_4085b29_delta_hr_v32.txt`) the forward ran 2.24 (`_b2`) against
 /// 2.39 ms (`_v32`) at T = 8192 (256 tiles), 2.66 against 2.40 at T = 16384 (128 tiles), and at
 /// T = 32768 (64 tiles) 2.76 against 3.00 for the WY form (`delta_wy` + `delta_h_v32`, whose
 /// UT pass writes w and u). Where it runs is [`res_ok`]'s. The lab override `h=resb2` /
