@@ -469,19 +469,21 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
     const idx_t vplane = nch * HV * 64 * VP, tplane = nch * HV * 4096;
+    // dU's columns v0 .. v0 + 64 (split) into dst [SP][64][LDT]
+    auto ld_du = [&](E* dst, int v0) {
+        const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
+        tile_ld<E>(dst, LDT, du + vo, VP, 64, 64, 64, 64, true, tid, DNT);
+        if (SP == 2) tile_ld<E>(dst + 64 * LDT, LDT, du + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
+    };
     auto ld_vt = [&](int v0) {
         ld_v<E>(sV, LDT, v, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
-        const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
-        tile_ld<E>(sDu, LDT, du + vo, VP, 64, 64, 64, 64, true, tid, DNT);
-        if (SP == 2) tile_ld<E>(sDul, LDT, du + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
+        ld_du(sDu, v0);
         cp_commit();
     };
-    // dw's tile at v0 into buffer b: dU's columns v0 .. v0 + 64 (split) [SP][64][LDT], then
-    // S's (hs[c], the state entering the chunk) [KP][LDT]
+    // dw's tile at v0 into buffer b: dU's columns v0 .. v0 + 64 (split), then S's (hs[c], the
+    // state entering the chunk) [KP][LDT]
     auto ld_dws = [&](int v0, E* b) {
-        const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
-        tile_ld<E>(b, LDT, du + vo, VP, 64, 64, 64, 64, true, tid, DNT);
-        if (SP == 2) tile_ld<E>(b + 64 * LDT, LDT, du + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
+        ld_du(b, v0);
         tile_ld<E>(b + SP * 64 * LDT, LDT, hs + c.oc * (idx_t)KP * VP + v0, VP, KP, 64, KP, 64, true, tid, DNT);
         cp_commit();
     };
@@ -755,8 +757,8 @@ extern "C" __global__ void __launch_bounds__(DNT) ENTRY(                        
     const E* dhs, const float* g2, float* dq, float* dk, float* dgp, const idx_t* bounds,                \
     const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V, int VP, float scale,      \
     idx_t nch) {                                                                                         \
-    dqk_k<E, KP, NB, WG>(q, k, rq, rk, d_o, vn, hs, dhs, g2, dq, dk, dgp, bounds, chunk_off, chunk_seq, \
-                          H, HV, K, V, VP, scale, nch);                                                  \
+    dqk_k<E, KP, NB, WG>(q, k, rq, rk, d_o, vn, hs, dhs, g2, dq, dk, dgp, bounds, chunk_off, chunk_seq,  \
+                         H, HV, K, V, VP, scale, nch);                                                   \
 }
 DQK_ENTRY(delta_dqk_k64_f32, 64, float, 1, false)
 DQK_ENTRY(delta_dqk_k128_f32, 128, float, 1, false)
