@@ -370,6 +370,12 @@ pub(crate) fn dqk_bufs(bf16: bool, kp: usize) -> usize {
     }
 }
 
+/// The residual forward's plans ([`h_res`]): `delta_hr_b2` (64 columns, one stage, built for two
+/// blocks per SM) and `delta_hr_v32` (32 columns, two stages, one block per SM).
+pub(crate) const HR_B2: HPlan = HPlan { bv: 64, ns: 1, two: true, out: false };
+/// See [`HR_B2`].
+pub(crate) const HR_V32: HPlan = HPlan { bv: 32, ns: 2, two: false, out: false };
+
 /// The residual forward's plan, or `None` for the WY form (bf16, KP <= 128 only): `delta_wyt`
 /// writes T alone and `delta_hr_*` forms v_new as T (beta (V - rk exp(G) (K S))), so w and u
 /// are never formed. `delta_hr_b2` (64 columns, one stage, two blocks per SM) where 64-column
@@ -386,13 +392,11 @@ pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> Opt
     if !h_two_ok(bf16, kp) {
         return None;
     }
-    let b2 = HPlan { bv: 64, ns: 1, two: true, out: false };
-    let v32 = HPlan { bv: 32, ns: 2, two: false, out: false };
     match h_lab(false).as_deref() {
-        Some("resb2") => Some(b2),
-        Some("resv32") => Some(v32),
+        Some("resb2") => Some(HR_B2),
+        Some("resv32") => Some(HR_V32),
         Some(_) => None,
-        None => Some(if tiles >= sm_count { b2 } else { v32 }),
+        None => Some(if tiles >= sm_count { HR_B2 } else { HR_V32 }),
     }
 }
 
@@ -541,11 +545,7 @@ impl DeltaSmem {
         let fused = h_two_ok(self.e == 2, self.kp);
         let hb2 = if fused { self.h_bwd(HPlan { bv: 64, ns: 2, two: false, out: true }).max(self.h_bwd_res()) } else { 0 };
         let dq = dqk_bufs(self.e == 2, self.kp);
-        let hr = if fused {
-            self.hr(HPlan { bv: 32, ns: 2, two: false, out: false }).max(self.hr(HPlan { bv: 64, ns: 1, two: true, out: false }))
-        } else {
-            0
-        };
+        let hr = if fused { self.hr(HR_V32).max(self.hr(HR_B2)) } else { 0 };
         let dqwg = if fused { self.dqk_wg() } else { 0 };
         [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), hb2, self.dqk(dq), dqwg, self.wy_bwd(), hr]
             .into_iter()
@@ -839,11 +839,10 @@ mod tests {
             assert!(DeltaSmem::new(true, kp, 128).dqk_wg() <= 227 * 1024, "KP {kp}");
             // the residual state pass: one stage at two blocks per SM, or two stages at one
             let sm = DeltaSmem::new(true, kp, 128);
-            let hr = sm.hr(HPlan { bv: 64, ns: 1, two: true, out: false });
+            let hr = sm.hr(HR_B2);
             assert!(2 * (hr + 1024) <= 228 * 1024, "KP {kp}: {hr} B");
-            assert!(sm.hr(HPlan { bv: 32, ns: 2, two: false, out: false }) <= 227 * 1024, "KP {kp}");
-            for bv in [32, 64] {
-                let plan = HPlan { bv, ns: 1, two: bv == 64, out: false };
+            assert!(sm.hr(HR_V32) <= 227 * 1024, "KP {kp}");
+            for plan in [HR_B2, HR_V32] {
                 assert!(crate::kernels::source_of(&hr_name(plan, kp)).is_some(), "{}", hr_name(plan, kp));
             }
             // the WY backward (built for two blocks per SM at KP <= 128), dw's tiles included
@@ -888,9 +887,10 @@ mod tests {
             assert_eq!(res(132), Some((64, 1, true)));
             assert_eq!(res(131), Some((32, 2, false)));
             assert_eq!(res(1), Some((32, 2, false)));
+            assert_eq!(hr_name(HR_B2, 128), "delta_hr_b2_k128_bf16");
             assert!(h_res(false, 128, 1024, 132).is_none());
             assert!(h_res(true, 192, 1024, 132).is_none());
-            assert_eq!(hr_name(HPlan { bv: 32, ns: 2, two: false, out: false }, 64), "delta_hr_v32_k64_bf16");
+            assert_eq!(hr_name(HR_V32, 64), "delta_hr_v32_k64_bf16");
             // a forward-only workspace takes it everywhere; a training one where the backward's
             // fused pass has a residual form (2 x 64-column tiles > SMs)
             for kp in [64, 128] {

@@ -367,9 +367,7 @@ fn chunk_fwd<T: Elem>(
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
     let scale = p.scale() as f32;
     chunk_prep(cuda, p, vs, x, ws)?;
-    // a workspace without the backward's buffers serves a forward only
-    let res_ok = dd::res_ok(bf16, kp, dd::vpad(p.v()), p.n() * p.hv(), cuda.sm_count(), ws.dhs.is_none());
-    chunk_wy_h(cuda, p, dp, x, ws, kp, ht, res_ok)?;
+    chunk_wy_h(cuda, p, dp, x, ws, kp, ht)?;
     if dp.n_chunks == 0 {
         return Ok(());
     }
@@ -470,8 +468,10 @@ fn wy_launch<T: Elem>(
 
 /// The UT/WY prep and the state pass of the chunked path on the kernels' problem `p` (forward,
 /// and the backward's recomputation): w, u, G, hs, v_new; T where the workspace holds it (a
-/// backward's); ht when given. `res_ok`: the residual forward may run ([`dd::h_res`]: G,
-/// T, hs, v_new, no w or u), as [`dd::res_ok`] says.
+/// backward's); ht when given. The residual forward ([`dd::h_res`]: G, T, hs, v_new, no w or
+/// u) runs where [`dd::res_ok`] allows it for this workspace: a forward-only one, or a training
+/// one (a forward whose backward follows, or the backward's recomputation) whose backward has
+/// the residual form.
 #[allow(clippy::too_many_arguments)]
 fn chunk_wy_h<T: Elem>(
     cuda: &Cuda,
@@ -481,7 +481,6 @@ fn chunk_wy_h<T: Elem>(
     ws: &DeltaWorkspace<T>,
     kp: usize,
     ht: Option<&mut CudaSlice<f32>>,
-    res_ok: bool,
 ) -> Result<()> {
     let op = "delta chunked forward";
     let bf16 = is_bf16::<T>();
@@ -498,6 +497,7 @@ fn chunk_wy_h<T: Elem>(
     // a workspace without the backward's buffers serves a forward only
     let fwd_only = ws.dhs.is_none();
     let tiles = (vp / 64) * p.n() * p.hv();
+    let res_ok = dd::res_ok(bf16, kp, vp, p.n() * p.hv(), cuda.sm_count(), fwd_only);
     let res = if res_ok { dd::h_res(bf16, kp, tiles, cuda.sm_count()).zip(tm) } else { None };
     ws.res_fwd.store(res.is_some(), std::sync::atomic::Ordering::Relaxed);
     if let Some((plan, tm)) = res {
@@ -823,7 +823,7 @@ fn chunk_bwd<T: Elem>(
         // the recomputation takes the residual form where the state-gradient pass has one (the
         // language model's flow: gla-check's `chunk-recompute` rows), or where the lab forces it
         chunk_prep(cuda, p, r.vs, x, ws)?;
-        chunk_wy_h(cuda, p, dp, x, ws, kp, None, dd::res_ok(bf16, kp, vp, p.n() * p.hv(), cuda.sm_count(), false))?;
+        chunk_wy_h(cuda, p, dp, x, ws, kp, None)?;
     }
     // after the residual forward (no w): the state-gradient pass's residual form, or else the
     // WY pass for w
