@@ -751,7 +751,7 @@ BWD_ENTRY(256, bf16, bf16_t)
 // dq/dk as the entry point ENTRY with NB V-tile buffers: two (the `_s2` entries) where
 // KW = KP (bf16 up to 128), one elsewhere (src/delta/dispatch.rs dqk_bufs); WG: the products on
 // warpgroups (the `_wg` entries, sm_90a)
-#define DQK_ENTRY(ENTRY, KP, E, NB, WG)                                                                 \
+#define DQK_ENTRY(ENTRY, KP, E, NB, WG)                                                                  \
 extern "C" __global__ void __launch_bounds__(DNT) ENTRY(                                                 \
     const E* q, const E* k, const float* rq, const float* rk, const E* d_o, const E* vn, const E* hs,    \
     const E* dhs, const float* g2, float* dq, float* dk, float* dgp, const idx_t* bounds,                \
