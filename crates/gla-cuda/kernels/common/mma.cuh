@@ -94,7 +94,11 @@ __device__ __forceinline__ void cp4a(unsigned s, const void* g) {
 // zero-filled. Needs nthr % cpr == 0: each thread keeps one column and steps rows by
 // nthr / cpr, on one 32-bit destination and one source pointer that add a constant per copy
 // (no division, 64-bit address or conversion per copy); the copies of the plain loop over
-// x = tid, tid + nthr, ... (r = x / cpr) in its order. The caller commits and waits.
+// x = tid, tid + nthr, ... (r = x / cpr) in its order. Where rs divides R every thread copies
+// R / rs pieces: a count the compiler sees when the shape is constant, so the loop unrolls with
+// immediate offsets (a loop whose count depends on the thread compiled to a remainder prologue,
+// branches and 64-bit address arithmetic: a third of a sequential pass's instructions). The
+// caller commits and waits.
 template <typename T>
 __device__ __forceinline__ void cp16_rows(T* dst, int lds, const T* src, idx_t ldg, int R, int cpr, int rv, int cv, int tid,
                                           int nthr) {
@@ -104,6 +108,14 @@ __device__ __forceinline__ void cp16_rows(T* dst, int lds, const T* src, idx_t l
     int r = tid / cpr;
     unsigned d = smem_addr(dst + r * lds + c);
     const T* s = src + (idx_t)r * ldg + c;
+    if (R % rs == 0) {
+        #pragma unroll
+        for (int i = 0; i < R / rs; ++i, s += (idx_t)rs * ldg) {
+            const bool ok = cok && r + i * rs < rv;
+            cp16a(d + (unsigned)(i * rs * lds * (int)sizeof(T)), ok ? s : src, ok);
+        }
+        return;
+    }
     for (; r < R; r += rs, d += (unsigned)(rs * lds * (int)sizeof(T)), s += (idx_t)rs * ldg) {
         const bool ok = cok && r < rv;
         cp16a(d, ok ? s : src, ok);

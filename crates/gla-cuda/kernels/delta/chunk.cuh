@@ -56,8 +56,7 @@ __device__ __forceinline__ void rows_scale_qe(E* dst, const E* src, int lds, int
                                               int tid) {
     constexpr int P = 16 / (int)sizeof(E);
     const int cpr = C / P;
-    for (int x = tid; x < 64 * cpr; x += DNT) {
-        const int t = x / cpr, j = (x - t * cpr) * P;
+    auto piece = [&](int t, int j) {
         const float rq = sRq[t], e = ex2f(sG[t]);
         union {
             uint4 u;
@@ -67,6 +66,18 @@ __device__ __forceinline__ void rows_scale_qe(E* dst, const E* src, int lds, int
         #pragma unroll
         for (int i = 0; i < P; ++i) b.v[i] = cvt<E>(to_f32(a.v[i]) * scale * rq * e);
         *(uint4*)(dst + t * lds + j) = b.u;
+    };
+    // where the threads cover whole rows of pieces, each keeps its column on a count the
+    // compiler sees (unrolled; the same pieces as the loop over x below)
+    if (DNT % cpr == 0 && 64 % (DNT / cpr) == 0) {
+        const int rs = DNT / cpr, j = (tid % cpr) * P;
+        #pragma unroll
+        for (int i = 0; i < 64 / rs; ++i) piece(tid / cpr + i * rs, j);
+        return;
+    }
+    for (int x = tid; x < 64 * cpr; x += DNT) {
+        const int t = x / cpr;
+        piece(t, (x - t * cpr) * P);
     }
 }
 

@@ -205,26 +205,29 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
         const float* sGc = sUc + (RES ? 0 : 64 * BV);
         const float* sRk = sGc + 64;
         const float glast = sGc[63];
+        // each warp 16 rows x BV / 2 columns of U: this thread's rows t = 16 mt + fg (+ 8)
+        constexpr int NT = BV / 16;
+        const int mt = wp & 3, n1 = (wp >> 2) * (BV / 2);
+        float acc[NT][4];
         if constexpr (RES) {
-            // each warp 16 rows x BV / 2 columns: X = K S (raw K: exact), sY = beta (V - rk exp(G)
-            // X) split; then U = T sY, both split
-            constexpr int NT = BV / 16;
-            const int mt = wp & 3, n1 = (wp >> 2) * (BV / 2);
+            // X = K S (raw K: exact), sY = beta (V - rk exp(G) X) split; then U = T sY, both split
             const E* sT = sW;
             const E* sTl = sT + (SP - 1) * 64 * LDT;
             const E* sVc = sKc + 64 * LK;
             const float* sBt = sRk + 64;
-            float acc[NT][4];
             frag_zero(acc);
             wgemm<false, false, NT>(acc, sKc, LK, 16 * mt, sS, LDS, n1, KP, lane);
+            float fy[2], by[2];
+            frag_rows(fy, 16 * mt, fg, [&](int t) { return sRk[t] * ex2f(sGc[t]); });
+            frag_rows(by, 16 * mt, fg, [&](int t) { return sBt[t]; });
             #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
                 #pragma unroll
                 for (int e = 0; e < 4; e += 2) {
                     const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
-                    const float f = sRk[t] * ex2f(sGc[t]);
-                    const float y0 = sBt[t] * (to_f32(sVc[t * LDS + jj]) - f * acc[nt][e]);
-                    const float y1 = sBt[t] * (to_f32(sVc[t * LDS + jj + 1]) - f * acc[nt][e + 1]);
+                    const unsigned vv = *(const unsigned*)(sVc + t * LDS + jj);
+                    const float y0 = by[e >> 1] * (bf_lo(vv) - fy[e >> 1] * acc[nt][e]);
+                    const float y1 = by[e >> 1] * (bf_hi(vv) - fy[e >> 1] * acc[nt][e + 1]);
                     st2_pair(sY, sYl, t * LDS + jj, y0, y1);
                 }
             }
@@ -236,22 +239,8 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             } else {
                 wgemm2<false, false, NT>(acc, sT, sTl, LDT, 16 * mt, sY, sYl, LDS, n1, 64, lane, true, true);
             }
-            #pragma unroll
-            for (int nt = 0; nt < NT; ++nt) {
-                #pragma unroll
-                for (int e = 0; e < 4; e += 2) {
-                    const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
-                    const float u0 = acc[nt][e], u1 = acc[nt][e + 1];
-                    stg2_pair(vn, vplane, oc * 64 * (idx_t)VP + (idx_t)t * VP + j0 + jj, u0, u1);
-                    const float f = sRk[t] * ex2f(glast - sGc[t]);
-                    st2_pair(sUd, sUdl, t * LDS + jj, u0 * f, u1 * f);
-                }
-            }
         } else {
-            // U = u - w S: each warp 16 rows x BV / 2 columns
-            constexpr int NT = BV / 16;
-            const int mt = wp & 3, n1 = (wp >> 2) * (BV / 2);
-            float acc[NT][4];
+            // U = u - w S
             frag_zero(acc);
             wgemm2<false, false, NT>(acc, sW, sWl, LK, 16 * mt, sS, sS, LDS, n1, KP, lane, true, false);
             #pragma unroll
@@ -259,11 +248,25 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
                 #pragma unroll
                 for (int e = 0; e < 4; e += 2) {
                     const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
-                    const float u0 = sUc[t * BV + jj] - acc[nt][e], u1 = sUc[t * BV + jj + 1] - acc[nt][e + 1];
-                    stg2_pair(vn, vplane, oc * 64 * (idx_t)VP + (idx_t)t * VP + j0 + jj, u0, u1);
-                    const float f = sRk[t] * ex2f(glast - sGc[t]);
-                    st2_pair(sUd, sUdl, t * LDS + jj, u0 * f, u1 * f);
+                    acc[nt][e] = sUc[t * BV + jj] - acc[nt][e];
+                    acc[nt][e + 1] = sUc[t * BV + jj + 1] - acc[nt][e + 1];
                 }
+            }
+        }
+        // U to v_new (its pairs from vrow (+ 8 VP) + 8 nt), and exp(G_last - G) rk U (split) to
+        // the state update's operand
+        E* vrow = vn + (oc * 64 + 16 * mt + fg) * (idx_t)VP + j0 + n1 + 2 * ft;
+        const idx_t vr8 = 8 * (idx_t)VP;
+        float fu[2];
+        frag_rows(fu, 16 * mt, fg, [&](int t) { return sRk[t] * ex2f(glast - sGc[t]); });
+        #pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; e += 2) {
+                const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
+                const float u0 = acc[nt][e], u1 = acc[nt][e + 1];
+                stg2_pair(vrow + (e ? vr8 : 0) + 8 * nt, vplane, 0, u0, u1);
+                st2_pair(sUd, sUdl, t * LDS + jj, u0 * fu[e >> 1], u1 * fu[e >> 1]);
             }
         }
         __syncthreads();
@@ -401,12 +404,14 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
                 frag_zero(dv);
                 wgemm2<true, false, NT>(dv, sP, sPl, LDT, 16 * mt, sDo, sDo, LDS, n1, 64, lane, true, false);
             }
+            float fd[2];
+            frag_rows(fd, 16 * mt, fg, [&](int t) { return sRk[t] * ex2f(glast - sG[t]); });
             #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
                 #pragma unroll
                 for (int e = 0; e < 4; e += 2) {
                     const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
-                    const float f = sRk[t] * ex2f(glast - sG[t]);
+                    const float f = fd[e >> 1];
                     const float v0 = FD ? dv[nt][e] : sDv[t * BV + jj], v1 = FD ? dv[nt][e + 1] : sDv[t * BV + jj + 1];
                     const float d0 = v0 + f * acc[nt][e], d1 = v1 + f * acc[nt][e + 1];
                     st2_pair(sDu, sDul, t * LDS + jj, -d0, -d1);
@@ -429,12 +434,14 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
             float acc[NT][4];
             frag_zero(acc);
             wgemm2<true, false, NT>(acc, sW, sWl, LDT, 16 * mt, sDu, sDul, LDS, n1, 64, lane, true, true);
+            float fy[2];
+            frag_rows(fy, 16 * mt, fg, [&](int t) { return sBt[t] * sRk[t] * ex2f(sG[t]); });
             #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
                 #pragma unroll
                 for (int e = 0; e < 4; e += 2) {
                     const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
-                    const float f = sBt[t] * sRk[t] * ex2f(sG[t]);
+                    const float f = fy[e >> 1];
                     st2_pair(sP, sPl, t * LDS + jj, f * acc[nt][e], f * acc[nt][e + 1]);
                 }
             }

@@ -138,6 +138,14 @@ __device__ __forceinline__ void frag_zero(float (&acc)[NT][4]) {
     }
 }
 
+// f(t) of the two rows t = m0 + fg and m0 + fg + 8 that a lane's fragments of a 16-row tile
+// hold (x[e >> 1] for fragment element e): a row's factor formed once, not once per n-tile
+template <typename F>
+__device__ __forceinline__ void frag_rows(float (&x)[2], int m0, int fg, F f) {
+    x[0] = f(m0 + fg);
+    x[1] = f(m0 + fg + 8);
+}
+
 // Rows [0, R) x columns [0, C) of the smem tile dst (row stride lds): element (r, c) is
 // src[r * ldg + c] when r < rv and c < cv, else 0. vec: 16-byte cp.async pieces (C and cv
 // multiples of 16 / sizeof(E) or cv >= C, src rows 16-byte aligned; the caller commits and
@@ -171,7 +179,8 @@ __device__ __forceinline__ void tile_ld(E* dst, int lds, const E* src, idx_t ldg
 // The body of tile_st and tile_st_neg: piece x = v (a uint4) read at src, written at dst as f(v).
 // Where the threads divide a row's pieces evenly, each thread keeps its column and steps rows by
 // nthr / cpr on two pointers (the same pieces in the same order as the loop over x, without a
-// division and a 64-bit address per piece).
+// division and a 64-bit address per piece); where rs divides R, on a count the compiler sees
+// when the shape is constant (unrolled, as cp16_rows).
 template <typename E, typename F>
 __device__ __forceinline__ void tile_st_with(E* dst, idx_t ldg, const E* src, int lds, int R, int C, int tid, int nthr, F f) {
     constexpr int P = 16 / (int)sizeof(E);
@@ -181,6 +190,11 @@ __device__ __forceinline__ void tile_st_with(E* dst, idx_t ldg, const E* src, in
         int r = tid / cpr;
         const E* s = src + r * lds + c;
         E* d = dst + (idx_t)r * ldg + c;
+        if (R % rs == 0) {
+            #pragma unroll
+            for (int i = 0; i < R / rs; ++i, d += (idx_t)rs * ldg) *(uint4*)d = f(*(const uint4*)(s + i * rs * lds));
+            return;
+        }
         #pragma unroll 1
         for (; r < R; r += rs, s += rs * lds, d += (idx_t)rs * ldg) *(uint4*)d = f(*(const uint4*)s);
         return;
