@@ -312,6 +312,8 @@ pub const DELTA_CHUNK_H: KernelSource = source!(
         "delta_h_bwd_dv2_k128_bf16",
         "delta_h_bwd_rdv2_k64_bf16",
         "delta_h_bwd_rdv2_k128_bf16",
+        "delta_h_bwd_rv32_k64_bf16",
+        "delta_h_bwd_rv32_k128_bf16",
     ]
 );
 /// The delta rule's chunked backward, chunk-parallel launches: dvl, dq/dk, the WY backward.

@@ -17,7 +17,9 @@
 //     dS     = exp(G_last) dS + Qn^T (scale exp(G) do) - w^T dU   (w, dU split)
 // dS leaves to dh0 (=, f32, or null). delta_h_bwd_dv2_k{KP}_bf16: dvl = P^T do computed in the pass
 // (delta_dvl's arithmetic, P from the q, k rows it loads) instead of read, the per-chunk loads on
-// two cp.async stages (64 columns, one block per SM).
+// two cp.async stages (64 columns, one block per SM). delta_h_bwd_rdv2_k{KP}_bf16 (fused dvl, 64
+// columns) and delta_h_bwd_rv32_k{KP}_bf16 (dvl read, 32 columns): the same after the residual
+// forward, w^T dU formed from T, k and beta (h_bwd's RES below).
 //
 // delta_hr_b2_k{KP}_bf16, delta_hr_v32_k{KP}_bf16 (KP <= 128, the residual forward): delta_h with
 // U formed as T (beta (V - rk exp(G) (K S))) from delta_wyt's T, k and v, so no w or u is read
@@ -40,6 +42,7 @@
 //   delta_h_bwd_v32_k64_bf16 delta_h_bwd_v32_k128_bf16 delta_h_bwd_v32_k192_bf16 delta_h_bwd_v32_k256_bf16
 //   delta_h_b2_k64_bf16 delta_h_b2_k128_bf16 delta_h_v32b2_k64_bf16 delta_h_v32b2_k128_bf16
 //   delta_h_bwd_dv2_k64_bf16 delta_h_bwd_dv2_k128_bf16 delta_h_bwd_rdv2_k64_bf16 delta_h_bwd_rdv2_k128_bf16
+//   delta_h_bwd_rv32_k64_bf16 delta_h_bwd_rv32_k128_bf16
 //   delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16 delta_hr_v32_k64_bf16 delta_hr_v32_k128_bf16
 
 // The state tile's warp layout (S or dS, KP x BV in mma fragments): warp (wm, wn) of WM x WN
@@ -289,11 +292,12 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
 // be null): P (split) from the q and k rows the pass loads anyway, scale exp(G) do into a copy
 // of its own so that P^T do reads do unscaled. NS: cp.async stages of the per-chunk loads (q, k,
 // w, do, dvl, G, rq, rk), as delta_h's: with two, chunk c - 1's loads land while chunk c is
-// computed. RES (FD, bf16: the `_rdv2` entries, after the residual forward, which forms no w):
-// w^T (-dU) as Kn^T diag(beta exp(G)) T^T (-dU) from T (delta_wyt's), k and beta, w unread (may
-// be null): Y = T^T (-dU) (both split), Y diag(beta rk exp(G)) split into P's tile (free once
-// dU is formed), then K^T Y with K raw (exact); one more product and barrier per chunk, T's 16
-// KB per chunk read instead of w's 32 (at KP = 128; 16 at KP = 64).
+// computed. RES (bf16: the `_rdv2` and `_rv32` entries, after the residual forward, which forms
+// no w): w^T (-dU) as Kn^T diag(beta exp(G)) T^T (-dU) from T (delta_wyt's), k and beta, w
+// unread (may be null): Y = T^T (-dU) (both split), Y diag(beta rk exp(G)) split into P's tile
+// (FD: free once dU is formed; else a tile of its own), then K^T Y with K raw (exact); one more
+// product and barrier per chunk, T's 16 KB per chunk read instead of w's 32 (at KP = 128; 16 at
+// KP = 64).
 template <typename E, int KP, int BV, bool FD, int NS, bool RES = false>
 __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                       const float* __restrict__ rk, const E* __restrict__ w, const E* __restrict__ d_o,
@@ -303,7 +307,9 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
                                       const E* __restrict__ tm = nullptr, const float* __restrict__ bt = nullptr) {
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
     constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
-    static_assert(!RES || (FD && sizeof(E) == 2 && LDS <= LDT), "the residual state-gradient pass: fused dvl, bf16, Y in P's tile");
+    static_assert(!RES || (sizeof(E) == 2 && LDS <= LDT), "the residual state-gradient pass: bf16, Y in P's tile");
+    // P's tile (FD: [SP][64][LDT]; RES without FD: Y's alone, [SP][64][LDS])
+    constexpr int LDP = FD ? LDT : LDS, PT = (FD || RES) ? SP * 64 * LDP : 0;
     // q, k [64][LK]; w (hi, lo) [64][LK] or (RES) T (hi, lo) [64][LDT]; do [64][LDS]
     constexpr int STAGE = 2 * 64 * LK + SP * 64 * (RES ? LDT : LK) + 64 * LDS;
     constexpr int FSTAGE = (1 - FD) * 64 * BV + (RES ? 256 : 192);  // dvl [64][BV] (FD: none); G, rq, rk (RES: beta) [64]
@@ -313,9 +319,9 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
     E* sS = sStage + NS * STAGE;               // [KP][LDS]
     E* sDu = sS + KP * LDS;                    // [64][LDS]: -dU
     E* sDul = sDu + (SP - 1) * 64 * LDS;
-    E* sP = sDul + 64 * LDS;                   // FD: [SP][64][LDT], P (RES: then Y)
-    E* sPl = sP + (SP - 1) * 64 * LDT;
-    E* sDoS = sP + FD * SP * 64 * LDT;         // FD: [64][LDS], scale exp(G) do
+    E* sP = sDul + 64 * LDS;                   // [PT]: FD: P (RES: then Y); RES alone: Y
+    E* sPl = sP + (SP - 1) * 64 * LDP;
+    E* sDoS = sP + PT;                         // FD: [64][LDS], scale exp(G) do
     float* sF = (float*)(sDoS + FD * 64 * LDS);  // [NS][FSTAGE]
     DELTA_SMEM_END(smem, sF + NS * FSTAGE);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
@@ -536,15 +542,18 @@ HB_ENTRY(delta_h_bwd_v32, 256, 32, bf16, bf16_t)
 HB_ENTRY_FD(delta_h_bwd_dv2, 64, 64, true, 2, bf16, bf16_t)
 HB_ENTRY_FD(delta_h_bwd_dv2, 128, 64, true, 2, bf16, bf16_t)
 // the residual state-gradient pass (RES, after the residual forward): delta_h_bwd_dv2's
-// arguments, w unread (may be null), then T (delta_wyt's) and beta
-#define HBR_ENTRY(PFX, KP)                                                                                \
+// arguments, w unread (may be null), then T (delta_wyt's) and beta. `_rdv2`: dvl fused in (dvl
+// unread), 64 columns; `_rv32`: dvl read (delta_dvl's), 32 columns (long sequences). Two stages.
+#define HBR_ENTRY(PFX, KP, BV, FD)                                                                        \
 extern "C" __global__ void __launch_bounds__(DNT) PFX##_k##KP##_bf16(                                     \
     const bf16_t* q, const bf16_t* k, const float* rq, const float* rk, const bf16_t* w,                  \
     const bf16_t* d_o, const float* dvl, const float* g2, const float* dht, bf16_t* dhs, bf16_t* du,      \
     float* dh0, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, int V, int VP,         \
     float scale, idx_t nch, const bf16_t* tm, const float* bt) {                                          \
-    h_bwd<bf16_t, KP, 64, true, 2, true>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0, bounds,        \
-                                         chunk_off, H, HV, K, V, VP, scale, nch, tm, bt);                 \
+    h_bwd<bf16_t, KP, BV, FD, 2, true>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0, bounds,          \
+                                       chunk_off, H, HV, K, V, VP, scale, nch, tm, bt);                   \
 }
-HBR_ENTRY(delta_h_bwd_rdv2, 64)
-HBR_ENTRY(delta_h_bwd_rdv2, 128)
+HBR_ENTRY(delta_h_bwd_rdv2, 64, 64, true)
+HBR_ENTRY(delta_h_bwd_rdv2, 128, 64, true)
+HBR_ENTRY(delta_h_bwd_rv32, 64, 32, false)
+HBR_ENTRY(delta_h_bwd_rv32, 128, 32, false)

@@ -403,9 +403,9 @@ pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> Opt
 /// Whether a forward may take the residual form ([`h_res`]): a forward-only workspace always;
 /// a training workspace (the forward whose backward follows, or the backward's recomputation)
 /// only where the state-gradient pass has the residual form ([`h_bwd_res`] on its plan for
-/// `nhv` sequence x value heads), since any other backward forms w after all (`delta_wy`): on
-/// an H100 at T = 32768 (bf16, K = V = 128, B = 2) that took the forward+backward from 8.5 to
-/// 9.2 ms. The lab overrides `h=resb2` / `h=resv32` force it on every workspace, so the checks
+/// `nhv` sequence x value heads: both default plans have one), since any other backward forms
+/// w after all (`delta_wy`): on an H100 at T = 32768 (bf16, K = V = 128, B = 2) that took the
+/// forward+backward from 8.5 to 9.2 ms. The lab overrides `h=resb2` / `h=resv32` force it on every workspace, so the checks
 /// also run a backward that forms w after the residual forward.
 pub(crate) fn res_ok(bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize, fwd_only: bool) -> bool {
     fwd_only
@@ -419,11 +419,18 @@ pub(crate) fn hr_name(plan: HPlan, kp: usize) -> String {
 }
 
 /// Whether the state-gradient pass on `plan` runs its residual form after a residual forward
-/// (`delta_h_bwd_rdv2_k{KP}_bf16`: w^T dU as Kn^T diag(beta exp(G)) T^T dU from T, k and beta,
-/// so w is never formed): the fused plan (`plan.out`) where those entries exist (bf16, KP <=
-/// 128). Otherwise a backward after the residual forward forms w first (`delta_wy`).
+/// (w^T dU as Kn^T diag(beta exp(G)) T^T dU from T, k and beta, so w is never formed): the
+/// fused plan (`plan.out`, `delta_h_bwd_rdv2_k{KP}_bf16`) and the two-stage 32-column one
+/// (`delta_h_bwd_rv32_k{KP}_bf16`, dvl its own launch: long sequences), where those entries
+/// exist (bf16, KP <= 128). Otherwise (a lab plan) a backward after the residual forward forms
+/// w first (`delta_wy`).
 pub(crate) fn h_bwd_res(bf16: bool, kp: usize, plan: HPlan) -> bool {
-    plan.out && h_two_ok(bf16, kp)
+    h_two_ok(bf16, kp) && (plan.out || (plan.bv == 32 && plan.ns == 2 && !plan.two))
+}
+
+/// The residual state-gradient pass's entry point on `plan` ([`h_bwd_res`]).
+pub(crate) fn hbr_name(plan: HPlan, kp: usize) -> String {
+    format!("delta_h_bwd_{}_k{kp}_bf16", if plan.out { "rdv2" } else { "rv32" })
 }
 
 /// The entry point of `delta_dqk_*` with `nb` V-tile buffers ([`dqk_bufs`]).
@@ -499,12 +506,15 @@ impl DeltaSmem {
         let (e, sp) = (self.e, self.sp);
         (2 * 64 * self.lk() + sp * 64 * LDT + 64 * LDT) * e + 3 * 64 * 4
     }
-    /// `delta_h_bwd_rdv2` ([`h_bwd_res`]): the fused pass's with T (sp planes of [64][LDT]) in
-    /// each stage instead of w, and beta beside G, rq, rk.
-    pub(crate) fn h_bwd_res(&self) -> usize {
-        let (e, sp, lds) = (self.e, self.sp, 64 + PAD);
+    /// The residual state-gradient pass on `plan` ([`h_bwd_res`], two stages): [`Self::h_bwd`]'s
+    /// with T (sp planes of [64][LDT]) in each stage instead of w, beta beside G, rq, rk, and
+    /// Y's split tile: P's where dvl is fused in (`plan.out`), else its own ([64][BV + PAD]).
+    pub(crate) fn h_bwd_res(&self, plan: HPlan) -> usize {
+        let (e, sp, bv, fd) = (self.e, self.sp, plan.bv, usize::from(plan.out));
+        let lds = bv + PAD;
         let stage = 2 * 64 * self.lk() + sp * 64 * LDT + 64 * lds;
-        (2 * stage + self.kp * lds + sp * 64 * lds + sp * 64 * LDT + 64 * lds) * e + 2 * 4 * 64 * 4
+        let p = if plan.out { sp * 64 * LDT + 64 * lds } else { sp * 64 * lds };
+        (2 * stage + self.kp * lds + sp * 64 * lds + p) * e + 2 * ((1 - fd) * 64 * bv + 4 * 64) * 4
     }
     pub(crate) fn h_bwd(&self, plan: HPlan) -> usize {
         let (e, sp, bv, fd, ns) = (self.e, self.sp, plan.bv, usize::from(plan.out), plan.ns);
@@ -543,7 +553,8 @@ impl DeltaSmem {
         let h = |bv| self.h(HPlan { bv, ns, two: false, out: false });
         let hb = |bv| self.h_bwd(HPlan { bv, ns, two: false, out: false });
         let fused = h_two_ok(self.e == 2, self.kp);
-        let hb2 = if fused { self.h_bwd(HPlan { bv: 64, ns: 2, two: false, out: true }).max(self.h_bwd_res()) } else { 0 };
+        let (fd2, rv32) = (HPlan { bv: 64, ns: 2, two: false, out: true }, HPlan { bv: 32, ns: 2, two: false, out: false });
+        let hb2 = if fused { self.h_bwd(fd2).max(self.h_bwd_res(fd2)).max(self.h_bwd_res(rv32)) } else { 0 };
         let dq = dqk_bufs(self.e == 2, self.kp);
         let hr = if fused { self.hr(HR_V32).max(self.hr(HR_B2)) } else { 0 };
         let dqwg = if fused { self.dqk_wg() } else { 0 };
@@ -891,18 +902,25 @@ mod tests {
             assert!(h_res(false, 128, 1024, 132).is_none());
             assert!(h_res(true, 192, 1024, 132).is_none());
             assert_eq!(hr_name(HR_V32, 64), "delta_hr_v32_k64_bf16");
-            // a forward-only workspace takes it everywhere; a training one where the backward's
-            // fused pass has a residual form (2 x 64-column tiles > SMs)
+            // a forward-only workspace takes it everywhere, and so does a training one: the
+            // backward's default plans both have a residual form (the fused pass where 2 x
+            // 64-column tiles > SMs, else the 32-column one); a 64-column unfused lab plan not
             for kp in [64, 128] {
-                for nhv in [33, 34, 512] {
+                for nhv in [1, 33, 34, 512] {
                     let plan = h_plan(true, true, kp, 128, nhv, 132);
                     assert!(res_ok(true, kp, 128, nhv, 132, true));
-                    assert_eq!(res_ok(true, kp, 128, nhv, 132, false), h_bwd_res(true, kp, plan), "KP {kp}, NHV {nhv}");
-                    assert_eq!(h_bwd_res(true, kp, plan), 4 * nhv > 132, "KP {kp}, NHV {nhv}");
+                    assert!(res_ok(true, kp, 128, nhv, 132, false), "KP {kp}, NHV {nhv}");
+                    assert!(h_bwd_res(true, kp, plan), "KP {kp}, NHV {nhv}");
+                    let want = if 4 * nhv > 132 { "rdv2" } else { "rv32" };
+                    assert_eq!(hbr_name(plan, kp), format!("delta_h_bwd_{want}_k{kp}_bf16"));
                 }
+                assert!(!h_bwd_res(true, kp, HPlan { bv: 64, ns: 2, two: false, out: false }));
+                assert!(!h_bwd_res(true, 192, HPlan { bv: 32, ns: 1, two: false, out: false }));
                 let sm = DeltaSmem::new(true, kp, 128);
-                assert!(sm.h_bwd_res() <= 227 * 1024, "KP {kp}: {} B", sm.h_bwd_res());
-                assert!(crate::kernels::source_of(&format!("delta_h_bwd_rdv2_k{kp}_bf16")).is_some());
+                for plan in [HPlan { bv: 64, ns: 2, two: false, out: true }, HPlan { bv: 32, ns: 2, two: false, out: false }] {
+                    assert!(sm.h_bwd_res(plan) <= 227 * 1024, "KP {kp}: {} B", sm.h_bwd_res(plan));
+                    assert!(crate::kernels::source_of(&hbr_name(plan, kp)).is_some());
+                }
             }
         }
     }

@@ -854,16 +854,17 @@ fn chunk_bwd<T: Elem>(
         }
     }
     if res && bwd_res {
-        // SAFETY: arguments match delta_h_bwd_rdv2's (delta_h_bwd_dv2's, w and dvl unread, then
-        // T and beta); one block per (64-column V tile, sequence x value head) walking its
-        // chunks in reverse; dhs, du sized for the problem
+        // SAFETY: arguments match delta_h_bwd_rdv2's and delta_h_bwd_rv32's (delta_h_bwd_dv2's, w
+        // unread, then T and beta; dvl unread by `_rdv2`, so null only for it); one block per
+        // (V tile, sequence x value head) walking its chunks in reverse; dhs, du sized for the
+        // problem
         unsafe {
             cuda.launch(
-                &format!("delta_h_bwd_rdv2_k{kp}_{sfx}"),
-                dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, smem.h_bwd_res()),
+                &dd::hbr_name(plan, kp),
+                dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, smem.h_bwd_res(plan)),
                 &[
-                    x.q, x.k, &ws.rq, &ws.rk, &NULL, d_o, &NULL, g2, &dht, dhs, du, &dh0, bounds, off, &h, &hv, &k, &v, &vp32, &scale,
-                    &nch, tm, bt,
+                    x.q, x.k, &ws.rq, &ws.rk, &NULL, d_o, &dvl, g2, &dht, dhs, du, &dh0, bounds, off, &h, &hv, &k, &v, &vp32, &scale, &nch,
+                    tm, bt,
                 ],
             )?;
         }

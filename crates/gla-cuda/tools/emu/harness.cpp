@@ -516,20 +516,24 @@ static size_t sm_hr(int KP, int BV, int NS) {
     const size_t L = BV + 8, stage = 2 * 64 * 72 + 64 * (KP + 8) + 64 * L;
     return (NS * stage + (size_t)KP * L + 4 * 64 * L) * 2 + NS * 192 * 4;
 }
-// the residual state-gradient pass (delta_h_bwd_rdv2; bf16, KP <= 128, 64 columns, two stages):
-// per stage q, k, T (hi, lo), do, and G, rq, rk, beta (src/delta/dispatch.rs DeltaSmem::h_bwd_res)
+// the residual state-gradient pass (bf16, KP <= 128, two stages): delta_h_bwd_rdv2 (dvl fused
+// in, 64 columns) or delta_h_bwd_rv32 (dvl read, 32 columns); per stage q, k, T (hi, lo), do
+// (and dvl's tile), G, rq, rk, beta; Y in P's tile, or its own (src/delta/dispatch.rs
+// DeltaSmem::h_bwd_res)
 static std::map<int, void*> g_hbr = {{64, (void*)delta_h_bwd_rdv2_k64_bf16}, {128, (void*)delta_h_bwd_rdv2_k128_bf16}};
-static size_t sm_hbr(int KP) {
-    const size_t SP = SPn<bf16_t>, L = 72, stage = 2 * 64 * (KP + 8) + SP * 64 * 72 + 64 * L;
-    return (2 * stage + (size_t)KP * L + SP * 64 * L + (SP * 64 * 72 + 64 * L)) * 2 + 2 * 256 * 4;
+static std::map<int, void*> g_hbr32 = {{64, (void*)delta_h_bwd_rv32_k64_bf16}, {128, (void*)delta_h_bwd_rv32_k128_bf16}};
+static size_t sm_hbr(int KP, bool fd) {
+    const size_t SP = SPn<bf16_t>, BV = fd ? 64 : 32, L = BV + 8, stage = 2 * 64 * (KP + 8) + SP * 64 * 72 + 64 * L;
+    const size_t pt = fd ? SP * 64 * 72 + 64 * L : SP * 64 * L;
+    return (2 * stage + (size_t)KP * L + SP * 64 * L + pt) * 2 + 2 * ((fd ? 0 : 64 * BV) + 256) * 4;
 }
 // the residual forward: DELTA_HVAR=resb2 / resv32 forces it, any other DELTA_HVAR turns it off,
 // else src/delta/dispatch.rs's rule for a training workspace at 132 SMs (res_ok: where the
-// backward is the fused pass, 2 x 64-column tiles > SMs; h_res: `_b2` where tiles >= SMs)
-static const char* h_res_var(int tiles) {
+// state-gradient pass has a residual form, `bres`; h_res: `_b2` where tiles >= SMs)
+static const char* h_res_var(int tiles, bool bres) {
     const char* hv = getenv("DELTA_HVAR");
     if (hv) return !std::strcmp(hv, "resb2") || !std::strcmp(hv, "resv32") ? hv : nullptr;
-    return 2 * tiles > 132 ? (tiles >= 132 ? "resb2" : "resv32") : nullptr;
+    return bres ? (tiles >= 132 ? "resb2" : "resv32") : nullptr;
 }
 template <class E>
 static size_t sm_wyb(int KP, int VP) {
@@ -712,6 +716,13 @@ struct Run {
     std::vector<float> rq, rk, u, bt, gl, g2;
     long long nch = 0;
     bool res_fwd = false;  // the last chunk_fwd_core ran the residual forward (no w, u)
+    // whether the state-gradient pass computes dvl itself: dispatch::delta::h_policy's rule at
+    // 132 SMs (delta_h_bwd_dv2 where the entry exists and 32-column tiles would not fit in one
+    // wave); DELTA_HBVAR=dv2 fused at 64 columns whatever the tiles, DELTA_HBVAR=one never
+    bool hb_fused() {
+        const char* hbv = getenv("DELTA_HBVAR");
+        return fns().hbd2 && !(hbv && !std::strcmp(hbv, "one")) && ((hbv && !std::strcmp(hbv, "dv2")) || 2 * (VP / 64) * d.N * HV > 132);
+    }
     int SP = SPn<E>;
     void chunk_prep() {
         rq.clear();
@@ -743,7 +754,8 @@ struct Run {
                              const long long*, const int*, int, int, int, int, int, long long);
         typedef void (*HFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
                             const long long*, const long long*, int, int, int, int, int, long long);
-        const char* res = sizeof(E) == 2 && g_hrb2.count(KP) ? h_res_var((VP / 64) * d.N * HV) : nullptr;
+        const bool bres = hb_fused() || h_bv<E>(VP, d.N * HV) == 32;
+        const char* res = sizeof(E) == 2 && g_hrb2.count(KP) ? h_res_var((VP / 64) * d.N * HV, bres) : nullptr;
         res_fwd = res != nullptr;
         if (res) {
             // T only (w, u stay poisoned), then v_new from T, k, v
@@ -802,17 +814,14 @@ struct Run {
         const long long nc = p.nc;
         const ChunkFns& f = fns();
         dim3 cgrid{(unsigned)nc, (unsigned)HV, 1}, b256{256, 1, 1};
-        // the state-gradient pass: dispatch::delta::h_policy's rule at 132 SMs (dvl fused in,
-        // delta_h_bwd_dv2, where the entry exists and 32-column tiles would not fit in one wave;
-        // no delta_dvl launch, its output stays poisoned and is passed as null); DELTA_HBVAR=dv2
-        // fused at 64 columns whatever the tiles, DELTA_HBVAR=one never. After the residual
-        // forward the fused pass runs its residual form (delta_h_bwd_rdv2: T, k and beta for w,
-        // which stays poisoned), as src/delta/ops.rs does; DELTA_HBRES=0 runs the WY pass for w
-        // and delta_h_bwd_dv2 instead.
-        const char* hbv = getenv("DELTA_HBVAR");
+        // the state-gradient pass (hb_fused; a fused pass has no delta_dvl launch, whose output
+        // stays poisoned and is passed as null). After the residual forward the fused pass and
+        // the 32-column one run their residual forms (delta_h_bwd_rdv2 / delta_h_bwd_rv32: T, k
+        // and beta for w, which stays poisoned), as src/delta/ops.rs does; DELTA_HBRES=0 runs
+        // the WY pass for w and delta_h_bwd_dv2 / delta_h_bwd_v32 instead.
         const int bv0 = h_bv<E>(VP, d.N * HV);
-        const bool fd = f.hbd2 && !(hbv && !std::strcmp(hbv, "one")) && ((hbv && !std::strcmp(hbv, "dv2")) || 2 * (VP / 64) * d.N * HV > 132);
-        const bool hres = res_fwd && fd && g_hbr.count(KP) && !(getenv("DELTA_HBRES") && !std::strcmp(getenv("DELTA_HBRES"), "0"));
+        const bool fd = hb_fused();
+        const bool hres = res_fwd && (fd || bv0 == 32) && g_hbr.count(KP) && !(getenv("DELTA_HBRES") && !std::strcmp(getenv("DELTA_HBRES"), "0"));
         if (res_fwd && !hres && nc > 0) {
             // the residual forward left w unformed: the WY pass for it (T, u again)
             typedef void (*WyFn)(const E*, const float*, const E*, const float*, const float*, E*, float*, E*, float*, const long long*,
@@ -840,9 +849,10 @@ struct Run {
                               const float*, E*, E*, float*, const long long*, const long long*, int, int, int, int, int, float, long long,
                               const E*, const float*);
         if (hres) {
-            emu::launch(dim3{(unsigned)(VP / 64), (unsigned)(d.N * HV), 1}, b256, sm_hbr(KP), [&] {
-                ((HbrFn)g_hbr.at(KP))(q.data(), k.data(), ptr(rq), ptr(rk), nullptr, d_o.data(), nullptr, g2.data(), dht.data(), dhs.data(),
-                                      du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H, HV, K, V, VP, scale, nch, tm.data(), bt.data());
+            emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hbr(KP, fd), [&] {
+                ((HbrFn)(fd ? g_hbr : g_hbr32).at(KP))(q.data(), k.data(), ptr(rq), ptr(rk), nullptr, d_o.data(), fd ? nullptr : dvl.data(),
+                                                      g2.data(), dht.data(), dhs.data(), du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H,
+                                                      HV, K, V, VP, scale, nch, tm.data(), bt.data());
             });
         } else {
             emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hb<E>(KP, bv, fd, h_stages<E>(KP)), [&] {
