@@ -129,11 +129,12 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
     const int LV = VP + DPAD;
     DELTA_SMEM(smem);
+    // TONLY: no V, no T diag(d) (T leaves from sA): a third of the shared memory, more blocks
     E* sK = (E*)smem;                      // [64][LK]: K (raw)
     E* sV = sK + 64 * LK;                  // [64][LV]: V (raw)
-    E* sT = sV + 64 * LV;                  // [64][LDT]: T diag(d), split (hi)
+    E* sT = sV + (TONLY ? 0 : 64 * LV);    // [64][LDT]: T diag(d), split (hi)
     E* sTl = sT + (SP - 1) * 64 * LDT;     // its lo plane
-    float* sA = (float*)(sTl + 64 * LDT);  // [64][65]
+    float* sA = (float*)(TONLY ? sT : sTl + 64 * LDT);  // [64][65]
     float* sG = sA + 64 * 65;              // [64]
     float* sB = sG + 64;                   // [64]
     float* sR = sB + 64;                   // [64]
@@ -320,9 +321,11 @@ FWD_ENTRY(192, bf16, bf16_t)
 FWD_ENTRY(256, bf16, bf16_t)
 
 // G and T only (bf16, KP <= 128): the residual forward (src/delta/dispatch.rs h_res); delta_wy's
-// arguments, w and u unread (may be null), tm required
+// arguments, w and u unread (may be null), tm required. Five blocks per SM (registers <= 48, no
+// spills; KP = 128: 35 KB of dynamic shared memory, 3 KB static): the launch waits mostly on the
+// solve's barriers, which more blocks cover
 #define WYT_ENTRY(KP)                                                                                    \
-extern "C" __global__ void __launch_bounds__(DNT, 3) delta_wyt_k##KP##_bf16(                               \
+extern "C" __global__ void __launch_bounds__(DNT, 5) delta_wyt_k##KP##_bf16(                               \
     const bf16_t* k, const float* rk, const bf16_t* v, const float* bt, const float* gl, bf16_t* w,      \
     float* u, bf16_t* tm, float* g2, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq,  \
     int H, int HV, int K, int V, int VP, idx_t nch) {                                                    \

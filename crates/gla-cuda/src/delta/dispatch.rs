@@ -485,6 +485,10 @@ impl DeltaSmem {
         let (e, sp) = (self.e, self.sp);
         (64 * self.lk() + 64 * (self.vp + PAD) + sp * 64 * LDT) * e + (64 * 65 + 64 * 3) * 4
     }
+    /// `delta_wyt_*`: [`Self::wy`]'s without V and T diag(d) (T leaves from A's f32 tile).
+    pub(crate) fn wyt(&self) -> usize {
+        64 * self.lk() * self.e + (64 * 65 + 64 * 3) * 4
+    }
     pub(crate) fn h(&self, plan: HPlan) -> usize {
         let (e, sp, bv, ns) = (self.e, self.sp, plan.bv, plan.ns);
         let lds = bv + PAD;

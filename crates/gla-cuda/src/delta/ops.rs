@@ -460,7 +460,7 @@ fn wy_launch<T: Elem>(
     unsafe {
         cuda.launch(
             &name,
-            dd::chunk_cfg(grid_chunks(op, dp.n_chunks)?, p.hv(), 1, smem.wy()),
+            dd::chunk_cfg(grid_chunks(op, dp.n_chunks)?, p.hv(), 1, if tonly { smem.wyt() } else { smem.wy() }),
             &[x.k, &ws.rk, x.v, bt, &ws.gl, &w, &u, &tm, g2, &dp.bounds, &dp.chunk_off, &dp.chunk_seq, &h, &hv, &k, &v, &vp32, &nch],
         )
     }

@@ -447,6 +447,11 @@ static size_t sm_wy(int KP, int VP) {
     const int SP = SPn<E>;
     return (64 * (KP + 8) + 64 * (VP + 8) + SP * 64 * 72) * sizeof(E) + (64 * 65 + 64 * 3) * 4;
 }
+// delta_wyt (src/delta/dispatch.rs DeltaSmem::wyt): K and A's f32 tile, G, beta, rk
+template <class E>
+static size_t sm_wyt(int KP) {
+    return (64 * (KP + 8)) * sizeof(E) + (64 * 65 + 64 * 3) * 4;
+}
 template <class E>
 static int h_stages(int KP) {
     return (sizeof(E) == 2 && KP <= 128) ? 2 : 1;
@@ -760,7 +765,7 @@ struct Run {
         if (res) {
             // T only (w, u stay poisoned), then v_new from T, k, v
             if (nc > 0)
-                emu::launch(cgrid, b256, sm_wy<E>(KP, VP), [&] {
+                emu::launch(cgrid, b256, sm_wyt<E>(KP), [&] {
                     ((WyFn)g_wyt.at(KP))(k.data(), ptr(rk), v.data(), bt.data(), ptr(gl), nullptr, nullptr, tm.data(), g2.data(),
                                          p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V, VP, nch);
                 });
