@@ -265,7 +265,8 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// policy), `one` (the one-block-per-SM plan the policy falls back to), `v32` (32 columns, one
 /// block per SM), `b2` (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM).
 /// The state-gradient pass (`hb`): `one` (dvl its own launch), `v32` (the same at 32 columns),
-/// `dv2` (dvl fused in, 64 columns, whatever the tiles). The residual forward: `h=resb2`
+/// `rv32` (`v32`, and its residual form after a residual forward whatever the tiles:
+/// [`h_bwd_res`]), `dv2` (dvl fused in, 64 columns, whatever the tiles). The residual forward: `h=resb2`
 /// ([`h_res`]). The two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`],
 /// `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync entry where the
 /// warpgroup one would run ([`dqk_wg`]). Anything else, or unset: the default.
@@ -321,7 +322,7 @@ pub(crate) fn h_plan(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm
     let two = |bv| HPlan { bv, ns: 1, two: true, out: false };
     match h_lab(bwd).as_deref() {
         Some("one") => one,
-        Some("v32") if bf16 => HPlan { bv: 32, ..one },
+        Some("v32" | "rv32") if bf16 => HPlan { bv: 32, ..one },
         Some("b2") if !bwd && h_two_ok(bf16, kp) => two(64),
         Some("v32b2") if !bwd && h_two_ok(bf16, kp) => two(32),
         Some("dv2") if bwd && h_two_ok(bf16, kp) => HPlan { bv: 64, ns: 2, two: false, out: true },
@@ -403,14 +404,14 @@ pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> Opt
 /// Whether a forward may take the residual form ([`h_res`]): a forward-only workspace always;
 /// a training workspace (the forward whose backward follows, or the backward's recomputation)
 /// only where the state-gradient pass has the residual form ([`h_bwd_res`] on its plan for
-/// `nhv` sequence x value heads: both default plans have one), since any other backward forms
+/// `nhv` sequence x value heads), since any other backward forms
 /// w after all (`delta_wy`): on an H100 at T = 32768 (bf16, K = V = 128, B = 2) that took the
 /// forward+backward from 8.5 to 9.2 ms. The lab overrides `h=resb2` / `h=resv32` force it on every workspace, so the checks
 /// also run a backward that forms w after the residual forward.
 pub(crate) fn res_ok(bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize, fwd_only: bool) -> bool {
     fwd_only
         || matches!(h_lab(false).as_deref(), Some("resb2" | "resv32"))
-        || h_bwd_res(bf16, kp, h_plan(true, bf16, kp, vp, nhv, sm_count))
+        || h_bwd_res(bf16, kp, h_plan(true, bf16, kp, vp, nhv, sm_count), vp, nhv, sm_count)
 }
 
 /// The residual forward's entry point on `plan` ([`h_res`]).
@@ -418,14 +419,21 @@ pub(crate) fn hr_name(plan: HPlan, kp: usize) -> String {
     format!("delta_hr_{}_k{kp}_bf16", if plan.bv == 32 { "v32" } else { "b2" })
 }
 
-/// Whether the state-gradient pass on `plan` runs its residual form after a residual forward
-/// (w^T dU as Kn^T diag(beta exp(G)) T^T dU from T, k and beta, so w is never formed): the
-/// fused plan (`plan.out`, `delta_h_bwd_rdv2_k{KP}_bf16`) and the two-stage 32-column one
-/// (`delta_h_bwd_rv32_k{KP}_bf16`, dvl its own launch: long sequences), where those entries
-/// exist (bf16, KP <= 128). Otherwise (a lab plan) a backward after the residual forward forms
-/// w first (`delta_wy`).
-pub(crate) fn h_bwd_res(bf16: bool, kp: usize, plan: HPlan) -> bool {
-    h_two_ok(bf16, kp) && (plan.out || (plan.bv == 32 && plan.ns == 2 && !plan.two))
+/// Whether the state-gradient pass on `plan` (for `nhv` sequence x value heads of `vp` padded
+/// columns) runs its residual form after a residual forward (w^T dU as Kn^T diag(beta exp(G))
+/// T^T dU from T, k and beta, so w is never formed), where those entries exist (bf16, KP <=
+/// 128): the fused plan (`plan.out`, `delta_h_bwd_rdv2_k{KP}_bf16`), and the two-stage
+/// 32-column one (`delta_h_bwd_rv32_k{KP}_bf16`, dvl its own launch) where its tiles fill at
+/// least half the SMs, the long sequences where it was measured (on an H100 at T = 32768, B*T
+/// = 65536, H = 16, K = V = 128: forward+backward 8.09 -> 7.75 ms, `delta_wyt` + `delta_hr_v32`
+/// in place of `delta_wy` + `delta_h_v32`). Smaller problems keep the WY form: the residual one
+/// saves them nothing measurable, and it moves the order in which split terms add (the
+/// gradients' rounding), which the model rows were recorded with. Otherwise (a lab plan) a
+/// backward after the residual forward forms w first (`delta_wy`).
+pub(crate) fn h_bwd_res(bf16: bool, kp: usize, plan: HPlan, vp: usize, nhv: usize, sm_count: usize) -> bool {
+    let fill = 2 * (vp / 32) * nhv >= sm_count || h_lab(true).as_deref() == Some("rv32");
+    let rv32 = plan.bv == 32 && plan.ns == 2 && !plan.two && fill;
+    h_two_ok(bf16, kp) && (plan.out || rv32)
 }
 
 /// The residual state-gradient pass's entry point on `plan` ([`h_bwd_res`]).
@@ -906,20 +914,21 @@ mod tests {
             assert!(h_res(false, 128, 1024, 132).is_none());
             assert!(h_res(true, 192, 1024, 132).is_none());
             assert_eq!(hr_name(HR_V32, 64), "delta_hr_v32_k64_bf16");
-            // a forward-only workspace takes it everywhere, and so does a training one: the
-            // backward's default plans both have a residual form (the fused pass where 2 x
-            // 64-column tiles > SMs, else the 32-column one); a 64-column unfused lab plan not
+            // a forward-only workspace takes it everywhere; a training one where the backward's
+            // plan has a residual form: the fused pass (2 x 64-column tiles > SMs), or the
+            // 32-column one where its tiles fill half the SMs (2 x 4 x NHV >= 132 at V = 128)
             for kp in [64, 128] {
-                for nhv in [1, 33, 34, 512] {
+                for nhv in [1, 16, 17, 33, 34, 512] {
                     let plan = h_plan(true, true, kp, 128, nhv, 132);
                     assert!(res_ok(true, kp, 128, nhv, 132, true));
-                    assert!(res_ok(true, kp, 128, nhv, 132, false), "KP {kp}, NHV {nhv}");
-                    assert!(h_bwd_res(true, kp, plan), "KP {kp}, NHV {nhv}");
+                    assert_eq!(res_ok(true, kp, 128, nhv, 132, false), nhv >= 17, "KP {kp}, NHV {nhv}");
+                    assert_eq!(h_bwd_res(true, kp, plan, 128, nhv, 132), nhv >= 17, "KP {kp}, NHV {nhv}");
                     let want = if 4 * nhv > 132 { "rdv2" } else { "rv32" };
                     assert_eq!(hbr_name(plan, kp), format!("delta_h_bwd_{want}_k{kp}_bf16"));
                 }
-                assert!(!h_bwd_res(true, kp, HPlan { bv: 64, ns: 2, two: false, out: false }));
-                assert!(!h_bwd_res(true, 192, HPlan { bv: 32, ns: 1, two: false, out: false }));
+                assert!(!h_bwd_res(true, kp, HPlan { bv: 64, ns: 2, two: false, out: false }, 128, 512, 132));
+                assert!(h_bwd_res(true, kp, HPlan { bv: 32, ns: 2, two: false, out: false }, 128, 17, 132));
+                assert!(!h_bwd_res(true, 192, HPlan { bv: 32, ns: 1, two: false, out: false }, 128, 512, 132));
                 let sm = DeltaSmem::new(true, kp, 128);
                 for plan in [HPlan { bv: 64, ns: 2, two: false, out: true }, HPlan { bv: 32, ns: 2, two: false, out: false }] {
                     assert!(sm.h_bwd_res(plan) <= 227 * 1024, "KP {kp}: {} B", sm.h_bwd_res(plan));

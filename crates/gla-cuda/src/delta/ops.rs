@@ -818,7 +818,7 @@ fn chunk_bwd<T: Elem>(
     // `plan.out`: the state-gradient pass computes dvl itself (no delta_dvl launch, no dvl
     // buffer: DeltaRoute::backward_lens leaves it out, and the `_dv2` entries take null)
     let plan = dd::h_plan(true, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
-    let bwd_res = dd::h_bwd_res(bf16, kp, plan);
+    let bwd_res = dd::h_bwd_res(bf16, kp, plan, vp, p.n() * p.hv(), cuda.sm_count());
     if !fwd_in_ws {
         // the recomputation takes the residual form where the state-gradient pass has one (the
         // language model's flow: gla-check's `chunk-recompute` rows), or where the lab forces it

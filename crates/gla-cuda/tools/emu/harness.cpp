@@ -724,6 +724,12 @@ struct Run {
     // whether the state-gradient pass computes dvl itself: dispatch::delta::h_policy's rule at
     // 132 SMs (delta_h_bwd_dv2 where the entry exists and 32-column tiles would not fit in one
     // wave); DELTA_HBVAR=dv2 fused at 64 columns whatever the tiles, DELTA_HBVAR=one never
+    // whether the 32-column state-gradient pass has its residual form (dispatch::delta::h_bwd_res):
+    // its tiles fill half of 132 SMs, or DELTA_HBVAR=rv32 (the lab's hb=rv32) asks for it
+    bool rv32_fill() {
+        const char* hbv = getenv("DELTA_HBVAR");
+        return 2 * (VP / 32) * d.N * HV >= 132 || (hbv && !std::strcmp(hbv, "rv32"));
+    }
     bool hb_fused() {
         const char* hbv = getenv("DELTA_HBVAR");
         return fns().hbd2 && !(hbv && !std::strcmp(hbv, "one")) && ((hbv && !std::strcmp(hbv, "dv2")) || 2 * (VP / 64) * d.N * HV > 132);
@@ -759,7 +765,7 @@ struct Run {
                              const long long*, const int*, int, int, int, int, int, long long);
         typedef void (*HFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
                             const long long*, const long long*, int, int, int, int, int, long long);
-        const bool bres = hb_fused() || h_bv<E>(VP, d.N * HV) == 32;
+        const bool bres = hb_fused() || (h_bv<E>(VP, d.N * HV) == 32 && rv32_fill());
         const char* res = sizeof(E) == 2 && g_hrb2.count(KP) ? h_res_var((VP / 64) * d.N * HV, bres) : nullptr;
         res_fwd = res != nullptr;
         if (res) {
@@ -826,7 +832,7 @@ struct Run {
         // the WY pass for w and delta_h_bwd_dv2 / delta_h_bwd_v32 instead.
         const int bv0 = h_bv<E>(VP, d.N * HV);
         const bool fd = hb_fused();
-        const bool hres = res_fwd && (fd || bv0 == 32) && g_hbr.count(KP) && !(getenv("DELTA_HBRES") && !std::strcmp(getenv("DELTA_HBRES"), "0"));
+        const bool hres = res_fwd && (fd || (bv0 == 32 && rv32_fill())) && g_hbr.count(KP) && !(getenv("DELTA_HBRES") && !std::strcmp(getenv("DELTA_HBRES"), "0"));
         if (res_fwd && !hres && nc > 0) {
             // the residual forward left w unformed: the WY pass for it (T, u again)
             typedef void (*WyFn)(const E*, const float*, const E*, const float*, const float*, E*, float*, E*, float*, const long long*,
