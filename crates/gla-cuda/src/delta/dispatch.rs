@@ -266,8 +266,8 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// block per SM), `b2` (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM).
 /// The state-gradient pass (`hb`): `one` (dvl its own launch), `v32` (the same at 32 columns),
 /// `rv32` (`v32`, and its residual form after a residual forward whatever the tiles:
-/// [`h_bwd_res`]), `dv2` (dvl fused in, 64 columns, whatever the tiles). The residual forward: `h=resb2`
-/// ([`h_res`]). The two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`],
+/// [`h_bwd_res`]), `dv2` (dvl fused in, 64 columns, whatever the tiles). The residual forward:
+/// `h=resb2` ([`h_res`]). The two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`],
 /// `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync entry where the
 /// warpgroup one would run ([`dqk_wg`]). Anything else, or unset: the default.
 fn lab(key: &str) -> Option<String> {
@@ -404,9 +404,9 @@ pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> Opt
 /// Whether a forward may take the residual form ([`h_res`]): a forward-only workspace always;
 /// a training workspace (the forward whose backward follows, or the backward's recomputation)
 /// only where the state-gradient pass has the residual form ([`h_bwd_res`] on its plan for
-/// `nhv` sequence x value heads), since any other backward forms
-/// w after all (`delta_wy`): on an H100 at T = 32768 (bf16, K = V = 128, B = 2) that took the
-/// forward+backward from 8.5 to 9.2 ms. The lab overrides `h=resb2` / `h=resv32` force it on every workspace, so the checks
+/// `nhv` sequence x value heads), since any other backward forms w after all (`delta_wy`): on
+/// an H100 at T = 32768 (bf16, K = V = 128, B = 2) that took the forward+backward from 8.5 to
+/// 9.2 ms. The lab overrides `h=resb2` / `h=resv32` force it on every workspace, so the checks
 /// also run a backward that forms w after the residual forward.
 pub(crate) fn res_ok(bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize, fwd_only: bool) -> bool {
     fwd_only
@@ -427,9 +427,10 @@ pub(crate) fn hr_name(plan: HPlan, kp: usize) -> String {
 /// least half the SMs, the long sequences where it was measured (on an H100 at T = 32768, B*T
 /// = 65536, H = 16, K = V = 128: forward+backward 8.09 -> 7.75 ms, `delta_wyt` + `delta_hr_v32`
 /// in place of `delta_wy` + `delta_h_v32`). Smaller problems keep the WY form: the residual one
-/// saves them nothing measurable, and it moves the order in which split terms add (the
-/// gradients' rounding), which the model rows were recorded with. Otherwise (a lab plan) a
-/// backward after the residual forward forms w first (`delta_wy`).
+/// was not measured faster there, and it moves the order in which split terms add (the
+/// gradients' rounding), which the model rows were recorded with (docs/kernels.md, the residual
+/// forward). Otherwise (a lab plan) a backward after the residual forward forms w first
+/// (`delta_wy`).
 pub(crate) fn h_bwd_res(bf16: bool, kp: usize, plan: HPlan, vp: usize, nhv: usize, sm_count: usize) -> bool {
     let fill = 2 * (vp / 32) * nhv >= sm_count || h_lab(true).as_deref() == Some("rv32");
     let rv32 = plan.bv == 32 && plan.ns == 2 && !plan.two && fill;
