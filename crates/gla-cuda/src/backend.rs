@@ -830,7 +830,8 @@ impl Gpu {
     fn delta_plan(&self, dm: &DeltaDims, b: usize, t: usize, backward: bool) -> Result<DeltaPlan> {
         let c = &self.cuda;
         let prob = DevDeltaProblem::new(c, &DeltaProblem::new(dm.op_spec(b, t, None))?)?;
-        let ws = DeltaWorkspace::for_problem(c, &prob, DeltaAlgo::Chunked, true, backward)?;
+        // its backward recomputes the forward (the workspace is shared by the layers)
+        let ws = DeltaWorkspace::for_problem(c, &prob, DeltaAlgo::Chunked, true, backward)?.backward_recomputes();
         let hv_rows = b * t * dm.v_heads;
         let beta = if dm.use_beta {
             self.z(hv_rows)?

@@ -26,6 +26,9 @@
 // (or written by the WY pass): the same U, a third fewer bytes per chunk, one more product and
 // barrier in the chain. `_b2`: 64 columns, one stage, two blocks per SM; `_v32`: 32 columns, two
 // stages, one block per SM (long sequences: twice the blocks walking in step).
+// delta_hro_b2_k{KP}_bf16, delta_hro_v32_k{KP}_bf16: the same with the output pass (delta_o)
+// fused in, o = scale [(Qn * exp(G)) S + P U] per chunk from the state entering it and U (FO
+// below); hs and vn written only where given.
 //
 // S's operand copy (the B operand of w S and K dS) is rounded to the storage dtype, as fla does.
 // Warps tile S as WM x WN (8 x 1 for KP = 128, 256; 4 x 2 for KP = 64, 192). Both passes have NS
@@ -44,6 +47,7 @@
 //   delta_h_bwd_dv2_k64_bf16 delta_h_bwd_dv2_k128_bf16 delta_h_bwd_rdv2_k64_bf16 delta_h_bwd_rdv2_k128_bf16
 //   delta_h_bwd_rv32_k64_bf16 delta_h_bwd_rv32_k128_bf16
 //   delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16 delta_hr_v32_k64_bf16 delta_hr_v32_k128_bf16
+//   delta_hro_b2_k64_bf16 delta_hro_b2_k128_bf16 delta_hro_v32_k64_bf16 delta_hro_v32_k128_bf16
 
 // The state tile's warp layout (S or dS, KP x BV in mma fragments): warp (wm, wn) of WM x WN
 // holds m-tiles wm + WM ms (ms < MS) and the NSN n8-tiles from 8 NSN wn.
@@ -121,27 +125,39 @@ __device__ __forceinline__ void h_copy(E* __restrict__ hp, const E* sS, int VP, 
 // exp(G)) K, u = T diag(beta) V): K S on raw K, the residual in f32, then both T and
 // beta (V - ..) split; w and u are never formed, and the stages carry T, k, v (tm, v, bt; w, u
 // unread).
-template <typename E, int KP, int NS, int BV, bool RES = false>
+//
+// FO (RES only: the `delta_hro` entries, a forward that no backward reads): the output pass
+// (delta_o, delta/chunk_fwd.cu) fused in. Per chunk, once U is formed, U (split) goes to Y's
+// planes and P (chunk_p, split) to T's, then o = scale rq exp(G) (Q S) + P U for the block's V
+// tile, S the state entering the chunk (sS): delta_o's products in its order, so o's bits are
+// the unfused pair's. The stages carry q and rq too; Y's hi plane is the V tile itself (each
+// thread overwrites the V elements it alone reads); hs and vn are written only where given (a
+// backward reads them), so a forward-only pass moves no state or v_new bytes at all.
+template <typename E, int KP, int NS, int BV, bool RES = false, bool FO = false>
 __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __restrict__ u, const E* __restrict__ k,
                                       const float* __restrict__ rk, const float* __restrict__ g2, const float* __restrict__ h0,
                                       E* __restrict__ hs, E* __restrict__ vn, float* __restrict__ ht, const idx_t* __restrict__ bounds,
                                       const idx_t* __restrict__ chunk_off, int H, int HV, int K, int V, int VP, idx_t nch,
                                       const E* __restrict__ tm = nullptr, const E* __restrict__ v = nullptr,
-                                      const float* __restrict__ bt = nullptr) {
+                                      const float* __restrict__ bt = nullptr, const E* __restrict__ q = nullptr,
+                                      const float* __restrict__ rq = nullptr, E* __restrict__ o = nullptr, float scale = 0.f) {
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
     constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
     static_assert(!RES || sizeof(E) == 2, "the residual state pass: bf16");
-    // w (hi, lo), k; RES: T (hi, lo) [64][LDT], k, the V tile [64][LDS]
-    constexpr int STAGE = RES ? SP * 64 * LDT + 64 * LK + 64 * LDS : (SP + 1) * 64 * LK;
-    constexpr int FSTAGE = RES ? 192 : 64 * BV + 128;  // u (f32; RES: none), G, rk (RES: and beta)
+    static_assert(!FO || RES, "the fused output: the residual state pass");
+    // w (hi, lo), k; RES: T (hi, lo) [64][LDT], k, the V tile [64][LDS] (FO: then q [64][LK])
+    constexpr int STAGE = RES ? SP * 64 * LDT + 64 * LK + 64 * LDS + (FO ? 64 * LK : 0) : (SP + 1) * 64 * LK;
+    // u (f32; RES: none), G, rk (RES: and beta; FO: and rq)
+    constexpr int FSTAGE = RES ? (FO ? 256 : 192) : 64 * BV + 128;
     DELTA_SMEM(smem);
     E* sStage = (E*)smem;                      // [NS][STAGE]
     E* sS = sStage + NS * STAGE;               // [KP][LDS]
     E* sUd = sS + KP * LDS;                    // [64][LDS]
     E* sUdl = sUd + (SP - 1) * 64 * LDS;
-    E* sY = sUdl + 64 * LDS;                   // RES: [SP][64][LDS], beta (V - rk exp(G) K S)
-    E* sYl = sY + (SP - 1) * 64 * LDS;
-    float* sF = (float*)(RES ? sYl + 64 * LDS : sY);  // [NS][FSTAGE]
+    // RES: [SP][64][LDS], beta (V - rk exp(G) K S); FO: its lo plane only (hi: the V tile)
+    E* sY = sUdl + 64 * LDS;
+    E* sYl = FO ? sY : sY + (SP - 1) * 64 * LDS;
+    float* sF = (float*)(RES ? sYl + (FO ? SP - 1 : 1) * 64 * LDS : sY);  // [NS][FSTAGE]
     DELTA_SMEM_END(smem, sF + NS * FSTAGE);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const int j0 = blockIdx.x * BV, nh = blockIdx.y, n = nh / HV, hv = nh % HV, h = hv / (HV / H);
@@ -166,6 +182,10 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             ld_g64(f, g2 + oc * 64, tid);
             ld_rf_cp(f + 64, rk, r0, L, h, H, tid);
             ld_bt_cp(f + 128, bt, r0, L, hv, HV, tid);
+            if constexpr (FO) {
+                ld_qk<E, KP>(b + SP * 64 * LDT + 64 * LK + 64 * LDS, q, r0, L, h, H, K, tid);
+                ld_rf_cp(f + 192, rq, r0, L, h, H, tid);
+            }
         } else {
             tile_ld<E>(b, LK, w + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
             if (SP == 2) tile_ld<E>(b + 64 * LK, LK, w + wplane + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
@@ -200,7 +220,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             load(it + 1, (it + 1) % NS);
             cp_commit();
         }
-        h_copy<E, KP, BV>(hs + oc * (idx_t)KP * VP + j0, sS, VP, tid);
+        if (!FO || hs != nullptr) h_copy<E, KP, BV>(hs + oc * (idx_t)KP * VP + j0, sS, VP, tid);
         const E* sW = sStage + st * STAGE;
         const E* sWl = sW + (SP - 1) * 64 * LK;
         const E* sKc = sW + SP * 64 * (RES ? LDT : LK);
@@ -212,10 +232,13 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
         constexpr int NT = BV / 16;
         const int mt = wp & 3, n1 = (wp >> 2) * (BV / 2);
         float acc[NT][4];
+        // RES: T's planes (FO: P's once U is formed), Y's planes (FO: hi in place of the V tile;
+        // then U's)
+        E* sT = sStage + st * STAGE;
+        E* sTl = sT + (SP - 1) * 64 * LDT;
+        E* sYh = FO ? sT + SP * 64 * LDT + 64 * LK : sY;
         if constexpr (RES) {
             // X = K S (raw K: exact), sY = beta (V - rk exp(G) X) split; then U = T sY, both split
-            const E* sT = sW;
-            const E* sTl = sT + (SP - 1) * 64 * LDT;
             const E* sVc = sKc + 64 * LK;
             const float* sBt = sRk + 64;
             frag_zero(acc);
@@ -231,16 +254,16 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
                     const unsigned vv = *(const unsigned*)(sVc + t * LDS + jj);
                     const float y0 = by[e >> 1] * (bf_lo(vv) - fy[e >> 1] * acc[nt][e]);
                     const float y1 = by[e >> 1] * (bf_hi(vv) - fy[e >> 1] * acc[nt][e + 1]);
-                    st2_pair(sY, sYl, t * LDS + jj, y0, y1);
+                    st2_pair(sYh, sYl, t * LDS + jj, y0, y1);
                 }
             }
             __syncthreads();
             frag_zero(acc);
             // one stage (two blocks per SM, <= 128 registers): the terms one after another
             if constexpr (NS == 1) {
-                wgemm2_seq<false, false, NT>(acc, sT, sTl, LDT, 16 * mt, sY, sYl, LDS, n1, 64, lane, true, true);
+                wgemm2_seq<false, false, NT>(acc, sT, sTl, LDT, 16 * mt, sYh, sYl, LDS, n1, 64, lane, true, true);
             } else {
-                wgemm2<false, false, NT>(acc, sT, sTl, LDT, 16 * mt, sY, sYl, LDS, n1, 64, lane, true, true);
+                wgemm2<false, false, NT>(acc, sT, sTl, LDT, 16 * mt, sYh, sYl, LDS, n1, 64, lane, true, true);
             }
         } else {
             // U = u - w S
@@ -268,11 +291,21 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             for (int e = 0; e < 4; e += 2) {
                 const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
                 const float u0 = acc[nt][e], u1 = acc[nt][e + 1];
-                stg2_pair(vrow + (e ? vr8 : 0) + 8 * nt, vplane, 0, u0, u1);
+                if (!FO || vn != nullptr) stg2_pair(vrow + (e ? vr8 : 0) + 8 * nt, vplane, 0, u0, u1);
                 st2_pair(sUd, sUdl, t * LDS + jj, u0 * fu[e >> 1], u1 * fu[e >> 1]);
             }
         }
         __syncthreads();
+        if constexpr (FO) {
+            // T and Y are read: U (split) to Y's planes, P to T's
+            #pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                #pragma unroll
+                for (int e = 0; e < 4; e += 2) st2_pair(sYh, sYl, (16 * mt + FRAG_ROW(e)) * LDS + n1 + FRAG_COL(nt, e), acc[nt][e], acc[nt][e + 1]);
+            }
+            const E* sQc = sKc + 64 * LK + 64 * LDS;
+            chunk_p<E, KP>(sT, sTl, sQc, sKc, sGc, sRk + 128, sRk, scale, wp, lane);
+        }
         const float dec = ex2f(glast);
         #pragma unroll
         for (int ms = 0; ms < MS; ++ms) {
@@ -283,7 +316,38 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             }
             wgemm2<true, false, NSN>(S[ms], sKc, sKc, LK, 16 * (wm + WM * ms), sUd, sUdl, LDS, sn0, 64, lane, false, true);
         }
-        if (NS == 1) __syncthreads();
+        if constexpr (FO) {
+            // o = scale rq exp(G) (Q S) + P U over the block's columns, as delta_o forms it (Q S
+            // on raw q, the row factor on the f32 result, then P U's split terms in turn); S is
+            // sS, the state entering the chunk
+            __syncthreads();
+            const E* sQc = sKc + 64 * LK + 64 * LDS;
+            const float* sRq = sRk + 128;
+            const idx_t r0 = bos + (idx_t)it * 64;
+            const int L = (int)min((idx_t)64, eos - r0);
+            frag_zero(acc);
+            // 32 deep at a time (as delta_o): fewer live fragments beside S's
+            #pragma unroll 1
+            for (int k0 = 0; k0 < KP; k0 += 32) wgemm<false, false, NT>(acc, sQc + k0, LK, 16 * mt, sS + k0 * LDS, LDS, n1, 32, lane);
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int t = 16 * mt + FRAG_ROW(e);
+                const float f = scale * sRq[t] * ex2f(sGc[t]);
+                #pragma unroll
+                for (int nt = 0; nt < NT; ++nt) acc[nt][e] *= f;
+            }
+            wgemm2_seq<false, false, NT>(acc, sT, sTl, LDT, 16 * mt, sYh, sYl, LDS, n1, 64, lane, true, true);
+            E* orow = o + r0 * HV * (idx_t)V + (idx_t)hv * V;
+            #pragma unroll
+            for (int nt = 0; nt < NT; ++nt) {
+                #pragma unroll
+                for (int e = 0; e < 4; e += 2) {
+                    const int t = 16 * mt + FRAG_ROW(e), j = j0 + n1 + FRAG_COL(nt, e);
+                    st_row_pair(orow + t * HV * (idx_t)V, j, V, t < L, acc[nt][e], acc[nt][e + 1]);
+                }
+            }
+        }
+        if (NS == 1 || FO) __syncthreads();
     }
     h_fini<KP, BV>(S, ht, o_state, K, V, j0, wm, sn0, fg, ft);
 }
@@ -492,6 +556,17 @@ extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_bf16(             
     h_fwd<bf16_t, KP, NS, BV, true>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K, V, VP, \
                                     nch, tm, v, bt);                                                      \
 }
+// the residual forward with the output fused in (bf16; h_fwd's FO): delta_hr's arguments (hs and
+// vn written where not null), then q, rq (null: no norm), o and the scale
+#define HRO_ENTRY(PFX, KP, NS, BV, LB)                                                                    \
+extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_bf16(                                       \
+    const bf16_t* w, const float* u, const bf16_t* k, const float* rk, const float* g2, const float* h0, \
+    bf16_t* hs, bf16_t* vn, float* ht, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, \
+    int V, int VP, idx_t nch, const bf16_t* tm, const bf16_t* v, const float* bt, const bf16_t* q,        \
+    const float* rq, bf16_t* o, float scale) {                                                            \
+    h_fwd<bf16_t, KP, NS, BV, true, true>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K,  \
+                                          V, VP, nch, tm, v, bt, q, rq, o, scale);                        \
+}
 #define HB_ENTRY(PFX, KP, BV, NAME, E) HB_ENTRY_FD(PFX, KP, BV, false, 1, NAME, E)
 // FD: dvl fused in (the `_dv` entries; their dvl argument is unread); NS: cp.async stages
 #define HB_ENTRY_FD(PFX, KP, BV, FD, NS, NAME, E)                                                        \
@@ -528,6 +603,11 @@ HR_ENTRY(delta_hr_b2, 64, 1, 64, (DNT, 2))
 HR_ENTRY(delta_hr_b2, 128, 1, 64, (DNT, 2))
 HR_ENTRY(delta_hr_v32, 64, 2, 32, (DNT))
 HR_ENTRY(delta_hr_v32, 128, 2, 32, (DNT))
+// the same with the output fused in (src/delta/dispatch.rs h_res_out)
+HRO_ENTRY(delta_hro_b2, 64, 1, 64, (DNT, 2))
+HRO_ENTRY(delta_hro_b2, 128, 1, 64, (DNT, 2))
+HRO_ENTRY(delta_hro_v32, 64, 2, 32, (DNT))
+HRO_ENTRY(delta_hro_v32, 128, 2, 32, (DNT))
 HB_ENTRY(delta_h_bwd, 64, 64, f32, float)
 HB_ENTRY(delta_h_bwd, 128, 64, f32, float)
 // the state-gradient pass's stages as the forward's (NS above; src/delta/dispatch.rs h_stages)

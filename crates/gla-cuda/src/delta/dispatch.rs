@@ -414,9 +414,23 @@ pub(crate) fn res_ok(bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usi
         || h_bwd_res(bf16, kp, h_plan(true, bf16, kp, vp, nhv, sm_count), vp, nhv, sm_count)
 }
 
-/// The residual forward's entry point on `plan` ([`h_res`]).
-pub(crate) fn hr_name(plan: HPlan, kp: usize) -> String {
-    format!("delta_hr_{}_k{kp}_bf16", if plan.bv == 32 { "v32" } else { "b2" })
+/// The residual forward's entry point on `plan` ([`h_res`]); `out`: the one with the output pass
+/// fused in ([`res_out`]).
+pub(crate) fn hr_name(plan: HPlan, kp: usize, out: bool) -> String {
+    format!("delta_hr{}_{}_k{kp}_bf16", if out { "o" } else { "" }, if plan.bv == 32 { "v32" } else { "b2" })
+}
+
+/// Whether the residual forward ([`h_res`]) computes the output itself (`delta_hro_*`, no
+/// `delta_o` launch): where no backward reads the states and v_new it would store (`fwd_only`:
+/// a forward-only workspace), so the pass writes neither and `delta_o` reads neither. The lab
+/// override `fo=0` turns it off, `fo=1` also fuses it where a backward follows (the pass then
+/// writes the states and v_new as well).
+pub(crate) fn res_out(fwd_only: bool) -> bool {
+    match lab("fo").as_deref() {
+        Some("0") => false,
+        Some("1") => true,
+        _ => fwd_only,
+    }
 }
 
 /// Whether the state-gradient pass on `plan` (for `nhv` sequence x value heads of `vp` padded
@@ -510,6 +524,13 @@ impl DeltaSmem {
         let stage = sp * 64 * LDT + 64 * self.lk() + 64 * lds;
         (plan.ns * stage + self.kp * lds + 2 * sp * 64 * lds) * e + plan.ns * 192 * 4
     }
+    /// `delta_hro_*` ([`res_out`]): [`Self::hr`]'s with q in each stage and rq beside beta, and
+    /// Y's hi plane in the V tile's place (only its lo plane a tile of its own).
+    pub(crate) fn hro(&self, plan: HPlan) -> usize {
+        let (e, sp, lds) = (self.e, self.sp, plan.bv + PAD);
+        let stage = sp * 64 * LDT + 2 * 64 * self.lk() + 64 * lds;
+        (plan.ns * stage + self.kp * lds + (2 * sp - 1) * 64 * lds) * e + plan.ns * 256 * 4
+    }
     pub(crate) fn o(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
         // sS [KP][LDT] reuses sK's space (KP LDT >= 64 LK)
@@ -569,7 +590,8 @@ impl DeltaSmem {
         let (fd2, rv32) = (HPlan { bv: 64, ns: 2, two: false, out: true }, HPlan { bv: 32, ns: 2, two: false, out: false });
         let hb2 = if fused { self.h_bwd(fd2).max(self.h_bwd_res(fd2)).max(self.h_bwd_res(rv32)) } else { 0 };
         let dq = dqk_bufs(self.e == 2, self.kp);
-        let hr = if fused { self.hr(HR_V32).max(self.hr(HR_B2)) } else { 0 };
+        let hr =
+            if fused { [self.hr(HR_V32), self.hr(HR_B2), self.hro(HR_V32), self.hro(HR_B2)].into_iter().max().unwrap_or(0) } else { 0 };
         let dqwg = if fused { self.dqk_wg() } else { 0 };
         [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), hb2, self.dqk(dq), dqwg, self.wy_bwd(), hr]
             .into_iter()
@@ -863,11 +885,14 @@ mod tests {
             assert!(DeltaSmem::new(true, kp, 128).dqk_wg() <= 227 * 1024, "KP {kp}");
             // the residual state pass: one stage at two blocks per SM, or two stages at one
             let sm = DeltaSmem::new(true, kp, 128);
-            let hr = sm.hr(HR_B2);
-            assert!(2 * (hr + 1024) <= 228 * 1024, "KP {kp}: {hr} B");
-            assert!(sm.hr(HR_V32) <= 227 * 1024, "KP {kp}");
+            for hr in [sm.hr(HR_B2), sm.hro(HR_B2)] {
+                assert!(2 * (hr + 1024) <= 228 * 1024, "KP {kp}: {hr} B");
+            }
+            assert!(sm.hr(HR_V32).max(sm.hro(HR_V32)) <= 227 * 1024, "KP {kp}");
             for plan in [HR_B2, HR_V32] {
-                assert!(crate::kernels::source_of(&hr_name(plan, kp)).is_some(), "{}", hr_name(plan, kp));
+                for out in [false, true] {
+                    assert!(crate::kernels::source_of(&hr_name(plan, kp, out)).is_some(), "{}", hr_name(plan, kp, out));
+                }
             }
             // the WY backward (built for two blocks per SM at KP <= 128), dw's tiles included
             assert!(2 * (sm.wy_bwd() + 1024) <= 228 * 1024, "KP {kp}: {} B", sm.wy_bwd());
@@ -911,10 +936,11 @@ mod tests {
             assert_eq!(res(132), Some((64, 1, true)));
             assert_eq!(res(131), Some((32, 2, false)));
             assert_eq!(res(1), Some((32, 2, false)));
-            assert_eq!(hr_name(HR_B2, 128), "delta_hr_b2_k128_bf16");
+            assert_eq!(hr_name(HR_B2, 128, false), "delta_hr_b2_k128_bf16");
+            assert_eq!(hr_name(HR_B2, 128, true), "delta_hro_b2_k128_bf16");
             assert!(h_res(false, 128, 1024, 132).is_none());
             assert!(h_res(true, 192, 1024, 132).is_none());
-            assert_eq!(hr_name(HR_V32, 64), "delta_hr_v32_k64_bf16");
+            assert_eq!(hr_name(HR_V32, 64, false), "delta_hr_v32_k64_bf16");
             // a forward-only workspace takes it everywhere; a training one where the backward's
             // plan has a residual form: the fused pass (2 x 64-column tiles > SMs), or the
             // 32-column one where its tiles fill half the SMs (2 x 4 x NHV >= 132 at V = 128)

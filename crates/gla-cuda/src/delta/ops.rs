@@ -17,7 +17,7 @@ use gla_core::{DeltaGate, DeltaProblem};
 use crate::dispatch::delta::{self as dd, DeltaAlgo, DeltaPath, DeltaSmem, DeltaWorkspaceLens, DELTA_BT, REC_BV};
 use crate::error::{Error, Result};
 use crate::ops::{check_len, poison, unsupported, Elem};
-use crate::runtime::{Cuda, NULL};
+use crate::runtime::{Cuda, KernelArg, NULL};
 
 fn is_bf16<T: Elem>() -> bool {
     T::SUFFIX == "bf16"
@@ -161,6 +161,12 @@ pub struct DeltaWorkspace<T> {
     /// reuses it runs the residual state-gradient pass or forms w first. What the forward did,
     /// not the environment at backward time.
     res_fwd: std::sync::atomic::AtomicBool,
+    /// Backwards on this workspace recompute the forward ([`Self::backward_recomputes`]), so a
+    /// forward keeps no intermediates for them.
+    recomputes: bool,
+    /// The last forward on this workspace left its intermediates (the states, v_new) in it, so
+    /// a backward may reuse them.
+    kept: std::sync::atomic::AtomicBool,
 }
 
 fn ws_buf<U: DeviceRepr>(cuda: &Cuda, len: usize, what: &str) -> Result<Option<CudaSlice<U>>> {
@@ -207,7 +213,18 @@ impl<T: Elem> DeltaWorkspace<T> {
             sb: ws_buf(cuda, l.sb, "delta sub-head ht")?,
             lens,
             res_fwd: std::sync::atomic::AtomicBool::new(false),
+            recomputes: false,
+            kept: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// The same workspace, declared to serve only backwards that recompute the forward (`fwd_in_ws`
+    /// false, as the language model's do: one workspace shared by its layers): a forward on it
+    /// then stores no states or v_new where the output pass can be fused into the state pass
+    /// ([`dd::res_out`]). A backward asked to reuse such a forward recomputes it instead.
+    #[must_use]
+    pub fn backward_recomputes(self) -> Self {
+        Self { recomputes: true, ..self }
     }
 
     /// The workspace of `dp`'s problem for `algo`'s forward (`fwd`) and backward (`bwd`).
@@ -367,8 +384,7 @@ fn chunk_fwd<T: Elem>(
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
     let scale = p.scale() as f32;
     chunk_prep(cuda, p, vs, x, ws)?;
-    chunk_wy_h(cuda, p, dp, x, ws, kp, ht)?;
-    if dp.n_chunks == 0 {
+    if chunk_wy_h(cuda, p, dp, x, ws, kp, ht, Some(&mut *o))? || dp.n_chunks == 0 {
         return Ok(());
     }
     let (vp, nch) = (dd::vpad(p.v()) as i32, dp.n_chunks as i64);
@@ -471,7 +487,10 @@ fn wy_launch<T: Elem>(
 /// backward's); ht when given. The residual forward ([`dd::h_res`]: G, T, hs, v_new, no w or
 /// u) runs where [`dd::res_ok`] allows it for this workspace: a forward-only one, or a training
 /// one (a forward whose backward follows, or the backward's recomputation) whose backward has
-/// the residual form.
+/// the residual form. Given `o`, the residual forward computes the output itself where
+/// [`dd::res_out`] allows it (where no backward reuses the forward: a forward-only workspace, or
+/// one whose backwards recompute; the states and v_new are then not stored); returns whether it
+/// did (else the caller runs `delta_o`).
 #[allow(clippy::too_many_arguments)]
 fn chunk_wy_h<T: Elem>(
     cuda: &Cuda,
@@ -481,7 +500,8 @@ fn chunk_wy_h<T: Elem>(
     ws: &DeltaWorkspace<T>,
     kp: usize,
     ht: Option<&mut CudaSlice<f32>>,
-) -> Result<()> {
+    o: Option<&mut CudaSlice<T>>,
+) -> Result<bool> {
     let op = "delta chunked forward";
     let bf16 = is_bf16::<T>();
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
@@ -494,27 +514,96 @@ fn chunk_wy_h<T: Elem>(
     let tm = ws.tm.as_ref().filter(|t| t.len() >= tm_len);
     let (w, u, g2) = (req(&ws.w, "w")?, req(&ws.u, "u")?, req(&ws.g2, "G")?);
     let (hs, vn, bt) = (req(&ws.hs, "hs")?, req(&ws.vn, "v_new")?, req(&ws.bt, "beta")?);
-    // a workspace without the backward's buffers serves a forward only
+    // a workspace without the backward's buffers serves a forward only; `keep`: a backward may
+    // reuse what this forward stores (given `o`: a forward; without, a backward's recomputation)
     let fwd_only = ws.dhs.is_none();
+    let keep = !(fwd_only || (o.is_some() && ws.recomputes));
     let tiles = (vp / 64) * p.n() * p.hv();
     let res_ok = dd::res_ok(bf16, kp, vp, p.n() * p.hv(), cuda.sm_count(), fwd_only);
     let res = if res_ok { dd::h_res(bf16, kp, tiles, cuda.sm_count()).zip(tm) } else { None };
     ws.res_fwd.store(res.is_some(), std::sync::atomic::Ordering::Relaxed);
     if let Some((plan, tm)) = res {
-        // the residual forward: T alone, then v_new from T, k and v
+        // the residual forward: T alone, then v_new from T, k and v (and the output, where
+        // nothing reads hs or v_new after it: they stay unwritten)
         wy_launch(cuda, op, p, dp, x, ws, kp, Some(tm), true)?;
-        let name = dd::hr_name(plan, kp);
-        let cfg = dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, smem.hr(plan));
-        // SAFETY: arguments match delta_hr_*'s (delta_h's, w and u unread, then T, v, beta);
-        // one block per (V tile, sequence x value head)
-        return unsafe {
+        let o = o.filter(|_| dd::res_out(!keep) && dp.n_chunks > 0);
+        ws.kept.store(o.is_none() || keep, std::sync::atomic::Ordering::Relaxed);
+        let name = dd::hr_name(plan, kp, o.is_some());
+        let grid = grid_nhv(op, p)?;
+        let Some(o) = o else {
+            // SAFETY: arguments match delta_hr_*'s (delta_h's, w and u unread, then T, v, beta);
+            // one block per (V tile, sequence x value head)
+            unsafe {
+                cuda.launch(
+                    &name,
+                    dd::state_cfg(vp, plan.bv, grid, smem.hr(plan)),
+                    &[
+                        &NULL,
+                        &NULL,
+                        x.k,
+                        &ws.rk,
+                        g2,
+                        &x.h0,
+                        hs,
+                        vn,
+                        &ht,
+                        &dp.bounds,
+                        &dp.chunk_off,
+                        &h,
+                        &hv,
+                        &k,
+                        &v,
+                        &vp32,
+                        &nch,
+                        tm,
+                        x.v,
+                        bt,
+                    ],
+                )?
+            };
+            return Ok(false);
+        };
+        let scale = p.scale() as f32;
+        // hs and v_new only where a backward reads them
+        let (hs, vn): (&dyn KernelArg, &dyn KernelArg) = if keep { (hs, vn) } else { (&NULL, &NULL) };
+        // SAFETY: arguments match delta_hro_*'s (delta_hr's, hs and vn null where nothing reads
+        // them, then q, rq, o, scale); o holds the problem's [rows, HV, V] (checked by the
+        // caller); one block per (V tile, sequence x value head)
+        unsafe {
             cuda.launch(
                 &name,
-                cfg,
-                &[&NULL, &NULL, x.k, &ws.rk, g2, &x.h0, hs, vn, &ht, &dp.bounds, &dp.chunk_off, &h, &hv, &k, &v, &vp32, &nch, tm, x.v, bt],
-            )
+                dd::state_cfg(vp, plan.bv, grid, smem.hro(plan)),
+                &[
+                    &NULL,
+                    &NULL,
+                    x.k,
+                    &ws.rk,
+                    g2,
+                    &x.h0,
+                    hs,
+                    vn,
+                    &ht,
+                    &dp.bounds,
+                    &dp.chunk_off,
+                    &h,
+                    &hv,
+                    &k,
+                    &v,
+                    &vp32,
+                    &nch,
+                    tm,
+                    x.v,
+                    bt,
+                    x.q,
+                    &ws.rq,
+                    o,
+                    &scale,
+                ],
+            )?
         };
+        return Ok(true);
     }
+    ws.kept.store(true, std::sync::atomic::Ordering::Relaxed);
     // T only for a backward to come (a forward-only workspace holds it for the residual form)
     wy_launch(cuda, op, p, dp, x, ws, kp, tm.filter(|_| !fwd_only), false)?;
     let plan = dd::h_plan(false, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
@@ -523,8 +612,9 @@ fn chunk_wy_h<T: Elem>(
     // SAFETY: arguments match delta_h_*'s signature; one block per (V tile, sequence x value
     // head) walking its chunks; every workspace is sized for the problem
     unsafe {
-        cuda.launch(&name, cfg, &[w, u, x.k, &ws.rk, g2, &x.h0, hs, vn, &ht, &dp.bounds, &dp.chunk_off, &h, &hv, &k, &v, &vp32, &nch])
-    }
+        cuda.launch(&name, cfg, &[w, u, x.k, &ws.rk, g2, &x.h0, hs, vn, &ht, &dp.bounds, &dp.chunk_off, &h, &hv, &k, &v, &vp32, &nch])?
+    };
+    Ok(false)
 }
 
 /// One decode step (`delta_rec_decode_*`): the recurrent forward of one token per sequence (the
@@ -819,11 +909,11 @@ fn chunk_bwd<T: Elem>(
     // buffer: DeltaRoute::backward_lens leaves it out, and the `_dv2` entries take null)
     let plan = dd::h_plan(true, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
     let bwd_res = dd::h_bwd_res(bf16, kp, plan, vp, p.n() * p.hv(), cuda.sm_count());
-    if !fwd_in_ws {
+    if !fwd_in_ws || !ws.kept.load(std::sync::atomic::Ordering::Relaxed) {
         // the recomputation takes the residual form where the state-gradient pass has one (the
         // language model's flow: gla-check's `chunk-recompute` rows), or where the lab forces it
         chunk_prep(cuda, p, r.vs, x, ws)?;
-        chunk_wy_h(cuda, p, dp, x, ws, kp, None)?;
+        chunk_wy_h(cuda, p, dp, x, ws, kp, None, None)?;
     }
     // after the residual forward (no w): the state-gradient pass's residual form, or else the
     // WY pass for w

@@ -515,6 +515,20 @@ static int dq_bufs(int KP) {
 static std::map<int, void*> g_wyt = {{64, (void*)delta_wyt_k64_bf16}, {128, (void*)delta_wyt_k128_bf16}};
 static std::map<int, void*> g_hrb2 = {{64, (void*)delta_hr_b2_k64_bf16}, {128, (void*)delta_hr_b2_k128_bf16}};
 static std::map<int, void*> g_hrv32 = {{64, (void*)delta_hr_v32_k64_bf16}, {128, (void*)delta_hr_v32_k128_bf16}};
+// the residual forward with the output fused in (src/delta/dispatch.rs res_out): DELTA_FO=1 runs
+// it with hs and v_new written (the lab's fo=1: a backward follows), DELTA_FO=2 as a forward-only
+// workspace does (hs, v_new unwritten; the backward then recomputes the forward unfused)
+static std::map<int, void*> g_hrob2 = {{64, (void*)delta_hro_b2_k64_bf16}, {128, (void*)delta_hro_b2_k128_bf16}};
+static std::map<int, void*> g_hrov32 = {{64, (void*)delta_hro_v32_k64_bf16}, {128, (void*)delta_hro_v32_k128_bf16}};
+static int fo_mode() {
+    const char* v = getenv("DELTA_FO");
+    return v ? std::atoi(v) : 0;
+}
+// DeltaSmem::hro: hr's stages with q (and rq), Y's hi plane in the V tile
+static size_t sm_hro(int KP, int BV, int NS) {
+    const size_t L = BV + 8, stage = 2 * 64 * 72 + 2 * 64 * (KP + 8) + 64 * L;
+    return (NS * stage + (size_t)KP * L + 3 * 64 * L) * 2 + NS * 256 * 4;
+}
 // src/delta/dispatch.rs DeltaSmem::hr: NS stages of T (hi, lo), k, the BV-column V tile and G, rk,
 // beta; the state operand; U's and Y's split tiles
 static size_t sm_hr(int KP, int BV, int NS) {
@@ -749,7 +763,8 @@ struct Run {
         }
         gate_prep(bt, gl);
     }
-    void chunk_fwd_core(Out& out, bool want_o) {
+    // fo: DELTA_FO's mode for this forward (0: delta_hr_* + delta_o where residual)
+    void chunk_fwd_core(Out& out, bool want_o, int fo = 0) {
         const long long nc = p.nc;
         nch = nc;
         w = poison<E>(SP * nc * HV * 64 * KP);
@@ -779,6 +794,21 @@ struct Run {
                                  const long long*, const long long*, int, int, int, int, int, long long, const E*, const E*, const float*);
             const bool v32 = !std::strcmp(res, "resv32");
             const int rbv = v32 ? 32 : 64;
+            if (want_o && fo > 0 && nc > 0) {
+                typedef void (*HroFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
+                                      const long long*, const long long*, int, int, int, int, int, long long, const E*, const E*,
+                                      const float*, const E*, const float*, E*, float);
+                auto o = poison<E>(rows * HV * V);
+                emu::launch(dim3{(unsigned)(VP / rbv), (unsigned)(d.N * HV), 1}, b256, sm_hro(KP, rbv, v32 ? 2 : 1), [&] {
+                        ((HroFn)(v32 ? g_hrov32 : g_hrob2).at(KP))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0),
+                                                                  fo == 1 ? hs.data() : nullptr, fo == 1 ? vn.data() : nullptr,
+                                                                  ht.data(), p.bounds.data(), p.off.data(), H, HV, K, V, VP, nch,
+                                                                  tm.data(), v.data(), bt.data(), q.data(), ptr(rq), o.data(), scale);
+                    });
+                out.ht = back(split(ht, 1));
+                out.o = back(o);
+                return;
+            }
             emu::launch(dim3{(unsigned)(VP / rbv), (unsigned)(d.N * HV), 1}, b256, sm_hr(KP, rbv, v32 ? 2 : 1), [&] {
                 ((HrFn)(v32 ? g_hrv32 : g_hrb2).at(KP))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(),
                                                         ht.data(), p.bounds.data(), p.off.data(), H, HV, K, V, VP, nch, tm.data(),
@@ -821,7 +851,14 @@ struct Run {
         return out;
     }
     Out chunk_bwd() {
-        Out out = chunk_fwd();
+        Out out;
+        chunk_prep();
+        chunk_fwd_core(out, true, fo_mode());
+        if (fo_mode() == 2) {
+            // forward-only: hs and v_new unwritten; the backward recomputes them
+            Out re;
+            chunk_fwd_core(re, false);
+        }
         const long long nc = p.nc;
         const ChunkFns& f = fns();
         dim3 cgrid{(unsigned)nc, (unsigned)HV, 1}, b256{256, 1, 1};
