@@ -526,7 +526,7 @@ fn chunk_wy_h<T: Elem>(
         // the residual forward: T alone, then v_new from T, k and v (and the output, where
         // nothing reads hs or v_new after it: they stay unwritten)
         wy_launch(cuda, op, p, dp, x, ws, kp, Some(tm), true)?;
-        let o = o.filter(|_| dd::res_out(!keep) && dp.n_chunks > 0);
+        let o = o.filter(|_| dd::res_out(plan, !keep) && dp.n_chunks > 0);
         ws.kept.store(o.is_none() || keep, std::sync::atomic::Ordering::Relaxed);
         let name = dd::hr_name(plan, kp, o.is_some());
         let grid = grid_nhv(op, p)?;
