@@ -24,11 +24,11 @@
 // space once P is formed: three blocks per SM (KP = 128: 72 KB of smem).
 // Dynamic smem: the host's layouts (src/delta/dispatch.rs) match the carve-ups below.
 //
-// delta_wyt_k{KP}_bf16 (KP <= 128): delta_wy writing G and T only, for the residual state
+// delta_wyt_k{KP}_bf16: delta_wy writing G and T only, for the residual state
 // pass (delta/chunk_h.cu delta_hr_b2), which forms v_new from T, k and v itself.
 //
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
-//   delta_wyt_k64_bf16 delta_wyt_k128_bf16
+//   delta_wyt_k64_bf16 delta_wyt_k128_bf16 delta_wyt_k192_bf16 delta_wyt_k256_bf16
 //   delta_wy_k64_f32 delta_wy_k128_f32 delta_wy_k64_bf16 delta_wy_k128_bf16 delta_wy_k192_bf16 delta_wy_k256_bf16
 //   delta_o_k64_f32 delta_o_k128_f32 delta_o_k64_bf16 delta_o_k128_bf16 delta_o_k192_bf16 delta_o_k256_bf16
 
@@ -320,7 +320,7 @@ FWD_ENTRY(128, bf16, bf16_t)
 FWD_ENTRY(192, bf16, bf16_t)
 FWD_ENTRY(256, bf16, bf16_t)
 
-// G and T only (bf16, KP <= 128): the residual forward (src/delta/dispatch.rs h_res); delta_wy's
+// G and T only (bf16): the residual forward (src/delta/dispatch.rs h_res); delta_wy's
 // arguments, w and u unread (may be null), tm required. Five blocks per SM (registers <= 48, no
 // spills; KP = 128: 35 KB of dynamic shared memory, 3 KB static): the launch waits mostly on the
 // solve's barriers, which more blocks cover
@@ -334,3 +334,5 @@ extern "C" __global__ void __launch_bounds__(DNT, 5) delta_wyt_k##KP##_bf16(    
 }
 WYT_ENTRY(64)
 WYT_ENTRY(128)
+WYT_ENTRY(192)
+WYT_ENTRY(256)

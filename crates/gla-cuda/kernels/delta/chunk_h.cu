@@ -25,7 +25,8 @@
 // U formed as T (beta (V - rk exp(G) (K S))) from delta_wyt's T, k and v, so no w or u is read
 // (or written by the WY pass): the same U, a third fewer bytes per chunk, one more product and
 // barrier in the chain. `_b2`: 64 columns, one stage, two blocks per SM; `_v32`: 32 columns, two
-// stages, one block per SM (long sequences: twice the blocks walking in step).
+// stages, one block per SM (long sequences: twice the blocks walking in step); `_s2` (KP 192,
+// 256): 64 columns, two stages, one block per SM.
 // delta_hro_b2_k{KP}_bf16, delta_hro_v32_k{KP}_bf16: the same with the output pass (delta_o)
 // fused in, o = scale [(Qn * exp(G)) S + P U] per chunk from the state entering it and U (FO
 // below); hs and vn written only where given.
@@ -48,6 +49,7 @@
 //   delta_h_bwd_rv32_k64_bf16 delta_h_bwd_rv32_k128_bf16
 //   delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16 delta_hr_v32_k64_bf16 delta_hr_v32_k128_bf16
 //   delta_hro_b2_k64_bf16 delta_hro_b2_k128_bf16 delta_hro_v32_k64_bf16 delta_hro_v32_k128_bf16
+//   delta_hr_s2_k192_bf16 delta_hr_s2_k256_bf16
 
 // The state tile's warp layout (S or dS, KP x BV in mma fragments): warp (wm, wn) of WM x WN
 // holds m-tiles wm + WM ms (ms < MS) and the NSN n8-tiles from 8 NSN wn.
@@ -603,7 +605,11 @@ HR_ENTRY(delta_hr_b2, 64, 1, 64, (DNT, 2))
 HR_ENTRY(delta_hr_b2, 128, 1, 64, (DNT, 2))
 HR_ENTRY(delta_hr_v32, 64, 2, 32, (DNT))
 HR_ENTRY(delta_hr_v32, 128, 2, 32, (DNT))
-// the same with the output fused in (src/delta/dispatch.rs h_res_out)
+// K wider than 128 (the lab's `h=ress2`, not yet the default: unmeasured): 64 columns, two
+// stages, one block per SM
+HR_ENTRY(delta_hr_s2, 192, 2, 64, (DNT))
+HR_ENTRY(delta_hr_s2, 256, 2, 64, (DNT))
+// the same with the output fused in (src/delta/dispatch.rs res_out)
 HRO_ENTRY(delta_hro_b2, 64, 1, 64, (DNT, 2))
 HRO_ENTRY(delta_hro_b2, 128, 1, 64, (DNT, 2))
 HRO_ENTRY(delta_hro_v32, 64, 2, 32, (DNT))

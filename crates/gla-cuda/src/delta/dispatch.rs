@@ -267,8 +267,9 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// The state-gradient pass (`hb`): `one` (dvl its own launch), `v32` (the same at 32 columns),
 /// `rv32` (`v32`, and its residual form after a residual forward whatever the tiles:
 /// [`h_bwd_res`]), `dv2` (dvl fused in, 64 columns, whatever the tiles). The residual forward:
-/// `h=resb2` ([`h_res`]). The two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`],
-/// `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync entry where the
+/// `h=resb2` or `h=resv32` ([`h_res`]), `h=ress2` where K is wider than 128 ([`h_res_wide`]); the
+/// output fused into it: `fo=0` / `fo=1` ([`res_out`]). The two-blocks-per-SM, fused and
+/// residual entries exist where [`h_two_ok`], `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync entry where the
 /// warpgroup one would run ([`dqk_wg`]). Anything else, or unset: the default.
 fn lab(key: &str) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
@@ -376,6 +377,16 @@ pub(crate) fn dqk_bufs(bf16: bool, kp: usize) -> usize {
 pub(crate) const HR_B2: HPlan = HPlan { bv: 64, ns: 1, two: true, out: false };
 /// See [`HR_B2`].
 pub(crate) const HR_V32: HPlan = HPlan { bv: 32, ns: 2, two: false, out: false };
+/// The residual forward for K wider than 128 (`delta_hr_s2`, KP 192 and 256: 64 columns, two
+/// stages, one block per SM), only under the lab override `h=ress2` ([`h_res_wide`]).
+pub(crate) const HR_S2: HPlan = HPlan { bv: 64, ns: 2, two: false, out: false };
+
+/// Whether the lab asks for the residual forward where K is wider than 128 (`h=ress2`): per
+/// chunk T (split), k and a V tile (56 KB at KP = 256) instead of w (split), k and u (112 KB),
+/// on two stages. Not measured yet, so not a default.
+pub(crate) fn h_res_wide() -> bool {
+    h_lab(false).as_deref() == Some("ress2")
+}
 
 /// The residual forward's plan, or `None` for the WY form (bf16, KP <= 128 only): `delta_wyt`
 /// writes T alone and `delta_hr_*` forms v_new as T (beta (V - rk exp(G) (K S))), so w and u
@@ -391,7 +402,7 @@ pub(crate) const HR_V32: HPlan = HPlan { bv: 32, ns: 2, two: false, out: false }
 /// `h=` value (a WY plan under study) turns the residual form off.
 pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> Option<HPlan> {
     if !h_two_ok(bf16, kp) {
-        return None;
+        return (bf16 && kp <= DELTA_CHUNK_MAX && h_res_wide()).then_some(HR_S2);
     }
     match h_lab(false).as_deref() {
         Some("resb2") => Some(HR_B2),
@@ -410,14 +421,19 @@ pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> Opt
 /// also run a backward that forms w after the residual forward.
 pub(crate) fn res_ok(bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize, fwd_only: bool) -> bool {
     fwd_only
-        || matches!(h_lab(false).as_deref(), Some("resb2" | "resv32"))
+        || matches!(h_lab(false).as_deref(), Some("resb2" | "resv32" | "ress2"))
         || h_bwd_res(bf16, kp, h_plan(true, bf16, kp, vp, nhv, sm_count), vp, nhv, sm_count)
 }
 
 /// The residual forward's entry point on `plan` ([`h_res`]); `out`: the one with the output pass
 /// fused in ([`res_out`]).
 pub(crate) fn hr_name(plan: HPlan, kp: usize, out: bool) -> String {
-    format!("delta_hr{}_{}_k{kp}_bf16", if out { "o" } else { "" }, if plan.bv == 32 { "v32" } else { "b2" })
+    let form = match (plan.bv, plan.two) {
+        (32, _) => "v32",
+        (_, true) => "b2",
+        _ => "s2",
+    };
+    format!("delta_hr{}_{form}_k{kp}_bf16", if out { "o" } else { "" })
 }
 
 /// Whether the residual forward on `plan` ([`h_res`]) computes the output itself
@@ -434,8 +450,8 @@ pub(crate) fn hr_name(plan: HPlan, kp: usize, out: bool) -> String {
 pub(crate) fn res_out(plan: HPlan, fwd_only: bool) -> bool {
     match lab("fo").as_deref() {
         Some("0") => false,
-        Some("1") => true,
-        _ => fwd_only && plan.bv == 64,
+        Some("1") => plan != HR_S2,
+        _ => fwd_only && plan == HR_B2,
     }
 }
 
@@ -596,8 +612,13 @@ impl DeltaSmem {
         let (fd2, rv32) = (HPlan { bv: 64, ns: 2, two: false, out: true }, HPlan { bv: 32, ns: 2, two: false, out: false });
         let hb2 = if fused { self.h_bwd(fd2).max(self.h_bwd_res(fd2)).max(self.h_bwd_res(rv32)) } else { 0 };
         let dq = dqk_bufs(self.e == 2, self.kp);
-        let hr =
-            if fused { [self.hr(HR_V32), self.hr(HR_B2), self.hro(HR_V32), self.hro(HR_B2)].into_iter().max().unwrap_or(0) } else { 0 };
+        let hr = if fused {
+            [self.hr(HR_V32), self.hr(HR_B2), self.hro(HR_V32), self.hro(HR_B2)].into_iter().max().unwrap_or(0)
+        } else if self.e == 2 {
+            self.hr(HR_S2)
+        } else {
+            0
+        };
         let dqwg = if fused { self.dqk_wg() } else { 0 };
         [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), hb2, self.dqk(dq), dqwg, self.wy_bwd(), hr]
             .into_iter()
@@ -725,7 +746,7 @@ impl DeltaWorkspaceLens {
             w: (sp * nc * hv * 64 * kp).max(1),
             u: (nc * hv * 64 * vp).max(1),
             // the residual forward ([`h_res`]) keeps T in the forward's workspace
-            tm: if h_two_ok(bf16, kp) { (sp * nc * hv * 4096).max(1) } else { 0 },
+            tm: if h_two_ok(bf16, kp) || (bf16 && h_res_wide()) { (sp * nc * hv * 4096).max(1) } else { 0 },
             g2: (nc * hv * 64).max(1),
             hs: (nc * hv * kp * vp).max(1),
             vn: (sp * nc * hv * 64 * vp).max(1),
@@ -886,6 +907,13 @@ mod tests {
             }
         }
         assert!(!dqk_wg(true, 256, "sm_90a"));
+        // the wide residual forward (lab `h=ress2`): two stages in one block's shared memory
+        for kp in [192, 256] {
+            assert!(DeltaSmem::new(true, kp, 256).hr(HR_S2) <= 227 * 1024, "KP {kp}");
+            assert_eq!(hr_name(HR_S2, kp, false), format!("delta_hr_s2_k{kp}_bf16"));
+            assert!(crate::kernels::source_of(&hr_name(HR_S2, kp, false)).is_some());
+            assert!(crate::kernels::source_of(&format!("delta_wyt_k{kp}_bf16")).is_some());
+        }
         for kp in [64, 128] {
             assert!(DeltaSmem::new(true, kp, 128).dqk(2) <= 227 * 1024, "KP {kp}");
             assert!(DeltaSmem::new(true, kp, 128).dqk_wg() <= 227 * 1024, "KP {kp}");

@@ -528,80 +528,21 @@ fn chunk_wy_h<T: Elem>(
         wy_launch(cuda, op, p, dp, x, ws, kp, Some(tm), true)?;
         let o = o.filter(|_| dd::res_out(plan, !keep) && dp.n_chunks > 0);
         ws.kept.store(o.is_none() || keep, std::sync::atomic::Ordering::Relaxed);
-        let name = dd::hr_name(plan, kp, o.is_some());
-        let grid = grid_nhv(op, p)?;
-        let Some(o) = o else {
-            // SAFETY: arguments match delta_hr_*'s (delta_h's, w and u unread, then T, v, beta);
-            // one block per (V tile, sequence x value head)
-            unsafe {
-                cuda.launch(
-                    &name,
-                    dd::state_cfg(vp, plan.bv, grid, smem.hr(plan)),
-                    &[
-                        &NULL,
-                        &NULL,
-                        x.k,
-                        &ws.rk,
-                        g2,
-                        &x.h0,
-                        hs,
-                        vn,
-                        &ht,
-                        &dp.bounds,
-                        &dp.chunk_off,
-                        &h,
-                        &hv,
-                        &k,
-                        &v,
-                        &vp32,
-                        &nch,
-                        tm,
-                        x.v,
-                        bt,
-                    ],
-                )?
-            };
-            return Ok(false);
-        };
-        let scale = p.scale() as f32;
-        // hs and v_new only where a backward reads them
-        let (hs, vn): (&dyn KernelArg, &dyn KernelArg) = if keep { (hs, vn) } else { (&NULL, &NULL) };
-        // SAFETY: arguments match delta_hro_*'s (delta_hr's, hs and vn null where nothing reads
-        // them, then q, rq, o, scale); o holds the problem's [rows, HV, V] (checked by the
-        // caller); one block per (V tile, sequence x value head)
-        unsafe {
-            cuda.launch(
-                &name,
-                dd::state_cfg(vp, plan.bv, grid, smem.hro(plan)),
-                &[
-                    &NULL,
-                    &NULL,
-                    x.k,
-                    &ws.rk,
-                    g2,
-                    &x.h0,
-                    hs,
-                    vn,
-                    &ht,
-                    &dp.bounds,
-                    &dp.chunk_off,
-                    &h,
-                    &hv,
-                    &k,
-                    &v,
-                    &vp32,
-                    &nch,
-                    tm,
-                    x.v,
-                    bt,
-                    x.q,
-                    &ws.rq,
-                    o,
-                    &scale,
-                ],
-            )?
-        };
-        return Ok(true);
+        let (fused, scale) = (o.is_some(), p.scale() as f32);
+        let cfg = dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, if fused { smem.hro(plan) } else { smem.hr(plan) });
+        // the fused pass stores hs and v_new only where a backward reads them (else null)
+        let (hs, vn): (&dyn KernelArg, &dyn KernelArg) = if keep || !fused { (hs, vn) } else { (&NULL, &NULL) };
+        let mut args: Vec<&dyn KernelArg> =
+            vec![&NULL, &NULL, x.k, &ws.rk, g2, &x.h0, hs, vn, &ht, &dp.bounds, &dp.chunk_off, &h, &hv, &k, &v, &vp32, &nch, tm, x.v, bt];
+        if let Some(o) = o {
+            args.extend([x.q as &dyn KernelArg, &ws.rq, &*o, &scale]);
+        }
+        // SAFETY: arguments match delta_hr_*'s (delta_h's, w and u unread, then T, v, beta) or,
+        // fused, delta_hro_*'s (those, hs and vn null where nothing reads them, then q, rq, o,
+        // scale; o holds the problem's [rows, HV, V], checked by the caller); one block per (V
+        // tile, sequence x value head)
+        unsafe { cuda.launch(&dd::hr_name(plan, kp, fused), cfg, &args)? };
+        return Ok(fused);
     }
     ws.kept.store(true, std::sync::atomic::Ordering::Relaxed);
     // T only for a backward to come (a forward-only workspace holds it for the residual form)

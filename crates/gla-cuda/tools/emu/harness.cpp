@@ -512,9 +512,14 @@ static int dq_bufs(int KP) {
 }
 // the residual forward (delta_wyt + delta_hr_b2; bf16, KP <= 128): DELTA_HVAR=resb2; the
 // backward then runs delta_wy for w (as src/delta/ops.rs does)
-static std::map<int, void*> g_wyt = {{64, (void*)delta_wyt_k64_bf16}, {128, (void*)delta_wyt_k128_bf16}};
+static std::map<int, void*> g_wyt = {{64, (void*)delta_wyt_k64_bf16},
+                                     {128, (void*)delta_wyt_k128_bf16},
+                                     {192, (void*)delta_wyt_k192_bf16},
+                                     {256, (void*)delta_wyt_k256_bf16}};
 static std::map<int, void*> g_hrb2 = {{64, (void*)delta_hr_b2_k64_bf16}, {128, (void*)delta_hr_b2_k128_bf16}};
 static std::map<int, void*> g_hrv32 = {{64, (void*)delta_hr_v32_k64_bf16}, {128, (void*)delta_hr_v32_k128_bf16}};
+// K wider than 128 (dispatch::delta::HR_S2, the lab's h=ress2): DELTA_HVAR=ress2, two stages
+static std::map<int, void*> g_hrs2 = {{192, (void*)delta_hr_s2_k192_bf16}, {256, (void*)delta_hr_s2_k256_bf16}};
 // the residual forward with the output fused in (src/delta/dispatch.rs res_out): DELTA_FO=1 runs
 // it with hs and v_new written (the lab's fo=1: a backward follows), DELTA_FO=2 as a forward-only
 // workspace does (hs, v_new unwritten; the backward then recomputes the forward unfused)
@@ -781,7 +786,9 @@ struct Run {
         typedef void (*HFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
                             const long long*, const long long*, int, int, int, int, int, long long);
         const bool bres = hb_fused() || (h_bv<E>(VP, d.N * HV) == 32 && rv32_fill());
-        const char* res = sizeof(E) == 2 && g_hrb2.count(KP) ? h_res_var((VP / 64) * d.N * HV, bres) : nullptr;
+        const char* hvar = getenv("DELTA_HVAR");
+        const bool wide = sizeof(E) == 2 && g_hrs2.count(KP) && hvar && !std::strcmp(hvar, "ress2");
+        const char* res = wide ? "ress2" : sizeof(E) == 2 && g_hrb2.count(KP) ? h_res_var((VP / 64) * d.N * HV, bres) : nullptr;
         res_fwd = res != nullptr;
         if (res) {
             // T only (w, u stay poisoned), then v_new from T, k, v
@@ -794,7 +801,7 @@ struct Run {
                                  const long long*, const long long*, int, int, int, int, int, long long, const E*, const E*, const float*);
             const bool v32 = !std::strcmp(res, "resv32");
             const int rbv = v32 ? 32 : 64;
-            if (want_o && fo > 0 && nc > 0) {
+            if (want_o && fo > 0 && nc > 0 && !wide) {
                 typedef void (*HroFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
                                       const long long*, const long long*, int, int, int, int, int, long long, const E*, const E*,
                                       const float*, const E*, const float*, E*, float);
@@ -809,8 +816,8 @@ struct Run {
                 out.o = back(o);
                 return;
             }
-            emu::launch(dim3{(unsigned)(VP / rbv), (unsigned)(d.N * HV), 1}, b256, sm_hr(KP, rbv, v32 ? 2 : 1), [&] {
-                ((HrFn)(v32 ? g_hrv32 : g_hrb2).at(KP))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(),
+            emu::launch(dim3{(unsigned)(VP / rbv), (unsigned)(d.N * HV), 1}, b256, sm_hr(KP, rbv, v32 || wide ? 2 : 1), [&] {
+                ((HrFn)(wide ? g_hrs2 : v32 ? g_hrv32 : g_hrb2).at(KP))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(),
                                                         ht.data(), p.bounds.data(), p.off.data(), H, HV, K, V, VP, nch, tm.data(),
                                                         v.data(), bt.data());
             });
