@@ -239,6 +239,8 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
         E* sT = sStage + st * STAGE;
         E* sTl = sT + (SP - 1) * 64 * LDT;
         E* sYh = FO ? sT + SP * 64 * LDT + 64 * LK : sY;
+        const E* sQc = sKc + 64 * LK + 64 * LDS;  // FO: q's tile, rq beside beta
+        const float* sRq = sRk + 128;
         if constexpr (RES) {
             // X = K S (raw K: exact), sY = beta (V - rk exp(G) X) split; then U = T sY, both split
             const E* sVc = sKc + 64 * LK;
@@ -305,8 +307,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
                 #pragma unroll
                 for (int e = 0; e < 4; e += 2) st2_pair(sYh, sYl, (16 * mt + FRAG_ROW(e)) * LDS + n1 + FRAG_COL(nt, e), acc[nt][e], acc[nt][e + 1]);
             }
-            const E* sQc = sKc + 64 * LK + 64 * LDS;
-            chunk_p<E, KP>(sT, sTl, sQc, sKc, sGc, sRk + 128, sRk, scale, wp, lane);
+            chunk_p<E, KP>(sT, sTl, sQc, sKc, sGc, sRq, sRk, scale, wp, lane);
         }
         const float dec = ex2f(glast);
         #pragma unroll
@@ -323,8 +324,6 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             // on raw q, the row factor on the f32 result, then P U's split terms in turn); S is
             // sS, the state entering the chunk
             __syncthreads();
-            const E* sQc = sKc + 64 * LK + 64 * LDS;
-            const float* sRq = sRk + 128;
             const idx_t r0 = bos + (idx_t)it * 64;
             const int L = (int)min((idx_t)64, eos - r0);
             frag_zero(acc);

@@ -269,8 +269,9 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// [`h_bwd_res`]), `dv2` (dvl fused in, 64 columns, whatever the tiles). The residual forward:
 /// `h=resb2` or `h=resv32` ([`h_res`]), `h=ress2` where K is wider than 128 ([`h_res_wide`]); the
 /// output fused into it: `fo=0` / `fo=1` ([`res_out`]). The two-blocks-per-SM, fused and
-/// residual entries exist where [`h_two_ok`], `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync entry where the
-/// warpgroup one would run ([`dqk_wg`]). Anything else, or unset: the default.
+/// residual entries exist where [`h_two_ok`], `v32` where bf16. dq/dk (`dq`): `s2` runs the
+/// two-buffer mma.sync entry where the warpgroup one would run ([`dqk_wg`]). Anything else, or
+/// unset: the default.
 fn lab(key: &str) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
     v.split(',').find_map(|kv| kv.trim().strip_prefix(key).and_then(|r| r.strip_prefix('=')).map(str::to_string))
