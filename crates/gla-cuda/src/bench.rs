@@ -421,11 +421,13 @@ pub fn stages_table(title: &str, times: &[(String, f64)]) -> String {
 
 /// A plain-text table of delta rows, floors at `hbm` bytes per second.
 pub fn format_delta_rows(rows: &[DeltaBenchRow], hbm: f64) -> String {
-    let label = |r: &DeltaBenchRow| match (r.op == "gdn", r.row.kernel == "chunk") {
-        (true, true) => "gdn-chunk",
-        (true, false) => "gdn-recurrent",
-        (false, true) => "delta-chunk",
-        (false, false) => "delta-recurrent",
+    let label = |r: &DeltaBenchRow| match (r.op == "gdn", r.row.kernel) {
+        (true, "chunk") => "gdn-chunk",
+        (true, "chunk-vsplit") => "gdn-chunk-vsplit",
+        (true, _) => "gdn-recurrent",
+        (false, "chunk") => "delta-chunk",
+        (false, "chunk-vsplit") => "delta-chunk-vsplit",
+        (false, _) => "delta-recurrent",
     };
     let plain: Vec<BenchRow> = rows.iter().map(|r| BenchRow { kernel: label(r), ..r.row.clone() }).collect();
     format_rows(&plain, hbm)

@@ -312,6 +312,8 @@ pub const DELTA_CHUNK_H: KernelSource = source!(
         "delta_hro_v32_k128_bf16",
         "delta_hr_s2_k192_bf16",
         "delta_hr_s2_k256_bf16",
+        "delta_hro_s2_k192_bf16",
+        "delta_hro_s2_k256_bf16",
         "delta_h_bwd_v32_k64_bf16",
         "delta_h_bwd_v32_k128_bf16",
         "delta_h_bwd_v32_k192_bf16",
@@ -322,6 +324,8 @@ pub const DELTA_CHUNK_H: KernelSource = source!(
         "delta_h_bwd_rdv2_k128_bf16",
         "delta_h_bwd_rv32_k64_bf16",
         "delta_h_bwd_rv32_k128_bf16",
+        "delta_h_bwd_rs1_k192_bf16",
+        "delta_h_bwd_rs1_k256_bf16",
     ]
 );
 /// The delta rule's chunked backward, chunk-parallel launches: dvl, dq/dk, the WY backward.

@@ -18,8 +18,9 @@
 // dS leaves to dh0 (=, f32, or null). delta_h_bwd_dv2_k{KP}_bf16: dvl = P^T do computed in the pass
 // (delta_dvl's arithmetic, P from the q, k rows it loads) instead of read, the per-chunk loads on
 // two cp.async stages (64 columns, one block per SM). delta_h_bwd_rdv2_k{KP}_bf16 (fused dvl, 64
-// columns) and delta_h_bwd_rv32_k{KP}_bf16 (dvl read, 32 columns): the same after the residual
-// forward, w^T dU formed from T, k and beta (h_bwd's RES below).
+// columns) and delta_h_bwd_rv32_k{KP}_bf16 (dvl read, 32 columns), delta_h_bwd_rs1_k{KP}_bf16 (KP
+// 192, 256: dvl read, 64 columns, one stage): the same after the residual forward, w^T dU
+// formed from T, k and beta (h_bwd's RES below).
 //
 // delta_hr_b2_k{KP}_bf16, delta_hr_v32_k{KP}_bf16 (KP <= 128, the residual forward): delta_h with
 // U formed as T (beta (V - rk exp(G) (K S))) from delta_wyt's T, k and v, so no w or u is read
@@ -27,9 +28,9 @@
 // barrier in the chain. `_b2`: 64 columns, one stage, two blocks per SM; `_v32`: 32 columns, two
 // stages, one block per SM (long sequences: twice the blocks walking in step); `_s2` (KP 192,
 // 256): 64 columns, two stages, one block per SM.
-// delta_hro_b2_k{KP}_bf16, delta_hro_v32_k{KP}_bf16: the same with the output pass (delta_o)
-// fused in, o = scale [(Qn * exp(G)) S + P U] per chunk from the state entering it and U (FO
-// below); hs and vn written only where given.
+// delta_hro_b2_k{KP}_bf16, delta_hro_v32_k{KP}_bf16, delta_hro_s2_k{KP}_bf16: the same with the
+// output pass (delta_o) fused in, o = scale [(Qn * exp(G)) S + P U] per chunk from the state
+// entering it and U (FO below); hs and vn written only where given.
 //
 // S's operand copy (the B operand of w S and K dS) is rounded to the storage dtype, as fla does.
 // Warps tile S as WM x WN (8 x 1 for KP = 128, 256; 4 x 2 for KP = 64, 192). Both passes have NS
@@ -46,10 +47,10 @@
 //   delta_h_bwd_v32_k64_bf16 delta_h_bwd_v32_k128_bf16 delta_h_bwd_v32_k192_bf16 delta_h_bwd_v32_k256_bf16
 //   delta_h_b2_k64_bf16 delta_h_b2_k128_bf16 delta_h_v32b2_k64_bf16 delta_h_v32b2_k128_bf16
 //   delta_h_bwd_dv2_k64_bf16 delta_h_bwd_dv2_k128_bf16 delta_h_bwd_rdv2_k64_bf16 delta_h_bwd_rdv2_k128_bf16
-//   delta_h_bwd_rv32_k64_bf16 delta_h_bwd_rv32_k128_bf16
+//   delta_h_bwd_rv32_k64_bf16 delta_h_bwd_rv32_k128_bf16 delta_h_bwd_rs1_k192_bf16 delta_h_bwd_rs1_k256_bf16
 //   delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16 delta_hr_v32_k64_bf16 delta_hr_v32_k128_bf16
 //   delta_hro_b2_k64_bf16 delta_hro_b2_k128_bf16 delta_hro_v32_k64_bf16 delta_hro_v32_k128_bf16
-//   delta_hr_s2_k192_bf16 delta_hr_s2_k256_bf16
+//   delta_hr_s2_k192_bf16 delta_hr_s2_k256_bf16 delta_hro_s2_k192_bf16 delta_hro_s2_k256_bf16
 
 // The state tile's warp layout (S or dS, KP x BV in mma fragments): warp (wm, wn) of WM x WN
 // holds m-tiles wm + WM ms (ms < MS) and the NSN n8-tiles from 8 NSN wn.
@@ -132,7 +133,8 @@ __device__ __forceinline__ void h_copy(E* __restrict__ hp, const E* sS, int VP, 
 // (delta_o, delta/chunk_fwd.cu) fused in. Per chunk, once U is formed, U (split) goes to Y's
 // planes and P (chunk_p, split) to T's, then o = scale rq exp(G) (Q S) + P U for the block's V
 // tile, S the state entering the chunk (sS): delta_o's products in its order, so o's bits are
-// the unfused pair's. The stages carry q and rq too; Y's hi plane is the V tile itself (each
+// the unfused pair's. q has one buffer of its own (QLOAD: on two stages a second q buffer would
+// not fit beside KP = 256's), rq rides in the stages; Y's hi plane is the V tile itself (each
 // thread overwrites the V elements it alone reads); hs and vn are written only where given (a
 // backward reads them), so a forward-only pass moves no state or v_new bytes at all.
 template <typename E, int KP, int NS, int BV, bool RES = false, bool FO = false>
@@ -147,8 +149,8 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
     constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
     static_assert(!RES || sizeof(E) == 2, "the residual state pass: bf16");
     static_assert(!FO || RES, "the fused output: the residual state pass");
-    // w (hi, lo), k; RES: T (hi, lo) [64][LDT], k, the V tile [64][LDS] (FO: then q [64][LK])
-    constexpr int STAGE = RES ? SP * 64 * LDT + 64 * LK + 64 * LDS + (FO ? 64 * LK : 0) : (SP + 1) * 64 * LK;
+    // w (hi, lo), k; RES: T (hi, lo) [64][LDT], k, the V tile [64][LDS]
+    constexpr int STAGE = RES ? SP * 64 * LDT + 64 * LK + 64 * LDS : (SP + 1) * 64 * LK;
     // u (f32; RES: none), G, rk (RES: and beta; FO: and rq)
     constexpr int FSTAGE = RES ? (FO ? 256 : 192) : 64 * BV + 128;
     DELTA_SMEM(smem);
@@ -159,7 +161,8 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
     // RES: [SP][64][LDS], beta (V - rk exp(G) K S); FO: its lo plane only (hi: the V tile)
     E* sY = sUdl + 64 * LDS;
     E* sYl = FO ? sY : sY + (SP - 1) * 64 * LDS;
-    float* sF = (float*)(RES ? sYl + (FO ? SP - 1 : 1) * 64 * LDS : sY);  // [NS][FSTAGE]
+    E* sQ = sYl + (FO ? SP - 1 : 1) * 64 * LDS;  // FO: q [64][LK], one buffer (see QLOAD below)
+    float* sF = (float*)(RES ? sQ + (FO ? 64 * LK : 0) : sY);  // [NS][FSTAGE]
     DELTA_SMEM_END(smem, sF + NS * FSTAGE);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const int j0 = blockIdx.x * BV, nh = blockIdx.y, n = nh / HV, hv = nh % HV, h = hv / (HV / H);
@@ -184,10 +187,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             ld_g64(f, g2 + oc * 64, tid);
             ld_rf_cp(f + 64, rk, r0, L, h, H, tid);
             ld_bt_cp(f + 128, bt, r0, L, hv, HV, tid);
-            if constexpr (FO) {
-                ld_qk<E, KP>(b + SP * 64 * LDT + 64 * LK + 64 * LDS, q, r0, L, h, H, K, tid);
-                ld_rf_cp(f + 192, rq, r0, L, h, H, tid);
-            }
+            if constexpr (FO) ld_rf_cp(f + 192, rq, r0, L, h, H, tid);
         } else {
             tile_ld<E>(b, LK, w + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
             if (SP == 2) tile_ld<E>(b + 64 * LK, LK, w + wplane + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
@@ -196,6 +196,13 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             ld_g64(f + 64 * BV, g2 + oc * 64, tid);
             ld_rf_cp(f + 64 * BV + 64, rk, r0, L, h, H, tid);
         }
+    };
+    // QLOAD (FO): chunk ci's q tile into sQ, read from chunk_p (after U is formed) to the output;
+    // its loads are issued at the chunk's top (with the stage's on one stage, as a group of their
+    // own ahead of the next chunk's stage on two) and land under the chunk's first products
+    auto load_q = [&](int ci) {
+        const idx_t r0 = bos + (idx_t)ci * 64;
+        ld_qk<E, KP>(sQ, q, r0, (int)min((idx_t)64, eos - r0), h, H, K, tid);
     };
     static_assert(NS == 1 || NS == 2, "one or two cp.async stages");
     #pragma unroll
@@ -212,14 +219,20 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
         const int st = it % NS;
         if (NS == 1) {
             load(it, 0);
+            if constexpr (FO) load_q(it);
             cp_commit();
         }
         const idx_t oc = (cbase + it) * HV + hv;
         h_store<E, KP, BV>(S, sS, wm, sn0, fg, ft);
         cp_wait0();
         __syncthreads();
-        if (NS > 1 && it + 1 < nc) {
-            load(it + 1, (it + 1) % NS);
+        if (NS > 1) {
+            if constexpr (FO) {
+                load_q(it);
+                cp_commit();
+            }
+            // committed even when empty (the last chunk): FO waits for all groups but this one
+            if (it + 1 < nc) load(it + 1, (it + 1) % NS);
             cp_commit();
         }
         if (!FO || hs != nullptr) h_copy<E, KP, BV>(hs + oc * (idx_t)KP * VP + j0, sS, VP, tid);
@@ -239,7 +252,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
         E* sT = sStage + st * STAGE;
         E* sTl = sT + (SP - 1) * 64 * LDT;
         E* sYh = FO ? sT + SP * 64 * LDT + 64 * LK : sY;
-        const E* sQc = sKc + 64 * LK + 64 * LDS;  // FO: q's tile, rq beside beta
+        const E* sQc = sQ;  // FO: q's tile, rq beside beta
         const float* sRq = sRk + 128;
         if constexpr (RES) {
             // X = K S (raw K: exact), sY = beta (V - rk exp(G) X) split; then U = T sY, both split
@@ -299,6 +312,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
                 st2_pair(sUd, sUdl, t * LDS + jj, u0 * fu[e >> 1], u1 * fu[e >> 1]);
             }
         }
+        if constexpr (FO && NS > 1) cp_wait<1>();  // this chunk's q (QLOAD)
         __syncthreads();
         if constexpr (FO) {
             // T and Y are read: U (split) to Y's planes, P to T's
@@ -604,8 +618,8 @@ HR_ENTRY(delta_hr_b2, 64, 1, 64, (DNT, 2))
 HR_ENTRY(delta_hr_b2, 128, 1, 64, (DNT, 2))
 HR_ENTRY(delta_hr_v32, 64, 2, 32, (DNT))
 HR_ENTRY(delta_hr_v32, 128, 2, 32, (DNT))
-// K wider than 128 (the lab's `h=ress2`, not yet the default: unmeasured): 64 columns, two
-// stages, one block per SM
+// K wider than 128 (src/delta/dispatch.rs h_res, HR_S2): 64 columns, two stages, one block
+// per SM
 HR_ENTRY(delta_hr_s2, 192, 2, 64, (DNT))
 HR_ENTRY(delta_hr_s2, 256, 2, 64, (DNT))
 // the same with the output fused in (src/delta/dispatch.rs res_out)
@@ -613,6 +627,8 @@ HRO_ENTRY(delta_hro_b2, 64, 1, 64, (DNT, 2))
 HRO_ENTRY(delta_hro_b2, 128, 1, 64, (DNT, 2))
 HRO_ENTRY(delta_hro_v32, 64, 2, 32, (DNT))
 HRO_ENTRY(delta_hro_v32, 128, 2, 32, (DNT))
+HRO_ENTRY(delta_hro_s2, 192, 2, 64, (DNT))
+HRO_ENTRY(delta_hro_s2, 256, 2, 64, (DNT))
 HB_ENTRY(delta_h_bwd, 64, 64, f32, float)
 HB_ENTRY(delta_h_bwd, 128, 64, f32, float)
 // the state-gradient pass's stages as the forward's (NS above; src/delta/dispatch.rs h_stages)
@@ -628,17 +644,20 @@ HB_ENTRY_FD(delta_h_bwd_dv2, 64, 64, true, 2, bf16, bf16_t)
 HB_ENTRY_FD(delta_h_bwd_dv2, 128, 64, true, 2, bf16, bf16_t)
 // the residual state-gradient pass (RES, after the residual forward): delta_h_bwd_dv2's
 // arguments, w unread (may be null), then T (delta_wyt's) and beta. `_rdv2`: dvl fused in (dvl
-// unread), 64 columns; `_rv32`: dvl read (delta_dvl's), 32 columns (long sequences). Two stages.
-#define HBR_ENTRY(PFX, KP, BV, FD)                                                                        \
+// unread), 64 columns; `_rv32`: dvl read (delta_dvl's), 32 columns (long sequences); both two
+// stages. `_rs1` (KP 192, 256): dvl read, 64 columns, one stage (two do not fit beside q and k).
+#define HBR_ENTRY(PFX, KP, BV, FD, NS)                                                                    \
 extern "C" __global__ void __launch_bounds__(DNT) PFX##_k##KP##_bf16(                                     \
     const bf16_t* q, const bf16_t* k, const float* rq, const float* rk, const bf16_t* w,                  \
     const bf16_t* d_o, const float* dvl, const float* g2, const float* dht, bf16_t* dhs, bf16_t* du,      \
     float* dh0, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, int V, int VP,         \
     float scale, idx_t nch, const bf16_t* tm, const float* bt) {                                          \
-    h_bwd<bf16_t, KP, BV, FD, 2, true>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0, bounds,          \
-                                       chunk_off, H, HV, K, V, VP, scale, nch, tm, bt);                   \
+    h_bwd<bf16_t, KP, BV, FD, NS, true>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0, bounds,         \
+                                        chunk_off, H, HV, K, V, VP, scale, nch, tm, bt);                  \
 }
-HBR_ENTRY(delta_h_bwd_rdv2, 64, 64, true)
-HBR_ENTRY(delta_h_bwd_rdv2, 128, 64, true)
-HBR_ENTRY(delta_h_bwd_rv32, 64, 32, false)
-HBR_ENTRY(delta_h_bwd_rv32, 128, 32, false)
+HBR_ENTRY(delta_h_bwd_rdv2, 64, 64, true, 2)
+HBR_ENTRY(delta_h_bwd_rdv2, 128, 64, true, 2)
+HBR_ENTRY(delta_h_bwd_rv32, 64, 32, false, 2)
+HBR_ENTRY(delta_h_bwd_rv32, 128, 32, false, 2)
+HBR_ENTRY(delta_h_bwd_rs1, 192, 64, false, 1)
+HBR_ENTRY(delta_h_bwd_rs1, 256, 64, false, 1)

@@ -266,10 +266,11 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// block per SM), `b2` (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM).
 /// The state-gradient pass (`hb`): `one` (dvl its own launch), `v32` (the same at 32 columns),
 /// `rv32` (`v32`, and its residual form after a residual forward whatever the tiles:
-/// [`h_bwd_res`]), `dv2` (dvl fused in, 64 columns, whatever the tiles). The residual forward:
-/// `h=resb2` or `h=resv32` ([`h_res`]), `h=ress2` where K is wider than 128 ([`h_res_wide`]); the
-/// output fused into it: `fo=0` / `fo=1` ([`res_out`]). The two-blocks-per-SM, fused and
-/// residual entries exist where [`h_two_ok`], `v32` where bf16. dq/dk (`dq`): `s2` runs the
+/// [`h_bwd_res`]), `dv2` (dvl fused in, 64 columns, whatever the tiles), `rs1` (K wider than
+/// 128: [`HBR_S1`] and its residual form). The residual forward: `h=resb2` or `h=resv32`, `h=ress2`
+/// where K is wider than 128 ([`h_res`]; forced on every workspace); the output fused into it:
+/// `fo=0` / `fo=1` ([`res_out`]). The two-blocks-per-SM, fused and residual entries exist where
+/// [`h_two_ok`] (the residual ones also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the
 /// two-buffer mma.sync entry where the warpgroup one would run ([`dqk_wg`]). Anything else, or
 /// unset: the default.
 fn lab(key: &str) -> Option<String> {
@@ -328,6 +329,7 @@ pub(crate) fn h_plan(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm
         Some("b2") if !bwd && h_two_ok(bf16, kp) => two(64),
         Some("v32b2") if !bwd && h_two_ok(bf16, kp) => two(32),
         Some("dv2") if bwd && h_two_ok(bf16, kp) => HPlan { bv: 64, ns: 2, two: false, out: true },
+        Some("rs1") if bwd && bf16 && !h_two_ok(bf16, kp) => HBR_S1,
         _ => h_policy(bwd, bf16, kp, vp, nhv, sm_count),
     }
 }
@@ -379,17 +381,11 @@ pub(crate) const HR_B2: HPlan = HPlan { bv: 64, ns: 1, two: true, out: false };
 /// See [`HR_B2`].
 pub(crate) const HR_V32: HPlan = HPlan { bv: 32, ns: 2, two: false, out: false };
 /// The residual forward for K wider than 128 (`delta_hr_s2`, KP 192 and 256: 64 columns, two
-/// stages, one block per SM), only under the lab override `h=ress2` ([`h_res_wide`]).
+/// stages, one block per SM): per chunk T (split), k and a V tile (56 KB at KP = 256) where
+/// the WY form's `delta_h` reads w (split), k and u (112 KB) on one stage.
 pub(crate) const HR_S2: HPlan = HPlan { bv: 64, ns: 2, two: false, out: false };
 
-/// Whether the lab asks for the residual forward where K is wider than 128 (`h=ress2`): per
-/// chunk T (split), k and a V tile (56 KB at KP = 256) instead of w (split), k and u (112 KB),
-/// on two stages. Not measured yet, so not a default.
-pub(crate) fn h_res_wide() -> bool {
-    h_lab(false).as_deref() == Some("ress2")
-}
-
-/// The residual forward's plan, or `None` for the WY form (bf16, KP <= 128 only): `delta_wyt`
+/// The residual forward's plan, or `None` for the WY form (bf16 only): `delta_wyt`
 /// writes T alone and `delta_hr_*` forms v_new as T (beta (V - rk exp(G) (K S))), so w and u
 /// are never formed. `delta_hr_b2` (64 columns, one stage, two blocks per SM) where 64-column
 /// blocks fill every SM at least once (`tiles`, the 64-column ones, >= SMs), else
@@ -398,12 +394,17 @@ pub(crate) fn h_res_wide() -> bool {
 /// `bench/results/2026-12-06_h100_4085b29_delta_hr_v32.txt`) the forward ran 2.24 (`_b2`) against
 /// 2.39 ms (`_v32`) at T = 8192 (256 tiles), 2.66 against 2.40 at T = 16384 (128 tiles), and at
 /// T = 32768 (64 tiles) 2.76 against 3.00 for the WY form (`delta_wy` + `delta_h_v32`, whose
-/// UT pass writes w and u). Where it runs is [`res_ok`]'s. The lab override `h=resb2` /
-/// `h=resv32` forces one entry (the delta checks run each over the whole case table), any other
-/// `h=` value (a WY plan under study) turns the residual form off.
+/// UT pass writes w and u). K wider than 128 takes [`HR_S2`]: on an H100 (bf16, B = 8, T =
+/// 2048, H = 32, K = V = 256) the forward ran 3.59 -> 2.49 ms (`delta_wyt` 0.24 + `delta_hr_s2`
+/// 1.34 against `delta_wy` 0.93 + `delta_h` 1.75, `delta_o` 0.91 in both,
+/// `bench/results/2026-12-06_h100_e1c2f17_delta_k256.txt`). Where it runs is [`res_ok`]'s. The
+/// lab override `h=resb2` / `h=resv32` (KP <= 128) or `h=ress2` (wider) forces one entry on
+/// every workspace (the delta checks run each over the whole case table), any other `h=` value
+/// (a WY plan under study) turns the residual form off.
 pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> Option<HPlan> {
     if !h_two_ok(bf16, kp) {
-        return (bf16 && kp <= DELTA_CHUNK_MAX && h_res_wide()).then_some(HR_S2);
+        let wide = bf16 && kp <= DELTA_CHUNK_MAX && matches!(h_lab(false).as_deref(), None | Some("ress2"));
+        return wide.then_some(HR_S2);
     }
     match h_lab(false).as_deref() {
         Some("resb2") => Some(HR_B2),
@@ -437,29 +438,30 @@ pub(crate) fn hr_name(plan: HPlan, kp: usize, out: bool) -> String {
     format!("delta_hr{}_{form}_k{kp}_bf16", if out { "o" } else { "" })
 }
 
-/// Whether the residual forward on `plan` ([`h_res`]) computes the output itself
-/// (`delta_hro_*`, no `delta_o` launch): on the 64-column plan where no backward reads the
-/// states and v_new it would store (`fwd_only`), so the pass writes neither and `delta_o` reads
-/// neither. On an H100 (bf16, H = 16, K = V = 128, B*T = 65536) the forward ran 2.09 -> 1.71 ms
-/// at T = 2048 and 8192 (`delta_hro_b2` 1.34 ms against `delta_hr_b2` 1.01 + `delta_o` 0.72),
-/// while at T = 32768 the 32-column one-block-per-SM pass lost (`delta_hro_v32` 2.27 ms against
-/// `delta_hr_v32` 1.24 + `delta_o` 0.72: there the output's products sit in each chunk's
-/// chain), and the fused pass that also stores the states for a backward (`fo=1`) ran
-/// forward+backward within 1% of the unfused pair's at T = 2048 and 8192. The lab override
-/// `fo=0` turns it off, `fo=1` fuses it on either plan and where a backward follows (the pass
-/// then writes the states and v_new as well).
+/// Whether the residual forward on `plan` ([`h_res`]) computes the output itself (`delta_hro_*`, no
+/// `delta_o` launch): on the 64-column plans where no backward reads the states and v_new it would
+/// store (`fwd_only`), so the pass writes neither and `delta_o` reads neither. On an H100 (bf16, H
+/// = 16, K = V = 128, B*T = 65536) the forward ran 2.09 -> 1.71 ms at T = 2048 and 8192
+/// (`delta_hro_b2` 1.34 ms against `delta_hr_b2` 1.01 + `delta_o` 0.72), while at T = 32768 the
+/// 32-column one-block-per-SM pass lost (`delta_hro_v32` 2.27 ms against `delta_hr_v32` 1.24 +
+/// `delta_o` 0.72: there the output's products sit in each chunk's chain); at K = V = 256 (B = 8, T
+/// = 2048, H = 32) `delta_hro_s2` ran 2.12 ms against `delta_hr_s2` 1.32 + `delta_o` 0.91, the
+/// forward 2.50 -> 2.39 ms. The fused pass that also stores the states for a backward (`fo=1`) ran
+/// forward+backward within 1% of the unfused pair's at T = 2048 and 8192. The lab override `fo=0`
+/// turns it off, `fo=1` fuses it on either plan and where a backward follows (the pass then writes
+/// the states and v_new as well).
 pub(crate) fn res_out(plan: HPlan, fwd_only: bool) -> bool {
     match lab("fo").as_deref() {
         Some("0") => false,
-        Some("1") => plan != HR_S2,
-        _ => fwd_only && plan == HR_B2,
+        Some("1") => true,
+        _ => fwd_only && (plan == HR_B2 || plan == HR_S2),
     }
 }
 
 /// Whether the state-gradient pass on `plan` (for `nhv` sequence x value heads of `vp` padded
 /// columns) runs its residual form after a residual forward (w^T dU as Kn^T diag(beta exp(G))
-/// T^T dU from T, k and beta, so w is never formed), where those entries exist (bf16, KP <=
-/// 128): the fused plan (`plan.out`, `delta_h_bwd_rdv2_k{KP}_bf16`), and the two-stage
+/// T^T dU from T, k and beta, so w is never formed): K wider than 128 on [`HBR_S1`]; at KP <=
+/// 128 the fused plan (`plan.out`, `delta_h_bwd_rdv2_k{KP}_bf16`), and the two-stage
 /// 32-column one (`delta_h_bwd_rv32_k{KP}_bf16`, dvl its own launch) where its tiles fill at
 /// least half the SMs, the long sequences where it was measured (on an H100 at T = 32768, B*T
 /// = 65536, H = 16, K = V = 128: forward+backward 8.09 -> 7.75 ms, `delta_wyt` + `delta_hr_v32`
@@ -469,14 +471,32 @@ pub(crate) fn res_out(plan: HPlan, fwd_only: bool) -> bool {
 /// forward). Otherwise (a lab plan) a backward after the residual forward forms w first
 /// (`delta_wy`).
 pub(crate) fn h_bwd_res(bf16: bool, kp: usize, plan: HPlan, vp: usize, nhv: usize, sm_count: usize) -> bool {
+    if bf16 && !h_two_ok(bf16, kp) {
+        return plan == HBR_S1;
+    }
     let fill = 2 * (vp / 32) * nhv >= sm_count || h_lab(true).as_deref() == Some("rv32");
     let rv32 = plan.bv == 32 && plan.ns == 2 && !plan.two && fill;
     h_two_ok(bf16, kp) && (plan.out || rv32)
 }
 
+/// The residual state-gradient pass for K wider than 128 (`delta_h_bwd_rs1`, KP 192 and 256):
+/// 64 columns, one stage (two do not fit beside q and k), dvl read; per chunk q, k, T (split)
+/// and a do tile (95 KB at KP = 256) where `delta_h_bwd` reads q, k, w (split) and do (144 KB).
+/// It runs where the policy's plan is this one (64-column tiles, at least two per SM), and so
+/// the training forward before it takes the residual form too ([`res_ok`]): on an H100 (bf16,
+/// B = 8, T = 2048, H = 32, K = V = 256) the pass ran 2.13 -> 1.86 ms, and with no `delta_wy`
+/// (0.98 ms) and the residual forward the forward+backward 11.12 -> 9.82 ms
+/// (`bench/results/2026-12-06_h100_9d5a0f3_delta_k256.txt`).
+pub(crate) const HBR_S1: HPlan = HPlan { bv: 64, ns: 1, two: false, out: false };
+
 /// The residual state-gradient pass's entry point on `plan` ([`h_bwd_res`]).
 pub(crate) fn hbr_name(plan: HPlan, kp: usize) -> String {
-    format!("delta_h_bwd_{}_k{kp}_bf16", if plan.out { "rdv2" } else { "rv32" })
+    let form = match (plan.out, plan.bv) {
+        (true, _) => "rdv2",
+        (false, 32) => "rv32",
+        _ => "rs1",
+    };
+    format!("delta_h_bwd_{form}_k{kp}_bf16")
 }
 
 /// The entry point of `delta_dqk_*` with `nb` V-tile buffers ([`dqk_bufs`]).
@@ -547,12 +567,12 @@ impl DeltaSmem {
         let stage = sp * 64 * LDT + 64 * self.lk() + 64 * lds;
         (plan.ns * stage + self.kp * lds + 2 * sp * 64 * lds) * e + plan.ns * 192 * 4
     }
-    /// `delta_hro_*` ([`res_out`]): [`Self::hr`]'s with q in each stage and rq beside beta, and
-    /// Y's hi plane in the V tile's place (only its lo plane a tile of its own).
+    /// `delta_hro_*` ([`res_out`]): [`Self::hr`]'s with q in one buffer of its own, rq beside
+    /// beta, and Y's hi plane in the V tile's place (only its lo plane a tile of its own).
     pub(crate) fn hro(&self, plan: HPlan) -> usize {
         let (e, sp, lds) = (self.e, self.sp, plan.bv + PAD);
-        let stage = sp * 64 * LDT + 2 * 64 * self.lk() + 64 * lds;
-        (plan.ns * stage + self.kp * lds + (2 * sp - 1) * 64 * lds) * e + plan.ns * 256 * 4
+        let stage = sp * 64 * LDT + 64 * self.lk() + 64 * lds;
+        (plan.ns * stage + 64 * self.lk() + self.kp * lds + (2 * sp - 1) * 64 * lds) * e + plan.ns * 256 * 4
     }
     pub(crate) fn o(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -563,15 +583,15 @@ impl DeltaSmem {
         let (e, sp) = (self.e, self.sp);
         (2 * 64 * self.lk() + sp * 64 * LDT + 64 * LDT) * e + 3 * 64 * 4
     }
-    /// The residual state-gradient pass on `plan` ([`h_bwd_res`], two stages): [`Self::h_bwd`]'s
-    /// with T (sp planes of [64][LDT]) in each stage instead of w, beta beside G, rq, rk, and
-    /// Y's split tile: P's where dvl is fused in (`plan.out`), else its own ([64][BV + PAD]).
+    /// The residual state-gradient pass on `plan` ([`h_bwd_res`]): [`Self::h_bwd`]'s with T (sp
+    /// planes of [64][LDT]) in each stage instead of w, beta beside G, rq, rk, and Y's split
+    /// tile: P's where dvl is fused in (`plan.out`), else its own ([64][BV + PAD]).
     pub(crate) fn h_bwd_res(&self, plan: HPlan) -> usize {
-        let (e, sp, bv, fd) = (self.e, self.sp, plan.bv, usize::from(plan.out));
+        let (e, sp, bv, fd, ns) = (self.e, self.sp, plan.bv, usize::from(plan.out), plan.ns);
         let lds = bv + PAD;
         let stage = 2 * 64 * self.lk() + sp * 64 * LDT + 64 * lds;
         let p = if plan.out { sp * 64 * LDT + 64 * lds } else { sp * 64 * lds };
-        (2 * stage + self.kp * lds + sp * 64 * lds + p) * e + 2 * ((1 - fd) * 64 * bv + 4 * 64) * 4
+        (ns * stage + self.kp * lds + sp * 64 * lds + p) * e + ns * ((1 - fd) * 64 * bv + 4 * 64) * 4
     }
     pub(crate) fn h_bwd(&self, plan: HPlan) -> usize {
         let (e, sp, bv, fd, ns) = (self.e, self.sp, plan.bv, usize::from(plan.out), plan.ns);
@@ -616,7 +636,7 @@ impl DeltaSmem {
         let hr = if fused {
             [self.hr(HR_V32), self.hr(HR_B2), self.hro(HR_V32), self.hro(HR_B2)].into_iter().max().unwrap_or(0)
         } else if self.e == 2 {
-            self.hr(HR_S2)
+            self.hr(HR_S2).max(self.hro(HR_S2)).max(self.h_bwd_res(HBR_S1))
         } else {
             0
         };
@@ -747,7 +767,7 @@ impl DeltaWorkspaceLens {
             w: (sp * nc * hv * 64 * kp).max(1),
             u: (nc * hv * 64 * vp).max(1),
             // the residual forward ([`h_res`]) keeps T in the forward's workspace
-            tm: if h_two_ok(bf16, kp) || (bf16 && h_res_wide()) { (sp * nc * hv * 4096).max(1) } else { 0 },
+            tm: if bf16 { (sp * nc * hv * 4096).max(1) } else { 0 },
             g2: (nc * hv * 64).max(1),
             hs: (nc * hv * kp * vp).max(1),
             vn: (sp * nc * hv * 64 * vp).max(1),
@@ -908,12 +928,21 @@ mod tests {
             }
         }
         assert!(!dqk_wg(true, 256, "sm_90a"));
-        // the wide residual forward (lab `h=ress2`): two stages in one block's shared memory
+        // the wide residual forward, with the output fused in or not: two stages in one block's
+        // shared memory
         for kp in [192, 256] {
-            assert!(DeltaSmem::new(true, kp, 256).hr(HR_S2) <= 227 * 1024, "KP {kp}");
+            let sm = DeltaSmem::new(true, kp, 256);
+            assert!(sm.hr(HR_S2).max(sm.hro(HR_S2)) <= 227 * 1024, "KP {kp}");
             assert_eq!(hr_name(HR_S2, kp, false), format!("delta_hr_s2_k{kp}_bf16"));
-            assert!(crate::kernels::source_of(&hr_name(HR_S2, kp, false)).is_some());
+            assert_eq!(hr_name(HR_S2, kp, true), format!("delta_hro_s2_k{kp}_bf16"));
+            for out in [false, true] {
+                assert!(crate::kernels::source_of(&hr_name(HR_S2, kp, out)).is_some());
+            }
             assert!(crate::kernels::source_of(&format!("delta_wyt_k{kp}_bf16")).is_some());
+            // and its state-gradient pass (one stage)
+            assert!(sm.h_bwd_res(HBR_S1) <= 227 * 1024, "KP {kp}: {} B", sm.h_bwd_res(HBR_S1));
+            assert_eq!(hbr_name(HBR_S1, kp), format!("delta_h_bwd_rs1_k{kp}_bf16"));
+            assert!(crate::kernels::source_of(&hbr_name(HBR_S1, kp)).is_some());
         }
         for kp in [64, 128] {
             assert!(DeltaSmem::new(true, kp, 128).dqk(2) <= 227 * 1024, "KP {kp}");
@@ -974,7 +1003,23 @@ mod tests {
             assert_eq!(hr_name(HR_B2, 128, false), "delta_hr_b2_k128_bf16");
             assert_eq!(hr_name(HR_B2, 128, true), "delta_hro_b2_k128_bf16");
             assert!(h_res(false, 128, 1024, 132).is_none());
-            assert!(h_res(true, 192, 1024, 132).is_none());
+            // K wider than 128: the two-stage 64-column pass whatever the tiles (bf16 only); a
+            // training workspace where the state-gradient pass runs HBR_S1 (64-column tiles, at
+            // least two per SM), else the WY form
+            for kp in [192, 256] {
+                for tiles in [1, 1024] {
+                    assert_eq!(h_res(true, kp, tiles, 132), Some(HR_S2));
+                }
+                assert!(h_res(false, kp, 1024, 132).is_none());
+                for (nhv, bwd_res) in [(16, false), (65, false), (66, true), (256, true)] {
+                    assert!(res_ok(true, kp, 256, nhv, 132, true));
+                    assert_eq!(res_ok(true, kp, 256, nhv, 132, false), bwd_res, "KP {kp}, NHV {nhv}");
+                    assert_eq!(h_plan(true, true, kp, 256, nhv, 132) == HBR_S1, bwd_res);
+                }
+                assert!(!res_ok(false, kp, 256, 256, 132, false));
+                assert!(res_out(HR_S2, true) && !res_out(HR_S2, false));
+            }
+            assert_eq!(hr_name(HR_S2, 256, true), "delta_hro_s2_k256_bf16");
             assert_eq!(hr_name(HR_V32, 64, false), "delta_hr_v32_k64_bf16");
             // a forward-only workspace takes it everywhere; a training one where the backward's
             // plan has a residual form: the fused pass (2 x 64-column tiles > SMs), or the

@@ -525,14 +525,15 @@ static std::map<int, void*> g_hrs2 = {{192, (void*)delta_hr_s2_k192_bf16}, {256,
 // workspace does (hs, v_new unwritten; the backward then recomputes the forward unfused)
 static std::map<int, void*> g_hrob2 = {{64, (void*)delta_hro_b2_k64_bf16}, {128, (void*)delta_hro_b2_k128_bf16}};
 static std::map<int, void*> g_hrov32 = {{64, (void*)delta_hro_v32_k64_bf16}, {128, (void*)delta_hro_v32_k128_bf16}};
+static std::map<int, void*> g_hros2 = {{192, (void*)delta_hro_s2_k192_bf16}, {256, (void*)delta_hro_s2_k256_bf16}};
 static int fo_mode() {
     const char* v = getenv("DELTA_FO");
     return v ? std::atoi(v) : 0;
 }
-// DeltaSmem::hro: hr's stages with q (and rq), Y's hi plane in the V tile
+// DeltaSmem::hro: hr's stages (rq beside beta), q's one buffer, Y's hi plane in the V tile
 static size_t sm_hro(int KP, int BV, int NS) {
-    const size_t L = BV + 8, stage = 2 * 64 * 72 + 2 * 64 * (KP + 8) + 64 * L;
-    return (NS * stage + (size_t)KP * L + 3 * 64 * L) * 2 + NS * 256 * 4;
+    const size_t L = BV + 8, stage = 2 * 64 * 72 + 64 * (KP + 8) + 64 * L;
+    return (NS * stage + 64 * (KP + 8) + (size_t)KP * L + 3 * 64 * L) * 2 + NS * 256 * 4;
 }
 // src/delta/dispatch.rs DeltaSmem::hr: NS stages of T (hi, lo), k, the BV-column V tile and G, rk,
 // beta; the state operand; U's and Y's split tiles
@@ -546,10 +547,13 @@ static size_t sm_hr(int KP, int BV, int NS) {
 // DeltaSmem::h_bwd_res)
 static std::map<int, void*> g_hbr = {{64, (void*)delta_h_bwd_rdv2_k64_bf16}, {128, (void*)delta_h_bwd_rdv2_k128_bf16}};
 static std::map<int, void*> g_hbr32 = {{64, (void*)delta_h_bwd_rv32_k64_bf16}, {128, (void*)delta_h_bwd_rv32_k128_bf16}};
-static size_t sm_hbr(int KP, bool fd) {
-    const size_t SP = SPn<bf16_t>, BV = fd ? 64 : 32, L = BV + 8, stage = 2 * 64 * (KP + 8) + SP * 64 * 72 + 64 * L;
+// K wider than 128 (dispatch::delta::HBR_S1, the lab's hb=rs1): DELTA_HBVAR=rs1 after
+// DELTA_HVAR=ress2's forward; 64 columns, dvl read, one stage
+static std::map<int, void*> g_hbrs1 = {{192, (void*)delta_h_bwd_rs1_k192_bf16}, {256, (void*)delta_h_bwd_rs1_k256_bf16}};
+static size_t sm_hbr(int KP, bool fd, int BV, int NS) {
+    const size_t SP = SPn<bf16_t>, L = BV + 8, stage = 2 * 64 * (KP + 8) + SP * 64 * 72 + 64 * L;
     const size_t pt = fd ? SP * 64 * 72 + 64 * L : SP * 64 * L;
-    return (2 * stage + (size_t)KP * L + SP * 64 * L + pt) * 2 + 2 * ((fd ? 0 : 64 * BV) + 256) * 4;
+    return (NS * stage + (size_t)KP * L + SP * 64 * L + pt) * 2 + NS * ((fd ? 0 : 64 * BV) + 256) * 4;
 }
 // the residual forward: DELTA_HVAR=resb2 / resv32 forces it, any other DELTA_HVAR turns it off,
 // else src/delta/dispatch.rs's rule for a training workspace at 132 SMs (res_ok: where the
@@ -801,13 +805,13 @@ struct Run {
                                  const long long*, const long long*, int, int, int, int, int, long long, const E*, const E*, const float*);
             const bool v32 = !std::strcmp(res, "resv32");
             const int rbv = v32 ? 32 : 64;
-            if (want_o && fo > 0 && nc > 0 && !wide) {
+            if (want_o && fo > 0 && nc > 0) {
                 typedef void (*HroFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
                                       const long long*, const long long*, int, int, int, int, int, long long, const E*, const E*,
                                       const float*, const E*, const float*, E*, float);
                 auto o = poison<E>(rows * HV * V);
-                emu::launch(dim3{(unsigned)(VP / rbv), (unsigned)(d.N * HV), 1}, b256, sm_hro(KP, rbv, v32 ? 2 : 1), [&] {
-                        ((HroFn)(v32 ? g_hrov32 : g_hrob2).at(KP))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0),
+                emu::launch(dim3{(unsigned)(VP / rbv), (unsigned)(d.N * HV), 1}, b256, sm_hro(KP, rbv, v32 || wide ? 2 : 1), [&] {
+                        ((HroFn)(wide ? g_hros2 : v32 ? g_hrov32 : g_hrob2).at(KP))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0),
                                                                   fo == 1 ? hs.data() : nullptr, fo == 1 ? vn.data() : nullptr,
                                                                   ht.data(), p.bounds.data(), p.off.data(), H, HV, K, V, VP, nch,
                                                                   tm.data(), v.data(), bt.data(), q.data(), ptr(rq), o.data(), scale);
@@ -874,9 +878,12 @@ struct Run {
         // the 32-column one run their residual forms (delta_h_bwd_rdv2 / delta_h_bwd_rv32: T, k
         // and beta for w, which stays poisoned), as src/delta/ops.rs does; DELTA_HBRES=0 runs
         // the WY pass for w and delta_h_bwd_dv2 / delta_h_bwd_v32 instead.
-        const int bv0 = h_bv<E>(VP, d.N * HV);
+        const char* hbvar = getenv("DELTA_HBVAR");
+        const bool rs1 = sizeof(E) == 2 && g_hbrs1.count(KP) && hbvar && !std::strcmp(hbvar, "rs1");
+        const int bv0 = rs1 ? 64 : h_bv<E>(VP, d.N * HV);
         const bool fd = hb_fused();
-        const bool hres = res_fwd && (fd || (bv0 == 32 && rv32_fill())) && g_hbr.count(KP) && !(getenv("DELTA_HBRES") && !std::strcmp(getenv("DELTA_HBRES"), "0"));
+        const bool hres = res_fwd && (rs1 || ((fd || (bv0 == 32 && rv32_fill())) && g_hbr.count(KP))) &&
+                          !(getenv("DELTA_HBRES") && !std::strcmp(getenv("DELTA_HBRES"), "0"));
         if (res_fwd && !hres && nc > 0) {
             // the residual forward left w unformed: the WY pass for it (T, u again)
             typedef void (*WyFn)(const E*, const float*, const E*, const float*, const float*, E*, float*, E*, float*, const long long*,
@@ -904,8 +911,8 @@ struct Run {
                               const float*, E*, E*, float*, const long long*, const long long*, int, int, int, int, int, float, long long,
                               const E*, const float*);
         if (hres) {
-            emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hbr(KP, fd), [&] {
-                ((HbrFn)(fd ? g_hbr : g_hbr32).at(KP))(q.data(), k.data(), ptr(rq), ptr(rk), nullptr, d_o.data(), fd ? nullptr : dvl.data(),
+            emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hbr(KP, fd, bv, rs1 ? 1 : 2), [&] {
+                ((HbrFn)(rs1 ? g_hbrs1 : fd ? g_hbr : g_hbr32).at(KP))(q.data(), k.data(), ptr(rq), ptr(rk), nullptr, d_o.data(), fd ? nullptr : dvl.data(),
                                                       g2.data(), dht.data(), dhs.data(), du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H,
                                                       HV, K, V, VP, scale, nch, tm.data(), bt.data());
             });
