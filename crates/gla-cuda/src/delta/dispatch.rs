@@ -397,7 +397,7 @@ pub(crate) const HR_S2: HPlan = HPlan { bv: 64, ns: 2, two: false, out: false };
 /// UT pass writes w and u). K wider than 128 takes [`HR_S2`]: on an H100 (bf16, B = 8, T =
 /// 2048, H = 32, K = V = 256) the forward ran 3.59 -> 2.49 ms (`delta_wyt` 0.24 + `delta_hr_s2`
 /// 1.34 against `delta_wy` 0.93 + `delta_h` 1.75, `delta_o` 0.91 in both,
-/// `bench/results/2026-12-06_h100_e1c2f17_delta_k256.txt`). Where it runs is [`res_ok`]'s. The
+/// `bench/results/2026-12-06_h100_ee4e489_delta_k256.txt`). Where it runs is [`res_ok`]'s. The
 /// lab override `h=resb2` / `h=resv32` (KP <= 128) or `h=ress2` (wider) forces one entry on
 /// every workspace (the delta checks run each over the whole case table), any other `h=` value
 /// (a WY plan under study) turns the residual form off.
@@ -486,7 +486,7 @@ pub(crate) fn h_bwd_res(bf16: bool, kp: usize, plan: HPlan, vp: usize, nhv: usiz
 /// the training forward before it takes the residual form too ([`res_ok`]): on an H100 (bf16,
 /// B = 8, T = 2048, H = 32, K = V = 256) the pass ran 2.13 -> 1.86 ms, and with no `delta_wy`
 /// (0.98 ms) and the residual forward the forward+backward 11.12 -> 9.82 ms
-/// (`bench/results/2026-12-06_h100_9d5a0f3_delta_k256.txt`).
+/// (`bench/results/2026-12-06_h100_ee4e489_delta_k256.txt`).
 pub(crate) const HBR_S1: HPlan = HPlan { bv: 64, ns: 1, two: false, out: false };
 
 /// The residual state-gradient pass's entry point on `plan` ([`h_bwd_res`]).
