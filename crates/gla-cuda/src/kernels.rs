@@ -326,6 +326,8 @@ pub const DELTA_CHUNK_H: KernelSource = source!(
         "delta_h_bwd_rv32_k128_bf16",
         "delta_h_bwd_rs1_k192_bf16",
         "delta_h_bwd_rs1_k256_bf16",
+        "delta_h_bwd_rdv1_k192_bf16",
+        "delta_h_bwd_rdv1_k256_bf16",
     ]
 );
 /// The delta rule's chunked backward, chunk-parallel launches: dvl, dq/dk, the WY backward.

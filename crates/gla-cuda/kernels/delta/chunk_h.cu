@@ -48,6 +48,7 @@
 //   delta_h_b2_k64_bf16 delta_h_b2_k128_bf16 delta_h_v32b2_k64_bf16 delta_h_v32b2_k128_bf16
 //   delta_h_bwd_dv2_k64_bf16 delta_h_bwd_dv2_k128_bf16 delta_h_bwd_rdv2_k64_bf16 delta_h_bwd_rdv2_k128_bf16
 //   delta_h_bwd_rv32_k64_bf16 delta_h_bwd_rv32_k128_bf16 delta_h_bwd_rs1_k192_bf16 delta_h_bwd_rs1_k256_bf16
+//   delta_h_bwd_rdv1_k192_bf16 delta_h_bwd_rdv1_k256_bf16
 //   delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16 delta_hr_v32_k64_bf16 delta_hr_v32_k128_bf16
 //   delta_hro_b2_k64_bf16 delta_hro_b2_k128_bf16 delta_hro_v32_k64_bf16 delta_hro_v32_k128_bf16
 //   delta_hr_s2_k192_bf16 delta_hr_s2_k256_bf16 delta_hro_s2_k192_bf16 delta_hro_s2_k256_bf16
@@ -661,3 +662,6 @@ HBR_ENTRY(delta_h_bwd_rv32, 64, 32, false, 2)
 HBR_ENTRY(delta_h_bwd_rv32, 128, 32, false, 2)
 HBR_ENTRY(delta_h_bwd_rs1, 192, 64, false, 1)
 HBR_ENTRY(delta_h_bwd_rs1, 256, 64, false, 1)
+// lab (`hb=rdv1`): `_rs1` with dvl fused in
+HBR_ENTRY(delta_h_bwd_rdv1, 192, 64, true, 1)
+HBR_ENTRY(delta_h_bwd_rdv1, 256, 64, true, 1)

@@ -266,8 +266,8 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// block per SM), `b2` (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM).
 /// The state-gradient pass (`hb`): `one` (dvl its own launch), `v32` (the same at 32 columns),
 /// `rv32` (`v32`, and its residual form after a residual forward whatever the tiles:
-/// [`h_bwd_res`]), `dv2` (dvl fused in, 64 columns, whatever the tiles), `rs1` (K wider than
-/// 128: [`HBR_S1`] and its residual form). The residual forward: `h=resb2` or `h=resv32`, `h=ress2`
+/// [`h_bwd_res`]), `dv2` (dvl fused in, 64 columns, whatever the tiles), `rs1` / `rdv1` (K wider
+/// than 128: [`HBR_S1`] / [`HBR_D1`] and their residual forms). The residual forward: `h=resb2` or `h=resv32`, `h=ress2`
 /// where K is wider than 128 ([`h_res`]; forced on every workspace); the output fused into it:
 /// `fo=0` / `fo=1` ([`res_out`]). The two-blocks-per-SM, fused and residual entries exist where
 /// [`h_two_ok`] (the residual ones also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the
@@ -330,6 +330,7 @@ pub(crate) fn h_plan(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm
         Some("v32b2") if !bwd && h_two_ok(bf16, kp) => two(32),
         Some("dv2") if bwd && h_two_ok(bf16, kp) => HPlan { bv: 64, ns: 2, two: false, out: true },
         Some("rs1") if bwd && bf16 && !h_two_ok(bf16, kp) => HBR_S1,
+        Some("rdv1") if bwd && bf16 && !h_two_ok(bf16, kp) => HBR_D1,
         _ => h_policy(bwd, bf16, kp, vp, nhv, sm_count),
     }
 }
@@ -472,7 +473,7 @@ pub(crate) fn res_out(plan: HPlan, fwd_only: bool) -> bool {
 /// (`delta_wy`).
 pub(crate) fn h_bwd_res(bf16: bool, kp: usize, plan: HPlan, vp: usize, nhv: usize, sm_count: usize) -> bool {
     if bf16 && !h_two_ok(bf16, kp) {
-        return plan == HBR_S1;
+        return plan == HBR_S1 || plan == HBR_D1;
     }
     let fill = 2 * (vp / 32) * nhv >= sm_count || h_lab(true).as_deref() == Some("rv32");
     let rv32 = plan.bv == 32 && plan.ns == 2 && !plan.two && fill;
@@ -489,11 +490,15 @@ pub(crate) fn h_bwd_res(bf16: bool, kp: usize, plan: HPlan, vp: usize, nhv: usiz
 /// (`bench/results/2026-12-06_h100_ee4e489_delta_k256.txt`).
 pub(crate) const HBR_S1: HPlan = HPlan { bv: 64, ns: 1, two: false, out: false };
 
+/// [`HBR_S1`] with dvl fused in (`delta_h_bwd_rdv1`), only under the lab override `hb=rdv1`.
+pub(crate) const HBR_D1: HPlan = HPlan { bv: 64, ns: 1, two: false, out: true };
+
 /// The residual state-gradient pass's entry point on `plan` ([`h_bwd_res`]).
 pub(crate) fn hbr_name(plan: HPlan, kp: usize) -> String {
-    let form = match (plan.out, plan.bv) {
-        (true, _) => "rdv2",
-        (false, 32) => "rv32",
+    let form = match (plan.out, plan.ns, plan.bv) {
+        (true, 1, _) => "rdv1",
+        (true, _, _) => "rdv2",
+        (false, _, 32) => "rv32",
         _ => "rs1",
     };
     format!("delta_h_bwd_{form}_k{kp}_bf16")
@@ -636,7 +641,7 @@ impl DeltaSmem {
         let hr = if fused {
             [self.hr(HR_V32), self.hr(HR_B2), self.hro(HR_V32), self.hro(HR_B2)].into_iter().max().unwrap_or(0)
         } else if self.e == 2 {
-            self.hr(HR_S2).max(self.hro(HR_S2)).max(self.h_bwd_res(HBR_S1))
+            self.hr(HR_S2).max(self.hro(HR_S2)).max(self.h_bwd_res(HBR_S1)).max(self.h_bwd_res(HBR_D1))
         } else {
             0
         };
@@ -939,10 +944,12 @@ mod tests {
                 assert!(crate::kernels::source_of(&hr_name(HR_S2, kp, out)).is_some());
             }
             assert!(crate::kernels::source_of(&format!("delta_wyt_k{kp}_bf16")).is_some());
-            // and its state-gradient pass (one stage)
-            assert!(sm.h_bwd_res(HBR_S1) <= 227 * 1024, "KP {kp}: {} B", sm.h_bwd_res(HBR_S1));
-            assert_eq!(hbr_name(HBR_S1, kp), format!("delta_h_bwd_rs1_k{kp}_bf16"));
-            assert!(crate::kernels::source_of(&hbr_name(HBR_S1, kp)).is_some());
+            // and its state-gradient pass (one stage; dvl fused in under the lab)
+            for (plan, form) in [(HBR_S1, "rs1"), (HBR_D1, "rdv1")] {
+                assert!(sm.h_bwd_res(plan) <= 227 * 1024, "KP {kp}: {} B", sm.h_bwd_res(plan));
+                assert_eq!(hbr_name(plan, kp), format!("delta_h_bwd_{form}_k{kp}_bf16"));
+                assert!(crate::kernels::source_of(&hbr_name(plan, kp)).is_some());
+            }
         }
         for kp in [64, 128] {
             assert!(DeltaSmem::new(true, kp, 128).dqk(2) <= 227 * 1024, "KP {kp}");

@@ -550,6 +550,8 @@ static std::map<int, void*> g_hbr32 = {{64, (void*)delta_h_bwd_rv32_k64_bf16}, {
 // K wider than 128 (dispatch::delta::HBR_S1, the lab's hb=rs1): DELTA_HBVAR=rs1 after
 // DELTA_HVAR=ress2's forward; 64 columns, dvl read, one stage
 static std::map<int, void*> g_hbrs1 = {{192, (void*)delta_h_bwd_rs1_k192_bf16}, {256, (void*)delta_h_bwd_rs1_k256_bf16}};
+// DELTA_HBVAR=rdv1 (the lab's hb=rdv1): the same with dvl fused in
+static std::map<int, void*> g_hbrd1 = {{192, (void*)delta_h_bwd_rdv1_k192_bf16}, {256, (void*)delta_h_bwd_rdv1_k256_bf16}};
 static size_t sm_hbr(int KP, bool fd, int BV, int NS) {
     const size_t SP = SPn<bf16_t>, L = BV + 8, stage = 2 * 64 * (KP + 8) + SP * 64 * 72 + 64 * L;
     const size_t pt = fd ? SP * 64 * 72 + 64 * L : SP * 64 * L;
@@ -879,9 +881,10 @@ struct Run {
         // and beta for w, which stays poisoned), as src/delta/ops.rs does; DELTA_HBRES=0 runs
         // the WY pass for w and delta_h_bwd_dv2 / delta_h_bwd_v32 instead.
         const char* hbvar = getenv("DELTA_HBVAR");
-        const bool rs1 = sizeof(E) == 2 && g_hbrs1.count(KP) && hbvar && !std::strcmp(hbvar, "rs1");
+        const bool rd1 = sizeof(E) == 2 && g_hbrd1.count(KP) && hbvar && !std::strcmp(hbvar, "rdv1");
+        const bool rs1 = rd1 || (sizeof(E) == 2 && g_hbrs1.count(KP) && hbvar && !std::strcmp(hbvar, "rs1"));
         const int bv0 = rs1 ? 64 : h_bv<E>(VP, d.N * HV);
-        const bool fd = hb_fused();
+        const bool fd = hb_fused() || rd1;
         const bool hres = res_fwd && (rs1 || ((fd || (bv0 == 32 && rv32_fill())) && g_hbr.count(KP))) &&
                           !(getenv("DELTA_HBRES") && !std::strcmp(getenv("DELTA_HBRES"), "0"));
         if (res_fwd && !hres && nc > 0) {
@@ -912,7 +915,7 @@ struct Run {
                               const E*, const float*);
         if (hres) {
             emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hbr(KP, fd, bv, rs1 ? 1 : 2), [&] {
-                ((HbrFn)(rs1 ? g_hbrs1 : fd ? g_hbr : g_hbr32).at(KP))(q.data(), k.data(), ptr(rq), ptr(rk), nullptr, d_o.data(), fd ? nullptr : dvl.data(),
+                ((HbrFn)(rd1 ? g_hbrd1 : rs1 ? g_hbrs1 : fd ? g_hbr : g_hbr32).at(KP))(q.data(), k.data(), ptr(rq), ptr(rk), nullptr, d_o.data(), fd ? nullptr : dvl.data(),
                                                       g2.data(), dht.data(), dhs.data(), du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H,
                                                       HV, K, V, VP, scale, nch, tm.data(), bt.data());
             });
