@@ -98,9 +98,22 @@ pub fn delta_path(p: &DeltaProblem, bf16: bool, algo: DeltaAlgo) -> Result<Delta
     }
     let max = if bf16 { DELTA_CHUNK_MAX } else { DELTA_CHUNK_F32_MAX };
     Ok(match algo {
-        DeltaAlgo::Chunked if k <= max && v <= max => DeltaPath::Chunk { kp: kpad(k) },
+        DeltaAlgo::Chunked if k <= max && v <= chunk_v_max(bf16) => DeltaPath::Chunk { kp: kpad(k) },
         _ => DeltaPath::Recurrent,
     })
+}
+
+/// Largest V of the chunked path: [`DELTA_CHUNK_MAX`] (bf16) or [`DELTA_CHUNK_F32_MAX`], or for
+/// bf16 512 under the lab override `vs=0`, which runs value heads up to 512 unsplit (the kernels
+/// walk V in 64-column tiles; only the WY pass holds a chunk's V rows whole, 136 KB at K = 256,
+/// V = 512), so the K-side work (T, dq, dk, the WY backward) is not repeated per sub-head.
+/// Not measured yet, so not the default.
+pub fn chunk_v_max(bf16: bool) -> usize {
+    match (bf16, lab("vs").as_deref()) {
+        (true, Some("0")) => 512,
+        (true, _) => DELTA_CHUNK_MAX,
+        (false, _) => DELTA_CHUNK_F32_MAX,
+    }
 }
 
 /// The launch grids' y and z limit, which `N * HV` (and with value sub-heads `N * HV * vs`) must
@@ -121,7 +134,7 @@ pub const DELTA_MIN_SPLIT_V: usize = 32;
 pub fn value_split(p: &DeltaProblem, bf16: bool) -> usize {
     let max = if bf16 { DELTA_CHUNK_MAX } else { DELTA_CHUNK_F32_MAX };
     let v = p.v();
-    if v <= max || p.k() > max {
+    if v <= chunk_v_max(bf16) || p.k() > max {
         return 1;
     }
     (2..=v / DELTA_MIN_SPLIT_V).find(|&s| v.is_multiple_of(s) && v / s <= max).unwrap_or(1)
@@ -271,8 +284,9 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// where K is wider than 128 ([`h_res`]; forced on every workspace); the output fused into it:
 /// `fo=0` / `fo=1` ([`res_out`]). The two-blocks-per-SM, fused and residual entries exist where
 /// [`h_two_ok`] (the residual ones also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the
-/// two-buffer mma.sync entry where the warpgroup one would run ([`dqk_wg`]). Anything else, or
-/// unset: the default.
+/// two-buffer mma.sync entry where the warpgroup one would run ([`dqk_wg`]). Value heads (`vs`):
+/// `0` runs bf16 value heads up to 512 unsplit ([`chunk_v_max`]). Anything else, or unset: the
+/// default.
 fn lab(key: &str) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
     v.split(',').find_map(|kv| kv.trim().strip_prefix(key).and_then(|r| r.strip_prefix('=')).map(str::to_string))
@@ -944,6 +958,8 @@ mod tests {
                 assert!(crate::kernels::source_of(&hr_name(HR_S2, kp, out)).is_some());
             }
             assert!(crate::kernels::source_of(&format!("delta_wyt_k{kp}_bf16")).is_some());
+            // value heads up to 512 unsplit (lab `vs=0`): the WY pass holds V's rows whole
+            assert!(DeltaSmem::new(true, kp, 512).max() <= 227 * 1024, "KP {kp}");
             // and its state-gradient pass (one stage; dvl fused in under the lab)
             for (plan, form) in [(HBR_S1, "rs1"), (HBR_D1, "rdv1")] {
                 assert!(sm.h_bwd_res(plan) <= 227 * 1024, "KP {kp}: {} B", sm.h_bwd_res(plan));
