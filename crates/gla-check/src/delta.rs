@@ -49,8 +49,8 @@ pub struct DeltaCase {
 /// DeltaNet with strong and weak gates, with and without an initial state; betas near 0, near 1
 /// and near 2 (negative eigenvalues); the in-op L2 norm, sigmoid and computed gate (the options
 /// fla's layers use); grouped value heads HV = 2H; packed varlen input with an empty sequence;
-/// value heads wider than 256 (V = 320, 512); K = V = 128 over 35 sequences (the GPU's plans for
-/// many sequences).
+/// value heads wider than 256 (V = 320, 512, 640); K = V = 128 over 35 sequences (the GPU's plans
+/// for many sequences).
 pub fn cases() -> Vec<DeltaCase> {
     let mut out = Vec::new();
     let spec = |b, t, gate, hv, cu: Option<Vec<usize>>| {
@@ -103,8 +103,10 @@ pub fn cases() -> Vec<DeltaCase> {
         let s = spec(1, 16, gate, 2, Some(vec![0, 0, 16]));
         out.push(DeltaCase { name, spec: s, gate_scale: 10.0, beta: Beta::Uniform, h0: false });
     }
-    // value heads wider than the GPU chunk kernels (V > 256 bf16, > 128 f32: value sub-heads),
-    // with every option and states, as fla's Gated DeltaNet default (head_dim 256, expand_v 2)
+    // value heads wider than 256, with every option and states, as fla's Gated DeltaNet default
+    // (head_dim 256, expand_v 2): unsplit on the GPU's bf16 chunk kernels (V <= 512), on value
+    // sub-heads for f32 (V > 128); V = 640 (last, so the cases before keep their seeds) on
+    // sub-heads for bf16 too
     for (gate, fam, v, cu) in [(DeltaGate::None, "delta", 320, None), (DeltaGate::Computed, "gdn-computed", 512, Some(varlen))] {
         let mut s = layer(gate, 4, false, cu.clone());
         s.v = v;
@@ -122,6 +124,9 @@ pub fn cases() -> Vec<DeltaCase> {
     let mut s = DeltaSpec::new(35, 65, 2, 128, 128, DeltaGate::LogDecay);
     s.hv = 2;
     out.push(DeltaCase { name: "gdn-K128-35seqs-T65-h0".into(), spec: s, gate_scale: 1.0, beta: Beta::Uniform, h0: true });
+    let mut s = layer(DeltaGate::None, 4, false, None);
+    s.v = 640;
+    out.push(DeltaCase { name: "delta-layer-V640".into(), spec: s, gate_scale: 1.0, beta: Beta::Logits { shift: 0.0 }, h0: true });
     out
 }
 

@@ -8,7 +8,7 @@
 //! | storage | asked     | K, V                    | kernels                                           |
 //! |---------|-----------|-------------------------|---------------------------------------------------|
 //! | any     | recurrent | K <= 256, any V         | `delta/recurrent.cu` (forward, decode, backward)  |
-//! | bf16    | chunked   | K <= 256, V <= 256      | chunked, K padded to 64 / 128 / 192 / 256 (`KP`)  |
+//! | bf16    | chunked   | K <= 256, V <= 512      | chunked, K padded to 64 / 128 / 192 / 256 (`KP`)  |
 //! | f32     | chunked   | K <= 128, V <= 128      | chunked, the same kernels on FMA                  |
 //! | any     | chunked   | wider V (N*HV*vs fits)  | chunked on value sub-heads ([`value_split`])      |
 //! | any     | chunked   | otherwise, K <= 256     | the recurrent kernels (same result)               |
@@ -31,8 +31,16 @@ use crate::runtime::{delta_precision, DeltaPrecision};
 pub const DELTA_BT: usize = 64;
 /// Largest K of every delta kernel (the recurrent ones hold 8 warps x 32 rows of S in registers).
 pub const DELTA_MAX_K: usize = 256;
-/// Largest K and V of the bf16 chunked path (the UT/WY prep holds a chunk's V rows whole).
+/// Largest K of the bf16 chunked path (and largest V under the lab's `vs=split`).
 pub const DELTA_CHUNK_MAX: usize = 256;
+/// Largest V of the bf16 chunked path: value heads up to 512 (fla's Gated DeltaNet default,
+/// head_dim 256 x expand_v 2) run unsplit. The kernels walk V in 64-column tiles; only the WY
+/// pass holds a chunk's V rows whole (136 KB at K = 256, V = 512). On value sub-heads the K-side
+/// work (T, dq, dk, the WY backward) was repeated per sub-head: on an H100 (bf16, B = 8, T =
+/// 2048, H = 6, K = 256, V = 512) unsplit ran forward+backward 3.95 -> 3.28 ms and fla's
+/// gated_deltanet_340M training 59,808 -> 62,271 tokens/s
+/// (`bench/results/2026-12-06_h100_7bd0fc0_delta_k256_v512.txt`).
+pub const DELTA_CHUNK_V_MAX: usize = 512;
 /// Largest K and V of the f32 chunked path (its f32 tiles take twice the shared memory).
 pub const DELTA_CHUNK_F32_MAX: usize = 128;
 /// Value columns per block of the recurrent kernels (`RBV`).
@@ -103,15 +111,13 @@ pub fn delta_path(p: &DeltaProblem, bf16: bool, algo: DeltaAlgo) -> Result<Delta
     })
 }
 
-/// Largest V of the chunked path: [`DELTA_CHUNK_MAX`] (bf16) or [`DELTA_CHUNK_F32_MAX`], or for
-/// bf16 512 under the lab override `vs=0`, which runs value heads up to 512 unsplit (the kernels
-/// walk V in 64-column tiles; only the WY pass holds a chunk's V rows whole, 136 KB at K = 256,
-/// V = 512), so the K-side work (T, dq, dk, the WY backward) is not repeated per sub-head.
-/// Not measured yet, so not the default.
+/// Largest V of the chunked path: [`DELTA_CHUNK_V_MAX`] for bf16 ([`DELTA_CHUNK_MAX`] under the
+/// lab override `vs=split`, wider heads then on value sub-heads), [`DELTA_CHUNK_F32_MAX`] for
+/// f32.
 pub fn chunk_v_max(bf16: bool) -> usize {
     match (bf16, lab("vs").as_deref()) {
-        (true, Some("0")) => 512,
-        (true, _) => DELTA_CHUNK_MAX,
+        (true, Some("split")) => DELTA_CHUNK_MAX,
+        (true, _) => DELTA_CHUNK_V_MAX,
         (false, _) => DELTA_CHUNK_F32_MAX,
     }
 }
@@ -124,20 +130,20 @@ pub const MAX_GRID_Y: usize = 65_535;
 pub const DELTA_MIN_SPLIT_V: usize = 32;
 
 /// Value sub-heads of the chunked path for a value head wider than its kernels take (V above
-/// [`DELTA_CHUNK_MAX`] for bf16, [`DELTA_CHUNK_F32_MAX`] for f32, e.g. fla's Gated DeltaNet
-/// default `head_dim` 256 x `expand_v` 2): the head runs as `vs` value heads of `V / vs` columns
+/// [`chunk_v_max`]: 512 for bf16, 128 for f32, e.g. fla's Gated DeltaNet default `head_dim` 256
+/// x `expand_v` 2 in f32): the head runs as `vs` value heads of `V / vs` columns
 /// sharing its q, k, beta and decay. Exact, because the delta rule is separable in V: the UT
 /// transform T, w and the decays do not read v, and each column of u, of the state and of o
 /// depends on its own column of v only; the backward sums the sub-heads' dbeta and dg.
 /// Returns the fewest sub-heads whose width divides V and fits, 1 where V fits already or no
 /// such width of at least [`DELTA_MIN_SPLIT_V`] exists (then the recurrent kernels run).
 pub fn value_split(p: &DeltaProblem, bf16: bool) -> usize {
-    let max = if bf16 { DELTA_CHUNK_MAX } else { DELTA_CHUNK_F32_MAX };
+    let (kmax, vmax) = (if bf16 { DELTA_CHUNK_MAX } else { DELTA_CHUNK_F32_MAX }, chunk_v_max(bf16));
     let v = p.v();
-    if v <= chunk_v_max(bf16) || p.k() > max {
+    if v <= vmax || p.k() > kmax {
         return 1;
     }
-    (2..=v / DELTA_MIN_SPLIT_V).find(|&s| v.is_multiple_of(s) && v / s <= max).unwrap_or(1)
+    (2..=v / DELTA_MIN_SPLIT_V).find(|&s| v.is_multiple_of(s) && v / s <= vmax).unwrap_or(1)
 }
 
 /// The problem the kernels see for `vs` value sub-heads of `p` ([`value_split`]): `HV * vs`
@@ -285,8 +291,8 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// `fo=0` / `fo=1` ([`res_out`]). The two-blocks-per-SM, fused and residual entries exist where
 /// [`h_two_ok`] (the residual ones also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the
 /// two-buffer mma.sync entry where the warpgroup one would run ([`dqk_wg`]). Value heads (`vs`):
-/// `0` runs bf16 value heads up to 512 unsplit ([`chunk_v_max`]). Anything else, or unset: the
-/// default.
+/// `split` runs bf16 value heads above 256 on sub-heads ([`chunk_v_max`]). Anything else, or
+/// unset: the default.
 fn lab(key: &str) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
     v.split(',').find_map(|kv| kv.trim().strip_prefix(key).and_then(|r| r.strip_prefix('=')).map(str::to_string))
@@ -313,7 +319,10 @@ fn h_lab(bwd: bool) -> Option<String> {
 /// = 128, B*T = 65536, 1f9ac1b) the fused pass ran forward+backward 8.63 / 8.78 ms against
 /// 9.16 / 9.55 for `delta_h_bwd_v32` + `delta_dvl` at T = 8192 / 16384 (256 / 128 tiles: one
 /// wave at 64 columns, two at 32), its launch 1.61 ms at every T up to 16384; at T = 32768 (64
-/// tiles) it would take twice that against 2.24 + 0.51 ms (`bench/results/README.md`).
+/// tiles) it would take twice that against 2.24 + 0.51 ms (`bench/results/README.md`). K wider
+/// than 128 (bf16): the backward's 64-column plan is [`HBR_D1`] where the forward before it is
+/// residual ([`h_res`]: always, unless the lab asks for a WY plan), whose entries alone exist
+/// with dvl fused in.
 fn h_policy(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> HPlan {
     let tiles = (vp / 64) * nhv;
     if !bwd && h_two_ok(bf16, kp) && tiles >= sm_count {
@@ -322,7 +331,11 @@ fn h_policy(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: u
     if bwd && h_two_ok(bf16, kp) && 2 * tiles > sm_count {
         return HPlan { bv: 64, ns: 2, two: false, out: true };
     }
-    h_one(bf16, kp, tiles, sm_count)
+    let one = h_one(bf16, kp, tiles, sm_count);
+    if bwd && bf16 && !h_two_ok(bf16, kp) && one.bv == 64 && h_res(bf16, kp, tiles, sm_count).is_some() {
+        return HBR_D1;
+    }
+    one
 }
 
 /// The one-block-per-SM plan for `tiles` 64-column tiles (see [`h_policy`]): stages per
@@ -344,7 +357,7 @@ pub(crate) fn h_plan(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm
         Some("v32b2") if !bwd && h_two_ok(bf16, kp) => two(32),
         Some("dv2") if bwd && h_two_ok(bf16, kp) => HPlan { bv: 64, ns: 2, two: false, out: true },
         Some("rs1") if bwd && bf16 && !h_two_ok(bf16, kp) => HBR_S1,
-        Some("rdv1") if bwd && bf16 && !h_two_ok(bf16, kp) => HBR_D1,
+        Some("rdv1") if bwd && bf16 && !h_two_ok(bf16, kp) && h_res(bf16, kp, 1, sm_count).is_some() => HBR_D1,
         _ => h_policy(bwd, bf16, kp, vp, nhv, sm_count),
     }
 }
@@ -497,14 +510,19 @@ pub(crate) fn h_bwd_res(bf16: bool, kp: usize, plan: HPlan, vp: usize, nhv: usiz
 /// The residual state-gradient pass for K wider than 128 (`delta_h_bwd_rs1`, KP 192 and 256):
 /// 64 columns, one stage (two do not fit beside q and k), dvl read; per chunk q, k, T (split)
 /// and a do tile (95 KB at KP = 256) where `delta_h_bwd` reads q, k, w (split) and do (144 KB).
-/// It runs where the policy's plan is this one (64-column tiles, at least two per SM), and so
+/// It ran where the policy's plan is 64 columns (64-column tiles, at least two per SM), and so
 /// the training forward before it takes the residual form too ([`res_ok`]): on an H100 (bf16,
 /// B = 8, T = 2048, H = 32, K = V = 256) the pass ran 2.13 -> 1.86 ms, and with no `delta_wy`
 /// (0.98 ms) and the residual forward the forward+backward 11.12 -> 9.82 ms
-/// (`bench/results/2026-12-06_h100_ee4e489_delta_k256.txt`).
+/// (`bench/results/2026-12-06_h100_ee4e489_delta_k256.txt`). [`HBR_D1`] (dvl fused in) has since
+/// replaced it; the lab override `hb=rs1` runs it.
 pub(crate) const HBR_S1: HPlan = HPlan { bv: 64, ns: 1, two: false, out: false };
 
-/// [`HBR_S1`] with dvl fused in (`delta_h_bwd_rdv1`), only under the lab override `hb=rdv1`.
+/// [`HBR_S1`] with dvl fused in (`delta_h_bwd_rdv1`: P^T do formed in the pass from the q, k
+/// rows it loads, no `delta_dvl` launch nor dvl buffer), the default where the policy's plan
+/// is 64 columns ([`h_policy`]): on an H100 (bf16, B = 8, T = 2048, H = 32, K = V = 256) 2.27
+/// ms against `delta_h_bwd_rs1` 1.86 + `delta_dvl` 0.54, forward+backward 9.71 -> 9.48 ms
+/// (`bench/results/2026-12-06_h100_7bd0fc0_delta_k256_v512.txt`).
 pub(crate) const HBR_D1: HPlan = HPlan { bv: 64, ns: 1, two: false, out: true };
 
 /// The residual state-gradient pass's entry point on `plan` ([`h_bwd_res`]).
@@ -842,7 +860,9 @@ mod tests {
     #[test]
     fn wide_value_heads_split_into_sub_heads_that_fit() {
         let chunk = DeltaAlgo::Chunked;
-        for (k, v, bf16, vs) in [(256, 512, true, 2), (60, 320, true, 2), (60, 320, false, 4), (64, 256, true, 1), (64, 300, true, 2)] {
+        let cases =
+            [(256, 1024, true, 2), (60, 600, true, 2), (60, 320, false, 4), (64, 256, true, 1), (256, 512, true, 1), (64, 300, true, 1)];
+        for (k, v, bf16, vs) in cases {
             let p = prob(k, v);
             assert_eq!(value_split(&p, bf16), vs, "K {k} V {v} bf16 {bf16}");
             let r = route(&p, bf16, chunk).expect("routes");
@@ -853,12 +873,12 @@ mod tests {
             assert_eq!(r.forward_lens(2, bf16).sa, if vs > 1 { p.state_len() } else { 0 });
         }
         // no divisor gives a width of at least DELTA_MIN_SPLIT_V: the recurrent kernels
-        let odd = prob(64, 257);
+        let odd = prob(64, 521);
         assert_eq!(value_split(&odd, true), 1);
         assert_eq!(route(&odd, true, chunk).expect("routes").path, DeltaPath::Recurrent);
         assert_eq!(route(&prob(64, 512), true, DeltaAlgo::Recurrent).expect("routes").vs, 1);
         // sub-heads that would pass the grid's limit: the recurrent kernels instead
-        let mut many = DeltaSpec::new(1, 10_000, 16, 64, 512, DeltaGate::LogDecay);
+        let mut many = DeltaSpec::new(1, 10_000, 16, 64, 1024, DeltaGate::LogDecay);
         many.cu_seqlens = Some((0..=2100).map(|i| i * 4).chain([10_000]).collect());
         let many = DeltaProblem::new(many).expect("valid");
         assert!(many.n() * many.hv() <= MAX_GRID_Y && many.n() * many.hv() * 2 > MAX_GRID_Y);
@@ -873,7 +893,8 @@ mod tests {
         assert_eq!(delta_path(&prob(256, 256), true, chunk), Ok(DeltaPath::Chunk { kp: 256 }));
         assert_eq!(delta_path(&prob(128, 128), false, chunk), Ok(DeltaPath::Chunk { kp: 128 }));
         assert_eq!(delta_path(&prob(129, 64), false, chunk), Ok(DeltaPath::Recurrent));
-        assert_eq!(delta_path(&prob(64, 257), true, chunk), Ok(DeltaPath::Recurrent));
+        assert_eq!(delta_path(&prob(256, 512), true, chunk), Ok(DeltaPath::Chunk { kp: 256 }));
+        assert_eq!(delta_path(&prob(64, 513), true, chunk), Ok(DeltaPath::Recurrent));
         assert_eq!(delta_path(&prob(64, 64), true, DeltaAlgo::Recurrent), Ok(DeltaPath::Recurrent));
         assert!(delta_path(&prob(257, 64), true, DeltaAlgo::Recurrent).is_err());
     }
@@ -884,7 +905,7 @@ mod tests {
         for bf16 in [false, true] {
             let max = if bf16 { DELTA_CHUNK_MAX } else { DELTA_CHUNK_F32_MAX };
             for kp in (64..=max).step_by(64) {
-                for vp in (64..=max).step_by(64) {
+                for vp in (64..=chunk_v_max(bf16)).step_by(64) {
                     let s = DeltaSmem::new(bf16, kp, vp);
                     assert!(s.max() <= 227 * 1024, "bf16 {bf16}, KP {kp}, VP {vp}: {} B", s.max());
                 }
@@ -910,7 +931,11 @@ mod tests {
         assert_eq!(plan(true, true, 33), one(32));
         assert_eq!(plan(true, true, 32), one(32));
         assert_eq!(plan(true, false, 32), HPlan { bv: 64, ns: 1, two: false, out: false });
-        assert_eq!(h_policy(true, true, 192, 128, 512, 132), HPlan { bv: 64, ns: 1, two: false, out: false });
+        // K wider than 128: dvl fused into the one-stage residual pass (64 columns), else 32
+        // columns with dvl its own launch; f32 on the generic entry
+        assert_eq!(h_policy(true, true, 192, 128, 512, 132), HBR_D1);
+        assert_eq!(h_policy(true, true, 256, 256, 16, 132), HPlan { bv: 32, ns: 1, two: false, out: false });
+        assert_eq!(h_policy(true, false, 128, 128, 512, 132), HPlan { bv: 64, ns: 1, two: false, out: false });
         assert_eq!(h_name(true, HPlan { bv: 32, ns: 1, two: false, out: false }, 128, "bf16"), "delta_h_bwd_v32_k128_bf16");
         assert_eq!(h_name(false, HPlan { bv: 32, ns: 1, two: true, out: false }, 64, "bf16"), "delta_h_v32b2_k64_bf16");
         assert_eq!(h_name(true, HPlan { bv: 64, ns: 2, two: false, out: true }, 128, "bf16"), "delta_h_bwd_dv2_k128_bf16");
@@ -958,8 +983,6 @@ mod tests {
                 assert!(crate::kernels::source_of(&hr_name(HR_S2, kp, out)).is_some());
             }
             assert!(crate::kernels::source_of(&format!("delta_wyt_k{kp}_bf16")).is_some());
-            // value heads up to 512 unsplit (lab `vs=0`): the WY pass holds V's rows whole
-            assert!(DeltaSmem::new(true, kp, 512).max() <= 227 * 1024, "KP {kp}");
             // and its state-gradient pass (one stage; dvl fused in under the lab)
             for (plan, form) in [(HBR_S1, "rs1"), (HBR_D1, "rdv1")] {
                 assert!(sm.h_bwd_res(plan) <= 227 * 1024, "KP {kp}: {} B", sm.h_bwd_res(plan));
@@ -1037,7 +1060,7 @@ mod tests {
                 for (nhv, bwd_res) in [(16, false), (65, false), (66, true), (256, true)] {
                     assert!(res_ok(true, kp, 256, nhv, 132, true));
                     assert_eq!(res_ok(true, kp, 256, nhv, 132, false), bwd_res, "KP {kp}, NHV {nhv}");
-                    assert_eq!(h_plan(true, true, kp, 256, nhv, 132) == HBR_S1, bwd_res);
+                    assert_eq!(h_plan(true, true, kp, 256, nhv, 132) == HBR_D1, bwd_res);
                 }
                 assert!(!res_ok(false, kp, 256, 256, 132, false));
                 assert!(res_out(HR_S2, true) && !res_out(HR_S2, false));

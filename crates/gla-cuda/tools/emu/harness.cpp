@@ -961,15 +961,16 @@ static void run_case(const Data& d0, const char* dt, double tol) {
     if (want("recurrent")) report(d.c.name, "recurrent", dt, r.rec_bwd(), ref, tol, true);
     if (want("decode")) report(d.c.name, "decode", dt, r.decode(), ref, tol, false);
     const int max = sizeof(E) == 2 ? 256 : 128;
-    // DELTA_VMAX=512 (the lab's vs=0): bf16 value heads up to 512 on the chunk path, unsplit
-    const int vmax = sizeof(E) == 2 && getenv("DELTA_VMAX") ? std::atoi(getenv("DELTA_VMAX")) : max;
+    // bf16 value heads up to 512 unsplit (dispatch::delta::chunk_v_max); DELTA_VMAX=256 (the
+    // lab's vs=split) splits those above 256
+    const int vmax = sizeof(E) == 2 ? (getenv("DELTA_VMAX") ? std::atoi(getenv("DELTA_VMAX")) : 512) : max;
     const bool chunk_ok = r.KP <= max && r.VP <= vmax;
     if (want("chunk") && chunk_ok) report(d.c.name, "chunk", dt, r.chunk_bwd(), ref, tol, true);
     // value sub-heads (dispatch::delta::value_split): the fewest that divide V and fit
     int vs = 1;
-    if (d.c.V > max && d.c.K <= max)
+    if (d.c.V > vmax && d.c.K <= max)
         for (int s = 2; s <= d.c.V / 32 && vs == 1; ++s)
-            if (d.c.V % s == 0 && d.c.V / s <= max) vs = s;
+            if (d.c.V % s == 0 && d.c.V / s <= vmax) vs = s;
     if (want("vsplit") && vs > 1) {
         Run<E> rs(d, vs);
         report(d.c.name, "chunk-vsplit", dt, rs.chunk_bwd(), ref, tol, true);
@@ -997,6 +998,8 @@ int main(int argc, char** argv) {
         {"gdn-K100-V48-T130", 1, 130, 2, 2, 100, 48, 1, true, false, false, true, {}, 1},
         // fla's Gated DeltaNet head (head_dim 256, expand_v 2)
         {"gdn-K256-V512-T130", 1, 130, 1, 1, 256, 512, 1, false, false, false, true, {}, 1},
+        // wider than the unsplit chunk path: value sub-heads (bf16 too)
+        {"delta-layer-V640", 2, 130, 2, 4, 60, 640, 0, true, true, false, true, {}, 1},
     };
     int i = 0;
     for (auto& c : cases) {
