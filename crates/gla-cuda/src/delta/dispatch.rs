@@ -280,19 +280,18 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 }
 
 /// The lab override of the chunked passes' plans, for side-by-side timing:
-/// `GLA_DELTA_LAB="h=<v>,hb=<v>"`. The forward state pass (`h`): `base` (the default
-/// policy), `one` (the one-block-per-SM plan the policy falls back to), `v32` (32 columns, one
-/// block per SM), `b2` (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM).
-/// The state-gradient pass (`hb`): `one` (dvl its own launch), `v32` (the same at 32 columns),
-/// `rv32` (`v32`, and its residual form after a residual forward whatever the tiles:
-/// [`h_bwd_res`]), `dv2` (dvl fused in, 64 columns, whatever the tiles), `rs1` / `rdv1` (K wider
-/// than 128: [`HBR_S1`] / [`HBR_D1`] and their residual forms). The residual forward: `h=resb2` or `h=resv32`, `h=ress2`
-/// where K is wider than 128 ([`h_res`]; forced on every workspace); the output fused into it:
-/// `fo=0` / `fo=1` ([`res_out`]). The two-blocks-per-SM, fused and residual entries exist where
-/// [`h_two_ok`] (the residual ones also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the
-/// two-buffer mma.sync entry where the warpgroup one would run ([`dqk_wg`]). Value heads (`vs`):
-/// `split` runs bf16 value heads above 256 on sub-heads ([`chunk_v_max`]). Anything else, or
-/// unset: the default.
+/// `GLA_DELTA_LAB="h=<v>,hb=<v>"`. The forward state pass (`h`): `base` (the default policy), `one`
+/// (the one-block-per-SM plan the policy falls back to), `v32` (32 columns, one block per SM), `b2`
+/// (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM). The state-gradient
+/// pass (`hb`): `one` (dvl its own launch), `v32` (the same at 32 columns), `rv32` (`v32`, and its
+/// residual form after a residual forward whatever the tiles: [`h_bwd_res`]), `dv2` (dvl fused in,
+/// 64 columns, whatever the tiles), `rs1` / `rdv1` (K wider than 128: [`HBR_S1`] / [`HBR_D1`] and
+/// their residual forms). The residual forward: `h=resb2` or `h=resv32`, `h=ress2` where K is wider
+/// than 128 ([`h_res`]; forced on every workspace); the output fused into it: `fo=0` / `fo=1`
+/// ([`res_out`]). The two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the
+/// residual ones also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync
+/// entry where the warpgroup one would run ([`dqk_wg`]). Value heads (`vs`): `split` runs bf16
+/// value heads above 256 on sub-heads ([`chunk_v_max`]). Anything else, or unset: the default.
 fn lab(key: &str) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
     v.split(',').find_map(|kv| kv.trim().strip_prefix(key).and_then(|r| r.strip_prefix('=')).map(str::to_string))
@@ -487,17 +486,16 @@ pub(crate) fn res_out(plan: HPlan, fwd_only: bool) -> bool {
 }
 
 /// Whether the state-gradient pass on `plan` (for `nhv` sequence x value heads of `vp` padded
-/// columns) runs its residual form after a residual forward (w^T dU as Kn^T diag(beta exp(G))
-/// T^T dU from T, k and beta, so w is never formed): K wider than 128 on [`HBR_S1`]; at KP <=
-/// 128 the fused plan (`plan.out`, `delta_h_bwd_rdv2_k{KP}_bf16`), and the two-stage
-/// 32-column one (`delta_h_bwd_rv32_k{KP}_bf16`, dvl its own launch) where its tiles fill at
-/// least half the SMs, the long sequences where it was measured (on an H100 at T = 32768, B*T
-/// = 65536, H = 16, K = V = 128: forward+backward 8.09 -> 7.75 ms, `delta_wyt` + `delta_hr_v32`
-/// in place of `delta_wy` + `delta_h_v32`). Smaller problems keep the WY form: the residual one
-/// was not measured faster there, and it moves the order in which split terms add (the
-/// gradients' rounding), which the model rows were recorded with (docs/kernels.md, the residual
-/// forward). Otherwise (a lab plan) a backward after the residual forward forms w first
-/// (`delta_wy`).
+/// columns) runs its residual form after a residual forward (w^T dU as Kn^T diag(beta exp(G)) T^T
+/// dU from T, k and beta, so w is never formed): K wider than 128 on [`HBR_D1`] (or the lab's
+/// [`HBR_S1`]); at KP <= 128 the fused plan (`plan.out`, `delta_h_bwd_rdv2_k{KP}_bf16`), and the
+/// two-stage 32-column one (`delta_h_bwd_rv32_k{KP}_bf16`, dvl its own launch) where its tiles fill
+/// at least half the SMs, the long sequences where it was measured (on an H100 at T = 32768, B*T =
+/// 65536, H = 16, K = V = 128: forward+backward 8.09 -> 7.75 ms, `delta_wyt` + `delta_hr_v32` in
+/// place of `delta_wy` + `delta_h_v32`). Smaller problems keep the WY form: the residual one was
+/// not measured faster there, and it moves the order in which split terms add (the gradients'
+/// rounding), which the model rows were recorded with (docs/kernels.md, the residual forward).
+/// Otherwise (a lab plan) a backward after the residual forward forms w first (`delta_wy`).
 pub(crate) fn h_bwd_res(bf16: bool, kp: usize, plan: HPlan, vp: usize, nhv: usize, sm_count: usize) -> bool {
     if bf16 && !h_two_ok(bf16, kp) {
         return plan == HBR_S1 || plan == HBR_D1;

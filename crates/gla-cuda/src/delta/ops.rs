@@ -221,7 +221,7 @@ impl<T: Elem> DeltaWorkspace<T> {
     /// The same workspace, declared to serve only backwards that recompute the forward (`fwd_in_ws`
     /// false, as the language model's do: one workspace shared by its layers): a forward on it
     /// then stores no states or v_new where the output pass can be fused into the state pass
-    /// ([`dd::res_out`]). A backward asked to reuse such a forward recomputes it instead.
+    /// (`dispatch::delta::res_out`). A backward asked to reuse such a forward recomputes it instead.
     #[must_use]
     pub fn backward_recomputes(self) -> Self {
         Self { recomputes: true, ..self }
