@@ -1062,6 +1062,12 @@ mod tests {
                 }
                 assert!(!res_ok(false, kp, 256, 256, 132, false));
                 assert!(res_out(HR_S2, true) && !res_out(HR_S2, false));
+                // HBR_D1 forms dvl itself: the backward's workspace has no dvl buffer then
+                for (b, has_dvl) in [(1, true), (64, false)] {
+                    let spec = DeltaSpec::new(b, 2048, 32, kp, 256, DeltaGate::LogDecay);
+                    let r = route(&DeltaProblem::new(spec).expect("valid"), true, DeltaAlgo::Chunked).expect("routes");
+                    assert_eq!(r.backward_lens(32, true, 132).dvl > 0, has_dvl, "KP {kp}, B {b}");
+                }
             }
             assert_eq!(hr_name(HR_S2, 256, true), "delta_hro_s2_k256_bf16");
             assert_eq!(hr_name(HR_V32, 64, false), "delta_hr_v32_k64_bf16");
