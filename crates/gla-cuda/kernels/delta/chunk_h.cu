@@ -253,8 +253,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
         E* sT = sStage + st * STAGE;
         E* sTl = sT + (SP - 1) * 64 * LDT;
         E* sYh = FO ? sT + SP * 64 * LDT + 64 * LK : sY;
-        const E* sQc = sQ;  // FO: q's tile, rq beside beta
-        const float* sRq = sRk + 128;
+        const float* sRq = sRk + 128;  // FO: rq beside beta
         if constexpr (RES) {
             // X = K S (raw K: exact), sY = beta (V - rk exp(G) X) split; then U = T sY, both split
             const E* sVc = sKc + 64 * LK;
@@ -322,7 +321,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
                 #pragma unroll
                 for (int e = 0; e < 4; e += 2) st2_pair(sYh, sYl, (16 * mt + FRAG_ROW(e)) * LDS + n1 + FRAG_COL(nt, e), acc[nt][e], acc[nt][e + 1]);
             }
-            chunk_p<E, KP>(sT, sTl, sQc, sKc, sGc, sRq, sRk, scale, wp, lane);
+            chunk_p<E, KP>(sT, sTl, sQ, sKc, sGc, sRq, sRk, scale, wp, lane);
         }
         const float dec = ex2f(glast);
         #pragma unroll
@@ -344,7 +343,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             frag_zero(acc);
             // 32 deep at a time (as delta_o): fewer live fragments beside S's
             #pragma unroll 1
-            for (int k0 = 0; k0 < KP; k0 += 32) wgemm<false, false, NT>(acc, sQc + k0, LK, 16 * mt, sS + k0 * LDS, LDS, n1, 32, lane);
+            for (int k0 = 0; k0 < KP; k0 += 32) wgemm<false, false, NT>(acc, sQ + k0, LK, 16 * mt, sS + k0 * LDS, LDS, n1, 32, lane);
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int t = 16 * mt + FRAG_ROW(e);

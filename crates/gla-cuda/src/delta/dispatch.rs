@@ -320,7 +320,7 @@ fn h_lab(bwd: bool) -> Option<String> {
 /// wave at 64 columns, two at 32), its launch 1.61 ms at every T up to 16384; at T = 32768 (64
 /// tiles) it would take twice that against 2.24 + 0.51 ms (`bench/results/README.md`). K wider
 /// than 128 (bf16): the backward's 64-column plan is [`HBR_D1`] where the forward before it is
-/// residual ([`h_res`]: always, unless the lab asks for a WY plan), whose entries alone exist
+/// residual ([`res_wide`]: always, unless the lab asks for a WY plan), whose entries alone exist
 /// with dvl fused in.
 fn h_policy(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> HPlan {
     let tiles = (vp / 64) * nhv;
@@ -331,7 +331,7 @@ fn h_policy(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: u
         return HPlan { bv: 64, ns: 2, two: false, out: true };
     }
     let one = h_one(bf16, kp, tiles, sm_count);
-    if bwd && bf16 && !h_two_ok(bf16, kp) && one.bv == 64 && h_res(bf16, kp, tiles, sm_count).is_some() {
+    if bwd && one.bv == 64 && res_wide(bf16, kp) {
         return HBR_D1;
     }
     one
@@ -356,7 +356,7 @@ pub(crate) fn h_plan(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm
         Some("v32b2") if !bwd && h_two_ok(bf16, kp) => two(32),
         Some("dv2") if bwd && h_two_ok(bf16, kp) => HPlan { bv: 64, ns: 2, two: false, out: true },
         Some("rs1") if bwd && bf16 && !h_two_ok(bf16, kp) => HBR_S1,
-        Some("rdv1") if bwd && bf16 && !h_two_ok(bf16, kp) && h_res(bf16, kp, 1, sm_count).is_some() => HBR_D1,
+        Some("rdv1") if bwd && res_wide(bf16, kp) => HBR_D1,
         _ => h_policy(bwd, bf16, kp, vp, nhv, sm_count),
     }
 }
@@ -430,8 +430,7 @@ pub(crate) const HR_S2: HPlan = HPlan { bv: 64, ns: 2, two: false, out: false };
 /// (a WY plan under study) turns the residual form off.
 pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> Option<HPlan> {
     if !h_two_ok(bf16, kp) {
-        let wide = bf16 && kp <= DELTA_CHUNK_MAX && matches!(h_lab(false).as_deref(), None | Some("ress2"));
-        return wide.then_some(HR_S2);
+        return res_wide(bf16, kp).then_some(HR_S2);
     }
     match h_lab(false).as_deref() {
         Some("resb2") => Some(HR_B2),
@@ -463,6 +462,12 @@ pub(crate) fn hr_name(plan: HPlan, kp: usize, out: bool) -> String {
         _ => "s2",
     };
     format!("delta_hr{}_{form}_k{kp}_bf16", if out { "o" } else { "" })
+}
+
+/// Whether a forward with K wider than 128 takes the residual form ([`HR_S2`], [`h_res`]): bf16,
+/// unless the lab asks for a WY plan (`h=` other than `ress2`).
+fn res_wide(bf16: bool, kp: usize) -> bool {
+    bf16 && !h_two_ok(bf16, kp) && kp <= DELTA_CHUNK_MAX && matches!(h_lab(false).as_deref(), None | Some("ress2"))
 }
 
 /// Whether the residual forward on `plan` ([`h_res`]) computes the output itself (`delta_hro_*`, no
