@@ -11,9 +11,10 @@
 //     dG  += qn . dq_inter + rowsum(dM * M) - colsum(dM * M) - kn . dk_Kd, and at the last row
 //            exp(Gm) <S, dS'> + sum kn . dk_Kd             (=, dgp [KZ][chunks, HV, 64] f32)
 //   dq, dk (=, f32 [rows, HV, K]: per value head; delta_qk_bwd_* sums the group).
-//   bf16 with KP <= 128 (KW = KP) runs it as delta_dqk_s2_k{KP}_bf16, the V tiles in two
-//   buffers (tile v + 1 loads during tile v), or on sm_90a as delta_dqk_wg_k{KP}_bf16, the same
-//   on Hopper's warpgroup products; the other entries keep one buffer.
+//   bf16 runs it as delta_dqk_s2_k{KP}_bf16, the V tiles in two buffers (tile v + 1 loads during
+//   tile v), or on sm_90a as delta_dqk_wg_k{KP}_bf16 (KP 64, 128, 256: K tiles of whole 64-column
+//   blocks), the same on Hopper's warpgroup products; f32 keeps one buffer, and so do the
+//   delta_dqk_k{192,256}_bf16 entries (the lab's dq=s1).
 // delta_wy_bwd_k{KP}: back through w = T (beta exp(G) Kn), u = T (beta V), T = (I + A)^-1:
 //     dw = -dU S^T (split, in shared memory: w's gradient, since U = u - w S)
 //     dT = dU (beta V)^T + dw (beta exp(G) Kn)^T;  dA = -T^T dT T^T (strictly lower)
@@ -31,7 +32,8 @@
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_dvl_k64_f32 delta_dvl_k128_f32 delta_dvl_k64_bf16 delta_dvl_k128_bf16 delta_dvl_k192_bf16 delta_dvl_k256_bf16
 //   delta_dqk_k64_f32 delta_dqk_k128_f32 delta_dqk_s2_k64_bf16 delta_dqk_s2_k128_bf16 delta_dqk_k192_bf16 delta_dqk_k256_bf16
-//   delta_dqk_wg_k64_bf16 delta_dqk_wg_k128_bf16 (sm_90a; other targets compile them to a trap)
+//   delta_dqk_s2_k192_bf16 delta_dqk_s2_k256_bf16
+//   delta_dqk_wg_k64_bf16 delta_dqk_wg_k128_bf16 delta_dqk_wg_k256_bf16 (sm_90a; other targets compile them to a trap)
 //   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
 
 template <typename E, int KP>
@@ -108,7 +110,7 @@ __device__ __forceinline__ void wg_dmg_mma(float (&acc)[NT][4], unsigned a, unsi
 
 // NB: buffers of the V tiles (do, U, dU, S, dS); with two (the `_s2` entries) tile v + 1 loads
 // while tile v is computed, and dMG takes the second buffer once the tiles are done.
-// WG (bf16, KW = KP <= 128, two buffers: the `_wg` entries, sm_90a): the products on Hopper's
+// WG (bf16, two buffers, KW a multiple of 64: the `_wg` entries, sm_90a): the products on Hopper's
 // warpgroup products instead of mma.sync. The warp grid wp = 4 cs + mt is already the wgmma
 // layout (warpgroup cs, its warp mt on rows 16 mt ..), so each warpgroup's accumulators are the
 // same fragments; the tiles are 128-byte swizzled and unpadded (wg_el), every split product's
@@ -127,7 +129,7 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
     constexpr int NW = DNT / 32, CS = NW / 4, NM = 8 / CS;
     constexpr int SP = Sp<E>::SP, KW = DqkTile<E, KP>::KW, NT = KW / (8 * CS);
     static_assert(NB == 1 || NB == 2, "one or two V-tile buffers");
-    static_assert(!WG || (sizeof(E) == 2 && KW == KP && NB == 2), "the warpgroup entries: bf16, one K tile, two buffers");
+    static_assert(!WG || (sizeof(E) == 2 && NB == 2), "the warpgroup entries: bf16, two buffers");
     // row strides: padded (mma.sync), or the swizzled tiles' (wg_el: 64-column blocks)
     constexpr int LK = WG ? KP : KP + DPAD, LV = WG ? 64 : LDT;
     constexpr int VBUF = (1 + SP) * 64 * LV + 2 * KW * LV;  // do, U (split), S, dS
@@ -188,10 +190,16 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
         cp_commit();
     };
     if constexpr (WG) {
+        // q and k in loads of at most 128 columns (two 64-column blocks each)
         const idx_t qo = (c.r0 * H + c.h) * (idx_t)K;
         const bool vq = vec_ok<E>((idx_t)H * K, K);
-        wg_tile_ld<64, KP, DNT>(sQ, q + qo, (idx_t)H * K, c.L, K, vq, tid);
-        wg_tile_ld<64, KP, DNT>(sK, k + qo, (idx_t)H * K, c.L, K, vq, tid);
+        constexpr int C0 = KP < 128 ? KP : 128;
+        wg_tile_ld<64, C0, DNT>(sQ, q + qo, (idx_t)H * K, c.L, K, vq, tid);
+        wg_tile_ld<64, C0, DNT>(sK, k + qo, (idx_t)H * K, c.L, K, vq, tid);
+        if constexpr (KP > 128) {
+            wg_tile_ld<64, KP - 128, DNT>(sQ + 64 * 128, q + qo + 128, (idx_t)H * K, c.L, K - 128, vq, tid);
+            wg_tile_ld<64, KP - 128, DNT>(sK + 64 * 128, k + qo + 128, (idx_t)H * K, c.L, K - 128, vq, tid);
+        }
     } else {
         ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
         ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
@@ -748,9 +756,9 @@ BWD_ENTRY(128, bf16, bf16_t)
 BWD_ENTRY(192, bf16, bf16_t)
 BWD_ENTRY(256, bf16, bf16_t)
 
-// dq/dk as the entry point ENTRY with NB V-tile buffers: two (the `_s2` entries) where
-// KW = KP (bf16 up to 128), one elsewhere (src/delta/dispatch.rs dqk_bufs); WG: the products on
-// warpgroups (the `_wg` entries, sm_90a)
+// dq/dk as the entry point ENTRY with NB V-tile buffers: two (the `_s2` entries) for bf16, one
+// for f32 and the lab's wide one-buffer entries (src/delta/dispatch.rs dqk_bufs); WG: the
+// products on warpgroups (the `_wg` entries, sm_90a)
 #define DQK_ENTRY(ENTRY, KP, E, NB, WG)                                                                  \
 extern "C" __global__ void __launch_bounds__(DNT) ENTRY(                                                 \
     const E* q, const E* k, const float* rq, const float* rk, const E* d_o, const E* vn, const E* hs,    \
@@ -766,5 +774,8 @@ DQK_ENTRY(delta_dqk_s2_k64_bf16, 64, bf16_t, 2, false)
 DQK_ENTRY(delta_dqk_s2_k128_bf16, 128, bf16_t, 2, false)
 DQK_ENTRY(delta_dqk_k192_bf16, 192, bf16_t, 1, false)
 DQK_ENTRY(delta_dqk_k256_bf16, 256, bf16_t, 1, false)
+DQK_ENTRY(delta_dqk_s2_k192_bf16, 192, bf16_t, 2, false)
+DQK_ENTRY(delta_dqk_s2_k256_bf16, 256, bf16_t, 2, false)
 DQK_ENTRY(delta_dqk_wg_k64_bf16, 64, bf16_t, 2, true)
 DQK_ENTRY(delta_dqk_wg_k128_bf16, 128, bf16_t, 2, true)
+DQK_ENTRY(delta_dqk_wg_k256_bf16, 256, bf16_t, 2, true)

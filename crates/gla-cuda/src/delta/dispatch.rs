@@ -290,7 +290,8 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// than 128 ([`h_res`]; forced on every workspace); the output fused into it: `fo=0` / `fo=1`
 /// ([`res_out`]). The two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the
 /// residual ones also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync
-/// entry where the warpgroup one would run ([`dqk_wg`]). Value heads (`vs`): `split` runs bf16
+/// entry where the warpgroup one would run ([`dqk_wg`]), `s1` the one-buffer one where K is
+/// wider than 128 ([`dqk_bufs`]). Value heads (`vs`): `split` runs bf16
 /// value heads above 256 on sub-heads ([`chunk_v_max`]). Anything else, or unset: the default.
 fn lab(key: &str) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
@@ -391,11 +392,12 @@ pub(crate) fn dqk_kw(bf16: bool, kp: usize) -> usize {
     }
 }
 
-/// Buffers of `delta_dqk_*`'s V tiles: 2 (`delta_dqk_s2_*`, tile v + 1 loading during tile
-/// v) where those entries exist (bf16, KP <= 128: [`h_two_ok`]; faster than one buffer at
-/// K = V = 128, `bench/results/2026-12-05_h100_3800181_verify_vigb.txt`), else 1.
+/// Buffers of `delta_dqk_*`'s V tiles: 2 for bf16 (`delta_dqk_s2_*`, tile v + 1 loading during
+/// tile v; faster than one buffer at K = V = 128,
+/// `bench/results/2026-12-05_h100_3800181_verify_vigb.txt`), else 1; the lab override `dq=s1`
+/// runs the one-buffer entries where K is wider than 128.
 pub(crate) fn dqk_bufs(bf16: bool, kp: usize) -> usize {
-    if h_two_ok(bf16, kp) {
+    if bf16 && !(kp > 128 && lab("dq").as_deref() == Some("s1")) {
         2
     } else {
         1
@@ -546,9 +548,13 @@ pub(crate) fn dqk_name(nb: usize, kp: usize, sfx: &str) -> String {
 
 /// Whether dq/dk runs on Hopper's warpgroup products (`delta_dqk_wg_k{KP}_bf16`: the two-buffer
 /// entry's products on wgmma, the same adds in the same order): where those entries exist
-/// (bf16, KP <= 128, sm_90a), unless the lab override `dq=s2` asks for the mma.sync entry.
+/// (bf16, KP 64, 128 or 256: K tiles of whole 64-column blocks; sm_90a), unless the lab
+/// override `dq=s2` or `dq=s1` asks for a mma.sync entry. At KP = 256 (two K halves of 128) on
+/// an H100 (bf16, `bench/results/2026-12-06_h100_e5a1c0d_delta_wyt_tc_dqk.txt`) the launch ran
+/// 2.69 (one buffer) / 2.31 (two) / 2.20 ms (warpgroups) at B = 8, T = 2048, H = 32, K = V =
+/// 256, and 0.87 / 0.70 / 0.71 ms at H = 6, V = 512.
 pub(crate) fn dqk_wg(bf16: bool, kp: usize, arch: &str) -> bool {
-    h_two_ok(bf16, kp) && arch == crate::runtime::ARCH_HOPPER && lab("dq").as_deref() != Some("s2")
+    bf16 && kp != 192 && arch == crate::runtime::ARCH_HOPPER && !matches!(lab("dq").as_deref(), Some("s2" | "s1"))
 }
 
 /// The dq/dk launch for KP = `kp` on a device of architecture `arch`: its entry point and
@@ -649,11 +655,11 @@ impl DeltaSmem {
         let vbuf = (1 + sp) * 64 * LDT + 2 * kw * LDT;
         (2 * 64 * self.lk() + nb * vbuf + (2 - nb) * sp * 64 * LDT) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4
     }
-    /// `delta_dqk_wg_*` (bf16, KP <= 128): `dqk(2)`'s tiles swizzled and unpadded (64-column
-    /// rows), and 1024 bytes to align them.
+    /// `delta_dqk_wg_*` (bf16): `dqk(2)`'s tiles swizzled and unpadded (64-column rows), and
+    /// 1024 bytes to align them.
     pub(crate) fn dqk_wg(&self) -> usize {
         let (e, sp, kp) = (self.e, self.sp, self.kp);
-        let vbuf = (1 + sp) * 64 * 64 + 2 * kp * 64;
+        let vbuf = (1 + sp) * 64 * 64 + 2 * dqk_kw(e == 2, kp) * 64;
         (2 * 64 * kp + 2 * vbuf) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024
     }
     pub(crate) fn wy_bwd(&self) -> usize {
@@ -680,7 +686,7 @@ impl DeltaSmem {
         } else {
             0
         };
-        let dqwg = if fused { self.dqk_wg() } else { 0 };
+        let dqwg = if self.e == 2 && self.kp != 192 { self.dqk_wg() } else { 0 };
         [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), hb2, self.dqk(dq), dqwg, self.wy_bwd(), hr]
             .into_iter()
             .max()
@@ -957,7 +963,8 @@ mod tests {
         // every entry the dispatch names is built
         assert_eq!(dqk_name(dqk_bufs(true, 128), 128, "bf16"), "delta_dqk_s2_k128_bf16");
         assert_eq!(dqk_name(dqk_bufs(true, 64), 64, "bf16"), "delta_dqk_s2_k64_bf16");
-        assert_eq!(dqk_name(dqk_bufs(true, 256), 256, "bf16"), "delta_dqk_k256_bf16");
+        assert_eq!(dqk_name(dqk_bufs(true, 256), 256, "bf16"), "delta_dqk_s2_k256_bf16");
+        assert_eq!(dqk_name(1, 192, "bf16"), "delta_dqk_k192_bf16");
         assert_eq!(dqk_name(dqk_bufs(false, 128), 128, "f32"), "delta_dqk_k128_f32");
         for (bf16, sfx, max) in [(true, "bf16", DELTA_CHUNK_MAX), (false, "f32", DELTA_CHUNK_F32_MAX)] {
             for kp in (64..=max).step_by(64) {
@@ -965,16 +972,20 @@ mod tests {
                 assert!(crate::kernels::source_of(&name).is_some(), "{name}");
             }
         }
-        // the warpgroup entries where they run (bf16, KP <= 128, sm_90a), built
-        for kp in [64, 128] {
+        // the warpgroup entries where they run (bf16, KP 64, 128 and 256, sm_90a), built
+        for kp in [64, 128, 256] {
             for (bf16, arch, wg) in [(true, "sm_90a", true), (true, "sm_80", false), (false, "sm_90a", false)] {
+                if !bf16 && kp > DELTA_CHUNK_F32_MAX {
+                    continue;
+                }
                 let sfx = if bf16 { "bf16" } else { "f32" };
                 let (name, _) = dqk_kernel(bf16, kp, sfx, arch, &DeltaSmem::new(bf16, kp, 128));
                 assert_eq!(name.contains("_wg_"), wg, "{name}");
                 assert!(crate::kernels::source_of(&name).is_some(), "{name}");
             }
         }
-        assert!(!dqk_wg(true, 256, "sm_90a"));
+        assert!(!dqk_wg(true, 192, "sm_90a"));
+        assert!(DeltaSmem::new(true, 256, 512).dqk_wg() <= 227 * 1024);
         // the wide residual forward, with the output fused in or not: two stages in one block's
         // shared memory
         for kp in [192, 256] {

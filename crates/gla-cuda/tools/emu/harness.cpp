@@ -419,8 +419,8 @@ struct K_;
 KSET(float, f32)
 KSET(unsigned short, bf16)
 
-// DQK: the dq/dk entry src/delta/dispatch.rs runs (delta_dqk_s2_* for bf16 up to KP = 128,
-// the V tiles in two buffers: dq_bufs)
+// DQK: the dq/dk entry src/delta/dispatch.rs runs on mma.sync (delta_dqk_s2_* for bf16, the V
+// tiles in two buffers: dq_bufs)
 #define CHUNK_FNS(KP, SFX, DQK, H32, HB32, HB2, H32B2, HBD2)                                                   \
     {KP, {(void*)delta_wy_k##KP##_##SFX, (void*)delta_h_k##KP##_##SFX, (void*)delta_o_k##KP##_##SFX,            \
           (void*)delta_dvl_k##KP##_##SFX, (void*)delta_h_bwd_k##KP##_##SFX, (void*)DQK,                        \
@@ -436,8 +436,10 @@ static std::map<int, ChunkFns> g_cbf = {
               delta_h_v32b2_k64_bf16, delta_h_bwd_dv2_k64_bf16),
     CHUNK_FNS(128, bf16, delta_dqk_s2_k128_bf16, delta_h_v32_k128_bf16, delta_h_bwd_v32_k128_bf16, delta_h_b2_k128_bf16,
               delta_h_v32b2_k128_bf16, delta_h_bwd_dv2_k128_bf16),
-    CHUNK_FNS(192, bf16, delta_dqk_k192_bf16, delta_h_v32_k192_bf16, delta_h_bwd_v32_k192_bf16, nullptr, nullptr, nullptr),
-    CHUNK_FNS(256, bf16, delta_dqk_k256_bf16, delta_h_v32_k256_bf16, delta_h_bwd_v32_k256_bf16, nullptr, nullptr, nullptr)};
+    CHUNK_FNS(192, bf16, delta_dqk_s2_k192_bf16, delta_h_v32_k192_bf16, delta_h_bwd_v32_k192_bf16, nullptr, nullptr, nullptr),
+    CHUNK_FNS(256, bf16, delta_dqk_s2_k256_bf16, delta_h_v32_k256_bf16, delta_h_bwd_v32_k256_bf16, nullptr, nullptr, nullptr)};
+// the one-buffer dq/dk entries for K wider than 128 (DELTA_DQVAR=s1, the lab's dq=s1)
+static std::map<int, void*> g_dqs1 = {{192, (void*)delta_dqk_k192_bf16}, {256, (void*)delta_dqk_k256_bf16}};
 
 // smem sizes (as src/delta/dispatch.rs)
 template <class E>
@@ -492,23 +494,26 @@ static size_t sm_dqk(int KP, int NB) {
     const int KW = kw<E>(KP), SP = SPn<E>, VBUF = (1 + SP) * 64 * 72 + 2 * KW * 72;
     return (2 * 64 * (KP + 8) + NB * VBUF + (2 - NB) * SP * 64 * 72) * sizeof(E) + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4;
 }
-// the dq/dk entry on warpgroups (bf16, KP <= 128): the default, as on sm_90a
-// (src/delta/dispatch.rs dqk_wg; DELTA_DQVAR=s2 runs the mma.sync entry); its swizzled,
+// the dq/dk entry on warpgroups (bf16, KP 64, 128, 256): the default, as on sm_90a
+// (src/delta/dispatch.rs dqk_wg; DELTA_DQVAR=s2 or s1 runs a mma.sync entry); its swizzled,
 // unpadded tiles and the 1024 bytes of their alignment (DeltaSmem::dqk_wg)
-static std::map<int, void*> g_dqwg = {{64, (void*)delta_dqk_wg_k64_bf16}, {128, (void*)delta_dqk_wg_k128_bf16}};
+static std::map<int, void*> g_dqwg = {
+    {64, (void*)delta_dqk_wg_k64_bf16}, {128, (void*)delta_dqk_wg_k128_bf16}, {256, (void*)delta_dqk_wg_k256_bf16}};
 static size_t sm_dqk_wg(int KP) {
-    const int VBUF = (1 + SPn<bf16_t>) * 64 * 64 + 2 * KP * 64;
+    const int VBUF = (1 + SPn<bf16_t>) * 64 * 64 + 2 * kw<bf16_t>(KP) * 64;
     return (2 * 64 * KP + 2 * VBUF) * 2 + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024;
 }
 template <class E>
 static bool dq_wg(int KP) {
     const char* v = getenv("DELTA_DQVAR");
-    return sizeof(E) == 2 && KP <= 128 && !(v && !std::strcmp(v, "s2"));
+    return sizeof(E) == 2 && KP != 192 && !(v && (!std::strcmp(v, "s2") || !std::strcmp(v, "s1")));
 }
-// V-tile buffers of the dq/dk entry in ChunkFns (src/delta/dispatch.rs dqk_bufs)
+// V-tile buffers of the dq/dk entry (src/delta/dispatch.rs dqk_bufs): two for bf16, one for f32
+// and under DELTA_DQVAR=s1 where K is wider than 128
 template <class E>
 static int dq_bufs(int KP) {
-    return (sizeof(E) == 2 && KP <= 128) ? 2 : 1;
+    const char* v = getenv("DELTA_DQVAR");
+    return (sizeof(E) == 2 && !(KP > 128 && v && !std::strcmp(v, "s1"))) ? 2 : 1;
 }
 // the residual forward (delta_wyt + delta_hr_b2; bf16, KP <= 128): DELTA_HVAR=resb2; the
 // backward then runs delta_wy for w (as src/delta/ops.rs does)
@@ -933,7 +938,7 @@ struct Run {
                                long long);
         if (nc > 0)
             emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, b256, dq_wg<E>(KP) ? sm_dqk_wg(KP) : sm_dqk<E>(KP, dq_bufs<E>(KP)), [&] {
-                ((DqkFn)(dq_wg<E>(KP) ? g_dqwg[KP] : f.dqk))(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), hs.data(), dhs.data(), g2.data(),
+                ((DqkFn)(dq_wg<E>(KP) ? g_dqwg[KP] : dq_bufs<E>(KP) == 1 && KP > 128 ? g_dqs1[KP] : f.dqk))(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), hs.data(), dhs.data(), g2.data(),
                                  dqp.data(), dkp.data(), dgp.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V,
                                  VP, scale, nch);
             });
