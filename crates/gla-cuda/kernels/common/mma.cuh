@@ -1,5 +1,6 @@
 // common/mma.cuh: the tensor-core and async-copy building blocks of the chunk kernels (sm_80+
-// PTX): ldmatrix fragment loads, mma.sync m16n8k16 (bf16 x bf16 -> f32), the fragment addresses
+// PTX): ldmatrix fragment loads, mma.sync m16n8k16 (bf16 x bf16 -> f32) and m16n8k8 (tf32, for
+// f32 products in 3xTF32), the fragment addresses
 // of 16x16 tiles in shared memory, cp.async 16-byte copies, and the 64-row tile loader.
 //
 // Fragment layout (mma.sync m16n8k16): lane l = 4 fg + ft holds rows fg and fg + 8, columns
@@ -25,6 +26,39 @@ __device__ __forceinline__ void mma16816(float c[4], const unsigned a[4], unsign
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                  : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// tf32 of x (round to nearest, ties away from zero: cvt.rna), the 32-bit operand of a tf32 mma
+__device__ __forceinline__ unsigned tf32_rna(float x) {
+    unsigned u;
+    asm("cvt.rna.tf32.f32 %0, %1;\n" : "=r"(u) : "f"(x));
+    return u;
+}
+// mma.sync m16n8k8, tf32 x tf32 -> f32: lane 4 g + t holds A (16 x 8) at rows g, g + 8 and
+// columns t, t + 4 (a[0] (g, t), a[1] (g + 8, t), a[2] (g, t + 4), a[3] (g + 8, t + 4)), B (8 x 8)
+// at rows t (b0) and t + 4 (b1) of column g, and the m16n8k16 accumulator layout
+__device__ __forceinline__ void mma1688tf32(float c[4], const unsigned a[4], unsigned b0, unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// An f32 product A B (mma1688tf32's fragments, f32 values) in 3xTF32: each operand split into a
+// tf32 hi term and the tf32 of its remainder (lo), hi += Ah Bh and lo += Al Bh + Ah Bl (the
+// dropped Al Bl and the tf32 roundings leave about f32's accuracy; the caller adds hi + lo)
+__device__ __forceinline__ void mma_tf32x3(float hi[4], float lo[4], const float a[4], const float b[2]) {
+    unsigned ah[4], al[4], bh[2], bl[2];
+    #pragma unroll
+    for (int x = 0; x < 4; ++x) {
+        ah[x] = tf32_rna(a[x]);
+        al[x] = tf32_rna(a[x] - __uint_as_float(ah[x]));
+    }
+    #pragma unroll
+    for (int x = 0; x < 2; ++x) {
+        bh[x] = tf32_rna(b[x]);
+        bl[x] = tf32_rna(b[x] - __uint_as_float(bh[x]));
+    }
+    mma1688tf32(lo, al, bh[0], bh[1]);
+    mma1688tf32(lo, ah, bl[0], bl[1]);
+    mma1688tf32(hi, ah, bh[0], bh[1]);
 }
 // fragment addresses (lane l) for a 16x16 tile at (row0, col0) of a row-major bf16 smem matrix,
 // as element offsets: A operand stored [m][k]

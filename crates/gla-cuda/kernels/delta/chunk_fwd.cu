@@ -25,7 +25,8 @@
 // Dynamic smem: the host's layouts (src/delta/dispatch.rs) match the carve-ups below.
 //
 // delta_wyt_k{KP}_bf16: delta_wy writing G and T only, for the residual state
-// pass (delta/chunk_h.cu delta_hr_b2), which forms v_new from T, k and v itself.
+// pass (delta/chunk_h.cu delta_hr_b2), which forms v_new from T, k and v itself; its solve's
+// off-diagonal levels run on tensor cores in 3xTF32 (solve_t_tc).
 //
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_wyt_k64_bf16 delta_wyt_k128_bf16 delta_wyt_k192_bf16 delta_wyt_k256_bf16
@@ -38,8 +39,9 @@
 // off-diagonal blocks level by level (d = i - j = 1, 2, 3), T_ij = -T_ii sum_{j <= k < i}
 // A_ik T_kj in f32 FMA (T_kj of earlier levels), a thread per 2 x 2 micro-tile. Every thread
 // calls it; it holds barriers.
-__device__ __forceinline__ void solve_t(float* sA, int tid) {
-    __shared__ float sM[3 * 256];  // the level's sums M_ij (at most three 16 x 16 blocks)
+// solve_t's diagonal 16 x 16 blocks T_ii = (I + A_ii)^-1 by forward substitution, one thread per
+// column (threads 0 .. 63), T_ii^T to sA's upper half and diagonal; then a barrier.
+__device__ __forceinline__ void solve_t_diag(float* sA, int tid) {
     if (tid < 64) {
         const int b = tid >> 4, c = tid & 15, r0 = 16 * b;
         float x[16];
@@ -56,6 +58,11 @@ __device__ __forceinline__ void solve_t(float* sA, int tid) {
             if (t >= c) sA[(r0 + c) * 65 + r0 + t] = x[t];
     }
     __syncthreads();
+}
+
+__device__ __forceinline__ void solve_t(float* sA, int tid) {
+    __shared__ float sM[3 * 256];  // the level's sums M_ij (at most three 16 x 16 blocks)
+    solve_t_diag(sA, tid);
     // each level's products by 2 x 2 micro-tiles (rows t0, t0 + 1; columns c0, c0 + 1): every
     // shared-memory operand feeds two FMAs, half the loads of one output a thread (the solve's
     // cost is shared-memory traffic); each output's terms keep their order (q, then k, ascending)
@@ -118,6 +125,74 @@ __device__ __forceinline__ void solve_t(float* sA, int tid) {
     }
 }
 
+// solve_t's contract with the off-diagonal levels on tensor cores (the `delta_wyt` entries): per
+// level d, warp bi < 4 - d forms block (i, j) = (bi + d, bi): M_ij = sum_{j <= k < i} A_ik T_kj
+// into registers, M_ij^T through the warp's scratch tile, then T_ij = -T_ii M_ij, every product
+// on mma.sync m16n8k8 in 3xTF32 (mma_tf32x3: each operand split into two tf32 terms, the
+// products of the lo terms summed apart from the hi one, about f32's accuracy; T leaves as two
+// bf16 planes, 2^-17 relative, well above it). The FMA levels' shared-memory loads (scalar, each
+// feeding two FMAs) bound delta_wyt at five blocks per SM; a warp's fragment loads feed 8 x 8
+// products each. One barrier per level (the warp's own scratch orders M's two uses).
+__device__ __forceinline__ void solve_t_tc(float* sA, int tid) {
+    __shared__ float sM[3 * 16 * 20];  // per warp: M_ij^T, [c][q] at row stride 20 (conflict-free)
+    solve_t_diag(sA, tid);
+    const int wp = tid >> 5, lane = tid & 31, fg = lane >> 2, ft = lane & 3;
+    for (int d = 1; d < 4; ++d) {
+        if (wp < 4 - d) {
+            const int i = wp + d, j = wp;
+            float hi[2][4], lo[2][4];
+            frag_zero(hi);
+            frag_zero(lo);
+            // M_ij: A_ik rows 16 i + fg (+ 8), columns 16 k + q; T_kj [q][c] is stored transposed
+            // at sA[16 j + c][16 k + q] (the B operand's [n][k]), zero above T_jj's diagonal (q < c)
+            for (int k = j; k < i; ++k) {
+                #pragma unroll
+                for (int q0 = 0; q0 < 16; q0 += 8) {
+                    const float* ar = sA + (16 * i + fg) * 65 + 16 * k + q0 + ft;
+                    const float a[4] = {ar[0], ar[8 * 65], ar[4], ar[8 * 65 + 4]};
+                    #pragma unroll
+                    for (int nt = 0; nt < 2; ++nt) {
+                        const int c = 8 * nt + fg, q = q0 + ft;
+                        const float* br = sA + (16 * j + c) * 65 + 16 * k + q;
+                        const float b[2] = {k > j || q >= c ? br[0] : 0.f, k > j || q + 4 >= c ? br[4] : 0.f};
+                        mma_tf32x3(hi[nt], lo[nt], a, b);
+                    }
+                }
+            }
+            float* sMw = sM + wp * 320;
+            #pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) sMw[(8 * nt + FRAG_COL(0, e)) * 20 + FRAG_ROW(e)] = hi[nt][e] + lo[nt][e];
+            }
+            __syncwarp();
+            // T_ij = -T_ii M_ij: T_ii [t][q] (q <= t) stored transposed at sA[16 i + q][16 i + t]
+            frag_zero(hi);
+            frag_zero(lo);
+            #pragma unroll
+            for (int q0 = 0; q0 < 16; q0 += 8) {
+                const int q = q0 + ft;
+                const float* tr = sA + (16 * i + q) * 65 + 16 * i + fg;
+                const float a[4] = {q <= fg ? tr[0] : 0.f, q <= fg + 8 ? tr[8] : 0.f, q + 4 <= fg ? tr[4 * 65] : 0.f,
+                                    q + 4 <= fg + 8 ? tr[4 * 65 + 8] : 0.f};
+                #pragma unroll
+                for (int nt = 0; nt < 2; ++nt) {
+                    const float* mr = sMw + (8 * nt + fg) * 20 + q;
+                    const float b[2] = {mr[0], mr[4]};
+                    mma_tf32x3(hi[nt], lo[nt], a, b);
+                }
+            }
+            #pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    sA[(16 * j + 8 * nt + FRAG_COL(0, e)) * 65 + 16 * i + FRAG_ROW(e)] = -(hi[nt][e] + lo[nt][e]);
+            }
+        }
+        __syncthreads();
+    }
+}
+
 // TONLY (the `delta_wyt` entries, the residual forward, delta/chunk_h.cu `delta_hr_b2`): G
 // and T only (tm must not be null), no w, u.
 template <typename E, int KP, bool TONLY = false>
@@ -169,7 +244,11 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
         }
     }
     __syncthreads();
-    solve_t(sA, tid);
+    if constexpr (TONLY) {
+        solve_t_tc(sA, tid);
+    } else {
+        solve_t(sA, tid);
+    }
     if constexpr (TONLY) {
         const idx_t tplane = nch * HV * 4096;
         for (int x = tid; x < 2048; x += DNT) {

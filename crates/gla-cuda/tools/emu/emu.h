@@ -430,6 +430,41 @@ inline void mma16816(float c[4], const unsigned a[4], unsigned b0, unsigned b1) 
         c[e] = s;
     }
 }
+// common/mma.cuh's tf32 rounding (cvt.rna: to nearest, ties away from zero) and m16n8k8 tf32
+// product: A's and B's elements with their low 13 bits cleared (what the hardware reads), each
+// output's 8 terms added in k order in f32
+inline unsigned tf32_rna(float x) {
+    unsigned u = __float_as_uint(x);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & 0xffffe000u;
+    return u;
+}
+inline void mma1688tf32(float c[4], const unsigned a[4], unsigned b0, unsigned b1) {
+    const int w = emu::warp_id(), l = emu::lane_id();
+    for (int x = 0; x < 4; ++x) emu::g_wbuf[w][l].a[x] = a[x];
+    emu::g_wbuf[w][l].b[0] = b0;
+    emu::g_wbuf[w][l].b[1] = b1;
+    emu::syncwarp();
+    float A[16][8], B[8][8];
+    auto f = [](unsigned u) { return __uint_as_float(u & 0xffffe000u); };
+    for (int L = 0; L < 32; ++L) {
+        const int g = L >> 2, t = L & 3;
+        const emu::Lane& z = emu::g_wbuf[w][L];
+        A[g][t] = f(z.a[0]);
+        A[g + 8][t] = f(z.a[1]);
+        A[g][t + 4] = f(z.a[2]);
+        A[g + 8][t + 4] = f(z.a[3]);
+        B[t][g] = f(z.b[0]);
+        B[t + 4][g] = f(z.b[1]);
+    }
+    emu::syncwarp();
+    const int g = l >> 2, t = l & 3;
+    for (int e = 0; e < 4; ++e) {
+        const int r = g + (e >= 2 ? 8 : 0), cc = 2 * t + (e & 1);
+        float s = c[e];
+        for (int kk = 0; kk < 8; ++kk) s += A[r][kk] * B[kk][cc];
+        c[e] = s;
+    }
+}
 // cp.async of 16 bytes into shared memory at s (common/mma.cuh's cp16a / cp16, attn's att_cp16)
 inline void cp_async16(void* s, const void* g, bool ok) {
     if (((uintptr_t)s & 15) || (ok && ((uintptr_t)g & 15))) {
