@@ -550,7 +550,7 @@ pub(crate) fn dqk_name(nb: usize, kp: usize, sfx: &str) -> String {
 /// entry's products on wgmma, the same adds in the same order): where those entries exist
 /// (bf16, KP 64, 128 or 256: K tiles of whole 64-column blocks; sm_90a), unless the lab
 /// override `dq=s2` or `dq=s1` asks for a mma.sync entry. At KP = 256 (two K halves of 128) on
-/// an H100 (bf16, `bench/results/2026-12-06_h100_e5a1c0d_delta_wyt_tc_dqk.txt`) the launch ran
+/// an H100 (bf16, `bench/results/2026-12-06_h100_bf61556_delta_wyt_tc_dqk.txt`) the launch ran
 /// 2.69 (one buffer) / 2.31 (two) / 2.20 ms (warpgroups) at B = 8, T = 2048, H = 32, K = V =
 /// 256, and 0.87 / 0.70 / 0.71 ms at H = 6, V = 512.
 pub(crate) fn dqk_wg(bf16: bool, kp: usize, arch: &str) -> bool {
