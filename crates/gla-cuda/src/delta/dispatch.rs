@@ -426,11 +426,17 @@ pub(crate) const HR_S2: HPlan = HPlan { bv: 64, ns: 2, two: false, out: false };
 /// UT pass writes w and u). K wider than 128 takes [`HR_S2`]: on an H100 (bf16, B = 8, T =
 /// 2048, H = 32, K = V = 256) the forward ran 3.59 -> 2.49 ms (`delta_wyt` 0.24 + `delta_hr_s2`
 /// 1.34 against `delta_wy` 0.93 + `delta_h` 1.75, `delta_o` 0.91 in both,
-/// `bench/results/2026-12-06_h100_ee4e489_delta_k256.txt`). Where it runs is [`res_ok`]'s. The
-/// lab override `h=resb2` / `h=resv32` (KP <= 128) or `h=ress2` (wider) forces one entry on
-/// every workspace (the delta checks run each over the whole case table), any other `h=` value
-/// (a WY plan under study) turns the residual form off.
-pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> Option<HPlan> {
+/// `bench/results/2026-12-06_h100_ee4e489_delta_k256.txt`). A forward whose states a backward
+/// reads (`keep`: no output fused in, [`res_out`]) takes `delta_hr_v32` also where the 64-column
+/// blocks fill the SMs less than twice (the two-blocks-per-SM plan's one partial wave: the SMs
+/// holding two blocks set the pass's time): on an H100 (bf16, B = 1, T = 8192, H = 96, K = V =
+/// 128: 192 tiles) DeltaNet forward+backward ran 5.61-5.71 -> 5.52-5.59 ms, against fla's 5.52
+/// (`bench/results/2026-12-06_h100_80bbc48_delta_b96.txt`), while a forward-only workspace keeps
+/// `delta_hro_b2` there (1.59 ms against 1.66). Where it runs is [`res_ok`]'s. The lab override
+/// `h=resb2` / `h=resv32` (KP <= 128) or `h=ress2` (wider) forces one entry on every workspace
+/// (the delta checks run each over the whole case table), any other `h=` value (a WY plan under
+/// study) turns the residual form off.
+pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize, keep: bool) -> Option<HPlan> {
     if !h_two_ok(bf16, kp) {
         return res_wide(bf16, kp).then_some(HR_S2);
     }
@@ -438,7 +444,7 @@ pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize) -> Opt
         Some("resb2") => Some(HR_B2),
         Some("resv32") => Some(HR_V32),
         Some(_) => None,
-        None => Some(if tiles >= sm_count { HR_B2 } else { HR_V32 }),
+        None => Some(if tiles >= sm_count && !(keep && tiles < 2 * sm_count) { HR_B2 } else { HR_V32 }),
     }
 }
 
@@ -1056,21 +1062,29 @@ mod tests {
         assert_eq!(DeltaWorkspaceLens::forward(&p, 2, false, delta_path(&p, false, DeltaAlgo::Chunked).unwrap()).tm, 0);
         if std::env::var("GLA_DELTA_LAB").is_err() {
             // b2 where 64-column blocks fill the SMs, else v32; never f32 storage or KP > 128
-            let res = |tiles| h_res(true, 128, tiles, 132).map(|p| (p.bv, p.ns, p.two));
-            assert_eq!(res(132), Some((64, 1, true)));
-            assert_eq!(res(131), Some((32, 2, false)));
-            assert_eq!(res(1), Some((32, 2, false)));
+            let res = |tiles, keep| h_res(true, 128, tiles, 132, keep).map(|p| (p.bv, p.ns, p.two));
+            for keep in [false, true] {
+                assert_eq!(res(264, keep), Some((64, 1, true)));
+                assert_eq!(res(131, keep), Some((32, 2, false)));
+                assert_eq!(res(1, keep), Some((32, 2, false)));
+            }
+            // one partial wave of the two-blocks-per-SM plan: 32 columns where a backward
+            // reads the states, the fused 64-column pass for a forward only
+            assert_eq!(res(132, false), Some((64, 1, true)));
+            assert_eq!(res(263, false), Some((64, 1, true)));
+            assert_eq!(res(132, true), Some((32, 2, false)));
+            assert_eq!(res(263, true), Some((32, 2, false)));
             assert_eq!(hr_name(HR_B2, 128, false), "delta_hr_b2_k128_bf16");
             assert_eq!(hr_name(HR_B2, 128, true), "delta_hro_b2_k128_bf16");
-            assert!(h_res(false, 128, 1024, 132).is_none());
+            assert!(h_res(false, 128, 1024, 132, true).is_none());
             // K wider than 128: the two-stage 64-column pass whatever the tiles (bf16 only); a
             // training workspace where the state-gradient pass runs HBR_S1 (64-column tiles, at
             // least two per SM), else the WY form
             for kp in [192, 256] {
                 for tiles in [1, 1024] {
-                    assert_eq!(h_res(true, kp, tiles, 132), Some(HR_S2));
+                    assert_eq!(h_res(true, kp, tiles, 132, true), Some(HR_S2));
                 }
-                assert!(h_res(false, kp, 1024, 132).is_none());
+                assert!(h_res(false, kp, 1024, 132, true).is_none());
                 for (nhv, bwd_res) in [(16, false), (65, false), (66, true), (256, true)] {
                     assert!(res_ok(true, kp, 256, nhv, 132, true));
                     assert_eq!(res_ok(true, kp, 256, nhv, 132, false), bwd_res, "KP {kp}, NHV {nhv}");
