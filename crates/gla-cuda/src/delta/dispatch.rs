@@ -426,10 +426,10 @@ pub(crate) const HR_S2: HPlan = HPlan { bv: 64, ns: 2, two: false, out: false };
 /// UT pass writes w and u). K wider than 128 takes [`HR_S2`]: on an H100 (bf16, B = 8, T =
 /// 2048, H = 32, K = V = 256) the forward ran 3.59 -> 2.49 ms (`delta_wyt` 0.24 + `delta_hr_s2`
 /// 1.34 against `delta_wy` 0.93 + `delta_h` 1.75, `delta_o` 0.91 in both,
-/// `bench/results/2026-12-06_h100_ee4e489_delta_k256.txt`). A forward whose states a backward
-/// reads (`keep`: no output fused in, [`res_out`]) takes `delta_hr_v32` also where the 64-column
-/// blocks fill the SMs less than twice (the two-blocks-per-SM plan's one partial wave: the SMs
-/// holding two blocks set the pass's time): on an H100 (bf16, B = 1, T = 8192, H = 96, K = V =
+/// `bench/results/2026-12-06_h100_ee4e489_delta_k256.txt`). A forward whose states and v_new a
+/// backward reads (`keep`; then no output is fused in, [`res_out`]) takes `delta_hr_v32` also
+/// where the 64-column blocks fill the SMs less than twice (the two-blocks-per-SM plan's one
+/// partial wave: the SMs holding two blocks set the pass's time): on an H100 (bf16, B = 1, T = 8192, H = 96, K = V =
 /// 128: 192 tiles) DeltaNet forward+backward ran 5.61-5.71 -> 5.52-5.59 ms, against fla's 5.52
 /// (`bench/results/2026-12-06_h100_80bbc48_delta_b96.txt`), while a forward-only workspace keeps
 /// `delta_hro_b2` there (1.59 ms against 1.66). Where it runs is [`res_ok`]'s. The lab override
