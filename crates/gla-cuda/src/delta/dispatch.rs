@@ -291,7 +291,8 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// ([`res_out`]). The two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the
 /// residual ones also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync
 /// entry where the warpgroup one would run ([`dqk_wg`]), `s1` the one-buffer one where K is
-/// wider than 128 ([`dqk_bufs`]). Value heads (`vs`): `split` runs bf16
+/// wider than 128 ([`dqk_bufs`]). The residual forward's UT pass (`wyt`): `d8` ([`wyt_name`]).
+/// Value heads (`vs`): `split` runs bf16
 /// value heads above 256 on sub-heads ([`chunk_v_max`]). Anything else, or unset: the default.
 fn lab(key: &str) -> Option<String> {
     let v = std::env::var("GLA_DELTA_LAB").ok()?;
@@ -545,6 +546,15 @@ pub(crate) fn hbr_name(plan: HPlan, kp: usize) -> String {
         _ => "rs1",
     };
     format!("delta_h_bwd_{form}_k{kp}_bf16")
+}
+
+/// The residual forward's UT pass (`delta_wyt_k{KP}_bf16`, its solve's levels on tensor cores),
+/// or under the lab override `wyt=d8` the entry whose diagonal 16 x 16 blocks are solved as 8 x 8
+/// halves and merged (`delta_wyt_d8_*`: dependent FMA chains of 28 + 8 + 8 instead of 120, two
+/// more barriers; not yet timed).
+pub(crate) fn wyt_name(kp: usize) -> String {
+    let d8 = if lab("wyt").as_deref() == Some("d8") { "_d8" } else { "" };
+    format!("delta_wyt{d8}_k{kp}_bf16")
 }
 
 /// The entry point of `delta_dqk_*` with `nb` V-tile buffers ([`dqk_bufs`]).
@@ -1002,7 +1012,9 @@ mod tests {
             for out in [false, true] {
                 assert!(crate::kernels::source_of(&hr_name(HR_S2, kp, out)).is_some());
             }
-            assert!(crate::kernels::source_of(&format!("delta_wyt_k{kp}_bf16")).is_some());
+            for d8 in ["", "_d8"] {
+                assert!(crate::kernels::source_of(&format!("delta_wyt{d8}_k{kp}_bf16")).is_some());
+            }
             // and its state-gradient pass (one stage; dvl fused in under the lab)
             for (plan, form) in [(HBR_S1, "rs1"), (HBR_D1, "rdv1")] {
                 assert!(sm.h_bwd_res(plan) <= 227 * 1024, "KP {kp}: {} B", sm.h_bwd_res(plan));
