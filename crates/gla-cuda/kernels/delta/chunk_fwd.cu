@@ -34,54 +34,34 @@
 //   delta_wy_k64_f32 delta_wy_k128_f32 delta_wy_k64_bf16 delta_wy_k128_bf16 delta_wy_k192_bf16 delta_wy_k256_bf16
 //   delta_o_k64_f32 delta_o_k128_f32 delta_o_k64_bf16 delta_o_k128_bf16 delta_o_k192_bf16 delta_o_k256_bf16
 
-// T = (I + A)^-1 (A strictly lower in sA [64][65] f32, left intact), stored transposed in sA's
-// upper triangle and diagonal (T_tc at sA[c][t], t >= c), so T needs no memory of its own: the
-// four diagonal 16 x 16 blocks by forward substitution (one thread per column), then the
-// off-diagonal blocks level by level (d = i - j = 1, 2, 3), T_ij = -T_ii sum_{j <= k < i}
-// A_ik T_kj in f32 FMA (T_kj of earlier levels), a thread per 2 x 2 micro-tile. Every thread
-// calls it; it holds barriers.
-// solve_t's diagonal 16 x 16 blocks T_ii = (I + A_ii)^-1 by forward substitution, one thread per
-// column (threads 0 .. 63), T_ii^T to sA's upper half and diagonal; then a barrier.
-__device__ __forceinline__ void solve_t_diag(float* sA, int tid) {
+// The diagonal N x N blocks (N = 16 or 8) of T = (I + A)^-1 by forward substitution, one thread
+// per column (threads 0 .. 63), T_ii^T to sA's upper half and diagonal (which no thread reads A
+// from); then a barrier.
+template <int N>
+__device__ __forceinline__ void diag_subst(float* sA, int tid) {
     if (tid < 64) {
-        const int b = tid >> 4, c = tid & 15, r0 = 16 * b;
-        float x[16];
+        const int r0 = N * (tid / N), c = tid % N;
+        float x[N];
         #pragma unroll
-        for (int t = 0; t < 16; ++t) {
+        for (int t = 0; t < N; ++t) {
             float s = 0.f;
             #pragma unroll
             for (int q = 0; q < t; ++q) s += sA[(r0 + t) * 65 + r0 + q] * x[q];
             x[t] = t == c ? 1.f : -s;
         }
-        // T^T goes to the upper half and the diagonal, which no thread reads A from
         #pragma unroll
-        for (int t = 0; t < 16; ++t)
+        for (int t = 0; t < N; ++t)
             if (t >= c) sA[(r0 + c) * 65 + r0 + t] = x[t];
     }
     __syncthreads();
 }
 
-// solve_t_diag's contract on shorter chains (lab: the `delta_wyt_d8` entries): each 16 x 16
-// diagonal block as two 8 x 8 substitutions (threads 0 .. 63, one per column of an 8 x 8 block:
-// chains of 28 FMAs instead of 120), then its lower 8 x 8 block T_21 = -T_22 (A_21 T_11) on every
-// thread (M = A_21 T_11 into sM, one output a thread, then T_21 from it), three barriers.
-// sM: 256 floats of scratch.
+// diag_subst<16>'s contract on shorter chains (lab: the `delta_wyt_d8` entries): each 16 x 16
+// diagonal block as two 8 x 8 substitutions (diag_subst<8>: chains of 28 FMAs instead of 120),
+// then its lower 8 x 8 block T_21 = -T_22 (A_21 T_11) on every thread (M = A_21 T_11 into sM,
+// one output a thread, then T_21 from it), three barriers. sM: 256 floats of scratch.
 __device__ __forceinline__ void solve_t_diag8(float* sA, float* sM, int tid) {
-    if (tid < 64) {
-        const int r0 = 8 * (tid >> 3), c = tid & 7;
-        float x[8];
-        #pragma unroll
-        for (int t = 0; t < 8; ++t) {
-            float s = 0.f;
-            #pragma unroll
-            for (int q = 0; q < t; ++q) s += sA[(r0 + t) * 65 + r0 + q] * x[q];
-            x[t] = t == c ? 1.f : -s;
-        }
-        #pragma unroll
-        for (int t = 0; t < 8; ++t)
-            if (t >= c) sA[(r0 + c) * 65 + r0 + t] = x[t];
-    }
-    __syncthreads();
+    diag_subst<8>(sA, tid);
     // block b's rows 16 b + 8 + t, columns 16 b + c: M = A_21 T_11 (T_11[q][c] at sA[16 b + c][16 b + q], q >= c)
     const int b = tid >> 6, t = (tid >> 3) & 7, c = tid & 7, r0 = 16 * b;
     {
@@ -103,9 +83,15 @@ __device__ __forceinline__ void solve_t_diag8(float* sA, float* sM, int tid) {
     __syncthreads();
 }
 
+// T = (I + A)^-1 (A strictly lower in sA [64][65] f32, left intact), stored transposed in sA's
+// upper triangle and diagonal (T_tc at sA[c][t], t >= c), so T needs no memory of its own: the
+// four diagonal 16 x 16 blocks by forward substitution (one thread per column), then the
+// off-diagonal blocks level by level (d = i - j = 1, 2, 3), T_ij = -T_ii sum_{j <= k < i}
+// A_ik T_kj in f32 FMA (T_kj of earlier levels), a thread per 2 x 2 micro-tile. Every thread
+// calls it; it holds barriers.
 __device__ __forceinline__ void solve_t(float* sA, int tid) {
     __shared__ float sM[3 * 256];  // the level's sums M_ij (at most three 16 x 16 blocks)
-    solve_t_diag(sA, tid);
+    diag_subst<16>(sA, tid);
     // each level's products by 2 x 2 micro-tiles (rows t0, t0 + 1; columns c0, c0 + 1): every
     // shared-memory operand feeds two FMAs, half the loads of one output a thread (the solve's
     // cost is shared-memory traffic); each output's terms keep their order (q, then k, ascending)
@@ -183,7 +169,7 @@ __device__ __forceinline__ void solve_t_tc(float* sA, int tid) {
     if constexpr (D8) {
         solve_t_diag8(sA, sM, tid);
     } else {
-        solve_t_diag(sA, tid);
+        diag_subst<16>(sA, tid);
     }
     const int wp = tid >> 5, lane = tid & 31, fg = lane >> 2, ft = lane & 3;
     for (int d = 1; d < 4; ++d) {
