@@ -396,12 +396,32 @@ inline void ldsm_gen(unsigned r[4], const unsigned short* p, bool trans) {
     }
     emu::syncwarp();
 }
-inline void mma16816(float c[4], const unsigned a[4], unsigned b0, unsigned b1) {
+// The warp exchange of an emulated mma.sync: this lane's A and B registers into its warp's
+// buffer, then a barrier over the warp; returns the warp (every lane's registers at g_wbuf[w]).
+inline int mma_publish(const unsigned a[4], unsigned b0, unsigned b1) {
     const int w = emu::warp_id(), l = emu::lane_id();
     for (int x = 0; x < 4; ++x) emu::g_wbuf[w][l].a[x] = a[x];
     emu::g_wbuf[w][l].b[0] = b0;
     emu::g_wbuf[w][l].b[1] = b1;
     emu::syncwarp();
+    return w;
+}
+// Once every lane has read the buffer (a barrier over the warp): this lane's accumulator
+// fragment (rows g, g + 8, columns 2 t, 2 t + 1) plus A B, each output's KD terms added in k
+// order in f32.
+template <int KD>
+inline void mma_accum(float c[4], const float (&A)[16][KD], const float (&B)[KD][8]) {
+    emu::syncwarp();
+    const int l = emu::lane_id(), g = l >> 2, t = l & 3;
+    for (int e = 0; e < 4; ++e) {
+        const int r = g + (e >= 2 ? 8 : 0), cc = 2 * t + (e & 1);
+        float s = c[e];
+        for (int kk = 0; kk < KD; ++kk) s += A[r][kk] * B[kk][cc];
+        c[e] = s;
+    }
+}
+inline void mma16816(float c[4], const unsigned a[4], unsigned b0, unsigned b1) {
+    const int w = mma_publish(a, b0, b1);
     float A[16][16], B[16][8];
     for (int L = 0; L < 32; ++L) {
         const int g = L >> 2, t = L & 3;
@@ -421,14 +441,7 @@ inline void mma16816(float c[4], const unsigned a[4], unsigned b0, unsigned b1) 
         B[2 * t + 8][g] = lo(z.b[1]);
         B[2 * t + 9][g] = hi(z.b[1]);
     }
-    emu::syncwarp();
-    const int g = l >> 2, t = l & 3;
-    for (int e = 0; e < 4; ++e) {
-        const int r = g + (e >= 2 ? 8 : 0), cc = 2 * t + (e & 1);
-        float s = c[e];
-        for (int kk = 0; kk < 16; ++kk) s += A[r][kk] * B[kk][cc];
-        c[e] = s;
-    }
+    mma_accum(c, A, B);
 }
 // common/mma.cuh's tf32 rounding (cvt.rna: to nearest, ties away from zero) and m16n8k8 tf32
 // product: A's and B's elements with their low 13 bits cleared (what the hardware reads), each
@@ -439,11 +452,7 @@ inline unsigned tf32_rna(float x) {
     return u;
 }
 inline void mma1688tf32(float c[4], const unsigned a[4], unsigned b0, unsigned b1) {
-    const int w = emu::warp_id(), l = emu::lane_id();
-    for (int x = 0; x < 4; ++x) emu::g_wbuf[w][l].a[x] = a[x];
-    emu::g_wbuf[w][l].b[0] = b0;
-    emu::g_wbuf[w][l].b[1] = b1;
-    emu::syncwarp();
+    const int w = mma_publish(a, b0, b1);
     float A[16][8], B[8][8];
     auto f = [](unsigned u) { return __uint_as_float(u & 0xffffe000u); };
     for (int L = 0; L < 32; ++L) {
@@ -456,14 +465,7 @@ inline void mma1688tf32(float c[4], const unsigned a[4], unsigned b0, unsigned b
         B[t][g] = f(z.b[0]);
         B[t + 4][g] = f(z.b[1]);
     }
-    emu::syncwarp();
-    const int g = l >> 2, t = l & 3;
-    for (int e = 0; e < 4; ++e) {
-        const int r = g + (e >= 2 ? 8 : 0), cc = 2 * t + (e & 1);
-        float s = c[e];
-        for (int kk = 0; kk < 8; ++kk) s += A[r][kk] * B[kk][cc];
-        c[e] = s;
-    }
+    mma_accum(c, A, B);
 }
 // cp.async of 16 bytes into shared memory at s (common/mma.cuh's cp16a / cp16, attn's att_cp16)
 inline void cp_async16(void* s, const void* g, bool ok) {
