@@ -570,7 +570,13 @@ pub(crate) fn dqk_name(nb: usize, kp: usize, sfx: &str) -> String {
 /// 2.69 (one buffer) / 2.31 (two) / 2.20 ms (warpgroups) at B = 8, T = 2048, H = 32, K = V =
 /// 256, and 0.87 / 0.70 / 0.71 ms at H = 6, V = 512.
 pub(crate) fn dqk_wg(bf16: bool, kp: usize, arch: &str) -> bool {
-    bf16 && kp != 192 && arch == crate::runtime::ARCH_HOPPER && !matches!(lab("dq").as_deref(), Some("s2" | "s1"))
+    dqk_wg_built(bf16, kp) && arch == crate::runtime::ARCH_HOPPER && !matches!(lab("dq").as_deref(), Some("s2" | "s1"))
+}
+
+/// Whether `delta_dqk_wg_k{KP}_bf16` is built: bf16 whose K tiles ([`dqk_kw`]) are whole
+/// 64-column blocks of the swizzled tiles (KP 64, 128, 256; not 192's 96-column halves).
+fn dqk_wg_built(bf16: bool, kp: usize) -> bool {
+    bf16 && dqk_kw(bf16, kp).is_multiple_of(64)
 }
 
 /// The dq/dk launch for KP = `kp` on a device of architecture `arch`: its entry point and
@@ -702,7 +708,7 @@ impl DeltaSmem {
         } else {
             0
         };
-        let dqwg = if self.e == 2 && self.kp != 192 { self.dqk_wg() } else { 0 };
+        let dqwg = if dqk_wg_built(self.e == 2, self.kp) { self.dqk_wg() } else { 0 };
         [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), hb2, self.dqk(dq), dqwg, self.wy_bwd(), hr]
             .into_iter()
             .max()
