@@ -326,6 +326,8 @@ pub const DELTA_CHUNK_H: KernelSource = source!(
         "delta_h_bwd_dv2_k128_bf16",
         "delta_h_bwd_rdv2_k64_bf16",
         "delta_h_bwd_rdv2_k128_bf16",
+        "delta_h_bwd_rdv2_v32_k64_bf16",
+        "delta_h_bwd_rdv2_v32_k128_bf16",
         "delta_h_bwd_rv32_k64_bf16",
         "delta_h_bwd_rv32_k128_bf16",
         "delta_h_bwd_rs1_k192_bf16",

@@ -18,9 +18,9 @@
 // dS leaves to dh0 (=, f32, or null). delta_h_bwd_dv2_k{KP}_bf16: dvl = P^T do computed in the pass
 // (delta_dvl's arithmetic, P from the q, k rows it loads) instead of read, the per-chunk loads on
 // two cp.async stages (64 columns, one block per SM). delta_h_bwd_rdv2_k{KP}_bf16 (fused dvl, 64
-// columns) and delta_h_bwd_rv32_k{KP}_bf16 (dvl read, 32 columns), delta_h_bwd_rs1_k{KP}_bf16 (KP
-// 192, 256: dvl read, 64 columns, one stage): the same after the residual forward, w^T dU
-// formed from T, k and beta (h_bwd's RES below).
+// columns; `_rdv2_v32`: 32), delta_h_bwd_rv32_k{KP}_bf16 (dvl read, 32 columns) and
+// delta_h_bwd_rs1_k{KP}_bf16 (KP 192, 256: dvl read, 64 columns, one stage): the same after the
+// residual forward, w^T dU formed from T, k and beta (h_bwd's RES below).
 //
 // delta_hr_b2_k{KP}_bf16, delta_hr_v32_k{KP}_bf16 (KP <= 128, the residual forward): delta_h with
 // U formed as T (beta (V - rk exp(G) (K S))) from delta_wyt's T, k and v, so no w or u is read
@@ -47,6 +47,7 @@
 //   delta_h_bwd_v32_k64_bf16 delta_h_bwd_v32_k128_bf16 delta_h_bwd_v32_k192_bf16 delta_h_bwd_v32_k256_bf16
 //   delta_h_b2_k64_bf16 delta_h_b2_k128_bf16 delta_h_v32b2_k64_bf16 delta_h_v32b2_k128_bf16
 //   delta_h_bwd_dv2_k64_bf16 delta_h_bwd_dv2_k128_bf16 delta_h_bwd_rdv2_k64_bf16 delta_h_bwd_rdv2_k128_bf16
+//   delta_h_bwd_rdv2_v32_k64_bf16 delta_h_bwd_rdv2_v32_k128_bf16
 //   delta_h_bwd_rv32_k64_bf16 delta_h_bwd_rv32_k128_bf16 delta_h_bwd_rs1_k192_bf16 delta_h_bwd_rs1_k256_bf16
 //   delta_h_bwd_rdv1_k192_bf16 delta_h_bwd_rdv1_k256_bf16
 //   delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16 delta_hr_v32_k64_bf16 delta_hr_v32_k128_bf16
@@ -383,7 +384,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
                                       const float* __restrict__ dvl, const float* __restrict__ g2, const float* __restrict__ dht,
                                       E* __restrict__ dhs, E* __restrict__ du, float* __restrict__ dh0, const idx_t* __restrict__ bounds,
                                       const idx_t* __restrict__ chunk_off, int H, int HV, int K, int V, int VP, float scale, idx_t nch,
-                                      const E* __restrict__ tm = nullptr, const float* __restrict__ bt = nullptr) {
+                                      const E* __restrict__ tm = nullptr, const float* __restrict__ bt = nullptr, int nh0 = 0) {
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
     constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
     static_assert(!RES || (sizeof(E) == 2 && LDS <= LDT), "the residual state-gradient pass: bf16, Y in P's tile");
@@ -404,7 +405,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
     float* sF = (float*)(sDoS + FD * 64 * LDS);  // [NS][FSTAGE]
     DELTA_SMEM_END(smem, sF + NS * FSTAGE);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
-    const int j0 = blockIdx.x * BV, nh = blockIdx.y, n = nh / HV, hv = nh % HV, h = hv / (HV / H);
+    const int j0 = blockIdx.x * BV, nh = nh0 + blockIdx.y, n = nh / HV, hv = nh % HV, h = hv / (HV / H);
     const idx_t bos = bounds[n], eos = bounds[n + 1];
     const int nc = (int)((eos - bos + 63) / 64);
     const idx_t cbase = chunk_off[n];
@@ -643,20 +644,25 @@ HB_ENTRY(delta_h_bwd_v32, 256, 32, bf16, bf16_t)
 HB_ENTRY_FD(delta_h_bwd_dv2, 64, 64, true, 2, bf16, bf16_t)
 HB_ENTRY_FD(delta_h_bwd_dv2, 128, 64, true, 2, bf16, bf16_t)
 // the residual state-gradient pass (RES, after the residual forward): delta_h_bwd_dv2's
-// arguments, w unread (may be null), then T (delta_wyt's) and beta. `_rdv2`: dvl fused in (dvl
-// unread), 64 columns; `_rv32`: dvl read (delta_dvl's), 32 columns (long sequences); both two
-// stages. `_rs1` (KP 192, 256): dvl read, 64 columns, one stage (two do not fit beside q and k).
+// arguments, w unread (may be null), then T (delta_wyt's), beta and nh0, the sequence x value
+// head of blockIdx.y = 0 (a launch may cover the heads from nh0 on). `_rdv2`: dvl fused in (dvl
+// unread), 64 columns; `_rdv2_v32`: the same on 32 columns (the heads of a partial last wave of
+// 64-column tiles, src/delta/dispatch.rs hb_tail); `_rv32`: dvl read (delta_dvl's), 32 columns
+// (long sequences); all two stages. `_rs1` (KP 192, 256): dvl read, 64 columns, one stage (two
+// do not fit beside q and k).
 #define HBR_ENTRY(PFX, KP, BV, FD, NS)                                                                    \
 extern "C" __global__ void __launch_bounds__(DNT) PFX##_k##KP##_bf16(                                     \
     const bf16_t* q, const bf16_t* k, const float* rq, const float* rk, const bf16_t* w,                  \
     const bf16_t* d_o, const float* dvl, const float* g2, const float* dht, bf16_t* dhs, bf16_t* du,      \
     float* dh0, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, int V, int VP,         \
-    float scale, idx_t nch, const bf16_t* tm, const float* bt) {                                          \
+    float scale, idx_t nch, const bf16_t* tm, const float* bt, int nh0) {                                 \
     h_bwd<bf16_t, KP, BV, FD, NS, true>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0, bounds,         \
-                                        chunk_off, H, HV, K, V, VP, scale, nch, tm, bt);                  \
+                                        chunk_off, H, HV, K, V, VP, scale, nch, tm, bt, nh0);             \
 }
 HBR_ENTRY(delta_h_bwd_rdv2, 64, 64, true, 2)
 HBR_ENTRY(delta_h_bwd_rdv2, 128, 64, true, 2)
+HBR_ENTRY(delta_h_bwd_rdv2_v32, 64, 32, true, 2)
+HBR_ENTRY(delta_h_bwd_rdv2_v32, 128, 32, true, 2)
 HBR_ENTRY(delta_h_bwd_rv32, 64, 32, false, 2)
 HBR_ENTRY(delta_h_bwd_rv32, 128, 32, false, 2)
 HBR_ENTRY(delta_h_bwd_rs1, 192, 64, false, 1)

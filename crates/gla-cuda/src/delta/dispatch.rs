@@ -286,7 +286,7 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// pass (`hb`): `one` (dvl its own launch), `v32` (the same at 32 columns), `rv32` (`v32`, and its
 /// residual form after a residual forward whatever the tiles: [`h_bwd_res`]), `dv2` (dvl fused in,
 /// 64 columns, whatever the tiles), `rs1` / `rdv1` (K wider than 128: [`HBR_S1`] / [`HBR_D1`] and
-/// their residual forms). The residual forward: `h=resb2` or `h=resv32`, `h=ress2` where K is wider
+/// their residual forms); `tail=0` / `tail=1` ([`hb_tail`]). The residual forward: `h=resb2` or `h=resv32`, `h=ress2` where K is wider
 /// than 128 ([`h_res`]; forced on every workspace); the output fused into it: `fo=0` / `fo=1`
 /// ([`res_out`]). The two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the
 /// residual ones also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync
@@ -330,7 +330,7 @@ fn h_policy(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: u
         return HPlan { bv: 64, ns: 1, two: true, out: false };
     }
     if bwd && h_two_ok(bf16, kp) && 2 * tiles > sm_count {
-        return HPlan { bv: 64, ns: 2, two: false, out: true };
+        return HBR_D2;
     }
     let one = h_one(bf16, kp, tiles, sm_count);
     if bwd && one.bv == 64 && res_wide(bf16, kp) {
@@ -537,10 +537,47 @@ pub(crate) const HBR_S1: HPlan = HPlan { bv: 64, ns: 1, two: false, out: false }
 /// (`bench/results/2026-12-06_h100_7bd0fc0_delta_k256_v512.txt`).
 pub(crate) const HBR_D1: HPlan = HPlan { bv: 64, ns: 1, two: false, out: true };
 
+/// The fused residual state-gradient pass (`delta_h_bwd_rdv2_k{KP}_bf16`: dvl fused in, 64
+/// columns, two stages, one block per SM), [`h_policy`]'s backward plan where its entries exist.
+pub(crate) const HBR_D2: HPlan = HPlan { bv: 64, ns: 2, two: false, out: true };
+
+/// How many sequence x value heads (the last ones) the fused residual state-gradient pass
+/// ([`HBR_D2`], `plan`) runs on 32-column tiles (`delta_h_bwd_rdv2_v32`, a launch of its own
+/// after the 64-column one), so that a partial last wave of 64-column blocks becomes one wave of
+/// half-width blocks: where `tiles` = (VP / 64) x `nhv` fills the SMs at least once and leaves
+/// `r` > 0 blocks over, with 2 `r` <= SMs, the last ceil(r / (VP / 64)) heads. One block per SM
+/// walks its sequence's chunks in order, so at 1 x 8192 x 96 (192 tiles on 132 SMs) the pass
+/// runs two 64-column rounds where this runs one and one half-width one. Otherwise 0. The lab
+/// override `tail=0` turns it off, `tail=1` puts half the heads (at least one) there on every
+/// workspace where `plan` is [`HBR_D2`] (the delta checks run it over the case table).
+pub(crate) fn hb_tail(plan: HPlan, vp: usize, nhv: usize, sm_count: usize) -> usize {
+    if plan != HBR_D2 || nhv == 0 || sm_count == 0 {
+        return 0;
+    }
+    match lab("tail").as_deref() {
+        Some("0") => return 0,
+        Some("1") => return (nhv / 2).max(1),
+        _ => {}
+    }
+    let per = vp / 64;
+    let tiles = per * nhv;
+    let r = tiles % sm_count;
+    if tiles < sm_count || r == 0 || 2 * r > sm_count {
+        return 0;
+    }
+    let m = r.div_ceil(per);
+    if (vp / 32) * m <= sm_count {
+        m
+    } else {
+        0
+    }
+}
+
 /// The residual state-gradient pass's entry point on `plan` ([`h_bwd_res`]).
 pub(crate) fn hbr_name(plan: HPlan, kp: usize) -> String {
     let form = match (plan.out, plan.ns, plan.bv) {
         (true, 1, _) => "rdv1",
+        (true, _, 32) => "rdv2_v32",
         (true, _, _) => "rdv2",
         (false, _, 32) => "rv32",
         _ => "rs1",
@@ -1072,6 +1109,37 @@ mod tests {
     }
 
     #[test]
+    fn tail_heads_fill_the_partial_wave() {
+        if std::env::var("GLA_DELTA_LAB").is_ok() {
+            return;
+        }
+        // (VP, NHV) on 132 SMs -> heads on 32 columns
+        for (vp, nhv, want) in [
+            (128, 96, 30), // 192 tiles: 60 over one wave, as 30 heads' 120 half-width tiles
+            (128, 67, 1),  // 134 tiles: 2 over
+            (128, 66, 0),  // one whole wave
+            (128, 64, 0),  // under one wave
+            (128, 512, 0), // 1024 tiles: 100 over, 200 half-width tiles would not fit one wave
+            (128, 99, 33), // 198 tiles: 66 over, 132 half-width tiles
+            (128, 100, 0), // 200 tiles: 68 over
+            (64, 150, 18), // one tile per head: 18 over
+            (64, 0, 0),
+        ] {
+            assert_eq!(hb_tail(HBR_D2, vp, nhv, 132), want, "VP {vp}, NHV {nhv}");
+            let m = hb_tail(HBR_D2, vp, nhv, 132);
+            if m > 0 {
+                // the rest fill whole waves, the tail's half-width blocks one
+                assert_eq!((vp / 64) * (nhv - m) % 132, 0, "VP {vp}, NHV {nhv}");
+                assert!((vp / 32) * m <= 132);
+            }
+        }
+        // only the fused residual pass has the half-width entry
+        for plan in [HBR_S1, HBR_D1, HR_V32, HPlan { bv: 64, ns: 2, two: false, out: false }] {
+            assert_eq!(hb_tail(plan, 128, 96, 132), 0);
+        }
+    }
+
+    #[test]
     fn residual_forward_where_the_fused_backward_runs() {
         // T in the forward's workspace where the residual entries exist (bf16, KP <= 128)
         let p = prob(60, 100);
@@ -1135,7 +1203,9 @@ mod tests {
                 assert!(h_bwd_res(true, kp, HPlan { bv: 32, ns: 2, two: false, out: false }, 128, 17, 132));
                 assert!(!h_bwd_res(true, 192, HPlan { bv: 32, ns: 1, two: false, out: false }, 128, 512, 132));
                 let sm = DeltaSmem::new(true, kp, 128);
-                for plan in [HPlan { bv: 64, ns: 2, two: false, out: true }, HPlan { bv: 32, ns: 2, two: false, out: false }] {
+                let tail = HPlan { bv: 32, ..HBR_D2 };
+                assert_eq!(hbr_name(tail, kp), format!("delta_h_bwd_rdv2_v32_k{kp}_bf16"));
+                for plan in [HBR_D2, tail, HPlan { bv: 32, ns: 2, two: false, out: false }] {
                     assert!(sm.h_bwd_res(plan) <= 227 * 1024, "KP {kp}: {} B", sm.h_bwd_res(plan));
                     assert!(crate::kernels::source_of(&hbr_name(plan, kp)).is_some());
                 }

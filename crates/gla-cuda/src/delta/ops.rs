@@ -885,19 +885,30 @@ fn chunk_bwd<T: Elem>(
         }
     }
     if res && bwd_res {
-        // SAFETY: arguments match delta_h_bwd_rdv2's and delta_h_bwd_rv32's (delta_h_bwd_dv2's, w
-        // unread, then T and beta; dvl unread by `_rdv2`, so null only for it); one block per
-        // (V tile, sequence x value head) walking its chunks in reverse; dhs, du sized for the
-        // problem
-        unsafe {
-            cuda.launch(
-                &dd::hbr_name(plan, kp),
-                dd::state_cfg(vp, plan.bv, grid_nhv(op, p)?, smem.h_bwd_res(plan)),
-                &[
-                    x.q, x.k, &ws.rq, &ws.rk, &NULL, d_o, &dvl, g2, &dht, dhs, du, &dh0, bounds, off, &h, &hv, &k, &v, &vp32, &scale, &nch,
-                    tm, bt,
-                ],
-            )?;
+        // the heads from nhv - tail on run on 32 columns, in a launch of their own (dd::hb_tail)
+        let nhv = grid_nhv(op, p)?;
+        let tail = dd::hb_tail(plan, vp, nhv as usize, cuda.sm_count()) as u32;
+        let tail_plan = dd::HPlan { bv: 32, ..plan };
+        for (pl, nh0, nhs) in [(plan, 0, nhv - tail), (tail_plan, nhv - tail, tail)] {
+            if nhs == 0 {
+                continue;
+            }
+            let nh0 = nh0 as i32;
+            // SAFETY: arguments match delta_h_bwd_rdv2's, delta_h_bwd_rdv2_v32's and
+            // delta_h_bwd_rv32's (delta_h_bwd_dv2's, w unread, then T, beta and the first
+            // sequence x value head; dvl unread by `_rdv2*`, so null only for them); one block
+            // per (V tile, sequence x value head from nh0) walking its chunks in reverse; dhs,
+            // du sized for the problem
+            unsafe {
+                cuda.launch(
+                    &dd::hbr_name(pl, kp),
+                    dd::state_cfg(vp, pl.bv, nhs, smem.h_bwd_res(pl)),
+                    &[
+                        x.q, x.k, &ws.rq, &ws.rk, &NULL, d_o, &dvl, g2, &dht, dhs, du, &dh0, bounds, off, &h, &hv, &k, &v, &vp32, &scale,
+                        &nch, tm, bt, &nh0,
+                    ],
+                )?;
+            }
         }
     } else {
         // SAFETY: arguments match delta_h_bwd_*'s signature (the `_dv2` entries do not read

@@ -560,6 +560,9 @@ static size_t sm_hr(int KP, int BV, int NS) {
 // (and dvl's tile), G, rq, rk, beta; Y in P's tile, or its own (src/delta/dispatch.rs
 // DeltaSmem::h_bwd_res)
 static std::map<int, void*> g_hbr = {{64, (void*)delta_h_bwd_rdv2_k64_bf16}, {128, (void*)delta_h_bwd_rdv2_k128_bf16}};
+// delta_h_bwd_rdv2 on 32 columns (dispatch::delta::hb_tail's heads): DELTA_HBVAR=tail runs the
+// last half of the sequence x value heads (at least one) on it, the rest on delta_h_bwd_rdv2
+static std::map<int, void*> g_hbrt = {{64, (void*)delta_h_bwd_rdv2_v32_k64_bf16}, {128, (void*)delta_h_bwd_rdv2_v32_k128_bf16}};
 static std::map<int, void*> g_hbr32 = {{64, (void*)delta_h_bwd_rv32_k64_bf16}, {128, (void*)delta_h_bwd_rv32_k128_bf16}};
 // K wider than 128 (dispatch::delta::HBR_S1, the lab's hb=rs1): DELTA_HBVAR=rs1 after
 // DELTA_HVAR=ress2's forward; 64 columns, dvl read, one stage
@@ -762,7 +765,8 @@ struct Run {
     bool res_fwd = false;  // the last chunk_fwd_core ran the residual forward (no w, u)
     // whether the state-gradient pass computes dvl itself: dispatch::delta::h_policy's rule at
     // 132 SMs (delta_h_bwd_dv2 where the entry exists and 32-column tiles would not fit in one
-    // wave); DELTA_HBVAR=dv2 fused at 64 columns whatever the tiles, DELTA_HBVAR=one never
+    // wave); DELTA_HBVAR=dv2 fused at 64 columns whatever the tiles (DELTA_HBVAR=tail: and half
+    // the heads on 32 columns after a residual forward), DELTA_HBVAR=one never
     // whether the 32-column state-gradient pass has its residual form (dispatch::delta::h_bwd_res):
     // its tiles fill half of 132 SMs, or DELTA_HBVAR=rv32 (the lab's hb=rv32) asks for it
     bool rv32_fill() {
@@ -771,7 +775,7 @@ struct Run {
     }
     bool hb_fused() {
         const char* hbv = getenv("DELTA_HBVAR");
-        return fns().hbd2 && !(hbv && !std::strcmp(hbv, "one")) && ((hbv && !std::strcmp(hbv, "dv2")) || 2 * (VP / 64) * d.N * HV > 132);
+        return fns().hbd2 && !(hbv && !std::strcmp(hbv, "one")) && ((hbv && (!std::strcmp(hbv, "dv2") || !std::strcmp(hbv, "tail"))) || 2 * (VP / 64) * d.N * HV > 132);
     }
     int SP = SPn<E>;
     void chunk_prep() {
@@ -926,13 +930,20 @@ struct Run {
         void* hbf = fd ? f.hbd2 : (bv == 32 ? f.hb32 : f.hb);
         typedef void (*HbrFn)(const E*, const E*, const float*, const float*, const E*, const E*, const float*, const float*,
                               const float*, E*, E*, float*, const long long*, const long long*, int, int, int, int, int, float, long long,
-                              const E*, const float*);
+                              const E*, const float*, int);
         if (hres) {
-            emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hbr(KP, fd, bv, rs1 ? 1 : 2), [&] {
-                ((HbrFn)(rd1 ? g_hbrd1 : rs1 ? g_hbrs1 : fd ? g_hbr : g_hbr32).at(KP))(q.data(), k.data(), ptr(rq), ptr(rk), nullptr, d_o.data(), fd ? nullptr : dvl.data(),
-                                                      g2.data(), dht.data(), dhs.data(), du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H,
-                                                      HV, K, V, VP, scale, nch, tm.data(), bt.data());
-            });
+            const int nhv = d.N * HV;
+            const bool tail = fd && !rd1 && !rs1 && hbvar && !std::strcmp(hbvar, "tail");
+            const int nt = tail ? std::max(1, nhv / 2) : 0;  // the heads on 32 columns
+            auto hbr = [&](void* fn, int bw, int nh0, int nhs) {
+                emu::launch(dim3{(unsigned)(VP / bw), (unsigned)nhs, 1}, b256, sm_hbr(KP, fd, bw, rs1 ? 1 : 2), [&] {
+                    ((HbrFn)fn)(q.data(), k.data(), ptr(rq), ptr(rk), nullptr, d_o.data(), fd ? nullptr : dvl.data(), g2.data(), dht.data(),
+                                dhs.data(), du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H, HV, K, V, VP, scale, nch, tm.data(),
+                                bt.data(), nh0);
+                });
+            };
+            hbr((rd1 ? g_hbrd1 : rs1 ? g_hbrs1 : fd ? g_hbr : g_hbr32).at(KP), bv, 0, nhv - nt);
+            if (nt > 0) hbr(g_hbrt.at(KP), 32, nhv - nt, nt);
         } else {
             emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hb<E>(KP, bv, fd, h_stages<E>(KP)), [&] {
                 ((HbFn)hbf)(q.data(), k.data(), ptr(rq), ptr(rk), w.data(), d_o.data(), fd ? nullptr : dvl.data(), g2.data(), dht.data(),
