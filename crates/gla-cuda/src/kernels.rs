@@ -314,6 +314,8 @@ pub const DELTA_CHUNK_H: KernelSource = source!(
         "delta_hro_b2_k128_bf16",
         "delta_hro_v32_k64_bf16",
         "delta_hro_v32_k128_bf16",
+        "delta_hr_s2_k64_bf16",
+        "delta_hr_s2_k128_bf16",
         "delta_hr_s2_k192_bf16",
         "delta_hr_s2_k256_bf16",
         "delta_hro_s2_k192_bf16",

@@ -27,7 +27,8 @@
 // (or written by the WY pass): the same U, a third fewer bytes per chunk, one more product and
 // barrier in the chain. `_b2`: 64 columns, one stage, two blocks per SM; `_v32`: 32 columns, two
 // stages, one block per SM (long sequences: twice the blocks walking in step); `_s2` (KP 192,
-// 256): 64 columns, two stages, one block per SM.
+// 256; at KP <= 128 the heads before a 32-column tail): 64 columns, two stages, one block per
+// SM. The `delta_hr_*` entries take nh0 last, the sequence x value head of blockIdx.y = 0.
 // delta_hro_b2_k{KP}_bf16, delta_hro_v32_k{KP}_bf16, delta_hro_s2_k{KP}_bf16: the same with the
 // output pass (delta_o) fused in, o = scale [(Qn * exp(G)) S + P U] per chunk from the state
 // entering it and U (FO below); hs and vn written only where given.
@@ -52,6 +53,7 @@
 //   delta_h_bwd_rdv1_k192_bf16 delta_h_bwd_rdv1_k256_bf16
 //   delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16 delta_hr_v32_k64_bf16 delta_hr_v32_k128_bf16
 //   delta_hro_b2_k64_bf16 delta_hro_b2_k128_bf16 delta_hro_v32_k64_bf16 delta_hro_v32_k128_bf16
+//   delta_hr_s2_k64_bf16 delta_hr_s2_k128_bf16
 //   delta_hr_s2_k192_bf16 delta_hr_s2_k256_bf16 delta_hro_s2_k192_bf16 delta_hro_s2_k256_bf16
 
 // The state tile's warp layout (S or dS, KP x BV in mma fragments): warp (wm, wn) of WM x WN
@@ -146,7 +148,8 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
                                       const idx_t* __restrict__ chunk_off, int H, int HV, int K, int V, int VP, idx_t nch,
                                       const E* __restrict__ tm = nullptr, const E* __restrict__ v = nullptr,
                                       const float* __restrict__ bt = nullptr, const E* __restrict__ q = nullptr,
-                                      const float* __restrict__ rq = nullptr, E* __restrict__ o = nullptr, float scale = 0.f) {
+                                      const float* __restrict__ rq = nullptr, E* __restrict__ o = nullptr, float scale = 0.f,
+                                      int nh0 = 0) {
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
     constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
     static_assert(!RES || sizeof(E) == 2, "the residual state pass: bf16");
@@ -167,7 +170,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
     float* sF = (float*)(RES ? sQ + (FO ? 64 * LK : 0) : sY);  // [NS][FSTAGE]
     DELTA_SMEM_END(smem, sF + NS * FSTAGE);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
-    const int j0 = blockIdx.x * BV, nh = blockIdx.y, n = nh / HV, hv = nh % HV, h = hv / (HV / H);
+    const int j0 = blockIdx.x * BV, nh = nh0 + blockIdx.y, n = nh / HV, hv = nh % HV, h = hv / (HV / H);
     const idx_t bos = bounds[n], eos = bounds[n + 1];
     const int nc = (int)((eos - bos + 63) / 64);
     const idx_t cbase = chunk_off[n];
@@ -568,9 +571,9 @@ extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_##NAME(           
 extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_bf16(                                       \
     const bf16_t* w, const float* u, const bf16_t* k, const float* rk, const float* g2, const float* h0, \
     bf16_t* hs, bf16_t* vn, float* ht, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, \
-    int V, int VP, idx_t nch, const bf16_t* tm, const bf16_t* v, const float* bt) {                      \
+    int V, int VP, idx_t nch, const bf16_t* tm, const bf16_t* v, const float* bt, int nh0) {             \
     h_fwd<bf16_t, KP, NS, BV, true>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K, V, VP, \
-                                    nch, tm, v, bt);                                                      \
+                                    nch, tm, v, bt, nullptr, nullptr, nullptr, 0.f, nh0);                 \
 }
 // the residual forward with the output fused in (bf16; h_fwd's FO): delta_hr's arguments (hs and
 // vn written where not null), then q, rq (null: no norm), o and the scale
@@ -620,7 +623,9 @@ HR_ENTRY(delta_hr_b2, 128, 1, 64, (DNT, 2))
 HR_ENTRY(delta_hr_v32, 64, 2, 32, (DNT))
 HR_ENTRY(delta_hr_v32, 128, 2, 32, (DNT))
 // K wider than 128 (src/delta/dispatch.rs h_res, HR_S2): 64 columns, two stages, one block
-// per SM
+// per SM; at KP <= 128 the full waves before a 32-column tail (src/delta/dispatch.rs hr_tail)
+HR_ENTRY(delta_hr_s2, 64, 2, 64, (DNT))
+HR_ENTRY(delta_hr_s2, 128, 2, 64, (DNT))
 HR_ENTRY(delta_hr_s2, 192, 2, 64, (DNT))
 HR_ENTRY(delta_hr_s2, 256, 2, 64, (DNT))
 // the same with the output fused in (src/delta/dispatch.rs res_out)

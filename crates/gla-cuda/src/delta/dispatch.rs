@@ -286,7 +286,8 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// pass (`hb`): `one` (dvl its own launch), `v32` (the same at 32 columns), `rv32` (`v32`, and its
 /// residual form after a residual forward whatever the tiles: [`h_bwd_res`]), `dv2` (dvl fused in,
 /// 64 columns, whatever the tiles), `rs1` / `rdv1` (K wider than 128: [`HBR_S1`] / [`HBR_D1`] and
-/// their residual forms); `tail=0` / `tail=1` ([`hb_tail`]). The residual forward: `h=resb2` or `h=resv32`, `h=ress2` where K is wider
+/// their residual forms); `tail=0` / `tail=1` ([`hb_tail`]), `ftail=on` / `ftail=1` ([`hr_tail`]).
+/// The residual forward: `h=resb2` or `h=resv32`, `h=ress2` where K is wider
 /// than 128 ([`h_res`]; forced on every workspace); the output fused into it: `fo=0` / `fo=1`
 /// ([`res_out`]). The two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the
 /// residual ones also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync
@@ -551,16 +552,25 @@ pub(crate) const HBR_D2: HPlan = HPlan { bv: 64, ns: 2, two: false, out: true };
 /// override `tail=0` turns it off, `tail=1` puts half the heads (at least one) there on every
 /// workspace where `plan` is [`HBR_D2`] (the delta checks run it over the case table).
 pub(crate) fn hb_tail(plan: HPlan, vp: usize, nhv: usize, sm_count: usize) -> usize {
-    if plan != HBR_D2 || nhv == 0 || sm_count == 0 {
+    if plan != HBR_D2 || nhv == 0 {
         return 0;
     }
     match lab("tail").as_deref() {
-        Some("0") => return 0,
-        Some("1") => return (nhv / 2).max(1),
-        _ => {}
+        Some("0") => 0,
+        Some("1") => (nhv / 2).max(1),
+        _ => partial_wave_heads(vp, nhv, sm_count),
     }
+}
+
+/// The heads of a partial last wave of 64-column one-block-per-SM tiles that fit one wave of
+/// 32-column ones ([`hb_tail`], [`hr_tail`]): where `tiles` = (VP / 64) x `nhv` fill the SMs at
+/// least once and leave `r` > 0 over with 2 `r` <= SMs, the last ceil(r / (VP / 64)); else 0.
+fn partial_wave_heads(vp: usize, nhv: usize, sm_count: usize) -> usize {
     let per = vp / 64;
     let tiles = per * nhv;
+    if sm_count == 0 || per == 0 {
+        return 0;
+    }
     let r = tiles % sm_count;
     if tiles < sm_count || r == 0 || 2 * r > sm_count {
         return 0;
@@ -570,6 +580,25 @@ pub(crate) fn hb_tail(plan: HPlan, vp: usize, nhv: usize, sm_count: usize) -> us
         m
     } else {
         0
+    }
+}
+
+/// How many sequence x value heads (the last ones) a residual training forward on [`HR_V32`]
+/// (`plan`, KP <= 128, no output fused in) leaves on it, the others running [`HR_S2`] (64
+/// columns, two stages, one block per SM, `delta_hr_s2_k{KP}_bf16`) in a launch before it:
+/// [`partial_wave_heads`]'s, so that at 1 x 8192 x 96 (192 64-column tiles on 132 SMs) one
+/// 64-column round and one 32-column round replace three 32-column ones. Off by default (not
+/// yet measured faster); the lab override `ftail=on` turns it on, `ftail=1` leaves half the heads
+/// (at least one) on [`HR_V32`] on every such workspace (the delta checks run it over the case
+/// table).
+pub(crate) fn hr_tail(plan: HPlan, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> usize {
+    if plan != HR_V32 || kp > 128 || nhv == 0 {
+        return 0;
+    }
+    match lab("ftail").as_deref() {
+        Some("on") => partial_wave_heads(vp, nhv, sm_count),
+        Some("1") => (nhv / 2).max(1),
+        _ => 0,
     }
 }
 
@@ -1137,6 +1166,11 @@ mod tests {
         for plan in [HBR_S1, HBR_D1, HR_V32, HPlan { bv: 64, ns: 2, two: false, out: false }] {
             assert_eq!(hb_tail(plan, 128, 96, 132), 0);
         }
+        // the forward's tail is the lab's alone (ftail=on), on HR_V32 at KP <= 128
+        assert_eq!(hr_tail(HR_V32, 128, 128, 96, 132), 0);
+        assert_eq!(hr_tail(HR_B2, 128, 128, 96, 132), 0);
+        assert_eq!(hr_name(HR_S2, 128, false), "delta_hr_s2_k128_bf16");
+        assert!(crate::kernels::source_of(&hr_name(HR_S2, 64, false)).is_some());
     }
 
     #[test]

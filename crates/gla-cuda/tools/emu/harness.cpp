@@ -534,6 +534,9 @@ static std::map<int, void*> g_hrb2 = {{64, (void*)delta_hr_b2_k64_bf16}, {128, (
 static std::map<int, void*> g_hrv32 = {{64, (void*)delta_hr_v32_k64_bf16}, {128, (void*)delta_hr_v32_k128_bf16}};
 // K wider than 128 (dispatch::delta::HR_S2, the lab's h=ress2): DELTA_HVAR=ress2, two stages
 static std::map<int, void*> g_hrs2 = {{192, (void*)delta_hr_s2_k192_bf16}, {256, (void*)delta_hr_s2_k256_bf16}};
+// delta_hr_s2 at KP <= 128 (dispatch::delta::hr_tail): DELTA_FTAIL=1 runs the first half of the
+// sequence x value heads of a `resv32` forward on it, the rest (at least one) on delta_hr_v32
+static std::map<int, void*> g_hrs2n = {{64, (void*)delta_hr_s2_k64_bf16}, {128, (void*)delta_hr_s2_k128_bf16}};
 // the residual forward with the output fused in (src/delta/dispatch.rs res_out): DELTA_FO=1 runs
 // it with hs and v_new written (the lab's fo=1: a backward follows), DELTA_FO=2 as a forward-only
 // workspace does (hs, v_new unwritten; the backward then recomputes the forward unfused)
@@ -822,7 +825,8 @@ struct Run {
                                          p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V, VP, nch);
                 });
             typedef void (*HrFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
-                                 const long long*, const long long*, int, int, int, int, int, long long, const E*, const E*, const float*);
+                                 const long long*, const long long*, int, int, int, int, int, long long, const E*, const E*, const float*,
+                                 int);
             const bool v32 = !std::strcmp(res, "resv32");
             const int rbv = v32 ? 32 : 64;
             if (want_o && fo > 0 && nc > 0) {
@@ -840,11 +844,17 @@ struct Run {
                 out.o = back(o);
                 return;
             }
-            emu::launch(dim3{(unsigned)(VP / rbv), (unsigned)(d.N * HV), 1}, b256, sm_hr(KP, rbv, v32 || wide ? 2 : 1), [&] {
-                ((HrFn)(wide ? g_hrs2 : v32 ? g_hrv32 : g_hrb2).at(KP))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(),
-                                                        ht.data(), p.bounds.data(), p.off.data(), H, HV, K, V, VP, nch, tm.data(),
-                                                        v.data(), bt.data());
-            });
+            const int nhv = d.N * HV;
+            const bool ftail = v32 && getenv("DELTA_FTAIL") && !std::strcmp(getenv("DELTA_FTAIL"), "1");
+            const int nt = ftail ? std::max(1, nhv / 2) : nhv;  // the heads on delta_hr_v32 (the last ones)
+            auto hr = [&](void* fn, int bw, int ns, int nh0, int nhs) {
+                emu::launch(dim3{(unsigned)(VP / bw), (unsigned)nhs, 1}, b256, sm_hr(KP, bw, ns), [&] {
+                    ((HrFn)fn)(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(), ht.data(), p.bounds.data(),
+                               p.off.data(), H, HV, K, V, VP, nch, tm.data(), v.data(), bt.data(), nh0);
+                });
+            };
+            if (nhv - nt > 0) hr(g_hrs2n.at(KP), 64, 2, 0, nhv - nt);
+            hr((wide ? g_hrs2 : v32 ? g_hrv32 : g_hrb2).at(KP), rbv, v32 || wide ? 2 : 1, nhv - nt, nt);
         }
         if (nc > 0 && !res)
             emu::launch(cgrid, b256, sm_wy<E>(KP, VP), [&] {
