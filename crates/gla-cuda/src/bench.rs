@@ -413,8 +413,10 @@ pub fn delta_stages(cuda: &Arc<Cuda>, shape: [usize; 5], op: &str) -> Result<Str
 pub fn stages_table(title: &str, times: &[(String, f64)]) -> String {
     let total: f64 = times.iter().map(|x| x.1).sum();
     let mut s = format!("{title}, launch by launch (total {total:.3} ms)\n");
+    // the name column as wide as the longest name, at least 28
+    let w = times.iter().map(|x| x.0.len()).max().unwrap_or(0).max(28);
     for (name, ms) in times {
-        s += &format!("  {name:<28} {ms:>9.3} ms {:>5.1}%\n", 100.0 * ms / total);
+        s += &format!("  {name:<w$} {ms:>9.3} ms {:>5.1}%\n", 100.0 * ms / total);
     }
     s
 }

@@ -30,58 +30,8 @@
 //
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_wyt_k64_bf16 delta_wyt_k128_bf16 delta_wyt_k192_bf16 delta_wyt_k256_bf16
-//   delta_wyt_d8_k64_bf16 delta_wyt_d8_k128_bf16 delta_wyt_d8_k192_bf16 delta_wyt_d8_k256_bf16 (lab)
 //   delta_wy_k64_f32 delta_wy_k128_f32 delta_wy_k64_bf16 delta_wy_k128_bf16 delta_wy_k192_bf16 delta_wy_k256_bf16
 //   delta_o_k64_f32 delta_o_k128_f32 delta_o_k64_bf16 delta_o_k128_bf16 delta_o_k192_bf16 delta_o_k256_bf16
-
-// The diagonal N x N blocks (N = 16 or 8) of T = (I + A)^-1 by forward substitution, one thread
-// per column (threads 0 .. 63), T_ii^T to sA's upper half and diagonal (which no thread reads A
-// from); then a barrier.
-template <int N>
-__device__ __forceinline__ void diag_subst(float* sA, int tid) {
-    if (tid < 64) {
-        const int r0 = N * (tid / N), c = tid % N;
-        float x[N];
-        #pragma unroll
-        for (int t = 0; t < N; ++t) {
-            float s = 0.f;
-            #pragma unroll
-            for (int q = 0; q < t; ++q) s += sA[(r0 + t) * 65 + r0 + q] * x[q];
-            x[t] = t == c ? 1.f : -s;
-        }
-        #pragma unroll
-        for (int t = 0; t < N; ++t)
-            if (t >= c) sA[(r0 + c) * 65 + r0 + t] = x[t];
-    }
-    __syncthreads();
-}
-
-// diag_subst<16>'s contract on shorter chains (lab: the `delta_wyt_d8` entries): each 16 x 16
-// diagonal block as two 8 x 8 substitutions (diag_subst<8>: chains of 28 FMAs instead of 120),
-// then its lower 8 x 8 block T_21 = -T_22 (A_21 T_11) on every thread (M = A_21 T_11 into sM,
-// one output a thread, then T_21 from it), three barriers. sM: 256 floats of scratch.
-__device__ __forceinline__ void solve_t_diag8(float* sA, float* sM, int tid) {
-    diag_subst<8>(sA, tid);
-    // block b's rows 16 b + 8 + t, columns 16 b + c: M = A_21 T_11 (T_11[q][c] at sA[16 b + c][16 b + q], q >= c)
-    const int b = tid >> 6, t = (tid >> 3) & 7, c = tid & 7, r0 = 16 * b;
-    {
-        float m = 0.f;
-        #pragma unroll
-        for (int q = 0; q < 8; ++q)
-            if (q >= c) m += sA[(r0 + 8 + t) * 65 + r0 + q] * sA[(r0 + c) * 65 + r0 + q];
-        sM[tid] = m;
-    }
-    __syncthreads();
-    {
-        // T_21[t][c] = -sum_{q <= t} T_22[t][q] M[q][c] (T_22[t][q] at sA[16 b + 8 + q][16 b + 8 + t])
-        float s = 0.f;
-        #pragma unroll
-        for (int q = 0; q < 8; ++q)
-            if (q <= t) s += sA[(r0 + 8 + q) * 65 + r0 + 8 + t] * sM[64 * b + 8 * q + c];
-        sA[(r0 + c) * 65 + r0 + 8 + t] = -s;
-    }
-    __syncthreads();
-}
 
 // T = (I + A)^-1 (A strictly lower in sA [64][65] f32, left intact), stored transposed in sA's
 // upper triangle and diagonal (T_tc at sA[c][t], t >= c), so T needs no memory of its own: the
@@ -89,9 +39,30 @@ __device__ __forceinline__ void solve_t_diag8(float* sA, float* sM, int tid) {
 // off-diagonal blocks level by level (d = i - j = 1, 2, 3), T_ij = -T_ii sum_{j <= k < i}
 // A_ik T_kj in f32 FMA (T_kj of earlier levels), a thread per 2 x 2 micro-tile. Every thread
 // calls it; it holds barriers.
+// solve_t's diagonal 16 x 16 blocks T_ii = (I + A_ii)^-1 by forward substitution, one thread per
+// column (threads 0 .. 63), T_ii^T to sA's upper half and diagonal; then a barrier.
+__device__ __forceinline__ void solve_t_diag(float* sA, int tid) {
+    if (tid < 64) {
+        const int b = tid >> 4, c = tid & 15, r0 = 16 * b;
+        float x[16];
+        #pragma unroll
+        for (int t = 0; t < 16; ++t) {
+            float s = 0.f;
+            #pragma unroll
+            for (int q = 0; q < t; ++q) s += sA[(r0 + t) * 65 + r0 + q] * x[q];
+            x[t] = t == c ? 1.f : -s;
+        }
+        // T^T goes to the upper half and the diagonal, which no thread reads A from
+        #pragma unroll
+        for (int t = 0; t < 16; ++t)
+            if (t >= c) sA[(r0 + c) * 65 + r0 + t] = x[t];
+    }
+    __syncthreads();
+}
+
 __device__ __forceinline__ void solve_t(float* sA, int tid) {
     __shared__ float sM[3 * 256];  // the level's sums M_ij (at most three 16 x 16 blocks)
-    diag_subst<16>(sA, tid);
+    solve_t_diag(sA, tid);
     // each level's products by 2 x 2 micro-tiles (rows t0, t0 + 1; columns c0, c0 + 1): every
     // shared-memory operand feeds two FMAs, half the loads of one output a thread (the solve's
     // cost is shared-memory traffic); each output's terms keep their order (q, then k, ascending)
@@ -162,15 +133,9 @@ __device__ __forceinline__ void solve_t(float* sA, int tid) {
 // bf16 planes, 2^-17 relative, well above it). The FMA levels' shared-memory loads (scalar, each
 // feeding two FMAs) bound delta_wyt at five blocks per SM; a warp's fragment loads feed 8 x 8
 // products each. One barrier per level (the warp's own scratch orders M's two uses).
-// D8: the diagonal blocks by solve_t_diag8 (the lab's `delta_wyt_d8` entries).
-template <bool D8 = false>
 __device__ __forceinline__ void solve_t_tc(float* sA, int tid) {
     __shared__ float sM[3 * 16 * 20];  // per warp: M_ij^T, [c][q] at row stride 20 (conflict-free)
-    if constexpr (D8) {
-        solve_t_diag8(sA, sM, tid);
-    } else {
-        diag_subst<16>(sA, tid);
-    }
+    solve_t_diag(sA, tid);
     const int wp = tid >> 5, lane = tid & 31, fg = lane >> 2, ft = lane & 3;
     for (int d = 1; d < 4; ++d) {
         if (wp < 4 - d) {
@@ -230,7 +195,7 @@ __device__ __forceinline__ void solve_t_tc(float* sA, int tid) {
 
 // TONLY (the `delta_wyt` entries, the residual forward, delta/chunk_h.cu `delta_hr_b2`): G
 // and T only (tm must not be null), no w, u.
-template <typename E, int KP, bool TONLY = false, bool D8 = false>
+template <typename E, int KP, bool TONLY = false>
 __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __restrict__ rk, const E* __restrict__ v,
                                        const float* __restrict__ bt, const float* __restrict__ gl, E* __restrict__ w,
                                        float* __restrict__ u, E* __restrict__ tm, float* __restrict__ g2, const idx_t* __restrict__ bounds,
@@ -280,7 +245,7 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
     }
     __syncthreads();
     if constexpr (TONLY) {
-        solve_t_tc<D8>(sA, tid);
+        solve_t_tc(sA, tid);
     } else {
         solve_t(sA, tid);
     }
@@ -438,20 +403,15 @@ FWD_ENTRY(256, bf16, bf16_t)
 // arguments, w and u unread (may be null), tm required. Five blocks per SM (registers <= 48, no
 // spills; KP = 128: 35 KB of dynamic shared memory, 3 KB static): the launch waits mostly on the
 // solve's barriers, which more blocks cover
-// ENTRY: delta_wyt_k{KP}_bf16, or with D8 the lab's delta_wyt_d8_k{KP}_bf16 (solve_t_diag8)
-#define WYT_ENTRY(ENTRY, KP, D8)                                                                         \
-extern "C" __global__ void __launch_bounds__(DNT, 5) ENTRY(                                              \
+#define WYT_ENTRY(KP)                                                                                    \
+extern "C" __global__ void __launch_bounds__(DNT, 5) delta_wyt_k##KP##_bf16(                               \
     const bf16_t* k, const float* rk, const bf16_t* v, const float* bt, const float* gl, bf16_t* w,      \
     float* u, bf16_t* tm, float* g2, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq,  \
     int H, int HV, int K, int V, int VP, idx_t nch) {                                                    \
-    wy_fwd<bf16_t, KP, true, D8>(k, rk, v, bt, gl, w, u, tm, g2, bounds, chunk_off, chunk_seq, H, HV, K, \
-                                 V, VP, nch);                                                            \
+    wy_fwd<bf16_t, KP, true>(k, rk, v, bt, gl, w, u, tm, g2, bounds, chunk_off, chunk_seq, H, HV, K, V,  \
+                             VP, nch);                                                                   \
 }
-WYT_ENTRY(delta_wyt_k64_bf16, 64, false)
-WYT_ENTRY(delta_wyt_k128_bf16, 128, false)
-WYT_ENTRY(delta_wyt_k192_bf16, 192, false)
-WYT_ENTRY(delta_wyt_k256_bf16, 256, false)
-WYT_ENTRY(delta_wyt_d8_k64_bf16, 64, true)
-WYT_ENTRY(delta_wyt_d8_k128_bf16, 128, true)
-WYT_ENTRY(delta_wyt_d8_k192_bf16, 192, true)
-WYT_ENTRY(delta_wyt_d8_k256_bf16, 256, true)
+WYT_ENTRY(64)
+WYT_ENTRY(128)
+WYT_ENTRY(192)
+WYT_ENTRY(256)

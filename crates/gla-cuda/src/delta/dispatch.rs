@@ -285,14 +285,15 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM). The state-gradient
 /// pass (`hb`): `one` (dvl its own launch), `v32` (the same at 32 columns), `rv32` (`v32`, and its
 /// residual form after a residual forward whatever the tiles: [`h_bwd_res`]), `dv2` (dvl fused in,
-/// 64 columns, whatever the tiles), `rs1` / `rdv1` (K wider than 128: [`HBR_S1`] / [`HBR_D1`] and
-/// their residual forms); `tail=0` / `tail=1` ([`hb_tail`]), `ftail=on` / `ftail=1` ([`hr_tail`]).
+/// 64 columns, whatever the tiles), `rdv32` (the same on 32 columns, `delta_h_bwd_rdv2_v32`; a
+/// training forward then takes the residual form), `rs1` / `rdv1` (K wider than 128: [`HBR_S1`] / [`HBR_D1`] and
+/// their residual forms); `tail=0` / `tail=1` ([`hb_tail`]), `ftail=0` / `ftail=1` ([`hr_tail`]).
 /// The residual forward: `h=resb2` or `h=resv32`, `h=ress2` where K is wider
 /// than 128 ([`h_res`]; forced on every workspace); the output fused into it: `fo=0` / `fo=1`
 /// ([`res_out`]). The two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the
 /// residual ones also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync
 /// entry where the warpgroup one would run ([`dqk_wg`]), `s1` the one-buffer one where K is
-/// wider than 128 ([`dqk_bufs`]). The residual forward's UT pass (`wyt`): `d8` ([`wyt_name`]).
+/// wider than 128 ([`dqk_bufs`]).
 /// Value heads (`vs`): `split` runs bf16
 /// value heads above 256 on sub-heads ([`chunk_v_max`]). Anything else, or unset: the default.
 fn lab(key: &str) -> Option<String> {
@@ -357,7 +358,8 @@ pub(crate) fn h_plan(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm
         Some("v32" | "rv32") if bf16 => HPlan { bv: 32, ..one },
         Some("b2") if !bwd && h_two_ok(bf16, kp) => two(64),
         Some("v32b2") if !bwd && h_two_ok(bf16, kp) => two(32),
-        Some("dv2") if bwd && h_two_ok(bf16, kp) => HPlan { bv: 64, ns: 2, two: false, out: true },
+        Some("dv2") if bwd && h_two_ok(bf16, kp) => HBR_D2,
+        Some("rdv32") if bwd && h_two_ok(bf16, kp) => HPlan { bv: 32, ..HBR_D2 },
         Some("rs1") if bwd && bf16 && !h_two_ok(bf16, kp) => HBR_S1,
         Some("rdv1") if bwd && res_wide(bf16, kp) => HBR_D1,
         _ => h_policy(bwd, bf16, kp, vp, nhv, sm_count),
@@ -548,7 +550,10 @@ pub(crate) const HBR_D2: HPlan = HPlan { bv: 64, ns: 2, two: false, out: true };
 /// half-width blocks: where `tiles` = (VP / 64) x `nhv` fills the SMs at least once and leaves
 /// `r` > 0 blocks over, with 2 `r` <= SMs, the last ceil(r / (VP / 64)) heads. One block per SM
 /// walks its sequence's chunks in order, so at 1 x 8192 x 96 (192 tiles on 132 SMs) the pass
-/// runs two 64-column rounds where this runs one and one half-width one. Otherwise 0. The lab
+/// runs two 64-column rounds where this runs one and one half-width one: on an H100 (bf16, K = V
+/// = 128, `bench/results/2026-12-06_h100_9f06b79_delta_tails.txt`) the pass ran 1.40-1.44 ms
+/// against `delta_h_bwd_rdv2` 0.71 + `delta_h_bwd_rdv2_v32` 0.57, DeltaNet forward+backward
+/// 5.53-5.57 -> 5.39-5.41 ms. Otherwise 0. The lab
 /// override `tail=0` turns it off, `tail=1` puts half the heads (at least one) there on every
 /// workspace where `plan` is [`HBR_D2`] (the delta checks run it over the case table).
 pub(crate) fn hb_tail(plan: HPlan, vp: usize, nhv: usize, sm_count: usize) -> usize {
@@ -587,18 +592,20 @@ fn partial_wave_heads(vp: usize, nhv: usize, sm_count: usize) -> usize {
 /// (`plan`, KP <= 128, no output fused in) leaves on it, the others running [`HR_S2`] (64
 /// columns, two stages, one block per SM, `delta_hr_s2_k{KP}_bf16`) in a launch before it:
 /// [`partial_wave_heads`]'s, so that at 1 x 8192 x 96 (192 64-column tiles on 132 SMs) one
-/// 64-column round and one 32-column round replace three 32-column ones. Off by default (not
-/// yet measured faster); the lab override `ftail=on` turns it on, `ftail=1` leaves half the heads
-/// (at least one) on [`HR_V32`] on every such workspace (the delta checks run it over the case
-/// table).
+/// 64-column round and one 32-column round replace three 32-column ones. On an H100 (bf16, K =
+/// V = 128, `bench/results/2026-12-06_h100_9f06b79_delta_tails.txt`) the pass ran 0.871 ms
+/// against `delta_hr_s2` 0.508 + `delta_hr_v32` 0.317, DeltaNet forward+backward 5.39-5.41 ->
+/// 5.32-5.36 (with [`hb_tail`]). The lab override `ftail=0` turns it off, `ftail=1` leaves half
+/// the heads (at least one) on [`HR_V32`] on every such workspace (the delta checks run it over
+/// the case table).
 pub(crate) fn hr_tail(plan: HPlan, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> usize {
     if plan != HR_V32 || kp > 128 || nhv == 0 {
         return 0;
     }
     match lab("ftail").as_deref() {
-        Some("on") => partial_wave_heads(vp, nhv, sm_count),
+        Some("0") => 0,
         Some("1") => (nhv / 2).max(1),
-        _ => 0,
+        _ => partial_wave_heads(vp, nhv, sm_count),
     }
 }
 
@@ -612,15 +619,6 @@ pub(crate) fn hbr_name(plan: HPlan, kp: usize) -> String {
         _ => "rs1",
     };
     format!("delta_h_bwd_{form}_k{kp}_bf16")
-}
-
-/// The residual forward's UT pass (`delta_wyt_k{KP}_bf16`, its solve's levels on tensor cores),
-/// or under the lab override `wyt=d8` the entry whose diagonal 16 x 16 blocks are solved as 8 x 8
-/// halves and merged (`delta_wyt_d8_*`: dependent FMA chains of 28 + 8 + 8 instead of 120, two
-/// more barriers; not yet timed).
-pub(crate) fn wyt_name(kp: usize) -> String {
-    let d8 = if lab("wyt").as_deref() == Some("d8") { "_d8" } else { "" };
-    format!("delta_wyt{d8}_k{kp}_bf16")
 }
 
 /// The entry point of `delta_dqk_*` with `nb` V-tile buffers ([`dqk_bufs`]).
@@ -1084,9 +1082,7 @@ mod tests {
             for out in [false, true] {
                 assert!(crate::kernels::source_of(&hr_name(HR_S2, kp, out)).is_some());
             }
-            for d8 in ["", "_d8"] {
-                assert!(crate::kernels::source_of(&format!("delta_wyt{d8}_k{kp}_bf16")).is_some());
-            }
+            assert!(crate::kernels::source_of(&format!("delta_wyt_k{kp}_bf16")).is_some());
             // and its state-gradient pass (one stage; dvl fused in under the lab)
             for (plan, form) in [(HBR_S1, "rs1"), (HBR_D1, "rdv1")] {
                 assert!(sm.h_bwd_res(plan) <= 227 * 1024, "KP {kp}: {} B", sm.h_bwd_res(plan));
@@ -1166,8 +1162,10 @@ mod tests {
         for plan in [HBR_S1, HBR_D1, HR_V32, HPlan { bv: 64, ns: 2, two: false, out: false }] {
             assert_eq!(hb_tail(plan, 128, 96, 132), 0);
         }
-        // the forward's tail is the lab's alone (ftail=on), on HR_V32 at KP <= 128
-        assert_eq!(hr_tail(HR_V32, 128, 128, 96, 132), 0);
+        // the forward's tail: the same heads, on HR_V32 at KP <= 128 only
+        assert_eq!(hr_tail(HR_V32, 128, 128, 96, 132), 30);
+        assert_eq!(hr_tail(HR_V32, 64, 128, 100, 132), 0);
+        assert_eq!(hr_tail(HR_V32, 256, 256, 96, 132), 0);
         assert_eq!(hr_tail(HR_B2, 128, 128, 96, 132), 0);
         assert_eq!(hr_name(HR_S2, 128, false), "delta_hr_s2_k128_bf16");
         assert!(crate::kernels::source_of(&hr_name(HR_S2, 64, false)).is_some());

@@ -469,7 +469,7 @@ fn wy_launch<T: Elem>(
     let smem = DeltaSmem::new(is_bf16::<T>(), kp, vp);
     let (w, u) = if tonly { (None, None) } else { (Some(req(&ws.w, "w")?), Some(req(&ws.u, "u")?)) };
     let (g2, bt) = (req(&ws.g2, "G")?, req(&ws.bt, "beta")?);
-    let name = if tonly { dd::wyt_name(kp) } else { format!("delta_wy_k{kp}_{}", T::SUFFIX) };
+    let name = format!("delta_wy{}_k{kp}_{}", if tonly { "t" } else { "" }, T::SUFFIX);
     // SAFETY: arguments match delta_wy_*'s signature (delta_wyt's: the same, w and u unread and
     // null, T required); w, u, T, G hold the problem's chunked workspaces (checked by the
     // caller); one block per (chunk, value head)

@@ -521,15 +521,6 @@ static std::map<int, void*> g_wyt = {{64, (void*)delta_wyt_k64_bf16},
                                      {128, (void*)delta_wyt_k128_bf16},
                                      {192, (void*)delta_wyt_k192_bf16},
                                      {256, (void*)delta_wyt_k256_bf16}};
-// DELTA_WYTVAR=d8: the lab's delta_wyt_d8 entries (diagonal blocks as 8 x 8 halves, the lab's wyt=d8)
-static std::map<int, void*> g_wyt_d8 = {{64, (void*)delta_wyt_d8_k64_bf16},
-                                        {128, (void*)delta_wyt_d8_k128_bf16},
-                                        {192, (void*)delta_wyt_d8_k192_bf16},
-                                        {256, (void*)delta_wyt_d8_k256_bf16}};
-static void* wyt_fn(int KP) {
-    const char* v = getenv("DELTA_WYTVAR");
-    return (v && !std::strcmp(v, "d8") ? g_wyt_d8 : g_wyt).at(KP);
-}
 static std::map<int, void*> g_hrb2 = {{64, (void*)delta_hr_b2_k64_bf16}, {128, (void*)delta_hr_b2_k128_bf16}};
 static std::map<int, void*> g_hrv32 = {{64, (void*)delta_hr_v32_k64_bf16}, {128, (void*)delta_hr_v32_k128_bf16}};
 // K wider than 128 (dispatch::delta::HR_S2, the lab's h=ress2): DELTA_HVAR=ress2, two stages
@@ -821,7 +812,7 @@ struct Run {
             // T only (w, u stay poisoned), then v_new from T, k, v
             if (nc > 0)
                 emu::launch(cgrid, b256, sm_wyt<E>(KP), [&] {
-                    ((WyFn)wyt_fn(KP))(k.data(), ptr(rk), v.data(), bt.data(), ptr(gl), nullptr, nullptr, tm.data(), g2.data(),
+                    ((WyFn)g_wyt.at(KP))(k.data(), ptr(rk), v.data(), bt.data(), ptr(gl), nullptr, nullptr, tm.data(), g2.data(),
                                          p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V, VP, nch);
                 });
             typedef void (*HrFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
