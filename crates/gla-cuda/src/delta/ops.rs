@@ -529,85 +529,32 @@ fn chunk_wy_h<T: Elem>(
         let o = o.filter(|_| dd::res_out(plan, !keep) && dp.n_chunks > 0);
         ws.kept.store(o.is_none() || keep, std::sync::atomic::Ordering::Relaxed);
         let nhv = grid_nhv(op, p)?;
+        // the fused pass stores hs and v_new only where a backward reads them (else null)
+        let (hs, vn): (&dyn KernelArg, &dyn KernelArg) = if keep || o.is_none() { (hs, vn) } else { (&NULL, &NULL) };
+        let base: Vec<&dyn KernelArg> =
+            vec![&NULL, &NULL, x.k, &ws.rk, g2, &x.h0, hs, vn, &ht, &dp.bounds, &dp.chunk_off, &h, &hv, &k, &v, &vp32, &nch, tm, x.v, bt];
         let Some(o) = o else {
             // the heads before nhv - tail on HR_S2, the rest on `plan` (dd::hr_tail)
             let tail = dd::hr_tail(plan, kp, vp, nhv as usize, cuda.sm_count()) as u32;
             let parts = if tail == 0 { vec![(plan, 0, nhv)] } else { vec![(dd::HR_S2, 0, nhv - tail), (plan, nhv - tail, tail)] };
             for (pl, nh0, nhs) in parts.into_iter().filter(|part| part.2 > 0) {
                 let nh0 = nh0 as i32;
+                let mut args = base.clone();
+                args.push(&nh0);
                 // SAFETY: arguments match delta_hr_*'s (delta_h's, w and u unread, then T, v,
                 // beta and the first sequence x value head); one block per (V tile, sequence x
                 // value head from nh0); every workspace is sized for the problem
-                unsafe {
-                    cuda.launch(
-                        &dd::hr_name(pl, kp, false),
-                        dd::state_cfg(vp, pl.bv, nhs, smem.hr(pl)),
-                        &[
-                            &NULL,
-                            &NULL,
-                            x.k,
-                            &ws.rk,
-                            g2,
-                            &x.h0,
-                            hs,
-                            vn,
-                            &ht,
-                            &dp.bounds,
-                            &dp.chunk_off,
-                            &h,
-                            &hv,
-                            &k,
-                            &v,
-                            &vp32,
-                            &nch,
-                            tm,
-                            x.v,
-                            bt,
-                            &nh0,
-                        ],
-                    )?
-                };
+                unsafe { cuda.launch(&dd::hr_name(pl, kp, false), dd::state_cfg(vp, pl.bv, nhs, smem.hr(pl)), &args)? };
             }
             return Ok(false);
         };
-        // the fused pass stores hs and v_new only where a backward reads them (else null)
-        let (hs, vn): (&dyn KernelArg, &dyn KernelArg) = if keep { (hs, vn) } else { (&NULL, &NULL) };
         let scale = p.scale() as f32;
-        // SAFETY: arguments match delta_hro_*'s (delta_h's, w and u unread, then T, v, beta, hs
-        // and vn null where nothing reads them, then q, rq, o, scale; o holds the problem's
-        // [rows, HV, V], checked by the caller); one block per (V tile, sequence x value head)
-        unsafe {
-            cuda.launch(
-                &dd::hr_name(plan, kp, true),
-                dd::state_cfg(vp, plan.bv, nhv, smem.hro(plan)),
-                &[
-                    &NULL,
-                    &NULL,
-                    x.k,
-                    &ws.rk,
-                    g2,
-                    &x.h0,
-                    hs,
-                    vn,
-                    &ht,
-                    &dp.bounds,
-                    &dp.chunk_off,
-                    &h,
-                    &hv,
-                    &k,
-                    &v,
-                    &vp32,
-                    &nch,
-                    tm,
-                    x.v,
-                    bt,
-                    x.q,
-                    &ws.rq,
-                    &*o,
-                    &scale,
-                ],
-            )?
-        };
+        let mut args = base;
+        args.extend([x.q as &dyn KernelArg, &ws.rq, &*o, &scale]);
+        // SAFETY: arguments match delta_hro_*'s (delta_hr's without nh0, hs and vn null where
+        // nothing reads them, then q, rq, o, scale; o holds the problem's [rows, HV, V], checked
+        // by the caller); one block per (V tile, sequence x value head)
+        unsafe { cuda.launch(&dd::hr_name(plan, kp, true), dd::state_cfg(vp, plan.bv, nhv, smem.hro(plan)), &args)? };
         return Ok(true);
     }
     ws.kept.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -951,7 +898,7 @@ fn chunk_bwd<T: Elem>(
         }
     }
     if res && bwd_res {
-        // the heads from nhv - tail on run on 32 columns, in a launch of their own (dd::hb_tail)
+        // heads nhv - tail .. nhv on 32 columns, in a launch of their own (dd::hb_tail)
         let nhv = grid_nhv(op, p)?;
         let tail = dd::hb_tail(plan, vp, nhv as usize, cuda.sm_count()) as u32;
         let parts = [(plan, 0, nhv - tail), (dd::HPlan { bv: 32, ..plan }, nhv - tail, tail)];
