@@ -557,10 +557,19 @@ pub(crate) const HBR_D2: HPlan = HPlan { bv: 64, ns: 2, two: false, out: true };
 /// half the heads (at least one) there on every workspace where `plan` is [`HBR_D2`] (the delta
 /// checks run it over the case table).
 pub(crate) fn hb_tail(plan: HPlan, vp: usize, nhv: usize, sm_count: usize) -> usize {
-    if plan != HBR_D2 || nhv == 0 {
+    if plan != HBR_D2 {
         return 0;
     }
-    match lab("tail").as_deref() {
+    tail_heads("tail", vp, nhv, sm_count)
+}
+
+/// [`partial_wave_heads`] under the lab override `key`: `0` none, `1` half the heads (at least
+/// one where there are any), else the policy's.
+fn tail_heads(key: &str, vp: usize, nhv: usize, sm_count: usize) -> usize {
+    if nhv == 0 {
+        return 0;
+    }
+    match lab(key).as_deref() {
         Some("0") => 0,
         Some("1") => (nhv / 2).max(1),
         _ => partial_wave_heads(vp, nhv, sm_count),
@@ -599,14 +608,10 @@ fn partial_wave_heads(vp: usize, nhv: usize, sm_count: usize) -> usize {
 /// the heads (at least one) on [`HR_V32`] on every such workspace (the delta checks run it over
 /// the case table).
 pub(crate) fn hr_tail(plan: HPlan, kp: usize, vp: usize, nhv: usize, sm_count: usize) -> usize {
-    if plan != HR_V32 || kp > 128 || nhv == 0 {
+    if plan != HR_V32 || kp > 128 {
         return 0;
     }
-    match lab("ftail").as_deref() {
-        Some("0") => 0,
-        Some("1") => (nhv / 2).max(1),
-        _ => partial_wave_heads(vp, nhv, sm_count),
-    }
+    tail_heads("ftail", vp, nhv, sm_count)
 }
 
 /// The residual state-gradient pass's entry point on `plan` ([`h_bwd_res`]).

@@ -536,7 +536,7 @@ fn chunk_wy_h<T: Elem>(
         let Some(o) = o else {
             // the heads before nhv - tail on HR_S2, the rest on `plan` (dd::hr_tail)
             let tail = dd::hr_tail(plan, kp, vp, nhv as usize, cuda.sm_count()) as u32;
-            let parts = if tail == 0 { vec![(plan, 0, nhv)] } else { vec![(dd::HR_S2, 0, nhv - tail), (plan, nhv - tail, tail)] };
+            let parts = [(if tail > 0 { dd::HR_S2 } else { plan }, 0, nhv - tail), (plan, nhv - tail, tail)];
             for (pl, nh0, nhs) in parts.into_iter().filter(|part| part.2 > 0) {
                 let nh0 = nh0 as i32;
                 let mut args = base.clone();
