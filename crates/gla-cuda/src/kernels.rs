@@ -275,6 +275,10 @@ pub const DELTA_CHUNK_FWD: KernelSource = source!(
         "delta_o_k128_bf16",
         "delta_o_k192_bf16",
         "delta_o_k256_bf16",
+        "delta_pm_k64_bf16",
+        "delta_pm_k128_bf16",
+        "delta_pm_k192_bf16",
+        "delta_pm_k256_bf16",
     ]
 );
 /// The delta rule's sequential passes: the state pass and the state-gradient pass.
@@ -316,6 +320,10 @@ pub const DELTA_CHUNK_H: KernelSource = source!(
         "delta_hr_s2_k256_bf16",
         "delta_hro_s2_k192_bf16",
         "delta_hro_s2_k256_bf16",
+        "delta_hrop_b2_k64_bf16",
+        "delta_hrop_b2_k128_bf16",
+        "delta_hrop_s2_k192_bf16",
+        "delta_hrop_s2_k256_bf16",
         "delta_h_bwd_v32_k64_bf16",
         "delta_h_bwd_v32_k128_bf16",
         "delta_h_bwd_v32_k192_bf16",
@@ -332,6 +340,8 @@ pub const DELTA_CHUNK_H: KernelSource = source!(
         "delta_h_bwd_rs1_k256_bf16",
         "delta_h_bwd_rdv1_k192_bf16",
         "delta_h_bwd_rdv1_k256_bf16",
+        "delta_h_bwd_rdvp1_k192_bf16",
+        "delta_h_bwd_rdvp1_k256_bf16",
     ]
 );
 /// The delta rule's chunked backward, chunk-parallel launches: dvl, dq/dk, the WY backward.

@@ -28,10 +28,16 @@
 // pass (delta/chunk_h.cu delta_hr_b2), which forms v_new from T, k and v itself; its solve's
 // off-diagonal levels run on tensor cores in 3xTF32 (solve_t_tc).
 //
+// delta_pm_k{KP}_bf16: one block per (chunk, value head), 256 threads: P as delta_o forms it (q,
+// k raw, rq, rk, G from g2; split) -> pm [SP][chunks, HV, 64, 64] (=), for the fused-output
+// forward `delta_hrop_*` (delta/chunk_h.cu), whose VP / BV column blocks per head would each form
+// it again.
+//
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_wyt_k64_bf16 delta_wyt_k128_bf16 delta_wyt_k192_bf16 delta_wyt_k256_bf16
 //   delta_wy_k64_f32 delta_wy_k128_f32 delta_wy_k64_bf16 delta_wy_k128_bf16 delta_wy_k192_bf16 delta_wy_k256_bf16
 //   delta_o_k64_f32 delta_o_k128_f32 delta_o_k64_bf16 delta_o_k128_bf16 delta_o_k192_bf16 delta_o_k256_bf16
+//   delta_pm_k64_bf16 delta_pm_k128_bf16 delta_pm_k192_bf16 delta_pm_k256_bf16
 
 // T = (I + A)^-1 (A strictly lower in sA [64][65] f32, left intact), stored transposed in sA's
 // upper triangle and diagonal (T_tc at sA[c][t], t >= c), so T needs no memory of its own: the
@@ -378,6 +384,40 @@ __device__ __forceinline__ void o_fwd(const E* __restrict__ q, const E* __restri
     }
 }
 
+// P alone (the `delta_pm` entries): chunk_p's P (split) per (chunk, value head) to pm [SP][chunks,
+// HV, 64, 64], the tm layout. The fused-output forward of wide value heads (`delta_hrop_*`,
+// delta/chunk_h.cu) reads it instead of forming P in each of its VP / BV column blocks.
+template <typename E, int KP>
+__device__ __forceinline__ void p_fwd(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
+                                      const float* __restrict__ rk, const float* __restrict__ g2, E* __restrict__ pm,
+                                      const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
+                                      const int* __restrict__ chunk_seq, int H, int HV, int K, float scale, idx_t nch) {
+    constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
+    DELTA_SMEM(smem);
+    E* sQ = (E*)smem;                      // [64][LK]
+    E* sK = sQ + 64 * LK;                  // [64][LK]
+    E* sP = sK + 64 * LK;                  // [SP][64][LDT]
+    E* sPl = sP + (SP - 1) * 64 * LDT;
+    float* sG = (float*)(sPl + 64 * LDT);  // [64]
+    float* sRq = sG + 64;                  // [64]
+    float* sRk = sRq + 64;                 // [64]
+    DELTA_SMEM_END(smem, sRk + 64);
+    const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5;
+    const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
+    ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
+    ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
+    ld_g64(sG, g2 + c.oc * 64, tid);
+    cp_commit();
+    ld_rf(sRq, rq, c.r0, c.L, c.h, H, tid);
+    ld_rf(sRk, rk, c.r0, c.L, c.h, H, tid);
+    cp_wait0();
+    __syncthreads();
+    chunk_p<E, KP>(sP, sPl, sQ, sK, sG, sRq, sRk, scale, wp, lane);
+    __syncthreads();
+    tile_st<E>(pm + c.oc * 4096, 64, sP, LDT, 64, 64, tid, DNT);
+    if (SP == 2) tile_st<E>(pm + nch * HV * 4096 + c.oc * 4096, 64, sPl, LDT, 64, 64, tid, DNT);
+}
+
 #define FWD_ENTRY(KP, NAME, E)                                                                           \
 extern "C" __global__ void __launch_bounds__(DNT, 3) delta_wy_k##KP##_##NAME(                               \
     const E* k, const float* rk, const E* v, const float* bt, const float* gl, E* w, float* u, E* tm,    \
@@ -398,6 +438,20 @@ FWD_ENTRY(64, bf16, bf16_t)
 FWD_ENTRY(128, bf16, bf16_t)
 FWD_ENTRY(192, bf16, bf16_t)
 FWD_ENTRY(256, bf16, bf16_t)
+
+// P alone (bf16): the fused-output forward's P (src/delta/dispatch.rs hro_pm); smem: q, k and P's
+// two planes
+#define PM_ENTRY(KP)                                                                                     \
+extern "C" __global__ void __launch_bounds__(DNT) delta_pm_k##KP##_bf16(                                  \
+    const bf16_t* q, const bf16_t* k, const float* rq, const float* rk, const float* g2, bf16_t* pm,     \
+    const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, float scale, \
+    idx_t nch) {                                                                                         \
+    p_fwd<bf16_t, KP>(q, k, rq, rk, g2, pm, bounds, chunk_off, chunk_seq, H, HV, K, scale, nch);         \
+}
+PM_ENTRY(64)
+PM_ENTRY(128)
+PM_ENTRY(192)
+PM_ENTRY(256)
 
 // G and T only (bf16): the residual forward (src/delta/dispatch.rs h_res); delta_wy's
 // arguments, w and u unread (may be null), tm required. Five blocks per SM (registers <= 48, no

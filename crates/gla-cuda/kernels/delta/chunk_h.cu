@@ -31,7 +31,8 @@
 // SM. The `delta_hr_*` entries take nh0 last, the sequence x value head of blockIdx.y = 0.
 // delta_hro_b2_k{KP}_bf16, delta_hro_v32_k{KP}_bf16, delta_hro_s2_k{KP}_bf16: the same with the
 // output pass (delta_o) fused in, o = scale [(Qn * exp(G)) S + P U] per chunk from the state
-// entering it and U (FO below); hs and vn written only where given.
+// entering it and U (FO below); hs and vn written only where given. delta_hrop_b2_k{64,128},
+// delta_hrop_s2_k{192,256}: the same with P read from delta_pm (PL below), not formed per block.
 //
 // S's operand copy (the B operand of w S and K dS) is rounded to the storage dtype, as fla does.
 // Warps tile S as WM x WN (8 x 1 for KP = 128, 256; 4 x 2 for KP = 64, 192). Both passes have NS
@@ -50,11 +51,12 @@
 //   delta_h_bwd_dv2_k64_bf16 delta_h_bwd_dv2_k128_bf16 delta_h_bwd_rdv2_k64_bf16 delta_h_bwd_rdv2_k128_bf16
 //   delta_h_bwd_rdv2_v32_k64_bf16 delta_h_bwd_rdv2_v32_k128_bf16
 //   delta_h_bwd_rv32_k64_bf16 delta_h_bwd_rv32_k128_bf16 delta_h_bwd_rs1_k192_bf16 delta_h_bwd_rs1_k256_bf16
-//   delta_h_bwd_rdv1_k192_bf16 delta_h_bwd_rdv1_k256_bf16
+//   delta_h_bwd_rdv1_k192_bf16 delta_h_bwd_rdv1_k256_bf16 delta_h_bwd_rdvp1_k192_bf16 delta_h_bwd_rdvp1_k256_bf16
 //   delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16 delta_hr_v32_k64_bf16 delta_hr_v32_k128_bf16
 //   delta_hro_b2_k64_bf16 delta_hro_b2_k128_bf16 delta_hro_v32_k64_bf16 delta_hro_v32_k128_bf16
 //   delta_hr_s2_k64_bf16 delta_hr_s2_k128_bf16
 //   delta_hr_s2_k192_bf16 delta_hr_s2_k256_bf16 delta_hro_s2_k192_bf16 delta_hro_s2_k256_bf16
+//   delta_hrop_b2_k64_bf16 delta_hrop_b2_k128_bf16 delta_hrop_s2_k192_bf16 delta_hrop_s2_k256_bf16
 
 // The state tile's warp layout (S or dS, KP x BV in mma fragments): warp (wm, wn) of WM x WN
 // holds m-tiles wm + WM ms (ms < MS) and the NSN n8-tiles from 8 NSN wn.
@@ -141,7 +143,11 @@ __device__ __forceinline__ void h_copy(E* __restrict__ hp, const E* sS, int VP, 
 // not fit beside KP = 256's), rq rides in the stages; Y's hi plane is the V tile itself (each
 // thread overwrites the V elements it alone reads); hs and vn are written only where given (a
 // backward reads them), so a forward-only pass moves no state or v_new bytes at all.
-template <typename E, int KP, int NS, int BV, bool RES = false, bool FO = false>
+//
+// PL (FO only: the `delta_hrop` entries): P (split) read from pm (delta_pm, delta/chunk_fwd.cu:
+// chunk_p's bits) into T's planes, in a cp.async group issued once U is formed, landing under
+// the state update; each of a head's VP / BV blocks would otherwise form the same P.
+template <typename E, int KP, int NS, int BV, bool RES = false, bool FO = false, bool PL = false>
 __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __restrict__ u, const E* __restrict__ k,
                                       const float* __restrict__ rk, const float* __restrict__ g2, const float* __restrict__ h0,
                                       E* __restrict__ hs, E* __restrict__ vn, float* __restrict__ ht, const idx_t* __restrict__ bounds,
@@ -149,11 +155,12 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
                                       const E* __restrict__ tm = nullptr, const E* __restrict__ v = nullptr,
                                       const float* __restrict__ bt = nullptr, const E* __restrict__ q = nullptr,
                                       const float* __restrict__ rq = nullptr, E* __restrict__ o = nullptr, float scale = 0.f,
-                                      int nh0 = 0) {
+                                      int nh0 = 0, const E* __restrict__ pm = nullptr) {
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
     constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
     static_assert(!RES || sizeof(E) == 2, "the residual state pass: bf16");
     static_assert(!FO || RES, "the fused output: the residual state pass");
+    static_assert(!PL || FO, "P read: the fused output");
     // w (hi, lo), k; RES: T (hi, lo) [64][LDT], k, the V tile [64][LDS]
     constexpr int STAGE = RES ? SP * 64 * LDT + 64 * LK + 64 * LDS : (SP + 1) * 64 * LK;
     // u (f32; RES: none), G, rk (RES: and beta; FO: and rq)
@@ -325,7 +332,15 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
                 #pragma unroll
                 for (int e = 0; e < 4; e += 2) st2_pair(sYh, sYl, (16 * mt + FRAG_ROW(e)) * LDS + n1 + FRAG_COL(nt, e), acc[nt][e], acc[nt][e + 1]);
             }
-            chunk_p<E, KP>(sT, sTl, sQ, sKc, sGc, sRq, sRk, scale, wp, lane);
+            if constexpr (PL) {
+                // P from delta_pm into T's planes; it lands under the state update below
+                const idx_t pplane = nch * HV * 4096;
+                tile_ld<E>(sT, LDT, pm + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+                if (SP == 2) tile_ld<E>(sTl, LDT, pm + pplane + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+                cp_commit();
+            } else {
+                chunk_p<E, KP>(sT, sTl, sQ, sKc, sGc, sRq, sRk, scale, wp, lane);
+            }
         }
         const float dec = ex2f(glast);
         #pragma unroll
@@ -341,6 +356,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             // o = scale rq exp(G) (Q S) + P U over the block's columns, as delta_o forms it (Q S
             // on raw q, the row factor on the f32 result, then P U's split terms in turn); S is
             // sS, the state entering the chunk
+            if constexpr (PL) cp_wait0();  // P (and, on two stages, the next chunk's stage)
             __syncthreads();
             const idx_t r0 = bos + (idx_t)it * 64;
             const int L = (int)min((idx_t)64, eos - r0);
@@ -380,15 +396,18 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
 // unread (may be null): Y = T^T (-dU) (both split), Y diag(beta rk exp(G)) split into P's tile
 // (FD: free once dU is formed; else a tile of its own), then K^T Y with K raw (exact); one more
 // product and barrier per chunk, T's 16 KB per chunk read instead of w's 32 (at KP = 128; 16 at
-// KP = 64).
-template <typename E, int KP, int BV, bool FD, int NS, bool RES = false>
+// KP = 64). PL (FD, one stage: the `delta_h_bwd_rdvp1` entries): P read from pm (delta_pm,
+// delta/chunk_fwd.cu: chunk_p's bits) with the chunk's loads instead of formed per block.
+template <typename E, int KP, int BV, bool FD, int NS, bool RES = false, bool PL = false>
 __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                       const float* __restrict__ rk, const E* __restrict__ w, const E* __restrict__ d_o,
                                       const float* __restrict__ dvl, const float* __restrict__ g2, const float* __restrict__ dht,
                                       E* __restrict__ dhs, E* __restrict__ du, float* __restrict__ dh0, const idx_t* __restrict__ bounds,
                                       const idx_t* __restrict__ chunk_off, int H, int HV, int K, int V, int VP, float scale, idx_t nch,
-                                      const E* __restrict__ tm = nullptr, const float* __restrict__ bt = nullptr, int nh0 = 0) {
+                                      const E* __restrict__ tm = nullptr, const float* __restrict__ bt = nullptr, int nh0 = 0,
+                                      const E* __restrict__ pm = nullptr) {
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
+    static_assert(!PL || (FD && NS == 1), "P read: dvl fused in, one stage (P's tile is free at the chunk's top)");
     constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
     static_assert(!RES || (sizeof(E) == 2 && LDS <= LDT), "the residual state-gradient pass: bf16, Y in P's tile");
     // P's tile (FD: [SP][64][LDT]; RES without FD: Y's alone, [SP][64][LDS])
@@ -439,6 +458,10 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
         ld_rf_cp(fg2 + 64, rq, r0, L, h, H, tid);
         ld_rf_cp(fg2 + 128, rk, r0, L, h, H, tid);
         if (RES) ld_bt_cp(fg2 + 192, bt, r0, L, hv, HV, tid);
+        if constexpr (PL) {
+            tile_ld<E>(sP, LDT, pm + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+            if (SP == 2) tile_ld<E>(sPl, LDT, pm + nch * HV * 4096 + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+        }
     };
     // two stages: chunk c - 1's loads are issued at the top of chunk c, once every warp has
     // passed chunk c + 1's last barrier (so has finished reading their stage, chunk c + 1's);
@@ -478,7 +501,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
         const float glast = sG[63];
         E* sDoX = FD ? sDoS : sDo;  // the dS update's operand scale exp(G) do
         if constexpr (FD) {
-            chunk_p<E, KP>(sP, sPl, sQ, sK, sG, sRq, sRk, scale, wp, lane);
+            if constexpr (!PL) chunk_p<E, KP>(sP, sPl, sQ, sK, sG, sRq, sRk, scale, wp, lane);
             rows_scale_qe<E>(sDoS, sDo, LDS, BV, scale, sRq, sG, tid);
             __syncthreads();
         }
@@ -586,6 +609,16 @@ extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_bf16(             
     h_fwd<bf16_t, KP, NS, BV, true, true>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K,  \
                                           V, VP, nch, tm, v, bt, q, rq, o, scale);                        \
 }
+// the same with P read (h_fwd's PL): delta_hro's arguments, then pm (delta_pm's)
+#define HROP_ENTRY(PFX, KP, NS, BV, LB)                                                                   \
+extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_bf16(                                       \
+    const bf16_t* w, const float* u, const bf16_t* k, const float* rk, const float* g2, const float* h0, \
+    bf16_t* hs, bf16_t* vn, float* ht, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, \
+    int V, int VP, idx_t nch, const bf16_t* tm, const bf16_t* v, const float* bt, const bf16_t* q,        \
+    const float* rq, bf16_t* o, float scale, const bf16_t* pm) {                                          \
+    h_fwd<bf16_t, KP, NS, BV, true, true, true>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H,   \
+                                                HV, K, V, VP, nch, tm, v, bt, q, rq, o, scale, 0, pm);    \
+}
 #define HB_ENTRY(PFX, KP, BV, NAME, E) HB_ENTRY_FD(PFX, KP, BV, false, 1, NAME, E)
 // FD: dvl fused in (the `_dv` entries; their dvl argument is unread); NS: cp.async stages
 #define HB_ENTRY_FD(PFX, KP, BV, FD, NS, NAME, E)                                                        \
@@ -635,6 +668,11 @@ HRO_ENTRY(delta_hro_v32, 64, 2, 32, (DNT))
 HRO_ENTRY(delta_hro_v32, 128, 2, 32, (DNT))
 HRO_ENTRY(delta_hro_s2, 192, 2, 64, (DNT))
 HRO_ENTRY(delta_hro_s2, 256, 2, 64, (DNT))
+// lab (`fp=1`): P read from delta_pm (src/delta/dispatch.rs hro_pm)
+HROP_ENTRY(delta_hrop_b2, 64, 1, 64, (DNT, 2))
+HROP_ENTRY(delta_hrop_b2, 128, 1, 64, (DNT, 2))
+HROP_ENTRY(delta_hrop_s2, 192, 2, 64, (DNT))
+HROP_ENTRY(delta_hrop_s2, 256, 2, 64, (DNT))
 HB_ENTRY(delta_h_bwd, 64, 64, f32, float)
 HB_ENTRY(delta_h_bwd, 128, 64, f32, float)
 // the state-gradient pass's stages as the forward's (NS above; src/delta/dispatch.rs h_stages)
@@ -664,6 +702,17 @@ extern "C" __global__ void __launch_bounds__(DNT) PFX##_k##KP##_bf16(           
     h_bwd<bf16_t, KP, BV, FD, NS, true>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0, bounds,         \
                                         chunk_off, H, HV, K, V, VP, scale, nch, tm, bt, nh0);             \
 }
+// the same with P read (h_bwd's PL; dvl fused in, one stage): delta_h_bwd_rdv1's arguments, then
+// pm (delta_pm's)
+#define HBRP_ENTRY(PFX, KP)                                                                               \
+extern "C" __global__ void __launch_bounds__(DNT) PFX##_k##KP##_bf16(                                     \
+    const bf16_t* q, const bf16_t* k, const float* rq, const float* rk, const bf16_t* w,                  \
+    const bf16_t* d_o, const float* dvl, const float* g2, const float* dht, bf16_t* dhs, bf16_t* du,      \
+    float* dh0, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, int V, int VP,         \
+    float scale, idx_t nch, const bf16_t* tm, const float* bt, int nh0, const bf16_t* pm) {               \
+    h_bwd<bf16_t, KP, 64, true, 1, true, true>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0, bounds,  \
+                                               chunk_off, H, HV, K, V, VP, scale, nch, tm, bt, nh0, pm);  \
+}
 HBR_ENTRY(delta_h_bwd_rdv2, 64, 64, true, 2)
 HBR_ENTRY(delta_h_bwd_rdv2, 128, 64, true, 2)
 HBR_ENTRY(delta_h_bwd_rdv2_v32, 64, 32, true, 2)
@@ -675,3 +724,6 @@ HBR_ENTRY(delta_h_bwd_rs1, 256, 64, false, 1)
 // lab (`hb=rdv1`): `_rs1` with dvl fused in
 HBR_ENTRY(delta_h_bwd_rdv1, 192, 64, true, 1)
 HBR_ENTRY(delta_h_bwd_rdv1, 256, 64, true, 1)
+// lab (`bp=1`): `_rdv1` with P read from delta_pm (src/delta/dispatch.rs hb_pm)
+HBRP_ENTRY(delta_h_bwd_rdvp1, 192)
+HBRP_ENTRY(delta_h_bwd_rdvp1, 256)

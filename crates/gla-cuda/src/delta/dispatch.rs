@@ -290,7 +290,8 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// [`HBR_S1`] / [`HBR_D1`] and their residual forms); `tail=0` / `tail=1` ([`hb_tail`]),
 /// `ftail=0` / `ftail=1` ([`hr_tail`]). The residual forward: `h=resb2` or `h=resv32`, `h=ress2`
 /// where K is wider than 128 ([`h_res`]; forced on every workspace); the output fused into it: `fo=0` / `fo=1`
-/// ([`res_out`]). The two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the
+/// ([`res_out`]), and P read from `delta_pm` in that fused pass: `fp=0` / `fp=1` ([`hro_pm`]), and
+/// in the one-stage state-gradient pass: `bp=0` / `bp=1` ([`hb_pm`]). The two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the
 /// residual ones also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync
 /// entry where the warpgroup one would run ([`dqk_wg`]), `s1` the one-buffer one where K is
 /// wider than 128 ([`dqk_bufs`]).
@@ -476,6 +477,11 @@ pub(crate) fn hr_name(plan: HPlan, kp: usize, out: bool) -> String {
     format!("delta_hr{}_{form}_k{kp}_bf16", if out { "o" } else { "" })
 }
 
+/// [`hr_name`]'s fused-output entry that reads P (`delta_hrop_*`, [`hro_pm`]).
+pub(crate) fn hrop_name(plan: HPlan, kp: usize) -> String {
+    hr_name(plan, kp, true).replacen("delta_hro_", "delta_hrop_", 1)
+}
+
 /// Whether a forward with K wider than 128 takes the residual form ([`HR_S2`], [`h_res`]): bf16,
 /// unless the lab asks for a WY plan (`h=` other than `ress2`).
 fn res_wide(bf16: bool, kp: usize) -> bool {
@@ -500,6 +506,21 @@ pub(crate) fn res_out(plan: HPlan, fwd_only: bool) -> bool {
         Some("1") => true,
         _ => fwd_only && (plan == HR_B2 || plan == HR_S2),
     }
+}
+
+/// Whether the fused-output forward on `plan` ([`res_out`]) reads P from `delta_pm_k{KP}_bf16`
+/// (`delta_hrop_*`) instead of forming it in each of a head's VP / 64 column blocks: a lab plan
+/// under study (`fp=1`), on the plans that have the entries (`HR_B2`, `HR_S2`); off by default.
+pub(crate) fn hro_pm(plan: HPlan) -> bool {
+    lab("fp").as_deref() == Some("1") && (plan == HR_B2 || plan == HR_S2)
+}
+
+/// Whether the state-gradient pass on `plan` reads P from `delta_pm_k{KP}_bf16`
+/// (`delta_h_bwd_rdvp1_*`) instead of forming it in each of a head's VP / 64 column blocks: a
+/// lab plan under study (`bp=1`), on [`HBR_D1`] (one stage: P's tile is free at each chunk's
+/// top, so P loads with the chunk); off by default.
+pub(crate) fn hb_pm(plan: HPlan) -> bool {
+    lab("bp").as_deref() == Some("1") && plan == HBR_D1
 }
 
 /// Whether the state-gradient pass on `plan` (for `nhv` sequence x value heads of `vp` padded
@@ -715,6 +736,10 @@ impl DeltaSmem {
         let (e, sp) = (self.e, self.sp);
         // sS [KP][LDT] reuses sK's space (KP LDT >= 64 LK)
         (64 * self.lk() + self.kp * LDT + 2 * sp * 64 * LDT) * e + 3 * 64 * 4
+    }
+    /// `delta_pm_*` ([`hro_pm`]): q, k and P's planes, G, rq, rk.
+    pub(crate) fn pm(&self) -> usize {
+        (2 * 64 * self.lk() + self.sp * 64 * LDT) * self.e + 3 * 64 * 4
     }
     pub(crate) fn dvl(&self) -> usize {
         let (e, sp) = (self.e, self.sp);

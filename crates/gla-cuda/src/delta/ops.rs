@@ -551,10 +551,19 @@ fn chunk_wy_h<T: Elem>(
         let scale = p.scale() as f32;
         let mut args = base;
         args.extend([x.q as &dyn KernelArg, &ws.rq, &*o, &scale]);
+        let name = if dd::hro_pm(plan) {
+            // P into w's buffer, which the residual forward leaves unwritten
+            pm_launch(cuda, op, p, dp, x, ws, kp, w)?;
+            args.push(w);
+            dd::hrop_name(plan, kp)
+        } else {
+            dd::hr_name(plan, kp, true)
+        };
         // SAFETY: arguments match delta_hro_*'s (delta_hr's without nh0, hs and vn null where
         // nothing reads them, then q, rq, o, scale; o holds the problem's [rows, HV, V], checked
-        // by the caller); one block per (V tile, sequence x value head)
-        unsafe { cuda.launch(&dd::hr_name(plan, kp, true), dd::state_cfg(vp, plan.bv, nhv, smem.hro(plan)), &args)? };
+        // by the caller) or delta_hrop_*'s (and then P, delta_pm's); one block per (V tile,
+        // sequence x value head)
+        unsafe { cuda.launch(&name, dd::state_cfg(vp, plan.bv, nhv, smem.hro(plan)), &args)? };
         return Ok(true);
     }
     ws.kept.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -569,6 +578,35 @@ fn chunk_wy_h<T: Elem>(
         cuda.launch(&name, cfg, &[w, u, x.k, &ws.rk, g2, &x.h0, hs, vn, &ht, &dp.bounds, &dp.chunk_off, &h, &hv, &k, &v, &vp32, &nch])?
     };
     Ok(false)
+}
+
+/// `delta_pm_*`: P (split) once per (chunk, value head) into `pm` ([SP][chunks, HV, 64, 64] at its
+/// start; w's buffer, [SP][chunks, HV, 64, KP], where the residual form leaves w unformed), for
+/// the passes that read it ([`dd::hro_pm`], [`dd::hb_pm`]).
+#[allow(clippy::too_many_arguments)]
+fn pm_launch<T: Elem>(
+    cuda: &Cuda,
+    op: &'static str,
+    p: &DeltaProblem,
+    dp: &DevDeltaProblem,
+    x: &DeltaDevInputs<'_, T>,
+    ws: &DeltaWorkspace<T>,
+    kp: usize,
+    pm: &CudaSlice<T>,
+) -> Result<()> {
+    check_len(op, "P", dd::planes(true) * dp.n_chunks * p.hv() * 4096, pm.len())?;
+    let (h, hv, k, nch) = (p.h() as i32, p.hv() as i32, p.k() as i32, dp.n_chunks as i64);
+    let scale = p.scale() as f32;
+    let smem = DeltaSmem::new(true, kp, dd::vpad(p.v()));
+    // SAFETY: arguments match delta_pm_*'s; q, k, rq, rk and G hold the problem's rows and chunks,
+    // pm at least the planes above (checked); one block per (chunk, value head)
+    unsafe {
+        cuda.launch(
+            &format!("delta_pm_k{kp}_bf16"),
+            dd::chunk_cfg(grid_chunks(op, dp.n_chunks)?, p.hv(), 1, smem.pm()),
+            &[x.q, x.k, &ws.rq, &ws.rk, req(&ws.g2, "G")?, pm, &dp.bounds, &dp.chunk_off, &dp.chunk_seq, &h, &hv, &k, &scale, &nch],
+        )
+    }
 }
 
 /// One decode step (`delta_rec_decode_*`): the recurrent forward of one token per sequence (the
@@ -902,23 +940,29 @@ fn chunk_bwd<T: Elem>(
         let nhv = grid_nhv(op, p)?;
         let tail = dd::hb_tail(plan, vp, nhv as usize, cuda.sm_count()) as u32;
         let parts = [(plan, 0, nhv - tail), (dd::HPlan { bv: 32, ..plan }, nhv - tail, tail)];
+        // P read (a lab plan): into w's buffer, which the residual form leaves unformed
+        let pm = dd::hb_pm(plan) && dp.n_chunks > 0;
+        if pm {
+            pm_launch(cuda, op, p, dp, x, ws, kp, w)?;
+        }
         for (pl, nh0, nhs) in parts.into_iter().filter(|part| part.2 > 0) {
             let nh0 = nh0 as i32;
+            let mut args: Vec<&dyn KernelArg> = vec![
+                x.q, x.k, &ws.rq, &ws.rk, &NULL, d_o, &dvl, g2, &dht, dhs, du, &dh0, bounds, off, &h, &hv, &k, &v, &vp32, &scale, &nch, tm,
+                bt, &nh0,
+            ];
+            let name = if pm && pl == plan {
+                args.push(w);
+                dd::hbr_name(pl, kp).replacen("_rdv1_", "_rdvp1_", 1)
+            } else {
+                dd::hbr_name(pl, kp)
+            };
             // SAFETY: arguments match delta_h_bwd_rdv2's, delta_h_bwd_rdv2_v32's and
             // delta_h_bwd_rv32's (delta_h_bwd_dv2's, w unread, then T, beta and the first
-            // sequence x value head; dvl unread by `_rdv2*`, so null only for them); one block
-            // per (V tile, sequence x value head from nh0) walking its chunks in reverse; dhs,
-            // du sized for the problem
-            unsafe {
-                cuda.launch(
-                    &dd::hbr_name(pl, kp),
-                    dd::state_cfg(vp, pl.bv, nhs, smem.h_bwd_res(pl)),
-                    &[
-                        x.q, x.k, &ws.rq, &ws.rk, &NULL, d_o, &dvl, g2, &dht, dhs, du, &dh0, bounds, off, &h, &hv, &k, &v, &vp32, &scale,
-                        &nch, tm, bt, &nh0,
-                    ],
-                )?;
-            }
+            // sequence x value head; dvl unread by `_rdv2*`, so null only for them), and
+            // delta_h_bwd_rdvp1's (then P, delta_pm's); one block per (V tile, sequence x value
+            // head from nh0) walking its chunks in reverse; dhs, du sized for the problem
+            unsafe { cuda.launch(&name, dd::state_cfg(vp, pl.bv, nhs, smem.h_bwd_res(pl)), &args)? };
         }
     } else {
         // SAFETY: arguments match delta_h_bwd_*'s signature (the `_dv2` entries do not read

@@ -534,6 +534,18 @@ static std::map<int, void*> g_hrs2n = {{64, (void*)delta_hr_s2_k64_bf16}, {128, 
 static std::map<int, void*> g_hrob2 = {{64, (void*)delta_hro_b2_k64_bf16}, {128, (void*)delta_hro_b2_k128_bf16}};
 static std::map<int, void*> g_hrov32 = {{64, (void*)delta_hro_v32_k64_bf16}, {128, (void*)delta_hro_v32_k128_bf16}};
 static std::map<int, void*> g_hros2 = {{192, (void*)delta_hro_s2_k192_bf16}, {256, (void*)delta_hro_s2_k256_bf16}};
+// DELTA_FP=1 (the lab's fp=1, dispatch::delta::hro_pm): P from delta_pm, read by delta_hrop_*
+// (the b2 and s2 plans)
+static std::map<int, void*> g_pm = {{64, (void*)delta_pm_k64_bf16},
+                                    {128, (void*)delta_pm_k128_bf16},
+                                    {192, (void*)delta_pm_k192_bf16},
+                                    {256, (void*)delta_pm_k256_bf16}};
+static std::map<int, void*> g_hropb2 = {{64, (void*)delta_hrop_b2_k64_bf16}, {128, (void*)delta_hrop_b2_k128_bf16}};
+static std::map<int, void*> g_hrops2 = {{192, (void*)delta_hrop_s2_k192_bf16}, {256, (void*)delta_hrop_s2_k256_bf16}};
+static bool fp_mode() {
+    const char* v = getenv("DELTA_FP");
+    return v && !std::strcmp(v, "1");
+}
 static int fo_mode() {
     const char* v = getenv("DELTA_FO");
     return v ? std::atoi(v) : 0;
@@ -563,6 +575,7 @@ static std::map<int, void*> g_hbr32 = {{64, (void*)delta_h_bwd_rv32_k64_bf16}, {
 static std::map<int, void*> g_hbrs1 = {{192, (void*)delta_h_bwd_rs1_k192_bf16}, {256, (void*)delta_h_bwd_rs1_k256_bf16}};
 // DELTA_HBVAR=rdv1 (the lab's hb=rdv1): the same with dvl fused in
 static std::map<int, void*> g_hbrd1 = {{192, (void*)delta_h_bwd_rdv1_k192_bf16}, {256, (void*)delta_h_bwd_rdv1_k256_bf16}};
+static std::map<int, void*> g_hbrp1 = {{192, (void*)delta_h_bwd_rdvp1_k192_bf16}, {256, (void*)delta_h_bwd_rdvp1_k256_bf16}};
 static size_t sm_hbr(int KP, bool fd, int BV, int NS) {
     const size_t SP = SPn<bf16_t>, L = BV + 8, stage = 2 * 64 * (KP + 8) + SP * 64 * 72 + 64 * L;
     const size_t pt = fd ? SP * 64 * 72 + 64 * L : SP * 64 * L;
@@ -825,6 +838,28 @@ struct Run {
                                       const long long*, const long long*, int, int, int, int, int, long long, const E*, const E*,
                                       const float*, const E*, const float*, E*, float);
                 auto o = poison<E>(rows * HV * V);
+                if (fp_mode() && !v32) {
+                    typedef void (*PmFn)(const E*, const E*, const float*, const float*, const float*, E*, const long long*,
+                                         const long long*, const int*, int, int, int, float, long long);
+                    typedef void (*HropFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*,
+                                           float*, const long long*, const long long*, int, int, int, int, int, long long, const E*,
+                                           const E*, const float*, const E*, const float*, E*, float, const E*);
+                    auto pm = poison<E>(SP * nc * HV * 4096);
+                    emu::launch(cgrid, b256, (2 * 64 * (KP + 8) + SP * 64 * 72) * sizeof(E) + 3 * 64 * 4, [&] {
+                        ((PmFn)g_pm.at(KP))(q.data(), k.data(), ptr(rq), ptr(rk), g2.data(), pm.data(), p.bounds.data(), p.off.data(),
+                                            p.seq.data(), H, HV, K, scale, nch);
+                    });
+                    emu::launch(dim3{(unsigned)(VP / rbv), (unsigned)(d.N * HV), 1}, b256, sm_hro(KP, rbv, wide ? 2 : 1), [&] {
+                        ((HropFn)(wide ? g_hrops2 : g_hropb2).at(KP))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0),
+                                                                      fo == 1 ? hs.data() : nullptr, fo == 1 ? vn.data() : nullptr,
+                                                                      ht.data(), p.bounds.data(), p.off.data(), H, HV, K, V, VP, nch,
+                                                                      tm.data(), v.data(), bt.data(), q.data(), ptr(rq), o.data(), scale,
+                                                                      pm.data());
+                    });
+                    out.ht = back(split(ht, 1));
+                    out.o = back(o);
+                    return;
+                }
                 emu::launch(dim3{(unsigned)(VP / rbv), (unsigned)(d.N * HV), 1}, b256, sm_hro(KP, rbv, v32 || wide ? 2 : 1), [&] {
                         ((HroFn)(wide ? g_hros2 : v32 ? g_hrov32 : g_hrob2).at(KP))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0),
                                                                   fo == 1 ? hs.data() : nullptr, fo == 1 ? vn.data() : nullptr,
@@ -943,7 +978,26 @@ struct Run {
                                 bt.data(), nh0);
                 });
             };
-            hbr((rd1 ? g_hbrd1 : rs1 ? g_hbrs1 : fd ? g_hbr : g_hbr32).at(KP), bv, 0, nhv - nt);
+            if (rd1 && getenv("DELTA_BP") && !std::strcmp(getenv("DELTA_BP"), "1") && nc > 0) {
+                // DELTA_BP=1 (the lab's bp=1, dispatch::delta::hb_pm): P from delta_pm, read
+                // by delta_h_bwd_rdvp1 (w's buffer, as src/delta/ops.rs)
+                typedef void (*PmFn)(const E*, const E*, const float*, const float*, const float*, E*, const long long*,
+                                     const long long*, const int*, int, int, int, float, long long);
+                typedef void (*HbrpFn)(const E*, const E*, const float*, const float*, const E*, const E*, const float*, const float*,
+                                       const float*, E*, E*, float*, const long long*, const long long*, int, int, int, int, int, float,
+                                       long long, const E*, const float*, int, const E*);
+                emu::launch(cgrid, b256, (2 * 64 * (KP + 8) + SP * 64 * 72) * sizeof(E) + 3 * 64 * 4, [&] {
+                    ((PmFn)g_pm.at(KP))(q.data(), k.data(), ptr(rq), ptr(rk), g2.data(), w.data(), p.bounds.data(), p.off.data(),
+                                        p.seq.data(), H, HV, K, scale, nch);
+                });
+                emu::launch(dim3{(unsigned)(VP / 64), (unsigned)nhv, 1}, b256, sm_hbr(KP, true, 64, 1), [&] {
+                    ((HbrpFn)g_hbrp1.at(KP))(q.data(), k.data(), ptr(rq), ptr(rk), nullptr, d_o.data(), nullptr, g2.data(), dht.data(),
+                                             dhs.data(), du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H, HV, K, V, VP, scale, nch,
+                                             tm.data(), bt.data(), 0, w.data());
+                });
+            } else {
+                hbr((rd1 ? g_hbrd1 : rs1 ? g_hbrs1 : fd ? g_hbr : g_hbr32).at(KP), bv, 0, nhv - nt);
+            }
             if (nt > 0) hbr(g_hbrt.at(KP), 32, nhv - nt, nt);
         } else {
             emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hb<E>(KP, bv, fd, h_stages<E>(KP)), [&] {
