@@ -285,8 +285,7 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// (64 columns, two blocks per SM), `v32b2` (32 columns, two blocks per SM). The state-gradient
 /// pass (`hb`): `one` (dvl its own launch), `v32` (the same at 32 columns), `rv32` (`v32`, and its
 /// residual form after a residual forward whatever the tiles: [`h_bwd_res`]), `dv2` (dvl fused in,
-/// 64 columns, whatever the tiles), `rdv32` (the same on 32 columns, `delta_h_bwd_rdv2_v32`; a
-/// training forward then takes the residual form), `rs1` / `rdv1` (K wider than 128:
+/// 64 columns, whatever the tiles), `rs1` / `rdv1` (K wider than 128:
 /// [`HBR_S1`] / [`HBR_D1`] and their residual forms); `tail=0` / `tail=1` ([`hb_tail`]),
 /// `ftail=0` / `ftail=1` ([`hr_tail`]). The residual forward: `h=resb2` or `h=resv32`, `h=ress2`
 /// where K is wider than 128 ([`h_res`]; forced on every workspace); the output fused into it: `fo=0` / `fo=1`
@@ -360,7 +359,6 @@ pub(crate) fn h_plan(bwd: bool, bf16: bool, kp: usize, vp: usize, nhv: usize, sm
         Some("b2") if !bwd && h_two_ok(bf16, kp) => two(64),
         Some("v32b2") if !bwd && h_two_ok(bf16, kp) => two(32),
         Some("dv2") if bwd && h_two_ok(bf16, kp) => HBR_D2,
-        Some("rdv32") if bwd && h_two_ok(bf16, kp) => HPlan { bv: 32, ..HBR_D2 },
         Some("rs1") if bwd && bf16 && !h_two_ok(bf16, kp) => HBR_S1,
         Some("rdv1") if bwd && res_wide(bf16, kp) => HBR_D1,
         _ => h_policy(bwd, bf16, kp, vp, nhv, sm_count),
