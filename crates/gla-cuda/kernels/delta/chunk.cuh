@@ -116,6 +116,24 @@ __device__ __forceinline__ void ld_bt_cp(float* dst, const float* __restrict__ b
     }
 }
 
+// chunk_p's inputs for chunk-parallel launch chunk c: q, k (raw, into sQ, sK [64][KP + DPAD]) and
+// G (sG [64]) by cp.async in one group with what `more` issues, the row factors rq, rk (sRq, sRk)
+// by plain loads; then every load waited for and the block synchronised.
+template <typename E, int KP, typename F>
+__device__ __forceinline__ void ld_chunk_p_in(E* sQ, E* sK, float* sG, float* sRq, float* sRk, const E* __restrict__ q,
+                                              const E* __restrict__ k, const float* __restrict__ g2, const float* __restrict__ rq,
+                                              const float* __restrict__ rk, const ChunkHead& c, int H, int K, int tid, F more) {
+    ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
+    ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
+    ld_g64(sG, g2 + c.oc * 64, tid);
+    more();
+    cp_commit();
+    ld_rf(sRq, rq, c.r0, c.L, c.h, H, tid);
+    ld_rf(sRk, rk, c.r0, c.L, c.h, H, tid);
+    cp_wait0();
+    __syncthreads();
+}
+
 // P = scale (Q K^T) * rq_t rk_s * exp(G_t - G_s) masked to s <= t, split into sP, sPl [64][LDT],
 // from raw sQ, sK [64][KP + DPAD], sG and the row factors sRq, sRk [64]: 8 warps, each a 16 x 32
 // tile.

@@ -54,14 +54,7 @@ __device__ __forceinline__ void dvl_k(const E* __restrict__ q, const E* __restri
     DELTA_SMEM_END(smem, sRk + 64);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
-    ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
-    ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
-    ld_g64(sG, g2 + c.oc * 64, tid);
-    cp_commit();
-    ld_rf(sRq, rq, c.r0, c.L, c.h, H, tid);
-    ld_rf(sRk, rk, c.r0, c.L, c.h, H, tid);
-    cp_wait0();
-    __syncthreads();
+    ld_chunk_p_in<E, KP>(sQ, sK, sG, sRq, sRk, q, k, g2, rq, rk, c, H, K, tid, [] {});
     chunk_p<E, KP>(sP, sPl, sQ, sK, sG, sRq, sRk, scale, wp, lane);
     const int mt = wp & 3, n1 = (wp >> 2) * 32;
     for (int v0 = 0; v0 < VP; v0 += 64) {

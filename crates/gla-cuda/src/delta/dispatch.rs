@@ -645,6 +645,11 @@ pub(crate) fn hbr_name(plan: HPlan, kp: usize) -> String {
     format!("delta_h_bwd_{form}_k{kp}_bf16")
 }
 
+/// [`hbr_name`]'s entry that reads P (`delta_h_bwd_rdvp1_*`, [`hb_pm`]).
+pub(crate) fn hbrp_name(plan: HPlan, kp: usize) -> String {
+    hbr_name(plan, kp).replacen("_rdv1_", "_rdvp1_", 1)
+}
+
 /// The entry point of `delta_dqk_*` with `nb` V-tile buffers ([`dqk_bufs`]).
 pub(crate) fn dqk_name(nb: usize, kp: usize, sfx: &str) -> String {
     format!("delta_dqk{}_k{kp}_{sfx}", if nb == 2 { "_s2" } else { "" })
@@ -1116,6 +1121,21 @@ mod tests {
                 assert!(sm.h_bwd_res(plan) <= 227 * 1024, "KP {kp}: {} B", sm.h_bwd_res(plan));
                 assert_eq!(hbr_name(plan, kp), format!("delta_h_bwd_{form}_k{kp}_bf16"));
                 assert!(crate::kernels::source_of(&hbr_name(plan, kp)).is_some());
+            }
+            // P once per chunk (the lab's fp=1, bp=1)
+            assert_eq!(hrop_name(HR_S2, kp), format!("delta_hrop_s2_k{kp}_bf16"));
+            assert_eq!(hbrp_name(HBR_D1, kp), format!("delta_h_bwd_rdvp1_k{kp}_bf16"));
+        }
+        for kp in [64, 128, 192, 256] {
+            let sm = DeltaSmem::new(true, kp, 512);
+            assert!(2 * (sm.pm() + 1024) <= 228 * 1024, "KP {kp}: {} B", sm.pm());
+            assert!(crate::kernels::source_of(&format!("delta_pm_k{kp}_bf16")).is_some());
+            let plans: &[HPlan] = if kp <= 128 { &[HR_B2] } else { &[HR_S2] };
+            for &plan in plans {
+                assert!(crate::kernels::source_of(&hrop_name(plan, kp)).is_some(), "{}", hrop_name(plan, kp));
+            }
+            if kp > 128 {
+                assert!(crate::kernels::source_of(&hbrp_name(HBR_D1, kp)).is_some());
             }
         }
         for kp in [64, 128] {

@@ -957,7 +957,7 @@ fn chunk_bwd<T: Elem>(
             ];
             let name = if pm && pl == plan {
                 args.push(w);
-                dd::hbr_name(pl, kp).replacen("_rdv1_", "_rdvp1_", 1)
+                dd::hbrp_name(pl, kp)
             } else {
                 dd::hbr_name(pl, kp)
             };
