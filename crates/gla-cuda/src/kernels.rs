@@ -372,6 +372,7 @@ pub const DELTA_CHUNK_BWD: KernelSource = source!(
         "delta_wy_bwd_k128_bf16",
         "delta_wy_bwd_k192_bf16",
         "delta_wy_bwd_k256_bf16",
+        "delta_wy_bwd_vb2_k256_bf16",
     ]
 );
 

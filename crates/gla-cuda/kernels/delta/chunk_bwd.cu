@@ -26,7 +26,8 @@
 // Every sum is in a fixed order (no atomics). Blocks per SM at KP = VP = 128 (bf16): delta_dvl
 // three (registers <= 80), delta_wy_bwd two (registers <= 128; dw's tiles (dU, S) and then the
 // V and dU tiles share one region with M1, M2, dw's second tile buffer lies over K and dw before
-// they are loaded, and the row and column sums of dA * A come from the fragments). The
+// they are loaded, and the row and column sums of dA * A come from the fragments). delta_wy_bwd_vb2_k256_bf16: the same with the V-tile loop's
+// tiles in two buffers of that region (tile v + 1 lands while tile v is computed). The
 // derivation: the chain rule through the chunk form of docs/kernels.md's delta-rule section.
 //
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
@@ -35,6 +36,7 @@
 //   delta_dqk_s2_k192_bf16 delta_dqk_s2_k256_bf16
 //   delta_dqk_wg_k64_bf16 delta_dqk_wg_k128_bf16 delta_dqk_wg_k256_bf16 (sm_90a; other targets compile them to a trap)
 //   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
+//   delta_wy_bwd_vb2_k256_bf16
 
 template <typename E, int KP>
 __device__ __forceinline__ void dvl_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
@@ -432,7 +434,7 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
     }
 }
 
-template <typename E, int KP>
+template <typename E, int KP, bool VB2 = false>
 __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __restrict__ rk, const E* __restrict__ v,
                                        const float* __restrict__ bt, const E* __restrict__ tm, const E* __restrict__ hs,
                                        const E* __restrict__ du, const float* __restrict__ g2, const float* __restrict__ dgp,
@@ -443,6 +445,9 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     // rows of the region below: M1, M2 (split), or dw's tile (dU split, S's KP rows)
     constexpr int RA = 2 * SP * 64 > KP + SP * 64 ? 2 * SP * 64 : KP + SP * 64;
     static_assert((1 + SP) * 64 * LK >= (KP + SP * 64) * LDT, "dw's second tile buffer fits over sK and sDw");
+    // VB2: the V-tile loop's tiles (V, dU split: VT rows of the region) in two buffers
+    constexpr int VT = (1 + SP) * 64;
+    static_assert(!VB2 || 2 * VT <= RA, "two V-tile buffers fit in the region");
     DELTA_SMEM(smem);
     E* sK = (E*)smem;                      // [64][LK]
     E* sDw = sK + 64 * LK;                 // [64][LK]
@@ -452,8 +457,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     // one region, [RA][LDT]: dw's tiles (buffer A), the V-tile loop's sV, sDu, then (once it is
     // done) sM1, sM2
     E* sV = sTl + 64 * LDT;                // [64][LDT]: a 64-column tile of V
-    E* sDu = sV + 64 * LDT;                // [64][LDT]: the same tile of dU
-    E* sDul = sDu + (SP - 1) * 64 * LDT;
+    // then the same tile of dU (split), [SP][64][LDT]; VB2: a second V tile and dU after them
     E* sM1 = sV;                           // [64][LDT]: dT, then X = T^T dT, then dAb rk_s
     E* sM1l = sM1 + (SP - 1) * 64 * LDT;
     E* sM2 = sM1l + 64 * LDT;              // [64][LDT]: rk_t dAb
@@ -476,11 +480,15 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         tile_ld<E>(dst, LDT, du + vo, VP, 64, 64, 64, 64, true, tid, DNT);
         if (SP == 2) tile_ld<E>(dst + 64 * LDT, LDT, du + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
     };
+    // the V-tile loop's tile at v0 (V, then dU split) into buffer b (VB2: v0 / 64 mod 2; else 0)
     auto ld_vt = [&](int v0) {
-        ld_v<E>(sV, LDT, v, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
-        ld_du(sDu, v0);
+        E* b = sV + (VB2 ? ((v0 >> 6) & 1) * VT * LDT : 0);
+        ld_v<E>(b, LDT, v, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
+        ld_du(b + 64 * LDT, v0);
         cp_commit();
     };
+    // VB2: the second V tile's loads go out with the first's, one group each
+    const bool v2 = VB2 && VP > 64;
     // dw's tile at v0 into buffer b: dU's columns v0 .. v0 + 64 (split), then S's (hs[c], the
     // state entering the chunk) [KP][LDT]
     auto ld_dws = [&](int v0, E* b) {
@@ -511,8 +519,11 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         float acc[NTW][4];
         frag_zero(acc);
         for (int i = 0; i < ntl; ++i) {
-            // in flight behind tile i: tile i + 1, or (the last tile, after an even count) V's
-            if (i + 1 < ntl || ntl % 2 == 0) {
+            // in flight behind tile i: tile i + 1, or (the last tile, after an even count) the
+            // V-tile loop's first tile (VB2: first two)
+            if (i + 1 == ntl && ntl % 2 == 0 && v2) {
+                cp_wait<2>();
+            } else if (i + 1 < ntl || ntl % 2 == 0) {
                 cp_wait<1>();
             } else {
                 cp_wait0();
@@ -527,6 +538,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
                     ld_dws(64 * (i + 2), (i & 1) ? bufB : bufA);
                 } else {
                     ld_vt(0);
+                    if (v2) ld_vt(64);
                 }
             }
         }
@@ -550,29 +562,36 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         frag_zero(a1);
         frag_zero(a2);
         for (int v0 = 0; v0 < VP; v0 += 64) {
-            if (v0 == 0) {
+            // in flight behind this tile: K (the first), and (VB2) the next tile
+            if (v0 == 0 && v2) {
+                cp_wait<2>();
+            } else if (v0 == 0 || (VB2 && v0 + 64 < VP)) {
                 cp_wait<1>();
             } else {
                 cp_wait0();
             }
             __syncthreads();
-            wgemm2<false, true, 4>(a1, sDu, sDul, LDT, 16 * mt, sV, sV, LDT, n1, 64, lane, true, false);
+            // this tile's buffer: V, then dU (split)
+            const E* tV = sV + (VB2 ? ((v0 >> 6) & 1) * VT * LDT : 0);
+            const E* tDu = tV + 64 * LDT;
+            const E* tDul = tDu + (SP - 1) * 64 * LDT;
+            wgemm2<false, true, 4>(a1, tDu, tDul, LDT, 16 * mt, tV, tV, LDT, n1, 64, lane, true, false);
             float acc[4][4];
             frag_zero(acc);
-            wgemm2<true, false, 4>(acc, sT, sTl, LDT, 16 * mt, sDu, sDul, LDT, n1, 64, lane, true, true);
+            wgemm2<true, false, 4>(acc, sT, sTl, LDT, 16 * mt, tDu, tDul, LDT, n1, 64, lane, true, true);
             #pragma unroll
             for (int nt = 0; nt < 4; ++nt) {
                 #pragma unroll
                 for (int e = 0; e < 4; e += 2) {
                     const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
-                    rb[e >> 1] += to_f32(sV[t * LDT + jj]) * acc[nt][e] + to_f32(sV[t * LDT + jj + 1]) * acc[nt][e + 1];
+                    rb[e >> 1] += to_f32(tV[t * LDT + jj]) * acc[nt][e] + to_f32(tV[t * LDT + jj + 1]) * acc[nt][e + 1];
                     st_row_pair(dv + (c.r0 + t) * HV * (idx_t)V + (idx_t)c.hv * V, v0 + jj, V, t < c.L, sB[t] * acc[nt][e],
                                 sB[t] * acc[nt][e + 1]);
                 }
             }
-            if (v0 == 0) cp_wait0();  // K (no later tile is in flight yet)
-            __syncthreads();          // the tile is consumed: the next may land on it
-            if (v0 + 64 < VP) ld_vt(v0 + 64);
+            if (v0 == 0) cp_wait0();  // K (and, VB2, the second tile; no later tile is in flight yet)
+            __syncthreads();          // the tile is consumed: the one NB tiles on may land on it
+            if (v0 + (VB2 ? 128 : 64) < VP) ld_vt(v0 + (VB2 ? 128 : 64));
             if (v0 == 0) {
                 // 32 deep at a time (register pressure at two blocks per SM)
                 #pragma unroll 1
@@ -748,6 +767,15 @@ BWD_ENTRY(64, bf16, bf16_t)
 BWD_ENTRY(128, bf16, bf16_t)
 BWD_ENTRY(192, bf16, bf16_t)
 BWD_ENTRY(256, bf16, bf16_t)
+// lab (`wb=2`, src/delta/dispatch.rs wy_bwd_name): the V-tile loop's tiles in two buffers (wy_bwd's
+// VB2), which fit in the region of dw's tiles at KP = 256
+extern "C" __global__ void __launch_bounds__(DNT, 1) delta_wy_bwd_vb2_k256_bf16(
+    const bf16_t* k, const float* rk, const bf16_t* v, const float* bt, const bf16_t* tm, const bf16_t* hs, const bf16_t* du,
+    const float* g2, const float* dgp, float* dk, float* dv, float* dbeta, float* dg, const idx_t* bounds, const idx_t* chunk_off,
+    const int* chunk_seq, int H, int HV, int K, int V, int VP, int KZ, idx_t nch) {
+    wy_bwd<bf16_t, 256, true>(k, rk, v, bt, tm, hs, du, g2, dgp, dk, dv, dbeta, dg, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, KZ,
+                              nch);
+}
 
 // dq/dk as the entry point ENTRY with NB V-tile buffers: two (the `_s2` entries) for bf16, one
 // for f32 and the lab's wide one-buffer entries (src/delta/dispatch.rs dqk_bufs); WG: the

@@ -30,8 +30,8 @@
 //
 // delta_pm_k{KP}_bf16: one block per (chunk, value head), 256 threads: P as delta_o forms it (q,
 // k raw, rq, rk, G from g2; split) -> pm [SP][chunks, HV, 64, 64] (=), for the fused-output
-// forward `delta_hrop_*` (delta/chunk_h.cu), whose VP / BV column blocks per head would each form
-// it again.
+// forward `delta_hrop_*` and the state-gradient pass `delta_h_bwd_rdvp1_*` (delta/chunk_h.cu),
+// whose VP / 64 column blocks per head would each form it again.
 //
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
 //   delta_wyt_k64_bf16 delta_wyt_k128_bf16 delta_wyt_k192_bf16 delta_wyt_k256_bf16
@@ -377,8 +377,8 @@ __device__ __forceinline__ void o_fwd(const E* __restrict__ q, const E* __restri
 }
 
 // P alone (the `delta_pm` entries): chunk_p's P (split) per (chunk, value head) to pm [SP][chunks,
-// HV, 64, 64], the tm layout. The fused-output forward of wide value heads (`delta_hrop_*`,
-// delta/chunk_h.cu) reads it instead of forming P in each of its VP / BV column blocks.
+// HV, 64, 64], the tm layout, for the sequential passes that read P (`delta_hrop_*`,
+// `delta_h_bwd_rdvp1_*`, delta/chunk_h.cu) instead of forming it in each column block.
 template <typename E, int KP>
 __device__ __forceinline__ void p_fwd(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                       const float* __restrict__ rk, const float* __restrict__ g2, E* __restrict__ pm,
@@ -424,7 +424,7 @@ FWD_ENTRY(128, bf16, bf16_t)
 FWD_ENTRY(192, bf16, bf16_t)
 FWD_ENTRY(256, bf16, bf16_t)
 
-// P alone (bf16): the fused-output forward's P (src/delta/dispatch.rs hro_pm); smem: q, k and P's
+// P alone (bf16): the P that src/delta/dispatch.rs hro_pm and hb_pm read; smem: q, k and P's
 // two planes
 #define PM_ENTRY(KP)                                                                                     \
 extern "C" __global__ void __launch_bounds__(DNT) delta_pm_k##KP##_bf16(                                  \

@@ -288,10 +288,12 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// 64 columns, whatever the tiles), `rs1` / `rdv1` (K wider than 128:
 /// [`HBR_S1`] / [`HBR_D1`] and their residual forms); `tail=0` / `tail=1` ([`hb_tail`]),
 /// `ftail=0` / `ftail=1` ([`hr_tail`]). The residual forward: `h=resb2` or `h=resv32`, `h=ress2`
-/// where K is wider than 128 ([`h_res`]; forced on every workspace); the output fused into it: `fo=0` / `fo=1`
-/// ([`res_out`]), and P read from `delta_pm` in that fused pass: `fp=0` / `fp=1` ([`hro_pm`]), and
-/// in the one-stage state-gradient pass: `bp=0` / `bp=1` ([`hb_pm`]). The two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the
-/// residual ones also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync
+/// where K is wider than 128 ([`h_res`]; forced on every workspace); the output fused into it:
+/// `fo=0` / `fo=1` ([`res_out`]); P read from `delta_pm` in that fused pass (`fp=0` / `fp=1`,
+/// [`hro_pm`]) and in the one-stage state-gradient pass (`bp=0` / `bp=1`, [`hb_pm`]); the WY
+/// backward's V tiles on two buffers at KP = 256 (`wb=2`, [`wy_bwd_name`]). The
+/// two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the residual ones
+/// also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync
 /// entry where the warpgroup one would run ([`dqk_wg`]), `s1` the one-buffer one where K is
 /// wider than 128 ([`dqk_bufs`]).
 /// Value heads (`vs`): `split` runs bf16
@@ -643,6 +645,16 @@ pub(crate) fn hbr_name(plan: HPlan, kp: usize) -> String {
         _ => "rs1",
     };
     format!("delta_h_bwd_{form}_k{kp}_bf16")
+}
+
+/// The WY backward's entry point: `delta_wy_bwd_k{KP}_{sfx}`, or under the lab plan `wb=2` (bf16,
+/// KP = 256: under study, off by default) `delta_wy_bwd_vb2_k256_bf16`, whose V-tile loop runs on
+/// two buffers (a one-block-per-SM launch there, so each tile's load latency was exposed).
+pub(crate) fn wy_bwd_name(kp: usize, sfx: &str) -> String {
+    if kp == 256 && sfx == "bf16" && lab("wb").as_deref() == Some("2") {
+        return "delta_wy_bwd_vb2_k256_bf16".to_string();
+    }
+    format!("delta_wy_bwd_k{kp}_{sfx}")
 }
 
 /// [`hbr_name`]'s entry that reads P (`delta_h_bwd_rdvp1_*`, [`hb_pm`]).
@@ -1137,6 +1149,7 @@ mod tests {
             if kp > 128 {
                 assert!(crate::kernels::source_of(&hbrp_name(HBR_D1, kp)).is_some());
             }
+            assert!(crate::kernels::source_of(&wy_bwd_name(kp, "bf16")).is_some());
         }
         for kp in [64, 128] {
             assert!(DeltaSmem::new(true, kp, 128).dqk(2) <= 227 * 1024, "KP {kp}");

@@ -1000,7 +1000,7 @@ fn chunk_bwd<T: Elem>(
     // are written for every row of every chunk
     unsafe {
         cuda.launch(
-            &format!("delta_wy_bwd_k{kp}_{sfx}"),
+            &dd::wy_bwd_name(kp, sfx),
             dd::chunk_cfg(gx, p.hv(), 1, smem.wy_bwd()),
             &[x.k, &ws.rk, x.v, bt, tm, hs, du, g2, dgk, dk, &*g.dv, db, dg, bounds, off, seq, &h, &hv, &k, &v, &vp32, &kz32, &nch],
         )

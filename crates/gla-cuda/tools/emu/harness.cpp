@@ -1021,9 +1021,13 @@ struct Run {
         typedef void (*WybFn)(const E*, const float*, const E*, const float*, const E*, const E*, const E*, const float*, const float*,
                               float*, float*, float*, float*, const long long*, const long long*, const int*, int, int, int, int, int, int,
                               long long);
+        // DELTA_WBVAR=vb2 (the lab's wb=2, dispatch::delta::wy_bwd_name): bf16 KP = 256 on the
+        // two-buffer V-tile loop
+        const bool vb2 = sizeof(E) == 2 && KP == 256 && getenv("DELTA_WBVAR") && !std::strcmp(getenv("DELTA_WBVAR"), "vb2");
+        void* wyb = vb2 ? (void*)delta_wy_bwd_vb2_k256_bf16 : f.wyb;
         if (nc > 0)
             emu::launch(cgrid, b256, sm_wyb<E>(KP, VP), [&] {
-                ((WybFn)f.wyb)(k.data(), ptr(rk), v.data(), bt.data(), tm.data(), hs.data(), du.data(), g2.data(), dgp.data(), dkp.data(),
+                ((WybFn)wyb)(k.data(), ptr(rk), v.data(), bt.data(), tm.data(), hs.data(), du.data(), g2.data(), dgp.data(), dkp.data(),
                                dv.data(), dbp.data(), dgl.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V, VP, KZ, nch);
             });
         out.dv = back(dv);
@@ -1080,6 +1084,9 @@ int main(int argc, char** argv) {
         {"gdn-K256-V512-T130", 1, 130, 1, 1, 256, 512, 1, false, false, false, true, {}, 1},
         // wider than the unsplit chunk path: value sub-heads (bf16 too)
         {"delta-layer-V640", 2, 130, 2, 4, 60, 640, 0, true, true, false, true, {}, 1},
+        // KP = 256 with an odd count of V tiles (5) and with one: the WY backward's tile buffers
+        {"gdn-K256-V320-T70", 1, 70, 1, 1, 256, 320, 1, false, false, false, true, {}, 1},
+        {"gdn-K256-V40-T70", 1, 70, 1, 1, 256, 40, 1, false, false, false, true, {}, 1},
     };
     int i = 0;
     for (auto& c : cases) {
