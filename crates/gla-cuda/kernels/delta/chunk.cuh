@@ -116,6 +116,15 @@ __device__ __forceinline__ void ld_bt_cp(float* dst, const float* __restrict__ b
     }
 }
 
+// Chunk-head oc's split 64 x 64 tile of a [SP][chunks, HV, 64, 64] tensor (T from delta_wyt, P
+// from delta_pm; the planes nch HV 4096 apart) into hi, lo [64][LDT] by cp.async (the caller
+// commits and waits)
+template <typename E>
+__device__ __forceinline__ void ld_t64(E* hi, E* lo, const E* __restrict__ src, idx_t oc, idx_t nch, int HV, int tid) {
+    tile_ld<E>(hi, LDT, src + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+    if (Sp<E>::SP == 2) tile_ld<E>(lo, LDT, src + nch * HV * 4096 + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+}
+
 // chunk_p's inputs for chunk-parallel launch chunk c: q, k (raw, into sQ, sK [64][KP + DPAD]) and
 // G (sG [64]) by cp.async in one group with what `more` issues, the row factors rq, rk (sRq, sRk)
 // by plain loads; then every load waited for and the block synchronised.

@@ -473,7 +473,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     DELTA_SMEM_END(smem, sFc + 256);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
-    const idx_t vplane = nch * HV * 64 * VP, tplane = nch * HV * 4096;
+    const idx_t vplane = nch * HV * 64 * VP;
     // dU's columns v0 .. v0 + 64 (split) into dst [SP][64][LDT]
     auto ld_du = [&](E* dst, int v0) {
         const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
@@ -502,8 +502,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     // A once dw's last tile there is consumed; then K, read after that V tile's products.
     E* const bufA = sV;
     E* const bufB = sK;
-    tile_ld<E>(sT, LDT, tm + c.oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
-    if (SP == 2) tile_ld<E>(sTl, LDT, tm + tplane + c.oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+    ld_t64<E>(sT, sTl, tm, c.oc, nch, HV, tid);
     ld_bt_cp(sB, bt, c.r0, c.L, c.hv, HV, tid);
     ld_rf_cp(sR, rk, c.r0, c.L, c.h, H, tid);
     ld_g64(sG, g2 + c.oc * 64, tid);

@@ -191,9 +191,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
         const idx_t oc = (cbase + ci) * HV + hv, r0 = bos + (idx_t)ci * 64;
         const int L = (int)min((idx_t)64, eos - r0);
         if constexpr (RES) {
-            const idx_t tplane = nch * HV * 4096;
-            tile_ld<E>(b, LDT, tm + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
-            if (SP == 2) tile_ld<E>(b + 64 * LDT, LDT, tm + tplane + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+            ld_t64<E>(b, b + 64 * LDT, tm, oc, nch, HV, tid);
             ld_qk<E, KP>(b + SP * 64 * LDT, k, r0, L, h, H, K, tid);
             ld_v<E>(b + SP * 64 * LDT + 64 * LK, LDS, v, r0, L, hv, HV, V, j0, BV, tid);
             ld_g64(f, g2 + oc * 64, tid);
@@ -334,9 +332,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             }
             if constexpr (PL) {
                 // P from delta_pm into T's planes; it lands under the state update below
-                const idx_t pplane = nch * HV * 4096;
-                tile_ld<E>(sT, LDT, pm + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
-                if (SP == 2) tile_ld<E>(sTl, LDT, pm + pplane + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+                ld_t64<E>(sT, sTl, pm, oc, nch, HV, tid);
                 cp_commit();
             } else {
                 chunk_p<E, KP>(sT, sTl, sQ, sKc, sGc, sRq, sRk, scale, wp, lane);
@@ -444,9 +440,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
         ld_qk<E, KP>(b, q, r0, L, h, H, K, tid);
         ld_qk<E, KP>(b + 64 * LK, k, r0, L, h, H, K, tid);
         if constexpr (RES) {
-            const idx_t tplane = nch * HV * 4096;
-            tile_ld<E>(b + 2 * 64 * LK, LDT, tm + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
-            if (SP == 2) tile_ld<E>(b + 2 * 64 * LK + 64 * LDT, LDT, tm + tplane + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+            ld_t64<E>(b + 2 * 64 * LK, b + 2 * 64 * LK + 64 * LDT, tm, oc, nch, HV, tid);
         } else {
             tile_ld<E>(b + 2 * 64 * LK, LK, w + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
             if (SP == 2) tile_ld<E>(b + 3 * 64 * LK, LK, w + wplane + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
@@ -459,8 +453,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
         ld_rf_cp(fg2 + 128, rk, r0, L, h, H, tid);
         if (RES) ld_bt_cp(fg2 + 192, bt, r0, L, hv, HV, tid);
         if constexpr (PL) {
-            tile_ld<E>(sP, LDT, pm + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
-            if (SP == 2) tile_ld<E>(sPl, LDT, pm + nch * HV * 4096 + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+            ld_t64<E>(sP, sPl, pm, oc, nch, HV, tid);
         }
     };
     // two stages: chunk c - 1's loads are issued at the top of chunk c, once every warp has

@@ -473,6 +473,11 @@ static size_t sm_dvl(int KP) {
     const int SP = SPn<E>;
     return (2 * 64 * (KP + 8) + SP * 64 * 72 + 64 * 72) * sizeof(E) + 3 * 64 * 4;
 }
+// DeltaSmem::pm: delta_dvl's without the do tile
+template <class E>
+static size_t sm_pm(int KP) {
+    return sm_dvl<E>(KP) - 64 * 72 * sizeof(E);
+}
 template <class E>
 static size_t sm_hb(int KP, int BV, bool fd = false, int ns = 1) {
     const int SP = SPn<E>, L = BV + 8;
@@ -799,6 +804,16 @@ struct Run {
         }
         gate_prep(bt, gl);
     }
+    // delta_pm_* (bf16): P once per (chunk, value head) into pm [SP][chunks, HV, 64, 64], from G
+    // (g2) of the forward that ran
+    void run_pm(E* pm) {
+        typedef void (*PmFn)(const E*, const E*, const float*, const float*, const float*, E*, const long long*, const long long*,
+                             const int*, int, int, int, float, long long);
+        emu::launch(dim3{(unsigned)p.nc, (unsigned)HV, 1}, dim3{256, 1, 1}, sm_pm<E>(KP), [&] {
+            ((PmFn)g_pm.at(KP))(q.data(), k.data(), ptr(rq), ptr(rk), g2.data(), pm, p.bounds.data(), p.off.data(), p.seq.data(), H,
+                                HV, K, scale, nch);
+        });
+    }
     // fo: DELTA_FO's mode for this forward (0: delta_hr_* + delta_o where residual)
     void chunk_fwd_core(Out& out, bool want_o, int fo = 0) {
         const long long nc = p.nc;
@@ -839,16 +854,11 @@ struct Run {
                                       const float*, const E*, const float*, E*, float);
                 auto o = poison<E>(rows * HV * V);
                 if (fp_mode() && !v32) {
-                    typedef void (*PmFn)(const E*, const E*, const float*, const float*, const float*, E*, const long long*,
-                                         const long long*, const int*, int, int, int, float, long long);
                     typedef void (*HropFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*,
                                            float*, const long long*, const long long*, int, int, int, int, int, long long, const E*,
                                            const E*, const float*, const E*, const float*, E*, float, const E*);
                     auto pm = poison<E>(SP * nc * HV * 4096);
-                    emu::launch(cgrid, b256, (2 * 64 * (KP + 8) + SP * 64 * 72) * sizeof(E) + 3 * 64 * 4, [&] {
-                        ((PmFn)g_pm.at(KP))(q.data(), k.data(), ptr(rq), ptr(rk), g2.data(), pm.data(), p.bounds.data(), p.off.data(),
-                                            p.seq.data(), H, HV, K, scale, nch);
-                    });
+                    run_pm(pm.data());
                     emu::launch(dim3{(unsigned)(VP / rbv), (unsigned)(d.N * HV), 1}, b256, sm_hro(KP, rbv, wide ? 2 : 1), [&] {
                         ((HropFn)(wide ? g_hrops2 : g_hropb2).at(KP))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0),
                                                                       fo == 1 ? hs.data() : nullptr, fo == 1 ? vn.data() : nullptr,
@@ -856,16 +866,14 @@ struct Run {
                                                                       tm.data(), v.data(), bt.data(), q.data(), ptr(rq), o.data(), scale,
                                                                       pm.data());
                     });
-                    out.ht = back(split(ht, 1));
-                    out.o = back(o);
-                    return;
-                }
-                emu::launch(dim3{(unsigned)(VP / rbv), (unsigned)(d.N * HV), 1}, b256, sm_hro(KP, rbv, v32 || wide ? 2 : 1), [&] {
+                } else {
+                    emu::launch(dim3{(unsigned)(VP / rbv), (unsigned)(d.N * HV), 1}, b256, sm_hro(KP, rbv, v32 || wide ? 2 : 1), [&] {
                         ((HroFn)(wide ? g_hros2 : v32 ? g_hrov32 : g_hrob2).at(KP))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0),
                                                                   fo == 1 ? hs.data() : nullptr, fo == 1 ? vn.data() : nullptr,
                                                                   ht.data(), p.bounds.data(), p.off.data(), H, HV, K, V, VP, nch,
                                                                   tm.data(), v.data(), bt.data(), q.data(), ptr(rq), o.data(), scale);
                     });
+                }
                 out.ht = back(split(ht, 1));
                 out.o = back(o);
                 return;
@@ -981,15 +989,10 @@ struct Run {
             if (rd1 && getenv("DELTA_BP") && !std::strcmp(getenv("DELTA_BP"), "1") && nc > 0) {
                 // DELTA_BP=1 (the lab's bp=1, dispatch::delta::hb_pm): P from delta_pm, read
                 // by delta_h_bwd_rdvp1 (w's buffer, as src/delta/ops.rs)
-                typedef void (*PmFn)(const E*, const E*, const float*, const float*, const float*, E*, const long long*,
-                                     const long long*, const int*, int, int, int, float, long long);
                 typedef void (*HbrpFn)(const E*, const E*, const float*, const float*, const E*, const E*, const float*, const float*,
                                        const float*, E*, E*, float*, const long long*, const long long*, int, int, int, int, int, float,
                                        long long, const E*, const float*, int, const E*);
-                emu::launch(cgrid, b256, (2 * 64 * (KP + 8) + SP * 64 * 72) * sizeof(E) + 3 * 64 * 4, [&] {
-                    ((PmFn)g_pm.at(KP))(q.data(), k.data(), ptr(rq), ptr(rk), g2.data(), w.data(), p.bounds.data(), p.off.data(),
-                                        p.seq.data(), H, HV, K, scale, nch);
-                });
+                run_pm(w.data());
                 emu::launch(dim3{(unsigned)(VP / 64), (unsigned)nhv, 1}, b256, sm_hbr(KP, true, 64, 1), [&] {
                     ((HbrpFn)g_hbrp1.at(KP))(q.data(), k.data(), ptr(rq), ptr(rk), nullptr, d_o.data(), nullptr, g2.data(), dht.data(),
                                              dhs.data(), du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H, HV, K, V, VP, scale, nch,
