@@ -291,7 +291,8 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// where K is wider than 128 ([`h_res`]; forced on every workspace); the output fused into it:
 /// `fo=0` / `fo=1` ([`res_out`]); P read from `delta_pm` in that fused pass (`fp=0` / `fp=1`,
 /// [`hro_pm`]) and in the one-stage state-gradient pass (`bp=0` / `bp=1`, [`hb_pm`]); the WY
-/// backward's V tiles on two buffers at KP = 256 (`wb=2`, [`wy_bwd_name`]). The
+/// backward's V tiles on two buffers at KP = 256 (`wb=2`, [`wy_bwd_name`]); dw formed in dq/dk
+/// and read by the WY backward (`dw=1`, [`dqk_dw`]). The
 /// two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the residual ones
 /// also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync
 /// entry where the warpgroup one would run ([`dqk_wg`]), `s1` the one-buffer one where K is
@@ -649,12 +650,23 @@ pub(crate) fn hbr_name(plan: HPlan, kp: usize) -> String {
 
 /// The WY backward's entry point: `delta_wy_bwd_k{KP}_{sfx}`, or under the lab plan `wb=2` (bf16,
 /// KP = 256: under study, off by default) `delta_wy_bwd_vb2_k256_bf16`, whose V-tile loop runs on
-/// two buffers (a one-block-per-SM launch there, so each tile's load latency was exposed).
-pub(crate) fn wy_bwd_name(kp: usize, sfx: &str) -> String {
-    if kp == 256 && sfx == "bf16" && lab("wb").as_deref() == Some("2") {
-        return "delta_wy_bwd_vb2_k256_bf16".to_string();
+/// two buffers (a one-block-per-SM launch there, so each tile's load latency was exposed). With
+/// `dw` ([`dqk_dw`]): `delta_wy_bwd_dwin{,_vb2}_k256_bf16`, which read dw (its last argument).
+pub(crate) fn wy_bwd_name(kp: usize, sfx: &str, dw: bool) -> String {
+    let vb2 = kp == 256 && sfx == "bf16" && lab("wb").as_deref() == Some("2");
+    match (dw, vb2) {
+        (true, true) => "delta_wy_bwd_dwin_vb2_k256_bf16".to_string(),
+        (true, false) => "delta_wy_bwd_dwin_k256_bf16".to_string(),
+        (false, true) => "delta_wy_bwd_vb2_k256_bf16".to_string(),
+        (false, false) => format!("delta_wy_bwd_k{kp}_{sfx}"),
     }
-    format!("delta_wy_bwd_k{kp}_{sfx}")
+}
+
+/// Whether dq/dk forms dw = -dU S^T as well (`delta_dqk_wgw_k256_bf16`, into w's buffer) for the
+/// WY backward to read instead of reading the states: a lab plan under study (`dw=1`), where the
+/// warpgroup entry runs at KP = 256 ([`dqk_wg`]).
+pub(crate) fn dqk_dw(bf16: bool, kp: usize, arch: &str) -> bool {
+    kp == 256 && dqk_wg(bf16, kp, arch) && lab("dw").as_deref() == Some("1")
 }
 
 /// [`hbr_name`]'s entry that reads P (`delta_h_bwd_rdvp1_*`, [`hb_pm`]).
@@ -687,7 +699,9 @@ fn dqk_wg_built(bf16: bool, kp: usize) -> bool {
 /// The dq/dk launch for KP = `kp` on a device of architecture `arch`: its entry point and
 /// dynamic shared memory ([`dqk_wg`], else [`dqk_name`] with [`dqk_bufs`]).
 pub(crate) fn dqk_kernel(bf16: bool, kp: usize, sfx: &str, arch: &str, smem: &DeltaSmem) -> (String, usize) {
-    if dqk_wg(bf16, kp, arch) {
+    if dqk_dw(bf16, kp, arch) {
+        (format!("delta_dqk_wgw_k{kp}_{sfx}"), smem.dqk_wgw())
+    } else if dqk_wg(bf16, kp, arch) {
         (format!("delta_dqk_wg_k{kp}_{sfx}"), smem.dqk_wg())
     } else {
         let nb = dqk_bufs(bf16, kp);
@@ -789,9 +803,17 @@ impl DeltaSmem {
     /// `delta_dqk_wg_*` (bf16): `dqk(2)`'s tiles swizzled and unpadded (64-column rows), and
     /// 1024 bytes to align them.
     pub(crate) fn dqk_wg(&self) -> usize {
-        let (e, sp, kp) = (self.e, self.sp, self.kp);
-        let vbuf = (1 + sp) * 64 * 64 + 2 * dqk_kw(e == 2, kp) * 64;
-        (2 * 64 * kp + 2 * vbuf) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024
+        self.dqk_wg_with(false)
+    }
+    /// `delta_dqk_wgw_*` ([`dqk_dw`]): [`Self::dqk_wg`]'s with dU's split tile in each buffer and
+    /// M in registers (no [64][65] f32 tile).
+    pub(crate) fn dqk_wgw(&self) -> usize {
+        self.dqk_wg_with(true)
+    }
+    fn dqk_wg_with(&self, dw: bool) -> usize {
+        let (e, sp, kp, dw) = (self.e, self.sp, self.kp, usize::from(dw));
+        let vbuf = (1 + sp + dw * sp) * 64 * 64 + 2 * dqk_kw(e == 2, kp) * 64;
+        (2 * 64 * kp + 2 * vbuf) * e + ((1 - dw) * 64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024
     }
     pub(crate) fn wy_bwd(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -817,7 +839,7 @@ impl DeltaSmem {
         } else {
             0
         };
-        let dqwg = if dqk_wg_built(self.e == 2, self.kp) { self.dqk_wg() } else { 0 };
+        let dqwg = if dqk_wg_built(self.e == 2, self.kp) { self.dqk_wg().max(if self.kp == 256 { self.dqk_wgw() } else { 0 }) } else { 0 };
         [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), hb2, self.dqk(dq), dqwg, self.wy_bwd(), hr]
             .into_iter()
             .max()
@@ -1117,6 +1139,13 @@ mod tests {
         }
         assert!(!dqk_wg(true, 192, "sm_90a"));
         assert!(DeltaSmem::new(true, 256, 512).dqk_wg() <= 227 * 1024);
+        // dw formed in dq/dk (the lab's dw=1): its entry and the WY backward's that read dw
+        let sm = DeltaSmem::new(true, 256, 512);
+        assert!(sm.dqk_wgw() <= 227 * 1024, "{} B", sm.dqk_wgw());
+        assert!(crate::kernels::source_of("delta_dqk_wgw_k256_bf16").is_some());
+        assert_eq!(wy_bwd_name(256, "bf16", true), "delta_wy_bwd_dwin_k256_bf16");
+        assert!(crate::kernels::source_of(&wy_bwd_name(256, "bf16", true)).is_some());
+        assert!(crate::kernels::source_of("delta_wy_bwd_dwin_vb2_k256_bf16").is_some());
         // the wide residual forward, with the output fused in or not: two stages in one block's
         // shared memory
         for kp in [192, 256] {
@@ -1149,7 +1178,7 @@ mod tests {
             if kp > 128 {
                 assert!(crate::kernels::source_of(&hbrp_name(HBR_D1, kp)).is_some());
             }
-            assert!(crate::kernels::source_of(&wy_bwd_name(kp, "bf16")).is_some());
+            assert!(crate::kernels::source_of(&wy_bwd_name(kp, "bf16", false)).is_some());
         }
         for kp in [64, 128] {
             assert!(DeltaSmem::new(true, kp, 128).dqk(2) <= 227 * 1024, "KP {kp}");

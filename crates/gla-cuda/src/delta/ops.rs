@@ -985,26 +985,32 @@ fn chunk_bwd<T: Elem>(
     }
     let kz = dd::dqk_kz(bf16, kp);
     let (dqk, dqk_smem) = dd::dqk_kernel(bf16, kp, sfx, cuda.arch(), &smem);
-    // SAFETY: arguments match delta_dqk_*'s signature (the `_s2` and `_wg` entries': the same);
-    // grid z covers KP in tiles of KW; dq, dk hold [rows, HV, K] f32, dG KZ x chunks x HV x 64
-    unsafe {
-        cuda.launch(
-            &dqk,
-            dd::chunk_cfg(gx, p.hv(), kz, dqk_smem),
-            &[x.q, x.k, &ws.rq, &ws.rk, d_o, vn, hs, dhs, g2, dq, dk, dgk, bounds, off, seq, &h, &hv, &k, &v, &vp32, &scale, &nch],
-        )?;
+    // dw formed by dq/dk (a lab plan) into w's buffer: free once the state-gradient pass is done
+    let dw = dd::dqk_dw(bf16, kp, cuda.arch());
+    let need = dd::planes(bf16) * dp.n_chunks * p.hv() * 64 * kp;
+    if dw && w.len() < need {
+        check_len(op, "dw", need, w.len())?;
     }
+    let mut args: Vec<&dyn KernelArg> =
+        vec![x.q, x.k, &ws.rq, &ws.rk, d_o, vn, hs, dhs, g2, dq, dk, dgk, bounds, off, seq, &h, &hv, &k, &v, &vp32, &scale, &nch];
+    if dw {
+        args.extend([du as &dyn KernelArg, w]);
+    }
+    // SAFETY: arguments match delta_dqk_*'s signature (the `_s2` and `_wg` entries': the same;
+    // the `_wgw` entry's: then dU and dw, w's buffer, checked above); grid z covers KP in tiles
+    // of KW; dq, dk hold [rows, HV, K] f32, dG KZ x chunks x HV x 64
+    unsafe { cuda.launch(&dqk, dd::chunk_cfg(gx, p.hv(), kz, dqk_smem), &args)? };
     let kz32 = kz as i32;
-    // SAFETY: arguments match delta_wy_bwd_*'s signature (dw formed in the launch from dU and
-    // the chunk states hs); dk holds delta_dqk's values (added to); dv, dbeta and dg partials
-    // are written for every row of every chunk
-    unsafe {
-        cuda.launch(
-            &dd::wy_bwd_name(kp, sfx),
-            dd::chunk_cfg(gx, p.hv(), 1, smem.wy_bwd()),
-            &[x.k, &ws.rk, x.v, bt, tm, hs, du, g2, dgk, dk, &*g.dv, db, dg, bounds, off, seq, &h, &hv, &k, &v, &vp32, &kz32, &nch],
-        )
+    let mut args: Vec<&dyn KernelArg> =
+        vec![x.k, &ws.rk, x.v, bt, tm, hs, du, g2, dgk, dk, &*g.dv, db, dg, bounds, off, seq, &h, &hv, &k, &v, &vp32, &kz32, &nch];
+    if dw {
+        args.push(w);
     }
+    // SAFETY: arguments match delta_wy_bwd_*'s signature (dw formed in the launch from dU and
+    // the chunk states hs; the `_dwin` entries': then dw, delta_dqk_wgw's); dk holds
+    // delta_dqk's values (added to); dv, dbeta and dg partials are written for every row of
+    // every chunk
+    unsafe { cuda.launch(&dd::wy_bwd_name(kp, sfx, dw), dd::chunk_cfg(gx, p.hv(), 1, smem.wy_bwd()), &args) }
 }
 
 /// The backward's last launches: the `np` partials summed, the group of value heads (and the
