@@ -11,6 +11,9 @@
 #   GLA_CACHE_DIR: cubins compiled beforehand; fla's wheels in .whl/ (bench/fla_env.sh).
 #   PLANS: the plans to time (default below); CHECKS: the plans to check (`base`: the default);
 #   BUDGET: seconds in all (default 540: under the device's 600 s a call).
+#   SHAPES: `gla bench` shape flags (default: the shapes of record). The wide heads' lab plans:
+#   PLANS="base dw=1 h=resv32b2 fp=1,bp=1 wb=2" CHECKS="bp=1,wb=2,hb=rdv1,dw=1,h=resv32b2 fp=1"
+#   SHAPES="--shape 8,2048,6,256,512 --shape 8,2048,32,256,256".
 set -u
 export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 G="${1:-target/release/gla}"
@@ -24,7 +27,7 @@ t() { echo "[$(( $(date +%s) - S ))s] $*"; }
 SUM=$OUT/summary.txt
 : > "$SUM"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm --format=csv,noheader > "$OUT/gpu.txt" 2>&1
-SHAPES="--shape 32,2048,16,128,128 --shape 8,8192,16,128,128 --shape 2,32768,16,128,128"
+SHAPES="${SHAPES:---shape 32,2048,16,128,128 --shape 8,8192,16,128,128 --shape 2,32768,16,128,128}"
 for plan in $PLANS; do
   tag=${plan//[=,]/_}
   lab=$plan; [ "$plan" = base ] && lab=""
@@ -62,20 +65,29 @@ python3 - "$OUT" "$PLANS" >> "$SUM" <<'EOF'
 import json, os, re, sys
 out, plans = sys.argv[1], sys.argv[2].split()
 def tag(p): return re.sub(r"[=,]", "_", p)
-print("\nms (median), bf16, H=16, K=V=128, B*T=65536")
-print(f"{'plan':<24}{'op':<6}{'pass':<9}" + "".join(f"{'T='+str(t):>10}" for t in (2048, 8192, 32768)))
+# the shapes in the order the benchmarks ran them (B x T x H x K x V)
+res = {}
 for p in plans:
     f = os.path.join(out, f"bench_{tag(p)}.json")
-    if not os.path.exists(f):
+    if os.path.exists(f):
+        res[p] = json.load(open(f))["results"]
+def sname(r): return "x".join(str(x) for x in r["shape"])
+shapes = []
+for rs in res.values():
+    for r in rs:
+        if sname(r) not in shapes: shapes.append(sname(r))
+print("\nms (median), bf16")
+print(f"{'plan':<24}{'op':<6}{'pass':<9}" + "".join(f"{s:>20}" for s in shapes))
+for p in plans:
+    if p not in res:
         print(f"{p:<24}(no result)"); continue
-    rs = json.load(open(f))["results"]
     for op in ("delta", "gdn"):
         for ps in ("fwd", "fwd+bwd"):
-            ms = {r["shape"][1]: r["ms"] for r in rs if r["op"] == op and r["pass"] == ps}
-            print(f"{p:<24}{op:<6}{ps:<9}" + "".join(f"{ms.get(t, float('nan')):>10.3f}" for t in (2048, 8192, 32768)))
+            ms = {sname(r): r["ms"] for r in res[p] if r["op"] == op and r["pass"] == ps}
+            print(f"{p:<24}{op:<6}{ps:<9}" + "".join(f"{ms.get(s, float('nan')):>20.3f}" for s in shapes))
 # a launch's plan variants in one row
 def base_name(n): return re.sub(r"_(v32b2|b2|v32|rdv2|dv2|s2|wg)_", "_", n)
-for shape in ("32x2048x16x128x128", "8x8192x16x128x128", "2x32768x16x128x128"):
+for shape in shapes:
     print(f"\nper launch, delta {shape}, one forward+backward (ms; a kernel launched more than once: the sum)")
     tabs = {}
     for p in plans:
