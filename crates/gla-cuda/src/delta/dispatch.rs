@@ -670,7 +670,8 @@ pub(crate) fn wy_bwd_name(kp: usize, sfx: &str, dw: bool) -> String {
 
 /// Whether dq/dk forms dw = -dU S^T as well (`delta_dqk_wgw_k256_bf16`, into w's buffer) for the
 /// WY backward to read instead of reading the states: a lab plan under study (`dw=1`), where the
-/// warpgroup entry runs at KP = 256 ([`dqk_wg`]).
+/// warpgroup entry runs at KP = 256 ([`dqk_wg`]); the backward takes it after the residual forward
+/// only, where w's buffer holds nothing a later backward reads.
 pub(crate) fn dqk_dw(bf16: bool, kp: usize, arch: &str) -> bool {
     kp == 256 && dqk_wg(bf16, kp, arch) && lab("dw").as_deref() == Some("1")
 }

@@ -985,8 +985,9 @@ fn chunk_bwd<T: Elem>(
     }
     let kz = dd::dqk_kz(bf16, kp);
     let (dqk, dqk_smem) = dd::dqk_kernel(bf16, kp, sfx, cuda.arch(), &smem);
-    // dw formed by dq/dk (a lab plan) into w's buffer: free once the state-gradient pass is done
-    let dw = dd::dqk_dw(bf16, kp, cuda.arch());
+    // dw formed by dq/dk (a lab plan) into w's buffer: free once the state-gradient pass is done,
+    // and after the residual forward no later backward reads w there (one that needs w forms it)
+    let dw = res && dd::dqk_dw(bf16, kp, cuda.arch());
     let need = dd::planes(bf16) * dp.n_chunks * p.hv() * 64 * kp;
     if dw && w.len() < need {
         check_len(op, "dw", need, w.len())?;
