@@ -490,7 +490,7 @@ pub(crate) fn hrop_name(plan: HPlan, kp: usize) -> String {
 }
 
 /// Whether a forward with K wider than 128 takes the residual form ([`HR_S2`], [`h_res`]): bf16,
-/// unless the lab asks for a WY plan (`h=` other than `ress2`).
+/// unless the lab asks for a WY plan (`h=` other than `ress2` and `resv32b2`).
 fn res_wide(bf16: bool, kp: usize) -> bool {
     bf16 && !h_two_ok(bf16, kp) && kp <= DELTA_CHUNK_MAX && matches!(h_lab(false).as_deref(), None | Some("ress2" | "resv32b2"))
 }

@@ -580,6 +580,15 @@ fn chunk_wy_h<T: Elem>(
     Ok(false)
 }
 
+/// A workspace buffer reused for another tensor (w's, for P or dw) must hold at least `need`
+/// elements: [`check_len`]'s error where it holds fewer.
+fn check_room(op: &'static str, what: &'static str, need: usize, got: usize) -> Result<()> {
+    if got < need {
+        check_len(op, what, need, got)?;
+    }
+    Ok(())
+}
+
 /// `delta_pm_*`: P (split) once per (chunk, value head) into `pm` ([SP][chunks, HV, 64, 64] at its
 /// start; w's buffer, [SP][chunks, HV, 64, KP], where the residual form leaves w unformed), for
 /// the passes that read it ([`dd::hro_pm`], [`dd::hb_pm`]).
@@ -595,10 +604,7 @@ fn pm_launch<T: Elem>(
     pm: &CudaSlice<T>,
 ) -> Result<()> {
     // w's buffer holds [SP][chunks, HV, 64, KP]: at least P's planes
-    let need = dd::planes(true) * dp.n_chunks * p.hv() * 4096;
-    if pm.len() < need {
-        check_len(op, "P", need, pm.len())?;
-    }
+    check_room(op, "P", dd::planes(true) * dp.n_chunks * p.hv() * 4096, pm.len())?;
     let (h, hv, k, nch) = (p.h() as i32, p.hv() as i32, p.k() as i32, dp.n_chunks as i64);
     let scale = p.scale() as f32;
     let smem = DeltaSmem::new(true, kp, dd::vpad(p.v()));
@@ -988,9 +994,8 @@ fn chunk_bwd<T: Elem>(
     // dw formed by dq/dk (a lab plan) into w's buffer: free once the state-gradient pass is done,
     // and after the residual forward no later backward reads w there (one that needs w forms it)
     let dw = res && dd::dqk_dw(bf16, kp, cuda.arch());
-    let need = dd::planes(bf16) * dp.n_chunks * p.hv() * 64 * kp;
-    if dw && w.len() < need {
-        check_len(op, "dw", need, w.len())?;
+    if dw {
+        check_room(op, "dw", dd::planes(bf16) * dp.n_chunks * p.hv() * 64 * kp, w.len())?;
     }
     let mut args: Vec<&dyn KernelArg> =
         vec![x.q, x.k, &ws.rq, &ws.rk, d_o, vn, hs, dhs, g2, dq, dk, dgk, bounds, off, seq, &h, &hv, &k, &v, &vp32, &scale, &nch];
