@@ -318,8 +318,6 @@ pub const DELTA_CHUNK_H: KernelSource = source!(
         "delta_hr_s2_k128_bf16",
         "delta_hr_s2_k192_bf16",
         "delta_hr_s2_k256_bf16",
-        "delta_hr_v32b2_k192_bf16",
-        "delta_hr_v32b2_k256_bf16",
         "delta_hro_s2_k192_bf16",
         "delta_hro_s2_k256_bf16",
         "delta_hrop_b2_k64_bf16",

@@ -28,8 +28,7 @@
 // barrier in the chain. `_b2`: 64 columns, one stage, two blocks per SM; `_v32`: 32 columns, two
 // stages, one block per SM (long sequences: twice the blocks walking in step); `_s2` (KP 192,
 // 256; at KP <= 128 the heads before a 32-column tail): 64 columns, two stages, one block per
-// SM; `_v32b2` (KP 192, 256): 32 columns, one stage, two blocks per SM. The `delta_hr_*` entries
-// take nh0 last, the sequence x value head of blockIdx.y = 0.
+// SM. The `delta_hr_*` entries take nh0 last, the sequence x value head of blockIdx.y = 0.
 // delta_hro_b2_k{KP}_bf16, delta_hro_v32_k{KP}_bf16, delta_hro_s2_k{KP}_bf16: the same with the
 // output pass (delta_o) fused in, o = scale [(Qn * exp(G)) S + P U] per chunk from the state
 // entering it and U (FO below); hs and vn written only where given. delta_hrop_b2_k{64,128},
@@ -57,7 +56,6 @@
 //   delta_hro_b2_k64_bf16 delta_hro_b2_k128_bf16 delta_hro_v32_k64_bf16 delta_hro_v32_k128_bf16
 //   delta_hr_s2_k64_bf16 delta_hr_s2_k128_bf16
 //   delta_hr_s2_k192_bf16 delta_hr_s2_k256_bf16 delta_hro_s2_k192_bf16 delta_hro_s2_k256_bf16
-//   delta_hr_v32b2_k192_bf16 delta_hr_v32b2_k256_bf16
 //   delta_hrop_b2_k64_bf16 delta_hrop_b2_k128_bf16 delta_hrop_s2_k192_bf16 delta_hrop_s2_k256_bf16
 
 // The state tile's warp layout (S or dS, KP x BV in mma fragments): warp (wm, wn) of WM x WN
@@ -656,11 +654,6 @@ HR_ENTRY(delta_hr_s2, 64, 2, 64, (DNT))
 HR_ENTRY(delta_hr_s2, 128, 2, 64, (DNT))
 HR_ENTRY(delta_hr_s2, 192, 2, 64, (DNT))
 HR_ENTRY(delta_hr_s2, 256, 2, 64, (DNT))
-// lab (`h=resv32b2`, src/delta/dispatch.rs h_res): K wider than 128 on 32 columns, one stage,
-// two blocks per SM (<= 128 registers; 97 KB of shared memory at KP = 256), so that one block's
-// chain of products and barriers runs under the other's
-HR_ENTRY(delta_hr_v32b2, 192, 1, 32, (DNT, 2))
-HR_ENTRY(delta_hr_v32b2, 256, 1, 32, (DNT, 2))
 // the same with the output fused in (src/delta/dispatch.rs res_out)
 HRO_ENTRY(delta_hro_b2, 64, 1, 64, (DNT, 2))
 HRO_ENTRY(delta_hro_b2, 128, 1, 64, (DNT, 2))

@@ -288,8 +288,7 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// 64 columns, whatever the tiles), `rs1` / `rdv1` (K wider than 128:
 /// [`HBR_S1`] / [`HBR_D1`] and their residual forms); `tail=0` / `tail=1` ([`hb_tail`]),
 /// `ftail=0` / `ftail=1` ([`hr_tail`]). The residual forward: `h=resb2` or `h=resv32`, `h=ress2`
-/// where K is wider than 128, `h=resv32b2` there on two blocks per SM ([`h_res`]; forced on every
-/// workspace); the output fused into it:
+/// where K is wider than 128 ([`h_res`]; forced on every workspace); the output fused into it:
 /// `fo=0` / `fo=1` ([`res_out`]); P read from `delta_pm` in that fused pass (`fp=0` / `fp=1`,
 /// [`hro_pm`]) and in the one-stage state-gradient pass (`bp=0` / `bp=1`, [`hb_pm`]); the WY
 /// backward's V tiles on two buffers at KP = 256 (`wb=2`, [`wy_bwd_name`]); dw formed in dq/dk
@@ -420,9 +419,6 @@ pub(crate) const HR_V32: HPlan = HPlan { bv: 32, ns: 2, two: false, out: false }
 /// stages, one block per SM): per chunk T (split), k and a V tile (56 KB at KP = 256) where
 /// the WY form's `delta_h` reads w (split), k and u (112 KB) on one stage.
 pub(crate) const HR_S2: HPlan = HPlan { bv: 64, ns: 2, two: false, out: false };
-/// A lab plan for K wider than 128 (`h=resv32b2`, `delta_hr_v32b2`, KP 192 and 256): 32 columns,
-/// one stage, two blocks per SM.
-pub(crate) const HR_V32B2: HPlan = HPlan { bv: 32, ns: 1, two: true, out: false };
 
 /// The residual forward's plan, or `None` for the WY form (bf16 only): `delta_wyt`
 /// writes T alone and `delta_hr_*` forms v_new as T (beta (V - rk exp(G) (K S))), so w and u
@@ -443,13 +439,12 @@ pub(crate) const HR_V32B2: HPlan = HPlan { bv: 32, ns: 1, two: true, out: false 
 /// 128: 192 tiles) DeltaNet forward+backward ran 5.61-5.71 -> 5.52-5.59 ms, against fla's 5.52
 /// (`bench/results/2026-12-06_h100_80bbc48_delta_b96.txt`), while a forward-only workspace keeps
 /// `delta_hro_b2` there (1.59 ms against 1.66). Where it runs is [`res_ok`]'s. The lab override
-/// `h=resb2` / `h=resv32` (KP <= 128) or `h=ress2` / `h=resv32b2` ([`HR_V32B2`], wider) forces one entry on every workspace
+/// `h=resb2` / `h=resv32` (KP <= 128) or `h=ress2` (wider) forces one entry on every workspace
 /// (the delta checks run each over the whole case table), any other `h=` value (a WY plan under
 /// study) turns the residual form off.
 pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize, keep: bool) -> Option<HPlan> {
     if !h_two_ok(bf16, kp) {
-        let plan = if h_lab(false).as_deref() == Some("resv32b2") { HR_V32B2 } else { HR_S2 };
-        return res_wide(bf16, kp).then_some(plan);
+        return res_wide(bf16, kp).then_some(HR_S2);
     }
     match h_lab(false).as_deref() {
         Some("resb2") => Some(HR_B2),
@@ -468,7 +463,7 @@ pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize, keep: 
 /// also run a backward that forms w after the residual forward.
 pub(crate) fn res_ok(bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usize, fwd_only: bool) -> bool {
     fwd_only
-        || matches!(h_lab(false).as_deref(), Some("resb2" | "resv32" | "ress2" | "resv32b2"))
+        || matches!(h_lab(false).as_deref(), Some("resb2" | "resv32" | "ress2"))
         || h_bwd_res(bf16, kp, h_plan(true, bf16, kp, vp, nhv, sm_count), vp, nhv, sm_count)
 }
 
@@ -476,8 +471,7 @@ pub(crate) fn res_ok(bf16: bool, kp: usize, vp: usize, nhv: usize, sm_count: usi
 /// fused in ([`res_out`]).
 pub(crate) fn hr_name(plan: HPlan, kp: usize, out: bool) -> String {
     let form = match (plan.bv, plan.two) {
-        (32, true) => "v32b2",
-        (32, false) => "v32",
+        (32, _) => "v32",
         (_, true) => "b2",
         _ => "s2",
     };
@@ -490,9 +484,9 @@ pub(crate) fn hrop_name(plan: HPlan, kp: usize) -> String {
 }
 
 /// Whether a forward with K wider than 128 takes the residual form ([`HR_S2`], [`h_res`]): bf16,
-/// unless the lab asks for a WY plan (`h=` other than `ress2` and `resv32b2`).
+/// unless the lab asks for a WY plan (`h=` other than `ress2`).
 fn res_wide(bf16: bool, kp: usize) -> bool {
-    bf16 && !h_two_ok(bf16, kp) && kp <= DELTA_CHUNK_MAX && matches!(h_lab(false).as_deref(), None | Some("ress2" | "resv32b2"))
+    bf16 && !h_two_ok(bf16, kp) && kp <= DELTA_CHUNK_MAX && matches!(h_lab(false).as_deref(), None | Some("ress2"))
 }
 
 /// Whether the residual forward on `plan` ([`h_res`]) computes the output itself (`delta_hro_*`, no
@@ -1170,10 +1164,6 @@ mod tests {
                 assert_eq!(hbr_name(plan, kp), format!("delta_h_bwd_{form}_k{kp}_bf16"));
                 assert!(crate::kernels::source_of(&hbr_name(plan, kp)).is_some());
             }
-            // two blocks per SM on 32 columns (the lab's h=resv32b2)
-            assert_eq!(hr_name(HR_V32B2, kp, false), format!("delta_hr_v32b2_k{kp}_bf16"));
-            assert!(crate::kernels::source_of(&hr_name(HR_V32B2, kp, false)).is_some());
-            assert!(2 * (DeltaSmem::new(true, kp, 512).hr(HR_V32B2) + 1024) <= 228 * 1024, "KP {kp}");
             // P once per chunk (the lab's fp=1, bp=1)
             assert_eq!(hrop_name(HR_S2, kp), format!("delta_hrop_s2_k{kp}_bf16"));
             assert_eq!(hbrp_name(HBR_D1, kp), format!("delta_h_bwd_rdvp1_k{kp}_bf16"));

@@ -532,9 +532,6 @@ static std::map<int, void*> g_hrb2 = {{64, (void*)delta_hr_b2_k64_bf16}, {128, (
 static std::map<int, void*> g_hrv32 = {{64, (void*)delta_hr_v32_k64_bf16}, {128, (void*)delta_hr_v32_k128_bf16}};
 // K wider than 128 (dispatch::delta::HR_S2, the lab's h=ress2): DELTA_HVAR=ress2, two stages
 static std::map<int, void*> g_hrs2 = {{192, (void*)delta_hr_s2_k192_bf16}, {256, (void*)delta_hr_s2_k256_bf16}};
-// DELTA_HVAR=resv32b2 (the lab's h=resv32b2, dispatch::delta::HR_V32B2): the same on 32 columns,
-// one stage (two blocks per SM on a GPU); the output unfused
-static std::map<int, void*> g_hrv32b2 = {{192, (void*)delta_hr_v32b2_k192_bf16}, {256, (void*)delta_hr_v32b2_k256_bf16}};
 // delta_hr_s2 at KP <= 128 (dispatch::delta::hr_tail): DELTA_FTAIL=1 runs the first half of the
 // sequence x value heads of a `resv32` forward on it, the rest (at least one) on delta_hr_v32
 static std::map<int, void*> g_hrs2n = {{64, (void*)delta_hr_s2_k64_bf16}, {128, (void*)delta_hr_s2_k128_bf16}};
@@ -838,9 +835,8 @@ struct Run {
                             const long long*, const long long*, int, int, int, int, int, long long);
         const bool bres = hb_fused() || (h_bv<E>(VP, d.N * HV) == 32 && rv32_fill());
         const char* hvar = getenv("DELTA_HVAR");
-        const bool wb2 = sizeof(E) == 2 && g_hrs2.count(KP) && hvar && !std::strcmp(hvar, "resv32b2");
-        const bool wide = wb2 || (sizeof(E) == 2 && g_hrs2.count(KP) && hvar && !std::strcmp(hvar, "ress2"));
-        const char* res = wide ? hvar : sizeof(E) == 2 && g_hrb2.count(KP) ? h_res_var((VP / 64) * d.N * HV, bres) : nullptr;
+        const bool wide = sizeof(E) == 2 && g_hrs2.count(KP) && hvar && !std::strcmp(hvar, "ress2");
+        const char* res = wide ? "ress2" : sizeof(E) == 2 && g_hrb2.count(KP) ? h_res_var((VP / 64) * d.N * HV, bres) : nullptr;
         res_fwd = res != nullptr;
         if (res) {
             // T only (w, u stay poisoned), then v_new from T, k, v
@@ -853,8 +849,8 @@ struct Run {
                                  const long long*, const long long*, int, int, int, int, int, long long, const E*, const E*, const float*,
                                  int);
             const bool v32 = !std::strcmp(res, "resv32");
-            const int rbv = v32 || wb2 ? 32 : 64;
-            if (want_o && fo > 0 && nc > 0 && !wb2) {
+            const int rbv = v32 ? 32 : 64;
+            if (want_o && fo > 0 && nc > 0) {
                 typedef void (*HroFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
                                       const long long*, const long long*, int, int, int, int, int, long long, const E*, const E*,
                                       const float*, const E*, const float*, E*, float);
@@ -894,7 +890,7 @@ struct Run {
                 });
             };
             if (nhv - nt > 0) hr(g_hrs2n.at(KP), 64, 2, 0, nhv - nt);
-            hr((wb2 ? g_hrv32b2 : wide ? g_hrs2 : v32 ? g_hrv32 : g_hrb2).at(KP), rbv, (v32 || wide) && !wb2 ? 2 : 1, nhv - nt, nt);
+            hr((wide ? g_hrs2 : v32 ? g_hrv32 : g_hrb2).at(KP), rbv, v32 || wide ? 2 : 1, nhv - nt, nt);
         }
         if (nc > 0 && !res)
             emu::launch(cgrid, b256, sm_wy<E>(KP, VP), [&] {
