@@ -11,9 +11,8 @@
 #   GLA_CACHE_DIR: cubins compiled beforehand; fla's wheels in .whl/ (bench/fla_env.sh).
 #   PLANS: the plans to time (default below); CHECKS: the plans to check (`base`: the default);
 #   BUDGET: seconds in all (default 540: under the device's 600 s a call).
-#   SHAPES: `gla bench` shape flags (default: the shapes of record). The wide heads' lab plans:
-#   PLANS="base dw=1 h=resv32b2 fp=1,bp=1 wb=2" CHECKS="bp=1,wb=2,hb=rdv1,dw=1,h=resv32b2 fp=1"
-#   SHAPES="--shape 8,2048,6,256,512 --shape 8,2048,32,256,256".
+#   SHAPES: `gla bench` shape flags (default: the shapes of record), e.g. the wide heads:
+#   PLANS="base fp=0,bp=0 wb=1" SHAPES="--shape 8,2048,6,256,512 --shape 8,2048,32,256,256".
 set -u
 export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 G="${1:-target/release/gla}"

@@ -373,9 +373,6 @@ pub const DELTA_CHUNK_BWD: KernelSource = source!(
         "delta_wy_bwd_k192_bf16",
         "delta_wy_bwd_k256_bf16",
         "delta_wy_bwd_vb2_k256_bf16",
-        "delta_dqk_wgw_k256_bf16",
-        "delta_wy_bwd_dwin_k256_bf16",
-        "delta_wy_bwd_dwin_vb2_k256_bf16",
     ]
 );
 

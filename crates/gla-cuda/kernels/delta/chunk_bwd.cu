@@ -27,9 +27,7 @@
 // three (registers <= 80), delta_wy_bwd two (registers <= 128; dw's tiles (dU, S) and then the
 // V and dU tiles share one region with M1, M2, dw's second tile buffer lies over K and dw before
 // they are loaded, and the row and column sums of dA * A come from the fragments). delta_wy_bwd_vb2_k256_bf16: the same with the V-tile loop's
-// tiles in two buffers of that region (tile v + 1 lands while tile v is computed).
-// delta_dqk_wgw_k256_bf16 forms dw (split) beside dq and dk, from the same S tiles, into w's
-// buffer; delta_wy_bwd_dwin{,_vb2}_k256_bf16 read it there instead of reading the states. The
+// tiles in two buffers of that region (tile v + 1 lands while tile v is computed). The
 // derivation: the chain rule through the chunk form of docs/kernels.md's delta-rule section.
 //
 // Entry points (KP = K padded to 64 .. 256; f32 storage up to 128):
@@ -39,7 +37,6 @@
 //   delta_dqk_wg_k64_bf16 delta_dqk_wg_k128_bf16 delta_dqk_wg_k256_bf16 (sm_90a; other targets compile them to a trap)
 //   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
 //   delta_wy_bwd_vb2_k256_bf16
-//   delta_dqk_wgw_k256_bf16 (sm_90a) delta_wy_bwd_dwin_k256_bf16 delta_wy_bwd_dwin_vb2_k256_bf16
 
 template <typename E, int KP>
 __device__ __forceinline__ void dvl_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
@@ -115,28 +112,22 @@ __device__ __forceinline__ void wg_dmg_mma(float (&acc)[NT][4], unsigned a, unsi
 // terms run per k16 step in wgemm2's order (A B, then Al B or A Bl), so the sums are the same
 // adds in the same order. The V tile's products are issued at once and <S, dS'> is summed while
 // they run.
-// DW (WG only: the `_wgw` entries): dw = -dU S^T of the K tile as well, the V tile's dU (split)
-// in each buffer and its products beside dq's, to dw [SP][chunks, HV, 64, KP] (split, the layout
-// of w), which delta_wy_bwd's DWIN entries read instead of forming it from the states; M then
-// lives in the warps' fragments (the layout of dM's), which leaves the shared memory to dU.
-template <typename E, int KP, int NB, bool WG, bool DW = false>
+template <typename E, int KP, int NB, bool WG>
 __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                       const float* __restrict__ rk, const E* __restrict__ d_o, const E* __restrict__ vn,
                                       const E* __restrict__ hs, const E* __restrict__ dhs, const float* __restrict__ g2,
                                       float* __restrict__ dq, float* __restrict__ dk, float* __restrict__ dgp,
                                       const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
-                                      const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, float scale, idx_t nch,
-                                      const E* __restrict__ du = nullptr, E* __restrict__ dw = nullptr) {
+                                      const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, float scale, idx_t nch) {
     // NW warps in CS column splits (4 row tiles each): a warp's 16 x 64 / CS tile of M and dM
     // (NM n8-tiles), 16 x KW / CS of dq, dk (NT n8-tiles)
     constexpr int NW = DNT / 32, CS = NW / 4, NM = 8 / CS;
     constexpr int SP = Sp<E>::SP, KW = DqkTile<E, KP>::KW, NT = KW / (8 * CS);
     static_assert(NB == 1 || NB == 2, "one or two V-tile buffers");
     static_assert(!WG || (sizeof(E) == 2 && NB == 2), "the warpgroup entries: bf16, two buffers");
-    static_assert(!DW || WG, "dw on the warpgroup entries");
     // row strides: padded (mma.sync), or the swizzled tiles' (wg_el: 64-column blocks)
     constexpr int LK = WG ? KP : KP + DPAD, LV = WG ? 64 : LDT;
-    constexpr int VBUF = (1 + SP) * 64 * LV + 2 * KW * LV + (DW ? SP * 64 * LV : 0);  // do, U (split), S, dS (, dU split)
+    constexpr int VBUF = (1 + SP) * 64 * LV + 2 * KW * LV;  // do, U (split), S, dS
     DELTA_SMEM(smem0);
     unsigned char* smem = WG ? wg_align1024(smem0) : smem0;
     E* sQ = (E*)smem;                      // [64][LK]
@@ -144,8 +135,8 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
     E* sVb = sK + 64 * LK;                 // [NB][VBUF]: do, U [64][LV]; S, dS [KW][LV]
     E* sDMG = sVb + VBUF;                  // [SP][64][LV]: after one buffer, or the second
     E* sDMGl = sDMG + (SP - 1) * 64 * LV;
-    float* sM = (float*)(sVb + NB * VBUF + (2 - NB) * SP * 64 * LV);  // [64][65] (DW: none)
-    float* sG = sM + (DW ? 0 : 64 * 65);  // [64]
+    float* sM = (float*)(sVb + NB * VBUF + (2 - NB) * SP * 64 * LV);  // [64][65]
+    float* sG = sM + 64 * 65;              // [64]
     float* sRq = sG + 64;                  // [64]
     float* sRk = sRq + 64;                 // [64]
     float* sRow = sRk + 64;                // [CS][64]
@@ -175,7 +166,6 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
         E* sUl = sU + (SP - 1) * 64 * LV;
         E* sS = sUl + 64 * LV;
         E* sDS = sS + KW * LV;
-        E* sDu = sDS + KW * LV;
         const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
         const idx_t so = c.oc * (idx_t)KP * VP + (idx_t)k0 * VP + v0;
         if constexpr (WG) {
@@ -185,10 +175,6 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
             if (SP == 2) wg_tile_ld<64, 64, DNT>(sUl, vn + vplane + vo, VP, 64, 64, true, tid);
             wg_tile_ld<KW, 64, DNT>(sS, hs + so, VP, KW, 64, true, tid);
             wg_tile_ld<KW, 64, DNT>(sDS, dhs + so, VP, KW, 64, true, tid);
-            if constexpr (DW) {
-                wg_tile_ld<64, 64, DNT>(sDu, du + vo, VP, 64, 64, true, tid);
-                if (SP == 2) wg_tile_ld<64, 64, DNT>(sDu + 64 * LV, du + vplane + vo, VP, 64, 64, true, tid);
-            }
         } else {
             ld_v<E>(sDo, LDT, d_o, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
             tile_ld<E>(sU, LDT, vn + vo, VP, 64, 64, 64, 64, true, tid, DNT);
@@ -223,8 +209,6 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
     if constexpr (WG) wg_fence_proxy();
     __syncthreads();
     const int mt = wp & 3, cs = wp >> 2, n1 = cs * (64 / CS), nk = cs * (KW / CS);
-    // DW: M's fragments (dM's layout), else M in sM
-    float mr[DW ? NM : 1][4];
     {
         float acc[NM][4];
         frag_zero(acc);
@@ -247,20 +231,14 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
-                const float m = s <= t ? scale * sRq[t] * sRk[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f;
-                if constexpr (DW) {
-                    mr[nt][e] = m;
-                } else {
-                    sM[t * 65 + s] = m;
-                }
+                sM[t * 65 + s] = s <= t ? scale * sRq[t] * sRk[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f;
             }
         }
     }
-    float dqi[NT][4], dkd[NT][4], dM[NM][4], dwa[DW ? NT : 1][4];
+    float dqi[NT][4], dkd[NT][4], dM[NM][4];
     frag_zero(dqi);
     frag_zero(dkd);
     frag_zero(dM);
-    frag_zero(dwa);
     float sd = 0.f;
     for (int v0 = 0; v0 < VP; v0 += 64) {
         // two buffers: tile v0 + 64 into the buffer tile v0 - 64 left (every warp is past it:
@@ -283,12 +261,11 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
         const E* sUl = sU + (SP - 1) * 64 * LV;
         const E* sS = sUl + 64 * LV;
         const E* sDS = sS + KW * LV;
-        const E* sDu = sDS + KW * LV;
         if constexpr (WG) {
             // every product of the tile issued at once, per k16 step the split terms in
             // wgemm2's order; waited for after <S, dS'> below
             const unsigned uDo = smem_addr(sDo), uU = smem_addr(sU), uUl = smem_addr(sUl), uS = smem_addr(sS) + 128u * nk,
-                           uDS = smem_addr(sDS) + 128u * nk, uDu = smem_addr(sDu);
+                           uDS = smem_addr(sDS) + 128u * nk;
             wg_fence();
             #pragma unroll
             for (int kk = 0; kk < 4; ++kk) {
@@ -298,10 +275,6 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
                 if (SP == 2) wg_mma_frag<NT, 0, 0>(dkd, dsc(uUl), dsc(uDS));
                 wg_mma_frag<NM, 0, 0>(dM, dsc(uDo), dsc(uU + 128u * n1));
                 if (SP == 2) wg_mma_frag<NM, 0, 0>(dM, dsc(uDo), dsc(uUl + 128u * n1));
-                if constexpr (DW) {
-                    wg_mma_frag<NT, 0, 0>(dwa, dsc(uDu), dsc(uS));
-                    if (SP == 2) wg_mma_frag<NT, 0, 0>(dwa, dsc(uDu + 64u * 128u), dsc(uS));
-                }
             }
             wg_commit();
         } else {
@@ -325,18 +298,6 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
         if constexpr (WG) wg_wait0();
         __syncthreads();
     }
-    if constexpr (DW) {
-        // dw = -dU S^T, split (as delta_wy_bwd splits the one it forms)
-        const idx_t dwp = nch * HV * 64 * (idx_t)KP;
-        #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            #pragma unroll
-            for (int e = 0; e < 4; e += 2) {
-                const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
-                stg2_pair(dw, dwp, (c.oc * 64 + t) * (idx_t)KP + i, -dwa[nt][e], -dwa[nt][e + 1]);
-            }
-        }
-    }
     // F = dM * M: the warp's row sums (over its 64 / CS columns) and column sums (over its 16
     // rows); the dq operand dMG rk_s (dMG = dM * scale * exp(G_t - G_s), causal)
     {
@@ -346,12 +307,7 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
-                float f;
-                if constexpr (DW) {
-                    f = mr[nt][e] * dM[nt][e];
-                } else {
-                    f = sM[t * 65 + s] * dM[nt][e];
-                }
+                const float f = sM[t * 65 + s] * dM[nt][e];
                 fr[e >> 1] += f;
                 fc[nt][e & 1] += f;
                 dM[nt][e] = s <= t ? dM[nt][e] * scale * ex2f(sG[t] - sG[s]) : 0.f;
@@ -478,16 +434,13 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
     }
 }
 
-// DWIN (the `_dwin` entries): dw read from dwi (split, [SP][chunks, HV, 64, KP]: delta_dqk's DW
-// entries) instead of formed from dU and the states (hs unread).
-template <typename E, int KP, bool VB2 = false, bool DWIN = false>
+template <typename E, int KP, bool VB2 = false>
 __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __restrict__ rk, const E* __restrict__ v,
                                        const float* __restrict__ bt, const E* __restrict__ tm, const E* __restrict__ hs,
                                        const E* __restrict__ du, const float* __restrict__ g2, const float* __restrict__ dgp,
                                        float* __restrict__ dk, float* __restrict__ dv, float* __restrict__ dbeta, float* __restrict__ dg,
                                        const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
-                                       const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, int KZ, idx_t nch,
-                                       const E* __restrict__ dwi = nullptr) {
+                                       const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, int KZ, idx_t nch) {
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
     // rows of the region below: M1, M2 (split), or dw's tile (dU split, S's KP rows)
     constexpr int RA = 2 * SP * 64 > KP + SP * 64 ? 2 * SP * 64 : KP + SP * 64;
@@ -553,22 +506,12 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     ld_bt_cp(sB, bt, c.r0, c.L, c.hv, HV, tid);
     ld_rf_cp(sR, rk, c.r0, c.L, c.h, H, tid);
     ld_g64(sG, g2 + c.oc * 64, tid);
-    if constexpr (DWIN) {
-        // dw in the first group with T; then the V-tile loop's first tile(s)
-        const idx_t o = c.oc * 64 * (idx_t)KP;
-        tile_ld<E>(sDw, LK, dwi + o, KP, 64, KP, 64, KP, true, tid, DNT);
-        if (SP == 2) tile_ld<E>(sDwl, LK, dwi + nch * HV * 64 * (idx_t)KP + o, KP, 64, KP, 64, KP, true, tid, DNT);
-        cp_commit();
-        ld_vt(0);
-        if (v2) ld_vt(64);
-    } else {
-        ld_dws(0, bufA);
-        if (VP > 64) ld_dws(64, bufB);
-    }
+    ld_dws(0, bufA);
+    if (VP > 64) ld_dws(64, bufB);
     // the first dG partial (delta_dqk's), read now and first used after the products
     const float dg0 = tid < 64 ? dgp[c.oc * 64 + tid] : 0.f;
     const int mt = wp & 3, n1 = (wp >> 2) * 32;
-    if constexpr (!DWIN) {
+    {
         // dw = -dU S^T: each warp 16 rows x KP / 2 columns, summed over the V tiles in order
         constexpr int NTW = KP / 16;
         const int nk = (wp >> 2) * (KP / 2), ntl = VP / 64;
@@ -823,8 +766,8 @@ BWD_ENTRY(64, bf16, bf16_t)
 BWD_ENTRY(128, bf16, bf16_t)
 BWD_ENTRY(192, bf16, bf16_t)
 BWD_ENTRY(256, bf16, bf16_t)
-// lab (`wb=2`, src/delta/dispatch.rs wy_bwd_name): the V-tile loop's tiles in two buffers (wy_bwd's
-// VB2), which fit in the region of dw's tiles at KP = 256
+// KP = 256 in bf16 (src/delta/dispatch.rs wy_bwd_name; the lab's `wb=1` runs the entry above):
+// the V-tile loop's tiles in two buffers (wy_bwd's VB2), which fit in the region of dw's tiles
 extern "C" __global__ void __launch_bounds__(DNT, 1) delta_wy_bwd_vb2_k256_bf16(
     const bf16_t* k, const float* rk, const bf16_t* v, const float* bt, const bf16_t* tm, const bf16_t* hs, const bf16_t* du,
     const float* g2, const float* dgp, float* dk, float* dv, float* dbeta, float* dg, const idx_t* bounds, const idx_t* chunk_off,
@@ -832,20 +775,6 @@ extern "C" __global__ void __launch_bounds__(DNT, 1) delta_wy_bwd_vb2_k256_bf16(
     wy_bwd<bf16_t, 256, true>(k, rk, v, bt, tm, hs, du, g2, dgp, dk, dv, dbeta, dg, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, KZ,
                               nch);
 }
-// lab (`dw=1`, src/delta/dispatch.rs dqk_kernel, wy_bwd_name): dw read (wy_bwd's DWIN) from
-// delta_dqk_wgw_k256_bf16, on one or two V-tile buffers (VB2); the arguments of
-// delta_wy_bwd_k256_bf16 (hs unread), then dwi
-#define WYB_DWIN_ENTRY(ENTRY, VB2)                                                                       \
-extern "C" __global__ void __launch_bounds__(DNT, 1) ENTRY(                                              \
-    const bf16_t* k, const float* rk, const bf16_t* v, const float* bt, const bf16_t* tm,                \
-    const bf16_t* hs, const bf16_t* du, const float* g2, const float* dgp, float* dk, float* dv,         \
-    float* dbeta, float* dg, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H,   \
-    int HV, int K, int V, int VP, int KZ, idx_t nch, const bf16_t* dwi) {                                \
-    wy_bwd<bf16_t, 256, VB2, true>(k, rk, v, bt, tm, hs, du, g2, dgp, dk, dv, dbeta, dg, bounds,         \
-                                   chunk_off, chunk_seq, H, HV, K, V, VP, KZ, nch, dwi);                 \
-}
-WYB_DWIN_ENTRY(delta_wy_bwd_dwin_k256_bf16, false)
-WYB_DWIN_ENTRY(delta_wy_bwd_dwin_vb2_k256_bf16, true)
 
 // dq/dk as the entry point ENTRY with NB V-tile buffers: two (the `_s2` entries) for bf16, one
 // for f32 and the lab's wide one-buffer entries (src/delta/dispatch.rs dqk_bufs); WG: the
@@ -870,12 +799,3 @@ DQK_ENTRY(delta_dqk_s2_k256_bf16, 256, bf16_t, 2, false)
 DQK_ENTRY(delta_dqk_wg_k64_bf16, 64, bf16_t, 2, true)
 DQK_ENTRY(delta_dqk_wg_k128_bf16, 128, bf16_t, 2, true)
 DQK_ENTRY(delta_dqk_wg_k256_bf16, 256, bf16_t, 2, true)
-// lab (`dw=1`): delta_dqk_wg_k256_bf16 forming dw as well (dqk_k's DW): its arguments, then dU
-// (delta_h_bwd's, the layout of v_new) and dw (w's buffer, [SP][chunks, HV, 64, KP])
-extern "C" __global__ void __launch_bounds__(DNT) delta_dqk_wgw_k256_bf16(
-    const bf16_t* q, const bf16_t* k, const float* rq, const float* rk, const bf16_t* d_o, const bf16_t* vn, const bf16_t* hs,
-    const bf16_t* dhs, const float* g2, float* dq, float* dk, float* dgp, const idx_t* bounds, const idx_t* chunk_off,
-    const int* chunk_seq, int H, int HV, int K, int V, int VP, float scale, idx_t nch, const bf16_t* du, bf16_t* dw) {
-    dqk_k<bf16_t, 256, 2, true, true>(q, k, rq, rk, d_o, vn, hs, dhs, g2, dq, dk, dgp, bounds, chunk_off, chunk_seq, H, HV, K, V, VP,
-                                      scale, nch, du, dw);
-}

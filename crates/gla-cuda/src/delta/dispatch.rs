@@ -291,8 +291,7 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// where K is wider than 128 ([`h_res`]; forced on every workspace); the output fused into it:
 /// `fo=0` / `fo=1` ([`res_out`]); P read from `delta_pm` in that fused pass (`fp=0` / `fp=1`,
 /// [`hro_pm`]) and in the one-stage state-gradient pass (`bp=0` / `bp=1`, [`hb_pm`]); the WY
-/// backward's V tiles on two buffers at KP = 256 (`wb=2`, [`wy_bwd_name`]); dw formed in dq/dk
-/// and read by the WY backward (`dw=1`, [`dqk_dw`]). The
+/// backward's V tiles on one buffer at KP = 256 (`wb=1`, [`wy_bwd_name`]). The
 /// two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the residual ones
 /// also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync
 /// entry where the warpgroup one would run ([`dqk_wg`]), `s1` the one-buffer one where K is
@@ -510,18 +509,28 @@ pub(crate) fn res_out(plan: HPlan, fwd_only: bool) -> bool {
 }
 
 /// Whether the fused-output forward on `plan` ([`res_out`]) reads P from `delta_pm_k{KP}_bf16`
-/// (`delta_hrop_*`) instead of forming it in each of a head's VP / 64 column blocks: a lab plan
-/// under study (`fp=1`), on the plans that have the entries (`HR_B2`, `HR_S2`); off by default.
+/// (`delta_hrop_*`, one launch forming P once per chunk and value head) instead of forming it in
+/// each of a head's VP / 64 column blocks: K wider than 128 ([`HR_S2`]), where on the H200 (bf16,
+/// B = 8, T = 2048) the forward ran 0.876 -> 0.768 ms at H = 6, V = 512 (`delta_hro_s2` 0.819
+/// against `delta_pm` 0.044 + `delta_hrop_s2` 0.672) and 2.368 -> 2.146 at H = 32, V = 256
+/// (`bench/results/2026-12-07_h200_e1de5f0_delta_vs_fla.txt`). At KP <= 128 (`HR_B2`, two column
+/// blocks a head at V = 128) it is not timed: the lab's `fp=1` takes it there too, `fp=0` nowhere.
 pub(crate) fn hro_pm(plan: HPlan) -> bool {
-    lab("fp").as_deref() == Some("1") && (plan == HR_B2 || plan == HR_S2)
+    match lab("fp").as_deref() {
+        Some("0") => false,
+        Some("1") => plan == HR_B2 || plan == HR_S2,
+        _ => plan == HR_S2,
+    }
 }
 
 /// Whether the state-gradient pass on `plan` reads P from `delta_pm_k{KP}_bf16`
-/// (`delta_h_bwd_rdvp1_*`) instead of forming it in each of a head's VP / 64 column blocks: a
-/// lab plan under study (`bp=1`), on [`HBR_D1`] (one stage: P's tile is free at each chunk's
-/// top, so P loads with the chunk); off by default.
+/// (`delta_h_bwd_rdvp1_*`) instead of forming it in each of a head's VP / 64 column blocks: on
+/// [`HBR_D1`] (K wider than 128; one stage: P's tile is free at each chunk's top, so P loads with
+/// the chunk). On the H200 (bf16, B = 8, T = 2048) `delta_pm` + `delta_h_bwd_rdvp1` ran 0.043 +
+/// 0.700 against `delta_h_bwd_rdv1`'s 0.844 ms at H = 6, V = 512, and 0.186 + 1.865 against 2.215
+/// at H = 32, V = 256 (the file of [`hro_pm`]). The lab override `bp=0` forms P in the pass.
 pub(crate) fn hb_pm(plan: HPlan) -> bool {
-    lab("bp").as_deref() == Some("1") && plan == HBR_D1
+    lab("bp").as_deref() != Some("0") && plan == HBR_D1
 }
 
 /// Whether the state-gradient pass on `plan` (for `nhv` sequence x value heads of `vp` padded
@@ -648,26 +657,17 @@ pub(crate) fn hbr_name(plan: HPlan, kp: usize) -> String {
     format!("delta_h_bwd_{form}_k{kp}_bf16")
 }
 
-/// The WY backward's entry point: `delta_wy_bwd_k{KP}_{sfx}`, or under the lab plan `wb=2` (bf16,
-/// KP = 256: under study, off by default) `delta_wy_bwd_vb2_k256_bf16`, whose V-tile loop runs on
-/// two buffers (a one-block-per-SM launch there, so each tile's load latency was exposed). With
-/// `dw` ([`dqk_dw`]): `delta_wy_bwd_dwin{,_vb2}_k256_bf16`, which read dw (its last argument).
-pub(crate) fn wy_bwd_name(kp: usize, sfx: &str, dw: bool) -> String {
-    let vb2 = kp == 256 && sfx == "bf16" && lab("wb").as_deref() == Some("2");
-    match (dw, vb2) {
-        (true, true) => "delta_wy_bwd_dwin_vb2_k256_bf16".to_string(),
-        (true, false) => "delta_wy_bwd_dwin_k256_bf16".to_string(),
-        (false, true) => "delta_wy_bwd_vb2_k256_bf16".to_string(),
-        (false, false) => format!("delta_wy_bwd_k{kp}_{sfx}"),
+/// The WY backward's entry point: `delta_wy_bwd_k{KP}_{sfx}`, at KP = 256 in bf16
+/// `delta_wy_bwd_vb2_k256_bf16`, whose V-tile loop runs on two buffers (a one-block-per-SM launch
+/// there, where each tile's loads were waited for in full): on the H200 (bf16, B = 8, T = 2048)
+/// the launch ran 0.607 -> 0.556 ms at H = 6, V = 512 and 1.974 -> 1.874 at H = 32, V = 256
+/// (`bench/results/2026-12-07_h200_e1de5f0_delta_vs_fla.txt`). The lab override `wb=1` keeps the
+/// one-buffer loop there.
+pub(crate) fn wy_bwd_name(kp: usize, sfx: &str) -> String {
+    if kp == 256 && sfx == "bf16" && lab("wb").as_deref() != Some("1") {
+        return "delta_wy_bwd_vb2_k256_bf16".to_string();
     }
-}
-
-/// Whether dq/dk forms dw = -dU S^T as well (`delta_dqk_wgw_k256_bf16`, into w's buffer) for the
-/// WY backward to read instead of reading the states: a lab plan under study (`dw=1`), where the
-/// warpgroup entry runs at KP = 256 ([`dqk_wg`]); the backward takes it after the residual forward
-/// only, where w's buffer holds nothing a later backward reads.
-pub(crate) fn dqk_dw(bf16: bool, kp: usize, arch: &str) -> bool {
-    kp == 256 && dqk_wg(bf16, kp, arch) && lab("dw").as_deref() == Some("1")
+    format!("delta_wy_bwd_k{kp}_{sfx}")
 }
 
 /// [`hbr_name`]'s entry that reads P (`delta_h_bwd_rdvp1_*`, [`hb_pm`]).
@@ -700,9 +700,7 @@ fn dqk_wg_built(bf16: bool, kp: usize) -> bool {
 /// The dq/dk launch for KP = `kp` on a device of architecture `arch`: its entry point and
 /// dynamic shared memory ([`dqk_wg`], else [`dqk_name`] with [`dqk_bufs`]).
 pub(crate) fn dqk_kernel(bf16: bool, kp: usize, sfx: &str, arch: &str, smem: &DeltaSmem) -> (String, usize) {
-    if dqk_dw(bf16, kp, arch) {
-        (format!("delta_dqk_wgw_k{kp}_{sfx}"), smem.dqk_wgw())
-    } else if dqk_wg(bf16, kp, arch) {
+    if dqk_wg(bf16, kp, arch) {
         (format!("delta_dqk_wg_k{kp}_{sfx}"), smem.dqk_wg())
     } else {
         let nb = dqk_bufs(bf16, kp);
@@ -804,17 +802,9 @@ impl DeltaSmem {
     /// `delta_dqk_wg_*` (bf16): `dqk(2)`'s tiles swizzled and unpadded (64-column rows), and
     /// 1024 bytes to align them.
     pub(crate) fn dqk_wg(&self) -> usize {
-        self.dqk_wg_with(false)
-    }
-    /// `delta_dqk_wgw_*` ([`dqk_dw`]): [`Self::dqk_wg`]'s with dU's split tile in each buffer and
-    /// M in registers (no [64][65] f32 tile).
-    pub(crate) fn dqk_wgw(&self) -> usize {
-        self.dqk_wg_with(true)
-    }
-    fn dqk_wg_with(&self, dw: bool) -> usize {
-        let (e, sp, kp, dw) = (self.e, self.sp, self.kp, usize::from(dw));
-        let vbuf = (1 + sp + dw * sp) * 64 * 64 + 2 * dqk_kw(e == 2, kp) * 64;
-        (2 * 64 * kp + 2 * vbuf) * e + ((1 - dw) * 64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024
+        let (e, sp, kp) = (self.e, self.sp, self.kp);
+        let vbuf = (1 + sp) * 64 * 64 + 2 * dqk_kw(e == 2, kp) * 64;
+        (2 * 64 * kp + 2 * vbuf) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024
     }
     pub(crate) fn wy_bwd(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -840,7 +830,7 @@ impl DeltaSmem {
         } else {
             0
         };
-        let dqwg = if dqk_wg_built(self.e == 2, self.kp) { self.dqk_wg().max(if self.kp == 256 { self.dqk_wgw() } else { 0 }) } else { 0 };
+        let dqwg = if dqk_wg_built(self.e == 2, self.kp) { self.dqk_wg() } else { 0 };
         [self.wy(), h(64), h(32), self.o(), self.dvl(), hb(64), hb(32), hb2, self.dqk(dq), dqwg, self.wy_bwd(), hr]
             .into_iter()
             .max()
@@ -1140,13 +1130,6 @@ mod tests {
         }
         assert!(!dqk_wg(true, 192, "sm_90a"));
         assert!(DeltaSmem::new(true, 256, 512).dqk_wg() <= 227 * 1024);
-        // dw formed in dq/dk (the lab's dw=1): its entry and the WY backward's that read dw
-        let sm = DeltaSmem::new(true, 256, 512);
-        assert!(sm.dqk_wgw() <= 227 * 1024, "{} B", sm.dqk_wgw());
-        assert!(crate::kernels::source_of("delta_dqk_wgw_k256_bf16").is_some());
-        assert_eq!(wy_bwd_name(256, "bf16", true), "delta_wy_bwd_dwin_k256_bf16");
-        assert!(crate::kernels::source_of(&wy_bwd_name(256, "bf16", true)).is_some());
-        assert!(crate::kernels::source_of("delta_wy_bwd_dwin_vb2_k256_bf16").is_some());
         // the wide residual forward, with the output fused in or not: two stages in one block's
         // shared memory
         for kp in [192, 256] {
@@ -1164,7 +1147,7 @@ mod tests {
                 assert_eq!(hbr_name(plan, kp), format!("delta_h_bwd_{form}_k{kp}_bf16"));
                 assert!(crate::kernels::source_of(&hbr_name(plan, kp)).is_some());
             }
-            // P once per chunk (the lab's fp=1, bp=1)
+            // P once per chunk ([`hro_pm`], [`hb_pm`])
             assert_eq!(hrop_name(HR_S2, kp), format!("delta_hrop_s2_k{kp}_bf16"));
             assert_eq!(hbrp_name(HBR_D1, kp), format!("delta_h_bwd_rdvp1_k{kp}_bf16"));
         }
@@ -1179,7 +1162,7 @@ mod tests {
             if kp > 128 {
                 assert!(crate::kernels::source_of(&hbrp_name(HBR_D1, kp)).is_some());
             }
-            assert!(crate::kernels::source_of(&wy_bwd_name(kp, "bf16", false)).is_some());
+            assert!(crate::kernels::source_of(&wy_bwd_name(kp, "bf16")).is_some());
         }
         for kp in [64, 128] {
             assert!(DeltaSmem::new(true, kp, 128).dqk(2) <= 227 * 1024, "KP {kp}");

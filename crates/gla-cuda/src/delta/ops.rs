@@ -580,7 +580,7 @@ fn chunk_wy_h<T: Elem>(
     Ok(false)
 }
 
-/// A workspace buffer reused for another tensor (w's, for P or dw) must hold at least `need`
+/// A workspace buffer reused for another tensor (w's, for P) must hold at least `need`
 /// elements: [`check_len`]'s error where it holds fewer.
 fn check_room(op: &'static str, what: &'static str, need: usize, got: usize) -> Result<()> {
     if got < need {
@@ -950,7 +950,7 @@ fn chunk_bwd<T: Elem>(
         let nhv = grid_nhv(op, p)?;
         let tail = dd::hb_tail(plan, vp, nhv as usize, cuda.sm_count()) as u32;
         let parts = [(plan, 0, nhv - tail), (dd::HPlan { bv: 32, ..plan }, nhv - tail, tail)];
-        // P read (a lab plan): into w's buffer, which the residual form leaves unformed
+        // P read ([`dd::hb_pm`]): into w's buffer, which the residual form leaves unformed
         let pm = dd::hb_pm(plan) && dp.n_chunks > 0;
         if pm {
             pm_launch(cuda, op, p, dp, x, ws, kp, w)?;
@@ -991,32 +991,26 @@ fn chunk_bwd<T: Elem>(
     }
     let kz = dd::dqk_kz(bf16, kp);
     let (dqk, dqk_smem) = dd::dqk_kernel(bf16, kp, sfx, cuda.arch(), &smem);
-    // dw formed by dq/dk (a lab plan) into w's buffer: free once the state-gradient pass is done,
-    // and after the residual forward no later backward reads w there (one that needs w forms it)
-    let dw = res && dd::dqk_dw(bf16, kp, cuda.arch());
-    if dw {
-        check_room(op, "dw", dd::planes(bf16) * dp.n_chunks * p.hv() * 64 * kp, w.len())?;
+    // SAFETY: arguments match delta_dqk_*'s signature (the `_s2` and `_wg` entries': the same);
+    // grid z covers KP in tiles of KW; dq, dk hold [rows, HV, K] f32, dG KZ x chunks x HV x 64
+    unsafe {
+        cuda.launch(
+            &dqk,
+            dd::chunk_cfg(gx, p.hv(), kz, dqk_smem),
+            &[x.q, x.k, &ws.rq, &ws.rk, d_o, vn, hs, dhs, g2, dq, dk, dgk, bounds, off, seq, &h, &hv, &k, &v, &vp32, &scale, &nch],
+        )?;
     }
-    let mut args: Vec<&dyn KernelArg> =
-        vec![x.q, x.k, &ws.rq, &ws.rk, d_o, vn, hs, dhs, g2, dq, dk, dgk, bounds, off, seq, &h, &hv, &k, &v, &vp32, &scale, &nch];
-    if dw {
-        args.extend([du as &dyn KernelArg, w]);
-    }
-    // SAFETY: arguments match delta_dqk_*'s signature (the `_s2` and `_wg` entries': the same;
-    // the `_wgw` entry's: then dU and dw, w's buffer, checked above); grid z covers KP in tiles
-    // of KW; dq, dk hold [rows, HV, K] f32, dG KZ x chunks x HV x 64
-    unsafe { cuda.launch(&dqk, dd::chunk_cfg(gx, p.hv(), kz, dqk_smem), &args)? };
     let kz32 = kz as i32;
-    let mut args: Vec<&dyn KernelArg> =
-        vec![x.k, &ws.rk, x.v, bt, tm, hs, du, g2, dgk, dk, &*g.dv, db, dg, bounds, off, seq, &h, &hv, &k, &v, &vp32, &kz32, &nch];
-    if dw {
-        args.push(w);
-    }
     // SAFETY: arguments match delta_wy_bwd_*'s signature (dw formed in the launch from dU and
-    // the chunk states hs; the `_dwin` entries': then dw, delta_dqk_wgw's); dk holds
-    // delta_dqk's values (added to); dv, dbeta and dg partials are written for every row of
-    // every chunk
-    unsafe { cuda.launch(&dd::wy_bwd_name(kp, sfx, dw), dd::chunk_cfg(gx, p.hv(), 1, smem.wy_bwd()), &args) }
+    // the chunk states hs); dk holds delta_dqk's values (added to); dv, dbeta and dg partials
+    // are written for every row of every chunk
+    unsafe {
+        cuda.launch(
+            &dd::wy_bwd_name(kp, sfx),
+            dd::chunk_cfg(gx, p.hv(), 1, smem.wy_bwd()),
+            &[x.k, &ws.rk, x.v, bt, tm, hs, du, g2, dgk, dk, &*g.dv, db, dg, bounds, off, seq, &h, &hv, &k, &v, &vp32, &kz32, &nch],
+        )
+    }
 }
 
 /// The backward's last launches: the `np` partials summed, the group of value heads (and the

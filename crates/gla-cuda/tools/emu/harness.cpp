@@ -504,11 +504,9 @@ static size_t sm_dqk(int KP, int NB) {
 // unpadded tiles and the 1024 bytes of their alignment (DeltaSmem::dqk_wg)
 static std::map<int, void*> g_dqwg = {
     {64, (void*)delta_dqk_wg_k64_bf16}, {128, (void*)delta_dqk_wg_k128_bf16}, {256, (void*)delta_dqk_wg_k256_bf16}};
-// dw: the `_wgw` entry's (DELTA_DW=1; DeltaSmem::dqk_wgw): dU's split tile in each buffer, M in
-// registers
-static size_t sm_dqk_wg(int KP, bool dw = false) {
-    const int SP = SPn<bf16_t>, VBUF = (1 + SP + (dw ? SP : 0)) * 64 * 64 + 2 * kw<bf16_t>(KP) * 64;
-    return (2 * 64 * KP + 2 * VBUF) * 2 + ((dw ? 0 : 64 * 65) + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024;
+static size_t sm_dqk_wg(int KP) {
+    const int VBUF = (1 + SPn<bf16_t>) * 64 * 64 + 2 * kw<bf16_t>(KP) * 64;
+    return (2 * 64 * KP + 2 * VBUF) * 2 + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024;
 }
 template <class E>
 static bool dq_wg(int KP) {
@@ -541,7 +539,7 @@ static std::map<int, void*> g_hrs2n = {{64, (void*)delta_hr_s2_k64_bf16}, {128, 
 static std::map<int, void*> g_hrob2 = {{64, (void*)delta_hro_b2_k64_bf16}, {128, (void*)delta_hro_b2_k128_bf16}};
 static std::map<int, void*> g_hrov32 = {{64, (void*)delta_hro_v32_k64_bf16}, {128, (void*)delta_hro_v32_k128_bf16}};
 static std::map<int, void*> g_hros2 = {{192, (void*)delta_hro_s2_k192_bf16}, {256, (void*)delta_hro_s2_k256_bf16}};
-// DELTA_FP=1 (the lab's fp=1, dispatch::delta::hro_pm): P from delta_pm, read by delta_hrop_*
+// DELTA_FP=1 (dispatch::delta::hro_pm): P from delta_pm, read by delta_hrop_*
 // (the b2 and s2 plans)
 static std::map<int, void*> g_pm = {{64, (void*)delta_pm_k64_bf16},
                                     {128, (void*)delta_pm_k128_bf16},
@@ -989,7 +987,7 @@ struct Run {
                 });
             };
             if (rd1 && getenv("DELTA_BP") && !std::strcmp(getenv("DELTA_BP"), "1") && nc > 0) {
-                // DELTA_BP=1 (the lab's bp=1, dispatch::delta::hb_pm): P from delta_pm, read
+                // DELTA_BP=1 (dispatch::delta::hb_pm): P from delta_pm, read
                 // by delta_h_bwd_rdvp1 (w's buffer, as src/delta/ops.rs)
                 typedef void (*HbrpFn)(const E*, const E*, const float*, const float*, const E*, const E*, const float*, const float*,
                                        const float*, E*, E*, float*, const long long*, const long long*, int, int, int, int, int, float,
@@ -1016,20 +1014,7 @@ struct Run {
         typedef void (*DqkFn)(const E*, const E*, const float*, const float*, const E*, const E*, const E*, const E*, const float*,
                                float*, float*, float*, const long long*, const long long*, const int*, int, int, int, int, int, float,
                                long long);
-        // DELTA_DW=1 (the lab's dw=1, dispatch::delta::dqk_dw): at KP = 256 on warpgroups, dq/dk
-        // forms dw (delta_dqk_wgw) and the WY backward reads it (delta_wy_bwd_dwin*)
-        const bool dwl = dq_wg<E>(KP) && KP == 256 && getenv("DELTA_DW") && !std::strcmp(getenv("DELTA_DW"), "1");
-        auto dwb = poison<E>(dwl ? SP * nc * HV * 64 * KP : 0);
-        typedef void (*DqkwFn)(const E*, const E*, const float*, const float*, const E*, const E*, const E*, const E*, const float*,
-                               float*, float*, float*, const long long*, const long long*, const int*, int, int, int, int, int, float,
-                               long long, const E*, E*);
-        if (nc > 0 && dwl)
-            emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, b256, sm_dqk_wg(KP, true), [&] {
-                ((DqkwFn)(void*)delta_dqk_wgw_k256_bf16)(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), hs.data(), dhs.data(),
-                                                       g2.data(), dqp.data(), dkp.data(), dgp.data(), p.bounds.data(), p.off.data(),
-                                                       p.seq.data(), H, HV, K, V, VP, scale, nch, du.data(), dwb.data());
-            });
-        else if (nc > 0)
+        if (nc > 0)
             emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, b256, dq_wg<E>(KP) ? sm_dqk_wg(KP) : sm_dqk<E>(KP, dq_bufs<E>(KP)), [&] {
                 ((DqkFn)(dq_wg<E>(KP) ? g_dqwg[KP] : dq_bufs<E>(KP) == 1 && KP > 128 ? g_dqs1[KP] : f.dqk))(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), hs.data(), dhs.data(), g2.data(),
                                  dqp.data(), dkp.data(), dgp.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V,
@@ -1039,20 +1024,11 @@ struct Run {
         typedef void (*WybFn)(const E*, const float*, const E*, const float*, const E*, const E*, const E*, const float*, const float*,
                               float*, float*, float*, float*, const long long*, const long long*, const int*, int, int, int, int, int, int,
                               long long);
-        // DELTA_WBVAR=vb2 (the lab's wb=2, dispatch::delta::wy_bwd_name): bf16 KP = 256 on the
+        // DELTA_WBVAR=vb2 (dispatch::delta::wy_bwd_name): bf16 KP = 256 on the
         // two-buffer V-tile loop
         const bool vb2 = sizeof(E) == 2 && KP == 256 && getenv("DELTA_WBVAR") && !std::strcmp(getenv("DELTA_WBVAR"), "vb2");
         void* wyb = vb2 ? (void*)delta_wy_bwd_vb2_k256_bf16 : f.wyb;
-        typedef void (*WybwFn)(const E*, const float*, const E*, const float*, const E*, const E*, const E*, const float*, const float*,
-                               float*, float*, float*, float*, const long long*, const long long*, const int*, int, int, int, int, int, int,
-                               long long, const E*);
-        if (nc > 0 && dwl)
-            emu::launch(cgrid, b256, sm_wyb<E>(KP, VP), [&] {
-                ((WybwFn)(vb2 ? (void*)delta_wy_bwd_dwin_vb2_k256_bf16 : (void*)delta_wy_bwd_dwin_k256_bf16))(
-                    k.data(), ptr(rk), v.data(), bt.data(), tm.data(), nullptr, du.data(), g2.data(), dgp.data(), dkp.data(), dv.data(),
-                    dbp.data(), dgl.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V, VP, KZ, nch, dwb.data());
-            });
-        else if (nc > 0)
+        if (nc > 0)
             emu::launch(cgrid, b256, sm_wyb<E>(KP, VP), [&] {
                 ((WybFn)wyb)(k.data(), ptr(rk), v.data(), bt.data(), tm.data(), hs.data(), du.data(), g2.data(), dgp.data(), dkp.data(),
                                dv.data(), dbp.data(), dgl.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V, VP, KZ, nch);
