@@ -18,10 +18,18 @@ fi
 # $OUT/triton-autotune.tgz (copy it back to .triton-autotune/ for the next call).
 export TRITON_CACHE_AUTOTUNING=1
 mkdir -p "$TRITON_CACHE_DIR"
+# Without .triton-autotune/, the results kept in the repo for this card's model are restored
+# (bench/fla-autotune/<nvidia-smi name, spaces as _>.tgz: fla's own autotuning on that card, idle,
+# fla 0.6.0 and the device image's Triton; only for the card it was measured on, since H100 and
+# H200 share the cache keys).
 fla_autotune_restore() {
-    if [ -f .triton-autotune/triton-autotune.tgz ]; then
-        tar -xzf .triton-autotune/triton-autotune.tgz -C "$TRITON_CACHE_DIR"
-        echo "restored $(find "$TRITON_CACHE_DIR" -name '*.autotune.json' | wc -l) autotuning results"
+    local card f
+    card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | tr ' ' '_')
+    f=.triton-autotune/triton-autotune.tgz
+    [ -f "$f" ] || f="bench/fla-autotune/$card.tgz"
+    if [ -f "$f" ]; then
+        tar -xzf "$f" -C "$TRITON_CACHE_DIR"
+        echo "restored $(find "$TRITON_CACHE_DIR" -name '*.autotune.json' | wc -l) autotuning results from $f"
     fi
 }
 fla_autotune_save() {
