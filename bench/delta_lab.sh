@@ -12,7 +12,8 @@
 #   PLANS: the plans to time (default below); CHECKS: the plans to check (`base`: the default);
 #   BUDGET: seconds in all (default 540: under the device's 600 s a call).
 #   SHAPES: `gla bench` shape flags (default: the shapes of record), e.g. the wide heads:
-#   PLANS="base fp=0,bp=0 wb=1" SHAPES="--shape 8,2048,6,256,512 --shape 8,2048,32,256,256".
+#   PLANS="base fp=0,bp=0 wb=1" SHAPES="--shape 8,2048,6,256,512 --shape 8,2048,32,256,256";
+#   the one-plane backward labs: PLANS="base wm=1 dm=1 wm=1,dm=1" CHECKS="wm=1,dm=1".
 set -u
 export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 G="${1:-target/release/gla}"
@@ -85,7 +86,7 @@ for p in plans:
             ms = {sname(r): r["ms"] for r in res[p] if r["op"] == op and r["pass"] == ps}
             print(f"{p:<24}{op:<6}{ps:<9}" + "".join(f"{ms.get(s, float('nan')):>20.3f}" for s in shapes))
 # a launch's plan variants in one row
-def base_name(n): return re.sub(r"_(v32b2|b2|v32|rdv2|dv2|s2|wg)_", "_", n)
+def base_name(n): return re.sub(r"_(v32b2|b2|v32|rdv2|dv2|s2|wg_d1|wg|vb2_m1|vb2|m1)_", "_", n)
 for shape in shapes:
     print(f"\nper launch, delta {shape}, one forward+backward (ms; a kernel launched more than once: the sum)")
     tabs = {}

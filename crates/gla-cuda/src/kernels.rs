@@ -366,6 +366,8 @@ pub const DELTA_CHUNK_BWD: KernelSource = source!(
         "delta_dqk_wg_k64_bf16",
         "delta_dqk_wg_k128_bf16",
         "delta_dqk_wg_k256_bf16",
+        "delta_dqk_wg_d1_k128_bf16",
+        "delta_dqk_wg_d1_k256_bf16",
         "delta_wy_bwd_k64_f32",
         "delta_wy_bwd_k128_f32",
         "delta_wy_bwd_k64_bf16",
@@ -373,6 +375,8 @@ pub const DELTA_CHUNK_BWD: KernelSource = source!(
         "delta_wy_bwd_k192_bf16",
         "delta_wy_bwd_k256_bf16",
         "delta_wy_bwd_vb2_k256_bf16",
+        "delta_wy_bwd_m1_k128_bf16",
+        "delta_wy_bwd_vb2_m1_k256_bf16",
     ]
 );
 

@@ -35,8 +35,9 @@
 //   delta_dqk_k64_f32 delta_dqk_k128_f32 delta_dqk_s2_k64_bf16 delta_dqk_s2_k128_bf16 delta_dqk_k192_bf16 delta_dqk_k256_bf16
 //   delta_dqk_s2_k192_bf16 delta_dqk_s2_k256_bf16
 //   delta_dqk_wg_k64_bf16 delta_dqk_wg_k128_bf16 delta_dqk_wg_k256_bf16 (sm_90a; other targets compile them to a trap)
+//   delta_dqk_wg_d1_k128_bf16 delta_dqk_wg_d1_k256_bf16 (lab; sm_90a)
 //   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
-//   delta_wy_bwd_vb2_k256_bf16
+//   delta_wy_bwd_vb2_k256_bf16 delta_wy_bwd_m1_k128_bf16 delta_wy_bwd_vb2_m1_k256_bf16 (lab)
 
 template <typename E, int KP>
 __device__ __forceinline__ void dvl_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
@@ -88,8 +89,8 @@ struct DqkTile {
 // acc += (A + Al) B over a depth of 64: dqk_k's dq and dk products on warpgroups. A, Al: the
 // split 64 x 64 dMG tiles at shared addresses a, al (swizzled; TA: MN-major, the tile's rows
 // are the product's K), B MN-major at b (16 of its rows a k16 step); per step A B, then Al B
-// (wgemm2's order). Fenced, committed and waited for.
-template <int NT, int TA>
+// (wgemm2's order); LO false: A B alone (dMG on one plane). Fenced, committed and waited for.
+template <int NT, int TA, bool LO = true>
 __device__ __forceinline__ void wg_dmg_mma(float (&acc)[NT][4], unsigned a, unsigned al, unsigned b) {
     wg_fence();
     #pragma unroll
@@ -97,7 +98,7 @@ __device__ __forceinline__ void wg_dmg_mma(float (&acc)[NT][4], unsigned a, unsi
         const unsigned oa = TA ? 2048u * kk : 32u * kk, lbo = TA ? 8192u : 16u;
         const unsigned long long db = wg_desc(b + 2048u * kk, 8192, 1024);
         wg_mma_frag<NT, TA, 1>(acc, wg_desc(a + oa, lbo, 1024), db);
-        if (Sp<bf16_t>::SP == 2) wg_mma_frag<NT, TA, 1>(acc, wg_desc(al + oa, lbo, 1024), db);
+        if (LO && Sp<bf16_t>::SP == 2) wg_mma_frag<NT, TA, 1>(acc, wg_desc(al + oa, lbo, 1024), db);
     }
     wg_commit();
     wg_wait0();
@@ -111,8 +112,8 @@ __device__ __forceinline__ void wg_dmg_mma(float (&acc)[NT][4], unsigned a, unsi
 // same fragments; the tiles are 128-byte swizzled and unpadded (wg_el), every split product's
 // terms run per k16 step in wgemm2's order (A B, then Al B or A Bl), so the sums are the same
 // adds in the same order. The V tile's products are issued at once and <S, dS'> is summed while
-// they run.
-template <typename E, int KP, int NB, bool WG>
+// they run. D1 (the lab's `dm=1`): dMG on one bf16 plane, so its two products drop their lo terms.
+template <typename E, int KP, int NB, bool WG, bool D1 = false>
 __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                       const float* __restrict__ rk, const E* __restrict__ d_o, const E* __restrict__ vn,
                                       const E* __restrict__ hs, const E* __restrict__ dhs, const float* __restrict__ g2,
@@ -311,7 +312,8 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
                 fr[e >> 1] += f;
                 fc[nt][e & 1] += f;
                 dM[nt][e] = s <= t ? dM[nt][e] * scale * ex2f(sG[t] - sG[s]) : 0.f;
-                st2(sDMG, sDMGl, ix(t, s, LDT), dM[nt][e] * sRk[s]);
+                if constexpr (D1) sDMG[ix(t, s, LDT)] = cvt<E>(dM[nt][e] * sRk[s]);  // one plane: lo unread
+                else st2(sDMG, sDMGl, ix(t, s, LDT), dM[nt][e] * sRk[s]);
             }
         }
         #pragma unroll
@@ -349,9 +351,9 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
     if constexpr (WG) {
         // dMG (K-major) times K (MN-major: the warpgroup's columns k0 + nk .., a 64-column block
         // or the half of one at a 64-byte offset), 16 rows of K a k16 step
-        wg_dmg_mma<NT, 0>(dqi, smem_addr(sDMG), smem_addr(sDMGl), smem_addr(sK) + 128u * 64 * ((k0 + nk) >> 6) + 2u * ((k0 + nk) & 63));
+        wg_dmg_mma<NT, 0, !D1>(dqi, smem_addr(sDMG), smem_addr(sDMGl), smem_addr(sK) + 128u * 64 * ((k0 + nk) >> 6) + 2u * ((k0 + nk) & 63));
     } else {
-        wgemm2<false, false, NT>(dqi, sDMG, sDMGl, LDT, 16 * mt, sK, sK, LK, k0 + nk, 64, lane, true, false);
+        wgemm2<false, false, NT>(dqi, sDMG, sDMGl, LDT, 16 * mt, sK, sK, LK, k0 + nk, 64, lane, !D1, false);
     }
     #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
@@ -368,7 +370,8 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
         #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
-            st2(sDMG, sDMGl, ix(t, s, LDT), dM[nt][e] * sRq[t]);
+            if constexpr (D1) sDMG[ix(t, s, LDT)] = cvt<E>(dM[nt][e] * sRq[t]);  // one plane: lo unread
+            else st2(sDMG, sDMGl, ix(t, s, LDT), dM[nt][e] * sRq[t]);
         }
     }
     if constexpr (WG) wg_fence_proxy();
@@ -387,9 +390,9 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
     }
     if constexpr (WG) {
         // (rq dMG)^T (MN-major: dMG's rows are the product's K) times Q, as dq's
-        wg_dmg_mma<NT, 1>(dkd, smem_addr(sDMG), smem_addr(sDMGl), smem_addr(sQ) + 128u * 64 * ((k0 + nk) >> 6) + 2u * ((k0 + nk) & 63));
+        wg_dmg_mma<NT, 1, !D1>(dkd, smem_addr(sDMG), smem_addr(sDMGl), smem_addr(sQ) + 128u * 64 * ((k0 + nk) >> 6) + 2u * ((k0 + nk) & 63));
     } else {
-        wgemm2<true, false, NT>(dkd, sDMG, sDMGl, LDT, 16 * mt, sQ, sQ, LK, k0 + nk, 64, lane, true, false);
+        wgemm2<true, false, NT>(dkd, sDMG, sDMGl, LDT, 16 * mt, sQ, sQ, LK, k0 + nk, 64, lane, !D1, false);
     }
     #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
@@ -434,7 +437,7 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
     }
 }
 
-template <typename E, int KP, bool VB2 = false>
+template <typename E, int KP, bool VB2 = false, bool M1P = false>
 __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __restrict__ rk, const E* __restrict__ v,
                                        const float* __restrict__ bt, const E* __restrict__ tm, const E* __restrict__ hs,
                                        const E* __restrict__ du, const float* __restrict__ g2, const float* __restrict__ dgp,
@@ -643,8 +646,14 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
                 }
                 fr[e >> 1] += f;
                 fc[nt][e & 1] += f;
-                st2(sM1, sM1l, t * LDT + s, ab * sR[s]);
-                st2(sM2, sM2l, t * LDT + s, ab * sR[t]);
+                if constexpr (M1P) {
+                    // one plane (the lab's wm=1): the lo planes stay unread below
+                    sM1[t * LDT + s] = cvt<E>(ab * sR[s]);
+                    sM2[t * LDT + s] = cvt<E>(ab * sR[t]);
+                } else {
+                    st2(sM1, sM1l, t * LDT + s, ab * sR[s]);
+                    st2(sM2, sM2l, t * LDT + s, ab * sR[t]);
+                }
             }
         }
         // F = dA * A: the warp's row sums (over its 32 columns) and column sums (over its 16 rows)
@@ -691,8 +700,8 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         frag_zero(acc);
         frag_zero(dkk);
         wgemm2<true, false, 4>(acc, sT, sTl, LDT, 16 * mt, sDw, sDwl, LK, i0 + n1, 64, lane, true, true);
-        wgemm2<false, false, 4>(dkk, sM1, sM1l, LDT, 16 * mt, sK, sK, LK, i0 + n1, 64, lane, true, false);
-        wgemm2<true, false, 4>(dkk, sM2, sM2l, LDT, 16 * mt, sK, sK, LK, i0 + n1, 64, lane, true, false);
+        wgemm2<false, false, 4>(dkk, sM1, sM1l, LDT, 16 * mt, sK, sK, LK, i0 + n1, 64, lane, !M1P, false);
+        wgemm2<true, false, 4>(dkk, sM2, sM2l, LDT, 16 * mt, sK, sK, LK, i0 + n1, 64, lane, !M1P, false);
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
             #pragma unroll
@@ -766,36 +775,51 @@ BWD_ENTRY(64, bf16, bf16_t)
 BWD_ENTRY(128, bf16, bf16_t)
 BWD_ENTRY(192, bf16, bf16_t)
 BWD_ENTRY(256, bf16, bf16_t)
-// KP = 256 in bf16 (src/delta/dispatch.rs wy_bwd_name; the lab's `wb=1` runs the entry above):
-// the V-tile loop's tiles in two buffers (wy_bwd's VB2), which fit in the region of dw's tiles
-extern "C" __global__ void __launch_bounds__(DNT, 1) delta_wy_bwd_vb2_k256_bf16(
-    const bf16_t* k, const float* rk, const bf16_t* v, const float* bt, const bf16_t* tm, const bf16_t* hs, const bf16_t* du,
-    const float* g2, const float* dgp, float* dk, float* dv, float* dbeta, float* dg, const idx_t* bounds, const idx_t* chunk_off,
-    const int* chunk_seq, int H, int HV, int K, int V, int VP, int KZ, idx_t nch) {
-    wy_bwd<bf16_t, 256, true>(k, rk, v, bt, tm, hs, du, g2, dgp, dk, dv, dbeta, dg, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, KZ,
-                              nch);
+// bf16 variants of delta_wy_bwd as the entry point ENTRY (MINB blocks per SM): VB2, the V-tile
+// loop's tiles in two buffers; M1P, dAb's tiles M1 and M2 on one plane
+#define WY_BWD_ENTRY(ENTRY, KP, VB2, M1P, MINB)                                                          \
+extern "C" __global__ void __launch_bounds__(DNT, MINB) ENTRY(                                           \
+    const bf16_t* k, const float* rk, const bf16_t* v, const float* bt, const bf16_t* tm,                \
+    const bf16_t* hs, const bf16_t* du, const float* g2, const float* dgp, float* dk, float* dv,         \
+    float* dbeta, float* dg, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H,   \
+    int HV, int K, int V, int VP, int KZ, idx_t nch) {                                                   \
+    wy_bwd<bf16_t, KP, VB2, M1P>(k, rk, v, bt, tm, hs, du, g2, dgp, dk, dv, dbeta, dg, bounds,           \
+                                 chunk_off, chunk_seq, H, HV, K, V, VP, KZ, nch);                        \
 }
+// KP = 256 in bf16 (src/delta/dispatch.rs wy_bwd_name; the lab's `wb=1` runs the entry above):
+// the V-tile loop's tiles in two buffers, which fit in the region of dw's tiles
+WY_BWD_ENTRY(delta_wy_bwd_vb2_k256_bf16, 256, true, false, 1)
+// lab (`wm=1`, src/delta/dispatch.rs wy_bwd_name): M1 = dAb rk_s and M2 = dAb rk_t on one bf16
+// plane (tools/emu: within tolerance on the case table, dk up to 1.22x the split's error;
+// bench/results/2026-12-07_cpu2_04f4d35_delta_backward_precision_sites.txt), so dk's two dAb
+// products drop their lo * hi terms
+WY_BWD_ENTRY(delta_wy_bwd_m1_k128_bf16, 128, false, true, 2)
+WY_BWD_ENTRY(delta_wy_bwd_vb2_m1_k256_bf16, 256, true, true, 1)
 
 // dq/dk as the entry point ENTRY with NB V-tile buffers: two (the `_s2` entries) for bf16, one
 // for f32 and the lab's wide one-buffer entries (src/delta/dispatch.rs dqk_bufs); WG: the
 // products on warpgroups (the `_wg` entries, sm_90a)
-#define DQK_ENTRY(ENTRY, KP, E, NB, WG)                                                                  \
+#define DQK_ENTRY(ENTRY, KP, E, NB, WG, D1)                                                                \
 extern "C" __global__ void __launch_bounds__(DNT) ENTRY(                                                 \
     const E* q, const E* k, const float* rq, const float* rk, const E* d_o, const E* vn, const E* hs,    \
     const E* dhs, const float* g2, float* dq, float* dk, float* dgp, const idx_t* bounds,                \
     const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V, int VP, float scale,      \
     idx_t nch) {                                                                                         \
-    dqk_k<E, KP, NB, WG>(q, k, rq, rk, d_o, vn, hs, dhs, g2, dq, dk, dgp, bounds, chunk_off, chunk_seq,  \
-                         H, HV, K, V, VP, scale, nch);                                                   \
+    dqk_k<E, KP, NB, WG, D1>(q, k, rq, rk, d_o, vn, hs, dhs, g2, dq, dk, dgp, bounds, chunk_off,          \
+                             chunk_seq, H, HV, K, V, VP, scale, nch);                                    \
 }
-DQK_ENTRY(delta_dqk_k64_f32, 64, float, 1, false)
-DQK_ENTRY(delta_dqk_k128_f32, 128, float, 1, false)
-DQK_ENTRY(delta_dqk_s2_k64_bf16, 64, bf16_t, 2, false)
-DQK_ENTRY(delta_dqk_s2_k128_bf16, 128, bf16_t, 2, false)
-DQK_ENTRY(delta_dqk_k192_bf16, 192, bf16_t, 1, false)
-DQK_ENTRY(delta_dqk_k256_bf16, 256, bf16_t, 1, false)
-DQK_ENTRY(delta_dqk_s2_k192_bf16, 192, bf16_t, 2, false)
-DQK_ENTRY(delta_dqk_s2_k256_bf16, 256, bf16_t, 2, false)
-DQK_ENTRY(delta_dqk_wg_k64_bf16, 64, bf16_t, 2, true)
-DQK_ENTRY(delta_dqk_wg_k128_bf16, 128, bf16_t, 2, true)
-DQK_ENTRY(delta_dqk_wg_k256_bf16, 256, bf16_t, 2, true)
+DQK_ENTRY(delta_dqk_k64_f32, 64, float, 1, false, false)
+DQK_ENTRY(delta_dqk_k128_f32, 128, float, 1, false, false)
+DQK_ENTRY(delta_dqk_s2_k64_bf16, 64, bf16_t, 2, false, false)
+DQK_ENTRY(delta_dqk_s2_k128_bf16, 128, bf16_t, 2, false, false)
+DQK_ENTRY(delta_dqk_k192_bf16, 192, bf16_t, 1, false, false)
+DQK_ENTRY(delta_dqk_k256_bf16, 256, bf16_t, 1, false, false)
+DQK_ENTRY(delta_dqk_s2_k192_bf16, 192, bf16_t, 2, false, false)
+DQK_ENTRY(delta_dqk_s2_k256_bf16, 256, bf16_t, 2, false, false)
+DQK_ENTRY(delta_dqk_wg_k64_bf16, 64, bf16_t, 2, true, false)
+DQK_ENTRY(delta_dqk_wg_k128_bf16, 128, bf16_t, 2, true, false)
+DQK_ENTRY(delta_dqk_wg_k256_bf16, 256, bf16_t, 2, true, false)
+// lab (`dm=1`, src/delta/dispatch.rs dqk_kernel): dMG on one plane (tools/emu: within tolerance,
+// bench/results/2026-12-07_cpu2_04f4d35_delta_backward_precision_sites.txt)
+DQK_ENTRY(delta_dqk_wg_d1_k128_bf16, 128, bf16_t, 2, true, true)
+DQK_ENTRY(delta_dqk_wg_d1_k256_bf16, 256, bf16_t, 2, true, true)

@@ -504,6 +504,12 @@ static size_t sm_dqk(int KP, int NB) {
 // unpadded tiles and the 1024 bytes of their alignment (DeltaSmem::dqk_wg)
 static std::map<int, void*> g_dqwg = {
     {64, (void*)delta_dqk_wg_k64_bf16}, {128, (void*)delta_dqk_wg_k128_bf16}, {256, (void*)delta_dqk_wg_k256_bf16}};
+// DELTA_DM=1 (the lab's dm=1): dMG on one plane, KP 128 and 256
+static std::map<int, void*> g_dqwg1 = {{128, (void*)delta_dqk_wg_d1_k128_bf16}, {256, (void*)delta_dqk_wg_d1_k256_bf16}};
+static void* dq_wg_entry(int KP) {
+    const char* v = getenv("DELTA_DM");
+    return v && !std::strcmp(v, "1") && g_dqwg1.count(KP) ? g_dqwg1[KP] : g_dqwg[KP];
+}
 static size_t sm_dqk_wg(int KP) {
     const int VBUF = (1 + SPn<bf16_t>) * 64 * 64 + 2 * kw<bf16_t>(KP) * 64;
     return (2 * 64 * KP + 2 * VBUF) * 2 + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024;
@@ -1016,7 +1022,7 @@ struct Run {
                                long long);
         if (nc > 0)
             emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, b256, dq_wg<E>(KP) ? sm_dqk_wg(KP) : sm_dqk<E>(KP, dq_bufs<E>(KP)), [&] {
-                ((DqkFn)(dq_wg<E>(KP) ? g_dqwg[KP] : dq_bufs<E>(KP) == 1 && KP > 128 ? g_dqs1[KP] : f.dqk))(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), hs.data(), dhs.data(), g2.data(),
+                ((DqkFn)(dq_wg<E>(KP) ? dq_wg_entry(KP) : dq_bufs<E>(KP) == 1 && KP > 128 ? g_dqs1[KP] : f.dqk))(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), hs.data(), dhs.data(), g2.data(),
                                  dqp.data(), dkp.data(), dgp.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V,
                                  VP, scale, nch);
             });
@@ -1027,7 +1033,11 @@ struct Run {
         // DELTA_WBVAR=vb2 (dispatch::delta::wy_bwd_name): bf16 KP = 256 on the
         // two-buffer V-tile loop
         const bool vb2 = sizeof(E) == 2 && KP == 256 && getenv("DELTA_WBVAR") && !std::strcmp(getenv("DELTA_WBVAR"), "vb2");
-        void* wyb = vb2 ? (void*)delta_wy_bwd_vb2_k256_bf16 : f.wyb;
+        // DELTA_WM=1 (the lab's wm=1): dAb's M1, M2 on one plane, at KP 128 and on the KP = 256
+        // two-buffer entry
+        const bool wm1 = sizeof(E) == 2 && getenv("DELTA_WM") && !std::strcmp(getenv("DELTA_WM"), "1");
+        void* wyb = vb2 ? (wm1 ? (void*)delta_wy_bwd_vb2_m1_k256_bf16 : (void*)delta_wy_bwd_vb2_k256_bf16)
+                        : (wm1 && KP == 128 ? (void*)delta_wy_bwd_m1_k128_bf16 : f.wyb);
         if (nc > 0)
             emu::launch(cgrid, b256, sm_wyb<E>(KP, VP), [&] {
                 ((WybFn)wyb)(k.data(), ptr(rk), v.data(), bt.data(), tm.data(), hs.data(), du.data(), g2.data(), dgp.data(), dkp.data(),
