@@ -753,6 +753,18 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     }
 }
 
+// delta_wy_bwd as the entry point ENTRY (MINB blocks per SM): VB2, the V-tile loop's tiles in two
+// buffers; M1P, dAb's tiles M1 and M2 on one plane
+#define WY_BWD_ENTRY(ENTRY, KP, E, VB2, M1P, MINB)                                                       \
+extern "C" __global__ void __launch_bounds__(DNT, MINB) ENTRY(                                           \
+    const E* k, const float* rk, const E* v, const float* bt, const E* tm, const E* hs, const E* du,     \
+    const float* g2, const float* dgp, float* dk, float* dv, float* dbeta, float* dg,                    \
+    const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
+    int VP, int KZ, idx_t nch) {                                                                         \
+    wy_bwd<E, KP, VB2, M1P>(k, rk, v, bt, tm, hs, du, g2, dgp, dk, dv, dbeta, dg, bounds, chunk_off,     \
+                            chunk_seq, H, HV, K, V, VP, KZ, nch);                                        \
+}
+
 #define BWD_ENTRY(KP, NAME, E)                                                                           \
 extern "C" __global__ void __launch_bounds__(DNT, 3) delta_dvl_k##KP##_##NAME(                              \
     const E* q, const E* k, const float* rq, const float* rk, const E* d_o, const float* g2, float* dvl,  \
@@ -760,14 +772,7 @@ extern "C" __global__ void __launch_bounds__(DNT, 3) delta_dvl_k##KP##_##NAME(  
     int VP, float scale) {                                                                               \
     dvl_k<E, KP>(q, k, rq, rk, d_o, g2, dvl, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, scale);      \
 }                                                                                                        \
-extern "C" __global__ void __launch_bounds__(DNT, KP <= 128 ? 2 : 1) delta_wy_bwd_k##KP##_##NAME(                           \
-    const E* k, const float* rk, const E* v, const float* bt, const E* tm, const E* hs, const E* du,     \
-    const float* g2, const float* dgp, float* dk, float* dv, float* dbeta, float* dg,                    \
-    const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
-    int VP, int KZ, idx_t nch) {                                                                         \
-    wy_bwd<E, KP>(k, rk, v, bt, tm, hs, du, g2, dgp, dk, dv, dbeta, dg, bounds, chunk_off, chunk_seq, H, \
-                  HV, K, V, VP, KZ, nch);                                                                \
-}
+WY_BWD_ENTRY(delta_wy_bwd_k##KP##_##NAME, KP, E, false, false, KP <= 128 ? 2 : 1)
 
 BWD_ENTRY(64, f32, float)
 BWD_ENTRY(128, f32, float)
@@ -775,26 +780,15 @@ BWD_ENTRY(64, bf16, bf16_t)
 BWD_ENTRY(128, bf16, bf16_t)
 BWD_ENTRY(192, bf16, bf16_t)
 BWD_ENTRY(256, bf16, bf16_t)
-// bf16 variants of delta_wy_bwd as the entry point ENTRY (MINB blocks per SM): VB2, the V-tile
-// loop's tiles in two buffers; M1P, dAb's tiles M1 and M2 on one plane
-#define WY_BWD_ENTRY(ENTRY, KP, VB2, M1P, MINB)                                                          \
-extern "C" __global__ void __launch_bounds__(DNT, MINB) ENTRY(                                           \
-    const bf16_t* k, const float* rk, const bf16_t* v, const float* bt, const bf16_t* tm,                \
-    const bf16_t* hs, const bf16_t* du, const float* g2, const float* dgp, float* dk, float* dv,         \
-    float* dbeta, float* dg, const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H,   \
-    int HV, int K, int V, int VP, int KZ, idx_t nch) {                                                   \
-    wy_bwd<bf16_t, KP, VB2, M1P>(k, rk, v, bt, tm, hs, du, g2, dgp, dk, dv, dbeta, dg, bounds,           \
-                                 chunk_off, chunk_seq, H, HV, K, V, VP, KZ, nch);                        \
-}
 // KP = 256 in bf16 (src/delta/dispatch.rs wy_bwd_name; the lab's `wb=1` runs the entry above):
 // the V-tile loop's tiles in two buffers, which fit in the region of dw's tiles
-WY_BWD_ENTRY(delta_wy_bwd_vb2_k256_bf16, 256, true, false, 1)
+WY_BWD_ENTRY(delta_wy_bwd_vb2_k256_bf16, 256, bf16_t, true, false, 1)
 // lab (`wm=1`, src/delta/dispatch.rs wy_bwd_name): M1 = dAb rk_s and M2 = dAb rk_t on one bf16
 // plane (tools/emu: within tolerance on the case table, dk up to 1.22x the split's error;
 // bench/results/2026-12-07_cpu2_04f4d35_delta_backward_precision_sites.txt), so dk's two dAb
 // products drop their lo * hi terms
-WY_BWD_ENTRY(delta_wy_bwd_m1_k128_bf16, 128, false, true, 2)
-WY_BWD_ENTRY(delta_wy_bwd_vb2_m1_k256_bf16, 256, true, true, 1)
+WY_BWD_ENTRY(delta_wy_bwd_m1_k128_bf16, 128, bf16_t, false, true, 2)
+WY_BWD_ENTRY(delta_wy_bwd_vb2_m1_k256_bf16, 256, bf16_t, true, true, 1)
 
 // dq/dk as the entry point ENTRY with NB V-tile buffers: two (the `_s2` entries) for bf16, one
 // for f32 and the lab's wide one-buffer entries (src/delta/dispatch.rs dqk_bufs); WG: the
