@@ -13,7 +13,7 @@
 #   BUDGET: seconds in all (default 540: under the device's 600 s a call).
 #   SHAPES: `gla bench` shape flags (default: the shapes of record), e.g. the wide heads:
 #   PLANS="base fp=0,bp=0 wb=1" SHAPES="--shape 8,2048,6,256,512 --shape 8,2048,32,256,256";
-#   the one-plane backward labs: PLANS="base wm=1 dm=1 wm=1,dm=1" CHECKS="wm=1,dm=1".
+#   the backward's one-plane tiles split again: PLANS="base wm=0 dm=0 wm=0,dm=0" CHECKS="wm=0,dm=0".
 set -u
 export LD_LIBRARY_PATH="/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 G="${1:-target/release/gla}"

@@ -35,9 +35,9 @@
 //   delta_dqk_k64_f32 delta_dqk_k128_f32 delta_dqk_s2_k64_bf16 delta_dqk_s2_k128_bf16 delta_dqk_k192_bf16 delta_dqk_k256_bf16
 //   delta_dqk_s2_k192_bf16 delta_dqk_s2_k256_bf16
 //   delta_dqk_wg_k64_bf16 delta_dqk_wg_k128_bf16 delta_dqk_wg_k256_bf16 (sm_90a; other targets compile them to a trap)
-//   delta_dqk_wg_d1_k128_bf16 delta_dqk_wg_d1_k256_bf16 (lab; sm_90a)
+//   delta_dqk_wg_d1_k128_bf16 delta_dqk_wg_d1_k256_bf16 (sm_90a)
 //   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
-//   delta_wy_bwd_vb2_k256_bf16 delta_wy_bwd_m1_k128_bf16 delta_wy_bwd_vb2_m1_k256_bf16 (lab)
+//   delta_wy_bwd_vb2_k256_bf16 delta_wy_bwd_m1_k128_bf16 delta_wy_bwd_vb2_m1_k256_bf16
 
 template <typename E, int KP>
 __device__ __forceinline__ void dvl_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
@@ -112,7 +112,7 @@ __device__ __forceinline__ void wg_dmg_mma(float (&acc)[NT][4], unsigned a, unsi
 // same fragments; the tiles are 128-byte swizzled and unpadded (wg_el), every split product's
 // terms run per k16 step in wgemm2's order (A B, then Al B or A Bl), so the sums are the same
 // adds in the same order. The V tile's products are issued at once and <S, dS'> is summed while
-// they run. D1 (the lab's `dm=1`): dMG on one bf16 plane, so its two products drop their lo terms.
+// they run. D1 (the default at KP 128 and 256; the lab's `dm=0` keeps dMG split): dMG on one bf16 plane, so its two products drop their lo terms.
 template <typename E, int KP, int NB, bool WG, bool D1 = false>
 __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                       const float* __restrict__ rk, const E* __restrict__ d_o, const E* __restrict__ vn,
@@ -647,7 +647,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
                 fr[e >> 1] += f;
                 fc[nt][e & 1] += f;
                 if constexpr (M1P) {
-                    // one plane (the lab's wm=1): the lo planes stay unread below
+                    // one plane (M1P): the lo planes stay unread below
                     sM1[t * LDT + s] = cvt<E>(ab * sR[s]);
                     sM2[t * LDT + s] = cvt<E>(ab * sR[t]);
                 } else {
@@ -783,7 +783,8 @@ BWD_ENTRY(256, bf16, bf16_t)
 // KP = 256 in bf16 (src/delta/dispatch.rs wy_bwd_name; the lab's `wb=1` runs the entry above):
 // the V-tile loop's tiles in two buffers, which fit in the region of dw's tiles
 WY_BWD_ENTRY(delta_wy_bwd_vb2_k256_bf16, 256, bf16_t, true, false, 1)
-// lab (`wm=1`, src/delta/dispatch.rs wy_bwd_name): M1 = dAb rk_s and M2 = dAb rk_t on one bf16
+// the bf16 default at KP 128 and on the two-buffer KP 256 (src/delta/dispatch.rs wy_bwd_name;
+// the lab's `wm=0` runs the entries above): M1 = dAb rk_s and M2 = dAb rk_t on one bf16
 // plane (tools/emu: within tolerance on the case table, dk up to 1.22x the split's error;
 // bench/results/2026-12-07_cpu2_04f4d35_delta_backward_precision_sites.txt), so dk's two dAb
 // products drop their lo * hi terms
@@ -813,7 +814,8 @@ DQK_ENTRY(delta_dqk_s2_k256_bf16, 256, bf16_t, 2, false, false)
 DQK_ENTRY(delta_dqk_wg_k64_bf16, 64, bf16_t, 2, true, false)
 DQK_ENTRY(delta_dqk_wg_k128_bf16, 128, bf16_t, 2, true, false)
 DQK_ENTRY(delta_dqk_wg_k256_bf16, 256, bf16_t, 2, true, false)
-// lab (`dm=1`, src/delta/dispatch.rs dqk_kernel): dMG on one plane (tools/emu: within tolerance,
+// the default on sm_90a at KP 128 and 256 (src/delta/dispatch.rs dqk_kernel; the lab's `dm=0`
+// runs the entries above): dMG on one plane (tools/emu: within tolerance,
 // bench/results/2026-12-07_cpu2_04f4d35_delta_backward_precision_sites.txt)
 DQK_ENTRY(delta_dqk_wg_d1_k128_bf16, 128, bf16_t, 2, true, true)
 DQK_ENTRY(delta_dqk_wg_d1_k256_bf16, 256, bf16_t, 2, true, true)

@@ -291,8 +291,8 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// where K is wider than 128 ([`h_res`]; forced on every workspace); the output fused into it:
 /// `fo=0` / `fo=1` ([`res_out`]); P read from `delta_pm` in that fused pass (`fp=0` / `fp=1`,
 /// [`hro_pm`]) and in the one-stage state-gradient pass (`bp=0` / `bp=1`, [`hb_pm`]); the WY
-/// backward's V tiles on one buffer at KP = 256 (`wb=1`, [`wy_bwd_name`]), its dAb tiles on one
-/// plane (`wm=1`, the same); dq/dk's dMG on one plane (`dm=1`, [`dqk_kernel`]). The
+/// backward's V tiles on one buffer at KP = 256 (`wb=1`, [`wy_bwd_name`]), its dAb tiles split
+/// (`wm=0`, the same); dq/dk's dMG split (`dm=0`, [`dqk_kernel`]). The
 /// two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the residual ones
 /// also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync
 /// entry where the warpgroup one would run ([`dqk_wg`]), `s1` the one-buffer one where K is
@@ -663,11 +663,14 @@ pub(crate) fn hbr_name(plan: HPlan, kp: usize) -> String {
 /// there, where each tile's loads were waited for in full): on the H200 (bf16, B = 8, T = 2048)
 /// the launch ran 0.607 -> 0.556 ms at H = 6, V = 512 and 1.974 -> 1.874 at H = 32, V = 256
 /// (`bench/results/2026-12-07_h200_e1de5f0_delta_vs_fla.txt`). The lab override `wb=1` keeps the
-/// one-buffer loop there. The lab plan `wm=1` (bf16, KP 128 and the two-buffer KP 256: under
-/// study, off by default) runs `delta_wy_bwd_m1_k128_bf16` / `delta_wy_bwd_vb2_m1_k256_bf16`,
-/// with dAb's two tiles for dk on one bf16 plane.
+/// one-buffer loop there. At KP 128 and on the two-buffer KP 256 entry, bf16 runs
+/// `delta_wy_bwd_m1_k128_bf16` / `delta_wy_bwd_vb2_m1_k256_bf16`, dAb's two tiles for dk on one
+/// bf16 plane (tools/emu: dk's error at most 1.22x the split tiles'; on an H100 the launch ran
+/// 1.675 -> 1.604 ms at B = 32, T = 2048, H = 16, K = V = 128,
+/// `bench/results/2026-12-07_h100_a0a67a0_delta_one_plane_labs.txt`); the lab override `wm=0`
+/// keeps them split.
 pub(crate) fn wy_bwd_name(kp: usize, sfx: &str) -> String {
-    let m1 = sfx == "bf16" && lab("wm").as_deref() == Some("1");
+    let m1 = sfx == "bf16" && lab("wm").as_deref() != Some("0");
     if kp == 256 && sfx == "bf16" && lab("wb").as_deref() != Some("1") {
         return format!("delta_wy_bwd_vb2{}_k256_bf16", if m1 { "_m1" } else { "" });
     }
@@ -708,8 +711,10 @@ fn dqk_wg_built(bf16: bool, kp: usize) -> bool {
 /// dynamic shared memory ([`dqk_wg`], else [`dqk_name`] with [`dqk_bufs`]).
 pub(crate) fn dqk_kernel(bf16: bool, kp: usize, sfx: &str, arch: &str, smem: &DeltaSmem) -> (String, usize) {
     if dqk_wg(bf16, kp, arch) {
-        // the lab's `dm=1` (KP 128 and 256, under study, off by default): dMG on one bf16 plane
-        let d1 = matches!(kp, 128 | 256) && lab("dm").as_deref() == Some("1");
+        // KP 128 and 256: dMG on one bf16 plane (tools/emu: dq's worst error 2.42e-3 -> 2.84e-3;
+        // on an H100 1.523 -> 1.465 ms at B = 32, T = 2048, H = 16, K = V = 128); the lab's
+        // `dm=0` keeps it split
+        let d1 = matches!(kp, 128 | 256) && lab("dm").as_deref() != Some("0");
         (format!("delta_dqk_wg{}_k{kp}_{sfx}", if d1 { "_d1" } else { "" }), smem.dqk_wg())
     } else {
         let nb = dqk_bufs(bf16, kp);
@@ -1173,7 +1178,7 @@ mod tests {
             }
             assert!(crate::kernels::source_of(&wy_bwd_name(kp, "bf16")).is_some());
         }
-        // the one-plane lab entries: the WY backward's dAb (wm=1), dq/dk's dMG (dm=1)
+        // the one-plane entries: the WY backward's dAb (lab wm=0 turns it off), dq/dk's dMG (dm=0)
         for name in ["delta_wy_bwd_m1_k128_bf16", "delta_wy_bwd_vb2_m1_k256_bf16", "delta_dqk_wg_d1_k128_bf16", "delta_dqk_wg_d1_k256_bf16"]
         {
             assert!(crate::kernels::source_of(name).is_some(), "{name}");

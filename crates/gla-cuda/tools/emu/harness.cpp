@@ -504,7 +504,8 @@ static size_t sm_dqk(int KP, int NB) {
 // unpadded tiles and the 1024 bytes of their alignment (DeltaSmem::dqk_wg)
 static std::map<int, void*> g_dqwg = {
     {64, (void*)delta_dqk_wg_k64_bf16}, {128, (void*)delta_dqk_wg_k128_bf16}, {256, (void*)delta_dqk_wg_k256_bf16}};
-// DELTA_DM=1 (the lab's dm=1): dMG on one plane, KP 128 and 256
+// DELTA_DM=1 (dispatch's default on sm_90a; the lab's dm=0 turns it off): dMG on one plane,
+// KP 128 and 256
 static std::map<int, void*> g_dqwg1 = {{128, (void*)delta_dqk_wg_d1_k128_bf16}, {256, (void*)delta_dqk_wg_d1_k256_bf16}};
 static void* dq_wg_entry(int KP) {
     const char* v = getenv("DELTA_DM");
@@ -1033,7 +1034,7 @@ struct Run {
         // DELTA_WBVAR=vb2 (dispatch::delta::wy_bwd_name): bf16 KP = 256 on the
         // two-buffer V-tile loop
         const bool vb2 = sizeof(E) == 2 && KP == 256 && getenv("DELTA_WBVAR") && !std::strcmp(getenv("DELTA_WBVAR"), "vb2");
-        // DELTA_WM=1 (the lab's wm=1): dAb's M1, M2 on one plane, at KP 128 and on the KP = 256
+        // DELTA_WM=1 (dispatch's bf16 default; the lab's wm=0 turns it off): dAb's M1, M2 on one plane, at KP 128 and on the KP = 256
         // two-buffer entry
         const bool wm1 = sizeof(E) == 2 && getenv("DELTA_WM") && !std::strcmp(getenv("DELTA_WM"), "1");
         void* wyb = vb2 ? (wm1 ? (void*)delta_wy_bwd_vb2_m1_k256_bf16 : (void*)delta_wy_bwd_vb2_k256_bf16)
