@@ -38,6 +38,7 @@
 //   delta_dqk_wg_d1_k128_bf16 delta_dqk_wg_d1_k256_bf16 (sm_90a)
 //   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
 //   delta_wy_bwd_vb2_k256_bf16 delta_wy_bwd_m1_k128_bf16 delta_wy_bwd_vb2_m1_k256_bf16
+//   delta_wy_bwd_wg_m1_k128_bf16 (sm_90a; other targets compile it to a trap)
 
 template <typename E, int KP>
 __device__ __forceinline__ void dvl_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
@@ -437,7 +438,7 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
     }
 }
 
-template <typename E, int KP, bool VB2 = false, bool M1P = false>
+template <typename E, int KP, bool VB2 = false, bool M1P = false, bool WG = false>
 __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __restrict__ rk, const E* __restrict__ v,
                                        const float* __restrict__ bt, const E* __restrict__ tm, const E* __restrict__ hs,
                                        const E* __restrict__ du, const float* __restrict__ g2, const float* __restrict__ dgp,
@@ -451,7 +452,11 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     // VB2: the V-tile loop's tiles (V, dU split: VT rows of the region) in two buffers
     constexpr int VT = (1 + SP) * 64;
     static_assert(!VB2 || 2 * VT <= RA, "two V-tile buffers fit in the region");
-    DELTA_SMEM(smem);
+    static_assert(!WG || sizeof(E) == 2, "the warpgroup dw: bf16");
+    // WG: dw's tiles swizzled and unpadded (wg_el; every buffer below starts on a 1024-byte
+    // boundary: 64 rows of LK or LDT elements are whole KB), the base aligned to 1024 bytes
+    DELTA_SMEM(smem0);
+    unsigned char* smem = WG ? wg_align1024(smem0) : smem0;
     E* sK = (E*)smem;                      // [64][LK]
     E* sDw = sK + 64 * LK;                 // [64][LK]
     E* sDwl = sDw + (SP - 1) * 64 * LK;
@@ -473,7 +478,10 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     float* sX = sRg + 128;                 // [64]: dG
     float* sFr = sX + 64;                  // [2][64]: row sums of dA * A (per column half)
     float* sFc = sFr + 128;                // [4][64]: column sums of dA * A (per row quarter)
-    DELTA_SMEM_END(smem, sFc + 256);
+    DELTA_SMEM_END(smem0, sFc + 256);
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    if (WG) __trap();
+#endif
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
     const idx_t vplane = nch * HV * 64 * VP;
@@ -494,9 +502,17 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     const bool v2 = VB2 && VP > 64;
     // dw's tile at v0 into buffer b: dU's columns v0 .. v0 + 64 (split), then S's (hs[c], the
     // state entering the chunk) [KP][LDT]
+    // (WG: dU's planes [SP][64][64] and S [KP][64], swizzled)
     auto ld_dws = [&](int v0, E* b) {
-        ld_du(b, v0);
-        tile_ld<E>(b + SP * 64 * LDT, LDT, hs + c.oc * (idx_t)KP * VP + v0, VP, KP, 64, KP, 64, true, tid, DNT);
+        if constexpr (WG) {
+            const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
+            wg_tile_ld<64, 64, DNT>(b, du + vo, VP, 64, 64, true, tid);
+            if (SP == 2) wg_tile_ld<64, 64, DNT>(b + 64 * 64, du + vplane + vo, VP, 64, 64, true, tid);
+            wg_tile_ld<KP, 64, DNT>(b + SP * 64 * 64, hs + c.oc * (idx_t)KP * VP + v0, VP, KP, 64, true, tid);
+        } else {
+            ld_du(b, v0);
+            tile_ld<E>(b + SP * 64 * LDT, LDT, hs + c.oc * (idx_t)KP * VP + v0, VP, KP, 64, KP, 64, true, tid, DNT);
+        }
         cp_commit();
     };
     // The loads, in groups so that products start before the last bytes land: T, beta, rk, G
@@ -530,10 +546,30 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
             } else {
                 cp_wait0();
             }
+            if constexpr (WG) wg_fence_proxy();
             __syncthreads();
             const E* b = (i & 1) ? bufB : bufA;
-            wgemm2<false, true, NTW>(acc, b, b + (SP - 1) * 64 * LDT, LDT, 16 * mt, b + SP * 64 * LDT, b + SP * 64 * LDT, LDT, nk, 64,
-                                     lane, true, false);
+            if constexpr (WG) {
+                // the warpgroup's 64 rows x KP / 2 columns in 64-column halves (m64n64), per k16
+                // step dU's hi then lo plane: wgemm2's terms in wgemm2's order
+                const unsigned ua = smem_addr(b), us = smem_addr(b + SP * 64 * 64) + 128u * nk;
+                wg_fence();
+                #pragma unroll
+                for (int kk = 0; kk < 4; ++kk) {
+                    #pragma unroll
+                    for (int hh = 0; hh < NTW / 8; ++hh) {
+                        float(&ah)[8][4] = *reinterpret_cast<float(*)[8][4]>(&acc[8 * hh]);
+                        const unsigned long long db = wg_desc(us + 64u * 128u * hh + 32u * kk, 16, 1024);
+                        wg_mma_frag<8, 0, 0>(ah, wg_desc(ua + 32u * kk, 16, 1024), db);
+                        if (SP == 2) wg_mma_frag<8, 0, 0>(ah, wg_desc(ua + 64u * 128u + 32u * kk, 16, 1024), db);
+                    }
+                }
+                wg_commit();
+                wg_wait0();
+            } else {
+                wgemm2<false, true, NTW>(acc, b, b + (SP - 1) * 64 * LDT, LDT, 16 * mt, b + SP * 64 * LDT, b + SP * 64 * LDT, LDT, nk,
+                                         64, lane, true, false);
+            }
             if (i + 2 < ntl || !(i & 1)) {
                 __syncthreads();  // the buffer is consumed
                 if (i + 2 < ntl) {
@@ -754,15 +790,15 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
 }
 
 // delta_wy_bwd as the entry point ENTRY (MINB blocks per SM): VB2, the V-tile loop's tiles in two
-// buffers; M1P, dAb's tiles M1 and M2 on one plane
-#define WY_BWD_ENTRY(ENTRY, KP, E, VB2, M1P, MINB)                                                       \
+// buffers; M1P, dAb's tiles M1 and M2 on one plane; WG, dw on warpgroup products (sm_90a)
+#define WY_BWD_ENTRY(ENTRY, KP, E, VB2, M1P, WG, MINB)                                                   \
 extern "C" __global__ void __launch_bounds__(DNT, MINB) ENTRY(                                           \
     const E* k, const float* rk, const E* v, const float* bt, const E* tm, const E* hs, const E* du,     \
     const float* g2, const float* dgp, float* dk, float* dv, float* dbeta, float* dg,                    \
     const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
     int VP, int KZ, idx_t nch) {                                                                         \
-    wy_bwd<E, KP, VB2, M1P>(k, rk, v, bt, tm, hs, du, g2, dgp, dk, dv, dbeta, dg, bounds, chunk_off,     \
-                            chunk_seq, H, HV, K, V, VP, KZ, nch);                                        \
+    wy_bwd<E, KP, VB2, M1P, WG>(k, rk, v, bt, tm, hs, du, g2, dgp, dk, dv, dbeta, dg, bounds, chunk_off, \
+                                chunk_seq, H, HV, K, V, VP, KZ, nch);                                    \
 }
 
 #define BWD_ENTRY(KP, NAME, E)                                                                           \
@@ -772,7 +808,7 @@ extern "C" __global__ void __launch_bounds__(DNT, 3) delta_dvl_k##KP##_##NAME(  
     int VP, float scale) {                                                                               \
     dvl_k<E, KP>(q, k, rq, rk, d_o, g2, dvl, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, scale);      \
 }                                                                                                        \
-WY_BWD_ENTRY(delta_wy_bwd_k##KP##_##NAME, KP, E, false, false, KP <= 128 ? 2 : 1)
+WY_BWD_ENTRY(delta_wy_bwd_k##KP##_##NAME, KP, E, false, false, false, KP <= 128 ? 2 : 1)
 
 BWD_ENTRY(64, f32, float)
 BWD_ENTRY(128, f32, float)
@@ -782,14 +818,19 @@ BWD_ENTRY(192, bf16, bf16_t)
 BWD_ENTRY(256, bf16, bf16_t)
 // KP = 256 in bf16 (src/delta/dispatch.rs wy_bwd_name; the lab's `wb=1` runs the entry above):
 // the V-tile loop's tiles in two buffers, which fit in the region of dw's tiles
-WY_BWD_ENTRY(delta_wy_bwd_vb2_k256_bf16, 256, bf16_t, true, false, 1)
+WY_BWD_ENTRY(delta_wy_bwd_vb2_k256_bf16, 256, bf16_t, true, false, false, 1)
 // the bf16 default at KP 128 and on the two-buffer KP 256 (src/delta/dispatch.rs wy_bwd_name;
 // the lab's `wm=0` runs the entries above): M1 = dAb rk_s and M2 = dAb rk_t on one bf16
 // plane (tools/emu: within tolerance on the case table, dk up to 1.22x the split's error;
 // bench/results/2026-12-07_cpu2_04f4d35_delta_backward_precision_sites.txt), so dk's two dAb
 // products drop their lo * hi terms
-WY_BWD_ENTRY(delta_wy_bwd_m1_k128_bf16, 128, bf16_t, false, true, 2)
-WY_BWD_ENTRY(delta_wy_bwd_vb2_m1_k256_bf16, 256, bf16_t, true, true, 1)
+WY_BWD_ENTRY(delta_wy_bwd_m1_k128_bf16, 128, bf16_t, false, true, false, 2)
+WY_BWD_ENTRY(delta_wy_bwd_vb2_m1_k256_bf16, 256, bf16_t, true, true, false, 1)
+// the default on sm_90a at KP 128 (src/delta/dispatch.rs wy_bwd_kernel; the lab's `ww=0` runs
+// the entry above): dw = -dU S^T on warpgroup products, its tiles swizzled; the launch waits on
+// shared memory, which wgmma reads once per warpgroup where mma.sync's fragments (ldmatrix) read
+// it once per warp. The same bits as the mma.sync entry (tools/emu, DELTA_WW=1)
+WY_BWD_ENTRY(delta_wy_bwd_wg_m1_k128_bf16, 128, bf16_t, false, true, true, 2)
 
 // dq/dk as the entry point ENTRY with NB V-tile buffers: two (the `_s2` entries) for bf16, one
 // for f32 and the lab's wide one-buffer entries (src/delta/dispatch.rs dqk_bufs); WG: the

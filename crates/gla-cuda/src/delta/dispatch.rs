@@ -292,7 +292,8 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// `fo=0` / `fo=1` ([`res_out`]); P read from `delta_pm` in that fused pass (`fp=0` / `fp=1`,
 /// [`hro_pm`]) and in the one-stage state-gradient pass (`bp=0` / `bp=1`, [`hb_pm`]); the WY
 /// backward's V tiles on one buffer at KP = 256 (`wb=1`, [`wy_bwd_name`]), its dAb tiles split
-/// (`wm=0`, the same); dq/dk's dMG split (`dm=0`, [`dqk_kernel`]). The
+/// (`wm=0`, the same), its dw on mma.sync at KP 128 (`ww=0`, [`wy_bwd_kernel`]); dq/dk's dMG split
+/// (`dm=0`, [`dqk_kernel`]). The
 /// two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the residual ones
 /// also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync
 /// entry where the warpgroup one would run ([`dqk_wg`]), `s1` the one-buffer one where K is
@@ -678,6 +679,22 @@ pub(crate) fn wy_bwd_name(kp: usize, sfx: &str) -> String {
         return "delta_wy_bwd_m1_k128_bf16".to_string();
     }
     format!("delta_wy_bwd_k{kp}_{sfx}")
+}
+
+/// The WY backward's launch for KP = `kp` on a device of architecture `arch`: its entry point
+/// ([`wy_bwd_name`]) and dynamic shared memory. On sm_90a at KP 128 (bf16, the one-plane dAb
+/// entry) dw = -dU S^T runs on warpgroup products (`delta_wy_bwd_wg_m1_k128_bf16`: dw's tiles
+/// swizzled, 1024 bytes more to align them; no ldmatrix for dw, no spill): on an H100 (bf16, B =
+/// 32, T = 2048, H = 16, K = V = 128) the launch ran 1.605 -> 1.567 ms, forward+backward 6.536 ->
+/// 6.479, at T = 32768 7.475 -> 7.414 (`bench/results/2026-12-07_h100_a22288b_delta_wy_bwd_wg.txt`).
+/// At KP = 256 the same ran within noise or slower (V = 512: 0.580 -> 0.587 ms) and was dropped.
+/// The lab override `ww=0` keeps the mma.sync entry.
+pub(crate) fn wy_bwd_kernel(kp: usize, sfx: &str, arch: &str, smem: &DeltaSmem) -> (String, usize) {
+    let name = wy_bwd_name(kp, sfx);
+    if arch == crate::runtime::ARCH_HOPPER && name == "delta_wy_bwd_m1_k128_bf16" && lab("ww").as_deref() != Some("0") {
+        return ("delta_wy_bwd_wg_m1_k128_bf16".to_string(), smem.wy_bwd() + 1024);
+    }
+    (name, smem.wy_bwd())
 }
 
 /// [`hbr_name`]'s entry that reads P (`delta_h_bwd_rdvp1_*`, [`hb_pm`]).
@@ -1179,8 +1196,13 @@ mod tests {
             assert!(crate::kernels::source_of(&wy_bwd_name(kp, "bf16")).is_some());
         }
         // the one-plane entries: the WY backward's dAb (lab wm=0 turns it off), dq/dk's dMG (dm=0)
-        for name in ["delta_wy_bwd_m1_k128_bf16", "delta_wy_bwd_vb2_m1_k256_bf16", "delta_dqk_wg_d1_k128_bf16", "delta_dqk_wg_d1_k256_bf16"]
-        {
+        for name in [
+            "delta_wy_bwd_m1_k128_bf16",
+            "delta_wy_bwd_vb2_m1_k256_bf16",
+            "delta_dqk_wg_d1_k128_bf16",
+            "delta_dqk_wg_d1_k256_bf16",
+            "delta_wy_bwd_wg_m1_k128_bf16",
+        ] {
             assert!(crate::kernels::source_of(name).is_some(), "{name}");
         }
         for kp in [64, 128] {
@@ -1199,6 +1221,10 @@ mod tests {
             }
             // the WY backward (built for two blocks per SM at KP <= 128), dw's tiles included
             assert!(2 * (sm.wy_bwd() + 1024) <= 228 * 1024, "KP {kp}: {} B", sm.wy_bwd());
+            // and its warpgroup dw (sm_90a), 1024 bytes more for the alignment
+            if kp == 128 {
+                assert!(2 * (sm.wy_bwd() + 1024 + 1024) <= 228 * 1024, "KP {kp}: {} B", sm.wy_bwd());
+            }
         }
     }
 

@@ -1001,13 +1001,14 @@ fn chunk_bwd<T: Elem>(
         )?;
     }
     let kz32 = kz as i32;
+    let (wyb, wyb_smem) = dd::wy_bwd_kernel(kp, sfx, cuda.arch(), &smem);
     // SAFETY: arguments match delta_wy_bwd_*'s signature (dw formed in the launch from dU and
-    // the chunk states hs); dk holds delta_dqk's values (added to); dv, dbeta and dg partials
-    // are written for every row of every chunk
+    // the chunk states hs; the `_wg` entries': the same); dk holds delta_dqk's values (added
+    // to); dv, dbeta and dg partials are written for every row of every chunk
     unsafe {
         cuda.launch(
-            &dd::wy_bwd_name(kp, sfx),
-            dd::chunk_cfg(gx, p.hv(), 1, smem.wy_bwd()),
+            &wyb,
+            dd::chunk_cfg(gx, p.hv(), 1, wyb_smem),
             &[x.k, &ws.rk, x.v, bt, tm, hs, du, g2, dgk, dk, &*g.dv, db, dg, bounds, off, seq, &h, &hv, &k, &v, &vp32, &kz32, &nch],
         )
     }

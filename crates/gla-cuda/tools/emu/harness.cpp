@@ -1039,8 +1039,13 @@ struct Run {
         const bool wm1 = sizeof(E) == 2 && getenv("DELTA_WM") && !std::strcmp(getenv("DELTA_WM"), "1");
         void* wyb = vb2 ? (wm1 ? (void*)delta_wy_bwd_vb2_m1_k256_bf16 : (void*)delta_wy_bwd_vb2_k256_bf16)
                         : (wm1 && KP == 128 ? (void*)delta_wy_bwd_m1_k128_bf16 : f.wyb);
+        // DELTA_WW=1 (with DELTA_WM=1; dispatch's default on sm_90a, the lab's ww=0 turns it
+        // off): dw on warpgroup products at KP 128, its tiles swizzled (1024 bytes more for
+        // their alignment)
+        const bool ww = wm1 && KP == 128 && getenv("DELTA_WW") && !std::strcmp(getenv("DELTA_WW"), "1");
+        if (ww) wyb = (void*)delta_wy_bwd_wg_m1_k128_bf16;
         if (nc > 0)
-            emu::launch(cgrid, b256, sm_wyb<E>(KP, VP), [&] {
+            emu::launch(cgrid, b256, sm_wyb<E>(KP, VP) + (ww ? 1024 : 0), [&] {
                 ((WybFn)wyb)(k.data(), ptr(rk), v.data(), bt.data(), tm.data(), hs.data(), du.data(), g2.data(), dgp.data(), dkp.data(),
                                dv.data(), dbp.data(), dgl.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V, VP, KZ, nch);
             });
