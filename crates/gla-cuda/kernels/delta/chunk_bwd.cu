@@ -113,7 +113,8 @@ __device__ __forceinline__ void wg_dmg_mma(float (&acc)[NT][4], unsigned a, unsi
 // same fragments; the tiles are 128-byte swizzled and unpadded (wg_el), every split product's
 // terms run per k16 step in wgemm2's order (A B, then Al B or A Bl), so the sums are the same
 // adds in the same order. The V tile's products are issued at once and <S, dS'> is summed while
-// they run. D1 (the default at KP 128 and 256; the lab's `dm=0` keeps dMG split): dMG on one bf16 plane, so its two products drop their lo terms.
+// they run. D1 (the default at KP 128 and 256; the lab's `dm=0` keeps dMG split): dMG on one
+// bf16 plane, so its two products drop their lo terms.
 template <typename E, int KP, int NB, bool WG, bool D1 = false>
 __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                       const float* __restrict__ rk, const E* __restrict__ d_o, const E* __restrict__ vn,

@@ -1195,7 +1195,8 @@ mod tests {
             }
             assert!(crate::kernels::source_of(&wy_bwd_name(kp, "bf16")).is_some());
         }
-        // the one-plane entries: the WY backward's dAb (lab wm=0 turns it off), dq/dk's dMG (dm=0)
+        // the one-plane entries (the WY backward's dAb, lab wm=0 turns it off; dq/dk's dMG, dm=0)
+        // and the WY backward's warpgroup dw (ww=0)
         for name in [
             "delta_wy_bwd_m1_k128_bf16",
             "delta_wy_bwd_vb2_m1_k256_bf16",
