@@ -378,6 +378,7 @@ pub const DELTA_CHUNK_BWD: KernelSource = source!(
         "delta_wy_bwd_m1_k128_bf16",
         "delta_wy_bwd_vb2_m1_k256_bf16",
         "delta_wy_bwd_wg_m1_k128_bf16",
+        "delta_wy_bwd_wgv_m1_k128_bf16",
     ]
 );
 

@@ -39,6 +39,7 @@
 //   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
 //   delta_wy_bwd_vb2_k256_bf16 delta_wy_bwd_m1_k128_bf16 delta_wy_bwd_vb2_m1_k256_bf16
 //   delta_wy_bwd_wg_m1_k128_bf16 (sm_90a; other targets compile it to a trap)
+//   delta_wy_bwd_wgv_m1_k128_bf16 (lab; sm_90a)
 
 template <typename E, int KP>
 __device__ __forceinline__ void dvl_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
@@ -439,7 +440,7 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
     }
 }
 
-template <typename E, int KP, bool VB2 = false, bool M1P = false, bool WG = false>
+template <typename E, int KP, bool VB2 = false, bool M1P = false, bool WG = false, bool VW = false>
 __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __restrict__ rk, const E* __restrict__ v,
                                        const float* __restrict__ bt, const E* __restrict__ tm, const E* __restrict__ hs,
                                        const E* __restrict__ du, const float* __restrict__ g2, const float* __restrict__ dgp,
@@ -454,6 +455,8 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     constexpr int VT = (1 + SP) * 64;
     static_assert(!VB2 || 2 * VT <= RA, "two V-tile buffers fit in the region");
     static_assert(!WG || sizeof(E) == 2, "the warpgroup dw: bf16");
+    // VW (lab): the V-tile loop's two products on warpgroups as well, its V and dU tiles swizzled
+    static_assert(!VW || (WG && !VB2), "the warpgroup V-tile loop: with the warpgroup dw, one buffer");
     // WG: dw's tiles swizzled and unpadded (wg_el; every buffer below starts on a 1024-byte
     // boundary: 64 rows of LK or LDT elements are whole KB), the base aligned to 1024 bytes
     DELTA_SMEM(smem0);
@@ -495,8 +498,17 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     // the V-tile loop's tile at v0 (V, then dU split) into buffer b (VB2: v0 / 64 mod 2; else 0)
     auto ld_vt = [&](int v0) {
         E* b = sV + (VB2 ? ((v0 >> 6) & 1) * VT * LDT : 0);
-        ld_v<E>(b, LDT, v, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
-        ld_du(b + 64 * LDT, v0);
+        if constexpr (VW) {
+            // V [64][64] and dU's planes [SP][64][64], swizzled
+            const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
+            wg_tile_ld<64, 64, DNT>(b, v + (c.r0 * HV + c.hv) * (idx_t)V + v0, (idx_t)HV * V, c.L, V - v0, vec_ok<E>((idx_t)HV * V, V),
+                                    tid);
+            wg_tile_ld<64, 64, DNT>(b + 64 * 64, du + vo, VP, 64, 64, true, tid);
+            if (SP == 2) wg_tile_ld<64, 64, DNT>(b + 2 * 64 * 64, du + vplane + vo, VP, 64, 64, true, tid);
+        } else {
+            ld_v<E>(b, LDT, v, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
+            ld_du(b + 64 * LDT, v0);
+        }
         cp_commit();
     };
     // VB2: the second V tile's loads go out with the first's, one group each
@@ -609,21 +621,60 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
             } else {
                 cp_wait0();
             }
+            if constexpr (VW) wg_fence_proxy();
             __syncthreads();
             // this tile's buffer: V, then dU (split)
             const E* tV = sV + (VB2 ? ((v0 >> 6) & 1) * VT * LDT : 0);
-            const E* tDu = tV + 64 * LDT;
-            const E* tDul = tDu + (SP - 1) * 64 * LDT;
-            wgemm2<false, true, 4>(a1, tDu, tDul, LDT, 16 * mt, tV, tV, LDT, n1, 64, lane, true, false);
             float acc[4][4];
             frag_zero(acc);
-            wgemm2<true, false, 4>(acc, sT, sTl, LDT, 16 * mt, tDu, tDul, LDT, n1, 64, lane, true, true);
+            if constexpr (VW) {
+                // a1 += dU V^T (per k16 step dU's hi then lo plane) and acc = T^T dU (T^T's
+                // fragments by ldmatrix from the padded T, dU MN-major; per k16 step (T, dU),
+                // (Tl, dU), (T, dUl)): wgemm2's terms in wgemm2's order. The fragments stay live
+                // until their products are waited for, so the four k16 steps go in two groups
+                // (all four at once spill at 128 registers)
+                const unsigned uv = smem_addr(tV), udu = uv + 64u * 128u, udul = udu + (SP - 1) * 64u * 128u;
+                const WAddrA<true> wt(sT, LDT, 16 * mt, lane), wtl(sTl, LDT, 16 * mt, lane);
+                float(&d2)[16] = *reinterpret_cast<float(*)[16]>(&acc);
+                #pragma unroll
+                for (int k2 = 0; k2 < 4; k2 += 2) {
+                    unsigned ta[2][4], tal[2][4];
+                    #pragma unroll
+                    for (int j = 0; j < 2; ++j) {
+                        wt.load(ta[j], k2 + j);
+                        if (SP == 2) wtl.load(tal[j], k2 + j);
+                    }
+                    wg_fence();
+                    #pragma unroll
+                    for (int j = 0; j < 2; ++j) {
+                        const unsigned kk = k2 + j;
+                        const unsigned long long bv = wg_desc(uv + 128u * n1 + 32u * kk, 16, 1024);
+                        wg_mma_frag<4, 0, 0>(a1, wg_desc(udu + 32u * kk, 16, 1024), bv);
+                        if (SP == 2) wg_mma_frag<4, 0, 0>(a1, wg_desc(udul + 32u * kk, 16, 1024), bv);
+                        const unsigned long long bu = wg_desc(udu + 2u * n1 + 2048u * kk, 8192, 1024);
+                        wg_m64n32k16_rs<1>(d2, ta[j], bu);
+                        if (SP == 2) {
+                            wg_m64n32k16_rs<1>(d2, tal[j], bu);
+                            wg_m64n32k16_rs<1>(d2, ta[j], wg_desc(udul + 2u * n1 + 2048u * kk, 8192, 1024));
+                        }
+                    }
+                    wg_commit();
+                    wg_wait0();
+                }
+            } else {
+                const E* tDu = tV + 64 * LDT;
+                const E* tDul = tDu + (SP - 1) * 64 * LDT;
+                wgemm2<false, true, 4>(a1, tDu, tDul, LDT, 16 * mt, tV, tV, LDT, n1, 64, lane, true, false);
+                wgemm2<true, false, 4>(acc, sT, sTl, LDT, 16 * mt, tDu, tDul, LDT, n1, 64, lane, true, true);
+            }
+            // V's element (t, j) of the tile
+            auto vel = [&](int t, int j) { return to_f32(tV[VW ? wg_el<64>(t, j) : t * LDT + j]); };
             #pragma unroll
             for (int nt = 0; nt < 4; ++nt) {
                 #pragma unroll
                 for (int e = 0; e < 4; e += 2) {
                     const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
-                    rb[e >> 1] += to_f32(tV[t * LDT + jj]) * acc[nt][e] + to_f32(tV[t * LDT + jj + 1]) * acc[nt][e + 1];
+                    rb[e >> 1] += vel(t, jj) * acc[nt][e] + vel(t, jj + 1) * acc[nt][e + 1];
                     st_row_pair(dv + (c.r0 + t) * HV * (idx_t)V + (idx_t)c.hv * V, v0 + jj, V, t < c.L, sB[t] * acc[nt][e],
                                 sB[t] * acc[nt][e + 1]);
                 }
@@ -791,15 +842,16 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
 }
 
 // delta_wy_bwd as the entry point ENTRY (MINB blocks per SM): VB2, the V-tile loop's tiles in two
-// buffers; M1P, dAb's tiles M1 and M2 on one plane; WG, dw on warpgroup products (sm_90a)
-#define WY_BWD_ENTRY(ENTRY, KP, E, VB2, M1P, WG, MINB)                                                   \
+// buffers; M1P, dAb's tiles M1 and M2 on one plane; WG, dw on warpgroup products (sm_90a); VW,
+// the V-tile loop's products on warpgroups too
+#define WY_BWD_ENTRY(ENTRY, KP, E, VB2, M1P, WG, MINB, VW)                                               \
 extern "C" __global__ void __launch_bounds__(DNT, MINB) ENTRY(                                           \
     const E* k, const float* rk, const E* v, const float* bt, const E* tm, const E* hs, const E* du,     \
     const float* g2, const float* dgp, float* dk, float* dv, float* dbeta, float* dg,                    \
     const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
     int VP, int KZ, idx_t nch) {                                                                         \
-    wy_bwd<E, KP, VB2, M1P, WG>(k, rk, v, bt, tm, hs, du, g2, dgp, dk, dv, dbeta, dg, bounds, chunk_off, \
-                                chunk_seq, H, HV, K, V, VP, KZ, nch);                                    \
+    wy_bwd<E, KP, VB2, M1P, WG, VW>(k, rk, v, bt, tm, hs, du, g2, dgp, dk, dv, dbeta, dg, bounds,        \
+                                    chunk_off, chunk_seq, H, HV, K, V, VP, KZ, nch);                     \
 }
 
 #define BWD_ENTRY(KP, NAME, E)                                                                           \
@@ -809,7 +861,7 @@ extern "C" __global__ void __launch_bounds__(DNT, 3) delta_dvl_k##KP##_##NAME(  
     int VP, float scale) {                                                                               \
     dvl_k<E, KP>(q, k, rq, rk, d_o, g2, dvl, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, scale);      \
 }                                                                                                        \
-WY_BWD_ENTRY(delta_wy_bwd_k##KP##_##NAME, KP, E, false, false, false, KP <= 128 ? 2 : 1)
+WY_BWD_ENTRY(delta_wy_bwd_k##KP##_##NAME, KP, E, false, false, false, KP <= 128 ? 2 : 1, false)
 
 BWD_ENTRY(64, f32, float)
 BWD_ENTRY(128, f32, float)
@@ -819,19 +871,23 @@ BWD_ENTRY(192, bf16, bf16_t)
 BWD_ENTRY(256, bf16, bf16_t)
 // KP = 256 in bf16 (src/delta/dispatch.rs wy_bwd_name; the lab's `wb=1` runs the entry above):
 // the V-tile loop's tiles in two buffers, which fit in the region of dw's tiles
-WY_BWD_ENTRY(delta_wy_bwd_vb2_k256_bf16, 256, bf16_t, true, false, false, 1)
+WY_BWD_ENTRY(delta_wy_bwd_vb2_k256_bf16, 256, bf16_t, true, false, false, 1, false)
 // the bf16 default at KP 128 and on the two-buffer KP 256 (src/delta/dispatch.rs wy_bwd_name;
 // the lab's `wm=0` runs the entries above): M1 = dAb rk_s and M2 = dAb rk_t on one bf16
 // plane (tools/emu: within tolerance on the case table, dk up to 1.22x the split's error;
 // bench/results/2026-12-07_cpu2_04f4d35_delta_backward_precision_sites.txt), so dk's two dAb
 // products drop their lo * hi terms
-WY_BWD_ENTRY(delta_wy_bwd_m1_k128_bf16, 128, bf16_t, false, true, false, 2)
-WY_BWD_ENTRY(delta_wy_bwd_vb2_m1_k256_bf16, 256, bf16_t, true, true, false, 1)
+WY_BWD_ENTRY(delta_wy_bwd_m1_k128_bf16, 128, bf16_t, false, true, false, 2, false)
+WY_BWD_ENTRY(delta_wy_bwd_vb2_m1_k256_bf16, 256, bf16_t, true, true, false, 1, false)
 // the default on sm_90a at KP 128 (src/delta/dispatch.rs wy_bwd_kernel; the lab's `ww=0` runs
 // the entry above): dw = -dU S^T on warpgroup products, its tiles swizzled; the launch waits on
 // shared memory, which wgmma reads once per warpgroup where mma.sync's fragments (ldmatrix) read
 // it once per warp. The same bits as the mma.sync entry (tools/emu, DELTA_WW=1)
-WY_BWD_ENTRY(delta_wy_bwd_wg_m1_k128_bf16, 128, bf16_t, false, true, true, 2)
+WY_BWD_ENTRY(delta_wy_bwd_wg_m1_k128_bf16, 128, bf16_t, false, true, true, 2, false)
+// lab (`ww=2`, src/delta/dispatch.rs wy_bwd_kernel; sm_90a; untimed): the entry above with the
+// V-tile loop's dT += dU V^T and dv = T^T dU on warpgroups too (V and dU swizzled; T^T's
+// fragments by ldmatrix from the padded T, the products' A in registers)
+WY_BWD_ENTRY(delta_wy_bwd_wgv_m1_k128_bf16, 128, bf16_t, false, true, true, 2, true)
 
 // dq/dk as the entry point ENTRY with NB V-tile buffers: two (the `_s2` entries) for bf16, one
 // for f32 and the lab's wide one-buffer entries (src/delta/dispatch.rs dqk_bufs); WG: the

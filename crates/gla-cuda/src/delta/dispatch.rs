@@ -292,7 +292,8 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// `fo=0` / `fo=1` ([`res_out`]); P read from `delta_pm` in that fused pass (`fp=0` / `fp=1`,
 /// [`hro_pm`]) and in the one-stage state-gradient pass (`bp=0` / `bp=1`, [`hb_pm`]); the WY
 /// backward's V tiles on one buffer at KP = 256 (`wb=1`, [`wy_bwd_name`]), its dAb tiles split
-/// (`wm=0`, the same), its dw on mma.sync at KP 128 (`ww=0`, [`wy_bwd_kernel`]); dq/dk's dMG split
+/// (`wm=0`, the same), its dw on mma.sync at KP 128 (`ww=0`, [`wy_bwd_kernel`]; `ww=2` its V-tile
+/// loop on warpgroups too); dq/dk's dMG split
 /// (`dm=0`, [`dqk_kernel`]). The
 /// two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the residual ones
 /// also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync
@@ -688,11 +689,14 @@ pub(crate) fn wy_bwd_name(kp: usize, sfx: &str) -> String {
 /// 32, T = 2048, H = 16, K = V = 128) the launch ran 1.605 -> 1.567 ms, forward+backward 6.536 ->
 /// 6.479, at T = 32768 7.475 -> 7.414 (`bench/results/2026-12-07_h100_a22288b_delta_wy_bwd_wg.txt`).
 /// At KP = 256 the same ran within noise or slower (V = 512: 0.580 -> 0.587 ms) and was dropped.
-/// The lab override `ww=0` keeps the mma.sync entry.
+/// The lab override `ww=0` keeps the mma.sync entry; `ww=2` (under study, untimed) runs
+/// `delta_wy_bwd_wgv_m1_k128_bf16`, the V-tile loop's two products on warpgroups too.
 pub(crate) fn wy_bwd_kernel(kp: usize, sfx: &str, arch: &str, smem: &DeltaSmem) -> (String, usize) {
     let name = wy_bwd_name(kp, sfx);
-    if arch == crate::runtime::ARCH_HOPPER && name == "delta_wy_bwd_m1_k128_bf16" && lab("ww").as_deref() != Some("0") {
-        return ("delta_wy_bwd_wg_m1_k128_bf16".to_string(), smem.wy_bwd() + 1024);
+    let ww = lab("ww");
+    if arch == crate::runtime::ARCH_HOPPER && name == "delta_wy_bwd_m1_k128_bf16" && ww.as_deref() != Some("0") {
+        let wg = if ww.as_deref() == Some("2") { "delta_wy_bwd_wgv_m1_k128_bf16" } else { "delta_wy_bwd_wg_m1_k128_bf16" };
+        return (wg.to_string(), smem.wy_bwd() + 1024);
     }
     (name, smem.wy_bwd())
 }
@@ -1203,6 +1207,7 @@ mod tests {
             "delta_dqk_wg_d1_k128_bf16",
             "delta_dqk_wg_d1_k256_bf16",
             "delta_wy_bwd_wg_m1_k128_bf16",
+            "delta_wy_bwd_wgv_m1_k128_bf16",
         ] {
             assert!(crate::kernels::source_of(name).is_some(), "{name}");
         }

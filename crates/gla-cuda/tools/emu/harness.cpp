@@ -1042,8 +1042,10 @@ struct Run {
         // DELTA_WW=1 (with DELTA_WM=1; dispatch's default on sm_90a, the lab's ww=0 turns it
         // off): dw on warpgroup products at KP 128, its tiles swizzled (1024 bytes more for
         // their alignment)
-        const bool ww = wm1 && KP == 128 && getenv("DELTA_WW") && !std::strcmp(getenv("DELTA_WW"), "1");
-        if (ww) wyb = (void*)delta_wy_bwd_wg_m1_k128_bf16;
+        // DELTA_WW=2 (the lab's ww=2): the V-tile loop's products on warpgroups too
+        const char* wwv = getenv("DELTA_WW");
+        const bool ww = wm1 && KP == 128 && wwv && (!std::strcmp(wwv, "1") || !std::strcmp(wwv, "2"));
+        if (ww) wyb = !std::strcmp(wwv, "2") ? (void*)delta_wy_bwd_wgv_m1_k128_bf16 : (void*)delta_wy_bwd_wg_m1_k128_bf16;
         if (nc > 0)
             emu::launch(cgrid, b256, sm_wyb<E>(KP, VP) + (ww ? 1024 : 0), [&] {
                 ((WybFn)wyb)(k.data(), ptr(rk), v.data(), bt.data(), tm.data(), hs.data(), du.data(), g2.data(), dgp.data(), dkp.data(),
