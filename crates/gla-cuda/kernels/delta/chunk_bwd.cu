@@ -495,16 +495,22 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         tile_ld<E>(dst, LDT, du + vo, VP, 64, 64, 64, 64, true, tid, DNT);
         if (SP == 2) tile_ld<E>(dst + 64 * LDT, LDT, du + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
     };
+    // (WG) the same swizzled, [SP][64][64]
+    auto ld_du_sw = [&](E* dst, int v0) {
+        if constexpr (WG) {
+            const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
+            wg_tile_ld<64, 64, DNT>(dst, du + vo, VP, 64, 64, true, tid);
+            if (SP == 2) wg_tile_ld<64, 64, DNT>(dst + 64 * 64, du + vplane + vo, VP, 64, 64, true, tid);
+        }
+    };
     // the V-tile loop's tile at v0 (V, then dU split) into buffer b (VB2: v0 / 64 mod 2; else 0)
     auto ld_vt = [&](int v0) {
         E* b = sV + (VB2 ? ((v0 >> 6) & 1) * VT * LDT : 0);
         if constexpr (VW) {
             // V [64][64] and dU's planes [SP][64][64], swizzled
-            const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
             wg_tile_ld<64, 64, DNT>(b, v + (c.r0 * HV + c.hv) * (idx_t)V + v0, (idx_t)HV * V, c.L, V - v0, vec_ok<E>((idx_t)HV * V, V),
                                     tid);
-            wg_tile_ld<64, 64, DNT>(b + 64 * 64, du + vo, VP, 64, 64, true, tid);
-            if (SP == 2) wg_tile_ld<64, 64, DNT>(b + 2 * 64 * 64, du + vplane + vo, VP, 64, 64, true, tid);
+            ld_du_sw(b + 64 * 64, v0);
         } else {
             ld_v<E>(b, LDT, v, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
             ld_du(b + 64 * LDT, v0);
@@ -518,9 +524,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     // (WG: dU's planes [SP][64][64] and S [KP][64], swizzled)
     auto ld_dws = [&](int v0, E* b) {
         if constexpr (WG) {
-            const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
-            wg_tile_ld<64, 64, DNT>(b, du + vo, VP, 64, 64, true, tid);
-            if (SP == 2) wg_tile_ld<64, 64, DNT>(b + 64 * 64, du + vplane + vo, VP, 64, 64, true, tid);
+            ld_du_sw(b, v0);
             wg_tile_ld<KP, 64, DNT>(b + SP * 64 * 64, hs + c.oc * (idx_t)KP * VP + v0, VP, KP, 64, true, tid);
         } else {
             ld_du(b, v0);
