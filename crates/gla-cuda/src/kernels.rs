@@ -368,7 +368,6 @@ pub const DELTA_CHUNK_BWD: KernelSource = source!(
         "delta_dqk_wg_k256_bf16",
         "delta_dqk_wg_d1_k128_bf16",
         "delta_dqk_wg_d1_k256_bf16",
-        "delta_dqk_wg_ps_d1_k128_bf16",
         "delta_wy_bwd_k64_f32",
         "delta_wy_bwd_k128_f32",
         "delta_wy_bwd_k64_bf16",
@@ -379,7 +378,6 @@ pub const DELTA_CHUNK_BWD: KernelSource = source!(
         "delta_wy_bwd_m1_k128_bf16",
         "delta_wy_bwd_vb2_m1_k256_bf16",
         "delta_wy_bwd_wg_m1_k128_bf16",
-        "delta_wy_bwd_wgv_m1_k128_bf16",
     ]
 );
 

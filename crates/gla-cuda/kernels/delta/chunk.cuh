@@ -20,25 +20,17 @@ struct ChunkHead {
     int hv, h;
 };
 
-// global chunk cg, value head hv
-__device__ __forceinline__ ChunkHead chunk_head_at(idx_t cg, int hv, const idx_t* __restrict__ bounds,
-                                                   const idx_t* __restrict__ chunk_off, const int* __restrict__ chunk_seq, int H,
-                                                   int HV) {
+__device__ __forceinline__ ChunkHead chunk_head(const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
+                                                const int* __restrict__ chunk_seq, int H, int HV) {
     ChunkHead c;
-    c.cg = cg;
+    c.cg = blockIdx.x;
     const ChunkRows cr = chunk_rows(c.cg, bounds, chunk_off, chunk_seq);
     c.r0 = cr.r0;
     c.L = cr.L;
-    c.hv = hv;
+    c.hv = blockIdx.y;
     c.h = c.hv / (HV / H);
     c.oc = c.cg * HV + c.hv;
     return c;
-}
-
-// the block's chunk (grid x) and value head (grid y)
-__device__ __forceinline__ ChunkHead chunk_head(const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
-                                                const int* __restrict__ chunk_seq, int H, int HV) {
-    return chunk_head_at(blockIdx.x, blockIdx.y, bounds, chunk_off, chunk_seq, H, HV);
 }
 
 // the chunk's rows of q or k (head h, [rows, H, K]) into dst [64][KP + DPAD], zero-padded

@@ -36,11 +36,9 @@
 //   delta_dqk_s2_k192_bf16 delta_dqk_s2_k256_bf16
 //   delta_dqk_wg_k64_bf16 delta_dqk_wg_k128_bf16 delta_dqk_wg_k256_bf16 (sm_90a; other targets compile them to a trap)
 //   delta_dqk_wg_d1_k128_bf16 delta_dqk_wg_d1_k256_bf16 (sm_90a)
-//   delta_dqk_wg_ps_d1_k128_bf16 (lab; sm_90a)
 //   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
 //   delta_wy_bwd_vb2_k256_bf16 delta_wy_bwd_m1_k128_bf16 delta_wy_bwd_vb2_m1_k256_bf16
 //   delta_wy_bwd_wg_m1_k128_bf16 (sm_90a; other targets compile it to a trap)
-//   delta_wy_bwd_wgv_m1_k128_bf16 (lab; sm_90a)
 
 template <typename E, int KP>
 __device__ __forceinline__ void dvl_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
@@ -117,7 +115,7 @@ __device__ __forceinline__ void wg_dmg_mma(float (&acc)[NT][4], unsigned a, unsi
 // adds in the same order. The V tile's products are issued at once and <S, dS'> is summed while
 // they run. D1 (the default at KP 128 and 256; the lab's `dm=0` keeps dMG split): dMG on one
 // bf16 plane, so its two products drop their lo terms.
-template <typename E, int KP, int NB, bool WG, bool D1 = false, bool PS = false>
+template <typename E, int KP, int NB, bool WG, bool D1 = false>
 __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                       const float* __restrict__ rk, const E* __restrict__ d_o, const E* __restrict__ vn,
                                       const E* __restrict__ hs, const E* __restrict__ dhs, const float* __restrict__ g2,
@@ -130,22 +128,21 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
     constexpr int SP = Sp<E>::SP, KW = DqkTile<E, KP>::KW, NT = KW / (8 * CS);
     static_assert(NB == 1 || NB == 2, "one or two V-tile buffers");
     static_assert(!WG || (sizeof(E) == 2 && NB == 2), "the warpgroup entries: bf16, two buffers");
-    static_assert(!PS || WG, "the persistent entries: on warpgroups");
-    // PS: Q, K, G, rq and rk in two slots (an item's, and the next one's landing)
-    constexpr int NS = PS ? 2 : 1, KZ = KP / KW;
     // row strides: padded (mma.sync), or the swizzled tiles' (wg_el: 64-column blocks)
     constexpr int LK = WG ? KP : KP + DPAD, LV = WG ? 64 : LDT;
     constexpr int VBUF = (1 + SP) * 64 * LV + 2 * KW * LV;  // do, U (split), S, dS
     DELTA_SMEM(smem0);
     unsigned char* smem = WG ? wg_align1024(smem0) : smem0;
-    E* sQ0 = (E*)smem;                     // [NS][2][64][LK]: a slot's Q, then its K
-    E* sVb = sQ0 + NS * 2 * 64 * LK;       // [NB][VBUF]: do, U [64][LV]; S, dS [KW][LV]
-    // dMG [SP][64][LV]: after one buffer, or in one of two (below)
+    E* sQ = (E*)smem;                      // [64][LK]
+    E* sK = sQ + 64 * LK;                  // [64][LK]
+    E* sVb = sK + 64 * LK;                 // [NB][VBUF]: do, U [64][LV]; S, dS [KW][LV]
+    E* sDMG = sVb + VBUF;                  // [SP][64][LV]: after one buffer, or the second
+    E* sDMGl = sDMG + (SP - 1) * 64 * LV;
     float* sM = (float*)(sVb + NB * VBUF + (2 - NB) * SP * 64 * LV);  // [64][65]
-    float* sG0 = sM + 64 * 65;             // [NS][64]
-    float* sRq0 = sG0 + NS * 64;           // [NS][64]
-    float* sRk0 = sRq0 + NS * 64;          // [NS][64]
-    float* sRow = sRk0 + NS * 64;          // [CS][64]
+    float* sG = sM + 64 * 65;              // [64]
+    float* sRq = sG + 64;                  // [64]
+    float* sRk = sRq + 64;                 // [64]
+    float* sRow = sRk + 64;                // [CS][64]
     float* sRed = sRow + CS * 64;          // [2][NW]
     float* sFr = sRed + 2 * NW;            // [CS][64]: row sums of dM * M (per column split)
     float* sFc = sFr + CS * 64;            // [4][64]: column sums of dM * M (per row quarter)
@@ -162,18 +159,11 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
         }
     };
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
+    const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
+    const int z = blockIdx.z, k0 = z * KW;
     const idx_t vplane = nch * HV * 64 * VP;
-    // PS: the block's items it = blockIdx.x, + gridDim.x, .. of nch x HV x KZ, the launch's
-    // order (chunk fastest, then value head, then K tile); else the block's chunk, head, tile
-    const idx_t items = PS ? nch * HV * KZ : 1;
-    auto head_of = [&](idx_t it) {
-        return PS ? chunk_head_at(it % nch, (int)((it / nch) % HV), bounds, chunk_off, chunk_seq, H, HV)
-                  : chunk_head(bounds, chunk_off, chunk_seq, H, HV);
-    };
-    auto kt_of = [&](idx_t it) { return PS ? (int)(it / (nch * HV)) : (int)blockIdx.z; };
-    // the V tile at v0 of do, U (split) and the K tile's rows of S, dS (chunk c, K tile from
-    // column k0) into buffer b
-    auto ld_tiles = [&](const ChunkHead& c, int k0, int v0, int b) {
+    // the V tile at v0 of do, U (split) and the K tile's rows of S, dS into buffer b
+    auto ld_tiles = [&](int v0, int b) {
         E* sDo = sVb + b * VBUF;
         E* sU = sDo + 64 * LV;
         E* sUl = sU + (SP - 1) * 64 * LV;
@@ -197,304 +187,259 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
         }
         cp_commit();
     };
-    // chunk c's Q, K and G into slot s (PS: its row factors too; the caller commits)
-    auto ld_qkg = [&](const ChunkHead& c, int s) {
-        E* sQ = sQ0 + s * 2 * 64 * LK;
-        E* sK = sQ + 64 * LK;
-        if constexpr (WG) {
-            // q and k in loads of at most 128 columns (two 64-column blocks each)
-            const idx_t qo = (c.r0 * H + c.h) * (idx_t)K;
-            const bool vq = vec_ok<E>((idx_t)H * K, K);
-            constexpr int C0 = KP < 128 ? KP : 128;
-            wg_tile_ld<64, C0, DNT>(sQ, q + qo, (idx_t)H * K, c.L, K, vq, tid);
-            wg_tile_ld<64, C0, DNT>(sK, k + qo, (idx_t)H * K, c.L, K, vq, tid);
-            if constexpr (KP > 128) {
-                wg_tile_ld<64, KP - 128, DNT>(sQ + 64 * 128, q + qo + 128, (idx_t)H * K, c.L, K - 128, vq, tid);
-                wg_tile_ld<64, KP - 128, DNT>(sK + 64 * 128, k + qo + 128, (idx_t)H * K, c.L, K - 128, vq, tid);
-            }
-        } else {
-            ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
-            ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
+    if constexpr (WG) {
+        // q and k in loads of at most 128 columns (two 64-column blocks each)
+        const idx_t qo = (c.r0 * H + c.h) * (idx_t)K;
+        const bool vq = vec_ok<E>((idx_t)H * K, K);
+        constexpr int C0 = KP < 128 ? KP : 128;
+        wg_tile_ld<64, C0, DNT>(sQ, q + qo, (idx_t)H * K, c.L, K, vq, tid);
+        wg_tile_ld<64, C0, DNT>(sK, k + qo, (idx_t)H * K, c.L, K, vq, tid);
+        if constexpr (KP > 128) {
+            wg_tile_ld<64, KP - 128, DNT>(sQ + 64 * 128, q + qo + 128, (idx_t)H * K, c.L, K - 128, vq, tid);
+            wg_tile_ld<64, KP - 128, DNT>(sK + 64 * 128, k + qo + 128, (idx_t)H * K, c.L, K - 128, vq, tid);
         }
-        ld_g64(sG0 + 64 * s, g2 + c.oc * 64, tid);
-        if constexpr (PS) {
-            ld_rf_cp(sRq0 + 64 * s, rq, c.r0, c.L, c.h, H, tid);
-            ld_rf_cp(sRk0 + 64 * s, rk, c.r0, c.L, c.h, H, tid);
-        }
-    };
-    // PS: the first item's loads in one group; each later item's go out during the last V tile
-    // of the item before it, into the other slot and the buffer that tile leaves free
-    idx_t it = PS ? blockIdx.x : 0;
-    if (PS && it < items) {
-        const ChunkHead c = head_of(it);
-        ld_qkg(c, 0);
-        ld_tiles(c, kt_of(it) * KW, 0, 0);
+    } else {
+        ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
+        ld_qk<E, KP>(sK, k, c.r0, c.L, c.h, H, K, tid);
     }
-    // slot: the item's Q, K, G, rq, rk; par: the buffer of its first V tile
-    for (int slot = 0, par = 0; it < items; it += PS ? gridDim.x : 1) {
-        const ChunkHead c = head_of(it);
-        const int z = kt_of(it), k0 = z * KW;
-        E* sQ = sQ0 + slot * 2 * 64 * LK;
-        E* sK = sQ + 64 * LK;
-        float* sG = sG0 + 64 * slot;
-        float* sRq = sRq0 + 64 * slot;
-        float* sRk = sRk0 + 64 * slot;
-        if constexpr (PS) {
-            cp_wait0();
-        } else {
-            ld_qkg(c, 0);
-            cp_commit();
-            // the first V tile's loads land while M is formed
-            ld_tiles(c, k0, 0, 0);
-            ld_rf(sRq, rq, c.r0, c.L, c.h, H, tid);
-            ld_rf(sRk, rk, c.r0, c.L, c.h, H, tid);
-            cp_wait<1>();
-        }
-        if constexpr (WG) wg_fence_proxy();
-        __syncthreads();
-        const int mt = wp & 3, cs = wp >> 2, n1 = cs * (64 / CS), nk = cs * (KW / CS);
-        {
-            float acc[NM][4];
-            frag_zero(acc);
-            if constexpr (WG) {
-                // Q K^T over KP: k16 step kk in 64-column block kk / 4; the warpgroup's keys n1 ..
-                const unsigned uq = smem_addr(sQ), uk = smem_addr(sK) + 128u * n1;
-                wg_fence();
-                #pragma unroll
-                for (int kk = 0; kk < KP / 16; ++kk) {
-                    const unsigned o = (unsigned)((kk >> 2) * 64 * 128 + 32 * (kk & 3));
-                    wg_mma_frag<NM, 0, 0>(acc, wg_desc(uq + o, 16, 1024), wg_desc(uk + o, 16, 1024));
-                }
-                wg_commit();
-                wg_wait0();
-            } else {
-                wgemm<false, true, NM>(acc, sQ, LK, 16 * mt, sK, LK, n1, KP, lane);
-            }
-            #pragma unroll
-            for (int nt = 0; nt < NM; ++nt) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
-                    sM[t * 65 + s] = s <= t ? scale * sRq[t] * sRk[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f;
-                }
-            }
-        }
-        float dqi[NT][4], dkd[NT][4], dM[NM][4];
-        frag_zero(dqi);
-        frag_zero(dkd);
-        frag_zero(dM);
-        float sd = 0.f;
-        for (int v0 = 0; v0 < VP; v0 += 64) {
-            // two buffers: tile v0 + 64 into the buffer tile v0 - 64 left (every warp is past it:
-            // the barrier that ended its iteration)
-            // (PS: the last tile's turn loads the next item into the other buffer and slot)
-            const int b = NB == 1 ? 0 : ((v0 >> 6) + par) & 1;
-            if (NB == 1) {
-                if (v0 > 0) ld_tiles(c, k0, v0, 0);
-                cp_wait0();
-            } else {
-                if (v0 + 64 < VP) {
-                    ld_tiles(c, k0, v0 + 64, b ^ 1);
-                } else if (PS && it + gridDim.x < items) {
-                    const idx_t nx = it + gridDim.x;
-                    const ChunkHead cn = head_of(nx);
-                    ld_qkg(cn, slot ^ 1);
-                    ld_tiles(cn, kt_of(nx) * KW, 0, b ^ 1);
-                } else {
-                    cp_commit();
-                }
-                cp_wait<1>();
-            }
-            if constexpr (WG) wg_fence_proxy();
-            __syncthreads();
-            const E* sDo = sVb + b * VBUF;
-            const E* sU = sDo + 64 * LV;
-            const E* sUl = sU + (SP - 1) * 64 * LV;
-            const E* sS = sUl + 64 * LV;
-            const E* sDS = sS + KW * LV;
-            if constexpr (WG) {
-                // every product of the tile issued at once, per k16 step the split terms in
-                // wgemm2's order; waited for after <S, dS'> below
-                const unsigned uDo = smem_addr(sDo), uU = smem_addr(sU), uUl = smem_addr(sUl), uS = smem_addr(sS) + 128u * nk,
-                               uDS = smem_addr(sDS) + 128u * nk;
-                wg_fence();
-                #pragma unroll
-                for (int kk = 0; kk < 4; ++kk) {
-                    auto dsc = [&](unsigned a) { return wg_desc(a + 32u * kk, 16, 1024); };
-                    wg_mma_frag<NT, 0, 0>(dqi, dsc(uDo), dsc(uS));
-                    wg_mma_frag<NT, 0, 0>(dkd, dsc(uU), dsc(uDS));
-                    if (SP == 2) wg_mma_frag<NT, 0, 0>(dkd, dsc(uUl), dsc(uDS));
-                    wg_mma_frag<NM, 0, 0>(dM, dsc(uDo), dsc(uU + 128u * n1));
-                    if (SP == 2) wg_mma_frag<NM, 0, 0>(dM, dsc(uDo), dsc(uUl + 128u * n1));
-                }
-                wg_commit();
-            } else {
-                wgemm<false, true, NT>(dqi, sDo, LDT, 16 * mt, sS, LDT, nk, 64, lane);
-                wgemm2<false, true, NT>(dkd, sU, sUl, LDT, 16 * mt, sDS, sDS, LDT, nk, 64, lane, true, false);
-                wgemm2<false, true, NM>(dM, sDo, sDo, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, false, true);
-            }
-            // <S, dS'> of the tile, 16 bytes of each per step (the block's sum is fixed in order)
-            constexpr int P = 16 / (int)sizeof(E);
-            for (int x = tid; x < KW * (64 / P); x += DNT) {
-                const int r = x / (64 / P), cc = (x % (64 / P)) * P;
-                union {
-                    uint4 u;
-                    E v[P];
-                } a, b;
-                a.u = *(const uint4*)(sS + ix(r, cc, LDT));
-                b.u = *(const uint4*)(sDS + ix(r, cc, LDT));
-                #pragma unroll
-                for (int i = 0; i < P; ++i) sd += to_f32(a.v[i]) * to_f32(b.v[i]);
-            }
-            if constexpr (WG) wg_wait0();
-            __syncthreads();
-        }
-        // dMG: the second buffer (PS: the last V tile's, as the next item lands in the other)
-        const int blast = ((VP / 64 - 1) + par) & 1;
-        E* sDMG = sVb + (PS ? blast : 1) * VBUF;
-        E* sDMGl = sDMG + (SP - 1) * 64 * LV;
-        // F = dM * M: the warp's row sums (over its 64 / CS columns) and column sums (over its 16
-        // rows); the dq operand dMG rk_s (dMG = dM * scale * exp(G_t - G_s), causal)
-        {
-            float fr[2] = {0.f, 0.f}, fc[NM][2] = {};
-            #pragma unroll
-            for (int nt = 0; nt < NM; ++nt) {
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
-                    const float f = sM[t * 65 + s] * dM[nt][e];
-                    fr[e >> 1] += f;
-                    fc[nt][e & 1] += f;
-                    dM[nt][e] = s <= t ? dM[nt][e] * scale * ex2f(sG[t] - sG[s]) : 0.f;
-                    if constexpr (D1) sDMG[ix(t, s, LDT)] = cvt<E>(dM[nt][e] * sRk[s]);  // one plane: lo unread
-                    else st2(sDMG, sDMGl, ix(t, s, LDT), dM[nt][e] * sRk[s]);
-                }
-            }
-            #pragma unroll
-            for (int hh = 0; hh < 2; ++hh) {
-                fr[hh] = quad_sum(fr[hh]);
-                if (ft == 0) sFr[cs * 64 + 16 * mt + fg + 8 * hh] = fr[hh];
-            }
-            #pragma unroll
-            for (int nt = 0; nt < NM; ++nt) {
-                #pragma unroll
-                for (int j = 0; j < 2; ++j) {
-                    float x = fc[nt][j];
-                    x += __shfl_xor_sync(0xffffffffu, x, 4);
-                    x += __shfl_xor_sync(0xffffffffu, x, 8);
-                    x += __shfl_xor_sync(0xffffffffu, x, 16);
-                    if (fg == 0) sFc[mt * 64 + n1 + 8 * nt + 2 * ft + j] = x;
-                }
-            }
-        }
-        if constexpr (WG) wg_fence_proxy();
-        __syncthreads();
-        const float glast = sG[63];
-        float rp[2] = {0.f, 0.f}, lastp = 0.f;
-        const idx_t o_k = (c.r0 * HV + c.hv) * (idx_t)K;  // row t of dq, dk at o_k + t * HV * K
-        // dq
-        #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
-                dqi[nt][e] *= scale * ex2f(sG[t]);
-                rp[e >> 1] += sRq[t] * to_f32(sQ[ix(t, i, LK)]) * dqi[nt][e];
-            }
-        }
+    ld_g64(sG, g2 + c.oc * 64, tid);
+    cp_commit();
+    // the first V tile's loads land while M is formed
+    ld_tiles(0, 0);
+    ld_rf(sRq, rq, c.r0, c.L, c.h, H, tid);
+    ld_rf(sRk, rk, c.r0, c.L, c.h, H, tid);
+    cp_wait<1>();
+    if constexpr (WG) wg_fence_proxy();
+    __syncthreads();
+    const int mt = wp & 3, cs = wp >> 2, n1 = cs * (64 / CS), nk = cs * (KW / CS);
+    {
+        float acc[NM][4];
+        frag_zero(acc);
         if constexpr (WG) {
-            // dMG (K-major) times K (MN-major: the warpgroup's columns k0 + nk .., a 64-column block
-            // or the half of one at a 64-byte offset), 16 rows of K a k16 step
-            wg_dmg_mma<NT, 0, !D1>(dqi, smem_addr(sDMG), smem_addr(sDMGl), smem_addr(sK) + 128u * 64 * ((k0 + nk) >> 6) + 2u * ((k0 + nk) & 63));
-        } else {
-            wgemm2<false, false, NT>(dqi, sDMG, sDMGl, LDT, 16 * mt, sK, sK, LK, k0 + nk, 64, lane, !D1, false);
-        }
-        #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
+            // Q K^T over KP: k16 step kk in 64-column block kk / 4; the warpgroup's keys n1 ..
+            const unsigned uq = smem_addr(sQ), uk = smem_addr(sK) + 128u * n1;
+            wg_fence();
             #pragma unroll
-            for (int e = 0; e < 4; e += 2) {
-                const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
-                st_row_pair(dq + o_k + (idx_t)t * HV * K, i, K, t < c.L, dqi[nt][e], dqi[nt][e + 1]);
+            for (int kk = 0; kk < KP / 16; ++kk) {
+                const unsigned o = (unsigned)((kk >> 2) * 64 * 128 + 32 * (kk & 3));
+                wg_mma_frag<NM, 0, 0>(acc, wg_desc(uq + o, 16, 1024), wg_desc(uk + o, 16, 1024));
             }
+            wg_commit();
+            wg_wait0();
+        } else {
+            wgemm<false, true, NM>(acc, sQ, LK, 16 * mt, sK, LK, n1, KP, lane);
         }
-        __syncthreads();
-        // the dk operand rq_t dMG
         #pragma unroll
         for (int nt = 0; nt < NM; ++nt) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
-                if constexpr (D1) sDMG[ix(t, s, LDT)] = cvt<E>(dM[nt][e] * sRq[t]);  // one plane: lo unread
-                else st2(sDMG, sDMGl, ix(t, s, LDT), dM[nt][e] * sRq[t]);
+                sM[t * 65 + s] = s <= t ? scale * sRq[t] * sRk[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f;
             }
+        }
+    }
+    float dqi[NT][4], dkd[NT][4], dM[NM][4];
+    frag_zero(dqi);
+    frag_zero(dkd);
+    frag_zero(dM);
+    float sd = 0.f;
+    for (int v0 = 0; v0 < VP; v0 += 64) {
+        // two buffers: tile v0 + 64 into the buffer tile v0 - 64 left (every warp is past it:
+        // the barrier that ended its iteration)
+        if (NB == 1) {
+            if (v0 > 0) ld_tiles(v0, 0);
+            cp_wait0();
+        } else {
+            if (v0 + 64 < VP) {
+                ld_tiles(v0 + 64, ((v0 >> 6) + 1) & 1);
+            } else {
+                cp_commit();
+            }
+            cp_wait<1>();
         }
         if constexpr (WG) wg_fence_proxy();
         __syncthreads();
-        // dk
+        const E* sDo = sVb + (NB == 1 ? 0 : (v0 >> 6) & 1) * VBUF;
+        const E* sU = sDo + 64 * LV;
+        const E* sUl = sU + (SP - 1) * 64 * LV;
+        const E* sS = sUl + 64 * LV;
+        const E* sDS = sS + KW * LV;
+        if constexpr (WG) {
+            // every product of the tile issued at once, per k16 step the split terms in
+            // wgemm2's order; waited for after <S, dS'> below
+            const unsigned uDo = smem_addr(sDo), uU = smem_addr(sU), uUl = smem_addr(sUl), uS = smem_addr(sS) + 128u * nk,
+                           uDS = smem_addr(sDS) + 128u * nk;
+            wg_fence();
+            #pragma unroll
+            for (int kk = 0; kk < 4; ++kk) {
+                auto dsc = [&](unsigned a) { return wg_desc(a + 32u * kk, 16, 1024); };
+                wg_mma_frag<NT, 0, 0>(dqi, dsc(uDo), dsc(uS));
+                wg_mma_frag<NT, 0, 0>(dkd, dsc(uU), dsc(uDS));
+                if (SP == 2) wg_mma_frag<NT, 0, 0>(dkd, dsc(uUl), dsc(uDS));
+                wg_mma_frag<NM, 0, 0>(dM, dsc(uDo), dsc(uU + 128u * n1));
+                if (SP == 2) wg_mma_frag<NM, 0, 0>(dM, dsc(uDo), dsc(uUl + 128u * n1));
+            }
+            wg_commit();
+        } else {
+            wgemm<false, true, NT>(dqi, sDo, LDT, 16 * mt, sS, LDT, nk, 64, lane);
+            wgemm2<false, true, NT>(dkd, sU, sUl, LDT, 16 * mt, sDS, sDS, LDT, nk, 64, lane, true, false);
+            wgemm2<false, true, NM>(dM, sDo, sDo, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, false, true);
+        }
+        // <S, dS'> of the tile, 16 bytes of each per step (the block's sum is fixed in order)
+        constexpr int P = 16 / (int)sizeof(E);
+        for (int x = tid; x < KW * (64 / P); x += DNT) {
+            const int r = x / (64 / P), cc = (x % (64 / P)) * P;
+            union {
+                uint4 u;
+                E v[P];
+            } a, b;
+            a.u = *(const uint4*)(sS + ix(r, cc, LDT));
+            b.u = *(const uint4*)(sDS + ix(r, cc, LDT));
+            #pragma unroll
+            for (int i = 0; i < P; ++i) sd += to_f32(a.v[i]) * to_f32(b.v[i]);
+        }
+        if constexpr (WG) wg_wait0();
+        __syncthreads();
+    }
+    // F = dM * M: the warp's row sums (over its 64 / CS columns) and column sums (over its 16
+    // rows); the dq operand dMG rk_s (dMG = dM * scale * exp(G_t - G_s), causal)
+    {
+        float fr[2] = {0.f, 0.f}, fc[NM][2] = {};
         #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
+        for (int nt = 0; nt < NM; ++nt) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
-                dkd[nt][e] *= ex2f(glast - sG[t]);
-                const float x = sRk[t] * to_f32(sK[ix(t, i, LK)]) * dkd[nt][e];
-                rp[e >> 1] -= x;
-                lastp += x;
+                const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
+                const float f = sM[t * 65 + s] * dM[nt][e];
+                fr[e >> 1] += f;
+                fc[nt][e & 1] += f;
+                dM[nt][e] = s <= t ? dM[nt][e] * scale * ex2f(sG[t] - sG[s]) : 0.f;
+                if constexpr (D1) sDMG[ix(t, s, LDT)] = cvt<E>(dM[nt][e] * sRk[s]);  // one plane: lo unread
+                else st2(sDMG, sDMGl, ix(t, s, LDT), dM[nt][e] * sRk[s]);
             }
-        }
-        if constexpr (WG) {
-            // (rq dMG)^T (MN-major: dMG's rows are the product's K) times Q, as dq's
-            wg_dmg_mma<NT, 1, !D1>(dkd, smem_addr(sDMG), smem_addr(sDMGl), smem_addr(sQ) + 128u * 64 * ((k0 + nk) >> 6) + 2u * ((k0 + nk) & 63));
-        } else {
-            wgemm2<true, false, NT>(dkd, sDMG, sDMGl, LDT, 16 * mt, sQ, sQ, LK, k0 + nk, 64, lane, !D1, false);
         }
         #pragma unroll
-        for (int nt = 0; nt < NT; ++nt) {
+        for (int hh = 0; hh < 2; ++hh) {
+            fr[hh] = quad_sum(fr[hh]);
+            if (ft == 0) sFr[cs * 64 + 16 * mt + fg + 8 * hh] = fr[hh];
+        }
+        #pragma unroll
+        for (int nt = 0; nt < NM; ++nt) {
             #pragma unroll
-            for (int e = 0; e < 4; e += 2) {
-                const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
-                st_row_pair(dk + o_k + (idx_t)t * HV * K, i, K, t < c.L, dkd[nt][e], dkd[nt][e + 1]);
+            for (int j = 0; j < 2; ++j) {
+                float x = fc[nt][j];
+                x += __shfl_xor_sync(0xffffffffu, x, 4);
+                x += __shfl_xor_sync(0xffffffffu, x, 8);
+                x += __shfl_xor_sync(0xffffffffu, x, 16);
+                if (fg == 0) sFc[mt * 64 + n1 + 8 * nt + 2 * ft + j] = x;
             }
         }
-        // the row sums of the dG terms
-        rp[0] = quad_sum(rp[0]);
-        rp[1] = quad_sum(rp[1]);
-        if (ft == 0) {
-            sRow[cs * 64 + 16 * mt + fg] = rp[0];
-            sRow[cs * 64 + 16 * mt + fg + 8] = rp[1];
+    }
+    if constexpr (WG) wg_fence_proxy();
+    __syncthreads();
+    const float glast = sG[63];
+    float rp[2] = {0.f, 0.f}, lastp = 0.f;
+    const idx_t o_k = (c.r0 * HV + c.hv) * (idx_t)K;  // row t of dq, dk at o_k + t * HV * K
+    // dq
+    #pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
+            dqi[nt][e] *= scale * ex2f(sG[t]);
+            rp[e >> 1] += sRq[t] * to_f32(sQ[ix(t, i, LK)]) * dqi[nt][e];
         }
-        lastp = warp_sum(lastp);
-        sd = warp_sum(sd);
-        if (lane == 0) {
-            sRed[wp] = lastp;
-            sRed[NW + wp] = sd;
+    }
+    if constexpr (WG) {
+        // dMG (K-major) times K (MN-major: the warpgroup's columns k0 + nk .., a 64-column block
+        // or the half of one at a 64-byte offset), 16 rows of K a k16 step
+        wg_dmg_mma<NT, 0, !D1>(dqi, smem_addr(sDMG), smem_addr(sDMGl), smem_addr(sK) + 128u * 64 * ((k0 + nk) >> 6) + 2u * ((k0 + nk) & 63));
+    } else {
+        wgemm2<false, false, NT>(dqi, sDMG, sDMGl, LDT, 16 * mt, sK, sK, LK, k0 + nk, 64, lane, !D1, false);
+    }
+    #pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        #pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+            const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
+            st_row_pair(dq + o_k + (idx_t)t * HV * K, i, K, t < c.L, dqi[nt][e], dqi[nt][e + 1]);
         }
-        __syncthreads();
-        if (tid < 64) {
-            const int t = tid;
-            float g = 0.f, fr = 0.f;
-            #pragma unroll
-            for (int x = 0; x < CS; ++x) {
-                g += sRow[x * 64 + t];
-                fr += sFr[x * 64 + t];
+    }
+    __syncthreads();
+    // the dk operand rq_t dMG
+    #pragma unroll
+    for (int nt = 0; nt < NM; ++nt) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
+            if constexpr (D1) sDMG[ix(t, s, LDT)] = cvt<E>(dM[nt][e] * sRq[t]);  // one plane: lo unread
+            else st2(sDMG, sDMGl, ix(t, s, LDT), dM[nt][e] * sRq[t]);
+        }
+    }
+    if constexpr (WG) wg_fence_proxy();
+    __syncthreads();
+    // dk
+    #pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
+            dkd[nt][e] *= ex2f(glast - sG[t]);
+            const float x = sRk[t] * to_f32(sK[ix(t, i, LK)]) * dkd[nt][e];
+            rp[e >> 1] -= x;
+            lastp += x;
+        }
+    }
+    if constexpr (WG) {
+        // (rq dMG)^T (MN-major: dMG's rows are the product's K) times Q, as dq's
+        wg_dmg_mma<NT, 1, !D1>(dkd, smem_addr(sDMG), smem_addr(sDMGl), smem_addr(sQ) + 128u * 64 * ((k0 + nk) >> 6) + 2u * ((k0 + nk) & 63));
+    } else {
+        wgemm2<true, false, NT>(dkd, sDMG, sDMGl, LDT, 16 * mt, sQ, sQ, LK, k0 + nk, 64, lane, !D1, false);
+    }
+    #pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+        #pragma unroll
+        for (int e = 0; e < 4; e += 2) {
+            const int t = 16 * mt + FRAG_ROW(e), i = k0 + nk + FRAG_COL(nt, e);
+            st_row_pair(dk + o_k + (idx_t)t * HV * K, i, K, t < c.L, dkd[nt][e], dkd[nt][e + 1]);
+        }
+    }
+    // the row sums of the dG terms
+    rp[0] = quad_sum(rp[0]);
+    rp[1] = quad_sum(rp[1]);
+    if (ft == 0) {
+        sRow[cs * 64 + 16 * mt + fg] = rp[0];
+        sRow[cs * 64 + 16 * mt + fg + 8] = rp[1];
+    }
+    lastp = warp_sum(lastp);
+    sd = warp_sum(sd);
+    if (lane == 0) {
+        sRed[wp] = lastp;
+        sRed[NW + wp] = sd;
+    }
+    __syncthreads();
+    if (tid < 64) {
+        const int t = tid;
+        float g = 0.f, fr = 0.f;
+        #pragma unroll
+        for (int x = 0; x < CS; ++x) {
+            g += sRow[x * 64 + t];
+            fr += sFr[x * 64 + t];
+        }
+        if (z == 0) g += fr - ((sFc[t] + sFc[64 + t]) + (sFc[128 + t] + sFc[192 + t]));
+        if (t == c.L - 1) {
+            float a = 0.f, b = 0.f;
+            for (int x = 0; x < NW; ++x) {
+                a += sRed[x];
+                b += sRed[NW + x];
             }
-            if (z == 0) g += fr - ((sFc[t] + sFc[64 + t]) + (sFc[128 + t] + sFc[192 + t]));
-            if (t == c.L - 1) {
-                float a = 0.f, b = 0.f;
-                for (int x = 0; x < NW; ++x) {
-                    a += sRed[x];
-                    b += sRed[NW + x];
-                }
-                g += a + ex2f(glast) * b;
-            }
-            dgp[((idx_t)z * nch * HV + c.oc) * 64 + t] = g;
+            g += a + ex2f(glast) * b;
         }
-        // the next item's first barrier orders these reads before its writes
-        slot ^= NS - 1;
-        par = blast ^ 1;
+        dgp[((idx_t)z * nch * HV + c.oc) * 64 + t] = g;
     }
 }
-template <typename E, int KP, bool VB2 = false, bool M1P = false, bool WG = false, bool VW = false>
+
+template <typename E, int KP, bool VB2 = false, bool M1P = false, bool WG = false>
 __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __restrict__ rk, const E* __restrict__ v,
                                        const float* __restrict__ bt, const E* __restrict__ tm, const E* __restrict__ hs,
                                        const E* __restrict__ du, const float* __restrict__ g2, const float* __restrict__ dgp,
@@ -509,8 +454,6 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     constexpr int VT = (1 + SP) * 64;
     static_assert(!VB2 || 2 * VT <= RA, "two V-tile buffers fit in the region");
     static_assert(!WG || sizeof(E) == 2, "the warpgroup dw: bf16");
-    // VW (lab): the V-tile loop's two products on warpgroups as well, its V and dU tiles swizzled
-    static_assert(!VW || (WG && !VB2), "the warpgroup V-tile loop: with the warpgroup dw, one buffer");
     // WG: dw's tiles swizzled and unpadded (wg_el; every buffer below starts on a 1024-byte
     // boundary: 64 rows of LK or LDT elements are whole KB), the base aligned to 1024 bytes
     DELTA_SMEM(smem0);
@@ -549,26 +492,11 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         tile_ld<E>(dst, LDT, du + vo, VP, 64, 64, 64, 64, true, tid, DNT);
         if (SP == 2) tile_ld<E>(dst + 64 * LDT, LDT, du + vplane + vo, VP, 64, 64, 64, 64, true, tid, DNT);
     };
-    // (WG) the same swizzled, [SP][64][64]
-    auto ld_du_sw = [&](E* dst, int v0) {
-        if constexpr (WG) {
-            const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
-            wg_tile_ld<64, 64, DNT>(dst, du + vo, VP, 64, 64, true, tid);
-            if (SP == 2) wg_tile_ld<64, 64, DNT>(dst + 64 * 64, du + vplane + vo, VP, 64, 64, true, tid);
-        }
-    };
     // the V-tile loop's tile at v0 (V, then dU split) into buffer b (VB2: v0 / 64 mod 2; else 0)
     auto ld_vt = [&](int v0) {
         E* b = sV + (VB2 ? ((v0 >> 6) & 1) * VT * LDT : 0);
-        if constexpr (VW) {
-            // V [64][64] and dU's planes [SP][64][64], swizzled
-            wg_tile_ld<64, 64, DNT>(b, v + (c.r0 * HV + c.hv) * (idx_t)V + v0, (idx_t)HV * V, c.L, V - v0, vec_ok<E>((idx_t)HV * V, V),
-                                    tid);
-            ld_du_sw(b + 64 * 64, v0);
-        } else {
-            ld_v<E>(b, LDT, v, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
-            ld_du(b + 64 * LDT, v0);
-        }
+        ld_v<E>(b, LDT, v, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
+        ld_du(b + 64 * LDT, v0);
         cp_commit();
     };
     // VB2: the second V tile's loads go out with the first's, one group each
@@ -578,7 +506,9 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     // (WG: dU's planes [SP][64][64] and S [KP][64], swizzled)
     auto ld_dws = [&](int v0, E* b) {
         if constexpr (WG) {
-            ld_du_sw(b, v0);
+            const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
+            wg_tile_ld<64, 64, DNT>(b, du + vo, VP, 64, 64, true, tid);
+            if (SP == 2) wg_tile_ld<64, 64, DNT>(b + 64 * 64, du + vplane + vo, VP, 64, 64, true, tid);
             wg_tile_ld<KP, 64, DNT>(b + SP * 64 * 64, hs + c.oc * (idx_t)KP * VP + v0, VP, KP, 64, true, tid);
         } else {
             ld_du(b, v0);
@@ -679,60 +609,21 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
             } else {
                 cp_wait0();
             }
-            if constexpr (VW) wg_fence_proxy();
             __syncthreads();
             // this tile's buffer: V, then dU (split)
             const E* tV = sV + (VB2 ? ((v0 >> 6) & 1) * VT * LDT : 0);
+            const E* tDu = tV + 64 * LDT;
+            const E* tDul = tDu + (SP - 1) * 64 * LDT;
+            wgemm2<false, true, 4>(a1, tDu, tDul, LDT, 16 * mt, tV, tV, LDT, n1, 64, lane, true, false);
             float acc[4][4];
             frag_zero(acc);
-            if constexpr (VW) {
-                // a1 += dU V^T (per k16 step dU's hi then lo plane) and acc = T^T dU (T^T's
-                // fragments by ldmatrix from the padded T, dU MN-major; per k16 step (T, dU),
-                // (Tl, dU), (T, dUl)): wgemm2's terms in wgemm2's order. The fragments stay live
-                // until their products are waited for, so the four k16 steps go in two groups
-                // (all four at once spill at 128 registers)
-                const unsigned uv = smem_addr(tV), udu = uv + 64u * 128u, udul = udu + (SP - 1) * 64u * 128u;
-                const WAddrA<true> wt(sT, LDT, 16 * mt, lane), wtl(sTl, LDT, 16 * mt, lane);
-                float(&d2)[16] = *reinterpret_cast<float(*)[16]>(&acc);
-                #pragma unroll
-                for (int k2 = 0; k2 < 4; k2 += 2) {
-                    unsigned ta[2][4], tal[2][4];
-                    #pragma unroll
-                    for (int j = 0; j < 2; ++j) {
-                        wt.load(ta[j], k2 + j);
-                        if (SP == 2) wtl.load(tal[j], k2 + j);
-                    }
-                    wg_fence();
-                    #pragma unroll
-                    for (int j = 0; j < 2; ++j) {
-                        const unsigned kk = k2 + j;
-                        const unsigned long long bv = wg_desc(uv + 128u * n1 + 32u * kk, 16, 1024);
-                        wg_mma_frag<4, 0, 0>(a1, wg_desc(udu + 32u * kk, 16, 1024), bv);
-                        if (SP == 2) wg_mma_frag<4, 0, 0>(a1, wg_desc(udul + 32u * kk, 16, 1024), bv);
-                        const unsigned long long bu = wg_desc(udu + 2u * n1 + 2048u * kk, 8192, 1024);
-                        wg_m64n32k16_rs<1>(d2, ta[j], bu);
-                        if (SP == 2) {
-                            wg_m64n32k16_rs<1>(d2, tal[j], bu);
-                            wg_m64n32k16_rs<1>(d2, ta[j], wg_desc(udul + 2u * n1 + 2048u * kk, 8192, 1024));
-                        }
-                    }
-                    wg_commit();
-                    wg_wait0();
-                }
-            } else {
-                const E* tDu = tV + 64 * LDT;
-                const E* tDul = tDu + (SP - 1) * 64 * LDT;
-                wgemm2<false, true, 4>(a1, tDu, tDul, LDT, 16 * mt, tV, tV, LDT, n1, 64, lane, true, false);
-                wgemm2<true, false, 4>(acc, sT, sTl, LDT, 16 * mt, tDu, tDul, LDT, n1, 64, lane, true, true);
-            }
-            // V's element (t, j) of the tile
-            auto vel = [&](int t, int j) { return to_f32(tV[VW ? wg_el<64>(t, j) : t * LDT + j]); };
+            wgemm2<true, false, 4>(acc, sT, sTl, LDT, 16 * mt, tDu, tDul, LDT, n1, 64, lane, true, true);
             #pragma unroll
             for (int nt = 0; nt < 4; ++nt) {
                 #pragma unroll
                 for (int e = 0; e < 4; e += 2) {
                     const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
-                    rb[e >> 1] += vel(t, jj) * acc[nt][e] + vel(t, jj + 1) * acc[nt][e + 1];
+                    rb[e >> 1] += to_f32(tV[t * LDT + jj]) * acc[nt][e] + to_f32(tV[t * LDT + jj + 1]) * acc[nt][e + 1];
                     st_row_pair(dv + (c.r0 + t) * HV * (idx_t)V + (idx_t)c.hv * V, v0 + jj, V, t < c.L, sB[t] * acc[nt][e],
                                 sB[t] * acc[nt][e + 1]);
                 }
@@ -900,16 +791,15 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
 }
 
 // delta_wy_bwd as the entry point ENTRY (MINB blocks per SM): VB2, the V-tile loop's tiles in two
-// buffers; M1P, dAb's tiles M1 and M2 on one plane; WG, dw on warpgroup products (sm_90a); VW,
-// the V-tile loop's products on warpgroups too
-#define WY_BWD_ENTRY(ENTRY, KP, E, VB2, M1P, WG, MINB, VW)                                               \
+// buffers; M1P, dAb's tiles M1 and M2 on one plane; WG, dw on warpgroup products (sm_90a)
+#define WY_BWD_ENTRY(ENTRY, KP, E, VB2, M1P, WG, MINB)                                                   \
 extern "C" __global__ void __launch_bounds__(DNT, MINB) ENTRY(                                           \
     const E* k, const float* rk, const E* v, const float* bt, const E* tm, const E* hs, const E* du,     \
     const float* g2, const float* dgp, float* dk, float* dv, float* dbeta, float* dg,                    \
     const idx_t* bounds, const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V,      \
     int VP, int KZ, idx_t nch) {                                                                         \
-    wy_bwd<E, KP, VB2, M1P, WG, VW>(k, rk, v, bt, tm, hs, du, g2, dgp, dk, dv, dbeta, dg, bounds,        \
-                                    chunk_off, chunk_seq, H, HV, K, V, VP, KZ, nch);                     \
+    wy_bwd<E, KP, VB2, M1P, WG>(k, rk, v, bt, tm, hs, du, g2, dgp, dk, dv, dbeta, dg, bounds, chunk_off, \
+                                chunk_seq, H, HV, K, V, VP, KZ, nch);                                    \
 }
 
 #define BWD_ENTRY(KP, NAME, E)                                                                           \
@@ -919,7 +809,7 @@ extern "C" __global__ void __launch_bounds__(DNT, 3) delta_dvl_k##KP##_##NAME(  
     int VP, float scale) {                                                                               \
     dvl_k<E, KP>(q, k, rq, rk, d_o, g2, dvl, bounds, chunk_off, chunk_seq, H, HV, K, V, VP, scale);      \
 }                                                                                                        \
-WY_BWD_ENTRY(delta_wy_bwd_k##KP##_##NAME, KP, E, false, false, false, KP <= 128 ? 2 : 1, false)
+WY_BWD_ENTRY(delta_wy_bwd_k##KP##_##NAME, KP, E, false, false, false, KP <= 128 ? 2 : 1)
 
 BWD_ENTRY(64, f32, float)
 BWD_ENTRY(128, f32, float)
@@ -929,54 +819,45 @@ BWD_ENTRY(192, bf16, bf16_t)
 BWD_ENTRY(256, bf16, bf16_t)
 // KP = 256 in bf16 (src/delta/dispatch.rs wy_bwd_name; the lab's `wb=1` runs the entry above):
 // the V-tile loop's tiles in two buffers, which fit in the region of dw's tiles
-WY_BWD_ENTRY(delta_wy_bwd_vb2_k256_bf16, 256, bf16_t, true, false, false, 1, false)
+WY_BWD_ENTRY(delta_wy_bwd_vb2_k256_bf16, 256, bf16_t, true, false, false, 1)
 // the bf16 default at KP 128 and on the two-buffer KP 256 (src/delta/dispatch.rs wy_bwd_name;
 // the lab's `wm=0` runs the entries above): M1 = dAb rk_s and M2 = dAb rk_t on one bf16
 // plane (tools/emu: within tolerance on the case table, dk up to 1.22x the split's error;
 // bench/results/2026-12-07_cpu2_04f4d35_delta_backward_precision_sites.txt), so dk's two dAb
 // products drop their lo * hi terms
-WY_BWD_ENTRY(delta_wy_bwd_m1_k128_bf16, 128, bf16_t, false, true, false, 2, false)
-WY_BWD_ENTRY(delta_wy_bwd_vb2_m1_k256_bf16, 256, bf16_t, true, true, false, 1, false)
+WY_BWD_ENTRY(delta_wy_bwd_m1_k128_bf16, 128, bf16_t, false, true, false, 2)
+WY_BWD_ENTRY(delta_wy_bwd_vb2_m1_k256_bf16, 256, bf16_t, true, true, false, 1)
 // the default on sm_90a at KP 128 (src/delta/dispatch.rs wy_bwd_kernel; the lab's `ww=0` runs
 // the entry above): dw = -dU S^T on warpgroup products, its tiles swizzled; the launch waits on
 // shared memory, which wgmma reads once per warpgroup where mma.sync's fragments (ldmatrix) read
 // it once per warp. The same bits as the mma.sync entry (tools/emu, DELTA_WW=1)
-WY_BWD_ENTRY(delta_wy_bwd_wg_m1_k128_bf16, 128, bf16_t, false, true, true, 2, false)
-// lab (`ww=2`, src/delta/dispatch.rs wy_bwd_kernel; sm_90a; untimed): the entry above with the
-// V-tile loop's dT += dU V^T and dv = T^T dU on warpgroups too (V and dU swizzled; T^T's
-// fragments by ldmatrix from the padded T, the products' A in registers)
-WY_BWD_ENTRY(delta_wy_bwd_wgv_m1_k128_bf16, 128, bf16_t, false, true, true, 2, true)
+WY_BWD_ENTRY(delta_wy_bwd_wg_m1_k128_bf16, 128, bf16_t, false, true, true, 2)
 
 // dq/dk as the entry point ENTRY with NB V-tile buffers: two (the `_s2` entries) for bf16, one
 // for f32 and the lab's wide one-buffer entries (src/delta/dispatch.rs dqk_bufs); WG: the
 // products on warpgroups (the `_wg` entries, sm_90a)
-#define DQK_ENTRY(ENTRY, KP, E, NB, WG, D1, PS)                                                            \
+#define DQK_ENTRY(ENTRY, KP, E, NB, WG, D1)                                                                \
 extern "C" __global__ void __launch_bounds__(DNT) ENTRY(                                                 \
     const E* q, const E* k, const float* rq, const float* rk, const E* d_o, const E* vn, const E* hs,    \
     const E* dhs, const float* g2, float* dq, float* dk, float* dgp, const idx_t* bounds,                \
     const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V, int VP, float scale,      \
     idx_t nch) {                                                                                         \
-    dqk_k<E, KP, NB, WG, D1, PS>(q, k, rq, rk, d_o, vn, hs, dhs, g2, dq, dk, dgp, bounds, chunk_off,      \
+    dqk_k<E, KP, NB, WG, D1>(q, k, rq, rk, d_o, vn, hs, dhs, g2, dq, dk, dgp, bounds, chunk_off,          \
                              chunk_seq, H, HV, K, V, VP, scale, nch);                                    \
 }
-DQK_ENTRY(delta_dqk_k64_f32, 64, float, 1, false, false, false)
-DQK_ENTRY(delta_dqk_k128_f32, 128, float, 1, false, false, false)
-DQK_ENTRY(delta_dqk_s2_k64_bf16, 64, bf16_t, 2, false, false, false)
-DQK_ENTRY(delta_dqk_s2_k128_bf16, 128, bf16_t, 2, false, false, false)
-DQK_ENTRY(delta_dqk_k192_bf16, 192, bf16_t, 1, false, false, false)
-DQK_ENTRY(delta_dqk_k256_bf16, 256, bf16_t, 1, false, false, false)
-DQK_ENTRY(delta_dqk_s2_k192_bf16, 192, bf16_t, 2, false, false, false)
-DQK_ENTRY(delta_dqk_s2_k256_bf16, 256, bf16_t, 2, false, false, false)
-DQK_ENTRY(delta_dqk_wg_k64_bf16, 64, bf16_t, 2, true, false, false)
-DQK_ENTRY(delta_dqk_wg_k128_bf16, 128, bf16_t, 2, true, false, false)
-DQK_ENTRY(delta_dqk_wg_k256_bf16, 256, bf16_t, 2, true, false, false)
+DQK_ENTRY(delta_dqk_k64_f32, 64, float, 1, false, false)
+DQK_ENTRY(delta_dqk_k128_f32, 128, float, 1, false, false)
+DQK_ENTRY(delta_dqk_s2_k64_bf16, 64, bf16_t, 2, false, false)
+DQK_ENTRY(delta_dqk_s2_k128_bf16, 128, bf16_t, 2, false, false)
+DQK_ENTRY(delta_dqk_k192_bf16, 192, bf16_t, 1, false, false)
+DQK_ENTRY(delta_dqk_k256_bf16, 256, bf16_t, 1, false, false)
+DQK_ENTRY(delta_dqk_s2_k192_bf16, 192, bf16_t, 2, false, false)
+DQK_ENTRY(delta_dqk_s2_k256_bf16, 256, bf16_t, 2, false, false)
+DQK_ENTRY(delta_dqk_wg_k64_bf16, 64, bf16_t, 2, true, false)
+DQK_ENTRY(delta_dqk_wg_k128_bf16, 128, bf16_t, 2, true, false)
+DQK_ENTRY(delta_dqk_wg_k256_bf16, 256, bf16_t, 2, true, false)
 // the default on sm_90a at KP 128 and 256 (src/delta/dispatch.rs dqk_kernel; the lab's `dm=0`
 // runs the entries above): dMG on one plane (tools/emu: within tolerance,
 // bench/results/2026-12-07_cpu2_04f4d35_delta_backward_precision_sites.txt)
-DQK_ENTRY(delta_dqk_wg_d1_k128_bf16, 128, bf16_t, 2, true, true, false)
-DQK_ENTRY(delta_dqk_wg_d1_k256_bf16, 256, bf16_t, 2, true, true, false)
-// lab (`dq=ps`, src/delta/dispatch.rs dqk_kernel; sm_90a): the KP 128 default as a persistent
-// launch, one block per SM walking the items in the launch's order, each item's Q, K and first
-// V tile landing during the item before it (one block per SM leaves DRAM idle while a block
-// starts and ends its chunk); the same bits
-DQK_ENTRY(delta_dqk_wg_ps_d1_k128_bf16, 128, bf16_t, 2, true, true, true)
+DQK_ENTRY(delta_dqk_wg_d1_k128_bf16, 128, bf16_t, 2, true, true)
+DQK_ENTRY(delta_dqk_wg_d1_k256_bf16, 256, bf16_t, 2, true, true)

@@ -292,9 +292,8 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// `fo=0` / `fo=1` ([`res_out`]); P read from `delta_pm` in that fused pass (`fp=0` / `fp=1`,
 /// [`hro_pm`]) and in the one-stage state-gradient pass (`bp=0` / `bp=1`, [`hb_pm`]); the WY
 /// backward's V tiles on one buffer at KP = 256 (`wb=1`, [`wy_bwd_name`]), its dAb tiles split
-/// (`wm=0`, the same), its dw on mma.sync at KP 128 (`ww=0`, [`wy_bwd_kernel`]; `ww=2` its V-tile
-/// loop on warpgroups too); dq/dk's dMG split
-/// (`dm=0`, [`dqk_kernel`]), its KP 128 entry as a persistent launch (`dq=ps`). The
+/// (`wm=0`, the same), its dw on mma.sync at KP 128 (`ww=0`, [`wy_bwd_kernel`]); dq/dk's dMG split
+/// (`dm=0`, [`dqk_kernel`]). The
 /// two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the residual ones
 /// also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync
 /// entry where the warpgroup one would run ([`dqk_wg`]), `s1` the one-buffer one where K is
@@ -689,14 +688,11 @@ pub(crate) fn wy_bwd_name(kp: usize, sfx: &str) -> String {
 /// 32, T = 2048, H = 16, K = V = 128) the launch ran 1.605 -> 1.567 ms, forward+backward 6.536 ->
 /// 6.479, at T = 32768 7.475 -> 7.414 (`bench/results/2026-12-07_h100_a22288b_delta_wy_bwd_wg.txt`).
 /// At KP = 256 the same ran within noise or slower (V = 512: 0.580 -> 0.587 ms) and was dropped.
-/// The lab override `ww=0` keeps the mma.sync entry; `ww=2` (under study, untimed) runs
-/// `delta_wy_bwd_wgv_m1_k128_bf16`, the V-tile loop's two products on warpgroups too.
+/// The lab override `ww=0` keeps the mma.sync entry.
 pub(crate) fn wy_bwd_kernel(kp: usize, sfx: &str, arch: &str, smem: &DeltaSmem) -> (String, usize) {
     let name = wy_bwd_name(kp, sfx);
-    let ww = lab("ww");
-    if arch == crate::runtime::ARCH_HOPPER && name == "delta_wy_bwd_m1_k128_bf16" && ww.as_deref() != Some("0") {
-        let wg = if ww.as_deref() == Some("2") { "delta_wy_bwd_wgv_m1_k128_bf16" } else { "delta_wy_bwd_wg_m1_k128_bf16" };
-        return (wg.to_string(), smem.wy_bwd() + 1024);
+    if arch == crate::runtime::ARCH_HOPPER && name == "delta_wy_bwd_m1_k128_bf16" && lab("ww").as_deref() != Some("0") {
+        return ("delta_wy_bwd_wg_m1_k128_bf16".to_string(), smem.wy_bwd() + 1024);
     }
     (name, smem.wy_bwd())
 }
@@ -729,39 +725,17 @@ fn dqk_wg_built(bf16: bool, kp: usize) -> bool {
 }
 
 /// The dq/dk launch for KP = `kp` on a device of architecture `arch`: its entry point and
-/// dynamic shared memory ([`dqk_wg`], else [`dqk_name`] with [`dqk_bufs`]), and whether it is the
-/// persistent entry ([`dqk_ps`], launched by [`dqk_cfg`]).
-pub(crate) fn dqk_kernel(bf16: bool, kp: usize, sfx: &str, arch: &str, smem: &DeltaSmem) -> (String, usize, bool) {
+/// dynamic shared memory ([`dqk_wg`], else [`dqk_name`] with [`dqk_bufs`]).
+pub(crate) fn dqk_kernel(bf16: bool, kp: usize, sfx: &str, arch: &str, smem: &DeltaSmem) -> (String, usize) {
     if dqk_wg(bf16, kp, arch) {
         // KP 128 and 256: dMG on one bf16 plane (tools/emu: dq's worst error 2.42e-3 -> 2.84e-3;
         // on an H100 1.523 -> 1.465 ms at B = 32, T = 2048, H = 16, K = V = 128); the lab's
         // `dm=0` keeps it split
         let d1 = matches!(kp, 128 | 256) && lab("dm").as_deref() != Some("0");
-        if d1 && dqk_ps(kp) {
-            return (format!("delta_dqk_wg_ps_d1_k{kp}_{sfx}"), smem.dqk_wg_ps(), true);
-        }
-        (format!("delta_dqk_wg{}_k{kp}_{sfx}", if d1 { "_d1" } else { "" }), smem.dqk_wg(), false)
+        (format!("delta_dqk_wg{}_k{kp}_{sfx}", if d1 { "_d1" } else { "" }), smem.dqk_wg())
     } else {
         let nb = dqk_bufs(bf16, kp);
-        (dqk_name(nb, kp, sfx), smem.dqk(nb), false)
-    }
-}
-
-/// Whether dq/dk's warpgroup entry at KP = `kp` runs persistent (`delta_dqk_wg_ps_d1_k128_bf16`:
-/// one block per SM walking the chunk-heads, the next one's loads landing while the block
-/// finishes the one before): the lab's `dq=ps`, at KP 128 (two slots of Q and K fit there).
-pub(crate) fn dqk_ps(kp: usize) -> bool {
-    kp == 128 && lab("dq").as_deref() == Some("ps")
-}
-
-/// The launch of dq/dk: grid (chunks, HV, K tiles) of 256 threads, or for the persistent entry
-/// (`ps`, [`dqk_kernel`]) one block per SM (at most one per chunk-head and K tile) over grid x.
-pub(crate) fn dqk_cfg(ps: bool, n_chunks: usize, hv: usize, kz: usize, sm_count: usize, smem: usize) -> LaunchConfig {
-    if ps {
-        let blocks = (n_chunks * hv * kz).min(sm_count).max(1);
-        LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (CHUNK_THREADS, 1, 1), shared_mem_bytes: smem as u32 }
-    } else {
-        chunk_cfg(n_chunks as u32, hv, kz, smem)
+        (dqk_name(nb, kp, sfx), smem.dqk(nb))
     }
 }
 
@@ -862,10 +836,6 @@ impl DeltaSmem {
         let (e, sp, kp) = (self.e, self.sp, self.kp);
         let vbuf = (1 + sp) * 64 * 64 + 2 * dqk_kw(e == 2, kp) * 64;
         (2 * 64 * kp + 2 * vbuf) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024
-    }
-    /// `delta_dqk_wg_ps_*`: `dqk_wg`'s, with a second slot of Q, K, G and the row factors.
-    pub(crate) fn dqk_wg_ps(&self) -> usize {
-        self.dqk_wg() + 2 * 64 * self.kp * self.e + 3 * 64 * 4
     }
     pub(crate) fn wy_bwd(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -1184,14 +1154,13 @@ mod tests {
                     continue;
                 }
                 let sfx = if bf16 { "bf16" } else { "f32" };
-                let (name, _, _) = dqk_kernel(bf16, kp, sfx, arch, &DeltaSmem::new(bf16, kp, 128));
+                let (name, _) = dqk_kernel(bf16, kp, sfx, arch, &DeltaSmem::new(bf16, kp, 128));
                 assert_eq!(name.contains("_wg_"), wg, "{name}");
                 assert!(crate::kernels::source_of(&name).is_some(), "{name}");
             }
         }
         assert!(!dqk_wg(true, 192, "sm_90a"));
         assert!(DeltaSmem::new(true, 256, 512).dqk_wg() <= 227 * 1024);
-        assert!(DeltaSmem::new(true, 128, 512).dqk_wg_ps() <= 227 * 1024);
         // the wide residual forward, with the output fused in or not: two stages in one block's
         // shared memory
         for kp in [192, 256] {
@@ -1234,8 +1203,6 @@ mod tests {
             "delta_dqk_wg_d1_k128_bf16",
             "delta_dqk_wg_d1_k256_bf16",
             "delta_wy_bwd_wg_m1_k128_bf16",
-            "delta_wy_bwd_wgv_m1_k128_bf16",
-            "delta_dqk_wg_ps_d1_k128_bf16",
         ] {
             assert!(crate::kernels::source_of(name).is_some(), "{name}");
         }

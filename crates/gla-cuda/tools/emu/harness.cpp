@@ -515,14 +515,6 @@ static size_t sm_dqk_wg(int KP) {
     const int VBUF = (1 + SPn<bf16_t>) * 64 * 64 + 2 * kw<bf16_t>(KP) * 64;
     return (2 * 64 * KP + 2 * VBUF) * 2 + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024;
 }
-// DELTA_DQPS=n (with DELTA_DM=1; the lab's dq=ps, KP 128): the persistent entry on n blocks (the
-// dispatch's: one per SM), each walking several chunk-heads where the case has more than n;
-// its second slot of Q, K, G and row factors (DeltaSmem::dqk_wg_ps)
-static int dq_ps_blocks(int KP) {
-    const char* v = getenv("DELTA_DQPS");
-    const char* d = getenv("DELTA_DM");
-    return v && KP == 128 && d && !std::strcmp(d, "1") ? std::atoi(v) : 0;
-}
 template <class E>
 static bool dq_wg(int KP) {
     const char* v = getenv("DELTA_DQVAR");
@@ -1029,15 +1021,7 @@ struct Run {
         typedef void (*DqkFn)(const E*, const E*, const float*, const float*, const E*, const E*, const E*, const E*, const float*,
                                float*, float*, float*, const long long*, const long long*, const int*, int, int, int, int, int, float,
                                long long);
-        const int dqps = dq_wg<E>(KP) ? dq_ps_blocks(KP) : 0;
-        if (nc > 0 && dqps > 0)
-            emu::launch(dim3{(unsigned)std::min<long long>(dqps, (long long)nc * HV * KZ), 1, 1}, b256,
-                        sm_dqk_wg(KP) + 2 * 64 * KP * 2 + 3 * 64 * 4, [&] {
-                            ((DqkFn)delta_dqk_wg_ps_d1_k128_bf16)(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), hs.data(),
-                                                                  dhs.data(), g2.data(), dqp.data(), dkp.data(), dgp.data(), p.bounds.data(),
-                                                                  p.off.data(), p.seq.data(), H, HV, K, V, VP, scale, nch);
-                        });
-        else if (nc > 0)
+        if (nc > 0)
             emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, b256, dq_wg<E>(KP) ? sm_dqk_wg(KP) : sm_dqk<E>(KP, dq_bufs<E>(KP)), [&] {
                 ((DqkFn)(dq_wg<E>(KP) ? dq_wg_entry(KP) : dq_bufs<E>(KP) == 1 && KP > 128 ? g_dqs1[KP] : f.dqk))(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), hs.data(), dhs.data(), g2.data(),
                                  dqp.data(), dkp.data(), dgp.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V,
@@ -1058,10 +1042,8 @@ struct Run {
         // DELTA_WW=1 (with DELTA_WM=1; dispatch's default on sm_90a, the lab's ww=0 turns it
         // off): dw on warpgroup products at KP 128, its tiles swizzled (1024 bytes more for
         // their alignment)
-        // DELTA_WW=2 (the lab's ww=2): the V-tile loop's products on warpgroups too
-        const char* wwv = getenv("DELTA_WW");
-        const bool ww = wm1 && KP == 128 && wwv && (!std::strcmp(wwv, "1") || !std::strcmp(wwv, "2"));
-        if (ww) wyb = !std::strcmp(wwv, "2") ? (void*)delta_wy_bwd_wgv_m1_k128_bf16 : (void*)delta_wy_bwd_wg_m1_k128_bf16;
+        const bool ww = wm1 && KP == 128 && getenv("DELTA_WW") && !std::strcmp(getenv("DELTA_WW"), "1");
+        if (ww) wyb = (void*)delta_wy_bwd_wg_m1_k128_bf16;
         if (nc > 0)
             emu::launch(cgrid, b256, sm_wyb<E>(KP, VP) + (ww ? 1024 : 0), [&] {
                 ((WybFn)wyb)(k.data(), ptr(rk), v.data(), bt.data(), tm.data(), hs.data(), du.data(), g2.data(), dgp.data(), dkp.data(),
