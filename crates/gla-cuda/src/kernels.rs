@@ -368,6 +368,8 @@ pub const DELTA_CHUNK_BWD: KernelSource = source!(
         "delta_dqk_wg_k256_bf16",
         "delta_dqk_wg_d1_k128_bf16",
         "delta_dqk_wg_d1_k256_bf16",
+        "delta_dqk_wg16_d1_k128_bf16",
+        "delta_dqk_wg16_d1_k256_bf16",
         "delta_wy_bwd_k64_f32",
         "delta_wy_bwd_k128_f32",
         "delta_wy_bwd_k64_bf16",

@@ -293,7 +293,7 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// [`hro_pm`]) and in the one-stage state-gradient pass (`bp=0` / `bp=1`, [`hb_pm`]); the WY
 /// backward's V tiles on one buffer at KP = 256 (`wb=1`, [`wy_bwd_name`]), its dAb tiles split
 /// (`wm=0`, the same), its dw on mma.sync at KP 128 (`ww=0`, [`wy_bwd_kernel`]); dq/dk's dMG split
-/// (`dm=0`, [`dqk_kernel`]). The
+/// (`dm=0`, [`dqk_kernel`]), its one-plane entries on 16 warps (`dq=w16`, [`dqk_w16`]). The
 /// two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the residual ones
 /// also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync
 /// entry where the warpgroup one would run ([`dqk_wg`]), `s1` the one-buffer one where K is
@@ -725,18 +725,38 @@ fn dqk_wg_built(bf16: bool, kp: usize) -> bool {
 }
 
 /// The dq/dk launch for KP = `kp` on a device of architecture `arch`: its entry point and
-/// dynamic shared memory ([`dqk_wg`], else [`dqk_name`] with [`dqk_bufs`]).
-pub(crate) fn dqk_kernel(bf16: bool, kp: usize, sfx: &str, arch: &str, smem: &DeltaSmem) -> (String, usize) {
+/// dynamic shared memory ([`dqk_wg`], else [`dqk_name`] with [`dqk_bufs`]), and its threads per
+/// block.
+pub(crate) fn dqk_kernel(bf16: bool, kp: usize, sfx: &str, arch: &str, smem: &DeltaSmem) -> (String, usize, u32) {
     if dqk_wg(bf16, kp, arch) {
         // KP 128 and 256: dMG on one bf16 plane (tools/emu: dq's worst error 2.42e-3 -> 2.84e-3;
         // on an H100 1.523 -> 1.465 ms at B = 32, T = 2048, H = 16, K = V = 128); the lab's
         // `dm=0` keeps it split
         let d1 = matches!(kp, 128 | 256) && lab("dm").as_deref() != Some("0");
-        (format!("delta_dqk_wg{}_k{kp}_{sfx}", if d1 { "_d1" } else { "" }), smem.dqk_wg())
+        if d1 && dqk_w16() {
+            return (format!("delta_dqk_wg16_d1_k{kp}_{sfx}"), smem.dqk_wg16(), DQK_W16_THREADS);
+        }
+        (format!("delta_dqk_wg{}_k{kp}_{sfx}", if d1 { "_d1" } else { "" }), smem.dqk_wg(), CHUNK_THREADS)
     } else {
         let nb = dqk_bufs(bf16, kp);
-        (dqk_name(nb, kp, sfx), smem.dqk(nb))
+        (dqk_name(nb, kp, sfx), smem.dqk(nb), CHUNK_THREADS)
     }
+}
+
+/// Threads of the 16-warp dq/dk entries ([`dqk_w16`]).
+pub(crate) const DQK_W16_THREADS: u32 = 512;
+
+/// Whether dq/dk's one-plane warpgroup entries run on 16 warps (`delta_dqk_wg16_d1_k{128,256}_bf16`,
+/// four warpgroups of 32 dq / dk columns each): the lab's `dq=w16`. The 8-warp entry runs one
+/// block per SM, two warps per scheduler, and waits on their issue latency (Nsight Compute on an
+/// H100, `bench/results/2026-12-07_h100_7be5e99_delta_dqk_ps_ww2.txt`).
+pub(crate) fn dqk_w16() -> bool {
+    lab("dq").as_deref() == Some("w16")
+}
+
+/// The launch of dq/dk ([`dqk_kernel`]'s entry, `threads` per block): grid (chunks, HV, K tiles).
+pub(crate) fn dqk_cfg(n_chunks: u32, hv: usize, kz: usize, threads: u32, smem: usize) -> LaunchConfig {
+    LaunchConfig { grid_dim: (n_chunks, hv as u32, kz as u32), block_dim: (threads, 1, 1), shared_mem_bytes: smem as u32 }
 }
 
 /// The K tiles (grid z) of `delta_dqk_*`.
@@ -836,6 +856,11 @@ impl DeltaSmem {
         let (e, sp, kp) = (self.e, self.sp, self.kp);
         let vbuf = (1 + sp) * 64 * 64 + 2 * dqk_kw(e == 2, kp) * 64;
         (2 * 64 * kp + 2 * vbuf) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024
+    }
+    /// `delta_dqk_wg16_*`: `dqk_wg`'s, with the row and column-split sums of 16 warps (four
+    /// column splits).
+    pub(crate) fn dqk_wg16(&self) -> usize {
+        self.dqk_wg() + (128 + 16 + 128) * 4
     }
     pub(crate) fn wy_bwd(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -1154,13 +1179,14 @@ mod tests {
                     continue;
                 }
                 let sfx = if bf16 { "bf16" } else { "f32" };
-                let (name, _) = dqk_kernel(bf16, kp, sfx, arch, &DeltaSmem::new(bf16, kp, 128));
+                let (name, _, _) = dqk_kernel(bf16, kp, sfx, arch, &DeltaSmem::new(bf16, kp, 128));
                 assert_eq!(name.contains("_wg_"), wg, "{name}");
                 assert!(crate::kernels::source_of(&name).is_some(), "{name}");
             }
         }
         assert!(!dqk_wg(true, 192, "sm_90a"));
         assert!(DeltaSmem::new(true, 256, 512).dqk_wg() <= 227 * 1024);
+        assert!(DeltaSmem::new(true, 256, 512).dqk_wg16() <= 227 * 1024);
         // the wide residual forward, with the output fused in or not: two stages in one block's
         // shared memory
         for kp in [192, 256] {
@@ -1203,6 +1229,8 @@ mod tests {
             "delta_dqk_wg_d1_k128_bf16",
             "delta_dqk_wg_d1_k256_bf16",
             "delta_wy_bwd_wg_m1_k128_bf16",
+            "delta_dqk_wg16_d1_k128_bf16",
+            "delta_dqk_wg16_d1_k256_bf16",
         ] {
             assert!(crate::kernels::source_of(name).is_some(), "{name}");
         }

@@ -990,13 +990,13 @@ fn chunk_bwd<T: Elem>(
         return Ok(());
     }
     let kz = dd::dqk_kz(bf16, kp);
-    let (dqk, dqk_smem) = dd::dqk_kernel(bf16, kp, sfx, cuda.arch(), &smem);
+    let (dqk, dqk_smem, dqk_threads) = dd::dqk_kernel(bf16, kp, sfx, cuda.arch(), &smem);
     // SAFETY: arguments match delta_dqk_*'s signature (the `_s2` and `_wg` entries': the same);
     // grid z covers KP in tiles of KW; dq, dk hold [rows, HV, K] f32, dG KZ x chunks x HV x 64
     unsafe {
         cuda.launch(
             &dqk,
-            dd::chunk_cfg(gx, p.hv(), kz, dqk_smem),
+            dd::dqk_cfg(gx, p.hv(), kz, dqk_threads, dqk_smem),
             &[x.q, x.k, &ws.rq, &ws.rk, d_o, vn, hs, dhs, g2, dq, dk, dgk, bounds, off, seq, &h, &hv, &k, &v, &vp32, &scale, &nch],
         )?;
     }

@@ -507,8 +507,17 @@ static std::map<int, void*> g_dqwg = {
 // DELTA_DM=1 (dispatch's default on sm_90a; the lab's dm=0 turns it off): dMG on one plane,
 // KP 128 and 256
 static std::map<int, void*> g_dqwg1 = {{128, (void*)delta_dqk_wg_d1_k128_bf16}, {256, (void*)delta_dqk_wg_d1_k256_bf16}};
+// DELTA_DQVAR=w16 with DELTA_DM=1 (the lab's dq=w16): those entries on 16 warps (512 threads),
+// with the sums of four column splits (DeltaSmem::dqk_wg16)
+static std::map<int, void*> g_dqwg16 = {{128, (void*)delta_dqk_wg16_d1_k128_bf16}, {256, (void*)delta_dqk_wg16_d1_k256_bf16}};
+static bool dq_w16(int KP) {
+    const char* v = getenv("DELTA_DQVAR");
+    const char* d = getenv("DELTA_DM");
+    return v && !std::strcmp(v, "w16") && d && !std::strcmp(d, "1") && g_dqwg16.count(KP);
+}
 static void* dq_wg_entry(int KP) {
     const char* v = getenv("DELTA_DM");
+    if (dq_w16(KP)) return g_dqwg16[KP];
     return v && !std::strcmp(v, "1") && g_dqwg1.count(KP) ? g_dqwg1[KP] : g_dqwg[KP];
 }
 static size_t sm_dqk_wg(int KP) {
@@ -1022,7 +1031,8 @@ struct Run {
                                float*, float*, float*, const long long*, const long long*, const int*, int, int, int, int, int, float,
                                long long);
         if (nc > 0)
-            emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, b256, dq_wg<E>(KP) ? sm_dqk_wg(KP) : sm_dqk<E>(KP, dq_bufs<E>(KP)), [&] {
+            emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, dq_wg<E>(KP) && dq_w16(KP) ? dim3{512, 1, 1} : b256,
+                        dq_wg<E>(KP) ? sm_dqk_wg(KP) + (dq_w16(KP) ? (128 + 16 + 128) * 4 : 0) : sm_dqk<E>(KP, dq_bufs<E>(KP)), [&] {
                 ((DqkFn)(dq_wg<E>(KP) ? dq_wg_entry(KP) : dq_bufs<E>(KP) == 1 && KP > 128 ? g_dqs1[KP] : f.dqk))(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), hs.data(), dhs.data(), g2.data(),
                                  dqp.data(), dkp.data(), dgp.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V,
                                  VP, scale, nch);
