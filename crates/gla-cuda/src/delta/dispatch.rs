@@ -754,9 +754,10 @@ pub(crate) fn dqk_w16() -> bool {
     lab("dq").as_deref() == Some("w16")
 }
 
-/// The launch of dq/dk ([`dqk_kernel`]'s entry, `threads` per block): grid (chunks, HV, K tiles).
+/// The launch of dq/dk: [`chunk_cfg`]'s grid (chunks, HV, K tiles) with `threads` per block
+/// ([`dqk_kernel`]'s).
 pub(crate) fn dqk_cfg(n_chunks: u32, hv: usize, kz: usize, threads: u32, smem: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (n_chunks, hv as u32, kz as u32), block_dim: (threads, 1, 1), shared_mem_bytes: smem as u32 }
+    LaunchConfig { block_dim: (threads, 1, 1), ..chunk_cfg(n_chunks, hv, kz, smem) }
 }
 
 /// The K tiles (grid z) of `delta_dqk_*`.
@@ -857,10 +858,11 @@ impl DeltaSmem {
         let vbuf = (1 + sp) * 64 * 64 + 2 * dqk_kw(e == 2, kp) * 64;
         (2 * 64 * kp + 2 * vbuf) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024
     }
-    /// `delta_dqk_wg16_*`: `dqk_wg`'s, with the row and column-split sums of 16 warps (four
-    /// column splits).
+    /// `delta_dqk_wg16_*`: `dqk_wg`'s, with the f32 sums of 16 warps in four column splits: the
+    /// row sums (sRow) and F's row sums (sFr) two more splits of 64, the warp sums (sRed, two
+    /// per warp) eight more warps.
     pub(crate) fn dqk_wg16(&self) -> usize {
-        self.dqk_wg() + (128 + 16 + 128) * 4
+        self.dqk_wg() + (2 * 64 + 2 * 8 + 2 * 64) * 4
     }
     pub(crate) fn wy_bwd(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
