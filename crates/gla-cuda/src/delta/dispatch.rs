@@ -293,7 +293,8 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// [`hro_pm`]) and in the one-stage state-gradient pass (`bp=0` / `bp=1`, [`hb_pm`]); the WY
 /// backward's V tiles on one buffer at KP = 256 (`wb=1`, [`wy_bwd_name`]), its dAb tiles split
 /// (`wm=0`, the same), its dw on mma.sync at KP 128 (`ww=0`, [`wy_bwd_kernel`]); dq/dk's dMG split
-/// (`dm=0`, [`dqk_kernel`]), its one-plane entries on 16 warps (`dq=w16`, [`dqk_w16`]). The
+/// (`dm=0`, [`dqk_kernel`]), its one-plane entries on 16 warps (`dq=w16`, [`dqk_w16`]); the
+/// residual state-gradient pass's 64-column entries on 16 warps (`hbw=16`, [`hb_threads`]). The
 /// two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the residual ones
 /// also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync
 /// entry where the warpgroup one would run ([`dqk_wg`]), `s1` the one-buffer one where K is
@@ -695,6 +696,27 @@ pub(crate) fn wy_bwd_kernel(kp: usize, sfx: &str, arch: &str, smem: &DeltaSmem) 
         return ("delta_wy_bwd_wg_m1_k128_bf16".to_string(), smem.wy_bwd() + 1024);
     }
     (name, smem.wy_bwd())
+}
+
+/// Threads of the 16-warp state-gradient entries ([`hb_threads`]).
+pub(crate) const HB_W16_THREADS: u32 = 512;
+
+/// The residual state-gradient launch of entry `name` ([`hbr_name`], [`hbrp_name`]) and its
+/// threads per block: under the lab's `hbw=16` the 64-column fused entries
+/// (`delta_h_bwd_rdv2_k{64,128}_bf16`, `delta_h_bwd_rdvp1_k{192,256}_bf16`) run on 16 warps
+/// (`delta_h_bwd_w16_*`, the same shared memory and bits); otherwise `name` on 8. One 8-warp
+/// block per SM walks a sequence's chunks, two warps per scheduler on the chain's latency.
+pub(crate) fn hb_threads(name: String) -> (String, u32) {
+    match hb_w16_name(&name) {
+        Some(w16) if lab("hbw").as_deref() == Some("16") => (w16, HB_W16_THREADS),
+        _ => (name, CHUNK_THREADS),
+    }
+}
+
+/// The 16-warp entry of the residual state-gradient entry `name`, where one is built
+/// ([`hb_threads`]).
+fn hb_w16_name(name: &str) -> Option<String> {
+    (name.contains("_rdv2_k") || name.contains("_rdvp1_k")).then(|| name.replacen("delta_h_bwd_", "delta_h_bwd_w16_", 1))
 }
 
 /// [`hbr_name`]'s entry that reads P (`delta_h_bwd_rdvp1_*`, [`hb_pm`]).
@@ -1209,6 +1231,16 @@ mod tests {
             // P once per chunk ([`hro_pm`], [`hb_pm`])
             assert_eq!(hrop_name(HR_S2, kp), format!("delta_hrop_s2_k{kp}_bf16"));
             assert_eq!(hbrp_name(HBR_D1, kp), format!("delta_h_bwd_rdvp1_k{kp}_bf16"));
+            // and on 16 warps (the lab's `hbw=16`)
+            let w16 = hb_w16_name(&hbrp_name(HBR_D1, kp)).unwrap();
+            assert!(crate::kernels::source_of(&w16).is_some(), "{w16}");
+        }
+        // the 64-column fused residual state-gradient pass on 16 warps; none on 32 columns
+        for kp in [64, 128] {
+            let w16 = hb_w16_name(&hbr_name(HBR_D2, kp)).unwrap();
+            assert_eq!(w16, format!("delta_h_bwd_w16_rdv2_k{kp}_bf16"));
+            assert!(crate::kernels::source_of(&w16).is_some(), "{w16}");
+            assert_eq!(hb_w16_name(&hbr_name(HPlan { bv: 32, ..HBR_D2 }, kp)), None);
         }
         for kp in [64, 128, 192, 256] {
             let sm = DeltaSmem::new(true, kp, 512);

@@ -597,6 +597,14 @@ static std::map<int, void*> g_hbrs1 = {{192, (void*)delta_h_bwd_rs1_k192_bf16}, 
 // DELTA_HBVAR=rdv1 (the lab's hb=rdv1): the same with dvl fused in
 static std::map<int, void*> g_hbrd1 = {{192, (void*)delta_h_bwd_rdv1_k192_bf16}, {256, (void*)delta_h_bwd_rdv1_k256_bf16}};
 static std::map<int, void*> g_hbrp1 = {{192, (void*)delta_h_bwd_rdvp1_k192_bf16}, {256, (void*)delta_h_bwd_rdvp1_k256_bf16}};
+// DELTA_HBW=16 (the lab's hbw=16, dispatch::delta::hb_threads): delta_h_bwd_rdv2 and
+// delta_h_bwd_rdvp1 on 16 warps (512 threads; the same shared memory and bits)
+static std::map<int, void*> g_hbrw16 = {{64, (void*)delta_h_bwd_w16_rdv2_k64_bf16}, {128, (void*)delta_h_bwd_w16_rdv2_k128_bf16}};
+static std::map<int, void*> g_hbrpw16 = {{192, (void*)delta_h_bwd_w16_rdvp1_k192_bf16}, {256, (void*)delta_h_bwd_w16_rdvp1_k256_bf16}};
+static bool hb_w16() {
+    const char* v = getenv("DELTA_HBW");
+    return v && !std::strcmp(v, "16");
+}
 static size_t sm_hbr(int KP, bool fd, int BV, int NS) {
     const size_t SP = SPn<bf16_t>, L = BV + 8, stage = 2 * 64 * (KP + 8) + SP * 64 * 72 + 64 * L;
     const size_t pt = fd ? SP * 64 * 72 + 64 * L : SP * 64 * L;
@@ -995,8 +1003,9 @@ struct Run {
             const int nhv = d.N * HV;
             const bool tail = fd && !rd1 && !rs1 && hbvar && !std::strcmp(hbvar, "tail");
             const int nt = tail ? std::max(1, nhv / 2) : 0;  // the heads on 32 columns
-            auto hbr = [&](void* fn, int bw, int nh0, int nhs) {
-                emu::launch(dim3{(unsigned)(VP / bw), (unsigned)nhs, 1}, b256, sm_hbr(KP, fd, bw, rs1 ? 1 : 2), [&] {
+            const dim3 b512{512, 1, 1};
+            auto hbr = [&](void* fn, int bw, int nh0, int nhs, dim3 blk) {
+                emu::launch(dim3{(unsigned)(VP / bw), (unsigned)nhs, 1}, blk, sm_hbr(KP, fd, bw, rs1 ? 1 : 2), [&] {
                     ((HbrFn)fn)(q.data(), k.data(), ptr(rq), ptr(rk), nullptr, d_o.data(), fd ? nullptr : dvl.data(), g2.data(), dht.data(),
                                 dhs.data(), du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H, HV, K, V, VP, scale, nch, tm.data(),
                                 bt.data(), nh0);
@@ -1009,15 +1018,17 @@ struct Run {
                                        const float*, E*, E*, float*, const long long*, const long long*, int, int, int, int, int, float,
                                        long long, const E*, const float*, int, const E*);
                 run_pm(w.data());
-                emu::launch(dim3{(unsigned)(VP / 64), (unsigned)nhv, 1}, b256, sm_hbr(KP, true, 64, 1), [&] {
-                    ((HbrpFn)g_hbrp1.at(KP))(q.data(), k.data(), ptr(rq), ptr(rk), nullptr, d_o.data(), nullptr, g2.data(), dht.data(),
+                const bool w16 = hb_w16() && g_hbrpw16.count(KP);
+                emu::launch(dim3{(unsigned)(VP / 64), (unsigned)nhv, 1}, w16 ? b512 : b256, sm_hbr(KP, true, 64, 1), [&] {
+                    ((HbrpFn)(w16 ? g_hbrpw16 : g_hbrp1).at(KP))(q.data(), k.data(), ptr(rq), ptr(rk), nullptr, d_o.data(), nullptr, g2.data(), dht.data(),
                                              dhs.data(), du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H, HV, K, V, VP, scale, nch,
                                              tm.data(), bt.data(), 0, w.data());
                 });
             } else {
-                hbr((rd1 ? g_hbrd1 : rs1 ? g_hbrs1 : fd ? g_hbr : g_hbr32).at(KP), bv, 0, nhv - nt);
+                const bool w16 = hb_w16() && fd && !rd1 && !rs1 && g_hbrw16.count(KP);
+                hbr((w16 ? g_hbrw16 : rd1 ? g_hbrd1 : rs1 ? g_hbrs1 : fd ? g_hbr : g_hbr32).at(KP), bv, 0, nhv - nt, w16 ? b512 : b256);
             }
-            if (nt > 0) hbr(g_hbrt.at(KP), 32, nhv - nt, nt);
+            if (nt > 0) hbr(g_hbrt.at(KP), 32, nhv - nt, nt, b256);
         } else {
             emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hb<E>(KP, bv, fd, h_stages<E>(KP)), [&] {
                 ((HbFn)hbf)(q.data(), k.data(), ptr(rq), ptr(rk), w.data(), d_o.data(), fd ? nullptr : dvl.data(), g2.data(), dht.data(),
