@@ -342,10 +342,6 @@ pub const DELTA_CHUNK_H: KernelSource = source!(
         "delta_h_bwd_rdv1_k256_bf16",
         "delta_h_bwd_rdvp1_k192_bf16",
         "delta_h_bwd_rdvp1_k256_bf16",
-        "delta_h_bwd_w16_rdv2_k64_bf16",
-        "delta_h_bwd_w16_rdv2_k128_bf16",
-        "delta_h_bwd_w16_rdvp1_k192_bf16",
-        "delta_h_bwd_w16_rdvp1_k256_bf16",
     ]
 );
 /// The delta rule's chunked backward, chunk-parallel launches: dvl, dq/dk, the WY backward.
@@ -372,8 +368,6 @@ pub const DELTA_CHUNK_BWD: KernelSource = source!(
         "delta_dqk_wg_k256_bf16",
         "delta_dqk_wg_d1_k128_bf16",
         "delta_dqk_wg_d1_k256_bf16",
-        "delta_dqk_wg16_d1_k128_bf16",
-        "delta_dqk_wg16_d1_k256_bf16",
         "delta_wy_bwd_k64_f32",
         "delta_wy_bwd_k128_f32",
         "delta_wy_bwd_k64_bf16",

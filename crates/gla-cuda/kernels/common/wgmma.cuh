@@ -1,7 +1,7 @@
 // common/wgmma.cuh: Hopper warpgroup matrix products (wgmma, sm_90a): the shared-memory matrix
 // descriptor of a 128-byte-swizzled bf16 tile, the async-proxy fence for tiles written by
 // ordinary stores or cp.async, m64n128k16 (bf16 x bf16 -> f32, both operands from shared memory,
-// or A from registers: _rs), m64n64k16, m64n32k16 and m64n16k16 (either operand MN-major) with their fence /
+// or A from registers: _rs), m64n64k16 and m64n32k16 (either operand MN-major) with their fence /
 // commit / wait; a swizzled tile's element index (wg_el) and loaders (wg_tile_cp by cp.async,
 // wg_tile_ld by plain stores where 16-byte pieces cannot read), the 128-deep product
 // (wg_mma_k128), a product into mma.sync-layout fragments (wg_mma_frag) and the
@@ -124,26 +124,6 @@ __device__ __forceinline__ void wg_m64n32k16(float (&d)[16], unsigned long long 
 #endif
 }
 
-// The 8 accumulators of an m64n16 product as asm operands %0 .. %7 (read and written).
-#define WG_D8_REGS "{%0,%1,%2,%3,%4,%5,%6,%7},"
-#define WG_D8 "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-
-// d += A B^T for a 64 x 16 A and a 16 x 16 B (m64n16k16, both from shared memory); TA, TB as
-// wg_m64n64k16. B K-major at a 16-row offset into a tile: two whole 8-row atoms.
-template <int TA, int TB>
-__device__ __forceinline__ void wg_m64n16k16(float (&d)[8], unsigned long long da, unsigned long long db) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %12, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
-        WG_D8_REGS
-        " %8, %9, p, 1, 1, %10, %11;\n}\n"
-        : WG_D8
-        : "l"(da), "l"(db), "n"(TA), "n"(TB), "r"(1)
-        : "memory");
-#endif
-}
-
 // d += A B^T for a 64 x 16 A in registers (the mma.sync m16n8k16 A fragment of warp w's rows
 // 16 w .. 16 w + 15: a[0] row l / 4, k 2 (l % 4) and + 1; a[1] row + 8; a[2], a[3] k + 8) and a
 // 128 x 16 B (descriptor db); TB: B MN-major.
@@ -239,18 +219,16 @@ __device__ __forceinline__ void wg_pack_a(unsigned (&a)[KS][4], const float (&x)
     }
 }
 
-// acc += A B^T, one k16 step on the warpgroup's m64nN product (N = 8 NT: 16, 32 or 64), with the
+// acc += A B^T, one k16 step on the warpgroup's m64nN product (N = 8 NT: 32 or 64), with the
 // accumulator held as the mma.sync fragments acc[NT][4] of its warps (the same registers in the
 // same order: d[4 nt + e] = acc[nt][e]); TA, TB as wg_m64n64k16.
 template <int NT, int TA, int TB>
 __device__ __forceinline__ void wg_mma_frag(float (&acc)[NT][4], unsigned long long da, unsigned long long db) {
-    static_assert(NT == 2 || NT == 4 || NT == 8, "m64n16, m64n32 or m64n64");
+    static_assert(NT == 4 || NT == 8, "m64n32 or m64n64");
     float(&d)[4 * NT] = *reinterpret_cast<float(*)[4 * NT]>(&acc);
     if constexpr (NT == 8) {
         wg_m64n64k16<TA, TB>(d, da, db);
-    } else if constexpr (NT == 4) {
-        wg_m64n32k16<TA, TB>(d, da, db);
     } else {
-        wg_m64n16k16<TA, TB>(d, da, db);
+        wg_m64n32k16<TA, TB>(d, da, db);
     }
 }

@@ -33,26 +33,25 @@ __device__ __forceinline__ ChunkHead chunk_head(const idx_t* __restrict__ bounds
     return c;
 }
 
-// the chunk's rows of q or k (head h, [rows, H, K]) into dst [64][KP + DPAD], zero-padded, by a
-// block of NTH threads (so for every load below)
-template <typename E, int KP, int NTH = DNT>
+// the chunk's rows of q or k (head h, [rows, H, K]) into dst [64][KP + DPAD], zero-padded
+template <typename E, int KP>
 __device__ __forceinline__ void ld_qk(E* dst, const E* __restrict__ x, idx_t r0, int L, int h, int H, int K, int tid) {
-    tile_ld<E>(dst, KP + DPAD, x + (r0 * H + h) * (idx_t)K, (idx_t)H * K, 64, KP, L, K, vec_ok<E>((idx_t)H * K, K), tid, NTH);
+    tile_ld<E>(dst, KP + DPAD, x + (r0 * H + h) * (idx_t)K, (idx_t)H * K, 64, KP, L, K, vec_ok<E>((idx_t)H * K, K), tid, DNT);
 }
 
 // columns c0 .. c0 + C of the chunk's rows of a [rows, HV, V] tensor (value head hv) into dst
 // (row stride lds), zero-padded
-template <typename E, int NTH = DNT>
+template <typename E>
 __device__ __forceinline__ void ld_v(E* dst, int lds, const E* __restrict__ x, idx_t r0, int L, int hv, int HV, int V, int c0, int C,
                                      int tid) {
-    tile_ld<E>(dst, lds, x + (r0 * HV + hv) * (idx_t)V + c0, (idx_t)HV * V, 64, C, L, V - c0, vec_ok<E>((idx_t)HV * V, V), tid, NTH);
+    tile_ld<E>(dst, lds, x + (r0 * HV + hv) * (idx_t)V + c0, (idx_t)HV * V, 64, C, L, V - c0, vec_ok<E>((idx_t)HV * V, V), tid, DNT);
 }
 
 // dst[t][j] = scale rq_t exp2(G_t) src[t][j] (the state-gradient pass's scaled do) over the
 // chunk's 64 rows and C columns (C a multiple of 16 / sizeof(E)), both at row stride lds (dst may
 // be src): 16 bytes per step, the row's factors loaded once per step; each element computed as
 // the one-element form ((x scale) rq) exp2(G), so the bits are that form's.
-template <typename E, int NTH = DNT>
+template <typename E>
 __device__ __forceinline__ void rows_scale_qe(E* dst, const E* src, int lds, int C, float scale, const float* sRq, const float* sG,
                                               int tid) {
     constexpr int P = 16 / (int)sizeof(E);
@@ -70,13 +69,13 @@ __device__ __forceinline__ void rows_scale_qe(E* dst, const E* src, int lds, int
     };
     // where the threads cover whole rows of pieces, each keeps its column on a count the
     // compiler sees (unrolled; the same pieces as the loop over x below)
-    if (NTH % cpr == 0 && 64 % (NTH / cpr) == 0) {
-        const int rs = NTH / cpr, j = (tid % cpr) * P;
+    if (DNT % cpr == 0 && 64 % (DNT / cpr) == 0) {
+        const int rs = DNT / cpr, j = (tid % cpr) * P;
         #pragma unroll
         for (int i = 0; i < 64 / rs; ++i) piece(tid / cpr + i * rs, j);
         return;
     }
-    for (int x = tid; x < 64 * cpr; x += NTH) {
+    for (int x = tid; x < 64 * cpr; x += DNT) {
         const int t = x / cpr;
         piece(t, (x - t * cpr) * P);
     }
@@ -120,10 +119,10 @@ __device__ __forceinline__ void ld_bt_cp(float* dst, const float* __restrict__ b
 // Chunk-head oc's split 64 x 64 tile of a [SP][chunks, HV, 64, 64] tensor (T from delta_wyt, P
 // from delta_pm; the planes nch HV 4096 apart) into hi, lo [64][LDT] by cp.async (the caller
 // commits and waits)
-template <typename E, int NTH = DNT>
+template <typename E>
 __device__ __forceinline__ void ld_t64(E* hi, E* lo, const E* __restrict__ src, idx_t oc, idx_t nch, int HV, int tid) {
-    tile_ld<E>(hi, LDT, src + oc * 4096, 64, 64, 64, 64, 64, true, tid, NTH);
-    if (Sp<E>::SP == 2) tile_ld<E>(lo, LDT, src + nch * HV * 4096 + oc * 4096, 64, 64, 64, 64, 64, true, tid, NTH);
+    tile_ld<E>(hi, LDT, src + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
+    if (Sp<E>::SP == 2) tile_ld<E>(lo, LDT, src + nch * HV * 4096 + oc * 4096, 64, 64, 64, 64, 64, true, tid, DNT);
 }
 
 // chunk_p's inputs for chunk-parallel launch chunk c: q, k (raw, into sQ, sK [64][KP + DPAD]) and
@@ -145,19 +144,18 @@ __device__ __forceinline__ void ld_chunk_p_in(E* sQ, E* sK, float* sG, float* sR
 }
 
 // P = scale (Q K^T) * rq_t rk_s * exp(G_t - G_s) masked to s <= t, split into sP, sPl [64][LDT],
-// from raw sQ, sK [64][KP + DPAD], sG and the row factors sRq, sRk [64]: NW warps (8 or 16), each
-// a 16 x 256 / NW tile (every element the same sum whatever NW is).
-template <typename E, int KP, int NW = DNT / 32>
+// from raw sQ, sK [64][KP + DPAD], sG and the row factors sRq, sRk [64]: 8 warps, each a 16 x 32
+// tile.
+template <typename E, int KP>
 __device__ __forceinline__ void chunk_p(E* sP, E* sPl, const E* sQ, const E* sK, const float* sG, const float* sRq, const float* sRk,
                                         float scale, int wp, int lane) {
-    static_assert(NW == 8 || NW == 16, "8 or 16 warps");
-    constexpr int LK = KP + DPAD, NT = 32 / NW;
-    const int fg = lane >> 2, ft = lane & 3, mt = wp & 3, n0 = (wp >> 2) * 8 * NT;
-    float acc[NT][4];
+    constexpr int LK = KP + DPAD;
+    const int fg = lane >> 2, ft = lane & 3, mt = wp & 3, n0 = (wp >> 2) * 32;
+    float acc[4][4];
     frag_zero(acc);
-    wgemm<false, true, NT>(acc, sQ, LK, 16 * mt, sK, LK, n0, KP, lane);
+    wgemm<false, true, 4>(acc, sQ, LK, 16 * mt, sK, LK, n0, KP, lane);
     #pragma unroll
-    for (int nt = 0; nt < NT; ++nt) {
+    for (int nt = 0; nt < 4; ++nt) {
         #pragma unroll
         for (int e = 0; e < 4; e += 2) {
             const int t = 16 * mt + FRAG_ROW(e), s = n0 + FRAG_COL(nt, e);

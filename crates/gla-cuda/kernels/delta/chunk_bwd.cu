@@ -36,7 +36,6 @@
 //   delta_dqk_s2_k192_bf16 delta_dqk_s2_k256_bf16
 //   delta_dqk_wg_k64_bf16 delta_dqk_wg_k128_bf16 delta_dqk_wg_k256_bf16 (sm_90a; other targets compile them to a trap)
 //   delta_dqk_wg_d1_k128_bf16 delta_dqk_wg_d1_k256_bf16 (sm_90a)
-//   delta_dqk_wg16_d1_k128_bf16 delta_dqk_wg16_d1_k256_bf16 (lab; sm_90a, 512 threads)
 //   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
 //   delta_wy_bwd_vb2_k256_bf16 delta_wy_bwd_m1_k128_bf16 delta_wy_bwd_vb2_m1_k256_bf16
 //   delta_wy_bwd_wg_m1_k128_bf16 (sm_90a; other targets compile it to a trap)
@@ -116,7 +115,7 @@ __device__ __forceinline__ void wg_dmg_mma(float (&acc)[NT][4], unsigned a, unsi
 // adds in the same order. The V tile's products are issued at once and <S, dS'> is summed while
 // they run. D1 (the default at KP 128 and 256; the lab's `dm=0` keeps dMG split): dMG on one
 // bf16 plane, so its two products drop their lo terms.
-template <typename E, int KP, int NB, bool WG, bool D1 = false, int NTH = DNT>
+template <typename E, int KP, int NB, bool WG, bool D1 = false>
 __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                       const float* __restrict__ rk, const E* __restrict__ d_o, const E* __restrict__ vn,
                                       const E* __restrict__ hs, const E* __restrict__ dhs, const float* __restrict__ g2,
@@ -125,11 +124,10 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
                                       const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, float scale, idx_t nch) {
     // NW warps in CS column splits (4 row tiles each): a warp's 16 x 64 / CS tile of M and dM
     // (NM n8-tiles), 16 x KW / CS of dq, dk (NT n8-tiles)
-    constexpr int NW = NTH / 32, CS = NW / 4, NM = 8 / CS;
+    constexpr int NW = DNT / 32, CS = NW / 4, NM = 8 / CS;
     constexpr int SP = Sp<E>::SP, KW = DqkTile<E, KP>::KW, NT = KW / (8 * CS);
     static_assert(NB == 1 || NB == 2, "one or two V-tile buffers");
     static_assert(!WG || (sizeof(E) == 2 && NB == 2), "the warpgroup entries: bf16, two buffers");
-    static_assert(NTH == DNT || (WG && (NTH == 512) && KW % 128 == 0), "16 warps: the warpgroup entries, K tiles of 128");
     // row strides: padded (mma.sync), or the swizzled tiles' (wg_el: 64-column blocks)
     constexpr int LK = WG ? KP : KP + DPAD, LV = WG ? 64 : LDT;
     constexpr int VBUF = (1 + SP) * 64 * LV + 2 * KW * LV;  // do, U (split), S, dS
@@ -174,12 +172,12 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
         const idx_t vo = c.oc * 64 * (idx_t)VP + v0;
         const idx_t so = c.oc * (idx_t)KP * VP + (idx_t)k0 * VP + v0;
         if constexpr (WG) {
-            wg_tile_ld<64, 64, NTH>(sDo, d_o + (c.r0 * HV + c.hv) * (idx_t)V + v0, (idx_t)HV * V, c.L, V - v0, vec_ok<E>((idx_t)HV * V, V),
+            wg_tile_ld<64, 64, DNT>(sDo, d_o + (c.r0 * HV + c.hv) * (idx_t)V + v0, (idx_t)HV * V, c.L, V - v0, vec_ok<E>((idx_t)HV * V, V),
                                tid);
-            wg_tile_ld<64, 64, NTH>(sU, vn + vo, VP, 64, 64, true, tid);
-            if (SP == 2) wg_tile_ld<64, 64, NTH>(sUl, vn + vplane + vo, VP, 64, 64, true, tid);
-            wg_tile_ld<KW, 64, NTH>(sS, hs + so, VP, KW, 64, true, tid);
-            wg_tile_ld<KW, 64, NTH>(sDS, dhs + so, VP, KW, 64, true, tid);
+            wg_tile_ld<64, 64, DNT>(sU, vn + vo, VP, 64, 64, true, tid);
+            if (SP == 2) wg_tile_ld<64, 64, DNT>(sUl, vn + vplane + vo, VP, 64, 64, true, tid);
+            wg_tile_ld<KW, 64, DNT>(sS, hs + so, VP, KW, 64, true, tid);
+            wg_tile_ld<KW, 64, DNT>(sDS, dhs + so, VP, KW, 64, true, tid);
         } else {
             ld_v<E>(sDo, LDT, d_o, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
             tile_ld<E>(sU, LDT, vn + vo, VP, 64, 64, 64, 64, true, tid, DNT);
@@ -194,11 +192,11 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
         const idx_t qo = (c.r0 * H + c.h) * (idx_t)K;
         const bool vq = vec_ok<E>((idx_t)H * K, K);
         constexpr int C0 = KP < 128 ? KP : 128;
-        wg_tile_ld<64, C0, NTH>(sQ, q + qo, (idx_t)H * K, c.L, K, vq, tid);
-        wg_tile_ld<64, C0, NTH>(sK, k + qo, (idx_t)H * K, c.L, K, vq, tid);
+        wg_tile_ld<64, C0, DNT>(sQ, q + qo, (idx_t)H * K, c.L, K, vq, tid);
+        wg_tile_ld<64, C0, DNT>(sK, k + qo, (idx_t)H * K, c.L, K, vq, tid);
         if constexpr (KP > 128) {
-            wg_tile_ld<64, KP - 128, NTH>(sQ + 64 * 128, q + qo + 128, (idx_t)H * K, c.L, K - 128, vq, tid);
-            wg_tile_ld<64, KP - 128, NTH>(sK + 64 * 128, k + qo + 128, (idx_t)H * K, c.L, K - 128, vq, tid);
+            wg_tile_ld<64, KP - 128, DNT>(sQ + 64 * 128, q + qo + 128, (idx_t)H * K, c.L, K - 128, vq, tid);
+            wg_tile_ld<64, KP - 128, DNT>(sK + 64 * 128, k + qo + 128, (idx_t)H * K, c.L, K - 128, vq, tid);
         }
     } else {
         ld_qk<E, KP>(sQ, q, c.r0, c.L, c.h, H, K, tid);
@@ -289,7 +287,7 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
         }
         // <S, dS'> of the tile, 16 bytes of each per step (the block's sum is fixed in order)
         constexpr int P = 16 / (int)sizeof(E);
-        for (int x = tid; x < KW * (64 / P); x += NTH) {
+        for (int x = tid; x < KW * (64 / P); x += DNT) {
             const int r = x / (64 / P), cc = (x % (64 / P)) * P;
             union {
                 uint4 u;
@@ -838,33 +836,28 @@ WY_BWD_ENTRY(delta_wy_bwd_wg_m1_k128_bf16, 128, bf16_t, false, true, true, 2)
 // dq/dk as the entry point ENTRY with NB V-tile buffers: two (the `_s2` entries) for bf16, one
 // for f32 and the lab's wide one-buffer entries (src/delta/dispatch.rs dqk_bufs); WG: the
 // products on warpgroups (the `_wg` entries, sm_90a)
-#define DQK_ENTRY(ENTRY, KP, E, NB, WG, D1, NTH)                                                           \
-extern "C" __global__ void __launch_bounds__(NTH) ENTRY(                                                 \
+#define DQK_ENTRY(ENTRY, KP, E, NB, WG, D1)                                                                \
+extern "C" __global__ void __launch_bounds__(DNT) ENTRY(                                                 \
     const E* q, const E* k, const float* rq, const float* rk, const E* d_o, const E* vn, const E* hs,    \
     const E* dhs, const float* g2, float* dq, float* dk, float* dgp, const idx_t* bounds,                \
     const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V, int VP, float scale,      \
     idx_t nch) {                                                                                         \
-    dqk_k<E, KP, NB, WG, D1, NTH>(q, k, rq, rk, d_o, vn, hs, dhs, g2, dq, dk, dgp, bounds, chunk_off,     \
+    dqk_k<E, KP, NB, WG, D1>(q, k, rq, rk, d_o, vn, hs, dhs, g2, dq, dk, dgp, bounds, chunk_off,          \
                              chunk_seq, H, HV, K, V, VP, scale, nch);                                    \
 }
-DQK_ENTRY(delta_dqk_k64_f32, 64, float, 1, false, false, DNT)
-DQK_ENTRY(delta_dqk_k128_f32, 128, float, 1, false, false, DNT)
-DQK_ENTRY(delta_dqk_s2_k64_bf16, 64, bf16_t, 2, false, false, DNT)
-DQK_ENTRY(delta_dqk_s2_k128_bf16, 128, bf16_t, 2, false, false, DNT)
-DQK_ENTRY(delta_dqk_k192_bf16, 192, bf16_t, 1, false, false, DNT)
-DQK_ENTRY(delta_dqk_k256_bf16, 256, bf16_t, 1, false, false, DNT)
-DQK_ENTRY(delta_dqk_s2_k192_bf16, 192, bf16_t, 2, false, false, DNT)
-DQK_ENTRY(delta_dqk_s2_k256_bf16, 256, bf16_t, 2, false, false, DNT)
-DQK_ENTRY(delta_dqk_wg_k64_bf16, 64, bf16_t, 2, true, false, DNT)
-DQK_ENTRY(delta_dqk_wg_k128_bf16, 128, bf16_t, 2, true, false, DNT)
-DQK_ENTRY(delta_dqk_wg_k256_bf16, 256, bf16_t, 2, true, false, DNT)
+DQK_ENTRY(delta_dqk_k64_f32, 64, float, 1, false, false)
+DQK_ENTRY(delta_dqk_k128_f32, 128, float, 1, false, false)
+DQK_ENTRY(delta_dqk_s2_k64_bf16, 64, bf16_t, 2, false, false)
+DQK_ENTRY(delta_dqk_s2_k128_bf16, 128, bf16_t, 2, false, false)
+DQK_ENTRY(delta_dqk_k192_bf16, 192, bf16_t, 1, false, false)
+DQK_ENTRY(delta_dqk_k256_bf16, 256, bf16_t, 1, false, false)
+DQK_ENTRY(delta_dqk_s2_k192_bf16, 192, bf16_t, 2, false, false)
+DQK_ENTRY(delta_dqk_s2_k256_bf16, 256, bf16_t, 2, false, false)
+DQK_ENTRY(delta_dqk_wg_k64_bf16, 64, bf16_t, 2, true, false)
+DQK_ENTRY(delta_dqk_wg_k128_bf16, 128, bf16_t, 2, true, false)
+DQK_ENTRY(delta_dqk_wg_k256_bf16, 256, bf16_t, 2, true, false)
 // the default on sm_90a at KP 128 and 256 (src/delta/dispatch.rs dqk_kernel; the lab's `dm=0`
 // runs the entries above): dMG on one plane (tools/emu: within tolerance,
 // bench/results/2026-12-07_cpu2_04f4d35_delta_backward_precision_sites.txt)
-DQK_ENTRY(delta_dqk_wg_d1_k128_bf16, 128, bf16_t, 2, true, true, DNT)
-DQK_ENTRY(delta_dqk_wg_d1_k256_bf16, 256, bf16_t, 2, true, true, DNT)
-// lab (`dq=w16`, src/delta/dispatch.rs dqk_kernel; sm_90a): the entries above on 16 warps (512
-// threads, four warpgroups of 32 dq / dk and 16 dM columns each): one 8-warp block per SM
-// leaves two warps per scheduler, and the launch waits on their issue latency (ncu at 7be5e99)
-DQK_ENTRY(delta_dqk_wg16_d1_k128_bf16, 128, bf16_t, 2, true, true, 512)
-DQK_ENTRY(delta_dqk_wg16_d1_k256_bf16, 256, bf16_t, 2, true, true, 512)
+DQK_ENTRY(delta_dqk_wg_d1_k128_bf16, 128, bf16_t, 2, true, true)
+DQK_ENTRY(delta_dqk_wg_d1_k256_bf16, 256, bf16_t, 2, true, true)

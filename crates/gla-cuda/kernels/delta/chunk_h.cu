@@ -52,28 +52,25 @@
 //   delta_h_bwd_rdv2_v32_k64_bf16 delta_h_bwd_rdv2_v32_k128_bf16
 //   delta_h_bwd_rv32_k64_bf16 delta_h_bwd_rv32_k128_bf16 delta_h_bwd_rs1_k192_bf16 delta_h_bwd_rs1_k256_bf16
 //   delta_h_bwd_rdv1_k192_bf16 delta_h_bwd_rdv1_k256_bf16 delta_h_bwd_rdvp1_k192_bf16 delta_h_bwd_rdvp1_k256_bf16
-//   delta_h_bwd_w16_rdv2_k64_bf16 delta_h_bwd_w16_rdv2_k128_bf16 delta_h_bwd_w16_rdvp1_k192_bf16
-//   delta_h_bwd_w16_rdvp1_k256_bf16 (lab; 512 threads)
 //   delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16 delta_hr_v32_k64_bf16 delta_hr_v32_k128_bf16
 //   delta_hro_b2_k64_bf16 delta_hro_b2_k128_bf16 delta_hro_v32_k64_bf16 delta_hro_v32_k128_bf16
 //   delta_hr_s2_k64_bf16 delta_hr_s2_k128_bf16
 //   delta_hr_s2_k192_bf16 delta_hr_s2_k256_bf16 delta_hro_s2_k192_bf16 delta_hro_s2_k256_bf16
 //   delta_hrop_b2_k64_bf16 delta_hrop_b2_k128_bf16 delta_hrop_s2_k192_bf16 delta_hrop_s2_k256_bf16
 
-// The state tile's warp layout (S or dS, KP x BV in mma fragments) over NW warps: warp (wm, wn)
-// of WM x WN holds m-tiles wm + WM ms (ms < MS) and the NSN n8-tiles from 8 NSN wn.
-template <int KP, int BV, int NW = DNT / 32>
+// The state tile's warp layout (S or dS, KP x BV in mma fragments): warp (wm, wn) of WM x WN
+// holds m-tiles wm + WM ms (ms < MS) and the NSN n8-tiles from 8 NSN wn.
+template <int KP, int BV>
 struct HTile {
-    static constexpr int WM = (KP / 16) % 8 == 0 ? 8 : 4, WN = NW / WM, MS = KP / 16 / WM, NSN = BV / 8 / WN;
-    static_assert(NW % WM == 0 && NSN >= 1, "the warps tile the state");
+    static constexpr int WM = (KP / 16) % 8 == 0 ? 8 : 4, WN = 8 / WM, MS = KP / 16 / WM, NSN = BV / 8 / WN;
     static constexpr int LDS = BV + DPAD;  // row stride of the BV-wide tiles
 };
 
 // S (or dS) from a [K, V] f32 state (null: zero) at columns j0 ..
-template <int KP, int BV, int NW = DNT / 32>
-__device__ __forceinline__ void h_init(float (&S)[HTile<KP, BV, NW>::MS][HTile<KP, BV, NW>::NSN][4], const float* __restrict__ src, idx_t o_state,
+template <int KP, int BV>
+__device__ __forceinline__ void h_init(float (&S)[HTile<KP, BV>::MS][HTile<KP, BV>::NSN][4], const float* __restrict__ src, idx_t o_state,
                                        int K, int V, int j0, int wm, int sn0, int fg, int ft) {
-    constexpr int WM = HTile<KP, BV, NW>::WM, MS = HTile<KP, BV, NW>::MS, NSN = HTile<KP, BV, NW>::NSN;
+    constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN;
     #pragma unroll
     for (int ms = 0; ms < MS; ++ms) {
         #pragma unroll
@@ -88,10 +85,10 @@ __device__ __forceinline__ void h_init(float (&S)[HTile<KP, BV, NW>::MS][HTile<K
 }
 
 // S (or dS) to a [K, V] f32 state (null: none)
-template <int KP, int BV, int NW = DNT / 32>
-__device__ __forceinline__ void h_fini(const float (&S)[HTile<KP, BV, NW>::MS][HTile<KP, BV, NW>::NSN][4], float* __restrict__ dst, idx_t o_state,
+template <int KP, int BV>
+__device__ __forceinline__ void h_fini(const float (&S)[HTile<KP, BV>::MS][HTile<KP, BV>::NSN][4], float* __restrict__ dst, idx_t o_state,
                                        int K, int V, int j0, int wm, int sn0, int fg, int ft) {
-    constexpr int WM = HTile<KP, BV, NW>::WM, MS = HTile<KP, BV, NW>::MS, NSN = HTile<KP, BV, NW>::NSN;
+    constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN;
     if (dst == nullptr) return;
     #pragma unroll
     for (int ms = 0; ms < MS; ++ms) {
@@ -108,10 +105,10 @@ __device__ __forceinline__ void h_fini(const float (&S)[HTile<KP, BV, NW>::MS][H
 
 // S (or dS) rounded into the smem operand sS [KP][LDS], in column pairs; h_copy then moves it to
 // the chunk's slot of hs (or dhs) in whole 16-byte pieces
-template <typename E, int KP, int BV, int NW = DNT / 32>
-__device__ __forceinline__ void h_store(const float (&S)[HTile<KP, BV, NW>::MS][HTile<KP, BV, NW>::NSN][4], E* sS, int wm, int sn0, int fg,
+template <typename E, int KP, int BV>
+__device__ __forceinline__ void h_store(const float (&S)[HTile<KP, BV>::MS][HTile<KP, BV>::NSN][4], E* sS, int wm, int sn0, int fg,
                                         int ft) {
-    constexpr int WM = HTile<KP, BV, NW>::WM, MS = HTile<KP, BV, NW>::MS, NSN = HTile<KP, BV, NW>::NSN, LDS = HTile<KP, BV, NW>::LDS;
+    constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
     #pragma unroll
     for (int ms = 0; ms < MS; ++ms) {
         #pragma unroll
@@ -127,9 +124,9 @@ __device__ __forceinline__ void h_store(const float (&S)[HTile<KP, BV, NW>::MS][
 
 // sS (complete: after a barrier that follows h_store) to the chunk's slot hp of hs (or dhs), row
 // stride VP; it must finish before the next h_store (a barrier between them)
-template <typename E, int KP, int BV, int NTH = DNT>
+template <typename E, int KP, int BV>
 __device__ __forceinline__ void h_copy(E* __restrict__ hp, const E* sS, int VP, int tid) {
-    tile_st<E>(hp, VP, sS, HTile<KP, BV>::LDS, KP, BV, tid, NTH);
+    tile_st<E>(hp, VP, sS, HTile<KP, BV>::LDS, KP, BV, tid, DNT);
 }
 
 // RES (the `delta_hr_b2` entries, bf16, the residual forward): v_new from T (delta_wyt), k
@@ -397,7 +394,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
 // product and barrier per chunk, T's 16 KB per chunk read instead of w's 32 (at KP = 128; 16 at
 // KP = 64). PL (FD, one stage: the `delta_h_bwd_rdvp1` entries): P read from pm (delta_pm,
 // delta/chunk_fwd.cu: chunk_p's bits) with the chunk's loads instead of formed per block.
-template <typename E, int KP, int BV, bool FD, int NS, bool RES = false, bool PL = false, int NTH = DNT>
+template <typename E, int KP, int BV, bool FD, int NS, bool RES = false, bool PL = false>
 __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                       const float* __restrict__ rk, const E* __restrict__ w, const E* __restrict__ d_o,
                                       const float* __restrict__ dvl, const float* __restrict__ g2, const float* __restrict__ dht,
@@ -407,12 +404,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
                                       const E* __restrict__ pm = nullptr) {
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
     static_assert(!PL || (FD && NS == 1), "P read: dvl fused in, one stage (P's tile is free at the chunk's top)");
-    // NW warps: the state tile as HTile<KP, BV, NW>; the 64-row products (dU, Y, P) in 4 row tiles
-    // x CS column splits
-    constexpr int NW = NTH / 32, CS = NW / 4;
-    static_assert(NTH == DNT || (NTH == 512 && BV == 64 && sizeof(E) == 2), "16 warps: bf16, 64 columns");
-    using HT = HTile<KP, BV, NW>;
-    constexpr int WM = HT::WM, MS = HT::MS, NSN = HT::NSN, LDS = HT::LDS;
+    constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
     static_assert(!RES || (sizeof(E) == 2 && LDS <= LDT), "the residual state-gradient pass: bf16, Y in P's tile");
     // P's tile (FD: [SP][64][LDT]; RES without FD: Y's alone, [SP][64][LDS])
     constexpr int LDP = FD ? LDT : LDS, PT = (FD || RES) ? SP * 64 * LDP : 0;
@@ -438,30 +430,30 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
     const int wm = wp % WM, wn = wp / WM, sn0 = wn * NSN * 8;
     const idx_t o_state = (idx_t)nh * K * V, wplane = nch * HV * 64 * KP, vplane = nch * HV * 64 * VP;
     float dS[MS][NSN][4];
-    h_init<KP, BV, NW>(dS, dht, o_state, K, V, j0, wm, sn0, fg, ft);
+    h_init<KP, BV>(dS, dht, o_state, K, V, j0, wm, sn0, fg, ft);
     // chunk c's loads into stage st (the cp.async ones committed by the caller)
     auto load = [&](int c, int st) {
         E* b = sStage + st * STAGE;
         float* f = sF + st * FSTAGE;
         const idx_t oc = (cbase + c) * HV + hv, r0 = bos + (idx_t)c * 64;
         const int L = (int)min((idx_t)64, eos - r0);
-        ld_qk<E, KP, NTH>(b, q, r0, L, h, H, K, tid);
-        ld_qk<E, KP, NTH>(b + 64 * LK, k, r0, L, h, H, K, tid);
+        ld_qk<E, KP>(b, q, r0, L, h, H, K, tid);
+        ld_qk<E, KP>(b + 64 * LK, k, r0, L, h, H, K, tid);
         if constexpr (RES) {
-            ld_t64<E, NTH>(b + 2 * 64 * LK, b + 2 * 64 * LK + 64 * LDT, tm, oc, nch, HV, tid);
+            ld_t64<E>(b + 2 * 64 * LK, b + 2 * 64 * LK + 64 * LDT, tm, oc, nch, HV, tid);
         } else {
-            tile_ld<E>(b + 2 * 64 * LK, LK, w + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, NTH);
-            if (SP == 2) tile_ld<E>(b + 3 * 64 * LK, LK, w + wplane + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, NTH);
+            tile_ld<E>(b + 2 * 64 * LK, LK, w + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
+            if (SP == 2) tile_ld<E>(b + 3 * 64 * LK, LK, w + wplane + oc * 64 * KP, KP, 64, KP, 64, KP, true, tid, DNT);
         }
-        ld_v<E, NTH>(b + 2 * 64 * LK + SP * 64 * (RES ? LDT : LK), LDS, d_o, r0, L, hv, HV, V, j0, BV, tid);
-        if (!FD) tile_ld<float>(f, BV, dvl + oc * 64 * (idx_t)VP + j0, VP, 64, BV, 64, BV, true, tid, NTH);
+        ld_v<E>(b + 2 * 64 * LK + SP * 64 * (RES ? LDT : LK), LDS, d_o, r0, L, hv, HV, V, j0, BV, tid);
+        if (!FD) tile_ld<float>(f, BV, dvl + oc * 64 * (idx_t)VP + j0, VP, 64, BV, 64, BV, true, tid, DNT);
         float* fg2 = f + (1 - FD) * 64 * BV;
         ld_g64(fg2, g2 + oc * 64, tid);
         ld_rf_cp(fg2 + 64, rq, r0, L, h, H, tid);
         ld_rf_cp(fg2 + 128, rk, r0, L, h, H, tid);
         if (RES) ld_bt_cp(fg2 + 192, bt, r0, L, hv, HV, tid);
         if constexpr (PL) {
-            ld_t64<E, NTH>(sP, sPl, pm, oc, nch, HV, tid);
+            ld_t64<E>(sP, sPl, pm, oc, nch, HV, tid);
         }
     };
     // two stages: chunk c - 1's loads are issued at the top of chunk c, once every warp has
@@ -487,7 +479,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
         const float* sG = sDv + (1 - FD) * 64 * BV;  // G, rq, rk (RES: beta)
         const float* sRq = sG + 64;
         const float* sRk = sG + 128;
-        h_store<E, KP, BV, NW>(dS, sS, wm, sn0, fg, ft);
+        h_store<E, KP, BV>(dS, sS, wm, sn0, fg, ft);
         if (NS > 1 && c > 0) {
             load(c - 1, (nc - c) % NS);
             cp_commit();
@@ -498,18 +490,18 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
             cp_wait0();
         }
         __syncthreads();
-        h_copy<E, KP, BV, NTH>(dhs + oc * (idx_t)KP * VP + j0, sS, VP, tid);
+        h_copy<E, KP, BV>(dhs + oc * (idx_t)KP * VP + j0, sS, VP, tid);
         const float glast = sG[63];
         E* sDoX = FD ? sDoS : sDo;  // the dS update's operand scale exp(G) do
         if constexpr (FD) {
-            if constexpr (!PL) chunk_p<E, KP, NW>(sP, sPl, sQ, sK, sG, sRq, sRk, scale, wp, lane);
-            rows_scale_qe<E, NTH>(sDoS, sDo, LDS, BV, scale, sRq, sG, tid);
+            if constexpr (!PL) chunk_p<E, KP>(sP, sPl, sQ, sK, sG, sRq, sRk, scale, wp, lane);
+            rows_scale_qe<E>(sDoS, sDo, LDS, BV, scale, sRq, sG, tid);
             __syncthreads();
         }
         {
-            // dU = dvl + exp(G_last - G) rk (K dS): each warp 16 rows x BV / CS columns
-            constexpr int NT = BV / (8 * CS);
-            const int mt = wp & 3, n1 = (wp >> 2) * (BV / CS);
+            // dU = dvl + exp(G_last - G) rk (K dS): each warp 16 rows x BV / 2 columns
+            constexpr int NT = BV / 16;
+            const int mt = wp & 3, n1 = (wp >> 2) * (BV / 2);
             float acc[NT][4], dv[NT][4];
             frag_zero(acc);
             wgemm<false, false, NT>(acc, sK, LK, 16 * mt, sS, LDS, n1, KP, lane);
@@ -531,18 +523,18 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
                 }
             }
         }
-        if (!FD) rows_scale_qe<E, NTH>(sDo, sDo, LDS, BV, scale, sRq, sG, tid);
+        if (!FD) rows_scale_qe<E>(sDo, sDo, LDS, BV, scale, sRq, sG, tid);
         __syncthreads();
         // (the dU step above was the last reader of chunk c's P: RES puts Y there below)
         // dU (split) leaves as the negation of -dU's planes (rounding is odd: the planes of -x
         // are those of x negated), coalesced
-        tile_st_neg<E>(du + oc * 64 * (idx_t)VP + j0, VP, sDu, LDS, 64, BV, tid, NTH);
-        if (SP == 2) tile_st_neg<E>(du + vplane + oc * 64 * (idx_t)VP + j0, VP, sDul, LDS, 64, BV, tid, NTH);
+        tile_st_neg<E>(du + oc * 64 * (idx_t)VP + j0, VP, sDu, LDS, 64, BV, tid, DNT);
+        if (SP == 2) tile_st_neg<E>(du + vplane + oc * 64 * (idx_t)VP + j0, VP, sDul, LDS, 64, BV, tid, DNT);
         if constexpr (RES) {
-            // Y = T^T (-dU), each warp 16 rows x BV / CS columns, then Y diag(beta rk exp(G))
+            // Y = T^T (-dU), each warp 16 rows x BV / 2 columns, then Y diag(beta rk exp(G))
             // (split) into P's tile, which the dU step above was the last to read
-            constexpr int NT = BV / (8 * CS);
-            const int mt = wp & 3, n1 = (wp >> 2) * (BV / CS);
+            constexpr int NT = BV / 16;
+            const int mt = wp & 3, n1 = (wp >> 2) * (BV / 2);
             const float* sBt = sG + 192;
             float acc[NT][4];
             frag_zero(acc);
@@ -577,7 +569,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
         }
         __syncthreads();
     }
-    h_fini<KP, BV, NW>(dS, dh0, o_state, K, V, j0, wm, sn0, fg, ft);
+    h_fini<KP, BV>(dS, dh0, o_state, K, V, j0, wm, sn0, fg, ft);
 }
 
 #define H_ENTRY(PFX, KP, NS, BV, NAME, E) H_ENTRY_LB(PFX, KP, NS, BV, (DNT), NAME, E)
@@ -693,29 +685,26 @@ HB_ENTRY_FD(delta_h_bwd_dv2, 128, 64, true, 2, bf16, bf16_t)
 // unread), 64 columns; `_rdv2_v32`: the same on 32 columns (the heads of a partial last wave of
 // 64-column tiles, src/delta/dispatch.rs hb_tail); `_rv32`: dvl read (delta_dvl's), 32 columns
 // (long sequences); all two stages. `_rs1` (KP 192, 256): dvl read, 64 columns, one stage (two
-// do not fit beside q and k). NTH: threads per block (DNT, or 512 for the `_w16` entries).
-#define HBR_ENTRY(PFX, KP, BV, FD, NS) HBR_ENTRY_T(PFX, KP, BV, FD, NS, DNT)
-#define HBR_ENTRY_T(PFX, KP, BV, FD, NS, NTH)                                                             \
-extern "C" __global__ void __launch_bounds__(NTH) PFX##_k##KP##_bf16(                                     \
+// do not fit beside q and k).
+#define HBR_ENTRY(PFX, KP, BV, FD, NS)                                                                    \
+extern "C" __global__ void __launch_bounds__(DNT) PFX##_k##KP##_bf16(                                     \
     const bf16_t* q, const bf16_t* k, const float* rq, const float* rk, const bf16_t* w,                  \
     const bf16_t* d_o, const float* dvl, const float* g2, const float* dht, bf16_t* dhs, bf16_t* du,      \
     float* dh0, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, int V, int VP,         \
     float scale, idx_t nch, const bf16_t* tm, const float* bt, int nh0) {                                 \
-    h_bwd<bf16_t, KP, BV, FD, NS, true, false, NTH>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0,     \
-                                                    bounds, chunk_off, H, HV, K, V, VP, scale, nch, tm,   \
-                                                    bt, nh0);                                             \
+    h_bwd<bf16_t, KP, BV, FD, NS, true>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0, bounds,         \
+                                        chunk_off, H, HV, K, V, VP, scale, nch, tm, bt, nh0);             \
 }
 // the same with P read (h_bwd's PL; dvl fused in, one stage): delta_h_bwd_rdv1's arguments, then
 // pm (delta_pm's)
-#define HBRP_ENTRY(PFX, KP, NTH)                                                                          \
-extern "C" __global__ void __launch_bounds__(NTH) PFX##_k##KP##_bf16(                                     \
+#define HBRP_ENTRY(PFX, KP)                                                                               \
+extern "C" __global__ void __launch_bounds__(DNT) PFX##_k##KP##_bf16(                                     \
     const bf16_t* q, const bf16_t* k, const float* rq, const float* rk, const bf16_t* w,                  \
     const bf16_t* d_o, const float* dvl, const float* g2, const float* dht, bf16_t* dhs, bf16_t* du,      \
     float* dh0, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, int V, int VP,         \
     float scale, idx_t nch, const bf16_t* tm, const float* bt, int nh0, const bf16_t* pm) {               \
-    h_bwd<bf16_t, KP, 64, true, 1, true, true, NTH>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0,     \
-                                                    bounds, chunk_off, H, HV, K, V, VP, scale, nch, tm,   \
-                                                    bt, nh0, pm);                                         \
+    h_bwd<bf16_t, KP, 64, true, 1, true, true>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0, bounds,  \
+                                               chunk_off, H, HV, K, V, VP, scale, nch, tm, bt, nh0, pm);  \
 }
 HBR_ENTRY(delta_h_bwd_rdv2, 64, 64, true, 2)
 HBR_ENTRY(delta_h_bwd_rdv2, 128, 64, true, 2)
@@ -729,13 +718,5 @@ HBR_ENTRY(delta_h_bwd_rs1, 256, 64, false, 1)
 HBR_ENTRY(delta_h_bwd_rdv1, 192, 64, true, 1)
 HBR_ENTRY(delta_h_bwd_rdv1, 256, 64, true, 1)
 // `_rdv1` with P read from delta_pm (src/delta/dispatch.rs hb_pm; `_rdv1` under the lab's `bp=0`)
-HBRP_ENTRY(delta_h_bwd_rdvp1, 192, DNT)
-HBRP_ENTRY(delta_h_bwd_rdvp1, 256, DNT)
-// lab (`hb=w16`, src/delta/dispatch.rs hb_w16): `_rdv2` and `_rdvp1` on 16 warps (512 threads;
-// the state tile as HTile<KP, 64, 16>, the 64-row products in four column splits). One 8-warp
-// block per SM leaves two warps per scheduler on the serial chain; every sum keeps its order, so
-// the bits are the 8-warp entries'.
-HBR_ENTRY_T(delta_h_bwd_w16_rdv2, 64, 64, true, 2, 512)
-HBR_ENTRY_T(delta_h_bwd_w16_rdv2, 128, 64, true, 2, 512)
-HBRP_ENTRY(delta_h_bwd_w16_rdvp1, 192, 512)
-HBRP_ENTRY(delta_h_bwd_w16_rdvp1, 256, 512)
+HBRP_ENTRY(delta_h_bwd_rdvp1, 192)
+HBRP_ENTRY(delta_h_bwd_rdvp1, 256)

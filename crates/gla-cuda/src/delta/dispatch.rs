@@ -293,8 +293,7 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// [`hro_pm`]) and in the one-stage state-gradient pass (`bp=0` / `bp=1`, [`hb_pm`]); the WY
 /// backward's V tiles on one buffer at KP = 256 (`wb=1`, [`wy_bwd_name`]), its dAb tiles split
 /// (`wm=0`, the same), its dw on mma.sync at KP 128 (`ww=0`, [`wy_bwd_kernel`]); dq/dk's dMG split
-/// (`dm=0`, [`dqk_kernel`]), its one-plane entries on 16 warps (`dq=w16`, [`dqk_w16`]); the
-/// residual state-gradient pass's 64-column entries on 16 warps (`hbw=16`, [`hb_threads`]). The
+/// (`dm=0`, [`dqk_kernel`]). The
 /// two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the residual ones
 /// also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync
 /// entry where the warpgroup one would run ([`dqk_wg`]), `s1` the one-buffer one where K is
@@ -698,27 +697,6 @@ pub(crate) fn wy_bwd_kernel(kp: usize, sfx: &str, arch: &str, smem: &DeltaSmem) 
     (name, smem.wy_bwd())
 }
 
-/// Threads of the 16-warp state-gradient entries ([`hb_threads`]).
-pub(crate) const HB_W16_THREADS: u32 = 512;
-
-/// The residual state-gradient launch of entry `name` ([`hbr_name`], [`hbrp_name`]) and its
-/// threads per block: under the lab's `hbw=16` the 64-column fused entries
-/// (`delta_h_bwd_rdv2_k{64,128}_bf16`, `delta_h_bwd_rdvp1_k{192,256}_bf16`) run on 16 warps
-/// (`delta_h_bwd_w16_*`, the same shared memory and bits); otherwise `name` on 8. One 8-warp
-/// block per SM walks a sequence's chunks, two warps per scheduler on the chain's latency.
-pub(crate) fn hb_threads(name: String) -> (String, u32) {
-    match hb_w16_name(&name) {
-        Some(w16) if lab("hbw").as_deref() == Some("16") => (w16, HB_W16_THREADS),
-        _ => (name, CHUNK_THREADS),
-    }
-}
-
-/// The 16-warp entry of the residual state-gradient entry `name`, where one is built
-/// ([`hb_threads`]).
-fn hb_w16_name(name: &str) -> Option<String> {
-    (name.contains("_rdv2_k") || name.contains("_rdvp1_k")).then(|| name.replacen("delta_h_bwd_", "delta_h_bwd_w16_", 1))
-}
-
 /// [`hbr_name`]'s entry that reads P (`delta_h_bwd_rdvp1_*`, [`hb_pm`]).
 pub(crate) fn hbrp_name(plan: HPlan, kp: usize) -> String {
     hbr_name(plan, kp).replacen("_rdv1_", "_rdvp1_", 1)
@@ -747,39 +725,18 @@ fn dqk_wg_built(bf16: bool, kp: usize) -> bool {
 }
 
 /// The dq/dk launch for KP = `kp` on a device of architecture `arch`: its entry point and
-/// dynamic shared memory ([`dqk_wg`], else [`dqk_name`] with [`dqk_bufs`]), and its threads per
-/// block.
-pub(crate) fn dqk_kernel(bf16: bool, kp: usize, sfx: &str, arch: &str, smem: &DeltaSmem) -> (String, usize, u32) {
+/// dynamic shared memory ([`dqk_wg`], else [`dqk_name`] with [`dqk_bufs`]).
+pub(crate) fn dqk_kernel(bf16: bool, kp: usize, sfx: &str, arch: &str, smem: &DeltaSmem) -> (String, usize) {
     if dqk_wg(bf16, kp, arch) {
         // KP 128 and 256: dMG on one bf16 plane (tools/emu: dq's worst error 2.42e-3 -> 2.84e-3;
         // on an H100 1.523 -> 1.465 ms at B = 32, T = 2048, H = 16, K = V = 128); the lab's
         // `dm=0` keeps it split
         let d1 = matches!(kp, 128 | 256) && lab("dm").as_deref() != Some("0");
-        if d1 && dqk_w16() {
-            return (format!("delta_dqk_wg16_d1_k{kp}_{sfx}"), smem.dqk_wg16(), DQK_W16_THREADS);
-        }
-        (format!("delta_dqk_wg{}_k{kp}_{sfx}", if d1 { "_d1" } else { "" }), smem.dqk_wg(), CHUNK_THREADS)
+        (format!("delta_dqk_wg{}_k{kp}_{sfx}", if d1 { "_d1" } else { "" }), smem.dqk_wg())
     } else {
         let nb = dqk_bufs(bf16, kp);
-        (dqk_name(nb, kp, sfx), smem.dqk(nb), CHUNK_THREADS)
+        (dqk_name(nb, kp, sfx), smem.dqk(nb))
     }
-}
-
-/// Threads of the 16-warp dq/dk entries ([`dqk_w16`]).
-pub(crate) const DQK_W16_THREADS: u32 = 512;
-
-/// Whether dq/dk's one-plane warpgroup entries run on 16 warps (`delta_dqk_wg16_d1_k{128,256}_bf16`,
-/// four warpgroups of 32 dq / dk columns each): the lab's `dq=w16`. The 8-warp entry runs one
-/// block per SM, two warps per scheduler, and waits on their issue latency (Nsight Compute on an
-/// H100, `bench/results/2026-12-07_h100_7be5e99_delta_dqk_ps_ww2.txt`).
-pub(crate) fn dqk_w16() -> bool {
-    lab("dq").as_deref() == Some("w16")
-}
-
-/// The launch of dq/dk: [`chunk_cfg`]'s grid (chunks, HV, K tiles) with `threads` per block
-/// ([`dqk_kernel`]'s).
-pub(crate) fn dqk_cfg(n_chunks: u32, hv: usize, kz: usize, threads: u32, smem: usize) -> LaunchConfig {
-    LaunchConfig { block_dim: (threads, 1, 1), ..chunk_cfg(n_chunks, hv, kz, smem) }
 }
 
 /// The K tiles (grid z) of `delta_dqk_*`.
@@ -879,12 +836,6 @@ impl DeltaSmem {
         let (e, sp, kp) = (self.e, self.sp, self.kp);
         let vbuf = (1 + sp) * 64 * 64 + 2 * dqk_kw(e == 2, kp) * 64;
         (2 * 64 * kp + 2 * vbuf) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024
-    }
-    /// `delta_dqk_wg16_*`: `dqk_wg`'s, with the f32 sums of 16 warps in four column splits: the
-    /// row sums (sRow) and F's row sums (sFr) two more splits of 64, the warp sums (sRed, two
-    /// per warp) eight more warps.
-    pub(crate) fn dqk_wg16(&self) -> usize {
-        self.dqk_wg() + (2 * 64 + 2 * 8 + 2 * 64) * 4
     }
     pub(crate) fn wy_bwd(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -1203,14 +1154,13 @@ mod tests {
                     continue;
                 }
                 let sfx = if bf16 { "bf16" } else { "f32" };
-                let (name, _, _) = dqk_kernel(bf16, kp, sfx, arch, &DeltaSmem::new(bf16, kp, 128));
+                let (name, _) = dqk_kernel(bf16, kp, sfx, arch, &DeltaSmem::new(bf16, kp, 128));
                 assert_eq!(name.contains("_wg_"), wg, "{name}");
                 assert!(crate::kernels::source_of(&name).is_some(), "{name}");
             }
         }
         assert!(!dqk_wg(true, 192, "sm_90a"));
         assert!(DeltaSmem::new(true, 256, 512).dqk_wg() <= 227 * 1024);
-        assert!(DeltaSmem::new(true, 256, 512).dqk_wg16() <= 227 * 1024);
         // the wide residual forward, with the output fused in or not: two stages in one block's
         // shared memory
         for kp in [192, 256] {
@@ -1231,16 +1181,6 @@ mod tests {
             // P once per chunk ([`hro_pm`], [`hb_pm`])
             assert_eq!(hrop_name(HR_S2, kp), format!("delta_hrop_s2_k{kp}_bf16"));
             assert_eq!(hbrp_name(HBR_D1, kp), format!("delta_h_bwd_rdvp1_k{kp}_bf16"));
-            // and on 16 warps (the lab's `hbw=16`)
-            let w16 = hb_w16_name(&hbrp_name(HBR_D1, kp)).unwrap();
-            assert!(crate::kernels::source_of(&w16).is_some(), "{w16}");
-        }
-        // the 64-column fused residual state-gradient pass on 16 warps; none on 32 columns
-        for kp in [64, 128] {
-            let w16 = hb_w16_name(&hbr_name(HBR_D2, kp)).unwrap();
-            assert_eq!(w16, format!("delta_h_bwd_w16_rdv2_k{kp}_bf16"));
-            assert!(crate::kernels::source_of(&w16).is_some(), "{w16}");
-            assert_eq!(hb_w16_name(&hbr_name(HPlan { bv: 32, ..HBR_D2 }, kp)), None);
         }
         for kp in [64, 128, 192, 256] {
             let sm = DeltaSmem::new(true, kp, 512);
@@ -1263,8 +1203,6 @@ mod tests {
             "delta_dqk_wg_d1_k128_bf16",
             "delta_dqk_wg_d1_k256_bf16",
             "delta_wy_bwd_wg_m1_k128_bf16",
-            "delta_dqk_wg16_d1_k128_bf16",
-            "delta_dqk_wg16_d1_k256_bf16",
         ] {
             assert!(crate::kernels::source_of(name).is_some(), "{name}");
         }

@@ -967,14 +967,12 @@ fn chunk_bwd<T: Elem>(
             } else {
                 dd::hbr_name(pl, kp)
             };
-            let (name, threads) = dd::hb_threads(name);
-            let cfg = cudarc::driver::LaunchConfig { block_dim: (threads, 1, 1), ..dd::state_cfg(vp, pl.bv, nhs, smem.h_bwd_res(pl)) };
             // SAFETY: arguments match delta_h_bwd_rdv2's, delta_h_bwd_rdv2_v32's and
             // delta_h_bwd_rv32's (delta_h_bwd_dv2's, w unread, then T, beta and the first
             // sequence x value head; dvl unread by `_rdv2*`, so null only for them), and
             // delta_h_bwd_rdvp1's (then P, delta_pm's); one block per (V tile, sequence x value
             // head from nh0) walking its chunks in reverse; dhs, du sized for the problem
-            unsafe { cuda.launch(&name, cfg, &args)? };
+            unsafe { cuda.launch(&name, dd::state_cfg(vp, pl.bv, nhs, smem.h_bwd_res(pl)), &args)? };
         }
     } else {
         // SAFETY: arguments match delta_h_bwd_*'s signature (the `_dv2` entries do not read
@@ -992,13 +990,13 @@ fn chunk_bwd<T: Elem>(
         return Ok(());
     }
     let kz = dd::dqk_kz(bf16, kp);
-    let (dqk, dqk_smem, dqk_threads) = dd::dqk_kernel(bf16, kp, sfx, cuda.arch(), &smem);
+    let (dqk, dqk_smem) = dd::dqk_kernel(bf16, kp, sfx, cuda.arch(), &smem);
     // SAFETY: arguments match delta_dqk_*'s signature (the `_s2` and `_wg` entries': the same);
     // grid z covers KP in tiles of KW; dq, dk hold [rows, HV, K] f32, dG KZ x chunks x HV x 64
     unsafe {
         cuda.launch(
             &dqk,
-            dd::dqk_cfg(gx, p.hv(), kz, dqk_threads, dqk_smem),
+            dd::chunk_cfg(gx, p.hv(), kz, dqk_smem),
             &[x.q, x.k, &ws.rq, &ws.rk, d_o, vn, hs, dhs, g2, dq, dk, dgk, bounds, off, seq, &h, &hv, &k, &v, &vp32, &scale, &nch],
         )?;
     }

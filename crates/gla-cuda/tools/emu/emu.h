@@ -550,10 +550,6 @@ template <int TA, int TB>
 inline void wg_m64n32k16(float (&d)[16], unsigned long long da, unsigned long long db) {
     wg_m64nk16<32, TA, TB>(d, da, db);
 }
-template <int TA, int TB>
-inline void wg_m64n16k16(float (&d)[8], unsigned long long da, unsigned long long db) {
-    wg_m64nk16<16, TA, TB>(d, da, db);
-}
 // the A-from-registers product: each thread's fragment goes to a per-block table, then (a
 // warpgroup barrier: its 128 threads issue the product together) each computes its accumulators
 // from its warp's fragments

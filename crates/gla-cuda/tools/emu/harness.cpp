@@ -507,17 +507,8 @@ static std::map<int, void*> g_dqwg = {
 // DELTA_DM=1 (dispatch's default on sm_90a; the lab's dm=0 turns it off): dMG on one plane,
 // KP 128 and 256
 static std::map<int, void*> g_dqwg1 = {{128, (void*)delta_dqk_wg_d1_k128_bf16}, {256, (void*)delta_dqk_wg_d1_k256_bf16}};
-// DELTA_DQVAR=w16 with DELTA_DM=1 (the lab's dq=w16): those entries on 16 warps (512 threads),
-// with the sums of four column splits (DeltaSmem::dqk_wg16)
-static std::map<int, void*> g_dqwg16 = {{128, (void*)delta_dqk_wg16_d1_k128_bf16}, {256, (void*)delta_dqk_wg16_d1_k256_bf16}};
-static bool dq_w16(int KP) {
-    const char* v = getenv("DELTA_DQVAR");
-    const char* d = getenv("DELTA_DM");
-    return v && !std::strcmp(v, "w16") && d && !std::strcmp(d, "1") && g_dqwg16.count(KP);
-}
 static void* dq_wg_entry(int KP) {
     const char* v = getenv("DELTA_DM");
-    if (dq_w16(KP)) return g_dqwg16[KP];
     return v && !std::strcmp(v, "1") && g_dqwg1.count(KP) ? g_dqwg1[KP] : g_dqwg[KP];
 }
 static size_t sm_dqk_wg(int KP) {
@@ -597,14 +588,6 @@ static std::map<int, void*> g_hbrs1 = {{192, (void*)delta_h_bwd_rs1_k192_bf16}, 
 // DELTA_HBVAR=rdv1 (the lab's hb=rdv1): the same with dvl fused in
 static std::map<int, void*> g_hbrd1 = {{192, (void*)delta_h_bwd_rdv1_k192_bf16}, {256, (void*)delta_h_bwd_rdv1_k256_bf16}};
 static std::map<int, void*> g_hbrp1 = {{192, (void*)delta_h_bwd_rdvp1_k192_bf16}, {256, (void*)delta_h_bwd_rdvp1_k256_bf16}};
-// DELTA_HBW=16 (the lab's hbw=16, dispatch::delta::hb_threads): delta_h_bwd_rdv2 and
-// delta_h_bwd_rdvp1 on 16 warps (512 threads; the same shared memory and bits)
-static std::map<int, void*> g_hbrw16 = {{64, (void*)delta_h_bwd_w16_rdv2_k64_bf16}, {128, (void*)delta_h_bwd_w16_rdv2_k128_bf16}};
-static std::map<int, void*> g_hbrpw16 = {{192, (void*)delta_h_bwd_w16_rdvp1_k192_bf16}, {256, (void*)delta_h_bwd_w16_rdvp1_k256_bf16}};
-static bool hb_w16() {
-    const char* v = getenv("DELTA_HBW");
-    return v && !std::strcmp(v, "16");
-}
 static size_t sm_hbr(int KP, bool fd, int BV, int NS) {
     const size_t SP = SPn<bf16_t>, L = BV + 8, stage = 2 * 64 * (KP + 8) + SP * 64 * 72 + 64 * L;
     const size_t pt = fd ? SP * 64 * 72 + 64 * L : SP * 64 * L;
@@ -1003,9 +986,8 @@ struct Run {
             const int nhv = d.N * HV;
             const bool tail = fd && !rd1 && !rs1 && hbvar && !std::strcmp(hbvar, "tail");
             const int nt = tail ? std::max(1, nhv / 2) : 0;  // the heads on 32 columns
-            const dim3 b512{512, 1, 1};
-            auto hbr = [&](void* fn, int bw, int nh0, int nhs, dim3 blk) {
-                emu::launch(dim3{(unsigned)(VP / bw), (unsigned)nhs, 1}, blk, sm_hbr(KP, fd, bw, rs1 ? 1 : 2), [&] {
+            auto hbr = [&](void* fn, int bw, int nh0, int nhs) {
+                emu::launch(dim3{(unsigned)(VP / bw), (unsigned)nhs, 1}, b256, sm_hbr(KP, fd, bw, rs1 ? 1 : 2), [&] {
                     ((HbrFn)fn)(q.data(), k.data(), ptr(rq), ptr(rk), nullptr, d_o.data(), fd ? nullptr : dvl.data(), g2.data(), dht.data(),
                                 dhs.data(), du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H, HV, K, V, VP, scale, nch, tm.data(),
                                 bt.data(), nh0);
@@ -1018,17 +1000,15 @@ struct Run {
                                        const float*, E*, E*, float*, const long long*, const long long*, int, int, int, int, int, float,
                                        long long, const E*, const float*, int, const E*);
                 run_pm(w.data());
-                const bool w16 = hb_w16() && g_hbrpw16.count(KP);
-                emu::launch(dim3{(unsigned)(VP / 64), (unsigned)nhv, 1}, w16 ? b512 : b256, sm_hbr(KP, true, 64, 1), [&] {
-                    ((HbrpFn)(w16 ? g_hbrpw16 : g_hbrp1).at(KP))(q.data(), k.data(), ptr(rq), ptr(rk), nullptr, d_o.data(), nullptr, g2.data(), dht.data(),
+                emu::launch(dim3{(unsigned)(VP / 64), (unsigned)nhv, 1}, b256, sm_hbr(KP, true, 64, 1), [&] {
+                    ((HbrpFn)g_hbrp1.at(KP))(q.data(), k.data(), ptr(rq), ptr(rk), nullptr, d_o.data(), nullptr, g2.data(), dht.data(),
                                              dhs.data(), du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H, HV, K, V, VP, scale, nch,
                                              tm.data(), bt.data(), 0, w.data());
                 });
             } else {
-                const bool w16 = hb_w16() && fd && !rd1 && !rs1 && g_hbrw16.count(KP);
-                hbr((w16 ? g_hbrw16 : rd1 ? g_hbrd1 : rs1 ? g_hbrs1 : fd ? g_hbr : g_hbr32).at(KP), bv, 0, nhv - nt, w16 ? b512 : b256);
+                hbr((rd1 ? g_hbrd1 : rs1 ? g_hbrs1 : fd ? g_hbr : g_hbr32).at(KP), bv, 0, nhv - nt);
             }
-            if (nt > 0) hbr(g_hbrt.at(KP), 32, nhv - nt, nt, b256);
+            if (nt > 0) hbr(g_hbrt.at(KP), 32, nhv - nt, nt);
         } else {
             emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hb<E>(KP, bv, fd, h_stages<E>(KP)), [&] {
                 ((HbFn)hbf)(q.data(), k.data(), ptr(rq), ptr(rk), w.data(), d_o.data(), fd ? nullptr : dvl.data(), g2.data(), dht.data(),
@@ -1042,8 +1022,7 @@ struct Run {
                                float*, float*, float*, const long long*, const long long*, const int*, int, int, int, int, int, float,
                                long long);
         if (nc > 0)
-            emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, dq_wg<E>(KP) && dq_w16(KP) ? dim3{512, 1, 1} : b256,
-                        dq_wg<E>(KP) ? sm_dqk_wg(KP) + (dq_w16(KP) ? (128 + 16 + 128) * 4 : 0) : sm_dqk<E>(KP, dq_bufs<E>(KP)), [&] {
+            emu::launch(dim3{(unsigned)nc, (unsigned)HV, (unsigned)KZ}, b256, dq_wg<E>(KP) ? sm_dqk_wg(KP) : sm_dqk<E>(KP, dq_bufs<E>(KP)), [&] {
                 ((DqkFn)(dq_wg<E>(KP) ? dq_wg_entry(KP) : dq_bufs<E>(KP) == 1 && KP > 128 ? g_dqs1[KP] : f.dqk))(q.data(), k.data(), ptr(rq), ptr(rk), d_o.data(), vn.data(), hs.data(), dhs.data(), g2.data(),
                                  dqp.data(), dkp.data(), dgp.data(), p.bounds.data(), p.off.data(), p.seq.data(), H, HV, K, V,
                                  VP, scale, nch);
