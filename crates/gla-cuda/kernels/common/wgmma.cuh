@@ -141,6 +141,21 @@ __device__ __forceinline__ void wg_m64n128k16_rs(float (&d)[64], const unsigned 
 #endif
 }
 
+// wg_m64n128k16_rs's product on a 64 x 16 B (m64n64k16, A from registers); TB: B MN-major.
+template <int TB>
+__device__ __forceinline__ void wg_m64n64k16_rs(float (&d)[32], const unsigned (&a)[4], unsigned long long db) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %38, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        WG_D32_REGS
+        " {%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n"
+        : WG_D32
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TB), "r"(1)
+        : "memory");
+#endif
+}
+
 // d += A B^T for a 64 x 16 A and a 128 x 16 B (descriptors da, db); TB: B MN-major (imm-trans-b).
 template <int TB>
 __device__ __forceinline__ void wg_m64n128k16(float (&d)[64], unsigned long long da, unsigned long long db) {

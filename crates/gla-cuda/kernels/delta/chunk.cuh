@@ -50,8 +50,9 @@ __device__ __forceinline__ void ld_v(E* dst, int lds, const E* __restrict__ x, i
 // dst[t][j] = scale rq_t exp2(G_t) src[t][j] (the state-gradient pass's scaled do) over the
 // chunk's 64 rows and C columns (C a multiple of 16 / sizeof(E)), both at row stride lds (dst may
 // be src): 16 bytes per step, the row's factors loaded once per step; each element computed as
-// the one-element form ((x scale) rq) exp2(G), so the bits are that form's.
-template <typename E>
+// the one-element form ((x scale) rq) exp2(G), so the bits are that form's. SWZ (bf16, C = 64):
+// dst a 128-byte-swizzled tile (wg_el<64>'s layout, a wgmma operand) instead.
+template <typename E, bool SWZ = false>
 __device__ __forceinline__ void rows_scale_qe(E* dst, const E* src, int lds, int C, float scale, const float* sRq, const float* sG,
                                               int tid) {
     constexpr int P = 16 / (int)sizeof(E);
@@ -65,7 +66,11 @@ __device__ __forceinline__ void rows_scale_qe(E* dst, const E* src, int lds, int
         a.u = *(const uint4*)(src + t * lds + j);
         #pragma unroll
         for (int i = 0; i < P; ++i) b.v[i] = cvt<E>(to_f32(a.v[i]) * scale * rq * e);
-        *(uint4*)(dst + t * lds + j) = b.u;
+        if constexpr (SWZ) {
+            *(uint4*)(dst + wg_el<64>(t, j)) = b.u;
+        } else {
+            *(uint4*)(dst + t * lds + j) = b.u;
+        }
     };
     // where the threads cover whole rows of pieces, each keeps its column on a count the
     // compiler sees (unrolled; the same pieces as the loop over x below)

@@ -52,6 +52,7 @@
 //   delta_h_bwd_rdv2_v32_k64_bf16 delta_h_bwd_rdv2_v32_k128_bf16
 //   delta_h_bwd_rv32_k64_bf16 delta_h_bwd_rv32_k128_bf16 delta_h_bwd_rs1_k192_bf16 delta_h_bwd_rs1_k256_bf16
 //   delta_h_bwd_rdv1_k192_bf16 delta_h_bwd_rdv1_k256_bf16 delta_h_bwd_rdvp1_k192_bf16 delta_h_bwd_rdvp1_k256_bf16
+//   delta_h_bwd_wg_rdv2_k128_bf16 (lab; sm_90a, other targets compile it to a trap)
 //   delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16 delta_hr_v32_k64_bf16 delta_hr_v32_k128_bf16
 //   delta_hro_b2_k64_bf16 delta_hro_b2_k128_bf16 delta_hro_v32_k64_bf16 delta_hro_v32_k128_bf16
 //   delta_hr_s2_k64_bf16 delta_hr_s2_k128_bf16
@@ -393,8 +394,13 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
 // (FD: free once dU is formed; else a tile of its own), then K^T Y with K raw (exact); one more
 // product and barrier per chunk, T's 16 KB per chunk read instead of w's 32 (at KP = 128; 16 at
 // KP = 64). PL (FD, one stage: the `delta_h_bwd_rdvp1` entries): P read from pm (delta_pm,
-// delta/chunk_fwd.cu: chunk_p's bits) with the chunk's loads instead of formed per block.
-template <typename E, int KP, int BV, bool FD, int NS, bool RES = false, bool PL = false>
+// delta/chunk_fwd.cu: chunk_p's bits) with the chunk's loads instead of formed per block. WGS
+// (sm_90a, the `delta_h_bwd_wg_rdv2` entry: KP 128, 64 columns, RES and FD): the dS update on
+// warpgroup products, m64n64 per warpgroup (the state tile's 8 x 1 warps are its two
+// warpgroups' accumulators), A (Qn^T, K^T) from registers as the mma.sync A fragments, B (scale
+// exp(G) do and Y's planes) read once per warpgroup from 128-byte-swizzled tiles in P's and the
+// scaled do's places; the same terms in the same order.
+template <typename E, int KP, int BV, bool FD, int NS, bool RES = false, bool PL = false, bool WGS = false>
 __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                       const float* __restrict__ rk, const E* __restrict__ w, const E* __restrict__ d_o,
                                       const float* __restrict__ dvl, const float* __restrict__ g2, const float* __restrict__ dht,
@@ -406,13 +412,17 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
     static_assert(!PL || (FD && NS == 1), "P read: dvl fused in, one stage (P's tile is free at the chunk's top)");
     constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
     static_assert(!RES || (sizeof(E) == 2 && LDS <= LDT), "the residual state-gradient pass: bf16, Y in P's tile");
+    static_assert(!WGS || (KP == 128 && BV == 64 && FD && RES && !PL && sizeof(E) == 2), "the warpgroup dS update: KP 128, rdv2");
     // P's tile (FD: [SP][64][LDT]; RES without FD: Y's alone, [SP][64][LDS])
     constexpr int LDP = FD ? LDT : LDS, PT = (FD || RES) ? SP * 64 * LDP : 0;
     // q, k [64][LK]; w (hi, lo) [64][LK] or (RES) T (hi, lo) [64][LDT]; do [64][LDS]
     constexpr int STAGE = 2 * 64 * LK + SP * 64 * (RES ? LDT : LK) + 64 * LDS;
     constexpr int FSTAGE = (1 - FD) * 64 * BV + (RES ? 256 : 192);  // dvl [64][BV] (FD: none); G, rq, rk (RES: beta) [64]
     static_assert(NS == 1 || NS == 2, "one or two cp.async stages");
-    DELTA_SMEM(smem);
+    // WGS: the base aligned to 1024 bytes, so that P's and the scaled do's places (whole KB
+    // from it at KP 128) hold swizzled tiles
+    DELTA_SMEM(smem0);
+    unsigned char* smem = WGS ? wg_align1024(smem0) : smem0;
     E* sStage = (E*)smem;                      // [NS][STAGE]
     E* sS = sStage + NS * STAGE;               // [KP][LDS]
     E* sDu = sS + KP * LDS;                    // [64][LDS]: -dU
@@ -421,7 +431,12 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
     E* sPl = sP + (SP - 1) * 64 * LDP;
     E* sDoS = sP + PT;                         // FD: [64][LDS], scale exp(G) do
     float* sF = (float*)(sDoS + FD * 64 * LDS);  // [NS][FSTAGE]
-    DELTA_SMEM_END(smem, sF + NS * FSTAGE);
+    DELTA_SMEM_END(smem0, sF + NS * FSTAGE);
+    static_assert(!WGS || ((NS * STAGE + KP * LDS + SP * 64 * LDS) * 2) % 1024 == 0 && (PT * 2) % 1024 == 0,
+                  "P's and the scaled do's places on 1024-byte boundaries");
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    if (WGS) __trap();
+#endif
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const int j0 = blockIdx.x * BV, nh = nh0 + blockIdx.y, n = nh / HV, hv = nh % HV, h = hv / (HV / H);
     const idx_t bos = bounds[n], eos = bounds[n + 1];
@@ -495,7 +510,8 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
         E* sDoX = FD ? sDoS : sDo;  // the dS update's operand scale exp(G) do
         if constexpr (FD) {
             if constexpr (!PL) chunk_p<E, KP>(sP, sPl, sQ, sK, sG, sRq, sRk, scale, wp, lane);
-            rows_scale_qe<E>(sDoS, sDo, LDS, BV, scale, sRq, sG, tid);
+            rows_scale_qe<E, WGS>(sDoS, sDo, LDS, BV, scale, sRq, sG, tid);
+            if constexpr (WGS) wg_fence_proxy();
             __syncthreads();
         }
         {
@@ -547,14 +563,46 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
                 for (int e = 0; e < 4; e += 2) {
                     const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
                     const float f = fy[e >> 1];
-                    st2_pair(sP, sPl, t * LDS + jj, f * acc[nt][e], f * acc[nt][e + 1]);
+                    if constexpr (WGS) {
+                        st2_pair(sP, sP + 64 * 64, wg_el<64>(t, jj), f * acc[nt][e], f * acc[nt][e + 1]);
+                    } else {
+                        st2_pair(sP, sPl, t * LDS + jj, f * acc[nt][e], f * acc[nt][e + 1]);
+                    }
                 }
             }
+            if constexpr (WGS) wg_fence_proxy();
         }
         if (RES) __syncthreads();
         const float dec = ex2f(glast);
+        if constexpr (WGS) {
+            // dS = exp(G_last) dS + Qn^T (scale exp(G) do) + K^T Y on warpgroup products: warp wp's
+            // accumulators are the m64n64 fragments of its warpgroup's rows 16 wp .. (MS = 1, WM =
+            // 8), A from registers (loaded as the mma.sync products load it), B MN-major from the
+            // swizzled tiles; the terms in the order of the products below
+            float(&d)[32] = *reinterpret_cast<float(*)[32]>(&dS[0]);
+            #pragma unroll
+            for (int i = 0; i < 32; ++i) d[i] *= dec;
+            const WAddrA<true> wq(sQ, LK, 16 * wm, lane), wk(sK, LK, 16 * wm, lane);
+            unsigned aq[4][4], ak[4][4];
+            #pragma unroll
+            for (int kk = 0; kk < 4; ++kk) {
+                wq.load(aq[kk], kk);
+                wk.load(ak[kk], kk);
+            }
+            const unsigned ud = smem_addr(sDoS), uy = smem_addr(sP);
+            wg_fence();
+            #pragma unroll
+            for (int kk = 0; kk < 4; ++kk) wg_m64n64k16_rs<1>(d, aq[kk], wg_desc(ud + 2048u * kk, 8192, 1024));
+            #pragma unroll
+            for (int kk = 0; kk < 4; ++kk) {
+                wg_m64n64k16_rs<1>(d, ak[kk], wg_desc(uy + 2048u * kk, 8192, 1024));
+                if (SP == 2) wg_m64n64k16_rs<1>(d, ak[kk], wg_desc(uy + 8192u + 2048u * kk, 8192, 1024));
+            }
+            wg_commit();
+            wg_wait0();
+        }
         #pragma unroll
-        for (int ms = 0; ms < MS; ++ms) {
+        for (int ms = 0; ms < (WGS ? 0 : MS); ++ms) {
             #pragma unroll
             for (int qq = 0; qq < NSN; ++qq) {
                 #pragma unroll
@@ -686,14 +734,17 @@ HB_ENTRY_FD(delta_h_bwd_dv2, 128, 64, true, 2, bf16, bf16_t)
 // 64-column tiles, src/delta/dispatch.rs hb_tail); `_rv32`: dvl read (delta_dvl's), 32 columns
 // (long sequences); all two stages. `_rs1` (KP 192, 256): dvl read, 64 columns, one stage (two
 // do not fit beside q and k).
-#define HBR_ENTRY(PFX, KP, BV, FD, NS)                                                                    \
+#define HBR_ENTRY(PFX, KP, BV, FD, NS) HBR_ENTRY_G(PFX, KP, BV, FD, NS, false)
+// WGS: the dS update on warpgroup products (h_bwd's WGS; sm_90a, other targets compile a trap)
+#define HBR_ENTRY_G(PFX, KP, BV, FD, NS, WGS)                                                             \
 extern "C" __global__ void __launch_bounds__(DNT) PFX##_k##KP##_bf16(                                     \
     const bf16_t* q, const bf16_t* k, const float* rq, const float* rk, const bf16_t* w,                  \
     const bf16_t* d_o, const float* dvl, const float* g2, const float* dht, bf16_t* dhs, bf16_t* du,      \
     float* dh0, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, int V, int VP,         \
     float scale, idx_t nch, const bf16_t* tm, const float* bt, int nh0) {                                 \
-    h_bwd<bf16_t, KP, BV, FD, NS, true>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0, bounds,         \
-                                        chunk_off, H, HV, K, V, VP, scale, nch, tm, bt, nh0);             \
+    h_bwd<bf16_t, KP, BV, FD, NS, true, false, WGS>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0,     \
+                                                    bounds, chunk_off, H, HV, K, V, VP, scale, nch, tm,   \
+                                                    bt, nh0);                                             \
 }
 // the same with P read (h_bwd's PL; dvl fused in, one stage): delta_h_bwd_rdv1's arguments, then
 // pm (delta_pm's)
@@ -720,3 +771,8 @@ HBR_ENTRY(delta_h_bwd_rdv1, 256, 64, true, 1)
 // `_rdv1` with P read from delta_pm (src/delta/dispatch.rs hb_pm; `_rdv1` under the lab's `bp=0`)
 HBRP_ENTRY(delta_h_bwd_rdvp1, 192)
 HBRP_ENTRY(delta_h_bwd_rdvp1, 256)
+// lab (`hg=1`, src/delta/dispatch.rs hb_launch; sm_90a): `_rdv2` at KP 128 with the dS update
+// on warpgroup products, which read each B operand once per warpgroup where the mma.sync
+// products load it into every warp (the pass waits on shared memory: Nsight Compute on an H100,
+// bench/results/2026-12-07_h100_3c333ed_delta_w16_labs.txt)
+HBR_ENTRY_G(delta_h_bwd_wg_rdv2, 128, 64, true, 2, true)

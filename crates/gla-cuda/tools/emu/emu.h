@@ -554,8 +554,8 @@ inline void wg_m64n32k16(float (&d)[16], unsigned long long da, unsigned long lo
 // warpgroup barrier: its 128 threads issue the product together) each computes its accumulators
 // from its warp's fragments
 inline unsigned g_wga[1024][4];
-template <int TB>
-inline void wg_m64n128k16_rs(float (&d)[64], const unsigned (&a)[4], unsigned long long db) {
+template <int N, int TB>
+inline void wg_m64nk16_rs(float* d, const unsigned (&a)[4], unsigned long long db) {
     const int t = threadIdx.x, l = t % 32, w0 = t - l;
     for (int j = 0; j < 4; ++j) g_wga[t][j] = a[j];
     emu::syncgroup();
@@ -564,13 +564,21 @@ inline void wg_m64n128k16_rs(float (&d)[64], const unsigned (&a)[4], unsigned lo
         const unsigned u = g_wga[w0 + 4 * (r % 8) + (k % 8) / 2][r / 8 + 2 * (k / 8)];
         return emu::bf2f((unsigned short)(k % 2 ? u >> 16 : u & 0xffff));
     };
-    for (int i = 0; i < 64; ++i) {
+    for (int i = 0; i < N / 2; ++i) {
         const int r = l / 4 + 8 * ((i % 4) / 2), col = 8 * (i / 4) + 2 * (l % 4) + i % 2;
         float s = d[i];
         for (int k = 0; k < 16; ++k) s += av(r, k) * emu::bf2f(wg_ld(db, col, k, TB != 0));
         d[i] = s;
     }
     emu::syncgroup();
+}
+template <int TB>
+inline void wg_m64n128k16_rs(float (&d)[64], const unsigned (&a)[4], unsigned long long db) {
+    wg_m64nk16_rs<128, TB>(d, a, db);
+}
+template <int TB>
+inline void wg_m64n64k16_rs(float (&d)[32], const unsigned (&a)[4], unsigned long long db) {
+    wg_m64nk16_rs<64, TB>(d, a, db);
 }
 inline void wg_fence_proxy() {}
 inline void wg_fence() {}

@@ -588,6 +588,12 @@ static std::map<int, void*> g_hbrs1 = {{192, (void*)delta_h_bwd_rs1_k192_bf16}, 
 // DELTA_HBVAR=rdv1 (the lab's hb=rdv1): the same with dvl fused in
 static std::map<int, void*> g_hbrd1 = {{192, (void*)delta_h_bwd_rdv1_k192_bf16}, {256, (void*)delta_h_bwd_rdv1_k256_bf16}};
 static std::map<int, void*> g_hbrp1 = {{192, (void*)delta_h_bwd_rdvp1_k192_bf16}, {256, (void*)delta_h_bwd_rdvp1_k256_bf16}};
+// DELTA_HG=1 (the lab's hg=1, dispatch::delta::hb_launch): delta_h_bwd_rdv2 at KP 128 with its
+// dS update on warpgroup products (1024 bytes more shared memory; the same bits)
+static bool hb_wg() {
+    const char* v = getenv("DELTA_HG");
+    return v && !std::strcmp(v, "1");
+}
 static size_t sm_hbr(int KP, bool fd, int BV, int NS) {
     const size_t SP = SPn<bf16_t>, L = BV + 8, stage = 2 * 64 * (KP + 8) + SP * 64 * 72 + 64 * L;
     const size_t pt = fd ? SP * 64 * 72 + 64 * L : SP * 64 * L;
@@ -986,8 +992,8 @@ struct Run {
             const int nhv = d.N * HV;
             const bool tail = fd && !rd1 && !rs1 && hbvar && !std::strcmp(hbvar, "tail");
             const int nt = tail ? std::max(1, nhv / 2) : 0;  // the heads on 32 columns
-            auto hbr = [&](void* fn, int bw, int nh0, int nhs) {
-                emu::launch(dim3{(unsigned)(VP / bw), (unsigned)nhs, 1}, b256, sm_hbr(KP, fd, bw, rs1 ? 1 : 2), [&] {
+            auto hbr = [&](void* fn, int bw, int nh0, int nhs, size_t extra) {
+                emu::launch(dim3{(unsigned)(VP / bw), (unsigned)nhs, 1}, b256, sm_hbr(KP, fd, bw, rs1 ? 1 : 2) + extra, [&] {
                     ((HbrFn)fn)(q.data(), k.data(), ptr(rq), ptr(rk), nullptr, d_o.data(), fd ? nullptr : dvl.data(), g2.data(), dht.data(),
                                 dhs.data(), du.data(), ptr(dh0), p.bounds.data(), p.off.data(), H, HV, K, V, VP, scale, nch, tm.data(),
                                 bt.data(), nh0);
@@ -1006,9 +1012,11 @@ struct Run {
                                              tm.data(), bt.data(), 0, w.data());
                 });
             } else {
-                hbr((rd1 ? g_hbrd1 : rs1 ? g_hbrs1 : fd ? g_hbr : g_hbr32).at(KP), bv, 0, nhv - nt);
+                const bool wg = hb_wg() && fd && !rd1 && !rs1 && KP == 128;
+                hbr(wg ? (void*)delta_h_bwd_wg_rdv2_k128_bf16 : (rd1 ? g_hbrd1 : rs1 ? g_hbrs1 : fd ? g_hbr : g_hbr32).at(KP), bv, 0,
+                    nhv - nt, wg ? 1024 : 0);
             }
-            if (nt > 0) hbr(g_hbrt.at(KP), 32, nhv - nt, nt);
+            if (nt > 0) hbr(g_hbrt.at(KP), 32, nhv - nt, nt, 0);
         } else {
             emu::launch(dim3{(unsigned)(VP / bv), (unsigned)(d.N * HV), 1}, b256, sm_hb<E>(KP, bv, fd, h_stages<E>(KP)), [&] {
                 ((HbFn)hbf)(q.data(), k.data(), ptr(rq), ptr(rk), w.data(), d_o.data(), fd ? nullptr : dvl.data(), g2.data(), dht.data(),
