@@ -52,7 +52,7 @@
 //   delta_h_bwd_rdv2_v32_k64_bf16 delta_h_bwd_rdv2_v32_k128_bf16
 //   delta_h_bwd_rv32_k64_bf16 delta_h_bwd_rv32_k128_bf16 delta_h_bwd_rs1_k192_bf16 delta_h_bwd_rs1_k256_bf16
 //   delta_h_bwd_rdv1_k192_bf16 delta_h_bwd_rdv1_k256_bf16 delta_h_bwd_rdvp1_k192_bf16 delta_h_bwd_rdvp1_k256_bf16
-//   delta_h_bwd_wg_rdv2_k128_bf16 (lab; sm_90a, other targets compile it to a trap)
+//   delta_h_bwd_wg_rdv2_k128_bf16 (sm_90a; other targets compile it to a trap)
 //   delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16 delta_hr_v32_k64_bf16 delta_hr_v32_k128_bf16
 //   delta_hro_b2_k64_bf16 delta_hro_b2_k128_bf16 delta_hro_v32_k64_bf16 delta_hro_v32_k128_bf16
 //   delta_hr_s2_k64_bf16 delta_hr_s2_k128_bf16
@@ -771,8 +771,8 @@ HBR_ENTRY(delta_h_bwd_rdv1, 256, 64, true, 1)
 // `_rdv1` with P read from delta_pm (src/delta/dispatch.rs hb_pm; `_rdv1` under the lab's `bp=0`)
 HBRP_ENTRY(delta_h_bwd_rdvp1, 192)
 HBRP_ENTRY(delta_h_bwd_rdvp1, 256)
-// lab (`hg=1`, src/delta/dispatch.rs hb_launch; sm_90a): `_rdv2` at KP 128 with the dS update
-// on warpgroup products, which read each B operand once per warpgroup where the mma.sync
-// products load it into every warp (the pass waits on shared memory: Nsight Compute on an H100,
-// bench/results/2026-12-07_h100_3c333ed_delta_w16_labs.txt)
+// the default on sm_90a (src/delta/dispatch.rs hb_launch; the lab's `hg=0` runs `_rdv2`):
+// `_rdv2` at KP 128 with the dS update on warpgroup products, which read each B operand once
+// per warpgroup where the mma.sync products load it into every warp (the pass waits on shared
+// memory: Nsight Compute on an H100, bench/results/2026-12-07_h100_3c333ed_delta_w16_labs.txt)
 HBR_ENTRY_G(delta_h_bwd_wg_rdv2, 128, 64, true, 2, true)

@@ -293,8 +293,8 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// [`hro_pm`]) and in the one-stage state-gradient pass (`bp=0` / `bp=1`, [`hb_pm`]); the WY
 /// backward's V tiles on one buffer at KP = 256 (`wb=1`, [`wy_bwd_name`]), its dAb tiles split
 /// (`wm=0`, the same), its dw on mma.sync at KP 128 (`ww=0`, [`wy_bwd_kernel`]); dq/dk's dMG split
-/// (`dm=0`, [`dqk_kernel`]); the residual state-gradient pass's dS update on warpgroup products
-/// (`hg=1`, [`hb_launch`]). The
+/// (`dm=0`, [`dqk_kernel`]); the residual state-gradient pass's dS update on mma.sync (`hg=0`,
+/// [`hb_launch`]). The
 /// two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the residual ones
 /// also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync
 /// entry where the warpgroup one would run ([`dqk_wg`]), `s1` the one-buffer one where K is
@@ -699,13 +699,17 @@ pub(crate) fn wy_bwd_kernel(kp: usize, sfx: &str, arch: &str, smem: &DeltaSmem) 
 }
 
 /// The residual state-gradient launch of entry `name` ([`hbr_name`], [`hbrp_name`]) with `smem`
-/// bytes of shared memory on a device of architecture `arch`: under the lab's `hg=1` on sm_90a,
+/// bytes of shared memory on a device of architecture `arch`: on sm_90a
 /// `delta_h_bwd_rdv2_k128_bf16` runs as `delta_h_bwd_wg_rdv2_k128_bf16`, its dS update on
 /// warpgroup products (each B operand read once per warpgroup, where the mma.sync products load
-/// it into every warp; 1024 bytes more to align the swizzled tiles). The pass waits on shared
-/// memory (Nsight Compute on an H100, `bench/results/2026-12-07_h100_3c333ed_delta_w16_labs.txt`).
+/// it into every warp; 1024 bytes more to align the swizzled tiles; tools/emu: the same bits).
+/// The pass waits on shared memory (Nsight Compute on an H100,
+/// `bench/results/2026-12-07_h100_3c333ed_delta_w16_labs.txt`); on an H100 the launch ran 1.39 ->
+/// 1.31 ms at B = 32, T = 2048, H = 16, K = V = 128, forward+backward 6.48 -> 6.40
+/// (`bench/results/2026-12-07_h100_b107bc9_delta_hb_wg.txt`). The lab override `hg=0` keeps the
+/// mma.sync entry.
 pub(crate) fn hb_launch(name: String, arch: &str, smem: usize) -> (String, usize) {
-    if arch == crate::runtime::ARCH_HOPPER && name == HB_WG_FROM && lab("hg").as_deref() == Some("1") {
+    if arch == crate::runtime::ARCH_HOPPER && name == HB_WG_FROM && lab("hg").as_deref() != Some("0") {
         return (HB_WG.to_string(), smem + 1024);
     }
     (name, smem)
@@ -1213,7 +1217,7 @@ mod tests {
             }
             assert!(crate::kernels::source_of(&wy_bwd_name(kp, "bf16")).is_some());
         }
-        // the state-gradient pass's warpgroup dS update (lab hg=1)
+        // the state-gradient pass's warpgroup dS update (lab hg=0 turns it off)
         assert_eq!(hbr_name(HBR_D2, 128), HB_WG_FROM);
         assert!(crate::kernels::source_of(HB_WG).is_some());
         assert!(DeltaSmem::new(true, 128, 128).h_bwd_res(HBR_D2) + 1024 <= 227 * 1024);

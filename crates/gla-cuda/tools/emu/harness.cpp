@@ -588,8 +588,9 @@ static std::map<int, void*> g_hbrs1 = {{192, (void*)delta_h_bwd_rs1_k192_bf16}, 
 // DELTA_HBVAR=rdv1 (the lab's hb=rdv1): the same with dvl fused in
 static std::map<int, void*> g_hbrd1 = {{192, (void*)delta_h_bwd_rdv1_k192_bf16}, {256, (void*)delta_h_bwd_rdv1_k256_bf16}};
 static std::map<int, void*> g_hbrp1 = {{192, (void*)delta_h_bwd_rdvp1_k192_bf16}, {256, (void*)delta_h_bwd_rdvp1_k256_bf16}};
-// DELTA_HG=1 (the lab's hg=1, dispatch::delta::hb_launch): delta_h_bwd_rdv2 at KP 128 with its
-// dS update on warpgroup products (1024 bytes more shared memory; the same bits)
+// DELTA_HG=1 (dispatch::delta::hb_launch's default on sm_90a; the lab's hg=0 turns it off):
+// delta_h_bwd_rdv2 at KP 128 with its dS update on warpgroup products (1024 bytes more shared
+// memory; the same bits)
 static bool hb_wg() {
     const char* v = getenv("DELTA_HG");
     return v && !std::strcmp(v, "1");
