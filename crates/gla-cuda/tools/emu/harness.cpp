@@ -590,10 +590,10 @@ static std::map<int, void*> g_hbrd1 = {{192, (void*)delta_h_bwd_rdv1_k192_bf16},
 static std::map<int, void*> g_hbrp1 = {{192, (void*)delta_h_bwd_rdvp1_k192_bf16}, {256, (void*)delta_h_bwd_rdvp1_k256_bf16}};
 // DELTA_HG=1 (dispatch::delta::hb_launch's default on sm_90a; the lab's hg=0 turns it off):
 // delta_h_bwd_rdv2 at KP 128 with its dS update on warpgroup products (1024 bytes more shared
-// memory; the same bits)
-static bool hb_wg() {
+// memory; the same bits); DELTA_HG=2 (the lab's hg=2) its dU and Y steps too
+static int hb_wg() {
     const char* v = getenv("DELTA_HG");
-    return v && !std::strcmp(v, "1");
+    return v ? std::atoi(v) : 0;
 }
 static size_t sm_hbr(int KP, bool fd, int BV, int NS) {
     const size_t SP = SPn<bf16_t>, L = BV + 8, stage = 2 * 64 * (KP + 8) + SP * 64 * 72 + 64 * L;
@@ -1013,9 +1013,9 @@ struct Run {
                                              tm.data(), bt.data(), 0, w.data());
                 });
             } else {
-                const bool wg = hb_wg() && fd && !rd1 && !rs1 && KP == 128;
-                hbr(wg ? (void*)delta_h_bwd_wg_rdv2_k128_bf16 : (rd1 ? g_hbrd1 : rs1 ? g_hbrs1 : fd ? g_hbr : g_hbr32).at(KP), bv, 0,
-                    nhv - nt, wg ? 1024 : 0);
+                const int wg = fd && !rd1 && !rs1 && KP == 128 ? hb_wg() : 0;
+                void* wgf = wg == 2 ? (void*)delta_h_bwd_wg2_rdv2_k128_bf16 : (void*)delta_h_bwd_wg_rdv2_k128_bf16;
+                hbr(wg ? wgf : (rd1 ? g_hbrd1 : rs1 ? g_hbrs1 : fd ? g_hbr : g_hbr32).at(KP), bv, 0, nhv - nt, wg ? 1024 : 0);
             }
             if (nt > 0) hbr(g_hbrt.at(KP), 32, nhv - nt, nt, 0);
         } else {
