@@ -54,6 +54,7 @@
 //   delta_h_bwd_rdv1_k192_bf16 delta_h_bwd_rdv1_k256_bf16 delta_h_bwd_rdvp1_k192_bf16 delta_h_bwd_rdvp1_k256_bf16
 //   delta_h_bwd_wg_rdv2_k128_bf16 (sm_90a; other targets compile it to a trap)
 //   delta_h_bwd_wg2_rdv2_k128_bf16 (lab; sm_90a)
+//   delta_hr_wg_b2_k128_bf16 delta_hro_wg_b2_k128_bf16 (lab; sm_90a)
 //   delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16 delta_hr_v32_k64_bf16 delta_hr_v32_k128_bf16
 //   delta_hro_b2_k64_bf16 delta_hro_b2_k128_bf16 delta_hro_v32_k64_bf16 delta_hro_v32_k128_bf16
 //   delta_hr_s2_k64_bf16 delta_hr_s2_k128_bf16
@@ -150,7 +151,7 @@ __device__ __forceinline__ void h_copy(E* __restrict__ hp, const E* sS, int VP, 
 // PL (FO only: the `delta_hrop` entries): P (split) read from pm (delta_pm, delta/chunk_fwd.cu:
 // chunk_p's bits) into T's planes, in a cp.async group issued once U is formed, landing under
 // the state update; each of a head's VP / BV blocks would otherwise form the same P.
-template <typename E, int KP, int NS, int BV, bool RES = false, bool FO = false, bool PL = false>
+template <typename E, int KP, int NS, int BV, bool RES = false, bool FO = false, bool PL = false, bool WGF = false>
 __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __restrict__ u, const E* __restrict__ k,
                                       const float* __restrict__ rk, const float* __restrict__ g2, const float* __restrict__ h0,
                                       E* __restrict__ hs, E* __restrict__ vn, float* __restrict__ ht, const idx_t* __restrict__ bounds,
@@ -164,11 +165,15 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
     static_assert(!RES || sizeof(E) == 2, "the residual state pass: bf16");
     static_assert(!FO || RES, "the fused output: the residual state pass");
     static_assert(!PL || FO, "P read: the fused output");
+    static_assert(!WGF || (RES && KP == 128 && BV == 64), "the warpgroup state update: the residual forward, KP 128, 64 columns");
     // w (hi, lo), k; RES: T (hi, lo) [64][LDT], k, the V tile [64][LDS]
     constexpr int STAGE = RES ? SP * 64 * LDT + 64 * LK + 64 * LDS : (SP + 1) * 64 * LK;
     // u (f32; RES: none), G, rk (RES: and beta; FO: and rq)
     constexpr int FSTAGE = RES ? (FO ? 256 : 192) : 64 * BV + 128;
-    DELTA_SMEM(smem);
+    // WGF: the base aligned to 1024 bytes, so that U's place (whole KB from it at KP 128) holds
+    // swizzled tiles
+    DELTA_SMEM(smem0);
+    unsigned char* smem = WGF ? wg_align1024(smem0) : smem0;
     E* sStage = (E*)smem;                      // [NS][STAGE]
     E* sS = sStage + NS * STAGE;               // [KP][LDS]
     E* sUd = sS + KP * LDS;                    // [64][LDS]
@@ -178,7 +183,11 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
     E* sYl = FO ? sY : sY + (SP - 1) * 64 * LDS;
     E* sQ = sYl + (FO ? SP - 1 : 1) * 64 * LDS;  // FO: q [64][LK], one buffer (see QLOAD below)
     float* sF = (float*)(RES ? sQ + (FO ? 64 * LK : 0) : sY);  // [NS][FSTAGE]
-    DELTA_SMEM_END(smem, sF + NS * FSTAGE);
+    DELTA_SMEM_END(smem0, sF + NS * FSTAGE);
+    static_assert(!WGF || ((NS * STAGE + KP * LDS) * 2) % 1024 == 0, "U's place on a 1024-byte boundary");
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    if (WGF) __trap();
+#endif
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const int j0 = blockIdx.x * BV, nh = nh0 + blockIdx.y, n = nh / HV, hv = nh % HV, h = hv / (HV / H);
     const idx_t bos = bounds[n], eos = bounds[n + 1];
@@ -321,9 +330,14 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
                 const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
                 const float u0 = acc[nt][e], u1 = acc[nt][e + 1];
                 if (!FO || vn != nullptr) stg2_pair(vrow + (e ? vr8 : 0) + 8 * nt, vplane, 0, u0, u1);
-                st2_pair(sUd, sUdl, t * LDS + jj, u0 * fu[e >> 1], u1 * fu[e >> 1]);
+                if constexpr (WGF) {
+                    st2_pair(sUd, sUd + 64 * 64, wg_el<64>(t, jj), u0 * fu[e >> 1], u1 * fu[e >> 1]);
+                } else {
+                    st2_pair(sUd, sUdl, t * LDS + jj, u0 * fu[e >> 1], u1 * fu[e >> 1]);
+                }
             }
         }
+        if constexpr (WGF) wg_fence_proxy();
         if constexpr (FO && NS > 1) cp_wait<1>();  // this chunk's q (QLOAD)
         __syncthreads();
         if constexpr (FO) {
@@ -342,8 +356,29 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             }
         }
         const float dec = ex2f(glast);
+        if constexpr (WGF) {
+            // S = exp(G_last) S + Kn^T (exp(G_last - G) rk U) on warpgroup products (m64n64 per
+            // warpgroup: warp wp's accumulators are the state tile's rows 16 wp ..), A = K^T from
+            // registers, B = U's planes MN-major; per k16 step the hi then the lo plane, as below
+            float(&d)[32] = *reinterpret_cast<float(*)[32]>(&S[0]);
+            #pragma unroll
+            for (int i = 0; i < 32; ++i) d[i] *= dec;
+            const WAddrA<true> wk(sKc, LK, 16 * wm, lane);
+            unsigned ak[4][4];
+            #pragma unroll
+            for (int kk = 0; kk < 4; ++kk) wk.load(ak[kk], kk);
+            const unsigned uu = smem_addr(sUd);
+            wg_fence();
+            #pragma unroll
+            for (int kk = 0; kk < 4; ++kk) {
+                wg_m64n64k16_rs<1>(d, ak[kk], wg_desc(uu + 2048u * kk, 8192, 1024));
+                if (SP == 2) wg_m64n64k16_rs<1>(d, ak[kk], wg_desc(uu + 8192u + 2048u * kk, 8192, 1024));
+            }
+            wg_commit();
+            wg_wait0();
+        }
         #pragma unroll
-        for (int ms = 0; ms < MS; ++ms) {
+        for (int ms = 0; ms < (WGF ? 0 : MS); ++ms) {
             #pragma unroll
             for (int qq = 0; qq < NSN; ++qq) {
                 #pragma unroll
@@ -693,25 +728,28 @@ extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_##NAME(           
     h_fwd<E, KP, NS, BV>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K, V, VP, nch);      \
 }
 // the residual forward (bf16; h_fwd's RES): delta_h's arguments, w and u unread (may be null),
-// then T (delta_wyt's), v and beta
-#define HR_ENTRY(PFX, KP, NS, BV, LB)                                                                     \
+// then T (delta_wyt's), v and beta; WGF: the state update on warpgroup products (sm_90a)
+#define HR_ENTRY(PFX, KP, NS, BV, LB) HR_ENTRY_G(PFX, KP, NS, BV, LB, false)
+#define HR_ENTRY_G(PFX, KP, NS, BV, LB, WGF)                                                              \
 extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_bf16(                                       \
     const bf16_t* w, const float* u, const bf16_t* k, const float* rk, const float* g2, const float* h0, \
     bf16_t* hs, bf16_t* vn, float* ht, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, \
     int V, int VP, idx_t nch, const bf16_t* tm, const bf16_t* v, const float* bt, int nh0) {             \
-    h_fwd<bf16_t, KP, NS, BV, true>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K, V, VP, \
-                                    nch, tm, v, bt, nullptr, nullptr, nullptr, 0.f, nh0);                 \
+    h_fwd<bf16_t, KP, NS, BV, true, false, false, WGF>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off,\
+                                                       H, HV, K, V, VP, nch, tm, v, bt, nullptr, nullptr, \
+                                                       nullptr, 0.f, nh0);                                \
 }
 // the residual forward with the output fused in (bf16; h_fwd's FO): delta_hr's arguments (hs and
 // vn written where not null), then q, rq (null: no norm), o and the scale
-#define HRO_ENTRY(PFX, KP, NS, BV, LB)                                                                    \
+#define HRO_ENTRY(PFX, KP, NS, BV, LB) HRO_ENTRY_G(PFX, KP, NS, BV, LB, false)
+#define HRO_ENTRY_G(PFX, KP, NS, BV, LB, WGF)                                                             \
 extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_bf16(                                       \
     const bf16_t* w, const float* u, const bf16_t* k, const float* rk, const float* g2, const float* h0, \
     bf16_t* hs, bf16_t* vn, float* ht, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, \
     int V, int VP, idx_t nch, const bf16_t* tm, const bf16_t* v, const float* bt, const bf16_t* q,        \
     const float* rq, bf16_t* o, float scale) {                                                            \
-    h_fwd<bf16_t, KP, NS, BV, true, true>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K,  \
-                                          V, VP, nch, tm, v, bt, q, rq, o, scale);                        \
+    h_fwd<bf16_t, KP, NS, BV, true, true, false, WGF>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, \
+                                                      H, HV, K, V, VP, nch, tm, v, bt, q, rq, o, scale);  \
 }
 // the same with P read (h_fwd's PL): delta_hro's arguments, then pm (delta_pm's)
 #define HROP_ENTRY(PFX, KP, NS, BV, LB)                                                                   \
@@ -777,6 +815,10 @@ HROP_ENTRY(delta_hrop_b2, 64, 1, 64, (DNT, 2))
 HROP_ENTRY(delta_hrop_b2, 128, 1, 64, (DNT, 2))
 HROP_ENTRY(delta_hrop_s2, 192, 2, 64, (DNT))
 HROP_ENTRY(delta_hrop_s2, 256, 2, 64, (DNT))
+// lab (`hf=1`, src/delta/dispatch.rs hr_launch; sm_90a): the `_b2` entries at KP 128 with the
+// state update on warpgroup products (U's planes read once per warpgroup)
+HR_ENTRY_G(delta_hr_wg_b2, 128, 1, 64, (DNT, 2), true)
+HRO_ENTRY_G(delta_hro_wg_b2, 128, 1, 64, (DNT, 2), true)
 HB_ENTRY(delta_h_bwd, 64, 64, f32, float)
 HB_ENTRY(delta_h_bwd, 128, 64, f32, float)
 // the state-gradient pass's stages as the forward's (NS above; src/delta/dispatch.rs h_stages)
