@@ -363,16 +363,17 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             float(&d)[32] = *reinterpret_cast<float(*)[32]>(&S[0]);
             #pragma unroll
             for (int i = 0; i < 32; ++i) d[i] *= dec;
+            // (one k16 step's A fragment at a time, fenced before its products: two blocks per SM
+            // leave 128 registers)
             const WAddrA<true> wk(sKc, LK, 16 * wm, lane);
-            unsigned ak[4][4];
-            #pragma unroll
-            for (int kk = 0; kk < 4; ++kk) wk.load(ak[kk], kk);
             const unsigned uu = smem_addr(sUd);
-            wg_fence();
             #pragma unroll
             for (int kk = 0; kk < 4; ++kk) {
-                wg_m64n64k16_rs<1>(d, ak[kk], wg_desc(uu + 2048u * kk, 8192, 1024));
-                if (SP == 2) wg_m64n64k16_rs<1>(d, ak[kk], wg_desc(uu + 8192u + 2048u * kk, 8192, 1024));
+                unsigned ak[4];
+                wk.load(ak, kk);
+                wg_fence();
+                wg_m64n64k16_rs<1>(d, ak, wg_desc(uu + 2048u * kk, 8192, 1024));
+                if (SP == 2) wg_m64n64k16_rs<1>(d, ak, wg_desc(uu + 8192u + 2048u * kk, 8192, 1024));
             }
             wg_commit();
             wg_wait0();
