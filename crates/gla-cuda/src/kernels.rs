@@ -343,9 +343,6 @@ pub const DELTA_CHUNK_H: KernelSource = source!(
         "delta_h_bwd_rdvp1_k192_bf16",
         "delta_h_bwd_rdvp1_k256_bf16",
         "delta_h_bwd_wg_rdv2_k128_bf16",
-        "delta_h_bwd_wg2_rdv2_k128_bf16",
-        "delta_hr_wg_b2_k128_bf16",
-        "delta_hro_wg_b2_k128_bf16",
     ]
 );
 /// The delta rule's chunked backward, chunk-parallel launches: dvl, dq/dk, the WY backward.

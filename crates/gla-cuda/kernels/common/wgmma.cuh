@@ -1,8 +1,7 @@
 // common/wgmma.cuh: Hopper warpgroup matrix products (wgmma, sm_90a): the shared-memory matrix
 // descriptor of a 128-byte-swizzled bf16 tile, the async-proxy fence for tiles written by
 // ordinary stores or cp.async, m64n128k16 (bf16 x bf16 -> f32, both operands from shared memory,
-// or A from registers: _rs), m64n64k16 and m64n32k16 (either operand MN-major; or A from
-// registers: _rs) with their fence /
+// or A from registers: _rs), m64n64k16 and m64n32k16 (either operand MN-major) with their fence /
 // commit / wait; a swizzled tile's element index (wg_el) and loaders (wg_tile_cp by cp.async,
 // wg_tile_ld by plain stores where 16-byte pieces cannot read), the 128-deep product
 // (wg_mma_k128), a product into mma.sync-layout fragments (wg_mma_frag) and the
@@ -152,21 +151,6 @@ __device__ __forceinline__ void wg_m64n64k16_rs(float (&d)[32], const unsigned (
         WG_D32_REGS
         " {%32, %33, %34, %35}, %36, p, 1, 1, %37;\n}\n"
         : WG_D32
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TB), "r"(1)
-        : "memory");
-#endif
-}
-
-// wg_m64n128k16_rs's product on a 32 x 16 B (m64n32k16, A from registers); TB: B MN-major.
-template <int TB>
-__device__ __forceinline__ void wg_m64n32k16_rs(float (&d)[16], const unsigned (&a)[4], unsigned long long db) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %22, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
-        WG_D16_REGS
-        " {%16, %17, %18, %19}, %20, p, 1, 1, %21;\n}\n"
-        : WG_D16
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "n"(TB), "r"(1)
         : "memory");
 #endif

@@ -86,18 +86,6 @@ __device__ __forceinline__ void rows_scale_qe(E* dst, const E* src, int lds, int
     }
 }
 
-// tile_st_with's copy (rows [0, R), 64 columns, 16-byte pieces, each written as f(v)) from a
-// 128-byte-swizzled bf16 tile (wg_el<R>'s layout, a wgmma operand) instead of a padded one
-template <int R, typename F>
-__device__ __forceinline__ void tile_st_swz(bf16_t* dst, idx_t ldg, const bf16_t* src, int tid, F f) {
-    static_assert(R * 8 % DNT == 0, "whole rounds of the block's threads");
-    #pragma unroll
-    for (int i = 0; i < R * 8 / DNT; ++i) {
-        const int x = tid + i * DNT, r = x >> 3, c = (x & 7) * 8;
-        *(uint4*)(dst + (idx_t)r * ldg + c) = f(*(const uint4*)(src + wg_el<R>(r, c)));
-    }
-}
-
 // 64 floats of a chunk-major [.., 64] f32 workspace into smem (cp.async; the caller commits)
 __device__ __forceinline__ void ld_g64(float* dst, const float* __restrict__ src, int tid) {
     if (tid < 16) cp16(dst + 4 * tid, src + 4 * tid, true);

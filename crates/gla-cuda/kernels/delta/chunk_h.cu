@@ -53,8 +53,6 @@
 //   delta_h_bwd_rv32_k64_bf16 delta_h_bwd_rv32_k128_bf16 delta_h_bwd_rs1_k192_bf16 delta_h_bwd_rs1_k256_bf16
 //   delta_h_bwd_rdv1_k192_bf16 delta_h_bwd_rdv1_k256_bf16 delta_h_bwd_rdvp1_k192_bf16 delta_h_bwd_rdvp1_k256_bf16
 //   delta_h_bwd_wg_rdv2_k128_bf16 (sm_90a; other targets compile it to a trap)
-//   delta_h_bwd_wg2_rdv2_k128_bf16 (lab; sm_90a)
-//   delta_hr_wg_b2_k128_bf16 delta_hro_wg_b2_k128_bf16 (lab; sm_90a)
 //   delta_hr_b2_k64_bf16 delta_hr_b2_k128_bf16 delta_hr_v32_k64_bf16 delta_hr_v32_k128_bf16
 //   delta_hro_b2_k64_bf16 delta_hro_b2_k128_bf16 delta_hro_v32_k64_bf16 delta_hro_v32_k128_bf16
 //   delta_hr_s2_k64_bf16 delta_hr_s2_k128_bf16
@@ -107,9 +105,8 @@ __device__ __forceinline__ void h_fini(const float (&S)[HTile<KP, BV>::MS][HTile
 }
 
 // S (or dS) rounded into the smem operand sS [KP][LDS], in column pairs; h_copy then moves it to
-// the chunk's slot of hs (or dhs) in whole 16-byte pieces. SWZ (bf16, BV = 64): sS a
-// 128-byte-swizzled tile (wg_el<KP>'s layout, a wgmma operand) instead.
-template <typename E, int KP, int BV, bool SWZ = false>
+// the chunk's slot of hs (or dhs) in whole 16-byte pieces
+template <typename E, int KP, int BV>
 __device__ __forceinline__ void h_store(const float (&S)[HTile<KP, BV>::MS][HTile<KP, BV>::NSN][4], E* sS, int wm, int sn0, int fg,
                                         int ft) {
     constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
@@ -120,7 +117,7 @@ __device__ __forceinline__ void h_store(const float (&S)[HTile<KP, BV>::MS][HTil
             #pragma unroll
             for (int e = 0; e < 4; e += 2) {
                 const int i = 16 * (wm + WM * ms) + FRAG_ROW(e), jj = sn0 + FRAG_COL(qq, e);
-                st_pair(sS + (SWZ ? wg_el<KP>(i, jj) : i * LDS + jj), S[ms][qq][e], S[ms][qq][e + 1]);
+                st_pair(sS + i * LDS + jj, S[ms][qq][e], S[ms][qq][e + 1]);
             }
         }
     }
@@ -151,7 +148,7 @@ __device__ __forceinline__ void h_copy(E* __restrict__ hp, const E* sS, int VP, 
 // PL (FO only: the `delta_hrop` entries): P (split) read from pm (delta_pm, delta/chunk_fwd.cu:
 // chunk_p's bits) into T's planes, in a cp.async group issued once U is formed, landing under
 // the state update; each of a head's VP / BV blocks would otherwise form the same P.
-template <typename E, int KP, int NS, int BV, bool RES = false, bool FO = false, bool PL = false, bool WGF = false>
+template <typename E, int KP, int NS, int BV, bool RES = false, bool FO = false, bool PL = false>
 __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __restrict__ u, const E* __restrict__ k,
                                       const float* __restrict__ rk, const float* __restrict__ g2, const float* __restrict__ h0,
                                       E* __restrict__ hs, E* __restrict__ vn, float* __restrict__ ht, const idx_t* __restrict__ bounds,
@@ -165,15 +162,11 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
     static_assert(!RES || sizeof(E) == 2, "the residual state pass: bf16");
     static_assert(!FO || RES, "the fused output: the residual state pass");
     static_assert(!PL || FO, "P read: the fused output");
-    static_assert(!WGF || (RES && KP == 128 && BV == 64), "the warpgroup state update: the residual forward, KP 128, 64 columns");
     // w (hi, lo), k; RES: T (hi, lo) [64][LDT], k, the V tile [64][LDS]
     constexpr int STAGE = RES ? SP * 64 * LDT + 64 * LK + 64 * LDS : (SP + 1) * 64 * LK;
     // u (f32; RES: none), G, rk (RES: and beta; FO: and rq)
     constexpr int FSTAGE = RES ? (FO ? 256 : 192) : 64 * BV + 128;
-    // WGF: the base aligned to 1024 bytes, so that U's place (whole KB from it at KP 128) holds
-    // swizzled tiles
-    DELTA_SMEM(smem0);
-    unsigned char* smem = WGF ? wg_align1024(smem0) : smem0;
+    DELTA_SMEM(smem);
     E* sStage = (E*)smem;                      // [NS][STAGE]
     E* sS = sStage + NS * STAGE;               // [KP][LDS]
     E* sUd = sS + KP * LDS;                    // [64][LDS]
@@ -183,11 +176,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
     E* sYl = FO ? sY : sY + (SP - 1) * 64 * LDS;
     E* sQ = sYl + (FO ? SP - 1 : 1) * 64 * LDS;  // FO: q [64][LK], one buffer (see QLOAD below)
     float* sF = (float*)(RES ? sQ + (FO ? 64 * LK : 0) : sY);  // [NS][FSTAGE]
-    DELTA_SMEM_END(smem0, sF + NS * FSTAGE);
-    static_assert(!WGF || ((NS * STAGE + KP * LDS) * 2) % 1024 == 0, "U's place on a 1024-byte boundary");
-#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    if (WGF) __trap();
-#endif
+    DELTA_SMEM_END(smem, sF + NS * FSTAGE);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const int j0 = blockIdx.x * BV, nh = nh0 + blockIdx.y, n = nh / HV, hv = nh % HV, h = hv / (HV / H);
     const idx_t bos = bounds[n], eos = bounds[n + 1];
@@ -330,14 +319,9 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
                 const int t = 16 * mt + FRAG_ROW(e), jj = n1 + FRAG_COL(nt, e);
                 const float u0 = acc[nt][e], u1 = acc[nt][e + 1];
                 if (!FO || vn != nullptr) stg2_pair(vrow + (e ? vr8 : 0) + 8 * nt, vplane, 0, u0, u1);
-                if constexpr (WGF) {
-                    st2_pair(sUd, sUd + 64 * 64, wg_el<64>(t, jj), u0 * fu[e >> 1], u1 * fu[e >> 1]);
-                } else {
-                    st2_pair(sUd, sUdl, t * LDS + jj, u0 * fu[e >> 1], u1 * fu[e >> 1]);
-                }
+                st2_pair(sUd, sUdl, t * LDS + jj, u0 * fu[e >> 1], u1 * fu[e >> 1]);
             }
         }
-        if constexpr (WGF) wg_fence_proxy();
         if constexpr (FO && NS > 1) cp_wait<1>();  // this chunk's q (QLOAD)
         __syncthreads();
         if constexpr (FO) {
@@ -356,30 +340,8 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             }
         }
         const float dec = ex2f(glast);
-        if constexpr (WGF) {
-            // S = exp(G_last) S + Kn^T (exp(G_last - G) rk U) on warpgroup products (m64n64 per
-            // warpgroup: warp wp's accumulators are the state tile's rows 16 wp ..), A = K^T from
-            // registers, B = U's planes MN-major; per k16 step the hi then the lo plane, as below
-            float(&d)[32] = *reinterpret_cast<float(*)[32]>(&S[0]);
-            #pragma unroll
-            for (int i = 0; i < 32; ++i) d[i] *= dec;
-            // (one k16 step's A fragment at a time, fenced before its products: two blocks per SM
-            // leave 128 registers)
-            const WAddrA<true> wk(sKc, LK, 16 * wm, lane);
-            const unsigned uu = smem_addr(sUd);
-            #pragma unroll
-            for (int kk = 0; kk < 4; ++kk) {
-                unsigned ak[4];
-                wk.load(ak, kk);
-                wg_fence();
-                wg_m64n64k16_rs<1>(d, ak, wg_desc(uu + 2048u * kk, 8192, 1024));
-                if (SP == 2) wg_m64n64k16_rs<1>(d, ak, wg_desc(uu + 8192u + 2048u * kk, 8192, 1024));
-            }
-            wg_commit();
-            wg_wait0();
-        }
         #pragma unroll
-        for (int ms = 0; ms < (WGF ? 0 : MS); ++ms) {
+        for (int ms = 0; ms < MS; ++ms) {
             #pragma unroll
             for (int qq = 0; qq < NSN; ++qq) {
                 #pragma unroll
@@ -438,7 +400,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
 // warpgroups' accumulators), A (Qn^T, K^T) from registers as the mma.sync A fragments, B (scale
 // exp(G) do and Y's planes) read once per warpgroup from 128-byte-swizzled tiles in P's and the
 // scaled do's places; the same terms in the same order.
-template <typename E, int KP, int BV, bool FD, int NS, bool RES = false, bool PL = false, bool WGS = false, bool WGU = false>
+template <typename E, int KP, int BV, bool FD, int NS, bool RES = false, bool PL = false, bool WGS = false>
 __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                       const float* __restrict__ rk, const E* __restrict__ w, const E* __restrict__ d_o,
                                       const float* __restrict__ dvl, const float* __restrict__ g2, const float* __restrict__ dht,
@@ -451,7 +413,6 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
     constexpr int WM = HTile<KP, BV>::WM, MS = HTile<KP, BV>::MS, NSN = HTile<KP, BV>::NSN, LDS = HTile<KP, BV>::LDS;
     static_assert(!RES || (sizeof(E) == 2 && LDS <= LDT), "the residual state-gradient pass: bf16, Y in P's tile");
     static_assert(!WGS || (KP == 128 && BV == 64 && FD && RES && !PL && sizeof(E) == 2), "the warpgroup dS update: KP 128, rdv2");
-    static_assert(!WGU || WGS, "the warpgroup dU and Y steps: with the warpgroup dS update");
     // P's tile (FD: [SP][64][LDT]; RES without FD: Y's alone, [SP][64][LDS])
     constexpr int LDP = FD ? LDT : LDS, PT = (FD || RES) ? SP * 64 * LDP : 0;
     // q, k [64][LK]; w (hi, lo) [64][LK] or (RES) T (hi, lo) [64][LDT]; do [64][LDS]
@@ -473,7 +434,6 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
     DELTA_SMEM_END(smem0, sF + NS * FSTAGE);
     static_assert(!WGS || ((NS * STAGE + KP * LDS + SP * 64 * LDS) * 2) % 1024 == 0 && (PT * 2) % 1024 == 0,
                   "P's and the scaled do's places on 1024-byte boundaries");
-    static_assert(!WGU || ((NS * STAGE) * 2) % 1024 == 0 && (KP * LDS * 2) % 1024 == 0, "dS's and -dU's places too");
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
     if (WGS) __trap();
 #endif
@@ -534,8 +494,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
         const float* sG = sDv + (1 - FD) * 64 * BV;  // G, rq, rk (RES: beta)
         const float* sRq = sG + 64;
         const float* sRk = sG + 128;
-        h_store<E, KP, BV, WGU>(dS, sS, wm, sn0, fg, ft);
-        if constexpr (WGU) wg_fence_proxy();
+        h_store<E, KP, BV>(dS, sS, wm, sn0, fg, ft);
         if (NS > 1 && c > 0) {
             load(c - 1, (nc - c) % NS);
             cp_commit();
@@ -546,11 +505,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
             cp_wait0();
         }
         __syncthreads();
-        if constexpr (WGU) {
-            tile_st_swz<KP>(dhs + oc * (idx_t)KP * VP + j0, VP, sS, tid, [](uint4 v) { return v; });
-        } else {
-            h_copy<E, KP, BV>(dhs + oc * (idx_t)KP * VP + j0, sS, VP, tid);
-        }
+        h_copy<E, KP, BV>(dhs + oc * (idx_t)KP * VP + j0, sS, VP, tid);
         const float glast = sG[63];
         E* sDoX = FD ? sDoS : sDo;  // the dS update's operand scale exp(G) do
         if constexpr (FD) {
@@ -565,23 +520,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
             const int mt = wp & 3, n1 = (wp >> 2) * (BV / 2);
             float acc[NT][4], dv[NT][4];
             frag_zero(acc);
-            if constexpr (WGU) {
-                // K dS on warpgroup products: warpgroup wp / 4's m64n32 tile at columns n1 (64
-                // bytes into the swizzled rows), A = K's rows from registers
-                const WAddrA<false> wa(sK, LK, 16 * mt, lane);
-                unsigned ak[KP / 16][4];
-                #pragma unroll
-                for (int kk = 0; kk < KP / 16; ++kk) wa.load(ak[kk], kk);
-                const unsigned us = smem_addr(sS) + 2u * n1;
-                float(&d)[16] = *reinterpret_cast<float(*)[16]>(&acc);
-                wg_fence();
-                #pragma unroll
-                for (int kk = 0; kk < KP / 16; ++kk) wg_m64n32k16_rs<1>(d, ak[kk], wg_desc(us + 2048u * kk, 8192, 1024));
-                wg_commit();
-                wg_wait0();
-            } else {
-                wgemm<false, false, NT>(acc, sK, LK, 16 * mt, sS, LDS, n1, KP, lane);
-            }
+            wgemm<false, false, NT>(acc, sK, LK, 16 * mt, sS, LDS, n1, KP, lane);
             if constexpr (FD) {
                 frag_zero(dv);
                 wgemm2<true, false, NT>(dv, sP, sPl, LDT, 16 * mt, sDo, sDo, LDS, n1, 64, lane, true, false);
@@ -596,29 +535,17 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
                     const float f = fd[e >> 1];
                     const float v0 = FD ? dv[nt][e] : sDv[t * BV + jj], v1 = FD ? dv[nt][e + 1] : sDv[t * BV + jj + 1];
                     const float d0 = v0 + f * acc[nt][e], d1 = v1 + f * acc[nt][e + 1];
-                    if constexpr (WGU) {
-                        st2_pair(sDu, sDu + 64 * 64, wg_el<64>(t, jj), -d0, -d1);
-                    } else {
-                        st2_pair(sDu, sDul, t * LDS + jj, -d0, -d1);
-                    }
+                    st2_pair(sDu, sDul, t * LDS + jj, -d0, -d1);
                 }
             }
-            if constexpr (WGU) wg_fence_proxy();
         }
         if (!FD) rows_scale_qe<E>(sDo, sDo, LDS, BV, scale, sRq, sG, tid);
         __syncthreads();
         // (the dU step above was the last reader of chunk c's P: RES puts Y there below)
         // dU (split) leaves as the negation of -dU's planes (rounding is odd: the planes of -x
         // are those of x negated), coalesced
-        if constexpr (WGU) {
-            constexpr unsigned SGN = 0x80008000u;
-            auto neg = [](uint4 v) { return make_uint4(v.x ^ SGN, v.y ^ SGN, v.z ^ SGN, v.w ^ SGN); };
-            tile_st_swz<64>(du + oc * 64 * (idx_t)VP + j0, VP, sDu, tid, neg);
-            if (SP == 2) tile_st_swz<64>(du + vplane + oc * 64 * (idx_t)VP + j0, VP, sDu + 64 * 64, tid, neg);
-        } else {
-            tile_st_neg<E>(du + oc * 64 * (idx_t)VP + j0, VP, sDu, LDS, 64, BV, tid, DNT);
-            if (SP == 2) tile_st_neg<E>(du + vplane + oc * 64 * (idx_t)VP + j0, VP, sDul, LDS, 64, BV, tid, DNT);
-        }
+        tile_st_neg<E>(du + oc * 64 * (idx_t)VP + j0, VP, sDu, LDS, 64, BV, tid, DNT);
+        if (SP == 2) tile_st_neg<E>(du + vplane + oc * 64 * (idx_t)VP + j0, VP, sDul, LDS, 64, BV, tid, DNT);
         if constexpr (RES) {
             // Y = T^T (-dU), each warp 16 rows x BV / 2 columns, then Y diag(beta rk exp(G))
             // (split) into P's tile, which the dU step above was the last to read
@@ -627,33 +554,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
             const float* sBt = sG + 192;
             float acc[NT][4];
             frag_zero(acc);
-            if constexpr (WGU) {
-                // on warpgroup products: A = T^T's planes from registers, B = -dU's planes, per
-                // k16 step wgemm2's terms in wgemm2's order (T dU, Tl dU, T dUl)
-                const WAddrA<true> wt(sW, LDT, 16 * mt, lane), wtl(sWl, LDT, 16 * mt, lane);
-                unsigned at[4][4], atl[4][4];
-                #pragma unroll
-                for (int kk = 0; kk < 4; ++kk) {
-                    wt.load(at[kk], kk);
-                    if (SP == 2) wtl.load(atl[kk], kk);
-                }
-                const unsigned uu = smem_addr(sDu) + 2u * n1;
-                float(&d)[16] = *reinterpret_cast<float(*)[16]>(&acc);
-                wg_fence();
-                #pragma unroll
-                for (int kk = 0; kk < 4; ++kk) {
-                    const unsigned long long db = wg_desc(uu + 2048u * kk, 8192, 1024);
-                    wg_m64n32k16_rs<1>(d, at[kk], db);
-                    if (SP == 2) {
-                        wg_m64n32k16_rs<1>(d, atl[kk], db);
-                        wg_m64n32k16_rs<1>(d, at[kk], wg_desc(uu + 8192u + 2048u * kk, 8192, 1024));
-                    }
-                }
-                wg_commit();
-                wg_wait0();
-            } else {
-                wgemm2<true, false, NT>(acc, sW, sWl, LDT, 16 * mt, sDu, sDul, LDS, n1, 64, lane, true, true);
-            }
+            wgemm2<true, false, NT>(acc, sW, sWl, LDT, 16 * mt, sDu, sDul, LDS, n1, 64, lane, true, true);
             float fy[2];
             frag_rows(fy, 16 * mt, fg, [&](int t) { return sBt[t] * sRk[t] * ex2f(sG[t]); });
             #pragma unroll
@@ -729,28 +630,25 @@ extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_##NAME(           
     h_fwd<E, KP, NS, BV>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K, V, VP, nch);      \
 }
 // the residual forward (bf16; h_fwd's RES): delta_h's arguments, w and u unread (may be null),
-// then T (delta_wyt's), v and beta; WGF: the state update on warpgroup products (sm_90a)
-#define HR_ENTRY(PFX, KP, NS, BV, LB) HR_ENTRY_G(PFX, KP, NS, BV, LB, false)
-#define HR_ENTRY_G(PFX, KP, NS, BV, LB, WGF)                                                              \
+// then T (delta_wyt's), v and beta
+#define HR_ENTRY(PFX, KP, NS, BV, LB)                                                                     \
 extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_bf16(                                       \
     const bf16_t* w, const float* u, const bf16_t* k, const float* rk, const float* g2, const float* h0, \
     bf16_t* hs, bf16_t* vn, float* ht, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, \
     int V, int VP, idx_t nch, const bf16_t* tm, const bf16_t* v, const float* bt, int nh0) {             \
-    h_fwd<bf16_t, KP, NS, BV, true, false, false, WGF>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off,\
-                                                       H, HV, K, V, VP, nch, tm, v, bt, nullptr, nullptr, \
-                                                       nullptr, 0.f, nh0);                                \
+    h_fwd<bf16_t, KP, NS, BV, true>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K, V, VP, \
+                                    nch, tm, v, bt, nullptr, nullptr, nullptr, 0.f, nh0);                 \
 }
 // the residual forward with the output fused in (bf16; h_fwd's FO): delta_hr's arguments (hs and
 // vn written where not null), then q, rq (null: no norm), o and the scale
-#define HRO_ENTRY(PFX, KP, NS, BV, LB) HRO_ENTRY_G(PFX, KP, NS, BV, LB, false)
-#define HRO_ENTRY_G(PFX, KP, NS, BV, LB, WGF)                                                             \
+#define HRO_ENTRY(PFX, KP, NS, BV, LB)                                                                    \
 extern "C" __global__ void __launch_bounds__ LB PFX##_k##KP##_bf16(                                       \
     const bf16_t* w, const float* u, const bf16_t* k, const float* rk, const float* g2, const float* h0, \
     bf16_t* hs, bf16_t* vn, float* ht, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, \
     int V, int VP, idx_t nch, const bf16_t* tm, const bf16_t* v, const float* bt, const bf16_t* q,        \
     const float* rq, bf16_t* o, float scale) {                                                            \
-    h_fwd<bf16_t, KP, NS, BV, true, true, false, WGF>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, \
-                                                      H, HV, K, V, VP, nch, tm, v, bt, q, rq, o, scale);  \
+    h_fwd<bf16_t, KP, NS, BV, true, true>(w, u, k, rk, g2, h0, hs, vn, ht, bounds, chunk_off, H, HV, K,  \
+                                          V, VP, nch, tm, v, bt, q, rq, o, scale);                        \
 }
 // the same with P read (h_fwd's PL): delta_hro's arguments, then pm (delta_pm's)
 #define HROP_ENTRY(PFX, KP, NS, BV, LB)                                                                   \
@@ -816,10 +714,6 @@ HROP_ENTRY(delta_hrop_b2, 64, 1, 64, (DNT, 2))
 HROP_ENTRY(delta_hrop_b2, 128, 1, 64, (DNT, 2))
 HROP_ENTRY(delta_hrop_s2, 192, 2, 64, (DNT))
 HROP_ENTRY(delta_hrop_s2, 256, 2, 64, (DNT))
-// lab (`hf=1`, src/delta/dispatch.rs hr_launch; sm_90a): the `_b2` entries at KP 128 with the
-// state update on warpgroup products (U's planes read once per warpgroup)
-HR_ENTRY_G(delta_hr_wg_b2, 128, 1, 64, (DNT, 2), true)
-HRO_ENTRY_G(delta_hro_wg_b2, 128, 1, 64, (DNT, 2), true)
 HB_ENTRY(delta_h_bwd, 64, 64, f32, float)
 HB_ENTRY(delta_h_bwd, 128, 64, f32, float)
 // the state-gradient pass's stages as the forward's (NS above; src/delta/dispatch.rs h_stages)
@@ -840,16 +734,15 @@ HB_ENTRY_FD(delta_h_bwd_dv2, 128, 64, true, 2, bf16, bf16_t)
 // 64-column tiles, src/delta/dispatch.rs hb_tail); `_rv32`: dvl read (delta_dvl's), 32 columns
 // (long sequences); all two stages. `_rs1` (KP 192, 256): dvl read, 64 columns, one stage (two
 // do not fit beside q and k).
-#define HBR_ENTRY(PFX, KP, BV, FD, NS) HBR_ENTRY_G(PFX, KP, BV, FD, NS, false, false)
-// WGS: the dS update on warpgroup products, WGU: the dU and Y steps too (h_bwd's WGS, WGU;
-// sm_90a, other targets compile a trap)
-#define HBR_ENTRY_G(PFX, KP, BV, FD, NS, WGS, WGU)                                                        \
+#define HBR_ENTRY(PFX, KP, BV, FD, NS) HBR_ENTRY_G(PFX, KP, BV, FD, NS, false)
+// WGS: the dS update on warpgroup products (h_bwd's WGS; sm_90a, other targets compile a trap)
+#define HBR_ENTRY_G(PFX, KP, BV, FD, NS, WGS)                                                             \
 extern "C" __global__ void __launch_bounds__(DNT) PFX##_k##KP##_bf16(                                     \
     const bf16_t* q, const bf16_t* k, const float* rq, const float* rk, const bf16_t* w,                  \
     const bf16_t* d_o, const float* dvl, const float* g2, const float* dht, bf16_t* dhs, bf16_t* du,      \
     float* dh0, const idx_t* bounds, const idx_t* chunk_off, int H, int HV, int K, int V, int VP,         \
     float scale, idx_t nch, const bf16_t* tm, const float* bt, int nh0) {                                 \
-    h_bwd<bf16_t, KP, BV, FD, NS, true, false, WGS, WGU>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0,\
+    h_bwd<bf16_t, KP, BV, FD, NS, true, false, WGS>(q, k, rq, rk, w, d_o, dvl, g2, dht, dhs, du, dh0,     \
                                                     bounds, chunk_off, H, HV, K, V, VP, scale, nch, tm,   \
                                                     bt, nh0);                                             \
 }
@@ -882,7 +775,4 @@ HBRP_ENTRY(delta_h_bwd_rdvp1, 256)
 // `_rdv2` at KP 128 with the dS update on warpgroup products, which read each B operand once
 // per warpgroup where the mma.sync products load it into every warp (the pass waits on shared
 // memory: Nsight Compute on an H100, bench/results/2026-12-07_h100_3c333ed_delta_w16_labs.txt)
-HBR_ENTRY_G(delta_h_bwd_wg_rdv2, 128, 64, true, 2, true, false)
-// lab (`hg=2`, src/delta/dispatch.rs hb_launch; sm_90a): the same with the dU step's K dS and
-// Y = T^T (-dU) on warpgroup products too (dS and -dU in swizzled tiles, copied out from them)
-HBR_ENTRY_G(delta_h_bwd_wg2_rdv2, 128, 64, true, 2, true, true)
+HBR_ENTRY_G(delta_h_bwd_wg_rdv2, 128, 64, true, 2, true)

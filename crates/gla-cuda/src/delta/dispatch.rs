@@ -294,8 +294,7 @@ fn h_two_ok(bf16: bool, kp: usize) -> bool {
 /// backward's V tiles on one buffer at KP = 256 (`wb=1`, [`wy_bwd_name`]), its dAb tiles split
 /// (`wm=0`, the same), its dw on mma.sync at KP 128 (`ww=0`, [`wy_bwd_kernel`]); dq/dk's dMG split
 /// (`dm=0`, [`dqk_kernel`]); the residual state-gradient pass's dS update on mma.sync (`hg=0`,
-/// [`hb_launch`]), or its dU and Y steps on warpgroups too (`hg=2`); the residual forward's state
-/// update on warpgroups (`hf=1`, [`hr_launch_wg`]). The
+/// [`hb_launch`]). The
 /// two-blocks-per-SM, fused and residual entries exist where [`h_two_ok`] (the residual ones
 /// also wider), `v32` where bf16. dq/dk (`dq`): `s2` runs the two-buffer mma.sync
 /// entry where the warpgroup one would run ([`dqk_wg`]), `s1` the one-buffer one where K is
@@ -708,35 +707,17 @@ pub(crate) fn wy_bwd_kernel(kp: usize, sfx: &str, arch: &str, smem: &DeltaSmem) 
 /// `bench/results/2026-12-07_h100_3c333ed_delta_w16_labs.txt`); on an H100 the launch ran 1.39 ->
 /// 1.31 ms at B = 32, T = 2048, H = 16, K = V = 128, forward+backward 6.48 -> 6.40
 /// (`bench/results/2026-12-07_h100_b107bc9_delta_hb_wg.txt`). The lab override `hg=0` keeps the
-/// mma.sync entry; `hg=2` runs `delta_h_bwd_wg2_rdv2_k128_bf16`, the dU step's K dS and Y = T^T
-/// (-dU) on warpgroup products as well.
+/// mma.sync entry.
 pub(crate) fn hb_launch(name: String, arch: &str, smem: usize) -> (String, usize) {
-    if arch == crate::runtime::ARCH_HOPPER && name == HB_WG_FROM {
-        match lab("hg").as_deref() {
-            Some("0") => {}
-            Some("2") => return (HB_WG2.to_string(), smem + 1024),
-            _ => return (HB_WG.to_string(), smem + 1024),
-        }
+    if arch == crate::runtime::ARCH_HOPPER && name == HB_WG_FROM && lab("hg").as_deref() != Some("0") {
+        return (HB_WG.to_string(), smem + 1024);
     }
     (name, smem)
 }
 
-/// The residual forward's launch of entry `name` ([`hr_name`]) with `smem` bytes of shared memory
-/// on a device of architecture `arch`: under the lab's `hf=1` on sm_90a, `delta_hr_b2_k128_bf16`
-/// and `delta_hro_b2_k128_bf16` run as `delta_hr{,o}_wg_b2_k128_bf16`, the state update on
-/// warpgroup products (U's planes read once per warpgroup; 1024 bytes more to align them).
-pub(crate) fn hr_launch_wg(name: String, arch: &str, smem: usize) -> (String, usize) {
-    let from = name == "delta_hr_b2_k128_bf16" || name == "delta_hro_b2_k128_bf16";
-    if arch == crate::runtime::ARCH_HOPPER && from && lab("hf").as_deref() == Some("1") {
-        return (name.replacen("_b2_", "_wg_b2_", 1), smem + 1024);
-    }
-    (name, smem)
-}
-
-/// The entry [`hb_launch`] replaces, and its warpgroup forms.
+/// The entry [`hb_launch`] replaces, and its warpgroup form.
 const HB_WG_FROM: &str = "delta_h_bwd_rdv2_k128_bf16";
 const HB_WG: &str = "delta_h_bwd_wg_rdv2_k128_bf16";
-const HB_WG2: &str = "delta_h_bwd_wg2_rdv2_k128_bf16";
 
 /// [`hbr_name`]'s entry that reads P (`delta_h_bwd_rdvp1_*`, [`hb_pm`]).
 pub(crate) fn hbrp_name(plan: HPlan, kp: usize) -> String {
@@ -1239,13 +1220,6 @@ mod tests {
         // the state-gradient pass's warpgroup dS update (lab hg=0 turns it off)
         assert_eq!(hbr_name(HBR_D2, 128), HB_WG_FROM);
         assert!(crate::kernels::source_of(HB_WG).is_some());
-        assert!(crate::kernels::source_of(HB_WG2).is_some());
-        // the residual forward's warpgroup state update (lab hf=1): two blocks per SM still fit
-        for out in [false, true] {
-            assert!(crate::kernels::source_of(&hr_name(HR_B2, 128, out).replacen("_b2_", "_wg_b2_", 1)).is_some());
-            let sm = DeltaSmem::new(true, 128, 128);
-            assert!(2 * (sm.hr(HR_B2).max(sm.hro(HR_B2)) + 2048) <= 228 * 1024);
-        }
         assert!(DeltaSmem::new(true, 128, 128).h_bwd_res(HBR_D2) + 1024 <= 227 * 1024);
         // the one-plane entries (the WY backward's dAb, lab wm=0 turns it off; dq/dk's dMG, dm=0)
         // and the WY backward's warpgroup dw (ww=0)

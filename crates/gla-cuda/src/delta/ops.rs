@@ -541,11 +541,10 @@ fn chunk_wy_h<T: Elem>(
                 let nh0 = nh0 as i32;
                 let mut args = base.clone();
                 args.push(&nh0);
-                let (name, bytes) = dd::hr_launch_wg(dd::hr_name(pl, kp, false), cuda.arch(), smem.hr(pl));
                 // SAFETY: arguments match delta_hr_*'s (delta_h's, w and u unread, then T, v,
                 // beta and the first sequence x value head); one block per (V tile, sequence x
                 // value head from nh0); every workspace is sized for the problem
-                unsafe { cuda.launch(&name, dd::state_cfg(vp, pl.bv, nhs, bytes), &args)? };
+                unsafe { cuda.launch(&dd::hr_name(pl, kp, false), dd::state_cfg(vp, pl.bv, nhs, smem.hr(pl)), &args)? };
             }
             return Ok(false);
         };
@@ -560,12 +559,11 @@ fn chunk_wy_h<T: Elem>(
         } else {
             dd::hr_name(plan, kp, true)
         };
-        let (name, bytes) = dd::hr_launch_wg(name, cuda.arch(), smem.hro(plan));
         // SAFETY: arguments match delta_hro_*'s (delta_hr's without nh0, hs and vn null where
         // nothing reads them, then q, rq, o, scale; o holds the problem's [rows, HV, V], checked
         // by the caller) or delta_hrop_*'s (and then P, delta_pm's); one block per (V tile,
         // sequence x value head)
-        unsafe { cuda.launch(&name, dd::state_cfg(vp, plan.bv, nhv, bytes), &args)? };
+        unsafe { cuda.launch(&name, dd::state_cfg(vp, plan.bv, nhv, smem.hro(plan)), &args)? };
         return Ok(true);
     }
     ws.kept.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -580,10 +580,6 @@ template <int TB>
 inline void wg_m64n64k16_rs(float (&d)[32], const unsigned (&a)[4], unsigned long long db) {
     wg_m64nk16_rs<64, TB>(d, a, db);
 }
-template <int TB>
-inline void wg_m64n32k16_rs(float (&d)[16], const unsigned (&a)[4], unsigned long long db) {
-    wg_m64nk16_rs<32, TB>(d, a, db);
-}
 inline void wg_fence_proxy() {}
 inline void wg_fence() {}
 inline void wg_commit() {}

@@ -554,13 +554,6 @@ static std::map<int, void*> g_pm = {{64, (void*)delta_pm_k64_bf16},
                                     {256, (void*)delta_pm_k256_bf16}};
 static std::map<int, void*> g_hropb2 = {{64, (void*)delta_hrop_b2_k64_bf16}, {128, (void*)delta_hrop_b2_k128_bf16}};
 static std::map<int, void*> g_hrops2 = {{192, (void*)delta_hrop_s2_k192_bf16}, {256, (void*)delta_hrop_s2_k256_bf16}};
-// DELTA_HF=1 (the lab's hf=1, dispatch::delta::hr_launch_wg): the `resb2` forward at KP 128
-// (fused output or not) with its state update on warpgroup products (1024 bytes more shared
-// memory; the same bits)
-static bool hf_wg(int KP) {
-    const char* v = getenv("DELTA_HF");
-    return KP == 128 && v && !std::strcmp(v, "1");
-}
 static bool fp_mode() {
     const char* v = getenv("DELTA_FP");
     return v && !std::strcmp(v, "1");
@@ -597,10 +590,10 @@ static std::map<int, void*> g_hbrd1 = {{192, (void*)delta_h_bwd_rdv1_k192_bf16},
 static std::map<int, void*> g_hbrp1 = {{192, (void*)delta_h_bwd_rdvp1_k192_bf16}, {256, (void*)delta_h_bwd_rdvp1_k256_bf16}};
 // DELTA_HG=1 (dispatch::delta::hb_launch's default on sm_90a; the lab's hg=0 turns it off):
 // delta_h_bwd_rdv2 at KP 128 with its dS update on warpgroup products (1024 bytes more shared
-// memory; the same bits); DELTA_HG=2 (the lab's hg=2) its dU and Y steps too
-static int hb_wg() {
+// memory; the same bits)
+static bool hb_wg() {
     const char* v = getenv("DELTA_HG");
-    return v ? std::atoi(v) : 0;
+    return v && !std::strcmp(v, "1");
 }
 static size_t sm_hbr(int KP, bool fd, int BV, int NS) {
     const size_t SP = SPn<bf16_t>, L = BV + 8, stage = 2 * 64 * (KP + 8) + SP * 64 * 72 + 64 * L;
@@ -869,7 +862,6 @@ struct Run {
                                  int);
             const bool v32 = !std::strcmp(res, "resv32");
             const int rbv = v32 ? 32 : 64;
-            const bool hfw = hf_wg(KP) && !v32 && !wide;
             if (want_o && fo > 0 && nc > 0) {
                 typedef void (*HroFn)(const E*, const float*, const E*, const float*, const float*, const float*, E*, E*, float*,
                                       const long long*, const long long*, int, int, int, int, int, long long, const E*, const E*,
@@ -889,9 +881,8 @@ struct Run {
                                                                       pm.data());
                     });
                 } else {
-                    emu::launch(dim3{(unsigned)(VP / rbv), (unsigned)(d.N * HV), 1}, b256,
-                                sm_hro(KP, rbv, v32 || wide ? 2 : 1) + (hfw ? 1024 : 0), [&] {
-                        ((HroFn)(hfw ? (void*)delta_hro_wg_b2_k128_bf16 : (wide ? g_hros2 : v32 ? g_hrov32 : g_hrob2).at(KP)))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0),
+                    emu::launch(dim3{(unsigned)(VP / rbv), (unsigned)(d.N * HV), 1}, b256, sm_hro(KP, rbv, v32 || wide ? 2 : 1), [&] {
+                        ((HroFn)(wide ? g_hros2 : v32 ? g_hrov32 : g_hrob2).at(KP))(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0),
                                                                   fo == 1 ? hs.data() : nullptr, fo == 1 ? vn.data() : nullptr,
                                                                   ht.data(), p.bounds.data(), p.off.data(), H, HV, K, V, VP, nch,
                                                                   tm.data(), v.data(), bt.data(), q.data(), ptr(rq), o.data(), scale);
@@ -904,15 +895,14 @@ struct Run {
             const int nhv = d.N * HV;
             const bool ftail = v32 && getenv("DELTA_FTAIL") && !std::strcmp(getenv("DELTA_FTAIL"), "1");
             const int nt = ftail ? std::max(1, nhv / 2) : nhv;  // the heads on delta_hr_v32 (the last ones)
-            auto hr = [&](void* fn, int bw, int ns, int nh0, int nhs, size_t extra) {
-                emu::launch(dim3{(unsigned)(VP / bw), (unsigned)nhs, 1}, b256, sm_hr(KP, bw, ns) + extra, [&] {
+            auto hr = [&](void* fn, int bw, int ns, int nh0, int nhs) {
+                emu::launch(dim3{(unsigned)(VP / bw), (unsigned)nhs, 1}, b256, sm_hr(KP, bw, ns), [&] {
                     ((HrFn)fn)(nullptr, nullptr, k.data(), ptr(rk), g2.data(), ptr(h0), hs.data(), vn.data(), ht.data(), p.bounds.data(),
                                p.off.data(), H, HV, K, V, VP, nch, tm.data(), v.data(), bt.data(), nh0);
                 });
             };
-            if (nhv - nt > 0) hr(g_hrs2n.at(KP), 64, 2, 0, nhv - nt, 0);
-            hr(hfw ? (void*)delta_hr_wg_b2_k128_bf16 : (wide ? g_hrs2 : v32 ? g_hrv32 : g_hrb2).at(KP), rbv, v32 || wide ? 2 : 1,
-               nhv - nt, nt, hfw ? 1024 : 0);
+            if (nhv - nt > 0) hr(g_hrs2n.at(KP), 64, 2, 0, nhv - nt);
+            hr((wide ? g_hrs2 : v32 ? g_hrv32 : g_hrb2).at(KP), rbv, v32 || wide ? 2 : 1, nhv - nt, nt);
         }
         if (nc > 0 && !res)
             emu::launch(cgrid, b256, sm_wy<E>(KP, VP), [&] {
@@ -1023,9 +1013,9 @@ struct Run {
                                              tm.data(), bt.data(), 0, w.data());
                 });
             } else {
-                const int wg = fd && !rd1 && !rs1 && KP == 128 ? hb_wg() : 0;
-                void* wgf = wg == 2 ? (void*)delta_h_bwd_wg2_rdv2_k128_bf16 : (void*)delta_h_bwd_wg_rdv2_k128_bf16;
-                hbr(wg ? wgf : (rd1 ? g_hbrd1 : rs1 ? g_hbrs1 : fd ? g_hbr : g_hbr32).at(KP), bv, 0, nhv - nt, wg ? 1024 : 0);
+                const bool wg = hb_wg() && fd && !rd1 && !rs1 && KP == 128;
+                hbr(wg ? (void*)delta_h_bwd_wg_rdv2_k128_bf16 : (rd1 ? g_hbrd1 : rs1 ? g_hbrs1 : fd ? g_hbr : g_hbr32).at(KP), bv, 0,
+                    nhv - nt, wg ? 1024 : 0);
             }
             if (nt > 0) hbr(g_hbrt.at(KP), 32, nhv - nt, nt, 0);
         } else {
