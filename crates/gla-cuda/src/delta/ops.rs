@@ -968,11 +968,12 @@ fn chunk_bwd<T: Elem>(
                 dd::hbr_name(pl, kp)
             };
             let (name, bytes) = dd::hb_launch(name, cuda.arch(), smem.h_bwd_res(pl));
-            // SAFETY: arguments match delta_h_bwd_rdv2's, delta_h_bwd_rdv2_v32's and
-            // delta_h_bwd_rv32's (delta_h_bwd_dv2's, w unread, then T, beta and the first
-            // sequence x value head; dvl unread by `_rdv2*`, so null only for them), and
-            // delta_h_bwd_rdvp1's (then P, delta_pm's); one block per (V tile, sequence x value
-            // head from nh0) walking its chunks in reverse; dhs, du sized for the problem
+            // SAFETY: arguments match delta_h_bwd_rdv2's (and its warpgroup form's, the same),
+            // delta_h_bwd_rdv2_v32's and delta_h_bwd_rv32's (delta_h_bwd_dv2's, w unread, then
+            // T, beta and the first sequence x value head; dvl unread by `_rdv2*`, so null only
+            // for them), and delta_h_bwd_rdvp1's (then P, delta_pm's); one block per (V tile,
+            // sequence x value head from nh0) walking its chunks in reverse; dhs, du sized for
+            // the problem
             unsafe { cuda.launch(&name, dd::state_cfg(vp, pl.bv, nhs, bytes), &args)? };
         }
     } else {
