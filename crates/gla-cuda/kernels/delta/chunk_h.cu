@@ -600,19 +600,20 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
             }
             wg_commit();
             wg_wait0();
-        }
-        #pragma unroll
-        for (int ms = 0; ms < (WGS ? 0 : MS); ++ms) {
+        } else {
             #pragma unroll
-            for (int qq = 0; qq < NSN; ++qq) {
+            for (int ms = 0; ms < MS; ++ms) {
                 #pragma unroll
-                for (int e = 0; e < 4; ++e) dS[ms][qq][e] *= dec;
-            }
-            wgemm<true, false, NSN>(dS[ms], sQ, LK, 16 * (wm + WM * ms), sDoX, LDS, sn0, 64, lane);
-            if constexpr (RES) {
-                wgemm2<true, false, NSN>(dS[ms], sK, sK, LK, 16 * (wm + WM * ms), sP, sPl, LDS, sn0, 64, lane, false, true);
-            } else {
-                wgemm2<true, false, NSN>(dS[ms], sW, sWl, LK, 16 * (wm + WM * ms), sDu, sDul, LDS, sn0, 64, lane, true, true);
+                for (int qq = 0; qq < NSN; ++qq) {
+                    #pragma unroll
+                    for (int e = 0; e < 4; ++e) dS[ms][qq][e] *= dec;
+                }
+                wgemm<true, false, NSN>(dS[ms], sQ, LK, 16 * (wm + WM * ms), sDoX, LDS, sn0, 64, lane);
+                if constexpr (RES) {
+                    wgemm2<true, false, NSN>(dS[ms], sK, sK, LK, 16 * (wm + WM * ms), sP, sPl, LDS, sn0, 64, lane, false, true);
+                } else {
+                    wgemm2<true, false, NSN>(dS[ms], sW, sWl, LK, 16 * (wm + WM * ms), sDu, sDul, LDS, sn0, 64, lane, true, true);
+                }
             }
         }
         __syncthreads();
