@@ -150,7 +150,7 @@ __device__ __forceinline__ void ld_chunk_p_in(E* sQ, E* sK, float* sG, float* sR
 
 // P = scale (Q K^T) * rq_t rk_s * exp(G_t - G_s) masked to s <= t, split into sP, sPl [64][LDT],
 // from raw sQ, sK [64][KP + DPAD], sG and the row factors sRq, sRk [64]: 8 warps, each a 16 x 32
-// tile.
+// tile (a warp whose columns all lie above its rows' diagonal stores zeros without a product).
 template <typename E, int KP>
 __device__ __forceinline__ void chunk_p(E* sP, E* sPl, const E* sQ, const E* sK, const float* sG, const float* sRq, const float* sRk,
                                         float scale, int wp, int lane) {
@@ -158,7 +158,7 @@ __device__ __forceinline__ void chunk_p(E* sP, E* sPl, const E* sQ, const E* sK,
     const int fg = lane >> 2, ft = lane & 3, mt = wp & 3, n0 = (wp >> 2) * 32;
     float acc[4][4];
     frag_zero(acc);
-    wgemm<false, true, 4>(acc, sQ, LK, 16 * mt, sK, LK, n0, KP, lane);
+    if (n0 < 16 * mt + 16) wgemm<false, true, 4>(acc, sQ, LK, 16 * mt, sK, LK, n0, KP, lane);
     #pragma unroll
     for (int nt = 0; nt < 4; ++nt) {
         #pragma unroll

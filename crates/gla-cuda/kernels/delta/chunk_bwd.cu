@@ -68,7 +68,8 @@ __device__ __forceinline__ void dvl_k(const E* __restrict__ q, const E* __restri
         __syncthreads();
         float acc[4][4];
         frag_zero(acc);
-        wgemm2<true, false, 4>(acc, sP, sPl, LDT, 16 * mt, sDo, sDo, LDT, n1, 64, lane, true, false);
+        // P^T's rows 16 mt .. 16 mt + 16 start at depth 16 mt (P is causal)
+        wgemm2<true, false, 4>(acc, sP, sPl, LDT, 16 * mt, sDo, sDo, LDT, n1, 64, lane, true, false, 16 * mt);
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
             #pragma unroll
@@ -227,7 +228,8 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
             wg_commit();
             wg_wait0();
         } else {
-            wgemm<false, true, NM>(acc, sQ, LK, 16 * mt, sK, LK, n1, KP, lane);
+            // M is read at s <= t only: no product where the tile lies wholly above the diagonal
+            if (n1 < 16 * mt + 16) wgemm<false, true, NM>(acc, sQ, LK, 16 * mt, sK, LK, n1, KP, lane);
         }
         #pragma unroll
         for (int nt = 0; nt < NM; ++nt) {
@@ -355,7 +357,8 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
         // or the half of one at a 64-byte offset), 16 rows of K a k16 step
         wg_dmg_mma<NT, 0, !D1>(dqi, smem_addr(sDMG), smem_addr(sDMGl), smem_addr(sK) + 128u * 64 * ((k0 + nk) >> 6) + 2u * ((k0 + nk) & 63));
     } else {
-        wgemm2<false, false, NT>(dqi, sDMG, sDMGl, LDT, 16 * mt, sK, sK, LK, k0 + nk, 64, lane, !D1, false);
+        // dMG is causal: rows 16 mt .. 16 mt + 16 end at depth 16 mt + 16
+        wgemm2<false, false, NT>(dqi, sDMG, sDMGl, LDT, 16 * mt, sK, sK, LK, k0 + nk, 16 * mt + 16, lane, !D1, false);
     }
     #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
@@ -394,7 +397,8 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
         // (rq dMG)^T (MN-major: dMG's rows are the product's K) times Q, as dq's
         wg_dmg_mma<NT, 1, !D1>(dkd, smem_addr(sDMG), smem_addr(sDMGl), smem_addr(sQ) + 128u * 64 * ((k0 + nk) >> 6) + 2u * ((k0 + nk) & 63));
     } else {
-        wgemm2<true, false, NT>(dkd, sDMG, sDMGl, LDT, 16 * mt, sQ, sQ, LK, k0 + nk, 64, lane, !D1, false);
+        // dMG^T's rows 16 mt .. 16 mt + 16 start at depth 16 mt
+        wgemm2<true, false, NT>(dkd, sDMG, sDMGl, LDT, 16 * mt, sQ, sQ, LK, k0 + nk, 64, lane, !D1, false, 16 * mt);
     }
     #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
@@ -531,6 +535,12 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     // the first dG partial (delta_dqk's), read now and first used after the products
     const float dg0 = tid < 64 ? dgp[c.oc * 64 + tid] : 0.f;
     const int mt = wp & 3, n1 = (wp >> 2) * 32;
+    // Triangles: T is lower (exact zeros above its diagonal), so T^T's rows 16 mt .. 16 mt + 16
+    // start at depth 16 mt; dA is read strictly lower, and through dA = -T^T dT T^T only the
+    // strictly lower parts of dT and X = T^T dT reach it (dA_ts, s < t, sums T_rt dT_rq T_sq over
+    // q <= s < t <= r), so a warp whose columns all lie at or above its rows' diagonal (lw false)
+    // leaves its dT, X, dA and Kn Kn^T products out (its dT and X tiles store zeros)
+    const bool lw = n1 < 16 * mt + 16;
     {
         // dw = -dU S^T: each warp 16 rows x KP / 2 columns, summed over the V tiles in order
         constexpr int NTW = KP / 16;
@@ -614,10 +624,10 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
             const E* tV = sV + (VB2 ? ((v0 >> 6) & 1) * VT * LDT : 0);
             const E* tDu = tV + 64 * LDT;
             const E* tDul = tDu + (SP - 1) * 64 * LDT;
-            wgemm2<false, true, 4>(a1, tDu, tDul, LDT, 16 * mt, tV, tV, LDT, n1, 64, lane, true, false);
+            if (lw) wgemm2<false, true, 4>(a1, tDu, tDul, LDT, 16 * mt, tV, tV, LDT, n1, 64, lane, true, false);
             float acc[4][4];
             frag_zero(acc);
-            wgemm2<true, false, 4>(acc, sT, sTl, LDT, 16 * mt, tDu, tDul, LDT, n1, 64, lane, true, true);
+            wgemm2<true, false, 4>(acc, sT, sTl, LDT, 16 * mt, tDu, tDul, LDT, n1, 64, lane, true, true, 16 * mt);
             #pragma unroll
             for (int nt = 0; nt < 4; ++nt) {
                 #pragma unroll
@@ -631,7 +641,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
             if (v0 == 0) cp_wait0();  // K (and, VB2, the second tile; no later tile is in flight yet)
             __syncthreads();          // the tile is consumed: the one NB tiles on may land on it
             if (v0 + (VB2 ? 128 : 64) < VP) ld_vt(v0 + (VB2 ? 128 : 64));
-            if (v0 == 0) {
+            if (v0 == 0 && lw) {
                 // 32 deep at a time (register pressure at two blocks per SM)
                 #pragma unroll 1
                 for (int k0 = 0; k0 < KP; k0 += 32)
@@ -652,7 +662,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         // X = T^T dT, into sM1 once every warp has read dT
         float x[4][4];
         frag_zero(x);
-        wgemm2<true, false, 4>(x, sT, sTl, LDT, 16 * mt, sM1, sM1l, LDT, n1, 64, lane, true, true);
+        if (lw) wgemm2<true, false, 4>(x, sT, sTl, LDT, 16 * mt, sM1, sM1l, LDT, n1, 64, lane, true, true, 16 * mt);
         __syncthreads();
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
@@ -666,8 +676,11 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         float da[4][4], kk[4][4], fr[2] = {0.f, 0.f}, fc[4][2] = {};
         frag_zero(da);
         frag_zero(kk);
-        wgemm2<false, true, 4>(da, sM1, sM1l, LDT, 16 * mt, sT, sTl, LDT, n1, 64, lane, true, true);
-        wgemm<false, true, 4>(kk, sK, LK, 16 * mt, sK, LK, n1, KP, lane);
+        // dA_ts for s < t sums X_tr T_sr over r <= s: depth min(n1 + 32, 16 mt + 16)
+        if (lw) {
+            wgemm2<false, true, 4>(da, sM1, sM1l, LDT, 16 * mt, sT, sTl, LDT, n1, min(n1 + 32, 16 * mt + 16), lane, true, true);
+            wgemm<false, true, 4>(kk, sK, LK, 16 * mt, sK, LK, n1, KP, lane);
+        }
         __syncthreads();
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
@@ -736,9 +749,11 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         float acc[4][4], dkk[4][4];
         frag_zero(acc);
         frag_zero(dkk);
-        wgemm2<true, false, 4>(acc, sT, sTl, LDT, 16 * mt, sDw, sDwl, LK, i0 + n1, 64, lane, true, true);
-        wgemm2<false, false, 4>(dkk, sM1, sM1l, LDT, 16 * mt, sK, sK, LK, i0 + n1, 64, lane, !M1P, false);
-        wgemm2<true, false, 4>(dkk, sM2, sM2l, LDT, 16 * mt, sK, sK, LK, i0 + n1, 64, lane, !M1P, false);
+        // T^T and M2^T (rk_t dAb, strictly lower) are zero left of depth 16 mt in these rows, M1
+        // (dAb rk_s) right of 16 mt + 16
+        wgemm2<true, false, 4>(acc, sT, sTl, LDT, 16 * mt, sDw, sDwl, LK, i0 + n1, 64, lane, true, true, 16 * mt);
+        wgemm2<false, false, 4>(dkk, sM1, sM1l, LDT, 16 * mt, sK, sK, LK, i0 + n1, 16 * mt + 16, lane, !M1P, false);
+        wgemm2<true, false, 4>(dkk, sM2, sM2l, LDT, 16 * mt, sK, sK, LK, i0 + n1, 64, lane, !M1P, false, 16 * mt);
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
             #pragma unroll

@@ -235,11 +235,12 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
     __syncthreads();
     if (tid < 64) g2[c.oc * 64 + tid] = sG[tid];
     {
-        // A = strictly-lower(beta_t (Kn Kn^T)_ts exp(G_t - G_s)): each warp a 16 x 32 tile
+        // A = strictly-lower(beta_t (Kn Kn^T)_ts exp(G_t - G_s)): each warp a 16 x 32 tile, no
+        // product where the tile lies wholly above the diagonal
         const int mt = wp & 3, n0 = (wp >> 2) * 32;
         float acc[4][4];
         frag_zero(acc);
-        wgemm<false, true, 4>(acc, sK, LK, 16 * mt, sK, LK, n0, KP, lane);
+        if (n0 < 16 * mt + 16) wgemm<false, true, 4>(acc, sK, LK, 16 * mt, sK, LK, n0, KP, lane);
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
             #pragma unroll
@@ -296,8 +297,9 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
         }
         float acc[4][4];
         frag_zero(acc);
-        wgemm2<false, false, 4>(acc, sT, sTl, LDT, 16 * mt, isw ? sK : sV, isw ? sK : sV, isw ? LK : LV, nc + n1, 64, lane, true,
-                                false);
+        // T is lower: rows 16 mt .. 16 mt + 16 end at depth 16 mt + 16
+        wgemm2<false, false, 4>(acc, sT, sTl, LDT, 16 * mt, isw ? sK : sV, isw ? sK : sV, isw ? LK : LV, nc + n1, 16 * mt + 16, lane,
+                                true, false);
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
             #pragma unroll
@@ -363,7 +365,8 @@ __device__ __forceinline__ void o_fwd(const E* __restrict__ q, const E* __restri
             #pragma unroll
             for (int nt = 0; nt < 4; ++nt) acc[nt][e] *= f;
         }
-        wgemm2_seq<false, false, 4>(acc, sP, sPl, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, true, true);
+        // P is causal: rows 16 mt .. 16 mt + 16 end at depth 16 mt + 16
+        wgemm2_seq<false, false, 4>(acc, sP, sPl, LDT, 16 * mt, sU, sUl, LDT, n1, 16 * mt + 16, lane, true, true);
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
             #pragma unroll

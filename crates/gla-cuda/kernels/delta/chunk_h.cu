@@ -287,10 +287,11 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             __syncthreads();
             frag_zero(acc);
             // one stage (two blocks per SM, <= 128 registers): the terms one after another
+            // (T is lower: rows 16 mt .. 16 mt + 16 end at depth 16 mt + 16)
             if constexpr (NS == 1) {
-                wgemm2_seq<false, false, NT>(acc, sT, sTl, LDT, 16 * mt, sYh, sYl, LDS, n1, 64, lane, true, true);
+                wgemm2_seq<false, false, NT>(acc, sT, sTl, LDT, 16 * mt, sYh, sYl, LDS, n1, 16 * mt + 16, lane, true, true);
             } else {
-                wgemm2<false, false, NT>(acc, sT, sTl, LDT, 16 * mt, sYh, sYl, LDS, n1, 64, lane, true, true);
+                wgemm2<false, false, NT>(acc, sT, sTl, LDT, 16 * mt, sYh, sYl, LDS, n1, 16 * mt + 16, lane, true, true);
             }
         } else {
             // U = u - w S
@@ -368,7 +369,8 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
                 #pragma unroll
                 for (int nt = 0; nt < NT; ++nt) acc[nt][e] *= f;
             }
-            wgemm2_seq<false, false, NT>(acc, sT, sTl, LDT, 16 * mt, sYh, sYl, LDS, n1, 64, lane, true, true);
+            // P is causal: depth 16 mt + 16
+            wgemm2_seq<false, false, NT>(acc, sT, sTl, LDT, 16 * mt, sYh, sYl, LDS, n1, 16 * mt + 16, lane, true, true);
             E* orow = o + r0 * HV * (idx_t)V + (idx_t)hv * V;
             #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {
@@ -523,7 +525,8 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
             wgemm<false, false, NT>(acc, sK, LK, 16 * mt, sS, LDS, n1, KP, lane);
             if constexpr (FD) {
                 frag_zero(dv);
-                wgemm2<true, false, NT>(dv, sP, sPl, LDT, 16 * mt, sDo, sDo, LDS, n1, 64, lane, true, false);
+                // P^T's rows start at depth 16 mt (P is causal)
+                wgemm2<true, false, NT>(dv, sP, sPl, LDT, 16 * mt, sDo, sDo, LDS, n1, 64, lane, true, false, 16 * mt);
             }
             float fd[2];
             frag_rows(fd, 16 * mt, fg, [&](int t) { return sRk[t] * ex2f(glast - sG[t]); });
@@ -554,7 +557,8 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
             const float* sBt = sG + 192;
             float acc[NT][4];
             frag_zero(acc);
-            wgemm2<true, false, NT>(acc, sW, sWl, LDT, 16 * mt, sDu, sDul, LDS, n1, 64, lane, true, true);
+            // T^T's rows start at depth 16 mt (T is lower)
+            wgemm2<true, false, NT>(acc, sW, sWl, LDT, 16 * mt, sDu, sDul, LDS, n1, 64, lane, true, true, 16 * mt);
             float fy[2];
             frag_rows(fy, 16 * mt, fg, [&](int t) { return sBt[t] * sRk[t] * ex2f(sG[t]); });
             #pragma unroll
