@@ -228,8 +228,7 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
             wg_commit();
             wg_wait0();
         } else {
-            // M is read at s <= t only: no product where the tile lies wholly above the diagonal
-            if (n1 < 16 * mt + 16) wgemm<false, true, NM>(acc, sQ, LK, 16 * mt, sK, LK, n1, KP, lane);
+            wgemm<false, true, NM>(acc, sQ, LK, 16 * mt, sK, LK, n1, KP, lane);
         }
         #pragma unroll
         for (int nt = 0; nt < NM; ++nt) {
@@ -357,8 +356,7 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
         // or the half of one at a 64-byte offset), 16 rows of K a k16 step
         wg_dmg_mma<NT, 0, !D1>(dqi, smem_addr(sDMG), smem_addr(sDMGl), smem_addr(sK) + 128u * 64 * ((k0 + nk) >> 6) + 2u * ((k0 + nk) & 63));
     } else {
-        // dMG is causal: rows 16 mt .. 16 mt + 16 end at depth 16 mt + 16
-        wgemm2<false, false, NT>(dqi, sDMG, sDMGl, LDT, 16 * mt, sK, sK, LK, k0 + nk, 16 * mt + 16, lane, !D1, false);
+        wgemm2<false, false, NT>(dqi, sDMG, sDMGl, LDT, 16 * mt, sK, sK, LK, k0 + nk, 64, lane, !D1, false);
     }
     #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
@@ -397,8 +395,7 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
         // (rq dMG)^T (MN-major: dMG's rows are the product's K) times Q, as dq's
         wg_dmg_mma<NT, 1, !D1>(dkd, smem_addr(sDMG), smem_addr(sDMGl), smem_addr(sQ) + 128u * 64 * ((k0 + nk) >> 6) + 2u * ((k0 + nk) & 63));
     } else {
-        // dMG^T's rows 16 mt .. 16 mt + 16 start at depth 16 mt
-        wgemm2<true, false, NT>(dkd, sDMG, sDMGl, LDT, 16 * mt, sQ, sQ, LK, k0 + nk, 64, lane, !D1, false, 16 * mt);
+        wgemm2<true, false, NT>(dkd, sDMG, sDMGl, LDT, 16 * mt, sQ, sQ, LK, k0 + nk, 64, lane, !D1, false);
     }
     #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
@@ -678,7 +675,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         frag_zero(kk);
         // dA_ts for s < t sums X_tr T_sr over r <= s: depth min(n1 + 32, 16 mt + 16)
         if (lw) {
-            wgemm2<false, true, 4>(da, sM1, sM1l, LDT, 16 * mt, sT, sTl, LDT, n1, min(n1 + 32, 16 * mt + 16), lane, true, true);
+            wgemm2<false, true, 4>(da, sM1, sM1l, LDT, 16 * mt, sT, sTl, LDT, n1, 64, lane, true, true, 0, min(n1 + 32, 16 * mt + 16));
             wgemm<false, true, 4>(kk, sK, LK, 16 * mt, sK, LK, n1, KP, lane);
         }
         __syncthreads();
@@ -752,7 +749,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         // T^T and M2^T (rk_t dAb, strictly lower) are zero left of depth 16 mt in these rows, M1
         // (dAb rk_s) right of 16 mt + 16
         wgemm2<true, false, 4>(acc, sT, sTl, LDT, 16 * mt, sDw, sDwl, LK, i0 + n1, 64, lane, true, true, 16 * mt);
-        wgemm2<false, false, 4>(dkk, sM1, sM1l, LDT, 16 * mt, sK, sK, LK, i0 + n1, 16 * mt + 16, lane, !M1P, false);
+        wgemm2<false, false, 4>(dkk, sM1, sM1l, LDT, 16 * mt, sK, sK, LK, i0 + n1, 64, lane, !M1P, false, 0, 16 * mt + 16);
         wgemm2<true, false, 4>(dkk, sM2, sM2l, LDT, 16 * mt, sK, sK, LK, i0 + n1, 64, lane, !M1P, false, 16 * mt);
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {

@@ -298,8 +298,8 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
         float acc[4][4];
         frag_zero(acc);
         // T is lower: rows 16 mt .. 16 mt + 16 end at depth 16 mt + 16
-        wgemm2<false, false, 4>(acc, sT, sTl, LDT, 16 * mt, isw ? sK : sV, isw ? sK : sV, isw ? LK : LV, nc + n1, 16 * mt + 16, lane,
-                                true, false);
+        wgemm2<false, false, 4>(acc, sT, sTl, LDT, 16 * mt, isw ? sK : sV, isw ? sK : sV, isw ? LK : LV, nc + n1, 64, lane, true,
+                                false, 0, 16 * mt + 16);
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
             #pragma unroll
@@ -366,7 +366,7 @@ __device__ __forceinline__ void o_fwd(const E* __restrict__ q, const E* __restri
             for (int nt = 0; nt < 4; ++nt) acc[nt][e] *= f;
         }
         // P is causal: rows 16 mt .. 16 mt + 16 end at depth 16 mt + 16
-        wgemm2_seq<false, false, 4>(acc, sP, sPl, LDT, 16 * mt, sU, sUl, LDT, n1, 16 * mt + 16, lane, true, true);
+        wgemm2_seq<false, false, 4>(acc, sP, sPl, LDT, 16 * mt, sU, sUl, LDT, n1, 64, lane, true, true, 0, 16 * mt + 16);
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
             #pragma unroll

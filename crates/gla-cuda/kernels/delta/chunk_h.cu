@@ -289,9 +289,9 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
             // one stage (two blocks per SM, <= 128 registers): the terms one after another
             // (T is lower: rows 16 mt .. 16 mt + 16 end at depth 16 mt + 16)
             if constexpr (NS == 1) {
-                wgemm2_seq<false, false, NT>(acc, sT, sTl, LDT, 16 * mt, sYh, sYl, LDS, n1, 16 * mt + 16, lane, true, true);
+                wgemm2_seq<false, false, NT>(acc, sT, sTl, LDT, 16 * mt, sYh, sYl, LDS, n1, 64, lane, true, true, 0, 16 * mt + 16);
             } else {
-                wgemm2<false, false, NT>(acc, sT, sTl, LDT, 16 * mt, sYh, sYl, LDS, n1, 16 * mt + 16, lane, true, true);
+                wgemm2<false, false, NT>(acc, sT, sTl, LDT, 16 * mt, sYh, sYl, LDS, n1, 64, lane, true, true, 0, 16 * mt + 16);
             }
         } else {
             // U = u - w S
@@ -370,7 +370,7 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
                 for (int nt = 0; nt < NT; ++nt) acc[nt][e] *= f;
             }
             // P is causal: depth 16 mt + 16
-            wgemm2_seq<false, false, NT>(acc, sT, sTl, LDT, 16 * mt, sYh, sYl, LDS, n1, 16 * mt + 16, lane, true, true);
+            wgemm2_seq<false, false, NT>(acc, sT, sTl, LDT, 16 * mt, sYh, sYl, LDS, n1, 64, lane, true, true, 0, 16 * mt + 16);
             E* orow = o + r0 * HV * (idx_t)V + (idx_t)hv * V;
             #pragma unroll
             for (int nt = 0; nt < NT; ++nt) {

@@ -225,18 +225,21 @@ __device__ __forceinline__ bool vec_ok(idx_t ldg, int cols) {
     return ldg % P == 0 && cols % P == 0;
 }
 
-// acc[16 x 8 NT] += op(A)[m0 .. m0 + 16, k0 .. kc) * op(B)[k0 .. kc, n0 .. n0 + 8 NT) from shared
-// memory: A stored [m][k] (AT false) or [k][m] (AT true), B stored [k][n] (BT false) or [n][k]
-// (BT true); k0 and kc multiples of 16. A caller passes k0 > 0 (or a kc short of the depth) only
-// where the terms it leaves out are exact zeros (a triangular operand) or feed no output it
-// reads: the sums it keeps are the same, in the same order. bf16: ldmatrix + mma.sync (NT even).
+// acc[16 x 8 NT] += op(A)[m0 .. m0 + 16, k0 .. ke) * op(B)[k0 .. ke, n0 .. n0 + 8 NT) from shared
+// memory, k0 .. ke clipped to the depth 0 .. kc: A stored [m][k] (AT false) or [k][m] (AT true), B
+// stored [k][n] (BT false) or [n][k] (BT true); kc, k0 and ke multiples of 16. A caller passes
+// k0 > 0 or ke < kc only where the terms it leaves out are exact zeros (a triangular operand) or
+// feed no output it reads: the sums it keeps are the same, in the same order. The loop runs over
+// the whole depth and skips the steps outside k0 .. ke (warp-uniform), so a constant kc unrolls
+// as it would without them. bf16: ldmatrix + mma.sync (NT even).
 template <bool AT, bool BT, int NT>
 __device__ __forceinline__ void wgemm(float (&acc)[NT][4], const bf16_t* A, int lda, int m0, const bf16_t* B, int ldb, int n0, int kc,
-                                      int lane, int k0 = 0) {
+                                      int lane, int k0 = 0, int ke = 1 << 30) {
     static_assert(NT % 2 == 0, "bf16 warp products take n-tiles in pairs");
     const WAddrA<AT> wa(A, lda, m0, lane);
     const WAddrB<BT> wb(B, ldb, n0, lane);
-    for (int k = k0 / 16; k < kc / 16; ++k) {
+    for (int k = 0; k < kc / 16; ++k) {
+        if (16 * k < k0 || 16 * k >= ke) continue;
         unsigned a[4];
         wa.load(a, k);
         #pragma unroll
@@ -252,9 +255,9 @@ __device__ __forceinline__ void wgemm(float (&acc)[NT][4], const bf16_t* A, int 
 // f32 storage: the same product and fragments by FMA.
 template <bool AT, bool BT, int NT>
 __device__ __forceinline__ void wgemm(float (&acc)[NT][4], const float* A, int lda, int m0, const float* B, int ldb, int n0, int kc,
-                                      int lane, int k0 = 0) {
+                                      int lane, int k0 = 0, int ke = 1 << 30) {
     const int fg = lane >> 2, ft = lane & 3;
-    for (int kk = k0; kk < kc; ++kk) {
+    for (int kk = k0; kk < min(kc, ke); ++kk) {
         const float a0 = AT ? A[kk * lda + m0 + fg] : A[(m0 + fg) * lda + kk];
         const float a1 = AT ? A[kk * lda + m0 + fg + 8] : A[(m0 + fg + 8) * lda + kk];
         #pragma unroll
@@ -273,18 +276,19 @@ __device__ __forceinline__ void wgemm(float (&acc)[NT][4], const float* A, int l
 // acc += op(A + Al) op(B + Bl) without the lo * lo term: per 16-deep step A * B, then Al * B (al)
 // and A * Bl (bl) for bf16, each fragment of A, Al, B, Bl loaded from shared memory once and fed
 // to every term that reads it; f32 storage runs A * B alone (exact enough: FMA on f32 operands),
-// and so does bf16 on one plane (DELTA_PLANES 1: al, bl off). The depth runs k0 .. kc (wgemm's
-// contract).
+// and so does bf16 on one plane (DELTA_PLANES 1: al, bl off). The steps k0 .. ke of the depth kc
+// (wgemm's contract).
 template <bool AT, bool BT, int NT, typename E>
 __device__ __forceinline__ void wgemm2(float (&acc)[NT][4], const E* A, const E* Al, int lda, int m0, const E* B, const E* Bl, int ldb,
-                                        int n0, int kc, int lane, bool al, bool bl, int k0 = 0) {
+                                        int n0, int kc, int lane, bool al, bool bl, int k0 = 0, int ke = 1 << 30) {
     al = al && Sp<E>::SP == 2;
     bl = bl && Sp<E>::SP == 2;
     if constexpr (sizeof(E) == 2) {
         static_assert(NT % 2 == 0, "bf16 warp products take n-tiles in pairs");
         const WAddrA<AT> wa(A, lda, m0, lane), wal(Al, lda, m0, lane);
         const WAddrB<BT> wb(B, ldb, n0, lane), wbl(Bl, ldb, n0, lane);
-        for (int k = k0 / 16; k < kc / 16; ++k) {
+        for (int k = 0; k < kc / 16; ++k) {
+            if (16 * k < k0 || 16 * k >= ke) continue;
             unsigned a[4], a2[4];
             wa.load(a, k);
             if (al) wal.load(a2, k);
@@ -306,7 +310,7 @@ __device__ __forceinline__ void wgemm2(float (&acc)[NT][4], const E* A, const E*
             }
         }
     } else {
-        wgemm<AT, BT, NT>(acc, A, lda, m0, B, ldb, n0, kc, lane, k0);
+        wgemm<AT, BT, NT>(acc, A, lda, m0, B, ldb, n0, kc, lane, k0, ke);
     }
 }
 
@@ -314,12 +318,12 @@ __device__ __forceinline__ void wgemm2(float (&acc)[NT][4], const E* A, const E*
 // rolled): fewer live fragments, for kernels held to a register budget.
 template <bool AT, bool BT, int NT, typename E>
 __device__ __forceinline__ void wgemm2_seq(float (&acc)[NT][4], const E* A, const E* Al, int lda, int m0, const E* B, const E* Bl,
-                                           int ldb, int n0, int kc, int lane, bool al, bool bl) {
+                                           int ldb, int n0, int kc, int lane, bool al, bool bl, int k0 = 0, int ke = 1 << 30) {
     const int nterm = Sp<E>::SP == 2 ? 3 : 1;
     #pragma unroll 1
     for (int term = 0; term < nterm; ++term) {
         if ((term == 1 && !al) || (term == 2 && !bl)) continue;
-        wgemm<AT, BT, NT>(acc, term == 1 ? Al : A, lda, m0, term == 2 ? Bl : B, ldb, n0, kc, lane);
+        wgemm<AT, BT, NT>(acc, term == 1 ? Al : A, lda, m0, term == 2 ? Bl : B, ldb, n0, kc, lane, k0, ke);
     }
 }
 
