@@ -525,8 +525,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
             wgemm<false, false, NT>(acc, sK, LK, 16 * mt, sS, LDS, n1, KP, lane);
             if constexpr (FD) {
                 frag_zero(dv);
-                // P^T's rows start at depth 16 mt (P is causal)
-                wgemm2<true, false, NT>(dv, sP, sPl, LDT, 16 * mt, sDo, sDo, LDS, n1, 64, lane, true, false, 16 * mt);
+                wgemm2<true, false, NT>(dv, sP, sPl, LDT, 16 * mt, sDo, sDo, LDS, n1, 64, lane, true, false);
             }
             float fd[2];
             frag_rows(fd, 16 * mt, fg, [&](int t) { return sRk[t] * ex2f(glast - sG[t]); });
@@ -557,8 +556,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
             const float* sBt = sG + 192;
             float acc[NT][4];
             frag_zero(acc);
-            // T^T's rows start at depth 16 mt (T is lower)
-            wgemm2<true, false, NT>(acc, sW, sWl, LDT, 16 * mt, sDu, sDul, LDS, n1, 64, lane, true, true, 16 * mt);
+            wgemm2<true, false, NT>(acc, sW, sWl, LDT, 16 * mt, sDu, sDul, LDS, n1, 64, lane, true, true);
             float fy[2];
             frag_rows(fy, 16 * mt, fg, [&](int t) { return sBt[t] * sRk[t] * ex2f(sG[t]); });
             #pragma unroll
