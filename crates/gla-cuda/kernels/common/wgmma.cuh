@@ -33,6 +33,14 @@ __device__ __forceinline__ int wg_el(int r, int c) {
 // 8-row atoms are 1024-byte aligned; the kernels' shared-memory sizes reserve the 1024 bytes).
 __device__ __forceinline__ unsigned char* wg_align1024(unsigned char* p) { return p + ((1024u - (smem_addr(p) & 1023u)) & 1023u); }
 
+// A kernel's warpgroup variant (wg true) traps where the target lacks sm_90a's features: the host
+// launches those entries on sm_90a only, and every other target compiles them to this.
+__device__ __forceinline__ void wg_sm90a_only(bool wg) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    if (wg) __trap();
+#endif
+}
+
 // The descriptor of a 128-byte-swizzled tile at shared byte address a (its atom 1024-byte
 // aligned; a k16 step adds 32 to a K-major operand's a, 16 rows (2048) to an MN-major one's):
 // lbo, sbo in bytes.

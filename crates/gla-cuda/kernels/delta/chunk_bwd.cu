@@ -148,9 +148,7 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
     float* sFr = sRed + 2 * NW;            // [CS][64]: row sums of dM * M (per column split)
     float* sFc = sFr + CS * 64;            // [4][64]: column sums of dM * M (per row quarter)
     DELTA_SMEM_END(smem0, sFc + 256);
-#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    if (WG) __trap();
-#endif
+    wg_sm90a_only(WG);
     // element (r, c) of a tile of row stride ld (the swizzled layout's: its 64-column blocks)
     auto ix = [](int r, int c, int ld) {
         if constexpr (WG) {
@@ -481,9 +479,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     float* sFr = sX + 64;                  // [2][64]: row sums of dA * A (per column half)
     float* sFc = sFr + 128;                // [4][64]: column sums of dA * A (per row quarter)
     DELTA_SMEM_END(smem0, sFc + 256);
-#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    if (WG) __trap();
-#endif
+    wg_sm90a_only(WG);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
     const idx_t vplane = nch * HV * 64 * VP;

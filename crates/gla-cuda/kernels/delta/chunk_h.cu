@@ -436,9 +436,7 @@ __device__ __forceinline__ void h_bwd(const E* __restrict__ q, const E* __restri
     DELTA_SMEM_END(smem0, sF + NS * FSTAGE);
     static_assert(!WGS || ((NS * STAGE + KP * LDS + SP * 64 * LDS) * 2) % 1024 == 0 && (PT * 2) % 1024 == 0,
                   "P's and the scaled do's places on 1024-byte boundaries");
-#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
-    if (WGS) __trap();
-#endif
+    wg_sm90a_only(WGS);
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, fg = lane >> 2, ft = lane & 3;
     const int j0 = blockIdx.x * BV, nh = nh0 + blockIdx.y, n = nh / HV, hv = nh % HV, h = hv / (HV / H);
     const idx_t bos = bounds[n], eos = bounds[n + 1];
