@@ -155,7 +155,7 @@ template <typename E, int KP>
 __device__ __forceinline__ void chunk_p(E* sP, E* sPl, const E* sQ, const E* sK, const float* sG, const float* sRq, const float* sRk,
                                         float scale, int wp, int lane) {
     constexpr int LK = KP + DPAD;
-    const int fg = lane >> 2, ft = lane & 3, mt = wp & 3, n0 = (wp >> 2) * 32;
+    const int fg = lane >> 2, ft = lane & 3, mt = tri_mt(wp), n0 = (wp >> 2) * 32;
     float acc[4][4];
     frag_zero(acc);
     if (n0 < 16 * mt + 16) wgemm<false, true, 4>(acc, sQ, LK, 16 * mt, sK, LK, n0, KP, lane);

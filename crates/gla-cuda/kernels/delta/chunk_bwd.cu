@@ -60,7 +60,7 @@ __device__ __forceinline__ void dvl_k(const E* __restrict__ q, const E* __restri
     const ChunkHead c = chunk_head(bounds, chunk_off, chunk_seq, H, HV);
     ld_chunk_p_in<E, KP>(sQ, sK, sG, sRq, sRk, q, k, g2, rq, rk, c, H, K, tid, [] {});
     chunk_p<E, KP>(sP, sPl, sQ, sK, sG, sRq, sRk, scale, wp, lane);
-    const int mt = wp & 3, n1 = (wp >> 2) * 32;
+    const int mt = tri_mt(wp), n1 = (wp >> 2) * 32;
     for (int v0 = 0; v0 < VP; v0 += 64) {
         ld_v<E>(sDo, LDT, d_o, c.r0, c.L, c.hv, HV, V, v0, 64, tid);
         cp_commit();
@@ -527,6 +527,8 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     if (VP > 64) ld_dws(64, bufB);
     // the first dG partial (delta_dqk's), read now and first used after the products
     const float dg0 = tid < 64 ? dgp[c.oc * 64 + tid] : 0.f;
+    // (row tiles 16 (wp mod 4): two balanced pairings, tri_mt's and one by the per-warp step
+    // counts, measured no faster here, where the ldmatrix traffic sets the pace)
     const int mt = wp & 3, n1 = (wp >> 2) * 32;
     // Triangles: T is lower (exact zeros above its diagonal), so T^T's rows 16 mt .. 16 mt + 16
     // start at depth 16 mt; dA is read strictly lower, and through dA = -T^T dT T^T only the

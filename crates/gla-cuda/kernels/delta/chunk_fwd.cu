@@ -237,7 +237,7 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
     {
         // A = strictly-lower(beta_t (Kn Kn^T)_ts exp(G_t - G_s)): each warp a 16 x 32 tile, no
         // product where the tile lies wholly above the diagonal
-        const int mt = wp & 3, n0 = (wp >> 2) * 32;
+        const int mt = tri_mt(wp), n0 = (wp >> 2) * 32;
         float acc[4][4];
         frag_zero(acc);
         if (n0 < 16 * mt + 16) wgemm<false, true, 4>(acc, sK, LK, 16 * mt, sK, LK, n0, KP, lane);
@@ -280,7 +280,7 @@ __device__ __forceinline__ void wy_fwd(const E* __restrict__ k, const float* __r
         }
     }
     __syncthreads();
-    const int mt = wp & 3, n1 = (wp >> 2) * 32;
+    const int mt = tri_mt(wp), n1 = (wp >> 2) * 32;
     const idx_t wplane = nch * HV * 64 * KP;
     const int nend = same ? KP + VP : KP;
     for (int n0 = 0; n0 < KP + VP; n0 += 64) {
@@ -344,7 +344,7 @@ __device__ __forceinline__ void o_fwd(const E* __restrict__ q, const E* __restri
     ld_chunk_p_in<E, KP>(sQ, sK, sG, sRq, sRk, q, k, g2, rq, rk, c, H, K, tid, [&] { ld_u(0); });
     chunk_p<E, KP>(sP, sPl, sQ, sK, sG, sRq, sRk, scale, wp, lane);
     __syncthreads();
-    const int mt = wp & 3, n1 = (wp >> 2) * 32;
+    const int mt = tri_mt(wp), n1 = (wp >> 2) * 32;
     for (int v0 = 0; v0 < VP; v0 += 64) {
         tile_ld<E>(sS, LDT, hs + c.oc * (idx_t)KP * VP + v0, VP, KP, 64, KP, 64, true, tid, DNT);
         if (v0 > 0) ld_u(v0);

@@ -41,6 +41,13 @@ struct Sp {
     static constexpr int SP = sizeof(E) == 2 ? DELTA_PLANES : 1;
 };
 
+// The 16-row tile (of four) that warp wp (of eight) takes in the 16 x 32 warp tilings of a
+// 64-row chunk tile. Warps w and w + 4 issue on one scheduler (sub-partition w mod 4), so the
+// second four take the row tiles in reverse: the depths a triangular operand leaves (16 mt + 16,
+// or 64 - 16 mt) then add to 80 on every scheduler instead of 128 on one and 32 on another.
+// Which warp forms a tile changes no result. Warpgroup (wgmma) tiles keep rows 16 (wp mod 4).
+__device__ __forceinline__ int tri_mt(int wp) { return wp < 4 ? wp : 7 - wp; }
+
 #define FRAG_ROW(e) (fg + ((e) >= 2 ? 8 : 0))
 #define FRAG_COL(nt, e) (8 * (nt) + 2 * ft + ((e) & 1))
 
