@@ -466,10 +466,11 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     // done) sM1, sM2
     E* sV = sTl + 64 * LDT;                // [64][LDT]: a 64-column tile of V
     // then the same tile of dU (split), [SP][64][LDT]; VB2: a second V tile and dU after them
-    E* sM1 = sV;                           // [64][LDT]: dT, then X = T^T dT, then dAb rk_s
+    E* sM1 = sV;                           // [64][LDT]: dT, then X = T^T dT
     E* sM1l = sM1 + (SP - 1) * 64 * LDT;
-    E* sM2 = sM1l + 64 * LDT;              // [64][LDT]: rk_t dAb
-    E* sM2l = sM2 + (SP - 1) * 64 * LDT;
+    // [64][LDT]: P = dAb rk_s + (rk_t dAb)^T (strictly lower and strictly upper: one tile)
+    E* sP = sM1l + 64 * LDT;
+    E* sPl = sP + (SP - 1) * 64 * LDT;
     float* sG = (float*)(sV + RA * LDT);  // [64]
     float* sB = sG + 64;                   // [64]
     float* sR = sB + 64;                   // [64]
@@ -691,13 +692,17 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
                 }
                 fr[e >> 1] += f;
                 fc[nt][e & 1] += f;
-                if constexpr (M1P) {
-                    // one plane (M1P): the lo planes stay unread below
-                    sM1[t * LDT + s] = cvt<E>(ab * sR[s]);
-                    sM2[t * LDT + s] = cvt<E>(ab * sR[t]);
-                } else {
-                    st2(sM1, sM1l, t * LDT + s, ab * sR[s]);
-                    st2(sM2, sM2l, t * LDT + s, ab * sR[t]);
+                // P = dAb rk_s + (rk_t dAb)^T: the thread holding (t, s), s < t, writes both of
+                // the pair's entries, the one holding (t, t) the zero diagonal
+                if (s <= t) {
+                    if constexpr (M1P) {
+                        // one plane (M1P): the lo plane stays unread below
+                        sP[t * LDT + s] = cvt<E>(ab * sR[s]);
+                        sP[s * LDT + t] = cvt<E>(ab * sR[t]);
+                    } else {
+                        st2(sP, sPl, t * LDT + s, ab * sR[s]);
+                        st2(sP, sPl, s * LDT + t, ab * sR[t]);
+                    }
                 }
             }
         }
@@ -744,11 +749,9 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         float acc[4][4], dkk[4][4];
         frag_zero(acc);
         frag_zero(dkk);
-        // T^T and M2^T (rk_t dAb, strictly lower) are zero left of depth 16 mt in these rows, M1
-        // (dAb rk_s) right of 16 mt + 16
+        // T^T is zero left of depth 16 mt in these rows; P is full
         wgemm2<true, false, 4>(acc, sT, sTl, LDT, 16 * mt, sDw, sDwl, LK, i0 + n1, 64, lane, true, true, 16 * mt);
-        wgemm2<false, false, 4>(dkk, sM1, sM1l, LDT, 16 * mt, sK, sK, LK, i0 + n1, 64, lane, !M1P, false, 0, 16 * mt + 16);
-        wgemm2<true, false, 4>(dkk, sM2, sM2l, LDT, 16 * mt, sK, sK, LK, i0 + n1, 64, lane, !M1P, false, 16 * mt);
+        wgemm2<false, false, 4>(dkk, sP, sPl, LDT, 16 * mt, sK, sK, LK, i0 + n1, 64, lane, !M1P, false);
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
             #pragma unroll
