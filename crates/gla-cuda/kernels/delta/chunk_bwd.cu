@@ -25,7 +25,7 @@
 // The operands with cancellation (P, U, dU, dw, T, dT, T^T dT, dAb) are split (delta/common.cuh).
 // Every sum is in a fixed order (no atomics). Blocks per SM at KP = VP = 128 (bf16): delta_dvl
 // three (registers <= 80), delta_wy_bwd two (registers <= 128; dw's tiles (dU, S) and then the
-// V and dU tiles share one region with M1, M2, dw's second tile buffer lies over K and dw before
+// V and dU tiles share one region with X and P, dw's second tile buffer lies over K and dw before
 // they are loaded, and the row and column sums of dA * A come from the fragments). delta_wy_bwd_vb2_k256_bf16: the same with the V-tile loop's
 // tiles in two buffers of that region (tile v + 1 lands while tile v is computed). The
 // derivation: the chain rule through the chunk form of docs/kernels.md's delta-rule section.
@@ -446,7 +446,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
                                        const idx_t* __restrict__ bounds, const idx_t* __restrict__ chunk_off,
                                        const int* __restrict__ chunk_seq, int H, int HV, int K, int V, int VP, int KZ, idx_t nch) {
     constexpr int LK = KP + DPAD, SP = Sp<E>::SP;
-    // rows of the region below: M1, M2 (split), or dw's tile (dU split, S's KP rows)
+    // rows of the region below: X and P (split), or dw's tile (dU split, S's KP rows)
     constexpr int RA = 2 * SP * 64 > KP + SP * 64 ? 2 * SP * 64 : KP + SP * 64;
     static_assert((1 + SP) * 64 * LK >= (KP + SP * 64) * LDT, "dw's second tile buffer fits over sK and sDw");
     // VB2: the V-tile loop's tiles (V, dU split: VT rows of the region) in two buffers
@@ -463,7 +463,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     E* sT = sDwl + 64 * LK;                // [64][LDT]
     E* sTl = sT + (SP - 1) * 64 * LDT;
     // one region, [RA][LDT]: dw's tiles (buffer A), the V-tile loop's sV, sDu, then (once it is
-    // done) sM1, sM2
+    // done) sM1 and sP
     E* sV = sTl + 64 * LDT;                // [64][LDT]: a 64-column tile of V
     // then the same tile of dU (split), [SP][64][LDT]; VB2: a second V tile and dU after them
     E* sM1 = sV;                           // [64][LDT]: dT, then X = T^T dT
@@ -804,7 +804,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
 }
 
 // delta_wy_bwd as the entry point ENTRY (MINB blocks per SM): VB2, the V-tile loop's tiles in two
-// buffers; M1P, dAb's tiles M1 and M2 on one plane; WG, dw on warpgroup products (sm_90a)
+// buffers; M1P, dk's dAb tile P on one plane; WG, dw on warpgroup products (sm_90a)
 #define WY_BWD_ENTRY(ENTRY, KP, E, VB2, M1P, WG, MINB)                                                   \
 extern "C" __global__ void __launch_bounds__(DNT, MINB) ENTRY(                                           \
     const E* k, const float* rk, const E* v, const float* bt, const E* tm, const E* hs, const E* du,     \
@@ -834,10 +834,10 @@ BWD_ENTRY(256, bf16, bf16_t)
 // the V-tile loop's tiles in two buffers, which fit in the region of dw's tiles
 WY_BWD_ENTRY(delta_wy_bwd_vb2_k256_bf16, 256, bf16_t, true, false, false, 1)
 // the bf16 default at KP 128 and on the two-buffer KP 256 (src/delta/dispatch.rs wy_bwd_name;
-// the lab's `wm=0` runs the entries above): M1 = dAb rk_s and M2 = dAb rk_t on one bf16
-// plane (tools/emu: within tolerance on the case table, dk up to 1.22x the split's error;
-// bench/results/2026-12-07_cpu2_04f4d35_delta_backward_precision_sites.txt), so dk's two dAb
-// products drop their lo * hi terms
+// the lab's `wm=0` runs the entries above): P = dAb rk_s + (rk_t dAb)^T on one bf16 plane
+// (tools/emu: within tolerance on the case table, dk up to 1.22x the split's error;
+// bench/results/2026-12-07_cpu2_04f4d35_delta_backward_precision_sites.txt), so dk's dAb
+// product drops its lo * hi terms
 WY_BWD_ENTRY(delta_wy_bwd_m1_k128_bf16, 128, bf16_t, false, true, false, 2)
 WY_BWD_ENTRY(delta_wy_bwd_vb2_m1_k256_bf16, 256, bf16_t, true, true, false, 1)
 // the default on sm_90a at KP 128 (src/delta/dispatch.rs wy_bwd_kernel; the lab's `ww=0` runs

@@ -862,7 +862,7 @@ impl DeltaSmem {
     pub(crate) fn wy_bwd(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
         // K, dw (sp planes); T (sp planes); one region for dw's tiles (dU's sp planes and KP
-        // rows of S), V and dU tiles, and M1, M2 (2 sp tiles); G, beta, rk, F's row and column sums
+        // rows of S), V and dU tiles, and X, P (2 sp tiles); G, beta, rk, F's row and column sums
         let region = (2 * sp * 64).max(self.kp + sp * 64);
         ((1 + sp) * 64 * self.lk() + (sp * 64 + region) * LDT) * e + (3 * 64 + 256 + 64 + 128 + 256) * 4
     }

@@ -1043,7 +1043,7 @@ struct Run {
         // DELTA_WBVAR=vb2 (dispatch::delta::wy_bwd_name): bf16 KP = 256 on the
         // two-buffer V-tile loop
         const bool vb2 = sizeof(E) == 2 && KP == 256 && getenv("DELTA_WBVAR") && !std::strcmp(getenv("DELTA_WBVAR"), "vb2");
-        // DELTA_WM=1 (dispatch's bf16 default; the lab's wm=0 turns it off): dAb's M1, M2 on one plane, at KP 128 and on the KP = 256
+        // DELTA_WM=1 (dispatch's bf16 default; the lab's wm=0 turns it off): dk's dAb tile P on one plane, at KP 128 and on the KP = 256
         // two-buffer entry
         const bool wm1 = sizeof(E) == 2 && getenv("DELTA_WM") && !std::strcmp(getenv("DELTA_WM"), "1");
         void* wyb = vb2 ? (wm1 ? (void*)delta_wy_bwd_vb2_m1_k256_bf16 : (void*)delta_wy_bwd_vb2_k256_bf16)
