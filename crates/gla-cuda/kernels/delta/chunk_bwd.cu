@@ -463,13 +463,13 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
     E* sT = sDwl + 64 * LK;                // [64][LDT]
     E* sTl = sT + (SP - 1) * 64 * LDT;
     // one region, [RA][LDT]: dw's tiles (buffer A), the V-tile loop's sV, sDu, then (once it is
-    // done) sM1 and sP
+    // done) sDt (dT, then X) and sP
     E* sV = sTl + 64 * LDT;                // [64][LDT]: a 64-column tile of V
     // then the same tile of dU (split), [SP][64][LDT]; VB2: a second V tile and dU after them
-    E* sM1 = sV;                           // [64][LDT]: dT, then X = T^T dT
-    E* sM1l = sM1 + (SP - 1) * 64 * LDT;
+    E* sDt = sV;                           // [64][LDT]: dT, then X = T^T dT
+    E* sDtl = sDt + (SP - 1) * 64 * LDT;
     // [64][LDT]: P = dAb rk_s + (rk_t dAb)^T (strictly lower and strictly upper: one tile)
-    E* sP = sM1l + 64 * LDT;
+    E* sP = sDtl + 64 * LDT;
     E* sPl = sP + (SP - 1) * 64 * LDT;
     float* sG = (float*)(sV + RA * LDT);  // [64]
     float* sB = sG + 64;                   // [64]
@@ -649,21 +649,21 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
-                st2(sM1, sM1l, t * LDT + s, sB[s] * (a1[nt][e] + a2[nt][e] * sR[s] * ex2f(sG[s])));
+                st2(sDt, sDtl, t * LDT + s, sB[s] * (a1[nt][e] + a2[nt][e] * sR[s] * ex2f(sG[s])));
             }
         }
     }
     __syncthreads();
     {
-        // X = T^T dT, into sM1 once every warp has read dT
+        // X = T^T dT, into sDt (over dT) once every warp has read dT
         float x[4][4];
         frag_zero(x);
-        if (lw) wgemm2<true, false, 4>(x, sT, sTl, LDT, 16 * mt, sM1, sM1l, LDT, n1, 64, lane, true, true, 16 * mt);
+        if (lw) wgemm2<true, false, 4>(x, sT, sTl, LDT, 16 * mt, sDt, sDtl, LDT, n1, 64, lane, true, true, 16 * mt);
         __syncthreads();
         #pragma unroll
         for (int nt = 0; nt < 4; ++nt) {
             #pragma unroll
-            for (int e = 0; e < 4; ++e) st2(sM1, sM1l, (16 * mt + FRAG_ROW(e)) * LDT + n1 + FRAG_COL(nt, e), x[nt][e]);
+            for (int e = 0; e < 4; ++e) st2(sDt, sDtl, (16 * mt + FRAG_ROW(e)) * LDT + n1 + FRAG_COL(nt, e), x[nt][e]);
         }
     }
     __syncthreads();
@@ -674,7 +674,7 @@ __device__ __forceinline__ void wy_bwd(const E* __restrict__ k, const float* __r
         frag_zero(kk);
         // dA_ts for s < t sums X_tr T_sr over r <= s: depth min(n1 + 32, 16 mt + 16)
         if (lw) {
-            wgemm2<false, true, 4>(da, sM1, sM1l, LDT, 16 * mt, sT, sTl, LDT, n1, 64, lane, true, true, 0, min(n1 + 32, 16 * mt + 16));
+            wgemm2<false, true, 4>(da, sDt, sDtl, LDT, 16 * mt, sT, sTl, LDT, n1, 64, lane, true, true, 0, min(n1 + 32, 16 * mt + 16));
             wgemm<false, true, 4>(kk, sK, LK, 16 * mt, sK, LK, n1, KP, lane);
         }
         __syncthreads();

@@ -256,8 +256,8 @@ __device__ __forceinline__ void h_fwd(const E* __restrict__ w, const float* __re
         const float glast = sGc[63];
         // each warp 16 rows x BV / 2 columns of U: this thread's rows t = 16 mt + fg (+ 8)
         constexpr int NT = BV / 16;
-        // (the balanced row tiles measured faster in the 32-column and fused-output passes, and
-        // 1% slower in delta_hr_b2: bench/results/2026-12-07_h100_3dc2aa0_delta_row_tiles.txt)
+        // (tri_mt's balanced row tiles where they measured faster, the 32-column and fused-output
+        // passes; delta_hr_b2 was slower with them: bench/results/2026-12-07_h100_3dc2aa0_delta_row_tiles.txt)
         const int mt = (BV == 32 || FO) ? tri_mt(wp) : wp & 3, n1 = (wp >> 2) * (BV / 2);
         float acc[NT][4];
         // RES: T's planes (FO: P's once U is formed), Y's planes (FO: hi in place of the V tile;
