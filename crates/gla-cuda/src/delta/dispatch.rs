@@ -435,16 +435,23 @@ pub(crate) const HR_S2: HPlan = HPlan { bv: 64, ns: 2, two: false, out: false };
 /// 2048, H = 32, K = V = 256) the forward ran 3.59 -> 2.49 ms (`delta_wyt` 0.24 + `delta_hr_s2`
 /// 1.34 against `delta_wy` 0.93 + `delta_h` 1.75, `delta_o` 0.91 in both,
 /// `bench/results/2026-12-06_h100_ee4e489_delta_k256.txt`). A forward whose states and v_new a
-/// backward reads (`keep`; then no output is fused in, [`res_out`]) takes `delta_hr_v32` also
-/// where the 64-column blocks fill the SMs less than twice (the two-blocks-per-SM plan's one
-/// partial wave: the SMs holding two blocks set the pass's time): on an H100 (bf16, B = 1, T = 8192, H = 96, K = V =
-/// 128: 192 tiles) DeltaNet forward+backward ran 5.61-5.71 -> 5.52-5.59 ms, against fla's 5.52
+/// backward reads (`keep`) takes `delta_hr_v32` also where the 64-column blocks fill the SMs
+/// less than twice (the two-blocks-per-SM plan's one partial wave: the SMs holding two blocks
+/// set the pass's time): on an H100 (bf16, B = 1, T = 8192, H = 96, K = V = 128: 192 tiles)
+/// DeltaNet forward+backward ran 5.61-5.71 -> 5.52-5.59 ms, against fla's 5.52
 /// (`bench/results/2026-12-06_h100_80bbc48_delta_b96.txt`), while a forward-only workspace keeps
-/// `delta_hro_b2` there (1.59 ms against 1.66). Where it runs is [`res_ok`]'s. The lab override
-/// `h=resb2` / `h=resv32` (KP <= 128) or `h=ress2` (wider) forces one entry on every workspace
-/// (the delta checks run each over the whole case table), any other `h=` value (a WY plan under
-/// study) turns the residual form off.
-pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize, keep: bool) -> Option<HPlan> {
+/// `delta_hro_b2` there (1.59 ms against 1.66). A forward that computes its output (`out`: not
+/// a backward's recomputation) fuses it in on `HR_B2` also where a backward follows
+/// ([`res_out`]), and that plan takes over from three quarters of two blocks per SM (`2 tiles >=
+/// 3 SMs`): on an H100 (bf16, K = V = 128, DeltaNet forward+backward, H = 96 .. 120 at B = 1, T =
+/// 8192, and 8 x 8192 x 16) `delta_hro_b2` storing the states ran 5.25-5.29 against 5.08-5.12
+/// ms at 192 tiles, 5.51-5.55 against 5.62-5.63 at 208, 5.69-5.74 against 5.87-5.91 at 224,
+/// 5.96-5.97 against 6.25-6.28 at 240 and 6.05-6.06 against 6.30-6.34 at 256
+/// (`bench/results/2026-12-08_h100_00dd03c_delta_fused_training.txt`); a recomputation (no
+/// output) keeps the threshold of two blocks per SM. Where it runs is [`res_ok`]'s. The lab override `h=resb2` / `h=resv32` (KP <= 128) or `h=ress2` (wider) forces
+/// one entry on every workspace (the delta checks run each over the whole case table), any other
+/// `h=` value (a WY plan under study) turns the residual form off.
+pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize, keep: bool, out: bool) -> Option<HPlan> {
     if !h_two_ok(bf16, kp) {
         return res_wide(bf16, kp).then_some(HR_S2);
     }
@@ -452,7 +459,15 @@ pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize, keep: 
         Some("resb2") => Some(HR_B2),
         Some("resv32") => Some(HR_V32),
         Some(_) => None,
-        None => Some(if tiles >= sm_count && !(keep && tiles < 2 * sm_count) { HR_B2 } else { HR_V32 }),
+        None => {
+            // the fewest 64-column tiles for HR_B2 (the SMs' count for a forward only)
+            let b2_min = match (keep, out) {
+                (false, _) => sm_count,
+                (true, true) => (3 * sm_count).div_ceil(2),
+                (true, false) => 2 * sm_count,
+            };
+            Some(if tiles >= b2_min { HR_B2 } else { HR_V32 })
+        }
     }
 }
 
@@ -492,22 +507,26 @@ fn res_wide(bf16: bool, kp: usize) -> bool {
 }
 
 /// Whether the residual forward on `plan` ([`h_res`]) computes the output itself (`delta_hro_*`, no
-/// `delta_o` launch): on the 64-column plans where no backward reads the states and v_new it would
-/// store (`fwd_only`), so the pass writes neither and `delta_o` reads neither. On an H100 (bf16, H
+/// `delta_o` launch): on `HR_B2` always, on `HR_S2` where no backward reads the states and v_new
+/// it would store (`fwd_only`, and then the pass writes neither). On an H100 (bf16, H
 /// = 16, K = V = 128, B*T = 65536) the forward ran 2.09 -> 1.71 ms at T = 2048 and 8192
 /// (`delta_hro_b2` 1.34 ms against `delta_hr_b2` 1.01 + `delta_o` 0.72), while at T = 32768 the
 /// 32-column one-block-per-SM pass lost (`delta_hro_v32` 2.27 ms against `delta_hr_v32` 1.24 +
 /// `delta_o` 0.72: there the output's products sit in each chunk's chain); at K = V = 256 (B = 8, T
 /// = 2048, H = 32) `delta_hro_s2` ran 2.12 ms against `delta_hr_s2` 1.32 + `delta_o` 0.91, the
-/// forward 2.50 -> 2.39 ms. The fused pass that also stores the states for a backward (`fo=1`) ran
-/// forward+backward within 1% of the unfused pair's at T = 2048 and 8192. The lab override `fo=0`
-/// turns it off, `fo=1` fuses it on either plan and where a backward follows (the pass then writes
-/// the states and v_new as well).
+/// forward 2.50 -> 2.39 ms. On `HR_B2` the output is fused in also where a backward follows (the
+/// pass then writes the states and v_new as well): on an H100 (bf16, K = V = 128, 00dd03c)
+/// DeltaNet forward+backward ran 6.21-6.22 -> 6.01-6.06 ms at 32 x 2048 x 16 (`delta_hro_b2`
+/// 1.50 against `delta_hr_b2` 1.00 + `delta_o` 0.68) and 6.24 -> 6.08-6.12 at 4 x 4096 x 64, while
+/// on `HR_S2` (K wider than 128) it ran level at V = 512 (2.90-2.93 against 2.90) and 0.8%
+/// slower at K = V = 256, and the 32-column pass lost (forward+backward 6.31 -> 6.93 at 8 x 8192
+/// x 16; `bench/results/2026-12-08_h100_00dd03c_delta_fused_training.txt`). The lab override
+/// `fo=0` turns it off, `fo=1` fuses it on every plan and where a backward follows.
 pub(crate) fn res_out(plan: HPlan, fwd_only: bool) -> bool {
     match lab("fo").as_deref() {
         Some("0") => false,
         Some("1") => true,
-        _ => fwd_only && (plan == HR_B2 || plan == HR_S2),
+        _ => plan == HR_B2 || (fwd_only && plan == HR_S2),
     }
 }
 
@@ -1326,29 +1345,40 @@ mod tests {
         assert_eq!(DeltaWorkspaceLens::forward(&p, 2, false, delta_path(&p, false, DeltaAlgo::Chunked).unwrap()).tm, 0);
         if std::env::var("GLA_DELTA_LAB").is_err() {
             // b2 where 64-column blocks fill the SMs, else v32; never f32 storage or KP > 128
-            let res = |tiles, keep| h_res(true, 128, tiles, 132, keep).map(|p| (p.bv, p.ns, p.two));
-            for keep in [false, true] {
-                assert_eq!(res(264, keep), Some((64, 1, true)));
-                assert_eq!(res(131, keep), Some((32, 2, false)));
-                assert_eq!(res(1, keep), Some((32, 2, false)));
+            let res = |tiles, keep, out| h_res(true, 128, tiles, 132, keep, out).map(|p| (p.bv, p.ns, p.two));
+            for (keep, out) in [(false, true), (true, true), (true, false)] {
+                assert_eq!(res(264, keep, out), Some((64, 1, true)));
+                assert_eq!(res(131, keep, out), Some((32, 2, false)));
+                assert_eq!(res(1, keep, out), Some((32, 2, false)));
             }
-            // one partial wave of the two-blocks-per-SM plan: 32 columns where a backward
-            // reads the states, the fused 64-column pass for a forward only
-            assert_eq!(res(132, false), Some((64, 1, true)));
-            assert_eq!(res(263, false), Some((64, 1, true)));
-            assert_eq!(res(132, true), Some((32, 2, false)));
-            assert_eq!(res(263, true), Some((32, 2, false)));
+            // one partial wave of the two-blocks-per-SM plan: the fused 64-column pass for a
+            // forward only; where a backward reads the states, from three quarters of the wave
+            // for a forward (its output fused in), 32 columns for a recomputation
+            for out in [false, true] {
+                assert_eq!(res(132, false, out), Some((64, 1, true)));
+                assert_eq!(res(263, false, out), Some((64, 1, true)));
+            }
+            assert_eq!(res(132, true, true), Some((32, 2, false)));
+            assert_eq!(res(192, true, true), Some((32, 2, false)));
+            assert_eq!(res(197, true, true), Some((32, 2, false)));
+            assert_eq!(res(198, true, true), Some((64, 1, true)));
+            assert_eq!(res(263, true, true), Some((64, 1, true)));
+            assert_eq!(res(132, true, false), Some((32, 2, false)));
+            assert_eq!(res(263, true, false), Some((32, 2, false)));
+            // the output fused into HR_B2 always, into HR_S2 for a forward only, never HR_V32
+            assert!(res_out(HR_B2, true) && res_out(HR_B2, false));
+            assert!(!res_out(HR_V32, true) && !res_out(HR_V32, false));
             assert_eq!(hr_name(HR_B2, 128, false), "delta_hr_b2_k128_bf16");
             assert_eq!(hr_name(HR_B2, 128, true), "delta_hro_b2_k128_bf16");
-            assert!(h_res(false, 128, 1024, 132, true).is_none());
+            assert!(h_res(false, 128, 1024, 132, true, true).is_none());
             // K wider than 128: the two-stage 64-column pass whatever the tiles (bf16 only); a
             // training workspace where the state-gradient pass runs HBR_S1 (64-column tiles, at
             // least two per SM), else the WY form
             for kp in [192, 256] {
                 for tiles in [1, 1024] {
-                    assert_eq!(h_res(true, kp, tiles, 132, true), Some(HR_S2));
+                    assert_eq!(h_res(true, kp, tiles, 132, true, true), Some(HR_S2));
                 }
-                assert!(h_res(false, kp, 1024, 132, true).is_none());
+                assert!(h_res(false, kp, 1024, 132, true, true).is_none());
                 for (nhv, bwd_res) in [(16, false), (65, false), (66, true), (256, true)] {
                     assert!(res_ok(true, kp, 256, nhv, 132, true));
                     assert_eq!(res_ok(true, kp, 256, nhv, 132, false), bwd_res, "KP {kp}, NHV {nhv}");

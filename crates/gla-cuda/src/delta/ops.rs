@@ -488,8 +488,8 @@ fn wy_launch<T: Elem>(
 /// u) runs where [`dd::res_ok`] allows it for this workspace: a forward-only one, or a training
 /// one (a forward whose backward follows, or the backward's recomputation) whose backward has
 /// the residual form. Given `o`, the residual forward computes the output itself where
-/// [`dd::res_out`] allows it (where no backward reuses the forward: a forward-only workspace, or
-/// one whose backwards recompute; the states and v_new are then not stored); returns whether it
+/// [`dd::res_out`] allows it, storing the states and v_new only where a backward reuses them
+/// (not on a forward-only workspace, nor on one whose backwards recompute); returns whether it
 /// did (else the caller runs `delta_o`).
 #[allow(clippy::too_many_arguments)]
 fn chunk_wy_h<T: Elem>(
@@ -520,11 +520,11 @@ fn chunk_wy_h<T: Elem>(
     let keep = !(fwd_only || (o.is_some() && ws.recomputes));
     let tiles = (vp / 64) * p.n() * p.hv();
     let res_ok = dd::res_ok(bf16, kp, vp, p.n() * p.hv(), cuda.sm_count(), fwd_only);
-    let res = if res_ok { dd::h_res(bf16, kp, tiles, cuda.sm_count(), keep).zip(tm) } else { None };
+    let res = if res_ok { dd::h_res(bf16, kp, tiles, cuda.sm_count(), keep, o.is_some()).zip(tm) } else { None };
     ws.res_fwd.store(res.is_some(), std::sync::atomic::Ordering::Relaxed);
     if let Some((plan, tm)) = res {
-        // the residual forward: T alone, then v_new from T, k and v (and the output, where
-        // nothing reads hs or v_new after it: they stay unwritten)
+        // the residual forward: T alone, then v_new from T, k and v (and the output where
+        // dd::res_out allows it; hs and v_new stay unwritten where nothing reads them after it)
         wy_launch(cuda, op, p, dp, x, ws, kp, Some(tm), true)?;
         let o = o.filter(|_| dd::res_out(plan, !keep) && dp.n_chunks > 0);
         ws.kept.store(o.is_none() || keep, std::sync::atomic::Ordering::Relaxed);
