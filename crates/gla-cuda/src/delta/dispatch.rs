@@ -448,9 +448,10 @@ pub(crate) const HR_S2: HPlan = HPlan { bv: 64, ns: 2, two: false, out: false };
 /// ms at 192 tiles, 5.51-5.55 against 5.62-5.63 at 208, 5.69-5.74 against 5.87-5.91 at 224,
 /// 5.96-5.97 against 6.25-6.28 at 240 and 6.05-6.06 against 6.30-6.34 at 256
 /// (`bench/results/2026-12-08_h100_00dd03c_delta_fused_training.txt`); a recomputation (no
-/// output) keeps the threshold of two blocks per SM. Where it runs is [`res_ok`]'s. The lab override `h=resb2` / `h=resv32` (KP <= 128) or `h=ress2` (wider) forces
-/// one entry on every workspace (the delta checks run each over the whole case table), any other
-/// `h=` value (a WY plan under study) turns the residual form off.
+/// output) keeps the threshold of two blocks per SM. Where it runs is [`res_ok`]'s. The lab
+/// override `h=resb2` / `h=resv32` (KP <= 128) or `h=ress2` (wider) forces one entry on every
+/// workspace (the delta checks run each over the whole case table), any other `h=` value (a WY
+/// plan under study) turns the residual form off.
 pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize, keep: bool, out: bool) -> Option<HPlan> {
     if !h_two_ok(bf16, kp) {
         return res_wide(bf16, kp).then_some(HR_S2);
