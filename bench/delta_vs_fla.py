@@ -4,6 +4,8 @@ fla 0.6.0) on the shapes of `gla bench delta --device cuda`, whose JSON this rea
 table with ratios and writes everything as JSON.
 
 Usage (from bench/delta_vs_fla.sh): python3 bench/delta_vs_fla.py --gla-json GLA.json --out OUT.json
+       [--gla-one-json ONE.json]   (the same shapes under GLA_DELTA_PRECISION=bf16: a second gla
+       column at fla's storage precision)
        python3 bench/delta_vs_fla.py --fla-only --out OUT.json   (fla alone on the shapes below)
        python3 bench/delta_vs_fla.py --profile B,T,H,K,V --ops delta --out OUT.json   (fla's kernels
        one by one: torch.profiler over 5 forward+backward calls, each kernel's mean CUDA time per
@@ -13,10 +15,12 @@ calls per op and shape (fla autotunes in those). Inputs as fla's delta-rule docs
 them: q, v, do ~ randn bf16, k = L2-normalised randn, beta = sigmoid(rand), g = logsigmoid(randn)
 for the gated rule; the op's plain options (no L2 norm, sigmoid or gate inside the op).
 fla refuses the gated chunked backward on Hopper with Triton < 3.7.1 (fla #640): that refusal is
-recorded as the row's error, not skipped silently.
+recorded as the row's error, not skipped silently. Stopped by SIGTERM (bench/delta_vs_fla.sh's
+FLA_TIMEOUT), it prints the table and writes the JSON of the shapes finished so far.
 """
 import argparse
 import json
+import signal
 import time
 
 import torch
@@ -104,9 +108,38 @@ def fla_profile(op, shape, out):
               open(out, "w"), indent=1)
 
 
+def gla_results(path):
+    """`gla bench delta --json` output at `path`: the JSON and its results by ((op, shape), pass)."""
+    gla = json.load(open(path))
+    return gla, {((r["op"], tuple(r["shape"])), r["pass"]): r for r in gla["results"]}
+
+
+def table_of(rows):
+    """The side-by-side table of `rows` (main's); the one-plane columns where rows carry them."""
+    one = any(f"gla_one_{p}_ms" in row for row in rows for p in ("fwd", "fwdbwd"))
+    hdr = f"{'op':<6} {'shape BxTxHxKxV':<20} {'pass':<8} {'gla ms':>8} {'fla ms':>8} {'fla/gla':>8}"
+    if one:
+        hdr += f" {'gla 1-plane':>12} {'fla/1-plane':>12}"
+    lines = [hdr]
+    f = lambda v, w=8: f"{v:{w}.3f}" if v is not None else f"{'-':>{w}}"
+    r = lambda x, g, w=8: f"{x / g:{w - 1}.2f}x" if (x is not None and g) else f"{'-':>{w}}"
+    for row in rows:
+        shp = "x".join(str(x) for x in row["shape"])
+        for p in ("fwd", "fwdbwd"):
+            g = row.get(f"gla_{p}_ms")
+            x = row.get("fla", {}).get(f"{p}_ms")
+            line = f"{row['op']:<6} {shp:<20} {p:<8} {f(g)} {f(x)} {r(x, g)}"
+            if one:
+                o = row.get(f"gla_one_{p}_ms")
+                line += f" {f(o, 12)} {r(x, o, 12)}"
+            lines.append(line)
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--gla-json", help="gla bench delta --json output (its shapes and ops are the ones timed)")
+    ap.add_argument("--gla-one-json", help="the same under GLA_DELTA_PRECISION=bf16 (one bf16 plane): a second gla column")
     ap.add_argument("--fla-only", action="store_true", help="fla alone on the shapes of record and README shapes")
     ap.add_argument("--ops", default="delta,gdn")
     ap.add_argument("--profile", help="B,T,H,K,V: fla's kernels one by one at this shape (first op of --ops)")
@@ -115,50 +148,55 @@ def main():
     if a.profile:
         fla_profile(a.ops.split(",")[0], [int(x) for x in a.profile.split(",")], a.out)
         return
-    ours = {}
+    ours, one = {}, {}
     todo = []
     if a.gla_json:
-        gla = json.load(open(a.gla_json))
-        for r in gla["results"]:
-            key = (r["op"], tuple(r["shape"]))
+        gla, ours = gla_results(a.gla_json)
+        for (key, _) in ours:
             if key not in todo:
                 todo.append(key)
-            ours[(key, r["pass"])] = r
     else:
         gla = None
         todo = [(op, tuple(s)) for op in a.ops.split(",") for s in SHAPES]
-    rows = []
-    for (op, (B, T, H, K, V)) in todo:
-        t0 = time.time()
-        row = {"op": op, "shape": [B, T, H, K, V]}
-        try:
-            f, fb, err = fla_times(op, B, T, H, K, V)
-            row["fla"] = {"fwd_ms": f, "fwdbwd_ms": fb, "fwdbwd_error": err}
-        except Exception as e:
-            row["fla"] = {"error": f"{type(e).__name__}: {e}"[:300]}
-        for p, tag in (("fwd", "fwd"), ("fwd+bwd", "fwdbwd")):
-            r = ours.get(((op, (B, T, H, K, V)), p))
-            row[f"gla_{tag}_ms"] = r["ms"] if r else None
-        rows.append(row)
-        print(f"  {op} {B}x{T}x{H}x{K}x{V}: {row['fla']} ({time.time() - t0:.0f} s)", flush=True)
-        torch.cuda.empty_cache()
-        json.dump({"partial": True, "gla": gla, "rows": rows}, open(a.out, "w"), indent=1)
+    gla_one = None
+    if a.gla_one_json:
+        gla_one, one = gla_results(a.gla_one_json)
 
-    hdr = f"{'op':<6} {'shape BxTxHxKxV':<20} {'pass':<8} {'gla ms':>8} {'fla ms':>8} {'fla/gla':>8}"
-    lines = [hdr]
-    for row in rows:
-        shp = "x".join(str(x) for x in row["shape"])
-        for p in ("fwd", "fwdbwd"):
-            g = row.get(f"gla_{p}_ms")
-            x = row.get("fla", {}).get(f"{p}_ms")
-            f = lambda v: f"{v:8.3f}" if v is not None else f"{'-':>8}"
-            ratio = f"{x / g:7.2f}x" if (x is not None and g) else f"{'-':>8}"
-            lines.append(f"{row['op']:<6} {shp:<20} {p:<8} {f(g)} {f(x)} {ratio}")
-    table = "\n".join(lines)
+    # a SIGTERM (the caller's timeout) ends the loop below; the table and JSON then hold the rows so far
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, stop)
+    rows = []
+    stopped = False
+    try:
+        for (op, (B, T, H, K, V)) in todo:
+            t0 = time.time()
+            row = {"op": op, "shape": [B, T, H, K, V]}
+            try:
+                f, fb, err = fla_times(op, B, T, H, K, V)
+                row["fla"] = {"fwd_ms": f, "fwdbwd_ms": fb, "fwdbwd_error": err}
+            except Exception as e:
+                row["fla"] = {"error": f"{type(e).__name__}: {e}"[:300]}
+            for p, tag in (("fwd", "fwd"), ("fwd+bwd", "fwdbwd")):
+                r = ours.get(((op, (B, T, H, K, V)), p))
+                row[f"gla_{tag}_ms"] = r["ms"] if r else None
+                if gla_one is not None:
+                    r = one.get(((op, (B, T, H, K, V)), p))
+                    row[f"gla_one_{tag}_ms"] = r["ms"] if r else None
+            rows.append(row)
+            print(f"  {op} {B}x{T}x{H}x{K}x{V}: {row['fla']} ({time.time() - t0:.0f} s)", flush=True)
+            torch.cuda.empty_cache()
+            json.dump({"partial": True, "gla": gla, "gla_one": gla_one, "rows": rows}, open(a.out, "w"), indent=1)
+    except KeyboardInterrupt:
+        stopped = True
+        print(f"stopped after {len(rows)} of {len(todo)} shapes", flush=True)
+
+    table = table_of(rows)
     print(table)
     out = {"unix_time": int(time.time()), "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "gla": gla, "rows": rows, "table": table,
-           "note": "ratio = fla ms / gla ms (above 1: gla faster); triton do_bench median"}
+           "gla": gla, "gla_one": gla_one, "rows": rows, "table": table, "partial": stopped,
+           "note": "ratio = fla ms / gla ms (above 1: gla faster); triton do_bench median"
+                   + ("; gla_one: GLA_DELTA_PRECISION=bf16" if gla_one is not None else "")}
     try:
         import fla
         out["fla_version"] = fla.__version__
