@@ -541,7 +541,8 @@ static std::map<int, void*> g_hrs2 = {{192, (void*)delta_hr_s2_k192_bf16}, {256,
 // sequence x value heads of a `resv32` forward on it, the rest (at least one) on delta_hr_v32
 static std::map<int, void*> g_hrs2n = {{64, (void*)delta_hr_s2_k64_bf16}, {128, (void*)delta_hr_s2_k128_bf16}};
 // the residual forward with the output fused in (src/delta/dispatch.rs res_out): DELTA_FO=1 runs
-// it with hs and v_new written (the lab's fo=1: a backward follows), DELTA_FO=2 as a forward-only
+// it with hs and v_new written (a backward follows: the dispatch's default on delta_hro_b2, the
+// lab's fo=1 on every plan), DELTA_FO=2 as a forward-only
 // workspace does (hs, v_new unwritten; the backward then recomputes the forward unfused)
 static std::map<int, void*> g_hrob2 = {{64, (void*)delta_hro_b2_k64_bf16}, {128, (void*)delta_hro_b2_k128_bf16}};
 static std::map<int, void*> g_hrov32 = {{64, (void*)delta_hro_v32_k64_bf16}, {128, (void*)delta_hro_v32_k128_bf16}};
