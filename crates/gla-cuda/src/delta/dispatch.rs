@@ -440,18 +440,18 @@ pub(crate) const HR_S2: HPlan = HPlan { bv: 64, ns: 2, two: false, out: false };
 /// set the pass's time): on an H100 (bf16, B = 1, T = 8192, H = 96, K = V = 128: 192 tiles)
 /// DeltaNet forward+backward ran 5.61-5.71 -> 5.52-5.59 ms, against fla's 5.52
 /// (`bench/results/2026-12-06_h100_80bbc48_delta_b96.txt`), while a forward-only workspace keeps
-/// `delta_hro_b2` there (1.59 ms against 1.66). A forward that computes its output (`out`: not
-/// a backward's recomputation) fuses it in on `HR_B2` also where a backward follows
-/// ([`res_out`]), and that plan takes over from three quarters of two blocks per SM (`2 tiles >=
-/// 3 SMs`): on an H100 (bf16, K = V = 128, DeltaNet forward+backward, H = 96 .. 120 at B = 1, T =
-/// 8192, and 8 x 8192 x 16) `delta_hro_b2` storing the states ran 5.25-5.29 against 5.08-5.12
+/// `delta_hro_b2` there (1.59 ms against 1.66). A forward whose output `HR_B2` would fuse in
+/// (`out`: a forward, not a backward's recomputation, and [`res_out`] on `HR_B2`, which fuses it
+/// also where a backward follows) takes that plan from three quarters of two blocks per SM (`2
+/// tiles >= 3 SMs`): on an H100 (bf16, K = V = 128, DeltaNet forward+backward, H = 96 .. 120
+/// at B = 1, T = 8192, and 8 x 8192 x 16) `delta_hro_b2` storing the states ran 5.25-5.29 against 5.08-5.12
 /// ms at 192 tiles, 5.51-5.55 against 5.62-5.63 at 208, 5.69-5.74 against 5.87-5.91 at 224,
 /// 5.96-5.97 against 6.25-6.28 at 240 and 6.05-6.06 against 6.30-6.34 at 256
-/// (`bench/results/2026-12-08_h100_00dd03c_delta_fused_training.txt`); a recomputation (no
-/// output) keeps the threshold of two blocks per SM. Where it runs is [`res_ok`]'s. The lab
-/// override `h=resb2` / `h=resv32` (KP <= 128) or `h=ress2` (wider) forces one entry on every
-/// workspace (the delta checks run each over the whole case table), any other `h=` value (a WY
-/// plan under study) turns the residual form off.
+/// (`bench/results/2026-12-08_h100_00dd03c_delta_fused_training.txt`); a forward without a
+/// fused output (a recomputation, or under the lab's `fo=0`) keeps the threshold of two blocks
+/// per SM. Where it runs is [`res_ok`]'s. The lab override `h=resb2` / `h=resv32` (KP <= 128) or
+/// `h=ress2` (wider) forces one entry on every workspace (the delta checks run each over the
+/// whole case table), any other `h=` value (a WY plan under study) turns the residual form off.
 pub(crate) fn h_res(bf16: bool, kp: usize, tiles: usize, sm_count: usize, keep: bool, out: bool) -> Option<HPlan> {
     if !h_two_ok(bf16, kp) {
         return res_wide(bf16, kp).then_some(HR_S2);

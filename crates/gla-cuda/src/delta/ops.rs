@@ -520,7 +520,9 @@ fn chunk_wy_h<T: Elem>(
     let keep = !(fwd_only || (o.is_some() && ws.recomputes));
     let tiles = (vp / 64) * p.n() * p.hv();
     let res_ok = dd::res_ok(bf16, kp, vp, p.n() * p.hv(), cuda.sm_count(), fwd_only);
-    let res = if res_ok { dd::h_res(bf16, kp, tiles, cuda.sm_count(), keep, o.is_some()).zip(tm) } else { None };
+    // whether HR_B2 would fuse the output in: its threshold in a training forward depends on it
+    let out_b2 = o.is_some() && dd::res_out(dd::HR_B2, !keep);
+    let res = if res_ok { dd::h_res(bf16, kp, tiles, cuda.sm_count(), keep, out_b2).zip(tm) } else { None };
     ws.res_fwd.store(res.is_some(), std::sync::atomic::Ordering::Relaxed);
     if let Some((plan, tm)) = res {
         // the residual forward: T alone, then v_new from T, k and v (and the output where
