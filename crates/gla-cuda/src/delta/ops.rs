@@ -167,6 +167,9 @@ pub struct DeltaWorkspace<T> {
     /// The last forward on this workspace left its intermediates (the states, v_new) in it, so
     /// a backward may reuse them.
     kept: std::sync::atomic::AtomicBool,
+    /// That forward also left P (`delta_pm`'s, in w's buffer: [`dd::hro_pm`]) there, so a
+    /// backward that reuses it and reads P ([`dd::hb_pm`]) skips its own `delta_pm` launch.
+    pm_kept: std::sync::atomic::AtomicBool,
 }
 
 fn ws_buf<U: DeviceRepr>(cuda: &Cuda, len: usize, what: &str) -> Result<Option<CudaSlice<U>>> {
@@ -215,6 +218,7 @@ impl<T: Elem> DeltaWorkspace<T> {
             res_fwd: std::sync::atomic::AtomicBool::new(false),
             recomputes: false,
             kept: std::sync::atomic::AtomicBool::new(false),
+            pm_kept: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -524,6 +528,8 @@ fn chunk_wy_h<T: Elem>(
     let out_b2 = o.is_some() && dd::res_out(dd::HR_B2, !keep);
     let res = if res_ok { dd::h_res(bf16, kp, tiles, cuda.sm_count(), keep, out_b2).zip(tm) } else { None };
     ws.res_fwd.store(res.is_some(), std::sync::atomic::Ordering::Relaxed);
+    // set below only where this forward leaves P in w's buffer for its backward
+    ws.pm_kept.store(false, std::sync::atomic::Ordering::Relaxed);
     if let Some((plan, tm)) = res {
         // the residual forward: T alone, then v_new from T, k and v (and the output where
         // dd::res_out allows it; hs and v_new stay unwritten where nothing reads them after it)
@@ -554,8 +560,10 @@ fn chunk_wy_h<T: Elem>(
         let mut args = base;
         args.extend([x.q as &dyn KernelArg, &ws.rq, &*o, &scale]);
         let name = if dd::hro_pm(plan) {
-            // P into w's buffer, which the residual forward leaves unwritten
+            // P into w's buffer, which the residual forward leaves unwritten (and a backward
+            // that reuses this forward reads it there: nothing writes w in between)
             pm_launch(cuda, op, p, dp, x, ws, kp, w)?;
+            ws.pm_kept.store(keep, std::sync::atomic::Ordering::Relaxed);
             args.push(w);
             dd::hrop_name(plan, kp)
         } else {
@@ -913,7 +921,8 @@ fn chunk_bwd<T: Elem>(
     // buffer: DeltaRoute::backward_lens leaves it out, and the `_dv2` entries take null)
     let plan = dd::h_plan(true, bf16, kp, vp, p.n() * p.hv(), cuda.sm_count());
     let bwd_res = dd::h_bwd_res(bf16, kp, plan, vp, p.n() * p.hv(), cuda.sm_count());
-    if !fwd_in_ws || !ws.kept.load(std::sync::atomic::Ordering::Relaxed) {
+    let reused = fwd_in_ws && ws.kept.load(std::sync::atomic::Ordering::Relaxed);
+    if !reused {
         // the recomputation takes the residual form where the state-gradient pass has one (the
         // language model's flow: gla-check's `chunk-recompute` rows), or where the lab forces it
         chunk_prep(cuda, p, r.vs, x, ws)?;
@@ -923,6 +932,8 @@ fn chunk_bwd<T: Elem>(
     // WY pass for w
     let res = ws.res_fwd.load(std::sync::atomic::Ordering::Relaxed);
     if res && !bwd_res {
+        // w over any P the forward left in its buffer
+        ws.pm_kept.store(false, std::sync::atomic::Ordering::Relaxed);
         wy_launch(cuda, op, p, dp, x, ws, kp, Some(req(&ws.tm, "T")?), false)?;
     }
     let (h, hv, k, v) = (p.h() as i32, p.hv() as i32, p.k() as i32, p.v() as i32);
@@ -952,9 +963,11 @@ fn chunk_bwd<T: Elem>(
         let nhv = grid_nhv(op, p)?;
         let tail = dd::hb_tail(plan, vp, nhv as usize, cuda.sm_count()) as u32;
         let parts = [(plan, 0, nhv - tail), (dd::HPlan { bv: 32, ..plan }, nhv - tail, tail)];
-        // P read ([`dd::hb_pm`]): into w's buffer, which the residual form leaves unformed
+        // P read ([`dd::hb_pm`]): into w's buffer, which the residual form leaves unformed,
+        // unless the reused forward left it there (its delta_pm on the same q, k and G: the
+        // same bits)
         let pm = dd::hb_pm(plan) && dp.n_chunks > 0;
-        if pm {
+        if pm && !(reused && ws.pm_kept.load(std::sync::atomic::Ordering::Relaxed)) {
             pm_launch(cuda, op, p, dp, x, ws, kp, w)?;
         }
         for (pl, nh0, nhs) in parts.into_iter().filter(|part| part.2 > 0) {
