@@ -35,7 +35,7 @@
 //   delta_dqk_k64_f32 delta_dqk_k128_f32 delta_dqk_s2_k64_bf16 delta_dqk_s2_k128_bf16 delta_dqk_k192_bf16 delta_dqk_k256_bf16
 //   delta_dqk_s2_k192_bf16 delta_dqk_s2_k256_bf16
 //   delta_dqk_wg_k64_bf16 delta_dqk_wg_k128_bf16 delta_dqk_wg_k256_bf16 (sm_90a; other targets compile them to a trap)
-//   delta_dqk_wg_d1_k128_bf16 delta_dqk_wg_d1_k256_bf16 (sm_90a)
+//   delta_dqk_wg_d1_k128_bf16 delta_dqk_wg_d1_k256_bf16 delta_dqk_wg_b2_k128_bf16 (sm_90a)
 //   delta_wy_bwd_k64_f32 delta_wy_bwd_k128_f32 delta_wy_bwd_k64_bf16 delta_wy_bwd_k128_bf16 delta_wy_bwd_k192_bf16 delta_wy_bwd_k256_bf16
 //   delta_wy_bwd_vb2_k256_bf16 delta_wy_bwd_m1_k128_bf16 delta_wy_bwd_vb2_m1_k256_bf16
 //   delta_wy_bwd_wg_m1_k128_bf16 (sm_90a; other targets compile it to a trap)
@@ -115,8 +115,11 @@ __device__ __forceinline__ void wg_dmg_mma(float (&acc)[NT][4], unsigned a, unsi
 // terms run per k16 step in wgemm2's order (A B, then Al B or A Bl), so the sums are the same
 // adds in the same order. The V tile's products are issued at once and <S, dS'> is summed while
 // they run. D1 (the default at KP 128 and 256; the lab's `dm=0` keeps dMG split): dMG on one
-// bf16 plane, so its two products drop their lo terms.
-template <typename E, int KP, int NB, bool WG, bool D1 = false>
+// bf16 plane, so its two products drop their lo terms. B2 (WG, one buffer, D1: the `_wg_b2`
+// entry, built for two blocks per SM): M formed after the V loop, in the registers of the
+// fragments that read it, instead of into sM before it, and dMG on one plane of its own, so the
+// block needs 100 KB at KP 128; the same products and bits.
+template <typename E, int KP, int NB, bool WG, bool D1 = false, bool B2 = false>
 __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restrict__ k, const float* __restrict__ rq,
                                       const float* __restrict__ rk, const E* __restrict__ d_o, const E* __restrict__ vn,
                                       const E* __restrict__ hs, const E* __restrict__ dhs, const float* __restrict__ g2,
@@ -128,7 +131,8 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
     constexpr int NW = DNT / 32, CS = NW / 4, NM = 8 / CS;
     constexpr int SP = Sp<E>::SP, KW = DqkTile<E, KP>::KW, NT = KW / (8 * CS);
     static_assert(NB == 1 || NB == 2, "one or two V-tile buffers");
-    static_assert(!WG || (sizeof(E) == 2 && NB == 2), "the warpgroup entries: bf16, two buffers");
+    static_assert(!WG || (sizeof(E) == 2 && (NB == 2 || B2)), "the warpgroup entries: bf16, two buffers (B2: one)");
+    static_assert(!B2 || (WG && NB == 1 && D1), "B2: warpgroups, one buffer, dMG on one plane");
     // row strides: padded (mma.sync), or the swizzled tiles' (wg_el: 64-column blocks)
     constexpr int LK = WG ? KP : KP + DPAD, LV = WG ? 64 : LDT;
     constexpr int VBUF = (1 + SP) * 64 * LV + 2 * KW * LV;  // do, U (split), S, dS
@@ -137,10 +141,10 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
     E* sQ = (E*)smem;                      // [64][LK]
     E* sK = sQ + 64 * LK;                  // [64][LK]
     E* sVb = sK + 64 * LK;                 // [NB][VBUF]: do, U [64][LV]; S, dS [KW][LV]
-    E* sDMG = sVb + VBUF;                  // [SP][64][LV]: after one buffer, or the second
+    E* sDMG = sVb + VBUF;                  // [SP][64][LV]: after one buffer, or the second (B2: [64][LV])
     E* sDMGl = sDMG + (SP - 1) * 64 * LV;
-    float* sM = (float*)(sVb + NB * VBUF + (2 - NB) * SP * 64 * LV);  // [64][65]
-    float* sG = sM + 64 * 65;              // [64]
+    float* sM = (float*)(sVb + NB * VBUF + (B2 ? 64 * LV : (2 - NB) * SP * 64 * LV));  // [64][65] (B2: none)
+    float* sG = sM + (B2 ? 0 : 64 * 65);   // [64]
     float* sRq = sG + 64;                  // [64]
     float* sRk = sRq + 64;                 // [64]
     float* sRow = sRk + 64;                // [CS][64]
@@ -211,8 +215,9 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
     if constexpr (WG) wg_fence_proxy();
     __syncthreads();
     const int mt = wp & 3, cs = wp >> 2, n1 = cs * (64 / CS), nk = cs * (KW / CS);
-    {
-        float acc[NM][4];
+    // M = scale rq_t rk_s exp(G_t - G_s) (Q K^T)_ts (causal) at this thread's fragment
+    // positions (the warp's 16 rows x 64 / CS columns), the only ones it reads back
+    auto form_m = [&](float (&acc)[NM][4]) {
         frag_zero(acc);
         if constexpr (WG) {
             // Q K^T over KP: k16 step kk in 64-column block kk / 4; the warpgroup's keys n1 ..
@@ -233,8 +238,18 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
-                sM[t * 65 + s] = s <= t ? scale * sRq[t] * sRk[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f;
+                acc[nt][e] = s <= t ? scale * sRq[t] * sRk[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f;
             }
+        }
+    };
+    // M into sM while the first V tile lands (B2: formed after the V loop instead, in registers)
+    if constexpr (!B2) {
+        float acc[NM][4];
+        form_m(acc);
+        #pragma unroll
+        for (int nt = 0; nt < NM; ++nt) {
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) sM[(16 * mt + FRAG_ROW(e)) * 65 + n1 + FRAG_COL(nt, e)] = acc[nt][e];
         }
     }
     float dqi[NT][4], dkd[NT][4], dM[NM][4];
@@ -303,13 +318,15 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
     // F = dM * M: the warp's row sums (over its 64 / CS columns) and column sums (over its 16
     // rows); the dq operand dMG rk_s (dMG = dM * scale * exp(G_t - G_s), causal)
     {
+        float mr[B2 ? NM : 1][4];
+        if constexpr (B2) form_m(mr);
         float fr[2] = {0.f, 0.f}, fc[NM][2] = {};
         #pragma unroll
         for (int nt = 0; nt < NM; ++nt) {
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
-                const float f = sM[t * 65 + s] * dM[nt][e];
+                const float f = (B2 ? mr[B2 ? nt : 0][e] : sM[t * 65 + s]) * dM[nt][e];
                 fr[e >> 1] += f;
                 fc[nt][e & 1] += f;
                 dM[nt][e] = s <= t ? dM[nt][e] * scale * ex2f(sG[t] - sG[s]) : 0.f;
@@ -849,13 +866,15 @@ WY_BWD_ENTRY(delta_wy_bwd_wg_m1_k128_bf16, 128, bf16_t, false, true, true, 2)
 // dq/dk as the entry point ENTRY with NB V-tile buffers: two (the `_s2` entries) for bf16, one
 // for f32 and the lab's wide one-buffer entries (src/delta/dispatch.rs dqk_bufs); WG: the
 // products on warpgroups (the `_wg` entries, sm_90a)
-#define DQK_ENTRY(ENTRY, KP, E, NB, WG, D1)                                                                \
-extern "C" __global__ void __launch_bounds__(DNT) ENTRY(                                                 \
+#define DQK_ENTRY(ENTRY, KP, E, NB, WG, D1) DQK_ENTRY_LB(ENTRY, KP, E, NB, WG, D1, false, (DNT))
+// LB: the launch bounds, (DNT) or (DNT, blocks per SM); B2: dqk_k's
+#define DQK_ENTRY_LB(ENTRY, KP, E, NB, WG, D1, B2, LB)                                                    \
+extern "C" __global__ void __launch_bounds__ LB ENTRY(                                                   \
     const E* q, const E* k, const float* rq, const float* rk, const E* d_o, const E* vn, const E* hs,    \
     const E* dhs, const float* g2, float* dq, float* dk, float* dgp, const idx_t* bounds,                \
     const idx_t* chunk_off, const int* chunk_seq, int H, int HV, int K, int V, int VP, float scale,      \
     idx_t nch) {                                                                                         \
-    dqk_k<E, KP, NB, WG, D1>(q, k, rq, rk, d_o, vn, hs, dhs, g2, dq, dk, dgp, bounds, chunk_off,          \
+    dqk_k<E, KP, NB, WG, D1, B2>(q, k, rq, rk, d_o, vn, hs, dhs, g2, dq, dk, dgp, bounds, chunk_off,      \
                              chunk_seq, H, HV, K, V, VP, scale, nch);                                    \
 }
 DQK_ENTRY(delta_dqk_k64_f32, 64, float, 1, false, false)
@@ -874,3 +893,7 @@ DQK_ENTRY(delta_dqk_wg_k256_bf16, 256, bf16_t, 2, true, false)
 // bench/results/2026-12-07_cpu2_04f4d35_delta_backward_precision_sites.txt)
 DQK_ENTRY(delta_dqk_wg_d1_k128_bf16, 128, bf16_t, 2, true, true)
 DQK_ENTRY(delta_dqk_wg_d1_k256_bf16, 256, bf16_t, 2, true, true)
+// the lab's `dq=b2` at KP 128 (src/delta/dispatch.rs dqk_kernel): the d1 entry on one V-tile
+// buffer with M in registers, two blocks per SM (100 KB, <= 128 registers), so one block's loads
+// and stores run under the other's products
+DQK_ENTRY_LB(delta_dqk_wg_b2_k128_bf16, 128, bf16_t, 1, true, true, true, (DNT, 2))

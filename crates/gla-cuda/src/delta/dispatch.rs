@@ -774,6 +774,11 @@ pub(crate) fn dqk_kernel(bf16: bool, kp: usize, sfx: &str, arch: &str, smem: &De
         // on an H100 1.523 -> 1.465 ms at B = 32, T = 2048, H = 16, K = V = 128); the lab's
         // `dm=0` keeps it split
         let d1 = matches!(kp, 128 | 256) && lab("dm").as_deref() != Some("0");
+        if d1 && kp == 128 && lab("dq").as_deref() == Some("b2") {
+            // the lab's two-blocks-per-SM entry: one V-tile buffer, M formed after the V loop
+            // in registers (tools/emu, DELTA_DQVAR=b2: the d1 entry's bits); untimed
+            return (format!("delta_dqk_wg_b2_k{kp}_{sfx}"), smem.dqk_wg_b2());
+        }
         (format!("delta_dqk_wg{}_k{kp}_{sfx}", if d1 { "_d1" } else { "" }), smem.dqk_wg())
     } else {
         let nb = dqk_bufs(bf16, kp);
@@ -878,6 +883,13 @@ impl DeltaSmem {
         let (e, sp, kp) = (self.e, self.sp, self.kp);
         let vbuf = (1 + sp) * 64 * 64 + 2 * dqk_kw(e == 2, kp) * 64;
         (2 * 64 * kp + 2 * vbuf) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024
+    }
+    /// `delta_dqk_wg_b2_*` (bf16, one plane of dMG): [`Self::dqk_wg`]'s tiles with one V-tile
+    /// buffer, dMG's plane of its own and no M ([64][65] f32).
+    pub(crate) fn dqk_wg_b2(&self) -> usize {
+        let (e, sp, kp) = (self.e, self.sp, self.kp);
+        let vbuf = (1 + sp) * 64 * 64 + 2 * dqk_kw(e == 2, kp) * 64;
+        (2 * 64 * kp + vbuf + 64 * 64) * e + (3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024
     }
     pub(crate) fn wy_bwd(&self) -> usize {
         let (e, sp) = (self.e, self.sp);
@@ -1271,6 +1283,11 @@ mod tests {
             // and its warpgroup dw (sm_90a), 1024 bytes more for the alignment
             if kp == 128 {
                 assert!(2 * (sm.wy_bwd() + 1024 + 1024) <= 228 * 1024, "KP {kp}: {} B", sm.wy_bwd());
+                // the lab's dq/dk at two blocks per SM, both precisions
+                for s in [sm, DeltaSmem { sp: 1, ..sm }] {
+                    assert!(2 * (s.dqk_wg_b2() + 1024) <= 228 * 1024, "KP {kp}: {} B", s.dqk_wg_b2());
+                }
+                assert!(crate::kernels::source_of("delta_dqk_wg_b2_k128_bf16").is_some());
             }
         }
     }

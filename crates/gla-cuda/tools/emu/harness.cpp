@@ -507,12 +507,20 @@ static std::map<int, void*> g_dqwg = {
 // DELTA_DM=1 (dispatch's default on sm_90a; the lab's dm=0 turns it off): dMG on one plane,
 // KP 128 and 256
 static std::map<int, void*> g_dqwg1 = {{128, (void*)delta_dqk_wg_d1_k128_bf16}, {256, (void*)delta_dqk_wg_d1_k256_bf16}};
+// DELTA_DQVAR=b2 (the lab's dq=b2, KP 128): the d1 entry on one V-tile buffer, M formed after
+// the V loop in registers, built for two blocks per SM (DeltaSmem::dqk_wg_b2)
+static bool dq_b2(int KP) {
+    const char* v = getenv("DELTA_DQVAR");
+    return KP == 128 && v && !std::strcmp(v, "b2");
+}
 static void* dq_wg_entry(int KP) {
+    if (dq_b2(KP)) return (void*)delta_dqk_wg_b2_k128_bf16;
     const char* v = getenv("DELTA_DM");
     return v && !std::strcmp(v, "1") && g_dqwg1.count(KP) ? g_dqwg1[KP] : g_dqwg[KP];
 }
 static size_t sm_dqk_wg(int KP) {
     const int VBUF = (1 + SPn<bf16_t>) * 64 * 64 + 2 * kw<bf16_t>(KP) * 64;
+    if (dq_b2(KP)) return (2 * 64 * KP + VBUF + 64 * 64) * 2 + (3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024;
     return (2 * 64 * KP + 2 * VBUF) * 2 + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024;
 }
 template <class E>
