@@ -216,8 +216,10 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
     __syncthreads();
     const int mt = wp & 3, cs = wp >> 2, n1 = cs * (64 / CS), nk = cs * (KW / CS);
     // M = scale rq_t rk_s exp(G_t - G_s) (Q K^T)_ts (causal) at this thread's fragment
-    // positions (the warp's 16 rows x 64 / CS columns), the only ones it reads back
-    auto form_m = [&](float (&acc)[NM][4]) {
+    // positions (the warp's 16 rows x 64 / CS columns), the only ones it reads back, each handed
+    // to put(nt, e, t, s, m)
+    auto form_m = [&](auto put) {
+        float acc[NM][4];
         frag_zero(acc);
         if constexpr (WG) {
             // Q K^T over KP: k16 step kk in 64-column block kk / 4; the warpgroup's keys n1 ..
@@ -238,20 +240,12 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int t = 16 * mt + FRAG_ROW(e), s = n1 + FRAG_COL(nt, e);
-                acc[nt][e] = s <= t ? scale * sRq[t] * sRk[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f;
+                put(nt, e, t, s, s <= t ? scale * sRq[t] * sRk[s] * acc[nt][e] * ex2f(sG[t] - sG[s]) : 0.f);
             }
         }
     };
     // M into sM while the first V tile lands (B2: formed after the V loop instead, in registers)
-    if constexpr (!B2) {
-        float acc[NM][4];
-        form_m(acc);
-        #pragma unroll
-        for (int nt = 0; nt < NM; ++nt) {
-            #pragma unroll
-            for (int e = 0; e < 4; ++e) sM[(16 * mt + FRAG_ROW(e)) * 65 + n1 + FRAG_COL(nt, e)] = acc[nt][e];
-        }
-    }
+    if constexpr (!B2) form_m([&](int, int, int t, int s, float m) { sM[t * 65 + s] = m; });
     float dqi[NT][4], dkd[NT][4], dM[NM][4];
     frag_zero(dqi);
     frag_zero(dkd);
@@ -319,7 +313,7 @@ __device__ __forceinline__ void dqk_k(const E* __restrict__ q, const E* __restri
     // rows); the dq operand dMG rk_s (dMG = dM * scale * exp(G_t - G_s), causal)
     {
         float mr[B2 ? NM : 1][4];
-        if constexpr (B2) form_m(mr);
+        if constexpr (B2) form_m([&](int nt, int e, int, int, float m) { mr[nt][e] = m; });
         float fr[2] = {0.f, 0.f}, fc[NM][2] = {};
         #pragma unroll
         for (int nt = 0; nt < NM; ++nt) {
