@@ -791,6 +791,12 @@ pub(crate) fn dqk_kz(bf16: bool, kp: usize) -> usize {
     kp / dqk_kw(bf16, kp)
 }
 
+/// `delta_dqk_*`'s f32 tile M ([64][65]), which the `_wg_b2` entry keeps in registers instead.
+const DQK_M: usize = 64 * 65;
+/// `delta_dqk_*`'s other f32 words: G, rq, rk, the row sums of the dG terms, the warp sums, and
+/// the row and column sums of dM * M.
+const DQK_F32: usize = 3 * 64 + 128 + 16 + 128 + 256;
+
 /// Dynamic shared memory of each chunk kernel (the carve-ups at the top of each kernel; the
 /// kernels check them in the emulator, `tools/emu`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -875,21 +881,22 @@ impl DeltaSmem {
         let (e, sp) = (self.e, self.sp);
         let kw = dqk_kw(e == 2, self.kp);
         let vbuf = (1 + sp) * 64 * LDT + 2 * kw * LDT;
-        (2 * 64 * self.lk() + nb * vbuf + (2 - nb) * sp * 64 * LDT) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4
+        (2 * 64 * self.lk() + nb * vbuf + (2 - nb) * sp * 64 * LDT) * e + (DQK_M + DQK_F32) * 4
+    }
+    /// A V-tile buffer of the swizzled, unpadded `delta_dqk_wg_*` entries: do, U (sp planes) and
+    /// the K tile's rows of S and dS, 64-column rows (elements).
+    fn dqk_wg_vbuf(&self) -> usize {
+        (1 + self.sp) * 64 * 64 + 2 * dqk_kw(self.e == 2, self.kp) * 64
     }
     /// `delta_dqk_wg_*` (bf16): `dqk(2)`'s tiles swizzled and unpadded (64-column rows), and
     /// 1024 bytes to align them.
     pub(crate) fn dqk_wg(&self) -> usize {
-        let (e, sp, kp) = (self.e, self.sp, self.kp);
-        let vbuf = (1 + sp) * 64 * 64 + 2 * dqk_kw(e == 2, kp) * 64;
-        (2 * 64 * kp + 2 * vbuf) * e + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024
+        (2 * 64 * self.kp + 2 * self.dqk_wg_vbuf()) * self.e + (DQK_M + DQK_F32) * 4 + 1024
     }
     /// `delta_dqk_wg_b2_*` (bf16, one plane of dMG): [`Self::dqk_wg`]'s tiles with one V-tile
     /// buffer, dMG's plane of its own and no M ([64][65] f32).
     pub(crate) fn dqk_wg_b2(&self) -> usize {
-        let (e, sp, kp) = (self.e, self.sp, self.kp);
-        let vbuf = (1 + sp) * 64 * 64 + 2 * dqk_kw(e == 2, kp) * 64;
-        (2 * 64 * kp + vbuf + 64 * 64) * e + (3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024
+        (2 * 64 * self.kp + self.dqk_wg_vbuf() + 64 * 64) * self.e + DQK_F32 * 4 + 1024
     }
     pub(crate) fn wy_bwd(&self) -> usize {
         let (e, sp) = (self.e, self.sp);

@@ -494,10 +494,13 @@ template <class E>
 static int kw(int KP) {
     return (sizeof(E) == 2 && KP <= 128) ? KP : (KP == 64 ? 64 : KP / 2);
 }
+// delta_dqk_*'s f32 words (DeltaSmem's DQK_M, DQK_F32): M [64][65], then G, rq, rk, row, warp,
+// and dM * M's row and column sums
+static constexpr int DQK_M = 64 * 65, DQK_F32 = 3 * 64 + 128 + 16 + 128 + 256;
 template <class E>
 static size_t sm_dqk(int KP, int NB) {
     const int KW = kw<E>(KP), SP = SPn<E>, VBUF = (1 + SP) * 64 * 72 + 2 * KW * 72;
-    return (2 * 64 * (KP + 8) + NB * VBUF + (2 - NB) * SP * 64 * 72) * sizeof(E) + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4;
+    return (2 * 64 * (KP + 8) + NB * VBUF + (2 - NB) * SP * 64 * 72) * sizeof(E) + (DQK_M + DQK_F32) * 4;
 }
 // the dq/dk entry on warpgroups (bf16, KP 64, 128, 256): the default, as on sm_90a
 // (src/delta/dispatch.rs dqk_wg; DELTA_DQVAR=s2 or s1 runs a mma.sync entry); its swizzled,
@@ -520,8 +523,8 @@ static void* dq_wg_entry(int KP) {
 }
 static size_t sm_dqk_wg(int KP) {
     const int VBUF = (1 + SPn<bf16_t>) * 64 * 64 + 2 * kw<bf16_t>(KP) * 64;
-    if (dq_b2(KP)) return (2 * 64 * KP + VBUF + 64 * 64) * 2 + (3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024;
-    return (2 * 64 * KP + 2 * VBUF) * 2 + (64 * 65 + 3 * 64 + 128 + 16 + 128 + 256) * 4 + 1024;
+    if (dq_b2(KP)) return (2 * 64 * KP + VBUF + 64 * 64) * 2 + DQK_F32 * 4 + 1024;
+    return (2 * 64 * KP + 2 * VBUF) * 2 + (DQK_M + DQK_F32) * 4 + 1024;
 }
 template <class E>
 static bool dq_wg(int KP) {
